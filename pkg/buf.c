@@ -1,0 +1,158 @@
+/* Growable byte buffer and JSON string escaping. */
+#include "buf.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void buf_init(struct buf *b)
+{
+    memset(b, 0, sizeof(*b));
+}
+
+void buf_free(struct buf *b)
+{
+    free(b->data);
+    buf_init(b);
+}
+
+void buf_reset(struct buf *b)
+{
+    b->len = 0;
+    if (b->data)
+        b->data[0] = '\0';
+}
+
+bool buf_reserve(struct buf *b, size_t extra)
+{
+    if (b->oom)
+        return false;
+    size_t need = b->len + extra + 1;
+    if (need <= b->cap)
+        return true;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need)
+        cap *= 2;
+    char *p = realloc(b->data, cap);
+    if (!p) {
+        b->oom = true;
+        return false;
+    }
+    b->data = p;
+    b->cap = cap;
+    return true;
+}
+
+void buf_append(struct buf *b, const void *data, size_t len)
+{
+    if (!buf_reserve(b, len))
+        return;
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    b->data[b->len] = '\0';
+}
+
+void buf_puts(struct buf *b, const char *s)
+{
+    buf_append(b, s, strlen(s));
+}
+
+void buf_putc(struct buf *b, char c)
+{
+    buf_append(b, &c, 1);
+}
+
+void buf_vprintf(struct buf *b, const char *fmt, va_list ap)
+{
+    va_list ap2;
+    va_copy(ap2, ap);
+    char small[256];
+    int n = vsnprintf(small, sizeof(small), fmt, ap);
+    if (n < 0) {
+        va_end(ap2);
+        return;
+    }
+    if ((size_t)n < sizeof(small)) {
+        buf_append(b, small, (size_t)n);
+    } else if (buf_reserve(b, (size_t)n)) {
+        vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap2);
+        b->len += (size_t)n;
+    }
+    va_end(ap2);
+}
+
+void buf_printf(struct buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(b, fmt, ap);
+    va_end(ap);
+}
+
+/* Escapes control characters and quotes; bytes that are not valid UTF-8 become U+FFFD. */
+void buf_json_string(struct buf *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    if (!buf_reserve(b, len + 2))
+        return;
+    buf_putc(b, '"');
+    while (p < end) {
+        unsigned char c = *p;
+        if (c < 0x80) {
+            switch (c) {
+            case '"':
+                buf_append(b, "\\\"", 2);
+                break;
+            case '\\':
+                buf_append(b, "\\\\", 2);
+                break;
+            case '\n':
+                buf_append(b, "\\n", 2);
+                break;
+            case '\r':
+                buf_append(b, "\\r", 2);
+                break;
+            case '\t':
+                buf_append(b, "\\t", 2);
+                break;
+            default:
+                if (c < 0x20) {
+                    char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+                    buf_append(b, esc, 6);
+                } else {
+                    buf_putc(b, (char)c);
+                }
+            }
+            p++;
+            continue;
+        }
+        size_t n = c >= 0xf0 && c < 0xf5 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c < 0xe0 ? 2 : 0;
+        bool ok = n > 0 && (size_t)(end - p) >= n;
+        for (size_t i = 1; ok && i < n; i++)
+            ok = (p[i] & 0xc0) == 0x80;
+        /* Overlong forms, UTF-16 surrogates and code points above U+10FFFF are invalid too. */
+        if (ok && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0) ||
+                   (c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90)))
+            ok = false;
+        if (ok) {
+            buf_append(b, p, n);
+            p += n;
+        } else {
+            buf_append(b, "\xef\xbf\xbd", 3);
+            p++;
+        }
+    }
+    buf_putc(b, '"');
+}
+
+void buf_json_u64(struct buf *b, uint64_t v)
+{
+    buf_printf(b, "%" PRIu64, v);
+}
+
+void buf_json_i64(struct buf *b, int64_t v)
+{
+    buf_printf(b, "%" PRId64, v);
+}

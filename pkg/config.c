@@ -1,0 +1,624 @@
+/*
+ * Configuration loading: one table of keys drives defaults, the YAML file,
+ * the environment, flags, validation and --help, so they cannot disagree.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <yaml.h>
+
+#include "event.h"
+
+enum key_kind {
+    KIND_STRING,
+    KIND_UINT,     /* bounded integer */
+    KIND_DURATION, /* "500ms" */
+    KIND_BYTES,    /* "64MiB" */
+    KIND_MODE,
+    KIND_ENCODING,
+    KIND_TYPES,
+    KIND_LISTEN,
+};
+
+struct key {
+    const char *name; /* environment variable and YAML key */
+    enum key_kind kind;
+    unsigned roles;        /* CONFIG_AGENT | CONFIG_AGGREGATOR */
+    size_t offset;         /* into struct config */
+    size_t size;           /* of a string field */
+    uint64_t min, max;     /* KIND_UINT / DURATION / BYTES bounds */
+    const char *def_agent; /* default as text; NULL = empty */
+    const char *def_agg;
+    const char *help;
+};
+
+#define BOTH       (CONFIG_AGENT | CONFIG_AGGREGATOR)
+#define AGENT      CONFIG_AGENT
+#define AGG        CONFIG_AGGREGATOR
+#define STR(field) offsetof(struct config, field), sizeof(((struct config *)0)->field)
+#define NUM(field) offsetof(struct config, field), sizeof(((struct config *)0)->field)
+#define SEC        1000000000ull
+
+static const struct key keys[] = {
+    {"DEPLOYMENT_MODE", KIND_MODE, BOTH, NUM(deployment_mode), 0, 0, "auto", "auto",
+     "vm, kubernetes or auto (kubernetes when KUBERNETES_SERVICE_HOST is set or a service-account "
+     "token exists)"},
+    {"NODE_NAME", KIND_STRING, BOTH, STR(node_name), 0, 0, NULL, NULL,
+     "the node this process reports as (default: hostname)"},
+    {"POD_NAME", KIND_STRING, BOTH, STR(pod_name), 0, 0, NULL, NULL,
+     "own pod name (Kubernetes downward API)"},
+    {"POD_NAMESPACE", KIND_STRING, BOTH, STR(pod_namespace), 0, 0, NULL, NULL,
+     "own pod namespace (Kubernetes downward API)"},
+    {"NATS_URL", KIND_STRING, BOTH, STR(nats_url), 0, 0, "nats://127.0.0.1:4222",
+     "nats://127.0.0.1:4222", "comma-separated NATS server list"},
+    {"NATS_CREDS", KIND_STRING, BOTH, STR(nats_creds), 0, 0, NULL, NULL, "NATS credentials file"},
+    {"NATS_TOKEN", KIND_STRING, BOTH, STR(nats_token), 0, 0, NULL, NULL, "NATS token"},
+    {"NATS_USER", KIND_STRING, BOTH, STR(nats_user), 0, 0, NULL, NULL, "NATS user"},
+    {"NATS_PASSWORD", KIND_STRING, BOTH, STR(nats_password), 0, 0, NULL, NULL, "NATS password"},
+    {"NATS_TLS_CA", KIND_STRING, BOTH, STR(nats_tls_ca), 0, 0, NULL, NULL,
+     "CA bundle to verify the NATS server"},
+    {"NATS_TLS_CERT", KIND_STRING, BOTH, STR(nats_tls_cert), 0, 0, NULL, NULL,
+     "client certificate for NATS"},
+    {"NATS_TLS_KEY", KIND_STRING, BOTH, STR(nats_tls_key), 0, 0, NULL, NULL, "client key for NATS"},
+    {"SUBJECT_PREFIX", KIND_STRING, BOTH, STR(subject_prefix), 0, 0, "ebpf.events", "ebpf.events",
+     "agents publish to <prefix>.<node>"},
+    {"BATCH_SIZE", KIND_UINT, AGENT, NUM(batch_size), 1, 10000, "100", NULL,
+     "events per batch on the bus (1-10000)"},
+    {"FLUSH_INTERVAL", KIND_DURATION, AGENT, NUM(flush_interval_ns), 1000000ull, 3600 * SEC, "1s",
+     NULL, "longest time an event waits in a batch (1ms-1h)"},
+    {"ENCODING", KIND_ENCODING, AGENT, NUM(encoding), 0, 0, "protobuf", NULL,
+     "bus encoding: protobuf or json"},
+    {"OUTAGE_BUFFER", KIND_BYTES, AGENT, NUM(outage_buffer_bytes), 64 * 1024, 4ull << 30, "64MiB",
+     NULL, "batches kept while NATS is unreachable; oldest dropped beyond it"},
+    {"EVENT_TYPES", KIND_TYPES, AGENT, NUM(event_types), 0, 0, "all", NULL,
+     "comma list of connection, accept, packet_drop, exec, exit (or all)"},
+    {"RINGBUF_SIZE", KIND_BYTES, AGENT, NUM(ringbuf_bytes), 4096, 1ull << 30, "16MiB", NULL,
+     "kernel ring buffer size (a power of two, 4KiB-1GiB)"},
+    {"DROP_RATE_LIMIT", KIND_UINT, AGENT, NUM(drop_rate_limit), 1, 1000000, "1000", NULL,
+     "packet_drop events per second per CPU before suppression (1-1000000)"},
+    {"LISTEN_ADDR", KIND_LISTEN, BOTH, STR(listen_addr), 0, 0, ":8080", ":8081",
+     "HTTP API address: :PORT, HOST:PORT or [V6]:PORT"},
+    {"QUEUE_GROUP", KIND_STRING, AGG, STR(queue_group), 0, 0, NULL, "ebpf-aggregator",
+     "NATS queue group shared by aggregator replicas"},
+    {"API_TOKEN", KIND_STRING, BOTH, STR(api_token), 0, 0, NULL, NULL,
+     "when set, /api/* needs 'Authorization: Bearer <token>'"},
+    {"TLS_CERT", KIND_STRING, BOTH, STR(tls_cert), 0, 0, NULL, NULL,
+     "PEM certificate: serve the HTTP API over TLS"},
+    {"TLS_KEY", KIND_STRING, BOTH, STR(tls_key), 0, 0, NULL, NULL, "PEM key for TLS_CERT"},
+    {"HISTORY_SIZE", KIND_UINT, BOTH, NUM(history_size), 100, 100000000, "200000", "2000000",
+     "events kept in the queryable history (100-100000000)"},
+    {"HISTORY_MAX_AGE", KIND_DURATION, BOTH, NUM(history_max_age_ns), 0, 365 * 24 * 3600 * SEC,
+     "1h", "24h", "oldest event kept in the history (0 = no age limit)"},
+    {"STALE_AFTER", KIND_DURATION, AGG, NUM(stale_after_ns), SEC, 24 * 3600 * SEC, NULL, "30s",
+     "a node that sent nothing for this long is stale"},
+    {"QUERY_TIMEOUT", KIND_DURATION, AGG, NUM(query_timeout_ns), 10000000ull, 60 * SEC, NULL, "2s",
+     "how long a query waits for other aggregator replicas"},
+};
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+enum source {
+    SRC_DEFAULT,
+    SRC_FILE,
+    SRC_ENV,
+    SRC_FLAG,
+};
+
+static const char *const source_names[] = {"default", "config file", "environment", "flag"};
+
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Unit multipliers shared by durations and sizes. */
+struct unit {
+    const char *suffix;
+    uint64_t mult;
+};
+
+static const struct unit duration_units[] = {
+    {"ns", 1},  {"us", 1000},    {"µs", 1000},      {"ms", 1000000},
+    {"s", SEC}, {"m", 60 * SEC}, {"h", 3600 * SEC}, {NULL, 0},
+};
+
+static const struct unit byte_units[] = {
+    {"", 1},
+    {"B", 1},
+    {"KiB", 1ull << 10},
+    {"MiB", 1ull << 20},
+    {"GiB", 1ull << 30},
+    {"K", 1ull << 10},
+    {"M", 1ull << 20},
+    {"G", 1ull << 30},
+    {"KB", 1000},
+    {"MB", 1000000},
+    {"GB", 1000000000},
+    {"Ki", 1ull << 10},
+    {"Mi", 1ull << 20},
+    {"Gi", 1ull << 30},
+    {NULL, 0},
+};
+
+/* Parses a sequence of <number><unit> terms ("1h30m"); a lone "0" needs no unit when zero_ok. */
+static int parse_units(const char *s, const struct unit *units, bool single, uint64_t *out)
+{
+    uint64_t total = 0;
+    const char *p = s;
+    if (!*p)
+        return -EINVAL;
+    if (strcmp(s, "0") == 0) {
+        *out = 0;
+        return 0;
+    }
+    while (*p) {
+        if (!isdigit((unsigned char)*p))
+            return -EINVAL;
+        char *end;
+        errno = 0;
+        double v = strtod(p, &end);
+        if (errno || end == p || v < 0)
+            return -EINVAL;
+        const char *u = end;
+        size_t ulen = 0;
+        while (u[ulen] && !isdigit((unsigned char)u[ulen]) && u[ulen] != '.')
+            ulen++;
+        const struct unit *match = NULL;
+        for (const struct unit *x = units; x->suffix; x++)
+            if (strlen(x->suffix) == ulen && strncmp(x->suffix, u, ulen) == 0)
+                match = x;
+        if (!match)
+            return -EINVAL;
+        double term = v * (double)match->mult;
+        if (term > 1.8e19 || total + (uint64_t)term < total)
+            return -EINVAL;
+        total += (uint64_t)term;
+        p = u + ulen;
+        if (single && *p)
+            return -EINVAL;
+    }
+    *out = total;
+    return 0;
+}
+
+int config_parse_duration(const char *s, uint64_t *out_ns)
+{
+    /* A bare number has no unit and is ambiguous: refuse it. */
+    size_t n = strlen(s);
+    if (n && isdigit((unsigned char)s[n - 1]) && strcmp(s, "0") != 0)
+        return -EINVAL;
+    return parse_units(s, duration_units, false, out_ns);
+}
+
+int config_parse_bytes(const char *s, uint64_t *out)
+{
+    return parse_units(s, byte_units, true, out);
+}
+
+const char *config_mode_name(enum config_mode m)
+{
+    return m == CONFIG_MODE_KUBERNETES ? "kubernetes" : "vm";
+}
+
+const char *config_encoding_name(enum config_encoding e)
+{
+    return e == CONFIG_ENCODING_JSON ? "json" : "protobuf";
+}
+
+static bool detect_kubernetes(void)
+{
+    const char *h = getenv("KUBERNETES_SERVICE_HOST");
+    return (h && *h) || access("/var/run/secrets/kubernetes.io/serviceaccount/token", F_OK) == 0;
+}
+
+static int parse_types(const char *s, uint32_t *out)
+{
+    uint32_t mask = 0;
+    const char *p = s;
+    if (strcmp(s, "all") == 0) {
+        *out = EVENT_TYPES_ALL;
+        return 0;
+    }
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        while (len && isspace((unsigned char)*p))
+            p++, len--;
+        while (len && isspace((unsigned char)p[len - 1]))
+            len--;
+        enum event_type t = event_type_parse(p, len);
+        if (t == EVENT_TYPE_NONE)
+            return -EINVAL;
+        mask |= EVENT_TYPE_BIT(t);
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    if (!mask)
+        return -EINVAL;
+    *out = mask;
+    return 0;
+}
+
+/* Accepts ":8080", "host:8080", "[::1]:8080" with a port 0-65535. */
+static bool listen_valid(const char *s)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon || !colon[1])
+        return false;
+    if (s[0] == '[' && (colon == s || colon[-1] != ']'))
+        return false;
+    char *end;
+    errno = 0;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    return !errno && !*end && port <= 65535 && isdigit((unsigned char)colon[1]);
+}
+
+/* Stores value for key k into c; on error writes the one-line message. */
+static int set_value(struct config *c, const struct key *k, const char *value, enum source src,
+                     char *err, size_t errlen)
+{
+    char *field = (char *)c + k->offset;
+    uint64_t v = 0;
+    const char *allowed = NULL;
+    char range[96];
+
+    switch (k->kind) {
+    case KIND_STRING:
+        if (strlen(value) >= k->size) {
+            snprintf(range, sizeof(range), "at most %zu characters", k->size - 1);
+            allowed = range;
+            break;
+        }
+        strcpy(field, value);
+        return 0;
+    case KIND_LISTEN:
+        if (!listen_valid(value) || strlen(value) >= k->size) {
+            allowed = ":PORT, HOST:PORT or [IPV6]:PORT with a port 0-65535";
+            break;
+        }
+        strcpy(field, value);
+        return 0;
+    case KIND_UINT: {
+        char *end;
+        errno = 0;
+        unsigned long long x = strtoull(value, &end, 10);
+        snprintf(range, sizeof(range), "an integer %" PRIu64 "-%" PRIu64, k->min, k->max);
+        if (errno || end == value || *end || !isdigit((unsigned char)value[0]) || x < k->min ||
+            x > k->max) {
+            allowed = range;
+            break;
+        }
+        v = x;
+        goto store_num;
+    }
+    case KIND_DURATION:
+        if (config_parse_duration(value, &v) < 0) {
+            allowed = "a duration such as 500ms, 30s, 1m or 1h";
+            break;
+        }
+        if (v < k->min || v > k->max) {
+            snprintf(range, sizeof(range), "a duration between %" PRIu64 "ms and %" PRIu64 "s",
+                     k->min / 1000000, (uint64_t)(k->max / SEC));
+            allowed = range;
+            break;
+        }
+        goto store_num;
+    case KIND_BYTES:
+        if (config_parse_bytes(value, &v) < 0 || v < k->min || v > k->max) {
+            snprintf(range, sizeof(range),
+                     "a size such as 64MiB between %" PRIu64 " and %" PRIu64 " bytes", k->min,
+                     k->max);
+            allowed = range;
+            break;
+        }
+        if (k->offset == offsetof(struct config, ringbuf_bytes) && (v & (v - 1))) {
+            allowed = "a power of two such as 4MiB, 16MiB or 64MiB";
+            break;
+        }
+        goto store_num;
+    case KIND_MODE:
+        if (strcmp(value, "vm") == 0)
+            c->deployment_mode = CONFIG_MODE_VM;
+        else if (strcmp(value, "kubernetes") == 0)
+            c->deployment_mode = CONFIG_MODE_KUBERNETES;
+        else if (strcmp(value, "auto") == 0)
+            c->deployment_mode = detect_kubernetes() ? CONFIG_MODE_KUBERNETES : CONFIG_MODE_VM;
+        else {
+            allowed = "vm, kubernetes or auto";
+            break;
+        }
+        return 0;
+    case KIND_ENCODING:
+        if (strcmp(value, "protobuf") == 0)
+            c->encoding = CONFIG_ENCODING_PROTOBUF;
+        else if (strcmp(value, "json") == 0)
+            c->encoding = CONFIG_ENCODING_JSON;
+        else {
+            allowed = "protobuf or json";
+            break;
+        }
+        return 0;
+    case KIND_TYPES:
+        if (parse_types(value, &c->event_types) < 0) {
+            allowed = "a comma list of connection, accept, packet_drop, exec, exit, or all";
+            break;
+        }
+        return 0;
+    }
+    errf(err, errlen, "invalid %s=\"%s\" (from %s): must be %s", k->name, value, source_names[src],
+         allowed);
+    return -EINVAL;
+
+store_num:
+    switch (k->size) {
+    case 4:
+        *(uint32_t *)field = (uint32_t)v;
+        break;
+    default:
+        *(uint64_t *)field = v;
+        break;
+    }
+    return 0;
+}
+
+/* Finds a key by env/YAML name (any case, '-' or '_') or NULL. */
+static const struct key *find_key(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        const char *k = keys[i].name;
+        if (strlen(k) != len)
+            continue;
+        size_t j = 0;
+        for (; j < len; j++) {
+            char a = (char)toupper((unsigned char)name[j]);
+            if (a == '-')
+                a = '_';
+            if (a != k[j])
+                break;
+        }
+        if (j == len)
+            return &keys[i];
+    }
+    return NULL;
+}
+
+static int load_file(struct config *c, const char *path, bool *seen, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        errf(err, errlen, "config file %s: %s", path, strerror(errno));
+        return -EINVAL;
+    }
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    int rc = 0;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_file(&parser, f);
+    if (!yaml_parser_load(&parser, &doc)) {
+        errf(err, errlen, "config file %s: line %zu: %s", path,
+             (size_t)parser.problem_mark.line + 1,
+             parser.problem ? parser.problem : "invalid YAML");
+        yaml_parser_delete(&parser);
+        fclose(f);
+        return -EINVAL;
+    }
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (!root) /* empty file: nothing to set */
+        goto out;
+    if (root->type != YAML_MAPPING_NODE) {
+        errf(err, errlen, "config file %s: must be a mapping of KEY: value", path);
+        rc = -EINVAL;
+        goto out;
+    }
+    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
+         p++) {
+        yaml_node_t *kn = yaml_document_get_node(&doc, p->key);
+        yaml_node_t *vn = yaml_document_get_node(&doc, p->value);
+        size_t line = kn->start_mark.line + 1;
+        if (kn->type != YAML_SCALAR_NODE) {
+            errf(err, errlen, "config file %s: line %zu: keys must be plain names", path, line);
+            rc = -EINVAL;
+            goto out;
+        }
+        const char *name = (const char *)kn->data.scalar.value;
+        const struct key *k = find_key(name, kn->data.scalar.length);
+        if (!k) {
+            errf(err, errlen, "config file %s: line %zu: unknown key \"%s\"", path, line, name);
+            rc = -EINVAL;
+            goto out;
+        }
+        if (vn->type != YAML_SCALAR_NODE) {
+            errf(err, errlen, "config file %s: line %zu: %s must be a single value", path, line,
+                 k->name);
+            rc = -EINVAL;
+            goto out;
+        }
+        if (!(k->roles & c->role))
+            continue; /* shared configmaps carry both binaries' keys */
+        if (set_value(c, k, (const char *)vn->data.scalar.value, SRC_FILE, err, errlen) < 0) {
+            size_t n = strlen(err);
+            snprintf(err + n, errlen - n, " [%s line %zu]", path, line);
+            rc = -EINVAL;
+            goto out;
+        }
+        seen[k - keys] = true;
+    }
+out:
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    fclose(f);
+    return rc;
+}
+
+static void flag_name(const struct key *k, char *out, size_t len)
+{
+    size_t i = 0;
+    for (; k->name[i] && i + 1 < len; i++)
+        out[i] = k->name[i] == '_' ? '-' : (char)tolower((unsigned char)k->name[i]);
+    out[i] = '\0';
+}
+
+void config_print_help(FILE *out, enum config_role role, const char *prog)
+{
+    fprintf(out, "Usage: %s [OPTIONS]%s\n\n", prog, role == CONFIG_AGGREGATOR ? "\n       " : "");
+    if (role == CONFIG_AGGREGATOR)
+        fprintf(out,
+                "       %s tail [--nats URL] [--subject S] [filters]\n"
+                "       %s decode < message\n\n",
+                prog, prog);
+    fprintf(out, "%s\n\n",
+            role == CONFIG_AGENT
+                ? "Captures connections, accepts, packet drops, execs and exits with eBPF and\n"
+                  "serves them over HTTP; publishes batches to NATS."
+                : "Collects event batches from NATS and serves the cluster-wide HTTP API.");
+    fprintf(out, "Options (flag, environment variable, YAML key; flag > env > file > default):\n");
+    fprintf(out, "  --config FILE            YAML config file (env CONFIG_FILE)\n");
+    fprintf(out, "  --check-config           validate the configuration and exit\n");
+    fprintf(out, "  --help                   this help\n");
+    fprintf(out, "  --version                print the version\n");
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct key *k = &keys[i];
+        if (!(k->roles & role))
+            continue;
+        char flag[64];
+        flag_name(k, flag, sizeof(flag));
+        const char *def = role == CONFIG_AGENT ? k->def_agent : k->def_agg;
+        fprintf(out, "  --%-22s %s\n  %25s env %s; default: %s\n", flag, k->help, "", k->name,
+                def ? def : "(none)");
+    }
+}
+
+static bool apply_defaults_and_env(struct config *c, bool *seen, bool env, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct key *k = &keys[i];
+        if (!(k->roles & c->role) || seen[i])
+            continue;
+        const char *v =
+            env ? getenv(k->name) : (c->role == CONFIG_AGENT ? k->def_agent : k->def_agg);
+        if (!v || (env && !*v))
+            continue;
+        if (set_value(c, k, v, env ? SRC_ENV : SRC_DEFAULT, err, errlen) < 0)
+            return false;
+        seen[i] = env;
+    }
+    return true;
+}
+
+enum config_result config_load(struct config *c, enum config_role role, int argc, char **argv,
+                               char *err, size_t errlen)
+{
+    bool from_flag[NKEYS] = {false}, from_higher[NKEYS] = {false};
+    const char *prog = argc > 0 ? argv[0] : "ebpf-monitor";
+    const char *slash = strrchr(prog, '/');
+    prog = slash ? slash + 1 : prog;
+
+    memset(c, 0, sizeof(*c));
+    c->role = role;
+
+    /* Pass 1: flags (highest precedence), remembered so lower sources skip them. */
+    struct {
+        const struct key *k;
+        const char *v;
+    } flags[argc > 0 ? argc : 1];
+    size_t nflags = 0;
+    const char *config_file = getenv("CONFIG_FILE");
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            config_print_help(stdout, role, prog);
+            return CONFIG_EXIT;
+        }
+        if (strcmp(a, "--version") == 0) {
+            printf("%s %s\n", prog, EBPF_MONITOR_VERSION);
+            return CONFIG_EXIT;
+        }
+        if (strcmp(a, "--check-config") == 0) {
+            c->check_only = true;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            errf(err, errlen, "unexpected argument \"%s\" (see --help)", a);
+            return CONFIG_INVALID;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const char *value = eq ? eq + 1 : NULL;
+        if (!value) {
+            if (i + 1 >= argc) {
+                errf(err, errlen, "option --%.*s needs a value (see --help)", (int)nlen, name);
+                return CONFIG_INVALID;
+            }
+            value = argv[++i];
+        }
+        if (nlen == 6 && strncmp(name, "config", 6) == 0) {
+            config_file = value;
+            continue;
+        }
+        const struct key *k = find_key(name, nlen);
+        if (!k || !(k->roles & role) || strchr(name, '_')) {
+            errf(err, errlen, "unknown option --%.*s (see --help)", (int)nlen, name);
+            return CONFIG_INVALID;
+        }
+        flags[nflags].k = k;
+        flags[nflags].v = value;
+        nflags++;
+        from_flag[k - keys] = true;
+    }
+
+    /* Defaults first, then each higher source overwrites. */
+    if (!apply_defaults_and_env(c, from_higher, false, err, errlen))
+        return CONFIG_INVALID;
+    if (config_file && *config_file) {
+        snprintf(c->config_file, sizeof(c->config_file), "%s", config_file);
+        bool file_seen[NKEYS] = {false};
+        if (load_file(c, config_file, file_seen, err, errlen) < 0)
+            return CONFIG_INVALID;
+    }
+    if (!apply_defaults_and_env(c, from_flag, true, err, errlen))
+        return CONFIG_INVALID;
+    for (size_t i = 0; i < nflags; i++)
+        if (set_value(c, flags[i].k, flags[i].v, SRC_FLAG, err, errlen) < 0)
+            return CONFIG_INVALID;
+
+    if (!c->node_name[0] && gethostname(c->node_name, sizeof(c->node_name) - 1) < 0) {
+        errf(err, errlen, "NODE_NAME is not set and the hostname is unavailable: %s",
+             strerror(errno));
+        return CONFIG_INVALID;
+    }
+    if (!c->subject_prefix[0] || strpbrk(c->subject_prefix, " \t*>") ||
+        c->subject_prefix[strlen(c->subject_prefix) - 1] == '.' || c->subject_prefix[0] == '.') {
+        errf(err, errlen,
+             "invalid SUBJECT_PREFIX=\"%s\": must be a NATS subject without wildcards, spaces "
+             "or a leading/trailing '.'",
+             c->subject_prefix);
+        return CONFIG_INVALID;
+    }
+    if (!c->tls_cert[0] != !c->tls_key[0]) {
+        errf(err, errlen, "TLS_CERT and TLS_KEY must be set together (%s is missing)",
+             c->tls_cert[0] ? "TLS_KEY" : "TLS_CERT");
+        return CONFIG_INVALID;
+    }
+    if (!c->nats_tls_cert[0] != !c->nats_tls_key[0]) {
+        errf(err, errlen, "NATS_TLS_CERT and NATS_TLS_KEY must be set together (%s is missing)",
+             c->nats_tls_cert[0] ? "NATS_TLS_KEY" : "NATS_TLS_CERT");
+        return CONFIG_INVALID;
+    }
+    if (!c->nats_user[0] != !c->nats_password[0]) {
+        errf(err, errlen, "NATS_USER and NATS_PASSWORD must be set together (%s is missing)",
+             c->nats_user[0] ? "NATS_PASSWORD" : "NATS_USER");
+        return CONFIG_INVALID;
+    }
+    return CONFIG_OK;
+}

@@ -1,0 +1,101 @@
+/*
+ * Configuration for the agent and the aggregator (SPEC section 3).
+ *
+ * Precedence: command-line flag > environment variable > YAML file
+ * (--config FILE or CONFIG_FILE) > default. Every key has one name used
+ * everywhere: the environment variable (BATCH_SIZE), the YAML key (BATCH_SIZE
+ * or batch_size) and the flag (--batch-size). A bad value is one line naming
+ * the key, the value, where it came from and what is allowed.
+ */
+#ifndef EBPF_MONITOR_CONFIG_H
+#define EBPF_MONITOR_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum config_role {
+    CONFIG_AGENT = 1,
+    CONFIG_AGGREGATOR = 2,
+};
+
+enum config_encoding {
+    CONFIG_ENCODING_PROTOBUF,
+    CONFIG_ENCODING_JSON,
+};
+
+enum config_mode {
+    CONFIG_MODE_VM,
+    CONFIG_MODE_KUBERNETES,
+};
+
+#define CONFIG_STR 256
+#define CONFIG_URL 1024
+
+struct config {
+    enum config_role role;
+    char config_file[CONFIG_STR];
+
+    enum config_mode deployment_mode;
+    char node_name[CONFIG_STR];
+    char pod_name[CONFIG_STR];
+    char pod_namespace[CONFIG_STR];
+
+    char nats_url[CONFIG_URL];
+    char nats_creds[CONFIG_STR];
+    char nats_token[CONFIG_STR];
+    char nats_user[CONFIG_STR];
+    char nats_password[CONFIG_STR];
+    char nats_tls_ca[CONFIG_STR];
+    char nats_tls_cert[CONFIG_STR];
+    char nats_tls_key[CONFIG_STR];
+    char subject_prefix[CONFIG_STR];
+    uint32_t batch_size;
+    uint64_t flush_interval_ns;
+    enum config_encoding encoding;
+    uint64_t outage_buffer_bytes;
+
+    uint32_t event_types; /* EVENT_TYPE_BIT mask */
+    uint64_t ringbuf_bytes;
+    uint32_t drop_rate_limit;
+
+    char listen_addr[CONFIG_STR];
+    char queue_group[CONFIG_STR];
+    char api_token[CONFIG_STR];
+    char tls_cert[CONFIG_STR];
+    char tls_key[CONFIG_STR];
+
+    uint64_t history_size;
+    uint64_t history_max_age_ns;
+    uint64_t stale_after_ns;
+    uint64_t query_timeout_ns;
+
+    bool check_only; /* --check-config: validate and exit */
+};
+
+enum config_result {
+    CONFIG_OK = 0,
+    CONFIG_EXIT = 1,      /* --help or --version was printed: exit 0 */
+    CONFIG_INVALID = -22, /* err holds the one-line message: exit 2 */
+};
+
+/*
+ * Loads the configuration for role from argv (argv[0] is the program),
+ * the environment and the YAML file. On CONFIG_INVALID err holds the message.
+ */
+enum config_result config_load(struct config *c, enum config_role role, int argc, char **argv,
+                               char *err, size_t errlen);
+
+/* Prints --help for role. */
+void config_print_help(FILE *out, enum config_role role, const char *prog);
+
+/* Parses "500ms", "30s", "1m", "2h", "1h30m". 0 or -EINVAL. */
+int config_parse_duration(const char *s, uint64_t *out_ns);
+/* Parses "64MiB", "512KiB", "1GiB", "1048576". 0 or -EINVAL. */
+int config_parse_bytes(const char *s, uint64_t *out);
+
+const char *config_mode_name(enum config_mode m);
+const char *config_encoding_name(enum config_encoding e);
+
+#endif

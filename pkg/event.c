@@ -1,0 +1,158 @@
+/* Event model helpers: names of enum values, ownership, ids, addresses. */
+#include "event.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *const type_names[EVENT_TYPE_COUNT] = {
+    [EVENT_CONNECTION] = "connection",
+    [EVENT_ACCEPT] = "accept",
+    [EVENT_PACKET_DROP] = "packet_drop",
+    [EVENT_EXEC] = "exec",
+    [EVENT_EXIT] = "exit",
+};
+
+const char *event_type_name(unsigned type)
+{
+    return type < EVENT_TYPE_COUNT ? type_names[type] : NULL;
+}
+
+enum event_type event_type_parse(const char *s, size_t len)
+{
+    for (unsigned t = 1; t < EVENT_TYPE_COUNT; t++)
+        if (strlen(type_names[t]) == len && memcmp(type_names[t], s, len) == 0)
+            return (enum event_type)t;
+    return EVENT_TYPE_NONE;
+}
+
+const char *event_family_name(unsigned family)
+{
+    switch (family) {
+    case EVENT_FAMILY_IPV4:
+        return "ipv4";
+    case EVENT_FAMILY_IPV6:
+        return "ipv6";
+    default:
+        return NULL;
+    }
+}
+
+const char *event_status_name(unsigned status)
+{
+    switch (status) {
+    case EVENT_STATUS_ESTABLISHED:
+        return "established";
+    case EVENT_STATUS_FAILED:
+        return "failed";
+    case EVENT_STATUS_ATTEMPTED:
+        return "attempted";
+    default:
+        return NULL;
+    }
+}
+
+const char *event_protocol_name(unsigned protocol)
+{
+    switch (protocol) {
+    case IPPROTO_TCP:
+        return "tcp";
+    case IPPROTO_UDP:
+        return "udp";
+    case IPPROTO_ICMP:
+        return "icmp";
+    case IPPROTO_ICMPV6:
+        return "icmpv6";
+    case IPPROTO_IGMP:
+        return "igmp";
+    case IPPROTO_SCTP:
+        return "sctp";
+    case IPPROTO_UDPLITE:
+        return "udplite";
+    case IPPROTO_GRE:
+        return "gre";
+    case IPPROTO_ESP:
+        return "esp";
+    case IPPROTO_AH:
+        return "ah";
+    case IPPROTO_IPIP:
+        return "ipip";
+    case IPPROTO_IPV6:
+        return "ipv6";
+    default:
+        return NULL;
+    }
+}
+
+void event_clear(struct event *e)
+{
+    if (e->type == EVENT_EXEC) {
+        free(e->u.exec.filename);
+        free(e->u.exec.args);
+    }
+    memset(e, 0, sizeof(*e));
+}
+
+int event_copy(struct event *dst, const struct event *src)
+{
+    *dst = *src;
+    if (src->type != EVENT_EXEC)
+        return 0;
+    dst->u.exec.filename = NULL;
+    dst->u.exec.args = NULL;
+    if (src->u.exec.filename && !(dst->u.exec.filename = strdup(src->u.exec.filename)))
+        goto oom;
+    if (src->u.exec.args) {
+        dst->u.exec.args = malloc(src->u.exec.args_len + 1);
+        if (!dst->u.exec.args)
+            goto oom;
+        memcpy(dst->u.exec.args, src->u.exec.args, src->u.exec.args_len);
+        dst->u.exec.args[src->u.exec.args_len] = '\0';
+    }
+    return 0;
+oom:
+    event_clear(dst);
+    return -ENOMEM;
+}
+
+void event_move(struct event *dst, struct event *src)
+{
+    *dst = *src;
+    memset(src, 0, sizeof(*src));
+}
+
+/* splitmix64's finaliser: a bijection on 64-bit integers. */
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void event_id_gen_init(struct event_id_gen *g)
+{
+    g->counter = 0;
+    if (getrandom(&g->seed, sizeof(g->seed), 0) != sizeof(g->seed)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        g->seed = mix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)getpid());
+    }
+}
+
+uint64_t event_id_next(struct event_id_gen *g)
+{
+    return mix64(g->seed + __atomic_fetch_add(&g->counter, 1, __ATOMIC_RELAXED));
+}
+
+const char *event_addr_str(unsigned family, const uint8_t addr[16], char *buf, size_t len)
+{
+    int af = family == EVENT_FAMILY_IPV4 ? AF_INET : family == EVENT_FAMILY_IPV6 ? AF_INET6 : -1;
+    if (af < 0 || !inet_ntop(af, addr, buf, (socklen_t)len))
+        return NULL;
+    return buf;
+}

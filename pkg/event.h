@@ -1,0 +1,130 @@
+/*
+ * The event model: the one C representation of an event that every part of
+ * the pipeline carries (capture -> store -> HTTP/JSON -> bus/protobuf).
+ *
+ * Strings marked "interned" point into the process-wide intern table
+ * (intern.h) and are never freed by the event; strings marked "owned" belong
+ * to the event and are released by event_clear().
+ */
+#ifndef EBPF_MONITOR_EVENT_H
+#define EBPF_MONITOR_EVENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define EVENT_COMM_LEN     16
+#define EVENT_FILENAME_MAX 256
+#define EVENT_ARGS_MAX     1024 /* bytes of argv kept, NUL-separated */
+#define EVENT_ARGC_MAX     32
+
+enum event_type {
+    EVENT_TYPE_NONE = 0,
+    EVENT_CONNECTION,
+    EVENT_ACCEPT,
+    EVENT_PACKET_DROP,
+    EVENT_EXEC,
+    EVENT_EXIT,
+    EVENT_TYPE_COUNT,
+};
+
+#define EVENT_TYPE_BIT(t) (1u << (t))
+#define EVENT_TYPES_ALL                                                                            \
+    (EVENT_TYPE_BIT(EVENT_CONNECTION) | EVENT_TYPE_BIT(EVENT_ACCEPT) |                             \
+     EVENT_TYPE_BIT(EVENT_PACKET_DROP) | EVENT_TYPE_BIT(EVENT_EXEC) | EVENT_TYPE_BIT(EVENT_EXIT))
+
+enum event_family {
+    EVENT_FAMILY_NONE = 0,
+    EVENT_FAMILY_IPV4,
+    EVENT_FAMILY_IPV6,
+};
+
+enum event_status {
+    EVENT_STATUS_NONE = 0,
+    EVENT_STATUS_ESTABLISHED,
+    EVENT_STATUS_FAILED,
+    EVENT_STATUS_ATTEMPTED,
+};
+
+/* Kubernetes attribution; every field interned, NULL when unknown. */
+struct event_k8s {
+    const char *node_name;
+    const char *pod_name;
+    const char *namespace;
+    const char *container_id;
+    const char *pod_uid;
+};
+
+struct event {
+    uint64_t id;           /* unique across the cluster, printed as 16 hex chars */
+    uint64_t timestamp_ns; /* since the Unix epoch */
+    uint8_t type;          /* enum event_type */
+    uint8_t family;        /* enum event_family; NONE when the event has no addresses */
+    uint8_t protocol;      /* IP protocol number (IPPROTO_TCP...), 0 = unknown */
+    uint8_t status;        /* enum event_status (connection only) */
+    uint32_t pid, ppid, uid;
+    char command[EVENT_COMM_LEN]; /* NUL-terminated task comm */
+    uint64_t cgroup_id;           /* cgroup v2 id of the task, 0 = unknown */
+    const char *node;             /* interned; the reporting node */
+    struct event_k8s k8s;
+
+    /* Addresses: IPv4 in the first 4 bytes of the array, network order. */
+    uint8_t saddr[16], daddr[16];
+    uint16_t sport, dport; /* host order */
+
+    union {
+        struct {
+            uint64_t latency_ns; /* TCP: connect to outcome; 0 for UDP */
+        } conn;
+        struct {
+            uint32_t reason_code;
+            const char *reason;   /* interned; the kernel's enum skb_drop_reason name */
+            const char *location; /* interned; "symbol+0xoff" */
+            uint64_t suppressed;  /* drops rate-limited away just before this one */
+        } drop;
+        struct {
+            char *filename; /* owned */
+            char *args;     /* owned; args_len bytes of NUL-terminated strings */
+            uint32_t args_len;
+            uint8_t args_truncated;
+        } exec;
+        struct {
+            int32_t exit_code;
+            int32_t signal;
+            uint64_t duration_ns;
+        } exit;
+    } u;
+};
+
+/* "connection", "accept", ...; NULL for an invalid type. */
+const char *event_type_name(unsigned type);
+/* Parses a type name of len bytes; returns the enum value or EVENT_TYPE_NONE. */
+enum event_type event_type_parse(const char *s, size_t len);
+
+const char *event_family_name(unsigned family);
+const char *event_status_name(unsigned status);
+/* "tcp", "udp", "icmp", ...; NULL for protocol 0 or one without a name. */
+const char *event_protocol_name(unsigned protocol);
+
+/* Frees owned strings and zeroes the event. */
+void event_clear(struct event *e);
+/* Deep copy; dst must not hold owned strings. Returns 0 or -ENOMEM. */
+int event_copy(struct event *dst, const struct event *src);
+/* Moves src into dst (dst must not hold owned strings); src is zeroed. */
+void event_move(struct event *dst, struct event *src);
+
+/*
+ * Event ids: a 64-bit bijection of (instance seed + counter), so ids never
+ * repeat within one agent and collide across agents only by chance (2^-64).
+ */
+struct event_id_gen {
+    uint64_t seed;
+    uint64_t counter;
+};
+void event_id_gen_init(struct event_id_gen *g); /* seeds from getrandom() */
+uint64_t event_id_next(struct event_id_gen *g);
+
+/* Writes the address as text ("10.0.0.1", "::1") into buf (>= 46 bytes). */
+const char *event_addr_str(unsigned family, const uint8_t addr[16], char *buf, size_t len);
+
+#endif

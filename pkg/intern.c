@@ -1,0 +1,87 @@
+/* Process-wide string intern table: open addressing, grows by doubling. */
+#include "intern.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+static pthread_mutex_t intern_lock = PTHREAD_MUTEX_INITIALIZER;
+static char **intern_slots;
+static size_t intern_cap; /* power of two */
+static struct intern_stats intern_st;
+
+static uint64_t intern_hash(const char *s, size_t len)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h;
+}
+
+static bool intern_grow(void)
+{
+    size_t cap = intern_cap ? intern_cap * 2 : 1024;
+    char **slots = calloc(cap, sizeof(*slots));
+    if (!slots)
+        return false;
+    for (size_t i = 0; i < intern_cap; i++) {
+        char *s = intern_slots[i];
+        if (!s)
+            continue;
+        size_t j = intern_hash(s, strlen(s)) & (cap - 1);
+        while (slots[j])
+            j = (j + 1) & (cap - 1);
+        slots[j] = s;
+    }
+    free(intern_slots);
+    intern_slots = slots;
+    intern_cap = cap;
+    return true;
+}
+
+const char *intern_n(const char *s, size_t len)
+{
+    if (!s)
+        return NULL;
+    const char *out = NULL;
+    pthread_mutex_lock(&intern_lock);
+    if ((intern_st.strings + 1) * 2 > intern_cap && !intern_grow())
+        goto refuse;
+    size_t j = intern_hash(s, len) & (intern_cap - 1);
+    for (; intern_slots[j]; j = (j + 1) & (intern_cap - 1)) {
+        if (strncmp(intern_slots[j], s, len) == 0 && intern_slots[j][len] == '\0') {
+            out = intern_slots[j];
+            goto done;
+        }
+    }
+    if (intern_st.bytes + len + 1 > INTERN_MAX_BYTES)
+        goto refuse;
+    char *copy = malloc(len + 1);
+    if (!copy)
+        goto refuse;
+    memcpy(copy, s, len);
+    copy[len] = '\0';
+    intern_slots[j] = copy;
+    intern_st.strings++;
+    intern_st.bytes += len + 1;
+    out = copy;
+    goto done;
+refuse:
+    intern_st.refused++;
+done:
+    pthread_mutex_unlock(&intern_lock);
+    return out;
+}
+
+const char *intern(const char *s)
+{
+    return s ? intern_n(s, strlen(s)) : NULL;
+}
+
+void intern_get_stats(struct intern_stats *out)
+{
+    pthread_mutex_lock(&intern_lock);
+    *out = intern_st;
+    pthread_mutex_unlock(&intern_lock);
+}

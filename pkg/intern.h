@@ -1,0 +1,27 @@
+/*
+ * A process-wide table of immutable strings (node names, drop reasons, kernel
+ * symbols, pod names) so events can carry pointers instead of copies.
+ * Thread-safe. Bounded: past INTERN_MAX_BYTES new strings are refused
+ * (intern() returns NULL) and counted, so a caller never gets a guess.
+ */
+#ifndef EBPF_MONITOR_INTERN_H
+#define EBPF_MONITOR_INTERN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define INTERN_MAX_BYTES (64u << 20)
+
+/* Returns the canonical copy of s (NUL-terminated), NULL when s is NULL or the table is full. */
+const char *intern(const char *s);
+/* Same for a string of len bytes that need not be NUL-terminated. */
+const char *intern_n(const char *s, size_t len);
+
+struct intern_stats {
+    uint64_t strings;
+    uint64_t bytes;
+    uint64_t refused; /* strings not interned because the table was full */
+};
+void intern_get_stats(struct intern_stats *out);
+
+#endif

@@ -1,0 +1,278 @@
+/* Test helpers; see testutil.h. */
+#include "testutil.h"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+uint64_t tu_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t tu_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000ull + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int tu_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+const char *tu_repo_path(const char *rel)
+{
+    /* Tests run from the repository root (make test) or from build/tests. */
+    static __thread char path[PATH_MAX];
+    const char *prefixes[] = {"", "../../", NULL};
+    for (int i = 0; prefixes[i]; i++) {
+        snprintf(path, sizeof(path), "%s%s", prefixes[i], rel);
+        if (access(path, F_OK) == 0)
+            return path;
+    }
+    snprintf(path, sizeof(path), "%s", rel);
+    return path;
+}
+
+pid_t tu_spawn(char *const argv[], char *const env[], const char *log_path)
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    if (log_path) {
+        int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+    }
+    for (size_t i = 0; env && env[i]; i++)
+        putenv(env[i]);
+    execv(argv[0], argv);
+    fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+}
+
+static int wait_timeout(pid_t pid, int timeout_ms, int *status)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        pid_t r = waitpid(pid, status, WNOHANG);
+        if (r == pid)
+            return 0;
+        if (r < 0)
+            return -1;
+        if (tu_mono_ms() > deadline)
+            return -1;
+        usleep(5000);
+    }
+}
+
+int tu_stop(pid_t pid, int timeout_ms)
+{
+    int status = -1;
+    if (pid <= 0)
+        return -1;
+    kill(pid, SIGTERM);
+    if (wait_timeout(pid, timeout_ms, &status) < 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    return status;
+}
+
+int tu_wait_exit(pid_t pid, int timeout_ms)
+{
+    int status;
+    if (wait_timeout(pid, timeout_ms, &status) < 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        return -1;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static int connect_local(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (fd < 0)
+        return -1;
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Decodes a chunked body in place; returns the new length. */
+static size_t dechunk(char *body, size_t len)
+{
+    size_t in = 0, out = 0;
+    while (in < len) {
+        char *end;
+        unsigned long n = strtoul(body + in, &end, 16);
+        char *crlf = strstr(body + in, "\r\n");
+        if (!crlf || n == 0)
+            break;
+        in = (size_t)(crlf - body) + 2;
+        if (in + n > len)
+            n = len - in;
+        memmove(body + out, body + in, n);
+        out += n;
+        in += n + 2;
+        (void)end;
+    }
+    body[out] = '\0';
+    return out;
+}
+
+int tu_http_get(int port, const char *path, const char *header, struct tu_http *out)
+{
+    memset(out, 0, sizeof(*out));
+    int fd = connect_local(port);
+    if (fd < 0)
+        return -1;
+    char req[4096];
+    int n = snprintf(req, sizeof(req),
+                     "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s%sConnection: close\r\n\r\n", path,
+                     port, header ? header : "", header ? "\r\n" : "");
+    if (write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    size_t cap = 65536, len = 0;
+    char *resp = malloc(cap);
+    for (;;) {
+        if (len + 4096 > cap)
+            resp = realloc(resp, cap *= 2);
+        ssize_t r = read(fd, resp + len, cap - len - 1);
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+    }
+    close(fd);
+    resp[len] = '\0';
+    char *hend = strstr(resp, "\r\n\r\n");
+    if (!hend || sscanf(resp, "HTTP/1.%*d %d", &out->status) != 1) {
+        free(resp);
+        return -1;
+    }
+    *hend = '\0';
+    bool chunked = false;
+    for (char *line = strstr(resp, "\r\n"); line; line = strstr(line + 2, "\r\n")) {
+        if (strncasecmp(line + 2, "content-type:", 13) == 0)
+            sscanf(line + 2 + 13, " %127[^\r\n]", out->content_type);
+        if (strncasecmp(line + 2, "transfer-encoding: chunked", 26) == 0)
+            chunked = true;
+    }
+    char *body = hend + 4;
+    out->body_len = len - (size_t)(body - resp);
+    out->body = malloc(out->body_len + 1);
+    memcpy(out->body, body, out->body_len);
+    out->body[out->body_len] = '\0';
+    if (chunked)
+        out->body_len = dechunk(out->body, out->body_len);
+    free(resp);
+    return 0;
+}
+
+void tu_http_free(struct tu_http *r)
+{
+    free(r->body);
+    r->body = NULL;
+}
+
+json_t *tu_get_json(int port, const char *path, int *status)
+{
+    struct tu_http r;
+    if (tu_http_get(port, path, NULL, &r) < 0) {
+        cr_log_error("GET %s: no response", path);
+        return NULL;
+    }
+    if (status)
+        *status = r.status;
+    json_error_t je;
+    json_t *j = json_loads(r.body, 0, &je);
+    if (!j)
+        cr_log_error("GET %s: body is not JSON (%s): %.200s", path, je.text, r.body);
+    tu_http_free(&r);
+    return j;
+}
+
+bool tu_wait_http(int port, const char *path, int want_status, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    while (tu_mono_ms() < deadline) {
+        struct tu_http r;
+        if (tu_http_get(port, path, NULL, &r) == 0) {
+            int s = r.status;
+            tu_http_free(&r);
+            if (s == want_status)
+                return true;
+        }
+        usleep(20000);
+    }
+    return false;
+}
+
+char *tu_read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t cap = 4096, len = 0;
+    char *s = malloc(cap);
+    size_t r;
+    while ((r = fread(s + len, 1, cap - len - 1, f)) > 0) {
+        len += r;
+        if (cap - len < 1024)
+            s = realloc(s, cap *= 2);
+    }
+    s[len] = '\0';
+    fclose(f);
+    return s;
+}
+
+bool tu_bpf_prog_loaded(uint32_t id)
+{
+    int fd = bpf_prog_get_fd_by_id(id);
+    if (fd < 0)
+        return false;
+    close(fd);
+    return true;
+}

@@ -1,0 +1,55 @@
+/*
+ * Helpers for end-to-end tests: free ports, child processes stopped by PID,
+ * a small HTTP/1.1 client, and JSON access through jansson.
+ */
+#ifndef EBPF_MONITOR_TESTUTIL_H
+#define EBPF_MONITOR_TESTUTIL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* A TCP port on 127.0.0.1 that nothing listens on right now. */
+int tu_free_port(void);
+
+/*
+ * Starts argv[0] with extra environment entries ("KEY=value", NULL-terminated,
+ * may be NULL); stdout and stderr go to log_path (appended). Returns the pid.
+ */
+pid_t tu_spawn(char *const argv[], char *const env[], const char *log_path);
+/* SIGTERM, wait up to timeout_ms, then SIGKILL; returns the exit status as from waitpid. */
+int tu_stop(pid_t pid, int timeout_ms);
+/* Waits for pid to exit on its own; returns its exit code, or -1 on timeout (then kills it). */
+int tu_wait_exit(pid_t pid, int timeout_ms);
+
+struct tu_http {
+    int status;
+    char content_type[128];
+    char *body; /* malloc'd, NUL-terminated */
+    size_t body_len;
+};
+
+/* GET http://127.0.0.1:port/path with an optional extra header line ("Authorization: ..."). */
+int tu_http_get(int port, const char *path, const char *header, struct tu_http *out);
+void tu_http_free(struct tu_http *r);
+/* GET that parses the body as JSON; returns NULL (and fails the test) when it is not JSON. */
+json_t *tu_get_json(int port, const char *path, int *status);
+
+/* Polls GET path until it returns want_status or timeout_ms passes. */
+bool tu_wait_http(int port, const char *path, int want_status, int timeout_ms);
+
+/* Reads the whole file (malloc'd) or NULL. */
+char *tu_read_file(const char *path);
+
+uint64_t tu_now_ns(void);
+uint64_t tu_mono_ms(void);
+
+/* True while the kernel has a BPF program with this id. */
+bool tu_bpf_prog_loaded(uint32_t id);
+
+/* Path of a file in the build tree: bin/ebpf-agent relative to the repo root. */
+const char *tu_repo_path(const char *rel);
+
+#endif

@@ -1,0 +1,250 @@
+/* Configuration: defaults, precedence, YAML, and one-line errors for bad values. */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "event.h"
+#include "testutil.h"
+
+static char err[512];
+
+static enum config_result load(struct config *c, enum config_role role, int argc, char **argv)
+{
+    err[0] = '\0';
+    return config_load(c, role, argc, argv, err, sizeof(err));
+}
+
+static char *write_yaml(const char *text)
+{
+    static char path[] = "/tmp/ebpf-config-XXXXXX";
+    strcpy(path, "/tmp/ebpf-config-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+Test(config, agent_defaults)
+{
+    struct config c;
+    char *argv[] = {"ebpf-agent", NULL};
+    unsetenv("KUBERNETES_SERVICE_HOST");
+    cr_assert_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_OK, "%s", err);
+    cr_expect_str_eq(c.nats_url, "nats://127.0.0.1:4222");
+    cr_expect_str_eq(c.subject_prefix, "ebpf.events");
+    cr_expect_eq(c.batch_size, 100);
+    cr_expect_eq(c.flush_interval_ns, 1000000000ull);
+    cr_expect_eq(c.encoding, CONFIG_ENCODING_PROTOBUF);
+    cr_expect_eq(c.event_types, EVENT_TYPES_ALL);
+    cr_expect_str_eq(c.listen_addr, ":8080");
+    char host[256] = "";
+    gethostname(host, sizeof(host) - 1);
+    cr_expect_str_eq(c.node_name, host);
+    cr_expect_eq(c.deployment_mode, CONFIG_MODE_VM);
+    cr_expect_str_empty(c.api_token);
+}
+
+Test(config, aggregator_defaults)
+{
+    struct config c;
+    char *argv[] = {"ebpf-aggregator", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGGREGATOR, 1, argv), CONFIG_OK, "%s", err);
+    cr_expect_str_eq(c.listen_addr, ":8081");
+    cr_expect_str_eq(c.queue_group, "ebpf-aggregator");
+}
+
+Test(config, kubernetes_auto_detected)
+{
+    struct config c;
+    char *argv[] = {"ebpf-agent", NULL};
+    setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1", 1);
+    cr_assert_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_OK, "%s", err);
+    cr_expect_eq(c.deployment_mode, CONFIG_MODE_KUBERNETES);
+}
+
+Test(config, precedence_flag_env_file_default)
+{
+    struct config c;
+    char *path = write_yaml("BATCH_SIZE: 10\nflush_interval: 250ms\nNODE_NAME: from-file\n"
+                            "ENCODING: json\n");
+    setenv("BATCH_SIZE", "20", 1);
+    setenv("NODE_NAME", "from-env", 1);
+    char *argv[] = {"ebpf-agent", "--config", path, "--node-name", "from-flag", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 5, argv), CONFIG_OK, "%s", err);
+    cr_expect_eq(c.batch_size, 20);               /* env beats file */
+    cr_expect_eq(c.flush_interval_ns, 250000000); /* file beats default */
+    cr_expect_str_eq(c.node_name, "from-flag");   /* flag beats env */
+    cr_expect_eq(c.encoding, CONFIG_ENCODING_JSON);
+    unlink(path);
+}
+
+Test(config, config_file_from_env_and_equals_flags)
+{
+    struct config c;
+    char *path = write_yaml("EVENT_TYPES: exec, exit\n");
+    setenv("CONFIG_FILE", path, 1);
+    char *argv[] = {"ebpf-agent", "--batch-size=7", "--listen-addr=127.0.0.1:9999", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_OK, "%s", err);
+    cr_expect_eq(c.event_types, EVENT_TYPE_BIT(EVENT_EXEC) | EVENT_TYPE_BIT(EVENT_EXIT));
+    cr_expect_eq(c.batch_size, 7);
+    cr_expect_str_eq(c.listen_addr, "127.0.0.1:9999");
+    unlink(path);
+}
+
+Test(config, shared_configmap_keys_of_the_other_binary_are_accepted)
+{
+    struct config c;
+    char *path = write_yaml("QUEUE_GROUP: g1\nBATCH_SIZE: 50\n");
+    char *argv[] = {"ebpf-agent", "--config", path, NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_OK, "%s", err);
+    cr_expect_eq(c.batch_size, 50);
+    unlink(path);
+}
+
+Test(config, durations_and_sizes)
+{
+    uint64_t v;
+    cr_expect_eq(config_parse_duration("500ms", &v), 0);
+    cr_expect_eq(v, 500000000ull);
+    cr_expect_eq(config_parse_duration("1m", &v), 0);
+    cr_expect_eq(v, 60000000000ull);
+    cr_expect_eq(config_parse_duration("1h30m", &v), 0);
+    cr_expect_eq(v, 5400000000000ull);
+    cr_expect_eq(config_parse_duration("1.5s", &v), 0);
+    cr_expect_eq(v, 1500000000ull);
+    cr_expect_lt(config_parse_duration("10", &v), 0);
+    cr_expect_lt(config_parse_duration("abc", &v), 0);
+    cr_expect_lt(config_parse_duration("-1s", &v), 0);
+    cr_expect_lt(config_parse_duration("5 parsecs", &v), 0);
+    cr_expect_eq(config_parse_bytes("64MiB", &v), 0);
+    cr_expect_eq(v, 64ull << 20);
+    cr_expect_eq(config_parse_bytes("4096", &v), 0);
+    cr_expect_eq(v, 4096);
+    cr_expect_lt(config_parse_bytes("lots", &v), 0);
+}
+
+struct bad_case {
+    char env[32];
+    char value[48];
+    char expect[48]; /* must appear in the message */
+};
+
+ParameterizedTestParameters(config, bad_values_name_the_key)
+{
+    static struct bad_case cases[] = {
+        {"BATCH_SIZE", "0", "BATCH_SIZE"},
+        {"BATCH_SIZE", "10001", "1-10000"},
+        {"BATCH_SIZE", "abc", "BATCH_SIZE"},
+        {"BATCH_SIZE", "-5", "BATCH_SIZE"},
+        {"FLUSH_INTERVAL", "soon", "FLUSH_INTERVAL"},
+        {"FLUSH_INTERVAL", "10", "FLUSH_INTERVAL"},
+        {"ENCODING", "xml", "protobuf or json"},
+        {"DEPLOYMENT_MODE", "mainframe", "DEPLOYMENT_MODE"},
+        {"EVENT_TYPES", "exec,telepathy", "EVENT_TYPES"},
+        {"LISTEN_ADDR", "eighty", "LISTEN_ADDR"},
+        {"LISTEN_ADDR", ":70000", "LISTEN_ADDR"},
+        {"RINGBUF_SIZE", "3MiB", "power of two"},
+        {"HISTORY_SIZE", "5", "HISTORY_SIZE"},
+        {"SUBJECT_PREFIX", "ebpf.*", "SUBJECT_PREFIX"},
+        {"OUTAGE_BUFFER", "huge", "OUTAGE_BUFFER"},
+    };
+    return cr_make_param_array(struct bad_case, cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+ParameterizedTest(struct bad_case *bc, config, bad_values_name_the_key)
+{
+    struct config c;
+    char *argv[] = {"ebpf-agent", NULL};
+    setenv(bc->env, bc->value, 1);
+    cr_assert_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_INVALID, "%s=%s accepted", bc->env,
+                 bc->value);
+    cr_expect(strstr(err, bc->expect) != NULL, "message \"%s\" lacks \"%s\"", err, bc->expect);
+    cr_expect(strchr(err, '\n') == NULL, "message must be one line: %s", err);
+}
+
+Test(config, bad_flag_value_and_unknown_flag)
+{
+    struct config c;
+    char *argv1[] = {"ebpf-agent", "--batch-size", "many", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv1), CONFIG_INVALID);
+    cr_expect(strstr(err, "BATCH_SIZE") && strstr(err, "flag"), "%s", err);
+    char *argv2[] = {"ebpf-agent", "--frobnicate", "1", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv2), CONFIG_INVALID);
+    cr_expect(strstr(err, "--frobnicate"), "%s", err);
+    char *argv3[] = {"ebpf-agent", "--batch-size", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 2, argv3), CONFIG_INVALID);
+    cr_expect(strstr(err, "needs a value"), "%s", err);
+    /* An aggregator-only key is not an agent flag. */
+    char *argv4[] = {"ebpf-agent", "--queue-group", "x", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv4), CONFIG_INVALID);
+}
+
+Test(config, bad_file_names_key_and_line)
+{
+    struct config c;
+    char *path = write_yaml("NATS_URL: nats://x:4222\nBATCH_SIZE: lots\n");
+    char *argv[] = {"ebpf-agent", "--config", path, NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "BATCH_SIZE") && strstr(err, "line 2"), "%s", err);
+    unlink(path);
+
+    path = write_yaml("NOT_A_KEY: 1\n");
+    char *argv2[] = {"ebpf-agent", "--config", path, NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv2), CONFIG_INVALID);
+    cr_expect(strstr(err, "NOT_A_KEY"), "%s", err);
+    unlink(path);
+
+    path = write_yaml("BATCH_SIZE: [1, 2\n");
+    char *argv3[] = {"ebpf-agent", "--config", path, NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv3), CONFIG_INVALID);
+    cr_expect(strstr(err, path), "%s", err);
+    unlink(path);
+
+    char *argv4[] = {"ebpf-agent", "--config", "/nonexistent/x.yaml", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv4), CONFIG_INVALID);
+    cr_expect(strstr(err, "/nonexistent/x.yaml"), "%s", err);
+}
+
+Test(config, pairs_must_be_complete)
+{
+    struct config c;
+    char *argv[] = {"ebpf-agent", NULL};
+    setenv("TLS_CERT", "/tmp/cert.pem", 1);
+    cr_assert_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "TLS_KEY"), "%s", err);
+}
+
+/* The binaries: --help lists every option, a bad config exits 2 with the key named. */
+Test(config, binaries_help_and_exit_status)
+{
+    const char *agent = tu_repo_path("bin/ebpf-agent");
+    cr_assert(access(agent, X_OK) == 0, "build bin/ebpf-agent first");
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "%s --help", agent);
+    FILE *p = popen(cmd, "r");
+    char out[16384];
+    size_t n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = '\0';
+    cr_expect_eq(pclose(p), 0);
+    const char *must[] = {"--batch-size",  "BATCH_SIZE",    "--flush-interval", "--nats-url",
+                          "--listen-addr", "--event-types", "--config",         "default: 100"};
+    for (size_t i = 0; i < sizeof(must) / sizeof(must[0]); i++)
+        cr_expect(strstr(out, must[i]), "--help lacks %s", must[i]);
+
+    char *path = write_yaml("FLUSH_INTERVAL: forever\n");
+    char log[] = "/tmp/ebpf-config-log-XXXXXX";
+    close(mkstemp(log));
+    char *argv[] = {(char *)agent, "--config", path, NULL};
+    pid_t pid = tu_spawn(argv, NULL, log);
+    cr_expect_eq(tu_wait_exit(pid, 10000), 2);
+    char *text = tu_read_file(log);
+    cr_expect(text && strstr(text, "FLUSH_INTERVAL") && strstr(text, "forever"), "%s", text);
+    free(text);
+    unlink(log);
+    unlink(path);
+}
