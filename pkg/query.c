@@ -1,0 +1,508 @@
+/*
+ * Event queries: parsing the URL query string of /api/events and
+ * /api/events/stream into a struct query, matching events against it, the
+ * newest-first sort order and the opaque page cursor.
+ *
+ * Every rejected value produces a message that names the parameter and says
+ * what is allowed; the HTTP layer returns it verbatim as a 400 error.
+ */
+#include "query.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define QUERY_ERR_VALUE_MAX 64 /* bytes of a bad value quoted back in a message */
+
+enum query_param {
+    QP_TYPE,
+    QP_NODE,
+    QP_POD,
+    QP_NAMESPACE,
+    QP_PID,
+    QP_COMMAND,
+    QP_SINCE,
+    QP_UNTIL,
+    QP_LIMIT,
+    QP_CURSOR,
+    QP_COUNT,
+};
+
+static const char *const query_param_names[QP_COUNT] = {
+    [QP_TYPE] = "type",           [QP_NODE] = "node",   [QP_POD] = "pod",
+    [QP_NAMESPACE] = "namespace", [QP_PID] = "pid",     [QP_COMMAND] = "command",
+    [QP_SINCE] = "since",         [QP_UNTIL] = "until", [QP_LIMIT] = "limit",
+    [QP_CURSOR] = "cursor",
+};
+
+void query_init(struct query *q)
+{
+    memset(q, 0, sizeof(*q));
+    q->until_ns = UINT64_MAX;
+    q->limit = QUERY_LIMIT_DEFAULT;
+}
+
+static void query_errf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void query_errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* A printable, bounded copy of user input for quoting in an error message. */
+static const char *query_quote(const char *s, size_t len, char out[QUERY_ERR_VALUE_MAX + 4])
+{
+    size_t n = len > QUERY_ERR_VALUE_MAX ? QUERY_ERR_VALUE_MAX : len;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        out[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+    if (n < len) {
+        memcpy(out + n, "...", 3);
+        n += 3;
+    }
+    out[n] = '\0';
+    return out;
+}
+
+static int query_hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/*
+ * Decodes application/x-www-form-urlencoded text ('+' is a space) into out.
+ * Returns the decoded length, -EINVAL on a malformed escape or an encoded NUL,
+ * -E2BIG when the result does not fit in outlen - 1 bytes.
+ */
+static int query_decode(const char *s, size_t len, char *out, size_t outlen)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (c == '+') {
+            c = ' ';
+        } else if (c == '%') {
+            if (i + 2 >= len)
+                return -EINVAL;
+            int hi = query_hexval(s[i + 1]);
+            int lo = query_hexval(s[i + 2]);
+            if (hi < 0 || lo < 0)
+                return -EINVAL;
+            c = (char)(hi << 4 | lo);
+            if (c == '\0')
+                return -EINVAL;
+            i += 2;
+        }
+        if (n + 1 >= outlen)
+            return -E2BIG;
+        out[n++] = c;
+    }
+    out[n] = '\0';
+    return (int)n;
+}
+
+static bool query_parse_u64(const char *s, size_t len, uint64_t max, uint64_t *out)
+{
+    if (len == 0)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        unsigned d = (unsigned)(s[i] - '0');
+        if (v > (max - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
+}
+
+/* Reads exactly n digits at s. */
+static bool query_digits(const char *s, size_t n, unsigned *out)
+{
+    unsigned v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (unsigned)(s[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil). */
+static int64_t query_days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    unsigned yoe = (unsigned)(y - era * 400);
+    unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+static unsigned query_days_in_month(unsigned y, unsigned m)
+{
+    static const unsigned days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (m == 2 && (y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+        return 29;
+    return days[m - 1];
+}
+
+/*
+ * RFC 3339: YYYY-MM-DDTHH:MM:SS[.fraction](Z|+hh:mm|-hh:mm). Also accepted:
+ * 't'/' ' as the separator, 'z', and a space where the offset's '+' was
+ * (an unencoded '+' in a URL decodes to a space).
+ */
+static int query_parse_rfc3339(const char *s, size_t len, uint64_t *out_ns)
+{
+    unsigned year, mon, day, hour, min, sec;
+    if (len < 20 || s[4] != '-' || s[7] != '-' || s[13] != ':' || s[16] != ':')
+        return -EINVAL;
+    if (s[10] != 'T' && s[10] != 't' && s[10] != ' ')
+        return -EINVAL;
+    if (!query_digits(s, 4, &year) || !query_digits(s + 5, 2, &mon) ||
+        !query_digits(s + 8, 2, &day) || !query_digits(s + 11, 2, &hour) ||
+        !query_digits(s + 14, 2, &min) || !query_digits(s + 17, 2, &sec))
+        return -EINVAL;
+    if (mon < 1 || mon > 12 || day < 1 || day > query_days_in_month(year, mon) || hour > 23 ||
+        min > 59 || sec > 60)
+        return -EINVAL;
+
+    size_t i = 19;
+    uint64_t frac = 0;
+    if (s[i] == '.') {
+        size_t digits = 0;
+        for (i++; i < len && s[i] >= '0' && s[i] <= '9'; i++, digits++) {
+            if (digits >= 9)
+                return -EINVAL; /* finer than a nanosecond */
+            frac = frac * 10 + (uint64_t)(s[i] - '0');
+        }
+        if (digits == 0)
+            return -EINVAL;
+        for (; digits < 9; digits++)
+            frac *= 10;
+    }
+    if (i >= len)
+        return -EINVAL;
+
+    int64_t offset_s = 0;
+    if (s[i] == 'Z' || s[i] == 'z') {
+        i++;
+    } else if (s[i] == '+' || s[i] == '-' || s[i] == ' ') {
+        unsigned oh, om;
+        if (len - i != 6 || s[i + 3] != ':' || !query_digits(s + i + 1, 2, &oh) ||
+            !query_digits(s + i + 4, 2, &om) || oh > 23 || om > 59)
+            return -EINVAL;
+        offset_s = (int64_t)(oh * 3600 + om * 60);
+        if (s[i] == '-')
+            offset_s = -offset_s;
+        i += 6;
+    } else {
+        return -EINVAL;
+    }
+    if (i != len)
+        return -EINVAL;
+
+    int64_t secs = query_days_from_civil(year, mon, day) * 86400 + hour * 3600 + min * 60 + sec;
+    secs -= offset_s;
+    if (secs < 0 || (uint64_t)secs > (UINT64_MAX - frac) / 1000000000ull)
+        return -ERANGE;
+    *out_ns = (uint64_t)secs * 1000000000ull + frac;
+    return 0;
+}
+
+int query_parse_time(const char *s, size_t len, uint64_t *out_ns)
+{
+    if (len > 0 && s[0] >= '0' && s[0] <= '9') {
+        size_t digits = 0;
+        while (digits < len && s[digits] >= '0' && s[digits] <= '9')
+            digits++;
+        if (digits == len)
+            return query_parse_u64(s, len, UINT64_MAX, out_ns) ? 0 : -ERANGE;
+    }
+    return query_parse_rfc3339(s, len, out_ns);
+}
+
+/* On error, bad and badlen point at the offending item. */
+static int query_parse_types(const char *v, size_t len, uint32_t *out, const char **bad,
+                             size_t *badlen)
+{
+    uint32_t mask = 0;
+    size_t start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i < len && v[i] != ',')
+            continue;
+        size_t a = start, b = i;
+        while (a < b && v[a] == ' ')
+            a++;
+        while (b > a && v[b - 1] == ' ')
+            b--;
+        char name[32];
+        *bad = v + a;
+        *badlen = b - a;
+        if (b - a == 0 || b - a >= sizeof(name))
+            return -EINVAL;
+        for (size_t k = a; k < b; k++)
+            name[k - a] = (char)tolower((unsigned char)v[k]);
+        enum event_type t = event_type_parse(name, b - a);
+        if (t == EVENT_TYPE_NONE)
+            return -EINVAL;
+        mask |= EVENT_TYPE_BIT(t);
+        start = i + 1;
+    }
+    *out = mask;
+    return 0;
+}
+
+/* Parses one decoded value into q; on error writes the message. */
+static int query_set(struct query *q, enum query_param p, const char *v, size_t len, char *err,
+                     size_t errlen)
+{
+    const char *name = query_param_names[p];
+    char quoted[QUERY_ERR_VALUE_MAX + 4];
+    uint64_t n;
+
+    switch (p) {
+    case QP_TYPE: {
+        const char *item;
+        size_t itemlen;
+        if (query_parse_types(v, len, &q->types, &item, &itemlen) == 0)
+            return 0;
+        query_errf(err, errlen,
+                   "invalid 'type': \"%s\" (allowed: connection, accept, packet_drop, exec, exit; "
+                   "comma-separated)",
+                   query_quote(item, itemlen, quoted));
+        return -EINVAL;
+    }
+    case QP_NODE:
+        memcpy(q->node, v, len + 1);
+        return 0;
+    case QP_POD:
+        memcpy(q->pod, v, len + 1);
+        return 0;
+    case QP_NAMESPACE:
+        memcpy(q->namespace, v, len + 1);
+        return 0;
+    case QP_COMMAND:
+        memcpy(q->command, v, len + 1);
+        return 0;
+    case QP_PID:
+        if (!query_parse_u64(v, len, UINT32_MAX, &n))
+            goto bad;
+        q->has_pid = true;
+        q->pid = (uint32_t)n;
+        return 0;
+    case QP_SINCE:
+        if (query_parse_time(v, len, &q->since_ns) < 0)
+            goto bad;
+        return 0;
+    case QP_UNTIL:
+        if (query_parse_time(v, len, &q->until_ns) < 0)
+            goto bad;
+        return 0;
+    case QP_LIMIT:
+        if (!query_parse_u64(v, len, UINT64_MAX, &n) || n < 1 || n > QUERY_LIMIT_MAX)
+            goto bad;
+        q->limit = (uint32_t)n;
+        return 0;
+    case QP_CURSOR:
+        if (query_cursor_parse(&q->cursor, v, len) < 0)
+            goto bad;
+        q->has_cursor = true;
+        return 0;
+    default:
+        break;
+    }
+bad:
+    query_quote(v, len, quoted);
+    switch (p) {
+    case QP_PID:
+        query_errf(err, errlen, "invalid 'pid': \"%s\" (must be an integer 0-4294967295)", quoted);
+        break;
+    case QP_SINCE:
+    case QP_UNTIL:
+        query_errf(err, errlen,
+                   "invalid '%s': \"%s\" (must be RFC 3339, e.g. 2024-05-01T12:00:00Z, or "
+                   "nanoseconds since the Unix epoch)",
+                   name, quoted);
+        break;
+    case QP_LIMIT:
+        query_errf(err, errlen, "invalid 'limit': \"%s\" (must be an integer 1-%u)", quoted,
+                   QUERY_LIMIT_MAX);
+        break;
+    case QP_CURSOR:
+        query_errf(err, errlen,
+                   "invalid 'cursor': \"%s\" (use the next_cursor of a previous response)", quoted);
+        break;
+    default:
+        query_errf(err, errlen, "invalid '%s': \"%s\"", name, quoted);
+        break;
+    }
+    return -EINVAL;
+}
+
+int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *err, size_t errlen)
+{
+    char name[QUERY_STR_MAX], value[QUERY_STR_MAX], quoted[QUERY_ERR_VALUE_MAX + 4];
+    uint32_t seen = 0;
+
+    query_init(q);
+    if (err && errlen)
+        err[0] = '\0';
+
+    size_t pos = 0;
+    while (pos < len) {
+        const char *seg = qs + pos;
+        const char *amp = memchr(seg, '&', len - pos);
+        size_t seglen = amp ? (size_t)(amp - seg) : len - pos;
+        pos += seglen + 1;
+        if (seglen == 0)
+            continue; /* "a=1&&b=2", a trailing '&' */
+
+        const char *eq = memchr(seg, '=', seglen);
+        size_t namelen = eq ? (size_t)(eq - seg) : seglen;
+        int n = query_decode(seg, namelen, name, sizeof(name));
+        if (n == -EINVAL) {
+            query_errf(err, errlen, "invalid percent-encoding in query parameter name \"%s\"",
+                       query_quote(seg, namelen, quoted));
+            return -EINVAL;
+        }
+        enum query_param p = QP_COUNT;
+        if (n >= 0)
+            for (p = 0; p < QP_COUNT; p++)
+                if (strcmp(name, query_param_names[p]) == 0)
+                    break;
+        if (p == QP_COUNT) {
+            if (n >= 0)
+                query_quote(name, (size_t)n, quoted);
+            else
+                query_quote(seg, namelen, quoted);
+            query_errf(err, errlen,
+                       "unknown query parameter '%s' (allowed: type, node, pod, namespace, pid, "
+                       "command, since, until%s)",
+                       quoted, stream ? "" : ", limit, cursor");
+            return -EINVAL;
+        }
+        if (seen & (1u << p)) {
+            query_errf(err, errlen, "duplicate query parameter '%s' (give it once)",
+                       query_param_names[p]);
+            return -EINVAL;
+        }
+        seen |= 1u << p;
+        if (stream && (p == QP_LIMIT || p == QP_CURSOR)) {
+            query_errf(err, errlen, "'%s' is not supported on the stream", query_param_names[p]);
+            return -EINVAL;
+        }
+
+        const char *raw = eq ? eq + 1 : seg + seglen;
+        size_t rawlen = (size_t)(seg + seglen - raw);
+        n = query_decode(raw, rawlen, value, sizeof(value));
+        if (n == -EINVAL) {
+            query_errf(err, errlen, "invalid '%s': bad percent-encoding in \"%s\"",
+                       query_param_names[p], query_quote(raw, rawlen, quoted));
+            return -EINVAL;
+        }
+        if (n == -E2BIG) {
+            query_errf(err, errlen, "invalid '%s': longer than %d bytes", query_param_names[p],
+                       QUERY_STR_MAX - 1);
+            return -EINVAL;
+        }
+        if (n == 0) {
+            query_errf(err, errlen, "invalid '%s': empty value (leave the parameter out instead)",
+                       query_param_names[p]);
+            return -EINVAL;
+        }
+        int rc = query_set(q, p, value, (size_t)n, err, errlen);
+        if (rc < 0)
+            return rc;
+    }
+
+    if (q->since_ns > q->until_ns) {
+        query_errf(err, errlen,
+                   "invalid 'since': later than 'until' (%" PRIu64 " > %" PRIu64 " ns)",
+                   q->since_ns, q->until_ns);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* NULL or different never matches a non-empty filter. */
+static bool query_str_match(const char *filter, const char *s)
+{
+    return filter[0] == '\0' || (s && strcmp(filter, s) == 0);
+}
+
+bool query_match(const struct query *q, const struct event *e)
+{
+    if (q->types && (e->type >= 32 || !(q->types & EVENT_TYPE_BIT(e->type))))
+        return false;
+    if (e->timestamp_ns < q->since_ns || e->timestamp_ns > q->until_ns)
+        return false;
+    if (q->has_pid && e->pid != q->pid)
+        return false;
+    /* e->command may fill its array without a NUL (a full 16-byte comm). */
+    if (q->command[0] && (strnlen(q->command, sizeof(e->command) + 1) > sizeof(e->command) ||
+                          strncmp(q->command, e->command, sizeof(e->command)) != 0))
+        return false;
+    return query_str_match(q->node, e->node) && query_str_match(q->pod, e->k8s.pod_name) &&
+           query_str_match(q->namespace, e->k8s.namespace);
+}
+
+int query_cmp_newest_first(uint64_t ts_a, uint64_t id_a, uint64_t ts_b, uint64_t id_b)
+{
+    if (ts_a != ts_b)
+        return ts_a > ts_b ? -1 : 1;
+    if (id_a != id_b)
+        return id_a > id_b ? -1 : 1;
+    return 0;
+}
+
+bool query_after_cursor(const struct query_cursor *c, const struct event *e)
+{
+    return query_cmp_newest_first(e->timestamp_ns, e->id, c->timestamp_ns, c->id) > 0;
+}
+
+void query_cursor_format(const struct query_cursor *c, char out[QUERY_CURSOR_LEN])
+{
+    snprintf(out, QUERY_CURSOR_LEN, "%016" PRIx64 "-%016" PRIx64, c->timestamp_ns, c->id);
+}
+
+static bool query_parse_hex64(const char *s, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 16; i++) {
+        int d = query_hexval(s[i]);
+        if (d < 0)
+            return false;
+        v = v << 4 | (uint64_t)d;
+    }
+    *out = v;
+    return true;
+}
+
+int query_cursor_parse(struct query_cursor *c, const char *s, size_t len)
+{
+    struct query_cursor tmp;
+    if (len != QUERY_CURSOR_LEN - 1 || s[16] != '-' || !query_parse_hex64(s, &tmp.timestamp_ns) ||
+        !query_parse_hex64(s + 17, &tmp.id))
+        return -EINVAL;
+    *c = tmp;
+    return 0;
+}

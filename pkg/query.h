@@ -1,0 +1,80 @@
+/*
+ * Event queries: the filters of GET /api/events and /api/events/stream,
+ * parsed from a URL query string, matched against events, and the cursor
+ * that pages through results newest first.
+ *
+ * Order: events sort by (timestamp_ns, id) descending. A cursor is the sort
+ * key of the last event returned; the next page holds events strictly after
+ * it in that order. The cursor text is opaque to users but stable across
+ * replicas (the aggregator pages across replicas with it).
+ */
+#ifndef EBPF_MONITOR_QUERY_H
+#define EBPF_MONITOR_QUERY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "event.h"
+
+#define QUERY_LIMIT_DEFAULT 100
+#define QUERY_LIMIT_MAX     10000
+#define QUERY_STR_MAX       256
+
+struct query_cursor {
+    uint64_t timestamp_ns;
+    uint64_t id;
+};
+
+struct query {
+    uint32_t types;                /* EVENT_TYPE_BIT mask; 0 = every type */
+    char node[QUERY_STR_MAX];      /* "" = any */
+    char pod[QUERY_STR_MAX];       /* matches k8s.pod_name */
+    char namespace[QUERY_STR_MAX]; /* matches k8s.namespace */
+    char command[QUERY_STR_MAX];   /* exact match on the task comm */
+    bool has_pid;
+    uint32_t pid;
+    uint64_t since_ns; /* inclusive; 0 = no bound */
+    uint64_t until_ns; /* inclusive; UINT64_MAX = no bound */
+    uint32_t limit;
+    bool has_cursor;
+    struct query_cursor cursor;
+};
+
+/* The defaults: every event, limit 100. */
+void query_init(struct query *q);
+
+/*
+ * Parses a raw (still percent-encoded) query string such as
+ * "type=exec,exit&limit=5" (without the leading '?') into q, which it first
+ * resets with query_init(). Unknown, duplicated or empty parameters are an
+ * error. On error returns -EINVAL and writes a message that names the
+ * parameter into err, e.g. "invalid 'limit': \"abc\" (must be an integer 1-10000)".
+ * `stream` rejects the parameters that make no sense for a live stream
+ * (limit, cursor).
+ */
+int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *err, size_t errlen);
+
+/* True when e passes every filter, including the time bounds (not the cursor). */
+bool query_match(const struct query *q, const struct event *e);
+
+/* True when e sorts strictly after the cursor (i.e. belongs to a later page). */
+bool query_after_cursor(const struct query_cursor *c, const struct event *e);
+
+/* Sort order helper: <0 when a is newer than b (comes first), >0 when older. */
+int query_cmp_newest_first(uint64_t ts_a, uint64_t id_a, uint64_t ts_b, uint64_t id_b);
+
+/* Cursor text: 33 chars + NUL. */
+#define QUERY_CURSOR_LEN 34
+void query_cursor_format(const struct query_cursor *c, char out[QUERY_CURSOR_LEN]);
+/* 0, or -EINVAL when s is not a cursor made by query_cursor_format(). */
+int query_cursor_parse(struct query_cursor *c, const char *s, size_t len);
+
+/*
+ * Parses RFC 3339 ("2026-11-26T13:04:26.123456789Z", "+02:00" offsets, up to 9
+ * fraction digits) or epoch nanoseconds (digits only). 0, -EINVAL, or -ERANGE
+ * for a time before 1970 or past 2554.
+ */
+int query_parse_time(const char *s, size_t len, uint64_t *out_ns);
+
+#endif

@@ -1,0 +1,617 @@
+/*
+ * The bounded, indexed event history.
+ *
+ * Layout: one shard per (node, type). A shard is a growable circular deque of
+ * struct event held by value, sorted by (timestamp, id) ascending, so the
+ * oldest event is at the front and new events usually append at the back.
+ * Events that arrive out of order (per-CPU ring buffers, batches from many
+ * nodes) are placed by binary search and a shift of the shorter side.
+ *
+ * Eviction: a min-heap of non-empty shards keyed by their oldest event finds
+ * the globally oldest event in O(log shards), for both the count and the age
+ * limit.
+ *
+ * Queries pick shards by type mask and node, binary-search each for the time
+ * bounds and the cursor, and merge the ranges newest first with a max-heap.
+ * Counting needs no scan unless a filter that the index does not cover
+ * (pid, command, pod, namespace) is present.
+ *
+ * One rwlock: queries share it, adds and expiry take it exclusively, with
+ * writers preferred so a stream of queries cannot starve ingestion.
+ */
+#include "store.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define STORE_SHARD_MIN_CAP 16
+
+struct store_shard {
+    const char *node; /* interned pointer of the first event; NULL for events without a node */
+    uint8_t type;
+    struct event *slots;
+    size_t cap;  /* power of two, or 0 before the first event */
+    size_t head; /* slot of the oldest event */
+    size_t len;
+    size_t heap_pos; /* position in store.heap; SIZE_MAX when the shard is empty */
+};
+
+struct store {
+    pthread_rwlock_t lock;
+    struct store_limits limits;
+
+    struct store_shard **shards; /* stable pointers; shards are never removed */
+    size_t nshards, shards_cap;
+    size_t *table; /* open addressing over (node, type): shard index + 1, 0 = free */
+    size_t table_cap;
+
+    struct store_shard **heap; /* min-heap of non-empty shards by oldest (timestamp, id) */
+    size_t heap_len;
+
+    size_t count;
+    struct store_stats st; /* counters only; events/capacity/oldest/newest filled on demand */
+};
+
+/* ---- keys and shards ---------------------------------------------------------------------- */
+
+/* Ascending order: <0 when a is older than b. */
+static int store_key_cmp(uint64_t ts_a, uint64_t id_a, uint64_t ts_b, uint64_t id_b)
+{
+    if (ts_a != ts_b)
+        return ts_a < ts_b ? -1 : 1;
+    if (id_a != id_b)
+        return id_a < id_b ? -1 : 1;
+    return 0;
+}
+
+static inline struct event *shard_at(const struct store_shard *sh, size_t i)
+{
+    return &sh->slots[(sh->head + i) & (sh->cap - 1)];
+}
+
+static inline int shard_cmp_at(const struct store_shard *sh, size_t i, uint64_t ts, uint64_t id)
+{
+    const struct event *e = shard_at(sh, i);
+    return store_key_cmp(e->timestamp_ns, e->id, ts, id);
+}
+
+/* First index whose key is >= (ts, id); len when none. */
+static size_t shard_lower_bound(const struct store_shard *sh, uint64_t ts, uint64_t id)
+{
+    size_t lo = 0, hi = sh->len;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (shard_cmp_at(sh, mid, ts, id) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static int shard_resize(struct store_shard *sh, size_t cap)
+{
+    struct event *slots = malloc(cap * sizeof(*slots));
+    if (!slots)
+        return -ENOMEM;
+    for (size_t i = 0; i < sh->len; i++)
+        slots[i] = *shard_at(sh, i);
+    free(sh->slots);
+    sh->slots = slots;
+    sh->cap = cap;
+    sh->head = 0;
+    return 0;
+}
+
+/*
+ * Moves *e into its sorted place. Returns 0 with *pos set, 1 when an event
+ * with the same (timestamp, id) is already held (e untouched), or -ENOMEM.
+ */
+static int shard_insert(struct store_shard *sh, struct event *e, size_t *pos)
+{
+    size_t p;
+    if (sh->len == 0 || shard_cmp_at(sh, sh->len - 1, e->timestamp_ns, e->id) < 0) {
+        p = sh->len; /* the common case: newest so far */
+    } else {
+        p = shard_lower_bound(sh, e->timestamp_ns, e->id);
+        if (p < sh->len && shard_cmp_at(sh, p, e->timestamp_ns, e->id) == 0)
+            return 1;
+    }
+    if (sh->len == sh->cap && shard_resize(sh, sh->cap ? sh->cap * 2 : STORE_SHARD_MIN_CAP) < 0)
+        return -ENOMEM;
+
+    if (p < sh->len / 2) {
+        /* Shift the older part one slot towards the front. */
+        sh->head = (sh->head - 1) & (sh->cap - 1);
+        for (size_t i = 0; i < p; i++)
+            *shard_at(sh, i) = *shard_at(sh, i + 1);
+    } else {
+        for (size_t i = sh->len; i > p; i--)
+            *shard_at(sh, i) = *shard_at(sh, i - 1);
+    }
+    event_move(shard_at(sh, p), e);
+    sh->len++;
+    *pos = p;
+    return 0;
+}
+
+/* Frees the oldest event of a non-empty shard. */
+static void shard_pop_oldest(struct store_shard *sh)
+{
+    event_clear(shard_at(sh, 0));
+    sh->head = (sh->head + 1) & (sh->cap - 1);
+    sh->len--;
+    /* Give memory back when a shard has shrunk a lot (traffic moved elsewhere). */
+    if (sh->cap > STORE_SHARD_MIN_CAP && sh->len < sh->cap / 4)
+        (void)shard_resize(sh, sh->cap / 2);
+}
+
+static uint64_t store_hash(const char *node, uint8_t type)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = node ? node : ""; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return (h ^ type) * 0x9e3779b97f4a7c15ull;
+}
+
+static bool store_node_eq(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static int store_table_grow(struct store *s)
+{
+    size_t cap = s->table_cap ? s->table_cap * 2 : 64;
+    size_t *table = calloc(cap, sizeof(*table));
+    if (!table)
+        return -ENOMEM;
+    for (size_t i = 0; i < s->nshards; i++) {
+        size_t j = store_hash(s->shards[i]->node, s->shards[i]->type) & (cap - 1);
+        while (table[j])
+            j = (j + 1) & (cap - 1);
+        table[j] = i + 1;
+    }
+    free(s->table);
+    s->table = table;
+    s->table_cap = cap;
+    return 0;
+}
+
+/* Finds or creates the shard for (node, type); NULL on allocation failure. */
+static struct store_shard *store_shard_get(struct store *s, const char *node, uint8_t type)
+{
+    if (s->table_cap) {
+        size_t j = store_hash(node, type) & (s->table_cap - 1);
+        for (; s->table[j]; j = (j + 1) & (s->table_cap - 1)) {
+            struct store_shard *sh = s->shards[s->table[j] - 1];
+            if (sh->type == type && store_node_eq(sh->node, node))
+                return sh;
+        }
+    }
+
+    if ((s->nshards + 1) * 2 > s->table_cap && store_table_grow(s) < 0)
+        return NULL;
+    if (s->nshards == s->shards_cap) {
+        size_t cap = s->shards_cap ? s->shards_cap * 2 : 16;
+        struct store_shard **shards = realloc(s->shards, cap * sizeof(*shards));
+        if (!shards)
+            return NULL;
+        s->shards = shards;
+        struct store_shard **heap = realloc(s->heap, cap * sizeof(*heap));
+        if (!heap)
+            return NULL;
+        s->heap = heap;
+        s->shards_cap = cap;
+    }
+    struct store_shard *sh = calloc(1, sizeof(*sh));
+    if (!sh)
+        return NULL;
+    sh->node = node;
+    sh->type = type;
+    sh->heap_pos = SIZE_MAX;
+    s->shards[s->nshards++] = sh;
+
+    size_t j = store_hash(node, type) & (s->table_cap - 1);
+    while (s->table[j])
+        j = (j + 1) & (s->table_cap - 1);
+    s->table[j] = s->nshards;
+    return sh;
+}
+
+/* ---- eviction heap ------------------------------------------------------------------------ */
+
+static bool heap_less(const struct store_shard *a, const struct store_shard *b)
+{
+    const struct event *ea = shard_at(a, 0), *eb = shard_at(b, 0);
+    return store_key_cmp(ea->timestamp_ns, ea->id, eb->timestamp_ns, eb->id) < 0;
+}
+
+static void heap_set(struct store *s, size_t pos, struct store_shard *sh)
+{
+    s->heap[pos] = sh;
+    sh->heap_pos = pos;
+}
+
+static void heap_up(struct store *s, size_t pos)
+{
+    struct store_shard *sh = s->heap[pos];
+    while (pos > 0) {
+        size_t parent = (pos - 1) / 2;
+        if (!heap_less(sh, s->heap[parent]))
+            break;
+        heap_set(s, pos, s->heap[parent]);
+        pos = parent;
+    }
+    heap_set(s, pos, sh);
+}
+
+static void heap_down(struct store *s, size_t pos)
+{
+    struct store_shard *sh = s->heap[pos];
+    for (;;) {
+        size_t child = 2 * pos + 1;
+        if (child >= s->heap_len)
+            break;
+        if (child + 1 < s->heap_len && heap_less(s->heap[child + 1], s->heap[child]))
+            child++;
+        if (!heap_less(s->heap[child], sh))
+            break;
+        heap_set(s, pos, s->heap[child]);
+        pos = child;
+    }
+    heap_set(s, pos, sh);
+}
+
+static void heap_push(struct store *s, struct store_shard *sh)
+{
+    heap_set(s, s->heap_len++, sh);
+    heap_up(s, sh->heap_pos);
+}
+
+static void heap_remove(struct store *s, struct store_shard *sh)
+{
+    size_t pos = sh->heap_pos;
+    struct store_shard *last = s->heap[--s->heap_len];
+    sh->heap_pos = SIZE_MAX;
+    if (last == sh)
+        return;
+    heap_set(s, pos, last);
+    heap_up(s, pos);
+    heap_down(s, last->heap_pos);
+}
+
+static const struct event *store_oldest(const struct store *s)
+{
+    return s->heap_len ? shard_at(s->heap[0], 0) : NULL;
+}
+
+static void store_evict_oldest(struct store *s)
+{
+    struct store_shard *sh = s->heap[0];
+    shard_pop_oldest(sh);
+    s->count--;
+    if (sh->len == 0)
+        heap_remove(s, sh);
+    else
+        heap_down(s, 0);
+}
+
+/* Evicts every event older than cutoff_ns; returns how many. */
+static size_t store_expire_locked(struct store *s, uint64_t cutoff_ns)
+{
+    size_t n = 0;
+    const struct event *e;
+    while ((e = store_oldest(s)) && e->timestamp_ns < cutoff_ns) {
+        store_evict_oldest(s);
+        n++;
+    }
+    s->st.evicted_age += n;
+    return n;
+}
+
+static uint64_t store_age_cutoff(const struct store *s, uint64_t now_ns)
+{
+    if (s->limits.max_age_ns == 0 || now_ns <= s->limits.max_age_ns)
+        return 0;
+    return now_ns - s->limits.max_age_ns;
+}
+
+static uint64_t store_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- public API --------------------------------------------------------------------------- */
+
+struct store *store_new(const struct store_limits *limits)
+{
+    if (!limits || limits->max_events == 0)
+        return NULL;
+    struct store *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->limits = *limits;
+
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    int rc = pthread_rwlock_init(&s->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    if (rc != 0) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void store_free(struct store *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->nshards; i++) {
+        struct store_shard *sh = s->shards[i];
+        for (size_t j = 0; j < sh->len; j++)
+            event_clear(shard_at(sh, j));
+        free(sh->slots);
+        free(sh);
+    }
+    free(s->shards);
+    free(s->heap);
+    free(s->table);
+    pthread_rwlock_destroy(&s->lock);
+    free(s);
+}
+
+/* Takes ownership of *e in every case. Caller holds the write lock. */
+static int store_add_locked(struct store *s, struct event *e)
+{
+    if (e->type == EVENT_TYPE_NONE || e->type >= EVENT_TYPE_COUNT) {
+        s->st.failed++;
+        event_clear(e);
+        return -EINVAL;
+    }
+
+    if (s->limits.max_age_ns) {
+        uint64_t cutoff = store_age_cutoff(s, store_now_ns());
+        store_expire_locked(s, cutoff);
+        if (e->timestamp_ns < cutoff) {
+            /* Already past retention (e.g. replayed after an outage). */
+            s->st.added++;
+            s->st.evicted_age++;
+            event_clear(e);
+            return 0;
+        }
+    }
+
+    const struct event *oldest = store_oldest(s);
+    if (s->count >= s->limits.max_events && oldest &&
+        store_key_cmp(e->timestamp_ns, e->id, oldest->timestamp_ns, oldest->id) < 0) {
+        /* It would be the one evicted. */
+        s->st.added++;
+        s->st.evicted_count++;
+        event_clear(e);
+        return 0;
+    }
+
+    struct store_shard *sh = store_shard_get(s, e->node, e->type);
+    size_t pos;
+    int rc = sh ? shard_insert(sh, e, &pos) : -ENOMEM;
+    if (rc < 0) {
+        s->st.failed++;
+        event_clear(e);
+        return rc;
+    }
+    if (rc == 1) {
+        s->st.duplicates++;
+        event_clear(e);
+        return 0;
+    }
+    s->st.added++;
+    s->count++;
+    if (sh->heap_pos == SIZE_MAX)
+        heap_push(s, sh);
+    else if (pos == 0)
+        heap_up(s, sh->heap_pos);
+
+    while (s->count > s->limits.max_events) {
+        store_evict_oldest(s);
+        s->st.evicted_count++;
+    }
+    return 0;
+}
+
+int store_add_move(struct store *s, struct event *e)
+{
+    pthread_rwlock_wrlock(&s->lock);
+    int rc = store_add_locked(s, e);
+    pthread_rwlock_unlock(&s->lock);
+    return rc;
+}
+
+int store_add(struct store *s, const struct event *e)
+{
+    struct event copy;
+    if (event_copy(&copy, e) < 0) {
+        pthread_rwlock_wrlock(&s->lock);
+        s->st.failed++;
+        pthread_rwlock_unlock(&s->lock);
+        return -ENOMEM;
+    }
+    return store_add_move(s, &copy);
+}
+
+size_t store_expire(struct store *s, uint64_t now_ns)
+{
+    pthread_rwlock_wrlock(&s->lock);
+    size_t n = store_expire_locked(s, store_age_cutoff(s, now_ns));
+    pthread_rwlock_unlock(&s->lock);
+    return n;
+}
+
+/* ---- queries ------------------------------------------------------------------------------ */
+
+/* The part of one shard a query can return: indices [lo, hi), newest at hi - 1. */
+struct store_range {
+    const struct store_shard *sh;
+    size_t lo, hi;
+};
+
+static bool range_newer(const struct store_range *a, const struct store_range *b)
+{
+    const struct event *ea = shard_at(a->sh, a->hi - 1), *eb = shard_at(b->sh, b->hi - 1);
+    return store_key_cmp(ea->timestamp_ns, ea->id, eb->timestamp_ns, eb->id) > 0;
+}
+
+/* Max-heap of ranges by their newest remaining event. */
+static void range_heap_down(struct store_range *h, size_t n, size_t pos)
+{
+    struct store_range r = h[pos];
+    for (;;) {
+        size_t child = 2 * pos + 1;
+        if (child >= n)
+            break;
+        if (child + 1 < n && range_newer(&h[child + 1], &h[child]))
+            child++;
+        if (!range_newer(&h[child], &r))
+            break;
+        h[pos] = h[child];
+        pos = child;
+    }
+    h[pos] = r;
+}
+
+static bool store_shard_selected(const struct store_shard *sh, const struct query *q)
+{
+    if (sh->len == 0)
+        return false;
+    if (q->types && !(q->types & EVENT_TYPE_BIT(sh->type)))
+        return false;
+    return q->node[0] == '\0' || (sh->node && strcmp(sh->node, q->node) == 0);
+}
+
+int store_query(struct store *s, const struct query *q, struct store_result *out)
+{
+    memset(out, 0, sizeof(*out));
+    size_t limit = q->limit ? q->limit : QUERY_LIMIT_DEFAULT;
+
+    /* The filters the index does not cover, checked per event. */
+    struct query rq;
+    query_init(&rq);
+    memcpy(rq.pod, q->pod, sizeof(rq.pod));
+    memcpy(rq.namespace, q->namespace, sizeof(rq.namespace));
+    memcpy(rq.command, q->command, sizeof(rq.command));
+    rq.has_pid = q->has_pid;
+    rq.pid = q->pid;
+    bool residual = rq.has_pid || rq.pod[0] || rq.namespace[0] || rq.command[0];
+
+    pthread_rwlock_rdlock(&s->lock);
+    int rc = 0;
+    struct store_range *ranges = NULL;
+    size_t nranges = 0;
+    if (s->nshards && !(ranges = malloc(s->nshards * sizeof(*ranges)))) {
+        rc = -ENOMEM;
+        goto out;
+    }
+
+    /* total_count ignores the cursor; `after` counts matches past it (what paging can reach). */
+    uint64_t total = 0, after = 0;
+    for (size_t i = 0; i < s->nshards; i++) {
+        const struct store_shard *sh = s->shards[i];
+        if (!store_shard_selected(sh, q))
+            continue;
+        size_t lo = q->since_ns ? shard_lower_bound(sh, q->since_ns, 0) : 0;
+        size_t hi_all =
+            q->until_ns == UINT64_MAX ? sh->len : shard_lower_bound(sh, q->until_ns + 1, 0);
+        size_t hi = hi_all;
+        if (q->has_cursor) {
+            size_t c = shard_lower_bound(sh, q->cursor.timestamp_ns, q->cursor.id);
+            if (c < hi)
+                hi = c;
+        }
+        if (hi < lo)
+            hi = lo;
+        if (hi_all <= lo)
+            continue;
+        if (!residual) {
+            total += hi_all - lo;
+            after += hi - lo;
+        } else {
+            for (size_t j = lo; j < hi_all; j++) {
+                if (query_match(&rq, shard_at(sh, j))) {
+                    total++;
+                    after += j < hi;
+                }
+            }
+        }
+        if (hi > lo)
+            ranges[nranges++] = (struct store_range){.sh = sh, .lo = lo, .hi = hi};
+    }
+
+    size_t want = after < limit ? (size_t)after : limit;
+    if (want && !(out->events = calloc(want, sizeof(*out->events)))) {
+        rc = -ENOMEM;
+        goto out;
+    }
+
+    for (size_t i = nranges / 2; i-- > 0;)
+        range_heap_down(ranges, nranges, i);
+    while (out->count < want && nranges) {
+        struct store_range *top = &ranges[0];
+        const struct event *e = shard_at(top->sh, --top->hi);
+        if (top->hi == top->lo)
+            ranges[0] = ranges[--nranges];
+        if (nranges)
+            range_heap_down(ranges, nranges, 0);
+        if (residual && !query_match(&rq, e))
+            continue;
+        if (event_copy(&out->events[out->count], e) < 0) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        out->count++;
+    }
+
+    out->total_count = total;
+    out->has_next = after > out->count;
+    if (out->has_next && out->count) {
+        const struct event *last = &out->events[out->count - 1];
+        out->next_cursor.timestamp_ns = last->timestamp_ns;
+        out->next_cursor.id = last->id;
+    }
+out:
+    pthread_rwlock_unlock(&s->lock);
+    free(ranges);
+    if (rc < 0)
+        store_result_free(out);
+    return rc;
+}
+
+void store_result_free(struct store_result *r)
+{
+    for (size_t i = 0; i < r->count; i++)
+        event_clear(&r->events[i]);
+    free(r->events);
+    memset(r, 0, sizeof(*r));
+}
+
+void store_get_stats(struct store *s, struct store_stats *out)
+{
+    pthread_rwlock_rdlock(&s->lock);
+    *out = s->st;
+    out->events = s->count;
+    out->capacity = s->limits.max_events;
+    const struct event *oldest = store_oldest(s);
+    out->oldest_ns = oldest ? oldest->timestamp_ns : 0;
+    out->newest_ns = 0;
+    for (size_t i = 0; i < s->nshards; i++) {
+        const struct store_shard *sh = s->shards[i];
+        if (sh->len && shard_at(sh, sh->len - 1)->timestamp_ns > out->newest_ns)
+            out->newest_ns = shard_at(sh, sh->len - 1)->timestamp_ns;
+    }
+    pthread_rwlock_unlock(&s->lock);
+}

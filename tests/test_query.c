@@ -1,0 +1,519 @@
+/*
+ * Tests for pkg/query: parsing the /api/events query string (every filter,
+ * percent-decoding, every rejection and its message), RFC 3339 and epoch
+ * times, the page cursor, and matching events against a query.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "event.h"
+#include "intern.h"
+#include "query.h"
+
+#define T_2024_05_01_12 1714564800000000000ull /* 2024-05-01T12:00:00Z in ns */
+
+static int parse(struct query *q, const char *qs, bool stream, char *err, size_t errlen)
+{
+    return query_parse(q, qs, strlen(qs), stream, err, errlen);
+}
+
+static void parse_ok(struct query *q, const char *qs)
+{
+    char err[256] = "";
+    int rc = parse(q, qs, false, err, sizeof(err));
+    cr_assert_eq(rc, 0, "query_parse(\"%s\") = %d: %s", qs, rc, err);
+}
+
+Test(query_parse, empty_string_gives_defaults)
+{
+    struct query q;
+    parse_ok(&q, "");
+    cr_assert_eq(q.types, 0);
+    cr_assert_eq(q.limit, QUERY_LIMIT_DEFAULT);
+    cr_assert_eq(q.since_ns, 0);
+    cr_assert_eq(q.until_ns, UINT64_MAX);
+    cr_assert_not(q.has_pid);
+    cr_assert_not(q.has_cursor);
+    cr_assert_str_empty(q.node);
+    cr_assert_str_empty(q.pod);
+    cr_assert_str_empty(q.namespace);
+    cr_assert_str_empty(q.command);
+}
+
+Test(query_parse, every_filter)
+{
+    struct query q;
+    parse_ok(&q, "type=exec,exit&node=worker-1&pod=web-0&namespace=prod&pid=4242&command=curl"
+                 "&since=2024-05-01T12:00:00Z&until=1714564900000000000&limit=25"
+                 "&cursor=000000000000000a-00000000000000ff");
+    cr_assert_eq(q.types, EVENT_TYPE_BIT(EVENT_EXEC) | EVENT_TYPE_BIT(EVENT_EXIT));
+    cr_assert_str_eq(q.node, "worker-1");
+    cr_assert_str_eq(q.pod, "web-0");
+    cr_assert_str_eq(q.namespace, "prod");
+    cr_assert(q.has_pid);
+    cr_assert_eq(q.pid, 4242);
+    cr_assert_str_eq(q.command, "curl");
+    cr_assert_eq(q.since_ns, T_2024_05_01_12);
+    cr_assert_eq(q.until_ns, 1714564900000000000ull);
+    cr_assert_eq(q.limit, 25);
+    cr_assert(q.has_cursor);
+    cr_assert_eq(q.cursor.timestamp_ns, 10);
+    cr_assert_eq(q.cursor.id, 255);
+}
+
+Test(query_parse, every_type_name)
+{
+    struct query q;
+    parse_ok(&q, "type=connection,accept,packet_drop,exec,exit");
+    cr_assert_eq(q.types, EVENT_TYPES_ALL);
+    parse_ok(&q, "type=packet_drop");
+    cr_assert_eq(q.types, EVENT_TYPE_BIT(EVENT_PACKET_DROP));
+    /* Spaces after commas ("exec, exit") and upper case are forgiven. */
+    parse_ok(&q, "type=exec,%20EXIT");
+    cr_assert_eq(q.types, EVENT_TYPE_BIT(EVENT_EXEC) | EVENT_TYPE_BIT(EVENT_EXIT));
+    parse_ok(&q, "type=accept%2Cconnection");
+    cr_assert_eq(q.types, EVENT_TYPE_BIT(EVENT_ACCEPT) | EVENT_TYPE_BIT(EVENT_CONNECTION));
+}
+
+Test(query_parse, limits_and_pid_bounds)
+{
+    struct query q;
+    parse_ok(&q, "limit=1");
+    cr_assert_eq(q.limit, 1);
+    parse_ok(&q, "limit=10000");
+    cr_assert_eq(q.limit, 10000);
+    parse_ok(&q, "pid=0");
+    cr_assert(q.has_pid);
+    cr_assert_eq(q.pid, 0);
+    parse_ok(&q, "pid=4294967295");
+    cr_assert_eq(q.pid, 4294967295u);
+}
+
+Test(query_parse, percent_decoding)
+{
+    struct query q;
+    parse_ok(&q, "pod=web%2D0%2fx&namespace=a+b&command=kube%20proxy&node=n%C3%A9");
+    cr_assert_str_eq(q.pod, "web-0/x");
+    cr_assert_str_eq(q.namespace, "a b");
+    cr_assert_str_eq(q.command, "kube proxy");
+    cr_assert_str_eq(q.node, "n\xc3\xa9");
+    /* Names are decoded too. */
+    parse_ok(&q, "p%6Fd=x&%6eode=y");
+    cr_assert_str_eq(q.pod, "x");
+    cr_assert_str_eq(q.node, "y");
+    /* An encoded '&' or '=' is data, not a separator. */
+    parse_ok(&q, "pod=a%26b%3Dc");
+    cr_assert_str_eq(q.pod, "a&b=c");
+}
+
+Test(query_parse, empty_segments_are_skipped)
+{
+    struct query q;
+    parse_ok(&q, "&pod=a&&limit=3&");
+    cr_assert_str_eq(q.pod, "a");
+    cr_assert_eq(q.limit, 3);
+}
+
+Test(query_parse, longest_string_is_accepted)
+{
+    char qs[QUERY_STR_MAX + 16];
+    int n = snprintf(qs, sizeof(qs), "pod=");
+    memset(qs + n, 'p', QUERY_STR_MAX - 1);
+    qs[n + QUERY_STR_MAX - 1] = '\0';
+    struct query q;
+    parse_ok(&q, qs);
+    cr_assert_eq(strlen(q.pod), QUERY_STR_MAX - 1);
+}
+
+/* Every rejected input, with the parameter name its message must contain. */
+struct bad_case {
+    const char *qs;
+    const char *needle; /* must appear in the message */
+    bool stream;
+};
+
+static const struct bad_case bad_cases[] = {
+    {"limit=abc", "'limit'"},
+    {"limit=abc", "1-10000"},
+    {"limit=0", "'limit'"},
+    {"limit=10001", "'limit'"},
+    {"limit=-1", "'limit'"},
+    {"limit=1.5", "'limit'"},
+    {"limit=99999999999999999999999", "'limit'"},
+    {"limit=", "'limit'"},
+    {"limit", "'limit'"},
+    {"type=bogus", "'type'"},
+    {"type=bogus", "\"bogus\""},
+    {"type=bogus", "connection, accept, packet_drop, exec, exit"},
+    {"type=exec,bogus", "\"bogus\""},
+    {"type=exec,", "'type'"},
+    {"type=,exec", "'type'"},
+    {"type=", "'type'"},
+    {"pid=abc", "'pid'"},
+    {"pid=-1", "'pid'"},
+    {"pid=4294967296", "'pid'"},
+    {"pid=12abc", "'pid'"},
+    {"pid=", "'pid'"},
+    {"since=yesterday", "'since'"},
+    {"since=yesterday", "RFC 3339"},
+    {"since=2024-13-01T00:00:00Z", "'since'"},
+    {"since=2024-02-30T00:00:00Z", "'since'"},
+    {"since=2023-02-29T00:00:00Z", "'since'"},
+    {"since=2024-05-01T24:00:00Z", "'since'"},
+    {"since=2024-05-01T12:60:00Z", "'since'"},
+    {"since=2024-05-01T12:00:00", "'since'"},
+    {"since=2024-05-01", "'since'"},
+    {"since=2024-05-01T12:00:00.Z", "'since'"},
+    {"since=2024-05-01T12:00:00.1234567891Z", "'since'"},
+    {"since=2024-05-01T12:00:00%2B0200", "'since'"},
+    {"since=2024-05-01T12:00:00%2B24:00", "'since'"},
+    {"since=2024-05-01T12:00:00ZZ", "'since'"},
+    {"since=1969-12-31T23:59:59Z", "'since'"},
+    {"since=18446744073709551616", "'since'"},
+    {"since=-5", "'since'"},
+    {"since=", "'since'"},
+    {"until=soon", "'until'"},
+    {"until=2024-05-01T12:00:00x", "'until'"},
+    {"since=2000&until=1000", "'since'"},
+    {"since=2024-05-01T12:00:01Z&until=2024-05-01T12:00:00Z", "'since'"},
+    {"cursor=garbage", "'cursor'"},
+    {"cursor=", "'cursor'"},
+    {"node=", "'node'"},
+    {"pod=", "'pod'"},
+    {"namespace=", "'namespace'"},
+    {"command=", "'command'"},
+    {"foo=1", "unknown query parameter 'foo'"},
+    {"limit=5&foo=1", "unknown query parameter 'foo'"},
+    {"Limit=5", "unknown query parameter 'Limit'"},
+    {"pod=a&pod=b", "'pod'"},
+    {"pod=a&pod=b", "duplicate"},
+    {"limit=1&limit=1", "'limit'"},
+    {"pod=%zz", "'pod'"},
+    {"pod=%zz", "percent-encoding"},
+    {"pod=abc%4", "'pod'"},
+    {"pod=abc%", "'pod'"},
+    {"pod=a%00b", "'pod'"},
+    {"p%zzd=1", "percent-encoding"},
+    {"limit=5", "'limit' is not supported on the stream", true},
+    {"cursor=000000000000000a-00000000000000ff", "'cursor' is not supported on the stream", true},
+    {"foo=1", "unknown query parameter 'foo'", true},
+    {"pid=x", "'pid'", true},
+};
+
+Test(query_parse, every_bad_value_is_rejected_with_its_name)
+{
+    for (size_t i = 0; i < sizeof(bad_cases) / sizeof(bad_cases[0]); i++) {
+        const struct bad_case *c = &bad_cases[i];
+        struct query q;
+        char err[512] = "";
+        int rc = parse(&q, c->qs, c->stream, err, sizeof(err));
+        cr_expect_eq(rc, -EINVAL, "\"%s\" (stream=%d): rc %d", c->qs, c->stream, rc);
+        cr_expect(strstr(err, c->needle) != NULL, "\"%s\": message \"%s\" lacks \"%s\"", c->qs, err,
+                  c->needle);
+    }
+}
+
+Test(query_parse, exact_messages)
+{
+    struct query q;
+    char err[512];
+    parse(&q, "limit=abc", false, err, sizeof(err));
+    cr_assert_str_eq(err, "invalid 'limit': \"abc\" (must be an integer 1-10000)");
+    parse(&q, "foo=1", false, err, sizeof(err));
+    cr_assert(strncmp(err, "unknown query parameter 'foo'", 29) == 0, "%s", err);
+}
+
+Test(query_parse, too_long_strings_are_rejected)
+{
+    const char *names[] = {"node", "pod", "namespace", "command"};
+    for (size_t i = 0; i < 4; i++) {
+        char qs[QUERY_STR_MAX + 32];
+        int n = snprintf(qs, sizeof(qs), "%s=", names[i]);
+        memset(qs + n, 'x', QUERY_STR_MAX);
+        qs[n + QUERY_STR_MAX] = '\0';
+        struct query q;
+        char err[256] = "", want[32];
+        cr_assert_eq(parse(&q, qs, false, err, sizeof(err)), -EINVAL, "%s", names[i]);
+        snprintf(want, sizeof(want), "'%s'", names[i]);
+        cr_assert(strstr(err, want), "%s", err);
+    }
+}
+
+Test(query_parse, stream_accepts_the_filters)
+{
+    struct query q;
+    char err[256] = "";
+    cr_assert_eq(parse(&q, "type=exec&node=a&pod=b&namespace=c&pid=1&command=sh&since=5&until=9",
+                       true, err, sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(q.types, EVENT_TYPE_BIT(EVENT_EXEC));
+    cr_assert_eq(q.until_ns, 9);
+}
+
+Test(query_parse, message_quotes_are_bounded_and_printable)
+{
+    char qs[600];
+    int n = snprintf(qs, sizeof(qs), "limit=%%01");
+    memset(qs + n, '9', 200);
+    qs[n + 200] = '\0';
+    struct query q;
+    char err[512];
+    cr_assert_eq(parse(&q, qs, false, err, sizeof(err)), -EINVAL);
+    cr_assert(strlen(err) < 160, "%s", err);
+    for (const char *p = err; *p; p++)
+        cr_assert((unsigned char)*p >= 0x20, "control byte in \"%s\"", err);
+    /* A tiny or absent error buffer is fine. */
+    char small[8];
+    cr_assert_eq(parse(&q, "limit=x", false, small, sizeof(small)), -EINVAL);
+    cr_assert_eq(strlen(small), 7);
+    cr_assert_eq(parse(&q, "limit=x", false, NULL, 0), -EINVAL);
+}
+
+struct time_case {
+    const char *s;
+    uint64_t ns;
+};
+
+Test(query_time, rfc3339_and_epoch_forms)
+{
+    static const struct time_case cases[] = {
+        {"2024-05-01T12:00:00Z", T_2024_05_01_12},
+        {"2024-05-01t12:00:00z", T_2024_05_01_12},
+        {"2024-05-01 12:00:00Z", T_2024_05_01_12},
+        {"2024-05-01T12:00:00+00:00", T_2024_05_01_12},
+        {"2024-05-01T12:00:00-00:00", T_2024_05_01_12},
+        {"2024-05-01T14:30:00+02:30", T_2024_05_01_12},
+        {"2024-05-01T07:00:00-05:00", T_2024_05_01_12},
+        /* An unencoded '+' in a URL arrives as a space. */
+        {"2024-05-01T14:00:00 02:00", T_2024_05_01_12},
+        {"2024-05-01T12:00:00.5Z", T_2024_05_01_12 + 500000000},
+        {"2024-05-01T12:00:00.123Z", T_2024_05_01_12 + 123000000},
+        {"2024-05-01T12:00:00.123456Z", T_2024_05_01_12 + 123456000},
+        {"2024-05-01T12:00:00.123456789Z", T_2024_05_01_12 + 123456789},
+        {"2024-05-01T12:00:00.000000001Z", T_2024_05_01_12 + 1},
+        {"2024-05-01T14:00:00.25+02:00", T_2024_05_01_12 + 250000000},
+        {"1970-01-01T00:00:00Z", 0},
+        {"1970-01-01T01:00:00+01:00", 0},
+        {"2000-02-29T23:59:59Z", 951868799000000000ull},
+        {"2554-07-21T23:34:33.709551615Z", UINT64_MAX},
+        {"0", 0},
+        {"1714564800000000000", T_2024_05_01_12},
+        {"18446744073709551615", UINT64_MAX},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint64_t ns = 1;
+        int rc = query_parse_time(cases[i].s, strlen(cases[i].s), &ns);
+        cr_expect_eq(rc, 0, "%s: rc %d", cases[i].s, rc);
+        cr_expect_eq(ns, cases[i].ns, "%s: %llu != %llu", cases[i].s, (unsigned long long)ns,
+                     (unsigned long long)cases[i].ns);
+    }
+}
+
+Test(query_time, rejects_malformed_and_out_of_range)
+{
+    static const char *bad[] = {
+        "",
+        "abc",
+        "2024-05-01T12:00:00",
+        "2024-05-01T12:00:00.Z",
+        "2024-05-01T12:00:00.1234567890Z",
+        "2024-05-01T12:00:00+2:00",
+        "2024-05-01T12:00:00+02:60",
+        "2024-05-01T12:00:00+02:00x",
+        "2024-05-01X12:00:00Z",
+        "2024-00-01T12:00:00Z",
+        "2024-04-31T12:00:00Z",
+        "1900-02-29T00:00:00Z",
+        "1969-12-31T23:59:59.999999999Z",
+        "1970-01-01T00:30:00+01:00",
+        "2554-07-21T23:34:33.709551616Z",
+        "18446744073709551616",
+        "12e9",
+        " 1",
+        "+1",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        uint64_t ns = 7;
+        cr_expect_lt(query_parse_time(bad[i], strlen(bad[i]), &ns), 0, "\"%s\" accepted", bad[i]);
+        cr_expect_eq(ns, 7, "\"%s\" wrote the output", bad[i]);
+    }
+}
+
+Test(query_time, since_equal_until_is_allowed)
+{
+    struct query q;
+    parse_ok(&q, "since=2024-05-01T12:00:00Z&until=1714564800000000000");
+    cr_assert_eq(q.since_ns, q.until_ns);
+}
+
+Test(query_cursor, round_trip)
+{
+    static const struct query_cursor cases[] = {
+        {0, 0},
+        {1, 2},
+        {T_2024_05_01_12 + 123456789, 0xdeadbeefcafef00dull},
+        {UINT64_MAX, UINT64_MAX},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char text[QUERY_CURSOR_LEN];
+        query_cursor_format(&cases[i], text);
+        cr_assert_eq(strlen(text), QUERY_CURSOR_LEN - 1);
+        struct query_cursor back;
+        cr_assert_eq(query_cursor_parse(&back, text, strlen(text)), 0, "%s", text);
+        cr_assert_eq(back.timestamp_ns, cases[i].timestamp_ns);
+        cr_assert_eq(back.id, cases[i].id);
+
+        /* And through the query string, as a client sends it back. */
+        char qs[64];
+        snprintf(qs, sizeof(qs), "cursor=%s", text);
+        struct query q;
+        parse_ok(&q, qs);
+        cr_assert(q.has_cursor);
+        cr_assert_eq(q.cursor.timestamp_ns, cases[i].timestamp_ns);
+        cr_assert_eq(q.cursor.id, cases[i].id);
+    }
+}
+
+Test(query_cursor, rejects_garbage)
+{
+    static const char *bad[] = {
+        "",
+        "x",
+        "0000000000000001-000000000000000",
+        "0000000000000001-00000000000000001",
+        "0000000000000001_0000000000000002",
+        "000000000000000g-0000000000000002",
+        "0000000000000001-000000000000000G",
+        "00000000000000010000000000000002",
+        "-0000000000000001-000000000000002",
+        "0000000000000001-0000000000000002 ",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct query_cursor c = {7, 7};
+        cr_expect_eq(query_cursor_parse(&c, bad[i], strlen(bad[i])), -EINVAL, "\"%s\"", bad[i]);
+        cr_expect_eq(c.timestamp_ns, 7);
+        cr_expect_eq(c.id, 7);
+    }
+}
+
+Test(query_order, newest_first_and_cursor)
+{
+    cr_assert_lt(query_cmp_newest_first(2, 0, 1, 9), 0);
+    cr_assert_gt(query_cmp_newest_first(1, 9, 2, 0), 0);
+    cr_assert_lt(query_cmp_newest_first(5, 9, 5, 3), 0);
+    cr_assert_gt(query_cmp_newest_first(5, 3, 5, 9), 0);
+    cr_assert_eq(query_cmp_newest_first(5, 3, 5, 3), 0);
+
+    struct query_cursor c = {100, 50};
+    struct event e = {.timestamp_ns = 100, .id = 49};
+    cr_assert(query_after_cursor(&c, &e)); /* same time, lower id: later page */
+    e.id = 50;
+    cr_assert_not(query_after_cursor(&c, &e)); /* the cursor's own event */
+    e.id = 51;
+    cr_assert_not(query_after_cursor(&c, &e));
+    e = (struct event){.timestamp_ns = 99, .id = UINT64_MAX};
+    cr_assert(query_after_cursor(&c, &e));
+    e = (struct event){.timestamp_ns = 101, .id = 0};
+    cr_assert_not(query_after_cursor(&c, &e));
+}
+
+static struct event match_event(void)
+{
+    struct event e = {
+        .id = 1,
+        .timestamp_ns = 1000,
+        .type = EVENT_EXEC,
+        .pid = 42,
+        .node = intern("node-a"),
+        .k8s = {.pod_name = intern("web-0"), .namespace = intern("prod")},
+    };
+    strcpy(e.command, "curl");
+    return e;
+}
+
+/* One filter at a time: the value that matches, the one that does not. */
+Test(query_match, truth_table)
+{
+    struct event e = match_event();
+    struct query q;
+    struct {
+        const char *qs;
+        bool want;
+    } cases[] = {
+        {"", true},
+        {"type=exec", true},
+        {"type=exit,exec", true},
+        {"type=exit", false},
+        {"node=node-a", true},
+        {"node=node-b", false},
+        {"node=node", false},
+        {"pod=web-0", true},
+        {"pod=web-1", false},
+        {"namespace=prod", true},
+        {"namespace=dev", false},
+        {"pid=42", true},
+        {"pid=43", false},
+        {"pid=0", false},
+        {"command=curl", true},
+        {"command=cur", false},
+        {"command=curl2", false},
+        {"since=1000", true},
+        {"since=1001", false},
+        {"until=1000", true},
+        {"until=999", false},
+        {"since=1000&until=1000", true},
+        {"type=exec&node=node-a&pod=web-0&namespace=prod&pid=42&command=curl&since=1&until=2000",
+         true},
+        {"type=exec&node=node-a&pod=web-0&namespace=prod&pid=42&command=curl&since=1&until=999",
+         false},
+        /* The cursor is a paging position, not a filter. */
+        {"cursor=0000000000000001-0000000000000001", true},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        parse_ok(&q, cases[i].qs);
+        cr_expect_eq(query_match(&q, &e), cases[i].want, "\"%s\"", cases[i].qs);
+    }
+}
+
+Test(query_match, missing_fields_never_match_a_filter)
+{
+    struct event e = match_event();
+    e.node = NULL;
+    e.k8s.pod_name = NULL;
+    e.k8s.namespace = NULL;
+    struct query q;
+    parse_ok(&q, "");
+    cr_assert(query_match(&q, &e));
+    parse_ok(&q, "node=node-a");
+    cr_assert_not(query_match(&q, &e));
+    parse_ok(&q, "pod=web-0");
+    cr_assert_not(query_match(&q, &e));
+    parse_ok(&q, "namespace=prod");
+    cr_assert_not(query_match(&q, &e));
+}
+
+Test(query_match, node_compares_text_not_pointers)
+{
+    struct event e = match_event();
+    char node[] = "node-a"; /* not interned */
+    e.node = node;
+    struct query q;
+    parse_ok(&q, "node=node-a");
+    cr_assert(query_match(&q, &e));
+}
+
+Test(query_match, full_length_comm)
+{
+    /* A 16-byte comm with no NUL in the event's array. */
+    struct event e = match_event();
+    memcpy(e.command, "abcdefghijklmnop", EVENT_COMM_LEN);
+    struct query q;
+    parse_ok(&q, "command=abcdefghijklmnop");
+    cr_assert(query_match(&q, &e));
+    parse_ok(&q, "command=abcdefghijklmnopq");
+    cr_assert_not(query_match(&q, &e));
+    parse_ok(&q, "command=abcdefghijklmno");
+    cr_assert_not(query_match(&q, &e));
+}

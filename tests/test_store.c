@@ -1,0 +1,732 @@
+/*
+ * Tests for pkg/store: newest-first results (also for events added out of
+ * order), every filter, inclusive time bounds, limits and cursor paging
+ * checked against a brute-force reference over the same events, eviction by
+ * count and by age, ownership of exec strings, and concurrent use.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "event.h"
+#include "intern.h"
+#include "query.h"
+#include "store.h"
+
+static const char *const NODES[] = {"node-a", "node-b", "node.c.example", "node-d"};
+static const char *const PODS[] = {NULL, "web-0", "web-1", "db-0"};
+static const char *const NAMESPACES[] = {NULL, "prod", "dev"};
+static const char *const COMMANDS[] = {"curl", "sh", "nginx", "abcdefghijklmnop"};
+
+/* A deterministic generator so failures reproduce (rand() state is per process anyway). */
+static uint64_t rng_state;
+static uint64_t rng(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return rng_state >> 33;
+}
+static unsigned rng_below(unsigned n)
+{
+    return (unsigned)(rng() % n);
+}
+
+static struct event mk(uint64_t ts, uint64_t id, unsigned type, const char *node)
+{
+    struct event e = {.id = id, .timestamp_ns = ts, .type = (uint8_t)type, .node = intern(node)};
+    strcpy(e.command, "sh");
+    e.pid = 1;
+    return e;
+}
+
+/* A comm of 16 characters fills the array without a NUL, as the kernel's can. */
+static void set_comm(struct event *e, const char *comm)
+{
+    size_t n = strlen(comm);
+    memset(e->command, 0, sizeof(e->command));
+    memcpy(e->command, comm, n < sizeof(e->command) ? n : sizeof(e->command));
+}
+
+static struct store *new_store(size_t max_events, uint64_t max_age_ns)
+{
+    struct store_limits lim = {.max_events = max_events, .max_age_ns = max_age_ns};
+    struct store *s = store_new(&lim);
+    cr_assert_not_null(s);
+    return s;
+}
+
+static void add(struct store *s, const struct event *e)
+{
+    cr_assert_eq(store_add(s, e), 0);
+}
+
+static struct query parse_q(const char *qs)
+{
+    struct query q;
+    char err[256] = "";
+    cr_assert_eq(query_parse(&q, qs, strlen(qs), false, err, sizeof(err)), 0, "%s: %s", qs, err);
+    return q;
+}
+
+static int cmp_newest_first(const void *a, const void *b)
+{
+    const struct event *x = a, *y = b;
+    return query_cmp_newest_first(x->timestamp_ns, x->id, y->timestamp_ns, y->id);
+}
+
+/* The brute-force answer: every held event that matches q, newest first. */
+static size_t reference(const struct event *all, size_t n, const struct query *q, struct event *out)
+{
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (query_match(q, &all[i]))
+            out[m++] = all[i];
+    qsort(out, m, sizeof(*out), cmp_newest_first);
+    return m;
+}
+
+static void assert_sorted(const struct store_result *r)
+{
+    for (size_t i = 1; i < r->count; i++)
+        cr_assert_lt(cmp_newest_first(&r->events[i - 1], &r->events[i]), 0,
+                     "results %zu and %zu out of order", i - 1, i);
+}
+
+/* Pages through q with the given page size and checks the walk against the reference. */
+static void check_paging(struct store *s, const struct event *all, size_t n, struct query q,
+                         uint32_t page)
+{
+    struct event *want = malloc((n + 1) * sizeof(*want));
+    size_t m = reference(all, n, &q, want);
+    q.limit = page;
+    q.has_cursor = false;
+    size_t got = 0;
+    for (int pages = 0;; pages++) {
+        cr_assert_leq(pages, (int)(m / page) + 1, "paging does not end");
+        struct store_result r;
+        cr_assert_eq(store_query(s, &q, &r), 0);
+        cr_assert_eq(r.total_count, m, "total_count %llu, reference %zu",
+                     (unsigned long long)r.total_count, m);
+        cr_assert_leq(r.count, page);
+        for (size_t i = 0; i < r.count; i++, got++) {
+            cr_assert_lt(got, m, "more results than matches");
+            cr_assert_eq(r.events[i].id, want[got].id, "result %zu: id %llx, want %llx", got,
+                         (unsigned long long)r.events[i].id, (unsigned long long)want[got].id);
+            cr_assert_eq(r.events[i].timestamp_ns, want[got].timestamp_ns);
+        }
+        bool more = r.has_next;
+        cr_assert_eq(more, got < m, "has_next %d after %zu of %zu", more, got, m);
+        if (more) {
+            cr_assert_eq(r.count, page, "a short page before the end");
+            cr_assert_eq(r.next_cursor.timestamp_ns, r.events[r.count - 1].timestamp_ns);
+            cr_assert_eq(r.next_cursor.id, r.events[r.count - 1].id);
+            /* Through text, as a client would send it back. */
+            char text[QUERY_CURSOR_LEN];
+            query_cursor_format(&r.next_cursor, text);
+            cr_assert_eq(query_cursor_parse(&q.cursor, text, strlen(text)), 0);
+            q.has_cursor = true;
+        }
+        store_result_free(&r);
+        if (!more)
+            break;
+    }
+    cr_assert_eq(got, m);
+    free(want);
+}
+
+Test(store, newest_first_with_out_of_order_inserts)
+{
+    struct store *s = new_store(100000, 0);
+    enum { N = 3000 };
+    static struct event all[N];
+    rng_state = 1;
+    for (size_t i = 0; i < N; i++) {
+        /* Mostly increasing with jitter, plus some far-out-of-order stragglers. */
+        uint64_t ts = 1000000 + i * 10 + rng_below(50);
+        if (rng_below(20) == 0)
+            ts = 1000000 + rng_below(N * 10);
+        all[i] = mk(ts, rng() << 20 | i, 1 + rng_below(5), NODES[rng_below(4)]);
+        add(s, &all[i]);
+    }
+    struct query q = parse_q("limit=10000");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, N);
+    cr_assert_eq(r.total_count, N);
+    cr_assert_not(r.has_next);
+    assert_sorted(&r);
+    static struct event want[N];
+    reference(all, N, &q, want);
+    for (size_t i = 0; i < N; i++)
+        cr_assert_eq(r.events[i].id, want[i].id);
+    store_result_free(&r);
+
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, N);
+    cr_assert_eq(st.added, N);
+    cr_assert_eq(st.oldest_ns, want[N - 1].timestamp_ns);
+    cr_assert_eq(st.newest_ns, want[0].timestamp_ns);
+    store_free(s);
+}
+
+Test(store, same_timestamp_orders_by_id)
+{
+    struct store *s = new_store(100, 0);
+    uint64_t ids[] = {5, 1, 9, 3, 7};
+    for (size_t i = 0; i < 5; i++) {
+        struct event e = mk(100, ids[i], EVENT_EXEC, "n");
+        add(s, &e);
+    }
+    struct query q = parse_q("");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    uint64_t want[] = {9, 7, 5, 3, 1};
+    cr_assert_eq(r.count, 5);
+    for (size_t i = 0; i < 5; i++)
+        cr_assert_eq(r.events[i].id, want[i]);
+    store_result_free(&r);
+    store_free(s);
+}
+
+/* A varied data set shared by the filter and paging tests. */
+enum { DATA_N = 2500 };
+static struct event data[DATA_N];
+
+static struct store *load_data(uint64_t seed)
+{
+    struct store *s = new_store(DATA_N, 0);
+    rng_state = seed;
+    for (size_t i = 0; i < DATA_N; i++) {
+        /* Few distinct timestamps so ties (ordered by id) cross page boundaries. */
+        struct event e = mk(1000 + rng_below(DATA_N / 3), rng() << 31 ^ rng(), 1 + rng_below(5),
+                            NODES[rng_below(4)]);
+        e.pid = 100 + rng_below(6);
+        set_comm(&e, COMMANDS[rng_below(4)]);
+        e.k8s.pod_name = intern(PODS[rng_below(4)]);
+        e.k8s.namespace = intern(NAMESPACES[rng_below(3)]);
+        if (rng_below(10) == 0)
+            e.node = NULL; /* an event without a node */
+        data[i] = e;
+        add(s, &e);
+    }
+    return s;
+}
+
+Test(store, every_filter_matches_the_reference)
+{
+    struct store *s = load_data(7);
+    static const char *queries[] = {
+        "",
+        "type=exec",
+        "type=connection,accept",
+        "type=packet_drop,exit,exec",
+        "node=node-a",
+        "node=node.c.example",
+        "node=nobody",
+        "pod=web-0",
+        "pod=db-0",
+        "namespace=prod",
+        "namespace=dev&pod=web-1",
+        "pid=103",
+        "command=curl",
+        "command=abcdefghijklmnop",
+        "since=1500",
+        "until=1200",
+        "since=1100&until=1110",
+        "since=1234&until=1234",
+        "type=exec&node=node-b&pid=101",
+        "type=exit&node=node-d&pod=web-0&namespace=prod&command=nginx&pid=104&since=1100",
+        "until=999",
+        "since=2000000",
+    };
+    for (size_t i = 0; i < sizeof(queries) / sizeof(queries[0]); i++) {
+        struct query q = parse_q(queries[i]);
+        q.limit = QUERY_LIMIT_MAX;
+        static struct event want[DATA_N];
+        size_t m = reference(data, DATA_N, &q, want);
+        struct store_result r;
+        cr_assert_eq(store_query(s, &q, &r), 0);
+        cr_assert_eq(r.count, m, "\"%s\": %zu results, reference %zu", queries[i], r.count, m);
+        cr_assert_eq(r.total_count, m, "\"%s\"", queries[i]);
+        for (size_t j = 0; j < m; j++)
+            cr_assert_eq(r.events[j].id, want[j].id, "\"%s\" result %zu", queries[i], j);
+        cr_assert_not(r.has_next);
+        store_result_free(&r);
+    }
+    store_free(s);
+}
+
+Test(store, since_and_until_are_inclusive)
+{
+    struct store *s = new_store(100, 0);
+    for (uint64_t ts = 10; ts <= 50; ts += 10) {
+        struct event e = mk(ts, ts, EVENT_CONNECTION, "n");
+        add(s, &e);
+    }
+    struct query q = parse_q("since=20&until=40");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 3);
+    cr_assert_eq(r.events[0].timestamp_ns, 40);
+    cr_assert_eq(r.events[2].timestamp_ns, 20);
+    cr_assert_eq(r.total_count, 3);
+    store_result_free(&r);
+    store_free(s);
+}
+
+Test(store, limit_and_total_count)
+{
+    struct store *s = new_store(1000, 0);
+    for (uint64_t i = 1; i <= 250; i++) {
+        struct event e = mk(i, i, i % 2 ? EVENT_EXEC : EVENT_EXIT, "n");
+        e.pid = (uint32_t)(i % 5);
+        add(s, &e);
+    }
+    struct query q = parse_q("");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, QUERY_LIMIT_DEFAULT);
+    cr_assert_eq(r.total_count, 250);
+    cr_assert(r.has_next);
+    cr_assert_eq(r.events[0].id, 250);
+    cr_assert_eq(r.events[99].id, 151);
+    store_result_free(&r);
+
+    q = parse_q("type=exec&limit=7");
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 7);
+    cr_assert_eq(r.total_count, 125);
+    cr_assert_eq(r.events[0].id, 249);
+    store_result_free(&r);
+
+    /* A filter the index does not cover: counted by scanning. */
+    q = parse_q("pid=0&limit=3");
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 3);
+    cr_assert_eq(r.total_count, 50);
+    cr_assert_eq(r.events[0].id, 250);
+    cr_assert_eq(r.events[1].id, 245);
+    store_result_free(&r);
+
+    /* No matches: an empty array, nothing next. */
+    q = parse_q("pid=77");
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 0);
+    cr_assert_eq(r.total_count, 0);
+    cr_assert_not(r.has_next);
+    store_result_free(&r);
+    store_free(s);
+}
+
+Test(store, empty_store)
+{
+    struct store *s = new_store(10, 0);
+    struct query q = parse_q("type=exec&pid=1");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 0);
+    cr_assert_eq(r.total_count, 0);
+    cr_assert_not(r.has_next);
+    store_result_free(&r);
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 0);
+    cr_assert_eq(st.capacity, 10);
+    store_free(s);
+    cr_assert_null(store_new(&(struct store_limits){.max_events = 0}));
+}
+
+/* Random queries and page sizes, each walked to the end. */
+Test(store, cursor_paging_walks_every_match_once)
+{
+    struct store *s = load_data(42);
+    rng_state = 4242;
+    for (int round = 0; round < 150; round++) {
+        char qs[512];
+        int n = 0;
+        qs[0] = '\0';
+        if (rng_below(2)) {
+            static const char *types[] = {"exec", "exit", "connection,accept", "packet_drop,exec",
+                                          "accept"};
+            n += snprintf(qs + n, sizeof(qs) - n, "&type=%s", types[rng_below(5)]);
+        }
+        if (rng_below(3) == 0)
+            n += snprintf(qs + n, sizeof(qs) - n, "&node=%s", NODES[rng_below(4)]);
+        if (rng_below(4) == 0)
+            n += snprintf(qs + n, sizeof(qs) - n, "&pod=%s", PODS[1 + rng_below(3)]);
+        if (rng_below(5) == 0)
+            n += snprintf(qs + n, sizeof(qs) - n, "&namespace=%s", NAMESPACES[1 + rng_below(2)]);
+        if (rng_below(4) == 0)
+            n += snprintf(qs + n, sizeof(qs) - n, "&pid=%u", 100 + rng_below(6));
+        if (rng_below(5) == 0)
+            n += snprintf(qs + n, sizeof(qs) - n, "&command=%s", COMMANDS[rng_below(4)]);
+        unsigned since = 0;
+        if (rng_below(3) == 0) {
+            since = 1000 + rng_below(DATA_N / 3);
+            n += snprintf(qs + n, sizeof(qs) - n, "&since=%u", since);
+        }
+        if (rng_below(3) == 0)
+            n += snprintf(qs + n, sizeof(qs) - n, "&until=%u", since + rng_below(DATA_N / 3));
+        struct query q = parse_q(qs[0] ? qs + 1 : qs);
+        uint32_t page = rng_below(4) == 0 ? 1 + rng_below(3) : 1 + rng_below(300);
+        check_paging(s, data, DATA_N, q, page);
+    }
+    store_free(s);
+}
+
+Test(store, cursor_from_an_evicted_or_foreign_event_still_pages)
+{
+    struct store *s = new_store(100, 0);
+    for (uint64_t i = 1; i <= 20; i++) {
+        struct event e = mk(i * 10, i, EVENT_EXEC, "n");
+        add(s, &e);
+    }
+    /* A cursor between held events: the page starts just below it. */
+    struct query q = parse_q("cursor=0000000000000055-0000000000000000&limit=2");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 2);
+    cr_assert_eq(r.events[0].timestamp_ns, 80);
+    cr_assert_eq(r.events[1].timestamp_ns, 70);
+    cr_assert_eq(r.total_count, 20);
+    cr_assert(r.has_next);
+    store_result_free(&r);
+    store_free(s);
+}
+
+Test(store, count_limit_evicts_the_oldest)
+{
+    struct store *s = new_store(10, 0);
+    /* Interleave nodes and types so the oldest is spread over shards. */
+    for (uint64_t i = 1; i <= 15; i++) {
+        struct event e = mk(i * 100, i, 1 + i % 5, NODES[i % 3]);
+        add(s, &e);
+    }
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 10);
+    cr_assert_eq(st.evicted_count, 5);
+    cr_assert_eq(st.evicted_age, 0);
+    cr_assert_eq(st.oldest_ns, 600);
+    cr_assert_eq(st.newest_ns, 1500);
+
+    /* An out-of-order event newer than the oldest: the oldest goes. */
+    struct event e = mk(650, 99, EVENT_EXEC, "node-x");
+    add(s, &e);
+    store_get_stats(s, &st);
+    cr_assert_eq(st.oldest_ns, 650);
+    cr_assert_eq(st.evicted_count, 6);
+
+    /* One older than everything held is the one evicted. */
+    e = mk(50, 98, EVENT_EXIT, "node-a");
+    add(s, &e);
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 10);
+    cr_assert_eq(st.evicted_count, 7);
+    cr_assert_eq(st.added, 17);
+
+    struct query q = parse_q("");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 10);
+    cr_assert_eq(r.events[0].timestamp_ns, 1500);
+    cr_assert_eq(r.events[9].timestamp_ns, 650);
+    store_result_free(&r);
+    store_free(s);
+}
+
+Test(store, count_limit_under_random_load_keeps_the_newest)
+{
+    enum { N = 5000, CAP = 700 };
+    static struct event all[N];
+    struct store *s = new_store(CAP, 0);
+    rng_state = 99;
+    for (size_t i = 0; i < N; i++) {
+        all[i] = mk(10000 + i * 3 + rng_below(200), i + 1, 1 + rng_below(5), NODES[rng_below(4)]);
+        add(s, &all[i]);
+    }
+    /* The store must hold exactly the CAP newest of all events. */
+    qsort(all, N, sizeof(all[0]), cmp_newest_first);
+    struct query q = parse_q("limit=10000");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, CAP);
+    for (size_t i = 0; i < CAP; i++)
+        cr_assert_eq(r.events[i].id, all[i].id, "result %zu", i);
+    store_result_free(&r);
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.evicted_count, N - CAP);
+    store_free(s);
+}
+
+Test(store, traffic_moving_between_shards_stays_correct)
+{
+    /* One shard fills the store, then another takes over: the first drains and shrinks. */
+    struct store *s = new_store(1000, 0);
+    uint64_t ts = 1;
+    for (int i = 0; i < 1000; i++, ts++) {
+        struct event e = mk(ts, ts, EVENT_EXEC, "busy");
+        add(s, &e);
+    }
+    for (int i = 0; i < 990; i++, ts++) {
+        struct event e = mk(ts, ts, EVENT_EXIT, "other");
+        add(s, &e);
+    }
+    struct query q = parse_q("node=busy&limit=10000");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 10);
+    cr_assert_eq(r.events[0].timestamp_ns, 1000);
+    cr_assert_eq(r.events[9].timestamp_ns, 991);
+    store_result_free(&r);
+    q = parse_q("type=exit&limit=10000");
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 990);
+    assert_sorted(&r);
+    store_result_free(&r);
+    store_free(s);
+}
+
+Test(store, age_limit_uses_the_wall_clock_on_add)
+{
+    /* 1970 timestamps are far past a 100 ns retention: dropped on arrival, and counted. */
+    struct store *s = new_store(1000, 100);
+    for (uint64_t ts = 1; ts <= 200; ts++) {
+        struct event e = mk(ts, ts, 1 + ts % 5, NODES[ts % 4]);
+        add(s, &e);
+    }
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 0);
+    cr_assert_eq(st.evicted_age, 200);
+    store_free(s);
+
+    /* Without an age limit nothing expires. */
+    s = new_store(1000, 0);
+    for (uint64_t ts = 1; ts <= 200; ts++) {
+        struct event e = mk(ts, ts, 1 + ts % 5, NODES[ts % 4]);
+        add(s, &e);
+    }
+    cr_assert_eq(store_expire(s, UINT64_MAX), 0);
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 200);
+    store_free(s);
+}
+
+Test(store, age_limit_expires_and_counts)
+{
+    /* Timestamps near the wall clock so store_add's own expiry leaves them alone. */
+    uint64_t now = (uint64_t)time(NULL) * 1000000000ull;
+    uint64_t hour = 3600ull * 1000000000ull;
+    struct store *s = new_store(1000, hour);
+    for (uint64_t i = 0; i < 60; i++) {
+        struct event e =
+            mk(now - 30 * 60 * 1000000000ull + i * 1000000000ull, i + 1, 1 + i % 5, NODES[i % 4]);
+        add(s, &e);
+    }
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 60);
+    cr_assert_eq(st.evicted_age, 0);
+
+    /* 30 minutes and 10 seconds on, the first 10 events are older than an hour. */
+    uint64_t later = now + (30 * 60 + 10) * 1000000000ull;
+    cr_assert_eq(store_expire(s, later), 10);
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 50);
+    cr_assert_eq(st.evicted_age, 10);
+    cr_assert_eq(st.oldest_ns, later - hour);
+
+    /* An event already past retention when it arrives is dropped and counted. */
+    struct event old = mk(now - 2 * hour, 1000, EVENT_EXEC, "node-a");
+    add(s, &old);
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 50);
+    cr_assert_eq(st.evicted_age, 11);
+
+    struct query q = parse_q("limit=10000");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 50);
+    cr_assert_geq(r.events[49].timestamp_ns, later - hour);
+    store_result_free(&r);
+
+    cr_assert_eq(store_expire(s, later + 2 * hour), 50);
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 0);
+    cr_assert_eq(st.evicted_age, 61);
+    store_free(s);
+}
+
+static struct event mk_exec(uint64_t ts, uint64_t id, const char *filename)
+{
+    struct event e = mk(ts, id, EVENT_EXEC, "node-a");
+    e.u.exec.filename = strdup(filename);
+    static const char args[] = "ls\0-l\0/tmp";
+    e.u.exec.args = malloc(sizeof(args));
+    memcpy(e.u.exec.args, args, sizeof(args));
+    e.u.exec.args_len = sizeof(args);
+    return e;
+}
+
+Test(store, exec_strings_are_copied_and_owned)
+{
+    struct store *s = new_store(2, 0);
+    struct event e = mk_exec(10, 1, "/usr/bin/ls");
+    cr_assert_eq(store_add(s, &e), 0);
+    /* The store holds its own copy: the caller's strings can go. */
+    memset(e.u.exec.filename, 'X', strlen(e.u.exec.filename));
+    event_clear(&e);
+
+    struct event m = mk_exec(20, 2, "/bin/sh");
+    cr_assert_eq(store_add_move(s, &m), 0);
+    cr_assert_null(m.u.exec.filename, "store_add_move takes the strings");
+    cr_assert_null(m.u.exec.args);
+
+    struct query q = parse_q("");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 2);
+    cr_assert_str_eq(r.events[0].u.exec.filename, "/bin/sh");
+    cr_assert_str_eq(r.events[1].u.exec.filename, "/usr/bin/ls");
+    cr_assert_eq(r.events[1].u.exec.args_len, 11);
+    cr_assert(memcmp(r.events[1].u.exec.args, "ls\0-l\0/tmp", 11) == 0);
+
+    /* Results are deep copies that outlive eviction of the originals. */
+    struct event n1 = mk_exec(30, 3, "/bin/a"), n2 = mk_exec(40, 4, "/bin/b");
+    cr_assert_eq(store_add_move(s, &n1), 0);
+    cr_assert_eq(store_add_move(s, &n2), 0);
+    cr_assert_str_eq(r.events[1].u.exec.filename, "/usr/bin/ls");
+    store_result_free(&r);
+    cr_assert_eq(r.count, 0);
+
+    /* An exec event evicted on arrival is freed too. */
+    struct event old = mk_exec(1, 5, "/bin/old");
+    cr_assert_eq(store_add_move(s, &old), 0);
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.evicted_count, 3);
+    store_free(s);
+}
+
+Test(store, duplicates_and_invalid_types)
+{
+    struct store *s = new_store(10, 0);
+    struct event e = mk(5, 5, EVENT_EXEC, "n");
+    add(s, &e);
+    add(s, &e); /* redelivered */
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 1);
+    cr_assert_eq(st.duplicates, 1);
+    cr_assert_eq(st.added, 1);
+
+    struct event bad = mk(6, 6, EVENT_TYPE_NONE, "n");
+    cr_assert_eq(store_add(s, &bad), -EINVAL);
+    bad.type = EVENT_TYPE_COUNT;
+    cr_assert_eq(store_add(s, &bad), -EINVAL);
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 1);
+    cr_assert_eq(st.failed, 2);
+    store_free(s);
+}
+
+Test(store, node_filter_compares_text)
+{
+    struct store *s = new_store(10, 0);
+    char name[] = "plain-node"; /* not interned */
+    struct event e = mk(5, 5, EVENT_EXEC, "x");
+    e.node = name;
+    add(s, &e);
+    e.id = 6;
+    e.node = intern("plain-node"); /* same text, other pointer: same shard */
+    add(s, &e);
+    struct query q = parse_q("node=plain-node");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 2);
+    store_result_free(&r);
+    store_free(s);
+}
+
+/* One writer, two readers: no crash, every result sorted and consistent. */
+struct conc {
+    struct store *s;
+    atomic_bool done;
+    atomic_ulong queries;
+};
+
+static void *conc_writer(void *arg)
+{
+    struct conc *c = arg;
+    uint64_t st = 12345;
+    for (uint64_t i = 0; i < 30000; i++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        struct event e =
+            mk(1000000 + i * 4 + (st >> 60), i + 1, 1 + (st >> 33) % 5, NODES[(st >> 40) % 4]);
+        e.pid = (uint32_t)(st >> 50) % 3;
+        if (e.type == EVENT_EXEC) {
+            e.u.exec.filename = strdup("/bin/true");
+            e.u.exec.args = NULL;
+        }
+        if (store_add_move(c->s, &e) != 0)
+            break;
+    }
+    atomic_store(&c->done, true);
+    return NULL;
+}
+
+static void *conc_reader(void *arg)
+{
+    struct conc *c = arg;
+    static const char *qs[] = {"", "type=exec", "pid=1&limit=50", "node=node-b&limit=500"};
+    unsigned i = 0;
+    bool ok = true;
+    while (ok && (!atomic_load(&c->done) || i < 8)) {
+        const char *text = qs[i++ % 4];
+        struct query q;
+        query_parse(&q, text, strlen(text), false, NULL, 0);
+        struct store_result r;
+        if (store_query(c->s, &q, &r) != 0)
+            return (void *)1;
+        for (size_t j = 1; j < r.count; j++)
+            if (cmp_newest_first(&r.events[j - 1], &r.events[j]) >= 0)
+                ok = false;
+        for (size_t j = 0; j < r.count; j++)
+            if (!query_match(&q, &r.events[j]))
+                ok = false;
+        if (r.count > q.limit || r.total_count < r.count)
+            ok = false;
+        store_result_free(&r);
+        atomic_fetch_add(&c->queries, 1);
+    }
+    return ok ? NULL : (void *)1;
+}
+
+Test(store, concurrent_writer_and_readers)
+{
+    struct conc c = {.s = new_store(5000, 0)};
+    pthread_t w, r1, r2;
+    pthread_create(&r1, NULL, conc_reader, &c);
+    pthread_create(&r2, NULL, conc_reader, &c);
+    pthread_create(&w, NULL, conc_writer, &c);
+    void *res1, *res2;
+    pthread_join(w, NULL);
+    pthread_join(r1, &res1);
+    pthread_join(r2, &res2);
+    cr_assert_null(res1, "reader 1 saw an unsorted or wrong result");
+    cr_assert_null(res2, "reader 2 saw an unsorted or wrong result");
+    cr_assert_geq(atomic_load(&c.queries), 16);
+    struct store_stats st;
+    store_get_stats(c.s, &st);
+    cr_assert_eq(st.events, 5000);
+    cr_assert_eq(st.added, 30000);
+    cr_assert_eq(st.evicted_count, 25000);
+    store_free(c.s);
+}
