@@ -1,0 +1,665 @@
+/*
+ * JSON codec for events in the API's format (SPEC section 5).
+ *
+ * The writer is on the hot path of the HTTP API, the SSE stream and the JSON
+ * bus encoding, so it formats integers and times by hand and caches the date
+ * part of the last timestamp per thread. The parser (jansson) is used by the
+ * JSON bus decoder and the tail command; it is strict about types so a bad
+ * producer is noticed, and it round-trips everything the writer produces.
+ */
+#include "event_json.h"
+
+#include "intern.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/*
+ * The writer reserves a worst-case size for the whole event up front (see
+ * event_json_bound()), so these primitives copy without checking capacity.
+ */
+static inline void raw(struct buf *b, const void *s, size_t n)
+{
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+}
+
+#define PUT_LIT(b, s) raw((b), (s), sizeof(s) - 1)
+
+/* Writes v in decimal ending just before end; returns the first digit. */
+static char *fmt_u64(char *end, uint64_t v)
+{
+    char *p = end;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return p;
+}
+
+static void put_u64(struct buf *b, uint64_t v)
+{
+    char tmp[24];
+    char *p = fmt_u64(tmp + sizeof(tmp), v);
+    raw(b, p, (size_t)(tmp + sizeof(tmp) - p));
+}
+
+static void put_i64(struct buf *b, int64_t v)
+{
+    if (v < 0) {
+        raw(b, "-", 1);
+        put_u64(b, (uint64_t)0 - (uint64_t)v);
+    } else {
+        put_u64(b, (uint64_t)v);
+    }
+}
+
+/* A JSON string; names and paths are nearly always plain ASCII, copied in one go. */
+static void put_str(struct buf *b, const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c >= 0x80 || c == '"' || c == '\\') {
+            buf_json_string(b, s, len); /* fits: the reservation allows 6 bytes per byte */
+            return;
+        }
+    }
+    char *p = b->data + b->len;
+    p[0] = '"';
+    memcpy(p + 1, s, len);
+    p[len + 1] = '"';
+    b->len += len + 2;
+}
+
+/* Dotted quad without the printf machinery inet_ntop uses. */
+static void put_ipv4(struct buf *b, const uint8_t a[4])
+{
+    char *p = b->data + b->len;
+    *p++ = '"';
+    for (int i = 0; i < 4; i++) {
+        unsigned v = a[i];
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+        *p++ = i < 3 ? '.' : '"';
+    }
+    b->len = (size_t)(p - b->data);
+}
+
+static void put2(char *p, unsigned v)
+{
+    p[0] = (char)('0' + v / 10);
+    p[1] = (char)('0' + v % 10);
+}
+
+/* Howard Hinnant's civil_from_days, for days >= 0 since 1970-01-01. */
+static void civil_from_days(uint64_t days, unsigned *y, unsigned *m, unsigned *d)
+{
+    uint64_t z = days + 719468;
+    uint64_t era = z / 146097;
+    uint64_t doe = z - era * 146097;
+    uint64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    uint64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    uint64_t mp = (5 * doy + 2) / 153;
+    *d = (unsigned)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (unsigned)(mp < 10 ? mp + 3 : mp - 9);
+    *y = (unsigned)(yoe + era * 400 + (*m <= 2));
+}
+
+/* Events arrive in time order, so the date rarely changes between calls. */
+static __thread uint64_t time_cache_day = UINT64_MAX;
+static __thread char time_cache_date[10]; /* "YYYY-MM-DD" */
+
+/* Writes exactly 30 bytes plus a NUL ("YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ"). */
+void event_format_time(uint64_t ns, char out[40])
+{
+    uint64_t secs = ns / 1000000000u;
+    unsigned frac = (unsigned)(ns % 1000000000u);
+    uint64_t day = secs / 86400;
+    unsigned sod = (unsigned)(secs % 86400);
+
+    if (day != time_cache_day) {
+        unsigned y, m, d;
+        civil_from_days(day, &y, &m, &d);
+        put2(time_cache_date, y / 100);
+        put2(time_cache_date + 2, y % 100);
+        time_cache_date[4] = '-';
+        put2(time_cache_date + 5, m);
+        time_cache_date[7] = '-';
+        put2(time_cache_date + 8, d);
+        time_cache_day = day;
+    }
+    memcpy(out, time_cache_date, 10);
+    out[10] = 'T';
+    put2(out + 11, sod / 3600);
+    out[13] = ':';
+    put2(out + 14, sod / 60 % 60);
+    out[16] = ':';
+    put2(out + 17, sod % 60);
+    out[19] = '.';
+    for (int i = 28; i >= 20; i--) {
+        out[i] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    out[29] = 'Z';
+    out[30] = '\0';
+}
+
+static void put_key_str(struct buf *b, const char *key, size_t keylen, const char *s)
+{
+    raw(b, key, keylen);
+    put_str(b, s, strlen(s));
+}
+
+/* Key literals carry their leading comma and trailing colon: ",\"pid\":". */
+#define PUT_KEY_STR(b, key, s) put_key_str((b), key, sizeof(key) - 1, (s))
+
+static void put_addr(struct buf *b, unsigned family, const uint8_t addr[16])
+{
+    char text[INET6_ADDRSTRLEN];
+    if (family == EVENT_FAMILY_IPV4)
+        put_ipv4(b, addr);
+    else if (event_addr_str(family, addr, text, sizeof(text)))
+        put_str(b, text, strlen(text));
+    else
+        PUT_LIT(b, "null");
+}
+
+/* "source_ip"..."dest_port"; ports only for protocols that have them. */
+static void put_addrs(struct buf *b, const struct event *e, bool ports)
+{
+    if (e->family != EVENT_FAMILY_IPV4 && e->family != EVENT_FAMILY_IPV6)
+        return;
+    PUT_LIT(b, ",\"source_ip\":");
+    put_addr(b, e->family, e->saddr);
+    if (ports) {
+        PUT_LIT(b, ",\"source_port\":");
+        put_u64(b, e->sport);
+    }
+    PUT_LIT(b, ",\"dest_ip\":");
+    put_addr(b, e->family, e->daddr);
+    if (ports) {
+        PUT_LIT(b, ",\"dest_port\":");
+        put_u64(b, e->dport);
+    }
+}
+
+static void put_protocol_family(struct buf *b, const struct event *e, bool family)
+{
+    const char *proto = event_protocol_name(e->protocol);
+    const char *fam = event_family_name(e->family);
+    if (proto)
+        PUT_KEY_STR(b, ",\"protocol\":", proto);
+    if (family && fam)
+        PUT_KEY_STR(b, ",\"family\":", fam);
+}
+
+static void put_args(struct buf *b, const char *args, uint32_t len)
+{
+    PUT_LIT(b, ",\"args\":[");
+    const char *p = args, *end = args ? args + len : NULL;
+    bool first = true;
+    while (p && p < end) {
+        const char *nul = memchr(p, '\0', (size_t)(end - p));
+        size_t n = nul ? (size_t)(nul - p) : (size_t)(end - p);
+        if (!first)
+            raw(b, ",", 1);
+        put_str(b, p, n);
+        first = false;
+        p += n + 1;
+    }
+    raw(b, "]", 1);
+}
+
+static size_t str_bound(const char *s)
+{
+    return s ? 6 * strlen(s) + 2 : 0;
+}
+
+/*
+ * Worst case: every string byte escaped as a 6-byte "\\u00XX"; keys, numbers
+ * and addresses take under 700 bytes.
+ */
+static size_t event_json_bound(const struct event *e)
+{
+    size_t n = 1024 + 6 * sizeof(e->command) + str_bound(e->node) + str_bound(e->k8s.node_name) +
+               str_bound(e->k8s.pod_name) + str_bound(e->k8s.namespace) +
+               str_bound(e->k8s.container_id) + str_bound(e->k8s.pod_uid);
+    if (e->type == EVENT_PACKET_DROP)
+        n += str_bound(e->u.drop.reason) + str_bound(e->u.drop.location);
+    else if (e->type == EVENT_EXEC)
+        n += str_bound(e->u.exec.filename) + 6 * (size_t)e->u.exec.args_len + 2;
+    return n;
+}
+
+void event_json_write(struct buf *b, const struct event *e)
+{
+    static const char hex[] = "0123456789abcdef";
+    char id[16];
+    for (int i = 0; i < 16; i++)
+        id[i] = hex[(e->id >> (60 - 4 * i)) & 15];
+    const char *type = event_type_name(e->type);
+    bool tcp = e->protocol == IPPROTO_TCP, udp = e->protocol == IPPROTO_UDP;
+
+    if (!buf_reserve(b, event_json_bound(e)))
+        return;
+    PUT_LIT(b, "{\"id\":\"");
+    raw(b, id, sizeof(id));
+    PUT_LIT(b, "\",\"type\":");
+    if (type)
+        put_str(b, type, strlen(type));
+    else
+        PUT_LIT(b, "null");
+    PUT_LIT(b, ",\"pid\":");
+    put_u64(b, e->pid);
+    PUT_LIT(b, ",\"ppid\":");
+    put_u64(b, e->ppid);
+    PUT_LIT(b, ",\"uid\":");
+    put_u64(b, e->uid);
+    PUT_LIT(b, ",\"command\":");
+    put_str(b, e->command, strnlen(e->command, sizeof(e->command)));
+    PUT_LIT(b, ",\"timestamp\":");
+    put_u64(b, e->timestamp_ns);
+    char tbuf[40];
+    event_format_time(e->timestamp_ns, tbuf);
+    PUT_LIT(b, ",\"time\":\"");
+    raw(b, tbuf, 30);
+    raw(b, "\"", 1);
+    if (e->node)
+        PUT_KEY_STR(b, ",\"node\":", e->node);
+    if (e->k8s.node_name)
+        PUT_KEY_STR(b, ",\"k8s_node_name\":", e->k8s.node_name);
+    if (e->k8s.pod_name)
+        PUT_KEY_STR(b, ",\"k8s_pod_name\":", e->k8s.pod_name);
+    if (e->k8s.namespace)
+        PUT_KEY_STR(b, ",\"k8s_namespace\":", e->k8s.namespace);
+    if (e->k8s.container_id)
+        PUT_KEY_STR(b, ",\"k8s_container_id\":", e->k8s.container_id);
+    if (e->k8s.pod_uid)
+        PUT_KEY_STR(b, ",\"k8s_pod_uid\":", e->k8s.pod_uid);
+
+    switch (e->type) {
+    case EVENT_CONNECTION:
+    case EVENT_ACCEPT:
+        put_addrs(b, e, true);
+        put_protocol_family(b, e, true);
+        if (e->type == EVENT_CONNECTION) {
+            const char *status = event_status_name(e->status);
+            if (status)
+                PUT_KEY_STR(b, ",\"status\":", status);
+            if (tcp) {
+                PUT_LIT(b, ",\"latency_ns\":");
+                put_u64(b, e->u.conn.latency_ns);
+            }
+        }
+        break;
+    case EVENT_PACKET_DROP:
+        if (e->u.drop.reason)
+            PUT_KEY_STR(b, ",\"drop_reason\":", e->u.drop.reason);
+        PUT_LIT(b, ",\"drop_reason_code\":");
+        put_u64(b, e->u.drop.reason_code);
+        put_protocol_family(b, e, false);
+        if (e->u.drop.location)
+            PUT_KEY_STR(b, ",\"location\":", e->u.drop.location);
+        if (e->u.drop.suppressed) {
+            PUT_LIT(b, ",\"suppressed\":");
+            put_u64(b, e->u.drop.suppressed);
+        }
+        put_addrs(b, e, tcp || udp);
+        if (event_family_name(e->family))
+            PUT_KEY_STR(b, ",\"family\":", event_family_name(e->family));
+        break;
+    case EVENT_EXEC:
+        if (e->u.exec.filename)
+            PUT_KEY_STR(b, ",\"filename\":", e->u.exec.filename);
+        put_args(b, e->u.exec.args, e->u.exec.args_len);
+        if (e->u.exec.args_truncated)
+            PUT_LIT(b, ",\"args_truncated\":true");
+        PUT_LIT(b, ",\"cgroup_id\":");
+        put_u64(b, e->cgroup_id);
+        break;
+    case EVENT_EXIT:
+        PUT_LIT(b, ",\"exit_code\":");
+        put_i64(b, e->u.exit.exit_code);
+        PUT_LIT(b, ",\"signal\":");
+        put_i64(b, e->u.exit.signal);
+        PUT_LIT(b, ",\"duration_ns\":");
+        put_u64(b, e->u.exit.duration_ns);
+        break;
+    }
+    raw(b, "}", 1);
+    b->data[b->len] = '\0';
+}
+
+/* ---- parser ---- */
+
+struct parse_ctx {
+    json_t *root;
+    char *err;
+    size_t errlen;
+};
+
+static int parse_fail(struct parse_ctx *c, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int parse_fail(struct parse_ctx *c, int rc, const char *fmt, ...)
+{
+    if (c->err && c->errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(c->err, c->errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+/* Looks up key; *out is NULL when absent. Fails when required and absent. */
+static int get_field(struct parse_ctx *c, const char *key, bool required, json_t **out)
+{
+    *out = json_object_get(c->root, key);
+    if (!*out && required)
+        return parse_fail(c, -EINVAL, "field \"%s\": required", key);
+    return 0;
+}
+
+/* An integer in [min, max]; absent leaves *v untouched. */
+static int get_int(struct parse_ctx *c, const char *key, bool required, int64_t min, int64_t max,
+                   int64_t *v)
+{
+    json_t *j;
+    int rc = get_field(c, key, required, &j);
+    if (rc || !j)
+        return rc;
+    if (!json_is_integer(j) || json_integer_value(j) < min || json_integer_value(j) > max)
+        return parse_fail(c, -EINVAL, "field \"%s\": expected an integer in %lld..%lld", key,
+                          (long long)min, (long long)max);
+    *v = json_integer_value(j);
+    return 0;
+}
+
+#define GET_UINT(c, key, max, dst)                                                                 \
+    do {                                                                                           \
+        int64_t v_ = 0;                                                                            \
+        int rc_ = get_int((c), (key), false, 0, (max), &v_);                                       \
+        if (rc_)                                                                                   \
+            return rc_;                                                                            \
+        (dst) = v_;                                                                                \
+    } while (0)
+
+/* A string; absent leaves *s NULL. */
+static int get_str(struct parse_ctx *c, const char *key, bool required, const char **s, size_t *len)
+{
+    json_t *j;
+    *s = NULL;
+    *len = 0;
+    int rc = get_field(c, key, required, &j);
+    if (rc || !j)
+        return rc;
+    if (!json_is_string(j))
+        return parse_fail(c, -EINVAL, "field \"%s\": expected a string", key);
+    *s = json_string_value(j);
+    *len = json_string_length(j);
+    return 0;
+}
+
+static int get_interned(struct parse_ctx *c, const char *key, const char **dst)
+{
+    const char *s;
+    size_t len;
+    int rc = get_str(c, key, false, &s, &len);
+    if (rc || !s)
+        return rc;
+    if (!(*dst = intern_n(s, len)))
+        return parse_fail(c, -ENOMEM, "field \"%s\": string table full", key);
+    return 0;
+}
+
+static int parse_protocol(struct parse_ctx *c, struct event *e)
+{
+    const char *s;
+    size_t len;
+    int rc = get_str(c, "protocol", false, &s, &len);
+    if (rc || !s)
+        return rc;
+    for (unsigned p = 1; p < 256; p++) {
+        const char *name = event_protocol_name(p);
+        if (name && strlen(name) == len && memcmp(name, s, len) == 0) {
+            e->protocol = (uint8_t)p;
+            return 0;
+        }
+    }
+    return parse_fail(c, -EINVAL, "field \"protocol\": unknown protocol \"%s\"", s);
+}
+
+static int parse_addrs(struct parse_ctx *c, struct event *e)
+{
+    const char *fam, *sip, *dip;
+    size_t len;
+    int rc;
+    if ((rc = get_str(c, "family", false, &fam, &len)) ||
+        (rc = get_str(c, "source_ip", false, &sip, &len)) ||
+        (rc = get_str(c, "dest_ip", false, &dip, &len)))
+        return rc;
+    if (!fam) {
+        if (sip || dip)
+            return parse_fail(c, -EINVAL, "field \"family\": required with addresses");
+        return 0;
+    }
+    int af;
+    if (strcmp(fam, "ipv4") == 0) {
+        e->family = EVENT_FAMILY_IPV4;
+        af = AF_INET;
+    } else if (strcmp(fam, "ipv6") == 0) {
+        e->family = EVENT_FAMILY_IPV6;
+        af = AF_INET6;
+    } else {
+        return parse_fail(c, -EINVAL, "field \"family\": expected \"ipv4\" or \"ipv6\"");
+    }
+    if (sip && inet_pton(af, sip, e->saddr) != 1)
+        return parse_fail(c, -EINVAL, "field \"source_ip\": not an %s address", fam);
+    if (dip && inet_pton(af, dip, e->daddr) != 1)
+        return parse_fail(c, -EINVAL, "field \"dest_ip\": not an %s address", fam);
+    GET_UINT(c, "source_port", 65535, e->sport);
+    GET_UINT(c, "dest_port", 65535, e->dport);
+    return 0;
+}
+
+static int parse_conn(struct parse_ctx *c, struct event *e)
+{
+    int rc;
+    if ((rc = parse_protocol(c, e)) || (rc = parse_addrs(c, e)))
+        return rc;
+    if (e->type != EVENT_CONNECTION)
+        return 0;
+    const char *s;
+    size_t len;
+    if ((rc = get_str(c, "status", false, &s, &len)))
+        return rc;
+    if (s) {
+        for (unsigned st = EVENT_STATUS_ESTABLISHED; st <= EVENT_STATUS_ATTEMPTED; st++)
+            if (strcmp(s, event_status_name(st)) == 0)
+                e->status = (uint8_t)st;
+        if (!e->status)
+            return parse_fail(c, -EINVAL,
+                              "field \"status\": expected established, failed or attempted");
+    }
+    GET_UINT(c, "latency_ns", INT64_MAX, e->u.conn.latency_ns);
+    return 0;
+}
+
+static int parse_drop(struct parse_ctx *c, struct event *e)
+{
+    int rc;
+    if ((rc = get_interned(c, "drop_reason", &e->u.drop.reason)) ||
+        (rc = get_interned(c, "location", &e->u.drop.location)) || (rc = parse_protocol(c, e)) ||
+        (rc = parse_addrs(c, e)))
+        return rc;
+    GET_UINT(c, "drop_reason_code", UINT32_MAX, e->u.drop.reason_code);
+    GET_UINT(c, "suppressed", INT64_MAX, e->u.drop.suppressed);
+    return 0;
+}
+
+static int parse_exec(struct parse_ctx *c, struct event *e)
+{
+    const char *s;
+    size_t len;
+    json_t *j;
+    int rc;
+    if ((rc = get_str(c, "filename", false, &s, &len)))
+        return rc;
+    if (s && !(e->u.exec.filename = strndup(s, len)))
+        return parse_fail(c, -ENOMEM, "field \"filename\": out of memory");
+    if ((rc = get_field(c, "args", false, &j)))
+        return rc;
+    if (j) {
+        if (!json_is_array(j))
+            return parse_fail(c, -EINVAL, "field \"args\": expected an array of strings");
+        size_t total = 0, i;
+        json_t *a;
+        json_array_foreach(j, i, a)
+        {
+            if (!json_is_string(a))
+                return parse_fail(c, -EINVAL, "field \"args\": element %zu is not a string", i);
+            total += json_string_length(a) + 1;
+        }
+        if (total > UINT32_MAX)
+            return parse_fail(c, -EINVAL, "field \"args\": too long");
+        if (total) {
+            char *p = e->u.exec.args = malloc(total + 1);
+            if (!p)
+                return parse_fail(c, -ENOMEM, "field \"args\": out of memory");
+            json_array_foreach(j, i, a)
+            {
+                memcpy(p, json_string_value(a), json_string_length(a) + 1);
+                p += json_string_length(a) + 1;
+            }
+            *p = '\0';
+            e->u.exec.args_len = (uint32_t)total;
+        }
+    }
+    if ((rc = get_field(c, "args_truncated", false, &j)))
+        return rc;
+    if (j) {
+        if (!json_is_boolean(j))
+            return parse_fail(c, -EINVAL, "field \"args_truncated\": expected a boolean");
+        e->u.exec.args_truncated = json_is_true(j);
+    }
+    return 0;
+}
+
+static int parse_exit(struct parse_ctx *c, struct event *e)
+{
+    int64_t v;
+    int rc;
+    v = 0;
+    if ((rc = get_int(c, "exit_code", false, INT32_MIN, INT32_MAX, &v)))
+        return rc;
+    e->u.exit.exit_code = (int32_t)v;
+    v = 0;
+    if ((rc = get_int(c, "signal", false, INT32_MIN, INT32_MAX, &v)))
+        return rc;
+    e->u.exit.signal = (int32_t)v;
+    GET_UINT(c, "duration_ns", INT64_MAX, e->u.exit.duration_ns);
+    return 0;
+}
+
+static int parse_event(struct parse_ctx *c, struct event *e)
+{
+    const char *s;
+    size_t len;
+    int rc;
+
+    if ((rc = get_str(c, "type", true, &s, &len)))
+        return rc;
+    e->type = (uint8_t)event_type_parse(s, len);
+    if (e->type == EVENT_TYPE_NONE)
+        return parse_fail(c, -EINVAL, "field \"type\": unknown event type \"%s\"", s);
+
+    if ((rc = get_str(c, "id", true, &s, &len)))
+        return rc;
+    if (len != 16)
+        return parse_fail(c, -EINVAL, "field \"id\": expected 16 hex characters");
+    for (size_t i = 0; i < 16; i++) {
+        char ch = s[i];
+        unsigned v = ch >= '0' && ch <= '9'   ? (unsigned)(ch - '0')
+                     : ch >= 'a' && ch <= 'f' ? (unsigned)(ch - 'a' + 10)
+                     : ch >= 'A' && ch <= 'F' ? (unsigned)(ch - 'A' + 10)
+                                              : 16;
+        if (v == 16)
+            return parse_fail(c, -EINVAL, "field \"id\": expected 16 hex characters");
+        e->id = e->id << 4 | v;
+    }
+
+    int64_t ts = 0;
+    if ((rc = get_int(c, "timestamp", true, 0, INT64_MAX, &ts)))
+        return rc;
+    e->timestamp_ns = (uint64_t)ts;
+    GET_UINT(c, "pid", UINT32_MAX, e->pid);
+    GET_UINT(c, "ppid", UINT32_MAX, e->ppid);
+    GET_UINT(c, "uid", UINT32_MAX, e->uid);
+    GET_UINT(c, "cgroup_id", INT64_MAX, e->cgroup_id);
+
+    if ((rc = get_str(c, "command", false, &s, &len)))
+        return rc;
+    /*
+     * The writer turns each invalid byte of a comm into U+FFFD (3 bytes), so a
+     * valid event can carry a longer command; keep whole characters that fit.
+     */
+    if (len >= sizeof(e->command)) {
+        len = sizeof(e->command) - 1;
+        while (len && ((unsigned char)s[len] & 0xc0) == 0x80)
+            len--;
+    }
+    if (s)
+        memcpy(e->command, s, len);
+
+    if ((rc = get_interned(c, "node", &e->node)) ||
+        (rc = get_interned(c, "k8s_node_name", &e->k8s.node_name)) ||
+        (rc = get_interned(c, "k8s_pod_name", &e->k8s.pod_name)) ||
+        (rc = get_interned(c, "k8s_namespace", &e->k8s.namespace)) ||
+        (rc = get_interned(c, "k8s_container_id", &e->k8s.container_id)) ||
+        (rc = get_interned(c, "k8s_pod_uid", &e->k8s.pod_uid)))
+        return rc;
+
+    switch (e->type) {
+    case EVENT_CONNECTION:
+    case EVENT_ACCEPT:
+        return parse_conn(c, e);
+    case EVENT_PACKET_DROP:
+        return parse_drop(c, e);
+    case EVENT_EXEC:
+        return parse_exec(c, e);
+    case EVENT_EXIT:
+        return parse_exit(c, e);
+    }
+    return 0;
+}
+
+int event_json_parse(const char *s, size_t len, struct event *out, char *err, size_t errlen)
+{
+    struct parse_ctx c = {.err = err, .errlen = errlen};
+    json_error_t jerr;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    c.root = json_loadb(s, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!c.root)
+        return parse_fail(&c, -EINVAL, "invalid JSON at line %d column %d: %s", jerr.line,
+                          jerr.column, jerr.text);
+    if (!json_is_object(c.root))
+        rc = parse_fail(&c, -EINVAL, "expected a JSON object");
+    else
+        rc = parse_event(&c, out);
+    json_decref(c.root);
+    if (rc)
+        event_clear(out);
+    return rc;
+}

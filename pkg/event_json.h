@@ -1,0 +1,34 @@
+/*
+ * JSON encoding of events in the API's format (SPEC section 5). Used by the
+ * HTTP API, the SSE stream, the JSON bus encoding and the tail command.
+ */
+#ifndef EBPF_MONITOR_EVENT_JSON_H
+#define EBPF_MONITOR_EVENT_JSON_H
+
+#include "buf.h"
+#include "event.h"
+
+/*
+ * Appends one JSON object on one line (no trailing newline). Optional fields
+ * (node, k8s_*, per-type details the event lacks) are left out rather than
+ * written as placeholders; invalid UTF-8 becomes U+FFFD.
+ */
+void event_json_write(struct buf *b, const struct event *e);
+
+/*
+ * Parses one JSON object in the format event_json_write() produces into *out
+ * (zeroed first). "id", "type" and "timestamp" are required; "time" is derived
+ * and ignored, as are unknown keys. node, k8s_*, drop_reason and location are
+ * interned; exec filename/args are owned by *out (release with event_clear()).
+ * Returns 0, -EINVAL for bad input (err names the field), or -ENOMEM; on error
+ * *out holds nothing. err may be NULL.
+ */
+int event_json_parse(const char *s, size_t len, struct event *out, char *err, size_t errlen);
+
+/*
+ * Formats ns since the epoch as RFC 3339 UTC with nanoseconds,
+ * "2026-11-26T13:04:26.123456789Z": 30 characters and a NUL.
+ */
+void event_format_time(uint64_t ns, char out[40]);
+
+#endif

@@ -1,0 +1,546 @@
+/*
+ * Protobuf codec for events and batches (pkg/events.proto).
+ *
+ * Encoding borrows the events' strings, so packing a batch costs a few
+ * allocations in total, not per event. Decoding unpacks into an arena (one
+ * free for the whole message) and interns strings through a small
+ * last-value cache, because consecutive events of a batch mostly repeat the
+ * same pod, namespace and drop reason.
+ */
+#include "event_pb.h"
+
+#include "intern.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- event -> message ---- */
+
+/* The wire enums are the C enums; conversions are plain casts. */
+_Static_assert((int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_CONNECTION == EVENT_CONNECTION &&
+                   (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_ACCEPT == EVENT_ACCEPT &&
+                   (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_PACKET_DROP == EVENT_PACKET_DROP &&
+                   (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_EXEC == EVENT_EXEC &&
+                   (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_EXIT == EVENT_EXIT,
+               "EventType must match enum event_type");
+_Static_assert((int)EBPFMONITOR__CONNECTION_STATUS__CONNECTION_STATUS_ESTABLISHED ==
+                       EVENT_STATUS_ESTABLISHED &&
+                   (int)EBPFMONITOR__CONNECTION_STATUS__CONNECTION_STATUS_FAILED ==
+                       EVENT_STATUS_FAILED &&
+                   (int)EBPFMONITOR__CONNECTION_STATUS__CONNECTION_STATUS_ATTEMPTED ==
+                       EVENT_STATUS_ATTEMPTED,
+               "ConnectionStatus must match enum event_status");
+
+/* Number of argv elements in the NUL-separated args buffer. */
+static size_t args_count(const struct event *e)
+{
+    if (e->type != EVENT_EXEC || !e->u.exec.args || !e->u.exec.args_len)
+        return 0;
+    const char *p = e->u.exec.args, *end = p + e->u.exec.args_len;
+    size_t n = 0;
+    while (p < end) {
+        const char *nul = memchr(p, '\0', (size_t)(end - p));
+        n++;
+        p = nul ? nul + 1 : end;
+    }
+    return n;
+}
+
+static void args_fill(const struct event *e, ProtobufCBinaryData *out)
+{
+    const char *p = e->u.exec.args, *end = p + e->u.exec.args_len;
+    while (p < end) {
+        const char *nul = memchr(p, '\0', (size_t)(end - p));
+        size_t len = nul ? (size_t)(nul - p) : (size_t)(end - p);
+        out->data = (uint8_t *)p;
+        out->len = len;
+        out++;
+        p += len + 1;
+    }
+}
+
+static char *pb_str(const char *s)
+{
+    return (char *)(s ? s : protobuf_c_empty_string);
+}
+
+/* args must have room for args_count(e) elements. */
+static int pb_fill(const struct event *e, const char *batch_node, Ebpfmonitor__Event *out,
+                   union event_pb_details *d, ProtobufCBinaryData *args)
+{
+    if (e->type == EVENT_TYPE_NONE || e->type >= EVENT_TYPE_COUNT)
+        return -EINVAL;
+    ebpfmonitor__event__init(out);
+    out->id = e->id;
+    out->type = (Ebpfmonitor__EventType)e->type;
+    out->timestamp_ns = e->timestamp_ns;
+    out->pid = e->pid;
+    out->ppid = e->ppid;
+    out->uid = e->uid;
+    out->command.data = (uint8_t *)e->command;
+    out->command.len = strnlen(e->command, sizeof(e->command));
+    out->cgroup_id = e->cgroup_id;
+    if (e->node && !(batch_node && (e->node == batch_node || strcmp(e->node, batch_node) == 0)))
+        out->node = (char *)e->node;
+    out->k8s_node_name = pb_str(e->k8s.node_name);
+    out->k8s_pod_name = pb_str(e->k8s.pod_name);
+    out->k8s_namespace = pb_str(e->k8s.namespace);
+    out->k8s_container_id = pb_str(e->k8s.container_id);
+    out->k8s_pod_uid = pb_str(e->k8s.pod_uid);
+    size_t alen = e->family == EVENT_FAMILY_IPV4 ? 4 : e->family == EVENT_FAMILY_IPV6 ? 16 : 0;
+    if (alen) {
+        out->source_addr.data = (uint8_t *)e->saddr;
+        out->source_addr.len = alen;
+        out->dest_addr.data = (uint8_t *)e->daddr;
+        out->dest_addr.len = alen;
+    }
+    out->source_port = e->sport;
+    out->dest_port = e->dport;
+    out->protocol = e->protocol;
+
+    switch (e->type) {
+    case EVENT_CONNECTION:
+        ebpfmonitor__connection_details__init(&d->conn);
+        d->conn.status = (Ebpfmonitor__ConnectionStatus)e->status;
+        d->conn.latency_ns = e->u.conn.latency_ns;
+        out->details_case = EBPFMONITOR__EVENT__DETAILS_CONNECTION;
+        out->connection = &d->conn;
+        break;
+    case EVENT_PACKET_DROP:
+        ebpfmonitor__drop_details__init(&d->drop);
+        d->drop.reason_code = e->u.drop.reason_code;
+        d->drop.reason = pb_str(e->u.drop.reason);
+        d->drop.location = pb_str(e->u.drop.location);
+        d->drop.suppressed = e->u.drop.suppressed;
+        out->details_case = EBPFMONITOR__EVENT__DETAILS_DROP;
+        out->drop = &d->drop;
+        break;
+    case EVENT_EXEC:
+        ebpfmonitor__exec_details__init(&d->exec);
+        if (e->u.exec.filename) {
+            d->exec.filename.data = (uint8_t *)e->u.exec.filename;
+            d->exec.filename.len = strlen(e->u.exec.filename);
+        }
+        d->exec.n_args = args_count(e);
+        d->exec.args = d->exec.n_args ? args : NULL;
+        if (d->exec.n_args)
+            args_fill(e, args);
+        d->exec.args_truncated = e->u.exec.args_truncated != 0;
+        out->details_case = EBPFMONITOR__EVENT__DETAILS_EXEC;
+        out->exec = &d->exec;
+        break;
+    case EVENT_EXIT:
+        ebpfmonitor__exit_details__init(&d->exit);
+        d->exit.exit_code = e->u.exit.exit_code;
+        d->exit.signal = e->u.exit.signal;
+        d->exit.duration_ns = e->u.exit.duration_ns;
+        out->details_case = EBPFMONITOR__EVENT__DETAILS_EXIT;
+        out->exit = &d->exit;
+        break;
+    }
+    return 0;
+}
+
+int event_pb_from_event(const struct event *e, const char *batch_node, Ebpfmonitor__Event *out,
+                        struct event_pb_scratch *scratch)
+{
+    size_t nargs = args_count(e);
+    scratch->args = NULL;
+    if (nargs && !(scratch->args = calloc(nargs, sizeof(*scratch->args))))
+        return -ENOMEM;
+    int rc = pb_fill(e, batch_node, out, &scratch->details, scratch->args);
+    if (rc)
+        event_pb_scratch_release(scratch);
+    return rc;
+}
+
+void event_pb_scratch_release(struct event_pb_scratch *scratch)
+{
+    free(scratch->args);
+    scratch->args = NULL;
+}
+
+int event_batch_encode(const struct event_batch_meta *meta, const struct event *events, size_t n,
+                       struct buf *out)
+{
+    Ebpfmonitor__EventBatch batch = EBPFMONITOR__EVENT_BATCH__INIT;
+    Ebpfmonitor__Event *msgs = NULL, **ptrs = NULL;
+    union event_pb_details *details = NULL;
+    ProtobufCBinaryData *args = NULL;
+    size_t nargs = 0;
+    int rc = -ENOMEM;
+
+    for (size_t i = 0; i < n; i++)
+        nargs += args_count(&events[i]);
+    if (n && (!(msgs = malloc(n * sizeof(*msgs))) || !(ptrs = malloc(n * sizeof(*ptrs))) ||
+              !(details = malloc(n * sizeof(*details)))))
+        goto out;
+    if (nargs && !(args = malloc(nargs * sizeof(*args))))
+        goto out;
+
+    ProtobufCBinaryData *a = args;
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = pb_fill(&events[i], meta->node, &msgs[i], &details[i], a)))
+            goto out;
+        a += args_count(&events[i]);
+        ptrs[i] = &msgs[i];
+    }
+    batch.node = pb_str(meta->node);
+    batch.agent_instance = pb_str(meta->agent_instance);
+    batch.sequence = meta->sequence;
+    batch.n_events = n;
+    batch.events = ptrs;
+    batch.kernel_drops = meta->kernel_drops;
+    batch.agent_drops = meta->agent_drops;
+    batch.sent_at_ns = meta->sent_at_ns;
+    batch.agent_pod_name = pb_str(meta->pod_name);
+    batch.agent_pod_namespace = pb_str(meta->pod_namespace);
+
+    size_t size = ebpfmonitor__event_batch__get_packed_size(&batch);
+    rc = -ENOMEM;
+    if (!buf_reserve(out, size))
+        goto out;
+    ebpfmonitor__event_batch__pack(&batch, (uint8_t *)out->data + out->len);
+    out->len += size;
+    out->data[out->len] = '\0';
+    rc = 0;
+out:
+    free(args);
+    free(details);
+    free(ptrs);
+    free(msgs);
+    return rc;
+}
+
+/* ---- message -> event ---- */
+
+static int pb_fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int pb_fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+enum {
+    IC_NODE,
+    IC_K8S_NODE,
+    IC_POD,
+    IC_NS,
+    IC_CONTAINER,
+    IC_POD_UID,
+    IC_REASON,
+    IC_LOCATION,
+    IC_N
+};
+
+/* The last raw string seen per field and its interned copy. */
+struct intern_cache {
+    const char *raw[IC_N];
+    const char *val[IC_N];
+};
+
+/* Empty means absent (NULL). */
+static int intern_field(struct intern_cache *ic, int slot, const char *s, const char **dst)
+{
+    *dst = NULL;
+    if (!s || !*s)
+        return 0;
+    if (ic && ic->raw[slot] && strcmp(ic->raw[slot], s) == 0) {
+        *dst = ic->val[slot];
+        return 0;
+    }
+    if (!(*dst = intern(s)))
+        return -ENOMEM;
+    if (ic) {
+        ic->raw[slot] = s;
+        ic->val[slot] = *dst;
+    }
+    return 0;
+}
+
+static const char *details_name(Ebpfmonitor__Event__DetailsCase c)
+{
+    switch (c) {
+    case EBPFMONITOR__EVENT__DETAILS_CONNECTION:
+        return "connection";
+    case EBPFMONITOR__EVENT__DETAILS_DROP:
+        return "drop";
+    case EBPFMONITOR__EVENT__DETAILS_EXEC:
+        return "exec";
+    case EBPFMONITOR__EVENT__DETAILS_EXIT:
+        return "exit";
+    default:
+        return "no";
+    }
+}
+
+static Ebpfmonitor__Event__DetailsCase details_for_type(unsigned type)
+{
+    switch (type) {
+    case EVENT_CONNECTION:
+        return EBPFMONITOR__EVENT__DETAILS_CONNECTION;
+    case EVENT_PACKET_DROP:
+        return EBPFMONITOR__EVENT__DETAILS_DROP;
+    case EVENT_EXEC:
+        return EBPFMONITOR__EVENT__DETAILS_EXEC;
+    case EVENT_EXIT:
+        return EBPFMONITOR__EVENT__DETAILS_EXIT;
+    default:
+        return EBPFMONITOR__EVENT__DETAILS__NOT_SET;
+    }
+}
+
+static int to_exec(const Ebpfmonitor__ExecDetails *x, struct event *e, char *err, size_t errlen)
+{
+    if (x->filename.len) {
+        if (memchr(x->filename.data, '\0', x->filename.len))
+            return pb_fail(err, errlen, -EINVAL, "exec.filename: contains a NUL byte");
+        if (!(e->u.exec.filename = strndup((const char *)x->filename.data, x->filename.len)))
+            return pb_fail(err, errlen, -ENOMEM, "exec.filename: out of memory");
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < x->n_args; i++) {
+        if (x->args[i].len && memchr(x->args[i].data, '\0', x->args[i].len))
+            return pb_fail(err, errlen, -EINVAL, "exec.args[%zu]: contains a NUL byte", i);
+        total += x->args[i].len + 1;
+    }
+    if (total > UINT32_MAX)
+        return pb_fail(err, errlen, -EINVAL, "exec.args: too long");
+    if (total) {
+        char *p = e->u.exec.args = malloc(total + 1);
+        if (!p)
+            return pb_fail(err, errlen, -ENOMEM, "exec.args: out of memory");
+        for (size_t i = 0; i < x->n_args; i++) {
+            if (x->args[i].len)
+                memcpy(p, x->args[i].data, x->args[i].len);
+            p += x->args[i].len;
+            *p++ = '\0';
+        }
+        *p = '\0';
+        e->u.exec.args_len = (uint32_t)total;
+    }
+    e->u.exec.args_truncated = x->args_truncated ? 1 : 0;
+    return 0;
+}
+
+static int to_event(const Ebpfmonitor__Event *pb, const char *batch_node, struct event *e,
+                    struct intern_cache *ic, char *err, size_t errlen)
+{
+    memset(e, 0, sizeof(*e));
+    if ((int)pb->type <= EVENT_TYPE_NONE || (int)pb->type >= EVENT_TYPE_COUNT)
+        return pb_fail(err, errlen, -EINVAL, "type: unknown event type %d", (int)pb->type);
+    if (pb->command.len >= sizeof(e->command))
+        return pb_fail(err, errlen, -EINVAL, "command: %zu bytes, at most %zu allowed",
+                       pb->command.len, sizeof(e->command) - 1);
+    if (pb->command.len && memchr(pb->command.data, '\0', pb->command.len))
+        return pb_fail(err, errlen, -EINVAL, "command: contains a NUL byte");
+    size_t sl = pb->source_addr.len, dl = pb->dest_addr.len;
+    if ((sl || dl) && (sl != dl || (sl != 4 && sl != 16)))
+        return pb_fail(err, errlen, -EINVAL,
+                       "source_addr/dest_addr: expected 4 or 16 bytes each, got %zu and %zu", sl,
+                       dl);
+    if (pb->source_port > 65535 || pb->dest_port > 65535)
+        return pb_fail(err, errlen, -EINVAL, "source_port/dest_port: above 65535");
+    if (pb->protocol > 255)
+        return pb_fail(err, errlen, -EINVAL, "protocol: %u is not an IP protocol number",
+                       pb->protocol);
+    Ebpfmonitor__Event__DetailsCase want = details_for_type(pb->type);
+    if (pb->details_case != EBPFMONITOR__EVENT__DETAILS__NOT_SET && pb->details_case != want)
+        return pb_fail(err, errlen, -EINVAL, "details: %s event carries %s details",
+                       event_type_name(pb->type), details_name(pb->details_case));
+    if (pb->details_case == EBPFMONITOR__EVENT__DETAILS_CONNECTION &&
+        (unsigned)pb->connection->status > EVENT_STATUS_ATTEMPTED)
+        return pb_fail(err, errlen, -EINVAL, "connection.status: unknown status %d",
+                       (int)pb->connection->status);
+
+    e->id = pb->id;
+    e->type = (uint8_t)pb->type;
+    e->timestamp_ns = pb->timestamp_ns;
+    e->pid = pb->pid;
+    e->ppid = pb->ppid;
+    e->uid = pb->uid;
+    if (pb->command.len)
+        memcpy(e->command, pb->command.data, pb->command.len);
+    e->cgroup_id = pb->cgroup_id;
+    if (sl) {
+        e->family = sl == 4 ? EVENT_FAMILY_IPV4 : EVENT_FAMILY_IPV6;
+        memcpy(e->saddr, pb->source_addr.data, sl);
+        memcpy(e->daddr, pb->dest_addr.data, dl);
+    }
+    e->sport = (uint16_t)pb->source_port;
+    e->dport = (uint16_t)pb->dest_port;
+    e->protocol = (uint8_t)pb->protocol;
+
+    int rc;
+    if (pb->node && *pb->node) {
+        if ((rc = intern_field(ic, IC_NODE, pb->node, &e->node)))
+            goto nomem;
+    } else {
+        e->node = batch_node;
+    }
+    if ((rc = intern_field(ic, IC_K8S_NODE, pb->k8s_node_name, &e->k8s.node_name)) ||
+        (rc = intern_field(ic, IC_POD, pb->k8s_pod_name, &e->k8s.pod_name)) ||
+        (rc = intern_field(ic, IC_NS, pb->k8s_namespace, &e->k8s.namespace)) ||
+        (rc = intern_field(ic, IC_CONTAINER, pb->k8s_container_id, &e->k8s.container_id)) ||
+        (rc = intern_field(ic, IC_POD_UID, pb->k8s_pod_uid, &e->k8s.pod_uid)))
+        goto nomem;
+
+    switch (pb->details_case) {
+    case EBPFMONITOR__EVENT__DETAILS_CONNECTION:
+        e->status = (uint8_t)pb->connection->status;
+        e->u.conn.latency_ns = pb->connection->latency_ns;
+        break;
+    case EBPFMONITOR__EVENT__DETAILS_DROP:
+        e->u.drop.reason_code = pb->drop->reason_code;
+        e->u.drop.suppressed = pb->drop->suppressed;
+        if ((rc = intern_field(ic, IC_REASON, pb->drop->reason, &e->u.drop.reason)) ||
+            (rc = intern_field(ic, IC_LOCATION, pb->drop->location, &e->u.drop.location)))
+            goto nomem;
+        break;
+    case EBPFMONITOR__EVENT__DETAILS_EXEC:
+        if ((rc = to_exec(pb->exec, e, err, errlen))) {
+            event_clear(e);
+            return rc;
+        }
+        break;
+    case EBPFMONITOR__EVENT__DETAILS_EXIT:
+        e->u.exit.exit_code = pb->exit->exit_code;
+        e->u.exit.signal = pb->exit->signal;
+        e->u.exit.duration_ns = pb->exit->duration_ns;
+        break;
+    default:
+        break;
+    }
+    return 0;
+nomem:
+    event_clear(e);
+    return pb_fail(err, errlen, rc, "string table full");
+}
+
+int event_pb_to_event(const Ebpfmonitor__Event *pb, const char *batch_node, struct event *out,
+                      char *err, size_t errlen)
+{
+    return to_event(pb, batch_node, out, NULL, err, errlen);
+}
+
+/* A bump allocator for unpacking: everything is released at once. */
+struct arena_chunk {
+    struct arena_chunk *next;
+    size_t cap, used;
+    max_align_t data[];
+};
+
+struct arena {
+    struct arena_chunk *head;
+    size_t next_cap;
+};
+
+static void *arena_alloc(void *allocator_data, size_t size)
+{
+    struct arena *a = allocator_data;
+    struct arena_chunk *c = a->head;
+    size = (size + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1);
+    if (!c || c->cap - c->used < size) {
+        size_t cap = a->next_cap > size ? a->next_cap : size;
+        if (!(c = malloc(sizeof(*c) + cap)))
+            return NULL;
+        c->next = a->head;
+        c->cap = cap;
+        c->used = 0;
+        a->head = c;
+        a->next_cap = cap < (16u << 20) ? cap * 2 : cap;
+    }
+    void *p = (char *)c->data + c->used;
+    c->used += size;
+    return p;
+}
+
+static void arena_free(void *allocator_data, void *p)
+{
+}
+
+static void arena_release(struct arena *a)
+{
+    for (struct arena_chunk *c = a->head, *next; c; c = next) {
+        next = c->next;
+        free(c);
+    }
+    a->head = NULL;
+}
+
+static int meta_intern(const char *s, const char **dst)
+{
+    *dst = NULL;
+    if (s && *s && !(*dst = intern(s)))
+        return -ENOMEM;
+    return 0;
+}
+
+int event_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta *meta,
+                       struct event **events, size_t *n, char *err, size_t errlen)
+{
+    /* Unpacked structs are several times the wire size; start big enough for most batches. */
+    struct arena arena = {.next_cap = len < (4u << 20) ? len * 4 + 4096 : (16u << 20)};
+    ProtobufCAllocator alloc = {.alloc = arena_alloc, .free = arena_free, .allocator_data = &arena};
+    struct intern_cache ic = {0};
+    struct event *evs = NULL;
+    size_t done = 0;
+    char msg[200];
+    int rc;
+
+    *events = NULL;
+    *n = 0;
+    memset(meta, 0, sizeof(*meta));
+    Ebpfmonitor__EventBatch *pb = ebpfmonitor__event_batch__unpack(&alloc, len, data);
+    if (!pb) {
+        rc = pb_fail(err, errlen, -EINVAL, "not a valid EventBatch message (%zu bytes)", len);
+        goto out;
+    }
+    if ((rc = meta_intern(pb->node, &meta->node)) ||
+        (rc = meta_intern(pb->agent_instance, &meta->agent_instance)) ||
+        (rc = meta_intern(pb->agent_pod_name, &meta->pod_name)) ||
+        (rc = meta_intern(pb->agent_pod_namespace, &meta->pod_namespace))) {
+        pb_fail(err, errlen, rc, "batch metadata: string table full");
+        goto out;
+    }
+    meta->sequence = pb->sequence;
+    meta->kernel_drops = pb->kernel_drops;
+    meta->agent_drops = pb->agent_drops;
+    meta->sent_at_ns = pb->sent_at_ns;
+
+    if (pb->n_events && !(evs = malloc(pb->n_events * sizeof(*evs)))) {
+        rc = pb_fail(err, errlen, -ENOMEM, "out of memory for %zu events", pb->n_events);
+        goto out;
+    }
+    for (; done < pb->n_events; done++) {
+        if ((rc = to_event(pb->events[done], meta->node, &evs[done], &ic, msg, sizeof(msg)))) {
+            pb_fail(err, errlen, rc, "event %zu: %s", done, msg);
+            goto out;
+        }
+    }
+    *events = evs;
+    *n = done;
+    evs = NULL;
+    rc = 0;
+out:
+    if (evs) {
+        for (size_t i = 0; i < done; i++)
+            event_clear(&evs[i]);
+        free(evs);
+    }
+    if (rc)
+        memset(meta, 0, sizeof(*meta));
+    arena_release(&arena);
+    return rc;
+}

@@ -1,0 +1,76 @@
+/*
+ * Protobuf codec for events and event batches (pkg/events.proto), the
+ * default bus encoding. The batch helpers are what the publisher and the
+ * aggregator use; the per-event helpers exist for callers that build their
+ * own messages.
+ */
+#ifndef EBPF_MONITOR_EVENT_PB_H
+#define EBPF_MONITOR_EVENT_PB_H
+
+#include "buf.h"
+#include "event.h"
+#include "events.pb-c.h"
+
+/* Everything in an EventBatch except the events. */
+struct event_batch_meta {
+    const char *node;           /* the reporting node; interned on decode */
+    const char *agent_instance; /* random id of the agent process; interned on decode */
+    uint64_t sequence;          /* per instance, +1 per batch */
+    uint64_t kernel_drops;      /* cumulative ring-buffer losses */
+    uint64_t agent_drops;       /* cumulative agent-side drops */
+    uint64_t sent_at_ns;        /* publish time, ns since the epoch */
+    const char *pod_name;       /* the agent's own pod; NULL on a VM; interned on decode */
+    const char *pod_namespace;
+};
+
+/*
+ * Storage for the parts of an Ebpfmonitor__Event that are not in the event
+ * itself. Keep it alive as long as the message filled with it.
+ */
+union event_pb_details {
+    Ebpfmonitor__ConnectionDetails conn;
+    Ebpfmonitor__DropDetails drop;
+    Ebpfmonitor__ExecDetails exec;
+    Ebpfmonitor__ExitDetails exit;
+};
+struct event_pb_scratch {
+    union event_pb_details details;
+    ProtobufCBinaryData *args; /* heap; freed by event_pb_scratch_release() */
+};
+
+/*
+ * Fills *out from e. out borrows e's strings and scratch, so both must
+ * outlive it. When e->node equals batch_node (may be NULL) the node is left
+ * empty, meaning "the batch's node". Returns 0, -EINVAL for an invalid type,
+ * or -ENOMEM.
+ */
+int event_pb_from_event(const struct event *e, const char *batch_node, Ebpfmonitor__Event *out,
+                        struct event_pb_scratch *scratch);
+void event_pb_scratch_release(struct event_pb_scratch *scratch);
+
+/*
+ * Validates pb and converts it into *out (zeroed first): strings interned,
+ * exec filename/args owned by *out. An empty node becomes batch_node (which
+ * must already be interned, or NULL). Returns 0, -EINVAL with a message in
+ * err (may be NULL), or -ENOMEM; on error *out holds nothing.
+ */
+int event_pb_to_event(const Ebpfmonitor__Event *pb, const char *batch_node, struct event *out,
+                      char *err, size_t errlen);
+
+/*
+ * Appends one packed EventBatch holding meta and events[0..n) to out.
+ * Returns 0, -EINVAL (an event of invalid type) or -ENOMEM.
+ */
+int event_batch_encode(const struct event_batch_meta *meta, const struct event *events, size_t n,
+                       struct buf *out);
+
+/*
+ * Decodes and validates a packed EventBatch. On success *events is a
+ * malloc'ed array of *n events (NULL when n is 0); the caller releases each
+ * with event_clear() and then free()s the array. Meta strings are interned.
+ * Returns 0, -EINVAL with a message in err (may be NULL), or -ENOMEM.
+ */
+int event_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta *meta,
+                       struct event **events, size_t *n, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,512 @@
+/* Tests for pkg/event_json: the exact API JSON of each event type, time formatting, parsing. */
+#include "event_json.h"
+#include "intern.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TS       1795698266123456789ull /* 2026-11-26T13:04:26.123456789Z */
+#define TS_TEXT  "2026-11-26T13:04:26.123456789Z"
+#define COMMON   "\"pid\":1234,\"ppid\":1,\"uid\":1000,"
+#define TIMEPART "\"timestamp\":1795698266123456789,\"time\":\"" TS_TEXT "\""
+
+static void base(struct event *e, unsigned type, const char *comm)
+{
+    memset(e, 0, sizeof(*e));
+    e->type = (uint8_t)type;
+    e->id = 0xdeadbeefull;
+    e->timestamp_ns = TS;
+    e->pid = 1234;
+    e->ppid = 1;
+    e->uid = 1000;
+    strncpy(e->command, comm, sizeof(e->command) - 1);
+    e->node = intern("node-1");
+}
+
+static void set_addrs(struct event *e, unsigned family, const char *src, uint16_t sport,
+                      const char *dst, uint16_t dport)
+{
+    int af = family == EVENT_FAMILY_IPV4 ? AF_INET : AF_INET6;
+    e->family = (uint8_t)family;
+    cr_assert_eq(inet_pton(af, src, e->saddr), 1);
+    cr_assert_eq(inet_pton(af, dst, e->daddr), 1);
+    e->sport = sport;
+    e->dport = dport;
+}
+
+static void set_k8s(struct event *e)
+{
+    e->k8s.node_name = intern("worker-1.example.com");
+    e->k8s.pod_name = intern("web-7d9f");
+    e->k8s.namespace = intern("shop");
+    e->k8s.container_id = intern("0123abcd");
+    e->k8s.pod_uid = intern("9b2c-11");
+}
+
+static void set_args(struct event *e, const char *args, size_t len)
+{
+    e->u.exec.args = malloc(len + 1);
+    cr_assert_not_null(e->u.exec.args);
+    memcpy(e->u.exec.args, args, len);
+    e->u.exec.args[len] = '\0';
+    e->u.exec.args_len = (uint32_t)len;
+}
+
+static void assert_json(const struct event *e, const char *want)
+{
+    struct buf b;
+    buf_init(&b);
+    event_json_write(&b, e);
+    cr_assert_not(b.oom);
+    cr_assert_str_eq(b.data, want);
+    cr_assert_eq(b.len, strlen(want));
+    buf_free(&b);
+}
+
+/* Writes e, parses it back and checks the second encoding is identical. */
+static void assert_round_trip(const struct event *e)
+{
+    struct buf a, b;
+    struct event back;
+    char err[256] = "";
+    buf_init(&a);
+    buf_init(&b);
+    event_json_write(&a, e);
+    int rc = event_json_parse(a.data, a.len, &back, err, sizeof(err));
+    cr_assert_eq(rc, 0, "parse of %s failed: %s", a.data, err);
+    event_json_write(&b, &back);
+    cr_assert_str_eq(b.data, a.data);
+    cr_assert_eq(back.id, e->id);
+    cr_assert_eq(back.timestamp_ns, e->timestamp_ns);
+    cr_assert_eq(back.type, e->type);
+    cr_assert_eq(back.family, e->family);
+    cr_assert_eq(back.protocol, e->protocol);
+    cr_assert_eq(back.node, e->node, "node is interned to the same pointer");
+    cr_assert_eq(back.k8s.pod_name, e->k8s.pod_name);
+    cr_assert_eq(memcmp(back.saddr, e->saddr, 16), 0);
+    cr_assert_eq(memcmp(back.daddr, e->daddr, 16), 0);
+    event_clear(&back);
+    buf_free(&a);
+    buf_free(&b);
+}
+
+Test(event_json, connection_ipv4_tcp)
+{
+    struct event e;
+    base(&e, EVENT_CONNECTION, "curl");
+    set_addrs(&e, EVENT_FAMILY_IPV4, "10.0.0.1", 54321, "93.184.216.34", 443);
+    e.protocol = IPPROTO_TCP;
+    e.status = EVENT_STATUS_ESTABLISHED;
+    e.u.conn.latency_ns = 1500000;
+    e.cgroup_id = 77; /* only exec events report it */
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"connection\"," COMMON
+                    "\"command\":\"curl\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"source_ip\":\"10.0.0.1\",\"source_port\":54321,"
+                    "\"dest_ip\":\"93.184.216.34\",\"dest_port\":443,"
+                    "\"protocol\":\"tcp\",\"family\":\"ipv4\",\"status\":\"established\","
+                    "\"latency_ns\":1500000}");
+    assert_round_trip(&e);
+}
+
+Test(event_json, connection_ipv6_udp_with_k8s)
+{
+    struct event e;
+    base(&e, EVENT_CONNECTION, "dig");
+    set_addrs(&e, EVENT_FAMILY_IPV6, "2001:db8::5", 40000, "fe80::1:2", 53);
+    e.protocol = IPPROTO_UDP;
+    e.status = EVENT_STATUS_ATTEMPTED;
+    set_k8s(&e);
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"connection\"," COMMON
+                    "\"command\":\"dig\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"k8s_node_name\":\"worker-1.example.com\",\"k8s_pod_name\":\"web-7d9f\","
+                    "\"k8s_namespace\":\"shop\",\"k8s_container_id\":\"0123abcd\","
+                    "\"k8s_pod_uid\":\"9b2c-11\","
+                    "\"source_ip\":\"2001:db8::5\",\"source_port\":40000,"
+                    "\"dest_ip\":\"fe80::1:2\",\"dest_port\":53,"
+                    "\"protocol\":\"udp\",\"family\":\"ipv6\",\"status\":\"attempted\"}");
+    assert_round_trip(&e);
+}
+
+Test(event_json, accept_ipv6_partial_k8s)
+{
+    struct event e;
+    base(&e, EVENT_ACCEPT, "nginx");
+    e.id = 0xfedcba9876543210ull;
+    set_addrs(&e, EVENT_FAMILY_IPV6, "::1", 59000, "::ffff:10.1.2.3", 8080);
+    e.protocol = IPPROTO_TCP;
+    e.k8s.pod_name = intern("nginx-0");
+    e.k8s.namespace = intern("default");
+    assert_json(&e, "{\"id\":\"fedcba9876543210\",\"type\":\"accept\"," COMMON
+                    "\"command\":\"nginx\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"k8s_pod_name\":\"nginx-0\",\"k8s_namespace\":\"default\","
+                    "\"source_ip\":\"::1\",\"source_port\":59000,"
+                    "\"dest_ip\":\"::ffff:10.1.2.3\",\"dest_port\":8080,"
+                    "\"protocol\":\"tcp\",\"family\":\"ipv6\"}");
+    assert_round_trip(&e);
+}
+
+Test(event_json, packet_drop_full)
+{
+    struct event e;
+    base(&e, EVENT_PACKET_DROP, "swapper/0");
+    set_addrs(&e, EVENT_FAMILY_IPV4, "127.0.0.1", 33000, "127.0.0.1", 9);
+    e.protocol = IPPROTO_UDP;
+    e.u.drop.reason = intern("NO_SOCKET");
+    e.u.drop.reason_code = 3;
+    e.u.drop.location = intern("__udp4_lib_rcv+0x5a1");
+    e.u.drop.suppressed = 7;
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"packet_drop\"," COMMON
+                    "\"command\":\"swapper/0\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"drop_reason\":\"NO_SOCKET\",\"drop_reason_code\":3,\"protocol\":\"udp\","
+                    "\"location\":\"__udp4_lib_rcv+0x5a1\",\"suppressed\":7,"
+                    "\"source_ip\":\"127.0.0.1\",\"source_port\":33000,"
+                    "\"dest_ip\":\"127.0.0.1\",\"dest_port\":9,\"family\":\"ipv4\"}");
+    assert_round_trip(&e);
+}
+
+Test(event_json, packet_drop_minimal_has_no_guesses)
+{
+    struct event e;
+    base(&e, EVENT_PACKET_DROP, "ksoftirqd/1");
+    e.node = NULL;
+    e.u.drop.reason_code = 2;
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"packet_drop\"," COMMON
+                    "\"command\":\"ksoftirqd/1\"," TIMEPART ",\"drop_reason_code\":2}");
+    assert_round_trip(&e);
+}
+
+Test(event_json, packet_drop_icmp_has_addresses_without_ports)
+{
+    struct event e;
+    base(&e, EVENT_PACKET_DROP, "ping");
+    set_addrs(&e, EVENT_FAMILY_IPV4, "192.168.1.2", 0, "8.8.8.8", 0);
+    e.protocol = IPPROTO_ICMP;
+    e.u.drop.reason = intern("NETFILTER_DROP");
+    e.u.drop.reason_code = 8;
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"packet_drop\"," COMMON
+                    "\"command\":\"ping\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"drop_reason\":\"NETFILTER_DROP\",\"drop_reason_code\":8,"
+                    "\"protocol\":\"icmp\",\"source_ip\":\"192.168.1.2\","
+                    "\"dest_ip\":\"8.8.8.8\",\"family\":\"ipv4\"}");
+    assert_round_trip(&e);
+}
+
+Test(event_json, exec_escapes_command_and_args)
+{
+    struct event e;
+    base(&e, EVENT_EXEC, "a\"b\x01\xff");
+    e.cgroup_id = 4242;
+    e.u.exec.filename = strdup("/usr/bin/printf");
+    static const char args[] = "printf\0say \"hi\"\\\0\x01\x1f\n\0\xff\xfe ok\0\0\xc3\xa9t\xc3\xa9";
+    set_args(&e, args, sizeof(args)); /* includes the final NUL */
+    e.u.exec.args_truncated = 1;
+    e.k8s.pod_name = intern("p\"od");
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"exec\"," COMMON
+                    "\"command\":\"a\\\"b\\u0001\xef\xbf\xbd\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"k8s_pod_name\":\"p\\\"od\","
+                    "\"filename\":\"/usr/bin/printf\","
+                    "\"args\":[\"printf\",\"say \\\"hi\\\"\\\\\",\"\\u0001\\u001f\\n\","
+                    "\"\xef\xbf\xbd\xef\xbf\xbd ok\",\"\",\"\xc3\xa9t\xc3\xa9\"],"
+                    "\"args_truncated\":true,\"cgroup_id\":4242}");
+    event_clear(&e);
+}
+
+Test(event_json, exec_round_trip)
+{
+    struct event e;
+    base(&e, EVENT_EXEC, "bash");
+    e.cgroup_id = 99;
+    e.u.exec.filename = strdup("/bin/ls");
+    static const char args[] = "ls\0-la\0\0/tmp/a \"b\"";
+    set_args(&e, args, sizeof(args));
+    assert_round_trip(&e);
+
+    struct buf b;
+    struct event back;
+    buf_init(&b);
+    event_json_write(&b, &e);
+    cr_assert_eq(event_json_parse(b.data, b.len, &back, NULL, 0), 0);
+    cr_assert_eq(back.u.exec.args_len, sizeof(args));
+    cr_assert_eq(memcmp(back.u.exec.args, args, sizeof(args)), 0);
+    cr_assert_str_eq(back.u.exec.filename, "/bin/ls");
+    cr_assert_eq(back.cgroup_id, 99);
+    cr_assert_eq(back.u.exec.args_truncated, 0);
+    event_clear(&back);
+    buf_free(&b);
+    event_clear(&e);
+}
+
+Test(event_json, exec_without_filename_or_args)
+{
+    struct event e;
+    base(&e, EVENT_EXEC, "sh");
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"exec\"," COMMON
+                    "\"command\":\"sh\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"args\":[],\"cgroup_id\":0}");
+    assert_round_trip(&e);
+}
+
+Test(event_json, exec_args_without_final_nul)
+{
+    struct event e;
+    base(&e, EVENT_EXEC, "sh");
+    set_args(&e, "sh\0-c", 5);
+    struct buf b;
+    buf_init(&b);
+    event_json_write(&b, &e);
+    cr_assert(strstr(b.data, ",\"args\":[\"sh\",\"-c\"],"), "%s", b.data);
+    buf_free(&b);
+    event_clear(&e);
+}
+
+Test(event_json, exit)
+{
+    struct event e;
+    base(&e, EVENT_EXIT, "sleep");
+    e.u.exit.exit_code = -1;
+    e.u.exit.signal = 9;
+    e.u.exit.duration_ns = 18446744073709551ull;
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"exit\"," COMMON
+                    "\"command\":\"sleep\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"exit_code\":-1,\"signal\":9,\"duration_ns\":18446744073709551}");
+    assert_round_trip(&e);
+}
+
+Test(event_json, appends_to_existing_buffer)
+{
+    struct event e;
+    struct buf b;
+    base(&e, EVENT_EXIT, "x");
+    buf_init(&b);
+    buf_puts(&b, "[");
+    event_json_write(&b, &e);
+    buf_putc(&b, ',');
+    event_json_write(&b, &e);
+    buf_putc(&b, ']');
+    cr_assert_eq(b.data[0], '[');
+    cr_assert_eq(strncmp(b.data + 1, "{\"id\":", 6), 0);
+    cr_assert(strstr(b.data, "},{\"id\":"));
+    cr_assert_eq(b.data[b.len - 1], ']');
+    buf_free(&b);
+}
+
+Test(event_json, format_time_known_instants)
+{
+    static const struct {
+        uint64_t ns;
+        const char *text;
+    } cases[] = {
+        {0, "1970-01-01T00:00:00.000000000Z"},
+        {1, "1970-01-01T00:00:00.000000001Z"},
+        {TS, TS_TEXT},
+        {1709251199999999999ull, "2024-02-29T23:59:59.999999999Z"},
+        {1709251200000000000ull, "2024-03-01T00:00:00.000000000Z"},
+        {951825600000000500ull, "2000-02-29T12:00:00.000000500Z"},
+        {4107542400000000000ull, "2100-03-01T00:00:00.000000000Z"},
+        {946684799123000000ull, "1999-12-31T23:59:59.123000000Z"},
+        {UINT64_MAX, "2554-07-21T23:34:33.709551615Z"},
+    };
+    char out[40];
+    /* Twice, alternating days, so the per-thread date cache is exercised both ways. */
+    for (int round = 0; round < 2; round++) {
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            memset(out, 'x', sizeof(out));
+            event_format_time(cases[i].ns, out);
+            cr_assert_str_eq(out, cases[i].text);
+        }
+    }
+}
+
+Test(event_json, parse_accepts_uppercase_id_and_ignores_time_and_unknown_keys)
+{
+    const char *s = "{\"id\":\"00000000DEADBEEF\",\"type\":\"exit\",\"timestamp\":5,"
+                    "\"time\":\"garbage\",\"future_field\":{\"x\":1},\"exit_code\":3}";
+    struct event e;
+    char err[128] = "";
+    cr_assert_eq(event_json_parse(s, strlen(s), &e, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(e.id, 0xdeadbeefull);
+    cr_assert_eq(e.timestamp_ns, 5);
+    cr_assert_eq(e.type, EVENT_EXIT);
+    cr_assert_eq(e.u.exit.exit_code, 3);
+    cr_assert_null(e.node);
+    cr_assert_eq(e.command[0], '\0');
+}
+
+Test(event_json, parse_errors_name_the_field)
+{
+#define HEAD "{\"id\":\"0000000000000001\",\"timestamp\":1,"
+    static const struct {
+        const char *json;
+        const char *field;
+    } cases[] = {
+        {"{\"type\":\"exit\",\"timestamp\":1}", "\"id\""},
+        {"{\"id\":\"0000000000000001\",\"timestamp\":1}", "\"type\""},
+        {"{\"id\":\"0000000000000001\",\"type\":\"exit\"}", "\"timestamp\""},
+        {HEAD "\"type\":\"bogus\"}", "\"type\""},
+        {HEAD "\"type\":7}", "\"type\""},
+        {"{\"id\":\"00000000000001\",\"type\":\"exit\",\"timestamp\":1}", "\"id\""},
+        {"{\"id\":\"000000000000000g\",\"type\":\"exit\",\"timestamp\":1}", "\"id\""},
+        {"{\"id\":\"0000000000000001\",\"type\":\"exit\",\"timestamp\":\"1\"}", "\"timestamp\""},
+        {HEAD "\"type\":\"exit\",\"pid\":\"12\"}", "\"pid\""},
+        {HEAD "\"type\":\"exit\",\"pid\":-1}", "\"pid\""},
+        {HEAD "\"type\":\"exit\",\"uid\":4294967296}", "\"uid\""},
+        {HEAD "\"type\":\"exit\",\"pid\":1.5}", "\"pid\""},
+        {HEAD "\"type\":\"exit\",\"command\":7}", "\"command\""},
+        {HEAD "\"type\":\"exit\",\"node\":5}", "\"node\""},
+        {HEAD "\"type\":\"exit\",\"k8s_pod_name\":null}", "\"k8s_pod_name\""},
+        {HEAD "\"type\":\"exit\",\"exit_code\":3000000000}", "\"exit_code\""},
+        {HEAD "\"type\":\"exit\",\"signal\":true}", "\"signal\""},
+        {HEAD "\"type\":\"exec\",\"args\":\"ls\"}", "\"args\""},
+        {HEAD "\"type\":\"exec\",\"args\":[\"ls\",1]}", "\"args\""},
+        {HEAD "\"type\":\"exec\",\"filename\":[]}", "\"filename\""},
+        {HEAD "\"type\":\"exec\",\"filename\":\"/x\",\"args_truncated\":1}", "\"args_truncated\""},
+        {HEAD "\"type\":\"connection\",\"family\":\"ipv5\"}", "\"family\""},
+        {HEAD "\"type\":\"connection\",\"family\":\"ipv4\",\"source_ip\":\"300.1.1.1\"}",
+         "\"source_ip\""},
+        {HEAD "\"type\":\"accept\",\"family\":\"ipv4\",\"dest_ip\":\"::1\"}", "\"dest_ip\""},
+        {HEAD "\"type\":\"accept\",\"source_ip\":\"1.2.3.4\"}", "\"family\""},
+        {HEAD "\"type\":\"connection\",\"family\":\"ipv4\",\"source_port\":70000}",
+         "\"source_port\""},
+        {HEAD "\"type\":\"connection\",\"protocol\":\"foo\"}", "\"protocol\""},
+        {HEAD "\"type\":\"connection\",\"status\":\"ok\"}", "\"status\""},
+        {HEAD "\"type\":\"connection\",\"latency_ns\":-5}", "\"latency_ns\""},
+        {HEAD "\"type\":\"packet_drop\",\"drop_reason\":3}", "\"drop_reason\""},
+        {HEAD "\"type\":\"packet_drop\",\"drop_reason_code\":\"NO_SOCKET\"}",
+         "\"drop_reason_code\""},
+        {HEAD "\"type\":\"packet_drop\",\"location\":false}", "\"location\""},
+        {HEAD "\"type\":\"packet_drop\",\"suppressed\":-1}", "\"suppressed\""},
+        {"{\"id\":", "invalid JSON"},
+        {"[1,2]", "object"},
+        {"{\"id\":\"0000000000000001\",\"id\":\"0000000000000002\"}", "invalid JSON"},
+        {HEAD "\"type\":\"exec\",\"args\":[\"a\\u0000b\"]}", "invalid JSON"},
+    };
+#undef HEAD
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct event e;
+        char err[256] = "";
+        int rc = event_json_parse(cases[i].json, strlen(cases[i].json), &e, err, sizeof(err));
+        cr_assert_eq(rc, -EINVAL, "case %zu (%s): rc %d", i, cases[i].json, rc);
+        cr_assert(strstr(err, cases[i].field), "case %zu (%s): error \"%s\" does not name %s", i,
+                  cases[i].json, err, cases[i].field);
+        /* A failed parse leaves nothing to free. */
+        cr_assert_null(e.u.exec.filename);
+        cr_assert_eq(e.type, 0);
+    }
+}
+
+Test(event_json, parse_does_not_need_nul_termination)
+{
+    char s[] = "{\"id\":\"0000000000000001\",\"type\":\"exit\",\"timestamp\":1}GARBAGE";
+    struct event e;
+    char err[128] = "";
+    size_t len = strlen(s) - strlen("GARBAGE");
+    cr_assert_eq(event_json_parse(s, len, &e, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(e.type, EVENT_EXIT);
+}
+
+/* Surrogates, overlong forms and out-of-range code points must not reach the output raw. */
+Test(event_json, invalid_utf8_always_yields_parseable_json)
+{
+    static const char *const bad[] = {"\xed\xa0\x80",     "\xe0\x80\x80", "\xf4\x90\x80\x80",
+                                      "\xf0\x80\x80\x80", "\xc0\xaf",     "ok\xe2\x82"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct event e, back;
+        struct buf b;
+        char err[256] = "";
+        base(&e, EVENT_EXEC, bad[i]);
+        set_args(&e, bad[i], strlen(bad[i]) + 1);
+        buf_init(&b);
+        event_json_write(&b, &e);
+        cr_assert_eq(event_json_parse(b.data, b.len, &back, err, sizeof(err)), 0, "case %zu: %s", i,
+                     err);
+        cr_assert(strstr(back.command, "\xef\xbf\xbd"), "case %zu", i);
+        cr_assert(strstr(back.u.exec.args, "\xef\xbf\xbd"), "case %zu", i);
+        event_clear(&back);
+        event_clear(&e);
+        buf_free(&b);
+    }
+}
+
+Test(event_json, parse_cuts_long_commands_at_character_boundaries)
+{
+    static const struct {
+        const char *command, *want;
+    } cases[] = {
+        {"0123456789abcde", "0123456789abcde"},
+        {"0123456789abcdefgh", "0123456789abcde"},
+        /* 15 invalid bytes are written as 15 U+FFFD: 45 bytes of JSON string. */
+        {"\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd",
+         "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
+        {"abcdefghijklm\xc3\xa9", "abcdefghijklm\xc3\xa9"},
+        {"abcdefghijklmn\xc3\xa9", "abcdefghijklmn"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct buf b;
+        struct event e;
+        char err[256] = "";
+        buf_init(&b);
+        buf_puts(&b, "{\"id\":\"0000000000000001\",\"type\":\"exit\",\"timestamp\":1,\"command\":");
+        buf_json_cstr(&b, cases[i].command);
+        buf_putc(&b, '}');
+        cr_assert_eq(event_json_parse(b.data, b.len, &e, err, sizeof(err)), 0, "%s", err);
+        cr_assert_str_eq(e.command, cases[i].want, "case %zu", i);
+        buf_free(&b);
+    }
+}
+
+/* Every string at its worst (all bytes escaped), every number at its longest. */
+Test(event_json, worst_case_sizes_are_written_correctly)
+{
+    static char ctl[300];
+    memset(ctl, 0x01, sizeof(ctl) - 1);
+    const char *big = intern(ctl);
+    struct event ev[3];
+    memset(ev, 0, sizeof(ev));
+    for (int i = 0; i < 3; i++) {
+        struct event *e = &ev[i];
+        e->id = UINT64_MAX;
+        e->timestamp_ns = INT64_MAX;
+        e->pid = e->ppid = e->uid = UINT32_MAX;
+        memset(e->command, 0x01, sizeof(e->command) - 1);
+        e->node = big;
+        e->k8s = (struct event_k8s){big, big, big, big, big};
+        e->family = EVENT_FAMILY_IPV6;
+        memset(e->saddr, 0xff, 16);
+        memset(e->daddr, 0xfe, 16);
+        e->sport = e->dport = 65535;
+        e->protocol = IPPROTO_UDPLITE;
+    }
+    ev[0].type = EVENT_CONNECTION;
+    ev[0].status = EVENT_STATUS_ESTABLISHED;
+    ev[1].type = EVENT_PACKET_DROP;
+    ev[1].u.drop.reason = big;
+    ev[1].u.drop.location = big;
+    ev[1].u.drop.reason_code = UINT32_MAX;
+    ev[1].u.drop.suppressed = INT64_MAX;
+    ev[2].type = EVENT_EXEC;
+    ev[2].u.exec.filename = strdup(ctl);
+    char args[EVENT_ARGS_MAX];
+    memset(args, 0x02, sizeof(args));
+    set_args(&ev[2], args, sizeof(args));
+    ev[2].u.exec.args_truncated = 1;
+
+    for (int i = 0; i < 3; i++) {
+        struct buf b;
+        struct event back;
+        char err[256] = "";
+        buf_init(&b);
+        event_json_write(&b, &ev[i]);
+        cr_assert_lt(b.len, b.cap);
+        cr_assert_eq(strlen(b.data), b.len);
+        cr_assert_eq(event_json_parse(b.data, b.len, &back, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(back.k8s.pod_uid, big);
+        cr_assert_eq(back.sport, i == 0 ? 65535 : 0, "drops of udplite have no ports");
+        event_clear(&back);
+        buf_free(&b);
+    }
+    event_clear(&ev[2]);
+}
