@@ -1,0 +1,89 @@
+/* Shared HTTP API response helpers. */
+#include "api.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <time.h>
+
+#include "event_json.h"
+
+void api_format_duration(uint64_t ns, char *out, size_t len)
+{
+    if (ns < 1000)
+        snprintf(out, len, "%" PRIu64 "ns", ns);
+    else if (ns < 1000000)
+        snprintf(out, len, "%.3gµs", (double)ns / 1e3);
+    else if (ns < 1000000000)
+        snprintf(out, len, "%.4gms", (double)ns / 1e6);
+    else
+        snprintf(out, len, "%.4gs", (double)ns / 1e9);
+}
+
+void api_events_begin(struct buf *b, const struct event *events, size_t count, uint64_t total_count,
+                      const struct query_cursor *next, uint64_t query_ns)
+{
+    buf_puts(b, "{\"events\":[");
+    for (size_t i = 0; i < count; i++) {
+        if (i)
+            buf_putc(b, ',');
+        event_json_write(b, &events[i]);
+    }
+    buf_printf(b, "],\"count\":%zu,\"total_count\":%" PRIu64 ",\"next_cursor\":", count,
+               total_count);
+    if (next) {
+        char cur[QUERY_CURSOR_LEN];
+        query_cursor_format(next, cur);
+        buf_json_cstr(b, cur);
+    } else {
+        buf_puts(b, "null");
+    }
+    char qt[32];
+    api_format_duration(query_ns, qt, sizeof(qt));
+    buf_puts(b, ",\"query_time\":");
+    buf_json_cstr(b, qt);
+}
+
+void api_events_end(struct buf *b)
+{
+    buf_putc(b, '}');
+}
+
+void api_metric_header(struct buf *b, const char *name, const char *type, const char *help)
+{
+    buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void api_metric(struct buf *b, const char *name, const char *type, const char *help, uint64_t v)
+{
+    api_metric_header(b, name, type, help);
+    buf_printf(b, "%s %" PRIu64 "\n", name, v);
+}
+
+void api_metric_labelled(struct buf *b, const char *name, const char *label, const char *value,
+                         uint64_t v)
+{
+    buf_printf(b, "%s{%s=\"", name, label);
+    for (const char *p = value; *p; p++) {
+        if (*p == '\\' || *p == '"')
+            buf_putc(b, '\\');
+        if (*p == '\n')
+            buf_puts(b, "\\n");
+        else
+            buf_putc(b, *p);
+    }
+    buf_printf(b, "\"} %" PRIu64 "\n", v);
+}
+
+uint64_t api_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t api_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}

@@ -1,0 +1,990 @@
+/*
+ * The HTTP API server: an h2o (evloop) loop on its own thread serving exact-path
+ * GET routes, bearer-token auth for every /api/ path, optional TLS, and one Server-Sent
+ * Events stream fed by http_server_publish().
+ *
+ * Threads: everything h2o touches (sockets, requests, stream clients) belongs
+ * to the "http" thread. Other threads talk to it only through h2o's
+ * multithread queue (published events, the stop request) and read the stats
+ * counters, which are atomics.
+ */
+#include "http_server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <h2o.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/sha.h>
+#include <openssl/ssl.h>
+
+#include "event_json.h"
+#include "query.h"
+
+#define HTTP_STREAM_CLIENT_BUFFER_DEFAULT (1u << 20)
+#define HTTP_MAX_STREAM_CLIENTS_DEFAULT   64
+#define HTTP_PUBLISH_QUEUE_MAX            65536
+#define HTTP_KEEPALIVE_MS                 15000
+#define HTTP_SHUTDOWN_GRACE_MS            2000
+#define HTTP_MAX_REQUEST_BODY             16384
+
+struct http_route {
+    char *path;
+    size_t path_len;
+    http_handler_fn fn; /* NULL for the stream route */
+    void *ctx;
+};
+
+/* The h2o handler is embedded so on_req can find the server. */
+struct http_h2o_handler {
+    h2o_handler_t super;
+    struct http_server *srv;
+};
+
+/* One connected SSE client; lives in its request's memory pool. */
+struct stream_client {
+    h2o_generator_t super;
+    struct http_server *srv;
+    h2o_req_t *req;
+    h2o_linklist_t link;
+    struct query q;
+    struct buf pending;  /* queued, not yet handed to h2o */
+    struct buf inflight; /* handed to h2o_send, waiting for proceed */
+    bool sending;
+    bool finishing;  /* send the final chunk at the next proceed */
+    bool done;       /* final sent or connection gone: never send again */
+    uint64_t missed; /* events dropped since the last ": dropped" notice */
+};
+
+/* An accepted connection, tracked so shutdown can close what is still open. */
+struct http_conn {
+    h2o_linklist_t link;
+    h2o_socket_t *sock;
+    struct http_server *srv;
+};
+
+struct publish_msg {
+    h2o_multithread_message_t super;
+    struct event ev;
+};
+
+struct http_server {
+    char *listen_addr;
+    char *api_token;
+    unsigned char token_hash[SHA256_DIGEST_LENGTH];
+    size_t stream_client_buffer;
+    unsigned max_stream_clients;
+
+    struct http_route *routes;
+    size_t nroutes;
+
+    h2o_globalconf_t config;
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    SSL_CTX *ssl_ctx;
+    h2o_evloop_t *loop;
+    int listen_fd;
+    int port;
+    h2o_socket_t *listener;
+    h2o_multithread_receiver_t publish_receiver;
+    h2o_multithread_receiver_t stop_receiver;
+    h2o_multithread_message_t stop_msg;
+    h2o_timeout_t keepalive_timeout;
+    h2o_timeout_entry_t keepalive_entry;
+
+    h2o_linklist_t stream_clients; /* struct stream_client */
+    h2o_linklist_t conns;          /* struct http_conn */
+    size_t nconns;
+    struct buf scratch; /* one event's SSE frame, encoded once per publish */
+
+    pthread_t thread;
+    bool started;
+    bool stopping; /* loop thread only */
+
+    /* Read from any thread. */
+    uint64_t requests;
+    uint64_t nstream_clients;
+    uint64_t stream_sent;
+    uint64_t stream_dropped;
+    uint64_t publish_dropped;
+    uint64_t publish_pending;
+};
+
+static void stat_add(uint64_t *v, int64_t d)
+{
+    __atomic_add_fetch(v, (uint64_t)d, __ATOMIC_RELAXED);
+}
+
+static uint64_t stat_get(const uint64_t *v)
+{
+    return __atomic_load_n(v, __ATOMIC_RELAXED);
+}
+
+void http_response_error(struct http_response *res, int status, const char *msg)
+{
+    res->status = status;
+    res->content_type = NULL;
+    buf_reset(&res->body);
+    buf_puts(&res->body, "{\"error\":");
+    buf_json_cstr(&res->body, msg);
+    buf_putc(&res->body, '}');
+}
+
+static const char *status_reason(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 413:
+        return "Payload Too Large";
+    case 429:
+        return "Too Many Requests";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "";
+    }
+}
+
+/* ---- plain responses ---- */
+
+static void send_response(h2o_req_t *req, int status, const char *content_type, const char *body,
+                          size_t len)
+{
+    req->res.status = status;
+    req->res.reason = status_reason(status);
+    req->res.content_length = len;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, content_type,
+                   strlen(content_type));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
+                   H2O_STRLIT("no-store"));
+    h2o_send_inline(req, body, len);
+}
+
+static void send_error(h2o_req_t *req, int status, const char *msg)
+{
+    struct http_response res = {0};
+
+    buf_init(&res.body);
+    http_response_error(&res, status, msg);
+    if (res.body.oom)
+        send_response(req, 500, "application/json", H2O_STRLIT("{\"error\":\"out of memory\"}"));
+    else
+        send_response(req, status, "application/json", res.body.data, res.body.len);
+    buf_free(&res.body);
+}
+
+/* ---- SSE stream ---- */
+
+static void stream_flush(struct stream_client *c);
+
+static void stream_note_missed(struct stream_client *c)
+{
+    if (c->missed == 0)
+        return;
+    buf_printf(&c->pending, ": dropped %llu\n\n", (unsigned long long)c->missed);
+    c->missed = 0;
+}
+
+static void stream_send_final(struct stream_client *c)
+{
+    c->done = true;
+    c->sending = true;
+    h2o_send(c->req, NULL, 0, H2O_SEND_STATE_FINAL);
+}
+
+static void stream_flush(struct stream_client *c)
+{
+    struct buf tmp;
+    h2o_iovec_t v;
+
+    if (c->done || c->sending)
+        return;
+    if (c->finishing) {
+        stream_send_final(c);
+        return;
+    }
+    if (c->pending.len == 0)
+        return;
+    /* Swap so new events queue while h2o owns the old bytes. */
+    tmp = c->inflight;
+    c->inflight = c->pending;
+    c->pending = tmp;
+    buf_reset(&c->pending);
+    v = h2o_iovec_init(c->inflight.data, c->inflight.len);
+    c->sending = true;
+    h2o_send(c->req, &v, 1, H2O_SEND_STATE_IN_PROGRESS);
+}
+
+static void stream_on_proceed(h2o_generator_t *gen, h2o_req_t *req)
+{
+    struct stream_client *c = (struct stream_client *)gen;
+
+    c->sending = false;
+    buf_reset(&c->inflight);
+    stream_note_missed(c);
+    stream_flush(c);
+}
+
+static void stream_detach(struct stream_client *c)
+{
+    if (h2o_linklist_is_linked(&c->link)) {
+        h2o_linklist_unlink(&c->link);
+        stat_add(&c->srv->nstream_clients, -1);
+    }
+}
+
+/* The connection went away before the final chunk. */
+static void stream_on_stop(h2o_generator_t *gen, h2o_req_t *req)
+{
+    struct stream_client *c = (struct stream_client *)gen;
+
+    c->done = true;
+    stream_detach(c);
+}
+
+/* Pool dispose: the request is gone and h2o holds none of our bytes. */
+static void stream_on_dispose(void *p)
+{
+    struct stream_client *c = p;
+
+    stream_detach(c);
+    buf_free(&c->pending);
+    buf_free(&c->inflight);
+}
+
+static void stream_enqueue(struct stream_client *c, const char *data, size_t len)
+{
+    struct http_server *s = c->srv;
+
+    if (c->done || c->finishing)
+        return;
+    if (c->pending.len + c->inflight.len + len > s->stream_client_buffer) {
+        c->missed++;
+        stat_add(&s->stream_dropped, 1);
+        return;
+    }
+    stream_note_missed(c);
+    buf_append(&c->pending, data, len);
+    if (c->pending.oom) {
+        /* Keep the stream well-formed: forget this batch, count it missed. */
+        buf_free(&c->pending);
+        buf_init(&c->pending);
+        c->missed++;
+        stat_add(&s->stream_dropped, 1);
+        return;
+    }
+    stat_add(&s->stream_sent, 1);
+    stream_flush(c);
+}
+
+static void serve_stream(struct http_server *s, h2o_req_t *req, const char *qs, size_t qslen)
+{
+    struct stream_client *c;
+    char err[256];
+    struct query q;
+
+    if (query_parse(&q, qs, qslen, true, err, sizeof(err)) != 0) {
+        send_error(req, 400, err);
+        return;
+    }
+    if (stat_get(&s->nstream_clients) >= s->max_stream_clients) {
+        send_error(req, 503, "too many stream clients");
+        return;
+    }
+    if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"))) {
+        send_response(req, 200, "text/event-stream", "", 0);
+        return;
+    }
+
+    c = h2o_mem_alloc_shared(&req->pool, sizeof(*c), stream_on_dispose);
+    memset(c, 0, sizeof(*c));
+    c->super.proceed = stream_on_proceed;
+    c->super.stop = stream_on_stop;
+    c->srv = s;
+    c->req = req;
+    c->q = q;
+    buf_init(&c->pending);
+    buf_init(&c->inflight);
+    h2o_linklist_insert(&s->stream_clients, &c->link);
+    stat_add(&s->nstream_clients, 1);
+
+    req->res.status = 200;
+    req->res.reason = "OK";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("text/event-stream"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
+                   H2O_STRLIT("no-store"));
+    /* Tell reverse proxies (nginx) not to buffer the stream. */
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-accel-buffering"), 0, NULL,
+                          H2O_STRLIT("no"));
+    h2o_start_response(req, &c->super);
+    buf_puts(&c->pending, ": connected\n\n");
+    stream_flush(c);
+}
+
+static void stream_fanout(struct http_server *s, const struct event *e)
+{
+    h2o_linklist_t *node, *next;
+    bool encoded = false;
+
+    for (node = s->stream_clients.next; node != &s->stream_clients; node = next) {
+        struct stream_client *c = H2O_STRUCT_FROM_MEMBER(struct stream_client, link, node);
+
+        next = node->next; /* a send may fail and detach c */
+        if (!query_match(&c->q, e))
+            continue;
+        if (!encoded) {
+            buf_reset(&s->scratch);
+            buf_puts(&s->scratch, "data: ");
+            event_json_write(&s->scratch, e);
+            buf_puts(&s->scratch, "\n\n");
+            if (s->scratch.oom) {
+                buf_free(&s->scratch);
+                buf_init(&s->scratch);
+                return;
+            }
+            encoded = true;
+        }
+        stream_enqueue(c, s->scratch.data, s->scratch.len);
+    }
+}
+
+static void on_publish_messages(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    struct http_server *s = H2O_STRUCT_FROM_MEMBER(struct http_server, publish_receiver, receiver);
+
+    while (!h2o_linklist_is_empty(messages)) {
+        struct publish_msg *m =
+            H2O_STRUCT_FROM_MEMBER(struct publish_msg, super.link, messages->next);
+
+        h2o_linklist_unlink(&m->super.link);
+        stat_add(&s->publish_pending, -1);
+        if (!s->stopping)
+            stream_fanout(s, &m->ev);
+        event_clear(&m->ev);
+        free(m);
+    }
+}
+
+void http_server_publish(struct http_server *s, const struct event *e)
+{
+    struct publish_msg *m;
+
+    /* The common case on a node nobody is watching: no copy, no wakeup. */
+    if (stat_get(&s->nstream_clients) == 0)
+        return;
+    if (__atomic_add_fetch(&s->publish_pending, 1, __ATOMIC_RELAXED) > HTTP_PUBLISH_QUEUE_MAX)
+        goto drop;
+    m = malloc(sizeof(*m));
+    if (m == NULL)
+        goto drop;
+    memset(m, 0, sizeof(*m)); /* h2o asserts the link is unlinked (zeroed) */
+    if (event_copy(&m->ev, e) != 0) {
+        free(m);
+        goto drop;
+    }
+    h2o_multithread_send_message(&s->publish_receiver, &m->super);
+    return;
+drop:
+    stat_add(&s->publish_pending, -1);
+    stat_add(&s->publish_dropped, 1);
+}
+
+static void on_keepalive(h2o_timeout_entry_t *entry)
+{
+    struct http_server *s = H2O_STRUCT_FROM_MEMBER(struct http_server, keepalive_entry, entry);
+    h2o_linklist_t *node, *next;
+
+    /* Comments keep proxies from timing the stream out and reveal dead clients. */
+    for (node = s->stream_clients.next; node != &s->stream_clients; node = next) {
+        struct stream_client *c = H2O_STRUCT_FROM_MEMBER(struct stream_client, link, node);
+
+        next = node->next;
+        if (c->pending.len + c->inflight.len == 0) {
+            buf_puts(&c->pending, ": keepalive\n\n");
+            stream_flush(c);
+        }
+    }
+    h2o_timeout_link(s->ctx.loop, &s->keepalive_timeout, &s->keepalive_entry);
+}
+
+/* ---- request dispatch ---- */
+
+static bool path_is_api(const h2o_iovec_t *path)
+{
+    return path->len >= 5 && memcmp(path->base, "/api/", 5) == 0;
+}
+
+/* Constant time over the token: compares digests, so neither content nor length leaks. */
+static bool auth_ok(struct http_server *s, h2o_req_t *req)
+{
+    unsigned char got[SHA256_DIGEST_LENGTH];
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+    h2o_iovec_t v;
+
+    if (i == -1)
+        return false;
+    v = req->headers.entries[i].value;
+    if (v.len < 7 || !h2o_lcstris(v.base, 7, H2O_STRLIT("bearer ")))
+        return false;
+    SHA256((const unsigned char *)v.base + 7, v.len - 7, got);
+    return CRYPTO_memcmp(got, s->token_hash, sizeof(got)) == 0;
+}
+
+static const struct http_route *route_find(struct http_server *s, const h2o_iovec_t *path)
+{
+    for (size_t i = 0; i < s->nroutes; i++) {
+        if (s->routes[i].path_len == path->len &&
+            memcmp(s->routes[i].path, path->base, path->len) == 0)
+            return &s->routes[i];
+    }
+    return NULL;
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    struct http_server *s = ((struct http_h2o_handler *)self)->srv;
+    const h2o_iovec_t path = req->path_normalized;
+    const struct http_route *r;
+    const char *qs = "";
+    size_t qslen = 0;
+
+    stat_add(&s->requests, 1);
+    if (s->api_token != NULL && path_is_api(&path) && !auth_ok(s, req)) {
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_WWW_AUTHENTICATE, NULL,
+                       H2O_STRLIT("Bearer"));
+        send_error(req, 401, "missing or invalid bearer token");
+        return 0;
+    }
+    r = route_find(s, &path);
+    if (r == NULL) {
+        send_error(req, 404, "not found");
+        return 0;
+    }
+    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) &&
+        !h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"))) {
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("GET"));
+        send_error(req, 405, "method not allowed");
+        return 0;
+    }
+    if (req->query_at != SIZE_MAX) {
+        qs = req->path.base + req->query_at + 1;
+        qslen = req->path.len - req->query_at - 1;
+    }
+    if (r->fn == NULL) {
+        serve_stream(s, req, qs, qslen);
+        return 0;
+    }
+
+    struct http_request hreq = {
+        .path = path.base,
+        .path_len = path.len,
+        .query = qs,
+        .query_len = qslen,
+    };
+    struct http_response res = {.status = 200};
+
+    buf_init(&res.body);
+    r->fn(r->ctx, &hreq, &res);
+    if (res.body.oom)
+        send_response(req, 500, "application/json", H2O_STRLIT("{\"error\":\"out of memory\"}"));
+    else
+        send_response(req, res.status > 0 ? res.status : 200,
+                      res.content_type != NULL ? res.content_type : "application/json",
+                      res.body.data != NULL ? res.body.data : "", res.body.len);
+    buf_free(&res.body);
+    return 0;
+}
+
+/* ---- connections ---- */
+
+static void on_conn_close(void *data)
+{
+    struct http_conn *c = data;
+
+    h2o_linklist_unlink(&c->link);
+    c->srv->nconns--;
+    free(c);
+}
+
+static void on_accept(h2o_socket_t *listener, const char *err)
+{
+    struct http_server *s = listener->data;
+    struct http_conn *c;
+    h2o_socket_t *sock;
+
+    if (err != NULL || s->stopping)
+        return;
+    if ((sock = h2o_evloop_socket_accept(listener)) == NULL)
+        return;
+    if ((c = calloc(1, sizeof(*c))) == NULL) {
+        h2o_socket_close(sock);
+        return;
+    }
+    c->sock = sock;
+    c->srv = s;
+    h2o_linklist_insert(&s->conns, &c->link);
+    s->nconns++;
+    sock->on_close.cb = on_conn_close;
+    sock->on_close.data = c;
+    h2o_accept(&s->accept_ctx, sock);
+}
+
+/* ---- listen address ---- */
+
+static int parse_listen_addr(const char *addr, char *host, size_t hostlen, int *port)
+{
+    const char *colon, *hs, *he;
+    char *end;
+    long p;
+
+    if (addr[0] == '[') {
+        const char *rb = strchr(addr, ']');
+        if (rb == NULL || rb[1] != ':')
+            return -EINVAL;
+        hs = addr + 1;
+        he = rb;
+        colon = rb + 1;
+    } else {
+        colon = strrchr(addr, ':');
+        if (colon == NULL)
+            return -EINVAL;
+        if (memchr(addr, ':', (size_t)(colon - addr)) != NULL)
+            return -EINVAL; /* bare IPv6 needs brackets */
+        hs = addr;
+        he = colon;
+    }
+    if ((size_t)(he - hs) >= hostlen)
+        return -EINVAL;
+    memcpy(host, hs, (size_t)(he - hs));
+    host[he - hs] = '\0';
+    errno = 0;
+    p = strtol(colon + 1, &end, 10);
+    if (colon[1] == '\0' || *end != '\0' || errno != 0 || p < 0 || p > 65535)
+        return -EINVAL;
+    *port = (int)p;
+    return 0;
+}
+
+static int bind_one(const struct sockaddr *sa, socklen_t salen, bool dual_stack)
+{
+    int fd, one = 1, zero = 0;
+
+    fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0)
+        goto fail;
+    if (dual_stack && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) != 0)
+        goto fail;
+    if (bind(fd, sa, salen) != 0 || listen(fd, SOMAXCONN) != 0)
+        goto fail;
+    return fd;
+fail:;
+    int e = errno;
+    close(fd);
+    return -e;
+}
+
+static int listen_on(const char *addr, int *out_port, char *err, size_t errlen)
+{
+    char host[256];
+    char portstr[8];
+    int port, fd;
+    struct addrinfo hints = {0}, *res = NULL;
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+        struct sockaddr_storage ss;
+    } bound;
+    socklen_t blen = sizeof(bound);
+
+    if (parse_listen_addr(addr, host, sizeof(host), &port) != 0) {
+        snprintf(err, errlen,
+                 "listen on %s: invalid address (want \":8080\", \"127.0.0.1:8080\" or "
+                 "\"[::1]:8080\")",
+                 addr);
+        return -EINVAL;
+    }
+    if (host[0] == '\0') {
+        /* All interfaces: one dual-stack socket when IPv6 exists, else IPv4. */
+        struct sockaddr_in6 in6 = {.sin6_family = AF_INET6, .sin6_port = htons(port)};
+        struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons(port)};
+
+        in6.sin6_addr = in6addr_any;
+        in.sin_addr.s_addr = htonl(INADDR_ANY);
+        fd = bind_one((struct sockaddr *)&in6, sizeof(in6), true);
+        if (fd == -EAFNOSUPPORT || fd == -EADDRNOTAVAIL || fd == -EPROTONOSUPPORT)
+            fd = bind_one((struct sockaddr *)&in, sizeof(in), false);
+    } else {
+        int rc;
+
+        snprintf(portstr, sizeof(portstr), "%d", port);
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+        rc = getaddrinfo(host, portstr, &hints, &res);
+        if (rc != 0) {
+            snprintf(err, errlen, "listen on %s: %s", addr, gai_strerror(rc));
+            return -EINVAL;
+        }
+        fd = bind_one(res->ai_addr, res->ai_addrlen, false);
+        freeaddrinfo(res);
+    }
+    if (fd < 0) {
+        snprintf(err, errlen, "listen on %s: %s", addr, strerror(-fd));
+        return fd;
+    }
+    if (getsockname(fd, &bound.sa, &blen) != 0) {
+        int e = errno;
+        close(fd);
+        snprintf(err, errlen, "listen on %s: getsockname: %s", addr, strerror(e));
+        return -e;
+    }
+    *out_port = ntohs(bound.sa.sa_family == AF_INET6 ? bound.in6.sin6_port : bound.in.sin_port);
+    return fd;
+}
+
+/* ---- TLS ---- */
+
+static void ssl_error_string(char *out, size_t len)
+{
+    unsigned long e = ERR_get_error();
+
+    if (e == 0)
+        snprintf(out, len, "unknown error");
+    else
+        ERR_error_string_n(e, out, len);
+    ERR_clear_error();
+}
+
+static SSL_CTX *tls_setup(const char *cert, const char *key, char *err, size_t errlen)
+{
+    char why[256];
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+
+    if (ctx == NULL) {
+        ssl_error_string(why, sizeof(why));
+        snprintf(err, errlen, "TLS: %s", why);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+        ssl_error_string(why, sizeof(why));
+        snprintf(err, errlen, "TLS certificate %s: %s", cert, why);
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+        ssl_error_string(why, sizeof(why));
+        snprintf(err, errlen, "TLS key %s: %s", key, why);
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        ssl_error_string(why, sizeof(why));
+        snprintf(err, errlen, "TLS key %s does not match certificate %s: %s", key, cert, why);
+        goto fail;
+    }
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+/* ---- lifecycle ---- */
+
+static void on_stop_message(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    struct http_server *s = H2O_STRUCT_FROM_MEMBER(struct http_server, stop_receiver, receiver);
+
+    while (!h2o_linklist_is_empty(messages))
+        h2o_linklist_unlink(messages->next);
+    s->stopping = true;
+}
+
+struct http_server *http_server_new(const struct http_server_config *cfg, char *err, size_t errlen)
+{
+    struct http_server *s;
+    h2o_hostconf_t *hostconf;
+    h2o_pathconf_t *pathconf;
+    struct http_h2o_handler *handler;
+    const char *addr = cfg->listen_addr != NULL ? cfg->listen_addr : ":8080";
+    struct sigaction old;
+
+    /* A client closing mid-write must not kill the process. */
+    if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
+
+    if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
+        snprintf(err, errlen, "TLS needs both a certificate and a key (TLS_CERT, TLS_KEY)");
+        return NULL;
+    }
+    s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        snprintf(err, errlen, "http server: out of memory");
+        return NULL;
+    }
+    s->listen_fd = -1;
+    s->stream_client_buffer = cfg->stream_client_buffer != 0 ? cfg->stream_client_buffer
+                                                             : HTTP_STREAM_CLIENT_BUFFER_DEFAULT;
+    s->max_stream_clients =
+        cfg->max_stream_clients != 0 ? cfg->max_stream_clients : HTTP_MAX_STREAM_CLIENTS_DEFAULT;
+    h2o_linklist_init_anchor(&s->stream_clients);
+    h2o_linklist_init_anchor(&s->conns);
+    buf_init(&s->scratch);
+    s->listen_addr = strdup(addr);
+    if (s->listen_addr == NULL)
+        goto oom;
+    if (cfg->api_token != NULL && cfg->api_token[0] != '\0') {
+        s->api_token = strdup(cfg->api_token);
+        if (s->api_token == NULL)
+            goto oom;
+        SHA256((const unsigned char *)s->api_token, strlen(s->api_token), s->token_hash);
+    }
+    if (cfg->tls_cert != NULL) {
+        s->ssl_ctx = tls_setup(cfg->tls_cert, cfg->tls_key, err, errlen);
+        if (s->ssl_ctx == NULL)
+            goto fail;
+    }
+    s->listen_fd = listen_on(addr, &s->port, err, errlen);
+    if (s->listen_fd < 0)
+        goto fail;
+
+    h2o_config_init(&s->config);
+    s->config.max_request_entity_size = HTTP_MAX_REQUEST_BODY;
+    s->config.server_name = h2o_iovec_init(H2O_STRLIT("ebpf-monitor"));
+    hostconf = h2o_config_register_host(&s->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    /* One catch-all path; exact routing happens in on_req. */
+    pathconf = h2o_config_register_path(hostconf, "/", 0);
+    handler = (struct http_h2o_handler *)h2o_create_handler(pathconf, sizeof(*handler));
+    handler->super.on_req = on_req;
+    handler->srv = s;
+
+    s->loop = h2o_evloop_create();
+    h2o_context_init(&s->ctx, s->loop, &s->config);
+    s->accept_ctx.ctx = &s->ctx;
+    s->accept_ctx.hosts = s->config.hosts;
+    s->accept_ctx.ssl_ctx = s->ssl_ctx;
+    h2o_multithread_register_receiver(s->ctx.queue, &s->publish_receiver, on_publish_messages);
+    h2o_multithread_register_receiver(s->ctx.queue, &s->stop_receiver, on_stop_message);
+    h2o_timeout_init(s->loop, &s->keepalive_timeout, HTTP_KEEPALIVE_MS);
+    s->keepalive_entry.cb = on_keepalive;
+    h2o_timeout_link(s->loop, &s->keepalive_timeout, &s->keepalive_entry);
+
+    s->listener = h2o_evloop_socket_create(s->loop, s->listen_fd, H2O_SOCKET_FLAG_DONT_READ);
+    s->listener->data = s;
+    h2o_socket_read_start(s->listener, on_accept);
+    return s;
+
+oom:
+    snprintf(err, errlen, "http server: out of memory");
+fail:
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
+    if (s->ssl_ctx != NULL)
+        SSL_CTX_free(s->ssl_ctx);
+    buf_free(&s->scratch);
+    free(s->api_token);
+    free(s->listen_addr);
+    free(s);
+    return NULL;
+}
+
+int http_server_port(struct http_server *s)
+{
+    return s->port;
+}
+
+static int add_route(struct http_server *s, const char *path, http_handler_fn fn, void *ctx)
+{
+    struct http_route *r;
+    h2o_iovec_t p = h2o_iovec_init(path, strlen(path));
+
+    if (s->started || path[0] != '/')
+        return -EINVAL;
+    if (route_find(s, &p) != NULL)
+        return -EEXIST;
+    r = realloc(s->routes, (s->nroutes + 1) * sizeof(*r));
+    if (r == NULL)
+        return -ENOMEM;
+    s->routes = r;
+    r = &s->routes[s->nroutes];
+    r->path = strdup(path);
+    if (r->path == NULL)
+        return -ENOMEM;
+    r->path_len = p.len;
+    r->fn = fn;
+    r->ctx = ctx;
+    s->nroutes++;
+    return 0;
+}
+
+int http_server_route(struct http_server *s, const char *path, http_handler_fn fn, void *ctx)
+{
+    if (fn == NULL)
+        return -EINVAL;
+    return add_route(s, path, fn, ctx);
+}
+
+int http_server_stream(struct http_server *s, const char *path)
+{
+    return add_route(s, path, NULL, NULL);
+}
+
+static void loop_teardown(struct http_server *s);
+
+static void *loop_main(void *arg)
+{
+    struct http_server *s = arg;
+
+    pthread_setname_np(pthread_self(), "http");
+    while (!s->stopping)
+        h2o_evloop_run(s->loop, INT32_MAX);
+    loop_teardown(s);
+    return NULL;
+}
+
+int http_server_start(struct http_server *s)
+{
+    int rc;
+
+    if (s->started)
+        return -EALREADY;
+    rc = pthread_create(&s->thread, NULL, loop_main, s);
+    if (rc != 0)
+        return -rc;
+    s->started = true;
+    return 0;
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/*
+ * Closes every connection so the loop can be destroyed: streams get their
+ * final chunk, then every socket is shut down, which makes h2o see EOF or a
+ * write error and close it through its normal path.
+ */
+static bool close_connections(struct http_server *s)
+{
+    h2o_linklist_t *node, *next;
+    uint64_t deadline;
+
+    /* HTTP/1 only: the flag makes responses close their connection. (The full
+     * h2o_context_request_shutdown would arm an HTTP/2 timer we cannot dispose.) */
+    s->ctx.shutdown_requested = 1;
+    for (node = s->stream_clients.next; node != &s->stream_clients; node = next) {
+        struct stream_client *c = H2O_STRUCT_FROM_MEMBER(struct stream_client, link, node);
+
+        next = node->next;
+        stream_detach(c);
+        c->finishing = true;
+        stream_flush(c);
+    }
+    for (node = s->conns.next; node != &s->conns; node = node->next) {
+        struct http_conn *c = H2O_STRUCT_FROM_MEMBER(struct http_conn, link, node);
+
+        shutdown(h2o_socket_get_fd(c->sock), SHUT_RDWR);
+    }
+    deadline = now_ms() + HTTP_SHUTDOWN_GRACE_MS;
+    while (s->nconns > 0 && now_ms() < deadline)
+        h2o_evloop_run(s->loop, 10);
+    return s->nconns == 0;
+}
+
+/* Runs on the thread that owns the loop (h2o's buffers are per-thread). */
+static void loop_teardown(struct http_server *s)
+{
+    bool clean;
+
+    s->stopping = true;
+    h2o_socket_read_stop(s->listener);
+    h2o_socket_close(s->listener);
+    clean = close_connections(s);
+    h2o_timeout_unlink(&s->keepalive_entry);
+    h2o_timeout_dispose(s->loop, &s->keepalive_timeout);
+
+    /* Events published but never delivered. */
+    on_publish_messages(&s->publish_receiver, &s->publish_receiver._messages);
+    h2o_multithread_unregister_receiver(s->ctx.queue, &s->publish_receiver);
+    h2o_multithread_unregister_receiver(s->ctx.queue, &s->stop_receiver);
+    if (!clean) {
+        /* h2o cannot free a loop that still holds a connection. */
+        fprintf(stderr, "http server %s: %zu connection(s) did not close; leaking the loop\n",
+                s->listen_addr, s->nconns);
+        return;
+    }
+    h2o_context_dispose(&s->ctx);
+    h2o_evloop_destroy(s->loop);
+    h2o_config_dispose(&s->config);
+    /* Socket buffers h2o keeps for reuse in this thread's cache die with the thread. */
+    while (h2o_socket_buffer_prototype.allocator.cnt > 0)
+        free(h2o_mem_alloc_recycle(&h2o_socket_buffer_prototype.allocator, 1));
+}
+
+void http_server_free(struct http_server *s)
+{
+    if (s == NULL)
+        return;
+    if (s->started) {
+        memset(&s->stop_msg, 0, sizeof(s->stop_msg)); /* h2o asserts the link is unlinked */
+        h2o_multithread_send_message(&s->stop_receiver, &s->stop_msg);
+        pthread_join(s->thread, NULL);
+    } else {
+        loop_teardown(s);
+    }
+    if (s->ssl_ctx != NULL)
+        SSL_CTX_free(s->ssl_ctx);
+    for (size_t i = 0; i < s->nroutes; i++)
+        free(s->routes[i].path);
+    free(s->routes);
+    buf_free(&s->scratch);
+    free(s->api_token);
+    free(s->listen_addr);
+    free(s);
+}
+
+void http_server_get_stats(struct http_server *s, struct http_server_stats *out)
+{
+    out->requests = stat_get(&s->requests);
+    out->stream_clients = stat_get(&s->nstream_clients);
+    out->stream_sent = stat_get(&s->stream_sent);
+    out->stream_dropped = stat_get(&s->stream_dropped);
+    out->publish_dropped = stat_get(&s->publish_dropped);
+}

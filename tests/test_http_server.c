@@ -1,0 +1,729 @@
+/*
+ * Tests for pkg/http_server: a real server on a loopback ephemeral port, driven
+ * by a small raw-socket HTTP/1.1 client (and curl for TLS).
+ */
+#include <criterion/criterion.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http_server.h"
+
+#define TEST_TOKEN "s3cret-token"
+
+/* ---- a tiny HTTP/1.1 client ---- */
+
+struct reply {
+    int status;
+    char head[4096]; /* status line and headers */
+    char body[65536];
+    size_t body_len;
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int connect_port(int port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    struct timeval tv = {.tv_sec = 5};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    cr_assert(fd >= 0);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0, "connect: %s",
+                 strerror(errno));
+    return fd;
+}
+
+static void send_all(int fd, const char *s)
+{
+    size_t len = strlen(s);
+
+    while (len > 0) {
+        ssize_t n = write(fd, s, len);
+        cr_assert(n > 0, "write: %s", strerror(errno));
+        s += n;
+        len -= (size_t)n;
+    }
+}
+
+static void send_request(int fd, const char *method, const char *target, const char *extra,
+                         bool close_conn)
+{
+    char req[2048];
+
+    snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: test\r\n%s%s\r\n", method, target,
+             close_conn ? "Connection: close\r\n" : "", extra != NULL ? extra : "");
+    send_all(fd, req);
+}
+
+/* Value of header name in r->head, or NULL. */
+static const char *header(const struct reply *r, const char *name, char *out, size_t outlen)
+{
+    size_t nlen = strlen(name);
+    const char *p = strstr(r->head, "\r\n");
+
+    while (p != NULL && p[2] != '\0') {
+        const char *line = p + 2;
+        const char *eol = strstr(line, "\r\n");
+
+        if (eol == NULL)
+            eol = line + strlen(line);
+        if ((size_t)(eol - line) > nlen && strncasecmp(line, name, nlen) == 0 &&
+            line[nlen] == ':') {
+            const char *v = line + nlen + 1;
+            size_t vlen;
+
+            while (*v == ' ')
+                v++;
+            vlen = (size_t)(eol - v);
+            if (vlen >= outlen)
+                vlen = outlen - 1;
+            memcpy(out, v, vlen);
+            out[vlen] = '\0';
+            return out;
+        }
+        p = *eol != '\0' ? eol : NULL;
+    }
+    return NULL;
+}
+
+/* Sends one request with Connection: close and reads the whole reply. */
+static void request(int port, const char *method, const char *target, const char *extra,
+                    struct reply *r)
+{
+    static char raw[sizeof(r->head) + sizeof(r->body)];
+    size_t len = 0;
+    char *eoh;
+    int fd = connect_port(port);
+
+    send_request(fd, method, target, extra, true);
+    for (;;) {
+        ssize_t n = read(fd, raw + len, sizeof(raw) - 1 - len);
+        cr_assert(n >= 0, "read: %s", strerror(errno));
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        cr_assert(len < sizeof(raw) - 1, "reply too large");
+    }
+    close(fd);
+    raw[len] = '\0';
+    eoh = strstr(raw, "\r\n\r\n");
+    cr_assert_not_null(eoh, "no end of headers in: %s", raw);
+    memset(r, 0, sizeof(*r));
+    cr_assert((size_t)(eoh - raw) < sizeof(r->head));
+    memcpy(r->head, raw, (size_t)(eoh - raw) + 2);
+    cr_assert_eq(sscanf(raw, "HTTP/1.1 %d", &r->status), 1, "bad status line: %s", raw);
+    r->body_len = len - (size_t)(eoh + 4 - raw);
+    memcpy(r->body, eoh + 4, r->body_len);
+}
+
+static void get(int port, const char *target, const char *extra, struct reply *r)
+{
+    request(port, "GET", target, extra, r);
+}
+
+/* ---- server fixture ---- */
+
+static void handle_echo(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    buf_puts(&res->body, "{\"path\":");
+    buf_json_string(&res->body, req->path, req->path_len);
+    buf_puts(&res->body, ",\"query\":");
+    buf_json_string(&res->body, req->query, req->query_len);
+    buf_puts(&res->body, "}");
+}
+
+static void handle_health(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    buf_puts(&res->body, "{\"status\":\"ok\"}");
+}
+
+static void handle_metrics(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    res->content_type = "text/plain; version=0.0.4";
+    buf_puts(&res->body, "requests_total 1\n");
+}
+
+static void handle_fail(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    http_response_error(res, 400, "invalid 'x': \"quoted\"");
+}
+
+static struct http_server *start_server(const char *token, size_t client_buffer)
+{
+    char err[256] = "";
+    struct http_server_config cfg = {
+        .listen_addr = "127.0.0.1:0",
+        .api_token = token,
+        .stream_client_buffer = client_buffer,
+    };
+    struct http_server *s = http_server_new(&cfg, err, sizeof(err));
+
+    cr_assert_not_null(s, "http_server_new: %s", err);
+    cr_assert_gt(http_server_port(s), 0);
+    /* The stream is registered first: exact routes must not be prefix matches. */
+    cr_assert_eq(http_server_stream(s, "/api/events/stream"), 0);
+    cr_assert_eq(http_server_route(s, "/api/events", handle_echo, NULL), 0);
+    cr_assert_eq(http_server_route(s, "/api/fail", handle_fail, NULL), 0);
+    cr_assert_eq(http_server_route(s, "/health", handle_health, NULL), 0);
+    cr_assert_eq(http_server_route(s, "/metrics", handle_metrics, NULL), 0);
+    cr_assert_eq(http_server_route(s, "/health", handle_health, NULL), -EEXIST);
+    cr_assert_eq(http_server_start(s), 0);
+    return s;
+}
+
+/* ---- SSE client ---- */
+
+struct sse {
+    int fd;
+    char data[65536]; /* de-chunked body */
+    size_t len;
+    char raw[65536]; /* bytes read but not yet de-chunked */
+    size_t raw_len;
+};
+
+/* Moves complete chunks from raw to data. */
+static void sse_dechunk(struct sse *c)
+{
+    for (;;) {
+        char *eol;
+        unsigned long size;
+        size_t hdr;
+
+        c->raw[c->raw_len] = '\0';
+        eol = strstr(c->raw, "\r\n");
+        if (eol == NULL)
+            return;
+        size = strtoul(c->raw, NULL, 16);
+        hdr = (size_t)(eol + 2 - c->raw);
+        if (c->raw_len < hdr + size + 2)
+            return;
+        cr_assert_lt(c->len + size, sizeof(c->data) - 1);
+        memcpy(c->data + c->len, c->raw + hdr, size);
+        c->len += size;
+        c->data[c->len] = '\0';
+        memmove(c->raw, c->raw + hdr + size + 2, c->raw_len - hdr - size - 2);
+        c->raw_len -= hdr + size + 2;
+    }
+}
+
+/* Reads until the de-chunked body contains needle; false on timeout or EOF. */
+static bool sse_wait_for(struct sse *c, const char *needle)
+{
+    uint64_t deadline = now_ms() + 5000;
+
+    while (strstr(c->data, needle) == NULL) {
+        struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+        int64_t left = (int64_t)(deadline - now_ms());
+        ssize_t n;
+
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
+            return false;
+        n = read(c->fd, c->raw + c->raw_len, sizeof(c->raw) - 1 - c->raw_len);
+        if (n <= 0)
+            return false;
+        c->raw_len += (size_t)n;
+        sse_dechunk(c);
+    }
+    return true;
+}
+
+static void sse_open(struct sse *c, int port, const char *target, const char *extra, char *head,
+                     size_t headlen)
+{
+    char *eoh;
+
+    memset(c, 0, sizeof(*c));
+    c->fd = connect_port(port);
+    send_request(c->fd, "GET", target, extra, false);
+    /* Read the head byte by byte so no body bytes are consumed here. */
+    while ((eoh = strstr(c->raw, "\r\n\r\n")) == NULL) {
+        ssize_t n = read(c->fd, c->raw + c->raw_len, 1);
+        cr_assert_eq(n, 1, "stream closed before headers");
+        c->raw_len++;
+        cr_assert_lt(c->raw_len, headlen);
+    }
+    memcpy(head, c->raw, c->raw_len);
+    head[c->raw_len] = '\0';
+    c->raw_len = 0;
+    c->raw[0] = '\0';
+}
+
+static void make_event(struct event *e, enum event_type type, uint32_t pid)
+{
+    memset(e, 0, sizeof(*e));
+    e->id = 0x1000 + pid;
+    e->timestamp_ns = 1700000000000000000ull + pid;
+    e->type = type;
+    e->pid = pid;
+    strcpy(e->command, "curl");
+    if (type == EVENT_EXEC) {
+        e->u.exec.filename = "/usr/bin/curl";
+    } else if (type == EVENT_CONNECTION) {
+        e->family = EVENT_FAMILY_IPV4;
+        e->protocol = IPPROTO_TCP;
+        e->status = EVENT_STATUS_ESTABLISHED;
+        e->saddr[0] = 127, e->saddr[3] = 1;
+        e->daddr[0] = 127, e->daddr[3] = 1;
+        e->dport = 80;
+    }
+}
+
+/* Waits until the loop thread has registered n stream clients. */
+static void wait_stream_clients(struct http_server *s, uint64_t n)
+{
+    uint64_t deadline = now_ms() + 5000;
+    struct http_server_stats st;
+
+    for (;;) {
+        http_server_get_stats(s, &st);
+        if (st.stream_clients == n)
+            return;
+        cr_assert_lt(now_ms(), deadline, "stream clients %llu, want %llu",
+                     (unsigned long long)st.stream_clients, (unsigned long long)n);
+        usleep(1000);
+    }
+}
+
+/* ---- tests ---- */
+
+Test(http_server, get_returns_json_with_length)
+{
+    struct http_server *s = start_server(NULL, 0);
+    struct reply r;
+    char v[256];
+
+    get(http_server_port(s), "/health", NULL, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_str_eq(r.body, "{\"status\":\"ok\"}");
+    cr_assert_str_eq(header(&r, "content-type", v, sizeof(v)), "application/json");
+    cr_assert_str_eq(header(&r, "content-length", v, sizeof(v)), "15");
+    cr_assert_str_eq(header(&r, "cache-control", v, sizeof(v)), "no-store");
+    cr_assert_null(header(&r, "transfer-encoding", v, sizeof(v)));
+
+    get(http_server_port(s), "/metrics", NULL, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_str_eq(header(&r, "content-type", v, sizeof(v)), "text/plain; version=0.0.4");
+    cr_assert_str_eq(r.body, "requests_total 1\n");
+
+    /* HEAD: same headers, no body. */
+    request(http_server_port(s), "HEAD", "/health", NULL, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_eq(r.body_len, 0);
+    http_server_free(s);
+}
+
+Test(http_server, handler_error_is_escaped_json)
+{
+    struct http_server *s = start_server(NULL, 0);
+    struct reply r;
+
+    get(http_server_port(s), "/api/fail", NULL, &r);
+    cr_assert_eq(r.status, 400);
+    cr_assert_str_eq(r.body, "{\"error\":\"invalid 'x': \\\"quoted\\\"\"}");
+    http_server_free(s);
+}
+
+Test(http_server, unknown_path_is_404)
+{
+    struct http_server *s = start_server(NULL, 0);
+    struct reply r;
+    char v[256];
+
+    get(http_server_port(s), "/nope", NULL, &r);
+    cr_assert_eq(r.status, 404);
+    cr_assert_str_eq(r.body, "{\"error\":\"not found\"}");
+    cr_assert_str_eq(header(&r, "content-type", v, sizeof(v)), "application/json");
+    /* Exact paths: neither a prefix nor an extension of a route matches. */
+    get(http_server_port(s), "/api/events/x", NULL, &r);
+    cr_assert_eq(r.status, 404);
+    get(http_server_port(s), "/api", NULL, &r);
+    cr_assert_eq(r.status, 404);
+    get(http_server_port(s), "/", NULL, &r);
+    cr_assert_eq(r.status, 404);
+    http_server_free(s);
+}
+
+Test(http_server, post_is_405_with_allow)
+{
+    struct http_server *s = start_server(NULL, 0);
+    struct reply r;
+    char v[256];
+
+    request(http_server_port(s), "POST", "/api/events", "Content-Length: 0\r\n", &r);
+    cr_assert_eq(r.status, 405);
+    cr_assert_str_eq(r.body, "{\"error\":\"method not allowed\"}");
+    cr_assert_str_eq(header(&r, "allow", v, sizeof(v)), "GET");
+    request(http_server_port(s), "DELETE", "/health", NULL, &r);
+    cr_assert_eq(r.status, 405);
+    http_server_free(s);
+}
+
+Test(http_server, bearer_token_guards_api_only)
+{
+    struct http_server *s = start_server(TEST_TOKEN, 0);
+    int port = http_server_port(s);
+    struct reply r;
+    char v[256];
+
+    get(port, "/api/events", NULL, &r);
+    cr_assert_eq(r.status, 401);
+    cr_assert_str_eq(r.body, "{\"error\":\"missing or invalid bearer token\"}");
+    cr_assert_str_eq(header(&r, "www-authenticate", v, sizeof(v)), "Bearer");
+
+    get(port, "/api/events", "Authorization: Bearer wrong-token\r\n", &r);
+    cr_assert_eq(r.status, 401);
+    get(port, "/api/events", "Authorization: Bearer " TEST_TOKEN "x\r\n", &r);
+    cr_assert_eq(r.status, 401);
+    get(port, "/api/events", "Authorization: Basic " TEST_TOKEN "\r\n", &r);
+    cr_assert_eq(r.status, 401);
+    /* Unknown /api/ paths do not reveal whether they exist. */
+    get(port, "/api/unknown", NULL, &r);
+    cr_assert_eq(r.status, 401);
+    /* The stream is under /api/ too. */
+    get(port, "/api/events/stream", NULL, &r);
+    cr_assert_eq(r.status, 401);
+
+    get(port, "/api/events", "Authorization: Bearer " TEST_TOKEN "\r\n", &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_str_eq(r.body, "{\"path\":\"/api/events\",\"query\":\"\"}");
+
+    get(port, "/health", NULL, &r);
+    cr_assert_eq(r.status, 200);
+    get(port, "/metrics", NULL, &r);
+    cr_assert_eq(r.status, 200);
+    http_server_free(s);
+}
+
+Test(http_server, query_string_is_raw)
+{
+    struct http_server *s = start_server(NULL, 0);
+    struct reply r;
+
+    get(http_server_port(s), "/api/events?type=exec,exit&pod=a%20b&x=%2F", NULL, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_str_eq(r.body,
+                     "{\"path\":\"/api/events\",\"query\":\"type=exec,exit&pod=a%20b&x=%2F\"}");
+    get(http_server_port(s), "/api/events?", NULL, &r);
+    cr_assert_str_eq(r.body, "{\"path\":\"/api/events\",\"query\":\"\"}");
+    http_server_free(s);
+}
+
+Test(http_server, stream_delivers_matching_events)
+{
+    struct http_server *s = start_server(NULL, 0);
+    struct http_server_stats st;
+    static struct sse c;
+    char head[4096];
+    struct event e;
+    char *first, *second;
+
+    sse_open(&c, http_server_port(s), "/api/events/stream?type=exec", NULL, head, sizeof(head));
+    cr_assert(strncmp(head, "HTTP/1.1 200", 12) == 0, "%s", head);
+    cr_assert_not_null(strcasestr(head, "content-type: text/event-stream\r\n"), "%s", head);
+    cr_assert_not_null(strcasestr(head, "cache-control: no-store\r\n"), "%s", head);
+    cr_assert(sse_wait_for(&c, ": connected\n\n"));
+    wait_stream_clients(s, 1);
+
+    make_event(&e, EVENT_EXEC, 101);
+    http_server_publish(s, &e);
+    make_event(&e, EVENT_CONNECTION, 102);
+    http_server_publish(s, &e);
+    make_event(&e, EVENT_EXEC, 103); /* a marker: once it is here, 102 had its chance */
+    http_server_publish(s, &e);
+    cr_assert(sse_wait_for(&c, "\"pid\":103"), "got: %s", c.data);
+
+    first = strstr(c.data, "data: {");
+    cr_assert_not_null(first, "got: %s", c.data);
+    cr_assert_not_null(strstr(first, "\"type\":\"exec\""));
+    cr_assert_not_null(strstr(first, "\"pid\":101"));
+    second = strstr(first + 1, "data: {");
+    cr_assert_not_null(second);
+    cr_assert_not_null(strstr(second, "\"pid\":103"));
+    cr_assert_null(strstr(second + 1, "data: "), "extra event in: %s", c.data);
+    cr_assert_null(strstr(c.data, "\"pid\":102"));
+    cr_assert_null(strstr(c.data, "\"type\":\"connection\""));
+    /* One JSON object per data line, each frame ending in a blank line. */
+    cr_assert_not_null(strstr(first, "}\n\ndata: {"));
+    cr_assert_eq(c.data[c.len - 1], '\n');
+    cr_assert_eq(c.data[c.len - 2], '\n');
+
+    http_server_get_stats(s, &st);
+    cr_assert_eq(st.stream_clients, 1);
+    cr_assert_eq(st.stream_sent, 2);
+    cr_assert_eq(st.stream_dropped, 0);
+    cr_assert_eq(st.publish_dropped, 0);
+
+    /* A client that leaves is noticed (on the next write) and forgotten. */
+    close(c.fd);
+    for (uint32_t pid = 200; pid < 100000; pid++) {
+        make_event(&e, EVENT_EXEC, pid);
+        http_server_publish(s, &e);
+        http_server_get_stats(s, &st);
+        if (st.stream_clients == 0)
+            break;
+        usleep(1000);
+    }
+    cr_assert_eq(st.stream_clients, 0);
+    http_server_free(s);
+}
+
+Test(http_server, stream_rejects_bad_params)
+{
+    struct http_server *s = start_server(NULL, 0);
+    struct http_server_stats st;
+    struct reply r;
+
+    get(http_server_port(s), "/api/events/stream?limit=5", NULL, &r);
+    cr_assert_eq(r.status, 400);
+    cr_assert_not_null(strstr(r.body, "{\"error\":"), "%s", r.body);
+    cr_assert_not_null(strstr(r.body, "limit"), "%s", r.body);
+
+    get(http_server_port(s), "/api/events/stream?type=bogus", NULL, &r);
+    cr_assert_eq(r.status, 400);
+    cr_assert_not_null(strstr(r.body, "type"), "%s", r.body);
+
+    get(http_server_port(s), "/api/events/stream?bogus=1", NULL, &r);
+    cr_assert_eq(r.status, 400);
+    cr_assert_not_null(strstr(r.body, "bogus"), "%s", r.body);
+
+    http_server_get_stats(s, &st);
+    cr_assert_eq(st.stream_clients, 0);
+    http_server_free(s);
+}
+
+Test(http_server, stream_client_limit_is_503)
+{
+    char err[256];
+    struct http_server_config cfg = {.listen_addr = "127.0.0.1:0", .max_stream_clients = 1};
+    struct http_server *s = http_server_new(&cfg, err, sizeof(err));
+    static struct sse c;
+    char head[4096];
+    struct reply r;
+
+    cr_assert_not_null(s, "%s", err);
+    cr_assert_eq(http_server_stream(s, "/stream"), 0);
+    cr_assert_eq(http_server_start(s), 0);
+    sse_open(&c, http_server_port(s), "/stream", NULL, head, sizeof(head));
+    cr_assert(sse_wait_for(&c, ": connected\n\n"));
+    get(http_server_port(s), "/stream", NULL, &r);
+    cr_assert_eq(r.status, 503);
+    cr_assert_not_null(strstr(r.body, "{\"error\":"));
+    close(c.fd);
+    http_server_free(s);
+}
+
+Test(http_server, slow_stream_client_drops_and_is_told)
+{
+    /* Room for a few events only; the client does not read while they pile up. */
+    struct http_server *s = start_server(NULL, 4096);
+    struct http_server_stats st;
+    static struct sse c;
+    char head[4096];
+    struct event e;
+    static char args[1000];
+
+    memset(args, 'a', sizeof(args) - 1);
+    sse_open(&c, http_server_port(s), "/api/events/stream", NULL, head, sizeof(head));
+    cr_assert(sse_wait_for(&c, ": connected\n\n"));
+    wait_stream_clients(s, 1);
+
+    /* ~20 MB: more than both kernel socket buffers and ours can hold. */
+    for (uint32_t pid = 1; pid <= 20000; pid++) {
+        make_event(&e, EVENT_EXEC, pid);
+        e.u.exec.args = args;
+        e.u.exec.args_len = sizeof(args);
+        http_server_publish(s, &e);
+    }
+    uint64_t deadline = now_ms() + 5000;
+    do {
+        http_server_get_stats(s, &st);
+        if (st.stream_sent + st.stream_dropped == 20000)
+            break;
+        usleep(1000);
+    } while (now_ms() < deadline);
+    cr_assert_eq(st.stream_sent + st.stream_dropped + st.publish_dropped, 20000);
+    cr_assert_gt(st.stream_dropped, 0);
+
+    /* Catching up: the client learns how many it missed, then events flow again. */
+    make_event(&e, EVENT_EXEC, 99999);
+    http_server_publish(s, &e);
+    cr_assert(sse_wait_for(&c, "\"pid\":99999"), "tail: %s",
+              c.len > 200 ? c.data + c.len - 200 : c.data);
+    cr_assert_not_null(strstr(c.data, ": dropped "));
+    http_server_free(s);
+    close(c.fd);
+}
+
+Test(http_server, free_is_prompt_with_stream_client)
+{
+    struct http_server *s = start_server(NULL, 0);
+    static struct sse c;
+    char head[4096];
+    uint64_t t0;
+    char b[64];
+
+    sse_open(&c, http_server_port(s), "/api/events/stream", NULL, head, sizeof(head));
+    cr_assert(sse_wait_for(&c, ": connected\n\n"));
+    t0 = now_ms();
+    http_server_free(s);
+    cr_assert_lt(now_ms() - t0, 1000, "free took %llu ms", (unsigned long long)(now_ms() - t0));
+    /* The client sees the stream end. */
+    while (read(c.fd, b, sizeof(b)) > 0)
+        ;
+    close(c.fd);
+}
+
+Test(http_server, listen_errors_are_clear)
+{
+    char err[256];
+    struct http_server_config cfg = {.listen_addr = "127.0.0.1:0"};
+    struct http_server *a = http_server_new(&cfg, err, sizeof(err));
+    struct http_server *b;
+    char addr[64];
+
+    cr_assert_not_null(a, "%s", err);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", http_server_port(a));
+    cfg.listen_addr = addr;
+    b = http_server_new(&cfg, err, sizeof(err));
+    cr_assert_null(b);
+    char want[128];
+    snprintf(want, sizeof(want), "listen on %s: Address already in use", addr);
+    cr_assert_str_eq(err, want);
+
+    cfg.listen_addr = "127.0.0.1:99999";
+    cr_assert_null(http_server_new(&cfg, err, sizeof(err)));
+    cr_assert_not_null(strstr(err, "listen on 127.0.0.1:99999"), "%s", err);
+    cfg.listen_addr = "::1:80";
+    cr_assert_null(http_server_new(&cfg, err, sizeof(err)));
+    http_server_free(a);
+}
+
+Test(http_server, listen_address_forms)
+{
+    const char *addrs[] = {":0", "[::1]:0", "127.0.0.1:0", "localhost:0"};
+    char err[256];
+
+    for (size_t i = 0; i < sizeof(addrs) / sizeof(addrs[0]); i++) {
+        struct http_server_config cfg = {.listen_addr = addrs[i]};
+        struct http_server *s = http_server_new(&cfg, err, sizeof(err));
+        struct reply r;
+
+        if (s == NULL && strncmp(addrs[i], "[::1]", 5) == 0)
+            continue; /* no IPv6 loopback here */
+        cr_assert_not_null(s, "%s: %s", addrs[i], err);
+        cr_assert_gt(http_server_port(s), 0);
+        cr_assert_eq(http_server_route(s, "/health", handle_health, NULL), 0);
+        cr_assert_eq(http_server_start(s), 0);
+        if (addrs[i][0] != '[') { /* reachable over IPv4 loopback */
+            get(http_server_port(s), "/health", NULL, &r);
+            cr_assert_eq(r.status, 200, "%s", addrs[i]);
+        }
+        http_server_free(s);
+    }
+}
+
+Test(http_server, free_without_start)
+{
+    char err[256];
+    struct http_server_config cfg = {.listen_addr = "127.0.0.1:0"};
+    struct http_server *s = http_server_new(&cfg, err, sizeof(err));
+
+    cr_assert_not_null(s, "%s", err);
+    cr_assert_eq(http_server_route(s, "/health", handle_health, NULL), 0);
+    http_server_free(s);
+}
+
+/* ---- TLS ---- */
+
+static bool have_cmd(const char *cmd)
+{
+    char sh[256];
+
+    snprintf(sh, sizeof(sh), "command -v %s >/dev/null 2>&1", cmd);
+    return system(sh) == 0;
+}
+
+Test(http_server, tls_serves_https)
+{
+    char dir[] = "/tmp/test_http_server.XXXXXX";
+    char cert[128], key[128], cmd[1024], out[4096], err[512];
+    struct http_server_config cfg = {.listen_addr = "127.0.0.1:0", .api_token = TEST_TOKEN};
+    struct http_server *s;
+    FILE *p;
+    size_t n;
+
+    if (!have_cmd("openssl") || !have_cmd("curl"))
+        cr_skip_test("needs the openssl and curl commands");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
+    snprintf(key, sizeof(key), "%s/key.pem", dir);
+    snprintf(cmd, sizeof(cmd),
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout %s -out %s -days 1 -subj /CN=localhost >/dev/null 2>&1",
+             key, cert);
+    cr_assert_eq(system(cmd), 0, "openssl req failed");
+
+    cfg.tls_cert = cert;
+    cfg.tls_key = key;
+    s = http_server_new(&cfg, err, sizeof(err));
+    cr_assert_not_null(s, "%s", err);
+    cr_assert_eq(http_server_route(s, "/api/events", handle_echo, NULL), 0);
+    cr_assert_eq(http_server_start(s), 0);
+
+    snprintf(cmd, sizeof(cmd),
+             "curl -sk --max-time 5 -H 'Authorization: Bearer " TEST_TOKEN
+             "' -w ' %%{http_code} %%{scheme}' 'https://127.0.0.1:%d/api/events?a=1'",
+             http_server_port(s));
+    p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = '\0';
+    pclose(p);
+    cr_assert_str_eq(out, "{\"path\":\"/api/events\",\"query\":\"a=1\"} 200 HTTPS");
+
+    /* Plain HTTP to the TLS port gets no HTTP answer. */
+    snprintf(cmd, sizeof(cmd),
+             "curl -s --max-time 5 -o /dev/null -w '%%{http_code}' "
+             "'http://127.0.0.1:%d/api/events'",
+             http_server_port(s));
+    p = popen(cmd, "r");
+    n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = '\0';
+    pclose(p);
+    cr_assert_str_eq(out, "000");
+    http_server_free(s);
+
+    /* Bad files: NULL, and the message names the file. */
+    cfg.tls_cert = "/nonexistent/cert.pem";
+    cr_assert_null(http_server_new(&cfg, err, sizeof(err)));
+    cr_assert_not_null(strstr(err, "/nonexistent/cert.pem"), "%s", err);
+    cfg.tls_cert = cert;
+    cfg.tls_key = cert; /* a certificate is not a key */
+    cr_assert_null(http_server_new(&cfg, err, sizeof(err)));
+    cr_assert_not_null(strstr(err, cert), "%s", err);
+    cfg.tls_key = NULL;
+    cr_assert_null(http_server_new(&cfg, err, sizeof(err)));
+
+    unlink(cert);
+    unlink(key);
+    rmdir(dir);
+}
