@@ -1,0 +1,63 @@
+/*
+ * BPF-side helpers shared by every program: the ring buffer and statistics
+ * maps (user space creates one of each and hands it to every object, so all
+ * programs share them), record reservation with loss accounting, and the
+ * process attribution of the current task.
+ */
+#ifndef EBPF_MONITOR_BPF_COMMON_BPF_H
+#define EBPF_MONITOR_BPF_COMMON_BPF_H
+
+#include <bpf/bpf_endian.h>
+
+#include "common.h"
+
+#define AF_INET  2
+#define AF_INET6 10
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 256 * 1024); /* replaced by the shared map at load */
+} events SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, SLOT_COUNT);
+    __type(key, __u32);
+    __type(value, struct prog_stats);
+} stats SEC(".maps");
+
+static __always_inline struct prog_stats *slot_stats(__u32 slot)
+{
+    return bpf_map_lookup_elem(&stats, &slot);
+}
+
+/* Reserves a record; counts it as an event or, when the ring is full, as a kernel-side loss. */
+static __always_inline void *record_reserve(__u32 slot, __u64 size)
+{
+    void *r = bpf_ringbuf_reserve(&events, size, 0);
+    struct prog_stats *s = slot_stats(slot);
+
+    if (s) {
+        if (r)
+            __sync_fetch_and_add(&s->events, 1);
+        else
+            __sync_fetch_and_add(&s->drops, 1);
+    }
+    return r;
+}
+
+/* Attributes a record to the current task (process context only). */
+static __always_inline void record_hdr_current(struct record_hdr *h, __u32 kind)
+{
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+    h->kind = kind;
+    h->pid = bpf_get_current_pid_tgid() >> 32;
+    h->ppid = BPF_CORE_READ(task, real_parent, tgid);
+    h->uid = (__u32)bpf_get_current_uid_gid();
+    h->ts_ns = bpf_ktime_get_boot_ns();
+    h->cgroup_id = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+#endif

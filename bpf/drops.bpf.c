@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Packet drops: every skb freed with a drop reason (skb:kfree_skb), with the
+ * addresses and ports parsed from its headers when it has them. Drop storms
+ * are rate-limited per CPU in the kernel and the suppressed drops counted and
+ * reported on the next record.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+#include "net_events.h"
+#include "common.bpf.h"
+
+#define ETH_P_IP    0x0800
+#define ETH_P_IPV6  0x86DD
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IP_OFFSET   0x1fff
+#define NSEC        1000000000ull
+
+/* IPv6 extension headers that may sit between the fixed header and TCP/UDP. */
+#define NEXTHDR_HOP      0
+#define NEXTHDR_ROUTING  43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_DEST     60
+#define IPV6_EXT_MAX     4
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Records per second per CPU before suppression; 0 = no limit. Set before load. */
+const volatile __u32 drop_rate_per_sec = 0;
+
+/* Token bucket in nanosecond-tokens: one record costs NSEC, refill is rate per ns. */
+struct drop_bucket {
+    __u64 tokens;
+    __u64 last_ns;
+    __u64 suppressed; /* since the last emitted record on this CPU */
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct drop_bucket);
+} buckets SEC(".maps");
+
+/* True when this drop may be emitted; otherwise counts it as suppressed. */
+static __always_inline bool bucket_take(struct drop_bucket *b, __u64 now)
+{
+    __u64 cap = (__u64)drop_rate_per_sec * NSEC; /* one second of burst */
+    __u64 elapsed = now - b->last_ns;
+
+    if (drop_rate_per_sec == 0)
+        return true;
+    if (b->last_ns == 0 || elapsed > NSEC)
+        elapsed = NSEC;
+    b->last_ns = now;
+    b->tokens += elapsed * drop_rate_per_sec;
+    if (b->tokens > cap)
+        b->tokens = cap;
+    if (b->tokens < NSEC) {
+        struct prog_stats *s = slot_stats(SLOT_KFREE_SKB);
+
+        b->suppressed++;
+        if (s)
+            __sync_fetch_and_add(&s->suppressed, 1);
+        return false;
+    }
+    b->tokens -= NSEC;
+    return true;
+}
+
+static __always_inline void read_ports(struct drop_record *r, unsigned char *l4)
+{
+    __be16 ports[2];
+
+    if (r->protocol != IPPROTO_TCP && r->protocol != IPPROTO_UDP)
+        return;
+    if (bpf_probe_read_kernel(ports, sizeof(ports), l4))
+        return;
+    r->sport = bpf_ntohs(ports[0]);
+    r->dport = bpf_ntohs(ports[1]);
+    r->has_ports = 1;
+}
+
+static __always_inline void parse_ipv4(struct drop_record *r, unsigned char *nh)
+{
+    struct iphdr ip;
+    __u8 ver_ihl;
+
+    if (bpf_probe_read_kernel(&ip, sizeof(ip), nh))
+        return;
+    ver_ihl = *(__u8 *)&ip; /* version:4, ihl:4 without bitfield relocations */
+    if ((ver_ihl >> 4) != 4 || (ver_ihl & 0xf) < 5)
+        return;
+    r->family = AF_INET;
+    r->protocol = ip.protocol;
+    __builtin_memcpy(r->saddr, &ip.saddr, 4);
+    __builtin_memcpy(r->daddr, &ip.daddr, 4);
+    if ((bpf_ntohs(ip.frag_off) & IP_OFFSET) == 0)
+        read_ports(r, nh + (ver_ihl & 0xf) * 4);
+}
+
+static __always_inline void parse_ipv6(struct drop_record *r, unsigned char *nh)
+{
+    struct ipv6hdr ip6;
+    unsigned char *p = nh + sizeof(ip6);
+    __u8 next;
+
+    if (bpf_probe_read_kernel(&ip6, sizeof(ip6), nh))
+        return;
+    if ((*(__u8 *)&ip6 >> 4) != 6)
+        return;
+    r->family = AF_INET6;
+    __builtin_memcpy(r->saddr, &ip6.saddr, 16);
+    __builtin_memcpy(r->daddr, &ip6.daddr, 16);
+    next = ip6.nexthdr;
+#pragma unroll
+    for (int i = 0; i < IPV6_EXT_MAX; i++) {
+        __u8 ext[2];
+
+        if (next != NEXTHDR_HOP && next != NEXTHDR_ROUTING && next != NEXTHDR_DEST &&
+            next != NEXTHDR_FRAGMENT)
+            break;
+        if (bpf_probe_read_kernel(ext, sizeof(ext), p))
+            return;
+        if (next == NEXTHDR_FRAGMENT) {
+            __be16 off;
+
+            if (bpf_probe_read_kernel(&off, sizeof(off), p + 2))
+                return;
+            r->protocol = ext[0];
+            if (bpf_ntohs(off) & 0xfff8)
+                return; /* not the first fragment: no L4 header */
+            p += 8;
+        } else {
+            p += (ext[1] + 1) * 8;
+        }
+        next = ext[0];
+    }
+    r->protocol = next;
+    read_ports(r, p);
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(tp_btf__kfree_skb, struct sk_buff *skb, void *location, int reason)
+{
+    struct drop_bucket *b;
+    struct drop_record *r;
+    __u32 zero = 0;
+    __u64 now;
+    unsigned char *head;
+    __u16 proto;
+
+    /* Not drops: freed after normal use, or never marked. */
+    if (reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED) ||
+        reason == bpf_core_enum_value(enum skb_drop_reason, SKB_NOT_DROPPED_YET))
+        return 0;
+
+    now = bpf_ktime_get_boot_ns();
+    b = bpf_map_lookup_elem(&buckets, &zero);
+    if (!b || !bucket_take(b, now))
+        return 0;
+
+    r = record_reserve(SLOT_KFREE_SKB, sizeof(*r));
+    if (!r)
+        return 0; /* the bucket's suppressed count waits for the next record */
+    __builtin_memset(r, 0, sizeof(*r));
+    /* Usually softirq: the current task is not the packet's owner. */
+    r->hdr.kind = RECORD_DROP;
+    r->hdr.ts_ns = now;
+    r->reason = reason;
+    r->location = (__u64)location;
+    r->suppressed = b->suppressed;
+    b->suppressed = 0;
+
+    head = BPF_CORE_READ(skb, head);
+    proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+    if (proto == ETH_P_IP)
+        parse_ipv4(r, head + BPF_CORE_READ(skb, network_header));
+    else if (proto == ETH_P_IPV6)
+        parse_ipv6(r, head + BPF_CORE_READ(skb, network_header));
+    bpf_ringbuf_submit(r, 0);
+    return 0;
+}

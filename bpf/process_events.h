@@ -1,0 +1,30 @@
+/*
+ * Ring buffer records of processes.bpf.c: exec (filename and a bounded copy of
+ * argv) and whole-process exit.
+ */
+#ifndef EBPF_MONITOR_BPF_PROCESS_EVENTS_H
+#define EBPF_MONITOR_BPF_PROCESS_EVENTS_H
+
+#include "common.h"
+
+/* Same bounds as pkg/event.h (EVENT_FILENAME_MAX, EVENT_ARGS_MAX); powers of two. */
+#define RECORD_FILENAME_MAX 256
+#define RECORD_ARGS_MAX     1024
+
+struct exec_record {
+    struct record_hdr hdr;
+    __u32 args_len;      /* bytes of args copied: NUL-separated argv */
+    __u8 args_truncated; /* argv was longer than RECORD_ARGS_MAX */
+    __u8 pad[3];
+    char filename[RECORD_FILENAME_MAX];
+    char args[RECORD_ARGS_MAX];
+};
+
+struct exit_record {
+    struct record_hdr hdr;
+    __u32 exit_code; /* raw task->exit_code: (code << 8) | signal */
+    __u32 pad;
+    __u64 duration_ns; /* process lifetime */
+};
+
+#endif

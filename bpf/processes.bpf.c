@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Processes: exec (filename and a bounded copy of argv, taken in the kernel)
+ * and exit of a whole process (its last thread) with exit code and lifetime.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+#include "process_events.h"
+#include "common.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(tp_btf__sched_process_exec, struct task_struct *p, pid_t old_pid,
+             struct linux_binprm *bprm)
+{
+    struct exec_record *r;
+    unsigned long arg_start, arg_end;
+    __u64 len;
+
+    r = record_reserve(SLOT_SCHED_PROCESS_EXEC, sizeof(*r));
+    if (!r)
+        return 0;
+    record_hdr_current(&r->hdr, RECORD_EXEC);
+    if (bpf_probe_read_kernel_str(r->filename, sizeof(r->filename), BPF_CORE_READ(bprm, filename)) <
+        0)
+        r->filename[0] = '\0';
+
+    /* The new image's argv is in place in the new mm by now. */
+    arg_start = BPF_CORE_READ(p, mm, arg_start);
+    arg_end = BPF_CORE_READ(p, mm, arg_end);
+    len = arg_end > arg_start ? arg_end - arg_start : 0;
+    r->args_truncated = len > RECORD_ARGS_MAX;
+    if (len > RECORD_ARGS_MAX)
+        len = RECORD_ARGS_MAX;
+    barrier_var(len);
+    if (len > RECORD_ARGS_MAX)
+        len = 0; /* unreachable; keeps the verifier's bound on len */
+    if (bpf_probe_read_user(r->args, len, (void *)arg_start))
+        len = 0;
+    r->args_len = len;
+    bpf_ringbuf_submit(r, 0);
+    return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(tp_btf__sched_process_exit, struct task_struct *p)
+{
+    struct exit_record *r;
+    struct task_struct *leader;
+
+    /* Threads exit one by one; the process is gone when the last one leaves. */
+    if (BPF_CORE_READ(p, signal, live.counter) != 0)
+        return 0;
+
+    r = record_reserve(SLOT_SCHED_PROCESS_EXIT, sizeof(*r));
+    if (!r)
+        return 0;
+    record_hdr_current(&r->hdr, RECORD_EXIT);
+    leader = BPF_CORE_READ(p, group_leader);
+    BPF_CORE_READ_STR_INTO(&r->hdr.comm, leader, comm);
+    r->exit_code = BPF_CORE_READ(p, exit_code);
+    r->pad = 0;
+    r->duration_ns = r->hdr.ts_ns - BPF_CORE_READ(leader, start_boottime);
+    bpf_ringbuf_submit(r, 0);
+    return 0;
+}

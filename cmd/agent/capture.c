@@ -1,0 +1,646 @@
+/*
+ * Kernel capture: loads the BPF objects of bpf/ (one per capability), attaches
+ * every program on its own so one failure does not stop the rest, and turns
+ * the ring buffer records into struct event. This is the only file that
+ * knows the record layouts of the bpf/ headers.
+ *
+ * All programs share one ring buffer and one per-CPU statistics map, both
+ * created here and handed to each object before load.
+ *
+ * Addresses: IPv4 traffic on an IPv6 socket (v4-mapped ::ffff:a.b.c.d) is
+ * reported as ipv4 with the plain IPv4 addresses, so one flow always has one
+ * family whatever socket API the program used.
+ */
+#include "capture.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <errno.h>
+#include <linux/capability.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "drop_reasons.h"
+#include "intern.h"
+#include "ksyms.h"
+#include "net_events.h"
+#include "process_events.h"
+
+#include "connections.skel.h"
+#include "drops.skel.h"
+#include "processes.skel.h"
+
+#define CAPTURE_RINGBUF_DEFAULT (8u << 20)
+
+_Static_assert(RECORD_ARGS_MAX == EVENT_ARGS_MAX, "argv bound differs between kernel and event");
+_Static_assert(RECORD_FILENAME_MAX == EVENT_FILENAME_MAX, "filename bound differs");
+_Static_assert(RECORD_COMM_LEN == EVENT_COMM_LEN, "comm length differs");
+
+enum capture_object {
+    OBJ_CONNECTIONS,
+    OBJ_DROPS,
+    OBJ_PROCESSES,
+    OBJ_COUNT,
+};
+
+struct prog_spec {
+    const char *name; /* BPF function name, after the hook */
+    const char *hook;
+    enum event_type type;
+    enum capture_object object;
+};
+
+static const struct prog_spec prog_specs[SLOT_COUNT] = {
+    [SLOT_INET_SOCK_SET_STATE] = {"tp_btf__inet_sock_set_state", "tp_btf/inet_sock_set_state",
+                                  EVENT_CONNECTION, OBJ_CONNECTIONS},
+    [SLOT_SYS_EXIT_CONNECT] = {"tp_btf__sys_exit_connect", "tp_btf/sys_exit", EVENT_CONNECTION,
+                               OBJ_CONNECTIONS},
+    [SLOT_SYS_EXIT_ACCEPT] = {"tp_btf__sys_exit_accept", "tp_btf/sys_exit", EVENT_ACCEPT,
+                              OBJ_CONNECTIONS},
+    [SLOT_KFREE_SKB] = {"tp_btf__kfree_skb", "tp_btf/kfree_skb", EVENT_PACKET_DROP, OBJ_DROPS},
+    [SLOT_SCHED_PROCESS_EXEC] = {"tp_btf__sched_process_exec", "tp_btf/sched_process_exec",
+                                 EVENT_EXEC, OBJ_PROCESSES},
+    [SLOT_SCHED_PROCESS_EXIT] = {"tp_btf__sched_process_exit", "tp_btf/sched_process_exit",
+                                 EVENT_EXIT, OBJ_PROCESSES},
+};
+
+/* One loaded copy of a BPF object (a skeleton) with some of its programs. */
+struct instance {
+    enum capture_object object;
+    void *skel;
+    struct bpf_object *obj;
+};
+
+struct capture_prog {
+    enum capture_program_status status;
+    char error[128];
+    struct bpf_link *link;
+    uint32_t prog_id; /* kernel id, for `bpftool prog show id N` */
+};
+
+struct capture {
+    capture_event_fn fn;
+    void *ctx;
+    uint32_t drop_rate_per_sec;
+    int ringbuf_fd, stats_fd;
+    struct ring_buffer *rb;
+    struct instance instances[SLOT_COUNT];
+    size_t ninstances;
+    struct capture_prog progs[SLOT_COUNT];
+    struct ksyms *ksyms;
+    struct drop_reasons *reasons;
+    int64_t boot_to_real_ns; /* CLOCK_REALTIME - CLOCK_BOOTTIME */
+    int ncpus;
+};
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!err || !errlen)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int64_t clock_ns(clockid_t id)
+{
+    struct timespec ts;
+
+    clock_gettime(id, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Kernel timestamps are boot-clock; events carry wall-clock. Re-sampled on every poll so a
+ * clock step (NTP, suspend) is followed within one poll. */
+static void sample_clock_offset(struct capture *c)
+{
+    int64_t boot1 = clock_ns(CLOCK_BOOTTIME);
+    int64_t real = clock_ns(CLOCK_REALTIME);
+    int64_t boot2 = clock_ns(CLOCK_BOOTTIME);
+
+    c->boot_to_real_ns = real - (boot1 + (boot2 - boot1) / 2);
+}
+
+/* CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON (tracing programs), in the effective set. */
+static bool has_bpf_privileges(void)
+{
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3};
+    struct __user_cap_data_struct data[2] = {0};
+
+    if (syscall(SYS_capget, &hdr, data) != 0)
+        return geteuid() == 0;
+#define HAS_CAP(n) (data[(n) / 32].effective & (1u << ((n) % 32)))
+    return HAS_CAP(21 /* CAP_SYS_ADMIN */) ||
+           (HAS_CAP(39 /* CAP_BPF */) && HAS_CAP(38 /* CAP_PERFMON */));
+#undef HAS_CAP
+}
+
+static int instance_open(struct capture *c, struct instance *in, enum capture_object object)
+{
+    in->object = object;
+    switch (object) {
+    case OBJ_CONNECTIONS: {
+        struct connections_bpf *s = connections_bpf__open();
+        if (!s)
+            return -errno;
+        in->skel = s;
+        in->obj = s->obj;
+        break;
+    }
+    case OBJ_DROPS: {
+        struct drops_bpf *s = drops_bpf__open();
+        if (!s)
+            return -errno;
+        s->rodata->drop_rate_per_sec = c->drop_rate_per_sec;
+        in->skel = s;
+        in->obj = s->obj;
+        break;
+    }
+    case OBJ_PROCESSES: {
+        struct processes_bpf *s = processes_bpf__open();
+        if (!s)
+            return -errno;
+        in->skel = s;
+        in->obj = s->obj;
+        break;
+    }
+    default:
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void instance_destroy(struct instance *in)
+{
+    switch (in->object) {
+    case OBJ_CONNECTIONS:
+        connections_bpf__destroy(in->skel);
+        break;
+    case OBJ_DROPS:
+        drops_bpf__destroy(in->skel);
+        break;
+    case OBJ_PROCESSES:
+        processes_bpf__destroy(in->skel);
+        break;
+    default:
+        break;
+    }
+    in->skel = NULL;
+    in->obj = NULL;
+}
+
+/* Loads one copy of object with exactly the programs in want (a mask of slots). */
+static int instance_load(struct capture *c, struct instance *in, enum capture_object object,
+                         uint32_t want)
+{
+    struct bpf_program *prog;
+    struct bpf_map *map;
+    int err;
+
+    err = instance_open(c, in, object);
+    if (err)
+        return err;
+    bpf_object__for_each_program(prog, in->obj)
+    {
+        bool load = false;
+        for (int s = 0; s < SLOT_COUNT; s++)
+            if ((want & (1u << s)) && strcmp(bpf_program__name(prog), prog_specs[s].name) == 0)
+                load = true;
+        bpf_program__set_autoload(prog, load);
+    }
+    err = -ENOENT;
+    if (!(map = bpf_object__find_map_by_name(in->obj, "events")) ||
+        (err = bpf_map__reuse_fd(map, c->ringbuf_fd)) ||
+        !(map = bpf_object__find_map_by_name(in->obj, "stats")) ||
+        (err = bpf_map__reuse_fd(map, c->stats_fd)) || (err = bpf_object__load(in->obj))) {
+        instance_destroy(in);
+        return err < 0 ? err : -ENOENT;
+    }
+    return 0;
+}
+
+static void prog_fail(struct capture *c, int slot, const char *what, int err)
+{
+    struct capture_prog *p = &c->progs[slot];
+    /* libbpf says ESRCH when the kernel BTF lacks the hook: say so in words. */
+    const char *why = err == -ESRCH ? "hook not found in this kernel" : strerror(-err);
+
+    p->status = CAPTURE_PROGRAM_FAILED;
+    snprintf(p->error, sizeof(p->error), "%s: %s", what, why);
+    fprintf(stderr, "capture: program %s (%s) failed to %s: %s\n", prog_specs[slot].name,
+            prog_specs[slot].hook, what, why);
+}
+
+static void prog_attach(struct capture *c, struct instance *in, int slot)
+{
+    struct bpf_program *prog = bpf_object__find_program_by_name(in->obj, prog_specs[slot].name);
+    struct bpf_link *link;
+
+    if (!prog) {
+        prog_fail(c, slot, "find", -ENOENT);
+        return;
+    }
+    link = bpf_program__attach(prog);
+    if (!link) {
+        prog_fail(c, slot, "attach", -errno);
+        return;
+    }
+    c->progs[slot].link = link;
+    c->progs[slot].status = CAPTURE_PROGRAM_ATTACHED;
+
+    struct bpf_prog_info info = {0};
+    __u32 len = sizeof(info);
+    if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) == 0)
+        c->progs[slot].prog_id = info.id;
+}
+
+/*
+ * Loads every requested program of object together; when that fails (a
+ * tracepoint this kernel lacks, a verifier rejection), loads each one alone so
+ * the others still run and the failing one is named.
+ */
+static void object_start(struct capture *c, enum capture_object object, uint32_t want)
+{
+    struct instance *in = &c->instances[c->ninstances];
+
+    if (!want)
+        return;
+    if (instance_load(c, in, object, want) == 0) {
+        c->ninstances++;
+        for (int s = 0; s < SLOT_COUNT; s++)
+            if (want & (1u << s))
+                prog_attach(c, in, s);
+        return;
+    }
+    for (int s = 0; s < SLOT_COUNT; s++) {
+        int err;
+
+        if (!(want & (1u << s)))
+            continue;
+        in = &c->instances[c->ninstances];
+        err = instance_load(c, in, object, 1u << s);
+        if (err) {
+            prog_fail(c, s, "load", err);
+            continue;
+        }
+        c->ninstances++;
+        prog_attach(c, in, s);
+    }
+}
+
+/* ::ffff:a.b.c.d */
+static bool is_v4_mapped(const uint8_t a[16])
+{
+    static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    return memcmp(a, prefix, 12) == 0;
+}
+
+static bool is_zero_addr(const uint8_t a[16])
+{
+    static const uint8_t zero[16];
+    return memcmp(a, zero, 16) == 0;
+}
+
+static void set_addrs(struct event *e, unsigned af, const uint8_t saddr[16],
+                      const uint8_t daddr[16])
+{
+    if (af == AF_INET) {
+        e->family = EVENT_FAMILY_IPV4;
+        memcpy(e->saddr, saddr, 4);
+        memcpy(e->daddr, daddr, 4);
+    } else if (af == AF_INET6 && is_v4_mapped(daddr) &&
+               (is_v4_mapped(saddr) || is_zero_addr(saddr))) {
+        e->family = EVENT_FAMILY_IPV4;
+        if (!is_zero_addr(saddr))
+            memcpy(e->saddr, saddr + 12, 4);
+        memcpy(e->daddr, daddr + 12, 4);
+    } else if (af == AF_INET6) {
+        e->family = EVENT_FAMILY_IPV6;
+        memcpy(e->saddr, saddr, 16);
+        memcpy(e->daddr, daddr, 16);
+    }
+}
+
+static void fill_common(struct capture *c, struct event *e, const struct record_hdr *h,
+                        enum event_type type)
+{
+    e->type = type;
+    e->timestamp_ns = (uint64_t)((int64_t)h->ts_ns + c->boot_to_real_ns);
+    e->pid = h->pid;
+    e->ppid = h->ppid;
+    e->uid = h->uid;
+    memcpy(e->command, h->comm, EVENT_COMM_LEN);
+    e->command[EVENT_COMM_LEN - 1] = '\0';
+    e->cgroup_id = h->cgroup_id;
+}
+
+static int fill_conn(struct capture *c, struct event *e, const void *data, size_t size)
+{
+    const struct conn_record *r = data;
+
+    if (size < sizeof(*r))
+        return -EINVAL;
+    fill_common(c, e, &r->hdr, r->hdr.kind == RECORD_ACCEPT ? EVENT_ACCEPT : EVENT_CONNECTION);
+    set_addrs(e, r->family, r->saddr, r->daddr);
+    e->protocol = r->protocol;
+    e->sport = r->sport;
+    e->dport = r->dport;
+    if (r->hdr.kind == RECORD_CONNECT) {
+        switch (r->status) {
+        case CONN_ESTABLISHED:
+            e->status = EVENT_STATUS_ESTABLISHED;
+            break;
+        case CONN_FAILED:
+            e->status = EVENT_STATUS_FAILED;
+            break;
+        case CONN_ATTEMPTED:
+            e->status = EVENT_STATUS_ATTEMPTED;
+            break;
+        default:
+            break;
+        }
+        e->u.conn.latency_ns = r->latency_ns;
+    }
+    return 0;
+}
+
+static int fill_drop(struct capture *c, struct event *e, const void *data, size_t size)
+{
+    const struct drop_record *r = data;
+    char loc[256];
+
+    if (size < sizeof(*r))
+        return -EINVAL;
+    fill_common(c, e, &r->hdr, EVENT_PACKET_DROP);
+    set_addrs(e, r->family, r->saddr, r->daddr);
+    e->protocol = r->protocol;
+    if (r->has_ports) {
+        e->sport = r->sport;
+        e->dport = r->dport;
+    }
+    e->u.drop.reason_code = r->reason;
+    e->u.drop.reason = drop_reasons_name(c->reasons, r->reason);
+    if (ksyms_format(c->ksyms, r->location, loc, sizeof(loc)))
+        e->u.drop.location = intern(loc);
+    e->u.drop.suppressed = r->suppressed;
+    return 0;
+}
+
+/* argv as NUL-separated strings, at most EVENT_ARGC_MAX of them, the last one terminated. */
+static int fill_args(struct event *e, const struct exec_record *r)
+{
+    size_t len = r->args_len < RECORD_ARGS_MAX ? r->args_len : RECORD_ARGS_MAX;
+    size_t end = 0, argc = 0;
+    bool truncated = r->args_truncated;
+    char *args;
+
+    while (end < len && argc < EVENT_ARGC_MAX) {
+        const char *nul = memchr(r->args + end, '\0', len - end);
+        end = nul ? (size_t)(nul - r->args) + 1 : len;
+        argc++;
+    }
+    if (end < len)
+        truncated = true; /* more than EVENT_ARGC_MAX strings */
+    if (end == 0)
+        return 0;
+    args = malloc(end + 2); /* room for a terminator and the trailing NUL event_copy keeps */
+    if (!args)
+        return -ENOMEM;
+    memcpy(args, r->args, end);
+    if (args[end - 1] != '\0') /* cut mid-string at RECORD_ARGS_MAX */
+        args[end++] = '\0';
+    args[end] = '\0';
+    e->u.exec.args = args;
+    e->u.exec.args_len = (uint32_t)end;
+    e->u.exec.args_truncated = truncated;
+    return 0;
+}
+
+static int fill_exec(struct capture *c, struct event *e, const void *data, size_t size)
+{
+    const struct exec_record *r = data;
+
+    if (size < sizeof(*r))
+        return -EINVAL;
+    fill_common(c, e, &r->hdr, EVENT_EXEC);
+    e->u.exec.filename = strndup(r->filename, sizeof(r->filename));
+    if (!e->u.exec.filename)
+        return -ENOMEM;
+    return fill_args(e, r);
+}
+
+static int fill_exit(struct capture *c, struct event *e, const void *data, size_t size)
+{
+    const struct exit_record *r = data;
+
+    if (size < sizeof(*r))
+        return -EINVAL;
+    fill_common(c, e, &r->hdr, EVENT_EXIT);
+    e->u.exit.exit_code = (int32_t)((r->exit_code >> 8) & 0xff);
+    e->u.exit.signal = (int32_t)(r->exit_code & 0x7f);
+    e->u.exit.duration_ns = r->duration_ns;
+    return 0;
+}
+
+static int handle_record(void *ctx, void *data, size_t size)
+{
+    struct capture *c = ctx;
+    struct event e = {0};
+    int err;
+
+    if (size < sizeof(struct record_hdr))
+        return 0;
+    switch (((const struct record_hdr *)data)->kind) {
+    case RECORD_CONNECT:
+    case RECORD_ACCEPT:
+        err = fill_conn(c, &e, data, size);
+        break;
+    case RECORD_DROP:
+        err = fill_drop(c, &e, data, size);
+        break;
+    case RECORD_EXEC:
+        err = fill_exec(c, &e, data, size);
+        break;
+    case RECORD_EXIT:
+        err = fill_exit(c, &e, data, size);
+        break;
+    default:
+        return 0;
+    }
+    if (err == 0)
+        c->fn(c->ctx, &e);
+    event_clear(&e); /* whatever owned strings the callee did not take */
+    return 0;
+}
+
+static uint32_t wanted_slots(uint32_t event_types)
+{
+    uint32_t want = 0;
+
+    for (int s = 0; s < SLOT_COUNT; s++)
+        if (event_types & EVENT_TYPE_BIT(prog_specs[s].type))
+            want |= 1u << s;
+    return want;
+}
+
+static size_t ringbuf_size(size_t want)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), size = page;
+
+    if (want == 0)
+        want = CAPTURE_RINGBUF_DEFAULT;
+    while (size < want)
+        size <<= 1;
+    return size;
+}
+
+struct capture *capture_open(const struct capture_config *cfg, capture_event_fn fn, void *ctx,
+                             char *err, size_t errlen)
+{
+    struct capture *c;
+    uint32_t want = wanted_slots(cfg->event_types);
+    size_t rb_bytes = ringbuf_size(cfg->ringbuf_bytes);
+
+    if (!has_bpf_privileges()) {
+        set_err(err, errlen, "capture: loading eBPF programs needs root or CAP_BPF+CAP_PERFMON");
+        return NULL;
+    }
+    if (!want) {
+        set_err(err, errlen, "capture: no event types requested");
+        return NULL;
+    }
+    c = calloc(1, sizeof(*c));
+    if (!c) {
+        set_err(err, errlen, "capture: out of memory");
+        return NULL;
+    }
+    c->fn = fn;
+    c->ctx = ctx;
+    c->drop_rate_per_sec = cfg->drop_rate_per_sec;
+    c->ringbuf_fd = c->stats_fd = -1;
+    c->ncpus = libbpf_num_possible_cpus();
+    for (int s = 0; s < SLOT_COUNT; s++)
+        c->progs[s].status = CAPTURE_PROGRAM_DISABLED;
+    sample_clock_offset(c);
+
+    if (want & (1u << SLOT_KFREE_SKB)) {
+        /* Without names a drop is still reported, with its code and address. */
+        c->reasons = drop_reasons_load();
+        if (!c->reasons)
+            fprintf(stderr, "capture: drop reason names unavailable (kernel BTF): %s\n",
+                    strerror(errno));
+        c->ksyms = ksyms_load("/proc/kallsyms");
+        if (!c->ksyms)
+            fprintf(stderr, "capture: drop locations unavailable (/proc/kallsyms): %s\n",
+                    strerror(errno));
+    }
+
+    c->ringbuf_fd =
+        bpf_map_create(BPF_MAP_TYPE_RINGBUF, "ebpfmon_events", 0, 0, (uint32_t)rb_bytes, NULL);
+    if (c->ringbuf_fd < 0) {
+        int e = errno;
+        set_err(err, errlen, "capture: creating the %zu-byte ring buffer: %s%s", rb_bytes,
+                strerror(e), e == EPERM ? " (needs root or CAP_BPF+CAP_PERFMON)" : "");
+        goto fail;
+    }
+    c->stats_fd = bpf_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, "ebpfmon_stats", sizeof(uint32_t),
+                                 sizeof(struct prog_stats), SLOT_COUNT, NULL);
+    if (c->stats_fd < 0) {
+        set_err(err, errlen, "capture: creating the statistics map: %s", strerror(errno));
+        goto fail;
+    }
+
+    for (int o = 0; o < OBJ_COUNT; o++) {
+        uint32_t obj_want = 0;
+        for (int s = 0; s < SLOT_COUNT; s++)
+            if ((want & (1u << s)) && prog_specs[s].object == (enum capture_object)o)
+                obj_want |= 1u << s;
+        object_start(c, (enum capture_object)o, obj_want);
+    }
+    if (capture_attached(c) == 0) {
+        set_err(err, errlen, "capture: no eBPF program could be attached (see the log above)");
+        goto fail;
+    }
+
+    c->rb = ring_buffer__new(c->ringbuf_fd, handle_record, c, NULL);
+    if (!c->rb) {
+        set_err(err, errlen, "capture: ring buffer reader: %s", strerror(errno));
+        goto fail;
+    }
+    return c;
+fail:
+    capture_close(c);
+    return NULL;
+}
+
+int capture_poll(struct capture *c, int timeout_ms)
+{
+    int n;
+
+    sample_clock_offset(c);
+    n = ring_buffer__poll(c->rb, timeout_ms);
+    return n;
+}
+
+void capture_close(struct capture *c)
+{
+    if (!c)
+        return;
+    ring_buffer__free(c->rb);
+    for (int s = 0; s < SLOT_COUNT; s++)
+        bpf_link__destroy(c->progs[s].link);
+    for (size_t i = 0; i < c->ninstances; i++)
+        instance_destroy(&c->instances[i]);
+    if (c->ringbuf_fd >= 0)
+        close(c->ringbuf_fd);
+    if (c->stats_fd >= 0)
+        close(c->stats_fd);
+    ksyms_free(c->ksyms);
+    drop_reasons_free(c->reasons);
+    free(c);
+}
+
+size_t capture_programs(struct capture *c, struct capture_program_info *out, size_t max)
+{
+    struct prog_stats *per_cpu = calloc((size_t)(c->ncpus > 0 ? c->ncpus : 1), sizeof(*per_cpu));
+
+    for (size_t s = 0; s < SLOT_COUNT && s < max; s++) {
+        struct capture_program_info *i = &out[s];
+        uint32_t key = (uint32_t)s;
+
+        memset(i, 0, sizeof(*i));
+        snprintf(i->name, sizeof(i->name), "%s", prog_specs[s].name);
+        snprintf(i->hook, sizeof(i->hook), "%s", prog_specs[s].hook);
+        i->status = c->progs[s].status;
+        i->prog_id = c->progs[s].prog_id;
+        snprintf(i->error, sizeof(i->error), "%s", c->progs[s].error);
+        i->event_type = event_type_name(prog_specs[s].type);
+        if (per_cpu && c->stats_fd >= 0 && bpf_map_lookup_elem(c->stats_fd, &key, per_cpu) == 0) {
+            for (int cpu = 0; cpu < c->ncpus; cpu++) {
+                i->events += per_cpu[cpu].events;
+                i->drops += per_cpu[cpu].drops;
+                i->suppressed += per_cpu[cpu].suppressed;
+            }
+        }
+    }
+    free(per_cpu);
+    return SLOT_COUNT;
+}
+
+size_t capture_attached(struct capture *c)
+{
+    size_t n = 0;
+
+    for (int s = 0; s < SLOT_COUNT; s++)
+        n += c->progs[s].status == CAPTURE_PROGRAM_ATTACHED;
+    return n;
+}

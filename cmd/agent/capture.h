@@ -1,0 +1,69 @@
+/*
+ * Kernel capture: loads the CO-RE eBPF programs in bpf/, attaches each one on
+ * its own, reads their ring buffer, and turns every kernel record into a
+ * struct event (the only place that knows the kernel record layouts).
+ */
+#ifndef EBPF_MONITOR_CAPTURE_H
+#define EBPF_MONITOR_CAPTURE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "event.h"
+
+struct capture;
+
+struct capture_config {
+    uint32_t event_types;       /* EVENT_TYPE_BIT mask of types to capture */
+    size_t ringbuf_bytes;       /* shared ring buffer; rounded up to a power of two >= the page
+                                   size; 0 = 8 MiB */
+    uint32_t drop_rate_per_sec; /* packet_drop events per second per CPU before suppression
+                                   (burst: one second's worth); 0 = no limit */
+};
+
+/*
+ * Called on the capture thread for every event, fully filled except id and
+ * node (the agent assigns those). e is valid only during the call; the
+ * callee copies or moves what it keeps.
+ */
+typedef void (*capture_event_fn)(void *ctx, struct event *e);
+
+/*
+ * Loads and attaches every program that event_types needs. A program that
+ * fails is reported (log + capture_programs) and the rest run. Returns NULL
+ * with a message in err only when nothing could be attached (or without
+ * privileges).
+ */
+struct capture *capture_open(const struct capture_config *cfg, capture_event_fn fn, void *ctx,
+                             char *err, size_t errlen);
+/* Polls the ring buffer, delivering events; returns events handled or -errno (-EINTR is benign). */
+int capture_poll(struct capture *c, int timeout_ms);
+/* Detaches every link and unloads everything. */
+void capture_close(struct capture *c);
+
+enum capture_program_status {
+    CAPTURE_PROGRAM_ATTACHED,
+    CAPTURE_PROGRAM_FAILED,
+    CAPTURE_PROGRAM_DISABLED, /* its event type was not requested */
+};
+
+struct capture_program_info {
+    char name[64]; /* e.g. "tp_btf__sched_process_exec" */
+    char hook[96]; /* e.g. "tp_btf/sched_process_exec" */
+    enum capture_program_status status;
+    uint32_t prog_id;       /* kernel program id while attached, else 0 */
+    char error[128];        /* when FAILED */
+    const char *event_type; /* event type it produces */
+    uint64_t events;        /* records submitted by the kernel side */
+    uint64_t drops;         /* ring buffer reserve failures (lost in the kernel) */
+    uint64_t suppressed;    /* rate-limited away (packet_drop) */
+};
+
+/* Fills up to max entries; returns the number of programs. Thread-safe (reads map counters). */
+size_t capture_programs(struct capture *c, struct capture_program_info *out, size_t max);
+
+/* Number of programs attached (for /ready). */
+size_t capture_attached(struct capture *c);
+
+#endif

@@ -1,0 +1,780 @@
+/*
+ * Tests for cmd/agent/capture against the running kernel (root only): real
+ * TCP connects and accepts over IPv4 and IPv6, a refused connect, a UDP
+ * connect, a UDP datagram dropped for want of a socket, and a child that
+ * execs a shell and exits 3 must each come back as a fully filled event;
+ * per-type program selection, drop rate limiting, the privilege error, and
+ * that closing leaves nothing of ours loaded in the kernel.
+ */
+#include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../cmd/agent/capture.h"
+#include "event.h"
+
+#define DEADLINE_MS 5000
+
+struct collected {
+    struct event *v;
+    size_t n, cap;
+};
+
+static void collect(void *ctx, struct event *e)
+{
+    struct collected *c = ctx;
+
+    if (c->n == c->cap) {
+        c->cap = c->cap ? c->cap * 2 : 256;
+        c->v = realloc(c->v, c->cap * sizeof(*c->v));
+        cr_assert_not_null(c->v);
+    }
+    /* Take the owned strings: capture must not free what we moved away. */
+    event_move(&c->v[c->n++], e);
+}
+
+static void collected_free(struct collected *c)
+{
+    for (size_t i = 0; i < c->n; i++)
+        event_clear(&c->v[i]);
+    free(c->v);
+    memset(c, 0, sizeof(*c));
+}
+
+static uint64_t now_ns(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void skip_unless_root(void)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to load eBPF programs");
+}
+
+static struct capture *open_capture(uint32_t types, uint32_t drop_rate, struct collected *out)
+{
+    struct capture_config cfg = {
+        .event_types = types, .ringbuf_bytes = 1u << 22, .drop_rate_per_sec = drop_rate};
+    char err[256] = "";
+    struct capture *c = capture_open(&cfg, collect, out, err, sizeof(err));
+
+    cr_assert_not_null(c, "capture_open: %s", err);
+    return c;
+}
+
+typedef bool (*match_fn)(const struct event *e, const void *arg);
+
+/* Polls until an event matching m shows up; returns it (owned by out) or NULL at the deadline. */
+static const struct event *wait_event(struct capture *c, struct collected *out, match_fn m,
+                                      const void *arg)
+{
+    uint64_t deadline = now_ns(CLOCK_MONOTONIC) + DEADLINE_MS * 1000000ull;
+    size_t seen = 0;
+
+    for (;;) {
+        for (; seen < out->n; seen++)
+            if (m(&out->v[seen], arg))
+                return &out->v[seen];
+        if (now_ns(CLOCK_MONOTONIC) > deadline)
+            return NULL;
+        int n = capture_poll(c, 50);
+        cr_assert(n >= 0 || n == -EINTR, "capture_poll: %d", n);
+    }
+}
+
+static void read_comm(char *buf, size_t len)
+{
+    FILE *f = fopen("/proc/self/comm", "r");
+    cr_assert_not_null(f);
+    cr_assert_not_null(fgets(buf, (int)len, f));
+    fclose(f);
+    buf[strcspn(buf, "\n")] = '\0';
+}
+
+static void assert_timestamp(const struct event *e)
+{
+    int64_t d = (int64_t)(now_ns(CLOCK_REALTIME) - e->timestamp_ns);
+    cr_assert(d > -5000000000ll && d < 5000000000ll, "%s timestamp %llu is %lld ns off the clock",
+              event_type_name(e->type), (unsigned long long)e->timestamp_ns, (long long)d);
+}
+
+static void assert_our_process(const struct event *e)
+{
+    char comm[32];
+
+    read_comm(comm, sizeof(comm));
+    cr_assert_eq(e->pid, (uint32_t)getpid());
+    cr_assert_eq(e->ppid, (uint32_t)getppid());
+    cr_assert_eq(e->uid, (uint32_t)getuid());
+    cr_assert_str_eq(e->command, comm);
+    cr_assert_neq(e->cgroup_id, 0);
+    assert_timestamp(e);
+}
+
+/* A flow as the test saw it from user space. */
+struct flow {
+    uint8_t type, family, protocol, status;
+    uint8_t saddr[16], daddr[16];
+    uint16_t sport, dport;
+};
+
+static bool match_flow(const struct event *e, const void *arg)
+{
+    const struct flow *f = arg;
+    size_t alen = f->family == EVENT_FAMILY_IPV4 ? 4 : 16;
+
+    return e->type == f->type && e->family == f->family && e->protocol == f->protocol &&
+           (!f->status || e->status == f->status) && e->sport == f->sport && e->dport == f->dport &&
+           memcmp(e->saddr, f->saddr, alen) == 0 && memcmp(e->daddr, f->daddr, alen) == 0;
+}
+
+static void sockaddr_parts(const struct sockaddr_storage *ss, uint8_t addr[16], uint16_t *port)
+{
+    memset(addr, 0, 16);
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const void *)ss;
+        memcpy(addr, &in->sin_addr, 4);
+        *port = ntohs(in->sin_port);
+    } else {
+        const struct sockaddr_in6 *in6 = (const void *)ss;
+        memcpy(addr, &in6->sin6_addr, 16);
+        *port = ntohs(in6->sin6_port);
+    }
+}
+
+static void local_end(int fd, uint8_t addr[16], uint16_t *port)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&ss, &len), 0);
+    sockaddr_parts(&ss, addr, port);
+}
+
+static socklen_t loopback(int af, uint16_t port, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (af == AF_INET) {
+        struct sockaddr_in *in = (void *)ss;
+        in->sin_family = AF_INET;
+        in->sin_port = htons(port);
+        in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        return sizeof(*in);
+    }
+    struct sockaddr_in6 *in6 = (void *)ss;
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(port);
+    in6->sin6_addr = in6addr_loopback;
+    return sizeof(*in6);
+}
+
+/* A port on loopback nothing listens on: bound, then released. */
+static uint16_t closed_port(int af, int type)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = loopback(af, 0, &ss);
+    int fd = socket(af, type, 0);
+    uint8_t addr[16];
+    uint16_t port;
+
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&ss, len), 0);
+    local_end(fd, addr, &port);
+    close(fd);
+    return port;
+}
+
+/* Connects to a listener on loopback, accepts, and checks both events. */
+static void check_tcp_roundtrip(struct capture *c, struct collected *out, int af)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = loopback(af, 0, &ss);
+    int lfd = socket(af, SOCK_STREAM, 0), cfd = socket(af, SOCK_STREAM, 0), afd;
+    struct flow conn = {.type = EVENT_CONNECTION,
+                        .family = af == AF_INET ? EVENT_FAMILY_IPV4 : EVENT_FAMILY_IPV6,
+                        .protocol = IPPROTO_TCP,
+                        .status = EVENT_STATUS_ESTABLISHED};
+    struct flow acc;
+    const struct event *e;
+
+    cr_assert(lfd >= 0 && cfd >= 0);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&ss, len), 0);
+    cr_assert_eq(listen(lfd, 4), 0);
+    local_end(lfd, conn.daddr, &conn.dport);
+    len = loopback(af, conn.dport, &ss);
+    cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
+    afd = accept(lfd, NULL, NULL);
+    cr_assert_geq(afd, 0);
+    local_end(cfd, conn.saddr, &conn.sport);
+
+    e = wait_event(c, out, match_flow, &conn);
+    cr_assert_not_null(e, "no established %s connection event for port %u",
+                       af == AF_INET ? "IPv4" : "IPv6", conn.dport);
+    assert_our_process(e);
+    cr_assert_gt(e->u.conn.latency_ns, 0);
+    cr_assert_lt(e->u.conn.latency_ns, 5000000000ull);
+
+    /* Accept: the source is the peer (our client end). */
+    acc = conn;
+    acc.type = EVENT_ACCEPT;
+    acc.status = 0;
+    memcpy(acc.saddr, conn.saddr, 16);
+    acc.sport = conn.sport;
+    memcpy(acc.daddr, conn.daddr, 16);
+    acc.dport = conn.dport;
+    e = wait_event(c, out, match_flow, &acc);
+    cr_assert_not_null(e, "no accept event for port %u", conn.dport);
+    assert_our_process(e);
+    cr_assert_eq(e->status, EVENT_STATUS_NONE);
+
+    close(afd);
+    close(cfd);
+    close(lfd);
+}
+
+static bool match_failed(const struct event *e, const void *arg)
+{
+    const struct flow *f = arg;
+
+    /* The kernel releases the source port on failure, so it is not known here. */
+    return e->type == EVENT_CONNECTION && e->status == EVENT_STATUS_FAILED &&
+           e->family == f->family && e->dport == f->dport && memcmp(e->daddr, f->daddr, 4) == 0;
+}
+
+static void check_tcp_refused(struct capture *c, struct collected *out)
+{
+    struct sockaddr_storage ss;
+    struct flow f = {.family = EVENT_FAMILY_IPV4};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    socklen_t len;
+    const struct event *e;
+
+    f.dport = closed_port(AF_INET, SOCK_STREAM);
+    len = loopback(AF_INET, f.dport, &ss);
+    memcpy(f.daddr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&ss, len), -1);
+    cr_assert_eq(errno, ECONNREFUSED);
+
+    e = wait_event(c, out, match_failed, &f);
+    cr_assert_not_null(e, "no failed connection event for refused port %u", f.dport);
+    assert_our_process(e);
+    cr_assert_eq(e->protocol, IPPROTO_TCP);
+    cr_assert_neq(e->sport, 0);
+    cr_assert_eq(memcmp(e->saddr, f.daddr, 4), 0);
+    cr_assert_gt(e->u.conn.latency_ns, 0);
+    close(fd);
+}
+
+static void check_udp_connect(struct capture *c, struct collected *out)
+{
+    struct sockaddr_storage ss;
+    struct flow f = {.type = EVENT_CONNECTION,
+                     .family = EVENT_FAMILY_IPV4,
+                     .protocol = IPPROTO_UDP,
+                     .status = EVENT_STATUS_ATTEMPTED};
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    socklen_t len = loopback(AF_INET, 5353, &ss);
+    const struct event *e;
+
+    f.dport = 5353;
+    memcpy(f.daddr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&ss, len), 0);
+    local_end(fd, f.saddr, &f.sport);
+    cr_assert_neq(f.sport, 0);
+    e = wait_event(c, out, match_flow, &f);
+    cr_assert_not_null(e, "no attempted UDP connection event from port %u", f.sport);
+    assert_our_process(e);
+    cr_assert_eq(e->u.conn.latency_ns, 0);
+    close(fd);
+}
+
+static bool match_drop(const struct event *e, const void *arg)
+{
+    const struct flow *f = arg;
+    size_t alen = f->family == EVENT_FAMILY_IPV4 ? 4 : 16;
+
+    return e->type == EVENT_PACKET_DROP && e->family == f->family && e->protocol == f->protocol &&
+           e->sport == f->sport && e->dport == f->dport && memcmp(e->saddr, f->saddr, alen) == 0 &&
+           memcmp(e->daddr, f->daddr, alen) == 0;
+}
+
+/* A UDP socket on loopback and the flow its datagrams to a closed port make. */
+static int udp_to_closed_port(int af, struct flow *f, struct sockaddr_storage *dst,
+                              socklen_t *dstlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = loopback(af, 0, &ss);
+    int fd = socket(af, SOCK_DGRAM, 0);
+
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&ss, len), 0);
+    memset(f, 0, sizeof(*f));
+    f->type = EVENT_PACKET_DROP;
+    f->family = af == AF_INET ? EVENT_FAMILY_IPV4 : EVENT_FAMILY_IPV6;
+    f->protocol = IPPROTO_UDP;
+    local_end(fd, f->saddr, &f->sport);
+    f->dport = closed_port(af, SOCK_DGRAM);
+    *dstlen = loopback(af, f->dport, dst);
+    memcpy(f->daddr, f->saddr, 16);
+    return fd;
+}
+
+static void check_udp_drop(struct capture *c, struct collected *out, int af)
+{
+    struct sockaddr_storage dst;
+    socklen_t dstlen;
+    struct flow f;
+    int fd = udp_to_closed_port(af, &f, &dst, &dstlen);
+    const struct event *e;
+
+    cr_assert_eq(sendto(fd, "x", 1, 0, (struct sockaddr *)&dst, dstlen), 1);
+    e = wait_event(c, out, match_drop, &f);
+    cr_assert_not_null(e, "no packet_drop event for UDP %u -> %u", f.sport, f.dport);
+    cr_assert_not_null(e->u.drop.reason);
+    cr_assert_str_eq(e->u.drop.reason, "NO_SOCKET");
+    cr_assert_neq(e->u.drop.reason_code, 0);
+    cr_assert_not_null(e->u.drop.location);
+    cr_assert_not_null(strstr(e->u.drop.location, "+0x"), "location %s", e->u.drop.location);
+    assert_timestamp(e);
+    close(fd);
+}
+
+struct child_match {
+    pid_t pid;
+    uint8_t type;
+};
+
+static bool match_child(const struct event *e, const void *arg)
+{
+    const struct child_match *m = arg;
+    return e->type == m->type && e->pid == (uint32_t)m->pid;
+}
+
+static void check_exec_exit(struct capture *c, struct collected *out)
+{
+    static const char want_args[] = "sh\0-c\0exit 3";
+    struct child_match m;
+    const struct event *e;
+    int status;
+    pid_t pid = fork();
+
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", "exit 3", (char *)NULL);
+        _exit(127);
+    }
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 3);
+
+    m = (struct child_match){.pid = pid, .type = EVENT_EXEC};
+    e = wait_event(c, out, match_child, &m);
+    cr_assert_not_null(e, "no exec event for child %d", pid);
+    cr_assert_eq(e->ppid, (uint32_t)getpid());
+    cr_assert_str_eq(e->command, "sh");
+    cr_assert_str_eq(e->u.exec.filename, "/bin/sh");
+    cr_assert_eq(e->u.exec.args_len, sizeof(want_args), "args_len %u", e->u.exec.args_len);
+    cr_assert_eq(memcmp(e->u.exec.args, want_args, sizeof(want_args)), 0);
+    cr_assert_eq(e->u.exec.args_truncated, 0);
+    cr_assert_neq(e->cgroup_id, 0);
+    assert_timestamp(e);
+
+    m.type = EVENT_EXIT;
+    e = wait_event(c, out, match_child, &m);
+    cr_assert_not_null(e, "no exit event for child %d", pid);
+    cr_assert_eq(e->ppid, (uint32_t)getpid());
+    cr_assert_str_eq(e->command, "sh");
+    cr_assert_eq(e->u.exit.exit_code, 3);
+    cr_assert_eq(e->u.exit.signal, 0);
+    cr_assert_gt(e->u.exit.duration_ns, 0);
+    cr_assert_lt(e->u.exit.duration_ns, 5000000000ull);
+    assert_timestamp(e);
+}
+
+/* IPv4 over IPv6 sockets (v4-mapped) is reported as plain ipv4. */
+static void check_tcp_v4_mapped(struct capture *c, struct collected *out)
+{
+    struct sockaddr_in6 any6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_ANY_INIT};
+    struct sockaddr_storage ss;
+    int off = 0, lfd = socket(AF_INET6, SOCK_STREAM, 0), cfd = socket(AF_INET6, SOCK_STREAM, 0);
+    struct flow conn = {.type = EVENT_CONNECTION,
+                        .family = EVENT_FAMILY_IPV4,
+                        .protocol = IPPROTO_TCP,
+                        .status = EVENT_STATUS_ESTABLISHED};
+    struct flow acc;
+    uint8_t mapped[16];
+    const struct event *e;
+    int afd;
+
+    cr_assert(lfd >= 0 && cfd >= 0);
+    cr_assert_eq(setsockopt(lfd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off)), 0);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&any6, sizeof(any6)), 0);
+    cr_assert_eq(listen(lfd, 4), 0);
+    local_end(lfd, mapped, &conn.dport);
+
+    struct sockaddr_in6 *dst = (void *)&ss;
+    memset(&ss, 0, sizeof(ss));
+    dst->sin6_family = AF_INET6;
+    dst->sin6_port = htons(conn.dport);
+    cr_assert_eq(inet_pton(AF_INET6, "::ffff:127.0.0.1", &dst->sin6_addr), 1);
+    cr_assert_eq(connect(cfd, (struct sockaddr *)dst, sizeof(*dst)), 0);
+    afd = accept(lfd, NULL, NULL);
+    cr_assert_geq(afd, 0);
+    local_end(cfd, mapped, &conn.sport);
+    memset(conn.saddr, 0, 16);
+    memcpy(conn.saddr, mapped + 12, 4); /* our end is ::ffff:127.0.0.1 too */
+    memcpy(conn.daddr, conn.saddr, 16);
+
+    e = wait_event(c, out, match_flow, &conn);
+    cr_assert_not_null(e, "no ipv4 connection event for a v4-mapped connect to port %u",
+                       conn.dport);
+    acc = conn;
+    acc.type = EVENT_ACCEPT;
+    acc.status = 0;
+    e = wait_event(c, out, match_flow, &acc);
+    cr_assert_not_null(e, "no ipv4 accept event on a dual-stack listener");
+    close(afd);
+    close(cfd);
+    close(lfd);
+}
+
+static void *thread_exit_early(void *arg)
+{
+    return arg;
+}
+
+/* One exit per process however many threads it had; death by signal gives the signal. */
+static void check_exit_of_threaded_and_signalled(struct capture *c, struct collected *out)
+{
+    struct child_match m = {.type = EVENT_EXIT};
+    const struct event *e;
+    int status;
+    pid_t threaded = fork(), killed;
+
+    cr_assert_geq(threaded, 0);
+    if (threaded == 0) {
+        pthread_t t[3];
+        for (int i = 0; i < 3; i++)
+            if (pthread_create(&t[i], NULL, thread_exit_early, NULL))
+                _exit(100);
+        for (int i = 0; i < 3; i++)
+            pthread_join(t[i], NULL);
+        _exit(5);
+    }
+    killed = fork();
+    cr_assert_geq(killed, 0);
+    if (killed == 0) {
+        raise(SIGTERM);
+        _exit(0);
+    }
+    cr_assert_eq(waitpid(threaded, &status, 0), threaded);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 5);
+    cr_assert_eq(waitpid(killed, &status, 0), killed);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM);
+
+    m.pid = killed;
+    e = wait_event(c, out, match_child, &m);
+    cr_assert_not_null(e, "no exit event for the signalled child");
+    cr_assert_eq(e->u.exit.signal, SIGTERM);
+    cr_assert_eq(e->u.exit.exit_code, 0);
+
+    m.pid = threaded;
+    e = wait_event(c, out, match_child, &m);
+    cr_assert_not_null(e, "no exit event for the threaded child");
+    cr_assert_eq(e->u.exit.exit_code, 5);
+    /* Both exits are in; every thread exit would have arrived before the process exit. */
+    size_t exits = 0;
+    for (size_t i = 0; i < out->n; i++)
+        exits += match_child(&out->v[i], &m);
+    cr_assert_eq(exits, 1, "%zu exit events for one process with 4 threads", exits);
+}
+
+/* Ids of the BPF programs this process holds open (from /proc/self/fdinfo). */
+static size_t our_bpf_objects(uint32_t *prog_ids, size_t max, size_t *others)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *de;
+    size_t n = 0;
+
+    cr_assert_not_null(d);
+    *others = 0;
+    while ((de = readdir(d))) {
+        char path[300], target[128], line[128];
+        ssize_t len;
+        FILE *f;
+
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "/proc/self/fd/%s", de->d_name);
+        len = readlink(path, target, sizeof(target) - 1);
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        if (!strstr(target, "bpf"))
+            continue;
+        if (strcmp(target, "anon_inode:bpf-prog") != 0) {
+            (*others)++; /* maps, links */
+            continue;
+        }
+        snprintf(path, sizeof(path), "/proc/self/fdinfo/%s", de->d_name);
+        f = fopen(path, "r");
+        if (!f)
+            continue;
+        while (fgets(line, sizeof(line), f)) {
+            unsigned id;
+            if (sscanf(line, "prog_id: %u", &id) == 1 && n < max)
+                prog_ids[n++] = id;
+        }
+        fclose(f);
+    }
+    closedir(d);
+    return n;
+}
+
+/* True once the kernel no longer has program id (freed after the last reference). */
+static bool prog_gone(uint32_t id)
+{
+    uint64_t deadline = now_ns(CLOCK_MONOTONIC) + DEADLINE_MS * 1000000ull;
+
+    while (now_ns(CLOCK_MONOTONIC) < deadline) {
+        int fd = bpf_prog_get_fd_by_id(id);
+        if (fd < 0 && errno == ENOENT)
+            return true;
+        if (fd >= 0)
+            close(fd);
+        usleep(10000); /* kernel frees programs after an RCU grace period */
+    }
+    return false;
+}
+
+Test(capture, every_event_type_from_real_activity)
+{
+    struct collected out = {0};
+    struct capture_program_info progs[16];
+    uint32_t ids[32];
+    size_t n, nids, others;
+    struct capture *c;
+
+    skip_unless_root();
+    c = open_capture(EVENT_TYPES_ALL, 1000, &out);
+
+    n = capture_programs(c, progs, 16);
+    cr_assert_eq(n, 6);
+    cr_assert_eq(capture_attached(c), n);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(progs[i].status, CAPTURE_PROGRAM_ATTACHED, "%s: %s", progs[i].name,
+                     progs[i].error);
+
+    check_tcp_roundtrip(c, &out, AF_INET);
+    check_tcp_roundtrip(c, &out, AF_INET6);
+    check_tcp_refused(c, &out);
+    check_udp_connect(c, &out);
+    check_udp_drop(c, &out, AF_INET);
+    check_udp_drop(c, &out, AF_INET6);
+    check_tcp_v4_mapped(c, &out);
+    check_exec_exit(c, &out);
+    check_exit_of_threaded_and_signalled(c, &out);
+
+    n = capture_programs(c, progs, 16);
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_gt(progs[i].events, 0, "%s (%s) reported no events", progs[i].name,
+                     progs[i].hook);
+        cr_assert_not_null(progs[i].event_type);
+        cr_assert_eq(progs[i].drops, 0);
+    }
+
+    nids = our_bpf_objects(ids, 32, &others);
+    cr_assert_geq(nids, 6, "only %zu program fds open", nids);
+    capture_close(c);
+    collected_free(&out);
+
+    /* Nothing of ours stays loaded or attached. */
+    uint32_t after[32];
+    cr_assert_eq(our_bpf_objects(after, 32, &others), 0);
+    cr_assert_eq(others, 0, "%zu BPF map/link fds still open after close", others);
+    for (size_t i = 0; i < nids; i++)
+        cr_assert(prog_gone(ids[i]), "program id %u still loaded after close", ids[i]);
+}
+
+Test(capture, loads_only_the_requested_types)
+{
+    struct collected out = {0};
+    struct capture_program_info progs[16];
+    struct capture *c;
+    size_t n;
+
+    skip_unless_root();
+    c = open_capture(EVENT_TYPE_BIT(EVENT_EXEC) | EVENT_TYPE_BIT(EVENT_EXIT), 0, &out);
+    n = capture_programs(c, progs, 16);
+    for (size_t i = 0; i < n; i++) {
+        bool want =
+            strcmp(progs[i].event_type, "exec") == 0 || strcmp(progs[i].event_type, "exit") == 0;
+        cr_assert_eq(progs[i].status, want ? CAPTURE_PROGRAM_ATTACHED : CAPTURE_PROGRAM_DISABLED,
+                     "%s", progs[i].name);
+    }
+    cr_assert_eq(capture_attached(c), 2);
+
+    /* Network activity produces nothing; the exec still arrives. */
+    {
+        struct sockaddr_storage ss;
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        socklen_t len = loopback(AF_INET, closed_port(AF_INET, SOCK_STREAM), &ss);
+        cr_assert_eq(connect(fd, (struct sockaddr *)&ss, len), -1);
+        close(fd);
+    }
+    check_exec_exit(c, &out);
+    for (size_t i = 0; i < out.n; i++)
+        cr_assert(out.v[i].type == EVENT_EXEC || out.v[i].type == EVENT_EXIT, "got a %s event",
+                  event_type_name(out.v[i].type));
+    capture_close(c);
+    collected_free(&out);
+}
+
+static bool match_suppressed(const struct event *e, const void *arg)
+{
+    return e->type == EVENT_PACKET_DROP && e->u.drop.suppressed > 0;
+}
+
+Test(capture, drop_storms_are_rate_limited_and_counted)
+{
+    struct collected out = {0};
+    struct capture_program_info progs[16];
+    struct sockaddr_storage dst;
+    socklen_t dstlen;
+    struct flow f;
+    struct capture *c;
+    const struct event *e;
+    uint64_t suppressed = 0;
+    size_t ours = 0, n;
+    int fd;
+
+    skip_unless_root();
+    c = open_capture(EVENT_TYPE_BIT(EVENT_PACKET_DROP), 2, &out);
+    fd = udp_to_closed_port(AF_INET, &f, &dst, &dstlen);
+    for (int i = 0; i < 200; i++)
+        cr_assert_eq(sendto(fd, "x", 1, 0, (struct sockaddr *)&dst, dstlen), 1);
+    /* The suppressed count rides on the next drop let through, after a refill. */
+    uint64_t deadline = now_ns(CLOCK_MONOTONIC) + DEADLINE_MS * 1000000ull;
+    size_t seen = 0;
+    for (e = NULL; !e && now_ns(CLOCK_MONOTONIC) < deadline;) {
+        cr_assert_eq(sendto(fd, "x", 1, 0, (struct sockaddr *)&dst, dstlen), 1);
+        capture_poll(c, 100);
+        for (; seen < out.n && !e; seen++)
+            if (match_suppressed(&out.v[seen], NULL))
+                e = &out.v[seen];
+    }
+    cr_assert_not_null(e, "no drop event carried a suppressed count");
+
+    for (size_t i = 0; i < out.n; i++)
+        ours += match_drop(&out.v[i], &f);
+    cr_assert_lt(ours, 100, "all %zu drops were emitted despite the limit", ours);
+    n = capture_programs(c, progs, 16);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(progs[i].name, "tp_btf__kfree_skb") == 0)
+            suppressed = progs[i].suppressed;
+    cr_assert_geq(suppressed, 100, "suppressed %llu, emitted %zu", (unsigned long long)suppressed,
+                  ours);
+    close(fd);
+    capture_close(c);
+    collected_free(&out);
+}
+
+Test(capture, refuses_without_privileges)
+{
+    pid_t pid;
+    int status;
+
+    skip_unless_root();
+    pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        struct capture_config cfg = {.event_types = EVENT_TYPES_ALL, .ringbuf_bytes = 1 << 20};
+        char err[256] = "";
+        struct collected out = {0};
+
+        if (setgid(65534) || setuid(65534))
+            _exit(2);
+        if (capture_open(&cfg, collect, &out, err, sizeof(err)))
+            _exit(3);
+        _exit(strstr(err, "needs root or CAP_BPF+CAP_PERFMON") ? 0 : 4);
+    }
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status));
+    cr_assert_eq(WEXITSTATUS(status), 0, "child status %d", WEXITSTATUS(status));
+}
+
+/* Execs /bin/true with argv and returns the exec event seen for it. */
+static const struct event *exec_true(struct capture *c, struct collected *out, char **argv)
+{
+    struct child_match m = {.type = EVENT_EXEC};
+    int status;
+    pid_t pid = fork();
+
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        execv("/bin/true", argv);
+        _exit(127);
+    }
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    m.pid = pid;
+    return wait_event(c, out, match_child, &m);
+}
+
+Test(capture, exec_argv_is_bounded)
+{
+    struct collected out = {0};
+    char *argv[EVENT_ARGC_MAX + 10], long_arg[3000], names[EVENT_ARGC_MAX + 10][8];
+    const struct event *e;
+    struct capture *c;
+    size_t strings = 0;
+
+    skip_unless_root();
+    c = open_capture(EVENT_TYPE_BIT(EVENT_EXEC), 0, &out);
+
+    /* More strings than EVENT_ARGC_MAX: the first EVENT_ARGC_MAX are kept. */
+    argv[0] = "true";
+    for (int i = 1; i < EVENT_ARGC_MAX + 9; i++) {
+        snprintf(names[i], sizeof(names[i]), "a%d", i);
+        argv[i] = names[i];
+    }
+    argv[EVENT_ARGC_MAX + 9] = NULL;
+    e = exec_true(c, &out, argv);
+    cr_assert_not_null(e);
+    cr_assert_eq(e->u.exec.args_truncated, 1);
+    for (uint32_t i = 0; i < e->u.exec.args_len; i++)
+        strings += e->u.exec.args[i] == '\0';
+    cr_assert_eq(strings, EVENT_ARGC_MAX);
+    cr_assert_eq(e->u.exec.args[e->u.exec.args_len - 1], '\0');
+    cr_assert_str_eq(e->u.exec.args, "true");
+
+    /* More bytes than EVENT_ARGS_MAX: cut, still NUL-terminated. */
+    memset(long_arg, 'x', sizeof(long_arg) - 1);
+    long_arg[sizeof(long_arg) - 1] = '\0';
+    argv[1] = long_arg;
+    argv[2] = NULL;
+    e = exec_true(c, &out, argv);
+    cr_assert_not_null(e);
+    cr_assert_eq(e->u.exec.args_truncated, 1);
+    cr_assert_leq(e->u.exec.args_len, EVENT_ARGS_MAX + 1);
+    cr_assert_gt(e->u.exec.args_len, EVENT_ARGS_MAX - 1);
+    cr_assert_eq(e->u.exec.args[e->u.exec.args_len - 1], '\0');
+    cr_assert_str_eq(e->u.exec.args, "true");
+    cr_assert_eq(strspn(e->u.exec.args + 5, "x"), e->u.exec.args_len - 6);
+
+    capture_close(c);
+    collected_free(&out);
+}
