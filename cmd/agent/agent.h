@@ -1,0 +1,35 @@
+/*
+ * The agent's state shared by its threads: the capture loop (main thread)
+ * adds events; the HTTP thread reads the store and the counters.
+ */
+#ifndef EBPF_MONITOR_AGENT_H
+#define EBPF_MONITOR_AGENT_H
+
+#include <stdint.h>
+
+#include "capture.h"
+#include "config.h"
+#include "event.h"
+#include "http_server.h"
+#include "store.h"
+
+struct agent {
+    struct config cfg;
+    const char *node; /* interned NODE_NAME */
+    struct event_id_gen ids;
+    struct capture *capture;
+    struct store *store;
+    struct http_server *http;
+    uint64_t started_ns;      /* epoch */
+    uint64_t started_mono_ns; /* monotonic, for uptime */
+
+    /* Written by the capture thread, read by the HTTP thread (relaxed atomics). */
+    uint64_t events_total;
+    uint64_t events_by_type[EVENT_TYPE_COUNT];
+    uint64_t store_failed;
+};
+
+/* Registers the agent's HTTP routes (api.c). */
+int agent_api_register(struct agent *a);
+
+#endif

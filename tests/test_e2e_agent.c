@@ -1,0 +1,602 @@
+/*
+ * End to end: the real bin/ebpf-agent, real eBPF programs, real sockets and
+ * processes made by this test, asserted over the real HTTP API.
+ * Needs root (loads eBPF programs); skipped with a reason otherwise.
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+static pid_t agent_pid;
+static int agent_port;
+static char agent_log[64];
+
+static void start_agent(void)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to load eBPF programs");
+    agent_port = tu_free_port();
+    snprintf(agent_log, sizeof(agent_log), "/tmp/ebpf-e2e-agent-%d.log", getpid());
+    unlink(agent_log);
+    char listen[64];
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", agent_port);
+    char *argv[] = {(char *)tu_repo_path("bin/ebpf-agent"),
+                    "--listen-addr",
+                    listen,
+                    "--node-name",
+                    "e2e-node",
+                    NULL};
+    agent_pid = tu_spawn(argv, NULL, agent_log);
+    if (!tu_wait_http(agent_port, "/ready", 200, 30000)) {
+        char *log = tu_read_file(agent_log);
+        cr_assert_fail("agent not ready; log:\n%s", log ? log : "(none)");
+    }
+}
+
+static void stop_agent(void)
+{
+    if (agent_pid > 0)
+        tu_stop(agent_pid, 10000);
+    agent_pid = 0;
+}
+
+TestSuite(e2e_agent, .init = start_agent, .fini = stop_agent, .timeout = 120);
+
+/* Polls a query until an event satisfying pred appears; returns it (a new reference) or NULL. */
+typedef bool (*event_pred)(json_t *ev, void *arg);
+
+static json_t *wait_event(const char *query, event_pred pred, void *arg, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    do {
+        int status = 0;
+        json_t *r = tu_get_json(agent_port, query, &status);
+        if (r && status == 200) {
+            json_t *events = json_object_get(r, "events");
+            size_t i;
+            json_t *ev;
+            json_array_foreach(events, i, ev)
+            {
+                if (pred(ev, arg)) {
+                    json_incref(ev);
+                    json_decref(r);
+                    return ev;
+                }
+            }
+        }
+        json_decref(r);
+        usleep(50000);
+    } while (tu_mono_ms() < deadline);
+    return NULL;
+}
+
+static const char *jstr(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+static json_int_t jint(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    cr_assert(json_is_integer(v), "field %s missing or not an integer", k);
+    return json_integer_value(v);
+}
+
+static void expect_common_fields(json_t *ev)
+{
+    const char *id = jstr(ev, "id");
+    cr_assert(id && strlen(id) == 16 && strspn(id, "0123456789abcdef") == 16, "id: %s", id);
+    cr_expect_str_eq(jstr(ev, "node"), "e2e-node");
+    uint64_t ts = (uint64_t)jint(ev, "timestamp");
+    uint64_t now = tu_now_ns();
+    cr_expect(ts <= now + 1000000000ull && ts + 120000000000ull > now,
+              "timestamp %" PRIu64 " is not near now %" PRIu64, ts, now);
+    const char *time = jstr(ev, "time");
+    cr_expect(time && strlen(time) == 30 && time[29] == 'Z', "time: %s", time);
+    cr_expect(json_is_integer(json_object_get(ev, "uid")));
+    cr_expect(json_is_integer(json_object_get(ev, "ppid")));
+}
+
+struct net_match {
+    const char *type;
+    const char *status; /* NULL = any */
+    const char *dest_ip;
+    int dest_port;
+    int source_port; /* 0 = any */
+};
+
+static bool match_net(json_t *ev, void *arg)
+{
+    struct net_match *m = arg;
+    const char *status = jstr(ev, "status");
+    const char *dip = jstr(ev, "dest_ip");
+    json_t *dport = json_object_get(ev, "dest_port");
+    json_t *sport = json_object_get(ev, "source_port");
+    return jstr(ev, "type") && strcmp(jstr(ev, "type"), m->type) == 0 && dip &&
+           strcmp(dip, m->dest_ip) == 0 && json_integer_value(dport) == m->dest_port &&
+           (!m->status || (status && strcmp(status, m->status) == 0)) &&
+           (!m->source_port || json_integer_value(sport) == m->source_port);
+}
+
+/* Opens a listener on addr (127.0.0.1 or ::1), connects and accepts; returns the ports. */
+static void tcp_roundtrip(int family, const char *addr, int *listen_port, int *client_port)
+{
+    int l = socket(family, SOCK_STREAM, 0);
+    struct sockaddr_storage ss = {0};
+    socklen_t len;
+    if (family == AF_INET) {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        s4->sin_family = AF_INET;
+        inet_pton(AF_INET, addr, &s4->sin_addr);
+        len = sizeof(*s4);
+    } else {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        s6->sin6_family = AF_INET6;
+        inet_pton(AF_INET6, addr, &s6->sin6_addr);
+        len = sizeof(*s6);
+    }
+    cr_assert_eq(bind(l, (struct sockaddr *)&ss, len), 0, "bind %s: %s", addr, strerror(errno));
+    cr_assert_eq(listen(l, 4), 0);
+    cr_assert_eq(getsockname(l, (struct sockaddr *)&ss, &len), 0);
+    *listen_port = ntohs(family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                           : ((struct sockaddr_in6 *)&ss)->sin6_port);
+    int c = socket(family, SOCK_STREAM, 0);
+    cr_assert_eq(connect(c, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
+    struct sockaddr_storage cs;
+    socklen_t clen = sizeof(cs);
+    cr_assert_eq(getsockname(c, (struct sockaddr *)&cs, &clen), 0);
+    *client_port = ntohs(family == AF_INET ? ((struct sockaddr_in *)&cs)->sin_port
+                                           : ((struct sockaddr_in6 *)&cs)->sin6_port);
+    int a = accept(l, NULL, NULL);
+    cr_assert(a >= 0, "accept: %s", strerror(errno));
+    close(a);
+    close(c);
+    close(l);
+}
+
+static void check_tcp(int family, const char *addr, const char *fam_name)
+{
+    int lport, cport;
+    tcp_roundtrip(family, addr, &lport, &cport);
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=connection,accept&pid=%d&limit=1000", getpid());
+
+    struct net_match conn = {"connection", "established", addr, lport, cport};
+    json_t *ev = wait_event(q, match_net, &conn, 10000);
+    cr_assert(ev, "no established connection event to %s:%d", addr, lport);
+    expect_common_fields(ev);
+    cr_expect_eq(jint(ev, "pid"), getpid());
+    cr_expect_eq(jint(ev, "ppid"), getppid());
+    cr_expect_eq(jint(ev, "uid"), getuid());
+    cr_expect_str_eq(jstr(ev, "protocol"), "tcp");
+    cr_expect_str_eq(jstr(ev, "family"), fam_name);
+    cr_expect_str_eq(jstr(ev, "source_ip"), addr);
+    cr_expect_gt(jint(ev, "latency_ns"), 0);
+    cr_expect_lt(jint(ev, "latency_ns"), 5000000000ll);
+    json_decref(ev);
+
+    /* The accepting process is this test; source = the peer (the client socket). */
+    struct net_match acc = {"accept", NULL, addr, lport, cport};
+    ev = wait_event(q, match_net, &acc, 10000);
+    cr_assert(ev, "no accept event on %s:%d", addr, lport);
+    expect_common_fields(ev);
+    cr_expect_eq(jint(ev, "pid"), getpid());
+    cr_expect_str_eq(jstr(ev, "source_ip"), addr);
+    cr_expect_str_eq(jstr(ev, "protocol"), "tcp");
+    cr_expect_str_eq(jstr(ev, "family"), fam_name);
+    json_decref(ev);
+}
+
+Test(e2e_agent, tcp_connect_and_accept_ipv4)
+{
+    check_tcp(AF_INET, "127.0.0.1", "ipv4");
+}
+
+Test(e2e_agent, tcp_connect_and_accept_ipv6)
+{
+    check_tcp(AF_INET6, "::1", "ipv6");
+}
+
+Test(e2e_agent, tcp_connect_refused_is_failed)
+{
+    int port = tu_free_port();
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_neq(connect(c, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    close(c);
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=connection&pid=%d", getpid());
+    struct net_match m = {"connection", "failed", "127.0.0.1", port, 0};
+    json_t *ev = wait_event(q, match_net, &m, 10000);
+    cr_assert(ev, "no failed connection event to port %d", port);
+    cr_expect_str_eq(jstr(ev, "protocol"), "tcp");
+    cr_expect_eq(jint(ev, "pid"), getpid());
+    json_decref(ev);
+}
+
+static bool match_drop(json_t *ev, void *arg)
+{
+    int port = *(int *)arg;
+    const char *reason = jstr(ev, "drop_reason");
+    return reason && strcmp(reason, "NO_SOCKET") == 0 &&
+           json_integer_value(json_object_get(ev, "dest_port")) == port;
+}
+
+Test(e2e_agent, udp_to_closed_port_is_a_no_socket_drop)
+{
+    int port = tu_free_port();
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(sendto(s, "ping", 4, 0, (struct sockaddr *)&sa, sizeof(sa)), 4);
+    close(s);
+    json_t *ev = wait_event("/api/events?type=packet_drop&limit=1000", match_drop, &port, 10000);
+    cr_assert(ev, "no NO_SOCKET packet_drop for udp port %d", port);
+    expect_common_fields(ev);
+    cr_expect_str_eq(jstr(ev, "protocol"), "udp");
+    cr_expect_str_eq(jstr(ev, "dest_ip"), "127.0.0.1");
+    cr_expect_str_eq(jstr(ev, "source_ip"), "127.0.0.1");
+    cr_expect_gt(jint(ev, "drop_reason_code"), 1); /* 1 is SKB_CONSUMED, never a drop */
+    const char *loc = jstr(ev, "location");
+    cr_expect(loc && strstr(loc, "+0x"), "location should be symbol+offset: %s", loc);
+    json_decref(ev);
+}
+
+static bool match_pid_type(json_t *ev, void *arg)
+{
+    const int *want = arg; /* [0] pid, [1] 1=exec 2=exit */
+    const char *type = jstr(ev, "type");
+    return json_integer_value(json_object_get(ev, "pid")) == want[0] && type &&
+           strcmp(type, want[1] == 1 ? "exec" : "exit") == 0;
+}
+
+/* Forks a child that execs /bin/sh -c 'exit 3' with a marker argument; returns its pid. */
+static pid_t run_exit3(const char *marker)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/bin/sh", "/bin/sh", "-c", "exit 3", marker, (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 3);
+    return pid;
+}
+
+Test(e2e_agent, exec_and_exit_of_a_child)
+{
+    pid_t child = run_exit3("e2e-marker");
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=exec,exit&pid=%d", child);
+
+    int want_exec[2] = {child, 1};
+    json_t *ev = wait_event(q, match_pid_type, want_exec, 10000);
+    cr_assert(ev, "no exec event for pid %d", child);
+    expect_common_fields(ev);
+    cr_expect_eq(jint(ev, "ppid"), getpid());
+    cr_expect_str_eq(jstr(ev, "command"), "sh");
+    cr_expect_str_eq(jstr(ev, "filename"), "/bin/sh");
+    json_t *args = json_object_get(ev, "args");
+    cr_assert(json_is_array(args) && json_array_size(args) == 4, "args: %s", json_dumps(args, 0));
+    cr_expect_str_eq(json_string_value(json_array_get(args, 0)), "/bin/sh");
+    cr_expect_str_eq(json_string_value(json_array_get(args, 1)), "-c");
+    cr_expect_str_eq(json_string_value(json_array_get(args, 2)), "exit 3");
+    cr_expect_str_eq(json_string_value(json_array_get(args, 3)), "e2e-marker");
+    cr_expect_gt(jint(ev, "cgroup_id"), 0);
+    json_decref(ev);
+
+    int want_exit[2] = {child, 2};
+    ev = wait_event(q, match_pid_type, want_exit, 10000);
+    cr_assert(ev, "no exit event for pid %d", child);
+    expect_common_fields(ev);
+    cr_expect_eq(jint(ev, "exit_code"), 3);
+    cr_expect_eq(jint(ev, "signal"), 0);
+    cr_expect_gt(jint(ev, "duration_ns"), 0);
+    cr_expect_lt(jint(ev, "duration_ns"), 60000000000ll);
+    cr_expect_eq(jint(ev, "ppid"), getpid());
+    json_decref(ev);
+}
+
+static bool match_any(json_t *ev, void *arg)
+{
+    return true;
+}
+
+/* Collects every event of a paged walk with the given page size. */
+static json_t *walk_pages(const char *base, int page)
+{
+    json_t *all = json_array();
+    char q[512], cursor[128] = "";
+    for (int guard = 0; guard < 1000; guard++) {
+        snprintf(q, sizeof(q), "%s&limit=%d%s%s", base, page, cursor[0] ? "&cursor=" : "", cursor);
+        int status;
+        json_t *r = tu_get_json(agent_port, q, &status);
+        cr_assert(r && status == 200, "GET %s -> %d", q, status);
+        json_t *events = json_object_get(r, "events");
+        cr_assert(json_array_size(events) <= (size_t)page);
+        json_array_extend(all, events);
+        json_t *next = json_object_get(r, "next_cursor");
+        if (json_is_null(next)) {
+            json_decref(r);
+            return all;
+        }
+        cr_assert(json_is_string(next));
+        snprintf(cursor, sizeof(cursor), "%s", json_string_value(next));
+        json_decref(r);
+    }
+    cr_assert_fail("paging did not end");
+    return NULL;
+}
+
+Test(e2e_agent, filters_limit_cursor_and_time_window)
+{
+    uint64_t before = tu_now_ns();
+    pid_t kids[5];
+    for (int i = 0; i < 5; i++)
+        kids[i] = run_exit3("window");
+    uint64_t after = tu_now_ns();
+    int want[2] = {kids[4], 2};
+    char q[256];
+    snprintf(q, sizeof(q), "/api/events?type=exit&pid=%d", kids[4]);
+    json_t *last = wait_event(q, match_pid_type, want, 10000);
+    cr_assert(last, "exit of the last child not seen");
+    json_decref(last);
+
+    /* type + pid: exactly one exec and one exit per child. */
+    for (int i = 0; i < 5; i++) {
+        snprintf(q, sizeof(q), "/api/events?pid=%d&type=exec,exit", kids[i]);
+        json_t *r = tu_get_json(agent_port, q, NULL);
+        cr_assert(r);
+        cr_expect_eq(json_integer_value(json_object_get(r, "count")), 2, "pid %d", kids[i]);
+        cr_expect_eq(json_integer_value(json_object_get(r, "total_count")), 2);
+        json_decref(r);
+    }
+
+    /* command + time window: the 5 execs of sh, exits too, nothing outside the window. */
+    snprintf(q, sizeof(q), "/api/events?command=sh&type=exit&since=%" PRIu64 "&until=%" PRIu64,
+             before, after);
+    json_t *r = tu_get_json(agent_port, q, NULL);
+    cr_assert(r);
+    json_t *events = json_object_get(r, "events");
+    size_t i;
+    json_t *ev;
+    int mine = 0;
+    uint64_t prev = UINT64_MAX;
+    json_array_foreach(events, i, ev)
+    {
+        uint64_t ts = (uint64_t)jint(ev, "timestamp");
+        cr_expect(ts >= before && ts <= after, "event outside the window");
+        cr_expect_leq(ts, prev, "events must be newest first");
+        prev = ts;
+        cr_expect_str_eq(jstr(ev, "command"), "sh");
+        for (int k = 0; k < 5; k++)
+            mine += jint(ev, "pid") == kids[k];
+    }
+    cr_expect_eq(mine, 5, "all 5 exits inside the window");
+    json_decref(r);
+
+    /* RFC 3339 bounds select the same window as epoch ns. */
+    char since_s[64], until_s[64];
+    time_t bs = (time_t)(before / 1000000000ull), as = (time_t)(after / 1000000000ull) + 1;
+    strftime(since_s, sizeof(since_s), "%Y-%m-%dT%H:%M:%SZ", gmtime(&bs));
+    strftime(until_s, sizeof(until_s), "%Y-%m-%dT%H:%M:%SZ", gmtime(&as));
+    snprintf(q, sizeof(q), "/api/events?type=exit&pid=%d&since=%s&until=%s", kids[2], since_s,
+             until_s);
+    r = tu_get_json(agent_port, q, NULL);
+    cr_expect_eq(json_integer_value(json_object_get(r, "count")), 1, "%s", q);
+    json_decref(r);
+
+    /* Paging with limit=1 and limit=3 walks the same events as one big page. */
+    snprintf(q, sizeof(q), "/api/events?type=exec,exit&command=sh&since=%" PRIu64, before);
+    json_t *one = walk_pages(q, 1), *three = walk_pages(q, 3), *big = walk_pages(q, 10000);
+    cr_expect_geq(json_array_size(big), 10);
+    cr_expect_eq(json_array_size(one), json_array_size(big));
+    cr_expect_eq(json_array_size(three), json_array_size(big));
+    for (i = 0; i < json_array_size(big); i++) {
+        cr_expect_str_eq(jstr(json_array_get(one, i), "id"), jstr(json_array_get(big, i), "id"));
+        cr_expect_str_eq(jstr(json_array_get(three, i), "id"), jstr(json_array_get(big, i), "id"));
+    }
+    json_decref(one);
+    json_decref(three);
+    json_decref(big);
+
+    /* limit caps the page; total_count counts every match. */
+    snprintf(q, sizeof(q), "/api/events?type=exit&command=sh&since=%" PRIu64 "&limit=2", before);
+    r = tu_get_json(agent_port, q, NULL);
+    cr_expect_eq(json_array_size(json_object_get(r, "events")), 2);
+    cr_expect_eq(json_integer_value(json_object_get(r, "count")), 2);
+    cr_expect_geq(json_integer_value(json_object_get(r, "total_count")), 5);
+    cr_expect(json_is_string(json_object_get(r, "next_cursor")));
+    json_decref(r);
+    (void)match_any;
+}
+
+Test(e2e_agent, sse_stream_delivers_new_events_live)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)agent_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    const char *req = "GET /api/events/stream?type=exit HTTP/1.1\r\nHost: x\r\n\r\n";
+    cr_assert_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+
+    char buf[65536];
+    size_t len = 0;
+    bool connected = false;
+    uint64_t deadline = tu_mono_ms() + 10000;
+    pid_t child = 0;
+    char needle[64];
+    while (tu_mono_ms() < deadline) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 200) > 0) {
+            ssize_t r = read(fd, buf + len, sizeof(buf) - len - 1);
+            cr_assert_gt(r, 0, "stream closed");
+            len += (size_t)r;
+            buf[len] = '\0';
+        }
+        if (!connected && strstr(buf, "\r\n\r\n")) {
+            cr_assert(strstr(buf, " 200 "), "stream status: %.100s", buf);
+            cr_assert(strcasestr(buf, "text/event-stream"), "content type: %.300s", buf);
+            connected = true;
+            child = run_exit3("sse"); /* happens after the subscription */
+            snprintf(needle, sizeof(needle), "\"pid\":%d,", child);
+        }
+        if (child && strstr(buf, needle))
+            break;
+    }
+    close(fd);
+    cr_assert(child, "stream never answered");
+    char *hit = strstr(buf, needle);
+    cr_assert(hit, "exit of pid %d not streamed; got:\n%s", child, buf);
+    /* The event sits on one "data: {json}" line. */
+    char *line = hit;
+    while (line > buf && line[-1] != '\n')
+        line--;
+    cr_expect(strncmp(line, "data: {", 7) == 0, "line: %.80s", line);
+    char *nl = strchr(line, '\n');
+    cr_assert(nl);
+    *nl = '\0';
+    json_t *ev = json_loads(line + 6, 0, NULL);
+    cr_assert(ev, "data line is not JSON: %s", line);
+    cr_expect_str_eq(jstr(ev, "type"), "exit");
+    cr_expect_eq(jint(ev, "exit_code"), 3);
+    json_decref(ev);
+}
+
+struct bad_param {
+    char query[96];
+    char name[24];
+};
+
+Test(e2e_agent, bad_parameters_are_400_naming_the_parameter)
+{
+    static const struct bad_param cases[] = {
+        {"type=bogus", "type"},
+        {"type=", "type"},
+        {"pid=abc", "pid"},
+        {"pid=-1", "pid"},
+        {"pid=99999999999", "pid"},
+        {"limit=0", "limit"},
+        {"limit=10001", "limit"},
+        {"limit=ten", "limit"},
+        {"since=yesterday", "since"},
+        {"until=2026-13-45T00:00:00Z", "until"},
+        {"cursor=garbage", "cursor"},
+        {"frobnicate=1", "frobnicate"},
+        {"since=2000&until=1000", "since"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char path[256];
+        snprintf(path, sizeof(path), "/api/events?%s", cases[i].query);
+        int status = 0;
+        json_t *r = tu_get_json(agent_port, path, &status);
+        cr_expect_eq(status, 400, "%s -> %d", path, status);
+        const char *msg = r ? jstr(r, "error") : NULL;
+        cr_expect(msg && strstr(msg, cases[i].name), "%s: error %s lacks '%s'", path, msg,
+                  cases[i].name);
+        json_decref(r);
+    }
+    int status;
+    json_t *r = tu_get_json(agent_port, "/api/events/stream?type=nope", &status);
+    cr_expect_eq(status, 400);
+    json_decref(r);
+    r = tu_get_json(agent_port, "/api/nothing-here", &status);
+    cr_expect_eq(status, 404);
+    json_decref(r);
+}
+
+Test(e2e_agent, stats_programs_health_metrics)
+{
+    int status;
+    json_t *r = tu_get_json(agent_port, "/health", &status);
+    cr_expect_eq(status, 200);
+    json_decref(r);
+
+    r = tu_get_json(agent_port, "/api/programs", &status);
+    cr_assert_eq(status, 200);
+    json_t *progs = json_object_get(r, "programs");
+    cr_assert(json_is_array(progs) && json_array_size(progs) >= 5);
+    size_t i;
+    json_t *p;
+    int attached = 0;
+    json_array_foreach(progs, i, p)
+    {
+        cr_expect(jstr(p, "name") && jstr(p, "hook") && jstr(p, "status"));
+        cr_expect(!strstr(jstr(p, "hook"), "kprobe") && !strstr(jstr(p, "hook"), "fentry"),
+                  "hook %s", jstr(p, "hook"));
+        attached += strcmp(jstr(p, "status"), "attached") == 0;
+        cr_expect(json_is_integer(json_object_get(p, "events")));
+        cr_expect(json_is_integer(json_object_get(p, "drops")));
+    }
+    cr_expect_eq(attached, (int)json_array_size(progs), "every program attaches here");
+    json_decref(r);
+
+    run_exit3("stats");
+    r = tu_get_json(agent_port, "/api/stats", &status);
+    cr_assert_eq(status, 200);
+    cr_expect_str_eq(jstr(r, "node"), "e2e-node");
+    cr_expect(json_is_integer(json_object_get(r, "kernel_drops")));
+    cr_expect(json_is_number(json_object_get(r, "uptime_seconds")));
+    cr_expect(json_is_object(json_object_get(r, "events_by_type")));
+    cr_expect(json_is_array(json_object_get(r, "programs")));
+    json_decref(r);
+
+    struct tu_http m;
+    cr_assert_eq(tu_http_get(agent_port, "/metrics", NULL, &m), 0);
+    cr_expect_eq(m.status, 200);
+    cr_expect(strstr(m.content_type, "text/plain"));
+    cr_expect(strstr(m.body, "ebpf_agent_events_total{type=\"exec\"}"));
+    cr_expect(strstr(m.body, "ebpf_agent_kernel_drops_total"));
+    cr_expect(strstr(m.body, "ebpf_agent_history_evicted_total"));
+    tu_http_free(&m);
+}
+
+Test(e2e_agent, sigterm_detaches_every_program)
+{
+    int status;
+    json_t *r = tu_get_json(agent_port, "/api/programs", &status);
+    cr_assert_eq(status, 200);
+    uint32_t ids[16];
+    size_t n = 0, i;
+    json_t *p;
+    json_array_foreach(json_object_get(r, "programs"), i, p)
+    {
+        if (n < 16 && json_is_integer(json_object_get(p, "id")))
+            ids[n++] = (uint32_t)jint(p, "id");
+    }
+    json_decref(r);
+    cr_assert_geq(n, 5, "programs report their kernel ids");
+    for (size_t k = 0; k < n; k++)
+        cr_assert(tu_bpf_prog_loaded(ids[k]), "program %u not loaded while running", ids[k]);
+
+    int st = tu_stop(agent_pid, 10000);
+    agent_pid = 0;
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "agent exit status %d", st);
+
+    /* The kernel frees a program shortly after its last reference goes (RCU). */
+    uint64_t deadline = tu_mono_ms() + 5000;
+    for (size_t k = 0; k < n; k++) {
+        while (tu_bpf_prog_loaded(ids[k]) && tu_mono_ms() < deadline)
+            usleep(20000);
+        cr_expect(!tu_bpf_prog_loaded(ids[k]), "program id %u still loaded after SIGTERM", ids[k]);
+    }
+}
