@@ -87,6 +87,8 @@ static const struct key keys[] = {
      "HTTP API address: :PORT, HOST:PORT or [V6]:PORT"},
     {"QUEUE_GROUP", KIND_STRING, AGG, STR(queue_group), 0, 0, NULL, "ebpf-aggregator",
      "NATS queue group shared by aggregator replicas"},
+    {"CONTROL_SUBJECT", KIND_STRING, AGG, STR(control_subject), 0, 0, NULL, "ebpf.control",
+     "replicas talk on <subject>.<QUEUE_GROUP>.*; must be outside <SUBJECT_PREFIX>.>"},
     {"API_TOKEN", KIND_STRING, BOTH, STR(api_token), 0, 0, NULL, NULL,
      "when set, /api/* needs 'Authorization: Bearer <token>'"},
     {"TLS_CERT", KIND_STRING, BOTH, STR(tls_cert), 0, 0, NULL, NULL,
@@ -604,6 +606,25 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
              "or a leading/trailing '.'",
              c->subject_prefix);
         return CONFIG_INVALID;
+    }
+    if (role == CONFIG_AGGREGATOR) {
+        size_t plen = strlen(c->subject_prefix);
+        if (!c->control_subject[0] || strpbrk(c->control_subject, " \t*>") ||
+            (strncmp(c->control_subject, c->subject_prefix, plen) == 0 &&
+             (c->control_subject[plen] == '.' || c->control_subject[plen] == '\0'))) {
+            errf(err, errlen,
+                 "invalid CONTROL_SUBJECT=\"%s\": must be a NATS subject without wildcards "
+                 "outside SUBJECT_PREFIX \"%s\"",
+                 c->control_subject, c->subject_prefix);
+            return CONFIG_INVALID;
+        }
+        if (!c->queue_group[0] || strpbrk(c->queue_group, " \t*>.")) {
+            errf(err, errlen,
+                 "invalid QUEUE_GROUP=\"%s\": must be one subject token (no '.', '*', '>' "
+                 "or spaces)",
+                 c->queue_group);
+            return CONFIG_INVALID;
+        }
     }
     if (!c->tls_cert[0] != !c->tls_key[0]) {
         errf(err, errlen, "TLS_CERT and TLS_KEY must be set together (%s is missing)",

@@ -62,6 +62,7 @@ struct config {
 
     char listen_addr[CONFIG_STR];
     char queue_group[CONFIG_STR];
+    char control_subject[CONFIG_STR];
     char api_token[CONFIG_STR];
     char tls_cert[CONFIG_STR];
     char tls_key[CONFIG_STR];

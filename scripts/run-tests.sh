@@ -8,7 +8,7 @@ failed=()
 for t in "$@"; do
   name=$(basename "$t")
   jobs=2
-  case "$name" in test_e2e_*|test_agent_*) jobs=1 ;; esac
+  case "$name" in test_e2e_*|test_agent_*|test_aggregator_*) jobs=1 ;; esac
   echo "=== $name"
   start=$(date +%s)
   if "$t" --jobs "$jobs" --short-filename; then

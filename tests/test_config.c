@@ -56,6 +56,18 @@ Test(config, aggregator_defaults)
     cr_assert_eq(load(&c, CONFIG_AGGREGATOR, 1, argv), CONFIG_OK, "%s", err);
     cr_expect_str_eq(c.listen_addr, ":8081");
     cr_expect_str_eq(c.queue_group, "ebpf-aggregator");
+    cr_expect_str_eq(c.control_subject, "ebpf.control");
+}
+
+Test(config, control_subject_must_be_outside_the_event_prefix)
+{
+    struct config c;
+    char *argv[] = {"ebpf-aggregator", "--control-subject", "ebpf.events.control", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGGREGATOR, 3, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "CONTROL_SUBJECT"), "%s", err);
+    char *argv2[] = {"ebpf-aggregator", "--queue-group", "a.b", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGGREGATOR, 3, argv2), CONFIG_INVALID);
+    cr_expect(strstr(err, "QUEUE_GROUP"), "%s", err);
 }
 
 Test(config, kubernetes_auto_detected)

@@ -1,0 +1,57 @@
+/*
+ * The NATS side shared by the agent and the aggregator: connecting with the
+ * configured servers, credentials and TLS (reconnecting forever, with
+ * jitter), subject names, and the header names batches carry.
+ */
+#ifndef EBPF_MONITOR_BUS_H
+#define EBPF_MONITOR_BUS_H
+
+#include <nats.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+/* Headers on every batch message (so `nats sub` shows them). */
+#define BUS_HDR_CONTENT_TYPE "Content-Type"
+#define BUS_HDR_NODE         "Ebpf-Node"
+#define BUS_HDR_INSTANCE     "Ebpf-Instance"
+#define BUS_HDR_SEQUENCE     "Ebpf-Sequence"
+#define BUS_HDR_EVENTS       "Ebpf-Events"       /* events in the batch */
+#define BUS_HDR_KERNEL_DROPS "Ebpf-Kernel-Drops" /* cumulative, this instance */
+#define BUS_HDR_AGENT_DROPS  "Ebpf-Agent-Drops"  /* cumulative, this instance */
+
+#define BUS_CONTENT_TYPE_PROTOBUF "application/x-protobuf; messageType=ebpfmonitor.EventBatch"
+#define BUS_CONTENT_TYPE_JSON     "application/x-ndjson"
+
+/* Largest batch message a publisher sends and an aggregator accepts. */
+#define BUS_MAX_MESSAGE_BYTES (8u << 20)
+/* Largest number of events in one batch (the largest BATCH_SIZE). */
+#define BUS_MAX_BATCH_EVENTS 10000
+
+/* Connection state counters, updated from nats.c's callback threads. */
+struct bus_status {
+    bool connected;
+    uint64_t disconnects;
+    uint64_t reconnects;
+    uint64_t async_errors; /* slow consumer, permissions... */
+};
+
+struct bus;
+
+/*
+ * Connects (or, when no server answers yet, keeps retrying in the
+ * background: the caller can start without NATS). name is the client name
+ * shown by the server. NULL with a message in err for a bad configuration
+ * (unreadable creds file, bad URL, ...).
+ */
+struct bus *bus_open(const struct config *cfg, const char *name, char *err, size_t errlen);
+void bus_close(struct bus *b);
+natsConnection *bus_conn(struct bus *b);
+void bus_get_status(struct bus *b, struct bus_status *out);
+
+/* "<prefix>.<node>" with '.', '*', '>' and whitespace in node replaced by '_'. */
+void bus_node_subject(const char *prefix, const char *node, char *out, size_t len);
+
+#endif

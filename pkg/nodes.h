@@ -1,0 +1,45 @@
+/*
+ * Per-node accounting for the aggregator, mergeable across replicas.
+ *
+ * Batches of one node are spread over the replicas of a queue group, so no
+ * replica alone can see sequence gaps. Each replica keeps, per (node, agent
+ * instance): batches and events received, the lowest and highest sequence
+ * seen, and the loss counters of the newest batch. Merging the replicas'
+ * tables gives lost batches = (max - min + 1) - batches received, per
+ * instance; an agent restart is a new instance, never a gap.
+ */
+#ifndef EBPF_MONITOR_NODES_H
+#define EBPF_MONITOR_NODES_H
+
+#include <stdint.h>
+
+#include "buf.h"
+#include "event_pb.h"
+
+struct nodes;
+
+struct nodes *nodes_new(size_t max_instances); /* bounded; overflow counted */
+void nodes_free(struct nodes *t);
+
+/* Records one received batch (thread-safe). now_ns: receive time. */
+void nodes_observe(struct nodes *t, const struct event_batch_meta *meta, size_t events,
+                   uint64_t now_ns);
+
+/* Serialises the table for another replica (JSON); nodes_merge_json adds one to t. */
+void nodes_to_json(struct nodes *t, struct buf *out);
+int nodes_merge_json(struct nodes *t, const char *json, size_t len);
+
+/*
+ * Writes the merged view: {"<node>":{"events":..,"batches":..,"lost_batches":..,
+ * "agent_drops":..,"kernel_drops":..,"last_seen":"RFC3339","status":"active|stale",
+ * "instances":n}, ...}. stale_after_ns decides status.
+ */
+void nodes_write_json(struct nodes *t, struct buf *out, uint64_t now_ns, uint64_t stale_after_ns);
+
+struct nodes_totals {
+    uint64_t nodes, instances, batches, events, lost_batches, agent_drops, kernel_drops;
+    uint64_t instances_dropped; /* not tracked: the table was full */
+};
+void nodes_get_totals(struct nodes *t, struct nodes_totals *out);
+
+#endif
