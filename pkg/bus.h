@@ -6,7 +6,7 @@
 #ifndef EBPF_MONITOR_BUS_H
 #define EBPF_MONITOR_BUS_H
 
-#include <nats.h>
+#include <nats/nats.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -33,23 +33,48 @@
 /* Connection state counters, updated from nats.c's callback threads. */
 struct bus_status {
     bool connected;
+    bool closed; /* closed for good: nats.c gave up after the server refused our credentials */
     uint64_t disconnects;
     uint64_t reconnects;
     uint64_t async_errors; /* slow consumer, permissions... */
+    char server[256];      /* the server connected to, without credentials; "" when not */
+    char last_error[160];  /* the last connection or asynchronous error; "" when none */
 };
 
 struct bus;
 
+struct bus_options {
+    const char *name; /* client name shown by the server; may be NULL */
+    bool no_echo;     /* never receive our own publications (aggregator replicas) */
+};
+
 /*
  * Connects (or, when no server answers yet, keeps retrying in the
  * background: the caller can start without NATS). name is the client name
- * shown by the server. NULL with a message in err for a bad configuration
- * (unreadable creds file, bad URL, ...).
+ * shown by the server. NULL with a one-line message in err for a bad
+ * configuration (unreadable creds/TLS file, empty URL list, ...). A server
+ * that refuses the credentials shows in bus_get_status() (last_error, and
+ * closed once nats.c stops retrying), not as a failure here.
  */
 struct bus *bus_open(const struct config *cfg, const char *name, char *err, size_t errlen);
+/* bus_open() with more options (o may be NULL). */
+struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o, char *err,
+                          size_t errlen);
 void bus_close(struct bus *b);
 natsConnection *bus_conn(struct bus *b);
 void bus_get_status(struct bus *b, struct bus_status *out);
+bool bus_connected(struct bus *b);
+
+/*
+ * Called from nats.c's threads on every change of connection state. One
+ * listener per bus; it must not block nor call into the bus. NULL removes
+ * it; once bus_set_listener() returns, the old listener is not running.
+ */
+typedef void (*bus_state_fn)(void *ctx, bool connected);
+void bus_set_listener(struct bus *b, bus_state_fn fn, void *ctx);
+
+/* The comma list of URLs with any "user:password@" removed (for logs and /api/stats). */
+void bus_redact_urls(const char *urls, char *out, size_t len);
 
 /* "<prefix>.<node>" with '.', '*', '>' and whitespace in node replaced by '_'. */
 void bus_node_subject(const char *prefix, const char *node, char *out, size_t len);

@@ -216,6 +216,70 @@ out:
     return rc;
 }
 
+/* Field 4 (events), wire type 2 (length-delimited). */
+#define PB_TAG_BATCH_EVENTS ((4u << 3) | 2u)
+#define PB_ARGS_ON_STACK    64
+
+static size_t pb_put_varint(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+int event_batch_append_event(struct buf *out, const struct event *e, const char *batch_node)
+{
+    ProtobufCBinaryData stack_args[PB_ARGS_ON_STACK], *args = stack_args;
+    union event_pb_details details;
+    Ebpfmonitor__Event msg;
+    size_t nargs = args_count(e);
+    int rc;
+
+    if (nargs > PB_ARGS_ON_STACK && !(args = malloc(nargs * sizeof(*args))))
+        return -ENOMEM;
+    if ((rc = pb_fill(e, batch_node, &msg, &details, args)))
+        goto out;
+    size_t size = ebpfmonitor__event__get_packed_size(&msg);
+    rc = -ENOMEM;
+    if (out->oom || !buf_reserve(out, 1 + 10 + size))
+        goto out;
+    uint8_t *p = (uint8_t *)out->data + out->len;
+    p[0] = PB_TAG_BATCH_EVENTS;
+    size_t hdr = 1 + pb_put_varint(p + 1, size);
+    ebpfmonitor__event__pack(&msg, p + hdr);
+    out->len += hdr + size;
+    out->data[out->len] = '\0';
+    rc = 0;
+out:
+    if (args != stack_args)
+        free(args);
+    return rc;
+}
+
+int event_batch_append_meta(struct buf *out, const struct event_batch_meta *meta)
+{
+    Ebpfmonitor__EventBatch batch = EBPFMONITOR__EVENT_BATCH__INIT;
+    batch.node = pb_str(meta->node);
+    batch.agent_instance = pb_str(meta->agent_instance);
+    batch.sequence = meta->sequence;
+    batch.kernel_drops = meta->kernel_drops;
+    batch.agent_drops = meta->agent_drops;
+    batch.sent_at_ns = meta->sent_at_ns;
+    batch.agent_pod_name = pb_str(meta->pod_name);
+    batch.agent_pod_namespace = pb_str(meta->pod_namespace);
+    size_t size = ebpfmonitor__event_batch__get_packed_size(&batch);
+    if (out->oom || !buf_reserve(out, size))
+        return -ENOMEM;
+    ebpfmonitor__event_batch__pack(&batch, (uint8_t *)out->data + out->len);
+    out->len += size;
+    out->data[out->len] = '\0';
+    return 0;
+}
+
 /* ---- message -> event ---- */
 
 static int pb_fail(char *err, size_t errlen, int rc, const char *fmt, ...)

@@ -65,6 +65,19 @@ int event_batch_encode(const struct event_batch_meta *meta, const struct event *
                        struct buf *out);
 
 /*
+ * Incremental batch encoding, for a publisher that encodes each event as it
+ * arrives: event_batch_append_event() appends e as one `events` entry (field
+ * 4) of an EventBatch being built in out, and event_batch_append_meta()
+ * appends the metadata fields, after which out holds a complete EventBatch
+ * (protobuf allows fields in any order). Events whose node equals
+ * batch_node (may be NULL) leave their node empty, as in event_batch_encode().
+ * Both return 0, -EINVAL (invalid event type) or -ENOMEM; on error out is
+ * unchanged.
+ */
+int event_batch_append_event(struct buf *out, const struct event *e, const char *batch_node);
+int event_batch_append_meta(struct buf *out, const struct event_batch_meta *meta);
+
+/*
  * Decodes and validates a packed EventBatch. On success *events is a
  * malloc'ed array of *n events (NULL when n is 0); the caller releases each
  * with event_clear() and then free()s the array. Meta strings are interned.

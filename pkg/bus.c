@@ -1,0 +1,411 @@
+/*
+ * The NATS connection shared by the agent and the aggregator.
+ *
+ * The connection is made with retry-on-failed-connect and unlimited
+ * reconnects, so a process starts (and keeps running) while NATS is down;
+ * nats.c's callbacks keep struct bus_status current and tell one listener
+ * (the agent's publisher) when the state changes.
+ */
+#include "bus.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BUS_MAX_SERVERS      32
+#define BUS_RECONNECT_WAIT   250  /* ms */
+#define BUS_RECONNECT_JITTER 250  /* ms, spreads a fleet of agents after an outage */
+#define BUS_TLS_JITTER       1000 /* ms; TLS handshakes cost the server more */
+#define BUS_CONNECT_TIMEOUT  2000 /* ms per connection attempt */
+#define BUS_CLOSE_WAIT_S     5    /* for nats.c's closed callback */
+
+struct bus {
+    natsConnection *nc;
+    natsOptions *opts;
+
+    /* Written from nats.c's callback threads; read anywhere (atomics). */
+    bool connected;
+    bool closed;
+    bool closing; /* bus_close() started: a close is ours, not a refusal */
+    uint64_t disconnects;
+    uint64_t reconnects;
+    uint64_t async_errors;
+
+    pthread_mutex_t lock;       /* guards last_error, the listener and closed_cond */
+    pthread_cond_t closed_cond; /* on_closed() has run */
+    char last_error[160];
+    bus_state_fn listener;
+    void *listener_ctx;
+};
+
+static void set_error(struct bus *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void set_error(struct bus *b, const char *fmt, ...)
+{
+    va_list ap;
+    pthread_mutex_lock(&b->lock);
+    va_start(ap, fmt);
+    vsnprintf(b->last_error, sizeof(b->last_error), fmt, ap);
+    va_end(ap);
+    pthread_mutex_unlock(&b->lock);
+}
+
+static void notify(struct bus *b, bool connected)
+{
+    __atomic_store_n(&b->connected, connected, __ATOMIC_RELEASE);
+    /* Called under the lock so that bus_set_listener(NULL) is a barrier for its owner. */
+    pthread_mutex_lock(&b->lock);
+    if (connected)
+        b->last_error[0] = '\0';
+    if (b->listener)
+        b->listener(b->listener_ctx, connected);
+    pthread_mutex_unlock(&b->lock);
+}
+
+static void on_connected(natsConnection *nc, void *closure)
+{
+    notify(closure, true);
+}
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    struct bus *b = closure;
+    __atomic_fetch_add(&b->disconnects, 1, __ATOMIC_RELAXED);
+    const char *last = NULL;
+    if (natsConnection_GetLastError(nc, &last) != NATS_OK && last && *last)
+        set_error(b, "%s", last);
+    notify(b, false);
+}
+
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+    struct bus *b = closure;
+    __atomic_fetch_add(&b->reconnects, 1, __ATOMIC_RELAXED);
+    notify(b, true);
+}
+
+/* True for a reason worth keeping over the generic ones that follow each failed round. */
+static bool specific_error(const char *t)
+{
+    return t && *t && !strstr(t, "No server available") && !strstr(t, "Not Yet Connected");
+}
+
+static void keep_last_error(struct bus *b, natsConnection *nc)
+{
+    const char *last = NULL;
+    if (nc && natsConnection_GetLastError(nc, &last) != NATS_OK && specific_error(last))
+        set_error(b, "%s", last);
+}
+
+static void on_closed(natsConnection *nc, void *closure)
+{
+    struct bus *b = closure;
+    /* nats.c gives up on a server that refuses our credentials twice. */
+    keep_last_error(b, nc);
+    pthread_mutex_lock(&b->lock);
+    bool generic = !specific_error(b->last_error) || strstr(b->last_error, "no NATS server");
+    pthread_mutex_unlock(&b->lock);
+    if (!__atomic_load_n(&b->closing, __ATOMIC_ACQUIRE) && generic)
+        set_error(b, "the NATS server refused the connection; check NATS_USER/NATS_PASSWORD, "
+                     "NATS_TOKEN or NATS_CREDS");
+    notify(b, false);
+    /* The last touch of b: bus_close() may free it as soon as the lock is released. */
+    pthread_mutex_lock(&b->lock);
+    __atomic_store_n(&b->closed, true, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&b->closed_cond);
+    pthread_mutex_unlock(&b->lock);
+}
+
+static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    struct bus *b = closure;
+    __atomic_fetch_add(&b->async_errors, 1, __ATOMIC_RELAXED);
+    set_error(b, "%s", natsStatus_GetText(err));
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -EINVAL;
+}
+
+/* nats.c's own message for the last failure on this thread, or its status text. */
+static const char *nats_reason(natsStatus s)
+{
+    const char *t = nats_GetLastError(NULL);
+    return t && *t ? t : natsStatus_GetText(s);
+}
+
+static int check_readable(const char *key, const char *path, char *err, size_t errlen)
+{
+    if (access(path, R_OK) < 0)
+        return fail(err, errlen, "cannot read %s file \"%s\": %s", key, path, strerror(errno));
+    return 0;
+}
+
+/* Splits the comma list in place into servers[]; returns the count. */
+static int split_servers(char *list, const char *servers[], int max, bool *tls)
+{
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok && n < max;
+         tok = strtok_r(NULL, ",", &save)) {
+        while (isspace((unsigned char)*tok))
+            tok++;
+        char *end = tok + strlen(tok);
+        while (end > tok && isspace((unsigned char)end[-1]))
+            *--end = '\0';
+        if (!*tok)
+            continue;
+        if (strncmp(tok, "tls://", 6) == 0)
+            *tls = true;
+        servers[n++] = tok;
+    }
+    return n;
+}
+
+static int build_options(struct bus *b, const struct config *cfg, const struct bus_options *o,
+                         char *err, size_t errlen)
+{
+    char list[CONFIG_URL];
+    const char *servers[BUS_MAX_SERVERS];
+    bool tls = cfg->nats_tls_ca[0] || cfg->nats_tls_cert[0];
+    natsStatus s;
+
+    snprintf(list, sizeof(list), "%s", cfg->nats_url);
+    int n = split_servers(list, servers, BUS_MAX_SERVERS, &tls);
+    if (n == 0)
+        return fail(err, errlen, "NATS_URL=\"%s\" names no server", cfg->nats_url);
+    if (cfg->nats_creds[0] && check_readable("NATS_CREDS", cfg->nats_creds, err, errlen))
+        return -EINVAL;
+    if (cfg->nats_tls_ca[0] && check_readable("NATS_TLS_CA", cfg->nats_tls_ca, err, errlen))
+        return -EINVAL;
+    if (cfg->nats_tls_cert[0] &&
+        (check_readable("NATS_TLS_CERT", cfg->nats_tls_cert, err, errlen) ||
+         check_readable("NATS_TLS_KEY", cfg->nats_tls_key, err, errlen)))
+        return -EINVAL;
+
+    if ((s = natsOptions_Create(&b->opts)) != NATS_OK)
+        return fail(err, errlen, "NATS options: %s", nats_reason(s));
+    natsOptions *opts = b->opts;
+    if ((s = natsOptions_SetServers(opts, servers, n)) != NATS_OK)
+        return fail(err, errlen, "invalid NATS_URL=\"%s\": %s", cfg->nats_url, nats_reason(s));
+    /* Keep the configured order: the first server is usually the local one. */
+    s = natsOptions_SetNoRandomize(opts, true);
+    if (s == NATS_OK && o && o->name)
+        s = natsOptions_SetName(opts, o->name);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(opts, BUS_CONNECT_TIMEOUT);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(opts, -1);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(opts, BUS_RECONNECT_WAIT);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectJitter(opts, BUS_RECONNECT_JITTER, BUS_TLS_JITTER);
+    if (s == NATS_OK)
+        s = natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, b);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(opts, on_disconnected, b);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(opts, on_reconnected, b);
+    if (s == NATS_OK)
+        s = natsOptions_SetClosedCB(opts, on_closed, b);
+    if (s == NATS_OK)
+        s = natsOptions_SetErrorHandler(opts, on_error, b);
+    if (s == NATS_OK && o && o->no_echo)
+        s = natsOptions_SetNoEcho(opts, true);
+    if (s != NATS_OK)
+        return fail(err, errlen, "NATS options: %s", nats_reason(s));
+
+    if (cfg->nats_user[0] &&
+        (s = natsOptions_SetUserInfo(opts, cfg->nats_user, cfg->nats_password)) != NATS_OK)
+        return fail(err, errlen, "NATS_USER: %s", nats_reason(s));
+    if (cfg->nats_token[0] && (s = natsOptions_SetToken(opts, cfg->nats_token)) != NATS_OK)
+        return fail(err, errlen, "NATS_TOKEN: %s", nats_reason(s));
+    if (cfg->nats_creds[0] &&
+        (s = natsOptions_SetUserCredentialsFromFiles(opts, cfg->nats_creds, NULL)) != NATS_OK)
+        return fail(err, errlen, "NATS_CREDS file \"%s\": %s", cfg->nats_creds, nats_reason(s));
+    if (tls && (s = natsOptions_SetSecure(opts, true)) != NATS_OK)
+        return fail(err, errlen, "NATS TLS: %s", nats_reason(s));
+    if (cfg->nats_tls_ca[0] &&
+        (s = natsOptions_LoadCATrustedCertificates(opts, cfg->nats_tls_ca)) != NATS_OK)
+        return fail(err, errlen, "NATS_TLS_CA file \"%s\": %s", cfg->nats_tls_ca, nats_reason(s));
+    if (cfg->nats_tls_cert[0] && (s = natsOptions_LoadCertificatesChain(
+                                      opts, cfg->nats_tls_cert, cfg->nats_tls_key)) != NATS_OK)
+        return fail(err, errlen, "NATS_TLS_CERT/NATS_TLS_KEY \"%s\"/\"%s\": %s", cfg->nats_tls_cert,
+                    cfg->nats_tls_key, nats_reason(s));
+    return 0;
+}
+
+struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o, char *err,
+                          size_t errlen)
+{
+    struct bus *b = calloc(1, sizeof(*b));
+    if (!b) {
+        fail(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&b->closed_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    if (build_options(b, cfg, o, err, errlen) < 0) {
+        bus_close(b);
+        return NULL;
+    }
+
+    natsStatus s = natsConnection_Connect(&b->nc, b->opts);
+    if (s == NATS_OK) {
+        __atomic_store_n(&b->connected, true, __ATOMIC_RELEASE);
+    } else if (s == NATS_NOT_YET_CONNECTED) {
+        /* Retrying in the background; on_connected fires when a server answers. */
+        char urls[CONFIG_URL];
+        bus_redact_urls(cfg->nats_url, urls, sizeof(urls));
+        set_error(b, "no NATS server reachable at %s", urls);
+        keep_last_error(b, b->nc);
+    } else {
+        /*
+         * A server answered and refused us (authorization, TLS mismatch): a
+         * configuration problem the operator must see, not a transient one.
+         */
+        fail(err, errlen, "NATS %s: %s", cfg->nats_url, nats_reason(s));
+        b->nc = NULL;
+        bus_close(b);
+        return NULL;
+    }
+    return b;
+}
+
+struct bus *bus_open(const struct config *cfg, const char *name, char *err, size_t errlen)
+{
+    struct bus_options o = {.name = name};
+    return bus_open_opts(cfg, &o, err, errlen);
+}
+
+void bus_close(struct bus *b)
+{
+    if (!b)
+        return;
+    bus_set_listener(b, NULL, NULL);
+    __atomic_store_n(&b->closing, true, __ATOMIC_RELEASE);
+    if (b->nc) {
+        natsConnection_Close(b->nc);
+        /* nats.c runs the closed callback on its own thread, after Close returns. */
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += BUS_CLOSE_WAIT_S;
+        pthread_mutex_lock(&b->lock);
+        int rc = 0;
+        while (!__atomic_load_n(&b->closed, __ATOMIC_ACQUIRE) && rc == 0)
+            rc = pthread_cond_timedwait(&b->closed_cond, &b->lock, &until);
+        pthread_mutex_unlock(&b->lock);
+        natsConnection_Destroy(b->nc);
+        if (rc) /* never seen; leaking beats a use-after-free in a late callback */
+            return;
+    }
+    natsOptions_Destroy(b->opts);
+    pthread_cond_destroy(&b->closed_cond);
+    pthread_mutex_destroy(&b->lock);
+    free(b);
+}
+
+natsConnection *bus_conn(struct bus *b)
+{
+    return b->nc;
+}
+
+bool bus_connected(struct bus *b)
+{
+    return __atomic_load_n(&b->connected, __ATOMIC_ACQUIRE);
+}
+
+void bus_set_listener(struct bus *b, bus_state_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&b->lock);
+    b->listener = fn;
+    b->listener_ctx = ctx;
+    pthread_mutex_unlock(&b->lock);
+}
+
+void bus_get_status(struct bus *b, struct bus_status *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->connected = __atomic_load_n(&b->connected, __ATOMIC_ACQUIRE);
+    out->closed = __atomic_load_n(&b->closed, __ATOMIC_ACQUIRE);
+    out->disconnects = __atomic_load_n(&b->disconnects, __ATOMIC_RELAXED);
+    out->reconnects = __atomic_load_n(&b->reconnects, __ATOMIC_RELAXED);
+    out->async_errors = __atomic_load_n(&b->async_errors, __ATOMIC_RELAXED);
+    if (out->connected && b->nc)
+        natsConnection_GetConnectedUrl(b->nc, out->server, sizeof(out->server));
+    /*
+     * While retrying, the connection's own last error says why; a specific
+     * reason (authorization...) is kept over the generic "no server" that
+     * follows each failed round.
+     */
+    if (!out->connected)
+        keep_last_error(b, b->nc);
+    pthread_mutex_lock(&b->lock);
+    snprintf(out->last_error, sizeof(out->last_error), "%s", b->last_error);
+    pthread_mutex_unlock(&b->lock);
+    if (out->server[0])
+        bus_redact_urls(out->server, out->server, sizeof(out->server));
+}
+
+void bus_node_subject(const char *prefix, const char *node, char *out, size_t len)
+{
+    if (!len)
+        return;
+    int n = snprintf(out, len, "%s.", prefix);
+    if (n < 0 || (size_t)n >= len)
+        return;
+    size_t i = (size_t)n;
+    for (const char *p = node; *p && i + 1 < len; p++) {
+        unsigned char c = (unsigned char)*p;
+        out[i++] = (c == '.' || c == '*' || c == '>' || isspace(c)) ? '_' : (char)c;
+    }
+    out[i] = '\0';
+}
+
+void bus_redact_urls(const char *urls, char *out, size_t len)
+{
+    char tmp[CONFIG_URL];
+    size_t o = 0;
+    snprintf(tmp, sizeof(tmp), "%s", urls);
+    if (!len)
+        return;
+    for (const char *p = tmp; *p && o + 1 < len;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        const char *scheme = memmem(p, n, "://", 3);
+        const char *host = scheme ? scheme + 3 : p;
+        const char *at = memchr(host, '@', n - (size_t)(host - p));
+        /* Copy "scheme://" then skip "user:pass@". */
+        for (const char *q = p; q < p + n && o + 1 < len; q++) {
+            if (at && q == host)
+                q = at + 1;
+            if (q < p + n)
+                out[o++] = *q;
+        }
+        if (!comma)
+            break;
+        if (o + 1 < len)
+            out[o++] = ',';
+        p = comma + 1;
+    }
+    out[o] = '\0';
+}

@@ -1,0 +1,530 @@
+/*
+ * The agent's batcher and publisher (see publisher.h).
+ *
+ * The capture thread owns the open batch and encodes straight into it, so
+ * an event costs one encode and no copy. Closed batches are handed to the
+ * "publisher" thread through a queue under a mutex that is never held across
+ * a network call; that thread sleeps on a condition variable while the queue
+ * is empty or NATS is unreachable, and the bus wakes it on reconnect.
+ *
+ * Protobuf batches get their metadata (sequence, drop counters, sent_at)
+ * appended just before publishing, so the counters are current even for a
+ * batch that waited out an outage; the sequence number is fixed when the
+ * batch closes, so dropped batches show up as gaps.
+ */
+#include "publisher.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "event_json.h"
+#include "event_pb.h"
+
+#define PUB_DRAIN_ON_FREE_NS  (2000000000ull)
+#define PUB_RETRY_WAIT_NS     (100000000ull) /* after a failed publish */
+#define PUB_SERVER_FLUSH_MS   1000
+#define PUB_DEFAULT_MAXPAY    (1u << 20)  /* nats-server's default max_payload */
+#define PUB_EVENT_HEADROOM    (16u << 10) /* room for one more event and the metadata */
+#define PUB_INITIAL_BUF_BYTES (64u << 10)
+
+struct batch {
+    struct batch *next;
+    struct buf body;   /* pb: `events` fields; json: one line per event */
+    size_t events_len; /* body.len before the metadata was appended */
+    uint32_t n_events;
+    uint64_t sequence;
+    uint64_t opened_ns; /* monotonic time of its first event */
+};
+
+struct publisher {
+    struct bus *bus;
+    struct publisher_config cfg;
+    char *node, *subject, *pod_name, *pod_namespace, *log_prefix; /* owned copies */
+    char instance[PUBLISHER_INSTANCE_LEN + 1];
+    const char *content_type;
+
+    /* Capture thread only. */
+    struct batch *cur;
+    uint64_t sequence;
+
+    /* Shared: guarded by mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t wake;    /* publisher thread: work, connection change, stop */
+    pthread_cond_t drained; /* flush waiters: queue empty and nothing in flight */
+    struct batch *head, *tail;
+    struct batch *inflight;
+    bool stopping;
+    pthread_t thread;
+    bool thread_started;
+
+    /* Counters (relaxed atomics). */
+    uint64_t batches_sent, events_sent, bytes_sent;
+    uint64_t batches_dropped, events_dropped, encode_failed;
+    uint64_t queue_batches, queue_bytes;
+    uint64_t publish_errors;
+    uint64_t kernel_drops;
+    uint64_t max_payload; /* learned from the server */
+};
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t real_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void add(uint64_t *c, uint64_t v)
+{
+    __atomic_fetch_add(c, v, __ATOMIC_RELAXED);
+}
+
+static uint64_t get(const uint64_t *c)
+{
+    return __atomic_load_n(c, __ATOMIC_RELAXED);
+}
+
+/* An absolute CLOCK_MONOTONIC deadline for pthread_cond_timedwait. */
+static struct timespec deadline_in(uint64_t ns)
+{
+    uint64_t t = mono_ns() + ns;
+    return (struct timespec){.tv_sec = (time_t)(t / 1000000000ull),
+                             .tv_nsec = (long)(t % 1000000000ull)};
+}
+
+static void batch_free(struct batch *b)
+{
+    if (b) {
+        buf_free(&b->body);
+        free(b);
+    }
+}
+
+/* ---- the queue (mu held) ---- */
+
+static void queue_drop_oldest(struct publisher *p)
+{
+    struct batch *b = p->head;
+    p->head = b->next;
+    if (!p->head)
+        p->tail = NULL;
+    add(&p->batches_dropped, 1);
+    add(&p->events_dropped, b->n_events);
+    __atomic_fetch_sub(&p->queue_batches, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_sub(&p->queue_bytes, b->events_len, __ATOMIC_RELAXED);
+    batch_free(b);
+}
+
+static void queue_push(struct publisher *p, struct batch *b)
+{
+    /* The in-flight batch counts against the bound but cannot be dropped. */
+    while (p->head && get(&p->queue_bytes) + b->events_len > p->cfg.outage_buffer_bytes)
+        queue_drop_oldest(p);
+    b->next = NULL;
+    if (p->tail)
+        p->tail->next = b;
+    else
+        p->head = b;
+    p->tail = b;
+    add(&p->queue_batches, 1);
+    add(&p->queue_bytes, b->events_len);
+}
+
+/* ---- capture thread ---- */
+
+static void close_batch(struct publisher *p)
+{
+    struct batch *b = p->cur;
+    p->cur = NULL;
+    if (!b)
+        return;
+    if (b->body.oom || !b->n_events) {
+        /* Out of memory part-way: nothing of it can be sent. */
+        add(&p->events_dropped, b->n_events);
+        batch_free(b);
+        return;
+    }
+    b->sequence = p->sequence + 1;
+    __atomic_store_n(&p->sequence, b->sequence, __ATOMIC_RELAXED);
+    b->events_len = b->body.len;
+    pthread_mutex_lock(&p->mu);
+    queue_push(p, b);
+    pthread_cond_signal(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+}
+
+int publisher_add(struct publisher *p, const struct event *e)
+{
+    struct batch *b = p->cur;
+    if (!b) {
+        if (!(b = calloc(1, sizeof(*b)))) {
+            add(&p->events_dropped, 1);
+            add(&p->encode_failed, 1);
+            return -ENOMEM;
+        }
+        buf_init(&b->body);
+        /* Most batches fit: a guess at ~200 bytes an event saves the doubling reallocs. */
+        size_t guess = (size_t)p->cfg.batch_size * 200;
+        buf_reserve(&b->body, guess < PUB_INITIAL_BUF_BYTES ? guess : PUB_INITIAL_BUF_BYTES);
+        b->opened_ns = mono_ns();
+        p->cur = b;
+    }
+
+    size_t before = b->body.len;
+    int rc = 0;
+    if (p->cfg.encoding == CONFIG_ENCODING_JSON) {
+        event_json_write(&b->body, e);
+        buf_putc(&b->body, '\n');
+        rc = b->body.oom ? -ENOMEM : 0;
+    } else {
+        rc = event_batch_append_event(&b->body, e, p->node);
+    }
+    if (rc) {
+        if (!b->body.oom)
+            b->body.len = before;
+        add(&p->events_dropped, 1);
+        add(&p->encode_failed, 1);
+        if (b->body.oom)
+            close_batch(p);
+        return rc;
+    }
+    b->n_events++;
+
+    uint64_t limit = get(&p->max_payload);
+    if (limit > BUS_MAX_MESSAGE_BYTES)
+        limit = BUS_MAX_MESSAGE_BYTES;
+    if (b->n_events >= p->cfg.batch_size || b->body.len + PUB_EVENT_HEADROOM > limit)
+        close_batch(p);
+    return 0;
+}
+
+uint64_t publisher_tick(struct publisher *p, uint64_t now)
+{
+    struct batch *b = p->cur;
+    if (!b)
+        return p->cfg.flush_interval_ns;
+    uint64_t due = b->opened_ns + p->cfg.flush_interval_ns;
+    if (now >= due) {
+        close_batch(p);
+        return p->cfg.flush_interval_ns;
+    }
+    return due - now;
+}
+
+void publisher_set_kernel_drops(struct publisher *p, uint64_t drops)
+{
+    __atomic_store_n(&p->kernel_drops, drops, __ATOMIC_RELAXED);
+}
+
+int publisher_flush(struct publisher *p, uint64_t timeout_ns)
+{
+    close_batch(p);
+    struct timespec until = deadline_in(timeout_ns);
+    int rc = 0;
+    pthread_mutex_lock(&p->mu);
+    while ((p->head || p->inflight) && rc == 0)
+        rc = pthread_cond_timedwait(&p->drained, &p->mu, &until);
+    bool empty = !p->head && !p->inflight;
+    pthread_mutex_unlock(&p->mu);
+    if (!empty)
+        return -ETIMEDOUT;
+    /* Handed to nats.c is not yet at the server: push its buffer out. */
+    if (bus_connected(p->bus) &&
+        natsConnection_FlushTimeout(bus_conn(p->bus), PUB_SERVER_FLUSH_MS) != NATS_OK)
+        return -ETIMEDOUT;
+    return 0;
+}
+
+/* ---- publisher thread ---- */
+
+static natsStatus set_header_u64(natsMsg *m, const char *key, uint64_t v)
+{
+    char s[24];
+    snprintf(s, sizeof(s), "%" PRIu64, v);
+    return natsMsgHeader_Set(m, key, s);
+}
+
+static natsStatus publish_batch(struct publisher *p, struct batch *b)
+{
+    uint64_t kdrops = get(&p->kernel_drops), adrops = get(&p->events_dropped);
+    if (p->cfg.encoding == CONFIG_ENCODING_PROTOBUF) {
+        struct event_batch_meta meta = {
+            .node = p->node,
+            .agent_instance = p->instance,
+            .sequence = b->sequence,
+            .kernel_drops = kdrops,
+            .agent_drops = adrops,
+            .sent_at_ns = real_ns(),
+            .pod_name = p->pod_name,
+            .pod_namespace = p->pod_namespace,
+        };
+        b->body.len = b->events_len; /* a retry replaces the old metadata */
+        if (event_batch_append_meta(&b->body, &meta) < 0)
+            return NATS_NO_MEMORY;
+    }
+
+    natsMsg *m = NULL;
+    natsStatus s = natsMsg_Create(&m, p->subject, NULL, b->body.data, (int)b->body.len);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, BUS_HDR_CONTENT_TYPE, p->content_type);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, BUS_HDR_NODE, p->node);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, BUS_HDR_INSTANCE, p->instance);
+    if (s == NATS_OK)
+        s = set_header_u64(m, BUS_HDR_SEQUENCE, b->sequence);
+    if (s == NATS_OK)
+        s = set_header_u64(m, BUS_HDR_EVENTS, b->n_events);
+    if (s == NATS_OK)
+        s = set_header_u64(m, BUS_HDR_KERNEL_DROPS, kdrops);
+    if (s == NATS_OK)
+        s = set_header_u64(m, BUS_HDR_AGENT_DROPS, adrops);
+    if (s == NATS_OK)
+        s = natsConnection_PublishMsg(bus_conn(p->bus), m);
+    natsMsg_Destroy(m);
+    return s;
+}
+
+static void log_outage(struct publisher *p, bool *logged)
+{
+    if (!p->log_prefix || *logged)
+        return;
+    struct bus_status st;
+    bus_get_status(p->bus, &st);
+    uint64_t n = p->cfg.outage_buffer_bytes;
+    const char *unit = "bytes";
+    if (n && n % (1u << 20) == 0) {
+        n >>= 20;
+        unit = "MiB";
+    } else if (n && n % 1024 == 0) {
+        n >>= 10;
+        unit = "KiB";
+    }
+    fprintf(stderr, "%s: NATS unreachable (%s), buffering up to %" PRIu64 " %s (OUTAGE_BUFFER)\n",
+            p->log_prefix, st.last_error[0] ? st.last_error : "connection lost", n, unit);
+    *logged = true;
+}
+
+static void *publisher_main(void *arg)
+{
+    struct publisher *p = arg;
+    bool outage_logged = false;
+
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        bool connected = bus_connected(p->bus);
+        if (p->stopping)
+            break;
+        if (!connected) {
+            if (p->log_prefix && !outage_logged) {
+                pthread_mutex_unlock(&p->mu);
+                log_outage(p, &outage_logged);
+                pthread_mutex_lock(&p->mu);
+                continue;
+            }
+            pthread_cond_wait(&p->wake, &p->mu);
+            continue;
+        }
+        if (outage_logged) {
+            pthread_mutex_unlock(&p->mu);
+            fprintf(stderr, "%s: NATS connection restored, sending %" PRIu64 " queued batches\n",
+                    p->log_prefix, get(&p->queue_batches));
+            outage_logged = false;
+            pthread_mutex_lock(&p->mu);
+            continue;
+        }
+        if (!p->head) {
+            pthread_cond_wait(&p->wake, &p->mu);
+            continue;
+        }
+
+        struct batch *b = p->head;
+        p->head = b->next;
+        if (!p->head)
+            p->tail = NULL;
+        p->inflight = b;
+        pthread_mutex_unlock(&p->mu);
+
+        int64_t maxpay = natsConnection_GetMaxPayload(bus_conn(p->bus));
+        if (maxpay > 0)
+            __atomic_store_n(&p->max_payload, (uint64_t)maxpay, __ATOMIC_RELAXED);
+        natsStatus s = publish_batch(p, b);
+
+        pthread_mutex_lock(&p->mu);
+        p->inflight = NULL;
+        if (s == NATS_OK || s == NATS_MAX_PAYLOAD) {
+            __atomic_fetch_sub(&p->queue_batches, 1, __ATOMIC_RELAXED);
+            __atomic_fetch_sub(&p->queue_bytes, b->events_len, __ATOMIC_RELAXED);
+            if (s == NATS_OK) {
+                add(&p->batches_sent, 1);
+                add(&p->events_sent, b->n_events);
+                add(&p->bytes_sent, b->body.len);
+            } else {
+                /* The server will never take it; retrying would wedge the queue. */
+                add(&p->publish_errors, 1);
+                add(&p->batches_dropped, 1);
+                add(&p->events_dropped, b->n_events);
+            }
+            batch_free(b);
+        } else {
+            /* Keep it first in line and retry shortly (or on reconnect). */
+            add(&p->publish_errors, 1);
+            b->next = p->head;
+            p->head = b;
+            if (!p->tail)
+                p->tail = b;
+            struct timespec until = deadline_in(PUB_RETRY_WAIT_NS);
+            if (!p->stopping)
+                pthread_cond_timedwait(&p->wake, &p->mu, &until);
+        }
+        if (!p->head)
+            pthread_cond_broadcast(&p->drained);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void on_bus_state(void *ctx, bool connected)
+{
+    struct publisher *p = ctx;
+    pthread_mutex_lock(&p->mu);
+    pthread_cond_signal(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* ---- lifecycle ---- */
+
+static char *dup_or_null(const char *s)
+{
+    return s && *s ? strdup(s) : NULL;
+}
+
+static void instance_id(char out[PUBLISHER_INSTANCE_LEN + 1])
+{
+    uint8_t r[PUBLISHER_INSTANCE_LEN / 2];
+    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r)) {
+        /* No entropy yet (very early boot): time and address still differ per process. */
+        uint64_t x = real_ns() ^ ((uint64_t)(uintptr_t)out << 17) ^ mono_ns();
+        memcpy(r, &x, sizeof(r));
+    }
+    for (size_t i = 0; i < sizeof(r); i++)
+        snprintf(out + 2 * i, 3, "%02x", r[i]);
+}
+
+struct publisher *publisher_new(struct bus *bus, const struct publisher_config *cfg, char *err,
+                                size_t errlen)
+{
+    if (!cfg->node || !*cfg->node || !cfg->subject || !*cfg->subject || cfg->batch_size == 0 ||
+        cfg->batch_size > BUS_MAX_BATCH_EVENTS || cfg->flush_interval_ns == 0) {
+        snprintf(err, errlen,
+                 "publisher: node, subject, batch size 1..%d and a flush interval "
+                 "are required",
+                 BUS_MAX_BATCH_EVENTS);
+        return NULL;
+    }
+    struct publisher *p = calloc(1, sizeof(*p));
+    if (!p) {
+        snprintf(err, errlen, "publisher: out of memory");
+        return NULL;
+    }
+    p->bus = bus;
+    p->cfg = *cfg;
+    p->node = strdup(cfg->node);
+    p->subject = strdup(cfg->subject);
+    p->pod_name = dup_or_null(cfg->pod_name);
+    p->pod_namespace = dup_or_null(cfg->pod_namespace);
+    p->log_prefix = dup_or_null(cfg->log_prefix);
+    p->content_type =
+        cfg->encoding == CONFIG_ENCODING_JSON ? BUS_CONTENT_TYPE_JSON : BUS_CONTENT_TYPE_PROTOBUF;
+    p->max_payload = PUB_DEFAULT_MAXPAY;
+    instance_id(p->instance);
+
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->wake, &ca);
+    pthread_cond_init(&p->drained, &ca);
+    pthread_condattr_destroy(&ca);
+
+    if (!p->node || !p->subject) {
+        snprintf(err, errlen, "publisher: out of memory");
+        publisher_free(p);
+        return NULL;
+    }
+    bus_set_listener(bus, on_bus_state, p);
+    int rc = pthread_create(&p->thread, NULL, publisher_main, p);
+    if (rc) {
+        snprintf(err, errlen, "publisher: cannot start its thread: %s", strerror(rc));
+        publisher_free(p);
+        return NULL;
+    }
+    p->thread_started = true;
+    pthread_setname_np(p->thread, "publisher");
+    return p;
+}
+
+void publisher_free(struct publisher *p)
+{
+    if (!p)
+        return;
+    if (p->thread_started) {
+        if (bus_connected(p->bus))
+            publisher_flush(p, PUB_DRAIN_ON_FREE_NS);
+        pthread_mutex_lock(&p->mu);
+        p->stopping = true;
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->mu);
+        pthread_join(p->thread, NULL);
+    }
+    bus_set_listener(p->bus, NULL, NULL);
+    batch_free(p->cur);
+    while (p->head) {
+        struct batch *b = p->head;
+        p->head = b->next;
+        batch_free(b);
+    }
+    pthread_cond_destroy(&p->wake);
+    pthread_cond_destroy(&p->drained);
+    pthread_mutex_destroy(&p->mu);
+    free(p->node);
+    free(p->subject);
+    free(p->pod_name);
+    free(p->pod_namespace);
+    free(p->log_prefix);
+    free(p);
+}
+
+void publisher_get_stats(struct publisher *p, struct publisher_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->batches_sent = get(&p->batches_sent);
+    out->events_sent = get(&p->events_sent);
+    out->bytes_sent = get(&p->bytes_sent);
+    out->batches_dropped = get(&p->batches_dropped);
+    out->events_dropped = get(&p->events_dropped);
+    out->encode_failed = get(&p->encode_failed);
+    out->queue_batches = get(&p->queue_batches);
+    out->queue_bytes = get(&p->queue_bytes);
+    out->publish_errors = get(&p->publish_errors);
+    out->sequence = __atomic_load_n(&p->sequence, __ATOMIC_RELAXED);
+    out->kernel_drops = get(&p->kernel_drops);
+    bus_get_status(p->bus, &out->bus);
+}
+
+const char *publisher_instance(const struct publisher *p)
+{
+    return p->instance;
+}

@@ -1,0 +1,98 @@
+/*
+ * The agent's batcher and publisher: events are encoded into the current
+ * batch as they are captured; a batch closes at batch_size events or when its
+ * oldest event is flush_interval old, and goes to a bounded queue that a
+ * thread named "publisher" sends to NATS while connected.
+ *
+ * Threads: publisher_add(), publisher_tick(), publisher_flush(),
+ * publisher_set_kernel_drops() and publisher_free() belong to one thread (the
+ * capture loop); they never wait for the network, except flush and free,
+ * which wait a bounded time on purpose. publisher_get_stats() may be called
+ * from any thread.
+ *
+ * Loss accounting: when the queue would exceed outage_buffer_bytes (NATS
+ * unreachable or slow), the oldest batches are dropped and their events
+ * counted as agent drops; their sequence numbers are never sent, so a
+ * receiver sees the gap.
+ */
+#ifndef EBPF_MONITOR_PUBLISHER_H
+#define EBPF_MONITOR_PUBLISHER_H
+
+#include <stdint.h>
+
+#include "bus.h"
+#include "config.h"
+#include "event.h"
+
+#define PUBLISHER_INSTANCE_LEN 16 /* hex chars in an instance id */
+
+struct publisher_config {
+    const char *node;          /* the real node name (header and batch field) */
+    const char *subject;       /* where batches go: bus_node_subject(prefix, node) */
+    const char *pod_name;      /* the agent's own pod; NULL on a VM */
+    const char *pod_namespace; /* NULL on a VM */
+    enum config_encoding encoding;
+    uint32_t batch_size;          /* events per batch, 1..BUS_MAX_BATCH_EVENTS */
+    uint64_t flush_interval_ns;   /* longest time an event waits in a batch */
+    uint64_t outage_buffer_bytes; /* queue bound; the newest batch is always kept */
+    const char *log_prefix;       /* "ebpf-agent": log outages to stderr; NULL: silent */
+};
+
+struct publisher_stats {
+    uint64_t batches_sent;
+    uint64_t events_sent;
+    uint64_t bytes_sent; /* payload bytes */
+    uint64_t batches_dropped;
+    uint64_t events_dropped; /* agent drops: dropped batches' events + encode failures */
+    uint64_t encode_failed;  /* events that could not be encoded (included above) */
+    uint64_t queue_batches;  /* closed batches waiting (and the one being sent) */
+    uint64_t queue_bytes;
+    uint64_t publish_errors;
+    uint64_t sequence; /* last sequence number given to a batch */
+    uint64_t kernel_drops;
+    struct bus_status bus;
+};
+
+struct publisher;
+
+/*
+ * Starts the publisher thread on an open bus (which must outlive the
+ * publisher). Returns NULL with a message in err.
+ */
+struct publisher *publisher_new(struct bus *bus, const struct publisher_config *cfg, char *err,
+                                size_t errlen);
+
+/*
+ * Closes the current batch, waits up to ~2 s for the queue to drain while
+ * connected, then stops the thread. Batches still queued are dropped.
+ */
+void publisher_free(struct publisher *p);
+
+/*
+ * Encodes e into the current batch (e is not kept). Returns 0, or a negative
+ * errno when the event could not be encoded (counted as an agent drop).
+ */
+int publisher_add(struct publisher *p, const struct event *e);
+
+/*
+ * Closes the current batch when it is flush_interval old. now is
+ * CLOCK_MONOTONIC in ns. Returns the ns until the next flush deadline
+ * (flush_interval when no batch is open), for the caller's poll timeout.
+ */
+uint64_t publisher_tick(struct publisher *p, uint64_t now);
+
+/*
+ * Closes the current batch and waits up to timeout_ns for every queued batch
+ * to be handed to NATS and flushed to the server. 0 or -ETIMEDOUT.
+ */
+int publisher_flush(struct publisher *p, uint64_t timeout_ns);
+
+/* The cumulative kernel-side losses carried in the following batches. */
+void publisher_set_kernel_drops(struct publisher *p, uint64_t drops);
+
+void publisher_get_stats(struct publisher *p, struct publisher_stats *out);
+
+/* This process's random instance id (PUBLISHER_INSTANCE_LEN hex chars). */
+const char *publisher_instance(const struct publisher *p);
+
+#endif

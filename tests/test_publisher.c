@@ -1,0 +1,486 @@
+/*
+ * Tests for pkg/publisher (and the incremental batch encoding in
+ * pkg/event_pb) against a real nats-server: batch size and flush interval,
+ * headers, both encodings, and an outage with a bounded queue.
+ */
+#include "bus.h"
+#include "event_json.h"
+#include "event_pb.h"
+#include "intern.h"
+#include "publisher.h"
+#include "testutil.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NODE      "ip-10-0-1-5.ec2.internal"
+#define PREFIX    "test.events"
+#define SUBJECT   PREFIX ".ip-10-0-1-5_ec2_internal"
+#define WAIT_MS   5000
+#define MS        1000000ull
+#define NATS_LOG  "/tmp/test_publisher_nats.log"
+#define MAX_EVENT 64
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Event i of a varied stream: every type, exec with argv, both families. */
+static void make_event(struct event *e, unsigned i)
+{
+    memset(e, 0, sizeof(*e));
+    e->id = 0x1000 + i;
+    e->timestamp_ns = 1795698266000000000ull + i * 1000;
+    e->pid = 100 + i;
+    e->ppid = 1;
+    e->uid = 1000;
+    e->cgroup_id = 77;
+    e->node = intern(NODE);
+    snprintf(e->command, sizeof(e->command), "cmd%u", i);
+    switch (i % 5) {
+    case 0:
+        e->type = EVENT_CONNECTION;
+        e->family = EVENT_FAMILY_IPV4;
+        inet_pton(AF_INET, "10.0.0.1", e->saddr);
+        inet_pton(AF_INET, "10.0.0.2", e->daddr);
+        e->sport = (uint16_t)(40000 + i);
+        e->dport = 443;
+        e->protocol = IPPROTO_TCP;
+        e->status = EVENT_STATUS_ESTABLISHED;
+        e->u.conn.latency_ns = 1234;
+        break;
+    case 1:
+        e->type = EVENT_ACCEPT;
+        e->family = EVENT_FAMILY_IPV6;
+        inet_pton(AF_INET6, "2001:db8::1", e->saddr);
+        inet_pton(AF_INET6, "::1", e->daddr);
+        e->sport = 5555;
+        e->dport = 8080;
+        e->protocol = IPPROTO_TCP;
+        e->k8s.pod_name = intern("web-1");
+        e->k8s.namespace = intern("shop");
+        break;
+    case 2:
+        e->type = EVENT_PACKET_DROP;
+        e->u.drop.reason_code = 3;
+        e->u.drop.reason = intern("NO_SOCKET");
+        e->u.drop.location = intern("udp_rcv+0x1a");
+        break;
+    case 3: {
+        static const char args[] = "ls\0-l\0/tmp";
+        e->type = EVENT_EXEC;
+        e->u.exec.filename = strdup("/usr/bin/ls");
+        e->u.exec.args = malloc(sizeof(args));
+        memcpy(e->u.exec.args, args, sizeof(args));
+        e->u.exec.args_len = sizeof(args);
+        break;
+    }
+    default:
+        e->type = EVENT_EXIT;
+        e->u.exit.exit_code = 2;
+        e->u.exit.duration_ns = 99;
+        break;
+    }
+}
+
+/* Same JSON (everything the API shows); protobuf also keeps every cgroup id. */
+static void assert_same_event(const struct event *a, const struct event *b, bool exact)
+{
+    struct buf ja, jb;
+    buf_init(&ja);
+    buf_init(&jb);
+    event_json_write(&ja, a);
+    event_json_write(&jb, b);
+    cr_assert_str_eq(jb.data, ja.data);
+    buf_free(&ja);
+    buf_free(&jb);
+    cr_assert_eq(b->node, a->node);
+    if (exact)
+        cr_assert_eq(b->cgroup_id, a->cgroup_id);
+}
+
+/* ---- fixture: a nats-server, the publisher's bus and an independent subscriber ---- */
+
+struct fixture {
+    int port;
+    pid_t nats;
+    struct bus *bus;
+    struct publisher *pub;
+    natsConnection *sub_nc;
+    natsSubscription *sub;
+};
+
+static void fixture_start_server(struct fixture *f)
+{
+    f->nats = tu_nats_start(f->port, NULL, NATS_LOG);
+    cr_assert_gt(f->nats, 0, "nats-server did not start on port %d", f->port);
+}
+
+static void fixture_open(struct fixture *f, enum config_encoding enc, uint32_t batch_size,
+                         uint64_t flush_ns, uint64_t outage_bytes, bool same_connection)
+{
+    memset(f, 0, sizeof(*f));
+    f->port = tu_free_port();
+    fixture_start_server(f);
+
+    struct config c = {0};
+    char url[64], err[256];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", f->port);
+    snprintf(c.nats_url, sizeof(c.nats_url), "%s", url);
+    f->bus = bus_open(&c, "test-publisher", err, sizeof(err));
+    cr_assert_not_null(f->bus, "%s", err);
+
+    if (same_connection) {
+        /*
+         * Core NATS is at-most-once across a server restart: a separate
+         * subscriber may re-subscribe after the publisher has already sent.
+         * On one connection, subscriptions are re-sent before anything else.
+         */
+        cr_assert_eq(natsConnection_SubscribeSync(&f->sub, bus_conn(f->bus), SUBJECT), NATS_OK);
+    } else {
+        cr_assert_eq(natsConnection_ConnectTo(&f->sub_nc, url), NATS_OK);
+        cr_assert_eq(natsConnection_SubscribeSync(&f->sub, f->sub_nc, SUBJECT), NATS_OK);
+        cr_assert_eq(natsConnection_Flush(f->sub_nc), NATS_OK);
+    }
+    natsSubscription_SetPendingLimits(f->sub, -1, -1);
+
+    char subject[128];
+    bus_node_subject(PREFIX, NODE, subject, sizeof(subject));
+    cr_assert_str_eq(subject, SUBJECT);
+    struct publisher_config pc = {
+        .node = NODE,
+        .subject = subject,
+        .encoding = enc,
+        .batch_size = batch_size,
+        .flush_interval_ns = flush_ns,
+        .outage_buffer_bytes = outage_bytes,
+    };
+    f->pub = publisher_new(f->bus, &pc, err, sizeof(err));
+    cr_assert_not_null(f->pub, "%s", err);
+}
+
+static void fixture_close(struct fixture *f)
+{
+    publisher_free(f->pub);
+    natsSubscription_Destroy(f->sub);
+    natsConnection_Destroy(f->sub_nc);
+    bus_close(f->bus);
+    if (f->nats > 0)
+        tu_stop(f->nats, 2000);
+}
+
+static void add_events(struct publisher *p, unsigned from, unsigned n)
+{
+    for (unsigned i = from; i < from + n; i++) {
+        struct event e;
+        make_event(&e, i);
+        cr_assert_eq(publisher_add(p, &e), 0);
+        event_clear(&e);
+    }
+}
+
+static const char *header(natsMsg *m, const char *key)
+{
+    const char *v = NULL;
+    cr_assert_eq(natsMsgHeader_Get(m, key, &v), NATS_OK, "header %s missing", key);
+    return v;
+}
+
+static uint64_t header_u64(natsMsg *m, const char *key)
+{
+    return strtoull(header(m, key), NULL, 10);
+}
+
+static natsMsg *next_msg(struct fixture *f, int64_t timeout_ms)
+{
+    natsMsg *m = NULL;
+    natsStatus s = natsSubscription_NextMsg(&m, f->sub, timeout_ms);
+    cr_assert(s == NATS_OK || s == NATS_TIMEOUT, "NextMsg: %s", natsStatus_GetText(s));
+    return s == NATS_OK ? m : NULL;
+}
+
+/* Checks a protobuf batch: headers agree with the payload, events are first..first+n. */
+static void check_pb_batch(struct publisher *p, natsMsg *m, uint64_t seq, unsigned first,
+                           unsigned n, uint64_t kernel_drops)
+{
+    cr_assert_str_eq(natsMsg_GetSubject(m), SUBJECT);
+    cr_assert_str_eq(header(m, BUS_HDR_CONTENT_TYPE), BUS_CONTENT_TYPE_PROTOBUF);
+    cr_assert_str_eq(header(m, BUS_HDR_NODE), NODE);
+    cr_assert_str_eq(header(m, BUS_HDR_INSTANCE), publisher_instance(p));
+    cr_assert_eq(header_u64(m, BUS_HDR_SEQUENCE), seq);
+    cr_assert_eq(header_u64(m, BUS_HDR_EVENTS), n);
+    cr_assert_eq(header_u64(m, BUS_HDR_KERNEL_DROPS), kernel_drops);
+    cr_assert_eq(header_u64(m, BUS_HDR_AGENT_DROPS), 0);
+
+    struct event_batch_meta meta;
+    struct event *evs;
+    size_t count;
+    char err[256];
+    cr_assert_eq(event_batch_decode((const uint8_t *)natsMsg_GetData(m),
+                                    (size_t)natsMsg_GetDataLength(m), &meta, &evs, &count, err,
+                                    sizeof(err)),
+                 0, "%s", err);
+    cr_assert_str_eq(meta.node, NODE);
+    cr_assert_str_eq(meta.agent_instance, publisher_instance(p));
+    cr_assert_eq(meta.sequence, seq);
+    cr_assert_eq(meta.kernel_drops, kernel_drops);
+    cr_assert_eq(meta.agent_drops, 0);
+    cr_assert_gt(meta.sent_at_ns, 1700000000ull * 1000000000ull);
+    cr_assert_null(meta.pod_name);
+    cr_assert_eq(count, n);
+    for (unsigned i = 0; i < n; i++) {
+        struct event want;
+        make_event(&want, first + i);
+        assert_same_event(&want, &evs[i], true);
+        event_clear(&want);
+        event_clear(&evs[i]);
+    }
+    free(evs);
+}
+
+Test(publisher, incremental_encoding_decodes_like_a_whole_batch)
+{
+    struct buf b;
+    buf_init(&b);
+    for (unsigned i = 0; i < 7; i++) {
+        struct event e;
+        make_event(&e, i);
+        cr_assert_eq(event_batch_append_event(&b, &e, intern(NODE)), 0);
+        event_clear(&e);
+    }
+    struct event bad = {.type = EVENT_TYPE_COUNT};
+    size_t len = b.len;
+    cr_assert_eq(event_batch_append_event(&b, &bad, NULL), -EINVAL);
+    cr_assert_eq(b.len, len, "a refused event leaves the batch as it was");
+    struct event_batch_meta meta = {.node = NODE,
+                                    .agent_instance = "00112233aabbccdd",
+                                    .sequence = 9,
+                                    .kernel_drops = 1,
+                                    .agent_drops = 2,
+                                    .sent_at_ns = 3,
+                                    .pod_name = "agent-x",
+                                    .pod_namespace = "ebpf-system"};
+    cr_assert_eq(event_batch_append_meta(&b, &meta), 0);
+
+    struct event_batch_meta got;
+    struct event *evs;
+    size_t n;
+    char err[256];
+    cr_assert_eq(event_batch_decode((uint8_t *)b.data, b.len, &got, &evs, &n, err, sizeof(err)), 0,
+                 "%s", err);
+    cr_assert_str_eq(got.node, NODE);
+    cr_assert_str_eq(got.agent_instance, "00112233aabbccdd");
+    cr_assert_eq(got.sequence, 9);
+    cr_assert_eq(got.kernel_drops, 1);
+    cr_assert_eq(got.agent_drops, 2);
+    cr_assert_eq(got.sent_at_ns, 3);
+    cr_assert_str_eq(got.pod_name, "agent-x");
+    cr_assert_str_eq(got.pod_namespace, "ebpf-system");
+    cr_assert_eq(n, 7);
+    for (unsigned i = 0; i < n; i++) {
+        struct event want;
+        make_event(&want, i);
+        assert_same_event(&want, &evs[i], true);
+        event_clear(&want);
+        event_clear(&evs[i]);
+    }
+    free(evs);
+    buf_free(&b);
+}
+
+Test(publisher, batch_size_and_flush_interval_govern_messages)
+{
+    const uint64_t flush = 300 * MS;
+    struct fixture f;
+    fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 10, flush, 1 << 20, false);
+    publisher_set_kernel_drops(f.pub, 7);
+
+    /* 20 events: two full batches go out at once, without any tick. */
+    add_events(f.pub, 0, 20);
+    for (unsigned k = 0; k < 2; k++) {
+        natsMsg *m = next_msg(&f, WAIT_MS);
+        cr_assert_not_null(m, "full batch %u not received", k + 1);
+        check_pb_batch(f.pub, m, k + 1, k * 10, 10, 7);
+        natsMsg_Destroy(m);
+    }
+
+    /* 5 more: a partial batch, which must wait for the flush interval. */
+    uint64_t opened_after = mono_ns();
+    add_events(f.pub, 20, 5);
+    uint64_t remaining = publisher_tick(f.pub, mono_ns());
+    cr_assert(remaining > 0 && remaining <= flush, "next deadline in %llu ns",
+              (unsigned long long)remaining);
+    natsMsg *m = next_msg(&f, 50);
+    cr_assert_null(m, "the partial batch went out before FLUSH_INTERVAL");
+
+    /* The capture loop: tick with the returned timeout until the batch arrives. */
+    uint64_t deadline = mono_ns() + 10 * flush;
+    while (!m && mono_ns() < deadline) {
+        remaining = publisher_tick(f.pub, mono_ns());
+        uint64_t wait_ms = remaining / MS + 1;
+        m = next_msg(&f, (int64_t)(wait_ms < 20 ? wait_ms : 20));
+    }
+    uint64_t received = mono_ns();
+    cr_assert_not_null(m, "the partial batch never went out");
+    cr_assert_geq(received - opened_after, flush, "sent %llu ms after its first event",
+                  (unsigned long long)((received - opened_after) / MS));
+    check_pb_batch(f.pub, m, 3, 20, 5, 7);
+    natsMsg_Destroy(m);
+
+    struct publisher_stats st;
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.batches_sent, 3);
+    cr_assert_eq(st.events_sent, 25);
+    cr_assert_eq(st.events_dropped, 0);
+    cr_assert_eq(st.sequence, 3);
+    cr_assert_eq(st.queue_batches, 0);
+    cr_assert_eq(st.queue_bytes, 0);
+    cr_assert(st.bus.connected);
+    cr_assert_eq(strlen(publisher_instance(f.pub)), PUBLISHER_INSTANCE_LEN);
+    for (const char *c = publisher_instance(f.pub); *c; c++)
+        cr_assert(isxdigit((unsigned char)*c) && !isupper((unsigned char)*c));
+    fixture_close(&f);
+}
+
+Test(publisher, json_encoding_is_one_event_per_line)
+{
+    struct fixture f;
+    fixture_open(&f, CONFIG_ENCODING_JSON, 4, 200 * MS, 1 << 20, false);
+    add_events(f.pub, 0, 6);
+    cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
+
+    unsigned next = 0;
+    for (uint64_t seq = 1; seq <= 2; seq++) {
+        natsMsg *m = next_msg(&f, WAIT_MS);
+        cr_assert_not_null(m, "batch %llu not received", (unsigned long long)seq);
+        cr_assert_str_eq(header(m, BUS_HDR_CONTENT_TYPE), BUS_CONTENT_TYPE_JSON);
+        cr_assert_str_eq(header(m, BUS_HDR_NODE), NODE);
+        cr_assert_str_eq(header(m, BUS_HDR_INSTANCE), publisher_instance(f.pub));
+        cr_assert_eq(header_u64(m, BUS_HDR_SEQUENCE), seq);
+        unsigned want_n = seq == 1 ? 4 : 2;
+        cr_assert_eq(header_u64(m, BUS_HDR_EVENTS), want_n);
+
+        cr_assert_eq(natsMsg_GetData(m)[natsMsg_GetDataLength(m) - 1], '\n');
+        char *body = strndup(natsMsg_GetData(m), (size_t)natsMsg_GetDataLength(m));
+        unsigned lines = 0;
+        char *save = NULL;
+        for (char *line = strtok_r(body, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+            struct event got, want;
+            char err[256];
+            cr_assert_eq(event_json_parse(line, strlen(line), &got, err, sizeof(err)), 0,
+                         "line %u: %s: %s", lines, err, line);
+            make_event(&want, next++);
+            assert_same_event(&want, &got, false);
+            event_clear(&want);
+            event_clear(&got);
+            lines++;
+        }
+        cr_assert_eq(lines, want_n);
+        free(body);
+        natsMsg_Destroy(m);
+    }
+    fixture_close(&f);
+}
+
+static bool wait_bus(struct bus *b, bool connected)
+{
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    while (bus_connected(b) != connected) {
+        if (tu_mono_ms() >= deadline)
+            return false;
+        usleep(2000);
+    }
+    return true;
+}
+
+Test(publisher, outage_queues_drops_oldest_and_resumes)
+{
+    /* One event per batch, so batches and events count alike. */
+    const uint64_t outage_bytes = 2000;
+    struct fixture f;
+    fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 1, 100 * MS, outage_bytes, true);
+
+    add_events(f.pub, 0, 2);
+    for (uint64_t seq = 1; seq <= 2; seq++) {
+        natsMsg *m = next_msg(&f, WAIT_MS);
+        cr_assert_not_null(m);
+        cr_assert_eq(header_u64(m, BUS_HDR_SEQUENCE), seq);
+        natsMsg_Destroy(m);
+    }
+
+    tu_stop(f.nats, 2000);
+    f.nats = -1;
+    cr_assert(wait_bus(f.bus, false), "the bus did not notice the server going away");
+
+    /* A few batches: they wait in the queue, nothing is lost. */
+    add_events(f.pub, 2, 3);
+    struct publisher_stats st;
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.queue_batches, 3);
+    cr_assert_eq(st.batches_sent, 2);
+    cr_assert_eq(st.events_dropped, 0);
+    cr_assert_not(st.bus.connected);
+
+    /* Far more than the buffer holds: the oldest go, and are counted. */
+    const unsigned total = 60;
+    add_events(f.pub, 5, total - 5);
+    publisher_get_stats(f.pub, &st);
+    cr_assert_gt(st.batches_dropped, 0);
+    cr_assert_eq(st.events_dropped, st.batches_dropped);
+    cr_assert_leq(st.queue_bytes, outage_bytes);
+    cr_assert_eq(st.queue_batches + st.batches_dropped + 2, total);
+    uint64_t queued = st.queue_batches, dropped = st.batches_dropped;
+
+    fixture_start_server(&f);
+    cr_assert(wait_bus(f.bus, true), "the bus did not reconnect");
+
+    /* Everything still queued arrives, in order; the gap is exactly the drops. */
+    uint64_t last_seq = 2, gaps = 0;
+    for (uint64_t k = 0; k < queued; k++) {
+        natsMsg *m = next_msg(&f, WAIT_MS);
+        cr_assert_not_null(m, "queued batch %llu of %llu not received", (unsigned long long)k + 1,
+                           (unsigned long long)queued);
+        uint64_t seq = header_u64(m, BUS_HDR_SEQUENCE);
+        cr_assert_gt(seq, last_seq);
+        gaps += seq - last_seq - 1;
+        last_seq = seq;
+        cr_assert_eq(header_u64(m, BUS_HDR_AGENT_DROPS), dropped);
+        natsMsg_Destroy(m);
+    }
+    cr_assert_eq(last_seq, total);
+    cr_assert_eq(gaps, dropped);
+    cr_assert_null(next_msg(&f, 50), "no batch twice");
+
+    cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.batches_sent, 2 + queued);
+    cr_assert_eq(st.queue_batches, 0);
+    cr_assert_eq(st.queue_bytes, 0);
+    cr_assert_geq(st.bus.reconnects, 1);
+    fixture_close(&f);
+}
+
+Test(publisher, free_sends_the_open_batch)
+{
+    struct fixture f;
+    fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 100, 3600000 * MS, 1 << 20, false);
+    add_events(f.pub, 0, 3);
+    publisher_free(f.pub);
+    f.pub = NULL;
+    natsMsg *m = next_msg(&f, WAIT_MS);
+    cr_assert_not_null(m, "the last partial batch was lost on shutdown");
+    cr_assert_eq(header_u64(m, BUS_HDR_EVENTS), 3);
+    natsMsg_Destroy(m);
+    fixture_close(&f);
+}
