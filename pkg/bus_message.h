@@ -6,7 +6,7 @@
 #ifndef EBPF_MONITOR_BUS_MESSAGE_H
 #define EBPF_MONITOR_BUS_MESSAGE_H
 
-#include <nats.h>
+#include <nats/nats.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -15,8 +15,8 @@
 
 enum bus_reject {
     BUS_OK = 0,
-    BUS_REJECT_OVERSIZED,      /* over BUS_MAX_MESSAGE_BYTES */
-    BUS_REJECT_TOO_MANY_EVENTS, /* over BUS_MAX_BATCH_EVENTS */
+    BUS_REJECT_OVERSIZED,        /* over BUS_MAX_MESSAGE_BYTES */
+    BUS_REJECT_TOO_MANY_EVENTS,  /* over BUS_MAX_BATCH_EVENTS */
     BUS_REJECT_UNKNOWN_ENCODING, /* Content-Type neither protobuf nor JSON */
     BUS_REJECT_MALFORMED_PROTOBUF,
     BUS_REJECT_MALFORMED_JSON, /* not JSON, or JSON with wrong types/fields */
@@ -36,13 +36,19 @@ struct bus_batch {
 /*
  * Decodes a NATS message: the encoding comes from Content-Type (protobuf
  * when absent and the body is not JSON); for JSON the batch metadata comes
- * from the headers. Returns BUS_OK or the reason, with detail in err.
+ * from the headers (Ebpf-Node, Ebpf-Instance and Ebpf-Sequence >= 1
+ * required; Ebpf-Events, when present, must match the body). For protobuf
+ * the batch's own fields are authoritative and must hold a node, an
+ * agent_instance and a sequence >= 1. Events without a node get the batch's.
+ * One bad event rejects the whole batch. Returns BUS_OK (release *out with
+ * bus_batch_free) or the reason, with detail in err; on a reject *out holds
+ * nothing.
  */
 enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *err, size_t errlen);
 
 /*
  * Decodes a bare body with no headers (the `decode` command): protobuf
- * EventBatch, or JSON lines when it starts with '{'.
+ * EventBatch, or JSON lines when it starts with '{'. No metadata is required.
  */
 enum bus_reject bus_body_decode(const char *data, size_t len, struct bus_batch *out, char *err,
                                 size_t errlen);

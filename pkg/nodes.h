@@ -11,6 +11,7 @@
 #ifndef EBPF_MONITOR_NODES_H
 #define EBPF_MONITOR_NODES_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "buf.h"
@@ -18,7 +19,11 @@
 
 struct nodes;
 
-struct nodes *nodes_new(size_t max_instances); /* bounded; overflow counted */
+/*
+ * A table of at most max_instances (node, instance) records. When full, the
+ * record seen least recently is evicted and counted in instances_dropped.
+ */
+struct nodes *nodes_new(size_t max_instances);
 void nodes_free(struct nodes *t);
 
 /* Records one received batch (thread-safe). now_ns: receive time. */
@@ -27,18 +32,22 @@ void nodes_observe(struct nodes *t, const struct event_batch_meta *meta, size_t 
 
 /* Serialises the table for another replica (JSON); nodes_merge_json adds one to t. */
 void nodes_to_json(struct nodes *t, struct buf *out);
-int nodes_merge_json(struct nodes *t, const char *json, size_t len);
+int nodes_merge_json(struct nodes *t, const char *json, size_t len); /* 0, -EINVAL, -ENOMEM */
+/* Adds src's records to dst (dst != src), as nodes_merge_json would. 0 or -ENOMEM. */
+int nodes_merge(struct nodes *dst, struct nodes *src);
 
 /*
  * Writes the merged view: {"<node>":{"events":..,"batches":..,"lost_batches":..,
  * "agent_drops":..,"kernel_drops":..,"last_seen":"RFC3339","status":"active|stale",
- * "instances":n}, ...}. stale_after_ns decides status.
+ * "instances":n[,"agent_pod_name":..,"agent_pod_namespace":..]}, ...}, nodes
+ * sorted by name; counters summed over the node's instances.
+ * stale_after_ns decides status.
  */
 void nodes_write_json(struct nodes *t, struct buf *out, uint64_t now_ns, uint64_t stale_after_ns);
 
 struct nodes_totals {
     uint64_t nodes, instances, batches, events, lost_batches, agent_drops, kernel_drops;
-    uint64_t instances_dropped; /* not tracked: the table was full */
+    uint64_t instances_dropped; /* evicted because the table was full */
 };
 void nodes_get_totals(struct nodes *t, struct nodes_totals *out);
 

@@ -1,0 +1,274 @@
+/*
+ * `ebpf-aggregator tail`: follows the bus live and prints every event as one
+ * JSON line, whichever encoding the agents use.
+ *
+ * It is a plain (non-queue) subscriber, so it sees every batch without taking
+ * any away from the aggregators. Filters are the API's, parsed by the same
+ * query_parse() the stream endpoint uses, so they accept and reject exactly
+ * the same values with the same messages.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregator/commands.h"
+#include "bus.h"
+#include "bus_message.h"
+#include "config.h"
+#include "event_json.h"
+#include "query.h"
+
+#define TAIL_PROG "ebpf-aggregator tail"
+
+/* The API's filters, in the order --help lists them. */
+static const char *const tail_filters[] = {"type", "node",    "pod",   "namespace",
+                                           "pid",  "command", "since", "until"};
+
+static volatile sig_atomic_t tail_stop;
+
+static void tail_on_signal(int sig)
+{
+    tail_stop = 1;
+}
+
+static void tail_usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: ebpf-aggregator tail [--nats URL] [--subject SUBJECT] [filters] [options]\n"
+            "\n"
+            "Follows the bus and prints every event as one JSON line (the API's format),\n"
+            "decoding protobuf and JSON batches alike. Ctrl-C stops.\n"
+            "\n"
+            "  --nats URL          NATS server list (default: NATS_URL, nats://127.0.0.1:4222)\n"
+            "  --subject SUBJECT   subject to follow (default: <SUBJECT_PREFIX>.>, i.e.\n"
+            "                      ebpf.events.>; ebpf.events.NODE follows one node)\n"
+            "\n"
+            "Filters (as on /api/events/stream):\n"
+            "  --type LIST         connection, accept, packet_drop, exec, exit (comma list)\n"
+            "  --node NAME         --pod NAME   --namespace NAME   --pid PID   --command COMM\n"
+            "  --since TIME        --until TIME (RFC 3339 or epoch nanoseconds)\n"
+            "\n"
+            "NATS credentials come from NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS and\n"
+            "NATS_TLS_* (environment, --config FILE, or flags such as --nats-creds FILE).\n"
+            "Malformed messages are reported on stderr and skipped.\n");
+}
+
+static bool tail_is_filter(const char *name, size_t len)
+{
+    for (size_t i = 0; i < sizeof(tail_filters) / sizeof(tail_filters[0]); i++)
+        if (strlen(tail_filters[i]) == len && strncmp(tail_filters[i], name, len) == 0)
+            return true;
+    return false;
+}
+
+/* Appends "&name=value" to the query string, percent-encoding the value. */
+static void tail_add_param(struct buf *qs, const char *name, size_t nlen, const char *value)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    if (qs->len)
+        buf_putc(qs, '&');
+    buf_append(qs, name, nlen);
+    buf_putc(qs, '=');
+    for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            *p == '-' || *p == '_' || *p == '.' || *p == '~' || *p == ',' || *p == ':') {
+            buf_putc(qs, (char)*p);
+        } else {
+            buf_putc(qs, '%');
+            buf_putc(qs, hex[*p >> 4]);
+            buf_putc(qs, hex[*p & 15]);
+        }
+    }
+}
+
+/* stdout went away (`| head`): not an error for a tail. */
+static bool tail_write(const struct buf *out)
+{
+    if (!out->len)
+        return true;
+    if (fwrite(out->data, 1, out->len, stdout) != out->len || fflush(stdout) != 0)
+        return false;
+    return true;
+}
+
+static int tail_run(const struct config *cfg, const char *subject, const struct query *q)
+{
+    char err[512];
+    struct bus *bus = bus_open(cfg, "ebpf-aggregator-tail", err, sizeof(err));
+    if (!bus) {
+        fprintf(stderr, "%s: %s\n", TAIL_PROG, err);
+        return 1;
+    }
+    char urls[CONFIG_URL];
+    bus_redact_urls(cfg->nats_url, urls, sizeof(urls));
+
+    natsSubscription *sub = NULL;
+    natsStatus s = natsConnection_SubscribeSync(&sub, bus_conn(bus), subject);
+    if (s != NATS_OK) {
+        fprintf(stderr, "%s: cannot subscribe to \"%s\": %s\n", TAIL_PROG, subject,
+                natsStatus_GetText(s));
+        bus_close(bus);
+        return 2;
+    }
+    /* A tail is for people: buffer generously rather than drop under a burst. */
+    natsSubscription_SetPendingLimits(sub, 1 << 20, 1 << 30);
+    if (bus_connected(bus) && natsConnection_FlushTimeout(bus_conn(bus), 2000) == NATS_OK)
+        fprintf(stderr, "%s: following \"%s\" on %s\n", TAIL_PROG, subject, urls);
+    else
+        fprintf(stderr, "%s: waiting for NATS at %s; will follow \"%s\"\n", TAIL_PROG, urls,
+                subject);
+
+    struct buf out;
+    buf_init(&out);
+    int64_t dropped_seen = 0;
+    bool was_connected = bus_connected(bus);
+    int rc = 0;
+    while (!tail_stop) {
+        natsMsg *msg = NULL;
+        s = natsSubscription_NextMsg(&msg, sub, 250);
+
+        bool connected = bus_connected(bus);
+        if (connected && !was_connected)
+            fprintf(stderr, "%s: connected to NATS at %s; following \"%s\"\n", TAIL_PROG, urls,
+                    subject);
+        else if (!connected && was_connected)
+            fprintf(stderr, "%s: lost connection to NATS at %s; reconnecting\n", TAIL_PROG, urls);
+        was_connected = connected;
+        int64_t dropped = 0;
+        if (natsSubscription_GetDropped(sub, &dropped) == NATS_OK && dropped > dropped_seen) {
+            fprintf(stderr, "%s: warning: %lld messages dropped (output too slow)\n", TAIL_PROG,
+                    (long long)(dropped - dropped_seen));
+            dropped_seen = dropped;
+        }
+        if (s == NATS_TIMEOUT)
+            continue;
+        if (s != NATS_OK) {
+            if (s == NATS_CONNECTION_CLOSED || s == NATS_INVALID_SUBSCRIPTION) {
+                fprintf(stderr, "%s: %s\n", TAIL_PROG, natsStatus_GetText(s));
+                rc = 1;
+                break;
+            }
+            continue;
+        }
+
+        struct bus_batch batch;
+        enum bus_reject r = bus_message_decode(msg, &batch, err, sizeof(err));
+        if (r != BUS_OK) {
+            fprintf(stderr, "%s: warning: skipped a message on \"%s\": %s: %s\n", TAIL_PROG,
+                    natsMsg_GetSubject(msg), bus_reject_name(r), err);
+            natsMsg_Destroy(msg);
+            continue;
+        }
+        buf_reset(&out);
+        for (size_t i = 0; i < batch.n; i++) {
+            if (!query_match(q, &batch.events[i]))
+                continue;
+            event_json_write(&out, &batch.events[i]);
+            buf_putc(&out, '\n');
+        }
+        bus_batch_free(&batch);
+        natsMsg_Destroy(msg);
+        if (out.oom) {
+            fprintf(stderr, "%s: out of memory formatting a batch\n", TAIL_PROG);
+            rc = 1;
+            break;
+        }
+        if (!tail_write(&out))
+            break; /* the reader went away */
+    }
+    buf_free(&out);
+    natsSubscription_Destroy(sub);
+    bus_close(bus);
+    return rc;
+}
+
+int aggregator_tail(int argc, char **argv)
+{
+    /* Our own flags are taken out; the rest (NATS credentials, --config) go to config_load. */
+    char *rest[argc + 2];
+    int nrest = 0;
+    char nats_flag[CONFIG_URL + 16];
+    const char *subject = NULL;
+    struct buf qs;
+    char err[512];
+    int rc = 2;
+
+    buf_init(&qs);
+    rest[nrest++] = "ebpf-aggregator";
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            tail_usage(stdout);
+            buf_free(&qs);
+            return 0;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "%s: unexpected argument \"%s\" (see --help)\n", TAIL_PROG, a);
+            goto out;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        bool ours = tail_is_filter(name, nlen) || (nlen == 4 && !strncmp(name, "nats", 4)) ||
+                    (nlen == 7 && !strncmp(name, "subject", 7));
+        if (!ours) {
+            /* Every configuration flag but these takes a value, maybe as the next argument. */
+            rest[nrest++] = argv[i];
+            if (!eq && strcmp(a, "--check-config") && strcmp(a, "--version") && i + 1 < argc)
+                rest[nrest++] = argv[++i];
+            continue;
+        }
+        const char *value = eq ? eq + 1 : NULL;
+        if (!value) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "%s: option --%.*s needs a value (see --help)\n", TAIL_PROG,
+                        (int)nlen, name);
+                goto out;
+            }
+            value = argv[++i];
+        }
+        if (nlen == 4 && !strncmp(name, "nats", 4)) {
+            snprintf(nats_flag, sizeof(nats_flag), "--nats-url=%s", value);
+            rest[nrest++] = nats_flag;
+        } else if (nlen == 7 && !strncmp(name, "subject", 7)) {
+            subject = value;
+        } else {
+            tail_add_param(&qs, name, nlen, value);
+        }
+    }
+    rest[nrest] = NULL;
+
+    struct query q;
+    if (qs.oom || query_parse(&q, qs.data ? qs.data : "", qs.len, true, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s: %s\n", TAIL_PROG, qs.oom ? "out of memory" : err);
+        goto out;
+    }
+    struct config cfg;
+    switch (config_load(&cfg, CONFIG_AGGREGATOR, nrest, rest, err, sizeof(err))) {
+    case CONFIG_OK:
+        break;
+    case CONFIG_EXIT:
+        rc = 0;
+        goto out;
+    default:
+        fprintf(stderr, "%s: %s\n", TAIL_PROG, err);
+        goto out;
+    }
+    char def_subject[CONFIG_STR + 4];
+    if (!subject || !*subject) {
+        snprintf(def_subject, sizeof(def_subject), "%s.>", cfg.subject_prefix);
+        subject = def_subject;
+    }
+
+    struct sigaction sa = {.sa_handler = tail_on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    rc = tail_run(&cfg, subject, &q);
+out:
+    buf_free(&qs);
+    return rc;
+}

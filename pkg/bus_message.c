@@ -1,0 +1,386 @@
+/*
+ * Decoding one bus message (an event batch) in either encoding, and the
+ * reason a message is rejected.
+ *
+ * Limits are checked before the expensive work: the body size first, then
+ * the number of events (a cheap walk over the protobuf wire format, or a line
+ * count for JSON), so a hostile message can neither crash the decoder nor
+ * make it allocate without bound. A batch is all or nothing: one bad event
+ * rejects the whole batch, because a partly stored batch would make the
+ * sequence accounting lie.
+ */
+#include "bus_message.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "bus.h"
+#include "event_json.h"
+#include "intern.h"
+
+static const char *const reject_names[BUS_REJECT_COUNT] = {
+    [BUS_OK] = "ok",
+    [BUS_REJECT_OVERSIZED] = "oversized",
+    [BUS_REJECT_TOO_MANY_EVENTS] = "too_many_events",
+    [BUS_REJECT_UNKNOWN_ENCODING] = "unknown_encoding",
+    [BUS_REJECT_MALFORMED_PROTOBUF] = "malformed_protobuf",
+    [BUS_REJECT_MALFORMED_JSON] = "malformed_json",
+    [BUS_REJECT_BAD_METADATA] = "bad_metadata",
+};
+
+const char *bus_reject_name(enum bus_reject r)
+{
+    if ((unsigned)r >= BUS_REJECT_COUNT)
+        return "unknown";
+    return reject_names[r];
+}
+
+static enum bus_reject reject(enum bus_reject r, char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static enum bus_reject reject(enum bus_reject r, char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return r;
+}
+
+void bus_batch_free(struct bus_batch *b)
+{
+    if (!b)
+        return;
+    for (size_t i = 0; i < b->n; i++)
+        event_clear(&b->events[i]);
+    free(b->events);
+    memset(b, 0, sizeof(*b));
+}
+
+/* ---- protobuf ---- */
+
+static bool pb_varint(const uint8_t *p, size_t len, size_t *i, uint64_t *v)
+{
+    uint64_t r = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (*i >= len)
+            return false;
+        uint8_t c = p[(*i)++];
+        r |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) {
+            *v = r;
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Counts the EventBatch.events fields (number 4) by walking the top-level
+ * wire format without unpacking anything; stops early past limit. -1 when
+ * the wire format itself is broken.
+ */
+static int pb_count_events(const uint8_t *p, size_t len, size_t limit, size_t *count)
+{
+    size_t i = 0, n = 0;
+    uint64_t key, v;
+
+    while (i < len) {
+        if (!pb_varint(p, len, &i, &key) || (key >> 3) == 0)
+            return -1;
+        switch (key & 7) {
+        case 0: /* varint */
+            if (!pb_varint(p, len, &i, &v))
+                return -1;
+            break;
+        case 1: /* fixed64 */
+            if (len - i < 8)
+                return -1;
+            i += 8;
+            break;
+        case 2: /* length-delimited */
+            if (!pb_varint(p, len, &i, &v) || v > len - i)
+                return -1;
+            i += v;
+            if ((key >> 3) == 4 && ++n > limit) {
+                *count = n;
+                return 0;
+            }
+            break;
+        case 5: /* fixed32 */
+            if (len - i < 4)
+                return -1;
+            i += 4;
+            break;
+        default: /* groups are not used by proto3 */
+            return -1;
+        }
+    }
+    *count = n;
+    return 0;
+}
+
+static enum bus_reject decode_protobuf(const char *data, size_t len, struct bus_batch *out,
+                                       char *err, size_t errlen)
+{
+    size_t count;
+    char msg[256];
+
+    if (pb_count_events((const uint8_t *)data, len, BUS_MAX_BATCH_EVENTS, &count) < 0)
+        return reject(BUS_REJECT_MALFORMED_PROTOBUF, err, errlen,
+                      "not a valid EventBatch message (%zu bytes): broken wire format", len);
+    if (count > BUS_MAX_BATCH_EVENTS)
+        return reject(BUS_REJECT_TOO_MANY_EVENTS, err, errlen, "batch holds more than %u events",
+                      BUS_MAX_BATCH_EVENTS);
+    msg[0] = '\0';
+    if (event_batch_decode((const uint8_t *)data, len, &out->meta, &out->events, &out->n, msg,
+                           sizeof(msg)) < 0)
+        return reject(BUS_REJECT_MALFORMED_PROTOBUF, err, errlen, "%s", msg);
+    return BUS_OK;
+}
+
+/* ---- JSON lines ---- */
+
+static bool blank(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (!isspace((unsigned char)s[i]))
+            return false;
+    return true;
+}
+
+static enum bus_reject decode_json(const char *data, size_t len, struct bus_batch *out, char *err,
+                                   size_t errlen)
+{
+    size_t lines = 0;
+    const char *p = data, *end = data + len;
+    char msg[256];
+
+    /* Count first, so an oversized batch costs one memchr pass and no allocation. */
+    while (p < end) {
+        const char *nl = memchr(p, '\n', end - p);
+        const char *le = nl ? nl : end;
+        if (!blank(p, le - p) && ++lines > BUS_MAX_BATCH_EVENTS)
+            return reject(BUS_REJECT_TOO_MANY_EVENTS, err, errlen,
+                          "batch holds more than %u events", BUS_MAX_BATCH_EVENTS);
+        p = nl ? nl + 1 : end;
+    }
+    if (lines && !(out->events = calloc(lines, sizeof(*out->events))))
+        return reject(BUS_REJECT_MALFORMED_JSON, err, errlen, "out of memory for %zu events",
+                      lines);
+
+    size_t line_no = 0;
+    for (p = data; p < end;) {
+        const char *nl = memchr(p, '\n', end - p);
+        const char *le = nl ? nl : end;
+        line_no++;
+        if (!blank(p, le - p)) {
+            msg[0] = '\0';
+            if (event_json_parse(p, le - p, &out->events[out->n], msg, sizeof(msg)) < 0) {
+                bus_batch_free(out);
+                return reject(BUS_REJECT_MALFORMED_JSON, err, errlen, "line %zu: %s", line_no, msg);
+            }
+            out->n++;
+        }
+        p = nl ? nl + 1 : end;
+    }
+    return BUS_OK;
+}
+
+/* ---- encodings ---- */
+
+enum encoding { ENC_SNIFF, ENC_PROTOBUF, ENC_JSON, ENC_UNKNOWN };
+
+static bool token_eq(const char *s, size_t len, const char *lit)
+{
+    return strlen(lit) == len && strncasecmp(s, lit, len) == 0;
+}
+
+/*
+ * Maps a Content-Type to an encoding: the media type decides (parameters
+ * ignored, except that a protobuf messageType other than ours is refused).
+ */
+static enum encoding content_type_encoding(const char *ct)
+{
+    while (isspace((unsigned char)*ct))
+        ct++;
+    if (!*ct)
+        return ENC_SNIFF;
+    const char *semi = strchr(ct, ';');
+    size_t n = semi ? (size_t)(semi - ct) : strlen(ct);
+    while (n && isspace((unsigned char)ct[n - 1]))
+        n--;
+
+    if (token_eq(ct, n, "application/x-protobuf") || token_eq(ct, n, "application/protobuf") ||
+        token_eq(ct, n, "application/vnd.google.protobuf")) {
+        const char *mt = semi ? strcasestr(semi, "messagetype=") : NULL;
+        if (mt) {
+            mt += strlen("messagetype=");
+            size_t m = strcspn(mt, "; \t\"");
+            if (*mt == '"')
+                m = strcspn(++mt, "\"");
+            if (!token_eq(mt, m, "ebpfmonitor.EventBatch"))
+                return ENC_UNKNOWN;
+        }
+        return ENC_PROTOBUF;
+    }
+    if (token_eq(ct, n, "application/x-ndjson") || token_eq(ct, n, "application/ndjson") ||
+        token_eq(ct, n, "application/jsonl") || token_eq(ct, n, "application/x-jsonlines") ||
+        token_eq(ct, n, "application/jsonlines") || token_eq(ct, n, "application/json"))
+        return ENC_JSON;
+    return ENC_UNKNOWN;
+}
+
+/* JSON lines start with '{' (after optional whitespace); anything else is protobuf. */
+static enum encoding sniff(const char *data, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (data[i] == '{')
+            return ENC_JSON;
+        if (!isspace((unsigned char)data[i]))
+            break;
+    }
+    return ENC_PROTOBUF;
+}
+
+enum bus_reject bus_body_decode(const char *data, size_t len, struct bus_batch *out, char *err,
+                                size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    if (err && errlen)
+        err[0] = '\0';
+    if (len > BUS_MAX_MESSAGE_BYTES)
+        return reject(BUS_REJECT_OVERSIZED, err, errlen, "message of %zu bytes exceeds %u bytes",
+                      len, BUS_MAX_MESSAGE_BYTES);
+    if (!data)
+        data = "";
+    if (sniff(data, len) == ENC_JSON)
+        return decode_json(data, len, out, err, errlen);
+    return decode_protobuf(data, len, out, err, errlen);
+}
+
+/* A header's value, NULL when absent or empty. */
+static const char *header(natsMsg *msg, const char *key)
+{
+    const char *v = NULL;
+    if (natsMsgHeader_Get(msg, key, &v) != NATS_OK || !v || !*v)
+        return NULL;
+    return v;
+}
+
+/* Decimal uint64 header: 0 absent (*v untouched), 1 parsed, -1 invalid. */
+static int header_u64(natsMsg *msg, const char *key, uint64_t *v)
+{
+    const char *s = header(msg, key);
+    if (!s)
+        return 0;
+    if (!isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *v = x;
+    return 1;
+}
+
+/* JSON bodies carry no metadata of their own: it comes from the headers. */
+static enum bus_reject json_meta_from_headers(natsMsg *msg, struct event_batch_meta *m, char *err,
+                                              size_t errlen)
+{
+    memset(m, 0, sizeof(*m));
+    const char *node = header(msg, BUS_HDR_NODE), *inst = header(msg, BUS_HDR_INSTANCE);
+    uint64_t events = 0;
+    int has_seq;
+
+    if (!node)
+        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "JSON batch without a %s header",
+                      BUS_HDR_NODE);
+    if (!inst)
+        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "JSON batch without a %s header",
+                      BUS_HDR_INSTANCE);
+    if ((has_seq = header_u64(msg, BUS_HDR_SEQUENCE, &m->sequence)) <= 0 || m->sequence == 0)
+        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "JSON batch %s %s header%s",
+                      has_seq ? "with an invalid" : "without a", BUS_HDR_SEQUENCE,
+                      has_seq ? " (must be an integer >= 1)" : "");
+    if (header_u64(msg, BUS_HDR_KERNEL_DROPS, &m->kernel_drops) < 0)
+        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header",
+                      BUS_HDR_KERNEL_DROPS);
+    if (header_u64(msg, BUS_HDR_AGENT_DROPS, &m->agent_drops) < 0)
+        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header",
+                      BUS_HDR_AGENT_DROPS);
+    if (header_u64(msg, BUS_HDR_EVENTS, &events) < 0)
+        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header", BUS_HDR_EVENTS);
+    if (!(m->node = intern(node)) || !(m->agent_instance = intern(inst)))
+        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "batch metadata: string table full");
+    return BUS_OK;
+}
+
+enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *err, size_t errlen)
+{
+    const char *data = natsMsg_GetData(msg);
+    size_t len = (size_t)natsMsg_GetDataLength(msg);
+    const char *ct = header(msg, BUS_HDR_CONTENT_TYPE);
+    enum encoding enc = ct ? content_type_encoding(ct) : ENC_SNIFF;
+    enum bus_reject r;
+
+    memset(out, 0, sizeof(*out));
+    if (err && errlen)
+        err[0] = '\0';
+    if (len > BUS_MAX_MESSAGE_BYTES)
+        return reject(BUS_REJECT_OVERSIZED, err, errlen, "message of %zu bytes exceeds %u bytes",
+                      len, BUS_MAX_MESSAGE_BYTES);
+    if (enc == ENC_UNKNOWN)
+        return reject(BUS_REJECT_UNKNOWN_ENCODING, err, errlen,
+                      "unsupported Content-Type \"%.100s\" (expected %s or %s)", ct,
+                      BUS_CONTENT_TYPE_PROTOBUF, BUS_CONTENT_TYPE_JSON);
+    if (!data)
+        data = "";
+    if (enc == ENC_SNIFF)
+        enc = sniff(data, len);
+
+    if (enc == ENC_PROTOBUF) {
+        if ((r = decode_protobuf(data, len, out, err, errlen)) != BUS_OK)
+            return r;
+        /* The batch's own fields are authoritative; headers are for people. */
+        if (!out->meta.node || !*out->meta.node)
+            r = reject(BUS_REJECT_BAD_METADATA, err, errlen, "batch without a node");
+        else if (!out->meta.agent_instance || !*out->meta.agent_instance)
+            r = reject(BUS_REJECT_BAD_METADATA, err, errlen, "batch without an agent_instance");
+        else if (out->meta.sequence == 0)
+            r = reject(BUS_REJECT_BAD_METADATA, err, errlen, "batch without a sequence");
+        if (r != BUS_OK)
+            bus_batch_free(out);
+        return r;
+    }
+
+    /* Metadata first: a batch without it is refused before any parsing. */
+    struct event_batch_meta meta;
+    uint64_t events = 0;
+    if ((r = json_meta_from_headers(msg, &meta, err, errlen)) != BUS_OK)
+        return r;
+    if ((r = decode_json(data, len, out, err, errlen)) != BUS_OK)
+        return r;
+    out->meta = meta;
+    /* A count mismatch means the body was cut or the sender is confused. */
+    if (header_u64(msg, BUS_HDR_EVENTS, &events) == 1 && events != out->n) {
+        r = reject(BUS_REJECT_BAD_METADATA, err, errlen,
+                   "%s header says %llu events, the body holds %zu", BUS_HDR_EVENTS,
+                   (unsigned long long)events, out->n);
+        bus_batch_free(out);
+        return r;
+    }
+    for (size_t i = 0; i < out->n; i++)
+        if (!out->events[i].node)
+            out->events[i].node = out->meta.node;
+    return BUS_OK;
+}

@@ -1,0 +1,352 @@
+/*
+ * End-to-end tests of `ebpf-aggregator tail` and `ebpf-aggregator decode`:
+ * the real binary against a real nats-server on a free port, fed with real
+ * batches (protobuf and JSON lines, with the agents' headers).
+ */
+#include "buf.h"
+#include "bus.h"
+#include "event_json.h"
+#include "event_pb.h"
+#include "intern.h"
+#include "testutil.h"
+
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <nats/nats.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define NODE "worker-1.example.com"
+
+static char dir[] = "/tmp/ebpf-tail-XXXXXX";
+
+static void setup(void)
+{
+    cr_assert_not_null(mkdtemp(dir));
+    cr_assert_eq(nats_Open(-1), NATS_OK);
+}
+
+/* Children still running when a test ends (a failed assertion) are stopped here. */
+static pid_t children[8];
+static size_t nchildren;
+
+static pid_t track(pid_t pid)
+{
+    if (pid > 0 && nchildren < sizeof(children) / sizeof(children[0]))
+        children[nchildren++] = pid;
+    return pid;
+}
+
+static void teardown(void)
+{
+    for (size_t i = 0; i < nchildren; i++)
+        if (waitpid(children[i], NULL, WNOHANG) == 0) /* still our running child */
+            tu_stop(children[i], 2000);
+    char cmd[64 + sizeof(dir)];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+}
+
+TestSuite(e2e_tail, .init = setup, .fini = teardown, .timeout = 60);
+
+static const char *path(const char *name)
+{
+    static char p[8][256];
+    static int i;
+    char *out = p[i++ % 8];
+    snprintf(out, sizeof(p[0]), "%s/%s", dir, name);
+    return out;
+}
+
+/* Starts argv with stdin, stdout and stderr redirected to files (NULL: inherit). */
+static pid_t spawn(char *const argv[], char *const env[], const char *in, const char *out,
+                   const char *err)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid)
+        return pid;
+    const char *files[3] = {in, out, err};
+    for (int fd = 0; fd < 3; fd++) {
+        if (!files[fd])
+            continue;
+        int f = open(files[fd], fd ? O_WRONLY | O_CREAT | O_TRUNC : O_RDONLY, 0644);
+        if (f < 0)
+            _exit(126);
+        dup2(f, fd);
+        close(f);
+    }
+    for (size_t i = 0; env && env[i]; i++)
+        putenv(env[i]);
+    execv(argv[0], argv);
+    _exit(127);
+}
+
+static size_t count_lines(const char *file)
+{
+    char *s = tu_read_file(file);
+    size_t n = 0;
+    for (char *p = s; p && *p; p++)
+        n += *p == '\n';
+    free(s);
+    return n;
+}
+
+/* Waits until file holds at least n lines (or needle, when given). */
+static bool wait_file(const char *file, size_t n, const char *needle, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    do {
+        if (needle) {
+            char *s = tu_read_file(file);
+            bool found = s && strstr(s, needle);
+            free(s);
+            if (found)
+                return true;
+        } else if (count_lines(file) >= n) {
+            return true;
+        }
+        usleep(10000);
+    } while (tu_mono_ms() < deadline);
+    return false;
+}
+
+/* JSON lines of a file, parsed. */
+static json_t *read_lines(const char *file)
+{
+    char *s = tu_read_file(file);
+    cr_assert_not_null(s);
+    json_t *arr = json_array();
+    for (char *save = NULL, *line = strtok_r(s, "\n", &save); line;
+         line = strtok_r(NULL, "\n", &save)) {
+        json_error_t e;
+        json_t *j = json_loads(line, 0, &e);
+        cr_assert_not_null(j, "not JSON (%s): %s", e.text, line);
+        json_array_append_new(arr, j);
+    }
+    free(s);
+    return arr;
+}
+
+static void make_event(struct event *e, unsigned type, uint64_t id, uint32_t pid)
+{
+    memset(e, 0, sizeof(*e));
+    e->type = (uint8_t)type;
+    e->id = id;
+    e->timestamp_ns = 1795698266000000000ull + id;
+    e->pid = pid;
+    e->ppid = 1;
+    strcpy(e->command, type == EVENT_EXEC ? "ls" : "sleep");
+    if (type == EVENT_EXEC) {
+        e->u.exec.filename = strdup("/usr/bin/ls");
+        e->u.exec.args = strdup("ls");
+        e->u.exec.args_len = 3;
+    } else if (type == EVENT_EXIT) {
+        e->u.exit.exit_code = 1;
+    }
+}
+
+/* A protobuf batch: exec (pid 10), exit (pid 11), exec (pid 12); events carry no node. */
+static void protobuf_batch(struct buf *out, uint64_t seq)
+{
+    struct event ev[3];
+    make_event(&ev[0], EVENT_EXEC, 1, 10);
+    make_event(&ev[1], EVENT_EXIT, 2, 11);
+    make_event(&ev[2], EVENT_EXEC, 3, 12);
+    struct event_batch_meta meta = {
+        .node = NODE, .agent_instance = "00112233aabbccdd", .sequence = seq};
+    cr_assert_eq(event_batch_encode(&meta, ev, 3, out), 0);
+    for (int i = 0; i < 3; i++)
+        event_clear(&ev[i]);
+}
+
+static natsConnection *connect_to(int port)
+{
+    char url[64];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", port);
+    natsConnection *nc = NULL;
+    cr_assert_eq(natsConnection_ConnectTo(&nc, url), NATS_OK);
+    return nc;
+}
+
+static void publish(natsConnection *nc, const void *data, size_t len, const char *const *hdrs)
+{
+    natsMsg *m = NULL;
+    cr_assert_eq(natsMsg_Create(&m, "ebpf.events.worker-1_example_com", NULL, data, (int)len),
+                 NATS_OK);
+    for (; hdrs && hdrs[0]; hdrs += 2)
+        cr_assert_eq(natsMsgHeader_Set(m, hdrs[0], hdrs[1]), NATS_OK);
+    cr_assert_eq(natsConnection_PublishMsg(nc, m), NATS_OK);
+    cr_assert_eq(natsConnection_FlushTimeout(nc, 2000), NATS_OK);
+    natsMsg_Destroy(m);
+}
+
+Test(e2e_tail, follows_both_encodings_with_a_filter)
+{
+    int port = tu_free_port();
+    pid_t nats = track(tu_nats_start(port, NULL, path("nats.log")));
+    cr_assert_gt(nats, 0, "nats-server did not start");
+
+    char url[64];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", port);
+    char *argv[] = {
+        (char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--nats", url, "--type=exec", NULL};
+    pid_t tail = track(spawn(argv, NULL, NULL, path("out"), path("err")));
+    cr_assert(wait_file(path("err"), 0, "following", 10000), "tail did not subscribe");
+
+    natsConnection *nc = connect_to(port);
+    struct buf pb;
+    buf_init(&pb);
+    protobuf_batch(&pb, 1);
+    const char *pb_hdrs[] = {BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_PROTOBUF, BUS_HDR_NODE, NODE,
+                             NULL};
+    publish(nc, pb.data, pb.len, pb_hdrs);
+
+    /* Garbage in between: a warning on stderr, and tail keeps going. */
+    publish(nc, "\xff\xff garbage", 10, NULL);
+
+    const char *json_body = "{\"id\":\"00000000000000aa\",\"type\":\"exec\",\"timestamp\":"
+                            "1795698266000000100,\"pid\":99,\"command\":\"sh\"}\n"
+                            "{\"id\":\"00000000000000ab\",\"type\":\"exit\",\"timestamp\":"
+                            "1795698266000000101,\"pid\":99,\"command\":\"sh\"}\n";
+    const char *json_hdrs[] = {
+        BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_JSON, BUS_HDR_NODE, "vm-7", BUS_HDR_INSTANCE,
+        "ffeeddccbbaa9988",   BUS_HDR_SEQUENCE,      "1",          NULL};
+    publish(nc, json_body, strlen(json_body), json_hdrs);
+
+    cr_assert(wait_file(path("out"), 3, NULL, 10000), "expected 3 exec lines");
+    cr_assert(wait_file(path("err"), 0, "malformed_protobuf", 10000), "no warning for garbage");
+
+    cr_assert_eq(kill(tail, SIGINT), 0);
+    cr_assert_eq(tu_wait_exit(tail, 5000), 0, "tail did not exit 0 on SIGINT");
+
+    json_t *lines = read_lines(path("out"));
+    cr_assert_eq(json_array_size(lines), 3);
+    size_t i;
+    json_t *e;
+    const uint32_t want_pid[] = {10, 12, 99};
+    const char *want_node[] = {NODE, NODE, "vm-7"};
+    json_array_foreach(lines, i, e)
+    {
+        cr_assert_str_eq(json_string_value(json_object_get(e, "type")), "exec");
+        cr_assert_eq(json_integer_value(json_object_get(e, "pid")), want_pid[i]);
+        cr_assert_str_eq(json_string_value(json_object_get(e, "node")), want_node[i]);
+    }
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(lines, 0), "filename")),
+                     "/usr/bin/ls");
+    json_decref(lines);
+
+    natsConnection_Destroy(nc);
+    buf_free(&pb);
+    tu_stop(nats, 5000);
+}
+
+Test(e2e_tail, credentials_from_the_environment_and_node_filter)
+{
+    int port = tu_free_port();
+    const char *auth[] = {"--user", "tailer", "--pass", "s3cret", NULL};
+    pid_t nats = track(tu_nats_start(port, auth, path("nats.log")));
+    cr_assert_gt(nats, 0, "nats-server did not start");
+
+    char url[64], env_url[80];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", port);
+    snprintf(env_url, sizeof(env_url), "NATS_URL=%s", url);
+    char *env[] = {env_url, "NATS_USER=tailer", "NATS_PASSWORD=s3cret", NULL};
+    char *argv[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--node", "vm-7", NULL};
+    pid_t tail = track(spawn(argv, env, NULL, path("out"), path("err")));
+    cr_assert(wait_file(path("err"), 0, "following", 10000), "tail did not subscribe");
+
+    char auth_url[96];
+    snprintf(auth_url, sizeof(auth_url), "nats://tailer:s3cret@127.0.0.1:%d", port);
+    natsConnection *nc = NULL;
+    cr_assert_eq(natsConnection_ConnectTo(&nc, auth_url), NATS_OK);
+    struct buf pb;
+    buf_init(&pb);
+    protobuf_batch(&pb, 1); /* node worker-1: filtered out */
+    publish(nc, pb.data, pb.len, NULL);
+    const char *body = "{\"id\":\"00000000000000aa\",\"type\":\"exit\",\"timestamp\":"
+                       "1795698266000000100,\"pid\":99,\"command\":\"sh\"}\n";
+    const char *hdrs[] = {BUS_HDR_NODE, "vm-7", BUS_HDR_INSTANCE, "ab", BUS_HDR_SEQUENCE,
+                          "4",          NULL};
+    publish(nc, body, strlen(body), hdrs);
+
+    cr_assert(wait_file(path("out"), 1, NULL, 10000));
+    cr_assert_eq(kill(tail, SIGTERM), 0);
+    cr_assert_eq(tu_wait_exit(tail, 5000), 0);
+    json_t *lines = read_lines(path("out"));
+    cr_assert_eq(json_array_size(lines), 1);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(lines, 0), "node")), "vm-7");
+    json_decref(lines);
+    natsConnection_Destroy(nc);
+    buf_free(&pb);
+    tu_stop(nats, 5000);
+}
+
+Test(e2e_tail, bad_filter_is_one_line_and_exit_2)
+{
+    char *argv[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--pid", "abc", NULL};
+    pid_t pid = spawn(argv, NULL, NULL, path("out"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 2);
+    char *err = tu_read_file(path("err"));
+    cr_assert_not_null(err);
+    cr_assert(strstr(err, "'pid'"), "%s", err);
+    cr_assert_eq(count_lines(path("err")), 1, "%s", err);
+    free(err);
+
+    char *limit[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--limit", "5", NULL};
+    pid = spawn(limit, NULL, NULL, path("out"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 2);
+
+    char *help[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--help", NULL};
+    pid = spawn(help, NULL, NULL, path("out"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 0);
+    cr_assert(wait_file(path("out"), 0, "--subject", 1000));
+}
+
+Test(e2e_tail, decode_reads_a_body_from_stdin)
+{
+    struct buf pb;
+    buf_init(&pb);
+    protobuf_batch(&pb, 1);
+    FILE *f = fopen(path("batch.pb"), "w");
+    cr_assert_not_null(f);
+    cr_assert_eq(fwrite(pb.data, 1, pb.len, f), pb.len);
+    fclose(f);
+
+    char *argv[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "decode", NULL};
+    pid_t pid = spawn(argv, NULL, path("batch.pb"), path("out"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 0);
+    json_t *lines = read_lines(path("out"));
+    cr_assert_eq(json_array_size(lines), 3);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(lines, 1), "type")), "exit");
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(lines, 2), "node")), NODE);
+    json_decref(lines);
+
+    /* JSON lines pass through re-encoded. */
+    f = fopen(path("batch.json"), "w");
+    fputs("{\"id\":\"00000000000000aa\",\"type\":\"exit\",\"timestamp\":5,\"pid\":9}\n", f);
+    fclose(f);
+    pid = spawn(argv, NULL, path("batch.json"), path("out"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 0);
+    lines = read_lines(path("out"));
+    cr_assert_eq(json_array_size(lines), 1);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(lines, 0), "time")),
+                     "1970-01-01T00:00:00.000000005Z");
+    json_decref(lines);
+
+    /* Truncated protobuf: one line on stderr, exit 1, nothing on stdout. */
+    f = fopen(path("cut.pb"), "w");
+    cr_assert_eq(fwrite(pb.data, 1, pb.len - 3, f), pb.len - 3);
+    fclose(f);
+    pid = spawn(argv, NULL, path("cut.pb"), path("out"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 1);
+    cr_assert_eq(count_lines(path("out")), 0);
+    cr_assert_eq(count_lines(path("err")), 1);
+    cr_assert(wait_file(path("err"), 0, "malformed_protobuf", 1000));
+    buf_free(&pb);
+}

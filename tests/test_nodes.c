@@ -1,0 +1,350 @@
+/*
+ * Tests for pkg/nodes: per-instance sequence accounting, merging replicas'
+ * tables (in memory and through the JSON exchange format), restarts, drops,
+ * stale/active status and the bound on tracked instances.
+ */
+#include "buf.h"
+#include "nodes.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <string.h>
+
+#define SEC 1000000000ull
+#define T0  (1795698266ull * SEC) /* 2026-11-26T13:04:26Z */
+
+static void observe(struct nodes *t, const char *node, const char *inst, uint64_t seq,
+                    uint64_t kdrops, uint64_t adrops, size_t events, uint64_t now)
+{
+    struct event_batch_meta m = {.node = node,
+                                 .agent_instance = inst,
+                                 .sequence = seq,
+                                 .kernel_drops = kdrops,
+                                 .agent_drops = adrops};
+    nodes_observe(t, &m, events, now);
+}
+
+/* The API view of t, parsed. */
+static json_t *view(struct nodes *t, uint64_t now, uint64_t stale_after)
+{
+    struct buf b;
+    buf_init(&b);
+    nodes_write_json(t, &b, now, stale_after);
+    cr_assert_not(b.oom);
+    json_error_t e;
+    json_t *j = json_loadb(b.data, b.len, 0, &e);
+    cr_assert_not_null(j, "not JSON (%s): %s", e.text, b.data);
+    buf_free(&b);
+    return j;
+}
+
+static uint64_t num(json_t *node, const char *key)
+{
+    json_t *v = json_object_get(node, key);
+    cr_assert(json_is_integer(v), "%s is not an integer", key);
+    return (uint64_t)json_integer_value(v);
+}
+
+static const char *str(json_t *node, const char *key)
+{
+    json_t *v = json_object_get(node, key);
+    cr_assert(json_is_string(v), "%s is not a string", key);
+    return json_string_value(v);
+}
+
+/* Copies src into dst through the replica exchange format. */
+static void exchange(struct nodes *dst, struct nodes *src)
+{
+    struct buf b;
+    buf_init(&b);
+    nodes_to_json(src, &b);
+    cr_assert_not(b.oom);
+    cr_assert_eq(nodes_merge_json(dst, b.data, b.len), 0, "%s", b.data);
+    buf_free(&b);
+}
+
+Test(nodes, one_replica_counts_its_own_gaps)
+{
+    struct nodes *t = nodes_new(16);
+    observe(t, "n1", "a", 1, 0, 0, 10, T0);
+    observe(t, "n1", "a", 2, 0, 0, 10, T0);
+    observe(t, "n1", "a", 5, 0, 0, 10, T0);
+    json_t *j = view(t, T0, 30 * SEC);
+    json_t *n1 = json_object_get(j, "n1");
+    cr_assert_not_null(n1);
+    cr_assert_eq(num(n1, "batches"), 3);
+    cr_assert_eq(num(n1, "events"), 30);
+    cr_assert_eq(num(n1, "lost_batches"), 2); /* 3 and 4 */
+    cr_assert_eq(num(n1, "instances"), 1);
+    json_decref(j);
+    nodes_free(t);
+}
+
+/* Batches 1..10 spread over two replicas with 4 and 8 lost: each replica alone sees "gaps". */
+Test(nodes, gaps_across_two_replicas)
+{
+    struct nodes *r1 = nodes_new(16), *r2 = nodes_new(16);
+    for (uint64_t seq = 1; seq <= 10; seq++) {
+        if (seq == 4 || seq == 8)
+            continue;
+        observe(seq % 2 ? r1 : r2, "worker-1", "inst-a", seq, 0, 0, 3, T0 + seq);
+    }
+    struct nodes_totals tot;
+    nodes_get_totals(r1, &tot);
+    cr_assert_gt(tot.lost_batches, 0, "a lone replica sees the other's batches as gaps");
+
+    /* Merged through JSON, as replicas exchange them. */
+    struct nodes *m = nodes_new(64);
+    exchange(m, r1);
+    exchange(m, r2);
+    nodes_get_totals(m, &tot);
+    cr_assert_eq(tot.nodes, 1);
+    cr_assert_eq(tot.instances, 1);
+    cr_assert_eq(tot.batches, 8);
+    cr_assert_eq(tot.events, 24);
+    cr_assert_eq(tot.lost_batches, 2);
+
+    /* Merged in memory: the same answer. */
+    struct nodes *m2 = nodes_new(64);
+    cr_assert_eq(nodes_merge(m2, r1), 0);
+    cr_assert_eq(nodes_merge(m2, r2), 0);
+    struct nodes_totals tot2;
+    nodes_get_totals(m2, &tot2);
+    cr_assert_eq(memcmp(&tot, &tot2, sizeof(tot)), 0);
+    cr_assert_eq(nodes_merge(m2, m2), -EINVAL);
+
+    json_t *j = view(m, T0 + 11, 30 * SEC);
+    cr_assert_eq(num(json_object_get(j, "worker-1"), "lost_batches"), 2);
+    json_decref(j);
+    nodes_free(r1);
+    nodes_free(r2);
+    nodes_free(m);
+    nodes_free(m2);
+}
+
+Test(nodes, restart_is_a_new_instance_not_a_gap)
+{
+    struct nodes *t = nodes_new(16);
+    for (uint64_t seq = 1; seq <= 50; seq++)
+        observe(t, "n1", "before", seq, 7, 1, 2, T0);
+    /* The restarted agent counts from 1 again, with its own counters. */
+    for (uint64_t seq = 1; seq <= 3; seq++)
+        observe(t, "n1", "after", seq, 2, 0, 2, T0 + SEC);
+    json_t *j = view(t, T0 + SEC, 30 * SEC);
+    json_t *n1 = json_object_get(j, "n1");
+    cr_assert_eq(num(n1, "lost_batches"), 0);
+    cr_assert_eq(num(n1, "batches"), 53);
+    cr_assert_eq(num(n1, "instances"), 2);
+    /* Cumulative per instance, so the node's drops are the sum over instances. */
+    cr_assert_eq(num(n1, "kernel_drops"), 9);
+    cr_assert_eq(num(n1, "agent_drops"), 1);
+    json_decref(j);
+    nodes_free(t);
+}
+
+Test(nodes, drops_come_from_the_newest_batch)
+{
+    struct nodes *r1 = nodes_new(16), *r2 = nodes_new(16);
+    /* Delivered out of order: seq 3 (the newest) arrives first. */
+    observe(r1, "n1", "a", 3, 30, 300, 1, T0 + 3);
+    observe(r1, "n1", "a", 1, 10, 100, 1, T0 + 4);
+    observe(r2, "n1", "a", 2, 20, 200, 1, T0 + 5);
+    struct nodes_totals tot;
+    nodes_get_totals(r1, &tot);
+    cr_assert_eq(tot.kernel_drops, 30);
+    cr_assert_eq(tot.agent_drops, 300);
+
+    struct nodes *m = nodes_new(16);
+    exchange(m, r2); /* the older batch's counters first */
+    exchange(m, r1);
+    nodes_get_totals(m, &tot);
+    cr_assert_eq(tot.kernel_drops, 30);
+    cr_assert_eq(tot.agent_drops, 300);
+    cr_assert_eq(tot.lost_batches, 0);
+    nodes_free(r1);
+    nodes_free(r2);
+    nodes_free(m);
+}
+
+Test(nodes, stale_and_active)
+{
+    struct nodes *t = nodes_new(16);
+    observe(t, "old", "a", 1, 0, 0, 1, T0);
+    observe(t, "new", "b", 1, 0, 0, 1, T0 + 100 * SEC);
+    json_t *j = view(t, T0 + 101 * SEC, 30 * SEC);
+    cr_assert_str_eq(str(json_object_get(j, "old"), "status"), "stale");
+    cr_assert_str_eq(str(json_object_get(j, "new"), "status"), "active");
+    cr_assert_str_eq(str(json_object_get(j, "old"), "last_seen"), "2026-11-26T13:04:26.000000000Z");
+    cr_assert_str_eq(str(json_object_get(j, "new"), "last_seen"), "2026-11-26T13:06:06.000000000Z");
+    json_decref(j);
+
+    /* A node is active as long as any of its instances is. */
+    observe(t, "old", "a2", 1, 0, 0, 1, T0 + 100 * SEC);
+    j = view(t, T0 + 101 * SEC, 30 * SEC);
+    cr_assert_str_eq(str(json_object_get(j, "old"), "status"), "active");
+    json_decref(j);
+    nodes_free(t);
+}
+
+Test(nodes, agent_pod_is_reported_when_known)
+{
+    struct nodes *t = nodes_new(16);
+    struct event_batch_meta m = {.node = "k1",
+                                 .agent_instance = "a",
+                                 .sequence = 1,
+                                 .pod_name = "ebpf-monitor-x7",
+                                 .pod_namespace = "ebpf-system"};
+    nodes_observe(t, &m, 1, T0);
+    observe(t, "vm1", "b", 1, 0, 0, 1, T0);
+
+    struct nodes *copy = nodes_new(16);
+    exchange(copy, t);
+    json_t *j = view(copy, T0, 30 * SEC);
+    json_t *k1 = json_object_get(j, "k1"), *vm1 = json_object_get(j, "vm1");
+    cr_assert_str_eq(str(k1, "agent_pod_name"), "ebpf-monitor-x7");
+    cr_assert_str_eq(str(k1, "agent_pod_namespace"), "ebpf-system");
+    cr_assert_null(json_object_get(vm1, "agent_pod_name"));
+    json_decref(j);
+    nodes_free(t);
+    nodes_free(copy);
+}
+
+Test(nodes, bounded_instances_evict_the_least_recently_seen)
+{
+    struct nodes *t = nodes_new(4);
+    char inst[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(inst, sizeof(inst), "i%d", i);
+        observe(t, "n1", inst, 1, 0, 0, 1, T0 + (uint64_t)i * SEC);
+    }
+    /* i9 is live: a new batch from it is still counted on its record. */
+    observe(t, "n1", "i9", 2, 0, 0, 1, T0 + 20 * SEC);
+    struct nodes_totals tot;
+    nodes_get_totals(t, &tot);
+    cr_assert_eq(tot.instances, 4);
+    cr_assert_eq(tot.instances_dropped, 6);
+    cr_assert_eq(tot.batches, 5);
+    cr_assert_eq(tot.lost_batches, 0);
+
+    /* The counter travels with the exchange format. */
+    struct nodes *m = nodes_new(100);
+    exchange(m, t);
+    nodes_get_totals(m, &tot);
+    cr_assert_eq(tot.instances_dropped, 6);
+    cr_assert_eq(tot.instances, 4);
+    nodes_free(t);
+    nodes_free(m);
+}
+
+Test(nodes, json_round_trip_keeps_every_field)
+{
+    struct nodes *t = nodes_new(16);
+    observe(t, "node \"quoted\"\n", "a", 4, 1, 2, 5, T0);
+    observe(t, "node \"quoted\"\n", "a", 9, 3, 4, 6, T0 + SEC);
+    observe(t, "n2", "b", 1, 0, 0, 7, T0 + 2 * SEC);
+
+    struct buf b1, b2;
+    buf_init(&b1);
+    buf_init(&b2);
+    nodes_write_json(t, &b1, T0 + 2 * SEC, 30 * SEC);
+    struct nodes *copy = nodes_new(16);
+    exchange(copy, t);
+    nodes_write_json(copy, &b2, T0 + 2 * SEC, 30 * SEC);
+    cr_assert_str_eq(b1.data, b2.data);
+
+    json_t *j = json_loads(b1.data, 0, NULL);
+    json_t *q = json_object_get(j, "node \"quoted\"\n");
+    cr_assert_not_null(q, "%s", b1.data);
+    cr_assert_eq(num(q, "batches"), 2);
+    cr_assert_eq(num(q, "events"), 11);
+    cr_assert_eq(num(q, "lost_batches"), 4); /* 5..8 */
+    cr_assert_eq(num(q, "kernel_drops"), 3);
+    cr_assert_eq(num(q, "agent_drops"), 4);
+    json_decref(j);
+
+    struct nodes_totals a, c;
+    nodes_get_totals(t, &a);
+    nodes_get_totals(copy, &c);
+    cr_assert_eq(memcmp(&a, &c, sizeof(a)), 0);
+    cr_assert_eq(a.nodes, 2);
+    cr_assert_eq(a.events, 18);
+    buf_free(&b1);
+    buf_free(&b2);
+    nodes_free(t);
+    nodes_free(copy);
+}
+
+Test(nodes, bad_exchange_json_changes_nothing)
+{
+    struct nodes *t = nodes_new(16);
+    observe(t, "n1", "a", 1, 0, 0, 1, T0);
+    static const char *const bad[] = {
+        "not json",
+        "[]",
+        "{\"instances\":{}}",
+        "{\"instances\":[{\"node\":\"n2\",\"instance\":\"x\",\"batches\":1}, 5]}",
+        "{\"instances\":[{\"node\":\"n2\",\"batches\":1}]}",
+        "{\"instances\":[{\"node\":\"n2\",\"instance\":\"x\",\"batches\":-1}]}",
+        "{\"instances\":[{\"node\":\"n2\",\"instance\":\"x\",\"min_seq\":5,\"max_seq\":2}]}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        cr_assert_eq(nodes_merge_json(t, bad[i], strlen(bad[i])), -EINVAL, "case %zu", i);
+    struct nodes_totals tot;
+    nodes_get_totals(t, &tot);
+    cr_assert_eq(tot.nodes, 1);
+    cr_assert_eq(tot.batches, 1);
+    nodes_free(t);
+}
+
+Test(nodes, empty_table)
+{
+    struct nodes *t = nodes_new(0);
+    struct buf b;
+    buf_init(&b);
+    nodes_write_json(t, &b, T0, SEC);
+    cr_assert_str_eq(b.data, "{}");
+    buf_reset(&b);
+    nodes_to_json(t, &b);
+    cr_assert_eq(nodes_merge_json(t, b.data, b.len), 0);
+    struct nodes_totals tot;
+    nodes_get_totals(t, &tot);
+    cr_assert_eq(tot.nodes + tot.instances + tot.batches, 0);
+    buf_free(&b);
+    nodes_free(t);
+}
+
+struct worker {
+    struct nodes *t;
+    int id;
+};
+
+static void *observe_many(void *arg)
+{
+    struct worker *w = arg;
+    char inst[16];
+    snprintf(inst, sizeof(inst), "w%d", w->id);
+    for (uint64_t seq = 1; seq <= 2000; seq++)
+        observe(w->t, "shared", inst, seq, 0, 0, 1, T0 + seq);
+    return NULL;
+}
+
+Test(nodes, concurrent_observers)
+{
+    struct nodes *t = nodes_new(16);
+    pthread_t th[4];
+    struct worker w[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (struct worker){t, i};
+        pthread_create(&th[i], NULL, observe_many, &w[i]);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    struct nodes_totals tot;
+    nodes_get_totals(t, &tot);
+    cr_assert_eq(tot.batches, 8000);
+    cr_assert_eq(tot.instances, 4);
+    cr_assert_eq(tot.lost_batches, 0);
+    nodes_free(t);
+}
