@@ -108,6 +108,8 @@ struct http_server {
     h2o_linklist_t conns;          /* struct http_conn */
     size_t nconns;
     struct buf scratch; /* one event's SSE frame, encoded once per publish */
+    http_stream_clients_fn on_clients;
+    void *on_clients_ctx;
 
     pthread_t thread;
     bool started;
@@ -256,11 +258,18 @@ static void stream_on_proceed(h2o_generator_t *gen, h2o_req_t *req)
     stream_flush(c);
 }
 
+static void stream_clients_changed(struct http_server *s)
+{
+    if (s->on_clients != NULL)
+        s->on_clients(s->on_clients_ctx, stat_get(&s->nstream_clients));
+}
+
 static void stream_detach(struct stream_client *c)
 {
     if (h2o_linklist_is_linked(&c->link)) {
         h2o_linklist_unlink(&c->link);
         stat_add(&c->srv->nstream_clients, -1);
+        stream_clients_changed(c->srv);
     }
 }
 
@@ -338,6 +347,7 @@ static void serve_stream(struct http_server *s, h2o_req_t *req, const char *qs, 
     buf_init(&c->inflight);
     h2o_linklist_insert(&s->stream_clients, &c->link);
     stat_add(&s->nstream_clients, 1);
+    stream_clients_changed(s);
 
     req->res.status = 200;
     req->res.reason = "OK";
@@ -860,6 +870,12 @@ int http_server_route(struct http_server *s, const char *path, http_handler_fn f
 int http_server_stream(struct http_server *s, const char *path)
 {
     return add_route(s, path, NULL, NULL);
+}
+
+void http_server_on_stream_clients(struct http_server *s, http_stream_clients_fn fn, void *ctx)
+{
+    s->on_clients = fn;
+    s->on_clients_ctx = ctx;
 }
 
 static void loop_teardown(struct http_server *s);

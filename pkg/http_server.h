@@ -57,6 +57,14 @@ int http_server_route(struct http_server *s, const char *path, http_handler_fn f
 int http_server_stream(struct http_server *s, const char *path);
 /* Starts the loop thread. 0 or -errno. */
 int http_server_start(struct http_server *s);
+/*
+ * Calls fn(ctx, clients) on the loop thread each time the number of stream
+ * clients changes: after a client is added (before its first byte is sent)
+ * and after one leaves. Lets a caller feed the stream only while someone
+ * listens. Call before http_server_start().
+ */
+typedef void (*http_stream_clients_fn)(void *ctx, uint64_t clients);
+void http_server_on_stream_clients(struct http_server *s, http_stream_clients_fn fn, void *ctx);
 /* Thread-safe: queues a copy of e for every matching stream client. */
 void http_server_publish(struct http_server *s, const struct event *e);
 /* Stops the loop thread and frees everything. */

@@ -1,23 +1,67 @@
 /*
- * ebpf-aggregator: collects event batches from NATS and serves the
- * cluster-wide HTTP API. This build validates its configuration; the NATS
- * pipeline lands with the aggregator milestone.
+ * ebpf-aggregator: collects event batches from NATS (one share per replica,
+ * through the queue group), keeps a bounded cluster-wide history correlated
+ * by node, and serves the cluster-wide HTTP API; replicas answer for each
+ * other over NATS. Also dispatches the `tail` and `decode` subcommands.
  */
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 
-#include "config.h"
+#include "aggregator.h"
+#include "aggregator/commands.h"
+#include "api.h"
+#include "cluster.h"
+
+#define AGGREGATOR_DRAIN_MS 2000
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    stop_requested = sig;
+}
+
+/* 16 random hex chars, new per process: replicas tell each other apart by it. */
+static void make_replica_id(char out[AGGREGATOR_REPLICA_ID_LEN])
+{
+    uint64_t r = 0;
+
+    if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+        r = (uint64_t)api_now_ns() ^ ((uint64_t)getpid() << 32);
+    snprintf(out, AGGREGATOR_REPLICA_ID_LEN, "%016llx", (unsigned long long)r);
+}
+
+/*
+ * A subscription fails when nats.c has given up on the connection (the
+ * server refused the credentials): say why, not just "connection closed".
+ */
+static void report_bus_failure(struct bus *b, const char *err)
+{
+    struct bus_status st;
+    bus_get_status(b, &st);
+    if (st.closed && st.last_error[0])
+        fprintf(stderr, "ebpf-aggregator: NATS connection closed: %s\n", st.last_error);
+    else
+        fprintf(stderr, "ebpf-aggregator: %s\n", err);
+}
 
 int main(int argc, char **argv)
 {
-    struct config cfg;
+    static struct aggregator a;
     char err[512];
+    int rc = 1;
 
-    if (argc > 1 && (strcmp(argv[1], "tail") == 0 || strcmp(argv[1], "decode") == 0)) {
-        fprintf(stderr, "ebpf-aggregator: '%s' is not available in this version\n", argv[1]);
-        return 2;
-    }
-    switch (config_load(&cfg, CONFIG_AGGREGATOR, argc, argv, err, sizeof(err))) {
+    if (argc > 1 && strcmp(argv[1], "tail") == 0)
+        return aggregator_tail(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "decode") == 0)
+        return aggregator_decode(argc - 1, argv + 1);
+
+    switch (config_load(&a.cfg, CONFIG_AGGREGATOR, argc, argv, err, sizeof(err))) {
     case CONFIG_OK:
         break;
     case CONFIG_EXIT:
@@ -26,10 +70,92 @@ int main(int argc, char **argv)
         fprintf(stderr, "ebpf-aggregator: %s\n", err);
         return 2;
     }
-    if (cfg.check_only) {
+    if (a.cfg.check_only) {
         printf("ebpf-aggregator: configuration OK\n");
         return 0;
     }
-    fprintf(stderr, "ebpf-aggregator: the NATS pipeline is not available in this version\n");
-    return 1;
+
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    make_replica_id(a.replica);
+    a.started_mono_ns = api_monotonic_ns();
+    pthread_mutex_init(&a.stream_lock, NULL);
+
+    struct store_limits limits = {.max_events = a.cfg.history_size,
+                                  .max_age_ns = a.cfg.history_max_age_ns};
+    a.store = store_new(&limits);
+    a.nodes = nodes_new(AGGREGATOR_MAX_INSTANCES);
+    if (!a.store || !a.nodes) {
+        fprintf(stderr, "ebpf-aggregator: cannot allocate the event history\n");
+        goto out;
+    }
+
+    struct http_server_config hc = {
+        .listen_addr = a.cfg.listen_addr,
+        .api_token = a.cfg.api_token[0] ? a.cfg.api_token : NULL,
+        .tls_cert = a.cfg.tls_cert[0] ? a.cfg.tls_cert : NULL,
+        .tls_key = a.cfg.tls_key[0] ? a.cfg.tls_key : NULL,
+    };
+    a.http = http_server_new(&hc, err, sizeof(err));
+    if (!a.http) {
+        fprintf(stderr, "ebpf-aggregator: %s\n", err);
+        goto out;
+    }
+
+    /* No echo: a replica never hears its own heartbeats and queries. */
+    char client_name[64];
+    snprintf(client_name, sizeof(client_name), "ebpf-aggregator/%s", a.replica);
+    struct bus_options bo = {.name = client_name, .no_echo = true};
+    a.bus = bus_open_opts(&a.cfg, &bo, err, sizeof(err));
+    if (!a.bus) {
+        fprintf(stderr, "ebpf-aggregator: %s\n", err);
+        goto out;
+    }
+    if (ingest_start(&a, err, sizeof(err)) < 0 ||
+        !(a.cluster = cluster_new(&a, err, sizeof(err)))) {
+        report_bus_failure(a.bus, err);
+        goto out;
+    }
+    if (aggregator_api_register(&a) < 0 || http_server_start(a.http) < 0) {
+        fprintf(stderr, "ebpf-aggregator: cannot start the HTTP server on %s\n", a.cfg.listen_addr);
+        goto out;
+    }
+    fprintf(stderr,
+            "ebpf-aggregator: replica %s, subscribed to %s.> in queue group %s, API on %s%s%s\n",
+            a.replica, a.cfg.subject_prefix, a.cfg.queue_group, a.cfg.listen_addr,
+            a.cfg.tls_cert[0] ? " (TLS)" : "",
+            bus_connected(a.bus) ? "" : "; NATS not reachable yet, retrying");
+
+    uint64_t last_expire = api_monotonic_ns();
+    while (!stop_requested) {
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 200 * 1000000L};
+        nanosleep(&ts, NULL);
+        uint64_t now = api_monotonic_ns();
+        if (now - last_expire > 1000000000ull) {
+            store_expire(a.store, api_now_ns());
+            last_expire = now;
+        }
+    }
+    fprintf(stderr, "ebpf-aggregator: %s received, leaving the cluster\n",
+            stop_requested == SIGINT ? "SIGINT" : "SIGTERM");
+    rc = 0;
+out:
+    /* Peers stop expecting us first; then finish queued batches; then reverse creation order. */
+    cluster_leave(a.cluster);
+    if (a.bus)
+        ingest_stop(&a, AGGREGATOR_DRAIN_MS);
+    if (a.http)
+        http_server_free(a.http);
+    cluster_free(a.cluster);
+    if (a.bus)
+        bus_close(a.bus);
+    if (a.nodes)
+        nodes_free(a.nodes);
+    if (a.store)
+        store_free(a.store);
+    pthread_mutex_destroy(&a.stream_lock);
+    return rc;
 }

@@ -1,0 +1,88 @@
+/*
+ * The aggregator's state shared by its threads. nats.c delivers ingest,
+ * stream and control messages on its own threads; the HTTP thread serves the
+ * API from the store, the node table and the counters; the cluster thread
+ * sends heartbeats. Counters are relaxed atomics; store and nodes lock
+ * internally.
+ */
+#ifndef EBPF_MONITOR_AGGREGATOR_H
+#define EBPF_MONITOR_AGGREGATOR_H
+
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "bus.h"
+#include "bus_message.h"
+#include "config.h"
+#include "event.h"
+#include "http_server.h"
+#include "nodes.h"
+#include "store.h"
+
+#define AGGREGATOR_REPLICA_ID_LEN 17 /* 16 hex chars + NUL */
+
+/* Most agent instances the node table tracks (each node restart is one more). */
+#define AGGREGATOR_MAX_INSTANCES 65536
+
+struct cluster;
+
+/* What this replica ingested; summed over replicas for /api/stats. */
+struct aggregator_counters {
+    uint64_t batches;
+    uint64_t events;
+    uint64_t events_by_type[EVENT_TYPE_COUNT];
+    uint64_t rejected[BUS_REJECT_COUNT];
+    uint64_t store_failed;
+};
+
+struct aggregator {
+    struct config cfg;
+    char replica[AGGREGATOR_REPLICA_ID_LEN];
+    uint64_t started_mono_ns;
+
+    struct store *store;
+    struct nodes *nodes;
+    struct bus *bus;
+    struct http_server *http;
+    struct cluster *cluster;
+
+    natsSubscription *ingest_sub; /* queue subscription: this replica's share */
+
+    /* Plain subscription feeding SSE clients with every event (stream_lock). */
+    pthread_mutex_t stream_lock;
+    natsSubscription *stream_sub;
+    uint64_t stream_clients;
+    bool stream_closed;          /* shutting down: never subscribe again */
+    uint64_t stream_sub_dropped; /* slow-consumer drops of destroyed stream subscriptions */
+
+    struct aggregator_counters counters; /* atomics */
+};
+
+/* ingest.c: the queue subscription and the SSE feed. */
+int ingest_start(struct aggregator *a, char *err, size_t errlen);
+/* Lets queued messages finish (up to timeout_ms), then drops the subscriptions. */
+void ingest_stop(struct aggregator *a, int timeout_ms);
+/* Holds the SSE subscription while stream clients are connected (any thread). */
+void ingest_stream_sync(struct aggregator *a);
+/* Stream client count hook for http_server_on_stream_clients(). */
+void ingest_on_stream_clients(void *ctx, uint64_t clients);
+/* Messages nats.c dropped because this replica could not keep up. */
+uint64_t ingest_bus_dropped(struct aggregator *a);
+uint64_t ingest_stream_dropped(struct aggregator *a);
+/* This replica's counters as one JSON object (for /api/stats gathering). */
+void ingest_counters_json(struct aggregator *a, struct buf *b);
+
+/*
+ * Closes an async subscription and waits (up to timeout_ms) until its
+ * handler has returned for the last time, so the caller may free what the
+ * handler uses. drain: first deliver what is queued (when connected).
+ */
+void aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain, int timeout_ms);
+
+/* api.c: the HTTP routes. */
+int aggregator_api_register(struct aggregator *a);
+
+#endif

@@ -1,0 +1,433 @@
+/*
+ * The aggregator's HTTP routes. /api/events, /api/stats, /api/nodes and the
+ * per-node part of /metrics answer for the whole cluster: they gather the
+ * other replicas' answers over NATS (cluster.c) and merge them.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "aggregator.h"
+#include "api.h"
+#include "cluster.h"
+
+static uint64_t load(const uint64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static void write_replicas(struct buf *b, unsigned answered, unsigned expected)
+{
+    buf_printf(b, ",\"replicas\":{\"answered\":%u,\"expected\":%u},\"partial\":%s", answered,
+               expected, answered < expected ? "true" : "false");
+}
+
+static void handle_events(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    struct aggregator *a = ctx;
+    struct cluster_events ev;
+    struct query q;
+    char err[256];
+    uint64_t start = api_monotonic_ns();
+
+    if (query_parse(&q, req->query, req->query_len, false, err, sizeof(err)) < 0) {
+        http_response_error(res, 400, err);
+        return;
+    }
+    if (cluster_query(a->cluster, req->query, req->query_len, &q, &ev) < 0) {
+        cluster_events_free(&ev);
+        http_response_error(res, 500, "out of memory running the query");
+        return;
+    }
+    api_events_begin(&res->body, ev.events, ev.count, ev.total_count,
+                     ev.has_next ? &ev.next_cursor : NULL, api_monotonic_ns() - start);
+    write_replicas(&res->body, ev.answered, ev.expected);
+    api_events_end(&res->body);
+    cluster_events_free(&ev);
+}
+
+/* ---- the gathered view behind /api/stats, /api/nodes and /metrics ---- */
+
+struct cluster_view {
+    unsigned answered, expected;
+    json_t *totals;   /* counters summed over the replicas that answered */
+    json_t *replicas; /* [{"replica":..,"connected":..,"batches":..,"events":..}] */
+    json_t *nodes;    /* nodes_write_json() of the merged table */
+    struct nodes_totals nt;
+    unsigned active, stale;
+};
+
+/* Adds src's integers into dst, recursing into objects (reals: keeps the larger). */
+static void json_sum_into(json_t *dst, json_t *src)
+{
+    const char *key;
+    json_t *v;
+
+    json_object_foreach(src, key, v)
+    {
+        json_t *d = json_object_get(dst, key);
+        if (d == NULL) {
+            json_object_set_new(dst, key, json_deep_copy(v));
+        } else if (json_is_integer(d) && json_is_integer(v)) {
+            json_integer_set(d, json_integer_value(d) + json_integer_value(v));
+        } else if (json_is_real(d) && json_is_real(v)) {
+            if (json_real_value(v) > json_real_value(d))
+                json_real_set(d, json_real_value(v));
+        } else if (json_is_object(d) && json_is_object(v)) {
+            json_sum_into(d, v);
+        }
+    }
+}
+
+/* Folds one replica's stats answer into the view; merged holds the node tables. */
+static void view_add(struct cluster_view *v, struct nodes *merged, const char *text, size_t len)
+{
+    json_t *root = json_loadb(text, len, 0, NULL);
+    json_t *counters = json_object_get(root, "counters");
+    json_t *nodes = json_object_get(root, "nodes");
+    json_t *error = json_object_get(root, "error");
+    json_t *entry = json_object();
+
+    if (root == NULL || entry == NULL)
+        goto out;
+    json_object_set(entry, "replica", json_object_get(root, "replica"));
+    if (json_is_object(counters)) {
+        json_sum_into(v->totals, counters);
+        json_object_set(entry, "connected", json_object_get(root, "connected"));
+        json_object_set(entry, "batches", json_object_get(counters, "batches"));
+        json_object_set(entry, "events", json_object_get(counters, "events"));
+        json_object_set(entry, "uptime_seconds", json_object_get(counters, "uptime_seconds"));
+    }
+    if (json_is_string(error))
+        json_object_set(entry, "error", error);
+    if (json_is_object(nodes)) {
+        char *s = json_dumps(nodes, JSON_COMPACT);
+        if (s == NULL || nodes_merge_json(merged, s, strlen(s)) < 0)
+            json_object_set_new(entry, "error", json_string("could not merge its node table"));
+        free(s);
+    }
+    json_array_append(v->replicas, entry);
+out:
+    json_decref(entry);
+    json_decref(root);
+}
+
+/* Gathers every replica's stats and merges them. 0 or -ENOMEM. */
+static int view_gather(struct aggregator *a, struct cluster_view *v)
+{
+    struct cluster_stats st;
+    struct nodes *merged = nodes_new(AGGREGATOR_MAX_INSTANCES);
+    struct buf b;
+    int rc = 0;
+
+    memset(v, 0, sizeof(*v));
+    v->totals = json_object();
+    v->replicas = json_array();
+    buf_init(&b);
+    cluster_gather_stats(a->cluster, &st);
+    v->answered = st.answered;
+    v->expected = st.expected;
+    if (merged == NULL || v->totals == NULL || v->replicas == NULL) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    cluster_stats_json(a, &b);
+    if (b.oom) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    view_add(v, merged, b.data, b.len);
+    for (size_t i = 0; i < st.count; i++)
+        view_add(v, merged, st.replies[i], strlen(st.replies[i]));
+
+    buf_reset(&b);
+    nodes_write_json(merged, &b, api_now_ns(), a->cfg.stale_after_ns);
+    nodes_get_totals(merged, &v->nt);
+    v->nodes = b.oom ? NULL : json_loadb(b.data, b.len, 0, NULL);
+    if (v->nodes == NULL) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    const char *key;
+    json_t *n;
+    json_object_foreach(v->nodes, key, n)
+    {
+        const char *status = json_string_value(json_object_get(n, "status"));
+        if (status != NULL && strcmp(status, "active") == 0)
+            v->active++;
+        else
+            v->stale++;
+    }
+out:
+    buf_free(&b);
+    nodes_free(merged);
+    cluster_stats_free(&st);
+    return rc;
+}
+
+static void view_free(struct cluster_view *v)
+{
+    json_decref(v->totals);
+    json_decref(v->replicas);
+    json_decref(v->nodes);
+}
+
+static uint64_t total_u64(json_t *totals, const char *key)
+{
+    json_int_t v = json_integer_value(json_object_get(totals, key));
+    return v > 0 ? (uint64_t)v : 0;
+}
+
+static void json_set_u64(json_t *o, const char *key, uint64_t v)
+{
+    json_object_set_new(o, key, json_integer((json_int_t)v));
+}
+
+/* Serialises root (stolen) as the response body. */
+static void respond_json(struct http_response *res, json_t *root)
+{
+    char *s = root ? json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
+    if (s == NULL) {
+        http_response_error(res, 500, "out of memory");
+    } else {
+        buf_puts(&res->body, s);
+        free(s);
+    }
+    json_decref(root);
+}
+
+static json_t *replicas_json(const struct cluster_view *v)
+{
+    return json_pack("{s:i,s:i,s:O}", "answered", (json_int_t)v->answered, "expected",
+                     (json_int_t)v->expected, "list", v->replicas);
+}
+
+static void handle_stats(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    struct aggregator *a = ctx;
+    struct cluster_view v;
+    struct bus_status bs = {0};
+    struct http_server_stats hs;
+
+    if (req->query_len > 0) {
+        http_response_error(res, 400, "/api/stats takes no parameters");
+        return;
+    }
+    if (view_gather(a, &v) < 0) {
+        view_free(&v);
+        http_response_error(res, 500, "out of memory gathering the stats");
+        return;
+    }
+    bus_get_status(a->bus, &bs);
+    http_server_get_stats(a->http, &hs);
+
+    json_t *root = json_object();
+    json_t *t = v.totals;
+    json_t *hist = json_object_get(t, "history");
+    json_t *rejected = json_object_get(t, "rejected");
+    uint64_t rejected_total = 0;
+    const char *key;
+    json_t *val;
+    json_object_foreach(rejected, key, val)
+    {
+        rejected_total += (uint64_t)json_integer_value(val);
+    }
+    json_object_set_new(root, "replica", json_string(a->replica));
+    json_object_set_new(root, "replicas", replicas_json(&v));
+    json_object_set_new(root, "partial", json_boolean(v.answered < v.expected));
+    json_object_set_new(root, "uptime_seconds",
+                        json_real((double)(api_monotonic_ns() - a->started_mono_ns) / 1e9));
+    json_set_u64(root, "total_events", total_u64(t, "events"));
+    json_set_u64(root, "total_batches", total_u64(t, "batches"));
+    json_object_set(root, "events_by_type", json_object_get(t, "events_by_type"));
+    json_set_u64(root, "lost_batches", v.nt.lost_batches);
+    json_set_u64(root, "agent_drops", v.nt.agent_drops);
+    json_set_u64(root, "kernel_drops", v.nt.kernel_drops);
+    json_object_set(root, "nodes", v.nodes);
+    json_set_u64(root, "node_count", v.nt.nodes);
+    json_set_u64(root, "instances", v.nt.instances);
+    json_set_u64(root, "instances_dropped", v.nt.instances_dropped);
+    json_object_set(root, "rejected", rejected);
+    json_set_u64(root, "rejected_total", rejected_total);
+    json_set_u64(root, "bus_dropped", total_u64(t, "bus_dropped"));
+    json_set_u64(root, "store_failed", total_u64(t, "store_failed"));
+    json_object_set(root, "history", hist);
+    json_set_u64(root, "evictions",
+                 total_u64(hist, "evicted_count") + total_u64(hist, "evicted_age"));
+    json_object_set_new(root, "bus",
+                        json_pack("{s:b,s:s,s:I,s:I,s:I,s:s}", "connected", bs.connected, "server",
+                                  bs.server, "disconnects", (json_int_t)bs.disconnects,
+                                  "reconnects", (json_int_t)bs.reconnects, "async_errors",
+                                  (json_int_t)bs.async_errors, "last_error", bs.last_error));
+    json_object_set_new(root, "stream",
+                        json_pack("{s:I,s:I,s:I,s:I}", "clients", (json_int_t)hs.stream_clients,
+                                  "sent", (json_int_t)hs.stream_sent, "dropped",
+                                  (json_int_t)(hs.stream_dropped + hs.publish_dropped),
+                                  "bus_dropped", (json_int_t)ingest_stream_dropped(a)));
+    respond_json(res, root);
+    view_free(&v);
+}
+
+static void handle_nodes(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    struct aggregator *a = ctx;
+    struct cluster_view v;
+
+    if (req->query_len > 0) {
+        http_response_error(res, 400, "/api/nodes takes no parameters");
+        return;
+    }
+    if (view_gather(a, &v) < 0) {
+        view_free(&v);
+        http_response_error(res, 500, "out of memory gathering the nodes");
+        return;
+    }
+    json_t *root = json_object();
+    json_object_set(root, "nodes", v.nodes);
+    json_set_u64(root, "count", v.nt.nodes);
+    json_set_u64(root, "active", v.active);
+    json_set_u64(root, "stale", v.stale);
+    json_object_set_new(root, "replicas",
+                        json_pack("{s:i,s:i}", "answered", (json_int_t)v.answered, "expected",
+                                  (json_int_t)v.expected));
+    json_object_set_new(root, "partial", json_boolean(v.answered < v.expected));
+    respond_json(res, root);
+    view_free(&v);
+}
+
+static void handle_health(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    buf_puts(&res->body, "{\"status\":\"ok\"}");
+}
+
+static void handle_ready(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    struct aggregator *a = ctx;
+    bool up = bus_connected(a->bus);
+
+    if (!up)
+        res->status = 503;
+    buf_printf(&res->body, "{\"status\":\"%s\",\"nats\":\"%s\"}", up ? "ready" : "not ready",
+               up ? "connected" : "disconnected");
+}
+
+static void node_metric(struct buf *b, const char *name, const char *help, json_t *nodes,
+                        const char *field)
+{
+    const char *node;
+    json_t *n;
+
+    api_metric_header(b, name, "counter", help);
+    json_object_foreach(nodes, node, n)
+    {
+        json_int_t v = json_integer_value(json_object_get(n, field));
+        api_metric_labelled(b, name, "node", node, v > 0 ? (uint64_t)v : 0);
+    }
+}
+
+static void handle_metrics(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    struct aggregator *a = ctx;
+    struct buf *b = &res->body;
+    const struct aggregator_counters *c = &a->counters;
+    struct store_stats ss;
+    struct http_server_stats hs;
+    struct bus_status bs = {0};
+    struct cluster_view v;
+
+    store_get_stats(a->store, &ss);
+    http_server_get_stats(a->http, &hs);
+    bus_get_status(a->bus, &bs);
+    res->content_type = "text/plain; version=0.0.4; charset=utf-8";
+
+    /* This replica's own ingest: sum over replicas in the monitoring system. */
+    api_metric(b, "ebpf_aggregator_batches_total", "counter", "Batches ingested by this replica.",
+               load(&c->batches));
+    api_metric_header(b, "ebpf_aggregator_events_total", "counter",
+                      "Events ingested by this replica, by type.");
+    for (unsigned t = 1; t < EVENT_TYPE_COUNT; t++)
+        api_metric_labelled(b, "ebpf_aggregator_events_total", "type", event_type_name(t),
+                            load(&c->events_by_type[t]));
+    api_metric_header(b, "ebpf_aggregator_rejected_total", "counter",
+                      "Bus messages this replica rejected, by reason.");
+    for (unsigned r = 1; r < BUS_REJECT_COUNT; r++)
+        api_metric_labelled(b, "ebpf_aggregator_rejected_total", "reason", bus_reject_name(r),
+                            load(&c->rejected[r]));
+    api_metric(b, "ebpf_aggregator_bus_dropped_total", "counter",
+               "Bus messages dropped because this replica could not keep up.",
+               ingest_bus_dropped(a));
+    api_metric(b, "ebpf_aggregator_history_events", "gauge",
+               "Events held in this replica's history.", ss.events);
+    api_metric(b, "ebpf_aggregator_history_capacity", "gauge", "History limit (events).",
+               ss.capacity);
+    api_metric_header(b, "ebpf_aggregator_history_evicted_total", "counter",
+                      "Events evicted from this replica's history, by limit.");
+    api_metric_labelled(b, "ebpf_aggregator_history_evicted_total", "reason", "count",
+                        ss.evicted_count);
+    api_metric_labelled(b, "ebpf_aggregator_history_evicted_total", "reason", "age",
+                        ss.evicted_age);
+    api_metric(b, "ebpf_aggregator_history_failed_total", "counter",
+               "Events that could not be stored.", ss.failed + load(&c->store_failed));
+    api_metric(b, "ebpf_aggregator_nats_connected", "gauge", "1 while connected to NATS.",
+               bs.connected);
+    api_metric(b, "ebpf_aggregator_nats_reconnects_total", "counter", "Reconnections to NATS.",
+               bs.reconnects);
+    api_metric(b, "ebpf_aggregator_stream_clients", "gauge",
+               "Connected /api/events/stream clients.", hs.stream_clients);
+    api_metric(b, "ebpf_aggregator_stream_dropped_total", "counter",
+               "Events stream clients missed (slow client or slow subscription).",
+               hs.stream_dropped + hs.publish_dropped + ingest_stream_dropped(a));
+    api_metric(b, "ebpf_aggregator_http_requests_total", "counter", "HTTP requests served.",
+               hs.requests);
+    api_metric(b, "ebpf_aggregator_uptime_seconds", "gauge", "Seconds since this replica started.",
+               (api_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
+
+    /* Per node, cluster-wide: only the merged tables can see sequence gaps. */
+    if (view_gather(a, &v) == 0) {
+        api_metric(b, "ebpf_aggregator_replicas_expected", "gauge",
+                   "Replicas this one expects to answer (itself included).", v.expected);
+        api_metric(b, "ebpf_aggregator_replicas_answered", "gauge",
+                   "Replicas that answered the gather behind these metrics.", v.answered);
+        node_metric(b, "ebpf_aggregator_node_events_total",
+                    "Events received from each node, all replicas.", v.nodes, "events");
+        node_metric(b, "ebpf_aggregator_node_batches_total",
+                    "Batches received from each node, all replicas.", v.nodes, "batches");
+        node_metric(b, "ebpf_aggregator_node_lost_batches_total",
+                    "Batches missing from each node's sequence, all replicas.", v.nodes,
+                    "lost_batches");
+        node_metric(b, "ebpf_aggregator_node_agent_drops_total",
+                    "Events each node's agent dropped (as it last reported).", v.nodes,
+                    "agent_drops");
+        node_metric(b, "ebpf_aggregator_node_kernel_drops_total",
+                    "Events lost in each node's kernel ring buffer (as last reported).", v.nodes,
+                    "kernel_drops");
+        api_metric_header(b, "ebpf_aggregator_node_active", "gauge",
+                          "1 while the node reported within STALE_AFTER.");
+        const char *node;
+        json_t *n;
+        json_object_foreach(v.nodes, node, n)
+        {
+            const char *st = json_string_value(json_object_get(n, "status"));
+            api_metric_labelled(b, "ebpf_aggregator_node_active", "node", node,
+                                st != NULL && strcmp(st, "active") == 0);
+        }
+    }
+    view_free(&v);
+}
+
+int aggregator_api_register(struct aggregator *a)
+{
+    int rc = 0;
+
+    rc |= http_server_stream(a->http, "/api/events/stream");
+    rc |= http_server_route(a->http, "/api/events", handle_events, a);
+    rc |= http_server_route(a->http, "/api/stats", handle_stats, a);
+    rc |= http_server_route(a->http, "/api/nodes", handle_nodes, a);
+    rc |= http_server_route(a->http, "/health", handle_health, a);
+    rc |= http_server_route(a->http, "/ready", handle_ready, a);
+    rc |= http_server_route(a->http, "/metrics", handle_metrics, a);
+    http_server_on_stream_clients(a->http, ingest_on_stream_clients, a);
+    return rc ? -EINVAL : 0;
+}

@@ -1,0 +1,98 @@
+/*
+ * Replica-to-replica traffic of the aggregator, on
+ * <CONTROL_SUBJECT>.<QUEUE_GROUP>.{heartbeat,query,stats} (never under
+ * <SUBJECT_PREFIX>.>, so it cannot look like events):
+ *
+ * - heartbeat: {"replica":"<id>","leaving":false} every 500 ms; a peer is
+ *   expected while its last heartbeat is under 2 s old, and dropped at once
+ *   when it says it is leaving. expected = 1 + live peers.
+ * - query: {"replica":"<id>","query":"<raw query string>"}; every other
+ *   replica answers on the reply inbox with a protobuf QueryReply holding its
+ *   local matches (same limit and cursor).
+ * - stats: every other replica answers with {"replica":..,"counters":{..},
+ *   "nodes":<nodes_to_json>}.
+ *
+ * A gather waits until every expected peer answered or QUERY_TIMEOUT passed,
+ * so a dead replica makes an answer partial, never a hang.
+ */
+#ifndef EBPF_MONITOR_AGGREGATOR_CLUSTER_H
+#define EBPF_MONITOR_AGGREGATOR_CLUSTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "event.h"
+#include "query.h"
+
+struct aggregator;
+struct cluster;
+
+#define CLUSTER_HEARTBEAT_MS 500
+#define CLUSTER_PEER_TTL_MS  2000
+
+/*
+ * Subscribes to the control subjects, announces this replica and starts the
+ * heartbeat thread. NULL with a message in err on failure.
+ */
+struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen);
+/* Tells the peers this replica is leaving (they stop expecting it at once). */
+void cluster_leave(struct cluster *c);
+/* Stops the heartbeat thread, unsubscribes and frees. */
+void cluster_free(struct cluster *c);
+
+/* 1 + the peers heard from within CLUSTER_PEER_TTL_MS. */
+unsigned cluster_expected(struct cluster *c);
+
+/* One source's page of matches for the merge: newest first. */
+struct cluster_source {
+    struct event *events; /* events are moved out by cluster_merge */
+    size_t count;
+    uint64_t total_count;
+    bool has_more; /* the source holds matches after its last event */
+};
+
+/* A cluster-wide page of events. */
+struct cluster_events {
+    struct event *events; /* owned; newest first */
+    size_t count;
+    uint64_t total_count; /* summed over the replicas that answered */
+    bool has_next;
+    struct query_cursor next_cursor; /* valid when has_next */
+    unsigned answered, expected;     /* replicas, this one included */
+};
+
+/*
+ * Merges the sources newest first into one page of at most limit events.
+ * A source that has more than it sent bounds the page: no event older than
+ * its last one is returned (it may hold newer ones it did not send), so
+ * paging with next_cursor visits every event exactly once. Events with the
+ * same (timestamp, id) are returned once. Moves the events out of the
+ * sources (their arrays stay the caller's). 0 or -ENOMEM.
+ */
+int cluster_merge(struct cluster_source *src, size_t nsrc, uint32_t limit,
+                  struct cluster_events *out);
+
+/*
+ * Runs q (parsed from the raw query string qs) on this replica and on every
+ * live peer, and merges the answers. 0 or -ENOMEM; out is freed with
+ * cluster_events_free also after an error.
+ */
+int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct query *q,
+                  struct cluster_events *out);
+void cluster_events_free(struct cluster_events *e);
+
+/* The peers' stats answers (JSON texts); this replica's own is not included. */
+struct cluster_stats {
+    char **replies; /* NUL-terminated JSON objects */
+    size_t count;
+    unsigned answered, expected; /* this replica included */
+};
+int cluster_gather_stats(struct cluster *c, struct cluster_stats *out);
+void cluster_stats_free(struct cluster_stats *s);
+
+/* This replica's stats answer, as peers receive it. */
+void cluster_stats_json(struct aggregator *a, struct buf *out);
+
+#endif

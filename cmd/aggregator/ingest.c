@@ -1,0 +1,278 @@
+/*
+ * Ingest: this replica's share of the batches (queue subscription on
+ * <SUBJECT_PREFIX>.>) into the node table and the history, and the SSE feed
+ * (a plain subscription on the same subjects, held only while stream clients
+ * are connected, so every replica streams every event exactly once).
+ *
+ * A message that does not decode is counted by reason and skipped.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "aggregator.h"
+#include "api.h"
+
+/*
+ * Bounded backlog per subscription: beyond it nats.c drops messages (counted
+ * as bus_dropped) instead of growing without limit.
+ */
+#define INGEST_PENDING_MSGS  65536
+#define INGEST_PENDING_BYTES (128 << 20)
+
+static void count(uint64_t *v, uint64_t d)
+{
+    __atomic_fetch_add(v, d, __ATOMIC_RELAXED);
+}
+
+static uint64_t load(const uint64_t *v)
+{
+    return __atomic_load_n(v, __ATOMIC_RELAXED);
+}
+
+/* Rejections are logged once per reason and then every 1000th, so bad input cannot flood logs. */
+static void log_reject(struct aggregator *a, natsMsg *msg, enum bus_reject r, const char *err)
+{
+    uint64_t n = load(&a->counters.rejected[r]);
+    if (n == 1 || n % 1000 == 0)
+        fprintf(stderr, "ebpf-aggregator: rejected message on %s (%s, %" PRIu64 " so far): %s\n",
+                natsMsg_GetSubject(msg), bus_reject_name(r), n, err);
+}
+
+static void on_batch(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct aggregator *a = closure;
+    struct bus_batch batch = {0};
+    char err[256] = "";
+
+    enum bus_reject r = bus_message_decode(msg, &batch, err, sizeof(err));
+    if (r != BUS_OK) {
+        if ((unsigned)r < BUS_REJECT_COUNT) {
+            count(&a->counters.rejected[r], 1);
+            log_reject(a, msg, r, err);
+        }
+        bus_batch_free(&batch);
+        natsMsg_Destroy(msg);
+        return;
+    }
+    nodes_observe(a->nodes, &batch.meta, batch.n, api_now_ns());
+    count(&a->counters.batches, 1);
+    count(&a->counters.events, batch.n);
+    for (size_t i = 0; i < batch.n; i++) {
+        struct event *e = &batch.events[i];
+        if (e->type < EVENT_TYPE_COUNT)
+            count(&a->counters.events_by_type[e->type], 1);
+        if (store_add_move(a->store, e) < 0)
+            count(&a->counters.store_failed, 1);
+    }
+    bus_batch_free(&batch);
+    natsMsg_Destroy(msg);
+}
+
+/* The SSE feed: decoded events go to stream clients only, never to the store. */
+static void on_stream_batch(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct aggregator *a = closure;
+    struct bus_batch batch = {0};
+    char err[256];
+
+    if (bus_message_decode(msg, &batch, err, sizeof(err)) == BUS_OK) {
+        /* The lock keeps a subscription being torn down from feeding a freed server. */
+        pthread_mutex_lock(&a->stream_lock);
+        if (a->stream_sub == sub && !a->stream_closed) {
+            for (size_t i = 0; i < batch.n; i++)
+                http_server_publish(a->http, &batch.events[i]);
+        }
+        pthread_mutex_unlock(&a->stream_lock);
+    }
+    bus_batch_free(&batch);
+    natsMsg_Destroy(msg);
+}
+
+static void wildcard_subject(struct aggregator *a, char *out, size_t len)
+{
+    snprintf(out, len, "%s.>", a->cfg.subject_prefix);
+}
+
+int ingest_start(struct aggregator *a, char *err, size_t errlen)
+{
+    char subject[CONFIG_STR + 4];
+    natsStatus s;
+
+    wildcard_subject(a, subject, sizeof(subject));
+    s = natsConnection_QueueSubscribe(&a->ingest_sub, bus_conn(a->bus), subject, a->cfg.queue_group,
+                                      on_batch, a);
+    if (s == NATS_OK)
+        s = natsSubscription_SetPendingLimits(a->ingest_sub, INGEST_PENDING_MSGS,
+                                              INGEST_PENDING_BYTES);
+    if (s != NATS_OK) {
+        snprintf(err, errlen, "subscribing to %s in queue group %s: %s", subject,
+                 a->cfg.queue_group, natsStatus_GetText(s));
+        return -EIO;
+    }
+    return 0;
+}
+
+static void stream_unsubscribe_locked(struct aggregator *a)
+{
+    int64_t dropped = 0;
+
+    if (a->stream_sub == NULL)
+        return;
+    if (natsSubscription_GetDropped(a->stream_sub, &dropped) == NATS_OK && dropped > 0)
+        a->stream_sub_dropped += (uint64_t)dropped;
+    natsSubscription_Unsubscribe(a->stream_sub);
+    natsSubscription_Destroy(a->stream_sub);
+    a->stream_sub = NULL;
+}
+
+void ingest_stream_sync(struct aggregator *a)
+{
+    char subject[CONFIG_STR + 4];
+
+    pthread_mutex_lock(&a->stream_lock);
+    if (a->stream_clients > 0 && a->stream_sub == NULL && !a->stream_closed) {
+        natsConnection *nc = bus_conn(a->bus);
+        wildcard_subject(a, subject, sizeof(subject));
+        if (natsConnection_Subscribe(&a->stream_sub, nc, subject, on_stream_batch, a) == NATS_OK) {
+            natsSubscription_SetPendingLimits(a->stream_sub, INGEST_PENDING_MSGS,
+                                              INGEST_PENDING_BYTES);
+            /* Registered at the server before the client sees ": connected". */
+            natsConnection_FlushTimeout(nc, 500);
+        } else {
+            a->stream_sub = NULL; /* retried by the cluster thread's next tick */
+        }
+    } else if (a->stream_clients == 0 && a->stream_sub != NULL) {
+        stream_unsubscribe_locked(a);
+    }
+    pthread_mutex_unlock(&a->stream_lock);
+}
+
+void ingest_on_stream_clients(void *ctx, uint64_t clients)
+{
+    struct aggregator *a = ctx;
+
+    pthread_mutex_lock(&a->stream_lock);
+    a->stream_clients = clients;
+    pthread_mutex_unlock(&a->stream_lock);
+    ingest_stream_sync(a);
+}
+
+struct sub_done {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+};
+
+static void on_sub_complete(void *closure)
+{
+    struct sub_done *d = closure;
+
+    pthread_mutex_lock(&d->lock);
+    d->done = true;
+    pthread_cond_signal(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+}
+
+void aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain, int timeout_ms)
+{
+    struct sub_done d = {.done = false};
+    pthread_condattr_t ca;
+    struct timespec ts;
+    bool wait;
+
+    if (sub == NULL)
+        return;
+    pthread_mutex_init(&d.lock, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&d.cond, &ca);
+    pthread_condattr_destroy(&ca);
+    wait = natsSubscription_SetOnCompleteCB(sub, on_sub_complete, &d) == NATS_OK;
+    /* Draining needs the server; without it, queued messages are simply dropped. */
+    if (drain && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED &&
+        natsSubscription_Drain(sub) == NATS_OK)
+        natsSubscription_WaitForDrainCompletion(sub, timeout_ms);
+    else
+        natsSubscription_Unsubscribe(sub);
+    if (wait) {
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += timeout_ms / 1000;
+        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_mutex_lock(&d.lock);
+        while (!d.done && pthread_cond_timedwait(&d.cond, &d.lock, &ts) == 0)
+            ;
+        pthread_mutex_unlock(&d.lock);
+    }
+    if (!wait || d.done) {
+        natsSubscription_Destroy(sub);
+    } else {
+        /* The handler is stuck: leaking beats freeing what it may still use. */
+        fprintf(stderr, "ebpf-aggregator: a subscription did not stop within %d ms\n", timeout_ms);
+    }
+    pthread_cond_destroy(&d.cond);
+    pthread_mutex_destroy(&d.lock);
+}
+
+void ingest_stop(struct aggregator *a, int timeout_ms)
+{
+    /* Drain: stop receiving, but finish what is already queued for the callback. */
+    aggregator_sub_close(a->ingest_sub, bus_conn(a->bus), true, timeout_ms);
+    a->ingest_sub = NULL;
+    pthread_mutex_lock(&a->stream_lock);
+    a->stream_closed = true;
+    stream_unsubscribe_locked(a);
+    pthread_mutex_unlock(&a->stream_lock);
+}
+
+uint64_t ingest_bus_dropped(struct aggregator *a)
+{
+    int64_t dropped = 0;
+
+    if (a->ingest_sub == NULL || natsSubscription_GetDropped(a->ingest_sub, &dropped) != NATS_OK)
+        return 0;
+    return dropped > 0 ? (uint64_t)dropped : 0;
+}
+
+uint64_t ingest_stream_dropped(struct aggregator *a)
+{
+    int64_t dropped = 0;
+    uint64_t total;
+
+    pthread_mutex_lock(&a->stream_lock);
+    total = a->stream_sub_dropped;
+    if (a->stream_sub != NULL && natsSubscription_GetDropped(a->stream_sub, &dropped) == NATS_OK &&
+        dropped > 0)
+        total += (uint64_t)dropped;
+    pthread_mutex_unlock(&a->stream_lock);
+    return total;
+}
+
+void ingest_counters_json(struct aggregator *a, struct buf *b)
+{
+    const struct aggregator_counters *c = &a->counters;
+    struct store_stats ss;
+
+    store_get_stats(a->store, &ss);
+    buf_printf(b, "{\"batches\":%" PRIu64 ",\"events\":%" PRIu64 ",\"events_by_type\":{",
+               load(&c->batches), load(&c->events));
+    for (unsigned t = 1; t < EVENT_TYPE_COUNT; t++)
+        buf_printf(b, "%s\"%s\":%" PRIu64, t > 1 ? "," : "", event_type_name(t),
+                   load(&c->events_by_type[t]));
+    buf_puts(b, "},\"rejected\":{");
+    for (unsigned r = 1; r < BUS_REJECT_COUNT; r++)
+        buf_printf(b, "%s\"%s\":%" PRIu64, r > 1 ? "," : "", bus_reject_name(r),
+                   load(&c->rejected[r]));
+    buf_printf(b,
+               "},\"bus_dropped\":%" PRIu64 ",\"store_failed\":%" PRIu64
+               ",\"history\":{\"events\":%" PRIu64 ",\"capacity\":%" PRIu64
+               ",\"evicted_count\":%" PRIu64 ",\"evicted_age\":%" PRIu64 ",\"duplicates\":%" PRIu64
+               "},\"uptime_seconds\":%.3f}",
+               ingest_bus_dropped(a), load(&c->store_failed) + ss.failed, ss.events, ss.capacity,
+               ss.evicted_count, ss.evicted_age, ss.duplicates,
+               (double)(api_monotonic_ns() - a->started_mono_ns) / 1e9);
+}

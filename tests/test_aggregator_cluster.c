@@ -1,0 +1,796 @@
+/*
+ * The aggregator as a cluster: a real nats-server on a free loopback port and
+ * two real bin/ebpf-aggregator replicas in one queue group, fed with real
+ * batches (event_batch_encode + headers, published with nats.c) for two
+ * nodes. Queries to either replica answer for both; paging visits every
+ * event once; sequence gaps, bad input, SSE and a killed replica behave as
+ * the API promises. Plus the merge that makes paging across replicas exact,
+ * checked in-process against real stores.
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <nats/nats.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "aggregator/cluster.h"
+#include "bus.h"
+#include "event_pb.h"
+#include "intern.h"
+#include "store.h"
+#include "testutil.h"
+
+#define NODE_A    "ip-10-0-1-5.ec2.internal"
+#define NODE_B    "node-b"
+#define NREPLICAS 2
+
+static pid_t nats_pid = -1;
+static int nats_port;
+static char nats_url[64];
+static pid_t agg_pid[NREPLICAS];
+static int agg_port[NREPLICAS];
+static char logs[NREPLICAS + 1][128];
+static natsConnection *pub;
+static uint64_t next_id = 0x1000;
+
+static void dump_logs(void)
+{
+    for (int i = 0; i <= NREPLICAS; i++) {
+        char *s = tu_read_file(logs[i]);
+        if (s != NULL) {
+            size_t len = strlen(s);
+            cr_log_error("---- %s ----\n%s", logs[i], len > 3000 ? s + len - 3000 : s);
+            free(s);
+        }
+    }
+}
+
+#define check(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            dump_logs();                                                                           \
+            cr_assert_fail(__VA_ARGS__);                                                           \
+        }                                                                                          \
+    } while (0)
+
+static pid_t start_replica(int i)
+{
+    char listen[64], url[96];
+    /* EBPF_AGGREGATOR_BIN runs the suite against another build (e.g. with sanitizers). */
+    const char *bin = getenv("EBPF_AGGREGATOR_BIN");
+    char *argv[] = {(char *)(bin ? bin : tu_repo_path("bin/ebpf-aggregator")), NULL};
+
+    agg_port[i] = tu_free_port();
+    snprintf(listen, sizeof(listen), "LISTEN_ADDR=127.0.0.1:%d", agg_port[i]);
+    snprintf(url, sizeof(url), "NATS_URL=%s", nats_url);
+    char *env[] = {listen, url, "QUERY_TIMEOUT=400ms", "HISTORY_SIZE=100000", NULL};
+    return tu_spawn(argv, env, logs[i]);
+}
+
+static json_t *get(int port, const char *path)
+{
+    int status = 0;
+    json_t *j = tu_get_json(port, path, &status);
+    check(j != NULL && status == 200, "GET %s on :%d: status %d", path, port, status);
+    return j;
+}
+
+static json_int_t jint(json_t *o, const char *path)
+{
+    /* "a.b.c" */
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", path);
+    json_t *cur = o;
+    for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok && cur;
+         tok = strtok_r(NULL, ".", &save))
+        cur = json_object_get(cur, tok);
+    return json_integer_value(cur);
+}
+
+/* Polls until every replica expects all the others (heartbeats seen). */
+static bool wait_expected(int port, int want, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    do {
+        json_t *j = tu_get_json(port, "/api/nodes", NULL);
+        json_int_t e = j ? jint(j, "replicas.expected") : -1;
+        json_decref(j);
+        if (e == want)
+            return true;
+        usleep(20000);
+    } while (tu_mono_ms() < deadline);
+    return false;
+}
+
+static void cluster_up_with(const char *const nats_args[])
+{
+    nats_port = tu_free_port();
+    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", nats_port);
+    for (int i = 0; i <= NREPLICAS; i++)
+        snprintf(logs[i], sizeof(logs[i]), "/tmp/test_aggregator_cluster.%d.%d.log", getpid(), i);
+    nats_pid = tu_nats_start(nats_port, nats_args, logs[NREPLICAS]);
+    cr_assert(nats_pid > 0, "nats-server did not start");
+    for (int i = 0; i < NREPLICAS; i++) {
+        agg_pid[i] = start_replica(i);
+        check(agg_pid[i] > 0, "cannot start replica %d", i);
+    }
+    for (int i = 0; i < NREPLICAS; i++) {
+        check(tu_wait_http(agg_port[i], "/ready", 200, 10000), "replica %d never ready", i);
+        check(wait_expected(agg_port[i], NREPLICAS, 5000), "replica %d never saw its peer", i);
+    }
+    check(natsConnection_ConnectTo(&pub, nats_url) == NATS_OK, "test publisher cannot connect");
+}
+
+static void cluster_up(void)
+{
+    cluster_up_with(NULL);
+}
+
+static void cluster_down(void)
+{
+    if (pub != NULL)
+        natsConnection_Destroy(pub);
+    pub = NULL;
+    for (int i = 0; i < NREPLICAS; i++) {
+        if (agg_pid[i] > 0)
+            tu_stop(agg_pid[i], 5000);
+        agg_pid[i] = -1;
+    }
+    if (nats_pid > 0)
+        tu_stop(nats_pid, 5000);
+    nats_pid = -1;
+    for (int i = 0; i <= NREPLICAS; i++)
+        unlink(logs[i]);
+}
+
+/* n exit events of node, timestamps spread so order is total. */
+static struct event *make_events(const char *node, size_t n, uint32_t pid_base)
+{
+    struct event *ev = calloc(n, sizeof(*ev));
+    uint64_t now = tu_now_ns();
+    cr_assert(ev != NULL);
+    for (size_t i = 0; i < n; i++) {
+        ev[i].id = next_id++;
+        ev[i].type = EVENT_EXIT;
+        /* Shared timestamps between nodes on purpose: the id breaks the tie. */
+        ev[i].timestamp_ns = now - 1000000000ull + (next_id % 37) * 1000;
+        ev[i].pid = pid_base + (uint32_t)i;
+        ev[i].ppid = 1;
+        snprintf(ev[i].command, sizeof(ev[i].command), "worker");
+        ev[i].node = intern(node);
+        ev[i].u.exit.duration_ns = 5000;
+    }
+    return ev;
+}
+
+static void publish_raw(const char *subject, const char *content_type, const void *data, size_t len,
+                        const char *node, const char *instance, uint64_t seq, size_t nevents)
+{
+    natsMsg *m = NULL;
+    char num[32];
+
+    check(natsMsg_Create(&m, subject, NULL, data, (int)len) == NATS_OK, "natsMsg_Create");
+    if (content_type != NULL)
+        natsMsgHeader_Set(m, BUS_HDR_CONTENT_TYPE, content_type);
+    if (node != NULL)
+        natsMsgHeader_Set(m, BUS_HDR_NODE, node);
+    if (instance != NULL)
+        natsMsgHeader_Set(m, BUS_HDR_INSTANCE, instance);
+    if (seq > 0) {
+        snprintf(num, sizeof(num), "%" PRIu64, seq);
+        natsMsgHeader_Set(m, BUS_HDR_SEQUENCE, num);
+        snprintf(num, sizeof(num), "%zu", nevents);
+        natsMsgHeader_Set(m, BUS_HDR_EVENTS, num);
+    }
+    check(natsConnection_PublishMsg(pub, m) == NATS_OK, "publish on %s", subject);
+    natsMsg_Destroy(m);
+}
+
+static void publish_batch(const char *node, const char *instance, uint64_t seq, struct event *ev,
+                          size_t n)
+{
+    struct event_batch_meta meta = {
+        .node = node, .agent_instance = instance, .sequence = seq, .sent_at_ns = tu_now_ns()};
+    char subject[256];
+    struct buf b;
+
+    buf_init(&b);
+    cr_assert(event_batch_encode(&meta, ev, n, &b) == 0);
+    bus_node_subject("ebpf.events", node, subject, sizeof(subject));
+    publish_raw(subject, BUS_CONTENT_TYPE_PROTOBUF, b.data, b.len, node, instance, seq, n);
+    buf_free(&b);
+}
+
+/* Node A: 10 batches of 5 (seq 1..10); node B: 9 batches of 5, seq 3 missing. */
+#define EVENTS_A     50
+#define EVENTS_B     45
+#define EVENTS_TOTAL (EVENTS_A + EVENTS_B)
+
+static void publish_two_nodes(void)
+{
+    for (uint64_t seq = 1; seq <= 10; seq++) {
+        struct event *a = make_events(NODE_A, 5, 100);
+        publish_batch(NODE_A, "aaaaaaaaaaaaaaaa", seq, a, 5);
+        free(a);
+        if (seq == 3)
+            continue; /* the gap */
+        struct event *b = make_events(NODE_B, 5, 200);
+        publish_batch(NODE_B, "bbbbbbbbbbbbbbbb", seq, b, 5);
+        free(b);
+    }
+    natsConnection_Flush(pub);
+}
+
+static bool wait_total_events(int port, json_int_t want, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    do {
+        json_t *j = tu_get_json(port, "/api/stats", NULL);
+        json_int_t n = j ? jint(j, "total_events") : -1;
+        json_decref(j);
+        if (n == want)
+            return true;
+        usleep(20000);
+    } while (tu_mono_ms() < deadline);
+    return false;
+}
+
+static bool has_node(json_t *events, const char *node)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(events, i, e)
+    {
+        const char *n = json_string_value(json_object_get(e, "node"));
+        if (n != NULL && strcmp(n, node) == 0)
+            return true;
+    }
+    return false;
+}
+
+TestSuite(aggregator_cluster, .init = cluster_up, .fini = cluster_down, .timeout = 60);
+
+Test(aggregator_cluster, either_replica_answers_for_the_whole_cluster)
+{
+    publish_two_nodes();
+    check(wait_total_events(agg_port[0], EVENTS_TOTAL, 5000), "events never all ingested");
+
+    /* The queue group spread the batches: each replica holds only a share. */
+    json_t *st = get(agg_port[0], "/api/stats");
+    json_t *list = json_object_get(json_object_get(st, "replicas"), "list");
+    check(json_array_size(list) == 2, "stats from both replicas");
+    json_int_t share0 = jint(json_array_get(list, 0), "events");
+    json_int_t share1 = jint(json_array_get(list, 1), "events");
+    check(share0 + share1 == EVENTS_TOTAL, "shares %lld + %lld", share0, share1);
+    /* 19 batches spread at random: both get some (all on one: p = 2^-18). */
+    check(share0 > 0 && share1 > 0, "shares %lld and %lld", share0, share1);
+    json_decref(st);
+
+    for (int r = 0; r < NREPLICAS; r++) {
+        json_t *j = get(agg_port[r], "/api/events?limit=10000");
+        json_t *events = json_object_get(j, "events");
+        check(json_array_size(events) == EVENTS_TOTAL, "replica %d: %zu events", r,
+              json_array_size(events));
+        check(jint(j, "total_count") == EVENTS_TOTAL, "replica %d total_count", r);
+        check(jint(j, "replicas.answered") == 2 && jint(j, "replicas.expected") == 2,
+              "replica %d: answered %lld expected %lld", r, jint(j, "replicas.answered"),
+              jint(j, "replicas.expected"));
+        check(json_is_null(json_object_get(j, "next_cursor")), "one page holds everything");
+        check(has_node(events, NODE_A) && has_node(events, NODE_B), "replica %d: both nodes", r);
+        json_decref(j);
+
+        /* Filters apply on every replica before the merge. */
+        j = get(agg_port[r], "/api/events?node=" NODE_A "&limit=10000");
+        check(json_array_size(json_object_get(j, "events")) == EVENTS_A, "node filter");
+        check(!has_node(json_object_get(j, "events"), NODE_B), "node filter excludes B");
+        json_decref(j);
+    }
+}
+
+Test(aggregator_cluster, paging_with_the_cursor_visits_every_event_once)
+{
+    publish_two_nodes();
+    check(wait_total_events(agg_port[1], EVENTS_TOTAL, 5000), "events never all ingested");
+
+    uint64_t seen[EVENTS_TOTAL];
+    size_t nseen = 0, pages = 0;
+    char path[256] = "/api/events?limit=7";
+    uint64_t last_ts = UINT64_MAX, last_id = UINT64_MAX;
+    for (;;) {
+        json_t *j = get(agg_port[1], path);
+        json_t *events = json_object_get(j, "events");
+        size_t i;
+        json_t *e;
+        check(jint(j, "replicas.answered") == 2, "page %zu: both replicas answered", pages);
+        check(json_array_size(events) <= 7, "page larger than the limit");
+        json_array_foreach(events, i, e)
+        {
+            uint64_t id = strtoull(json_string_value(json_object_get(e, "id")), NULL, 16);
+            uint64_t ts = (uint64_t)json_integer_value(json_object_get(e, "timestamp"));
+            check(ts < last_ts || (ts == last_ts && id < last_id), "newest first across pages");
+            last_ts = ts;
+            last_id = id;
+            for (size_t k = 0; k < nseen; k++)
+                check(seen[k] != id, "event %016" PRIx64 " returned twice", id);
+            check(nseen < EVENTS_TOTAL, "more events than were published");
+            seen[nseen++] = id;
+        }
+        pages++;
+        json_t *cur = json_object_get(j, "next_cursor");
+        if (json_is_null(cur)) {
+            json_decref(j);
+            break;
+        }
+        snprintf(path, sizeof(path), "/api/events?limit=7&cursor=%s", json_string_value(cur));
+        json_decref(j);
+        check(pages < 100, "paging does not end");
+    }
+    check(nseen == EVENTS_TOTAL, "paged %zu of %d events", nseen, EVENTS_TOTAL);
+    check(pages >= EVENTS_TOTAL / 7, "%zu pages", pages);
+}
+
+Test(aggregator_cluster, nodes_and_sequence_gaps_are_seen_from_either_replica)
+{
+    publish_two_nodes();
+    check(wait_total_events(agg_port[0], EVENTS_TOTAL, 5000), "events never all ingested");
+
+    for (int r = 0; r < NREPLICAS; r++) {
+        json_t *j = get(agg_port[r], "/api/nodes");
+        json_t *nodes = json_object_get(j, "nodes");
+        check(jint(j, "count") == 2, "replica %d: %lld nodes", r, jint(j, "count"));
+        const char *sa =
+            json_string_value(json_object_get(json_object_get(nodes, NODE_A), "status"));
+        const char *sb =
+            json_string_value(json_object_get(json_object_get(nodes, NODE_B), "status"));
+        check(sa && strcmp(sa, "active") == 0 && sb && strcmp(sb, "active") == 0, "both active");
+        json_decref(j);
+
+        /* The gap is visible only once both replicas' tables are merged. */
+        j = get(agg_port[r], "/api/stats");
+        nodes = json_object_get(j, "nodes");
+        check(jint(json_object_get(nodes, NODE_B), "lost_batches") == 1, "replica %d: B lost %lld",
+              r, jint(json_object_get(nodes, NODE_B), "lost_batches"));
+        check(jint(json_object_get(nodes, NODE_A), "lost_batches") == 0, "A lost nothing");
+        check(jint(json_object_get(nodes, NODE_A), "events") == EVENTS_A, "A events");
+        check(jint(json_object_get(nodes, NODE_B), "batches") == 9, "B batches");
+        check(jint(j, "lost_batches") == 1, "total lost batches");
+        check(jint(j, "events_by_type.exit") == EVENTS_TOTAL, "events by type");
+        check(jint(j, "replicas.answered") == 2, "answered");
+        json_decref(j);
+    }
+
+    struct tu_http m;
+    check(tu_http_get(agg_port[0], "/metrics", NULL, &m) == 0 && m.status == 200, "/metrics");
+    check(strstr(m.body, "ebpf_aggregator_node_lost_batches_total{node=\"" NODE_B "\"} 1\n") !=
+              NULL,
+          "per-node lost batches in /metrics:\n%s", m.body);
+    check(strstr(m.body, "ebpf_aggregator_replicas_expected 2\n") != NULL, "replicas in /metrics");
+    tu_http_free(&m);
+}
+
+static bool wait_rejected(json_int_t want, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    do {
+        json_t *j = tu_get_json(agg_port[0], "/api/stats", NULL);
+        json_int_t n = j ? jint(j, "rejected_total") : -1;
+        json_decref(j);
+        if (n == want)
+            return true;
+        usleep(20000);
+    } while (tu_mono_ms() < deadline);
+    return false;
+}
+
+Test(aggregator_cluster, bad_messages_are_counted_by_reason_and_skipped)
+{
+    const char *subj = "ebpf.events.evil";
+    static const char garbage[] = "\xff\xff\xff\xff garbage that is no protobuf";
+    static const char badjson[] = "{\"id\":12,\"type\":\"exit\",\"timestamp\":\"soon\"}\n";
+
+    publish_raw(subj, BUS_CONTENT_TYPE_PROTOBUF, garbage, sizeof(garbage) - 1, "evil", NULL, 0, 0);
+    publish_raw(subj, "text/plain", "hello", 5, "evil", "eeeeeeeeeeeeeeee", 1, 1);
+    publish_raw(subj, BUS_CONTENT_TYPE_JSON, badjson, sizeof(badjson) - 1, "evil",
+                "eeeeeeeeeeeeeeee", 1, 1);
+    publish_raw(subj, BUS_CONTENT_TYPE_JSON, "{}", 2, NULL, NULL, 0, 0); /* no metadata */
+    /* One event more than the largest BATCH_SIZE: refused whole. */
+    struct event *many = make_events("evil", BUS_MAX_BATCH_EVENTS + 1, 1);
+    publish_batch("evil", "eeeeeeeeeeeeeeee", 2, many, BUS_MAX_BATCH_EVENTS + 1);
+    free(many);
+    /* A truncated protobuf batch. */
+    struct event *few = make_events("evil", 3, 1);
+    struct event_batch_meta meta = {
+        .node = "evil", .agent_instance = "eeeeeeeeeeeeeeee", .sequence = 3};
+    struct buf b;
+    buf_init(&b);
+    cr_assert(event_batch_encode(&meta, few, 3, &b) == 0);
+    publish_raw(subj, BUS_CONTENT_TYPE_PROTOBUF, b.data, b.len - 7, NULL, NULL, 0, 0);
+    buf_free(&b);
+    free(few);
+    natsConnection_Flush(pub);
+
+    check(wait_rejected(6, 5000), "six rejections counted");
+    json_t *j = get(agg_port[1], "/api/stats");
+    check(jint(j, "rejected.malformed_protobuf") == 2, "malformed_protobuf %lld",
+          jint(j, "rejected.malformed_protobuf"));
+    check(jint(j, "rejected.unknown_encoding") == 1, "unknown_encoding");
+    check(jint(j, "rejected.malformed_json") == 1, "malformed_json");
+    check(jint(j, "rejected.bad_metadata") == 1, "bad_metadata");
+    check(jint(j, "rejected.too_many_events") == 1, "too_many_events");
+    check(jint(j, "total_events") == 0, "nothing stored from bad input");
+    json_decref(j);
+
+    struct tu_http m;
+    check(tu_http_get(agg_port[0], "/metrics", NULL, &m) == 0 && m.status == 200, "/metrics");
+    check(strstr(m.body, "ebpf_aggregator_rejected_total{reason=\"") != NULL, "rejected metric");
+    tu_http_free(&m);
+
+    /* Still serving, and still ingesting good batches. */
+    publish_two_nodes();
+    check(wait_total_events(agg_port[0], EVENTS_TOTAL, 5000), "good batches after bad ones");
+    check(tu_wait_http(agg_port[0], "/health", 200, 1000), "health");
+    check(tu_wait_http(agg_port[1], "/health", 200, 1000), "health");
+}
+
+/* ---- SSE ---- */
+
+struct sse {
+    int fd;
+    char *data;
+    size_t len, cap;
+};
+
+static void sse_open(struct sse *s, int port, const char *path)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    char req[256];
+
+    memset(s, 0, sizeof(*s));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    s->fd = socket(AF_INET, SOCK_STREAM, 0);
+    check(s->fd >= 0 && connect(s->fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "connect");
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path);
+    check(write(s->fd, req, (size_t)n) == n, "send request");
+}
+
+static size_t count_str(const char *hay, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = hay; p && (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* Reads until needle appears (true) or the timeout passes. */
+static bool sse_wait_for(struct sse *s, const char *needle, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        if (s->data != NULL && strstr(s->data, needle) != NULL)
+            return true;
+        uint64_t now = tu_mono_ms();
+        if (now >= deadline)
+            return false;
+        struct pollfd p = {.fd = s->fd, .events = POLLIN};
+        if (poll(&p, 1, (int)(deadline - now)) <= 0)
+            continue;
+        if (s->cap - s->len < 65537) {
+            s->cap = s->cap ? s->cap * 2 : 1 << 17;
+            s->data = realloc(s->data, s->cap);
+            cr_assert(s->data != NULL);
+        }
+        ssize_t r = read(s->fd, s->data + s->len, s->cap - s->len - 1);
+        if (r <= 0)
+            return false;
+        s->len += (size_t)r;
+        s->data[s->len] = '\0';
+    }
+}
+
+static void sse_close(struct sse *s)
+{
+    close(s->fd);
+    free(s->data);
+}
+
+Test(aggregator_cluster, every_replica_streams_every_event_once)
+{
+    struct sse s[NREPLICAS];
+    for (int r = 0; r < NREPLICAS; r++) {
+        sse_open(&s[r], agg_port[r], "/api/events/stream?node=streamed");
+        check(sse_wait_for(&s[r], ": connected", 5000), "replica %d stream connected", r);
+    }
+    /* 8 batches spread over the queue group, then one marker event. */
+    for (uint64_t seq = 1; seq <= 8; seq++) {
+        struct event *ev = make_events("streamed", 4, 300);
+        publish_batch("streamed", "cccccccccccccccc", seq, ev, 4);
+        free(ev);
+    }
+    struct event *marker = make_events("streamed", 1, 99999);
+    publish_batch("streamed", "cccccccccccccccc", 9, marker, 1);
+    free(marker);
+    /* Not matching the filter: must not appear. */
+    struct event *other = make_events(NODE_A, 2, 400);
+    publish_batch(NODE_A, "aaaaaaaaaaaaaaaa", 1, other, 2);
+    free(other);
+    natsConnection_Flush(pub);
+
+    for (int r = 0; r < NREPLICAS; r++) {
+        /* Per subscription, delivery is in order: a duplicate would come before the marker. */
+        check(sse_wait_for(&s[r], "\"pid\":99999", 5000), "replica %d: marker streamed", r);
+        check(count_str(s[r].data, "data: ") == 33, "replica %d streamed %zu events", r,
+              count_str(s[r].data, "data: "));
+        check(strstr(s[r].data, NODE_A) == NULL, "filter applied");
+        sse_close(&s[r]);
+    }
+}
+
+static json_t *events_on(int port, uint64_t *elapsed_ms)
+{
+    uint64_t t0 = tu_mono_ms();
+    json_t *j = get(port, "/api/events");
+    *elapsed_ms = tu_mono_ms() - t0;
+    return j;
+}
+
+Test(aggregator_cluster, a_killed_replica_makes_answers_partial_until_it_expires)
+{
+    publish_two_nodes();
+    check(wait_total_events(agg_port[0], EVENTS_TOTAL, 5000), "events never all ingested");
+
+    uint64_t killed = tu_mono_ms(), ms;
+    kill(agg_pid[1], SIGKILL);
+    waitpid(agg_pid[1], NULL, 0);
+    agg_pid[1] = -1;
+
+    /* Its heartbeat is still fresh: expected but silent, and the answer says so. */
+    json_t *j = events_on(agg_port[0], &ms);
+    check(jint(j, "replicas.answered") == 1 && jint(j, "replicas.expected") == 2,
+          "right after the kill: answered %lld expected %lld", jint(j, "replicas.answered"),
+          jint(j, "replicas.expected"));
+    check(json_is_true(json_object_get(j, "partial")), "flagged partial");
+    check(ms < 1500, "partial answer took %" PRIu64 " ms", ms);
+    json_decref(j);
+
+    /* Then it stops being expected (heartbeat TTL), well before 3 s. */
+    bool expired = false;
+    while (!expired && tu_mono_ms() - killed < 3500) {
+        j = events_on(agg_port[0], &ms);
+        check(jint(j, "replicas.answered") == 1, "only the live replica answers");
+        expired = jint(j, "replicas.expected") == 1;
+        if (expired)
+            check(json_is_false(json_object_get(j, "partial")), "complete again");
+        json_decref(j);
+        if (!expired)
+            usleep(50000);
+    }
+    check(expired, "dead replica still expected after %" PRIu64 " ms", tu_mono_ms() - killed);
+    check(tu_mono_ms() - killed >= CLUSTER_PEER_TTL_MS - CLUSTER_HEARTBEAT_MS, "expired too early");
+}
+
+Test(aggregator_cluster, a_replica_stopping_cleanly_is_dropped_at_once)
+{
+    uint64_t t0 = tu_mono_ms();
+    check(tu_stop(agg_pid[1], 5000) == 0, "clean exit on SIGTERM");
+    agg_pid[1] = -1;
+    /* The leaving heartbeat, not the TTL: well under CLUSTER_PEER_TTL_MS. */
+    check(wait_expected(agg_port[0], 1, 1000), "peer still expected after it left");
+    check(tu_mono_ms() - t0 < CLUSTER_PEER_TTL_MS, "dropped by expiry, not by leaving");
+    json_t *j = get(agg_port[0], "/api/events");
+    check(jint(j, "replicas.answered") == 1 && jint(j, "replicas.expected") == 1, "alone");
+    json_decref(j);
+}
+
+Test(aggregator_cluster, ready_follows_the_nats_connection)
+{
+    tu_stop(nats_pid, 5000);
+    nats_pid = -1;
+    check(tu_wait_http(agg_port[0], "/ready", 503, 5000), "/ready is 503 without NATS");
+    check(tu_wait_http(agg_port[0], "/health", 200, 1000), "still alive");
+    /* Queries still answer, alone. */
+    json_t *j = get(agg_port[0], "/api/events");
+    check(jint(j, "replicas.answered") == 1, "answers alone while disconnected");
+    json_decref(j);
+}
+
+static char small_conf[128];
+
+/* A server whose messages hold 32 KiB at most: replicas' answers must be cut to fit. */
+static void cluster_up_small_payload(void)
+{
+    snprintf(small_conf, sizeof(small_conf), "/tmp/test_aggregator_cluster.%d.conf", getpid());
+    FILE *f = fopen(small_conf, "w");
+    cr_assert(f != NULL);
+    fputs("max_payload: 32768\n", f);
+    fclose(f);
+    const char *const args[] = {"-c", small_conf, NULL};
+    cluster_up_with(args);
+}
+
+static void cluster_down_small_payload(void)
+{
+    cluster_down();
+    unlink(small_conf);
+}
+
+Test(aggregator_small_payload, answers_larger_than_a_message_still_page_exactly,
+     .init = cluster_up_small_payload, .fini = cluster_down_small_payload, .timeout = 60)
+{
+    enum { BATCHES = 40, PER_BATCH = 50, TOTAL = BATCHES * PER_BATCH };
+    for (uint64_t seq = 1; seq <= BATCHES; seq++) {
+        struct event *ev = make_events(seq % 2 ? NODE_A : NODE_B, PER_BATCH, 500);
+        publish_batch(seq % 2 ? NODE_A : NODE_B, seq % 2 ? "aaaaaaaaaaaaaaaa" : "bbbbbbbbbbbbbbbb",
+                      (seq + 1) / 2, ev, PER_BATCH);
+        free(ev);
+    }
+    natsConnection_Flush(pub);
+    check(wait_total_events(agg_port[0], TOTAL, 5000), "events never all ingested");
+
+    /* One page cannot carry everything: each peer sends what fits and says it has more. */
+    static bool seen[1 << 16];
+    size_t nseen = 0, pages = 0;
+    char path[256] = "/api/events?limit=10000";
+    for (;;) {
+        json_t *j = get(agg_port[0], path);
+        json_t *events = json_object_get(j, "events");
+        size_t i;
+        json_t *e;
+        check(jint(j, "total_count") == TOTAL, "total_count %lld", jint(j, "total_count"));
+        check(jint(j, "replicas.answered") == 2, "both answered");
+        json_array_foreach(events, i, e)
+        {
+            uint64_t id = strtoull(json_string_value(json_object_get(e, "id")), NULL, 16);
+            check(id < (1 << 16) && !seen[id], "event %016" PRIx64 " twice", id);
+            seen[id] = true;
+            nseen++;
+        }
+        pages++;
+        json_t *cur = json_object_get(j, "next_cursor");
+        if (json_is_null(cur)) {
+            json_decref(j);
+            break;
+        }
+        snprintf(path, sizeof(path), "/api/events?limit=10000&cursor=%s", json_string_value(cur));
+        json_decref(j);
+        check(pages < 1000, "paging does not end");
+    }
+    check(nseen == TOTAL, "paged %zu of %d", nseen, TOTAL);
+    check(pages > 1, "the payload limit never cut an answer");
+}
+
+/* No fixture: this one starts NATS late on purpose. */
+Test(aggregator_late_nats, starts_without_nats_and_serves_once_it_comes, .fini = cluster_down,
+     .timeout = 60)
+{
+    nats_port = tu_free_port();
+    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", nats_port);
+    for (int i = 0; i <= NREPLICAS; i++)
+        snprintf(logs[i], sizeof(logs[i]), "/tmp/test_aggregator_cluster.%d.%d.log", getpid(), i);
+    agg_pid[0] = start_replica(0);
+    check(agg_pid[0] > 0, "cannot start the replica");
+    check(tu_wait_http(agg_port[0], "/health", 200, 10000), "alive without NATS");
+    check(tu_wait_http(agg_port[0], "/ready", 503, 1000), "not ready without NATS");
+    json_t *j = get(agg_port[0], "/api/events");
+    check(jint(j, "replicas.answered") == 1 && jint(j, "count") == 0, "answers alone");
+    json_decref(j);
+
+    nats_pid = tu_nats_start(nats_port, NULL, logs[NREPLICAS]);
+    check(nats_pid > 0, "nats-server did not start");
+    check(tu_wait_http(agg_port[0], "/ready", 200, 15000), "ready once NATS is up");
+    check(natsConnection_ConnectTo(&pub, nats_url) == NATS_OK, "test publisher cannot connect");
+    /* Subscriptions made while disconnected took effect on connect. */
+    publish_two_nodes();
+    check(wait_total_events(agg_port[0], EVENTS_TOTAL, 5000), "ingests after a late connect");
+    agg_pid[1] = start_replica(1);
+    check(wait_expected(agg_port[0], 2, 10000), "sees a peer after a late connect");
+}
+
+/* ---- the merge, in-process against real stores ---- */
+
+static struct store *fill_store(uint64_t seed, size_t n, const char *node)
+{
+    struct store_limits lim = {.max_events = 10000};
+    struct store *s = store_new(&lim);
+    cr_assert(s != NULL);
+    for (size_t i = 0; i < n; i++) {
+        struct event e = {0};
+        e.id = seed + i;
+        e.type = EVENT_EXIT;
+        /* Overlapping time ranges and repeated timestamps across the two stores. */
+        e.timestamp_ns = 1700000000000000000ull + ((seed + i * 7) % 50) * 1000;
+        e.pid = (uint32_t)i;
+        e.node = intern(node);
+        cr_assert(store_add(s, &e) == 0);
+    }
+    return s;
+}
+
+/* A source the way a peer sends it: maybe cut short (payload limit), then has_more. */
+static void source_from(struct store *s, const struct query *q, size_t cut, struct store_result *r,
+                        struct cluster_source *src)
+{
+    cr_assert(store_query(s, q, r) == 0);
+    src->events = r->events;
+    src->count = r->count;
+    src->total_count = r->total_count;
+    src->has_more = r->has_next;
+    if (cut > 0 && src->count > cut) {
+        src->count = cut;
+        src->has_more = true;
+    }
+}
+
+static void page_all(size_t cut_a, size_t cut_b, uint32_t limit)
+{
+    struct store *sa = fill_store(1000, 60, "a"), *sb = fill_store(5000, 45, "b");
+    struct query q;
+    bool seen[10000] = {0};
+    size_t total = 0;
+    query_init(&q);
+    q.limit = limit;
+
+    for (int pages = 0;; pages++) {
+        struct store_result ra, rb;
+        struct cluster_source src[2];
+        struct cluster_events out;
+        source_from(sa, &q, cut_a, &ra, &src[0]);
+        source_from(sb, &q, cut_b, &rb, &src[1]);
+        cr_assert(cluster_merge(src, 2, limit, &out) == 0);
+        cr_assert(out.total_count == ra.total_count + rb.total_count);
+        cr_assert(out.count <= limit);
+        for (size_t i = 0; i < out.count; i++) {
+            uint64_t id = out.events[i].id;
+            cr_assert(id < 10000 && !seen[id], "event %" PRIu64 " twice", id);
+            seen[id] = true;
+            total++;
+            if (i > 0)
+                cr_assert(query_cmp_newest_first(out.events[i - 1].timestamp_ns,
+                                                 out.events[i - 1].id, out.events[i].timestamp_ns,
+                                                 out.events[i].id) < 0);
+        }
+        bool more = out.has_next;
+        q.has_cursor = true;
+        q.cursor = out.next_cursor;
+        cluster_events_free(&out);
+        store_result_free(&ra);
+        store_result_free(&rb);
+        if (!more)
+            break;
+        cr_assert(pages < 200, "paging does not end");
+    }
+    cr_assert_eq(total, 105, "paged %zu of 105", total);
+    store_free(sa);
+    store_free(sb);
+}
+
+Test(cluster_merge, pages_cover_every_event_once)
+{
+    page_all(0, 0, 10);
+    page_all(0, 0, 1);
+    page_all(0, 0, 1000);
+}
+
+Test(cluster_merge, a_source_cut_short_bounds_the_page)
+{
+    /* Source a sends at most 3 of its 10: the page must stop at its last event. */
+    page_all(3, 0, 10);
+    page_all(2, 5, 10);
+    page_all(1, 1, 7);
+}
+
+Test(cluster_merge, no_sources_and_empty_sources)
+{
+    struct cluster_events out;
+    struct cluster_source src[2] = {{0}, {0}};
+    cr_assert(cluster_merge(src, 2, 10, &out) == 0);
+    cr_assert(out.count == 0 && !out.has_next && out.total_count == 0);
+    cluster_events_free(&out);
+}
