@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Installs every build, test and run dependency from Debian 12 packages.
-# Idempotent: packages already present are not touched, and apt is not
-# consulted at all when nothing is missing.
+# Installs every build, test and run dependency: Debian 12 packages, then the
+# npm packages of the independent bus client used by the tests (tests/js).
+# Idempotent: packages already present are not touched, apt is not consulted
+# at all when nothing is missing, and npm runs only when tests/js/node_modules
+# is missing or older than its lock file.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 packages=(
   make gcc clang llvm pkg-config bpftool
@@ -13,6 +16,10 @@ packages=(
   libyaml-dev libcriterion-dev libjansson-dev
   clang-format curl jq iproute2 procps
 )
+# Node.js runs the tests' independent NATS client; any install that provides
+# node and npm will do (Debian's nodejs + npm when there is none).
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -23,15 +30,23 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "deps: all ${#packages[@]} packages present"
-  exit 0
+else
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: missing packages: ${missing[*]}; run 'sudo make deps'" >&2
+    exit 1
+  fi
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "deps: missing packages: ${missing[*]}; run 'sudo make deps'" >&2
-  exit 1
+# npm packages for tests/js, exactly as locked.
+js=tests/js
+if [ ! -d "$js/node_modules" ] || [ "$js/package-lock.json" -nt "$js/node_modules" ]; then
+  echo "deps: npm ci in $js"
+  npm ci --prefix "$js" --no-audit --no-fund --loglevel=error
+  touch "$js/node_modules"
+else
+  echo "deps: $js/node_modules up to date"
 fi
-
-echo "deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}"

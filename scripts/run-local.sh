@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make run`: a local NATS server (unless NATS_URL is set) and the agent on
-# :8080, in the foreground. Ctrl-C stops everything.
+# `make run`: a local NATS server on 127.0.0.1:4222 (unless NATS_URL is set),
+# the agent on :8080 and the aggregator on :8081, in the foreground.
+# Ctrl-C stops all three. AGENT_LISTEN_ADDR / AGGREGATOR_LISTEN_ADDR move the
+# HTTP APIs; every other setting comes from the environment as usual.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,25 +11,76 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-pids=()
+agent_addr="${AGENT_LISTEN_ADDR:-:8080}"
+agg_addr="${AGGREGATOR_LISTEN_ADDR:-:8081}"
+agent_port="${agent_addr##*:}"
+agg_port="${agg_addr##*:}"
+
+pids=()     # agent and aggregator
+nats_pid=""
 cleanup() {
   trap - INT TERM EXIT
+  echo
+  echo "run: stopping"
+  # The agent flushes its last batch on the way out: stop NATS after it.
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ -n "$nats_pid" ]; then
+    kill -TERM "$nats_pid" 2>/dev/null || true
+    wait "$nats_pid" 2>/dev/null || true
+  fi
 }
 trap cleanup INT TERM EXIT
 
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_http() { # url, seconds
+  for _ in $(seq $(($2 * 10))); do
+    curl -sf -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
 if [ -z "${NATS_URL:-}" ]; then
+  if port_open 4222; then
+    echo "run: something already listens on 127.0.0.1:4222; stop it, or set NATS_URL to use it" >&2
+    exit 1
+  fi
   echo "run: nats-server on 127.0.0.1:4222"
-  nats-server -a 127.0.0.1 -p 4222 &
-  pids+=($!)
+  # Its own session, so Ctrl-C reaches it only through cleanup, after the agent.
+  setsid nats-server -a 127.0.0.1 -p 4222 &
+  nats_pid=$!
   export NATS_URL=nats://127.0.0.1:4222
+  for _ in $(seq 100); do port_open 4222 && break; sleep 0.1; done
+else
+  echo "run: using NATS at $NATS_URL"
 fi
 
-echo "run: agent on ${AGENT_LISTEN_ADDR:-:8080}"
-LISTEN_ADDR="${AGENT_LISTEN_ADDR:-:8080}" bin/ebpf-agent &
+echo "run: agent on $agent_addr"
+bin/ebpf-agent --listen-addr "$agent_addr" &
+pids+=($!)
+echo "run: aggregator on $agg_addr"
+bin/ebpf-aggregator --listen-addr "$agg_addr" &
 pids+=($!)
 
+if wait_http "http://127.0.0.1:$agent_port/ready" 30 && wait_http "http://127.0.0.1:$agg_port/ready" 30; then
+  cat <<MSG
 
-echo "run: try  curl -s 'localhost:8080/api/events?type=connection&limit=5'"
-wait -n "${pids[@]}"
+run: ready. Try, in another terminal:
+  curl -s 'localhost:$agent_port/api/events?type=connection&limit=5'          # this node (agent)
+  curl -s 'localhost:$agg_port/api/events?type=exec,exit&limit=5'            # the whole cluster (aggregator)
+  curl -s localhost:$agg_port/api/nodes
+  curl -s localhost:$agg_port/api/stats
+  curl -N 'localhost:$agg_port/api/events/stream?type=exec'                  # live, Server-Sent Events
+  bin/ebpf-aggregator tail --nats $NATS_URL --type connection             # live from the bus
+${API_TOKEN:+(API_TOKEN is set: add -H "Authorization: Bearer \$API_TOKEN" to the /api requests)
+}Ctrl-C stops nats-server, the agent and the aggregator.
+
+MSG
+else
+  echo "run: agent or aggregator did not become ready; see the messages above" >&2
+fi
+
+# Stop everything as soon as any of them exits.
+wait -n "${pids[@]}" ${nats_pid:+"$nats_pid"}

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -65,9 +66,14 @@ const char *tu_repo_path(const char *rel)
 
 pid_t tu_spawn(char *const argv[], char *const env[], const char *log_path)
 {
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid != 0)
         return pid;
+    /* A failed assertion ends the test process: take its servers with it. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(127);
     if (log_path) {
         int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
@@ -275,4 +281,57 @@ bool tu_bpf_prog_loaded(uint32_t id)
         return false;
     close(fd);
     return true;
+}
+
+bool tu_wait_port(int port, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    do {
+        int fd = connect_local(port);
+        if (fd >= 0) {
+            close(fd);
+            return true;
+        }
+        usleep(10000);
+    } while (tu_mono_ms() < deadline);
+    return false;
+}
+
+pid_t tu_nats_start(int port, const char *const extra[], const char *log_path)
+{
+    char portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    const char *argv[32] = {"/usr/sbin/nats-server", "-a", "127.0.0.1", "-p", portstr};
+    size_t n = 5;
+    for (size_t i = 0; extra && extra[i] && n + 1 < sizeof(argv) / sizeof(argv[0]); i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    if (access(argv[0], X_OK) != 0)
+        argv[0] = "/usr/bin/nats-server";
+    pid_t pid = tu_spawn((char *const *)argv, NULL, log_path);
+    if (pid <= 0)
+        return -1;
+    /* Wait for the port, but give up early if the server exited (bad flag, port taken). */
+    uint64_t deadline = tu_mono_ms() + 10000;
+    while (tu_mono_ms() < deadline) {
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            return -1;
+        if (tu_wait_port(port, 50))
+            return pid;
+    }
+    tu_stop(pid, 2000);
+    return -1;
+}
+
+json_t *tu_get_json_hdr(int port, const char *path, const char *header, int *status)
+{
+    struct tu_http r;
+    if (tu_http_get(port, path, header, &r) < 0)
+        return NULL;
+    if (status)
+        *status = r.status;
+    json_t *j = json_loads(r.body, 0, NULL);
+    tu_http_free(&r);
+    return j;
 }

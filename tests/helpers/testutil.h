@@ -49,6 +49,20 @@ uint64_t tu_mono_ms(void);
 /* True while the kernel has a BPF program with this id. */
 bool tu_bpf_prog_loaded(uint32_t id);
 
+/* True once something accepts TCP connections on 127.0.0.1:port (polls until timeout_ms). */
+bool tu_wait_port(int port, int timeout_ms);
+
+/*
+ * Starts nats-server on 127.0.0.1:port with extra arguments (NULL-terminated,
+ * may be NULL: e.g. {"--user", "u", "--pass", "p", NULL} or {"-c", file, NULL});
+ * output goes to log_path. Waits until the port accepts connections. Returns
+ * the pid (stop it with tu_stop), or -1 when the server did not come up.
+ */
+pid_t tu_nats_start(int port, const char *const extra[], const char *log_path);
+
+/* Like tu_http_get, with the body parsed as JSON (NULL when it is not JSON). */
+json_t *tu_get_json_hdr(int port, const char *path, const char *header, int *status);
+
 /* Path of a file in the build tree: bin/ebpf-agent relative to the repo root. */
 const char *tu_repo_path(const char *rel);
 

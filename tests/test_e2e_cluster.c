@@ -1,0 +1,1406 @@
+/*
+ * End to end over NATS: a real nats-server on a free loopback port, real
+ * bin/ebpf-agent processes publishing real kernel events, real
+ * bin/ebpf-aggregator replicas in one queue group, and an independent reader
+ * of the bus written with the npm `nats` and `protobufjs` packages
+ * (tests/js/sub.mjs). Everything is started here and stopped by PID.
+ * Tests that run an agent need root (eBPF); they say so when skipped.
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <nats/nats.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "events.pb-c.h"
+#include "testutil.h"
+
+#define MAX_PROCS 16
+#define NODE_A    "ip-10-0-1-5.ec2.internal"
+#define SUBJ_A    "ebpf.events.ip-10-0-1-5_ec2_internal"
+#define NODE_B    "e2e-node-b"
+
+/* A process this suite started; stopped by PID in fini. */
+struct proc {
+    pid_t pid;
+    int port; /* HTTP port, 0 for none */
+    char name[64];
+    char log[256];
+};
+
+static struct proc procs[MAX_PROCS];
+static size_t nprocs;
+static char workdir[96];
+
+static pid_t nats_pid;
+static int nats_port;
+static char nats_url[64];
+static char nats_log[160];
+static const char *const *nats_args; /* kept for restarts on the same port */
+
+/* "Authorization: Bearer ..." for API requests, or NULL. */
+static const char *api_header;
+
+/* ---- logs and failure reporting ---------------------------------------- */
+
+static void dump_log(const char *name, const char *path)
+{
+    char *s = tu_read_file(path);
+    if (!s)
+        return;
+    size_t len = strlen(s);
+    const char *tail = len > 3000 ? s + len - 3000 : s;
+    cr_log_error("---- %s (%s) ----\n%s", name, path, tail);
+    free(s);
+}
+
+static void dump_logs(void)
+{
+    dump_log("nats-server", nats_log);
+    for (size_t i = 0; i < nprocs; i++)
+        dump_log(procs[i].name, procs[i].log);
+}
+
+/* Fails the test with every process's log attached. */
+#define check(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            dump_logs();                                                                           \
+            cr_assert_fail(__VA_ARGS__);                                                           \
+        }                                                                                          \
+    } while (0)
+
+/* ---- suite setup -------------------------------------------------------- */
+
+static void suite_init(void)
+{
+    snprintf(workdir, sizeof(workdir), "/tmp/ebpf-e2e-cluster-%d", getpid());
+    mkdir(workdir, 0755);
+    snprintf(nats_log, sizeof(nats_log), "%s/nats-server.log", workdir);
+    nprocs = 0;
+    nats_pid = 0;
+    api_header = NULL;
+}
+
+static void suite_fini(void)
+{
+    /* Clients first, then the server they talk to. */
+    for (size_t i = nprocs; i-- > 0;) {
+        if (procs[i].pid > 0)
+            tu_stop(procs[i].pid, 10000);
+        procs[i].pid = 0;
+    }
+    if (nats_pid > 0)
+        tu_stop(nats_pid, 5000);
+    nats_pid = 0;
+    char cmd[160];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", workdir);
+    if (system(cmd) != 0)
+        cr_log_warn("could not remove %s", workdir);
+}
+
+TestSuite(e2e_cluster, .init = suite_init, .fini = suite_fini, .timeout = 90);
+
+static void need_root(void)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root: the agent loads eBPF programs");
+}
+
+static struct proc *proc_new(const char *fmt, ...)
+{
+    cr_assert_lt(nprocs, MAX_PROCS);
+    struct proc *p = &procs[nprocs++];
+    memset(p, 0, sizeof(*p));
+    va_list ap;
+    va_start(ap, fmt);
+    char name[sizeof(p->name)];
+    vsnprintf(name, sizeof(name), fmt, ap);
+    va_end(ap);
+    memcpy(p->name, name, sizeof(name));
+    /* Subjects contain '>' and '*': keep the file name plain. */
+    for (char *c = name; *c; c++)
+        if (*c == '>' || *c == '*' || *c == '/')
+            *c = '_';
+    snprintf(p->log, sizeof(p->log), "%s/%zu-%s.log", workdir, nprocs, name);
+    return p;
+}
+
+static void proc_kill(struct proc *p, int sig)
+{
+    if (p->pid <= 0)
+        return;
+    if (sig == SIGKILL) {
+        kill(p->pid, SIGKILL);
+        waitpid(p->pid, NULL, 0);
+    } else {
+        int st = tu_stop(p->pid, 10000);
+        cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s did not exit cleanly (status %d)",
+                  p->name, st);
+    }
+    p->pid = 0;
+}
+
+/* ---- nats-server -------------------------------------------------------- */
+
+static void nats_up(const char *const extra[])
+{
+    nats_args = extra;
+    nats_port = tu_free_port();
+    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", nats_port);
+    nats_pid = tu_nats_start(nats_port, extra, nats_log);
+    check(nats_pid > 0, "nats-server did not start on port %d", nats_port);
+}
+
+static void nats_down(void)
+{
+    tu_stop(nats_pid, 5000);
+    nats_pid = 0;
+}
+
+/* Same port, same arguments: clients must find it again by themselves. */
+static void nats_restart(void)
+{
+    nats_pid = tu_nats_start(nats_port, nats_args, nats_log);
+    check(nats_pid > 0, "nats-server did not restart on port %d", nats_port);
+}
+
+/* ---- agents and aggregators --------------------------------------------- */
+
+static struct proc *agent_up(const char *node, const char *const env[])
+{
+    need_root();
+    struct proc *p = proc_new("agent-%s", node);
+    p->port = tu_free_port();
+    char bin[256], listen[32];
+    snprintf(bin, sizeof(bin), "%s", tu_repo_path("bin/ebpf-agent"));
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", p->port);
+    char *argv[] = {bin,          "--listen-addr", listen,   "--node-name",
+                    (char *)node, "--nats-url",    nats_url, NULL};
+    p->pid = tu_spawn(argv, (char *const *)env, p->log);
+    check(tu_wait_http(p->port, "/ready", 200, 30000), "agent %s not ready", node);
+    return p;
+}
+
+static struct proc *agg_up(const char *name, const char *const env[], bool wait_ready)
+{
+    struct proc *p = proc_new("aggregator-%s", name);
+    p->port = tu_free_port();
+    char bin[256], listen[32];
+    snprintf(bin, sizeof(bin), "%s", tu_repo_path("bin/ebpf-aggregator"));
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", p->port);
+    char *argv[] = {bin, "--listen-addr", listen, "--nats-url", nats_url, NULL};
+    p->pid = tu_spawn(argv, (char *const *)env, p->log);
+    check(tu_wait_http(p->port, "/health", 200, 15000), "aggregator %s not serving", name);
+    if (wait_ready)
+        check(tu_wait_http(p->port, "/ready", 200, 15000), "aggregator %s not ready", name);
+    return p;
+}
+
+/* ---- the independent subscriber (npm nats + protobufjs) ----------------- */
+
+static const char *node_bin(void)
+{
+    static const char *const paths[] = {"/usr/bin/node", "/usr/local/bin/node", "/usr/bin/nodejs"};
+    for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++)
+        if (access(paths[i], X_OK) == 0)
+            return paths[i];
+    return NULL;
+}
+
+static struct proc *sub_up(const char *subject, int timeout_ms, const char *user, const char *pass,
+                           const char *raw_dir)
+{
+    const char *node = node_bin();
+    cr_assert(node, "node (Node.js) is not installed: run make deps");
+    char script[256], modules[256], tmo[16];
+    snprintf(script, sizeof(script), "%s", tu_repo_path("tests/js/sub.mjs"));
+    snprintf(modules, sizeof(modules), "%s", tu_repo_path("tests/js/node_modules/nats"));
+    cr_assert(access(modules, F_OK) == 0, "tests/js/node_modules is missing: run make deps");
+    snprintf(tmo, sizeof(tmo), "%d", timeout_ms);
+    struct proc *p = proc_new("sub-%s", subject);
+    char *argv[16] = {(char *)node, script,          "--server",  nats_url,
+                      "--subject",  (char *)subject, "--timeout", tmo};
+    size_t n = 8;
+    if (user) {
+        argv[n++] = "--user";
+        argv[n++] = (char *)user;
+        argv[n++] = "--pass";
+        argv[n++] = (char *)pass;
+    }
+    if (raw_dir) {
+        mkdir(raw_dir, 0755);
+        argv[n++] = "--raw";
+        argv[n++] = (char *)raw_dir;
+    }
+    argv[n] = NULL;
+    p->pid = tu_spawn(argv, NULL, p->log);
+    uint64_t deadline = tu_mono_ms() + 20000;
+    for (;;) {
+        char *s = tu_read_file(p->log);
+        bool ready = s && strstr(s, "{\"ready\":true}");
+        free(s);
+        if (ready)
+            break;
+        check(tu_mono_ms() < deadline, "npm subscriber did not subscribe to %s", subject);
+        usleep(20000);
+    }
+    return p;
+}
+
+/* Every message line the subscriber printed so far (an array, new reference). */
+static json_t *sub_msgs(struct proc *p)
+{
+    json_t *arr = json_array();
+    char *s = tu_read_file(p->log);
+    for (char *line = s ? strtok(s, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+        json_t *j = json_loads(line, 0, NULL);
+        if (json_is_object(j) && json_object_get(j, "subject"))
+            json_array_append(arr, j);
+        json_decref(j);
+    }
+    free(s);
+    return arr;
+}
+
+/* ---- JSON access -------------------------------------------------------- */
+
+/* Dotted path lookup: "bus.events_sent". */
+static json_t *jget(json_t *o, const char *path)
+{
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", path);
+    char *save = NULL;
+    for (char *k = strtok_r(buf, ".", &save); k && o; k = strtok_r(NULL, ".", &save))
+        o = json_object_get(o, k);
+    return o;
+}
+
+static int64_t jint(json_t *o, const char *path)
+{
+    json_t *v = jget(o, path);
+    if (json_is_string(v))
+        return strtoll(json_string_value(v), NULL, 10);
+    return json_is_integer(v) ? json_integer_value(v) : -1;
+}
+
+static const char *jstr(json_t *o, const char *path)
+{
+    json_t *v = jget(o, path);
+    return json_is_string(v) ? json_string_value(v) : "";
+}
+
+static char *jdump(json_t *j)
+{
+    static __thread char out[4096];
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    snprintf(out, sizeof(out), "%s", s ? s : "(null)");
+    free(s);
+    return out;
+}
+
+/* GET that must answer 200 with JSON. */
+static json_t *api(struct proc *p, const char *fmt, ...)
+{
+    char path[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(path, sizeof(path), fmt, ap);
+    va_end(ap);
+    int status = 0;
+    json_t *j = tu_get_json_hdr(p->port, path, api_header, &status);
+    check(j && status == 200, "%s: GET %s -> %d %s", p->name, path, status, jdump(j));
+    return j;
+}
+
+/* The per-node entry of a stats/nodes response: "nodes" keyed by name, or an array. */
+static json_t *node_entry(json_t *resp, const char *node)
+{
+    json_t *nodes = json_object_get(resp, "nodes");
+    if (json_is_object(nodes))
+        return json_object_get(nodes, node);
+    size_t i;
+    json_t *n;
+    json_array_foreach(nodes, i, n)
+    {
+        if (strcmp(jstr(n, "node"), node) == 0 || strcmp(jstr(n, "name"), node) == 0)
+            return n;
+    }
+    return NULL;
+}
+
+/* Polls an events query until it returns exactly want events (count). */
+static json_t *wait_count(struct proc *p, const char *query, int want, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        json_t *r = api(p, "%s", query);
+        if (jint(r, "count") == want)
+            return r;
+        if (tu_mono_ms() > deadline) {
+            dump_logs();
+            cr_assert_fail("%s: %s gave %" PRId64 " events, want %d: %s", p->name, query,
+                           jint(r, "count"), want, jdump(r));
+        }
+        json_decref(r);
+        usleep(50000);
+    }
+}
+
+/* "id,id,id" of a response's events, in order. */
+static void ids_of(json_t *resp, char *out, size_t len)
+{
+    size_t i, off = 0;
+    json_t *ev;
+    out[0] = '\0';
+    json_array_foreach(json_object_get(resp, "events"), i, ev)
+    {
+        off += (size_t)snprintf(out + off, off < len ? len - off : 0, "%s,", jstr(ev, "id"));
+    }
+}
+
+/* ---- real activity ------------------------------------------------------ */
+
+static char marker_path[160];
+static char marker_name[16];
+
+/* A symlink to /bin/true whose name becomes the exec'd task's comm. */
+static void marker_init(char tag)
+{
+    snprintf(marker_name, sizeof(marker_name), "m%05d%c", getpid() % 100000, tag);
+    snprintf(marker_path, sizeof(marker_path), "%s/%s", workdir, marker_name);
+    unlink(marker_path);
+    cr_assert_eq(symlink("/bin/true", marker_path), 0, "symlink: %s", strerror(errno));
+}
+
+/* Runs the marker program once; returns the child's pid. */
+static pid_t run_marker(void)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl(marker_path, marker_name, (char *)NULL);
+        _exit(127);
+    }
+    cr_assert(pid > 0);
+    int st;
+    waitpid(pid, &st, 0);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "marker did not run");
+    return pid;
+}
+
+/* One TCP connection over loopback: a connection event and an accept event. */
+static void tcp_roundtrip(void)
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    cr_assert_eq(bind(l, (struct sockaddr *)&sa, len), 0);
+    cr_assert_eq(listen(l, 4), 0);
+    cr_assert_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(connect(c, (struct sockaddr *)&sa, len), 0);
+    int a = accept(l, NULL, NULL);
+    cr_assert(a >= 0);
+    close(a);
+    close(c);
+    close(l);
+}
+
+/* ---- a Server-Sent Events reader ---------------------------------------- */
+
+struct sse {
+    int fd;
+    char part[65536]; /* the incomplete last line */
+    size_t len;
+};
+
+static void sse_open(struct sse *s, int port, const char *path)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    s->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    s->len = 0;
+    cr_assert_eq(connect(s->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    char req[512];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path);
+    cr_assert_eq(write(s->fd, req, (size_t)n), n);
+    struct timeval tv = {.tv_usec = 100000};
+    setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
+
+/* Reads for up to ~100 ms; returns how many complete lines contained needle. */
+static int sse_pump(struct sse *s, const char *needle)
+{
+    int found = 0;
+    ssize_t r = read(s->fd, s->part + s->len, sizeof(s->part) - s->len - 1);
+    if (r <= 0)
+        return 0;
+    s->len += (size_t)r;
+    s->part[s->len] = '\0';
+    char *start = s->part, *nl;
+    while ((nl = strchr(start, '\n'))) {
+        *nl = '\0';
+        if (strncmp(start, "data:", 5) == 0 && strstr(start, needle))
+            found++;
+        start = nl + 1;
+    }
+    s->len = strlen(start);
+    memmove(s->part, start, s->len + 1);
+    if (s->len > sizeof(s->part) / 2) /* a runaway line: drop it */
+        s->len = 0;
+    return found;
+}
+
+/* ---- the cluster: two nodes, two replicas ------------------------------- */
+
+/* The same query against both replicas gives the same events in the same order. */
+static json_t *same_answer(struct proc *r1, struct proc *r2, const char *query, int want)
+{
+    json_t *a = wait_count(r1, query, want, 15000);
+    json_t *b = wait_count(r2, query, want, 15000);
+    static char ia[65536], ib[65536];
+    ids_of(a, ia, sizeof(ia));
+    ids_of(b, ib, sizeof(ib));
+    check(strcmp(ia, ib) == 0, "%s differs between replicas:\n%s\n%s", query, ia, ib);
+    check(jint(a, "total_count") == jint(b, "total_count"),
+          "%s: total_count %" PRId64 " vs %" PRId64, query, jint(a, "total_count"),
+          jint(b, "total_count"));
+    check(jint(a, "replicas.answered") == 2 && jint(a, "replicas.expected") == 2, "%s: replicas %s",
+          query, jdump(json_object_get(a, "replicas")));
+    check(jint(b, "replicas.answered") == 2 && jint(b, "replicas.expected") == 2, "%s: replicas %s",
+          query, jdump(json_object_get(b, "replicas")));
+    json_decref(b);
+    return a;
+}
+
+/* Waits until both replicas count each other (heartbeats). */
+static void wait_cluster(struct proc *r, int expected)
+{
+    uint64_t deadline = tu_mono_ms() + 10000;
+    for (;;) {
+        json_t *j = api(r, "/api/events?limit=1");
+        int64_t e = jint(j, "replicas.expected"), a = jint(j, "replicas.answered");
+        json_decref(j);
+        if (e == expected && a == expected)
+            return;
+        check(tu_mono_ms() < deadline,
+              "%s: replicas answered %" PRId64 " expected %" PRId64 ", want %d", r->name, a, e,
+              expected);
+        usleep(100000);
+    }
+}
+
+Test(e2e_cluster, either_replica_answers_for_both_nodes)
+{
+    need_root();
+    nats_up(NULL);
+    marker_init('c');
+    struct proc *sub = sub_up("ebpf.events.>", 80000, NULL, NULL, NULL);
+    struct proc *r1 = agg_up("r1", NULL, true);
+    struct proc *r2 = agg_up("r2", NULL, true);
+    wait_cluster(r1, 2);
+    wait_cluster(r2, 2);
+    const char *const env[] = {"FLUSH_INTERVAL=100ms", NULL};
+    struct proc *a = agent_up(NODE_A, env);
+    struct proc *b = agent_up(NODE_B, env);
+
+    /*
+     * A stream on r1 must follow every event, not only r1's share of the
+     * batches: probe runs until the stream carries one, then the markers.
+     */
+    char saved_path[sizeof(marker_path)], saved_name[sizeof(marker_name)];
+    snprintf(saved_path, sizeof(saved_path), "%s", marker_path);
+    snprintf(saved_name, sizeof(saved_name), "%s", marker_name);
+    marker_init('p');
+    struct sse stream;
+    sse_open(&stream, r1->port, "/api/events/stream?type=exec");
+    char needle[64];
+    snprintf(needle, sizeof(needle), "\"command\":\"%s\"", marker_name);
+    for (uint64_t dl = tu_mono_ms() + 10000;;) {
+        run_marker();
+        if (sse_pump(&stream, needle) > 0)
+            break;
+        check(tu_mono_ms() < dl, "the aggregator's event stream carried nothing");
+    }
+    snprintf(marker_path, sizeof(marker_path), "%s", saved_path);
+    snprintf(marker_name, sizeof(marker_name), "%s", saved_name);
+
+    /* Six marker runs; both agents see every one (same kernel) and report it as their node. */
+    pid_t pids[6];
+    uint64_t t[7];
+    for (int i = 0; i < 6; i++) {
+        t[i] = tu_now_ns();
+        pids[i] = run_marker();
+        tcp_roundtrip();
+        usleep(20000); /* keeps since/until bounds clear of clock conversion jitter */
+    }
+    t[6] = tu_now_ns();
+
+    char q[512];
+    snprintf(q, sizeof(q), "/api/events?type=exec&command=%s", marker_name);
+    json_t *r = same_answer(r1, r2, q, 12);
+
+    /* The stream saw all 12 marker execs, whichever replica ingested their batches. */
+    snprintf(needle, sizeof(needle), "\"command\":\"%s\"", marker_name);
+    int streamed = 0;
+    for (uint64_t dl = tu_mono_ms() + 5000; streamed < 12 && tu_mono_ms() < dl;)
+        streamed += sse_pump(&stream, needle);
+    close(stream.fd);
+    cr_expect_eq(streamed, 12, "r1's stream carried %d of 12 marker execs", streamed);
+    {
+        /* ... and both replicas did ingest a share (else the check above proves little). */
+        json_t *st = api(r1, "/api/stats");
+        size_t k;
+        json_t *rep;
+        json_array_foreach(jget(st, "replicas.list"), k, rep)
+        {
+            cr_expect_gt(jint(rep, "batches"), 0, "a replica ingested nothing: %s",
+                         jdump(jget(st, "replicas")));
+        }
+        cr_expect_eq(json_array_size(jget(st, "replicas.list")), 2, "%s",
+                     jdump(jget(st, "replicas")));
+        json_decref(st);
+    }
+    int per_node[2] = {0, 0};
+    size_t i;
+    json_t *ev;
+    json_array_foreach(json_object_get(r, "events"), i, ev)
+    {
+        cr_expect_str_eq(jstr(ev, "type"), "exec");
+        cr_expect_str_eq(jstr(ev, "command"), marker_name);
+        per_node[0] += strcmp(jstr(ev, "node"), NODE_A) == 0;
+        per_node[1] += strcmp(jstr(ev, "node"), NODE_B) == 0;
+    }
+    cr_expect_eq(per_node[0], 6, "events of %s: %d", NODE_A, per_node[0]);
+    cr_expect_eq(per_node[1], 6, "events of %s: %d", NODE_B, per_node[1]);
+    json_decref(r);
+
+    /* type: exec and exit of the markers (an exit is reported with the same comm). */
+    snprintf(q, sizeof(q), "/api/events?type=exec,exit&command=%s", marker_name);
+    json_decref(same_answer(r1, r2, q, 24));
+
+    /* node: only that node's events. */
+    snprintf(q, sizeof(q), "/api/events?node=%s&command=%s", NODE_A, marker_name);
+    r = same_answer(r1, r2, q, 12);
+    json_array_foreach(json_object_get(r, "events"), i, ev)
+    {
+        cr_expect_str_eq(jstr(ev, "node"), NODE_A);
+    }
+    json_decref(r);
+
+    /* pid: one child, exec and exit, from both nodes. */
+    snprintf(q, sizeof(q), "/api/events?pid=%d", pids[2]);
+    r = same_answer(r1, r2, q, 4);
+    json_array_foreach(json_object_get(r, "events"), i, ev)
+    {
+        cr_expect_eq(jint(ev, "pid"), pids[2]);
+    }
+    json_decref(r);
+
+    /* since/until: markers 2 and 3 only (epoch ns and RFC 3339 both accepted). */
+    snprintf(q, sizeof(q), "/api/events?type=exec&command=%s&since=%" PRIu64 "&until=%" PRIu64,
+             marker_name, t[2], t[4] - 1);
+    r = same_answer(r1, r2, q, 4);
+    json_array_foreach(json_object_get(r, "events"), i, ev)
+    {
+        int64_t pid = jint(ev, "pid");
+        cr_expect(pid == pids[2] || pid == pids[3], "pid %" PRId64 " outside since/until", pid);
+    }
+    json_decref(r);
+
+    /* Connections of this test process, seen on both nodes. */
+    snprintf(q, sizeof(q), "/api/events?type=connection&pid=%d&limit=1000", getpid());
+    r = api(r1, "%s", q);
+    int conns[2] = {0, 0};
+    json_array_foreach(json_object_get(r, "events"), i, ev)
+    {
+        conns[0] += strcmp(jstr(ev, "node"), NODE_A) == 0;
+        conns[1] += strcmp(jstr(ev, "node"), NODE_B) == 0;
+    }
+    cr_expect(conns[0] >= 1 && conns[1] >= 1, "connections per node: %d %d", conns[0], conns[1]);
+    json_decref(r);
+
+    /* Cursor paging across replicas: odd pages from r1, even pages from r2. */
+    snprintf(q, sizeof(q), "/api/events?type=exec,exit&command=%s&limit=100", marker_name);
+    json_t *all = same_answer(r1, r2, q, 24);
+    static char want_ids[8192], got_ids[8192];
+    ids_of(all, want_ids, sizeof(want_ids));
+    json_decref(all);
+    got_ids[0] = '\0';
+    char cursor[256] = "";
+    for (int page = 0; page < 10; page++) {
+        struct proc *rep = page % 2 ? r2 : r1;
+        if (page == 0)
+            r = api(rep, "/api/events?type=exec,exit&command=%s&limit=5", marker_name);
+        else
+            r = api(rep, "/api/events?type=exec,exit&command=%s&limit=5&cursor=%s", marker_name,
+                    cursor);
+        char ids[1024];
+        ids_of(r, ids, sizeof(ids));
+        strncat(got_ids, ids, sizeof(got_ids) - strlen(got_ids) - 1);
+        json_t *next = json_object_get(r, "next_cursor");
+        cr_assert(json_is_string(next) || json_is_null(next), "next_cursor: %s", jdump(r));
+        if (json_is_null(next)) {
+            cr_expect_eq(page, 4, "24 events in pages of 5 end on page 5, not %d", page + 1);
+            json_decref(r);
+            break;
+        }
+        cr_expect_eq(jint(r, "count"), 5);
+        snprintf(cursor, sizeof(cursor), "%s", json_string_value(next));
+        json_decref(r);
+    }
+    cr_expect_str_eq(got_ids, want_ids, "paging across replicas");
+
+    /* Per-node counts: what the agents sent == what the bus carried == what the cluster has. */
+    json_t *sa = api(a, "/api/stats"), *sb = api(b, "/api/stats");
+    int64_t sent_a = jint(sa, "bus.events_sent"), sent_b = jint(sb, "bus.events_sent");
+    cr_expect(sent_a > 0 && sent_b > 0, "agents report events sent: %s / %s", jdump(sa), jdump(sb));
+    json_decref(sa);
+    json_decref(sb);
+    proc_kill(a, SIGTERM); /* flushes its last batch */
+    proc_kill(b, SIGTERM);
+
+    /* The independent subscriber counts every event per node (batch.node = real name). */
+    int64_t bus_events[2] = {0, 0}, bus_msgs[2] = {0, 0}, prev = -1;
+    uint64_t deadline = tu_mono_ms() + 15000;
+    json_t *s1 = NULL, *s2 = NULL;
+    for (;;) {
+        json_t *msgs = sub_msgs(sub);
+        bus_events[0] = bus_events[1] = bus_msgs[0] = bus_msgs[1] = 0;
+        json_t *m;
+        json_array_foreach(msgs, i, m)
+        {
+            int k = strcmp(jstr(m, "batch.node"), NODE_A) == 0   ? 0
+                    : strcmp(jstr(m, "batch.node"), NODE_B) == 0 ? 1
+                                                                 : -1;
+            cr_expect(k >= 0, "batch from an unknown node: %s", jdump(m));
+            if (k < 0)
+                continue;
+            bus_msgs[k]++;
+            bus_events[k] += (int64_t)json_array_size(jget(m, "batch.events"));
+        }
+        json_decref(msgs);
+        s1 = api(r1, "/api/stats");
+        s2 = api(r2, "/api/stats");
+        json_t *na = node_entry(s1, NODE_A), *nb = node_entry(s1, NODE_B);
+        bool same = jint(na, "events") == bus_events[0] && jint(nb, "events") == bus_events[1] &&
+                    jint(na, "batches") == bus_msgs[0] && jint(nb, "batches") == bus_msgs[1];
+        if (same && prev == bus_events[0] + bus_events[1])
+            break;
+        prev = same ? bus_events[0] + bus_events[1] : -1;
+        if (tu_mono_ms() > deadline) {
+            dump_logs();
+            cr_assert_fail("per-node counts never matched the bus: bus events %" PRId64 "/%" PRId64
+                           " batches %" PRId64 "/%" PRId64 "; aggregator %s",
+                           bus_events[0], bus_events[1], bus_msgs[0], bus_msgs[1],
+                           jdump(json_object_get(s1, "nodes")));
+        }
+        json_decref(s1);
+        json_decref(s2);
+        usleep(200000);
+    }
+    cr_log_info("bus per node: %" PRId64 "/%" PRId64 " events in %" PRId64 "/%" PRId64
+                " batches; agents had reported %" PRId64 "/%" PRId64 " sent",
+                bus_events[0], bus_events[1], bus_msgs[0], bus_msgs[1], sent_a, sent_b);
+    /* The agents' last reading came before their final flush. */
+    cr_expect(bus_events[0] >= sent_a, "%s: bus %" PRId64 " < sent %" PRId64, NODE_A, bus_events[0],
+              sent_a);
+    cr_expect(bus_events[1] >= sent_b, "%s: bus %" PRId64 " < sent %" PRId64, NODE_B, bus_events[1],
+              sent_b);
+    const char *nodes[2] = {NODE_A, NODE_B};
+    for (int k = 0; k < 2; k++) {
+        json_t *n1 = node_entry(s1, nodes[k]), *n2 = node_entry(s2, nodes[k]);
+        cr_expect_eq(jint(n1, "lost_batches"), 0, "%s lost batches: %s", nodes[k], jdump(n1));
+        cr_expect_eq(jint(n1, "events"), jint(n2, "events"), "replicas disagree on %s: %s vs %s",
+                     nodes[k], jdump(n1), jdump(n2));
+        cr_expect_eq(jint(n1, "batches"), jint(n2, "batches"));
+    }
+    json_decref(s1);
+    json_decref(s2);
+
+    /* /api/nodes lists both, from either replica. */
+    json_t *n = api(r2, "/api/nodes");
+    cr_expect(node_entry(n, NODE_A) && node_entry(n, NODE_B), "/api/nodes: %s", jdump(n));
+    cr_expect_str_eq(jstr(node_entry(n, NODE_A), "status"), "active");
+    json_decref(n);
+}
+
+/* ---- batching, observed on the bus -------------------------------------- */
+
+Test(e2e_cluster, batch_size_governs_messages_and_npm_client_decodes_them)
+{
+    need_root();
+    nats_up(NULL);
+    marker_init('b');
+    char raw[192];
+    snprintf(raw, sizeof(raw), "%s/raw", workdir);
+    struct proc *sub = sub_up(SUBJ_A, 60000, NULL, NULL, raw);
+    const char *const env[] = {"BATCH_SIZE=5", "FLUSH_INTERVAL=1h", "EVENT_TYPES=exec", NULL};
+    struct proc *a = agent_up(NODE_A, env);
+    for (int i = 0; i < 20; i++)
+        run_marker();
+
+    /* 20 marker execs (and whatever else ran) fill at least 4 batches of exactly 5. */
+    json_t *msgs = NULL;
+    uint64_t deadline = tu_mono_ms() + 15000;
+    for (;;) {
+        msgs = sub_msgs(sub);
+        if (json_array_size(msgs) >= 4)
+            break;
+        check(tu_mono_ms() < deadline, "npm subscriber got %zu messages on %s",
+              json_array_size(msgs), SUBJ_A);
+        json_decref(msgs);
+        usleep(50000);
+    }
+    json_t *st = api(a, "/api/stats");
+    size_t i;
+    json_t *m;
+    const char *instance = NULL;
+    int markers = 0;
+    json_array_foreach(msgs, i, m)
+    {
+        cr_assert_str_eq(jstr(m, "subject"), SUBJ_A);
+        cr_assert_str_eq(jstr(m, "error"), "", "npm client could not decode: %s", jdump(m));
+        cr_expect(strstr(jstr(m, "headers.Content-Type"), "protobuf"), "Content-Type: %s",
+                  jdump(m));
+        cr_expect_str_eq(jstr(m, "headers.Ebpf-Node"), NODE_A);
+        cr_expect_eq(strlen(jstr(m, "headers.Ebpf-Instance")), 16, "%s", jdump(m));
+        cr_expect_eq(jint(m, "headers.Ebpf-Sequence"), (int64_t)i + 1, "sequence: %s", jdump(m));
+        cr_expect_eq(jint(m, "headers.Ebpf-Events"), 5);
+        /* The batch, decoded by protobufjs with pkg/events.proto. */
+        json_t *batch = json_object_get(m, "batch");
+        cr_expect_str_eq(jstr(batch, "node"), NODE_A);
+        cr_expect_str_eq(jstr(batch, "agent_instance"), jstr(m, "headers.Ebpf-Instance"));
+        cr_expect_eq(jint(batch, "sequence"), (int64_t)i + 1);
+        cr_expect_eq(json_array_size(json_object_get(batch, "events")), 5,
+                     "BATCH_SIZE=5 but message %zu holds %zu events", i,
+                     json_array_size(json_object_get(batch, "events")));
+        if (!instance)
+            instance = jstr(batch, "agent_instance");
+        cr_expect_str_eq(jstr(batch, "agent_instance"), instance);
+        size_t k;
+        json_t *ev;
+        json_array_foreach(json_object_get(batch, "events"), k, ev)
+        {
+            cr_expect_str_eq(jstr(ev, "type"), "EVENT_TYPE_EXEC");
+            cr_expect_eq(strlen(jstr(ev, "id")), 16);
+            uint64_t ts = strtoull(jstr(ev, "timestamp_ns"), NULL, 10);
+            cr_expect(ts > tu_now_ns() - 120000000000ull && ts <= tu_now_ns(), "timestamp %s",
+                      jstr(ev, "timestamp_ns"));
+            if (strcmp(jstr(ev, "command"), marker_name) == 0) {
+                markers++;
+                cr_expect(strstr(jstr(ev, "exec.filename"), marker_name), "filename: %s",
+                          jdump(ev));
+            }
+        }
+    }
+    cr_expect_gt(markers, 0, "no marker exec in the decoded batches");
+
+    /* `ebpf-aggregator decode` (the nats --translate helper) reads the same bodies alike. */
+    for (size_t b = 0; b < 2; b++) {
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd), "%s decode < %s/%zu.bin", tu_repo_path("bin/ebpf-aggregator"),
+                 raw, b + 1);
+        FILE *pf = popen(cmd, "r");
+        cr_assert(pf, "%s", cmd);
+        json_t *evs = jget(json_array_get(msgs, b), "batch.events");
+        char line[65536];
+        size_t k = 0;
+        while (fgets(line, sizeof(line), pf)) {
+            json_t *ev = json_loads(line, 0, NULL);
+            cr_assert(json_is_object(ev), "decode printed a non-JSON line: %s", line);
+            cr_expect_str_eq(jstr(ev, "node"), NODE_A);
+            cr_expect_str_eq(jstr(ev, "type"), "exec");
+            cr_expect_str_eq(jstr(ev, "id"), jstr(json_array_get(evs, k), "id"),
+                             "decode and protobufjs disagree on event %zu of batch %zu", k, b);
+            cr_expect_str_eq(jstr(ev, "command"), jstr(json_array_get(evs, k), "command"));
+            json_decref(ev);
+            k++;
+        }
+        cr_expect_eq(pclose(pf), 0, "%s failed", cmd);
+        cr_expect_eq(k, 5, "decode printed %zu events for a batch of 5", k);
+    }
+    /* No partial batch went out: the agent still holds the remainder. */
+    cr_expect_eq(jint(st, "bus.events_sent") % 5, 0, "agent stats: %s", jdump(st));
+    json_decref(st);
+    json_decref(msgs);
+    proc_kill(a, SIGTERM);
+}
+
+Test(e2e_cluster, flush_interval_governs_latency_json_encoding)
+{
+    need_root();
+    nats_up(NULL);
+    marker_init('f');
+    struct proc *sub = sub_up("ebpf.events.e2e-json", 60000, NULL, NULL, NULL);
+    const char *const env[] = {"BATCH_SIZE=10000", "FLUSH_INTERVAL=300ms", "ENCODING=json", NULL};
+    struct proc *a = agent_up("e2e-json", env);
+
+    /* `ebpf-aggregator tail` follows the bus with the API's filters. */
+    struct proc *tail = proc_new("tail");
+    char bin[256];
+    snprintf(bin, sizeof(bin), "%s", tu_repo_path("bin/ebpf-aggregator"));
+    char *targv[] = {bin,    "tail",      "--nats",    nats_url, "--type",
+                     "exec", "--command", marker_name, NULL};
+    tail->pid = tu_spawn(targv, NULL, tail->log);
+    for (uint64_t dl = tu_mono_ms() + 10000;;) {
+        char *log = tu_read_file(tail->log);
+        bool following = log && strstr(log, "following");
+        free(log);
+        if (following)
+            break;
+        check(tu_mono_ms() < dl, "tail did not start following the bus");
+        usleep(20000);
+    }
+
+    /* Steady activity for ~2.4 s: an exec every 40 ms. */
+    uint64_t t0 = tu_mono_ms();
+    int runs = 0;
+    while (tu_mono_ms() - t0 < 2400) {
+        run_marker();
+        runs++;
+        usleep(40000);
+    }
+    /* Wait until every marker exec has been carried (the last batch is due 300 ms later). */
+    json_t *msgs = NULL;
+    uint64_t deadline = tu_mono_ms() + 10000;
+    for (;;) {
+        msgs = sub_msgs(sub);
+        int seen = 0;
+        size_t i, k;
+        json_t *m, *ev;
+        json_array_foreach(msgs, i, m)
+        {
+            json_array_foreach(json_object_get(m, "lines"), k, ev)
+            {
+                seen += strcmp(jstr(ev, "type"), "exec") == 0 &&
+                        strcmp(jstr(ev, "command"), marker_name) == 0;
+            }
+        }
+        if (seen == runs)
+            break;
+        check(tu_mono_ms() < deadline, "%d of %d marker execs reached the bus", seen, runs);
+        json_decref(msgs);
+        usleep(50000);
+    }
+    size_t n = json_array_size(msgs);
+    /* ~8 batches of 300 ms each; far fewer messages than events, far more than one. */
+    check(n >= 4 && n <= 20, "%zu messages in ~3 s with FLUSH_INTERVAL=300ms", n);
+    size_t i, events = 0;
+    json_t *m;
+    int64_t prev_at = -1, min_gap = INT64_MAX;
+    int markers = 0;
+    json_array_foreach(msgs, i, m)
+    {
+        cr_assert_str_eq(jstr(m, "error"), "", "%s", jdump(m));
+        cr_expect(strstr(jstr(m, "headers.Content-Type"), "json"), "Content-Type: %s", jdump(m));
+        cr_expect_str_eq(jstr(m, "headers.Ebpf-Node"), "e2e-json");
+        cr_expect_eq(jint(m, "headers.Ebpf-Sequence"), (int64_t)i + 1);
+        json_t *lines = json_object_get(m, "lines");
+        cr_assert(json_array_size(lines) >= 1 && json_array_size(lines) < 10000, "%s", jdump(m));
+        cr_expect_eq(jint(m, "headers.Ebpf-Events"), (int64_t)json_array_size(lines));
+        events += json_array_size(lines);
+        /* The oldest event waited about FLUSH_INTERVAL, not much less, not much more. */
+        uint64_t oldest = UINT64_MAX;
+        size_t k;
+        json_t *ev;
+        json_array_foreach(lines, k, ev)
+        {
+            static const char *const common[] = {"id",      "type",      "pid",  "ppid", "uid",
+                                                 "command", "timestamp", "time", "node"};
+            for (size_t f = 0; f < sizeof(common) / sizeof(common[0]); f++)
+                cr_expect(json_object_get(ev, common[f]), "field %s missing: %s", common[f],
+                          jdump(ev));
+            cr_expect(json_is_integer(json_object_get(ev, "timestamp")));
+            cr_expect(json_is_integer(json_object_get(ev, "pid")));
+            cr_expect_str_eq(jstr(ev, "node"), "e2e-json");
+            cr_expect_eq(strlen(jstr(ev, "id")), 16);
+            uint64_t ts = (uint64_t)json_integer_value(json_object_get(ev, "timestamp"));
+            if (ts < oldest)
+                oldest = ts;
+            if (strcmp(jstr(ev, "type"), "exec") == 0 &&
+                strcmp(jstr(ev, "command"), marker_name) == 0) {
+                markers++;
+                cr_expect(json_is_array(json_object_get(ev, "args")), "%s", jdump(ev));
+                cr_expect(strstr(jstr(ev, "filename"), marker_name), "%s", jdump(ev));
+            }
+        }
+        int64_t waited_ms = jint(m, "recv_ms") - (int64_t)(oldest / 1000000);
+        cr_expect(waited_ms >= 250 && waited_ms < 2000,
+                  "message %zu: oldest event waited %" PRId64 " ms (FLUSH_INTERVAL=300ms)", i,
+                  waited_ms);
+        int64_t at = jint(m, "at_ms");
+        if (prev_at >= 0 && at - prev_at < min_gap)
+            min_gap = at - prev_at;
+        prev_at = at;
+    }
+    cr_expect_eq(markers, runs, "marker execs in JSON batches: %d of %d", markers, runs);
+
+    /* tail printed exactly the marker execs, as API-format JSON lines. */
+    int tailed = 0;
+    for (uint64_t dl = tu_mono_ms() + 5000;;) {
+        char *log = tu_read_file(tail->log);
+        tailed = 0;
+        for (char *line = log ? strtok(log, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+            json_t *ev = json_loads(line, 0, NULL);
+            if (json_is_object(ev)) {
+                cr_expect_str_eq(jstr(ev, "type"), "exec", "tail filter: %s", line);
+                cr_expect_str_eq(jstr(ev, "command"), marker_name, "tail filter: %s", line);
+                cr_expect_str_eq(jstr(ev, "node"), "e2e-json");
+                tailed++;
+            }
+            json_decref(ev);
+        }
+        free(log);
+        if (tailed >= runs || tu_mono_ms() > dl)
+            break;
+        usleep(50000);
+    }
+    cr_expect_eq(tailed, runs, "tail printed %d of %d marker execs", tailed, runs);
+    cr_expect_gt(events, 2 * n, "%zu events in %zu messages: no batching", events, n);
+    cr_log_info("FLUSH_INTERVAL=300ms: %zu messages, %zu events, shortest gap %" PRId64 " ms", n,
+                events, min_gap);
+    /* Messages do not come faster than the flush interval allows (loose: scheduling). */
+    cr_expect_geq(min_gap, 150, "two messages %" PRId64 " ms apart", min_gap);
+    json_decref(msgs);
+    proc_kill(a, SIGTERM);
+}
+
+/* ---- faults -------------------------------------------------------------- */
+
+/* Aggregator-side view of one node, summed over the cluster (from one replica). */
+static void node_counts(struct proc *r, const char *node, int64_t *batches, int64_t *lost,
+                        int64_t *events)
+{
+    json_t *s = api(r, "/api/stats");
+    json_t *n = node_entry(s, node);
+    *batches = jint(n, "batches");
+    *lost = jint(n, "lost_batches");
+    if (events)
+        *events = jint(n, "events");
+    json_decref(s);
+}
+
+Test(e2e_cluster, nats_restart_and_replica_loss)
+{
+    need_root();
+    nats_up(NULL);
+    marker_init('r');
+    const char *const aenv[] = {"QUERY_TIMEOUT=500ms", NULL};
+    struct proc *r1 = agg_up("r1", aenv, true);
+    struct proc *r2 = agg_up("r2", aenv, true);
+    wait_cluster(r1, 2);
+    /* One event per batch and the smallest outage buffer, so an outage overflows it. */
+    const char *const env[] = {"FLUSH_INTERVAL=100ms", "BATCH_SIZE=1", "OUTAGE_BUFFER=64KiB", NULL};
+    struct proc *a = agent_up("e2e-fault", env);
+
+    pid_t p1 = run_marker();
+    char q[256];
+    snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d", p1);
+    json_decref(wait_count(r1, q, 1, 10000));
+
+    /* Outage: events keep being captured and wait in the agent's outage buffer. */
+    nats_down();
+    pid_t p2 = run_marker();
+    tcp_roundtrip();
+    uint64_t t0 = tu_mono_ms();
+    while (tu_mono_ms() - t0 < 3000) {
+        json_t *s = api(a, "/api/stats");
+        bool connected = json_is_true(jget(s, "bus.connected"));
+        json_decref(s);
+        if (!connected)
+            break;
+        usleep(50000);
+    }
+    {
+        json_t *s = api(a, "/api/stats");
+        cr_expect(json_is_false(jget(s, "bus.connected")), "agent still connected: %s",
+                  jdump(jget(s, "bus")));
+        json_decref(s);
+        int st = 0;
+        json_t *rd = tu_get_json_hdr(r1->port, "/ready", NULL, &st);
+        cr_expect_neq(st, 200, "aggregator ready without NATS");
+        json_decref(rd);
+    }
+    /* ~1600 one-event batches (connects and accepts) overflow the 64 KiB buffer. */
+    for (int i = 0; i < 800; i++)
+        tcp_roundtrip();
+    int64_t dropped_in_outage = 0;
+    for (uint64_t dl = tu_mono_ms() + 5000;;) {
+        json_t *s = api(a, "/api/stats");
+        dropped_in_outage = jint(s, "bus.batches_dropped");
+        int64_t agent_drops = jint(s, "bus.agent_drops");
+        json_decref(s);
+        if (dropped_in_outage > 0 && agent_drops >= dropped_in_outage)
+            break;
+        check(tu_mono_ms() < dl, "outage buffer never overflowed: %" PRId64 " batches dropped",
+              dropped_in_outage);
+        usleep(50000);
+    }
+    usleep(1500000); /* a few seconds of outage in all, as specified */
+    nats_restart();
+
+    /* Everyone reconnects by themselves. */
+    check(tu_wait_http(r1->port, "/ready", 200, 15000), "r1 did not reconnect");
+    check(tu_wait_http(r2->port, "/ready", 200, 15000), "r2 did not reconnect");
+    pid_t p3 = run_marker();
+    snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d", p3);
+    json_decref(wait_count(r1, q, 1, 15000));
+    wait_cluster(r1, 2);
+    wait_cluster(r2, 2);
+
+    /*
+     * Nothing silently missing: every batch the agent numbered either reached
+     * the cluster or is counted lost (sequence gap) there. The agent keeps
+     * publishing, so sandwich the cluster's view between two agent readings.
+     */
+    uint64_t deadline = tu_mono_ms() + 15000;
+    int64_t before = 0, after = 0, got = 0, lost = 0, ev = 0;
+    for (;;) {
+        json_t *s = api(a, "/api/stats");
+        before = jint(s, "bus.sequence");
+        json_decref(s);
+        node_counts(r1, "e2e-fault", &got, &lost, &ev);
+        s = api(a, "/api/stats");
+        after = jint(s, "bus.sequence");
+        json_decref(s);
+        if (before > 0 && before <= got + lost && got + lost <= after)
+            break;
+        if (tu_mono_ms() > deadline) {
+            json_t *sa = api(a, "/api/stats"), *sr = api(r1, "/api/stats");
+            dump_logs();
+            cr_assert_fail("agent numbered %" PRId64 "..%" PRId64 " batches, cluster has %" PRId64
+                           " + %" PRId64 " lost\nagent: %s\ncluster: %s",
+                           before, after, got, lost, jdump(jget(sa, "bus")),
+                           jdump(node_entry(sr, "e2e-fault")));
+        }
+        usleep(100000);
+    }
+    cr_log_info("after the outage: agent numbered %" PRId64 "..%" PRId64
+                " batches; cluster received %" PRId64 ", counted %" PRId64 " lost",
+                before, after, got, lost);
+    /* The batches the full buffer dropped are the cluster's sequence gaps (and maybe more). */
+    cr_expect_geq(lost, dropped_in_outage,
+                  "agent dropped %" PRId64 " batches, cluster counts %" PRId64 " lost",
+                  dropped_in_outage, lost);
+    /* The outage marker either arrived or its loss is counted somewhere. */
+    snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d", p2);
+    json_t *r = api(r1, "%s", q);
+    if (jint(r, "count") != 1) {
+        json_t *s = api(a, "/api/stats");
+        cr_expect(lost > 0 || jint(s, "bus.agent_drops") > 0,
+                  "the outage marker is missing and no loss is counted: %s", jdump(s));
+        json_decref(s);
+    }
+    json_decref(r);
+
+    /* Kill one replica: the other answers at once, partial until the dead one expires. */
+    proc_kill(r2, SIGKILL);
+    uint64_t t_kill = tu_mono_ms();
+    json_t *first = api(r1, "/api/events?limit=1");
+    uint64_t took = tu_mono_ms() - t_kill;
+    cr_expect_lt(took, 3000, "a query with a dead replica took %" PRIu64 " ms", took);
+    cr_expect_eq(jint(first, "replicas.answered"), 1, "%s", jdump(first));
+    if (took < 1500) {
+        cr_expect_eq(jint(first, "replicas.expected"), 2, "dead replica forgotten too soon: %s",
+                     jdump(first));
+        cr_expect(json_is_true(json_object_get(first, "partial")), "not flagged partial: %s",
+                  jdump(first));
+    }
+    json_decref(first);
+    deadline = tu_mono_ms() + 8000;
+    for (;;) {
+        json_t *j = api(r1, "/api/events?limit=1");
+        int64_t e = jint(j, "replicas.expected"), ans = jint(j, "replicas.answered");
+        json_decref(j);
+        if (e == 1) {
+            cr_expect_eq(ans, 1);
+            break;
+        }
+        check(tu_mono_ms() < deadline, "r1 still expects %" PRId64 " replicas", e);
+        usleep(100000);
+    }
+    proc_kill(a, SIGTERM);
+}
+
+/* ---- bad input published raw -------------------------------------------- */
+
+static natsConnection *raw_conn(void)
+{
+    natsConnection *nc = NULL;
+    natsStatus s = natsConnection_ConnectTo(&nc, nats_url);
+    cr_assert_eq(s, NATS_OK, "connect %s: %s", nats_url, natsStatus_GetText(s));
+    return nc;
+}
+
+static void raw_publish(natsConnection *nc, const char *subject, const char *ctype, const char *seq,
+                        const void *data, size_t len)
+{
+    natsMsg *m = NULL;
+    cr_assert_eq(natsMsg_Create(&m, subject, NULL, data, (int)len), NATS_OK);
+    if (ctype)
+        natsMsgHeader_Set(m, "Content-Type", ctype);
+    if (seq) {
+        natsMsgHeader_Set(m, "Ebpf-Node", "x");
+        natsMsgHeader_Set(m, "Ebpf-Instance", "00000000000000aa");
+        natsMsgHeader_Set(m, "Ebpf-Sequence", seq);
+    }
+    natsStatus s = natsConnection_PublishMsg(nc, m);
+    cr_assert_eq(s, NATS_OK, "publish %zu bytes: %s", len, natsStatus_GetText(s));
+    natsMsg_Destroy(m);
+    cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
+}
+
+/* A protobuf EventBatch built with protobuf-c directly, n exit events. */
+static uint8_t *pb_batch(const char *node, uint64_t seq, size_t n, size_t *len)
+{
+    Ebpfmonitor__EventBatch b = EBPFMONITOR__EVENT_BATCH__INIT;
+    b.node = (char *)node;
+    b.agent_instance = "00000000000000bb";
+    b.sequence = seq;
+    b.sent_at_ns = tu_now_ns();
+    Ebpfmonitor__Event *evs = calloc(n, sizeof(*evs));
+    Ebpfmonitor__Event **ptrs = calloc(n, sizeof(*ptrs));
+    Ebpfmonitor__ExitDetails x = EBPFMONITOR__EXIT_DETAILS__INIT;
+    x.exit_code = 3;
+    for (size_t i = 0; i < n; i++) {
+        Ebpfmonitor__Event e = EBPFMONITOR__EVENT__INIT;
+        e.id = 0x5eed000000000000ull + seq * 100000 + i;
+        e.type = EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_EXIT;
+        e.timestamp_ns = tu_now_ns();
+        e.pid = 4242;
+        e.ppid = 1;
+        e.command.data = (uint8_t *)"raw-test";
+        e.command.len = 8;
+        e.details_case = EBPFMONITOR__EVENT__DETAILS_EXIT;
+        e.exit = &x;
+        evs[i] = e;
+        ptrs[i] = &evs[i];
+    }
+    b.n_events = n;
+    b.events = ptrs;
+    *len = ebpfmonitor__event_batch__get_packed_size(&b);
+    uint8_t *out = malloc(*len);
+    ebpfmonitor__event_batch__pack(&b, out);
+    free(evs);
+    free(ptrs);
+    return out;
+}
+
+/* Value of the first /metrics sample whose line contains every given fragment. */
+static int64_t metric(const char *text, const char *a, const char *b)
+{
+    char *copy = strdup(text), *save = NULL;
+    int64_t out = -1;
+    for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (line[0] == '#' || !strstr(line, a) || (b && !strstr(line, b)))
+            continue;
+        char *sp = strrchr(line, ' ');
+        if (sp) {
+            out = (int64_t)strtod(sp + 1, NULL);
+            break;
+        }
+    }
+    free(copy);
+    return out;
+}
+
+Test(e2e_cluster, bad_input_is_counted_and_skipped)
+{
+    /* The server must carry a message over the aggregator's 8 MiB limit. */
+    char conf[256];
+    snprintf(conf, sizeof(conf), "%s/nats.conf", workdir);
+    FILE *f = fopen(conf, "w");
+    cr_assert(f);
+    fprintf(f, "max_payload: 16MB\n");
+    fclose(f);
+    const char *const extra[] = {"-c", conf, NULL};
+    nats_up(extra);
+    struct proc *r = agg_up("r1", NULL, true);
+    natsConnection *nc = raw_conn();
+
+    const char *pb = "application/x-protobuf";
+    const char *js = "application/x-ndjson";
+    /* Garbage, with and without a Content-Type. */
+    raw_publish(nc, "ebpf.events.x", pb, "1", "\xff\xff\xff\xff garbage \x01\x02", 15);
+    raw_publish(nc, "ebpf.events.x", NULL, NULL, "\xff\xfe\xfd not a batch", 16);
+    /* A valid batch cut in half. */
+    size_t len;
+    uint8_t *batch = pb_batch("x", 1, 20, &len);
+    raw_publish(nc, "ebpf.events.x", pb, "2", batch, len - 12); /* inside the last event */
+    free(batch);
+    /* More events than the largest BATCH_SIZE. */
+    batch = pb_batch("x", 3, 10001, &len);
+    raw_publish(nc, "ebpf.events.x", pb, "3", batch, len);
+    free(batch);
+    /* Over 8 MiB. */
+    size_t big = (8u << 20) + 4096;
+    char *huge = malloc(big);
+    memset(huge, 'A', big);
+    raw_publish(nc, "ebpf.events.x", pb, "4", huge, big);
+    free(huge);
+    /* JSON with wrong types. */
+    const char *badjson = "{\"id\":12,\"type\":\"exec\",\"pid\":\"one\",\"timestamp\":\"soon\"}\n";
+    raw_publish(nc, "ebpf.events.x", js, "5", badjson, strlen(badjson));
+    raw_publish(nc, "ebpf.events.x", js, "6", "{not json\n", 10);
+    /* An encoding nobody speaks. */
+    raw_publish(nc, "ebpf.events.x", "text/plain", "7", "hello", 5);
+    /* And then a good batch: it must still be ingested and served. */
+    batch = pb_batch("good-node", 1, 3, &len);
+    raw_publish(nc, "ebpf.events.good-node", "application/x-protobuf", NULL, batch, len);
+    free(batch);
+
+    json_decref(wait_count(r, "/api/events?node=good-node", 3, 10000));
+    json_t *s = api(r, "/api/stats");
+    struct {
+        const char *reason;
+        int64_t want;
+    } reasons[] = {
+        {"malformed_protobuf", 3}, {"too_many_events", 1},  {"oversized", 1},
+        {"malformed_json", 2},     {"unknown_encoding", 1},
+    };
+    struct tu_http mr;
+    cr_assert_eq(tu_http_get(r->port, "/metrics", api_header, &mr), 0);
+    cr_assert_eq(mr.status, 200);
+    for (size_t i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++) {
+        char path[64];
+        snprintf(path, sizeof(path), "rejected.%s", reasons[i].reason);
+        int64_t got = jint(s, path);
+        cr_expect_eq(got, reasons[i].want, "/api/stats %s = %" PRId64 ", want %" PRId64 ": %s",
+                     reasons[i].reason, got, reasons[i].want, jdump(s));
+        char label[64];
+        snprintf(label, sizeof(label), "\"%s\"", reasons[i].reason);
+        int64_t m = metric(mr.body, "reject", label);
+        cr_expect_eq(m, reasons[i].want, "/metrics %s = %" PRId64, reasons[i].reason, m);
+    }
+    tu_http_free(&mr);
+    /* The rejected node "x" never became a node with events. */
+    json_t *n = node_entry(s, "x");
+    cr_expect(!n || jint(n, "events") == 0, "node x: %s", jdump(n));
+    json_decref(s);
+    check(tu_wait_http(r->port, "/health", 200, 1000), "aggregator stopped serving");
+    natsConnection_Destroy(nc);
+    proc_kill(r, SIGTERM);
+}
+
+/* ---- authentication ----------------------------------------------------- */
+
+/* A message that names the refusal (nats.c's "Authorization Violation" or our own words). */
+static bool says_refused(const char *s)
+{
+    return s && (strcasestr(s, "authoriz") || strcasestr(s, "refused"));
+}
+
+Test(e2e_cluster, api_token_and_nats_credentials)
+{
+    need_root();
+    const char *const extra[] = {"--user", "e2e", "--pass", "s3cret", NULL};
+    nats_up(extra);
+    marker_init('a');
+    const char *const good[] = {"NATS_USER=e2e", "NATS_PASSWORD=s3cret", "API_TOKEN=tok-e2e",
+                                "FLUSH_INTERVAL=100ms", NULL};
+    const char *const bad[] = {"NATS_USER=e2e", "NATS_PASSWORD=wrong", NULL};
+    struct proc *r = agg_up("good", good, true);
+    struct proc *a = agent_up("e2e-auth", good);
+    /* Started by hand: it may serve (not ready) or refuse to start; both must say why. */
+    struct proc *rbad = proc_new("aggregator-bad");
+    rbad->port = tu_free_port();
+    {
+        char bin[256], listen[32];
+        snprintf(bin, sizeof(bin), "%s", tu_repo_path("bin/ebpf-aggregator"));
+        snprintf(listen, sizeof(listen), "127.0.0.1:%d", rbad->port);
+        char *argv[] = {bin, "--listen-addr", listen, "--nats-url", nats_url, NULL};
+        rbad->pid = tu_spawn(argv, (char *const *)bad, rbad->log);
+    }
+    struct proc *abad = NULL;
+    {
+        /* An agent with the wrong password still captures and serves, but cannot publish. */
+        const char *const benv[] = {"NATS_USER=e2e", "NATS_PASSWORD=wrong", NULL};
+        abad = agent_up("e2e-auth-bad", benv);
+    }
+
+    /* The HTTP API needs the token on both programs; /health does not. */
+    struct proc *servers[2] = {r, a};
+    for (int i = 0; i < 2; i++) {
+        struct tu_http h;
+        cr_assert_eq(tu_http_get(servers[i]->port, "/api/events?limit=1", NULL, &h), 0);
+        cr_expect_eq(h.status, 401, "%s without token: %d", servers[i]->name, h.status);
+        tu_http_free(&h);
+        cr_assert_eq(tu_http_get(servers[i]->port, "/api/stats", "Authorization: Bearer nope", &h),
+                     0);
+        cr_expect_eq(h.status, 401, "%s with a wrong token: %d", servers[i]->name, h.status);
+        tu_http_free(&h);
+        cr_assert_eq(tu_http_get(servers[i]->port, "/api/events?limit=1",
+                                 "Authorization: Bearer tok-e2e", &h),
+                     0);
+        cr_expect_eq(h.status, 200, "%s with the token: %d", servers[i]->name, h.status);
+        tu_http_free(&h);
+        cr_assert_eq(tu_http_get(servers[i]->port, "/health", NULL, &h), 0);
+        cr_expect_eq(h.status, 200);
+        tu_http_free(&h);
+    }
+    cr_expect(tu_wait_http(r->port, "/api/nodes", 401, 1000));
+
+    /* With the right credentials events flow. */
+    api_header = "Authorization: Bearer tok-e2e";
+    pid_t p = run_marker();
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d&node=e2e-auth", p);
+    json_decref(wait_count(r, q, 1, 10000));
+
+    /*
+     * With the wrong password nothing connects, and each says why: the agent
+     * keeps capturing and reports the refusal in /api/stats; the aggregator
+     * either serves not-ready with the refusal in /api/stats, or exits
+     * non-zero naming it.
+     */
+    api_header = NULL;
+    int st = 0;
+    int exit_status = 0;
+    json_t *j = NULL;
+    if (waitpid(rbad->pid, &exit_status, WNOHANG) == rbad->pid) {
+        rbad->pid = 0;
+        char *log = tu_read_file(rbad->log);
+        check(!WIFEXITED(exit_status) || WEXITSTATUS(exit_status) != 0,
+              "aggregator with a wrong NATS password exited 0");
+        check(log && says_refused(log),
+              "aggregator with a wrong NATS password exited without saying why: %s", log);
+        free(log);
+    } else {
+        check(tu_wait_http(rbad->port, "/health", 200, 10000),
+              "aggregator with a wrong NATS password neither serves nor exits");
+        j = tu_get_json_hdr(rbad->port, "/ready", NULL, &st);
+        cr_expect_neq(st, 200, "aggregator with a wrong NATS password is ready: %s", jdump(j));
+        json_decref(j);
+        j = api(rbad, "/api/stats");
+        cr_expect(json_is_false(jget(j, "bus.connected")), "%s", jdump(jget(j, "bus")));
+        cr_expect(says_refused(jstr(j, "bus.last_error")), "bus: %s", jdump(jget(j, "bus")));
+        json_decref(j);
+    }
+    j = api(abad, "/api/stats");
+    cr_expect(json_is_false(jget(j, "bus.connected")), "agent bus status: %s",
+              jdump(jget(j, "bus")));
+    cr_expect(says_refused(jstr(j, "bus.last_error")), "agent bus: %s", jdump(jget(j, "bus")));
+    cr_expect_eq(jint(j, "bus.batches_sent"), 0);
+    json_decref(j);
+    api_header = "Authorization: Bearer tok-e2e";
+    j = api(r, "/api/nodes");
+    cr_expect(!node_entry(j, "e2e-auth-bad"), "the unauthenticated agent got through: %s",
+              jdump(j));
+    cr_expect(node_entry(j, "e2e-auth"), "%s", jdump(j));
+    json_decref(j);
+    api_header = NULL;
+    proc_kill(abad, SIGTERM);
+    proc_kill(a, SIGTERM);
+}
