@@ -60,6 +60,13 @@ struct config {
     uint64_t ringbuf_bytes;
     uint32_t drop_rate_limit;
 
+    char cgroup_root[CONFIG_STR];
+    char k8s_api_url[CONFIG_URL];
+    char k8s_token_path[CONFIG_STR];
+    char k8s_ca_path[CONFIG_STR];
+    uint64_t k8s_tombstone_ttl_ns;
+    uint32_t k8s_max_pods;
+
     char listen_addr[CONFIG_STR];
     char queue_group[CONFIG_STR];
     char control_subject[CONFIG_STR];

@@ -1,16 +1,21 @@
 /*
  * The agent's state shared by its threads: the capture loop (main thread)
- * adds events; the HTTP thread reads the store and the counters.
+ * adds events to the store and the publisher; the HTTP thread reads the
+ * store and the counters; the publisher thread sends batches to NATS.
  */
 #ifndef EBPF_MONITOR_AGENT_H
 #define EBPF_MONITOR_AGENT_H
 
 #include <stdint.h>
 
+#include "bus.h"
 #include "capture.h"
+#include "cgroup.h"
 #include "config.h"
 #include "event.h"
 #include "http_server.h"
+#include "k8s.h"
+#include "publisher.h"
 #include "store.h"
 
 struct agent {
@@ -20,8 +25,13 @@ struct agent {
     struct capture *capture;
     struct store *store;
     struct http_server *http;
-    uint64_t started_ns;      /* epoch */
-    uint64_t started_mono_ns; /* monotonic, for uptime */
+    struct bus *bus;
+    struct publisher *pub;
+    struct cgroup_resolver *cgroups; /* Kubernetes mode only */
+    struct k8s *k8s;                 /* Kubernetes mode only */
+    char subject[CONFIG_STR * 2];    /* <SUBJECT_PREFIX>.<sanitised node> */
+    uint64_t started_ns;             /* epoch */
+    uint64_t started_mono_ns;        /* monotonic, for uptime */
 
     /* Written by the capture thread, read by the HTTP thread (relaxed atomics). */
     uint64_t events_total;

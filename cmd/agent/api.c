@@ -91,15 +91,76 @@ static void handle_programs(void *ctx, const struct http_request *req, struct ht
     buf_putc(&res->body, '}');
 }
 
+/* The "bus" object of /api/stats: where batches go and how many made it. */
+static void write_bus(struct agent *a, struct buf *b, const struct publisher_stats *ps)
+{
+    char urls[CONFIG_URL];
+    bus_redact_urls(a->cfg.nats_url, urls, sizeof(urls));
+    buf_printf(b, ",\"bus\":{\"connected\":%s,\"url\":", ps->bus.connected ? "true" : "false");
+    buf_json_cstr(b, urls);
+    if (ps->bus.server[0]) {
+        buf_puts(b, ",\"server\":");
+        buf_json_cstr(b, ps->bus.server);
+    }
+    if (ps->bus.last_error[0]) {
+        buf_puts(b, ",\"last_error\":");
+        buf_json_cstr(b, ps->bus.last_error);
+    }
+    buf_puts(b, ",\"subject\":");
+    buf_json_cstr(b, a->subject);
+    buf_puts(b, ",\"encoding\":");
+    buf_json_cstr(b, config_encoding_name(a->cfg.encoding));
+    buf_puts(b, ",\"instance\":");
+    buf_json_cstr(b, publisher_instance(a->pub));
+    buf_printf(
+        b,
+        ",\"batch_size\":%u,\"flush_interval\":\"%" PRIu64 "ms\",\"flush_interval_ns\":%" PRIu64
+        ",\"outage_buffer_bytes\":%" PRIu64 ",\"sequence\":%" PRIu64 ",\"batches_sent\":%" PRIu64
+        ",\"events_sent\":%" PRIu64 ",\"bytes_sent\":%" PRIu64 ",\"batches_dropped\":%" PRIu64
+        ",\"agent_drops\":%" PRIu64 ",\"encode_failed\":%" PRIu64 ",\"queue_batches\":%" PRIu64
+        ",\"queue_bytes\":%" PRIu64 ",\"publish_errors\":%" PRIu64 ",\"disconnects\":%" PRIu64
+        ",\"reconnects\":%" PRIu64 ",\"async_errors\":%" PRIu64 "}",
+        a->cfg.batch_size, a->cfg.flush_interval_ns / 1000000, a->cfg.flush_interval_ns,
+        a->cfg.outage_buffer_bytes, ps->sequence, ps->batches_sent, ps->events_sent, ps->bytes_sent,
+        ps->batches_dropped, ps->events_dropped, ps->encode_failed, ps->queue_batches,
+        ps->queue_bytes, ps->publish_errors, ps->bus.disconnects, ps->bus.reconnects,
+        ps->bus.async_errors);
+}
+
+/* Pod attribution health: whether pod names can be resolved, and why not. */
+static void write_kubernetes(struct agent *a, struct buf *b)
+{
+    if (!a->cgroups)
+        return;
+    struct k8s_stats ks;
+    struct cgroup_resolver_stats cs;
+    k8s_get_stats(a->k8s, &ks);
+    cgroup_resolver_get_stats(a->cgroups, &cs);
+    buf_printf(b, ",\"kubernetes\":{\"api_connected\":%s,\"last_error\":",
+               ks.connected ? "true" : "false");
+    buf_json_cstr(b, ks.last_error);
+    buf_puts(b, ",\"cgroup_root\":");
+    buf_json_cstr(b, cgroup_resolver_root(a->cgroups));
+    buf_printf(b,
+               ",\"pods_cached\":%" PRIu64 ",\"pods_deleted\":%" PRIu64 ",\"pods_evicted\":%" PRIu64
+               ",\"pod_lookups\":%" PRIu64 ",\"pod_misses\":%" PRIu64 ",\"api_errors\":%" PRIu64
+               ",\"relists\":%" PRIu64 ",\"cgroup_lookups\":%" PRIu64 ",\"cgroup_misses\":%" PRIu64
+               ",\"cgroup_evictions\":%" PRIu64 ",\"cgroup_rate_limited\":%" PRIu64 "}",
+               ks.pods_cached, ks.pods_deleted, ks.evicted, ks.lookups, ks.misses, ks.api_errors,
+               ks.relists, cs.lookups, cs.misses, cs.evictions, cs.rate_limited);
+}
+
 static void handle_stats(void *ctx, const struct http_request *req, struct http_response *res)
 {
     struct agent *a = ctx;
     struct buf *b = &res->body;
     struct store_stats ss;
     struct http_server_stats hs;
+    struct publisher_stats ps;
     uint64_t kernel_drops, suppressed;
     store_get_stats(a->store, &ss);
     http_server_get_stats(a->http, &hs);
+    publisher_get_stats(a->pub, &ps);
 
     buf_puts(b, "{\"node\":");
     buf_json_cstr(b, a->node);
@@ -130,11 +191,15 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
                kernel_drops, suppressed, ss.events, ss.capacity, ss.evicted_count, ss.evicted_age,
                ss.failed + load(&a->store_failed), hs.stream_clients, hs.stream_sent,
                hs.stream_dropped, hs.publish_dropped);
+    write_bus(a, b, &ps);
+    write_kubernetes(a, b);
     /* The agent is one node: the same per-node shape the aggregator reports. */
     buf_puts(b, ",\"nodes\":{");
     buf_json_cstr(b, a->node);
-    buf_printf(b, ":{\"events\":%" PRIu64 ",\"kernel_drops\":%" PRIu64 "}}}",
-               load(&a->events_total), kernel_drops);
+    buf_printf(b,
+               ":{\"events\":%" PRIu64 ",\"batches\":%" PRIu64 ",\"kernel_drops\":%" PRIu64
+               ",\"agent_drops\":%" PRIu64 "}}}",
+               load(&a->events_total), ps.batches_sent, kernel_drops, ps.events_dropped);
 }
 
 static void handle_health(void *ctx, const struct http_request *req, struct http_response *res)
@@ -210,6 +275,50 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                hs.requests);
     api_metric(b, "ebpf_agent_intern_refused_total", "counter",
                "Strings not interned because the table was full.", is.refused);
+    struct publisher_stats ps;
+    publisher_get_stats(a->pub, &ps);
+    api_metric(b, "ebpf_agent_bus_connected", "gauge", "1 while connected to NATS.",
+               ps.bus.connected);
+    api_metric(b, "ebpf_agent_bus_batches_sent_total", "counter", "Batches published to NATS.",
+               ps.batches_sent);
+    api_metric(b, "ebpf_agent_bus_events_sent_total", "counter", "Events published to NATS.",
+               ps.events_sent);
+    api_metric(b, "ebpf_agent_bus_bytes_sent_total", "counter",
+               "Batch payload bytes published to NATS.", ps.bytes_sent);
+    api_metric(b, "ebpf_agent_bus_dropped_batches_total", "counter",
+               "Batches dropped because the outage buffer was full.", ps.batches_dropped);
+    api_metric(b, "ebpf_agent_bus_dropped_events_total", "counter",
+               "Events never published (agent-side drops: outage buffer full, encoding failed).",
+               ps.events_dropped);
+    api_metric(b, "ebpf_agent_bus_queue_batches", "gauge", "Batches waiting to be published.",
+               ps.queue_batches);
+    api_metric(b, "ebpf_agent_bus_queue_bytes", "gauge",
+               "Bytes of batches waiting to be published.", ps.queue_bytes);
+    api_metric(b, "ebpf_agent_bus_publish_errors_total", "counter",
+               "Publish attempts that failed (retried).", ps.publish_errors);
+    api_metric(b, "ebpf_agent_bus_reconnects_total", "counter", "Reconnections to NATS.",
+               ps.bus.reconnects);
+    if (a->cgroups) {
+        struct k8s_stats ks;
+        struct cgroup_resolver_stats cs;
+        k8s_get_stats(a->k8s, &ks);
+        cgroup_resolver_get_stats(a->cgroups, &cs);
+        api_metric(b, "ebpf_agent_k8s_api_connected", "gauge",
+                   "1 when the last Kubernetes API request succeeded.", ks.connected);
+        api_metric(b, "ebpf_agent_k8s_pods_cached", "gauge", "Pods in the metadata cache.",
+                   ks.pods_cached);
+        api_metric(b, "ebpf_agent_k8s_pods_evicted_total", "counter",
+                   "Pods dropped from the cache to stay within K8S_MAX_PODS.", ks.evicted);
+        api_metric(b, "ebpf_agent_k8s_pod_misses_total", "counter",
+                   "Pod events whose pod was not in the cache (named by UID only).", ks.misses);
+        api_metric(b, "ebpf_agent_k8s_api_errors_total", "counter",
+                   "Failed Kubernetes API requests.", ks.api_errors);
+        api_metric(b, "ebpf_agent_cgroup_cache_evictions_total", "counter",
+                   "cgroup ids dropped from the resolver cache.", cs.evictions);
+        api_metric(b, "ebpf_agent_cgroup_unresolved_total", "counter",
+                   "Events left unattributed because a cgroup walk ran too recently.",
+                   cs.rate_limited);
+    }
     api_metric(b, "ebpf_agent_uptime_seconds", "gauge", "Seconds since the agent started.",
                (api_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
 }

@@ -1,6 +1,6 @@
 /*
  * ebpf-agent: captures kernel events with eBPF, keeps a bounded local
- * history and serves it over HTTP.
+ * history, serves it over HTTP and publishes batches to NATS.
  */
 #include <errno.h>
 #include <signal.h>
@@ -12,6 +12,10 @@
 #include "agent.h"
 #include "api.h"
 #include "intern.h"
+
+#define POLL_MAX_MS        200
+#define KERNEL_DROPS_EVERY 100000000ull /* ns between reads of the programs' loss counters */
+#define MAX_PROGRAMS       32
 
 static volatile sig_atomic_t stop_requested;
 
@@ -26,12 +30,85 @@ static void on_event(void *ctx, struct event *e)
     struct agent *a = ctx;
     e->id = event_id_next(&a->ids);
     e->node = a->node;
+    /* A drop runs in whatever context freed the packet (often softirq), so
+     * its cgroup is not the packet's owner: attributing it would name the
+     * wrong pod. */
+    if (a->cgroups && e->type != EVENT_PACKET_DROP)
+        k8s_enrich(a->k8s, a->cgroups, e);
     __atomic_fetch_add(&a->events_total, 1, __ATOMIC_RELAXED);
     if (e->type < EVENT_TYPE_COUNT)
         __atomic_fetch_add(&a->events_by_type[e->type], 1, __ATOMIC_RELAXED);
+    publisher_add(a->pub, e); /* encodes a copy into the open batch; never blocks */
     http_server_publish(a->http, e);
     if (store_add_move(a->store, e) < 0)
         __atomic_fetch_add(&a->store_failed, 1, __ATOMIC_RELAXED);
+}
+
+/* Ring-buffer losses summed over the programs: the kernel_drops every batch carries. */
+static uint64_t kernel_drops(struct agent *a)
+{
+    struct capture_program_info progs[MAX_PROGRAMS];
+    size_t n = capture_programs(a->capture, progs, MAX_PROGRAMS);
+    uint64_t sum = 0;
+    for (size_t i = 0; i < n && i < MAX_PROGRAMS; i++)
+        sum += progs[i].drops;
+    return sum;
+}
+
+/* Pod attribution: cgroup id -> pod UID/container id, plus names from the API server. */
+static int open_kubernetes(struct agent *a)
+{
+    int err = 0;
+    struct cgroup_resolver_options co = {
+        .root = a->cfg.cgroup_root[0] ? a->cfg.cgroup_root : NULL,
+        .rescan_interval_ms = 200,
+    };
+    a->cgroups = cgroup_resolver_new(&co, &err);
+    if (!a->cgroups) {
+        fprintf(stderr, "ebpf-agent: no cgroup v2 hierarchy at %s (CGROUP_ROOT): %s\n",
+                co.root ? co.root : "the detected mount", strerror(-err));
+        return -1;
+    }
+    struct k8s_options ko = {
+        .api_url = a->cfg.k8s_api_url[0] ? a->cfg.k8s_api_url : NULL,
+        .token_path = a->cfg.k8s_token_path[0] ? a->cfg.k8s_token_path : NULL,
+        .ca_path = a->cfg.k8s_ca_path[0] ? a->cfg.k8s_ca_path : NULL,
+        .node_name = a->node,
+        .tombstone_ttl_ms = (unsigned)(a->cfg.k8s_tombstone_ttl_ns / 1000000),
+        .max_pods = a->cfg.k8s_max_pods,
+    };
+    a->k8s = k8s_new(&ko, &err);
+    if (!a->k8s || k8s_start(a->k8s) < 0) {
+        fprintf(stderr, "ebpf-agent: cannot start the Kubernetes pod watch: %s\n",
+                strerror(err ? -err : EINVAL));
+        return -1;
+    }
+    fprintf(stderr, "ebpf-agent: Kubernetes mode, cgroups at %s\n",
+            cgroup_resolver_root(a->cgroups));
+    return 0;
+}
+
+static int open_publisher(struct agent *a, char *err, size_t errlen)
+{
+    char name[CONFIG_STR + 16];
+    snprintf(name, sizeof(name), "ebpf-agent %s", a->node);
+    a->bus = bus_open(&a->cfg, name, err, errlen);
+    if (!a->bus)
+        return -1;
+    bus_node_subject(a->cfg.subject_prefix, a->node, a->subject, sizeof(a->subject));
+    struct publisher_config pc = {
+        .node = a->node,
+        .subject = a->subject,
+        .pod_name = a->cfg.pod_name,
+        .pod_namespace = a->cfg.pod_namespace,
+        .encoding = a->cfg.encoding,
+        .batch_size = a->cfg.batch_size,
+        .flush_interval_ns = a->cfg.flush_interval_ns,
+        .outage_buffer_bytes = a->cfg.outage_buffer_bytes,
+        .log_prefix = "ebpf-agent",
+    };
+    a->pub = publisher_new(a->bus, &pc, err, errlen);
+    return a->pub ? 0 : -1;
 }
 
 int main(int argc, char **argv)
@@ -84,6 +161,9 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    if (a.cfg.deployment_mode == CONFIG_MODE_KUBERNETES && open_kubernetes(&a) < 0)
+        goto out;
+
     struct capture_config cc = {
         .event_types = a.cfg.event_types,
         .ringbuf_bytes = a.cfg.ringbuf_bytes,
@@ -95,21 +175,41 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    if (open_publisher(&a, err, sizeof(err)) < 0) {
+        fprintf(stderr, "ebpf-agent: %s\n", err);
+        goto out;
+    }
+
     if (agent_api_register(&a) < 0 || http_server_start(a.http) < 0) {
         fprintf(stderr, "ebpf-agent: cannot start the HTTP server on %s\n", a.cfg.listen_addr);
         goto out;
     }
-    fprintf(stderr, "ebpf-agent: node %s, %zu programs attached, API on %s%s\n", a.node,
-            capture_attached(a.capture), a.cfg.listen_addr, a.cfg.tls_cert[0] ? " (TLS)" : "");
+    char urls[CONFIG_URL];
+    bus_redact_urls(a.cfg.nats_url, urls, sizeof(urls));
+    fprintf(stderr,
+            "ebpf-agent: node %s, %zu programs attached, API on %s%s, publishing to %s on %s "
+            "(%s)\n",
+            a.node, capture_attached(a.capture), a.cfg.listen_addr,
+            a.cfg.tls_cert[0] ? " (TLS)" : "", a.subject, urls,
+            config_encoding_name(a.cfg.encoding));
 
-    uint64_t last_expire = api_monotonic_ns();
+    uint64_t last_expire = api_monotonic_ns(), last_drops = 0;
+    int timeout_ms = POLL_MAX_MS;
     while (!stop_requested) {
-        int n = capture_poll(a.capture, 200);
+        int n = capture_poll(a.capture, timeout_ms);
         if (n < 0 && n != -EINTR) {
             fprintf(stderr, "ebpf-agent: reading the ring buffer: %s\n", strerror(-n));
             goto out;
         }
         uint64_t now = api_monotonic_ns();
+        if (now - last_drops >= KERNEL_DROPS_EVERY) {
+            publisher_set_kernel_drops(a.pub, kernel_drops(&a));
+            last_drops = now;
+        }
+        /* Wake up in time for the open batch's flush deadline. */
+        uint64_t until_flush = publisher_tick(a.pub, now);
+        uint64_t ms = (until_flush + 999999) / 1000000;
+        timeout_ms = ms < POLL_MAX_MS ? (int)ms : POLL_MAX_MS;
         if (now - last_expire > 1000000000ull) {
             store_expire(a.store, api_now_ns());
             last_expire = now;
@@ -119,11 +219,25 @@ int main(int argc, char **argv)
             stop_requested == SIGINT ? "SIGINT" : "SIGTERM");
     rc = 0;
 out:
-    /* Reverse order of creation: the HTTP thread reads capture and store. */
+    /*
+     * Reverse order of creation, except that the HTTP thread goes first: it
+     * reads the publisher, capture and store. The publisher then sends its
+     * last batch (waiting up to ~2 s for NATS).
+     */
     if (a.http)
         http_server_free(a.http);
+    if (a.pub) {
+        publisher_set_kernel_drops(a.pub, kernel_drops(&a));
+        publisher_free(a.pub);
+    }
+    if (a.bus)
+        bus_close(a.bus);
     if (a.capture)
         capture_close(a.capture);
+    if (a.k8s)
+        k8s_free(a.k8s);
+    if (a.cgroups)
+        cgroup_resolver_free(a.cgroups);
     if (a.store)
         store_free(a.store);
     return rc;

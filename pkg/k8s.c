@@ -1,0 +1,904 @@
+/*
+ * Pod metadata from the Kubernetes API server (LIST + WATCH on a thread of
+ * its own) into a bounded UID -> pod cache, and event enrichment. See k8s.h.
+ */
+#include "k8s.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "buf.h"
+#include "intern.h"
+
+#define K8S_MAX_PODS_DEFAULT 4096
+#define K8S_LIST_PAGE        500
+#define K8S_LIST_MAX_BYTES   (256u << 20) /* one LIST page; 500 pods are a few MB */
+#define K8S_LINE_MAX_BYTES   (16u << 20)  /* one watch event */
+#define K8S_ERROR_BODY_MAX   4096
+#define NIL                  UINT32_MAX
+
+/* ---- pod cache ---- */
+
+struct pod_entry {
+    struct k8s_pod pod;
+    const char *mirror;   /* static pods: the kubelet's UID, which their cgroups carry */
+    uint64_t deleted_ns;  /* when it became a tombstone */
+    uint64_t list_gen;    /* the LIST that last saw it */
+    uint32_t next_uid;    /* hash chain by uid; free list when unused */
+    uint32_t next_mirror; /* hash chain by mirror */
+    bool used;
+};
+
+struct pod_cache {
+    struct pod_entry *e;
+    uint32_t *by_uid, *by_mirror;
+    uint32_t mask, cap, count, deleted, free_head;
+};
+
+struct k8s {
+    /* configuration, immutable after k8s_new */
+    char *api_url; /* NULL: no API server */
+    char *token_path, *ca_path;
+    const char *node_name; /* interned */
+    uint64_t tombstone_ttl_ns;
+    unsigned backoff_min_ms, backoff_max_ms, watch_timeout_s, connect_timeout_ms;
+
+    /* the watch thread */
+    pthread_t thread;
+    bool started;
+    atomic_bool stop;
+    CURLM *multi;
+    char rv[128]; /* resourceVersion to watch from; watch thread only */
+    uint64_t list_gen;
+
+    /* shared with lookups, under lock */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    struct pod_cache cache;
+    struct k8s_stats stats;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint32_t str_hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+static int cache_init(struct pod_cache *c, size_t cap)
+{
+    uint32_t nb = 1;
+    while (nb < cap)
+        nb <<= 1;
+    c->cap = (uint32_t)cap;
+    c->mask = nb - 1;
+    c->e = calloc(cap, sizeof(*c->e));
+    c->by_uid = malloc(nb * sizeof(uint32_t));
+    c->by_mirror = malloc(nb * sizeof(uint32_t));
+    if (!c->e || !c->by_uid || !c->by_mirror)
+        return -ENOMEM;
+    memset(c->by_uid, 0xff, nb * sizeof(uint32_t));
+    memset(c->by_mirror, 0xff, nb * sizeof(uint32_t));
+    for (uint32_t i = 0; i < c->cap; i++)
+        c->e[i].next_uid = i + 1 < c->cap ? i + 1 : NIL;
+    c->free_head = 0;
+    return 0;
+}
+
+static void cache_destroy(struct pod_cache *c)
+{
+    free(c->e);
+    free(c->by_uid);
+    free(c->by_mirror);
+}
+
+static uint32_t cache_find_uid(struct pod_cache *c, const char *uid)
+{
+    for (uint32_t i = c->by_uid[str_hash(uid) & c->mask]; i != NIL; i = c->e[i].next_uid)
+        if (strcmp(c->e[i].pod.uid, uid) == 0)
+            return i;
+    return NIL;
+}
+
+static uint32_t cache_find_mirror(struct pod_cache *c, const char *mirror)
+{
+    for (uint32_t i = c->by_mirror[str_hash(mirror) & c->mask]; i != NIL; i = c->e[i].next_mirror)
+        if (strcmp(c->e[i].mirror, mirror) == 0)
+            return i;
+    return NIL;
+}
+
+static void mirror_link(struct pod_cache *c, uint32_t i)
+{
+    uint32_t *b = &c->by_mirror[str_hash(c->e[i].mirror) & c->mask];
+    c->e[i].next_mirror = *b;
+    *b = i;
+}
+
+static void mirror_unlink(struct pod_cache *c, uint32_t i)
+{
+    uint32_t *link = &c->by_mirror[str_hash(c->e[i].mirror) & c->mask];
+    while (*link != i)
+        link = &c->e[*link].next_mirror;
+    *link = c->e[i].next_mirror;
+}
+
+static void cache_remove(struct pod_cache *c, uint32_t i)
+{
+    struct pod_entry *e = &c->e[i];
+    uint32_t *link = &c->by_uid[str_hash(e->pod.uid) & c->mask];
+    while (*link != i)
+        link = &c->e[*link].next_uid;
+    *link = e->next_uid;
+    if (e->mirror)
+        mirror_unlink(c, i);
+    if (e->pod.deleted)
+        c->deleted--;
+    c->count--;
+    memset(e, 0, sizeof(*e));
+    e->next_uid = c->free_head;
+    c->free_head = i;
+}
+
+/* Drops tombstones past their TTL; with force, also the oldest one. Lock held. */
+static void cache_expire(struct k8s *k, uint64_t now, bool force)
+{
+    struct pod_cache *c = &k->cache;
+    uint32_t oldest = NIL;
+    if (c->deleted == 0)
+        return;
+    for (uint32_t i = 0; i < c->cap; i++) {
+        struct pod_entry *e = &c->e[i];
+        if (!e->used || !e->pod.deleted)
+            continue;
+        if (now - e->deleted_ns >= k->tombstone_ttl_ns) {
+            cache_remove(c, i);
+            k->stats.expired++;
+        } else if (oldest == NIL || e->deleted_ns < c->e[oldest].deleted_ns) {
+            oldest = i;
+        }
+    }
+    if (force && c->count == c->cap && oldest != NIL) {
+        cache_remove(c, oldest);
+        k->stats.evicted++;
+    }
+}
+
+struct pod_meta {
+    const char *uid, *name, *namespace, *node, *mirror; /* interned */
+};
+
+static void cache_mark_deleted(struct k8s *k, uint32_t i, uint64_t now)
+{
+    struct pod_entry *e = &k->cache.e[i];
+    if (!e->pod.deleted) {
+        e->pod.deleted = true;
+        e->deleted_ns = now;
+        k->cache.deleted++;
+    }
+}
+
+/* Inserts or updates a pod; deleted makes it a tombstone. Lock held. */
+static void cache_upsert(struct k8s *k, const struct pod_meta *m, bool deleted)
+{
+    struct pod_cache *c = &k->cache;
+    uint64_t now = now_ns();
+    uint32_t i = cache_find_uid(c, m->uid);
+
+    if (i == NIL) {
+        if (deleted)
+            return; /* never seen alive: nothing to remember it by */
+        if (c->count == c->cap)
+            cache_expire(k, now, true);
+        if (c->count == c->cap) {
+            /* full of live pods: max_pods is set below this node's pod count */
+            k->stats.evicted++;
+            return;
+        }
+        i = c->free_head;
+        c->free_head = c->e[i].next_uid;
+        uint32_t *b = &c->by_uid[str_hash(m->uid) & c->mask];
+        c->e[i] = (struct pod_entry){.used = true, .next_uid = *b, .next_mirror = NIL};
+        c->e[i].pod.uid = m->uid;
+        *b = i;
+        c->count++;
+    }
+    struct pod_entry *e = &c->e[i];
+    e->pod.name = m->name;
+    e->pod.namespace = m->namespace;
+    e->pod.node = m->node;
+    e->list_gen = k->list_gen;
+    if (e->mirror != m->mirror) {
+        if (e->mirror)
+            mirror_unlink(c, i);
+        e->mirror = m->mirror;
+        if (e->mirror)
+            mirror_link(c, i);
+    }
+    if (deleted) {
+        cache_mark_deleted(k, i, now);
+    } else if (e->pod.deleted) {
+        e->pod.deleted = false;
+        c->deleted--;
+    }
+}
+
+int k8s_pod_cache_lookup(struct k8s *k, const char *uid, struct k8s_pod *out)
+{
+    int found = 0;
+    memset(out, 0, sizeof(*out));
+    if (!uid)
+        return 0;
+    pthread_mutex_lock(&k->lock);
+    k->stats.lookups++;
+    uint32_t i = cache_find_uid(&k->cache, uid);
+    if (i == NIL)
+        i = cache_find_mirror(&k->cache, uid);
+    if (i != NIL) {
+        struct pod_entry *e = &k->cache.e[i];
+        if (e->pod.deleted && now_ns() - e->deleted_ns >= k->tombstone_ttl_ns) {
+            cache_remove(&k->cache, i);
+            k->stats.expired++;
+        } else {
+            *out = e->pod;
+            found = 1;
+        }
+    }
+    if (!found)
+        k->stats.misses++;
+    pthread_mutex_unlock(&k->lock);
+    return found;
+}
+
+/* ---- errors and stats ---- */
+
+static void set_error(struct k8s *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_error(struct k8s *k, const char *fmt, ...)
+{
+    va_list ap;
+    pthread_mutex_lock(&k->lock);
+    va_start(ap, fmt);
+    vsnprintf(k->stats.last_error, sizeof(k->stats.last_error), fmt, ap);
+    va_end(ap);
+    k->stats.api_errors++;
+    k->stats.connected = false;
+    pthread_mutex_unlock(&k->lock);
+}
+
+static void set_connected(struct k8s *k, bool on)
+{
+    pthread_mutex_lock(&k->lock);
+    k->stats.connected = on;
+    pthread_mutex_unlock(&k->lock);
+}
+
+void k8s_get_stats(struct k8s *k, struct k8s_stats *out)
+{
+    pthread_mutex_lock(&k->lock);
+    *out = k->stats;
+    out->pods_cached = k->cache.count;
+    out->pods_deleted = k->cache.deleted;
+    pthread_mutex_unlock(&k->lock);
+}
+
+/* ---- JSON ---- */
+
+static const char *json_str(json_t *obj, const char *key)
+{
+    return json_string_value(json_object_get(obj, key));
+}
+
+/* Reads what the cache keeps from a Pod object. Returns false without a uid. */
+static bool pod_meta_parse(json_t *pod, struct pod_meta *m)
+{
+    json_t *meta = json_object_get(pod, "metadata");
+    const char *uid = json_str(meta, "uid");
+    memset(m, 0, sizeof(*m));
+    if (!uid || !*uid)
+        return false;
+    m->uid = intern(uid);
+    m->name = intern(json_str(meta, "name"));
+    m->namespace = intern(json_str(meta, "namespace"));
+    m->node = intern(json_str(json_object_get(pod, "spec"), "nodeName"));
+    m->mirror =
+        intern(json_str(json_object_get(meta, "annotations"), "kubernetes.io/config.mirror"));
+    return m->uid != NULL;
+}
+
+/* "HTTP 403: pods is forbidden: ..." from a Status body, or its first bytes. */
+static void status_message(long http, const struct buf *body, char *out, size_t len)
+{
+    json_t *st = body->len ? json_loadb(body->data, body->len, 0, NULL) : NULL;
+    const char *msg = st ? json_str(st, "message") : NULL;
+    if (msg)
+        snprintf(out, len, "HTTP %ld: %s", http, msg);
+    else
+        snprintf(out, len, "HTTP %ld: %.*s", http, (int)(body->len > 200 ? 200 : body->len),
+                 body->len ? body->data : "");
+    json_decref(st);
+}
+
+/* ---- HTTP ---- */
+
+enum req_kind { REQ_LIST, REQ_WATCH };
+
+enum req_outcome {
+    OUT_OK,      /* complete (LIST) or ended by the server (WATCH) */
+    OUT_EXPIRED, /* 410 Gone: resourceVersion too old, re-list */
+    OUT_ERROR,   /* anything else; err says what */
+    OUT_STOPPED, /* k8s_free() interrupted it */
+};
+
+struct req {
+    struct k8s *k;
+    CURL *h;
+    enum req_kind kind;
+    struct buf body; /* LIST body, watch partial line, or error body */
+    long status;
+    enum req_outcome abort; /* set by the watch parser to end the transfer */
+    unsigned events;
+    bool connected;
+    char err[200];
+    char curl_err[CURL_ERROR_SIZE];
+};
+
+static void apply_watch_line(struct req *r, const char *line, size_t len)
+{
+    struct k8s *k = r->k;
+    json_error_t jerr;
+    json_t *ev = json_loadb(line, len, 0, &jerr);
+    const char *type = ev ? json_str(ev, "type") : NULL;
+    json_t *obj = ev ? json_object_get(ev, "object") : NULL;
+
+    if (!type || !json_is_object(obj)) {
+        snprintf(r->err, sizeof(r->err), "bad watch event: %s", ev ? "no type/object" : jerr.text);
+        r->abort = OUT_ERROR;
+        goto out;
+    }
+    if (strcmp(type, "ERROR") == 0) {
+        /* The object is a Status; 410 means our resourceVersion is gone. */
+        json_int_t code = json_integer_value(json_object_get(obj, "code"));
+        const char *msg = json_str(obj, "message");
+        snprintf(r->err, sizeof(r->err), "watch ERROR %lld: %s", (long long)code,
+                 msg ? msg : "(no message)");
+        r->abort = code == 410 ? OUT_EXPIRED : OUT_ERROR;
+        goto out;
+    }
+    const char *rv = json_str(json_object_get(obj, "metadata"), "resourceVersion");
+    if (rv && strlen(rv) < sizeof(k->rv))
+        strcpy(k->rv, rv);
+    struct pod_meta m;
+    bool added = strcmp(type, "ADDED") == 0, modified = strcmp(type, "MODIFIED") == 0;
+    bool deleted = strcmp(type, "DELETED") == 0;
+    pthread_mutex_lock(&k->lock);
+    if ((added || modified || deleted) && pod_meta_parse(obj, &m))
+        cache_upsert(k, &m, deleted);
+    if (deleted)
+        cache_expire(k, now_ns(), false); /* keeps pods_deleted honest between lookups */
+    k->stats.watch_events++;
+    pthread_mutex_unlock(&k->lock);
+    r->events++;
+out:
+    json_decref(ev);
+}
+
+static size_t on_body(char *data, size_t size, size_t n, void *ud)
+{
+    struct req *r = ud;
+    size_t len = size * n;
+
+    if (atomic_load(&r->k->stop))
+        return 0;
+    if (!r->status)
+        curl_easy_getinfo(r->h, CURLINFO_RESPONSE_CODE, &r->status);
+    if (r->status != 200) {
+        /* keep the start of an error body for the message */
+        if (r->body.len < K8S_ERROR_BODY_MAX)
+            buf_append(&r->body, data, len);
+        return len;
+    }
+    buf_append(&r->body, data, len);
+    if (r->body.oom)
+        return 0;
+    if (r->kind == REQ_LIST) {
+        if (r->body.len > K8S_LIST_MAX_BYTES) {
+            snprintf(r->err, sizeof(r->err), "LIST response over %u bytes", K8S_LIST_MAX_BYTES);
+            r->abort = OUT_ERROR;
+            return 0;
+        }
+        return len;
+    }
+    /* WATCH: one JSON object per line */
+    size_t start = 0;
+    for (;;) {
+        char *nl = memchr(r->body.data + start, '\n', r->body.len - start);
+        if (!nl)
+            break;
+        size_t end = (size_t)(nl - r->body.data);
+        if (end > start)
+            apply_watch_line(r, r->body.data + start, end - start);
+        start = end + 1;
+        if (r->abort != OUT_OK)
+            return 0;
+    }
+    memmove(r->body.data, r->body.data + start, r->body.len - start);
+    r->body.len -= start;
+    r->body.data[r->body.len] = '\0';
+    if (r->body.len > K8S_LINE_MAX_BYTES) {
+        snprintf(r->err, sizeof(r->err), "watch event over %u bytes", K8S_LINE_MAX_BYTES);
+        r->abort = OUT_ERROR;
+        return 0;
+    }
+    return len;
+}
+
+static char *read_token(const char *path)
+{
+    FILE *f;
+    char *tok = NULL;
+    size_t cap = 0;
+    ssize_t n;
+
+    if (!path || !*path || !(f = fopen(path, "re")))
+        return NULL;
+    n = getdelim(&tok, &cap, '\0', f);
+    fclose(f);
+    if (n <= 0) {
+        free(tok);
+        return NULL;
+    }
+    while (n > 0 && (tok[n - 1] == '\n' || tok[n - 1] == '\r' || tok[n - 1] == ' '))
+        tok[--n] = '\0';
+    return tok;
+}
+
+/* Runs one GET to completion (or until stopped); r->status and r->err say how it went. */
+static enum req_outcome http_get(struct k8s *k, struct req *r, const char *url)
+{
+    struct curl_slist *hdrs = curl_slist_append(NULL, "Accept: application/json");
+    char *token = read_token(k->token_path);
+    enum req_outcome out = OUT_ERROR;
+    CURLcode res = CURLE_OK;
+
+    if (token) {
+        struct buf auth;
+        buf_init(&auth);
+        buf_printf(&auth, "Authorization: Bearer %s", token);
+        if (!auth.oom)
+            hdrs = curl_slist_append(hdrs, auth.data);
+        buf_free(&auth);
+        free(token);
+    }
+    r->h = curl_easy_init();
+    if (!r->h || !hdrs) {
+        snprintf(r->err, sizeof(r->err), "out of memory");
+        goto done;
+    }
+    curl_easy_setopt(r->h, CURLOPT_URL, url);
+    curl_easy_setopt(r->h, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(r->h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(r->h, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(r->h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(r->h, CURLOPT_ERRORBUFFER, r->curl_err);
+    curl_easy_setopt(r->h, CURLOPT_CONNECTTIMEOUT_MS, (long)k->connect_timeout_ms);
+    curl_easy_setopt(r->h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(r->h, CURLOPT_ACCEPT_ENCODING, "");
+    if (k->ca_path && *k->ca_path)
+        curl_easy_setopt(r->h, CURLOPT_CAINFO, k->ca_path);
+    /* A watch ends server-side after timeoutSeconds; a silent, dead connection
+     * must not hold us much longer than that. */
+    if (r->kind == REQ_WATCH)
+        curl_easy_setopt(r->h, CURLOPT_TIMEOUT_MS, (long)(k->watch_timeout_s + 30) * 1000L);
+    else
+        curl_easy_setopt(r->h, CURLOPT_TIMEOUT_MS, 120000L);
+
+    curl_multi_add_handle(k->multi, r->h);
+    int running = 1;
+    while (running && !atomic_load(&k->stop)) {
+        CURLMcode mc = curl_multi_perform(k->multi, &running);
+        if (r->kind == REQ_WATCH && !r->connected) {
+            /* A watch may be quiet for minutes: it is up once the server says 200. */
+            long code = 0;
+            curl_easy_getinfo(r->h, CURLINFO_RESPONSE_CODE, &code);
+            if (code == 200) {
+                r->connected = true;
+                set_connected(k, true);
+            }
+        }
+        if (mc == CURLM_OK && running)
+            mc = curl_multi_poll(k->multi, NULL, 0, 1000, NULL);
+        if (mc != CURLM_OK) {
+            snprintf(r->err, sizeof(r->err), "%s", curl_multi_strerror(mc));
+            break;
+        }
+    }
+    CURLMsg *msg;
+    int left;
+    bool finished = false;
+    while ((msg = curl_multi_info_read(k->multi, &left)) != NULL) {
+        if (msg->msg == CURLMSG_DONE && msg->easy_handle == r->h) {
+            res = msg->data.result;
+            finished = true;
+        }
+    }
+    curl_multi_remove_handle(k->multi, r->h);
+    if (atomic_load(&k->stop)) {
+        out = OUT_STOPPED;
+        goto done;
+    }
+    curl_easy_getinfo(r->h, CURLINFO_RESPONSE_CODE, &r->status);
+    if (r->abort != OUT_OK) {
+        out = r->abort;
+    } else if (!finished) {
+        if (!r->err[0])
+            snprintf(r->err, sizeof(r->err), "transfer did not finish");
+    } else if (res != CURLE_OK) {
+        /* the error buffer has the detail ("SSL certificate problem: ...") */
+        snprintf(r->err, sizeof(r->err), "%.180s",
+                 r->curl_err[0] ? r->curl_err : curl_easy_strerror(res));
+    } else if (r->status == 410) {
+        status_message(r->status, &r->body, r->err, sizeof(r->err));
+        out = OUT_EXPIRED;
+    } else if (r->status != 200) {
+        status_message(r->status, &r->body, r->err, sizeof(r->err));
+    } else {
+        out = OUT_OK;
+    }
+done:
+    curl_slist_free_all(hdrs);
+    curl_easy_cleanup(r->h);
+    r->h = NULL;
+    return out;
+}
+
+/* ?fieldSelector=spec.nodeName=<node> (or "?" for all pods), percent-encoded. */
+static void pods_url(struct k8s *k, struct buf *u)
+{
+    buf_printf(u, "%s/api/v1/pods?", k->api_url);
+    if (k->node_name) {
+        char *node = curl_easy_escape(NULL, k->node_name, 0);
+        buf_printf(u, "fieldSelector=spec.nodeName%%3D%s&", node ? node : "");
+        curl_free(node);
+    }
+}
+
+/* ---- LIST and WATCH ---- */
+
+static enum req_outcome do_list(struct k8s *k, char *err, size_t errlen)
+{
+    char cont[1024] = "";
+    enum req_outcome out;
+
+    k->list_gen++;
+    do {
+        struct req r = {.k = k, .kind = REQ_LIST};
+        struct buf url;
+        buf_init(&url);
+        buf_init(&r.body);
+        pods_url(k, &url);
+        buf_printf(&url, "limit=%d", K8S_LIST_PAGE);
+        if (cont[0]) {
+            char *c = curl_easy_escape(NULL, cont, 0);
+            buf_printf(&url, "&continue=%s", c ? c : "");
+            curl_free(c);
+        }
+        out = url.oom ? OUT_ERROR : http_get(k, &r, url.data);
+        if (url.oom)
+            snprintf(r.err, sizeof(r.err), "out of memory");
+        cont[0] = '\0';
+        if (out == OUT_OK) {
+            json_error_t jerr;
+            json_t *list = json_loadb(r.body.data, r.body.len, 0, &jerr);
+            json_t *items = json_object_get(list, "items");
+            json_t *meta = json_object_get(list, "metadata");
+            const char *rv = json_str(meta, "resourceVersion");
+            const char *c = json_str(meta, "continue");
+            if (!json_is_array(items) || !rv) {
+                snprintf(r.err, sizeof(r.err), "LIST: not a PodList: %s",
+                         list ? "no items/resourceVersion" : jerr.text);
+                out = OUT_ERROR;
+            } else {
+                size_t i;
+                json_t *pod;
+                snprintf(k->rv, sizeof(k->rv), "%s", rv);
+                if (c)
+                    snprintf(cont, sizeof(cont), "%s", c);
+                pthread_mutex_lock(&k->lock);
+                json_array_foreach(items, i, pod)
+                {
+                    struct pod_meta m;
+                    if (pod_meta_parse(pod, &m))
+                        cache_upsert(k, &m, false);
+                }
+                pthread_mutex_unlock(&k->lock);
+            }
+            json_decref(list);
+        }
+        if (out != OUT_OK)
+            snprintf(err, errlen, "LIST %s: %s", url.data ? url.data : "", r.err);
+        buf_free(&url);
+        buf_free(&r.body);
+    } while (out == OUT_OK && cont[0]);
+
+    if (out != OUT_OK)
+        return out;
+    /* Pods the list no longer has were deleted while we were not watching. */
+    uint64_t now = now_ns();
+    pthread_mutex_lock(&k->lock);
+    for (uint32_t i = 0; i < k->cache.cap; i++) {
+        struct pod_entry *e = &k->cache.e[i];
+        if (e->used && !e->pod.deleted && e->list_gen != k->list_gen)
+            cache_mark_deleted(k, i, now);
+    }
+    cache_expire(k, now, false);
+    if (k->stats.lists++ > 0)
+        k->stats.relists++;
+    k->stats.connected = true;
+    pthread_mutex_unlock(&k->lock);
+    return OUT_OK;
+}
+
+static enum req_outcome do_watch(struct k8s *k, unsigned *events, char *err, size_t errlen)
+{
+    struct req r = {.k = k, .kind = REQ_WATCH};
+    struct buf url;
+    enum req_outcome out;
+
+    buf_init(&url);
+    buf_init(&r.body);
+    pods_url(k, &url);
+    buf_printf(&url, "watch=1&allowWatchBookmarks=true&resourceVersion=%s&timeoutSeconds=%u", k->rv,
+               k->watch_timeout_s);
+    out = url.oom ? OUT_ERROR : http_get(k, &r, url.data);
+    *events = r.events;
+    if (out != OUT_OK && out != OUT_STOPPED)
+        snprintf(err, errlen, "WATCH %s: %s", url.data ? url.data : "", r.err);
+    buf_free(&url);
+    buf_free(&r.body);
+    return out;
+}
+
+/* Sleeps ms unless k8s_free() wakes us first. */
+static void pause_ms(struct k8s *k, unsigned ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&k->lock);
+    while (!atomic_load(&k->stop))
+        if (pthread_cond_timedwait(&k->wake, &k->lock, &ts) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&k->lock);
+}
+
+static void *watch_thread(void *arg)
+{
+    struct k8s *k = arg;
+    unsigned backoff = k->backoff_min_ms;
+    bool need_list = true;
+    char err[sizeof(k->stats.last_error)];
+
+    while (!atomic_load(&k->stop)) {
+        enum req_outcome out;
+        unsigned events = 0;
+        bool listing = need_list;
+        err[0] = '\0';
+        if (listing) {
+            out = do_list(k, err, sizeof(err));
+        } else {
+            out = do_watch(k, &events, err, sizeof(err));
+            if (out == OUT_OK || out == OUT_EXPIRED || events > 0)
+                set_connected(k, true);
+        }
+        if (out == OUT_STOPPED)
+            break;
+        if (out == OUT_OK) {
+            need_list = false;
+            if (listing || events > 0) {
+                backoff = k->backoff_min_ms;
+                continue;
+            }
+            /* The server ended a watch without a single event (its timeout, or
+             * a proxy that cuts idle streams): re-watch, but never in a spin. */
+            pause_ms(k, k->backoff_min_ms);
+            continue;
+        }
+        if (out == OUT_EXPIRED) {
+            /* Expected when we fell behind: not an API error; re-list at once. */
+            pthread_mutex_lock(&k->lock);
+            snprintf(k->stats.last_error, sizeof(k->stats.last_error), "%s", err);
+            pthread_mutex_unlock(&k->lock);
+            need_list = true;
+            backoff = k->backoff_min_ms;
+            continue;
+        }
+        /* Re-watch from the same resourceVersion; if that is gone, the
+         * server answers 410 and we re-list then. */
+        if (events > 0)
+            backoff = k->backoff_min_ms;
+        set_error(k, "%s", err);
+        pause_ms(k, backoff);
+        backoff = backoff * 2 > k->backoff_max_ms ? k->backoff_max_ms : backoff * 2;
+    }
+    return NULL;
+}
+
+/* ---- lifecycle ---- */
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc;
+static void curl_init(void)
+{
+    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static char *default_api_url(void)
+{
+    const char *host = getenv("KUBERNETES_SERVICE_HOST");
+    const char *port = getenv("KUBERNETES_SERVICE_PORT");
+    char *url = NULL;
+    if (!host || !*host)
+        return NULL;
+    if (!port || !*port)
+        port = "443";
+    /* IPv6 service addresses need brackets in a URL */
+    if (asprintf(&url, strchr(host, ':') ? "https://[%s]:%s" : "https://%s:%s", host, port) < 0)
+        return NULL;
+    return url;
+}
+
+struct k8s *k8s_new(const struct k8s_options *opts, int *err)
+{
+    struct k8s_options o = opts ? *opts : (struct k8s_options){0};
+    struct k8s *k = calloc(1, sizeof(*k));
+    pthread_condattr_t ca;
+    int rc = -ENOMEM;
+
+    if (!k)
+        goto fail;
+    pthread_once(&curl_once, curl_init);
+    if (curl_init_rc != CURLE_OK) {
+        rc = -EIO;
+        goto fail;
+    }
+    if (o.api_url && *o.api_url) {
+        size_t n = strlen(o.api_url);
+        if (strncmp(o.api_url, "http://", 7) != 0 && strncmp(o.api_url, "https://", 8) != 0) {
+            rc = -EINVAL;
+            goto fail;
+        }
+        while (n > 0 && o.api_url[n - 1] == '/')
+            n--;
+        k->api_url = strndup(o.api_url, n);
+    } else {
+        k->api_url = default_api_url();
+        if (!k->api_url)
+            snprintf(k->stats.last_error, sizeof(k->stats.last_error),
+                     "no API server: KUBERNETES_SERVICE_HOST is not set and no API URL given");
+    }
+    const char *node = o.node_name ? o.node_name : getenv("NODE_NAME");
+    k->node_name = node && *node ? intern(node) : NULL;
+    k->token_path = strdup(o.token_path ? o.token_path : K8S_TOKEN_PATH);
+    k->ca_path = strdup(o.ca_path ? o.ca_path : K8S_CA_PATH);
+    k->tombstone_ttl_ns =
+        (uint64_t)(o.tombstone_ttl_ms ? o.tombstone_ttl_ms : 300000u) * 1000000ull;
+    k->backoff_min_ms = o.backoff_min_ms ? o.backoff_min_ms : 250;
+    k->backoff_max_ms = o.backoff_max_ms ? o.backoff_max_ms : 30000;
+    if (k->backoff_max_ms < k->backoff_min_ms)
+        k->backoff_max_ms = k->backoff_min_ms;
+    k->watch_timeout_s = o.watch_timeout_s ? o.watch_timeout_s : 300;
+    k->connect_timeout_ms = o.connect_timeout_ms ? o.connect_timeout_ms : 5000;
+    if (!k->token_path || !k->ca_path || (node && *node && !k->node_name) ||
+        (o.api_url && *o.api_url && !k->api_url))
+        goto fail;
+    if (cache_init(&k->cache, o.max_pods ? o.max_pods : K8S_MAX_PODS_DEFAULT) < 0)
+        goto fail;
+    k->multi = curl_multi_init();
+    if (!k->multi)
+        goto fail;
+    pthread_mutex_init(&k->lock, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&k->wake, &ca);
+    pthread_condattr_destroy(&ca);
+    return k;
+
+fail:
+    if (k) {
+        cache_destroy(&k->cache);
+        free(k->api_url);
+        free(k->token_path);
+        free(k->ca_path);
+        free(k);
+    }
+    if (err)
+        *err = rc;
+    return NULL;
+}
+
+int k8s_start(struct k8s *k)
+{
+    int rc;
+    if (!k->api_url || k->started)
+        return 0;
+    rc = pthread_create(&k->thread, NULL, watch_thread, k);
+    if (rc)
+        return -rc;
+    pthread_setname_np(k->thread, "k8s-watch");
+    k->started = true;
+    return 0;
+}
+
+void k8s_free(struct k8s *k)
+{
+    if (!k)
+        return;
+    if (k->started) {
+        atomic_store(&k->stop, true);
+        curl_multi_wakeup(k->multi);
+        pthread_mutex_lock(&k->lock);
+        pthread_cond_broadcast(&k->wake);
+        pthread_mutex_unlock(&k->lock);
+        pthread_join(k->thread, NULL);
+    }
+    curl_multi_cleanup(k->multi);
+    pthread_cond_destroy(&k->wake);
+    pthread_mutex_destroy(&k->lock);
+    cache_destroy(&k->cache);
+    free(k->api_url);
+    free(k->token_path);
+    free(k->ca_path);
+    free(k);
+}
+
+const char *k8s_node_name(const struct k8s *k)
+{
+    return k ? k->node_name : NULL;
+}
+
+int k8s_enrich(struct k8s *k, struct cgroup_resolver *cg, struct event *e)
+{
+    struct cgroup_pod cp;
+    struct k8s_pod pod;
+    int rc;
+
+    memset(&e->k8s, 0, sizeof(e->k8s));
+    if (!cg || e->cgroup_id == 0)
+        return 0;
+    rc = cgroup_resolve(cg, e->cgroup_id, &cp);
+    if (rc <= 0)
+        return rc;
+    e->k8s.pod_uid = cp.pod_uid;
+    e->k8s.container_id = cp.container_id;
+    if (!k)
+        return 1;
+    e->k8s.node_name = k->node_name;
+    if (k8s_pod_cache_lookup(k, cp.pod_uid, &pod)) {
+        e->k8s.pod_name = pod.name;
+        e->k8s.namespace = pod.namespace;
+        if (pod.node)
+            e->k8s.node_name = pod.node;
+    }
+    return 1;
+}

@@ -1,0 +1,100 @@
+/*
+ * Kubernetes workload attribution: which pod made an event.
+ *
+ * The event's cgroup id gives the pod UID and container id (cgroup.h); this
+ * module adds the pod's name and namespace from the API server. A thread
+ * ("k8s-watch") LISTs the pods bound to this node, then WATCHes from the
+ * list's resourceVersion; an expired watch (410 Gone, as an HTTP status or an
+ * ERROR event) re-lists, other failures reconnect with exponential backoff.
+ * Pods go into a bounded cache keyed by UID that keeps deleted pods for
+ * tombstone_ttl_ms, so events enriched after a short-lived pod is gone still
+ * name it. Static pods are also found by their kubelet UID (the mirror pod's
+ * kubernetes.io/config.mirror annotation), which is what their cgroups carry.
+ *
+ * When the API server is unreachable, enrichment still fills the pod UID,
+ * container id and node name, and k8s_get_stats() says why it is not
+ * connected. Lookups are thread-safe.
+ */
+#ifndef EBPF_MONITOR_K8S_H
+#define EBPF_MONITOR_K8S_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cgroup.h"
+#include "event.h"
+
+#define K8S_TOKEN_PATH "/var/run/secrets/kubernetes.io/serviceaccount/token"
+#define K8S_CA_PATH    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+
+struct k8s_options {
+    /* NULL: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; with neither,
+     * no API server is used (attribution from cgroups only). http:// is accepted. */
+    const char *api_url;
+    const char *token_path;      /* NULL: K8S_TOKEN_PATH; "": send no token. Re-read per request. */
+    const char *ca_path;         /* NULL: K8S_CA_PATH; "": the system's CA store */
+    const char *node_name;       /* NULL: $NODE_NAME; unset: watch every pod in the cluster */
+    unsigned tombstone_ttl_ms;   /* how long deleted pods stay named; 0: 300000 */
+    size_t max_pods;             /* cache bound, live + deleted; 0: 4096 */
+    unsigned backoff_min_ms;     /* reconnect delay after an error, doubling; 0: 250 */
+    unsigned backoff_max_ms;     /* 0: 30000 */
+    unsigned watch_timeout_s;    /* the server ends each watch after this; 0: 300 */
+    unsigned connect_timeout_ms; /* 0: 5000 */
+};
+
+/* A cached pod; strings interned. */
+struct k8s_pod {
+    const char *uid;
+    const char *name;
+    const char *namespace;
+    const char *node; /* spec.nodeName; NULL when not yet scheduled */
+    bool deleted;     /* a tombstone: DELETED (or gone from a re-list) within the TTL */
+};
+
+struct k8s_stats {
+    uint64_t pods_cached;  /* entries now, live + deleted */
+    uint64_t pods_deleted; /* tombstones now */
+    uint64_t evicted;      /* pods dropped to stay within max_pods */
+    uint64_t expired;      /* tombstones dropped after their TTL */
+    uint64_t lookups;      /* pod cache lookups (one per enriched pod event) */
+    uint64_t misses;       /* lookups of a UID the cache did not know */
+    uint64_t api_errors;   /* failed LIST/WATCH requests and ERROR watch events */
+    uint64_t lists;        /* completed LISTs */
+    uint64_t relists;      /* LISTs after the first (expired watch or reconnect) */
+    uint64_t watch_events; /* ADDED/MODIFIED/DELETED/BOOKMARK applied */
+    bool connected;        /* the last LIST/WATCH request succeeded */
+    char last_error[256];  /* the most recent error, "" when none happened yet */
+};
+
+struct k8s;
+
+/*
+ * Returns NULL and sets *err (-EINVAL for a bad option, -ENOMEM). Without an
+ * API server (no api_url and no KUBERNETES_SERVICE_HOST) it still succeeds:
+ * k8s_enrich() then attributes from cgroups only.
+ */
+struct k8s *k8s_new(const struct k8s_options *opts, int *err);
+/* Starts the "k8s-watch" thread (nothing to start without an API server). 0 or -errno. */
+int k8s_start(struct k8s *k);
+/* Stops the thread (interrupting a request in flight) and frees everything. */
+void k8s_free(struct k8s *k);
+
+/* The node name in use (interned), NULL when unknown. */
+const char *k8s_node_name(const struct k8s *k);
+
+/* Copies the cached pod with this UID (or static pod kubelet UID). Returns 1, or 0 when unknown. */
+int k8s_pod_cache_lookup(struct k8s *k, const char *uid, struct k8s_pod *out);
+
+/*
+ * Fills e->k8s from e->cgroup_id: pod UID and container id from the cgroup,
+ * node name, and pod name and namespace when the cache knows the pod. Host
+ * processes get nothing (e->k8s zeroed). k may be NULL (cgroup fields only).
+ * Returns 1 for a pod's process, 0 for a host process or unknown cgroup,
+ * -EAGAIN when the cgroup walk was rate-limited, or another negative errno.
+ */
+int k8s_enrich(struct k8s *k, struct cgroup_resolver *cg, struct event *e);
+
+void k8s_get_stats(struct k8s *k, struct k8s_stats *out);
+
+#endif
