@@ -219,8 +219,7 @@ struct cgroup_resolver {
     uint32_t nbuckets_mask;
     uint32_t cap, used;
     uint32_t head, tail;
-    uint64_t rescan_interval_ns;
-    uint64_t last_scan_ns;
+    uint64_t last_scan_start_ns; /* CLOCK_REALTIME when the last walk began */
     bool scanned;
     struct cgroup_resolver_stats stats;
 };
@@ -228,7 +227,7 @@ struct cgroup_resolver {
 static uint64_t now_ns(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
@@ -398,7 +397,6 @@ struct cgroup_resolver *cgroup_resolver_new(const struct cgroup_resolver_options
     }
     memset(r->buckets, 0xff, nb * sizeof(*r->buckets));
     r->head = r->tail = NIL;
-    r->rescan_interval_ns = (uint64_t)o.rescan_interval_ms * 1000000ull;
     pthread_mutex_init(&r->lock, NULL);
     return r;
 
@@ -430,7 +428,8 @@ const char *cgroup_resolver_root(const struct cgroup_resolver *r)
     return r->root;
 }
 
-int cgroup_resolve(struct cgroup_resolver *r, uint64_t cgroup_id, struct cgroup_pod *out)
+int cgroup_resolve(struct cgroup_resolver *r, uint64_t cgroup_id, uint64_t existed_ns,
+                   struct cgroup_pod *out)
 {
     int rc;
 
@@ -447,12 +446,16 @@ int cgroup_resolve(struct cgroup_resolver *r, uint64_t cgroup_id, struct cgroup_
         goto out;
     }
     r->stats.misses++;
-    uint64_t now = now_ns();
-    if (r->scanned && now - r->last_scan_ns < r->rescan_interval_ns) {
-        r->stats.rate_limited++;
-        rc = -EAGAIN;
+    /* The last walk began after this cgroup existed and did not find it
+     * under kubepods: it is not a pod's. */
+    if (r->scanned && existed_ns && r->last_scan_start_ns >= existed_ns) {
+        struct cgroup_pod none = {0};
+        r->stats.answered_by_last_walk++;
+        cache_put(r, cgroup_id, &none);
+        rc = 0;
         goto out;
     }
+    uint64_t now = now_ns();
     int fd = open(r->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {
         rc = -errno;
@@ -471,7 +474,7 @@ int cgroup_resolve(struct cgroup_resolver *r, uint64_t cgroup_id, struct cgroup_
     walk_dir(w, fd, 0, 0, false);
     r->stats.scans++;
     r->scanned = true;
-    r->last_scan_ns = now;
+    r->last_scan_start_ns = now;
     /* Not found: a host cgroup (or one already gone); remember that too so
      * host processes do not cause a walk per event. */
     cache_put(r, cgroup_id, &w->target_pod);

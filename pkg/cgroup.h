@@ -20,7 +20,10 @@
  *
  * Results (including "not a pod") are kept in a bounded LRU cache; cgroup ids
  * are never reused, so cached results never go stale. A miss walks the
- * kubepods subtrees, at most once every rescan_interval_ms. Thread-safe.
+ * kubepods subtrees, unless the last walk started after the moment the
+ * cgroup is known to have existed: that walk already saw it, so it is not a
+ * pod's. New containers are thus found at their first event, and host
+ * cgroups cost one walk each at most. Thread-safe.
  */
 #ifndef EBPF_MONITOR_CGROUP_H
 #define EBPF_MONITOR_CGROUP_H
@@ -51,19 +54,18 @@ int cgroup_parse_path(const char *path, struct cgroup_pod *out);
 int cgroup_v2_root(char *buf, size_t len);
 
 struct cgroup_resolver_options {
-    const char *root;            /* cgroup v2 mount; NULL = detect with cgroup_v2_root() */
-    size_t cache_max;            /* cached ids; 0 = 8192 */
-    unsigned rescan_interval_ms; /* minimum time between two walks; 0 = walk on every miss */
+    const char *root; /* cgroup v2 mount; NULL = detect with cgroup_v2_root() */
+    size_t cache_max; /* cached ids; 0 = 8192 */
 };
 
 struct cgroup_resolver_stats {
     uint64_t lookups;
     uint64_t hits;
-    uint64_t misses;       /* lookups not answered by the cache */
-    uint64_t evictions;    /* cache entries dropped to stay within cache_max */
-    uint64_t scans;        /* walks of the kubepods subtrees */
-    uint64_t rate_limited; /* misses left unresolved because a walk ran too recently */
-    uint64_t cached;       /* entries in the cache now */
+    uint64_t misses;                /* lookups not answered by the cache */
+    uint64_t evictions;             /* cache entries dropped to stay within cache_max */
+    uint64_t scans;                 /* walks of the kubepods subtrees */
+    uint64_t answered_by_last_walk; /* misses answered "not a pod" without a new walk */
+    uint64_t cached;                /* entries in the cache now */
 };
 
 struct cgroup_resolver;
@@ -75,12 +77,14 @@ void cgroup_resolver_free(struct cgroup_resolver *r);
 const char *cgroup_resolver_root(const struct cgroup_resolver *r);
 
 /*
- * Resolves a cgroup id. Returns 1 with out filled for a pod's cgroup, 0 for
- * any other cgroup (host processes, or an id that no longer exists), -EAGAIN
- * when the id is not cached and a walk ran less than rescan_interval_ms ago
- * (out zeroed in both cases), or another negative errno.
+ * Resolves a cgroup id. existed_ns is a CLOCK_REALTIME time at which the
+ * cgroup is known to have existed (the event's timestamp), 0 when unknown
+ * (a miss then always walks). Returns 1 with out filled for a pod's cgroup,
+ * 0 for any other cgroup (host processes, or an id that no longer exists;
+ * out zeroed), or a negative errno.
  */
-int cgroup_resolve(struct cgroup_resolver *r, uint64_t cgroup_id, struct cgroup_pod *out);
+int cgroup_resolve(struct cgroup_resolver *r, uint64_t cgroup_id, uint64_t existed_ns,
+                   struct cgroup_pod *out);
 
 void cgroup_resolver_get_stats(struct cgroup_resolver *r, struct cgroup_resolver_stats *out);
 

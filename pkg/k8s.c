@@ -886,7 +886,7 @@ int k8s_enrich(struct k8s *k, struct cgroup_resolver *cg, struct event *e)
     memset(&e->k8s, 0, sizeof(e->k8s));
     if (!cg || e->cgroup_id == 0)
         return 0;
-    rc = cgroup_resolve(cg, e->cgroup_id, &cp);
+    rc = cgroup_resolve(cg, e->cgroup_id, e->timestamp_ns, &cp);
     if (rc <= 0)
         return rc;
     e->k8s.pod_uid = cp.pod_uid;

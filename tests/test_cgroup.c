@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <linux/magic.h>
 #include <stdio.h>
+#include <time.h>
 #include <string.h>
 #include <sys/statfs.h>
 
@@ -110,10 +111,9 @@ Test(cgroup_root, detects_the_cgroup2_mount)
     cr_assert_eq(cgroup_v2_root(root, 4), -ENAMETOOLONG);
 }
 
-static struct cgroup_resolver *new_resolver(const char *root, size_t cache_max, unsigned rescan_ms)
+static struct cgroup_resolver *new_resolver(const char *root, size_t cache_max)
 {
-    struct cgroup_resolver_options o = {
-        .root = root, .cache_max = cache_max, .rescan_interval_ms = rescan_ms};
+    struct cgroup_resolver_options o = {.root = root, .cache_max = cache_max};
     int err = 0;
     struct cgroup_resolver *r = cgroup_resolver_new(&o, &err);
     cr_assert_not_null(r, "cgroup_resolver_new: %s", strerror(-err));
@@ -127,7 +127,7 @@ static void check_real(const char *root, struct cgroup_resolver *r, const char *
     struct kp_proc p;
     struct cgroup_pod pod;
     kp_start(&p, root, rel);
-    int rc = cgroup_resolve(r, p.cgroup_id, &pod);
+    int rc = cgroup_resolve(r, p.cgroup_id, 0, &pod);
     kp_stop(&p);
     cr_assert_eq(rc, 1, "%s (id %llu): %d", rel, (unsigned long long)p.cgroup_id, rc);
     cr_assert_str_eq(pod.pod_uid, uid);
@@ -141,7 +141,7 @@ Test(cgroup_resolve, systemd_driver_real_processes)
 {
     char root[KP_ROOT_MAX], uid[37], suid[37], cid[65], rel[KP_REL_MAX];
     kp_root_or_skip(root, sizeof(root));
-    struct cgroup_resolver *r = new_resolver(NULL, 0, 0);
+    struct cgroup_resolver *r = new_resolver(NULL, 0);
     cr_assert_str_eq(cgroup_resolver_root(r), root);
 
     static const char *const scopes[] = {"cri-containerd-%s.scope", "crio-%s.scope",
@@ -164,7 +164,7 @@ Test(cgroup_resolve, cgroupfs_driver_real_processes)
 {
     char root[KP_ROOT_MAX], uid[37], cid[65], rel[KP_REL_MAX];
     kp_root_or_skip(root, sizeof(root));
-    struct cgroup_resolver *r = new_resolver(NULL, 0, 0);
+    struct cgroup_resolver *r = new_resolver(NULL, 0);
 
     static const char *const layouts[] = {"kubepods/burstable/pod%s/%s", "kubepods/pod%s/%s",
                                           "kubepods/besteffort/pod%s/crio-%s"};
@@ -186,26 +186,26 @@ Test(cgroup_resolve, host_processes_resolve_to_nothing)
     char root[KP_ROOT_MAX], rel[64];
     struct cgroup_pod pod;
     kp_root_or_skip(root, sizeof(root));
-    struct cgroup_resolver *r = new_resolver(NULL, 0, 0);
+    struct cgroup_resolver *r = new_resolver(NULL, 0);
 
     struct kp_proc p;
     snprintf(rel, sizeof(rel), "ebpf-monitor-test-%d.slice/app.scope", getpid());
     kp_start(&p, root, rel);
-    int rc = cgroup_resolve(r, p.cgroup_id, &pod);
+    int rc = cgroup_resolve(r, p.cgroup_id, 0, &pod);
     kp_stop(&p);
     cr_assert_eq(rc, 0);
     cr_assert_null(pod.pod_uid);
     cr_assert_null(pod.container_id);
 
     /* the root cgroup, and an id that names no cgroup at all */
-    cr_assert_eq(cgroup_resolve(r, kp_cgroup_id(root), &pod), 0);
-    cr_assert_eq(cgroup_resolve(r, UINT64_MAX - 7, &pod), 0);
+    cr_assert_eq(cgroup_resolve(r, kp_cgroup_id(root), 0, &pod), 0);
+    cr_assert_eq(cgroup_resolve(r, UINT64_MAX - 7, 0, &pod), 0);
 
     /* answered from the cache the second time: no walk per host event */
     struct cgroup_resolver_stats st;
     cgroup_resolver_get_stats(r, &st);
     uint64_t scans = st.scans;
-    cr_assert_eq(cgroup_resolve(r, p.cgroup_id, &pod), 0);
+    cr_assert_eq(cgroup_resolve(r, p.cgroup_id, 0, &pod), 0);
     cgroup_resolver_get_stats(r, &st);
     cr_assert_eq(st.scans, scans);
     cr_assert_eq(st.hits, 1);
@@ -222,7 +222,7 @@ Test(cgroup_resolve, cache_is_bounded_and_counted)
     uint64_t ids[N];
     struct cgroup_pod pod;
     kp_root_or_skip(root, sizeof(root));
-    struct cgroup_resolver *r = new_resolver(NULL, CAP, 0);
+    struct cgroup_resolver *r = new_resolver(NULL, CAP);
 
     for (int i = 0; i < N; i++) {
         kp_random_uid(uid[i]);
@@ -237,7 +237,7 @@ Test(cgroup_resolve, cache_is_bounded_and_counted)
     /* every answer is right however much the cache had to evict */
     for (int round = 0; round < 2; round++) {
         for (int i = 0; i < N; i++) {
-            cr_assert_eq(cgroup_resolve(r, ids[i], &pod), 1);
+            cr_assert_eq(cgroup_resolve(r, ids[i], 0, &pod), 1);
             cr_assert_str_eq(pod.pod_uid, uid[i]);
             cr_assert_str_eq(pod.container_id, cid[i]);
         }
@@ -245,7 +245,7 @@ Test(cgroup_resolve, cache_is_bounded_and_counted)
     /* the most recent answer is a hit */
     struct cgroup_resolver_stats before, after;
     cgroup_resolver_get_stats(r, &before);
-    cr_assert_eq(cgroup_resolve(r, ids[N - 1], &pod), 1);
+    cr_assert_eq(cgroup_resolve(r, ids[N - 1], 0, &pod), 1);
     cgroup_resolver_get_stats(r, &after);
     cr_assert_eq(after.hits, before.hits + 1);
     cr_assert_eq(after.misses, before.misses);
@@ -260,27 +260,40 @@ Test(cgroup_resolve, cache_is_bounded_and_counted)
     cgroup_resolver_free(r);
 }
 
-Test(cgroup_resolve, walks_are_rate_limited)
+static uint64_t realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* A container created after the last walk is found at its first event; an id
+ * that existed before the last walk began is answered by that walk. */
+Test(cgroup_resolve, new_cgroups_walk_at_once_old_ones_do_not)
 {
     char root[KP_ROOT_MAX], uid[37], cid[65], rel[KP_REL_MAX], dir[KP_PATH_MAX];
     struct cgroup_pod pod;
     kp_root_or_skip(root, sizeof(root));
-    struct cgroup_resolver *r = new_resolver(NULL, 0, 60000);
+    struct cgroup_resolver *r = new_resolver(NULL, 0);
 
-    /* the first miss walks; a pod created afterwards waits for the next walk */
-    cr_assert_eq(cgroup_resolve(r, UINT64_MAX - 9, &pod), 0);
+    uint64_t before_first_walk = realtime_ns();
+    cr_assert_eq(cgroup_resolve(r, UINT64_MAX - 9, realtime_ns(), &pod), 0);
     kp_random_uid(uid);
     kp_random_container_id(cid);
     snprintf(rel, sizeof(rel), "kubepods/pod%s/%s", uid, cid);
     kp_mkdirs(root, rel);
     snprintf(dir, sizeof(dir), "%s/%s", root, rel);
-    cr_assert_eq(cgroup_resolve(r, kp_cgroup_id(dir), &pod), -EAGAIN);
-    cr_assert_null(pod.pod_uid);
+    cr_assert_eq(cgroup_resolve(r, kp_cgroup_id(dir), realtime_ns(), &pod), 1);
+    cr_assert_str_eq(pod.pod_uid, uid);
+    cr_assert_str_eq(pod.container_id, cid);
 
     struct cgroup_resolver_stats st;
     cgroup_resolver_get_stats(r, &st);
-    cr_assert_eq(st.scans, 1);
-    cr_assert_eq(st.rate_limited, 1);
+    cr_assert_eq(st.scans, 2, "the new container needed its own walk");
+    cr_assert_eq(cgroup_resolve(r, UINT64_MAX - 11, before_first_walk, &pod), 0);
+    cgroup_resolver_get_stats(r, &st);
+    cr_assert_eq(st.scans, 2, "an id older than the last walk needs no walk");
+    cr_assert_eq(st.answered_by_last_walk, 1);
     kp_rmdirs(root, rel);
     cgroup_resolver_free(r);
 }

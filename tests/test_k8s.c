@@ -1,37 +1,30 @@
 /*
  * Tests for pkg/k8s against a small HTTP server on loopback that answers as
- * the Kubernetes API server does: a PodList (tests/fixtures/k8s/podlist.json
- * is one in the API's format) and watch streams (chunked, one watch event per
- * line). Covers LIST then WATCH, the bearer token, pods added and deleted in
- * the watch (tombstones), expired watches (an ERROR event with a 410 Status,
- * and an HTTP 410) that must re-list, bookmarks, API errors, an unreachable
- * API server, and enrichment of events from real processes in real kubepods
- * cgroups.
+ * the Kubernetes API server does (tests/helpers/k8s_api_server.c): a PodList
+ * (tests/fixtures/k8s/podlist.json is one in the API's format) and watch
+ * streams (chunked, one watch event per line). Covers LIST then WATCH, the
+ * bearer token, pods added and deleted in the watch (tombstones), expired
+ * watches (an ERROR event with a 410 Status, and an HTTP 410) that must
+ * re-list, bookmarks, API errors, an unreachable API server, and enrichment
+ * of events from real processes in real kubepods cgroups.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <openssl/pem.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
-
-#include "buf.h"
 #include "cgroup.h"
 #include "event.h"
 #include "fixtures/k8s/kubepods.h"
 #include "intern.h"
 #include "k8s.h"
+#include "k8s_api_server.h"
 
 #define NODE  "node-1"
 #define TOKEN "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.test-token"
@@ -42,360 +35,69 @@
 #define PROXY_UID  "8e1d2c3b-4a59-4687-b9a0-c1d2e3f4a5b6"
 #define PROXY_HASH "3b2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d"
 
-/* ---- a tiny API server ---- */
+/*
+ * The fake API server is tests/helpers/k8s_api_server.c; these wrappers fail
+ * the test when it cannot do its part.
+ */
 
-enum req_kind { REQ_LIST, REQ_WATCH, REQ_OTHER };
-
-struct srv;
-/* One client connection, plain or TLS. */
-struct conn {
-    struct srv *s;
-    int fd;
-    SSL *ssl;
-};
-/* Answers the n-th (from 1) request of its kind; the server closes the connection after. */
-typedef void (*srv_handler)(struct srv *s, struct conn *c, enum req_kind kind, int n);
-
-#define SRV_MAX_CONNS 64
-
-struct srv {
-    int lfd, port;
-    SSL_CTX *tls; /* NULL: plain HTTP */
-    pthread_t accept_thr;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    bool stopping;
-    int lists, watches, tls_failures;
-    char list_paths[8][1024], watch_paths[8][1024];
-    char auth[512];
-    srv_handler handler;
-    pthread_t conns[SRV_MAX_CONNS];
-    int nconns;
-};
-
-static void send_all(struct conn *c, const char *data, size_t len)
+static void srv_start_tls(struct kas *s, kas_handler h, SSL_CTX *tls)
 {
-    while (len > 0) {
-        ssize_t n =
-            c->ssl ? SSL_write(c->ssl, data, (int)len) : send(c->fd, data, len, MSG_NOSIGNAL);
-        if (n <= 0)
-            return; /* the client went away; the test decides whether that matters */
-        data += n;
-        len -= (size_t)n;
-    }
+    int rc = kas_start(s, h, tls);
+    cr_assert_eq(rc, 0, "fake API server: %s", strerror(-rc));
 }
 
-static ssize_t conn_recv(struct conn *c, char *buf, size_t len)
-{
-    return c->ssl ? SSL_read(c->ssl, buf, (int)len) : recv(c->fd, buf, len, 0);
-}
-
-static void respond(struct conn *c, int status, const char *reason, const char *body)
-{
-    char head[256];
-    int n = snprintf(head, sizeof(head),
-                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-                     status, reason, strlen(body));
-    send_all(c, head, (size_t)n);
-    send_all(c, body, strlen(body));
-}
-
-static void stream_begin(struct conn *c)
-{
-    static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                               "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
-    send_all(c, head, sizeof(head) - 1);
-}
-
-/* One watch event: a chunk holding one JSON object and its newline. */
-static void stream_event(struct conn *c, const char *type, const char *object)
-{
-    struct buf b;
-    buf_init(&b);
-    buf_printf(&b, "{\"type\":\"%s\",\"object\":%s}\n", type, object);
-    char size[32];
-    int n = snprintf(size, sizeof(size), "%zx\r\n", b.len);
-    send_all(c, size, (size_t)n);
-    send_all(c, b.data, b.len);
-    send_all(c, "\r\n", 2);
-    buf_free(&b);
-}
-
-static void stream_end(struct conn *c)
-{
-    send_all(c, "0\r\n\r\n", 5);
-}
-
-/* Keeps a watch open until the test ends or the client hangs up (it sends
- * nothing else on a watch, so anything readable means it is closing). */
-static void hold(struct srv *s, struct conn *c)
-{
-    struct pollfd p = {.fd = c->fd, .events = POLLIN};
-    for (;;) {
-        pthread_mutex_lock(&s->lock);
-        bool stop = s->stopping;
-        pthread_mutex_unlock(&s->lock);
-        if (stop)
-            return;
-        char b[256];
-        if (poll(&p, 1, 20) > 0 && conn_recv(c, b, sizeof(b)) <= 0)
-            return;
-    }
-}
-
-static void *conn_main(void *arg)
-{
-    struct conn *c = arg;
-    struct srv *s = c->s;
-    char req[8192];
-    size_t len = 0;
-
-    if (s->tls) {
-        c->ssl = SSL_new(s->tls);
-        SSL_set_fd(c->ssl, c->fd);
-        if (SSL_accept(c->ssl) != 1) {
-            pthread_mutex_lock(&s->lock);
-            s->tls_failures++;
-            pthread_cond_broadcast(&s->cond);
-            pthread_mutex_unlock(&s->lock);
-            goto out;
-        }
-    }
-    while (len < sizeof(req) - 1) {
-        ssize_t n = conn_recv(c, req + len, sizeof(req) - 1 - len);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-        req[len] = '\0';
-        if (strstr(req, "\r\n\r\n"))
-            break;
-    }
-    req[len] = '\0';
-    char path[1024] = "";
-    sscanf(req, "GET %1023s", path);
-    enum req_kind kind = strncmp(path, "/api/v1/pods?", 13) != 0 ? REQ_OTHER
-                         : strstr(path, "watch=1")               ? REQ_WATCH
-                                                                 : REQ_LIST;
-    int n = 0;
-    pthread_mutex_lock(&s->lock);
-    const char *auth = strcasestr(req, "\r\nAuthorization: ");
-    if (auth)
-        sscanf(auth + 2, "%*s %511[^\r]", s->auth);
-    if (kind == REQ_LIST) {
-        n = ++s->lists;
-        if (n <= 8)
-            snprintf(s->list_paths[n - 1], sizeof(s->list_paths[0]), "%s", path);
-    } else if (kind == REQ_WATCH) {
-        n = ++s->watches;
-        if (n <= 8)
-            snprintf(s->watch_paths[n - 1], sizeof(s->watch_paths[0]), "%s", path);
-    }
-    pthread_cond_broadcast(&s->cond);
-    pthread_mutex_unlock(&s->lock);
-
-    if (kind == REQ_OTHER)
-        respond(c, 404, "Not Found", "{}");
-    else
-        s->handler(s, c, kind, n);
-out:
-    if (c->ssl) {
-        SSL_shutdown(c->ssl);
-        SSL_free(c->ssl);
-    }
-    close(c->fd);
-    free(c);
-    return NULL;
-}
-
-static void *accept_main(void *arg)
-{
-    struct srv *s = arg;
-    for (;;) {
-        int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0)
-            return NULL; /* shutdown() by srv_stop */
-        struct conn *c = calloc(1, sizeof(*c));
-        c->s = s;
-        c->fd = fd;
-        pthread_mutex_lock(&s->lock);
-        if (s->nconns == SRV_MAX_CONNS || s->stopping) {
-            pthread_mutex_unlock(&s->lock);
-            close(fd);
-            free(c);
-            continue;
-        }
-        pthread_create(&s->conns[s->nconns++], NULL, conn_main, c);
-        pthread_mutex_unlock(&s->lock);
-    }
-}
-
-static void srv_start_tls(struct srv *s, srv_handler h, SSL_CTX *tls)
-{
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t sl = sizeof(sa);
-
-    memset(s, 0, sizeof(*s));
-    signal(SIGPIPE, SIG_IGN);
-    s->handler = h;
-    s->tls = tls;
-    pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->cond, NULL);
-    s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(s->lfd, 0);
-    cr_assert_eq(bind(s->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    cr_assert_eq(listen(s->lfd, 16), 0);
-    cr_assert_eq(getsockname(s->lfd, (struct sockaddr *)&sa, &sl), 0);
-    s->port = ntohs(sa.sin_port);
-    cr_assert_eq(pthread_create(&s->accept_thr, NULL, accept_main, s), 0);
-}
-
-static void srv_start(struct srv *s, srv_handler h)
+static void srv_start(struct kas *s, kas_handler h)
 {
     srv_start_tls(s, h, NULL);
 }
 
-static void srv_stop(struct srv *s)
-{
-    pthread_mutex_lock(&s->lock);
-    s->stopping = true;
-    pthread_cond_broadcast(&s->cond);
-    pthread_mutex_unlock(&s->lock);
-    shutdown(s->lfd, SHUT_RDWR);
-    pthread_join(s->accept_thr, NULL);
-    close(s->lfd);
-    for (int i = 0; i < s->nconns; i++)
-        pthread_join(s->conns[i], NULL);
-    SSL_CTX_free(s->tls);
-}
-
-/*
- * A TLS context for 127.0.0.1 with a fresh self-signed certificate, written
- * to ca_file as the CA the client must trust (as the service account's
- * ca.crt is for the real API server).
- */
-static SSL_CTX *tls_context(const char *ca_file)
-{
-    EVP_PKEY *key = EVP_EC_gen("P-256");
-    X509 *x = X509_new();
-    X509V3_CTX v3;
-    cr_assert(key && x);
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), -60);
-    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
-    X509_set_pubkey(x, key);
-    X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"kube-apiserver",
-                               -1, -1, 0);
-    X509_set_issuer_name(x, name);
-    X509V3_set_ctx_nodb(&v3);
-    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
-    static const struct {
-        int nid;
-        const char *value;
-    } exts[] = {{NID_basic_constraints, "critical,CA:TRUE"},
-                {NID_subject_alt_name, "IP:127.0.0.1,DNS:kubernetes.default.svc"}};
-    for (size_t i = 0; i < 2; i++) {
-        X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, exts[i].nid, exts[i].value);
-        cr_assert_not_null(ext);
-        X509_add_ext(x, ext, -1);
-        X509_EXTENSION_free(ext);
-    }
-    cr_assert_gt(X509_sign(x, key, EVP_sha256()), 0);
-
-    FILE *f = fopen(ca_file, "w");
-    cr_assert_not_null(f);
-    cr_assert(PEM_write_X509(f, x));
-    fclose(f);
-
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    cr_assert_not_null(ctx);
-    cr_assert_eq(SSL_CTX_use_certificate(ctx, x), 1);
-    cr_assert_eq(SSL_CTX_use_PrivateKey(ctx, key), 1);
-    X509_free(x);
-    EVP_PKEY_free(key);
-    return ctx;
-}
-
 /* Waits until the server has seen at least lists LISTs and watches WATCHes. */
-static void srv_wait(struct srv *s, int lists, int watches)
+static void srv_wait(struct kas *s, int lists, int watches)
 {
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += 10;
+    bool ok = kas_wait(s, lists, watches, 10000);
     pthread_mutex_lock(&s->lock);
-    while (s->lists < lists || s->watches < watches) {
-        if (pthread_cond_timedwait(&s->cond, &s->lock, &dl) == ETIMEDOUT)
-            break;
-    }
     int l = s->lists, w = s->watches;
     pthread_mutex_unlock(&s->lock);
-    cr_assert(l >= lists && w >= watches, "server saw %d lists, %d watches; wanted %d, %d", l, w,
-              lists, watches);
+    cr_assert(ok, "server saw %d lists, %d watches; wanted %d, %d", l, w, lists, watches);
+}
+
+static SSL_CTX *tls_context(const char *ca_file)
+{
+    SSL_CTX *ctx = kas_tls_context(ca_file);
+    cr_assert_not_null(ctx, "cannot make a TLS context and CA file %s", ca_file);
+    return ctx;
 }
 
 /* ---- API objects ---- */
 
 static char *read_fixture(const char *name)
 {
-    char path[512];
-    const char *file = __FILE__;
-    const char *slash = strrchr(file, '/');
-    snprintf(path, sizeof(path), "%.*s/fixtures/k8s/%s", slash ? (int)(slash - file) : 1,
-             slash ? file : ".", name);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "open %s: %s", path, strerror(errno));
-    char *data = NULL;
-    size_t cap = 0;
-    cr_assert_gt(getdelim(&data, &cap, '\0', f), 0);
-    fclose(f);
+    char *data = kas_read_fixture(name);
+    cr_assert_not_null(data, "cannot read fixture %s", name);
     return data;
 }
 
-/* A Pod as the API serves it in watch events (kind/apiVersion set). */
+/* A Pod on this node as the API serves it in watch events. */
 static char *pod_json(const char *uid, const char *name, const char *ns, const char *rv,
                       const char *container_id)
 {
-    char *s = NULL;
-    cr_assert_gt(
-        asprintf(&s,
-                 "{\"kind\":\"Pod\",\"apiVersion\":\"v1\",\"metadata\":{\"name\":\"%s\","
-                 "\"namespace\":\"%s\",\"uid\":\"%s\",\"resourceVersion\":\"%s\","
-                 "\"creationTimestamp\":\"2024-05-01T10:00:00Z\",\"labels\":{\"app\":\"%s\"}},"
-                 "\"spec\":{\"containers\":[{\"name\":\"main\",\"image\":\"busybox:1.36\"}],"
-                 "\"nodeName\":\"" NODE "\"},"
-                 "\"status\":{\"phase\":\"Running\",\"podIP\":\"10.244.1.30\","
-                 "\"containerStatuses\":[{\"name\":\"main\",\"ready\":true,\"restartCount\":0,"
-                 "\"image\":\"docker.io/library/busybox:1.36\","
-                 "\"containerID\":\"containerd://%s\",\"started\":true,"
-                 "\"state\":{\"running\":{\"startedAt\":\"2024-05-01T10:00:02Z\"}}}]}}",
-                 name, ns, uid, rv, name, container_id ? container_id : ""),
-        0);
+    char *s = kas_pod_json(uid, name, ns, NODE, rv, container_id);
+    cr_assert_not_null(s);
     return s;
 }
 
-/* A PodList of the given pods (items as a list serves them: no kind/apiVersion). */
 static char *pod_list(const char *rv, const char *const *items, int n)
 {
-    struct buf b;
-    buf_init(&b);
-    buf_printf(&b,
-               "{\"kind\":\"PodList\",\"apiVersion\":\"v1\",\"metadata\":"
-               "{\"resourceVersion\":\"%s\"},\"items\":[",
-               rv);
-    for (int i = 0; i < n; i++)
-        buf_printf(&b, "%s%s", i ? "," : "", items[i]);
-    buf_puts(&b, "]}");
-    cr_assert_not(b.oom);
-    return b.data;
+    char *s = kas_pod_list(rv, items, n);
+    cr_assert_not_null(s);
+    return s;
 }
 
 static char *status_410(void)
 {
-    return strdup("{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
-                  "\"status\":\"Failure\",\"message\":\"too old resource version: 123456 "
-                  "(130000)\",\"reason\":\"Expired\",\"code\":410}");
+    char *s = kas_status_410();
+    cr_assert_not_null(s);
+    return s;
 }
 
 /* ---- the client under test ---- */
@@ -412,7 +114,7 @@ static void write_token(void)
     fclose(f);
 }
 
-static struct k8s *start_client(struct srv *s, unsigned ttl_ms)
+static struct k8s *start_client(struct kas *s, unsigned ttl_ms)
 {
     char url[64];
     int err = 0;
@@ -431,10 +133,10 @@ static struct k8s *start_client(struct srv *s, unsigned ttl_ms)
     return k;
 }
 
-static void stop_all(struct k8s *k, struct srv *s)
+static void stop_all(struct k8s *k, struct kas *s)
 {
     k8s_free(k);
-    srv_stop(s);
+    kas_stop(s);
     unlink(token_path);
     if (ca_path[0])
         unlink(ca_path);
@@ -472,27 +174,27 @@ static void expect_pod(struct k8s *k, const char *uid, const char *name, const c
 
 #define ADDED_UID "11111111-2222-4333-8444-555555555555"
 
-static void h_list_then_watch(struct srv *s, struct conn *fd, enum req_kind kind, int n)
+static void h_list_then_watch(struct kas *s, struct kas_conn *fd, enum kas_req_kind kind, int n)
 {
-    if (kind == REQ_LIST) {
+    if (kind == KAS_LIST) {
         char *body = read_fixture("podlist.json");
-        respond(fd, 200, "OK", body);
+        kas_respond(fd, 200, "OK", body);
         free(body);
         return;
     }
     char *added = pod_json(ADDED_UID, "job-abc12", "batch", "123460", NULL);
-    stream_begin(fd);
-    stream_event(fd, "ADDED", added);
-    stream_event(fd, "BOOKMARK",
-                 "{\"kind\":\"Pod\",\"apiVersion\":\"v1\",\"metadata\":"
-                 "{\"resourceVersion\":\"123470\"}}");
+    kas_stream_begin(fd);
+    kas_stream_event(fd, "ADDED", added);
+    kas_stream_event(fd, "BOOKMARK",
+                     "{\"kind\":\"Pod\",\"apiVersion\":\"v1\",\"metadata\":"
+                     "{\"resourceVersion\":\"123470\"}}");
     free(added);
-    hold(s, fd);
+    kas_hold(s, fd);
 }
 
 Test(k8s, list_then_watch_with_bearer_token)
 {
-    struct srv s;
+    struct kas s;
     srv_start(&s, h_list_then_watch);
     struct k8s *k = start_client(&s, 0);
     cr_assert_str_eq(k8s_node_name(k), NODE);
@@ -541,28 +243,28 @@ Test(k8s, list_then_watch_with_bearer_token)
 
 /* ---- bookmarks: a watch the server ends resumes from the last resourceVersion ---- */
 
-static void h_bookmark(struct srv *s, struct conn *fd, enum req_kind kind, int n)
+static void h_bookmark(struct kas *s, struct kas_conn *fd, enum kas_req_kind kind, int n)
 {
-    if (kind == REQ_LIST) {
+    if (kind == KAS_LIST) {
         char *body = pod_list("500", NULL, 0);
-        respond(fd, 200, "OK", body);
+        kas_respond(fd, 200, "OK", body);
         free(body);
         return;
     }
-    stream_begin(fd);
+    kas_stream_begin(fd);
     if (n == 1) {
-        stream_event(fd, "BOOKMARK",
-                     "{\"kind\":\"Pod\",\"apiVersion\":\"v1\",\"metadata\":"
-                     "{\"resourceVersion\":\"555\"}}");
-        stream_end(fd); /* timeoutSeconds elapsed */
+        kas_stream_event(fd, "BOOKMARK",
+                         "{\"kind\":\"Pod\",\"apiVersion\":\"v1\",\"metadata\":"
+                         "{\"resourceVersion\":\"555\"}}");
+        kas_stream_end(fd); /* timeoutSeconds elapsed */
         return;
     }
-    hold(s, fd);
+    kas_hold(s, fd);
 }
 
 Test(k8s, rewatch_resumes_from_bookmark_without_relist)
 {
-    struct srv s;
+    struct kas s;
     srv_start(&s, h_bookmark);
     struct k8s *k = start_client(&s, 0);
     srv_wait(&s, 1, 2);
@@ -578,28 +280,28 @@ Test(k8s, rewatch_resumes_from_bookmark_without_relist)
 #define SHORT_UID "99999999-8888-4777-8666-555555555555"
 static char short_cid[65] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-static void h_short_lived(struct srv *s, struct conn *fd, enum req_kind kind, int n)
+static void h_short_lived(struct kas *s, struct kas_conn *fd, enum kas_req_kind kind, int n)
 {
-    if (kind == REQ_LIST) {
+    if (kind == KAS_LIST) {
         char *body = pod_list("700", NULL, 0);
-        respond(fd, 200, "OK", body);
+        kas_respond(fd, 200, "OK", body);
         free(body);
         return;
     }
     char *a = pod_json(SHORT_UID, "migrate-x7k2p", "jobs", "701", short_cid);
     char *d = pod_json(SHORT_UID, "migrate-x7k2p", "jobs", "703", short_cid);
-    stream_begin(fd);
-    stream_event(fd, "ADDED", a);
-    stream_event(fd, "MODIFIED", a);
-    stream_event(fd, "DELETED", d);
+    kas_stream_begin(fd);
+    kas_stream_event(fd, "ADDED", a);
+    kas_stream_event(fd, "MODIFIED", a);
+    kas_stream_event(fd, "DELETED", d);
     free(a);
     free(d);
-    hold(s, fd);
+    kas_hold(s, fd);
 }
 
 Test(k8s, deleted_pod_is_still_named_until_its_tombstone_expires)
 {
-    struct srv s;
+    struct kas s;
     struct k8s_pod p;
     srv_start(&s, h_short_lived);
     struct k8s *k = start_client(&s, 400);
@@ -641,7 +343,7 @@ Test(k8s, event_after_pod_deletion_is_attributed)
     struct cgroup_resolver *cg = cgroup_resolver_new(NULL, NULL);
     cr_assert_not_null(cg);
 
-    struct srv s;
+    struct kas s;
     struct k8s_pod p;
     srv_start(&s, h_short_lived);
     struct k8s *k = start_client(&s, 0);
@@ -665,53 +367,53 @@ Test(k8s, event_after_pod_deletion_is_attributed)
 
 #define LATE_UID "abcdef01-2345-4678-89ab-cdef01234567"
 
-static void list_for_relist(struct conn *fd, int n)
+static void list_for_relist(struct kas_conn *fd, int n)
 {
     char *web = pod_json(WEB_UID, "web-7d9c6b8f5d-x2k8p", "shop", "100", NULL);
     char *late = pod_json(LATE_UID, "late-1", "shop", "190", NULL);
     const char *first[] = {web};
     const char *second[] = {late}; /* web was deleted while we were not watching */
     char *body = n == 1 ? pod_list("100", first, 1) : pod_list("200", second, 1);
-    respond(fd, 200, "OK", body);
+    kas_respond(fd, 200, "OK", body);
     free(body);
     free(web);
     free(late);
 }
 
-static void h_expired_event(struct srv *s, struct conn *fd, enum req_kind kind, int n)
+static void h_expired_event(struct kas *s, struct kas_conn *fd, enum kas_req_kind kind, int n)
 {
-    if (kind == REQ_LIST) {
+    if (kind == KAS_LIST) {
         list_for_relist(fd, n);
         return;
     }
-    stream_begin(fd);
+    kas_stream_begin(fd);
     if (n == 1) {
         char *st = status_410();
-        stream_event(fd, "ERROR", st);
+        kas_stream_event(fd, "ERROR", st);
         free(st);
     }
-    hold(s, fd);
+    kas_hold(s, fd);
 }
 
-static void h_expired_http(struct srv *s, struct conn *fd, enum req_kind kind, int n)
+static void h_expired_http(struct kas *s, struct kas_conn *fd, enum kas_req_kind kind, int n)
 {
-    if (kind == REQ_LIST) {
+    if (kind == KAS_LIST) {
         list_for_relist(fd, n);
         return;
     }
     if (n == 1) {
         char *st = status_410();
-        respond(fd, 410, "Gone", st);
+        kas_respond(fd, 410, "Gone", st);
         free(st);
         return;
     }
-    stream_begin(fd);
-    hold(s, fd);
+    kas_stream_begin(fd);
+    kas_hold(s, fd);
 }
 
-static void check_relist(srv_handler h)
+static void check_relist(kas_handler h)
 {
-    struct srv s;
+    struct kas s;
     struct k8s_pod p;
     srv_start(&s, h);
     struct k8s *k = start_client(&s, 0);
@@ -749,19 +451,19 @@ Test(k8s, http_410_relists)
 
 /* ---- API errors ---- */
 
-static void h_forbidden(struct srv *s, struct conn *fd, enum req_kind kind, int n)
+static void h_forbidden(struct kas *s, struct kas_conn *fd, enum kas_req_kind kind, int n)
 {
-    respond(fd, 403, "Forbidden",
-            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\","
-            "\"message\":\"pods is forbidden: User \\\"system:serviceaccount:monitoring:"
-            "default\\\" cannot list resource \\\"pods\\\" in API group \\\"\\\" at the "
-            "cluster scope\",\"reason\":\"Forbidden\",\"details\":{\"kind\":\"pods\"},"
-            "\"code\":403}");
+    kas_respond(fd, 403, "Forbidden",
+                "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\","
+                "\"message\":\"pods is forbidden: User \\\"system:serviceaccount:monitoring:"
+                "default\\\" cannot list resource \\\"pods\\\" in API group \\\"\\\" at the "
+                "cluster scope\",\"reason\":\"Forbidden\",\"details\":{\"kind\":\"pods\"},"
+                "\"code\":403}");
 }
 
 Test(k8s, api_error_is_reported_and_retried)
 {
-    struct srv s;
+    struct kas s;
     srv_start(&s, h_forbidden);
     struct k8s *k = start_client(&s, 0);
     srv_wait(&s, 3, 0); /* retried with backoff */
@@ -862,19 +564,19 @@ Test(k8s, without_any_api_server_config)
 #define REAL_UID "7c6b5a49-3827-4160-9f8e-7d6c5b4a3928"
 static char real_cid[65];
 
-static void h_real_pod(struct srv *s, struct conn *fd, enum req_kind kind, int n)
+static void h_real_pod(struct kas *s, struct kas_conn *fd, enum kas_req_kind kind, int n)
 {
-    if (kind == REQ_LIST) {
+    if (kind == KAS_LIST) {
         char *pod = pod_json(REAL_UID, "api-5b7f9d-qk2lz", "payments", "42", real_cid);
         const char *items[] = {pod};
         char *body = pod_list("42", items, 1);
-        respond(fd, 200, "OK", body);
+        kas_respond(fd, 200, "OK", body);
         free(body);
         free(pod);
         return;
     }
-    stream_begin(fd);
-    hold(s, fd);
+    kas_stream_begin(fd);
+    kas_hold(s, fd);
 }
 
 Test(k8s, real_process_in_pod_cgroup_is_fully_attributed)
@@ -885,7 +587,7 @@ Test(k8s, real_process_in_pod_cgroup_is_fully_attributed)
     snprintf(rel, sizeof(rel), "kubepods/besteffort/pod%s/%s", REAL_UID, real_cid);
     snprintf(host_rel, sizeof(host_rel), "ebpf-monitor-k8s-test-%d/app", getpid());
 
-    struct srv s;
+    struct kas s;
     srv_start(&s, h_real_pod);
     struct k8s *k = start_client(&s, 0);
     struct cgroup_resolver *cg = cgroup_resolver_new(NULL, NULL);
@@ -926,7 +628,7 @@ Test(k8s, real_process_in_pod_cgroup_is_fully_attributed)
 
 Test(k8s, https_with_the_service_account_ca)
 {
-    struct srv s;
+    struct kas s;
     snprintf(ca_path, sizeof(ca_path), "/tmp/k8s-test-ca-%d.crt", getpid());
     srv_start_tls(&s, h_list_then_watch, tls_context(ca_path));
     struct k8s *k = start_client(&s, 0);
@@ -942,7 +644,7 @@ Test(k8s, https_with_the_service_account_ca)
 
 Test(k8s, https_refuses_a_server_the_ca_did_not_sign)
 {
-    struct srv s;
+    struct kas s;
     char server_ca[64];
     snprintf(server_ca, sizeof(server_ca), "/tmp/k8s-test-other-ca-%d.crt", getpid());
     srv_start_tls(&s, h_list_then_watch, tls_context(server_ca));
@@ -971,27 +673,27 @@ Test(k8s, https_refuses_a_server_the_ca_did_not_sign)
 
 /* ---- reconnecting ---- */
 
-static void h_watch_fails_once(struct srv *s, struct conn *c, enum req_kind kind, int n)
+static void h_watch_fails_once(struct kas *s, struct kas_conn *c, enum kas_req_kind kind, int n)
 {
-    if (kind == REQ_LIST) {
+    if (kind == KAS_LIST) {
         char *body = pod_list("900", NULL, 0);
-        respond(c, 200, "OK", body);
+        kas_respond(c, 200, "OK", body);
         free(body);
         return;
     }
     if (n == 1) {
-        respond(c, 500, "Internal Server Error",
-                "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\","
-                "\"message\":\"etcdserver: request timed out\",\"code\":500}");
+        kas_respond(c, 500, "Internal Server Error",
+                    "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\","
+                    "\"message\":\"etcdserver: request timed out\",\"code\":500}");
         return;
     }
-    stream_begin(c); /* a quiet, healthy watch */
-    hold(s, c);
+    kas_stream_begin(c); /* a quiet, healthy watch */
+    kas_hold(s, c);
 }
 
 Test(k8s, watch_error_reconnects_and_a_quiet_watch_counts_as_connected)
 {
-    struct srv s;
+    struct kas s;
     srv_start(&s, h_watch_fails_once);
     struct k8s *k = start_client(&s, 0);
     srv_wait(&s, 1, 2);

@@ -145,9 +145,9 @@ static void write_kubernetes(struct agent *a, struct buf *b)
                ",\"pods_cached\":%" PRIu64 ",\"pods_deleted\":%" PRIu64 ",\"pods_evicted\":%" PRIu64
                ",\"pod_lookups\":%" PRIu64 ",\"pod_misses\":%" PRIu64 ",\"api_errors\":%" PRIu64
                ",\"relists\":%" PRIu64 ",\"cgroup_lookups\":%" PRIu64 ",\"cgroup_misses\":%" PRIu64
-               ",\"cgroup_evictions\":%" PRIu64 ",\"cgroup_rate_limited\":%" PRIu64 "}",
+               ",\"cgroup_evictions\":%" PRIu64 ",\"cgroup_walks\":%" PRIu64 "}",
                ks.pods_cached, ks.pods_deleted, ks.evicted, ks.lookups, ks.misses, ks.api_errors,
-               ks.relists, cs.lookups, cs.misses, cs.evictions, cs.rate_limited);
+               ks.relists, cs.lookups, cs.misses, cs.evictions, cs.scans);
 }
 
 static void handle_stats(void *ctx, const struct http_request *req, struct http_response *res)
@@ -315,9 +315,8 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                    "Failed Kubernetes API requests.", ks.api_errors);
         api_metric(b, "ebpf_agent_cgroup_cache_evictions_total", "counter",
                    "cgroup ids dropped from the resolver cache.", cs.evictions);
-        api_metric(b, "ebpf_agent_cgroup_unresolved_total", "counter",
-                   "Events left unattributed because a cgroup walk ran too recently.",
-                   cs.rate_limited);
+        api_metric(b, "ebpf_agent_cgroup_walks_total", "counter",
+                   "Walks of the kubepods cgroup tree to resolve a new cgroup id.", cs.scans);
     }
     api_metric(b, "ebpf_agent_uptime_seconds", "gauge", "Seconds since the agent started.",
                (api_monotonic_ns() - a->started_mono_ns) / 1000000000ull);

@@ -61,7 +61,6 @@ static int open_kubernetes(struct agent *a)
     int err = 0;
     struct cgroup_resolver_options co = {
         .root = a->cfg.cgroup_root[0] ? a->cfg.cgroup_root : NULL,
-        .rescan_interval_ms = 200,
     };
     a->cgroups = cgroup_resolver_new(&co, &err);
     if (!a->cgroups) {

@@ -1,0 +1,586 @@
+/*
+ * End to end, Kubernetes mode: the real bin/ebpf-agent with
+ * DEPLOYMENT_MODE=kubernetes against a fake API server on loopback
+ * (tests/helpers/k8s_api_server.c: a real-format PodList and watch stream),
+ * real kubepods cgroups for both cgroup drivers, and real processes in them
+ * that exec a marker program and make a TCP connection. Asserts over the
+ * agent's HTTP API that their exec, connection and exit events name the right
+ * pod, that host processes are not attributed, that pods added and deleted
+ * through the watch are named, that an expired watch re-lists, that the agent
+ * reports its own identity and the API connection in /api/stats, and that
+ * attribution from cgroups goes on while the API server is down.
+ * Needs root (eBPF, cgroups); skipped otherwise.
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "fixtures/k8s/kubepods.h"
+#include "k8s_api_server.h"
+#include "testutil.h"
+
+#define NODE      "e2e-k8s-node-1"
+#define AGENT_POD "ebpf-monitor-abcde"
+#define AGENT_NS  "ebpf-system"
+#define TOKEN     "eyJhbGciOiJSUzI1NiIsImtpZCI6ImUyZSJ9.e2e-token"
+#define MARKER    "k8s-marker" /* the program the pods' processes exec (comm) */
+#define LIST_RV   1000
+
+struct pod {
+    const char *name, *ns;
+    bool systemd; /* cgroup driver */
+    char uid[37], cid[65];
+    char rel[KP_REL_MAX]; /* its container's cgroup, relative to the cgroup root */
+};
+
+/* A process made by the test: in a pod's container cgroup, or on the host (rel ""). */
+struct proc {
+    pid_t pid;
+    int hold; /* the process exits when this closes */
+    char rel[KP_REL_MAX];
+};
+
+#define MAX_PROCS 8
+
+static struct kas api;
+static bool api_running;
+static pid_t agent_pid;
+static int agent_port;
+static char agent_log[64], token_path[128], tmpdir[64], marker_path[128];
+static char cg_root[KP_ROOT_MAX];
+static int listen_fd = -1, listen_port;
+static struct proc procs[MAX_PROCS];
+static int nprocs;
+
+/*
+ * web: systemd driver; api: cgroupfs driver; job: deleted by the watch in one
+ * test; late: added by the watch in one test; unknown: never in the API.
+ */
+static struct pod web = {.name = "web-7d9c6b8f5d-x2k8p", .ns = "shop", .systemd = true};
+static struct pod apisrv = {.name = "api-5b7f9d-qk2lz", .ns = "payments", .systemd = false};
+static struct pod job = {.name = "migrate-x7k2p", .ns = "jobs", .systemd = true};
+static struct pod late = {.name = "late-6c8d9-zp4tq", .ns = "batch", .systemd = false};
+static struct pod unknown = {.name = "never-listed", .ns = "nowhere", .systemd = true};
+static struct pod *const pods[] = {&web, &apisrv, &job, &late, &unknown};
+#define NPODS (sizeof(pods) / sizeof(pods[0]))
+
+static void pod_init(struct pod *p)
+{
+    kp_random_uid(p->uid);
+    kp_random_container_id(p->cid);
+    if (p->systemd) {
+        char suid[37];
+        kp_systemd_uid(p->uid, suid);
+        snprintf(p->rel, sizeof(p->rel),
+                 "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod%s.slice/"
+                 "cri-containerd-%s.scope",
+                 suid, p->cid);
+    } else {
+        snprintf(p->rel, sizeof(p->rel), "kubepods/burstable/pod%s/%s", p->uid, p->cid);
+    }
+}
+
+static char *pod_object(const struct pod *p, unsigned long rv)
+{
+    char rvs[32];
+    snprintf(rvs, sizeof(rvs), "%lu", rv);
+    char *s = kas_pod_json(p->uid, p->name, p->ns, NODE, rvs, p->cid);
+    cr_assert_not_null(s);
+    return s;
+}
+
+/* ---- the agent's API ---- */
+
+static json_t *get_json(const char *path)
+{
+    int status = 0;
+    json_t *j = tu_get_json(agent_port, path, &status);
+    cr_assert(j && status == 200, "GET %s: HTTP %d", path, status);
+    return j;
+}
+
+static json_t *kube_stats(json_t *stats)
+{
+    json_t *k = json_object_get(stats, "kubernetes");
+    cr_assert(json_is_object(k), "/api/stats has no \"kubernetes\" object");
+    return k;
+}
+
+static json_int_t kube_int(const char *key)
+{
+    json_t *st = get_json("/api/stats");
+    json_int_t v = json_integer_value(json_object_get(kube_stats(st), key));
+    json_decref(st);
+    return v;
+}
+
+/* Polls /api/stats until kubernetes.<key> >= want. */
+static void wait_kube_int(const char *key, json_int_t want)
+{
+    json_int_t v = 0;
+    for (uint64_t end = tu_mono_ms() + 10000; tu_mono_ms() < end; usleep(10000))
+        if ((v = kube_int(key)) >= want)
+            return;
+    cr_assert_fail("kubernetes.%s stayed %lld, wanted >= %lld", key, (long long)v, (long long)want);
+}
+
+static const char *jstr(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+/* The agent's events of one process (a new reference to the array's holder). */
+static json_t *events_of(pid_t pid)
+{
+    char q[96];
+    snprintf(q, sizeof(q), "/api/events?pid=%d&limit=1000", (int)pid);
+    return get_json(q);
+}
+
+/* An event of pid with this type (for connections: to our listener); a new reference. */
+static json_t *find_event(json_t *r, const char *type)
+{
+    size_t i;
+    json_t *ev;
+    json_array_foreach(json_object_get(r, "events"), i, ev)
+    {
+        const char *t = jstr(ev, "type");
+        if (!t || strcmp(t, type) != 0)
+            continue;
+        if (strcmp(type, "connection") == 0 &&
+            json_integer_value(json_object_get(ev, "dest_port")) != listen_port)
+            continue;
+        return json_incref(ev);
+    }
+    return NULL;
+}
+
+static json_t *wait_event(pid_t pid, const char *type)
+{
+    for (uint64_t end = tu_mono_ms() + 10000; tu_mono_ms() < end; usleep(20000)) {
+        json_t *r = events_of(pid);
+        json_t *ev = find_event(r, type);
+        json_decref(r);
+        if (ev)
+            return ev;
+    }
+    cr_assert_fail("no %s event of pid %d", type, (int)pid);
+    return NULL;
+}
+
+static const char *const k8s_fields[] = {"k8s_node_name", "k8s_pod_name", "k8s_namespace",
+                                         "k8s_pod_uid", "k8s_container_id"};
+
+/* named: the pod's name and namespace are expected too (known to the API server). */
+static void expect_pod(json_t *ev, const struct pod *p, bool named)
+{
+    char *dump = json_dumps(ev, JSON_COMPACT);
+    cr_expect_str_eq(jstr(ev, "k8s_pod_uid"), p->uid, "%s", dump);
+    cr_expect_str_eq(jstr(ev, "k8s_container_id"), p->cid, "%s", dump);
+    cr_expect_str_eq(jstr(ev, "k8s_node_name"), NODE, "%s", dump);
+    cr_expect_str_eq(jstr(ev, "node"), NODE, "%s", dump);
+    if (named) {
+        cr_expect_str_eq(jstr(ev, "k8s_pod_name"), p->name, "%s", dump);
+        cr_expect_str_eq(jstr(ev, "k8s_namespace"), p->ns, "%s", dump);
+    } else {
+        cr_expect_null(json_object_get(ev, "k8s_pod_name"), "%s", dump);
+        cr_expect_null(json_object_get(ev, "k8s_namespace"), "%s", dump);
+    }
+    free(dump);
+}
+
+static void expect_host(json_t *ev)
+{
+    char *dump = json_dumps(ev, JSON_COMPACT);
+    for (size_t i = 0; i < sizeof(k8s_fields) / sizeof(k8s_fields[0]); i++)
+        cr_expect_null(json_object_get(ev, k8s_fields[i]), "%s: %s", k8s_fields[i], dump);
+    free(dump);
+}
+
+/* ---- processes ---- */
+
+/* Writes pid into the cgroup's cgroup.procs. */
+static void move_to_cgroup(pid_t pid, const char *rel)
+{
+    char path[KP_PATH_MAX + 16];
+    snprintf(path, sizeof(path), "%s/%s/cgroup.procs", cg_root, rel);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "open %s: %s", path, strerror(errno));
+    fprintf(f, "%d\n", (int)pid);
+    cr_assert_eq(fclose(f), 0, "move %d into %s: %s", (int)pid, rel, strerror(errno));
+}
+
+/*
+ * Starts MARKER (bash under another name) in the cgroup rel ("" = stay on
+ * the host): it connects to our listener, then waits for proc_finish(). The
+ * child is moved before it execs, so every event of the program is inside.
+ */
+static struct proc *proc_start(const char *rel)
+{
+    cr_assert_lt(nprocs, MAX_PROCS);
+    struct proc *p = &procs[nprocs++];
+    int hold[2], go[2];
+    char port[16];
+
+    memset(p, 0, sizeof(*p));
+    snprintf(p->rel, sizeof(p->rel), "%s", rel);
+    snprintf(port, sizeof(port), "%d", listen_port);
+    cr_assert_eq(pipe2(hold, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(go, O_CLOEXEC), 0);
+    p->pid = fork();
+    cr_assert_geq(p->pid, 0);
+    if (p->pid == 0) {
+        char c;
+        dup2(hold[0], STDIN_FILENO);
+        dup2(go[0], 3);
+        close_range(4, ~0u, 0);  /* another process's hold pipe would keep it alive */
+        if (read(3, &c, 1) != 0) /* EOF once the parent has moved us */
+            _exit(120);
+        char *argv[] = {
+            MARKER, "-c", "exec 3<>/dev/tcp/127.0.0.1/$1 || exit 3; read -r line; exit 0",
+            MARKER, port, NULL};
+        execv(marker_path, argv);
+        _exit(127);
+    }
+    close(hold[0]);
+    close(go[0]);
+    if (rel[0])
+        move_to_cgroup(p->pid, rel);
+    close(go[1]);
+    p->hold = hold[1];
+    return p;
+}
+
+/* Lets the process exit and reaps it; the cgroups go in teardown. */
+static void proc_finish(struct proc *p)
+{
+    int status = 0;
+    if (p->hold > 0)
+        close(p->hold);
+    p->hold = -1;
+    cr_assert_eq(waitpid(p->pid, &status, 0), p->pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s exited with status %#x", MARKER,
+              status);
+}
+
+/* Runs a process to completion and checks its exec, connection and exit events. */
+static pid_t run_in_pod(const struct pod *p, bool named)
+{
+    struct proc *pr = proc_start(p->rel);
+    json_t *ev = wait_event(pr->pid, "exec");
+    cr_expect_str_eq(jstr(ev, "command"), MARKER);
+    cr_expect_str_eq(jstr(ev, "filename"), marker_path);
+    expect_pod(ev, p, named);
+    json_decref(ev);
+    ev = wait_event(pr->pid, "connection");
+    expect_pod(ev, p, named);
+    json_decref(ev);
+    proc_finish(pr);
+    ev = wait_event(pr->pid, "exit");
+    expect_pod(ev, p, named);
+    json_decref(ev);
+    return pr->pid;
+}
+
+/* ---- the fixture: API server, agent, listener ---- */
+
+/*
+ * Removes a pod's cgroups. A reaped process can still pin its cgroup for a
+ * moment (rmdir: EBUSY), so retry briefly.
+ */
+static void remove_cgroup(const char *rel)
+{
+    char dir[KP_PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/%s", cg_root, rel);
+    for (uint64_t end = tu_mono_ms() + 2000;; usleep(5000)) {
+        kp_rmdirs(cg_root, rel);
+        if (access(dir, F_OK) != 0 || tu_mono_ms() > end)
+            return;
+    }
+}
+
+static void setup(void)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to load eBPF programs and create cgroups");
+    kp_root_or_skip(cg_root, sizeof(cg_root));
+    if (access(tu_repo_path("bin/ebpf-agent"), X_OK) != 0)
+        cr_skip_test("bin/ebpf-agent is not built (make build)");
+
+    /* the marker program: bash under a name of its own, so its comm says what it is */
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/ebpf-e2e-k8s-%d", getpid());
+    snprintf(marker_path, sizeof(marker_path), "%s/" MARKER, tmpdir);
+    snprintf(token_path, sizeof(token_path), "%s/token", tmpdir);
+    cr_assert(mkdir(tmpdir, 0700) == 0 || errno == EEXIST);
+    unlink(marker_path);
+    cr_assert_eq(symlink("/bin/bash", marker_path), 0, "symlink: %s", strerror(errno));
+    FILE *f = fopen(token_path, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "%s\n", TOKEN);
+    fclose(f);
+
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof(sa);
+    listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(listen_fd, 0);
+    cr_assert_eq(bind(listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    cr_assert_eq(listen(listen_fd, 16), 0);
+    cr_assert_eq(getsockname(listen_fd, (struct sockaddr *)&sa, &sl), 0);
+    listen_port = ntohs(sa.sin_port);
+
+    for (size_t i = 0; i < NPODS; i++)
+        pod_init(pods[i]);
+    /* the API server knows web, api and job; late comes through the watch */
+    char *items[] = {pod_object(&web, 900), pod_object(&apisrv, 901), pod_object(&job, 902)};
+    char rv[32];
+    snprintf(rv, sizeof(rv), "%d", LIST_RV);
+    char *list = kas_pod_list(rv, (const char *const *)items, 3);
+    cr_assert_not_null(list);
+    int rc = kas_start(&api, kas_serve_pods, NULL);
+    cr_assert_eq(rc, 0, "fake API server: %s", strerror(-rc));
+    api_running = true;
+    kas_set_list(&api, list);
+    free(list);
+    for (int i = 0; i < 3; i++)
+        free(items[i]);
+
+    agent_port = tu_free_port();
+    snprintf(agent_log, sizeof(agent_log), "/tmp/ebpf-e2e-k8s-agent-%d.log", getpid());
+    unlink(agent_log);
+    char listen_addr[64], api_url[64], token_env[192], nats_env[64];
+    snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", agent_port);
+    snprintf(api_url, sizeof(api_url), "K8S_API_URL=http://127.0.0.1:%d", api.port);
+    snprintf(token_env, sizeof(token_env), "K8S_TOKEN_PATH=%s", token_path);
+    /* nothing listens there: the agent buffers its batches */
+    snprintf(nats_env, sizeof(nats_env), "NATS_URL=nats://127.0.0.1:%d", tu_free_port());
+    char *env[] = {"DEPLOYMENT_MODE=kubernetes",
+                   api_url,
+                   token_env,
+                   nats_env,
+                   "NODE_NAME=" NODE,
+                   "POD_NAME=" AGENT_POD,
+                   "POD_NAMESPACE=" AGENT_NS,
+                   NULL};
+    char *argv[] = {(char *)tu_repo_path("bin/ebpf-agent"), "--listen-addr", listen_addr, NULL};
+    agent_pid = tu_spawn(argv, env, agent_log);
+    if (!tu_wait_http(agent_port, "/ready", 200, 30000)) {
+        char *log = tu_read_file(agent_log);
+        cr_assert_fail("agent not ready; log:\n%s", log ? log : "(none)");
+    }
+    /* the LIST is in the cache, the watch is open */
+    cr_assert(kas_wait(&api, 1, 1, 10000), "the agent never listed and watched pods");
+    wait_kube_int("pods_cached", 3);
+    /* Containers appear while the agent runs, one right after another: each
+     * must be attributed from its first event. */
+    for (size_t i = 0; i < NPODS; i++)
+        kp_mkdirs(cg_root, pods[i]->rel);
+}
+
+static void teardown(void)
+{
+    for (int i = 0; i < nprocs; i++) {
+        struct proc *p = &procs[i];
+        if (p->hold > 0) {
+            close(p->hold);
+            kill(p->pid, SIGKILL);
+            waitpid(p->pid, NULL, 0);
+        }
+    }
+    if (agent_pid > 0)
+        tu_stop(agent_pid, 10000);
+    agent_pid = 0;
+    if (api_running)
+        kas_stop(&api);
+    api_running = false;
+    /* after the processes are gone, so the cgroups are empty */
+    for (size_t i = 0; i < NPODS; i++)
+        if (pods[i]->rel[0])
+            remove_cgroup(pods[i]->rel);
+    nprocs = 0;
+    if (listen_fd >= 0)
+        close(listen_fd);
+    listen_fd = -1;
+    if (marker_path[0]) {
+        unlink(marker_path);
+        unlink(token_path);
+        rmdir(tmpdir);
+    }
+}
+
+TestSuite(e2e_k8s, .init = setup, .fini = teardown, .timeout = 120);
+
+/* ---- tests ---- */
+
+Test(e2e_k8s, processes_in_pods_of_both_drivers_are_named_and_host_ones_are_not)
+{
+    run_in_pod(&web, true);    /* systemd driver */
+    run_in_pod(&apisrv, true); /* cgroupfs driver */
+
+    struct proc *host = proc_start("");
+    json_t *ev = wait_event(host->pid, "exec");
+    expect_host(ev);
+    json_decref(ev);
+    ev = wait_event(host->pid, "connection");
+    expect_host(ev);
+    json_decref(ev);
+    proc_finish(host);
+    ev = wait_event(host->pid, "exit");
+    expect_host(ev);
+    json_decref(ev);
+
+    /* the API server saw the service account token */
+    pthread_mutex_lock(&api.lock);
+    cr_expect_str_eq(api.auth, "Bearer " TOKEN);
+    cr_expect(strstr(api.list_paths[0], "fieldSelector=spec.nodeName%3D" NODE), "%s",
+              api.list_paths[0]);
+    pthread_mutex_unlock(&api.lock);
+}
+
+/* ?pod=&namespace= returns exactly the events of that pod's processes. */
+Test(e2e_k8s, pod_and_namespace_filter)
+{
+    pid_t a = run_in_pod(&web, true);
+    pid_t b = run_in_pod(&web, true); /* a second process in the same container */
+    run_in_pod(&apisrv, true);
+
+    json_t *want = json_object();
+    pid_t pids[] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        json_t *r = events_of(pids[i]);
+        size_t j;
+        json_t *ev;
+        json_array_foreach(json_object_get(r, "events"), j, ev)
+            json_object_set(want, jstr(ev, "id"), ev);
+        json_decref(r);
+    }
+    cr_assert_geq(json_object_size(want), 6, "exec, connection and exit of two processes");
+
+    char q[256];
+    snprintf(q, sizeof(q), "/api/events?pod=%s&namespace=%s&limit=1000", web.name, web.ns);
+    json_t *r = get_json(q);
+    json_t *got = json_object_get(r, "events");
+    size_t i;
+    json_t *ev;
+    json_array_foreach(got, i, ev)
+    {
+        cr_expect_str_eq(jstr(ev, "k8s_pod_name"), web.name);
+        cr_expect_str_eq(jstr(ev, "k8s_namespace"), web.ns);
+        cr_expect_not_null(json_object_get(want, jstr(ev, "id")), "event %s is not from %d or %d",
+                           jstr(ev, "id"), (int)a, (int)b);
+    }
+    cr_expect_eq(json_array_size(got), json_object_size(want), "got %zu events, want %zu",
+                 json_array_size(got), json_object_size(want));
+    json_decref(r);
+    json_decref(want);
+
+    /* the right name in another namespace is another pod */
+    snprintf(q, sizeof(q), "/api/events?pod=%s&namespace=%s", web.name, apisrv.ns);
+    r = get_json(q);
+    cr_expect_eq(json_array_size(json_object_get(r, "events")), 0);
+    json_decref(r);
+}
+
+Test(e2e_k8s, pod_added_by_the_watch_is_named)
+{
+    char *obj = pod_object(&late, LIST_RV + 1);
+    cr_assert_eq(kas_push(&api, "ADDED", LIST_RV + 1, obj), 0);
+    free(obj);
+    wait_kube_int("pods_cached", 4);
+    run_in_pod(&late, true);
+    cr_expect_eq(kube_int("relists"), 0, "the watch delivered it; no re-list");
+}
+
+/* The pod is DELETED between the process's first and last events: a tombstone still names it. */
+Test(e2e_k8s, pod_deleted_before_the_last_event_is_still_named)
+{
+    struct proc *p = proc_start(job.rel);
+    json_t *ev = wait_event(p->pid, "connection");
+    expect_pod(ev, &job, true);
+    json_decref(ev);
+
+    char *obj = pod_object(&job, LIST_RV + 2);
+    cr_assert_eq(kas_push(&api, "DELETED", LIST_RV + 2, obj), 0);
+    free(obj);
+    wait_kube_int("pods_deleted", 1);
+
+    proc_finish(p);
+    ev = wait_event(p->pid, "exit");
+    expect_pod(ev, &job, true);
+    json_decref(ev);
+}
+
+Test(e2e_k8s, agent_identity_and_api_connection_in_stats)
+{
+    json_t *st = get_json("/api/stats");
+    cr_expect_str_eq(jstr(st, "node"), NODE);
+    cr_expect_str_eq(jstr(st, "pod_name"), AGENT_POD);
+    cr_expect_str_eq(jstr(st, "pod_namespace"), AGENT_NS);
+    cr_expect_str_eq(jstr(st, "deployment_mode"), "kubernetes");
+    json_t *k = kube_stats(st);
+    cr_expect(json_is_true(json_object_get(k, "api_connected")));
+    cr_expect_str_eq(jstr(k, "last_error"), "");
+    cr_expect_str_eq(jstr(k, "cgroup_root"), cg_root);
+    cr_expect_eq(json_integer_value(json_object_get(k, "pods_cached")), 3);
+    cr_expect_eq(json_integer_value(json_object_get(k, "api_errors")), 0);
+    json_decref(st);
+}
+
+Test(e2e_k8s, api_server_down_keeps_pod_uid_and_container_id)
+{
+    kas_stop(&api);
+    api_running = false;
+
+    json_t *k = NULL;
+    json_t *st = NULL;
+    for (uint64_t end = tu_mono_ms() + 10000; tu_mono_ms() < end; usleep(20000)) {
+        json_decref(st);
+        st = get_json("/api/stats");
+        k = kube_stats(st);
+        if (json_is_false(json_object_get(k, "api_connected")))
+            break;
+    }
+    cr_assert(json_is_false(json_object_get(k, "api_connected")), "still connected");
+    const char *err = jstr(k, "last_error");
+    cr_expect(err && err[0], "no last_error while the API server is down");
+    cr_expect_geq(json_integer_value(json_object_get(k, "api_errors")), 1);
+    json_decref(st);
+
+    /* A pod the agent never heard of: UID, container id and node from its cgroup. */
+    run_in_pod(&unknown, false);
+    /* A pod it listed before the outage is still named from its cache. */
+    run_in_pod(&apisrv, true);
+}
+
+/* An expired watch (ERROR event, 410 Gone) makes the agent re-list; pods stay named. */
+Test(e2e_k8s, expired_watch_relists_and_pods_stay_named)
+{
+    char *st = kas_status_410();
+    cr_assert_not_null(st);
+    cr_assert_eq(kas_push(&api, "ERROR", 0, st), 0);
+    free(st);
+    cr_assert(kas_wait(&api, 2, 2, 10000), "no re-list and re-watch after 410 Gone");
+    wait_kube_int("relists", 1);
+
+    json_t *stats = get_json("/api/stats");
+    json_t *k = kube_stats(stats);
+    const char *err = jstr(k, "last_error");
+    cr_expect(err && strstr(err, "too old resource version"), "last_error: %s", err);
+    cr_expect_eq(json_integer_value(json_object_get(k, "api_errors")), 0,
+                 "an expired watch is routine, not an API error");
+    json_decref(stats);
+    pthread_mutex_lock(&api.lock);
+    cr_expect(strstr(api.watch_paths[1], "&resourceVersion=1000&"), "%s", api.watch_paths[1]);
+    pthread_mutex_unlock(&api.lock);
+
+    run_in_pod(&web, true);
+}
