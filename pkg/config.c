@@ -655,3 +655,24 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
     }
     return CONFIG_OK;
 }
+
+int config_load_main(struct config *c, enum config_role role, int argc, char **argv)
+{
+    char err[512];
+    const char *prog = role == CONFIG_AGENT ? "ebpf-agent" : "ebpf-aggregator";
+
+    switch (config_load(c, role, argc, argv, err, sizeof(err))) {
+    case CONFIG_OK:
+        break;
+    case CONFIG_EXIT:
+        return 0;
+    default:
+        fprintf(stderr, "%s: %s\n", prog, err);
+        return 2;
+    }
+    if (c->check_only) {
+        printf("%s: configuration OK\n", prog);
+        return 0;
+    }
+    return -1;
+}

@@ -95,6 +95,14 @@ enum config_result {
 enum config_result config_load(struct config *c, enum config_role role, int argc, char **argv,
                                char *err, size_t errlen);
 
+/*
+ * config_load() for a program's main(): prints errors as "<prog>: <message>"
+ * and "configuration OK" for --check-config. Returns -1 when the program
+ * should run, else its exit status (0 after --help, --version or a good
+ * --check-config; 2 for a bad value).
+ */
+int config_load_main(struct config *c, enum config_role role, int argc, char **argv);
+
 /* Prints --help for role. */
 void config_print_help(FILE *out, enum config_role role, const char *prog);
 

@@ -116,19 +116,9 @@ int main(int argc, char **argv)
     char err[512];
     int rc = 1;
 
-    switch (config_load(&a.cfg, CONFIG_AGENT, argc, argv, err, sizeof(err))) {
-    case CONFIG_OK:
-        break;
-    case CONFIG_EXIT:
-        return 0;
-    default:
-        fprintf(stderr, "ebpf-agent: %s\n", err);
-        return 2;
-    }
-    if (a.cfg.check_only) {
-        printf("ebpf-agent: configuration OK\n");
-        return 0;
-    }
+    int status = config_load_main(&a.cfg, CONFIG_AGENT, argc, argv);
+    if (status >= 0)
+        return status;
 
     signal(SIGPIPE, SIG_IGN);
     struct sigaction sa = {.sa_handler = on_signal};

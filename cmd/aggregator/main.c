@@ -61,19 +61,9 @@ int main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "decode") == 0)
         return aggregator_decode(argc - 1, argv + 1);
 
-    switch (config_load(&a.cfg, CONFIG_AGGREGATOR, argc, argv, err, sizeof(err))) {
-    case CONFIG_OK:
-        break;
-    case CONFIG_EXIT:
-        return 0;
-    default:
-        fprintf(stderr, "ebpf-aggregator: %s\n", err);
-        return 2;
-    }
-    if (a.cfg.check_only) {
-        printf("ebpf-aggregator: configuration OK\n");
-        return 0;
-    }
+    int status = config_load_main(&a.cfg, CONFIG_AGGREGATOR, argc, argv);
+    if (status >= 0)
+        return status;
 
     signal(SIGPIPE, SIG_IGN);
     struct sigaction sa = {.sa_handler = on_signal};
