@@ -276,8 +276,15 @@ struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o,
         /* Retrying in the background; on_connected fires when a server answers. */
         char urls[CONFIG_URL];
         bus_redact_urls(cfg->nats_url, urls, sizeof(urls));
-        set_error(b, "no NATS server reachable at %s", urls);
-        keep_last_error(b, b->nc);
+        /* A server that refused our credentials may already have made
+         * nats.c give up (on_closed ran first): keep that reason. */
+        pthread_mutex_lock(&b->lock);
+        bool closed = __atomic_load_n(&b->closed, __ATOMIC_ACQUIRE);
+        pthread_mutex_unlock(&b->lock);
+        if (!closed) {
+            set_error(b, "no NATS server reachable at %s", urls);
+            keep_last_error(b, b->nc);
+        }
     } else {
         /*
          * A server answered and refused us (authorization, TLS mismatch): a
