@@ -314,6 +314,51 @@ struct intern_cache {
     const char *val[IC_N];
 };
 
+/*
+ * A per-thread cache in front of the shared intern table: a decoding thread
+ * sees the same few hundred pod names, container ids and drop reasons over
+ * and over, and intern() hashes byte by byte under a process-wide lock.
+ * Interned strings live forever, so cached pointers never dangle.
+ */
+#define PB_TL_CACHE 512 /* entries, power of two */
+
+static __thread struct {
+    const char *val;
+    size_t len;
+} pb_tl_cache[PB_TL_CACHE];
+
+static uint64_t pb_fast_hash(const char *s, size_t len)
+{
+    uint64_t h = len * 0x9e3779b97f4a7c15ull, w;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&w, s + i, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    if (i < len) {
+        w = 0;
+        memcpy(&w, s + i, len - i);
+        h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+    }
+    return h ^ (h >> 29);
+}
+
+static const char *intern_cached(const char *s)
+{
+    size_t len = strlen(s);
+    unsigned slot = (unsigned)pb_fast_hash(s, len) & (PB_TL_CACHE - 1);
+    if (pb_tl_cache[slot].val && pb_tl_cache[slot].len == len &&
+        memcmp(pb_tl_cache[slot].val, s, len) == 0)
+        return pb_tl_cache[slot].val;
+    const char *v = intern_n(s, len);
+    if (v) {
+        pb_tl_cache[slot].val = v;
+        pb_tl_cache[slot].len = len;
+    }
+    return v;
+}
+
 /* Empty means absent (NULL). */
 static int intern_field(struct intern_cache *ic, int slot, const char *s, const char **dst)
 {
@@ -324,7 +369,7 @@ static int intern_field(struct intern_cache *ic, int slot, const char *s, const 
         *dst = ic->val[slot];
         return 0;
     }
-    if (!(*dst = intern(s)))
+    if (!(*dst = intern_cached(s)))
         return -ENOMEM;
     if (ic) {
         ic->raw[slot] = s;
@@ -551,6 +596,364 @@ static int meta_intern(const char *s, const char **dst)
     return 0;
 }
 
+/* ---- fast path: the wire format straight into struct event ---- */
+
+/*
+ * protobuf-c's generic unpacker spends most of a batch decode building
+ * intermediate structs. Well-formed batches, which is nearly all of them, are
+ * read here straight from the wire; anything unusual (an unknown or repeated
+ * field, a wrong wire type, a value out of range, a failed check) makes the
+ * fast path give up, and the generic path decodes the batch again and words
+ * the error, so both paths accept and reject exactly the same input.
+ */
+#define PB_FAST_MAX_ARGS 64
+
+struct pb_rd {
+    const uint8_t *p, *end;
+};
+
+static bool rd_varint(struct pb_rd *r, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (unsigned shift = 0; shift < 64 && r->p < r->end; shift += 7) {
+        uint8_t b = *r->p++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A length-delimited field's bytes. */
+static bool rd_bytes(struct pb_rd *r, const uint8_t **data, size_t *len)
+{
+    uint64_t n;
+    if (!rd_varint(r, &n) || n > (uint64_t)(r->end - r->p))
+        return false;
+    *data = r->p;
+    *len = (size_t)n;
+    r->p += n;
+    return true;
+}
+
+static bool rd_u32(struct pb_rd *r, uint32_t *v)
+{
+    uint64_t x;
+    if (!rd_varint(r, &x) || x > UINT32_MAX)
+        return false;
+    *v = (uint32_t)x;
+    return true;
+}
+
+/* Interns a non-empty wire string (no NUL inside); empty means absent. false on failure. */
+static bool fast_str(const uint8_t *data, size_t len, const char **dst)
+{
+    *dst = NULL;
+    if (!len)
+        return true;
+    if (memchr(data, '\0', len))
+        return false;
+    char tmp[256];
+    if (len >= sizeof(tmp))
+        return (*dst = intern_n((const char *)data, len)) != NULL;
+    memcpy(tmp, data, len);
+    tmp[len] = '\0';
+    return (*dst = intern_cached(tmp)) != NULL;
+}
+
+static bool fast_details(const uint8_t *data, size_t len, unsigned field, struct event *e,
+                         Ebpfmonitor__ExecDetails *x, ProtobufCBinaryData *args)
+{
+    struct pb_rd r = {data, data + len};
+    uint64_t key, v;
+    const uint8_t *b;
+    size_t bl;
+    while (r.p < r.end) {
+        if (!rd_varint(&r, &key))
+            return false;
+        unsigned f = (unsigned)(key >> 3), wt = key & 7;
+        switch (field * 16 + f) {
+        case 20 * 16 + 1: /* connection.status */
+            if (wt != 0 || !rd_varint(&r, &v) || v > EVENT_STATUS_ATTEMPTED)
+                return false;
+            e->status = (uint8_t)v;
+            break;
+        case 20 * 16 + 2:
+            if (wt != 0 || !rd_varint(&r, &e->u.conn.latency_ns))
+                return false;
+            break;
+        case 21 * 16 + 1: /* drop */
+            if (wt != 0 || !rd_u32(&r, &e->u.drop.reason_code))
+                return false;
+            break;
+        case 21 * 16 + 2:
+            if (wt != 2 || !rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->u.drop.reason))
+                return false;
+            break;
+        case 21 * 16 + 3:
+            if (wt != 2 || !rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->u.drop.location))
+                return false;
+            break;
+        case 21 * 16 + 4:
+            if (wt != 0 || !rd_varint(&r, &e->u.drop.suppressed))
+                return false;
+            break;
+        case 22 * 16 + 1: /* exec */
+            if (wt != 2 || !rd_bytes(&r, &b, &bl))
+                return false;
+            x->filename.data = (uint8_t *)b;
+            x->filename.len = bl;
+            break;
+        case 22 * 16 + 2:
+            if (wt != 2 || x->n_args == PB_FAST_MAX_ARGS || !rd_bytes(&r, &b, &bl))
+                return false;
+            args[x->n_args].data = (uint8_t *)b;
+            args[x->n_args++].len = bl;
+            break;
+        case 22 * 16 + 3:
+            if (wt != 0 || !rd_varint(&r, &v) || v > 1)
+                return false;
+            x->args_truncated = v != 0;
+            break;
+        case 23 * 16 + 1: /* exit: sint32 */
+        case 23 * 16 + 2:
+            if (wt != 0 || !rd_varint(&r, &v) || v > UINT32_MAX)
+                return false;
+            {
+                int32_t z = (int32_t)((uint32_t)v >> 1) ^ -(int32_t)(v & 1);
+                if (f == 1)
+                    e->u.exit.exit_code = z;
+                else
+                    e->u.exit.signal = z;
+            }
+            break;
+        case 23 * 16 + 3:
+            if (wt != 0 || !rd_varint(&r, &e->u.exit.duration_ns))
+                return false;
+            break;
+        default:
+            return false;
+        }
+    }
+    return true;
+}
+
+/* One Event; false (with *e released) when the generic path must decide. */
+static bool fast_event(const uint8_t *data, size_t len, const char *batch_node, struct event *e)
+{
+    struct pb_rd r = {data, data + len};
+    uint64_t key, v;
+    const uint8_t *b, *saddr = NULL, *daddr = NULL, *det = NULL;
+    size_t bl, sl = 0, dl = 0, detl = 0;
+    unsigned det_field = 0;
+    uint32_t u;
+
+    memset(e, 0, sizeof(*e));
+    e->node = batch_node;
+    while (r.p < r.end) {
+        if (!rd_varint(&r, &key))
+            goto fail;
+        unsigned f = (unsigned)(key >> 3), wt = key & 7;
+        if (wt != (f == 1 ? 1u : (f == 7 || (f >= 9 && f <= 16) || f >= 20) ? 2u : 0u))
+            goto fail;
+        switch (f) {
+        case 1:
+            if (r.end - r.p < 8)
+                goto fail;
+            memcpy(&e->id, r.p, 8);
+            r.p += 8;
+            break;
+        case 2:
+            if (!rd_varint(&r, &v) || v == EVENT_TYPE_NONE || v >= EVENT_TYPE_COUNT)
+                goto fail;
+            e->type = (uint8_t)v;
+            break;
+        case 3:
+            if (!rd_varint(&r, &e->timestamp_ns))
+                goto fail;
+            break;
+        case 4:
+        case 5:
+        case 6:
+            if (!rd_u32(&r, &u))
+                goto fail;
+            *(f == 4 ? &e->pid : f == 5 ? &e->ppid : &e->uid) = u;
+            break;
+        case 7:
+            if (!rd_bytes(&r, &b, &bl) || bl >= sizeof(e->command) || memchr(b, '\0', bl))
+                goto fail;
+            memset(e->command, 0, sizeof(e->command));
+            memcpy(e->command, b, bl);
+            break;
+        case 8:
+            if (!rd_varint(&r, &e->cgroup_id))
+                goto fail;
+            break;
+        case 9:
+            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->node))
+                goto fail;
+            if (!e->node)
+                e->node = batch_node;
+            break;
+        case 10:
+            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->k8s.node_name))
+                goto fail;
+            break;
+        case 11:
+            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->k8s.pod_name))
+                goto fail;
+            break;
+        case 12:
+            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->k8s.namespace))
+                goto fail;
+            break;
+        case 13:
+            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->k8s.container_id))
+                goto fail;
+            break;
+        case 14:
+            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->k8s.pod_uid))
+                goto fail;
+            break;
+        case 15:
+            if (!rd_bytes(&r, &saddr, &sl))
+                goto fail;
+            break;
+        case 16:
+            if (!rd_bytes(&r, &daddr, &dl))
+                goto fail;
+            break;
+        case 17:
+        case 18:
+            if (!rd_varint(&r, &v) || v > 65535)
+                goto fail;
+            *(f == 17 ? &e->sport : &e->dport) = (uint16_t)v;
+            break;
+        case 19:
+            if (!rd_varint(&r, &v) || v > 255)
+                goto fail;
+            e->protocol = (uint8_t)v;
+            break;
+        case 20:
+        case 21:
+        case 22:
+        case 23:
+            if (det_field || !rd_bytes(&r, &det, &detl))
+                goto fail;
+            det_field = f;
+            break;
+        default:
+            goto fail;
+        }
+    }
+    if (e->type == EVENT_TYPE_NONE)
+        goto fail;
+    if ((sl || dl) && (sl != dl || (sl != 4 && sl != 16)))
+        goto fail;
+    if (sl) {
+        e->family = sl == 4 ? EVENT_FAMILY_IPV4 : EVENT_FAMILY_IPV6;
+        memcpy(e->saddr, saddr, sl);
+        memcpy(e->daddr, daddr, dl);
+    }
+    if (det_field) {
+        if ((int)det_field != (int)details_for_type(e->type))
+            goto fail;
+        Ebpfmonitor__ExecDetails x = EBPFMONITOR__EXEC_DETAILS__INIT;
+        ProtobufCBinaryData args[PB_FAST_MAX_ARGS];
+        x.args = args;
+        if (!fast_details(det, detl, det_field, e, &x, args))
+            goto fail;
+        if (det_field == 22 && to_exec(&x, e, NULL, 0) != 0)
+            goto fail;
+    }
+    return true;
+fail:
+    event_clear(e);
+    return false;
+}
+
+/* 0 when decoded, 1 when the generic path must decide, -ENOMEM. */
+static int fast_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta *meta,
+                             struct event **events, size_t *n)
+{
+    struct pb_rd r = {data, data + len};
+    uint64_t key;
+    const uint8_t *b;
+    size_t bl, nev = 0;
+    const uint8_t *node = NULL, *inst = NULL, *pod = NULL, *ns = NULL;
+    size_t node_l = 0, inst_l = 0, pod_l = 0, ns_l = 0;
+    bool seen[10] = {false};
+
+    memset(meta, 0, sizeof(*meta));
+    /* First pass: the metadata (the publisher appends it after the events) and the count. */
+    while (r.p < r.end) {
+        if (!rd_varint(&r, &key))
+            return 1;
+        unsigned f = (unsigned)(key >> 3), wt = key & 7;
+        if (f < 1 || f > 9 || wt != (f == 1 || f == 2 || f == 4 || f >= 8 ? 2u : 0u))
+            return 1;
+        if (f != 4 && seen[f])
+            return 1;
+        seen[f] = true;
+        uint64_t *num = f == 3   ? &meta->sequence
+                        : f == 5 ? &meta->kernel_drops
+                        : f == 6 ? &meta->agent_drops
+                                 : &meta->sent_at_ns;
+        if (wt == 0) {
+            if (!rd_varint(&r, num))
+                return 1;
+            continue;
+        }
+        if (!rd_bytes(&r, &b, &bl))
+            return 1;
+        if (f == 4) {
+            nev++;
+        } else if (f == 1) {
+            node = b, node_l = bl;
+        } else if (f == 2) {
+            inst = b, inst_l = bl;
+        } else if (f == 8) {
+            pod = b, pod_l = bl;
+        } else {
+            ns = b, ns_l = bl;
+        }
+    }
+    if (!fast_str(node, node_l, &meta->node) || !fast_str(inst, inst_l, &meta->agent_instance) ||
+        !fast_str(pod, pod_l, &meta->pod_name) || !fast_str(ns, ns_l, &meta->pod_namespace))
+        return 1;
+
+    struct event *evs = NULL;
+    if (nev && !(evs = malloc(nev * sizeof(*evs))))
+        return -ENOMEM;
+    size_t done = 0;
+    r.p = data;
+    while (r.p < r.end) {
+        rd_varint(&r, &key);
+        if ((key & 7) == 0) {
+            uint64_t v;
+            rd_varint(&r, &v);
+            continue;
+        }
+        rd_bytes(&r, &b, &bl);
+        if ((key >> 3) != 4)
+            continue;
+        if (!fast_event(b, bl, meta->node, &evs[done]))
+            goto fallback;
+        done++;
+    }
+    *events = evs;
+    *n = done;
+    return 0;
+fallback:
+    for (size_t i = 0; i < done; i++)
+        event_clear(&evs[i]);
+    free(evs);
+    memset(meta, 0, sizeof(*meta));
+    return 1;
+}
+
 int event_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta *meta,
                        struct event **events, size_t *n, char *err, size_t errlen)
 {
@@ -566,6 +969,12 @@ int event_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta 
     *events = NULL;
     *n = 0;
     memset(meta, 0, sizeof(*meta));
+    rc = fast_batch_decode(data, len, meta, events, n);
+    if (rc <= 0) {
+        if (rc < 0)
+            pb_fail(err, errlen, rc, "out of memory");
+        return rc;
+    }
     Ebpfmonitor__EventBatch *pb = ebpfmonitor__event_batch__unpack(&alloc, len, data);
     if (!pb) {
         rc = pb_fail(err, errlen, -EINVAL, "not a valid EventBatch message (%zu bytes)", len);

@@ -1,20 +1,27 @@
 /*
  * The bounded, indexed event history.
  *
- * Layout: one shard per (node, type). A shard is a growable circular deque of
- * struct event held by value, sorted by (timestamp, id) ascending, so the
- * oldest event is at the front and new events usually append at the back.
- * Events that arrive out of order (per-CPU ring buffers, batches from many
- * nodes) are placed by binary search and a shift of the shorter side.
+ * Layout: one shard per (node, type, Kubernetes attribution, address size).
+ * A shard is a growable circular deque of compact records sorted by
+ * (timestamp, id) ascending, so the oldest event is at the front and new
+ * events usually append at the back. Events that arrive out of order (per-CPU
+ * ring buffers, batches from many nodes) are placed by binary search and a
+ * shift of the shorter side.
+ *
+ * Compact records: what the shard key already says (node, type, the five
+ * interned Kubernetes strings) is kept once per shard, not per event, and a
+ * record holds only the part of the event union its type uses and only the
+ * address bytes its shard needs (none, 4 for IPv4, 16 otherwise). That keeps
+ * a stored connection at 80 bytes instead of a 176-byte struct event.
  *
  * Eviction: a min-heap of non-empty shards keyed by their oldest event finds
  * the globally oldest event in O(log shards), for both the count and the age
  * limit.
  *
- * Queries pick shards by type mask and node, binary-search each for the time
- * bounds and the cursor, and merge the ranges newest first with a max-heap.
- * Counting needs no scan unless a filter that the index does not cover
- * (pid, command, pod, namespace) is present.
+ * Queries pick shards by type mask, node, pod and namespace, binary-search
+ * each for the time bounds and the cursor, and merge the ranges newest first
+ * with a max-heap. Counting needs no scan unless a filter that the index does
+ * not cover (pid, command) is present.
  *
  * One rwlock: queries share it, adds and expiry take it exclusively, with
  * writers preferred so a stream of queries cannot starve ingestion.
@@ -29,11 +36,32 @@
 
 #define STORE_SHARD_MIN_CAP 16
 
+/*
+ * The fixed part of a record; the type's union member and the addresses
+ * follow it (see rec_layout()). Fields are copied in and out with memcpy, so
+ * records need no alignment beyond 8 bytes.
+ */
+struct store_rec {
+    uint64_t timestamp_ns;
+    uint64_t id;
+    uint64_t cgroup_id;
+    uint32_t pid, ppid, uid;
+    uint16_t sport, dport;
+    uint8_t family, protocol, status, pad;
+    char command[EVENT_COMM_LEN];
+};
+
 struct store_shard {
-    const char *node; /* interned pointer of the first event; NULL for events without a node */
+    /* The key: everything its events share. Pointers are interned (compared by value). */
+    const char *node; /* NULL for events without a node */
     uint8_t type;
-    struct event *slots;
-    size_t cap;  /* power of two, or 0 before the first event */
+    uint8_t alen; /* address bytes per record: 0, 4 or 16 */
+    struct event_k8s k8s;
+
+    size_t rec_size; /* bytes per record, a multiple of 8 */
+    size_t u_size;   /* bytes of the event union kept */
+    unsigned char *slots;
+    size_t cap;  /* records; power of two, or 0 before the first event */
     size_t head; /* slot of the oldest event */
     size_t len;
     size_t heap_pos; /* position in store.heap; SIZE_MAX when the shard is empty */
@@ -67,15 +95,117 @@ static int store_key_cmp(uint64_t ts_a, uint64_t id_a, uint64_t ts_b, uint64_t i
     return 0;
 }
 
-static inline struct event *shard_at(const struct store_shard *sh, size_t i)
+/* Bytes of the event union a type uses (its owned pointers travel with them). */
+static size_t union_size(uint8_t type)
 {
-    return &sh->slots[(sh->head + i) & (sh->cap - 1)];
+    switch (type) {
+    case EVENT_CONNECTION:
+    case EVENT_ACCEPT:
+        return sizeof(((struct event *)0)->u.conn);
+    case EVENT_PACKET_DROP:
+        return sizeof(((struct event *)0)->u.drop);
+    case EVENT_EXEC:
+        return sizeof(((struct event *)0)->u.exec);
+    case EVENT_EXIT:
+        return sizeof(((struct event *)0)->u.exit);
+    default:
+        return sizeof(((struct event *)0)->u);
+    }
+}
+
+static bool bytes_zero(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return false;
+    return true;
+}
+
+/* Address bytes that hold data: 0 (none), 4 (IPv4-sized) or 16. */
+static uint8_t event_alen(const struct event *e)
+{
+    if (!bytes_zero(e->saddr + 4, 12) || !bytes_zero(e->daddr + 4, 12))
+        return 16;
+    if (!bytes_zero(e->saddr, 4) || !bytes_zero(e->daddr, 4))
+        return 4;
+    return 0;
+}
+
+static inline unsigned char *shard_at(const struct store_shard *sh, size_t i)
+{
+    return sh->slots + ((sh->head + i) & (sh->cap - 1)) * sh->rec_size;
+}
+
+static inline const struct store_rec *shard_rec(const struct store_shard *sh, size_t i)
+{
+    return (const struct store_rec *)shard_at(sh, i);
+}
+
+/* Packs e's per-event fields into rec (ownership of exec strings moves with the union bytes). */
+static void rec_pack(const struct store_shard *sh, unsigned char *rec, const struct event *e)
+{
+    struct store_rec *r = (struct store_rec *)rec;
+    r->timestamp_ns = e->timestamp_ns;
+    r->id = e->id;
+    r->cgroup_id = e->cgroup_id;
+    r->pid = e->pid;
+    r->ppid = e->ppid;
+    r->uid = e->uid;
+    r->sport = e->sport;
+    r->dport = e->dport;
+    r->family = e->family;
+    r->protocol = e->protocol;
+    r->status = e->status;
+    r->pad = 0;
+    memcpy(r->command, e->command, sizeof(r->command));
+    unsigned char *p = rec + sizeof(*r);
+    memcpy(p, &e->u, sh->u_size);
+    p += sh->u_size;
+    memcpy(p, e->saddr, sh->alen);
+    memcpy(p + sh->alen, e->daddr, sh->alen);
+}
+
+/* Rebuilds the event of a record; owned strings are borrowed from the record. */
+static void rec_unpack(const struct store_shard *sh, const unsigned char *rec, struct event *e)
+{
+    const struct store_rec *r = (const struct store_rec *)rec;
+    memset(e, 0, sizeof(*e));
+    e->id = r->id;
+    e->timestamp_ns = r->timestamp_ns;
+    e->type = sh->type;
+    e->family = r->family;
+    e->protocol = r->protocol;
+    e->status = r->status;
+    e->pid = r->pid;
+    e->ppid = r->ppid;
+    e->uid = r->uid;
+    memcpy(e->command, r->command, sizeof(e->command));
+    e->cgroup_id = r->cgroup_id;
+    e->node = sh->node;
+    e->k8s = sh->k8s;
+    e->sport = r->sport;
+    e->dport = r->dport;
+    const unsigned char *p = rec + sizeof(*r);
+    memcpy(&e->u, p, sh->u_size);
+    p += sh->u_size;
+    memcpy(e->saddr, p, sh->alen);
+    memcpy(e->daddr, p + sh->alen, sh->alen);
+}
+
+/* Frees what a record owns. */
+static void rec_clear(const struct store_shard *sh, unsigned char *rec)
+{
+    if (sh->type != EVENT_EXEC)
+        return;
+    struct event e;
+    rec_unpack(sh, rec, &e);
+    event_clear(&e);
 }
 
 static inline int shard_cmp_at(const struct store_shard *sh, size_t i, uint64_t ts, uint64_t id)
 {
-    const struct event *e = shard_at(sh, i);
-    return store_key_cmp(e->timestamp_ns, e->id, ts, id);
+    const struct store_rec *r = shard_rec(sh, i);
+    return store_key_cmp(r->timestamp_ns, r->id, ts, id);
 }
 
 /* First index whose key is >= (ts, id); len when none. */
@@ -94,11 +224,17 @@ static size_t shard_lower_bound(const struct store_shard *sh, uint64_t ts, uint6
 
 static int shard_resize(struct store_shard *sh, size_t cap)
 {
-    struct event *slots = malloc(cap * sizeof(*slots));
+    unsigned char *slots = malloc(cap * sh->rec_size);
     if (!slots)
         return -ENOMEM;
-    for (size_t i = 0; i < sh->len; i++)
-        slots[i] = *shard_at(sh, i);
+    /* At most two contiguous runs: head..end of the ring, then its start. */
+    size_t first = sh->len;
+    if (sh->cap && sh->head + first > sh->cap)
+        first = sh->cap - sh->head;
+    if (first)
+        memcpy(slots, sh->slots + sh->head * sh->rec_size, first * sh->rec_size);
+    if (sh->len > first)
+        memcpy(slots + first * sh->rec_size, sh->slots, (sh->len - first) * sh->rec_size);
     free(sh->slots);
     sh->slots = slots;
     sh->cap = cap;
@@ -127,12 +263,15 @@ static int shard_insert(struct store_shard *sh, struct event *e, size_t *pos)
         /* Shift the older part one slot towards the front. */
         sh->head = (sh->head - 1) & (sh->cap - 1);
         for (size_t i = 0; i < p; i++)
-            *shard_at(sh, i) = *shard_at(sh, i + 1);
+            memcpy(shard_at(sh, i), shard_at(sh, i + 1), sh->rec_size);
     } else {
         for (size_t i = sh->len; i > p; i--)
-            *shard_at(sh, i) = *shard_at(sh, i - 1);
+            memcpy(shard_at(sh, i), shard_at(sh, i - 1), sh->rec_size);
     }
-    event_move(shard_at(sh, p), e);
+    rec_pack(sh, shard_at(sh, p), e);
+    /* The record owns e's strings now. */
+    memset(&e->u, 0, sizeof(e->u));
+    event_clear(e);
     sh->len++;
     *pos = p;
     return 0;
@@ -141,7 +280,7 @@ static int shard_insert(struct store_shard *sh, struct event *e, size_t *pos)
 /* Frees the oldest event of a non-empty shard. */
 static void shard_pop_oldest(struct store_shard *sh)
 {
-    event_clear(shard_at(sh, 0));
+    rec_clear(sh, shard_at(sh, 0));
     sh->head = (sh->head + 1) & (sh->cap - 1);
     sh->len--;
     /* Give memory back when a shard has shrunk a lot (traffic moved elsewhere). */
@@ -149,17 +288,51 @@ static void shard_pop_oldest(struct store_shard *sh)
         (void)shard_resize(sh, sh->cap / 2);
 }
 
-static uint64_t store_hash(const char *node, uint8_t type)
+/* The shard key of an event. */
+struct shard_key {
+    const char *node;
+    uint8_t type, alen;
+    struct event_k8s k8s;
+};
+
+static uint64_t mix(uint64_t h, uint64_t v)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (const char *p = node ? node : ""; *p; p++)
+    return (h ^ v) * 0x100000001b3ull;
+}
+
+static uint64_t store_hash(const struct shard_key *k)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over the node name, then the rest */
+    for (const char *p = k->node ? k->node : ""; *p; p++)
         h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    return (h ^ type) * 0x9e3779b97f4a7c15ull;
+    h = mix(h, k->type | (uint64_t)k->alen << 8);
+    h = mix(h, (uintptr_t)k->k8s.node_name);
+    h = mix(h, (uintptr_t)k->k8s.pod_name);
+    h = mix(h, (uintptr_t)k->k8s.namespace);
+    h = mix(h, (uintptr_t)k->k8s.container_id);
+    h = mix(h, (uintptr_t)k->k8s.pod_uid);
+    return (h ^ (h >> 29)) * 0x9e3779b97f4a7c15ull;
 }
 
 static bool store_node_eq(const char *a, const char *b)
 {
     return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static bool shard_key_eq(const struct store_shard *sh, const struct shard_key *k)
+{
+    return sh->type == k->type && sh->alen == k->alen && sh->k8s.pod_name == k->k8s.pod_name &&
+           sh->k8s.namespace == k->k8s.namespace && sh->k8s.container_id == k->k8s.container_id &&
+           sh->k8s.pod_uid == k->k8s.pod_uid && sh->k8s.node_name == k->k8s.node_name &&
+           store_node_eq(sh->node, k->node);
+}
+
+static void shard_key_of(const struct store_shard *sh, struct shard_key *k)
+{
+    k->node = sh->node;
+    k->type = sh->type;
+    k->alen = sh->alen;
+    k->k8s = sh->k8s;
 }
 
 static int store_table_grow(struct store *s)
@@ -169,7 +342,9 @@ static int store_table_grow(struct store *s)
     if (!table)
         return -ENOMEM;
     for (size_t i = 0; i < s->nshards; i++) {
-        size_t j = store_hash(s->shards[i]->node, s->shards[i]->type) & (cap - 1);
+        struct shard_key k;
+        shard_key_of(s->shards[i], &k);
+        size_t j = store_hash(&k) & (cap - 1);
         while (table[j])
             j = (j + 1) & (cap - 1);
         table[j] = i + 1;
@@ -180,14 +355,15 @@ static int store_table_grow(struct store *s)
     return 0;
 }
 
-/* Finds or creates the shard for (node, type); NULL on allocation failure. */
-static struct store_shard *store_shard_get(struct store *s, const char *node, uint8_t type)
+/* Finds or creates the shard for k; NULL on allocation failure. */
+static struct store_shard *store_shard_get(struct store *s, const struct shard_key *k)
 {
+    uint64_t h = store_hash(k);
     if (s->table_cap) {
-        size_t j = store_hash(node, type) & (s->table_cap - 1);
+        size_t j = h & (s->table_cap - 1);
         for (; s->table[j]; j = (j + 1) & (s->table_cap - 1)) {
             struct store_shard *sh = s->shards[s->table[j] - 1];
-            if (sh->type == type && store_node_eq(sh->node, node))
+            if (shard_key_eq(sh, k))
                 return sh;
         }
     }
@@ -209,12 +385,16 @@ static struct store_shard *store_shard_get(struct store *s, const char *node, ui
     struct store_shard *sh = calloc(1, sizeof(*sh));
     if (!sh)
         return NULL;
-    sh->node = node;
-    sh->type = type;
+    sh->node = k->node;
+    sh->type = k->type;
+    sh->alen = k->alen;
+    sh->k8s = k->k8s;
+    sh->u_size = union_size(k->type);
+    sh->rec_size = (sizeof(struct store_rec) + sh->u_size + 2u * sh->alen + 7) & ~(size_t)7;
     sh->heap_pos = SIZE_MAX;
     s->shards[s->nshards++] = sh;
 
-    size_t j = store_hash(node, type) & (s->table_cap - 1);
+    size_t j = h & (s->table_cap - 1);
     while (s->table[j])
         j = (j + 1) & (s->table_cap - 1);
     s->table[j] = s->nshards;
@@ -225,7 +405,7 @@ static struct store_shard *store_shard_get(struct store *s, const char *node, ui
 
 static bool heap_less(const struct store_shard *a, const struct store_shard *b)
 {
-    const struct event *ea = shard_at(a, 0), *eb = shard_at(b, 0);
+    const struct store_rec *ea = shard_rec(a, 0), *eb = shard_rec(b, 0);
     return store_key_cmp(ea->timestamp_ns, ea->id, eb->timestamp_ns, eb->id) < 0;
 }
 
@@ -283,9 +463,9 @@ static void heap_remove(struct store *s, struct store_shard *sh)
     heap_down(s, last->heap_pos);
 }
 
-static const struct event *store_oldest(const struct store *s)
+static const struct store_rec *store_oldest(const struct store *s)
 {
-    return s->heap_len ? shard_at(s->heap[0], 0) : NULL;
+    return s->heap_len ? shard_rec(s->heap[0], 0) : NULL;
 }
 
 static void store_evict_oldest(struct store *s)
@@ -303,7 +483,7 @@ static void store_evict_oldest(struct store *s)
 static size_t store_expire_locked(struct store *s, uint64_t cutoff_ns)
 {
     size_t n = 0;
-    const struct event *e;
+    const struct store_rec *e;
     while ((e = store_oldest(s)) && e->timestamp_ns < cutoff_ns) {
         store_evict_oldest(s);
         n++;
@@ -356,7 +536,7 @@ void store_free(struct store *s)
     for (size_t i = 0; i < s->nshards; i++) {
         struct store_shard *sh = s->shards[i];
         for (size_t j = 0; j < sh->len; j++)
-            event_clear(shard_at(sh, j));
+            rec_clear(sh, shard_at(sh, j));
         free(sh->slots);
         free(sh);
     }
@@ -388,7 +568,7 @@ static int store_add_locked(struct store *s, struct event *e)
         }
     }
 
-    const struct event *oldest = store_oldest(s);
+    const struct store_rec *oldest = store_oldest(s);
     if (s->count >= s->limits.max_events && oldest &&
         store_key_cmp(e->timestamp_ns, e->id, oldest->timestamp_ns, oldest->id) < 0) {
         /* It would be the one evicted. */
@@ -398,7 +578,8 @@ static int store_add_locked(struct store *s, struct event *e)
         return 0;
     }
 
-    struct store_shard *sh = store_shard_get(s, e->node, e->type);
+    struct shard_key key = {.node = e->node, .type = e->type, .alen = event_alen(e), .k8s = e->k8s};
+    struct store_shard *sh = store_shard_get(s, &key);
     size_t pos;
     int rc = sh ? shard_insert(sh, e, &pos) : -ENOMEM;
     if (rc < 0) {
@@ -463,7 +644,7 @@ struct store_range {
 
 static bool range_newer(const struct store_range *a, const struct store_range *b)
 {
-    const struct event *ea = shard_at(a->sh, a->hi - 1), *eb = shard_at(b->sh, b->hi - 1);
+    const struct store_rec *ea = shard_rec(a->sh, a->hi - 1), *eb = shard_rec(b->sh, b->hi - 1);
     return store_key_cmp(ea->timestamp_ns, ea->id, eb->timestamp_ns, eb->id) > 0;
 }
 
@@ -485,13 +666,33 @@ static void range_heap_down(struct store_range *h, size_t n, size_t pos)
     h[pos] = r;
 }
 
+static bool store_filter_match(const char *filter, const char *s)
+{
+    return filter[0] == '\0' || (s && strcmp(filter, s) == 0);
+}
+
 static bool store_shard_selected(const struct store_shard *sh, const struct query *q)
 {
     if (sh->len == 0)
         return false;
     if (q->types && !(q->types & EVENT_TYPE_BIT(sh->type)))
         return false;
-    return q->node[0] == '\0' || (sh->node && strcmp(sh->node, q->node) == 0);
+    return store_filter_match(q->node, sh->node) && store_filter_match(q->pod, sh->k8s.pod_name) &&
+           store_filter_match(q->namespace, sh->k8s.namespace);
+}
+
+/* The residual filters (pid, command) on a record, with query_match()'s semantics. */
+static bool rec_match(const struct query *rq, const struct store_rec *r)
+{
+    struct event e;
+    e.type = EVENT_TYPE_NONE;
+    e.timestamp_ns = r->timestamp_ns;
+    e.pid = r->pid;
+    memcpy(e.command, r->command, sizeof(e.command));
+    e.node = NULL;
+    e.k8s.pod_name = NULL;
+    e.k8s.namespace = NULL;
+    return query_match(rq, &e);
 }
 
 int store_query(struct store *s, const struct query *q, struct store_result *out)
@@ -502,12 +703,10 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
     /* The filters the index does not cover, checked per event. */
     struct query rq;
     query_init(&rq);
-    memcpy(rq.pod, q->pod, sizeof(rq.pod));
-    memcpy(rq.namespace, q->namespace, sizeof(rq.namespace));
     memcpy(rq.command, q->command, sizeof(rq.command));
     rq.has_pid = q->has_pid;
     rq.pid = q->pid;
-    bool residual = rq.has_pid || rq.pod[0] || rq.namespace[0] || rq.command[0];
+    bool residual = rq.has_pid || rq.command[0];
 
     pthread_rwlock_rdlock(&s->lock);
     int rc = 0;
@@ -542,7 +741,7 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
             after += hi - lo;
         } else {
             for (size_t j = lo; j < hi_all; j++) {
-                if (query_match(&rq, shard_at(sh, j))) {
+                if (rec_match(&rq, shard_rec(sh, j))) {
                     total++;
                     after += j < hi;
                 }
@@ -562,14 +761,17 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
         range_heap_down(ranges, nranges, i);
     while (out->count < want && nranges) {
         struct store_range *top = &ranges[0];
-        const struct event *e = shard_at(top->sh, --top->hi);
+        const struct store_shard *sh = top->sh;
+        const unsigned char *rec = shard_at(sh, --top->hi);
         if (top->hi == top->lo)
             ranges[0] = ranges[--nranges];
         if (nranges)
             range_heap_down(ranges, nranges, 0);
-        if (residual && !query_match(&rq, e))
+        if (residual && !rec_match(&rq, (const struct store_rec *)rec))
             continue;
-        if (event_copy(&out->events[out->count], e) < 0) {
+        struct event e;
+        rec_unpack(sh, rec, &e);
+        if (event_copy(&out->events[out->count], &e) < 0) {
             rc = -ENOMEM;
             goto out;
         }
@@ -605,13 +807,13 @@ void store_get_stats(struct store *s, struct store_stats *out)
     *out = s->st;
     out->events = s->count;
     out->capacity = s->limits.max_events;
-    const struct event *oldest = store_oldest(s);
+    const struct store_rec *oldest = store_oldest(s);
     out->oldest_ns = oldest ? oldest->timestamp_ns : 0;
     out->newest_ns = 0;
     for (size_t i = 0; i < s->nshards; i++) {
         const struct store_shard *sh = s->shards[i];
-        if (sh->len && shard_at(sh, sh->len - 1)->timestamp_ns > out->newest_ns)
-            out->newest_ns = shard_at(sh, sh->len - 1)->timestamp_ns;
+        if (sh->len && shard_rec(sh, sh->len - 1)->timestamp_ns > out->newest_ns)
+            out->newest_ns = shard_rec(sh, sh->len - 1)->timestamp_ns;
     }
     pthread_rwlock_unlock(&s->lock);
 }

@@ -15,6 +15,7 @@ packages=(
   libh2o-evloop-dev libssl-dev
   libyaml-dev libcriterion-dev libjansson-dev
   clang-format curl jq iproute2 procps
+  wrk # scripts/bench-aggregator.sh: HTTP requests/s
 )
 # Node.js runs the tests' independent NATS client; any install that provides
 # node and npm will do (Debian's nodejs + npm when there is none).

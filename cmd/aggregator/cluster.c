@@ -220,6 +220,9 @@ static unsigned gather(struct cluster *c, const char *subject, const char *req, 
         s = natsSubscription_SetPendingLimits(sub, -1, -1);
     if (s == NATS_OK)
         s = natsConnection_PublishRequest(c->nc, subject, inbox, req, (int)len);
+    /* Push the SUB and the request out now rather than on nats.c's next flush (~1 ms later). */
+    if (s == NATS_OK)
+        s = natsConnection_FlushTimeout(c->nc, c->timeout_ms);
     uint64_t deadline = mono_ms() + c->timeout_ms;
     while (s == NATS_OK && got < want) {
         uint64_t now = mono_ms();
@@ -515,8 +518,11 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
             pack_query_reply(c, &r, NULL, &out);
         store_result_free(&r);
     }
-    if (!out.oom && out.len > 0)
+    if (!out.oom && out.len > 0) {
         natsConnection_Publish(nc, reply, out.data, (int)out.len);
+        /* The asker is waiting: send now, not on nats.c's next flush. */
+        natsConnection_FlushTimeout(nc, 1000);
+    }
 done:
     buf_free(&out);
     json_decref(root);
@@ -560,8 +566,11 @@ static void on_stats(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
         buf_printf(&out, ",\"error\":\"node table over the NATS max payload (%" PRId64 " bytes)\"}",
                    max);
     }
-    if (!out.oom)
+    if (!out.oom) {
         natsConnection_Publish(nc, reply, out.data, (int)out.len);
+        /* The asker is waiting: send now, not on nats.c's next flush. */
+        natsConnection_FlushTimeout(nc, 1000);
+    }
 done:
     buf_free(&out);
     json_decref(root);

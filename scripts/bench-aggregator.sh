@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# Transport and aggregator benchmarks (docs/performance.md, items 3 and 4):
+#   3. the agent's publisher against a bare nats.c publisher sending the same
+#      batches (rate ratio), and bytes per event on the wire for protobuf and
+#      JSON at BATCH_SIZE 1, 10, 100, 1000 next to the seed's JSON event;
+#   4. aggregator ingest (decode + index) per core in-process and from NATS
+#      into a real aggregator (loss curve), bytes per stored event, query
+#      latency p50/p99 over HTTP at 1M stored events on one replica and across
+#      two replicas in one queue group, and HTTP requests/s with wrk.
+# Writes build/bench/aggregator.json and build/bench/aggregator.md.
+#
+#   scripts/bench-aggregator.sh [--quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+
+OUT=build/bench
+B=build/bench
+mkdir -p "$OUT"
+RAW="$OUT/aggregator.jsonl" # one measurement per line, assembled at the end
+: >"$RAW"
+LOG="$OUT/aggregator.log"
+: >"$LOG"
+
+for bin in bin/ebpf-aggregator $B/bench_transport $B/bench_aggregator_ingest $B/bench_query; do
+  [ -x "$bin" ] || { echo "bench-aggregator: $bin missing: run 'make bench-bins'" >&2; exit 1; }
+done
+for tool in jq curl nats-server; do
+  command -v "$tool" >/dev/null || { echo "bench-aggregator: $tool not installed (make deps)" >&2; exit 1; }
+done
+HAVE_WRK=1
+command -v wrk >/dev/null || { HAVE_WRK=0; echo "bench-aggregator: wrk not installed (make deps); skipping requests/s" >&2; }
+
+if [ $QUICK = 1 ]; then
+  EVENTS=20000        # stored events for the query phase
+  TRANSPORT_EVENTS=20000
+  ROUNDS=1
+  REQUESTS=10
+  CURVE_RATES="0"
+  CURVE_EVENTS=20000
+  WRK_DUR=1
+else
+  EVENTS=1000000
+  TRANSPORT_EVENTS=1000000
+  ROUNDS=5
+  REQUESTS=300
+  CURVE_RATES="250000 500000 750000 1000000 0"
+  CURVE_EVENTS=500000
+  WRK_DUR=10
+fi
+FILL_RATE=400000 # events/s used to fill the history for the query phase (below the loss point)
+
+# ---------------------------------------------------------------- processes
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do
+    [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+  done
+  return 0
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_http() { # URL: until it answers, up to 10 s
+  for _ in $(seq 100); do
+    curl -sf -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  echo "bench-aggregator: $1 did not come up (see $LOG)" >&2
+  exit 1
+}
+
+stop_pid() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+NATS_PORT=$(free_port)
+NATS_URL="nats://127.0.0.1:$NATS_PORT"
+# max_pending 256 MiB: the server's per-client buffer, so a burst is queued, not a slow consumer.
+NATS_CONF=$(mktemp)
+printf 'listen: 127.0.0.1:%s\nmax_pending: 268435456\nmax_payload: 8388608\n' "$NATS_PORT" >"$NATS_CONF"
+nats-server -c "$NATS_CONF" >>"$LOG" 2>&1 &
+NATS_PID=$!
+PIDS+=("$NATS_PID")
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break
+  sleep 0.05
+done
+
+# start_aggregator QUEUE_GROUP HISTORY_SIZE -> sets AGG_PID, AGG_ADDR
+start_aggregator() {
+  local port
+  port=$(free_port)
+  NATS_URL=$NATS_URL QUEUE_GROUP=$1 CONTROL_SUBJECT="bench.control.$1" HISTORY_SIZE=$2 \
+    HISTORY_MAX_AGE=24h LISTEN_ADDR="127.0.0.1:$port" SUBJECT_PREFIX=ebpf.events \
+    bin/ebpf-aggregator >>"$LOG" 2>&1 &
+  AGG_PID=$!
+  PIDS+=("$AGG_PID")
+  AGG_ADDR="127.0.0.1:$port"
+  wait_http "http://$AGG_ADDR/health"
+}
+
+# run COMMAND...: runs a benchmark binary, stamps each JSON line with the command.
+run() {
+  local cmd="$*"
+  echo "+ $cmd" >>"$LOG"
+  "$@" 2>>"$LOG" | while IFS= read -r line; do
+    echo "$line" | jq -c --arg cmd "$cmd" '{id: .name, name: .name, value: .value, unit: .unit,
+      command: $cmd, target: (.target // null), met: (if has("met") then .met else null end)}' >>"$RAW"
+  done
+}
+
+# measure ID VALUE UNIT COMMAND [le|ge TARGET]
+measure() {
+  local id=$1 value=$2 unit=$3 cmd=$4 op=${5:-} target=${6:-}
+  jq -cn --arg id "$id" --argjson value "$value" --arg unit "$unit" --arg cmd "$cmd" \
+    --arg op "$op" --arg target "$target" '
+    {id: $id, name: $id, value: $value, unit: $unit, command: $cmd}
+    + (if $op == "" then {target: null, met: null}
+       else {target: ((if $op == "le" then "<= " else ">= " end) + $target),
+             met: (if $op == "le" then $value <= ($target|tonumber)
+                   else $value >= ($target|tonumber) end)} end)' >>"$RAW"
+}
+
+# ---------------------------------------------------------------- 3. transport
+echo "bench-aggregator: transport" >&2
+run $B/bench_transport --nats "$NATS_URL" --events $TRANSPORT_EVENTS --rounds $ROUNDS
+
+# ---------------------------------------------------------------- 4. ingest
+echo "bench-aggregator: ingest in-process" >&2
+run $B/bench_aggregator_ingest --inproc --events $EVENTS
+
+echo "bench-aggregator: ingest from NATS (loss curve)" >&2
+CURVE=""
+start_aggregator bench-curve 100000000
+for rate in $CURVE_RATES; do
+  label=${rate}
+  [ "$rate" = 0 ] && label=max
+  tmp=$(mktemp)
+  cmd="bench_aggregator_ingest --nats URL --http $AGG_ADDR --pid $AGG_PID --events $CURVE_EVENTS --rate $rate"
+  echo "+ $cmd" >>"$LOG"
+  $B/bench_aggregator_ingest --nats "$NATS_URL" --http "$AGG_ADDR" --pid "$AGG_PID" \
+    --events $CURVE_EVENTS --rate "$rate" --prefix "aggregator.nats.rate_$label" >"$tmp" 2>>"$LOG" || true
+  get() { jq -r --arg n "aggregator.nats.rate_$label.$1" 'select(.name == $n) | .value' "$tmp"; }
+  CURVE+="| $label | $(get publish_rate) | $(get ingest_wall_rate) | $(get sent) | $(get lost) | $(get ingest_rate_per_core) |"$'\n'
+  if [ "$rate" = 0 ]; then
+    jq -c --arg cmd "$cmd" 'select(.name | test("ingest_rate_per_core|lost|publish_rate|ingest_wall_rate"))
+      | {id: .name, name: .name, value: .value, unit: .unit, command: $cmd,
+         target: (.target // null), met: (if has("met") then .met else null end)}' "$tmp" >>"$RAW"
+  fi
+  rm -f "$tmp"
+done
+stop_pid "$AGG_PID"
+
+# ---------------------------------------------------------------- 4. one replica at EVENTS stored
+echo "bench-aggregator: one replica, $EVENTS events" >&2
+start_aggregator bench-one "$EVENTS"
+A1_ADDR=$AGG_ADDR
+A1_PID=$AGG_PID
+run $B/bench_aggregator_ingest --nats "$NATS_URL" --http "$A1_ADDR" --pid "$A1_PID" \
+  --events "$EVENTS" --rate $FILL_RATE --prefix aggregator.fill
+run $B/bench_query --http "$A1_ADDR" --requests $REQUESTS --prefix aggregator.query.one_replica
+
+SMALL="/api/events?type=exit&node=node-1&limit=10"
+wrk_rate() { # ADDR ID
+  local out rps
+  out=$(wrk -t2 -c32 -d${WRK_DUR}s "http://$1$SMALL" 2>>"$LOG")
+  echo "$out" >>"$LOG"
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  [ -n "$rps" ] && measure "$2" "$rps" "requests/s" "wrk -t2 -c32 -d${WRK_DUR}s 'http://ADDR$SMALL'" ge 20000
+}
+[ $HAVE_WRK = 1 ] && wrk_rate "$A1_ADDR" aggregator.http.one_replica.requests_per_s
+stop_pid "$A1_PID"
+
+# ---------------------------------------------------------------- 4. two replicas, one queue group
+echo "bench-aggregator: two replicas, $EVENTS events" >&2
+start_aggregator bench-two "$EVENTS"
+R1_ADDR=$AGG_ADDR
+R1_PID=$AGG_PID
+start_aggregator bench-two "$EVENTS"
+R2_PID=$AGG_PID
+# Replicas find each other by heartbeat: wait until the first sees two.
+for _ in $(seq 100); do
+  n=$(curl -s "http://$R1_ADDR/api/events?limit=1" | jq -r '.replicas.expected // 0')
+  [ "$n" = 2 ] && break
+  sleep 0.1
+done
+run $B/bench_aggregator_ingest --nats "$NATS_URL" --http "$R1_ADDR" --pid "$R1_PID" --pid "$R2_PID" \
+  --events "$EVENTS" --rate $FILL_RATE --prefix aggregator.fill_two_replicas
+run $B/bench_query --http "$R1_ADDR" --requests $REQUESTS --prefix aggregator.query.two_replicas
+[ $HAVE_WRK = 1 ] && wrk_rate "$R1_ADDR" aggregator.http.two_replicas.requests_per_s
+stop_pid "$R1_PID"
+stop_pid "$R2_PID"
+rm -f "$NATS_CONF"
+
+# ---------------------------------------------------------------- outputs
+jq -s --argjson quick "$QUICK" '{section: "aggregator", quick: ($quick == 1), measurements: .}' \
+  "$RAW" >"$OUT/aggregator.json"
+{
+  echo "## Transport and aggregator"
+  echo
+  echo "| Measurement | Value | Unit | Target | Met |"
+  echo "|---|---:|---|---|---|"
+  jq -r '.measurements[] | "| \(.name) | \(.value) | \(.unit) | \(.target // "") | \(if .met == null then "" elif .met then "yes" else "**no**" end) |"' \
+    "$OUT/aggregator.json"
+  echo
+  echo "Aggregator ingest loss curve (protobuf batches of 100 published to one aggregator; 0/max = as fast as possible):"
+  echo
+  echo "| Target rate ev/s | Published ev/s | Stored ev/s | Sent | Lost | Stored ev per aggregator CPU-s |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  printf "%s" "$CURVE"
+  echo
+  echo "Commands: see build/bench/aggregator.json (\"command\" of each measurement); log in build/bench/aggregator.log."
+} >"$OUT/aggregator.md"
+rm -f "$RAW"
+echo "bench-aggregator: wrote $OUT/aggregator.json and $OUT/aggregator.md"

@@ -1,0 +1,372 @@
+/*
+ * Aggregator ingest benchmark (issue 5, item 4): how many events per second
+ * one core decodes and indexes, and how many bytes a stored event costs.
+ *
+ *   --inproc: the aggregator's ingest path (bus_message_decode, nodes_observe,
+ *     store_add_move, as cmd/aggregator/ingest.c runs it) in this process on
+ *     pre-encoded protobuf batches; CPU time of that loop only, and the RSS
+ *     growth of holding the events.
+ *   --nats URL --http ADDR --pid PID: the same batches published as fast as
+ *     possible to a running aggregator process; reports what it stored
+ *     against what was sent, its CPU time and its RSS growth.
+ *
+ * Usage: bench_aggregator_ingest (--inproc | --nats URL --http ADDR --pid PID)
+ *        [--events N] [--rate EVENTS_PER_S] [--prefix NAME] [--publish-only]
+ * Prints one JSON line per measurement (see bench_emit()).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <nats/nats.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench_aggregator_events.h"
+#include "bench_query_http.h"
+#include "buf.h"
+#include "bus.h"
+#include "bus_message.h"
+#include "event_pb.h"
+#include "nodes.h"
+#include "store.h"
+
+#define BATCH    100
+#define CHUNK    100000 /* events encoded at a time */
+#define INSTANCE "0a1b2c3d4e5f6071"
+
+struct chunk {
+    struct buf *bodies; /* CHUNK / BATCH encoded EventBatch messages */
+    unsigned *node;     /* node index of each */
+    uint64_t *seq;
+};
+
+/* Events are BENCH_SPACING_NS apart, ending about now; the whole run fits the default max age. */
+#define BENCH_SPACING_NS 100000ull
+
+static uint64_t seqs[BENCH_NODES];
+
+/* Encodes events [first, first + CHUNK) of the run: batch b belongs to node b % BENCH_NODES. */
+static void chunk_encode(struct chunk *c, uint64_t first, uint64_t base_ts, uint64_t *rng)
+{
+    struct event e;
+    for (size_t b = 0; b < CHUNK / BATCH; b++) {
+        unsigned node = (unsigned)((first / BATCH + b) % BENCH_NODES);
+        struct buf *out = &c->bodies[b];
+        buf_reset(out);
+        for (size_t i = 0; i < BATCH; i++) {
+            uint64_t k = first + b * BATCH + i;
+            bench_event(&e, k, (int)node, base_ts + k * BENCH_SPACING_NS, rng);
+            event_batch_append_event(out, &e, bench_node_name(node));
+            event_clear(&e);
+        }
+        struct event_batch_meta meta = {.node = bench_node_name(node),
+                                        .agent_instance = INSTANCE,
+                                        .sequence = ++seqs[node],
+                                        .sent_at_ns = bench_now_ns()};
+        event_batch_append_meta(out, &meta);
+        c->node[b] = node;
+        c->seq[b] = meta.sequence;
+    }
+}
+
+static natsMsg *make_msg(const struct chunk *c, size_t b)
+{
+    char subject[64], v[24];
+    natsMsg *m = NULL;
+    snprintf(subject, sizeof(subject), "ebpf.events.node-%u", c->node[b]);
+    natsMsg_Create(&m, subject, NULL, c->bodies[b].data, (int)c->bodies[b].len);
+    natsMsgHeader_Set(m, BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_PROTOBUF);
+    natsMsgHeader_Set(m, BUS_HDR_NODE, bench_node_name(c->node[b]));
+    natsMsgHeader_Set(m, BUS_HDR_INSTANCE, INSTANCE);
+    snprintf(v, sizeof(v), "%" PRIu64, c->seq[b]);
+    natsMsgHeader_Set(m, BUS_HDR_SEQUENCE, v);
+    natsMsgHeader_Set(m, BUS_HDR_EVENTS, "100");
+    natsMsgHeader_Set(m, BUS_HDR_KERNEL_DROPS, "0");
+    natsMsgHeader_Set(m, BUS_HDR_AGENT_DROPS, "0");
+    return m;
+}
+
+static uint64_t rss_bytes(pid_t pid)
+{
+    char path[64], line[256];
+    uint64_t kb = 0;
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmRSS: %" SCNu64, &kb) == 1)
+            break;
+    fclose(f);
+    return kb * 1024;
+}
+
+/* utime + stime of a process in ns. */
+static uint64_t proc_cpu_ns(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (uint64_t)(ut + st) * (1000000000ull / (uint64_t)sysconf(_SC_CLK_TCK));
+}
+
+static void chunk_init(struct chunk *c)
+{
+    c->bodies = calloc(CHUNK / BATCH, sizeof(*c->bodies));
+    c->node = calloc(CHUNK / BATCH, sizeof(*c->node));
+    c->seq = calloc(CHUNK / BATCH, sizeof(*c->seq));
+    for (size_t b = 0; b < CHUNK / BATCH; b++)
+        buf_init(&c->bodies[b]);
+}
+
+static int run_inproc(uint64_t nevents, const char *prefix)
+{
+    struct store_limits lim = {.max_events = nevents, .max_age_ns = 24ull * 3600 * 1000000000ull};
+    struct store *st = store_new(&lim);
+    struct nodes *nodes = nodes_new(65536);
+    struct chunk c;
+    natsMsg **msgs = calloc(CHUNK / BATCH, sizeof(*msgs));
+    uint64_t rng = 7, base = bench_now_ns() - nevents * BENCH_SPACING_NS - 1000000000ull;
+    uint64_t cpu = 0, cpu_decode = 0, rss0 = 0, stored_fail = 0, rejected = 0;
+    char err[256];
+
+    chunk_init(&c);
+    for (uint64_t first = 0; first < nevents; first += CHUNK) {
+        chunk_encode(&c, first, base, &rng);
+        for (size_t b = 0; b < CHUNK / BATCH; b++) {
+            if (msgs[b])
+                natsMsg_Destroy(msgs[b]);
+            msgs[b] = make_msg(&c, b);
+        }
+        if (first == 0)
+            rss0 = rss_bytes(getpid());
+        for (size_t b = 0; b < CHUNK / BATCH && first + b * BATCH < nevents; b++) {
+            struct bus_batch batch = {0};
+            uint64_t t0 = bench_cpu_ns();
+            if (bus_message_decode(msgs[b], &batch, err, sizeof(err)) != BUS_OK) {
+                rejected++;
+                continue;
+            }
+            uint64_t t1 = bench_cpu_ns();
+            nodes_observe(nodes, &batch.meta, batch.n, bench_now_ns());
+            for (size_t i = 0; i < batch.n; i++)
+                if (store_add_move(st, &batch.events[i]) < 0)
+                    stored_fail++;
+            bus_batch_free(&batch);
+            uint64_t t2 = bench_cpu_ns();
+            cpu += t2 - t0;
+            cpu_decode += t1 - t0;
+        }
+    }
+    uint64_t rss1 = rss_bytes(getpid());
+    struct store_stats ss;
+    store_get_stats(st, &ss);
+
+    char name[128];
+    snprintf(name, sizeof(name), "%s.inproc.ingest_rate_per_core", prefix);
+    bench_emit(name, (double)ss.events * 1e9 / (double)cpu, "events/s", ">=", 1e6);
+    snprintf(name, sizeof(name), "%s.inproc.cpu_ns_per_event", prefix);
+    bench_emit(name, (double)cpu / (double)ss.events, "ns", NULL, 0);
+    snprintf(name, sizeof(name), "%s.inproc.decode_cpu_ns_per_event", prefix);
+    bench_emit(name, (double)cpu_decode / (double)ss.events, "ns", NULL, 0);
+    snprintf(name, sizeof(name), "%s.inproc.index_cpu_ns_per_event", prefix);
+    bench_emit(name, (double)(cpu - cpu_decode) / (double)ss.events, "ns", NULL, 0);
+    snprintf(name, sizeof(name), "%s.inproc.stored", prefix);
+    bench_emit(name, (double)ss.events, "events", NULL, 0);
+    snprintf(name, sizeof(name), "%s.inproc.lost", prefix);
+    bench_emit(name, (double)(nevents - ss.events), "events", NULL, 0);
+    snprintf(name, sizeof(name), "%s.inproc.bytes_per_stored_event", prefix);
+    bench_emit(name, (double)(rss1 - rss0) / (double)ss.events, "B", "<=", 200);
+    if (rejected || stored_fail)
+        fprintf(stderr, "bench_aggregator_ingest: %" PRIu64 " rejected, %" PRIu64 " failed: %s\n",
+                rejected, stored_fail, err);
+
+    for (size_t b = 0; b < CHUNK / BATCH; b++) {
+        natsMsg_Destroy(msgs[b]);
+        buf_free(&c.bodies[b]);
+    }
+    store_free(st);
+    nodes_free(nodes);
+    return 0;
+}
+
+/* Total events held by the aggregator at addr (scatter-gathered across replicas). */
+static double stored_count(struct bench_http *h, struct buf *body)
+{
+    if (bench_http_get(h, "/api/events?limit=1", body) != 200)
+        return -1;
+    return bench_json_number(body->data, "total_count");
+}
+
+static int run_nats(const char *url, const char *http, pid_t *pids, int npids, uint64_t nevents,
+                    const char *prefix, bool publish_only, double rate)
+{
+    natsConnection *nc = NULL;
+    natsStatus s = natsConnection_ConnectTo(&nc, url);
+    if (s != NATS_OK) {
+        fprintf(stderr, "bench_aggregator_ingest: NATS %s: %s\n", url, natsStatus_GetText(s));
+        return 1;
+    }
+    struct bench_http h;
+    struct buf body;
+    buf_init(&body);
+    if (bench_http_open(&h, http) < 0) {
+        fprintf(stderr, "bench_aggregator_ingest: bad --http %s\n", http);
+        return 1;
+    }
+    double before = stored_count(&h, &body);
+    if (before < 0) {
+        fprintf(stderr, "bench_aggregator_ingest: no aggregator API at %s\n", http);
+        return 1;
+    }
+
+    /* Everything is encoded up front, so publishing is only the transport. */
+    size_t nchunks = (nevents + CHUNK - 1) / CHUNK;
+    struct chunk *cs = calloc(nchunks, sizeof(*cs));
+    uint64_t rng = 11, base = bench_now_ns() - nevents * BENCH_SPACING_NS - 1000000000ull;
+    /* Newer than anything held, so a run after another appends instead of inserting in the middle.
+     */
+    double newest = bench_json_number(body.data, "timestamp");
+    if (newest > 0 && (uint64_t)newest + BENCH_SPACING_NS > base)
+        base = (uint64_t)newest + BENCH_SPACING_NS;
+    for (size_t k = 0; k < nchunks; k++) {
+        chunk_init(&cs[k]);
+        chunk_encode(&cs[k], k * CHUNK, base, &rng);
+    }
+
+    uint64_t rss0 = 0, cpu0 = 0;
+    for (int i = 0; i < npids; i++) {
+        rss0 += rss_bytes(pids[i]);
+        cpu0 += proc_cpu_ns(pids[i]);
+    }
+    uint64_t t0 = bench_mono_ns(), sent = 0;
+    for (size_t k = 0; k < nchunks; k++) {
+        for (size_t b = 0; b < CHUNK / BATCH && sent < nevents; b++, sent += BATCH) {
+            if (rate > 0) {
+                /* Paced: never ahead of rate events/s since the start. */
+                uint64_t due = t0 + (uint64_t)((double)sent * 1e9 / rate);
+                uint64_t now = bench_mono_ns();
+                if (due > now + 200000)
+                    usleep((useconds_t)((due - now) / 1000));
+            }
+            natsMsg *m = make_msg(&cs[k], b);
+            s = natsConnection_PublishMsg(nc, m);
+            natsMsg_Destroy(m);
+            if (s != NATS_OK) {
+                fprintf(stderr, "bench_aggregator_ingest: publish: %s\n", natsStatus_GetText(s));
+                break;
+            }
+        }
+    }
+    natsConnection_FlushTimeout(nc, 60000);
+    uint64_t t_pub = bench_mono_ns() - t0;
+
+    /* Wait until the stored count reaches what was sent or stops moving for a second. */
+    double got = before, last = -1;
+    uint64_t t_last_change = bench_mono_ns(), t_done = t_last_change;
+    while (got - before < (double)sent) {
+        got = stored_count(&h, &body);
+        uint64_t now = bench_mono_ns();
+        if (got != last) {
+            last = got;
+            t_last_change = now;
+            t_done = now;
+        } else if (now - t_last_change > 1000000000ull) {
+            break;
+        }
+        usleep(20000);
+    }
+    uint64_t cpu1 = 0, rss1 = 0;
+    for (int i = 0; i < npids; i++) {
+        rss1 += rss_bytes(pids[i]);
+        cpu1 += proc_cpu_ns(pids[i]);
+    }
+    double stored = got - before;
+
+    char name[128];
+    if (!publish_only) {
+        snprintf(name, sizeof(name), "%s.publish_rate", prefix);
+        bench_emit(name, (double)sent * 1e9 / (double)t_pub, "events/s", NULL, 0);
+        snprintf(name, sizeof(name), "%s.ingest_wall_rate", prefix);
+        bench_emit(name, stored * 1e9 / (double)(t_done - t0), "events/s", NULL, 0);
+        snprintf(name, sizeof(name), "%s.ingest_rate_per_core", prefix);
+        bench_emit(name, stored * 1e9 / (double)(cpu1 - cpu0 ? cpu1 - cpu0 : 1), "events/s",
+                   ">=", 1e6);
+        snprintf(name, sizeof(name), "%s.sent", prefix);
+        bench_emit(name, (double)sent, "events", NULL, 0);
+        snprintf(name, sizeof(name), "%s.lost", prefix);
+        bench_emit(name, (double)sent - stored, "events", NULL, 0);
+        snprintf(name, sizeof(name), "%s.bytes_per_stored_event", prefix);
+        bench_emit(name, ((double)rss1 - (double)rss0) / stored, "B", "<=", 200);
+    } else {
+        fprintf(stderr, "bench_aggregator_ingest: sent %" PRIu64 ", stored %.0f\n", sent, stored);
+    }
+
+    for (size_t k = 0; k < nchunks; k++) {
+        for (size_t b = 0; b < CHUNK / BATCH; b++)
+            buf_free(&cs[k].bodies[b]);
+        free(cs[k].bodies);
+        free(cs[k].node);
+        free(cs[k].seq);
+    }
+    free(cs);
+    buf_free(&body);
+    bench_http_close(&h);
+    natsConnection_Destroy(nc);
+    return stored == (double)sent ? 0 : 3;
+}
+
+int main(int argc, char **argv)
+{
+    const char *url = NULL, *http = NULL, *prefix = "aggregator";
+    pid_t pids[4];
+    int npids = 0;
+    bool inproc = false, publish_only = false;
+    double rate = 0;
+    uint64_t nevents = 1000000;
+
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--inproc"))
+            inproc = true;
+        else if (!strcmp(argv[i], "--publish-only"))
+            publish_only = true;
+        else if (!strcmp(argv[i], "--nats") && i + 1 < argc)
+            url = argv[++i];
+        else if (!strcmp(argv[i], "--http") && i + 1 < argc)
+            http = argv[++i];
+        else if (!strcmp(argv[i], "--pid") && i + 1 < argc && npids < 4)
+            pids[npids++] = (pid_t)atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--events") && i + 1 < argc)
+            nevents = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--rate") && i + 1 < argc)
+            rate = strtod(argv[++i], NULL);
+        else if (!strcmp(argv[i], "--prefix") && i + 1 < argc)
+            prefix = argv[++i];
+        else
+            goto usage;
+    }
+    nats_Open(-1);
+    nevents = (nevents + BATCH - 1) / BATCH * BATCH;
+    if (nevents == 0)
+        goto usage;
+    if (inproc)
+        return run_inproc(nevents, prefix);
+    if (url && http && npids)
+        return run_nats(url, http, pids, npids, nevents, prefix, publish_only, rate);
+usage:
+    fprintf(stderr,
+            "usage: %s (--inproc | --nats URL --http ADDR --pid PID [--pid PID]) [--events N]"
+            " [--rate R] [--prefix NAME] [--publish-only]\n",
+            argv[0]);
+    return 2;
+}
