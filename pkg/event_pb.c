@@ -11,6 +11,7 @@
 
 #include "intern.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -216,66 +217,408 @@ out:
     return rc;
 }
 
-/* Field 4 (events), wire type 2 (length-delimited). */
-#define PB_TAG_BATCH_EVENTS ((4u << 3) | 2u)
-#define PB_ARGS_ON_STACK    64
+/*
+ * ---- hand-written encoder ----
+ *
+ * The publisher encodes every event as it arrives, and protobuf-c's generic
+ * packer (descriptor walk per field, plus filling an Ebpfmonitor__Event
+ * first) cost about as much as publishing. This writes the same bytes
+ * protobuf-c would (fields in number order, proto3 defaults left out, an
+ * empty oneof sub-message still written) straight from struct event, after a
+ * sizing pass so lengths are known up front. tests/test_event_pb.c checks it
+ * byte for byte against the protobuf-c path.
+ */
 
-static size_t pb_put_varint(uint8_t *p, uint64_t v)
+/* Wire types. */
+#define WT_VARINT  0u
+#define WT_I64     1u
+#define WT_LEN     2u
+#define TAG(f, wt) (((uint32_t)(f) << 3) | (wt))
+
+static inline size_t vsize(uint64_t v)
 {
-    size_t n = 0;
+    return (size_t)(70 - __builtin_clzll(v | 1)) / 7;
+}
+
+static inline uint8_t *put_varint(uint8_t *p, uint64_t v)
+{
     while (v >= 0x80) {
-        p[n++] = (uint8_t)(v | 0x80);
+        *p++ = (uint8_t)(v | 0x80);
         v >>= 7;
     }
-    p[n++] = (uint8_t)v;
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* A tag below 2^14 (every field number here is below 2048). */
+static inline uint8_t *put_tag(uint8_t *p, uint32_t tag)
+{
+    if (tag < 0x80) {
+        *p++ = (uint8_t)tag;
+    } else {
+        *p++ = (uint8_t)(tag | 0x80);
+        *p++ = (uint8_t)(tag >> 7);
+    }
+    return p;
+}
+
+static inline size_t tsize(uint32_t tag)
+{
+    return tag < 0x80 ? 1 : 2;
+}
+
+/* Optional scalar: tag + varint, left out when zero (proto3). */
+static inline size_t sz_u64(uint32_t tag, uint64_t v)
+{
+    return v ? tsize(tag) + vsize(v) : 0;
+}
+
+static inline uint8_t *put_u64(uint8_t *p, uint32_t tag, uint64_t v)
+{
+    if (v) {
+        p = put_tag(p, tag);
+        p = put_varint(p, v);
+    }
+    return p;
+}
+
+/* Length-delimited field, left out when empty. */
+static inline size_t sz_len(uint32_t tag, size_t len)
+{
+    return len ? tsize(tag) + vsize(len) + len : 0;
+}
+
+static inline uint8_t *put_len(uint8_t *p, uint32_t tag, const void *data, size_t len)
+{
+    if (len) {
+        p = put_tag(p, tag);
+        p = put_varint(p, len);
+        memcpy(p, data, len);
+        p += len;
+    }
+    return p;
+}
+
+static inline uint32_t zigzag32(int32_t v)
+{
+    return ((uint32_t)v << 1) ^ (uint32_t)(v >> 31);
+}
+
+static inline size_t str_len(const char *s)
+{
+    return s ? strlen(s) : 0;
+}
+
+/* What the writing pass needs from the sizing pass. */
+struct enc_plan {
+    size_t cmd_len, node_len, alen, fname_len, det_len, size;
+    const char *node; /* NULL when the event's node is the batch's */
+    const char *k8s[5];
+    size_t k8s_len[5];
+    uint32_t pod_ref;
+};
+
+static size_t plan_details(const struct event *e, struct enc_plan *pl)
+{
+    size_t n = 0;
+    switch (e->type) {
+    case EVENT_CONNECTION:
+        n = sz_u64(TAG(1, WT_VARINT), e->status) + sz_u64(TAG(2, WT_VARINT), e->u.conn.latency_ns);
+        break;
+    case EVENT_PACKET_DROP:
+        n = sz_u64(TAG(1, WT_VARINT), e->u.drop.reason_code) +
+            sz_len(TAG(2, WT_LEN), str_len(e->u.drop.reason)) +
+            sz_len(TAG(3, WT_LEN), str_len(e->u.drop.location)) +
+            sz_u64(TAG(4, WT_VARINT), e->u.drop.suppressed);
+        break;
+    case EVENT_EXEC: {
+        pl->fname_len = str_len(e->u.exec.filename);
+        n = sz_len(TAG(1, WT_LEN), pl->fname_len);
+        /* argv: every element is written, empty ones too (repeated field). */
+        if (e->u.exec.args && e->u.exec.args_len) {
+            const char *p = e->u.exec.args, *end = p + e->u.exec.args_len;
+            while (p < end) {
+                const char *nul = memchr(p, '\0', (size_t)(end - p));
+                size_t len = nul ? (size_t)(nul - p) : (size_t)(end - p);
+                n += 1 + vsize(len) + len;
+                p += len + 1;
+            }
+        }
+        if (e->u.exec.args_truncated)
+            n += 2;
+        break;
+    }
+    case EVENT_EXIT:
+        n = sz_u64(TAG(1, WT_VARINT), zigzag32(e->u.exit.exit_code)) +
+            sz_u64(TAG(2, WT_VARINT), zigzag32(e->u.exit.signal)) +
+            sz_u64(TAG(3, WT_VARINT), e->u.exit.duration_ns);
+        break;
+    }
     return n;
+}
+
+/* Sizes the Event message for e; -EINVAL for an invalid type. */
+static int plan_event(const struct event *e, const char *batch_node, uint32_t pod_ref,
+                      struct enc_plan *pl)
+{
+    if (e->type == EVENT_TYPE_NONE || e->type >= EVENT_TYPE_COUNT)
+        return -EINVAL;
+    size_t n = (e->id ? 9 : 0) + 2 /* type, never 0 */;
+    n += sz_u64(TAG(3, WT_VARINT), e->timestamp_ns) + sz_u64(TAG(4, WT_VARINT), e->pid) +
+         sz_u64(TAG(5, WT_VARINT), e->ppid) + sz_u64(TAG(6, WT_VARINT), e->uid);
+    pl->cmd_len = strnlen(e->command, sizeof(e->command));
+    n += sz_len(TAG(7, WT_LEN), pl->cmd_len) + sz_u64(TAG(8, WT_VARINT), e->cgroup_id);
+    pl->node = NULL;
+    pl->node_len = 0;
+    if (e->node && !(batch_node && (e->node == batch_node || strcmp(e->node, batch_node) == 0))) {
+        pl->node = e->node;
+        pl->node_len = strlen(e->node);
+        n += sz_len(TAG(9, WT_LEN), pl->node_len);
+    }
+    pl->pod_ref = pod_ref;
+    const char *k8s[5] = {e->k8s.node_name, e->k8s.pod_name, e->k8s.namespace, e->k8s.container_id,
+                          e->k8s.pod_uid};
+    for (int i = 0; i < 5; i++) {
+        pl->k8s[i] = pod_ref ? NULL : k8s[i];
+        pl->k8s_len[i] = str_len(pl->k8s[i]);
+        n += sz_len(TAG(10 + i, WT_LEN), pl->k8s_len[i]);
+    }
+    pl->alen = e->family == EVENT_FAMILY_IPV4 ? 4 : e->family == EVENT_FAMILY_IPV6 ? 16 : 0;
+    if (pl->alen)
+        n += 2 * (2 + pl->alen) + 1; /* tag 15 is one byte, tag 16 two */
+    n += sz_u64(TAG(17, WT_VARINT), e->sport) + sz_u64(TAG(18, WT_VARINT), e->dport) +
+         sz_u64(TAG(19, WT_VARINT), e->protocol);
+    pl->fname_len = 0;
+    pl->det_len = plan_details(e, pl);
+    if (e->type != EVENT_ACCEPT)
+        n += 2 + vsize(pl->det_len) + pl->det_len;
+    n += sz_u64(TAG(24, WT_VARINT), pod_ref);
+    pl->size = n;
+    return 0;
+}
+
+static uint8_t *write_details(uint8_t *p, const struct event *e, const struct enc_plan *pl)
+{
+    switch (e->type) {
+    case EVENT_CONNECTION:
+        p = put_tag(p, TAG(20, WT_LEN));
+        p = put_varint(p, pl->det_len);
+        p = put_u64(p, TAG(1, WT_VARINT), e->status);
+        p = put_u64(p, TAG(2, WT_VARINT), e->u.conn.latency_ns);
+        break;
+    case EVENT_PACKET_DROP:
+        p = put_tag(p, TAG(21, WT_LEN));
+        p = put_varint(p, pl->det_len);
+        p = put_u64(p, TAG(1, WT_VARINT), e->u.drop.reason_code);
+        p = put_len(p, TAG(2, WT_LEN), e->u.drop.reason, str_len(e->u.drop.reason));
+        p = put_len(p, TAG(3, WT_LEN), e->u.drop.location, str_len(e->u.drop.location));
+        p = put_u64(p, TAG(4, WT_VARINT), e->u.drop.suppressed);
+        break;
+    case EVENT_EXEC:
+        p = put_tag(p, TAG(22, WT_LEN));
+        p = put_varint(p, pl->det_len);
+        p = put_len(p, TAG(1, WT_LEN), e->u.exec.filename, pl->fname_len);
+        if (e->u.exec.args && e->u.exec.args_len) {
+            const char *a = e->u.exec.args, *end = a + e->u.exec.args_len;
+            while (a < end) {
+                const char *nul = memchr(a, '\0', (size_t)(end - a));
+                size_t len = nul ? (size_t)(nul - a) : (size_t)(end - a);
+                *p++ = TAG(2, WT_LEN);
+                p = put_varint(p, len);
+                memcpy(p, a, len);
+                p += len;
+                a += len + 1;
+            }
+        }
+        if (e->u.exec.args_truncated) {
+            *p++ = TAG(3, WT_VARINT);
+            *p++ = 1;
+        }
+        break;
+    case EVENT_EXIT:
+        p = put_tag(p, TAG(23, WT_LEN));
+        p = put_varint(p, pl->det_len);
+        p = put_u64(p, TAG(1, WT_VARINT), zigzag32(e->u.exit.exit_code));
+        p = put_u64(p, TAG(2, WT_VARINT), zigzag32(e->u.exit.signal));
+        p = put_u64(p, TAG(3, WT_VARINT), e->u.exit.duration_ns);
+        break;
+    }
+    return p;
+}
+
+/* Writes the Event message planned in pl (pl->size bytes). */
+static uint8_t *write_event(uint8_t *p, const struct event *e, const struct enc_plan *pl)
+{
+    if (e->id) {
+        *p++ = TAG(1, WT_I64);
+        uint64_t id = htole64(e->id);
+        memcpy(p, &id, 8);
+        p += 8;
+    }
+    *p++ = TAG(2, WT_VARINT);
+    *p++ = e->type;
+    p = put_u64(p, TAG(3, WT_VARINT), e->timestamp_ns);
+    p = put_u64(p, TAG(4, WT_VARINT), e->pid);
+    p = put_u64(p, TAG(5, WT_VARINT), e->ppid);
+    p = put_u64(p, TAG(6, WT_VARINT), e->uid);
+    p = put_len(p, TAG(7, WT_LEN), e->command, pl->cmd_len);
+    p = put_u64(p, TAG(8, WT_VARINT), e->cgroup_id);
+    p = put_len(p, TAG(9, WT_LEN), pl->node, pl->node_len);
+    for (int i = 0; i < 5; i++)
+        p = put_len(p, TAG(10 + i, WT_LEN), pl->k8s[i], pl->k8s_len[i]);
+    if (pl->alen) {
+        p = put_len(p, TAG(15, WT_LEN), e->saddr, pl->alen);
+        p = put_len(p, TAG(16, WT_LEN), e->daddr, pl->alen);
+    }
+    p = put_u64(p, TAG(17, WT_VARINT), e->sport);
+    p = put_u64(p, TAG(18, WT_VARINT), e->dport);
+    p = put_u64(p, TAG(19, WT_VARINT), e->protocol);
+    p = write_details(p, e, pl);
+    p = put_u64(p, TAG(24, WT_VARINT), pl->pod_ref);
+    return p;
+}
+
+/* The PodRef message for k (fields 1..5 of PodRef, as in the Event's 10..14). */
+static size_t podref_size(const struct event_k8s *k, size_t len[5])
+{
+    const char *s[5] = {k->node_name, k->pod_name, k->namespace, k->container_id, k->pod_uid};
+    size_t n = 0;
+    for (int i = 0; i < 5; i++) {
+        len[i] = str_len(s[i]);
+        n += sz_len(TAG(1 + i, WT_LEN), len[i]);
+    }
+    return n;
+}
+
+static uint8_t *write_podref(uint8_t *p, const struct event_k8s *k, const size_t len[5])
+{
+    const char *s[5] = {k->node_name, k->pod_name, k->namespace, k->container_id, k->pod_uid};
+    for (int i = 0; i < 5; i++)
+        p = put_len(p, TAG(1 + i, WT_LEN), s[i], len[i]);
+    return p;
+}
+
+void event_pb_pods_reset(struct event_pb_pods *t)
+{
+    t->n = 0;
+    t->last = 0;
+    memset(t->slot, 0, sizeof(t->slot));
+}
+
+static bool k8s_same(const struct event_k8s *a, const struct event_k8s *b)
+{
+    return a->node_name == b->node_name && a->pod_name == b->pod_name &&
+           a->namespace == b->namespace && a->container_id == b->container_id &&
+           a->pod_uid == b->pod_uid;
+}
+
+static unsigned k8s_hash(const struct event_k8s *k)
+{
+    uint64_t h = (uintptr_t)k->node_name;
+    h = (h ^ (uintptr_t)k->pod_name) * 0x9e3779b97f4a7c15ull;
+    h = (h ^ (uintptr_t)k->namespace) * 0x9e3779b97f4a7c15ull;
+    h = (h ^ (uintptr_t)k->container_id) * 0x9e3779b97f4a7c15ull;
+    h = (h ^ (uintptr_t)k->pod_uid) * 0x9e3779b97f4a7c15ull;
+    return (unsigned)(h >> 40);
+}
+
+/*
+ * The table entry (1-based) for e's attribution, or 0 when e has none.
+ * *slot is where a new entry goes (-1 when the table is full: write inline).
+ * Attributions are compared by pointer: the strings are interned, and two
+ * copies of the same text only cost a second entry.
+ */
+static uint32_t pods_find(const struct event_pb_pods *t, const struct event_k8s *k, int *slot)
+{
+    *slot = -1;
+    if (!k->node_name && !k->pod_name && !k->namespace && !k->container_id && !k->pod_uid)
+        return 0;
+    if (t->last && k8s_same(&t->ref[t->last - 1], k))
+        return t->last;
+    unsigned mask = EVENT_PB_PODS_SLOTS - 1, i = k8s_hash(k) & mask;
+    for (unsigned probe = 0; probe < EVENT_PB_PODS_SLOTS; probe++, i = (i + 1) & mask) {
+        unsigned r = t->slot[i];
+        if (!r) {
+            if (t->n < EVENT_PB_PODS_MAX)
+                *slot = (int)i;
+            return 0;
+        }
+        if (k8s_same(&t->ref[r - 1], k))
+            return r;
+    }
+    return 0;
+}
+
+static int append_event(struct buf *out, const struct event *e, const char *batch_node,
+                        struct event_pb_pods *pods)
+{
+    struct enc_plan pl;
+    uint32_t ref = 0;
+    int slot = -1;
+    size_t pod_len[5], pod_size = 0, need = 0;
+
+    if (pods && (ref = pods_find(pods, &e->k8s, &slot)) == 0 && slot >= 0) {
+        /* A new attribution: a PodRef entry goes before the event. */
+        ref = pods->n + 1;
+        pod_size = podref_size(&e->k8s, pod_len);
+        need = 1 + vsize(pod_size) + pod_size;
+    }
+    int rc = plan_event(e, batch_node, ref, &pl);
+    if (rc)
+        return rc;
+    need += 1 + vsize(pl.size) + pl.size;
+    if (out->oom || !buf_reserve(out, need))
+        return -ENOMEM;
+    uint8_t *p = (uint8_t *)out->data + out->len;
+    if (slot >= 0) {
+        *p++ = TAG(10, WT_LEN);
+        p = put_varint(p, pod_size);
+        p = write_podref(p, &e->k8s, pod_len);
+        pods->ref[pods->n++] = e->k8s;
+        pods->slot[slot] = (uint8_t)ref;
+    }
+    if (pods && ref)
+        pods->last = ref;
+    *p++ = TAG(4, WT_LEN);
+    p = put_varint(p, pl.size);
+    p = write_event(p, e, &pl);
+    out->len = (size_t)((char *)p - out->data);
+    out->data[out->len] = '\0';
+    return 0;
 }
 
 int event_batch_append_event(struct buf *out, const struct event *e, const char *batch_node)
 {
-    ProtobufCBinaryData stack_args[PB_ARGS_ON_STACK], *args = stack_args;
-    union event_pb_details details;
-    Ebpfmonitor__Event msg;
-    size_t nargs = args_count(e);
-    int rc;
+    return append_event(out, e, batch_node, NULL);
+}
 
-    if (nargs > PB_ARGS_ON_STACK && !(args = malloc(nargs * sizeof(*args))))
-        return -ENOMEM;
-    if ((rc = pb_fill(e, batch_node, &msg, &details, args)))
-        goto out;
-    size_t size = ebpfmonitor__event__get_packed_size(&msg);
-    rc = -ENOMEM;
-    if (out->oom || !buf_reserve(out, 1 + 10 + size))
-        goto out;
-    uint8_t *p = (uint8_t *)out->data + out->len;
-    p[0] = PB_TAG_BATCH_EVENTS;
-    size_t hdr = 1 + pb_put_varint(p + 1, size);
-    ebpfmonitor__event__pack(&msg, p + hdr);
-    out->len += hdr + size;
-    out->data[out->len] = '\0';
-    rc = 0;
-out:
-    if (args != stack_args)
-        free(args);
-    return rc;
+int event_batch_append_event_pods(struct buf *out, const struct event *e, const char *batch_node,
+                                  struct event_pb_pods *pods)
+{
+    return append_event(out, e, batch_node, pods);
 }
 
 int event_batch_append_meta(struct buf *out, const struct event_batch_meta *meta)
 {
-    Ebpfmonitor__EventBatch batch = EBPFMONITOR__EVENT_BATCH__INIT;
-    batch.node = pb_str(meta->node);
-    batch.agent_instance = pb_str(meta->agent_instance);
-    batch.sequence = meta->sequence;
-    batch.kernel_drops = meta->kernel_drops;
-    batch.agent_drops = meta->agent_drops;
-    batch.sent_at_ns = meta->sent_at_ns;
-    batch.agent_pod_name = pb_str(meta->pod_name);
-    batch.agent_pod_namespace = pb_str(meta->pod_namespace);
-    size_t size = ebpfmonitor__event_batch__get_packed_size(&batch);
-    if (out->oom || !buf_reserve(out, size))
+    size_t node = str_len(meta->node), inst = str_len(meta->agent_instance),
+           pod = str_len(meta->pod_name), ns = str_len(meta->pod_namespace);
+    size_t need =
+        sz_len(TAG(1, WT_LEN), node) + sz_len(TAG(2, WT_LEN), inst) +
+        sz_u64(TAG(3, WT_VARINT), meta->sequence) + sz_u64(TAG(5, WT_VARINT), meta->kernel_drops) +
+        sz_u64(TAG(6, WT_VARINT), meta->agent_drops) + sz_u64(TAG(7, WT_VARINT), meta->sent_at_ns) +
+        sz_len(TAG(8, WT_LEN), pod) + sz_len(TAG(9, WT_LEN), ns);
+    if (out->oom || !buf_reserve(out, need))
         return -ENOMEM;
-    ebpfmonitor__event_batch__pack(&batch, (uint8_t *)out->data + out->len);
-    out->len += size;
+    uint8_t *p = (uint8_t *)out->data + out->len;
+    p = put_len(p, TAG(1, WT_LEN), meta->node, node);
+    p = put_len(p, TAG(2, WT_LEN), meta->agent_instance, inst);
+    p = put_u64(p, TAG(3, WT_VARINT), meta->sequence);
+    p = put_u64(p, TAG(5, WT_VARINT), meta->kernel_drops);
+    p = put_u64(p, TAG(6, WT_VARINT), meta->agent_drops);
+    p = put_u64(p, TAG(7, WT_VARINT), meta->sent_at_ns);
+    p = put_len(p, TAG(8, WT_LEN), meta->pod_name, pod);
+    p = put_len(p, TAG(9, WT_LEN), meta->pod_namespace, ns);
+    out->len += need;
     out->data[out->len] = '\0';
     return 0;
 }
@@ -443,12 +786,32 @@ static int to_exec(const Ebpfmonitor__ExecDetails *x, struct event *e, char *err
     return 0;
 }
 
-static int to_event(const Ebpfmonitor__Event *pb, const char *batch_node, struct event *e,
+/* Each attribution field the event left empty comes from its pod_ref entry. */
+static void pod_fill(struct event_k8s *k, const struct event_k8s *ref)
+{
+    if (!k->node_name)
+        k->node_name = ref->node_name;
+    if (!k->pod_name)
+        k->pod_name = ref->pod_name;
+    if (!k->namespace)
+        k->namespace = ref->namespace;
+    if (!k->container_id)
+        k->container_id = ref->container_id;
+    if (!k->pod_uid)
+        k->pod_uid = ref->pod_uid;
+}
+
+/* pods[0..npods) are the batch's PodRef entries, interned (NULL outside a batch). */
+static int to_event(const Ebpfmonitor__Event *pb, const char *batch_node,
+                    const struct event_k8s *pods, size_t npods, struct event *e,
                     struct intern_cache *ic, char *err, size_t errlen)
 {
     memset(e, 0, sizeof(*e));
     if ((int)pb->type <= EVENT_TYPE_NONE || (int)pb->type >= EVENT_TYPE_COUNT)
         return pb_fail(err, errlen, -EINVAL, "type: unknown event type %d", (int)pb->type);
+    if (pb->pod_ref > npods)
+        return pb_fail(err, errlen, -EINVAL, "pod_ref: entry %u but the batch has %zu pods",
+                       pb->pod_ref, npods);
     if (pb->command.len >= sizeof(e->command))
         return pb_fail(err, errlen, -EINVAL, "command: %zu bytes, at most %zu allowed",
                        pb->command.len, sizeof(e->command) - 1);
@@ -504,6 +867,8 @@ static int to_event(const Ebpfmonitor__Event *pb, const char *batch_node, struct
         (rc = intern_field(ic, IC_CONTAINER, pb->k8s_container_id, &e->k8s.container_id)) ||
         (rc = intern_field(ic, IC_POD_UID, pb->k8s_pod_uid, &e->k8s.pod_uid)))
         goto nomem;
+    if (pb->pod_ref)
+        pod_fill(&e->k8s, &pods[pb->pod_ref - 1]);
 
     switch (pb->details_case) {
     case EBPFMONITOR__EVENT__DETAILS_CONNECTION:
@@ -540,7 +905,7 @@ nomem:
 int event_pb_to_event(const Ebpfmonitor__Event *pb, const char *batch_node, struct event *out,
                       char *err, size_t errlen)
 {
-    return to_event(pb, batch_node, out, NULL, err, errlen);
+    return to_event(pb, batch_node, NULL, 0, out, NULL, err, errlen);
 }
 
 /* A bump allocator for unpacking: everything is released at once. */
@@ -741,14 +1106,15 @@ static bool fast_details(const uint8_t *data, size_t len, unsigned field, struct
 }
 
 /* One Event; false (with *e released) when the generic path must decide. */
-static bool fast_event(const uint8_t *data, size_t len, const char *batch_node, struct event *e)
+static bool fast_event(const uint8_t *data, size_t len, const char *batch_node,
+                       const struct event_k8s *pods, size_t npods, struct event *e)
 {
     struct pb_rd r = {data, data + len};
     uint64_t key, v;
     const uint8_t *b, *saddr = NULL, *daddr = NULL, *det = NULL;
     size_t bl, sl = 0, dl = 0, detl = 0;
     unsigned det_field = 0;
-    uint32_t u;
+    uint32_t u, pod_ref = 0;
 
     memset(e, 0, sizeof(*e));
     e->node = batch_node;
@@ -756,7 +1122,7 @@ static bool fast_event(const uint8_t *data, size_t len, const char *batch_node, 
         if (!rd_varint(&r, &key))
             goto fail;
         unsigned f = (unsigned)(key >> 3), wt = key & 7;
-        if (wt != (f == 1 ? 1u : (f == 7 || (f >= 9 && f <= 16) || f >= 20) ? 2u : 0u))
+        if (wt != (f == 1 ? 1u : (f == 7 || (f >= 9 && f <= 16) || (f >= 20 && f <= 23)) ? 2u : 0u))
             goto fail;
         switch (f) {
         case 1:
@@ -844,12 +1210,18 @@ static bool fast_event(const uint8_t *data, size_t len, const char *batch_node, 
                 goto fail;
             det_field = f;
             break;
+        case 24:
+            if (!rd_u32(&r, &pod_ref))
+                goto fail;
+            break;
         default:
             goto fail;
         }
     }
-    if (e->type == EVENT_TYPE_NONE)
+    if (e->type == EVENT_TYPE_NONE || pod_ref > npods)
         goto fail;
+    if (pod_ref)
+        pod_fill(&e->k8s, &pods[pod_ref - 1]);
     if ((sl || dl) && (sl != dl || (sl != 4 && sl != 16)))
         goto fail;
     if (sl) {
@@ -874,17 +1246,55 @@ fail:
     return false;
 }
 
+/* One PodRef entry; false when the generic path must decide. */
+static bool fast_podref(const uint8_t *data, size_t len, struct event_k8s *k)
+{
+    struct pb_rd r = {data, data + len};
+    uint64_t key;
+    const uint8_t *b;
+    size_t bl;
+    memset(k, 0, sizeof(*k));
+    while (r.p < r.end) {
+        if (!rd_varint(&r, &key) || (key & 7) != 2 || !rd_bytes(&r, &b, &bl))
+            return false;
+        const char **dst = NULL;
+        switch (key >> 3) {
+        case 1:
+            dst = &k->node_name;
+            break;
+        case 2:
+            dst = &k->pod_name;
+            break;
+        case 3:
+            dst = &k->namespace;
+            break;
+        case 4:
+            dst = &k->container_id;
+            break;
+        case 5:
+            dst = &k->pod_uid;
+            break;
+        default:
+            return false;
+        }
+        if (!fast_str(b, bl, dst))
+            return false;
+    }
+    return true;
+}
+
 /* 0 when decoded, 1 when the generic path must decide, -ENOMEM. */
 static int fast_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta *meta,
                              struct event **events, size_t *n)
 {
     struct pb_rd r = {data, data + len};
-    uint64_t key;
-    const uint8_t *b;
-    size_t bl, nev = 0;
+    uint64_t key = 0;
+    const uint8_t *b = NULL;
+    size_t bl = 0, nev = 0, npods = 0;
     const uint8_t *node = NULL, *inst = NULL, *pod = NULL, *ns = NULL;
     size_t node_l = 0, inst_l = 0, pod_l = 0, ns_l = 0;
-    bool seen[10] = {false};
+    bool seen[11] = {false};
+    struct event_k8s pods_stack[32], *pods = pods_stack;
 
     memset(meta, 0, sizeof(*meta));
     /* First pass: the metadata (the publisher appends it after the events) and the count. */
@@ -892,9 +1302,9 @@ static int fast_batch_decode(const uint8_t *data, size_t len, struct event_batch
         if (!rd_varint(&r, &key))
             return 1;
         unsigned f = (unsigned)(key >> 3), wt = key & 7;
-        if (f < 1 || f > 9 || wt != (f == 1 || f == 2 || f == 4 || f >= 8 ? 2u : 0u))
+        if (f < 1 || f > 10 || wt != (f == 1 || f == 2 || f == 4 || f >= 8 ? 2u : 0u))
             return 1;
-        if (f != 4 && seen[f])
+        if (f != 4 && f != 10 && seen[f])
             return 1;
         seen[f] = true;
         uint64_t *num = f == 3   ? &meta->sequence
@@ -910,6 +1320,8 @@ static int fast_batch_decode(const uint8_t *data, size_t len, struct event_batch
             return 1;
         if (f == 4) {
             nev++;
+        } else if (f == 10) {
+            npods++;
         } else if (f == 1) {
             node = b, node_l = bl;
         } else if (f == 2) {
@@ -924,12 +1336,29 @@ static int fast_batch_decode(const uint8_t *data, size_t len, struct event_batch
         !fast_str(pod, pod_l, &meta->pod_name) || !fast_str(ns, ns_l, &meta->pod_namespace))
         return 1;
 
-    struct event *evs = NULL;
-    if (nev && !(evs = malloc(nev * sizeof(*evs))))
+    /* Second pass: the pod table, which events may refer to from anywhere in the batch. */
+    if (npods > sizeof(pods_stack) / sizeof(pods_stack[0]) &&
+        !(pods = malloc(npods * sizeof(*pods))))
         return -ENOMEM;
-    size_t done = 0;
-    r.p = data;
-    while (r.p < r.end) {
+    size_t done = 0, np = 0;
+    struct event *evs = NULL;
+    int rc = 1;
+    for (r.p = data; npods && r.p < r.end;) {
+        rd_varint(&r, &key);
+        if ((key & 7) == 0) {
+            uint64_t v;
+            rd_varint(&r, &v);
+            continue;
+        }
+        rd_bytes(&r, &b, &bl);
+        if ((key >> 3) == 10 && !fast_podref(b, bl, &pods[np++]))
+            goto fallback;
+    }
+    rc = -ENOMEM;
+    if (nev && !(evs = malloc(nev * sizeof(*evs))))
+        goto fallback;
+    rc = 1;
+    for (r.p = data; r.p < r.end;) {
         rd_varint(&r, &key);
         if ((key & 7) == 0) {
             uint64_t v;
@@ -939,10 +1368,12 @@ static int fast_batch_decode(const uint8_t *data, size_t len, struct event_batch
         rd_bytes(&r, &b, &bl);
         if ((key >> 3) != 4)
             continue;
-        if (!fast_event(b, bl, meta->node, &evs[done]))
+        if (!fast_event(b, bl, meta->node, pods, npods, &evs[done]))
             goto fallback;
         done++;
     }
+    if (pods != pods_stack)
+        free(pods);
     *events = evs;
     *n = done;
     return 0;
@@ -950,18 +1381,21 @@ fallback:
     for (size_t i = 0; i < done; i++)
         event_clear(&evs[i]);
     free(evs);
+    if (pods != pods_stack)
+        free(pods);
     memset(meta, 0, sizeof(*meta));
-    return 1;
+    return rc;
 }
 
-int event_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta *meta,
-                       struct event **events, size_t *n, char *err, size_t errlen)
+int event_batch_decode_generic(const uint8_t *data, size_t len, struct event_batch_meta *meta,
+                               struct event **events, size_t *n, char *err, size_t errlen)
 {
     /* Unpacked structs are several times the wire size; start big enough for most batches. */
     struct arena arena = {.next_cap = len < (4u << 20) ? len * 4 + 4096 : (16u << 20)};
     ProtobufCAllocator alloc = {.alloc = arena_alloc, .free = arena_free, .allocator_data = &arena};
     struct intern_cache ic = {0};
     struct event *evs = NULL;
+    struct event_k8s *pods = NULL;
     size_t done = 0;
     char msg[200];
     int rc;
@@ -969,12 +1403,6 @@ int event_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta 
     *events = NULL;
     *n = 0;
     memset(meta, 0, sizeof(*meta));
-    rc = fast_batch_decode(data, len, meta, events, n);
-    if (rc <= 0) {
-        if (rc < 0)
-            pb_fail(err, errlen, rc, "out of memory");
-        return rc;
-    }
     Ebpfmonitor__EventBatch *pb = ebpfmonitor__event_batch__unpack(&alloc, len, data);
     if (!pb) {
         rc = pb_fail(err, errlen, -EINVAL, "not a valid EventBatch message (%zu bytes)", len);
@@ -992,12 +1420,28 @@ int event_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta 
     meta->agent_drops = pb->agent_drops;
     meta->sent_at_ns = pb->sent_at_ns;
 
+    if (pb->n_pods && !(pods = malloc(pb->n_pods * sizeof(*pods)))) {
+        rc = pb_fail(err, errlen, -ENOMEM, "out of memory for %zu pods", pb->n_pods);
+        goto out;
+    }
+    for (size_t i = 0; i < pb->n_pods; i++) {
+        const Ebpfmonitor__PodRef *pr = pb->pods[i];
+        if ((rc = meta_intern(pr->node_name, &pods[i].node_name)) ||
+            (rc = meta_intern(pr->pod_name, &pods[i].pod_name)) ||
+            (rc = meta_intern(pr->namespace_, &pods[i].namespace)) ||
+            (rc = meta_intern(pr->container_id, &pods[i].container_id)) ||
+            (rc = meta_intern(pr->pod_uid, &pods[i].pod_uid))) {
+            pb_fail(err, errlen, rc, "pods[%zu]: string table full", i);
+            goto out;
+        }
+    }
     if (pb->n_events && !(evs = malloc(pb->n_events * sizeof(*evs)))) {
         rc = pb_fail(err, errlen, -ENOMEM, "out of memory for %zu events", pb->n_events);
         goto out;
     }
     for (; done < pb->n_events; done++) {
-        if ((rc = to_event(pb->events[done], meta->node, &evs[done], &ic, msg, sizeof(msg)))) {
+        if ((rc = to_event(pb->events[done], meta->node, pods, pb->n_pods, &evs[done], &ic, msg,
+                           sizeof(msg)))) {
             pb_fail(err, errlen, rc, "event %zu: %s", done, msg);
             goto out;
         }
@@ -1014,6 +1458,27 @@ out:
     }
     if (rc)
         memset(meta, 0, sizeof(*meta));
+    free(pods);
     arena_release(&arena);
     return rc;
+}
+
+int event_batch_decode_fast(const uint8_t *data, size_t len, struct event_batch_meta *meta,
+                            struct event **events, size_t *n, char *err, size_t errlen)
+{
+    *events = NULL;
+    *n = 0;
+    int rc = fast_batch_decode(data, len, meta, events, n);
+    if (rc < 0)
+        pb_fail(err, errlen, rc, "out of memory");
+    return rc;
+}
+
+int event_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta *meta,
+                       struct event **events, size_t *n, char *err, size_t errlen)
+{
+    int rc = event_batch_decode_fast(data, len, meta, events, n, err, errlen);
+    if (rc <= 0)
+        return rc;
+    return event_batch_decode_generic(data, len, meta, events, n, err, errlen);
 }

@@ -78,12 +78,45 @@ int event_batch_append_event(struct buf *out, const struct event *e, const char 
 int event_batch_append_meta(struct buf *out, const struct event_batch_meta *meta);
 
 /*
- * Decodes and validates a packed EventBatch. On success *events is a
+ * The Kubernetes attributions already written to the batch being built. With
+ * it, event_batch_append_event_pods() writes each distinct attribution once
+ * per batch as a PodRef (EventBatch.pods, interleaved with the events) and
+ * events refer to it by index (Event.pod_ref) instead of repeating the five
+ * strings. Reset it whenever a new batch starts. Attributions are matched by
+ * pointer (the strings are interned); when the table is full, events carry
+ * their strings inline as before.
+ */
+#define EVENT_PB_PODS_MAX   128
+#define EVENT_PB_PODS_SLOTS 256 /* hash slots, a power of two above EVENT_PB_PODS_MAX */
+struct event_pb_pods {
+    uint32_t n;    /* entries written so far */
+    uint32_t last; /* 1-based entry of the previous event, 0 = none */
+    struct event_k8s ref[EVENT_PB_PODS_MAX];
+    uint8_t slot[EVENT_PB_PODS_SLOTS]; /* 1-based entry, 0 = free */
+};
+void event_pb_pods_reset(struct event_pb_pods *t);
+/* As event_batch_append_event(); on error out and pods are unchanged. */
+int event_batch_append_event_pods(struct buf *out, const struct event *e, const char *batch_node,
+                                  struct event_pb_pods *pods);
+
+/*
+ * Decodes and validates a packed EventBatch: events may carry their
+ * attribution inline or refer to an entry of the batch's pod table. On success *events is a
  * malloc'ed array of *n events (NULL when n is 0); the caller releases each
  * with event_clear() and then free()s the array. Meta strings are interned.
  * Returns 0, -EINVAL with a message in err (may be NULL), or -ENOMEM.
  */
 int event_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta *meta,
                        struct event **events, size_t *n, char *err, size_t errlen);
+
+/*
+ * The two halves of event_batch_decode(), for tests that compare them:
+ * _fast reads the wire directly and returns 1 (nothing decoded) for anything
+ * unusual, which _generic (protobuf-c) then decides. Same contract otherwise.
+ */
+int event_batch_decode_fast(const uint8_t *data, size_t len, struct event_batch_meta *meta,
+                            struct event **events, size_t *n, char *err, size_t errlen);
+int event_batch_decode_generic(const uint8_t *data, size_t len, struct event_batch_meta *meta,
+                               struct event **events, size_t *n, char *err, size_t errlen);
 
 #endif

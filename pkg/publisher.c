@@ -52,6 +52,7 @@ struct publisher {
     /* Capture thread only. */
     struct batch *cur;
     uint64_t sequence;
+    struct event_pb_pods pods; /* the open batch's pod table (protobuf) */
 
     /* Shared: guarded by mu. */
     pthread_mutex_t mu;
@@ -180,6 +181,7 @@ int publisher_add(struct publisher *p, const struct event *e)
         buf_reserve(&b->body, guess < PUB_INITIAL_BUF_BYTES ? guess : PUB_INITIAL_BUF_BYTES);
         b->opened_ns = mono_ns();
         p->cur = b;
+        event_pb_pods_reset(&p->pods);
     }
 
     size_t before = b->body.len;
@@ -189,7 +191,7 @@ int publisher_add(struct publisher *p, const struct event *e)
         buf_putc(&b->body, '\n');
         rc = b->body.oom ? -ENOMEM : 0;
     } else {
-        rc = event_batch_append_event(&b->body, e, p->node);
+        rc = event_batch_append_event_pods(&b->body, e, p->node, &p->pods);
     }
     if (rc) {
         if (!b->body.oom)

@@ -130,7 +130,9 @@ measure() {
 
 # ---------------------------------------------------------------- 3. transport
 echo "bench-aggregator: transport" >&2
-run $B/bench_transport --nats "$NATS_URL" --events $TRANSPORT_EVENTS --rounds $ROUNDS
+# --server-pid: CPU per event counts the nats-server's share too (the ratio's CPU bound).
+run $B/bench_transport --nats "$NATS_URL" --events $TRANSPORT_EVENTS --rounds $ROUNDS \
+  --server-pid "$NATS_PID"
 
 # ---------------------------------------------------------------- 4. ingest
 echo "bench-aggregator: ingest in-process" >&2

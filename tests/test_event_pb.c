@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdio.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -456,5 +457,453 @@ Test(event_pb, garbage_and_mutations_are_errors_not_crashes)
     free(copy);
     for (size_t i = 0; i < n; i++)
         event_clear(&ev[i]);
+    buf_free(&b);
+}
+
+/* ---- the hand-written encoder against protobuf-c, and both decoders ---- */
+
+static const char *pick(const char *const *set, size_t n)
+{
+    size_t k = rng() % (n + 1);
+    return k == n ? NULL : intern(set[k]);
+}
+
+/* A random event of any type, with every field at zero, small or large values. */
+static void random_event(struct event *e)
+{
+    static const char *const nodes[] = {NODE, "other-node", "n"};
+    static const char *const pods[] = {"web-7d9f8b6c5d-x01", "db-0", "a"};
+    static const char *const nss[] = {"default", "kube-system"};
+    static const char *const cids[] = {
+        "containerd://0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "docker://ff00"};
+    static const char *const uids[] = {"6f1c2a3b-0001-4c5d-8e9f-000000001eef", "u2"};
+    uint64_t r = rng();
+    memset(e, 0, sizeof(*e));
+    e->type = (uint8_t)(1 + r % 5);
+    /* Magnitudes from 0 to 2^64-1, so every varint length shows up. */
+#define RV() ((r = rng()) & 1 ? 0 : rng() >> (rng() % 64))
+    e->id = RV();
+    e->timestamp_ns = RV();
+    e->pid = (uint32_t)RV();
+    e->ppid = (uint32_t)RV();
+    e->uid = (uint32_t)RV();
+    e->cgroup_id = RV();
+    size_t cl = rng() % sizeof(e->command);
+    for (size_t i = 0; i < cl; i++)
+        e->command[i] = (char)(1 + rng() % 255);
+    e->node = pick(nodes, 3);
+    e->k8s.node_name = pick(nodes, 3);
+    e->k8s.pod_name = pick(pods, 3);
+    e->k8s.namespace = pick(nss, 2);
+    e->k8s.container_id = pick(cids, 2);
+    e->k8s.pod_uid = pick(uids, 2);
+    if (rng() % 4) {
+        e->family = (uint8_t)(1 + rng() % 2);
+        for (int i = 0; i < 16; i++) {
+            e->saddr[i] = (uint8_t)rng();
+            e->daddr[i] = (uint8_t)rng();
+        }
+    }
+    e->sport = (uint16_t)RV();
+    e->dport = (uint16_t)RV();
+    e->protocol = (uint8_t)RV();
+    switch (e->type) {
+    case EVENT_CONNECTION:
+        e->status = (uint8_t)(rng() % 4);
+        e->u.conn.latency_ns = RV();
+        break;
+    case EVENT_PACKET_DROP:
+        e->u.drop.reason_code = (uint32_t)RV();
+        e->u.drop.reason = rng() % 3 ? intern("NO_SOCKET") : NULL;
+        e->u.drop.location = rng() % 3 ? intern("__udp4_lib_rcv+0x5a1") : NULL;
+        e->u.drop.suppressed = RV();
+        break;
+    case EVENT_EXEC: {
+        if (rng() % 4) {
+            size_t fl = 1 + rng() % 200;
+            e->u.exec.filename = malloc(fl + 1);
+            for (size_t i = 0; i < fl; i++)
+                e->u.exec.filename[i] = (char)(1 + rng() % 255);
+            e->u.exec.filename[fl] = '\0';
+        }
+        /* NUL-separated, empty elements and a missing final NUL included, some long enough
+         * for two-byte lengths. */
+        size_t argc = rng() % 3 ? rng() % (EVENT_ARGC_MAX + 1) : 0, al = 0;
+        if (argc) {
+            e->u.exec.args = malloc(argc * 201);
+            for (size_t a = 0; a < argc; a++) {
+                size_t l = rng() % 8 ? rng() % 20 : rng() % 200;
+                for (size_t i = 0; i < l; i++)
+                    e->u.exec.args[al++] = (char)(1 + rng() % 255);
+                e->u.exec.args[al++] = '\0';
+            }
+            if (rng() % 4 == 0)
+                al--;
+            e->u.exec.args_len = (uint32_t)al;
+        }
+        e->u.exec.args_truncated = rng() % 2;
+        break;
+    }
+    case EVENT_EXIT:
+        e->u.exit.exit_code = (int32_t)(uint32_t)RV();
+        e->u.exit.signal = (int32_t)(uint32_t)RV();
+        e->u.exit.duration_ns = RV();
+        break;
+    }
+#undef RV
+}
+
+/* What protobuf-c writes for one `events` entry of a batch: tag, length, Event. */
+static void reference_append(struct buf *out, const struct event *e, const char *batch_node)
+{
+    Ebpfmonitor__Event msg;
+    struct event_pb_scratch scratch;
+    cr_assert_eq(event_pb_from_event(e, batch_node, &msg, &scratch), 0);
+    size_t len = ebpfmonitor__event__get_packed_size(&msg);
+    uint8_t hdr[11];
+    size_t h = 0;
+    hdr[h++] = 0x22;
+    size_t v = len;
+    for (; v >= 0x80; v >>= 7)
+        hdr[h++] = (uint8_t)(v | 0x80);
+    hdr[h++] = (uint8_t)v;
+    buf_append(out, hdr, h);
+    cr_assert(buf_reserve(out, len));
+    ebpfmonitor__event__pack(&msg, (uint8_t *)out->data + out->len);
+    out->len += len;
+    event_pb_scratch_release(&scratch);
+}
+
+/* Every field of two events, strings by pointer (interned) or by bytes (owned). */
+static void assert_identical(const struct event *a, const struct event *b, const char *what)
+{
+    cr_assert(a->id == b->id && a->timestamp_ns == b->timestamp_ns && a->type == b->type &&
+                  a->family == b->family && a->protocol == b->protocol && a->pid == b->pid &&
+                  a->ppid == b->ppid && a->uid == b->uid && a->cgroup_id == b->cgroup_id &&
+                  a->sport == b->sport && a->dport == b->dport,
+              "%s: scalars differ (id %016llx)", what, (unsigned long long)a->id);
+    cr_assert_str_eq(a->command, b->command, "%s", what);
+    cr_assert_eq(a->node, b->node, "%s: node", what);
+    cr_assert(a->k8s.node_name == b->k8s.node_name && a->k8s.pod_name == b->k8s.pod_name &&
+                  a->k8s.namespace == b->k8s.namespace &&
+                  a->k8s.container_id == b->k8s.container_id && a->k8s.pod_uid == b->k8s.pod_uid,
+              "%s: k8s attribution differs", what);
+    size_t alen = a->family == EVENT_FAMILY_IPV4 ? 4 : a->family == EVENT_FAMILY_IPV6 ? 16 : 0;
+    cr_assert_eq(memcmp(a->saddr, b->saddr, alen), 0, "%s", what);
+    cr_assert_eq(memcmp(a->daddr, b->daddr, alen), 0, "%s", what);
+    switch (a->type) {
+    case EVENT_CONNECTION:
+        cr_assert_eq(a->status, b->status, "%s", what);
+        cr_assert_eq(a->u.conn.latency_ns, b->u.conn.latency_ns, "%s", what);
+        break;
+    case EVENT_PACKET_DROP:
+        cr_assert(a->u.drop.reason_code == b->u.drop.reason_code &&
+                      a->u.drop.reason == b->u.drop.reason &&
+                      a->u.drop.location == b->u.drop.location &&
+                      a->u.drop.suppressed == b->u.drop.suppressed,
+                  "%s: drop", what);
+        break;
+    case EVENT_EXEC:
+        cr_assert_eq(!a->u.exec.filename, !b->u.exec.filename, "%s", what);
+        if (a->u.exec.filename)
+            cr_assert_str_eq(a->u.exec.filename, b->u.exec.filename, "%s", what);
+        cr_assert_eq(a->u.exec.args_len, b->u.exec.args_len, "%s", what);
+        if (a->u.exec.args_len)
+            cr_assert_eq(memcmp(a->u.exec.args, b->u.exec.args, a->u.exec.args_len), 0, "%s", what);
+        cr_assert_eq(a->u.exec.args_truncated, b->u.exec.args_truncated, "%s", what);
+        break;
+    case EVENT_EXIT:
+        cr_assert(a->u.exit.exit_code == b->u.exit.exit_code &&
+                      a->u.exit.signal == b->u.exit.signal &&
+                      a->u.exit.duration_ns == b->u.exit.duration_ns,
+                  "%s: exit", what);
+        break;
+    }
+}
+
+/* The encoder's input as the decoder gives it back: args end in a NUL, empty means absent. */
+static void normalise(struct event *e)
+{
+    if (e->type == EVENT_EXEC) {
+        if (e->u.exec.filename && !*e->u.exec.filename) {
+            free(e->u.exec.filename);
+            e->u.exec.filename = NULL;
+        }
+        if (e->u.exec.args_len && e->u.exec.args[e->u.exec.args_len - 1] != '\0') {
+            e->u.exec.args = realloc(e->u.exec.args, e->u.exec.args_len + 1);
+            e->u.exec.args[e->u.exec.args_len++] = '\0';
+        }
+    }
+    if (e->type != EVENT_CONNECTION)
+        e->status = 0;
+    if (!e->node)
+        e->node = intern(NODE); /* an event without a node gets the batch's */
+}
+
+static void free_events(struct event *ev, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        event_clear(&ev[i]);
+    free(ev);
+}
+
+Test(event_pb, encoder_writes_what_protobuf_c_writes)
+{
+    const char *batch_nodes[] = {NULL, intern(NODE), "other-node"};
+    struct buf mine, ref;
+    buf_init(&mine);
+    buf_init(&ref);
+    for (int round = 0; round < 20000; round++) {
+        struct event e;
+        random_event(&e);
+        const char *bn = batch_nodes[round % 3];
+        buf_reset(&mine);
+        buf_reset(&ref);
+        buf_puts(&mine, "XY"); /* appends */
+        buf_puts(&ref, "XY");
+        cr_assert_eq(event_batch_append_event(&mine, &e, bn), 0);
+        reference_append(&ref, &e, bn);
+        cr_assert_eq(mine.len, ref.len, "event %d (type %u): %zu bytes, protobuf-c %zu", round,
+                     e.type, mine.len, ref.len);
+        cr_assert_eq(memcmp(mine.data, ref.data, ref.len), 0, "event %d (type %u) differs", round,
+                     e.type);
+        event_clear(&e);
+    }
+
+    /* Metadata: protobuf-c's packing of an EventBatch without events. */
+    struct event_batch_meta metas[] = {
+        test_meta(), {.sequence = 1}, {.node = "n", .agent_drops = ~0ull, .sent_at_ns = 1}, {0}};
+    for (size_t i = 0; i < sizeof(metas) / sizeof(metas[0]); i++) {
+        buf_reset(&mine);
+        buf_reset(&ref);
+        cr_assert_eq(event_batch_append_meta(&mine, &metas[i]), 0);
+        cr_assert_eq(event_batch_encode(&metas[i], NULL, 0, &ref), 0);
+        cr_assert_eq(mine.len, ref.len);
+        cr_assert_eq(memcmp(mine.data, ref.data, ref.len), 0, "meta %zu", i);
+    }
+    buf_free(&mine);
+    buf_free(&ref);
+}
+
+/* Encodes n random events with or without a pod table into b. */
+static void random_batch(struct event *ev, size_t n, bool with_pods, struct buf *b)
+{
+    static struct event_pb_pods pods;
+    struct event_batch_meta meta = test_meta();
+    event_pb_pods_reset(&pods);
+    buf_reset(b);
+    for (size_t i = 0; i < n; i++) {
+        random_event(&ev[i]);
+        cr_assert_eq(with_pods ? event_batch_append_event_pods(b, &ev[i], meta.node, &pods)
+                               : event_batch_append_event(b, &ev[i], meta.node),
+                     0);
+        normalise(&ev[i]);
+    }
+    cr_assert_eq(event_batch_append_meta(b, &meta), 0);
+}
+
+Test(event_pb, both_decoders_agree_and_round_trip)
+{
+    struct event ev[64];
+    struct buf b;
+    buf_init(&b);
+    for (int round = 0; round < 600; round++) {
+        size_t n = rng() % 64;
+        bool with_pods = round % 3 != 0;
+        random_batch(ev, n, with_pods, &b);
+        struct event_batch_meta mf, mg;
+        struct event *fast, *gen;
+        size_t nf, ng;
+        char err[256] = "";
+        cr_assert_eq(
+            event_batch_decode_fast((uint8_t *)b.data, b.len, &mf, &fast, &nf, err, sizeof(err)), 0,
+            "the fast path must take what the encoder writes");
+        cr_assert_eq(
+            event_batch_decode_generic((uint8_t *)b.data, b.len, &mg, &gen, &ng, err, sizeof(err)),
+            0, "%s", err);
+        cr_assert_eq(nf, n);
+        cr_assert_eq(ng, n);
+        cr_assert(mf.node == mg.node && mf.agent_instance == mg.agent_instance &&
+                  mf.sequence == mg.sequence && mf.pod_name == mg.pod_name &&
+                  mf.pod_namespace == mg.pod_namespace && mf.sent_at_ns == mg.sent_at_ns);
+        for (size_t i = 0; i < n; i++) {
+            assert_identical(&fast[i], &gen[i], "fast vs generic");
+            assert_identical(&ev[i], &fast[i], with_pods ? "round trip (pods)" : "round trip");
+        }
+        free_events(fast, nf);
+        free_events(gen, ng);
+        for (size_t i = 0; i < n; i++)
+            event_clear(&ev[i]);
+    }
+    buf_free(&b);
+}
+
+Test(event_pb, pod_table_writes_each_attribution_once)
+{
+    struct event ev[100];
+    struct event_pb_pods pods;
+    struct buf inl, ref;
+    struct event_batch_meta meta = test_meta();
+    buf_init(&inl);
+    buf_init(&ref);
+    event_pb_pods_reset(&pods);
+    for (size_t i = 0; i < 100; i++) {
+        base(&ev[i], EVENT_ACCEPT, i + 1, "nginx");
+        char name[32];
+        snprintf(name, sizeof(name), "web-%zu", i % 4);
+        ev[i].k8s.pod_name = intern(name);
+        ev[i].k8s.namespace = intern("shop");
+        ev[i].k8s.container_id = intern("containerd://0123456789abcdef0123456789abcdef0123456789"
+                                        "abcdef0123456789abcdef");
+        cr_assert_eq(event_batch_append_event(&inl, &ev[i], meta.node), 0);
+        cr_assert_eq(event_batch_append_event_pods(&ref, &ev[i], meta.node, &pods), 0);
+    }
+    cr_assert_eq(pods.n, 4);
+    /* ~90 bytes of strings per event become a 2-byte reference. */
+    cr_assert_lt(ref.len + 80 * 100, inl.len, "%zu vs %zu bytes", ref.len, inl.len);
+
+    /* protobuf-c sees the table and the references. */
+    cr_assert_eq(event_batch_append_meta(&ref, &meta), 0);
+    Ebpfmonitor__EventBatch *pb =
+        ebpfmonitor__event_batch__unpack(NULL, ref.len, (uint8_t *)ref.data);
+    cr_assert_not_null(pb);
+    cr_assert_eq(pb->n_pods, 4);
+    cr_assert_str_eq(pb->pods[1]->pod_name, "web-1");
+    cr_assert_str_eq(pb->pods[1]->namespace_, "shop");
+    cr_assert_str_eq(pb->pods[1]->node_name, "");
+    cr_assert_eq(pb->events[5]->pod_ref, 2);
+    cr_assert_str_eq(pb->events[5]->k8s_pod_name, "");
+    ebpfmonitor__event_batch__free_unpacked(pb, NULL);
+    buf_free(&inl);
+    buf_free(&ref);
+}
+
+Test(event_pb, full_pod_table_falls_back_to_inline_strings)
+{
+    const size_t n = EVENT_PB_PODS_MAX + 40;
+    struct event *ev = calloc(n, sizeof(*ev));
+    static struct event_pb_pods pods;
+    struct event_batch_meta meta = test_meta(), back_meta;
+    struct buf b;
+    buf_init(&b);
+    event_pb_pods_reset(&pods);
+    for (size_t i = 0; i < n; i++) {
+        base(&ev[i], EVENT_ACCEPT, i + 1, "nginx");
+        char name[32];
+        snprintf(name, sizeof(name), "pod-%zu", i);
+        ev[i].k8s.pod_name = intern(name);
+        cr_assert_eq(event_batch_append_event_pods(&b, &ev[i], meta.node, &pods), 0);
+    }
+    cr_assert_eq(pods.n, EVENT_PB_PODS_MAX);
+    cr_assert_eq(event_batch_append_meta(&b, &meta), 0);
+    struct event *back;
+    size_t bn;
+    char err[256] = "";
+    cr_assert_eq(
+        event_batch_decode((uint8_t *)b.data, b.len, &back_meta, &back, &bn, err, sizeof(err)), 0,
+        "%s", err);
+    cr_assert_eq(bn, n);
+    for (size_t i = 0; i < n; i++)
+        assert_identical(&ev[i], &back[i], "table full");
+    free_events(back, bn);
+    free(ev);
+    buf_free(&b);
+}
+
+/* Inline fields and a reference on one event: each empty inline field comes from the entry. */
+Test(event_pb, pod_ref_fills_only_empty_inline_fields_in_both_decoders)
+{
+    Ebpfmonitor__EventBatch batch = EBPFMONITOR__EVENT_BATCH__INIT;
+    Ebpfmonitor__PodRef p1 = EBPFMONITOR__POD_REF__INIT, p2 = EBPFMONITOR__POD_REF__INIT;
+    Ebpfmonitor__PodRef *pp[2] = {&p1, &p2};
+    Ebpfmonitor__Event e1 = EBPFMONITOR__EVENT__INIT, e2 = EBPFMONITOR__EVENT__INIT,
+                       e3 = EBPFMONITOR__EVENT__INIT;
+    Ebpfmonitor__Event *ep[3] = {&e1, &e2, &e3};
+    p1.pod_name = "web-1";
+    p1.namespace_ = "shop";
+    p1.container_id = "containerd://aa";
+    p2.node_name = "k8s-node";
+    p2.pod_uid = "uid-2";
+    e1.type = e2.type = e3.type = EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_ACCEPT;
+    e1.pod_ref = 1;
+    e1.k8s_pod_name = "inline-pod";
+    e2.pod_ref = 2;
+    e2.k8s_node_name = "inline-node";
+    e3.k8s_pod_name = "plain";
+    batch.node = "n";
+    batch.n_pods = 2;
+    batch.pods = pp;
+    batch.n_events = 3;
+    batch.events = ep;
+    size_t len = ebpfmonitor__event_batch__get_packed_size(&batch);
+    uint8_t *wire = malloc(len);
+    ebpfmonitor__event_batch__pack(&batch, wire);
+
+    struct event_batch_meta m;
+    struct event *f, *g;
+    size_t nf, ng;
+    char err[256] = "";
+    cr_assert_eq(event_batch_decode_fast(wire, len, &m, &f, &nf, err, sizeof(err)), 0);
+    cr_assert_eq(event_batch_decode_generic(wire, len, &m, &g, &ng, err, sizeof(err)), 0, "%s",
+                 err);
+    cr_assert_eq(nf, 3);
+    cr_assert_eq(ng, 3);
+    for (size_t i = 0; i < 3; i++)
+        assert_identical(&f[i], &g[i], "mixed");
+    cr_assert_str_eq(f[0].k8s.pod_name, "inline-pod");
+    cr_assert_str_eq(f[0].k8s.namespace, "shop");
+    cr_assert_str_eq(f[0].k8s.container_id, "containerd://aa");
+    cr_assert_null(f[0].k8s.node_name);
+    cr_assert_str_eq(f[1].k8s.node_name, "inline-node");
+    cr_assert_str_eq(f[1].k8s.pod_uid, "uid-2");
+    cr_assert_null(f[1].k8s.pod_name);
+    cr_assert_str_eq(f[2].k8s.pod_name, "plain");
+    cr_assert_null(f[2].k8s.namespace);
+    free_events(f, nf);
+    free_events(g, ng);
+    free(wire);
+
+    /* A reference past the table is rejected, with the field named. */
+    e3.pod_ref = 3;
+    len = ebpfmonitor__event_batch__get_packed_size(&batch);
+    wire = malloc(len);
+    ebpfmonitor__event_batch__pack(&batch, wire);
+    cr_assert_eq(event_batch_decode_fast(wire, len, &m, &f, &nf, err, sizeof(err)), 1);
+    cr_assert_eq(event_batch_decode(wire, len, &m, &f, &nf, err, sizeof(err)), -EINVAL);
+    cr_assert(strstr(err, "event 2: ") && strstr(err, "pod_ref"), "%s", err);
+    free(wire);
+}
+
+/* Mutated pod-table batches: both decoders accept and reject the same input, identically. */
+Test(event_pb, mutated_pod_batches_decode_alike_or_fail_cleanly)
+{
+    struct event ev[16];
+    struct buf b;
+    buf_init(&b);
+    for (int round = 0; round < 1500; round++) {
+        size_t n = 1 + rng() % 16;
+        random_batch(ev, n, true, &b);
+        for (size_t i = 0; i < n; i++)
+            event_clear(&ev[i]);
+        for (int k = 0; k < 2; k++)
+            ((uint8_t *)b.data)[rng() % b.len] = (uint8_t)rng();
+        struct event_batch_meta m;
+        struct event *f, *g;
+        size_t nf, ng;
+        int rf = event_batch_decode_fast((uint8_t *)b.data, b.len, &m, &f, &nf, NULL, 0);
+        int rg = event_batch_decode_generic((uint8_t *)b.data, b.len, &m, &g, &ng, NULL, 0);
+        cr_assert(rf == 0 || rf == 1);
+        cr_assert(rg == 0 || rg == -EINVAL);
+        if (rf == 0) {
+            cr_assert_eq(rg, 0, "the fast path took input the generic one rejects");
+            cr_assert_eq(nf, ng);
+            for (size_t i = 0; i < nf; i++)
+                assert_identical(&f[i], &g[i], "mutated");
+            free_events(f, nf);
+        }
+        if (rg == 0)
+            free_events(g, ng);
+    }
     buf_free(&b);
 }

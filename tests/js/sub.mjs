@@ -60,8 +60,13 @@ function decodeBatch(data) {
   const msg = EventBatch.decode(data);
   const obj = EventBatch.toObject(msg, { longs: String, enums: String, defaults: true });
   // Bytes fields as text and ids as the API's 16 hex chars, so tests can compare.
+  // An event's pod_ref (1-based into batch.pods) fills the k8s_* fields it left empty.
+  const podFields = ["node_name", "pod_name", "namespace", "container_id", "pod_uid"];
   obj.events = msg.events.map((ev, i) => {
     const o = obj.events[i];
+    const ref = o.pod_ref ? obj.pods[o.pod_ref - 1] : undefined;
+    if (o.pod_ref && !ref) throw new Error(`event ${i}: pod_ref ${o.pod_ref} past the pod table`);
+    if (ref) for (const f of podFields) if (!o[`k8s_${f}`]) o[`k8s_${f}`] = ref[f];
     o.id = BigInt.asUintN(64, BigInt(o.id)).toString(16).padStart(16, "0");
     o.command = text(ev.command);
     o.source_addr = addr(ev.source_addr);
