@@ -46,14 +46,45 @@ static __always_inline void *record_reserve(__u32 slot, __u64 size)
     return r;
 }
 
-/* Attributes a record to the current task (process context only). */
+/*
+ * Reader wakeups. Waking the reader is an irq_work (an IPI: microseconds in a
+ * VM) plus a remote task wakeup, many times the cost of the record itself; by
+ * default the kernel does it for every record submitted while the reader is
+ * caught up, i.e. for nearly every record at low and moderate rates. So the
+ * reader polls on a short timer (CAPTURE_POLL_MAX_MS in cmd/agent/capture.c)
+ * and records wake it only when a quarter of the ring is waiting, which
+ * keeps a burst from filling the ring between two polls.
+ */
+static __always_inline void record_submit(void *r)
+{
+    __u64 flags = BPF_RB_NO_WAKEUP;
+
+    if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >=
+        bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 4)
+        flags = BPF_RB_FORCE_WAKEUP;
+    bpf_ringbuf_submit(r, flags);
+}
+
+/*
+ * Attributes a record to the current task (process context only). With
+ * RECORD_HDR_TASK_BTF (objects that need 5.11+ anyway) the task is a BTF
+ * pointer and its fields are plain loads rather than helper calls.
+ */
 static __always_inline void record_hdr_current(struct record_hdr *h, __u32 kind)
 {
+#ifdef RECORD_HDR_TASK_BTF
+    struct task_struct *task = bpf_get_current_task_btf();
+#else
     struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+#endif
 
     h->kind = kind;
     h->pid = bpf_get_current_pid_tgid() >> 32;
+#ifdef RECORD_HDR_TASK_BTF
+    h->ppid = task->real_parent->tgid;
+#else
     h->ppid = BPF_CORE_READ(task, real_parent, tgid);
+#endif
     h->uid = (__u32)bpf_get_current_uid_gid();
     h->ts_ns = bpf_ktime_get_boot_ns();
     h->cgroup_id = bpf_get_current_cgroup_id();

@@ -182,6 +182,6 @@ int BPF_PROG(tp_btf__kfree_skb, struct sk_buff *skb, void *location, int reason)
         parse_ipv4(r, head + BPF_CORE_READ(skb, network_header));
     else if (proto == ETH_P_IPV6)
         parse_ipv6(r, head + BPF_CORE_READ(skb, network_header));
-    bpf_ringbuf_submit(r, 0);
+    record_submit(r);
     return 0;
 }

@@ -25,13 +25,13 @@ int BPF_PROG(tp_btf__sched_process_exec, struct task_struct *p, pid_t old_pid,
     if (!r)
         return 0;
     record_hdr_current(&r->hdr, RECORD_EXEC);
-    if (bpf_probe_read_kernel_str(r->filename, sizeof(r->filename), BPF_CORE_READ(bprm, filename)) <
-        0)
+    /* p and bprm are BTF pointers: their fields are plain loads, not helper calls. */
+    if (bpf_probe_read_kernel_str(r->filename, sizeof(r->filename), bprm->filename) < 0)
         r->filename[0] = '\0';
 
     /* The new image's argv is in place in the new mm by now. */
-    arg_start = BPF_CORE_READ(p, mm, arg_start);
-    arg_end = BPF_CORE_READ(p, mm, arg_end);
+    arg_start = p->mm->arg_start;
+    arg_end = p->mm->arg_end;
     len = arg_end > arg_start ? arg_end - arg_start : 0;
     r->args_truncated = len > RECORD_ARGS_MAX;
     if (len > RECORD_ARGS_MAX)
@@ -42,7 +42,7 @@ int BPF_PROG(tp_btf__sched_process_exec, struct task_struct *p, pid_t old_pid,
     if (bpf_probe_read_user(r->args, len, (void *)arg_start))
         len = 0;
     r->args_len = len;
-    bpf_ringbuf_submit(r, 0);
+    record_submit(r);
     return 0;
 }
 
@@ -53,18 +53,19 @@ int BPF_PROG(tp_btf__sched_process_exit, struct task_struct *p)
     struct task_struct *leader;
 
     /* Threads exit one by one; the process is gone when the last one leaves. */
-    if (BPF_CORE_READ(p, signal, live.counter) != 0)
+    if (p->signal->live.counter != 0)
         return 0;
 
     r = record_reserve(SLOT_SCHED_PROCESS_EXIT, sizeof(*r));
     if (!r)
         return 0;
     record_hdr_current(&r->hdr, RECORD_EXIT);
-    leader = BPF_CORE_READ(p, group_leader);
-    BPF_CORE_READ_STR_INTO(&r->hdr.comm, leader, comm);
-    r->exit_code = BPF_CORE_READ(p, exit_code);
+    /* p is a BTF pointer: its fields are plain loads, not helper calls. */
+    leader = p->group_leader;
+    bpf_probe_read_kernel_str(&r->hdr.comm, sizeof(r->hdr.comm), leader->comm);
+    r->exit_code = p->exit_code;
     r->pad = 0;
-    r->duration_ns = r->hdr.ts_ns - BPF_CORE_READ(leader, start_boottime);
-    bpf_ringbuf_submit(r, 0);
+    r->duration_ns = r->hdr.ts_ns - leader->start_boottime;
+    record_submit(r);
     return 0;
 }

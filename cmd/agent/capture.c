@@ -14,6 +14,7 @@
 #include "capture.h"
 
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
 #include <linux/capability.h>
@@ -34,10 +35,20 @@
 #include "process_events.h"
 
 #include "connections.skel.h"
+#include "connections_compat.skel.h"
 #include "drops.skel.h"
 #include "processes.skel.h"
 
 #define CAPTURE_RINGBUF_DEFAULT (8u << 20)
+
+/*
+ * The BPF programs wake the reader only when a quarter of the ring is
+ * waiting (record_submit in bpf/common.bpf.h: a wakeup costs the traced task
+ * many times its record), so the reader looks at the ring on this timer: the
+ * longest a record waits before it is read (20 idle wakeups a second, paid
+ * by the agent, not by the traced tasks).
+ */
+#define CAPTURE_POLL_MAX_MS 50
 
 _Static_assert(RECORD_ARGS_MAX == EVENT_ARGS_MAX, "argv bound differs between kernel and event");
 _Static_assert(RECORD_FILENAME_MAX == EVENT_FILENAME_MAX, "filename bound differs");
@@ -74,6 +85,7 @@ static const struct prog_spec prog_specs[SLOT_COUNT] = {
 /* One loaded copy of a BPF object (a skeleton) with some of its programs. */
 struct instance {
     enum capture_object object;
+    bool compat; /* OBJ_CONNECTIONS: the connections_compat build */
     void *skel;
     struct bpf_object *obj;
 };
@@ -98,6 +110,7 @@ struct capture {
     struct drop_reasons *reasons;
     int64_t boot_to_real_ns; /* CLOCK_REALTIME - CLOCK_BOOTTIME */
     int ncpus;
+    bool conn_compat; /* the kernel lacks what connections.bpf.c needs */
 };
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -144,11 +157,35 @@ static bool has_bpf_privileges(void)
 #undef HAS_CAP
 }
 
+/*
+ * connections.bpf.c reads sockets through BTF pointers with the
+ * bpf_rdonly_cast kfunc (6.2+); without it the compat build (helper reads)
+ * is loaded instead. See bpf/connections.h.
+ */
+static bool kernel_lacks_rdonly_cast(void)
+{
+    struct btf *vmlinux = btf__load_vmlinux_btf();
+    bool lacks = !vmlinux || btf__find_by_name_kind(vmlinux, "bpf_rdonly_cast", BTF_KIND_FUNC) < 0;
+
+    btf__free(vmlinux);
+    return lacks;
+}
+
 static int instance_open(struct capture *c, struct instance *in, enum capture_object object)
 {
     in->object = object;
+    in->compat = false;
     switch (object) {
     case OBJ_CONNECTIONS: {
+        if (c->conn_compat) {
+            struct connections_compat_bpf *s = connections_compat_bpf__open();
+            if (!s)
+                return -errno;
+            in->compat = true;
+            in->skel = s;
+            in->obj = s->obj;
+            break;
+        }
         struct connections_bpf *s = connections_bpf__open();
         if (!s)
             return -errno;
@@ -183,7 +220,10 @@ static void instance_destroy(struct instance *in)
 {
     switch (in->object) {
     case OBJ_CONNECTIONS:
-        connections_bpf__destroy(in->skel);
+        if (in->compat)
+            connections_compat_bpf__destroy(in->skel);
+        else
+            connections_bpf__destroy(in->skel);
         break;
     case OBJ_DROPS:
         drops_bpf__destroy(in->skel);
@@ -531,6 +571,7 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
     for (int s = 0; s < SLOT_COUNT; s++)
         c->progs[s].status = CAPTURE_PROGRAM_DISABLED;
     sample_clock_offset(c);
+    c->conn_compat = kernel_lacks_rdonly_cast();
 
     if (want & (1u << SLOT_KFREE_SKB)) {
         /* Without names a drop is still reported, with its code and address. */
@@ -584,11 +625,18 @@ fail:
 
 int capture_poll(struct capture *c, int timeout_ms)
 {
-    int n;
+    int n, more;
 
     sample_clock_offset(c);
+    if (timeout_ms < 0 || timeout_ms > CAPTURE_POLL_MAX_MS)
+        timeout_ms = CAPTURE_POLL_MAX_MS;
     n = ring_buffer__poll(c->rb, timeout_ms);
-    return n;
+    if (n < 0)
+        return n;
+    /* poll only reads a ring it was woken for; records submitted without a
+     * wakeup are read here. */
+    more = ring_buffer__consume(c->rb);
+    return more < 0 ? more : n + more;
 }
 
 void capture_close(struct capture *c)

@@ -37,7 +37,9 @@ typedef void (*capture_event_fn)(void *ctx, struct event *e);
  */
 struct capture *capture_open(const struct capture_config *cfg, capture_event_fn fn, void *ctx,
                              char *err, size_t errlen);
-/* Polls the ring buffer, delivering events; returns events handled or -errno (-EINTR is benign). */
+/* Polls the ring buffer (waiting at most timeout_ms, capped at a few tens of ms: the
+ * programs do not wake the reader for every record), delivering events; returns events
+ * handled or -errno (-EINTR is benign). */
 int capture_poll(struct capture *c, int timeout_ms);
 /* Detaches every link and unloads everything. */
 void capture_close(struct capture *c);

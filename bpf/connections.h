@@ -1,0 +1,331 @@
+/*
+ * The connection programs, built twice: connections.bpf.c for kernels with
+ * the bpf_rdonly_cast kfunc (6.2+), whose sys_exit programs reach the socket
+ * behind a file descriptor through BTF pointers (plain loads), and
+ * connections_compat.bpf.c (CONNECTIONS_COMPAT) for older kernels (5.8+),
+ * which read the same fields with one helper call each. cmd/agent/capture.c
+ * picks one at start. Both have the same programs, maps and records.
+ */
+#ifndef EBPF_MONITOR_BPF_CONNECTIONS_H
+#define EBPF_MONITOR_BPF_CONNECTIONS_H
+
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define SOCK_DGRAM  2
+#define S_IFMT      00170000
+#define S_IFSOCK    0140000
+
+/* enum tcp_state values; part of the uapi, stable. */
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT    2
+#define TCP_CLOSE       7
+
+#if defined(__TARGET_ARCH_x86)
+#define NR_CONNECT 42
+#define NR_ACCEPT  43
+#define NR_ACCEPT4 288
+#define TS_COMPAT  0x0002
+#elif defined(__TARGET_ARCH_arm64)
+#define NR_CONNECT 203
+#define NR_ACCEPT  202
+#define NR_ACCEPT4 242
+#else
+#error "syscall numbers for this architecture are missing"
+#endif
+
+/*
+ * A connecting socket's owner, taken at CLOSE->SYN_SENT (process context);
+ * the outcome usually arrives in softirq where the process is unknown.
+ */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64); /* struct sock * */
+    __type(value, struct record_hdr);
+} connecting SEC(".maps");
+
+/*
+ * Field access: sk (and the task, regs, file and socket on the way to it) are
+ * BTF pointers, so their fields are read with plain loads that the verifier
+ * guards (relocated by CO-RE like BPF_CORE_READ), not one helper call each:
+ * these programs run on every connect and, for sys_exit, on every syscall.
+ */
+
+/* v4 or v6 address: four 32-bit words, network order. */
+static __always_inline void copy_addr6(__u8 *dst, const struct in6_addr *a)
+{
+    __u32 *d = (__u32 *)dst;
+
+    d[0] = a->in6_u.u6_addr32[0];
+    d[1] = a->in6_u.u6_addr32[1];
+    d[2] = a->in6_u.u6_addr32[2];
+    d[3] = a->in6_u.u6_addr32[3];
+}
+
+/* Local address/port into s*, remote into d*; swapped when peer_is_source. */
+static __always_inline void read_sock_addrs(const struct sock *sk, struct conn_record *r,
+                                            bool peer_is_source)
+{
+    __u8 *local = peer_is_source ? r->daddr : r->saddr;
+    __u8 *remote = peer_is_source ? r->saddr : r->daddr;
+    __u16 lport = sk->__sk_common.skc_num;
+    __u16 rport = bpf_ntohs(sk->__sk_common.skc_dport);
+
+    /* A failed connect has released its port (skc_num = 0) before the CLOSE transition is
+     * traced; inet_sport still holds the port the SYN went out from. */
+    if (lport == 0)
+        lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+
+    r->family = sk->__sk_common.skc_family;
+    if (r->family == AF_INET) {
+        *(__u32 *)local = sk->__sk_common.skc_rcv_saddr;
+        *(__u32 *)remote = sk->__sk_common.skc_daddr;
+    } else {
+        copy_addr6(local, &sk->__sk_common.skc_v6_rcv_saddr);
+        copy_addr6(remote, &sk->__sk_common.skc_v6_daddr);
+    }
+    r->sport = peer_is_source ? rport : lport;
+    r->dport = peer_is_source ? lport : rport;
+}
+
+#ifdef CONNECTIONS_COMPAT
+/* The same for a socket reached through the file table (a plain address): helper reads. */
+static __always_inline void read_sock_addrs_core(const struct sock *sk, struct conn_record *r,
+                                                 bool peer_is_source)
+{
+    __u8 *local = peer_is_source ? r->daddr : r->saddr;
+    __u8 *remote = peer_is_source ? r->saddr : r->daddr;
+    struct sock_common skc;
+    __u16 lport, rport;
+
+    /* One helper read of the fields that sit together at the start of the socket instead
+     * of one per field. Member accesses on the copy are CO-RE relocated like any access
+     * through a vmlinux.h type; one beyond the copy fails verification, not silently. */
+    if (bpf_probe_read_kernel(&skc, sizeof(skc), &sk->__sk_common))
+        return;
+    lport = skc.skc_num;
+    rport = bpf_ntohs(skc.skc_dport);
+    r->family = skc.skc_family;
+    if (r->family == AF_INET) {
+        *(__u32 *)local = skc.skc_rcv_saddr;
+        *(__u32 *)remote = skc.skc_daddr;
+    } else {
+        copy_addr6(local, &skc.skc_v6_rcv_saddr);
+        copy_addr6(remote, &skc.skc_v6_daddr);
+    }
+    r->sport = peer_is_source ? rport : lport;
+    r->dport = peer_is_source ? lport : rport;
+}
+#endif
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, int newstate)
+{
+    __u64 key = (__u64)sk;
+    struct record_hdr *owner;
+    struct conn_record *r;
+    __u16 family;
+
+    if (sk->sk_protocol != IPPROTO_TCP)
+        return 0;
+    family = sk->__sk_common.skc_family;
+    if (family != AF_INET && family != AF_INET6)
+        return 0;
+
+    if (newstate == TCP_SYN_SENT) {
+        struct record_hdr h = {};
+
+        record_hdr_current(&h, RECORD_CONNECT);
+        bpf_map_update_elem(&connecting, &key, &h, BPF_ANY);
+        return 0;
+    }
+    if (oldstate != TCP_SYN_SENT || (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE))
+        return 0;
+
+    owner = bpf_map_lookup_elem(&connecting, &key);
+    if (!owner)
+        return 0; /* connect started before we attached */
+    r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
+    if (r) {
+        __u64 now = bpf_ktime_get_boot_ns();
+
+        r->hdr = *owner;
+        r->hdr.ts_ns = now;
+        r->protocol = IPPROTO_TCP;
+        r->status = newstate == TCP_ESTABLISHED ? CONN_ESTABLISHED : CONN_FAILED;
+        r->latency_ns = now - owner->ts_ns;
+        read_sock_addrs(sk, r, false);
+        record_submit(r);
+    }
+    bpf_map_delete_elem(&connecting, &key);
+    return 0;
+}
+
+#if defined(__TARGET_ARCH_arm64)
+struct pt_regs___arm64 {
+    int syscallno;
+} __attribute__((preserve_access_index));
+#endif
+
+#ifndef CONNECTIONS_COMPAT
+/* Casts an address read from memory to a BTF pointer, so its fields are plain loads. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+/* The syscall number of a sys_exit, or -1 for 32-bit compat tasks (other numbering). */
+static __always_inline long syscall_nr(struct pt_regs *regs)
+{
+#if defined(__TARGET_ARCH_x86)
+    long nr = regs->orig_ax;
+
+    /* Checked second: most syscalls are neither connect nor accept. */
+    if ((nr == NR_CONNECT || nr == NR_ACCEPT || nr == NR_ACCEPT4) &&
+        (bpf_get_current_task_btf()->thread_info.status & TS_COMPAT))
+        return -1;
+    return nr;
+#else
+    return BPF_CORE_READ((struct pt_regs___arm64 *)regs, syscallno);
+#endif
+}
+
+/* The socket behind fd in the current task, or NULL when fd is not a socket. */
+static __always_inline struct sock *fd_sock(long fd)
+{
+    struct task_struct *task = bpf_get_current_task_btf();
+    struct fdtable *fdt = task->files->fdt;
+    struct file *file = NULL;
+    struct socket *sock;
+
+    if (fd < 0 || fd >= fdt->max_fds)
+        return NULL;
+    /* An array element at a variable index: one helper read. */
+    if (bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]) || !file)
+        return NULL;
+    file = bpf_rdonly_cast(file, bpf_core_type_id_kernel(struct file));
+    if ((file->f_inode->i_mode & S_IFMT) != S_IFSOCK)
+        return NULL;
+    sock = bpf_rdonly_cast(file->private_data, bpf_core_type_id_kernel(struct socket));
+    return sock ? sock->sk : NULL;
+}
+#else
+/* The syscall number of a sys_exit, or -1 for 32-bit compat tasks (other numbering). */
+static __always_inline long syscall_nr(struct pt_regs *regs)
+{
+#if defined(__TARGET_ARCH_x86)
+    long nr = regs->orig_ax;
+
+    /* Checked second: most syscalls are neither connect nor accept. */
+    if (nr == NR_CONNECT || nr == NR_ACCEPT || nr == NR_ACCEPT4) {
+        struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+        if (BPF_CORE_READ(task, thread_info.status) & TS_COMPAT)
+            return -1;
+    }
+    return nr;
+#else
+    return BPF_CORE_READ((struct pt_regs___arm64 *)regs, syscallno);
+#endif
+}
+
+/*
+ * The socket behind fd in the current task, or NULL when fd is not a socket.
+ * Read with helpers (only for connect/accept): the file table is not
+ * reachable through BTF pointers on every kernel this supports (5.8+).
+ */
+static __always_inline struct sock *fd_sock(long fd)
+{
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+    struct file **fds = BPF_CORE_READ(fdt, fd);
+    unsigned int max_fds = BPF_CORE_READ(fdt, max_fds);
+    struct file *file = NULL;
+    struct socket *sock;
+
+    if (fd < 0 || fd >= max_fds)
+        return NULL;
+    if (bpf_core_read(&file, sizeof(file), &fds[fd]) || !file)
+        return NULL;
+    if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+        return NULL;
+    sock = BPF_CORE_READ(file, private_data);
+    return sock ? BPF_CORE_READ(sock, sk) : NULL;
+}
+#endif
+
+/* A socket from fd_sock: a BTF pointer, or a plain address in the compat build. */
+#ifndef CONNECTIONS_COMPAT
+#define SK_READ(sk, field)                ((sk)->field)
+#define FD_SOCK_ADDRS(sk, r, peer_is_src) read_sock_addrs(sk, r, peer_is_src)
+#else
+#define SK_READ(sk, field)                BPF_CORE_READ(sk, field)
+#define FD_SOCK_ADDRS(sk, r, peer_is_src) read_sock_addrs_core(sk, r, peer_is_src)
+#endif
+
+/*
+ * UDP connect(): reported at syscall exit so both ends are real (the kernel
+ * has chosen the source address and bound the source port by then).
+ */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(tp_btf__sys_exit_connect, struct pt_regs *regs, long ret)
+{
+    struct conn_record *r;
+    struct sock *sk;
+    __u16 family;
+
+    if (ret != 0 || syscall_nr(regs) != NR_CONNECT)
+        return 0;
+    sk = fd_sock(PT_REGS_PARM1_SYSCALL(regs));
+    if (!sk)
+        return 0;
+    family = SK_READ(sk, __sk_common.skc_family);
+    if ((family != AF_INET && family != AF_INET6) || SK_READ(sk, sk_protocol) != IPPROTO_UDP ||
+        SK_READ(sk, sk_type) != SOCK_DGRAM)
+        return 0;
+    if (SK_READ(sk, __sk_common.skc_dport) == 0)
+        return 0; /* connect(AF_UNSPEC) dissolves the association */
+
+    r = record_reserve(SLOT_SYS_EXIT_CONNECT, sizeof(*r));
+    if (!r)
+        return 0;
+    record_hdr_current(&r->hdr, RECORD_CONNECT);
+    r->protocol = IPPROTO_UDP;
+    r->status = CONN_ATTEMPTED;
+    r->latency_ns = 0;
+    FD_SOCK_ADDRS(sk, r, false);
+    record_submit(r);
+    return 0;
+}
+
+/* accept()/accept4() return in the accepting task: the new fd gives both ends. */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(tp_btf__sys_exit_accept, struct pt_regs *regs, long ret)
+{
+    struct conn_record *r;
+    struct sock *sk;
+    long nr;
+    __u16 family;
+
+    if (ret < 0)
+        return 0;
+    nr = syscall_nr(regs);
+    if (nr != NR_ACCEPT && nr != NR_ACCEPT4)
+        return 0;
+    sk = fd_sock(ret);
+    if (!sk)
+        return 0;
+    family = SK_READ(sk, __sk_common.skc_family);
+    if ((family != AF_INET && family != AF_INET6) || SK_READ(sk, sk_protocol) != IPPROTO_TCP)
+        return 0;
+
+    r = record_reserve(SLOT_SYS_EXIT_ACCEPT, sizeof(*r));
+    if (!r)
+        return 0;
+    record_hdr_current(&r->hdr, RECORD_ACCEPT);
+    r->protocol = IPPROTO_TCP;
+    r->status = 0;
+    r->latency_ns = 0;
+    FD_SOCK_ADDRS(sk, r, true);
+    record_submit(r);
+    return 0;
+}
+
+#endif

@@ -1,0 +1,199 @@
+/*
+ * The agent's user-space path alone: synthetic events, shaped like the ones
+ * capture.c makes from ring buffer records, go through the same steps as the
+ * agent's on_event (id, node, counters, publisher_add with a real NATS,
+ * http_server_publish, store_add_move) as fast as one thread can, with the
+ * agent's default limits (HISTORY_SIZE, BATCH_SIZE, ENCODING... from the
+ * environment like the agent).
+ *
+ *   bench_agent_pipeline [--events N] [--cpu K]
+ *
+ * NATS_URL (environment) names the server. --cpu pins the whole process
+ * (capture loop, publisher and NATS threads) to one CPU, so the figure is
+ * events per second per core. Prints one JSON object with events/s (wall),
+ * process CPU-µs per event, capture-thread CPU-µs per event, events sent and
+ * agent drops, and peak RSS.
+ */
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "agent/agent.h"
+#include "intern.h"
+
+static double clock_s(clockid_t id)
+{
+    struct timespec ts;
+
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The agent's on_event (cmd/agent/main.c), step for step. */
+static void on_event(struct agent *a, struct event *e)
+{
+    e->id = event_id_next(&a->ids);
+    e->node = a->node;
+    __atomic_fetch_add(&a->events_total, 1, __ATOMIC_RELAXED);
+    if (e->type < EVENT_TYPE_COUNT)
+        __atomic_fetch_add(&a->events_by_type[e->type], 1, __ATOMIC_RELAXED);
+    publisher_add(a->pub, e);
+    http_server_publish(a->http, e);
+    if (store_add_move(a->store, e) < 0)
+        __atomic_fetch_add(&a->store_failed, 1, __ATOMIC_RELAXED);
+}
+
+/* What capture.c fills for event i of a realistic mix: 96 UDP connects, 3 TCP, 1 exec. */
+static void synth(struct event *e, uint64_t i, uint64_t now_ns)
+{
+    static const char args[] = "/bin/true\0--version\0";
+    unsigned k = (unsigned)(i % 100);
+
+    memset(e, 0, sizeof(*e));
+    e->timestamp_ns = now_ns;
+    e->pid = 1000 + (uint32_t)(i % 50);
+    e->ppid = 1;
+    e->uid = 0;
+    e->cgroup_id = 4242;
+    if (k < 99) {
+        strcpy(e->command, "bench_load");
+        e->type = EVENT_CONNECTION;
+        e->family = EVENT_FAMILY_IPV4;
+        e->protocol = k < 96 ? IPPROTO_UDP : IPPROTO_TCP;
+        e->status = k < 96 ? EVENT_STATUS_ATTEMPTED : EVENT_STATUS_ESTABLISHED;
+        e->saddr[0] = 127, e->saddr[3] = 1;
+        e->daddr[0] = 10, e->daddr[1] = 1, e->daddr[2] = (uint8_t)(i >> 8),
+        e->daddr[3] = (uint8_t)i;
+        e->sport = (uint16_t)(32768 + i % 28000);
+        e->dport = 53;
+        e->u.conn.latency_ns = k < 96 ? 0 : 41000;
+    } else {
+        strcpy(e->command, "true");
+        e->type = EVENT_EXEC;
+        e->u.exec.filename = strdup("/bin/true");
+        e->u.exec.args = malloc(sizeof(args) + 1);
+        memcpy(e->u.exec.args, args, sizeof(args));
+        e->u.exec.args_len = sizeof(args) - 1;
+    }
+}
+
+static long peak_rss_kib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kib = -1;
+
+    while (f && fgets(line, sizeof(line), f))
+        if (!strncmp(line, "VmHWM:", 6))
+            kib = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kib;
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t n = 2000000;
+    int cpu = -1;
+    char err[512];
+    struct agent a = {0};
+
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--events"))
+            n = strtoull(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--cpu"))
+            cpu = atoi(argv[i + 1]);
+    }
+    if (cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        sched_setaffinity(0, sizeof(set), &set); /* threads created later inherit it */
+    }
+    char *cargv[] = {"bench_agent_pipeline", NULL};
+    if (config_load(&a.cfg, CONFIG_AGENT, 1, cargv, err, sizeof(err)) != CONFIG_OK) {
+        fprintf(stderr, "bench_agent_pipeline: %s\n", err);
+        return 1;
+    }
+    a.node = intern(a.cfg.node_name[0] ? a.cfg.node_name : "bench");
+    event_id_gen_init(&a.ids);
+    struct store_limits limits = {.max_events = a.cfg.history_size,
+                                  .max_age_ns = a.cfg.history_max_age_ns};
+    a.store = store_new(&limits);
+    struct http_server_config hc = {.listen_addr = "127.0.0.1:0"};
+    a.http = http_server_new(&hc, err, sizeof(err));
+    a.bus = bus_open(&a.cfg, "bench_agent_pipeline", err, sizeof(err));
+    if (!a.store || !a.http || !a.bus) {
+        fprintf(stderr, "bench_agent_pipeline: setup: %s\n", err);
+        return 1;
+    }
+    bus_node_subject(a.cfg.subject_prefix, a.node, a.subject, sizeof(a.subject));
+    struct publisher_config pc = {
+        .node = a.node,
+        .subject = a.subject,
+        .encoding = a.cfg.encoding,
+        .batch_size = a.cfg.batch_size,
+        .flush_interval_ns = a.cfg.flush_interval_ns,
+        .outage_buffer_bytes = a.cfg.outage_buffer_bytes,
+    };
+    a.pub = publisher_new(a.bus, &pc, err, sizeof(err));
+    if (!a.pub) {
+        fprintf(stderr, "bench_agent_pipeline: %s\n", err);
+        return 1;
+    }
+    for (int i = 0; i < 200 && !bus_connected(a.bus); i++) {
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+
+    struct rusage ru0, ru1;
+    getrusage(RUSAGE_SELF, &ru0);
+    double t0 = clock_s(CLOCK_MONOTONIC), th0 = clock_s(CLOCK_THREAD_CPUTIME_ID);
+    uint64_t now = mono_ns(), wall = (uint64_t)time(NULL) * 1000000000ull;
+    for (uint64_t i = 0; i < n; i++) {
+        struct event e;
+        if ((i & 1023) == 0) {
+            now = mono_ns();
+            publisher_tick(a.pub, now); /* the capture loop ticks once per poll */
+        }
+        synth(&e, i, wall + i);
+        on_event(&a, &e);
+    }
+    double th1 = clock_s(CLOCK_THREAD_CPUTIME_ID);
+    int flushed = publisher_flush(a.pub, 30ull * 1000000000ull);
+    double t1 = clock_s(CLOCK_MONOTONIC);
+    getrusage(RUSAGE_SELF, &ru1);
+
+    struct publisher_stats ps;
+    publisher_get_stats(a.pub, &ps);
+    double cpu_s = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) +
+                   (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) / 1e6 +
+                   (double)(ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) +
+                   (double)(ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) / 1e6;
+    printf("{\"events\":%" PRIu64 ",\"seconds\":%.3f,\"events_per_sec\":%.0f,"
+           "\"cpu_seconds\":%.3f,\"cpu_us_per_event\":%.3f,\"capture_thread_us_per_event\":%.3f,"
+           "\"events_per_cpu_second\":%.0f,\"events_sent\":%" PRIu64 ",\"agent_drops\":%" PRIu64
+           ",\"flushed\":%s,\"peak_rss_kib\":%ld,\"cpu\":%d}\n",
+           n, t1 - t0, (double)n / (t1 - t0), cpu_s, cpu_s * 1e6 / (double)n,
+           (th1 - th0) * 1e6 / (double)n, (double)n / cpu_s, ps.events_sent, ps.events_dropped,
+           flushed == 0 ? "true" : "false", peak_rss_kib(), cpu);
+    fflush(stdout);
+    publisher_free(a.pub);
+    bus_close(a.bus);
+    http_server_free(a.http);
+    store_free(a.store);
+    return 0;
+}

@@ -1,0 +1,78 @@
+/*
+ * The benchmark suite cannot rot: runs `scripts/bench.sh --quick` (each
+ * benchmark once, tiny sizes) and checks that build/bench/results.json parses
+ * and that every measurement has a name, a unit, a command and a numeric
+ * value, and that both the agent's and the aggregator's sections are there.
+ * Asserts nothing about speed. Needs root (the agent part loads eBPF programs).
+ */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+static json_t *run_quick_suite(void)
+{
+    char cmd[1024], log[64];
+    json_error_t jerr;
+
+    snprintf(log, sizeof(log), "/tmp/ebpf-e2e-bench-%d.log", getpid());
+    snprintf(cmd, sizeof(cmd), "cd '%s' && scripts/bench.sh --quick >'%s' 2>&1", tu_repo_path("."),
+             log);
+    int rc = system(cmd);
+    if (rc == -1 || !WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
+        char *out = tu_read_file(log);
+        cr_assert_fail("scripts/bench.sh --quick failed (%d); output:\n%s", rc,
+                       out ? out : "(none)");
+    }
+    json_t *root = json_load_file(tu_repo_path("build/bench/results.json"), 0, &jerr);
+    cr_assert_not_null(root, "results.json: %s (line %d)", jerr.text, jerr.line);
+    unlink(log);
+    return root;
+}
+
+Test(e2e_bench, quick_suite_writes_every_measurement, .timeout = 600)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root: the agent benchmarks load eBPF programs");
+
+    json_t *root = run_quick_suite();
+    json_t *ms = json_object_get(root, "measurements");
+    cr_assert(json_is_array(ms), "results.json has no measurements array");
+    cr_assert_gt(json_array_size(ms), 10, "only %zu measurements", json_array_size(ms));
+
+    bool agent = false, aggregator = false, zero_loss = false, kernel = false;
+    size_t i;
+    json_t *m;
+    json_array_foreach(ms, i, m)
+    {
+        const char *id = json_string_value(json_object_get(m, "id"));
+        const char *section = json_string_value(json_object_get(m, "section"));
+        cr_assert_not_null(id, "measurement %zu has no id", i);
+        cr_assert_not_null(section, "%s has no section", id);
+        cr_assert(json_is_number(json_object_get(m, "value")), "%s: value is not a number", id);
+        cr_assert(json_is_string(json_object_get(m, "unit")), "%s: no unit", id);
+        cr_assert(json_is_string(json_object_get(m, "command")), "%s: no command", id);
+        json_t *met = json_object_get(m, "met");
+        cr_assert(met == NULL || json_is_boolean(met) || json_is_null(met),
+                  "%s: met is not a boolean", id);
+        agent |= strcmp(section, "agent") == 0;
+        aggregator |= strcmp(section, "aggregator") == 0;
+        zero_loss |= strcmp(id, "pipeline.zero_loss_events_per_sec") == 0;
+        kernel |= strncmp(id, "kernel.agent.", 13) == 0;
+    }
+    cr_expect(agent, "no agent measurements");
+    cr_expect(aggregator, "no aggregator measurements");
+    cr_expect(zero_loss, "no zero-loss pipeline rate");
+    cr_expect(kernel, "no in-kernel cost");
+
+    char *md = tu_read_file(tu_repo_path("build/bench/results.md"));
+    cr_assert_not_null(md, "results.md missing");
+    cr_expect(strstr(md, "| Measurement |") != NULL, "results.md has no table");
+    free(md);
+    json_decref(root);
+}
