@@ -79,7 +79,7 @@ static const struct key keys[] = {
      NULL, "batches kept while NATS is unreachable; oldest dropped beyond it"},
     {"EVENT_TYPES", KIND_TYPES, AGENT, NUM(event_types), 0, 0, "all", NULL,
      "comma list of connection, accept, packet_drop, exec, exit (or all)"},
-    {"RINGBUF_SIZE", KIND_BYTES, AGENT, NUM(ringbuf_bytes), 4096, 1ull << 30, "16MiB", NULL,
+    {"RINGBUF_SIZE", KIND_BYTES, AGENT, NUM(ringbuf_bytes), 4096, 1ull << 30, "8MiB", NULL,
      "kernel ring buffer size (a power of two, 4KiB-1GiB)"},
     {"DROP_RATE_LIMIT", KIND_UINT, AGENT, NUM(drop_rate_limit), 1, 1000000, "1000", NULL,
      "packet_drop events per second per CPU before suppression (1-1000000)"},

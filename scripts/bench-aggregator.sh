@@ -55,6 +55,7 @@ FILL_RATE=400000 # events/s used to fill the history for the query phase (below 
 # ---------------------------------------------------------------- processes
 PIDS=()
 cleanup() {
+  set +e # a killed child's status must not fail the script
   for p in "${PIDS[@]:-}"; do
     [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
   done

@@ -16,6 +16,8 @@ packages=(
   libyaml-dev libcriterion-dev libjansson-dev
   clang-format curl jq iproute2 procps
   wrk # scripts/bench-aggregator.sh: HTTP requests/s
+  bpftrace linux-perf # scripts/bench-agent.sh: the tracer compared against; profiling
+  python3 # scripts/bench-*.sh pick free ports
 )
 # Node.js runs the tests' independent NATS client; any install that provides
 # node and npm will do (Debian's nodejs + npm when there is none).
