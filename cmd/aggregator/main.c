@@ -44,6 +44,13 @@ static void report_bus_failure(struct bus *b, const char *err)
 {
     struct bus_status st;
     bus_get_status(b, &st);
+    /* nats.c reports the refusal from its own thread, possibly just after
+     * the subscription failed: give it a moment. */
+    for (int i = 0; i < 200 && !st.closed && strstr(err, "Connection Closed"); i++) {
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 10 * 1000000L};
+        nanosleep(&ts, NULL);
+        bus_get_status(b, &st);
+    }
     if (st.closed && st.last_error[0])
         fprintf(stderr, "ebpf-aggregator: NATS connection closed: %s\n", st.last_error);
     else
