@@ -106,7 +106,7 @@ static const struct key keys[] = {
     {"TLS_CERT", KIND_STRING, BOTH, STR(tls_cert), 0, 0, NULL, NULL,
      "PEM certificate: serve the HTTP API over TLS"},
     {"TLS_KEY", KIND_STRING, BOTH, STR(tls_key), 0, 0, NULL, NULL, "PEM key for TLS_CERT"},
-    {"HISTORY_SIZE", KIND_UINT, BOTH, NUM(history_size), 100, 100000000, "200000", "2000000",
+    {"HISTORY_SIZE", KIND_UINT, BOTH, NUM(history_size), 100, 100000000, "100000", "2000000",
      "events kept in the queryable history (100-100000000)"},
     {"HISTORY_MAX_AGE", KIND_DURATION, BOTH, NUM(history_max_age_ns), 0, 365 * 24 * 3600 * SEC,
      "1h", "24h", "oldest event kept in the history (0 = no age limit)"},
