@@ -278,6 +278,37 @@ static bool listen_valid(const char *s)
     return !errno && !*end && port <= 65535 && isdigit((unsigned char)colon[1]);
 }
 
+/* Each comma-separated server: [nats|tls|ws|wss://][user:pass@]host[:port]. */
+static bool nats_urls_valid(const char *list)
+{
+    static const char *const schemes[] = {"nats://", "tls://", "ws://", "wss://"};
+    const char *p = list;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        while (len && isspace((unsigned char)*p))
+            p++, len--;
+        while (len && isspace((unsigned char)p[len - 1]))
+            len--;
+        const char *sep = memmem(p, len, "://", 3);
+        if (sep) {
+            bool known = false;
+            for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
+                known |= (size_t)(sep + 3 - p) == strlen(schemes[i]) &&
+                         strncmp(p, schemes[i], strlen(schemes[i])) == 0;
+            if (!known)
+                return false;
+            len -= (size_t)(sep + 3 - p);
+            p = sep + 3;
+        }
+        if (len == 0 || memchr(p, ' ', len) || memchr(p, '/', len))
+            return false;
+        if (!comma)
+            return true;
+        p = comma + 1;
+    }
+}
+
 /* Stores value for key k into c; on error writes the one-line message. */
 static int set_value(struct config *c, const struct key *k, const char *value, enum source src,
                      char *err, size_t errlen)
@@ -458,6 +489,12 @@ static int load_file(struct config *c, const char *path, bool *seen, char *err, 
             rc = -EINVAL;
             goto out;
         }
+        if (seen[k - keys]) {
+            errf(err, errlen, "config file %s: line %zu: %s is set twice", path, line, k->name);
+            rc = -EINVAL;
+            goto out;
+        }
+        seen[k - keys] = true;
         if (!(k->roles & c->role))
             continue; /* shared configmaps carry both binaries' keys */
         if (set_value(c, k, (const char *)vn->data.scalar.value, SRC_FILE, err, errlen) < 0) {
@@ -466,7 +503,6 @@ static int load_file(struct config *c, const char *path, bool *seen, char *err, 
             rc = -EINVAL;
             goto out;
         }
-        seen[k - keys] = true;
     }
 out:
     yaml_document_delete(&doc);
@@ -485,12 +521,13 @@ static void flag_name(const struct key *k, char *out, size_t len)
 
 void config_print_help(FILE *out, enum config_role role, const char *prog)
 {
-    fprintf(out, "Usage: %s [OPTIONS]%s\n\n", prog, role == CONFIG_AGGREGATOR ? "\n       " : "");
+    fprintf(out, "Usage: %s [OPTIONS]\n", prog);
     if (role == CONFIG_AGGREGATOR)
         fprintf(out,
                 "       %s tail [--nats URL] [--subject S] [filters]\n"
-                "       %s decode < message\n\n",
+                "       %s decode < message\n",
                 prog, prog);
+    fputc('\n', out);
     fprintf(out, "%s\n\n",
             role == CONFIG_AGENT
                 ? "Captures connections, accepts, packet drops, execs and exits with eBPF and\n"
@@ -521,7 +558,7 @@ static bool apply_defaults_and_env(struct config *c, bool *seen, bool env, char 
             continue;
         const char *v =
             env ? getenv(k->name) : (c->role == CONFIG_AGENT ? k->def_agent : k->def_agg);
-        if (!v || (env && !*v))
+        if (!v)
             continue;
         if (set_value(c, k, v, env ? SRC_ENV : SRC_DEFAULT, err, errlen) < 0)
             return false;
@@ -569,6 +606,12 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
         const char *name = a + 2, *eq = strchr(name, '=');
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
         const char *value = eq ? eq + 1 : NULL;
+        bool is_config = nlen == 6 && strncmp(name, "config", 6) == 0;
+        const struct key *k = is_config ? NULL : find_key(name, nlen);
+        if (!is_config && (!k || !(k->roles & role) || memchr(name, '_', nlen))) {
+            errf(err, errlen, "unknown option --%.*s (see --help)", (int)nlen, name);
+            return CONFIG_INVALID;
+        }
         if (!value) {
             if (i + 1 >= argc) {
                 errf(err, errlen, "option --%.*s needs a value (see --help)", (int)nlen, name);
@@ -576,14 +619,9 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
             }
             value = argv[++i];
         }
-        if (nlen == 6 && strncmp(name, "config", 6) == 0) {
+        if (is_config) {
             config_file = value;
             continue;
-        }
-        const struct key *k = find_key(name, nlen);
-        if (!k || !(k->roles & role) || strchr(name, '_')) {
-            errf(err, errlen, "unknown option --%.*s (see --help)", (int)nlen, name);
-            return CONFIG_INVALID;
         }
         flags[nflags].k = k;
         flags[nflags].v = value;
@@ -637,6 +675,13 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
                  c->queue_group);
             return CONFIG_INVALID;
         }
+    }
+    if (!nats_urls_valid(c->nats_url)) {
+        errf(err, errlen,
+             "invalid NATS_URL=\"%s\": must be a comma-separated list of servers such as "
+             "nats://HOST:4222, tls://HOST:4222 or HOST:4222",
+             c->nats_url);
+        return CONFIG_INVALID;
     }
     if (!c->tls_cert[0] != !c->tls_key[0]) {
         errf(err, errlen, "TLS_CERT and TLS_KEY must be set together (%s is missing)",

@@ -258,14 +258,17 @@ void event_json_write(struct buf *b, const struct event *e)
         put_str(b, type, strlen(type));
     else
         PUT_LIT(b, "null");
-    PUT_LIT(b, ",\"pid\":");
-    put_u64(b, e->pid);
-    PUT_LIT(b, ",\"ppid\":");
-    put_u64(b, e->ppid);
-    PUT_LIT(b, ",\"uid\":");
-    put_u64(b, e->uid);
-    PUT_LIT(b, ",\"command\":");
-    put_str(b, e->command, strnlen(e->command, sizeof(e->command)));
+    /* A drop freed in softirq has no process of its own: say nothing rather than 0. */
+    if (!(e->type == EVENT_PACKET_DROP && e->pid == 0 && !e->command[0])) {
+        PUT_LIT(b, ",\"pid\":");
+        put_u64(b, e->pid);
+        PUT_LIT(b, ",\"ppid\":");
+        put_u64(b, e->ppid);
+        PUT_LIT(b, ",\"uid\":");
+        put_u64(b, e->uid);
+        PUT_LIT(b, ",\"command\":");
+        put_str(b, e->command, strnlen(e->command, sizeof(e->command)));
+    }
     PUT_LIT(b, ",\"timestamp\":");
     put_u64(b, e->timestamp_ns);
     char tbuf[40];

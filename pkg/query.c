@@ -190,9 +190,8 @@ static int query_parse_rfc3339(const char *s, size_t len, uint64_t *out_ns)
     if (s[i] == '.') {
         size_t digits = 0;
         for (i++; i < len && s[i] >= '0' && s[i] <= '9'; i++, digits++) {
-            if (digits >= 9)
-                return -EINVAL; /* finer than a nanosecond */
-            frac = frac * 10 + (uint64_t)(s[i] - '0');
+            if (digits < 9) /* RFC 3339 allows more digits; below a ns they are dropped */
+                frac = frac * 10 + (uint64_t)(s[i] - '0');
         }
         if (digits == 0)
             return -EINVAL;

@@ -24,7 +24,7 @@ esac
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "bench: must run as root: the agent benchmarks load eBPF programs and set" >&2
-  echo "bench: kernel.bpf_stats_enabled (try: sudo make bench)" >&2
+  echo "bench: kernel.bpf_stats_enabled (run make bench as root)" >&2
   exit 1
 fi
 for tool in jq curl; do

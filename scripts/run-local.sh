@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "make run: the agent loads eBPF programs and needs root: sudo make run" >&2
+  echo "make run: the agent loads eBPF programs and needs root (run it as root, e.g. with sudo)" >&2
   exit 1
 fi
 
@@ -34,8 +34,11 @@ trap cleanup INT TERM EXIT
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-wait_http() { # url, seconds
+wait_http() { # url, seconds; fails at once when the agent or the aggregator has exited
   for _ in $(seq $(($2 * 10))); do
+    for p in "${pids[@]}"; do
+      kill -0 "$p" 2>/dev/null || return 1
+    done
     curl -sf -o /dev/null "$1" && return 0
     sleep 0.1
   done
@@ -79,8 +82,9 @@ ${API_TOKEN:+(API_TOKEN is set: add -H "Authorization: Bearer \$API_TOKEN" to th
 
 MSG
 else
-  echo "run: agent or aggregator did not become ready; see the messages above" >&2
+  echo "run: agent or aggregator did not start; see the messages above" >&2
+  exit 1
 fi
 
 # Stop everything as soon as any of them exits.
-wait -n "${pids[@]}" ${nats_pid:+"$nats_pid"}
+wait -n "${pids[@]}" ${nats_pid:+"$nats_pid"} 2>/dev/null || true

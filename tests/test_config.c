@@ -79,6 +79,18 @@ Test(config, kubernetes_auto_detected)
     cr_expect_eq(c.deployment_mode, CONFIG_MODE_KUBERNETES);
 }
 
+Test(config, nats_server_lists)
+{
+    struct config c;
+    char *argv[] = {"ebpf-agent", NULL};
+    const char *good[] = {"nats://127.0.0.1:4222", "tls://nats.example:4222,nats://b:4222",
+                          "nats://user:pw@host:4222", "host:4222", "nats://a:1, nats://b:2"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        setenv("NATS_URL", good[i], 1);
+        cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_OK, "%s: %s", good[i], err);
+    }
+}
+
 Test(config, precedence_flag_env_file_default)
 {
     struct config c;
@@ -164,6 +176,11 @@ ParameterizedTestParameters(config, bad_values_name_the_key)
         {"HISTORY_SIZE", "5", "HISTORY_SIZE"},
         {"SUBJECT_PREFIX", "ebpf.*", "SUBJECT_PREFIX"},
         {"OUTAGE_BUFFER", "huge", "OUTAGE_BUFFER"},
+        {"NATS_URL", "foo://x:4222", "NATS_URL"},
+        {"NATS_URL", "nats://a:1,,nats://b:2", "NATS_URL"},
+        {"NATS_URL", "", "NATS_URL"},
+        {"BATCH_SIZE", "", "BATCH_SIZE"},
+        {"LISTEN_ADDR", "", "LISTEN_ADDR"},
     };
     return cr_make_param_array(struct bad_case, cases, sizeof(cases) / sizeof(cases[0]));
 }
@@ -192,6 +209,9 @@ Test(config, bad_flag_value_and_unknown_flag)
     cr_assert_eq(load(&c, CONFIG_AGENT, 2, argv3), CONFIG_INVALID);
     cr_expect(strstr(err, "needs a value"), "%s", err);
     /* An aggregator-only key is not an agent flag. */
+    char *argv5[] = {"ebpf-agent", "--bogus", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 2, argv5), CONFIG_INVALID);
+    cr_expect(strstr(err, "unknown option --bogus"), "%s", err);
     char *argv4[] = {"ebpf-agent", "--queue-group", "x", NULL};
     cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv4), CONFIG_INVALID);
 }
@@ -215,6 +235,12 @@ Test(config, bad_file_names_key_and_line)
     char *argv3[] = {"ebpf-agent", "--config", path, NULL};
     cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv3), CONFIG_INVALID);
     cr_expect(strstr(err, path), "%s", err);
+    unlink(path);
+
+    path = write_yaml("batch_size: 50\nBATCH_SIZE: 60\n");
+    char *argv5[] = {"ebpf-agent", "--config", path, NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv5), CONFIG_INVALID);
+    cr_expect(strstr(err, "BATCH_SIZE") && strstr(err, "twice"), "%s", err);
     unlink(path);
 
     char *argv4[] = {"ebpf-agent", "--config", "/nonexistent/x.yaml", NULL};

@@ -179,6 +179,25 @@ Test(event_json, packet_drop_minimal_has_no_guesses)
     assert_round_trip(&e);
 }
 
+/* Freed in softirq: no task of its own, so no pid, ppid, uid or command at all. */
+Test(event_json, packet_drop_without_a_task_has_no_process_fields)
+{
+    struct event e;
+    base(&e, EVENT_PACKET_DROP, "");
+    e.pid = e.ppid = e.uid = 0;
+    e.node = NULL;
+    e.u.drop.reason_code = 2;
+    struct buf b;
+    buf_init(&b);
+    event_json_write(&b, &e);
+    cr_expect_null(strstr(b.data, "\"pid\""), "%s", b.data);
+    cr_expect_null(strstr(b.data, "\"uid\""), "%s", b.data);
+    cr_expect_null(strstr(b.data, "\"command\""), "%s", b.data);
+    cr_expect(strstr(b.data, "\"drop_reason_code\":2"), "%s", b.data);
+    buf_free(&b);
+    assert_round_trip(&e);
+}
+
 Test(event_json, packet_drop_icmp_has_addresses_without_ports)
 {
     struct event e;

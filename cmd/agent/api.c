@@ -6,6 +6,7 @@
 
 #include "agent.h"
 #include "api.h"
+#include "event_json.h"
 #include "intern.h"
 
 #define MAX_PROGRAMS 32
@@ -197,9 +198,18 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
     buf_puts(b, ",\"nodes\":{");
     buf_json_cstr(b, a->node);
     buf_printf(b,
-               ":{\"events\":%" PRIu64 ",\"batches\":%" PRIu64 ",\"kernel_drops\":%" PRIu64
-               ",\"agent_drops\":%" PRIu64 "}}}",
-               load(&a->events_total), ps.batches_sent, kernel_drops, ps.events_dropped);
+               ":{\"events\":%" PRIu64 ",\"batches\":%" PRIu64 ",\"lost_batches\":%" PRIu64
+               ",\"kernel_drops\":%" PRIu64 ",\"agent_drops\":%" PRIu64,
+               load(&a->events_total), ps.batches_sent, ps.batches_dropped, kernel_drops,
+               ps.events_dropped);
+    /* The newest event held: when this node was last heard from. */
+    if (ss.newest_ns) {
+        char when[40];
+        event_format_time(ss.newest_ns, when);
+        buf_puts(b, ",\"last_seen\":");
+        buf_json_cstr(b, when);
+    }
+    buf_puts(b, "}}}");
 }
 
 static void handle_health(void *ctx, const struct http_request *req, struct http_response *res)
