@@ -1,6 +1,6 @@
 /*
  * The connection programs, built twice: connections.bpf.c for kernels with
- * the bpf_rdonly_cast kfunc (6.2+), whose sys_exit programs reach the socket
+ * the bpf_rdonly_cast kfunc (6.2+), whose sys_exit program reaches the socket
  * behind a file descriptor through BTF pointers (plain loads), and
  * connections_compat.bpf.c (CONNECTIONS_COMPAT) for older kernels (5.8+),
  * which read the same fields with one helper call each. cmd/agent/capture.c
@@ -261,28 +261,74 @@ static __always_inline struct sock *fd_sock(long fd)
 #endif
 
 /*
- * UDP connect(): reported at syscall exit so both ends are real (the kernel
- * has chosen the source address and bound the source port by then).
+ * What the sys_exit program emits, set by user space before load from the
+ * requested event types (EVENT_TYPES): the verifier prunes the branch of a
+ * type that was not asked for.
+ */
+const volatile bool emit_udp_connect = true;
+const volatile bool emit_accept = true;
+
+/*
+ * One program on sys_exit for both UDP connect() and accept()/accept4(): it
+ * runs on every syscall of the machine, and each program attached to a hook
+ * costs every syscall its own dispatch, so the two share one and branch on
+ * the syscall number. Each kind still counts in its own statistics slot.
+ *
+ * UDP connect() is reported at syscall exit so both ends are real (the kernel
+ * has chosen the source address and bound the source port by then); an
+ * accept's new descriptor gives both ends of the accepted connection.
  */
 SEC("tp_btf/sys_exit")
-int BPF_PROG(tp_btf__sys_exit_connect, struct pt_regs *regs, long ret)
+int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
 {
     struct conn_record *r;
     struct sock *sk;
+    bool accept;
+    long nr, fd;
     __u16 family;
 
-    if (ret != 0 || syscall_nr(regs) != NR_CONNECT)
+    if (ret < 0)
         return 0;
-    sk = fd_sock(PT_REGS_PARM1_SYSCALL(regs));
+    nr = syscall_nr(regs);
+    if (nr == NR_CONNECT) {
+        if (!emit_udp_connect || ret != 0)
+            return 0;
+        accept = false;
+        fd = PT_REGS_PARM1_SYSCALL(regs);
+    } else if (nr == NR_ACCEPT || nr == NR_ACCEPT4) {
+        if (!emit_accept)
+            return 0;
+        accept = true;
+        fd = ret;
+    } else {
+        return 0;
+    }
+    sk = fd_sock(fd);
     if (!sk)
         return 0;
     family = SK_READ(sk, __sk_common.skc_family);
-    if ((family != AF_INET && family != AF_INET6) || SK_READ(sk, sk_protocol) != IPPROTO_UDP ||
-        SK_READ(sk, sk_type) != SOCK_DGRAM)
+    if (family != AF_INET && family != AF_INET6)
+        return 0;
+
+    if (accept) {
+        if (SK_READ(sk, sk_protocol) != IPPROTO_TCP)
+            return 0;
+        r = record_reserve(SLOT_SYS_EXIT_ACCEPT, sizeof(*r));
+        if (!r)
+            return 0;
+        record_hdr_current(&r->hdr, RECORD_ACCEPT);
+        r->protocol = IPPROTO_TCP;
+        r->status = 0;
+        r->latency_ns = 0;
+        FD_SOCK_ADDRS(sk, r, true);
+        record_submit(r);
+        return 0;
+    }
+
+    if (SK_READ(sk, sk_protocol) != IPPROTO_UDP || SK_READ(sk, sk_type) != SOCK_DGRAM)
         return 0;
     if (SK_READ(sk, __sk_common.skc_dport) == 0)
         return 0; /* connect(AF_UNSPEC) dissolves the association */
-
     r = record_reserve(SLOT_SYS_EXIT_CONNECT, sizeof(*r));
     if (!r)
         return 0;
@@ -291,39 +337,6 @@ int BPF_PROG(tp_btf__sys_exit_connect, struct pt_regs *regs, long ret)
     r->status = CONN_ATTEMPTED;
     r->latency_ns = 0;
     FD_SOCK_ADDRS(sk, r, false);
-    record_submit(r);
-    return 0;
-}
-
-/* accept()/accept4() return in the accepting task: the new fd gives both ends. */
-SEC("tp_btf/sys_exit")
-int BPF_PROG(tp_btf__sys_exit_accept, struct pt_regs *regs, long ret)
-{
-    struct conn_record *r;
-    struct sock *sk;
-    long nr;
-    __u16 family;
-
-    if (ret < 0)
-        return 0;
-    nr = syscall_nr(regs);
-    if (nr != NR_ACCEPT && nr != NR_ACCEPT4)
-        return 0;
-    sk = fd_sock(ret);
-    if (!sk)
-        return 0;
-    family = SK_READ(sk, __sk_common.skc_family);
-    if ((family != AF_INET && family != AF_INET6) || SK_READ(sk, sk_protocol) != IPPROTO_TCP)
-        return 0;
-
-    r = record_reserve(SLOT_SYS_EXIT_ACCEPT, sizeof(*r));
-    if (!r)
-        return 0;
-    record_hdr_current(&r->hdr, RECORD_ACCEPT);
-    r->protocol = IPPROTO_TCP;
-    r->status = 0;
-    r->latency_ns = 0;
-    FD_SOCK_ADDRS(sk, r, true);
     record_submit(r);
     return 0;
 }

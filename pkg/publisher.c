@@ -7,6 +7,11 @@
  * a network call; that thread sleeps on a condition variable while the queue
  * is empty or NATS is unreachable, and the bus wakes it on reconnect.
  *
+ * The hand-off is per batch, so it is kept cheap: sent batches go back on a
+ * short free list and the capture thread reuses them (buffer and all, still
+ * warm in cache) instead of a malloc on one thread and a free on the other,
+ * and the capture thread signals the publisher only when it is asleep.
+ *
  * Protobuf batches get their metadata (sequence, drop counters, sent_at)
  * appended just before publishing, so the counters are current even for a
  * batch that waited out an outage; the sequence number is fixed when the
@@ -32,6 +37,8 @@
 #define PUB_DEFAULT_MAXPAY    (1u << 20)  /* nats-server's default max_payload */
 #define PUB_EVENT_HEADROOM    (16u << 10) /* room for one more event and the metadata */
 #define PUB_INITIAL_BUF_BYTES (64u << 10)
+#define PUB_FREE_BATCHES      4            /* sent batches kept for reuse */
+#define PUB_REUSE_MAX_BYTES   (256u << 10) /* larger buffers (rare) go back to malloc */
 
 struct batch {
     struct batch *next;
@@ -51,6 +58,7 @@ struct publisher {
 
     /* Capture thread only. */
     struct batch *cur;
+    struct batch *spare; /* taken from the free list when a batch closes */
     uint64_t sequence;
     struct event_pb_pods pods; /* the open batch's pod table (protobuf) */
 
@@ -60,6 +68,10 @@ struct publisher {
     pthread_cond_t drained; /* flush waiters: queue empty and nothing in flight */
     struct batch *head, *tail;
     struct batch *inflight;
+    struct batch *free_batches; /* sent, ready for reuse */
+    unsigned n_free;
+    bool publisher_idle;    /* waiting on wake for work: the only time a new batch signals */
+    unsigned flush_waiters; /* waiting on drained */
     bool stopping;
     pthread_t thread;
     bool thread_started;
@@ -113,6 +125,21 @@ static void batch_free(struct batch *b)
     }
 }
 
+/*
+ * A batch done with (sent or dropped), mu held: kept for reuse when there is
+ * room, else returned for the caller to free after unlocking.
+ */
+static struct batch *batch_recycle(struct publisher *p, struct batch *b)
+{
+    if (p->n_free >= PUB_FREE_BATCHES || b->body.oom || b->body.cap > PUB_REUSE_MAX_BYTES)
+        return b;
+    buf_reset(&b->body);
+    b->next = p->free_batches;
+    p->free_batches = b;
+    p->n_free++;
+    return NULL;
+}
+
 /* ---- the queue (mu held) ---- */
 
 static void queue_drop_oldest(struct publisher *p)
@@ -125,7 +152,7 @@ static void queue_drop_oldest(struct publisher *p)
     add(&p->events_dropped, b->n_events);
     __atomic_fetch_sub(&p->queue_batches, 1, __ATOMIC_RELAXED);
     __atomic_fetch_sub(&p->queue_bytes, b->events_len, __ATOMIC_RELAXED);
-    batch_free(b);
+    batch_free(batch_recycle(p, b));
 }
 
 static void queue_push(struct publisher *p, struct batch *b)
@@ -162,7 +189,14 @@ static void close_batch(struct publisher *p)
     b->events_len = b->body.len;
     pthread_mutex_lock(&p->mu);
     queue_push(p, b);
-    pthread_cond_signal(&p->wake);
+    /* Awake, the publisher finds it on its next look at the queue. */
+    if (p->publisher_idle)
+        pthread_cond_signal(&p->wake);
+    if (!p->spare && p->free_batches) {
+        p->spare = p->free_batches;
+        p->free_batches = p->spare->next;
+        p->n_free--;
+    }
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -170,15 +204,23 @@ int publisher_add(struct publisher *p, const struct event *e)
 {
     struct batch *b = p->cur;
     if (!b) {
-        if (!(b = calloc(1, sizeof(*b)))) {
+        if ((b = p->spare)) {
+            /* Emptied by batch_recycle; its buffer is already the right size. */
+            p->spare = NULL;
+            b->next = NULL;
+            b->events_len = 0;
+            b->n_events = 0;
+            b->sequence = 0;
+        } else if ((b = calloc(1, sizeof(*b)))) {
+            buf_init(&b->body);
+            /* Most batches fit: a guess at ~200 bytes an event saves the doubling reallocs. */
+            size_t guess = (size_t)p->cfg.batch_size * 200;
+            buf_reserve(&b->body, guess < PUB_INITIAL_BUF_BYTES ? guess : PUB_INITIAL_BUF_BYTES);
+        } else {
             add(&p->events_dropped, 1);
             add(&p->encode_failed, 1);
             return -ENOMEM;
         }
-        buf_init(&b->body);
-        /* Most batches fit: a guess at ~200 bytes an event saves the doubling reallocs. */
-        size_t guess = (size_t)p->cfg.batch_size * 200;
-        buf_reserve(&b->body, guess < PUB_INITIAL_BUF_BYTES ? guess : PUB_INITIAL_BUF_BYTES);
         b->opened_ns = mono_ns();
         p->cur = b;
         event_pb_pods_reset(&p->pods);
@@ -236,8 +278,10 @@ int publisher_flush(struct publisher *p, uint64_t timeout_ns)
     struct timespec until = deadline_in(timeout_ns);
     int rc = 0;
     pthread_mutex_lock(&p->mu);
+    p->flush_waiters++;
     while ((p->head || p->inflight) && rc == 0)
         rc = pthread_cond_timedwait(&p->drained, &p->mu, &until);
+    p->flush_waiters--;
     bool empty = !p->head && !p->inflight;
     pthread_mutex_unlock(&p->mu);
     if (!empty)
@@ -348,7 +392,9 @@ static void *publisher_main(void *arg)
             continue;
         }
         if (!p->head) {
+            p->publisher_idle = true;
             pthread_cond_wait(&p->wake, &p->mu);
+            p->publisher_idle = false;
             continue;
         }
 
@@ -364,6 +410,7 @@ static void *publisher_main(void *arg)
             __atomic_store_n(&p->max_payload, (uint64_t)maxpay, __ATOMIC_RELAXED);
         natsStatus s = publish_batch(p, b);
 
+        struct batch *done = NULL;
         pthread_mutex_lock(&p->mu);
         p->inflight = NULL;
         if (s == NATS_OK || s == NATS_MAX_PAYLOAD) {
@@ -379,7 +426,7 @@ static void *publisher_main(void *arg)
                 add(&p->batches_dropped, 1);
                 add(&p->events_dropped, b->n_events);
             }
-            batch_free(b);
+            done = batch_recycle(p, b);
         } else {
             /* Keep it first in line and retry shortly (or on reconnect). */
             add(&p->publish_errors, 1);
@@ -391,8 +438,13 @@ static void *publisher_main(void *arg)
             if (!p->stopping)
                 pthread_cond_timedwait(&p->wake, &p->mu, &until);
         }
-        if (!p->head)
+        if (!p->head && p->flush_waiters)
             pthread_cond_broadcast(&p->drained);
+        if (done) {
+            pthread_mutex_unlock(&p->mu);
+            batch_free(done);
+            pthread_mutex_lock(&p->mu);
+        }
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -493,9 +545,15 @@ void publisher_free(struct publisher *p)
     }
     bus_set_listener(p->bus, NULL, NULL);
     batch_free(p->cur);
+    batch_free(p->spare);
     while (p->head) {
         struct batch *b = p->head;
         p->head = b->next;
+        batch_free(b);
+    }
+    while (p->free_batches) {
+        struct batch *b = p->free_batches;
+        p->free_batches = b->next;
         batch_free(b);
     }
     pthread_cond_destroy(&p->wake);

@@ -154,13 +154,13 @@ for w in $WORKLOADS; do
   prog_stats >"$TMP/after"
   sysctl -q -w kernel.bpf_stats_enabled=0
   OPS_AGENT[$w]=$(run_load "$w")
-  for id in $(echo "$PROGS_JSON" | jq -r '.programs[] | select(.id > 0) | .id'); do
-    name=$(echo "$PROGS_JSON" | jq -r --argjson id "$id" '.programs[] | select(.id == $id) | .name')
+  # Entries sharing one kernel program (UDP connect and accept on sys_exit) each get its cost.
+  while read -r id name; do
     read -r t0 c0 < <(awk -v id="$id" '$1 == id {print $3, $4}' "$TMP/before") || true
     read -r t1 c1 < <(awk -v id="$id" '$1 == id {print $3, $4}' "$TMP/after") || true
     AG_NS["$w,$name"]=$((${t1:-0} - ${t0:-0}))
     AG_CNT["$w,$name"]=$((${c1:-0} - ${c0:-0}))
-  done
+  done < <(echo "$PROGS_JSON" | jq -r '.programs[] | select(.id > 0) | "\(.id) \(.name)"')
 done
 stop_agent
 

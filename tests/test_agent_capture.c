@@ -3,8 +3,9 @@
  * TCP connects and accepts over IPv4 and IPv6, a refused connect, a UDP
  * connect, a UDP datagram dropped for want of a socket, and a child that
  * execs a shell and exits 3 must each come back as a fully filled event;
- * per-type program selection, drop rate limiting, the privilege error, and
- * that closing leaves nothing of ours loaded in the kernel.
+ * per-type program selection (also within the sys_exit program UDP connects
+ * and accepts share), drop rate limiting, the privilege error, and that
+ * closing leaves nothing of ours loaded in the kernel.
  */
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
@@ -596,8 +597,18 @@ Test(capture, every_event_type_from_real_activity)
         cr_assert_eq(progs[i].drops, 0);
     }
 
+    /* UDP connect and accept share the one sys_exit program; the rest have one each. */
+    size_t distinct = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool seen = false;
+        for (size_t j = 0; j < i; j++)
+            seen |= progs[j].prog_id == progs[i].prog_id;
+        distinct += !seen;
+        cr_assert_neq(progs[i].prog_id, 0, "%s has no kernel id", progs[i].name);
+    }
+    cr_assert_eq(distinct, 5, "%zu kernel programs for %zu entries", distinct, n);
     nids = our_bpf_objects(ids, 32, &others);
-    cr_assert_geq(nids, 6, "only %zu program fds open", nids);
+    cr_assert_geq(nids, distinct, "only %zu program fds open", nids);
     capture_close(c);
     collected_free(&out);
 
@@ -639,6 +650,103 @@ Test(capture, loads_only_the_requested_types)
     for (size_t i = 0; i < out.n; i++)
         cr_assert(out.v[i].type == EVENT_EXEC || out.v[i].type == EVENT_EXIT, "got a %s event",
                   event_type_name(out.v[i].type));
+    capture_close(c);
+    collected_free(&out);
+}
+
+/* The entry named name in progs. */
+static const struct capture_program_info *find_prog(const struct capture_program_info *progs,
+                                                    size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(progs[i].name, name) == 0)
+            return &progs[i];
+    cr_assert_fail("no program %s", name);
+    return NULL;
+}
+
+/* A TCP connection accepted on loopback, with no event expectations. */
+static void tcp_accept_once(void)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = loopback(AF_INET, 0, &ss);
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), cfd = socket(AF_INET, SOCK_STREAM, 0), afd;
+    uint8_t addr[16];
+    uint16_t port;
+
+    cr_assert(lfd >= 0 && cfd >= 0);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&ss, len), 0);
+    cr_assert_eq(listen(lfd, 4), 0);
+    local_end(lfd, addr, &port);
+    len = loopback(AF_INET, port, &ss);
+    cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
+    afd = accept(lfd, NULL, NULL);
+    cr_assert_geq(afd, 0);
+    close(afd);
+    close(cfd);
+    close(lfd);
+}
+
+static bool match_type(const struct event *e, const void *arg)
+{
+    return e->type == *(const enum event_type *)arg;
+}
+
+/*
+ * The sys_exit program serves UDP connects and accepts; with only one of the
+ * two types requested it must emit nothing of the other.
+ */
+Test(capture, shared_sys_exit_program_emits_only_requested_types)
+{
+    struct capture_program_info progs[16];
+    const struct capture_program_info *conn, *acc;
+    struct collected out = {0};
+    enum event_type want = EVENT_ACCEPT;
+    struct capture *c;
+    size_t n;
+
+    skip_unless_root();
+
+    /* Accept only: a UDP connect, then an accept (whose event arrives after the connect's). */
+    c = open_capture(EVENT_TYPE_BIT(EVENT_ACCEPT), 0, &out);
+    n = capture_programs(c, progs, 16);
+    conn = find_prog(progs, n, "tp_btf__sys_exit_connect");
+    acc = find_prog(progs, n, "tp_btf__sys_exit_accept");
+    cr_assert_eq(acc->status, CAPTURE_PROGRAM_ATTACHED, "%s", acc->error);
+    cr_assert_eq(conn->status, CAPTURE_PROGRAM_DISABLED);
+    cr_assert_neq(acc->prog_id, 0);
+    {
+        struct sockaddr_storage ss;
+        int fd = socket(AF_INET, SOCK_DGRAM, 0);
+        socklen_t len = loopback(AF_INET, 5353, &ss);
+        cr_assert_eq(connect(fd, (struct sockaddr *)&ss, len), 0);
+        close(fd);
+    }
+    tcp_accept_once();
+    cr_assert_not_null(wait_event(c, &out, match_type, &want), "no accept event");
+    for (size_t i = 0; i < out.n; i++)
+        cr_assert_eq(out.v[i].type, EVENT_ACCEPT, "got a %s event", event_type_name(out.v[i].type));
+    n = capture_programs(c, progs, 16);
+    cr_assert_eq(find_prog(progs, n, "tp_btf__sys_exit_connect")->events, 0);
+    cr_assert_gt(find_prog(progs, n, "tp_btf__sys_exit_accept")->events, 0);
+    capture_close(c);
+    collected_free(&out);
+
+    /* Connections only: an accept, then a UDP connect (seen after the accept would be). */
+    c = open_capture(EVENT_TYPE_BIT(EVENT_CONNECTION), 0, &out);
+    n = capture_programs(c, progs, 16);
+    conn = find_prog(progs, n, "tp_btf__sys_exit_connect");
+    acc = find_prog(progs, n, "tp_btf__sys_exit_accept");
+    cr_assert_eq(conn->status, CAPTURE_PROGRAM_ATTACHED, "%s", conn->error);
+    cr_assert_eq(acc->status, CAPTURE_PROGRAM_DISABLED);
+    tcp_accept_once();
+    check_udp_connect(c, &out);
+    for (size_t i = 0; i < out.n; i++)
+        cr_assert_eq(out.v[i].type, EVENT_CONNECTION, "got a %s event",
+                     event_type_name(out.v[i].type));
+    n = capture_programs(c, progs, 16);
+    cr_assert_eq(find_prog(progs, n, "tp_btf__sys_exit_accept")->events, 0);
+    cr_assert_gt(find_prog(progs, n, "tp_btf__sys_exit_connect")->events, 0);
     capture_close(c);
     collected_free(&out);
 }

@@ -61,25 +61,33 @@ enum capture_object {
     OBJ_COUNT,
 };
 
+/*
+ * A program as /api/programs lists it: one event type, its own statistics
+ * slot. Usually one kernel program each; the UDP connect and accept entries
+ * share the one sys_exit program (bpf/connections.h: each program on a hook
+ * costs every syscall), so they share its kernel id and link.
+ */
 struct prog_spec {
-    const char *name; /* BPF function name, after the hook */
+    const char *name; /* as listed; the BPF function name unless shared */
+    const char *prog; /* BPF function name */
     const char *hook;
     enum event_type type;
     enum capture_object object;
 };
 
 static const struct prog_spec prog_specs[SLOT_COUNT] = {
-    [SLOT_INET_SOCK_SET_STATE] = {"tp_btf__inet_sock_set_state", "tp_btf/inet_sock_set_state",
-                                  EVENT_CONNECTION, OBJ_CONNECTIONS},
-    [SLOT_SYS_EXIT_CONNECT] = {"tp_btf__sys_exit_connect", "tp_btf/sys_exit", EVENT_CONNECTION,
-                               OBJ_CONNECTIONS},
-    [SLOT_SYS_EXIT_ACCEPT] = {"tp_btf__sys_exit_accept", "tp_btf/sys_exit", EVENT_ACCEPT,
-                              OBJ_CONNECTIONS},
-    [SLOT_KFREE_SKB] = {"tp_btf__kfree_skb", "tp_btf/kfree_skb", EVENT_PACKET_DROP, OBJ_DROPS},
-    [SLOT_SCHED_PROCESS_EXEC] = {"tp_btf__sched_process_exec", "tp_btf/sched_process_exec",
-                                 EVENT_EXEC, OBJ_PROCESSES},
-    [SLOT_SCHED_PROCESS_EXIT] = {"tp_btf__sched_process_exit", "tp_btf/sched_process_exit",
-                                 EVENT_EXIT, OBJ_PROCESSES},
+    [SLOT_INET_SOCK_SET_STATE] = {"tp_btf__inet_sock_set_state", "tp_btf__inet_sock_set_state",
+                                  "tp_btf/inet_sock_set_state", EVENT_CONNECTION, OBJ_CONNECTIONS},
+    [SLOT_SYS_EXIT_CONNECT] = {"tp_btf__sys_exit_connect", "tp_btf__sys_exit", "tp_btf/sys_exit",
+                               EVENT_CONNECTION, OBJ_CONNECTIONS},
+    [SLOT_SYS_EXIT_ACCEPT] = {"tp_btf__sys_exit_accept", "tp_btf__sys_exit", "tp_btf/sys_exit",
+                              EVENT_ACCEPT, OBJ_CONNECTIONS},
+    [SLOT_KFREE_SKB] = {"tp_btf__kfree_skb", "tp_btf__kfree_skb", "tp_btf/kfree_skb",
+                        EVENT_PACKET_DROP, OBJ_DROPS},
+    [SLOT_SCHED_PROCESS_EXEC] = {"tp_btf__sched_process_exec", "tp_btf__sched_process_exec",
+                                 "tp_btf/sched_process_exec", EVENT_EXEC, OBJ_PROCESSES},
+    [SLOT_SCHED_PROCESS_EXIT] = {"tp_btf__sched_process_exit", "tp_btf__sched_process_exit",
+                                 "tp_btf/sched_process_exit", EVENT_EXIT, OBJ_PROCESSES},
 };
 
 /* One loaded copy of a BPF object (a skeleton) with some of its programs. */
@@ -93,8 +101,8 @@ struct instance {
 struct capture_prog {
     enum capture_program_status status;
     char error[128];
-    struct bpf_link *link;
-    uint32_t prog_id; /* kernel id, for `bpftool prog show id N` */
+    struct bpf_link *link; /* NULL for the second of two slots sharing a program */
+    uint32_t prog_id;      /* kernel id, for `bpftool prog show id N` */
 };
 
 struct capture {
@@ -171,7 +179,8 @@ static bool kernel_lacks_rdonly_cast(void)
     return lacks;
 }
 
-static int instance_open(struct capture *c, struct instance *in, enum capture_object object)
+static int instance_open(struct capture *c, struct instance *in, enum capture_object object,
+                         uint32_t want)
 {
     in->object = object;
     in->compat = false;
@@ -181,6 +190,9 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
             struct connections_compat_bpf *s = connections_compat_bpf__open();
             if (!s)
                 return -errno;
+            /* The shared sys_exit program emits only the kinds asked for. */
+            s->rodata->emit_udp_connect = want & (1u << SLOT_SYS_EXIT_CONNECT);
+            s->rodata->emit_accept = want & (1u << SLOT_SYS_EXIT_ACCEPT);
             in->compat = true;
             in->skel = s;
             in->obj = s->obj;
@@ -189,6 +201,8 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
         struct connections_bpf *s = connections_bpf__open();
         if (!s)
             return -errno;
+        s->rodata->emit_udp_connect = want & (1u << SLOT_SYS_EXIT_CONNECT);
+        s->rodata->emit_accept = want & (1u << SLOT_SYS_EXIT_ACCEPT);
         in->skel = s;
         in->obj = s->obj;
         break;
@@ -246,14 +260,14 @@ static int instance_load(struct capture *c, struct instance *in, enum capture_ob
     struct bpf_map *map;
     int err;
 
-    err = instance_open(c, in, object);
+    err = instance_open(c, in, object, want);
     if (err)
         return err;
     bpf_object__for_each_program(prog, in->obj)
     {
         bool load = false;
         for (int s = 0; s < SLOT_COUNT; s++)
-            if ((want & (1u << s)) && strcmp(bpf_program__name(prog), prog_specs[s].name) == 0)
+            if ((want & (1u << s)) && strcmp(bpf_program__name(prog), prog_specs[s].prog) == 0)
                 load = true;
         bpf_program__set_autoload(prog, load);
     }
@@ -280,27 +294,52 @@ static void prog_fail(struct capture *c, int slot, const char *what, int err)
             prog_specs[slot].hook, what, why);
 }
 
-static void prog_attach(struct capture *c, struct instance *in, int slot)
+/* The slots in want served by the same BPF program as slot (slot included). */
+static uint32_t sharing_slots(uint32_t want, int slot)
 {
-    struct bpf_program *prog = bpf_object__find_program_by_name(in->obj, prog_specs[slot].name);
+    uint32_t same = 0;
+
+    for (int s = 0; s < SLOT_COUNT; s++)
+        if ((want & (1u << s)) && strcmp(prog_specs[s].prog, prog_specs[slot].prog) == 0)
+            same |= 1u << s;
+    return same;
+}
+
+/*
+ * Attaches the program of slot once for every slot in slots (those it serves);
+ * the first slot owns the link.
+ */
+static void prog_attach(struct capture *c, struct instance *in, int slot, uint32_t slots)
+{
+    struct bpf_program *prog = bpf_object__find_program_by_name(in->obj, prog_specs[slot].prog);
+    struct bpf_prog_info info = {0};
+    __u32 len = sizeof(info);
     struct bpf_link *link;
+    int err;
 
     if (!prog) {
-        prog_fail(c, slot, "find", -ENOENT);
+        for (int s = 0; s < SLOT_COUNT; s++)
+            if (slots & (1u << s))
+                prog_fail(c, s, "find", -ENOENT);
         return;
     }
     link = bpf_program__attach(prog);
     if (!link) {
-        prog_fail(c, slot, "attach", -errno);
+        err = -errno;
+        for (int s = 0; s < SLOT_COUNT; s++)
+            if (slots & (1u << s))
+                prog_fail(c, s, "attach", err);
         return;
     }
     c->progs[slot].link = link;
-    c->progs[slot].status = CAPTURE_PROGRAM_ATTACHED;
-
-    struct bpf_prog_info info = {0};
-    __u32 len = sizeof(info);
-    if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) == 0)
-        c->progs[slot].prog_id = info.id;
+    if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) != 0)
+        info.id = 0;
+    for (int s = 0; s < SLOT_COUNT; s++) {
+        if (!(slots & (1u << s)))
+            continue;
+        c->progs[s].status = CAPTURE_PROGRAM_ATTACHED;
+        c->progs[s].prog_id = info.id;
+    }
 }
 
 /*
@@ -315,25 +354,37 @@ static void object_start(struct capture *c, enum capture_object object, uint32_t
     if (!want)
         return;
     if (instance_load(c, in, object, want) == 0) {
+        uint32_t done = 0;
+
         c->ninstances++;
-        for (int s = 0; s < SLOT_COUNT; s++)
-            if (want & (1u << s))
-                prog_attach(c, in, s);
+        for (int s = 0; s < SLOT_COUNT; s++) {
+            if (!(want & (1u << s)) || (done & (1u << s)))
+                continue;
+            done |= sharing_slots(want, s);
+            prog_attach(c, in, s, sharing_slots(want, s));
+        }
         return;
     }
+    /* One BPF program at a time, with every slot it serves. */
+    uint32_t done = 0;
     for (int s = 0; s < SLOT_COUNT; s++) {
+        uint32_t slots;
         int err;
 
-        if (!(want & (1u << s)))
+        if (!(want & (1u << s)) || (done & (1u << s)))
             continue;
+        slots = sharing_slots(want, s);
+        done |= slots;
         in = &c->instances[c->ninstances];
-        err = instance_load(c, in, object, 1u << s);
+        err = instance_load(c, in, object, slots);
         if (err) {
-            prog_fail(c, s, "load", err);
+            for (int t = 0; t < SLOT_COUNT; t++)
+                if (slots & (1u << t))
+                    prog_fail(c, t, "load", err);
             continue;
         }
         c->ninstances++;
-        prog_attach(c, in, s);
+        prog_attach(c, in, s, slots);
     }
 }
 

@@ -50,11 +50,17 @@ enum capture_program_status {
     CAPTURE_PROGRAM_DISABLED, /* its event type was not requested */
 };
 
+/*
+ * One entry per event source, each with its own counters. Two entries may
+ * share one kernel program (same hook and prog_id): tp_btf__sys_exit_connect
+ * (UDP connect) and tp_btf__sys_exit_accept are one sys_exit program, so that
+ * every syscall pays for one program, not two.
+ */
 struct capture_program_info {
     char name[64]; /* e.g. "tp_btf__sched_process_exec" */
     char hook[96]; /* e.g. "tp_btf/sched_process_exec" */
     enum capture_program_status status;
-    uint32_t prog_id;       /* kernel program id while attached, else 0 */
+    uint32_t prog_id;       /* kernel program id while attached, else 0 (may be shared) */
     char error[128];        /* when FAILED */
     const char *event_type; /* event type it produces */
     uint64_t events;        /* records submitted by the kernel side */
