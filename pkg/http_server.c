@@ -5,7 +5,8 @@
  *
  * Threads: everything h2o touches (sockets, requests, stream clients) belongs
  * to the "http" thread. Other threads talk to it only through h2o's
- * multithread queue (published events, the stop request) and read the stats
+ * multithread queue (published events, deferred responses' completions, the
+ * stop request) and read the stats
  * counters, which are atomics.
  */
 #include "http_server.h"
@@ -80,6 +81,34 @@ struct publish_msg {
     struct event ev;
 };
 
+/*
+ * A response a handler deferred. malloc'ed; freed by the loop thread when its
+ * completion arrives. req is loop-thread state: NULL once the request's pool
+ * was disposed (the client went away), so the completion is dropped.
+ */
+struct http_deferred {
+    h2o_multithread_message_t super; /* the completion message */
+    struct http_server *srv;
+    h2o_req_t *req;
+    struct deferred_anchor *anchor;
+    int status;
+    char *content_type;
+    struct buf body;
+    bool oom;
+};
+
+/* Lives in the request's pool: its dispose marks the deferred orphaned. */
+struct deferred_anchor {
+    struct http_deferred *d;
+};
+
+/* What http_response_defer finds behind http_response.server_private. */
+struct deferred_slot {
+    struct http_server *srv;
+    h2o_req_t *req;
+    struct http_deferred *d;
+};
+
 struct http_server {
     char *listen_addr;
     char *api_token;
@@ -100,6 +129,7 @@ struct http_server {
     h2o_socket_t *listener;
     h2o_multithread_receiver_t publish_receiver;
     h2o_multithread_receiver_t stop_receiver;
+    h2o_multithread_receiver_t deferred_receiver;
     h2o_multithread_message_t stop_msg;
     h2o_timeout_t keepalive_timeout;
     h2o_timeout_entry_t keepalive_entry;
@@ -122,6 +152,8 @@ struct http_server {
     uint64_t stream_dropped;
     uint64_t publish_dropped;
     uint64_t publish_pending;
+    uint64_t deferred_pending;
+    uint64_t deferred_dropped;
 };
 
 static void stat_add(uint64_t *v, int64_t d)
@@ -523,10 +555,16 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         .query = qs,
         .query_len = qslen,
     };
-    struct http_response res = {.status = 200};
+    struct deferred_slot slot = {.srv = s, .req = req};
+    struct http_response res = {.status = 200, .server_private = &slot};
 
     buf_init(&res.body);
     r->fn(r->ctx, &hreq, &res);
+    if (slot.d != NULL) {
+        /* Answered later by http_deferred_complete; h2o keeps the request open. */
+        buf_free(&res.body);
+        return 0;
+    }
     if (res.body.oom)
         send_response(req, 500, "application/json", H2O_STRLIT("{\"error\":\"out of memory\"}"));
     else
@@ -535,6 +573,109 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
                       res.body.data != NULL ? res.body.data : "", res.body.len);
     buf_free(&res.body);
     return 0;
+}
+
+/* ---- deferred responses ---- */
+
+static void deferred_anchor_dispose(void *p)
+{
+    struct deferred_anchor *an = p;
+
+    if (an->d != NULL) {
+        an->d->req = NULL;
+        an->d->anchor = NULL;
+    }
+}
+
+struct http_deferred *http_response_defer(struct http_response *res)
+{
+    struct deferred_slot *slot = res->server_private;
+    struct http_deferred *d;
+    struct deferred_anchor *an;
+
+    if (slot == NULL)
+        return NULL;
+    if (slot->d != NULL)
+        return slot->d;
+    if ((d = calloc(1, sizeof(*d))) == NULL)
+        return NULL;
+    an = h2o_mem_alloc_shared(&slot->req->pool, sizeof(*an), deferred_anchor_dispose);
+    an->d = d;
+    d->srv = slot->srv;
+    d->req = slot->req;
+    d->anchor = an;
+    buf_init(&d->body);
+    slot->d = d;
+    stat_add(&slot->srv->deferred_pending, 1);
+    return d;
+}
+
+void http_deferred_complete(struct http_deferred *d, int status, const char *content_type,
+                            struct buf *body)
+{
+    d->status = status > 0 ? status : 200;
+    if (content_type != NULL && (d->content_type = strdup(content_type)) == NULL)
+        d->oom = true; /* the body would be mislabelled */
+    if (body != NULL) {
+        d->body = *body;
+        buf_init(body);
+    }
+    /* h2o asserts the link is unlinked. */
+    memset(&d->super, 0, sizeof(d->super));
+    h2o_multithread_send_message(&d->srv->deferred_receiver, &d->super);
+}
+
+/*
+ * HTTP/1 in h2o stops reading while a request is in progress, so it notices a
+ * client that left only when the response is written: look at the socket.
+ */
+static bool client_gone(h2o_req_t *req)
+{
+    h2o_socket_t *sock = req->conn->callbacks->get_socket != NULL
+                             ? req->conn->callbacks->get_socket(req->conn)
+                             : NULL;
+    char b;
+
+    if (sock == NULL)
+        return false;
+    ssize_t n = recv(h2o_socket_get_fd(sock), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static void deferred_finish(struct http_server *s, struct http_deferred *d)
+{
+    if (d->req == NULL) {
+        stat_add(&s->deferred_dropped, 1);
+    } else {
+        d->anchor->d = NULL; /* the request may now go away on its own */
+        /* Still sent: writing is how h2o finds out and closes the connection. */
+        if (client_gone(d->req))
+            stat_add(&s->deferred_dropped, 1);
+        if (d->oom || d->body.oom)
+            send_response(d->req, 500, "application/json",
+                          H2O_STRLIT("{\"error\":\"out of memory\"}"));
+        else
+            send_response(d->req, d->status,
+                          d->content_type != NULL ? d->content_type : "application/json",
+                          d->body.data != NULL ? d->body.data : "", d->body.len);
+    }
+    stat_add(&s->deferred_pending, -1);
+    buf_free(&d->body);
+    free(d->content_type);
+    free(d);
+}
+
+static void on_deferred_messages(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    struct http_server *s = H2O_STRUCT_FROM_MEMBER(struct http_server, deferred_receiver, receiver);
+
+    while (!h2o_linklist_is_empty(messages)) {
+        struct http_deferred *d =
+            H2O_STRUCT_FROM_MEMBER(struct http_deferred, super.link, messages->next);
+
+        h2o_linklist_unlink(&d->super.link);
+        deferred_finish(s, d);
+    }
 }
 
 /* ---- connections ---- */
@@ -808,6 +949,7 @@ struct http_server *http_server_new(const struct http_server_config *cfg, char *
     s->accept_ctx.ssl_ctx = s->ssl_ctx;
     h2o_multithread_register_receiver(s->ctx.queue, &s->publish_receiver, on_publish_messages);
     h2o_multithread_register_receiver(s->ctx.queue, &s->stop_receiver, on_stop_message);
+    h2o_multithread_register_receiver(s->ctx.queue, &s->deferred_receiver, on_deferred_messages);
     h2o_timeout_init(s->loop, &s->keepalive_timeout, HTTP_KEEPALIVE_MS);
     s->keepalive_entry.cb = on_keepalive;
     h2o_timeout_link(s->loop, &s->keepalive_timeout, &s->keepalive_entry);
@@ -952,6 +1094,8 @@ static void loop_teardown(struct http_server *s)
     s->stopping = true;
     h2o_socket_read_stop(s->listener);
     h2o_socket_close(s->listener);
+    /* Completions already queued: answer them before the connections close. */
+    on_deferred_messages(&s->deferred_receiver, &s->deferred_receiver._messages);
     clean = close_connections(s);
     h2o_timeout_unlink(&s->keepalive_entry);
     h2o_timeout_dispose(s->loop, &s->keepalive_timeout);
@@ -960,6 +1104,8 @@ static void loop_teardown(struct http_server *s)
     on_publish_messages(&s->publish_receiver, &s->publish_receiver._messages);
     h2o_multithread_unregister_receiver(s->ctx.queue, &s->publish_receiver);
     h2o_multithread_unregister_receiver(s->ctx.queue, &s->stop_receiver);
+    on_deferred_messages(&s->deferred_receiver, &s->deferred_receiver._messages);
+    h2o_multithread_unregister_receiver(s->ctx.queue, &s->deferred_receiver);
     if (!clean) {
         /* h2o cannot free a loop that still holds a connection. */
         fprintf(stderr, "http server %s: %zu connection(s) did not close; leaking the loop\n",
@@ -1003,4 +1149,6 @@ void http_server_get_stats(struct http_server *s, struct http_server_stats *out)
     out->stream_sent = stat_get(&s->stream_sent);
     out->stream_dropped = stat_get(&s->stream_dropped);
     out->publish_dropped = stat_get(&s->publish_dropped);
+    out->deferred_pending = stat_get(&s->deferred_pending);
+    out->deferred_dropped = stat_get(&s->deferred_dropped);
 }

@@ -3,8 +3,8 @@
  *
  * One thread ("http") runs the h2o event loop. Routes are exact paths served
  * for GET (other methods get 405). Handlers run on that thread and fill a
- * response synchronously. Bearer-token auth (API_TOKEN) guards /api/...;
- * TLS is served when a certificate and key are configured.
+ * response synchronously, or defer it and complete it later from any thread. Bearer-token auth
+ * (API_TOKEN) guards /api/...; TLS is served when a certificate and key are configured.
  *
  * Server-Sent Events: one stream path; each client's filters are parsed with
  * query_parse(stream=true); http_server_publish() hands events from any thread
@@ -42,6 +42,7 @@ struct http_response {
     int status;               /* default 200 */
     const char *content_type; /* default "application/json" */
     struct buf body;
+    void *server_private; /* the server's; NULL outside a served request */
 };
 
 typedef void (*http_handler_fn)(void *ctx, const struct http_request *req,
@@ -70,15 +71,50 @@ void http_server_publish(struct http_server *s, const struct event *e);
 /* Stops the loop thread and frees everything. */
 void http_server_free(struct http_server *s);
 
+/*
+ * Deferred responses: a handler that must wait (e.g. for other replicas) calls
+ * http_response_defer(res) and returns at once; the loop thread goes on
+ * serving. Later, from any thread, http_deferred_complete() hands the response
+ * to the loop thread, which sends it.
+ *
+ * Ownership: the struct http_deferred belongs to the server. The caller holds
+ * the handle from defer until it calls http_deferred_complete() exactly once
+ * (never touching it afterwards); the loop thread frees it when the completion
+ * arrives. The request's memory pool holds only a small anchor pointing at the
+ * deferred: if the request is disposed first (connection closed by h2o), the
+ * anchor's dispose marks the deferred orphaned, and the completion is dropped
+ * and counted (deferred_dropped) without touching the request. A client seen
+ * to have closed its socket at completion is counted as dropped too (the
+ * response is still handed to h2o, which then closes the connection). Every
+ * deferred must be
+ * completed before http_server_free(); completions still queued then are
+ * handled by it.
+ *
+ * http_response_defer: loop thread, inside the handler only. Returns NULL when
+ * res is not a served request's (answer synchronously then) or out of memory.
+ * After it returns non-NULL, whatever the handler puts in res is ignored.
+ */
+struct http_deferred;
+struct http_deferred *http_response_defer(struct http_response *res);
+/*
+ * Any thread. content_type: NULL = "application/json" (copied). body: its
+ * bytes are taken (body is left empty and initialised); NULL = empty body.
+ * An out-of-memory body becomes a 500.
+ */
+void http_deferred_complete(struct http_deferred *d, int status, const char *content_type,
+                            struct buf *body);
+
 /* Helper for handlers: sets status and body to {"error":"<msg>"}. */
 void http_response_error(struct http_response *res, int status, const char *msg);
 
 struct http_server_stats {
     uint64_t requests;
-    uint64_t stream_clients;  /* connected now */
-    uint64_t stream_sent;     /* events written to clients */
-    uint64_t stream_dropped;  /* events a slow client missed */
-    uint64_t publish_dropped; /* events not handed to the loop thread (queue full) */
+    uint64_t stream_clients;   /* connected now */
+    uint64_t stream_sent;      /* events written to clients */
+    uint64_t stream_dropped;   /* events a slow client missed */
+    uint64_t publish_dropped;  /* events not handed to the loop thread (queue full) */
+    uint64_t deferred_pending; /* deferred responses not completed yet */
+    uint64_t deferred_dropped; /* completions whose client had gone away */
 };
 void http_server_get_stats(struct http_server *s, struct http_server_stats *out);
 

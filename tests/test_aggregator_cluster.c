@@ -576,6 +576,88 @@ Test(aggregator_cluster, a_killed_replica_makes_answers_partial_until_it_expires
     check(tu_mono_ms() - killed >= CLUSTER_PEER_TTL_MS - CLUSTER_HEARTBEAT_MS, "expired too early");
 }
 
+/* Sends GET path on a new connection (Connection: close) without reading the reply. */
+static int send_get(int port, const char *path)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    char req[256];
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    check(fd >= 0, "socket");
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    check(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "connect :%d", port);
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+                     path);
+    check(write(fd, req, (size_t)n) == n, "write request");
+    return fd;
+}
+
+/* Reads the whole reply on fd and parses its JSON body. */
+static json_t *read_json_reply(int fd, int *status)
+{
+    static char raw[1 << 20];
+    size_t len = 0;
+    ssize_t n;
+
+    while ((n = read(fd, raw + len, sizeof(raw) - 1 - len)) > 0)
+        len += (size_t)n;
+    raw[len] = '\0';
+    close(fd);
+    char *body = strstr(raw, "\r\n\r\n");
+    *status = 0;
+    check(body != NULL && sscanf(raw, "HTTP/1.1 %d", status) == 1, "bad reply: %.200s", raw);
+    return json_loads(body + 4, 0, NULL);
+}
+
+Test(aggregator_cluster, a_silent_peer_does_not_block_other_requests)
+{
+    /* Stopped, not dead: its heartbeat stays fresh, so it is expected but never answers. */
+    check(kill(agg_pid[1], SIGSTOP) == 0, "SIGSTOP");
+    uint64_t t0 = tu_mono_ms();
+    int fd = send_get(agg_port[0], "/api/events");
+    unsigned served = 0;
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+    /* While the query waits for the peer (QUERY_TIMEOUT=400ms), /health answers at once. */
+    while (poll(&pfd, 1, 0) == 0) {
+        uint64_t h0 = tu_mono_ms();
+        int status = 0;
+        json_t *h = tu_get_json(agg_port[0], "/health", &status);
+        uint64_t took = tu_mono_ms() - h0;
+        json_decref(h);
+        check(status == 200, "/health: %d", status);
+        check(took < 150, "/health took %" PRIu64 " ms while a query waited on a peer", took);
+        /* Counts only if the query was still waiting when /health was answered. */
+        if (poll(&pfd, 1, 0) == 0)
+            served++;
+        check(tu_mono_ms() - t0 < 5000, "the query never finished");
+    }
+    int status = 0;
+    json_t *j = read_json_reply(fd, &status);
+    uint64_t took = tu_mono_ms() - t0;
+    kill(agg_pid[1], SIGCONT);
+    check(j != NULL && status == 200, "/api/events: status %d", status);
+    check(jint(j, "replicas.answered") == 1 && jint(j, "replicas.expected") == 2,
+          "answered %lld expected %lld", jint(j, "replicas.answered"),
+          jint(j, "replicas.expected"));
+    check(json_is_true(json_object_get(j, "partial")), "flagged partial");
+    json_decref(j);
+    check(took >= 300, "the query waited for the peer (%" PRIu64 " ms)", took);
+    check(served >= 3, "only %u /health answers while the query waited %" PRIu64 " ms", served,
+          took);
+
+    /* The pool's counters are in /api/stats and /metrics. */
+    j = get(agg_port[0], "/api/stats");
+    check(json_is_integer(json_object_get(json_object_get(j, "queries"), "rejected")),
+          "queries.rejected in /api/stats");
+    json_decref(j);
+    struct tu_http m = {0};
+    check(tu_http_get(agg_port[0], "/metrics", NULL, &m) == 0 && m.status == 200, "/metrics");
+    check(m.body != NULL && strstr(m.body, "ebpf_aggregator_queries_rejected_total 0") != NULL,
+          "rejected counter in /metrics");
+    tu_http_free(&m);
+}
+
 Test(aggregator_cluster, a_replica_stopping_cleanly_is_dropped_at_once)
 {
     uint64_t t0 = tu_mono_ms();

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -726,4 +727,155 @@ Test(http_server, tls_serves_https)
     unlink(cert);
     unlink(key);
     rmdir(dir);
+}
+
+/* ---- deferred responses ---- */
+
+/* The handler parks its deferred here for the test to complete. */
+static struct http_deferred *parked;
+
+static void handle_slow(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    struct http_deferred *d = http_response_defer(res);
+
+    cr_assert_not_null(d);
+    /* Ignored once deferred. */
+    buf_puts(&res->body, "not this");
+    __atomic_store_n(&parked, d, __ATOMIC_RELEASE);
+}
+
+static struct http_server *start_deferring_server(void)
+{
+    char err[256] = "";
+    struct http_server_config cfg = {.listen_addr = "127.0.0.1:0"};
+    struct http_server *s = http_server_new(&cfg, err, sizeof(err));
+
+    cr_assert_not_null(s, "http_server_new: %s", err);
+    cr_assert_eq(http_server_route(s, "/api/slow", handle_slow, NULL), 0);
+    cr_assert_eq(http_server_route(s, "/health", handle_health, NULL), 0);
+    cr_assert_eq(http_server_start(s), 0);
+    return s;
+}
+
+static struct http_deferred *wait_parked(void)
+{
+    uint64_t deadline = now_ms() + 5000;
+    struct http_deferred *d;
+
+    while ((d = __atomic_exchange_n(&parked, NULL, __ATOMIC_ACQ_REL)) == NULL) {
+        cr_assert_lt(now_ms(), deadline, "the handler never deferred");
+        usleep(1000);
+    }
+    return d;
+}
+
+static void wait_deferred_pending(struct http_server *s, uint64_t n)
+{
+    uint64_t deadline = now_ms() + 5000;
+    struct http_server_stats st;
+
+    for (;;) {
+        http_server_get_stats(s, &st);
+        if (st.deferred_pending == n)
+            return;
+        cr_assert_lt(now_ms(), deadline, "deferred pending %llu, want %llu",
+                     (unsigned long long)st.deferred_pending, (unsigned long long)n);
+        usleep(1000);
+    }
+}
+
+static void *complete_later(void *arg)
+{
+    struct buf body;
+
+    buf_init(&body);
+    buf_puts(&body, "{\"late\":true}");
+    http_deferred_complete(arg, 503, NULL, &body);
+    /* The bytes were taken. */
+    cr_assert_eq(body.len, 0);
+    buf_free(&body);
+    return NULL;
+}
+
+/* Reads one whole Connection: close reply from fd. */
+static void read_reply(int fd, struct reply *r)
+{
+    static char raw[sizeof(r->head) + sizeof(r->body)];
+    size_t len = 0;
+    char *eoh;
+
+    for (;;) {
+        ssize_t n = read(fd, raw + len, sizeof(raw) - 1 - len);
+        cr_assert(n >= 0, "read: %s", strerror(errno));
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    raw[len] = '\0';
+    eoh = strstr(raw, "\r\n\r\n");
+    cr_assert_not_null(eoh, "no end of headers in: %s", raw);
+    memset(r, 0, sizeof(*r));
+    memcpy(r->head, raw, (size_t)(eoh - raw) + 2);
+    cr_assert_eq(sscanf(raw, "HTTP/1.1 %d", &r->status), 1);
+    r->body_len = len - (size_t)(eoh + 4 - raw);
+    memcpy(r->body, eoh + 4, r->body_len);
+}
+
+Test(http_server, deferred_response_completed_from_another_thread)
+{
+    struct http_server *s = start_deferring_server();
+    int port = http_server_port(s), fd = connect_port(port);
+    static struct reply r;
+    struct http_server_stats st;
+    pthread_t t;
+    char v[64];
+
+    send_request(fd, "GET", "/api/slow", NULL, true);
+    struct http_deferred *d = wait_parked();
+    wait_deferred_pending(s, 1);
+    /* The loop thread is free while the response waits. */
+    uint64_t t0 = now_ms();
+    get(port, "/health", NULL, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_lt(now_ms() - t0, 1000);
+
+    cr_assert_eq(pthread_create(&t, NULL, complete_later, d), 0);
+    pthread_join(t, NULL);
+    read_reply(fd, &r);
+    close(fd);
+    cr_assert_eq(r.status, 503);
+    cr_assert_eq(r.body_len, strlen("{\"late\":true}"));
+    cr_assert_eq(memcmp(r.body, "{\"late\":true}", r.body_len), 0);
+    cr_assert_str_eq(header(&r, "content-type", v, sizeof(v)), "application/json");
+    cr_assert_str_eq(header(&r, "content-length", v, sizeof(v)), "13");
+    wait_deferred_pending(s, 0);
+    http_server_get_stats(s, &st);
+    cr_assert_eq(st.deferred_dropped, 0);
+    http_server_free(s);
+}
+
+Test(http_server, deferred_completion_after_the_client_left_is_dropped)
+{
+    struct http_server *s = start_deferring_server();
+    int port = http_server_port(s), fd = connect_port(port);
+    static struct reply r;
+    struct http_server_stats st;
+    pthread_t t;
+
+    send_request(fd, "GET", "/api/slow", NULL, true);
+    struct http_deferred *d = wait_parked();
+    /* Reset, not a polite close: the connection is gone at once. */
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(fd);
+    cr_assert_eq(pthread_create(&t, NULL, complete_later, d), 0);
+    pthread_join(t, NULL);
+    wait_deferred_pending(s, 0);
+    http_server_get_stats(s, &st);
+    cr_log_info("dropped %llu", (unsigned long long)st.deferred_dropped);
+    cr_assert_eq(st.deferred_dropped, 1);
+    /* Still serving. */
+    get(port, "/health", NULL, &r);
+    cr_assert_eq(r.status, 200);
+    http_server_free(s);
 }

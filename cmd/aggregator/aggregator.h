@@ -28,6 +28,7 @@
 #define AGGREGATOR_MAX_INSTANCES 65536
 
 struct cluster;
+struct api_pool;
 
 /* What this replica ingested; summed over replicas for /api/stats. */
 struct aggregator_counters {
@@ -59,6 +60,10 @@ struct aggregator {
     uint64_t stream_sub_dropped; /* slow-consumer drops of destroyed stream subscriptions */
 
     struct aggregator_counters counters; /* atomics */
+
+    /* api.c: worker threads running cluster-wide answers off the HTTP thread. */
+    struct api_pool *api_pool;
+    uint64_t queries_rejected; /* atomic: turned away with 503, the queue being full */
 };
 
 /* ingest.c: the queue subscription and the SSE feed. */
@@ -82,7 +87,15 @@ void ingest_counters_json(struct aggregator *a, struct buf *b);
  */
 void aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain, int timeout_ms);
 
-/* api.c: the HTTP routes. */
+/*
+ * api.c: the HTTP routes. Register starts the worker threads that answer
+ * cluster-wide requests while peers are live (the HTTP thread only queues
+ * them); stop lets queued requests finish and joins the workers. Call stop
+ * before http_server_free() (every deferred response is completed by then).
+ */
 int aggregator_api_register(struct aggregator *a);
+void aggregator_api_stop(struct aggregator *a);
+/* Frees the pool; after http_server_free() (the HTTP thread looks at it). */
+void aggregator_api_free(struct aggregator *a);
 
 #endif

@@ -2,20 +2,217 @@
  * The aggregator's HTTP routes. /api/events, /api/stats, /api/nodes and the
  * per-node part of /metrics answer for the whole cluster: they gather the
  * other replicas' answers over NATS (cluster.c) and merge them.
+ *
+ * A gather waits for peers (up to QUERY_TIMEOUT), so while peers are live
+ * those routes defer their response and a small pool of worker threads runs
+ * them: the HTTP thread keeps serving meanwhile. The queue is bounded; when it
+ * is full the request gets 503 and is counted. Alone, a replica answers
+ * synchronously on the HTTP thread (nothing to wait for).
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "aggregator.h"
 #include "api.h"
 #include "cluster.h"
 
+#define API_WORKERS   4
+#define API_QUEUE_MAX 128 /* requests waiting for a worker */
+
 static uint64_t load(const uint64_t *p)
 {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+/* ---- worker pool ---- */
+
+/* The route's answer, run on a worker or (alone, or stopping) inline. */
+typedef void (*answer_fn)(struct aggregator *a, const struct http_request *req,
+                          struct http_response *res);
+
+struct api_job {
+    struct api_job *next;
+    answer_fn fn;
+    struct http_deferred *d;
+    char *query; /* copied: the request's memory is the HTTP thread's */
+    size_t query_len;
+};
+
+struct api_pool {
+    struct aggregator *a;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    struct api_job *head, *tail;
+    size_t queued;
+    size_t running;
+    bool stopping;
+    pthread_t threads[API_WORKERS];
+    size_t nthreads;
+};
+
+static void run_job(struct aggregator *a, struct api_job *j)
+{
+    struct http_request req = {.path = "", .query = j->query, .query_len = j->query_len};
+    struct http_response res = {.status = 200};
+
+    buf_init(&res.body);
+    j->fn(a, &req, &res);
+    http_deferred_complete(j->d, res.status, res.content_type, &res.body);
+    buf_free(&res.body);
+    free(j->query);
+    free(j);
+}
+
+static void *worker_main(void *arg)
+{
+    struct api_pool *p = arg;
+
+    pthread_setname_np(pthread_self(), "api-worker");
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        while (p->head == NULL && !p->stopping)
+            pthread_cond_wait(&p->wake, &p->lock);
+        if (p->head == NULL)
+            break; /* stopping, and every queued request was answered */
+        struct api_job *j = p->head;
+        p->head = j->next;
+        if (p->head == NULL)
+            p->tail = NULL;
+        p->queued--;
+        p->running++;
+        pthread_mutex_unlock(&p->lock);
+        run_job(p->a, j);
+        pthread_mutex_lock(&p->lock);
+        p->running--;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+static struct api_pool *pool_new(struct aggregator *a)
+{
+    struct api_pool *p = calloc(1, sizeof(*p));
+
+    if (p == NULL)
+        return NULL;
+    p->a = a;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    for (size_t i = 0; i < API_WORKERS; i++) {
+        if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0)
+            break;
+        p->nthreads++;
+    }
+    if (p->nthreads == 0) {
+        pthread_cond_destroy(&p->wake);
+        pthread_mutex_destroy(&p->lock);
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void aggregator_api_stop(struct aggregator *a)
+{
+    struct api_pool *p = a->api_pool;
+
+    if (p == NULL)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stopping = true;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    for (size_t i = 0; i < p->nthreads; i++)
+        pthread_join(p->threads[i], NULL);
+    p->nthreads = 0;
+    /* The HTTP thread may still look at the pool (it answers inline now). */
+}
+
+void aggregator_api_free(struct aggregator *a)
+{
+    struct api_pool *p = a->api_pool;
+
+    if (p == NULL)
+        return;
+    aggregator_api_stop(a);
+    a->api_pool = NULL;
+    pthread_cond_destroy(&p->wake);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+/* Requests waiting for or held by a worker. */
+static uint64_t pool_in_flight(struct aggregator *a)
+{
+    struct api_pool *p = a->api_pool;
+    uint64_t n;
+
+    if (p == NULL)
+        return 0;
+    pthread_mutex_lock(&p->lock);
+    n = p->queued + p->running;
+    pthread_mutex_unlock(&p->lock);
+    return n;
+}
+
+/*
+ * Answers req: on a worker (deferred) while peers are live, else inline.
+ * HTTP thread only.
+ */
+static void answer(struct aggregator *a, const struct http_request *req, struct http_response *res,
+                   answer_fn fn)
+{
+    struct api_pool *p = a->api_pool;
+    struct api_job *j;
+
+    if (p == NULL || cluster_expected(a->cluster) <= 1)
+        goto inline_answer;
+    pthread_mutex_lock(&p->lock);
+    bool stopping = p->stopping, full = p->queued >= API_QUEUE_MAX;
+    pthread_mutex_unlock(&p->lock);
+    if (stopping)
+        goto inline_answer;
+    if (full) {
+        __atomic_add_fetch(&a->queries_rejected, 1, __ATOMIC_RELAXED);
+        http_response_error(res, 503, "too many queries in flight");
+        return;
+    }
+    if ((j = calloc(1, sizeof(*j))) == NULL)
+        goto inline_answer;
+    j->fn = fn;
+    j->query_len = req->query_len;
+    j->query = malloc(req->query_len + 1);
+    if (j->query == NULL || (j->d = http_response_defer(res)) == NULL) {
+        /* Not deferred (no memory, or not a served request): the handler is still ours. */
+        free(j->query);
+        free(j);
+        goto inline_answer;
+    }
+    memcpy(j->query, req->query, req->query_len);
+    j->query[req->query_len] = '\0';
+    pthread_mutex_lock(&p->lock);
+    if (p->stopping) {
+        /* Stopped since the check: the workers are gone, answer from here. */
+        pthread_mutex_unlock(&p->lock);
+        run_job(a, j);
+        return;
+    }
+    if (p->tail != NULL)
+        p->tail->next = j;
+    else
+        p->head = j;
+    p->tail = j;
+    p->queued++;
+    pthread_cond_signal(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    return;
+inline_answer:
+    fn(a, req, res);
 }
 
 static void write_replicas(struct buf *b, unsigned answered, unsigned expected)
@@ -24,9 +221,9 @@ static void write_replicas(struct buf *b, unsigned answered, unsigned expected)
                expected, answered < expected ? "true" : "false");
 }
 
-static void handle_events(void *ctx, const struct http_request *req, struct http_response *res)
+static void events_answer(struct aggregator *a, const struct http_request *req,
+                          struct http_response *res)
 {
-    struct aggregator *a = ctx;
     struct cluster_events ev;
     struct query q;
     char err[256];
@@ -204,9 +401,9 @@ static json_t *replicas_json(const struct cluster_view *v)
                      (json_int_t)v->expected, "list", v->replicas);
 }
 
-static void handle_stats(void *ctx, const struct http_request *req, struct http_response *res)
+static void stats_answer(struct aggregator *a, const struct http_request *req,
+                         struct http_response *res)
 {
-    struct aggregator *a = ctx;
     struct cluster_view v;
     struct bus_status bs = {0};
     struct http_server_stats hs;
@@ -266,13 +463,16 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
                                   "sent", (json_int_t)hs.stream_sent, "dropped",
                                   (json_int_t)(hs.stream_dropped + hs.publish_dropped),
                                   "bus_dropped", (json_int_t)ingest_stream_dropped(a)));
+    json_object_set_new(root, "queries",
+                        json_pack("{s:I,s:I}", "in_flight", (json_int_t)pool_in_flight(a),
+                                  "rejected", (json_int_t)load(&a->queries_rejected)));
     respond_json(res, root);
     view_free(&v);
 }
 
-static void handle_nodes(void *ctx, const struct http_request *req, struct http_response *res)
+static void nodes_answer(struct aggregator *a, const struct http_request *req,
+                         struct http_response *res)
 {
-    struct aggregator *a = ctx;
     struct cluster_view v;
 
     if (req->query_len > 0) {
@@ -327,9 +527,9 @@ static void node_metric(struct buf *b, const char *name, const char *help, json_
     }
 }
 
-static void handle_metrics(void *ctx, const struct http_request *req, struct http_response *res)
+static void metrics_answer(struct aggregator *a, const struct http_request *req,
+                           struct http_response *res)
 {
-    struct aggregator *a = ctx;
     struct buf *b = &res->body;
     const struct aggregator_counters *c = &a->counters;
     struct store_stats ss;
@@ -381,6 +581,11 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                hs.stream_dropped + hs.publish_dropped + ingest_stream_dropped(a));
     api_metric(b, "ebpf_aggregator_http_requests_total", "counter", "HTTP requests served.",
                hs.requests);
+    api_metric(b, "ebpf_aggregator_queries_in_flight", "gauge",
+               "Cluster-wide requests waiting for or held by a worker.", pool_in_flight(a));
+    api_metric(b, "ebpf_aggregator_queries_rejected_total", "counter",
+               "Cluster-wide requests turned away (503): too many in flight.",
+               load(&a->queries_rejected));
     api_metric(b, "ebpf_aggregator_uptime_seconds", "gauge", "Seconds since this replica started.",
                (api_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
 
@@ -417,9 +622,32 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     view_free(&v);
 }
 
+static void handle_events(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    answer(ctx, req, res, events_answer);
+}
+
+static void handle_stats(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    answer(ctx, req, res, stats_answer);
+}
+
+static void handle_nodes(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    answer(ctx, req, res, nodes_answer);
+}
+
+static void handle_metrics(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    answer(ctx, req, res, metrics_answer);
+}
+
 int aggregator_api_register(struct aggregator *a)
 {
     int rc = 0;
+
+    /* Without workers, every answer is given inline (as alone). */
+    a->api_pool = pool_new(a);
 
     rc |= http_server_stream(a->http, "/api/events/stream");
     rc |= http_server_route(a->http, "/api/events", handle_events, a);

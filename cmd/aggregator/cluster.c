@@ -3,9 +3,14 @@
  * (see cluster.h for the subjects and messages).
  *
  * Threads: the "cluster" thread sends heartbeats and prunes expired peers;
- * nats.c's delivery threads run the heartbeat, query and stats callbacks;
- * gathers run on the caller's thread (the HTTP loop) and block it at most
- * QUERY_TIMEOUT. The peer table is the only shared state (c->lock).
+ * nats.c's delivery threads run the heartbeat, query, stats and reply
+ * callbacks; gathers run on the caller's thread (an API worker, or the HTTP
+ * thread when alone) and block it at most QUERY_TIMEOUT. Shared state: the
+ * peer table (c->lock) and the gathers waiting for replies (c->reply_lock).
+ *
+ * Replies come to one wildcard inbox subscription made at start,
+ * <inbox>.<token> per gather, rather than a subscription per gather: a SUB and
+ * UNSUB per query cost more than the query itself.
  */
 #include "cluster.h"
 
@@ -29,6 +34,15 @@
 #define CLUSTER_SUBSCRIBE_FLUSH_MS 1000
 #define CLUSTER_CLOSE_WAIT_MS      2000
 
+/* A gather waiting for replies on <reply_prefix>.<token>. */
+struct reply_waiter {
+    struct reply_waiter *next;
+    uint64_t token;
+    natsMsg **msgs; /* received, not yet handled by the gatherer */
+    size_t nmsgs, cap;
+    pthread_cond_t cond;
+};
+
 struct cluster_peer {
     char id[AGGREGATOR_REPLICA_ID_LEN];
     uint64_t last_ms; /* monotonic time of its last heartbeat */
@@ -41,7 +55,12 @@ struct cluster {
     char subj_heartbeat[CLUSTER_SUBJECT_LEN];
     char subj_query[CLUSTER_SUBJECT_LEN];
     char subj_stats[CLUSTER_SUBJECT_LEN];
-    natsSubscription *hb_sub, *query_sub, *stats_sub;
+    natsSubscription *hb_sub, *query_sub, *stats_sub, *reply_sub;
+    char reply_prefix[64]; /* the inbox; replies come to <reply_prefix>.<token> */
+
+    pthread_mutex_t reply_lock; /* waiters, next_token */
+    struct reply_waiter *waiters;
+    uint64_t next_token;
 
     pthread_mutex_t lock; /* peers, stopping */
     pthread_cond_t wake;
@@ -198,49 +217,104 @@ static void *cluster_main(void *arg)
 /* Handles one reply; returns true when it counts as an answer. */
 typedef bool (*gather_reply_fn)(void *ctx, natsMsg *m);
 
+/* nats.c delivery thread: hands a reply to the gather waiting for its token. */
+static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct cluster *c = closure;
+    const char *subject = natsMsg_GetSubject(msg);
+    const char *dot = subject != NULL ? strrchr(subject, '.') : NULL;
+    uint64_t token = dot != NULL ? strtoull(dot + 1, NULL, 10) : 0;
+
+    pthread_mutex_lock(&c->reply_lock);
+    for (struct reply_waiter *w = c->waiters; w != NULL; w = w->next) {
+        if (w->token != token)
+            continue;
+        if (w->nmsgs == w->cap) {
+            size_t cap = w->cap ? w->cap * 2 : 4;
+            natsMsg **p = realloc(w->msgs, cap * sizeof(*p));
+            if (p == NULL)
+                break;
+            w->msgs = p;
+            w->cap = cap;
+        }
+        w->msgs[w->nmsgs++] = msg;
+        msg = NULL;
+        pthread_cond_signal(&w->cond);
+        break;
+    }
+    pthread_mutex_unlock(&c->reply_lock);
+    /* A late reply (its gather gave up) or no memory. */
+    natsMsg_Destroy(msg);
+}
+
 /*
- * Publishes req on subject with a private reply inbox and collects up to
- * want answers until the deadline. Returns the number of answers.
+ * Publishes req on subject with a reply subject of its own and collects up
+ * to want answers until the deadline. Returns the number of answers.
  */
 static unsigned gather(struct cluster *c, const char *subject, const char *req, size_t len,
                        unsigned want, gather_reply_fn fn, void *ctx)
 {
-    natsInbox *inbox = NULL;
-    natsSubscription *sub = NULL;
+    struct reply_waiter w = {0}, **pp;
+    char reply[sizeof(c->reply_prefix) + 24];
+    pthread_condattr_t ca;
     unsigned got = 0;
     natsStatus s;
 
-    if (want == 0 || !connected(c))
+    if (want == 0 || c->reply_sub == NULL || !connected(c))
         return 0;
-    s = natsInbox_Create(&inbox);
-    if (s == NATS_OK)
-        s = natsConnection_SubscribeSync(&sub, c->nc, inbox);
-    /* Bounded by the number of peers; never drop an answer for being large. */
-    if (s == NATS_OK)
-        s = natsSubscription_SetPendingLimits(sub, -1, -1);
-    if (s == NATS_OK)
-        s = natsConnection_PublishRequest(c->nc, subject, inbox, req, (int)len);
-    /* Push the SUB and the request out now rather than on nats.c's next flush (~1 ms later). */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w.cond, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_lock(&c->reply_lock);
+    w.token = ++c->next_token;
+    w.next = c->waiters;
+    c->waiters = &w;
+    pthread_mutex_unlock(&c->reply_lock);
+    snprintf(reply, sizeof(reply), "%s.%" PRIu64, c->reply_prefix, w.token);
+
+    s = natsConnection_PublishRequest(c->nc, subject, reply, req, (int)len);
+    /* Push the request out now rather than on nats.c's next flush (~1 ms later). */
     if (s == NATS_OK)
         s = natsConnection_FlushTimeout(c->nc, c->timeout_ms);
     uint64_t deadline = mono_ms() + c->timeout_ms;
+    pthread_mutex_lock(&c->reply_lock);
     while (s == NATS_OK && got < want) {
+        if (w.nmsgs > 0) {
+            natsMsg *m = w.msgs[--w.nmsgs];
+            /* Decode without the lock: the delivery thread keeps queueing. */
+            pthread_mutex_unlock(&c->reply_lock);
+            if (fn(ctx, m))
+                got++;
+            natsMsg_Destroy(m);
+            pthread_mutex_lock(&c->reply_lock);
+            continue;
+        }
         uint64_t now = mono_ms();
-        natsMsg *m = NULL;
-
         if (now >= deadline)
             break;
-        if (natsSubscription_NextMsg(&m, sub, (int64_t)(deadline - now)) != NATS_OK)
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t wait_ns = (deadline - now) * 1000000ull;
+        ts.tv_sec += (time_t)(wait_ns / 1000000000ull);
+        ts.tv_nsec += (long)(wait_ns % 1000000000ull);
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&w.cond, &c->reply_lock, &ts);
+    }
+    for (pp = &c->waiters; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == &w) {
+            *pp = w.next;
             break;
-        if (fn(ctx, m))
-            got++;
-        natsMsg_Destroy(m);
+        }
     }
-    if (sub != NULL) {
-        natsSubscription_Unsubscribe(sub);
-        natsSubscription_Destroy(sub);
-    }
-    natsInbox_Destroy(inbox);
+    pthread_mutex_unlock(&c->reply_lock);
+    for (size_t i = 0; i < w.nmsgs; i++)
+        natsMsg_Destroy(w.msgs[i]);
+    free(w.msgs);
+    pthread_cond_destroy(&w.cond);
     return got;
 }
 
@@ -492,6 +566,20 @@ static void pack_query_reply(struct cluster *c, const struct store_result *r, co
     free(pbs);
 }
 
+/*
+ * The asker is waiting: send now, not on nats.c's next flush (~1 ms later).
+ * A flush is a round trip to the server, so when more requests are already
+ * queued, leave it to the last of them: a burst is answered in one flush.
+ */
+static void flush_reply(natsConnection *nc, natsSubscription *sub)
+{
+    int pending = 0;
+
+    if (natsSubscription_GetPending(sub, &pending, NULL) == NATS_OK && pending > 0)
+        return;
+    natsConnection_FlushTimeout(nc, 1000);
+}
+
 static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     struct cluster *c = closure;
@@ -520,8 +608,7 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     }
     if (!out.oom && out.len > 0) {
         natsConnection_Publish(nc, reply, out.data, (int)out.len);
-        /* The asker is waiting: send now, not on nats.c's next flush. */
-        natsConnection_FlushTimeout(nc, 1000);
+        flush_reply(nc, sub);
     }
 done:
     buf_free(&out);
@@ -568,8 +655,7 @@ static void on_stats(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     }
     if (!out.oom) {
         natsConnection_Publish(nc, reply, out.data, (int)out.len);
-        /* The asker is waiting: send now, not on nats.c's next flush. */
-        natsConnection_FlushTimeout(nc, 1000);
+        flush_reply(nc, sub);
     }
 done:
     buf_free(&out);
@@ -646,6 +732,7 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
     snprintf(c->subj_stats, sizeof(c->subj_stats), "%s.%s.stats", a->cfg.control_subject,
              a->cfg.queue_group);
     pthread_mutex_init(&c->lock, NULL);
+    pthread_mutex_init(&c->reply_lock, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&c->wake, &ca);
@@ -656,6 +743,21 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
         s = natsConnection_Subscribe(&c->query_sub, c->nc, c->subj_query, on_query, c);
     if (s == NATS_OK)
         s = natsConnection_Subscribe(&c->stats_sub, c->nc, c->subj_stats, on_stats, c);
+    if (s == NATS_OK) {
+        natsInbox *inbox = NULL;
+        char subj[sizeof(c->reply_prefix) + 2];
+
+        s = natsInbox_Create(&inbox);
+        if (s == NATS_OK) {
+            snprintf(c->reply_prefix, sizeof(c->reply_prefix), "%s", inbox);
+            snprintf(subj, sizeof(subj), "%s.*", c->reply_prefix);
+            s = natsConnection_Subscribe(&c->reply_sub, c->nc, subj, on_reply, c);
+        }
+        natsInbox_Destroy(inbox);
+        /* Bounded by the peers' answers; never drop one for being large. */
+        if (s == NATS_OK)
+            s = natsSubscription_SetPendingLimits(c->reply_sub, -1, -1);
+    }
     if (s != NATS_OK) {
         snprintf(err, errlen, "subscribing to %s.%s.*: %s", a->cfg.control_subject,
                  a->cfg.queue_group, natsStatus_GetText(s));
@@ -702,7 +804,7 @@ void cluster_leave(struct cluster *c)
 
 void cluster_free(struct cluster *c)
 {
-    natsSubscription *subs[3];
+    natsSubscription *subs[4];
 
     if (c == NULL)
         return;
@@ -710,10 +812,12 @@ void cluster_free(struct cluster *c)
     subs[0] = c->hb_sub;
     subs[1] = c->query_sub;
     subs[2] = c->stats_sub;
+    subs[3] = c->reply_sub;
     /* Waits for a callback still running, which uses c. */
-    for (size_t i = 0; i < 3; i++)
+    for (size_t i = 0; i < 4; i++)
         aggregator_sub_close(subs[i], c->nc, false, CLUSTER_CLOSE_WAIT_MS);
     pthread_cond_destroy(&c->wake);
+    pthread_mutex_destroy(&c->reply_lock);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }

@@ -144,8 +144,10 @@ out:
     cluster_leave(a.cluster);
     if (a.bus)
         ingest_stop(&a, AGGREGATOR_DRAIN_MS);
+    aggregator_api_stop(&a);
     if (a.http)
         http_server_free(a.http);
+    aggregator_api_free(&a);
     cluster_free(a.cluster);
     if (a.bus)
         bus_close(a.bus);
