@@ -519,7 +519,9 @@ static void node_metric(struct buf *b, const char *name, const char *help, json_
     const char *node;
     json_t *n;
 
-    api_metric_header(b, name, "counter", help);
+    /* Gauges: merged from the replicas that answered, so a partial gather or a
+     * sequence gap filled by a late batch can lower them. */
+    api_metric_header(b, name, "gauge", help);
     json_object_foreach(nodes, node, n)
     {
         json_int_t v = json_integer_value(json_object_get(n, field));
@@ -595,17 +597,17 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                    "Replicas this one expects to answer (itself included).", v.expected);
         api_metric(b, "ebpf_aggregator_replicas_answered", "gauge",
                    "Replicas that answered the gather behind these metrics.", v.answered);
-        node_metric(b, "ebpf_aggregator_node_events_total",
+        node_metric(b, "ebpf_aggregator_node_events",
                     "Events received from each node, all replicas.", v.nodes, "events");
-        node_metric(b, "ebpf_aggregator_node_batches_total",
+        node_metric(b, "ebpf_aggregator_node_batches",
                     "Batches received from each node, all replicas.", v.nodes, "batches");
-        node_metric(b, "ebpf_aggregator_node_lost_batches_total",
+        node_metric(b, "ebpf_aggregator_node_lost_batches",
                     "Batches missing from each node's sequence, all replicas.", v.nodes,
                     "lost_batches");
-        node_metric(b, "ebpf_aggregator_node_agent_drops_total",
+        node_metric(b, "ebpf_aggregator_node_agent_drops",
                     "Events each node's agent dropped (as it last reported).", v.nodes,
                     "agent_drops");
-        node_metric(b, "ebpf_aggregator_node_kernel_drops_total",
+        node_metric(b, "ebpf_aggregator_node_kernel_drops",
                     "Events lost in each node's kernel ring buffer (as last reported).", v.nodes,
                     "kernel_drops");
         api_metric_header(b, "ebpf_aggregator_node_active", "gauge",

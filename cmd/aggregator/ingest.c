@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -178,44 +179,53 @@ static void on_sub_complete(void *closure)
 
 void aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain, int timeout_ms)
 {
-    struct sub_done d = {.done = false};
     pthread_condattr_t ca;
     struct timespec ts;
     bool wait;
 
     if (sub == NULL)
         return;
-    pthread_mutex_init(&d.lock, NULL);
+    /* On the heap: nats.c may run the completion callback after we give up waiting. */
+    struct sub_done *d = calloc(1, sizeof(*d));
+    if (!d) {
+        natsSubscription_Unsubscribe(sub);
+        natsSubscription_Destroy(sub);
+        return;
+    }
+    pthread_mutex_init(&d->lock, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&d.cond, &ca);
+    pthread_cond_init(&d->cond, &ca);
     pthread_condattr_destroy(&ca);
-    wait = natsSubscription_SetOnCompleteCB(sub, on_sub_complete, &d) == NATS_OK;
+    wait = natsSubscription_SetOnCompleteCB(sub, on_sub_complete, d) == NATS_OK;
     /* Draining needs the server; without it, queued messages are simply dropped. */
     if (drain && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED &&
         natsSubscription_Drain(sub) == NATS_OK)
         natsSubscription_WaitForDrainCompletion(sub, timeout_ms);
     else
         natsSubscription_Unsubscribe(sub);
+    bool done = !wait;
     if (wait) {
         clock_gettime(CLOCK_MONOTONIC, &ts);
         ts.tv_sec += timeout_ms / 1000;
         ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
         ts.tv_sec += ts.tv_nsec / 1000000000L;
         ts.tv_nsec %= 1000000000L;
-        pthread_mutex_lock(&d.lock);
-        while (!d.done && pthread_cond_timedwait(&d.cond, &d.lock, &ts) == 0)
+        pthread_mutex_lock(&d->lock);
+        while (!d->done && pthread_cond_timedwait(&d->cond, &d->lock, &ts) == 0)
             ;
-        pthread_mutex_unlock(&d.lock);
+        done = d->done;
+        pthread_mutex_unlock(&d->lock);
     }
-    if (!wait || d.done) {
+    if (done) {
         natsSubscription_Destroy(sub);
+        pthread_cond_destroy(&d->cond);
+        pthread_mutex_destroy(&d->lock);
+        free(d);
     } else {
-        /* The handler is stuck: leaking beats freeing what it may still use. */
+        /* The handler is stuck: leaking sub and d beats freeing what it may still use. */
         fprintf(stderr, "ebpf-aggregator: a subscription did not stop within %d ms\n", timeout_ms);
     }
-    pthread_cond_destroy(&d.cond);
-    pthread_mutex_destroy(&d.lock);
 }
 
 void ingest_stop(struct aggregator *a, int timeout_ms)
