@@ -500,7 +500,10 @@ static bool auth_ok(struct http_server *s, h2o_req_t *req)
     v = req->headers.entries[i].value;
     if (v.len < 7 || !h2o_lcstris(v.base, 7, H2O_STRLIT("bearer ")))
         return false;
-    SHA256((const unsigned char *)v.base + 7, v.len - 7, got);
+    size_t skip = 7; /* the scheme and one or more spaces (RFC 9110) */
+    while (skip < v.len && v.base[skip] == ' ')
+        skip++;
+    SHA256((const unsigned char *)v.base + skip, v.len - skip, got);
     return CRYPTO_memcmp(got, s->token_hash, sizeof(got)) == 0;
 }
 
@@ -536,7 +539,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     }
     if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) &&
         !h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"))) {
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, H2O_STRLIT("GET"));
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL,
+                       H2O_STRLIT("GET, HEAD"));
         send_error(req, 405, "method not allowed");
         return 0;
     }

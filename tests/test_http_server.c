@@ -372,7 +372,7 @@ Test(http_server, post_is_405_with_allow)
     request(http_server_port(s), "POST", "/api/events", "Content-Length: 0\r\n", &r);
     cr_assert_eq(r.status, 405);
     cr_assert_str_eq(r.body, "{\"error\":\"method not allowed\"}");
-    cr_assert_str_eq(header(&r, "allow", v, sizeof(v)), "GET");
+    cr_assert_str_eq(header(&r, "allow", v, sizeof(v)), "GET, HEAD");
     request(http_server_port(s), "DELETE", "/health", NULL, &r);
     cr_assert_eq(r.status, 405);
     http_server_free(s);
@@ -406,6 +406,9 @@ Test(http_server, bearer_token_guards_api_only)
     get(port, "/api/events", "Authorization: Bearer " TEST_TOKEN "\r\n", &r);
     cr_assert_eq(r.status, 200);
     cr_assert_str_eq(r.body, "{\"path\":\"/api/events\",\"query\":\"\"}");
+    /* The scheme is case-insensitive and may be followed by several spaces. */
+    get(port, "/api/events", "Authorization: bearer   " TEST_TOKEN "\r\n", &r);
+    cr_assert_eq(r.status, 200);
 
     get(port, "/health", NULL, &r);
     cr_assert_eq(r.status, 200);
