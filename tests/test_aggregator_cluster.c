@@ -369,8 +369,7 @@ Test(aggregator_cluster, nodes_and_sequence_gaps_are_seen_from_either_replica)
 
     struct tu_http m;
     check(tu_http_get(agg_port[0], "/metrics", NULL, &m) == 0 && m.status == 200, "/metrics");
-    check(strstr(m.body, "ebpf_aggregator_node_lost_batches{node=\"" NODE_B "\"} 1\n") !=
-              NULL,
+    check(strstr(m.body, "ebpf_aggregator_node_lost_batches{node=\"" NODE_B "\"} 1\n") != NULL,
           "per-node lost batches in /metrics:\n%s", m.body);
     check(strstr(m.body, "ebpf_aggregator_replicas_expected 2\n") != NULL, "replicas in /metrics");
     tu_http_free(&m);

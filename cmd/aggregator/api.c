@@ -215,10 +215,17 @@ inline_answer:
     fn(a, req, res);
 }
 
-static void write_replicas(struct buf *b, unsigned answered, unsigned expected)
+/* Without NATS a replica cannot know its peers: its answer is its own share only. */
+static bool is_partial(struct aggregator *a, unsigned answered, unsigned expected)
+{
+    return answered < expected || !bus_connected(a->bus);
+}
+
+static void write_replicas(struct aggregator *a, struct buf *b, unsigned answered,
+                           unsigned expected)
 {
     buf_printf(b, ",\"replicas\":{\"answered\":%u,\"expected\":%u},\"partial\":%s", answered,
-               expected, answered < expected ? "true" : "false");
+               expected, is_partial(a, answered, expected) ? "true" : "false");
 }
 
 static void events_answer(struct aggregator *a, const struct http_request *req,
@@ -240,7 +247,7 @@ static void events_answer(struct aggregator *a, const struct http_request *req,
     }
     api_events_begin(&res->body, ev.events, ev.count, ev.total_count,
                      ev.has_next ? &ev.next_cursor : NULL, api_monotonic_ns() - start);
-    write_replicas(&res->body, ev.answered, ev.expected);
+    write_replicas(a, &res->body, ev.answered, ev.expected);
     api_events_end(&res->body);
     cluster_events_free(&ev);
 }
@@ -433,7 +440,7 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     }
     json_object_set_new(root, "replica", json_string(a->replica));
     json_object_set_new(root, "replicas", replicas_json(&v));
-    json_object_set_new(root, "partial", json_boolean(v.answered < v.expected));
+    json_object_set_new(root, "partial", json_boolean(is_partial(a, v.answered, v.expected)));
     json_object_set_new(root, "uptime_seconds",
                         json_real((double)(api_monotonic_ns() - a->started_mono_ns) / 1e9));
     json_set_u64(root, "total_events", total_u64(t, "events"));
@@ -492,7 +499,7 @@ static void nodes_answer(struct aggregator *a, const struct http_request *req,
     json_object_set_new(root, "replicas",
                         json_pack("{s:i,s:i}", "answered", (json_int_t)v.answered, "expected",
                                   (json_int_t)v.expected));
-    json_object_set_new(root, "partial", json_boolean(v.answered < v.expected));
+    json_object_set_new(root, "partial", json_boolean(is_partial(a, v.answered, v.expected)));
     respond_json(res, root);
     view_free(&v);
 }
