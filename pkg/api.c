@@ -7,6 +7,17 @@
 
 #include "event_json.h"
 
+struct http_server *api_server_new(const struct config *c, char *err, size_t errlen)
+{
+    struct http_server_config hc = {
+        .listen_addr = c->listen_addr,
+        .api_token = c->api_token[0] ? c->api_token : NULL,
+        .tls_cert = c->tls_cert[0] ? c->tls_cert : NULL,
+        .tls_key = c->tls_key[0] ? c->tls_key : NULL,
+    };
+    return http_server_new(&hc, err, errlen);
+}
+
 void api_format_duration(uint64_t ns, char *out, size_t len)
 {
     if (ns < 1000)

@@ -8,7 +8,12 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "config.h"
+#include "http_server.h"
 #include "store.h"
+
+/* The HTTP server both programs serve: LISTEN_ADDR, API_TOKEN, TLS_CERT/TLS_KEY from c. */
+struct http_server *api_server_new(const struct config *c, char *err, size_t errlen);
 
 /* Formats a duration the way the API reports it: "734µs", "1.25ms", "2.5s". */
 void api_format_duration(uint64_t ns, char *out, size_t len);

@@ -90,13 +90,7 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    struct http_server_config hc = {
-        .listen_addr = a.cfg.listen_addr,
-        .api_token = a.cfg.api_token[0] ? a.cfg.api_token : NULL,
-        .tls_cert = a.cfg.tls_cert[0] ? a.cfg.tls_cert : NULL,
-        .tls_key = a.cfg.tls_key[0] ? a.cfg.tls_key : NULL,
-    };
-    a.http = http_server_new(&hc, err, sizeof(err));
+    a.http = api_server_new(&a.cfg, err, sizeof(err));
     if (!a.http) {
         fprintf(stderr, "ebpf-aggregator: %s\n", err);
         goto out;
