@@ -46,7 +46,7 @@ static void report_bus_failure(struct bus *b, const char *err)
     bus_get_status(b, &st);
     /* nats.c reports the refusal from its own thread, possibly just after
      * the subscription failed: give it a moment. */
-    for (int i = 0; i < 200 && !st.closed && strstr(err, "Connection Closed"); i++) {
+    for (int i = 0; i < 200 && !st.closed && !st.connected; i++) {
         struct timespec ts = {.tv_sec = 0, .tv_nsec = 10 * 1000000L};
         nanosleep(&ts, NULL);
         bus_get_status(b, &st);
