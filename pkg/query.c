@@ -277,6 +277,17 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
     const char *name = query_param_names[p];
     char quoted[QUERY_ERR_VALUE_MAX + 4];
     uint64_t n;
+    const char *whole = v;
+    size_t whole_len = len;
+
+    /* Numbers, times and cursors ignore surrounding spaces, as type lists do;
+     * names (node, pod, command...) are matched exactly as given. */
+    if (p == QP_PID || p == QP_SINCE || p == QP_UNTIL || p == QP_LIMIT || p == QP_CURSOR) {
+        while (len && isspace((unsigned char)*v))
+            v++, len--;
+        while (len && isspace((unsigned char)v[len - 1]))
+            len--;
+    }
 
     switch (p) {
     case QP_TYPE: {
@@ -330,7 +341,7 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
         break;
     }
 bad:
-    query_quote(v, len, quoted);
+    query_quote(whole, whole_len, quoted);
     switch (p) {
     case QP_PID:
         query_errf(err, errlen, "invalid 'pid': \"%s\" (must be an integer 0-4294967295)", quoted);

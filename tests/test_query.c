@@ -108,6 +108,17 @@ Test(query_parse, percent_decoding)
     cr_assert_str_eq(q.pod, "a&b=c");
 }
 
+/* Spaces around numbers are ignored, as around type names; names stay exact. */
+Test(query_parse, spaces_around_numbers_are_ignored)
+{
+    struct query q;
+    parse_ok(&q, "limit=%201&pid=+42%20&command=%20sh");
+    cr_assert_eq(q.limit, 1);
+    cr_assert(q.has_pid);
+    cr_assert_eq(q.pid, 42);
+    cr_assert_str_eq(q.command, " sh");
+}
+
 Test(query_parse, empty_segments_are_skipped)
 {
     struct query q;
