@@ -1164,25 +1164,17 @@ static bool fast_event(const uint8_t *data, size_t len, const char *batch_node,
                 e->node = batch_node;
             break;
         case 10:
-            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->k8s.node_name))
-                goto fail;
-            break;
         case 11:
-            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->k8s.pod_name))
-                goto fail;
-            break;
         case 12:
-            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->k8s.namespace))
-                goto fail;
-            break;
         case 13:
-            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->k8s.container_id))
+        case 14: {
+            /* k8s_node_name, k8s_pod_name, k8s_namespace, k8s_container_id, k8s_pod_uid */
+            const char **k8s[] = {&e->k8s.node_name, &e->k8s.pod_name, &e->k8s.namespace,
+                                  &e->k8s.container_id, &e->k8s.pod_uid};
+            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, k8s[f - 10]))
                 goto fail;
             break;
-        case 14:
-            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->k8s.pod_uid))
-                goto fail;
-            break;
+        }
         case 15:
             if (!rd_bytes(&r, &saddr, &sl))
                 goto fail;
