@@ -5,9 +5,10 @@
  * Limits are checked before the expensive work: the body size first, then
  * the number of events (a cheap walk over the protobuf wire format, or a line
  * count for JSON), so a hostile message can neither crash the decoder nor
- * make it allocate without bound. A batch is all or nothing: one bad event
- * rejects the whole batch, because a partly stored batch would make the
- * sequence accounting lie.
+ * make it allocate without bound. A bad event costs only itself: it is
+ * skipped and counted (meta.rejected_events), so a process that manages to
+ * put hostile bytes into one event cannot hide the events around it. The
+ * batch is refused as a whole only when its framing or metadata is broken.
  */
 #include "bus_message.h"
 
@@ -23,6 +24,7 @@
 #include "bus.h"
 #include "event_json.h"
 #include "intern.h"
+#include "pb_wire.h"
 
 static const char *const reject_names[BUS_REJECT_COUNT] = {
     [BUS_OK] = "ok",
@@ -67,22 +69,6 @@ void bus_batch_free(struct bus_batch *b)
 
 /* ---- protobuf ---- */
 
-static bool pb_varint(const uint8_t *p, size_t len, size_t *i, uint64_t *v)
-{
-    uint64_t r = 0;
-    for (unsigned shift = 0; shift < 64; shift += 7) {
-        if (*i >= len)
-            return false;
-        uint8_t c = p[(*i)++];
-        r |= (uint64_t)(c & 0x7f) << shift;
-        if (!(c & 0x80)) {
-            *v = r;
-            return true;
-        }
-    }
-    return false;
-}
-
 /*
  * Counts the EventBatch.events fields (number 4) by walking the top-level
  * wire format without unpacking anything; stops early past limit. -1 when
@@ -90,39 +76,15 @@ static bool pb_varint(const uint8_t *p, size_t len, size_t *i, uint64_t *v)
  */
 static int pb_count_events(const uint8_t *p, size_t len, size_t limit, size_t *count)
 {
-    size_t i = 0, n = 0;
-    uint64_t key, v;
+    struct pb_rd r = {p, p + len};
+    struct pb_field f;
+    size_t n = 0;
 
-    while (i < len) {
-        if (!pb_varint(p, len, &i, &key) || (key >> 3) == 0)
+    while (r.p < r.end) {
+        if (!pb_rd_field(&r, &f))
             return -1;
-        switch (key & 7) {
-        case 0: /* varint */
-            if (!pb_varint(p, len, &i, &v))
-                return -1;
+        if (f.num == 4 && f.wt == PB_WT_LEN && ++n > limit)
             break;
-        case 1: /* fixed64 */
-            if (len - i < 8)
-                return -1;
-            i += 8;
-            break;
-        case 2: /* length-delimited */
-            if (!pb_varint(p, len, &i, &v) || v > len - i)
-                return -1;
-            i += v;
-            if ((key >> 3) == 4 && ++n > limit) {
-                *count = n;
-                return 0;
-            }
-            break;
-        case 5: /* fixed32 */
-            if (len - i < 4)
-                return -1;
-            i += 4;
-            break;
-        default: /* groups are not used by proto3 */
-            return -1;
-        }
     }
     *count = n;
     return 0;
@@ -144,6 +106,9 @@ static enum bus_reject decode_protobuf(const char *data, size_t len, struct bus_
     if (event_batch_decode((const uint8_t *)data, len, &out->meta, &out->events, &out->n, msg,
                            sizeof(msg)) < 0)
         return reject(BUS_REJECT_MALFORMED_PROTOBUF, err, errlen, "%s", msg);
+    out->events_reason = BUS_REJECT_MALFORMED_PROTOBUF;
+    if (out->meta.rejected_events)
+        reject(BUS_OK, err, errlen, "%s", msg);
     return BUS_OK;
 }
 
@@ -173,6 +138,7 @@ static enum bus_reject decode_json(const char *data, size_t len, struct bus_batc
                           "batch holds more than %u events", BUS_MAX_BATCH_EVENTS);
         p = nl ? nl + 1 : end;
     }
+    out->events_reason = BUS_REJECT_MALFORMED_JSON;
     if (lines && !(out->events = calloc(lines, sizeof(*out->events))))
         return reject(BUS_REJECT_MALFORMED_JSON, err, errlen, "out of memory for %zu events",
                       lines);
@@ -184,11 +150,17 @@ static enum bus_reject decode_json(const char *data, size_t len, struct bus_batc
         line_no++;
         if (!blank(p, le - p)) {
             msg[0] = '\0';
-            if (event_json_parse(p, le - p, &out->events[out->n], msg, sizeof(msg)) < 0) {
+            int rc = event_json_parse(p, le - p, &out->events[out->n], msg, sizeof(msg));
+            if (rc == -ENOMEM) {
                 bus_batch_free(out);
                 return reject(BUS_REJECT_MALFORMED_JSON, err, errlen, "line %zu: %s", line_no, msg);
             }
-            out->n++;
+            if (rc < 0) {
+                if (out->meta.rejected_events++ == 0)
+                    reject(BUS_OK, err, errlen, "line %zu: %s", line_no, msg);
+            } else {
+                out->n++;
+            }
         }
         p = nl ? nl + 1 : end;
     }
@@ -370,12 +342,14 @@ enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *er
         return r;
     if ((r = decode_json(data, len, out, err, errlen)) != BUS_OK)
         return r;
+    meta.rejected_events = out->meta.rejected_events;
     out->meta = meta;
     /* A count mismatch means the body was cut or the sender is confused. */
-    if (header_u64(msg, BUS_HDR_EVENTS, &events) == 1 && events != out->n) {
+    size_t lines = out->n + out->meta.rejected_events;
+    if (header_u64(msg, BUS_HDR_EVENTS, &events) == 1 && events != lines) {
         r = reject(BUS_REJECT_BAD_METADATA, err, errlen,
                    "%s header says %llu events, the body holds %zu", BUS_HDR_EVENTS,
-                   (unsigned long long)events, out->n);
+                   (unsigned long long)events, lines);
         bus_batch_free(out);
         return r;
     }

@@ -28,9 +28,10 @@ enum bus_reject {
 const char *bus_reject_name(enum bus_reject r);
 
 struct bus_batch {
-    struct event_batch_meta meta;
-    struct event *events; /* owned; release with bus_batch_free */
+    struct event_batch_meta meta; /* meta.rejected_events: events skipped as undecodable */
+    struct event *events;         /* owned; release with bus_batch_free */
     size_t n;
+    enum bus_reject events_reason; /* the reason those events were skipped */
 };
 
 /*
@@ -40,9 +41,11 @@ struct bus_batch {
  * required; Ebpf-Events, when present, must match the body). For protobuf
  * the batch's own fields are authoritative and must hold a node, an
  * agent_instance and a sequence >= 1. Events without a node get the batch's.
- * One bad event rejects the whole batch. Returns BUS_OK (release *out with
- * bus_batch_free) or the reason, with detail in err; on a reject *out holds
- * nothing.
+ * An event that does not decode is skipped and counted in
+ * out->meta.rejected_events (err then says why the first was refused); the
+ * rest of the batch is kept. Returns BUS_OK (release *out with
+ * bus_batch_free) or the reason the whole message was refused, with detail
+ * in err; on a reject *out holds nothing.
  */
 enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *err, size_t errlen);
 

@@ -120,6 +120,55 @@ oom:
     return -ENOMEM;
 }
 
+static bool str_equal(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static bool k8s_equal(const struct event_k8s *a, const struct event_k8s *b)
+{
+    return str_equal(a->node_name, b->node_name) && str_equal(a->pod_name, b->pod_name) &&
+           str_equal(a->namespace, b->namespace) && str_equal(a->container_id, b->container_id) &&
+           str_equal(a->pod_uid, b->pod_uid);
+}
+
+static bool details_equal(const struct event *a, const struct event *b)
+{
+    switch (a->type) {
+    case EVENT_CONNECTION:
+        return a->u.conn.latency_ns == b->u.conn.latency_ns;
+    case EVENT_PACKET_DROP:
+        return a->u.drop.reason_code == b->u.drop.reason_code &&
+               a->u.drop.suppressed == b->u.drop.suppressed &&
+               str_equal(a->u.drop.reason, b->u.drop.reason) &&
+               str_equal(a->u.drop.location, b->u.drop.location);
+    case EVENT_EXEC:
+        return str_equal(a->u.exec.filename, b->u.exec.filename) &&
+               a->u.exec.args_len == b->u.exec.args_len &&
+               a->u.exec.args_truncated == b->u.exec.args_truncated &&
+               (!a->u.exec.args_len ||
+                (a->u.exec.args && b->u.exec.args &&
+                 memcmp(a->u.exec.args, b->u.exec.args, a->u.exec.args_len) == 0));
+    case EVENT_EXIT:
+        return a->u.exit.exit_code == b->u.exit.exit_code && a->u.exit.signal == b->u.exit.signal &&
+               a->u.exit.duration_ns == b->u.exit.duration_ns;
+    default:
+        return true;
+    }
+}
+
+bool event_equal(const struct event *a, const struct event *b)
+{
+    return a->id == b->id && a->timestamp_ns == b->timestamp_ns && a->type == b->type &&
+           a->family == b->family && a->protocol == b->protocol && a->status == b->status &&
+           a->pid == b->pid && a->ppid == b->ppid && a->uid == b->uid &&
+           a->cgroup_id == b->cgroup_id && a->sport == b->sport && a->dport == b->dport &&
+           strncmp(a->command, b->command, sizeof(a->command)) == 0 &&
+           str_equal(a->node, b->node) && k8s_equal(&a->k8s, &b->k8s) &&
+           memcmp(a->saddr, b->saddr, sizeof(a->saddr)) == 0 &&
+           memcmp(a->daddr, b->daddr, sizeof(a->daddr)) == 0 && details_equal(a, b);
+}
+
 void event_move(struct event *dst, struct event *src)
 {
     *dst = *src;

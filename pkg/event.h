@@ -110,6 +110,11 @@ const char *event_protocol_name(unsigned protocol);
 void event_clear(struct event *e);
 /* Deep copy; dst must not hold owned strings. Returns 0 or -ENOMEM. */
 int event_copy(struct event *dst, const struct event *src);
+/*
+ * True when a and b are the same event: every field, strings compared by
+ * value, and the union member of their type (the others are not looked at).
+ */
+bool event_equal(const struct event *a, const struct event *b);
 /* Moves src into dst (dst must not hold owned strings); src is zeroed. */
 void event_move(struct event *dst, struct event *src);
 

@@ -10,6 +10,7 @@
 #include "event_pb.h"
 
 #include "intern.h"
+#include "pb_wire.h"
 
 #include <endian.h>
 #include <errno.h>
@@ -961,441 +962,153 @@ static int meta_intern(const char *s, const char **dst)
     return 0;
 }
 
-/* ---- fast path: the wire format straight into struct event ---- */
+/* ---- the reference path: protobuf-c ---- */
 
 /*
- * protobuf-c's generic unpacker spends most of a batch decode building
- * intermediate structs. Well-formed batches, which is nearly all of them, are
- * read here straight from the wire; anything unusual (an unknown or repeated
- * field, a wrong wire type, a value out of range, a failed check) makes the
- * fast path give up, and the generic path decodes the batch again and words
- * the error, so both paths accept and reject exactly the same input.
+ * protobuf-c keeps only the last of several details messages; protobuf
+ * merges consecutive ones of the same kind (a different kind resets the
+ * oneof). Rewrites such an event into the arena with one details field whose
+ * body is the concatenation of the bodies that protobuf would merge, which
+ * parses as their merge. Returns data itself when there is nothing to merge,
+ * NULL when the wire format is broken (protobuf-c then says so) or out of memory.
  */
-#define PB_FAST_MAX_ARGS 64
-
-struct pb_rd {
-    const uint8_t *p, *end;
-};
-
-static bool rd_varint(struct pb_rd *r, uint64_t *v)
+static const uint8_t *merge_details(const uint8_t *data, size_t *len, ProtobufCAllocator *alloc)
 {
-    uint64_t x = 0;
-    for (unsigned shift = 0; shift < 64 && r->p < r->end; shift += 7) {
-        uint8_t b = *r->p++;
-        x |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
-            *v = x;
-            return true;
-        }
-    }
-    return false;
-}
+    struct pb_rd r = {data, data + *len};
+    struct pb_field f;
+    unsigned kind = 0, seen = 0;
+    size_t body = 0;
 
-/* A length-delimited field's bytes. */
-static bool rd_bytes(struct pb_rd *r, const uint8_t **data, size_t *len)
-{
-    uint64_t n;
-    if (!rd_varint(r, &n) || n > (uint64_t)(r->end - r->p))
-        return false;
-    *data = r->p;
-    *len = (size_t)n;
-    r->p += n;
-    return true;
-}
-
-static bool rd_u32(struct pb_rd *r, uint32_t *v)
-{
-    uint64_t x;
-    if (!rd_varint(r, &x) || x > UINT32_MAX)
-        return false;
-    *v = (uint32_t)x;
-    return true;
-}
-
-/* Interns a non-empty wire string (no NUL inside); empty means absent. false on failure. */
-static bool fast_str(const uint8_t *data, size_t len, const char **dst)
-{
-    *dst = NULL;
-    if (!len)
-        return true;
-    if (memchr(data, '\0', len))
-        return false;
-    char tmp[256];
-    if (len >= sizeof(tmp))
-        return (*dst = intern_n((const char *)data, len)) != NULL;
-    memcpy(tmp, data, len);
-    tmp[len] = '\0';
-    return (*dst = intern_cached(tmp)) != NULL;
-}
-
-static bool fast_details(const uint8_t *data, size_t len, unsigned field, struct event *e,
-                         Ebpfmonitor__ExecDetails *x, ProtobufCBinaryData *args)
-{
-    struct pb_rd r = {data, data + len};
-    uint64_t key, v;
-    const uint8_t *b;
-    size_t bl;
     while (r.p < r.end) {
-        if (!rd_varint(&r, &key))
-            return false;
-        unsigned f = (unsigned)(key >> 3), wt = key & 7;
-        switch (field * 16 + f) {
-        case 20 * 16 + 1: /* connection.status */
-            if (wt != 0 || !rd_varint(&r, &v) || v > EVENT_STATUS_ATTEMPTED)
-                return false;
-            e->status = (uint8_t)v;
-            break;
-        case 20 * 16 + 2:
-            if (wt != 0 || !rd_varint(&r, &e->u.conn.latency_ns))
-                return false;
-            break;
-        case 21 * 16 + 1: /* drop */
-            if (wt != 0 || !rd_u32(&r, &e->u.drop.reason_code))
-                return false;
-            break;
-        case 21 * 16 + 2:
-            if (wt != 2 || !rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->u.drop.reason))
-                return false;
-            break;
-        case 21 * 16 + 3:
-            if (wt != 2 || !rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->u.drop.location))
-                return false;
-            break;
-        case 21 * 16 + 4:
-            if (wt != 0 || !rd_varint(&r, &e->u.drop.suppressed))
-                return false;
-            break;
-        case 22 * 16 + 1: /* exec */
-            if (wt != 2 || !rd_bytes(&r, &b, &bl))
-                return false;
-            x->filename.data = (uint8_t *)b;
-            x->filename.len = bl;
-            break;
-        case 22 * 16 + 2:
-            if (wt != 2 || x->n_args == PB_FAST_MAX_ARGS || !rd_bytes(&r, &b, &bl))
-                return false;
-            args[x->n_args].data = (uint8_t *)b;
-            args[x->n_args++].len = bl;
-            break;
-        case 22 * 16 + 3:
-            if (wt != 0 || !rd_varint(&r, &v) || v > 1)
-                return false;
-            x->args_truncated = v != 0;
-            break;
-        case 23 * 16 + 1: /* exit: sint32 */
-        case 23 * 16 + 2:
-            if (wt != 0 || !rd_varint(&r, &v) || v > UINT32_MAX)
-                return false;
-            {
-                int32_t z = (int32_t)((uint32_t)v >> 1) ^ -(int32_t)(v & 1);
-                if (f == 1)
-                    e->u.exit.exit_code = z;
-                else
-                    e->u.exit.signal = z;
-            }
-            break;
-        case 23 * 16 + 3:
-            if (wt != 0 || !rd_varint(&r, &e->u.exit.duration_ns))
-                return false;
-            break;
-        default:
-            return false;
-        }
-    }
-    return true;
-}
-
-/* One Event; false (with *e released) when the generic path must decide. */
-static bool fast_event(const uint8_t *data, size_t len, const char *batch_node,
-                       const struct event_k8s *pods, size_t npods, struct event *e)
-{
-    struct pb_rd r = {data, data + len};
-    uint64_t key, v;
-    const uint8_t *b, *saddr = NULL, *daddr = NULL, *det = NULL;
-    size_t bl, sl = 0, dl = 0, detl = 0;
-    unsigned det_field = 0;
-    uint32_t u, pod_ref = 0;
-
-    memset(e, 0, sizeof(*e));
-    e->node = batch_node;
-    while (r.p < r.end) {
-        if (!rd_varint(&r, &key))
-            goto fail;
-        unsigned f = (unsigned)(key >> 3), wt = key & 7;
-        if (wt != (f == 1 ? 1u : (f == 7 || (f >= 9 && f <= 16) || (f >= 20 && f <= 23)) ? 2u : 0u))
-            goto fail;
-        switch (f) {
-        case 1:
-            if (r.end - r.p < 8)
-                goto fail;
-            memcpy(&e->id, r.p, 8);
-            r.p += 8;
-            break;
-        case 2:
-            if (!rd_varint(&r, &v) || v == EVENT_TYPE_NONE || v >= EVENT_TYPE_COUNT)
-                goto fail;
-            e->type = (uint8_t)v;
-            break;
-        case 3:
-            if (!rd_varint(&r, &e->timestamp_ns))
-                goto fail;
-            break;
-        case 4:
-        case 5:
-        case 6:
-            if (!rd_u32(&r, &u))
-                goto fail;
-            *(f == 4 ? &e->pid : f == 5 ? &e->ppid : &e->uid) = u;
-            break;
-        case 7:
-            if (!rd_bytes(&r, &b, &bl) || bl >= sizeof(e->command) || memchr(b, '\0', bl))
-                goto fail;
-            memset(e->command, 0, sizeof(e->command));
-            memcpy(e->command, b, bl);
-            break;
-        case 8:
-            if (!rd_varint(&r, &e->cgroup_id))
-                goto fail;
-            break;
-        case 9:
-            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, &e->node))
-                goto fail;
-            if (!e->node)
-                e->node = batch_node;
-            break;
-        case 10:
-        case 11:
-        case 12:
-        case 13:
-        case 14: {
-            /* k8s_node_name, k8s_pod_name, k8s_namespace, k8s_container_id, k8s_pod_uid */
-            const char **k8s[] = {&e->k8s.node_name, &e->k8s.pod_name, &e->k8s.namespace,
-                                  &e->k8s.container_id, &e->k8s.pod_uid};
-            if (!rd_bytes(&r, &b, &bl) || !fast_str(b, bl, k8s[f - 10]))
-                goto fail;
-            break;
-        }
-        case 15:
-            if (!rd_bytes(&r, &saddr, &sl))
-                goto fail;
-            break;
-        case 16:
-            if (!rd_bytes(&r, &daddr, &dl))
-                goto fail;
-            break;
-        case 17:
-        case 18:
-            if (!rd_varint(&r, &v) || v > 65535)
-                goto fail;
-            *(f == 17 ? &e->sport : &e->dport) = (uint16_t)v;
-            break;
-        case 19:
-            if (!rd_varint(&r, &v) || v > 255)
-                goto fail;
-            e->protocol = (uint8_t)v;
-            break;
-        case 20:
-        case 21:
-        case 22:
-        case 23:
-            if (det_field || !rd_bytes(&r, &det, &detl))
-                goto fail;
-            det_field = f;
-            break;
-        case 24:
-            if (!rd_u32(&r, &pod_ref))
-                goto fail;
-            break;
-        default:
-            goto fail;
-        }
-    }
-    if (e->type == EVENT_TYPE_NONE || pod_ref > npods)
-        goto fail;
-    if (pod_ref)
-        pod_fill(&e->k8s, &pods[pod_ref - 1]);
-    if ((sl || dl) && (sl != dl || (sl != 4 && sl != 16)))
-        goto fail;
-    if (sl) {
-        e->family = sl == 4 ? EVENT_FAMILY_IPV4 : EVENT_FAMILY_IPV6;
-        memcpy(e->saddr, saddr, sl);
-        memcpy(e->daddr, daddr, dl);
-    }
-    if (det_field) {
-        if ((int)det_field != (int)details_for_type(e->type))
-            goto fail;
-        Ebpfmonitor__ExecDetails x = EBPFMONITOR__EXEC_DETAILS__INIT;
-        ProtobufCBinaryData args[PB_FAST_MAX_ARGS];
-        x.args = args;
-        if (!fast_details(det, detl, det_field, e, &x, args))
-            goto fail;
-        if (det_field == 22 && to_exec(&x, e, NULL, 0) != 0)
-            goto fail;
-    }
-    return true;
-fail:
-    event_clear(e);
-    return false;
-}
-
-/* One PodRef entry; false when the generic path must decide. */
-static bool fast_podref(const uint8_t *data, size_t len, struct event_k8s *k)
-{
-    struct pb_rd r = {data, data + len};
-    uint64_t key;
-    const uint8_t *b;
-    size_t bl;
-    memset(k, 0, sizeof(*k));
-    while (r.p < r.end) {
-        if (!rd_varint(&r, &key) || (key & 7) != 2 || !rd_bytes(&r, &b, &bl))
-            return false;
-        const char **dst = NULL;
-        switch (key >> 3) {
-        case 1:
-            dst = &k->node_name;
-            break;
-        case 2:
-            dst = &k->pod_name;
-            break;
-        case 3:
-            dst = &k->namespace;
-            break;
-        case 4:
-            dst = &k->container_id;
-            break;
-        case 5:
-            dst = &k->pod_uid;
-            break;
-        default:
-            return false;
-        }
-        if (!fast_str(b, bl, dst))
-            return false;
-    }
-    return true;
-}
-
-/* 0 when decoded, 1 when the generic path must decide, -ENOMEM. */
-static int fast_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta *meta,
-                             struct event **events, size_t *n)
-{
-    struct pb_rd r = {data, data + len};
-    uint64_t key = 0;
-    const uint8_t *b = NULL;
-    size_t bl = 0, nev = 0, npods = 0;
-    const uint8_t *node = NULL, *inst = NULL, *pod = NULL, *ns = NULL;
-    size_t node_l = 0, inst_l = 0, pod_l = 0, ns_l = 0;
-    bool seen[11] = {false};
-    struct event_k8s pods_stack[32], *pods = pods_stack;
-
-    memset(meta, 0, sizeof(*meta));
-    /* First pass: the metadata (the publisher appends it after the events) and the count. */
-    while (r.p < r.end) {
-        if (!rd_varint(&r, &key))
-            return 1;
-        unsigned f = (unsigned)(key >> 3), wt = key & 7;
-        if (f < 1 || f > 10 || wt != (f == 1 || f == 2 || f == 4 || f >= 8 ? 2u : 0u))
-            return 1;
-        if (f != 4 && f != 10 && seen[f])
-            return 1;
-        seen[f] = true;
-        uint64_t *num = f == 3   ? &meta->sequence
-                        : f == 5 ? &meta->kernel_drops
-                        : f == 6 ? &meta->agent_drops
-                                 : &meta->sent_at_ns;
-        if (wt == 0) {
-            if (!rd_varint(&r, num))
-                return 1;
+        if (!pb_rd_field(&r, &f))
+            return data;
+        if (f.num < 20 || f.num > 23 || f.wt != PB_WT_LEN)
             continue;
-        }
-        if (!rd_bytes(&r, &b, &bl))
-            return 1;
-        if (f == 4) {
-            nev++;
-        } else if (f == 10) {
-            npods++;
-        } else if (f == 1) {
-            node = b, node_l = bl;
-        } else if (f == 2) {
-            inst = b, inst_l = bl;
-        } else if (f == 8) {
-            pod = b, pod_l = bl;
-        } else {
-            ns = b, ns_l = bl;
-        }
+        seen++;
+        body = f.num == kind ? body + f.len : f.len;
+        kind = f.num;
     }
-    if (!fast_str(node, node_l, &meta->node) || !fast_str(inst, inst_l, &meta->agent_instance) ||
-        !fast_str(pod, pod_l, &meta->pod_name) || !fast_str(ns, ns_l, &meta->pod_namespace))
-        return 1;
-
-    /* Second pass: the pod table, which events may refer to from anywhere in the batch. */
-    if (npods > sizeof(pods_stack) / sizeof(pods_stack[0]) &&
-        !(pods = malloc(npods * sizeof(*pods))))
-        return -ENOMEM;
-    size_t done = 0, np = 0;
-    struct event *evs = NULL;
-    int rc = 1;
-    for (r.p = data; npods && r.p < r.end;) {
-        rd_varint(&r, &key);
-        if ((key & 7) == 0) {
-            uint64_t v;
-            rd_varint(&r, &v);
-            continue;
-        }
-        rd_bytes(&r, &b, &bl);
-        if ((key >> 3) == 10 && !fast_podref(b, bl, &pods[np++]))
-            goto fallback;
-    }
-    rc = -ENOMEM;
-    if (nev && !(evs = malloc(nev * sizeof(*evs))))
-        goto fallback;
-    rc = 1;
+    if (seen < 2)
+        return data;
+    uint8_t *out = alloc->alloc(alloc->allocator_data, *len + 16);
+    if (!out)
+        return NULL;
+    size_t n = 0;
+    /* The other fields as they are, then the merged details at the end. */
     for (r.p = data; r.p < r.end;) {
-        rd_varint(&r, &key);
-        if ((key & 7) == 0) {
-            uint64_t v;
-            rd_varint(&r, &v);
+        const uint8_t *start = r.p;
+        pb_rd_field(&r, &f);
+        if (f.num < 20 || f.num > 23 || f.wt != PB_WT_LEN) {
+            memcpy(out + n, start, (size_t)(r.p - start));
+            n += (size_t)(r.p - start);
+        }
+    }
+    n = (size_t)(put_varint(put_varint(out + n, kind << 3 | PB_WT_LEN), body) - out);
+    /* Bodies after the last change of kind, in order. */
+    const uint8_t *from = data;
+    for (r.p = data; r.p < r.end;) {
+        pb_rd_field(&r, &f);
+        if (f.num >= 20 && f.num <= 23 && f.wt == PB_WT_LEN && f.num != kind)
+            from = r.p;
+    }
+    for (r.p = from; r.p < r.end;) {
+        pb_rd_field(&r, &f);
+        if (f.num == kind && f.wt == PB_WT_LEN) {
+            memcpy(out + n, f.data, f.len);
+            n += f.len;
+        }
+    }
+    *len = n;
+    return out;
+}
+
+/* One Event message through protobuf-c; 0, -EINVAL (why in err) or -ENOMEM. */
+static int generic_event(const uint8_t *data, size_t len, const char *batch_node,
+                         const struct event_k8s *pods, size_t npods, struct event *e,
+                         struct intern_cache *ic, ProtobufCAllocator *alloc, char *err,
+                         size_t errlen)
+{
+    memset(e, 0, sizeof(*e));
+    if (!(data = merge_details(data, &len, alloc)))
+        return pb_fail(err, errlen, -ENOMEM, "out of memory");
+    Ebpfmonitor__Event *pb = ebpfmonitor__event__unpack(alloc, len, data);
+    if (!pb)
+        return pb_fail(err, errlen, -EINVAL, "not a valid Event message (%zu bytes)", len);
+    return to_event(pb, batch_node, pods, npods, e, ic, err, errlen);
+}
+
+/* One Event through protobuf-c with an arena of its own (the fast path's fallback). */
+static int generic_event_alone(const uint8_t *data, size_t len, const char *batch_node,
+                               const struct event_k8s *pods, size_t npods, struct event *e,
+                               char *err, size_t errlen)
+{
+    struct arena arena = {.next_cap = len * 4 + 1024};
+    ProtobufCAllocator alloc = {.alloc = arena_alloc, .free = arena_free, .allocator_data = &arena};
+    int rc = generic_event(data, len, batch_node, pods, npods, e, NULL, &alloc, err, errlen);
+    arena_release(&arena);
+    return rc;
+}
+
+/* Records an undecodable event: counted, and the first one's reason kept in err. */
+static void skip_event(struct event_batch_meta *meta, size_t index, const char *why, char *err,
+                       size_t errlen)
+{
+    if (meta->rejected_events++ == 0)
+        pb_fail(err, errlen, -EINVAL, "event %zu: %s", index, why);
+}
+
+/*
+ * The batch without its events (field 4), for protobuf-c to unpack the
+ * metadata and the pod table; *nev counts the events. false when the
+ * top-level wire format is broken. *rest is malloc'ed.
+ */
+static bool split_events(const uint8_t *data, size_t len, uint8_t **rest, size_t *rest_len,
+                         size_t *nev)
+{
+    struct pb_rd r = {data, data + len};
+    struct pb_field f;
+
+    *rest = NULL;
+    *rest_len = *nev = 0;
+    while (r.p < r.end)
+        if (!pb_rd_field(&r, &f))
+            return false;
+    if (!(*rest = malloc(len ? len : 1)))
+        return false;
+    for (r.p = data; r.p < r.end;) {
+        const uint8_t *start = r.p;
+        pb_rd_field(&r, &f);
+        if (f.num == 4 && f.wt == PB_WT_LEN) {
+            (*nev)++;
             continue;
         }
-        rd_bytes(&r, &b, &bl);
-        if ((key >> 3) != 4)
-            continue;
-        if (!fast_event(b, bl, meta->node, pods, npods, &evs[done]))
-            goto fallback;
-        done++;
+        memcpy(*rest + *rest_len, start, (size_t)(r.p - start));
+        *rest_len += (size_t)(r.p - start);
     }
-    if (pods != pods_stack)
-        free(pods);
-    *events = evs;
-    *n = done;
-    return 0;
-fallback:
-    for (size_t i = 0; i < done; i++)
-        event_clear(&evs[i]);
-    free(evs);
-    if (pods != pods_stack)
-        free(pods);
-    memset(meta, 0, sizeof(*meta));
-    return rc;
+    return true;
 }
 
 int event_batch_decode_generic(const uint8_t *data, size_t len, struct event_batch_meta *meta,
                                struct event **events, size_t *n, char *err, size_t errlen)
 {
-    /* Unpacked structs are several times the wire size; start big enough for most batches. */
     struct arena arena = {.next_cap = len < (4u << 20) ? len * 4 + 4096 : (16u << 20)};
     ProtobufCAllocator alloc = {.alloc = arena_alloc, .free = arena_free, .allocator_data = &arena};
     struct intern_cache ic = {0};
     struct event *evs = NULL;
     struct event_k8s *pods = NULL;
-    size_t done = 0;
+    uint8_t *rest = NULL;
+    size_t done = 0, rest_len = 0, nev = 0, index = 0;
     char msg[200];
     int rc;
 
     *events = NULL;
     *n = 0;
     memset(meta, 0, sizeof(*meta));
-    Ebpfmonitor__EventBatch *pb = ebpfmonitor__event_batch__unpack(&alloc, len, data);
+    if (err && errlen)
+        err[0] = '\0';
+    Ebpfmonitor__EventBatch *pb = NULL;
+    if (split_events(data, len, &rest, &rest_len, &nev))
+        pb = ebpfmonitor__event_batch__unpack(&alloc, rest_len, rest);
     if (!pb) {
         rc = pb_fail(err, errlen, -EINVAL, "not a valid EventBatch message (%zu bytes)", len);
         goto out;
@@ -1427,16 +1140,27 @@ int event_batch_decode_generic(const uint8_t *data, size_t len, struct event_bat
             goto out;
         }
     }
-    if (pb->n_events && !(evs = malloc(pb->n_events * sizeof(*evs)))) {
-        rc = pb_fail(err, errlen, -ENOMEM, "out of memory for %zu events", pb->n_events);
+    if (nev && !(evs = malloc(nev * sizeof(*evs)))) {
+        rc = pb_fail(err, errlen, -ENOMEM, "out of memory for %zu events", nev);
         goto out;
     }
-    for (; done < pb->n_events; done++) {
-        if ((rc = to_event(pb->events[done], meta->node, pods, pb->n_pods, &evs[done], &ic, msg,
-                           sizeof(msg)))) {
-            pb_fail(err, errlen, rc, "event %zu: %s", done, msg);
+    struct pb_rd r = {data, data + len};
+    struct pb_field f;
+    while (r.p < r.end) {
+        pb_rd_field(&r, &f);
+        if (f.num != 4 || f.wt != PB_WT_LEN)
+            continue;
+        rc = generic_event(f.data, f.len, meta->node, pods, pb->n_pods, &evs[done], &ic, &alloc,
+                           msg, sizeof(msg));
+        if (rc == -ENOMEM) {
+            pb_fail(err, errlen, rc, "event %zu: %s", index, msg);
             goto out;
         }
+        if (rc)
+            skip_event(meta, index, msg, err, errlen);
+        else
+            done++;
+        index++;
     }
     *events = evs;
     *n = done;
@@ -1450,8 +1174,404 @@ out:
     }
     if (rc)
         memset(meta, 0, sizeof(*meta));
+    free(rest);
     free(pods);
     arena_release(&arena);
+    return rc;
+}
+
+/* ---- fast path: the wire format straight into struct event ---- */
+
+/*
+ * protobuf-c's generic unpacker spends most of a batch decode building
+ * intermediate structs. Well-formed batches, which is nearly all of them, are
+ * read here straight from the wire. Whatever this path does not handle
+ * itself (an unknown field, a wrong wire type, a value out of range, a
+ * repeated details message) goes to the reference path: the whole batch when
+ * its metadata or pod table is unusual, one event when only that event is.
+ * Both paths therefore accept and reject exactly the same input and decode
+ * it to the same events (tests/fuzz/fuzz_batch.c checks this).
+ *
+ * Field numbers are compared as read (up to 2^29 - 1), never truncated, and
+ * each details reader knows only its own message's fields: a value from the
+ * wire lands only in the union member of the event's own type.
+ */
+#define PB_FAST_MAX_ARGS 64
+
+/* Interns a non-empty wire string (no NUL inside); empty means absent. false on failure. */
+static bool fast_str(const uint8_t *data, size_t len, const char **dst)
+{
+    *dst = NULL;
+    if (!len)
+        return true;
+    if (memchr(data, '\0', len))
+        return false;
+    char tmp[256];
+    if (len >= sizeof(tmp))
+        return (*dst = intern_n((const char *)data, len)) != NULL;
+    memcpy(tmp, data, len);
+    tmp[len] = '\0';
+    return (*dst = intern_cached(tmp)) != NULL;
+}
+
+/* ConnectionDetails. */
+static bool fast_conn(const struct pb_field *f, struct event *e)
+{
+    if (f->wt != PB_WT_VARINT)
+        return false;
+    switch (f->num) {
+    case 1:
+        if (f->v > EVENT_STATUS_ATTEMPTED)
+            return false;
+        e->status = (uint8_t)f->v;
+        return true;
+    case 2:
+        e->u.conn.latency_ns = f->v;
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* DropDetails. */
+static bool fast_drop(const struct pb_field *f, struct event *e)
+{
+    switch (f->num) {
+    case 1:
+        if (f->wt != PB_WT_VARINT || f->v > UINT32_MAX)
+            return false;
+        e->u.drop.reason_code = (uint32_t)f->v;
+        return true;
+    case 2:
+    case 3:
+        return f->wt == PB_WT_LEN &&
+               fast_str(f->data, f->len, f->num == 2 ? &e->u.drop.reason : &e->u.drop.location);
+    case 4:
+        if (f->wt != PB_WT_VARINT)
+            return false;
+        e->u.drop.suppressed = f->v;
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* ExecDetails, gathered into x (converted by to_exec() once complete). */
+static bool fast_exec(const struct pb_field *f, Ebpfmonitor__ExecDetails *x)
+{
+    switch (f->num) {
+    case 1:
+        if (f->wt != PB_WT_LEN)
+            return false;
+        x->filename.data = (uint8_t *)f->data;
+        x->filename.len = f->len;
+        return true;
+    case 2:
+        if (f->wt != PB_WT_LEN || x->n_args == PB_FAST_MAX_ARGS)
+            return false;
+        x->args[x->n_args].data = (uint8_t *)f->data;
+        x->args[x->n_args++].len = f->len;
+        return true;
+    case 3:
+        if (f->wt != PB_WT_VARINT || f->v > 1)
+            return false;
+        x->args_truncated = f->v != 0;
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* ExitDetails (sint32 codes). */
+static bool fast_exit(const struct pb_field *f, struct event *e)
+{
+    if (f->wt != PB_WT_VARINT)
+        return false;
+    switch (f->num) {
+    case 1:
+    case 2: {
+        if (f->v > UINT32_MAX)
+            return false;
+        int32_t z = (int32_t)((uint32_t)f->v >> 1) ^ -(int32_t)(f->v & 1);
+        *(f->num == 1 ? &e->u.exit.exit_code : &e->u.exit.signal) = z;
+        return true;
+    }
+    case 3:
+        e->u.exit.duration_ns = f->v;
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* The details message of field `which` (20..23), already checked against e->type. */
+static bool fast_details(const uint8_t *data, size_t len, unsigned which, struct event *e)
+{
+    struct pb_rd r = {data, data + len};
+    struct pb_field f;
+    Ebpfmonitor__ExecDetails x = EBPFMONITOR__EXEC_DETAILS__INIT;
+    ProtobufCBinaryData args[PB_FAST_MAX_ARGS];
+    x.args = args;
+
+    while (r.p < r.end) {
+        if (!pb_rd_field(&r, &f))
+            return false;
+        bool ok = which == 20   ? fast_conn(&f, e)
+                  : which == 21 ? fast_drop(&f, e)
+                  : which == 22 ? fast_exec(&f, &x)
+                  : which == 23 ? fast_exit(&f, e)
+                                : false;
+        if (!ok)
+            return false;
+    }
+    return which != 22 || to_exec(&x, e, NULL, 0) == 0;
+}
+
+/* The wire type each Event field has in the schema (1..24). */
+static unsigned event_field_wt(uint32_t num)
+{
+    if (num == 1)
+        return PB_WT_I64;
+    if (num == 7 || (num >= 9 && num <= 16) || (num >= 20 && num <= 23))
+        return PB_WT_LEN;
+    return PB_WT_VARINT;
+}
+
+/* One Event; false (with *e released) when the reference path must decide. */
+static bool fast_event(const uint8_t *data, size_t len, const char *batch_node,
+                       const struct event_k8s *pods, size_t npods, struct event *e)
+{
+    struct pb_rd r = {data, data + len};
+    struct pb_field f;
+    const uint8_t *saddr = NULL, *daddr = NULL, *det = NULL;
+    size_t sl = 0, dl = 0, detl = 0;
+    unsigned det_field = 0;
+    uint64_t pod_ref = 0;
+
+    memset(e, 0, sizeof(*e));
+    e->node = batch_node;
+    while (r.p < r.end) {
+        if (!pb_rd_field(&r, &f) || f.num > 24 || f.wt != event_field_wt(f.num))
+            goto fail;
+        switch (f.num) {
+        case 1:
+            e->id = f.v;
+            break;
+        case 2:
+            if (f.v == EVENT_TYPE_NONE || f.v >= EVENT_TYPE_COUNT)
+                goto fail;
+            e->type = (uint8_t)f.v;
+            break;
+        case 3:
+            e->timestamp_ns = f.v;
+            break;
+        case 4:
+        case 5:
+        case 6:
+            if (f.v > UINT32_MAX)
+                goto fail;
+            *(f.num == 4 ? &e->pid : f.num == 5 ? &e->ppid : &e->uid) = (uint32_t)f.v;
+            break;
+        case 7:
+            if (f.len >= sizeof(e->command) || memchr(f.data, '\0', f.len))
+                goto fail;
+            memset(e->command, 0, sizeof(e->command));
+            memcpy(e->command, f.data, f.len);
+            break;
+        case 8:
+            e->cgroup_id = f.v;
+            break;
+        case 9:
+            if (!fast_str(f.data, f.len, &e->node))
+                goto fail;
+            if (!e->node)
+                e->node = batch_node;
+            break;
+        case 10:
+        case 11:
+        case 12:
+        case 13:
+        case 14: {
+            /* k8s_node_name, k8s_pod_name, k8s_namespace, k8s_container_id, k8s_pod_uid */
+            const char **k8s[] = {&e->k8s.node_name, &e->k8s.pod_name, &e->k8s.namespace,
+                                  &e->k8s.container_id, &e->k8s.pod_uid};
+            if (!fast_str(f.data, f.len, k8s[f.num - 10]))
+                goto fail;
+            break;
+        }
+        case 15:
+            saddr = f.data, sl = f.len;
+            break;
+        case 16:
+            daddr = f.data, dl = f.len;
+            break;
+        case 17:
+        case 18:
+            if (f.v > 65535)
+                goto fail;
+            *(f.num == 17 ? &e->sport : &e->dport) = (uint16_t)f.v;
+            break;
+        case 19:
+            if (f.v > 255)
+                goto fail;
+            e->protocol = (uint8_t)f.v;
+            break;
+        case 20:
+        case 21:
+        case 22:
+        case 23:
+            if (det_field) /* protobuf merges a repeated message: the reference path does */
+                goto fail;
+            det_field = f.num;
+            det = f.data, detl = f.len;
+            break;
+        case 24:
+            pod_ref = f.v;
+            break;
+        default: /* unknown: the reference path skips it */
+            goto fail;
+        }
+    }
+    if (e->type == EVENT_TYPE_NONE || pod_ref > npods)
+        goto fail;
+    if (pod_ref)
+        pod_fill(&e->k8s, &pods[pod_ref - 1]);
+    if ((sl || dl) && (sl != dl || (sl != 4 && sl != 16)))
+        goto fail;
+    if (sl) {
+        e->family = sl == 4 ? EVENT_FAMILY_IPV4 : EVENT_FAMILY_IPV6;
+        memcpy(e->saddr, saddr, sl);
+        memcpy(e->daddr, daddr, dl);
+    }
+    if (det_field && (det_field != (unsigned)details_for_type(e->type) ||
+                      !fast_details(det, detl, det_field, e)))
+        goto fail;
+    return true;
+fail:
+    event_clear(e);
+    return false;
+}
+
+/* One PodRef entry; false when the reference path must decide. */
+static bool fast_podref(const uint8_t *data, size_t len, struct event_k8s *k)
+{
+    struct pb_rd r = {data, data + len};
+    struct pb_field f;
+    memset(k, 0, sizeof(*k));
+    while (r.p < r.end) {
+        if (!pb_rd_field(&r, &f) || f.wt != PB_WT_LEN || f.num > 5)
+            return false;
+        const char **dst[] = {&k->node_name, &k->pod_name, &k->namespace, &k->container_id,
+                              &k->pod_uid};
+        if (!fast_str(f.data, f.len, dst[f.num - 1]))
+            return false;
+    }
+    return true;
+}
+
+/* The wire type of EventBatch fields 1..10. */
+static unsigned batch_field_wt(uint32_t num)
+{
+    return num == 1 || num == 2 || num == 4 || num >= 8 ? PB_WT_LEN : PB_WT_VARINT;
+}
+
+/* 0 when decoded, 1 when the reference path must decide, -ENOMEM. */
+static int fast_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta *meta,
+                             struct event **events, size_t *n, char *err, size_t errlen)
+{
+    struct pb_rd r = {data, data + len};
+    struct pb_field f;
+    size_t nev = 0, npods = 0;
+    struct pb_field str[11] = {{0}};
+    bool seen[11] = {false};
+    struct event_k8s pods_stack[32], *pods = pods_stack;
+    char msg[200];
+
+    memset(meta, 0, sizeof(*meta));
+    /* First pass: the metadata (the publisher appends it after the events) and the counts. */
+    while (r.p < r.end) {
+        if (!pb_rd_field(&r, &f) || f.num > 10 || f.wt != batch_field_wt(f.num))
+            return 1;
+        if (f.num != 4 && f.num != 10 && seen[f.num])
+            return 1;
+        seen[f.num] = true;
+        switch (f.num) {
+        case 3:
+            meta->sequence = f.v;
+            break;
+        case 4:
+            nev++;
+            break;
+        case 5:
+            meta->kernel_drops = f.v;
+            break;
+        case 6:
+            meta->agent_drops = f.v;
+            break;
+        case 7:
+            meta->sent_at_ns = f.v;
+            break;
+        case 10:
+            npods++;
+            break;
+        default:
+            str[f.num] = f;
+            break;
+        }
+    }
+    if (!fast_str(str[1].data, str[1].len, &meta->node) ||
+        !fast_str(str[2].data, str[2].len, &meta->agent_instance) ||
+        !fast_str(str[8].data, str[8].len, &meta->pod_name) ||
+        !fast_str(str[9].data, str[9].len, &meta->pod_namespace))
+        return 1;
+
+    /* Second pass: the pod table, which events may refer to from anywhere in the batch. */
+    if (npods > sizeof(pods_stack) / sizeof(pods_stack[0]) &&
+        !(pods = malloc(npods * sizeof(*pods))))
+        return -ENOMEM;
+    size_t done = 0, np = 0, index = 0;
+    struct event *evs = NULL;
+    int rc = 1;
+    for (r.p = data; npods && r.p < r.end;) {
+        pb_rd_field(&r, &f);
+        if (f.num == 10 && (np == npods || !fast_podref(f.data, f.len, &pods[np++])))
+            goto fallback;
+    }
+    rc = -ENOMEM;
+    if (nev && !(evs = malloc(nev * sizeof(*evs))))
+        goto fallback;
+    /* Third pass: the events; one the fast reader declines goes through protobuf-c alone. */
+    for (r.p = data; r.p < r.end;) {
+        pb_rd_field(&r, &f);
+        if (f.num != 4 || done == nev)
+            continue;
+        if (!fast_event(f.data, f.len, meta->node, pods, npods, &evs[done])) {
+            rc = generic_event_alone(f.data, f.len, meta->node, pods, npods, &evs[done], msg,
+                                     sizeof(msg));
+            if (rc == -ENOMEM)
+                goto fallback;
+            if (rc) {
+                skip_event(meta, index++, msg, err, errlen);
+                continue;
+            }
+        }
+        done++;
+        index++;
+    }
+    if (pods != pods_stack)
+        free(pods);
+    *events = evs;
+    *n = done;
+    return 0;
+fallback:
+    for (size_t i = 0; i < done; i++)
+        event_clear(&evs[i]);
+    free(evs);
+    if (pods != pods_stack)
+        free(pods);
+    memset(meta, 0, sizeof(*meta));
+    if (err && errlen)
+        err[0] = '\0';
     return rc;
 }
 
@@ -1460,7 +1580,9 @@ int event_batch_decode_fast(const uint8_t *data, size_t len, struct event_batch_
 {
     *events = NULL;
     *n = 0;
-    int rc = fast_batch_decode(data, len, meta, events, n);
+    if (err && errlen)
+        err[0] = '\0';
+    int rc = fast_batch_decode(data, len, meta, events, n, err, errlen);
     if (rc < 0)
         pb_fail(err, errlen, rc, "out of memory");
     return rc;

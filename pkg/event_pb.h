@@ -21,6 +21,8 @@ struct event_batch_meta {
     uint64_t sent_at_ns;        /* publish time, ns since the epoch */
     const char *pod_name;       /* the agent's own pod; NULL on a VM; interned on decode */
     const char *pod_namespace;
+    /* Decoding only: events skipped because they did not decode (err names the first). */
+    uint32_t rejected_events;
 };
 
 /*
@@ -104,15 +106,23 @@ int event_batch_append_event_pods(struct buf *out, const struct event *e, const 
  * attribution inline or refer to an entry of the batch's pod table. On success *events is a
  * malloc'ed array of *n events (NULL when n is 0); the caller releases each
  * with event_clear() and then free()s the array. Meta strings are interned.
- * Returns 0, -EINVAL with a message in err (may be NULL), or -ENOMEM.
+ *
+ * An event that does not decode costs only itself: it is left out and
+ * counted in meta->rejected_events, and err (may be NULL) says why the first
+ * one was refused. The batch as a whole is refused only when its own wire
+ * format, metadata or pod table is broken. Protobuf semantics throughout:
+ * unknown fields are skipped, a repeated scalar's last value wins.
+ * Returns 0, -EINVAL with a message in err, or -ENOMEM.
  */
 int event_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta *meta,
                        struct event **events, size_t *n, char *err, size_t errlen);
 
 /*
  * The two halves of event_batch_decode(), for tests that compare them:
- * _fast reads the wire directly and returns 1 (nothing decoded) for anything
- * unusual, which _generic (protobuf-c) then decides. Same contract otherwise.
+ * _fast reads the wire directly and returns 1 (nothing decoded) when the
+ * batch's metadata or pod table is unusual, which _generic (protobuf-c) then
+ * decides; an unusual event alone goes through protobuf-c inside _fast. Same
+ * contract otherwise: whenever _fast returns 0, _generic returns the same.
  */
 int event_batch_decode_fast(const uint8_t *data, size_t len, struct event_batch_meta *meta,
                             struct event **events, size_t *n, char *err, size_t errlen);

@@ -367,25 +367,36 @@ Test(bus_message, json_with_wrong_types)
     for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
         struct bus_batch b;
         char err[256];
-        cr_assert_eq(decode(message(bodies[i], strlen(bodies[i]), hdrs), &b, err),
-                     BUS_REJECT_MALFORMED_JSON, "body %zu", i);
+        cr_assert_eq(decode(message(bodies[i], strlen(bodies[i]), hdrs), &b, err), BUS_OK,
+                     "body %zu", i);
+        cr_assert_eq(b.n, 0, "body %zu", i);
+        cr_assert_eq(b.meta.rejected_events, 1, "body %zu", i);
+        cr_assert_eq(b.events_reason, BUS_REJECT_MALFORMED_JSON);
         cr_assert(strstr(err, "line 1"), "%s", err);
+        bus_batch_free(&b);
     }
 }
 
-Test(bus_message, one_bad_line_rejects_the_whole_batch)
+/* A bad line costs only itself: the lines around it are kept, and it is counted. */
+Test(bus_message, one_bad_line_costs_only_itself)
 {
     struct buf js;
     buf_init(&js);
     json_lines(&js, 3, NULL);
     buf_puts(&js, "{\"id\":\"zz\",\"type\":\"exec\",\"timestamp\":1}\n");
+    buf_puts(&js, "\xff\xfe not json at all\n");
+    json_lines(&js, 2, NULL);
     const char *hdrs[] = {JSON_HEADERS(NODE, INST, "1"), NULL};
     struct bus_batch b;
     char err[256];
-    cr_assert_eq(decode(message(js.data, js.len, hdrs), &b, err), BUS_REJECT_MALFORMED_JSON);
+    cr_assert_eq(decode(message(js.data, js.len, hdrs), &b, err), BUS_OK, "%s", err);
     cr_assert(strstr(err, "line 4"), "%s", err);
-    cr_assert_null(b.events);
-    cr_assert_eq(b.n, 0);
+    cr_assert_eq(b.n, 5);
+    cr_assert_eq(b.meta.rejected_events, 2);
+    cr_assert_eq(b.events_reason, BUS_REJECT_MALFORMED_JSON);
+    cr_assert_str_eq(b.meta.node, NODE);
+    cr_assert_eq(b.meta.sequence, 1);
+    bus_batch_free(&b);
     buf_free(&js);
 }
 
@@ -494,7 +505,10 @@ Test(bus_message, body_decode_without_headers)
     cr_assert_null(b.meta.node);
     bus_batch_free(&b);
 
-    cr_assert_eq(bus_body_decode("{\"id\":1}", 8, &b, err, sizeof(err)), BUS_REJECT_MALFORMED_JSON);
+    cr_assert_eq(bus_body_decode("{\"id\":1}", 8, &b, err, sizeof(err)), BUS_OK);
+    cr_assert_eq(b.n, 0);
+    cr_assert_eq(b.meta.rejected_events, 1);
+    cr_assert(strstr(err, "line 1"), "%s", err);
     cr_assert_eq(bus_body_decode("\x0a\x05ab", 4, &b, err, sizeof(err)),
                  BUS_REJECT_MALFORMED_PROTOBUF);
     buf_free(&pb);

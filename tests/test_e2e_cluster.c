@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "events.pb-c.h"
+#include "pb_craft.h"
 #include "testutil.h"
 
 #define MAX_PROCS 16
@@ -1286,13 +1287,16 @@ Test(e2e_cluster, bad_input_is_counted_and_skipped)
 
     json_decref(wait_count(r, "/api/events?node=good-node", 3, 10000));
     json_t *s = api(r, "/api/stats");
+    /* A JSON line that does not parse costs only itself: counted as a rejected event. */
     struct {
         const char *reason;
         int64_t want;
     } reasons[] = {
         {"malformed_protobuf", 3}, {"too_many_events", 1},  {"oversized", 1},
-        {"malformed_json", 2},     {"unknown_encoding", 1},
+        {"malformed_json", 0},     {"unknown_encoding", 1},
     };
+    cr_expect_eq(jint(s, "rejected_events.malformed_json"), 2, "%s", jdump(s));
+    cr_expect_eq(jint(s, "rejected_events_total"), 2, "%s", jdump(s));
     struct tu_http mr;
     cr_assert_eq(tu_http_get(r->port, "/metrics", api_header, &mr), 0);
     cr_assert_eq(mr.status, 200);
@@ -1304,7 +1308,7 @@ Test(e2e_cluster, bad_input_is_counted_and_skipped)
                      reasons[i].reason, got, reasons[i].want, jdump(s));
         char label[64];
         snprintf(label, sizeof(label), "\"%s\"", reasons[i].reason);
-        int64_t m = metric(mr.body, "reject", label);
+        int64_t m = metric(mr.body, "ebpf_aggregator_rejected_total", label);
         cr_expect_eq(m, reasons[i].want, "/metrics %s = %" PRId64, reasons[i].reason, m);
     }
     tu_http_free(&mr);
@@ -1426,4 +1430,95 @@ Test(e2e_cluster, api_token_and_nats_credentials)
     api_header = NULL;
     proc_kill(abad, SIGTERM);
     proc_kill(a, SIGTERM);
+}
+
+/* ---- hostile batches ------------------------------------------------------ */
+
+/*
+ * Batches crafted to put wire values into the wrong union member (and the
+ * other hostile shapes of tests/helpers/pb_craft.c), published to two
+ * replicas with a live SSE client on each: the replicas keep running and
+ * answering, every valid event around a hostile one is stored and streamed,
+ * and each skipped event is counted by reason in /api/stats and /metrics.
+ */
+Test(e2e_cluster, hostile_batches_cost_only_their_bad_events)
+{
+    nats_up(NULL);
+    struct proc *r1 = agg_up("h1", NULL, true);
+    struct proc *r2 = agg_up("h2", NULL, true);
+    wait_cluster(r1, 2);
+    struct sse s1, s2;
+    sse_open(&s1, r1->port, "/api/events/stream");
+    sse_open(&s2, r2->port, "/api/events/stream");
+    /* Both streams are attached once a probe batch reaches them. */
+    natsConnection *nc = raw_conn();
+    size_t len;
+    int seen1 = 0, seen2 = 0;
+    uint64_t deadline = tu_mono_ms() + 15000;
+    for (uint64_t seq = 1; seen1 == 0 || seen2 == 0; seq++) {
+        check(tu_mono_ms() < deadline, "the streams carried no probe event");
+        uint8_t *b = pb_batch("stream-probe", seq, 1, &len);
+        raw_publish(nc, "ebpf.events.stream-probe", "application/x-protobuf", NULL, b, len);
+        free(b);
+        seen1 += sse_pump(&s1, "stream-probe");
+        seen2 += sse_pump(&s2, "stream-probe");
+    }
+    seen1 = seen2 = 0;
+
+    struct pb_craft crafts[32];
+    size_t nc_crafts = pb_craft_hostile(crafts, 32, "hostile-node", 1, tu_now_ns());
+    size_t valid = 0, rejected = 0;
+    for (size_t i = 0; i < nc_crafts; i++) {
+        raw_publish(nc, "ebpf.events.hostile-node", "application/x-protobuf", NULL,
+                    crafts[i].wire.data, crafts[i].wire.len);
+        valid += crafts[i].valid;
+        rejected += crafts[i].rejected;
+    }
+    cr_assert_gt(rejected, 0);
+
+    /* Every valid event is stored once, cluster-wide, whichever replica took the batch. */
+    char q[96];
+    snprintf(q, sizeof(q), "/api/events?node=hostile-node&limit=1000");
+    json_t *ev = wait_count(r1, q, (int)valid, 15000);
+    json_decref(ev);
+    json_decref(wait_count(r2, q, (int)valid, 15000));
+
+    /* Each replica streams every event exactly once, hostile batches included. */
+    deadline = tu_mono_ms() + 15000;
+    while ((seen1 < (int)valid || seen2 < (int)valid) && tu_mono_ms() < deadline) {
+        seen1 += sse_pump(&s1, "\"hostile-node\"");
+        seen2 += sse_pump(&s2, "\"hostile-node\"");
+    }
+    cr_expect_eq(seen1, (int)valid, "replica 1 streamed %d of %zu events", seen1, valid);
+    cr_expect_eq(seen2, (int)valid, "replica 2 streamed %d of %zu events", seen2, valid);
+    close(s1.fd);
+    close(s2.fd);
+
+    /* Skipped events are counted by reason, cluster-wide and per replica. */
+    json_t *st = api(r1, "/api/stats");
+    cr_expect_eq(jint(st, "rejected_events.malformed_protobuf"), (int64_t)rejected, "%s",
+                 jdump(st));
+    cr_expect_eq(jint(st, "rejected.malformed_protobuf"), 0, "no whole batch is lost: %s",
+                 jdump(st));
+    json_decref(st);
+    int64_t per_replica = 0;
+    struct proc *rs[] = {r1, r2};
+    for (int i = 0; i < 2; i++) {
+        struct tu_http mr;
+        cr_assert_eq(tu_http_get(rs[i]->port, "/metrics", api_header, &mr), 0);
+        int64_t m = metric(mr.body, "ebpf_aggregator_rejected_events_total", "malformed_protobuf");
+        cr_expect_geq(m, 0, "%s: no rejected_events metric", rs[i]->name);
+        per_replica += m;
+        tu_http_free(&mr);
+    }
+    cr_expect_eq(per_replica, (int64_t)rejected, "the replicas' metrics add up");
+
+    /* Both replicas are alive and answer. */
+    for (int i = 0; i < 2; i++)
+        check(tu_wait_http(rs[i]->port, "/health", 200, 1000), "%s stopped serving", rs[i]->name);
+    for (size_t i = 0; i < nc_crafts; i++)
+        pb_craft_free(&crafts[i]);
+    natsConnection_Destroy(nc);
+    proc_kill(r1, SIGTERM);
+    proc_kill(r2, SIGTERM);
 }

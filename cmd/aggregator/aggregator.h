@@ -35,7 +35,8 @@ struct aggregator_counters {
     uint64_t batches;
     uint64_t events;
     uint64_t events_by_type[EVENT_TYPE_COUNT];
-    uint64_t rejected[BUS_REJECT_COUNT];
+    uint64_t rejected[BUS_REJECT_COUNT];        /* whole messages, by reason */
+    uint64_t rejected_events[BUS_REJECT_COUNT]; /* single events of accepted batches */
     uint64_t store_failed;
 };
 

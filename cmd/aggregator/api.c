@@ -455,6 +455,14 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     json_set_u64(root, "instances_dropped", v.nt.instances_dropped);
     json_object_set(root, "rejected", rejected);
     json_set_u64(root, "rejected_total", rejected_total);
+    json_t *rejected_events = json_object_get(t, "rejected_events");
+    uint64_t rejected_events_total = 0;
+    json_object_foreach(rejected_events, key, val)
+    {
+        rejected_events_total += (uint64_t)json_integer_value(val);
+    }
+    json_object_set(root, "rejected_events", rejected_events);
+    json_set_u64(root, "rejected_events_total", rejected_events_total);
     json_set_u64(root, "bus_dropped", total_u64(t, "bus_dropped"));
     json_set_u64(root, "store_failed", total_u64(t, "store_failed"));
     json_object_set(root, "history", hist);
@@ -564,6 +572,15 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
     for (unsigned r = 1; r < BUS_REJECT_COUNT; r++)
         api_metric_labelled(b, "ebpf_aggregator_rejected_total", "reason", bus_reject_name(r),
                             load(&c->rejected[r]));
+    api_metric_header(
+        b, "ebpf_aggregator_rejected_events_total", "counter",
+        "Undecodable events this replica skipped inside accepted batches, by reason.");
+    api_metric_labelled(b, "ebpf_aggregator_rejected_events_total", "reason",
+                        bus_reject_name(BUS_REJECT_MALFORMED_PROTOBUF),
+                        load(&c->rejected_events[BUS_REJECT_MALFORMED_PROTOBUF]));
+    api_metric_labelled(b, "ebpf_aggregator_rejected_events_total", "reason",
+                        bus_reject_name(BUS_REJECT_MALFORMED_JSON),
+                        load(&c->rejected_events[BUS_REJECT_MALFORMED_JSON]));
     api_metric(b, "ebpf_aggregator_bus_dropped_total", "counter",
                "Bus messages dropped because this replica could not keep up.",
                ingest_bus_dropped(a));

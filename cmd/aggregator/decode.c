@@ -4,6 +4,7 @@
  * `nats sub --translate 'ebpf-aggregator decode' 'ebpf.events.>'`.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,9 @@ int aggregator_decode(int argc, char **argv)
         fprintf(stderr, "%s: %s: %s\n", DECODE_PROG, bus_reject_name(r), err);
         return 1;
     }
+    if (batch.meta.rejected_events)
+        fprintf(stderr, "%s: warning: skipped %" PRIu32 " undecodable event(s): %s\n", DECODE_PROG,
+                batch.meta.rejected_events, err);
     for (size_t i = 0; i < batch.n; i++) {
         event_json_write(&out, &batch.events[i]);
         buf_putc(&out, '\n');

@@ -42,6 +42,20 @@ static void log_reject(struct aggregator *a, natsMsg *msg, enum bus_reject r, co
                 natsMsg_GetSubject(msg), bus_reject_name(r), n, err);
 }
 
+/* Events skipped inside accepted batches: logged like rejections, once and then every 1000th. */
+static void log_reject_events(struct aggregator *a, natsMsg *msg, const struct bus_batch *b,
+                              const char *err)
+{
+    uint64_t n = load(&a->counters.rejected_events[b->events_reason]);
+    uint64_t before = n - b->meta.rejected_events;
+    if (before == 0 || n / 1000 != before / 1000)
+        fprintf(stderr,
+                "ebpf-aggregator: skipped %" PRIu32 " undecodable event(s) in a batch on %s "
+                "(%s, %" PRIu64 " so far); the batch's other events were kept: %s\n",
+                b->meta.rejected_events, natsMsg_GetSubject(msg), bus_reject_name(b->events_reason),
+                n, err);
+}
+
 static void on_batch(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     struct aggregator *a = closure;
@@ -57,6 +71,10 @@ static void on_batch(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
         bus_batch_free(&batch);
         natsMsg_Destroy(msg);
         return;
+    }
+    if (batch.meta.rejected_events) {
+        count(&a->counters.rejected_events[batch.events_reason], batch.meta.rejected_events);
+        log_reject_events(a, msg, &batch, err);
     }
     nodes_observe(a->nodes, &batch.meta, batch.n, api_now_ns());
     count(&a->counters.batches, 1);
@@ -277,6 +295,12 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
     for (unsigned r = 1; r < BUS_REJECT_COUNT; r++)
         buf_printf(b, "%s\"%s\":%" PRIu64, r > 1 ? "," : "", bus_reject_name(r),
                    load(&c->rejected[r]));
+    buf_puts(b, "},\"rejected_events\":{");
+    buf_printf(b, "\"%s\":%" PRIu64 ",\"%s\":%" PRIu64,
+               bus_reject_name(BUS_REJECT_MALFORMED_PROTOBUF),
+               load(&c->rejected_events[BUS_REJECT_MALFORMED_PROTOBUF]),
+               bus_reject_name(BUS_REJECT_MALFORMED_JSON),
+               load(&c->rejected_events[BUS_REJECT_MALFORMED_JSON]));
     buf_printf(b,
                "},\"bus_dropped\":%" PRIu64 ",\"store_failed\":%" PRIu64
                ",\"history\":{\"events\":%" PRIu64 ",\"capacity\":%" PRIu64

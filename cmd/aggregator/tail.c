@@ -8,6 +8,7 @@
  * the same values with the same messages.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -172,6 +173,9 @@ static int tail_run(const struct config *cfg, const char *subject, const struct 
             natsMsg_Destroy(msg);
             continue;
         }
+        if (batch.meta.rejected_events)
+            fprintf(stderr, "%s: warning: skipped %" PRIu32 " undecodable event(s) on \"%s\": %s\n",
+                    TAIL_PROG, batch.meta.rejected_events, natsMsg_GetSubject(msg), err);
         buf_reset(&out);
         for (size_t i = 0; i < batch.n; i++) {
             if (!query_match(q, &batch.events[i]))

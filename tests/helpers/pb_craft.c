@@ -1,0 +1,229 @@
+/* Hand-written protobuf and the hostile batch catalogue (pb_craft.h). */
+#include "pb_craft.h"
+
+#include <string.h>
+
+void pbc_varint(struct buf *b, uint64_t v)
+{
+    while (v >= 0x80) {
+        buf_putc(b, (char)(v | 0x80));
+        v >>= 7;
+    }
+    buf_putc(b, (char)v);
+}
+
+void pbc_key(struct buf *b, uint64_t field, unsigned wt)
+{
+    pbc_varint(b, field << 3 | wt);
+}
+
+void pbc_u64(struct buf *b, uint64_t field, uint64_t v)
+{
+    pbc_key(b, field, 0);
+    pbc_varint(b, v);
+}
+
+void pbc_bytes(struct buf *b, uint64_t field, const void *data, size_t len)
+{
+    pbc_key(b, field, 2);
+    pbc_varint(b, len);
+    buf_append(b, data, len);
+}
+
+void pbc_fixed64(struct buf *b, uint64_t field, uint64_t v)
+{
+    pbc_key(b, field, 1);
+    for (int i = 0; i < 8; i++)
+        buf_putc(b, (char)(v >> (8 * i)));
+}
+
+enum { T_CONN = 1, T_ACCEPT, T_DROP, T_EXEC, T_EXIT };
+enum { D_CONN = 20, D_DROP, D_EXEC, D_EXIT };
+
+#define POISON 0x414141414141ull
+
+/* The fields every event has, then the details message `det` (field 20..23) if any. */
+static void event_head(struct buf *ev, uint64_t id, uint64_t type, uint64_t now_ns)
+{
+    pbc_fixed64(ev, 1, id);
+    pbc_u64(ev, 2, type);
+    pbc_u64(ev, 3, now_ns);
+    pbc_u64(ev, 4, 4242);
+    pbc_bytes(ev, 7, "hostile", 7);
+}
+
+static void add_event(struct buf *batch, const struct buf *ev)
+{
+    pbc_bytes(batch, 4, ev->data, ev->len);
+}
+
+static void good_exit(struct buf *batch, uint64_t id, uint64_t now_ns)
+{
+    struct buf ev, det;
+    buf_init(&ev);
+    buf_init(&det);
+    event_head(&ev, id, T_EXIT, now_ns);
+    pbc_u64(&det, 1, 6); /* exit_code 3, zigzag */
+    pbc_bytes(&ev, D_EXIT, det.data, det.len);
+    add_event(batch, &ev);
+    buf_free(&ev);
+    buf_free(&det);
+}
+
+/* One hostile event: type, then the raw details body under details field `det`. */
+static void hostile(struct buf *batch, uint64_t id, uint64_t type, unsigned det,
+                    const struct buf *body, uint64_t now_ns)
+{
+    struct buf ev;
+    buf_init(&ev);
+    event_head(&ev, id, type, now_ns);
+    if (det)
+        pbc_bytes(&ev, det, body->data, body->len);
+    add_event(batch, &ev);
+    buf_free(&ev);
+}
+
+static void meta(struct buf *batch, const char *node, uint64_t seq, uint64_t now_ns)
+{
+    pbc_bytes(batch, 1, node, strlen(node));
+    pbc_bytes(batch, 2, "00000000000000cc", 16);
+    pbc_u64(batch, 3, seq);
+    pbc_u64(batch, 7, now_ns);
+}
+
+struct shape {
+    const char *name;
+    uint64_t type;
+    unsigned det;
+    void (*body)(struct buf *b);
+    int valid; /* 1: the hostile event is a valid event under protobuf's rules */
+    int twice; /* the same hostile event appears twice */
+};
+
+static void exec_f19(struct buf *b)
+{
+    pbc_bytes(b, 1, "/bin/true", 9);
+    pbc_u64(b, 19, POISON);
+}
+static void exec_f17_f18(struct buf *b)
+{
+    pbc_u64(b, 17, POISON);
+    pbc_u64(b, 18, POISON);
+    pbc_bytes(b, 2, "arg", 3);
+}
+static void drop_f35(struct buf *b)
+{
+    pbc_u64(b, 1, 2);
+    pbc_u64(b, 35, POISON);
+}
+static void exec_wrap32(struct buf *b)
+{
+    pbc_u64(b, (1ull << 32) | 1, POISON); /* field 1 once truncated to 32 bits */
+}
+static void exec_max_field(struct buf *b)
+{
+    pbc_u64(b, (1ull << 29) - 1, POISON); /* the largest legal field number: unknown */
+}
+static void exec_body(struct buf *b)
+{
+    pbc_bytes(b, 1, "/bin/sh", 7);
+    pbc_bytes(b, 2, "sh", 2);
+}
+static void exit_body(struct buf *b)
+{
+    pbc_u64(b, 1, POISON & 0xffffffff);
+    pbc_u64(b, 3, POISON);
+}
+static void conn_f4_fixed(struct buf *b)
+{
+    pbc_u64(b, 1, 1);
+    pbc_fixed64(b, 4, POISON);
+}
+static void exec_group(struct buf *b)
+{
+    pbc_key(b, 2, 3); /* start group: not proto3 */
+}
+static void exec_cut(struct buf *b)
+{
+    pbc_key(b, 1, 2);
+    pbc_varint(b, 1000); /* longer than what follows */
+    buf_append(b, "x", 1);
+}
+static void exec_merge(struct buf *b)
+{
+    /* Filled in by the caller: two exec details messages. */
+    pbc_bytes(b, 2, "first", 5);
+}
+static void drop_bad_utf8(struct buf *b)
+{
+    pbc_u64(b, 1, 2);
+    pbc_bytes(b, 2, "\xff\xfe\x80", 3);
+    pbc_bytes(b, 3, "sym\xc0\xaf+0x1", 9);
+}
+
+static const struct shape shapes[] = {
+    {"exec details with field 19 (exit's union slot)", T_EXEC, D_EXEC, exec_f19, 1, 0},
+    {"exec details with fields 17 and 18", T_EXEC, D_EXEC, exec_f17_f18, 1, 0},
+    {"drop details with field 35", T_DROP, D_DROP, drop_f35, 1, 0},
+    {"exec details with a field number past 32 bits", T_EXEC, D_EXEC, exec_wrap32, 0, 0},
+    {"exec details with field 2^29-1", T_EXEC, D_EXEC, exec_max_field, 1, 0},
+    {"exit event carrying exec details", T_EXIT, D_EXEC, exec_body, 0, 0},
+    {"exec event carrying exit details", T_EXEC, D_EXIT, exit_body, 0, 0},
+    {"accept event carrying drop details", T_ACCEPT, D_DROP, drop_f35, 0, 0},
+    {"connection details with a fixed64 field 4", T_CONN, D_CONN, conn_f4_fixed, 1, 0},
+    {"exec details with a group", T_EXEC, D_EXEC, exec_group, 0, 0},
+    {"exec details cut short", T_EXEC, D_EXEC, exec_cut, 0, 0},
+    {"the same hostile exec event twice", T_EXEC, D_EXEC, exec_f19, 1, 1},
+    {"exec details given twice (merged)", T_EXEC, D_EXEC, exec_merge, 1, 0},
+    {"drop strings that are not UTF-8", T_DROP, D_DROP, drop_bad_utf8, 1, 0},
+    {"an event type from the poison value", POISON, 0, NULL, 0, 0},
+};
+
+size_t pb_craft_hostile(struct pb_craft *out, size_t max, const char *node, uint64_t seq,
+                        uint64_t now_ns)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]) && n < max; i++, n++) {
+        const struct shape *s = &shapes[i];
+        struct pb_craft *c = &out[n];
+        struct buf body;
+        uint64_t id = 0x0bad000000000000ull + (seq + n) * 16;
+        buf_init(&body);
+        buf_init(&c->wire);
+        if (s->body)
+            s->body(&body);
+        c->name = s->name;
+        c->first_id = id;
+        good_exit(&c->wire, id++, now_ns);
+        hostile(&c->wire, id++, s->type, s->det, &body, now_ns);
+        if (s->twice)
+            hostile(&c->wire, id++, s->type, s->det, &body, now_ns);
+        if (s->body == exec_merge) {
+            /* A second exec details message inside the same event: protobuf merges them. */
+            struct buf ev;
+            buf_init(&ev);
+            event_head(&ev, id++, T_EXEC, now_ns);
+            pbc_bytes(&ev, D_EXEC, body.data, body.len);
+            struct buf second;
+            buf_init(&second);
+            pbc_bytes(&second, 1, "/bin/merged", 11);
+            pbc_bytes(&second, 2, "second", 6);
+            pbc_bytes(&ev, D_EXEC, second.data, second.len);
+            add_event(&c->wire, &ev);
+            buf_free(&ev);
+            buf_free(&second);
+        }
+        good_exit(&c->wire, id++, now_ns);
+        meta(&c->wire, node, seq + n, now_ns);
+        size_t hostile_events = (s->twice ? 2 : 1) + (s->body == exec_merge ? 1 : 0);
+        c->valid = 2 + (s->valid ? hostile_events : 0);
+        c->rejected = s->valid ? 0 : hostile_events;
+        buf_free(&body);
+    }
+    return n;
+}
+
+void pb_craft_free(struct pb_craft *c)
+{
+    buf_free(&c->wire);
+}
