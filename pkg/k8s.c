@@ -398,6 +398,8 @@ out:
     json_decref(ev);
 }
 
+static size_t watch_consume(struct req *r, const char *data, size_t len);
+
 static size_t on_body(char *data, size_t size, size_t n, void *ud)
 {
     struct req *r = ud;
@@ -413,18 +415,25 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud)
             buf_append(&r->body, data, len);
         return len;
     }
+    if (r->kind == REQ_WATCH)
+        return watch_consume(r, data, len);
     buf_append(&r->body, data, len);
     if (r->body.oom)
         return 0;
-    if (r->kind == REQ_LIST) {
-        if (r->body.len > K8S_LIST_MAX_BYTES) {
-            snprintf(r->err, sizeof(r->err), "LIST response over %u bytes", K8S_LIST_MAX_BYTES);
-            r->abort = OUT_ERROR;
-            return 0;
-        }
-        return len;
+    if (r->body.len > K8S_LIST_MAX_BYTES) {
+        snprintf(r->err, sizeof(r->err), "LIST response over %u bytes", K8S_LIST_MAX_BYTES);
+        r->abort = OUT_ERROR;
+        return 0;
     }
-    /* WATCH: one JSON object per line */
+    return len;
+}
+
+/* WATCH: one JSON object per line, applied as each line completes. 0 ends the transfer. */
+static size_t watch_consume(struct req *r, const char *data, size_t len)
+{
+    buf_append(&r->body, data, len);
+    if (r->body.oom)
+        return 0;
     size_t start = 0;
     for (;;) {
         char *nl = memchr(r->body.data + start, '\n', r->body.len - start);
@@ -580,6 +589,56 @@ static void pods_url(struct k8s *k, struct buf *u)
 
 /* ---- LIST and WATCH ---- */
 
+/* One PodList page into the cache; cont gets its continue token. 0, or -EINVAL with err set. */
+static int list_apply(struct k8s *k, const char *body, size_t len, char *cont, size_t contlen,
+                      char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *list = json_loadb(body, len, 0, &jerr);
+    json_t *items = json_object_get(list, "items");
+    json_t *meta = json_object_get(list, "metadata");
+    const char *rv = json_str(meta, "resourceVersion");
+    const char *c = json_str(meta, "continue");
+    int rc = 0;
+
+    if (!json_is_array(items) || !rv) {
+        snprintf(err, errlen, "LIST: not a PodList: %s",
+                 list ? "no items/resourceVersion" : jerr.text);
+        rc = -EINVAL;
+    } else {
+        size_t i;
+        json_t *pod;
+        snprintf(k->rv, sizeof(k->rv), "%s", rv);
+        if (c)
+            snprintf(cont, contlen, "%s", c);
+        pthread_mutex_lock(&k->lock);
+        json_array_foreach(items, i, pod)
+        {
+            struct pod_meta m;
+            if (pod_meta_parse(pod, &m))
+                cache_upsert(k, &m, false);
+        }
+        pthread_mutex_unlock(&k->lock);
+    }
+    json_decref(list);
+    return rc;
+}
+
+int k8s_feed(struct k8s *k, bool watch, const char *data, size_t len, char *err, size_t errlen)
+{
+    char cont[1024] = "";
+    if (!watch)
+        return list_apply(k, data, len, cont, sizeof(cont), err, errlen);
+    struct req r = {.k = k, .kind = REQ_WATCH, .status = 200};
+    buf_init(&r.body);
+    size_t used = watch_consume(&r, data, len);
+    buf_free(&r.body);
+    if (used == len)
+        return 0;
+    snprintf(err, errlen, "%s", r.err[0] ? r.err : "out of memory");
+    return r.abort == OUT_EXPIRED ? -ESTALE : -EINVAL;
+}
+
 static enum req_outcome do_list(struct k8s *k, char *err, size_t errlen)
 {
     char cont[1024] = "";
@@ -602,34 +661,9 @@ static enum req_outcome do_list(struct k8s *k, char *err, size_t errlen)
         if (url.oom)
             snprintf(r.err, sizeof(r.err), "out of memory");
         cont[0] = '\0';
-        if (out == OUT_OK) {
-            json_error_t jerr;
-            json_t *list = json_loadb(r.body.data, r.body.len, 0, &jerr);
-            json_t *items = json_object_get(list, "items");
-            json_t *meta = json_object_get(list, "metadata");
-            const char *rv = json_str(meta, "resourceVersion");
-            const char *c = json_str(meta, "continue");
-            if (!json_is_array(items) || !rv) {
-                snprintf(r.err, sizeof(r.err), "LIST: not a PodList: %s",
-                         list ? "no items/resourceVersion" : jerr.text);
-                out = OUT_ERROR;
-            } else {
-                size_t i;
-                json_t *pod;
-                snprintf(k->rv, sizeof(k->rv), "%s", rv);
-                if (c)
-                    snprintf(cont, sizeof(cont), "%s", c);
-                pthread_mutex_lock(&k->lock);
-                json_array_foreach(items, i, pod)
-                {
-                    struct pod_meta m;
-                    if (pod_meta_parse(pod, &m))
-                        cache_upsert(k, &m, false);
-                }
-                pthread_mutex_unlock(&k->lock);
-            }
-            json_decref(list);
-        }
+        if (out == OUT_OK &&
+            list_apply(k, r.body.data, r.body.len, cont, sizeof(cont), r.err, sizeof(r.err)) < 0)
+            out = OUT_ERROR;
         if (out != OUT_OK)
             snprintf(err, errlen, "LIST %s: %s", url.data ? url.data : "", r.err);
         buf_free(&url);

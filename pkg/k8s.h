@@ -97,4 +97,13 @@ int k8s_enrich(struct k8s *k, struct cgroup_resolver *cg, struct event *e);
 
 void k8s_get_stats(struct k8s *k, struct k8s_stats *out);
 
+/*
+ * Applies bytes as if the API server had sent them, without any request:
+ * a PodList page (watch false) or a chunk of a watch stream, one JSON event
+ * per line (watch true; an unfinished last line is dropped). For tests and
+ * the fuzz target; the watch thread goes through the same code. 0, -ESTALE
+ * for a 410 watch ERROR, or -EINVAL with err set.
+ */
+int k8s_feed(struct k8s *k, bool watch, const char *data, size_t len, char *err, size_t errlen);
+
 #endif

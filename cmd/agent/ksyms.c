@@ -62,18 +62,24 @@ static int ksyms_add(struct ksyms *ks, uint64_t addr, const char *name, const ch
 
 struct ksyms *ksyms_load(const char *path)
 {
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return NULL;
+    struct ksyms *ks = ksyms_load_stream(f);
+    int err = errno;
+    fclose(f);
+    errno = err;
+    return ks;
+}
+
+struct ksyms *ksyms_load_stream(FILE *f)
+{
     struct ksyms *ks = calloc(1, sizeof(*ks));
     char line[512], name[256], module[128];
     int nonzero = 0, err = 0;
-    FILE *f;
 
     if (!ks)
         return NULL;
-    f = fopen(path, "re");
-    if (!f) {
-        err = errno;
-        goto fail;
-    }
     while (fgets(line, sizeof(line), f)) {
         unsigned long long addr;
         char type;
@@ -90,11 +96,9 @@ struct ksyms *ksyms_load(const char *path)
             nonzero = 1;
         if (ksyms_add(ks, addr, name, n == 4 ? module : NULL)) {
             err = ENOMEM;
-            fclose(f);
             goto fail;
         }
     }
-    fclose(f);
     if (!nonzero) {
         err = ks->count ? EPERM : ENOENT; /* kptr_restrict hides addresses */
         goto fail;

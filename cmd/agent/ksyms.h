@@ -7,12 +7,15 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 struct ksyms;
 
 /* Loads the text symbols of path (normally "/proc/kallsyms"); NULL with errno set on failure
  * (EPERM when addresses are hidden from this process). Free with ksyms_free(). */
 struct ksyms *ksyms_load(const char *path);
+/* The same from an open stream of kallsyms lines (the caller closes it). */
+struct ksyms *ksyms_load_stream(FILE *f);
 void ksyms_free(struct ksyms *ks);
 
 /* Writes "symbol+0xoff" (or "symbol [module]+0xoff") for addr into buf; returns buf, or NULL
