@@ -666,14 +666,21 @@ static char *replace_once(const char *text, const char *from, const char *to)
     return out;
 }
 
-/* Waits until the server at monitoring port mport has routes to n other servers. */
+/* Waits until server has routes to n other servers (distinct peers: 2.10 pools routes). */
 static void wait_routes(struct proc *server, int n)
 {
     uint64_t deadline = tu_mono_ms() + 20000;
     for (;;) {
         int st = 0;
         json_t *j = tu_get_json_hdr(server->aux_port, "/routez", NULL, &st);
-        int64_t got = jint(j, "num_routes");
+        json_t *peers = json_object(), *route;
+        size_t i;
+        json_array_foreach(json_object_get(j, "routes"), i, route)
+        {
+            json_object_set(peers, jstr(route, "remote_id"), json_true());
+        }
+        int64_t got = (int64_t)json_object_size(peers);
+        json_decref(peers);
         json_decref(j);
         if (got == n)
             return;
