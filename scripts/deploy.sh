@@ -6,12 +6,19 @@
 # default registry, tag and namespace, deploy is exactly
 # `kubectl apply -k manifests`; otherwise the manifests are rendered through a
 # temporary kustomization that sets the images and the namespace.
+#
+# NATS is authenticated: deploy first creates the Secrets that hold the NATS
+# passwords (random, when they do not exist yet); rotate-secrets replaces them
+# and restarts everything that reads them.
 set -euo pipefail
 
 DEFAULT_REGISTRY=ghcr.io/ebpf-monitor
 DEFAULT_TAG=latest
 DEFAULT_NAMESPACE=ebpf-system
 ROLLOUT_TIMEOUT=${ROLLOUT_TIMEOUT:-300s}
+# The NATS passwords, one Secret per role (key "password"); read by
+# manifests/nats/statefulset.yaml, daemonset.yaml and aggregator-deployment.yaml.
+SECRETS="nats-credentials-agent nats-credentials-aggregator nats-credentials-route"
 
 KUBECTL=${KUBECTL:-kubectl}
 DOCKER=${DOCKER:-docker}
@@ -27,7 +34,13 @@ Usage: $prog COMMAND [OPTIONS]
 Commands:
   build       build both images (make docker-build)
   push        push both images (build them first)
-  deploy      apply the manifests and wait for the rollout
+  deploy      create the NATS credentials when absent (as secrets does),
+              apply the manifests and wait for the rollout
+  secrets     create the Secrets that hold the NATS passwords, with random
+              passwords, unless they exist (namespace included)
+  rotate-secrets
+              new random NATS passwords, then restart NATS, the aggregators
+              and the agents so that they use them
   undeploy    delete everything the manifests created
   status      show the workloads, pods and services
   logs [agent|aggregator|nats]
@@ -200,9 +213,79 @@ do_push() {
     done
 }
 
+# A random password: 40 letters and digits, starting with a letter (nats-server
+# reads an environment value as it would a config value: "12345" would be a
+# number, not a password).
+random_password() {
+    local raw
+    raw=$(head -c 96 /dev/urandom | base64 -w0 | tr -dc 'A-Za-z0-9')
+    while [[ $raw =~ ^[0-9] ]]; do raw=${raw:1}; done
+    [ ${#raw} -ge 40 ] || die "could not read enough random bytes from /dev/urandom"
+    printf '%s' "${raw:0:40}"
+}
+
+# Creates the Secret $1 with a new random password; with $2 = replace an
+# existing one is replaced, else it is kept.
+ensure_secret() {
+    local name=$1 mode=${2:-keep} verb=create
+    if [ "$mode" = keep ] && "$KUBECTL" -n "$namespace" get secret "$name" >/dev/null 2>&1; then
+        echo "$prog: secret $name exists, kept"
+        return
+    fi
+    [ "$mode" = replace ] && verb=replace
+    # The password goes through stdin, never on a command line.
+    "$KUBECTL" -n "$namespace" "$verb" -f - >/dev/null <<SECRET
+apiVersion: v1
+kind: Secret
+metadata:
+  name: $name
+  namespace: $namespace
+  labels:
+    app.kubernetes.io/part-of: ebpf-monitor
+type: Opaque
+stringData:
+  password: $(random_password)
+SECRET
+    echo "$prog: secret $name $([ "$mode" = replace ] && echo replaced || echo created) with a random password"
+}
+
+ensure_namespace() {
+    "$KUBECTL" get namespace "$namespace" >/dev/null 2>&1 ||
+        "$KUBECTL" create namespace "$namespace" --dry-run=client -o yaml |
+        "$KUBECTL" apply -f - >/dev/null
+}
+
+do_secrets() {
+    need_cluster "needed to create the NATS credentials"
+    ensure_namespace
+    local s
+    for s in $SECRETS; do ensure_secret "$s"; done
+}
+
+do_rotate_secrets() {
+    need_cluster "needed to rotate the NATS credentials"
+    local s
+    for s in $SECRETS; do
+        "$KUBECTL" -n "$namespace" get secret "$s" >/dev/null 2>&1 ||
+            die "secret $s does not exist in namespace $namespace: run '$prog deploy' first"
+    done
+    for s in $SECRETS; do ensure_secret "$s" replace; done
+    # NATS first (each server reads the passwords when it starts), then the
+    # clients; meanwhile the agents keep their batches (OUTAGE_BUFFER).
+    echo "$prog: restarting NATS with the new passwords (timeout $ROLLOUT_TIMEOUT)"
+    "$KUBECTL" -n "$namespace" rollout restart statefulset/nats
+    "$KUBECTL" -n "$namespace" rollout status statefulset/nats --timeout="$ROLLOUT_TIMEOUT"
+    echo "$prog: restarting the aggregators and the agents"
+    "$KUBECTL" -n "$namespace" rollout restart deployment/ebpf-aggregator
+    "$KUBECTL" -n "$namespace" rollout restart daemonset/ebpf-monitor
+    "$KUBECTL" -n "$namespace" rollout status deployment/ebpf-aggregator --timeout="$ROLLOUT_TIMEOUT"
+    "$KUBECTL" -n "$namespace" rollout status daemonset/ebpf-monitor --timeout="$ROLLOUT_TIMEOUT"
+}
+
 do_deploy() {
     need_cluster "needed to deploy"
     echo "$prog: deploying to namespace $namespace: $agent_image, $aggregator_image$([ "$privileged" = 1 ] && echo ' (privileged agent)')"
+    do_secrets
     if defaults; then
         "$KUBECTL" apply -k "$ROOT/manifests"
     else
@@ -256,6 +339,8 @@ undeploy) do_undeploy ;;
 status) do_status ;;
 logs) do_logs ;;
 render) render ;;
+secrets) do_secrets ;;
+rotate-secrets) do_rotate_secrets ;;
 all)
     do_build
     do_push

@@ -136,6 +136,21 @@ Test(e2e_manifests, policy_checks_reject_broken_manifests)
     check("selftest");
 }
 
+Test(e2e_manifests, nats_users_per_role_least_privilege_passwords_from_secrets)
+{
+    check("auth");
+}
+
+Test(e2e_manifests, nats_three_servers_routes_pdb_anti_affinity)
+{
+    check("ha");
+}
+
+Test(e2e_manifests, deploy_script_creates_keeps_and_rotates_the_nats_secrets)
+{
+    check("secrets");
+}
+
 Test(e2e_manifests, dockerfiles_build_with_make_and_ship_every_linked_library)
 {
     check("dockerfiles");

@@ -200,12 +200,25 @@ function tmpFile(name, text) {
     return f;
 }
 
-// The environment a container would get: literal values as written, downward
-// API values as the kubelet would fill them in.
+// A stand-in for the value of key in Secret name: what scripts/deploy.sh would
+// create (letters and digits, starting with a letter), the same for the same
+// Secret everywhere.
+function secretValue(name, key) {
+    let h = 0;
+    for (const ch of `${name}/${key}`) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
+    return `s${h.toString(36)}x${name.replace(/[^A-Za-z0-9]/g, "")}`;
+}
+
+// The environment a container would get: literal values as written (with
+// $(VAR) references to earlier variables expanded, as the kubelet does),
+// downward API values as the kubelet would fill them in, Secret values as
+// stand-ins (secretValue).
 function containerEnv(w, c) {
     const env = {};
     for (const e of c.env || []) {
-        if (e.value !== undefined) env[e.name] = String(e.value);
+        if (e.value !== undefined)
+            env[e.name] = String(e.value).replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (m, v) => (v in env ? env[v] : m));
+        else if (e.valueFrom?.secretKeyRef) env[e.name] = secretValue(e.valueFrom.secretKeyRef.name, e.valueFrom.secretKeyRef.key);
         else if (e.valueFrom?.fieldRef) {
             const fp = e.valueFrom.fieldRef.fieldPath;
             env[e.name] =
@@ -349,15 +362,135 @@ checks.render = () => {
     expect(natsSvc && natsSvc.spec.ports.some((p) => p.port === 4222), "Service nats on 4222");
     const natsConf = find(objs, "ConfigMap", "nats-config")?.data?.["nats.conf"] || "";
     expect(/jetstream\s*\{/.test(natsConf), "NATS config enables JetStream");
-    // The NATS config must be one nats-server accepts (nats-server -t), when
-    // nats-server is installed (make deps installs it for the tests).
-    const conf = tmpFile("nats.conf", natsConf.replace(/store_dir:\s*\S+/, `store_dir: ${os.tmpdir()}/ebpf-js-check`));
-    const t = run("nats-server", ["-c", conf, "-t"], { env: { ...process.env, POD_NAME: "nats-0" } });
-    expect(t.status === 0, `nats-server -t accepts the NATS config ${t.status === 0 ? "" : t.stderr.trim()}`);
+    // The NATS config must be one nats-server accepts (nats-server -t), with
+    // the environment the StatefulSet gives it.
+    const t = natsConfigTest(objs);
+    expect(t.status === 0, `nats-server -t accepts the NATS config ${t.status === 0 ? "" : (t.stdout + t.stderr).trim()}`);
     const url = YAML.parse(configYaml(objs)).NATS_URL || "";
-    const m = url.match(/^nats:\/\/([^:/]+):(\d+)$/);
-    expect(m && find(objs, "Service", m[1])?.spec.ports.some((p) => p.port === Number(m[2])), `NATS_URL ${url} names the NATS Service and port`);
+    const urls = url.split(",").map((u) => u.trim());
+    for (const u of urls) expect(natsUrlTarget(objs, u), `NATS_URL entry ${u} names the NATS Service or one NATS server, and the client port`);
+    expect(urls.some((u) => natsUrlTarget(objs, u) === "service"), `NATS_URL ${url} includes the NATS Service`);
 };
+
+// Writes the rendered NATS ConfigMap's files to a directory and runs
+// nats-server -t on nats.conf with the StatefulSet container's environment.
+function natsConfigTest(objs) {
+    const cm = find(objs, "ConfigMap", "nats-config");
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ebpf-nats-conf-"));
+    for (const [k, v] of Object.entries(cm?.data || {})) fs.writeFileSync(path.join(dir, k), k === "nats.conf" ? v.replace(/store_dir:\s*\S+/, `store_dir: ${dir}/js`) : v);
+    const sts = find(objs, "StatefulSet", "nats");
+    const env = { ...process.env, ...containerEnv(sts, sts.spec.template.spec.containers[0]), POD_NAME: "nats-0" };
+    const r = run("nats-server", ["-c", path.join(dir, "nats.conf"), "-t"], { env });
+    fs.rmSync(dir, { recursive: true, force: true });
+    return r;
+}
+
+// "service" when u is the NATS Service's client port, "server" when it is
+// one server of the StatefulSet by its headless DNS name, else null.
+function natsUrlTarget(objs, u) {
+    const m = u.match(/^nats:\/\/([^:/@]+):(\d+)$/);
+    if (!m) return null;
+    const sts = find(objs, "StatefulSet", "nats");
+    const clientPort = (svc) => svc?.spec.ports.some((p) => p.port === Number(m[2]) && p.targetPort === "client");
+    if (find(objs, "Service", m[1]) && m[1] === "nats") return clientPort(find(objs, "Service", "nats")) ? "service" : null;
+    const pod = m[1].match(/^([a-z0-9-]+)-(\d+)\.([a-z0-9-]+)$/);
+    if (pod && sts && pod[1] === sts.metadata.name && Number(pod[2]) < sts.spec.replicas && pod[3] === sts.spec.serviceName)
+        return clientPort(find(objs, "Service", pod[3])) ? "server" : null;
+    return null;
+}
+
+// ------------------------------------------------------------- NATS config
+
+// Parses the subset of the nats-server configuration language the manifests
+// use: maps ({} or top level), arrays, key: value / key = value / key {},
+// quoted and bare strings ($VAR stays "$VAR"), # and // comments, and
+// `include file` (read from files[file]).
+function parseNatsConf(text, files = {}) {
+    let i = 0;
+    const err = (m) => {
+        throw new Error(`NATS config: ${m} at offset ${i}: ${JSON.stringify(text.slice(i, i + 30))}`);
+    };
+    const skip = (nl = true) => {
+        for (;;) {
+            const c = text[i];
+            if (c === "#" || (c === "/" && text[i + 1] === "/")) while (i < text.length && text[i] !== "\n") i++;
+            else if (c === " " || c === "\t" || c === "\r" || (nl && (c === "\n" || c === "," || c === ";"))) i++;
+            else return;
+        }
+    };
+    const bare = () => {
+        const s = i;
+        while (i < text.length && !/[\s,\]}#;]/.test(text[i])) i++;
+        return text.slice(s, i);
+    };
+    const value = () => {
+        skip(false);
+        const c = text[i];
+        if (c === "{") {
+            i++;
+            const m = map("}");
+            i++;
+            return m;
+        }
+        if (c === "[") {
+            i++;
+            const a = [];
+            for (;;) {
+                skip();
+                if (text[i] === "]") {
+                    i++;
+                    return a;
+                }
+                if (i >= text.length) err("unterminated array");
+                a.push(value());
+            }
+        }
+        if (c === '"' || c === "'") {
+            const e = text.indexOf(c, i + 1);
+            if (e < 0) err("unterminated string");
+            const v = text.slice(i + 1, e);
+            i = e + 1;
+            return v;
+        }
+        return bare();
+    };
+    const map = (end) => {
+        const m = {};
+        for (;;) {
+            skip();
+            if (i >= text.length || text[i] === end) {
+                if (end && i >= text.length) err("unterminated map");
+                return m;
+            }
+            const key = text[i] === '"' ? value() : (() => {
+                const s = i;
+                while (i < text.length && !/[\s:={]/.test(text[i])) i++;
+                return text.slice(s, i);
+            })();
+            skip(false);
+            if (key === "include") {
+                const f = value().replace(/^\.\//, "");
+                if (!(f in files)) err(`include ${f}: not in the ConfigMap`);
+                Object.assign(m, parseNatsConf(files[f], files));
+                continue;
+            }
+            if (text[i] === ":" || text[i] === "=") i++;
+            m[key] = value();
+        }
+    };
+    return map(null);
+}
+
+// The NATS config as deployed: nats.conf with its includes, from the ConfigMap.
+function natsConf(objs) {
+    const data = find(objs, "ConfigMap", "nats-config")?.data;
+    if (!data?.["nats.conf"]) throw new Error("ConfigMap nats-config has no nats.conf");
+    return parseNatsConf(data["nats.conf"], data);
+}
+
+const asList = (v) => (v === undefined ? [] : Array.isArray(v) ? v : [v]);
+const sameSet = (a, b) => JSON.stringify([...new Set(a)].sort()) === JSON.stringify([...new Set(b)].sort());
+const envOf = (c) => Object.fromEntries((c.env || []).map((e) => [e.name, e]));
 
 checks.schema = () => {
     const variants = {
@@ -552,6 +685,199 @@ function securityProblems(objs) {
     }
     return p;
 }
+
+// ---------------------------------------------------------- NATS security
+
+// The bus is authenticated: one NATS user per role with the least
+// permissions the code needs (see manifests/nats/auth.conf), passwords only
+// from Secrets, and the workloads logging in as their role.
+function authProblems(objs) {
+    const p = [];
+    const conf = natsConf(objs);
+    const cfg = YAML.parse(configYaml(objs)) || {};
+    const prefix = cfg.SUBJECT_PREFIX || helpKeys("ebpf-agent").SUBJECT_PREFIX;
+    const control = cfg.CONTROL_SUBJECT || helpKeys("ebpf-aggregator").CONTROL_SUBJECT;
+    const events = `${prefix}.>`;
+    const ctl = `${control}.>`;
+    const users = asList(conf.authorization?.users);
+    if (conf.no_auth_user || conf.authorization?.user || conf.authorization?.token || conf.accounts) p.push("NATS config has an anonymous, single-user, token or account login next to the users");
+    if (!users.length) p.push("NATS config has no authorization users: anyone may connect");
+    const sts = find(objs, "StatefulSet", "nats");
+    const natsEnv = envOf(sts.spec.template.spec.containers[0]);
+    // A password is $VAR, and VAR comes from a Secret on the NATS servers.
+    const passwordSecret = (pw, who) => {
+        const v = typeof pw === "string" && pw.match(/^\$([A-Za-z_][A-Za-z0-9_]*)$/)?.[1];
+        if (!v) {
+            p.push(`${who}: password is a literal in the NATS config, not $VAR from a Secret`);
+            return null;
+        }
+        const ref = natsEnv[v]?.valueFrom?.secretKeyRef;
+        if (!ref) p.push(`${who}: $${v} is not fed from a Secret on the NATS StatefulSet`);
+        return ref ? `${ref.name}/${ref.key}` : null;
+    };
+    for (const u of users) passwordSecret(u.password, `NATS user ${u.user}`);
+    const route = conf.cluster?.authorization;
+    if (conf.cluster && !route) p.push("NATS cluster routes are not authenticated");
+    if (route) passwordSecret(route.password, "NATS route user");
+    for (const own of OWN) {
+        const w = find(objs, own.kind, own.name);
+        const env = envOf(w.spec.template.spec.containers[0]);
+        const id = `${own.kind}/${own.name}`;
+        if (env.NATS_PASSWORD?.value !== undefined || env.NATS_TOKEN?.value !== undefined) p.push(`${id}: NATS password as a literal in the manifest`);
+        const ref = env.NATS_PASSWORD?.valueFrom?.secretKeyRef;
+        if (!ref) {
+            p.push(`${id}: NATS_PASSWORD is not from a Secret (valueFrom.secretKeyRef)`);
+            continue;
+        }
+        const name = env.NATS_USER?.value ?? null;
+        const u = users.find((x) => x.user === name);
+        if (!u) {
+            p.push(`${id}: NATS_USER ${name} is not a user of the NATS config`);
+            continue;
+        }
+        if (passwordSecret(u.password, `NATS user ${name}`) !== `${ref.name}/${ref.key}`) p.push(`${id}: NATS_PASSWORD (Secret ${ref.name}/${ref.key}) is not the password NATS expects for ${name}`);
+        const pub = u.permissions?.publish, sub = u.permissions?.subscribe;
+        // A permission given as a list is an allow list.
+        const allow = (x) => (Array.isArray(x) || typeof x === "string" ? asList(x) : asList(x?.allow));
+        const deny = (x) => (x && !Array.isArray(x) && typeof x === "object" ? asList(x.deny) : []);
+        if (own.kind === "DaemonSet") {
+            if (!sameSet(allow(pub), [events]) || deny(pub).length) p.push(`agent user ${name} may publish to ${JSON.stringify(pub)}, not only ${events}`);
+            if (allow(sub).length || !deny(sub).includes(">")) p.push(`agent user ${name} may subscribe (${JSON.stringify(sub)}); it must be denied ">"`);
+        } else {
+            if (!sameSet(allow(sub), [events, ctl, "_INBOX.>"])) p.push(`aggregator user ${name} subscribes to ${JSON.stringify(sub)}, not exactly ${events}, ${ctl}, _INBOX.>`);
+            if (!sameSet(allow(pub), [ctl, "_INBOX.>"])) p.push(`aggregator user ${name} publishes to ${JSON.stringify(pub)}, not exactly ${ctl}, _INBOX.>`);
+        }
+        if (!allow(pub).length) p.push(`${name} may publish anywhere (no publish allow list)`);
+    }
+    for (const u of users) if (!OWN.some((own) => envOf(find(objs, own.kind, own.name).spec.template.spec.containers[0]).NATS_USER?.value === u.user)) p.push(`NATS user ${u.user} is used by no workload`);
+    // Passwords live in Secrets that scripts/deploy.sh creates, never in the manifests.
+    for (const o of objs) if (o.kind === "Secret") p.push(`Secret ${o.metadata.name} is in the manifests: passwords would be in the repository`);
+    return p;
+}
+
+// NATS is highly available: three servers clustered over the headless
+// Service, spread over nodes, a PodDisruptionBudget, clients that know them all.
+function haProblems(objs) {
+    const p = [];
+    const sts = find(objs, "StatefulSet", "nats");
+    const spec = sts.spec.template.spec;
+    const n = sts.spec.replicas;
+    if (n !== 3) p.push(`NATS StatefulSet has ${n} replicas, not 3`);
+    if (sts.spec.podManagementPolicy !== "Parallel") p.push("NATS servers start one by one (podManagementPolicy is not Parallel): the first waits for routes that never come");
+    const anti = spec.affinity?.podAntiAffinity;
+    const terms = [...(anti?.preferredDuringSchedulingIgnoredDuringExecution || []).map((t) => t.podAffinityTerm), ...(anti?.requiredDuringSchedulingIgnoredDuringExecution || [])];
+    if (!terms.some((t) => t.topologyKey === "kubernetes.io/hostname" && t.labelSelector?.matchLabels?.app === "nats")) p.push("NATS servers have no pod anti-affinity by hostname");
+    const pdb = objs.find((o) => o.kind === "PodDisruptionBudget" && o.spec.selector?.matchLabels?.app === "nats");
+    if (!pdb || !(pdb.spec.maxUnavailable === 1 || pdb.spec.minAvailable === 2)) p.push(`NATS PodDisruptionBudget missing or not keeping 2 of 3 servers: ${JSON.stringify(pdb?.spec)}`);
+    const headless = find(objs, "Service", sts.spec.serviceName);
+    if (!headless || headless.spec.clusterIP !== "None") p.push(`NATS serviceName ${sts.spec.serviceName} is not a headless Service`);
+    const c = spec.containers[0];
+    const clusterPort = (c.ports || []).find((x) => x.name === "cluster")?.containerPort;
+    if (!headless?.spec.ports.some((x) => x.targetPort === "cluster" || x.port === clusterPort)) p.push("the headless Service does not carry the cluster port");
+    const conf = natsConf(objs);
+    const listen = String(conf.cluster?.listen || "");
+    if (!conf.cluster || Number(listen.split(":").pop()) !== clusterPort) p.push(`NATS cluster listen ${listen} is not the container's cluster port ${clusterPort}`);
+    // The routes, as the kubelet expands them.
+    const env = containerEnv(sts, c);
+    const routes = asList(conf.cluster?.routes).map((r) => (String(r).startsWith("$") ? env[String(r).slice(1)] : r));
+    const targets = routes.map((r) => r && r.match(/^nats(?:-route)?:\/\/(?:[^@/]+@)?([^:/]+):(\d+)$/)).map((m) => (m ? `${m[1]}:${m[2]}` : "?"));
+    const want = [...Array(n).keys()].map((i) => `${sts.metadata.name}-${i}.${sts.spec.serviceName}:${clusterPort}`);
+    if (!sameSet(targets, want)) p.push(`NATS routes ${targets} are not every server ${want}`);
+    const route = conf.cluster?.authorization;
+    for (const r of routes) if (route && !(r || "").includes(`//${route.user}:${env[String(route.password).slice(1)]}@`)) p.push(`NATS route ${r} does not log in as the route user`);
+    const urls = String(YAML.parse(configYaml(objs)).NATS_URL || "").split(",").map((u) => u.trim());
+    for (let i = 0; i < n; i++) if (!urls.some((u) => u.startsWith(`nats://${sts.metadata.name}-${i}.${sts.spec.serviceName}:`))) p.push(`NATS_URL does not list server ${sts.metadata.name}-${i}`);
+    // The cluster port only between the servers.
+    const pol = objs.find((o) => o.kind === "NetworkPolicy" && o.spec.podSelector?.matchLabels?.app === "nats");
+    for (const rule of pol?.spec.ingress || []) {
+        if (!rule.ports?.some((x) => x.port === clusterPort)) continue;
+        for (const from of rule.from || [{}]) if (from.namespaceSelector || from.ipBlock || from.podSelector?.matchLabels?.app !== "nats") p.push(`NATS cluster port reachable from ${JSON.stringify(from)}`);
+    }
+    if (!pol?.spec.ingress?.some((r) => r.ports?.some((x) => x.port === clusterPort))) p.push("the NetworkPolicy blocks the NATS cluster port between the servers");
+    return p;
+}
+
+checks.auth = () => {
+    const objs = kustomize("manifests");
+    authProblems(objs).forEach(fail);
+    const conf = natsConf(objs);
+    const users = asList(conf.authorization?.users);
+    for (const u of users) ok(`NATS user ${u.user}: publish ${JSON.stringify(u.permissions?.publish)}, subscribe ${JSON.stringify(u.permissions?.subscribe)}`);
+    // The same holds with another namespace, registry and tag.
+    const other = deployRender(["--namespace", "mon", "--registry", "r.example/x", "--tag", "v1"]);
+    const po = authProblems(other);
+    po.forEach(fail);
+    expect(po.length === 0, "deploy.sh render --namespace mon: the same users and Secrets");
+    if (!failures.length) ok("NATS users per role with least privilege, passwords from Secrets");
+};
+
+checks.ha = () => {
+    const objs = kustomize("manifests");
+    haProblems(objs).forEach(fail);
+    const t = natsConfigTest(objs);
+    expect(t.status === 0, `nats-server -t accepts the clustered config ${(t.stdout + t.stderr).trim()}`);
+    if (!failures.length) ok("NATS: 3 servers, routes between all of them, anti-affinity, PodDisruptionBudget, clients know every server");
+};
+
+// deploy.sh against a stand-in kubectl that keeps Secrets in a directory:
+// it creates exactly the Secrets the manifests read, with random passwords
+// nats-server takes as strings, keeps existing ones, and rotates them.
+checks.secrets = () => {
+    const objs = kustomize("manifests");
+    const refs = new Set();
+    for (const w of workloads(objs)) for (const c of containersOf(w)) for (const e of c.env || []) if (e.valueFrom?.secretKeyRef) refs.add(`${e.valueFrom.secretKeyRef.name}/${e.valueFrom.secretKeyRef.key}`);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ebpf-fake-kubectl-"));
+    const fake = path.join(dir, "kubectl");
+    fs.writeFileSync(fake, `#!/bin/bash
+# A kubectl stand-in: logs its arguments, keeps Secrets as files.
+all="$*"
+echo "$all" >> "${dir}/calls"
+case "$all" in
+version*) exit 0 ;;
+*"get namespace"*) [ -e "${dir}/namespace" ]; exit $? ;;
+*"create namespace"*) echo "kind: Namespace"; exit 0 ;;
+*"get secret "*) n=\${all##*get secret }; [ -e "${dir}/secret-\${n%% *}" ]; exit $? ;;
+*"-f -"*)
+    in=$(cat)
+    if ! grep -q "^kind: Secret" <<<"$in"; then touch "${dir}/namespace"; exit 0; fi
+    n=$(sed -n 's/^  name: //p' <<<"$in")
+    case "$all" in *" create "*) [ -e "${dir}/secret-$n" ] && { echo "AlreadyExists" >&2; exit 1; } ;; *" replace "*) [ -e "${dir}/secret-$n" ] || exit 1 ;; esac
+    printf '%s\n' "$in" > "${dir}/secret-$n"; exit 0 ;;
+*"kustomize"*|*"apply -k"*|*rollout*) exit 0 ;;
+esac
+exit 0
+`);
+    fs.chmodSync(fake, 0o755);
+    const script = path.join(ROOT, "scripts/deploy.sh");
+    const env = { ...process.env, KUBECTL: fake, ROLLOUT_TIMEOUT: "1s" };
+    const secrets = () => Object.fromEntries(fs.readdirSync(dir).filter((f) => f.startsWith("secret-")).map((f) => {
+        const o = YAML.parse(fs.readFileSync(path.join(dir, f), "utf8"));
+        return [o.metadata.name, o];
+    }));
+    let r = run(script, ["deploy"], { env });
+    expect(r.status === 0, `deploy.sh deploy (stand-in kubectl): ${r.stderr.trim()}`);
+    const calls = fs.readFileSync(path.join(dir, "calls"), "utf8").split("\n");
+    const firstApply = calls.findIndex((l) => /apply -k/.test(l));
+    const lastSecret = calls.map((l, i) => (/create -f -/.test(l) ? i : -1)).reduce((a, b) => Math.max(a, b), -1);
+    expect(firstApply > lastSecret && lastSecret >= 0, "deploy creates the Secrets before it applies the manifests");
+    const made = secrets();
+    const keys = new Set(Object.values(made).flatMap((o) => Object.keys(o.stringData || {}).map((k) => `${o.metadata.name}/${k}`)));
+    expect(sameSet([...keys], [...refs]), `deploy.sh creates exactly the Secret keys the workloads read: ${[...keys]} vs ${[...refs]}`);
+    const pw = Object.values(made).map((o) => String(o.stringData?.password ?? ""));
+    expect(pw.every((x) => /^[A-Za-z][A-Za-z0-9]{31,}$/.test(x)), "passwords are 32+ letters and digits, starting with a letter (nats-server reads them as strings)");
+    expect(new Set(pw).size === pw.length, "every Secret has its own password");
+    expect(Object.values(made).every((o) => o.metadata.namespace === NS), `Secrets in namespace ${NS}`);
+    r = run(script, ["secrets"], { env });
+    const again = secrets();
+    expect(r.status === 0 && Object.keys(made).every((k) => again[k].stringData.password === made[k].stringData.password), "deploy.sh secrets keeps existing Secrets");
+    r = run(script, ["rotate-secrets"], { env });
+    const rotated = secrets();
+    expect(r.status === 0 && Object.keys(made).every((k) => rotated[k].stringData.password !== made[k].stringData.password), `deploy.sh rotate-secrets replaces every password ${r.stderr.trim()}`);
+    const after = fs.readFileSync(path.join(dir, "calls"), "utf8");
+    expect(/rollout restart statefulset\/nats[\s\S]*rollout restart deployment\/ebpf-aggregator/.test(after) && /rollout restart daemonset\/ebpf-monitor/.test(after), "rotate-secrets restarts NATS, then the aggregators and agents");
+    expect(!after.includes(pw[0]), "no password on a kubectl command line");
+    fs.rmSync(dir, { recursive: true, force: true });
+};
 
 // Starts each binary with the rendered config and its container's env (the
 // agent with exactly the DaemonSet's capabilities), then asks the probe
@@ -760,6 +1086,35 @@ checks.selftest = () => {
     o.find((x) => x.kind === "NetworkPolicy" && x.metadata.name === "nats").spec.ingress[0].from.push({ namespaceSelector: {} });
     expect(securityProblems(o).some((p) => /NATS 4222/.test(p)), "policy rejects NATS open to other namespaces");
     expect(securityProblems(objs).length === 0, "the real manifests pass the policy");
+    // The bus's users and HA: broken copies of the NATS config fail.
+    const withConf = (edit) => {
+        const o = clone();
+        const cm = find(o, "ConfigMap", "nats-config");
+        cm.data["auth.conf"] = edit(cm.data["auth.conf"]);
+        return o;
+    };
+    expect(authProblems(withConf((t) => t.replace('deny: [">"]', 'allow: ["ebpf.events.>"]'))).some((p) => /agent user .* may subscribe/.test(p)), "policy rejects an agent that may subscribe");
+    expect(authProblems(withConf((t) => t.replace('allow: ["ebpf.events.>"]', 'allow: ["ebpf.events.>", "ebpf.control.>"]'))).some((p) => /agent user .* may publish/.test(p)), "policy rejects an agent that may publish control messages");
+    expect(authProblems(withConf((t) => t.replace('allow: ["ebpf.control.>", "_INBOX.>"]', 'allow: [">"]'))).some((p) => /aggregator user .* publishes/.test(p)), "policy rejects an aggregator that may publish events");
+    expect(authProblems(withConf((t) => t.replace("$NATS_AGENT_PASSWORD", "hunter2"))).some((p) => /literal/.test(p)), "policy rejects a literal password in the NATS config");
+    o = clone();
+    find(o, "DaemonSet", "ebpf-monitor").spec.template.spec.containers[0].env.find((e) => e.name === "NATS_PASSWORD").valueFrom = undefined;
+    find(o, "DaemonSet", "ebpf-monitor").spec.template.spec.containers[0].env.find((e) => e.name === "NATS_PASSWORD").value = "hunter2";
+    expect(authProblems(o).some((p) => /literal in the manifest/.test(p)), "policy rejects a literal NATS_PASSWORD");
+    o = clone();
+    find(o, "Deployment", "ebpf-aggregator").spec.template.spec.containers[0].env.find((e) => e.name === "NATS_PASSWORD").valueFrom.secretKeyRef.name = "nats-credentials-agent";
+    expect(authProblems(o).some((p) => /not the password NATS expects/.test(p)), "policy rejects an aggregator logging in with the agent's Secret");
+    expect(authProblems(objs).length === 0, "the real manifests pass the bus policy");
+    o = clone();
+    find(o, "StatefulSet", "nats").spec.replicas = 1;
+    expect(haProblems(o).some((p) => /replicas/.test(p)), "HA check rejects one NATS server");
+    o = clone();
+    o.splice(o.findIndex((x) => x.kind === "PodDisruptionBudget" && x.metadata.name === "nats"), 1);
+    expect(haProblems(o).some((p) => /PodDisruptionBudget/.test(p)), "HA check rejects NATS without a PodDisruptionBudget");
+    o = clone();
+    find(o, "ConfigMap", "nats-config").data["nats.conf"] = find(o, "ConfigMap", "nats-config").data["nats.conf"].replace(/\$NATS_ROUTE_2/, "");
+    expect(haProblems(o).some((p) => /routes/.test(p)), "HA check rejects a server missing from the routes");
+    expect(haProblems(objs).length === 0, "the real manifests pass the HA check");
 };
 
 const name = process.argv[2];
