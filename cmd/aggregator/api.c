@@ -193,7 +193,8 @@ static void answer(struct aggregator *a, const struct http_request *req, struct 
         free(j);
         goto inline_answer;
     }
-    memcpy(j->query, req->query, req->query_len);
+    if (req->query_len > 0) /* req->query may be NULL then */
+        memcpy(j->query, req->query, req->query_len);
     j->query[req->query_len] = '\0';
     pthread_mutex_lock(&p->lock);
     if (p->stopping) {

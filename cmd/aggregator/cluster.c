@@ -495,7 +495,9 @@ int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct 
                                          .count = own.count,
                                          .total_count = own.total_count,
                                          .has_more = own.has_next};
-        memcpy(all + 1, g.src, g.count * sizeof(*all));
+        /* g.src is NULL when no peer answered (alone, or a peer just died). */
+        if (g.count > 0)
+            memcpy(all + 1, g.src, g.count * sizeof(*all));
         rc = cluster_merge(all, g.count + 1, q->limit, out);
     }
     free(all);
