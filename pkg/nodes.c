@@ -15,6 +15,7 @@
 #include "nodes.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -22,6 +23,26 @@
 #include <string.h>
 
 #include "event_json.h"
+
+/*
+ * Counters saturate here: replicas exchange them as JSON integers, which
+ * readers (jansson, JavaScript) hold as signed 64-bit at most, and a peer may
+ * claim anything up to it.
+ */
+#define NODES_COUNTER_MAX ((uint64_t)INT64_MAX)
+#define NODES_NAME_MAX    1024 /* bytes of a node, instance or pod name from a peer */
+
+static uint64_t sat(uint64_t v)
+{
+    return v > NODES_COUNTER_MAX ? NODES_COUNTER_MAX : v;
+}
+
+static uint64_t sat_add(uint64_t a, uint64_t b)
+{
+    a = sat(a);
+    b = sat(b);
+    return a > NODES_COUNTER_MAX - b ? NODES_COUNTER_MAX : a + b;
+}
 
 struct inst {
     struct inst *next; /* hash chain */
@@ -152,8 +173,8 @@ static void set_str(char **dst, const char *s)
 /* Folds one (partial) record into r: the merge rule shared by observe and merge. */
 static void inst_add(struct inst *r, const struct inst *o)
 {
-    r->batches += o->batches;
-    r->events += o->events;
+    r->batches = sat_add(r->batches, o->batches);
+    r->events = sat_add(r->events, o->events);
     if (o->max_seq) {
         if (!r->min_seq || o->min_seq < r->min_seq)
             r->min_seq = o->min_seq;
@@ -213,8 +234,8 @@ static uint64_t inst_lost(const struct inst *r)
 {
     if (!r->max_seq)
         return 0;
-    uint64_t span = r->max_seq - r->min_seq + 1;
-    return span > r->batches ? span - r->batches : 0;
+    uint64_t span = r->max_seq - r->min_seq; /* + 1, below: max_seq may be UINT64_MAX */
+    return sat(span >= r->batches ? span - r->batches + 1 : 0);
 }
 
 /* ---- snapshots ---- */
@@ -272,7 +293,7 @@ int nodes_merge(struct nodes *dst, struct nodes *src)
         pthread_mutex_lock(&dst->lock);
         for (size_t i = 0; i < n; i++)
             merge_one(dst, &copies[i]);
-        dst->dropped += dropped;
+        dst->dropped = sat_add(dst->dropped, dropped);
         pthread_mutex_unlock(&dst->lock);
     }
     for (size_t i = 0; copies && i < n; i++) {
@@ -291,7 +312,7 @@ void nodes_to_json(struct nodes *t, struct buf *out)
 {
     pthread_mutex_lock(&t->lock);
     buf_puts(out, "{\"instances_dropped\":");
-    buf_json_u64(out, t->dropped);
+    buf_json_u64(out, sat(t->dropped));
     buf_puts(out, ",\"instances\":[");
     bool first = true;
     for (size_t i = 0; i < t->nbuckets; i++) {
@@ -312,10 +333,11 @@ void nodes_to_json(struct nodes *t, struct buf *out)
             buf_printf(out,
                        ",\"batches\":%llu,\"events\":%llu,\"min_seq\":%llu,\"max_seq\":%llu,"
                        "\"kernel_drops\":%llu,\"agent_drops\":%llu,\"last_seen_ns\":%llu}",
-                       (unsigned long long)r->batches, (unsigned long long)r->events,
-                       (unsigned long long)r->min_seq, (unsigned long long)r->max_seq,
-                       (unsigned long long)r->kernel_drops, (unsigned long long)r->agent_drops,
-                       (unsigned long long)r->last_seen_ns);
+                       (unsigned long long)sat(r->batches), (unsigned long long)sat(r->events),
+                       (unsigned long long)sat(r->min_seq), (unsigned long long)sat(r->max_seq),
+                       (unsigned long long)sat(r->kernel_drops),
+                       (unsigned long long)sat(r->agent_drops),
+                       (unsigned long long)sat(r->last_seen_ns));
         }
     }
     buf_puts(out, "]}");
@@ -344,29 +366,38 @@ static bool get_opt_str(json_t *o, const char *key, const char **s, bool require
     if (!json_is_string(j))
         return false;
     *s = json_string_value(j);
+    if (json_string_length(j) > NODES_NAME_MAX || strlen(*s) != json_string_length(j))
+        return false; /* too long, or an embedded NUL */
     return !required || **s;
 }
 
 int nodes_merge_json(struct nodes *t, const char *json, size_t len)
 {
-    json_error_t jerr;
-    json_t *root = json_loadb(json, len, 0, &jerr), *arr;
+    json_t *root = json_loadb(json, len, 0, NULL);
+    int rc = root ? nodes_merge_value(t, root) : -EINVAL;
+
+    json_decref(root);
+    return rc;
+}
+
+int nodes_merge_value(struct nodes *t, struct json_t *root)
+{
+    json_t *arr;
     uint64_t dropped;
     size_t n;
     int rc = 0;
 
     if (!root || !json_is_object(root) || !(arr = json_object_get(root, "instances")) ||
-        !json_is_array(arr) || !get_u64(root, "instances_dropped", &dropped)) {
-        json_decref(root);
+        !json_is_array(arr) || !get_u64(root, "instances_dropped", &dropped))
         return -EINVAL;
-    }
-    /* Validate everything before touching t, so a bad answer changes nothing. */
+    /* More than any table holds: not a replica's table. */
     n = json_array_size(arr);
+    if (n > t->max)
+        return -EINVAL;
+    /* Validate everything before touching t, so a bad answer changes nothing. */
     struct inst *v = calloc(n ? n : 1, sizeof(*v));
-    if (!v) {
-        json_decref(root);
+    if (!v)
         return -ENOMEM;
-    }
     for (size_t i = 0; i < n && !rc; i++) {
         json_t *o = json_array_get(arr, i);
         struct inst *r = &v[i];
@@ -391,11 +422,10 @@ int nodes_merge_json(struct nodes *t, const char *json, size_t len)
         pthread_mutex_lock(&t->lock);
         for (size_t i = 0; i < n; i++)
             merge_one(t, &v[i]);
-        t->dropped += dropped;
+        t->dropped = sat_add(t->dropped, dropped);
         pthread_mutex_unlock(&t->lock);
     }
     free(v);
-    json_decref(root);
     return rc;
 }
 
@@ -420,11 +450,11 @@ void nodes_write_json(struct nodes *t, struct buf *out, uint64_t now_ns, uint64_
         uint64_t pod_seen = 0;
         size_t j = i;
         for (; j < n && strcmp(v[j].node, v[i].node) == 0; j++) {
-            events += v[j].events;
-            batches += v[j].batches;
-            lost += inst_lost(&v[j]);
-            adrops += v[j].agent_drops;
-            kdrops += v[j].kernel_drops;
+            events = sat_add(events, v[j].events);
+            batches = sat_add(batches, v[j].batches);
+            lost = sat_add(lost, inst_lost(&v[j]));
+            adrops = sat_add(adrops, v[j].agent_drops);
+            kdrops = sat_add(kdrops, v[j].kernel_drops);
             if (v[j].last_seen_ns > last)
                 last = v[j].last_seen_ns;
             if (v[j].pod_name && (!pod || v[j].last_seen_ns >= pod_seen)) {
@@ -473,11 +503,11 @@ void nodes_get_totals(struct nodes *t, struct nodes_totals *out)
         for (size_t i = 0; i < n; i++) {
             if (i == 0 || strcmp(v[i].node, v[i - 1].node))
                 out->nodes++;
-            out->batches += v[i].batches;
-            out->events += v[i].events;
-            out->lost_batches += inst_lost(&v[i]);
-            out->agent_drops += v[i].agent_drops;
-            out->kernel_drops += v[i].kernel_drops;
+            out->batches = sat_add(out->batches, v[i].batches);
+            out->events = sat_add(out->events, v[i].events);
+            out->lost_batches = sat_add(out->lost_batches, inst_lost(&v[i]));
+            out->agent_drops = sat_add(out->agent_drops, v[i].agent_drops);
+            out->kernel_drops = sat_add(out->kernel_drops, v[i].kernel_drops);
         }
         out->instances = n;
     }

@@ -298,6 +298,57 @@ Test(nodes, bad_exchange_json_changes_nothing)
     nodes_free(t);
 }
 
+Test(nodes, a_peer_claiming_huge_counters_saturates_never_wraps)
+{
+    struct nodes *t = nodes_new(16);
+    static const char big[] =
+        "{\"instances_dropped\":9223372036854775807,\"instances\":[{\"node\":\"n1\","
+        "\"instance\":\"z\",\"batches\":9223372036854775807,\"events\":9223372036854775807,"
+        "\"min_seq\":1,\"max_seq\":9223372036854775807,\"agent_drops\":9223372036854775807}]}";
+
+    observe(t, "n1", "a", 1, 0, 5, 10, T0);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(nodes_merge_json(t, big, strlen(big)), 0);
+    struct nodes_totals tot;
+    nodes_get_totals(t, &tot);
+    cr_assert_eq(tot.batches, (uint64_t)INT64_MAX);
+    cr_assert_eq(tot.events, (uint64_t)INT64_MAX);
+    cr_assert_eq(tot.agent_drops, (uint64_t)INT64_MAX);
+    cr_assert_eq(tot.instances_dropped, (uint64_t)INT64_MAX);
+    /* Both views stay readable by a signed 64-bit JSON reader, and merge back. */
+    json_t *j = view(t, T0, 60 * SEC);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(j, "n1"), "events")),
+                 INT64_MAX);
+    json_decref(j);
+    struct buf b;
+    buf_init(&b);
+    nodes_to_json(t, &b);
+    struct nodes *u = nodes_new(16);
+    cr_assert_eq(nodes_merge_json(u, b.data, b.len), 0, "%s", b.data);
+    buf_free(&b);
+    nodes_free(u);
+    nodes_free(t);
+}
+
+Test(nodes, oversized_exchange_json_is_refused)
+{
+    struct nodes *t = nodes_new(2);
+    char name[1100], doc[1400];
+
+    memset(name, 'n', sizeof(name) - 1);
+    name[sizeof(name) - 1] = '\0';
+    snprintf(doc, sizeof(doc), "{\"instances\":[{\"node\":\"%s\",\"instance\":\"x\"}]}", name);
+    cr_assert_eq(nodes_merge_json(t, doc, strlen(doc)), -EINVAL, "a 1 KiB node name");
+    static const char three[] = "{\"instances\":[{\"node\":\"a\",\"instance\":\"x\"},"
+                                "{\"node\":\"b\",\"instance\":\"x\"},"
+                                "{\"node\":\"c\",\"instance\":\"x\"}]}";
+    cr_assert_eq(nodes_merge_json(t, three, strlen(three)), -EINVAL, "more than the table holds");
+    struct nodes_totals tot;
+    nodes_get_totals(t, &tot);
+    cr_assert_eq(tot.instances, 0);
+    nodes_free(t);
+}
+
 Test(nodes, empty_table)
 {
     struct nodes *t = nodes_new(0);

@@ -262,9 +262,21 @@ struct cluster_view {
     json_t *nodes;    /* nodes_write_json() of the merged table */
     struct nodes_totals nt;
     unsigned active, stale;
+    uint64_t invalid_answers; /* peers' answers rejected since start */
 };
 
-/* Adds src's integers into dst, recursing into objects (reals: keeps the larger). */
+/* a + b for counters: negatives count as 0, the sum saturates at INT64_MAX. */
+static json_int_t sat_sum(json_int_t a, json_int_t b)
+{
+    uint64_t s = (uint64_t)(a > 0 ? a : 0) + (uint64_t)(b > 0 ? b : 0); /* < 2^64 */
+    return s > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)s;
+}
+
+/*
+ * Adds src's integers into dst, recursing into objects (reals: keeps the
+ * larger). Only dst's keys, with their types, are summed: what this replica
+ * does not count itself (a newer peer's counter, or a made-up one) is left out.
+ */
 static void json_sum_into(json_t *dst, json_t *src)
 {
     const char *key;
@@ -274,9 +286,9 @@ static void json_sum_into(json_t *dst, json_t *src)
     {
         json_t *d = json_object_get(dst, key);
         if (d == NULL) {
-            json_object_set_new(dst, key, json_deep_copy(v));
+            continue;
         } else if (json_is_integer(d) && json_is_integer(v)) {
-            json_integer_set(d, json_integer_value(d) + json_integer_value(v));
+            json_integer_set(d, sat_sum(json_integer_value(d), json_integer_value(v)));
         } else if (json_is_real(d) && json_is_real(v)) {
             if (json_real_value(v) > json_real_value(d))
                 json_real_set(d, json_real_value(v));
@@ -286,44 +298,82 @@ static void json_sum_into(json_t *dst, json_t *src)
     }
 }
 
-/* Folds one replica's stats answer into the view; merged holds the node tables. */
-static void view_add(struct cluster_view *v, struct nodes *merged, const char *text, size_t len)
+/* Sets key to o's key when it is of the kind is() accepts. */
+static void copy_if(json_t *dst, const char *key, json_t *o, int (*is)(const json_t *))
 {
-    json_t *root = json_loadb(text, len, 0, NULL);
+    json_t *v = json_object_get(o, key);
+    if (v != NULL && is(v))
+        json_object_set(dst, key, v);
+}
+
+static int is_integer(const json_t *j)
+{
+    return json_is_integer(j);
+}
+
+static int is_number(const json_t *j)
+{
+    return json_is_number(j);
+}
+
+static int is_boolean(const json_t *j)
+{
+    return json_is_boolean(j);
+}
+
+/*
+ * Folds one replica's stats answer (checked by cluster.c, or this replica's
+ * own, which comes first and sets which counters are summed) into the view.
+ */
+static void view_add(struct cluster_view *v, json_t *root, bool own)
+{
     json_t *counters = json_object_get(root, "counters");
-    json_t *nodes = json_object_get(root, "nodes");
     json_t *error = json_object_get(root, "error");
     json_t *entry = json_object();
 
-    if (root == NULL || entry == NULL)
-        goto out;
+    if (entry == NULL)
+        return;
     json_object_set(entry, "replica", json_object_get(root, "replica"));
     if (json_is_object(counters)) {
-        json_sum_into(v->totals, counters);
-        json_object_set(entry, "connected", json_object_get(root, "connected"));
-        json_object_set(entry, "batches", json_object_get(counters, "batches"));
-        json_object_set(entry, "events", json_object_get(counters, "events"));
-        json_object_set(entry, "uptime_seconds", json_object_get(counters, "uptime_seconds"));
+        if (own) {
+            /* A copy: the sums must not change this replica's own entry. */
+            json_t *copy = json_deep_copy(counters);
+            json_object_update(v->totals, copy);
+            json_decref(copy);
+        } else
+            json_sum_into(v->totals, counters);
+        copy_if(entry, "connected", root, is_boolean);
+        copy_if(entry, "batches", counters, is_integer);
+        copy_if(entry, "events", counters, is_integer);
+        copy_if(entry, "uptime_seconds", counters, is_number);
     }
     if (json_is_string(error))
         json_object_set(entry, "error", error);
-    if (json_is_object(nodes)) {
-        char *s = json_dumps(nodes, JSON_COMPACT);
-        if (s == NULL || nodes_merge_json(merged, s, strlen(s)) < 0)
-            json_object_set_new(entry, "error", json_string("could not merge its node table"));
-        free(s);
-    }
-    json_array_append(v->replicas, entry);
-out:
-    json_decref(entry);
-    json_decref(root);
+    json_array_append_new(v->replicas, entry);
+}
+
+/* This replica's own stats answer, as cluster.c hands over the peers'. */
+static json_t *own_stats(struct aggregator *a)
+{
+    struct buf b;
+    json_t *root = NULL, *counters;
+
+    buf_init(&b);
+    ingest_counters_json(a, &b);
+    counters = b.oom ? NULL : json_loadb(b.data, b.len, 0, NULL);
+    if (counters != NULL)
+        root = json_pack("{s:s,s:b,s:o}", "replica", a->replica, "connected", bus_connected(a->bus),
+                         "counters", counters);
+    buf_free(&b);
+    return root;
 }
 
 /* Gathers every replica's stats and merges them. 0 or -ENOMEM. */
 static int view_gather(struct aggregator *a, struct cluster_view *v)
 {
-    struct cluster_stats st;
+    struct cluster_stats st = {0};
     struct nodes *merged = nodes_new(AGGREGATOR_MAX_INSTANCES);
+    json_t *own = NULL;
     struct buf b;
     int rc = 0;
 
@@ -331,21 +381,22 @@ static int view_gather(struct aggregator *a, struct cluster_view *v)
     v->totals = json_object();
     v->replicas = json_array();
     buf_init(&b);
-    cluster_gather_stats(a->cluster, &st);
-    v->answered = st.answered;
-    v->expected = st.expected;
     if (merged == NULL || v->totals == NULL || v->replicas == NULL) {
         rc = -ENOMEM;
         goto out;
     }
-    cluster_stats_json(a, &b);
-    if (b.oom) {
+    cluster_gather_stats(a->cluster, merged, &st);
+    v->answered = st.answered;
+    v->expected = st.expected;
+    v->invalid_answers = cluster_invalid_answers(a->cluster);
+    /* This replica's own counters come first: they set which keys are summed. */
+    if ((own = own_stats(a)) == NULL || nodes_merge(merged, a->nodes) < 0) {
         rc = -ENOMEM;
         goto out;
     }
-    view_add(v, merged, b.data, b.len);
+    view_add(v, own, true);
     for (size_t i = 0; i < st.count; i++)
-        view_add(v, merged, st.replies[i], strlen(st.replies[i]));
+        view_add(v, st.replies[i], false);
 
     buf_reset(&b);
     nodes_write_json(merged, &b, api_now_ns(), a->cfg.stale_after_ns);
@@ -366,6 +417,7 @@ static int view_gather(struct aggregator *a, struct cluster_view *v)
             v->stale++;
     }
 out:
+    json_decref(own);
     buf_free(&b);
     nodes_free(merged);
     cluster_stats_free(&st);
@@ -387,7 +439,7 @@ static uint64_t total_u64(json_t *totals, const char *key)
 
 static void json_set_u64(json_t *o, const char *key, uint64_t v)
 {
-    json_object_set_new(o, key, json_integer((json_int_t)v));
+    json_object_set_new(o, key, json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v));
 }
 
 /* Serialises root (stolen) as the response body. */
@@ -405,8 +457,9 @@ static void respond_json(struct http_response *res, json_t *root)
 
 static json_t *replicas_json(const struct cluster_view *v)
 {
-    return json_pack("{s:i,s:i,s:O}", "answered", (json_int_t)v->answered, "expected",
-                     (json_int_t)v->expected, "list", v->replicas);
+    return json_pack("{s:i,s:i,s:I,s:O}", "answered", (json_int_t)v->answered, "expected",
+                     (json_int_t)v->expected, "invalid_answers", (json_int_t)v->invalid_answers,
+                     "list", v->replicas);
 }
 
 static void stats_answer(struct aggregator *a, const struct http_request *req,
@@ -432,12 +485,12 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     json_t *t = v.totals;
     json_t *hist = json_object_get(t, "history");
     json_t *rejected = json_object_get(t, "rejected");
-    uint64_t rejected_total = 0;
+    json_int_t rejected_total = 0;
     const char *key;
     json_t *val;
     json_object_foreach(rejected, key, val)
     {
-        rejected_total += (uint64_t)json_integer_value(val);
+        rejected_total = sat_sum(rejected_total, json_integer_value(val));
     }
     json_object_set_new(root, "replica", json_string(a->replica));
     json_object_set_new(root, "replicas", replicas_json(&v));
@@ -455,12 +508,13 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     json_set_u64(root, "instances", v.nt.instances);
     json_set_u64(root, "instances_dropped", v.nt.instances_dropped);
     json_object_set(root, "rejected", rejected);
-    json_set_u64(root, "rejected_total", rejected_total);
+    json_set_u64(root, "rejected_total", (uint64_t)rejected_total);
     json_set_u64(root, "bus_dropped", total_u64(t, "bus_dropped"));
     json_set_u64(root, "store_failed", total_u64(t, "store_failed"));
     json_object_set(root, "history", hist);
     json_set_u64(root, "evictions",
-                 total_u64(hist, "evicted_count") + total_u64(hist, "evicted_age"));
+                 (uint64_t)sat_sum(json_integer_value(json_object_get(hist, "evicted_count")),
+                                   json_integer_value(json_object_get(hist, "evicted_age"))));
     json_object_set_new(root, "bus",
                         json_pack("{s:b,s:s,s:I,s:I,s:I,s:s}", "connected", bs.connected, "server",
                                   bs.server, "disconnects", (json_int_t)bs.disconnects,
@@ -605,6 +659,9 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                    "Replicas this one expects to answer (itself included).", v.expected);
         api_metric(b, "ebpf_aggregator_replicas_answered", "gauge",
                    "Replicas that answered the gather behind these metrics.", v.answered);
+        api_metric(b, "ebpf_aggregator_invalid_answers_total", "counter",
+                   "Peers' answers ignored as malformed (bad types, ranges or replica id).",
+                   v.invalid_answers);
         node_metric(b, "ebpf_aggregator_node_events",
                     "Events received from each node, all replicas.", v.nodes, "events");
         node_metric(b, "ebpf_aggregator_node_batches",

@@ -33,6 +33,10 @@
 #define CLUSTER_LEAVE_FLUSH_MS     1000
 #define CLUSTER_SUBSCRIBE_FLUSH_MS 1000
 #define CLUSTER_CLOSE_WAIT_MS      2000
+#define CLUSTER_COUNTERS_MAX_KEYS  256 /* per object of a stats answer's counters */
+#define CLUSTER_COUNTERS_MAX_DEPTH 3
+#define CLUSTER_KEY_MAX            64  /* bytes of a counter's name */
+#define CLUSTER_ERROR_MAX          512 /* bytes of a peer's error message */
 
 /* A gather waiting for replies on <reply_prefix>.<token>. */
 struct reply_waiter {
@@ -70,6 +74,8 @@ struct cluster {
     bool left;
     pthread_t thread;
     bool thread_started;
+
+    uint64_t invalid_answers; /* atomic: peers' answers rejected as malformed */
 };
 
 static uint64_t mono_ms(void)
@@ -214,6 +220,60 @@ static void *cluster_main(void *arg)
 
 /* ---- scatter-gather ---- */
 
+/* The replicas whose answer one gather has counted. */
+struct answer_set {
+    char ids[CLUSTER_MAX_PEERS][AGGREGATOR_REPLICA_ID_LEN];
+    size_t n;
+};
+
+static bool peer_live(struct cluster *c, const char *id)
+{
+    pthread_mutex_lock(&c->lock);
+    bool live = peer_find(c, id) >= 0;
+    pthread_mutex_unlock(&c->lock);
+    return live;
+}
+
+/*
+ * Whether an answer in id's name may count: a live peer's, and its first in
+ * this gather (more would stand in for a peer not heard yet). NULL, or why not.
+ */
+static const char *answer_admit(struct cluster *c, const struct answer_set *seen, const char *id)
+{
+    if (id == NULL || !valid_replica_id(id))
+        return "no valid replica id";
+    if (strcmp(id, c->a->replica) == 0)
+        return "sent in this replica's name";
+    for (size_t i = 0; i < seen->n; i++)
+        if (strcmp(seen->ids[i], id) == 0)
+            return "a second answer from one replica";
+    if (!peer_live(c, id))
+        return "not from a live peer";
+    return NULL;
+}
+
+static void answer_record(struct answer_set *seen, const char *id)
+{
+    if (seen->n < CLUSTER_MAX_PEERS)
+        snprintf(seen->ids[seen->n++], sizeof(seen->ids[0]), "%s", id);
+}
+
+/* Counts a rejected answer; logged once and then every 1000th, so a flood cannot fill logs. */
+static void answer_reject(struct cluster *c, const char *kind, const char *id, const char *why)
+{
+    uint64_t n = __atomic_add_fetch(&c->invalid_answers, 1, __ATOMIC_RELAXED);
+
+    if (n == 1 || n % 1000 == 0)
+        fprintf(stderr,
+                "ebpf-aggregator: ignored a %s answer from %s: %s (%" PRIu64 " invalid so far)\n",
+                kind, id != NULL && valid_replica_id(id) ? id : "an unknown sender", why, n);
+}
+
+uint64_t cluster_invalid_answers(struct cluster *c)
+{
+    return c != NULL ? __atomic_load_n(&c->invalid_answers, __ATOMIC_RELAXED) : 0;
+}
+
 /* Handles one reply; returns true when it counts as an answer. */
 typedef bool (*gather_reply_fn)(void *ctx, natsMsg *m);
 
@@ -342,7 +402,9 @@ int cluster_merge(struct cluster_source *src, size_t nsrc, uint32_t limit,
         limit = QUERY_LIMIT_DEFAULT;
     for (size_t s = 0; s < nsrc; s++) {
         total += src[s].count;
-        total_count += src[s].total_count;
+        /* Saturating: a peer may claim any count. */
+        uint64_t tc = src[s].total_count < INT64_MAX ? src[s].total_count : INT64_MAX;
+        total_count = total_count > INT64_MAX - tc ? INT64_MAX : total_count + tc;
         if (!src[s].has_more)
             continue;
         any_more = true;
@@ -408,26 +470,35 @@ void cluster_events_free(struct cluster_events *e)
 
 /* The peers' answers to one query, decoded. */
 struct query_gather {
+    struct cluster *c;
     struct cluster_source *src;
     size_t count, cap;
     int error; /* -ENOMEM seen */
+    struct answer_set seen;
 };
 
 static bool on_query_reply(void *ctx, natsMsg *m)
 {
     struct query_gather *g = ctx;
-    Ebpfmonitor__QueryReply *r = ebpfmonitor__query_reply__unpack(
-        NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
+    int len = natsMsg_GetDataLength(m);
+    Ebpfmonitor__QueryReply *r;
     struct cluster_source s = {0};
+    const char *why;
     char err[128];
 
-    if (r == NULL)
+    if (len <= 0)
+        return false; /* not an answer (e.g. an empty "no responders" status message) */
+    r = ebpfmonitor__query_reply__unpack(NULL, (size_t)len, (const uint8_t *)natsMsg_GetData(m));
+    if (r == NULL) {
+        answer_reject(g->c, "query", NULL, "not a QueryReply");
         return false;
-    if (r->replica == NULL || r->replica[0] == '\0') {
-        /* Not an answer (e.g. an empty "no responders" status message). */
+    }
+    if ((why = answer_admit(g->c, &g->seen, r->replica)) != NULL) {
+        answer_reject(g->c, "query", r->replica, why);
         ebpfmonitor__query_reply__free_unpacked(r, NULL);
         return false;
     }
+    answer_record(&g->seen, r->replica);
     if (r->error != NULL && r->error[0]) {
         fprintf(stderr, "ebpf-aggregator: replica %s could not run the query: %s\n", r->replica,
                 r->error);
@@ -462,7 +533,7 @@ nomem:
 int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct query *q,
                   struct cluster_events *out)
 {
-    struct query_gather g = {0};
+    struct query_gather g = {.c = c};
     struct store_result own;
     unsigned peers = cluster_expected(c) - 1;
     unsigned answered = 0;
@@ -665,34 +736,116 @@ done:
     natsMsg_Destroy(msg);
 }
 
-static bool on_stats_reply(void *ctx, natsMsg *m)
+/* Counters: objects of non-negative integers and reals, bounded in keys and depth. */
+static bool counters_valid(json_t *o, int depth)
 {
-    struct cluster_stats *st = ctx;
-    int len = natsMsg_GetDataLength(m);
-    const char *data = natsMsg_GetData(m);
-    char **p;
+    const char *key;
+    json_t *v;
 
-    if (len <= 0 || data[0] != '{')
+    if (!json_is_object(o) || depth > CLUSTER_COUNTERS_MAX_DEPTH ||
+        json_object_size(o) > CLUSTER_COUNTERS_MAX_KEYS)
         return false;
-    p = realloc(st->replies, (st->count + 1) * sizeof(*p));
-    if (p == NULL)
-        return true;
-    st->replies = p;
-    if ((p[st->count] = strndup(data, (size_t)len)) != NULL)
-        st->count++;
+    json_object_foreach(o, key, v)
+    {
+        if (strlen(key) > CLUSTER_KEY_MAX)
+            return false;
+        if (json_is_integer(v)) {
+            if (json_integer_value(v) < 0)
+                return false;
+        } else if (json_is_real(v)) {
+            if (!(json_real_value(v) >= 0))
+                return false;
+        } else if (!counters_valid(v, depth + 1)) {
+            return false;
+        }
+    }
     return true;
 }
 
-int cluster_gather_stats(struct cluster *c, struct cluster_stats *out)
+/* What is wrong with a stats answer's shape (see cluster_stats_json()), or NULL. */
+static const char *stats_answer_check(json_t *root)
+{
+    json_t *error = json_object_get(root, "error");
+
+    if (error != NULL)
+        return json_is_string(error) && json_string_length(error) <= CLUSTER_ERROR_MAX
+                   ? NULL
+                   : "error is not a short string";
+    if (!json_is_boolean(json_object_get(root, "connected")))
+        return "connected is not true or false";
+    if (!counters_valid(json_object_get(root, "counters"), 0))
+        return "counters are not objects of non-negative numbers";
+    if (!json_is_object(json_object_get(root, "nodes")))
+        return "no node table";
+    return NULL;
+}
+
+/* The peers' answers to one stats request, checked. */
+struct stats_gather {
+    struct cluster *c;
+    struct cluster_stats *out;
+    struct nodes *nodes; /* the accepted answers' node tables are merged here */
+    struct answer_set seen;
+};
+
+static bool on_stats_reply(void *ctx, natsMsg *m)
+{
+    struct stats_gather *g = ctx;
+    int len = natsMsg_GetDataLength(m);
+    json_t *root;
+    const char *id, *why;
+    json_t **p;
+
+    if (len <= 0)
+        return false; /* not an answer (e.g. an empty "no responders" status message) */
+    root = json_loadb(natsMsg_GetData(m), (size_t)len, JSON_REJECT_DUPLICATES, NULL);
+    id = json_string_value(json_object_get(root, "replica"));
+    if (!json_is_object(root))
+        why = "not a JSON object";
+    else if ((why = answer_admit(g->c, &g->seen, id)) == NULL)
+        why = stats_answer_check(root);
+    if (why == NULL && json_object_get(root, "error") == NULL) {
+        /* All or nothing: a malformed table changes nothing. */
+        int rc = nodes_merge_value(g->nodes, json_object_get(root, "nodes"));
+        if (rc == -EINVAL)
+            why = "a malformed node table";
+        else if (rc < 0)
+            json_object_set_new(root, "error", json_string("could not merge its node table"));
+    }
+    if (why != NULL) {
+        answer_reject(g->c, "stats", id, why);
+        json_decref(root);
+        return false;
+    }
+    answer_record(&g->seen, id);
+    json_object_del(root, "nodes"); /* merged */
+    p = realloc(g->out->replies, (g->out->count + 1) * sizeof(*p));
+    if (p == NULL) {
+        json_decref(root);
+        return true;
+    }
+    g->out->replies = p;
+    p[g->out->count++] = root;
+    return true;
+}
+
+int cluster_gather_stats(struct cluster *c, struct nodes *nodes, struct cluster_stats *out)
 {
     unsigned peers = cluster_expected(c) - 1;
     unsigned answered = 0;
 
     memset(out, 0, sizeof(*out));
     if (peers > 0) {
+        struct stats_gather *g = calloc(1, sizeof(*g)); /* the answer set is 4 KiB */
         char req[64];
         int n = snprintf(req, sizeof(req), "{\"replica\":\"%s\"}", c->a->replica);
-        answered = gather(c, c->subj_stats, req, (size_t)n, peers, on_stats_reply, out);
+        if (g != NULL) {
+            g->c = c;
+            g->out = out;
+            g->nodes = nodes;
+            answered = gather(c, c->subj_stats, req, (size_t)n, peers, on_stats_reply, g);
+        }
+        free(g);
     }
     out->answered = 1 + answered;
     out->expected = 1 + peers;
@@ -704,7 +857,7 @@ int cluster_gather_stats(struct cluster *c, struct cluster_stats *out)
 void cluster_stats_free(struct cluster_stats *s)
 {
     for (size_t i = 0; i < s->count; i++)
-        free(s->replies[i]);
+        json_decref(s->replies[i]);
     free(s->replies);
     s->replies = NULL;
     s->count = 0;
