@@ -75,7 +75,8 @@ struct cluster {
     pthread_t thread;
     bool thread_started;
 
-    uint64_t invalid_answers; /* atomic: peers' answers rejected as malformed */
+    uint64_t invalid_answers;    /* atomic: peers' answers rejected as malformed */
+    struct aggregator_gate gate; /* every callback: cluster_free() waits for them */
 };
 
 static uint64_t mono_ms(void)
@@ -125,9 +126,8 @@ static void peer_remove(struct cluster *c, size_t i)
     c->peers[i] = c->peers[--c->npeers];
 }
 
-static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+static void handle_heartbeat(struct cluster *c, natsMsg *msg)
 {
-    struct cluster *c = closure;
     json_t *root = json_loadb(natsMsg_GetData(msg), natsMsg_GetDataLength(msg), 0, NULL);
     const char *id = json_string_value(json_object_get(root, "replica"));
     bool leaving = json_is_true(json_object_get(root, "leaving"));
@@ -159,7 +159,23 @@ static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     }
 out:
     json_decref(root);
-    natsMsg_Destroy(msg);
+}
+
+/* Runs handle unless cluster_free() has closed the gate; frees msg. */
+#define GATED(c, msg, handle)                                                                      \
+    do {                                                                                           \
+        if (aggregator_gate_enter(&(c)->gate)) {                                                   \
+            handle;                                                                                \
+            aggregator_gate_leave(&(c)->gate);                                                     \
+        }                                                                                          \
+        natsMsg_Destroy(msg);                                                                      \
+    } while (0)
+
+static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct cluster *c = closure;
+
+    GATED(c, msg, handle_heartbeat(c, msg));
 }
 
 static void prune_peers(struct cluster *c)
@@ -281,6 +297,11 @@ typedef bool (*gather_reply_fn)(void *ctx, natsMsg *m);
 static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     struct cluster *c = closure;
+
+    if (!aggregator_gate_enter(&c->gate)) {
+        natsMsg_Destroy(msg);
+        return;
+    }
     const char *subject = natsMsg_GetSubject(msg);
     const char *dot = subject != NULL ? strrchr(subject, '.') : NULL;
     uint64_t token = dot != NULL ? strtoull(dot + 1, NULL, 10) : 0;
@@ -303,6 +324,7 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
         break;
     }
     pthread_mutex_unlock(&c->reply_lock);
+    aggregator_gate_leave(&c->gate);
     /* A late reply (its gather gave up) or no memory. */
     natsMsg_Destroy(msg);
 }
@@ -653,9 +675,8 @@ static void flush_reply(natsConnection *nc, natsSubscription *sub)
     natsConnection_FlushTimeout(nc, 1000);
 }
 
-static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+static void handle_query(struct cluster *c, natsConnection *nc, natsSubscription *sub, natsMsg *msg)
 {
-    struct cluster *c = closure;
     const char *reply = natsMsg_GetReply(msg);
     json_t *root = json_loadb(natsMsg_GetData(msg), natsMsg_GetDataLength(msg), 0, NULL);
     const char *id = json_string_value(json_object_get(root, "replica"));
@@ -686,7 +707,13 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 done:
     buf_free(&out);
     json_decref(root);
-    natsMsg_Destroy(msg);
+}
+
+static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct cluster *c = closure;
+
+    GATED(c, msg, handle_query(c, nc, sub, msg));
 }
 
 /* ---- stats ---- */
@@ -705,9 +732,8 @@ void cluster_stats_json(struct aggregator *a, struct buf *out)
     buf_putc(out, '}');
 }
 
-static void on_stats(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+static void handle_stats(struct cluster *c, natsConnection *nc, natsSubscription *sub, natsMsg *msg)
 {
-    struct cluster *c = closure;
     const char *reply = natsMsg_GetReply(msg);
     json_t *root = json_loadb(natsMsg_GetData(msg), natsMsg_GetDataLength(msg), 0, NULL);
     const char *id = json_string_value(json_object_get(root, "replica"));
@@ -733,7 +759,13 @@ static void on_stats(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 done:
     buf_free(&out);
     json_decref(root);
-    natsMsg_Destroy(msg);
+}
+
+static void on_stats(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct cluster *c = closure;
+
+    GATED(c, msg, handle_stats(c, nc, sub, msg));
 }
 
 /* Counters: objects of non-negative integers and reals, bounded in keys and depth. */
@@ -888,6 +920,8 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
              a->cfg.queue_group);
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->reply_lock, NULL);
+    pthread_mutex_init(&c->gate.lock, NULL);
+    pthread_cond_init(&c->gate.idle, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&c->wake, &ca);
@@ -960,6 +994,7 @@ void cluster_leave(struct cluster *c)
 void cluster_free(struct cluster *c)
 {
     natsSubscription *subs[4];
+    bool stopped = true;
 
     if (c == NULL)
         return;
@@ -970,7 +1005,16 @@ void cluster_free(struct cluster *c)
     subs[3] = c->reply_sub;
     /* Waits for a callback still running, which uses c. */
     for (size_t i = 0; i < 4; i++)
-        aggregator_sub_close(subs[i], c->nc, false, CLUSTER_CLOSE_WAIT_MS);
+        stopped &= aggregator_sub_close(subs[i], c->nc, false, CLUSTER_CLOSE_WAIT_MS);
+    /* From here no callback touches the store, the nodes or the bus, stopped or not. */
+    aggregator_gate_close(&c->gate);
+    if (!stopped) {
+        /* A callback may still be scheduled, and it reads c->gate: keep c. */
+        fprintf(stderr, "ebpf-aggregator: leaving the cluster state allocated\n");
+        return;
+    }
+    pthread_cond_destroy(&c->gate.idle);
+    pthread_mutex_destroy(&c->gate.lock);
     pthread_cond_destroy(&c->wake);
     pthread_mutex_destroy(&c->reply_lock);
     pthread_mutex_destroy(&c->lock);
