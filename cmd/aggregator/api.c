@@ -257,11 +257,11 @@ static void events_answer(struct aggregator *a, const struct http_request *req,
 
 struct cluster_view {
     unsigned answered, expected;
-    json_t *totals;   /* counters summed over the replicas that answered */
-    json_t *replicas; /* [{"replica":..,"connected":..,"batches":..,"events":..}] */
-    json_t *nodes;    /* nodes_write_json() of the merged table */
+    json_t *totals;        /* counters summed over the replicas that answered */
+    json_t *replicas;      /* [{"replica":..,"connected":..,"batches":..,"events":..}] */
+    struct buf nodes_text; /* nodes_write_json() of the merged table */
+    json_t *nodes;         /* nodes_text parsed, by view_nodes() (only /metrics needs it) */
     struct nodes_totals nt;
-    unsigned active, stale;
     uint64_t invalid_answers; /* peers' answers rejected since start */
 };
 
@@ -374,13 +374,12 @@ static int view_gather(struct aggregator *a, struct cluster_view *v)
     struct cluster_stats st = {0};
     struct nodes *merged = nodes_new(AGGREGATOR_MAX_INSTANCES);
     json_t *own = NULL;
-    struct buf b;
     int rc = 0;
 
     memset(v, 0, sizeof(*v));
     v->totals = json_object();
     v->replicas = json_array();
-    buf_init(&b);
+    buf_init(&v->nodes_text);
     if (merged == NULL || v->totals == NULL || v->replicas == NULL) {
         rc = -ENOMEM;
         goto out;
@@ -398,27 +397,12 @@ static int view_gather(struct aggregator *a, struct cluster_view *v)
     for (size_t i = 0; i < st.count; i++)
         view_add(v, st.replies[i], false);
 
-    buf_reset(&b);
-    nodes_write_json(merged, &b, api_now_ns(), a->cfg.stale_after_ns);
-    nodes_get_totals(merged, &v->nt);
-    v->nodes = b.oom ? NULL : json_loadb(b.data, b.len, 0, NULL);
-    if (v->nodes == NULL) {
+    /* Written once as text: /api/stats and /api/nodes splice it into their answer. */
+    nodes_write_json(merged, &v->nodes_text, api_now_ns(), a->cfg.stale_after_ns, &v->nt);
+    if (v->nodes_text.oom)
         rc = -ENOMEM;
-        goto out;
-    }
-    const char *key;
-    json_t *n;
-    json_object_foreach(v->nodes, key, n)
-    {
-        const char *status = json_string_value(json_object_get(n, "status"));
-        if (status != NULL && strcmp(status, "active") == 0)
-            v->active++;
-        else
-            v->stale++;
-    }
 out:
     json_decref(own);
-    buf_free(&b);
     nodes_free(merged);
     cluster_stats_free(&st);
     return rc;
@@ -429,6 +413,15 @@ static void view_free(struct cluster_view *v)
     json_decref(v->totals);
     json_decref(v->replicas);
     json_decref(v->nodes);
+    buf_free(&v->nodes_text);
+}
+
+/* The merged node view as JSON values; NULL when out of memory. */
+static json_t *view_nodes(struct cluster_view *v)
+{
+    if (v->nodes == NULL && !v->nodes_text.oom && v->nodes_text.len > 0)
+        v->nodes = json_loadb(v->nodes_text.data, v->nodes_text.len, 0, NULL);
+    return v->nodes;
 }
 
 static uint64_t total_u64(json_t *totals, const char *key)
@@ -442,16 +435,25 @@ static void json_set_u64(json_t *o, const char *key, uint64_t v)
     json_object_set_new(o, key, json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v));
 }
 
-/* Serialises root (stolen) as the response body. */
-static void respond_json(struct http_response *res, json_t *root)
+/*
+ * Serialises root (stolen, a non-empty object) as the response body, with
+ * the node view appended as its "nodes" member: the view can be large, and
+ * parsing it into jansson only to print it again cost more than the rest.
+ */
+static void respond_json_nodes(struct http_response *res, json_t *root, const struct buf *nodes)
 {
     char *s = root ? json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
-    if (s == NULL) {
+    size_t len = s != NULL ? strlen(s) : 0;
+
+    if (len < 2 || s[len - 1] != '}' || nodes->oom || nodes->len == 0) {
         http_response_error(res, 500, "out of memory");
     } else {
-        buf_puts(&res->body, s);
-        free(s);
+        buf_append(&res->body, s, len - 1);
+        buf_puts(&res->body, ",\"nodes\":");
+        buf_append(&res->body, nodes->data, nodes->len);
+        buf_putc(&res->body, '}');
     }
+    free(s);
     json_decref(root);
 }
 
@@ -503,7 +505,6 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     json_set_u64(root, "lost_batches", v.nt.lost_batches);
     json_set_u64(root, "agent_drops", v.nt.agent_drops);
     json_set_u64(root, "kernel_drops", v.nt.kernel_drops);
-    json_object_set(root, "nodes", v.nodes);
     json_set_u64(root, "node_count", v.nt.nodes);
     json_set_u64(root, "instances", v.nt.instances);
     json_set_u64(root, "instances_dropped", v.nt.instances_dropped);
@@ -528,7 +529,7 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     json_object_set_new(root, "queries",
                         json_pack("{s:I,s:I}", "in_flight", (json_int_t)pool_in_flight(a),
                                   "rejected", (json_int_t)load(&a->queries_rejected)));
-    respond_json(res, root);
+    respond_json_nodes(res, root, &v.nodes_text);
     view_free(&v);
 }
 
@@ -547,15 +548,14 @@ static void nodes_answer(struct aggregator *a, const struct http_request *req,
         return;
     }
     json_t *root = json_object();
-    json_object_set(root, "nodes", v.nodes);
     json_set_u64(root, "count", v.nt.nodes);
-    json_set_u64(root, "active", v.active);
-    json_set_u64(root, "stale", v.stale);
+    json_set_u64(root, "active", v.nt.active);
+    json_set_u64(root, "stale", v.nt.stale);
     json_object_set_new(root, "replicas",
                         json_pack("{s:i,s:i}", "answered", (json_int_t)v.answered, "expected",
                                   (json_int_t)v.expected));
     json_object_set_new(root, "partial", json_boolean(is_partial(a, v.answered, v.expected)));
-    respond_json(res, root);
+    respond_json_nodes(res, root, &v.nodes_text);
     view_free(&v);
 }
 
@@ -654,7 +654,7 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                (api_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
 
     /* Per node, cluster-wide: only the merged tables can see sequence gaps. */
-    if (view_gather(a, &v) == 0) {
+    if (view_gather(a, &v) == 0 && view_nodes(&v) != NULL) {
         api_metric(b, "ebpf_aggregator_replicas_expected", "gauge",
                    "Replicas this one expects to answer (itself included).", v.expected);
         api_metric(b, "ebpf_aggregator_replicas_answered", "gauge",
