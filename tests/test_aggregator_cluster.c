@@ -780,6 +780,12 @@ Test(aggregator_cluster, a_fake_replica_cannot_corrupt_the_real_answers)
              20);
     fake_beat(fake);
     check_sane_stats(agg_port[0], "twenty copies of a valid answer", true, true);
+    /* A flood: more than there can be peers, queued faster than they are read. */
+    fake_set("{\"replica\":\"" FAKE_ID "\",\"connected\":true,\"counters\":{\"events\":0},"
+             "\"nodes\":{\"instances_dropped\":0,\"instances\":[]}}",
+             1000);
+    fake_beat(fake);
+    check_sane_stats(agg_port[0], "a thousand copies of a valid answer", true, false);
     j = get(agg_port[0], "/api/stats");
     check(jint(j, "total_events") == EVENTS_TOTAL, "copies: total_events %lld",
           jint(j, "total_events"));

@@ -37,6 +37,9 @@
 #define CLUSTER_COUNTERS_MAX_DEPTH 3
 #define CLUSTER_KEY_MAX            64  /* bytes of a counter's name */
 #define CLUSTER_ERROR_MAX          512 /* bytes of a peer's error message */
+/* Replies one gather holds undecoded: far above what peers send, a bound for a flood. */
+#define CLUSTER_QUEUE_MAX_MSGS  4096
+#define CLUSTER_QUEUE_MAX_BYTES (256u << 20)
 
 /* A gather waiting for replies on <reply_prefix>.<token>. */
 struct reply_waiter {
@@ -44,6 +47,7 @@ struct reply_waiter {
     uint64_t token;
     natsMsg **msgs; /* received, not yet handled by the gatherer */
     size_t nmsgs, cap;
+    size_t bytes; /* of msgs */
     pthread_cond_t cond;
 };
 
@@ -305,11 +309,18 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     const char *subject = natsMsg_GetSubject(msg);
     const char *dot = subject != NULL ? strrchr(subject, '.') : NULL;
     uint64_t token = dot != NULL ? strtoull(dot + 1, NULL, 10) : 0;
+    bool flood = false;
 
     pthread_mutex_lock(&c->reply_lock);
     for (struct reply_waiter *w = c->waiters; w != NULL; w = w->next) {
         if (w->token != token)
             continue;
+        /* Far more waiting than peers send: someone floods the inbox. */
+        size_t len = (size_t)natsMsg_GetDataLength(msg);
+        if (w->nmsgs >= CLUSTER_QUEUE_MAX_MSGS || w->bytes + len > CLUSTER_QUEUE_MAX_BYTES) {
+            flood = true;
+            break;
+        }
         if (w->nmsgs == w->cap) {
             size_t cap = w->cap ? w->cap * 2 : 4;
             natsMsg **p = realloc(w->msgs, cap * sizeof(*p));
@@ -319,13 +330,16 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
             w->cap = cap;
         }
         w->msgs[w->nmsgs++] = msg;
+        w->bytes += len;
         msg = NULL;
         pthread_cond_signal(&w->cond);
         break;
     }
     pthread_mutex_unlock(&c->reply_lock);
+    if (flood)
+        answer_reject(c, "queued", NULL, "too many answers waiting to be read");
     aggregator_gate_leave(&c->gate);
-    /* A late reply (its gather gave up) or no memory. */
+    /* A late reply (its gather gave up), a flood, or no memory. */
     natsMsg_Destroy(msg);
 }
 
@@ -364,6 +378,7 @@ static unsigned gather(struct cluster *c, const char *subject, const char *req, 
     while (s == NATS_OK && got < want) {
         if (w.nmsgs > 0) {
             natsMsg *m = w.msgs[--w.nmsgs];
+            w.bytes -= (size_t)natsMsg_GetDataLength(m);
             /* Decode without the lock: the delivery thread keeps queueing. */
             pthread_mutex_unlock(&c->reply_lock);
             if (fn(ctx, m))
