@@ -48,7 +48,8 @@ void buf_append(struct buf *b, const void *data, size_t len)
 {
     if (!buf_reserve(b, len))
         return;
-    memcpy(b->data + b->len, data, len);
+    if (len > 0) /* data may be NULL then */
+        memcpy(b->data + b->len, data, len);
     b->len += len;
     b->data[b->len] = '\0';
 }

@@ -30,25 +30,36 @@ void nodes_free(struct nodes *t);
 void nodes_observe(struct nodes *t, const struct event_batch_meta *meta, size_t events,
                    uint64_t now_ns);
 
-/* Serialises the table for another replica (JSON); nodes_merge_json adds one to t. */
+/*
+ * Serialises the table for another replica (JSON); nodes_merge_json adds one
+ * to t, nodes_merge_value the same already parsed (a jansson json_t). Both
+ * validate the whole table first (non-negative integers, names of at most
+ * 1024 bytes, no more records than t holds): a bad one changes nothing.
+ * Counters saturate at INT64_MAX. 0, -EINVAL or -ENOMEM.
+ */
 void nodes_to_json(struct nodes *t, struct buf *out);
-int nodes_merge_json(struct nodes *t, const char *json, size_t len); /* 0, -EINVAL, -ENOMEM */
+int nodes_merge_json(struct nodes *t, const char *json, size_t len);
+struct json_t;
+int nodes_merge_value(struct nodes *t, struct json_t *value);
 /* Adds src's records to dst (dst != src), as nodes_merge_json would. 0 or -ENOMEM. */
 int nodes_merge(struct nodes *dst, struct nodes *src);
+
+struct nodes_totals {
+    uint64_t nodes, instances, batches, events, lost_batches, agent_drops, kernel_drops;
+    uint64_t instances_dropped; /* evicted because the table was full */
+    uint64_t active, stale;     /* nodes by status (nodes_write_json() only) */
+};
 
 /*
  * Writes the merged view: {"<node>":{"events":..,"batches":..,"lost_batches":..,
  * "agent_drops":..,"kernel_drops":..,"last_seen":"RFC3339","status":"active|stale",
  * "instances":n[,"agent_pod_name":..,"agent_pod_namespace":..]}, ...}, nodes
  * sorted by name; counters summed over the node's instances.
- * stale_after_ns decides status.
+ * stale_after_ns decides status. totals (may be NULL) gets the same view's
+ * totals, without a second pass.
  */
-void nodes_write_json(struct nodes *t, struct buf *out, uint64_t now_ns, uint64_t stale_after_ns);
-
-struct nodes_totals {
-    uint64_t nodes, instances, batches, events, lost_batches, agent_drops, kernel_drops;
-    uint64_t instances_dropped; /* evicted because the table was full */
-};
+void nodes_write_json(struct nodes *t, struct buf *out, uint64_t now_ns, uint64_t stale_after_ns,
+                      struct nodes_totals *totals);
 void nodes_get_totals(struct nodes *t, struct nodes_totals *out);
 
 #endif

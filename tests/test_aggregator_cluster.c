@@ -13,6 +13,7 @@
 #include <nats/nats.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -580,6 +581,269 @@ Test(aggregator_cluster, a_killed_replica_makes_answers_partial_until_it_expires
     check(tu_mono_ms() - killed >= CLUSTER_PEER_TTL_MS - CLUSTER_HEARTBEAT_MS, "expired too early");
 }
 
+/* ---- a client that heartbeats as a replica and answers with whatever it likes ---- */
+
+#define FAKE_ID      "f0f0f0f0f0f0f0f0"
+#define CONTROL      "ebpf.control.ebpf-aggregator"
+#define FAKE_MAX_STR "9223372036854775807"
+
+static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *fake_answer; /* the stats answer; NULL: silent */
+static int fake_copies = 1;
+
+static void fake_on_stats(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    const char *reply = natsMsg_GetReply(msg);
+
+    pthread_mutex_lock(&fake_lock);
+    for (int i = 0; reply != NULL && fake_answer != NULL && i < fake_copies; i++)
+        natsConnection_PublishString(nc, reply, fake_answer);
+    pthread_mutex_unlock(&fake_lock);
+    natsConnection_Flush(nc);
+    natsMsg_Destroy(msg);
+}
+
+/* Its query answers are never a QueryReply. */
+static void fake_on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    static const char junk[] = "\xff\xff\xff\xff\x0f not protobuf";
+    const char *reply = natsMsg_GetReply(msg);
+
+    if (reply != NULL)
+        natsConnection_Publish(nc, reply, junk, sizeof(junk) - 1);
+    natsConnection_Flush(nc);
+    natsMsg_Destroy(msg);
+}
+
+static void fake_set(const char *answer, int copies)
+{
+    pthread_mutex_lock(&fake_lock);
+    free(fake_answer);
+    fake_answer = answer != NULL ? strdup(answer) : NULL;
+    fake_copies = copies;
+    pthread_mutex_unlock(&fake_lock);
+}
+
+static void fake_beat(natsConnection *nc)
+{
+    check(natsConnection_PublishString(nc, CONTROL ".heartbeat",
+                                       "{\"replica\":\"" FAKE_ID
+                                       "\",\"leaving\":false}") == NATS_OK,
+          "fake heartbeat");
+    natsConnection_Flush(nc);
+}
+
+static json_t *jget(json_t *o, const char *path)
+{
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", path);
+    json_t *cur = o;
+    for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok && cur;
+         tok = strtok_r(NULL, ".", &save))
+        cur = json_object_get(cur, tok);
+    return cur;
+}
+
+/*
+ * The real replicas' figures, whatever the fake sent; returns invalid_answers.
+ * all_routes: /api/nodes and /metrics too (each waits QUERY_TIMEOUT for an ignored fake).
+ */
+static json_int_t check_sane_stats(int port, const char *what, bool fake_counts, bool all_routes)
+{
+    json_t *j = get(port, "/api/stats");
+    json_int_t want_answered = fake_counts ? 3 : 2;
+
+    check(jint(j, "replicas.expected") == 3, "%s: expected %lld", what,
+          jint(j, "replicas.expected"));
+    check(jint(j, "replicas.answered") == want_answered, "%s: answered %lld", what,
+          jint(j, "replicas.answered"));
+    if (!fake_counts) {
+        check(jint(j, "total_events") == EVENTS_TOTAL, "%s: total_events %lld", what,
+              jint(j, "total_events"));
+        check(jint(j, "total_batches") == 19, "%s: total_batches %lld", what,
+              jint(j, "total_batches"));
+        check(jint(j, "events_by_type.exit") == EVENTS_TOTAL, "%s: events_by_type.exit", what);
+        check(jint(j, "rejected_total") == 0, "%s: rejected_total", what);
+        check(jint(j, "node_count") == 2, "%s: node_count %lld", what, jint(j, "node_count"));
+        check(json_object_size(jget(j, "nodes")) == 2, "%s: nodes", what);
+        check(jint(j, "lost_batches") == 1, "%s: lost_batches %lld", what, jint(j, "lost_batches"));
+    }
+    /* The real replicas' own entries are theirs, never summed with anything. */
+    json_int_t real_events = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(jget(j, "replicas.list"), i, e)
+    {
+        const char *id = json_string_value(json_object_get(e, "replica"));
+        check(id != NULL, "%s: every listed replica has an id", what);
+        if (strcmp(id, FAKE_ID) != 0)
+            real_events += json_integer_value(json_object_get(e, "events"));
+    }
+    check(real_events == EVENTS_TOTAL, "%s: the real replicas hold %lld events", what, real_events);
+    json_int_t invalid = jint(j, "replicas.invalid_answers");
+    json_decref(j);
+    if (!all_routes)
+        return invalid;
+
+    /* The other routes built from the same gather still answer. */
+    j = get(port, "/api/nodes");
+    check(jint(j, "count") == 2, "%s: /api/nodes count %lld", what, jint(j, "count"));
+    json_decref(j);
+    struct tu_http m = {0};
+    check(tu_http_get(port, "/metrics", NULL, &m) == 0 && m.status == 200, "%s: /metrics", what);
+    check(m.body != NULL && strstr(m.body, "ebpf_aggregator_invalid_answers_total ") != NULL,
+          "%s: invalid answers in /metrics", what);
+    tu_http_free(&m);
+    return invalid;
+}
+
+Test(aggregator_cluster, a_fake_replica_cannot_corrupt_the_real_answers)
+{
+    natsConnection *fake = NULL;
+    natsSubscription *ssub = NULL, *qsub = NULL;
+
+    publish_two_nodes();
+    check(wait_total_events(agg_port[0], EVENTS_TOTAL, 5000), "events never all ingested");
+    check(natsConnection_ConnectTo(&fake, nats_url) == NATS_OK, "fake connects");
+    check(natsConnection_Subscribe(&ssub, fake, CONTROL ".stats", fake_on_stats, NULL) == NATS_OK &&
+              natsConnection_Subscribe(&qsub, fake, CONTROL ".query", fake_on_query, NULL) ==
+                  NATS_OK,
+          "fake subscribes");
+    natsConnection_Flush(fake);
+    fake_beat(fake);
+    check(wait_expected(agg_port[0], 3, 3000), "the fake is taken for a replica");
+
+    static char many_keys[16384], long_name[4096];
+    size_t n = (size_t)snprintf(many_keys, sizeof(many_keys),
+                                "{\"replica\":\"" FAKE_ID "\",\"connected\":true,\"counters\":{");
+    for (int k = 0; k < 400; k++)
+        n += (size_t)snprintf(many_keys + n, sizeof(many_keys) - n, "%s\"k%d\":1", k ? "," : "", k);
+    snprintf(many_keys + n, sizeof(many_keys) - n,
+             "},\"nodes\":{\"instances_dropped\":0,\"instances\":[]}}");
+    char name[2048];
+    memset(name, 'n', sizeof(name) - 1);
+    name[sizeof(name) - 1] = '\0';
+    snprintf(long_name, sizeof(long_name),
+             "{\"replica\":\"" FAKE_ID "\",\"connected\":true,\"counters\":{\"events\":1},"
+             "\"nodes\":{\"instances_dropped\":0,\"instances\":[{\"node\":\"%s\","
+             "\"instance\":\"i\"}]}}",
+             name);
+#define EMPTY_NODES "\"nodes\":{\"instances_dropped\":0,\"instances\":[]}"
+    const struct {
+        const char *what, *answer;
+    } bad[] = {
+        {"not JSON", "{\"replica\":\"" FAKE_ID "\",\"counters\":"},
+        {"not an object", "[1,2,3]"},
+        {"negative counters", "{\"replica\":\"" FAKE_ID "\",\"connected\":true,\"counters\":"
+                              "{\"batches\":-5,\"events\":-100}," EMPTY_NODES "}"},
+        {"counters past INT64_MAX", "{\"replica\":\"" FAKE_ID "\",\"connected\":true,\"counters\":"
+                                    "{\"events\":99999999999999999999}," EMPTY_NODES "}"},
+        {"wrong types", "{\"replica\":\"" FAKE_ID "\",\"connected\":\"yes\",\"counters\":"
+                        "{\"batches\":\"many\",\"events\":[1]}," EMPTY_NODES "}"},
+        {"string counters", "{\"replica\":\"" FAKE_ID "\",\"connected\":true,\"counters\":"
+                            "{\"events\":\"" FAKE_MAX_STR "\"}," EMPTY_NODES "}"},
+        {"no replica id", "{\"connected\":true,\"counters\":{}," EMPTY_NODES "}"},
+        {"a replica id that is not one", "{\"replica\":{\"x\":1},\"connected\":true,"
+                                         "\"counters\":{}," EMPTY_NODES "}"},
+        {"a negative node counter", "{\"replica\":\"" FAKE_ID "\",\"connected\":true,\"counters\":"
+                                    "{},\"nodes\":{\"instances_dropped\":0,\"instances\":"
+                                    "[{\"node\":\"" NODE_A "\",\"instance\":\"x\","
+                                    "\"events\":-1}]}}"},
+        {"a node table that is not one", "{\"replica\":\"" FAKE_ID "\",\"connected\":true,"
+                                         "\"counters\":{},\"nodes\":[1]}"},
+        {"too many counters", many_keys},
+        {"a huge node name", long_name},
+        {"a huge error", NULL},
+    };
+    static char huge_error[8192];
+    n = (size_t)snprintf(huge_error, sizeof(huge_error),
+                         "{\"replica\":\"" FAKE_ID "\",\"error\":\"");
+    memset(huge_error + n, 'e', 4096);
+    snprintf(huge_error + n + 4096, sizeof(huge_error) - n - 4096, "\"}");
+
+    json_int_t invalid = 0;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        fake_set(bad[i].answer != NULL ? bad[i].answer : huge_error, 1);
+        fake_beat(fake);
+        json_int_t now = check_sane_stats(agg_port[0], bad[i].what, false, i % 4 == 0);
+        check(now > invalid, "%s: not counted as invalid (%lld)", bad[i].what, now);
+        invalid = now;
+    }
+
+    /* Its query answers are not QueryReplies: ignored, the real answer is whole. */
+    fake_beat(fake);
+    json_t *j = get(agg_port[0], "/api/events?limit=1000");
+    check(jint(j, "total_count") == EVENTS_TOTAL, "events total_count %lld",
+          jint(j, "total_count"));
+    check(json_array_size(json_object_get(j, "events")) == EVENTS_TOTAL, "events count");
+    check(jint(j, "replicas.answered") == 2, "events answered %lld", jint(j, "replicas.answered"));
+    json_decref(j);
+
+    /* Many answers to one request count once: the real peer is still waited for. */
+    fake_set("{\"replica\":\"" FAKE_ID "\",\"connected\":true,\"counters\":{\"events\":0},"
+             "\"nodes\":{\"instances_dropped\":0,\"instances\":[]}}",
+             20);
+    fake_beat(fake);
+    check_sane_stats(agg_port[0], "twenty copies of a valid answer", true, true);
+    /* A flood: more than there can be peers, queued faster than they are read. */
+    fake_set("{\"replica\":\"" FAKE_ID "\",\"connected\":true,\"counters\":{\"events\":0},"
+             "\"nodes\":{\"instances_dropped\":0,\"instances\":[]}}",
+             1000);
+    fake_beat(fake);
+    check_sane_stats(agg_port[0], "a thousand copies of a valid answer", true, false);
+    j = get(agg_port[0], "/api/stats");
+    check(jint(j, "total_events") == EVENTS_TOTAL, "copies: total_events %lld",
+          jint(j, "total_events"));
+    json_decref(j);
+
+    /* Valid but absurd: it may claim INT64_MAX for itself; sums saturate, never wrap. */
+    fake_set("{\"replica\":\"" FAKE_ID
+             "\",\"connected\":true,\"counters\":{\"batches\":" FAKE_MAX_STR
+             ",\"events\":" FAKE_MAX_STR ",\"events_by_type\":{\"exit\":" FAKE_MAX_STR
+             "},\"rejected\":{\"malformed_json\":" FAKE_MAX_STR ",\"bad_metadata\":" FAKE_MAX_STR
+             "},\"history\":{\"evicted_count\":" FAKE_MAX_STR ",\"evicted_age\":" FAKE_MAX_STR
+             "},\"made_up\":5},\"nodes\":{\"instances_dropped\":" FAKE_MAX_STR
+             ",\"instances\":[{\"node\":\"" NODE_A "\",\"instance\":\"ffffffffffffffff\","
+             "\"batches\":" FAKE_MAX_STR ",\"events\":" FAKE_MAX_STR ",\"min_seq\":1,"
+             "\"max_seq\":" FAKE_MAX_STR ",\"agent_drops\":" FAKE_MAX_STR "}]}}",
+             1);
+    fake_beat(fake);
+    check_sane_stats(agg_port[0], "INT64_MAX counters", true, true);
+    j = get(agg_port[0], "/api/stats");
+    check(jint(j, "total_events") == INT64_MAX, "saturated total_events %lld",
+          jint(j, "total_events"));
+    check(jint(j, "total_batches") == INT64_MAX, "saturated total_batches");
+    check(jint(j, "rejected_total") == INT64_MAX, "saturated rejected_total %lld",
+          jint(j, "rejected_total"));
+    check(jint(j, "evictions") == INT64_MAX, "saturated evictions %lld", jint(j, "evictions"));
+    check(jint(j, "instances_dropped") == INT64_MAX, "saturated instances_dropped");
+    /* (NODE_A has dots: no jint() path.) */
+    json_t *na = json_object_get(jget(j, "nodes"), NODE_A), *nb = jget(j, "nodes." NODE_B);
+    check(json_integer_value(json_object_get(na, "events")) == INT64_MAX,
+          "saturated node events %lld", json_integer_value(json_object_get(na, "events")));
+    check(jint(nb, "events") == EVENTS_B, "the other node untouched: %lld", jint(nb, "events"));
+    check(jint(j, "lost_batches") >= 1 && jint(j, "agent_drops") == INT64_MAX,
+          "saturated node sums");
+    check(jget(j, "made_up") == NULL, "counters this replica does not know are left out");
+    json_decref(j);
+    j = get(agg_port[0], "/api/nodes");
+    na = json_object_get(jget(j, "nodes"), NODE_A);
+    check(json_integer_value(json_object_get(na, "batches")) == INT64_MAX, "/api/nodes saturated");
+    json_decref(j);
+
+    /* The real replica answering its peer directly is unaffected by all of it. */
+    fake_set(NULL, 0);
+    j = get(agg_port[1], "/api/events");
+    check(jint(j, "total_count") == EVENTS_TOTAL, "replica 1 total_count %lld",
+          jint(j, "total_count"));
+    json_decref(j);
+
+    natsSubscription_Destroy(qsub);
+    natsSubscription_Destroy(ssub);
+    natsConnection_Destroy(fake);
+    fake_set(NULL, 0);
+}
+
 /* Sends GET path on a new connection (Connection: close) without reading the reply. */
 static int send_get(int port, const char *path)
 {
@@ -777,6 +1041,104 @@ Test(aggregator_late_nats, starts_without_nats_and_serves_once_it_comes, .fini =
     check(wait_total_events(agg_port[0], EVENTS_TOTAL, 5000), "ingests after a late connect");
     agg_pid[1] = start_replica(1);
     check(wait_expected(agg_port[0], 2, 10000), "sees a peer after a late connect");
+}
+
+/* ---- shutdown with a backlog ---- */
+
+static char big_conf[128];
+
+/* A server that carries 10,000-event batches; replicas are started by the test. */
+static void nats_up_big_payload(void)
+{
+    nats_port = tu_free_port();
+    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", nats_port);
+    for (int i = 0; i <= NREPLICAS; i++)
+        snprintf(logs[i], sizeof(logs[i]), "/tmp/test_aggregator_cluster.%d.%d.log", getpid(), i);
+    snprintf(big_conf, sizeof(big_conf), "/tmp/test_aggregator_cluster.%d.conf", getpid());
+    FILE *f = fopen(big_conf, "w");
+    cr_assert(f != NULL);
+    fputs("max_payload: 8388608\nmax_pending: 268435456\n", f);
+    fclose(f);
+    const char *const args[] = {"-c", big_conf, NULL};
+    nats_pid = tu_nats_start(nats_port, args, logs[NREPLICAS]);
+    cr_assert(nats_pid > 0, "nats-server did not start");
+    check(natsConnection_ConnectTo(&pub, nats_url) == NATS_OK, "test publisher cannot connect");
+    for (int i = 0; i < NREPLICAS; i++)
+        agg_pid[i] = -1;
+}
+
+static void nats_down_big_payload(void)
+{
+    cluster_down();
+    unlink(big_conf);
+}
+
+TestSuite(aggregator_shutdown, .init = nats_up_big_payload, .fini = nats_down_big_payload,
+          .timeout = 240);
+
+/*
+ * SIGTERM while far more is queued than the drain time covers: the drain
+ * gives up, and the store and node table are freed only once no handler can
+ * reach them. Run it with EBPF_AGGREGATOR_BIN pointing at a sanitizer build
+ * to see a use-after-free, not only a crash.
+ */
+Test(aggregator_shutdown, sigterm_with_large_batches_queued_exits_cleanly)
+{
+    enum { ROUNDS = 3, PER_BATCH = BUS_MAX_BATCH_EVENTS, BATCHES = 300 };
+    struct event *ev = make_events(NODE_A, PER_BATCH, 1000);
+    struct buf b;
+
+    buf_init(&b);
+    for (int round = 0; round < ROUNDS; round++) {
+        unlink(logs[0]);
+        agg_pid[0] = start_replica(0);
+        check(agg_pid[0] > 0, "round %d: cannot start the aggregator", round);
+        check(tu_wait_http(agg_port[0], "/ready", 200, 10000), "round %d: never ready", round);
+        for (uint64_t seq = 1; seq <= BATCHES; seq++) {
+            struct event_batch_meta meta = {.node = NODE_A,
+                                            .agent_instance = "dddddddddddddddd",
+                                            .sequence = seq,
+                                            .sent_at_ns = tu_now_ns()};
+            char subject[256];
+            /* New ids each batch: stored, not dropped as duplicates. */
+            for (size_t i = 0; i < PER_BATCH; i++)
+                ev[i].id = next_id++;
+            buf_reset(&b);
+            cr_assert(event_batch_encode(&meta, ev, PER_BATCH, &b) == 0);
+            bus_node_subject("ebpf.events", NODE_A, subject, sizeof(subject));
+            publish_raw(subject, BUS_CONTENT_TYPE_PROTOBUF, b.data, b.len, NODE_A,
+                        "dddddddddddddddd", seq, PER_BATCH);
+        }
+        check(natsConnection_FlushTimeout(pub, 30000) == NATS_OK, "round %d: flush", round);
+        /* Ingesting, with most of the backlog still queued. */
+        uint64_t deadline = tu_mono_ms() + 10000;
+        json_int_t batches = 0;
+        while (batches < 1 && tu_mono_ms() < deadline) {
+            json_t *j = tu_get_json(agg_port[0], "/api/stats", NULL);
+            batches = j ? jint(j, "total_batches") : 0;
+            json_decref(j);
+            if (batches < 1)
+                usleep(10000);
+        }
+        check(batches >= 1, "round %d: nothing ingested", round);
+
+        int status = tu_stop(agg_pid[0], 60000);
+        agg_pid[0] = -1;
+        char *log = tu_read_file(logs[0]);
+        check(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "round %d: exit status %d (signal %d) after SIGTERM", round,
+              WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+              WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+        check(log != NULL && strstr(log, "SIGTERM received") != NULL, "round %d: no shutdown",
+              round);
+        check(strstr(log, "AddressSanitizer") == NULL && strstr(log, "runtime error") == NULL,
+              "round %d: the sanitizer reported an error", round);
+        free(log);
+    }
+    buf_free(&b);
+    for (size_t i = 0; i < PER_BATCH; i++)
+        event_clear(&ev[i]);
+    free(ev);
 }
 
 /* ---- the merge, in-process against real stores ---- */

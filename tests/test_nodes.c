@@ -31,7 +31,7 @@ static json_t *view(struct nodes *t, uint64_t now, uint64_t stale_after)
 {
     struct buf b;
     buf_init(&b);
-    nodes_write_json(t, &b, now, stale_after);
+    nodes_write_json(t, &b, now, stale_after, NULL);
     cr_assert_not(b.oom);
     json_error_t e;
     json_t *j = json_loadb(b.data, b.len, 0, &e);
@@ -238,6 +238,59 @@ Test(nodes, bounded_instances_evict_the_least_recently_seen)
     nodes_free(m);
 }
 
+Test(nodes, many_nodes_keep_the_most_recently_seen_and_their_totals)
+{
+    enum { MAX = 1000, NODES = 5000 };
+    struct nodes *t = nodes_new(MAX);
+    char node[32];
+
+    /* Node 0 keeps reporting; the others report once each, in order. */
+    for (int i = 0; i < NODES; i++) {
+        snprintf(node, sizeof(node), "node-%05d", i);
+        observe(t, node, "i", 1, 0, 0, 2, T0 + (uint64_t)i * SEC);
+        observe(t, "node-00000", "i", (uint64_t)i + 2, 0, 0, 1, T0 + (uint64_t)i * SEC);
+    }
+    struct nodes_totals tot, wtot;
+    nodes_get_totals(t, &tot);
+    cr_assert_eq(tot.instances, MAX);
+    cr_assert_eq(tot.nodes, MAX);
+    cr_assert_eq(tot.instances_dropped, NODES - MAX);
+
+    /* The view's own totals match, with the status split, in the same pass. */
+    struct buf b;
+    buf_init(&b);
+    nodes_write_json(t, &b, T0 + (uint64_t)NODES * SEC, 100 * SEC, &wtot);
+    cr_assert_not(b.oom);
+    cr_assert_eq(wtot.nodes, tot.nodes);
+    cr_assert_eq(wtot.batches, tot.batches);
+    cr_assert_eq(wtot.events, tot.events);
+    cr_assert_eq(wtot.instances, tot.instances);
+    cr_assert_eq(wtot.instances_dropped, tot.instances_dropped);
+    cr_assert_eq(wtot.active + wtot.stale, wtot.nodes);
+    json_t *j = json_loadb(b.data, b.len, 0, NULL);
+    buf_free(&b);
+    cr_assert_not_null(j);
+    cr_assert_eq(json_object_size(j), MAX);
+    /* The live node survived; the newest MAX - 1 others too; older ones were evicted. */
+    cr_assert_not_null(json_object_get(j, "node-00000"));
+    snprintf(node, sizeof(node), "node-%05d", NODES - MAX + 1);
+    cr_assert_not_null(json_object_get(j, node), "%s evicted", node);
+    snprintf(node, sizeof(node), "node-%05d", NODES - MAX);
+    cr_assert_null(json_object_get(j, node), "%s kept", node);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(j, "node-00000"), "batches")),
+                 NODES + 1);
+    size_t active = 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(j, key, v)
+    {
+        active += strcmp(json_string_value(json_object_get(v, "status")), "active") == 0;
+    }
+    cr_assert_eq(active, wtot.active);
+    json_decref(j);
+    nodes_free(t);
+}
+
 Test(nodes, json_round_trip_keeps_every_field)
 {
     struct nodes *t = nodes_new(16);
@@ -248,10 +301,10 @@ Test(nodes, json_round_trip_keeps_every_field)
     struct buf b1, b2;
     buf_init(&b1);
     buf_init(&b2);
-    nodes_write_json(t, &b1, T0 + 2 * SEC, 30 * SEC);
+    nodes_write_json(t, &b1, T0 + 2 * SEC, 30 * SEC, NULL);
     struct nodes *copy = nodes_new(16);
     exchange(copy, t);
-    nodes_write_json(copy, &b2, T0 + 2 * SEC, 30 * SEC);
+    nodes_write_json(copy, &b2, T0 + 2 * SEC, 30 * SEC, NULL);
     cr_assert_str_eq(b1.data, b2.data);
 
     json_t *j = json_loads(b1.data, 0, NULL);
@@ -298,12 +351,63 @@ Test(nodes, bad_exchange_json_changes_nothing)
     nodes_free(t);
 }
 
+Test(nodes, a_peer_claiming_huge_counters_saturates_never_wraps)
+{
+    struct nodes *t = nodes_new(16);
+    static const char big[] =
+        "{\"instances_dropped\":9223372036854775807,\"instances\":[{\"node\":\"n1\","
+        "\"instance\":\"z\",\"batches\":9223372036854775807,\"events\":9223372036854775807,"
+        "\"min_seq\":1,\"max_seq\":9223372036854775807,\"agent_drops\":9223372036854775807}]}";
+
+    observe(t, "n1", "a", 1, 0, 5, 10, T0);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(nodes_merge_json(t, big, strlen(big)), 0);
+    struct nodes_totals tot;
+    nodes_get_totals(t, &tot);
+    cr_assert_eq(tot.batches, (uint64_t)INT64_MAX);
+    cr_assert_eq(tot.events, (uint64_t)INT64_MAX);
+    cr_assert_eq(tot.agent_drops, (uint64_t)INT64_MAX);
+    cr_assert_eq(tot.instances_dropped, (uint64_t)INT64_MAX);
+    /* Both views stay readable by a signed 64-bit JSON reader, and merge back. */
+    json_t *j = view(t, T0, 60 * SEC);
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(j, "n1"), "events")),
+                 INT64_MAX);
+    json_decref(j);
+    struct buf b;
+    buf_init(&b);
+    nodes_to_json(t, &b);
+    struct nodes *u = nodes_new(16);
+    cr_assert_eq(nodes_merge_json(u, b.data, b.len), 0, "%s", b.data);
+    buf_free(&b);
+    nodes_free(u);
+    nodes_free(t);
+}
+
+Test(nodes, oversized_exchange_json_is_refused)
+{
+    struct nodes *t = nodes_new(2);
+    char name[1100], doc[1400];
+
+    memset(name, 'n', sizeof(name) - 1);
+    name[sizeof(name) - 1] = '\0';
+    snprintf(doc, sizeof(doc), "{\"instances\":[{\"node\":\"%s\",\"instance\":\"x\"}]}", name);
+    cr_assert_eq(nodes_merge_json(t, doc, strlen(doc)), -EINVAL, "a 1 KiB node name");
+    static const char three[] = "{\"instances\":[{\"node\":\"a\",\"instance\":\"x\"},"
+                                "{\"node\":\"b\",\"instance\":\"x\"},"
+                                "{\"node\":\"c\",\"instance\":\"x\"}]}";
+    cr_assert_eq(nodes_merge_json(t, three, strlen(three)), -EINVAL, "more than the table holds");
+    struct nodes_totals tot;
+    nodes_get_totals(t, &tot);
+    cr_assert_eq(tot.instances, 0);
+    nodes_free(t);
+}
+
 Test(nodes, empty_table)
 {
     struct nodes *t = nodes_new(0);
     struct buf b;
     buf_init(&b);
-    nodes_write_json(t, &b, T0, SEC);
+    nodes_write_json(t, &b, T0, SEC, NULL);
     cr_assert_str_eq(b.data, "{}");
     buf_reset(&b);
     nodes_to_json(t, &b);

@@ -30,6 +30,25 @@
 struct cluster;
 struct api_pool;
 
+/*
+ * What shutdown waits on before freeing what nats.c callbacks use: a
+ * callback enters (or, once closed, returns at once) and leaves; closing
+ * waits for the callbacks inside to leave. It must outlive every callback
+ * that may still be scheduled, so it is never destroyed while one may be.
+ */
+struct aggregator_gate {
+    pthread_mutex_t lock;
+    pthread_cond_t idle;
+    unsigned active;
+    bool closed;
+};
+
+/* False once closed: the callback must not touch the state behind the gate. */
+bool aggregator_gate_enter(struct aggregator_gate *g);
+void aggregator_gate_leave(struct aggregator_gate *g);
+/* No callback enters after this returns, and none is inside (waits, without a timeout). */
+void aggregator_gate_close(struct aggregator_gate *g);
+
 /* What this replica ingested; summed over replicas for /api/stats. */
 struct aggregator_counters {
     uint64_t batches;
@@ -51,7 +70,8 @@ struct aggregator {
     struct http_server *http;
     struct cluster *cluster;
 
-    natsSubscription *ingest_sub; /* queue subscription: this replica's share */
+    natsSubscription *ingest_sub;       /* queue subscription: this replica's share */
+    struct aggregator_gate ingest_gate; /* on_batch: the store and the node table */
 
     /* Plain subscription feeding SSE clients with every event (stream_lock). */
     pthread_mutex_t stream_lock;
@@ -83,10 +103,12 @@ void ingest_counters_json(struct aggregator *a, struct buf *b);
 
 /*
  * Closes an async subscription and waits (up to timeout_ms) until its
- * handler has returned for the last time, so the caller may free what the
- * handler uses. drain: first deliver what is queued (when connected).
+ * handler has returned for the last time. drain: first deliver what is
+ * queued (when connected). True when it stopped; false when its handler
+ * may still run later (sub is then left allocated): the caller must keep
+ * what the handler uses, or close the handler's gate first.
  */
-void aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain, int timeout_ms);
+bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain, int timeout_ms);
 
 /*
  * api.c: the HTTP routes. Register starts the worker threads that answer

@@ -193,7 +193,8 @@ static void answer(struct aggregator *a, const struct http_request *req, struct 
         free(j);
         goto inline_answer;
     }
-    memcpy(j->query, req->query, req->query_len);
+    if (req->query_len > 0) /* req->query may be NULL then */
+        memcpy(j->query, req->query, req->query_len);
     j->query[req->query_len] = '\0';
     pthread_mutex_lock(&p->lock);
     if (p->stopping) {
@@ -256,14 +257,26 @@ static void events_answer(struct aggregator *a, const struct http_request *req,
 
 struct cluster_view {
     unsigned answered, expected;
-    json_t *totals;   /* counters summed over the replicas that answered */
-    json_t *replicas; /* [{"replica":..,"connected":..,"batches":..,"events":..}] */
-    json_t *nodes;    /* nodes_write_json() of the merged table */
+    json_t *totals;        /* counters summed over the replicas that answered */
+    json_t *replicas;      /* [{"replica":..,"connected":..,"batches":..,"events":..}] */
+    struct buf nodes_text; /* nodes_write_json() of the merged table */
+    json_t *nodes;         /* nodes_text parsed, by view_nodes() (only /metrics needs it) */
     struct nodes_totals nt;
-    unsigned active, stale;
+    uint64_t invalid_answers; /* peers' answers rejected since start */
 };
 
-/* Adds src's integers into dst, recursing into objects (reals: keeps the larger). */
+/* a + b for counters: negatives count as 0, the sum saturates at INT64_MAX. */
+static json_int_t sat_sum(json_int_t a, json_int_t b)
+{
+    uint64_t s = (uint64_t)(a > 0 ? a : 0) + (uint64_t)(b > 0 ? b : 0); /* < 2^64 */
+    return s > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)s;
+}
+
+/*
+ * Adds src's integers into dst, recursing into objects (reals: keeps the
+ * larger). Only dst's keys, with their types, are summed: what this replica
+ * does not count itself (a newer peer's counter, or a made-up one) is left out.
+ */
 static void json_sum_into(json_t *dst, json_t *src)
 {
     const char *key;
@@ -273,9 +286,9 @@ static void json_sum_into(json_t *dst, json_t *src)
     {
         json_t *d = json_object_get(dst, key);
         if (d == NULL) {
-            json_object_set_new(dst, key, json_deep_copy(v));
+            continue;
         } else if (json_is_integer(d) && json_is_integer(v)) {
-            json_integer_set(d, json_integer_value(d) + json_integer_value(v));
+            json_integer_set(d, sat_sum(json_integer_value(d), json_integer_value(v)));
         } else if (json_is_real(d) && json_is_real(v)) {
             if (json_real_value(v) > json_real_value(d))
                 json_real_set(d, json_real_value(v));
@@ -285,87 +298,111 @@ static void json_sum_into(json_t *dst, json_t *src)
     }
 }
 
-/* Folds one replica's stats answer into the view; merged holds the node tables. */
-static void view_add(struct cluster_view *v, struct nodes *merged, const char *text, size_t len)
+/* Sets key to o's key when it is of the kind is() accepts. */
+static void copy_if(json_t *dst, const char *key, json_t *o, int (*is)(const json_t *))
 {
-    json_t *root = json_loadb(text, len, 0, NULL);
+    json_t *v = json_object_get(o, key);
+    if (v != NULL && is(v))
+        json_object_set(dst, key, v);
+}
+
+static int is_integer(const json_t *j)
+{
+    return json_is_integer(j);
+}
+
+static int is_number(const json_t *j)
+{
+    return json_is_number(j);
+}
+
+static int is_boolean(const json_t *j)
+{
+    return json_is_boolean(j);
+}
+
+/*
+ * Folds one replica's stats answer (checked by cluster.c, or this replica's
+ * own, which comes first and sets which counters are summed) into the view.
+ */
+static void view_add(struct cluster_view *v, json_t *root, bool own)
+{
     json_t *counters = json_object_get(root, "counters");
-    json_t *nodes = json_object_get(root, "nodes");
     json_t *error = json_object_get(root, "error");
     json_t *entry = json_object();
 
-    if (root == NULL || entry == NULL)
-        goto out;
+    if (entry == NULL)
+        return;
     json_object_set(entry, "replica", json_object_get(root, "replica"));
     if (json_is_object(counters)) {
-        json_sum_into(v->totals, counters);
-        json_object_set(entry, "connected", json_object_get(root, "connected"));
-        json_object_set(entry, "batches", json_object_get(counters, "batches"));
-        json_object_set(entry, "events", json_object_get(counters, "events"));
-        json_object_set(entry, "uptime_seconds", json_object_get(counters, "uptime_seconds"));
+        if (own) {
+            /* A copy: the sums must not change this replica's own entry. */
+            json_t *copy = json_deep_copy(counters);
+            json_object_update(v->totals, copy);
+            json_decref(copy);
+        } else
+            json_sum_into(v->totals, counters);
+        copy_if(entry, "connected", root, is_boolean);
+        copy_if(entry, "batches", counters, is_integer);
+        copy_if(entry, "events", counters, is_integer);
+        copy_if(entry, "uptime_seconds", counters, is_number);
     }
     if (json_is_string(error))
         json_object_set(entry, "error", error);
-    if (json_is_object(nodes)) {
-        char *s = json_dumps(nodes, JSON_COMPACT);
-        if (s == NULL || nodes_merge_json(merged, s, strlen(s)) < 0)
-            json_object_set_new(entry, "error", json_string("could not merge its node table"));
-        free(s);
-    }
-    json_array_append(v->replicas, entry);
-out:
-    json_decref(entry);
-    json_decref(root);
+    json_array_append_new(v->replicas, entry);
+}
+
+/* This replica's own stats answer, as cluster.c hands over the peers'. */
+static json_t *own_stats(struct aggregator *a)
+{
+    struct buf b;
+    json_t *root = NULL, *counters;
+
+    buf_init(&b);
+    ingest_counters_json(a, &b);
+    counters = b.oom ? NULL : json_loadb(b.data, b.len, 0, NULL);
+    if (counters != NULL)
+        root = json_pack("{s:s,s:b,s:o}", "replica", a->replica, "connected", bus_connected(a->bus),
+                         "counters", counters);
+    buf_free(&b);
+    return root;
 }
 
 /* Gathers every replica's stats and merges them. 0 or -ENOMEM. */
 static int view_gather(struct aggregator *a, struct cluster_view *v)
 {
-    struct cluster_stats st;
+    struct cluster_stats st = {0};
     struct nodes *merged = nodes_new(AGGREGATOR_MAX_INSTANCES);
-    struct buf b;
+    json_t *own = NULL;
     int rc = 0;
 
     memset(v, 0, sizeof(*v));
     v->totals = json_object();
     v->replicas = json_array();
-    buf_init(&b);
-    cluster_gather_stats(a->cluster, &st);
-    v->answered = st.answered;
-    v->expected = st.expected;
+    buf_init(&v->nodes_text);
     if (merged == NULL || v->totals == NULL || v->replicas == NULL) {
         rc = -ENOMEM;
         goto out;
     }
-    cluster_stats_json(a, &b);
-    if (b.oom) {
+    cluster_gather_stats(a->cluster, merged, &st);
+    v->answered = st.answered;
+    v->expected = st.expected;
+    v->invalid_answers = cluster_invalid_answers(a->cluster);
+    /* This replica's own counters come first: they set which keys are summed. */
+    if ((own = own_stats(a)) == NULL || nodes_merge(merged, a->nodes) < 0) {
         rc = -ENOMEM;
         goto out;
     }
-    view_add(v, merged, b.data, b.len);
+    view_add(v, own, true);
     for (size_t i = 0; i < st.count; i++)
-        view_add(v, merged, st.replies[i], strlen(st.replies[i]));
+        view_add(v, st.replies[i], false);
 
-    buf_reset(&b);
-    nodes_write_json(merged, &b, api_now_ns(), a->cfg.stale_after_ns);
-    nodes_get_totals(merged, &v->nt);
-    v->nodes = b.oom ? NULL : json_loadb(b.data, b.len, 0, NULL);
-    if (v->nodes == NULL) {
+    /* Written once as text: /api/stats and /api/nodes splice it into their answer. */
+    nodes_write_json(merged, &v->nodes_text, api_now_ns(), a->cfg.stale_after_ns, &v->nt);
+    if (v->nodes_text.oom)
         rc = -ENOMEM;
-        goto out;
-    }
-    const char *key;
-    json_t *n;
-    json_object_foreach(v->nodes, key, n)
-    {
-        const char *status = json_string_value(json_object_get(n, "status"));
-        if (status != NULL && strcmp(status, "active") == 0)
-            v->active++;
-        else
-            v->stale++;
-    }
 out:
-    buf_free(&b);
+    json_decref(own);
     nodes_free(merged);
     cluster_stats_free(&st);
     return rc;
@@ -376,6 +413,15 @@ static void view_free(struct cluster_view *v)
     json_decref(v->totals);
     json_decref(v->replicas);
     json_decref(v->nodes);
+    buf_free(&v->nodes_text);
+}
+
+/* The merged node view as JSON values; NULL when out of memory. */
+static json_t *view_nodes(struct cluster_view *v)
+{
+    if (v->nodes == NULL && !v->nodes_text.oom && v->nodes_text.len > 0)
+        v->nodes = json_loadb(v->nodes_text.data, v->nodes_text.len, 0, NULL);
+    return v->nodes;
 }
 
 static uint64_t total_u64(json_t *totals, const char *key)
@@ -386,26 +432,36 @@ static uint64_t total_u64(json_t *totals, const char *key)
 
 static void json_set_u64(json_t *o, const char *key, uint64_t v)
 {
-    json_object_set_new(o, key, json_integer((json_int_t)v));
+    json_object_set_new(o, key, json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v));
 }
 
-/* Serialises root (stolen) as the response body. */
-static void respond_json(struct http_response *res, json_t *root)
+/*
+ * Serialises root (stolen, a non-empty object) as the response body, with
+ * the node view appended as its "nodes" member: the view can be large, and
+ * parsing it into jansson only to print it again cost more than the rest.
+ */
+static void respond_json_nodes(struct http_response *res, json_t *root, const struct buf *nodes)
 {
     char *s = root ? json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
-    if (s == NULL) {
+    size_t len = s != NULL ? strlen(s) : 0;
+
+    if (len < 2 || s[len - 1] != '}' || nodes->oom || nodes->len == 0) {
         http_response_error(res, 500, "out of memory");
     } else {
-        buf_puts(&res->body, s);
-        free(s);
+        buf_append(&res->body, s, len - 1);
+        buf_puts(&res->body, ",\"nodes\":");
+        buf_append(&res->body, nodes->data, nodes->len);
+        buf_putc(&res->body, '}');
     }
+    free(s);
     json_decref(root);
 }
 
 static json_t *replicas_json(const struct cluster_view *v)
 {
-    return json_pack("{s:i,s:i,s:O}", "answered", (json_int_t)v->answered, "expected",
-                     (json_int_t)v->expected, "list", v->replicas);
+    return json_pack("{s:i,s:i,s:I,s:O}", "answered", (json_int_t)v->answered, "expected",
+                     (json_int_t)v->expected, "invalid_answers", (json_int_t)v->invalid_answers,
+                     "list", v->replicas);
 }
 
 static void stats_answer(struct aggregator *a, const struct http_request *req,
@@ -431,12 +487,12 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     json_t *t = v.totals;
     json_t *hist = json_object_get(t, "history");
     json_t *rejected = json_object_get(t, "rejected");
-    uint64_t rejected_total = 0;
+    json_int_t rejected_total = 0;
     const char *key;
     json_t *val;
     json_object_foreach(rejected, key, val)
     {
-        rejected_total += (uint64_t)json_integer_value(val);
+        rejected_total = sat_sum(rejected_total, json_integer_value(val));
     }
     json_object_set_new(root, "replica", json_string(a->replica));
     json_object_set_new(root, "replicas", replicas_json(&v));
@@ -449,25 +505,25 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     json_set_u64(root, "lost_batches", v.nt.lost_batches);
     json_set_u64(root, "agent_drops", v.nt.agent_drops);
     json_set_u64(root, "kernel_drops", v.nt.kernel_drops);
-    json_object_set(root, "nodes", v.nodes);
     json_set_u64(root, "node_count", v.nt.nodes);
     json_set_u64(root, "instances", v.nt.instances);
     json_set_u64(root, "instances_dropped", v.nt.instances_dropped);
     json_object_set(root, "rejected", rejected);
-    json_set_u64(root, "rejected_total", rejected_total);
+    json_set_u64(root, "rejected_total", (uint64_t)rejected_total);
     json_t *rejected_events = json_object_get(t, "rejected_events");
-    uint64_t rejected_events_total = 0;
+    json_int_t rejected_events_total = 0;
     json_object_foreach(rejected_events, key, val)
     {
-        rejected_events_total += (uint64_t)json_integer_value(val);
+        rejected_events_total = sat_sum(rejected_events_total, json_integer_value(val));
     }
     json_object_set(root, "rejected_events", rejected_events);
-    json_set_u64(root, "rejected_events_total", rejected_events_total);
+    json_set_u64(root, "rejected_events_total", (uint64_t)rejected_events_total);
     json_set_u64(root, "bus_dropped", total_u64(t, "bus_dropped"));
     json_set_u64(root, "store_failed", total_u64(t, "store_failed"));
     json_object_set(root, "history", hist);
     json_set_u64(root, "evictions",
-                 total_u64(hist, "evicted_count") + total_u64(hist, "evicted_age"));
+                 (uint64_t)sat_sum(json_integer_value(json_object_get(hist, "evicted_count")),
+                                   json_integer_value(json_object_get(hist, "evicted_age"))));
     json_object_set_new(root, "bus",
                         json_pack("{s:b,s:s,s:I,s:I,s:I,s:s}", "connected", bs.connected, "server",
                                   bs.server, "disconnects", (json_int_t)bs.disconnects,
@@ -481,7 +537,7 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     json_object_set_new(root, "queries",
                         json_pack("{s:I,s:I}", "in_flight", (json_int_t)pool_in_flight(a),
                                   "rejected", (json_int_t)load(&a->queries_rejected)));
-    respond_json(res, root);
+    respond_json_nodes(res, root, &v.nodes_text);
     view_free(&v);
 }
 
@@ -500,15 +556,14 @@ static void nodes_answer(struct aggregator *a, const struct http_request *req,
         return;
     }
     json_t *root = json_object();
-    json_object_set(root, "nodes", v.nodes);
     json_set_u64(root, "count", v.nt.nodes);
-    json_set_u64(root, "active", v.active);
-    json_set_u64(root, "stale", v.stale);
+    json_set_u64(root, "active", v.nt.active);
+    json_set_u64(root, "stale", v.nt.stale);
     json_object_set_new(root, "replicas",
                         json_pack("{s:i,s:i}", "answered", (json_int_t)v.answered, "expected",
                                   (json_int_t)v.expected));
     json_object_set_new(root, "partial", json_boolean(is_partial(a, v.answered, v.expected)));
-    respond_json(res, root);
+    respond_json_nodes(res, root, &v.nodes_text);
     view_free(&v);
 }
 
@@ -616,11 +671,14 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                (api_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
 
     /* Per node, cluster-wide: only the merged tables can see sequence gaps. */
-    if (view_gather(a, &v) == 0) {
+    if (view_gather(a, &v) == 0 && view_nodes(&v) != NULL) {
         api_metric(b, "ebpf_aggregator_replicas_expected", "gauge",
                    "Replicas this one expects to answer (itself included).", v.expected);
         api_metric(b, "ebpf_aggregator_replicas_answered", "gauge",
                    "Replicas that answered the gather behind these metrics.", v.answered);
+        api_metric(b, "ebpf_aggregator_invalid_answers_total", "counter",
+                   "Peers' answers ignored as malformed (bad types, ranges or replica id).",
+                   v.invalid_answers);
         node_metric(b, "ebpf_aggregator_node_events",
                     "Events received from each node, all replicas.", v.nodes, "events");
         node_metric(b, "ebpf_aggregator_node_batches",

@@ -33,6 +33,13 @@
 #define CLUSTER_LEAVE_FLUSH_MS     1000
 #define CLUSTER_SUBSCRIBE_FLUSH_MS 1000
 #define CLUSTER_CLOSE_WAIT_MS      2000
+#define CLUSTER_COUNTERS_MAX_KEYS  256 /* per object of a stats answer's counters */
+#define CLUSTER_COUNTERS_MAX_DEPTH 3
+#define CLUSTER_KEY_MAX            64  /* bytes of a counter's name */
+#define CLUSTER_ERROR_MAX          512 /* bytes of a peer's error message */
+/* Replies one gather holds undecoded: far above what peers send, a bound for a flood. */
+#define CLUSTER_QUEUE_MAX_MSGS  4096
+#define CLUSTER_QUEUE_MAX_BYTES (256u << 20)
 
 /* A gather waiting for replies on <reply_prefix>.<token>. */
 struct reply_waiter {
@@ -40,6 +47,7 @@ struct reply_waiter {
     uint64_t token;
     natsMsg **msgs; /* received, not yet handled by the gatherer */
     size_t nmsgs, cap;
+    size_t bytes; /* of msgs */
     pthread_cond_t cond;
 };
 
@@ -70,6 +78,9 @@ struct cluster {
     bool left;
     pthread_t thread;
     bool thread_started;
+
+    uint64_t invalid_answers;    /* atomic: peers' answers rejected as malformed */
+    struct aggregator_gate gate; /* every callback: cluster_free() waits for them */
 };
 
 static uint64_t mono_ms(void)
@@ -119,9 +130,8 @@ static void peer_remove(struct cluster *c, size_t i)
     c->peers[i] = c->peers[--c->npeers];
 }
 
-static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+static void handle_heartbeat(struct cluster *c, natsMsg *msg)
 {
-    struct cluster *c = closure;
     json_t *root = json_loadb(natsMsg_GetData(msg), natsMsg_GetDataLength(msg), 0, NULL);
     const char *id = json_string_value(json_object_get(root, "replica"));
     bool leaving = json_is_true(json_object_get(root, "leaving"));
@@ -153,7 +163,23 @@ static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     }
 out:
     json_decref(root);
-    natsMsg_Destroy(msg);
+}
+
+/* Runs handle unless cluster_free() has closed the gate; frees msg. */
+#define GATED(c, msg, handle)                                                                      \
+    do {                                                                                           \
+        if (aggregator_gate_enter(&(c)->gate)) {                                                   \
+            handle;                                                                                \
+            aggregator_gate_leave(&(c)->gate);                                                     \
+        }                                                                                          \
+        natsMsg_Destroy(msg);                                                                      \
+    } while (0)
+
+static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct cluster *c = closure;
+
+    GATED(c, msg, handle_heartbeat(c, msg));
 }
 
 static void prune_peers(struct cluster *c)
@@ -214,6 +240,60 @@ static void *cluster_main(void *arg)
 
 /* ---- scatter-gather ---- */
 
+/* The replicas whose answer one gather has counted. */
+struct answer_set {
+    char ids[CLUSTER_MAX_PEERS][AGGREGATOR_REPLICA_ID_LEN];
+    size_t n;
+};
+
+static bool peer_live(struct cluster *c, const char *id)
+{
+    pthread_mutex_lock(&c->lock);
+    bool live = peer_find(c, id) >= 0;
+    pthread_mutex_unlock(&c->lock);
+    return live;
+}
+
+/*
+ * Whether an answer in id's name may count: a live peer's, and its first in
+ * this gather (more would stand in for a peer not heard yet). NULL, or why not.
+ */
+static const char *answer_admit(struct cluster *c, const struct answer_set *seen, const char *id)
+{
+    if (id == NULL || !valid_replica_id(id))
+        return "no valid replica id";
+    if (strcmp(id, c->a->replica) == 0)
+        return "sent in this replica's name";
+    for (size_t i = 0; i < seen->n; i++)
+        if (strcmp(seen->ids[i], id) == 0)
+            return "a second answer from one replica";
+    if (!peer_live(c, id))
+        return "not from a live peer";
+    return NULL;
+}
+
+static void answer_record(struct answer_set *seen, const char *id)
+{
+    if (seen->n < CLUSTER_MAX_PEERS)
+        snprintf(seen->ids[seen->n++], sizeof(seen->ids[0]), "%s", id);
+}
+
+/* Counts a rejected answer; logged once and then every 1000th, so a flood cannot fill logs. */
+static void answer_reject(struct cluster *c, const char *kind, const char *id, const char *why)
+{
+    uint64_t n = __atomic_add_fetch(&c->invalid_answers, 1, __ATOMIC_RELAXED);
+
+    if (n == 1 || n % 1000 == 0)
+        fprintf(stderr,
+                "ebpf-aggregator: ignored a %s answer from %s: %s (%" PRIu64 " invalid so far)\n",
+                kind, id != NULL && valid_replica_id(id) ? id : "an unknown sender", why, n);
+}
+
+uint64_t cluster_invalid_answers(struct cluster *c)
+{
+    return c != NULL ? __atomic_load_n(&c->invalid_answers, __ATOMIC_RELAXED) : 0;
+}
+
 /* Handles one reply; returns true when it counts as an answer. */
 typedef bool (*gather_reply_fn)(void *ctx, natsMsg *m);
 
@@ -221,14 +301,26 @@ typedef bool (*gather_reply_fn)(void *ctx, natsMsg *m);
 static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     struct cluster *c = closure;
+
+    if (!aggregator_gate_enter(&c->gate)) {
+        natsMsg_Destroy(msg);
+        return;
+    }
     const char *subject = natsMsg_GetSubject(msg);
     const char *dot = subject != NULL ? strrchr(subject, '.') : NULL;
     uint64_t token = dot != NULL ? strtoull(dot + 1, NULL, 10) : 0;
+    bool flood = false;
 
     pthread_mutex_lock(&c->reply_lock);
     for (struct reply_waiter *w = c->waiters; w != NULL; w = w->next) {
         if (w->token != token)
             continue;
+        /* Far more waiting than peers send: someone floods the inbox. */
+        size_t len = (size_t)natsMsg_GetDataLength(msg);
+        if (w->nmsgs >= CLUSTER_QUEUE_MAX_MSGS || w->bytes + len > CLUSTER_QUEUE_MAX_BYTES) {
+            flood = true;
+            break;
+        }
         if (w->nmsgs == w->cap) {
             size_t cap = w->cap ? w->cap * 2 : 4;
             natsMsg **p = realloc(w->msgs, cap * sizeof(*p));
@@ -238,12 +330,16 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
             w->cap = cap;
         }
         w->msgs[w->nmsgs++] = msg;
+        w->bytes += len;
         msg = NULL;
         pthread_cond_signal(&w->cond);
         break;
     }
     pthread_mutex_unlock(&c->reply_lock);
-    /* A late reply (its gather gave up) or no memory. */
+    if (flood)
+        answer_reject(c, "queued", NULL, "too many answers waiting to be read");
+    aggregator_gate_leave(&c->gate);
+    /* A late reply (its gather gave up), a flood, or no memory. */
     natsMsg_Destroy(msg);
 }
 
@@ -282,6 +378,7 @@ static unsigned gather(struct cluster *c, const char *subject, const char *req, 
     while (s == NATS_OK && got < want) {
         if (w.nmsgs > 0) {
             natsMsg *m = w.msgs[--w.nmsgs];
+            w.bytes -= (size_t)natsMsg_GetDataLength(m);
             /* Decode without the lock: the delivery thread keeps queueing. */
             pthread_mutex_unlock(&c->reply_lock);
             if (fn(ctx, m))
@@ -342,7 +439,9 @@ int cluster_merge(struct cluster_source *src, size_t nsrc, uint32_t limit,
         limit = QUERY_LIMIT_DEFAULT;
     for (size_t s = 0; s < nsrc; s++) {
         total += src[s].count;
-        total_count += src[s].total_count;
+        /* Saturating: a peer may claim any count. */
+        uint64_t tc = src[s].total_count < INT64_MAX ? src[s].total_count : INT64_MAX;
+        total_count = total_count > INT64_MAX - tc ? INT64_MAX : total_count + tc;
         if (!src[s].has_more)
             continue;
         any_more = true;
@@ -408,26 +507,35 @@ void cluster_events_free(struct cluster_events *e)
 
 /* The peers' answers to one query, decoded. */
 struct query_gather {
+    struct cluster *c;
     struct cluster_source *src;
     size_t count, cap;
     int error; /* -ENOMEM seen */
+    struct answer_set seen;
 };
 
 static bool on_query_reply(void *ctx, natsMsg *m)
 {
     struct query_gather *g = ctx;
-    Ebpfmonitor__QueryReply *r = ebpfmonitor__query_reply__unpack(
-        NULL, (size_t)natsMsg_GetDataLength(m), (const uint8_t *)natsMsg_GetData(m));
+    int len = natsMsg_GetDataLength(m);
+    Ebpfmonitor__QueryReply *r;
     struct cluster_source s = {0};
+    const char *why;
     char err[128];
 
-    if (r == NULL)
+    if (len <= 0)
+        return false; /* not an answer (e.g. an empty "no responders" status message) */
+    r = ebpfmonitor__query_reply__unpack(NULL, (size_t)len, (const uint8_t *)natsMsg_GetData(m));
+    if (r == NULL) {
+        answer_reject(g->c, "query", NULL, "not a QueryReply");
         return false;
-    if (r->replica == NULL || r->replica[0] == '\0') {
-        /* Not an answer (e.g. an empty "no responders" status message). */
+    }
+    if ((why = answer_admit(g->c, &g->seen, r->replica)) != NULL) {
+        answer_reject(g->c, "query", r->replica, why);
         ebpfmonitor__query_reply__free_unpacked(r, NULL);
         return false;
     }
+    answer_record(&g->seen, r->replica);
     if (r->error != NULL && r->error[0]) {
         fprintf(stderr, "ebpf-aggregator: replica %s could not run the query: %s\n", r->replica,
                 r->error);
@@ -462,7 +570,7 @@ nomem:
 int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct query *q,
                   struct cluster_events *out)
 {
-    struct query_gather g = {0};
+    struct query_gather g = {.c = c};
     struct store_result own;
     unsigned peers = cluster_expected(c) - 1;
     unsigned answered = 0;
@@ -495,7 +603,9 @@ int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct 
                                          .count = own.count,
                                          .total_count = own.total_count,
                                          .has_more = own.has_next};
-        memcpy(all + 1, g.src, g.count * sizeof(*all));
+        /* g.src is NULL when no peer answered (alone, or a peer just died). */
+        if (g.count > 0)
+            memcpy(all + 1, g.src, g.count * sizeof(*all));
         rc = cluster_merge(all, g.count + 1, q->limit, out);
     }
     free(all);
@@ -580,9 +690,8 @@ static void flush_reply(natsConnection *nc, natsSubscription *sub)
     natsConnection_FlushTimeout(nc, 1000);
 }
 
-static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+static void handle_query(struct cluster *c, natsConnection *nc, natsSubscription *sub, natsMsg *msg)
 {
-    struct cluster *c = closure;
     const char *reply = natsMsg_GetReply(msg);
     json_t *root = json_loadb(natsMsg_GetData(msg), natsMsg_GetDataLength(msg), 0, NULL);
     const char *id = json_string_value(json_object_get(root, "replica"));
@@ -613,7 +722,13 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 done:
     buf_free(&out);
     json_decref(root);
-    natsMsg_Destroy(msg);
+}
+
+static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct cluster *c = closure;
+
+    GATED(c, msg, handle_query(c, nc, sub, msg));
 }
 
 /* ---- stats ---- */
@@ -632,9 +747,8 @@ void cluster_stats_json(struct aggregator *a, struct buf *out)
     buf_putc(out, '}');
 }
 
-static void on_stats(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+static void handle_stats(struct cluster *c, natsConnection *nc, natsSubscription *sub, natsMsg *msg)
 {
-    struct cluster *c = closure;
     const char *reply = natsMsg_GetReply(msg);
     json_t *root = json_loadb(natsMsg_GetData(msg), natsMsg_GetDataLength(msg), 0, NULL);
     const char *id = json_string_value(json_object_get(root, "replica"));
@@ -660,37 +774,125 @@ static void on_stats(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 done:
     buf_free(&out);
     json_decref(root);
-    natsMsg_Destroy(msg);
 }
 
-static bool on_stats_reply(void *ctx, natsMsg *m)
+static void on_stats(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
-    struct cluster_stats *st = ctx;
-    int len = natsMsg_GetDataLength(m);
-    const char *data = natsMsg_GetData(m);
-    char **p;
+    struct cluster *c = closure;
 
-    if (len <= 0 || data[0] != '{')
+    GATED(c, msg, handle_stats(c, nc, sub, msg));
+}
+
+/* Counters: objects of non-negative integers and reals, bounded in keys and depth. */
+static bool counters_valid(json_t *o, int depth)
+{
+    const char *key;
+    json_t *v;
+
+    if (!json_is_object(o) || depth > CLUSTER_COUNTERS_MAX_DEPTH ||
+        json_object_size(o) > CLUSTER_COUNTERS_MAX_KEYS)
         return false;
-    p = realloc(st->replies, (st->count + 1) * sizeof(*p));
-    if (p == NULL)
-        return true;
-    st->replies = p;
-    if ((p[st->count] = strndup(data, (size_t)len)) != NULL)
-        st->count++;
+    json_object_foreach(o, key, v)
+    {
+        if (strlen(key) > CLUSTER_KEY_MAX)
+            return false;
+        if (json_is_integer(v)) {
+            if (json_integer_value(v) < 0)
+                return false;
+        } else if (json_is_real(v)) {
+            if (!(json_real_value(v) >= 0))
+                return false;
+        } else if (!counters_valid(v, depth + 1)) {
+            return false;
+        }
+    }
     return true;
 }
 
-int cluster_gather_stats(struct cluster *c, struct cluster_stats *out)
+/* What is wrong with a stats answer's shape (see cluster_stats_json()), or NULL. */
+static const char *stats_answer_check(json_t *root)
+{
+    json_t *error = json_object_get(root, "error");
+
+    if (error != NULL)
+        return json_is_string(error) && json_string_length(error) <= CLUSTER_ERROR_MAX
+                   ? NULL
+                   : "error is not a short string";
+    if (!json_is_boolean(json_object_get(root, "connected")))
+        return "connected is not true or false";
+    if (!counters_valid(json_object_get(root, "counters"), 0))
+        return "counters are not objects of non-negative numbers";
+    if (!json_is_object(json_object_get(root, "nodes")))
+        return "no node table";
+    return NULL;
+}
+
+/* The peers' answers to one stats request, checked. */
+struct stats_gather {
+    struct cluster *c;
+    struct cluster_stats *out;
+    struct nodes *nodes; /* the accepted answers' node tables are merged here */
+    struct answer_set seen;
+};
+
+static bool on_stats_reply(void *ctx, natsMsg *m)
+{
+    struct stats_gather *g = ctx;
+    int len = natsMsg_GetDataLength(m);
+    json_t *root;
+    const char *id, *why;
+    json_t **p;
+
+    if (len <= 0)
+        return false; /* not an answer (e.g. an empty "no responders" status message) */
+    root = json_loadb(natsMsg_GetData(m), (size_t)len, JSON_REJECT_DUPLICATES, NULL);
+    id = json_string_value(json_object_get(root, "replica"));
+    if (!json_is_object(root))
+        why = "not a JSON object";
+    else if ((why = answer_admit(g->c, &g->seen, id)) == NULL)
+        why = stats_answer_check(root);
+    if (why == NULL && json_object_get(root, "error") == NULL) {
+        /* All or nothing: a malformed table changes nothing. */
+        int rc = nodes_merge_value(g->nodes, json_object_get(root, "nodes"));
+        if (rc == -EINVAL)
+            why = "a malformed node table";
+        else if (rc < 0)
+            json_object_set_new(root, "error", json_string("could not merge its node table"));
+    }
+    if (why != NULL) {
+        answer_reject(g->c, "stats", id, why);
+        json_decref(root);
+        return false;
+    }
+    answer_record(&g->seen, id);
+    json_object_del(root, "nodes"); /* merged */
+    p = realloc(g->out->replies, (g->out->count + 1) * sizeof(*p));
+    if (p == NULL) {
+        json_decref(root);
+        return true;
+    }
+    g->out->replies = p;
+    p[g->out->count++] = root;
+    return true;
+}
+
+int cluster_gather_stats(struct cluster *c, struct nodes *nodes, struct cluster_stats *out)
 {
     unsigned peers = cluster_expected(c) - 1;
     unsigned answered = 0;
 
     memset(out, 0, sizeof(*out));
     if (peers > 0) {
+        struct stats_gather *g = calloc(1, sizeof(*g)); /* the answer set is 4 KiB */
         char req[64];
         int n = snprintf(req, sizeof(req), "{\"replica\":\"%s\"}", c->a->replica);
-        answered = gather(c, c->subj_stats, req, (size_t)n, peers, on_stats_reply, out);
+        if (g != NULL) {
+            g->c = c;
+            g->out = out;
+            g->nodes = nodes;
+            answered = gather(c, c->subj_stats, req, (size_t)n, peers, on_stats_reply, g);
+        }
+        free(g);
     }
     out->answered = 1 + answered;
     out->expected = 1 + peers;
@@ -702,7 +904,7 @@ int cluster_gather_stats(struct cluster *c, struct cluster_stats *out)
 void cluster_stats_free(struct cluster_stats *s)
 {
     for (size_t i = 0; i < s->count; i++)
-        free(s->replies[i]);
+        json_decref(s->replies[i]);
     free(s->replies);
     s->replies = NULL;
     s->count = 0;
@@ -733,6 +935,8 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
              a->cfg.queue_group);
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->reply_lock, NULL);
+    pthread_mutex_init(&c->gate.lock, NULL);
+    pthread_cond_init(&c->gate.idle, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&c->wake, &ca);
@@ -805,6 +1009,7 @@ void cluster_leave(struct cluster *c)
 void cluster_free(struct cluster *c)
 {
     natsSubscription *subs[4];
+    bool stopped = true;
 
     if (c == NULL)
         return;
@@ -815,7 +1020,16 @@ void cluster_free(struct cluster *c)
     subs[3] = c->reply_sub;
     /* Waits for a callback still running, which uses c. */
     for (size_t i = 0; i < 4; i++)
-        aggregator_sub_close(subs[i], c->nc, false, CLUSTER_CLOSE_WAIT_MS);
+        stopped &= aggregator_sub_close(subs[i], c->nc, false, CLUSTER_CLOSE_WAIT_MS);
+    /* From here no callback touches the store, the nodes or the bus, stopped or not. */
+    aggregator_gate_close(&c->gate);
+    if (!stopped) {
+        /* A callback may still be scheduled, and it reads c->gate: keep c. */
+        fprintf(stderr, "ebpf-aggregator: leaving the cluster state allocated\n");
+        return;
+    }
+    pthread_cond_destroy(&c->gate.idle);
+    pthread_mutex_destroy(&c->gate.lock);
     pthread_cond_destroy(&c->wake);
     pthread_mutex_destroy(&c->reply_lock);
     pthread_mutex_destroy(&c->lock);

@@ -14,16 +14,27 @@
  *
  * A gather waits until every expected peer answered or QUERY_TIMEOUT passed,
  * so a dead replica makes an answer partial, never a hang.
+ *
+ * Anyone allowed on the control subjects can heartbeat and answer, so
+ * answers are checked before they count: the replica id must be a live
+ * peer's, one answer per peer per gather, and a stats answer must be an
+ * object whose counters are non-negative numbers (bounded nesting and keys)
+ * and whose node table nodes_merge_value() accepts. Rejected answers are
+ * ignored (the peer counts as not answered) and counted in
+ * cluster_invalid_answers(). What a peer can still do is claim counters of
+ * its own, saturating at INT64_MAX when summed.
  */
 #ifndef EBPF_MONITOR_AGGREGATOR_CLUSTER_H
 #define EBPF_MONITOR_AGGREGATOR_CLUSTER_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <jansson.h>
 #include <stdint.h>
 
 #include "buf.h"
 #include "event.h"
+#include "nodes.h"
 #include "query.h"
 
 struct aggregator;
@@ -83,14 +94,20 @@ int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct 
                   struct cluster_events *out);
 void cluster_events_free(struct cluster_events *e);
 
-/* The peers' stats answers (JSON texts); this replica's own is not included. */
+/* The peers' stats answers, checked; this replica's own is not included. */
 struct cluster_stats {
-    char **replies; /* NUL-terminated JSON objects */
+    json_t **replies; /* owned; objects with "replica" and "counters" or "error" */
     size_t count;
     unsigned answered, expected; /* this replica included */
 };
-int cluster_gather_stats(struct cluster *c, struct cluster_stats *out);
+/*
+ * Gathers the peers' stats answers; the node table of each accepted answer
+ * is merged into nodes. 0 (out is freed with cluster_stats_free).
+ */
+int cluster_gather_stats(struct cluster *c, struct nodes *nodes, struct cluster_stats *out);
 void cluster_stats_free(struct cluster_stats *s);
+/* Peers' answers rejected as malformed since start (see above). */
+uint64_t cluster_invalid_answers(struct cluster *c);
 
 /* This replica's stats answer, as peers receive it. */
 void cluster_stats_json(struct aggregator *a, struct buf *out);

@@ -56,9 +56,35 @@ static void log_reject_events(struct aggregator *a, natsMsg *msg, const struct b
                 n, err);
 }
 
-static void on_batch(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+bool aggregator_gate_enter(struct aggregator_gate *g)
 {
-    struct aggregator *a = closure;
+    pthread_mutex_lock(&g->lock);
+    bool open = !g->closed;
+    if (open)
+        g->active++;
+    pthread_mutex_unlock(&g->lock);
+    return open;
+}
+
+void aggregator_gate_leave(struct aggregator_gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    if (--g->active == 0 && g->closed)
+        pthread_cond_broadcast(&g->idle);
+    pthread_mutex_unlock(&g->lock);
+}
+
+void aggregator_gate_close(struct aggregator_gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    g->closed = true;
+    while (g->active > 0)
+        pthread_cond_wait(&g->idle, &g->lock);
+    pthread_mutex_unlock(&g->lock);
+}
+
+static void ingest_batch(struct aggregator *a, natsMsg *msg)
+{
     struct bus_batch batch = {0};
     char err[256] = "";
 
@@ -69,7 +95,6 @@ static void on_batch(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
             log_reject(a, msg, r, err);
         }
         bus_batch_free(&batch);
-        natsMsg_Destroy(msg);
         return;
     }
     if (batch.meta.rejected_events) {
@@ -87,6 +112,17 @@ static void on_batch(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
             count(&a->counters.store_failed, 1);
     }
     bus_batch_free(&batch);
+}
+
+static void on_batch(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct aggregator *a = closure;
+
+    /* Closed: shutting down and out of drain time; what is still queued is dropped. */
+    if (aggregator_gate_enter(&a->ingest_gate)) {
+        ingest_batch(a, msg);
+        aggregator_gate_leave(&a->ingest_gate);
+    }
     natsMsg_Destroy(msg);
 }
 
@@ -195,20 +231,20 @@ static void on_sub_complete(void *closure)
     pthread_mutex_unlock(&d->lock);
 }
 
-void aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain, int timeout_ms)
+bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain, int timeout_ms)
 {
     pthread_condattr_t ca;
     struct timespec ts;
     bool wait;
 
     if (sub == NULL)
-        return;
+        return true;
     /* On the heap: nats.c may run the completion callback after we give up waiting. */
     struct sub_done *d = calloc(1, sizeof(*d));
     if (!d) {
         natsSubscription_Unsubscribe(sub);
         natsSubscription_Destroy(sub);
-        return;
+        return false; /* not waited for */
     }
     pthread_mutex_init(&d->lock, NULL);
     pthread_condattr_init(&ca);
@@ -241,15 +277,20 @@ void aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain,
         pthread_mutex_destroy(&d->lock);
         free(d);
     } else {
-        /* The handler is stuck: leaking sub and d beats freeing what it may still use. */
+        /* Its handler may still run: leaking sub and d beats freeing what it uses. */
         fprintf(stderr, "ebpf-aggregator: a subscription did not stop within %d ms\n", timeout_ms);
     }
+    return done;
 }
 
 void ingest_stop(struct aggregator *a, int timeout_ms)
 {
     /* Drain: stop receiving, but finish what is already queued for the callback. */
-    aggregator_sub_close(a->ingest_sub, bus_conn(a->bus), true, timeout_ms);
+    if (!aggregator_sub_close(a->ingest_sub, bus_conn(a->bus), true, timeout_ms))
+        fprintf(stderr, "ebpf-aggregator: batches still queued after %d ms are dropped\n",
+                timeout_ms);
+    /* Whether or not it stopped: once this returns, no handler touches the store or nodes. */
+    aggregator_gate_close(&a->ingest_gate);
     a->ingest_sub = NULL;
     pthread_mutex_lock(&a->stream_lock);
     a->stream_closed = true;

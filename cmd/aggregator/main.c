@@ -80,6 +80,8 @@ int main(int argc, char **argv)
     make_replica_id(a.replica);
     a.started_mono_ns = api_monotonic_ns();
     pthread_mutex_init(&a.stream_lock, NULL);
+    pthread_mutex_init(&a.ingest_gate.lock, NULL);
+    pthread_cond_init(&a.ingest_gate.idle, NULL);
 
     struct store_limits limits = {.max_events = a.cfg.history_size,
                                   .max_age_ns = a.cfg.history_max_age_ns};
