@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <jansson.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -224,13 +225,17 @@ Test(event_json, exec_escapes_command_and_args)
     set_args(&e, args, sizeof(args)); /* includes the final NUL */
     e.u.exec.args_truncated = 1;
     e.k8s.pod_name = intern("p\"od");
-    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"exec\"," COMMON
-                    "\"command\":\"a\\\"b\\u0001\xef\xbf\xbd\"," TIMEPART ",\"node\":\"node-1\","
-                    "\"k8s_pod_name\":\"p\\\"od\","
-                    "\"filename\":\"/usr/bin/printf\","
-                    "\"args\":[\"printf\",\"say \\\"hi\\\"\\\\\",\"\\u0001\\u001f\\n\","
-                    "\"\xef\xbf\xbd\xef\xbf\xbd ok\",\"\",\"\xc3\xa9t\xc3\xa9\"],"
-                    "\"args_truncated\":true,\"cgroup_id\":4242}");
+    assert_json(&e,
+                "{\"id\":\"00000000deadbeef\",\"type\":\"exec\"," COMMON
+                "\"command\":\"a\\\"b\\u0001\xef\xbf\xbd\",\"command_b64\":\"YSJiAf8=\"," TIMEPART
+                ",\"node\":\"node-1\","
+                "\"k8s_pod_name\":\"p\\\"od\","
+                "\"filename\":\"/usr/bin/printf\","
+                "\"args\":[\"printf\",\"say \\\"hi\\\"\\\\\",\"\\u0001\\u001f\\n\","
+                "\"\xef\xbf\xbd\xef\xbf\xbd ok\",\"\",\"\xc3\xa9t\xc3\xa9\"],"
+                "\"args_b64\":[\"cHJpbnRm\",\"c2F5ICJoaSJc\",\"AR8K\",\"//4gb2s=\",\"\","
+                "\"w6l0w6k=\"],"
+                "\"args_truncated\":true,\"cgroup_id\":4242}");
     event_clear(&e);
 }
 
@@ -427,25 +432,89 @@ Test(event_json, parse_does_not_need_nul_termination)
     cr_assert_eq(e.type, EVENT_EXIT);
 }
 
-/* Surrogates, overlong forms and out-of-range code points must not reach the output raw. */
+/*
+ * Surrogates, overlong forms, out-of-range code points and bytes that start
+ * nothing must not reach the output raw; the _b64 fields carry them exactly.
+ */
 Test(event_json, invalid_utf8_always_yields_parseable_json)
 {
-    static const char *const bad[] = {"\xed\xa0\x80",     "\xe0\x80\x80", "\xf4\x90\x80\x80",
-                                      "\xf0\x80\x80\x80", "\xc0\xaf",     "ok\xe2\x82"};
+    static const char *const bad[] = {
+        "\xed\xa0\x80", "\xe0\x80\x80", "\xf4\x90\x80\x80", "\xf0\x80\x80\x80",    "\xc0\xaf",
+        "ok\xe2\x82",   "\xff\x80\x80", "\xf5\x80\x80\x80", "\xf8\x88\x80\x80\x80"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct event e, back;
         struct buf b;
         char err[256] = "";
         base(&e, EVENT_EXEC, bad[i]);
+        e.u.exec.filename = strdup(bad[i]);
         set_args(&e, bad[i], strlen(bad[i]) + 1);
         buf_init(&b);
         event_json_write(&b, &e);
+        json_error_t jerr;
+        json_t *strict = json_loadb(b.data, b.len, 0, &jerr);
+        cr_assert_not_null(strict, "case %zu: %s: %s", i, jerr.text, b.data);
+        cr_assert(strstr(json_string_value(json_object_get(strict, "command")), "\xef\xbf\xbd"));
+        json_decref(strict);
         cr_assert_eq(event_json_parse(b.data, b.len, &back, err, sizeof(err)), 0, "case %zu: %s", i,
                      err);
-        cr_assert(strstr(back.command, "\xef\xbf\xbd"), "case %zu", i);
-        cr_assert(strstr(back.u.exec.args, "\xef\xbf\xbd"), "case %zu", i);
+        cr_assert_str_eq(back.command, bad[i], "case %zu", i);
+        cr_assert_str_eq(back.u.exec.filename, bad[i], "case %zu", i);
+        cr_assert_eq(back.u.exec.args_len, strlen(bad[i]) + 1);
+        cr_assert_str_eq(back.u.exec.args, bad[i], "case %zu", i);
         event_clear(&back);
         event_clear(&e);
+        buf_free(&b);
+    }
+}
+
+/* The issue's reproducer: `/bin/true $'\xff\x80\x80'`. */
+Test(event_json, exec_with_invalid_argv_has_exact_bytes_beside_the_text)
+{
+    struct event e;
+    base(&e, EVENT_EXEC, "true");
+    e.u.exec.filename = strdup("/tmp/x\xff/true");
+    static const char args[] = "/bin/true\0\xff\x80\x80";
+    set_args(&e, args, sizeof(args));
+    assert_json(&e,
+                "{\"id\":\"00000000deadbeef\",\"type\":\"exec\"," COMMON
+                "\"command\":\"true\"," TIMEPART ",\"node\":\"node-1\","
+                "\"filename\":\"/tmp/x\xef\xbf\xbd/true\",\"filename_b64\":\"L3RtcC94/y90cnVl\","
+                "\"args\":[\"/bin/true\",\"\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\"],"
+                "\"args_b64\":[\"L2Jpbi90cnVl\",\"/4CA\"],\"cgroup_id\":0}");
+    assert_round_trip(&e);
+    event_clear(&e);
+}
+
+Test(event_json, parse_rejects_b64_fields_that_disagree_or_are_malformed)
+{
+    static const char *const bad[] = {
+        /* not base64, bad padding, non-zero pad bits, NUL bytes */
+        "\"command\":\"\xef\xbf\xbd\",\"command_b64\":\"!!!!\"",
+        "\"command\":\"\xef\xbf\xbd\",\"command_b64\":\"/w\"",
+        "\"command\":\"\xef\xbf\xbd\",\"command_b64\":\"/x==\"",
+        "\"command\":\"\xef\xbf\xbd\",\"command_b64\":\"/w=A\"",
+        "\"command\":\"\xef\xbf\xbd\",\"command_b64\":\"AP8=\"",
+        /* bytes the text was not written from; no text; too long for a comm */
+        "\"command\":\"x\",\"command_b64\":\"/w==\"",
+        "\"command_b64\":\"/w==\"",
+        "\"command\":\"\xef\xbf\xbd\",\"command_b64\":7",
+        "\"command\":\"aaaaaaaaaaaaaaa\xef\xbf\xbd\",\"command_b64\":\"YWFhYWFhYWFhYWFhYWFh/w==\"",
+        "\"filename\":\"a\",\"filename_b64\":\"/w==\"",
+        "\"args\":[\"\xef\xbf\xbd\"],\"args_b64\":[]",
+        "\"args\":[\"\xef\xbf\xbd\"],\"args_b64\":\"/w==\"",
+        "\"args\":[\"\xef\xbf\xbd\"],\"args_b64\":[1]",
+        "\"args\":[\"a\"],\"args_b64\":[\"Yg==\"]",
+        "\"args_b64\":[\"Yg==\"]",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct buf b;
+        struct event e;
+        char err[256] = "";
+        buf_init(&b);
+        buf_printf(&b, "{\"id\":\"0000000000000001\",\"type\":\"exec\",\"timestamp\":1,%s}",
+                   bad[i]);
+        cr_assert_eq(event_json_parse(b.data, b.len, &e, err, sizeof(err)), -EINVAL, "case %zu", i);
+        cr_assert(strstr(err, "_b64") || strstr(err, "command"), "case %zu: %s", i, err);
         buf_free(&b);
     }
 }
