@@ -118,6 +118,10 @@ bool buf_utf8_valid(const char *s, size_t len)
 {
     size_t i = 0;
     while (i < len) {
+        if ((unsigned char)s[i] < 0x80) { /* names and paths are nearly always ASCII */
+            i++;
+            continue;
+        }
         size_t n = buf_utf8_seq(s + i, len - i);
         if (n == 0)
             return false;
