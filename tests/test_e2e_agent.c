@@ -380,14 +380,11 @@ static json_t *wait_strict(const char *path, int pid, int type, int timeout_ms)
     return NULL;
 }
 
-/* The reproducer: `/bin/true $'\xff\x80\x80'`, from a path that is not UTF-8 either. */
-Test(e2e_agent, exec_with_invalid_utf8_is_strict_json_with_exact_bytes)
+/* A copy of /bin/true at dir/name (name is not UTF-8); its path goes to path. */
+static void copy_true(char *dir, const char *name, char *path, size_t len)
 {
-    char dir[] = "/tmp/ebpf-e2e-utf8-XXXXXX";
     cr_assert(mkdtemp(dir));
-    static const char name[] = "tr\xffue\x80"; /* also the comm */
-    char path[128];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    snprintf(path, len, "%s/%s", dir, name);
     FILE *in = fopen("/bin/true", "rb"), *out = fopen(path, "wb");
     cr_assert(in && out);
     char chunk[65536];
@@ -397,7 +394,11 @@ Test(e2e_agent, exec_with_invalid_utf8_is_strict_json_with_exact_bytes)
     fclose(in);
     cr_assert_eq(fclose(out), 0);
     cr_assert_eq(chmod(path, 0755), 0);
+}
 
+/* Runs path $'\xff\x80\x80' to completion; returns its pid. */
+static pid_t run_with_bad_argv(const char *path)
+{
     pid_t pid = fork();
     if (pid == 0) {
         execl(path, path, "\xff\x80\x80", (char *)NULL);
@@ -406,6 +407,17 @@ Test(e2e_agent, exec_with_invalid_utf8_is_strict_json_with_exact_bytes)
     int status;
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the copy of /bin/true ran");
+    return pid;
+}
+
+/* The reproducer: `/bin/true $'\xff\x80\x80'`, from a path that is not UTF-8 either. */
+Test(e2e_agent, exec_with_invalid_utf8_is_strict_json_with_exact_bytes)
+{
+    char dir[] = "/tmp/ebpf-e2e-utf8-XXXXXX";
+    static const char name[] = "tr\xffue\x80"; /* also the comm */
+    char path[128];
+    copy_true(dir, name, path, sizeof(path));
+    pid_t pid = run_with_bad_argv(path);
 
     char q[128];
     snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d", pid);
@@ -432,6 +444,60 @@ Test(e2e_agent, exec_with_invalid_utf8_is_strict_json_with_exact_bytes)
 
     /* The whole history, every event in it, is still one strict document. */
     json_decref(get_strict("/api/events?limit=10000", NULL));
+    unlink(path);
+    rmdir(dir);
+}
+
+/* The same event on the SSE stream: one "data:" line of strict JSON. */
+Test(e2e_agent, sse_stream_of_invalid_utf8_is_strict_json)
+{
+    char dir[] = "/tmp/ebpf-e2e-utf8-XXXXXX", path[128];
+    copy_true(dir, "t\xc0\xafrue", path, sizeof(path));
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)agent_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    const char *req = "GET /api/events/stream?type=exec HTTP/1.1\r\nHost: x\r\n\r\n";
+    cr_assert_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+
+    static char buf[1 << 20];
+    size_t len = 0;
+    pid_t child = 0;
+    char needle[64];
+    uint64_t deadline = tu_mono_ms() + 10000;
+    while (tu_mono_ms() < deadline && len + 1 < sizeof(buf)) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 200) > 0) {
+            ssize_t r = read(fd, buf + len, sizeof(buf) - len - 1);
+            cr_assert_gt(r, 0, "stream closed");
+            len += (size_t)r;
+            buf[len] = '\0';
+        }
+        if (!child && strstr(buf, "\r\n\r\n")) {
+            child = run_with_bad_argv(path); /* after the subscription */
+            snprintf(needle, sizeof(needle), "\"pid\":%d,", child);
+        }
+        if (child && strstr(buf, needle) && strchr(strstr(buf, needle), '\n'))
+            break;
+    }
+    close(fd);
+    cr_assert(child, "stream never answered");
+    char *hit = strstr(buf, needle);
+    cr_assert(hit, "exec of pid %d not streamed", child);
+    char *line = hit;
+    while (line > buf && line[-1] != '\n')
+        line--;
+    cr_assert(strncmp(line, "data: {", 7) == 0, "line: %.80s", line);
+    *strchr(line, '\n') = '\0';
+    json_error_t je;
+    json_t *ev = json_loads(line + 6, 0, &je);
+    cr_assert(ev, "data line is not strict JSON: %s", je.text);
+    json_t *raw = json_object_get(ev, "args_b64");
+    cr_assert_eq(json_array_size(raw), 2);
+    cr_expect_str_eq(json_string_value(json_array_get(raw, 1)), "/4CA");
+    cr_expect(json_is_string(json_object_get(ev, "filename_b64")));
+    json_decref(ev);
     unlink(path);
     rmdir(dir);
 }
