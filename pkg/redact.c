@@ -26,7 +26,7 @@ struct pattern {
     enum pattern_kind kind;
     char name[REDACT_NAME_MAX]; /* "--password", "-p", or the lowercased NAME of NAME= */
     size_t len;
-    char prog[REDACT_NAME_MAX]; /* argv[0] basename it is limited to; "" = any */
+    char prog[REDACT_NAME_MAX]; /* program it is limited to (redact.h); "" = any */
 };
 
 struct redact {
@@ -73,7 +73,7 @@ static int add_pattern(struct redact *r, const char *s, size_t len)
     }
     if (colon && s[0] != '-') {
         size_t plen = (size_t)(colon - s);
-        if (plen == 0 || plen >= sizeof(p.prog) || memchr(s, '/', plen))
+        if (plen == 0 || plen >= sizeof(p.prog) || !all_name_chars(s, plen))
             return -EINVAL;
         memcpy(p.prog, s, plen);
         s = colon + 1;
@@ -180,9 +180,21 @@ static bool nothing_to_hide(const char *v, size_t len)
     return len == 0 || (len == sizeof(REDACT_MASK) - 1 && memcmp(v, REDACT_MASK, len) == 0);
 }
 
-static bool prog_matches(const struct pattern *p, const char *prog, size_t plen)
+/*
+ * Marks the patterns limited to the program named by argument a (its
+ * basename): they apply to the arguments after it.
+ */
+static void note_program(const struct redact *r, const char *a, size_t len, bool *active)
 {
-    return !p->prog[0] || (strlen(p->prog) == plen && memcmp(p->prog, prog, plen) == 0);
+    const char *slash = memrchr(a, '/', len);
+    if (slash) {
+        len -= (size_t)(slash + 1 - a);
+        a = slash + 1;
+    }
+    for (size_t i = 0; i < r->n; i++)
+        if (r->pats[i].prog[0] && strlen(r->pats[i].prog) == len &&
+            memcmp(r->pats[i].prog, a, len) == 0)
+            active[i] = true;
 }
 
 /* Whether KEY (len bytes) contains the lowercased name, ignoring ASCII case. */
@@ -273,12 +285,12 @@ static size_t redact_urls(const char *s, size_t len, struct buf *out)
  * argument when it carried the value, 2 when it is "--NAME" alone (the value
  * is the next argument), 0 when no option pattern applies.
  */
-static int redact_option(const struct redact *r, const char *prog, size_t plen, const char *a,
-                         size_t len, struct buf *out)
+static int redact_option(const struct redact *r, const bool *active, const char *a, size_t len,
+                         struct buf *out)
 {
     for (size_t i = 0; i < r->n; i++) {
         const struct pattern *p = &r->pats[i];
-        if (p->kind == PAT_KEY || !prog_matches(p, prog, plen) || len < p->len ||
+        if (p->kind == PAT_KEY || (p->prog[0] && !active[i]) || len < p->len ||
             memcmp(a, p->name, p->len) != 0)
             continue;
         if (p->kind == PAT_LONG && len == p->len)
@@ -305,21 +317,13 @@ static size_t arg_len(const char *p, const char *end)
 size_t redact_args(const struct redact *r, const char *args, size_t len, size_t max,
                    struct buf *out, bool *truncated)
 {
-    const char *end = args + len, *prog = args;
-    size_t count = 0, plen = 0;
-    bool next_is_value = false;
+    const char *end = args + len;
+    size_t count = 0;
+    bool next_is_value = false, active[REDACT_MAX_PATTERNS] = {false};
     struct buf tmp;
 
     buf_reset(out);
     buf_init(&tmp);
-    if (len) {
-        plen = arg_len(args, end);
-        const char *slash = memrchr(args, '/', plen);
-        if (slash) {
-            plen -= (size_t)(slash + 1 - prog);
-            prog = slash + 1;
-        }
-    }
     for (const char *a = args; a < end;) {
         size_t n = arg_len(a, end), start = out->len, before = count;
         int opt = 0;
@@ -328,7 +332,7 @@ size_t redact_args(const struct redact *r, const char *args, size_t len, size_t 
         } else if (next_is_value && !nothing_to_hide(a, n)) {
             buf_puts(out, REDACT_MASK);
             count++;
-        } else if (a != args && (opt = redact_option(r, prog, plen, a, n, out)) == 1) {
+        } else if (a != args && (opt = redact_option(r, active, a, n, out)) == 1) {
             count++;
         } else {
             buf_reset(&tmp);
@@ -341,6 +345,8 @@ size_t redact_args(const struct redact *r, const char *args, size_t len, size_t 
             out->oom |= tmp.oom;
         }
         next_is_value = opt == 2;
+        if (r)
+            note_program(r, a, n, active);
         buf_putc(out, '\0');
         if (out->len > max) {
             out->len = start;

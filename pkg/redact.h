@@ -13,8 +13,10 @@
  *   -X            (one dash, one letter or digit) "-XVALUE" becomes "-X***";
  *                 the next argument is never touched ("mysql -p db" prompts,
  *                 and db is the database).
- *   PROG:OPTION   OPTION (either form above) only when the basename of
- *                 argv[0] is PROG ("mysql:-p": "-p" is a port for ssh, nc...).
+ *   PROG:OPTION   OPTION (either form above) only in the arguments after one
+ *                 whose basename is PROG: argv[0], or a later one as in
+ *                 "sudo mysql -p..." ("mysql:-p": "-p" is a port for ssh...).
+ *                 PROG is letters, digits, '_', '.', '-'.
  *   NAME=         a VALUE after "KEY=" in any argument, where KEY (the run of
  *                 letters, digits, '_', '.', '-' before the '=') contains NAME,
  *                 ignoring ASCII case. The value runs to the end of the

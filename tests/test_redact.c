@@ -73,6 +73,10 @@ Test(redact, mysql_family_short_p_attached_only)
     DEF("mysqladmin|-pX|status", "mysqladmin|-p***|status", 1);
     /* "-p" alone prompts; the next argument is the database, not a password. */
     DEF("mysql|-p|shop", "mysql|-p|shop", 0);
+    /* Behind a wrapper, the program is a later argument. */
+    DEF("sudo|-u|db|mysql|-psecret", "sudo|-u|db|mysql|-p***", 1);
+    DEF("env|A=1|/usr/bin/mysql|-psecret", "env|A=1|/usr/bin/mysql|-p***", 1);
+    DEF("ssh|-p2222|host|mysql|-psecret", "ssh|-p2222|host|mysql|-p***", 1);
     /* Other programs' -p is a port, a path, a pid... */
     DEF("ssh|-p2222|host", "ssh|-p2222|host", 0);
     DEF("/usr/bin/mysql-workbench|-psecret", "/usr/bin/mysql-workbench|-psecret", 0);
@@ -197,6 +201,7 @@ Test(redact, bad_patterns_are_named)
         {":-p", "\":-p\""},
         {"mysql:password=", "\"mysql:password=\""},
         {"a/b:-p", "\"a/b:-p\""},
+        {"my*sql:-p", "\"my*sql:-p\""},
         {"--pass/word", "\"--pass/word\""},
         {"none,--x", "none"},
         {"--x,none", "none"},

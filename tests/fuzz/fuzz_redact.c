@@ -128,7 +128,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if ((a != b || memcmp(x, y, a) != 0) && !memmem(y, b, REDACT_MASK, 3))
             abort(); /* changed, but not by a replacement */
     }
-    if (count == 0 && !truncated && size <= EVENT_ARGS_MAX &&
+    if (count == 0 && !truncated && size && size <= EVENT_ARGS_MAX &&
         (out.len < size || memcmp(out.data, in, size) != 0))
         abort(); /* nothing replaced, yet something changed */
 
