@@ -91,16 +91,62 @@ void buf_printf(struct buf *b, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Escapes control characters and quotes; bytes that are not valid UTF-8 become U+FFFD. */
+size_t buf_utf8_seq(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    if (len == 0)
+        return 0;
+    unsigned char c = p[0];
+    if (c < 0x80)
+        return 1;
+    size_t n = c >= 0xc2 && c < 0xe0   ? 2
+               : c >= 0xe0 && c < 0xf0 ? 3
+               : c >= 0xf0 && c < 0xf5 ? 4
+                                       : 0;
+    if (n == 0 || len < n)
+        return 0;
+    for (size_t i = 1; i < n; i++)
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+    /* Overlong forms, UTF-16 surrogates and code points above U+10FFFF. */
+    if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0) || (c == 0xf0 && p[1] < 0x90) ||
+        (c == 0xf4 && p[1] >= 0x90))
+        return 0;
+    return n;
+}
+
+bool buf_utf8_valid(const char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        if ((unsigned char)s[i] < 0x80) { /* names and paths are nearly always ASCII */
+            i++;
+            continue;
+        }
+        size_t n = buf_utf8_seq(s + i, len - i);
+        if (n == 0)
+            return false;
+        i += n;
+    }
+    return true;
+}
+
+/*
+ * The project's one UTF-8 rule (README.md, "Strings and raw bytes"): valid UTF-8 is
+ * copied unchanged, each byte that is not part of a valid sequence becomes
+ * U+FFFD, and only '"', '\\' and control characters are escaped. Every JSON
+ * string the project writes goes through here, so no output can hold invalid
+ * UTF-8 whatever bytes a process, the kernel or the API server supplied.
+ */
 void buf_json_string(struct buf *b, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
-    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    const char *p = s, *end = s + len;
     if (!buf_reserve(b, len + 2))
         return;
     buf_putc(b, '"');
     while (p < end) {
-        unsigned char c = *p;
+        unsigned char c = (unsigned char)*p;
         if (c < 0x80) {
             switch (c) {
             case '"':
@@ -129,15 +175,8 @@ void buf_json_string(struct buf *b, const char *s, size_t len)
             p++;
             continue;
         }
-        size_t n = c >= 0xf0 && c < 0xf5 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c < 0xe0 ? 2 : 0;
-        bool ok = n > 0 && (size_t)(end - p) >= n;
-        for (size_t i = 1; ok && i < n; i++)
-            ok = (p[i] & 0xc0) == 0x80;
-        /* Overlong forms, UTF-16 surrogates and code points above U+10FFFF are invalid too. */
-        if (ok && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0) ||
-                   (c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90)))
-            ok = false;
-        if (ok) {
+        size_t n = buf_utf8_seq(p, (size_t)(end - p));
+        if (n) {
             buf_append(b, p, n);
             p += n;
         } else {

@@ -28,8 +28,17 @@ void buf_puts(struct buf *b, const char *s);
 void buf_putc(struct buf *b, char c);
 void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void buf_vprintf(struct buf *b, const char *fmt, va_list ap);
-/* Appends s (len bytes) as a quoted JSON string, escaping as RFC 8259 requires. */
+/*
+ * Appends s (len bytes) as a quoted JSON string, escaping as RFC 8259
+ * requires. The output is always valid UTF-8: valid UTF-8 (RFC 3629: no
+ * overlong forms, no surrogates, nothing above U+10FFFF) passes unchanged and
+ * each byte that is not part of a valid sequence becomes U+FFFD.
+ */
 void buf_json_string(struct buf *b, const char *s, size_t len);
+/* Length (1-4) of the valid UTF-8 sequence s starts with; 0 when it starts none (or len is 0). */
+size_t buf_utf8_seq(const char *s, size_t len);
+/* Whether all len bytes of s are valid UTF-8 (RFC 3629). */
+bool buf_utf8_valid(const char *s, size_t len);
 static inline void buf_json_cstr(struct buf *b, const char *s)
 {
     buf_json_string(b, s, strlen(s));

@@ -15,6 +15,7 @@
 #include <yaml.h>
 
 #include "event.h"
+#include "redact.h"
 
 enum key_kind {
     KIND_STRING,
@@ -25,6 +26,7 @@ enum key_kind {
     KIND_ENCODING,
     KIND_TYPES,
     KIND_LISTEN,
+    KIND_REDACT, /* argument redaction patterns (redact.h) */
 };
 
 struct key {
@@ -83,6 +85,9 @@ static const struct key keys[] = {
      "kernel ring buffer size (a power of two, 4KiB-1GiB)"},
     {"DROP_RATE_LIMIT", KIND_UINT, AGENT, NUM(drop_rate_limit), 1, 1000000, "1000", NULL,
      "packet_drop events per second per CPU before suppression (1-1000000)"},
+    {"REDACT_ARGS", KIND_REDACT, AGENT, STR(redact_args), 0, 0, "default", NULL,
+     "argument values replaced by *** in exec events: comma list of --NAME, -X, PROG:OPTION, "
+     "NAME=, url, default; or none"},
     {"CGROUP_ROOT", KIND_STRING, AGENT, STR(cgroup_root), 0, 0, NULL, NULL,
      "cgroup v2 mount to resolve pods from (default: detected; in a pod, the host's, mounted)"},
     {"K8S_API_URL", KIND_STRING, AGENT, STR(k8s_api_url), 0, 0, NULL, NULL,
@@ -316,7 +321,7 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
     char *field = (char *)c + k->offset;
     uint64_t v = 0;
     const char *allowed = NULL;
-    char range[96];
+    char range[256];
 
     switch (k->kind) {
     case KIND_STRING:
@@ -394,6 +399,25 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
             break;
         }
         return 0;
+    case KIND_REDACT: {
+        struct redact *r;
+        char why[160];
+        if (strlen(value) >= k->size) {
+            snprintf(range, sizeof(range), "at most %zu characters", k->size - 1);
+            allowed = range;
+            break;
+        }
+        if (redact_new(value, &r, why, sizeof(why)) < 0) {
+            snprintf(range, sizeof(range),
+                     "a comma list of --NAME, -X, PROG:OPTION, NAME=, url, default, or none (%s)",
+                     why);
+            allowed = range;
+            break;
+        }
+        redact_free(r);
+        strcpy(field, value);
+        return 0;
+    }
     case KIND_TYPES:
         if (parse_types(value, &c->event_types) < 0) {
             allowed = "a comma list of connection, accept, packet_drop, exec, exit, or all";

@@ -59,6 +59,7 @@ struct config {
     uint32_t event_types; /* EVENT_TYPE_BIT mask */
     uint64_t ringbuf_bytes;
     uint32_t drop_rate_limit;
+    char redact_args[CONFIG_URL]; /* REDACT_ARGS, validated; compile with redact_new() */
 
     char cgroup_root[CONFIG_STR];
     char k8s_api_url[CONFIG_URL];

@@ -77,6 +77,56 @@ static void put_str(struct buf *b, const char *s, size_t len)
     b->len += len + 2;
 }
 
+static const char b64_alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* The raw bytes as a JSON string of standard, padded base64 (RFC 4648 section 4). */
+static void put_b64(struct buf *b, const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    char *o = b->data + b->len;
+    *o++ = '"';
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)p[i + 1] << 8;
+        if (i + 2 < len)
+            v |= p[i + 2];
+        *o++ = b64_alphabet[v >> 18];
+        *o++ = b64_alphabet[(v >> 12) & 63];
+        *o++ = i + 1 < len ? b64_alphabet[(v >> 6) & 63] : '=';
+        *o++ = i + 2 < len ? b64_alphabet[v & 63] : '=';
+    }
+    *o++ = '"';
+    b->len = (size_t)(o - b->data);
+}
+
+/* Bytes put_b64() writes for len bytes. */
+static size_t b64_bound(size_t len)
+{
+    return (len + 2) / 3 * 4 + 2;
+}
+
+/*
+ * "key":"text"[,"key_b64":"raw"]: the text under the UTF-8 rule, and the
+ * exact bytes beside it when the rule had to replace any (README.md,
+ * "Strings and raw bytes"). For values a process controls.
+ */
+static void put_raw_str(struct buf *b, const char *key, size_t keylen, const char *b64key,
+                        size_t b64keylen, const char *s, size_t len)
+{
+    raw(b, key, keylen);
+    put_str(b, s, len);
+    if (!buf_utf8_valid(s, len)) {
+        raw(b, b64key, b64keylen);
+        put_b64(b, s, len);
+    }
+}
+
+#define PUT_RAW_STR(b, key, s, len)                                                                \
+    put_raw_str((b), ",\"" key "\":", sizeof(",\"" key "\":") - 1,                                 \
+                ",\"" key "_b64\":", sizeof(",\"" key "_b64\":") - 1, (s), (len))
+
 /* Dotted quad without the printf machinery inet_ntop uses. */
 static void put_ipv4(struct buf *b, const uint8_t a[4])
 {
@@ -202,18 +252,36 @@ static void put_protocol_family(struct buf *b, const struct event *e, bool famil
         PUT_KEY_STR(b, ",\"family\":", fam);
 }
 
+/* Length of the argument at p (up to its NUL or end: the last may lack its NUL). */
+static size_t arg_len(const char *p, const char *end)
+{
+    const char *nul = memchr(p, '\0', (size_t)(end - p));
+    return nul ? (size_t)(nul - p) : (size_t)(end - p);
+}
+
 static void put_args(struct buf *b, const char *args, uint32_t len)
 {
+    const char *end = args ? args + len : NULL;
+    bool valid = true;
     PUT_LIT(b, ",\"args\":[");
-    const char *p = args, *end = args ? args + len : NULL;
-    bool first = true;
-    while (p && p < end) {
-        const char *nul = memchr(p, '\0', (size_t)(end - p));
-        size_t n = nul ? (size_t)(nul - p) : (size_t)(end - p);
-        if (!first)
+    for (const char *p = args; p && p < end;) {
+        size_t n = arg_len(p, end);
+        if (p != args)
             raw(b, ",", 1);
         put_str(b, p, n);
-        first = false;
+        valid = valid && buf_utf8_valid(p, n);
+        p += n + 1;
+    }
+    raw(b, "]", 1);
+    if (valid)
+        return;
+    /* One entry per argument, so args_b64[i] is always the bytes of args[i]. */
+    PUT_LIT(b, ",\"args_b64\":[");
+    for (const char *p = args; p < end;) {
+        size_t n = arg_len(p, end);
+        if (p != args)
+            raw(b, ",", 1);
+        put_b64(b, p, n);
         p += n + 1;
     }
     raw(b, "]", 1);
@@ -225,18 +293,20 @@ static size_t str_bound(const char *s)
 }
 
 /*
- * Worst case: every string byte escaped as a 6-byte "\\u00XX"; keys, numbers
- * and addresses take under 700 bytes.
+ * Worst case: every string byte escaped as a 6-byte "\\u00XX" plus, for the
+ * raw-byte fields, its base64 (under 2 bytes per byte plus 6 per string);
+ * keys, numbers and addresses take under 800 bytes.
  */
 static size_t event_json_bound(const struct event *e)
 {
-    size_t n = 1024 + 6 * sizeof(e->command) + str_bound(e->node) + str_bound(e->k8s.node_name) +
-               str_bound(e->k8s.pod_name) + str_bound(e->k8s.namespace) +
-               str_bound(e->k8s.container_id) + str_bound(e->k8s.pod_uid);
+    size_t n = 1024 + 6 * sizeof(e->command) + b64_bound(sizeof(e->command)) + str_bound(e->node) +
+               str_bound(e->k8s.node_name) + str_bound(e->k8s.pod_name) +
+               str_bound(e->k8s.namespace) + str_bound(e->k8s.container_id) +
+               str_bound(e->k8s.pod_uid);
     if (e->type == EVENT_PACKET_DROP)
         n += str_bound(e->u.drop.reason) + str_bound(e->u.drop.location);
     else if (e->type == EVENT_EXEC)
-        n += str_bound(e->u.exec.filename) + 6 * (size_t)e->u.exec.args_len + 2;
+        n += 2 * str_bound(e->u.exec.filename) + 12 * (size_t)e->u.exec.args_len + 64;
     return n;
 }
 
@@ -266,8 +336,7 @@ void event_json_write(struct buf *b, const struct event *e)
         put_u64(b, e->ppid);
         PUT_LIT(b, ",\"uid\":");
         put_u64(b, e->uid);
-        PUT_LIT(b, ",\"command\":");
-        put_str(b, e->command, strnlen(e->command, sizeof(e->command)));
+        PUT_RAW_STR(b, "command", e->command, strnlen(e->command, sizeof(e->command)));
     }
     PUT_LIT(b, ",\"timestamp\":");
     put_u64(b, e->timestamp_ns);
@@ -322,7 +391,7 @@ void event_json_write(struct buf *b, const struct event *e)
         break;
     case EVENT_EXEC:
         if (e->u.exec.filename)
-            PUT_KEY_STR(b, ",\"filename\":", e->u.exec.filename);
+            PUT_RAW_STR(b, "filename", e->u.exec.filename, strlen(e->u.exec.filename));
         put_args(b, e->u.exec.args, e->u.exec.args_len);
         if (e->u.exec.args_truncated)
             PUT_LIT(b, ",\"args_truncated\":true");
@@ -411,6 +480,100 @@ static int get_str(struct parse_ctx *c, const char *key, bool required, const ch
     *s = json_string_value(j);
     *len = json_string_length(j);
     return 0;
+}
+
+/* Standard, padded base64 only, with zero pad bits: one text per byte string. */
+static int b64_decode(const char *s, size_t len, char *out, size_t *outlen)
+{
+    size_t n = 0;
+    if (len % 4)
+        return -EINVAL;
+    for (size_t i = 0; i < len; i += 4) {
+        uint32_t v = 0;
+        int pad = 0;
+        for (size_t k = 0; k < 4; k++) {
+            const char *d = s[i + k] ? strchr(b64_alphabet, s[i + k]) : NULL;
+            if (s[i + k] == '=' && i + 4 == len && k >= 2 && (k == 3 || s[i + 3] == '=')) {
+                pad++;
+                v <<= 6;
+            } else if (d && !pad) {
+                v = v << 6 | (uint32_t)(d - b64_alphabet);
+            } else {
+                return -EINVAL;
+            }
+        }
+        if ((pad == 1 && (v & 0xff)) || (pad == 2 && (v & 0xffff)))
+            return -EINVAL;
+        out[n++] = (char)(v >> 16);
+        if (pad < 2)
+            out[n++] = (char)(v >> 8);
+        if (pad < 1)
+            out[n++] = (char)v;
+    }
+    *outlen = n;
+    return 0;
+}
+
+/* Whether text is what the UTF-8 rule makes of the bytes raw. */
+static bool is_text_of(const char *raw, size_t rawlen, const char *text, size_t textlen)
+{
+    size_t i = 0, j = 0;
+    while (i < rawlen) {
+        size_t k = buf_utf8_seq(raw + i, rawlen - i);
+        const char *want = k ? raw + i : "\xef\xbf\xbd";
+        size_t wlen = k ? k : 3;
+        if (textlen - j < wlen || memcmp(text + j, want, wlen) != 0)
+            return false;
+        i += k ? k : 1;
+        j += wlen;
+    }
+    return j == textlen;
+}
+
+/*
+ * The exact bytes of a "<key>_b64" string j that goes with the text of key.
+ * *raw is malloc'd and NUL-terminated; the bytes hold no NUL (C strings) and
+ * must be what the text was written from, so a producer cannot say two things.
+ */
+static int decode_raw(struct parse_ctx *c, const char *key, json_t *j, const char *text,
+                      size_t textlen, char **raw, size_t *rawlen)
+{
+    *raw = NULL;
+    if (!json_is_string(j))
+        return parse_fail(c, -EINVAL, "field \"%s_b64\": expected a base64 string", key);
+    size_t len = json_string_length(j);
+    char *out = malloc(len / 4 * 3 + 1);
+    if (!out)
+        return parse_fail(c, -ENOMEM, "field \"%s_b64\": out of memory", key);
+    if (b64_decode(json_string_value(j), len, out, rawlen) < 0) {
+        free(out);
+        return parse_fail(c, -EINVAL, "field \"%s_b64\": not padded standard base64", key);
+    }
+    out[*rawlen] = '\0';
+    if (memchr(out, '\0', *rawlen)) {
+        free(out);
+        return parse_fail(c, -EINVAL, "field \"%s_b64\": contains a NUL byte", key);
+    }
+    if (!text || !is_text_of(out, *rawlen, text, textlen)) {
+        free(out);
+        return parse_fail(c, -EINVAL, "field \"%s_b64\": does not match \"%s\"", key, key);
+    }
+    *raw = out;
+    return 0;
+}
+
+/* A string field with its optional "<key>_b64" sibling; *raw NULL without one. */
+static int get_raw(struct parse_ctx *c, const char *key, const char *text, size_t textlen,
+                   char **raw, size_t *rawlen)
+{
+    char b64key[32];
+    json_t *j;
+    *raw = NULL;
+    snprintf(b64key, sizeof(b64key), "%s_b64", key);
+    int rc = get_field(c, b64key, false, &j);
+    if (rc || !j)
+        return rc;
+    return decode_raw(c, key, j, text, textlen, raw, rawlen);
 }
 
 static int get_interned(struct parse_ctx *c, const char *key, const char **dst)
@@ -510,44 +673,71 @@ static int parse_drop(struct parse_ctx *c, struct event *e)
     return 0;
 }
 
+/* "args" and, when present, "args_b64" (one base64 string per argument). */
+static int parse_args(struct parse_ctx *c, struct event *e)
+{
+    json_t *j, *jb, *a;
+    size_t total = 0, i;
+    int rc;
+    if ((rc = get_field(c, "args", false, &j)) || (rc = get_field(c, "args_b64", false, &jb)))
+        return rc;
+    if (!j && jb)
+        return parse_fail(c, -EINVAL, "field \"args_b64\": without \"args\"");
+    if (!j)
+        return 0;
+    if (!json_is_array(j))
+        return parse_fail(c, -EINVAL, "field \"args\": expected an array of strings");
+    if (jb && (!json_is_array(jb) || json_array_size(jb) != json_array_size(j)))
+        return parse_fail(c, -EINVAL, "field \"args_b64\": expected an array as long as \"args\"");
+    json_array_foreach(j, i, a)
+    {
+        if (!json_is_string(a))
+            return parse_fail(c, -EINVAL, "field \"args\": element %zu is not a string", i);
+        /* Base64 never decodes to more bytes than its text has. */
+        total +=
+            (jb && json_is_string(json_array_get(jb, i)) ? json_string_length(json_array_get(jb, i))
+                                                         : json_string_length(a)) +
+            1;
+    }
+    if (total > UINT32_MAX)
+        return parse_fail(c, -EINVAL, "field \"args\": too long");
+    if (!total)
+        return 0;
+    char *p = e->u.exec.args = malloc(total + 1);
+    if (!p)
+        return parse_fail(c, -ENOMEM, "field \"args\": out of memory");
+    json_array_foreach(j, i, a)
+    {
+        const char *s = json_string_value(a);
+        size_t n = json_string_length(a);
+        char *bytes = NULL;
+        if (jb && (rc = decode_raw(c, "args", json_array_get(jb, i), s, n, &bytes, &n)))
+            return rc;
+        memcpy(p, bytes ? bytes : s, n + 1);
+        free(bytes);
+        p += n + 1;
+    }
+    *p = '\0';
+    e->u.exec.args_len = (uint32_t)(p - e->u.exec.args);
+    return 0;
+}
+
 static int parse_exec(struct parse_ctx *c, struct event *e)
 {
     const char *s;
-    size_t len;
+    char *raw;
+    size_t len, rawlen;
     json_t *j;
     int rc;
-    if ((rc = get_str(c, "filename", false, &s, &len)))
+    if ((rc = get_str(c, "filename", false, &s, &len)) ||
+        (rc = get_raw(c, "filename", s, len, &raw, &rawlen)))
         return rc;
-    if (s && !(e->u.exec.filename = strndup(s, len)))
+    if (raw)
+        e->u.exec.filename = raw;
+    else if (s && !(e->u.exec.filename = strndup(s, len)))
         return parse_fail(c, -ENOMEM, "field \"filename\": out of memory");
-    if ((rc = get_field(c, "args", false, &j)))
+    if ((rc = parse_args(c, e)))
         return rc;
-    if (j) {
-        if (!json_is_array(j))
-            return parse_fail(c, -EINVAL, "field \"args\": expected an array of strings");
-        size_t total = 0, i;
-        json_t *a;
-        json_array_foreach(j, i, a)
-        {
-            if (!json_is_string(a))
-                return parse_fail(c, -EINVAL, "field \"args\": element %zu is not a string", i);
-            total += json_string_length(a) + 1;
-        }
-        if (total > UINT32_MAX)
-            return parse_fail(c, -EINVAL, "field \"args\": too long");
-        if (total) {
-            char *p = e->u.exec.args = malloc(total + 1);
-            if (!p)
-                return parse_fail(c, -ENOMEM, "field \"args\": out of memory");
-            json_array_foreach(j, i, a)
-            {
-                memcpy(p, json_string_value(a), json_string_length(a) + 1);
-                p += json_string_length(a) + 1;
-            }
-            *p = '\0';
-            e->u.exec.args_len = (uint32_t)total;
-        }
-    }
     if ((rc = get_field(c, "args_truncated", false, &j)))
         return rc;
     if (j) {
@@ -610,19 +800,31 @@ static int parse_event(struct parse_ctx *c, struct event *e)
     GET_UINT(c, "uid", UINT32_MAX, e->uid);
     GET_UINT(c, "cgroup_id", INT64_MAX, e->cgroup_id);
 
-    if ((rc = get_str(c, "command", false, &s, &len)))
+    char *raw;
+    size_t rawlen;
+    if ((rc = get_str(c, "command", false, &s, &len)) ||
+        (rc = get_raw(c, "command", s, len, &raw, &rawlen)))
         return rc;
-    /*
-     * The writer turns each invalid byte of a comm into U+FFFD (3 bytes), so a
-     * valid event can carry a longer command; keep whole characters that fit.
-     */
-    if (len >= sizeof(e->command)) {
-        len = sizeof(e->command) - 1;
-        while (len && ((unsigned char)s[len] & 0xc0) == 0x80)
-            len--;
-    }
-    if (s)
+    if (raw) {
+        if (rawlen >= sizeof(e->command)) {
+            free(raw);
+            return parse_fail(c, -EINVAL, "field \"command_b64\": longer than %zu bytes",
+                              sizeof(e->command) - 1);
+        }
+        memcpy(e->command, raw, rawlen + 1);
+        free(raw);
+    } else if (s) {
+        /*
+         * Without command_b64 (another producer) the text is all there is:
+         * each U+FFFD takes 3 bytes, so keep the whole characters that fit.
+         */
+        if (len >= sizeof(e->command)) {
+            len = sizeof(e->command) - 1;
+            while (len && ((unsigned char)s[len] & 0xc0) == 0x80)
+                len--;
+        }
         memcpy(e->command, s, len);
+    }
 
     if ((rc = get_interned(c, "node", &e->node)) ||
         (rc = get_interned(c, "k8s_node_name", &e->k8s.node_name)) ||

@@ -47,6 +47,7 @@ Test(config, agent_defaults)
     cr_expect_str_eq(c.node_name, host);
     cr_expect_eq(c.deployment_mode, CONFIG_MODE_VM);
     cr_expect_str_empty(c.api_token);
+    cr_expect_str_eq(c.redact_args, "default");
 }
 
 Test(config, aggregator_defaults)
@@ -181,6 +182,9 @@ ParameterizedTestParameters(config, bad_values_name_the_key)
         {"NATS_URL", "", "NATS_URL"},
         {"BATCH_SIZE", "", "BATCH_SIZE"},
         {"LISTEN_ADDR", "", "LISTEN_ADDR"},
+        {"REDACT_ARGS", "--password,secret", "bad pattern \"secret\""},
+        {"REDACT_ARGS", "none,url", "REDACT_ARGS"},
+        {"REDACT_ARGS", "", "REDACT_ARGS"},
     };
     return cr_make_param_array(struct bad_case, cases, sizeof(cases) / sizeof(cases[0]));
 }
@@ -194,6 +198,23 @@ ParameterizedTest(struct bad_case *bc, config, bad_values_name_the_key)
                  bc->value);
     cr_expect(strstr(err, bc->expect) != NULL, "message \"%s\" lacks \"%s\"", err, bc->expect);
     cr_expect(strchr(err, '\n') == NULL, "message must be one line: %s", err);
+}
+
+Test(config, redact_args_from_every_source)
+{
+    struct config c;
+    char *argv[] = {"ebpf-agent", "--redact-args", "default, --db-pass", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_OK, "%s", err);
+    cr_expect_str_eq(c.redact_args, "default, --db-pass");
+    setenv("REDACT_ARGS", "none", 1);
+    cr_assert_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_OK, "%s", err);
+    cr_expect_str_eq(c.redact_args, "none");
+    unsetenv("REDACT_ARGS");
+    char *path = write_yaml("redact_args: mysql:-p,url\n");
+    char *fargv[] = {"ebpf-agent", "--config", path, NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, fargv), CONFIG_OK, "%s", err);
+    cr_expect_str_eq(c.redact_args, "mysql:-p,url");
+    unlink(path);
 }
 
 Test(config, bad_flag_value_and_unknown_flag)
@@ -282,6 +303,16 @@ Test(config, binaries_help_and_exit_status)
     cr_expect_eq(tu_wait_exit(pid, 10000), 2);
     char *text = tu_read_file(log);
     cr_expect(text && strstr(text, "FLUSH_INTERVAL") && strstr(text, "forever"), "%s", text);
+    free(text);
+
+    cr_assert_eq(truncate(log, 0), 0);
+    char *rargv[] = {(char *)agent, "--redact-args=--password,hunter", NULL};
+    pid = tu_spawn(rargv, NULL, log);
+    cr_expect_eq(tu_wait_exit(pid, 10000), 2);
+    text = tu_read_file(log);
+    cr_expect(text && strstr(text, "REDACT_ARGS") && strstr(text, "\"hunter\"") &&
+                  strchr(text, '\n') == text + strlen(text) - 1,
+              "%s", text);
     free(text);
     unlink(log);
     unlink(path);

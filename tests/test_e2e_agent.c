@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -319,6 +320,238 @@ Test(e2e_agent, exec_and_exit_of_a_child)
     cr_expect_lt(jint(ev, "duration_ns"), 60000000000ll);
     cr_expect_eq(jint(ev, "ppid"), getpid());
     json_decref(ev);
+}
+
+/* Standard padded base64, to compare with the API's _b64 fields. */
+static void b64(const unsigned char *p, size_t len, char *out)
+{
+    static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (size_t i = 0; i < len; i += 3) {
+        unsigned v = (unsigned)p[i] << 16 | (i + 1 < len ? (unsigned)p[i + 1] << 8 : 0) |
+                     (i + 2 < len ? p[i + 2] : 0);
+        *out++ = a[v >> 18];
+        *out++ = a[v >> 12 & 63];
+        *out++ = i + 1 < len ? a[v >> 6 & 63] : '=';
+        *out++ = i + 2 < len ? a[v & 63] : '=';
+    }
+    *out = '\0';
+}
+
+/*
+ * GETs path and parses it with jansson's default flags, which reject invalid
+ * UTF-8 anywhere in the text, as strict clients do. Returns the document.
+ */
+static json_t *get_strict(const char *path, char **raw)
+{
+    struct tu_http r;
+    cr_assert_eq(tu_http_get(agent_port, path, NULL, &r), 0);
+    cr_assert_eq(r.status, 200, "%s: %d", path, r.status);
+    json_error_t je;
+    json_t *j = json_loadb(r.body, r.body_len, 0, &je);
+    cr_assert(j, "%s is not strict JSON: %s (line %d column %d)", path, je.text, je.line,
+              je.column);
+    if (raw)
+        *raw = r.body;
+    else
+        tu_http_free(&r);
+    return j;
+}
+
+/* Polls path (strictly parsed) for an event of pid and type; a new reference or NULL. */
+static json_t *wait_strict(const char *path, int pid, int type, int timeout_ms)
+{
+    int want[2] = {pid, type};
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    do {
+        json_t *r = get_strict(path, NULL);
+        size_t i;
+        json_t *ev;
+        json_array_foreach(json_object_get(r, "events"), i, ev)
+        {
+            if (match_pid_type(ev, want)) {
+                json_incref(ev);
+                json_decref(r);
+                return ev;
+            }
+        }
+        json_decref(r);
+        usleep(50000);
+    } while (tu_mono_ms() < deadline);
+    return NULL;
+}
+
+/* A copy of /bin/true at dir/name (name is not UTF-8); its path goes to path. */
+static void copy_true(char *dir, const char *name, char *path, size_t len)
+{
+    cr_assert(mkdtemp(dir));
+    snprintf(path, len, "%s/%s", dir, name);
+    FILE *in = fopen("/bin/true", "rb"), *out = fopen(path, "wb");
+    cr_assert(in && out);
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), in)) > 0)
+        cr_assert_eq(fwrite(chunk, 1, n, out), n);
+    fclose(in);
+    cr_assert_eq(fclose(out), 0);
+    cr_assert_eq(chmod(path, 0755), 0);
+}
+
+/* Runs path $'\xff\x80\x80' to completion; returns its pid. */
+static pid_t run_with_bad_argv(const char *path)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl(path, path, "\xff\x80\x80", (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the copy of /bin/true ran");
+    return pid;
+}
+
+/* The reproducer: `/bin/true $'\xff\x80\x80'`, from a path that is not UTF-8 either. */
+Test(e2e_agent, exec_with_invalid_utf8_is_strict_json_with_exact_bytes)
+{
+    char dir[] = "/tmp/ebpf-e2e-utf8-XXXXXX";
+    static const char name[] = "tr\xffue\x80"; /* also the comm */
+    char path[128];
+    copy_true(dir, name, path, sizeof(path));
+    pid_t pid = run_with_bad_argv(path);
+
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d", pid);
+    json_t *ev = wait_strict(q, pid, 1, 10000);
+    cr_assert(ev, "no exec event for pid %d", pid);
+
+    char want[256], want_b64[256];
+    snprintf(want, sizeof(want), "%s/tr\xef\xbf\xbdue\xef\xbf\xbd", dir);
+    cr_expect_str_eq(jstr(ev, "filename"), want);
+    b64((const unsigned char *)path, strlen(path), want_b64);
+    cr_expect_str_eq(jstr(ev, "filename_b64"), want_b64);
+    cr_expect_str_eq(jstr(ev, "command"), "tr\xef\xbf\xbdue\xef\xbf\xbd");
+    b64((const unsigned char *)name, strlen(name), want_b64);
+    cr_expect_str_eq(jstr(ev, "command_b64"), want_b64);
+    json_t *args = json_object_get(ev, "args"), *raw = json_object_get(ev, "args_b64");
+    cr_assert(json_array_size(args) == 2 && json_array_size(raw) == 2);
+    cr_expect_str_eq(json_string_value(json_array_get(args, 0)), want);
+    cr_expect_str_eq(json_string_value(json_array_get(args, 1)),
+                     "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    b64((const unsigned char *)path, strlen(path), want_b64);
+    cr_expect_str_eq(json_string_value(json_array_get(raw, 0)), want_b64);
+    cr_expect_str_eq(json_string_value(json_array_get(raw, 1)), "/4CA");
+    json_decref(ev);
+
+    /* The whole history, every event in it, is still one strict document. */
+    json_decref(get_strict("/api/events?limit=10000", NULL));
+    unlink(path);
+    rmdir(dir);
+}
+
+/* The same event on the SSE stream: one "data:" line of strict JSON. */
+Test(e2e_agent, sse_stream_of_invalid_utf8_is_strict_json)
+{
+    char dir[] = "/tmp/ebpf-e2e-utf8-XXXXXX", path[128];
+    copy_true(dir, "t\xc0\xafrue", path, sizeof(path));
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)agent_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    const char *req = "GET /api/events/stream?type=exec HTTP/1.1\r\nHost: x\r\n\r\n";
+    cr_assert_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+
+    static char buf[1 << 20];
+    size_t len = 0;
+    pid_t child = 0;
+    char needle[64];
+    uint64_t deadline = tu_mono_ms() + 10000;
+    while (tu_mono_ms() < deadline && len + 1 < sizeof(buf)) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 200) > 0) {
+            ssize_t r = read(fd, buf + len, sizeof(buf) - len - 1);
+            cr_assert_gt(r, 0, "stream closed");
+            len += (size_t)r;
+            buf[len] = '\0';
+        }
+        if (!child && strstr(buf, "\r\n\r\n")) {
+            child = run_with_bad_argv(path); /* after the subscription */
+            snprintf(needle, sizeof(needle), "\"pid\":%d,", child);
+        }
+        if (child && strstr(buf, needle) && strchr(strstr(buf, needle), '\n'))
+            break;
+    }
+    close(fd);
+    cr_assert(child, "stream never answered");
+    char *hit = strstr(buf, needle);
+    cr_assert(hit, "exec of pid %d not streamed", child);
+    char *line = hit;
+    while (line > buf && line[-1] != '\n')
+        line--;
+    cr_assert(strncmp(line, "data: {", 7) == 0, "line: %.80s", line);
+    *strchr(line, '\n') = '\0';
+    json_error_t je;
+    json_t *ev = json_loads(line + 6, 0, &je);
+    cr_assert(ev, "data line is not strict JSON: %s", je.text);
+    json_t *raw = json_object_get(ev, "args_b64");
+    cr_assert_eq(json_array_size(raw), 2);
+    cr_expect_str_eq(json_string_value(json_array_get(raw, 1)), "/4CA");
+    cr_expect(json_is_string(json_object_get(ev, "filename_b64")));
+    json_decref(ev);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* A password on a command line is replaced before anything is kept, served or counted. */
+Test(e2e_agent, secrets_in_argv_are_redacted_before_storing)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/bin/sh", "/bin/sh", "-c", "exit 0", "sh", "--password=hunter2", "--token",
+              "tok-e2e-31337", "DB_PASSWORD=pw-e2e-4242", "postgres://app:pg-e2e-77@db/x",
+              (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d", pid);
+    json_t *ev = wait_strict(q, pid, 1, 10000);
+    cr_assert(ev, "no exec event for pid %d", pid);
+    json_t *args = json_object_get(ev, "args");
+    cr_assert_eq(json_array_size(args), 9, "args: %s", json_dumps(args, 0));
+    static const char *const want[] = {"/bin/sh",
+                                       "-c",
+                                       "exit 0",
+                                       "sh",
+                                       "--password=***",
+                                       "--token",
+                                       "***",
+                                       "DB_PASSWORD=***",
+                                       "postgres://app:***@db/x"};
+    for (size_t i = 0; i < 9; i++)
+        cr_expect_str_eq(json_string_value(json_array_get(args, i)), want[i]);
+    json_decref(ev);
+
+    char *raw;
+    json_decref(get_strict("/api/events?limit=10000", &raw));
+    static const char *const secrets[] = {"hunter2", "tok-e2e-31337", "pw-e2e-4242", "pg-e2e-77"};
+    for (size_t i = 0; i < 4; i++)
+        cr_expect_null(strstr(raw, secrets[i]), "%s is in /api/events", secrets[i]);
+    free(raw);
+
+    json_t *st = get_strict("/api/stats", NULL);
+    cr_expect_geq(jint(st, "args_redacted"), 4);
+    cr_expect_eq(jint(st, "args_redact_failed"), 0);
+    json_decref(st);
+    struct tu_http m;
+    cr_assert_eq(tu_http_get(agent_port, "/metrics", NULL, &m), 0);
+    const char *line = strstr(m.body, "\nebpf_agent_args_redacted_total ");
+    cr_assert(line, "no ebpf_agent_args_redacted_total in /metrics");
+    cr_expect_geq(strtoull(line + strlen("\nebpf_agent_args_redacted_total "), NULL, 10), 4);
+    tu_http_free(&m);
 }
 
 static bool match_any(json_t *ev, void *arg)

@@ -350,3 +350,60 @@ Test(e2e_tail, decode_reads_a_body_from_stdin)
     cr_assert(wait_file(path("err"), 0, "malformed_protobuf", 1000));
     buf_free(&pb);
 }
+
+/*
+ * Bytes that are not UTF-8 in every string of a protobuf batch: decode
+ * prints strict JSON (jansson's default loader rejects invalid UTF-8) with
+ * the exact bytes in the _b64 fields, and that output, fed back as a JSON
+ * batch, decodes to the same lines (the JSON bus round trip).
+ */
+Test(e2e_tail, decode_prints_invalid_utf8_as_strict_json_with_exact_bytes)
+{
+    struct event e;
+    make_event(&e, EVENT_EXEC, 7, 70);
+    strcpy(e.command, "ls\xff\xfe");
+    free(e.u.exec.filename);
+    e.u.exec.filename = strdup("/tmp/\xc0\xaf/ls");
+    free(e.u.exec.args);
+    static const char args[] = "ls\0\xff\x80\x80\0\xed\xa0\x80";
+    e.u.exec.args = malloc(sizeof(args));
+    memcpy(e.u.exec.args, args, sizeof(args));
+    e.u.exec.args_len = sizeof(args);
+    e.k8s.pod_name = intern("web-\xf8\x88");
+    struct event_batch_meta meta = {
+        .node = NODE, .agent_instance = "00112233aabbccdd", .sequence = 1};
+    struct buf pb;
+    buf_init(&pb);
+    cr_assert_eq(event_batch_encode(&meta, &e, 1, &pb), 0);
+    event_clear(&e);
+    FILE *f = fopen(path("bytes.pb"), "w");
+    cr_assert_eq(fwrite(pb.data, 1, pb.len, f), pb.len);
+    fclose(f);
+    buf_free(&pb);
+
+    char *argv[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "decode", NULL};
+    pid_t pid = spawn(argv, NULL, path("bytes.pb"), path("bytes.json"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 0);
+    json_t *lines = read_lines(path("bytes.json")); /* strict: fails on invalid UTF-8 */
+    cr_assert_eq(json_array_size(lines), 1);
+    json_t *ev = json_array_get(lines, 0);
+    cr_expect_str_eq(json_string_value(json_object_get(ev, "command")),
+                     "ls\xef\xbf\xbd\xef\xbf\xbd");
+    cr_expect_str_eq(json_string_value(json_object_get(ev, "command_b64")), "bHP//g==");
+    cr_expect_str_eq(json_string_value(json_object_get(ev, "filename_b64")), "L3RtcC/Ary9scw==");
+    cr_expect_str_eq(json_string_value(json_object_get(ev, "k8s_pod_name")),
+                     "web-\xef\xbf\xbd\xef\xbf\xbd");
+    json_t *raw = json_object_get(ev, "args_b64");
+    cr_assert_eq(json_array_size(raw), 3);
+    cr_expect_str_eq(json_string_value(json_array_get(raw, 1)), "/4CA");
+    cr_expect_str_eq(json_string_value(json_array_get(raw, 2)), "7aCA");
+    json_decref(lines);
+
+    pid = spawn(argv, NULL, path("bytes.json"), path("again.json"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 0);
+    char *first = tu_read_file(path("bytes.json")), *again = tu_read_file(path("again.json"));
+    cr_assert(first && again);
+    cr_expect_str_eq(again, first);
+    free(first);
+    free(again);
+}

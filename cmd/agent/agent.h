@@ -16,6 +16,7 @@
 #include "http_server.h"
 #include "k8s.h"
 #include "publisher.h"
+#include "redact.h"
 #include "store.h"
 
 struct agent {
@@ -29,6 +30,7 @@ struct agent {
     struct publisher *pub;
     struct cgroup_resolver *cgroups; /* Kubernetes mode only */
     struct k8s *k8s;                 /* Kubernetes mode only */
+    struct redact *redact;           /* REDACT_ARGS; NULL for "none" */
     char subject[CONFIG_STR * 2];    /* <SUBJECT_PREFIX>.<sanitised node> */
     uint64_t started_ns;             /* epoch */
     uint64_t started_mono_ns;        /* monotonic, for uptime */
@@ -37,6 +39,8 @@ struct agent {
     uint64_t events_total;
     uint64_t events_by_type[EVENT_TYPE_COUNT];
     uint64_t store_failed;
+    uint64_t args_redacted;      /* argument values replaced by REDACT_MASK */
+    uint64_t args_redact_failed; /* exec events whose args were dropped (out of memory) */
 };
 
 /* Registers the agent's HTTP routes (api.c). */

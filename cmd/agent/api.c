@@ -192,6 +192,8 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
                kernel_drops, suppressed, ss.events, ss.capacity, ss.evicted_count, ss.evicted_age,
                ss.failed + load(&a->store_failed), hs.stream_clients, hs.stream_sent,
                hs.stream_dropped, hs.publish_dropped);
+    buf_printf(b, ",\"args_redacted\":%" PRIu64 ",\"args_redact_failed\":%" PRIu64,
+               load(&a->args_redacted), load(&a->args_redact_failed));
     write_bus(a, b, &ps);
     write_kubernetes(a, b);
     /* The agent is one node: the same per-node shape the aggregator reports. */
@@ -277,6 +279,11 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     api_metric(b, "ebpf_agent_history_failed_total", "counter",
                "Events that could not be stored (out of memory).",
                ss.failed + load(&a->store_failed));
+    api_metric(b, "ebpf_agent_args_redacted_total", "counter",
+               "Exec argument values replaced by *** (REDACT_ARGS).", load(&a->args_redacted));
+    api_metric(b, "ebpf_agent_args_redact_failed_total", "counter",
+               "Exec events whose arguments were dropped because redaction ran out of memory.",
+               load(&a->args_redact_failed));
     api_metric(b, "ebpf_agent_stream_clients", "gauge", "Connected /api/events/stream clients.",
                hs.stream_clients);
     api_metric(b, "ebpf_agent_stream_dropped_total", "counter",

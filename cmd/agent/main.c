@@ -30,6 +30,12 @@ static void on_event(void *ctx, struct event *e)
     struct agent *a = ctx;
     e->id = event_id_next(&a->ids);
     e->node = a->node;
+    /* Before the event is published, streamed or stored: a secret goes nowhere. */
+    int redacted = redact_event(a->redact, e);
+    if (redacted > 0)
+        __atomic_fetch_add(&a->args_redacted, (uint64_t)redacted, __ATOMIC_RELAXED);
+    else if (redacted < 0)
+        __atomic_fetch_add(&a->args_redact_failed, 1, __ATOMIC_RELAXED);
     /* A drop runs in whatever context freed the packet (often softirq), so
      * its cgroup is not the packet's owner: attributing it would name the
      * wrong pod. */
@@ -125,6 +131,11 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
+    /* config_load() validated REDACT_ARGS, so only memory can fail here. */
+    if (redact_new(a.cfg.redact_args, &a.redact, err, sizeof(err)) < 0) {
+        fprintf(stderr, "ebpf-agent: REDACT_ARGS: %s\n", err);
+        return 1;
+    }
     a.node = intern(a.cfg.node_name);
     a.started_ns = api_now_ns();
     a.started_mono_ns = api_monotonic_ns();
@@ -223,5 +234,6 @@ out:
         cgroup_resolver_free(a.cgroups);
     if (a.store)
         store_free(a.store);
+    redact_free(a.redact);
     return rc;
 }

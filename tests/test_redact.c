@@ -1,0 +1,256 @@
+/* Tests for pkg/redact: every default pattern, the pattern syntax, and the edges of argv. */
+#include "redact.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* argv written with '|' between arguments (none of the cases needs a literal '|'). */
+static size_t to_args(const char *spaced, char *out)
+{
+    size_t n = strlen(spaced);
+    for (size_t i = 0; i < n; i++)
+        out[i] = spaced[i] == '|' ? '\0' : spaced[i];
+    out[n] = '\0';
+    return n + 1;
+}
+
+static void from_args(const struct buf *b, char *out)
+{
+    size_t n = b->len;
+    for (size_t i = 0; i < n; i++)
+        out[i] = b->data[i] ? b->data[i] : '|';
+    if (n && out[n - 1] == '|')
+        n--; /* the last argument's NUL */
+    out[n] = '\0';
+}
+
+/* Redacts argv (given with '|' separators) with spec; checks the result and count. */
+static void check(const char *spec, const char *argv, const char *want, size_t want_count)
+{
+    struct redact *r;
+    char err[256] = "", in[2048], got[2048];
+    cr_assert_eq(redact_new(spec, &r, err, sizeof(err)), 0, "%s: %s", spec, err);
+    size_t len = to_args(argv, in);
+    struct buf out;
+    bool truncated = false;
+    buf_init(&out);
+    size_t count = redact_args(r, in, len, EVENT_ARGS_MAX, &out, &truncated);
+    cr_assert_not(out.oom);
+    from_args(&out, got);
+    cr_assert_str_eq(got, want, "argv %s", argv);
+    cr_assert_eq(count, want_count, "argv %s: %zu values replaced", argv, count);
+    cr_assert_not(truncated);
+    buf_free(&out);
+    redact_free(r);
+}
+
+#define DEF(argv, want, n) check("default", argv, want, n)
+
+Test(redact, long_options_with_equals_and_next_argument)
+{
+    DEF("/bin/sh|-c|exit 0|--password=hunter2", "/bin/sh|-c|exit 0|--password=***", 1);
+    DEF("app|--password|hunter2|-v", "app|--password|***|-v", 1);
+    DEF("app|--passwd=x", "app|--passwd=***", 1);
+    DEF("kubectl|--token|abc.def|get|pods", "kubectl|--token|***|get|pods", 1);
+    DEF("kubectl|--token=abc.def", "kubectl|--token=***", 1);
+    DEF("app|--secret|s|--api-key|k|--apikey=k", "app|--secret|***|--api-key|***|--apikey=***", 3);
+    DEF("app|--access-token=a|--auth-token|b|--client-secret=c",
+        "app|--access-token=***|--auth-token|***|--client-secret=***", 3);
+    /* The next argument is the value whatever it looks like. */
+    DEF("app|--password|--verbose", "app|--password|***", 1);
+    /* Options are exact: a longer name or another case is not the option. */
+    DEF("app|--passwords|x", "app|--passwords|x", 0);
+    DEF("app|--PASSWORD|x", "app|--PASSWORD|x", 0);
+}
+
+Test(redact, mysql_family_short_p_attached_only)
+{
+    DEF("mysql|-uroot|-psecret|shop", "mysql|-uroot|-p***|shop", 1);
+    DEF("/usr/bin/mysqldump|-psecret|shop", "/usr/bin/mysqldump|-p***|shop", 1);
+    DEF("mariadb|-ps", "mariadb|-p***", 1);
+    DEF("mysqladmin|-pX|status", "mysqladmin|-p***|status", 1);
+    /* "-p" alone prompts; the next argument is the database, not a password. */
+    DEF("mysql|-p|shop", "mysql|-p|shop", 0);
+    /* Behind a wrapper, the program is a later argument. */
+    DEF("sudo|-u|db|mysql|-psecret", "sudo|-u|db|mysql|-p***", 1);
+    DEF("env|A=1|/usr/bin/mysql|-psecret", "env|A=1|/usr/bin/mysql|-p***", 1);
+    DEF("ssh|-p2222|host|mysql|-psecret", "ssh|-p2222|host|mysql|-p***", 1);
+    /* Other programs' -p is a port, a path, a pid... */
+    DEF("ssh|-p2222|host", "ssh|-p2222|host", 0);
+    DEF("/usr/bin/mysql-workbench|-psecret", "/usr/bin/mysql-workbench|-psecret", 0);
+    /* argv[0] is never an option. */
+    DEF("-psecret", "-psecret", 0);
+}
+
+Test(redact, key_value_names_ignore_case)
+{
+    DEF("env|DB_PASSWORD=s3cr=t|app", "env|DB_PASSWORD=***|app", 1);
+    DEF("env|Api_Key=k|APIKEY=k|MY_SECRET=x|GITHUB_TOKEN=t|passwd=p",
+        "env|Api_Key=***|APIKEY=***|MY_SECRET=***|GITHUB_TOKEN=***|passwd=***", 5);
+    DEF("java|-Djavax.net.ssl.keyStorePassword=changeit|-jar|a.jar",
+        "java|-Djavax.net.ssl.keyStorePassword=***|-jar|a.jar", 1);
+    DEF("app|--db-password=x y", "app|--db-password=***", 1);
+    /* Query strings and shell scripts: the value stops at '&', ';' or white space. */
+    DEF("curl|https://h/x?a=1&access_token=abc&b=2", "curl|https://h/x?a=1&access_token=***&b=2",
+        1);
+    DEF("sh|-c|run --password=x --v; token=y", "sh|-c|run --password=*** --v; token=***", 2);
+    DEF("env|USER=bob|HOME=/root", "env|USER=bob|HOME=/root", 0);
+    /* Nothing to hide. */
+    DEF("env|PASSWORD=|--password=", "env|PASSWORD=|--password=", 0);
+}
+
+Test(redact, url_credentials)
+{
+    DEF("psql|postgres://app:pw@db:5432/shop", "psql|postgres://app:***@db:5432/shop", 1);
+    DEF("app|--db=mysql://u:p@ss@h/x", "app|--db=mysql://u:***@h/x", 1);
+    DEF("git|clone|https://x:ghp_abc@github.com/o/r", "git|clone|https://x:***@github.com/o/r", 1);
+    DEF("sh|-c|curl http://a:b@h/ && curl ftp://c:d@i/",
+        "sh|-c|curl http://a:***@h/ && curl ftp://c:***@i/", 2);
+    /* No password, no credentials, not a URL. */
+    DEF("git|clone|https://bob@github.com/o/r", "git|clone|https://bob@github.com/o/r", 0);
+    DEF("curl|https://h:8443/a@b", "curl|https://h:8443/a@b", 0);
+    DEF("app|://u:p@h|x://|u:p@h", "app|://u:p@h|x://|u:p@h", 0);
+    DEF("app|http://u:@h/", "app|http://u:@h/", 0);
+}
+
+Test(redact, edges_of_argv)
+{
+    struct redact *r;
+    struct buf out;
+    bool truncated = false;
+    cr_assert_eq(redact_new("default", &r, NULL, 0), 0);
+    buf_init(&out);
+
+    /* No arguments at all, and empty ones. */
+    cr_assert_eq(redact_args(r, "", 0, EVENT_ARGS_MAX, &out, &truncated), 0);
+    cr_assert_eq(out.len, 0);
+    DEF("||", "||", 0);
+    /* --password as the last argument: its value was not kept (or never given). */
+    DEF("app|--password", "app|--password", 0);
+    DEF("app|--password|", "app|--password|", 0);
+
+    /* The last argument without its NUL (cut at the bound) still gets redacted and ended. */
+    static const char cut[] = "app\0--password=hunt";
+    cr_assert_eq(redact_args(r, cut, sizeof(cut) - 1, EVENT_ARGS_MAX, &out, &truncated), 1);
+    cr_assert_eq(out.len, sizeof("app\0--password=***"));
+    cr_assert_eq(memcmp(out.data, "app\0--password=***", out.len), 0);
+    cr_assert_not(truncated);
+
+    /* Invalid UTF-8 is bytes like any other: keys still match, values are replaced whole. */
+    static const char bad[] = "app\0--password=\xff\xfe\0\xffTOKEN=\x80\x80\0\xc0\xaf";
+    cr_assert_eq(redact_args(r, bad, sizeof(bad), EVENT_ARGS_MAX, &out, &truncated), 2);
+    static const char bad_want[] = "app\0--password=***\0\xffTOKEN=***\0\xc0\xaf";
+    cr_assert_eq(out.len, sizeof(bad_want));
+    cr_assert_eq(memcmp(out.data, bad_want, out.len), 0);
+
+    /* Growing past the bound drops whole trailing arguments and says so. */
+    char big[EVENT_ARGS_MAX];
+    size_t n = 0;
+    memcpy(big, "app", 4);
+    n = 4;
+    while (n + 12 <= sizeof(big)) {
+        memcpy(big + n, "--token=a\0", 10);
+        n += 10;
+    }
+    memset(big + n, 'x', sizeof(big) - n - 1);
+    big[sizeof(big) - 1] = '\0';
+    truncated = false;
+    size_t count = redact_args(r, big, sizeof(big), EVENT_ARGS_MAX, &out, &truncated);
+    cr_assert(truncated);
+    cr_assert_leq(out.len, EVENT_ARGS_MAX);
+    cr_assert_eq(out.data[out.len - 1], '\0', "ends on a whole argument");
+    cr_assert_eq(count, 85, "the dropped argument is not counted");
+    cr_assert_null(memmem(out.data, out.len, "=a", 3), "no value survives");
+
+    buf_free(&out);
+    redact_free(r);
+}
+
+Test(redact, user_patterns_and_none)
+{
+    check("--my-secret", "app|--my-secret|x|--password=y", "app|--my-secret|***|--password=y", 1);
+    check("default, --my-secret ", "app|--my-secret=x|--password=y",
+          "app|--my-secret=***|--password=***", 2);
+    check("ssh:-i", "ssh|-i/home/u/.ssh/key|h", "ssh|-i***|h", 1);
+    check("pgpass=", "env|PGPASS=x", "env|PGPASS=***", 1);
+    check("url", "app|--password=x|http://u:p@h", "app|--password=x|http://u:***@h", 1);
+
+    struct redact *r = (struct redact *)1;
+    cr_assert_eq(redact_new("none", &r, NULL, 0), 0);
+    cr_assert_null(r, "none compiles to nothing");
+    cr_assert_eq(redact_new(" none ", &r, NULL, 0), 0);
+    cr_assert_null(r);
+    check("none", "app|--password=x", "app|--password=x", 0);
+}
+
+Test(redact, bad_patterns_are_named)
+{
+    static const struct {
+        const char *spec, *msg;
+    } bad[] = {
+        {"", "empty"},
+        {"default,", "empty"},
+        {"--", "\"--\""},
+        {"-pp", "\"-pp\""},
+        {"password", "\"password\""},
+        {"=", "\"=\""},
+        {"pass word=", "\"pass word=\""},
+        {"mysql:", "\"mysql:\""},
+        {":-p", "\":-p\""},
+        {"mysql:password=", "\"mysql:password=\""},
+        {"a/b:-p", "\"a/b:-p\""},
+        {"my*sql:-p", "\"my*sql:-p\""},
+        {"--pass/word", "\"--pass/word\""},
+        {"none,--x", "none"},
+        {"--x,none", "none"},
+        {"URL", "\"URL\""},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct redact *r = (struct redact *)1;
+        char err[256] = "";
+        cr_assert_eq(redact_new(bad[i].spec, &r, err, sizeof(err)), -EINVAL, "%s", bad[i].spec);
+        cr_assert_null(r);
+        cr_assert(strstr(err, bad[i].msg), "%s: %s", bad[i].spec, err);
+    }
+    char many[64 * 8 + 1] = "";
+    for (int i = 0; i < 65; i++)
+        strcat(many, i ? ",-a" : "-a");
+    struct redact *r;
+    char err[256] = "";
+    cr_assert_eq(redact_new(many, &r, err, sizeof(err)), -EINVAL);
+    cr_assert(strstr(err, "more than 64"), "%s", err);
+}
+
+Test(redact, event_in_place)
+{
+    struct redact *r;
+    cr_assert_eq(redact_new("default", &r, NULL, 0), 0);
+
+    struct event e = {.type = EVENT_EXEC};
+    static const char args[] = "mysql\0-psecret\0shop";
+    e.u.exec.args = malloc(sizeof(args));
+    memcpy(e.u.exec.args, args, sizeof(args));
+    e.u.exec.args_len = sizeof(args);
+    cr_assert_eq(redact_event(r, &e), 1);
+    static const char want[] = "mysql\0-p***\0shop";
+    cr_assert_eq(e.u.exec.args_len, sizeof(want));
+    cr_assert_eq(memcmp(e.u.exec.args, want, sizeof(want)), 0);
+    cr_assert_eq(e.u.exec.args[e.u.exec.args_len], '\0', "terminated one past, as event_copy");
+    cr_assert_not(e.u.exec.args_truncated);
+
+    /* Nothing to redact: the same buffer stays. */
+    char *before = e.u.exec.args;
+    cr_assert_eq(redact_event(r, &e), 0);
+    cr_assert_eq(e.u.exec.args, before);
+    event_clear(&e);
+
+    /* Other types and no redactor: untouched. */
+    struct event x = {.type = EVENT_EXIT};
+    cr_assert_eq(redact_event(r, &x), 0);
+    struct event none = {.type = EVENT_EXEC};
+    cr_assert_eq(redact_event(r, &none), 0);
+    cr_assert_eq(redact_event(NULL, &none), 0);
+    redact_free(r);
+}
