@@ -744,7 +744,7 @@ Test(e2e_agent, bad_parameters_are_400_naming_the_parameter)
         {"since=2000&until=1000", "since"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        char path[256];
+        char path[2048];
         snprintf(path, sizeof(path), "/api/events?%s", cases[i].query);
         int status = 0;
         json_t *r = tu_get_json(agent_port, path, &status);
