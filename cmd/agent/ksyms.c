@@ -31,7 +31,7 @@ static int ksyms_add(struct ksyms *ks, uint64_t addr, const char *name, const ch
     size_t need = strlen(name) + (module ? strlen(module) + 3 : 0) + 1;
 
     if (ks->count == ks->cap) {
-        size_t cap = ks->cap ? ks->cap * 2 : 65536;
+        size_t cap = ks->cap ? ks->cap * 2 : 1024;
         struct ksym *s = realloc(ks->syms, cap * sizeof(*s));
         if (!s)
             return -ENOMEM;
@@ -39,7 +39,7 @@ static int ksyms_add(struct ksyms *ks, uint64_t addr, const char *name, const ch
         ks->cap = cap;
     }
     if (ks->names_len + need > ks->names_cap) {
-        size_t cap = ks->names_cap ? ks->names_cap * 2 : 1 << 21;
+        size_t cap = ks->names_cap ? ks->names_cap * 2 : 1 << 15;
         char *n;
         while (cap < ks->names_len + need)
             cap *= 2;
