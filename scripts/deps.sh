@@ -13,6 +13,12 @@ packages=(
   libnats-dev nats-server
   protobuf-c-compiler libprotobuf-c-dev
   libh2o-evloop-dev libssl-dev
+  libcurl4-openssl-dev # pkg/k8s.c: the Kubernetes API client
+  openssl # tests: self-signed certificates for the HTTPS tests
+  # Sanitizers: gcc's runtimes (make SANITIZE=...); clang's libFuzzer and
+  # ASan/UBSan runtimes (make fuzz), only recommended by clang, which
+  # --no-install-recommends skips.
+  libasan8 libubsan1 libtsan2 libclang-rt-14-dev
   libyaml-dev libcriterion-dev libjansson-dev
   clang-format curl jq iproute2 procps
   wrk # scripts/bench-aggregator.sh: HTTP requests/s
@@ -40,8 +46,8 @@ else
   fi
   echo "deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  apt-get update -qq -o DPkg::Lock::Timeout=600
+  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 "${missing[@]}"
 fi
 
 # npm packages for tests/js, exactly as locked.
