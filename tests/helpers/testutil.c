@@ -50,7 +50,7 @@ int tu_free_port(void)
     return ntohs(sa.sin_port);
 }
 
-/* The build's bin directory: BIN as built (bin-asan for make SANITIZE=1), or $EBPF_MONITOR_BIN_DIR. */
+/* The build's bin directory (bin-asan for make SANITIZE=1), or $EBPF_MONITOR_BIN_DIR. */
 #ifndef TU_BIN_DIR
 #define TU_BIN_DIR "bin"
 #endif
