@@ -20,12 +20,15 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # themselves traced or sandboxed and reports Criterion's own per-worker
 # allocations; leaks are looked for by the unit suites' own assertions
 # instead. Set ASAN_OPTIONS=detect_leaks=1 to look by hand.
-export ASAN_OPTIONS=${ASAN_OPTIONS:-halt_on_error=1:abort_on_error=0:detect_leaks=0:detect_stack_use_after_return=1:check_initialization_order=1}
-export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
-export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$root/tests/tsan.supp}
-
+# log_path: reports go to files, one per process, so a finding in a binary a
+# test started (the agent, aggregator replicas) fails the suite even when
+# the test only looks at that process's HTTP answers.
 reports=$(mktemp -d)
 trap 'rm -rf "$reports"' EXIT
+san=$reports/sanitizer
+export ASAN_OPTIONS=${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=0:detect_stack_use_after_return=1:check_initialization_order=1:log_path=$san}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1:log_path=$san}
+export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$root/tests/tsan.supp:log_path=$san}
 
 failed=()
 skipped_total=0
@@ -62,6 +65,16 @@ for t in "$@"; do
     [ "$skipped" -eq 0 ] || echo "    skipped: $skipped tests (see $name --verbose)"
   elif [ $rc -eq 0 ]; then
     rc=1 # a suite that passes must leave its report
+  fi
+
+  if compgen -G "$san.*" >/dev/null; then
+    for f in "$san".*; do
+      echo "--- sanitizer report from pid ${f##*.}:"
+      cat "$f"
+    done
+    rm -f "$san".*
+    counts="$counts; sanitizer reports above"
+    rc=1
   fi
 
   if [ $rc -ne 0 ]; then
