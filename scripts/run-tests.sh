@@ -20,9 +20,12 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # themselves traced or sandboxed and reports Criterion's own per-worker
 # allocations; leaks are looked for by the unit suites' own assertions
 # instead. Set ASAN_OPTIONS=detect_leaks=1 to look by hand.
-# log_path: reports go to files, one per process, so a finding in a binary a
-# test started (the agent, aggregator replicas) fails the suite even when
-# the test only looks at that process's HTTP answers.
+# log_path: ASan and TSan reports go to files, one per process, so a finding
+# in a binary a test started (the agent, aggregator replicas) fails the suite
+# even when the test only looks at that process's HTTP answers. gcc's UBSan
+# ignores log_path: its reports stay on the process's stderr (the test's
+# output, or the log of the process it started, which the e2e suites print
+# when they fail), and -fno-sanitize-recover makes the process exit.
 reports=$(mktemp -d)
 trap 'rm -rf "$reports"' EXIT
 san=$reports/sanitizer
