@@ -3,7 +3,8 @@
 # npm packages of the independent bus client used by the tests (tests/js).
 # Idempotent: packages already present are not touched, apt is not consulted
 # at all when nothing is missing, and npm runs only when tests/js/node_modules
-# is missing or older than its lock file.
+# is missing or older than its lock file. `deps.sh --list` prints the
+# Debian packages only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,13 +13,26 @@ packages=(
   libbpf-dev libelf-dev zlib1g-dev
   libnats-dev nats-server
   protobuf-c-compiler libprotobuf-c-dev
-  libh2o-evloop-dev libssl-dev
+  libh2o-evloop-dev libh2o-dev-common libssl-dev # h2o.h and h2o/*.h are in -dev-common
+  libcurl4-openssl-dev # pkg/k8s.c: the Kubernetes API client
+  openssl # tests: self-signed certificates for the HTTPS tests
+  # Sanitizers: gcc's runtimes (make SANITIZE=...); clang's libFuzzer and
+  # ASan/UBSan runtimes (make fuzz), only recommended by clang, which
+  # --no-install-recommends skips.
+  libasan8 libubsan1 libtsan2 libclang-rt-14-dev
   libyaml-dev libcriterion-dev libjansson-dev
   clang-format curl jq iproute2 procps
   wrk # scripts/bench-aggregator.sh: HTTP requests/s
   bpftrace linux-perf # scripts/bench-agent.sh: the tracer compared against; profiling
   python3 # scripts/bench-*.sh pick free ports
 )
+# --list prints the Debian packages, one per line, and installs nothing
+# (scripts/check-deps.sh checks the build's headers and libraries against it).
+if [ "${1:-}" = --list ]; then
+  printf '%s\n' "${packages[@]}" nodejs npm
+  exit 0
+fi
+
 # Node.js runs the tests' independent NATS client; any install that provides
 # node and npm will do (Debian's nodejs + npm when there is none).
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
@@ -40,8 +54,8 @@ else
   fi
   echo "deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  apt-get update -qq -o DPkg::Lock::Timeout=600
+  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=600 "${missing[@]}"
 fi
 
 # npm packages for tests/js, exactly as locked.

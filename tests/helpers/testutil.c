@@ -50,11 +50,24 @@ int tu_free_port(void)
     return ntohs(sa.sin_port);
 }
 
+/* The build's bin directory (bin-asan for make SANITIZE=1), or $EBPF_MONITOR_BIN_DIR. */
+#ifndef TU_BIN_DIR
+#define TU_BIN_DIR "bin"
+#endif
+
 const char *tu_repo_path(const char *rel)
 {
     /* Tests run from the repository root (make test) or from build/tests. */
     static __thread char path[PATH_MAX];
+    static __thread char binrel[PATH_MAX];
     const char *prefixes[] = {"", "../../", NULL};
+    if (strncmp(rel, "bin/", 4) == 0) {
+        const char *dir = getenv("EBPF_MONITOR_BIN_DIR");
+        snprintf(binrel, sizeof(binrel), "%s/%s", dir && *dir ? dir : TU_BIN_DIR, rel + 4);
+        rel = binrel;
+        if (rel[0] == '/')
+            return rel;
+    }
     for (int i = 0; prefixes[i]; i++) {
         snprintf(path, sizeof(path), "%s%s", prefixes[i], rel);
         if (access(path, F_OK) == 0)

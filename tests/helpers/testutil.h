@@ -63,7 +63,11 @@ pid_t tu_nats_start(int port, const char *const extra[], const char *log_path);
 /* Like tu_http_get, with the body parsed as JSON (NULL when it is not JSON). */
 json_t *tu_get_json_hdr(int port, const char *path, const char *header, int *status);
 
-/* Path of a file in the build tree: bin/ebpf-agent relative to the repo root. */
+/*
+ * Path of a file in the build tree: bin/ebpf-agent relative to the repo root.
+ * "bin/" means the test build's own bin directory (bin-asan for a
+ * `make SANITIZE=1` build) unless $EBPF_MONITOR_BIN_DIR names another.
+ */
 const char *tu_repo_path(const char *rel);
 
 #endif
