@@ -1,6 +1,7 @@
 # libFuzzer targets; included by GNUmakefile.
 #
 #   make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS=fuzz_query] [FUZZ_MERGE=1]
+#             [FUZZ_RUNS=1000000] [FUZZ_REPORT=1]
 #
 # Every tests/fuzz/fuzz_<name>.c is a target (LLVMFuzzerTestOneInput) built
 # with clang, libFuzzer, ASan and UBSan against pkg/ compiled the same way
@@ -29,7 +30,8 @@ FUZZ_OBJS     := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(PKG_SRCS) $(FUZZ_SRCS)) $(FU
 fuzz-bins: $(FUZZ_BINS)
 
 fuzz: $(FUZZ_BINS)
-	@FUZZ_MERGE=$(FUZZ_MERGE) scripts/run-fuzz.sh $(FUZZ_SECONDS) \
+	@FUZZ_MERGE=$(FUZZ_MERGE) FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_REPORT=$(FUZZ_REPORT) \
+	    scripts/run-fuzz.sh $(FUZZ_SECONDS) \
 	    $(if $(FUZZ_TARGETS),$(addprefix $(FUZZ_BUILD)/,$(FUZZ_TARGETS)),$(FUZZ_BINS))
 
 $(FUZZ_BUILD)/gen/%.pb-c.c $(FUZZ_BUILD)/gen/%.pb-c.h &: pkg/%.proto

@@ -7,6 +7,10 @@
 # build-fuzz/artifacts/<target>-crash-<sha1> to replay with
 # `build-fuzz/<target> <file>`.
 #
+# FUZZ_RUNS=N stops each target after N inputs instead (SECONDS still caps
+# it). FUZZ_REPORT=1 writes a table of the run (inputs, time, findings per
+# target) into docs/performance.md between its fuzz markers.
+#
 # usage: scripts/run-fuzz.sh SECONDS build-fuzz/fuzz_x...
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +29,7 @@ scratch=$(mktemp -d /tmp/ebpf-monitor-fuzz.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 
 failed=()
+report=()
 for bin in "$@"; do
   name=$(basename "$bin")
   seeds=tests/fuzz/corpus/$name
@@ -34,9 +39,14 @@ for bin in "$@"; do
   opts=(-max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
         -artifact_prefix="$artifacts/$name-")
   [ -f "tests/fuzz/$name.dict" ] && opts+=(-dict="tests/fuzz/$name.dict")
-  echo "=== $name (${secs}s, $(find "$corpus" -type f | wc -l) seed inputs)"
+  [ -n "${FUZZ_RUNS:-}" ] && opts+=(-runs="$FUZZ_RUNS")
+  nseeds=$(find "$corpus" -type f | wc -l)
+  echo "=== $name (${secs}s${FUZZ_RUNS:+ or $FUZZ_RUNS inputs}, $nseeds seed inputs)"
+  start=$(date +%s)
   if "$bin" "${opts[@]}" "$corpus" >"$scratch/$name.log" 2>&1; then
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$scratch/$name.log")
+    took=$(($(date +%s) - start))
+    report+=("| \`$name\` | $nseeds | ${runs:-?} | $took | $(find "$corpus" -type f | wc -l) | none |")
     echo "=== $name: ok (${runs:-?} runs, corpus $(find "$corpus" -type f | wc -l) inputs)"
     if [ "${FUZZ_MERGE:-}" = 1 ]; then
       mkdir -p "$seeds"
@@ -48,9 +58,31 @@ for bin in "$@"; do
     sed -n '/^==[0-9]*==\|runtime error\|^ERROR: libFuzzer\|^INFO: Running with\|^SUMMARY/,$p' \
       "$scratch/$name.log" | grep -v '^#[0-9]' | head -80
     echo "=== $name: FAILED (input saved in $artifacts/$name-*)"
+    report+=("| \`$name\` | $nseeds | — | — | — | **finding**, see $artifacts |")
     failed+=("$name")
   fi
 done
+
+# The table in docs/performance.md, between the markers, from this run only.
+if [ "${FUZZ_REPORT:-}" = 1 ]; then
+  doc=docs/performance.md
+  table=$scratch/fuzz-table.md
+  {
+    echo "<!-- fuzz:begin (written by make fuzz FUZZ_REPORT=1; do not edit) -->"
+    echo "$(date -u +%Y-%m-%d), $(nproc) CPUs, $(uname -r), clang $(clang --version | sed -n 's/.*version \([0-9.]*\).*/\1/p' | head -1);"
+    echo "\`make fuzz FUZZ_SECONDS=$secs${FUZZ_RUNS:+ FUZZ_RUNS=$FUZZ_RUNS} FUZZ_REPORT=1\`, each target with ASan and UBSan."
+    echo
+    echo "| target | seed inputs | inputs run | seconds | corpus after | findings |"
+    echo "|---|---:|---:|---:|---:|---|"
+    printf '%s\n' "${report[@]}"
+    echo "<!-- fuzz:end -->"
+  } >"$table"
+  awk -v table="$table" '
+    /<!-- fuzz:begin/ { while ((getline line < table) > 0) print line; skip = 1; next }
+    /<!-- fuzz:end -->/ { skip = 0; next }
+    !skip { print }' "$doc" >"$scratch/doc.md" && cp "$scratch/doc.md" "$doc"
+  echo "fuzz: wrote the figures into $doc"
+fi
 
 if [ ${#failed[@]} -ne 0 ]; then
   echo "FAILED fuzz targets: ${failed[*]}"
