@@ -24,7 +24,8 @@ RAW="$OUT/aggregator.jsonl" # one measurement per line, assembled at the end
 LOG="$OUT/aggregator.log"
 : >"$LOG"
 
-for bin in bin/ebpf-aggregator $B/bench_transport $B/bench_aggregator_ingest $B/bench_query; do
+for bin in bin/ebpf-aggregator $B/bench_transport $B/bench_aggregator_ingest $B/bench_query \
+  $B/bench_aggregator_nodes; do
   [ -x "$bin" ] || { echo "bench-aggregator: $bin missing: run 'make bench-bins'" >&2; exit 1; }
 done
 for tool in jq curl nats-server; do
@@ -41,6 +42,7 @@ if [ $QUICK = 1 ]; then
   CURVE_RATES="0"
   CURVE_EVENTS=20000
   WRK_DUR=1
+  NODE_ARGS="--steps 10,100 --batches 200"
 else
   EVENTS=1000000
   TRANSPORT_EVENTS=1000000
@@ -49,6 +51,7 @@ else
   CURVE_RATES="250000 500000 750000 1000000 0"
   CURVE_EVENTS=500000
   WRK_DUR=10
+  NODE_ARGS="--steps 100,1000,10000 --batches 20000"
 fi
 FILL_RATE=400000 # events/s used to fill the history for the query phase (below the loss point)
 
@@ -138,6 +141,12 @@ run $B/bench_transport --nats "$NATS_URL" --events $TRANSPORT_EVENTS --rounds $R
 # ---------------------------------------------------------------- 4. ingest
 echo "bench-aggregator: ingest in-process" >&2
 run $B/bench_aggregator_ingest --inproc --events $EVENTS
+
+echo "bench-aggregator: cost against the number of nodes" >&2
+# shellcheck disable=SC2086 # NODE_ARGS is a list of options
+run $B/bench_aggregator_nodes --inproc $NODE_ARGS
+# shellcheck disable=SC2086
+run $B/bench_aggregator_nodes --spawn $NODE_ARGS
 
 echo "bench-aggregator: ingest from NATS (loss curve)" >&2
 CURVE=""
