@@ -92,9 +92,11 @@ cleanup() {
     [ -n "$p" ] || continue
     kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
   done
-  # A pod cgroup left by an interrupted churn loop: its process ends within 2 s.
+  # A pod cgroup left by an interrupted churn loop: stop its processes (the
+  # exec loop this script started there) by PID, then remove it.
   POD_REL=$(cat "$TMP/pod.rel" 2>/dev/null)
   if [ -n "$CG" ] && [ -n "$POD_REL" ] && [ -d "$CG/$POD_REL" ]; then
+    for p in $(cat "$CG/$POD_REL/cgroup.procs" 2>/dev/null); do kill "$p" 2>/dev/null; done
     for _ in $(seq 30); do rmdir "$CG/$POD_REL" 2>/dev/null && break; sleep 0.1; done
     rmdir "$(dirname "$CG/$POD_REL")" 2>/dev/null
   fi
