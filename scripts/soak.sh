@@ -8,7 +8,7 @@
 #   - every counter adds up, stage by stage (the identities are printed with
 #     their figures; see "Identities" below);
 # then writes the figures between the soak markers of docs/performance.md
-# (SOAK_DOCS; empty to skip) and build/soak/{soak.md,soak.json,samples.tsv}.
+# (SOAK_DOCS; empty to skip) and SOAK_OUT (build/soak)/{soak.md,soak.json,samples.tsv}.
 # Exits 1 when an identity fails or RSS grows past the tolerance. Needs root.
 #
 #   SOAK_SECONDS=1200 SOAK_RATE=50000 scripts/soak.sh
@@ -55,7 +55,7 @@ SOAK_PODS=${SOAK_PODS:-1}
 SOAK_DOCS=${SOAK_DOCS-docs/performance.md}
 NODE=soak-node
 B=build/bench
-OUT=build/soak
+OUT=${SOAK_OUT:-build/soak}
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "soak: needs root (loads eBPF programs, creates cgroups)" >&2
@@ -80,7 +80,6 @@ TMP=$(mktemp -d)
 
 # ---------------------------------------------------------------- cleanup
 PIDS=()
-POD_REL=""
 CG=""
 cleanup() {
   local rc=$?
@@ -185,7 +184,6 @@ log "nats $NATS_URL (pid $NATS_PID), aggregator $AGG (pid $AGG_PID), agent $AGEN
 MIX_OPS_RATE=$(awk -v r="$SOAK_RATE" -v d="$SOAK_DROP_RATE" 'BEGIN {m = (r - d) / 1.04; printf "%d", (m > 0 ? m : 0)}')
 T_START=$(date +%s.%N)
 A_START=$(curl -s "$AGENT/api/stats")
-G_START=$(curl -s "$AGG/api/stats")
 $B/bench_load mix --threads 2 --rate "$MIX_OPS_RATE" --duration "$SOAK_SECONDS" >"$TMP/mix.json" 2>>"$LOG" &
 MIX_PID=$!
 PIDS+=("$MIX_PID")
@@ -249,7 +247,6 @@ wait "$DROP_PID" || true
 if [ "$SOAK_PODS" = 1 ]; then wait "$CHURN_PID" || true; fi
 T_END=$(date +%s.%N)
 A_END=$(curl -s "$AGENT/api/stats")
-G_END=$(curl -s "$AGG/api/stats")
 ELAPSED=$(awk -v a="$T_END" -v b="$T_START" 'BEGIN {printf "%.1f", a - b}')
 log "load done after $ELAPSED s; settling"
 
@@ -321,7 +318,7 @@ POD_EXECS=$(jq -s '[.[].execs] | add // 0' "$TMP/pods.jsonl")
 PODS_N=$(cat "$TMP/pods.count")
 
 jq -n \
-  --slurpfile a "$A" --slurpfile g "$G" --slurpfile a0 <(echo "$A_START") --slurpfile g0 <(echo "$G_START") \
+  --slurpfile a "$A" --slurpfile g "$G" --slurpfile a0 <(echo "$A_START") \
   --slurpfile ae <(echo "$A_END") --slurpfile gen "$TMP/gen.json" \
   --arg node "$NODE" --argjson elapsed "$ELAPSED" --argjson target "$SOAK_RATE" \
   --argjson seconds "$SOAK_SECONDS" --argjson quiet "$QUIET" --argjson settled "$SETTLED" \
@@ -334,7 +331,7 @@ jq -n \
   --argjson m_adrop "$(metric_sum ebpf_agent_bus_dropped_events_total)" \
   --argjson m_bdrop "$(metric_sum ebpf_agent_bus_dropped_batches_total)" \
   --argjson m_evict "$(metric_sum ebpf_agent_history_evicted_total)" '
-  $a[0] as $a | $g[0] as $g | $a0[0] as $a0 | $g0[0] as $g0 | $ae[0] as $ae | $gen[0] as $gen
+  $a[0] as $a | $g[0] as $g | $a0[0] as $a0 | $ae[0] as $ae | $gen[0] as $gen
   | ($g.nodes[$node] // {events: 0, batches: 0, lost_batches: 0}) as $gn
   | ([$a.programs[].events] | add) as $prog
   | {
@@ -402,17 +399,19 @@ jq -n \
       {type: "exec", agent: .events_by_type.exec, generator: .generator.execs},
       {type: "exit", agent: .events_by_type.exit, generator: .generator.execs},
       {type: "packet_drop (+ suppressed)", agent: (.events_by_type.packet_drop + .drops_suppressed), generator: .generator.drops}
-    ]
+    ] + (if .pods_on then [
+      {type: "events in pods (agent pod lookups) vs exec + exit of the execs run in pods", agent: .kubernetes.pod_lookups, generator: (2 * .generator.pod_execs)}
+    ] else [] end)
   | (.kernel_drops + .agent_drops) as $loss
   | .lower_bounds |= map(.held = (.agent + $loss >= .generator))
   ' >"$TMP/figures.json"
 
 # RSS: warm-up = highest sample of the first quarter; end = highest of the last half.
-read -r AG_WARM AG_END GG_WARM GG_END NS < <(awk -F'\t' -v T="$SOAK_SECONDS" '
-  NR > 1 { if ($1 <= T / 4) { if ($2 > aw) aw = $2; if ($3 > gw) gw = $3 }
-           if ($1 >= T / 2) { if ($2 > ae) ae = $2; if ($3 > ge) ge = $3 }
+read -r AG_WARM AG_END GG_WARM GG_END NS NW NE < <(awk -F'\t' -v T="$SOAK_SECONDS" '
+  NR > 1 { if ($1 <= T / 4) { if ($2 > aw) aw = $2; if ($3 > gw) gw = $3; if ($4 > nw) nw = $4 }
+           if ($1 >= T / 2) { if ($2 > ae) ae = $2; if ($3 > ge) ge = $3; if ($4 > ne) ne = $4 }
            n++ }
-  END { print aw + 0, ae + 0, gw + 0, ge + 0, n + 0 }' "$SAMPLES")
+  END { print aw + 0, ae + 0, gw + 0, ge + 0, n + 0, nw + 0, ne + 0 }' "$SAMPLES")
 jq --argjson aw "$AG_WARM" --argjson ae "$AG_END" --argjson gw "$GG_WARM" --argjson ge "$GG_END" \
   --argjson tol "$SOAK_RSS_TOLERANCE" --argjson n "$NS" --argjson sample "$SOAK_SAMPLE" '
   .rss = {samples: $n, sample_seconds: $sample, tolerance_percent: $tol,
@@ -440,6 +439,7 @@ num() { LC_ALL=C printf "%'d" "$1" 2>/dev/null || echo "$1"; }
   echo "| target rate | $(num "$SOAK_RATE") events/s |"
   echo "| achieved: generator | $(num "$(jq -r '.generator.events_per_sec | floor' "$F")") events/s ($(num "$(jq -r .generator.events "$F")") events: $(num "$(jq -r .generator.udp_connects "$F")") UDP connects, $(num "$(jq -r .generator.tcp_connects "$F")") TCP connects, $(num "$(jq -r .generator.execs "$F")") execs, $(num "$(jq -r .generator.drops "$F")") packet drops) |"
   echo "| achieved: agent (all of the machine's events, incl. counted loss, over the same seconds) | $(num "$(jq -r '.agent_events_per_sec | floor' "$F")") events/s |"
+  jq -r 'if .generator.events_per_sec < 0.95 * .target_rate then "| target reached | **no**: the generator achieved \(.generator.events_per_sec * 100 / .target_rate | floor)% of it on this machine |" else "| target reached | yes (within 5%) |" end' "$F"
   if [ "$SOAK_PODS" = 1 ]; then
     echo "| pod churn | $(jq -r .generator.pods "$F") pods created and deleted (kubepods cgroups + fake API server); agent: $(jq -r '.kubernetes | "\(.pod_lookups) pod lookups, \(.pod_misses) misses, \(.pods_deleted) pods deleted (tombstones), \(.pods_evicted) evicted, \(.cgroup_walks) cgroup walks, \(.cgroup_evictions) cgroup evictions, \(.relists) relists, \(.api_errors) API errors"' "$F") |"
   else
@@ -447,8 +447,9 @@ num() { LC_ALL=C printf "%'d" "$1" 2>/dev/null || echo "$1"; }
   fi
   echo "| agent RSS | warm-up $(mib "$AG_WARM") MiB, end $(mib "$AG_END") MiB ($(jq -r '.rss.agent.growth_percent | . * 10 | round / 10' "$F")%; flat within +$SOAK_RSS_TOLERANCE%: $(yn "$(jq -r .rss.agent.held "$F")")) |"
   echo "| aggregator RSS | warm-up $(mib "$GG_WARM") MiB, end $(mib "$GG_END") MiB ($(jq -r '.rss.aggregator.growth_percent | . * 10 | round / 10' "$F")%; flat within +$SOAK_RSS_TOLERANCE%: $(yn "$(jq -r .rss.aggregator.held "$F")")) |"
+  echo "| nats-server RSS (not checked) | warm-up $(mib "$NW") MiB, end $(mib "$NE") MiB |"
   echo
-  echo "RSS: warm-up = highest VmRSS sampled in the first quarter, end = highest in the last half ($(jq -r .rss.samples "$F") samples, every $SOAK_SAMPLE s; \`build/soak/samples.tsv\`)."
+  echo "RSS: warm-up = highest VmRSS sampled in the first quarter, end = highest in the last half ($(jq -r .rss.samples "$F") samples, every $SOAK_SAMPLE s; \`$SAMPLES\`)."
   echo
   echo "Counters (at one quiet moment after the load: $(if [ "$(jq -r .quiet "$F")" = true ]; then echo "found"; else echo "**none found, moving counters**"; fi)):"
   echo
