@@ -104,11 +104,14 @@ void ingest_counters_json(struct aggregator *a, struct buf *b);
 /*
  * Closes an async subscription and waits (up to timeout_ms) until its
  * handler has returned for the last time. drain: first deliver what is
- * queued (when connected). True when it stopped; false when its handler
- * may still run later (sub is then left allocated): the caller must keep
- * what the handler uses, or close the handler's gate first.
+ * queued (when connected). When that does not finish in time, gate (the
+ * handler's, may be NULL) is closed, so the handler drops what is still
+ * queued at once, and the wait is given timeout_ms more. True when it
+ * stopped (sub destroyed); false when its handler may still run later (sub
+ * is then left allocated): the caller must keep what the handler uses.
  */
-bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain, int timeout_ms);
+bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain, int timeout_ms,
+                          struct aggregator_gate *gate);
 
 /*
  * api.c: the HTTP routes. Register starts the worker threads that answer

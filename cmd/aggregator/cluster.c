@@ -1020,7 +1020,7 @@ void cluster_free(struct cluster *c)
     subs[3] = c->reply_sub;
     /* Waits for a callback still running, which uses c. */
     for (size_t i = 0; i < 4; i++)
-        stopped &= aggregator_sub_close(subs[i], c->nc, false, CLUSTER_CLOSE_WAIT_MS);
+        stopped &= aggregator_sub_close(subs[i], c->nc, false, CLUSTER_CLOSE_WAIT_MS, &c->gate);
     /* From here no callback touches the store, the nodes or the bus, stopped or not. */
     aggregator_gate_close(&c->gate);
     if (!stopped) {

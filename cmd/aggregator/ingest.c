@@ -231,10 +231,27 @@ static void on_sub_complete(void *closure)
     pthread_mutex_unlock(&d->lock);
 }
 
-bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain, int timeout_ms)
+/* Waits until deadline for the subscription's completion callback; true when it ran. */
+static bool sub_wait_done(struct sub_done *d, int timeout_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&d->lock);
+    while (!d->done && pthread_cond_timedwait(&d->cond, &d->lock, &ts) == 0)
+        ;
+    bool done = d->done;
+    pthread_mutex_unlock(&d->lock);
+    return done;
+}
+
+bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain, int timeout_ms,
+                          struct aggregator_gate *gate)
 {
     pthread_condattr_t ca;
-    struct timespec ts;
     bool wait;
 
     if (sub == NULL)
@@ -258,18 +275,13 @@ bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain,
         natsSubscription_WaitForDrainCompletion(sub, timeout_ms);
     else
         natsSubscription_Unsubscribe(sub);
-    bool done = !wait;
-    if (wait) {
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += timeout_ms / 1000;
-        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        ts.tv_sec += ts.tv_nsec / 1000000000L;
-        ts.tv_nsec %= 1000000000L;
-        pthread_mutex_lock(&d->lock);
-        while (!d->done && pthread_cond_timedwait(&d->cond, &d->lock, &ts) == 0)
-            ;
-        done = d->done;
-        pthread_mutex_unlock(&d->lock);
+    bool done = !wait || sub_wait_done(d, timeout_ms);
+    if (!done && gate) {
+        /* What is still queued now reaches a closed gate and is dropped at once. */
+        fprintf(stderr, "ebpf-aggregator: messages still queued after %d ms are dropped\n",
+                timeout_ms);
+        aggregator_gate_close(gate);
+        done = sub_wait_done(d, timeout_ms);
     }
     if (done) {
         natsSubscription_Destroy(sub);
@@ -286,9 +298,7 @@ bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain,
 void ingest_stop(struct aggregator *a, int timeout_ms)
 {
     /* Drain: stop receiving, but finish what is already queued for the callback. */
-    if (!aggregator_sub_close(a->ingest_sub, bus_conn(a->bus), true, timeout_ms))
-        fprintf(stderr, "ebpf-aggregator: batches still queued after %d ms are dropped\n",
-                timeout_ms);
+    aggregator_sub_close(a->ingest_sub, bus_conn(a->bus), true, timeout_ms, &a->ingest_gate);
     /* Whether or not it stopped: once this returns, no handler touches the store or nodes. */
     aggregator_gate_close(&a->ingest_gate);
     a->ingest_sub = NULL;
