@@ -1,5 +1,6 @@
 /* Tests for pkg/event_json: the exact API JSON of each event type, time formatting, parsing. */
 #include "event_json.h"
+#include "utf8_ref.h"
 #include "intern.h"
 
 #include <arpa/inet.h>
@@ -716,51 +717,12 @@ static size_t gen_bytes(unsigned char *out, size_t max, bool nul)
     return n;
 }
 
-/*
- * A strict UTF-8 decoder written from RFC 3629's table, independent of
- * pkg/buf.c: the length of the valid character at s, or 0.
- */
-static size_t ref_char(const unsigned char *s, size_t len)
-{
-    uint32_t cp;
-    size_t n;
-    if (s[0] < 0x80)
-        return 1;
-    if ((s[0] & 0xe0) == 0xc0)
-        n = 2, cp = s[0] & 0x1f;
-    else if ((s[0] & 0xf0) == 0xe0)
-        n = 3, cp = s[0] & 0x0f;
-    else if ((s[0] & 0xf8) == 0xf0)
-        n = 4, cp = s[0] & 0x07;
-    else
-        return 0;
-    if (len < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
-
-static bool ref_valid(const char *s, size_t len)
-{
-    for (size_t i = 0, k; i < len; i += k)
-        if (!(k = ref_char((const unsigned char *)s + i, len - i)))
-            return false;
-    return true;
-}
-
 /* What the documented rule makes of s: valid characters kept, each other byte U+FFFD. */
 static void ref_text(struct buf *out, const char *s, size_t len)
 {
     buf_reset(out);
     for (size_t i = 0; i < len;) {
-        size_t k = ref_char((const unsigned char *)s + i, len - i);
+        size_t k = utf8_ref_char((const unsigned char *)s + i, len - i);
         if (k) {
             buf_append(out, s + i, k);
             i += k;
@@ -776,7 +738,7 @@ static void assert_one_clean_line(const struct buf *b)
 {
     for (size_t i = 0; i < b->len; i++)
         cr_assert_geq((unsigned char)b->data[i], 0x20, "raw control byte at %zu: %s", i, b->data);
-    cr_assert(ref_valid(b->data, b->len), "invalid UTF-8 in output: %s", b->data);
+    cr_assert(utf8_ref_valid(b->data, b->len), "invalid UTF-8 in output: %s", b->data);
 }
 
 #define PROPERTY_RUNS 100000
@@ -800,9 +762,9 @@ Test(event_json, property_any_bytes_make_a_strict_json_string, .timeout = 120)
         ref_text(&want, (const char *)in, len);
         cr_assert_eq(json_string_length(j), want.len, "run %d", run);
         cr_assert_eq(memcmp(json_string_value(j), want.data, want.len), 0, "run %d", run);
-        if (ref_valid((const char *)in, len))
+        if (utf8_ref_valid((const char *)in, len))
             cr_assert_eq(memcmp(json_string_value(j), in, len), 0, "valid UTF-8 is kept");
-        cr_assert_eq(buf_utf8_valid((const char *)in, len), ref_valid((const char *)in, len));
+        cr_assert_eq(buf_utf8_valid((const char *)in, len), utf8_ref_valid((const char *)in, len));
         json_decref(j);
     }
     buf_free(&b);

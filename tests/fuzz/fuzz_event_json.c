@@ -11,34 +11,7 @@
 #include <string.h>
 
 #include "event_json.h"
-
-/* RFC 3629's table: the length of the valid character at s, or 0. */
-static size_t utf8_char(const unsigned char *s, size_t len)
-{
-    uint32_t cp;
-    size_t n;
-    if (s[0] < 0x80)
-        return 1;
-    if ((s[0] & 0xe0) == 0xc0)
-        n = 2, cp = s[0] & 0x1f;
-    else if ((s[0] & 0xf0) == 0xe0)
-        n = 3, cp = s[0] & 0x0f;
-    else if ((s[0] & 0xf8) == 0xf0)
-        n = 4, cp = s[0] & 0x07;
-    else
-        return 0;
-    if (len < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
+#include "utf8_ref.h"
 
 static void check_line(const struct buf *b)
 {
@@ -47,7 +20,7 @@ static void check_line(const struct buf *b)
     for (size_t i = 0, k; i < b->len; i += k) {
         if ((unsigned char)b->data[i] < 0x20)
             abort(); /* a raw control byte would split an SSE or JSON-lines frame */
-        if (!(k = utf8_char((const unsigned char *)b->data + i, b->len - i)))
+        if (!(k = utf8_ref_char((const unsigned char *)b->data + i, b->len - i)))
             abort();
     }
 }
