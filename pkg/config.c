@@ -16,6 +16,7 @@
 
 #include "event.h"
 #include "redact.h"
+#include "strlist.h"
 
 enum key_kind {
     KIND_STRING,
@@ -287,14 +288,10 @@ static bool listen_valid(const char *s)
 static bool nats_urls_valid(const char *list)
 {
     static const char *const schemes[] = {"nats://", "tls://", "ws://", "wss://"};
-    const char *p = list;
-    for (;;) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        while (len && isspace((unsigned char)*p))
-            p++, len--;
-        while (len && isspace((unsigned char)p[len - 1]))
-            len--;
+    struct strlist items = strlist_start(list);
+    const char *p;
+    size_t len;
+    while (strlist_next(&items, &p, &len)) {
         const char *sep = memmem(p, len, "://", 3);
         if (sep) {
             bool known = false;
@@ -308,10 +305,8 @@ static bool nats_urls_valid(const char *list)
         }
         if (len == 0 || memchr(p, ' ', len) || memchr(p, '/', len))
             return false;
-        if (!comma)
-            return true;
-        p = comma + 1;
     }
+    return true;
 }
 
 /* Stores value for key k into c; on error writes the one-line message. */

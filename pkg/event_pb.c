@@ -1060,7 +1060,7 @@ static void skip_event(struct event_batch_meta *meta, size_t index, const char *
 /*
  * The batch without its events (field 4), for protobuf-c to unpack the
  * metadata and the pod table; *nev counts the events. false when the
- * top-level wire format is broken. *rest is malloc'ed.
+ * top-level wire format is broken or out of memory. *rest is malloc'ed.
  */
 static bool split_events(const uint8_t *data, size_t len, uint8_t **rest, size_t *rest_len,
                          size_t *nev)
@@ -1068,16 +1068,13 @@ static bool split_events(const uint8_t *data, size_t len, uint8_t **rest, size_t
     struct pb_rd r = {data, data + len};
     struct pb_field f;
 
-    *rest = NULL;
     *rest_len = *nev = 0;
-    while (r.p < r.end)
-        if (!pb_rd_field(&r, &f))
-            return false;
     if (!(*rest = malloc(len ? len : 1)))
         return false;
-    for (r.p = data; r.p < r.end;) {
+    while (r.p < r.end) {
         const uint8_t *start = r.p;
-        pb_rd_field(&r, &f);
+        if (!pb_rd_field(&r, &f))
+            return false;
         if (f.num == 4 && f.wt == PB_WT_LEN) {
             (*nev)++;
             continue;

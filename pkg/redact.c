@@ -6,6 +6,7 @@
  * '=' nor "://", so a replacement never creates a new match.
  */
 #include "redact.h"
+#include "strlist.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -107,14 +108,10 @@ static int add_pattern(struct redact *r, const char *s, size_t len)
 /* Adds every pattern of a comma list; "default" expands once, "none" is refused here. */
 static int add_list(struct redact *r, const char *spec, bool in_default, char *err, size_t errlen)
 {
-    const char *p = spec;
-    for (;;) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        while (len && isspace((unsigned char)*p))
-            p++, len--;
-        while (len && isspace((unsigned char)p[len - 1]))
-            len--;
+    struct strlist items = strlist_start(spec);
+    const char *p;
+    size_t len;
+    while (strlist_next(&items, &p, &len)) {
         int rc = 0;
         if (len == 0) {
             redact_err(err, errlen, "an empty pattern");
@@ -137,10 +134,8 @@ static int add_list(struct redact *r, const char *spec, bool in_default, char *e
                 redact_err(err, errlen, "bad pattern \"%.*s\"", (int)len, p);
             return -EINVAL;
         }
-        if (!comma)
-            return 0;
-        p = comma + 1;
     }
+    return 0;
 }
 
 int redact_new(const char *spec, struct redact **out, char *err, size_t errlen)

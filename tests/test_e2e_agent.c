@@ -58,30 +58,45 @@ TestSuite(e2e_agent, .init = start_agent, .fini = stop_agent, .timeout = 120);
 
 /* Polls a query until an event satisfying pred appears; returns it (a new reference) or NULL. */
 typedef bool (*event_pred)(json_t *ev, void *arg);
+/* One GET of path: the document, or NULL when there is none yet. */
+typedef json_t *(*event_fetch)(const char *path);
 
-static json_t *wait_event(const char *query, event_pred pred, void *arg, int timeout_ms)
+static json_t *fetch_json(const char *path)
+{
+    int status = 0;
+    json_t *r = tu_get_json(agent_port, path, &status);
+    if (status != 200) {
+        json_decref(r);
+        return NULL;
+    }
+    return r;
+}
+
+static json_t *poll_event(event_fetch fetch, const char *query, event_pred pred, void *arg,
+                          int timeout_ms)
 {
     uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
     do {
-        int status = 0;
-        json_t *r = tu_get_json(agent_port, query, &status);
-        if (r && status == 200) {
-            json_t *events = json_object_get(r, "events");
-            size_t i;
-            json_t *ev;
-            json_array_foreach(events, i, ev)
-            {
-                if (pred(ev, arg)) {
-                    json_incref(ev);
-                    json_decref(r);
-                    return ev;
-                }
+        json_t *r = fetch(query);
+        size_t i;
+        json_t *ev;
+        json_array_foreach(json_object_get(r, "events"), i, ev)
+        {
+            if (pred(ev, arg)) {
+                json_incref(ev);
+                json_decref(r);
+                return ev;
             }
         }
         json_decref(r);
         usleep(50000);
     } while (tu_mono_ms() < deadline);
     return NULL;
+}
+
+static json_t *wait_event(const char *query, event_pred pred, void *arg, int timeout_ms)
+{
+    return poll_event(fetch_json, query, pred, arg, timeout_ms);
 }
 
 static const char *jstr(json_t *o, const char *k)
@@ -357,27 +372,16 @@ static json_t *get_strict(const char *path, char **raw)
     return j;
 }
 
+static json_t *fetch_strict(const char *path)
+{
+    return get_strict(path, NULL);
+}
+
 /* Polls path (strictly parsed) for an event of pid and type; a new reference or NULL. */
 static json_t *wait_strict(const char *path, int pid, int type, int timeout_ms)
 {
     int want[2] = {pid, type};
-    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
-    do {
-        json_t *r = get_strict(path, NULL);
-        size_t i;
-        json_t *ev;
-        json_array_foreach(json_object_get(r, "events"), i, ev)
-        {
-            if (match_pid_type(ev, want)) {
-                json_incref(ev);
-                json_decref(r);
-                return ev;
-            }
-        }
-        json_decref(r);
-        usleep(50000);
-    } while (tu_mono_ms() < deadline);
-    return NULL;
+    return poll_event(fetch_strict, path, match_pid_type, want, timeout_ms);
 }
 
 /* A copy of /bin/true at dir/name (name is not UTF-8); its path goes to path. */

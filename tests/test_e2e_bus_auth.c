@@ -435,42 +435,13 @@ static char marker_name[16];
 static void marker_init(char tag)
 {
     snprintf(marker_name, sizeof(marker_name), "b%05d%c", getpid() % 100000, tag);
-    snprintf(marker_path, sizeof(marker_path), "%s/%s", workdir, marker_name);
-    unlink(marker_path);
-    cr_assert_eq(symlink("/bin/true", marker_path), 0, "symlink: %s", strerror(errno));
+    tu_marker_make(workdir, marker_name, marker_path, sizeof(marker_path));
 }
 
 /* Runs the marker program once; returns the child's pid. */
 static pid_t run_marker(void)
 {
-    pid_t pid = fork();
-    if (pid == 0) {
-        execl(marker_path, marker_name, (char *)NULL);
-        _exit(127);
-    }
-    cr_assert(pid > 0);
-    int st;
-    waitpid(pid, &st, 0);
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "marker did not run");
-    return pid;
-}
-
-/* One TCP connection over loopback: a connection event and an accept event. */
-static void tcp_roundtrip(void)
-{
-    int l = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    cr_assert_eq(bind(l, (struct sockaddr *)&sa, len), 0);
-    cr_assert_eq(listen(l, 4), 0);
-    cr_assert_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
-    int c = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_eq(connect(c, (struct sockaddr *)&sa, len), 0);
-    int a = accept(l, NULL, NULL);
-    cr_assert(a >= 0);
-    close(a);
-    close(c);
-    close(l);
+    return tu_marker_run(marker_path, marker_name);
 }
 
 /* Events while the servers fail: loopback connections until told to stop. */
@@ -770,7 +741,7 @@ Test(e2e_bus_auth, three_servers_agent_fails_over_and_loss_is_counted)
     struct flow flow;
     flow_start(&flow);
     for (int i = 0; i < 20; i++)
-        tcp_roundtrip();
+        tu_tcp_roundtrip();
     kill(servers[0]->pid, SIGKILL);
     waitpid(servers[0]->pid, NULL, 0);
     servers[0]->pid = 0;
@@ -800,7 +771,7 @@ Test(e2e_bus_auth, three_servers_agent_fails_over_and_loss_is_counted)
     cr_expect_gt(answers, 0);
     /* Some more events on the new server, then quiet again. */
     for (int i = 0; i < 20; i++)
-        tcp_roundtrip();
+        tu_tcp_roundtrip();
     uint64_t conns = flow_stop(&flow);
     cr_log_info("%" PRIu64 " loopback connections during the failover", conns);
     pid = run_marker();

@@ -379,42 +379,13 @@ static char marker_name[16];
 static void marker_init(char tag)
 {
     snprintf(marker_name, sizeof(marker_name), "m%05d%c", getpid() % 100000, tag);
-    snprintf(marker_path, sizeof(marker_path), "%s/%s", workdir, marker_name);
-    unlink(marker_path);
-    cr_assert_eq(symlink("/bin/true", marker_path), 0, "symlink: %s", strerror(errno));
+    tu_marker_make(workdir, marker_name, marker_path, sizeof(marker_path));
 }
 
 /* Runs the marker program once; returns the child's pid. */
 static pid_t run_marker(void)
 {
-    pid_t pid = fork();
-    if (pid == 0) {
-        execl(marker_path, marker_name, (char *)NULL);
-        _exit(127);
-    }
-    cr_assert(pid > 0);
-    int st;
-    waitpid(pid, &st, 0);
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "marker did not run");
-    return pid;
-}
-
-/* One TCP connection over loopback: a connection event and an accept event. */
-static void tcp_roundtrip(void)
-{
-    int l = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    cr_assert_eq(bind(l, (struct sockaddr *)&sa, len), 0);
-    cr_assert_eq(listen(l, 4), 0);
-    cr_assert_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
-    int c = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_eq(connect(c, (struct sockaddr *)&sa, len), 0);
-    int a = accept(l, NULL, NULL);
-    cr_assert(a >= 0);
-    close(a);
-    close(c);
-    close(l);
+    return tu_marker_run(marker_path, marker_name);
 }
 
 /* ---- a Server-Sent Events reader ---------------------------------------- */
@@ -543,7 +514,7 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
     for (int i = 0; i < 6; i++) {
         t[i] = tu_now_ns();
         pids[i] = run_marker();
-        tcp_roundtrip();
+        tu_tcp_roundtrip();
         usleep(20000); /* keeps since/until bounds clear of clock conversion jitter */
     }
     t[6] = tu_now_ns();
@@ -578,7 +549,7 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
                 jint(rep, "batches") > 0;
             both = with_batches == 2;
             if (!both) {
-                tcp_roundtrip();
+                tu_tcp_roundtrip();
                 usleep(100000);
             }
         }
@@ -1037,7 +1008,7 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
     /* Outage: events keep being captured and wait in the agent's outage buffer. */
     nats_down();
     pid_t p2 = run_marker();
-    tcp_roundtrip();
+    tu_tcp_roundtrip();
     uint64_t t0 = tu_mono_ms();
     while (tu_mono_ms() - t0 < 3000) {
         json_t *s = api(a, "/api/stats");
@@ -1059,7 +1030,7 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
     }
     /* ~1600 one-event batches (connects and accepts) overflow the 64 KiB buffer. */
     for (int i = 0; i < 800; i++)
-        tcp_roundtrip();
+        tu_tcp_roundtrip();
     int64_t dropped_in_outage = 0;
     for (uint64_t dl = tu_mono_ms() + 5000;;) {
         json_t *s = api(a, "/api/stats");

@@ -348,3 +348,41 @@ json_t *tu_get_json_hdr(int port, const char *path, const char *header, int *sta
     tu_http_free(&r);
     return j;
 }
+
+void tu_marker_make(const char *dir, const char *name, char *path, size_t pathlen)
+{
+    snprintf(path, pathlen, "%s/%s", dir, name);
+    unlink(path);
+    cr_assert_eq(symlink("/bin/true", path), 0, "symlink %s: %s", path, strerror(errno));
+}
+
+pid_t tu_marker_run(const char *path, const char *name)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl(path, name, (char *)NULL);
+        _exit(127);
+    }
+    cr_assert(pid > 0);
+    int st;
+    waitpid(pid, &st, 0);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "marker %s did not run", path);
+    return pid;
+}
+
+void tu_tcp_roundtrip(void)
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    cr_assert_eq(bind(l, (struct sockaddr *)&sa, len), 0);
+    cr_assert_eq(listen(l, 4), 0);
+    cr_assert_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(connect(c, (struct sockaddr *)&sa, len), 0);
+    int a = accept(l, NULL, NULL);
+    cr_assert(a >= 0);
+    close(a);
+    close(c);
+    close(l);
+}

@@ -70,4 +70,16 @@ json_t *tu_get_json_hdr(int port, const char *path, const char *header, int *sta
  */
 const char *tu_repo_path(const char *rel);
 
+/*
+ * Marker programs: dir/name as a symlink to /bin/true, so that running it
+ * gives the task the comm `name` (an exec and an exit event to look for).
+ * path receives dir/name. Asserts on failure.
+ */
+void tu_marker_make(const char *dir, const char *name, char *path, size_t pathlen);
+/* Runs the marker once and waits for it to exit 0; returns the child's pid. */
+pid_t tu_marker_run(const char *path, const char *name);
+
+/* One TCP connection over IPv4 loopback, accepted and closed: a connection and an accept event. */
+void tu_tcp_roundtrip(void);
+
 #endif
