@@ -1,0 +1,16 @@
+/*
+ * The one formatter for the error messages libraries hand back to callers:
+ * every fallible pkg/ and cmd/ function that takes (char *err, size_t errlen)
+ * fills it with errmsg_set(). A NULL or empty buffer is allowed and ignored.
+ */
+#ifndef EBPF_MONITOR_ERRMSG_H
+#define EBPF_MONITOR_ERRMSG_H
+
+#include <stddef.h>
+
+/* Formats into err (truncating, always NUL-terminated) and returns -EINVAL,
+ * so a caller can write `return errmsg_set(err, errlen, "...", ...);`. */
+int errmsg_set(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif
