@@ -25,11 +25,6 @@ _Static_assert(RECORD_ARGS_MAX == EVENT_ARGS_MAX, "argv bound differs between ke
 _Static_assert(RECORD_FILENAME_MAX == EVENT_FILENAME_MAX, "filename bound differs");
 _Static_assert(RECORD_COMM_LEN == EVENT_COMM_LEN, "comm length differs");
 
-static int too_short(const char *kind, size_t len, size_t need, char *err, size_t errlen)
-{
-    return errmsg_set(err, errlen, "%s record of %zu bytes, shorter than its %zu", kind, len, need);
-}
-
 /* ::ffff:a.b.c.d */
 static bool is_v4_mapped(const uint8_t a[16])
 {
@@ -79,17 +74,15 @@ static void decode_hdr(const struct records_decoder *d, struct event *e, const s
 }
 
 /* RECORD_CONNECT and RECORD_ACCEPT. */
-static int decode_conn(const struct records_decoder *d, const void *data, size_t len,
-                       struct event *e, char *err, size_t errlen)
+static int decode_conn(const struct records_decoder *d, const void *data, struct event *e,
+                       char *err, size_t errlen)
 {
     const struct conn_record *r = data;
-    const char *kind = r->hdr.kind == RECORD_ACCEPT ? "accept" : "connect";
 
-    if (len < sizeof(*r))
-        return too_short(kind, len, sizeof(*r), err, errlen);
     /* The programs emit only these; anything else is not an address we could show. */
     if (r->family != AF_INET && r->family != AF_INET6)
-        return errmsg_set(err, errlen, "%s record with address family %u", kind, r->family);
+        return errmsg_set(err, errlen, "%s record with address family %u",
+                          r->hdr.kind == RECORD_ACCEPT ? "accept" : "connect", r->family);
     decode_hdr(d, e, &r->hdr, r->hdr.kind == RECORD_ACCEPT ? EVENT_ACCEPT : EVENT_CONNECTION);
     decode_addrs(e, r->family, r->saddr, r->daddr);
     e->protocol = r->protocol;
@@ -114,14 +107,12 @@ static int decode_conn(const struct records_decoder *d, const void *data, size_t
     return 0;
 }
 
-static int decode_drop(const struct records_decoder *d, const void *data, size_t len,
-                       struct event *e, char *err, size_t errlen)
+static int decode_drop(const struct records_decoder *d, const void *data, struct event *e,
+                       char *err, size_t errlen)
 {
     const struct drop_record *r = data;
     char loc[256];
 
-    if (len < sizeof(*r))
-        return too_short("drop", len, sizeof(*r), err, errlen);
     decode_hdr(d, e, &r->hdr, EVENT_PACKET_DROP);
     decode_addrs(e, r->family, r->saddr, r->daddr);
     e->protocol = r->protocol;
@@ -166,13 +157,11 @@ static int decode_args(struct event *e, const struct exec_record *r)
     return 0;
 }
 
-static int decode_exec(const struct records_decoder *d, const void *data, size_t len,
-                       struct event *e, char *err, size_t errlen)
+static int decode_exec(const struct records_decoder *d, const void *data, struct event *e,
+                       char *err, size_t errlen)
 {
     const struct exec_record *r = data;
 
-    if (len < sizeof(*r))
-        return too_short("exec", len, sizeof(*r), err, errlen);
     if (r->args_len > RECORD_ARGS_MAX)
         return errmsg_set(err, errlen, "exec record with %u bytes of argv, more than its %d",
                           r->args_len, RECORD_ARGS_MAX);
@@ -185,13 +174,11 @@ static int decode_exec(const struct records_decoder *d, const void *data, size_t
     return 0;
 }
 
-static int decode_exit(const struct records_decoder *d, const void *data, size_t len,
-                       struct event *e, char *err, size_t errlen)
+static int decode_exit(const struct records_decoder *d, const void *data, struct event *e,
+                       char *err, size_t errlen)
 {
     const struct exit_record *r = data;
 
-    if (len < sizeof(*r))
-        return too_short("exit", len, sizeof(*r), err, errlen);
     decode_hdr(d, e, &r->hdr, EVENT_EXIT);
     /* task->exit_code: (status << 8) | terminating signal, 0x80 = core dumped */
     e->u.exit.exit_code = (int32_t)((r->exit_code >> 8) & 0xff);
@@ -200,6 +187,21 @@ static int decode_exit(const struct records_decoder *d, const void *data, size_t
     return 0;
 }
 
+/* Every record kind: its name in messages, the size of its struct, its decoder. */
+static const struct {
+    const char *name;
+    size_t size;
+    int (*decode)(const struct records_decoder *d, const void *data, struct event *e, char *err,
+                  size_t errlen);
+} kinds[] = {
+    [RECORD_CONNECT] = {"connect", sizeof(struct conn_record), decode_conn},
+    [RECORD_ACCEPT] = {"accept", sizeof(struct conn_record), decode_conn},
+    [RECORD_DROP] = {"drop", sizeof(struct drop_record), decode_drop},
+    [RECORD_EXEC] = {"exec", sizeof(struct exec_record), decode_exec},
+    [RECORD_EXIT] = {"exit", sizeof(struct exit_record), decode_exit},
+};
+
+/* The one length check: a decoder is only ever handed a whole struct of its kind. */
 static int decode_kind(const struct records_decoder *d, const void *data, size_t len,
                        struct event *e, char *err, size_t errlen)
 {
@@ -208,19 +210,12 @@ static int decode_kind(const struct records_decoder *d, const void *data, size_t
     if (len < sizeof(*h))
         return errmsg_set(err, errlen, "record of %zu bytes, shorter than its %zu-byte header", len,
                           sizeof(*h));
-    switch (h->kind) {
-    case RECORD_CONNECT:
-    case RECORD_ACCEPT:
-        return decode_conn(d, data, len, e, err, errlen);
-    case RECORD_DROP:
-        return decode_drop(d, data, len, e, err, errlen);
-    case RECORD_EXEC:
-        return decode_exec(d, data, len, e, err, errlen);
-    case RECORD_EXIT:
-        return decode_exit(d, data, len, e, err, errlen);
-    default:
+    if (h->kind >= sizeof(kinds) / sizeof(kinds[0]) || !kinds[h->kind].decode)
         return errmsg_set(err, errlen, "record of unknown kind %u (%zu bytes)", h->kind, len);
-    }
+    if (len < kinds[h->kind].size)
+        return errmsg_set(err, errlen, "%s record of %zu bytes, shorter than its %zu",
+                          kinds[h->kind].name, len, kinds[h->kind].size);
+    return kinds[h->kind].decode(d, data, e, err, errlen);
 }
 
 int records_decode(struct records_decoder *d, const void *data, size_t len, struct event *out,

@@ -7,8 +7,8 @@
  * on the capture thread.
  *
  * A new record kind: its struct in bpf/, one decode_<kind>() in records.c and
- * its case in records_decode(), tests for every field and for its short
- * forms, and a seed in tests/fuzz/corpus/fuzz_records/.
+ * its row in kinds[] there, tests for every field and for its short forms, and
+ * a seed in tests/fuzz/corpus/fuzz_records/.
  */
 #ifndef EBPF_MONITOR_RECORDS_H
 #define EBPF_MONITOR_RECORDS_H
