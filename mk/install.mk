@@ -10,6 +10,9 @@
 # The units (images/systemd/*.service.in) get the installed paths here. When
 # installing into the running system, systemd is told to reload its units;
 # nothing is enabled or started.
+#
+# The embedded API description: pkg/openapi.c pulls docs/openapi.json in with
+# .incbin, which the compiler's dependency files do not record.
 
 PREFIX     ?= /usr/local
 BINDIR     ?= $(PREFIX)/bin
@@ -25,7 +28,7 @@ UNITS      := ebpf-agent.service ebpf-aggregator.service
 UNIT_FILES := $(addprefix $(BUILD)/systemd/,$(UNITS))
 MAN_PAGES  := $(BUILD)/man/ebpf-agent.8 $(BUILD)/man/ebpf-aggregator.8
 CONF_FILES := agent.yaml aggregator.yaml agent.env aggregator.env
-DOC_FILES  := README.md $(wildcard docs/openapi.json docs/grafana/*.json docs/prometheus/*.yml)
+DOC_FILES  := README.md docs/openapi.json $(wildcard docs/grafana/*.json docs/prometheus/*.yml)
 
 # Debian versions start with a digit: v1.2-3-gabc -> 1.2+3+gabc, abc123 -> 0.0~gitabc123.
 DEB_VERSION := $(shell echo '$(VERSION)' | sed -e 's/^v//' -e 's/-/+/g' -e '/^[0-9][0-9]*\./!s/^/0.0~git/')
@@ -34,6 +37,9 @@ DEB         := $(BUILD)/ebpf-monitor_$(DEB_VERSION)_$(DEB_ARCH).deb
 DEB_TREE    := $(BUILD)/deb
 
 .PHONY: install uninstall deb FORCE
+
+$(BUILD)/pkg/openapi.o: docs/openapi.json
+$(FUZZ_BUILD)/pkg/openapi.o: docs/openapi.json
 
 # Rebuilt when the install paths change, so a unit never names another prefix.
 $(BUILD)/systemd/%.service: images/systemd/%.service.in FORCE

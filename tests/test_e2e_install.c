@@ -173,7 +173,7 @@ static const char *const installed_files[] = {
     "share/man/man8/ebpf-agent.8",
     "share/man/man8/ebpf-aggregator.8",
     "share/man/man8/ebpf-server.8",
-    "share/doc/ebpf-monitor/README.md",
+    "share/doc/ebpf-monitor/openapi.json",
     "etc/ebpf-monitor/agent.yaml",
     "etc/ebpf-monitor/aggregator.yaml",
     "etc/ebpf-monitor/agent.env",

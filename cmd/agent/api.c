@@ -8,6 +8,7 @@
 #include "api.h"
 #include "event_json.h"
 #include "intern.h"
+#include "openapi.h"
 
 #define MAX_PROGRAMS 32
 
@@ -357,5 +358,6 @@ int agent_api_register(struct agent *a)
     rc |= http_server_route(a->http, "/health", handle_health, a);
     rc |= http_server_route(a->http, "/ready", handle_ready, a);
     rc |= http_server_route(a->http, "/metrics", handle_metrics, a);
+    rc |= openapi_register(a->http);
     return rc ? -EINVAL : 0;
 }
