@@ -28,7 +28,7 @@ UNITS      := ebpf-agent.service ebpf-aggregator.service
 UNIT_FILES := $(addprefix $(BUILD)/systemd/,$(UNITS))
 MAN_PAGES  := $(BUILD)/man/ebpf-agent.8 $(BUILD)/man/ebpf-aggregator.8
 CONF_FILES := agent.yaml aggregator.yaml agent.env aggregator.env
-DOC_FILES  := README.md docs/openapi.json $(wildcard docs/grafana/*.json docs/prometheus/*.yml)
+DOC_FILES  := README.md docs/openapi.json $(wildcard docs/grafana/*.json docs/prometheus/*.rules.yml)
 
 # Debian versions start with a digit: v1.2-3-gabc -> 1.2+3+gabc, abc123 -> 0.0~gitabc123.
 DEB_VERSION := $(shell echo '$(VERSION)' | sed -e 's/^v//' -e 's/-/+/g' -e '/^[0-9][0-9]*\./!s/^/0.0~git/')
