@@ -18,13 +18,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "testutil.h"
 
-static pid_t nats_pid, agent_pid, agg_pid, prom_pid;
-static int agent_port, agg_port, prom_port;
+static struct tu_monitor mon;
+static pid_t prom_pid;
+static int prom_port;
 static char workdir[64];
 
 static char *repo_file(const char *rel)
@@ -34,54 +34,11 @@ static char *repo_file(const char *rel)
     return path;
 }
 
-/* Runs cmd in dir; returns its exit code, its output in *out (malloc'd) when out is given. */
-static int run(const char *cmd, char **out)
-{
-    char full[4096];
-    snprintf(full, sizeof(full), "( %s ) 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    cr_assert_not_null(p);
-    size_t cap = 1 << 14, len = 0, n;
-    char *buf = malloc(cap);
-    cr_assert_not_null(buf);
-    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (cap - len < 1024) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            cr_assert_not_null(buf);
-        }
-    }
-    buf[len] = '\0';
-    int st = pclose(p);
-    if (out)
-        *out = buf;
-    else
-        free(buf);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 static void require_promtool(void)
 {
-    cr_assert_eq(run("command -v promtool && command -v prometheus", NULL), 0,
+    cr_assert_eq(tu_run("command -v promtool && command -v prometheus", NULL), 0,
                  "promtool/prometheus not found: install the Debian prometheus package (make "
                  "deps)");
-}
-
-static pid_t start(const char *bin, int port, int nats_port, const char *name)
-{
-    char listen[64], nats[64], log[128];
-    snprintf(listen, sizeof(listen), "LISTEN_ADDR=127.0.0.1:%d", port);
-    snprintf(nats, sizeof(nats), "NATS_URL=nats://127.0.0.1:%d", nats_port);
-    snprintf(log, sizeof(log), "%s/%s.log", workdir, name);
-    char *argv[] = {(char *)tu_repo_path(bin), NULL};
-    char *env[] = {listen, nats, "DEPLOYMENT_MODE=vm", "FLUSH_INTERVAL=100ms", NULL};
-    pid_t pid = tu_spawn(argv, env, log);
-    if (!tu_wait_http(port, "/ready", 200, 30000)) {
-        char *text = tu_read_file(log);
-        cr_assert_fail("%s not ready; log:\n%s", name, text ? text : "(none)");
-    }
-    return pid;
 }
 
 static void setup(void)
@@ -92,30 +49,20 @@ static void setup(void)
 
 static void teardown(void)
 {
-    pid_t *pids[] = {&prom_pid, &agg_pid, &agent_pid, &nats_pid};
-    for (size_t i = 0; i < sizeof(pids) / sizeof(pids[0]); i++) {
-        if (*pids[i] > 0)
-            tu_stop(*pids[i], 10000);
-        *pids[i] = 0;
-    }
+    if (prom_pid > 0)
+        tu_stop(prom_pid, 10000);
+    prom_pid = 0;
+    tu_monitor_stop(&mon);
     char cmd[96];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", workdir);
-    run(cmd, NULL);
+    tu_run(cmd, NULL);
 }
 
 /* nats-server, agent and aggregator, each on a free port. */
 static void start_monitor(void)
 {
     cr_assert_eq(geteuid(), 0, "needs root: the agent loads eBPF programs");
-    int nats_port = tu_free_port();
-    char log[128];
-    snprintf(log, sizeof(log), "%s/nats.log", workdir);
-    nats_pid = tu_nats_start(nats_port, NULL, log);
-    cr_assert_gt(nats_pid, 0, "nats-server did not start");
-    agent_port = tu_free_port();
-    agent_pid = start("bin/ebpf-agent", agent_port, nats_port, "agent");
-    agg_port = tu_free_port();
-    agg_pid = start("bin/ebpf-aggregator", agg_port, nats_port, "aggregator");
+    tu_monitor_start(&mon, NULL, workdir);
 }
 
 TestSuite(e2e_monitoring, .init = setup, .fini = teardown, .timeout = 90);
@@ -130,7 +77,7 @@ Test(e2e_monitoring, alert_rules_pass_promtool_check_and_unit_tests)
              "promtool test rules ebpf-monitor.rules.test.yml",
              dir);
     free(dir);
-    int rc = run(cmd, &out);
+    int rc = tu_run(cmd, &out);
     cr_assert_eq(rc, 0, "promtool:\n%s", out);
     cr_expect_not_null(strstr(out, "SUCCESS: 12 rules found"), "%s", out);
     free(out);
@@ -140,12 +87,12 @@ Test(e2e_monitoring, both_programs_metrics_pass_promtool_check_metrics)
 {
     require_promtool();
     start_monitor();
-    int ports[] = {agent_port, agg_port};
+    int ports[] = {mon.agent_port, mon.aggregator_port};
     for (int i = 0; i < 2; i++) {
         char cmd[256], *out;
         snprintf(cmd, sizeof(cmd), "curl -sf http://127.0.0.1:%d/metrics | promtool check metrics",
                  ports[i]);
-        int rc = run(cmd, &out);
+        int rc = tu_run(cmd, &out);
         cr_expect(rc == 0 && !out[0], "promtool check metrics on port %d (exit %d):\n%s", ports[i],
                   rc, out);
         free(out);
@@ -241,7 +188,7 @@ Test(e2e_monitoring, dashboard_queries_and_rules_evaluate_on_real_metrics, .time
             "    static_configs: [{targets: ['127.0.0.1:%d']}]\n"
             "  - job_name: ebpf-aggregator\n"
             "    static_configs: [{targets: ['127.0.0.1:%d']}]\n",
-            agent_port, agg_port);
+            mon.agent_port, mon.aggregator_port);
     fclose(f);
     snprintf(data, sizeof(data), "--storage.tsdb.path=%s/data", workdir);
     snprintf(listen, sizeof(listen), "--web.listen-address=127.0.0.1:%d", prom_port);

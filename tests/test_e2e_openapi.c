@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "openapi.h"
@@ -24,27 +23,8 @@
 
 #define TOKEN "openapi-test-token"
 
-static pid_t nats_pid, agent_pid, agg_pid;
-static int agent_port, agg_port;
+static struct tu_monitor mon;
 static char logdir[64];
-
-static pid_t start(const char *bin, int port, int nats_port, const char *extra_env,
-                   const char *name)
-{
-    char listen[64], nats[64], log[128];
-    snprintf(listen, sizeof(listen), "LISTEN_ADDR=127.0.0.1:%d", port);
-    snprintf(nats, sizeof(nats), "NATS_URL=nats://127.0.0.1:%d", nats_port);
-    snprintf(log, sizeof(log), "%s/%s.log", logdir, name);
-    char *argv[] = {(char *)tu_repo_path(bin), NULL};
-    char *env[] = {listen, nats, "DEPLOYMENT_MODE=vm", "FLUSH_INTERVAL=100ms", (char *)extra_env,
-                   NULL};
-    pid_t pid = tu_spawn(argv, env, log);
-    if (!tu_wait_http(port, "/ready", 200, 30000)) {
-        char *text = tu_read_file(log);
-        cr_assert_fail("%s not ready; log:\n%s", name, text ? text : "(none)");
-    }
-    return pid;
-}
 
 /* An exec and an exit, a connection and an accept, and a NO_SOCKET drop. */
 static void make_events(void)
@@ -69,7 +49,8 @@ static bool aggregator_has_every_type(void)
         char path[96];
         int status;
         snprintf(path, sizeof(path), "/api/events?type=%s&limit=1", types[i]);
-        json_t *r = tu_get_json_hdr(agg_port, path, "Authorization: Bearer " TOKEN, &status);
+        json_t *r =
+            tu_get_json_hdr(mon.aggregator_port, path, "Authorization: Bearer " TOKEN, &status);
         bool found = r && json_integer_value(json_object_get(r, "count")) > 0;
         json_decref(r);
         if (!found)
@@ -87,15 +68,7 @@ static void setup(void)
                  "npm packages of tests/js are missing: run make deps");
     snprintf(logdir, sizeof(logdir), "/tmp/ebpf-e2e-openapi-XXXXXX");
     cr_assert_not_null(mkdtemp(logdir));
-    int nats_port = tu_free_port();
-    char log[128];
-    snprintf(log, sizeof(log), "%s/nats.log", logdir);
-    nats_pid = tu_nats_start(nats_port, NULL, log);
-    cr_assert_gt(nats_pid, 0, "nats-server did not start");
-    agent_port = tu_free_port();
-    agent_pid = start("bin/ebpf-agent", agent_port, nats_port, NULL, "agent");
-    agg_port = tu_free_port();
-    agg_pid = start("bin/ebpf-aggregator", agg_port, nats_port, "API_TOKEN=" TOKEN, "aggregator");
+    tu_monitor_start(&mon, "API_TOKEN=" TOKEN, logdir);
     uint64_t end = tu_mono_ms() + 15000;
     do
         make_events();
@@ -104,13 +77,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    if (agg_pid > 0)
-        tu_stop(agg_pid, 10000);
-    if (agent_pid > 0)
-        tu_stop(agent_pid, 10000);
-    if (nats_pid > 0)
-        tu_stop(nats_pid, 2000);
-    agg_pid = agent_pid = nats_pid = 0;
+    tu_monitor_stop(&mon);
     if (logdir[0]) {
         char cmd[96];
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", logdir);
@@ -130,26 +97,12 @@ static void check(const char *name)
     char cmd[8192];
     snprintf(cmd, sizeof(cmd),
              "OPENAPI_DOC='%s' AGENT_URL=http://127.0.0.1:%d AGGREGATOR_URL=http://127.0.0.1:%d "
-             "AGGREGATOR_TOKEN=" TOKEN " node '%s' %s 2>&1",
-             doc, agent_port, agg_port, script, name);
+             "AGGREGATOR_TOKEN=" TOKEN " node '%s' %s",
+             doc, mon.agent_port, mon.aggregator_port, script, name);
     free(doc);
     free(script);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    size_t cap = 1 << 16, len = 0, n;
-    char *out = malloc(cap);
-    cr_assert_not_null(out);
-    while ((n = fread(out + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (cap - len < 4096) {
-            cap *= 2;
-            out = realloc(out, cap);
-            cr_assert_not_null(out);
-        }
-    }
-    out[len] = '\0';
-    int st = pclose(p);
-    int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    char *out;
+    int rc = tu_run(cmd, &out);
     if (rc != 0)
         cr_log_error("openapi_check.mjs %s:\n%s", name, out);
     cr_assert_neq(rc, 3, "check %s: a tool or package is missing:\n%s", name, out);
