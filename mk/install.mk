@@ -41,6 +41,11 @@ DEB_TREE    := $(BUILD)/deb
 $(BUILD)/pkg/openapi.o: docs/openapi.json
 $(FUZZ_BUILD)/pkg/openapi.o: docs/openapi.json
 
+# tests/test_e2e_install.c runs make install and make deb on its own build
+# (SANITIZE=1 builds test bin-asan's binaries, and must not rebuild bin/).
+$(BUILD)/tests/test_e2e_install.o: CFLAGS += \
+    -DINSTALL_MAKE_ARGS='"SANITIZE=$(SANITIZE) BUILD=$(BUILD) BIN=$(BIN)"'
+
 # Rebuilt when the install paths change, so a unit never names another prefix.
 $(BUILD)/systemd/%.service: images/systemd/%.service.in FORCE
 	@mkdir -p $(@D)

@@ -45,6 +45,10 @@
 
 /* Bounded so that every command line built from them fits. */
 #define DIR_MAX 1024
+#ifndef INSTALL_MAKE_ARGS
+#define INSTALL_MAKE_ARGS ""
+#endif
+
 static char repo[512];
 static char scratch[DIR_MAX - 128];
 
@@ -105,7 +109,8 @@ static void install_to(const char *name, char *prefix, size_t len)
 {
     snprintf(prefix, len, "%s/%s", scratch, name);
     char cmd[2048];
-    snprintf(cmd, sizeof(cmd), "make -s -C '%s' install PREFIX='%s' SYSCONFDIR='%s/etc'", repo,
+    snprintf(cmd, sizeof(cmd),
+             "make -s -C '%s' " INSTALL_MAKE_ARGS " install PREFIX='%s' SYSCONFDIR='%s/etc'", repo,
              prefix, prefix);
     free(must("make install", cmd));
 }
@@ -205,8 +210,9 @@ Test(e2e_install, make_install_and_uninstall)
              prefix);
     free(must("reinstall keeps the edited agent.yaml", cmd));
 
-    snprintf(cmd, sizeof(cmd), "make -s -C '%s' uninstall PREFIX='%s' SYSCONFDIR='%s/etc'", repo,
-             prefix, prefix);
+    snprintf(cmd, sizeof(cmd),
+             "make -s -C '%s' " INSTALL_MAKE_ARGS " uninstall PREFIX='%s' SYSCONFDIR='%s/etc'",
+             repo, prefix, prefix);
     free(must("make uninstall", cmd));
     for (size_t i = 0; i < sizeof(installed_files) / sizeof(installed_files[0]); i++) {
         bool edited = strcmp(installed_files[i], "etc/ebpf-monitor/agent.yaml") == 0;
@@ -549,7 +555,8 @@ static const char *make_deb(void)
 {
     static char deb[PATH_MAX];
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "make -s -C '%s' deb | sed -n 's/^deb: //p' | tail -1", repo);
+    snprintf(cmd, sizeof(cmd),
+             "make -s -C '%s' " INSTALL_MAKE_ARGS " deb | sed -n 's/^deb: //p' | tail -1", repo);
     char *out = must("make deb", cmd);
     out[strcspn(out, "\n")] = '\0';
     cr_assert(out[0], "make deb named no package");
