@@ -758,6 +758,48 @@ Test(event_pb, both_decoders_agree_and_round_trip)
     buf_free(&b);
 }
 
+/*
+ * event_batch_decode_max() refuses a batch past its limit before decoding
+ * any event, whichever path decides: the fast one, or the reference one for
+ * a batch the fast one declines (here, for an unknown top-level field).
+ */
+Test(event_pb, batch_over_the_limit_is_refused_by_both_paths)
+{
+    struct event ev[5];
+    struct buf b;
+    buf_init(&b);
+    for (int unusual = 0; unusual < 2; unusual++) {
+        random_batch(ev, 5, true, &b);
+        for (size_t i = 0; i < 5; i++)
+            event_clear(&ev[i]);
+        if (unusual)
+            pbc_u64(&b, 99, 7);
+        struct event_batch_meta m;
+        struct event *out;
+        size_t n;
+        char err[256] = "";
+        int rf = event_batch_decode_fast((uint8_t *)b.data, b.len, &m, &out, &n, NULL, 0);
+        cr_assert_eq(rf, unusual ? 1 : 0, "path %d", unusual);
+        if (rf == 0)
+            free_events(out, n);
+
+        cr_assert_eq(
+            event_batch_decode_max((uint8_t *)b.data, b.len, 4, &m, &out, &n, err, sizeof(err)),
+            -E2BIG, "path %d", unusual);
+        cr_assert_null(out);
+        cr_assert_eq(n, 0);
+        cr_assert_null(m.node, "no metadata on a refused batch");
+        cr_assert_str_eq(err, "batch holds more than 4 events");
+
+        cr_assert_eq(
+            event_batch_decode_max((uint8_t *)b.data, b.len, 5, &m, &out, &n, err, sizeof(err)), 0,
+            "%s", err);
+        cr_assert_eq(n, 5);
+        free_events(out, n);
+    }
+    buf_free(&b);
+}
+
 Test(event_pb, pod_table_writes_each_attribution_once)
 {
     struct event ev[100];
