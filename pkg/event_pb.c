@@ -163,20 +163,6 @@ void event_pb_skip_event(struct event_batch_meta *meta, size_t index, const char
         errmsg_set(err, errlen, "event %zu: %s", index, why);
 }
 
-bool event_pb_args_next(const struct event *e, const char **p, const char **arg, size_t *len)
-{
-    if (!e->u.exec.args || !*p)
-        return false;
-    const char *end = e->u.exec.args + e->u.exec.args_len;
-    if (*p >= end)
-        return false;
-    const char *nul = memchr(*p, '\0', (size_t)(end - *p));
-    *arg = *p;
-    *len = nul ? (size_t)(nul - *p) : (size_t)(end - *p);
-    *p = nul ? nul + 1 : end;
-    return true;
-}
-
 int event_batch_decode_max(const uint8_t *data, size_t len, size_t max_events,
                            struct event_batch_meta *meta, struct event **events, size_t *n,
                            char *err, size_t errlen)

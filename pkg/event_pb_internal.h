@@ -12,6 +12,8 @@
 #include "event_pb.h"
 #include "pb_wire.h"
 
+#include <string.h>
+
 /* The Event fields of the details oneof (protobuf-c's case values are the field numbers). */
 #define EVENT_PB_DETAILS_FIRST EBPFMONITOR__EVENT__DETAILS_CONNECTION /* 20 */
 #define EVENT_PB_DETAILS_LAST  EBPFMONITOR__EVENT__DETAILS_EXIT       /* 23 */
@@ -41,9 +43,23 @@ void event_pb_skip_event(struct event_batch_meta *meta, size_t index, const char
 
 /*
  * The NUL-separated argv of an exec event, one element per call: *p walks
- * from e->u.exec.args to its end; false when there is none left.
+ * from e->u.exec.args to its end; false when there is none left. Inline:
+ * the fast encoder calls it twice per argument.
  */
-bool event_pb_args_next(const struct event *e, const char **p, const char **arg, size_t *len);
+static inline bool event_pb_args_next(const struct event *e, const char **p, const char **arg,
+                                      size_t *len)
+{
+    if (!e->u.exec.args || !*p)
+        return false;
+    const char *end = e->u.exec.args + e->u.exec.args_len;
+    if (*p >= end)
+        return false;
+    const char *nul = memchr(*p, '\0', (size_t)(end - *p));
+    *arg = *p;
+    *len = nul ? (size_t)(nul - *p) : (size_t)(end - *p);
+    *p = nul ? nul + 1 : end;
+    return true;
+}
 
 /* One Event message through protobuf-c, for the fast decoder's fallback. */
 int event_pb_ref_decode_event(const uint8_t *data, size_t len, const char *batch_node,
