@@ -18,35 +18,46 @@
  *   3. Fast encoder, this file: plan_event()/plan_details() size a field and
  *      write_event()/write_details() write it, in field-number order as
  *      protobuf-c does (test encoder_writes_what_protobuf_c_writes compares
- *      the bytes); PodRef: podref_size()/write_podref(), and k8s_same()/
- *      k8s_hash() when event_k8s grows; EventBatch: event_batch_append_meta().
+ *      the bytes); EventBatch: event_batch_append_meta().
  *   4. Reference decoder, event_pb_ref.c: to_event() (validation first, then
  *      the copy), ref_batch_meta() (metadata, pod table).
  *   5. Fast decoder, this file: event_field_wt()/batch_field_wt() (the wire
  *      type of every field number; an unlisted number falls back to the
- *      reference path, which is slow but still correct), fast_event(),
- *      fast_podref(), fast_batch_decode()'s first pass. Values the reference
- *      refuses (out of range, NUL in a string) must be declined here too.
- *   6. A new details kind (oneof member): a reader beside fast_conn() ...
- *      fast_exit() and its case in fast_details_field(); the field range
- *      EVENT_PB_DETAILS_FIRST..LAST (event_pb_internal.h, which
- *      merge_details() uses), event_pb_details_field() (event_pb.c) and
- *      details_name() (event_pb_ref.c).
- *   7. The JSON codec, pkg/event_json.c (writer and parser), and its tests.
- *   8. Tests: tests/test_event_pb.c (sample_events(), random_batch(): set
+ *      reference path, which is slow but still correct), fast_event(), the
+ *      details readers fast_conn() ... fast_exit(), fast_batch_decode()'s
+ *      first pass. Values the reference refuses (out of range, NUL in a
+ *      string) must be declined here too.
+ *   6. A new event type: enum event_type and event_type_name() (event.c),
+ *      EventType and the _Static_assert in event_pb.c, and which details it
+ *      carries: event_pb_details_field() (event_pb.c), the switches of
+ *      plan_details()/write_details(). plan_event() writes a details
+ *      message for every type but EVENT_ACCEPT: a type without details must
+ *      be excluded there too.
+ *   7. A new details kind (oneof member): its reader beside fast_conn() and
+ *      its case in fast_details_field(); EVENT_PB_DETAILS_FIRST..LAST
+ *      (event_pb_internal.h, which merge_details() and event_field_wt()
+ *      use); details_name() and to_event()'s switch (event_pb_ref.c).
+ *   8. A new attribution field (event_k8s, PodRef and Event's inline copy):
+ *      podref_size()/write_podref(), k8s_same()/k8s_hash()/pods_find(), the
+ *      inline k8s arrays of plan_event() and fast_event(), fast_podref()'s
+ *      field range, event_pb_pod_fill() (event_pb.c), ref_batch_meta() and
+ *      to_event()'s intern_field() slots (event_pb_ref.c).
+ *   9. The JSON codec, pkg/event_json.c (writer and parser), and its tests.
+ *  10. Tests: tests/test_event_pb.c (make_events(), random_event(): set
  *      the new field so round trips and the byte comparison cover it),
  *      tests/helpers/pb_craft.c (hostile shapes for a new details kind:
  *      wrong kind, repeated, merged), tests/fuzz/fuzz_batch.c (meta_equal()
  *      for a new batch field); then regenerate the seed corpus:
  *      EBPF_MONITOR_WRITE_SEEDS=tests/fuzz/corpus/fuzz_batch
  *      build/tests/test_event_pb --filter 'event_pb/fuzz_seeds_decode'.
- *   9. tests/js/sub.mjs decodes with protobufjs from events.proto itself;
+ *  11. tests/js/sub.mjs decodes with protobufjs from events.proto itself;
  *      only the end-to-end tests that read its output need the new field.
- *  10. tests/bench/bench_codec.c: put the new event or field in its mix, so
- *      the A/B figures keep describing real batches.
- *  11. The producers and consumers beyond the codec: cmd/agent/capture.c
- *      (record -> event), cmd/aggregator/cluster.c (its reply uses
- *      event_pb_from_event()/event_pb_to_event(), so only its tests).
+ *  12. tests/bench/bench_codec.c: put the new event or field in its mix
+ *      (bench_event_mix() in tests/bench/bench_aggregator_events.h), so the
+ *      A/B figures keep describing real batches.
+ *  13. Beyond the codec: cmd/agent/capture.c (record -> event) produces the
+ *      field; cmd/aggregator/cluster.c's reply goes through
+ *      event_pb_from_event()/event_pb_to_event(), so only its tests change.
  */
 #include "event_pb.h"
 
