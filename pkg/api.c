@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <time.h>
 
+#include "clock.h"
 #include "event_json.h"
 
 struct http_server *api_server_new(const struct config *c, char *err, size_t errlen)
@@ -87,14 +88,10 @@ void api_metric_labelled(struct buf *b, const char *name, const char *label, con
 
 uint64_t api_now_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return clock_realtime_ns();
 }
 
 uint64_t api_monotonic_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return clock_monotonic_ns();
 }

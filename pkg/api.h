@@ -35,7 +35,8 @@ void api_metric_header(struct buf *b, const char *name, const char *type, const 
 void api_metric_labelled(struct buf *b, const char *name, const char *label, const char *value,
                          uint64_t v);
 
-/* Current time in ns since the epoch (CLOCK_REALTIME) and monotonic ns. */
+/* Current time in ns since the epoch (CLOCK_REALTIME) and monotonic ns: the
+ * clock.h clocks under their older names; new code calls clock.h directly. */
 uint64_t api_now_ns(void);
 uint64_t api_monotonic_ns(void);
 

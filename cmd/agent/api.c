@@ -6,6 +6,7 @@
 
 #include "agent.h"
 #include "api.h"
+#include "clock.h"
 #include "event_json.h"
 #include "intern.h"
 
@@ -21,7 +22,7 @@ static void handle_events(void *ctx, const struct http_request *req, struct http
     struct agent *a = ctx;
     struct query q;
     char err[256];
-    uint64_t start = api_monotonic_ns();
+    uint64_t start = clock_monotonic_ns();
 
     if (query_parse(&q, req->query, req->query_len, false, err, sizeof(err)) < 0) {
         http_response_error(res, 400, err);
@@ -33,7 +34,7 @@ static void handle_events(void *ctx, const struct http_request *req, struct http
         return;
     }
     api_events_begin(&res->body, r.events, r.count, r.total_count,
-                     r.has_next ? &r.next_cursor : NULL, api_monotonic_ns() - start);
+                     r.has_next ? &r.next_cursor : NULL, clock_monotonic_ns() - start);
     api_events_end(&res->body);
     store_result_free(&r);
 }
@@ -175,7 +176,7 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
     }
     buf_puts(b, ",\"version\":");
     buf_json_cstr(b, EBPF_MONITOR_VERSION);
-    uint64_t uptime = api_monotonic_ns() - a->started_mono_ns;
+    uint64_t uptime = clock_monotonic_ns() - a->started_mono_ns;
     buf_printf(b, ",\"uptime_seconds\":%.3f,\"total_events\":%" PRIu64 ",\"events_by_type\":{",
                (double)uptime / 1e9, load(&a->events_total));
     for (unsigned t = 1; t < EVENT_TYPE_COUNT; t++)
@@ -336,7 +337,7 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                    "Walks of the kubepods cgroup tree to resolve a new cgroup id.", cs.scans);
     }
     api_metric(b, "ebpf_agent_uptime_seconds", "gauge", "Seconds since the agent started.",
-               (api_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
+               (clock_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
 }
 
 int agent_api_register(struct agent *a)

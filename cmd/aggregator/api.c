@@ -19,6 +19,7 @@
 
 #include "aggregator.h"
 #include "api.h"
+#include "clock.h"
 #include "cluster.h"
 
 #define API_WORKERS   4
@@ -235,7 +236,7 @@ static void events_answer(struct aggregator *a, const struct http_request *req,
     struct cluster_events ev;
     struct query q;
     char err[256];
-    uint64_t start = api_monotonic_ns();
+    uint64_t start = clock_monotonic_ns();
 
     if (query_parse(&q, req->query, req->query_len, false, err, sizeof(err)) < 0) {
         http_response_error(res, 400, err);
@@ -247,7 +248,7 @@ static void events_answer(struct aggregator *a, const struct http_request *req,
         return;
     }
     api_events_begin(&res->body, ev.events, ev.count, ev.total_count,
-                     ev.has_next ? &ev.next_cursor : NULL, api_monotonic_ns() - start);
+                     ev.has_next ? &ev.next_cursor : NULL, clock_monotonic_ns() - start);
     write_replicas(a, &res->body, ev.answered, ev.expected);
     api_events_end(&res->body);
     cluster_events_free(&ev);
@@ -398,7 +399,7 @@ static int view_gather(struct aggregator *a, struct cluster_view *v)
         view_add(v, st.replies[i], false);
 
     /* Written once as text: /api/stats and /api/nodes splice it into their answer. */
-    nodes_write_json(merged, &v->nodes_text, api_now_ns(), a->cfg.stale_after_ns, &v->nt);
+    nodes_write_json(merged, &v->nodes_text, clock_realtime_ns(), a->cfg.stale_after_ns, &v->nt);
     if (v->nodes_text.oom)
         rc = -ENOMEM;
 out:
@@ -498,7 +499,7 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     json_object_set_new(root, "replicas", replicas_json(&v));
     json_object_set_new(root, "partial", json_boolean(is_partial(a, v.answered, v.expected)));
     json_object_set_new(root, "uptime_seconds",
-                        json_real((double)(api_monotonic_ns() - a->started_mono_ns) / 1e9));
+                        json_real((double)(clock_monotonic_ns() - a->started_mono_ns) / 1e9));
     json_set_u64(root, "total_events", total_u64(t, "events"));
     json_set_u64(root, "total_batches", total_u64(t, "batches"));
     json_object_set(root, "events_by_type", json_object_get(t, "events_by_type"));
@@ -668,7 +669,7 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                "Cluster-wide requests turned away (503): too many in flight.",
                load(&a->queries_rejected));
     api_metric(b, "ebpf_aggregator_uptime_seconds", "gauge", "Seconds since this replica started.",
-               (api_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
+               (clock_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
 
     /* Per node, cluster-wide: only the merged tables can see sequence gaps. */
     if (view_gather(a, &v) == 0 && view_nodes(&v) != NULL) {
