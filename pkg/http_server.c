@@ -34,6 +34,7 @@
 #include "clock.h"
 #include "errmsg.h"
 #include "event_json.h"
+#include "h2o_shim.h"
 #include "query.h"
 
 #define HTTP_STREAM_CLIENT_BUFFER_DEFAULT (1u << 20)
@@ -1062,9 +1063,7 @@ static bool close_connections(struct http_server *s)
     h2o_linklist_t *node, *next;
     uint64_t deadline;
 
-    /* HTTP/1 only: the flag makes responses close their connection. (The full
-     * h2o_context_request_shutdown would arm an HTTP/2 timer we cannot dispose.) */
-    s->ctx.shutdown_requested = 1;
+    h2o_shim_request_http1_shutdown(&s->ctx);
     for (node = s->stream_clients.next; node != &s->stream_clients; node = next) {
         struct stream_client *c = H2O_STRUCT_FROM_MEMBER(struct stream_client, link, node);
 
@@ -1093,16 +1092,16 @@ static void loop_teardown(struct http_server *s)
     h2o_socket_read_stop(s->listener);
     h2o_socket_close(s->listener);
     /* Completions already queued: answer them before the connections close. */
-    on_deferred_messages(&s->deferred_receiver, &s->deferred_receiver._messages);
+    h2o_shim_receiver_flush(&s->deferred_receiver);
     clean = close_connections(s);
     h2o_timeout_unlink(&s->keepalive_entry);
     h2o_timeout_dispose(s->loop, &s->keepalive_timeout);
 
     /* Events published but never delivered. */
-    on_publish_messages(&s->publish_receiver, &s->publish_receiver._messages);
+    h2o_shim_receiver_flush(&s->publish_receiver);
     h2o_multithread_unregister_receiver(s->ctx.queue, &s->publish_receiver);
     h2o_multithread_unregister_receiver(s->ctx.queue, &s->stop_receiver);
-    on_deferred_messages(&s->deferred_receiver, &s->deferred_receiver._messages);
+    h2o_shim_receiver_flush(&s->deferred_receiver);
     h2o_multithread_unregister_receiver(s->ctx.queue, &s->deferred_receiver);
     if (!clean) {
         /* h2o cannot free a loop that still holds a connection. */
@@ -1114,8 +1113,7 @@ static void loop_teardown(struct http_server *s)
     h2o_evloop_destroy(s->loop);
     h2o_config_dispose(&s->config);
     /* Socket buffers h2o keeps for reuse in this thread's cache die with the thread. */
-    while (h2o_socket_buffer_prototype.allocator.cnt > 0)
-        free(h2o_mem_alloc_recycle(&h2o_socket_buffer_prototype.allocator, 1));
+    h2o_shim_free_socket_buffers();
 }
 
 void http_server_free(struct http_server *s)
