@@ -184,15 +184,12 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
                    load(&a->events_by_type[t]));
     buf_puts(b, "},\"programs\":");
     write_programs(a, b, &kernel_drops, &suppressed);
-    buf_printf(b,
-               ",\"kernel_drops\":%" PRIu64 ",\"drops_suppressed\":%" PRIu64
-               ",\"history\":{\"events\":%" PRIu64 ",\"capacity\":%" PRIu64
-               ",\"evicted_count\":%" PRIu64 ",\"evicted_age\":%" PRIu64 ",\"failed\":%" PRIu64
-               "},\"stream\":{\"clients\":%" PRIu64 ",\"sent\":%" PRIu64 ",\"dropped\":%" PRIu64
-               ",\"publish_dropped\":%" PRIu64 "}",
-               kernel_drops, suppressed, ss.events, ss.capacity, ss.evicted_count, ss.evicted_age,
-               ss.failed + load(&a->store_failed), hs.stream_clients, hs.stream_sent,
-               hs.stream_dropped, hs.publish_dropped);
+    buf_printf(b, ",\"kernel_drops\":%" PRIu64 ",\"drops_suppressed\":%" PRIu64 ",\"history\":",
+               kernel_drops, suppressed);
+    ss.failed += load(&a->store_failed);
+    api_json_append(b, api_store_stats_json(&ss));
+    buf_puts(b, ",\"stream\":");
+    api_json_append(b, api_stream_stats_json(&hs));
     buf_printf(b, ",\"args_redacted\":%" PRIu64 ",\"args_redact_failed\":%" PRIu64,
                load(&a->args_redacted), load(&a->args_redact_failed));
     write_bus(a, b, &ps);
@@ -269,28 +266,14 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     for (size_t i = 0; i < n; i++)
         api_metric_labelled(b, "ebpf_agent_program_attached", "program", progs[i].name,
                             progs[i].status == CAPTURE_PROGRAM_ATTACHED);
-    api_metric(b, "ebpf_agent_history_events", "gauge", "Events held in the local history.",
-               ss.events);
-    api_metric(b, "ebpf_agent_history_capacity", "gauge", "Local history limit (events).",
-               ss.capacity);
-    api_metric_header(b, "ebpf_agent_history_evicted_total", "counter",
-                      "Events evicted from the local history, by limit.");
-    api_metric_labelled(b, "ebpf_agent_history_evicted_total", "reason", "count", ss.evicted_count);
-    api_metric_labelled(b, "ebpf_agent_history_evicted_total", "reason", "age", ss.evicted_age);
-    api_metric(b, "ebpf_agent_history_failed_total", "counter",
-               "Events that could not be stored (out of memory).",
-               ss.failed + load(&a->store_failed));
+    ss.failed += load(&a->store_failed);
+    api_store_metrics(b, "ebpf_agent", &ss);
     api_metric(b, "ebpf_agent_args_redacted_total", "counter",
                "Exec argument values replaced by *** (REDACT_ARGS).", load(&a->args_redacted));
     api_metric(b, "ebpf_agent_args_redact_failed_total", "counter",
                "Exec events whose arguments were dropped because redaction ran out of memory.",
                load(&a->args_redact_failed));
-    api_metric(b, "ebpf_agent_stream_clients", "gauge", "Connected /api/events/stream clients.",
-               hs.stream_clients);
-    api_metric(b, "ebpf_agent_stream_dropped_total", "counter",
-               "Events a slow stream client missed.", hs.stream_dropped + hs.publish_dropped);
-    api_metric(b, "ebpf_agent_http_requests_total", "counter", "HTTP requests served.",
-               hs.requests);
+    api_http_metrics(b, "ebpf_agent", &hs, 0);
     api_metric(b, "ebpf_agent_intern_refused_total", "counter",
                "Strings not interned because the table was full.", is.refused);
     struct publisher_stats ps;

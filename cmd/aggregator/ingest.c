@@ -345,12 +345,10 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
                load(&c->rejected_events[BUS_REJECT_MALFORMED_PROTOBUF]),
                bus_reject_name(BUS_REJECT_MALFORMED_JSON),
                load(&c->rejected_events[BUS_REJECT_MALFORMED_JSON]));
-    buf_printf(b,
-               "},\"bus_dropped\":%" PRIu64 ",\"store_failed\":%" PRIu64
-               ",\"history\":{\"events\":%" PRIu64 ",\"capacity\":%" PRIu64
-               ",\"evicted_count\":%" PRIu64 ",\"evicted_age\":%" PRIu64 ",\"duplicates\":%" PRIu64
-               "},\"uptime_seconds\":%.3f}",
-               ingest_bus_dropped(a), load(&c->store_failed) + ss.failed, ss.events, ss.capacity,
-               ss.evicted_count, ss.evicted_age, ss.duplicates,
+    ss.failed += load(&c->store_failed);
+    buf_printf(b, "},\"bus_dropped\":%" PRIu64 ",\"store_failed\":%" PRIu64 ",\"history\":",
+               ingest_bus_dropped(a), ss.failed);
+    api_json_append(b, api_store_stats_json(&ss));
+    buf_printf(b, ",\"uptime_seconds\":%.3f}",
                (double)(clock_monotonic_ns() - a->started_mono_ns) / 1e9);
 }
