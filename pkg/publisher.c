@@ -255,7 +255,7 @@ void publisher_set_kernel_drops(struct publisher *p, uint64_t drops)
 int publisher_flush(struct publisher *p, uint64_t timeout_ns)
 {
     close_batch(p);
-    struct timespec until = clock_deadline_ms((timeout_ns + 999999) / 1000000);
+    struct timespec until = clock_deadline_ms(timeout_ns / 1000000 + (timeout_ns % 1000000 != 0));
     int rc = 0;
     pthread_mutex_lock(&p->mu);
     p->flush_waiters++;
