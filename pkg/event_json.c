@@ -1,5 +1,5 @@
 /*
- * JSON codec for events in the API's format (SPEC section 5).
+ * JSON codec for events in the API's format (README.md, "Events").
  *
  * The writer is on the hot path of the HTTP API, the SSE stream and the JSON
  * bus encoding, so it formats integers and times by hand and caches the date

@@ -1,6 +1,6 @@
 /*
  * The HTTP API server: an h2o (evloop) loop on its own thread serving exact-path
- * GET routes, bearer-token auth for every /api/ path, optional TLS, and one Server-Sent
+ * GET and HEAD routes, bearer-token auth for every /api/ path, optional TLS, and one Server-Sent
  * Events stream fed by http_server_publish().
  *
  * Threads: everything h2o touches (sockets, requests, stream clients) belongs
