@@ -20,11 +20,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "aggregator.h"
-#include "api.h"
+#include "clock.h"
 #include "cluster_reply.h"
+#include "errmsg.h"
 
 #define CLUSTER_SUBJECT_LEN        (2 * CONFIG_STR + 16)
 #define CLUSTER_LEAVE_FLUSH_MS     1000
@@ -80,7 +80,7 @@ struct cluster {
 
 static uint64_t mono_ms(void)
 {
-    return api_monotonic_ns() / 1000000;
+    return clock_monotonic_ns() / 1000000;
 }
 
 static bool connected(struct cluster *c)
@@ -196,7 +196,6 @@ unsigned cluster_expected(struct cluster *c)
 static void *cluster_main(void *arg)
 {
     struct cluster *c = arg;
-    struct timespec ts;
 
     pthread_setname_np(pthread_self(), "cluster");
     pthread_mutex_lock(&c->lock);
@@ -209,10 +208,7 @@ static void *cluster_main(void *arg)
         pthread_mutex_lock(&c->lock);
         if (c->stopping)
             break;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += (long)CLUSTER_HEARTBEAT_MS * 1000000L;
-        ts.tv_sec += ts.tv_nsec / 1000000000L;
-        ts.tv_nsec %= 1000000000L;
+        struct timespec ts = clock_deadline_ms(CLUSTER_HEARTBEAT_MS);
         pthread_cond_timedwait(&c->wake, &c->lock, &ts);
     }
     pthread_mutex_unlock(&c->lock);
@@ -314,16 +310,12 @@ static unsigned gather(struct cluster *c, const char *subject, const char *req, 
 {
     struct reply_waiter w = {0}, **pp;
     char reply[sizeof(c->reply_prefix) + 24];
-    pthread_condattr_t ca;
     unsigned got = 0;
     natsStatus s;
 
     if (want == 0 || c->reply_sub == NULL || !connected(c))
         return 0;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&w.cond, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&w.cond);
     pthread_mutex_lock(&c->reply_lock);
     w.token = ++c->next_token;
     w.next = c->waiters;
@@ -352,15 +344,7 @@ static unsigned gather(struct cluster *c, const char *subject, const char *req, 
         uint64_t now = mono_ms();
         if (now >= deadline)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t wait_ns = (deadline - now) * 1000000ull;
-        ts.tv_sec += (time_t)(wait_ns / 1000000000ull);
-        ts.tv_nsec += (long)(wait_ns % 1000000000ull);
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = clock_deadline_ms(deadline - now);
         pthread_cond_timedwait(&w.cond, &c->reply_lock, &ts);
     }
     for (pp = &c->waiters; *pp != NULL; pp = &(*pp)->next) {
@@ -648,11 +632,10 @@ int cluster_gather_stats(struct cluster *c, struct nodes *nodes, struct cluster_
 struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
 {
     struct cluster *c = calloc(1, sizeof(*c));
-    pthread_condattr_t ca;
     natsStatus s;
 
     if (c == NULL) {
-        snprintf(err, errlen, "out of memory");
+        errmsg_set(err, errlen, "out of memory");
         return NULL;
     }
     c->a = a;
@@ -670,10 +653,7 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
     pthread_mutex_init(&c->reply_lock, NULL);
     pthread_mutex_init(&c->gate.lock, NULL);
     pthread_cond_init(&c->gate.idle, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->wake, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&c->wake);
 
     s = natsConnection_Subscribe(&c->hb_sub, c->nc, c->subj_heartbeat, on_heartbeat, c);
     if (s == NATS_OK)
@@ -696,8 +676,8 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
             s = natsSubscription_SetPendingLimits(c->reply_sub, -1, -1);
     }
     if (s != NATS_OK) {
-        snprintf(err, errlen, "subscribing to %s.%s.*: %s", a->cfg.control_subject,
-                 a->cfg.queue_group, natsStatus_GetText(s));
+        errmsg_set(err, errlen, "subscribing to %s.%s.*: %s", a->cfg.control_subject,
+                   a->cfg.queue_group, natsStatus_GetText(s));
         cluster_free(c);
         return NULL;
     }
@@ -705,7 +685,7 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
     if (connected(c))
         natsConnection_FlushTimeout(c->nc, CLUSTER_SUBSCRIBE_FLUSH_MS);
     if (pthread_create(&c->thread, NULL, cluster_main, c) != 0) {
-        snprintf(err, errlen, "cannot start the cluster thread");
+        errmsg_set(err, errlen, "cannot start the cluster thread");
         cluster_free(c);
         return NULL;
     }
