@@ -70,6 +70,14 @@ static void assert_newest_first(const struct cluster_events *out)
                   "events %zu and %zu out of order", i - 1, i);
 }
 
+/* Frees a merged page and the n sources it was merged from. */
+static void merge_free(struct cluster_events *out, struct cluster_source *src, size_t n)
+{
+    cluster_events_free(out);
+    for (size_t i = 0; i < n; i++)
+        cluster_source_free(&src[i]);
+}
+
 /* ---- ids and counts ---- */
 
 Test(cluster_merge, replica_ids_are_short_lowercase_hex)
@@ -332,9 +340,7 @@ Test(cluster_merge, events_are_merged_newest_first_up_to_the_limit)
     cr_assert(out.has_next, "6 more events");
     cr_assert_eq(out.next_cursor.id, out.events[3].id);
     cr_assert_eq(out.next_cursor.timestamp_ns, out.events[3].timestamp_ns);
-    cluster_events_free(&out);
-    for (size_t i = 0; i < 2; i++)
-        cluster_source_free(&src[i]);
+    merge_free(&out, src, 2);
 }
 
 Test(cluster_merge, an_event_two_replicas_hold_is_returned_once)
@@ -350,9 +356,7 @@ Test(cluster_merge, an_event_two_replicas_hold_is_returned_once)
     assert_newest_first(&out);
     cr_assert_not(out.has_next);
     cr_assert_eq(out.total_count, 7, "counts are the replicas' claims, summed");
-    cluster_events_free(&out);
-    for (size_t i = 0; i < 3; i++)
-        cluster_source_free(&src[i]);
+    merge_free(&out, src, 3);
 }
 
 Test(cluster_merge, claimed_counts_saturate_near_uint64_max)
@@ -373,9 +377,7 @@ Test(cluster_merge, claimed_counts_saturate_near_uint64_max)
     src[2].total_count = 1;
     cr_assert(cluster_merge(src, 3, 10, &out) == 0);
     cr_assert_eq(out.total_count, INT64_MAX);
-    cluster_events_free(&out);
-    for (size_t i = 0; i < 3; i++)
-        cluster_source_free(&src[i]);
+    merge_free(&out, src, 3);
 }
 
 Test(cluster_merge, a_source_with_more_bounds_the_page)
@@ -390,9 +392,7 @@ Test(cluster_merge, a_source_with_more_bounds_the_page)
     cr_assert_eq(out.count, 3, "a's two and b's one newer than a's last");
     cr_assert(out.has_next);
     cr_assert_eq(out.next_cursor.id, 101);
-    cluster_events_free(&out);
-    for (size_t i = 0; i < 2; i++)
-        cluster_source_free(&src[i]);
+    merge_free(&out, src, 2);
 }
 
 Test(cluster_merge, empty_answers_merge_to_an_empty_page)

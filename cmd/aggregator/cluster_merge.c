@@ -99,13 +99,19 @@ void cluster_stats_free(struct cluster_stats *s)
 
 /* ---- events ---- */
 
+/* Clears the n events of *events and frees the array. */
+static void events_free(struct event **events, size_t *n)
+{
+    for (size_t i = 0; i < *n; i++)
+        event_clear(&(*events)[i]);
+    free(*events);
+    *events = NULL;
+    *n = 0;
+}
+
 void cluster_source_free(struct cluster_source *s)
 {
-    for (size_t i = 0; i < s->count; i++)
-        event_clear(&s->events[i]);
-    free(s->events);
-    s->events = NULL;
-    s->count = 0;
+    events_free(&s->events, &s->count);
 }
 
 static int cmp_events(const void *pa, const void *pb)
@@ -188,9 +194,5 @@ int cluster_merge(struct cluster_source *src, size_t nsrc, uint32_t limit,
 
 void cluster_events_free(struct cluster_events *e)
 {
-    for (size_t i = 0; i < e->count; i++)
-        event_clear(&e->events[i]);
-    free(e->events);
-    e->events = NULL;
-    e->count = 0;
+    events_free(&e->events, &e->count);
 }
