@@ -320,6 +320,37 @@ Test(cluster_merge, stats_answers_are_bounded_in_keys_names_and_errors)
     nodes_free(merged);
 }
 
+Test(cluster_merge, counters_are_summed_saturating_on_this_replicas_keys_only)
+{
+    json_t *totals = json_pack("{s:I,s:i,s:f,s:{s:i,s:i},s:i}", "events", (json_int_t)INT64_MAX - 5,
+                               "batches", 3, "uptime_seconds", 2.0, "events_by_type", "exit", 1,
+                               "exec", 2, "store_failed", 4);
+    json_t *peer =
+        json_pack("{s:i,s:i,s:f,s:{s:i,s:i},s:s,s:i,s:I}", "events", 10, "batches", 4,
+                  "uptime_seconds", 7.5, "events_by_type", "exit", 5, "made_up", 9, "store_failed",
+                  "lots", "newer_counter", 1, "batches_2", (json_int_t)INT64_MAX);
+
+    cluster_counters_add(totals, peer);
+    cr_assert_eq(json_integer_value(json_object_get(totals, "events")), INT64_MAX);
+    cr_assert_eq(json_integer_value(json_object_get(totals, "batches")), 7);
+    cr_assert_float_eq(json_real_value(json_object_get(totals, "uptime_seconds")), 7.5, 1e-9,
+                       "reals keep the larger");
+    json_t *by_type = json_object_get(totals, "events_by_type");
+    cr_assert_eq(json_integer_value(json_object_get(by_type, "exit")), 6);
+    cr_assert_eq(json_integer_value(json_object_get(by_type, "exec")), 2);
+    cr_assert_null(json_object_get(by_type, "made_up"), "only this replica's keys are summed");
+    cr_assert_eq(json_integer_value(json_object_get(totals, "store_failed")), 4,
+                 "a string is not added to a number");
+    cr_assert_null(json_object_get(totals, "newer_counter"));
+    cr_assert_eq(json_object_size(totals), 5);
+    json_decref(peer);
+    json_decref(totals);
+
+    cr_assert_eq(cluster_counter_sum(-5, 3), 3, "a negative counts as 0");
+    cr_assert_eq(cluster_counter_sum(INT64_MAX, INT64_MAX), INT64_MAX);
+    cr_assert_eq(cluster_counter_sum(INT64_MIN, INT64_MIN), 0);
+}
+
 /* ---- merging events ---- */
 
 Test(cluster_merge, events_are_merged_newest_first_up_to_the_limit)

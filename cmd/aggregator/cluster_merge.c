@@ -34,6 +34,11 @@ uint64_t cluster_count_add(uint64_t a, uint64_t b)
     return a > INT64_MAX - b ? INT64_MAX : a + b;
 }
 
+json_int_t cluster_counter_sum(json_int_t a, json_int_t b)
+{
+    return (json_int_t)cluster_count_add(a > 0 ? (uint64_t)a : 0, b > 0 ? (uint64_t)b : 0);
+}
+
 /* ---- answers ---- */
 
 const char *cluster_answer_admit(const struct cluster_answers *seen, const char *id)
@@ -86,6 +91,27 @@ const char *cluster_stats_take(struct cluster_answers *seen, struct nodes *nodes
     out->replies = p;
     p[out->count++] = json_incref(root);
     return NULL;
+}
+
+void cluster_counters_add(json_t *totals, json_t *counters)
+{
+    const char *key;
+    json_t *v;
+
+    json_object_foreach(counters, key, v)
+    {
+        json_t *d = json_object_get(totals, key);
+        if (d == NULL) {
+            continue;
+        } else if (json_is_integer(d) && json_is_integer(v)) {
+            json_integer_set(d, cluster_counter_sum(json_integer_value(d), json_integer_value(v)));
+        } else if (json_is_real(d) && json_is_real(v)) {
+            if (json_real_value(v) > json_real_value(d))
+                json_real_set(d, json_real_value(v));
+        } else if (json_is_object(d) && json_is_object(v)) {
+            cluster_counters_add(d, v);
+        }
+    }
 }
 
 void cluster_stats_free(struct cluster_stats *s)

@@ -6,7 +6,8 @@
  *
  * - which answers may count in one gather (cluster_answers): a valid replica
  *   id, not this replica's own, one per peer, from a live peer;
- * - a stats answer taken into the gathered stats and the merged node table;
+ * - a stats answer taken into the gathered stats and the merged node table,
+ *   and its counters summed into the cluster's totals;
  * - the events of every replica merged into one page, newest first.
  *
  * Counts a peer claims are summed saturating at INT64_MAX (what JSON and
@@ -52,6 +53,18 @@ struct cluster_answers {
 const char *cluster_answer_admit(const struct cluster_answers *seen, const char *id);
 /* Counts id's answer as received (after cluster_answer_admit() said yes). */
 void cluster_answer_record(struct cluster_answers *seen, const char *id);
+
+/* a + b for JSON counters: a negative counts as 0, the sum saturates at INT64_MAX. */
+json_int_t cluster_counter_sum(json_int_t a, json_int_t b);
+
+/*
+ * Adds a replica's stats counters (checked) into totals, recursing into
+ * objects: integers are summed (a negative counts as 0) saturating at
+ * INT64_MAX, reals keep the larger. Only totals' keys, with their types, are
+ * summed: what this replica does not count itself (a newer peer's counter,
+ * or a made-up one) is left out.
+ */
+void cluster_counters_add(json_t *totals, json_t *counters);
 
 /* The peers' stats answers, checked; this replica's own is not included. */
 struct cluster_stats {
