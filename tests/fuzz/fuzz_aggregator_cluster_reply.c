@@ -5,7 +5,8 @@
  * page of this replica's own (the page must stay bounded, newest first and
  * without repeats, its count saturated) and encoded again (it must decode to
  * the same events). A stats answer is checked and taken into a small node
- * table, all or nothing. ASan/UBSan watch it all.
+ * table, all or nothing, and its counters summed into a replica's own.
+ * ASan/UBSan watch it all.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -115,6 +116,25 @@ static void query_answer(const uint8_t *data, size_t size)
     cluster_query_reply_free(&r);
 }
 
+/* Sums an accepted answer's counters into this replica's, as /api/stats does. */
+static void sum_counters(json_t *counters)
+{
+    json_t *totals = json_pack("{s:i,s:i,s:f,s:{s:i,s:i}}", "events", 12, "batches", 3,
+                               "uptime_seconds", 1.5, "events_by_type", "exit", 12, "exec", 0);
+    const char *key;
+    json_t *v;
+
+    CHECK(totals != NULL, "out of memory");
+    cluster_counters_add(totals, counters);
+    CHECK(json_object_size(totals) == 4, "a peer added a counter");
+    json_object_foreach(totals, key, v)
+    {
+        if (json_is_integer(v))
+            CHECK(json_integer_value(v) >= 0, "%s went negative", key);
+    }
+    json_decref(totals);
+}
+
 static void stats_answer(const uint8_t *data, size_t size)
 {
     struct cluster_answers seen = {.self = SELF, .is_peer = any_peer};
@@ -134,8 +154,10 @@ static void stats_answer(const uint8_t *data, size_t size)
     } else {
         CHECK(seen.n == 1, "an accepted answer was not counted");
         CHECK(well_formed, "accepted but malformed");
-        for (size_t i = 0; i < st.count; i++)
+        for (size_t i = 0; i < st.count; i++) {
             CHECK(json_object_get(st.replies[i], "nodes") == NULL, "node table kept");
+            sum_counters(json_object_get(st.replies[i], "counters"));
+        }
     }
     cluster_stats_free(&st);
     json_decref(root);
