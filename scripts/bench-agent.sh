@@ -28,7 +28,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "bench-agent: needs root (loads eBPF programs, sets kernel.bpf_stats_enabled)" >&2
   exit 1
 fi
-for bin in bin/ebpf-agent $B/bench_load $B/bench_sub $B/bench_agent_pipeline; do
+for bin in bin/ebpf-agent $B/bench_load $B/bench_sub $B/bench_agent_on_event; do
   [ -x "$bin" ] || { echo "bench-agent: $bin missing: run 'make bench-bins'" >&2; exit 1; }
 done
 for tool in jq curl bpftool nats-server; do
@@ -460,11 +460,11 @@ fi
 
 phase "user-space path"
 # User-space path alone, pinned to one CPU (capture loop + publisher + NATS threads).
-PIPE=$(NATS_URL="$NATS_URL" $B/bench_agent_pipeline --events "$PIPE_EVENTS" --cpu 0)
+PIPE=$(NATS_URL="$NATS_URL" $B/bench_agent_on_event --events "$PIPE_EVENTS" --cpu 0)
 echo "pipeline: $PIPE" >>"$LOG"
 measure userspace.events_per_sec_per_core "user-space path: events/s on one core (synthetic events)" \
   "$(echo "$PIPE" | jq .events_per_sec)" events/s \
-  "NATS_URL=... bench_agent_pipeline --events $PIPE_EVENTS --cpu 0" ge 1000000
+  "NATS_URL=... bench_agent_on_event --events $PIPE_EVENTS --cpu 0" ge 1000000
 measure userspace.cpu_us_per_event "user-space path: process CPU-µs per event" \
   "$(echo "$PIPE" | jq .cpu_us_per_event)" µs "same run" le 1.5
 measure userspace.capture_thread_us_per_event "user-space path: capture-thread CPU-µs per event" \
@@ -473,10 +473,10 @@ measure userspace.peak_rss_mib "user-space path: peak RSS after $PIPE_EVENTS eve
   "$(echo "$PIPE" | jq '.peak_rss_kib / 1024 | . * 10 | round / 10')" MiB "same run" le 64
 if [ $QUICK = 0 ]; then
   for h in 50000 100000; do
-    P2=$(NATS_URL="$NATS_URL" HISTORY_SIZE=$h $B/bench_agent_pipeline --events 1000000 --cpu 0)
+    P2=$(NATS_URL="$NATS_URL" HISTORY_SIZE=$h $B/bench_agent_on_event --events 1000000 --cpu 0)
     measure "userspace.peak_rss_mib.history_$h" "user-space path: peak RSS with HISTORY_SIZE=$h" \
       "$(echo "$P2" | jq '.peak_rss_kib / 1024 | . * 10 | round / 10')" MiB \
-      "HISTORY_SIZE=$h bench_agent_pipeline --events 1000000 --cpu 0" le 64
+      "HISTORY_SIZE=$h bench_agent_on_event --events 1000000 --cpu 0" le 64
   done
 fi
 

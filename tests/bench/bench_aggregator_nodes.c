@@ -64,12 +64,15 @@ static natsMsg *make_batch(unsigned node, uint64_t *rng)
     struct buf body;
     natsMsg *m = NULL;
 
+    static struct event_pb_pods pods; /* the publisher's pod table: one per batch */
+
     node_name(node, name, sizeof(name));
     buf_init(&body);
+    event_pb_pods_reset(&pods);
     for (size_t i = 0; i < PER_BATCH; i++) {
         bench_event_mix(&e, i, 0, next_ts++, rng, 0);
         e.node = intern(name);
-        event_batch_append_event(&body, &e, name);
+        event_batch_append_event_pods(&body, &e, name, &pods);
         event_clear(&e);
     }
     struct event_batch_meta meta = {.node = name,
