@@ -146,9 +146,9 @@ run $B/bench_aggregator_ingest --inproc --events $EVENTS
 
 echo "bench-aggregator: cost against the number of nodes" >&2
 # shellcheck disable=SC2086 # NODE_ARGS is a list of options
-run $B/bench_aggregator_nodes --inproc $NODE_ARGS
+run $B/bench_aggregator_nodes --inproc $NODE_ARGS --prefix aggregator_nodes.inproc
 # shellcheck disable=SC2086
-run $B/bench_aggregator_nodes --spawn $NODE_ARGS
+run $B/bench_aggregator_nodes --spawn $NODE_ARGS --prefix aggregator_nodes.spawn
 
 echo "bench-aggregator: ingest from NATS (loss curve)" >&2
 CURVE=""

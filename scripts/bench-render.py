@@ -60,6 +60,15 @@ class Results:
             self.shown.add(mid)
         return m
 
+    def matches(self, pattern):
+        """The groups of every measurement id matching pattern, first seen first, once each."""
+        seen = []
+        for m in self.ms:
+            g = re.fullmatch(pattern, m["id"])
+            if g and g.groups() not in seen:
+                seen.append(g.groups())
+        return seen
+
     def cell(self, mid, suffix=""):
         """The figure of one measurement, with its validity; '–' when absent."""
         m = self.get(mid)
@@ -137,12 +146,13 @@ def overhead(r):
     return out + [""]
 
 
+def rate_cell(label):
+    """A target rate as bench-*.sh label it: events/s, or max (as fast as possible)."""
+    return label if label == "max" else num(int(label))
+
+
 def loss_curve(r):
-    steps = []
-    for m in r.ms:
-        g = re.fullmatch(r"pipeline\.step\.([^.]+)\.([^.]+)\.offered_per_sec", m["id"])
-        if g:
-            steps.append(g.groups())
+    steps = r.matches(r"pipeline\.step\.([^.]+)\.([^.]+)\.offered_per_sec")
     if not steps:
         return []
     fields = ["offered_per_sec", "delivered_per_sec", "lost", "kernel_drops", "agent_drops",
@@ -151,38 +161,28 @@ def loss_curve(r):
            "| workload | target events/s | offered | delivered | lost | kernel drops | agent drops "
            "| agent CPU-µs/event |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, rate in steps:
-        rate_cell = rate if rate == "max" else num(int(rate))
-        out.append(row([mode, rate_cell] + [r.cell(f"pipeline.step.{mode}.{rate}.{f}") for f in fields]))
+        out.append(row([mode, rate_cell(rate)] + [r.cell(f"pipeline.step.{mode}.{rate}.{f}") for f in fields]))
     return out + [""]
 
 
 def ingest_curve(r):
-    labels = []
-    for m in r.ms:
-        g = re.fullmatch(r"aggregator\.nats\.rate_([^.]+)\.publish_rate", m["id"])
-        if g:
-            labels.append(g.group(1))
+    labels = r.matches(r"aggregator\.nats\.rate_([^.]+)\.publish_rate")
     if not labels:
         return []
     fields = ["publish_rate", "ingest_wall_rate", "sent", "lost", "ingest_rate_per_core"]
     out = ["### Aggregator ingest from NATS (batches of 100, the agent's format)", "",
            "| target events/s | published/s | stored/s | sent | lost | stored per aggregator CPU-s |",
            "|---|---:|---:|---:|---:|---:|"]
-    for label in labels:
+    for (label,) in labels:
         cells = [r.cell(f"aggregator.nats.rate_{label}.{f}") for f in fields]
-        out.append(row([label if label == "max" else num(int(label))] + cells))
+        out.append(row([rate_cell(label)] + cells))
     return out + [""]
 
 
 def codec(r):
-    cases, codecs = [], []
-    for m in r.ms:
-        g = re.fullmatch(r"codec\.([^.]+)\.([^.]+)\.events_per_s", m["id"])
-        if g:
-            if g.group(1) not in cases:
-                cases.append(g.group(1))
-            if g.group(2) not in codecs:
-                codecs.append(g.group(2))
+    pairs = r.matches(r"codec\.([^.]+)\.([^.]+)\.events_per_s")
+    cases = list(dict.fromkeys(case for case, _ in pairs))
+    codecs = list(dict.fromkeys(c for _, c in pairs))
     if not cases:
         return []
     out = ["### Codec A/B (`build/bench/bench_codec`: the fast codec against protobuf-c)", "",
