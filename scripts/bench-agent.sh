@@ -247,9 +247,15 @@ stop_pids() { # signal pid...
   for p in "$@"; do wait "$p" 2>/dev/null || true; done
 }
 
-# Baseline with no tracer, before and after the traced runs (averaged: drift cancels).
-phase "baseline"
-for w in $WORKLOADS; do OPS["none|$w"]=$(run_load "$w"); done
+# Baselines with no tracer between the tracers: each tracer's speed is
+# divided by the mean of the baseline just before and just after it, so the
+# load of the rest of a shared machine drifts less between the two.
+baseline() { # k: the k-th baseline, 0 before the first tracer
+  local w
+  phase "baseline $1"
+  for w in $WORKLOADS; do OPS["none$1|$w"]=$(run_load "$w"); done
+}
+baseline 0
 
 phase "agent runs"
 start_agent
@@ -260,6 +266,7 @@ for h in ${EXPECTED[agent]}; do
 done
 run_traced agent
 stop_agent
+baseline 1
 
 # bpftrace and libbpf-tools attach to tracepoints through tracefs.
 if [ ! -d /sys/kernel/tracing/events ]; then
@@ -307,6 +314,7 @@ BT
 else
   invalid bpftrace "comparison tool missing: bpftrace not installed (make deps)"
 fi
+baseline 2
 
 phase "libbpf-tools runs"
 TOOLS=(tcpstates execsnoop exitsnoop)
@@ -328,10 +336,10 @@ if [ ${#TOOL_PIDS[@]} -gt 0 ]; then
 fi
 if [ $MOUNTED_TRACEFS = 1 ]; then umount /sys/kernel/tracing 2>/dev/null && MOUNTED_TRACEFS=0; fi
 
-phase "second baseline"
+baseline 3
 for w in $WORKLOADS; do
-  second=$(run_load "$w")
-  OPS["none|$w"]=$(echo "${OPS["none|$w"]} $second" | awk '{printf "%.1f", ($1 + $2) / 2}')
+  OPS["none|$w"]=$(echo "${OPS["none0|$w"]} ${OPS["none1|$w"]} ${OPS["none2|$w"]} ${OPS["none3|$w"]}" |
+    awk '{printf "%.1f", ($1 + $2 + $3 + $4) / 4}')
 done
 sysctl -q -w kernel.bpf_stats_enabled="$STATS_ORIG"
 
@@ -362,14 +370,16 @@ done
 
 for w in $WORKLOADS; do
   measure "workload.$w.ops_per_sec" "$w loop, no tracer" "${OPS["none|$w"]}" ops/s \
-    "bench_load $w --duration $DUR (before and after the traced runs, averaged)"
+    "bench_load $w --duration $DUR (before, between and after the tracers, averaged)"
+  k=0
   for t in $TRACERS; do
+    k=$((k + 1))
     [ -n "${OPS["$t|$w"]:-}" ] || continue
     op="" limit=""
     case $w in udp-connect | tcp-connect) [ "$t" = agent ] && op=ge limit=0.909 ;; esac
     measure "speed.$w.$t" "$w loop speed under $t / without a tracer" \
-      "$(echo "${OPS["$t|$w"]} ${OPS["none|$w"]}" | awk '{printf "%.3f", $1 / $2}')" x \
-      "bench_load $w --duration $DUR under $t (output to /dev/null) / with no tracer" \
+      "$(echo "${OPS["$t|$w"]} ${OPS["none$((k - 1))|$w"]} ${OPS["none$k|$w"]}" | awk '{printf "%.3f", $1 / (($2 + $3) / 2)}')" x \
+      "bench_load $w --duration $DUR under $t (output to /dev/null) / the baselines just before and after it" \
       "$op" "$limit" "$(reason "$t" "$w")"
     [ "$t" = agent ] || [ -z "${OPS["agent|$w"]:-}" ] && continue
     op=""
