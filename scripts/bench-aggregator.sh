@@ -115,9 +115,10 @@ run() {
   local cmd="$*"
   echo "+ $cmd" >>"$LOG"
   "$@" 2>>"$LOG" | while IFS= read -r line; do
-    echo "$line" | jq -c --arg cmd "$cmd" '{id: .name, name: .name, value: .value, unit: .unit,
-      command: $cmd, target: (.target // null), met: (if has("met") then .met else null end),
-      valid: true, invalid_reason: null}' >>"$RAW"
+    echo "$line" | jq -c --arg cmd "$cmd" '(.value | type == "number") as $num
+      | {id: .name, name: .name, value: (if $num then .value else 0 end), unit: .unit,
+         command: $cmd, target: (.target // null), met: (if has("met") and $num then .met else null end),
+         valid: $num, invalid_reason: (if $num then null else "no figure: the benchmark printed \(.value)" end)}' >>"$RAW"
   done
 }
 

@@ -105,6 +105,14 @@ static void emit_ratios(const char *prefix, const unsigned *steps, size_t nsteps
                         const double *batch, const double *stats)
 {
     char name[160];
+    /* A process's CPU time counts in clock ticks: too few batches can measure 0. */
+    if (!(batch[0] > 0) || !(stats[0] > 0)) {
+        fprintf(stderr,
+                "bench_aggregator_nodes: %s: no CPU time measured at %u nodes; "
+                "no ratios (use more --batches)\n",
+                prefix, steps[0]);
+        return;
+    }
     for (size_t i = 1; i < nsteps; i++) {
         snprintf(name, sizeof(name), "%s.batch_cost_ratio_%u_to_%u", prefix, steps[i], steps[0]);
         /* Flat: within 2x over a 100-fold growth. */
