@@ -100,9 +100,13 @@ def run_line(r):
         lines.append("Validity: **valid** (no agent drops in the overhead runs, every expected "
                      "program attached, every comparison tool present, every queue flushed).")
     else:
-        lines.append("Validity: **invalid**:")
+        bad = [m for m in r.ms if m.get("valid") is False]
+        lines.append(f"Validity: **invalid**: {len(bad)} of {len(r.ms)} measurements "
+                     "(each marked where it is shown):")
         lines.append("")
-        lines += [f"- {why}" for why in run.get("invalid_reasons", [])]
+        lines += [f"- {m['name']}: {m.get('invalid_reason')}" for m in bad]
+        if not bad:
+            lines += [f"- {why}" for why in run.get("invalid_reasons", [])]
     return lines + [""]
 
 
