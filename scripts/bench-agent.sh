@@ -97,10 +97,16 @@ nats-server -a 127.0.0.1 -p "$NATS_PORT" >>"$LOG" 2>&1 &
 NATS_PID=$!
 PIDS+=("$NATS_PID")
 NATS_URL="nats://127.0.0.1:$NATS_PORT"
-for _ in $(seq 100); do
+for _ in $(seq 200); do
   (exec 3<>/dev/tcp/127.0.0.1/"$NATS_PORT") 2>/dev/null && break
+  kill -0 "$NATS_PID" 2>/dev/null || break
   sleep 0.05
 done
+if ! (exec 3<>/dev/tcp/127.0.0.1/"$NATS_PORT") 2>/dev/null; then
+  # Another process may have taken the free port first: the whole run would be unflushed.
+  echo "bench-agent: nats-server is not listening on 127.0.0.1:$NATS_PORT (see $LOG); run again" >&2
+  exit 1
+fi
 
 AGENT_PID=""
 AGENT_API=""
