@@ -150,8 +150,9 @@ api_stats() { # -> "total_events kernel_drops agent_drops events_sent"
 
 # Each tracer runs the same workloads in this one run: the agent, bpftrace
 # doing comparable work in maps (tests its programs, not its output), and the
-# libbpf-tools that report the same events (tcpstates, execsnoop, exitsnoop;
-# tcplife hooks the same tracepoint as tcpstates), all output to /dev/null.
+# libbpf-tools that report the same events (tcpstates for state changes,
+# tcplife for each connection's end like our close events, execsnoop,
+# exitsnoop), all output to /dev/null.
 WORKLOADS="udp-connect tcp-connect exec drop"
 TRACERS="agent bpftrace libbpf-tools"
 declare -A OPS      # [tracer|workload]: ops/s; tracer "none" = no tracer
@@ -323,7 +324,7 @@ fi
 baseline 2
 
 phase "libbpf-tools runs"
-TOOLS=(tcpstates execsnoop exitsnoop)
+TOOLS=(tcpstates tcplife execsnoop exitsnoop)
 TOOL_PIDS=()
 for t in "${TOOLS[@]}"; do
   bin=$(PATH=$PATH:/usr/sbin:/sbin command -v "$t" || true)
