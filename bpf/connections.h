@@ -33,16 +33,50 @@
 #error "syscall numbers for this architecture are missing"
 #endif
 
+/* enum tcp_state values; part of the uapi, stable. */
+#define TCP_SYN_RECV 3
+
 /*
  * A connecting socket's owner, taken at CLOSE->SYN_SENT (process context);
- * the outcome usually arrives in softirq where the process is unknown.
+ * the outcome usually arrives in softirq where the process is unknown. A
+ * plain hash, not an LRU: every entry leaves at the connect's outcome, and
+ * when the map is full a new connect is counted as untracked (stats) rather
+ * than silently evicting another one's owner.
  */
 struct {
-    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 16384);
     __type(key, __u64); /* struct sock * */
     __type(value, struct record_hdr);
 } connecting SEC(".maps");
+
+/*
+ * An established connection being followed to its close (only when close
+ * events are asked for): its owner, role and start, then the snapshot taken
+ * when it reached TCP_CLOSE. Enters at ESTABLISHED, leaves when its close
+ * record is written; full -> the connection is counted as untracked.
+ */
+struct conn_life {
+    struct record_hdr owner; /* zero until a process accepts a server connection */
+    __u64 established_ns;
+    struct close_record snap; /* filled at TCP_CLOSE (snap.hdr.ts_ns != 0) */
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __uint(map_flags, BPF_F_NO_PREALLOC); /* memory for live connections only */
+    __type(key, __u64);                   /* struct sock * */
+    __type(value, struct conn_life);
+} lifecycle SEC(".maps");
+
+static __always_inline void count_untracked(__u32 slot)
+{
+    struct prog_stats *s = slot_stats(slot);
+
+    if (s)
+        __sync_fetch_and_add(&s->untracked, 1);
+}
 
 /*
  * Field access: sk (and the task, regs, file and socket on the way to it) are
@@ -63,11 +97,12 @@ static __always_inline void copy_addr6(__u8 *dst, const struct in6_addr *a)
 }
 
 /* Local address/port into s*, remote into d*; swapped when peer_is_source. */
-static __always_inline void read_sock_addrs(const struct sock *sk, struct conn_record *r,
-                                            bool peer_is_source)
+static __always_inline void read_sock_addrs_to(const struct sock *sk, __u16 *family, __u16 *sport,
+                                               __u16 *dport, __u8 *saddr, __u8 *daddr,
+                                               bool peer_is_source)
 {
-    __u8 *local = peer_is_source ? r->daddr : r->saddr;
-    __u8 *remote = peer_is_source ? r->saddr : r->daddr;
+    __u8 *local = peer_is_source ? daddr : saddr;
+    __u8 *remote = peer_is_source ? saddr : daddr;
     __u16 lport = sk->__sk_common.skc_num;
     __u16 rport = bpf_ntohs(sk->__sk_common.skc_dport);
 
@@ -76,16 +111,22 @@ static __always_inline void read_sock_addrs(const struct sock *sk, struct conn_r
     if (lport == 0)
         lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 
-    r->family = sk->__sk_common.skc_family;
-    if (r->family == AF_INET) {
+    *family = sk->__sk_common.skc_family;
+    if (*family == AF_INET) {
         *(__u32 *)local = sk->__sk_common.skc_rcv_saddr;
         *(__u32 *)remote = sk->__sk_common.skc_daddr;
     } else {
         copy_addr6(local, &sk->__sk_common.skc_v6_rcv_saddr);
         copy_addr6(remote, &sk->__sk_common.skc_v6_daddr);
     }
-    r->sport = peer_is_source ? rport : lport;
-    r->dport = peer_is_source ? lport : rport;
+    *sport = peer_is_source ? rport : lport;
+    *dport = peer_is_source ? lport : rport;
+}
+
+static __always_inline void read_sock_addrs(const struct sock *sk, struct conn_record *r,
+                                            bool peer_is_source)
+{
+    read_sock_addrs_to(sk, &r->family, &r->sport, &r->dport, r->saddr, r->daddr, peer_is_source);
 }
 
 #ifdef CONNECTIONS_COMPAT
@@ -118,6 +159,98 @@ static __always_inline void read_sock_addrs_core(const struct sock *sk, struct c
 }
 #endif
 
+/*
+ * What the programs emit, set by user space before load from the requested
+ * event types (EVENT_TYPES): the verifier prunes the branches of a type that
+ * was not asked for, so a user who does not want close events pays nothing
+ * for them.
+ */
+const volatile bool emit_tcp_connect = true;
+const volatile bool emit_udp_connect = true;
+const volatile bool emit_accept = true;
+const volatile bool track_close = true;
+
+/* Begins following an established connection; the owner is known for a client. */
+static __always_inline void life_start(__u64 key, __u64 now, const struct record_hdr *owner,
+                                       __u8 role)
+{
+    struct conn_life l = {};
+
+    if (owner)
+        l.owner = *owner;
+    l.established_ns = now;
+    l.snap.role = role;
+    if (bpf_map_update_elem(&lifecycle, &key, &l, BPF_NOEXIST))
+        count_untracked(SLOT_TCP_DESTROY_SOCK);
+}
+
+static __always_inline bool sock_flag(const struct sock *sk, int flag)
+{
+    return sk->__sk_common.skc_flags & (1ul << flag);
+}
+
+/*
+ * The close snapshot, taken when the socket reaches TCP_CLOSE: a close by
+ * the application with SO_LINGER 0 or unread data (tcp_disconnect) zeroes
+ * the addresses and counters right after this transition.
+ */
+static __always_inline void life_snapshot(const struct sock *sk, struct conn_life *l, __u64 now)
+{
+    struct close_record *r = &l->snap;
+    struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+
+    read_sock_addrs_to(sk, &r->family, &r->sport, &r->dport, r->saddr, r->daddr,
+                       r->role == CLOSE_ROLE_SERVER);
+    r->hdr.ts_ns = now;
+    r->duration_ns = now - l->established_ns;
+    if (tp) {
+        r->bytes_sent = tp->bytes_sent - tp->bytes_retrans;
+        /* bytes_received counts sequence space, so a FIN the peer sent (SOCK_DONE) is one. */
+        r->bytes_received = tp->bytes_received;
+        if (sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DONE)) && r->bytes_received)
+            r->bytes_received--;
+        r->retransmits = tp->total_retrans;
+        r->srtt_us = tp->srtt_us >> 3;
+    }
+}
+
+/* Writes the close record of a connection and stops following it. */
+static __always_inline void life_emit(__u64 key, struct conn_life *l)
+{
+    struct close_record *r = record_reserve(SLOT_TCP_DESTROY_SOCK, sizeof(*r));
+
+    if (r) {
+        __u64 ts = l->snap.hdr.ts_ns;
+
+        *r = l->snap;
+        r->hdr = l->owner;
+        r->hdr.kind = RECORD_CLOSE;
+        r->hdr.ts_ns = ts;
+        record_submit(r);
+    }
+    bpf_map_delete_elem(&lifecycle, &key);
+}
+
+/*
+ * At TCP_CLOSE. The close record is written now when nothing more can
+ * happen to the connection: the application no longer holds the socket
+ * (SOCK_DEAD), or the peer reset it, or the kernel gave up on it (sk_err).
+ * Otherwise the application is closing it itself, possibly with a reset that
+ * follows this transition (SO_LINGER 0, unread data): the record waits for
+ * tcp_destroy_sock, which comes at the end of that same close.
+ */
+static __always_inline void life_closed(const struct sock *sk, __u64 key, __u64 now)
+{
+    struct conn_life *l = bpf_map_lookup_elem(&lifecycle, &key);
+
+    if (!l || l->snap.hdr.ts_ns)
+        return;
+    life_snapshot(sk, l, now);
+    if (sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DEAD)) ||
+        l->snap.reset == CLOSE_RESET_RECEIVED || sk->sk_err)
+        life_emit(key, l);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, int newstate)
 {
@@ -125,6 +258,7 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
     struct record_hdr *owner;
     struct conn_record *r;
     __u16 family;
+    __u64 now;
 
     if (sk->sk_protocol != IPPROTO_TCP)
         return 0;
@@ -136,28 +270,95 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
         struct record_hdr h = {};
 
         record_hdr_current(&h, RECORD_CONNECT);
-        bpf_map_update_elem(&connecting, &key, &h, BPF_ANY);
+        if (bpf_map_update_elem(&connecting, &key, &h, BPF_ANY))
+            count_untracked(SLOT_INET_SOCK_SET_STATE);
         return 0;
+    }
+    if (track_close) {
+        if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
+            life_start(key, bpf_ktime_get_boot_ns(), NULL, CLOSE_ROLE_SERVER);
+            return 0;
+        }
+        if (newstate == TCP_CLOSE && oldstate != TCP_SYN_SENT) {
+            life_closed(sk, key, bpf_ktime_get_boot_ns());
+            return 0;
+        }
     }
     if (oldstate != TCP_SYN_SENT || (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE))
         return 0;
 
     owner = bpf_map_lookup_elem(&connecting, &key);
     if (!owner)
-        return 0; /* connect started before we attached */
-    r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
-    if (r) {
-        __u64 now = bpf_ktime_get_boot_ns();
-
-        r->hdr = *owner;
-        r->hdr.ts_ns = now;
-        r->protocol = IPPROTO_TCP;
-        r->status = newstate == TCP_ESTABLISHED ? CONN_ESTABLISHED : CONN_FAILED;
-        r->latency_ns = now - owner->ts_ns;
-        read_sock_addrs(sk, r, false);
-        record_submit(r);
+        return 0; /* connect started before we attached, or untracked */
+    now = bpf_ktime_get_boot_ns();
+    if (track_close && newstate == TCP_ESTABLISHED)
+        life_start(key, now, owner, CLOSE_ROLE_CLIENT);
+    if (emit_tcp_connect) {
+        r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
+        if (r) {
+            r->hdr = *owner;
+            r->hdr.ts_ns = now;
+            r->protocol = IPPROTO_TCP;
+            r->status = newstate == TCP_ESTABLISHED ? CONN_ESTABLISHED : CONN_FAILED;
+            r->latency_ns = now - owner->ts_ns;
+            /* Set before the state change: ECONNREFUSED (RST), ETIMEDOUT, EHOSTUNREACH (ICMP). */
+            r->error = newstate == TCP_CLOSE ? sk->sk_err : 0;
+            r->_pad = 0;
+            read_sock_addrs(sk, r, false);
+            record_submit(r);
+        }
     }
     bpf_map_delete_elem(&connecting, &key);
+    return 0;
+}
+
+/* A server connection's owner: the process that accepted it. */
+static __always_inline void life_accepted(__u64 key)
+{
+    struct conn_life *l = bpf_map_lookup_elem(&lifecycle, &key);
+
+    if (l && !l->owner.kind)
+        record_hdr_current(&l->owner, RECORD_CLOSE);
+}
+
+/* The end of a socket: a close record still waiting (see life_closed) is written now. */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)
+{
+    __u64 key = (__u64)sk;
+    struct conn_life *l = bpf_map_lookup_elem(&lifecycle, &key);
+
+    if (!l)
+        return 0;
+    if (!l->snap.hdr.ts_ns)
+        life_snapshot(sk, l, bpf_ktime_get_boot_ns());
+    life_emit(key, l);
+    return 0;
+}
+
+/* Only the first argument: the later ones changed between kernels. */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(tp_btf__tcp_send_reset, const struct sock *sk)
+{
+    __u64 key = (__u64)sk;
+    struct conn_life *l;
+
+    if (!sk)
+        return 0;
+    l = bpf_map_lookup_elem(&lifecycle, &key);
+    if (l && l->snap.reset == CLOSE_RESET_NONE)
+        l->snap.reset = CLOSE_RESET_SENT;
+    return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(tp_btf__tcp_receive_reset, struct sock *sk)
+{
+    __u64 key = (__u64)sk;
+    struct conn_life *l = bpf_map_lookup_elem(&lifecycle, &key);
+
+    if (l && l->snap.reset == CLOSE_RESET_NONE)
+        l->snap.reset = CLOSE_RESET_RECEIVED;
     return 0;
 }
 
@@ -261,14 +462,6 @@ static __always_inline struct sock *fd_sock(long fd)
 #endif
 
 /*
- * What the sys_exit program emits, set by user space before load from the
- * requested event types (EVENT_TYPES): the verifier prunes the branch of a
- * type that was not asked for.
- */
-const volatile bool emit_udp_connect = true;
-const volatile bool emit_accept = true;
-
-/*
  * One program on sys_exit for both UDP connect() and accept()/accept4(): it
  * runs on every syscall of the machine, and each program attached to a hook
  * costs every syscall its own dispatch, so the two share one and branch on
@@ -296,7 +489,7 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
         accept = false;
         fd = PT_REGS_PARM1_SYSCALL(regs);
     } else if (nr == NR_ACCEPT || nr == NR_ACCEPT4) {
-        if (!emit_accept)
+        if (!emit_accept && !track_close)
             return 0;
         accept = true;
         fd = ret;
@@ -313,6 +506,10 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
     if (accept) {
         if (SK_READ(sk, sk_protocol) != IPPROTO_TCP)
             return 0;
+        if (track_close)
+            life_accepted((__u64)sk);
+        if (!emit_accept)
+            return 0;
         r = record_reserve(SLOT_SYS_EXIT_ACCEPT, sizeof(*r));
         if (!r)
             return 0;
@@ -320,6 +517,8 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
         r->protocol = IPPROTO_TCP;
         r->status = 0;
         r->latency_ns = 0;
+        r->error = 0;
+        r->_pad = 0;
         FD_SOCK_ADDRS(sk, r, true);
         record_submit(r);
         return 0;
@@ -336,6 +535,8 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
     r->protocol = IPPROTO_UDP;
     r->status = CONN_ATTEMPTED;
     r->latency_ns = 0;
+    r->error = 0;
+    r->_pad = 0;
     FD_SOCK_ADDRS(sk, r, false);
     record_submit(r);
     return 0;

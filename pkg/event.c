@@ -16,6 +16,7 @@ static const char *const type_names[EVENT_TYPE_COUNT] = {
     [EVENT_PACKET_DROP] = "packet_drop",
     [EVENT_EXEC] = "exec",
     [EVENT_EXIT] = "exit",
+    [EVENT_CLOSE] = "close",
 };
 
 const char *event_type_name(unsigned type)
@@ -54,6 +55,52 @@ const char *event_status_name(unsigned status)
         return "attempted";
     default:
         return NULL;
+    }
+}
+
+const char *event_role_name(unsigned role)
+{
+    switch (role) {
+    case EVENT_ROLE_CLIENT:
+        return "client";
+    case EVENT_ROLE_SERVER:
+        return "server";
+    default:
+        return NULL;
+    }
+}
+
+const char *event_reset_name(unsigned reset)
+{
+    switch (reset) {
+    case EVENT_RESET_SENT:
+        return "sent";
+    case EVENT_RESET_RECEIVED:
+        return "received";
+    default:
+        return NULL;
+    }
+}
+
+const char *event_conn_error_name(unsigned err)
+{
+    switch (err) {
+    case 0:
+        return NULL;
+    case ECONNREFUSED:
+        return "refused";
+    case ETIMEDOUT:
+        return "timeout";
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+        return "unreachable";
+    case ECONNRESET:
+        return "reset";
+    default: {
+        /* glibc names every errno the kernel sets on a socket. */
+        const char *name = strerrorname_np((int)err);
+        return name;
+    }
     }
 }
 
@@ -136,7 +183,15 @@ static bool details_equal(const struct event *a, const struct event *b)
 {
     switch (a->type) {
     case EVENT_CONNECTION:
-        return a->u.conn.latency_ns == b->u.conn.latency_ns;
+        return a->u.conn.latency_ns == b->u.conn.latency_ns &&
+               str_equal(a->u.conn.error, b->u.conn.error);
+    case EVENT_CLOSE:
+        return a->u.close.role == b->u.close.role && a->u.close.reset == b->u.close.reset &&
+               a->u.close.retransmits == b->u.close.retransmits &&
+               a->u.close.srtt_us == b->u.close.srtt_us &&
+               a->u.close.duration_ns == b->u.close.duration_ns &&
+               a->u.close.bytes_sent == b->u.close.bytes_sent &&
+               a->u.close.bytes_received == b->u.close.bytes_received;
     case EVENT_PACKET_DROP:
         return a->u.drop.reason_code == b->u.drop.reason_code &&
                a->u.drop.suppressed == b->u.drop.suppressed &&

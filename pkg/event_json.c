@@ -371,8 +371,31 @@ void event_json_write(struct buf *b, const struct event *e)
                 PUT_LIT(b, ",\"latency_ns\":");
                 put_u64(b, e->u.conn.latency_ns);
             }
+            if (e->u.conn.error)
+                PUT_KEY_STR(b, ",\"error\":", e->u.conn.error);
         }
         break;
+    case EVENT_CLOSE: {
+        const char *role = event_role_name(e->u.close.role);
+        const char *reset = event_reset_name(e->u.close.reset);
+        put_addrs(b, e, true);
+        put_protocol_family(b, e, true);
+        if (role)
+            PUT_KEY_STR(b, ",\"role\":", role);
+        PUT_LIT(b, ",\"duration_ns\":");
+        put_u64(b, e->u.close.duration_ns);
+        PUT_LIT(b, ",\"bytes_sent\":");
+        put_u64(b, e->u.close.bytes_sent);
+        PUT_LIT(b, ",\"bytes_received\":");
+        put_u64(b, e->u.close.bytes_received);
+        PUT_LIT(b, ",\"retransmits\":");
+        put_u64(b, e->u.close.retransmits);
+        PUT_LIT(b, ",\"srtt_us\":");
+        put_u64(b, e->u.close.srtt_us);
+        if (reset)
+            PUT_KEY_STR(b, ",\"reset\":", reset);
+        break;
+    }
     case EVENT_PACKET_DROP:
         if (e->u.drop.reason)
             PUT_KEY_STR(b, ",\"drop_reason\":", e->u.drop.reason);
@@ -658,6 +681,38 @@ static int parse_conn(struct parse_ctx *c, struct event *e)
                               "field \"status\": expected established, failed or attempted");
     }
     GET_UINT(c, "latency_ns", INT64_MAX, e->u.conn.latency_ns);
+    return get_interned(c, "error", &e->u.conn.error);
+}
+
+/* The value in 1..max whose name_of() is the field's string; left 0 when absent. */
+static int parse_enum(struct parse_ctx *c, const char *field, const char *(*name_of)(unsigned),
+                      unsigned max, uint8_t *out)
+{
+    const char *s;
+    size_t len;
+    int rc;
+    if ((rc = get_str(c, field, false, &s, &len)) || !s)
+        return rc;
+    for (unsigned v = 1; v <= max; v++)
+        if (strcmp(s, name_of(v)) == 0) {
+            *out = (uint8_t)v;
+            return 0;
+        }
+    return parse_fail(c, -EINVAL, "field \"%s\": unknown value \"%s\"", field, s);
+}
+
+static int parse_close(struct parse_ctx *c, struct event *e)
+{
+    int rc;
+    if ((rc = parse_protocol(c, e)) || (rc = parse_addrs(c, e)) ||
+        (rc = parse_enum(c, "role", event_role_name, EVENT_ROLE_SERVER, &e->u.close.role)) ||
+        (rc = parse_enum(c, "reset", event_reset_name, EVENT_RESET_RECEIVED, &e->u.close.reset)))
+        return rc;
+    GET_UINT(c, "duration_ns", INT64_MAX, e->u.close.duration_ns);
+    GET_UINT(c, "bytes_sent", INT64_MAX, e->u.close.bytes_sent);
+    GET_UINT(c, "bytes_received", INT64_MAX, e->u.close.bytes_received);
+    GET_UINT(c, "retransmits", UINT32_MAX, e->u.close.retransmits);
+    GET_UINT(c, "srtt_us", UINT32_MAX, e->u.close.srtt_us);
     return 0;
 }
 
@@ -844,6 +899,8 @@ static int parse_event(struct parse_ctx *c, struct event *e)
         return parse_exec(c, e);
     case EVENT_EXIT:
         return parse_exit(c, e);
+    case EVENT_CLOSE:
+        return parse_close(c, e);
     }
     return 0;
 }

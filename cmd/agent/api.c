@@ -76,8 +76,10 @@ static void write_programs(struct agent *a, struct buf *b, uint64_t *kernel_drop
             buf_puts(b, ",\"error\":");
             buf_json_cstr(b, p->error);
         }
-        buf_printf(b, ",\"events\":%" PRIu64 ",\"drops\":%" PRIu64 ",\"suppressed\":%" PRIu64 "}",
-                   p->events, p->drops, p->suppressed);
+        buf_printf(b,
+                   ",\"events\":%" PRIu64 ",\"drops\":%" PRIu64 ",\"suppressed\":%" PRIu64
+                   ",\"untracked\":%" PRIu64 "}",
+                   p->events, p->drops, p->suppressed, p->untracked);
         *kernel_drops += p->drops;
         *suppressed += p->suppressed;
     }
