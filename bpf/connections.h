@@ -15,6 +15,14 @@
 #define S_IFMT      00170000
 #define S_IFSOCK    0140000
 
+/* errno values the kernel reports on a connect (asm-generic: x86 and arm64 alike). */
+#define EPERM         1
+#define EACCES        13
+#define EADDRNOTAVAIL 99
+#define ENETDOWN      100
+#define ENETUNREACH   101
+#define EHOSTUNREACH  113
+
 /* enum tcp_state values; part of the uapi, stable. */
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT    2
@@ -69,6 +77,19 @@ struct {
     __type(key, __u64);                   /* struct sock * */
     __type(value, struct conn_life);
 } lifecycle SEC(".maps");
+
+/*
+ * The socket each thread's connect() took to SYN_SENT, so the connect's
+ * sys_exit can tell a failure the state program reports (after SYN_SENT)
+ * from one that happened before any packet (no route): only the latter is
+ * reported there. Entries live for one syscall; an LRU bounds the rest.
+ */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u32);   /* thread id */
+    __type(value, __u64); /* struct sock * */
+} connect_thread SEC(".maps");
 
 static __always_inline void count_untracked(__u32 slot)
 {
@@ -269,9 +290,13 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
     if (newstate == TCP_SYN_SENT) {
         struct record_hdr h = {};
 
+        __u32 tid = (__u32)bpf_get_current_pid_tgid();
+
         record_hdr_current(&h, RECORD_CONNECT);
         if (bpf_map_update_elem(&connecting, &key, &h, BPF_ANY))
             count_untracked(SLOT_INET_SOCK_SET_STATE);
+        if (emit_tcp_connect)
+            bpf_map_update_elem(&connect_thread, &tid, &key, BPF_ANY);
         return 0;
     }
     if (track_close) {
@@ -462,6 +487,69 @@ static __always_inline struct sock *fd_sock(long fd)
 #endif
 
 /*
+ * A TCP connect() that failed before its SYN: no route (ENETUNREACH,
+ * EHOSTUNREACH), refused by policy (EACCES, EPERM), no local port
+ * (EADDRNOTAVAIL). The socket never reached SYN_SENT, so the state program
+ * never saw it; the destination comes from the syscall's own argument.
+ */
+static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long err)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct sockaddr_in6 sa = {};
+    struct conn_record *r;
+    __u64 *started, key;
+    struct sock *sk;
+    __u16 family;
+
+    if (err != ENETUNREACH && err != EHOSTUNREACH && err != EACCES && err != EPERM &&
+        err != EADDRNOTAVAIL && err != ENETDOWN)
+        return 0;
+    sk = fd_sock(PT_REGS_PARM1_CORE_SYSCALL(regs));
+    if (!sk || SK_READ(sk, sk_protocol) != IPPROTO_TCP)
+        return 0;
+    key = (__u64)sk;
+    started = bpf_map_lookup_elem(&connect_thread, &tid);
+    if (started && *started == key) {
+        bpf_map_delete_elem(&connect_thread, &tid);
+        return 0; /* it reached SYN_SENT: the state program reported the outcome */
+    }
+    family = SK_READ(sk, __sk_common.skc_family);
+    if ((family != AF_INET && family != AF_INET6) ||
+        bpf_probe_read_user(&sa, sizeof(sa), (void *)PT_REGS_PARM2_CORE_SYSCALL(regs)) ||
+        sa.sin6_family != family)
+        return 0;
+    r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
+    if (!r)
+        return 0;
+    record_hdr_current(&r->hdr, RECORD_CONNECT);
+    r->family = family;
+    r->protocol = IPPROTO_TCP;
+    r->status = CONN_FAILED;
+    r->latency_ns = 0;
+    r->error = err;
+    r->_pad = 0;
+    /* The source, when the socket was bound; zero (unknown) otherwise. */
+    __builtin_memset(r->saddr, 0, sizeof(r->saddr));
+    __builtin_memset(r->daddr, 0, sizeof(r->daddr));
+    r->sport = SK_READ(sk, __sk_common.skc_num);
+    if (family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&sa;
+
+        *(__u32 *)r->saddr = SK_READ(sk, __sk_common.skc_rcv_saddr);
+        *(__u32 *)r->daddr = sin->sin_addr.s_addr;
+        r->dport = bpf_ntohs(sin->sin_port);
+    } else {
+        struct in6_addr src = SK_READ(sk, __sk_common.skc_v6_rcv_saddr);
+
+        copy_addr6(r->saddr, &src);
+        copy_addr6(r->daddr, &sa.sin6_addr);
+        r->dport = bpf_ntohs(sa.sin6_port);
+    }
+    record_submit(r);
+    return 0;
+}
+
+/*
  * One program on sys_exit for both UDP connect() and accept()/accept4(): it
  * runs on every syscall of the machine, and each program attached to a hook
  * costs every syscall its own dispatch, so the two share one and branch on
@@ -480,9 +568,11 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
     long nr, fd;
     __u16 family;
 
-    if (ret < 0)
+    if (ret < 0 && !emit_tcp_connect)
         return 0;
     nr = syscall_nr(regs);
+    if (ret < 0)
+        return nr == NR_CONNECT ? tcp_connect_failed_early(regs, -ret) : 0;
     if (nr == NR_CONNECT) {
         if (!emit_udp_connect || ret != 0)
             return 0;

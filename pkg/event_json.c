@@ -224,15 +224,25 @@ static void put_addr(struct buf *b, unsigned family, const uint8_t addr[16])
 }
 
 /* "source_ip"..."dest_port"; ports only for protocols that have them. */
+static bool addr_is_zero(const uint8_t a[16])
+{
+    static const uint8_t zero[16];
+    return memcmp(a, zero, sizeof(zero)) == 0;
+}
+
 static void put_addrs(struct buf *b, const struct event *e, bool ports)
 {
     if (e->family != EVENT_FAMILY_IPV4 && e->family != EVENT_FAMILY_IPV6)
         return;
-    PUT_LIT(b, ",\"source_ip\":");
-    put_addr(b, e->family, e->saddr);
-    if (ports) {
-        PUT_LIT(b, ",\"source_port\":");
-        put_u64(b, e->sport);
+    /* A connect that failed before its SYN (no route) never had a source: say nothing. */
+    bool no_source = e->type == EVENT_CONNECTION && addr_is_zero(e->saddr) && e->sport == 0;
+    if (!no_source) {
+        PUT_LIT(b, ",\"source_ip\":");
+        put_addr(b, e->family, e->saddr);
+        if (ports) {
+            PUT_LIT(b, ",\"source_port\":");
+            put_u64(b, e->sport);
+        }
     }
     PUT_LIT(b, ",\"dest_ip\":");
     put_addr(b, e->family, e->daddr);
