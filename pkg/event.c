@@ -176,7 +176,17 @@ static bool k8s_equal(const struct event_k8s *a, const struct event_k8s *b)
 {
     return str_equal(a->node_name, b->node_name) && str_equal(a->pod_name, b->pod_name) &&
            str_equal(a->namespace, b->namespace) && str_equal(a->container_id, b->container_id) &&
-           str_equal(a->pod_uid, b->pod_uid);
+           str_equal(a->pod_uid, b->pod_uid) && str_equal(a->workload, b->workload) &&
+           str_equal(a->workload_kind, b->workload_kind) && str_equal(a->app, b->app) &&
+           str_equal(a->ips, b->ips) && a->host_network == b->host_network;
+}
+
+static bool peer_equal(const struct event_peer *a, const struct event_peer *b)
+{
+    return str_equal(a->pod, b->pod) && str_equal(a->namespace, b->namespace) &&
+           str_equal(a->workload, b->workload) && str_equal(a->workload_kind, b->workload_kind) &&
+           str_equal(a->node, b->node) && str_equal(a->service, b->service) &&
+           str_equal(a->dns, b->dns);
 }
 
 static bool details_equal(const struct event *a, const struct event *b)
@@ -220,7 +230,7 @@ bool event_equal(const struct event *a, const struct event *b)
            a->cgroup_id == b->cgroup_id && a->sport == b->sport && a->dport == b->dport &&
            strncmp(a->command, b->command, sizeof(a->command)) == 0 &&
            str_equal(a->node, b->node) && k8s_equal(&a->k8s, &b->k8s) &&
-           memcmp(a->saddr, b->saddr, sizeof(a->saddr)) == 0 &&
+           peer_equal(&a->peer, &b->peer) && memcmp(a->saddr, b->saddr, sizeof(a->saddr)) == 0 &&
            memcmp(a->daddr, b->daddr, sizeof(a->daddr)) == 0 && details_equal(a, b);
 }
 

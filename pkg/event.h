@@ -69,6 +69,26 @@ struct event_k8s {
     const char *namespace;
     const char *container_id;
     const char *pod_uid;
+    const char *workload;      /* the owning workload (Deployment, StatefulSet, ...) */
+    const char *workload_kind; /* "Deployment", ..., "Pod" for a bare pod */
+    /* The pod's, carried in the bus's pod table (not in an event's JSON): */
+    const char *app; /* app.kubernetes.io/name or app label */
+    const char *ips; /* status.podIPs as text, comma-separated */
+    bool host_network;
+};
+
+/*
+ * The other end of a connection, accept or close, when known for sure;
+ * every field interned, NULL when unknown (never guessed).
+ */
+struct event_peer {
+    const char *pod;
+    const char *namespace;
+    const char *workload;
+    const char *workload_kind;
+    const char *node;
+    const char *service; /* the Service the peer was reached through */
+    const char *dns;     /* the name this process resolved to the peer's address */
 };
 
 struct event {
@@ -83,6 +103,7 @@ struct event {
     uint64_t cgroup_id;           /* cgroup v2 id of the task, 0 = unknown */
     const char *node;             /* interned; the reporting node */
     struct event_k8s k8s;
+    struct event_peer peer;
 
     /* Addresses: IPv4 in the first 4 bytes of the array, network order. */
     uint8_t saddr[16], daddr[16];

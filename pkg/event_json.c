@@ -252,6 +252,24 @@ static void put_addrs(struct buf *b, const struct event *e, bool ports)
     }
 }
 
+static void put_peer(struct buf *b, const struct event_peer *p)
+{
+    if (p->pod)
+        PUT_KEY_STR(b, ",\"peer_pod\":", p->pod);
+    if (p->namespace)
+        PUT_KEY_STR(b, ",\"peer_namespace\":", p->namespace);
+    if (p->workload)
+        PUT_KEY_STR(b, ",\"peer_workload\":", p->workload);
+    if (p->workload_kind)
+        PUT_KEY_STR(b, ",\"peer_workload_kind\":", p->workload_kind);
+    if (p->node)
+        PUT_KEY_STR(b, ",\"peer_node\":", p->node);
+    if (p->service)
+        PUT_KEY_STR(b, ",\"peer_service\":", p->service);
+    if (p->dns)
+        PUT_KEY_STR(b, ",\"peer_dns\":", p->dns);
+}
+
 static void put_protocol_family(struct buf *b, const struct event *e, bool family)
 {
     const char *proto = event_protocol_name(e->protocol);
@@ -367,6 +385,11 @@ void event_json_write(struct buf *b, const struct event *e)
         PUT_KEY_STR(b, ",\"k8s_container_id\":", e->k8s.container_id);
     if (e->k8s.pod_uid)
         PUT_KEY_STR(b, ",\"k8s_pod_uid\":", e->k8s.pod_uid);
+    if (e->k8s.workload)
+        PUT_KEY_STR(b, ",\"k8s_workload\":", e->k8s.workload);
+    if (e->k8s.workload_kind)
+        PUT_KEY_STR(b, ",\"k8s_workload_kind\":", e->k8s.workload_kind);
+    put_peer(b, &e->peer);
 
     switch (e->type) {
     case EVENT_CONNECTION:
@@ -896,7 +919,16 @@ static int parse_event(struct parse_ctx *c, struct event *e)
         (rc = get_interned(c, "k8s_pod_name", &e->k8s.pod_name)) ||
         (rc = get_interned(c, "k8s_namespace", &e->k8s.namespace)) ||
         (rc = get_interned(c, "k8s_container_id", &e->k8s.container_id)) ||
-        (rc = get_interned(c, "k8s_pod_uid", &e->k8s.pod_uid)))
+        (rc = get_interned(c, "k8s_pod_uid", &e->k8s.pod_uid)) ||
+        (rc = get_interned(c, "k8s_workload", &e->k8s.workload)) ||
+        (rc = get_interned(c, "k8s_workload_kind", &e->k8s.workload_kind)) ||
+        (rc = get_interned(c, "peer_pod", &e->peer.pod)) ||
+        (rc = get_interned(c, "peer_namespace", &e->peer.namespace)) ||
+        (rc = get_interned(c, "peer_workload", &e->peer.workload)) ||
+        (rc = get_interned(c, "peer_workload_kind", &e->peer.workload_kind)) ||
+        (rc = get_interned(c, "peer_node", &e->peer.node)) ||
+        (rc = get_interned(c, "peer_service", &e->peer.service)) ||
+        (rc = get_interned(c, "peer_dns", &e->peer.dns)))
         return rc;
 
     switch (e->type) {
