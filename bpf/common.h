@@ -1,7 +1,8 @@
 /*
- * Shared between the BPF programs in bpf/ and cmd/agent/capture.c: the header
- * every ring buffer record starts with, record kinds, and the per-program
- * statistics slots. Only fixed-width types, so both sides agree on layout.
+ * Shared between the BPF programs in bpf/ and cmd/agent (capture.c loads the
+ * programs, records.c decodes their records): the header every ring buffer
+ * record starts with, record kinds, and the per-program statistics slots.
+ * Only fixed-width types, so both sides agree on layout.
  */
 #ifndef EBPF_MONITOR_BPF_COMMON_H
 #define EBPF_MONITOR_BPF_COMMON_H

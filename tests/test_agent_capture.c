@@ -4,8 +4,8 @@
  * connect, a UDP datagram dropped for want of a socket, and a child that
  * execs a shell and exits 3 must each come back as a fully filled event;
  * per-type program selection (also within the sys_exit program UDP connects
- * and accepts share), drop rate limiting, the privilege error, and that
- * closing leaves nothing of ours loaded in the kernel.
+ * and accepts share), drop rate limiting, the privilege error, libbpf's log
+ * level, and that closing leaves nothing of ours loaded in the kernel.
  */
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "../cmd/agent/capture.h"
+#include "clock.h"
 #include "event.h"
 
 #define DEADLINE_MS 5000
@@ -54,13 +55,6 @@ static void collected_free(struct collected *c)
     memset(c, 0, sizeof(*c));
 }
 
-static uint64_t now_ns(clockid_t id)
-{
-    struct timespec ts;
-    clock_gettime(id, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void skip_unless_root(void)
 {
     if (geteuid() != 0)
@@ -84,14 +78,14 @@ typedef bool (*match_fn)(const struct event *e, const void *arg);
 static const struct event *wait_event(struct capture *c, struct collected *out, match_fn m,
                                       const void *arg)
 {
-    uint64_t deadline = now_ns(CLOCK_MONOTONIC) + DEADLINE_MS * 1000000ull;
+    uint64_t deadline = clock_monotonic_ns() + DEADLINE_MS * 1000000ull;
     size_t seen = 0;
 
     for (;;) {
         for (; seen < out->n; seen++)
             if (m(&out->v[seen], arg))
                 return &out->v[seen];
-        if (now_ns(CLOCK_MONOTONIC) > deadline)
+        if (clock_monotonic_ns() > deadline)
             return NULL;
         int n = capture_poll(c, 50);
         cr_assert(n >= 0 || n == -EINTR, "capture_poll: %d", n);
@@ -109,7 +103,7 @@ static void read_comm(char *buf, size_t len)
 
 static void assert_timestamp(const struct event *e)
 {
-    int64_t d = (int64_t)(now_ns(CLOCK_REALTIME) - e->timestamp_ns);
+    int64_t d = (int64_t)(clock_realtime_ns() - e->timestamp_ns);
     cr_assert(d > -5000000000ll && d < 5000000000ll, "%s timestamp %llu is %lld ns off the clock",
               event_type_name(e->type), (unsigned long long)e->timestamp_ns, (long long)d);
 }
@@ -548,9 +542,9 @@ static size_t our_bpf_objects(uint32_t *prog_ids, size_t max, size_t *others)
 /* True once the kernel no longer has program id (freed after the last reference). */
 static bool prog_gone(uint32_t id)
 {
-    uint64_t deadline = now_ns(CLOCK_MONOTONIC) + DEADLINE_MS * 1000000ull;
+    uint64_t deadline = clock_monotonic_ns() + DEADLINE_MS * 1000000ull;
 
-    while (now_ns(CLOCK_MONOTONIC) < deadline) {
+    while (clock_monotonic_ns() < deadline) {
         int fd = bpf_prog_get_fd_by_id(id);
         if (fd < 0 && errno == ENOENT)
             return true;
@@ -775,9 +769,9 @@ Test(capture, drop_storms_are_rate_limited_and_counted)
     for (int i = 0; i < 200; i++)
         cr_assert_eq(sendto(fd, "x", 1, 0, (struct sockaddr *)&dst, dstlen), 1);
     /* The suppressed count rides on the next drop let through, after a refill. */
-    uint64_t deadline = now_ns(CLOCK_MONOTONIC) + DEADLINE_MS * 1000000ull;
+    uint64_t deadline = clock_monotonic_ns() + DEADLINE_MS * 1000000ull;
     size_t seen = 0;
-    for (e = NULL; !e && now_ns(CLOCK_MONOTONIC) < deadline;) {
+    for (e = NULL; !e && clock_monotonic_ns() < deadline;) {
         cr_assert_eq(sendto(fd, "x", 1, 0, (struct sockaddr *)&dst, dstlen), 1);
         capture_poll(c, 100);
         for (; seen < out.n && !e; seen++)
@@ -885,4 +879,52 @@ Test(capture, exec_argv_is_bounded)
 
     capture_close(c);
     collected_free(&out);
+}
+
+/* Opens and closes a capture with stderr in a file; returns what was written there (malloc'd). */
+static char *stderr_of_capture(bool verbose)
+{
+    struct capture_config cfg = {
+        .event_types = EVENT_TYPE_BIT(EVENT_EXIT), .ringbuf_bytes = 1u << 20, .verbose = verbose};
+    struct collected out = {0};
+    char err[256] = "", *text;
+    FILE *log = tmpfile();
+    int saved = dup(STDERR_FILENO);
+    struct capture *c;
+    long len;
+
+    cr_assert(log && saved >= 0);
+    fflush(stderr);
+    cr_assert_geq(dup2(fileno(log), STDERR_FILENO), 0);
+    c = capture_open(&cfg, collect, &out, err, sizeof(err));
+    capture_close(c);
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    cr_assert_not_null(c, "capture_open: %s", err);
+    collected_free(&out);
+
+    len = ftell(log);
+    cr_assert_geq(len, 0);
+    text = calloc(1, (size_t)len + 1);
+    cr_assert_not_null(text);
+    rewind(log);
+    cr_assert_eq(fread(text, 1, (size_t)len, log), (size_t)len);
+    fclose(log);
+    return text;
+}
+
+/* libbpf's debug log only when asked for; a load that works says nothing at all. */
+Test(capture, libbpf_debug_log_only_when_verbose)
+{
+    char *quiet, *verbose;
+
+    skip_unless_root();
+    quiet = stderr_of_capture(false);
+    cr_assert_str_eq(quiet, "", "a successful load logged: %s", quiet);
+    verbose = stderr_of_capture(true);
+    cr_assert_not_null(strstr(verbose, "libbpf: loading object 'processes_bpf'"),
+                       "no libbpf debug log with verbose: %.400s", verbose);
+    free(quiet);
+    free(verbose);
 }

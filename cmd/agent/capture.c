@@ -1,15 +1,13 @@
 /*
  * Kernel capture: loads the BPF objects of bpf/ (one per capability), attaches
- * every program on its own so one failure does not stop the rest, and turns
- * the ring buffer records into struct event. This is the only file that
- * knows the record layouts of the bpf/ headers.
+ * every program on its own so one failure does not stop the rest, and reads
+ * the ring buffer, handing each record to records_decode() (records.c, which
+ * knows the record layouts) and each event to the caller.
  *
  * All programs share one ring buffer and one per-CPU statistics map, both
  * created here and handed to each object before load.
  *
- * Addresses: IPv4 traffic on an IPv6 socket (v4-mapped ::ffff:a.b.c.d) is
- * reported as ipv4 with the plain IPv4 addresses, so one flow always has one
- * family whatever socket API the program used.
+ * libbpf's own log goes through libbpf_log() below, at the agent's level.
  */
 #include "capture.h"
 
@@ -17,22 +15,22 @@
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <linux/capability.h>
-#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+#include "common.h"
 #include "drop_reasons.h"
-#include "intern.h"
+#include "errmsg.h"
 #include "ksyms.h"
-#include "net_events.h"
-#include "process_events.h"
+#include "records.h"
 
 #include "connections.skel.h"
 #include "connections_compat.skel.h"
@@ -49,10 +47,6 @@
  * by the agent, not by the traced tasks).
  */
 #define CAPTURE_POLL_MAX_MS 50
-
-_Static_assert(RECORD_ARGS_MAX == EVENT_ARGS_MAX, "argv bound differs between kernel and event");
-_Static_assert(RECORD_FILENAME_MAX == EVENT_FILENAME_MAX, "filename bound differs");
-_Static_assert(RECORD_COMM_LEN == EVENT_COMM_LEN, "comm length differs");
 
 enum capture_object {
     OBJ_CONNECTIONS,
@@ -130,41 +124,39 @@ struct capture {
     struct instance instances[SLOT_COUNT];
     size_t ninstances;
     struct capture_prog progs[SLOT_COUNT];
+    struct records_decoder decoder; /* its ksyms and reasons are the two below */
     struct ksyms *ksyms;
     struct drop_reasons *reasons;
-    int64_t boot_to_real_ns; /* CLOCK_REALTIME - CLOCK_BOOTTIME */
     int ncpus;
     bool conn_compat; /* the kernel lacks what connections.bpf.c needs */
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
+/*
+ * libbpf's log, at the agent's level as libbpf-tools do: warnings (what failed
+ * to load, and why) always, its debug messages (BTF, CO-RE relocations, maps,
+ * verifier) only with --verbose. libbpf has one logger per process.
+ */
+static bool log_verbose;
+/* True during an object's load with all its programs: when that fails, each program is
+ * loaded again on its own (object_start), and the one that fails says so once, then. */
+static bool log_combined_load;
+
+static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap)
 {
-    va_list ap;
-
-    if (!err || !errlen)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
-static int64_t clock_ns(clockid_t id)
-{
-    struct timespec ts;
-
-    clock_gettime(id, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    if (!log_verbose && (level == LIBBPF_DEBUG || log_combined_load))
+        return 0;
+    return vfprintf(stderr, fmt, ap);
 }
 
 /* Kernel timestamps are boot-clock; events carry wall-clock. Re-sampled on every poll so a
  * clock step (NTP, suspend) is followed within one poll. */
 static void sample_clock_offset(struct capture *c)
 {
-    int64_t boot1 = clock_ns(CLOCK_BOOTTIME);
-    int64_t real = clock_ns(CLOCK_REALTIME);
-    int64_t boot2 = clock_ns(CLOCK_BOOTTIME);
+    int64_t boot1 = (int64_t)clock_ns(CLOCK_BOOTTIME);
+    int64_t real = (int64_t)clock_realtime_ns();
+    int64_t boot2 = (int64_t)clock_ns(CLOCK_BOOTTIME);
 
-    c->boot_to_real_ns = real - (boot1 + (boot2 - boot1) / 2);
+    c->decoder.boot_to_real_ns = real - (boot1 + (boot2 - boot1) / 2);
 }
 
 /* CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON (tracing programs), in the effective set. */
@@ -186,13 +178,30 @@ static bool has_bpf_privileges(void)
  * bpf_rdonly_cast kfunc (6.2+); without it the compat build (helper reads)
  * is loaded instead. See bpf/connections.h.
  */
-static bool kernel_lacks_rdonly_cast(void)
+static bool kernel_lacks_rdonly_cast(const struct btf *vmlinux)
+{
+    return !vmlinux || btf__find_by_name_kind(vmlinux, "bpf_rdonly_cast", BTF_KIND_FUNC) < 0;
+}
+
+/*
+ * What capture_open learns from the kernel BTF: which connections build to
+ * load and, when drops are wanted, the drop reason names. libbpf parses the
+ * BTF (megabytes) on every call, so it is loaded once for both.
+ */
+static void read_vmlinux_btf(struct capture *c, bool want_drops)
 {
     struct btf *vmlinux = btf__load_vmlinux_btf();
-    bool lacks = !vmlinux || btf__find_by_name_kind(vmlinux, "bpf_rdonly_cast", BTF_KIND_FUNC) < 0;
+    int err = errno;
 
+    c->conn_compat = kernel_lacks_rdonly_cast(vmlinux);
+    if (want_drops) {
+        /* Without names a drop is still reported, with its code and address. */
+        c->reasons = vmlinux ? drop_reasons_from_btf(vmlinux) : NULL;
+        if (!c->reasons)
+            fprintf(stderr, "capture: drop reason names unavailable (kernel BTF): %s\n",
+                    strerror(vmlinux ? errno : err));
+    }
     btf__free(vmlinux);
-    return lacks;
 }
 
 static int instance_open(struct capture *c, struct instance *in, enum capture_object object,
@@ -370,10 +379,14 @@ static void prog_attach(struct capture *c, struct instance *in, int slot, uint32
 static void object_start(struct capture *c, enum capture_object object, uint32_t want)
 {
     struct instance *in = &c->instances[c->ninstances];
+    int err;
 
     if (!want)
         return;
-    if (instance_load(c, in, object, want) == 0) {
+    log_combined_load = true;
+    err = instance_load(c, in, object, want);
+    log_combined_load = false;
+    if (err == 0) {
         uint32_t done = 0;
 
         c->ninstances++;
@@ -389,7 +402,6 @@ static void object_start(struct capture *c, enum capture_object object, uint32_t
     uint32_t done = 0;
     for (int s = 0; s < SLOT_COUNT; s++) {
         uint32_t slots;
-        int err;
 
         if (!(want & (1u << s)) || (done & (1u << s)))
             continue;
@@ -408,220 +420,31 @@ static void object_start(struct capture *c, enum capture_object object, uint32_t
     }
 }
 
-/* ::ffff:a.b.c.d */
-static bool is_v4_mapped(const uint8_t a[16])
+/*
+ * A record records_decode() refused: counted in the decoder; logged the first
+ * time and at every power of two after, so a flood is a few lines.
+ */
+static void log_skipped(const struct capture *c, int err, const char *why)
 {
-    static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    return memcmp(a, prefix, 12) == 0;
-}
+    uint64_t n = err == -ENOMEM ? c->decoder.no_memory : c->decoder.malformed;
 
-static bool is_zero_addr(const uint8_t a[16])
-{
-    static const uint8_t zero[16];
-    return memcmp(a, zero, 16) == 0;
-}
-
-static void set_addrs(struct event *e, unsigned af, const uint8_t saddr[16],
-                      const uint8_t daddr[16])
-{
-    if (af == AF_INET) {
-        e->family = EVENT_FAMILY_IPV4;
-        memcpy(e->saddr, saddr, 4);
-        memcpy(e->daddr, daddr, 4);
-    } else if (af == AF_INET6 && is_v4_mapped(daddr) &&
-               (is_v4_mapped(saddr) || is_zero_addr(saddr))) {
-        e->family = EVENT_FAMILY_IPV4;
-        if (!is_zero_addr(saddr))
-            memcpy(e->saddr, saddr + 12, 4);
-        memcpy(e->daddr, daddr + 12, 4);
-    } else if (af == AF_INET6) {
-        e->family = EVENT_FAMILY_IPV6;
-        memcpy(e->saddr, saddr, 16);
-        memcpy(e->daddr, daddr, 16);
-    }
-}
-
-static void fill_common(struct capture *c, struct event *e, const struct record_hdr *h,
-                        enum event_type type)
-{
-    e->type = type;
-    e->timestamp_ns = (uint64_t)((int64_t)h->ts_ns + c->boot_to_real_ns);
-    e->pid = h->pid;
-    e->ppid = h->ppid;
-    e->uid = h->uid;
-    memcpy(e->command, h->comm, EVENT_COMM_LEN);
-    e->command[EVENT_COMM_LEN - 1] = '\0';
-    e->cgroup_id = h->cgroup_id;
-}
-
-static int fill_conn(struct capture *c, struct event *e, const void *data, size_t size)
-{
-    const struct conn_record *r = data;
-
-    if (size < sizeof(*r))
-        return -EINVAL;
-    fill_common(c, e, &r->hdr, r->hdr.kind == RECORD_ACCEPT ? EVENT_ACCEPT : EVENT_CONNECTION);
-    set_addrs(e, r->family, r->saddr, r->daddr);
-    e->protocol = r->protocol;
-    e->sport = r->sport;
-    e->dport = r->dport;
-    if (r->hdr.kind == RECORD_CONNECT) {
-        switch (r->status) {
-        case CONN_ESTABLISHED:
-            e->status = EVENT_STATUS_ESTABLISHED;
-            break;
-        case CONN_FAILED:
-            e->status = EVENT_STATUS_FAILED;
-            break;
-        case CONN_ATTEMPTED:
-            e->status = EVENT_STATUS_ATTEMPTED;
-            break;
-        default:
-            break;
-        }
-        e->u.conn.latency_ns = r->latency_ns;
-        if (e->status == EVENT_STATUS_FAILED) {
-            /* No errno left on the socket: the application gave up (close, shutdown). */
-            const char *name = event_conn_error_name(r->error ? r->error : ECONNABORTED);
-            e->u.conn.error = name ? intern(name) : NULL;
-        }
-    }
-    return 0;
-}
-
-static int fill_close(struct capture *c, struct event *e, const void *data, size_t size)
-{
-    const struct close_record *r = data;
-
-    if (size < sizeof(*r))
-        return -EINVAL;
-    fill_common(c, e, &r->hdr, EVENT_CLOSE);
-    set_addrs(e, r->family, r->saddr, r->daddr);
-    e->protocol = IPPROTO_TCP;
-    e->sport = r->sport;
-    e->dport = r->dport;
-    e->u.close.role = r->role == CLOSE_ROLE_CLIENT   ? EVENT_ROLE_CLIENT
-                      : r->role == CLOSE_ROLE_SERVER ? EVENT_ROLE_SERVER
-                                                     : EVENT_ROLE_NONE;
-    e->u.close.reset = r->reset == CLOSE_RESET_SENT       ? EVENT_RESET_SENT
-                       : r->reset == CLOSE_RESET_RECEIVED ? EVENT_RESET_RECEIVED
-                                                          : EVENT_RESET_NONE;
-    e->u.close.duration_ns = r->duration_ns;
-    e->u.close.bytes_sent = r->bytes_sent;
-    e->u.close.bytes_received = r->bytes_received;
-    e->u.close.retransmits = r->retransmits;
-    e->u.close.srtt_us = r->srtt_us;
-    return 0;
-}
-
-static int fill_drop(struct capture *c, struct event *e, const void *data, size_t size)
-{
-    const struct drop_record *r = data;
-    char loc[256];
-
-    if (size < sizeof(*r))
-        return -EINVAL;
-    fill_common(c, e, &r->hdr, EVENT_PACKET_DROP);
-    set_addrs(e, r->family, r->saddr, r->daddr);
-    e->protocol = r->protocol;
-    if (r->has_ports) {
-        e->sport = r->sport;
-        e->dport = r->dport;
-    }
-    e->u.drop.reason_code = r->reason;
-    e->u.drop.reason = drop_reasons_name(c->reasons, r->reason);
-    if (ksyms_format(c->ksyms, r->location, loc, sizeof(loc)))
-        e->u.drop.location = intern(loc);
-    e->u.drop.suppressed = r->suppressed;
-    return 0;
-}
-
-/* argv as NUL-separated strings, at most EVENT_ARGC_MAX of them, the last one terminated. */
-static int fill_args(struct event *e, const struct exec_record *r)
-{
-    size_t len = r->args_len < RECORD_ARGS_MAX ? r->args_len : RECORD_ARGS_MAX;
-    size_t end = 0, argc = 0;
-    bool truncated = r->args_truncated;
-    char *args;
-
-    while (end < len && argc < EVENT_ARGC_MAX) {
-        const char *nul = memchr(r->args + end, '\0', len - end);
-        end = nul ? (size_t)(nul - r->args) + 1 : len;
-        argc++;
-    }
-    if (end < len)
-        truncated = true; /* more than EVENT_ARGC_MAX strings */
-    if (end == 0)
-        return 0;
-    args = malloc(end + 2); /* room for a terminator and the trailing NUL event_copy keeps */
-    if (!args)
-        return -ENOMEM;
-    memcpy(args, r->args, end);
-    if (args[end - 1] != '\0') /* cut mid-string at RECORD_ARGS_MAX */
-        args[end++] = '\0';
-    args[end] = '\0';
-    e->u.exec.args = args;
-    e->u.exec.args_len = (uint32_t)end;
-    e->u.exec.args_truncated = truncated;
-    return 0;
-}
-
-static int fill_exec(struct capture *c, struct event *e, const void *data, size_t size)
-{
-    const struct exec_record *r = data;
-
-    if (size < sizeof(*r))
-        return -EINVAL;
-    fill_common(c, e, &r->hdr, EVENT_EXEC);
-    e->u.exec.filename = strndup(r->filename, sizeof(r->filename));
-    if (!e->u.exec.filename)
-        return -ENOMEM;
-    return fill_args(e, r);
-}
-
-static int fill_exit(struct capture *c, struct event *e, const void *data, size_t size)
-{
-    const struct exit_record *r = data;
-
-    if (size < sizeof(*r))
-        return -EINVAL;
-    fill_common(c, e, &r->hdr, EVENT_EXIT);
-    e->u.exit.exit_code = (int32_t)((r->exit_code >> 8) & 0xff);
-    e->u.exit.signal = (int32_t)(r->exit_code & 0x7f);
-    e->u.exit.duration_ns = r->duration_ns;
-    return 0;
+    if ((n & (n - 1)) == 0)
+        fprintf(stderr, "capture: %s record (%" PRIu64 " so far): %s\n",
+                err == -ENOMEM ? "lost a" : "skipped a malformed", n, why);
 }
 
 static int handle_record(void *ctx, void *data, size_t size)
 {
     struct capture *c = ctx;
-    struct event e = {0};
-    int err;
+    struct event e;
+    char why[128];
+    int err = records_decode(&c->decoder, data, size, &e, why, sizeof(why));
 
-    if (size < sizeof(struct record_hdr))
-        return 0;
-    switch (((const struct record_hdr *)data)->kind) {
-    case RECORD_CONNECT:
-    case RECORD_ACCEPT:
-        err = fill_conn(c, &e, data, size);
-        break;
-    case RECORD_DROP:
-        err = fill_drop(c, &e, data, size);
-        break;
-    case RECORD_EXEC:
-        err = fill_exec(c, &e, data, size);
-        break;
-    case RECORD_EXIT:
-        err = fill_exit(c, &e, data, size);
-        break;
-    case RECORD_CLOSE:
-        err = fill_close(c, &e, data, size);
-        break;
-    default:
+    if (err < 0) {
+        log_skipped(c, err, why);
         return 0;
     }
-    if (err == 0)
-        c->fn(c->ctx, &e);
+    c->fn(c->ctx, &e);
     event_clear(&e); /* whatever owned strings the callee did not take */
     return 0;
 }
@@ -654,17 +477,19 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
     uint32_t want = wanted_slots(cfg->event_types);
     size_t rb_bytes = ringbuf_size(cfg->ringbuf_bytes);
 
+    log_verbose = cfg->verbose;
+    libbpf_set_print(libbpf_log);
     if (!has_bpf_privileges()) {
-        set_err(err, errlen, "capture: loading eBPF programs needs root or CAP_BPF+CAP_PERFMON");
+        errmsg_set(err, errlen, "capture: loading eBPF programs needs root or CAP_BPF+CAP_PERFMON");
         return NULL;
     }
     if (!want) {
-        set_err(err, errlen, "capture: no event types requested");
+        errmsg_set(err, errlen, "capture: no event types requested");
         return NULL;
     }
     c = calloc(1, sizeof(*c));
     if (!c) {
-        set_err(err, errlen, "capture: out of memory");
+        errmsg_set(err, errlen, "capture: out of memory");
         return NULL;
     }
     c->fn = fn;
@@ -676,32 +501,28 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
     for (int s = 0; s < SLOT_COUNT; s++)
         c->progs[s].status = CAPTURE_PROGRAM_DISABLED;
     sample_clock_offset(c);
-    c->conn_compat = kernel_lacks_rdonly_cast();
-
+    read_vmlinux_btf(c, want & (1u << SLOT_KFREE_SKB));
     if (want & (1u << SLOT_KFREE_SKB)) {
-        /* Without names a drop is still reported, with its code and address. */
-        c->reasons = drop_reasons_load();
-        if (!c->reasons)
-            fprintf(stderr, "capture: drop reason names unavailable (kernel BTF): %s\n",
-                    strerror(errno));
         c->ksyms = ksyms_load("/proc/kallsyms");
         if (!c->ksyms)
             fprintf(stderr, "capture: drop locations unavailable (/proc/kallsyms): %s\n",
                     strerror(errno));
     }
+    c->decoder.reasons = c->reasons;
+    c->decoder.ksyms = c->ksyms;
 
     c->ringbuf_fd =
         bpf_map_create(BPF_MAP_TYPE_RINGBUF, "ebpfmon_events", 0, 0, (uint32_t)rb_bytes, NULL);
     if (c->ringbuf_fd < 0) {
         int e = errno;
-        set_err(err, errlen, "capture: creating the %zu-byte ring buffer: %s%s", rb_bytes,
-                strerror(e), e == EPERM ? " (needs root or CAP_BPF+CAP_PERFMON)" : "");
+        errmsg_set(err, errlen, "capture: creating the %zu-byte ring buffer: %s%s", rb_bytes,
+                   strerror(e), e == EPERM ? " (needs root or CAP_BPF+CAP_PERFMON)" : "");
         goto fail;
     }
     c->stats_fd = bpf_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, "ebpfmon_stats", sizeof(uint32_t),
                                  sizeof(struct prog_stats), SLOT_COUNT, NULL);
     if (c->stats_fd < 0) {
-        set_err(err, errlen, "capture: creating the statistics map: %s", strerror(errno));
+        errmsg_set(err, errlen, "capture: creating the statistics map: %s", strerror(errno));
         goto fail;
     }
 
@@ -713,13 +534,13 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
         object_start(c, (enum capture_object)o, obj_want);
     }
     if (capture_attached(c) == 0) {
-        set_err(err, errlen, "capture: no eBPF program could be attached (see the log above)");
+        errmsg_set(err, errlen, "capture: no eBPF program could be attached (see the log above)");
         goto fail;
     }
 
     c->rb = ring_buffer__new(c->ringbuf_fd, handle_record, c, NULL);
     if (!c->rb) {
-        set_err(err, errlen, "capture: ring buffer reader: %s", strerror(errno));
+        errmsg_set(err, errlen, "capture: ring buffer reader: %s", strerror(errno));
         goto fail;
     }
     return c;
@@ -788,6 +609,12 @@ size_t capture_programs(struct capture *c, struct capture_program_info *out, siz
     }
     free(per_cpu);
     return SLOT_COUNT;
+}
+
+void capture_record_losses(struct capture *c, struct capture_record_losses *out)
+{
+    out->malformed = __atomic_load_n(&c->decoder.malformed, __ATOMIC_RELAXED);
+    out->no_memory = __atomic_load_n(&c->decoder.no_memory, __ATOMIC_RELAXED);
 }
 
 size_t capture_attached(struct capture *c)

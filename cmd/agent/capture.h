@@ -1,7 +1,7 @@
 /*
  * Kernel capture: loads the CO-RE eBPF programs in bpf/, attaches each one on
- * its own, reads their ring buffer, and turns every kernel record into a
- * struct event (the only place that knows the kernel record layouts).
+ * its own, reads their ring buffer, and delivers every kernel record as a
+ * struct event (decoded by records.h, which knows the record layouts).
  */
 #ifndef EBPF_MONITOR_CAPTURE_H
 #define EBPF_MONITOR_CAPTURE_H
@@ -20,6 +20,7 @@ struct capture_config {
                                    size; 0 = 8 MiB */
     uint32_t drop_rate_per_sec; /* packet_drop events per second per CPU before suppression
                                    (burst: one second's worth); 0 = no limit */
+    bool verbose;               /* libbpf's debug log too (process-wide: libbpf has one logger) */
 };
 
 /*
@@ -71,6 +72,15 @@ struct capture_program_info {
 
 /* Fills up to max entries; returns the number of programs. Thread-safe (reads map counters). */
 size_t capture_programs(struct capture *c, struct capture_program_info *out, size_t max);
+
+/* Records read from the ring buffer that produced no event. */
+struct capture_record_losses {
+    uint64_t malformed; /* shorter than their kind, of an unknown kind, or a field out of range */
+    uint64_t no_memory; /* no memory for an exec event's strings */
+};
+
+/* Fills out; thread-safe (the capture thread counts, any thread may read). */
+void capture_record_losses(struct capture *c, struct capture_record_losses *out);
 
 /* Number of programs attached (for /ready). */
 size_t capture_attached(struct capture *c);

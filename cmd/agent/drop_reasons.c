@@ -36,27 +36,24 @@ static const char *strip_prefix(const char *name)
     return name;
 }
 
-struct drop_reasons *drop_reasons_load(void)
+struct drop_reasons *drop_reasons_from_btf(const struct btf *btf)
 {
-    struct drop_reasons *dr = NULL;
-    struct btf *btf = btf__load_vmlinux_btf();
+    int id = btf__find_by_name_kind(btf, "skb_drop_reason", BTF_KIND_ENUM);
     const struct btf_type *t;
     const struct btf_enum *e;
-    int id, err = 0;
+    struct drop_reasons *dr;
 
-    if (!btf)
-        return NULL; /* errno set by libbpf */
-    id = btf__find_by_name_kind(btf, "skb_drop_reason", BTF_KIND_ENUM);
     if (id < 0) {
-        err = ENOENT;
-        goto out;
+        errno = ENOENT;
+        return NULL;
     }
     t = btf__type_by_id(btf, id);
     e = btf_enum(t);
     dr = calloc(1, sizeof(*dr));
     if (!dr || !(dr->v = calloc(btf_vlen(t) ? btf_vlen(t) : 1, sizeof(*dr->v)))) {
-        err = ENOMEM;
-        goto out;
+        drop_reasons_free(dr);
+        errno = ENOMEM;
+        return NULL;
     }
     for (int i = 0; i < btf_vlen(t); i++, e++) {
         const char *name = btf__name_by_offset(btf, e->name_off);
@@ -69,13 +66,6 @@ struct drop_reasons *drop_reasons_load(void)
         dr->count++;
     }
     qsort(dr->v, dr->count, sizeof(*dr->v), reason_cmp);
-out:
-    btf__free(btf);
-    if (err) {
-        drop_reasons_free(dr);
-        errno = err;
-        return NULL;
-    }
     return dr;
 }
 

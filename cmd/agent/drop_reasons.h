@@ -9,10 +9,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct btf;
 struct drop_reasons;
 
-/* Reads enum skb_drop_reason from the kernel BTF; NULL with errno set when it is missing. */
-struct drop_reasons *drop_reasons_load(void);
+/* Reads enum skb_drop_reason from btf (the kernel's, from btf__load_vmlinux_btf(); the caller
+ * keeps it); NULL with errno set when the enum is missing (ENOENT) or on ENOMEM. */
+struct drop_reasons *drop_reasons_from_btf(const struct btf *btf);
 void drop_reasons_free(struct drop_reasons *dr);
 
 /* The interned name of code without the SKB_DROP_REASON_ / SKB_ prefix, or NULL if unknown. */

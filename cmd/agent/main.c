@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,45 @@
 #define MAX_PROGRAMS       32
 
 static volatile sig_atomic_t stop_requested;
+
+/*
+ * --verbose is the agent's own flag, not a configuration key (no environment
+ * or YAML form): it only adds libbpf's debug log, for whoever is looking at a
+ * program that will not load.
+ */
+#define VERBOSE_HELP                                                                               \
+    "  --verbose                also log libbpf's debug messages (BTF, CO-RE relocations, "        \
+    "program loading)\n                            flag only (no env or YAML); default: off\n"
+
+/* Removes every --verbose from argv (before the configuration parses the rest); true if any. */
+static bool take_verbose(int *argc, char **argv)
+{
+    bool found = false;
+    int n = 1;
+
+    for (int i = 1; i < *argc; i++) {
+        if (strcmp(argv[i], "--verbose") == 0)
+            found = true;
+        else
+            argv[n++] = argv[i];
+    }
+    argv[n] = NULL;
+    *argc = n;
+    return found;
+}
+
+/* True when the configuration would print --help: it acts on the first of --help, -h and
+ * --version. */
+static bool wants_help(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--version") == 0)
+            return false;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return true;
+    }
+    return false;
+}
 
 static void on_signal(int sig)
 {
@@ -122,6 +162,12 @@ int main(int argc, char **argv)
     char err[512];
     int rc = 1;
 
+    bool verbose = take_verbose(&argc, argv);
+    if (wants_help(argc, argv)) {
+        config_print_help(stdout, CONFIG_AGENT, "ebpf-agent");
+        fputs(VERBOSE_HELP, stdout);
+        return 0;
+    }
     int status = config_load_main(&a.cfg, CONFIG_AGENT, argc, argv);
     if (status >= 0)
         return status;
@@ -162,6 +208,7 @@ int main(int argc, char **argv)
         .event_types = a.cfg.event_types,
         .ringbuf_bytes = a.cfg.ringbuf_bytes,
         .drop_rate_per_sec = a.cfg.drop_rate_limit,
+        .verbose = verbose,
     };
     a.capture = capture_open(&cc, on_event, &a, err, sizeof(err));
     if (!a.capture) {
