@@ -3,9 +3,10 @@
  * reason a message is rejected.
  *
  * Limits are checked before the expensive work: the body size first, then
- * the number of events (a cheap walk over the protobuf wire format, or a line
- * count for JSON), so a hostile message can neither crash the decoder nor
- * make it allocate without bound. A bad event costs only itself: it is
+ * the number of events (counted by the protobuf decoder in its first walk
+ * over the batch, before any event is decoded, or a line count for JSON),
+ * so a hostile message can neither crash the decoder nor make it allocate
+ * without bound. A bad event costs only itself: it is
  * skipped and counted (meta.rejected_events), so a process that manages to
  * put hostile bytes into one event cannot hide the events around it. The
  * batch is refused as a whole only when its framing or metadata is broken.
@@ -14,17 +15,15 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdbool.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "bus.h"
+#include "errmsg.h"
 #include "event_json.h"
 #include "intern.h"
-#include "pb_wire.h"
 
 static const char *const reject_names[BUS_REJECT_COUNT] = {
     [BUS_OK] = "ok",
@@ -43,19 +42,8 @@ const char *bus_reject_name(enum bus_reject r)
     return reject_names[r];
 }
 
-static enum bus_reject reject(enum bus_reject r, char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static enum bus_reject reject(enum bus_reject r, char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return r;
-}
+/* Fills err (errmsg_set) and evaluates to the reason r. */
+#define REJECT(r, err, errlen, ...) (errmsg_set((err), (errlen), __VA_ARGS__), (r))
 
 void bus_batch_free(struct bus_batch *b)
 {
@@ -69,46 +57,23 @@ void bus_batch_free(struct bus_batch *b)
 
 /* ---- protobuf ---- */
 
-/*
- * Counts the EventBatch.events fields (number 4) by walking the top-level
- * wire format without unpacking anything; stops early past limit. -1 when
- * the wire format itself is broken.
- */
-static int pb_count_events(const uint8_t *p, size_t len, size_t limit, size_t *count)
-{
-    struct pb_rd r = {p, p + len};
-    struct pb_field f;
-    size_t n = 0;
-
-    while (r.p < r.end) {
-        if (!pb_rd_field(&r, &f))
-            return -1;
-        if (f.num == 4 && f.wt == PB_WT_LEN && ++n > limit)
-            break;
-    }
-    *count = n;
-    return 0;
-}
-
 static enum bus_reject decode_protobuf(const char *data, size_t len, struct bus_batch *out,
                                        char *err, size_t errlen)
 {
-    size_t count;
     char msg[256];
 
-    if (pb_count_events((const uint8_t *)data, len, BUS_MAX_BATCH_EVENTS, &count) < 0)
-        return reject(BUS_REJECT_MALFORMED_PROTOBUF, err, errlen,
-                      "not a valid EventBatch message (%zu bytes): broken wire format", len);
-    if (count > BUS_MAX_BATCH_EVENTS)
-        return reject(BUS_REJECT_TOO_MANY_EVENTS, err, errlen, "batch holds more than %u events",
-                      BUS_MAX_BATCH_EVENTS);
+    /* The decoder counts the events in its own first walk and stops past the limit. */
     msg[0] = '\0';
-    if (event_batch_decode((const uint8_t *)data, len, &out->meta, &out->events, &out->n, msg,
-                           sizeof(msg)) < 0)
-        return reject(BUS_REJECT_MALFORMED_PROTOBUF, err, errlen, "%s", msg);
+    int rc = event_batch_decode_max((const uint8_t *)data, len, BUS_MAX_BATCH_EVENTS, &out->meta,
+                                    &out->events, &out->n, msg, sizeof(msg));
+    if (rc == -E2BIG)
+        return REJECT(BUS_REJECT_TOO_MANY_EVENTS, err, errlen, "batch holds more than %u events",
+                      BUS_MAX_BATCH_EVENTS);
+    if (rc < 0)
+        return REJECT(BUS_REJECT_MALFORMED_PROTOBUF, err, errlen, "%s", msg);
     out->events_reason = BUS_REJECT_MALFORMED_PROTOBUF;
     if (out->meta.rejected_events)
-        reject(BUS_OK, err, errlen, "%s", msg);
+        errmsg_set(err, errlen, "%s", msg);
     return BUS_OK;
 }
 
@@ -134,13 +99,13 @@ static enum bus_reject decode_json(const char *data, size_t len, struct bus_batc
         const char *nl = memchr(p, '\n', end - p);
         const char *le = nl ? nl : end;
         if (!blank(p, le - p) && ++lines > BUS_MAX_BATCH_EVENTS)
-            return reject(BUS_REJECT_TOO_MANY_EVENTS, err, errlen,
+            return REJECT(BUS_REJECT_TOO_MANY_EVENTS, err, errlen,
                           "batch holds more than %u events", BUS_MAX_BATCH_EVENTS);
         p = nl ? nl + 1 : end;
     }
     out->events_reason = BUS_REJECT_MALFORMED_JSON;
     if (lines && !(out->events = calloc(lines, sizeof(*out->events))))
-        return reject(BUS_REJECT_MALFORMED_JSON, err, errlen, "out of memory for %zu events",
+        return REJECT(BUS_REJECT_MALFORMED_JSON, err, errlen, "out of memory for %zu events",
                       lines);
 
     size_t line_no = 0;
@@ -153,11 +118,11 @@ static enum bus_reject decode_json(const char *data, size_t len, struct bus_batc
             int rc = event_json_parse(p, le - p, &out->events[out->n], msg, sizeof(msg));
             if (rc == -ENOMEM) {
                 bus_batch_free(out);
-                return reject(BUS_REJECT_MALFORMED_JSON, err, errlen, "line %zu: %s", line_no, msg);
+                return REJECT(BUS_REJECT_MALFORMED_JSON, err, errlen, "line %zu: %s", line_no, msg);
             }
             if (rc < 0) {
                 if (out->meta.rejected_events++ == 0)
-                    reject(BUS_OK, err, errlen, "line %zu: %s", line_no, msg);
+                    errmsg_set(err, errlen, "line %zu: %s", line_no, msg);
             } else {
                 out->n++;
             }
@@ -230,7 +195,7 @@ enum bus_reject bus_body_decode(const char *data, size_t len, struct bus_batch *
     if (err && errlen)
         err[0] = '\0';
     if (len > BUS_MAX_MESSAGE_BYTES)
-        return reject(BUS_REJECT_OVERSIZED, err, errlen, "message of %zu bytes exceeds %u bytes",
+        return REJECT(BUS_REJECT_OVERSIZED, err, errlen, "message of %zu bytes exceeds %u bytes",
                       len, BUS_MAX_MESSAGE_BYTES);
     if (!data)
         data = "";
@@ -275,25 +240,25 @@ static enum bus_reject json_meta_from_headers(natsMsg *msg, struct event_batch_m
     int has_seq;
 
     if (!node)
-        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "JSON batch without a %s header",
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "JSON batch without a %s header",
                       BUS_HDR_NODE);
     if (!inst)
-        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "JSON batch without a %s header",
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "JSON batch without a %s header",
                       BUS_HDR_INSTANCE);
     if ((has_seq = header_u64(msg, BUS_HDR_SEQUENCE, &m->sequence)) <= 0 || m->sequence == 0)
-        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "JSON batch %s %s header%s",
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "JSON batch %s %s header%s",
                       has_seq ? "with an invalid" : "without a", BUS_HDR_SEQUENCE,
                       has_seq ? " (must be an integer >= 1)" : "");
     if (header_u64(msg, BUS_HDR_KERNEL_DROPS, &m->kernel_drops) < 0)
-        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header",
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header",
                       BUS_HDR_KERNEL_DROPS);
     if (header_u64(msg, BUS_HDR_AGENT_DROPS, &m->agent_drops) < 0)
-        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header",
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header",
                       BUS_HDR_AGENT_DROPS);
     if (header_u64(msg, BUS_HDR_EVENTS, &events) < 0)
-        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header", BUS_HDR_EVENTS);
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header", BUS_HDR_EVENTS);
     if (!(m->node = intern(node)) || !(m->agent_instance = intern(inst)))
-        return reject(BUS_REJECT_BAD_METADATA, err, errlen, "batch metadata: string table full");
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "batch metadata: string table full");
     return BUS_OK;
 }
 
@@ -309,10 +274,10 @@ enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *er
     if (err && errlen)
         err[0] = '\0';
     if (len > BUS_MAX_MESSAGE_BYTES)
-        return reject(BUS_REJECT_OVERSIZED, err, errlen, "message of %zu bytes exceeds %u bytes",
+        return REJECT(BUS_REJECT_OVERSIZED, err, errlen, "message of %zu bytes exceeds %u bytes",
                       len, BUS_MAX_MESSAGE_BYTES);
     if (enc == ENC_UNKNOWN)
-        return reject(BUS_REJECT_UNKNOWN_ENCODING, err, errlen,
+        return REJECT(BUS_REJECT_UNKNOWN_ENCODING, err, errlen,
                       "unsupported Content-Type \"%.100s\" (expected %s or %s)", ct,
                       BUS_CONTENT_TYPE_PROTOBUF, BUS_CONTENT_TYPE_JSON);
     if (!data)
@@ -325,11 +290,11 @@ enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *er
             return r;
         /* The batch's own fields are authoritative; headers are for people. */
         if (!out->meta.node || !*out->meta.node)
-            r = reject(BUS_REJECT_BAD_METADATA, err, errlen, "batch without a node");
+            r = REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "batch without a node");
         else if (!out->meta.agent_instance || !*out->meta.agent_instance)
-            r = reject(BUS_REJECT_BAD_METADATA, err, errlen, "batch without an agent_instance");
+            r = REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "batch without an agent_instance");
         else if (out->meta.sequence == 0)
-            r = reject(BUS_REJECT_BAD_METADATA, err, errlen, "batch without a sequence");
+            r = REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "batch without a sequence");
         if (r != BUS_OK)
             bus_batch_free(out);
         return r;
@@ -347,7 +312,7 @@ enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *er
     /* A count mismatch means the body was cut or the sender is confused. */
     size_t lines = out->n + out->meta.rejected_events;
     if (header_u64(msg, BUS_HDR_EVENTS, &events) == 1 && events != lines) {
-        r = reject(BUS_REJECT_BAD_METADATA, err, errlen,
+        r = REJECT(BUS_REJECT_BAD_METADATA, err, errlen,
                    "%s header says %llu events, the body holds %zu", BUS_HDR_EVENTS,
                    (unsigned long long)events, lines);
         bus_batch_free(out);

@@ -2,7 +2,11 @@
  * Protobuf codec for events and event batches (pkg/events.proto), the
  * default bus encoding. The batch helpers are what the publisher and the
  * aggregator use; the per-event helpers exist for callers that build their
- * own messages.
+ * own messages. Two codecs sit behind it: a reference one on protobuf-c
+ * (event_pb_ref.c: the per-event helpers, event_batch_encode(),
+ * event_batch_decode_generic()) and a hand-written fast one
+ * (event_pb_fast.c: the append helpers, event_batch_decode_fast()), which
+ * must agree byte for byte and event for event.
  */
 #ifndef EBPF_MONITOR_EVENT_PB_H
 #define EBPF_MONITOR_EVENT_PB_H
@@ -116,6 +120,15 @@ int event_batch_append_event_pods(struct buf *out, const struct event *e, const 
  */
 int event_batch_decode(const uint8_t *data, size_t len, struct event_batch_meta *meta,
                        struct event **events, size_t *n, char *err, size_t errlen);
+
+/*
+ * As event_batch_decode(), refusing with -E2BIG a batch of more than
+ * max_events events before any of them is decoded or allocated (the count
+ * comes from the decoder's own walk of the batch, so a message is read once).
+ */
+int event_batch_decode_max(const uint8_t *data, size_t len, size_t max_events,
+                           struct event_batch_meta *meta, struct event **events, size_t *n,
+                           char *err, size_t errlen);
 
 /*
  * The two halves of event_batch_decode(), for tests that compare them:

@@ -1,6 +1,11 @@
 /*
- * The protobuf wire format, read by hand: one bounded reader for the fast
- * batch decoder (event_pb.c) and the batch size check (bus_message.c).
+ * The protobuf wire format by hand: one bounded reader and one writer, shared
+ * by the fast codec (event_pb_fast.c), the reference decoder's details merge
+ * (event_pb_ref.c) and the tests' hand-crafted batches.
+ *
+ * Fixed-width values are little-endian on the wire (protobuf's fixed64 and
+ * fixed32); pb_put_fixed64() writes and pb_rd_fixed() reads them, so both
+ * sides convert in one place.
  *
  * Every read is bounded by the reader's end and fails instead of reading
  * past it. A key is valid when it fits 32 bits, names a field in
@@ -100,6 +105,37 @@ static inline bool pb_rd_field(struct pb_rd *r, struct pb_field *f)
     default:
         return false;
     }
+}
+
+/* ---- writing; the caller has reserved the bytes (sized with pb_*_size) ---- */
+
+#define PB_TAG(num, wt) (((uint32_t)(num) << 3) | (wt))
+
+static inline size_t pb_varint_size(uint64_t v)
+{
+    return (size_t)(70 - __builtin_clzll(v | 1)) / 7;
+}
+
+static inline size_t pb_tag_size(uint32_t tag)
+{
+    return pb_varint_size(tag);
+}
+
+static inline uint8_t *pb_put_varint(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+static inline uint8_t *pb_put_fixed64(uint8_t *p, uint64_t v)
+{
+    uint64_t le = htole64(v);
+    memcpy(p, &le, 8);
+    return p + 8;
 }
 
 #endif

@@ -316,6 +316,9 @@ Test(bus_message, too_many_protobuf_events)
     char err[256];
     cr_assert_eq(decode(message(pb.data, pb.len, NULL), &b, err), BUS_REJECT_TOO_MANY_EVENTS);
     cr_assert_null(b.events);
+    /* The count stops at the limit: what follows it is never read. */
+    buf_append(&pb, "\xff\xff", 2);
+    cr_assert_eq(decode(message(pb.data, pb.len, NULL), &b, err), BUS_REJECT_TOO_MANY_EVENTS);
     buf_free(&pb);
 
     /* The limit itself is fine. */

@@ -667,6 +667,49 @@ static void free_events(struct event *ev, size_t n)
     free(ev);
 }
 
+/* Event.id is a fixed64: little-endian on the wire, written and read the same way by both codecs.
+ */
+Test(event_pb, fixed64_id_is_little_endian_both_ways)
+{
+    static const uint8_t batch[] = {
+        0x0a, 0x01, 'n',                                      /* 1: node */
+        0x18, 0x01,                                           /* 3: sequence */
+        0x22, 0x0b,                                           /* 4: events, 11 bytes */
+        0x09, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, /* 1: id */
+        0x10, 0x02,                                           /* 2: type = ACCEPT */
+    };
+    const uint64_t id = 0x0102030405060708ull;
+    int (*decoders[])(const uint8_t *, size_t, struct event_batch_meta *, struct event **, size_t *,
+                      char *, size_t) = {event_batch_decode_fast, event_batch_decode_generic};
+    for (int d = 0; d < 2; d++) {
+        struct event_batch_meta m;
+        struct event *ev;
+        size_t n;
+        char err[256] = "";
+        cr_assert_eq(decoders[d](batch, sizeof(batch), &m, &ev, &n, err, sizeof(err)), 0, "%s",
+                     err);
+        cr_assert_eq(n, 1);
+        cr_assert_eq(ev[0].id, id, "decoder %d read %#llx", d, (unsigned long long)ev[0].id);
+        free_events(ev, n);
+    }
+
+    struct event e;
+    memset(&e, 0, sizeof(e));
+    e.type = EVENT_ACCEPT;
+    e.id = id;
+    struct buf mine, ref;
+    buf_init(&mine);
+    buf_init(&ref);
+    cr_assert_eq(event_batch_append_event(&mine, &e, NULL), 0);
+    reference_append(&ref, &e, NULL);
+    cr_assert_eq(mine.len, 13);
+    cr_assert_eq(memcmp(mine.data + 2, batch + 7, 11), 0, "fast encoder: id bytes");
+    cr_assert_eq(ref.len, mine.len);
+    cr_assert_eq(memcmp(ref.data, mine.data, ref.len), 0, "protobuf-c: same bytes");
+    buf_free(&mine);
+    buf_free(&ref);
+}
+
 Test(event_pb, encoder_writes_what_protobuf_c_writes)
 {
     const char *batch_nodes[] = {NULL, intern(NODE), "other-node"};
@@ -754,6 +797,48 @@ Test(event_pb, both_decoders_agree_and_round_trip)
         free_events(gen, ng);
         for (size_t i = 0; i < n; i++)
             event_clear(&ev[i]);
+    }
+    buf_free(&b);
+}
+
+/*
+ * event_batch_decode_max() refuses a batch past its limit before decoding
+ * any event, whichever path decides: the fast one, or the reference one for
+ * a batch the fast one declines (here, for an unknown top-level field).
+ */
+Test(event_pb, batch_over_the_limit_is_refused_by_both_paths)
+{
+    struct event ev[5];
+    struct buf b;
+    buf_init(&b);
+    for (int unusual = 0; unusual < 2; unusual++) {
+        random_batch(ev, 5, true, &b);
+        for (size_t i = 0; i < 5; i++)
+            event_clear(&ev[i]);
+        if (unusual)
+            pbc_u64(&b, 99, 7);
+        struct event_batch_meta m;
+        struct event *out;
+        size_t n;
+        char err[256] = "";
+        int rf = event_batch_decode_fast((uint8_t *)b.data, b.len, &m, &out, &n, NULL, 0);
+        cr_assert_eq(rf, unusual ? 1 : 0, "path %d", unusual);
+        if (rf == 0)
+            free_events(out, n);
+
+        cr_assert_eq(
+            event_batch_decode_max((uint8_t *)b.data, b.len, 4, &m, &out, &n, err, sizeof(err)),
+            -E2BIG, "path %d", unusual);
+        cr_assert_null(out);
+        cr_assert_eq(n, 0);
+        cr_assert_null(m.node, "no metadata on a refused batch");
+        cr_assert_str_eq(err, "batch holds more than 4 events");
+
+        cr_assert_eq(
+            event_batch_decode_max((uint8_t *)b.data, b.len, 5, &m, &out, &n, err, sizeof(err)), 0,
+            "%s", err);
+        cr_assert_eq(n, 5);
+        free_events(out, n);
     }
     buf_free(&b);
 }

@@ -4,9 +4,11 @@
  * Every input is decoded by both decoders (the hand-written fast one and
  * protobuf-c's), which must agree: when the fast one decides, the reference
  * one decides the same (accept/reject, metadata, the skipped-event count and
- * every event field by field). The events then go where the aggregator
- * sends them: the bounded store (small, so eviction runs), a query over it,
- * the JSON writer, the SSE copy, and their release. ASan/UBSan watch it all.
+ * every event field by field), and event_batch_decode_max() refuses exactly
+ * the batches with more events than its limit. The events then go where the
+ * aggregator sends them: the bounded store (small, so eviction runs), a
+ * query over it, the JSON writer, the SSE copy, and their release. ASan and
+ * UBSan watch it all.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -29,6 +31,8 @@
             abort();                                                                               \
         }                                                                                          \
     } while (0)
+
+#define LIMIT 3 /* events, for event_batch_decode_max() */
 
 static struct store *store;
 
@@ -102,6 +106,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (rg == 0)
         CHECK(ng + mg.rejected_events >= ng, "counts overflow");
+
+    /*
+     * With a limit of LIMIT events: refused exactly when the reference
+     * decoder accepts more than that, and otherwise the same as unlimited.
+     */
+    struct event_batch_meta ml;
+    struct event *l = NULL;
+    size_t nl = 0;
+    int rl = event_batch_decode_max(data, size, LIMIT, &ml, &l, &nl, NULL, 0);
+    CHECK(rl == 0 || rl == -EINVAL || rl == -ENOMEM || rl == -E2BIG, "decode_max returned %d", rl);
+    if (rl == -E2BIG)
+        CHECK(l == NULL && nl == 0 && ml.node == NULL, "a refused batch left something behind");
+    if (rg == 0 && rl != -ENOMEM) {
+        CHECK((ng + mg.rejected_events > LIMIT) == (rl == -E2BIG),
+              "%zu events against a limit of %d, decode_max returned %d",
+              ng + (size_t)mg.rejected_events, LIMIT, rl);
+        CHECK(rl != 0 || (nl == ng && meta_equal(&ml, &mg)), "decode_max decoded differently");
+    }
+    if (rg == -EINVAL && rl != -ENOMEM)
+        CHECK(rl == -EINVAL || rl == -E2BIG, "decode_max accepted what the reference rejects");
+    free_events(l, nl);
 
     struct buf js;
     buf_init(&js);

@@ -1,0 +1,77 @@
+/*
+ * What the two protobuf codecs share, private to pkg/event_pb*.c: the
+ * reference codec (event_pb_ref.c, protobuf-c) and the fast one
+ * (event_pb_fast.c, the wire format by hand) must turn the same bytes into
+ * the same events, so the conversions both need live once, in event_pb.c.
+ * Decoding entry points return 0, -EINVAL (why in err), -ENOMEM, or -E2BIG
+ * when a batch holds more events than the caller's limit.
+ */
+#ifndef EBPF_MONITOR_EVENT_PB_INTERNAL_H
+#define EBPF_MONITOR_EVENT_PB_INTERNAL_H
+
+#include "event_pb.h"
+#include "pb_wire.h"
+
+#include <string.h>
+
+/* The Event fields of the details oneof (protobuf-c's case values are the field numbers). */
+#define EVENT_PB_DETAILS_FIRST EBPFMONITOR__EVENT__DETAILS_CONNECTION /* 20 */
+#define EVENT_PB_DETAILS_LAST  EBPFMONITOR__EVENT__DETAILS_EXIT       /* 23 */
+
+static inline bool event_pb_is_details(const struct pb_field *f)
+{
+    return f->num >= EVENT_PB_DETAILS_FIRST && f->num <= EVENT_PB_DETAILS_LAST &&
+           f->wt == PB_WT_LEN;
+}
+
+/* The details field (20..23, protobuf-c's oneof case) an event of this type carries. */
+Ebpfmonitor__Event__DetailsCase event_pb_details_field(unsigned type);
+
+/* intern() behind a per-thread cache: a batch repeats the same few strings. */
+const char *event_pb_intern(const char *s);
+
+/* ExecDetails into e's filename/args (owned by e); -EINVAL or -ENOMEM with err. */
+int event_pb_exec_to_event(const Ebpfmonitor__ExecDetails *x, struct event *e, char *err,
+                           size_t errlen);
+
+/* Each attribution field the event left empty comes from its pod_ref entry. */
+void event_pb_pod_fill(struct event_k8s *k, const struct event_k8s *ref);
+
+/* Counts an undecodable event in meta; the first one's reason goes to err. */
+void event_pb_skip_event(struct event_batch_meta *meta, size_t index, const char *why, char *err,
+                         size_t errlen);
+
+/*
+ * The NUL-separated argv of an exec event, one element per call: *p walks
+ * from e->u.exec.args to its end; false when there is none left. Inline:
+ * the fast encoder calls it twice per argument.
+ */
+static inline bool event_pb_args_next(const struct event *e, const char **p, const char **arg,
+                                      size_t *len)
+{
+    if (!e->u.exec.args || !*p)
+        return false;
+    const char *end = e->u.exec.args + e->u.exec.args_len;
+    if (*p >= end)
+        return false;
+    const char *nul = memchr(*p, '\0', (size_t)(end - *p));
+    *arg = *p;
+    *len = nul ? (size_t)(nul - *p) : (size_t)(end - *p);
+    *p = nul ? nul + 1 : end;
+    return true;
+}
+
+/* One Event message through protobuf-c, for the fast decoder's fallback. */
+int event_pb_ref_decode_event(const uint8_t *data, size_t len, const char *batch_node,
+                              const struct event_k8s *pods, size_t npods, struct event *e,
+                              char *err, size_t errlen);
+
+/* The halves of event_batch_decode_max(); _fast returns 1 when _ref must decide. */
+int event_pb_fast_decode_batch(const uint8_t *data, size_t len, size_t max_events,
+                               struct event_batch_meta *meta, struct event **events, size_t *n,
+                               char *err, size_t errlen);
+int event_pb_ref_decode_batch(const uint8_t *data, size_t len, size_t max_events,
+                              struct event_batch_meta *meta, struct event **events, size_t *n,
+                              char *err, size_t errlen);
+
+#endif
