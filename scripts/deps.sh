@@ -25,6 +25,10 @@ packages=(
   wrk # scripts/bench-aggregator.sh: HTTP requests/s
   bpftrace linux-perf # scripts/bench-agent.sh: the tracer compared against; profiling
   python3 # scripts/bench-*.sh pick free ports
+  # make install / make deb and tests/test_e2e_install.c: man pages from --help,
+  # systemd-analyze verify, man, dpkg-shlibdeps for the package's Depends
+  help2man systemd man-db dpkg-dev
+  prometheus # tests/test_e2e_monitoring.c: promtool, and a Prometheus running the dashboard's queries
 )
 # --list prints the Debian packages, one per line, and installs nothing
 # (scripts/check-deps.sh checks the build's headers and libraries against it).

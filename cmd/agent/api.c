@@ -8,6 +8,7 @@
 #include "api.h"
 #include "event_json.h"
 #include "intern.h"
+#include "openapi.h"
 
 #define MAX_PROGRAMS 32
 
@@ -88,6 +89,10 @@ static void write_programs(struct agent *a, struct buf *b, uint64_t *kernel_drop
 
 static void handle_programs(void *ctx, const struct http_request *req, struct http_response *res)
 {
+    if (req->query_len > 0) {
+        http_response_error(res, 400, "/api/programs takes no parameters");
+        return;
+    }
     uint64_t drops, suppressed;
     buf_puts(&res->body, "{\"programs\":");
     write_programs(ctx, &res->body, &drops, &suppressed);
@@ -161,6 +166,10 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
     struct http_server_stats hs;
     struct publisher_stats ps;
     uint64_t kernel_drops, suppressed;
+    if (req->query_len > 0) {
+        http_response_error(res, 400, "/api/stats takes no parameters");
+        return;
+    }
     store_get_stats(a->store, &ss);
     http_server_get_stats(a->http, &hs);
     publisher_get_stats(a->pub, &ps);
@@ -351,5 +360,6 @@ int agent_api_register(struct agent *a)
     rc |= http_server_route(a->http, "/health", handle_health, a);
     rc |= http_server_route(a->http, "/ready", handle_ready, a);
     rc |= http_server_route(a->http, "/metrics", handle_metrics, a);
+    rc |= openapi_register(a->http);
     return rc ? -EINVAL : 0;
 }

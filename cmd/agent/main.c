@@ -13,6 +13,7 @@
 #include "agent.h"
 #include "api.h"
 #include "intern.h"
+#include "notify.h"
 
 #define POLL_MAX_MS        200
 #define KERNEL_DROPS_EVERY 100000000ull /* ns between reads of the programs' loss counters */
@@ -233,6 +234,10 @@ int main(int argc, char **argv)
             a.node, capture_attached(a.capture), a.cfg.listen_addr,
             a.cfg.tls_cert[0] ? " (TLS)" : "", a.subject, urls,
             config_encoding_name(a.cfg.encoding));
+    int notified = notify_systemd("READY=1"); /* Type=notify units, images/systemd/ */
+    if (notified < 0)
+        fprintf(stderr, "ebpf-agent: cannot notify systemd (NOTIFY_SOCKET): %s\n",
+                strerror(-notified));
 
     uint64_t last_expire = api_monotonic_ns(), last_drops = 0;
     int timeout_ms = POLL_MAX_MS;
@@ -258,6 +263,7 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "ebpf-agent: %s received, detaching programs\n",
             stop_requested == SIGINT ? "SIGINT" : "SIGTERM");
+    notify_systemd("STOPPING=1");
     rc = 0;
 out:
     /*

@@ -16,6 +16,7 @@
 #include "aggregator/commands.h"
 #include "api.h"
 #include "cluster.h"
+#include "notify.h"
 
 #define AGGREGATOR_DRAIN_MS 2000
 
@@ -121,6 +122,10 @@ int main(int argc, char **argv)
             a.replica, a.cfg.subject_prefix, a.cfg.queue_group, a.cfg.listen_addr,
             a.cfg.tls_cert[0] ? " (TLS)" : "",
             bus_connected(a.bus) ? "" : "; NATS not reachable yet, retrying");
+    int notified = notify_systemd("READY=1"); /* Type=notify units, images/systemd/ */
+    if (notified < 0)
+        fprintf(stderr, "ebpf-aggregator: cannot notify systemd (NOTIFY_SOCKET): %s\n",
+                strerror(-notified));
 
     uint64_t last_expire = api_monotonic_ns();
     while (!stop_requested) {
@@ -134,6 +139,7 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "ebpf-aggregator: %s received, leaving the cluster\n",
             stop_requested == SIGINT ? "SIGINT" : "SIGTERM");
+    notify_systemd("STOPPING=1");
     rc = 0;
 out:
     /* Peers stop expecting us first; then finish queued batches; then reverse creation order. */

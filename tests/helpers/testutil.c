@@ -386,3 +386,76 @@ void tu_tcp_roundtrip(void)
     close(c);
     close(l);
 }
+
+int tu_run(const char *cmd, char **out)
+{
+    size_t cmdlen = strlen(cmd) + 16;
+    char *full = malloc(cmdlen);
+    cr_assert_not_null(full);
+    snprintf(full, cmdlen, "( %s ) 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    free(full);
+    cr_assert_not_null(p, "cannot run: %s", cmd);
+    size_t cap = 1 << 14, len = 0, n;
+    char *buf = malloc(cap);
+    cr_assert_not_null(buf);
+    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+        len += n;
+        if (cap - len < 4096) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            cr_assert_not_null(buf);
+        }
+    }
+    buf[len] = '\0';
+    int st = pclose(p);
+    if (out)
+        *out = buf;
+    else
+        free(buf);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+static pid_t start_program(const char *bin, int port, int nats_port, const char *extra_env,
+                           const char *log_dir)
+{
+    char listen[64], nats[64], log_path[PATH_MAX];
+    snprintf(log_path, sizeof(log_path), "%s/%s.log", log_dir, strrchr(bin, '/') + 1);
+    snprintf(listen, sizeof(listen), "LISTEN_ADDR=127.0.0.1:%d", port);
+    snprintf(nats, sizeof(nats), "NATS_URL=nats://127.0.0.1:%d", nats_port);
+    char *argv[] = {(char *)tu_repo_path(bin), NULL};
+    char *env[] = {listen, nats, "DEPLOYMENT_MODE=vm", "FLUSH_INTERVAL=100ms", (char *)extra_env,
+                   NULL};
+    pid_t pid = tu_spawn(argv, env, log_path);
+    if (!tu_wait_http(port, "/ready", 200, 30000)) {
+        char *text = tu_read_file(log_path);
+        cr_assert_fail("%s not ready; log:\n%s", bin, text ? text : "(none)");
+    }
+    return pid;
+}
+
+void tu_monitor_start(struct tu_monitor *m, const char *aggregator_env, const char *log_dir)
+{
+    char log[PATH_MAX];
+    memset(m, 0, sizeof(*m));
+    snprintf(log, sizeof(log), "%s/nats.log", log_dir);
+    m->nats_port = tu_free_port();
+    m->nats = tu_nats_start(m->nats_port, NULL, log);
+    cr_assert_gt(m->nats, 0, "nats-server did not start: %s", log);
+    m->agent_port = tu_free_port();
+    m->agent = start_program("bin/ebpf-agent", m->agent_port, m->nats_port, NULL, log_dir);
+    m->aggregator_port = tu_free_port();
+    m->aggregator = start_program("bin/ebpf-aggregator", m->aggregator_port, m->nats_port,
+                                  aggregator_env, log_dir);
+}
+
+void tu_monitor_stop(struct tu_monitor *m)
+{
+    if (m->aggregator > 0)
+        tu_stop(m->aggregator, 10000);
+    if (m->agent > 0)
+        tu_stop(m->agent, 10000);
+    if (m->nats > 0)
+        tu_stop(m->nats, 2000);
+    memset(m, 0, sizeof(*m));
+}

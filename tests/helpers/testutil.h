@@ -82,4 +82,26 @@ pid_t tu_marker_run(const char *path, const char *name);
 /* One TCP connection over IPv4 loopback, accepted and closed: a connection and an accept event. */
 void tu_tcp_roundtrip(void);
 
+/*
+ * Runs a shell command line with stderr merged into stdout; returns its exit
+ * status (128 + signal when killed) and, when out is not NULL, everything it
+ * printed in *out (malloc'd, NUL-terminated). Asserts when it cannot start.
+ */
+int tu_run(const char *cmd, char **out);
+
+/*
+ * A whole monitor on loopback: nats-server, bin/ebpf-agent and
+ * bin/ebpf-aggregator on free ports, in VM mode, batches flushed every
+ * 100 ms; the aggregator gets aggregator_env too ("API_TOKEN=x" or NULL).
+ * Logs go to log_dir/{nats,ebpf-agent,ebpf-aggregator}.log. Returns once
+ * both answer /ready with 200; fails the test with the log otherwise.
+ * tu_monitor_stop() stops whatever was started.
+ */
+struct tu_monitor {
+    pid_t nats, agent, aggregator;
+    int nats_port, agent_port, aggregator_port;
+};
+void tu_monitor_start(struct tu_monitor *m, const char *aggregator_env, const char *log_dir);
+void tu_monitor_stop(struct tu_monitor *m);
+
 #endif

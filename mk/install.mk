@@ -1,0 +1,117 @@
+# Installation on a VM, and the Debian package; included by GNUmakefile.
+#
+#   make install   [PREFIX=/usr/local] [DESTDIR=]  binaries, man pages, systemd
+#                  units, /etc/ebpf-monitor/ (kept when present), docs
+#   make uninstall [PREFIX=/usr/local] [DESTDIR=]  removes them again; the
+#                  configuration only when unchanged
+#   make deb       $(BUILD)/ebpf-monitor_<version>_<arch>.deb: dpkg-deb over a
+#                  staged `make install PREFIX=/usr`, Depends from dpkg-shlibdeps
+#
+# The units (images/systemd/*.service.in) get the installed paths here. When
+# installing into the running system, systemd is told to reload its units;
+# nothing is enabled or started.
+#
+# The embedded API description: pkg/openapi.c pulls docs/openapi.json in with
+# .incbin, which the compiler's dependency files do not record.
+
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+MANDIR     ?= $(PREFIX)/share/man
+DOCDIR     ?= $(PREFIX)/share/doc/ebpf-monitor
+SYSCONFDIR ?= /etc
+# Debian 12 packages ship units in /lib/systemd/system; /usr/local/lib/systemd/system
+# is on systemd's search path for everything else.
+UNITDIR    ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
+HELP2MAN   ?= help2man
+
+UNITS      := ebpf-agent.service ebpf-aggregator.service
+UNIT_FILES := $(addprefix $(BUILD)/systemd/,$(UNITS))
+MAN_PAGES  := $(BUILD)/man/ebpf-agent.8 $(BUILD)/man/ebpf-aggregator.8
+CONF_FILES := agent.yaml aggregator.yaml agent.env aggregator.env
+DOC_FILES  := README.md docs/openapi.json $(wildcard docs/grafana/*.json docs/prometheus/*.rules.yml)
+
+# Debian versions start with a digit: v1.2-3-gabc -> 1.2+3+gabc, abc123 -> 0.0~gitabc123.
+DEB_VERSION := $(shell echo '$(VERSION)' | sed -e 's/^v//' -e 's/-/+/g' -e '/^[0-9][0-9]*\./!s/^/0.0~git/')
+DEB_ARCH    := $(shell dpkg --print-architecture 2>/dev/null)
+DEB         := $(BUILD)/ebpf-monitor_$(DEB_VERSION)_$(DEB_ARCH).deb
+DEB_TREE    := $(BUILD)/deb
+
+.PHONY: install uninstall deb FORCE
+
+$(BUILD)/pkg/openapi.o: docs/openapi.json
+$(FUZZ_BUILD)/pkg/openapi.o: docs/openapi.json
+
+# tests/test_e2e_install.c runs make install and make deb on its own build
+# (SANITIZE=1 builds test bin-asan's binaries, and must not rebuild bin/).
+$(BUILD)/tests/test_e2e_install.o: CFLAGS += \
+    -DINSTALL_MAKE_ARGS='"SANITIZE=$(SANITIZE) BUILD=$(BUILD) BIN=$(BIN)"'
+
+# Rebuilt when the install paths change, so a unit never names another prefix.
+$(BUILD)/systemd/%.service: images/systemd/%.service.in FORCE
+	@mkdir -p $(@D)
+	@sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' $< > $@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv -f $@.tmp $@; echo "  UNIT $@"; fi
+
+$(BUILD)/man/%.8: $(BIN)/%
+	@mkdir -p $(@D)
+	$(HELP2MAN) --no-info --section=8 --source=ebpf-monitor --version-string='$(VERSION)' \
+	    --name="$(if $(filter ebpf-agent,$*),eBPF event agent,cluster-wide event aggregator)" \
+	    --output=$@ $<
+
+FORCE:
+
+install: build $(UNIT_FILES) $(MAN_PAGES)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8 \
+	    $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)/ebpf-monitor
+	install -m 0755 $(BIN)/ebpf-agent $(BIN)/ebpf-aggregator $(DESTDIR)$(BINDIR)/
+	ln -sf ebpf-agent $(DESTDIR)$(BINDIR)/ebpf-server
+	install -m 0644 $(UNIT_FILES) $(DESTDIR)$(UNITDIR)/
+	install -m 0644 $(MAN_PAGES) $(DESTDIR)$(MANDIR)/man8/
+	echo '.so man8/ebpf-agent.8' > $(DESTDIR)$(MANDIR)/man8/ebpf-server.8
+	install -m 0644 $(DOC_FILES) $(DESTDIR)$(DOCDIR)/
+	@# The configuration is the operator's once installed: never overwritten.
+	@# The .env files may hold secrets and stay root's.
+	@for f in $(CONF_FILES); do \
+	    dst=$(DESTDIR)$(SYSCONFDIR)/ebpf-monitor/$$f; \
+	    mode=0644; case $$f in *.env) mode=0600 ;; esac; \
+	    if [ -e "$$dst" ]; then echo "  keeping $$dst"; \
+	    else install -m $$mode images/systemd/$$f "$$dst" && echo "  installed $$dst"; fi; \
+	done
+	@if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+uninstall:
+	@if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then \
+	    systemctl disable --now $(UNITS) 2>/dev/null || true; fi
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,ebpf-agent ebpf-aggregator ebpf-server) \
+	    $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) \
+	    $(addprefix $(DESTDIR)$(MANDIR)/man8/,ebpf-agent.8 ebpf-aggregator.8 ebpf-server.8)
+	rm -rf $(DESTDIR)$(DOCDIR)
+	@for f in $(CONF_FILES); do \
+	    dst=$(DESTDIR)$(SYSCONFDIR)/ebpf-monitor/$$f; \
+	    if cmp -s images/systemd/$$f "$$dst"; then rm -f "$$dst"; \
+	    elif [ -e "$$dst" ]; then echo "  keeping $$dst (changed)"; fi; \
+	done
+	@rmdir $(DESTDIR)$(SYSCONFDIR)/ebpf-monitor 2>/dev/null || true
+	@if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# The package tree is staged from scratch each time. dpkg-shlibdeps wants a
+# debian/control beside the tree it reads.
+deb: build
+	rm -rf $(DEB_TREE)
+	+$(SUBMAKE) install PREFIX=/usr DESTDIR=$(abspath $(DEB_TREE))/debian/ebpf-monitor
+	@set -e; root=$(DEB_TREE)/debian/ebpf-monitor; \
+	gzip -9n $$root/usr/share/man/man8/*.8; \
+	install -d $$root/DEBIAN; \
+	install -m 0644 images/deb/control.in $(DEB_TREE)/debian/control; \
+	(cd $(DEB_TREE) && dpkg-shlibdeps -O debian/ebpf-monitor/usr/bin/ebpf-agent \
+	    debian/ebpf-monitor/usr/bin/ebpf-aggregator) > $(DEB_TREE)/substvars; \
+	depends=$$(sed -n 's/^shlibs:Depends=//p' $(DEB_TREE)/substvars); \
+	size=$$(du -sk --exclude=DEBIAN $$root | cut -f1); \
+	sed -n '/^Package:/,$$p' images/deb/control.in | sed -e 's|@VERSION@|$(DEB_VERSION)|' \
+	    -e 's|@ARCH@|$(DEB_ARCH)|' -e "s|@DEPENDS@|$$depends|" -e "s|@SIZE@|$$size|" \
+	    > $$root/DEBIAN/control; \
+	(cd $$root && find etc -type f | sed 's|^|/|' | sort) > $$root/DEBIAN/conffiles; \
+	install -m 0755 images/deb/postinst images/deb/prerm images/deb/postrm $$root/DEBIAN/; \
+	(cd $$root && find usr lib -type f -exec md5sum {} + | sort -k2) > $$root/DEBIAN/md5sums
+	dpkg-deb --root-owner-group -Zxz --build $(DEB_TREE)/debian/ebpf-monitor $(DEB)
+	@echo "deb: $(DEB)"

@@ -1,0 +1,163 @@
+/*
+ * docs/openapi.json kept true: a real agent (real eBPF) and a real
+ * aggregator (with API_TOKEN) on a real nats-server, with events of every
+ * type made by this test, checked by tests/js/openapi_check.mjs (ajv): both
+ * serve the document at /api/openapi.json, every documented parameter is
+ * accepted and an undocumented one refused, and every answer (events of each
+ * type, stats, nodes, programs, readiness, errors, the SSE stream) validates
+ * against its schema.
+ *
+ * Needs root (eBPF), node and the npm packages of tests/js (make deps).
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "openapi.h"
+#include "testutil.h"
+
+#define TOKEN "openapi-test-token"
+
+static struct tu_monitor mon;
+static char logdir[64];
+
+/* An exec and an exit, a connection and an accept, and a NO_SOCKET drop. */
+static void make_events(void)
+{
+    char marker[128];
+    tu_marker_make(logdir, "oapimarker", marker, sizeof(marker));
+    tu_marker_run(marker, "oapimarker");
+    tu_tcp_roundtrip();
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)tu_free_port()),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(sendto(s, "ping", 4, 0, (struct sockaddr *)&sa, sizeof(sa)), 4);
+    close(s);
+}
+
+/* True once the aggregator holds an event of each type (they come through NATS). */
+static bool aggregator_has_every_type(void)
+{
+    static const char *const types[] = {"exec", "exit", "connection", "accept", "packet_drop"};
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        char path[96];
+        int status;
+        snprintf(path, sizeof(path), "/api/events?type=%s&limit=1", types[i]);
+        json_t *r =
+            tu_get_json_hdr(mon.aggregator_port, path, "Authorization: Bearer " TOKEN, &status);
+        bool found = r && json_integer_value(json_object_get(r, "count")) > 0;
+        json_decref(r);
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+static void setup(void)
+{
+    cr_assert_eq(geteuid(), 0, "needs root: the agent loads eBPF programs");
+    cr_assert_eq(system("command -v node >/dev/null 2>&1"), 0,
+                 "node not found: install Node.js (make deps installs it)");
+    cr_assert_eq(access(tu_repo_path("tests/js/node_modules/ajv-draft-04/package.json"), F_OK), 0,
+                 "npm packages of tests/js are missing: run make deps");
+    snprintf(logdir, sizeof(logdir), "/tmp/ebpf-e2e-openapi-XXXXXX");
+    cr_assert_not_null(mkdtemp(logdir));
+    tu_monitor_start(&mon, "API_TOKEN=" TOKEN, logdir);
+    uint64_t end = tu_mono_ms() + 15000;
+    do
+        make_events();
+    while (!aggregator_has_every_type() && tu_mono_ms() < end);
+}
+
+static void teardown(void)
+{
+    tu_monitor_stop(&mon);
+    if (logdir[0]) {
+        char cmd[96];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", logdir);
+        if (system(cmd) != 0)
+            cr_log_warn("could not remove %s", logdir);
+    }
+}
+
+TestSuite(e2e_openapi, .init = setup, .fini = teardown, .timeout = 120);
+
+/* Runs one check of openapi_check.mjs and asserts its verdict. */
+static void check(const char *name)
+{
+    char *doc = realpath(tu_repo_path("docs/openapi.json"), NULL);
+    char *script = realpath(tu_repo_path("tests/js/openapi_check.mjs"), NULL);
+    cr_assert(doc && script, "docs/openapi.json or tests/js/openapi_check.mjs not found");
+    char cmd[8192];
+    snprintf(cmd, sizeof(cmd),
+             "OPENAPI_DOC='%s' AGENT_URL=http://127.0.0.1:%d AGGREGATOR_URL=http://127.0.0.1:%d "
+             "AGGREGATOR_TOKEN=" TOKEN " node '%s' %s",
+             doc, mon.agent_port, mon.aggregator_port, script, name);
+    free(doc);
+    free(script);
+    char *out;
+    int rc = tu_run(cmd, &out);
+    if (rc != 0)
+        cr_log_error("openapi_check.mjs %s:\n%s", name, out);
+    cr_assert_neq(rc, 3, "check %s: a tool or package is missing:\n%s", name, out);
+    cr_assert_eq(rc, 0, "check %s failed (exit %d)", name, rc);
+    char verdict[64];
+    snprintf(verdict, sizeof(verdict), "%s: pass\n", name);
+    cr_assert_not_null(strstr(out, verdict), "check %s printed no verdict:\n%s", name, out);
+    cr_assert_not_null(strstr(out, "ok: "), "check %s checked nothing:\n%s", name, out);
+    free(out);
+}
+
+Test(e2e_openapi, the_binary_embeds_docs_openapi_json)
+{
+    char *file = tu_read_file(tu_repo_path("docs/openapi.json"));
+    cr_assert_not_null(file);
+    size_t len;
+    const char *doc = openapi_document(&len);
+    cr_expect_eq(len, strlen(file), "embedded %zu bytes, docs/openapi.json has %zu: rebuild", len,
+                 strlen(file));
+    cr_expect(len == strlen(file) && memcmp(doc, file, len) == 0 && doc[len] == '\0',
+              "the embedded document differs from docs/openapi.json");
+    json_error_t jerr;
+    json_t *j = json_loadb(doc, len, 0, &jerr);
+    cr_assert_not_null(j, "docs/openapi.json is not JSON: %s (line %d)", jerr.text, jerr.line);
+    cr_expect_str_eq(json_string_value(json_object_get(j, "openapi")), "3.0.3");
+    json_decref(j);
+    free(file);
+}
+
+Test(e2e_openapi, the_document_is_valid_openapi)
+{
+    check("spec");
+}
+
+Test(e2e_openapi, both_programs_serve_the_document)
+{
+    check("served");
+}
+
+Test(e2e_openapi, documented_parameters_accepted_undocumented_refused)
+{
+    check("parameters");
+}
+
+Test(e2e_openapi, every_response_validates_against_its_schema)
+{
+    check("responses");
+}
+
+Test(e2e_openapi, errors_have_their_documented_status_and_body)
+{
+    check("errors");
+}
+
+Test(e2e_openapi, stream_events_validate)
+{
+    check("stream");
+}
