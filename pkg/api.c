@@ -3,8 +3,11 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "event_json.h"
 
 struct http_server *api_server_new(const struct config *c, char *err, size_t errlen)
@@ -87,14 +90,87 @@ void api_metric_labelled(struct buf *b, const char *name, const char *label, con
 
 uint64_t api_now_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return clock_realtime_ns();
 }
 
 uint64_t api_monotonic_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return clock_monotonic_ns();
+}
+
+void api_json_set_u64(json_t *o, const char *key, uint64_t v)
+{
+    json_object_set_new(o, key, json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v));
+}
+
+void api_json_append(struct buf *b, json_t *j)
+{
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (s)
+        buf_puts(b, s);
+    else
+        b->oom = true;
+    free(s);
+    json_decref(j);
+}
+
+json_t *api_store_stats_json(const struct store_stats *ss)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    api_json_set_u64(o, "events", ss->events);
+    api_json_set_u64(o, "capacity", ss->capacity);
+    api_json_set_u64(o, "evicted_count", ss->evicted_count);
+    api_json_set_u64(o, "evicted_age", ss->evicted_age);
+    api_json_set_u64(o, "duplicates", ss->duplicates);
+    api_json_set_u64(o, "failed", ss->failed);
+    return o;
+}
+
+json_t *api_stream_stats_json(const struct http_server_stats *hs)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    api_json_set_u64(o, "clients", hs->stream_clients);
+    api_json_set_u64(o, "sent", hs->stream_sent);
+    api_json_set_u64(o, "dropped", hs->stream_dropped + hs->publish_dropped);
+    api_json_set_u64(o, "publish_dropped", hs->publish_dropped);
+    return o;
+}
+
+/* prefix + suffix into out, the name of one metric family. */
+static const char *metric_name(char *out, size_t len, const char *prefix, const char *suffix)
+{
+    snprintf(out, len, "%s_%s", prefix, suffix);
+    return out;
+}
+
+void api_store_metrics(struct buf *b, const char *prefix, const struct store_stats *ss)
+{
+    char n[96];
+    api_metric(b, metric_name(n, sizeof(n), prefix, "history_events"), "gauge",
+               "Events held in the history.", ss->events);
+    api_metric(b, metric_name(n, sizeof(n), prefix, "history_capacity"), "gauge",
+               "History limit (events).", ss->capacity);
+    metric_name(n, sizeof(n), prefix, "history_evicted_total");
+    api_metric_header(b, n, "counter", "Events evicted from the history, by limit.");
+    api_metric_labelled(b, n, "reason", "count", ss->evicted_count);
+    api_metric_labelled(b, n, "reason", "age", ss->evicted_age);
+    api_metric(b, metric_name(n, sizeof(n), prefix, "history_failed_total"), "counter",
+               "Events that could not be stored (out of memory).", ss->failed);
+}
+
+void api_http_metrics(struct buf *b, const char *prefix, const struct http_server_stats *hs,
+                      uint64_t upstream_dropped)
+{
+    char n[96];
+    api_metric(b, metric_name(n, sizeof(n), prefix, "stream_clients"), "gauge",
+               "Connected /api/events/stream clients.", hs->stream_clients);
+    api_metric(b, metric_name(n, sizeof(n), prefix, "stream_dropped_total"), "counter",
+               "Events stream clients missed (slow client, full queue, slow subscription).",
+               hs->stream_dropped + hs->publish_dropped + upstream_dropped);
+    api_metric(b, metric_name(n, sizeof(n), prefix, "http_requests_total"), "counter",
+               "HTTP requests served.", hs->requests);
 }

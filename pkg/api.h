@@ -5,6 +5,8 @@
 #ifndef EBPF_MONITOR_API_H
 #define EBPF_MONITOR_API_H
 
+#include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "buf.h"
@@ -35,7 +37,29 @@ void api_metric_header(struct buf *b, const char *name, const char *type, const 
 void api_metric_labelled(struct buf *b, const char *name, const char *label, const char *value,
                          uint64_t v);
 
-/* Current time in ns since the epoch (CLOCK_REALTIME) and monotonic ns. */
+/*
+ * The blocks of /api/stats and /metrics that both programs report the same
+ * way. The JSON ones return a new object (NULL when out of memory); metric
+ * names are prefix ("ebpf_agent", "ebpf_aggregator") + a fixed suffix.
+ */
+/* "history": {"events","capacity","evicted_count","evicted_age","duplicates","failed"}. */
+json_t *api_store_stats_json(const struct store_stats *ss);
+/* <prefix>_history_events, _history_capacity, _history_evicted_total{reason},
+ * _history_failed_total. */
+void api_store_metrics(struct buf *b, const char *prefix, const struct store_stats *ss);
+/* "stream": {"clients","sent","dropped","publish_dropped"}; dropped counts both kinds of loss. */
+json_t *api_stream_stats_json(const struct http_server_stats *hs);
+/* <prefix>_stream_clients, _stream_dropped_total (plus upstream_dropped, events lost before
+ * they reached the server), _http_requests_total. */
+void api_http_metrics(struct buf *b, const char *prefix, const struct http_server_stats *hs,
+                      uint64_t upstream_dropped);
+/* Sets key to v, clamped to JSON's signed 64-bit integers. */
+void api_json_set_u64(json_t *o, const char *key, uint64_t v);
+/* Appends j compactly to b and releases it; marks b out of memory when j is NULL. */
+void api_json_append(struct buf *b, json_t *j);
+
+/* Current time in ns since the epoch (CLOCK_REALTIME) and monotonic ns: the
+ * clock.h clocks under their older names; new code calls clock.h directly. */
 uint64_t api_now_ns(void);
 uint64_t api_monotonic_ns(void);
 

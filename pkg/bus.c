@@ -7,11 +7,12 @@
  * (the agent's publisher) when the state changes.
  */
 #include "bus.h"
+#include "clock.h"
+#include "errmsg.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,15 +45,11 @@ struct bus {
     void *listener_ctx;
 };
 
-static void set_error(struct bus *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_error(struct bus *b, const char *fmt, ...)
+/* Keeps msg as the reason bus_last_error() reports, under the lock its readers take. */
+static void set_error(struct bus *b, const char *msg)
 {
-    va_list ap;
     pthread_mutex_lock(&b->lock);
-    va_start(ap, fmt);
-    vsnprintf(b->last_error, sizeof(b->last_error), fmt, ap);
-    va_end(ap);
+    snprintf(b->last_error, sizeof(b->last_error), "%s", msg);
     pthread_mutex_unlock(&b->lock);
 }
 
@@ -79,7 +76,7 @@ static void on_disconnected(natsConnection *nc, void *closure)
     __atomic_fetch_add(&b->disconnects, 1, __ATOMIC_RELAXED);
     const char *last = NULL;
     if (natsConnection_GetLastError(nc, &last) != NATS_OK && last && *last)
-        set_error(b, "%s", last);
+        set_error(b, last);
     notify(b, false);
 }
 
@@ -100,7 +97,7 @@ static void keep_last_error(struct bus *b, natsConnection *nc)
 {
     const char *last = NULL;
     if (nc && natsConnection_GetLastError(nc, &last) != NATS_OK && specific_error(last))
-        set_error(b, "%s", last);
+        set_error(b, last);
 }
 
 static void on_closed(natsConnection *nc, void *closure)
@@ -126,21 +123,7 @@ static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, 
 {
     struct bus *b = closure;
     __atomic_fetch_add(&b->async_errors, 1, __ATOMIC_RELAXED);
-    set_error(b, "%s", natsStatus_GetText(err));
-}
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -EINVAL;
+    set_error(b, natsStatus_GetText(err));
 }
 
 /* nats.c's own message for the last failure on this thread, or its status text. */
@@ -153,7 +136,8 @@ static const char *nats_reason(natsStatus s)
 static int check_readable(const char *key, const char *path, char *err, size_t errlen)
 {
     if (access(path, R_OK) < 0)
-        return fail(err, errlen, "cannot read %s file \"%s\": %s", key, path, strerror(errno));
+        return errmsg_set(err, errlen, "cannot read %s file \"%s\": %s", key, path,
+                          strerror(errno));
     return 0;
 }
 
@@ -188,7 +172,7 @@ static int build_options(struct bus *b, const struct config *cfg, const struct b
     snprintf(list, sizeof(list), "%s", cfg->nats_url);
     int n = split_servers(list, servers, BUS_MAX_SERVERS, &tls);
     if (n == 0)
-        return fail(err, errlen, "NATS_URL=\"%s\" names no server", cfg->nats_url);
+        return errmsg_set(err, errlen, "NATS_URL=\"%s\" names no server", cfg->nats_url);
     if (cfg->nats_creds[0] && check_readable("NATS_CREDS", cfg->nats_creds, err, errlen))
         return -EINVAL;
     if (cfg->nats_tls_ca[0] && check_readable("NATS_TLS_CA", cfg->nats_tls_ca, err, errlen))
@@ -199,10 +183,11 @@ static int build_options(struct bus *b, const struct config *cfg, const struct b
         return -EINVAL;
 
     if ((s = natsOptions_Create(&b->opts)) != NATS_OK)
-        return fail(err, errlen, "NATS options: %s", nats_reason(s));
+        return errmsg_set(err, errlen, "NATS options: %s", nats_reason(s));
     natsOptions *opts = b->opts;
     if ((s = natsOptions_SetServers(opts, servers, n)) != NATS_OK)
-        return fail(err, errlen, "invalid NATS_URL=\"%s\": %s", cfg->nats_url, nats_reason(s));
+        return errmsg_set(err, errlen, "invalid NATS_URL=\"%s\": %s", cfg->nats_url,
+                          nats_reason(s));
     /* Keep the configured order: the first server is usually the local one. */
     s = natsOptions_SetNoRandomize(opts, true);
     if (s == NATS_OK && o && o->name)
@@ -228,25 +213,27 @@ static int build_options(struct bus *b, const struct config *cfg, const struct b
     if (s == NATS_OK && o && o->no_echo)
         s = natsOptions_SetNoEcho(opts, true);
     if (s != NATS_OK)
-        return fail(err, errlen, "NATS options: %s", nats_reason(s));
+        return errmsg_set(err, errlen, "NATS options: %s", nats_reason(s));
 
     if (cfg->nats_user[0] &&
         (s = natsOptions_SetUserInfo(opts, cfg->nats_user, cfg->nats_password)) != NATS_OK)
-        return fail(err, errlen, "NATS_USER: %s", nats_reason(s));
+        return errmsg_set(err, errlen, "NATS_USER: %s", nats_reason(s));
     if (cfg->nats_token[0] && (s = natsOptions_SetToken(opts, cfg->nats_token)) != NATS_OK)
-        return fail(err, errlen, "NATS_TOKEN: %s", nats_reason(s));
+        return errmsg_set(err, errlen, "NATS_TOKEN: %s", nats_reason(s));
     if (cfg->nats_creds[0] &&
         (s = natsOptions_SetUserCredentialsFromFiles(opts, cfg->nats_creds, NULL)) != NATS_OK)
-        return fail(err, errlen, "NATS_CREDS file \"%s\": %s", cfg->nats_creds, nats_reason(s));
+        return errmsg_set(err, errlen, "NATS_CREDS file \"%s\": %s", cfg->nats_creds,
+                          nats_reason(s));
     if (tls && (s = natsOptions_SetSecure(opts, true)) != NATS_OK)
-        return fail(err, errlen, "NATS TLS: %s", nats_reason(s));
+        return errmsg_set(err, errlen, "NATS TLS: %s", nats_reason(s));
     if (cfg->nats_tls_ca[0] &&
         (s = natsOptions_LoadCATrustedCertificates(opts, cfg->nats_tls_ca)) != NATS_OK)
-        return fail(err, errlen, "NATS_TLS_CA file \"%s\": %s", cfg->nats_tls_ca, nats_reason(s));
+        return errmsg_set(err, errlen, "NATS_TLS_CA file \"%s\": %s", cfg->nats_tls_ca,
+                          nats_reason(s));
     if (cfg->nats_tls_cert[0] && (s = natsOptions_LoadCertificatesChain(
                                       opts, cfg->nats_tls_cert, cfg->nats_tls_key)) != NATS_OK)
-        return fail(err, errlen, "NATS_TLS_CERT/NATS_TLS_KEY \"%s\"/\"%s\": %s", cfg->nats_tls_cert,
-                    cfg->nats_tls_key, nats_reason(s));
+        return errmsg_set(err, errlen, "NATS_TLS_CERT/NATS_TLS_KEY \"%s\"/\"%s\": %s",
+                          cfg->nats_tls_cert, cfg->nats_tls_key, nats_reason(s));
     return 0;
 }
 
@@ -255,15 +242,11 @@ struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o,
 {
     struct bus *b = calloc(1, sizeof(*b));
     if (!b) {
-        fail(err, errlen, "out of memory");
+        errmsg_set(err, errlen, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&b->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&b->closed_cond, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&b->closed_cond);
     if (build_options(b, cfg, o, err, errlen) < 0) {
         bus_close(b);
         return NULL;
@@ -282,7 +265,9 @@ struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o,
         bool closed = __atomic_load_n(&b->closed, __ATOMIC_ACQUIRE);
         pthread_mutex_unlock(&b->lock);
         if (!closed) {
-            set_error(b, "no NATS server reachable at %s", urls);
+            char msg[sizeof(b->last_error)];
+            errmsg_set(msg, sizeof(msg), "no NATS server reachable at %s", urls);
+            set_error(b, msg);
             keep_last_error(b, b->nc);
         }
     } else {
@@ -290,7 +275,7 @@ struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o,
          * A server answered and refused us (authorization, TLS mismatch): a
          * configuration problem the operator must see, not a transient one.
          */
-        fail(err, errlen, "NATS %s: %s", cfg->nats_url, nats_reason(s));
+        errmsg_set(err, errlen, "NATS %s: %s", cfg->nats_url, nats_reason(s));
         b->nc = NULL;
         bus_close(b);
         return NULL;
@@ -304,6 +289,18 @@ struct bus *bus_open(const struct config *cfg, const char *name, char *err, size
     return bus_open_opts(cfg, &o, err, errlen);
 }
 
+bool bus_wait_closed(struct bus *b, unsigned timeout_ms)
+{
+    struct timespec until = clock_deadline_ms(timeout_ms);
+    pthread_mutex_lock(&b->lock);
+    int rc = 0;
+    while (!__atomic_load_n(&b->closed, __ATOMIC_ACQUIRE) && rc == 0)
+        rc = pthread_cond_timedwait(&b->closed_cond, &b->lock, &until);
+    bool closed = __atomic_load_n(&b->closed, __ATOMIC_ACQUIRE);
+    pthread_mutex_unlock(&b->lock);
+    return closed;
+}
+
 void bus_close(struct bus *b)
 {
     if (!b)
@@ -313,16 +310,9 @@ void bus_close(struct bus *b)
     if (b->nc) {
         natsConnection_Close(b->nc);
         /* nats.c runs the closed callback on its own thread, after Close returns. */
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_sec += BUS_CLOSE_WAIT_S;
-        pthread_mutex_lock(&b->lock);
-        int rc = 0;
-        while (!__atomic_load_n(&b->closed, __ATOMIC_ACQUIRE) && rc == 0)
-            rc = pthread_cond_timedwait(&b->closed_cond, &b->lock, &until);
-        pthread_mutex_unlock(&b->lock);
+        bool closed = bus_wait_closed(b, BUS_CLOSE_WAIT_S * 1000);
         natsConnection_Destroy(b->nc);
-        if (rc) /* never seen; leaking beats a use-after-free in a late callback */
+        if (!closed) /* never seen; leaking beats a use-after-free in a late callback */
             return;
     }
     natsOptions_Destroy(b->opts);

@@ -61,6 +61,14 @@ struct bus *bus_open(const struct config *cfg, const char *name, char *err, size
 struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o, char *err,
                           size_t errlen);
 void bus_close(struct bus *b);
+/*
+ * Waits up to timeout_ms for nats.c to close the connection for good (its
+ * closed callback has run, after a refused login or bus_close()); true once
+ * it has, false on timeout. The reason is then in bus_get_status().last_error.
+ */
+bool bus_wait_closed(struct bus *b, unsigned timeout_ms);
+/* How long to give nats.c to report a refused login after a call failed on it. */
+#define BUS_CLOSED_WAIT_MS 2000
 natsConnection *bus_conn(struct bus *b);
 void bus_get_status(struct bus *b, struct bus_status *out);
 bool bus_connected(struct bus *b);

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "intern.h"
 
 #define CGROUP_CACHE_DEFAULT 8192
@@ -223,13 +224,6 @@ struct cgroup_resolver {
     bool scanned;
     struct cgroup_resolver_stats stats;
 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static uint32_t bucket_of(const struct cgroup_resolver *r, uint64_t id)
 {
@@ -455,7 +449,7 @@ int cgroup_resolve(struct cgroup_resolver *r, uint64_t cgroup_id, uint64_t exist
         rc = 0;
         goto out;
     }
-    uint64_t now = now_ns();
+    uint64_t now = clock_realtime_ns();
     int fd = open(r->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {
         rc = -errno;

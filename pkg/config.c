@@ -8,12 +8,12 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <yaml.h>
 
+#include "errmsg.h"
 #include "event.h"
 #include "redact.h"
 #include "strlist.h"
@@ -132,14 +132,6 @@ enum source {
 };
 
 static const char *const source_names[] = {"default", "config file", "environment", "flag"};
-
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Unit multipliers shared by durations and sizes. */
 struct unit {
@@ -420,8 +412,8 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
         }
         return 0;
     }
-    errf(err, errlen, "invalid %s=\"%s\" (from %s): must be %s", k->name, value, source_names[src],
-         allowed);
+    errmsg_set(err, errlen, "invalid %s=\"%s\" (from %s): must be %s", k->name, value,
+               source_names[src], allowed);
     return -EINVAL;
 
 store_num:
@@ -461,7 +453,7 @@ static int load_file(struct config *c, const char *path, bool *seen, char *err, 
 {
     FILE *f = fopen(path, "r");
     if (!f) {
-        errf(err, errlen, "config file %s: %s", path, strerror(errno));
+        errmsg_set(err, errlen, "config file %s: %s", path, strerror(errno));
         return -EINVAL;
     }
     yaml_parser_t parser;
@@ -470,9 +462,9 @@ static int load_file(struct config *c, const char *path, bool *seen, char *err, 
     yaml_parser_initialize(&parser);
     yaml_parser_set_input_file(&parser, f);
     if (!yaml_parser_load(&parser, &doc)) {
-        errf(err, errlen, "config file %s: line %zu: %s", path,
-             (size_t)parser.problem_mark.line + 1,
-             parser.problem ? parser.problem : "invalid YAML");
+        errmsg_set(err, errlen, "config file %s: line %zu: %s", path,
+                   (size_t)parser.problem_mark.line + 1,
+                   parser.problem ? parser.problem : "invalid YAML");
         yaml_parser_delete(&parser);
         fclose(f);
         return -EINVAL;
@@ -481,7 +473,7 @@ static int load_file(struct config *c, const char *path, bool *seen, char *err, 
     if (!root) /* empty file: nothing to set */
         goto out;
     if (root->type != YAML_MAPPING_NODE) {
-        errf(err, errlen, "config file %s: must be a mapping of KEY: value", path);
+        errmsg_set(err, errlen, "config file %s: must be a mapping of KEY: value", path);
         rc = -EINVAL;
         goto out;
     }
@@ -491,25 +483,28 @@ static int load_file(struct config *c, const char *path, bool *seen, char *err, 
         yaml_node_t *vn = yaml_document_get_node(&doc, p->value);
         size_t line = kn->start_mark.line + 1;
         if (kn->type != YAML_SCALAR_NODE) {
-            errf(err, errlen, "config file %s: line %zu: keys must be plain names", path, line);
+            errmsg_set(err, errlen, "config file %s: line %zu: keys must be plain names", path,
+                       line);
             rc = -EINVAL;
             goto out;
         }
         const char *name = (const char *)kn->data.scalar.value;
         const struct key *k = find_key(name, kn->data.scalar.length);
         if (!k) {
-            errf(err, errlen, "config file %s: line %zu: unknown key \"%s\"", path, line, name);
+            errmsg_set(err, errlen, "config file %s: line %zu: unknown key \"%s\"", path, line,
+                       name);
             rc = -EINVAL;
             goto out;
         }
         if (vn->type != YAML_SCALAR_NODE) {
-            errf(err, errlen, "config file %s: line %zu: %s must be a single value", path, line,
-                 k->name);
+            errmsg_set(err, errlen, "config file %s: line %zu: %s must be a single value", path,
+                       line, k->name);
             rc = -EINVAL;
             goto out;
         }
         if (seen[k - keys]) {
-            errf(err, errlen, "config file %s: line %zu: %s is set twice", path, line, k->name);
+            errmsg_set(err, errlen, "config file %s: line %zu: %s is set twice", path, line,
+                       k->name);
             rc = -EINVAL;
             goto out;
         }
@@ -619,7 +614,7 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
             continue;
         }
         if (strncmp(a, "--", 2) != 0) {
-            errf(err, errlen, "unexpected argument \"%s\" (see --help)", a);
+            errmsg_set(err, errlen, "unexpected argument \"%s\" (see --help)", a);
             return CONFIG_INVALID;
         }
         const char *name = a + 2, *eq = strchr(name, '=');
@@ -628,12 +623,13 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
         bool is_config = nlen == 6 && strncmp(name, "config", 6) == 0;
         const struct key *k = is_config ? NULL : find_key(name, nlen);
         if (!is_config && (!k || !(k->roles & role) || memchr(name, '_', nlen))) {
-            errf(err, errlen, "unknown option --%.*s (see --help)", (int)nlen, name);
+            errmsg_set(err, errlen, "unknown option --%.*s (see --help)", (int)nlen, name);
             return CONFIG_INVALID;
         }
         if (!value) {
             if (i + 1 >= argc) {
-                errf(err, errlen, "option --%.*s needs a value (see --help)", (int)nlen, name);
+                errmsg_set(err, errlen, "option --%.*s needs a value (see --help)", (int)nlen,
+                           name);
                 return CONFIG_INVALID;
             }
             value = argv[++i];
@@ -664,16 +660,17 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
             return CONFIG_INVALID;
 
     if (!c->node_name[0] && gethostname(c->node_name, sizeof(c->node_name) - 1) < 0) {
-        errf(err, errlen, "NODE_NAME is not set and the hostname is unavailable: %s",
-             strerror(errno));
+        errmsg_set(err, errlen, "NODE_NAME is not set and the hostname is unavailable: %s",
+                   strerror(errno));
         return CONFIG_INVALID;
     }
     if (!c->subject_prefix[0] || strpbrk(c->subject_prefix, " \t*>") ||
         c->subject_prefix[strlen(c->subject_prefix) - 1] == '.' || c->subject_prefix[0] == '.') {
-        errf(err, errlen,
-             "invalid SUBJECT_PREFIX=\"%s\": must be a NATS subject without wildcards, spaces "
-             "or a leading/trailing '.'",
-             c->subject_prefix);
+        errmsg_set(
+            err, errlen,
+            "invalid SUBJECT_PREFIX=\"%s\": must be a NATS subject without wildcards, spaces "
+            "or a leading/trailing '.'",
+            c->subject_prefix);
         return CONFIG_INVALID;
     }
     if (role == CONFIG_AGGREGATOR) {
@@ -681,40 +678,41 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
         if (!c->control_subject[0] || strpbrk(c->control_subject, " \t*>") ||
             (strncmp(c->control_subject, c->subject_prefix, plen) == 0 &&
              (c->control_subject[plen] == '.' || c->control_subject[plen] == '\0'))) {
-            errf(err, errlen,
-                 "invalid CONTROL_SUBJECT=\"%s\": must be a NATS subject without wildcards "
-                 "outside SUBJECT_PREFIX \"%s\"",
-                 c->control_subject, c->subject_prefix);
+            errmsg_set(err, errlen,
+                       "invalid CONTROL_SUBJECT=\"%s\": must be a NATS subject without wildcards "
+                       "outside SUBJECT_PREFIX \"%s\"",
+                       c->control_subject, c->subject_prefix);
             return CONFIG_INVALID;
         }
         if (!c->queue_group[0] || strpbrk(c->queue_group, " \t*>.")) {
-            errf(err, errlen,
-                 "invalid QUEUE_GROUP=\"%s\": must be one subject token (no '.', '*', '>' "
-                 "or spaces)",
-                 c->queue_group);
+            errmsg_set(err, errlen,
+                       "invalid QUEUE_GROUP=\"%s\": must be one subject token (no '.', '*', '>' "
+                       "or spaces)",
+                       c->queue_group);
             return CONFIG_INVALID;
         }
     }
     if (!nats_urls_valid(c->nats_url)) {
-        errf(err, errlen,
-             "invalid NATS_URL=\"%s\": must be a comma-separated list of servers such as "
-             "nats://HOST:4222, tls://HOST:4222 or HOST:4222",
-             c->nats_url);
+        errmsg_set(err, errlen,
+                   "invalid NATS_URL=\"%s\": must be a comma-separated list of servers such as "
+                   "nats://HOST:4222, tls://HOST:4222 or HOST:4222",
+                   c->nats_url);
         return CONFIG_INVALID;
     }
     if (!c->tls_cert[0] != !c->tls_key[0]) {
-        errf(err, errlen, "TLS_CERT and TLS_KEY must be set together (%s is missing)",
-             c->tls_cert[0] ? "TLS_KEY" : "TLS_CERT");
+        errmsg_set(err, errlen, "TLS_CERT and TLS_KEY must be set together (%s is missing)",
+                   c->tls_cert[0] ? "TLS_KEY" : "TLS_CERT");
         return CONFIG_INVALID;
     }
     if (!c->nats_tls_cert[0] != !c->nats_tls_key[0]) {
-        errf(err, errlen, "NATS_TLS_CERT and NATS_TLS_KEY must be set together (%s is missing)",
-             c->nats_tls_cert[0] ? "NATS_TLS_KEY" : "NATS_TLS_CERT");
+        errmsg_set(err, errlen,
+                   "NATS_TLS_CERT and NATS_TLS_KEY must be set together (%s is missing)",
+                   c->nats_tls_cert[0] ? "NATS_TLS_KEY" : "NATS_TLS_CERT");
         return CONFIG_INVALID;
     }
     if (!c->nats_user[0] != !c->nats_password[0]) {
-        errf(err, errlen, "NATS_USER and NATS_PASSWORD must be set together (%s is missing)",
-             c->nats_user[0] ? "NATS_PASSWORD" : "NATS_USER");
+        errmsg_set(err, errlen, "NATS_USER and NATS_PASSWORD must be set together (%s is missing)",
+                   c->nats_user[0] ? "NATS_PASSWORD" : "NATS_USER");
         return CONFIG_INVALID;
     }
     return CONFIG_OK;

@@ -1,5 +1,5 @@
 /*
- * Configuration for the agent and the aggregator (SPEC section 3).
+ * Configuration for the agent and the aggregator (README.md, "Configuration").
  *
  * Precedence: command-line flag > environment variable > YAML file
  * (--config FILE or CONFIG_FILE) > default. Every key has one name used

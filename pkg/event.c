@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+
 static const char *const type_names[EVENT_TYPE_COUNT] = {
     [EVENT_CONNECTION] = "connection",
     [EVENT_ACCEPT] = "accept",
@@ -252,9 +254,7 @@ void event_id_gen_init(struct event_id_gen *g)
 {
     g->counter = 0;
     if (getrandom(&g->seed, sizeof(g->seed), 0) != sizeof(g->seed)) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        g->seed = mix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)getpid());
+        g->seed = mix64(clock_realtime_ns() ^ ((uint64_t)getpid() << 32));
     }
 }
 

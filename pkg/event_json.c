@@ -1,5 +1,5 @@
 /*
- * JSON codec for events in the API's format (SPEC section 5).
+ * JSON codec for events in the API's format (README.md, "Events").
  *
  * The writer is on the hot path of the HTTP API, the SSE stream and the JSON
  * bus encoding, so it formats integers and times by hand and caches the date
@@ -9,13 +9,13 @@
  */
 #include "event_json.h"
 
+#include "errmsg.h"
 #include "intern.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
 #include <netinet/in.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -475,26 +475,12 @@ struct parse_ctx {
     size_t errlen;
 };
 
-static int parse_fail(struct parse_ctx *c, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int parse_fail(struct parse_ctx *c, int rc, const char *fmt, ...)
-{
-    if (c->err && c->errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(c->err, c->errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 /* Looks up key; *out is NULL when absent. Fails when required and absent. */
 static int get_field(struct parse_ctx *c, const char *key, bool required, json_t **out)
 {
     *out = json_object_get(c->root, key);
     if (!*out && required)
-        return parse_fail(c, -EINVAL, "field \"%s\": required", key);
+        return errmsg_set(c->err, c->errlen, "field \"%s\": required", key);
     return 0;
 }
 
@@ -507,7 +493,7 @@ static int get_int(struct parse_ctx *c, const char *key, bool required, int64_t 
     if (rc || !j)
         return rc;
     if (!json_is_integer(j) || json_integer_value(j) < min || json_integer_value(j) > max)
-        return parse_fail(c, -EINVAL, "field \"%s\": expected an integer in %lld..%lld", key,
+        return errmsg_set(c->err, c->errlen, "field \"%s\": expected an integer in %lld..%lld", key,
                           (long long)min, (long long)max);
     *v = json_integer_value(j);
     return 0;
@@ -532,7 +518,7 @@ static int get_str(struct parse_ctx *c, const char *key, bool required, const ch
     if (rc || !j)
         return rc;
     if (!json_is_string(j))
-        return parse_fail(c, -EINVAL, "field \"%s\": expected a string", key);
+        return errmsg_set(c->err, c->errlen, "field \"%s\": expected a string", key);
     *s = json_string_value(j);
     *len = json_string_length(j);
     return 0;
@@ -596,23 +582,25 @@ static int decode_raw(struct parse_ctx *c, const char *key, json_t *j, const cha
 {
     *raw = NULL;
     if (!json_is_string(j))
-        return parse_fail(c, -EINVAL, "field \"%s_b64\": expected a base64 string", key);
+        return errmsg_set(c->err, c->errlen, "field \"%s_b64\": expected a base64 string", key);
     size_t len = json_string_length(j);
     char *out = malloc(len / 4 * 3 + 1);
-    if (!out)
-        return parse_fail(c, -ENOMEM, "field \"%s_b64\": out of memory", key);
+    if (!out) {
+        errmsg_set(c->err, c->errlen, "field \"%s_b64\": out of memory", key);
+        return -ENOMEM;
+    }
     if (b64_decode(json_string_value(j), len, out, rawlen) < 0) {
         free(out);
-        return parse_fail(c, -EINVAL, "field \"%s_b64\": not padded standard base64", key);
+        return errmsg_set(c->err, c->errlen, "field \"%s_b64\": not padded standard base64", key);
     }
     out[*rawlen] = '\0';
     if (memchr(out, '\0', *rawlen)) {
         free(out);
-        return parse_fail(c, -EINVAL, "field \"%s_b64\": contains a NUL byte", key);
+        return errmsg_set(c->err, c->errlen, "field \"%s_b64\": contains a NUL byte", key);
     }
     if (!text || !is_text_of(out, *rawlen, text, textlen)) {
         free(out);
-        return parse_fail(c, -EINVAL, "field \"%s_b64\": does not match \"%s\"", key, key);
+        return errmsg_set(c->err, c->errlen, "field \"%s_b64\": does not match \"%s\"", key, key);
     }
     *raw = out;
     return 0;
@@ -639,8 +627,10 @@ static int get_interned(struct parse_ctx *c, const char *key, const char **dst)
     int rc = get_str(c, key, false, &s, &len);
     if (rc || !s)
         return rc;
-    if (!(*dst = intern_n(s, len)))
-        return parse_fail(c, -ENOMEM, "field \"%s\": string table full", key);
+    if (!(*dst = intern_n(s, len))) {
+        errmsg_set(c->err, c->errlen, "field \"%s\": string table full", key);
+        return -ENOMEM;
+    }
     return 0;
 }
 
@@ -658,7 +648,7 @@ static int parse_protocol(struct parse_ctx *c, struct event *e)
             return 0;
         }
     }
-    return parse_fail(c, -EINVAL, "field \"protocol\": unknown protocol \"%s\"", s);
+    return errmsg_set(c->err, c->errlen, "field \"protocol\": unknown protocol \"%s\"", s);
 }
 
 static int parse_addrs(struct parse_ctx *c, struct event *e)
@@ -672,7 +662,7 @@ static int parse_addrs(struct parse_ctx *c, struct event *e)
         return rc;
     if (!fam) {
         if (sip || dip)
-            return parse_fail(c, -EINVAL, "field \"family\": required with addresses");
+            return errmsg_set(c->err, c->errlen, "field \"family\": required with addresses");
         return 0;
     }
     int af;
@@ -683,12 +673,12 @@ static int parse_addrs(struct parse_ctx *c, struct event *e)
         e->family = EVENT_FAMILY_IPV6;
         af = AF_INET6;
     } else {
-        return parse_fail(c, -EINVAL, "field \"family\": expected \"ipv4\" or \"ipv6\"");
+        return errmsg_set(c->err, c->errlen, "field \"family\": expected \"ipv4\" or \"ipv6\"");
     }
     if (sip && inet_pton(af, sip, e->saddr) != 1)
-        return parse_fail(c, -EINVAL, "field \"source_ip\": not an %s address", fam);
+        return errmsg_set(c->err, c->errlen, "field \"source_ip\": not an %s address", fam);
     if (dip && inet_pton(af, dip, e->daddr) != 1)
-        return parse_fail(c, -EINVAL, "field \"dest_ip\": not an %s address", fam);
+        return errmsg_set(c->err, c->errlen, "field \"dest_ip\": not an %s address", fam);
     GET_UINT(c, "source_port", 65535, e->sport);
     GET_UINT(c, "dest_port", 65535, e->dport);
     return 0;
@@ -710,7 +700,7 @@ static int parse_conn(struct parse_ctx *c, struct event *e)
             if (strcmp(s, event_status_name(st)) == 0)
                 e->status = (uint8_t)st;
         if (!e->status)
-            return parse_fail(c, -EINVAL,
+            return errmsg_set(c->err, c->errlen,
                               "field \"status\": expected established, failed or attempted");
     }
     GET_UINT(c, "latency_ns", INT64_MAX, e->u.conn.latency_ns);
@@ -770,17 +760,18 @@ static int parse_args(struct parse_ctx *c, struct event *e)
     if ((rc = get_field(c, "args", false, &j)) || (rc = get_field(c, "args_b64", false, &jb)))
         return rc;
     if (!j && jb)
-        return parse_fail(c, -EINVAL, "field \"args_b64\": without \"args\"");
+        return errmsg_set(c->err, c->errlen, "field \"args_b64\": without \"args\"");
     if (!j)
         return 0;
     if (!json_is_array(j))
-        return parse_fail(c, -EINVAL, "field \"args\": expected an array of strings");
+        return errmsg_set(c->err, c->errlen, "field \"args\": expected an array of strings");
     if (jb && (!json_is_array(jb) || json_array_size(jb) != json_array_size(j)))
-        return parse_fail(c, -EINVAL, "field \"args_b64\": expected an array as long as \"args\"");
+        return errmsg_set(c->err, c->errlen,
+                          "field \"args_b64\": expected an array as long as \"args\"");
     json_array_foreach(j, i, a)
     {
         if (!json_is_string(a))
-            return parse_fail(c, -EINVAL, "field \"args\": element %zu is not a string", i);
+            return errmsg_set(c->err, c->errlen, "field \"args\": element %zu is not a string", i);
         /* Base64 never decodes to more bytes than its text has. */
         total +=
             (jb && json_is_string(json_array_get(jb, i)) ? json_string_length(json_array_get(jb, i))
@@ -788,12 +779,14 @@ static int parse_args(struct parse_ctx *c, struct event *e)
             1;
     }
     if (total > UINT32_MAX)
-        return parse_fail(c, -EINVAL, "field \"args\": too long");
+        return errmsg_set(c->err, c->errlen, "field \"args\": too long");
     if (!total)
         return 0;
     char *p = e->u.exec.args = malloc(total + 1);
-    if (!p)
-        return parse_fail(c, -ENOMEM, "field \"args\": out of memory");
+    if (!p) {
+        errmsg_set(c->err, c->errlen, "field \"args\": out of memory");
+        return -ENOMEM;
+    }
     json_array_foreach(j, i, a)
     {
         const char *s = json_string_value(a);
@@ -822,15 +815,17 @@ static int parse_exec(struct parse_ctx *c, struct event *e)
         return rc;
     if (raw)
         e->u.exec.filename = raw;
-    else if (s && !(e->u.exec.filename = strndup(s, len)))
-        return parse_fail(c, -ENOMEM, "field \"filename\": out of memory");
+    else if (s && !(e->u.exec.filename = strndup(s, len))) {
+        errmsg_set(c->err, c->errlen, "field \"filename\": out of memory");
+        return -ENOMEM;
+    }
     if ((rc = parse_args(c, e)))
         return rc;
     if ((rc = get_field(c, "args_truncated", false, &j)))
         return rc;
     if (j) {
         if (!json_is_boolean(j))
-            return parse_fail(c, -EINVAL, "field \"args_truncated\": expected a boolean");
+            return errmsg_set(c->err, c->errlen, "field \"args_truncated\": expected a boolean");
         e->u.exec.args_truncated = json_is_true(j);
     }
     return 0;
@@ -862,12 +857,12 @@ static int parse_event(struct parse_ctx *c, struct event *e)
         return rc;
     e->type = (uint8_t)event_type_parse(s, len);
     if (e->type == EVENT_TYPE_NONE)
-        return parse_fail(c, -EINVAL, "field \"type\": unknown event type \"%s\"", s);
+        return errmsg_set(c->err, c->errlen, "field \"type\": unknown event type \"%s\"", s);
 
     if ((rc = get_str(c, "id", true, &s, &len)))
         return rc;
     if (len != 16)
-        return parse_fail(c, -EINVAL, "field \"id\": expected 16 hex characters");
+        return errmsg_set(c->err, c->errlen, "field \"id\": expected 16 hex characters");
     for (size_t i = 0; i < 16; i++) {
         char ch = s[i];
         unsigned v = ch >= '0' && ch <= '9'   ? (unsigned)(ch - '0')
@@ -875,7 +870,7 @@ static int parse_event(struct parse_ctx *c, struct event *e)
                      : ch >= 'A' && ch <= 'F' ? (unsigned)(ch - 'A' + 10)
                                               : 16;
         if (v == 16)
-            return parse_fail(c, -EINVAL, "field \"id\": expected 16 hex characters");
+            return errmsg_set(c->err, c->errlen, "field \"id\": expected 16 hex characters");
         e->id = e->id << 4 | v;
     }
 
@@ -896,7 +891,7 @@ static int parse_event(struct parse_ctx *c, struct event *e)
     if (raw) {
         if (rawlen >= sizeof(e->command)) {
             free(raw);
-            return parse_fail(c, -EINVAL, "field \"command_b64\": longer than %zu bytes",
+            return errmsg_set(c->err, c->errlen, "field \"command_b64\": longer than %zu bytes",
                               sizeof(e->command) - 1);
         }
         memcpy(e->command, raw, rawlen + 1);
@@ -956,10 +951,10 @@ int event_json_parse(const char *s, size_t len, struct event *out, char *err, si
     memset(out, 0, sizeof(*out));
     c.root = json_loadb(s, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!c.root)
-        return parse_fail(&c, -EINVAL, "invalid JSON at line %d column %d: %s", jerr.line,
+        return errmsg_set(c.err, c.errlen, "invalid JSON at line %d column %d: %s", jerr.line,
                           jerr.column, jerr.text);
     if (!json_is_object(c.root))
-        rc = parse_fail(&c, -EINVAL, "expected a JSON object");
+        rc = errmsg_set(c.err, c.errlen, "expected a JSON object");
     else
         rc = parse_event(&c, out);
     json_decref(c.root);

@@ -1,5 +1,5 @@
 /*
- * JSON encoding of events in the API's format (SPEC section 5). Used by the
+ * JSON encoding of events in the API's format (README.md, "Events"). Used by the
  * HTTP API, the SSE stream, the JSON bus encoding and the tail command.
  */
 #ifndef EBPF_MONITOR_EVENT_JSON_H

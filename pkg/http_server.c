@@ -1,6 +1,6 @@
 /*
  * The HTTP API server: an h2o (evloop) loop on its own thread serving exact-path
- * GET routes, bearer-token auth for every /api/ path, optional TLS, and one Server-Sent
+ * GET and HEAD routes, bearer-token auth for every /api/ path, optional TLS, and one Server-Sent
  * Events stream fed by http_server_publish().
  *
  * Threads: everything h2o touches (sockets, requests, stream clients) belongs
@@ -31,7 +31,10 @@
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 
+#include "clock.h"
+#include "errmsg.h"
 #include "event_json.h"
+#include "h2o_shim.h"
 #include "query.h"
 
 #define HTTP_STREAM_CLIENT_BUFFER_DEFAULT (1u << 20)
@@ -787,10 +790,10 @@ static int listen_on(const char *addr, int *out_port, char *err, size_t errlen)
     socklen_t blen = sizeof(bound);
 
     if (parse_listen_addr(addr, host, sizeof(host), &port) != 0) {
-        snprintf(err, errlen,
-                 "listen on %s: invalid address (want \":8080\", \"127.0.0.1:8080\" or "
-                 "\"[::1]:8080\")",
-                 addr);
+        errmsg_set(err, errlen,
+                   "listen on %s: invalid address (want \":8080\", \"127.0.0.1:8080\" or "
+                   "\"[::1]:8080\")",
+                   addr);
         return -EINVAL;
     }
     if (host[0] == '\0') {
@@ -812,20 +815,20 @@ static int listen_on(const char *addr, int *out_port, char *err, size_t errlen)
         hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
         rc = getaddrinfo(host, portstr, &hints, &res);
         if (rc != 0) {
-            snprintf(err, errlen, "listen on %s: %s", addr, gai_strerror(rc));
+            errmsg_set(err, errlen, "listen on %s: %s", addr, gai_strerror(rc));
             return -EINVAL;
         }
         fd = bind_one(res->ai_addr, res->ai_addrlen, false);
         freeaddrinfo(res);
     }
     if (fd < 0) {
-        snprintf(err, errlen, "listen on %s: %s", addr, strerror(-fd));
+        errmsg_set(err, errlen, "listen on %s: %s", addr, strerror(-fd));
         return fd;
     }
     if (getsockname(fd, &bound.sa, &blen) != 0) {
         int e = errno;
         close(fd);
-        snprintf(err, errlen, "listen on %s: getsockname: %s", addr, strerror(e));
+        errmsg_set(err, errlen, "listen on %s: getsockname: %s", addr, strerror(e));
         return -e;
     }
     *out_port = ntohs(bound.sa.sa_family == AF_INET6 ? bound.in6.sin6_port : bound.in.sin_port);
@@ -852,23 +855,23 @@ static SSL_CTX *tls_setup(const char *cert, const char *key, char *err, size_t e
 
     if (ctx == NULL) {
         ssl_error_string(why, sizeof(why));
-        snprintf(err, errlen, "TLS: %s", why);
+        errmsg_set(err, errlen, "TLS: %s", why);
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         ssl_error_string(why, sizeof(why));
-        snprintf(err, errlen, "TLS certificate %s: %s", cert, why);
+        errmsg_set(err, errlen, "TLS certificate %s: %s", cert, why);
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
         ssl_error_string(why, sizeof(why));
-        snprintf(err, errlen, "TLS key %s: %s", key, why);
+        errmsg_set(err, errlen, "TLS key %s: %s", key, why);
         goto fail;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
         ssl_error_string(why, sizeof(why));
-        snprintf(err, errlen, "TLS key %s does not match certificate %s: %s", key, cert, why);
+        errmsg_set(err, errlen, "TLS key %s does not match certificate %s: %s", key, cert, why);
         goto fail;
     }
     return ctx;
@@ -902,12 +905,12 @@ struct http_server *http_server_new(const struct http_server_config *cfg, char *
         signal(SIGPIPE, SIG_IGN);
 
     if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
-        snprintf(err, errlen, "TLS needs both a certificate and a key (TLS_CERT, TLS_KEY)");
+        errmsg_set(err, errlen, "TLS needs both a certificate and a key (TLS_CERT, TLS_KEY)");
         return NULL;
     }
     s = calloc(1, sizeof(*s));
     if (s == NULL) {
-        snprintf(err, errlen, "http server: out of memory");
+        errmsg_set(err, errlen, "http server: out of memory");
         return NULL;
     }
     s->listen_fd = -1;
@@ -964,7 +967,7 @@ struct http_server *http_server_new(const struct http_server_config *cfg, char *
     return s;
 
 oom:
-    snprintf(err, errlen, "http server: out of memory");
+    errmsg_set(err, errlen, "http server: out of memory");
 fail:
     if (s->listen_fd >= 0)
         close(s->listen_fd);
@@ -1050,14 +1053,6 @@ int http_server_start(struct http_server *s)
     return 0;
 }
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /*
  * Closes every connection so the loop can be destroyed: streams get their
  * final chunk, then every socket is shut down, which makes h2o see EOF or a
@@ -1068,9 +1063,7 @@ static bool close_connections(struct http_server *s)
     h2o_linklist_t *node, *next;
     uint64_t deadline;
 
-    /* HTTP/1 only: the flag makes responses close their connection. (The full
-     * h2o_context_request_shutdown would arm an HTTP/2 timer we cannot dispose.) */
-    s->ctx.shutdown_requested = 1;
+    h2o_shim_request_http1_shutdown(&s->ctx);
     for (node = s->stream_clients.next; node != &s->stream_clients; node = next) {
         struct stream_client *c = H2O_STRUCT_FROM_MEMBER(struct stream_client, link, node);
 
@@ -1084,8 +1077,8 @@ static bool close_connections(struct http_server *s)
 
         shutdown(h2o_socket_get_fd(c->sock), SHUT_RDWR);
     }
-    deadline = now_ms() + HTTP_SHUTDOWN_GRACE_MS;
-    while (s->nconns > 0 && now_ms() < deadline)
+    deadline = clock_monotonic_ns() + HTTP_SHUTDOWN_GRACE_MS * 1000000ull;
+    while (s->nconns > 0 && clock_monotonic_ns() < deadline)
         h2o_evloop_run(s->loop, 10);
     return s->nconns == 0;
 }
@@ -1099,16 +1092,16 @@ static void loop_teardown(struct http_server *s)
     h2o_socket_read_stop(s->listener);
     h2o_socket_close(s->listener);
     /* Completions already queued: answer them before the connections close. */
-    on_deferred_messages(&s->deferred_receiver, &s->deferred_receiver._messages);
+    h2o_shim_receiver_flush(&s->deferred_receiver);
     clean = close_connections(s);
     h2o_timeout_unlink(&s->keepalive_entry);
     h2o_timeout_dispose(s->loop, &s->keepalive_timeout);
 
     /* Events published but never delivered. */
-    on_publish_messages(&s->publish_receiver, &s->publish_receiver._messages);
+    h2o_shim_receiver_flush(&s->publish_receiver);
     h2o_multithread_unregister_receiver(s->ctx.queue, &s->publish_receiver);
     h2o_multithread_unregister_receiver(s->ctx.queue, &s->stop_receiver);
-    on_deferred_messages(&s->deferred_receiver, &s->deferred_receiver._messages);
+    h2o_shim_receiver_flush(&s->deferred_receiver);
     h2o_multithread_unregister_receiver(s->ctx.queue, &s->deferred_receiver);
     if (!clean) {
         /* h2o cannot free a loop that still holds a connection. */
@@ -1120,8 +1113,7 @@ static void loop_teardown(struct http_server *s)
     h2o_evloop_destroy(s->loop);
     h2o_config_dispose(&s->config);
     /* Socket buffers h2o keeps for reuse in this thread's cache die with the thread. */
-    while (h2o_socket_buffer_prototype.allocator.cnt > 0)
-        free(h2o_mem_alloc_recycle(&h2o_socket_buffer_prototype.allocator, 1));
+    h2o_shim_free_socket_buffers();
 }
 
 void http_server_free(struct http_server *s)

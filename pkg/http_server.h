@@ -2,9 +2,9 @@
  * The HTTP API server (h2o, evloop) shared by the agent and the aggregator.
  *
  * One thread ("http") runs the h2o event loop. Routes are exact paths served
- * for GET (other methods get 405). Handlers run on that thread and fill a
- * response synchronously, or defer it and complete it later from any thread. Bearer-token auth
- * (API_TOKEN) guards /api/...; TLS is served when a certificate and key are configured.
+ * for GET and HEAD (other methods get 405, with Allow: GET, HEAD). Handlers run on that thread and
+ * fill a response synchronously, or defer it and complete it later from any thread. Bearer-token
+ * auth (API_TOKEN) guards /api/...; TLS is served when a certificate and key are configured.
  *
  * Server-Sent Events: one stream path; each client's filters are parsed with
  * query_parse(stream=true); http_server_publish() hands events from any thread
@@ -52,7 +52,7 @@ typedef void (*http_handler_fn)(void *ctx, const struct http_request *req,
 struct http_server *http_server_new(const struct http_server_config *cfg, char *err, size_t errlen);
 /* The bound TCP port (useful with port 0, which picks a free one). */
 int http_server_port(struct http_server *s);
-/* Registers a GET route for an exact path. Call before http_server_start(). */
+/* Registers a GET (and HEAD) route for an exact path. Call before http_server_start(). */
 int http_server_route(struct http_server *s, const char *path, http_handler_fn fn, void *ctx);
 /* Serves SSE at path. Call before http_server_start(). */
 int http_server_stream(struct http_server *s, const char *path);

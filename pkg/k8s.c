@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +15,8 @@
 #include <time.h>
 
 #include "buf.h"
+#include "clock.h"
+#include "errmsg.h"
 #include "intern.h"
 
 #define K8S_MAX_PODS_DEFAULT 4096
@@ -65,13 +66,6 @@ struct k8s {
     struct pod_cache cache;
     struct k8s_stats stats;
 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static uint32_t str_hash(const char *s)
 {
@@ -198,7 +192,7 @@ static void cache_mark_deleted(struct k8s *k, uint32_t i, uint64_t now)
 static void cache_upsert(struct k8s *k, const struct pod_meta *m, bool deleted)
 {
     struct pod_cache *c = &k->cache;
-    uint64_t now = now_ns();
+    uint64_t now = clock_monotonic_ns();
     uint32_t i = cache_find_uid(c, m->uid);
 
     if (i == NIL) {
@@ -252,7 +246,7 @@ int k8s_pod_cache_lookup(struct k8s *k, const char *uid, struct k8s_pod *out)
         i = cache_find_mirror(&k->cache, uid);
     if (i != NIL) {
         struct pod_entry *e = &k->cache.e[i];
-        if (e->pod.deleted && now_ns() - e->deleted_ns >= k->tombstone_ttl_ns) {
+        if (e->pod.deleted && clock_monotonic_ns() - e->deleted_ns >= k->tombstone_ttl_ns) {
             cache_remove(&k->cache, i);
             k->stats.expired++;
         } else {
@@ -268,14 +262,11 @@ int k8s_pod_cache_lookup(struct k8s *k, const char *uid, struct k8s_pod *out)
 
 /* ---- errors and stats ---- */
 
-static void set_error(struct k8s *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_error(struct k8s *k, const char *fmt, ...)
+/* Counts a failed API call and keeps msg as the reason the stats report. */
+static void set_error(struct k8s *k, const char *msg)
 {
-    va_list ap;
     pthread_mutex_lock(&k->lock);
-    va_start(ap, fmt);
-    vsnprintf(k->stats.last_error, sizeof(k->stats.last_error), fmt, ap);
-    va_end(ap);
+    snprintf(k->stats.last_error, sizeof(k->stats.last_error), "%s", msg);
     k->stats.api_errors++;
     k->stats.connected = false;
     pthread_mutex_unlock(&k->lock);
@@ -390,7 +381,8 @@ static void apply_watch_line(struct req *r, const char *line, size_t len)
     if ((added || modified || deleted) && pod_meta_parse(obj, &m))
         cache_upsert(k, &m, deleted);
     if (deleted)
-        cache_expire(k, now_ns(), false); /* keeps pods_deleted honest between lookups */
+        cache_expire(k, clock_monotonic_ns(),
+                     false); /* keeps pods_deleted honest between lookups */
     k->stats.watch_events++;
     pthread_mutex_unlock(&k->lock);
     r->events++;
@@ -602,8 +594,8 @@ static int list_apply(struct k8s *k, const char *body, size_t len, char *cont, s
     int rc = 0;
 
     if (!json_is_array(items) || !rv) {
-        snprintf(err, errlen, "LIST: not a PodList: %s",
-                 list ? "no items/resourceVersion" : jerr.text);
+        errmsg_set(err, errlen, "LIST: not a PodList: %s",
+                   list ? "no items/resourceVersion" : jerr.text);
         rc = -EINVAL;
     } else {
         size_t i;
@@ -635,7 +627,7 @@ int k8s_feed(struct k8s *k, bool watch, const char *data, size_t len, char *err,
     buf_free(&r.body);
     if (used == len)
         return 0;
-    snprintf(err, errlen, "%s", r.err[0] ? r.err : "out of memory");
+    errmsg_set(err, errlen, "%s", r.err[0] ? r.err : "out of memory");
     return r.abort == OUT_EXPIRED ? -ESTALE : -EINVAL;
 }
 
@@ -665,7 +657,7 @@ static enum req_outcome do_list(struct k8s *k, char *err, size_t errlen)
             list_apply(k, r.body.data, r.body.len, cont, sizeof(cont), r.err, sizeof(r.err)) < 0)
             out = OUT_ERROR;
         if (out != OUT_OK)
-            snprintf(err, errlen, "LIST %s: %s", url.data ? url.data : "", r.err);
+            errmsg_set(err, errlen, "LIST %s: %s", url.data ? url.data : "", r.err);
         buf_free(&url);
         buf_free(&r.body);
     } while (out == OUT_OK && cont[0]);
@@ -673,7 +665,7 @@ static enum req_outcome do_list(struct k8s *k, char *err, size_t errlen)
     if (out != OUT_OK)
         return out;
     /* Pods the list no longer has were deleted while we were not watching. */
-    uint64_t now = now_ns();
+    uint64_t now = clock_monotonic_ns();
     pthread_mutex_lock(&k->lock);
     for (uint32_t i = 0; i < k->cache.cap; i++) {
         struct pod_entry *e = &k->cache.e[i];
@@ -702,7 +694,7 @@ static enum req_outcome do_watch(struct k8s *k, unsigned *events, char *err, siz
     out = url.oom ? OUT_ERROR : http_get(k, &r, url.data);
     *events = r.events;
     if (out != OUT_OK && out != OUT_STOPPED)
-        snprintf(err, errlen, "WATCH %s: %s", url.data ? url.data : "", r.err);
+        errmsg_set(err, errlen, "WATCH %s: %s", url.data ? url.data : "", r.err);
     buf_free(&url);
     buf_free(&r.body);
     return out;
@@ -711,14 +703,7 @@ static enum req_outcome do_watch(struct k8s *k, unsigned *events, char *err, siz
 /* Sleeps ms unless k8s_free() wakes us first. */
 static void pause_ms(struct k8s *k, unsigned ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = clock_deadline_ms(ms);
     pthread_mutex_lock(&k->lock);
     while (!atomic_load(&k->stop))
         if (pthread_cond_timedwait(&k->wake, &k->lock, &ts) == ETIMEDOUT)
@@ -771,7 +756,7 @@ static void *watch_thread(void *arg)
          * server answers 410 and we re-list then. */
         if (events > 0)
             backoff = k->backoff_min_ms;
-        set_error(k, "%s", err);
+        set_error(k, err);
         pause_ms(k, backoff);
         backoff = backoff * 2 > k->backoff_max_ms ? k->backoff_max_ms : backoff * 2;
     }
@@ -806,7 +791,6 @@ struct k8s *k8s_new(const struct k8s_options *opts, int *err)
 {
     struct k8s_options o = opts ? *opts : (struct k8s_options){0};
     struct k8s *k = calloc(1, sizeof(*k));
-    pthread_condattr_t ca;
     int rc = -ENOMEM;
 
     if (!k)
@@ -852,10 +836,7 @@ struct k8s *k8s_new(const struct k8s_options *opts, int *err)
     if (!k->multi)
         goto fail;
     pthread_mutex_init(&k->lock, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&k->wake, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&k->wake);
     return k;
 
 fail:

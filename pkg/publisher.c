@@ -28,11 +28,13 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "clock.h"
+#include "errmsg.h"
 #include "event_json.h"
 #include "event_pb.h"
 
 #define PUB_DRAIN_ON_FREE_NS  (2000000000ull)
-#define PUB_RETRY_WAIT_NS     (100000000ull) /* after a failed publish */
+#define PUB_RETRY_WAIT_MS     100 /* after a failed publish */
 #define PUB_SERVER_FLUSH_MS   1000
 #define PUB_DEFAULT_MAXPAY    (1u << 20)  /* nats-server's default max_payload */
 #define PUB_EVENT_HEADROOM    (16u << 10) /* room for one more event and the metadata */
@@ -85,20 +87,6 @@ struct publisher {
     uint64_t max_payload; /* learned from the server */
 };
 
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t real_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void add(uint64_t *c, uint64_t v)
 {
     __atomic_fetch_add(c, v, __ATOMIC_RELAXED);
@@ -107,14 +95,6 @@ static void add(uint64_t *c, uint64_t v)
 static uint64_t get(const uint64_t *c)
 {
     return __atomic_load_n(c, __ATOMIC_RELAXED);
-}
-
-/* An absolute CLOCK_MONOTONIC deadline for pthread_cond_timedwait. */
-static struct timespec deadline_in(uint64_t ns)
-{
-    uint64_t t = mono_ns() + ns;
-    return (struct timespec){.tv_sec = (time_t)(t / 1000000000ull),
-                             .tv_nsec = (long)(t % 1000000000ull)};
 }
 
 static void batch_free(struct batch *b)
@@ -221,7 +201,7 @@ int publisher_add(struct publisher *p, const struct event *e)
             add(&p->encode_failed, 1);
             return -ENOMEM;
         }
-        b->opened_ns = mono_ns();
+        b->opened_ns = clock_monotonic_ns();
         p->cur = b;
         event_pb_pods_reset(&p->pods);
     }
@@ -275,7 +255,7 @@ void publisher_set_kernel_drops(struct publisher *p, uint64_t drops)
 int publisher_flush(struct publisher *p, uint64_t timeout_ns)
 {
     close_batch(p);
-    struct timespec until = deadline_in(timeout_ns);
+    struct timespec until = clock_deadline_ms(timeout_ns / 1000000 + (timeout_ns % 1000000 != 0));
     int rc = 0;
     pthread_mutex_lock(&p->mu);
     p->flush_waiters++;
@@ -312,7 +292,7 @@ static natsStatus publish_batch(struct publisher *p, struct batch *b)
             .sequence = b->sequence,
             .kernel_drops = kdrops,
             .agent_drops = adrops,
-            .sent_at_ns = real_ns(),
+            .sent_at_ns = clock_realtime_ns(),
             .pod_name = p->pod_name,
             .pod_namespace = p->pod_namespace,
         };
@@ -434,7 +414,7 @@ static void *publisher_main(void *arg)
             p->head = b;
             if (!p->tail)
                 p->tail = b;
-            struct timespec until = deadline_in(PUB_RETRY_WAIT_NS);
+            struct timespec until = clock_deadline_ms(PUB_RETRY_WAIT_MS);
             if (!p->stopping)
                 pthread_cond_timedwait(&p->wake, &p->mu, &until);
         }
@@ -470,7 +450,7 @@ static void instance_id(char out[PUBLISHER_INSTANCE_LEN + 1])
     uint8_t r[PUBLISHER_INSTANCE_LEN / 2];
     if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r)) {
         /* No entropy yet (very early boot): time and address still differ per process. */
-        uint64_t x = real_ns() ^ ((uint64_t)(uintptr_t)out << 17) ^ mono_ns();
+        uint64_t x = clock_realtime_ns() ^ ((uint64_t)(uintptr_t)out << 17) ^ clock_monotonic_ns();
         memcpy(r, &x, sizeof(r));
     }
     for (size_t i = 0; i < sizeof(r); i++)
@@ -482,15 +462,15 @@ struct publisher *publisher_new(struct bus *bus, const struct publisher_config *
 {
     if (!cfg->node || !*cfg->node || !cfg->subject || !*cfg->subject || cfg->batch_size == 0 ||
         cfg->batch_size > BUS_MAX_BATCH_EVENTS || cfg->flush_interval_ns == 0) {
-        snprintf(err, errlen,
-                 "publisher: node, subject, batch size 1..%d and a flush interval "
-                 "are required",
-                 BUS_MAX_BATCH_EVENTS);
+        errmsg_set(err, errlen,
+                   "publisher: node, subject, batch size 1..%d and a flush interval "
+                   "are required",
+                   BUS_MAX_BATCH_EVENTS);
         return NULL;
     }
     struct publisher *p = calloc(1, sizeof(*p));
     if (!p) {
-        snprintf(err, errlen, "publisher: out of memory");
+        errmsg_set(err, errlen, "publisher: out of memory");
         return NULL;
     }
     p->bus = bus;
@@ -505,23 +485,19 @@ struct publisher *publisher_new(struct bus *bus, const struct publisher_config *
     p->max_payload = PUB_DEFAULT_MAXPAY;
     instance_id(p->instance);
 
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->wake, &ca);
-    pthread_cond_init(&p->drained, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&p->wake);
+    clock_cond_init(&p->drained);
 
     if (!p->node || !p->subject) {
-        snprintf(err, errlen, "publisher: out of memory");
+        errmsg_set(err, errlen, "publisher: out of memory");
         publisher_free(p);
         return NULL;
     }
     bus_set_listener(bus, on_bus_state, p);
     int rc = pthread_create(&p->thread, NULL, publisher_main, p);
     if (rc) {
-        snprintf(err, errlen, "publisher: cannot start its thread: %s", strerror(rc));
+        errmsg_set(err, errlen, "publisher: cannot start its thread: %s", strerror(rc));
         publisher_free(p);
         return NULL;
     }

@@ -11,9 +11,10 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "errmsg.h"
 
 #define QUERY_ERR_VALUE_MAX 64 /* bytes of a bad value quoted back in a message */
 
@@ -43,18 +44,6 @@ void query_init(struct query *q)
     memset(q, 0, sizeof(*q));
     q->until_ns = UINT64_MAX;
     q->limit = QUERY_LIMIT_DEFAULT;
-}
-
-static void query_errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void query_errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
 }
 
 /* A printable, bounded copy of user input for quoting in an error message. */
@@ -295,7 +284,7 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
         size_t itemlen;
         if (query_parse_types(v, len, &q->types, &item, &itemlen) == 0)
             return 0;
-        query_errf(err, errlen,
+        errmsg_set(err, errlen,
                    "invalid 'type': \"%s\" (allowed: connection, accept, packet_drop, exec, exit; "
                    "comma-separated)",
                    query_quote(item, itemlen, quoted));
@@ -344,25 +333,25 @@ bad:
     query_quote(whole, whole_len, quoted);
     switch (p) {
     case QP_PID:
-        query_errf(err, errlen, "invalid 'pid': \"%s\" (must be an integer 0-4294967295)", quoted);
+        errmsg_set(err, errlen, "invalid 'pid': \"%s\" (must be an integer 0-4294967295)", quoted);
         break;
     case QP_SINCE:
     case QP_UNTIL:
-        query_errf(err, errlen,
+        errmsg_set(err, errlen,
                    "invalid '%s': \"%s\" (must be RFC 3339, e.g. 2024-05-01T12:00:00Z, or "
                    "nanoseconds since the Unix epoch)",
                    name, quoted);
         break;
     case QP_LIMIT:
-        query_errf(err, errlen, "invalid 'limit': \"%s\" (must be an integer 1-%u)", quoted,
+        errmsg_set(err, errlen, "invalid 'limit': \"%s\" (must be an integer 1-%u)", quoted,
                    QUERY_LIMIT_MAX);
         break;
     case QP_CURSOR:
-        query_errf(err, errlen,
+        errmsg_set(err, errlen,
                    "invalid 'cursor': \"%s\" (use the next_cursor of a previous response)", quoted);
         break;
     default:
-        query_errf(err, errlen, "invalid '%s': \"%s\"", name, quoted);
+        errmsg_set(err, errlen, "invalid '%s': \"%s\"", name, quoted);
         break;
     }
     return -EINVAL;
@@ -390,7 +379,7 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
         size_t namelen = eq ? (size_t)(eq - seg) : seglen;
         int n = query_decode(seg, namelen, name, sizeof(name));
         if (n == -EINVAL) {
-            query_errf(err, errlen, "invalid percent-encoding in query parameter name \"%s\"",
+            errmsg_set(err, errlen, "invalid percent-encoding in query parameter name \"%s\"",
                        query_quote(seg, namelen, quoted));
             return -EINVAL;
         }
@@ -404,20 +393,20 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
                 query_quote(name, (size_t)n, quoted);
             else
                 query_quote(seg, namelen, quoted);
-            query_errf(err, errlen,
+            errmsg_set(err, errlen,
                        "unknown query parameter '%s' (allowed: type, node, pod, namespace, pid, "
                        "command, since, until%s)",
                        quoted, stream ? "" : ", limit, cursor");
             return -EINVAL;
         }
         if (seen & (1u << p)) {
-            query_errf(err, errlen, "duplicate query parameter '%s' (give it once)",
+            errmsg_set(err, errlen, "duplicate query parameter '%s' (give it once)",
                        query_param_names[p]);
             return -EINVAL;
         }
         seen |= 1u << p;
         if (stream && (p == QP_LIMIT || p == QP_CURSOR)) {
-            query_errf(err, errlen, "'%s' is not supported on the stream", query_param_names[p]);
+            errmsg_set(err, errlen, "'%s' is not supported on the stream", query_param_names[p]);
             return -EINVAL;
         }
 
@@ -425,17 +414,17 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
         size_t rawlen = (size_t)(seg + seglen - raw);
         n = query_decode(raw, rawlen, value, sizeof(value));
         if (n == -EINVAL) {
-            query_errf(err, errlen, "invalid '%s': bad percent-encoding in \"%s\"",
+            errmsg_set(err, errlen, "invalid '%s': bad percent-encoding in \"%s\"",
                        query_param_names[p], query_quote(raw, rawlen, quoted));
             return -EINVAL;
         }
         if (n == -E2BIG) {
-            query_errf(err, errlen, "invalid '%s': longer than %d bytes", query_param_names[p],
+            errmsg_set(err, errlen, "invalid '%s': longer than %d bytes", query_param_names[p],
                        QUERY_STR_MAX - 1);
             return -EINVAL;
         }
         if (n == 0) {
-            query_errf(err, errlen, "invalid '%s': empty value (leave the parameter out instead)",
+            errmsg_set(err, errlen, "invalid '%s': empty value (leave the parameter out instead)",
                        query_param_names[p]);
             return -EINVAL;
         }
@@ -445,7 +434,7 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
     }
 
     if (q->since_ns > q->until_ns) {
-        query_errf(err, errlen,
+        errmsg_set(err, errlen,
                    "invalid 'since': later than 'until' (%" PRIu64 " > %" PRIu64 " ns)",
                    q->since_ns, q->until_ns);
         return -EINVAL;

@@ -6,11 +6,11 @@
  * '=' nor "://", so a replacement never creates a new match.
  */
 #include "redact.h"
+#include "errmsg.h"
 #include "strlist.h"
 
 #include <ctype.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,19 +35,6 @@ struct redact {
     size_t n;
     bool url;
 };
-
-static void redact_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void redact_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static bool is_name_char(unsigned char c)
 {
@@ -114,7 +101,7 @@ static int add_list(struct redact *r, const char *spec, bool in_default, char *e
     while (strlist_next(&items, &p, &len)) {
         int rc = 0;
         if (len == 0) {
-            redact_err(err, errlen, "an empty pattern");
+            errmsg_set(err, errlen, "an empty pattern");
             return -EINVAL;
         }
         if (len == 7 && memcmp(p, "default", 7) == 0 && !in_default)
@@ -124,14 +111,14 @@ static int add_list(struct redact *r, const char *spec, bool in_default, char *e
         else
             rc = add_pattern(r, p, len);
         if (rc == -E2BIG) {
-            redact_err(err, errlen, "more than %d patterns", REDACT_MAX_PATTERNS);
+            errmsg_set(err, errlen, "more than %d patterns", REDACT_MAX_PATTERNS);
             return -EINVAL;
         }
         if (rc < 0) {
             if (len == 4 && memcmp(p, "none", 4) == 0)
-                redact_err(err, errlen, "\"none\" must be the only pattern");
+                errmsg_set(err, errlen, "\"none\" must be the only pattern");
             else
-                redact_err(err, errlen, "bad pattern \"%.*s\"", (int)len, p);
+                errmsg_set(err, errlen, "bad pattern \"%.*s\"", (int)len, p);
             return -EINVAL;
         }
     }
@@ -151,7 +138,7 @@ int redact_new(const char *spec, struct redact **out, char *err, size_t errlen)
         return 0;
     struct redact *r = calloc(1, sizeof(*r));
     if (!r) {
-        redact_err(err, errlen, "out of memory");
+        errmsg_set(err, errlen, "out of memory");
         return -ENOMEM;
     }
     if (add_list(r, spec, false, err, errlen) < 0) {

@@ -34,6 +34,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
+
 #define STORE_SHARD_MIN_CAP 16
 
 /*
@@ -499,13 +501,6 @@ static uint64_t store_age_cutoff(const struct store *s, uint64_t now_ns)
     return now_ns - s->limits.max_age_ns;
 }
 
-static uint64_t store_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* ---- public API --------------------------------------------------------------------------- */
 
 struct store *store_new(const struct store_limits *limits)
@@ -557,7 +552,7 @@ static int store_add_locked(struct store *s, struct event *e)
     }
 
     if (s->limits.max_age_ns) {
-        uint64_t cutoff = store_age_cutoff(s, store_now_ns());
+        uint64_t cutoff = store_age_cutoff(s, clock_realtime_ns());
         store_expire_locked(s, cutoff);
         if (e->timestamp_ns < cutoff) {
             /* Already past retention (e.g. replayed after an outage). */

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "http_server.h"
+#include "testutil.h"
 
 #define TEST_TOKEN "s3cret-token"
 
@@ -30,14 +31,6 @@ struct reply {
     char body[65536];
     size_t body_len;
 };
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static int connect_port(int port)
 {
@@ -229,11 +222,11 @@ static void sse_dechunk(struct sse *c)
 /* Reads until the de-chunked body contains needle; false on timeout or EOF. */
 static bool sse_wait_for(struct sse *c, const char *needle)
 {
-    uint64_t deadline = now_ms() + 5000;
+    uint64_t deadline = tu_mono_ms() + 5000;
 
     while (strstr(c->data, needle) == NULL) {
         struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
-        int64_t left = (int64_t)(deadline - now_ms());
+        int64_t left = (int64_t)(deadline - tu_mono_ms());
         ssize_t n;
 
         if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
@@ -291,14 +284,14 @@ static void make_event(struct event *e, enum event_type type, uint32_t pid)
 /* Waits until the loop thread has registered n stream clients. */
 static void wait_stream_clients(struct http_server *s, uint64_t n)
 {
-    uint64_t deadline = now_ms() + 5000;
+    uint64_t deadline = tu_mono_ms() + 5000;
     struct http_server_stats st;
 
     for (;;) {
         http_server_get_stats(s, &st);
         if (st.stream_clients == n)
             return;
-        cr_assert_lt(now_ms(), deadline, "stream clients %llu, want %llu",
+        cr_assert_lt(tu_mono_ms(), deadline, "stream clients %llu, want %llu",
                      (unsigned long long)st.stream_clients, (unsigned long long)n);
         usleep(1000);
     }
@@ -557,13 +550,13 @@ Test(http_server, slow_stream_client_drops_and_is_told)
         e.u.exec.args_len = sizeof(args);
         http_server_publish(s, &e);
     }
-    uint64_t deadline = now_ms() + 5000;
+    uint64_t deadline = tu_mono_ms() + 5000;
     do {
         http_server_get_stats(s, &st);
         if (st.stream_sent + st.stream_dropped == 20000)
             break;
         usleep(1000);
-    } while (now_ms() < deadline);
+    } while (tu_mono_ms() < deadline);
     cr_assert_eq(st.stream_sent + st.stream_dropped + st.publish_dropped, 20000);
     cr_assert_gt(st.stream_dropped, 0);
 
@@ -587,9 +580,10 @@ Test(http_server, free_is_prompt_with_stream_client)
 
     sse_open(&c, http_server_port(s), "/api/events/stream", NULL, head, sizeof(head));
     cr_assert(sse_wait_for(&c, ": connected\n\n"));
-    t0 = now_ms();
+    t0 = tu_mono_ms();
     http_server_free(s);
-    cr_assert_lt(now_ms() - t0, 1000, "free took %llu ms", (unsigned long long)(now_ms() - t0));
+    cr_assert_lt(tu_mono_ms() - t0, 1000, "free took %llu ms",
+                 (unsigned long long)(tu_mono_ms() - t0));
     /* The client sees the stream end. */
     while (read(c.fd, b, sizeof(b)) > 0)
         ;
@@ -762,11 +756,11 @@ static struct http_server *start_deferring_server(void)
 
 static struct http_deferred *wait_parked(void)
 {
-    uint64_t deadline = now_ms() + 5000;
+    uint64_t deadline = tu_mono_ms() + 5000;
     struct http_deferred *d;
 
     while ((d = __atomic_exchange_n(&parked, NULL, __ATOMIC_ACQ_REL)) == NULL) {
-        cr_assert_lt(now_ms(), deadline, "the handler never deferred");
+        cr_assert_lt(tu_mono_ms(), deadline, "the handler never deferred");
         usleep(1000);
     }
     return d;
@@ -774,14 +768,14 @@ static struct http_deferred *wait_parked(void)
 
 static void wait_deferred_pending(struct http_server *s, uint64_t n)
 {
-    uint64_t deadline = now_ms() + 5000;
+    uint64_t deadline = tu_mono_ms() + 5000;
     struct http_server_stats st;
 
     for (;;) {
         http_server_get_stats(s, &st);
         if (st.deferred_pending == n)
             return;
-        cr_assert_lt(now_ms(), deadline, "deferred pending %llu, want %llu",
+        cr_assert_lt(tu_mono_ms(), deadline, "deferred pending %llu, want %llu",
                      (unsigned long long)st.deferred_pending, (unsigned long long)n);
         usleep(1000);
     }
@@ -837,10 +831,10 @@ Test(http_server, deferred_response_completed_from_another_thread)
     struct http_deferred *d = wait_parked();
     wait_deferred_pending(s, 1);
     /* The loop thread is free while the response waits. */
-    uint64_t t0 = now_ms();
+    uint64_t t0 = tu_mono_ms();
     get(port, "/health", NULL, &r);
     cr_assert_eq(r.status, 200);
-    cr_assert_lt(now_ms() - t0, 1000);
+    cr_assert_lt(tu_mono_ms() - t0, 1000);
 
     cr_assert_eq(pthread_create(&t, NULL, complete_later, d), 0);
     pthread_join(t, NULL);

@@ -6,6 +6,7 @@
 
 #include "agent.h"
 #include "api.h"
+#include "clock.h"
 #include "event_json.h"
 #include "intern.h"
 #include "openapi.h"
@@ -22,7 +23,7 @@ static void handle_events(void *ctx, const struct http_request *req, struct http
     struct agent *a = ctx;
     struct query q;
     char err[256];
-    uint64_t start = api_monotonic_ns();
+    uint64_t start = clock_monotonic_ns();
 
     if (query_parse(&q, req->query, req->query_len, false, err, sizeof(err)) < 0) {
         http_response_error(res, 400, err);
@@ -34,7 +35,7 @@ static void handle_events(void *ctx, const struct http_request *req, struct http
         return;
     }
     api_events_begin(&res->body, r.events, r.count, r.total_count,
-                     r.has_next ? &r.next_cursor : NULL, api_monotonic_ns() - start);
+                     r.has_next ? &r.next_cursor : NULL, clock_monotonic_ns() - start);
     api_events_end(&res->body);
     store_result_free(&r);
 }
@@ -186,7 +187,7 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
     }
     buf_puts(b, ",\"version\":");
     buf_json_cstr(b, EBPF_MONITOR_VERSION);
-    uint64_t uptime = api_monotonic_ns() - a->started_mono_ns;
+    uint64_t uptime = clock_monotonic_ns() - a->started_mono_ns;
     buf_printf(b, ",\"uptime_seconds\":%.3f,\"total_events\":%" PRIu64 ",\"events_by_type\":{",
                (double)uptime / 1e9, load(&a->events_total));
     for (unsigned t = 1; t < EVENT_TYPE_COUNT; t++)
@@ -194,15 +195,12 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
                    load(&a->events_by_type[t]));
     buf_puts(b, "},\"programs\":");
     write_programs(a, b, &kernel_drops, &suppressed);
-    buf_printf(b,
-               ",\"kernel_drops\":%" PRIu64 ",\"drops_suppressed\":%" PRIu64
-               ",\"history\":{\"events\":%" PRIu64 ",\"capacity\":%" PRIu64
-               ",\"evicted_count\":%" PRIu64 ",\"evicted_age\":%" PRIu64 ",\"failed\":%" PRIu64
-               "},\"stream\":{\"clients\":%" PRIu64 ",\"sent\":%" PRIu64 ",\"dropped\":%" PRIu64
-               ",\"publish_dropped\":%" PRIu64 "}",
-               kernel_drops, suppressed, ss.events, ss.capacity, ss.evicted_count, ss.evicted_age,
-               ss.failed + load(&a->store_failed), hs.stream_clients, hs.stream_sent,
-               hs.stream_dropped, hs.publish_dropped);
+    buf_printf(b, ",\"kernel_drops\":%" PRIu64 ",\"drops_suppressed\":%" PRIu64 ",\"history\":",
+               kernel_drops, suppressed);
+    ss.failed += load(&a->store_failed);
+    api_json_append(b, api_store_stats_json(&ss));
+    buf_puts(b, ",\"stream\":");
+    api_json_append(b, api_stream_stats_json(&hs));
     buf_printf(b, ",\"args_redacted\":%" PRIu64 ",\"args_redact_failed\":%" PRIu64,
                load(&a->args_redacted), load(&a->args_redact_failed));
     write_bus(a, b, &ps);
@@ -279,28 +277,14 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     for (size_t i = 0; i < n; i++)
         api_metric_labelled(b, "ebpf_agent_program_attached", "program", progs[i].name,
                             progs[i].status == CAPTURE_PROGRAM_ATTACHED);
-    api_metric(b, "ebpf_agent_history_events", "gauge", "Events held in the local history.",
-               ss.events);
-    api_metric(b, "ebpf_agent_history_capacity", "gauge", "Local history limit (events).",
-               ss.capacity);
-    api_metric_header(b, "ebpf_agent_history_evicted_total", "counter",
-                      "Events evicted from the local history, by limit.");
-    api_metric_labelled(b, "ebpf_agent_history_evicted_total", "reason", "count", ss.evicted_count);
-    api_metric_labelled(b, "ebpf_agent_history_evicted_total", "reason", "age", ss.evicted_age);
-    api_metric(b, "ebpf_agent_history_failed_total", "counter",
-               "Events that could not be stored (out of memory).",
-               ss.failed + load(&a->store_failed));
+    ss.failed += load(&a->store_failed);
+    api_store_metrics(b, "ebpf_agent", &ss);
     api_metric(b, "ebpf_agent_args_redacted_total", "counter",
                "Exec argument values replaced by *** (REDACT_ARGS).", load(&a->args_redacted));
     api_metric(b, "ebpf_agent_args_redact_failed_total", "counter",
                "Exec events whose arguments were dropped because redaction ran out of memory.",
                load(&a->args_redact_failed));
-    api_metric(b, "ebpf_agent_stream_clients", "gauge", "Connected /api/events/stream clients.",
-               hs.stream_clients);
-    api_metric(b, "ebpf_agent_stream_dropped_total", "counter",
-               "Events a slow stream client missed.", hs.stream_dropped + hs.publish_dropped);
-    api_metric(b, "ebpf_agent_http_requests_total", "counter", "HTTP requests served.",
-               hs.requests);
+    api_http_metrics(b, "ebpf_agent", &hs, 0);
     api_metric(b, "ebpf_agent_intern_refused_total", "counter",
                "Strings not interned because the table was full.", is.refused);
     struct publisher_stats ps;
@@ -347,7 +331,7 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                    "Walks of the kubepods cgroup tree to resolve a new cgroup id.", cs.scans);
     }
     api_metric(b, "ebpf_agent_uptime_seconds", "gauge", "Seconds since the agent started.",
-               (api_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
+               (clock_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
 }
 
 int agent_api_register(struct agent *a)

@@ -19,6 +19,7 @@
 
 #include "aggregator.h"
 #include "api.h"
+#include "clock.h"
 #include "cluster.h"
 #include "openapi.h"
 
@@ -236,7 +237,7 @@ static void events_answer(struct aggregator *a, const struct http_request *req,
     struct cluster_events ev;
     struct query q;
     char err[256];
-    uint64_t start = api_monotonic_ns();
+    uint64_t start = clock_monotonic_ns();
 
     if (query_parse(&q, req->query, req->query_len, false, err, sizeof(err)) < 0) {
         http_response_error(res, 400, err);
@@ -248,7 +249,7 @@ static void events_answer(struct aggregator *a, const struct http_request *req,
         return;
     }
     api_events_begin(&res->body, ev.events, ev.count, ev.total_count,
-                     ev.has_next ? &ev.next_cursor : NULL, api_monotonic_ns() - start);
+                     ev.has_next ? &ev.next_cursor : NULL, clock_monotonic_ns() - start);
     write_replicas(a, &res->body, ev.answered, ev.expected);
     api_events_end(&res->body);
     cluster_events_free(&ev);
@@ -399,7 +400,7 @@ static int view_gather(struct aggregator *a, struct cluster_view *v)
         view_add(v, st.replies[i], false);
 
     /* Written once as text: /api/stats and /api/nodes splice it into their answer. */
-    nodes_write_json(merged, &v->nodes_text, api_now_ns(), a->cfg.stale_after_ns, &v->nt);
+    nodes_write_json(merged, &v->nodes_text, clock_realtime_ns(), a->cfg.stale_after_ns, &v->nt);
     if (v->nodes_text.oom)
         rc = -ENOMEM;
 out:
@@ -429,11 +430,6 @@ static uint64_t total_u64(json_t *totals, const char *key)
 {
     json_int_t v = json_integer_value(json_object_get(totals, key));
     return v > 0 ? (uint64_t)v : 0;
-}
-
-static void json_set_u64(json_t *o, const char *key, uint64_t v)
-{
-    json_object_set_new(o, key, json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v));
 }
 
 /*
@@ -499,18 +495,18 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     json_object_set_new(root, "replicas", replicas_json(&v));
     json_object_set_new(root, "partial", json_boolean(is_partial(a, v.answered, v.expected)));
     json_object_set_new(root, "uptime_seconds",
-                        json_real((double)(api_monotonic_ns() - a->started_mono_ns) / 1e9));
-    json_set_u64(root, "total_events", total_u64(t, "events"));
-    json_set_u64(root, "total_batches", total_u64(t, "batches"));
+                        json_real((double)(clock_monotonic_ns() - a->started_mono_ns) / 1e9));
+    api_json_set_u64(root, "total_events", total_u64(t, "events"));
+    api_json_set_u64(root, "total_batches", total_u64(t, "batches"));
     json_object_set(root, "events_by_type", json_object_get(t, "events_by_type"));
-    json_set_u64(root, "lost_batches", v.nt.lost_batches);
-    json_set_u64(root, "agent_drops", v.nt.agent_drops);
-    json_set_u64(root, "kernel_drops", v.nt.kernel_drops);
-    json_set_u64(root, "node_count", v.nt.nodes);
-    json_set_u64(root, "instances", v.nt.instances);
-    json_set_u64(root, "instances_dropped", v.nt.instances_dropped);
+    api_json_set_u64(root, "lost_batches", v.nt.lost_batches);
+    api_json_set_u64(root, "agent_drops", v.nt.agent_drops);
+    api_json_set_u64(root, "kernel_drops", v.nt.kernel_drops);
+    api_json_set_u64(root, "node_count", v.nt.nodes);
+    api_json_set_u64(root, "instances", v.nt.instances);
+    api_json_set_u64(root, "instances_dropped", v.nt.instances_dropped);
     json_object_set(root, "rejected", rejected);
-    json_set_u64(root, "rejected_total", (uint64_t)rejected_total);
+    api_json_set_u64(root, "rejected_total", (uint64_t)rejected_total);
     json_t *rejected_events = json_object_get(t, "rejected_events");
     json_int_t rejected_events_total = 0;
     json_object_foreach(rejected_events, key, val)
@@ -518,23 +514,22 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
         rejected_events_total = sat_sum(rejected_events_total, json_integer_value(val));
     }
     json_object_set(root, "rejected_events", rejected_events);
-    json_set_u64(root, "rejected_events_total", (uint64_t)rejected_events_total);
-    json_set_u64(root, "bus_dropped", total_u64(t, "bus_dropped"));
-    json_set_u64(root, "store_failed", total_u64(t, "store_failed"));
+    api_json_set_u64(root, "rejected_events_total", (uint64_t)rejected_events_total);
+    api_json_set_u64(root, "bus_dropped", total_u64(t, "bus_dropped"));
+    api_json_set_u64(root, "store_failed", total_u64(t, "store_failed"));
     json_object_set(root, "history", hist);
-    json_set_u64(root, "evictions",
-                 (uint64_t)sat_sum(json_integer_value(json_object_get(hist, "evicted_count")),
-                                   json_integer_value(json_object_get(hist, "evicted_age"))));
+    api_json_set_u64(root, "evictions",
+                     (uint64_t)sat_sum(json_integer_value(json_object_get(hist, "evicted_count")),
+                                       json_integer_value(json_object_get(hist, "evicted_age"))));
     json_object_set_new(root, "bus",
                         json_pack("{s:b,s:s,s:I,s:I,s:I,s:s}", "connected", bs.connected, "server",
                                   bs.server, "disconnects", (json_int_t)bs.disconnects,
                                   "reconnects", (json_int_t)bs.reconnects, "async_errors",
                                   (json_int_t)bs.async_errors, "last_error", bs.last_error));
-    json_object_set_new(root, "stream",
-                        json_pack("{s:I,s:I,s:I,s:I}", "clients", (json_int_t)hs.stream_clients,
-                                  "sent", (json_int_t)hs.stream_sent, "dropped",
-                                  (json_int_t)(hs.stream_dropped + hs.publish_dropped),
-                                  "bus_dropped", (json_int_t)ingest_stream_dropped(a)));
+    json_t *stream = api_stream_stats_json(&hs);
+    if (stream)
+        api_json_set_u64(stream, "bus_dropped", ingest_stream_dropped(a));
+    json_object_set_new(root, "stream", stream);
     json_object_set_new(root, "queries",
                         json_pack("{s:I,s:I}", "in_flight", (json_int_t)pool_in_flight(a),
                                   "rejected", (json_int_t)load(&a->queries_rejected)));
@@ -557,9 +552,9 @@ static void nodes_answer(struct aggregator *a, const struct http_request *req,
         return;
     }
     json_t *root = json_object();
-    json_set_u64(root, "count", v.nt.nodes);
-    json_set_u64(root, "active", v.nt.active);
-    json_set_u64(root, "stale", v.nt.stale);
+    api_json_set_u64(root, "count", v.nt.nodes);
+    api_json_set_u64(root, "active", v.nt.active);
+    api_json_set_u64(root, "stale", v.nt.stale);
     json_object_set_new(root, "replicas",
                         json_pack("{s:i,s:i}", "answered", (json_int_t)v.answered, "expected",
                                   (json_int_t)v.expected));
@@ -640,36 +635,20 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
     api_metric(b, "ebpf_aggregator_bus_dropped_total", "counter",
                "Bus messages dropped because this replica could not keep up.",
                ingest_bus_dropped(a));
-    api_metric(b, "ebpf_aggregator_history_events", "gauge",
-               "Events held in this replica's history.", ss.events);
-    api_metric(b, "ebpf_aggregator_history_capacity", "gauge", "History limit (events).",
-               ss.capacity);
-    api_metric_header(b, "ebpf_aggregator_history_evicted_total", "counter",
-                      "Events evicted from this replica's history, by limit.");
-    api_metric_labelled(b, "ebpf_aggregator_history_evicted_total", "reason", "count",
-                        ss.evicted_count);
-    api_metric_labelled(b, "ebpf_aggregator_history_evicted_total", "reason", "age",
-                        ss.evicted_age);
-    api_metric(b, "ebpf_aggregator_history_failed_total", "counter",
-               "Events that could not be stored.", ss.failed + load(&c->store_failed));
+    ss.failed += load(&c->store_failed);
+    api_store_metrics(b, "ebpf_aggregator", &ss);
     api_metric(b, "ebpf_aggregator_nats_connected", "gauge", "1 while connected to NATS.",
                bs.connected);
     api_metric(b, "ebpf_aggregator_nats_reconnects_total", "counter", "Reconnections to NATS.",
                bs.reconnects);
-    api_metric(b, "ebpf_aggregator_stream_clients", "gauge",
-               "Connected /api/events/stream clients.", hs.stream_clients);
-    api_metric(b, "ebpf_aggregator_stream_dropped_total", "counter",
-               "Events stream clients missed (slow client or slow subscription).",
-               hs.stream_dropped + hs.publish_dropped + ingest_stream_dropped(a));
-    api_metric(b, "ebpf_aggregator_http_requests_total", "counter", "HTTP requests served.",
-               hs.requests);
+    api_http_metrics(b, "ebpf_aggregator", &hs, ingest_stream_dropped(a));
     api_metric(b, "ebpf_aggregator_queries_in_flight", "gauge",
                "Cluster-wide requests waiting for or held by a worker.", pool_in_flight(a));
     api_metric(b, "ebpf_aggregator_queries_rejected_total", "counter",
                "Cluster-wide requests turned away (503): too many in flight.",
                load(&a->queries_rejected));
     api_metric(b, "ebpf_aggregator_uptime_seconds", "gauge", "Seconds since this replica started.",
-               (api_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
+               (clock_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
 
     /* Per node, cluster-wide: only the merged tables can see sequence gaps. */
     if (view_gather(a, &v) == 0 && view_nodes(&v) != NULL) {

@@ -15,6 +15,8 @@
 
 #include "aggregator.h"
 #include "api.h"
+#include "clock.h"
+#include "errmsg.h"
 
 /*
  * Bounded backlog per subscription: beyond it nats.c drops messages (counted
@@ -101,7 +103,7 @@ static void ingest_batch(struct aggregator *a, natsMsg *msg)
         count(&a->counters.rejected_events[batch.events_reason], batch.meta.rejected_events);
         log_reject_events(a, msg, &batch, err);
     }
-    nodes_observe(a->nodes, &batch.meta, batch.n, api_now_ns());
+    nodes_observe(a->nodes, &batch.meta, batch.n, clock_realtime_ns());
     count(&a->counters.batches, 1);
     count(&a->counters.events, batch.n);
     for (size_t i = 0; i < batch.n; i++) {
@@ -163,8 +165,8 @@ int ingest_start(struct aggregator *a, char *err, size_t errlen)
         s = natsSubscription_SetPendingLimits(a->ingest_sub, INGEST_PENDING_MSGS,
                                               INGEST_PENDING_BYTES);
     if (s != NATS_OK) {
-        snprintf(err, errlen, "subscribing to %s in queue group %s: %s", subject,
-                 a->cfg.queue_group, natsStatus_GetText(s));
+        errmsg_set(err, errlen, "subscribing to %s in queue group %s: %s", subject,
+                   a->cfg.queue_group, natsStatus_GetText(s));
         return -EIO;
     }
     return 0;
@@ -234,12 +236,7 @@ static void on_sub_complete(void *closure)
 /* Waits until deadline for the subscription's completion callback; true when it ran. */
 static bool sub_wait_done(struct sub_done *d, int timeout_ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    ts.tv_sec += ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
+    struct timespec ts = clock_deadline_ms((uint64_t)timeout_ms);
     pthread_mutex_lock(&d->lock);
     while (!d->done && pthread_cond_timedwait(&d->cond, &d->lock, &ts) == 0)
         ;
@@ -251,7 +248,6 @@ static bool sub_wait_done(struct sub_done *d, int timeout_ms)
 bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain, int timeout_ms,
                           struct aggregator_gate *gate)
 {
-    pthread_condattr_t ca;
     bool wait;
 
     if (sub == NULL)
@@ -264,10 +260,7 @@ bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain,
         return false; /* not waited for */
     }
     pthread_mutex_init(&d->lock, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&d->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&d->cond);
     wait = natsSubscription_SetOnCompleteCB(sub, on_sub_complete, d) == NATS_OK;
     /* Draining needs the server; without it, queued messages are simply dropped. */
     if (drain && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED &&
@@ -352,12 +345,10 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
                load(&c->rejected_events[BUS_REJECT_MALFORMED_PROTOBUF]),
                bus_reject_name(BUS_REJECT_MALFORMED_JSON),
                load(&c->rejected_events[BUS_REJECT_MALFORMED_JSON]));
-    buf_printf(b,
-               "},\"bus_dropped\":%" PRIu64 ",\"store_failed\":%" PRIu64
-               ",\"history\":{\"events\":%" PRIu64 ",\"capacity\":%" PRIu64
-               ",\"evicted_count\":%" PRIu64 ",\"evicted_age\":%" PRIu64 ",\"duplicates\":%" PRIu64
-               "},\"uptime_seconds\":%.3f}",
-               ingest_bus_dropped(a), load(&c->store_failed) + ss.failed, ss.events, ss.capacity,
-               ss.evicted_count, ss.evicted_age, ss.duplicates,
-               (double)(api_monotonic_ns() - a->started_mono_ns) / 1e9);
+    ss.failed += load(&c->store_failed);
+    buf_printf(b, "},\"bus_dropped\":%" PRIu64 ",\"store_failed\":%" PRIu64 ",\"history\":",
+               ingest_bus_dropped(a), ss.failed);
+    api_json_append(b, api_store_stats_json(&ss));
+    buf_printf(b, ",\"uptime_seconds\":%.3f}",
+               (double)(clock_monotonic_ns() - a->started_mono_ns) / 1e9);
 }

@@ -15,6 +15,7 @@
 #include "aggregator.h"
 #include "aggregator/commands.h"
 #include "api.h"
+#include "clock.h"
 #include "cluster.h"
 #include "notify.h"
 
@@ -33,7 +34,7 @@ static void make_replica_id(char out[AGGREGATOR_REPLICA_ID_LEN])
     uint64_t r = 0;
 
     if (getrandom(&r, sizeof(r), 0) != sizeof(r))
-        r = (uint64_t)api_now_ns() ^ ((uint64_t)getpid() << 32);
+        r = (uint64_t)clock_realtime_ns() ^ ((uint64_t)getpid() << 32);
     snprintf(out, AGGREGATOR_REPLICA_ID_LEN, "%016llx", (unsigned long long)r);
 }
 
@@ -43,15 +44,12 @@ static void make_replica_id(char out[AGGREGATOR_REPLICA_ID_LEN])
  */
 static void report_bus_failure(struct bus *b, const char *err)
 {
+    /* nats.c reports the refusal from its own thread, possibly just after
+     * the subscription failed: give it a moment, unless it is connected. */
+    if (!bus_connected(b))
+        bus_wait_closed(b, BUS_CLOSED_WAIT_MS);
     struct bus_status st;
     bus_get_status(b, &st);
-    /* nats.c reports the refusal from its own thread, possibly just after
-     * the subscription failed: give it a moment. */
-    for (int i = 0; i < 200 && !st.closed && !st.connected; i++) {
-        struct timespec ts = {.tv_sec = 0, .tv_nsec = 10 * 1000000L};
-        nanosleep(&ts, NULL);
-        bus_get_status(b, &st);
-    }
     if (st.closed && st.last_error[0])
         fprintf(stderr, "ebpf-aggregator: NATS connection closed: %s\n", st.last_error);
     else
@@ -79,7 +77,7 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
 
     make_replica_id(a.replica);
-    a.started_mono_ns = api_monotonic_ns();
+    a.started_mono_ns = clock_monotonic_ns();
     pthread_mutex_init(&a.stream_lock, NULL);
     pthread_mutex_init(&a.ingest_gate.lock, NULL);
     pthread_cond_init(&a.ingest_gate.idle, NULL);
@@ -127,13 +125,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "ebpf-aggregator: cannot notify systemd (NOTIFY_SOCKET): %s\n",
                 strerror(-notified));
 
-    uint64_t last_expire = api_monotonic_ns();
+    uint64_t last_expire = clock_monotonic_ns();
     while (!stop_requested) {
         struct timespec ts = {.tv_sec = 0, .tv_nsec = 200 * 1000000L};
         nanosleep(&ts, NULL);
-        uint64_t now = api_monotonic_ns();
+        uint64_t now = clock_monotonic_ns();
         if (now - last_expire > 1000000000ull) {
-            store_expire(a.store, api_now_ns());
+            store_expire(a.store, clock_realtime_ns());
             last_expire = now;
         }
     }

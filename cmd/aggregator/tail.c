@@ -150,13 +150,9 @@ static int tail_run(const struct config *cfg, const char *subject, const struct 
         if (s != NATS_OK) {
             if (s == NATS_CONNECTION_CLOSED || s == NATS_INVALID_SUBSCRIPTION) {
                 /* Say why nats.c gave up (a refused login), not just that it did. */
+                bus_wait_closed(bus, BUS_CLOSED_WAIT_MS);
                 struct bus_status st;
                 bus_get_status(bus, &st);
-                for (int i = 0; i < 200 && !st.closed; i++) {
-                    struct timespec ts = {.tv_sec = 0, .tv_nsec = 10 * 1000000L};
-                    nanosleep(&ts, NULL);
-                    bus_get_status(bus, &st);
-                }
                 fprintf(stderr, "%s: NATS connection closed: %s\n", TAIL_PROG,
                         st.last_error[0] ? st.last_error : natsStatus_GetText(s));
                 rc = 1;

@@ -1,7 +1,8 @@
 /*
  * A minimal blocking HTTP/1.1 client for the benchmarks: one keep-alive
- * connection, GET only, Content-Length or chunked bodies. Enough to time
- * API requests without a client library's own overhead in the way.
+ * connection, sending GET only (the server also answers HEAD), reading
+ * Content-Length or chunked bodies. Enough to time API requests without a
+ * client library's own overhead in the way.
  */
 #ifndef EBPF_MONITOR_BENCH_QUERY_HTTP_H
 #define EBPF_MONITOR_BENCH_QUERY_HTTP_H
