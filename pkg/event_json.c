@@ -721,7 +721,7 @@ static int parse_enum(struct parse_ctx *c, const char *field, const char *(*name
             *out = (uint8_t)v;
             return 0;
         }
-    return parse_fail(c, -EINVAL, "field \"%s\": unknown value \"%s\"", field, s);
+    return errmsg_set(c->err, c->errlen, "field \"%s\": unknown value \"%s\"", field, s);
 }
 
 static int parse_close(struct parse_ctx *c, struct event *e)
