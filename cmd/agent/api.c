@@ -195,8 +195,13 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
                    load(&a->events_by_type[t]));
     buf_puts(b, "},\"programs\":");
     write_programs(a, b, &kernel_drops, &suppressed);
-    buf_printf(b, ",\"kernel_drops\":%" PRIu64 ",\"drops_suppressed\":%" PRIu64 ",\"history\":",
-               kernel_drops, suppressed);
+    struct capture_record_losses rl;
+    capture_record_losses(a->capture, &rl);
+    buf_printf(b,
+               ",\"kernel_drops\":%" PRIu64 ",\"drops_suppressed\":%" PRIu64
+               ",\"records_skipped\":{\"malformed\":%" PRIu64 ",\"no_memory\":%" PRIu64
+               "},\"history\":",
+               kernel_drops, suppressed, rl.malformed, rl.no_memory);
     ss.failed += load(&a->store_failed);
     api_json_append(b, api_store_stats_json(&ss));
     buf_puts(b, ",\"stream\":");
@@ -273,6 +278,17 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     for (size_t i = 0; i < n; i++)
         api_metric_labelled(b, "ebpf_agent_drops_suppressed_total", "program", progs[i].name,
                             progs[i].suppressed);
+    api_metric_header(b, "ebpf_agent_program_untracked_total", "counter",
+                      "Connections a program could not follow: its kernel socket map was full.");
+    for (size_t i = 0; i < n; i++)
+        api_metric_labelled(b, "ebpf_agent_program_untracked_total", "program", progs[i].name,
+                            progs[i].untracked);
+    struct capture_record_losses rl;
+    capture_record_losses(a->capture, &rl);
+    api_metric_header(b, "ebpf_agent_records_skipped_total", "counter",
+                      "Kernel records that produced no event, by reason.");
+    api_metric_labelled(b, "ebpf_agent_records_skipped_total", "reason", "malformed", rl.malformed);
+    api_metric_labelled(b, "ebpf_agent_records_skipped_total", "reason", "no_memory", rl.no_memory);
     api_metric_header(b, "ebpf_agent_program_attached", "gauge", "1 when the program is attached.");
     for (size_t i = 0; i < n; i++)
         api_metric_labelled(b, "ebpf_agent_program_attached", "program", progs[i].name,
