@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,15 +113,23 @@ static void setup_without_close(void)
     tu_agent_start(&agent, "lifecycle-node", args);
 }
 
+static void setup_close_only(void)
+{
+    net_setup();
+    const char *const args[] = {"--event-types", "close", NULL};
+    tu_agent_start(&agent, "lifecycle-node", args);
+}
+
 TestSuite(lifecycle, .init = setup_all_types, .fini = net_teardown, .timeout = 60);
 TestSuite(lifecycle_off, .init = setup_without_close, .fini = net_teardown, .timeout = 60);
+TestSuite(lifecycle_only, .init = setup_close_only, .fini = net_teardown, .timeout = 60);
 
 /* ---- The two sides of a connection: forked children that report over a pipe ---- */
 
 /* What a child reports: the outcome of its steps and when they happened. */
 struct report {
     int err;       /* errno of the step that failed unexpectedly, 0 when all went well */
-    char step[24]; /* that step */
+    char step[32]; /* that step */
     int pid;       /* the child's */
     int result;    /* connect(): 0 or the errno it failed with */
     uint16_t port; /* the client's source port */
@@ -255,6 +264,7 @@ struct exchange {
     size_t to_client; /* bytes the server answers */
     bool linger_wait; /* server: close() waits until the connection is closed */
     bool reset;       /* the client aborts with SO_LINGER {1, 0} after the server's answer */
+    const char *lose; /* client: its request is blackholed in the router until retransmitted */
 };
 
 /*
@@ -288,6 +298,30 @@ static void serve(struct report *r, void *arg)
 }
 
 /*
+ * Sends the request while the router blackholes the route to lose (so every
+ * segment of it is lost once) and lets it through after the first
+ * retransmission: bytes_sent must still count each byte once.
+ */
+static bool send_lossy(struct report *r, int c, const struct exchange *x)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "ip -n %s route add blackhole %s", ns_router, x->lose);
+    if (step_failed(r, "blackhole route", system(cmd) != 0) || !io_exact(r, c, x->to_server, true))
+        return false;
+    uint64_t deadline = clock_monotonic_ns() + 5000000000ull;
+    struct tcp_info ti = {0};
+    socklen_t len = sizeof(ti);
+    while (getsockopt(c, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 && ti.tcpi_total_retrans == 0 &&
+           clock_monotonic_ns() < deadline)
+        usleep(10000);
+    errno = ETIMEDOUT;
+    if (step_failed(r, "wait for a retransmission", ti.tcpi_total_retrans == 0))
+        return false;
+    snprintf(cmd, sizeof(cmd), "ip -n %s route del blackhole %s", ns_router, x->lose);
+    return !step_failed(r, "restore the route", system(cmd) != 0);
+}
+
+/*
  * Client: t[0] before connect(), t[1] after it, t[2] after the answer (before
  * its FIN or RST), t[3] when the server's FIN has arrived (FIN close only).
  */
@@ -300,7 +334,8 @@ static void client(struct report *r, void *arg)
         return;
     r->t[1] = clock_monotonic_ns();
     r->port = local_port(c);
-    if (!io_exact(r, c, x->to_server, true) || !io_exact(r, c, x->to_client, false))
+    if (!(x->lose ? send_lossy(r, c, x) : io_exact(r, c, x->to_server, true)) ||
+        !io_exact(r, c, x->to_client, false))
         return;
     r->t[2] = clock_monotonic_ns();
     if (x->reset) {
@@ -367,6 +402,7 @@ struct close_want {
     uint64_t sent, received;
     uint64_t min_ns, max_ns; /* bounds of duration_ns */
     const char *reset;       /* NULL: none */
+    bool retransmitted;      /* at least one retransmission, else none */
 };
 
 static void expect_close(json_t *ev, const struct close_want *w)
@@ -392,12 +428,22 @@ static void expect_close(json_t *ev, const struct close_want *w)
               "duration_ns %" PRIu64 " outside the measured [%" PRIu64 ", %" PRIu64 "]", d,
               w->min_ns, w->max_ns);
     cr_expect_gt(tu_jint(ev, "srtt_us"), 0);
-    cr_expect_eq(tu_jint(ev, "retransmits"), 0, "a veth path loses nothing");
+    if (w->retransmitted)
+        cr_expect_gt(tu_jint(ev, "retransmits"), 0);
+    else
+        cr_expect_eq(tu_jint(ev, "retransmits"), 0, "a veth path loses nothing");
     if (w->reset)
         cr_expect_str_eq(tu_jstr(ev, "reset"), w->reset);
     else
         cr_expect_null(json_object_get(ev, "reset"), "reset: %s", tu_jstr(ev, "reset"));
 }
+
+struct fin_case {
+    const char *client_ip, *server_ip, *family;
+    size_t to_server, to_client;
+    bool linger_wait;
+    const char *lose;
+};
 
 /*
  * A normal close: the client sends N bytes, the server answers M, the client
@@ -406,13 +452,13 @@ static void expect_close(json_t *ev, const struct close_want *w)
  * last ACK came), which bounds its duration; otherwise the time the test saw
  * the event does.
  */
-static void check_fin_close(const char *client_ip, const char *server_ip, const char *family,
-                            bool linger_wait)
+static void check_fin_close(const struct fin_case *f, struct report *cr_out)
 {
-    struct exchange x = {.dest = addr_of(server_ip, SERVER_PORT),
-                         .to_server = 100000,
-                         .to_client = 54321,
-                         .linger_wait = linger_wait};
+    struct exchange x = {.dest = addr_of(f->server_ip, SERVER_PORT),
+                         .to_server = f->to_server,
+                         .to_client = f->to_client,
+                         .linger_wait = f->linger_wait,
+                         .lose = f->lose};
     struct report cr, sr;
     run_exchange(&x, &cr, &sr);
 
@@ -421,14 +467,15 @@ static void check_fin_close(const char *client_ip, const char *server_ip, const 
     /* Established inside connect(); closed when the server's FIN came (before EOF was read). */
     struct close_want w = {.pid = cr.pid,
                            .command = "lt-client",
-                           .client_ip = client_ip,
-                           .server_ip = server_ip,
-                           .family = family,
+                           .client_ip = f->client_ip,
+                           .server_ip = f->server_ip,
+                           .family = f->family,
                            .client_port = cr.port,
                            .sent = x.to_server,
                            .received = x.to_client,
                            .min_ns = cr.t[2] - cr.t[1],
-                           .max_ns = cr.t[3] - cr.t[0]};
+                           .max_ns = cr.t[3] - cr.t[0],
+                           .retransmitted = f->lose != NULL};
     expect_close(ev, &w);
     json_decref(ev);
 
@@ -440,19 +487,34 @@ static void check_fin_close(const char *client_ip, const char *server_ip, const 
     w.sent = x.to_client;
     w.received = x.to_server;
     w.min_ns = sr.t[1] - sr.t[0];
-    w.max_ns = (linger_wait ? sr.t[2] : seen) - cr.t[0];
+    w.max_ns = (f->linger_wait ? sr.t[2] : seen) - cr.t[0];
+    w.retransmitted = false;
     expect_close(ev, &w);
     json_decref(ev);
+    if (cr_out) {
+        cr_out[0] = cr;
+        cr_out[1] = sr;
+    }
 }
 
 Test(lifecycle, fin_close_ipv4_both_sides)
 {
-    check_fin_close("10.77.1.2", "10.77.2.2", "ipv4", true);
+    check_fin_close(&(struct fin_case){"10.77.1.2", "10.77.2.2", "ipv4", 100000, 54321, true},
+                    NULL);
 }
 
 Test(lifecycle, fin_close_ipv6_both_sides)
 {
-    check_fin_close("fd77:1::2", "fd77:2::2", "ipv6", false);
+    check_fin_close(&(struct fin_case){"fd77:1::2", "fd77:2::2", "ipv6", 100000, 54321, false},
+                    NULL);
+}
+
+/* A request small enough for the socket buffer, all lost once and retransmitted. */
+Test(lifecycle, retransmitted_bytes_are_counted_once)
+{
+    check_fin_close(&(struct fin_case){"10.77.1.2", "10.77.2.2", "ipv4", 5000, 300, true,
+                                       .lose = "10.77.2.2/32"},
+                    NULL);
 }
 
 Test(lifecycle, rst_close_is_reset_sent_and_received)
@@ -650,7 +712,7 @@ static long long metric(const char *body, const char *series)
 
 Test(lifecycle, programs_and_metrics_count_close_events)
 {
-    check_fin_close("10.77.1.2", "10.77.2.2", "ipv4", true);
+    check_fin_close(&(struct fin_case){"10.77.1.2", "10.77.2.2", "ipv4", 1000, 1000, true}, NULL);
 
     for (size_t i = 0; i < N_CLOSE_PROGRAMS; i++) {
         json_t *p = program(close_programs[i]);
@@ -724,4 +786,28 @@ Test(lifecycle_off, close_programs_disabled_and_no_close_events)
     cr_expect_eq(json_array_size(json_object_get(all, "events")), 0, "close events: %s",
                  json_dumps(all, JSON_COMPACT));
     json_decref(all);
+}
+
+/* ---- close alone in --event-types ---- */
+
+/* Close events need the connect and accept programs' bookkeeping, not their events. */
+Test(lifecycle_only, close_events_without_connection_events)
+{
+    struct report sides[2];
+    check_fin_close(&(struct fin_case){"10.77.1.2", "10.77.2.2", "ipv4", 2000, 3000, true}, sides);
+
+    /* A connection or accept record would have come before the close records just seen. */
+    for (int i = 0; i < 2; i++) {
+        char q[128];
+        snprintf(q, sizeof(q), "/api/events?type=connection,accept&pid=%d", sides[i].pid);
+        int status;
+        json_t *r = tu_get_json(agent.port, q, &status);
+        cr_assert_eq(status, 200);
+        cr_expect_eq(json_array_size(json_object_get(r, "events")), 0, "%s",
+                     json_dumps(r, JSON_COMPACT));
+        json_decref(r);
+    }
+    json_t *p = program("tp_btf__inet_sock_set_state");
+    cr_expect_str_eq(tu_jstr(p, "status"), "attached", "close events start at its state changes");
+    json_decref(p);
 }
