@@ -368,7 +368,6 @@ static void run_exchange(struct exchange *x, struct report *cr, struct report *s
 struct close_match {
     const char *role;
     int client_port;
-    int server_port;
 };
 
 static bool match_close(json_t *ev, void *arg)
@@ -377,58 +376,60 @@ static bool match_close(json_t *ev, void *arg)
     const char *role = tu_jstr(ev, "role");
     return role && strcmp(role, m->role) == 0 &&
            json_integer_value(json_object_get(ev, "source_port")) == m->client_port &&
-           json_integer_value(json_object_get(ev, "dest_port")) == m->server_port;
+           json_integer_value(json_object_get(ev, "dest_port")) == SERVER_PORT;
 }
 
-/* The close event of pid's side of the connection; t_seen = when the test first saw it. */
-static json_t *wait_close(int pid, const char *role, int client_port, int server_port,
-                          uint64_t *t_seen)
-{
-    char q[128];
-    snprintf(q, sizeof(q), "/api/events?type=close&pid=%d&limit=100", pid);
-    struct close_match m = {role, client_port, server_port};
-    json_t *ev = tu_wait_event(agent.port, q, match_close, &m, WAIT_MS);
-    *t_seen = clock_monotonic_ns();
-    cr_assert(ev, "no close event (role %s) from pid %d for port %d -> %d", role, pid, client_port,
-              server_port);
-    return ev;
-}
-
+/*
+ * What one side's close event must say. The connection was established
+ * within [est_from, est_by] and closed within [closed_from, closed_by]
+ * (CLOCK_MONOTONIC; closed_by 0: by the time the test saw the event), which
+ * bounds duration_ns.
+ */
 struct close_want {
-    int pid;
-    const char *command;
     const char *client_ip, *server_ip, *family;
-    int client_port;
-    uint64_t sent, received;
-    uint64_t min_ns, max_ns; /* bounds of duration_ns */
-    const char *reset;       /* NULL: none */
-    bool retransmitted;      /* at least one retransmission, else none */
+    uint64_t est_from, est_by, closed_from, closed_by;
+    const char *reset;  /* NULL: none */
+    bool retransmitted; /* the client retransmitted (at least once); no one else did */
 };
 
-static void expect_close(json_t *ev, const struct close_want *w)
+/* Waits for the close event of one side of the exchange and checks it against w. */
+static void check_close(const struct exchange *x, const struct report *cr, const struct report *sr,
+                        bool server, const struct close_want *w)
 {
+    const struct report *me = server ? sr : cr;
+    const char *role = server ? "server" : "client";
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=close&pid=%d&limit=100", me->pid);
+    struct close_match m = {role, cr->port};
+    json_t *ev = tu_wait_event(agent.port, q, match_close, &m, WAIT_MS);
+    uint64_t seen = clock_monotonic_ns();
+    cr_assert(ev, "no close event (role %s) from pid %d for port %d -> %d", role, me->pid, cr->port,
+              SERVER_PORT);
     char *text = json_dumps(ev, JSON_COMPACT);
     cr_log_info("close event: %s", text);
     free(text);
+
     cr_expect_str_eq(tu_jstr(ev, "type"), "close");
     cr_expect_str_eq(tu_jstr(ev, "node"), "lifecycle-node");
-    cr_expect_eq(tu_jint(ev, "pid"), w->pid);
+    cr_expect_eq(tu_jint(ev, "pid"), me->pid);
     cr_expect_eq(tu_jint(ev, "ppid"), getpid());
-    cr_expect_str_eq(tu_jstr(ev, "command"), w->command);
+    cr_expect_str_eq(tu_jstr(ev, "command"), server ? "lt-server" : "lt-client");
     cr_expect_str_eq(tu_jstr(ev, "protocol"), "tcp");
     cr_expect_str_eq(tu_jstr(ev, "family"), w->family);
     cr_expect_str_eq(tu_jstr(ev, "source_ip"), w->client_ip);
-    cr_expect_eq(tu_jint(ev, "source_port"), w->client_port);
+    cr_expect_eq(tu_jint(ev, "source_port"), cr->port);
     cr_expect_str_eq(tu_jstr(ev, "dest_ip"), w->server_ip);
     cr_expect_eq(tu_jint(ev, "dest_port"), SERVER_PORT);
-    cr_expect_eq(tu_jint(ev, "bytes_sent"), (json_int_t)w->sent);
-    cr_expect_eq(tu_jint(ev, "bytes_received"), (json_int_t)w->received);
+    cr_expect_eq(tu_jint(ev, "bytes_sent"), (json_int_t)(server ? x->to_client : x->to_server));
+    cr_expect_eq(tu_jint(ev, "bytes_received"), (json_int_t)(server ? x->to_server : x->to_client));
     uint64_t d = (uint64_t)tu_jint(ev, "duration_ns");
-    cr_expect(d >= w->min_ns && d <= w->max_ns,
-              "duration_ns %" PRIu64 " outside the measured [%" PRIu64 ", %" PRIu64 "]", d,
-              w->min_ns, w->max_ns);
+    uint64_t min = w->closed_from - w->est_by,
+             max = (w->closed_by ? w->closed_by : seen) - w->est_from;
+    cr_expect(d >= min && d <= max,
+              "duration_ns %" PRIu64 " outside the measured [%" PRIu64 ", %" PRIu64 "]", d, min,
+              max);
     cr_expect_gt(tu_jint(ev, "srtt_us"), 0);
-    if (w->retransmitted)
+    if (w->retransmitted && !server)
         cr_expect_gt(tu_jint(ev, "retransmits"), 0);
     else
         cr_expect_eq(tu_jint(ev, "retransmits"), 0, "a veth path loses nothing");
@@ -436,6 +437,7 @@ static void expect_close(json_t *ev, const struct close_want *w)
         cr_expect_str_eq(tu_jstr(ev, "reset"), w->reset);
     else
         cr_expect_null(json_object_get(ev, "reset"), "reset: %s", tu_jstr(ev, "reset"));
+    json_decref(ev);
 }
 
 struct fin_case {
@@ -449,10 +451,10 @@ struct fin_case {
  * A normal close: the client sends N bytes, the server answers M, the client
  * shuts down its side and the server closes after the client's FIN. With
  * linger_wait the server's close() returns once its socket is closed (the
- * last ACK came), which bounds its duration; otherwise the time the test saw
- * the event does.
+ * last ACK came), which bounds its close; otherwise the time the test saw
+ * the event does. The sides' reports go to sides (may be NULL).
  */
-static void check_fin_close(const struct fin_case *f, struct report *cr_out)
+static void check_fin_close(const struct fin_case *f, struct report sides[2])
 {
     struct exchange x = {.dest = addr_of(f->server_ip, SERVER_PORT),
                          .to_server = f->to_server,
@@ -462,38 +464,27 @@ static void check_fin_close(const struct fin_case *f, struct report *cr_out)
     struct report cr, sr;
     run_exchange(&x, &cr, &sr);
 
-    uint64_t seen;
-    json_t *ev = wait_close(cr.pid, "client", cr.port, SERVER_PORT, &seen);
-    /* Established inside connect(); closed when the server's FIN came (before EOF was read). */
-    struct close_want w = {.pid = cr.pid,
-                           .command = "lt-client",
-                           .client_ip = f->client_ip,
+    /* The client: established inside connect(); closed when the server's FIN came, after
+     * its own shutdown() and before it read EOF. */
+    struct close_want w = {.client_ip = f->client_ip,
                            .server_ip = f->server_ip,
                            .family = f->family,
-                           .client_port = cr.port,
-                           .sent = x.to_server,
-                           .received = x.to_client,
-                           .min_ns = cr.t[2] - cr.t[1],
-                           .max_ns = cr.t[3] - cr.t[0],
+                           .est_from = cr.t[0],
+                           .est_by = cr.t[1],
+                           .closed_from = cr.t[2],
+                           .closed_by = cr.t[3],
                            .retransmitted = f->lose != NULL};
-    expect_close(ev, &w);
-    json_decref(ev);
+    check_close(&x, &cr, &sr, false, &w);
 
-    ev = wait_close(sr.pid, "server", cr.port, SERVER_PORT, &seen);
-    /* Established after the client's connect() began and before accept() returned; closed
-     * after the server's close() began. */
-    w.pid = sr.pid;
-    w.command = "lt-server";
-    w.sent = x.to_client;
-    w.received = x.to_server;
-    w.min_ns = sr.t[1] - sr.t[0];
-    w.max_ns = (f->linger_wait ? sr.t[2] : seen) - cr.t[0];
-    w.retransmitted = false;
-    expect_close(ev, &w);
-    json_decref(ev);
-    if (cr_out) {
-        cr_out[0] = cr;
-        cr_out[1] = sr;
+    /* The server: established after the client's connect() began and before accept()
+     * returned; closed after its close() began. */
+    w.est_by = sr.t[0];
+    w.closed_from = sr.t[1];
+    w.closed_by = f->linger_wait ? sr.t[2] : 0;
+    check_close(&x, &cr, &sr, true, &w);
+    if (sides) {
+        sides[0] = cr;
+        sides[1] = sr;
     }
 }
 
@@ -526,33 +517,21 @@ Test(lifecycle, rst_close_is_reset_sent_and_received)
     struct report cr, sr;
     run_exchange(&x, &cr, &sr);
 
-    uint64_t seen;
-    json_t *ev = wait_close(cr.pid, "client", cr.port, SERVER_PORT, &seen);
-    struct close_want w = {.pid = cr.pid,
-                           .command = "lt-client",
-                           .client_ip = "10.77.1.2",
+    /* The client's RST went out in its close(), after it read the answer. */
+    struct close_want w = {.client_ip = "10.77.1.2",
                            .server_ip = "10.77.2.2",
                            .family = "ipv4",
-                           .client_port = cr.port,
-                           .sent = x.to_server,
-                           .received = x.to_client,
-                           .min_ns = cr.t[2] - cr.t[1],
-                           .max_ns = seen - cr.t[0],
+                           .est_from = cr.t[0],
+                           .est_by = cr.t[1],
+                           .closed_from = cr.t[2],
                            .reset = "sent"};
-    expect_close(ev, &w);
-    json_decref(ev);
+    check_close(&x, &cr, &sr, false, &w);
 
     /* The server's socket closed when the RST came: before its read() returned ECONNRESET. */
-    ev = wait_close(sr.pid, "server", cr.port, SERVER_PORT, &seen);
-    w.pid = sr.pid;
-    w.command = "lt-server";
-    w.sent = x.to_client;
-    w.received = x.to_server;
-    w.min_ns = cr.t[2] - sr.t[0];
-    w.max_ns = sr.t[1] - cr.t[0];
+    w.est_by = sr.t[0];
+    w.closed_by = sr.t[1];
     w.reset = "received";
-    expect_close(ev, &w);
-    json_decref(ev);
+    check_close(&x, &cr, &sr, true, &w);
 }
 
 /* ---- Connect failures ---- */
