@@ -152,7 +152,22 @@ static bool step_failed(struct report *r, const char *step, bool failed)
     return failed;
 }
 
-/* Forks a child named comm that runs fn and reports; the test closes its copy of fd after. */
+/* In a child: where its reports go. */
+static int report_fd = -1;
+
+/* In a child: sends the report of one connection and starts the next one's. */
+static void report_next(struct report *r)
+{
+    if (write(report_fd, r, sizeof(*r)) != (ssize_t)sizeof(*r))
+        _exit(1);
+    *r = (struct report){.pid = r->pid};
+}
+
+/*
+ * Forks a child named comm that runs fn, which reports each connection but
+ * its last with report_next(); the last report is sent when fn returns. The
+ * test closes its own copy of the child's sockets after this.
+ */
 static void side_start(struct side *s, const char *comm, side_fn fn, void *arg)
 {
     int p[2];
@@ -162,25 +177,39 @@ static void side_start(struct side *s, const char *comm, side_fn fn, void *arg)
     if (s->pid == 0) {
         struct report r = {.pid = getpid()};
         close(p[0]);
+        report_fd = p[1];
         prctl(PR_SET_NAME, comm);
         fn(&r, arg);
-        _exit(write(p[1], &r, sizeof(r)) == (ssize_t)sizeof(r) ? 0 : 1);
+        report_next(&r);
+        _exit(0);
     }
     close(p[1]);
     s->fd = p[0];
 }
 
-/* The child's report; fails the test when it does not come or tells of a failed step. */
-static void side_finish(struct side *s, struct report *r)
+/* The child's next report; fails the test when it does not come or tells of a failed step. */
+static void side_read(struct side *s, struct report *r)
 {
     struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
     cr_assert_eq(poll(&pfd, 1, WAIT_MS), 1, "child %d did not report", s->pid);
     ssize_t n = read(s->fd, r, sizeof(*r));
-    close(s->fd);
-    int st;
-    cr_assert_eq(waitpid(s->pid, &st, 0), s->pid);
     cr_assert(n == (ssize_t)sizeof(*r), "child %d reported %zd bytes", s->pid, n);
     cr_assert_eq(r->err, 0, "child %d: %s: %s", s->pid, r->step, strerror(r->err));
+}
+
+static void side_wait(struct side *s)
+{
+    int st;
+    close(s->fd);
+    cr_assert_eq(waitpid(s->pid, &st, 0), s->pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d: status %d", s->pid, st);
+}
+
+/* The report of a child that makes one connection, once it has exited. */
+static void side_finish(struct side *s, struct report *r)
+{
+    side_read(s, r);
+    side_wait(s);
 }
 
 static bool io_exact(struct report *r, int fd, size_t len, bool writing)
@@ -265,20 +294,19 @@ struct exchange {
     bool linger_wait; /* server: close() waits until the connection is closed */
     bool reset;       /* the client aborts with SO_LINGER {1, 0} after the server's answer */
     const char *lose; /* client: its request is blackholed in the router until retransmitted */
+    bool again;       /* a second connection on the client's socket, after connect(AF_UNSPEC) */
 };
 
 /*
  * Server: t[0] accepted, t[1] before close(), t[2] after it. It reads the
  * request, answers, then waits for the client's FIN (or its RST).
  */
-static void serve(struct report *r, void *arg)
+static void serve_one(struct report *r, const struct exchange *x)
 {
-    struct exchange *x = arg;
     int a = accept(x->fd, NULL, NULL);
     r->t[0] = clock_monotonic_ns();
     if (step_failed(r, "accept", a < 0))
         return;
-    close(x->fd);
     if (!io_exact(r, a, x->to_server, false) || !io_exact(r, a, x->to_client, true))
         return;
     if (x->reset) {
@@ -295,6 +323,17 @@ static void serve(struct report *r, void *arg)
     r->t[1] = clock_monotonic_ns();
     close(a);
     r->t[2] = clock_monotonic_ns();
+}
+
+static void serve(struct report *r, void *arg)
+{
+    struct exchange *x = arg;
+    serve_one(r, x);
+    if (x->again && !r->err) {
+        report_next(r);
+        serve_one(r, x);
+    }
+    close(x->fd);
 }
 
 /*
@@ -325,9 +364,8 @@ static bool send_lossy(struct report *r, int c, const struct exchange *x)
  * Client: t[0] before connect(), t[1] after it, t[2] after the answer (before
  * its FIN or RST), t[3] when the server's FIN has arrived (FIN close only).
  */
-static void client(struct report *r, void *arg)
+static void client_one(struct report *r, const struct exchange *x)
 {
-    struct exchange *x = arg;
     int c = x->fd;
     r->t[0] = clock_monotonic_ns();
     if (step_failed(r, "connect", connect(c, (struct sockaddr *)&x->dest.sa, x->dest.len) != 0))
@@ -346,10 +384,25 @@ static void client(struct report *r, void *arg)
         read_eof(r, c);
         r->t[3] = clock_monotonic_ns();
     }
-    close(c);
 }
 
-/* Runs one connection between the client and server namespaces; reports in cr and sr. */
+static void client(struct report *r, void *arg)
+{
+    struct exchange *x = arg;
+    client_one(r, x);
+    if (x->again && !r->err) {
+        struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+        report_next(r);
+        if (!step_failed(r, "connect(AF_UNSPEC)", connect(x->fd, &unspec, sizeof(unspec)) != 0))
+            client_one(r, x);
+    }
+    close(x->fd);
+}
+
+/*
+ * Runs the exchange between the client and server namespaces; the sides'
+ * reports go to cr and sr (two each when x->again).
+ */
 static void run_exchange(struct exchange *x, struct report *cr, struct report *sr)
 {
     struct side srv, cli;
@@ -359,8 +412,12 @@ static void run_exchange(struct exchange *x, struct report *cr, struct report *s
     x->fd = tu_netns_socket(ns_client, x->dest.family, SOCK_STREAM);
     side_start(&cli, "lt-client", client, x);
     close(x->fd);
-    side_finish(&cli, cr);
-    side_finish(&srv, sr);
+    for (int i = 0; i <= x->again; i++) {
+        side_read(&cli, &cr[i]);
+        side_read(&srv, &sr[i]);
+    }
+    side_wait(&cli);
+    side_wait(&srv);
 }
 
 /* ---- What the agent says ---- */
@@ -445,6 +502,7 @@ struct fin_case {
     size_t to_server, to_client;
     bool linger_wait;
     const char *lose;
+    bool again;
 };
 
 /*
@@ -452,7 +510,8 @@ struct fin_case {
  * shuts down its side and the server closes after the client's FIN. With
  * linger_wait the server's close() returns once its socket is closed (the
  * last ACK came), which bounds its close; otherwise the time the test saw
- * the event does. The sides' reports go to sides (may be NULL).
+ * the event does. With again, the same once more on the client's socket.
+ * The sides' reports of the first connection go to sides (may be NULL).
  */
 static void check_fin_close(const struct fin_case *f, struct report sides[2])
 {
@@ -460,31 +519,34 @@ static void check_fin_close(const struct fin_case *f, struct report sides[2])
                          .to_server = f->to_server,
                          .to_client = f->to_client,
                          .linger_wait = f->linger_wait,
-                         .lose = f->lose};
-    struct report cr, sr;
-    run_exchange(&x, &cr, &sr);
+                         .lose = f->lose,
+                         .again = f->again};
+    struct report cr[2], sr[2];
+    run_exchange(&x, cr, sr);
 
-    /* The client: established inside connect(); closed when the server's FIN came, after
-     * its own shutdown() and before it read EOF. */
-    struct close_want w = {.client_ip = f->client_ip,
-                           .server_ip = f->server_ip,
-                           .family = f->family,
-                           .est_from = cr.t[0],
-                           .est_by = cr.t[1],
-                           .closed_from = cr.t[2],
-                           .closed_by = cr.t[3],
-                           .retransmitted = f->lose != NULL};
-    check_close(&x, &cr, &sr, false, &w);
+    for (int i = 0; i <= x.again; i++) {
+        /* The client: established inside connect(); closed when the server's FIN came,
+         * after its own shutdown() and before it read EOF. */
+        struct close_want w = {.client_ip = f->client_ip,
+                               .server_ip = f->server_ip,
+                               .family = f->family,
+                               .est_from = cr[i].t[0],
+                               .est_by = cr[i].t[1],
+                               .closed_from = cr[i].t[2],
+                               .closed_by = cr[i].t[3],
+                               .retransmitted = f->lose != NULL};
+        check_close(&x, &cr[i], &sr[i], false, &w);
 
-    /* The server: established after the client's connect() began and before accept()
-     * returned; closed after its close() began. */
-    w.est_by = sr.t[0];
-    w.closed_from = sr.t[1];
-    w.closed_by = f->linger_wait ? sr.t[2] : 0;
-    check_close(&x, &cr, &sr, true, &w);
+        /* The server: established after the client's connect() began and before accept()
+         * returned; closed after its close() began. */
+        w.est_by = sr[i].t[0];
+        w.closed_from = sr[i].t[1];
+        w.closed_by = f->linger_wait ? sr[i].t[2] : 0;
+        check_close(&x, &cr[i], &sr[i], true, &w);
+    }
     if (sides) {
-        sides[0] = cr;
-        sides[1] = sr;
+        sides[0] = cr[0];
+        sides[1] = sr[0];
     }
 }
 
@@ -506,6 +568,16 @@ Test(lifecycle, retransmitted_bytes_are_counted_once)
     check_fin_close(&(struct fin_case){"10.77.1.2", "10.77.2.2", "ipv4", 5000, 300, true,
                                        .lose = "10.77.2.2/32"},
                     NULL);
+}
+
+/*
+ * connect(AF_UNSPEC) dissolves a connection and lets the program connect the
+ * same socket again: two connections, two close events each side.
+ */
+Test(lifecycle, socket_connected_again_after_a_disconnect)
+{
+    check_fin_close(
+        &(struct fin_case){"10.77.1.2", "10.77.2.2", "ipv4", 700, 1400, true, .again = true}, NULL);
 }
 
 Test(lifecycle, rst_close_is_reset_sent_and_received)
@@ -536,17 +608,25 @@ Test(lifecycle, rst_close_is_reset_sent_and_received)
 
 /* ---- Connect failures ---- */
 
+enum attempt_flags {
+    BIND_FIRST = 1, /* bind to port 0 first, so the source port is known after a failure */
+    ABANDON = 2,    /* connect without waiting and close the socket while it connects */
+};
+
 struct attempt {
     int fd;
     struct addr dest;
-    bool bind_first; /* bind to port 0 first, so the source port is known after a failure */
+    unsigned flags;
 };
 
-/* t[0] before connect(), t[1] after; result = its errno. */
+/* t[0] before connect(), t[1] after it (ABANDON: after the close); result = its errno. */
 static void attempt_connect(struct report *r, void *arg)
 {
     struct attempt *a = arg;
-    if (a->bind_first) {
+    if ((a->flags & ABANDON) &&
+        step_failed(r, "O_NONBLOCK", fcntl(a->fd, F_SETFL, O_NONBLOCK) != 0))
+        return;
+    if (a->flags & BIND_FIRST) {
         struct sockaddr_storage any = {.ss_family = (sa_family_t)a->dest.family};
         if (step_failed(r, "bind", bind(a->fd, (struct sockaddr *)&any, a->dest.len) != 0))
             return;
@@ -554,8 +634,8 @@ static void attempt_connect(struct report *r, void *arg)
     }
     r->t[0] = clock_monotonic_ns();
     r->result = connect(a->fd, (struct sockaddr *)&a->dest.sa, a->dest.len) == 0 ? 0 : errno;
-    r->t[1] = clock_monotonic_ns();
     close(a->fd);
+    r->t[1] = clock_monotonic_ns();
 }
 
 struct failed_match {
@@ -578,10 +658,10 @@ static bool match_failed(json_t *ev, void *arg)
  * want_errno; returns the agent's failed connection event (checked for the
  * process, destination and error) and the client's report in r.
  */
-static json_t *failed_connect(const char *dest_ip, int port, bool bind_first, int want_errno,
+static json_t *failed_connect(const char *dest_ip, int port, unsigned flags, int want_errno,
                               const char *want_error, struct report *r)
 {
-    struct attempt a = {.dest = addr_of(dest_ip, port), .bind_first = bind_first};
+    struct attempt a = {.dest = addr_of(dest_ip, port), .flags = flags};
     struct side s;
     a.fd = tu_netns_socket(ns_client, a.dest.family, SOCK_STREAM);
     side_start(&s, "lt-connect", attempt_connect, &a);
@@ -619,7 +699,8 @@ static void expect_after_syn(json_t *ev, const struct report *r, uint64_t min_la
 Test(lifecycle, refused_by_a_closed_port)
 {
     struct report r;
-    json_t *ev = failed_connect("10.77.2.2", SERVER_PORT + 1, true, ECONNREFUSED, "refused", &r);
+    json_t *ev =
+        failed_connect("10.77.2.2", SERVER_PORT + 1, BIND_FIRST, ECONNREFUSED, "refused", &r);
     expect_after_syn(ev, &r, 0);
     json_decref(ev);
 }
@@ -628,7 +709,7 @@ Test(lifecycle, refused_by_a_closed_port)
 Test(lifecycle, timeout_of_an_unanswered_syn)
 {
     struct report r;
-    json_t *ev = failed_connect("10.77.70.5", 80, true, ETIMEDOUT, "timeout", &r);
+    json_t *ev = failed_connect("10.77.70.5", 80, BIND_FIRST, ETIMEDOUT, "timeout", &r);
     expect_after_syn(ev, &r, 1000000000ull);
     json_decref(ev);
 }
@@ -637,7 +718,17 @@ Test(lifecycle, timeout_of_an_unanswered_syn)
 Test(lifecycle, unreachable_by_icmp_after_the_syn)
 {
     struct report r;
-    json_t *ev = failed_connect("10.77.60.5", 80, true, EHOSTUNREACH, "unreachable", &r);
+    json_t *ev = failed_connect("10.77.60.5", 80, BIND_FIRST, EHOSTUNREACH, "unreachable", &r);
+    expect_after_syn(ev, &r, 0);
+    json_decref(ev);
+}
+
+/* The application closes its socket while the SYN is unanswered: no errno on the socket. */
+Test(lifecycle, abandoned_by_the_application_while_connecting)
+{
+    struct report r;
+    json_t *ev =
+        failed_connect("10.77.70.6", 80, BIND_FIRST | ABANDON, EINPROGRESS, "ECONNABORTED", &r);
     expect_after_syn(ev, &r, 0);
     json_decref(ev);
 }
@@ -646,7 +737,7 @@ Test(lifecycle, unreachable_by_icmp_after_the_syn)
 Test(lifecycle, unreachable_by_local_route_before_the_syn)
 {
     struct report r;
-    json_t *ev = failed_connect("10.77.50.5", 80, false, EHOSTUNREACH, "unreachable", &r);
+    json_t *ev = failed_connect("10.77.50.5", 80, 0, EHOSTUNREACH, "unreachable", &r);
     cr_expect_null(json_object_get(ev, "source_ip"), "source_ip: %s", tu_jstr(ev, "source_ip"));
     cr_expect_null(json_object_get(ev, "source_port"));
     cr_expect_eq(tu_jint(ev, "latency_ns"), 0);
@@ -757,7 +848,7 @@ Test(lifecycle_off, close_programs_disabled_and_no_close_events)
     /* Records leave the ring buffer in order: once a failed connect made after both sockets
      * closed is stored, any close record of theirs would be too. */
     struct report r;
-    ev = failed_connect("10.77.2.2", SERVER_PORT + 1, true, ECONNREFUSED, "refused", &r);
+    ev = failed_connect("10.77.2.2", SERVER_PORT + 1, BIND_FIRST, ECONNREFUSED, "refused", &r);
     json_decref(ev);
     int status;
     json_t *all = tu_get_json(agent.port, "/api/events?type=close", &status);
