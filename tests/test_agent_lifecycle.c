@@ -166,24 +166,34 @@ static void report_next(struct report *r)
 /*
  * Forks a child named comm that runs fn, which reports each connection but
  * its last with report_next(); the last report is sent when fn returns. The
- * test closes its own copy of the child's sockets after this.
+ * child takes over the socket sock: fn starts once the test has closed its
+ * own copy, so that the child's close() is the socket's end.
  */
-static void side_start(struct side *s, const char *comm, side_fn fn, void *arg)
+static void side_start(struct side *s, const char *comm, side_fn fn, void *arg, int sock)
 {
-    int p[2];
+    int p[2], go[2];
     cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(go, O_CLOEXEC), 0);
     s->pid = fork();
     cr_assert(s->pid >= 0, "fork: %s", strerror(errno));
     if (s->pid == 0) {
         struct report r = {.pid = getpid()};
+        char c;
         close(p[0]);
+        close(go[1]);
         report_fd = p[1];
         prctl(PR_SET_NAME, comm);
+        if (read(go[0], &c, 1) != 1)
+            _exit(1);
         fn(&r, arg);
         report_next(&r);
         _exit(0);
     }
     close(p[1]);
+    close(go[0]);
+    close(sock);
+    cr_assert_eq(write(go[1], "", 1), 1);
+    close(go[1]);
     s->fd = p[0];
 }
 
@@ -407,11 +417,9 @@ static void run_exchange(struct exchange *x, struct report *cr, struct report *s
 {
     struct side srv, cli;
     x->fd = server_listen(&x->dest);
-    side_start(&srv, "lt-server", serve, x);
-    close(x->fd);
+    side_start(&srv, "lt-server", serve, x, x->fd);
     x->fd = tu_netns_socket(ns_client, x->dest.family, SOCK_STREAM);
-    side_start(&cli, "lt-client", client, x);
-    close(x->fd);
+    side_start(&cli, "lt-client", client, x, x->fd);
     for (int i = 0; i <= x->again; i++) {
         side_read(&cli, &cr[i]);
         side_read(&srv, &sr[i]);
@@ -664,8 +672,7 @@ static json_t *failed_connect(const char *dest_ip, int port, unsigned flags, int
     struct attempt a = {.dest = addr_of(dest_ip, port), .flags = flags};
     struct side s;
     a.fd = tu_netns_socket(ns_client, a.dest.family, SOCK_STREAM);
-    side_start(&s, "lt-connect", attempt_connect, &a);
-    close(a.fd);
+    side_start(&s, "lt-connect", attempt_connect, &a, a.fd);
     side_finish(&s, r);
     cr_assert_eq(r->result, want_errno, "connect to %s:%d: %s, expected %s", dest_ip, port,
                  strerror(r->result), strerror(want_errno));
