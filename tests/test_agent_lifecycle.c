@@ -71,6 +71,9 @@ static void net_setup(void)
     snprintf(ns_client, sizeof(ns_client), "lt%d-client", getpid());
     snprintf(ns_router, sizeof(ns_router), "lt%d-router", getpid());
     snprintf(ns_server, sizeof(ns_server), "lt%d-server", getpid());
+    /* Namespaces left by a test process that died before its .fini. */
+    tu_sh("for n in $(ip netns list | grep -oE '^lt[0-9]+-(client|router|server)'); do "
+          "p=${n#lt}; kill -0 ${p%%%%-*} 2>/dev/null || ip netns del $n; done");
     int rc = tu_sh(
         "set -e; C=%s; R=%s; S=%s; "
         "for n in $C $R $S; do ip netns add $n; "

@@ -1,6 +1,7 @@
 /*
  * Helpers for end-to-end tests: free ports, child processes stopped by PID,
- * a small HTTP/1.1 client, and JSON access through jansson.
+ * a small HTTP/1.1 client, JSON access through jansson, the agent under test
+ * and sockets in network namespaces.
  */
 #ifndef EBPF_MONITOR_TESTUTIL_H
 #define EBPF_MONITOR_TESTUTIL_H
