@@ -23,6 +23,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,15 +39,29 @@
 #define SERVER_PORT 8080
 
 static struct tu_agent agent;
+
+/* tu_run of a formatted command line: its exit status, and its output in *out unless NULL. */
+static int shf(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int shf(char **out, const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    cr_assert(n > 0 && (size_t)n < sizeof(cmd), "command too long: %.80s", cmd);
+    return tu_run(cmd, out);
+}
 static char ns_client[32], ns_router[32], ns_server[32];
 
 static void net_teardown(void)
 {
     tu_agent_stop(&agent);
     if (ns_client[0])
-        tu_sh("ip netns del %s 2>/dev/null; ip netns del %s 2>/dev/null; "
-              "ip netns del %s 2>/dev/null; true",
-              ns_client, ns_router, ns_server);
+        shf(NULL,
+            "ip netns del %s 2>/dev/null; ip netns del %s 2>/dev/null; "
+            "ip netns del %s 2>/dev/null; true",
+            ns_client, ns_router, ns_server);
 }
 
 /*
@@ -57,7 +72,7 @@ static void net_teardown(void)
 static void wait_link_up(const char *ns, const char *dev)
 {
     uint64_t deadline = tu_mono_ms() + 5000;
-    while (tu_sh("ip -n %s -o link show %s | grep -q 'state UP'", ns, dev) != 0) {
+    while (shf(NULL, "ip -n %s -o link show %s | grep -q 'state UP'", ns, dev) != 0) {
         cr_assert(tu_mono_ms() < deadline, "%s in %s did not come up", dev, ns);
         usleep(20000);
     }
@@ -72,9 +87,11 @@ static void net_setup(void)
     snprintf(ns_router, sizeof(ns_router), "lt%d-router", getpid());
     snprintf(ns_server, sizeof(ns_server), "lt%d-server", getpid());
     /* Namespaces left by a test process that died before its .fini. */
-    tu_sh("for n in $(ip netns list | grep -oE '^lt[0-9]+-(client|router|server)'); do "
-          "p=${n#lt}; kill -0 ${p%%%%-*} 2>/dev/null || ip netns del $n; done");
-    int rc = tu_sh(
+    shf(NULL, "for n in $(ip netns list | grep -oE '^lt[0-9]+-(client|router|server)'); do "
+              "p=${n#lt}; kill -0 ${p%%%%-*} 2>/dev/null || ip netns del $n; done");
+    char *out = NULL;
+    int rc = shf(
+        &out,
         "set -e; C=%s; R=%s; S=%s; "
         "for n in $C $R $S; do ip netns add $n; "
         /* Interfaces made from here on take no time for duplicate address detection. */
@@ -96,7 +113,8 @@ static void net_setup(void)
         "ip netns exec $R sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1; "
         "ip netns exec $C sysctl -qw net.ipv4.tcp_syn_retries=1",
         ns_client, ns_router, ns_server);
-    cr_assert_eq(rc, 0, "setting up the test network namespaces failed (exit %d)", rc);
+    cr_assert_eq(rc, 0, "setting up the test network namespaces failed (exit %d):\n%s", rc, out);
+    free(out);
     wait_link_up(ns_client, "c0");
     wait_link_up(ns_router, "r0");
     wait_link_up(ns_router, "r1");

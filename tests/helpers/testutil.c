@@ -10,7 +10,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -418,6 +417,17 @@ int tu_run(const char *cmd, char **out)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
 
+/* tu_spawn, then waits for /ready on port; fails the test with the program's log otherwise. */
+static pid_t spawn_ready(char *const argv[], char *const env[], const char *log_path, int port)
+{
+    pid_t pid = tu_spawn(argv, env, log_path);
+    if (!tu_wait_http(port, "/ready", 200, 30000)) {
+        char *text = tu_read_file(log_path);
+        cr_assert_fail("%s not ready; log:\n%s", argv[0], text ? text : "(none)");
+    }
+    return pid;
+}
+
 static pid_t start_program(const char *bin, int port, int nats_port, const char *extra_env,
                            const char *log_dir)
 {
@@ -428,12 +438,7 @@ static pid_t start_program(const char *bin, int port, int nats_port, const char 
     char *argv[] = {(char *)tu_repo_path(bin), NULL};
     char *env[] = {listen, nats, "DEPLOYMENT_MODE=vm", "FLUSH_INTERVAL=100ms", (char *)extra_env,
                    NULL};
-    pid_t pid = tu_spawn(argv, env, log_path);
-    if (!tu_wait_http(port, "/ready", 200, 30000)) {
-        char *text = tu_read_file(log_path);
-        cr_assert_fail("%s not ready; log:\n%s", bin, text ? text : "(none)");
-    }
-    return pid;
+    return spawn_ready(argv, env, log_path, port);
 }
 
 void tu_monitor_start(struct tu_monitor *m, const char *aggregator_env, const char *log_dir)
@@ -460,18 +465,6 @@ void tu_monitor_stop(struct tu_monitor *m)
     if (m->nats > 0)
         tu_stop(m->nats, 2000);
     memset(m, 0, sizeof(*m));
-}
-
-int tu_sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    cr_assert(n > 0 && (size_t)n < sizeof(cmd), "command too long: %.80s", cmd);
-    int st = system(cmd);
-    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 int tu_netns_socket(const char *name, int domain, int type)
@@ -507,11 +500,7 @@ void tu_agent_start(struct tu_agent *a, const char *node, const char *const extr
         cr_assert(n < sizeof(argv) / sizeof(argv[0]) - 1, "too many agent arguments");
         argv[n++] = extra[i];
     }
-    a->pid = tu_spawn((char *const *)argv, NULL, a->log);
-    if (!tu_wait_http(a->port, "/ready", 200, 30000)) {
-        char *log = tu_read_file(a->log);
-        cr_assert_fail("agent not ready; log:\n%s", log ? log : "(none)");
-    }
+    a->pid = spawn_ready((char *const *)argv, NULL, a->log, a->port);
 }
 
 int tu_agent_stop(struct tu_agent *a)

@@ -105,10 +105,6 @@ struct tu_monitor {
 void tu_monitor_start(struct tu_monitor *m, const char *aggregator_env, const char *log_dir);
 void tu_monitor_stop(struct tu_monitor *m);
 
-/* Runs a shell command line (formatted) with /bin/sh -c; returns its exit code (-1 if it
- * did not exit). Its output goes to the test's stderr. */
-int tu_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
 /*
  * A socket (socket(domain, type, 0)) created inside the network namespace
  * /run/netns/name: it stays there whatever process uses it, so a forked child
