@@ -7,9 +7,10 @@
  *   10.77.1.2             10.77.1.1 10.77.2.1   10.77.2.2
  *   fd77:1::2             fd77:1::1 fd77:2::1   fd77:2::2
  *
- * The router answers 10.77.60.0/24 with ICMP unreachable and silently drops
- * 10.77.70.0/24 (blackhole); the client has a local unreachable route for
- * 10.77.50.0/24 and tcp_syn_retries=1, so an unanswered SYN fails in ~3 s.
+ * The router answers 10.77.60.0/24 and fd77:60::/64 with ICMP unreachable
+ * and silently drops 10.77.70.0/24 (blackhole); the client has local
+ * unreachable routes for 10.77.50.0/24 and fd77:50::/64 and
+ * tcp_syn_retries=1, so an unanswered SYN fails in ~3 s.
  * Each side of a connection is a forked child with its own comm; sockets are
  * created in their namespace by the test (tu_netns_socket), so the children
  * never leave the root namespace. Times are CLOCK_MONOTONIC, like the
@@ -108,7 +109,9 @@ static void net_setup(void)
         "ip -n $C route add default via 10.77.1.1; ip -n $C -6 route add default via fd77:1::1; "
         "ip -n $S route add default via 10.77.2.1; ip -n $S -6 route add default via fd77:2::1; "
         "ip -n $C route add unreachable 10.77.50.0/24; "
+        "ip -n $C -6 route add unreachable fd77:50::/64; "
         "ip -n $R route add unreachable 10.77.60.0/24; "
+        "ip -n $R -6 route add unreachable fd77:60::/64; "
         "ip -n $R route add blackhole 10.77.70.0/24; "
         "ip netns exec $R sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1; "
         "ip netns exec $C sysctl -qw net.ipv4.tcp_syn_retries=1",
@@ -716,7 +719,8 @@ static json_t *failed_connect(const char *dest_ip, int port, unsigned flags, int
 /* A failure after the SYN went out: the source is known, the latency inside connect(). */
 static void expect_after_syn(json_t *ev, const struct report *r, uint64_t min_latency_ns)
 {
-    cr_expect_str_eq(tu_jstr(ev, "source_ip"), "10.77.1.2");
+    cr_expect_str_eq(tu_jstr(ev, "source_ip"),
+                     strcmp(tu_jstr(ev, "family"), "ipv6") == 0 ? "fd77:1::2" : "10.77.1.2");
     cr_expect_eq(tu_jint(ev, "source_port"), r->port);
     uint64_t lat = (uint64_t)tu_jint(ev, "latency_ns");
     cr_expect(lat > min_latency_ns && lat <= r->t[1] - r->t[0],
@@ -762,14 +766,33 @@ Test(lifecycle, abandoned_by_the_application_while_connecting)
 }
 
 /* No route in the client's own table: connect() fails before any SYN, with no source. */
-Test(lifecycle, unreachable_by_local_route_before_the_syn)
+static void check_early_unreachable(const char *dest_ip, const char *family)
 {
     struct report r;
-    json_t *ev = failed_connect("10.77.50.5", 80, 0, EHOSTUNREACH, "unreachable", &r);
+    json_t *ev = failed_connect(dest_ip, 80, 0, EHOSTUNREACH, "unreachable", &r);
     cr_expect_null(json_object_get(ev, "source_ip"), "source_ip: %s", tu_jstr(ev, "source_ip"));
     cr_expect_null(json_object_get(ev, "source_port"));
     cr_expect_eq(tu_jint(ev, "latency_ns"), 0);
-    cr_expect_str_eq(tu_jstr(ev, "family"), "ipv4");
+    cr_expect_str_eq(tu_jstr(ev, "family"), family);
+    json_decref(ev);
+}
+
+Test(lifecycle, unreachable_by_local_route_before_the_syn)
+{
+    check_early_unreachable("10.77.50.5", "ipv4");
+}
+
+Test(lifecycle, unreachable_by_local_route_before_the_syn_ipv6)
+{
+    check_early_unreachable("fd77:50::5", "ipv6");
+}
+
+/* ICMPv6 destination unreachable, no route (code 0): ENETUNREACH on the socket. */
+Test(lifecycle, unreachable_by_icmpv6_after_the_syn)
+{
+    struct report r;
+    json_t *ev = failed_connect("fd77:60::5", 80, BIND_FIRST, ENETUNREACH, "unreachable", &r);
+    expect_after_syn(ev, &r, 0);
     json_decref(ev);
 }
 
