@@ -191,20 +191,6 @@ const volatile bool emit_udp_connect = true;
 const volatile bool emit_accept = true;
 const volatile bool track_close = true;
 
-/* Begins following an established connection; the owner is known for a client. */
-static __always_inline void life_start(__u64 key, __u64 now, const struct record_hdr *owner,
-                                       __u8 role)
-{
-    struct conn_life l = {};
-
-    if (owner)
-        l.owner = *owner;
-    l.established_ns = now;
-    l.snap.role = role;
-    if (bpf_map_update_elem(&lifecycle, &key, &l, BPF_NOEXIST))
-        count_untracked(SLOT_TCP_DESTROY_SOCK);
-}
-
 static __always_inline bool sock_flag(const struct sock *sk, int flag)
 {
     return sk->__sk_common.skc_flags & (1ul << flag);
@@ -250,6 +236,30 @@ static __always_inline void life_emit(__u64 key, struct conn_life *l)
         record_submit(r);
     }
     bpf_map_delete_elem(&lifecycle, &key);
+}
+
+/*
+ * Begins following an established connection; the owner is known for a
+ * client. A closed connection may still be waiting for its socket's end
+ * (life_closed): when a program dissolves a connection with
+ * connect(AF_UNSPEC) (tcp_disconnect: TCP_CLOSE, no tcp_destroy_sock) and
+ * connects the same socket again, that earlier connection is over and is
+ * written now, before this one takes its place.
+ */
+static __always_inline void life_start(__u64 key, __u64 now, const struct record_hdr *owner,
+                                       __u8 role)
+{
+    struct conn_life *prev = bpf_map_lookup_elem(&lifecycle, &key);
+    struct conn_life l = {};
+
+    if (prev && prev->snap.hdr.ts_ns)
+        life_emit(key, prev);
+    if (owner)
+        l.owner = *owner;
+    l.established_ns = now;
+    l.snap.role = role;
+    if (bpf_map_update_elem(&lifecycle, &key, &l, BPF_NOEXIST))
+        count_untracked(SLOT_TCP_DESTROY_SOCK);
 }
 
 /*
