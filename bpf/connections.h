@@ -91,6 +91,15 @@ struct {
     __type(value, __u64); /* struct sock * */
 } connect_thread SEC(".maps");
 
+/* The reset programs write no record: their `events` are the connections they marked. */
+static __always_inline void count_marked(__u32 slot)
+{
+    struct prog_stats *s = slot_stats(slot);
+
+    if (s)
+        __sync_fetch_and_add(&s->events, 1);
+}
+
 static __always_inline void count_untracked(__u32 slot)
 {
     struct prog_stats *s = slot_stats(slot);
@@ -381,8 +390,10 @@ int BPF_PROG(tp_btf__tcp_send_reset, const struct sock *sk)
     if (!sk)
         return 0;
     l = bpf_map_lookup_elem(&lifecycle, &key);
-    if (l && l->snap.reset == CLOSE_RESET_NONE)
+    if (l && l->snap.reset == CLOSE_RESET_NONE) {
         l->snap.reset = CLOSE_RESET_SENT;
+        count_marked(SLOT_TCP_SEND_RESET);
+    }
     return 0;
 }
 
@@ -392,8 +403,10 @@ int BPF_PROG(tp_btf__tcp_receive_reset, struct sock *sk)
     __u64 key = (__u64)sk;
     struct conn_life *l = bpf_map_lookup_elem(&lifecycle, &key);
 
-    if (l && l->snap.reset == CLOSE_RESET_NONE)
+    if (l && l->snap.reset == CLOSE_RESET_NONE) {
         l->snap.reset = CLOSE_RESET_RECEIVED;
+        count_marked(SLOT_TCP_RECEIVE_RESET);
+    }
     return 0;
 }
 

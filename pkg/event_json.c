@@ -356,8 +356,10 @@ void event_json_write(struct buf *b, const struct event *e)
         put_str(b, type, strlen(type));
     else
         PUT_LIT(b, "null");
-    /* A drop freed in softirq has no process of its own: say nothing rather than 0. */
-    if (!(e->type == EVENT_PACKET_DROP && e->pid == 0 && !e->command[0])) {
+    /* A drop freed in softirq, a server connection closed before any process accepted it:
+     * no process of its own, so say nothing rather than 0. */
+    if (!((e->type == EVENT_PACKET_DROP || e->type == EVENT_CLOSE) && e->pid == 0 &&
+          !e->command[0])) {
         PUT_LIT(b, ",\"pid\":");
         put_u64(b, e->pid);
         PUT_LIT(b, ",\"ppid\":");
