@@ -38,6 +38,7 @@ union event_pb_details {
     Ebpfmonitor__DropDetails drop;
     Ebpfmonitor__ExecDetails exec;
     Ebpfmonitor__ExitDetails exit;
+    Ebpfmonitor__CloseDetails close;
 };
 struct event_pb_scratch {
     union event_pb_details details;
