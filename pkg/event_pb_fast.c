@@ -52,7 +52,8 @@
  *      the new field so round trips and the byte comparison cover it;
  *      podref_matches_protobuf_c for a PodRef field),
  *      tests/helpers/pb_craft.c (hostile shapes for a new details kind:
- *      wrong kind, repeated, merged), tests/fuzz/fuzz_batch.c (meta_equal()
+ *      wrong kind, repeated, merged, out-of-range values; a broken pod-table
+ *      entry among pb_craft_refused()'s), tests/fuzz/fuzz_batch.c (meta_equal()
  *      for a new batch field); then regenerate the seed corpus:
  *      EBPF_MONITOR_WRITE_SEEDS=tests/fuzz/corpus/fuzz_batch
  *      build/tests/test_event_pb --filter 'event_pb/fuzz_seeds_decode'.
