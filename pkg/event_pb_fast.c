@@ -42,11 +42,13 @@
  *      event_pb_details (event_pb.h); details_name() and to_event()'s
  *      switch (event_pb_ref.c).
  *   8. A new attribution field (event_k8s, PodRef and Event's inline copy):
- *      podref_size()/write_podref() (pod_strings()), k8s_same()/k8s_hash()/
- *      k8s_empty(), the
- *      inline k8s arrays of plan_event() and fast_event(), fast_podref()'s
- *      field range, event_pb_pod_fill() (event_pb.c), ref_batch_meta() and
- *      to_event()'s intern_field() slots (event_pb_ref.c).
+ *      podref_size()/write_podref() (pod_strings()) and the reference
+ *      event_pb_podref_from_k8s() (event_pb_ref.c), k8s_same()/k8s_hash()/
+ *      k8s_empty(), the inline k8s arrays of plan_event() and fast_event(),
+ *      fast_podref()'s field range, event_pb_pod_fill() (event_pb.c),
+ *      ref_batch_meta() and to_event()'s intern_field() slots
+ *      (event_pb_ref.c). A field only the pod table carries (app, ips,
+ *      host_network) is lost by an event written inline.
  *   9. The JSON codec, pkg/event_json.c (writer and parser), and its tests.
  *  10. Tests: tests/test_event_pb.c (make_events(), random_event(): set
  *      the new field so round trips and the byte comparison cover it;

@@ -171,6 +171,44 @@ void event_pb_scratch_release(struct event_pb_scratch *scratch)
     scratch->args = NULL;
 }
 
+int event_pb_podref_from_k8s(const struct event_k8s *k, Ebpfmonitor__PodRef *out,
+                             struct event_pb_pod_scratch *scratch)
+{
+    const char *ip = k->ips;
+    uint8_t addr[16];
+    size_t n = 0;
+    while (event_pb_ips_next(&ip, addr))
+        n++;
+    ebpfmonitor__pod_ref__init(out);
+    scratch->ips = NULL;
+    if (n && !(scratch->ips = malloc(n * (sizeof(*scratch->ips) + sizeof(addr)))))
+        return -ENOMEM;
+    uint8_t *store = (uint8_t *)(scratch->ips + n);
+    ip = k->ips;
+    for (size_t i = 0; i < n; i++) {
+        scratch->ips[i].data = store + i * sizeof(addr);
+        scratch->ips[i].len = event_pb_ips_next(&ip, scratch->ips[i].data);
+    }
+    out->node_name = pb_str(k->node_name);
+    out->pod_name = pb_str(k->pod_name);
+    out->namespace_ = pb_str(k->namespace);
+    out->container_id = pb_str(k->container_id);
+    out->pod_uid = pb_str(k->pod_uid);
+    out->workload = pb_str(k->workload);
+    out->workload_kind = pb_str(k->workload_kind);
+    out->app = pb_str(k->app);
+    out->n_ips = n;
+    out->ips = scratch->ips;
+    out->host_network = k->host_network;
+    return 0;
+}
+
+void event_pb_pod_scratch_release(struct event_pb_pod_scratch *scratch)
+{
+    free(scratch->ips);
+    scratch->ips = NULL;
+}
+
 int event_batch_encode(const struct event_batch_meta *meta, const struct event *events, size_t n,
                        struct buf *out)
 {
