@@ -4,8 +4,8 @@
  * batches (event_batch_encode + headers, published with nats.c) for two
  * nodes. Queries to either replica answer for both; paging visits every
  * event once; sequence gaps, bad input, SSE and a killed replica behave as
- * the API promises. Plus the merge that makes paging across replicas exact,
- * checked in-process against real stores.
+ * the API promises. The merge and the reply codec on their own are in
+ * test_aggregator_cluster_merge.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -26,7 +26,6 @@
 #include "bus.h"
 #include "event_pb.h"
 #include "intern.h"
-#include "store.h"
 #include "testutil.h"
 
 #define NODE_A    "ip-10-0-1-5.ec2.internal"
@@ -1139,106 +1138,4 @@ Test(aggregator_shutdown, sigterm_with_large_batches_queued_exits_cleanly)
     for (size_t i = 0; i < PER_BATCH; i++)
         event_clear(&ev[i]);
     free(ev);
-}
-
-/* ---- the merge, in-process against real stores ---- */
-
-static struct store *fill_store(uint64_t seed, size_t n, const char *node)
-{
-    struct store_limits lim = {.max_events = 10000};
-    struct store *s = store_new(&lim);
-    cr_assert(s != NULL);
-    for (size_t i = 0; i < n; i++) {
-        struct event e = {0};
-        e.id = seed + i;
-        e.type = EVENT_EXIT;
-        /* Overlapping time ranges and repeated timestamps across the two stores. */
-        e.timestamp_ns = 1700000000000000000ull + ((seed + i * 7) % 50) * 1000;
-        e.pid = (uint32_t)i;
-        e.node = intern(node);
-        cr_assert(store_add(s, &e) == 0);
-    }
-    return s;
-}
-
-/* A source the way a peer sends it: maybe cut short (payload limit), then has_more. */
-static void source_from(struct store *s, const struct query *q, size_t cut, struct store_result *r,
-                        struct cluster_source *src)
-{
-    cr_assert(store_query(s, q, r) == 0);
-    src->events = r->events;
-    src->count = r->count;
-    src->total_count = r->total_count;
-    src->has_more = r->has_next;
-    if (cut > 0 && src->count > cut) {
-        src->count = cut;
-        src->has_more = true;
-    }
-}
-
-static void page_all(size_t cut_a, size_t cut_b, uint32_t limit)
-{
-    struct store *sa = fill_store(1000, 60, "a"), *sb = fill_store(5000, 45, "b");
-    struct query q;
-    bool seen[10000] = {0};
-    size_t total = 0;
-    query_init(&q);
-    q.limit = limit;
-
-    for (int pages = 0;; pages++) {
-        struct store_result ra, rb;
-        struct cluster_source src[2];
-        struct cluster_events out;
-        source_from(sa, &q, cut_a, &ra, &src[0]);
-        source_from(sb, &q, cut_b, &rb, &src[1]);
-        cr_assert(cluster_merge(src, 2, limit, &out) == 0);
-        cr_assert(out.total_count == ra.total_count + rb.total_count);
-        cr_assert(out.count <= limit);
-        for (size_t i = 0; i < out.count; i++) {
-            uint64_t id = out.events[i].id;
-            cr_assert(id < 10000 && !seen[id], "event %" PRIu64 " twice", id);
-            seen[id] = true;
-            total++;
-            if (i > 0)
-                cr_assert(query_cmp_newest_first(out.events[i - 1].timestamp_ns,
-                                                 out.events[i - 1].id, out.events[i].timestamp_ns,
-                                                 out.events[i].id) < 0);
-        }
-        bool more = out.has_next;
-        q.has_cursor = true;
-        q.cursor = out.next_cursor;
-        cluster_events_free(&out);
-        store_result_free(&ra);
-        store_result_free(&rb);
-        if (!more)
-            break;
-        cr_assert(pages < 200, "paging does not end");
-    }
-    cr_assert_eq(total, 105, "paged %zu of 105", total);
-    store_free(sa);
-    store_free(sb);
-}
-
-Test(cluster_merge, pages_cover_every_event_once)
-{
-    page_all(0, 0, 10);
-    page_all(0, 0, 1);
-    page_all(0, 0, 1000);
-}
-
-Test(cluster_merge, a_source_cut_short_bounds_the_page)
-{
-    /* Source a sends at most 3 of its 10: the page must stop at its last event. */
-    page_all(3, 0, 10);
-    page_all(2, 5, 10);
-    page_all(1, 1, 7);
-}
-
-Test(cluster_merge, no_sources_and_empty_sources)
-{
-    struct cluster_events out;
-    struct cluster_source src[2] = {{0}, {0}};
-    cr_assert(cluster_merge(src, 2, 10, &out) == 0);
-    cr_assert(out.count == 0 && !out.has_next && out.total_count == 0);
-    cluster_events_free(&out);
 }

@@ -86,11 +86,11 @@ static void setup(void)
     cr_assert_not_null(abs, "GNUmakefile not found: run from the repository root");
     snprintf(repo, sizeof(repo), "%.*s", (int)(strrchr(abs, '/') - abs), abs);
     free(abs);
-    /* Not under /tmp: the sandbox gives the programs a private /tmp, and they
-     * run from the scratch prefix. */
-    snprintf(scratch, sizeof(scratch), "%s/build/install-test-XXXXXX", repo);
-    sh(NULL, "mkdir -p '%s/build'", repo);
-    cr_assert_not_null(mkdtemp(scratch));
+    /* Not in the repository, which may be under /tmp (PrivateTmp) or /root
+     * (ProtectHome): the sandbox hides both, and the programs run from the
+     * scratch prefix. /var/lib is what a real install's state sits beside. */
+    snprintf(scratch, sizeof(scratch), "/var/lib/ebpf-monitor-install-test-XXXXXX");
+    cr_assert_not_null(mkdtemp(scratch), "mkdtemp %s: %s", scratch, strerror(errno));
     chmod(scratch, 0755); /* like /usr and /etc: the sandbox's unprivileged uid must get in */
     require("help2man", "make install generates the man pages with it");
     require("systemd-analyze", "the units are checked with systemd-analyze verify");

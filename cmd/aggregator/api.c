@@ -270,34 +270,7 @@ struct cluster_view {
 /* a + b for counters: negatives count as 0, the sum saturates at INT64_MAX. */
 static json_int_t sat_sum(json_int_t a, json_int_t b)
 {
-    uint64_t s = (uint64_t)(a > 0 ? a : 0) + (uint64_t)(b > 0 ? b : 0); /* < 2^64 */
-    return s > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)s;
-}
-
-/*
- * Adds src's integers into dst, recursing into objects (reals: keeps the
- * larger). Only dst's keys, with their types, are summed: what this replica
- * does not count itself (a newer peer's counter, or a made-up one) is left out.
- */
-static void json_sum_into(json_t *dst, json_t *src)
-{
-    const char *key;
-    json_t *v;
-
-    json_object_foreach(src, key, v)
-    {
-        json_t *d = json_object_get(dst, key);
-        if (d == NULL) {
-            continue;
-        } else if (json_is_integer(d) && json_is_integer(v)) {
-            json_integer_set(d, sat_sum(json_integer_value(d), json_integer_value(v)));
-        } else if (json_is_real(d) && json_is_real(v)) {
-            if (json_real_value(v) > json_real_value(d))
-                json_real_set(d, json_real_value(v));
-        } else if (json_is_object(d) && json_is_object(v)) {
-            json_sum_into(d, v);
-        }
-    }
+    return cluster_counter_sum(a, b);
 }
 
 /* Sets key to o's key when it is of the kind is() accepts. */
@@ -343,7 +316,7 @@ static void view_add(struct cluster_view *v, json_t *root, bool own)
             json_object_update(v->totals, copy);
             json_decref(copy);
         } else
-            json_sum_into(v->totals, counters);
+            cluster_counters_add(v->totals, counters);
         copy_if(entry, "connected", root, is_boolean);
         copy_if(entry, "batches", counters, is_integer);
         copy_if(entry, "events", counters, is_integer);

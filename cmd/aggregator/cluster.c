@@ -20,26 +20,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "aggregator.h"
-#include "api.h"
-#include "event_pb.h"
+#include "clock.h"
+#include "cluster_reply.h"
+#include "errmsg.h"
 
-#define CLUSTER_MAX_PEERS          256
-#define CLUSTER_DEFAULT_PAYLOAD    (1 << 20)
-#define CLUSTER_PAYLOAD_OVERHEAD   1024 /* room left for the protocol around a reply */
 #define CLUSTER_SUBJECT_LEN        (2 * CONFIG_STR + 16)
 #define CLUSTER_LEAVE_FLUSH_MS     1000
 #define CLUSTER_SUBSCRIBE_FLUSH_MS 1000
 #define CLUSTER_CLOSE_WAIT_MS      2000
-#define CLUSTER_COUNTERS_MAX_KEYS  256 /* per object of a stats answer's counters */
-#define CLUSTER_COUNTERS_MAX_DEPTH 3
-#define CLUSTER_KEY_MAX            64  /* bytes of a counter's name */
-#define CLUSTER_ERROR_MAX          512 /* bytes of a peer's error message */
 /* Replies one gather holds undecoded: far above what peers send, a bound for a flood. */
 #define CLUSTER_QUEUE_MAX_MSGS  4096
 #define CLUSTER_QUEUE_MAX_BYTES (256u << 20)
+
+_Static_assert(CLUSTER_REPLICA_ID_LEN == AGGREGATOR_REPLICA_ID_LEN, "one replica id length");
 
 /* A gather waiting for replies on <reply_prefix>.<token>. */
 struct reply_waiter {
@@ -85,21 +80,7 @@ struct cluster {
 
 static uint64_t mono_ms(void)
 {
-    return api_monotonic_ns() / 1000000;
-}
-
-static bool valid_replica_id(const char *s)
-{
-    size_t n = strlen(s);
-
-    if (n == 0 || n >= AGGREGATOR_REPLICA_ID_LEN)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f')))
-            return false;
-    }
-    return true;
+    return clock_monotonic_ns() / 1000000;
 }
 
 static bool connected(struct cluster *c)
@@ -137,7 +118,7 @@ static void handle_heartbeat(struct cluster *c, natsMsg *msg)
     bool leaving = json_is_true(json_object_get(root, "leaving"));
     bool joined = false;
 
-    if (id == NULL || !valid_replica_id(id) || strcmp(id, c->a->replica) == 0)
+    if (id == NULL || !cluster_replica_id_valid(id) || strcmp(id, c->a->replica) == 0)
         goto out;
     pthread_mutex_lock(&c->lock);
     ssize_t i = peer_find(c, id);
@@ -215,7 +196,6 @@ unsigned cluster_expected(struct cluster *c)
 static void *cluster_main(void *arg)
 {
     struct cluster *c = arg;
-    struct timespec ts;
 
     pthread_setname_np(pthread_self(), "cluster");
     pthread_mutex_lock(&c->lock);
@@ -228,10 +208,7 @@ static void *cluster_main(void *arg)
         pthread_mutex_lock(&c->lock);
         if (c->stopping)
             break;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += (long)CLUSTER_HEARTBEAT_MS * 1000000L;
-        ts.tv_sec += ts.tv_nsec / 1000000000L;
-        ts.tv_nsec %= 1000000000L;
+        struct timespec ts = clock_deadline_ms(CLUSTER_HEARTBEAT_MS);
         pthread_cond_timedwait(&c->wake, &c->lock, &ts);
     }
     pthread_mutex_unlock(&c->lock);
@@ -240,42 +217,22 @@ static void *cluster_main(void *arg)
 
 /* ---- scatter-gather ---- */
 
-/* The replicas whose answer one gather has counted. */
-struct answer_set {
-    char ids[CLUSTER_MAX_PEERS][AGGREGATOR_REPLICA_ID_LEN];
-    size_t n;
-};
-
-static bool peer_live(struct cluster *c, const char *id)
+/* cluster_answers' is_peer: whether id is a live peer's. */
+static bool peer_live(void *ctx, const char *id)
 {
+    struct cluster *c = ctx;
+
     pthread_mutex_lock(&c->lock);
     bool live = peer_find(c, id) >= 0;
     pthread_mutex_unlock(&c->lock);
     return live;
 }
 
-/*
- * Whether an answer in id's name may count: a live peer's, and its first in
- * this gather (more would stand in for a peer not heard yet). NULL, or why not.
- */
-static const char *answer_admit(struct cluster *c, const struct answer_set *seen, const char *id)
+static void answers_init(struct cluster *c, struct cluster_answers *seen)
 {
-    if (id == NULL || !valid_replica_id(id))
-        return "no valid replica id";
-    if (strcmp(id, c->a->replica) == 0)
-        return "sent in this replica's name";
-    for (size_t i = 0; i < seen->n; i++)
-        if (strcmp(seen->ids[i], id) == 0)
-            return "a second answer from one replica";
-    if (!peer_live(c, id))
-        return "not from a live peer";
-    return NULL;
-}
-
-static void answer_record(struct answer_set *seen, const char *id)
-{
-    if (seen->n < CLUSTER_MAX_PEERS)
-        snprintf(seen->ids[seen->n++], sizeof(seen->ids[0]), "%s", id);
+    seen->self = c->a->replica;
+    seen->is_peer = peer_live;
+    seen->ctx = c;
 }
 
 /* Counts a rejected answer; logged once and then every 1000th, so a flood cannot fill logs. */
@@ -286,7 +243,8 @@ static void answer_reject(struct cluster *c, const char *kind, const char *id, c
     if (n == 1 || n % 1000 == 0)
         fprintf(stderr,
                 "ebpf-aggregator: ignored a %s answer from %s: %s (%" PRIu64 " invalid so far)\n",
-                kind, id != NULL && valid_replica_id(id) ? id : "an unknown sender", why, n);
+                kind, id != NULL && cluster_replica_id_valid(id) ? id : "an unknown sender", why,
+                n);
 }
 
 uint64_t cluster_invalid_answers(struct cluster *c)
@@ -352,16 +310,12 @@ static unsigned gather(struct cluster *c, const char *subject, const char *req, 
 {
     struct reply_waiter w = {0}, **pp;
     char reply[sizeof(c->reply_prefix) + 24];
-    pthread_condattr_t ca;
     unsigned got = 0;
     natsStatus s;
 
     if (want == 0 || c->reply_sub == NULL || !connected(c))
         return 0;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&w.cond, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&w.cond);
     pthread_mutex_lock(&c->reply_lock);
     w.token = ++c->next_token;
     w.next = c->waiters;
@@ -390,15 +344,7 @@ static unsigned gather(struct cluster *c, const char *subject, const char *req, 
         uint64_t now = mono_ms();
         if (now >= deadline)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t wait_ns = (deadline - now) * 1000000ull;
-        ts.tv_sec += (time_t)(wait_ns / 1000000000ull);
-        ts.tv_nsec += (long)(wait_ns % 1000000000ull);
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = clock_deadline_ms(deadline - now);
         pthread_cond_timedwait(&w.cond, &c->reply_lock, &ts);
     }
     for (pp = &c->waiters; *pp != NULL; pp = &(*pp)->next) {
@@ -417,154 +363,58 @@ static unsigned gather(struct cluster *c, const char *subject, const char *req, 
 
 /* ---- events ---- */
 
-static int cmp_events(const void *pa, const void *pb)
-{
-    const struct event *a = pa, *b = pb;
-    return query_cmp_newest_first(a->timestamp_ns, a->id, b->timestamp_ns, b->id);
-}
-
-int cluster_merge(struct cluster_source *src, size_t nsrc, uint32_t limit,
-                  struct cluster_events *out)
-{
-    size_t total = 0, k = 0, i;
-    uint64_t total_count = 0;
-    bool any_more = false, has_bound = false;
-    struct query_cursor bound = {0};
-    struct event *all = NULL;
-
-    out->events = NULL;
-    out->count = 0;
-    out->has_next = false;
-    if (limit == 0)
-        limit = QUERY_LIMIT_DEFAULT;
-    for (size_t s = 0; s < nsrc; s++) {
-        total += src[s].count;
-        /* Saturating: a peer may claim any count. */
-        uint64_t tc = src[s].total_count < INT64_MAX ? src[s].total_count : INT64_MAX;
-        total_count = total_count > INT64_MAX - tc ? INT64_MAX : total_count + tc;
-        if (!src[s].has_more)
-            continue;
-        any_more = true;
-        if (src[s].count == 0)
-            continue;
-        /* The newest "last event" of the sources that hold more bounds the page. */
-        const struct event *last = &src[s].events[src[s].count - 1];
-        if (!has_bound || query_cmp_newest_first(last->timestamp_ns, last->id, bound.timestamp_ns,
-                                                 bound.id) < 0) {
-            bound.timestamp_ns = last->timestamp_ns;
-            bound.id = last->id;
-            has_bound = true;
-        }
-    }
-    out->total_count = total_count;
-    if (total == 0)
-        return 0;
-
-    all = malloc(total * sizeof(*all));
-    out->events = malloc((total < limit ? total : limit) * sizeof(*out->events));
-    if (all == NULL || out->events == NULL) {
-        free(all);
-        free(out->events);
-        out->events = NULL;
-        return -ENOMEM;
-    }
-    size_t n = 0;
-    for (size_t s = 0; s < nsrc; s++)
-        for (size_t j = 0; j < src[s].count; j++)
-            event_move(&all[n++], &src[s].events[j]);
-    qsort(all, total, sizeof(*all), cmp_events);
-
-    for (i = 0; i < total && k < limit; i++) {
-        const struct event *e = &all[i];
-        if (k > 0 && e->timestamp_ns == out->events[k - 1].timestamp_ns &&
-            e->id == out->events[k - 1].id)
-            continue;
-        if (has_bound &&
-            query_cmp_newest_first(e->timestamp_ns, e->id, bound.timestamp_ns, bound.id) > 0)
-            break;
-        event_move(&out->events[k++], &all[i]);
-    }
-    out->count = k;
-    if (k > 0 && (i < total || any_more)) {
-        out->has_next = true;
-        out->next_cursor.timestamp_ns = out->events[k - 1].timestamp_ns;
-        out->next_cursor.id = out->events[k - 1].id;
-    }
-    for (size_t j = 0; j < total; j++)
-        event_clear(&all[j]);
-    free(all);
-    return 0;
-}
-
-void cluster_events_free(struct cluster_events *e)
-{
-    for (size_t i = 0; i < e->count; i++)
-        event_clear(&e->events[i]);
-    free(e->events);
-    e->events = NULL;
-    e->count = 0;
-}
-
 /* The peers' answers to one query, decoded. */
 struct query_gather {
     struct cluster *c;
     struct cluster_source *src;
     size_t count, cap;
     int error; /* -ENOMEM seen */
-    struct answer_set seen;
+    struct cluster_answers seen;
 };
+
+/* Moves s into g's sources. 0 or -ENOMEM. */
+static int sources_add(struct query_gather *g, struct cluster_source *s)
+{
+    if (g->count == g->cap) {
+        size_t cap = g->cap ? g->cap * 2 : 4;
+        struct cluster_source *p = realloc(g->src, cap * sizeof(*p));
+        if (p == NULL)
+            return -ENOMEM;
+        g->src = p;
+        g->cap = cap;
+    }
+    g->src[g->count++] = *s;
+    *s = (struct cluster_source){0};
+    return 0;
+}
 
 static bool on_query_reply(void *ctx, natsMsg *m)
 {
     struct query_gather *g = ctx;
     int len = natsMsg_GetDataLength(m);
-    Ebpfmonitor__QueryReply *r;
-    struct cluster_source s = {0};
+    struct cluster_query_reply r;
     const char *why;
-    char err[128];
+    bool counts = true;
 
     if (len <= 0)
         return false; /* not an answer (e.g. an empty "no responders" status message) */
-    r = ebpfmonitor__query_reply__unpack(NULL, (size_t)len, (const uint8_t *)natsMsg_GetData(m));
-    if (r == NULL) {
+    int rc = cluster_reply_query_decode(natsMsg_GetData(m), (size_t)len, &r);
+    if (rc == -EINVAL) {
         answer_reject(g->c, "query", NULL, "not a QueryReply");
-        return false;
+        counts = false;
+    } else if ((why = cluster_answer_admit(&g->seen, r.replica)) != NULL) {
+        answer_reject(g->c, "query", r.replica, why);
+        counts = false;
+    } else {
+        cluster_answer_record(&g->seen, r.replica);
+        if (r.error != NULL)
+            fprintf(stderr, "ebpf-aggregator: replica %s could not run the query: %s\n", r.replica,
+                    r.error); /* it answered; it just has nothing to add */
+        else if (rc < 0 || sources_add(g, &r.src) < 0)
+            g->error = -ENOMEM;
     }
-    if ((why = answer_admit(g->c, &g->seen, r->replica)) != NULL) {
-        answer_reject(g->c, "query", r->replica, why);
-        ebpfmonitor__query_reply__free_unpacked(r, NULL);
-        return false;
-    }
-    answer_record(&g->seen, r->replica);
-    if (r->error != NULL && r->error[0]) {
-        fprintf(stderr, "ebpf-aggregator: replica %s could not run the query: %s\n", r->replica,
-                r->error);
-        ebpfmonitor__query_reply__free_unpacked(r, NULL);
-        return true; /* it answered; it just has nothing to add */
-    }
-    if (g->count == g->cap) {
-        size_t cap = g->cap ? g->cap * 2 : 4;
-        struct cluster_source *p = realloc(g->src, cap * sizeof(*p));
-        if (p == NULL)
-            goto nomem;
-        g->src = p;
-        g->cap = cap;
-    }
-    if (r->n_events > 0 && (s.events = calloc(r->n_events, sizeof(*s.events))) == NULL)
-        goto nomem;
-    for (size_t i = 0; i < r->n_events; i++) {
-        if (event_pb_to_event(r->events[i], NULL, &s.events[s.count], err, sizeof(err)) == 0)
-            s.count++;
-    }
-    s.total_count = r->total_count;
-    s.has_more = r->has_more;
-    g->src[g->count++] = s;
-    ebpfmonitor__query_reply__free_unpacked(r, NULL);
-    return true;
-nomem:
-    g->error = -ENOMEM;
-    ebpfmonitor__query_reply__free_unpacked(r, NULL);
-    return true;
+    cluster_query_reply_free(&r);
+    return counts;
 }
 
 int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct query *q,
@@ -577,6 +427,7 @@ int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct 
     int rc;
 
     memset(out, 0, sizeof(*out));
+    answers_init(c, &g.seen);
     rc = store_query(c->a->store, q, &own);
     if (rc < 0) {
         store_result_free(&own);
@@ -610,70 +461,14 @@ int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct 
     }
     free(all);
     store_result_free(&own);
-    for (size_t i = 0; i < g.count; i++) {
-        for (size_t j = 0; j < g.src[i].count; j++)
-            event_clear(&g.src[i].events[j]);
-        free(g.src[i].events);
-    }
+    for (size_t i = 0; i < g.count; i++)
+        cluster_source_free(&g.src[i]);
     free(g.src);
     out->answered = 1 + answered;
     out->expected = 1 + peers;
     if (out->expected < out->answered)
         out->expected = out->answered;
     return rc;
-}
-
-/* Packs this replica's answer, leaving out the oldest events while it is over max bytes. */
-static void pack_query_reply(struct cluster *c, const struct store_result *r, const char *error,
-                             struct buf *out)
-{
-    Ebpfmonitor__QueryReply m = EBPFMONITOR__QUERY_REPLY__INIT;
-    size_t n = r != NULL ? r->count : 0, k = 0;
-    Ebpfmonitor__Event *pbs = NULL, **ptrs = NULL;
-    struct event_pb_scratch *scratch = NULL;
-    int64_t max = natsConnection_GetMaxPayload(c->nc);
-
-    if (max <= CLUSTER_PAYLOAD_OVERHEAD)
-        max = CLUSTER_DEFAULT_PAYLOAD;
-    max -= CLUSTER_PAYLOAD_OVERHEAD;
-    m.replica = c->a->replica;
-    if (error != NULL) {
-        m.error = (char *)error;
-        n = 0;
-    }
-    if (n > 0 &&
-        ((pbs = calloc(n, sizeof(*pbs))) == NULL || (ptrs = calloc(n, sizeof(*ptrs))) == NULL ||
-         (scratch = calloc(n, sizeof(*scratch))) == NULL)) {
-        m.error = "out of memory";
-        n = 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (event_pb_from_event(&r->events[i], NULL, &pbs[k], &scratch[k]) != 0)
-            break; /* the rest is reported as "more" */
-        ptrs[k] = &pbs[k];
-        k++;
-    }
-    if (r != NULL && error == NULL) {
-        m.total_count = r->total_count;
-        m.has_more = r->has_next || k < r->count;
-    }
-    m.events = ptrs;
-    m.n_events = k;
-    size_t size = ebpfmonitor__query_reply__get_packed_size(&m);
-    while (size > (size_t)max && m.n_events > 0) {
-        m.n_events /= 2;
-        m.has_more = true;
-        size = ebpfmonitor__query_reply__get_packed_size(&m);
-    }
-    if (buf_reserve(out, size + 1)) {
-        ebpfmonitor__query_reply__pack(&m, (uint8_t *)out->data);
-        out->len = size;
-    }
-    for (size_t i = 0; i < k; i++)
-        event_pb_scratch_release(&scratch[i]);
-    free(scratch);
-    free(ptrs);
-    free(pbs);
 }
 
 /*
@@ -696,6 +491,7 @@ static void handle_query(struct cluster *c, natsConnection *nc, natsSubscription
     json_t *root = json_loadb(natsMsg_GetData(msg), natsMsg_GetDataLength(msg), 0, NULL);
     const char *id = json_string_value(json_object_get(root, "replica"));
     json_t *qv = json_object_get(root, "query");
+    int64_t max = natsConnection_GetMaxPayload(nc);
     struct buf out;
     char err[256];
     struct query q;
@@ -706,13 +502,14 @@ static void handle_query(struct cluster *c, natsConnection *nc, natsSubscription
         goto done;
     if (query_parse(&q, json_string_value(qv), json_string_length(qv), false, err, sizeof(err)) <
         0) {
-        pack_query_reply(c, NULL, err, &out);
+        cluster_reply_query_encode(c->a->replica, NULL, err, max, &out);
     } else {
         struct store_result r;
         if (store_query(c->a->store, &q, &r) < 0)
-            pack_query_reply(c, NULL, "out of memory running the query", &out);
+            cluster_reply_query_encode(c->a->replica, NULL, "out of memory running the query", max,
+                                       &out);
         else
-            pack_query_reply(c, &r, NULL, &out);
+            cluster_reply_query_encode(c->a->replica, &r, NULL, max, &out);
         store_result_free(&r);
     }
     if (!out.oom && out.len > 0) {
@@ -761,11 +558,7 @@ static void handle_stats(struct cluster *c, natsConnection *nc, natsSubscription
     int64_t max = natsConnection_GetMaxPayload(nc);
     if (max > 0 && out.len > (uint64_t)max) {
         /* Say so rather than stay silent: the requester reports it. */
-        buf_reset(&out);
-        buf_puts(&out, "{\"replica\":");
-        buf_json_cstr(&out, c->a->replica);
-        buf_printf(&out, ",\"error\":\"node table over the NATS max payload (%" PRId64 " bytes)\"}",
-                   max);
+        cluster_reply_stats_too_large(c->a->replica, max, &out);
     }
     if (!out.oom) {
         natsConnection_Publish(nc, reply, out.data, (int)out.len);
@@ -783,56 +576,12 @@ static void on_stats(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     GATED(c, msg, handle_stats(c, nc, sub, msg));
 }
 
-/* Counters: objects of non-negative integers and reals, bounded in keys and depth. */
-static bool counters_valid(json_t *o, int depth)
-{
-    const char *key;
-    json_t *v;
-
-    if (!json_is_object(o) || depth > CLUSTER_COUNTERS_MAX_DEPTH ||
-        json_object_size(o) > CLUSTER_COUNTERS_MAX_KEYS)
-        return false;
-    json_object_foreach(o, key, v)
-    {
-        if (strlen(key) > CLUSTER_KEY_MAX)
-            return false;
-        if (json_is_integer(v)) {
-            if (json_integer_value(v) < 0)
-                return false;
-        } else if (json_is_real(v)) {
-            if (!(json_real_value(v) >= 0))
-                return false;
-        } else if (!counters_valid(v, depth + 1)) {
-            return false;
-        }
-    }
-    return true;
-}
-
-/* What is wrong with a stats answer's shape (see cluster_stats_json()), or NULL. */
-static const char *stats_answer_check(json_t *root)
-{
-    json_t *error = json_object_get(root, "error");
-
-    if (error != NULL)
-        return json_is_string(error) && json_string_length(error) <= CLUSTER_ERROR_MAX
-                   ? NULL
-                   : "error is not a short string";
-    if (!json_is_boolean(json_object_get(root, "connected")))
-        return "connected is not true or false";
-    if (!counters_valid(json_object_get(root, "counters"), 0))
-        return "counters are not objects of non-negative numbers";
-    if (!json_is_object(json_object_get(root, "nodes")))
-        return "no node table";
-    return NULL;
-}
-
 /* The peers' answers to one stats request, checked. */
 struct stats_gather {
     struct cluster *c;
     struct cluster_stats *out;
     struct nodes *nodes; /* the accepted answers' node tables are merged here */
-    struct answer_set seen;
+    struct cluster_answers seen;
 };
 
 static bool on_stats_reply(void *ctx, natsMsg *m)
@@ -840,40 +589,16 @@ static bool on_stats_reply(void *ctx, natsMsg *m)
     struct stats_gather *g = ctx;
     int len = natsMsg_GetDataLength(m);
     json_t *root;
-    const char *id, *why;
-    json_t **p;
+    const char *why;
 
     if (len <= 0)
         return false; /* not an answer (e.g. an empty "no responders" status message) */
-    root = json_loadb(natsMsg_GetData(m), (size_t)len, JSON_REJECT_DUPLICATES, NULL);
-    id = json_string_value(json_object_get(root, "replica"));
-    if (!json_is_object(root))
-        why = "not a JSON object";
-    else if ((why = answer_admit(g->c, &g->seen, id)) == NULL)
-        why = stats_answer_check(root);
-    if (why == NULL && json_object_get(root, "error") == NULL) {
-        /* All or nothing: a malformed table changes nothing. */
-        int rc = nodes_merge_value(g->nodes, json_object_get(root, "nodes"));
-        if (rc == -EINVAL)
-            why = "a malformed node table";
-        else if (rc < 0)
-            json_object_set_new(root, "error", json_string("could not merge its node table"));
-    }
-    if (why != NULL) {
-        answer_reject(g->c, "stats", id, why);
-        json_decref(root);
-        return false;
-    }
-    answer_record(&g->seen, id);
-    json_object_del(root, "nodes"); /* merged */
-    p = realloc(g->out->replies, (g->out->count + 1) * sizeof(*p));
-    if (p == NULL) {
-        json_decref(root);
-        return true;
-    }
-    g->out->replies = p;
-    p[g->out->count++] = root;
-    return true;
+    root = cluster_reply_stats_decode(natsMsg_GetData(m), (size_t)len);
+    why = cluster_stats_take(&g->seen, g->nodes, root, g->out);
+    if (why != NULL)
+        answer_reject(g->c, "stats", json_string_value(json_object_get(root, "replica")), why);
+    json_decref(root);
+    return why == NULL;
 }
 
 int cluster_gather_stats(struct cluster *c, struct nodes *nodes, struct cluster_stats *out)
@@ -890,6 +615,7 @@ int cluster_gather_stats(struct cluster *c, struct nodes *nodes, struct cluster_
             g->c = c;
             g->out = out;
             g->nodes = nodes;
+            answers_init(c, &g->seen);
             answered = gather(c, c->subj_stats, req, (size_t)n, peers, on_stats_reply, g);
         }
         free(g);
@@ -901,25 +627,15 @@ int cluster_gather_stats(struct cluster *c, struct nodes *nodes, struct cluster_
     return 0;
 }
 
-void cluster_stats_free(struct cluster_stats *s)
-{
-    for (size_t i = 0; i < s->count; i++)
-        json_decref(s->replies[i]);
-    free(s->replies);
-    s->replies = NULL;
-    s->count = 0;
-}
-
 /* ---- lifecycle ---- */
 
 struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
 {
     struct cluster *c = calloc(1, sizeof(*c));
-    pthread_condattr_t ca;
     natsStatus s;
 
     if (c == NULL) {
-        snprintf(err, errlen, "out of memory");
+        errmsg_set(err, errlen, "out of memory");
         return NULL;
     }
     c->a = a;
@@ -937,10 +653,7 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
     pthread_mutex_init(&c->reply_lock, NULL);
     pthread_mutex_init(&c->gate.lock, NULL);
     pthread_cond_init(&c->gate.idle, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->wake, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&c->wake);
 
     s = natsConnection_Subscribe(&c->hb_sub, c->nc, c->subj_heartbeat, on_heartbeat, c);
     if (s == NATS_OK)
@@ -963,8 +676,8 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
             s = natsSubscription_SetPendingLimits(c->reply_sub, -1, -1);
     }
     if (s != NATS_OK) {
-        snprintf(err, errlen, "subscribing to %s.%s.*: %s", a->cfg.control_subject,
-                 a->cfg.queue_group, natsStatus_GetText(s));
+        errmsg_set(err, errlen, "subscribing to %s.%s.*: %s", a->cfg.control_subject,
+                   a->cfg.queue_group, natsStatus_GetText(s));
         cluster_free(c);
         return NULL;
     }
@@ -972,7 +685,7 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
     if (connected(c))
         natsConnection_FlushTimeout(c->nc, CLUSTER_SUBSCRIBE_FLUSH_MS);
     if (pthread_create(&c->thread, NULL, cluster_main, c) != 0) {
-        snprintf(err, errlen, "cannot start the cluster thread");
+        errmsg_set(err, errlen, "cannot start the cluster thread");
         cluster_free(c);
         return NULL;
     }

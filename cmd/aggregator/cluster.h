@@ -33,7 +33,7 @@
 #include <stdint.h>
 
 #include "buf.h"
-#include "event.h"
+#include "cluster_merge.h"
 #include "nodes.h"
 #include "query.h"
 
@@ -56,35 +56,6 @@ void cluster_free(struct cluster *c);
 /* 1 + the peers heard from within CLUSTER_PEER_TTL_MS. */
 unsigned cluster_expected(struct cluster *c);
 
-/* One source's page of matches for the merge: newest first. */
-struct cluster_source {
-    struct event *events; /* events are moved out by cluster_merge */
-    size_t count;
-    uint64_t total_count;
-    bool has_more; /* the source holds matches after its last event */
-};
-
-/* A cluster-wide page of events. */
-struct cluster_events {
-    struct event *events; /* owned; newest first */
-    size_t count;
-    uint64_t total_count; /* summed over the replicas that answered */
-    bool has_next;
-    struct query_cursor next_cursor; /* valid when has_next */
-    unsigned answered, expected;     /* replicas, this one included */
-};
-
-/*
- * Merges the sources newest first into one page of at most limit events.
- * A source that has more than it sent bounds the page: no event older than
- * its last one is returned (it may hold newer ones it did not send), so
- * paging with next_cursor visits every event exactly once. Events with the
- * same (timestamp, id) are returned once. Moves the events out of the
- * sources (their arrays stay the caller's). 0 or -ENOMEM.
- */
-int cluster_merge(struct cluster_source *src, size_t nsrc, uint32_t limit,
-                  struct cluster_events *out);
-
 /*
  * Runs q (parsed from the raw query string qs) on this replica and on every
  * live peer, and merges the answers. 0 or -ENOMEM; out is freed with
@@ -92,20 +63,12 @@ int cluster_merge(struct cluster_source *src, size_t nsrc, uint32_t limit,
  */
 int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct query *q,
                   struct cluster_events *out);
-void cluster_events_free(struct cluster_events *e);
 
-/* The peers' stats answers, checked; this replica's own is not included. */
-struct cluster_stats {
-    json_t **replies; /* owned; objects with "replica" and "counters" or "error" */
-    size_t count;
-    unsigned answered, expected; /* this replica included */
-};
 /*
  * Gathers the peers' stats answers; the node table of each accepted answer
  * is merged into nodes. 0 (out is freed with cluster_stats_free).
  */
 int cluster_gather_stats(struct cluster *c, struct nodes *nodes, struct cluster_stats *out);
-void cluster_stats_free(struct cluster_stats *s);
 /* Peers' answers rejected as malformed since start (see above). */
 uint64_t cluster_invalid_answers(struct cluster *c);
 

@@ -1,0 +1,162 @@
+/*
+ * The replicas' answers on the wire (see cluster_reply.h): the protobuf
+ * QueryReply for queries, JSON for stats.
+ */
+#include "cluster_reply.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "event_pb.h"
+
+/* ---- query answers ---- */
+
+void cluster_reply_query_encode(const char *replica, const struct store_result *r,
+                                const char *error, int64_t max_payload, struct buf *out)
+{
+    Ebpfmonitor__QueryReply m = EBPFMONITOR__QUERY_REPLY__INIT;
+    size_t n = r != NULL ? r->count : 0, k = 0;
+    Ebpfmonitor__Event *pbs = NULL, **ptrs = NULL;
+    struct event_pb_scratch *scratch = NULL;
+    int64_t max = max_payload;
+
+    buf_reset(out);
+    if (max <= CLUSTER_PAYLOAD_OVERHEAD)
+        max = CLUSTER_DEFAULT_PAYLOAD;
+    max -= CLUSTER_PAYLOAD_OVERHEAD;
+    m.replica = (char *)replica;
+    if (error != NULL) {
+        m.error = (char *)error;
+        n = 0;
+    }
+    if (n > 0 &&
+        ((pbs = calloc(n, sizeof(*pbs))) == NULL || (ptrs = calloc(n, sizeof(*ptrs))) == NULL ||
+         (scratch = calloc(n, sizeof(*scratch))) == NULL)) {
+        m.error = "out of memory";
+        n = 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (event_pb_from_event(&r->events[i], NULL, &pbs[k], &scratch[k]) != 0)
+            break; /* the rest is reported as "more" */
+        ptrs[k] = &pbs[k];
+        k++;
+    }
+    if (r != NULL && error == NULL) {
+        m.total_count = r->total_count;
+        m.has_more = r->has_next || k < r->count;
+    }
+    m.events = ptrs;
+    m.n_events = k;
+    size_t size = ebpfmonitor__query_reply__get_packed_size(&m);
+    while (size > (size_t)max && m.n_events > 0) {
+        m.n_events /= 2;
+        m.has_more = true;
+        size = ebpfmonitor__query_reply__get_packed_size(&m);
+    }
+    if (buf_reserve(out, size + 1)) {
+        ebpfmonitor__query_reply__pack(&m, (uint8_t *)out->data);
+        out->len = size;
+    }
+    for (size_t i = 0; i < k; i++)
+        event_pb_scratch_release(&scratch[i]);
+    free(scratch);
+    free(ptrs);
+    free(pbs);
+}
+
+int cluster_reply_query_decode(const void *data, size_t len, struct cluster_query_reply *out)
+{
+    Ebpfmonitor__QueryReply *r;
+    char err[128];
+
+    memset(out, 0, sizeof(*out));
+    r = ebpfmonitor__query_reply__unpack(NULL, len, data);
+    if (r == NULL)
+        return -EINVAL;
+    out->pb = r;
+    out->replica = r->replica;
+    if (r->error != NULL && r->error[0]) {
+        out->error = r->error;
+        return 0; /* it has nothing to add */
+    }
+    if (r->n_events > 0 &&
+        (out->src.events = calloc(r->n_events, sizeof(*out->src.events))) == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < r->n_events; i++) {
+        if (event_pb_to_event(r->events[i], NULL, &out->src.events[out->src.count], err,
+                              sizeof(err)) == 0)
+            out->src.count++;
+    }
+    out->src.total_count = r->total_count;
+    out->src.has_more = r->has_more;
+    return 0;
+}
+
+void cluster_query_reply_free(struct cluster_query_reply *r)
+{
+    cluster_source_free(&r->src);
+    if (r->pb != NULL)
+        ebpfmonitor__query_reply__free_unpacked(r->pb, NULL);
+    memset(r, 0, sizeof(*r));
+}
+
+/* ---- stats answers ---- */
+
+void cluster_reply_stats_too_large(const char *replica, int64_t max_payload, struct buf *out)
+{
+    buf_reset(out);
+    buf_puts(out, "{\"replica\":");
+    buf_json_cstr(out, replica);
+    buf_printf(out, ",\"error\":\"node table over the NATS max payload (%" PRId64 " bytes)\"}",
+               max_payload);
+}
+
+json_t *cluster_reply_stats_decode(const void *data, size_t len)
+{
+    return json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL);
+}
+
+/* Counters: objects of non-negative integers and reals, bounded in keys and depth. */
+static bool counters_valid(json_t *o, int depth)
+{
+    const char *key;
+    json_t *v;
+
+    if (!json_is_object(o) || depth > CLUSTER_COUNTERS_MAX_DEPTH ||
+        json_object_size(o) > CLUSTER_COUNTERS_MAX_KEYS)
+        return false;
+    json_object_foreach(o, key, v)
+    {
+        if (strlen(key) > CLUSTER_KEY_MAX)
+            return false;
+        if (json_is_integer(v)) {
+            if (json_integer_value(v) < 0)
+                return false;
+        } else if (json_is_real(v)) {
+            if (!(json_real_value(v) >= 0))
+                return false;
+        } else if (!counters_valid(v, depth + 1)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+const char *cluster_reply_stats_check(json_t *root)
+{
+    json_t *error = json_object_get(root, "error");
+
+    if (error != NULL)
+        return json_is_string(error) && json_string_length(error) <= CLUSTER_ERROR_MAX
+                   ? NULL
+                   : "error is not a short string";
+    if (!json_is_boolean(json_object_get(root, "connected")))
+        return "connected is not true or false";
+    if (!counters_valid(json_object_get(root, "counters"), 0))
+        return "counters are not objects of non-negative numbers";
+    if (!json_is_object(json_object_get(root, "nodes")))
+        return "no node table";
+    return NULL;
+}
