@@ -976,6 +976,8 @@ Test(e2e_k8s, same_node_pods_name_each_other_as_peers)
         expect_peer(ev, &web);
         json_decref(ev);
     }
+    /* eight events named their peer (more may have: the agent sees the whole host) */
+    cr_expect_geq(kube_int("peer_hits"), 8);
 }
 
 /* The hostNetwork pods share the node's address: a call to it names no peer. */
@@ -1005,4 +1007,5 @@ Test(e2e_k8s, an_address_hostnetwork_pods_share_names_no_peer)
     expect_pod(ev, &agent, true);
     expect_peer(ev, &web);
     json_decref(ev);
+    cr_expect_geq(kube_int("peer_ambiguous"), 2, "the connection and its close");
 }
