@@ -390,7 +390,7 @@ static void cache_upsert(struct k8s *k, const struct pod_meta *m, bool deleted)
     e->list_gen = k->list_gen;
     pod_set_workload(k, e, m);
     ips_unlink(c, i);
-    memcpy(e->ip, (struct pod_ip[K8S_POD_IPS_MAX]){0}, sizeof(e->ip));
+    memset(e->ip, 0, sizeof(e->ip));
     for (uint8_t s = 0; s < m->naddrs; s++)
         memcpy(e->ip[s].addr, m->addr[s], 16);
     e->nips = m->naddrs;
