@@ -94,12 +94,19 @@ struct k8s {
     struct k8s_stats stats;
 };
 
+/* FNV-1a */
+static uint32_t bytes_hash(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 16777619u;
+    return h;
+}
+
 static uint32_t str_hash(const char *s)
 {
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h;
+    return bytes_hash(s, strlen(s));
 }
 
 static int cache_init(struct pod_cache *c, size_t cap)
@@ -167,10 +174,7 @@ static void mirror_unlink(struct pod_cache *c, uint32_t i)
 
 static uint32_t ip_hash(const uint8_t a[16])
 {
-    uint32_t h = 2166136261u;
-    for (int i = 0; i < 16; i++)
-        h = (h ^ a[i]) * 16777619u;
-    return h;
+    return bytes_hash(a, 16);
 }
 
 static struct pod_ip *ip_node(struct pod_cache *c, uint32_t n)
