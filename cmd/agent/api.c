@@ -154,9 +154,15 @@ static void write_kubernetes(struct agent *a, struct buf *b)
                ",\"pods_cached\":%" PRIu64 ",\"pods_deleted\":%" PRIu64 ",\"pods_evicted\":%" PRIu64
                ",\"pod_lookups\":%" PRIu64 ",\"pod_misses\":%" PRIu64 ",\"api_errors\":%" PRIu64
                ",\"relists\":%" PRIu64 ",\"cgroup_lookups\":%" PRIu64 ",\"cgroup_misses\":%" PRIu64
-               ",\"cgroup_evictions\":%" PRIu64 ",\"cgroup_walks\":%" PRIu64 "}",
+               ",\"cgroup_evictions\":%" PRIu64 ",\"cgroup_walks\":%" PRIu64,
                ks.pods_cached, ks.pods_deleted, ks.evicted, ks.lookups, ks.misses, ks.api_errors,
                ks.relists, cs.lookups, cs.misses, cs.evictions, cs.scans);
+    buf_printf(b,
+               ",\"job_lookups\":%" PRIu64 ",\"job_errors\":%" PRIu64 ",\"jobs_evicted\":%" PRIu64
+               ",\"peer_lookups\":%" PRIu64 ",\"peer_hits\":%" PRIu64 ",\"peer_ambiguous\":%" PRIu64
+               "}",
+               ks.job_lookups, ks.job_errors, ks.jobs_evicted, ks.peer_lookups, ks.peer_hits,
+               ks.peer_ambiguous);
 }
 
 static void handle_stats(void *ctx, const struct http_request *req, struct http_response *res)
