@@ -88,16 +88,6 @@ void api_metric_labelled(struct buf *b, const char *name, const char *label, con
     buf_printf(b, "\"} %" PRIu64 "\n", v);
 }
 
-uint64_t api_now_ns(void)
-{
-    return clock_realtime_ns();
-}
-
-uint64_t api_monotonic_ns(void)
-{
-    return clock_monotonic_ns();
-}
-
 void api_json_set_u64(json_t *o, const char *key, uint64_t v)
 {
     json_object_set_new(o, key, json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v));

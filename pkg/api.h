@@ -58,9 +58,4 @@ void api_json_set_u64(json_t *o, const char *key, uint64_t v);
 /* Appends j compactly to b and releases it; marks b out of memory when j is NULL. */
 void api_json_append(struct buf *b, json_t *j);
 
-/* Current time in ns since the epoch (CLOCK_REALTIME) and monotonic ns: the
- * clock.h clocks under their older names; new code calls clock.h directly. */
-uint64_t api_now_ns(void);
-uint64_t api_monotonic_ns(void);
-
 #endif

@@ -12,6 +12,7 @@
 
 #include "agent.h"
 #include "api.h"
+#include "clock.h"
 #include "intern.h"
 #include "notify.h"
 
@@ -184,8 +185,8 @@ int main(int argc, char **argv)
         return 1;
     }
     a.node = intern(a.cfg.node_name);
-    a.started_ns = api_now_ns();
-    a.started_mono_ns = api_monotonic_ns();
+    a.started_ns = clock_realtime_ns();
+    a.started_mono_ns = clock_monotonic_ns();
     event_id_gen_init(&a.ids);
 
     struct store_limits limits = {.max_events = a.cfg.history_size,
@@ -239,7 +240,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "ebpf-agent: cannot notify systemd (NOTIFY_SOCKET): %s\n",
                 strerror(-notified));
 
-    uint64_t last_expire = api_monotonic_ns(), last_drops = 0;
+    uint64_t last_expire = clock_monotonic_ns(), last_drops = 0;
     int timeout_ms = POLL_MAX_MS;
     while (!stop_requested) {
         int n = capture_poll(a.capture, timeout_ms);
@@ -247,7 +248,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "ebpf-agent: reading the ring buffer: %s\n", strerror(-n));
             goto out;
         }
-        uint64_t now = api_monotonic_ns();
+        uint64_t now = clock_monotonic_ns();
         if (now - last_drops >= KERNEL_DROPS_EVERY) {
             publisher_set_kernel_drops(a.pub, kernel_drops(&a));
             last_drops = now;
@@ -257,7 +258,7 @@ int main(int argc, char **argv)
         uint64_t ms = (until_flush + 999999) / 1000000;
         timeout_ms = ms < POLL_MAX_MS ? (int)ms : POLL_MAX_MS;
         if (now - last_expire > 1000000000ull) {
-            store_expire(a.store, api_now_ns());
+            store_expire(a.store, clock_realtime_ns());
             last_expire = now;
         }
     }
