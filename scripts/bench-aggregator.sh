@@ -115,8 +115,10 @@ run() {
   local cmd="$*"
   echo "+ $cmd" >>"$LOG"
   "$@" 2>>"$LOG" | while IFS= read -r line; do
-    echo "$line" | jq -c --arg cmd "$cmd" '{id: .name, name: .name, value: .value, unit: .unit,
-      command: $cmd, target: (.target // null), met: (if has("met") then .met else null end)}' >>"$RAW"
+    echo "$line" | jq -c --arg cmd "$cmd" '(.value | type == "number") as $num
+      | {id: .name, name: .name, value: (if $num then .value else 0 end), unit: .unit,
+         command: $cmd, target: (.target // null), met: (if has("met") and $num then .met else null end),
+         valid: $num, invalid_reason: (if $num then null else "no figure: the benchmark printed \(.value)" end)}' >>"$RAW"
   done
 }
 
@@ -129,7 +131,8 @@ measure() {
     + (if $op == "" then {target: null, met: null}
        else {target: ((if $op == "le" then "<= " else ">= " end) + $target),
              met: (if $op == "le" then $value <= ($target|tonumber)
-                   else $value >= ($target|tonumber) end)} end)' >>"$RAW"
+                   else $value >= ($target|tonumber) end)} end)
+    + {valid: true, invalid_reason: null}' >>"$RAW"
 }
 
 # ---------------------------------------------------------------- 3. transport
@@ -144,9 +147,9 @@ run $B/bench_aggregator_ingest --inproc --events $EVENTS
 
 echo "bench-aggregator: cost against the number of nodes" >&2
 # shellcheck disable=SC2086 # NODE_ARGS is a list of options
-run $B/bench_aggregator_nodes --inproc $NODE_ARGS
+run $B/bench_aggregator_nodes --inproc $NODE_ARGS --prefix aggregator_nodes.inproc
 # shellcheck disable=SC2086
-run $B/bench_aggregator_nodes --spawn $NODE_ARGS
+run $B/bench_aggregator_nodes --spawn $NODE_ARGS --prefix aggregator_nodes.spawn
 
 echo "bench-aggregator: ingest from NATS (loss curve)" >&2
 CURVE=""
@@ -161,11 +164,12 @@ for rate in $CURVE_RATES; do
     --events $CURVE_EVENTS --rate "$rate" --prefix "aggregator.nats.rate_$label" >"$tmp" 2>>"$LOG" || true
   get() { jq -r --arg n "aggregator.nats.rate_$label.$1" 'select(.name == $n) | .value' "$tmp"; }
   CURVE+="| $label | $(get publish_rate) | $(get ingest_wall_rate) | $(get sent) | $(get lost) | $(get ingest_rate_per_core) |"$'\n'
-  if [ "$rate" = 0 ]; then
-    jq -c --arg cmd "$cmd" 'select(.name | test("ingest_rate_per_core|lost|publish_rate|ingest_wall_rate"))
-      | {id: .name, name: .name, value: .value, unit: .unit, command: $cmd,
-         target: (.target // null), met: (if has("met") then .met else null end)}' "$tmp" >>"$RAW"
-  fi
+  # Every step (the page's curve); the target applies to the unlimited one only.
+  jq -c --arg cmd "$cmd" --arg rate "$rate" 'select(.name | test("ingest_rate_per_core|lost|sent|publish_rate|ingest_wall_rate"))
+    | {id: .name, name: .name, value: .value, unit: .unit, command: $cmd,
+       target: (if $rate == "0" then .target // null else null end),
+       met: (if $rate == "0" and has("met") then .met else null end),
+       valid: true, invalid_reason: null}' "$tmp" >>"$RAW"
   rm -f "$tmp"
 done
 stop_pid "$AGG_PID"

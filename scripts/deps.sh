@@ -24,6 +24,7 @@ packages=(
   clang-format curl jq iproute2 procps
   wrk # scripts/bench-aggregator.sh: HTTP requests/s
   bpftrace linux-perf # scripts/bench-agent.sh: the tracer compared against; profiling
+  libbpf-tools # scripts/bench-agent.sh: tcpstates, execsnoop, exitsnoop compared against
   python3 # scripts/bench-*.sh pick free ports
   # make install / make deb and tests/test_e2e_install.c: man pages from --help,
   # systemd-analyze verify, man, dpkg-shlibdeps for the package's Depends

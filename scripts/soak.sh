@@ -487,11 +487,7 @@ num() { LC_ALL=C printf "%'d" "$1" 2>/dev/null || echo "$1"; }
 cat "$OUT/soak.md"
 
 if [ -n "$SOAK_DOCS" ] && [ -f "$SOAK_DOCS" ]; then
-  if grep -q '^<!-- soak:begin' "$SOAK_DOCS" && grep -q '^<!-- soak:end -->' "$SOAK_DOCS"; then
-    awk -v f="$OUT/soak.md" '
-      /^<!-- soak:begin/ { while ((getline l < f) > 0) print l; skip = 1; next }
-      /^<!-- soak:end -->/ { skip = 0; next }
-      !skip' "$SOAK_DOCS" >"$TMP/doc" && cat "$TMP/doc" >"$SOAK_DOCS"
+  if scripts/bench-render.py --splice soak "$OUT/soak.md" "$SOAK_DOCS"; then
     log "wrote the figures into $SOAK_DOCS"
   else
     log "$SOAK_DOCS has no soak markers: not updated"

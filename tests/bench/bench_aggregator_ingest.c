@@ -4,8 +4,8 @@
  *
  *   --inproc: the aggregator's ingest path (bus_message_decode, nodes_observe,
  *     store_add_move, as cmd/aggregator/ingest.c runs it) in this process on
- *     pre-encoded protobuf batches; CPU time of that loop only, and the RSS
- *     growth of holding the events.
+ *     pre-encoded protobuf batches in the agent's format (with the per-batch pod table); CPU time
+ * of that loop only, and the RSS growth of holding the events.
  *   --nats URL --http ADDR --pid PID: the same batches published as fast as
  *     possible to a running aggregator process; reports what it stored
  *     against what was sent, its CPU time and its RSS growth.
@@ -49,15 +49,17 @@ static uint64_t seqs[BENCH_NODES];
 /* Encodes events [first, first + CHUNK) of the run: batch b belongs to node b % BENCH_NODES. */
 static void chunk_encode(struct chunk *c, uint64_t first, uint64_t base_ts, uint64_t *rng)
 {
+    static struct event_pb_pods pods; /* the publisher's pod table: one per batch */
     struct event e;
     for (size_t b = 0; b < CHUNK / BATCH; b++) {
         unsigned node = (unsigned)((first / BATCH + b) % BENCH_NODES);
         struct buf *out = &c->bodies[b];
         buf_reset(out);
+        event_pb_pods_reset(&pods);
         for (size_t i = 0; i < BATCH; i++) {
             uint64_t k = first + b * BATCH + i;
             bench_event(&e, k, (int)node, base_ts + k * BENCH_SPACING_NS, rng);
-            event_batch_append_event(out, &e, bench_node_name(node));
+            event_batch_append_event_pods(out, &e, bench_node_name(node), &pods);
             event_clear(&e);
         }
         struct event_batch_meta meta = {.node = bench_node_name(node),

@@ -64,12 +64,15 @@ static natsMsg *make_batch(unsigned node, uint64_t *rng)
     struct buf body;
     natsMsg *m = NULL;
 
+    static struct event_pb_pods pods; /* the publisher's pod table: one per batch */
+
     node_name(node, name, sizeof(name));
     buf_init(&body);
+    event_pb_pods_reset(&pods);
     for (size_t i = 0; i < PER_BATCH; i++) {
         bench_event_mix(&e, i, 0, next_ts++, rng, 0);
         e.node = intern(name);
-        event_batch_append_event(&body, &e, name);
+        event_batch_append_event_pods(&body, &e, name, &pods);
         event_clear(&e);
     }
     struct event_batch_meta meta = {.node = name,
@@ -102,6 +105,14 @@ static void emit_ratios(const char *prefix, const unsigned *steps, size_t nsteps
                         const double *batch, const double *stats)
 {
     char name[160];
+    /* A process's CPU time counts in clock ticks: too few batches can measure 0. */
+    if (!(batch[0] > 0) || !(stats[0] > 0)) {
+        fprintf(stderr,
+                "bench_aggregator_nodes: %s: no CPU time measured at %u nodes; "
+                "no ratios (use more --batches)\n",
+                prefix, steps[0]);
+        return;
+    }
     for (size_t i = 1; i < nsteps; i++) {
         snprintf(name, sizeof(name), "%s.batch_cost_ratio_%u_to_%u", prefix, steps[i], steps[0]);
         /* Flat: within 2x over a 100-fold growth. */

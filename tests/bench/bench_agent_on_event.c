@@ -1,12 +1,15 @@
 /*
- * The agent's user-space path alone: synthetic events, shaped like the ones
- * capture.c makes from ring buffer records, go through the same steps as the
- * agent's on_event (id, node, counters, publisher_add with a real NATS,
- * http_server_publish, store_add_move) as fast as one thread can, with the
- * agent's default limits (HISTORY_SIZE, BATCH_SIZE, ENCODING... from the
- * environment like the agent).
+ * The agent's on_event path alone: what happens to an event after capture.c
+ * has read its record from the ring buffer, decoded it and attributed it to a
+ * pod (none of which this measures; the end-to-end ladder of
+ * scripts/bench-agent.sh does). Synthetic events, shaped like decoded
+ * records, go through the same steps as the agent's on_event (id, node,
+ * counters, publisher_add with a real NATS, http_server_publish,
+ * store_add_move) as fast as one thread can, with the agent's default limits
+ * (HISTORY_SIZE, BATCH_SIZE, ENCODING... from the environment like the
+ * agent).
  *
- *   bench_agent_pipeline [--events N] [--cpu K]
+ *   bench_agent_on_event [--events N] [--cpu K]
  *
  * NATS_URL (environment) names the server. --cpu pins the whole process
  * (capture loop, publisher and NATS threads) to one CPU, so the figure is
@@ -24,22 +27,12 @@
 #include <time.h>
 
 #include "agent/agent.h"
+#include "clock.h"
 #include "intern.h"
 
 static double clock_s(clockid_t id)
 {
-    struct timespec ts;
-
-    clock_gettime(id, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return (double)clock_ns(id) / 1e9;
 }
 
 /* The agent's on_event (cmd/agent/main.c), step for step. */
@@ -123,9 +116,9 @@ int main(int argc, char **argv)
         CPU_SET(cpu, &set);
         sched_setaffinity(0, sizeof(set), &set); /* threads created later inherit it */
     }
-    char *cargv[] = {"bench_agent_pipeline", NULL};
+    char *cargv[] = {"bench_agent_on_event", NULL};
     if (config_load(&a.cfg, CONFIG_AGENT, 1, cargv, err, sizeof(err)) != CONFIG_OK) {
-        fprintf(stderr, "bench_agent_pipeline: %s\n", err);
+        fprintf(stderr, "bench_agent_on_event: %s\n", err);
         return 1;
     }
     a.node = intern(a.cfg.node_name[0] ? a.cfg.node_name : "bench");
@@ -135,9 +128,9 @@ int main(int argc, char **argv)
     a.store = store_new(&limits);
     struct http_server_config hc = {.listen_addr = "127.0.0.1:0"};
     a.http = http_server_new(&hc, err, sizeof(err));
-    a.bus = bus_open(&a.cfg, "bench_agent_pipeline", err, sizeof(err));
+    a.bus = bus_open(&a.cfg, "bench_agent_on_event", err, sizeof(err));
     if (!a.store || !a.http || !a.bus) {
-        fprintf(stderr, "bench_agent_pipeline: setup: %s\n", err);
+        fprintf(stderr, "bench_agent_on_event: setup: %s\n", err);
         return 1;
     }
     bus_node_subject(a.cfg.subject_prefix, a.node, a.subject, sizeof(a.subject));
@@ -151,7 +144,7 @@ int main(int argc, char **argv)
     };
     a.pub = publisher_new(a.bus, &pc, err, sizeof(err));
     if (!a.pub) {
-        fprintf(stderr, "bench_agent_pipeline: %s\n", err);
+        fprintf(stderr, "bench_agent_on_event: %s\n", err);
         return 1;
     }
     for (int i = 0; i < 200 && !bus_connected(a.bus); i++) {
@@ -162,11 +155,11 @@ int main(int argc, char **argv)
     struct rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
     double t0 = clock_s(CLOCK_MONOTONIC), th0 = clock_s(CLOCK_THREAD_CPUTIME_ID);
-    uint64_t now = mono_ns(), wall = (uint64_t)time(NULL) * 1000000000ull;
+    uint64_t now = clock_monotonic_ns(), wall = (uint64_t)time(NULL) * 1000000000ull;
     for (uint64_t i = 0; i < n; i++) {
         struct event e;
         if ((i & 1023) == 0) {
-            now = mono_ns();
+            now = clock_monotonic_ns();
             publisher_tick(a.pub, now); /* the capture loop ticks once per poll */
         }
         synth(&e, i, wall + i);
