@@ -14,10 +14,13 @@
  *
  * Needs root (eBPF) and promtool/prometheus (Debian prometheus, make deps).
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "testutil.h"
@@ -172,10 +175,38 @@ static json_t *dashboard_exprs(json_t *dash)
     return exprs;
 }
 
+/*
+ * A packet the kernel drops (UDP to a closed loopback port: NO_SOCKET), until the agent's
+ * /metrics counts drops by reason, so the dashboard's drops-by-reason panel has a series.
+ */
+static void force_a_packet_drop(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM, 0), closed = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    cr_assert(s >= 0 && closed >= 0);
+    cr_assert_eq(bind(closed, (struct sockaddr *)&sa, len), 0);
+    cr_assert_eq(getsockname(closed, (struct sockaddr *)&sa, &len), 0);
+    close(closed); /* the port is free again: nothing listens there */
+    bool counted = false;
+    for (uint64_t end = tu_mono_ms() + 20000; !counted && tu_mono_ms() < end;) {
+        cr_assert_eq(sendto(s, "x", 1, 0, (struct sockaddr *)&sa, len), 1);
+        struct tu_http r = {0};
+        if (tu_http_get(mon.agent_port, "/metrics", NULL, &r) == 0 && r.body)
+            counted = strstr(r.body, "ebpf_agent_packet_drops_total{reason=") != NULL;
+        tu_http_free(&r);
+        if (!counted)
+            usleep(100 * 1000);
+    }
+    close(s);
+    cr_assert(counted, "the agent's /metrics counts no packet drop by reason");
+}
+
 Test(e2e_monitoring, dashboard_queries_and_rules_evaluate_on_real_metrics, .timeout = 90)
 {
     require_promtool();
     start_monitor();
+    force_a_packet_drop();
     prom_port = tu_free_port();
     char config[128], data[128], listen[64], log[128], *text;
     snprintf(config, sizeof(config), "%s/prometheus.yml", workdir);

@@ -38,6 +38,12 @@ struct agent {
     /* Written by the capture thread, read by the HTTP thread (relaxed atomics). */
     uint64_t events_total;
     uint64_t events_by_type[EVENT_TYPE_COUNT];
+    /* packet_drop events by the kernel's core drop reason (enum skb_drop_reason below
+     * AGENT_DROP_REASONS; the rest, subsystem reasons, in the last slot), with each slot's
+     * name as the kernel's BTF gave it (interned; NULL until seen). */
+#define AGENT_DROP_REASONS 256
+    uint64_t drops_by_reason[AGENT_DROP_REASONS + 1];
+    const char *drop_reason_name[AGENT_DROP_REASONS + 1];
     uint64_t store_failed;
     uint64_t args_redacted;      /* argument values replaced by REDACT_MASK */
     uint64_t args_redact_failed; /* exec events whose args were dropped (out of memory) */

@@ -269,6 +269,21 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     for (unsigned t = 1; t < EVENT_TYPE_COUNT; t++)
         api_metric_labelled(b, "ebpf_agent_events_total", "type", event_type_name(t),
                             load(&a->events_by_type[t]));
+    api_metric_header(b, "ebpf_agent_packet_drops_total", "counter",
+                      "Packets the kernel dropped, by its drop reason (reported and rate-limited "
+                      "drops; SUBSYSTEM = a subsystem's own reasons).");
+    for (unsigned r = 0; r <= AGENT_DROP_REASONS; r++) {
+        const char *name = __atomic_load_n(&a->drop_reason_name[r], __ATOMIC_ACQUIRE);
+        uint64_t n = load(&a->drops_by_reason[r]);
+        char code[16];
+        if (!n)
+            continue;
+        if (!name) { /* no BTF names: the code */
+            snprintf(code, sizeof(code), "%u", r);
+            name = code;
+        }
+        api_metric_labelled(b, "ebpf_agent_packet_drops_total", "reason", name, n);
+    }
     api_metric_header(b, "ebpf_agent_program_events_total", "counter",
                       "Records submitted by each eBPF program.");
     for (size_t i = 0; i < n; i++)

@@ -66,6 +66,17 @@ static void on_signal(int sig)
     stop_requested = sig;
 }
 
+/* packet_drop by reason for /metrics: the drop plus what the rate limit suppressed before it. */
+static void count_drop(struct agent *a, const struct event *e)
+{
+    uint32_t slot =
+        e->u.drop.reason_code < AGENT_DROP_REASONS ? e->u.drop.reason_code : AGENT_DROP_REASONS;
+    const char *name = slot < AGENT_DROP_REASONS ? e->u.drop.reason : "SUBSYSTEM";
+    if (name && !__atomic_load_n(&a->drop_reason_name[slot], __ATOMIC_ACQUIRE))
+        __atomic_store_n(&a->drop_reason_name[slot], name, __ATOMIC_RELEASE);
+    __atomic_fetch_add(&a->drops_by_reason[slot], 1 + e->u.drop.suppressed, __ATOMIC_RELAXED);
+}
+
 /* Capture thread: the one place an event gets its id and node and enters the history. */
 static void on_event(void *ctx, struct event *e)
 {
@@ -86,6 +97,8 @@ static void on_event(void *ctx, struct event *e)
     __atomic_fetch_add(&a->events_total, 1, __ATOMIC_RELAXED);
     if (e->type < EVENT_TYPE_COUNT)
         __atomic_fetch_add(&a->events_by_type[e->type], 1, __ATOMIC_RELAXED);
+    if (e->type == EVENT_PACKET_DROP)
+        count_drop(a, e);
     publisher_add(a->pub, e); /* encodes a copy into the open batch; never blocks */
     http_server_publish(a->http, e);
     if (store_add_move(a->store, e) < 0)
