@@ -32,10 +32,19 @@ struct query {
     char pod[QUERY_STR_MAX];       /* matches k8s.pod_name */
     char namespace[QUERY_STR_MAX]; /* matches k8s.namespace */
     char command[QUERY_STR_MAX];   /* exact match on the task comm */
+    char workload[QUERY_STR_MAX];  /* matches k8s.workload */
+    /* Match the event's peer (SPEC §8); events without that peer field never match. */
+    char peer_pod[QUERY_STR_MAX];
+    char peer_namespace[QUERY_STR_MAX];
+    char peer_workload[QUERY_STR_MAX];
+    char peer_service[QUERY_STR_MAX];
     bool has_pid;
     uint32_t pid;
-    uint64_t since_ns; /* inclusive; 0 = no bound */
-    uint64_t until_ns; /* inclusive; UINT64_MAX = no bound */
+    bool has_dest_port;
+    uint16_t dest_port; /* matches dport (connection, accept, close, packet_drop) */
+    uint8_t status;     /* enum event_status; NONE = any (others never match a status) */
+    uint64_t since_ns;  /* inclusive; 0 = no bound */
+    uint64_t until_ns;  /* inclusive; UINT64_MAX = no bound */
     uint32_t limit;
     bool has_cursor;
     struct query_cursor cursor;
