@@ -746,10 +746,15 @@ Test(e2e_agent, bad_parameters_are_400_naming_the_parameter)
         {"cursor=garbage", "cursor"},
         {"frobnicate=1", "frobnicate"},
         {"since=2000&until=1000", "since"},
+        {"status=ok", "status"},
+        {"dest_port=0", "dest_port"},
+        {"peer_pod=", "peer_pod"},
+        {"workload=", "workload"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char path[2048];
-        snprintf(path, sizeof(path), "/api/events?%s", cases[i].query);
+        snprintf(path, sizeof(path), "/api/events?%.*s", (int)sizeof(cases[i].query),
+                 cases[i].query);
         int status = 0;
         json_t *r = tu_get_json(agent_port, path, &status);
         cr_expect_eq(status, 400, "%s -> %d", path, status);
@@ -842,4 +847,84 @@ Test(e2e_agent, sigterm_detaches_every_program)
             usleep(20000);
         cr_expect(!tu_bpf_prog_loaded(ids[k]), "program id %u still loaded after SIGTERM", ids[k]);
     }
+}
+
+/*
+ * The stream's connection filters: one port first accepts, then refuses.
+ * With status=failed&dest_port=P only the refused attempt may arrive, and
+ * it must be the first event on the stream (the established one came first).
+ */
+Test(e2e_agent, sse_stream_filters_by_status_and_dest_port)
+{
+    int port = tu_free_port();
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)agent_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    char req[160];
+    snprintf(req, sizeof(req),
+             "GET /api/events/stream?type=connection&status=failed&dest_port=%d HTTP/1.1\r\n"
+             "Host: x\r\n\r\n",
+             port);
+    cr_assert_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+
+    char buf[65536];
+    size_t len = 0;
+    bool connected = false;
+    char needle[48];
+    snprintf(needle, sizeof(needle), "\"dest_port\":%d,", port);
+    uint64_t deadline = tu_mono_ms() + 10000;
+    while (tu_mono_ms() < deadline && !strstr(buf, needle)) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 200) > 0) {
+            ssize_t r = read(fd, buf + len, sizeof(buf) - len - 1);
+            cr_assert_gt(r, 0, "stream closed");
+            len += (size_t)r;
+            buf[len] = '\0';
+        }
+        if (!connected && strstr(buf, "\r\n\r\n")) {
+            cr_assert(strstr(buf, " 200 "), "stream status: %.100s", buf);
+            connected = true;
+            /* Established, then refused, both to the same port. */
+            struct sockaddr_in to = {.sin_family = AF_INET,
+                                     .sin_port = htons((uint16_t)port),
+                                     .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            int lfd = socket(AF_INET, SOCK_STREAM, 0);
+            int one = 1;
+            setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+            cr_assert_eq(bind(lfd, (struct sockaddr *)&to, sizeof(to)), 0);
+            cr_assert_eq(listen(lfd, 4), 0);
+            int c = socket(AF_INET, SOCK_STREAM, 0);
+            cr_assert_eq(connect(c, (struct sockaddr *)&to, sizeof(to)), 0);
+            close(c);
+            close(lfd);
+            c = socket(AF_INET, SOCK_STREAM, 0);
+            cr_assert_neq(connect(c, (struct sockaddr *)&to, sizeof(to)), 0);
+            cr_assert_eq(errno, ECONNREFUSED);
+            close(c);
+        }
+    }
+    close(fd);
+    cr_assert(connected, "stream never answered");
+    char *hit = strstr(buf, needle);
+    cr_assert(hit, "refused connect to port %d not streamed; got:\n%s", port, buf);
+    char *line = hit;
+    while (line > buf && line[-1] != '\n')
+        line--;
+    cr_assert(strncmp(line, "data: {", 7) == 0, "line: %.80s", line);
+    *strchr(line, '\n') = '\0';
+    json_t *ev = json_loads(line + 6, 0, NULL);
+    cr_assert(ev, "data line is not JSON: %s", line);
+    cr_expect_str_eq(jstr(ev, "type"), "connection");
+    cr_expect_str_eq(jstr(ev, "status"), "failed");
+    cr_expect_str_eq(jstr(ev, "error"), "refused");
+    cr_expect_eq(jint(ev, "dest_port"), port);
+    json_decref(ev);
+
+    int status = 0;
+    json_t *r = tu_get_json(agent_port, "/api/events/stream?status=ok", &status);
+    cr_expect_eq(status, 400);
+    cr_expect(r && strstr(jstr(r, "error"), "'status'"));
+    json_decref(r);
 }
