@@ -508,6 +508,17 @@ static bool query_str_match(const char *filter, const char *s)
     return filter[0] == '\0' || (s && strcmp(filter, s) == 0);
 }
 
+bool query_match_names(const struct query *q, const char *node, const struct event_k8s *k8s,
+                       const struct event_peer *peer)
+{
+    return query_str_match(q->node, node) && query_str_match(q->pod, k8s->pod_name) &&
+           query_str_match(q->namespace, k8s->namespace) &&
+           query_str_match(q->workload, k8s->workload) && query_str_match(q->peer_pod, peer->pod) &&
+           query_str_match(q->peer_namespace, peer->namespace) &&
+           query_str_match(q->peer_workload, peer->workload) &&
+           query_str_match(q->peer_service, peer->service);
+}
+
 bool query_match(const struct query *q, const struct event *e)
 {
     if (q->types && (e->type >= 32 || !(q->types & EVENT_TYPE_BIT(e->type))))
@@ -524,13 +535,7 @@ bool query_match(const struct query *q, const struct event *e)
     if (q->command[0] && (strnlen(q->command, sizeof(e->command) + 1) > sizeof(e->command) ||
                           strncmp(q->command, e->command, sizeof(e->command)) != 0))
         return false;
-    return query_str_match(q->node, e->node) && query_str_match(q->pod, e->k8s.pod_name) &&
-           query_str_match(q->namespace, e->k8s.namespace) &&
-           query_str_match(q->workload, e->k8s.workload) &&
-           query_str_match(q->peer_pod, e->peer.pod) &&
-           query_str_match(q->peer_namespace, e->peer.namespace) &&
-           query_str_match(q->peer_workload, e->peer.workload) &&
-           query_str_match(q->peer_service, e->peer.service);
+    return query_match_names(q, e->node, &e->k8s, &e->peer);
 }
 
 int query_cmp_newest_first(uint64_t ts_a, uint64_t id_a, uint64_t ts_b, uint64_t id_b)

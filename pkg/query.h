@@ -67,6 +67,14 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
 /* True when e passes every filter, including the time bounds (not the cursor). */
 bool query_match(const struct query *q, const struct event *e);
 
+/*
+ * The exact-match name filters alone (node, pod, namespace, workload,
+ * peer_*) against these values; a NULL value never matches a filter. For
+ * callers that hold those values apart from an event (the store's shards).
+ */
+bool query_match_names(const struct query *q, const char *node, const struct event_k8s *k8s,
+                       const struct event_peer *peer);
+
 /* True when e sorts strictly after the cursor (i.e. belongs to a later page). */
 bool query_after_cursor(const struct query_cursor *c, const struct event *e);
 

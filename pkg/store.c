@@ -977,11 +977,6 @@ static void range_heap_down(struct store_range *h, size_t n, size_t pos)
     h[pos] = r;
 }
 
-static bool store_filter_match(const char *filter, const char *s)
-{
-    return filter[0] == '\0' || (s && strcmp(filter, s) == 0);
-}
-
 /* The filters the shard key answers. */
 static bool store_shard_selected(const struct store_shard *sh, const struct query *q)
 {
@@ -991,13 +986,7 @@ static bool store_shard_selected(const struct store_shard *sh, const struct quer
         return false;
     if (q->status && sh->status != q->status)
         return false;
-    return store_filter_match(q->node, sh->node) && store_filter_match(q->pod, sh->k8s.pod_name) &&
-           store_filter_match(q->namespace, sh->k8s.namespace) &&
-           store_filter_match(q->workload, sh->k8s.workload) &&
-           store_filter_match(q->peer_pod, sh->peer.pod) &&
-           store_filter_match(q->peer_namespace, sh->peer.namespace) &&
-           store_filter_match(q->peer_workload, sh->peer.workload) &&
-           store_filter_match(q->peer_service, sh->peer.service);
+    return query_match_names(q, sh->node, &sh->k8s, &sh->peer);
 }
 
 /* The residual filters (pid, command, dest_port) on a record, with query_match()'s semantics. */
