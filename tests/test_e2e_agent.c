@@ -380,18 +380,54 @@ Test(e2e_agent, exec_with_invalid_utf8_is_strict_json_with_exact_bytes)
     rmdir(dir);
 }
 
-/* The same event on the SSE stream: one "data:" line of strict JSON. */
-Test(e2e_agent, sse_stream_of_invalid_utf8_is_strict_json)
+/* Opens the SSE stream at path with a raw HTTP/1.1 request; returns the socket. */
+static int sse_open(const char *path)
 {
-    char dir[] = "/tmp/ebpf-e2e-utf8-XXXXXX", path[128];
-    copy_true(dir, "t\xc0\xafrue", path, sizeof(path));
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET,
                              .sin_port = htons((uint16_t)agent.port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    const char *req = "GET /api/events/stream?type=exec HTTP/1.1\r\nHost: x\r\n\r\n";
-    cr_assert_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    char req[512];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    cr_assert_eq(write(fd, req, (size_t)n), (ssize_t)n);
+    return fd;
+}
+
+/* Appends to buf (NUL-terminated, *len bytes held) what arrives within 200 ms. */
+static void sse_poll(int fd, char *buf, size_t size, size_t *len)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 200) > 0) {
+        ssize_t r = read(fd, buf + *len, size - *len - 1);
+        cr_assert_gt(r, 0, "stream closed");
+        *len += (size_t)r;
+        buf[*len] = '\0';
+    }
+}
+
+/* The event on the "data: {json}" line of buf that holds hit (a new reference). */
+static json_t *sse_event_at(char *buf, char *hit)
+{
+    char *line = hit;
+    while (line > buf && line[-1] != '\n')
+        line--;
+    cr_assert(strncmp(line, "data: {", 7) == 0, "line: %.80s", line);
+    char *nl = strchr(line, '\n');
+    cr_assert(nl, "unterminated line: %.80s", line);
+    *nl = '\0';
+    json_error_t je;
+    json_t *ev = json_loads(line + 6, 0, &je);
+    cr_assert(ev, "data line is not strict JSON (%s): %s", je.text, line);
+    return ev;
+}
+
+/* The same event on the SSE stream: one "data:" line of strict JSON. */
+Test(e2e_agent, sse_stream_of_invalid_utf8_is_strict_json)
+{
+    char dir[] = "/tmp/ebpf-e2e-utf8-XXXXXX", path[128];
+    copy_true(dir, "t\xc0\xafrue", path, sizeof(path));
+    int fd = sse_open("/api/events/stream?type=exec");
 
     static char buf[1 << 20];
     size_t len = 0;
@@ -399,13 +435,7 @@ Test(e2e_agent, sse_stream_of_invalid_utf8_is_strict_json)
     char needle[64];
     uint64_t deadline = tu_mono_ms() + 10000;
     while (tu_mono_ms() < deadline && len + 1 < sizeof(buf)) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, 200) > 0) {
-            ssize_t r = read(fd, buf + len, sizeof(buf) - len - 1);
-            cr_assert_gt(r, 0, "stream closed");
-            len += (size_t)r;
-            buf[len] = '\0';
-        }
+        sse_poll(fd, buf, sizeof(buf), &len);
         if (!child && strstr(buf, "\r\n\r\n")) {
             child = run_with_bad_argv(path); /* after the subscription */
             snprintf(needle, sizeof(needle), "\"pid\":%d,", child);
@@ -417,14 +447,7 @@ Test(e2e_agent, sse_stream_of_invalid_utf8_is_strict_json)
     cr_assert(child, "stream never answered");
     char *hit = strstr(buf, needle);
     cr_assert(hit, "exec of pid %d not streamed", child);
-    char *line = hit;
-    while (line > buf && line[-1] != '\n')
-        line--;
-    cr_assert(strncmp(line, "data: {", 7) == 0, "line: %.80s", line);
-    *strchr(line, '\n') = '\0';
-    json_error_t je;
-    json_t *ev = json_loads(line + 6, 0, &je);
-    cr_assert(ev, "data line is not strict JSON: %s", je.text);
+    json_t *ev = sse_event_at(buf, hit);
     json_t *raw = json_object_get(ev, "args_b64");
     cr_assert_eq(json_array_size(raw), 2);
     cr_expect_str_eq(json_string_value(json_array_get(raw, 1)), "/4CA");
@@ -604,13 +627,7 @@ Test(e2e_agent, filters_limit_cursor_and_time_window)
 
 Test(e2e_agent, sse_stream_delivers_new_events_live)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)agent.port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    const char *req = "GET /api/events/stream?type=exit HTTP/1.1\r\nHost: x\r\n\r\n";
-    cr_assert_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    int fd = sse_open("/api/events/stream?type=exit");
 
     char buf[65536];
     size_t len = 0;
@@ -619,13 +636,7 @@ Test(e2e_agent, sse_stream_delivers_new_events_live)
     pid_t child = 0;
     char needle[64];
     while (tu_mono_ms() < deadline) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, 200) > 0) {
-            ssize_t r = read(fd, buf + len, sizeof(buf) - len - 1);
-            cr_assert_gt(r, 0, "stream closed");
-            len += (size_t)r;
-            buf[len] = '\0';
-        }
+        sse_poll(fd, buf, sizeof(buf), &len);
         if (!connected && strstr(buf, "\r\n\r\n")) {
             cr_assert(strstr(buf, " 200 "), "stream status: %.100s", buf);
             cr_assert(strcasestr(buf, "text/event-stream"), "content type: %.300s", buf);
@@ -641,15 +652,7 @@ Test(e2e_agent, sse_stream_delivers_new_events_live)
     char *hit = strstr(buf, needle);
     cr_assert(hit, "exit of pid %d not streamed; got:\n%s", child, buf);
     /* The event sits on one "data: {json}" line. */
-    char *line = hit;
-    while (line > buf && line[-1] != '\n')
-        line--;
-    cr_expect(strncmp(line, "data: {", 7) == 0, "line: %.80s", line);
-    char *nl = strchr(line, '\n');
-    cr_assert(nl);
-    *nl = '\0';
-    json_t *ev = json_loads(line + 6, 0, NULL);
-    cr_assert(ev, "data line is not JSON: %s", line);
+    json_t *ev = sse_event_at(buf, hit);
     cr_expect_str_eq(tu_jstr(ev, "type"), "exit");
     cr_expect_eq(tu_jint(ev, "exit_code"), 3);
     json_decref(ev);
@@ -676,10 +679,15 @@ Test(e2e_agent, bad_parameters_are_400_naming_the_parameter)
         {"cursor=garbage", "cursor"},
         {"frobnicate=1", "frobnicate"},
         {"since=2000&until=1000", "since"},
+        {"status=ok", "status"},
+        {"dest_port=0", "dest_port"},
+        {"peer_pod=", "peer_pod"},
+        {"workload=", "workload"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char path[2048];
-        snprintf(path, sizeof(path), "/api/events?%s", cases[i].query);
+        snprintf(path, sizeof(path), "/api/events?%.*s", (int)sizeof(cases[i].query),
+                 cases[i].query);
         int status = 0;
         json_t *r = tu_get_json(agent.port, path, &status);
         cr_expect_eq(status, 400, "%s -> %d", path, status);
@@ -771,4 +779,65 @@ Test(e2e_agent, sigterm_detaches_every_program)
             usleep(20000);
         cr_expect(!tu_bpf_prog_loaded(ids[k]), "program id %u still loaded after SIGTERM", ids[k]);
     }
+}
+
+/*
+ * The stream's connection filters: one port first accepts, then refuses.
+ * With status=failed&dest_port=P only the refused attempt may arrive, and
+ * it must be the first event on the stream (the established one came first).
+ */
+Test(e2e_agent, sse_stream_filters_by_status_and_dest_port)
+{
+    int port = tu_free_port();
+    char stream[96];
+    snprintf(stream, sizeof(stream),
+             "/api/events/stream?type=connection&status=failed&dest_port=%d", port);
+    int fd = sse_open(stream);
+
+    char buf[65536] = "";
+    size_t len = 0;
+    bool connected = false;
+    char needle[48];
+    snprintf(needle, sizeof(needle), "\"dest_port\":%d,", port);
+    uint64_t deadline = tu_mono_ms() + 10000;
+    while (tu_mono_ms() < deadline && !(strstr(buf, needle) && strchr(strstr(buf, needle), '\n'))) {
+        sse_poll(fd, buf, sizeof(buf), &len);
+        if (!connected && strstr(buf, "\r\n\r\n")) {
+            cr_assert(strstr(buf, " 200 "), "stream status: %.100s", buf);
+            connected = true;
+            /* Established, then refused, both to the same port. */
+            struct sockaddr_in to = {.sin_family = AF_INET,
+                                     .sin_port = htons((uint16_t)port),
+                                     .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            int lfd = socket(AF_INET, SOCK_STREAM, 0);
+            int one = 1;
+            setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+            cr_assert_eq(bind(lfd, (struct sockaddr *)&to, sizeof(to)), 0);
+            cr_assert_eq(listen(lfd, 4), 0);
+            int c = socket(AF_INET, SOCK_STREAM, 0);
+            cr_assert_eq(connect(c, (struct sockaddr *)&to, sizeof(to)), 0);
+            close(c);
+            close(lfd);
+            c = socket(AF_INET, SOCK_STREAM, 0);
+            cr_assert_neq(connect(c, (struct sockaddr *)&to, sizeof(to)), 0);
+            cr_assert_eq(errno, ECONNREFUSED);
+            close(c);
+        }
+    }
+    close(fd);
+    cr_assert(connected, "stream never answered");
+    char *hit = strstr(buf, needle);
+    cr_assert(hit, "refused connect to port %d not streamed; got:\n%s", port, buf);
+    json_t *ev = sse_event_at(buf, hit);
+    cr_expect_str_eq(tu_jstr(ev, "type"), "connection");
+    cr_expect_str_eq(tu_jstr(ev, "status"), "failed");
+    cr_expect_str_eq(tu_jstr(ev, "error"), "refused");
+    cr_expect_eq(tu_jint(ev, "dest_port"), port);
+    json_decref(ev);
+
+    int status = 0;
+    json_t *r = tu_get_json(agent.port, "/api/events/stream?status=ok", &status);
+    cr_expect_eq(status, 400);
+    cr_expect(r && strstr(tu_jstr(r, "error"), "'status'"));
+    json_decref(r);
 }
