@@ -20,6 +20,7 @@ enum record_kind {
     RECORD_DROP,
     RECORD_EXEC,
     RECORD_EXIT,
+    RECORD_CLOSE,
 };
 
 /* One statistics slot per BPF program (index into the shared `stats` map). */
@@ -30,6 +31,9 @@ enum prog_slot {
     SLOT_KFREE_SKB,
     SLOT_SCHED_PROCESS_EXEC,
     SLOT_SCHED_PROCESS_EXIT,
+    SLOT_TCP_DESTROY_SOCK, /* close records (the lifecycle's end) */
+    SLOT_TCP_SEND_RESET,   /* marks a tracked connection reset by this side */
+    SLOT_TCP_RECEIVE_RESET,
     SLOT_COUNT,
 };
 
@@ -38,6 +42,7 @@ struct prog_stats {
     __u64 events;     /* records submitted */
     __u64 drops;      /* ring buffer full: record lost in the kernel */
     __u64 suppressed; /* rate-limited away (packet_drop) */
+    __u64 untracked;  /* not followed: the kernel map pairing a socket with its start was full */
 };
 
 /* The process a record is attributed to; zero where there is none (softirq). */

@@ -15,6 +15,14 @@
 #define S_IFMT      00170000
 #define S_IFSOCK    0140000
 
+/* errno values the kernel reports on a connect (asm-generic: x86 and arm64 alike). */
+#define EPERM         1
+#define EACCES        13
+#define EADDRNOTAVAIL 99
+#define ENETDOWN      100
+#define ENETUNREACH   101
+#define EHOSTUNREACH  113
+
 /* enum tcp_state values; part of the uapi, stable. */
 #define TCP_ESTABLISHED 1
 #define TCP_SYN_SENT    2
@@ -33,16 +41,72 @@
 #error "syscall numbers for this architecture are missing"
 #endif
 
+/* enum tcp_state values; part of the uapi, stable. */
+#define TCP_SYN_RECV 3
+
 /*
  * A connecting socket's owner, taken at CLOSE->SYN_SENT (process context);
- * the outcome usually arrives in softirq where the process is unknown.
+ * the outcome usually arrives in softirq where the process is unknown. A
+ * plain hash, not an LRU: every entry leaves at the connect's outcome, and
+ * when the map is full a new connect is counted as untracked (stats) rather
+ * than silently evicting another one's owner.
  */
 struct {
-    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 16384);
     __type(key, __u64); /* struct sock * */
     __type(value, struct record_hdr);
 } connecting SEC(".maps");
+
+/*
+ * An established connection being followed to its close (only when close
+ * events are asked for): its owner, role and start, then the snapshot taken
+ * when it reached TCP_CLOSE. Enters at ESTABLISHED, leaves when its close
+ * record is written; full -> the connection is counted as untracked.
+ */
+struct conn_life {
+    struct record_hdr owner; /* zero until a process accepts a server connection */
+    __u64 established_ns;
+    struct close_record snap; /* filled at TCP_CLOSE (snap.hdr.ts_ns != 0) */
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __uint(map_flags, BPF_F_NO_PREALLOC); /* memory for live connections only */
+    __type(key, __u64);                   /* struct sock * */
+    __type(value, struct conn_life);
+} lifecycle SEC(".maps");
+
+/*
+ * The socket each thread's connect() took to SYN_SENT, so the connect's
+ * sys_exit can tell a failure the state program reports (after SYN_SENT)
+ * from one that happened before any packet (no route): only the latter is
+ * reported there. Entries live for one syscall; an LRU bounds the rest.
+ */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u32);   /* thread id */
+    __type(value, __u64); /* struct sock * */
+} connect_thread SEC(".maps");
+
+/* The reset programs write no record: their `events` are the connections they marked. */
+static __always_inline void count_marked(__u32 slot)
+{
+    struct prog_stats *s = slot_stats(slot);
+
+    if (s)
+        __sync_fetch_and_add(&s->events, 1);
+}
+
+static __always_inline void count_untracked(__u32 slot)
+{
+    struct prog_stats *s = slot_stats(slot);
+
+    if (s)
+        __sync_fetch_and_add(&s->untracked, 1);
+}
 
 /*
  * Field access: sk (and the task, regs, file and socket on the way to it) are
@@ -63,11 +127,12 @@ static __always_inline void copy_addr6(__u8 *dst, const struct in6_addr *a)
 }
 
 /* Local address/port into s*, remote into d*; swapped when peer_is_source. */
-static __always_inline void read_sock_addrs(const struct sock *sk, struct conn_record *r,
-                                            bool peer_is_source)
+static __always_inline void read_sock_addrs_to(const struct sock *sk, __u16 *family, __u16 *sport,
+                                               __u16 *dport, __u8 *saddr, __u8 *daddr,
+                                               bool peer_is_source)
 {
-    __u8 *local = peer_is_source ? r->daddr : r->saddr;
-    __u8 *remote = peer_is_source ? r->saddr : r->daddr;
+    __u8 *local = peer_is_source ? daddr : saddr;
+    __u8 *remote = peer_is_source ? saddr : daddr;
     __u16 lport = sk->__sk_common.skc_num;
     __u16 rport = bpf_ntohs(sk->__sk_common.skc_dport);
 
@@ -76,16 +141,22 @@ static __always_inline void read_sock_addrs(const struct sock *sk, struct conn_r
     if (lport == 0)
         lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 
-    r->family = sk->__sk_common.skc_family;
-    if (r->family == AF_INET) {
+    *family = sk->__sk_common.skc_family;
+    if (*family == AF_INET) {
         *(__u32 *)local = sk->__sk_common.skc_rcv_saddr;
         *(__u32 *)remote = sk->__sk_common.skc_daddr;
     } else {
         copy_addr6(local, &sk->__sk_common.skc_v6_rcv_saddr);
         copy_addr6(remote, &sk->__sk_common.skc_v6_daddr);
     }
-    r->sport = peer_is_source ? rport : lport;
-    r->dport = peer_is_source ? lport : rport;
+    *sport = peer_is_source ? rport : lport;
+    *dport = peer_is_source ? lport : rport;
+}
+
+static __always_inline void read_sock_addrs(const struct sock *sk, struct conn_record *r,
+                                            bool peer_is_source)
+{
+    read_sock_addrs_to(sk, &r->family, &r->sport, &r->dport, r->saddr, r->daddr, peer_is_source);
 }
 
 #ifdef CONNECTIONS_COMPAT
@@ -118,6 +189,108 @@ static __always_inline void read_sock_addrs_core(const struct sock *sk, struct c
 }
 #endif
 
+/*
+ * What the programs emit, set by user space before load from the requested
+ * event types (EVENT_TYPES): the verifier prunes the branches of a type that
+ * was not asked for, so a user who does not want close events pays nothing
+ * for them.
+ */
+const volatile bool emit_tcp_connect = true;
+const volatile bool emit_udp_connect = true;
+const volatile bool emit_accept = true;
+const volatile bool track_close = true;
+
+static __always_inline bool sock_flag(const struct sock *sk, int flag)
+{
+    return sk->__sk_common.skc_flags & (1ul << flag);
+}
+
+/*
+ * The close snapshot, taken when the socket reaches TCP_CLOSE: a close by
+ * the application with SO_LINGER 0 or unread data (tcp_disconnect) zeroes
+ * the addresses and counters right after this transition.
+ */
+static __always_inline void life_snapshot(const struct sock *sk, struct conn_life *l, __u64 now)
+{
+    struct close_record *r = &l->snap;
+    struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+
+    read_sock_addrs_to(sk, &r->family, &r->sport, &r->dport, r->saddr, r->daddr,
+                       r->role == CLOSE_ROLE_SERVER);
+    r->hdr.ts_ns = now;
+    r->duration_ns = now - l->established_ns;
+    if (tp) {
+        r->bytes_sent = tp->bytes_sent - tp->bytes_retrans;
+        /* bytes_received counts sequence space, so a FIN the peer sent (SOCK_DONE) is one. */
+        r->bytes_received = tp->bytes_received;
+        if (sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DONE)) && r->bytes_received)
+            r->bytes_received--;
+        r->retransmits = tp->total_retrans;
+        r->srtt_us = tp->srtt_us >> 3;
+    }
+}
+
+/* Writes the close record of a connection and stops following it. */
+static __always_inline void life_emit(__u64 key, struct conn_life *l)
+{
+    struct close_record *r = record_reserve(SLOT_TCP_DESTROY_SOCK, sizeof(*r));
+
+    if (r) {
+        __u64 ts = l->snap.hdr.ts_ns;
+
+        *r = l->snap;
+        r->hdr = l->owner;
+        r->hdr.kind = RECORD_CLOSE;
+        r->hdr.ts_ns = ts;
+        record_submit(r);
+    }
+    bpf_map_delete_elem(&lifecycle, &key);
+}
+
+/*
+ * Begins following an established connection; the owner is known for a
+ * client. A closed connection may still be waiting for its socket's end
+ * (life_closed): when a program dissolves a connection with
+ * connect(AF_UNSPEC) (tcp_disconnect: TCP_CLOSE, no tcp_destroy_sock) and
+ * connects the same socket again, that earlier connection is over and is
+ * written now, before this one takes its place.
+ */
+static __always_inline void life_start(__u64 key, __u64 now, const struct record_hdr *owner,
+                                       __u8 role)
+{
+    struct conn_life *prev = bpf_map_lookup_elem(&lifecycle, &key);
+    struct conn_life l = {};
+
+    if (prev && prev->snap.hdr.ts_ns)
+        life_emit(key, prev);
+    if (owner)
+        l.owner = *owner;
+    l.established_ns = now;
+    l.snap.role = role;
+    if (bpf_map_update_elem(&lifecycle, &key, &l, BPF_NOEXIST))
+        count_untracked(SLOT_TCP_DESTROY_SOCK);
+}
+
+/*
+ * At TCP_CLOSE. The close record is written now when nothing more can
+ * happen to the connection: the application no longer holds the socket
+ * (SOCK_DEAD), or the peer reset it, or the kernel gave up on it (sk_err).
+ * Otherwise the application is closing it itself, possibly with a reset that
+ * follows this transition (SO_LINGER 0, unread data): the record waits for
+ * tcp_destroy_sock, which comes at the end of that same close.
+ */
+static __always_inline void life_closed(const struct sock *sk, __u64 key, __u64 now)
+{
+    struct conn_life *l = bpf_map_lookup_elem(&lifecycle, &key);
+
+    if (!l || l->snap.hdr.ts_ns)
+        return;
+    life_snapshot(sk, l, now);
+    if (sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DEAD)) ||
+        l->snap.reset == CLOSE_RESET_RECEIVED || sk->sk_err)
+        life_emit(key, l);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, int newstate)
 {
@@ -125,6 +298,7 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
     struct record_hdr *owner;
     struct conn_record *r;
     __u16 family;
+    __u64 now;
 
     if (sk->sk_protocol != IPPROTO_TCP)
         return 0;
@@ -135,29 +309,104 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
     if (newstate == TCP_SYN_SENT) {
         struct record_hdr h = {};
 
+        __u32 tid = (__u32)bpf_get_current_pid_tgid();
+
         record_hdr_current(&h, RECORD_CONNECT);
-        bpf_map_update_elem(&connecting, &key, &h, BPF_ANY);
+        if (bpf_map_update_elem(&connecting, &key, &h, BPF_ANY))
+            count_untracked(SLOT_INET_SOCK_SET_STATE);
+        if (emit_tcp_connect)
+            bpf_map_update_elem(&connect_thread, &tid, &key, BPF_ANY);
         return 0;
+    }
+    if (track_close) {
+        if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
+            life_start(key, bpf_ktime_get_boot_ns(), NULL, CLOSE_ROLE_SERVER);
+            return 0;
+        }
+        if (newstate == TCP_CLOSE && oldstate != TCP_SYN_SENT) {
+            life_closed(sk, key, bpf_ktime_get_boot_ns());
+            return 0;
+        }
     }
     if (oldstate != TCP_SYN_SENT || (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE))
         return 0;
 
     owner = bpf_map_lookup_elem(&connecting, &key);
     if (!owner)
-        return 0; /* connect started before we attached */
-    r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
-    if (r) {
-        __u64 now = bpf_ktime_get_boot_ns();
-
-        r->hdr = *owner;
-        r->hdr.ts_ns = now;
-        r->protocol = IPPROTO_TCP;
-        r->status = newstate == TCP_ESTABLISHED ? CONN_ESTABLISHED : CONN_FAILED;
-        r->latency_ns = now - owner->ts_ns;
-        read_sock_addrs(sk, r, false);
-        record_submit(r);
+        return 0; /* connect started before we attached, or untracked */
+    now = bpf_ktime_get_boot_ns();
+    if (track_close && newstate == TCP_ESTABLISHED)
+        life_start(key, now, owner, CLOSE_ROLE_CLIENT);
+    if (emit_tcp_connect) {
+        r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
+        if (r) {
+            r->hdr = *owner;
+            r->hdr.ts_ns = now;
+            r->protocol = IPPROTO_TCP;
+            r->status = newstate == TCP_ESTABLISHED ? CONN_ESTABLISHED : CONN_FAILED;
+            r->latency_ns = now - owner->ts_ns;
+            /* Set before the state change: ECONNREFUSED (RST), ETIMEDOUT, EHOSTUNREACH (ICMP). */
+            r->error = newstate == TCP_CLOSE ? sk->sk_err : 0;
+            r->_pad = 0;
+            read_sock_addrs(sk, r, false);
+            record_submit(r);
+        }
     }
     bpf_map_delete_elem(&connecting, &key);
+    return 0;
+}
+
+/* A server connection's owner: the process that accepted it. */
+static __always_inline void life_accepted(__u64 key)
+{
+    struct conn_life *l = bpf_map_lookup_elem(&lifecycle, &key);
+
+    if (l && !l->owner.kind)
+        record_hdr_current(&l->owner, RECORD_CLOSE);
+}
+
+/* The end of a socket: a close record still waiting (see life_closed) is written now. */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)
+{
+    __u64 key = (__u64)sk;
+    struct conn_life *l = bpf_map_lookup_elem(&lifecycle, &key);
+
+    if (!l)
+        return 0;
+    if (!l->snap.hdr.ts_ns)
+        life_snapshot(sk, l, bpf_ktime_get_boot_ns());
+    life_emit(key, l);
+    return 0;
+}
+
+/* Only the first argument: the later ones changed between kernels. */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(tp_btf__tcp_send_reset, const struct sock *sk)
+{
+    __u64 key = (__u64)sk;
+    struct conn_life *l;
+
+    if (!sk)
+        return 0;
+    l = bpf_map_lookup_elem(&lifecycle, &key);
+    if (l && l->snap.reset == CLOSE_RESET_NONE) {
+        l->snap.reset = CLOSE_RESET_SENT;
+        count_marked(SLOT_TCP_SEND_RESET);
+    }
+    return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(tp_btf__tcp_receive_reset, struct sock *sk)
+{
+    __u64 key = (__u64)sk;
+    struct conn_life *l = bpf_map_lookup_elem(&lifecycle, &key);
+
+    if (l && l->snap.reset == CLOSE_RESET_NONE) {
+        l->snap.reset = CLOSE_RESET_RECEIVED;
+        count_marked(SLOT_TCP_RECEIVE_RESET);
+    }
     return 0;
 }
 
@@ -261,12 +510,67 @@ static __always_inline struct sock *fd_sock(long fd)
 #endif
 
 /*
- * What the sys_exit program emits, set by user space before load from the
- * requested event types (EVENT_TYPES): the verifier prunes the branch of a
- * type that was not asked for.
+ * A TCP connect() that failed before its SYN: no route (ENETUNREACH,
+ * EHOSTUNREACH), refused by policy (EACCES, EPERM), no local port
+ * (EADDRNOTAVAIL). The socket never reached SYN_SENT, so the state program
+ * never saw it; the destination comes from the syscall's own argument.
  */
-const volatile bool emit_udp_connect = true;
-const volatile bool emit_accept = true;
+static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long err)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct sockaddr_in6 sa = {};
+    struct conn_record *r;
+    __u64 *started, key;
+    struct sock *sk;
+    __u16 family;
+
+    if (err != ENETUNREACH && err != EHOSTUNREACH && err != EACCES && err != EPERM &&
+        err != EADDRNOTAVAIL && err != ENETDOWN)
+        return 0;
+    sk = fd_sock(PT_REGS_PARM1_CORE_SYSCALL(regs));
+    if (!sk || SK_READ(sk, sk_protocol) != IPPROTO_TCP)
+        return 0;
+    key = (__u64)sk;
+    started = bpf_map_lookup_elem(&connect_thread, &tid);
+    if (started && *started == key) {
+        bpf_map_delete_elem(&connect_thread, &tid);
+        return 0; /* it reached SYN_SENT: the state program reported the outcome */
+    }
+    family = SK_READ(sk, __sk_common.skc_family);
+    if ((family != AF_INET && family != AF_INET6) ||
+        bpf_probe_read_user(&sa, sizeof(sa), (void *)PT_REGS_PARM2_CORE_SYSCALL(regs)) ||
+        sa.sin6_family != family)
+        return 0;
+    r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
+    if (!r)
+        return 0;
+    record_hdr_current(&r->hdr, RECORD_CONNECT);
+    r->family = family;
+    r->protocol = IPPROTO_TCP;
+    r->status = CONN_FAILED;
+    r->latency_ns = 0;
+    r->error = err;
+    r->_pad = 0;
+    /* The source, when the socket was bound; zero (unknown) otherwise. */
+    __builtin_memset(r->saddr, 0, sizeof(r->saddr));
+    __builtin_memset(r->daddr, 0, sizeof(r->daddr));
+    r->sport = SK_READ(sk, __sk_common.skc_num);
+    if (family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&sa;
+
+        *(__u32 *)r->saddr = SK_READ(sk, __sk_common.skc_rcv_saddr);
+        *(__u32 *)r->daddr = sin->sin_addr.s_addr;
+        r->dport = bpf_ntohs(sin->sin_port);
+    } else {
+        struct in6_addr src = SK_READ(sk, __sk_common.skc_v6_rcv_saddr);
+
+        copy_addr6(r->saddr, &src);
+        copy_addr6(r->daddr, &sa.sin6_addr);
+        r->dport = bpf_ntohs(sa.sin6_port);
+    }
+    record_submit(r);
+    return 0;
+}
 
 /*
  * One program on sys_exit for both UDP connect() and accept()/accept4(): it
@@ -287,16 +591,18 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
     long nr, fd;
     __u16 family;
 
-    if (ret < 0)
+    if (ret < 0 && !emit_tcp_connect)
         return 0;
     nr = syscall_nr(regs);
+    if (ret < 0)
+        return nr == NR_CONNECT ? tcp_connect_failed_early(regs, -ret) : 0;
     if (nr == NR_CONNECT) {
         if (!emit_udp_connect || ret != 0)
             return 0;
         accept = false;
         fd = PT_REGS_PARM1_SYSCALL(regs);
     } else if (nr == NR_ACCEPT || nr == NR_ACCEPT4) {
-        if (!emit_accept)
+        if (!emit_accept && !track_close)
             return 0;
         accept = true;
         fd = ret;
@@ -313,6 +619,10 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
     if (accept) {
         if (SK_READ(sk, sk_protocol) != IPPROTO_TCP)
             return 0;
+        if (track_close)
+            life_accepted((__u64)sk);
+        if (!emit_accept)
+            return 0;
         r = record_reserve(SLOT_SYS_EXIT_ACCEPT, sizeof(*r));
         if (!r)
             return 0;
@@ -320,6 +630,8 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
         r->protocol = IPPROTO_TCP;
         r->status = 0;
         r->latency_ns = 0;
+        r->error = 0;
+        r->_pad = 0;
         FD_SOCK_ADDRS(sk, r, true);
         record_submit(r);
         return 0;
@@ -336,6 +648,8 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
     r->protocol = IPPROTO_UDP;
     r->status = CONN_ATTEMPTED;
     r->latency_ns = 0;
+    r->error = 0;
+    r->_pad = 0;
     FD_SOCK_ADDRS(sk, r, false);
     record_submit(r);
     return 0;

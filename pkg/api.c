@@ -115,6 +115,7 @@ json_t *api_store_stats_json(const struct store_stats *ss)
     api_json_set_u64(o, "evicted_age", ss->evicted_age);
     api_json_set_u64(o, "duplicates", ss->duplicates);
     api_json_set_u64(o, "failed", ss->failed);
+    api_json_set_u64(o, "index_bytes", ss->index_bytes);
     return o;
 }
 

@@ -81,7 +81,7 @@ static const struct key keys[] = {
     {"OUTAGE_BUFFER", KIND_BYTES, AGENT, NUM(outage_buffer_bytes), 64 * 1024, 4ull << 30, "64MiB",
      NULL, "batches kept while NATS is unreachable; oldest dropped beyond it"},
     {"EVENT_TYPES", KIND_TYPES, AGENT, NUM(event_types), 0, 0, "all", NULL,
-     "comma list of connection, accept, packet_drop, exec, exit (or all)"},
+     "comma list of connection, accept, close, packet_drop, exec, exit (or all)"},
     {"RINGBUF_SIZE", KIND_BYTES, AGENT, NUM(ringbuf_bytes), 4096, 1ull << 30, "8MiB", NULL,
      "kernel ring buffer size (a power of two, 4KiB-1GiB)"},
     {"DROP_RATE_LIMIT", KIND_UINT, AGENT, NUM(drop_rate_limit), 1, 1000000, "1000", NULL,
@@ -407,7 +407,7 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
     }
     case KIND_TYPES:
         if (parse_types(value, &c->event_types) < 0) {
-            allowed = "a comma list of connection, accept, packet_drop, exec, exit, or all";
+            allowed = "a comma list of connection, accept, close, packet_drop, exec, exit, or all";
             break;
         }
         return 0;

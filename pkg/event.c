@@ -18,6 +18,7 @@ static const char *const type_names[EVENT_TYPE_COUNT] = {
     [EVENT_PACKET_DROP] = "packet_drop",
     [EVENT_EXEC] = "exec",
     [EVENT_EXIT] = "exit",
+    [EVENT_CLOSE] = "close",
 };
 
 const char *event_type_name(unsigned type)
@@ -56,6 +57,52 @@ const char *event_status_name(unsigned status)
         return "attempted";
     default:
         return NULL;
+    }
+}
+
+const char *event_role_name(unsigned role)
+{
+    switch (role) {
+    case EVENT_ROLE_CLIENT:
+        return "client";
+    case EVENT_ROLE_SERVER:
+        return "server";
+    default:
+        return NULL;
+    }
+}
+
+const char *event_reset_name(unsigned reset)
+{
+    switch (reset) {
+    case EVENT_RESET_SENT:
+        return "sent";
+    case EVENT_RESET_RECEIVED:
+        return "received";
+    default:
+        return NULL;
+    }
+}
+
+const char *event_conn_error_name(unsigned err)
+{
+    switch (err) {
+    case 0:
+        return NULL;
+    case ECONNREFUSED:
+        return "refused";
+    case ETIMEDOUT:
+        return "timeout";
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+        return "unreachable";
+    case ECONNRESET:
+        return "reset";
+    default: {
+        /* glibc names every errno the kernel sets on a socket. */
+        const char *name = strerrorname_np((int)err);
+        return name;
+    }
     }
 }
 
@@ -131,14 +178,32 @@ static bool k8s_equal(const struct event_k8s *a, const struct event_k8s *b)
 {
     return str_equal(a->node_name, b->node_name) && str_equal(a->pod_name, b->pod_name) &&
            str_equal(a->namespace, b->namespace) && str_equal(a->container_id, b->container_id) &&
-           str_equal(a->pod_uid, b->pod_uid);
+           str_equal(a->pod_uid, b->pod_uid) && str_equal(a->workload, b->workload) &&
+           str_equal(a->workload_kind, b->workload_kind) && str_equal(a->app, b->app) &&
+           str_equal(a->ips, b->ips) && a->host_network == b->host_network;
+}
+
+static bool peer_equal(const struct event_peer *a, const struct event_peer *b)
+{
+    return str_equal(a->pod, b->pod) && str_equal(a->namespace, b->namespace) &&
+           str_equal(a->workload, b->workload) && str_equal(a->workload_kind, b->workload_kind) &&
+           str_equal(a->node, b->node) && str_equal(a->service, b->service) &&
+           str_equal(a->dns, b->dns);
 }
 
 static bool details_equal(const struct event *a, const struct event *b)
 {
     switch (a->type) {
     case EVENT_CONNECTION:
-        return a->u.conn.latency_ns == b->u.conn.latency_ns;
+        return a->u.conn.latency_ns == b->u.conn.latency_ns &&
+               str_equal(a->u.conn.error, b->u.conn.error);
+    case EVENT_CLOSE:
+        return a->u.close.role == b->u.close.role && a->u.close.reset == b->u.close.reset &&
+               a->u.close.retransmits == b->u.close.retransmits &&
+               a->u.close.srtt_us == b->u.close.srtt_us &&
+               a->u.close.duration_ns == b->u.close.duration_ns &&
+               a->u.close.bytes_sent == b->u.close.bytes_sent &&
+               a->u.close.bytes_received == b->u.close.bytes_received;
     case EVENT_PACKET_DROP:
         return a->u.drop.reason_code == b->u.drop.reason_code &&
                a->u.drop.suppressed == b->u.drop.suppressed &&
@@ -167,7 +232,7 @@ bool event_equal(const struct event *a, const struct event *b)
            a->cgroup_id == b->cgroup_id && a->sport == b->sport && a->dport == b->dport &&
            strncmp(a->command, b->command, sizeof(a->command)) == 0 &&
            str_equal(a->node, b->node) && k8s_equal(&a->k8s, &b->k8s) &&
-           memcmp(a->saddr, b->saddr, sizeof(a->saddr)) == 0 &&
+           peer_equal(&a->peer, &b->peer) && memcmp(a->saddr, b->saddr, sizeof(a->saddr)) == 0 &&
            memcmp(a->daddr, b->daddr, sizeof(a->daddr)) == 0 && details_equal(a, b);
 }
 

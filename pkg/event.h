@@ -25,13 +25,15 @@ enum event_type {
     EVENT_PACKET_DROP,
     EVENT_EXEC,
     EVENT_EXIT,
+    EVENT_CLOSE,
     EVENT_TYPE_COUNT,
 };
 
 #define EVENT_TYPE_BIT(t) (1u << (t))
 #define EVENT_TYPES_ALL                                                                            \
     (EVENT_TYPE_BIT(EVENT_CONNECTION) | EVENT_TYPE_BIT(EVENT_ACCEPT) |                             \
-     EVENT_TYPE_BIT(EVENT_PACKET_DROP) | EVENT_TYPE_BIT(EVENT_EXEC) | EVENT_TYPE_BIT(EVENT_EXIT))
+     EVENT_TYPE_BIT(EVENT_PACKET_DROP) | EVENT_TYPE_BIT(EVENT_EXEC) | EVENT_TYPE_BIT(EVENT_EXIT) | \
+     EVENT_TYPE_BIT(EVENT_CLOSE))
 
 enum event_family {
     EVENT_FAMILY_NONE = 0,
@@ -46,6 +48,20 @@ enum event_status {
     EVENT_STATUS_ATTEMPTED,
 };
 
+/* close: which end of the connection this side is. */
+enum event_role {
+    EVENT_ROLE_NONE = 0,
+    EVENT_ROLE_CLIENT,
+    EVENT_ROLE_SERVER,
+};
+
+/* close: how a connection ended, when it ended with a RST. */
+enum event_reset {
+    EVENT_RESET_NONE = 0,
+    EVENT_RESET_SENT,
+    EVENT_RESET_RECEIVED,
+};
+
 /* Kubernetes attribution; every field interned, NULL when unknown. */
 struct event_k8s {
     const char *node_name;
@@ -53,6 +69,26 @@ struct event_k8s {
     const char *namespace;
     const char *container_id;
     const char *pod_uid;
+    const char *workload;      /* the owning workload (Deployment, StatefulSet, ...) */
+    const char *workload_kind; /* "Deployment", ..., "Pod" for a bare pod */
+    /* The pod's, carried in the bus's pod table (not in an event's JSON): */
+    const char *app; /* app.kubernetes.io/name or app label */
+    const char *ips; /* status.podIPs as text, comma-separated */
+    bool host_network;
+};
+
+/*
+ * The other end of a connection, accept or close, when known for sure;
+ * every field interned, NULL when unknown (never guessed).
+ */
+struct event_peer {
+    const char *pod;
+    const char *namespace;
+    const char *workload;
+    const char *workload_kind;
+    const char *node;
+    const char *service; /* the Service the peer was reached through */
+    const char *dns;     /* the name this process resolved to the peer's address */
 };
 
 struct event {
@@ -67,6 +103,7 @@ struct event {
     uint64_t cgroup_id;           /* cgroup v2 id of the task, 0 = unknown */
     const char *node;             /* interned; the reporting node */
     struct event_k8s k8s;
+    struct event_peer peer;
 
     /* Addresses: IPv4 in the first 4 bytes of the array, network order. */
     uint8_t saddr[16], daddr[16];
@@ -75,7 +112,17 @@ struct event {
     union {
         struct {
             uint64_t latency_ns; /* TCP: connect to outcome; 0 for UDP */
+            const char *error;   /* interned; failed: "refused", "timeout", ... or an errno name */
         } conn;
+        struct {
+            uint8_t role;  /* enum event_role */
+            uint8_t reset; /* enum event_reset */
+            uint32_t retransmits;
+            uint32_t srtt_us;     /* smoothed RTT at close */
+            uint64_t duration_ns; /* established -> closed */
+            uint64_t bytes_sent;  /* this side's view */
+            uint64_t bytes_received;
+        } close;
         struct {
             uint32_t reason_code;
             const char *reason;   /* interned; the kernel's enum skb_drop_reason name */
@@ -103,6 +150,14 @@ enum event_type event_type_parse(const char *s, size_t len);
 
 const char *event_family_name(unsigned family);
 const char *event_status_name(unsigned status);
+const char *event_role_name(unsigned role);   /* "client", "server"; NULL for none */
+const char *event_reset_name(unsigned reset); /* "sent", "received"; NULL for none */
+/*
+ * The `error` of a failed connection from the errno the kernel recorded:
+ * "refused", "timeout", "unreachable", "reset", or the errno's name
+ * ("EACCES"); NULL for 0.
+ */
+const char *event_conn_error_name(unsigned err);
 /* "tcp", "udp", "icmp", ...; NULL for protocol 0 or one without a name. */
 const char *event_protocol_name(unsigned protocol);
 

@@ -224,15 +224,25 @@ static void put_addr(struct buf *b, unsigned family, const uint8_t addr[16])
 }
 
 /* "source_ip"..."dest_port"; ports only for protocols that have them. */
+static bool addr_is_zero(const uint8_t a[16])
+{
+    static const uint8_t zero[16];
+    return memcmp(a, zero, sizeof(zero)) == 0;
+}
+
 static void put_addrs(struct buf *b, const struct event *e, bool ports)
 {
     if (e->family != EVENT_FAMILY_IPV4 && e->family != EVENT_FAMILY_IPV6)
         return;
-    PUT_LIT(b, ",\"source_ip\":");
-    put_addr(b, e->family, e->saddr);
-    if (ports) {
-        PUT_LIT(b, ",\"source_port\":");
-        put_u64(b, e->sport);
+    /* A connect that failed before its SYN (no route) never had a source: say nothing. */
+    bool no_source = e->type == EVENT_CONNECTION && addr_is_zero(e->saddr) && e->sport == 0;
+    if (!no_source) {
+        PUT_LIT(b, ",\"source_ip\":");
+        put_addr(b, e->family, e->saddr);
+        if (ports) {
+            PUT_LIT(b, ",\"source_port\":");
+            put_u64(b, e->sport);
+        }
     }
     PUT_LIT(b, ",\"dest_ip\":");
     put_addr(b, e->family, e->daddr);
@@ -240,6 +250,24 @@ static void put_addrs(struct buf *b, const struct event *e, bool ports)
         PUT_LIT(b, ",\"dest_port\":");
         put_u64(b, e->dport);
     }
+}
+
+static void put_peer(struct buf *b, const struct event_peer *p)
+{
+    if (p->pod)
+        PUT_KEY_STR(b, ",\"peer_pod\":", p->pod);
+    if (p->namespace)
+        PUT_KEY_STR(b, ",\"peer_namespace\":", p->namespace);
+    if (p->workload)
+        PUT_KEY_STR(b, ",\"peer_workload\":", p->workload);
+    if (p->workload_kind)
+        PUT_KEY_STR(b, ",\"peer_workload_kind\":", p->workload_kind);
+    if (p->node)
+        PUT_KEY_STR(b, ",\"peer_node\":", p->node);
+    if (p->service)
+        PUT_KEY_STR(b, ",\"peer_service\":", p->service);
+    if (p->dns)
+        PUT_KEY_STR(b, ",\"peer_dns\":", p->dns);
 }
 
 static void put_protocol_family(struct buf *b, const struct event *e, bool family)
@@ -328,8 +356,10 @@ void event_json_write(struct buf *b, const struct event *e)
         put_str(b, type, strlen(type));
     else
         PUT_LIT(b, "null");
-    /* A drop freed in softirq has no process of its own: say nothing rather than 0. */
-    if (!(e->type == EVENT_PACKET_DROP && e->pid == 0 && !e->command[0])) {
+    /* A drop freed in softirq, a server connection closed before any process accepted it:
+     * no process of its own, so say nothing rather than 0. */
+    if (!((e->type == EVENT_PACKET_DROP || e->type == EVENT_CLOSE) && e->pid == 0 &&
+          !e->command[0])) {
         PUT_LIT(b, ",\"pid\":");
         put_u64(b, e->pid);
         PUT_LIT(b, ",\"ppid\":");
@@ -357,6 +387,11 @@ void event_json_write(struct buf *b, const struct event *e)
         PUT_KEY_STR(b, ",\"k8s_container_id\":", e->k8s.container_id);
     if (e->k8s.pod_uid)
         PUT_KEY_STR(b, ",\"k8s_pod_uid\":", e->k8s.pod_uid);
+    if (e->k8s.workload)
+        PUT_KEY_STR(b, ",\"k8s_workload\":", e->k8s.workload);
+    if (e->k8s.workload_kind)
+        PUT_KEY_STR(b, ",\"k8s_workload_kind\":", e->k8s.workload_kind);
+    put_peer(b, &e->peer);
 
     switch (e->type) {
     case EVENT_CONNECTION:
@@ -371,8 +406,31 @@ void event_json_write(struct buf *b, const struct event *e)
                 PUT_LIT(b, ",\"latency_ns\":");
                 put_u64(b, e->u.conn.latency_ns);
             }
+            if (e->u.conn.error)
+                PUT_KEY_STR(b, ",\"error\":", e->u.conn.error);
         }
         break;
+    case EVENT_CLOSE: {
+        const char *role = event_role_name(e->u.close.role);
+        const char *reset = event_reset_name(e->u.close.reset);
+        put_addrs(b, e, true);
+        put_protocol_family(b, e, true);
+        if (role)
+            PUT_KEY_STR(b, ",\"role\":", role);
+        PUT_LIT(b, ",\"duration_ns\":");
+        put_u64(b, e->u.close.duration_ns);
+        PUT_LIT(b, ",\"bytes_sent\":");
+        put_u64(b, e->u.close.bytes_sent);
+        PUT_LIT(b, ",\"bytes_received\":");
+        put_u64(b, e->u.close.bytes_received);
+        PUT_LIT(b, ",\"retransmits\":");
+        put_u64(b, e->u.close.retransmits);
+        PUT_LIT(b, ",\"srtt_us\":");
+        put_u64(b, e->u.close.srtt_us);
+        if (reset)
+            PUT_KEY_STR(b, ",\"reset\":", reset);
+        break;
+    }
     case EVENT_PACKET_DROP:
         if (e->u.drop.reason)
             PUT_KEY_STR(b, ",\"drop_reason\":", e->u.drop.reason);
@@ -648,6 +706,38 @@ static int parse_conn(struct parse_ctx *c, struct event *e)
                               "field \"status\": expected established, failed or attempted");
     }
     GET_UINT(c, "latency_ns", INT64_MAX, e->u.conn.latency_ns);
+    return get_interned(c, "error", &e->u.conn.error);
+}
+
+/* The value in 1..max whose name_of() is the field's string; left 0 when absent. */
+static int parse_enum(struct parse_ctx *c, const char *field, const char *(*name_of)(unsigned),
+                      unsigned max, uint8_t *out)
+{
+    const char *s;
+    size_t len;
+    int rc;
+    if ((rc = get_str(c, field, false, &s, &len)) || !s)
+        return rc;
+    for (unsigned v = 1; v <= max; v++)
+        if (strcmp(s, name_of(v)) == 0) {
+            *out = (uint8_t)v;
+            return 0;
+        }
+    return errmsg_set(c->err, c->errlen, "field \"%s\": unknown value \"%s\"", field, s);
+}
+
+static int parse_close(struct parse_ctx *c, struct event *e)
+{
+    int rc;
+    if ((rc = parse_protocol(c, e)) || (rc = parse_addrs(c, e)) ||
+        (rc = parse_enum(c, "role", event_role_name, EVENT_ROLE_SERVER, &e->u.close.role)) ||
+        (rc = parse_enum(c, "reset", event_reset_name, EVENT_RESET_RECEIVED, &e->u.close.reset)))
+        return rc;
+    GET_UINT(c, "duration_ns", INT64_MAX, e->u.close.duration_ns);
+    GET_UINT(c, "bytes_sent", INT64_MAX, e->u.close.bytes_sent);
+    GET_UINT(c, "bytes_received", INT64_MAX, e->u.close.bytes_received);
+    GET_UINT(c, "retransmits", UINT32_MAX, e->u.close.retransmits);
+    GET_UINT(c, "srtt_us", UINT32_MAX, e->u.close.srtt_us);
     return 0;
 }
 
@@ -826,7 +916,16 @@ static int parse_event(struct parse_ctx *c, struct event *e)
         (rc = get_interned(c, "k8s_pod_name", &e->k8s.pod_name)) ||
         (rc = get_interned(c, "k8s_namespace", &e->k8s.namespace)) ||
         (rc = get_interned(c, "k8s_container_id", &e->k8s.container_id)) ||
-        (rc = get_interned(c, "k8s_pod_uid", &e->k8s.pod_uid)))
+        (rc = get_interned(c, "k8s_pod_uid", &e->k8s.pod_uid)) ||
+        (rc = get_interned(c, "k8s_workload", &e->k8s.workload)) ||
+        (rc = get_interned(c, "k8s_workload_kind", &e->k8s.workload_kind)) ||
+        (rc = get_interned(c, "peer_pod", &e->peer.pod)) ||
+        (rc = get_interned(c, "peer_namespace", &e->peer.namespace)) ||
+        (rc = get_interned(c, "peer_workload", &e->peer.workload)) ||
+        (rc = get_interned(c, "peer_workload_kind", &e->peer.workload_kind)) ||
+        (rc = get_interned(c, "peer_node", &e->peer.node)) ||
+        (rc = get_interned(c, "peer_service", &e->peer.service)) ||
+        (rc = get_interned(c, "peer_dns", &e->peer.dns)))
         return rc;
 
     switch (e->type) {
@@ -839,6 +938,8 @@ static int parse_event(struct parse_ctx *c, struct event *e)
         return parse_exec(c, e);
     case EVENT_EXIT:
         return parse_exit(c, e);
+    case EVENT_CLOSE:
+        return parse_close(c, e);
     }
     return 0;
 }

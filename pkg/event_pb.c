@@ -8,7 +8,7 @@
  *   event_pb_fast.c  the hand-written encoder the publisher uses and the
  *                    decoder every batch tries first; its header lists what
  *                    to update when events.proto changes.
- *   event_pb.c       this file: the conversions both need (exec argv, the
+ *   event_pb.c       this file: the conversions both need (exec argv, pod IPs, the
  *                    pod table fill, string interning, skipped-event
  *                    accounting) and the decode entry points.
  *
@@ -22,6 +22,7 @@
 #include "event_pb_internal.h"
 #include "intern.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -32,8 +33,15 @@ _Static_assert((int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_CONNECTION == EVENT_CONN
                    (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_ACCEPT == EVENT_ACCEPT &&
                    (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_PACKET_DROP == EVENT_PACKET_DROP &&
                    (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_EXEC == EVENT_EXEC &&
-                   (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_EXIT == EVENT_EXIT,
+                   (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_EXIT == EVENT_EXIT &&
+                   (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_CLOSE == EVENT_CLOSE &&
+                   EVENT_CLOSE + 1 == EVENT_TYPE_COUNT,
                "EventType must match enum event_type");
+_Static_assert((int)EBPFMONITOR__CLOSE_ROLE__CLOSE_ROLE_CLIENT == EVENT_ROLE_CLIENT &&
+                   (int)EBPFMONITOR__CLOSE_ROLE__CLOSE_ROLE_SERVER == EVENT_ROLE_SERVER &&
+                   (int)EBPFMONITOR__CLOSE_RESET__CLOSE_RESET_SENT == EVENT_RESET_SENT &&
+                   (int)EBPFMONITOR__CLOSE_RESET__CLOSE_RESET_RECEIVED == EVENT_RESET_RECEIVED,
+               "CloseRole/CloseReset must match enum event_role/event_reset");
 _Static_assert((int)EBPFMONITOR__CONNECTION_STATUS__CONNECTION_STATUS_ESTABLISHED ==
                        EVENT_STATUS_ESTABLISHED &&
                    (int)EBPFMONITOR__CONNECTION_STATUS__CONNECTION_STATUS_FAILED ==
@@ -98,6 +106,8 @@ Ebpfmonitor__Event__DetailsCase event_pb_details_field(unsigned type)
         return EBPFMONITOR__EVENT__DETAILS_EXEC;
     case EVENT_EXIT:
         return EBPFMONITOR__EVENT__DETAILS_EXIT;
+    case EVENT_CLOSE:
+        return EBPFMONITOR__EVENT__DETAILS_CLOSE;
     default:
         return EBPFMONITOR__EVENT__DETAILS__NOT_SET;
     }
@@ -153,6 +163,76 @@ void event_pb_pod_fill(struct event_k8s *k, const struct event_k8s *ref)
         k->container_id = ref->container_id;
     if (!k->pod_uid)
         k->pod_uid = ref->pod_uid;
+    if (!k->workload)
+        k->workload = ref->workload;
+    if (!k->workload_kind)
+        k->workload_kind = ref->workload_kind;
+    /* Only in the pod table: an event cannot carry these inline. */
+    if (!k->app)
+        k->app = ref->app;
+    if (!k->ips)
+        k->ips = ref->ips;
+    k->host_network = k->host_network || ref->host_network;
+}
+
+int event_pb_ips_to_text(const ProtobufCBinaryData *ips, size_t n, const char **text, char *err,
+                         size_t errlen)
+{
+    char stack[256], *s = stack;
+    size_t cap = sizeof(stack), len = 0;
+    int rc = 0;
+
+    *text = NULL;
+    if (!n)
+        return 0;
+    if (n > cap / (INET6_ADDRSTRLEN + 1)) {
+        cap = n * (INET6_ADDRSTRLEN + 1);
+        if (!(s = malloc(cap))) {
+            errmsg_set(err, errlen, "ips: out of memory");
+            return -ENOMEM;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ips[i].len != 4 && ips[i].len != 16) {
+            rc = errmsg_set(err, errlen, "ips[%zu]: %zu bytes, expected 4 or 16", i, ips[i].len);
+            goto out;
+        }
+        uint8_t addr[16] = {0};
+        memcpy(addr, ips[i].data, ips[i].len);
+        if (i)
+            s[len++] = ',';
+        event_addr_str(ips[i].len == 4 ? EVENT_FAMILY_IPV4 : EVENT_FAMILY_IPV6, addr, s + len,
+                       cap - len);
+        len += strlen(s + len);
+    }
+    s[len] = '\0';
+    if (!(*text = event_pb_intern(s))) {
+        errmsg_set(err, errlen, "ips: string table full");
+        rc = -ENOMEM;
+    }
+out:
+    if (s != stack)
+        free(s);
+    return rc;
+}
+
+size_t event_pb_ips_next(const char **p, uint8_t addr[16])
+{
+    while (*p && **p) {
+        const char *start = *p, *comma = strchr(start, ',');
+        size_t len = comma ? (size_t)(comma - start) : strlen(start);
+        char tmp[INET6_ADDRSTRLEN + 1];
+        *p = comma ? comma + 1 : start + len;
+        if (len >= sizeof(tmp))
+            continue;
+        memcpy(tmp, start, len);
+        tmp[len] = '\0';
+        if (inet_pton(AF_INET, tmp, addr) == 1)
+            return 4;
+        if (inet_pton(AF_INET6, tmp, addr) == 1)
+            return 16;
+    }
+    return 0;
 }
 
 /* Records an undecodable event: counted, and the first one's reason kept in err. */

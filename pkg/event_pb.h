@@ -38,6 +38,7 @@ union event_pb_details {
     Ebpfmonitor__DropDetails drop;
     Ebpfmonitor__ExecDetails exec;
     Ebpfmonitor__ExitDetails exit;
+    Ebpfmonitor__CloseDetails close;
 };
 struct event_pb_scratch {
     union event_pb_details details;
@@ -53,6 +54,19 @@ struct event_pb_scratch {
 int event_pb_from_event(const struct event *e, const char *batch_node, Ebpfmonitor__Event *out,
                         struct event_pb_scratch *scratch);
 void event_pb_scratch_release(struct event_pb_scratch *scratch);
+
+/*
+ * Fills *out with k's pod-table entry (EventBatch.pods), the same PodRef the
+ * fast encoder writes: ips parsed from k's text into 4- or 16-byte
+ * addresses held in scratch. out borrows k's strings and scratch, so both
+ * must outlive it. Returns 0 or -ENOMEM.
+ */
+struct event_pb_pod_scratch {
+    ProtobufCBinaryData *ips; /* heap; freed by event_pb_pod_scratch_release() */
+};
+int event_pb_podref_from_k8s(const struct event_k8s *k, Ebpfmonitor__PodRef *out,
+                             struct event_pb_pod_scratch *scratch);
+void event_pb_pod_scratch_release(struct event_pb_pod_scratch *scratch);
 
 /*
  * Validates pb and converts it into *out (zeroed first): strings interned,

@@ -34,19 +34,28 @@
  *      message for every type but EVENT_ACCEPT: a type without details must
  *      be excluded there too.
  *   7. A new details kind (oneof member): its reader beside fast_conn() and
- *      its case in fast_details_field(); EVENT_PB_DETAILS_FIRST..LAST
+ *      its case in fast_details_field() and fast_event()'s switch;
+ *      EVENT_PB_DETAILS_FIRST..LAST and event_pb_is_details_num()
  *      (event_pb_internal.h, which merge_details() and event_field_wt()
- *      use); details_name() and to_event()'s switch (event_pb_ref.c).
+ *      use: the range skips pod_ref, 24); write_event() writes a details
+ *      field numbered past 24 after pod_ref, as protobuf-c does; the union
+ *      event_pb_details (event_pb.h); details_name() and to_event()'s
+ *      switch (event_pb_ref.c).
  *   8. A new attribution field (event_k8s, PodRef and Event's inline copy):
- *      podref_size()/write_podref(), k8s_same()/k8s_hash()/pods_find(), the
- *      inline k8s arrays of plan_event() and fast_event(), fast_podref()'s
- *      field range, event_pb_pod_fill() (event_pb.c), ref_batch_meta() and
- *      to_event()'s intern_field() slots (event_pb_ref.c).
+ *      podref_size()/write_podref() (pod_strings()) and the reference
+ *      event_pb_podref_from_k8s() (event_pb_ref.c), k8s_same()/k8s_hash()/
+ *      k8s_empty(), the inline k8s arrays of plan_event() and fast_event(),
+ *      fast_podref()'s field range, event_pb_pod_fill() (event_pb.c),
+ *      ref_batch_meta() and to_event()'s intern_field() slots
+ *      (event_pb_ref.c). A field only the pod table carries (app, ips,
+ *      host_network) is lost by an event written inline.
  *   9. The JSON codec, pkg/event_json.c (writer and parser), and its tests.
  *  10. Tests: tests/test_event_pb.c (make_events(), random_event(): set
- *      the new field so round trips and the byte comparison cover it),
+ *      the new field so round trips and the byte comparison cover it;
+ *      podref_matches_protobuf_c for a PodRef field),
  *      tests/helpers/pb_craft.c (hostile shapes for a new details kind:
- *      wrong kind, repeated, merged), tests/fuzz/fuzz_batch.c (meta_equal()
+ *      wrong kind, repeated, merged, out-of-range values; a broken pod-table
+ *      entry among pb_craft_refused()'s), tests/fuzz/fuzz_batch.c (meta_equal()
  *      for a new batch field); then regenerate the seed corpus:
  *      EBPF_MONITOR_WRITE_SEEDS=tests/fuzz/corpus/fuzz_batch
  *      build/tests/test_event_pb --filter 'event_pb/fuzz_seeds_decode'.
@@ -130,14 +139,34 @@ static inline size_t str_len(const char *s)
     return s ? strlen(s) : 0;
 }
 
+/* The Event's inline attribution: k8s_* 10..14, then k8s_workload(_kind) 26..27. */
+#define ENC_K8S 7
+static inline uint32_t k8s_field(int i)
+{
+    return i < 5 ? 10 + (uint32_t)i : 26 + (uint32_t)(i - 5);
+}
+
 /* What the writing pass needs from the sizing pass. */
 struct enc_plan {
     size_t cmd_len, node_len, alen, fname_len, det_len, size;
     const char *node; /* NULL when the event's node is the batch's */
-    const char *k8s[5];
-    size_t k8s_len[5];
+    const char *k8s[ENC_K8S];
+    size_t k8s_len[ENC_K8S];
+    size_t peer_len[7];
     uint32_t pod_ref;
 };
+
+/* peer_pod .. peer_dns, fields 28..34 in order. */
+static inline void peer_strings(const struct event_peer *pe, const char *s[7])
+{
+    s[0] = pe->pod;
+    s[1] = pe->namespace;
+    s[2] = pe->workload;
+    s[3] = pe->workload_kind;
+    s[4] = pe->node;
+    s[5] = pe->service;
+    s[6] = pe->dns;
+}
 
 static size_t plan_details(const struct event *e, struct enc_plan *pl)
 {
@@ -145,7 +174,17 @@ static size_t plan_details(const struct event *e, struct enc_plan *pl)
     switch (e->type) {
     case EVENT_CONNECTION:
         n = sz_u64(PB_TAG(1, PB_WT_VARINT), e->status) +
-            sz_u64(PB_TAG(2, PB_WT_VARINT), e->u.conn.latency_ns);
+            sz_u64(PB_TAG(2, PB_WT_VARINT), e->u.conn.latency_ns) +
+            sz_len(PB_TAG(3, PB_WT_LEN), str_len(e->u.conn.error));
+        break;
+    case EVENT_CLOSE:
+        n = sz_u64(PB_TAG(1, PB_WT_VARINT), e->u.close.role) +
+            sz_u64(PB_TAG(2, PB_WT_VARINT), e->u.close.reset) +
+            sz_u64(PB_TAG(3, PB_WT_VARINT), e->u.close.duration_ns) +
+            sz_u64(PB_TAG(4, PB_WT_VARINT), e->u.close.bytes_sent) +
+            sz_u64(PB_TAG(5, PB_WT_VARINT), e->u.close.bytes_received) +
+            sz_u64(PB_TAG(6, PB_WT_VARINT), e->u.close.retransmits) +
+            sz_u64(PB_TAG(7, PB_WT_VARINT), e->u.close.srtt_us);
         break;
     case EVENT_PACKET_DROP:
         n = sz_u64(PB_TAG(1, PB_WT_VARINT), e->u.drop.reason_code) +
@@ -194,12 +233,19 @@ static int plan_event(const struct event *e, const char *batch_node, uint32_t po
         n += sz_len(PB_TAG(9, PB_WT_LEN), pl->node_len);
     }
     pl->pod_ref = pod_ref;
-    const char *k8s[5] = {e->k8s.node_name, e->k8s.pod_name, e->k8s.namespace, e->k8s.container_id,
-                          e->k8s.pod_uid};
-    for (int i = 0; i < 5; i++) {
+    const char *k8s[ENC_K8S] = {e->k8s.node_name,    e->k8s.pod_name, e->k8s.namespace,
+                                e->k8s.container_id, e->k8s.pod_uid,  e->k8s.workload,
+                                e->k8s.workload_kind};
+    for (int i = 0; i < ENC_K8S; i++) {
         pl->k8s[i] = pod_ref ? NULL : k8s[i];
         pl->k8s_len[i] = str_len(pl->k8s[i]);
-        n += sz_len(PB_TAG(10 + i, PB_WT_LEN), pl->k8s_len[i]);
+        n += sz_len(PB_TAG(k8s_field(i), PB_WT_LEN), pl->k8s_len[i]);
+    }
+    const char *peer[7];
+    peer_strings(&e->peer, peer);
+    for (int i = 0; i < 7; i++) {
+        pl->peer_len[i] = str_len(peer[i]);
+        n += sz_len(PB_TAG(28 + i, PB_WT_LEN), pl->peer_len[i]);
     }
     pl->alen = e->family == EVENT_FAMILY_IPV4 ? 4 : e->family == EVENT_FAMILY_IPV6 ? 16 : 0;
     if (pl->alen)
@@ -210,7 +256,7 @@ static int plan_event(const struct event *e, const char *batch_node, uint32_t po
     pl->det_len = plan_details(e, pl);
     if (e->type != EVENT_ACCEPT)
         n += 2 + pb_varint_size(pl->det_len) + pl->det_len;
-    n += sz_u64(PB_TAG(24, PB_WT_VARINT), pod_ref);
+    n += sz_u64(PB_TAG(EVENT_PB_POD_REF, PB_WT_VARINT), pod_ref);
     pl->size = n;
     return 0;
 }
@@ -223,6 +269,18 @@ static uint8_t *write_details(uint8_t *p, const struct event *e, const struct en
         p = pb_put_varint(p, pl->det_len);
         p = put_u64(p, PB_TAG(1, PB_WT_VARINT), e->status);
         p = put_u64(p, PB_TAG(2, PB_WT_VARINT), e->u.conn.latency_ns);
+        p = put_len(p, PB_TAG(3, PB_WT_LEN), e->u.conn.error, str_len(e->u.conn.error));
+        break;
+    case EVENT_CLOSE:
+        p = pb_put_varint(p, PB_TAG(EBPFMONITOR__EVENT__DETAILS_CLOSE, PB_WT_LEN));
+        p = pb_put_varint(p, pl->det_len);
+        p = put_u64(p, PB_TAG(1, PB_WT_VARINT), e->u.close.role);
+        p = put_u64(p, PB_TAG(2, PB_WT_VARINT), e->u.close.reset);
+        p = put_u64(p, PB_TAG(3, PB_WT_VARINT), e->u.close.duration_ns);
+        p = put_u64(p, PB_TAG(4, PB_WT_VARINT), e->u.close.bytes_sent);
+        p = put_u64(p, PB_TAG(5, PB_WT_VARINT), e->u.close.bytes_received);
+        p = put_u64(p, PB_TAG(6, PB_WT_VARINT), e->u.close.retransmits);
+        p = put_u64(p, PB_TAG(7, PB_WT_VARINT), e->u.close.srtt_us);
         break;
     case EVENT_PACKET_DROP:
         p = pb_put_varint(p, PB_TAG(EBPFMONITOR__EVENT__DETAILS_DROP, PB_WT_LEN));
@@ -274,7 +332,7 @@ static uint8_t *write_event(uint8_t *p, const struct event *e, const struct enc_
     p = put_u64(p, PB_TAG(8, PB_WT_VARINT), e->cgroup_id);
     p = put_len(p, PB_TAG(9, PB_WT_LEN), pl->node, pl->node_len);
     for (int i = 0; i < 5; i++)
-        p = put_len(p, PB_TAG(10 + i, PB_WT_LEN), pl->k8s[i], pl->k8s_len[i]);
+        p = put_len(p, PB_TAG(k8s_field(i), PB_WT_LEN), pl->k8s[i], pl->k8s_len[i]);
     if (pl->alen) {
         p = put_len(p, PB_TAG(15, PB_WT_LEN), e->saddr, pl->alen);
         p = put_len(p, PB_TAG(16, PB_WT_LEN), e->daddr, pl->alen);
@@ -282,28 +340,62 @@ static uint8_t *write_event(uint8_t *p, const struct event *e, const struct enc_
     p = put_u64(p, PB_TAG(17, PB_WT_VARINT), e->sport);
     p = put_u64(p, PB_TAG(18, PB_WT_VARINT), e->dport);
     p = put_u64(p, PB_TAG(19, PB_WT_VARINT), e->protocol);
-    p = write_details(p, e, pl);
-    p = put_u64(p, PB_TAG(24, PB_WT_VARINT), pl->pod_ref);
+    /* Field-number order: close details (25) come after pod_ref (24). */
+    if (e->type != EVENT_CLOSE)
+        p = write_details(p, e, pl);
+    p = put_u64(p, PB_TAG(EVENT_PB_POD_REF, PB_WT_VARINT), pl->pod_ref);
+    if (e->type == EVENT_CLOSE)
+        p = write_details(p, e, pl);
+    for (int i = 5; i < ENC_K8S; i++)
+        p = put_len(p, PB_TAG(k8s_field(i), PB_WT_LEN), pl->k8s[i], pl->k8s_len[i]);
+    const char *peer[7];
+    peer_strings(&e->peer, peer);
+    for (int i = 0; i < 7; i++)
+        p = put_len(p, PB_TAG(28 + i, PB_WT_LEN), peer[i], pl->peer_len[i]);
     return p;
 }
 
-/* The PodRef message for k (fields 1..5 of PodRef, as in the Event's 10..14). */
-static size_t podref_size(const struct event_k8s *k, size_t len[5])
+/* PodRef's strings, fields 1..8 in order. */
+#define POD_STRS 8
+static inline void pod_strings(const struct event_k8s *k, const char *s[POD_STRS])
 {
-    const char *s[5] = {k->node_name, k->pod_name, k->namespace, k->container_id, k->pod_uid};
-    size_t n = 0;
-    for (int i = 0; i < 5; i++) {
+    s[0] = k->node_name;
+    s[1] = k->pod_name;
+    s[2] = k->namespace;
+    s[3] = k->container_id;
+    s[4] = k->pod_uid;
+    s[5] = k->workload;
+    s[6] = k->workload_kind;
+    s[7] = k->app;
+}
+
+/* The PodRef message for k: its strings, ips (9) from the text, host_network (10). */
+static size_t podref_size(const struct event_k8s *k, size_t len[POD_STRS])
+{
+    const char *s[POD_STRS], *ip = k->ips;
+    uint8_t addr[16];
+    size_t n = 0, alen;
+    pod_strings(k, s);
+    for (int i = 0; i < POD_STRS; i++) {
         len[i] = str_len(s[i]);
         n += sz_len(PB_TAG(1 + i, PB_WT_LEN), len[i]);
     }
-    return n;
+    while ((alen = event_pb_ips_next(&ip, addr)))
+        n += 2 + alen;
+    return n + (k->host_network ? 2 : 0);
 }
 
-static uint8_t *write_podref(uint8_t *p, const struct event_k8s *k, const size_t len[5])
+static uint8_t *write_podref(uint8_t *p, const struct event_k8s *k, const size_t len[POD_STRS])
 {
-    const char *s[5] = {k->node_name, k->pod_name, k->namespace, k->container_id, k->pod_uid};
-    for (int i = 0; i < 5; i++)
+    const char *s[POD_STRS], *ip = k->ips;
+    uint8_t addr[16];
+    size_t alen;
+    pod_strings(k, s);
+    for (int i = 0; i < POD_STRS; i++)
         p = put_len(p, PB_TAG(1 + i, PB_WT_LEN), s[i], len[i]);
+    while ((alen = event_pb_ips_next(&ip, addr)))
+        p = put_bytes(p, PB_TAG(9, PB_WT_LEN), addr, alen);
+    p = put_u64(p, PB_TAG(10, PB_WT_VARINT), k->host_network);
     return p;
 }
 
@@ -318,17 +410,29 @@ static bool k8s_same(const struct event_k8s *a, const struct event_k8s *b)
 {
     return a->node_name == b->node_name && a->pod_name == b->pod_name &&
            a->namespace == b->namespace && a->container_id == b->container_id &&
-           a->pod_uid == b->pod_uid;
+           a->pod_uid == b->pod_uid && a->workload == b->workload &&
+           a->workload_kind == b->workload_kind && a->app == b->app && a->ips == b->ips &&
+           a->host_network == b->host_network;
 }
 
 static unsigned k8s_hash(const struct event_k8s *k)
 {
-    uint64_t h = (uintptr_t)k->node_name;
-    h = (h ^ (uintptr_t)k->pod_name) * 0x9e3779b97f4a7c15ull;
-    h = (h ^ (uintptr_t)k->namespace) * 0x9e3779b97f4a7c15ull;
-    h = (h ^ (uintptr_t)k->container_id) * 0x9e3779b97f4a7c15ull;
-    h = (h ^ (uintptr_t)k->pod_uid) * 0x9e3779b97f4a7c15ull;
+    const char *s[POD_STRS];
+    pod_strings(k, s);
+    uint64_t h = (uintptr_t)k->ips ^ k->host_network;
+    for (int i = 0; i < POD_STRS; i++)
+        h = (h ^ (uintptr_t)s[i]) * 0x9e3779b97f4a7c15ull;
     return (unsigned)(h >> 40);
+}
+
+static bool k8s_empty(const struct event_k8s *k)
+{
+    const char *s[POD_STRS];
+    pod_strings(k, s);
+    for (int i = 0; i < POD_STRS; i++)
+        if (s[i])
+            return false;
+    return !k->ips && !k->host_network;
 }
 
 /*
@@ -340,7 +444,7 @@ static unsigned k8s_hash(const struct event_k8s *k)
 static uint32_t pods_find(const struct event_pb_pods *t, const struct event_k8s *k, int *slot)
 {
     *slot = -1;
-    if (!k->node_name && !k->pod_name && !k->namespace && !k->container_id && !k->pod_uid)
+    if (k8s_empty(k))
         return 0;
     if (t->last && k8s_same(&t->ref[t->last - 1], k))
         return t->last;
@@ -364,7 +468,7 @@ static int append_event(struct buf *out, const struct event *e, const char *batc
     struct enc_plan pl;
     uint32_t ref = 0;
     int slot = -1;
-    size_t pod_len[5], pod_size = 0, need = 0;
+    size_t pod_len[POD_STRS], pod_size = 0, need = 0;
 
     if (pods && (ref = pods_find(pods, &e->k8s, &slot)) == 0 && slot >= 0) {
         /* A new attribution: a PodRef entry goes before the event. */
@@ -470,6 +574,8 @@ static bool fast_str(const uint8_t *data, size_t len, const char **dst)
 /* ConnectionDetails. */
 static bool fast_conn(const struct pb_field *f, struct event *e)
 {
+    if (f->num == 3)
+        return f->wt == PB_WT_LEN && fast_str(f->data, f->len, &e->u.conn.error);
     if (f->wt != PB_WT_VARINT)
         return false;
     switch (f->num) {
@@ -480,6 +586,38 @@ static bool fast_conn(const struct pb_field *f, struct event *e)
         return true;
     case 2:
         e->u.conn.latency_ns = f->v;
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* CloseDetails; an enum value out of range is the reference path's to refuse. */
+static bool fast_close(const struct pb_field *f, struct event *e)
+{
+    if (f->wt != PB_WT_VARINT)
+        return false;
+    switch (f->num) {
+    case 1:
+    case 2:
+        if (f->v > 2) /* EVENT_ROLE_SERVER, EVENT_RESET_RECEIVED */
+            return false;
+        *(f->num == 1 ? &e->u.close.role : &e->u.close.reset) = (uint8_t)f->v;
+        return true;
+    case 3:
+        e->u.close.duration_ns = f->v;
+        return true;
+    case 4:
+        e->u.close.bytes_sent = f->v;
+        return true;
+    case 5:
+        e->u.close.bytes_received = f->v;
+        return true;
+    case 6:
+    case 7:
+        if (f->v > UINT32_MAX)
+            return false;
+        *(f->num == 6 ? &e->u.close.retransmits : &e->u.close.srtt_us) = (uint32_t)f->v;
         return true;
     default:
         return false;
@@ -570,6 +708,8 @@ static bool fast_details_field(unsigned which, const struct pb_field *f, struct 
         return fast_exec(f, x);
     case EBPFMONITOR__EVENT__DETAILS_EXIT:
         return fast_exit(f, e);
+    case EBPFMONITOR__EVENT__DETAILS_CLOSE:
+        return fast_close(f, e);
     default:
         return false;
     }
@@ -591,13 +731,15 @@ static bool fast_details(const uint8_t *data, size_t len, unsigned which, struct
     return which != EBPFMONITOR__EVENT__DETAILS_EXEC || event_pb_exec_to_event(&x, e, NULL, 0) == 0;
 }
 
-/* The wire type each Event field has in the schema (1..24). */
+/* The last Event field number in the schema. */
+#define EVENT_PB_MAX_FIELD 34
+
+/* The wire type each Event field has in the schema (1..EVENT_PB_MAX_FIELD). */
 static unsigned event_field_wt(uint32_t num)
 {
     if (num == 1)
         return PB_WT_I64;
-    if (num == 7 || (num >= 9 && num <= 16) ||
-        (num >= EVENT_PB_DETAILS_FIRST && num <= EVENT_PB_DETAILS_LAST))
+    if (num == 7 || (num >= 9 && num <= 16) || event_pb_is_details_num(num) || num >= 26)
         return PB_WT_LEN;
     return PB_WT_VARINT;
 }
@@ -616,7 +758,7 @@ static bool fast_event(const uint8_t *data, size_t len, const char *batch_node,
     memset(e, 0, sizeof(*e));
     e->node = batch_node;
     while (r.p < r.end) {
-        if (!pb_rd_field(&r, &f) || f.num > 24 || f.wt != event_field_wt(f.num))
+        if (!pb_rd_field(&r, &f) || f.num > EVENT_PB_MAX_FIELD || f.wt != event_field_wt(f.num))
             goto fail;
         switch (f.num) {
         case 1:
@@ -685,6 +827,7 @@ static bool fast_event(const uint8_t *data, size_t len, const char *batch_node,
         case 21:
         case 22:
         case 23:
+        case 25:
             if (det_field) /* protobuf merges a repeated message: the reference path does */
                 goto fail;
             det_field = f.num;
@@ -693,6 +836,25 @@ static bool fast_event(const uint8_t *data, size_t len, const char *batch_node,
         case 24:
             pod_ref = f.v;
             break;
+        case 26:
+        case 27:
+            if (!fast_str(f.data, f.len, f.num == 26 ? &e->k8s.workload : &e->k8s.workload_kind))
+                goto fail;
+            break;
+        case 28:
+        case 29:
+        case 30:
+        case 31:
+        case 32:
+        case 33:
+        case 34: {
+            const char **peer[] = {
+                &e->peer.pod,  &e->peer.namespace, &e->peer.workload, &e->peer.workload_kind,
+                &e->peer.node, &e->peer.service,   &e->peer.dns};
+            if (!fast_str(f.data, f.len, peer[f.num - 28]))
+                goto fail;
+            break;
+        }
         default: /* unknown: the reference path skips it */
             goto fail;
         }
@@ -717,21 +879,38 @@ fail:
     return false;
 }
 
+#define PB_FAST_MAX_IPS 8
+
 /* One PodRef entry; false when the reference path must decide. */
 static bool fast_podref(const uint8_t *data, size_t len, struct event_k8s *k)
 {
     struct pb_rd r = {data, data + len};
     struct pb_field f;
+    ProtobufCBinaryData ips[PB_FAST_MAX_IPS];
+    size_t nips = 0;
     memset(k, 0, sizeof(*k));
     while (r.p < r.end) {
-        if (!pb_rd_field(&r, &f) || f.wt != PB_WT_LEN || f.num > 5)
+        if (!pb_rd_field(&r, &f) || f.num > 10 || f.wt != (f.num == 10 ? PB_WT_VARINT : PB_WT_LEN))
             return false;
-        const char **dst[] = {&k->node_name, &k->pod_name, &k->namespace, &k->container_id,
-                              &k->pod_uid};
+        if (f.num == 10) {
+            if (f.v > 1)
+                return false;
+            k->host_network = f.v != 0;
+            continue;
+        }
+        if (f.num == 9) {
+            if (nips == PB_FAST_MAX_IPS)
+                return false;
+            ips[nips].data = (uint8_t *)f.data;
+            ips[nips++].len = f.len;
+            continue;
+        }
+        const char **dst[] = {&k->node_name, &k->pod_name, &k->namespace,     &k->container_id,
+                              &k->pod_uid,   &k->workload, &k->workload_kind, &k->app};
         if (!fast_str(f.data, f.len, dst[f.num - 1]))
             return false;
     }
-    return true;
+    return event_pb_ips_to_text(ips, nips, &k->ips, NULL, 0) == 0;
 }
 
 /* The wire type of EventBatch fields 1..10. */

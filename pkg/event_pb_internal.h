@@ -14,14 +14,22 @@
 
 #include <string.h>
 
-/* The Event fields of the details oneof (protobuf-c's case values are the field numbers). */
+/*
+ * The Event fields of the details oneof (protobuf-c's case values are the
+ * field numbers): FIRST..LAST, except pod_ref (24), which sits between them.
+ */
 #define EVENT_PB_DETAILS_FIRST EBPFMONITOR__EVENT__DETAILS_CONNECTION /* 20 */
-#define EVENT_PB_DETAILS_LAST  EBPFMONITOR__EVENT__DETAILS_EXIT       /* 23 */
+#define EVENT_PB_DETAILS_LAST  EBPFMONITOR__EVENT__DETAILS_CLOSE      /* 25 */
+#define EVENT_PB_POD_REF       24
+
+static inline bool event_pb_is_details_num(uint32_t num)
+{
+    return num >= EVENT_PB_DETAILS_FIRST && num <= EVENT_PB_DETAILS_LAST && num != EVENT_PB_POD_REF;
+}
 
 static inline bool event_pb_is_details(const struct pb_field *f)
 {
-    return f->num >= EVENT_PB_DETAILS_FIRST && f->num <= EVENT_PB_DETAILS_LAST &&
-           f->wt == PB_WT_LEN;
+    return event_pb_is_details_num(f->num) && f->wt == PB_WT_LEN;
 }
 
 /* The details field (20..23, protobuf-c's oneof case) an event of this type carries. */
@@ -36,6 +44,21 @@ int event_pb_exec_to_event(const Ebpfmonitor__ExecDetails *x, struct event *e, c
 
 /* Each attribution field the event left empty comes from its pod_ref entry. */
 void event_pb_pod_fill(struct event_k8s *k, const struct event_k8s *ref);
+
+/*
+ * PodRef.ips (4 or 16 bytes each, network order) as event_k8s.ips text,
+ * "10.1.0.5,fd00::5", interned; NULL when n is 0. -EINVAL (which entry in
+ * err) for an entry of another length, -ENOMEM.
+ */
+int event_pb_ips_to_text(const ProtobufCBinaryData *ips, size_t n, const char **text, char *err,
+                         size_t errlen);
+
+/*
+ * The next address of event_k8s.ips text for PodRef.ips: *p walks the
+ * comma-separated text; returns the address's length (4 or 16) in addr, 0
+ * at the end. An entry that is not an address is left out.
+ */
+size_t event_pb_ips_next(const char **p, uint8_t addr[16]);
 
 /* Counts an undecodable event in meta; the first one's reason goes to err. */
 void event_pb_skip_event(struct event_batch_meta *meta, size_t index, const char *why, char *err,

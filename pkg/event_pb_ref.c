@@ -76,6 +76,15 @@ static int pb_fill(const struct event *e, const char *batch_node, Ebpfmonitor__E
     out->k8s_namespace = pb_str(e->k8s.namespace);
     out->k8s_container_id = pb_str(e->k8s.container_id);
     out->k8s_pod_uid = pb_str(e->k8s.pod_uid);
+    out->k8s_workload = pb_str(e->k8s.workload);
+    out->k8s_workload_kind = pb_str(e->k8s.workload_kind);
+    out->peer_pod = pb_str(e->peer.pod);
+    out->peer_namespace = pb_str(e->peer.namespace);
+    out->peer_workload = pb_str(e->peer.workload);
+    out->peer_workload_kind = pb_str(e->peer.workload_kind);
+    out->peer_node = pb_str(e->peer.node);
+    out->peer_service = pb_str(e->peer.service);
+    out->peer_dns = pb_str(e->peer.dns);
     size_t alen = e->family == EVENT_FAMILY_IPV4 ? 4 : e->family == EVENT_FAMILY_IPV6 ? 16 : 0;
     if (alen) {
         out->source_addr.data = (uint8_t *)e->saddr;
@@ -92,6 +101,7 @@ static int pb_fill(const struct event *e, const char *batch_node, Ebpfmonitor__E
         ebpfmonitor__connection_details__init(&d->conn);
         d->conn.status = (Ebpfmonitor__ConnectionStatus)e->status;
         d->conn.latency_ns = e->u.conn.latency_ns;
+        d->conn.error = pb_str(e->u.conn.error);
         out->details_case = EBPFMONITOR__EVENT__DETAILS_CONNECTION;
         out->connection = &d->conn;
         break;
@@ -126,6 +136,18 @@ static int pb_fill(const struct event *e, const char *batch_node, Ebpfmonitor__E
         out->details_case = EBPFMONITOR__EVENT__DETAILS_EXIT;
         out->exit = &d->exit;
         break;
+    case EVENT_CLOSE:
+        ebpfmonitor__close_details__init(&d->close);
+        d->close.role = (Ebpfmonitor__CloseRole)e->u.close.role;
+        d->close.reset = (Ebpfmonitor__CloseReset)e->u.close.reset;
+        d->close.duration_ns = e->u.close.duration_ns;
+        d->close.bytes_sent = e->u.close.bytes_sent;
+        d->close.bytes_received = e->u.close.bytes_received;
+        d->close.retransmits = e->u.close.retransmits;
+        d->close.srtt_us = e->u.close.srtt_us;
+        out->details_case = EBPFMONITOR__EVENT__DETAILS_CLOSE;
+        out->close = &d->close;
+        break;
     }
     return 0;
 }
@@ -147,6 +169,44 @@ void event_pb_scratch_release(struct event_pb_scratch *scratch)
 {
     free(scratch->args);
     scratch->args = NULL;
+}
+
+int event_pb_podref_from_k8s(const struct event_k8s *k, Ebpfmonitor__PodRef *out,
+                             struct event_pb_pod_scratch *scratch)
+{
+    const char *ip = k->ips;
+    uint8_t addr[16];
+    size_t n = 0;
+    while (event_pb_ips_next(&ip, addr))
+        n++;
+    ebpfmonitor__pod_ref__init(out);
+    scratch->ips = NULL;
+    if (n && !(scratch->ips = malloc(n * (sizeof(*scratch->ips) + sizeof(addr)))))
+        return -ENOMEM;
+    uint8_t *store = (uint8_t *)(scratch->ips + n);
+    ip = k->ips;
+    for (size_t i = 0; i < n; i++) {
+        scratch->ips[i].data = store + i * sizeof(addr);
+        scratch->ips[i].len = event_pb_ips_next(&ip, scratch->ips[i].data);
+    }
+    out->node_name = pb_str(k->node_name);
+    out->pod_name = pb_str(k->pod_name);
+    out->namespace_ = pb_str(k->namespace);
+    out->container_id = pb_str(k->container_id);
+    out->pod_uid = pb_str(k->pod_uid);
+    out->workload = pb_str(k->workload);
+    out->workload_kind = pb_str(k->workload_kind);
+    out->app = pb_str(k->app);
+    out->n_ips = n;
+    out->ips = scratch->ips;
+    out->host_network = k->host_network;
+    return 0;
+}
+
+void event_pb_pod_scratch_release(struct event_pb_pod_scratch *scratch)
+{
+    free(scratch->ips);
+    scratch->ips = NULL;
 }
 
 int event_batch_encode(const struct event_batch_meta *meta, const struct event *events, size_t n,
@@ -210,8 +270,12 @@ enum {
     IC_NS,
     IC_CONTAINER,
     IC_POD_UID,
-    IC_REASON,
+    IC_WORKLOAD,
+    IC_WORKLOAD_KIND,
+    IC_PEER, /* IC_PEER + 0..6: peer_pod .. peer_dns */
+    IC_REASON = IC_PEER + 7,
     IC_LOCATION,
+    IC_ERROR,
     IC_N
 };
 
@@ -251,6 +315,8 @@ static const char *details_name(Ebpfmonitor__Event__DetailsCase c)
         return "exec";
     case EBPFMONITOR__EVENT__DETAILS_EXIT:
         return "exit";
+    case EBPFMONITOR__EVENT__DETAILS_CLOSE:
+        return "close";
     default:
         return "no";
     }
@@ -288,6 +354,11 @@ static int to_event(const Ebpfmonitor__Event *pb, const char *batch_node,
         (unsigned)pb->connection->status > EVENT_STATUS_ATTEMPTED)
         return errmsg_set(err, errlen, "connection.status: unknown status %d",
                           (int)pb->connection->status);
+    if (pb->details_case == EBPFMONITOR__EVENT__DETAILS_CLOSE &&
+        ((unsigned)pb->close->role > EVENT_ROLE_SERVER ||
+         (unsigned)pb->close->reset > EVENT_RESET_RECEIVED))
+        return errmsg_set(err, errlen, "close.role/close.reset: unknown value %d/%d",
+                          (int)pb->close->role, (int)pb->close->reset);
 
     e->id = pb->id;
     e->type = (uint8_t)pb->type;
@@ -318,8 +389,19 @@ static int to_event(const Ebpfmonitor__Event *pb, const char *batch_node,
         (rc = intern_field(ic, IC_POD, pb->k8s_pod_name, &e->k8s.pod_name)) ||
         (rc = intern_field(ic, IC_NS, pb->k8s_namespace, &e->k8s.namespace)) ||
         (rc = intern_field(ic, IC_CONTAINER, pb->k8s_container_id, &e->k8s.container_id)) ||
-        (rc = intern_field(ic, IC_POD_UID, pb->k8s_pod_uid, &e->k8s.pod_uid)))
+        (rc = intern_field(ic, IC_POD_UID, pb->k8s_pod_uid, &e->k8s.pod_uid)) ||
+        (rc = intern_field(ic, IC_WORKLOAD, pb->k8s_workload, &e->k8s.workload)) ||
+        (rc = intern_field(ic, IC_WORKLOAD_KIND, pb->k8s_workload_kind, &e->k8s.workload_kind)))
         goto nomem;
+    const char *peer_pb[7] = {
+        pb->peer_pod,  pb->peer_namespace, pb->peer_workload, pb->peer_workload_kind,
+        pb->peer_node, pb->peer_service,   pb->peer_dns};
+    const char **peer[7] = {
+        &e->peer.pod,  &e->peer.namespace, &e->peer.workload, &e->peer.workload_kind,
+        &e->peer.node, &e->peer.service,   &e->peer.dns};
+    for (int i = 0; i < 7; i++)
+        if ((rc = intern_field(ic, IC_PEER + i, peer_pb[i], peer[i])))
+            goto nomem;
     if (pb->pod_ref)
         event_pb_pod_fill(&e->k8s, &pods[pb->pod_ref - 1]);
 
@@ -327,6 +409,8 @@ static int to_event(const Ebpfmonitor__Event *pb, const char *batch_node,
     case EBPFMONITOR__EVENT__DETAILS_CONNECTION:
         e->status = (uint8_t)pb->connection->status;
         e->u.conn.latency_ns = pb->connection->latency_ns;
+        if ((rc = intern_field(ic, IC_ERROR, pb->connection->error, &e->u.conn.error)))
+            goto nomem;
         break;
     case EBPFMONITOR__EVENT__DETAILS_DROP:
         e->u.drop.reason_code = pb->drop->reason_code;
@@ -345,6 +429,15 @@ static int to_event(const Ebpfmonitor__Event *pb, const char *batch_node,
         e->u.exit.exit_code = pb->exit->exit_code;
         e->u.exit.signal = pb->exit->signal;
         e->u.exit.duration_ns = pb->exit->duration_ns;
+        break;
+    case EBPFMONITOR__EVENT__DETAILS_CLOSE:
+        e->u.close.role = (uint8_t)pb->close->role;
+        e->u.close.reset = (uint8_t)pb->close->reset;
+        e->u.close.duration_ns = pb->close->duration_ns;
+        e->u.close.bytes_sent = pb->close->bytes_sent;
+        e->u.close.bytes_received = pb->close->bytes_received;
+        e->u.close.retransmits = pb->close->retransmits;
+        e->u.close.srtt_us = pb->close->srtt_us;
         break;
     default:
         break;
@@ -562,10 +655,19 @@ static int ref_batch_meta(const Ebpfmonitor__EventBatch *pb, struct event_batch_
             (rc = meta_intern(pr->pod_name, &k->pod_name)) ||
             (rc = meta_intern(pr->namespace_, &k->namespace)) ||
             (rc = meta_intern(pr->container_id, &k->container_id)) ||
-            (rc = meta_intern(pr->pod_uid, &k->pod_uid))) {
+            (rc = meta_intern(pr->pod_uid, &k->pod_uid)) ||
+            (rc = meta_intern(pr->workload, &k->workload)) ||
+            (rc = meta_intern(pr->workload_kind, &k->workload_kind)) ||
+            (rc = meta_intern(pr->app, &k->app))) {
             errmsg_set(err, errlen, "pods[%zu]: string table full", i);
             return rc;
         }
+        char why[100];
+        if ((rc = event_pb_ips_to_text(pr->ips, pr->n_ips, &k->ips, why, sizeof(why)))) {
+            errmsg_set(err, errlen, "pods[%zu].%s", i, why);
+            return rc;
+        }
+        k->host_network = pr->host_network != 0;
     }
     return 0;
 }

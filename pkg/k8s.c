@@ -1,9 +1,11 @@
 /*
  * Pod metadata from the Kubernetes API server (LIST + WATCH on a thread of
- * its own) into a bounded UID -> pod cache, and event enrichment. See k8s.h.
+ * its own) into a bounded UID -> pod cache with an IP -> pod index, Jobs read
+ * on the same thread to find their CronJob, and event enrichment. See k8s.h.
  */
 #include "k8s.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <jansson.h>
@@ -24,24 +26,45 @@
 #define K8S_LIST_MAX_BYTES   (256u << 20) /* one LIST page; 500 pods are a few MB */
 #define K8S_LINE_MAX_BYTES   (16u << 20)  /* one watch event */
 #define K8S_ERROR_BODY_MAX   4096
+#define K8S_JOB_MAX_BYTES    (1u << 20) /* one Job object */
+#define K8S_JOB_TIMEOUT_MS   10000
+#define K8S_JOB_BATCH        32 /* Job GETs between two reads of the watch */
 #define NIL                  UINT32_MAX
 
 /* ---- pod cache ---- */
 
+/* One of a pod's addresses in the IP index: IPv4 as v4-mapped IPv6. */
+struct pod_ip {
+    uint8_t addr[16];
+    uint32_t next; /* hash chain by address: entry * K8S_POD_IPS_MAX + slot */
+};
+
 struct pod_entry {
     struct k8s_pod pod;
     const char *mirror;   /* static pods: the kubelet's UID, which their cgroups carry */
+    const char *job_uid;  /* controller is this Job: workload from the Job cache */
+    const char *job_name; /* its name, the workload when the Job says no CronJob */
     uint64_t deleted_ns;  /* when it became a tombstone */
     uint64_t list_gen;    /* the LIST that last saw it */
     uint32_t next_uid;    /* hash chain by uid; free list when unused */
     uint32_t next_mirror; /* hash chain by mirror */
+    struct pod_ip ip[K8S_POD_IPS_MAX];
+    uint8_t nips;
     bool used;
 };
 
 struct pod_cache {
     struct pod_entry *e;
-    uint32_t *by_uid, *by_mirror;
+    uint32_t *by_uid, *by_mirror, *by_ip;
     uint32_t mask, cap, count, deleted, free_head;
+};
+
+/* A Job that owns a pod: its CronJob once read (the watch thread reads it). */
+struct job_entry {
+    const char *uid, *namespace, *name; /* interned */
+    const char *cronjob;                /* NULL: none, or the Job could not be read */
+    uint64_t added;                     /* insertion order, for eviction */
+    bool used, resolved;
 };
 
 struct k8s {
@@ -57,22 +80,33 @@ struct k8s {
     bool started;
     atomic_bool stop;
     CURLM *multi;
-    char rv[128]; /* resourceVersion to watch from; watch thread only */
+    CURLM *job_multi; /* Job GETs, made while the watch's transfer is open */
+    char rv[128];     /* resourceVersion to watch from; watch thread only */
     uint64_t list_gen;
 
     /* shared with lookups, under lock */
     pthread_mutex_t lock;
     pthread_cond_t wake;
     struct pod_cache cache;
+    struct job_entry *jobs; /* max_pods entries */
+    uint32_t jobs_cap;
+    uint64_t jobs_added;
     struct k8s_stats stats;
 };
 
+/* FNV-1a */
+static uint32_t bytes_hash(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 16777619u;
+    return h;
+}
+
 static uint32_t str_hash(const char *s)
 {
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h;
+    return bytes_hash(s, strlen(s));
 }
 
 static int cache_init(struct pod_cache *c, size_t cap)
@@ -85,10 +119,12 @@ static int cache_init(struct pod_cache *c, size_t cap)
     c->e = calloc(cap, sizeof(*c->e));
     c->by_uid = malloc(nb * sizeof(uint32_t));
     c->by_mirror = malloc(nb * sizeof(uint32_t));
-    if (!c->e || !c->by_uid || !c->by_mirror)
+    c->by_ip = malloc(nb * sizeof(uint32_t));
+    if (!c->e || !c->by_uid || !c->by_mirror || !c->by_ip)
         return -ENOMEM;
     memset(c->by_uid, 0xff, nb * sizeof(uint32_t));
     memset(c->by_mirror, 0xff, nb * sizeof(uint32_t));
+    memset(c->by_ip, 0xff, nb * sizeof(uint32_t));
     for (uint32_t i = 0; i < c->cap; i++)
         c->e[i].next_uid = i + 1 < c->cap ? i + 1 : NIL;
     c->free_head = 0;
@@ -100,6 +136,7 @@ static void cache_destroy(struct pod_cache *c)
     free(c->e);
     free(c->by_uid);
     free(c->by_mirror);
+    free(c->by_ip);
 }
 
 static uint32_t cache_find_uid(struct pod_cache *c, const char *uid)
@@ -133,6 +170,56 @@ static void mirror_unlink(struct pod_cache *c, uint32_t i)
     *link = c->e[i].next_mirror;
 }
 
+/* ---- IP index ---- */
+
+static uint32_t ip_hash(const uint8_t a[16])
+{
+    return bytes_hash(a, 16);
+}
+
+static struct pod_ip *ip_node(struct pod_cache *c, uint32_t n)
+{
+    return &c->e[n / K8S_POD_IPS_MAX].ip[n % K8S_POD_IPS_MAX];
+}
+
+static void ips_link(struct pod_cache *c, uint32_t i)
+{
+    for (uint32_t s = 0; s < c->e[i].nips; s++) {
+        uint32_t *b = &c->by_ip[ip_hash(c->e[i].ip[s].addr) & c->mask];
+        c->e[i].ip[s].next = *b;
+        *b = i * K8S_POD_IPS_MAX + s;
+    }
+}
+
+static void ips_unlink(struct pod_cache *c, uint32_t i)
+{
+    for (uint32_t s = 0; s < c->e[i].nips; s++) {
+        uint32_t n = i * K8S_POD_IPS_MAX + s;
+        uint32_t *link = &c->by_ip[ip_hash(c->e[i].ip[s].addr) & c->mask];
+        while (*link != n)
+            link = &ip_node(c, *link)->next;
+        *link = c->e[i].ip[s].next;
+    }
+    c->e[i].nips = 0;
+}
+
+static const uint8_t v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+/* The address as the index keys it: IPv4 (and v4-mapped IPv6) as ::ffff:a.b.c.d. */
+static bool ip_key(unsigned family, const uint8_t addr[16], uint8_t key[16])
+{
+    if (family == EVENT_FAMILY_IPV4) {
+        memcpy(key, v4_mapped, 12);
+        memcpy(key + 12, addr, 4);
+        return true;
+    }
+    if (family == EVENT_FAMILY_IPV6) {
+        memcpy(key, addr, 16);
+        return true;
+    }
+    return false;
+}
+
 static void cache_remove(struct pod_cache *c, uint32_t i)
 {
     struct pod_entry *e = &c->e[i];
@@ -142,6 +229,7 @@ static void cache_remove(struct pod_cache *c, uint32_t i)
     *link = e->next_uid;
     if (e->mirror)
         mirror_unlink(c, i);
+    ips_unlink(c, i);
     if (e->pod.deleted)
         c->deleted--;
     c->count--;
@@ -174,8 +262,14 @@ static void cache_expire(struct k8s *k, uint64_t now, bool force)
     }
 }
 
+/* What a Pod object says, parsed before the lock is taken; strings interned. */
 struct pod_meta {
-    const char *uid, *name, *namespace, *node, *mirror; /* interned */
+    const char *uid, *name, *namespace, *node, *mirror;
+    const char *workload, *workload_kind, *app, *ips;
+    const char *job_uid, *job_name; /* controller is a Job: workload from the Job */
+    uint8_t addr[K8S_POD_IPS_MAX][16];
+    uint8_t naddrs;
+    bool host_network;
 };
 
 static void cache_mark_deleted(struct k8s *k, uint32_t i, uint64_t now)
@@ -185,6 +279,83 @@ static void cache_mark_deleted(struct k8s *k, uint32_t i, uint64_t now)
         e->pod.deleted = true;
         e->deleted_ns = now;
         k->cache.deleted++;
+    }
+}
+
+/* ---- Jobs: a Job-owned pod's workload is the Job's CronJob, when it has one ---- */
+
+static void job_apply(struct pod_entry *e, const struct job_entry *j)
+{
+    e->pod.workload = j->cronjob ? j->cronjob : e->job_name;
+    e->pod.workload_kind = intern(j->cronjob ? "CronJob" : "Job");
+}
+
+/* The Job's answer (or its absence) into every cached pod it owns. Lock held. */
+static void job_resolved(struct k8s *k, struct job_entry *j)
+{
+    j->resolved = true;
+    for (uint32_t i = 0; i < k->cache.cap; i++) {
+        struct pod_entry *e = &k->cache.e[i];
+        if (e->used && e->job_uid == j->uid)
+            job_apply(e, j);
+    }
+}
+
+static struct job_entry *job_find(struct k8s *k, const char *uid)
+{
+    for (uint32_t i = 0; i < k->jobs_cap; i++)
+        if (k->jobs[i].used && k->jobs[i].uid == uid) /* interned: pointers compare */
+            return &k->jobs[i];
+    return NULL;
+}
+
+/* A Job to read: a free slot, or the oldest one's (counted). Lock held. */
+static struct job_entry *job_add(struct k8s *k, const struct pod_meta *m)
+{
+    struct job_entry *slot = NULL;
+    for (uint32_t i = 0; i < k->jobs_cap; i++) {
+        struct job_entry *j = &k->jobs[i];
+        if (!j->used) {
+            slot = j;
+            break;
+        }
+        if (!slot || j->added < slot->added)
+            slot = j;
+    }
+    if (slot->used) {
+        /* pods still waiting for this Job will not learn more: they say Job */
+        k->stats.jobs_evicted++;
+        slot->cronjob = NULL;
+        job_resolved(k, slot);
+    }
+    *slot = (struct job_entry){.uid = m->job_uid,
+                               .namespace = m->namespace,
+                               .name = m->job_name,
+                               .added = ++k->jobs_added,
+                               .used = true,
+                               /* nothing to read it from: it stays a Job */
+                               .resolved = k->api_url == NULL};
+    return slot;
+}
+
+/* Lock held. */
+static void pod_set_workload(struct k8s *k, struct pod_entry *e, const struct pod_meta *m)
+{
+    e->job_uid = m->job_uid;
+    e->job_name = m->job_name;
+    e->pod.workload = m->workload;
+    e->pod.workload_kind = m->workload_kind;
+    if (!m->job_uid)
+        return;
+    struct job_entry *j = job_find(k, m->job_uid);
+    if (!j)
+        j = job_add(k, m);
+    if (j->resolved) {
+        job_apply(e, j);
+    } else {
+        /* unknown until the Job is read: absent, not guessed */
+        e->pod.workload = NULL;
+        e->pod.workload_kind = NULL;
     }
 }
 
@@ -217,7 +388,17 @@ static void cache_upsert(struct k8s *k, const struct pod_meta *m, bool deleted)
     e->pod.name = m->name;
     e->pod.namespace = m->namespace;
     e->pod.node = m->node;
+    e->pod.app = m->app;
+    e->pod.ips = m->ips;
+    e->pod.host_network = m->host_network;
     e->list_gen = k->list_gen;
+    pod_set_workload(k, e, m);
+    ips_unlink(c, i);
+    memset(e->ip, 0, sizeof(e->ip));
+    for (uint8_t s = 0; s < m->naddrs; s++)
+        memcpy(e->ip[s].addr, m->addr[s], 16);
+    e->nips = m->naddrs;
+    ips_link(c, i);
     if (e->mirror != m->mirror) {
         if (e->mirror)
             mirror_unlink(c, i);
@@ -260,6 +441,53 @@ int k8s_pod_cache_lookup(struct k8s *k, const char *uid, struct k8s_pod *out)
     return found;
 }
 
+/*
+ * How many pods hold the address (tombstones within their TTL count: the
+ * address may still be the old pod's); *only is the one when there is one.
+ * Lock held.
+ */
+static unsigned ip_holders(struct k8s *k, const uint8_t key[16], const struct pod_entry **only)
+{
+    struct pod_cache *c = &k->cache;
+    uint64_t now = clock_monotonic_ns();
+    unsigned n = 0;
+    for (uint32_t i = c->by_ip[ip_hash(key) & c->mask]; i != NIL; i = ip_node(c, i)->next) {
+        const struct pod_entry *e = &c->e[i / K8S_POD_IPS_MAX];
+        if (memcmp(ip_node(c, i)->addr, key, 16) != 0)
+            continue;
+        if (e->pod.deleted && now - e->deleted_ns >= k->tombstone_ttl_ns)
+            continue;
+        *only = e;
+        n++;
+    }
+    return n;
+}
+
+int k8s_peer_lookup(struct k8s *k, unsigned family, const uint8_t addr[16], struct event_peer *out)
+{
+    uint8_t key[16];
+    const struct pod_entry *e = NULL;
+    int found = 0;
+    if (!ip_key(family, addr, key))
+        return 0;
+    pthread_mutex_lock(&k->lock);
+    k->stats.peer_lookups++;
+    unsigned n = ip_holders(k, key, &e);
+    if (n > 1 || (n == 1 && e->pod.host_network)) {
+        k->stats.peer_ambiguous++;
+    } else if (n == 1 && !e->pod.deleted) {
+        out->pod = e->pod.name;
+        out->namespace = e->pod.namespace;
+        out->workload = e->pod.workload;
+        out->workload_kind = e->pod.workload_kind;
+        out->node = e->pod.node ? e->pod.node : k->node_name;
+        k->stats.peer_hits++;
+        found = 1;
+    }
+    pthread_mutex_unlock(&k->lock);
+    return found;
+}
+
 /* ---- errors and stats ---- */
 
 /* Counts a failed API call and keeps msg as the reason the stats report. */
@@ -295,20 +523,105 @@ static const char *json_str(json_t *obj, const char *key)
     return json_string_value(json_object_get(obj, key));
 }
 
+/*
+ * The workload from the controller owner reference. A ReplicaSet named
+ * <deployment>-<pod-template-hash> is the Deployment's (the name the
+ * Deployment controller gives it); a Job is looked up for its CronJob.
+ */
+static void owner_parse(json_t *meta, struct pod_meta *m)
+{
+    json_t *refs = json_object_get(meta, "ownerReferences"), *ref, *ctl = NULL;
+    size_t i;
+    json_array_foreach(refs, i, ref)
+    {
+        if (json_is_true(json_object_get(ref, "controller"))) {
+            ctl = ref;
+            break;
+        }
+    }
+    const char *kind = json_str(ctl, "kind"), *name = json_str(ctl, "name");
+    if (!kind || !*kind || !name || !*name) {
+        m->workload = m->name;
+        m->workload_kind = intern("Pod");
+        return;
+    }
+    if (strcmp(kind, "ReplicaSet") == 0) {
+        const char *hash = json_str(json_object_get(meta, "labels"), "pod-template-hash");
+        size_t n = strlen(name), h = hash ? strlen(hash) : 0;
+        if (h > 0 && n > h + 1 && name[n - h - 1] == '-' && strcmp(name + n - h, hash) == 0) {
+            m->workload = intern_n(name, n - h - 1);
+            m->workload_kind = intern("Deployment");
+            return;
+        }
+    } else if (strcmp(kind, "Job") == 0) {
+        const char *uid = json_str(ctl, "uid");
+        m->job_uid = uid && *uid ? intern(uid) : NULL;
+        m->job_name = intern(name);
+        if (m->job_uid && m->job_name)
+            return;
+        m->job_uid = NULL;
+    }
+    m->workload = intern(name);
+    m->workload_kind = intern(kind);
+}
+
+static void ip_add(struct pod_meta *m, const char *text)
+{
+    uint8_t a[16] = {0}, in4[16] = {0};
+    if (!text || m->naddrs == K8S_POD_IPS_MAX)
+        return;
+    if (inet_pton(AF_INET, text, in4) == 1)
+        ip_key(EVENT_FAMILY_IPV4, in4, a);
+    else if (inet_pton(AF_INET6, text, a) != 1)
+        return;
+    for (uint8_t i = 0; i < m->naddrs; i++)
+        if (memcmp(m->addr[i], a, 16) == 0)
+            return;
+    memcpy(m->addr[m->naddrs++], a, 16);
+}
+
+/* status.podIPs (else status.podIP), parsed, and as text: "10.1.0.5,fd00::5". */
+static void ips_parse(json_t *status, struct pod_meta *m)
+{
+    json_t *ips = json_object_get(status, "podIPs"), *ip;
+    size_t i;
+    char text[K8S_POD_IPS_MAX * (INET6_ADDRSTRLEN + 1)] = "";
+    size_t len = 0;
+    json_array_foreach(ips, i, ip) ip_add(m, json_str(ip, "ip"));
+    if (m->naddrs == 0)
+        ip_add(m, json_str(status, "podIP"));
+    for (uint8_t n = 0; n < m->naddrs; n++) {
+        bool v4 = memcmp(m->addr[n], v4_mapped, 12) == 0;
+        if (n)
+            text[len++] = ',';
+        inet_ntop(v4 ? AF_INET : AF_INET6, v4 ? m->addr[n] + 12 : m->addr[n], text + len,
+                  sizeof(text) - len);
+        len += strlen(text + len);
+    }
+    m->ips = len ? intern(text) : NULL;
+}
+
 /* Reads what the cache keeps from a Pod object. Returns false without a uid. */
 static bool pod_meta_parse(json_t *pod, struct pod_meta *m)
 {
     json_t *meta = json_object_get(pod, "metadata");
+    json_t *spec = json_object_get(pod, "spec");
+    json_t *labels = json_object_get(meta, "labels");
     const char *uid = json_str(meta, "uid");
+    const char *app = json_str(labels, "app.kubernetes.io/name");
     memset(m, 0, sizeof(*m));
     if (!uid || !*uid)
         return false;
     m->uid = intern(uid);
     m->name = intern(json_str(meta, "name"));
     m->namespace = intern(json_str(meta, "namespace"));
-    m->node = intern(json_str(json_object_get(pod, "spec"), "nodeName"));
+    m->node = intern(json_str(spec, "nodeName"));
     m->mirror =
         intern(json_str(json_object_get(meta, "annotations"), "kubernetes.io/config.mirror"));
+    m->app = intern(app ? app : json_str(labels, "app"));
+    m->host_network = json_is_true(json_object_get(spec, "hostNetwork"));
+    owner_parse(meta, m);
+    ips_parse(json_object_get(pod, "status"), m);
     return m->uid != NULL;
 }
 
@@ -327,7 +640,7 @@ static void status_message(long http, const struct buf *body, char *out, size_t 
 
 /* ---- HTTP ---- */
 
-enum req_kind { REQ_LIST, REQ_WATCH };
+enum req_kind { REQ_LIST, REQ_WATCH, REQ_GET };
 
 enum req_outcome {
     OUT_OK,      /* complete (LIST) or ended by the server (WATCH) */
@@ -412,8 +725,9 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud)
     buf_append(&r->body, data, len);
     if (r->body.oom)
         return 0;
-    if (r->body.len > K8S_LIST_MAX_BYTES) {
-        snprintf(r->err, sizeof(r->err), "LIST response over %u bytes", K8S_LIST_MAX_BYTES);
+    unsigned max = r->kind == REQ_GET ? K8S_JOB_MAX_BYTES : K8S_LIST_MAX_BYTES;
+    if (r->body.len > max) {
+        snprintf(r->err, sizeof(r->err), "response over %u bytes", max);
         r->abort = OUT_ERROR;
         return 0;
     }
@@ -469,8 +783,14 @@ static char *read_token(const char *path)
     return tok;
 }
 
-/* Runs one GET to completion (or until stopped); r->status and r->err say how it went. */
-static enum req_outcome http_get(struct k8s *k, struct req *r, const char *url)
+static void jobs_resolve(struct k8s *k);
+
+/*
+ * Runs one GET on multi to completion (or until stopped); r->status and
+ * r->err say how it went. While a watch streams, Jobs its pods named are read
+ * on the other multi handle.
+ */
+static enum req_outcome http_get(struct k8s *k, CURLM *multi, struct req *r, const char *url)
 {
     struct curl_slist *hdrs = curl_slist_append(NULL, "Accept: application/json");
     char *token = read_token(k->token_path);
@@ -507,12 +827,15 @@ static enum req_outcome http_get(struct k8s *k, struct req *r, const char *url)
     if (r->kind == REQ_WATCH)
         curl_easy_setopt(r->h, CURLOPT_TIMEOUT_MS, (long)(k->watch_timeout_s + 30) * 1000L);
     else
-        curl_easy_setopt(r->h, CURLOPT_TIMEOUT_MS, 120000L);
+        curl_easy_setopt(r->h, CURLOPT_TIMEOUT_MS,
+                         r->kind == REQ_GET ? (long)K8S_JOB_TIMEOUT_MS : 120000L);
 
-    curl_multi_add_handle(k->multi, r->h);
+    curl_multi_add_handle(multi, r->h);
     int running = 1;
     while (running && !atomic_load(&k->stop)) {
-        CURLMcode mc = curl_multi_perform(k->multi, &running);
+        CURLMcode mc = curl_multi_perform(multi, &running);
+        if (r->kind == REQ_WATCH)
+            jobs_resolve(k);
         if (r->kind == REQ_WATCH && !r->connected) {
             /* A watch may be quiet for minutes: it is up once the server says 200. */
             long code = 0;
@@ -523,7 +846,7 @@ static enum req_outcome http_get(struct k8s *k, struct req *r, const char *url)
             }
         }
         if (mc == CURLM_OK && running)
-            mc = curl_multi_poll(k->multi, NULL, 0, 1000, NULL);
+            mc = curl_multi_poll(multi, NULL, 0, 1000, NULL);
         if (mc != CURLM_OK) {
             snprintf(r->err, sizeof(r->err), "%s", curl_multi_strerror(mc));
             break;
@@ -532,13 +855,13 @@ static enum req_outcome http_get(struct k8s *k, struct req *r, const char *url)
     CURLMsg *msg;
     int left;
     bool finished = false;
-    while ((msg = curl_multi_info_read(k->multi, &left)) != NULL) {
+    while ((msg = curl_multi_info_read(multi, &left)) != NULL) {
         if (msg->msg == CURLMSG_DONE && msg->easy_handle == r->h) {
             res = msg->data.result;
             finished = true;
         }
     }
-    curl_multi_remove_handle(k->multi, r->h);
+    curl_multi_remove_handle(multi, r->h);
     if (atomic_load(&k->stop)) {
         out = OUT_STOPPED;
         goto done;
@@ -631,6 +954,91 @@ int k8s_feed(struct k8s *k, bool watch, const char *data, size_t len, char *err,
     return r.abort == OUT_EXPIRED ? -ESTALE : -EINVAL;
 }
 
+/*
+ * GETs a Job: its CronJob (the controller owner reference of that kind) into
+ * *cronjob, NULL when it has none. A Job of the same name but another UID is
+ * not ours. 0, or -1 with err set.
+ */
+static int job_fetch(struct k8s *k, const struct job_entry *j, const char **cronjob, char *err,
+                     size_t errlen)
+{
+    struct req r = {.k = k, .kind = REQ_GET};
+    struct buf url;
+    char *ns = curl_easy_escape(NULL, j->namespace ? j->namespace : "", 0);
+    char *name = curl_easy_escape(NULL, j->name, 0);
+    int rc = -1;
+
+    *cronjob = NULL;
+    buf_init(&url);
+    buf_init(&r.body);
+    buf_printf(&url, "%s/apis/batch/v1/namespaces/%s/jobs/%s", k->api_url, ns ? ns : "",
+               name ? name : "");
+    if (!url.oom && ns && name && http_get(k, k->job_multi, &r, url.data) == OUT_OK) {
+        json_t *job = json_loadb(r.body.data, r.body.len, 0, NULL);
+        json_t *meta = json_object_get(job, "metadata"), *ref;
+        const char *uid = json_str(meta, "uid");
+        size_t i;
+        if (uid && strcmp(uid, j->uid) == 0) {
+            rc = 0;
+            json_array_foreach(json_object_get(meta, "ownerReferences"), i, ref)
+            {
+                const char *kind = json_str(ref, "kind"), *owner = json_str(ref, "name");
+                if (json_is_true(json_object_get(ref, "controller")) && kind && owner && *owner &&
+                    strcmp(kind, "CronJob") == 0)
+                    *cronjob = intern(owner);
+            }
+        } else {
+            snprintf(r.err, sizeof(r.err), "%s", job ? "another Job (UID differs)" : "not JSON");
+        }
+        json_decref(job);
+    }
+    if (rc < 0)
+        errmsg_set(err, errlen, "GET %s: %s", url.data ? url.data : "",
+                   r.err[0] ? r.err : "out of memory");
+    curl_free(ns);
+    curl_free(name);
+    buf_free(&url);
+    buf_free(&r.body);
+    return rc;
+}
+
+/*
+ * Reads the Jobs that pods named and the cache does not know yet (at most
+ * K8S_JOB_BATCH per call, so a watch is read between them). A Job that
+ * cannot be read (gone, forbidden) leaves its pods' kind Job. Watch thread.
+ */
+static void jobs_resolve(struct k8s *k)
+{
+    for (int n = 0; n < K8S_JOB_BATCH && !atomic_load(&k->stop); n++) {
+        struct job_entry want = {0};
+        pthread_mutex_lock(&k->lock);
+        for (uint32_t i = 0; i < k->jobs_cap && !want.uid; i++)
+            if (k->jobs[i].used && !k->jobs[i].resolved)
+                want = k->jobs[i];
+        pthread_mutex_unlock(&k->lock);
+        if (!want.uid)
+            return;
+
+        const char *cronjob = NULL;
+        char err[sizeof(k->stats.last_error)];
+        int rc = job_fetch(k, &want, &cronjob, err, sizeof(err));
+        if (atomic_load(&k->stop))
+            return;
+        pthread_mutex_lock(&k->lock);
+        k->stats.job_lookups++;
+        if (rc < 0) {
+            k->stats.job_errors++;
+            snprintf(k->stats.last_error, sizeof(k->stats.last_error), "%s", err);
+        }
+        struct job_entry *j = job_find(k, want.uid);
+        if (j && !j->resolved) {
+            j->cronjob = cronjob;
+            job_resolved(k, j);
+        }
+        pthread_mutex_unlock(&k->lock);
+    }
+}
+
 static enum req_outcome do_list(struct k8s *k, char *err, size_t errlen)
 {
     char cont[1024] = "";
@@ -649,7 +1057,7 @@ static enum req_outcome do_list(struct k8s *k, char *err, size_t errlen)
             buf_printf(&url, "&continue=%s", c ? c : "");
             curl_free(c);
         }
-        out = url.oom ? OUT_ERROR : http_get(k, &r, url.data);
+        out = url.oom ? OUT_ERROR : http_get(k, k->multi, &r, url.data);
         if (url.oom)
             snprintf(r.err, sizeof(r.err), "out of memory");
         cont[0] = '\0';
@@ -691,7 +1099,7 @@ static enum req_outcome do_watch(struct k8s *k, unsigned *events, char *err, siz
     pods_url(k, &url);
     buf_printf(&url, "watch=1&allowWatchBookmarks=true&resourceVersion=%s&timeoutSeconds=%u", k->rv,
                k->watch_timeout_s);
-    out = url.oom ? OUT_ERROR : http_get(k, &r, url.data);
+    out = url.oom ? OUT_ERROR : http_get(k, k->multi, &r, url.data);
     *events = r.events;
     if (out != OUT_OK && out != OUT_STOPPED)
         errmsg_set(err, errlen, "WATCH %s: %s", url.data ? url.data : "", r.err);
@@ -725,6 +1133,8 @@ static void *watch_thread(void *arg)
         err[0] = '\0';
         if (listing) {
             out = do_list(k, err, sizeof(err));
+            if (out == OUT_OK)
+                jobs_resolve(k);
         } else {
             out = do_watch(k, &events, err, sizeof(err));
             if (out == OUT_OK || out == OUT_EXPIRED || events > 0)
@@ -832,8 +1242,11 @@ struct k8s *k8s_new(const struct k8s_options *opts, int *err)
         goto fail;
     if (cache_init(&k->cache, o.max_pods ? o.max_pods : K8S_MAX_PODS_DEFAULT) < 0)
         goto fail;
+    k->jobs_cap = k->cache.cap;
+    k->jobs = calloc(k->jobs_cap, sizeof(*k->jobs));
     k->multi = curl_multi_init();
-    if (!k->multi)
+    k->job_multi = curl_multi_init();
+    if (!k->jobs || !k->multi || !k->job_multi)
         goto fail;
     pthread_mutex_init(&k->lock, NULL);
     clock_cond_init(&k->wake);
@@ -841,6 +1254,11 @@ struct k8s *k8s_new(const struct k8s_options *opts, int *err)
 
 fail:
     if (k) {
+        if (k->multi)
+            curl_multi_cleanup(k->multi);
+        if (k->job_multi)
+            curl_multi_cleanup(k->job_multi);
+        free(k->jobs);
         cache_destroy(&k->cache);
         free(k->api_url);
         free(k->token_path);
@@ -872,15 +1290,18 @@ void k8s_free(struct k8s *k)
     if (k->started) {
         atomic_store(&k->stop, true);
         curl_multi_wakeup(k->multi);
+        curl_multi_wakeup(k->job_multi);
         pthread_mutex_lock(&k->lock);
         pthread_cond_broadcast(&k->wake);
         pthread_mutex_unlock(&k->lock);
         pthread_join(k->thread, NULL);
     }
     curl_multi_cleanup(k->multi);
+    curl_multi_cleanup(k->job_multi);
     pthread_cond_destroy(&k->wake);
     pthread_mutex_destroy(&k->lock);
     cache_destroy(&k->cache);
+    free(k->jobs);
     free(k->api_url);
     free(k->token_path);
     free(k->ca_path);
@@ -892,6 +1313,17 @@ const char *k8s_node_name(const struct k8s *k)
     return k ? k->node_name : NULL;
 }
 
+/* The other end: a connection's destination, an accept's source, a close's other side. */
+static void enrich_peer(struct k8s *k, struct event *e)
+{
+    bool client = e->type == EVENT_CONNECTION ||
+                  (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT);
+    bool server =
+        e->type == EVENT_ACCEPT || (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_SERVER);
+    if (client || server)
+        k8s_peer_lookup(k, e->family, client ? e->daddr : e->saddr, &e->peer);
+}
+
 int k8s_enrich(struct k8s *k, struct cgroup_resolver *cg, struct event *e)
 {
     struct cgroup_pod cp;
@@ -899,6 +1331,8 @@ int k8s_enrich(struct k8s *k, struct cgroup_resolver *cg, struct event *e)
     int rc;
 
     memset(&e->k8s, 0, sizeof(e->k8s));
+    if (k)
+        enrich_peer(k, e);
     if (!cg || e->cgroup_id == 0)
         return 0;
     rc = cgroup_resolve(cg, e->cgroup_id, e->timestamp_ns, &cp);
@@ -912,6 +1346,11 @@ int k8s_enrich(struct k8s *k, struct cgroup_resolver *cg, struct event *e)
     if (k8s_pod_cache_lookup(k, cp.pod_uid, &pod)) {
         e->k8s.pod_name = pod.name;
         e->k8s.namespace = pod.namespace;
+        e->k8s.workload = pod.workload;
+        e->k8s.workload_kind = pod.workload_kind;
+        e->k8s.app = pod.app;
+        e->k8s.ips = pod.ips;
+        e->k8s.host_network = pod.host_network;
         if (pod.node)
             e->k8s.node_name = pod.node;
     }

@@ -11,6 +11,15 @@
  * name it. Static pods are also found by their kubelet UID (the mirror pod's
  * kubernetes.io/config.mirror annotation), which is what their cgroups carry.
  *
+ * Each pod also gives its IPs (status.podIPs), hostNetwork, app label and
+ * workload: the controller owner reference, followed from a ReplicaSet to
+ * its Deployment (by the pod-template-hash naming rule) and from a Job to
+ * its CronJob (a GET of the Job, cached; a Job that cannot be read stays a
+ * Job). An IP -> pod index over the cache names the peer of a connection,
+ * accept or close when exactly one live, non-hostNetwork pod holds the
+ * address; an address several pods share (hostNetwork, a reused IP whose
+ * old pod is still a tombstone) names no one.
+ *
  * When the API server is unreachable, enrichment still fills the pod UID,
  * container id and node name, and k8s_get_stats() says why it is not
  * connected. Lookups are thread-safe.
@@ -43,28 +52,41 @@ struct k8s_options {
     unsigned connect_timeout_ms; /* 0: 5000 */
 };
 
+#define K8S_POD_IPS_MAX 2 /* status.podIPs: one per family */
+
 /* A cached pod; strings interned. */
 struct k8s_pod {
     const char *uid;
     const char *name;
     const char *namespace;
-    const char *node; /* spec.nodeName; NULL when not yet scheduled */
-    bool deleted;     /* a tombstone: DELETED (or gone from a re-list) within the TTL */
+    const char *node;          /* spec.nodeName; NULL when not yet scheduled */
+    const char *workload;      /* the controller's workload; NULL while its Job is being read */
+    const char *workload_kind; /* "Deployment", "StatefulSet", ..., "Pod" without a controller */
+    const char *app;           /* app.kubernetes.io/name, else app label; NULL when neither */
+    const char *ips;           /* status.podIPs as "10.1.0.5,fd00::5"; NULL when none */
+    bool host_network;         /* spec.hostNetwork: its IPs are the node's */
+    bool deleted;              /* a tombstone: DELETED (or gone from a re-list) within the TTL */
 };
 
 struct k8s_stats {
-    uint64_t pods_cached;  /* entries now, live + deleted */
-    uint64_t pods_deleted; /* tombstones now */
-    uint64_t evicted;      /* pods dropped to stay within max_pods */
-    uint64_t expired;      /* tombstones dropped after their TTL */
-    uint64_t lookups;      /* pod cache lookups (one per enriched pod event) */
-    uint64_t misses;       /* lookups of a UID the cache did not know */
-    uint64_t api_errors;   /* failed LIST/WATCH requests and ERROR watch events */
-    uint64_t lists;        /* completed LISTs */
-    uint64_t relists;      /* LISTs after the first (expired watch or reconnect) */
-    uint64_t watch_events; /* ADDED/MODIFIED/DELETED/BOOKMARK applied */
-    bool connected;        /* the last LIST/WATCH request succeeded */
-    char last_error[256];  /* the most recent error, "" when none happened yet */
+    uint64_t pods_cached;    /* entries now, live + deleted */
+    uint64_t pods_deleted;   /* tombstones now */
+    uint64_t evicted;        /* pods dropped to stay within max_pods */
+    uint64_t expired;        /* tombstones dropped after their TTL */
+    uint64_t lookups;        /* pod cache lookups (one per enriched pod event) */
+    uint64_t misses;         /* lookups of a UID the cache did not know */
+    uint64_t api_errors;     /* failed LIST/WATCH requests and ERROR watch events */
+    uint64_t lists;          /* completed LISTs */
+    uint64_t relists;        /* LISTs after the first (expired watch or reconnect) */
+    uint64_t watch_events;   /* ADDED/MODIFIED/DELETED/BOOKMARK applied */
+    uint64_t job_lookups;    /* GETs of a pod's Job, to find its CronJob */
+    uint64_t job_errors;     /* of which failed: the pods say kind Job */
+    uint64_t jobs_evicted;   /* cached Jobs dropped to stay within max_pods */
+    uint64_t peer_lookups;   /* peer addresses looked up (connection, accept, close) */
+    uint64_t peer_hits;      /* of which named a pod */
+    uint64_t peer_ambiguous; /* of which several pods (or a hostNetwork pod) held the address */
+    bool connected;          /* the last LIST/WATCH request succeeded */
+    char last_error[256];    /* the most recent error, "" when none happened yet */
 };
 
 struct k8s;
@@ -87,9 +109,22 @@ const char *k8s_node_name(const struct k8s *k);
 int k8s_pod_cache_lookup(struct k8s *k, const char *uid, struct k8s_pod *out);
 
 /*
+ * Names the pod that alone holds addr (family an enum event_family, the
+ * address as struct event keeps it; v4-mapped IPv6 is IPv4): fills out's
+ * pod, namespace, workload, workload_kind and node (the rest untouched) and
+ * returns 1. Returns 0 when no live pod holds it, or when several pods do, or
+ * a hostNetwork pod does (never a guess). Counted in the stats.
+ */
+int k8s_peer_lookup(struct k8s *k, unsigned family, const uint8_t addr[16], struct event_peer *out);
+
+/*
  * Fills e->k8s from e->cgroup_id: pod UID and container id from the cgroup,
- * node name, and pod name and namespace when the cache knows the pod. Host
- * processes get nothing (e->k8s zeroed). k may be NULL (cgroup fields only).
+ * node name, and the pod's name, namespace, workload, app, IPs and
+ * hostNetwork when the cache knows the pod. Host processes get nothing
+ * (e->k8s zeroed). With k, the peer of a connection (its destination), an
+ * accept (its source) or a close (the other side of its role) goes into
+ * e->peer when k8s_peer_lookup() names it, for pods and host processes
+ * alike. k may be NULL (cgroup fields only).
  * Returns 1 for a pod's process, 0 for a host process or unknown cgroup,
  * -EAGAIN when the cgroup walk was rate-limited, or another negative errno.
  */

@@ -29,15 +29,62 @@ enum query_param {
     QP_UNTIL,
     QP_LIMIT,
     QP_CURSOR,
+    QP_WORKLOAD,
+    QP_PEER_POD,
+    QP_PEER_NAMESPACE,
+    QP_PEER_WORKLOAD,
+    QP_PEER_SERVICE,
+    QP_DEST_PORT,
+    QP_STATUS,
     QP_COUNT,
 };
 
 static const char *const query_param_names[QP_COUNT] = {
-    [QP_TYPE] = "type",           [QP_NODE] = "node",   [QP_POD] = "pod",
-    [QP_NAMESPACE] = "namespace", [QP_PID] = "pid",     [QP_COMMAND] = "command",
-    [QP_SINCE] = "since",         [QP_UNTIL] = "until", [QP_LIMIT] = "limit",
+    [QP_TYPE] = "type",
+    [QP_NODE] = "node",
+    [QP_POD] = "pod",
+    [QP_NAMESPACE] = "namespace",
+    [QP_PID] = "pid",
+    [QP_COMMAND] = "command",
+    [QP_SINCE] = "since",
+    [QP_UNTIL] = "until",
+    [QP_LIMIT] = "limit",
     [QP_CURSOR] = "cursor",
+    [QP_WORKLOAD] = "workload",
+    [QP_PEER_POD] = "peer_pod",
+    [QP_PEER_NAMESPACE] = "peer_namespace",
+    [QP_PEER_WORKLOAD] = "peer_workload",
+    [QP_PEER_SERVICE] = "peer_service",
+    [QP_DEST_PORT] = "dest_port",
+    [QP_STATUS] = "status",
 };
+
+/* Where each exact-match string parameter lands in struct query. */
+static char *query_str_field(struct query *q, enum query_param p)
+{
+    switch (p) {
+    case QP_NODE:
+        return q->node;
+    case QP_POD:
+        return q->pod;
+    case QP_NAMESPACE:
+        return q->namespace;
+    case QP_COMMAND:
+        return q->command;
+    case QP_WORKLOAD:
+        return q->workload;
+    case QP_PEER_POD:
+        return q->peer_pod;
+    case QP_PEER_NAMESPACE:
+        return q->peer_namespace;
+    case QP_PEER_WORKLOAD:
+        return q->peer_workload;
+    case QP_PEER_SERVICE:
+        return q->peer_service;
+    default:
+        return NULL;
+    }
+}
 
 void query_init(struct query *q)
 {
@@ -271,7 +318,8 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
 
     /* Numbers, times and cursors ignore surrounding spaces, as type lists do;
      * names (node, pod, command...) are matched exactly as given. */
-    if (p == QP_PID || p == QP_SINCE || p == QP_UNTIL || p == QP_LIMIT || p == QP_CURSOR) {
+    if (p == QP_PID || p == QP_SINCE || p == QP_UNTIL || p == QP_LIMIT || p == QP_CURSOR ||
+        p == QP_DEST_PORT || p == QP_STATUS) {
         while (len && isspace((unsigned char)*v))
             v++, len--;
         while (len && isspace((unsigned char)v[len - 1]))
@@ -285,23 +333,26 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
         if (query_parse_types(v, len, &q->types, &item, &itemlen) == 0)
             return 0;
         errmsg_set(err, errlen,
-                   "invalid 'type': \"%s\" (allowed: connection, accept, packet_drop, exec, exit; "
-                   "comma-separated)",
+                   "invalid 'type': \"%s\" (allowed: connection, accept, packet_drop, exec, exit, "
+                   "close; comma-separated)",
                    query_quote(item, itemlen, quoted));
         return -EINVAL;
     }
-    case QP_NODE:
-        memcpy(q->node, v, len + 1);
+    case QP_DEST_PORT:
+        if (!query_parse_u64(v, len, UINT16_MAX, &n) || n == 0)
+            goto bad;
+        q->has_dest_port = true;
+        q->dest_port = (uint16_t)n;
         return 0;
-    case QP_POD:
-        memcpy(q->pod, v, len + 1);
-        return 0;
-    case QP_NAMESPACE:
-        memcpy(q->namespace, v, len + 1);
-        return 0;
-    case QP_COMMAND:
-        memcpy(q->command, v, len + 1);
-        return 0;
+    case QP_STATUS:
+        for (unsigned st = EVENT_STATUS_ESTABLISHED; st <= EVENT_STATUS_ATTEMPTED; st++) {
+            if (strlen(event_status_name(st)) == len &&
+                strncmp(event_status_name(st), v, len) == 0) {
+                q->status = (uint8_t)st;
+                return 0;
+            }
+        }
+        goto bad;
     case QP_PID:
         if (!query_parse_u64(v, len, UINT32_MAX, &n))
             goto bad;
@@ -327,7 +378,8 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
         q->has_cursor = true;
         return 0;
     default:
-        break;
+        memcpy(query_str_field(q, p), v, len + 1);
+        return 0;
     }
 bad:
     query_quote(whole, whole_len, quoted);
@@ -349,6 +401,13 @@ bad:
     case QP_CURSOR:
         errmsg_set(err, errlen,
                    "invalid 'cursor': \"%s\" (use the next_cursor of a previous response)", quoted);
+        break;
+    case QP_DEST_PORT:
+        errmsg_set(err, errlen, "invalid 'dest_port': \"%s\" (must be an integer 1-65535)", quoted);
+        break;
+    case QP_STATUS:
+        errmsg_set(err, errlen,
+                   "invalid 'status': \"%s\" (allowed: established, failed, attempted)", quoted);
         break;
     default:
         errmsg_set(err, errlen, "invalid '%s': \"%s\"", name, quoted);
@@ -394,8 +453,9 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
             else
                 query_quote(seg, namelen, quoted);
             errmsg_set(err, errlen,
-                       "unknown query parameter '%s' (allowed: type, node, pod, namespace, pid, "
-                       "command, since, until%s)",
+                       "unknown query parameter '%s' (allowed: type, node, pod, namespace, "
+                       "workload, pid, command, peer_pod, peer_namespace, peer_workload, "
+                       "peer_service, dest_port, status, since, until%s)",
                        quoted, stream ? "" : ", limit, cursor");
             return -EINVAL;
         }
@@ -448,6 +508,17 @@ static bool query_str_match(const char *filter, const char *s)
     return filter[0] == '\0' || (s && strcmp(filter, s) == 0);
 }
 
+bool query_match_names(const struct query *q, const char *node, const struct event_k8s *k8s,
+                       const struct event_peer *peer)
+{
+    return query_str_match(q->node, node) && query_str_match(q->pod, k8s->pod_name) &&
+           query_str_match(q->namespace, k8s->namespace) &&
+           query_str_match(q->workload, k8s->workload) && query_str_match(q->peer_pod, peer->pod) &&
+           query_str_match(q->peer_namespace, peer->namespace) &&
+           query_str_match(q->peer_workload, peer->workload) &&
+           query_str_match(q->peer_service, peer->service);
+}
+
 bool query_match(const struct query *q, const struct event *e)
 {
     if (q->types && (e->type >= 32 || !(q->types & EVENT_TYPE_BIT(e->type))))
@@ -456,12 +527,15 @@ bool query_match(const struct query *q, const struct event *e)
         return false;
     if (q->has_pid && e->pid != q->pid)
         return false;
+    if (q->has_dest_port && e->dport != q->dest_port)
+        return false;
+    if (q->status && e->status != q->status)
+        return false;
     /* e->command may fill its array without a NUL (a full 16-byte comm). */
     if (q->command[0] && (strnlen(q->command, sizeof(e->command) + 1) > sizeof(e->command) ||
                           strncmp(q->command, e->command, sizeof(e->command)) != 0))
         return false;
-    return query_str_match(q->node, e->node) && query_str_match(q->pod, e->k8s.pod_name) &&
-           query_str_match(q->namespace, e->k8s.namespace);
+    return query_match_names(q, e->node, &e->k8s, &e->peer);
 }
 
 int query_cmp_newest_first(uint64_t ts_a, uint64_t id_a, uint64_t ts_b, uint64_t id_b)

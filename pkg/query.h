@@ -32,10 +32,19 @@ struct query {
     char pod[QUERY_STR_MAX];       /* matches k8s.pod_name */
     char namespace[QUERY_STR_MAX]; /* matches k8s.namespace */
     char command[QUERY_STR_MAX];   /* exact match on the task comm */
+    char workload[QUERY_STR_MAX];  /* matches k8s.workload */
+    /* Match the event's peer (SPEC §8); events without that peer field never match. */
+    char peer_pod[QUERY_STR_MAX];
+    char peer_namespace[QUERY_STR_MAX];
+    char peer_workload[QUERY_STR_MAX];
+    char peer_service[QUERY_STR_MAX];
     bool has_pid;
     uint32_t pid;
-    uint64_t since_ns; /* inclusive; 0 = no bound */
-    uint64_t until_ns; /* inclusive; UINT64_MAX = no bound */
+    bool has_dest_port;
+    uint16_t dest_port; /* matches dport (connection, accept, close, packet_drop) */
+    uint8_t status;     /* enum event_status; NONE = any (others never match a status) */
+    uint64_t since_ns;  /* inclusive; 0 = no bound */
+    uint64_t until_ns;  /* inclusive; UINT64_MAX = no bound */
     uint32_t limit;
     bool has_cursor;
     struct query_cursor cursor;
@@ -57,6 +66,14 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
 
 /* True when e passes every filter, including the time bounds (not the cursor). */
 bool query_match(const struct query *q, const struct event *e);
+
+/*
+ * The exact-match name filters alone (node, pod, namespace, workload,
+ * peer_*) against these values; a NULL value never matches a filter. For
+ * callers that hold those values apart from an event (the store's shards).
+ */
+bool query_match_names(const struct query *q, const char *node, const struct event_k8s *k8s,
+                       const struct event_peer *peer);
 
 /* True when e sorts strictly after the cursor (i.e. belongs to a later page). */
 bool query_after_cursor(const struct query_cursor *c, const struct event *e);

@@ -1,15 +1,16 @@
 /*
  * The bounded, indexed event history.
  *
- * Layout: one shard per (node, type, Kubernetes attribution, address size).
+ * Layout: one shard per (node, type, connection status, Kubernetes
+ * attribution, peer identity, address size).
  * A shard is a growable circular deque of compact records sorted by
  * (timestamp, id) ascending, so the oldest event is at the front and new
  * events usually append at the back. Events that arrive out of order (per-CPU
  * ring buffers, batches from many nodes) are placed by binary search and a
  * shift of the shorter side.
  *
- * Compact records: what the shard key already says (node, type, the five
- * interned Kubernetes strings) is kept once per shard, not per event, and a
+ * Compact records: what the shard key already says (node, type, status, the
+ * interned Kubernetes and peer strings) is kept once per shard, not per event, and a
  * record holds only the part of the event union its type uses and only the
  * address bytes its shard needs (none, 4 for IPv4, 16 otherwise). That keeps
  * a stored connection at 80 bytes instead of a 176-byte struct event.
@@ -18,10 +19,16 @@
  * the globally oldest event in O(log shards), for both the count and the age
  * limit.
  *
- * Queries pick shards by type mask, node, pod and namespace, binary-search
- * each for the time bounds and the cursor, and merge the ranges newest first
- * with a max-heap. Counting needs no scan unless a filter that the index does
- * not cover (pid, command) is present.
+ * Queries pick shards by the filters the key holds (type, node, pod,
+ * namespace, workload, status, peer_*), binary-search each for the time
+ * bounds and the cursor, and merge the ranges newest first with a max-heap.
+ * Counting needs no scan for those filters.
+ *
+ * Per-event fields (pid, command, dest_port) have posting lists: one
+ * time-ordered deque of (timestamp, id, shard) per value, appended on add and
+ * popped at the front when the globally oldest event is evicted, so they stay
+ * bounded by the store. A query with such a filter walks the shortest of its
+ * lists, or the selected shards when those hold fewer candidates.
  *
  * One rwlock: queries share it, adds and expiry take it exclusively, with
  * writers preferred so a stream of queries cannot starve ingestion.
@@ -57,8 +64,10 @@ struct store_shard {
     /* The key: everything its events share. Pointers are interned (compared by value). */
     const char *node; /* NULL for events without a node */
     uint8_t type;
+    uint8_t status;
     uint8_t alen; /* address bytes per record: 0, 4 or 16 */
     struct event_k8s k8s;
+    struct event_peer peer;
 
     size_t rec_size; /* bytes per record, a multiple of 8 */
     size_t u_size;   /* bytes of the event union kept */
@@ -67,6 +76,38 @@ struct store_shard {
     size_t head; /* slot of the oldest event */
     size_t len;
     size_t heap_pos; /* position in store.heap; SIZE_MAX when the shard is empty */
+    uint32_t index;  /* position in store.shards, what posting lists refer to */
+};
+
+/* The per-event fields that have posting lists. */
+enum post_field {
+    POST_PID,
+    POST_COMMAND,
+    POST_DEST_PORT,
+    POST_FIELDS,
+};
+
+/* One event in a posting list; lists sort by (timestamp, id, shard) ascending. */
+struct post_entry {
+    uint64_t timestamp_ns;
+    uint64_t id;
+    uint32_t shard;
+} __attribute__((packed));
+
+/* The events holding one value of one field; freed when its last event is evicted. */
+struct post_list {
+    struct post_list *next; /* hash chain */
+    uint64_t hash;
+    uint8_t field;
+    uint8_t value[EVENT_COMM_LEN]; /* the value's bytes, zero-padded */
+    struct post_entry *ents;       /* circular deque */
+    size_t cap, head, len;
+};
+
+struct post_index {
+    struct post_list **buckets;
+    size_t nbuckets, nlists;
+    size_t bytes; /* lists, their entries and the buckets */
 };
 
 struct store {
@@ -80,6 +121,8 @@ struct store {
 
     struct store_shard **heap; /* min-heap of non-empty shards by oldest (timestamp, id) */
     size_t heap_len;
+
+    struct post_index post;
 
     size_t count;
     struct store_stats st; /* counters only; events/capacity/oldest/newest filled on demand */
@@ -110,6 +153,8 @@ static size_t union_size(uint8_t type)
         return sizeof(((struct event *)0)->u.exec);
     case EVENT_EXIT:
         return sizeof(((struct event *)0)->u.exit);
+    case EVENT_CLOSE:
+        return sizeof(((struct event *)0)->u.close);
     default:
         return sizeof(((struct event *)0)->u);
     }
@@ -185,6 +230,7 @@ static void rec_unpack(const struct store_shard *sh, const unsigned char *rec, s
     e->cgroup_id = r->cgroup_id;
     e->node = sh->node;
     e->k8s = sh->k8s;
+    e->peer = sh->peer;
     e->sport = r->sport;
     e->dport = r->dport;
     const unsigned char *p = rec + sizeof(*r);
@@ -293,8 +339,9 @@ static void shard_pop_oldest(struct store_shard *sh)
 /* The shard key of an event. */
 struct shard_key {
     const char *node;
-    uint8_t type, alen;
+    uint8_t type, status, alen;
     struct event_k8s k8s;
+    struct event_peer peer;
 };
 
 static uint64_t mix(uint64_t h, uint64_t v)
@@ -307,12 +354,18 @@ static uint64_t store_hash(const struct shard_key *k)
     uint64_t h = 1469598103934665603ull; /* FNV-1a over the node name, then the rest */
     for (const char *p = k->node ? k->node : ""; *p; p++)
         h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    h = mix(h, k->type | (uint64_t)k->alen << 8);
-    h = mix(h, (uintptr_t)k->k8s.node_name);
-    h = mix(h, (uintptr_t)k->k8s.pod_name);
-    h = mix(h, (uintptr_t)k->k8s.namespace);
-    h = mix(h, (uintptr_t)k->k8s.container_id);
-    h = mix(h, (uintptr_t)k->k8s.pod_uid);
+    h = mix(h, k->type | (uint64_t)k->alen << 8 | (uint64_t)k->status << 16 |
+                   (uint64_t)k->k8s.host_network << 24);
+    const char *const ptrs[] = {
+        k->k8s.node_name,      k->k8s.pod_name,   k->k8s.namespace,
+        k->k8s.container_id,   k->k8s.pod_uid,    k->k8s.workload,
+        k->k8s.workload_kind,  k->k8s.app,        k->k8s.ips,
+        k->peer.pod,           k->peer.namespace, k->peer.workload,
+        k->peer.workload_kind, k->peer.node,      k->peer.service,
+        k->peer.dns,
+    };
+    for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++)
+        h = mix(h, (uintptr_t)ptrs[i]);
     return (h ^ (h >> 29)) * 0x9e3779b97f4a7c15ull;
 }
 
@@ -321,11 +374,27 @@ static bool store_node_eq(const char *a, const char *b)
     return a == b || (a && b && strcmp(a, b) == 0);
 }
 
+/* Interned strings: equal by pointer. */
+static bool k8s_eq(const struct event_k8s *a, const struct event_k8s *b)
+{
+    return a->node_name == b->node_name && a->pod_name == b->pod_name &&
+           a->namespace == b->namespace && a->container_id == b->container_id &&
+           a->pod_uid == b->pod_uid && a->workload == b->workload &&
+           a->workload_kind == b->workload_kind && a->app == b->app && a->ips == b->ips &&
+           a->host_network == b->host_network;
+}
+
+static bool peer_eq(const struct event_peer *a, const struct event_peer *b)
+{
+    return a->pod == b->pod && a->namespace == b->namespace && a->workload == b->workload &&
+           a->workload_kind == b->workload_kind && a->node == b->node && a->service == b->service &&
+           a->dns == b->dns;
+}
+
 static bool shard_key_eq(const struct store_shard *sh, const struct shard_key *k)
 {
-    return sh->type == k->type && sh->alen == k->alen && sh->k8s.pod_name == k->k8s.pod_name &&
-           sh->k8s.namespace == k->k8s.namespace && sh->k8s.container_id == k->k8s.container_id &&
-           sh->k8s.pod_uid == k->k8s.pod_uid && sh->k8s.node_name == k->k8s.node_name &&
+    return sh->type == k->type && sh->status == k->status && sh->alen == k->alen &&
+           k8s_eq(&sh->k8s, &k->k8s) && peer_eq(&sh->peer, &k->peer) &&
            store_node_eq(sh->node, k->node);
 }
 
@@ -333,8 +402,10 @@ static void shard_key_of(const struct store_shard *sh, struct shard_key *k)
 {
     k->node = sh->node;
     k->type = sh->type;
+    k->status = sh->status;
     k->alen = sh->alen;
     k->k8s = sh->k8s;
+    k->peer = sh->peer;
 }
 
 static int store_table_grow(struct store *s)
@@ -389,11 +460,14 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
         return NULL;
     sh->node = k->node;
     sh->type = k->type;
+    sh->status = k->status;
     sh->alen = k->alen;
     sh->k8s = k->k8s;
+    sh->peer = k->peer;
     sh->u_size = union_size(k->type);
     sh->rec_size = (sizeof(struct store_rec) + sh->u_size + 2u * sh->alen + 7) & ~(size_t)7;
     sh->heap_pos = SIZE_MAX;
+    sh->index = (uint32_t)s->nshards;
     s->shards[s->nshards++] = sh;
 
     size_t j = h & (s->table_cap - 1);
@@ -401,6 +475,225 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
         j = (j + 1) & (s->table_cap - 1);
     s->table[j] = s->nshards;
     return sh;
+}
+
+/* ---- posting lists ------------------------------------------------------------------------ */
+
+#define POST_MIN_CAP 4
+
+struct post_key {
+    uint8_t field;
+    uint8_t value[EVENT_COMM_LEN];
+    uint64_t hash;
+};
+
+static void post_key_set(struct post_key *k, enum post_field field, const void *value, size_t len)
+{
+    memset(k, 0, sizeof(*k));
+    k->field = (uint8_t)field;
+    memcpy(k->value, value, len);
+    uint64_t h = 1469598103934665603ull ^ field;
+    for (size_t i = 0; i < sizeof(k->value); i++)
+        h = (h ^ k->value[i]) * 1099511628211ull;
+    k->hash = (h ^ (h >> 29)) * 0x9e3779b97f4a7c15ull;
+}
+
+/* The key of a record's field; false when the record has no value there (dest_port 0). */
+static bool post_key_of(struct post_key *k, enum post_field field, const struct store_rec *r)
+{
+    switch (field) {
+    case POST_PID:
+        post_key_set(k, field, &r->pid, sizeof(r->pid));
+        return true;
+    case POST_COMMAND:
+        post_key_set(k, field, r->command, strnlen(r->command, sizeof(r->command)));
+        return true;
+    case POST_DEST_PORT:
+        post_key_set(k, field, &r->dport, sizeof(r->dport));
+        return r->dport != 0;
+    default:
+        return false;
+    }
+}
+
+static struct post_list **post_slot(const struct post_index *ix, const struct post_key *k)
+{
+    struct post_list **pp = &ix->buckets[k->hash & (ix->nbuckets - 1)];
+    while (*pp && ((*pp)->hash != k->hash || (*pp)->field != k->field ||
+                   memcmp((*pp)->value, k->value, sizeof(k->value)) != 0))
+        pp = &(*pp)->next;
+    return pp;
+}
+
+static struct post_list *post_find(const struct post_index *ix, const struct post_key *k)
+{
+    return ix->nbuckets ? *post_slot(ix, k) : NULL;
+}
+
+static int post_rehash(struct post_index *ix)
+{
+    size_t n = ix->nbuckets ? ix->nbuckets * 2 : 256;
+    struct post_list **b = calloc(n, sizeof(*b));
+    if (!b)
+        return -ENOMEM;
+    for (size_t i = 0; i < ix->nbuckets; i++) {
+        for (struct post_list *l = ix->buckets[i], *next; l; l = next) {
+            next = l->next;
+            l->next = b[l->hash & (n - 1)];
+            b[l->hash & (n - 1)] = l;
+        }
+    }
+    ix->bytes += (n - ix->nbuckets) * sizeof(*b);
+    free(ix->buckets);
+    ix->buckets = b;
+    ix->nbuckets = n;
+    return 0;
+}
+
+static inline struct post_entry *post_at(const struct post_list *l, size_t i)
+{
+    return &l->ents[(l->head + i) & (l->cap - 1)];
+}
+
+static int post_entry_cmp(const struct post_entry *a, uint64_t ts, uint64_t id, uint32_t shard)
+{
+    int c = store_key_cmp(a->timestamp_ns, a->id, ts, id);
+    if (c)
+        return c;
+    return a->shard < shard ? -1 : a->shard > shard;
+}
+
+/* First index in [0, hi) whose entry is >= (ts, id, shard). */
+static size_t post_lower_bound(const struct post_list *l, size_t hi, uint64_t ts, uint64_t id,
+                               uint32_t shard)
+{
+    size_t lo = 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (post_entry_cmp(post_at(l, mid), ts, id, shard) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static int post_resize(struct post_index *ix, struct post_list *l, size_t cap)
+{
+    struct post_entry *ents = malloc(cap * sizeof(*ents));
+    if (!ents)
+        return -ENOMEM;
+    for (size_t i = 0; i < l->len; i++)
+        ents[i] = *post_at(l, i);
+    free(l->ents);
+    ix->bytes = ix->bytes - l->cap * sizeof(*ents) + cap * sizeof(*ents);
+    l->ents = ents;
+    l->cap = cap;
+    l->head = 0;
+    return 0;
+}
+
+/* Unlinks and frees l when it holds no event. */
+static void post_release_if_empty(struct post_index *ix, struct post_list *l)
+{
+    if (!l || l->len)
+        return;
+    struct post_key k = {.field = l->field, .hash = l->hash};
+    memcpy(k.value, l->value, sizeof(k.value));
+    *post_slot(ix, &k) = l->next;
+    ix->nlists--;
+    ix->bytes -= sizeof(*l) + l->cap * sizeof(*l->ents);
+    free(l->ents);
+    free(l);
+}
+
+/* The list for k with room for one more entry, created when missing; NULL on ENOMEM. */
+static struct post_list *post_reserve(struct post_index *ix, const struct post_key *k)
+{
+    struct post_list *l = post_find(ix, k);
+    if (!l) {
+        if (ix->nlists >= ix->nbuckets && post_rehash(ix) < 0)
+            return NULL;
+        if (!(l = calloc(1, sizeof(*l))))
+            return NULL;
+        l->field = k->field;
+        l->hash = k->hash;
+        memcpy(l->value, k->value, sizeof(l->value));
+        struct post_list **pp = &ix->buckets[k->hash & (ix->nbuckets - 1)];
+        l->next = *pp;
+        *pp = l;
+        ix->nlists++;
+        ix->bytes += sizeof(*l);
+    }
+    if (l->len == l->cap && post_resize(ix, l, l->cap ? l->cap * 2 : POST_MIN_CAP) < 0) {
+        post_release_if_empty(ix, l);
+        return NULL;
+    }
+    return l;
+}
+
+/* Places an entry in order; the list has room (post_reserve()). */
+static void post_insert(struct post_list *l, uint64_t ts, uint64_t id, uint32_t shard)
+{
+    size_t p = l->len;
+    if (p && post_entry_cmp(post_at(l, p - 1), ts, id, shard) > 0)
+        p = post_lower_bound(l, l->len, ts, id, shard);
+    if (p < l->len / 2) {
+        l->head = (l->head - 1) & (l->cap - 1);
+        for (size_t i = 0; i < p; i++)
+            *post_at(l, i) = *post_at(l, i + 1);
+    } else {
+        for (size_t i = l->len; i > p; i--)
+            *post_at(l, i) = *post_at(l, i - 1);
+    }
+    *post_at(l, p) = (struct post_entry){.timestamp_ns = ts, .id = id, .shard = shard};
+    l->len++;
+}
+
+/* Removes an entry; eviction takes the oldest event, so it is normally the front. */
+static void post_remove(struct post_index *ix, struct post_list *l, uint64_t ts, uint64_t id,
+                        uint32_t shard)
+{
+    size_t p = 0;
+    if (post_entry_cmp(post_at(l, 0), ts, id, shard) != 0)
+        p = post_lower_bound(l, l->len, ts, id, shard);
+    if (p >= l->len || post_entry_cmp(post_at(l, p), ts, id, shard) != 0)
+        return;
+    if (p == 0) {
+        l->head = (l->head + 1) & (l->cap - 1);
+    } else {
+        for (size_t i = p; i + 1 < l->len; i++)
+            *post_at(l, i) = *post_at(l, i + 1);
+    }
+    l->len--;
+    if (l->len == 0)
+        post_release_if_empty(ix, l);
+    else if (l->cap > POST_MIN_CAP && l->len < l->cap / 4)
+        (void)post_resize(ix, l, l->cap / 2);
+}
+
+/* Takes a record out of every list it is in. */
+static void post_remove_rec(struct post_index *ix, const struct store_rec *r, uint32_t shard)
+{
+    struct post_key k;
+    for (int f = 0; f < POST_FIELDS; f++) {
+        struct post_list *l;
+        if (post_key_of(&k, f, r) && (l = post_find(ix, &k)))
+            post_remove(ix, l, r->timestamp_ns, r->id, shard);
+    }
+}
+
+static void post_free(struct post_index *ix)
+{
+    for (size_t i = 0; i < ix->nbuckets; i++) {
+        for (struct post_list *l = ix->buckets[i], *next; l; l = next) {
+            next = l->next;
+            free(l->ents);
+            free(l);
+        }
+    }
+    free(ix->buckets);
+    memset(ix, 0, sizeof(*ix));
 }
 
 /* ---- eviction heap ------------------------------------------------------------------------ */
@@ -473,6 +766,7 @@ static const struct store_rec *store_oldest(const struct store *s)
 static void store_evict_oldest(struct store *s)
 {
     struct store_shard *sh = s->heap[0];
+    post_remove_rec(&s->post, shard_rec(sh, 0), sh->index);
     shard_pop_oldest(sh);
     s->count--;
     if (sh->len == 0)
@@ -538,6 +832,7 @@ void store_free(struct store *s)
     free(s->shards);
     free(s->heap);
     free(s->table);
+    post_free(&s->post);
     pthread_rwlock_destroy(&s->lock);
     free(s);
 }
@@ -573,20 +868,40 @@ static int store_add_locked(struct store *s, struct event *e)
         return 0;
     }
 
-    struct shard_key key = {.node = e->node, .type = e->type, .alen = event_alen(e), .k8s = e->k8s};
+    struct shard_key key = {.node = e->node,
+                            .type = e->type,
+                            .status = e->status,
+                            .alen = event_alen(e),
+                            .k8s = e->k8s,
+                            .peer = e->peer};
     struct store_shard *sh = store_shard_get(s, &key);
+
+    /* Room in every posting list first, so nothing can fail once the event is in. */
+    struct store_rec vals = {.pid = e->pid, .dport = e->dport};
+    memcpy(vals.command, e->command, sizeof(vals.command));
+    struct post_list *lists[POST_FIELDS] = {NULL};
+    struct post_key pk;
+    bool room = sh != NULL;
+    for (int f = 0; room && f < POST_FIELDS; f++)
+        if (post_key_of(&pk, f, &vals))
+            room = (lists[f] = post_reserve(&s->post, &pk)) != NULL;
+
+    uint64_t ts = e->timestamp_ns, id = e->id;
     size_t pos;
-    int rc = sh ? shard_insert(sh, e, &pos) : -ENOMEM;
-    if (rc < 0) {
-        s->st.failed++;
+    int rc = room ? shard_insert(sh, e, &pos) : -ENOMEM;
+    if (rc != 0) {
+        for (int f = 0; f < POST_FIELDS; f++)
+            post_release_if_empty(&s->post, lists[f]);
+        if (rc < 0)
+            s->st.failed++;
+        else
+            s->st.duplicates++;
         event_clear(e);
-        return rc;
+        return rc < 0 ? rc : 0;
     }
-    if (rc == 1) {
-        s->st.duplicates++;
-        event_clear(e);
-        return 0;
-    }
+    for (int f = 0; f < POST_FIELDS; f++)
+        if (lists[f])
+            post_insert(lists[f], ts, id, sh->index);
     s->st.added++;
     s->count++;
     if (sh->heap_pos == SIZE_MAX)
@@ -635,6 +950,7 @@ size_t store_expire(struct store *s, uint64_t now_ns)
 struct store_range {
     const struct store_shard *sh;
     size_t lo, hi;
+    size_t hi_all; /* the time bound alone, for total_count */
 };
 
 static bool range_newer(const struct store_range *a, const struct store_range *b)
@@ -661,33 +977,136 @@ static void range_heap_down(struct store_range *h, size_t n, size_t pos)
     h[pos] = r;
 }
 
-static bool store_filter_match(const char *filter, const char *s)
-{
-    return filter[0] == '\0' || (s && strcmp(filter, s) == 0);
-}
-
+/* The filters the shard key answers. */
 static bool store_shard_selected(const struct store_shard *sh, const struct query *q)
 {
     if (sh->len == 0)
         return false;
     if (q->types && !(q->types & EVENT_TYPE_BIT(sh->type)))
         return false;
-    return store_filter_match(q->node, sh->node) && store_filter_match(q->pod, sh->k8s.pod_name) &&
-           store_filter_match(q->namespace, sh->k8s.namespace);
+    if (q->status && sh->status != q->status)
+        return false;
+    return query_match_names(q, sh->node, &sh->k8s, &sh->peer);
 }
 
-/* The residual filters (pid, command) on a record, with query_match()'s semantics. */
+/* The residual filters (pid, command, dest_port) on a record, with query_match()'s semantics. */
 static bool rec_match(const struct query *rq, const struct store_rec *r)
 {
     struct event e;
-    e.type = EVENT_TYPE_NONE;
+    memset(&e, 0, sizeof(e));
     e.timestamp_ns = r->timestamp_ns;
     e.pid = r->pid;
+    e.dport = r->dport;
     memcpy(e.command, r->command, sizeof(e.command));
-    e.node = NULL;
-    e.k8s.pod_name = NULL;
-    e.k8s.namespace = NULL;
     return query_match(rq, &e);
+}
+
+/*
+ * The posting lists of q's per-event filters into lists[] (shortest first);
+ * returns how many, or -1 when a filter's value is held by no event.
+ */
+static int store_post_lists(const struct store *s, const struct query *q,
+                            const struct post_list *lists[POST_FIELDS])
+{
+    struct post_key k;
+    int n = 0;
+    if (q->has_pid) {
+        post_key_set(&k, POST_PID, &q->pid, sizeof(q->pid));
+        if (!(lists[n++] = post_find(&s->post, &k)))
+            return -1;
+    }
+    if (q->command[0]) {
+        size_t len = strlen(q->command);
+        if (len > EVENT_COMM_LEN)
+            return -1;
+        post_key_set(&k, POST_COMMAND, q->command, len);
+        if (!(lists[n++] = post_find(&s->post, &k)))
+            return -1;
+    }
+    if (q->has_dest_port) {
+        post_key_set(&k, POST_DEST_PORT, &q->dest_port, sizeof(q->dest_port));
+        if (!(lists[n++] = post_find(&s->post, &k)))
+            return -1;
+    }
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && lists[j]->len < lists[j - 1]->len; j--) {
+            const struct post_list *t = lists[j];
+            lists[j] = lists[j - 1];
+            lists[j - 1] = t;
+        }
+    return n;
+}
+
+/* [lo, hi_all) of a posting list within the time bounds; hi stops at the cursor. */
+static void post_bounds(const struct post_list *l, const struct query *q, size_t *lo,
+                        size_t *hi_all, size_t *hi)
+{
+    *lo = q->since_ns ? post_lower_bound(l, l->len, q->since_ns, 0, 0) : 0;
+    *hi_all =
+        q->until_ns == UINT64_MAX ? l->len : post_lower_bound(l, l->len, q->until_ns + 1, 0, 0);
+    *hi = *hi_all;
+    if (q->has_cursor)
+        *hi = post_lower_bound(l, *hi_all, q->cursor.timestamp_ns, q->cursor.id, 0);
+    if (*hi < *lo)
+        *hi = *lo;
+}
+
+/* Appends the record at (ts, id) of sh to out, which has room. */
+static int store_result_push(struct store_result *out, const struct store_shard *sh, uint64_t ts,
+                             uint64_t id)
+{
+    struct event e;
+    rec_unpack(sh, shard_at(sh, shard_lower_bound(sh, ts, id)), &e);
+    if (event_copy(&out->events[out->count], &e) < 0)
+        return -ENOMEM;
+    out->count++;
+    return 0;
+}
+
+/*
+ * Answers q from its shortest posting list, newest first: each entry is
+ * checked against the selected shards and, binary-searched, the other lists.
+ */
+static int store_query_posting(struct store *s, const struct query *q,
+                               const struct post_list *const *lists, int nlists,
+                               const bool *selected, size_t limit, struct store_result *out)
+{
+    const struct post_list *l = lists[0];
+    size_t lo, hi_all, hi;
+    post_bounds(l, q, &lo, &hi_all, &hi);
+    size_t cap = hi - lo < limit ? hi - lo : limit;
+    if (cap && !(out->events = calloc(cap, sizeof(*out->events))))
+        return -ENOMEM;
+
+    /* Entries of the other lists at or past bound[k] are newer than any still to come. */
+    size_t bound[POST_FIELDS];
+    for (int k = 1; k < nlists; k++)
+        bound[k] = lists[k]->len;
+    uint64_t total = 0, after = 0;
+    for (size_t j = hi_all; j-- > lo;) {
+        const struct post_entry *pe = post_at(l, j);
+        if (!selected[pe->shard])
+            continue;
+        bool match = true;
+        for (int k = 1; k < nlists && match; k++) {
+            bound[k] = post_lower_bound(lists[k], bound[k], pe->timestamp_ns, pe->id, pe->shard);
+            match = bound[k] < lists[k]->len &&
+                    post_entry_cmp(post_at(lists[k], bound[k]), pe->timestamp_ns, pe->id,
+                                   pe->shard) == 0;
+        }
+        if (!match)
+            continue;
+        total++;
+        if (j >= hi)
+            continue;
+        after++;
+        if (out->count < cap &&
+            store_result_push(out, s->shards[pe->shard], pe->timestamp_ns, pe->id) < 0)
+            return -ENOMEM;
+    }
+    out->total_count = total;
+    out->has_next = after > out->count;
+    return 0;
 }
 
 int store_query(struct store *s, const struct query *q, struct store_result *out)
@@ -695,29 +1114,38 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
     memset(out, 0, sizeof(*out));
     size_t limit = q->limit ? q->limit : QUERY_LIMIT_DEFAULT;
 
-    /* The filters the index does not cover, checked per event. */
+    /* The filters the shard key does not cover, checked per event. */
     struct query rq;
     query_init(&rq);
     memcpy(rq.command, q->command, sizeof(rq.command));
     rq.has_pid = q->has_pid;
     rq.pid = q->pid;
-    bool residual = rq.has_pid || rq.command[0];
+    rq.has_dest_port = q->has_dest_port;
+    rq.dest_port = q->dest_port;
+    bool residual = rq.has_pid || rq.command[0] || rq.has_dest_port;
 
     pthread_rwlock_rdlock(&s->lock);
     int rc = 0;
     struct store_range *ranges = NULL;
+    bool *selected = NULL;
     size_t nranges = 0;
-    if (s->nshards && !(ranges = malloc(s->nshards * sizeof(*ranges)))) {
+    const struct post_list *lists[POST_FIELDS];
+    int nlists = residual ? store_post_lists(s, q, lists) : 0;
+    if (nlists < 0)
+        goto out; /* a value no held event has */
+    if (s->nshards && (!(ranges = malloc(s->nshards * sizeof(*ranges))) ||
+                       !(selected = calloc(s->nshards, sizeof(*selected))))) {
         rc = -ENOMEM;
         goto out;
     }
 
     /* total_count ignores the cursor; `after` counts matches past it (what paging can reach). */
-    uint64_t total = 0, after = 0;
+    uint64_t total = 0, after = 0, candidates = 0;
     for (size_t i = 0; i < s->nshards; i++) {
         const struct store_shard *sh = s->shards[i];
         if (!store_shard_selected(sh, q))
             continue;
+        selected[i] = true;
         size_t lo = q->since_ns ? shard_lower_bound(sh, q->since_ns, 0) : 0;
         size_t hi_all =
             q->until_ns == UINT64_MAX ? sh->len : shard_lower_bound(sh, q->until_ns + 1, 0);
@@ -731,20 +1159,38 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
             hi = lo;
         if (hi_all <= lo)
             continue;
+        candidates += hi_all - lo;
+        ranges[nranges++] = (struct store_range){.sh = sh, .lo = lo, .hi = hi, .hi_all = hi_all};
+    }
+
+    if (nlists > 0) {
+        size_t plo, phi_all, phi;
+        post_bounds(lists[0], q, &plo, &phi_all, &phi);
+        if (phi_all - plo < candidates) {
+            rc = store_query_posting(s, q, lists, nlists, selected, limit, out);
+            goto cursor;
+        }
+    }
+
+    for (size_t i = 0; i < nranges; i++) {
+        const struct store_range *r = &ranges[i];
         if (!residual) {
-            total += hi_all - lo;
-            after += hi - lo;
-        } else {
-            for (size_t j = lo; j < hi_all; j++) {
-                if (rec_match(&rq, shard_rec(sh, j))) {
-                    total++;
-                    after += j < hi;
-                }
+            total += r->hi_all - r->lo;
+            after += r->hi - r->lo;
+            continue;
+        }
+        for (size_t j = r->lo; j < r->hi_all; j++) {
+            if (rec_match(&rq, shard_rec(r->sh, j))) {
+                total++;
+                after += j < r->hi;
             }
         }
-        if (hi > lo)
-            ranges[nranges++] = (struct store_range){.sh = sh, .lo = lo, .hi = hi};
     }
+    size_t n = 0;
+    for (size_t i = 0; i < nranges; i++)
+        if (ranges[i].hi > ranges[i].lo)
+            ranges[n++] = ranges[i];
+    nranges = n;
 
     size_t want = after < limit ? (size_t)after : limit;
     if (want && !(out->events = calloc(want, sizeof(*out->events)))) {
@@ -772,10 +1218,11 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
         }
         out->count++;
     }
-
     out->total_count = total;
     out->has_next = after > out->count;
-    if (out->has_next && out->count) {
+
+cursor:
+    if (rc == 0 && out->has_next && out->count) {
         const struct event *last = &out->events[out->count - 1];
         out->next_cursor.timestamp_ns = last->timestamp_ns;
         out->next_cursor.id = last->id;
@@ -783,6 +1230,7 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
 out:
     pthread_rwlock_unlock(&s->lock);
     free(ranges);
+    free(selected);
     if (rc < 0)
         store_result_free(out);
     return rc;
@@ -802,6 +1250,7 @@ void store_get_stats(struct store *s, struct store_stats *out)
     *out = s->st;
     out->events = s->count;
     out->capacity = s->limits.max_events;
+    out->index_bytes = s->post.bytes;
     const struct store_rec *oldest = store_oldest(s);
     out->oldest_ns = oldest ? oldest->timestamp_ns : 0;
     out->newest_ns = 0;

@@ -3,10 +3,12 @@
  * the aggregator (cluster-wide history).
  *
  * Bounded by count and by age; every eviction is counted. Indexed so that
- * queries touch only what can match: events live in shards keyed by
- * (node, type), each shard sorted by (timestamp, id); a query picks the shards
- * its type/node filters allow, binary-searches the time bounds and cursor,
- * and merges shards newest first. Thread-safe (one internal rwlock).
+ * queries touch only what can match: events live in shards keyed by what
+ * they share (node, type, status, Kubernetes attribution, peer), each sorted
+ * by (timestamp, id), and per-event fields (pid, command, dest_port) have
+ * time-ordered posting lists. A query picks the shards its filters allow or
+ * walks the shortest posting list, binary-searches the time bounds and the
+ * cursor, and merges newest first. Thread-safe (one internal rwlock).
  */
 #ifndef EBPF_MONITOR_STORE_H
 #define EBPF_MONITOR_STORE_H
@@ -66,6 +68,7 @@ struct store_stats {
     uint64_t failed;        /* could not be stored (allocation failure, invalid type) */
     uint64_t duplicates;    /* ignored: same (timestamp, id) already held */
     uint64_t oldest_ns, newest_ns;
+    uint64_t index_bytes; /* memory of the posting lists (pid, command, dest_port) */
 };
 void store_get_stats(struct store *s, struct store_stats *out);
 

@@ -274,6 +274,59 @@ static void check_tcp_refused(struct capture *c, struct collected *out)
     close(fd);
 }
 
+struct close_match {
+    struct flow f;
+    uint8_t role, reset;
+};
+
+static bool match_close(const struct event *e, const void *arg)
+{
+    const struct close_match *m = arg;
+
+    return match_flow(e, &m->f) && e->u.close.role == m->role && e->u.close.reset == m->reset;
+}
+
+/* An abortive close (SO_LINGER 0): the client's close says it sent the RST, the server's that
+ * it received it; both sides' close events carry the connection's own 4-tuple. */
+static void check_tcp_reset(struct capture *c, struct collected *out)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = loopback(AF_INET, 0, &ss);
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), cfd = socket(AF_INET, SOCK_STREAM, 0), afd;
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    struct close_match m = {
+        .f = {.type = EVENT_CLOSE, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_TCP}};
+    const struct event *e;
+    char buf[8];
+
+    cr_assert(lfd >= 0 && cfd >= 0);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&ss, len), 0);
+    cr_assert_eq(listen(lfd, 4), 0);
+    local_end(lfd, m.f.daddr, &m.f.dport);
+    len = loopback(AF_INET, m.f.dport, &ss);
+    cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
+    afd = accept(lfd, NULL, NULL);
+    cr_assert_geq(afd, 0);
+    local_end(cfd, m.f.saddr, &m.f.sport);
+    cr_assert_eq(setsockopt(cfd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+    close(cfd);
+    cr_assert_eq(read(afd, buf, sizeof(buf)), -1, "the server sees the reset");
+    cr_assert_eq(errno, ECONNRESET);
+    close(afd);
+    close(lfd);
+
+    m.role = EVENT_ROLE_CLIENT;
+    m.reset = EVENT_RESET_SENT;
+    e = wait_event(c, out, match_close, &m);
+    cr_assert_not_null(e, "no client close with reset sent for port %u", m.f.dport);
+    assert_our_process(e);
+    m.role = EVENT_ROLE_SERVER;
+    m.reset = EVENT_RESET_RECEIVED;
+    e = wait_event(c, out, match_close, &m);
+    cr_assert_not_null(e, "no server close with reset received for port %u", m.f.dport);
+    assert_our_process(e);
+}
+
 static void check_udp_connect(struct capture *c, struct collected *out)
 {
     struct sockaddr_storage ss;
@@ -567,7 +620,7 @@ Test(capture, every_event_type_from_real_activity)
     c = open_capture(EVENT_TYPES_ALL, 1000, &out);
 
     n = capture_programs(c, progs, 16);
-    cr_assert_eq(n, 6);
+    cr_assert_eq(n, 9);
     cr_assert_eq(capture_attached(c), n);
     for (size_t i = 0; i < n; i++)
         cr_assert_eq(progs[i].status, CAPTURE_PROGRAM_ATTACHED, "%s: %s", progs[i].name,
@@ -582,6 +635,8 @@ Test(capture, every_event_type_from_real_activity)
     check_tcp_v4_mapped(c, &out);
     check_exec_exit(c, &out);
     check_exit_of_threaded_and_signalled(c, &out);
+
+    check_tcp_reset(c, &out);
 
     n = capture_programs(c, progs, 16);
     for (size_t i = 0; i < n; i++) {
@@ -600,7 +655,7 @@ Test(capture, every_event_type_from_real_activity)
         distinct += !seen;
         cr_assert_neq(progs[i].prog_id, 0, "%s has no kernel id", progs[i].name);
     }
-    cr_assert_eq(distinct, 5, "%zu kernel programs for %zu entries", distinct, n);
+    cr_assert_eq(distinct, 8, "%zu kernel programs for %zu entries", distinct, n);
     nids = our_bpf_objects(ids, 32, &others);
     cr_assert_geq(nids, distinct, "only %zu program fds open", nids);
     capture_close(c);

@@ -239,11 +239,124 @@ Test(records, tcp_connect_ipv6_failed)
 
     set_v6(r.saddr, 1);
     set_v6(r.daddr, 2);
+    r.error = ECONNREFUSED;
     want = want_flow(EVENT_CONNECTION, EVENT_FAMILY_IPV6, &r);
     want.status = EVENT_STATUS_FAILED;
     want.u.conn.latency_ns = 1830211;
+    want.u.conn.error = "refused";
     decode_ok(&r, sizeof(r), &e);
     assert_event(&e, &want);
+    cr_assert_str_eq(e.u.conn.error, "refused");
+}
+
+/* The kernel's errno on the socket names the failure; none left means the application gave up. */
+Test(records, failed_connect_errors)
+{
+    static const struct {
+        uint32_t err;
+        const char *want;
+    } cases[] = {
+        {ETIMEDOUT, "timeout"},
+        {EHOSTUNREACH, "unreachable"},
+        {ENETUNREACH, "unreachable"},
+        {ECONNRESET, "reset"},
+        {EACCES, "EACCES"},
+        {0, "ECONNABORTED"},
+        {100000, NULL}, /* no name: no error rather than a made-up one */
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct conn_record r = conn(RECORD_CONNECT, AF_INET, IPPROTO_TCP, CONN_FAILED);
+        struct event e;
+
+        set_v4(r.saddr, 10, 0, 0, 5);
+        set_v4(r.daddr, 10, 0, 0, 6);
+        r.error = cases[i].err;
+        decode_ok(&r, sizeof(r), &e);
+        if (cases[i].want)
+            cr_assert_str_eq(e.u.conn.error, cases[i].want, "errno %u", cases[i].err);
+        else
+            cr_assert_null(e.u.conn.error, "errno %u", cases[i].err);
+    }
+    /* Established and UDP connections have no error, whatever the field holds. */
+    struct conn_record r = conn(RECORD_CONNECT, AF_INET, IPPROTO_TCP, CONN_ESTABLISHED);
+    struct event e;
+    r.error = ECONNREFUSED;
+    decode_ok(&r, sizeof(r), &e);
+    cr_assert_null(e.u.conn.error);
+}
+
+static struct close_record close_rec(uint8_t role, uint8_t reset)
+{
+    struct close_record r = {.hdr = hdr(RECORD_CLOSE),
+                             .family = AF_INET,
+                             .role = role,
+                             .reset = reset,
+                             .sport = 40000,
+                             .dport = 8080,
+                             .retransmits = 2,
+                             .srtt_us = 87,
+                             .duration_ns = 123456789,
+                             .bytes_sent = 1000,
+                             .bytes_received = 2000};
+    set_v4(r.saddr, 10, 0, 0, 1);
+    set_v4(r.daddr, 10, 0, 0, 2);
+    return r;
+}
+
+Test(records, close_client_and_server)
+{
+    static const struct {
+        uint8_t role, reset;
+        enum event_role want_role;
+        enum event_reset want_reset;
+    } cases[] = {
+        {CLOSE_ROLE_CLIENT, CLOSE_RESET_NONE, EVENT_ROLE_CLIENT, EVENT_RESET_NONE},
+        {CLOSE_ROLE_SERVER, CLOSE_RESET_RECEIVED, EVENT_ROLE_SERVER, EVENT_RESET_RECEIVED},
+        {CLOSE_ROLE_CLIENT, CLOSE_RESET_SENT, EVENT_ROLE_CLIENT, EVENT_RESET_SENT},
+        {0, 9, EVENT_ROLE_NONE, EVENT_RESET_NONE}, /* unknown values: nothing claimed */
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct close_record r = close_rec(cases[i].role, cases[i].reset);
+        struct event e, want = want_event(EVENT_CLOSE);
+
+        want.family = EVENT_FAMILY_IPV4;
+        want.protocol = IPPROTO_TCP;
+        want.sport = 40000;
+        want.dport = 8080;
+        memcpy(want.saddr, r.saddr, 16);
+        memcpy(want.daddr, r.daddr, 16);
+        want.u.close.role = cases[i].want_role;
+        want.u.close.reset = cases[i].want_reset;
+        want.u.close.retransmits = 2;
+        want.u.close.srtt_us = 87;
+        want.u.close.duration_ns = 123456789;
+        want.u.close.bytes_sent = 1000;
+        want.u.close.bytes_received = 2000;
+        decode_ok(&r, sizeof(r), &e);
+        assert_event(&e, &want);
+    }
+}
+
+Test(records, close_ipv6_and_v4_mapped)
+{
+    struct close_record r = close_rec(CLOSE_ROLE_SERVER, CLOSE_RESET_NONE);
+    struct event e;
+
+    r.family = AF_INET6;
+    set_v6(r.saddr, 1);
+    set_v6(r.daddr, 2);
+    decode_ok(&r, sizeof(r), &e);
+    cr_assert_eq(e.family, EVENT_FAMILY_IPV6);
+    cr_assert_arr_eq(e.saddr, r.saddr, 16);
+    set_v4_mapped(r.saddr, 192, 0, 2, 1);
+    set_v4_mapped(r.daddr, 192, 0, 2, 2);
+    decode_ok(&r, sizeof(r), &e);
+    cr_assert_eq(e.family, EVENT_FAMILY_IPV4);
+    cr_assert_eq(e.daddr[3], 2);
+    r.family = 1; /* AF_UNIX: not an address we could show */
+    decode_malformed(&r, sizeof(r), "close record with address family 1");
 }
 
 Test(records, udp_connect_attempted)
@@ -656,13 +769,14 @@ Test(records, short_records_of_every_kind)
     struct drop_record d = drop(3, 0xffffffff81000410ull);
     struct exec_record *x = exec_rec("/bin/true", "true", 5, 0);
     struct exit_record t = {.hdr = hdr(RECORD_EXIT), .exit_code = 1 << 8};
+    struct close_record z = close_rec(CLOSE_ROLE_CLIENT, CLOSE_RESET_NONE);
     const struct {
         const void *rec;
         size_t size;
         const char *kind;
     } kinds[] = {
         {&c, sizeof(c), "connect"}, {&a, sizeof(a), "accept"}, {&d, sizeof(d), "drop"},
-        {x, sizeof(*x), "exec"},    {&t, sizeof(t), "exit"},
+        {x, sizeof(*x), "exec"},    {&t, sizeof(t), "exit"},   {&z, sizeof(z), "close"},
     };
     uint64_t before = dec.malformed, refused = 0;
 
@@ -698,7 +812,7 @@ Test(records, unknown_kinds_are_malformed)
     snprintf(want, sizeof(want), "record of unknown kind 0 (%zu bytes)", sizeof(*r));
     r->hdr.kind = 0;
     decode_malformed(r, sizeof(*r), want);
-    r->hdr.kind = RECORD_EXIT + 1;
+    r->hdr.kind = RECORD_CLOSE + 1;
     decode_malformed(r, sizeof(*r), NULL);
     r->hdr.kind = UINT32_MAX;
     decode_malformed(r, sizeof(*r), NULL);

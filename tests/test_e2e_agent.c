@@ -21,110 +21,38 @@
 
 #include "testutil.h"
 
-static pid_t agent_pid;
-static int agent_port;
-static char agent_log[64];
+static struct tu_agent agent;
 
 static void start_agent(void)
 {
-    if (geteuid() != 0)
-        cr_skip_test("needs root to load eBPF programs");
-    agent_port = tu_free_port();
-    snprintf(agent_log, sizeof(agent_log), "/tmp/ebpf-e2e-agent-%d.log", getpid());
-    unlink(agent_log);
-    char listen[64];
-    snprintf(listen, sizeof(listen), "127.0.0.1:%d", agent_port);
-    char *argv[] = {(char *)tu_repo_path("bin/ebpf-agent"),
-                    "--listen-addr",
-                    listen,
-                    "--node-name",
-                    "e2e-node",
-                    NULL};
-    agent_pid = tu_spawn(argv, NULL, agent_log);
-    if (!tu_wait_http(agent_port, "/ready", 200, 30000)) {
-        char *log = tu_read_file(agent_log);
-        cr_assert_fail("agent not ready; log:\n%s", log ? log : "(none)");
-    }
+    tu_agent_start(&agent, "e2e-node", NULL);
 }
 
 static void stop_agent(void)
 {
-    if (agent_pid > 0)
-        tu_stop(agent_pid, 10000);
-    agent_pid = 0;
+    tu_agent_stop(&agent);
 }
 
 TestSuite(e2e_agent, .init = start_agent, .fini = stop_agent, .timeout = 120);
 
-/* Polls a query until an event satisfying pred appears; returns it (a new reference) or NULL. */
-typedef bool (*event_pred)(json_t *ev, void *arg);
-/* One GET of path: the document, or NULL when there is none yet. */
-typedef json_t *(*event_fetch)(const char *path);
-
-static json_t *fetch_json(const char *path)
+static json_t *wait_event(const char *query, tu_event_pred pred, void *arg, int timeout_ms)
 {
-    int status = 0;
-    json_t *r = tu_get_json(agent_port, path, &status);
-    if (status != 200) {
-        json_decref(r);
-        return NULL;
-    }
-    return r;
-}
-
-static json_t *poll_event(event_fetch fetch, const char *query, event_pred pred, void *arg,
-                          int timeout_ms)
-{
-    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
-    do {
-        json_t *r = fetch(query);
-        size_t i;
-        json_t *ev;
-        json_array_foreach(json_object_get(r, "events"), i, ev)
-        {
-            if (pred(ev, arg)) {
-                json_incref(ev);
-                json_decref(r);
-                return ev;
-            }
-        }
-        json_decref(r);
-        usleep(50000);
-    } while (tu_mono_ms() < deadline);
-    return NULL;
-}
-
-static json_t *wait_event(const char *query, event_pred pred, void *arg, int timeout_ms)
-{
-    return poll_event(fetch_json, query, pred, arg, timeout_ms);
-}
-
-static const char *jstr(json_t *o, const char *k)
-{
-    json_t *v = json_object_get(o, k);
-    return json_is_string(v) ? json_string_value(v) : NULL;
-}
-
-static json_int_t jint(json_t *o, const char *k)
-{
-    json_t *v = json_object_get(o, k);
-    cr_assert(json_is_integer(v), "field %s missing or not an integer", k);
-    return json_integer_value(v);
+    return tu_wait_event(agent.port, query, pred, arg, timeout_ms);
 }
 
 static void expect_common_fields(json_t *ev)
 {
-    const char *id = jstr(ev, "id");
+    const char *id = tu_jstr(ev, "id");
     cr_assert(id && strlen(id) == 16 && strspn(id, "0123456789abcdef") == 16, "id: %s", id);
-    cr_expect_str_eq(jstr(ev, "node"), "e2e-node");
-    uint64_t ts = (uint64_t)jint(ev, "timestamp");
+    cr_expect_str_eq(tu_jstr(ev, "node"), "e2e-node");
+    uint64_t ts = (uint64_t)tu_jint(ev, "timestamp");
     uint64_t now = tu_now_ns();
     cr_expect(ts <= now + 1000000000ull && ts + 120000000000ull > now,
               "timestamp %" PRIu64 " is not near now %" PRIu64, ts, now);
-    const char *time = jstr(ev, "time");
+    const char *time = tu_jstr(ev, "time");
     cr_expect(time && strlen(time) == 30 && time[29] == 'Z', "time: %s", time);
     /* A drop freed in softirq has no task: then no process fields at all. */
-    const char *type = jstr(ev, "type");
+    const char *type = tu_jstr(ev, "type");
     if (type && strcmp(type, "packet_drop") == 0 && !json_object_get(ev, "pid")) {
         cr_expect(!json_object_get(ev, "uid") && !json_object_get(ev, "command"));
         return;
@@ -144,11 +72,11 @@ struct net_match {
 static bool match_net(json_t *ev, void *arg)
 {
     struct net_match *m = arg;
-    const char *status = jstr(ev, "status");
-    const char *dip = jstr(ev, "dest_ip");
+    const char *status = tu_jstr(ev, "status");
+    const char *dip = tu_jstr(ev, "dest_ip");
     json_t *dport = json_object_get(ev, "dest_port");
     json_t *sport = json_object_get(ev, "source_port");
-    return jstr(ev, "type") && strcmp(jstr(ev, "type"), m->type) == 0 && dip &&
+    return tu_jstr(ev, "type") && strcmp(tu_jstr(ev, "type"), m->type) == 0 && dip &&
            strcmp(dip, m->dest_ip) == 0 && json_integer_value(dport) == m->dest_port &&
            (!m->status || (status && strcmp(status, m->status) == 0)) &&
            (!m->source_port || json_integer_value(sport) == m->source_port);
@@ -201,14 +129,14 @@ static void check_tcp(int family, const char *addr, const char *fam_name)
     json_t *ev = wait_event(q, match_net, &conn, 10000);
     cr_assert(ev, "no established connection event to %s:%d", addr, lport);
     expect_common_fields(ev);
-    cr_expect_eq(jint(ev, "pid"), getpid());
-    cr_expect_eq(jint(ev, "ppid"), getppid());
-    cr_expect_eq(jint(ev, "uid"), getuid());
-    cr_expect_str_eq(jstr(ev, "protocol"), "tcp");
-    cr_expect_str_eq(jstr(ev, "family"), fam_name);
-    cr_expect_str_eq(jstr(ev, "source_ip"), addr);
-    cr_expect_gt(jint(ev, "latency_ns"), 0);
-    cr_expect_lt(jint(ev, "latency_ns"), 5000000000ll);
+    cr_expect_eq(tu_jint(ev, "pid"), getpid());
+    cr_expect_eq(tu_jint(ev, "ppid"), getppid());
+    cr_expect_eq(tu_jint(ev, "uid"), getuid());
+    cr_expect_str_eq(tu_jstr(ev, "protocol"), "tcp");
+    cr_expect_str_eq(tu_jstr(ev, "family"), fam_name);
+    cr_expect_str_eq(tu_jstr(ev, "source_ip"), addr);
+    cr_expect_gt(tu_jint(ev, "latency_ns"), 0);
+    cr_expect_lt(tu_jint(ev, "latency_ns"), 5000000000ll);
     json_decref(ev);
 
     /* The accepting process is this test; source = the peer (the client socket). */
@@ -216,10 +144,10 @@ static void check_tcp(int family, const char *addr, const char *fam_name)
     ev = wait_event(q, match_net, &acc, 10000);
     cr_assert(ev, "no accept event on %s:%d", addr, lport);
     expect_common_fields(ev);
-    cr_expect_eq(jint(ev, "pid"), getpid());
-    cr_expect_str_eq(jstr(ev, "source_ip"), addr);
-    cr_expect_str_eq(jstr(ev, "protocol"), "tcp");
-    cr_expect_str_eq(jstr(ev, "family"), fam_name);
+    cr_expect_eq(tu_jint(ev, "pid"), getpid());
+    cr_expect_str_eq(tu_jstr(ev, "source_ip"), addr);
+    cr_expect_str_eq(tu_jstr(ev, "protocol"), "tcp");
+    cr_expect_str_eq(tu_jstr(ev, "family"), fam_name);
     json_decref(ev);
 }
 
@@ -247,15 +175,15 @@ Test(e2e_agent, tcp_connect_refused_is_failed)
     struct net_match m = {"connection", "failed", "127.0.0.1", port, 0};
     json_t *ev = wait_event(q, match_net, &m, 10000);
     cr_assert(ev, "no failed connection event to port %d", port);
-    cr_expect_str_eq(jstr(ev, "protocol"), "tcp");
-    cr_expect_eq(jint(ev, "pid"), getpid());
+    cr_expect_str_eq(tu_jstr(ev, "protocol"), "tcp");
+    cr_expect_eq(tu_jint(ev, "pid"), getpid());
     json_decref(ev);
 }
 
 static bool match_drop(json_t *ev, void *arg)
 {
     int port = *(int *)arg;
-    const char *reason = jstr(ev, "drop_reason");
+    const char *reason = tu_jstr(ev, "drop_reason");
     return reason && strcmp(reason, "NO_SOCKET") == 0 &&
            json_integer_value(json_object_get(ev, "dest_port")) == port;
 }
@@ -272,11 +200,11 @@ Test(e2e_agent, udp_to_closed_port_is_a_no_socket_drop)
     json_t *ev = wait_event("/api/events?type=packet_drop&limit=1000", match_drop, &port, 10000);
     cr_assert(ev, "no NO_SOCKET packet_drop for udp port %d", port);
     expect_common_fields(ev);
-    cr_expect_str_eq(jstr(ev, "protocol"), "udp");
-    cr_expect_str_eq(jstr(ev, "dest_ip"), "127.0.0.1");
-    cr_expect_str_eq(jstr(ev, "source_ip"), "127.0.0.1");
-    cr_expect_gt(jint(ev, "drop_reason_code"), 1); /* 1 is SKB_CONSUMED, never a drop */
-    const char *loc = jstr(ev, "location");
+    cr_expect_str_eq(tu_jstr(ev, "protocol"), "udp");
+    cr_expect_str_eq(tu_jstr(ev, "dest_ip"), "127.0.0.1");
+    cr_expect_str_eq(tu_jstr(ev, "source_ip"), "127.0.0.1");
+    cr_expect_gt(tu_jint(ev, "drop_reason_code"), 1); /* 1 is SKB_CONSUMED, never a drop */
+    const char *loc = tu_jstr(ev, "location");
     cr_expect(loc && strstr(loc, "+0x"), "location should be symbol+offset: %s", loc);
     json_decref(ev);
 }
@@ -284,7 +212,7 @@ Test(e2e_agent, udp_to_closed_port_is_a_no_socket_drop)
 static bool match_pid_type(json_t *ev, void *arg)
 {
     const int *want = arg; /* [0] pid, [1] 1=exec 2=exit */
-    const char *type = jstr(ev, "type");
+    const char *type = tu_jstr(ev, "type");
     return json_integer_value(json_object_get(ev, "pid")) == want[0] && type &&
            strcmp(type, want[1] == 1 ? "exec" : "exit") == 0;
 }
@@ -313,27 +241,27 @@ Test(e2e_agent, exec_and_exit_of_a_child)
     json_t *ev = wait_event(q, match_pid_type, want_exec, 10000);
     cr_assert(ev, "no exec event for pid %d", child);
     expect_common_fields(ev);
-    cr_expect_eq(jint(ev, "ppid"), getpid());
-    cr_expect_str_eq(jstr(ev, "command"), "sh");
-    cr_expect_str_eq(jstr(ev, "filename"), "/bin/sh");
+    cr_expect_eq(tu_jint(ev, "ppid"), getpid());
+    cr_expect_str_eq(tu_jstr(ev, "command"), "sh");
+    cr_expect_str_eq(tu_jstr(ev, "filename"), "/bin/sh");
     json_t *args = json_object_get(ev, "args");
     cr_assert(json_is_array(args) && json_array_size(args) == 4, "args: %s", json_dumps(args, 0));
     cr_expect_str_eq(json_string_value(json_array_get(args, 0)), "/bin/sh");
     cr_expect_str_eq(json_string_value(json_array_get(args, 1)), "-c");
     cr_expect_str_eq(json_string_value(json_array_get(args, 2)), "exit 3");
     cr_expect_str_eq(json_string_value(json_array_get(args, 3)), "e2e-marker");
-    cr_expect_gt(jint(ev, "cgroup_id"), 0);
+    cr_expect_gt(tu_jint(ev, "cgroup_id"), 0);
     json_decref(ev);
 
     int want_exit[2] = {child, 2};
     ev = wait_event(q, match_pid_type, want_exit, 10000);
     cr_assert(ev, "no exit event for pid %d", child);
     expect_common_fields(ev);
-    cr_expect_eq(jint(ev, "exit_code"), 3);
-    cr_expect_eq(jint(ev, "signal"), 0);
-    cr_expect_gt(jint(ev, "duration_ns"), 0);
-    cr_expect_lt(jint(ev, "duration_ns"), 60000000000ll);
-    cr_expect_eq(jint(ev, "ppid"), getpid());
+    cr_expect_eq(tu_jint(ev, "exit_code"), 3);
+    cr_expect_eq(tu_jint(ev, "signal"), 0);
+    cr_expect_gt(tu_jint(ev, "duration_ns"), 0);
+    cr_expect_lt(tu_jint(ev, "duration_ns"), 60000000000ll);
+    cr_expect_eq(tu_jint(ev, "ppid"), getpid());
     json_decref(ev);
 }
 
@@ -359,7 +287,7 @@ static void b64(const unsigned char *p, size_t len, char *out)
 static json_t *get_strict(const char *path, char **raw)
 {
     struct tu_http r;
-    cr_assert_eq(tu_http_get(agent_port, path, NULL, &r), 0);
+    cr_assert_eq(tu_http_get(agent.port, path, NULL, &r), 0);
     cr_assert_eq(r.status, 200, "%s: %d", path, r.status);
     json_error_t je;
     json_t *j = json_loadb(r.body, r.body_len, 0, &je);
@@ -372,7 +300,7 @@ static json_t *get_strict(const char *path, char **raw)
     return j;
 }
 
-static json_t *fetch_strict(const char *path)
+static json_t *fetch_strict(int port, const char *path)
 {
     return get_strict(path, NULL);
 }
@@ -381,7 +309,7 @@ static json_t *fetch_strict(const char *path)
 static json_t *wait_strict(const char *path, int pid, int type, int timeout_ms)
 {
     int want[2] = {pid, type};
-    return poll_event(fetch_strict, path, match_pid_type, want, timeout_ms);
+    return tu_poll_event(fetch_strict, agent.port, path, match_pid_type, want, timeout_ms);
 }
 
 /* A copy of /bin/true at dir/name (name is not UTF-8); its path goes to path. */
@@ -430,12 +358,12 @@ Test(e2e_agent, exec_with_invalid_utf8_is_strict_json_with_exact_bytes)
 
     char want[256], want_b64[256];
     snprintf(want, sizeof(want), "%s/tr\xef\xbf\xbdue\xef\xbf\xbd", dir);
-    cr_expect_str_eq(jstr(ev, "filename"), want);
+    cr_expect_str_eq(tu_jstr(ev, "filename"), want);
     b64((const unsigned char *)path, strlen(path), want_b64);
-    cr_expect_str_eq(jstr(ev, "filename_b64"), want_b64);
-    cr_expect_str_eq(jstr(ev, "command"), "tr\xef\xbf\xbdue\xef\xbf\xbd");
+    cr_expect_str_eq(tu_jstr(ev, "filename_b64"), want_b64);
+    cr_expect_str_eq(tu_jstr(ev, "command"), "tr\xef\xbf\xbdue\xef\xbf\xbd");
     b64((const unsigned char *)name, strlen(name), want_b64);
-    cr_expect_str_eq(jstr(ev, "command_b64"), want_b64);
+    cr_expect_str_eq(tu_jstr(ev, "command_b64"), want_b64);
     json_t *args = json_object_get(ev, "args"), *raw = json_object_get(ev, "args_b64");
     cr_assert(json_array_size(args) == 2 && json_array_size(raw) == 2);
     cr_expect_str_eq(json_string_value(json_array_get(args, 0)), want);
@@ -452,18 +380,54 @@ Test(e2e_agent, exec_with_invalid_utf8_is_strict_json_with_exact_bytes)
     rmdir(dir);
 }
 
+/* Opens the SSE stream at path with a raw HTTP/1.1 request; returns the socket. */
+static int sse_open(const char *path)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)agent.port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    char req[512];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    cr_assert_eq(write(fd, req, (size_t)n), (ssize_t)n);
+    return fd;
+}
+
+/* Appends to buf (NUL-terminated, *len bytes held) what arrives within 200 ms. */
+static void sse_poll(int fd, char *buf, size_t size, size_t *len)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 200) > 0) {
+        ssize_t r = read(fd, buf + *len, size - *len - 1);
+        cr_assert_gt(r, 0, "stream closed");
+        *len += (size_t)r;
+        buf[*len] = '\0';
+    }
+}
+
+/* The event on the "data: {json}" line of buf that holds hit (a new reference). */
+static json_t *sse_event_at(char *buf, char *hit)
+{
+    char *line = hit;
+    while (line > buf && line[-1] != '\n')
+        line--;
+    cr_assert(strncmp(line, "data: {", 7) == 0, "line: %.80s", line);
+    char *nl = strchr(line, '\n');
+    cr_assert(nl, "unterminated line: %.80s", line);
+    *nl = '\0';
+    json_error_t je;
+    json_t *ev = json_loads(line + 6, 0, &je);
+    cr_assert(ev, "data line is not strict JSON (%s): %s", je.text, line);
+    return ev;
+}
+
 /* The same event on the SSE stream: one "data:" line of strict JSON. */
 Test(e2e_agent, sse_stream_of_invalid_utf8_is_strict_json)
 {
     char dir[] = "/tmp/ebpf-e2e-utf8-XXXXXX", path[128];
     copy_true(dir, "t\xc0\xafrue", path, sizeof(path));
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)agent_port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    const char *req = "GET /api/events/stream?type=exec HTTP/1.1\r\nHost: x\r\n\r\n";
-    cr_assert_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    int fd = sse_open("/api/events/stream?type=exec");
 
     static char buf[1 << 20];
     size_t len = 0;
@@ -471,13 +435,7 @@ Test(e2e_agent, sse_stream_of_invalid_utf8_is_strict_json)
     char needle[64];
     uint64_t deadline = tu_mono_ms() + 10000;
     while (tu_mono_ms() < deadline && len + 1 < sizeof(buf)) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, 200) > 0) {
-            ssize_t r = read(fd, buf + len, sizeof(buf) - len - 1);
-            cr_assert_gt(r, 0, "stream closed");
-            len += (size_t)r;
-            buf[len] = '\0';
-        }
+        sse_poll(fd, buf, sizeof(buf), &len);
         if (!child && strstr(buf, "\r\n\r\n")) {
             child = run_with_bad_argv(path); /* after the subscription */
             snprintf(needle, sizeof(needle), "\"pid\":%d,", child);
@@ -489,14 +447,7 @@ Test(e2e_agent, sse_stream_of_invalid_utf8_is_strict_json)
     cr_assert(child, "stream never answered");
     char *hit = strstr(buf, needle);
     cr_assert(hit, "exec of pid %d not streamed", child);
-    char *line = hit;
-    while (line > buf && line[-1] != '\n')
-        line--;
-    cr_assert(strncmp(line, "data: {", 7) == 0, "line: %.80s", line);
-    *strchr(line, '\n') = '\0';
-    json_error_t je;
-    json_t *ev = json_loads(line + 6, 0, &je);
-    cr_assert(ev, "data line is not strict JSON: %s", je.text);
+    json_t *ev = sse_event_at(buf, hit);
     json_t *raw = json_object_get(ev, "args_b64");
     cr_assert_eq(json_array_size(raw), 2);
     cr_expect_str_eq(json_string_value(json_array_get(raw, 1)), "/4CA");
@@ -547,11 +498,11 @@ Test(e2e_agent, secrets_in_argv_are_redacted_before_storing)
     free(raw);
 
     json_t *st = get_strict("/api/stats", NULL);
-    cr_expect_geq(jint(st, "args_redacted"), 4);
-    cr_expect_eq(jint(st, "args_redact_failed"), 0);
+    cr_expect_geq(tu_jint(st, "args_redacted"), 4);
+    cr_expect_eq(tu_jint(st, "args_redact_failed"), 0);
     json_decref(st);
     struct tu_http m;
-    cr_assert_eq(tu_http_get(agent_port, "/metrics", NULL, &m), 0);
+    cr_assert_eq(tu_http_get(agent.port, "/metrics", NULL, &m), 0);
     const char *line = strstr(m.body, "\nebpf_agent_args_redacted_total ");
     cr_assert(line, "no ebpf_agent_args_redacted_total in /metrics");
     cr_expect_geq(strtoull(line + strlen("\nebpf_agent_args_redacted_total "), NULL, 10), 4);
@@ -571,7 +522,7 @@ static json_t *walk_pages(const char *base, int page)
     for (int guard = 0; guard < 1000; guard++) {
         snprintf(q, sizeof(q), "%s&limit=%d%s%s", base, page, cursor[0] ? "&cursor=" : "", cursor);
         int status;
-        json_t *r = tu_get_json(agent_port, q, &status);
+        json_t *r = tu_get_json(agent.port, q, &status);
         cr_assert(r && status == 200, "GET %s -> %d", q, status);
         json_t *events = json_object_get(r, "events");
         cr_assert(json_array_size(events) <= (size_t)page);
@@ -606,7 +557,7 @@ Test(e2e_agent, filters_limit_cursor_and_time_window)
     /* type + pid: exactly one exec and one exit per child. */
     for (int i = 0; i < 5; i++) {
         snprintf(q, sizeof(q), "/api/events?pid=%d&type=exec,exit", kids[i]);
-        json_t *r = tu_get_json(agent_port, q, NULL);
+        json_t *r = tu_get_json(agent.port, q, NULL);
         cr_assert(r);
         cr_expect_eq(json_integer_value(json_object_get(r, "count")), 2, "pid %d", kids[i]);
         cr_expect_eq(json_integer_value(json_object_get(r, "total_count")), 2);
@@ -616,7 +567,7 @@ Test(e2e_agent, filters_limit_cursor_and_time_window)
     /* command + time window: the 5 execs of sh, exits too, nothing outside the window. */
     snprintf(q, sizeof(q), "/api/events?command=sh&type=exit&since=%" PRIu64 "&until=%" PRIu64,
              before, after);
-    json_t *r = tu_get_json(agent_port, q, NULL);
+    json_t *r = tu_get_json(agent.port, q, NULL);
     cr_assert(r);
     json_t *events = json_object_get(r, "events");
     size_t i;
@@ -625,13 +576,13 @@ Test(e2e_agent, filters_limit_cursor_and_time_window)
     uint64_t prev = UINT64_MAX;
     json_array_foreach(events, i, ev)
     {
-        uint64_t ts = (uint64_t)jint(ev, "timestamp");
+        uint64_t ts = (uint64_t)tu_jint(ev, "timestamp");
         cr_expect(ts >= before && ts <= after, "event outside the window");
         cr_expect_leq(ts, prev, "events must be newest first");
         prev = ts;
-        cr_expect_str_eq(jstr(ev, "command"), "sh");
+        cr_expect_str_eq(tu_jstr(ev, "command"), "sh");
         for (int k = 0; k < 5; k++)
-            mine += jint(ev, "pid") == kids[k];
+            mine += tu_jint(ev, "pid") == kids[k];
     }
     cr_expect_eq(mine, 5, "all 5 exits inside the window");
     json_decref(r);
@@ -643,7 +594,7 @@ Test(e2e_agent, filters_limit_cursor_and_time_window)
     strftime(until_s, sizeof(until_s), "%Y-%m-%dT%H:%M:%SZ", gmtime(&as));
     snprintf(q, sizeof(q), "/api/events?type=exit&pid=%d&since=%s&until=%s", kids[2], since_s,
              until_s);
-    r = tu_get_json(agent_port, q, NULL);
+    r = tu_get_json(agent.port, q, NULL);
     cr_expect_eq(json_integer_value(json_object_get(r, "count")), 1, "%s", q);
     json_decref(r);
 
@@ -654,8 +605,10 @@ Test(e2e_agent, filters_limit_cursor_and_time_window)
     cr_expect_eq(json_array_size(one), json_array_size(big));
     cr_expect_eq(json_array_size(three), json_array_size(big));
     for (i = 0; i < json_array_size(big); i++) {
-        cr_expect_str_eq(jstr(json_array_get(one, i), "id"), jstr(json_array_get(big, i), "id"));
-        cr_expect_str_eq(jstr(json_array_get(three, i), "id"), jstr(json_array_get(big, i), "id"));
+        cr_expect_str_eq(tu_jstr(json_array_get(one, i), "id"),
+                         tu_jstr(json_array_get(big, i), "id"));
+        cr_expect_str_eq(tu_jstr(json_array_get(three, i), "id"),
+                         tu_jstr(json_array_get(big, i), "id"));
     }
     json_decref(one);
     json_decref(three);
@@ -663,7 +616,7 @@ Test(e2e_agent, filters_limit_cursor_and_time_window)
 
     /* limit caps the page; total_count counts every match. */
     snprintf(q, sizeof(q), "/api/events?type=exit&command=sh&since=%" PRIu64 "&limit=2", before);
-    r = tu_get_json(agent_port, q, NULL);
+    r = tu_get_json(agent.port, q, NULL);
     cr_expect_eq(json_array_size(json_object_get(r, "events")), 2);
     cr_expect_eq(json_integer_value(json_object_get(r, "count")), 2);
     cr_expect_geq(json_integer_value(json_object_get(r, "total_count")), 5);
@@ -674,13 +627,7 @@ Test(e2e_agent, filters_limit_cursor_and_time_window)
 
 Test(e2e_agent, sse_stream_delivers_new_events_live)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)agent_port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    const char *req = "GET /api/events/stream?type=exit HTTP/1.1\r\nHost: x\r\n\r\n";
-    cr_assert_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    int fd = sse_open("/api/events/stream?type=exit");
 
     char buf[65536];
     size_t len = 0;
@@ -689,13 +636,7 @@ Test(e2e_agent, sse_stream_delivers_new_events_live)
     pid_t child = 0;
     char needle[64];
     while (tu_mono_ms() < deadline) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, 200) > 0) {
-            ssize_t r = read(fd, buf + len, sizeof(buf) - len - 1);
-            cr_assert_gt(r, 0, "stream closed");
-            len += (size_t)r;
-            buf[len] = '\0';
-        }
+        sse_poll(fd, buf, sizeof(buf), &len);
         if (!connected && strstr(buf, "\r\n\r\n")) {
             cr_assert(strstr(buf, " 200 "), "stream status: %.100s", buf);
             cr_assert(strcasestr(buf, "text/event-stream"), "content type: %.300s", buf);
@@ -711,17 +652,9 @@ Test(e2e_agent, sse_stream_delivers_new_events_live)
     char *hit = strstr(buf, needle);
     cr_assert(hit, "exit of pid %d not streamed; got:\n%s", child, buf);
     /* The event sits on one "data: {json}" line. */
-    char *line = hit;
-    while (line > buf && line[-1] != '\n')
-        line--;
-    cr_expect(strncmp(line, "data: {", 7) == 0, "line: %.80s", line);
-    char *nl = strchr(line, '\n');
-    cr_assert(nl);
-    *nl = '\0';
-    json_t *ev = json_loads(line + 6, 0, NULL);
-    cr_assert(ev, "data line is not JSON: %s", line);
-    cr_expect_str_eq(jstr(ev, "type"), "exit");
-    cr_expect_eq(jint(ev, "exit_code"), 3);
+    json_t *ev = sse_event_at(buf, hit);
+    cr_expect_str_eq(tu_jstr(ev, "type"), "exit");
+    cr_expect_eq(tu_jint(ev, "exit_code"), 3);
     json_decref(ev);
 }
 
@@ -746,23 +679,28 @@ Test(e2e_agent, bad_parameters_are_400_naming_the_parameter)
         {"cursor=garbage", "cursor"},
         {"frobnicate=1", "frobnicate"},
         {"since=2000&until=1000", "since"},
+        {"status=ok", "status"},
+        {"dest_port=0", "dest_port"},
+        {"peer_pod=", "peer_pod"},
+        {"workload=", "workload"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char path[2048];
-        snprintf(path, sizeof(path), "/api/events?%s", cases[i].query);
+        snprintf(path, sizeof(path), "/api/events?%.*s", (int)sizeof(cases[i].query),
+                 cases[i].query);
         int status = 0;
-        json_t *r = tu_get_json(agent_port, path, &status);
+        json_t *r = tu_get_json(agent.port, path, &status);
         cr_expect_eq(status, 400, "%s -> %d", path, status);
-        const char *msg = r ? jstr(r, "error") : NULL;
+        const char *msg = r ? tu_jstr(r, "error") : NULL;
         cr_expect(msg && strstr(msg, cases[i].name), "%s: error %s lacks '%s'", path, msg,
                   cases[i].name);
         json_decref(r);
     }
     int status;
-    json_t *r = tu_get_json(agent_port, "/api/events/stream?type=nope", &status);
+    json_t *r = tu_get_json(agent.port, "/api/events/stream?type=nope", &status);
     cr_expect_eq(status, 400);
     json_decref(r);
-    r = tu_get_json(agent_port, "/api/nothing-here", &status);
+    r = tu_get_json(agent.port, "/api/nothing-here", &status);
     cr_expect_eq(status, 404);
     json_decref(r);
 }
@@ -770,11 +708,11 @@ Test(e2e_agent, bad_parameters_are_400_naming_the_parameter)
 Test(e2e_agent, stats_programs_health_metrics)
 {
     int status;
-    json_t *r = tu_get_json(agent_port, "/health", &status);
+    json_t *r = tu_get_json(agent.port, "/health", &status);
     cr_expect_eq(status, 200);
     json_decref(r);
 
-    r = tu_get_json(agent_port, "/api/programs", &status);
+    r = tu_get_json(agent.port, "/api/programs", &status);
     cr_assert_eq(status, 200);
     json_t *progs = json_object_get(r, "programs");
     cr_assert(json_is_array(progs) && json_array_size(progs) >= 5);
@@ -783,10 +721,10 @@ Test(e2e_agent, stats_programs_health_metrics)
     int attached = 0;
     json_array_foreach(progs, i, p)
     {
-        cr_expect(jstr(p, "name") && jstr(p, "hook") && jstr(p, "status"));
-        cr_expect(!strstr(jstr(p, "hook"), "kprobe") && !strstr(jstr(p, "hook"), "fentry"),
-                  "hook %s", jstr(p, "hook"));
-        attached += strcmp(jstr(p, "status"), "attached") == 0;
+        cr_expect(tu_jstr(p, "name") && tu_jstr(p, "hook") && tu_jstr(p, "status"));
+        cr_expect(!strstr(tu_jstr(p, "hook"), "kprobe") && !strstr(tu_jstr(p, "hook"), "fentry"),
+                  "hook %s", tu_jstr(p, "hook"));
+        attached += strcmp(tu_jstr(p, "status"), "attached") == 0;
         cr_expect(json_is_integer(json_object_get(p, "events")));
         cr_expect(json_is_integer(json_object_get(p, "drops")));
     }
@@ -794,9 +732,9 @@ Test(e2e_agent, stats_programs_health_metrics)
     json_decref(r);
 
     run_exit3("stats");
-    r = tu_get_json(agent_port, "/api/stats", &status);
+    r = tu_get_json(agent.port, "/api/stats", &status);
     cr_assert_eq(status, 200);
-    cr_expect_str_eq(jstr(r, "node"), "e2e-node");
+    cr_expect_str_eq(tu_jstr(r, "node"), "e2e-node");
     cr_expect(json_is_integer(json_object_get(r, "kernel_drops")));
     cr_expect(json_is_number(json_object_get(r, "uptime_seconds")));
     cr_expect(json_is_object(json_object_get(r, "events_by_type")));
@@ -804,7 +742,7 @@ Test(e2e_agent, stats_programs_health_metrics)
     json_decref(r);
 
     struct tu_http m;
-    cr_assert_eq(tu_http_get(agent_port, "/metrics", NULL, &m), 0);
+    cr_assert_eq(tu_http_get(agent.port, "/metrics", NULL, &m), 0);
     cr_expect_eq(m.status, 200);
     cr_expect(strstr(m.content_type, "text/plain"));
     cr_expect(strstr(m.body, "ebpf_agent_events_total{type=\"exec\"}"));
@@ -816,7 +754,7 @@ Test(e2e_agent, stats_programs_health_metrics)
 Test(e2e_agent, sigterm_detaches_every_program)
 {
     int status;
-    json_t *r = tu_get_json(agent_port, "/api/programs", &status);
+    json_t *r = tu_get_json(agent.port, "/api/programs", &status);
     cr_assert_eq(status, 200);
     uint32_t ids[16];
     size_t n = 0, i;
@@ -824,15 +762,14 @@ Test(e2e_agent, sigterm_detaches_every_program)
     json_array_foreach(json_object_get(r, "programs"), i, p)
     {
         if (n < 16 && json_is_integer(json_object_get(p, "id")))
-            ids[n++] = (uint32_t)jint(p, "id");
+            ids[n++] = (uint32_t)tu_jint(p, "id");
     }
     json_decref(r);
     cr_assert_geq(n, 5, "programs report their kernel ids");
     for (size_t k = 0; k < n; k++)
         cr_assert(tu_bpf_prog_loaded(ids[k]), "program %u not loaded while running", ids[k]);
 
-    int st = tu_stop(agent_pid, 10000);
-    agent_pid = 0;
+    int st = tu_agent_stop(&agent);
     cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "agent exit status %d", st);
 
     /* The kernel frees a program shortly after its last reference goes (RCU). */
@@ -842,4 +779,65 @@ Test(e2e_agent, sigterm_detaches_every_program)
             usleep(20000);
         cr_expect(!tu_bpf_prog_loaded(ids[k]), "program id %u still loaded after SIGTERM", ids[k]);
     }
+}
+
+/*
+ * The stream's connection filters: one port first accepts, then refuses.
+ * With status=failed&dest_port=P only the refused attempt may arrive, and
+ * it must be the first event on the stream (the established one came first).
+ */
+Test(e2e_agent, sse_stream_filters_by_status_and_dest_port)
+{
+    int port = tu_free_port();
+    char stream[96];
+    snprintf(stream, sizeof(stream),
+             "/api/events/stream?type=connection&status=failed&dest_port=%d", port);
+    int fd = sse_open(stream);
+
+    char buf[65536] = "";
+    size_t len = 0;
+    bool connected = false;
+    char needle[48];
+    snprintf(needle, sizeof(needle), "\"dest_port\":%d,", port);
+    uint64_t deadline = tu_mono_ms() + 10000;
+    while (tu_mono_ms() < deadline && !(strstr(buf, needle) && strchr(strstr(buf, needle), '\n'))) {
+        sse_poll(fd, buf, sizeof(buf), &len);
+        if (!connected && strstr(buf, "\r\n\r\n")) {
+            cr_assert(strstr(buf, " 200 "), "stream status: %.100s", buf);
+            connected = true;
+            /* Established, then refused, both to the same port. */
+            struct sockaddr_in to = {.sin_family = AF_INET,
+                                     .sin_port = htons((uint16_t)port),
+                                     .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            int lfd = socket(AF_INET, SOCK_STREAM, 0);
+            int one = 1;
+            setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+            cr_assert_eq(bind(lfd, (struct sockaddr *)&to, sizeof(to)), 0);
+            cr_assert_eq(listen(lfd, 4), 0);
+            int c = socket(AF_INET, SOCK_STREAM, 0);
+            cr_assert_eq(connect(c, (struct sockaddr *)&to, sizeof(to)), 0);
+            close(c);
+            close(lfd);
+            c = socket(AF_INET, SOCK_STREAM, 0);
+            cr_assert_neq(connect(c, (struct sockaddr *)&to, sizeof(to)), 0);
+            cr_assert_eq(errno, ECONNREFUSED);
+            close(c);
+        }
+    }
+    close(fd);
+    cr_assert(connected, "stream never answered");
+    char *hit = strstr(buf, needle);
+    cr_assert(hit, "refused connect to port %d not streamed; got:\n%s", port, buf);
+    json_t *ev = sse_event_at(buf, hit);
+    cr_expect_str_eq(tu_jstr(ev, "type"), "connection");
+    cr_expect_str_eq(tu_jstr(ev, "status"), "failed");
+    cr_expect_str_eq(tu_jstr(ev, "error"), "refused");
+    cr_expect_eq(tu_jint(ev, "dest_port"), port);
+    json_decref(ev);
+
+    int status = 0;
+    json_t *r = tu_get_json(agent.port, "/api/events/stream?status=ok", &status);
+    cr_expect_eq(status, 400);
+    cr_expect(r && strstr(tu_jstr(r, "error"), "'status'"));
+    json_decref(r);
 }

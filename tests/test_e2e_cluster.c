@@ -824,6 +824,80 @@ Test(e2e_cluster, batch_size_governs_messages_and_npm_client_decodes_them)
     proc_kill(a, SIGTERM);
 }
 
+/* A TCP connection with a known byte count each way, closed normally; returns the port. */
+static int tcp_exchange(size_t up, size_t down)
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    char buf[4096] = {0};
+    cr_assert_eq(bind(l, (struct sockaddr *)&sa, len), 0);
+    cr_assert_eq(listen(l, 4), 0);
+    cr_assert_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(connect(c, (struct sockaddr *)&sa, len), 0);
+    int a = accept(l, NULL, NULL);
+    cr_assert(a >= 0 && up <= sizeof(buf) && down <= sizeof(buf));
+    cr_assert_eq(write(c, buf, up), (ssize_t)up);
+    for (size_t got = 0; got < up;)
+        got += (size_t)read(a, buf, sizeof(buf));
+    cr_assert_eq(write(a, buf, down), (ssize_t)down);
+    for (size_t got = 0; got < down;)
+        got += (size_t)read(c, buf, sizeof(buf));
+    close(c);
+    cr_assert_eq(read(a, buf, sizeof(buf)), 0, "the server reads the client's FIN");
+    close(a);
+    close(l);
+    return ntohs(sa.sin_port);
+}
+
+/* The independent npm client decodes close events (both roles, exact byte counts) from the bus. */
+Test(e2e_cluster, npm_client_decodes_close_events)
+{
+    need_root();
+    nats_up(NULL);
+    struct proc *sub = sub_up(SUBJ_A, 60000, NULL, NULL, NULL);
+    const char *const env[] = {"EVENT_TYPES=close", "FLUSH_INTERVAL=100ms", NULL};
+    struct proc *a = agent_up(NODE_A, env);
+    int port = tcp_exchange(321, 1234);
+
+    bool client = false, server = false;
+    uint64_t deadline = tu_mono_ms() + 15000;
+    while (!(client && server)) {
+        check(tu_mono_ms() < deadline, "npm subscriber decoded no close events for port %d", port);
+        usleep(50000);
+        json_t *msgs = sub_msgs(sub);
+        size_t i, k;
+        json_t *m, *ev;
+        json_array_foreach(msgs, i, m)
+        {
+            cr_assert_str_eq(jstr(m, "error"), "", "npm client could not decode: %s", jdump(m));
+            json_array_foreach(jget(m, "batch.events"), k, ev)
+            {
+                cr_assert_str_eq(jstr(ev, "type"), "EVENT_TYPE_CLOSE", "%s", jdump(ev));
+                if (jint(ev, "dest_port") != port)
+                    continue;
+                const char *role = jstr(ev, "close.role");
+                cr_expect_str_eq(jstr(ev, "dest_addr"), "127.0.0.1");
+                cr_expect_str_eq(jstr(ev, "close.reset"), "CLOSE_RESET_NONE");
+                cr_expect_gt(jint(ev, "close.duration_ns"), 0, "%s", jdump(ev));
+                if (strcmp(role, "CLOSE_ROLE_CLIENT") == 0) {
+                    client = true;
+                    cr_expect_eq(jint(ev, "close.bytes_sent"), 321, "%s", jdump(ev));
+                    cr_expect_eq(jint(ev, "close.bytes_received"), 1234, "%s", jdump(ev));
+                } else {
+                    cr_assert_str_eq(role, "CLOSE_ROLE_SERVER", "%s", jdump(ev));
+                    server = true;
+                    cr_expect_eq(jint(ev, "close.bytes_sent"), 1234, "%s", jdump(ev));
+                    cr_expect_eq(jint(ev, "close.bytes_received"), 321, "%s", jdump(ev));
+                }
+            }
+        }
+        json_decref(msgs);
+    }
+    proc_kill(a, SIGTERM);
+}
+
 Test(e2e_cluster, flush_interval_governs_latency_json_encoding)
 {
     need_root();

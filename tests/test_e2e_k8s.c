@@ -8,13 +8,20 @@
  * pod, that host processes are not attributed, that pods added and deleted
  * through the watch are named, that an expired watch re-lists, that the agent
  * reports its own identity and the API connection in /api/stats, and that
- * attribution from cgroups goes on while the API server is down.
- * Needs root (eBPF, cgroups); skipped otherwise.
+ * attribution from cgroups goes on while the API server is down. Identity:
+ * a Deployment's pod (ReplicaSet owner, pod-template-hash) and a CronJob's
+ * (through its Job, which the server serves) name their workload, and two
+ * pods talking over their pod IPs (addresses on the loopback of a network
+ * namespace the test makes) name each other as peers in their connection,
+ * accept and close events, while an address hostNetwork pods share names
+ * no one. Needs root (eBPF, cgroups); skipped otherwise.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,7 +44,9 @@
 
 struct pod {
     const char *name, *ns;
-    bool systemd; /* cgroup driver */
+    bool systemd;                /* cgroup driver */
+    const char *workload, *kind; /* k8s_workload and k8s_workload_kind it should show */
+    struct kas_pod api;          /* owner, labels, IPs as the API server has them */
     char uid[37], cid[65];
     char rel[KP_REL_MAX]; /* its container's cgroup, relative to the cgroup root */
 };
@@ -61,17 +70,78 @@ static int listen_fd = -1, listen_port;
 static struct proc procs[MAX_PROCS];
 static int nprocs;
 
+/* Pod IPs, on the loopback of the test's network namespace. */
+#define WEB_IP4     "10.244.7.5"
+#define WEB_IP6     "fd00:e2e::5"
+#define CART_IP4    "10.244.7.6"
+#define CART_IP6    "fd00:e2e::6"
+#define NODE_IP4    "10.244.7.1" /* the hostNetwork pods' */
+#define REPORT_JOB  "report-28934160"
+#define REPORT_JUID "5d4c3b2a-1908-4776-8655-443322110099"
+
 /*
- * web: systemd driver; api: cgroupfs driver; job: deleted by the watch in one
- * test; late: added by the watch in one test; unknown: never in the API.
+ * web: systemd driver, a Deployment's (and a peer's client); api: cgroupfs
+ * driver; job: deleted by the watch in one test; late: added by the watch in
+ * one test; unknown: never in the API; cart: a StatefulSet's, the peer's
+ * server; agent: hostNetwork, shares its address with proxy; report: a
+ * CronJob's, through its Job.
  */
-static struct pod web = {.name = "web-7d9c6b8f5d-x2k8p", .ns = "shop", .systemd = true};
-static struct pod apisrv = {.name = "api-5b7f9d-qk2lz", .ns = "payments", .systemd = false};
+static struct pod web = {
+    .name = "web-7d9c6b8f5d-x2k8p",
+    .ns = "shop",
+    .systemd = true,
+    .workload = "web",
+    .kind = "Deployment",
+    .api = {.labels = "\"app.kubernetes.io/name\":\"web\",\"pod-template-hash\":\"7d9c6b8f5d\"",
+            .owner_kind = "ReplicaSet",
+            .owner_name = "web-7d9c6b8f5d",
+            .owner_uid = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+            .ips = {WEB_IP4, WEB_IP6}}};
+static struct pod apisrv = {.name = "api-5b7f9d-qk2lz",
+                            .ns = "payments",
+                            .systemd = false,
+                            .workload = "api-5b7f9d-qk2lz",
+                            .kind = "Pod"};
 static struct pod job = {.name = "migrate-x7k2p", .ns = "jobs", .systemd = true};
 static struct pod late = {.name = "late-6c8d9-zp4tq", .ns = "batch", .systemd = false};
 static struct pod unknown = {.name = "never-listed", .ns = "nowhere", .systemd = true};
-static struct pod *const pods[] = {&web, &apisrv, &job, &late, &unknown};
+static struct pod cart = {.name = "cart-0",
+                          .ns = "shop",
+                          .systemd = false,
+                          .workload = "cart",
+                          .kind = "StatefulSet",
+                          .api = {.labels = "\"app\":\"cart\"",
+                                  .owner_kind = "StatefulSet",
+                                  .owner_name = "cart",
+                                  .owner_uid = "1b2c3d4e-5f60-4a7b-8c9d-0e1f2a3b4c5d",
+                                  .ips = {CART_IP4, CART_IP6}}};
+static struct pod agent = {.name = "node-agent-q8w7e",
+                           .ns = "monitoring",
+                           .systemd = true,
+                           .workload = "node-agent",
+                           .kind = "DaemonSet",
+                           .api = {.owner_kind = "DaemonSet",
+                                   .owner_name = "node-agent",
+                                   .owner_uid = "2c3d4e5f-6071-4b8c-9dae-1f2a3b4c5d6e",
+                                   .ips = {NODE_IP4},
+                                   .host_network = true}};
+static struct pod proxy = {.name = "kube-proxy-x9z8y",
+                           .ns = "kube-system",
+                           .systemd = true,
+                           .api = {.ips = {NODE_IP4}, .host_network = true}};
+static struct pod report = {
+    .name = "report-28934160-h5j6k",
+    .ns = "reports",
+    .systemd = false,
+    .workload = "report",
+    .kind = "CronJob",
+    .api = {.owner_kind = "Job", .owner_name = REPORT_JOB, .owner_uid = REPORT_JUID}};
+static struct pod *const pods[] = {&web,  &apisrv, &job,   &late,  &unknown,
+                                   &cart, &agent,  &proxy, &report};
 #define NPODS (sizeof(pods) / sizeof(pods[0]))
+/* in the first LIST: all but late (added by the watch) and unknown (never) */
+static struct pod *const listed[] = {&web, &apisrv, &job, &cart, &agent, &proxy, &report};
+#define NLISTED (sizeof(listed) / sizeof(listed[0]))
 
 static void pod_init(struct pod *p)
 {
@@ -92,8 +162,15 @@ static void pod_init(struct pod *p)
 static char *pod_object(const struct pod *p, unsigned long rv)
 {
     char rvs[32];
+    struct kas_pod o = p->api;
     snprintf(rvs, sizeof(rvs), "%lu", rv);
-    char *s = kas_pod_json(p->uid, p->name, p->ns, NODE, rvs, p->cid);
+    o.uid = p->uid;
+    o.name = p->name;
+    o.ns = p->ns;
+    o.node = NODE;
+    o.rv = rvs;
+    o.container_id = p->cid;
+    char *s = kas_pod_object(&o);
     cr_assert_not_null(s);
     return s;
 }
@@ -192,6 +269,8 @@ static void expect_pod(json_t *ev, const struct pod *p, bool named)
     if (named) {
         cr_expect_str_eq(jstr(ev, "k8s_pod_name"), p->name, "%s", dump);
         cr_expect_str_eq(jstr(ev, "k8s_namespace"), p->ns, "%s", dump);
+        cr_expect_str_eq(jstr(ev, "k8s_workload"), p->workload ? p->workload : p->name, "%s", dump);
+        cr_expect_str_eq(jstr(ev, "k8s_workload_kind"), p->kind ? p->kind : "Pod", "%s", dump);
     } else {
         cr_expect_null(json_object_get(ev, "k8s_pod_name"), "%s", dump);
         cr_expect_null(json_object_get(ev, "k8s_namespace"), "%s", dump);
@@ -340,19 +419,27 @@ static void setup(void)
 
     for (size_t i = 0; i < NPODS; i++)
         pod_init(pods[i]);
-    /* the API server knows web, api and job; late comes through the watch */
-    char *items[] = {pod_object(&web, 900), pod_object(&apisrv, 901), pod_object(&job, 902)};
+    /* late comes through the watch */
+    char *items[NLISTED];
+    for (size_t i = 0; i < NLISTED; i++)
+        items[i] = pod_object(listed[i], 900 + i);
     char rv[32];
     snprintf(rv, sizeof(rv), "%d", LIST_RV);
-    char *list = kas_pod_list(rv, (const char *const *)items, 3);
+    char *list = kas_pod_list(rv, (const char *const *)items, NLISTED);
     cr_assert_not_null(list);
     int rc = kas_start(&api, kas_serve_pods, NULL);
     cr_assert_eq(rc, 0, "fake API server: %s", strerror(-rc));
     api_running = true;
     kas_set_list(&api, list);
     free(list);
-    for (int i = 0; i < 3; i++)
+    for (size_t i = 0; i < NLISTED; i++)
         free(items[i]);
+    /* report's Job, owned by the CronJob report */
+    char *jobj = kas_job_json(report.ns, REPORT_JOB, REPORT_JUID, "report");
+    cr_assert_not_null(jobj);
+    cr_assert_eq(kas_add_object(&api, "/apis/batch/v1/namespaces/reports/jobs/" REPORT_JOB, jobj),
+                 0);
+    free(jobj);
 
     agent_port = tu_free_port();
     snprintf(agent_log, sizeof(agent_log), "/tmp/ebpf-e2e-k8s-agent-%d.log", getpid());
@@ -379,12 +466,24 @@ static void setup(void)
     }
     /* the LIST is in the cache, the watch is open */
     cr_assert(kas_wait(&api, 1, 1, 10000), "the agent never listed and watched pods");
-    wait_kube_int("pods_cached", 3);
+    wait_kube_int("pods_cached", NLISTED);
     /* Containers appear while the agent runs, one right after another: each
      * must be attributed from its first event. */
     for (size_t i = 0; i < NPODS; i++)
         kp_mkdirs(cg_root, pods[i]->rel);
 }
+
+static char netns[64]; /* the pods' network namespace, "" when none */
+
+/*
+ * The agent's live stream (/api/events/stream, HTTP/1.0 so it is not
+ * chunked), read as events come: what a user watching the pods sees.
+ */
+static struct {
+    int fd;
+    size_t len;
+    char buf[16 << 20];
+} stream = {.fd = -1};
 
 static void teardown(void)
 {
@@ -407,6 +506,15 @@ static void teardown(void)
         if (pods[i]->rel[0])
             remove_cgroup(pods[i]->rel);
     nprocs = 0;
+    if (stream.fd >= 0)
+        close(stream.fd);
+    stream.fd = -1;
+    if (netns[0]) {
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "ip netns del %s", netns);
+        tu_run(cmd, NULL);
+        netns[0] = '\0';
+    }
     if (listen_fd >= 0)
         close(listen_fd);
     listen_fd = -1;
@@ -495,7 +603,7 @@ Test(e2e_k8s, pod_added_by_the_watch_is_named)
     char *obj = pod_object(&late, LIST_RV + 1);
     cr_assert_eq(kas_push(&api, "ADDED", LIST_RV + 1, obj), 0);
     free(obj);
-    wait_kube_int("pods_cached", 4);
+    wait_kube_int("pods_cached", NLISTED + 1);
     run_in_pod(&late, true);
     cr_expect_eq(kube_int("relists"), 0, "the watch delivered it; no re-list");
 }
@@ -530,7 +638,7 @@ Test(e2e_k8s, agent_identity_and_api_connection_in_stats)
     cr_expect(json_is_true(json_object_get(k, "api_connected")));
     cr_expect_str_eq(jstr(k, "last_error"), "");
     cr_expect_str_eq(jstr(k, "cgroup_root"), cg_root);
-    cr_expect_eq(json_integer_value(json_object_get(k, "pods_cached")), 3);
+    cr_expect_eq(json_integer_value(json_object_get(k, "pods_cached")), NLISTED);
     cr_expect_eq(json_integer_value(json_object_get(k, "api_errors")), 0);
     json_decref(st);
 }
@@ -583,4 +691,321 @@ Test(e2e_k8s, expired_watch_relists_and_pods_stay_named)
     pthread_mutex_unlock(&api.lock);
 
     run_in_pod(&web, true);
+}
+
+/* ---- identity: workloads and peers ---- */
+
+Test(e2e_k8s, deployment_and_cronjob_pods_name_their_workload)
+{
+    run_in_pod(&web, true);    /* ReplicaSet web-7d9c6b8f5d + pod-template-hash: Deployment web */
+    run_in_pod(&report, true); /* Job report-28934160, owned by CronJob report */
+    run_in_pod(&apisrv, true); /* no controller: the Pod itself */
+    pthread_mutex_lock(&api.lock);
+    cr_expect_eq(api.gets, 1, "the Job was read once");
+    pthread_mutex_unlock(&api.lock);
+}
+
+#define PEER_PORT    8080
+#define HOSTNET_PORT 8081
+#define SENT         3000 /* bytes the client sends */
+#define ANSWERED     1000 /* bytes the server answers */
+
+/* A network namespace with the pods' IPs on its loopback, as a CNI gives each pod one. */
+static void make_netns(void)
+{
+    char cmd[1024], *out = NULL;
+    snprintf(netns, sizeof(netns), "ebpf-e2e-k8s-%d", getpid());
+    snprintf(cmd, sizeof(cmd),
+             "ip netns add %1$s && ip -n %1$s link set lo up && "
+             "ip -n %1$s addr add %2$s/32 dev lo && ip -n %1$s addr add %3$s/32 dev lo && "
+             "ip -n %1$s addr add %4$s/32 dev lo && "
+             "ip -n %1$s addr add %5$s/128 dev lo nodad && "
+             "ip -n %1$s addr add %6$s/128 dev lo nodad",
+             netns, WEB_IP4, CART_IP4, NODE_IP4, WEB_IP6, CART_IP6);
+    int rc = tu_run(cmd, &out);
+    cr_assert_eq(rc, 0, "%s: %s", cmd, out ? out : "");
+    free(out);
+}
+
+static int sock_addr(const char *ip, int port, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, ip, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons(port);
+        return sizeof(*in4);
+    }
+    inet_pton(AF_INET6, ip, &in6->sin6_addr);
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(port);
+    return sizeof(*in6);
+}
+
+/* The child's side (exit codes say what failed): listen on each ip, then serve one client each. */
+static int serve(const char *const ips[], int n, int port, int ready)
+{
+    int lfd[2];
+    for (int i = 0; i < n; i++) {
+        struct sockaddr_storage ss;
+        int len = sock_addr(ips[i], port, &ss), one = 1;
+        lfd[i] = socket(ss.ss_family, SOCK_STREAM, 0);
+        setsockopt(lfd[i], SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (lfd[i] < 0 || bind(lfd[i], (struct sockaddr *)&ss, len) || listen(lfd[i], 4))
+            return 10;
+    }
+    if (write(ready, "r", 1) != 1)
+        return 11;
+    for (int i = 0; i < n; i++) {
+        char buf[4096];
+        ssize_t r;
+        size_t got = 0;
+        int c = accept(lfd[i], NULL, NULL);
+        if (c < 0)
+            return 12;
+        while ((r = read(c, buf, sizeof(buf))) > 0)
+            got += (size_t)r;
+        memset(buf, 'a', ANSWERED);
+        if (got != SENT || write(c, buf, ANSWERED) != ANSWERED)
+            return 13;
+        close(c);
+    }
+    return 0;
+}
+
+/* Connects from src to dst:port, sends SENT bytes, reads the answer to its end. */
+static int call(const char *src, const char *dst, int port)
+{
+    struct sockaddr_storage from, to;
+    int flen = sock_addr(src, 0, &from), tlen = sock_addr(dst, port, &to);
+    int fd = socket(to.ss_family, SOCK_STREAM, 0);
+    char buf[SENT];
+    if (fd < 0 || bind(fd, (struct sockaddr *)&from, flen) ||
+        connect(fd, (struct sockaddr *)&to, tlen))
+        return 20;
+    memset(buf, 'q', sizeof(buf));
+    if (write(fd, buf, SENT) != SENT)
+        return 21;
+    shutdown(fd, SHUT_WR);
+    while (read(fd, buf, sizeof(buf)) > 0)
+        ;
+    close(fd);
+    return 0;
+}
+
+enum role_kind { ROLE_SERVER, ROLE_CLIENT, ROLE_HOSTNET_SERVER, ROLE_HOSTNET_CLIENT };
+
+/*
+ * A pod's process: forked, moved into p's container cgroup, then into the
+ * pods' network namespace, before it makes a single socket.
+ */
+static struct proc *pod_proc_start(const struct pod *p, enum role_kind role, int ready)
+{
+    cr_assert_lt(nprocs, MAX_PROCS);
+    struct proc *pr = &procs[nprocs++];
+    int hold[2], go[2];
+    char nspath[128];
+
+    memset(pr, 0, sizeof(*pr));
+    snprintf(nspath, sizeof(nspath), "/run/netns/%s", netns);
+    cr_assert_eq(pipe2(hold, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(go, O_CLOEXEC), 0);
+    pr->pid = fork();
+    cr_assert_geq(pr->pid, 0);
+    if (pr->pid == 0) {
+        char c;
+        close(go[1]);
+        if (read(go[0], &c, 1) != 0)
+            _exit(1);
+        int ns = open(nspath, O_RDONLY | O_CLOEXEC);
+        if (ns < 0 || setns(ns, CLONE_NEWNET) != 0)
+            _exit(2);
+        static const char *const cart_ips[] = {CART_IP4, CART_IP6};
+        static const char *const node_ips[] = {NODE_IP4};
+        switch (role) {
+        case ROLE_SERVER:
+            _exit(serve(cart_ips, 2, PEER_PORT, ready));
+        case ROLE_HOSTNET_SERVER:
+            _exit(serve(node_ips, 1, HOSTNET_PORT, ready));
+        case ROLE_CLIENT: {
+            int rc = call(WEB_IP4, CART_IP4, PEER_PORT);
+            _exit(rc ? rc : call(WEB_IP6, CART_IP6, PEER_PORT));
+        }
+        case ROLE_HOSTNET_CLIENT:
+            _exit(call(WEB_IP4, NODE_IP4, HOSTNET_PORT));
+        }
+        _exit(3);
+    }
+    close(hold[0]);
+    close(go[0]);
+    move_to_cgroup(pr->pid, p->rel);
+    close(go[1]);
+    pr->hold = hold[1];
+    return pr;
+}
+
+static void pod_proc_wait(struct proc *pr)
+{
+    int status = 0;
+    cr_assert_eq(waitpid(pr->pid, &status, 0), pr->pid);
+    close(pr->hold);
+    pr->hold = -1;
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "pod process %d: status %#x",
+              (int)pr->pid, status);
+}
+
+/* Reads what the stream has within timeout_ms. */
+static void stream_read(int timeout_ms)
+{
+    struct pollfd p = {.fd = stream.fd, .events = POLLIN};
+    if (poll(&p, 1, timeout_ms) <= 0 || stream.len + 1 >= sizeof(stream.buf))
+        return;
+    ssize_t r = read(stream.fd, stream.buf + stream.len, sizeof(stream.buf) - stream.len - 1);
+    cr_assert_gt(r, 0, "the event stream closed");
+    stream.len += (size_t)r;
+    stream.buf[stream.len] = '\0';
+}
+
+static void stream_open(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)agent_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    const char *req = "GET /api/events/stream HTTP/1.0\r\nHost: x\r\n\r\n";
+    stream.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    stream.len = 0;
+    stream.buf[0] = '\0';
+    cr_assert_eq(connect(stream.fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    cr_assert_eq(write(stream.fd, req, strlen(req)), (ssize_t)strlen(req));
+    /* subscribed once the server says so */
+    for (uint64_t end = tu_mono_ms() + 10000; !strstr(stream.buf, ": connected");) {
+        cr_assert(tu_mono_ms() < end, "the event stream never answered");
+        stream_read(100);
+    }
+}
+
+/* The first streamed event of pid with this type, family and role (close; NULL else). */
+static json_t *stream_find(pid_t pid, const char *type, const char *family, const char *role)
+{
+    char needle[48];
+    snprintf(needle, sizeof(needle), "\"pid\":%d,", (int)pid);
+    for (char *line = strstr(stream.buf, "data: {"); line; line = strstr(line + 1, "data: {")) {
+        char *nl = strchr(line, '\n');
+        if (!nl)
+            break; /* not complete yet */
+        if (!memmem(line, (size_t)(nl - line), needle, strlen(needle)))
+            continue;
+        json_t *ev = json_loadb(line + 6, (size_t)(nl - line - 6), 0, NULL);
+        const char *t = jstr(ev, "type"), *f = jstr(ev, "family"), *ro = jstr(ev, "role");
+        if (t && f && strcmp(t, type) == 0 && strcmp(f, family) == 0 &&
+            (!role || (ro && strcmp(ro, role) == 0)))
+            return ev;
+        json_decref(ev);
+    }
+    return NULL;
+}
+
+static json_t *wait_flow_event(pid_t pid, const char *type, const char *family, const char *role)
+{
+    for (uint64_t end = tu_mono_ms() + 10000; tu_mono_ms() < end; stream_read(100)) {
+        json_t *ev = stream_find(pid, type, family, role);
+        if (ev)
+            return ev;
+    }
+    cr_assert_fail("no %s %s event (role %s) of pid %d streamed", family, type, role ? role : "-",
+                   (int)pid);
+    return NULL;
+}
+
+static void expect_peer(json_t *ev, const struct pod *peer)
+{
+    char *dump = json_dumps(ev, JSON_COMPACT);
+    if (peer) {
+        cr_expect_str_eq(jstr(ev, "peer_pod"), peer->name, "%s", dump);
+        cr_expect_str_eq(jstr(ev, "peer_namespace"), peer->ns, "%s", dump);
+        cr_expect_str_eq(jstr(ev, "peer_workload"), peer->workload, "%s", dump);
+        cr_expect_str_eq(jstr(ev, "peer_workload_kind"), peer->kind, "%s", dump);
+        cr_expect_str_eq(jstr(ev, "peer_node"), NODE, "%s", dump);
+    } else {
+        cr_expect_null(json_object_get(ev, "peer_pod"), "%s", dump);
+        cr_expect_null(json_object_get(ev, "peer_workload"), "%s", dump);
+    }
+    free(dump);
+}
+
+static void wait_ready(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    char c;
+    cr_assert_eq(poll(&p, 1, 10000), 1, "the server pod never listened");
+    cr_assert_eq(read(fd, &c, 1), 1, "the server pod failed before listening");
+}
+
+Test(e2e_k8s, same_node_pods_name_each_other_as_peers)
+{
+    int ready[2];
+    make_netns();
+    stream_open();
+    cr_assert_eq(pipe2(ready, O_CLOEXEC), 0);
+    struct proc *server = pod_proc_start(&cart, ROLE_SERVER, ready[1]);
+    close(ready[1]);
+    wait_ready(ready[0]);
+    close(ready[0]);
+    struct proc *client = pod_proc_start(&web, ROLE_CLIENT, -1);
+    pod_proc_wait(client);
+    pod_proc_wait(server);
+
+    const char *const families[] = {"ipv4", "ipv6"};
+    for (int i = 0; i < 2; i++) {
+        json_t *ev = wait_flow_event(client->pid, "connection", families[i], NULL);
+        expect_pod(ev, &web, true);
+        expect_peer(ev, &cart);
+        json_decref(ev);
+        ev = wait_flow_event(client->pid, "close", families[i], "client");
+        expect_pod(ev, &web, true);
+        expect_peer(ev, &cart);
+        cr_expect_eq(json_integer_value(json_object_get(ev, "bytes_sent")), SENT);
+        json_decref(ev);
+        ev = wait_flow_event(server->pid, "accept", families[i], NULL);
+        expect_pod(ev, &cart, true);
+        expect_peer(ev, &web);
+        json_decref(ev);
+        ev = wait_flow_event(server->pid, "close", families[i], "server");
+        expect_pod(ev, &cart, true);
+        expect_peer(ev, &web);
+        json_decref(ev);
+    }
+    /* eight events named their peer (more may have: the agent sees the whole host) */
+    cr_expect_geq(kube_int("peer_hits"), 8);
+}
+
+/* The hostNetwork pods share the node's address: a call to it names no peer. */
+Test(e2e_k8s, an_address_hostnetwork_pods_share_names_no_peer)
+{
+    int ready[2];
+    make_netns();
+    stream_open();
+    cr_assert_eq(pipe2(ready, O_CLOEXEC), 0);
+    struct proc *server = pod_proc_start(&agent, ROLE_HOSTNET_SERVER, ready[1]);
+    close(ready[1]);
+    wait_ready(ready[0]);
+    close(ready[0]);
+    struct proc *client = pod_proc_start(&web, ROLE_HOSTNET_CLIENT, -1);
+    pod_proc_wait(client);
+    pod_proc_wait(server);
+
+    json_t *ev = wait_flow_event(client->pid, "connection", "ipv4", NULL);
+    expect_pod(ev, &web, true);
+    expect_peer(ev, NULL);
+    json_decref(ev);
+    ev = wait_flow_event(client->pid, "close", "ipv4", "client");
+    expect_peer(ev, NULL);
+    json_decref(ev);
+    /* the other way round the caller's own address is its alone */
+    ev = wait_flow_event(server->pid, "accept", "ipv4", NULL);
+    expect_pod(ev, &agent, true);
+    expect_peer(ev, &web);
+    json_decref(ev);
+    cr_expect_geq(kube_int("peer_ambiguous"), 2, "the connection and its close");
 }

@@ -26,7 +26,7 @@
 static struct tu_monitor mon;
 static char logdir[64];
 
-/* An exec and an exit, a connection and an accept, and a NO_SOCKET drop. */
+/* An exec and an exit, a connection, its accept and both closes, and a NO_SOCKET drop. */
 static void make_events(void)
 {
     char marker[128];
@@ -44,7 +44,8 @@ static void make_events(void)
 /* True once the aggregator holds an event of each type (they come through NATS). */
 static bool aggregator_has_every_type(void)
 {
-    static const char *const types[] = {"exec", "exit", "connection", "accept", "packet_drop"};
+    static const char *const types[] = {"exec",   "exit",        "connection",
+                                        "accept", "packet_drop", "close"};
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         char path[96];
         int status;

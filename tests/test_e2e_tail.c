@@ -407,3 +407,93 @@ Test(e2e_tail, decode_prints_invalid_utf8_as_strict_json_with_exact_bytes)
     free(first);
     free(again);
 }
+
+/* One JSON connection line; peer and workload fields as given ("" = absent). */
+static void conn_line(struct buf *b, unsigned id, const char *status, unsigned dport,
+                      const char *workload, const char *peer_pod)
+{
+    char line[512];
+    int n = snprintf(
+        line, sizeof(line),
+        "{\"id\":\"%016x\",\"type\":\"connection\",\"timestamp\":%llu,\"pid\":7,"
+        "\"command\":\"curl\",\"family\":\"ipv4\",\"protocol\":\"tcp\",\"source_ip\":\"10.0.0.1\","
+        "\"source_port\":40000,\"dest_ip\":\"10.0.0.2\",\"dest_port\":%u,"
+        "\"status\":\"%s\"%s",
+        id, 1795698266000000000ull + id, dport, status,
+        strcmp(status, "failed") == 0 ? ",\"error\":\"refused\"" : "");
+    if (*workload)
+        n += snprintf(line + n, sizeof(line) - (size_t)n,
+                      ",\"k8s_workload\":\"%s\",\"k8s_workload_kind\":\"Deployment\"", workload);
+    if (*peer_pod)
+        n += snprintf(line + n, sizeof(line) - (size_t)n,
+                      ",\"peer_pod\":\"%s\",\"peer_namespace\":\"data\"", peer_pod);
+    snprintf(line + n, sizeof(line) - (size_t)n, "}\n");
+    buf_append(b, line, strlen(line));
+}
+
+Test(e2e_tail, connection_and_peer_filters)
+{
+    int port = tu_free_port();
+    pid_t nats = track(tu_nats_start(port, NULL, path("nats.log")));
+    cr_assert_gt(nats, 0, "nats-server did not start");
+
+    char url[64];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", port);
+    /* Dashes and underscores name the same filters. */
+    char *argv[] = {(char *)tu_repo_path("bin/ebpf-aggregator"),
+                    "tail",
+                    "--nats",
+                    url,
+                    "--status=failed",
+                    "--dest-port",
+                    "5432",
+                    "--workload",
+                    "web",
+                    "--peer_pod",
+                    "db-0",
+                    "--peer-namespace=data",
+                    NULL};
+    pid_t tail = track(spawn(argv, NULL, NULL, path("out"), path("err")));
+    cr_assert(wait_file(path("err"), 0, "following", 10000), "tail did not subscribe");
+
+    /* Only the first and the last match; each other line misses one filter. */
+    struct buf body;
+    buf_init(&body);
+    conn_line(&body, 1, "failed", 5432, "web", "db-0");
+    conn_line(&body, 2, "established", 5432, "web", "db-0");
+    conn_line(&body, 3, "failed", 5433, "web", "db-0");
+    conn_line(&body, 4, "failed", 5432, "api", "db-0");
+    conn_line(&body, 5, "failed", 5432, "", "db-0");
+    conn_line(&body, 6, "failed", 5432, "web", "db-1");
+    conn_line(&body, 7, "failed", 5432, "web", "");
+    conn_line(&body, 8, "failed", 5432, "web", "db-0");
+    natsConnection *nc = connect_to(port);
+    const char *hdrs[] = {
+        BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_JSON, BUS_HDR_NODE, "vm-7", BUS_HDR_INSTANCE,
+        "ffeeddccbbaa9988",   BUS_HDR_SEQUENCE,      "1",          NULL};
+    publish(nc, body.data, body.len, hdrs);
+
+    cr_assert(wait_file(path("out"), 2, NULL, 10000), "expected 2 lines");
+    cr_assert_eq(kill(tail, SIGINT), 0);
+    cr_assert_eq(tu_wait_exit(tail, 5000), 0);
+    json_t *lines = read_lines(path("out"));
+    cr_assert_eq(json_array_size(lines), 2);
+    const char *want_id[] = {"0000000000000001", "0000000000000008"};
+    for (size_t i = 0; i < 2; i++) {
+        json_t *e = json_array_get(lines, i);
+        cr_assert_str_eq(json_string_value(json_object_get(e, "id")), want_id[i]);
+        cr_assert_str_eq(json_string_value(json_object_get(e, "error")), "refused");
+        cr_assert_str_eq(json_string_value(json_object_get(e, "peer_pod")), "db-0");
+        cr_assert_str_eq(json_string_value(json_object_get(e, "k8s_workload")), "web");
+    }
+    json_decref(lines);
+
+    char *bad[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--status", "ok", NULL};
+    pid_t pid = spawn(bad, NULL, NULL, path("out"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 2);
+    cr_assert(wait_file(path("err"), 0, "'status'", 1000));
+
+    natsConnection_Destroy(nc);
+    buf_free(&body);
+    tu_stop(nats, 5000);
+}

@@ -114,6 +114,118 @@ Test(event_json, connection_ipv4_tcp)
     assert_round_trip(&e);
 }
 
+Test(event_json, failed_connection_names_its_error)
+{
+    struct event e;
+    base(&e, EVENT_CONNECTION, "curl");
+    set_addrs(&e, EVENT_FAMILY_IPV4, "10.0.0.1", 54321, "10.0.0.2", 81);
+    e.protocol = IPPROTO_TCP;
+    e.status = EVENT_STATUS_FAILED;
+    e.u.conn.latency_ns = 40000;
+    e.u.conn.error = intern(event_conn_error_name(ECONNREFUSED));
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"connection\"," COMMON
+                    "\"command\":\"curl\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"source_ip\":\"10.0.0.1\",\"source_port\":54321,"
+                    "\"dest_ip\":\"10.0.0.2\",\"dest_port\":81,"
+                    "\"protocol\":\"tcp\",\"family\":\"ipv4\",\"status\":\"failed\","
+                    "\"latency_ns\":40000,\"error\":\"refused\"}");
+    assert_round_trip(&e);
+}
+
+Test(event_json, connection_error_names)
+{
+    cr_expect_str_eq(event_conn_error_name(ECONNREFUSED), "refused");
+    cr_expect_str_eq(event_conn_error_name(ETIMEDOUT), "timeout");
+    cr_expect_str_eq(event_conn_error_name(EHOSTUNREACH), "unreachable");
+    cr_expect_str_eq(event_conn_error_name(ENETUNREACH), "unreachable");
+    cr_expect_str_eq(event_conn_error_name(ECONNRESET), "reset");
+    cr_expect_str_eq(event_conn_error_name(EACCES), "EACCES");
+    cr_expect_str_eq(event_conn_error_name(ECONNABORTED), "ECONNABORTED");
+    cr_expect_null(event_conn_error_name(0));
+    cr_expect_null(event_conn_error_name(100000));
+}
+
+/* A connect that failed before its SYN never had a source address: none is printed. */
+Test(event_json, connection_failed_before_its_syn_has_no_source)
+{
+    struct event e;
+    base(&e, EVENT_CONNECTION, "curl");
+    set_addrs(&e, EVENT_FAMILY_IPV4, "0.0.0.0", 0, "10.255.255.1", 80);
+    e.protocol = IPPROTO_TCP;
+    e.status = EVENT_STATUS_FAILED;
+    e.u.conn.error = intern("unreachable");
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"connection\"," COMMON
+                    "\"command\":\"curl\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"dest_ip\":\"10.255.255.1\",\"dest_port\":80,"
+                    "\"protocol\":\"tcp\",\"family\":\"ipv4\",\"status\":\"failed\","
+                    "\"latency_ns\":0,\"error\":\"unreachable\"}");
+    assert_round_trip(&e);
+}
+
+Test(event_json, close_with_workload_and_peer)
+{
+    struct event e;
+    base(&e, EVENT_CLOSE, "nginx");
+    set_addrs(&e, EVENT_FAMILY_IPV6, "fd00::1", 40000, "fd00::2", 8080);
+    e.protocol = IPPROTO_TCP;
+    e.k8s.pod_name = intern("web-7d9f-abcde");
+    e.k8s.namespace = intern("shop");
+    e.k8s.workload = intern("web");
+    e.k8s.workload_kind = intern("Deployment");
+    e.k8s.ips = intern("fd00::2"); /* pod table only: not in the event's JSON */
+    e.peer.pod = intern("cart-0");
+    e.peer.namespace = intern("shop");
+    e.peer.workload = intern("cart");
+    e.peer.workload_kind = intern("StatefulSet");
+    e.peer.node = intern("worker-2");
+    e.u.close.role = EVENT_ROLE_SERVER;
+    e.u.close.reset = EVENT_RESET_RECEIVED;
+    e.u.close.duration_ns = 5000000;
+    e.u.close.bytes_sent = 2000;
+    e.u.close.bytes_received = 1000;
+    e.u.close.retransmits = 3;
+    e.u.close.srtt_us = 120;
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"close\"," COMMON
+                    "\"command\":\"nginx\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"k8s_pod_name\":\"web-7d9f-abcde\",\"k8s_namespace\":\"shop\","
+                    "\"k8s_workload\":\"web\",\"k8s_workload_kind\":\"Deployment\","
+                    "\"peer_pod\":\"cart-0\",\"peer_namespace\":\"shop\","
+                    "\"peer_workload\":\"cart\",\"peer_workload_kind\":\"StatefulSet\","
+                    "\"peer_node\":\"worker-2\","
+                    "\"source_ip\":\"fd00::1\",\"source_port\":40000,"
+                    "\"dest_ip\":\"fd00::2\",\"dest_port\":8080,"
+                    "\"protocol\":\"tcp\",\"family\":\"ipv6\",\"role\":\"server\","
+                    "\"duration_ns\":5000000,\"bytes_sent\":2000,\"bytes_received\":1000,"
+                    "\"retransmits\":3,\"srtt_us\":120,\"reset\":\"received\"}");
+    e.k8s.ips = NULL;
+    assert_round_trip(&e);
+
+    struct event back;
+    struct buf b;
+    char err[256] = "";
+    buf_init(&b);
+    event_json_write(&b, &e);
+    cr_assert_eq(event_json_parse(b.data, b.len, &back, err, sizeof(err)), 0, "%s", err);
+    cr_expect(event_equal(&back, &e), "close, workload and peer fields survive a round trip");
+    event_clear(&back);
+    buf_free(&b);
+}
+
+Test(event_json, close_parse_rejects_unknown_role_and_reset)
+{
+    static const char *const bad[] = {
+        "{\"id\":\"0000000000000001\",\"type\":\"close\",\"timestamp\":1,\"role\":\"middle\"}",
+        "{\"id\":\"0000000000000001\",\"type\":\"close\",\"timestamp\":1,\"reset\":\"both\"}",
+    };
+    static const char *const field[] = {"role", "reset"};
+    for (size_t i = 0; i < 2; i++) {
+        struct event e;
+        char err[256] = "";
+        cr_expect_neq(event_json_parse(bad[i], strlen(bad[i]), &e, err, sizeof(err)), 0);
+        cr_expect(strstr(err, field[i]) != NULL, "error names %s: %s", field[i], err);
+    }
+}
+
 Test(event_json, connection_ipv6_udp_with_k8s)
 {
     struct event e;

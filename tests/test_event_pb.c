@@ -3,6 +3,7 @@
 #include "event_pb.h"
 #include "intern.h"
 #include "pb_craft.h"
+#include "pb_wire.h"
 
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -51,6 +52,7 @@ static size_t make_events(struct event *ev)
     e->protocol = IPPROTO_TCP;
     e->status = EVENT_STATUS_FAILED;
     e->u.conn.latency_ns = 1500000;
+    e->u.conn.error = intern("refused");
 
     e = &ev[n++];
     base(e, EVENT_CONNECTION, 2, "dig");
@@ -62,6 +64,8 @@ static size_t make_events(struct event *ev)
     e->k8s.namespace = intern("shop");
     e->k8s.container_id = intern("0123abcd");
     e->k8s.pod_uid = intern("9b2c-11");
+    e->k8s.workload = intern("web");
+    e->k8s.workload_kind = intern("Deployment");
 
     e = &ev[n++];
     base(e, EVENT_ACCEPT, 3, "nginx");
@@ -69,6 +73,29 @@ static size_t make_events(struct event *ev)
     e->protocol = IPPROTO_TCP;
     e->k8s.pod_name = intern("web-7d9f");
     e->k8s.namespace = intern("shop");
+    e->peer.pod = intern("client-5c7b");
+    e->peer.namespace = intern("shop");
+    e->peer.workload = intern("client");
+    e->peer.workload_kind = intern("Deployment");
+    e->peer.node = intern("worker-1");
+
+    e = &ev[n++];
+    base(e, EVENT_CLOSE, 9, "nginx");
+    addrs(e, EVENT_FAMILY_IPV4, "10.1.0.7", 41000, "10.1.0.5", 8080);
+    e->protocol = IPPROTO_TCP;
+    e->k8s.pod_name = intern("web-7d9f");
+    e->k8s.workload = intern("web");
+    e->k8s.workload_kind = intern("Deployment");
+    e->peer.pod = intern("client-5c7b");
+    e->peer.service = intern("web.shop.svc");
+    e->peer.dns = intern("web.shop.svc.cluster.local");
+    e->u.close.role = EVENT_ROLE_SERVER;
+    e->u.close.reset = EVENT_RESET_RECEIVED;
+    e->u.close.retransmits = 3;
+    e->u.close.srtt_us = 250;
+    e->u.close.duration_ns = 4000000000ull;
+    e->u.close.bytes_sent = 1u << 20;
+    e->u.close.bytes_received = 512;
 
     e = &ev[n++];
     base(e, EVENT_PACKET_DROP, 4, "swapper/0");
@@ -191,8 +218,8 @@ Test(event_pb, events_carry_no_copy_of_the_batch_node)
     cr_assert_eq(event_batch_encode(&meta, ev, n, &with), 0);
     meta.node = "elsewhere";
     cr_assert_eq(event_batch_encode(&meta, ev, n, &without), 0);
-    /* Seven of the eight events repeat NODE unless the batch carries it. */
-    cr_assert_geq(without.len, with.len + 7 * strlen(NODE));
+    /* Eight of the nine events repeat NODE unless the batch carries it. */
+    cr_assert_geq(without.len, with.len + 8 * strlen(NODE));
     for (size_t i = 0; i < n; i++)
         event_clear(&ev[i]);
     buf_free(&with);
@@ -383,6 +410,27 @@ Test(event_pb, decode_rejects_invalid_events)
     e.connection = &conn;
     expect_rejected(&e, "connection.status");
 
+    Ebpfmonitor__CloseDetails close = EBPFMONITOR__CLOSE_DETAILS__INIT;
+    RESET(EXIT);
+    e.details_case = EBPFMONITOR__EVENT__DETAILS_CLOSE;
+    e.close = &close;
+    expect_rejected(&e, "exit event carries close details");
+    RESET(CLOSE);
+    e.details_case = EBPFMONITOR__EVENT__DETAILS_CONNECTION;
+    e.connection = &conn;
+    expect_rejected(&e, "close event carries connection details");
+    RESET(CLOSE);
+    close.role = 3;
+    e.details_case = EBPFMONITOR__EVENT__DETAILS_CLOSE;
+    e.close = &close;
+    expect_rejected(&e, "close.role");
+    RESET(CLOSE);
+    close.role = EBPFMONITOR__CLOSE_ROLE__CLOSE_ROLE_CLIENT;
+    close.reset = -1;
+    e.details_case = EBPFMONITOR__EVENT__DETAILS_CLOSE;
+    e.close = &close;
+    expect_rejected(&e, "close.reset");
+
     RESET(EXEC);
     exec.filename = (ProtobufCBinaryData){3, (uint8_t *)"/\0x"};
     e.details_case = EBPFMONITOR__EVENT__DETAILS_EXEC;
@@ -497,9 +545,16 @@ static void random_event(struct event *e)
         "containerd://0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
         "docker://ff00"};
     static const char *const uids[] = {"6f1c2a3b-0001-4c5d-8e9f-000000001eef", "u2"};
+    static const char *const workloads[] = {"web", "db", "coredns"};
+    static const char *const kinds[] = {"Deployment", "StatefulSet", "Pod"};
+    static const char *const apps[] = {"web", "postgres"};
+    /* As event_pb_ips_to_text() writes them back: inet_ntop's canonical forms. */
+    static const char *const ips[] = {"10.1.0.5", "10.1.0.5,fd00::5", "fd00::5,10.1.0.5",
+                                      "2001:db8::1:0:0:1"};
+    static const char *const errors[] = {"refused", "timeout", "EACCES"};
     uint64_t r = rng();
     memset(e, 0, sizeof(*e));
-    e->type = (uint8_t)(1 + r % 5);
+    e->type = (uint8_t)(1 + r % (EVENT_TYPE_COUNT - 1));
     /* Magnitudes from 0 to 2^64-1, so every varint length shows up. */
 #define RV() ((r = rng()) & 1 ? 0 : rng() >> (rng() % 64))
     e->id = RV();
@@ -517,6 +572,20 @@ static void random_event(struct event *e)
     e->k8s.namespace = pick(nss, 2);
     e->k8s.container_id = pick(cids, 2);
     e->k8s.pod_uid = pick(uids, 2);
+    e->k8s.workload = pick(workloads, 3);
+    e->k8s.workload_kind = pick(kinds, 3);
+    e->k8s.app = pick(apps, 2);
+    e->k8s.ips = pick(ips, 4);
+    e->k8s.host_network = rng() % 4 == 0;
+    if (rng() % 2) {
+        e->peer.pod = pick(pods, 3);
+        e->peer.namespace = pick(nss, 2);
+        e->peer.workload = pick(workloads, 3);
+        e->peer.workload_kind = pick(kinds, 3);
+        e->peer.node = pick(nodes, 3);
+        e->peer.service = pick(apps, 2);
+        e->peer.dns = pick(nodes, 3);
+    }
     if (rng() % 4) {
         e->family = (uint8_t)(1 + rng() % 2);
         for (int i = 0; i < 16; i++) {
@@ -531,6 +600,16 @@ static void random_event(struct event *e)
     case EVENT_CONNECTION:
         e->status = (uint8_t)(rng() % 4);
         e->u.conn.latency_ns = RV();
+        e->u.conn.error = pick(errors, 3);
+        break;
+    case EVENT_CLOSE:
+        e->u.close.role = (uint8_t)(rng() % 3);
+        e->u.close.reset = (uint8_t)(rng() % 3);
+        e->u.close.retransmits = (uint32_t)RV();
+        e->u.close.srtt_us = (uint32_t)RV();
+        e->u.close.duration_ns = RV();
+        e->u.close.bytes_sent = RV();
+        e->u.close.bytes_received = RV();
         break;
     case EVENT_PACKET_DROP:
         e->u.drop.reason_code = (uint32_t)RV();
@@ -606,8 +685,16 @@ static void assert_identical(const struct event *a, const struct event *b, const
     cr_assert_eq(a->node, b->node, "%s: node", what);
     cr_assert(a->k8s.node_name == b->k8s.node_name && a->k8s.pod_name == b->k8s.pod_name &&
                   a->k8s.namespace == b->k8s.namespace &&
-                  a->k8s.container_id == b->k8s.container_id && a->k8s.pod_uid == b->k8s.pod_uid,
+                  a->k8s.container_id == b->k8s.container_id && a->k8s.pod_uid == b->k8s.pod_uid &&
+                  a->k8s.workload == b->k8s.workload &&
+                  a->k8s.workload_kind == b->k8s.workload_kind && a->k8s.app == b->k8s.app &&
+                  a->k8s.ips == b->k8s.ips && a->k8s.host_network == b->k8s.host_network,
               "%s: k8s attribution differs", what);
+    cr_assert(a->peer.pod == b->peer.pod && a->peer.namespace == b->peer.namespace &&
+                  a->peer.workload == b->peer.workload &&
+                  a->peer.workload_kind == b->peer.workload_kind && a->peer.node == b->peer.node &&
+                  a->peer.service == b->peer.service && a->peer.dns == b->peer.dns,
+              "%s: peer differs", what);
     size_t alen = a->family == EVENT_FAMILY_IPV4 ? 4 : a->family == EVENT_FAMILY_IPV6 ? 16 : 0;
     cr_assert_eq(memcmp(a->saddr, b->saddr, alen), 0, "%s", what);
     cr_assert_eq(memcmp(a->daddr, b->daddr, alen), 0, "%s", what);
@@ -615,6 +702,16 @@ static void assert_identical(const struct event *a, const struct event *b, const
     case EVENT_CONNECTION:
         cr_assert_eq(a->status, b->status, "%s", what);
         cr_assert_eq(a->u.conn.latency_ns, b->u.conn.latency_ns, "%s", what);
+        cr_assert_eq(a->u.conn.error, b->u.conn.error, "%s: error", what);
+        break;
+    case EVENT_CLOSE:
+        cr_assert(a->u.close.role == b->u.close.role && a->u.close.reset == b->u.close.reset &&
+                      a->u.close.retransmits == b->u.close.retransmits &&
+                      a->u.close.srtt_us == b->u.close.srtt_us &&
+                      a->u.close.duration_ns == b->u.close.duration_ns &&
+                      a->u.close.bytes_sent == b->u.close.bytes_sent &&
+                      a->u.close.bytes_received == b->u.close.bytes_received,
+                  "%s: close", what);
         break;
     case EVENT_PACKET_DROP:
         cr_assert(a->u.drop.reason_code == b->u.drop.reason_code &&
@@ -665,6 +762,14 @@ static void free_events(struct event *ev, size_t n)
     for (size_t i = 0; i < n; i++)
         event_clear(&ev[i]);
     free(ev);
+}
+
+/* The attribution fields only the pod table carries: an event written inline loses them. */
+static void pod_only_cleared(struct event_k8s *k)
+{
+    k->app = NULL;
+    k->ips = NULL;
+    k->host_network = false;
 }
 
 /* Event.id is a fixed64: little-endian on the wire, written and read the same way by both codecs.
@@ -761,6 +866,8 @@ static void random_batch(struct event *ev, size_t n, bool with_pods, struct buf 
                                : event_batch_append_event(b, &ev[i], meta.node),
                      0);
         normalise(&ev[i]);
+        if (!with_pods)
+            pod_only_cleared(&ev[i].k8s);
     }
     cr_assert_eq(event_batch_append_meta(b, &meta), 0);
 }
@@ -1024,9 +1131,14 @@ Test(event_pb, mutated_pod_batches_decode_alike_or_fail_cleanly)
  */
 Test(event_pb, hostile_shapes_cost_at_most_themselves_in_both_decoders)
 {
-    struct pb_craft crafts[32];
+    struct pb_craft crafts[48];
     size_t nc = pb_craft_hostile(crafts, 32, "hostile-node", 1, 1700000000000000000ull);
     cr_assert_gt(nc, 10);
+    size_t nr = pb_craft_refused(crafts + nc, 16, "hostile-node", 100, 1700000000000000000ull);
+    cr_assert_geq(nr, 2);
+    for (size_t i = 0; i < nc; i++)
+        cr_assert(!crafts[i].refused, "%s", crafts[i].name);
+    nc += nr;
     for (size_t i = 0; i < nc; i++) {
         const struct pb_craft *c = &crafts[i];
         const uint8_t *w = (const uint8_t *)c->wire.data;
@@ -1036,6 +1148,14 @@ Test(event_pb, hostile_shapes_cost_at_most_themselves_in_both_decoders)
         char ef[256] = "", eg[256] = "";
         int rf = event_batch_decode(w, c->wire.len, &mf, &f, &nf, ef, sizeof(ef));
         int rg = event_batch_decode_generic(w, c->wire.len, &mg, &g, &ng, eg, sizeof(eg));
+        if (c->refused) {
+            cr_assert_eq(rf, -EINVAL, "%s: %s", c->name, ef);
+            cr_assert_eq(rg, -EINVAL, "%s: %s", c->name, eg);
+            cr_assert_str_eq(ef, eg, "%s", c->name);
+            cr_assert(strstr(ef, "pods[0]"), "%s: the reason names the entry: %s", c->name, ef);
+            cr_assert(nf == 0 && ng == 0 && !f && !g && !mf.node, "%s", c->name);
+            continue;
+        }
         cr_assert_eq(rf, 0, "%s: %s", c->name, ef);
         cr_assert_eq(rg, 0, "%s: %s", c->name, eg);
         cr_assert_eq(nf, c->valid, "%s: kept %zu, want %zu (%s)", c->name, nf, c->valid, ef);
@@ -1078,7 +1198,7 @@ Test(event_pb, repeated_details_merge_as_protobuf_does)
     size_t nc = pb_craft_hostile(crafts, 32, "merge-node", 1, 1700000000000000000ull);
     const struct pb_craft *c = NULL;
     for (size_t i = 0; i < nc; i++)
-        if (strstr(crafts[i].name, "merged"))
+        if (strcmp(crafts[i].name, "exec details given twice (merged)") == 0)
             c = &crafts[i];
     cr_assert(c);
     struct event_batch_meta m;
@@ -1094,6 +1214,38 @@ Test(event_pb, repeated_details_merge_as_protobuf_does)
                  e->u.exec.args_len, (int)e->u.exec.args_len, e->u.exec.args);
     cr_assert_eq(memcmp(e->u.exec.args, "first\0second", e->u.exec.args_len), 0);
     free_events(ev, n);
+
+    /* Close details: merged when consecutive; another kind between resets the oneof. */
+    static const struct {
+        const char *name;
+        uint8_t role, reset;
+        uint64_t duration, sent, received;
+    } want[] = {{"close details given twice (merged)", EVENT_ROLE_CLIENT, EVENT_RESET_RECEIVED,
+                 7000, 100, 200},
+                {"close, exec, then close details again", EVENT_ROLE_NONE, EVENT_RESET_RECEIVED,
+                 7000, 0, 200}};
+    for (size_t w = 0; w < 2; w++) {
+        c = NULL;
+        for (size_t i = 0; i < nc; i++)
+            if (strcmp(crafts[i].name, want[w].name) == 0)
+                c = &crafts[i];
+        cr_assert(c, "%s", want[w].name);
+        cr_assert_eq(
+            event_batch_decode((const uint8_t *)c->wire.data, c->wire.len, &m, &ev, &n, NULL, 0),
+            0);
+        cr_assert_eq(n, 3);
+        e = &ev[1];
+        cr_assert_eq(e->type, EVENT_CLOSE);
+        cr_assert(e->u.close.role == want[w].role && e->u.close.reset == want[w].reset &&
+                      e->u.close.duration_ns == want[w].duration &&
+                      e->u.close.bytes_sent == want[w].sent &&
+                      e->u.close.bytes_received == want[w].received,
+                  "%s: role %u reset %u duration %llu sent %llu received %llu", want[w].name,
+                  e->u.close.role, e->u.close.reset, (unsigned long long)e->u.close.duration_ns,
+                  (unsigned long long)e->u.close.bytes_sent,
+                  (unsigned long long)e->u.close.bytes_received);
+        free_events(ev, n);
+    }
     for (size_t i = 0; i < nc; i++)
         pb_craft_free(&crafts[i]);
 }
@@ -1129,8 +1281,9 @@ Test(event_pb, fuzz_seeds_decode)
         }
     }
     buf_free(&b);
-    struct pb_craft crafts[32];
+    struct pb_craft crafts[48];
     size_t nc = pb_craft_hostile(crafts, 32, "seed-node", 1, 1700000000000000000ull);
+    nc += pb_craft_refused(crafts + nc, 16, "seed-node", 100, 1700000000000000000ull);
     for (size_t i = 0; i < nc; i++) {
         if (dir) {
             snprintf(path, sizeof(path), "%s/hostile-%02zu.pb", dir, i);
@@ -1142,4 +1295,91 @@ Test(event_pb, fuzz_seeds_decode)
         }
         pb_craft_free(&crafts[i]);
     }
+}
+
+/*
+ * The pod table's entries are what protobuf-c writes for the same PodRef,
+ * ips included (4 or 16 bytes each, network order), and they decode back to
+ * the attribution the events had; text that is not an address is left out.
+ */
+Test(event_pb, podref_matches_protobuf_c)
+{
+    static const char *const ips[] = {"10.1.0.5,fd00::5", "10.1.0.5,bogus,fd00::5", "2001:db8::1",
+                                      NULL};
+    struct event ev[4];
+    struct event_pb_pods pods;
+    struct event_batch_meta meta = test_meta();
+    struct buf b;
+    buf_init(&b);
+    event_pb_pods_reset(&pods);
+    for (size_t i = 0; i < 4; i++) {
+        base(&ev[i], EVENT_CLOSE, i + 1, "nginx");
+        ev[i].k8s.pod_name = intern(i % 2 ? "web-1" : "web-0");
+        ev[i].k8s.namespace = intern("shop");
+        ev[i].k8s.workload = intern("web");
+        ev[i].k8s.workload_kind = intern("StatefulSet");
+        ev[i].k8s.app = intern("web-app");
+        ev[i].k8s.ips = ips[i] ? intern(ips[i]) : NULL;
+        ev[i].k8s.host_network = i == 3;
+        cr_assert_eq(event_batch_append_event_pods(&b, &ev[i], meta.node, &pods), 0);
+    }
+    cr_assert_eq(pods.n, 4, "ips and host_network are part of an entry's identity");
+    cr_assert_eq(event_batch_append_meta(&b, &meta), 0);
+
+    Ebpfmonitor__EventBatch *pb = ebpfmonitor__event_batch__unpack(NULL, b.len, (uint8_t *)b.data);
+    cr_assert_not_null(pb);
+    cr_assert_eq(pb->n_pods, 4);
+    const Ebpfmonitor__PodRef *p0 = pb->pods[0];
+    cr_assert_str_eq(p0->workload, "web");
+    cr_assert_str_eq(p0->workload_kind, "StatefulSet");
+    cr_assert_str_eq(p0->app, "web-app");
+    cr_assert_eq(p0->n_ips, 2);
+    cr_assert_eq(p0->ips[0].len, 4);
+    cr_assert_eq(memcmp(p0->ips[0].data, "\x0a\x01\x00\x05", 4), 0);
+    cr_assert_eq(p0->ips[1].len, 16);
+    cr_assert_eq(p0->ips[1].data[0], 0xfd);
+    cr_assert_eq(p0->ips[1].data[15], 5);
+    cr_assert_eq(pb->pods[1]->n_ips, 2, "the entry that is not an address is left out");
+    cr_assert(!p0->host_network && pb->pods[3]->host_network);
+
+    /* Byte for byte: each entry as protobuf-c packs the reference codec's PodRef. */
+    struct pb_rd r = {(uint8_t *)b.data, (uint8_t *)b.data + b.len};
+    struct pb_field f;
+    size_t k = 0;
+    while (r.p < r.end) {
+        cr_assert(pb_rd_field(&r, &f));
+        if (f.num != 10)
+            continue;
+        cr_assert_lt(k, pb->n_pods);
+        Ebpfmonitor__PodRef msg;
+        struct event_pb_pod_scratch scratch;
+        cr_assert_eq(event_pb_podref_from_k8s(&ev[k].k8s, &msg, &scratch), 0);
+        size_t len = ebpfmonitor__pod_ref__get_packed_size(&msg);
+        uint8_t *want = malloc(len);
+        ebpfmonitor__pod_ref__pack(&msg, want);
+        event_pb_pod_scratch_release(&scratch);
+        cr_assert_eq(f.len, len, "entry %zu", k);
+        cr_assert_eq(memcmp(f.data, want, len), 0, "entry %zu", k);
+        free(want);
+        k++;
+    }
+    cr_assert_eq(k, 4);
+    ebpfmonitor__event_batch__free_unpacked(pb, NULL);
+
+    ev[1].k8s.ips = intern("10.1.0.5,fd00::5"); /* as it decodes */
+    int (*decoders[])(const uint8_t *, size_t, struct event_batch_meta *, struct event **, size_t *,
+                      char *, size_t) = {event_batch_decode_fast, event_batch_decode_generic};
+    for (int d = 0; d < 2; d++) {
+        struct event_batch_meta m;
+        struct event *out;
+        size_t n;
+        char err[256] = "";
+        cr_assert_eq(decoders[d]((uint8_t *)b.data, b.len, &m, &out, &n, err, sizeof(err)), 0, "%s",
+                     err);
+        cr_assert_eq(n, 4);
+        for (size_t i = 0; i < 4; i++)
+            assert_identical(&ev[i], &out[i], d ? "generic" : "fast");
+        free_events(out, n);
+    }
+    buf_free(&b);
 }

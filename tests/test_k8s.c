@@ -714,3 +714,382 @@ Test(k8s, watch_error_reconnects_and_a_quiet_watch_counts_as_connected)
     pthread_mutex_unlock(&s.lock);
     stop_all(k, &s);
 }
+
+/* ---- identity: workload, app label, IPs ---- */
+
+/* A client fed by k8s_feed() only: no API server, so a Job is never read. */
+static struct k8s *feed_client(unsigned ttl_ms)
+{
+    unsetenv("KUBERNETES_SERVICE_HOST");
+    struct k8s_options o = {.node_name = NODE, .tombstone_ttl_ms = ttl_ms};
+    struct k8s *k = k8s_new(&o, NULL);
+    cr_assert_not_null(k);
+    return k;
+}
+
+static void feed_pod(struct k8s *k, const char *type, const struct kas_pod *p)
+{
+    char *obj = kas_pod_object(p), *line = NULL, err[256] = "";
+    cr_assert_not_null(obj);
+    cr_assert_geq(asprintf(&line, "{\"type\":\"%s\",\"object\":%s}\n", type, obj), 0);
+    int rc = k8s_feed(k, true, line, strlen(line), err, sizeof(err));
+    cr_assert_eq(rc, 0, "%s", err);
+    free(line);
+    free(obj);
+}
+
+static struct k8s_pod cached(struct k8s *k, const char *uid)
+{
+    struct k8s_pod p;
+    cr_assert(k8s_pod_cache_lookup(k, uid, &p), "pod %s not cached", uid);
+    return p;
+}
+
+static void expect_workload(struct k8s *k, const struct kas_pod *p, const char *workload,
+                            const char *kind)
+{
+    feed_pod(k, "ADDED", p);
+    struct k8s_pod got = cached(k, p->uid);
+    cr_expect_str_eq(got.workload, workload, "%s", p->name);
+    cr_expect_str_eq(got.workload_kind, kind, "%s", p->name);
+}
+
+#define UID(n) "00000000-0000-4000-8000-00000000000" #n
+
+Test(k8s_identity, workload_from_the_controller_owner_reference)
+{
+    struct k8s *k = feed_client(0);
+    /* the Deployment controller names its ReplicaSets <deployment>-<pod-template-hash> */
+    expect_workload(k,
+                    &(struct kas_pod){UID(1), "web-7d9c6b8f5d-x2k8p", "shop", NODE,
+                                      .labels = "\"pod-template-hash\":\"7d9c6b8f5d\"",
+                                      .owner_kind = "ReplicaSet", .owner_name = "web-7d9c6b8f5d"},
+                    "web", "Deployment");
+    /* a ReplicaSet of its own: no hash label, or a name that is not <x>-<hash> */
+    expect_workload(k,
+                    &(struct kas_pod){UID(2), "rs-abcde", "shop", NODE, .owner_kind = "ReplicaSet",
+                                      .owner_name = "rs"},
+                    "rs", "ReplicaSet");
+    expect_workload(k,
+                    &(struct kas_pod){UID(3), "webx7d9c6b8f5d-q", "shop", NODE,
+                                      .labels = "\"pod-template-hash\":\"7d9c6b8f5d\"",
+                                      .owner_kind = "ReplicaSet", .owner_name = "webx7d9c6b8f5d"},
+                    "webx7d9c6b8f5d", "ReplicaSet");
+    expect_workload(k,
+                    &(struct kas_pod){UID(4), "-7d9c6b8f5d-q", "shop", NODE,
+                                      .labels = "\"pod-template-hash\":\"7d9c6b8f5d\"",
+                                      .owner_kind = "ReplicaSet", .owner_name = "-7d9c6b8f5d"},
+                    "-7d9c6b8f5d", "ReplicaSet");
+    expect_workload(k,
+                    &(struct kas_pod){UID(5), "redis-0", "cache", NODE, .owner_kind = "StatefulSet",
+                                      .owner_name = "redis"},
+                    "redis", "StatefulSet");
+    expect_workload(k,
+                    &(struct kas_pod){UID(6), "fluent-bit-4xk2p", "logging", NODE,
+                                      .owner_kind = "DaemonSet", .owner_name = "fluent-bit"},
+                    "fluent-bit", "DaemonSet");
+    /* without an API server the Job cannot be read: it stays a Job */
+    expect_workload(k,
+                    &(struct kas_pod){UID(7), "migrate-x7k2p", "jobs", NODE, .owner_kind = "Job",
+                                      .owner_name = "migrate",
+                                      .owner_uid = "6f1c2a3b-0001-4c5d-8e9f-0000000000aa"},
+                    "migrate", "Job");
+    /* no controller: the pod is its own workload */
+    expect_workload(k, &(struct kas_pod){UID(8), "debug", "default", NODE}, "debug", "Pod");
+    /* any other controller: that kind and name (static pods: their Node) */
+    expect_workload(k,
+                    &(struct kas_pod){UID(9), "kube-proxy-node-1", "kube-system", NODE,
+                                      .owner_kind = "Node", .owner_name = "node-1"},
+                    "node-1", "Node");
+    k8s_free(k);
+}
+
+Test(k8s_identity, an_owner_that_is_not_the_controller_is_not_the_workload)
+{
+    struct k8s *k = feed_client(0);
+    const char *pod =
+        "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"n\","
+        "\"uid\":\"" UID(1) "\",\"ownerReferences\":[{\"kind\":\"ReplicaSet\",\"name\":\"rs\","
+                            "\"uid\":\"x\"}]},\"spec\":{\"nodeName\":\"" NODE "\"}}}\n";
+    char err[256] = "";
+    cr_assert_eq(k8s_feed(k, true, pod, strlen(pod), err, sizeof(err)), 0, "%s", err);
+    struct k8s_pod p = cached(k, UID(1));
+    cr_expect_str_eq(p.workload, "p");
+    cr_expect_str_eq(p.workload_kind, "Pod");
+    k8s_free(k);
+}
+
+Test(k8s_identity, app_label_prefers_the_recommended_label)
+{
+    struct k8s *k = feed_client(0);
+    feed_pod(k, "ADDED",
+             &(struct kas_pod){UID(1), "a", "n", NODE,
+                               .labels = "\"app\":\"legacy\",\"app.kubernetes.io/name\":\"shop\""});
+    feed_pod(k, "ADDED", &(struct kas_pod){UID(2), "b", "n", NODE, .labels = "\"app\":\"legacy\""});
+    feed_pod(k, "ADDED", &(struct kas_pod){UID(3), "c", "n", NODE, .labels = "\"tier\":\"x\""});
+    cr_expect_str_eq(cached(k, UID(1)).app, "shop");
+    cr_expect_str_eq(cached(k, UID(2)).app, "legacy");
+    cr_expect_null(cached(k, UID(3)).app);
+    k8s_free(k);
+}
+
+Test(k8s_identity, pod_ips_from_podIPs_or_podIP)
+{
+    struct k8s *k = feed_client(0);
+    feed_pod(k, "ADDED",
+             &(struct kas_pod){UID(1), "dual", "n", NODE,
+                               .ips = {"10.244.1.5", "fd00:10:244:1:0:0:0:5"}});
+    feed_pod(k, "ADDED", &(struct kas_pod){UID(2), "none", "n", NODE});
+    feed_pod(k, "ADDED", &(struct kas_pod){UID(3), "bad", "n", NODE, .ips = {"10.244.1.999"}});
+    cr_expect_str_eq(cached(k, UID(1)).ips, "10.244.1.5,fd00:10:244:1::5");
+    cr_expect_null(cached(k, UID(2)).ips);
+    cr_expect_null(cached(k, UID(3)).ips, "not an address");
+
+    /* an older API server: status.podIP only */
+    const char *old =
+        "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"old\","
+        "\"namespace\":\"n\",\"uid\":\"" UID(4) "\"},\"spec\":{\"hostNetwork\":true},"
+                                                "\"status\":{\"podIP\":\"10.0.0.9\"}}}\n";
+    char err[256] = "";
+    cr_assert_eq(k8s_feed(k, true, old, strlen(old), err, sizeof(err)), 0, "%s", err);
+    struct k8s_pod p = cached(k, UID(4));
+    cr_expect_str_eq(p.ips, "10.0.0.9");
+    cr_expect(p.host_network);
+    cr_expect_not(cached(k, UID(1)).host_network);
+    k8s_free(k);
+}
+
+/* ---- the IP index: peers ---- */
+
+static const char *peer_of(struct k8s *k, const char *ip)
+{
+    uint8_t a[16] = {0};
+    struct event_peer peer = {0};
+    unsigned family = EVENT_FAMILY_IPV6;
+    if (inet_pton(AF_INET, ip, a) == 1)
+        family = EVENT_FAMILY_IPV4;
+    else
+        cr_assert_eq(inet_pton(AF_INET6, ip, a), 1, "%s", ip);
+    if (!k8s_peer_lookup(k, family, a, &peer))
+        return NULL;
+    cr_assert_not_null(peer.pod);
+    return peer.pod;
+}
+
+Test(k8s_identity, an_address_one_live_pod_holds_names_it)
+{
+    struct k8s *k = feed_client(0);
+    feed_pod(k, "ADDED",
+             &(struct kas_pod){UID(1), "web-7d9c6b8f5d-x2k8p", "shop", NODE,
+                               .labels = "\"pod-template-hash\":\"7d9c6b8f5d\"",
+                               .owner_kind = "ReplicaSet", .owner_name = "web-7d9c6b8f5d",
+                               .ips = {"10.244.1.5", "fd00::5"}});
+    uint8_t a[16];
+    struct event_peer peer = {.service = "kept"};
+    inet_pton(AF_INET, "10.244.1.5", a);
+    cr_assert_eq(k8s_peer_lookup(k, EVENT_FAMILY_IPV4, a, &peer), 1);
+    cr_expect_str_eq(peer.pod, "web-7d9c6b8f5d-x2k8p");
+    cr_expect_str_eq(peer.namespace, "shop");
+    cr_expect_str_eq(peer.workload, "web");
+    cr_expect_str_eq(peer.workload_kind, "Deployment");
+    cr_expect_str_eq(peer.node, NODE);
+    cr_expect_str_eq(peer.service, "kept", "fields the index does not know are left alone");
+
+    cr_expect_str_eq(peer_of(k, "fd00::5"), "web-7d9c6b8f5d-x2k8p");
+    cr_expect_str_eq(peer_of(k, "::ffff:10.244.1.5"), "web-7d9c6b8f5d-x2k8p", "v4-mapped");
+    cr_expect_null(peer_of(k, "10.244.1.6"));
+    cr_expect_null(peer_of(k, "fd00::6"));
+
+    struct k8s_stats st;
+    k8s_get_stats(k, &st);
+    cr_expect_eq(st.peer_lookups, 5);
+    cr_expect_eq(st.peer_hits, 3);
+    cr_expect_eq(st.peer_ambiguous, 0);
+    k8s_free(k);
+}
+
+Test(k8s_identity, an_address_several_pods_share_names_no_one)
+{
+    struct k8s *k = feed_client(0);
+    /* two hostNetwork pods: both have the node's address */
+    feed_pod(k, "ADDED",
+             &(struct kas_pod){UID(1), "kube-proxy", "kube-system", NODE, .host_network = true,
+                               .ips = {"192.0.2.10"}});
+    feed_pod(k, "ADDED",
+             &(struct kas_pod){UID(2), "node-exporter", "monitoring", NODE, .host_network = true,
+                               .ips = {"192.0.2.10"}});
+    cr_expect_null(peer_of(k, "192.0.2.10"));
+    /* one hostNetwork pod alone still shares the address with the node */
+    feed_pod(k, "ADDED",
+             &(struct kas_pod){UID(3), "cilium", "kube-system", NODE, .host_network = true,
+                               .ips = {"2001:db8::10"}});
+    cr_expect_null(peer_of(k, "2001:db8::10"));
+    struct k8s_stats st;
+    k8s_get_stats(k, &st);
+    cr_expect_eq(st.peer_ambiguous, 2);
+    cr_expect_eq(st.peer_hits, 0);
+    k8s_free(k);
+}
+
+Test(k8s_identity, a_deleted_pods_address_names_no_one_and_a_reused_one_waits_for_its_tombstone)
+{
+    struct k8s *k = feed_client(300);
+    struct kas_pod old = {UID(1), "old", "n", NODE, .ips = {"10.244.1.7"}};
+    struct kas_pod fresh = {UID(2), "fresh", "n", NODE, .ips = {"10.244.1.7"}};
+    feed_pod(k, "ADDED", &old);
+    cr_expect_str_eq(peer_of(k, "10.244.1.7"), "old");
+    feed_pod(k, "DELETED", &old);
+    cr_expect_null(peer_of(k, "10.244.1.7"), "a deleted pod is no peer");
+
+    /* the address comes back with another pod while the old one is a tombstone */
+    feed_pod(k, "ADDED", &fresh);
+    cr_expect_null(peer_of(k, "10.244.1.7"), "old or fresh: not known for sure");
+    struct k8s_stats st;
+    k8s_get_stats(k, &st);
+    cr_expect_eq(st.peer_ambiguous, 1);
+
+    /* once the tombstone has expired, the address is the new pod's alone */
+    bool named = false;
+    for (int i = 0; i < 2000 && !named; i++) {
+        const char *p = peer_of(k, "10.244.1.7");
+        named = p && strcmp(p, "fresh") == 0;
+        if (!named)
+            usleep(1000);
+    }
+    cr_expect(named, "the new pod never named after the old one's TTL");
+
+    /* a pod whose addresses change is indexed by its new ones only */
+    fresh.ips[0] = "10.244.1.8";
+    feed_pod(k, "MODIFIED", &fresh);
+    cr_expect_null(peer_of(k, "10.244.1.7"));
+    cr_expect_str_eq(peer_of(k, "10.244.1.8"), "fresh");
+    k8s_free(k);
+}
+
+static void expect_peer(struct k8s *k, struct event *e, const char *pod)
+{
+    k8s_enrich(k, NULL, e);
+    if (pod)
+        cr_expect_str_eq(e->peer.pod, pod, "event type %u", e->type);
+    else
+        cr_expect_null(e->peer.pod, "event type %u", e->type);
+}
+
+Test(k8s_identity, enrich_names_the_other_side_of_each_event)
+{
+    struct k8s *k = feed_client(0);
+    feed_pod(k, "ADDED", &(struct kas_pod){UID(1), "client", "n", NODE, .ips = {"10.244.1.1"}});
+    feed_pod(k, "ADDED", &(struct kas_pod){UID(2), "server", "n", NODE, .ips = {"10.244.1.2"}});
+    struct event e = {.family = EVENT_FAMILY_IPV4};
+    inet_pton(AF_INET, "10.244.1.1", e.saddr); /* source = the client, always */
+    inet_pton(AF_INET, "10.244.1.2", e.daddr);
+
+    e.type = EVENT_CONNECTION;
+    expect_peer(k, &e, "server");
+    cr_expect_str_eq(e.peer.namespace, "n");
+    cr_expect_str_eq(e.peer.workload, "server");
+    cr_expect_str_eq(e.peer.workload_kind, "Pod");
+    cr_expect_str_eq(e.peer.node, NODE);
+    memset(&e.peer, 0, sizeof(e.peer));
+    e.type = EVENT_ACCEPT;
+    expect_peer(k, &e, "client");
+    memset(&e.peer, 0, sizeof(e.peer));
+    e.type = EVENT_CLOSE;
+    e.u.close.role = EVENT_ROLE_CLIENT;
+    expect_peer(k, &e, "server");
+    memset(&e.peer, 0, sizeof(e.peer));
+    e.u.close.role = EVENT_ROLE_SERVER;
+    expect_peer(k, &e, "client");
+    memset(&e.peer, 0, sizeof(e.peer));
+    e.type = EVENT_EXEC;
+    expect_peer(k, &e, NULL);
+    e.type = EVENT_CONNECTION;
+    e.family = EVENT_FAMILY_NONE;
+    expect_peer(k, &e, NULL);
+    k8s_free(k);
+}
+
+/* ---- a Job's CronJob, read from the API server ---- */
+
+#define CRON_JOB_UID  "6f1c2a3b-0001-4c5d-8e9f-0000000000c1"
+#define PLAIN_JOB_UID "6f1c2a3b-0001-4c5d-8e9f-0000000000c2"
+#define GONE_JOB_UID  "6f1c2a3b-0001-4c5d-8e9f-0000000000c3"
+#define OTHER_JOB_UID "6f1c2a3b-0001-4c5d-8e9f-0000000000c4"
+
+static void h_job_pods(struct kas *s, struct kas_conn *c, enum kas_req_kind kind, int n)
+{
+    if (kind == KAS_LIST) {
+        const struct kas_pod pods[] = {
+            {UID(1), "report-28934160-abcde", "batch", NODE, "10", .owner_kind = "Job",
+             .owner_name = "report-28934160", .owner_uid = CRON_JOB_UID},
+            {UID(2), "report-28934160-fghij", "batch", NODE, "11", .owner_kind = "Job",
+             .owner_name = "report-28934160", .owner_uid = CRON_JOB_UID},
+            {UID(3), "migrate-x7k2p", "batch", NODE, "12", .owner_kind = "Job",
+             .owner_name = "migrate", .owner_uid = PLAIN_JOB_UID},
+            {UID(4), "gone-q2w3e", "batch", NODE, "13", .owner_kind = "Job", .owner_name = "gone",
+             .owner_uid = GONE_JOB_UID},
+            /* a Job of that name exists, but it is another one (recreated) */
+            {UID(5), "renamed-r4t5y", "batch", NODE, "14", .owner_kind = "Job",
+             .owner_name = "nightly", .owner_uid = OTHER_JOB_UID},
+        };
+        char *items[5];
+        for (int i = 0; i < 5; i++)
+            cr_assert_not_null(items[i] = kas_pod_object(&pods[i]));
+        char *body = pod_list("20", (const char *const *)items, 5);
+        kas_respond(c, 200, "OK", body);
+        free(body);
+        for (int i = 0; i < 5; i++)
+            free(items[i]);
+        return;
+    }
+    kas_stream_begin(c);
+    kas_hold(s, c);
+}
+
+static void add_job(struct kas *s, const char *name, const char *uid, const char *cronjob)
+{
+    char path[256];
+    char *job = kas_job_json("batch", name, uid, cronjob);
+    cr_assert_not_null(job);
+    snprintf(path, sizeof(path), "/apis/batch/v1/namespaces/batch/jobs/%s", name);
+    cr_assert_eq(kas_add_object(s, path, job), 0);
+    free(job);
+}
+
+Test(k8s_identity, a_job_pod_is_its_cronjobs_and_a_job_that_cannot_be_read_stays_a_job)
+{
+    struct kas s;
+    srv_start(&s, h_job_pods);
+    add_job(&s, "report-28934160", CRON_JOB_UID, "report");
+    add_job(&s, "migrate", PLAIN_JOB_UID, NULL);
+    add_job(&s, "nightly", "6f1c2a3b-0001-4c5d-8e9f-0000000000ff", "nightly-cron");
+    struct k8s *k = start_client(&s, 0);
+
+    struct k8s_stats st;
+    for (int i = 0; i < 5000; i++) {
+        k8s_get_stats(k, &st);
+        if (st.job_lookups >= 4)
+            break;
+        usleep(1000);
+    }
+    cr_assert_eq(st.job_lookups, 4, "one GET per Job, not per pod");
+    cr_expect_eq(st.job_errors, 2, "the 404 and the Job of another UID");
+    cr_expect(strstr(st.last_error, "jobs/"), "%s", st.last_error);
+
+    struct {
+        const char *uid, *workload, *kind;
+    } want[] = {{UID(1), "report", "CronJob"},
+                {UID(2), "report", "CronJob"},
+                {UID(3), "migrate", "Job"},
+                {UID(4), "gone", "Job"},
+                {UID(5), "nightly", "Job"}};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        struct k8s_pod p = cached(k, want[i].uid);
+        cr_expect_str_eq(p.workload, want[i].workload, "%s", p.name);
+        cr_expect_str_eq(p.workload_kind, want[i].kind, "%s", p.name);
+    }
+    pthread_mutex_lock(&s.lock);
+    cr_expect_eq(s.gets, 4);
+    pthread_mutex_unlock(&s.lock);
+    stop_all(k, &s);
+}

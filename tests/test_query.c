@@ -63,10 +63,36 @@ Test(query_parse, every_filter)
     cr_assert_eq(q.cursor.id, 255);
 }
 
+Test(query_parse, connection_and_peer_filters)
+{
+    struct query q;
+    parse_ok(&q, "workload=web&peer_pod=db-0&peer_namespace=data&peer_workload=db"
+                 "&peer_service=db%2Dsvc&dest_port=5432&status=failed");
+    cr_assert_str_eq(q.workload, "web");
+    cr_assert_str_eq(q.peer_pod, "db-0");
+    cr_assert_str_eq(q.peer_namespace, "data");
+    cr_assert_str_eq(q.peer_workload, "db");
+    cr_assert_str_eq(q.peer_service, "db-svc");
+    cr_assert(q.has_dest_port);
+    cr_assert_eq(q.dest_port, 5432);
+    cr_assert_eq(q.status, EVENT_STATUS_FAILED);
+    parse_ok(&q, "status=established&dest_port=1");
+    cr_assert_eq(q.status, EVENT_STATUS_ESTABLISHED);
+    cr_assert_eq(q.dest_port, 1);
+    parse_ok(&q, "status=attempted&dest_port=65535");
+    cr_assert_eq(q.status, EVENT_STATUS_ATTEMPTED);
+    cr_assert_eq(q.dest_port, 65535);
+    parse_ok(&q, "");
+    cr_assert_not(q.has_dest_port);
+    cr_assert_eq(q.status, EVENT_STATUS_NONE);
+    cr_assert_str_empty(q.workload);
+    cr_assert_str_empty(q.peer_pod);
+}
+
 Test(query_parse, every_type_name)
 {
     struct query q;
-    parse_ok(&q, "type=connection,accept,packet_drop,exec,exit");
+    parse_ok(&q, "type=connection,accept,packet_drop,exec,exit,close");
     cr_assert_eq(q.types, EVENT_TYPES_ALL);
     parse_ok(&q, "type=packet_drop");
     cr_assert_eq(q.types, EVENT_TYPE_BIT(EVENT_PACKET_DROP));
@@ -194,6 +220,26 @@ static const struct bad_case bad_cases[] = {
     {"pod=", "'pod'"},
     {"namespace=", "'namespace'"},
     {"command=", "'command'"},
+    {"workload=", "'workload'"},
+    {"peer_pod=", "'peer_pod'"},
+    {"peer_namespace=", "'peer_namespace'"},
+    {"peer_workload=", "'peer_workload'"},
+    {"peer_service=", "'peer_service'"},
+    {"peer_pod=a&peer_pod=b", "duplicate"},
+    {"dest_port=", "'dest_port'"},
+    {"dest_port=0", "'dest_port'"},
+    {"dest_port=65536", "'dest_port'"},
+    {"dest_port=http", "'dest_port'"},
+    {"dest_port=-1", "1-65535"},
+    {"status=", "'status'"},
+    {"status=ok", "'status'"},
+    {"status=ok", "established, failed, attempted"},
+    {"status=FAILED", "'status'"},
+    {"status=failed,established", "'status'"},
+    {"type=closed", "close"},
+    {"peer_ip=10.0.0.1", "unknown query parameter 'peer_ip'"},
+    {"status=x", "'status'", true},
+    {"dest_port=x", "'dest_port'", true},
     {"foo=1", "unknown query parameter 'foo'"},
     {"limit=5&foo=1", "unknown query parameter 'foo'"},
     {"Limit=5", "unknown query parameter 'Limit'"},
@@ -237,8 +283,10 @@ Test(query_parse, exact_messages)
 
 Test(query_parse, too_long_strings_are_rejected)
 {
-    const char *names[] = {"node", "pod", "namespace", "command"};
-    for (size_t i = 0; i < 4; i++) {
+    const char *names[] = {"node",           "pod",           "namespace",
+                           "command",        "workload",      "peer_pod",
+                           "peer_namespace", "peer_workload", "peer_service"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         char qs[QUERY_STR_MAX + 32];
         int n = snprintf(qs, sizeof(qs), "%s=", names[i]);
         memset(qs + n, 'x', QUERY_STR_MAX);
@@ -260,6 +308,12 @@ Test(query_parse, stream_accepts_the_filters)
                  0, "%s", err);
     cr_assert_eq(q.types, EVENT_TYPE_BIT(EVENT_EXEC));
     cr_assert_eq(q.until_ns, 9);
+    cr_assert_eq(parse(&q,
+                       "workload=w&peer_pod=p&peer_namespace=n&peer_workload=pw&peer_service=s"
+                       "&dest_port=80&status=established",
+                       true, err, sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(q.dest_port, 80);
 }
 
 Test(query_parse, message_quotes_are_bounded_and_printable)
@@ -443,6 +497,32 @@ static struct event match_event(void)
     return e;
 }
 
+/* A failed connection from web to db, with its peer named. */
+static struct event match_connection(void)
+{
+    struct event e = {
+        .id = 2,
+        .timestamp_ns = 2000,
+        .type = EVENT_CONNECTION,
+        .status = EVENT_STATUS_FAILED,
+        .pid = 7,
+        .dport = 5432,
+        .sport = 40000,
+        .k8s = {.pod_name = intern("web-0"),
+                .namespace = intern("prod"),
+                .workload = intern("web"),
+                .workload_kind = intern("Deployment")},
+        .peer = {.pod = intern("db-0"),
+                 .namespace = intern("data"),
+                 .workload = intern("db"),
+                 .workload_kind = intern("StatefulSet"),
+                 .service = intern("db-svc")},
+    };
+    e.u.conn.error = intern("refused");
+    strcpy(e.command, "curl");
+    return e;
+}
+
 /* One filter at a time: the value that matches, the one that does not. */
 Test(query_match, truth_table)
 {
@@ -480,11 +560,70 @@ Test(query_match, truth_table)
          false},
         /* The cursor is a paging position, not a filter. */
         {"cursor=0000000000000001-0000000000000001", true},
+        /* An exec has no workload, peer, port or status: each such filter excludes it. */
+        {"workload=web", false},
+        {"peer_pod=db-0", false},
+        {"dest_port=5432", false},
+        {"status=established", false},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         parse_ok(&q, cases[i].qs);
         cr_expect_eq(query_match(&q, &e), cases[i].want, "\"%s\"", cases[i].qs);
     }
+}
+
+Test(query_match, connection_and_peer_truth_table)
+{
+    struct event e = match_connection();
+    struct query q;
+    struct {
+        const char *qs;
+        bool want;
+    } cases[] = {
+        {"workload=web", true},
+        {"workload=we", false},
+        {"workload=db", false},
+        {"peer_pod=db-0", true},
+        {"peer_pod=web-0", false},
+        {"peer_namespace=data", true},
+        {"peer_namespace=prod", false},
+        {"peer_workload=db", true},
+        {"peer_workload=web", false},
+        {"peer_service=db-svc", true},
+        {"peer_service=db", false},
+        {"dest_port=5432", true},
+        {"dest_port=40000", false},
+        {"dest_port=5433", false},
+        {"status=failed", true},
+        {"status=established", false},
+        {"status=attempted", false},
+        {"type=connection&workload=web&peer_pod=db-0&peer_namespace=data&peer_workload=db"
+         "&peer_service=db-svc&dest_port=5432&status=failed&pid=7",
+         true},
+        {"type=connection&workload=web&peer_pod=db-0&peer_namespace=data&peer_workload=db"
+         "&peer_service=db-svc&dest_port=5432&status=failed&pid=8",
+         false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        parse_ok(&q, cases[i].qs);
+        cr_expect_eq(query_match(&q, &e), cases[i].want, "\"%s\"", cases[i].qs);
+    }
+}
+
+Test(query_match, unknown_peer_never_matches)
+{
+    struct event e = match_connection();
+    memset(&e.peer, 0, sizeof(e.peer));
+    e.k8s.workload = NULL;
+    struct query q;
+    const char *filters[] = {"workload=web", "peer_pod=db-0", "peer_namespace=data",
+                             "peer_workload=db", "peer_service=db-svc"};
+    for (size_t i = 0; i < sizeof(filters) / sizeof(filters[0]); i++) {
+        parse_ok(&q, filters[i]);
+        cr_expect_not(query_match(&q, &e), "%s", filters[i]);
+    }
+    parse_ok(&q, "dest_port=5432&status=failed");
+    cr_assert(query_match(&q, &e));
 }
 
 Test(query_match, missing_fields_never_match_a_filter)

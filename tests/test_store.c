@@ -261,6 +261,159 @@ Test(store, every_filter_matches_the_reference)
     store_free(s);
 }
 
+/*
+ * Connections, accepts and closes with workloads, peers, ports and statuses,
+ * added out of order into a store that evicts most of them: every index
+ * answer (posting lists, shard keys, both together) must equal a full scan
+ * of the events the store holds, the CAP newest, page by page.
+ */
+static const char *const WORKLOADS[] = {NULL, "web", "db"};
+static const char *const PEER_PODS[] = {NULL, "db-0", "db-1", "cache-0"};
+static const char *const PEER_SERVICES[] = {NULL, "db", "cache"};
+static const uint16_t PORTS[] = {0, 80, 443, 5432, 6379, 53};
+
+static struct event mk_flow(uint64_t i)
+{
+    static const unsigned types[] = {EVENT_CONNECTION, EVENT_ACCEPT, EVENT_CLOSE, EVENT_EXEC};
+    struct event e = mk(100000 + i * 4 + rng_below(400), (rng() << 32) ^ i, types[rng_below(4)],
+                        NODES[rng_below(2)]);
+    e.pid = 200 + rng_below(40);
+    set_comm(&e, COMMANDS[rng_below(4)]);
+    e.k8s.pod_name = intern(PODS[rng_below(4)]);
+    e.k8s.namespace = intern(NAMESPACES[rng_below(3)]);
+    e.k8s.workload = intern(WORKLOADS[rng_below(3)]);
+    if (e.k8s.workload)
+        e.k8s.workload_kind = intern("Deployment");
+    if (e.type == EVENT_EXEC)
+        return e;
+    e.family = EVENT_FAMILY_IPV4;
+    e.protocol = 6;
+    e.saddr[0] = 10, e.saddr[3] = (uint8_t)rng_below(4);
+    e.daddr[0] = 10, e.daddr[3] = (uint8_t)(10 + rng_below(4));
+    e.sport = (uint16_t)(30000 + rng_below(1000));
+    e.dport = PORTS[rng_below(6)];
+    e.peer.pod = intern(PEER_PODS[rng_below(4)]);
+    if (e.peer.pod) {
+        e.peer.namespace = intern(rng_below(2) ? "data" : "prod");
+        e.peer.workload = intern(e.peer.pod[0] == 'd' ? "db" : "cache");
+        e.peer.workload_kind = intern("StatefulSet");
+    }
+    e.peer.service = intern(PEER_SERVICES[rng_below(3)]);
+    if (e.type == EVENT_CONNECTION) {
+        e.status = (uint8_t)(1 + rng_below(3));
+        if (e.status == EVENT_STATUS_FAILED)
+            e.u.conn.error = intern(rng_below(2) ? "refused" : "timeout");
+    } else if (e.type == EVENT_CLOSE) {
+        e.u.close.role = (uint8_t)(1 + rng_below(2));
+        e.u.close.bytes_sent = rng();
+        e.u.close.duration_ns = rng();
+        e.u.close.srtt_us = (uint32_t)rng_below(100000);
+    }
+    return e;
+}
+
+Test(store, indexes_match_a_full_scan_with_eviction)
+{
+    enum { N = 6000, CAP = 2000 };
+    static struct event all[N];
+    struct store *s = new_store(CAP, 0);
+    rng_state = 4242;
+    for (size_t i = 0; i < N; i++) {
+        all[i] = mk_flow(i);
+        add(s, &all[i]);
+    }
+    /* What the store holds: the CAP newest. */
+    qsort(all, N, sizeof(all[0]), cmp_newest_first);
+
+    static const char *queries[] = {
+        "pid=201",
+        "pid=999",
+        "command=nginx",
+        "command=abcdefghijklmnop",
+        "command=nobody",
+        "dest_port=5432",
+        "dest_port=1",
+        "status=failed",
+        "status=established&type=connection",
+        "workload=web",
+        "workload=nobody",
+        "peer_pod=db-0",
+        "peer_namespace=data",
+        "peer_workload=cache",
+        "peer_service=db",
+        "peer_pod=db-1&peer_service=cache&dest_port=443",
+        "pid=210&dest_port=80",
+        "pid=210&command=curl&dest_port=6379",
+        "pid=205&node=node-a",
+        "command=sh&type=close&workload=db",
+        "dest_port=53&status=attempted&pod=web-0",
+        "pid=220&since=103000&until=106000",
+        "dest_port=443&since=105000",
+        "type=exec&dest_port=80",
+    };
+    for (size_t i = 0; i < sizeof(queries) / sizeof(queries[0]); i++) {
+        struct query q = parse_q(queries[i]);
+        check_paging(s, all, CAP, q, 7);
+        check_paging(s, all, CAP, q, QUERY_LIMIT_MAX);
+    }
+
+    /* Random combinations, and results carry every field back. */
+    for (int k = 0; k < 300; k++) {
+        const struct event *x = &all[rng_below(CAP)];
+        char qs[256];
+        int n = snprintf(qs, sizeof(qs), "pid=%u", x->pid);
+        if (rng_below(2) && x->dport)
+            n += snprintf(qs + n, sizeof(qs) - (size_t)n, "&dest_port=%u", x->dport);
+        if (rng_below(2) && x->peer.pod)
+            n += snprintf(qs + n, sizeof(qs) - (size_t)n, "&peer_pod=%s", x->peer.pod);
+        if (rng_below(2) && x->status)
+            n += snprintf(qs + n, sizeof(qs) - (size_t)n, "&status=%s",
+                          event_status_name(x->status));
+        if (rng_below(3) == 0)
+            n += snprintf(qs + n, sizeof(qs) - (size_t)n, "&since=%llu",
+                          (unsigned long long)x->timestamp_ns);
+        struct query q = parse_q(qs);
+        check_paging(s, all, CAP, q, 1 + rng_below(20));
+        q.limit = QUERY_LIMIT_MAX;
+        struct store_result r;
+        cr_assert_eq(store_query(s, &q, &r), 0);
+        bool found = false;
+        for (size_t j = 0; j < r.count; j++)
+            if (r.events[j].id == x->id) {
+                cr_assert(event_equal(&r.events[j], x), "\"%s\": event %zu differs", qs, j);
+                found = true;
+            }
+        cr_assert(found, "\"%s\" misses the event it was made from", qs);
+        store_result_free(&r);
+    }
+
+    /* Newer events of one pid push every flow out: its lists go with their last event. */
+    struct store_stats before, after;
+    store_get_stats(s, &before);
+    cr_assert_gt(before.index_bytes, 0);
+    for (uint64_t i = 0; i < CAP; i++) {
+        struct event e = mk(1000000 + i, i, EVENT_EXEC, "node-a");
+        add(s, &e);
+    }
+    store_get_stats(s, &after);
+    cr_assert_lt(after.index_bytes, before.index_bytes);
+    static const char *gone[] = {"pid=201", "command=nginx", "dest_port=443", "peer_pod=db-0"};
+    for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
+        struct query q = parse_q(gone[i]);
+        struct store_result r;
+        cr_assert_eq(store_query(s, &q, &r), 0);
+        cr_assert_eq(r.total_count, 0, "%s", gone[i]);
+        store_result_free(&r);
+    }
+    struct query q = parse_q("pid=1&command=sh&limit=10000");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.total_count, CAP);
+    cr_assert_eq(r.count, CAP);
+    store_result_free(&r);
+    store_free(s);
+}
+
 Test(store, since_and_until_are_inclusive)
 {
     struct store *s = new_store(100, 0);

@@ -78,8 +78,10 @@ static void write_programs(struct agent *a, struct buf *b, uint64_t *kernel_drop
             buf_puts(b, ",\"error\":");
             buf_json_cstr(b, p->error);
         }
-        buf_printf(b, ",\"events\":%" PRIu64 ",\"drops\":%" PRIu64 ",\"suppressed\":%" PRIu64 "}",
-                   p->events, p->drops, p->suppressed);
+        buf_printf(b,
+                   ",\"events\":%" PRIu64 ",\"drops\":%" PRIu64 ",\"suppressed\":%" PRIu64
+                   ",\"untracked\":%" PRIu64 "}",
+                   p->events, p->drops, p->suppressed, p->untracked);
         *kernel_drops += p->drops;
         *suppressed += p->suppressed;
     }
@@ -152,9 +154,15 @@ static void write_kubernetes(struct agent *a, struct buf *b)
                ",\"pods_cached\":%" PRIu64 ",\"pods_deleted\":%" PRIu64 ",\"pods_evicted\":%" PRIu64
                ",\"pod_lookups\":%" PRIu64 ",\"pod_misses\":%" PRIu64 ",\"api_errors\":%" PRIu64
                ",\"relists\":%" PRIu64 ",\"cgroup_lookups\":%" PRIu64 ",\"cgroup_misses\":%" PRIu64
-               ",\"cgroup_evictions\":%" PRIu64 ",\"cgroup_walks\":%" PRIu64 "}",
+               ",\"cgroup_evictions\":%" PRIu64 ",\"cgroup_walks\":%" PRIu64,
                ks.pods_cached, ks.pods_deleted, ks.evicted, ks.lookups, ks.misses, ks.api_errors,
                ks.relists, cs.lookups, cs.misses, cs.evictions, cs.scans);
+    buf_printf(b,
+               ",\"job_lookups\":%" PRIu64 ",\"job_errors\":%" PRIu64 ",\"jobs_evicted\":%" PRIu64
+               ",\"peer_lookups\":%" PRIu64 ",\"peer_hits\":%" PRIu64 ",\"peer_ambiguous\":%" PRIu64
+               "}",
+               ks.job_lookups, ks.job_errors, ks.jobs_evicted, ks.peer_lookups, ks.peer_hits,
+               ks.peer_ambiguous);
 }
 
 static void handle_stats(void *ctx, const struct http_request *req, struct http_response *res)
@@ -193,8 +201,13 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
                    load(&a->events_by_type[t]));
     buf_puts(b, "},\"programs\":");
     write_programs(a, b, &kernel_drops, &suppressed);
-    buf_printf(b, ",\"kernel_drops\":%" PRIu64 ",\"drops_suppressed\":%" PRIu64 ",\"history\":",
-               kernel_drops, suppressed);
+    struct capture_record_losses rl;
+    capture_record_losses(a->capture, &rl);
+    buf_printf(b,
+               ",\"kernel_drops\":%" PRIu64 ",\"drops_suppressed\":%" PRIu64
+               ",\"records_skipped\":{\"malformed\":%" PRIu64 ",\"no_memory\":%" PRIu64
+               "},\"history\":",
+               kernel_drops, suppressed, rl.malformed, rl.no_memory);
     ss.failed += load(&a->store_failed);
     api_json_append(b, api_store_stats_json(&ss));
     buf_puts(b, ",\"stream\":");
@@ -286,6 +299,17 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     for (size_t i = 0; i < n; i++)
         api_metric_labelled(b, "ebpf_agent_drops_suppressed_total", "program", progs[i].name,
                             progs[i].suppressed);
+    api_metric_header(b, "ebpf_agent_program_untracked_total", "counter",
+                      "Connections a program could not follow: its kernel socket map was full.");
+    for (size_t i = 0; i < n; i++)
+        api_metric_labelled(b, "ebpf_agent_program_untracked_total", "program", progs[i].name,
+                            progs[i].untracked);
+    struct capture_record_losses rl;
+    capture_record_losses(a->capture, &rl);
+    api_metric_header(b, "ebpf_agent_records_skipped_total", "counter",
+                      "Kernel records that produced no event, by reason.");
+    api_metric_labelled(b, "ebpf_agent_records_skipped_total", "reason", "malformed", rl.malformed);
+    api_metric_labelled(b, "ebpf_agent_records_skipped_total", "reason", "no_memory", rl.no_memory);
     api_metric_header(b, "ebpf_agent_program_attached", "gauge", "1 when the program is attached.");
     for (size_t i = 0; i < n; i++)
         api_metric_labelled(b, "ebpf_agent_program_attached", "program", progs[i].name,

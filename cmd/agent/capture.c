@@ -82,7 +82,22 @@ static const struct prog_spec prog_specs[SLOT_COUNT] = {
                                  "tp_btf/sched_process_exec", EVENT_EXEC, OBJ_PROCESSES},
     [SLOT_SCHED_PROCESS_EXIT] = {"tp_btf__sched_process_exit", "tp_btf__sched_process_exit",
                                  "tp_btf/sched_process_exit", EVENT_EXIT, OBJ_PROCESSES},
+    [SLOT_TCP_DESTROY_SOCK] = {"tp_btf__tcp_destroy_sock", "tp_btf__tcp_destroy_sock",
+                               "tp_btf/tcp_destroy_sock", EVENT_CLOSE, OBJ_CONNECTIONS},
+    [SLOT_TCP_SEND_RESET] = {"tp_btf__tcp_send_reset", "tp_btf__tcp_send_reset",
+                             "tp_btf/tcp_send_reset", EVENT_CLOSE, OBJ_CONNECTIONS},
+    [SLOT_TCP_RECEIVE_RESET] = {"tp_btf__tcp_receive_reset", "tp_btf__tcp_receive_reset",
+                                "tp_btf/tcp_receive_reset", EVENT_CLOSE, OBJ_CONNECTIONS},
 };
+
+/* Programs a slot needs besides its own: close events follow a connection from the state
+ * changes (its start) and from accept (a server connection's owner). */
+static uint32_t slot_needs(int slot)
+{
+    return slot == SLOT_TCP_DESTROY_SOCK
+               ? (1u << SLOT_INET_SOCK_SET_STATE) | (1u << SLOT_SYS_EXIT_ACCEPT)
+               : 0;
+}
 
 /* One loaded copy of a BPF object (a skeleton) with some of its programs. */
 struct instance {
@@ -103,6 +118,7 @@ struct capture {
     capture_event_fn fn;
     void *ctx;
     uint32_t drop_rate_per_sec;
+    uint32_t event_types; /* EVENT_TYPE_BIT mask asked for */
     int ringbuf_fd, stats_fd;
     struct ring_buffer *rb;
     struct instance instances[SLOT_COUNT];
@@ -200,8 +216,10 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
             if (!s)
                 return -errno;
             /* The shared sys_exit program emits only the kinds asked for. */
-            s->rodata->emit_udp_connect = want & (1u << SLOT_SYS_EXIT_CONNECT);
-            s->rodata->emit_accept = want & (1u << SLOT_SYS_EXIT_ACCEPT);
+            s->rodata->emit_tcp_connect = c->event_types & EVENT_TYPE_BIT(EVENT_CONNECTION);
+            s->rodata->emit_udp_connect = c->event_types & EVENT_TYPE_BIT(EVENT_CONNECTION);
+            s->rodata->emit_accept = c->event_types & EVENT_TYPE_BIT(EVENT_ACCEPT);
+            s->rodata->track_close = c->event_types & EVENT_TYPE_BIT(EVENT_CLOSE);
             in->compat = true;
             in->skel = s;
             in->obj = s->obj;
@@ -210,8 +228,10 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
         struct connections_bpf *s = connections_bpf__open();
         if (!s)
             return -errno;
-        s->rodata->emit_udp_connect = want & (1u << SLOT_SYS_EXIT_CONNECT);
-        s->rodata->emit_accept = want & (1u << SLOT_SYS_EXIT_ACCEPT);
+        s->rodata->emit_tcp_connect = c->event_types & EVENT_TYPE_BIT(EVENT_CONNECTION);
+        s->rodata->emit_udp_connect = c->event_types & EVENT_TYPE_BIT(EVENT_CONNECTION);
+        s->rodata->emit_accept = c->event_types & EVENT_TYPE_BIT(EVENT_ACCEPT);
+        s->rodata->track_close = c->event_types & EVENT_TYPE_BIT(EVENT_CLOSE);
         in->skel = s;
         in->obj = s->obj;
         break;
@@ -435,7 +455,7 @@ static uint32_t wanted_slots(uint32_t event_types)
 
     for (int s = 0; s < SLOT_COUNT; s++)
         if (event_types & EVENT_TYPE_BIT(prog_specs[s].type))
-            want |= 1u << s;
+            want |= (1u << s) | slot_needs(s);
     return want;
 }
 
@@ -475,6 +495,7 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
     c->fn = fn;
     c->ctx = ctx;
     c->drop_rate_per_sec = cfg->drop_rate_per_sec;
+    c->event_types = cfg->event_types;
     c->ringbuf_fd = c->stats_fd = -1;
     c->ncpus = libbpf_num_possible_cpus();
     for (int s = 0; s < SLOT_COUNT; s++)
@@ -582,6 +603,7 @@ size_t capture_programs(struct capture *c, struct capture_program_info *out, siz
                 i->events += per_cpu[cpu].events;
                 i->drops += per_cpu[cpu].drops;
                 i->suppressed += per_cpu[cpu].suppressed;
+                i->untracked += per_cpu[cpu].untracked;
             }
         }
     }

@@ -67,6 +67,7 @@ struct capture_program_info {
     uint64_t events;        /* records submitted by the kernel side */
     uint64_t drops;         /* ring buffer reserve failures (lost in the kernel) */
     uint64_t suppressed;    /* rate-limited away (packet_drop) */
+    uint64_t untracked;     /* connections not followed: the kernel socket map was full */
 };
 
 /* Fills up to max entries; returns the number of programs. Thread-safe (reads map counters). */

@@ -9,6 +9,7 @@
 #include "records.h"
 
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,6 +105,37 @@ static int decode_conn(const struct records_decoder *d, const void *data, struct
         break;
     }
     e->u.conn.latency_ns = r->latency_ns;
+    if (e->status == EVENT_STATUS_FAILED) {
+        /* No errno left on the socket: the application gave up (close, shutdown). */
+        const char *name = event_conn_error_name(r->error ? r->error : ECONNABORTED);
+        e->u.conn.error = name ? intern(name) : NULL;
+    }
+    return 0;
+}
+
+static int decode_close(const struct records_decoder *d, const void *data, struct event *e,
+                        char *err, size_t errlen)
+{
+    const struct close_record *r = data;
+
+    if (r->family != AF_INET && r->family != AF_INET6)
+        return errmsg_set(err, errlen, "close record with address family %u", r->family);
+    decode_hdr(d, e, &r->hdr, EVENT_CLOSE);
+    decode_addrs(e, r->family, r->saddr, r->daddr);
+    e->protocol = IPPROTO_TCP;
+    e->sport = r->sport;
+    e->dport = r->dport;
+    e->u.close.role = r->role == CLOSE_ROLE_CLIENT   ? EVENT_ROLE_CLIENT
+                      : r->role == CLOSE_ROLE_SERVER ? EVENT_ROLE_SERVER
+                                                     : EVENT_ROLE_NONE;
+    e->u.close.reset = r->reset == CLOSE_RESET_SENT       ? EVENT_RESET_SENT
+                       : r->reset == CLOSE_RESET_RECEIVED ? EVENT_RESET_RECEIVED
+                                                          : EVENT_RESET_NONE;
+    e->u.close.duration_ns = r->duration_ns;
+    e->u.close.bytes_sent = r->bytes_sent;
+    e->u.close.bytes_received = r->bytes_received;
+    e->u.close.retransmits = r->retransmits;
+    e->u.close.srtt_us = r->srtt_us;
     return 0;
 }
 
@@ -199,6 +231,7 @@ static const struct {
     [RECORD_DROP] = {"drop", sizeof(struct drop_record), decode_drop},
     [RECORD_EXEC] = {"exec", sizeof(struct exec_record), decode_exec},
     [RECORD_EXIT] = {"exit", sizeof(struct exit_record), decode_exit},
+    [RECORD_CLOSE] = {"close", sizeof(struct close_record), decode_close},
 };
 
 /* The one length check: a decoder is only ever handed a whole struct of its kind. */

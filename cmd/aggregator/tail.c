@@ -26,8 +26,11 @@
 #define TAIL_PROG "ebpf-aggregator tail"
 
 /* The API's filters, in the order --help lists them. */
-static const char *const tail_filters[] = {"type", "node",    "pod",   "namespace",
-                                           "pid",  "command", "since", "until"};
+static const char *const tail_filters[] = {
+    "type",         "node",      "pod",      "namespace",      "workload",
+    "pid",          "command",   "peer_pod", "peer_namespace", "peer_workload",
+    "peer_service", "dest_port", "status",   "since",          "until",
+};
 
 static volatile sig_atomic_t tail_stop;
 
@@ -38,32 +41,46 @@ static void tail_on_signal(int sig)
 
 static void tail_usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: ebpf-aggregator tail [--nats URL] [--subject SUBJECT] [filters] [options]\n"
-            "\n"
-            "Follows the bus and prints every event as one JSON line (the API's format),\n"
-            "decoding protobuf and JSON batches alike. Ctrl-C stops.\n"
-            "\n"
-            "  --nats URL          NATS server list (default: NATS_URL, nats://127.0.0.1:4222)\n"
-            "  --subject SUBJECT   subject to follow (default: <SUBJECT_PREFIX>.>, i.e.\n"
-            "                      ebpf.events.>; ebpf.events.NODE follows one node)\n"
-            "\n"
-            "Filters (as on /api/events/stream):\n"
-            "  --type LIST         connection, accept, packet_drop, exec, exit (comma list)\n"
-            "  --node NAME         --pod NAME   --namespace NAME   --pid PID   --command COMM\n"
-            "  --since TIME        --until TIME (RFC 3339 or epoch nanoseconds)\n"
-            "\n"
-            "NATS credentials come from NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS and\n"
-            "NATS_TLS_* (environment, --config FILE, or flags such as --nats-creds FILE).\n"
-            "Malformed messages are reported on stderr and skipped.\n");
+    fprintf(
+        out,
+        "Usage: ebpf-aggregator tail [--nats URL] [--subject SUBJECT] [filters] [options]\n"
+        "\n"
+        "Follows the bus and prints every event as one JSON line (the API's format),\n"
+        "decoding protobuf and JSON batches alike. Ctrl-C stops.\n"
+        "\n"
+        "  --nats URL          NATS server list (default: NATS_URL, nats://127.0.0.1:4222)\n"
+        "  --subject SUBJECT   subject to follow (default: <SUBJECT_PREFIX>.>, i.e.\n"
+        "                      ebpf.events.>; ebpf.events.NODE follows one node)\n"
+        "\n"
+        "Filters (as on /api/events/stream):\n"
+        "  --type LIST         connection, accept, close, packet_drop, exec, exit (comma list)\n"
+        "  --node NAME         --pod NAME   --namespace NAME   --workload NAME\n"
+        "  --pid PID           --command COMM\n"
+        "  --peer-pod NAME     --peer-namespace NAME   --peer-workload NAME\n"
+        "  --peer-service NAME (the other end of a connection, accept or close)\n"
+        "  --dest-port PORT    --status established|failed|attempted\n"
+        "  --since TIME        --until TIME (RFC 3339 or epoch nanoseconds)\n"
+        "  (peer_pod, dest_port... are accepted with '_' too)\n"
+        "\n"
+        "NATS credentials come from NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS and\n"
+        "NATS_TLS_* (environment, --config FILE, or flags such as --nats-creds FILE).\n"
+        "Malformed messages are reported on stderr and skipped.\n");
 }
 
-static bool tail_is_filter(const char *name, size_t len)
+/* The filter a flag names ("--peer-pod" or "--peer_pod"); NULL for other flags. */
+static const char *tail_filter(const char *name, size_t len)
 {
-    for (size_t i = 0; i < sizeof(tail_filters) / sizeof(tail_filters[0]); i++)
-        if (strlen(tail_filters[i]) == len && strncmp(tail_filters[i], name, len) == 0)
-            return true;
-    return false;
+    for (size_t i = 0; i < sizeof(tail_filters) / sizeof(tail_filters[0]); i++) {
+        const char *f = tail_filters[i];
+        if (strlen(f) != len)
+            continue;
+        size_t k = 0;
+        while (k < len && (name[k] == f[k] || (name[k] == '-' && f[k] == '_')))
+            k++;
+        if (k == len)
+            return f;
+    }
+    return NULL;
 }
 
 /* Appends "&name=value" to the query string, percent-encoding the value. */
@@ -221,7 +238,8 @@ int aggregator_tail(int argc, char **argv)
         }
         const char *name = a + 2, *eq = strchr(name, '=');
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
-        bool ours = tail_is_filter(name, nlen) || (nlen == 4 && !strncmp(name, "nats", 4)) ||
+        const char *filter = tail_filter(name, nlen);
+        bool ours = filter || (nlen == 4 && !strncmp(name, "nats", 4)) ||
                     (nlen == 7 && !strncmp(name, "subject", 7));
         if (!ours) {
             /* Every configuration flag but these takes a value, maybe as the next argument. */
@@ -245,7 +263,7 @@ int aggregator_tail(int argc, char **argv)
         } else if (nlen == 7 && !strncmp(name, "subject", 7)) {
             subject = value;
         } else {
-            tail_add_param(&qs, name, nlen, value);
+            tail_add_param(&qs, filter, strlen(filter), value);
         }
     }
     rest[nrest] = NULL;

@@ -1,6 +1,7 @@
 /*
  * Synthetic events for the transport and aggregator benchmarks: a realistic
- * mix (connections over IPv4 and IPv6, execs with arguments, exits, drops)
+ * mix (connections over IPv4 and IPv6, closes, execs with arguments, exits,
+ * drops)
  * spread over nodes, pods and commands, with Kubernetes attribution so the
  * pod filter has something to find. Header-only: each benchmark is one file.
  */
@@ -73,10 +74,12 @@ static __attribute__((unused)) const char *bench_pod_name(unsigned i)
 
 /*
  * Event i of the mix (for node `node`, or spread over nodes when node < 0),
- * stamped ts. 55% connections (2/3 IPv4 TCP/UDP, 1/3 IPv6), 5% accepts,
- * 15% execs with 1-4 arguments, 15% exits, 10% drops. With k8s, every event
- * carries its pod's Kubernetes attribution (a cluster node); without, none
- * (a VM). Release with event_clear().
+ * stamped ts. 40% connections (2/3 IPv4 TCP/UDP, 1/3 IPv6; 1 in 20 TCP
+ * ones failed), 5% accepts, 15% closes, 15% execs with 1-4 arguments, 15%
+ * exits, 10% drops. With k8s, every event carries its pod's Kubernetes
+ * attribution (a cluster node: workload, app label and pod IP included), and
+ * half the connections, accepts and closes know the pod at the other end;
+ * without, none (a VM). Release with event_clear().
  */
 static __attribute__((unused)) void bench_event_mix(struct event *e, uint64_t i, int node,
                                                     uint64_t ts, uint64_t *rng, int k8s)
@@ -106,14 +109,40 @@ static __attribute__((unused)) void bench_event_mix(struct event *e, uint64_t i,
         char uid[40];
         snprintf(uid, sizeof(uid), "6f1c2a3b-%04x-4c5d-8e9f-%012x", pod, pod * 7919u);
         e->k8s.pod_uid = intern(uid);
+        char app[32], ip[32];
+        snprintf(app, sizeof(app), "app-%u", pod);
+        e->k8s.workload = e->k8s.app = intern(app);
+        e->k8s.workload_kind = intern(pod % 8 ? "Deployment" : "StatefulSet");
+        snprintf(ip, sizeof(ip), "10.0.%u.%u", pod / 8, (pod + 2) & 0xff);
+        e->k8s.ips = intern(ip);
     }
 
     if (kind < 60) {
-        e->type = kind < 55 ? EVENT_CONNECTION : EVENT_ACCEPT;
-        e->protocol = (r >> 50) % 3 ? IPPROTO_TCP : IPPROTO_UDP;
+        e->type = kind < 40 ? EVENT_CONNECTION : kind < 45 ? EVENT_ACCEPT : EVENT_CLOSE;
+        e->protocol = e->type == EVENT_CLOSE || (r >> 50) % 3 ? IPPROTO_TCP : IPPROTO_UDP;
         if (e->type == EVENT_CONNECTION)
             e->status =
                 e->protocol == IPPROTO_TCP ? EVENT_STATUS_ESTABLISHED : EVENT_STATUS_ATTEMPTED;
+        if (e->status == EVENT_STATUS_ESTABLISHED && (r >> 4) % 20 == 0) {
+            e->status = EVENT_STATUS_FAILED;
+            e->u.conn.error = intern((r >> 5) % 2 ? "refused" : "timeout");
+        }
+        if (k8s && (r >> 6) % 2) {
+            unsigned peer = (pod + 1 + (unsigned)((r >> 7) % (BENCH_PODS - 1))) % BENCH_PODS;
+            char app[32];
+            snprintf(app, sizeof(app), "app-%u", peer);
+            e->peer.pod = bench_pod_name(peer);
+            e->peer.namespace = intern(peer % 4 ? "default" : "kube-system");
+            e->peer.workload = intern(app);
+            e->peer.workload_kind = intern(peer % 8 ? "Deployment" : "StatefulSet");
+            e->peer.node = bench_node_name(peer % BENCH_NODES);
+            if (e->type != EVENT_ACCEPT) {
+                char svc[64];
+                snprintf(svc, sizeof(svc), "%s.%s.svc.cluster.local", app, e->peer.namespace);
+                e->peer.service = intern(app);
+                e->peer.dns = intern(svc);
+            }
+        }
         if ((r >> 52) % 3) {
             e->family = EVENT_FAMILY_IPV4;
             uint8_t s[4] = {10, 0, (uint8_t)(pod / 8), (uint8_t)(pod + 2)};
@@ -132,8 +161,17 @@ static __attribute__((unused)) void bench_event_mix(struct event *e, uint64_t i,
         e->sport = 32768 + (uint16_t)((r >> 12) % 28000);
         static const uint16_t ports[] = {443, 80, 53, 5432, 6379, 8080, 9090, 4222};
         e->dport = ports[(r >> 20) % 8];
-        if (e->protocol == IPPROTO_TCP)
+        if (e->type == EVENT_CONNECTION && e->protocol == IPPROTO_TCP)
             e->u.conn.latency_ns = 50000 + (r >> 34) % 3000000;
+        if (e->type == EVENT_CLOSE) {
+            e->u.close.role = (r >> 8) % 3 ? EVENT_ROLE_CLIENT : EVENT_ROLE_SERVER;
+            e->u.close.reset = (r >> 10) % 25 ? EVENT_RESET_NONE : EVENT_RESET_RECEIVED;
+            e->u.close.duration_ns = (r >> 14) % 30000000000ull;
+            e->u.close.bytes_sent = (r >> 22) % 200000;
+            e->u.close.bytes_received = (r >> 30) % 2000000;
+            e->u.close.srtt_us = 50 + (uint32_t)((r >> 40) % 20000);
+            e->u.close.retransmits = (r >> 54) % 10 ? 0 : (uint32_t)((r >> 58) % 8);
+        }
     } else if (kind < 75) {
         static const char *const files[] = {"/usr/bin/curl", "/bin/sh", "/usr/local/bin/python3",
                                             "/usr/bin/ls"};

@@ -92,11 +92,14 @@ static int encode_fast(const struct pool *p, size_t b, struct buf *out)
     return event_batch_append_meta(out, &meta);
 }
 
+/* One pod-table entry per distinct attribution, compared by pointer as the fast encoder does. */
 static bool k8s_same(const struct event_k8s *a, const struct event_k8s *b)
 {
     return a->node_name == b->node_name && a->pod_name == b->pod_name &&
            a->namespace == b->namespace && a->container_id == b->container_id &&
-           a->pod_uid == b->pod_uid;
+           a->pod_uid == b->pod_uid && a->workload == b->workload &&
+           a->workload_kind == b->workload_kind && a->app == b->app && a->ips == b->ips &&
+           a->host_network == b->host_network;
 }
 
 static char *pb_str(const char *s)
@@ -115,7 +118,9 @@ static int encode_ref(const struct pool *p, size_t b, struct buf *out)
     static Ebpfmonitor__Event msgs[MAX_BATCH], *ptrs[MAX_BATCH];
     static struct event_pb_scratch scratch[MAX_BATCH];
     static Ebpfmonitor__PodRef pod_msgs[PODS], *pod_ptrs[PODS];
+    static struct event_pb_pod_scratch pod_scratch[PODS];
     static struct event_k8s pods[PODS];
+    static const struct event_k8s none;
     struct event_batch_meta meta = batch_meta(p, b);
     const struct event *ev = &p->events[b * p->batch];
     size_t npods = 0, n = p->batch;
@@ -126,26 +131,23 @@ static int encode_ref(const struct pool *p, size_t b, struct buf *out)
             break;
         ptrs[i] = &msgs[i];
         const struct event_k8s *k = &ev[i].k8s;
-        if (!k->node_name && !k->pod_name && !k->namespace && !k->container_id && !k->pod_uid)
+        if (k8s_same(k, &none))
             continue;
         size_t ref = 0;
         while (ref < npods && !k8s_same(&pods[ref], k))
             ref++;
         if (ref == npods && npods < PODS) {
             pods[npods] = *k;
-            ebpfmonitor__pod_ref__init(&pod_msgs[npods]);
-            pod_msgs[npods].node_name = pb_str(k->node_name);
-            pod_msgs[npods].pod_name = pb_str(k->pod_name);
-            pod_msgs[npods].namespace_ = pb_str(k->namespace);
-            pod_msgs[npods].container_id = pb_str(k->container_id);
-            pod_msgs[npods].pod_uid = pb_str(k->pod_uid);
+            if ((rc = event_pb_podref_from_k8s(k, &pod_msgs[npods], &pod_scratch[npods])) != 0)
+                break;
             pod_ptrs[npods] = &pod_msgs[npods];
             npods++;
         }
         if (ref < npods) {
             msgs[i].pod_ref = (uint32_t)ref + 1;
             msgs[i].k8s_node_name = msgs[i].k8s_pod_name = msgs[i].k8s_namespace =
-                msgs[i].k8s_container_id = msgs[i].k8s_pod_uid = pb_str(NULL);
+                msgs[i].k8s_container_id = msgs[i].k8s_pod_uid = msgs[i].k8s_workload =
+                    msgs[i].k8s_workload_kind = pb_str(NULL);
         }
     }
     if (rc == 0) {
@@ -170,6 +172,8 @@ static int encode_ref(const struct pool *p, size_t b, struct buf *out)
     }
     for (size_t i = 0; i < n; i++)
         event_pb_scratch_release(&scratch[i]);
+    for (size_t i = 0; i < npods; i++)
+        event_pb_pod_scratch_release(&pod_scratch[i]);
     return rc;
 }
 

@@ -1,7 +1,8 @@
 /*
- * Query latency benchmark (issue 5, item 4): p50/p99 of GET /api/events over
- * HTTP for each query shape (newest 100, by type, by node + type, by pod, a
- * since/until window, a paged walk of 10 pages) against a running
+ * Query latency benchmark (issue 5, item 4; issue 9): p50/p99 of GET /api/events
+ * over HTTP for each query shape (newest 100, by type, by node + type, by pod, a
+ * since/until window, a paged walk of 10 pages, then every other filter of
+ * SPEC §6 and §8 matching often, rarely and never) against a running
  * aggregator or agent that already holds the events (bench_aggregator_ingest
  * fills it with the synthetic mix).
  *
@@ -30,6 +31,40 @@ static double pct(uint64_t *v, size_t n, double p)
 }
 
 static const char *prefix = "aggregator.query";
+
+/*
+ * One filter shape: request i asks for fmt with a word (words[i % nwords])
+ * or a number (base + i * 7919 % mod, mod 0 = base).
+ */
+struct filter_shape {
+    const char *shape;
+    const char *fmt;
+    const char *const *words;
+    size_t nwords;
+    unsigned base, mod;
+};
+
+static const char *const statuses[] = {"established", "attempted", "failed"};
+static const char *const no_peer[] = {"app-3", "db-0"};
+
+static const struct filter_shape filter_shapes[] = {
+    {"by_namespace", "namespace=%s", (const char *const[]){"default", "kube-system"}, 2},
+    {"by_pid_rare", "pid=%u", NULL, 0, 1000, 60000},
+    {"by_pid_none", "pid=%u", NULL, 0, 70000, 1000},
+    {"by_pid_type", "pid=%u&type=exec", NULL, 0, 1000, 60000},
+    {"by_command", "command=%s", bench_commands, BENCH_NCOMMANDS},
+    {"by_command_none", "command=%s", (const char *const[]){"nobody", "zzz"}, 2},
+    {"by_command_node", "command=%s&node=node-3", bench_commands, BENCH_NCOMMANDS},
+    {"by_dest_port", "dest_port=%u", NULL, 0, 443, 0},
+    {"by_dest_port_none", "dest_port=%u", NULL, 0, 1, 1000},
+    {"by_dest_port_pid", "dest_port=5432&pid=%u", NULL, 0, 1000, 60000},
+    {"by_status", "status=%s", statuses, 3},
+    {"by_workload", "workload=%s", no_peer, 2},
+    {"by_peer_pod", "peer_pod=%s", no_peer, 2},
+    {"by_peer_namespace", "peer_namespace=%s", (const char *const[]){"data", "prod"}, 2},
+    {"by_peer_workload", "peer_workload=%s", no_peer, 2},
+    {"by_peer_service", "peer_service=%s", no_peer, 2},
+};
 static int failures;
 
 static uint64_t timed_get(struct bench_http *h, const char *path, struct buf *body)
@@ -175,6 +210,23 @@ int main(int argc, char **argv)
     }
     report("paged_walk_page", lat, pages, 10, -1);
     report("paged_walk_10_pages", walk_lat, walks, 100, -1);
+
+    for (size_t f = 0; f < sizeof(filter_shapes) / sizeof(filter_shapes[0]); f++) {
+        const struct filter_shape *fs = &filter_shapes[f];
+        for (size_t i = 0; i < n; i++) {
+            int len = snprintf(path, sizeof(path), "/api/events?");
+            if (fs->words)
+                snprintf(path + len, sizeof(path) - (size_t)len, fs->fmt,
+                         fs->words[i % fs->nwords]);
+            else
+                snprintf(path + len, sizeof(path) - (size_t)len, fs->fmt,
+                         fs->base + (fs->mod ? (unsigned)(i * 7919 % fs->mod) : 0));
+            lat[i] = timed_get(&h, path, &body);
+            if (i == 0)
+                count = bench_json_number(body.data, "total_count");
+        }
+        report(fs->shape, lat, n, 10, count);
+    }
 
     char name[128];
     snprintf(name, sizeof(name), "%s.failed_requests", prefix);

@@ -1,14 +1,29 @@
 /*
  * Fuzz target: the API's query-string parser (pkg/query.c), i.e. everything
  * a client can put after '?' in /api/events and /api/events/stream, plus the
- * cursor and time parsers it uses. The input is the raw, still
- * percent-encoded string, not NUL-terminated, as h2o hands it over.
+ * cursor and time parsers it uses, and matching what it parsed. The input
+ * is the raw, still percent-encoded string, not NUL-terminated, as h2o
+ * hands it over.
  */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "query.h"
+
+/* A failed connection with every field a filter looks at. */
+static const struct event fuzz_event = {
+    .id = 1,
+    .timestamp_ns = 1000,
+    .type = EVENT_CONNECTION,
+    .status = EVENT_STATUS_FAILED,
+    .pid = 7,
+    .dport = 5432,
+    .command = "curl",
+    .node = "node-a",
+    .k8s = {.pod_name = "web-0", .namespace = "prod", .workload = "web"},
+    .peer = {.pod = "db-0", .namespace = "data", .workload = "db", .service = "db-svc"},
+};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -17,7 +32,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct query q;
 
     for (int stream = 0; stream <= 1; stream++) {
-        if (query_parse(&q, s, size, stream, err, sizeof(err)) == 0 && q.has_cursor) {
+        int rc = query_parse(&q, s, size, stream, err, sizeof(err));
+        if (rc == 0) {
+            /* What parsed is in range, and matching it is safe. */
+            if ((q.has_dest_port && q.dest_port == 0) || q.status > EVENT_STATUS_ATTEMPTED)
+                __builtin_trap();
+            (void)query_match(&q, &fuzz_event);
+        }
+        if (rc == 0 && q.has_cursor) {
             /* A parsed cursor formats back to text that parses to the same cursor. */
             char text[QUERY_CURSOR_LEN];
             struct query_cursor again;

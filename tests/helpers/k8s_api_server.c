@@ -188,6 +188,43 @@ void kas_serve_pods(struct kas *s, struct kas_conn *c, enum kas_req_kind kind, i
     free(body);
 }
 
+int kas_add_object(struct kas *s, const char *path, const char *body)
+{
+    char *p = strdup(path), *b = strdup(body);
+    pthread_mutex_lock(&s->lock);
+    if (!p || !b || s->nobjects == KAS_MAX_OBJECTS) {
+        pthread_mutex_unlock(&s->lock);
+        free(p);
+        free(b);
+        return !p || !b ? -ENOMEM : -ENOSPC;
+    }
+    s->object_paths[s->nobjects] = p;
+    s->objects[s->nobjects++] = b;
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+/* A GET of another path: an object added for it, else 404 as the API server says it. */
+static void serve_object(struct kas *s, struct kas_conn *c)
+{
+    char *body = NULL;
+    pthread_mutex_lock(&s->lock);
+    s->gets++;
+    for (int i = 0; i < s->nobjects && !body; i++)
+        if (strcmp(s->object_paths[i], c->path) == 0)
+            body = strdup(s->objects[i]);
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    if (body)
+        kas_respond(c, 200, "OK", body);
+    else
+        kas_respond(c, 404, "Not Found",
+                    "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
+                    "\"status\":\"Failure\",\"message\":\"not found\",\"reason\":"
+                    "\"NotFound\",\"code\":404}");
+    free(body);
+}
+
 /* ---- connections ---- */
 
 static void *conn_main(void *arg)
@@ -240,7 +277,7 @@ static void *conn_main(void *arg)
     pthread_mutex_unlock(&s->lock);
 
     if (kind == KAS_OTHER)
-        kas_respond(c, 404, "Not Found", "{}");
+        serve_object(s, c);
     else
         s->handler(s, c, kind, n);
 out:
@@ -331,6 +368,11 @@ void kas_stop(struct kas *s)
     for (int i = 0; i < s->nevents; i++)
         free(s->events[i].line);
     s->nevents = 0;
+    for (int i = 0; i < s->nobjects; i++) {
+        free(s->object_paths[i]);
+        free(s->objects[i]);
+    }
+    s->nobjects = 0;
 }
 
 bool kas_wait(struct kas *s, int lists, int watches, int timeout_ms)
@@ -380,6 +422,69 @@ char *kas_pod_json(const char *uid, const char *name, const char *ns, const char
                  name, ns, uid, rv, name, node, container_id ? container_id : "") < 0)
         return NULL;
     return s;
+}
+
+char *kas_pod_object(const struct kas_pod *p)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_printf(&b,
+               "{\"kind\":\"Pod\",\"apiVersion\":\"v1\",\"metadata\":{\"name\":\"%s\","
+               "\"namespace\":\"%s\",\"uid\":\"%s\",\"resourceVersion\":\"%s\","
+               "\"creationTimestamp\":\"2024-05-01T10:00:00Z\",\"labels\":{%s}",
+               p->name, p->ns, p->uid, p->rv ? p->rv : "1", p->labels ? p->labels : "");
+    if (p->owner_kind)
+        buf_printf(&b,
+                   ",\"ownerReferences\":[{\"apiVersion\":\"%s\",\"kind\":\"%s\","
+                   "\"name\":\"%s\",\"uid\":\"%s\",\"controller\":true,"
+                   "\"blockOwnerDeletion\":true}]",
+                   strcmp(p->owner_kind, "Job") == 0 ? "batch/v1" : "apps/v1", p->owner_kind,
+                   p->owner_name, p->owner_uid ? p->owner_uid : "");
+    buf_printf(&b,
+               "},\"spec\":{\"containers\":[{\"name\":\"main\",\"image\":\"busybox:1.36\"}],"
+               "\"nodeName\":\"%s\"%s},\"status\":{\"phase\":\"Running\"",
+               p->node, p->host_network ? ",\"hostNetwork\":true" : "");
+    if (p->ips[0]) {
+        buf_printf(&b, ",\"podIP\":\"%s\",\"podIPs\":[", p->ips[0]);
+        for (int i = 0; i < 2 && p->ips[i]; i++)
+            buf_printf(&b, "%s{\"ip\":\"%s\"}", i ? "," : "", p->ips[i]);
+        buf_putc(&b, ']');
+    }
+    buf_printf(&b,
+               ",\"containerStatuses\":[{\"name\":\"main\",\"ready\":true,\"restartCount\":0,"
+               "\"image\":\"docker.io/library/busybox:1.36\","
+               "\"containerID\":\"containerd://%s\",\"started\":true,"
+               "\"state\":{\"running\":{\"startedAt\":\"2024-05-01T10:00:02Z\"}}}]}}",
+               p->container_id ? p->container_id : "");
+    if (b.oom) {
+        buf_free(&b);
+        return NULL;
+    }
+    return b.data;
+}
+
+char *kas_job_json(const char *ns, const char *name, const char *uid, const char *cronjob)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_printf(&b,
+               "{\"kind\":\"Job\",\"apiVersion\":\"batch/v1\",\"metadata\":{\"name\":\"%s\","
+               "\"namespace\":\"%s\",\"uid\":\"%s\",\"resourceVersion\":\"77\"",
+               name, ns, uid);
+    if (cronjob)
+        buf_printf(&b,
+                   ",\"labels\":{\"batch.kubernetes.io/job-name\":\"%s\"},"
+                   "\"ownerReferences\":[{\"apiVersion\":\"batch/v1\",\"kind\":\"CronJob\","
+                   "\"name\":\"%s\",\"uid\":\"0b1c2d3e-4f50-4a61-8b72-c3d4e5f60718\","
+                   "\"controller\":true,\"blockOwnerDeletion\":true}]",
+                   name, cronjob);
+    buf_puts(&b, "},\"spec\":{\"completions\":1,\"parallelism\":1,\"backoffLimit\":6},"
+                 "\"status\":{\"active\":1,\"startTime\":\"2024-05-01T10:00:00Z\"}}");
+    if (b.oom) {
+        buf_free(&b);
+        return NULL;
+    }
+    return b.data;
 }
 
 char *kas_pod_list(const char *rv, const char *const *items, int n)

@@ -8,7 +8,8 @@
  * built-in kas_serve_pods handler serves a PodList set with kas_set_list()
  * and watch events added with kas_push(), the way the API server does:
  * each watch gets the events newer than its resourceVersion, then the ones
- * pushed while it is open.
+ * pushed while it is open. Other objects (Jobs) are served by path from
+ * kas_add_object(); anything else is a 404 Status.
  */
 #ifndef EBPF_MONITOR_K8S_API_SERVER_H
 #define EBPF_MONITOR_K8S_API_SERVER_H
@@ -27,8 +28,9 @@ struct kas_conn;
 /* Answers the n-th (from 1) request of its kind; the server closes the connection after. */
 typedef void (*kas_handler)(struct kas *s, struct kas_conn *c, enum kas_req_kind kind, int n);
 
-#define KAS_MAX_CONNS  64
-#define KAS_MAX_EVENTS 64
+#define KAS_MAX_CONNS   64
+#define KAS_MAX_EVENTS  64
+#define KAS_MAX_OBJECTS 16
 
 struct kas_event {
     unsigned long rv; /* the object's resourceVersion, for resuming watches */
@@ -54,6 +56,9 @@ struct kas {
     struct kas_event events[KAS_MAX_EVENTS];
     int nevents;
     int open_watches; /* watch streams being served now */
+    /* objects served by path (GET), and how many GETs of other paths came */
+    char *object_paths[KAS_MAX_OBJECTS], *objects[KAS_MAX_OBJECTS];
+    int nobjects, gets;
 };
 
 /* Starts on a free 127.0.0.1 port (s->port); tls NULL for plain HTTP (taken over). 0 or -errno. */
@@ -86,7 +91,26 @@ void kas_set_list(struct kas *s, const char *body);
  */
 int kas_push(struct kas *s, const char *type, unsigned long rv, const char *object);
 
+/* Serves body (copied) to GETs of path, e.g. /apis/batch/v1/namespaces/NS/jobs/NAME. 0 or -errno.
+ */
+int kas_add_object(struct kas *s, const char *path, const char *body);
+
 /* ---- API objects (malloc'd strings, NULL on failure) ---- */
+
+/* A Pod's fields for kas_pod_object(); NULL (0) leaves a field out. */
+struct kas_pod {
+    const char *uid, *name, *ns, *node, *rv, *container_id;
+    const char *labels;     /* the labels object's members: "\"app\":\"web\"" */
+    const char *owner_kind; /* the controller owner reference */
+    const char *owner_name, *owner_uid;
+    const char *ips[2]; /* status.podIPs (and podIP, the first) */
+    bool host_network;
+};
+
+/* A Pod as the API serves it (kind/apiVersion set). */
+char *kas_pod_object(const struct kas_pod *p);
+/* A batch/v1 Job, owned by the CronJob cronjob (NULL: none). */
+char *kas_job_json(const char *ns, const char *name, const char *uid, const char *cronjob);
 
 /* A Pod as watch events carry it (kind/apiVersion set); container_id NULL for none. */
 char *kas_pod_json(const char *uid, const char *name, const char *ns, const char *node,

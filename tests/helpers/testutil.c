@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -416,6 +417,17 @@ int tu_run(const char *cmd, char **out)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
 
+/* tu_spawn, then waits for /ready on port; fails the test with the program's log otherwise. */
+static pid_t spawn_ready(char *const argv[], char *const env[], const char *log_path, int port)
+{
+    pid_t pid = tu_spawn(argv, env, log_path);
+    if (!tu_wait_http(port, "/ready", 200, 30000)) {
+        char *text = tu_read_file(log_path);
+        cr_assert_fail("%s not ready; log:\n%s", argv[0], text ? text : "(none)");
+    }
+    return pid;
+}
+
 static pid_t start_program(const char *bin, int port, int nats_port, const char *extra_env,
                            const char *log_dir)
 {
@@ -426,12 +438,7 @@ static pid_t start_program(const char *bin, int port, int nats_port, const char 
     char *argv[] = {(char *)tu_repo_path(bin), NULL};
     char *env[] = {listen, nats, "DEPLOYMENT_MODE=vm", "FLUSH_INTERVAL=100ms", (char *)extra_env,
                    NULL};
-    pid_t pid = tu_spawn(argv, env, log_path);
-    if (!tu_wait_http(port, "/ready", 200, 30000)) {
-        char *text = tu_read_file(log_path);
-        cr_assert_fail("%s not ready; log:\n%s", bin, text ? text : "(none)");
-    }
-    return pid;
+    return spawn_ready(argv, env, log_path, port);
 }
 
 void tu_monitor_start(struct tu_monitor *m, const char *aggregator_env, const char *log_dir)
@@ -458,4 +465,100 @@ void tu_monitor_stop(struct tu_monitor *m)
     if (m->nats > 0)
         tu_stop(m->nats, 2000);
     memset(m, 0, sizeof(*m));
+}
+
+int tu_netns_socket(const char *name, int domain, int type)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/run/netns/%s", name);
+    int self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+    int ns = open(path, O_RDONLY | O_CLOEXEC);
+    cr_assert(self >= 0 && ns >= 0, "open %s: %s", path, strerror(errno));
+    cr_assert_eq(setns(ns, CLONE_NEWNET), 0, "setns %s: %s", path, strerror(errno));
+    int fd = socket(domain, type, 0);
+    int saved = errno;
+    cr_assert_eq(setns(self, CLONE_NEWNET), 0, "setns back: %s", strerror(errno));
+    close(ns);
+    close(self);
+    cr_assert(fd >= 0, "socket in %s: %s", name, strerror(saved));
+    return fd;
+}
+
+void tu_agent_start(struct tu_agent *a, const char *node, const char *const extra[])
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to load eBPF programs");
+    a->port = tu_free_port();
+    snprintf(a->log, sizeof(a->log), "/tmp/ebpf-agent-%s-%d.log", node, getpid());
+    unlink(a->log);
+    char listen[64];
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", a->port);
+    const char *argv[32] = {tu_repo_path("bin/ebpf-agent"), "--listen-addr", listen, "--node-name",
+                            node};
+    size_t n = 5;
+    for (size_t i = 0; extra && extra[i]; i++) {
+        cr_assert(n < sizeof(argv) / sizeof(argv[0]) - 1, "too many agent arguments");
+        argv[n++] = extra[i];
+    }
+    a->pid = spawn_ready((char *const *)argv, NULL, a->log, a->port);
+}
+
+int tu_agent_stop(struct tu_agent *a)
+{
+    int st = 0;
+    if (a->pid > 0)
+        st = tu_stop(a->pid, 10000);
+    a->pid = 0;
+    return st;
+}
+
+json_t *tu_fetch_json(int port, const char *path)
+{
+    int status = 0;
+    json_t *r = tu_get_json(port, path, &status);
+    if (status != 200) {
+        json_decref(r);
+        return NULL;
+    }
+    return r;
+}
+
+json_t *tu_poll_event(tu_event_fetch fetch, int port, const char *path, tu_event_pred pred,
+                      void *arg, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    do {
+        json_t *r = fetch(port, path);
+        size_t i;
+        json_t *ev;
+        json_array_foreach(json_object_get(r, "events"), i, ev)
+        {
+            if (pred(ev, arg)) {
+                json_incref(ev);
+                json_decref(r);
+                return ev;
+            }
+        }
+        json_decref(r);
+        usleep(50000);
+    } while (tu_mono_ms() < deadline);
+    return NULL;
+}
+
+json_t *tu_wait_event(int port, const char *path, tu_event_pred pred, void *arg, int timeout_ms)
+{
+    return tu_poll_event(tu_fetch_json, port, path, pred, arg, timeout_ms);
+}
+
+const char *tu_jstr(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+json_int_t tu_jint(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    cr_assert(json_is_integer(v), "field %s missing or not an integer", k);
+    return json_integer_value(v);
 }

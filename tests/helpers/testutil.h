@@ -1,6 +1,7 @@
 /*
  * Helpers for end-to-end tests: free ports, child processes stopped by PID,
- * a small HTTP/1.1 client, and JSON access through jansson.
+ * a small HTTP/1.1 client, JSON access through jansson, the agent under test
+ * and sockets in network namespaces.
  */
 #ifndef EBPF_MONITOR_TESTUTIL_H
 #define EBPF_MONITOR_TESTUTIL_H
@@ -103,5 +104,49 @@ struct tu_monitor {
 };
 void tu_monitor_start(struct tu_monitor *m, const char *aggregator_env, const char *log_dir);
 void tu_monitor_stop(struct tu_monitor *m);
+
+/*
+ * A socket (socket(domain, type, 0)) created inside the network namespace
+ * /run/netns/name: it stays there whatever process uses it, so a forked child
+ * can connect or accept in that namespace without entering it. Asserts.
+ */
+int tu_netns_socket(const char *name, int domain, int type);
+
+/* The real agent on 127.0.0.1, started and stopped by PID. */
+struct tu_agent {
+    pid_t pid;
+    int port;
+    char log[96];
+};
+
+/*
+ * Starts bin/ebpf-agent with --node-name node and extra arguments
+ * (NULL-terminated, may be NULL) and waits for /ready; fails the test with
+ * the agent's log when it does not come up. Skips the test when not root.
+ */
+void tu_agent_start(struct tu_agent *a, const char *node, const char *const extra[]);
+/* SIGTERM (then SIGKILL) and wait; returns the exit status as from waitpid, 0 if not running. */
+int tu_agent_stop(struct tu_agent *a);
+
+/* A predicate over one event of an /api/events answer. */
+typedef bool (*tu_event_pred)(json_t *ev, void *arg);
+/* One GET of path on port: the document, or NULL when there is none (yet). */
+typedef json_t *(*tu_event_fetch)(int port, const char *path);
+
+/* tu_get_json that answers NULL unless the status is 200. */
+json_t *tu_fetch_json(int port, const char *path);
+/*
+ * Polls path until an element of its "events" satisfies pred or timeout_ms
+ * passes; returns that event (a new reference) or NULL.
+ */
+json_t *tu_poll_event(tu_event_fetch fetch, int port, const char *path, tu_event_pred pred,
+                      void *arg, int timeout_ms);
+/* tu_poll_event with tu_fetch_json. */
+json_t *tu_wait_event(int port, const char *path, tu_event_pred pred, void *arg, int timeout_ms);
+
+/* o[k] as a string, or NULL when absent or not a string. */
+const char *tu_jstr(json_t *o, const char *k);
+/* o[k] as an integer; fails the test when it is absent or not an integer. */
+json_int_t tu_jint(json_t *o, const char *k);
 
 #endif

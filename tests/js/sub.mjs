@@ -10,6 +10,9 @@
 // then one JSON line per message:
 //   {"subject":..., "headers":{name:value}, "size":bytes, "at_ms":ms since ready,
 //    "recv_ms":wall-clock ms, "batch":{EventBatch, longs as strings, ids as 16 hex chars}}   (protobuf)
+//   (in "batch", addresses and pods[].ips are text; each event's k8s_* fields, k8s_workload and
+//   k8s_workload_kind included, are filled from its pod_ref entry when empty; close, exec and
+//   the other details as protobufjs decodes them, enums by name)
 //   {"subject":..., "headers":..., "size":..., "at_ms":..., "lines":[parsed JSON]}  (JSON)
 // and a line {"error":"..."} for a message it cannot decode. Exits after N
 // messages or when the timeout passes (status 0 either way; the caller counts).
@@ -60,8 +63,18 @@ function decodeBatch(data) {
   const msg = EventBatch.decode(data);
   const obj = EventBatch.toObject(msg, { longs: String, enums: String, defaults: true });
   // Bytes fields as text and ids as the API's 16 hex chars, so tests can compare.
+  // A pod's ips (4 or 16 bytes each) as the comma-separated text the agent keeps.
   // An event's pod_ref (1-based into batch.pods) fills the k8s_* fields it left empty.
-  const podFields = ["node_name", "pod_name", "namespace", "container_id", "pod_uid"];
+  obj.pods = msg.pods.map((p, i) => {
+    const o = obj.pods[i];
+    for (const b of p.ips)
+      if (b.length !== 4 && b.length !== 16) throw new Error(`pods[${i}]: ip of ${b.length} bytes`);
+    o.ips = p.ips.length ? p.ips.map(addr).join(",") : undefined;
+    return o;
+  });
+  const podFields = [
+    "node_name", "pod_name", "namespace", "container_id", "pod_uid", "workload", "workload_kind",
+  ];
   obj.events = msg.events.map((ev, i) => {
     const o = obj.events[i];
     const ref = o.pod_ref ? obj.pods[o.pod_ref - 1] : undefined;

@@ -645,7 +645,9 @@ function securityProblems(objs) {
         if (sc.privileged === true || sc.allowPrivilegeEscalation !== false) p.push(`aggregator container ${c.name} can gain privileges`);
         if (sc.capabilities?.add?.length) p.push(`aggregator container ${c.name} adds capabilities`);
     }
-    // RBAC: the agent reads pods; nothing else is granted to anyone.
+    // RBAC: the agent reads pods, and gets Jobs (a Job-owned pod's CronJob);
+    // nothing else is granted to anyone.
+    const granted = { "/pods": ["get", "list", "watch"], "batch/jobs": ["get"] };
     const roles = objs.filter((o) => o.kind === "ClusterRole" || o.kind === "Role");
     const bindings = objs.filter((o) => o.kind === "ClusterRoleBinding" || o.kind === "RoleBinding");
     for (const b of bindings) {
@@ -654,8 +656,8 @@ function securityProblems(objs) {
         }
         const role = roles.find((r) => r.kind === b.roleRef.kind && r.metadata.name === b.roleRef.name);
         for (const rule of role?.rules || []) {
-            const wide = rule.apiGroups.some((g) => g !== "") || rule.resources.some((r) => r !== "pods") || rule.verbs.some((v) => !["get", "list", "watch"].includes(v));
-            if (wide) p.push(`${role.kind}/${role.metadata.name} grants more than get/list/watch on pods: ${JSON.stringify(rule)}`);
+            const wide = rule.apiGroups.some((g) => rule.resources.some((r) => rule.verbs.some((v) => !(granted[`${g}/${r}`] || []).includes(v))));
+            if (wide) p.push(`${role.kind}/${role.metadata.name} grants more than get/list/watch on pods and get on batch jobs: ${JSON.stringify(rule)}`);
         }
         if (!role) p.push(`${b.kind}/${b.metadata.name} binds a role that is not in the manifests`);
     }
@@ -1082,6 +1084,9 @@ checks.selftest = () => {
     o = clone();
     find(o, "ClusterRole", "ebpf-monitor").rules[0].verbs.push("delete");
     expect(securityProblems(o).some((p) => /more than get\/list\/watch/.test(p)), "policy rejects a wider ClusterRole");
+    o = clone();
+    find(o, "ClusterRole", "ebpf-monitor").rules.find((r) => r.resources.includes("jobs")).verbs.push("list");
+    expect(securityProblems(o).some((p) => /more than get\/list\/watch/.test(p)), "policy rejects listing Jobs");
     o = clone();
     o.find((x) => x.kind === "NetworkPolicy" && x.metadata.name === "nats").spec.ingress[0].from.push({ namespaceSelector: {} });
     expect(securityProblems(o).some((p) => /NATS 4222/.test(p)), "policy rejects NATS open to other namespaces");

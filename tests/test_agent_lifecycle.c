@@ -1,0 +1,934 @@
+/*
+ * End to end, as root: TCP connection lifecycles (close events) and connect
+ * failure causes, seen by the real bin/ebpf-agent over its HTTP API, with
+ * real traffic between network namespaces that stand in for pods:
+ *
+ *   client netns --veth-- router netns --veth-- server netns
+ *   10.77.1.2             10.77.1.1 10.77.2.1   10.77.2.2
+ *   fd77:1::2             fd77:1::1 fd77:2::1   fd77:2::2
+ *
+ * The router answers 10.77.60.0/24 and fd77:60::/64 with ICMP unreachable
+ * and silently drops 10.77.70.0/24 (blackhole); the client has local
+ * unreachable routes for 10.77.50.0/24 and fd77:50::/64 and
+ * tcp_syn_retries=1, so an unanswered SYN fails in ~3 s.
+ * Each side of a connection is a forked child with its own comm; sockets are
+ * created in their namespace by the test (tu_netns_socket), so the children
+ * never leave the root namespace. Times are CLOCK_MONOTONIC, like the
+ * agent's durations.
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "testutil.h"
+
+#define WAIT_MS     10000
+#define SERVER_PORT 8080
+
+static struct tu_agent agent;
+
+/* tu_run of a formatted command line: its exit status, and its output in *out unless NULL. */
+static int shf(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int shf(char **out, const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    cr_assert(n > 0 && (size_t)n < sizeof(cmd), "command too long: %.80s", cmd);
+    return tu_run(cmd, out);
+}
+static char ns_client[32], ns_router[32], ns_server[32];
+
+static void net_teardown(void)
+{
+    tu_agent_stop(&agent);
+    if (ns_client[0])
+        shf(NULL,
+            "ip netns del %s 2>/dev/null; ip netns del %s 2>/dev/null; "
+            "ip netns del %s 2>/dev/null; true",
+            ns_client, ns_router, ns_server);
+}
+
+/*
+ * A device sends nothing (its queue discipline drops) until the kernel's link
+ * watch has seen its carrier come up, which can take a second: a SYN or a
+ * neighbour solicitation lost there would be retransmitted.
+ */
+static void wait_link_up(const char *ns, const char *dev)
+{
+    uint64_t deadline = tu_mono_ms() + 5000;
+    while (shf(NULL, "ip -n %s -o link show %s | grep -q 'state UP'", ns, dev) != 0) {
+        cr_assert(tu_mono_ms() < deadline, "%s in %s did not come up", dev, ns);
+        usleep(20000);
+    }
+}
+
+/* The three namespaces of the header comment; names unique to this test process. */
+static void net_setup(void)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root for network namespaces and eBPF programs");
+    snprintf(ns_client, sizeof(ns_client), "lt%d-client", getpid());
+    snprintf(ns_router, sizeof(ns_router), "lt%d-router", getpid());
+    snprintf(ns_server, sizeof(ns_server), "lt%d-server", getpid());
+    /* Namespaces left by a test process that died before its .fini. */
+    shf(NULL, "for n in $(ip netns list | grep -oE '^lt[0-9]+-(client|router|server)'); do "
+              "p=${n#lt}; kill -0 ${p%%%%-*} 2>/dev/null || ip netns del $n; done");
+    char *out = NULL;
+    int rc = shf(
+        &out,
+        "set -e; C=%s; R=%s; S=%s; "
+        "for n in $C $R $S; do ip netns add $n; "
+        /* Interfaces made from here on take no time for duplicate address detection. */
+        "ip netns exec $n sysctl -qw net.ipv6.conf.default.accept_dad=0; done; "
+        "ip -n $C link add c0 type veth peer r0 netns $R; "
+        "ip -n $S link add s0 type veth peer r1 netns $R; "
+        "for n in $C $R $S; do ip -n $n link set lo up; done; "
+        "ip -n $C addr add 10.77.1.2/24 dev c0; ip -n $C addr add fd77:1::2/64 dev c0 nodad; "
+        "ip -n $R addr add 10.77.1.1/24 dev r0; ip -n $R addr add fd77:1::1/64 dev r0 nodad; "
+        "ip -n $R addr add 10.77.2.1/24 dev r1; ip -n $R addr add fd77:2::1/64 dev r1 nodad; "
+        "ip -n $S addr add 10.77.2.2/24 dev s0; ip -n $S addr add fd77:2::2/64 dev s0 nodad; "
+        "ip -n $C link set c0 up; ip -n $R link set r0 up; ip -n $R link set r1 up; "
+        "ip -n $S link set s0 up; "
+        "ip -n $C route add default via 10.77.1.1; ip -n $C -6 route add default via fd77:1::1; "
+        "ip -n $S route add default via 10.77.2.1; ip -n $S -6 route add default via fd77:2::1; "
+        "ip -n $C route add unreachable 10.77.50.0/24; "
+        "ip -n $C -6 route add unreachable fd77:50::/64; "
+        "ip -n $R route add unreachable 10.77.60.0/24; "
+        "ip -n $R -6 route add unreachable fd77:60::/64; "
+        "ip -n $R route add blackhole 10.77.70.0/24; "
+        "ip netns exec $R sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1; "
+        "ip netns exec $C sysctl -qw net.ipv4.tcp_syn_retries=1",
+        ns_client, ns_router, ns_server);
+    cr_assert_eq(rc, 0, "setting up the test network namespaces failed (exit %d):\n%s", rc, out);
+    free(out);
+    wait_link_up(ns_client, "c0");
+    wait_link_up(ns_router, "r0");
+    wait_link_up(ns_router, "r1");
+    wait_link_up(ns_server, "s0");
+}
+
+static void setup_all_types(void)
+{
+    net_setup();
+    tu_agent_start(&agent, "lifecycle-node", NULL);
+}
+
+static void setup_without_close(void)
+{
+    net_setup();
+    const char *const args[] = {"--event-types", "connection,accept", NULL};
+    tu_agent_start(&agent, "lifecycle-node", args);
+}
+
+static void setup_close_only(void)
+{
+    net_setup();
+    const char *const args[] = {"--event-types", "close", NULL};
+    tu_agent_start(&agent, "lifecycle-node", args);
+}
+
+TestSuite(lifecycle, .init = setup_all_types, .fini = net_teardown, .timeout = 60);
+TestSuite(lifecycle_off, .init = setup_without_close, .fini = net_teardown, .timeout = 60);
+TestSuite(lifecycle_only, .init = setup_close_only, .fini = net_teardown, .timeout = 60);
+
+/* ---- The two sides of a connection: forked children that report over a pipe ---- */
+
+/* What a child reports: the outcome of its steps and when they happened. */
+struct report {
+    int err;       /* errno of the step that failed unexpectedly, 0 when all went well */
+    char step[32]; /* that step */
+    int pid;       /* the child's */
+    int result;    /* connect(): 0 or the errno it failed with */
+    uint16_t port; /* the client's source port */
+    uint64_t t[4]; /* CLOCK_MONOTONIC ns, meaning per side */
+};
+
+struct side {
+    pid_t pid;
+    int fd; /* read end of its report */
+};
+
+typedef void (*side_fn)(struct report *r, void *arg);
+
+static bool step_failed(struct report *r, const char *step, bool failed)
+{
+    if (failed && !r->err) {
+        r->err = errno ? errno : EPROTO;
+        snprintf(r->step, sizeof(r->step), "%s", step);
+    }
+    return failed;
+}
+
+/* In a child: where its reports go. */
+static int report_fd = -1;
+
+/* In a child: sends the report of one connection and starts the next one's. */
+static void report_next(struct report *r)
+{
+    if (write(report_fd, r, sizeof(*r)) != (ssize_t)sizeof(*r))
+        _exit(1);
+    *r = (struct report){.pid = r->pid};
+}
+
+/*
+ * Forks a child named comm that runs fn, which reports each connection but
+ * its last with report_next(); the last report is sent when fn returns. The
+ * child takes over the socket sock: fn starts once the test has closed its
+ * own copy, so that the child's close() is the socket's end.
+ */
+static void side_start(struct side *s, const char *comm, side_fn fn, void *arg, int sock)
+{
+    int p[2], go[2];
+    cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(go, O_CLOEXEC), 0);
+    s->pid = fork();
+    cr_assert(s->pid >= 0, "fork: %s", strerror(errno));
+    if (s->pid == 0) {
+        struct report r = {.pid = getpid()};
+        char c;
+        close(p[0]);
+        close(go[1]);
+        report_fd = p[1];
+        prctl(PR_SET_NAME, comm);
+        if (read(go[0], &c, 1) != 1)
+            _exit(1);
+        fn(&r, arg);
+        report_next(&r);
+        _exit(0);
+    }
+    close(p[1]);
+    close(go[0]);
+    close(sock);
+    cr_assert_eq(write(go[1], "", 1), 1);
+    close(go[1]);
+    s->fd = p[0];
+}
+
+/* The child's next report; fails the test when it does not come or tells of a failed step. */
+static void side_read(struct side *s, struct report *r)
+{
+    struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
+    cr_assert_eq(poll(&pfd, 1, WAIT_MS), 1, "child %d did not report", s->pid);
+    ssize_t n = read(s->fd, r, sizeof(*r));
+    cr_assert(n == (ssize_t)sizeof(*r), "child %d reported %zd bytes", s->pid, n);
+    cr_assert_eq(r->err, 0, "child %d: %s: %s", s->pid, r->step, strerror(r->err));
+}
+
+static void side_wait(struct side *s)
+{
+    int st;
+    close(s->fd);
+    cr_assert_eq(waitpid(s->pid, &st, 0), s->pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d: status %d", s->pid, st);
+}
+
+/* The report of a child that makes one connection, once it has exited. */
+static void side_finish(struct side *s, struct report *r)
+{
+    side_read(s, r);
+    side_wait(s);
+}
+
+static bool io_exact(struct report *r, int fd, size_t len, bool writing)
+{
+    static char buf[65536];
+    while (len > 0) {
+        size_t chunk = len < sizeof(buf) ? len : sizeof(buf);
+        ssize_t n = writing ? write(fd, buf, chunk) : read(fd, buf, chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        errno = n == 0 ? EPIPE : errno;
+        if (step_failed(r, writing ? "write" : "read", n <= 0))
+            return false;
+        len -= (size_t)n;
+    }
+    return true;
+}
+
+/* True when the peer has finished (read returns 0 with nothing more). */
+static bool read_eof(struct report *r, int fd)
+{
+    char c;
+    ssize_t n = read(fd, &c, 1);
+    errno = n > 0 ? EPROTO : errno;
+    return !step_failed(r, "read to EOF", n != 0);
+}
+
+struct addr {
+    int family;
+    const char *ip;
+    struct sockaddr_storage sa;
+    socklen_t len;
+};
+
+static struct addr addr_of(const char *ip, int port)
+{
+    struct addr a = {.ip = ip};
+    if (strchr(ip, ':')) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&a.sa;
+        a.family = s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        cr_assert_eq(inet_pton(AF_INET6, ip, &s6->sin6_addr), 1);
+        a.len = sizeof(*s6);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&a.sa;
+        a.family = s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        cr_assert_eq(inet_pton(AF_INET, ip, &s4->sin_addr), 1);
+        a.len = sizeof(*s4);
+    }
+    return a;
+}
+
+static uint16_t local_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    return ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                         : ((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+/* A listener in the server namespace on a:port. */
+static int server_listen(const struct addr *a)
+{
+    int l = tu_netns_socket(ns_server, a->family, SOCK_STREAM);
+    int one = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    cr_assert_eq(bind(l, (const struct sockaddr *)&a->sa, a->len), 0, "bind %s: %s", a->ip,
+                 strerror(errno));
+    cr_assert_eq(listen(l, 8), 0);
+    return l;
+}
+
+/* What both sides do over one connection. */
+struct exchange {
+    int fd;           /* the side's socket: listener (server) or unconnected (client) */
+    struct addr dest; /* client: where to connect */
+    size_t to_server; /* bytes the client sends */
+    size_t to_client; /* bytes the server answers */
+    bool linger_wait; /* server: close() waits until the connection is closed */
+    bool reset;       /* the client aborts with SO_LINGER {1, 0} after the server's answer */
+    const char *lose; /* client: its request is blackholed in the router until retransmitted */
+    bool again;       /* a second connection on the client's socket, after connect(AF_UNSPEC) */
+};
+
+/*
+ * Server: t[0] accepted, t[1] before close(), t[2] after it. It reads the
+ * request, answers, then waits for the client's FIN (or its RST).
+ */
+static void serve_one(struct report *r, const struct exchange *x)
+{
+    int a = accept(x->fd, NULL, NULL);
+    r->t[0] = clock_monotonic_ns();
+    if (step_failed(r, "accept", a < 0))
+        return;
+    if (!io_exact(r, a, x->to_server, false) || !io_exact(r, a, x->to_client, true))
+        return;
+    if (x->reset) {
+        char c;
+        errno = 0;
+        step_failed(r, "read the reset", read(a, &c, 1) != -1 || errno != ECONNRESET);
+    } else if (!read_eof(r, a)) {
+        return;
+    }
+    if (x->linger_wait) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 10};
+        setsockopt(a, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
+    r->t[1] = clock_monotonic_ns();
+    close(a);
+    r->t[2] = clock_monotonic_ns();
+}
+
+static void serve(struct report *r, void *arg)
+{
+    struct exchange *x = arg;
+    serve_one(r, x);
+    if (x->again && !r->err) {
+        report_next(r);
+        serve_one(r, x);
+    }
+    close(x->fd);
+}
+
+/*
+ * Sends the request while the router blackholes the route to lose (so every
+ * segment of it is lost once) and lets it through after the first
+ * retransmission: bytes_sent must still count each byte once.
+ */
+static bool send_lossy(struct report *r, int c, const struct exchange *x)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "ip -n %s route add blackhole %s", ns_router, x->lose);
+    if (step_failed(r, "blackhole route", system(cmd) != 0) || !io_exact(r, c, x->to_server, true))
+        return false;
+    uint64_t deadline = clock_monotonic_ns() + 5000000000ull;
+    struct tcp_info ti = {0};
+    socklen_t len = sizeof(ti);
+    while (getsockopt(c, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 && ti.tcpi_total_retrans == 0 &&
+           clock_monotonic_ns() < deadline)
+        usleep(10000);
+    errno = ETIMEDOUT;
+    if (step_failed(r, "wait for a retransmission", ti.tcpi_total_retrans == 0))
+        return false;
+    snprintf(cmd, sizeof(cmd), "ip -n %s route del blackhole %s", ns_router, x->lose);
+    return !step_failed(r, "restore the route", system(cmd) != 0);
+}
+
+/*
+ * Client: t[0] before connect(), t[1] after it, t[2] after the answer (before
+ * its FIN or RST), t[3] when the server's FIN has arrived (FIN close only).
+ */
+static void client_one(struct report *r, const struct exchange *x)
+{
+    int c = x->fd;
+    r->t[0] = clock_monotonic_ns();
+    if (step_failed(r, "connect", connect(c, (struct sockaddr *)&x->dest.sa, x->dest.len) != 0))
+        return;
+    r->t[1] = clock_monotonic_ns();
+    r->port = local_port(c);
+    if (!(x->lose ? send_lossy(r, c, x) : io_exact(r, c, x->to_server, true)) ||
+        !io_exact(r, c, x->to_client, false))
+        return;
+    r->t[2] = clock_monotonic_ns();
+    if (x->reset) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        step_failed(r, "SO_LINGER", setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) != 0);
+    } else {
+        step_failed(r, "shutdown", shutdown(c, SHUT_WR) != 0);
+        read_eof(r, c);
+        r->t[3] = clock_monotonic_ns();
+    }
+}
+
+static void client(struct report *r, void *arg)
+{
+    struct exchange *x = arg;
+    client_one(r, x);
+    if (x->again && !r->err) {
+        struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+        report_next(r);
+        if (!step_failed(r, "connect(AF_UNSPEC)", connect(x->fd, &unspec, sizeof(unspec)) != 0))
+            client_one(r, x);
+    }
+    close(x->fd);
+}
+
+/*
+ * Runs the exchange between the client and server namespaces; the sides'
+ * reports go to cr and sr (two each when x->again).
+ */
+static void run_exchange(struct exchange *x, struct report *cr, struct report *sr)
+{
+    struct side srv, cli;
+    x->fd = server_listen(&x->dest);
+    side_start(&srv, "lt-server", serve, x, x->fd);
+    x->fd = tu_netns_socket(ns_client, x->dest.family, SOCK_STREAM);
+    side_start(&cli, "lt-client", client, x, x->fd);
+    for (int i = 0; i <= x->again; i++) {
+        side_read(&cli, &cr[i]);
+        side_read(&srv, &sr[i]);
+    }
+    side_wait(&cli);
+    side_wait(&srv);
+}
+
+/* ---- What the agent says ---- */
+
+struct close_match {
+    const char *role;
+    int client_port;
+};
+
+static bool match_close(json_t *ev, void *arg)
+{
+    struct close_match *m = arg;
+    const char *role = tu_jstr(ev, "role");
+    return role && strcmp(role, m->role) == 0 &&
+           json_integer_value(json_object_get(ev, "source_port")) == m->client_port &&
+           json_integer_value(json_object_get(ev, "dest_port")) == SERVER_PORT;
+}
+
+/*
+ * What one side's close event must say. The connection was established
+ * within [est_from, est_by] and closed within [closed_from, closed_by]
+ * (CLOCK_MONOTONIC; closed_by 0: by the time the test saw the event), which
+ * bounds duration_ns.
+ */
+struct close_want {
+    const char *client_ip, *server_ip, *family;
+    uint64_t est_from, est_by, closed_from, closed_by;
+    const char *reset;  /* NULL: none */
+    bool retransmitted; /* the client retransmitted (at least once); no one else did */
+};
+
+/* Waits for the close event of one side of the exchange and checks it against w. */
+static void check_close(const struct exchange *x, const struct report *cr, const struct report *sr,
+                        bool server, const struct close_want *w)
+{
+    const struct report *me = server ? sr : cr;
+    const char *role = server ? "server" : "client";
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=close&pid=%d&limit=100", me->pid);
+    struct close_match m = {role, cr->port};
+    json_t *ev = tu_wait_event(agent.port, q, match_close, &m, WAIT_MS);
+    uint64_t seen = clock_monotonic_ns();
+    cr_assert(ev, "no close event (role %s) from pid %d for port %d -> %d", role, me->pid, cr->port,
+              SERVER_PORT);
+    char *text = json_dumps(ev, JSON_COMPACT);
+    cr_log_info("close event: %s", text);
+    free(text);
+
+    cr_expect_str_eq(tu_jstr(ev, "type"), "close");
+    cr_expect_str_eq(tu_jstr(ev, "node"), "lifecycle-node");
+    cr_expect_eq(tu_jint(ev, "pid"), me->pid);
+    cr_expect_eq(tu_jint(ev, "ppid"), getpid());
+    cr_expect_str_eq(tu_jstr(ev, "command"), server ? "lt-server" : "lt-client");
+    cr_expect_str_eq(tu_jstr(ev, "protocol"), "tcp");
+    cr_expect_str_eq(tu_jstr(ev, "family"), w->family);
+    cr_expect_str_eq(tu_jstr(ev, "source_ip"), w->client_ip);
+    cr_expect_eq(tu_jint(ev, "source_port"), cr->port);
+    cr_expect_str_eq(tu_jstr(ev, "dest_ip"), w->server_ip);
+    cr_expect_eq(tu_jint(ev, "dest_port"), SERVER_PORT);
+    cr_expect_eq(tu_jint(ev, "bytes_sent"), (json_int_t)(server ? x->to_client : x->to_server));
+    cr_expect_eq(tu_jint(ev, "bytes_received"), (json_int_t)(server ? x->to_server : x->to_client));
+    uint64_t d = (uint64_t)tu_jint(ev, "duration_ns");
+    uint64_t min = w->closed_from - w->est_by,
+             max = (w->closed_by ? w->closed_by : seen) - w->est_from;
+    cr_expect(d >= min && d <= max,
+              "duration_ns %" PRIu64 " outside the measured [%" PRIu64 ", %" PRIu64 "]", d, min,
+              max);
+    cr_expect_gt(tu_jint(ev, "srtt_us"), 0);
+    if (w->retransmitted && !server)
+        cr_expect_gt(tu_jint(ev, "retransmits"), 0);
+    else
+        cr_expect_eq(tu_jint(ev, "retransmits"), 0, "a veth path loses nothing");
+    if (w->reset)
+        cr_expect_str_eq(tu_jstr(ev, "reset"), w->reset);
+    else
+        cr_expect_null(json_object_get(ev, "reset"), "reset: %s", tu_jstr(ev, "reset"));
+    json_decref(ev);
+}
+
+struct fin_case {
+    const char *client_ip, *server_ip, *family;
+    size_t to_server, to_client;
+    bool linger_wait;
+    const char *lose;
+    bool again;
+};
+
+/*
+ * A normal close: the client sends N bytes, the server answers M, the client
+ * shuts down its side and the server closes after the client's FIN. With
+ * linger_wait the server's close() returns once its socket is closed (the
+ * last ACK came), which bounds its close; otherwise the time the test saw
+ * the event does. With again, the same once more on the client's socket.
+ * The sides' reports of the first connection go to sides (may be NULL).
+ */
+static void check_fin_close(const struct fin_case *f, struct report sides[2])
+{
+    struct exchange x = {.dest = addr_of(f->server_ip, SERVER_PORT),
+                         .to_server = f->to_server,
+                         .to_client = f->to_client,
+                         .linger_wait = f->linger_wait,
+                         .lose = f->lose,
+                         .again = f->again};
+    struct report cr[2], sr[2];
+    run_exchange(&x, cr, sr);
+
+    for (int i = 0; i <= x.again; i++) {
+        /* The client: established inside connect(); closed when the server's FIN came,
+         * after its own shutdown() and before it read EOF. */
+        struct close_want w = {.client_ip = f->client_ip,
+                               .server_ip = f->server_ip,
+                               .family = f->family,
+                               .est_from = cr[i].t[0],
+                               .est_by = cr[i].t[1],
+                               .closed_from = cr[i].t[2],
+                               .closed_by = cr[i].t[3],
+                               .retransmitted = f->lose != NULL};
+        check_close(&x, &cr[i], &sr[i], false, &w);
+
+        /* The server: established after the client's connect() began and before accept()
+         * returned; closed after its close() began. */
+        w.est_by = sr[i].t[0];
+        w.closed_from = sr[i].t[1];
+        w.closed_by = f->linger_wait ? sr[i].t[2] : 0;
+        check_close(&x, &cr[i], &sr[i], true, &w);
+    }
+    if (sides) {
+        sides[0] = cr[0];
+        sides[1] = sr[0];
+    }
+}
+
+Test(lifecycle, fin_close_ipv4_both_sides)
+{
+    check_fin_close(&(struct fin_case){"10.77.1.2", "10.77.2.2", "ipv4", 100000, 54321, true},
+                    NULL);
+}
+
+Test(lifecycle, fin_close_ipv6_both_sides)
+{
+    check_fin_close(&(struct fin_case){"fd77:1::2", "fd77:2::2", "ipv6", 100000, 54321, false},
+                    NULL);
+}
+
+/* A request small enough for the socket buffer, all lost once and retransmitted. */
+Test(lifecycle, retransmitted_bytes_are_counted_once)
+{
+    check_fin_close(&(struct fin_case){"10.77.1.2", "10.77.2.2", "ipv4", 5000, 300, true,
+                                       .lose = "10.77.2.2/32"},
+                    NULL);
+}
+
+/*
+ * connect(AF_UNSPEC) dissolves a connection and lets the program connect the
+ * same socket again: two connections, two close events each side.
+ */
+Test(lifecycle, socket_connected_again_after_a_disconnect)
+{
+    check_fin_close(
+        &(struct fin_case){"10.77.1.2", "10.77.2.2", "ipv4", 700, 1400, true, .again = true}, NULL);
+}
+
+Test(lifecycle, rst_close_is_reset_sent_and_received)
+{
+    struct exchange x = {.dest = addr_of("10.77.2.2", SERVER_PORT),
+                         .to_server = 1000,
+                         .to_client = 10,
+                         .reset = true};
+    struct report cr, sr;
+    run_exchange(&x, &cr, &sr);
+
+    /* The client's RST went out in its close(), after it read the answer. */
+    struct close_want w = {.client_ip = "10.77.1.2",
+                           .server_ip = "10.77.2.2",
+                           .family = "ipv4",
+                           .est_from = cr.t[0],
+                           .est_by = cr.t[1],
+                           .closed_from = cr.t[2],
+                           .reset = "sent"};
+    check_close(&x, &cr, &sr, false, &w);
+
+    /* The server's socket closed when the RST came: before its read() returned ECONNRESET. */
+    w.est_by = sr.t[0];
+    w.closed_by = sr.t[1];
+    w.reset = "received";
+    check_close(&x, &cr, &sr, true, &w);
+}
+
+/* ---- Connect failures ---- */
+
+enum attempt_flags {
+    BIND_FIRST = 1, /* bind to port 0 first, so the source port is known after a failure */
+    ABANDON = 2,    /* connect without waiting and close the socket while it connects */
+};
+
+struct attempt {
+    int fd;
+    struct addr dest;
+    unsigned flags;
+};
+
+/* t[0] before connect(), t[1] after it (ABANDON: after the close); result = its errno. */
+static void attempt_connect(struct report *r, void *arg)
+{
+    struct attempt *a = arg;
+    if ((a->flags & ABANDON) &&
+        step_failed(r, "O_NONBLOCK", fcntl(a->fd, F_SETFL, O_NONBLOCK) != 0))
+        return;
+    if (a->flags & BIND_FIRST) {
+        struct sockaddr_storage any = {.ss_family = (sa_family_t)a->dest.family};
+        if (step_failed(r, "bind", bind(a->fd, (struct sockaddr *)&any, a->dest.len) != 0))
+            return;
+        r->port = local_port(a->fd);
+    }
+    r->t[0] = clock_monotonic_ns();
+    r->result = connect(a->fd, (struct sockaddr *)&a->dest.sa, a->dest.len) == 0 ? 0 : errno;
+    close(a->fd);
+    r->t[1] = clock_monotonic_ns();
+}
+
+struct failed_match {
+    int pid;
+    const char *dest_ip;
+    int dest_port;
+};
+
+static bool match_failed(json_t *ev, void *arg)
+{
+    struct failed_match *m = arg;
+    const char *status = tu_jstr(ev, "status");
+    const char *dip = tu_jstr(ev, "dest_ip");
+    return status && strcmp(status, "failed") == 0 && dip && strcmp(dip, m->dest_ip) == 0 &&
+           json_integer_value(json_object_get(ev, "dest_port")) == m->dest_port;
+}
+
+/*
+ * A client in the client namespace connects to dest_ip:port and fails with
+ * want_errno; returns the agent's failed connection event (checked for the
+ * process, destination and error) and the client's report in r.
+ */
+static json_t *failed_connect(const char *dest_ip, int port, unsigned flags, int want_errno,
+                              const char *want_error, struct report *r)
+{
+    struct attempt a = {.dest = addr_of(dest_ip, port), .flags = flags};
+    struct side s;
+    a.fd = tu_netns_socket(ns_client, a.dest.family, SOCK_STREAM);
+    side_start(&s, "lt-connect", attempt_connect, &a, a.fd);
+    side_finish(&s, r);
+    cr_assert_eq(r->result, want_errno, "connect to %s:%d: %s, expected %s", dest_ip, port,
+                 strerror(r->result), strerror(want_errno));
+
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=connection&pid=%d&limit=100", s.pid);
+    struct failed_match m = {s.pid, dest_ip, port};
+    json_t *ev = tu_wait_event(agent.port, q, match_failed, &m, WAIT_MS);
+    cr_assert(ev, "no failed connection event from pid %d to %s:%d", s.pid, dest_ip, port);
+    char *text = json_dumps(ev, JSON_COMPACT);
+    cr_log_info("failed connection: %s", text);
+    free(text);
+    cr_expect_eq(tu_jint(ev, "pid"), s.pid);
+    cr_expect_str_eq(tu_jstr(ev, "command"), "lt-connect");
+    cr_expect_str_eq(tu_jstr(ev, "protocol"), "tcp");
+    cr_expect_str_eq(tu_jstr(ev, "error"), want_error);
+    return ev;
+}
+
+/* A failure after the SYN went out: the source is known, the latency inside connect(). */
+static void expect_after_syn(json_t *ev, const struct report *r, uint64_t min_latency_ns)
+{
+    cr_expect_str_eq(tu_jstr(ev, "source_ip"),
+                     strcmp(tu_jstr(ev, "family"), "ipv6") == 0 ? "fd77:1::2" : "10.77.1.2");
+    cr_expect_eq(tu_jint(ev, "source_port"), r->port);
+    uint64_t lat = (uint64_t)tu_jint(ev, "latency_ns");
+    cr_expect(lat > min_latency_ns && lat <= r->t[1] - r->t[0],
+              "latency_ns %" PRIu64 " outside (%" PRIu64 ", %" PRIu64 "]", lat, min_latency_ns,
+              r->t[1] - r->t[0]);
+}
+
+Test(lifecycle, refused_by_a_closed_port)
+{
+    struct report r;
+    json_t *ev =
+        failed_connect("10.77.2.2", SERVER_PORT + 1, BIND_FIRST, ECONNREFUSED, "refused", &r);
+    expect_after_syn(ev, &r, 0);
+    json_decref(ev);
+}
+
+/* tcp_syn_retries=1: the SYN and one retransmission 1 s later, given up 2 s after that. */
+Test(lifecycle, timeout_of_an_unanswered_syn)
+{
+    struct report r;
+    json_t *ev = failed_connect("10.77.70.5", 80, BIND_FIRST, ETIMEDOUT, "timeout", &r);
+    expect_after_syn(ev, &r, 1000000000ull);
+    json_decref(ev);
+}
+
+/* The router answers the SYN with ICMP host unreachable. */
+Test(lifecycle, unreachable_by_icmp_after_the_syn)
+{
+    struct report r;
+    json_t *ev = failed_connect("10.77.60.5", 80, BIND_FIRST, EHOSTUNREACH, "unreachable", &r);
+    expect_after_syn(ev, &r, 0);
+    json_decref(ev);
+}
+
+/* The application closes its socket while the SYN is unanswered: no errno on the socket. */
+Test(lifecycle, abandoned_by_the_application_while_connecting)
+{
+    struct report r;
+    json_t *ev =
+        failed_connect("10.77.70.6", 80, BIND_FIRST | ABANDON, EINPROGRESS, "ECONNABORTED", &r);
+    expect_after_syn(ev, &r, 0);
+    json_decref(ev);
+}
+
+/* No route in the client's own table: connect() fails before any SYN, with no source. */
+static void check_early_unreachable(const char *dest_ip, const char *family)
+{
+    struct report r;
+    json_t *ev = failed_connect(dest_ip, 80, 0, EHOSTUNREACH, "unreachable", &r);
+    cr_expect_null(json_object_get(ev, "source_ip"), "source_ip: %s", tu_jstr(ev, "source_ip"));
+    cr_expect_null(json_object_get(ev, "source_port"));
+    cr_expect_eq(tu_jint(ev, "latency_ns"), 0);
+    cr_expect_str_eq(tu_jstr(ev, "family"), family);
+    json_decref(ev);
+}
+
+Test(lifecycle, unreachable_by_local_route_before_the_syn)
+{
+    check_early_unreachable("10.77.50.5", "ipv4");
+}
+
+Test(lifecycle, unreachable_by_local_route_before_the_syn_ipv6)
+{
+    check_early_unreachable("fd77:50::5", "ipv6");
+}
+
+/* ICMPv6 destination unreachable, no route (code 0): ENETUNREACH on the socket. */
+Test(lifecycle, unreachable_by_icmpv6_after_the_syn)
+{
+    struct report r;
+    json_t *ev = failed_connect("fd77:60::5", 80, BIND_FIRST, ENETUNREACH, "unreachable", &r);
+    expect_after_syn(ev, &r, 0);
+    json_decref(ev);
+}
+
+/* ---- Programs and metrics ---- */
+
+static const char *const close_programs[] = {"tp_btf__tcp_destroy_sock", "tp_btf__tcp_send_reset",
+                                             "tp_btf__tcp_receive_reset"};
+#define N_CLOSE_PROGRAMS (sizeof(close_programs) / sizeof(close_programs[0]))
+
+/* The /api/programs entry of name (a new reference); fails the test when it is missing. */
+static json_t *program(const char *name)
+{
+    int status;
+    json_t *r = tu_get_json(agent.port, "/api/programs", &status);
+    cr_assert_eq(status, 200);
+    size_t i;
+    json_t *p, *found = NULL;
+    json_array_foreach(json_object_get(r, "programs"), i, p)
+    {
+        cr_expect(json_is_integer(json_object_get(p, "untracked")), "%s has no untracked counter",
+                  tu_jstr(p, "name"));
+        if (tu_jstr(p, "name") && strcmp(tu_jstr(p, "name"), name) == 0)
+            found = json_incref(p);
+    }
+    json_decref(r);
+    cr_assert(found, "/api/programs has no %s", name);
+    return found;
+}
+
+/* The value of the /metrics sample `series` (name{labels}), or -1 when it is missing. */
+static long long metric(const char *body, const char *series)
+{
+    for (const char *p = strstr(body, series); p; p = strstr(p + 1, series))
+        if ((p == body || p[-1] == '\n') && p[strlen(series)] == ' ')
+            return strtoll(p + strlen(series) + 1, NULL, 10);
+    return -1;
+}
+
+Test(lifecycle, programs_and_metrics_count_close_events)
+{
+    check_fin_close(&(struct fin_case){"10.77.1.2", "10.77.2.2", "ipv4", 1000, 1000, true}, NULL);
+
+    for (size_t i = 0; i < N_CLOSE_PROGRAMS; i++) {
+        json_t *p = program(close_programs[i]);
+        cr_expect_str_eq(tu_jstr(p, "event_type"), "close");
+        cr_expect_str_eq(tu_jstr(p, "status"), "attached", "%s", close_programs[i]);
+        cr_expect_eq(tu_jint(p, "drops"), 0);
+        cr_expect_eq(tu_jint(p, "untracked"), 0);
+        if (i == 0)
+            cr_expect_geq(tu_jint(p, "events"), 2, "two close records were written");
+        json_decref(p);
+    }
+
+    struct tu_http m;
+    cr_assert_eq(tu_http_get(agent.port, "/metrics", NULL, &m), 0);
+    cr_assert_eq(m.status, 200);
+    for (size_t i = 0; i < N_CLOSE_PROGRAMS; i++) {
+        char series[160];
+        snprintf(series, sizeof(series), "ebpf_agent_program_attached{program=\"%s\"}",
+                 close_programs[i]);
+        cr_expect_eq(metric(m.body, series), 1, "%s", series);
+        snprintf(series, sizeof(series), "ebpf_agent_kernel_drops_total{program=\"%s\"}",
+                 close_programs[i]);
+        cr_expect_eq(metric(m.body, series), 0, "%s", series);
+    }
+    cr_expect_geq(
+        metric(m.body, "ebpf_agent_program_events_total{program=\"tp_btf__tcp_destroy_sock\"}"), 2);
+    cr_expect_geq(metric(m.body, "ebpf_agent_events_total{type=\"close\"}"), 2);
+    tu_http_free(&m);
+}
+
+/* ---- Without close in --event-types ---- */
+
+static bool match_any(json_t *ev, void *arg)
+{
+    return true;
+}
+
+Test(lifecycle_off, close_programs_disabled_and_no_close_events)
+{
+    for (size_t i = 0; i < N_CLOSE_PROGRAMS; i++) {
+        json_t *p = program(close_programs[i]);
+        cr_expect_str_eq(tu_jstr(p, "status"), "disabled", "%s", close_programs[i]);
+        cr_expect_eq(tu_jint(p, "events"), 0);
+        json_decref(p);
+    }
+
+    struct exchange x = {.dest = addr_of("10.77.2.2", SERVER_PORT),
+                         .to_server = 100,
+                         .to_client = 100,
+                         .linger_wait = true};
+    struct report cr, sr;
+    run_exchange(&x, &cr, &sr);
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=connection&pid=%d", cr.pid);
+    json_t *ev = tu_wait_event(agent.port, q, match_any, NULL, WAIT_MS);
+    cr_assert(ev, "no connection event from the client (pid %d)", cr.pid);
+    json_decref(ev);
+    snprintf(q, sizeof(q), "/api/events?type=accept&pid=%d", sr.pid);
+    ev = tu_wait_event(agent.port, q, match_any, NULL, WAIT_MS);
+    cr_assert(ev, "no accept event from the server (pid %d)", sr.pid);
+    json_decref(ev);
+
+    /* Records leave the ring buffer in order: once a failed connect made after both sockets
+     * closed is stored, any close record of theirs would be too. */
+    struct report r;
+    ev = failed_connect("10.77.2.2", SERVER_PORT + 1, BIND_FIRST, ECONNREFUSED, "refused", &r);
+    json_decref(ev);
+    int status;
+    json_t *all = tu_get_json(agent.port, "/api/events?type=close", &status);
+    cr_assert_eq(status, 200);
+    cr_expect_eq(json_array_size(json_object_get(all, "events")), 0, "close events: %s",
+                 json_dumps(all, JSON_COMPACT));
+    json_decref(all);
+}
+
+/* ---- close alone in --event-types ---- */
+
+/* Close events need the connect and accept programs' bookkeeping, not their events. */
+Test(lifecycle_only, close_events_without_connection_events)
+{
+    struct report sides[2];
+    check_fin_close(&(struct fin_case){"10.77.1.2", "10.77.2.2", "ipv4", 2000, 3000, true}, sides);
+
+    /* A connection or accept record would have come before the close records just seen. */
+    for (int i = 0; i < 2; i++) {
+        char q[128];
+        snprintf(q, sizeof(q), "/api/events?type=connection,accept&pid=%d", sides[i].pid);
+        int status;
+        json_t *r = tu_get_json(agent.port, q, &status);
+        cr_assert_eq(status, 200);
+        cr_expect_eq(json_array_size(json_object_get(r, "events")), 0, "%s",
+                     json_dumps(r, JSON_COMPACT));
+        json_decref(r);
+    }
+    json_t *p = program("tp_btf__inet_sock_set_state");
+    cr_expect_str_eq(tu_jstr(p, "status"), "attached", "close events start at its state changes");
+    json_decref(p);
+}
