@@ -62,7 +62,9 @@ struct proc {
 
 static struct kas api;
 static bool api_running;
-static pid_t agent_pid;
+static pid_t agent_pid, nats_pid, sub_pid;
+static int nats_port;
+static char nats_log[64], sub_log[64];
 static int agent_port;
 static char agent_log[64], token_path[128], tmpdir[64], marker_path[128];
 static char cg_root[KP_ROOT_MAX];
@@ -448,8 +450,12 @@ static void setup(void)
     snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", agent_port);
     snprintf(api_url, sizeof(api_url), "K8S_API_URL=http://127.0.0.1:%d", api.port);
     snprintf(token_env, sizeof(token_env), "K8S_TOKEN_PATH=%s", token_path);
-    /* nothing listens there: the agent buffers its batches */
-    snprintf(nats_env, sizeof(nats_env), "NATS_URL=nats://127.0.0.1:%d", tu_free_port());
+    /* A real bus: the pod table the batches carry is checked by the npm client. */
+    nats_port = tu_free_port();
+    snprintf(nats_log, sizeof(nats_log), "/tmp/ebpf-e2e-k8s-nats-%d.log", getpid());
+    nats_pid = tu_nats_start(nats_port, NULL, nats_log);
+    cr_assert(nats_pid > 0, "nats-server did not start");
+    snprintf(nats_env, sizeof(nats_env), "NATS_URL=nats://127.0.0.1:%d", nats_port);
     char *env[] = {"DEPLOYMENT_MODE=kubernetes",
                    api_url,
                    token_env,
@@ -498,6 +504,12 @@ static void teardown(void)
     if (agent_pid > 0)
         tu_stop(agent_pid, 10000);
     agent_pid = 0;
+    if (sub_pid > 0)
+        tu_stop(sub_pid, 5000);
+    sub_pid = 0;
+    if (nats_pid > 0)
+        tu_stop(nats_pid, 5000);
+    nats_pid = 0;
     if (api_running)
         kas_stop(&api);
     api_running = false;
@@ -1008,4 +1020,82 @@ Test(e2e_k8s, an_address_hostnetwork_pods_share_names_no_peer)
     expect_peer(ev, &web);
     json_decref(ev);
     cr_expect_geq(kube_int("peer_ambiguous"), 2, "the connection and its close");
+}
+
+/*
+ * The bus's pod table, as the independent npm client (protobufjs, tests/js/sub.mjs) decodes it:
+ * the web pod's entry carries its Deployment, the app label and both pod IPs, and the events
+ * that refer to it get the workload too.
+ */
+Test(e2e_k8s, bus_pod_table_carries_workload_and_ips_for_the_npm_client)
+{
+    static const char *const nodes[] = {"/usr/bin/node", "/usr/local/bin/node"};
+    const char *node = access(nodes[0], X_OK) == 0 ? nodes[0] : nodes[1];
+    char server[64];
+    cr_assert(access(node, X_OK) == 0, "node (Node.js) is not installed: run make deps");
+    cr_assert(access(tu_repo_path("tests/js/node_modules/nats"), F_OK) == 0,
+              "tests/js/node_modules is missing: run make deps");
+    snprintf(server, sizeof(server), "nats://127.0.0.1:%d", nats_port);
+    snprintf(sub_log, sizeof(sub_log), "/tmp/ebpf-e2e-k8s-sub-%d.log", getpid());
+    char *argv[] = {(char *)node, (char *)tu_repo_path("tests/js/sub.mjs"),
+                    "--server",   server,
+                    "--subject",  "ebpf.events.>",
+                    "--timeout",  "60000",
+                    NULL};
+    sub_pid = tu_spawn(argv, NULL, sub_log);
+    bool ready = false;
+    for (uint64_t end = tu_mono_ms() + 20000; !ready && tu_mono_ms() < end; usleep(20000)) {
+        char *log = tu_read_file(sub_log);
+        ready = log && strstr(log, "{\"ready\":true}");
+        free(log);
+    }
+    cr_assert(ready, "the npm subscriber did not subscribe");
+
+    pid_t pid = run_in_pod(&web, true);
+    bool entry = false, event = false;
+    for (uint64_t end = tu_mono_ms() + 20000; !(entry && event) && tu_mono_ms() < end;) {
+        usleep(50000);
+        char *log = tu_read_file(sub_log);
+        for (char *line = log ? strtok(log, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+            json_t *m = json_loads(line, 0, NULL), *pod, *ev;
+            json_t *batch = json_object_get(m, "batch");
+            size_t i;
+            if (json_object_get(m, "subject"))
+                cr_assert_null(json_object_get(m, "error"), "npm client: %s", line);
+            json_array_foreach(json_object_get(batch, "pods"), i, pod)
+            {
+                if (!jstr(pod, "pod_name") || strcmp(jstr(pod, "pod_name"), web.name) != 0)
+                    continue;
+                entry = true;
+                cr_expect_str_eq(jstr(pod, "namespace"), web.ns);
+                cr_expect_str_eq(jstr(pod, "workload"), "web");
+                cr_expect_str_eq(jstr(pod, "workload_kind"), "Deployment");
+                cr_expect_str_eq(jstr(pod, "app"), "web");
+                cr_expect(json_is_false(json_object_get(pod, "host_network")), "%s", line);
+                /* protobufjs prints IPv6 uncompressed: compare the addresses, not the text */
+                const char *ips = jstr(pod, "ips");
+                char v6[64] = "";
+                struct in6_addr want, got;
+                cr_assert(ips && strncmp(ips, WEB_IP4 ",", strlen(WEB_IP4) + 1) == 0, "ips %s",
+                          ips ? ips : "(none)");
+                snprintf(v6, sizeof(v6), "%s", ips + strlen(WEB_IP4) + 1);
+                cr_assert_eq(inet_pton(AF_INET6, WEB_IP6, &want), 1);
+                cr_assert_eq(inet_pton(AF_INET6, v6, &got), 1, "ips %s", ips);
+                cr_expect(memcmp(&want, &got, sizeof(want)) == 0, "ips %s", ips);
+            }
+            json_array_foreach(json_object_get(batch, "events"), i, ev)
+            {
+                if (json_integer_value(json_object_get(ev, "pid")) != pid)
+                    continue;
+                event = true;
+                cr_expect_str_eq(jstr(ev, "k8s_pod_name"), web.name);
+                cr_expect_str_eq(jstr(ev, "k8s_workload"), "web");
+                cr_expect_str_eq(jstr(ev, "k8s_workload_kind"), "Deployment");
+            }
+            json_decref(m);
+        }
+        free(log);
+    }
+    cr_assert(entry, "no pod table entry for %s reached the npm client", web.name);
+    cr_assert(event, "no event of pid %d reached the npm client", (int)pid);
 }
