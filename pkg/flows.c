@@ -412,6 +412,19 @@ void flows_get_stats(struct flows *f, struct flows_stats *out)
     pthread_mutex_unlock(&f->lock);
 }
 
+void flows_stats_json(struct flows *f, struct buf *out)
+{
+    struct flows_stats st;
+
+    flows_get_stats(f, &st);
+    buf_printf(out,
+               "{\"edges\":%" PRIu64 ",\"edge_minutes\":%" PRIu64 ",\"capacity\":%" PRIu64
+               ",\"evicted_full\":%" PRIu64 ",\"evicted_age\":%" PRIu64 ",\"events\":%" PRIu64
+               ",\"ignored\":%" PRIu64 ",\"failed\":%" PRIu64 "}",
+               st.edges, st.edge_minutes, st.capacity, st.evicted_full, st.evicted_age, st.events,
+               st.ignored, st.failed);
+}
+
 size_t flows_minute_bytes(void)
 {
     return sizeof(struct flows_minute) + sizeof(struct flows_node *);
@@ -741,6 +754,20 @@ void flows_result_json(const struct flows_result *r, struct buf *out)
     buf_putc(out, ']');
 }
 
+void flows_response_begin(struct buf *out, const struct flows_result *r,
+                          const struct flows_query *q, const char *query_time)
+{
+    char since[40], until[40];
+
+    event_format_time(q->since_ns, since);
+    event_format_time(q->until_ns, until);
+    buf_puts(out, "{\"edges\":");
+    flows_result_json(r, out);
+    buf_printf(out, ",\"count\":%zu,\"window\":{\"since\":\"%s\",\"until\":\"%s\"},\"query_time\":",
+               r->count, since, until);
+    buf_json_cstr(out, query_time);
+}
+
 /* ---- the exchange form ---- */
 
 static void put_opt_str(struct buf *b, const char *s)
@@ -900,17 +927,14 @@ static bool edge_decode(json_t *o, struct flows_edge *e)
     return true;
 }
 
-int flows_result_decode(const char *data, size_t len, struct flows_result *r)
+int flows_result_decode_json(json_t *root, struct flows_result *r)
 {
-    json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL);
     json_t *edges = json_object_get(root, "edges");
     int rc = 0;
 
     memset(r, 0, sizeof(*r));
-    if (!json_is_array(edges)) {
-        json_decref(root);
+    if (!json_is_array(edges))
         return -EINVAL;
-    }
     for (size_t i = 0; i < json_array_size(edges) && rc == 0; i++) {
         struct flows_edge e;
         if (!edge_decode(json_array_get(edges, i), &e))
@@ -918,9 +942,17 @@ int flows_result_decode(const char *data, size_t len, struct flows_result *r)
         else
             rc = flows_result_add(r, &e);
     }
-    json_decref(root);
     if (rc == -EINVAL)
         flows_result_free(r);
+    return rc;
+}
+
+int flows_result_decode(const char *data, size_t len, struct flows_result *r)
+{
+    json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL);
+    int rc = flows_result_decode_json(root, r);
+
+    json_decref(root);
     return rc;
 }
 

@@ -30,6 +30,7 @@
 #ifndef EBPF_MONITOR_FLOWS_H
 #define EBPF_MONITOR_FLOWS_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -159,8 +160,20 @@ void flows_result_json(const struct flows_result *r, struct buf *out);
  */
 void flows_result_encode(const struct flows_result *r, struct buf *out);
 int flows_result_decode(const char *data, size_t len, struct flows_result *r);
+/* The same from a parsed object (its "edges" member; other members are ignored). */
+int flows_result_decode_json(json_t *root, struct flows_result *r);
 
 void flows_get_stats(struct flows *f, struct flows_stats *out);
+/* {"edges","edge_minutes","capacity","evicted_full","evicted_age","events","ignored","failed"} */
+void flows_stats_json(struct flows *f, struct buf *out);
+
+/*
+ * The /api/flows body without its closing brace: {"edges":[...],"count":n,
+ * "window":{"since":..,"until":..},"query_time":"<query_time>"; the
+ * aggregator appends "replicas" and "partial", then '}'.
+ */
+void flows_response_begin(struct buf *out, const struct flows_result *r,
+                          const struct flows_query *q, const char *query_time);
 
 /* Bytes one edge-minute costs (its bucket and its eviction slot). */
 size_t flows_minute_bytes(void);
