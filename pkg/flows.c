@@ -276,7 +276,19 @@ static struct flows_node *node_get(struct flows *f, const struct flows_key *k)
     return n;
 }
 
-/* The bucket of minute in n, created (making room first) when missing. */
+/* The bucket of minute in n, or NULL. */
+static struct flows_minute *minute_find(struct flows_node *n, uint32_t minute)
+{
+    for (uint32_t i = n->count; i > n->start; i--) {
+        if (n->minutes[i - 1].minute == minute)
+            return &n->minutes[i - 1];
+        if (n->minutes[i - 1].minute < minute)
+            break;
+    }
+    return NULL;
+}
+
+/* The bucket of minute in n, created when missing (the caller made room). */
 static struct flows_minute *minute_get(struct flows *f, struct flows_node *n, uint32_t minute)
 {
     uint32_t i = n->count;
@@ -376,14 +388,20 @@ static void add_one(struct flows *f, const struct event *e, uint64_t now_ns)
         return;
     }
     key_from_event(e, &k);
-    /* Make room before looking the edge up: eviction may free it. */
-    if (f->ring_len == f->ring_cap) {
-        ring_pop(f);
-        f->stats.evicted_full++;
-    }
+    uint32_t minute = (uint32_t)(e->timestamp_ns / NS_PER_MIN);
     struct flows_node *n = node_get(f, &k);
-    struct flows_minute *m =
-        n != NULL ? minute_get(f, n, (uint32_t)(e->timestamp_ns / NS_PER_MIN)) : NULL;
+    struct flows_minute *m = n != NULL ? minute_find(n, minute) : NULL;
+    if (n != NULL && m == NULL) {
+        /* A new bucket: make room first. That may free n itself (its last bucket). */
+        if (f->ring_len == f->ring_cap) {
+            bool gone = f->ring[f->ring_head] == n && n->count - n->start == 1;
+            ring_pop(f);
+            f->stats.evicted_full++;
+            if (gone)
+                n = node_get(f, &k);
+        }
+        m = n != NULL ? minute_get(f, n, minute) : NULL;
+    }
     if (m == NULL) {
         if (n != NULL && n->count == n->start)
             node_unlink(f, n);

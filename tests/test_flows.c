@@ -437,3 +437,44 @@ Test(flows, decode_rejects_what_is_not_an_exchange)
     cr_assert_eq(error_count(&r.edges[0].c, "refused"), 1);
     flows_result_free(&r);
 }
+
+Test(flows, a_full_store_evicts_only_for_a_new_bucket)
+{
+    struct flows *f = flows_new(24 * HOUR, 16);
+    struct flows_stats st;
+    struct flows_result r;
+    struct flows_query q = all(FLOWS_GROUP_POD);
+    char pod[16];
+
+    for (unsigned i = 0; i < 16; i++) {
+        snprintf(pod, sizeof(pod), "web-%u", i);
+        struct event e = conn(T0, pod, "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1);
+        flows_add(f, &e, 1, NOW);
+    }
+    /* Full: more of the same minutes and edges cost nothing. */
+    struct event again = conn(T0 + 1, "web-3", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1);
+    flows_add(f, &again, 1, NOW);
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.evicted_full, 0);
+    cr_assert_eq(st.edge_minutes, 16);
+
+    /* web-0's only bucket is the oldest: its next minute evicts it and lives on. */
+    struct event next = conn(T0 + MIN, "web-0", "db-0", EVENT_STATUS_FAILED, "refused", 0);
+    flows_add(f, &next, 1, NOW);
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.evicted_full, 1);
+    cr_assert_eq(st.edges, 16);
+    q.workload = intern("web");
+    run(f, &q, &r);
+    uint64_t web0 = 0, web3 = 0;
+    for (size_t i = 0; i < r.count; i++) {
+        if (r.edges[i].key.src.pod == intern("web-0"))
+            web0 = r.edges[i].c.failed * 10 + r.edges[i].c.established;
+        if (r.edges[i].key.src.pod == intern("web-3"))
+            web3 = r.edges[i].c.established;
+    }
+    cr_assert_eq(web0, 10); /* the refused one only */
+    cr_assert_eq(web3, 2);
+    flows_result_free(&r);
+    flows_free(f);
+}
