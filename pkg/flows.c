@@ -12,6 +12,8 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,6 +52,10 @@ struct flows {
     struct flows_node **ring; /* max_edge_minutes slots */
     size_t ring_cap, ring_head, ring_len;
     struct flows_stats stats;
+    /* Cumulative per-workload-pair counters for /metrics (flows_series_enable). */
+    struct flows_result series;
+    size_t max_series; /* 0: not kept */
+    uint64_t series_folded;
 };
 
 /* ---- keys ---- */
@@ -185,6 +191,7 @@ void flows_free(struct flows *f)
     }
     free(f->table);
     free(f->ring);
+    flows_result_free(&f->series);
     pthread_mutex_destroy(&f->lock);
     free(f);
 }
@@ -378,6 +385,8 @@ static void minute_count(struct flows_minute *m, const struct event *e)
     }
 }
 
+static void series_count(struct flows *f, const struct flows_key *k, const struct event *e);
+
 static void add_one(struct flows *f, const struct event *e, uint64_t now_ns)
 {
     struct flows_key k;
@@ -410,6 +419,8 @@ static void add_one(struct flows *f, const struct event *e, uint64_t now_ns)
     }
     minute_count(m, e);
     f->stats.events++;
+    if (f->max_series > 0)
+        series_count(f, &k, e);
 }
 
 void flows_add(struct flows *f, const struct event *events, size_t n, uint64_t now_ns)
@@ -689,6 +700,149 @@ void flows_result_free(struct flows_result *r)
     free(r->edges);
     free(r->index);
     memset(r, 0, sizeof(*r));
+}
+
+/* ---- /metrics series ---- */
+
+void flows_series_enable(struct flows *f, size_t max_series)
+{
+    pthread_mutex_lock(&f->lock);
+    f->max_series = max_series;
+    pthread_mutex_unlock(&f->lock);
+}
+
+static bool result_has(const struct flows_result *r, const struct flows_key *k)
+{
+    if (r->index_cap == 0)
+        return false;
+    for (size_t s = key_hash(k) & (r->index_cap - 1); r->index[s] != 0;
+         s = (s + 1) & (r->index_cap - 1))
+        if (key_equal(&r->edges[r->index[s] - 1].key, k))
+            return true;
+    return false;
+}
+
+/* The series an event counts in: its labels and nothing else, so no two series look alike. */
+static void series_key(const struct flows_key *k, struct flows_key *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->port = k->port;
+    out->protocol = k->protocol;
+    out->src.namespace = k->src.namespace;
+    out->src.workload = k->src.workload;
+    out->dst.namespace = k->dst.namespace;
+    out->dst.workload = k->dst.workload;
+    if (k->dst.workload == NULL) {
+        out->dst.family = k->dst.family;
+        memcpy(out->dst.ip, k->dst.ip, 16);
+    }
+}
+
+static void series_count(struct flows *f, const struct flows_key *k, const struct event *e)
+{
+    struct flows_minute m = {0};
+    struct flows_edge one = {0};
+
+    series_key(k, &one.key);
+    if (!result_has(&f->series, &one.key) && f->series.count >= f->max_series) {
+        /* Past the cap: one series per protocol holds the rest, counted. */
+        const char *other = intern("~other");
+        memset(&one.key, 0, sizeof(one.key));
+        one.key.protocol = k->protocol;
+        one.key.src.namespace = one.key.src.workload = other;
+        one.key.dst.namespace = one.key.dst.workload = other;
+        f->series_folded++;
+    }
+    minute_count(&m, e);
+    counts_add_minute(&one.c, &m);
+    if (flows_result_add(&f->series, &one) < 0)
+        f->stats.failed++;
+}
+
+static void label_value(struct buf *b, const char *name, const char *v, bool first)
+{
+    buf_printf(b, "%s%s=\"", first ? "" : ",", name);
+    for (const char *p = v != NULL ? v : ""; *p; p++) {
+        if (*p == '\\' || *p == '"')
+            buf_putc(b, '\\');
+        if (*p == '\n')
+            buf_puts(b, "\\n");
+        else
+            buf_putc(b, *p);
+    }
+    buf_putc(b, '"');
+}
+
+static void series_labels(struct buf *b, const struct flows_key *k)
+{
+    char ip[INET6_ADDRSTRLEN + 1], port[8], proto[8];
+    const char *pn = event_protocol_name(k->protocol);
+
+    snprintf(port, sizeof(port), "%u", k->port);
+    snprintf(proto, sizeof(proto), "%u", k->protocol);
+    label_value(b, "src_namespace", k->src.namespace, true);
+    label_value(b, "src_workload", k->src.workload, false);
+    label_value(b, "dst_namespace", k->dst.namespace, false);
+    label_value(b, "dst_workload",
+                k->dst.workload != NULL ? k->dst.workload
+                : k->dst.family != EVENT_FAMILY_NONE
+                    ? event_addr_str(k->dst.family, k->dst.ip, ip, sizeof(ip))
+                    : NULL,
+                false);
+    label_value(b, "dst_port", port, false);
+    label_value(b, "protocol", pn != NULL ? pn : proto, false);
+}
+
+static void series_family(struct buf *b, const struct flows_result *r, const char *name,
+                          const char *help, size_t field)
+{
+    buf_printf(b, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    for (size_t i = 0; i < r->count; i++) {
+        const struct flows_edge *e = &r->edges[i];
+        uint64_t v;
+        memcpy(&v, (const char *)&e->c + field, sizeof(v));
+        buf_printf(b, "%s{", name);
+        series_labels(b, &e->key);
+        buf_printf(b, "} %" PRIu64 "\n", v);
+    }
+}
+
+void flows_series_metrics(struct flows *f, struct buf *b)
+{
+    static const char *const status[] = {"established", "failed", "attempted"};
+    const char *name = "ebpf_flow_connections_total";
+
+    pthread_mutex_lock(&f->lock);
+    const struct flows_result *r = &f->series;
+    buf_printf(b,
+               "# HELP %s Connections between workloads seen by this replica, by outcome.\n"
+               "# TYPE %s counter\n",
+               name, name);
+    for (size_t i = 0; i < r->count; i++) {
+        const struct flows_counts *c = &r->edges[i].c;
+        uint64_t v[] = {c->established, c->failed, c->connections - c->established - c->failed};
+        for (size_t s = 0; s < 3; s++) {
+            buf_printf(b, "%s{", name);
+            series_labels(b, &r->edges[i].key);
+            buf_printf(b, ",status=\"%s\"} %" PRIu64 "\n", status[s], v[s]);
+        }
+    }
+    series_family(b, r, "ebpf_flow_bytes_sent_total", "Bytes clients sent to servers.",
+                  offsetof(struct flows_counts, bytes_sent));
+    series_family(b, r, "ebpf_flow_bytes_received_total", "Bytes clients received from servers.",
+                  offsetof(struct flows_counts, bytes_received));
+    series_family(b, r, "ebpf_flow_retransmits_total", "Segments clients retransmitted.",
+                  offsetof(struct flows_counts, retransmits));
+    series_family(b, r, "ebpf_flow_resets_total", "Connections that ended with a RST.",
+                  offsetof(struct flows_counts, resets));
+    buf_printf(b,
+               "# HELP ebpf_flow_series Flow series exported (FLOW_METRICS_MAX_SERIES caps them).\n"
+               "# TYPE ebpf_flow_series gauge\nebpf_flow_series %zu\n"
+               "# HELP ebpf_flow_series_folded_total Events counted into a ~other series, past "
+               "the cap.\n# TYPE ebpf_flow_series_folded_total counter\n"
+               "ebpf_flow_series_folded_total %" PRIu64 "\n",
+               r->count, f->series_folded);
+    pthread_mutex_unlock(&f->lock);
 }
 
 /* ---- JSON ---- */

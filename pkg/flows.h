@@ -175,6 +175,18 @@ void flows_stats_json(struct flows *f, struct buf *out);
 void flows_response_begin(struct buf *out, const struct flows_result *r,
                           const struct flows_query *q, const char *query_time);
 
+/*
+ * Also keeps cumulative counters per (source namespace/workload, destination
+ * namespace/workload or IP, port, protocol) for /metrics, at most max_series
+ * of them: events of a new pair past that count in a "~other" series (per
+ * protocol), counted in ebpf_flow_series_folded_total. Call once, before
+ * events are added. Series are never dropped (counters must not go back).
+ */
+void flows_series_enable(struct flows *f, size_t max_series);
+/* Prometheus text of those series: ebpf_flow_{connections,bytes_sent,bytes_received,
+ * retransmits,resets}_total, ebpf_flow_series, ebpf_flow_series_folded_total. */
+void flows_series_metrics(struct flows *f, struct buf *b);
+
 /* Bytes one edge-minute costs (its bucket and its eviction slot). */
 size_t flows_minute_bytes(void);
 

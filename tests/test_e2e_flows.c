@@ -173,6 +173,41 @@ static void connect_refused(int port)
     close(c);
 }
 
+/*
+ * The aggregator's /metrics at port: promtool check metrics must pass, and
+ * the value of ebpf_flow_connections_total for the test's edge to dst_port
+ * with status is returned (0 when the replica has no such series).
+ */
+static uint64_t metrics_connections(int port, int dst_port, const char *status)
+{
+    struct tu_http r;
+    char file[64], cmd[160], want[256];
+    char *out = NULL;
+
+    cr_assert_eq(tu_http_get(port, "/metrics", NULL, &r), 0);
+    cr_assert_eq(r.status, 200);
+    snprintf(file, sizeof(file), "/tmp/e2e-flows-metrics-%d-%d.txt", getpid(), port);
+    FILE *fp = fopen(file, "w");
+    cr_assert(fp != NULL);
+    fwrite(r.body, 1, r.body_len, fp);
+    fclose(fp);
+    snprintf(cmd, sizeof(cmd), "promtool check metrics < %s", file);
+    int rc = tu_run(cmd, &out);
+    cr_assert_eq(rc, 0, "promtool check metrics: %s", out);
+    free(out);
+    unlink(file);
+
+    snprintf(want, sizeof(want),
+             "ebpf_flow_connections_total{src_namespace=\"\",src_workload=\"%s\","
+             "dst_namespace=\"\",dst_workload=\"127.0.0.1\",dst_port=\"%d\",protocol=\"tcp\","
+             "status=\"%s\"} ",
+             comm, dst_port, status);
+    const char *at = strstr(r.body, want);
+    uint64_t v = at != NULL ? strtoull(at + strlen(want), NULL, 10) : 0;
+    tu_http_free(&r);
+    return v;
+}
+
 static json_t *edge_to(json_t *doc, int port)
 {
     size_t i;
@@ -306,6 +341,13 @@ Test(e2e_flows, exact_edges_on_the_agent_and_across_replicas, .timeout = 60)
     }
     cr_assert_gt(count_of(json_object_get(st, "flows"), "events"), 0);
     json_decref(st);
+
+    /* Per-edge counters: each replica its share, valid for a Prometheus scrape. */
+    cr_assert_eq(metrics_connections(aggs[0].port, ok_port, "established") +
+                     metrics_connections(aggs[1].port, ok_port, "established"),
+                 CONNECTIONS);
+    cr_assert_eq(metrics_connections(aggs[2].port, ok_port, "established"), CONNECTIONS);
+    cr_assert_eq(metrics_connections(aggs[2].port, bad_port, "failed"), 1);
 
     /* Unknown parameters are refused, naming them. */
     int status = 0;

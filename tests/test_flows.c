@@ -478,3 +478,42 @@ Test(flows, a_full_store_evicts_only_for_a_new_bucket)
     flows_result_free(&r);
     flows_free(f);
 }
+
+Test(flows, metrics_series_are_capped_and_fold_into_other)
+{
+    struct flows *f = flows_new(24 * HOUR, 1000);
+    struct event ev[] = {
+        conn(T0, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1000),
+        conn(T0, "web-2", "db-1", EVENT_STATUS_FAILED, "refused", 0),  /* same pair of workloads */
+        conn(T0, "web-1", NULL, EVENT_STATUS_ESTABLISHED, NULL, 1000), /* to an IP */
+        conn(T0, "web-1", NULL, EVENT_STATUS_ATTEMPTED, NULL, 0),
+    };
+    struct buf b;
+
+    flows_series_enable(f, 1);
+    ev[2].dport = 443;
+    ev[3].dport = 53;
+    ev[3].protocol = 17;
+    flows_add(f, ev, 4, NOW);
+    buf_init(&b);
+    flows_series_metrics(f, &b);
+    buf_putc(&b, '\0');
+    cr_assert(!b.oom);
+    const char *t = b.data;
+    cr_assert(strstr(t, "ebpf_flow_connections_total{src_namespace=\"shop\",src_workload=\"web\","
+                        "dst_namespace=\"shop\",dst_workload=\"db\",dst_port=\"8080\","
+                        "protocol=\"tcp\",status=\"established\"} 1\n") != NULL,
+              "%s", t);
+    cr_assert(strstr(t, "dst_port=\"8080\",protocol=\"tcp\",status=\"failed\"} 1\n") != NULL, "%s",
+              t);
+    /* The cap is one series: the IP destinations fold into ~other, one per protocol. */
+    cr_assert(strstr(t, "ebpf_flow_connections_total{src_namespace=\"~other\",src_workload="
+                        "\"~other\",dst_namespace=\"~other\",dst_workload=\"~other\",dst_port="
+                        "\"0\",protocol=\"udp\",status=\"attempted\"} 1\n") != NULL,
+              "%s", t);
+    cr_assert(strstr(t, "ebpf_flow_series 3\n") != NULL, "%s", t);
+    cr_assert(strstr(t, "ebpf_flow_series_folded_total 2\n") != NULL, "%s", t);
+    cr_assert(strstr(t, "10.0.0.7") == NULL, "%s", t);
+    buf_free(&b);
+    flows_free(f);
+}

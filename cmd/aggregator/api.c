@@ -639,12 +639,15 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
     api_store_metrics(b, "ebpf_aggregator", &ss);
     struct flows_stats fs;
     flows_get_stats(a->flows, &fs);
-    api_metric(b, "ebpf_aggregator_flow_edge_minutes", "gauge",
-               "Per-minute flow buckets this replica holds for /api/flows.", fs.edge_minutes);
+    api_metric(b, "ebpf_aggregator_flow_buckets", "gauge",
+               "Per-minute flow buckets (edge-minutes) this replica holds for /api/flows.",
+               fs.edge_minutes);
     api_metric_header(b, "ebpf_aggregator_flow_evicted_total", "counter",
                       "Flow buckets evicted by this replica, by limit.");
     api_metric_labelled(b, "ebpf_aggregator_flow_evicted_total", "reason", "full", fs.evicted_full);
     api_metric_labelled(b, "ebpf_aggregator_flow_evicted_total", "reason", "age", fs.evicted_age);
+    /* Per edge, this replica's share: sum over replicas in the monitoring system. */
+    flows_series_metrics(a->flows, b);
     api_metric(b, "ebpf_aggregator_nats_connected", "gauge", "1 while connected to NATS.",
                bs.connected);
     api_metric(b, "ebpf_aggregator_nats_reconnects_total", "counter", "Reconnections to NATS.",

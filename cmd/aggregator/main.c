@@ -87,6 +87,8 @@ int main(int argc, char **argv)
     a.store = store_new(&limits);
     a.nodes = nodes_new(AGGREGATOR_MAX_INSTANCES);
     a.flows = flows_new(a.cfg.flow_retention_ns, a.cfg.flow_max_edges);
+    if (a.flows)
+        flows_series_enable(a.flows, a.cfg.flow_metrics_max_series);
     if (!a.store || !a.nodes || !a.flows) {
         fprintf(stderr, "ebpf-aggregator: cannot allocate the event history\n");
         goto out;
