@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api.h"
 #include "errmsg.h"
 #include "event_json.h"
 #include "intern.h"
@@ -762,14 +763,7 @@ static void series_count(struct flows *f, const struct flows_key *k, const struc
 static void label_value(struct buf *b, const char *name, const char *v, bool first)
 {
     buf_printf(b, "%s%s=\"", first ? "" : ",", name);
-    for (const char *p = v != NULL ? v : ""; *p; p++) {
-        if (*p == '\\' || *p == '"')
-            buf_putc(b, '\\');
-        if (*p == '\n')
-            buf_puts(b, "\\n");
-        else
-            buf_putc(b, *p);
-    }
+    api_label_escape(b, v != NULL ? v : "");
     buf_putc(b, '"');
 }
 

@@ -248,6 +248,32 @@ static void answer_reject(struct cluster *c, const char *kind, const char *id, c
                 n);
 }
 
+/*
+ * Whether a decoded answer counts in this gather. rc is its decoder's
+ * result (-EINVAL: not an answer of this kind at all); an answer that
+ * counts is recorded in seen. A peer's error is logged; *use says whether
+ * the answer has data to merge.
+ */
+static bool answer_take(struct cluster *c, struct cluster_answers *seen, const char *kind,
+                        const char *malformed, int rc, const char *replica, const char *error,
+                        bool *use)
+{
+    const char *why = rc == -EINVAL ? malformed : cluster_answer_admit(seen, replica);
+
+    *use = false;
+    if (why != NULL) {
+        answer_reject(c, kind, rc == -EINVAL ? NULL : replica, why);
+        return false;
+    }
+    cluster_answer_record(seen, replica);
+    if (error != NULL)
+        fprintf(stderr, "ebpf-aggregator: replica %s could not run the %s: %s\n", replica, kind,
+                error); /* it answered; it just has nothing to add */
+    else
+        *use = true;
+    return true;
+}
+
 uint64_t cluster_invalid_answers(struct cluster *c)
 {
     return c != NULL ? __atomic_load_n(&c->invalid_answers, __ATOMIC_RELAXED) : 0;
@@ -394,26 +420,15 @@ static bool on_query_reply(void *ctx, natsMsg *m)
     struct query_gather *g = ctx;
     int len = natsMsg_GetDataLength(m);
     struct cluster_query_reply r;
-    const char *why;
-    bool counts = true;
+    bool use;
 
     if (len <= 0)
         return false; /* not an answer (e.g. an empty "no responders" status message) */
     int rc = cluster_reply_query_decode(natsMsg_GetData(m), (size_t)len, &r);
-    if (rc == -EINVAL) {
-        answer_reject(g->c, "query", NULL, "not a QueryReply");
-        counts = false;
-    } else if ((why = cluster_answer_admit(&g->seen, r.replica)) != NULL) {
-        answer_reject(g->c, "query", r.replica, why);
-        counts = false;
-    } else {
-        cluster_answer_record(&g->seen, r.replica);
-        if (r.error != NULL)
-            fprintf(stderr, "ebpf-aggregator: replica %s could not run the query: %s\n", r.replica,
-                    r.error); /* it answered; it just has nothing to add */
-        else if (rc < 0 || sources_add(g, &r.src) < 0)
-            g->error = -ENOMEM;
-    }
+    bool counts =
+        answer_take(g->c, &g->seen, "query", "not a QueryReply", rc, r.replica, r.error, &use);
+    if (use && (rc < 0 || sources_add(g, &r.src) < 0))
+        g->error = -ENOMEM;
     cluster_query_reply_free(&r);
     return counts;
 }
@@ -544,28 +559,17 @@ static bool on_flows_reply(void *ctx, natsMsg *m)
     struct flows_gather *g = ctx;
     int len = natsMsg_GetDataLength(m);
     struct cluster_flows_reply r;
-    const char *why;
-    bool counts = true;
+    bool use;
 
     if (len <= 0)
         return false; /* not an answer (e.g. an empty "no responders" status message) */
     int rc = cluster_reply_flows_decode(natsMsg_GetData(m), (size_t)len, &r);
-    if (rc == -EINVAL) {
-        answer_reject(g->c, "flows", r.replica, "not a flows answer");
-        counts = false;
-    } else if ((why = cluster_answer_admit(&g->seen, r.replica)) != NULL) {
-        answer_reject(g->c, "flows", r.replica, why);
-        counts = false;
-    } else {
-        cluster_answer_record(&g->seen, r.replica);
-        if (r.error != NULL)
-            fprintf(stderr, "ebpf-aggregator: replica %s could not answer flows: %s\n", r.replica,
-                    r.error);
-        for (size_t i = 0; rc == 0 && i < r.edges.count; i++)
-            rc = flows_result_add(g->out, &r.edges.edges[i]);
-        if (rc < 0)
-            g->error = -ENOMEM;
-    }
+    bool counts = answer_take(g->c, &g->seen, "flows query", "not a flows answer", rc, r.replica,
+                              r.error, &use);
+    for (size_t i = 0; use && rc == 0 && i < r.edges.count; i++)
+        rc = flows_result_add(g->out, &r.edges.edges[i]);
+    if (use && rc < 0)
+        g->error = -ENOMEM;
     cluster_flows_reply_free(&r);
     return counts;
 }
