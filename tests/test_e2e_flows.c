@@ -40,6 +40,7 @@ static struct tu_agent agent;
 static char nats_url[64];
 static char comm[16];
 
+/* Stops what the test started, whether it passed or not (the test's .fini). */
 static void stop_all(void)
 {
     for (size_t i = 0; i < 3; i++)
@@ -48,6 +49,15 @@ static void stop_all(void)
     tu_agent_stop(&agent);
     if (nats.pid > 0)
         tu_stop(nats.pid, 2000);
+}
+
+/* After a pass: the logs are only worth keeping when something failed. */
+static void remove_logs(void)
+{
+    for (size_t i = 0; i < 3; i++)
+        unlink(aggs[i].log);
+    unlink(agent.log);
+    unlink(nats.log);
 }
 
 static void dump(const char *path)
@@ -193,9 +203,9 @@ static uint64_t metrics_connections(int port, int dst_port, const char *status)
     fclose(fp);
     snprintf(cmd, sizeof(cmd), "promtool check metrics < %s", file);
     int rc = tu_run(cmd, &out);
+    unlink(file);
     cr_assert_eq(rc, 0, "promtool check metrics: %s", out);
     free(out);
-    unlink(file);
 
     snprintf(want, sizeof(want),
              "ebpf_flow_connections_total{src_namespace=\"\",src_workload=\"%s\","
@@ -270,7 +280,7 @@ static void check_edges(json_t *doc, int ok_port, int bad_port)
     cr_assert_eq(count_of(json_object_get(bad, "failed_by_error"), "refused"), 1);
 }
 
-Test(e2e_flows, exact_edges_on_the_agent_and_across_replicas, .timeout = 60)
+Test(e2e_flows, exact_edges_on_the_agent_and_across_replicas, .fini = stop_all, .timeout = 60)
 {
     char path[256], group[64];
     int ok_port, bad_port;
@@ -364,4 +374,5 @@ Test(e2e_flows, exact_edges_on_the_agent_and_across_replicas, .timeout = 60)
     json_decref(a);
     json_decref(b);
     stop_all();
+    remove_logs();
 }

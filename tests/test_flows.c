@@ -7,6 +7,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -515,5 +516,52 @@ Test(flows, metrics_series_are_capped_and_fold_into_other)
     cr_assert(strstr(t, "ebpf_flow_series_folded_total 2\n") != NULL, "%s", t);
     cr_assert(strstr(t, "10.0.0.7") == NULL, "%s", t);
     buf_free(&b);
+    flows_free(f);
+}
+
+struct writer {
+    struct flows *f;
+    const char *pod;
+};
+
+static void *write_many(void *arg)
+{
+    struct writer *w = arg;
+    for (unsigned i = 0; i < 2000; i++) {
+        struct event e =
+            conn(T0 + (i % 120) * MIN, w->pod, "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1000 + i);
+        flows_add(w->f, &e, 1, T0 + 120 * MIN);
+    }
+    return NULL;
+}
+
+Test(flows, concurrent_adds_queries_and_metrics)
+{
+    struct flows *f = flows_new(24 * HOUR, 100); /* small: eviction runs all along */
+    struct writer w[2] = {{f, "web-1"}, {f, "web-2"}};
+    pthread_t t[2];
+    struct flows_query q = all(FLOWS_GROUP_WORKLOAD);
+    struct flows_stats st;
+
+    flows_series_enable(f, 10);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, write_many, &w[i]), 0);
+    for (int i = 0; i < 50; i++) {
+        struct flows_result r;
+        struct buf b;
+        cr_assert_eq(flows_query(f, &q, &r), 0);
+        flows_result_finish(&r, 10);
+        cr_assert_leq(r.count, 1);
+        flows_result_free(&r);
+        buf_init(&b);
+        flows_series_metrics(f, &b);
+        buf_free(&b);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.events, 4000);
+    cr_assert_eq(st.edge_minutes, 100);
+    cr_assert_geq(st.evicted_full, 140); /* 240 buckets at least were made */
     flows_free(f);
 }
