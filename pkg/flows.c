@@ -614,6 +614,20 @@ static bool status_match(uint8_t status, const struct flows_counts *c)
     }
 }
 
+/* The first live bucket of n at or after minute lo (buckets are sorted). */
+static uint32_t minute_lower_bound(const struct flows_node *n, uint64_t lo)
+{
+    uint32_t a = n->start, b = n->count;
+    while (a < b) {
+        uint32_t mid = a + (b - a) / 2;
+        if (n->minutes[mid].minute < lo)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    return a;
+}
+
 int flows_query(struct flows *f, const struct flows_query *q, struct flows_result *out)
 {
     uint64_t lo = q->since_ns / NS_PER_MIN, hi = q->until_ns / NS_PER_MIN;
@@ -626,9 +640,9 @@ int flows_query(struct flows *f, const struct flows_query *q, struct flows_resul
             if (!key_match(q, &n->key))
                 continue;
             struct flows_edge e = {0};
-            for (uint32_t i = n->start; i < n->count; i++)
-                if (n->minutes[i].minute >= lo && n->minutes[i].minute <= hi)
-                    counts_add_minute(&e.c, &n->minutes[i]);
+            for (uint32_t i = minute_lower_bound(n, lo); i < n->count && n->minutes[i].minute <= hi;
+                 i++)
+                counts_add_minute(&e.c, &n->minutes[i]);
             if (e.c.first_seen_ns == 0 || !status_match(q->status, &e.c))
                 continue;
             key_project(&n->key, q->group_by, &e.key);
