@@ -73,10 +73,8 @@ void api_metric(struct buf *b, const char *name, const char *type, const char *h
     buf_printf(b, "%s %" PRIu64 "\n", name, v);
 }
 
-void api_metric_labelled(struct buf *b, const char *name, const char *label, const char *value,
-                         uint64_t v)
+void api_label_escape(struct buf *b, const char *value)
 {
-    buf_printf(b, "%s{%s=\"", name, label);
     for (const char *p = value; *p; p++) {
         if (*p == '\\' || *p == '"')
             buf_putc(b, '\\');
@@ -85,6 +83,13 @@ void api_metric_labelled(struct buf *b, const char *name, const char *label, con
         else
             buf_putc(b, *p);
     }
+}
+
+void api_metric_labelled(struct buf *b, const char *name, const char *label, const char *value,
+                         uint64_t v)
+{
+    buf_printf(b, "%s{%s=\"", name, label);
+    api_label_escape(b, value);
     buf_printf(b, "\"} %" PRIu64 "\n", v);
 }
 

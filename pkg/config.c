@@ -120,6 +120,12 @@ static const struct key keys[] = {
      "a node that sent nothing for this long is stale"},
     {"QUERY_TIMEOUT", KIND_DURATION, AGG, NUM(query_timeout_ns), 10000000ull, 60 * SEC, NULL, "2s",
      "how long a query waits for other aggregator replicas"},
+    {"FLOW_RETENTION", KIND_DURATION, BOTH, NUM(flow_retention_ns), 60 * SEC, 30 * 24 * 3600 * SEC,
+     "24h", "24h", "how long per-minute flow buckets are kept (1m-30d)"},
+    {"FLOW_MAX_EDGES", KIND_UINT, BOTH, NUM(flow_max_edges), 16, 100000000, "50000", "1000000",
+     "edge-minutes kept for /api/flows, oldest evicted first (16-100000000)"},
+    {"FLOW_METRICS_MAX_SERIES", KIND_UINT, AGG, NUM(flow_metrics_max_series), 1, 1000000, NULL,
+     "10000", "flow series on /metrics; more fold into workload=\"~other\" (1-1000000)"},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

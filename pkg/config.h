@@ -79,6 +79,9 @@ struct config {
     uint64_t history_max_age_ns;
     uint64_t stale_after_ns;
     uint64_t query_timeout_ns;
+    uint64_t flow_retention_ns;
+    uint32_t flow_max_edges;          /* edge-minutes held by pkg/flows */
+    uint32_t flow_metrics_max_series; /* aggregator /metrics flow series */
 
     bool check_only; /* --check-config: validate and exit */
 };

@@ -17,6 +17,7 @@
 #include "k8s.h"
 #include "publisher.h"
 #include "redact.h"
+#include "flows.h"
 #include "store.h"
 
 struct agent {
@@ -25,6 +26,7 @@ struct agent {
     struct event_id_gen ids;
     struct capture *capture;
     struct store *store;
+    struct flows *flows; /* this node's edges behind /api/flows (locks internally) */
     struct http_server *http;
     struct bus *bus;
     struct publisher *pub;

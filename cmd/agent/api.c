@@ -40,6 +40,31 @@ static void handle_events(void *ctx, const struct http_request *req, struct http
     store_result_free(&r);
 }
 
+static void handle_flows(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    struct agent *a = ctx;
+    struct flows_result r = {0};
+    struct flows_query q;
+    char err[256], took[32];
+    uint64_t start = clock_monotonic_ns();
+
+    if (flows_query_parse(&q, req->query, req->query_len, clock_realtime_ns(), err, sizeof(err)) <
+        0) {
+        http_response_error(res, 400, err);
+        return;
+    }
+    if (flows_query(a->flows, &q, &r) < 0) {
+        flows_result_free(&r);
+        http_response_error(res, 500, "out of memory running the flows query");
+        return;
+    }
+    flows_result_finish(&r, q.limit);
+    api_format_duration(clock_monotonic_ns() - start, took, sizeof(took));
+    flows_response_begin(&res->body, &r, &q, took);
+    buf_putc(&res->body, '}');
+    flows_result_free(&r);
+}
+
 static const char *program_status_name(enum capture_program_status s)
 {
     switch (s) {
@@ -210,6 +235,8 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
                kernel_drops, suppressed, rl.malformed, rl.no_memory);
     ss.failed += load(&a->store_failed);
     api_json_append(b, api_store_stats_json(&ss));
+    buf_puts(b, ",\"flows\":");
+    flows_stats_json(a->flows, b);
     buf_puts(b, ",\"stream\":");
     api_json_append(b, api_stream_stats_json(&hs));
     buf_printf(b, ",\"args_redacted\":%" PRIu64 ",\"args_redact_failed\":%" PRIu64,
@@ -376,6 +403,7 @@ int agent_api_register(struct agent *a)
     int rc = 0;
     rc |= http_server_stream(a->http, "/api/events/stream");
     rc |= http_server_route(a->http, "/api/events", handle_events, a);
+    rc |= http_server_route(a->http, "/api/flows", handle_flows, a);
     rc |= http_server_route(a->http, "/api/stats", handle_stats, a);
     rc |= http_server_route(a->http, "/api/programs", handle_programs, a);
     rc |= http_server_route(a->http, "/health", handle_health, a);

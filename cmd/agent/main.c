@@ -101,6 +101,7 @@ static void on_event(void *ctx, struct event *e)
         count_drop(a, e);
     publisher_add(a->pub, e); /* encodes a copy into the open batch; never blocks */
     http_server_publish(a->http, e);
+    flows_add(a->flows, e, 1, e->timestamp_ns);
     if (store_add_move(a->store, e) < 0)
         __atomic_fetch_add(&a->store_failed, 1, __ATOMIC_RELAXED);
 }
@@ -205,7 +206,8 @@ int main(int argc, char **argv)
     struct store_limits limits = {.max_events = a.cfg.history_size,
                                   .max_age_ns = a.cfg.history_max_age_ns};
     a.store = store_new(&limits);
-    if (!a.store) {
+    a.flows = flows_new(a.cfg.flow_retention_ns, a.cfg.flow_max_edges);
+    if (!a.store || !a.flows) {
         fprintf(stderr, "ebpf-agent: cannot allocate the event history\n");
         goto out;
     }
@@ -272,6 +274,7 @@ int main(int argc, char **argv)
         timeout_ms = ms < POLL_MAX_MS ? (int)ms : POLL_MAX_MS;
         if (now - last_expire > 1000000000ull) {
             store_expire(a.store, clock_realtime_ns());
+            flows_add(a.flows, NULL, 0, clock_realtime_ns()); /* expires old minutes */
             last_expire = now;
         }
     }
@@ -301,6 +304,7 @@ out:
         cgroup_resolver_free(a.cgroups);
     if (a.store)
         store_free(a.store);
+    flows_free(a.flows);
     redact_free(a.redact);
     return rc;
 }

@@ -18,6 +18,7 @@
 #include "bus_message.h"
 #include "config.h"
 #include "event.h"
+#include "flows.h"
 #include "http_server.h"
 #include "nodes.h"
 #include "store.h"
@@ -65,6 +66,7 @@ struct aggregator {
     uint64_t started_mono_ns;
 
     struct store *store;
+    struct flows *flows; /* per-minute edges behind /api/flows (locks internally) */
     struct nodes *nodes;
     struct bus *bus;
     struct http_server *http;

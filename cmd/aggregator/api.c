@@ -255,6 +255,32 @@ static void events_answer(struct aggregator *a, const struct http_request *req,
     cluster_events_free(&ev);
 }
 
+static void flows_answer(struct aggregator *a, const struct http_request *req,
+                         struct http_response *res)
+{
+    struct flows_result r = {0};
+    struct flows_query q;
+    unsigned answered, expected;
+    char err[256], took[32];
+    uint64_t start = clock_monotonic_ns();
+
+    if (flows_query_parse(&q, req->query, req->query_len, clock_realtime_ns(), err, sizeof(err)) <
+        0) {
+        http_response_error(res, 400, err);
+        return;
+    }
+    if (cluster_flows(a->cluster, req->query, req->query_len, &q, &r, &answered, &expected) < 0) {
+        flows_result_free(&r);
+        http_response_error(res, 500, "out of memory running the flows query");
+        return;
+    }
+    api_format_duration(clock_monotonic_ns() - start, took, sizeof(took));
+    flows_response_begin(&res->body, &r, &q, took);
+    write_replicas(a, &res->body, answered, expected);
+    buf_putc(&res->body, '}');
+    flows_result_free(&r);
+}
+
 /* ---- the gathered view behind /api/stats, /api/nodes and /metrics ---- */
 
 struct cluster_view {
@@ -491,6 +517,7 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     api_json_set_u64(root, "bus_dropped", total_u64(t, "bus_dropped"));
     api_json_set_u64(root, "store_failed", total_u64(t, "store_failed"));
     json_object_set(root, "history", hist);
+    json_object_set(root, "flows", json_object_get(t, "flows"));
     api_json_set_u64(root, "evictions",
                      (uint64_t)sat_sum(json_integer_value(json_object_get(hist, "evicted_count")),
                                        json_integer_value(json_object_get(hist, "evicted_age"))));
@@ -610,6 +637,17 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                ingest_bus_dropped(a));
     ss.failed += load(&c->store_failed);
     api_store_metrics(b, "ebpf_aggregator", &ss);
+    struct flows_stats fs;
+    flows_get_stats(a->flows, &fs);
+    api_metric(b, "ebpf_aggregator_flow_buckets", "gauge",
+               "Per-minute flow buckets (edge-minutes) this replica holds for /api/flows.",
+               fs.edge_minutes);
+    api_metric_header(b, "ebpf_aggregator_flow_evicted_total", "counter",
+                      "Flow buckets evicted by this replica, by limit.");
+    api_metric_labelled(b, "ebpf_aggregator_flow_evicted_total", "reason", "full", fs.evicted_full);
+    api_metric_labelled(b, "ebpf_aggregator_flow_evicted_total", "reason", "age", fs.evicted_age);
+    /* Per edge, this replica's share: sum over replicas in the monitoring system. */
+    flows_series_metrics(a->flows, b);
     api_metric(b, "ebpf_aggregator_nats_connected", "gauge", "1 while connected to NATS.",
                bs.connected);
     api_metric(b, "ebpf_aggregator_nats_reconnects_total", "counter", "Reconnections to NATS.",
@@ -664,6 +702,11 @@ static void handle_events(void *ctx, const struct http_request *req, struct http
     answer(ctx, req, res, events_answer);
 }
 
+static void handle_flows(void *ctx, const struct http_request *req, struct http_response *res)
+{
+    answer(ctx, req, res, flows_answer);
+}
+
 static void handle_stats(void *ctx, const struct http_request *req, struct http_response *res)
 {
     answer(ctx, req, res, stats_answer);
@@ -688,6 +731,7 @@ int aggregator_api_register(struct aggregator *a)
 
     rc |= http_server_stream(a->http, "/api/events/stream");
     rc |= http_server_route(a->http, "/api/events", handle_events, a);
+    rc |= http_server_route(a->http, "/api/flows", handle_flows, a);
     rc |= http_server_route(a->http, "/api/stats", handle_stats, a);
     rc |= http_server_route(a->http, "/api/nodes", handle_nodes, a);
     rc |= http_server_route(a->http, "/health", handle_health, a);

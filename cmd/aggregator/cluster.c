@@ -58,7 +58,8 @@ struct cluster {
     char subj_heartbeat[CLUSTER_SUBJECT_LEN];
     char subj_query[CLUSTER_SUBJECT_LEN];
     char subj_stats[CLUSTER_SUBJECT_LEN];
-    natsSubscription *hb_sub, *query_sub, *stats_sub, *reply_sub;
+    char subj_flows[CLUSTER_SUBJECT_LEN];
+    natsSubscription *hb_sub, *query_sub, *stats_sub, *flows_sub, *reply_sub;
     char reply_prefix[64]; /* the inbox; replies come to <reply_prefix>.<token> */
 
     pthread_mutex_t reply_lock; /* waiters, next_token */
@@ -247,6 +248,32 @@ static void answer_reject(struct cluster *c, const char *kind, const char *id, c
                 n);
 }
 
+/*
+ * Whether a decoded answer counts in this gather. rc is its decoder's
+ * result (-EINVAL: not an answer of this kind at all); an answer that
+ * counts is recorded in seen. A peer's error is logged; *use says whether
+ * the answer has data to merge.
+ */
+static bool answer_take(struct cluster *c, struct cluster_answers *seen, const char *kind,
+                        const char *malformed, int rc, const char *replica, const char *error,
+                        bool *use)
+{
+    const char *why = rc == -EINVAL ? malformed : cluster_answer_admit(seen, replica);
+
+    *use = false;
+    if (why != NULL) {
+        answer_reject(c, kind, rc == -EINVAL ? NULL : replica, why);
+        return false;
+    }
+    cluster_answer_record(seen, replica);
+    if (error != NULL)
+        fprintf(stderr, "ebpf-aggregator: replica %s could not run the %s: %s\n", replica, kind,
+                error); /* it answered; it just has nothing to add */
+    else
+        *use = true;
+    return true;
+}
+
 uint64_t cluster_invalid_answers(struct cluster *c)
 {
     return c != NULL ? __atomic_load_n(&c->invalid_answers, __ATOMIC_RELAXED) : 0;
@@ -393,26 +420,15 @@ static bool on_query_reply(void *ctx, natsMsg *m)
     struct query_gather *g = ctx;
     int len = natsMsg_GetDataLength(m);
     struct cluster_query_reply r;
-    const char *why;
-    bool counts = true;
+    bool use;
 
     if (len <= 0)
         return false; /* not an answer (e.g. an empty "no responders" status message) */
     int rc = cluster_reply_query_decode(natsMsg_GetData(m), (size_t)len, &r);
-    if (rc == -EINVAL) {
-        answer_reject(g->c, "query", NULL, "not a QueryReply");
-        counts = false;
-    } else if ((why = cluster_answer_admit(&g->seen, r.replica)) != NULL) {
-        answer_reject(g->c, "query", r.replica, why);
-        counts = false;
-    } else {
-        cluster_answer_record(&g->seen, r.replica);
-        if (r.error != NULL)
-            fprintf(stderr, "ebpf-aggregator: replica %s could not run the query: %s\n", r.replica,
-                    r.error); /* it answered; it just has nothing to add */
-        else if (rc < 0 || sources_add(g, &r.src) < 0)
-            g->error = -ENOMEM;
-    }
+    bool counts =
+        answer_take(g->c, &g->seen, "query", "not a QueryReply", rc, r.replica, r.error, &use);
+    if (use && (rc < 0 || sources_add(g, &r.src) < 0))
+        g->error = -ENOMEM;
     cluster_query_reply_free(&r);
     return counts;
 }
@@ -526,6 +542,112 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     struct cluster *c = closure;
 
     GATED(c, msg, handle_query(c, nc, sub, msg));
+}
+
+/* ---- flows ---- */
+
+/* The peers' answers to one flows request, merged as they come. */
+struct flows_gather {
+    struct cluster *c;
+    struct flows_result *out;
+    int error; /* -ENOMEM seen */
+    struct cluster_answers seen;
+};
+
+static bool on_flows_reply(void *ctx, natsMsg *m)
+{
+    struct flows_gather *g = ctx;
+    int len = natsMsg_GetDataLength(m);
+    struct cluster_flows_reply r;
+    bool use;
+
+    if (len <= 0)
+        return false; /* not an answer (e.g. an empty "no responders" status message) */
+    int rc = cluster_reply_flows_decode(natsMsg_GetData(m), (size_t)len, &r);
+    bool counts = answer_take(g->c, &g->seen, "flows query", "not a flows answer", rc, r.replica,
+                              r.error, &use);
+    for (size_t i = 0; use && rc == 0 && i < r.edges.count; i++)
+        rc = flows_result_add(g->out, &r.edges.edges[i]);
+    if (use && rc < 0)
+        g->error = -ENOMEM;
+    cluster_flows_reply_free(&r);
+    return counts;
+}
+
+int cluster_flows(struct cluster *c, const char *qs, size_t qslen, const struct flows_query *q,
+                  struct flows_result *out, unsigned *answered, unsigned *expected)
+{
+    struct flows_gather g = {.c = c, .out = out};
+    unsigned peers = cluster_expected(c) - 1;
+    unsigned got = 0;
+    int rc;
+
+    rc = flows_query(c->a->flows, q, out);
+    if (rc == 0 && peers > 0) {
+        struct buf req;
+        buf_init(&req);
+        buf_puts(&req, "{\"replica\":");
+        buf_json_cstr(&req, c->a->replica);
+        buf_puts(&req, ",\"query\":");
+        buf_json_string(&req, qs, qslen);
+        buf_printf(&req, ",\"since\":%" PRIu64 ",\"until\":%" PRIu64 "}", q->since_ns, q->until_ns);
+        answers_init(c, &g.seen);
+        if (!req.oom)
+            got = gather(c, c->subj_flows, req.data, req.len, peers, on_flows_reply, &g);
+        buf_free(&req);
+        rc = g.error;
+    }
+    flows_result_finish(out, q->limit);
+    *answered = 1 + got;
+    *expected = 1 + peers > *answered ? 1 + peers : *answered;
+    return rc;
+}
+
+static void handle_flows(struct cluster *c, natsConnection *nc, natsSubscription *sub, natsMsg *msg)
+{
+    const char *reply = natsMsg_GetReply(msg);
+    json_t *root = json_loadb(natsMsg_GetData(msg), natsMsg_GetDataLength(msg), 0, NULL);
+    const char *id = json_string_value(json_object_get(root, "replica"));
+    json_t *qv = json_object_get(root, "query");
+    json_t *since = json_object_get(root, "since"), *until = json_object_get(root, "until");
+    int64_t max = natsConnection_GetMaxPayload(nc);
+    struct flows_result r = {0};
+    struct flows_query q;
+    struct buf out;
+    char err[256];
+
+    buf_init(&out);
+    if (reply == NULL || reply[0] == '\0' || id == NULL || !json_is_string(qv) ||
+        !json_is_integer(since) || !json_is_integer(until) || json_integer_value(since) < 0 ||
+        json_integer_value(until) < json_integer_value(since) || strcmp(id, c->a->replica) == 0)
+        goto done;
+    if (flows_query_parse(&q, json_string_value(qv), json_string_length(qv), 0, err, sizeof(err)) <
+        0) {
+        cluster_reply_flows_encode(c->a->replica, NULL, err, max, &out);
+    } else {
+        q.since_ns = (uint64_t)json_integer_value(since);
+        q.until_ns = (uint64_t)json_integer_value(until);
+        if (flows_query(c->a->flows, &q, &r) < 0)
+            cluster_reply_flows_encode(c->a->replica, NULL, "out of memory running the query", max,
+                                       &out);
+        else
+            cluster_reply_flows_encode(c->a->replica, &r, NULL, max, &out);
+    }
+    if (!out.oom && out.len > 0) {
+        natsConnection_Publish(nc, reply, out.data, (int)out.len);
+        flush_reply(nc, sub);
+    }
+done:
+    flows_result_free(&r);
+    buf_free(&out);
+    json_decref(root);
+}
+
+static void on_flows(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct cluster *c = closure;
+
+    GATED(c, msg, handle_flows(c, nc, sub, msg));
 }
 
 /* ---- stats ---- */
@@ -649,6 +771,8 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
              a->cfg.queue_group);
     snprintf(c->subj_stats, sizeof(c->subj_stats), "%s.%s.stats", a->cfg.control_subject,
              a->cfg.queue_group);
+    snprintf(c->subj_flows, sizeof(c->subj_flows), "%s.%s.flows", a->cfg.control_subject,
+             a->cfg.queue_group);
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->reply_lock, NULL);
     pthread_mutex_init(&c->gate.lock, NULL);
@@ -660,6 +784,8 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
         s = natsConnection_Subscribe(&c->query_sub, c->nc, c->subj_query, on_query, c);
     if (s == NATS_OK)
         s = natsConnection_Subscribe(&c->stats_sub, c->nc, c->subj_stats, on_stats, c);
+    if (s == NATS_OK)
+        s = natsConnection_Subscribe(&c->flows_sub, c->nc, c->subj_flows, on_flows, c);
     if (s == NATS_OK) {
         natsInbox *inbox = NULL;
         char subj[sizeof(c->reply_prefix) + 2];
@@ -721,7 +847,7 @@ void cluster_leave(struct cluster *c)
 
 void cluster_free(struct cluster *c)
 {
-    natsSubscription *subs[4];
+    natsSubscription *subs[5];
     bool stopped = true;
 
     if (c == NULL)
@@ -730,9 +856,10 @@ void cluster_free(struct cluster *c)
     subs[0] = c->hb_sub;
     subs[1] = c->query_sub;
     subs[2] = c->stats_sub;
-    subs[3] = c->reply_sub;
+    subs[3] = c->flows_sub;
+    subs[4] = c->reply_sub;
     /* Waits for a callback still running, which uses c. */
-    for (size_t i = 0; i < 4; i++)
+    for (size_t i = 0; i < 5; i++)
         stopped &= aggregator_sub_close(subs[i], c->nc, false, CLUSTER_CLOSE_WAIT_MS, &c->gate);
     /* From here no callback touches the store, the nodes or the bus, stopped or not. */
     aggregator_gate_close(&c->gate);

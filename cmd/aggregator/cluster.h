@@ -9,6 +9,10 @@
  * - query: {"replica":"<id>","query":"<raw query string>"}; every other
  *   replica answers on the reply inbox with a protobuf QueryReply holding its
  *   local matches (same limit and cursor).
+ * - flows: {"replica":"<id>","query":"<raw query string>","since":ns,
+ *   "until":ns} (the window resolved by the asker, so every replica counts
+ *   the same minutes); every other replica answers with all its matching
+ *   edges in exact form (cluster_reply.h), merged by flows_result_add().
  * - stats: every other replica answers with {"replica":..,"counters":{..},
  *   "nodes":<nodes_to_json>}.
  *
@@ -34,6 +38,7 @@
 
 #include "buf.h"
 #include "cluster_merge.h"
+#include "flows.h"
 #include "nodes.h"
 #include "query.h"
 
@@ -63,6 +68,14 @@ unsigned cluster_expected(struct cluster *c);
  */
 int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct query *q,
                   struct cluster_events *out);
+
+/*
+ * Runs q (parsed from qs) on this replica and every live peer and merges
+ * the edges exactly, sorted and limited. 0 or -ENOMEM; out is freed with
+ * flows_result_free() also after an error.
+ */
+int cluster_flows(struct cluster *c, const char *qs, size_t qslen, const struct flows_query *q,
+                  struct flows_result *out, unsigned *answered, unsigned *expected);
 
 /*
  * Gathers the peers' stats answers; the node table of each accepted answer

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -159,4 +160,69 @@ const char *cluster_reply_stats_check(json_t *root)
     if (!json_is_object(json_object_get(root, "nodes")))
         return "no node table";
     return NULL;
+}
+
+/* ---- flows answers ---- */
+
+static void flows_error(const char *replica, const char *error, struct buf *out)
+{
+    buf_reset(out);
+    buf_puts(out, "{\"replica\":");
+    buf_json_cstr(out, replica);
+    buf_puts(out, ",\"error\":");
+    buf_json_cstr(out, error);
+    buf_putc(out, '}');
+}
+
+void cluster_reply_flows_encode(const char *replica, const struct flows_result *r,
+                                const char *error, int64_t max_payload, struct buf *out)
+{
+    char msg[128];
+
+    if (error != NULL) {
+        flows_error(replica, error, out);
+        return;
+    }
+    buf_reset(out);
+    buf_puts(out, "{\"replica\":");
+    buf_json_cstr(out, replica);
+    buf_putc(out, ',');
+    /* The edges object without its opening brace. */
+    size_t at = out->len;
+    flows_result_encode(r, out);
+    if (!out->oom)
+        memmove(out->data + at, out->data + at + 1, --out->len - at);
+    if (max_payload <= CLUSTER_PAYLOAD_OVERHEAD)
+        max_payload = CLUSTER_DEFAULT_PAYLOAD;
+    if (out->len > (uint64_t)(max_payload - CLUSTER_PAYLOAD_OVERHEAD)) {
+        snprintf(msg, sizeof(msg), "%zu edges over the NATS max payload (%" PRId64 " bytes)",
+                 r->count, max_payload);
+        flows_error(replica, msg, out);
+    }
+}
+
+int cluster_reply_flows_decode(const void *data, size_t len, struct cluster_flows_reply *out)
+{
+    json_t *error;
+
+    memset(out, 0, sizeof(*out));
+    out->root = json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL);
+    out->replica = json_string_value(json_object_get(out->root, "replica"));
+    if (out->replica == NULL)
+        return -EINVAL;
+    error = json_object_get(out->root, "error");
+    if (error != NULL) {
+        if (!json_is_string(error) || json_string_length(error) > CLUSTER_ERROR_MAX)
+            return -EINVAL;
+        out->error = json_string_value(error);
+        return 0;
+    }
+    return flows_result_decode_json(out->root, &out->edges);
+}
+
+void cluster_flows_reply_free(struct cluster_flows_reply *r)
+{
+    flows_result_free(&r->edges);
+    json_decref(r->root);
+    memset(r, 0, sizeof(*r));
 }

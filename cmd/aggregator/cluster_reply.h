@@ -21,6 +21,7 @@
 
 #include "buf.h"
 #include "cluster_merge.h"
+#include "flows.h"
 #include "store.h"
 
 #define CLUSTER_DEFAULT_PAYLOAD    (1 << 20)
@@ -67,5 +68,29 @@ void cluster_reply_stats_too_large(const char *replica, int64_t max_payload, str
 json_t *cluster_reply_stats_decode(const void *data, size_t len);
 /* What is wrong with a decoded stats answer's shape, or NULL. */
 const char *cluster_reply_stats_check(json_t *root);
+
+/*
+ * flows answer: {"replica":..,"edges":[...]} in flows_result_encode()'s
+ * exact form (every count and the histogram, all matching edges: the limit
+ * applies after the merge), or {"replica":..,"error":".."}. An answer over
+ * max_payload becomes an error answer saying so.
+ */
+void cluster_reply_flows_encode(const char *replica, const struct flows_result *r,
+                                const char *error, int64_t max_payload, struct buf *out);
+
+struct cluster_flows_reply {
+    const char *replica; /* as sent: check it with cluster_answer_admit() */
+    const char *error;   /* NULL unless the peer could not answer */
+    struct flows_result edges;
+    json_t *root;
+};
+
+/*
+ * Decodes len bytes of a flows answer into out. 0; -EINVAL when they are no
+ * flows answer (replica may still be set); -ENOMEM. out is freed with
+ * cluster_flows_reply_free() whatever the result.
+ */
+int cluster_reply_flows_decode(const void *data, size_t len, struct cluster_flows_reply *out);
+void cluster_flows_reply_free(struct cluster_flows_reply *r);
 
 #endif

@@ -106,6 +106,8 @@ static void ingest_batch(struct aggregator *a, natsMsg *msg)
     nodes_observe(a->nodes, &batch.meta, batch.n, clock_realtime_ns());
     count(&a->counters.batches, 1);
     count(&a->counters.events, batch.n);
+    /* Before the store takes the events over. */
+    flows_add(a->flows, batch.events, batch.n, clock_realtime_ns());
     for (size_t i = 0; i < batch.n; i++) {
         struct event *e = &batch.events[i];
         if (e->type < EVENT_TYPE_COUNT)
@@ -349,6 +351,8 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
     buf_printf(b, "},\"bus_dropped\":%" PRIu64 ",\"store_failed\":%" PRIu64 ",\"history\":",
                ingest_bus_dropped(a), ss.failed);
     api_json_append(b, api_store_stats_json(&ss));
+    buf_puts(b, ",\"flows\":");
+    flows_stats_json(a->flows, b);
     buf_printf(b, ",\"uptime_seconds\":%.3f}",
                (double)(clock_monotonic_ns() - a->started_mono_ns) / 1e9);
 }

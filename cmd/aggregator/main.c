@@ -86,7 +86,10 @@ int main(int argc, char **argv)
                                   .max_age_ns = a.cfg.history_max_age_ns};
     a.store = store_new(&limits);
     a.nodes = nodes_new(AGGREGATOR_MAX_INSTANCES);
-    if (!a.store || !a.nodes) {
+    a.flows = flows_new(a.cfg.flow_retention_ns, a.cfg.flow_max_edges);
+    if (a.flows)
+        flows_series_enable(a.flows, a.cfg.flow_metrics_max_series);
+    if (!a.store || !a.nodes || !a.flows) {
         fprintf(stderr, "ebpf-aggregator: cannot allocate the event history\n");
         goto out;
     }
@@ -132,6 +135,7 @@ int main(int argc, char **argv)
         uint64_t now = clock_monotonic_ns();
         if (now - last_expire > 1000000000ull) {
             store_expire(a.store, clock_realtime_ns());
+            flows_add(a.flows, NULL, 0, clock_realtime_ns()); /* expires old minutes */
             last_expire = now;
         }
     }
@@ -155,6 +159,7 @@ out:
         nodes_free(a.nodes);
     if (a.store)
         store_free(a.store);
+    flows_free(a.flows);
     pthread_mutex_destroy(&a.stream_lock);
     return rc;
 }

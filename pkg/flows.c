@@ -1,0 +1,1303 @@
+/*
+ * Flows (flows.h): a chained hash of edges at pod granularity, each holding
+ * its per-minute buckets sorted by minute, and one ring of edge pointers in
+ * the order buckets were created, which is what eviction and retention pop.
+ * Invariant: an edge appears in the ring exactly as often as it has buckets,
+ * so an edge whose last bucket is popped has no ring entry left and is freed.
+ */
+#include "flows.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "errmsg.h"
+#include "event_json.h"
+#include "intern.h"
+#include "query.h"
+
+#define NS_PER_MIN (60ull * 1000000000ull)
+
+/* One edge's minute; u32 counts are plenty for one edge in one minute (saturating). */
+struct flows_minute {
+    uint32_t minute; /* since the epoch */
+    uint32_t connections, established, failed, resets, retransmits;
+    uint32_t errors_other;
+    uint32_t error_counts[FLOWS_ERROR_SLOTS];
+    const char *errors[FLOWS_ERROR_SLOTS];
+    uint64_t bytes_sent, bytes_received;
+    uint64_t first_seen_ns, last_seen_ns;
+    uint32_t hist[FLOWS_HIST_BUCKETS];
+};
+
+struct flows_node {
+    struct flows_key key;
+    uint64_t hash;
+    struct flows_node *next;      /* hash chain */
+    struct flows_minute *minutes; /* [start, count) live, sorted by minute */
+    uint32_t start, count, cap;
+};
+
+struct flows {
+    pthread_mutex_t lock;
+    uint64_t retention_ns;
+    struct flows_node **table;
+    size_t table_cap, nodes;
+    struct flows_node **ring; /* max_edge_minutes slots */
+    size_t ring_cap, ring_head, ring_len;
+    struct flows_stats stats;
+    /* Cumulative per-workload-pair counters for /metrics (flows_series_enable). */
+    struct flows_result series;
+    size_t max_series; /* 0: not kept */
+    uint64_t series_folded;
+};
+
+/* ---- keys ---- */
+
+static uint64_t mix(uint64_t h, uint64_t v)
+{
+    h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    return h * 0xff51afd7ed558ccdull;
+}
+
+static uint64_t endpoint_hash(uint64_t h, const struct flows_endpoint *e)
+{
+    const char *s[] = {e->namespace, e->workload, e->workload_kind, e->pod, e->node,
+                       e->service,   e->dns};
+    for (size_t i = 0; i < sizeof(s) / sizeof(s[0]); i++)
+        h = mix(h, (uint64_t)(uintptr_t)s[i]);
+    uint64_t a, b;
+    memcpy(&a, e->ip, 8);
+    memcpy(&b, e->ip + 8, 8);
+    return mix(mix(mix(h, e->family), a), b);
+}
+
+static uint64_t key_hash(const struct flows_key *k)
+{
+    uint64_t h = mix(0, (uint64_t)k->port << 8 | k->protocol);
+    return endpoint_hash(endpoint_hash(h, &k->src), &k->dst);
+}
+
+/* Strings are interned: equal strings are equal pointers. */
+static bool endpoint_equal(const struct flows_endpoint *a, const struct flows_endpoint *b)
+{
+    return a->namespace == b->namespace && a->workload == b->workload &&
+           a->workload_kind == b->workload_kind && a->pod == b->pod && a->node == b->node &&
+           a->service == b->service && a->dns == b->dns && a->family == b->family &&
+           memcmp(a->ip, b->ip, 16) == 0;
+}
+
+static bool key_equal(const struct flows_key *a, const struct flows_key *b)
+{
+    return a->port == b->port && a->protocol == b->protocol && endpoint_equal(&a->src, &b->src) &&
+           endpoint_equal(&a->dst, &b->dst);
+}
+
+/* The edge a client-side event belongs to (SPEC §8 endpoints). */
+static void key_from_event(const struct event *e, struct flows_key *k)
+{
+    memset(k, 0, sizeof(*k));
+    k->port = e->dport;
+    k->protocol = e->protocol;
+    k->src.node = e->node;
+    if (e->k8s.workload != NULL || e->k8s.pod_name != NULL) {
+        k->src.namespace = e->k8s.namespace;
+        k->src.workload = e->k8s.workload != NULL ? e->k8s.workload : e->k8s.pod_name;
+        k->src.workload_kind = e->k8s.workload_kind != NULL ? e->k8s.workload_kind : intern("Pod");
+        k->src.pod = e->k8s.pod_name;
+    } else {
+        k->src.workload = intern(e->command);
+        k->src.workload_kind = intern("Process");
+    }
+    const struct event_peer *p = &e->peer;
+    if (p->workload != NULL || p->pod != NULL) {
+        k->dst.namespace = p->namespace;
+        k->dst.workload = p->workload != NULL ? p->workload : p->pod;
+        k->dst.workload_kind = p->workload_kind;
+        k->dst.pod = p->pod;
+        k->dst.node = p->node;
+        k->dst.service = p->service;
+    } else {
+        k->dst.service = p->service;
+        k->dst.dns = p->dns;
+        k->dst.family = e->family;
+        memcpy(k->dst.ip, e->daddr, 16);
+    }
+}
+
+/* The key an edge is reported under when grouped by g. */
+static void key_project(const struct flows_key *in, enum flows_group g, struct flows_key *out)
+{
+    *out = *in;
+    if (g == FLOWS_GROUP_POD)
+        return;
+    /* A workload spans pods and nodes; a Process is named by its node. */
+    out->src.pod = NULL;
+    out->dst.pod = NULL;
+    if (out->src.namespace != NULL)
+        out->src.node = NULL;
+    if (out->dst.namespace != NULL)
+        out->dst.node = NULL;
+    if (g == FLOWS_GROUP_SERVICE && in->dst.service != NULL) {
+        struct flows_endpoint svc = {.namespace = in->dst.namespace, .service = in->dst.service};
+        out->dst = svc;
+    }
+}
+
+/* ---- the store ---- */
+
+struct flows *flows_new(uint64_t retention_ns, uint64_t max_edge_minutes)
+{
+    struct flows *f = calloc(1, sizeof(*f));
+
+    if (f == NULL || max_edge_minutes == 0 || retention_ns == 0)
+        goto fail;
+    f->retention_ns = retention_ns;
+    f->ring_cap = max_edge_minutes;
+    f->ring = calloc(f->ring_cap, sizeof(*f->ring));
+    f->table_cap = 1024;
+    f->table = calloc(f->table_cap, sizeof(*f->table));
+    if (f->ring == NULL || f->table == NULL)
+        goto fail;
+    f->stats.capacity = max_edge_minutes;
+    pthread_mutex_init(&f->lock, NULL);
+    return f;
+fail:
+    if (f != NULL) {
+        free(f->ring);
+        free(f->table);
+    }
+    free(f);
+    return NULL;
+}
+
+void flows_free(struct flows *f)
+{
+    if (f == NULL)
+        return;
+    for (size_t i = 0; i < f->table_cap; i++) {
+        struct flows_node *n = f->table[i], *next;
+        for (; n != NULL; n = next) {
+            next = n->next;
+            free(n->minutes);
+            free(n);
+        }
+    }
+    free(f->table);
+    free(f->ring);
+    flows_result_free(&f->series);
+    pthread_mutex_destroy(&f->lock);
+    free(f);
+}
+
+static void node_unlink(struct flows *f, struct flows_node *n)
+{
+    struct flows_node **pp = &f->table[n->hash & (f->table_cap - 1)];
+    while (*pp != n)
+        pp = &(*pp)->next;
+    *pp = n->next;
+    f->nodes--;
+    free(n->minutes);
+    free(n);
+}
+
+/* Pops the ring's oldest entry: its edge loses its oldest bucket. */
+static void ring_pop(struct flows *f)
+{
+    struct flows_node *n = f->ring[f->ring_head];
+
+    f->ring_head = (f->ring_head + 1) % f->ring_cap;
+    f->ring_len--;
+    n->start++;
+    if (n->start == n->count) {
+        node_unlink(f, n);
+        return;
+    }
+    /* Compact once half the array is dead: amortized O(1) per pop. */
+    if (n->start >= 16 && n->start * 2 >= n->count) {
+        memmove(n->minutes, n->minutes + n->start, (n->count - n->start) * sizeof(*n->minutes));
+        n->count -= n->start;
+        n->start = 0;
+    }
+}
+
+static void expire(struct flows *f, uint64_t now_ns)
+{
+    if (now_ns < f->retention_ns)
+        return;
+    uint64_t cutoff = (now_ns - f->retention_ns) / NS_PER_MIN;
+    while (f->ring_len > 0) {
+        struct flows_node *n = f->ring[f->ring_head];
+        if (n->minutes[n->start].minute >= cutoff)
+            break;
+        ring_pop(f);
+        f->stats.evicted_age++;
+    }
+}
+
+static int table_grow(struct flows *f)
+{
+    size_t cap = f->table_cap * 2;
+    struct flows_node **t = calloc(cap, sizeof(*t));
+
+    if (t == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < f->table_cap; i++) {
+        struct flows_node *n = f->table[i], *next;
+        for (; n != NULL; n = next) {
+            next = n->next;
+            n->next = t[n->hash & (cap - 1)];
+            t[n->hash & (cap - 1)] = n;
+        }
+    }
+    free(f->table);
+    f->table = t;
+    f->table_cap = cap;
+    return 0;
+}
+
+static struct flows_node *node_get(struct flows *f, const struct flows_key *k)
+{
+    uint64_t h = key_hash(k);
+    struct flows_node *n = f->table[h & (f->table_cap - 1)];
+
+    for (; n != NULL; n = n->next)
+        if (n->hash == h && key_equal(&n->key, k))
+            return n;
+    if (f->nodes >= f->table_cap && table_grow(f) < 0)
+        return NULL;
+    n = calloc(1, sizeof(*n));
+    if (n == NULL)
+        return NULL;
+    n->key = *k;
+    n->hash = h;
+    n->next = f->table[h & (f->table_cap - 1)];
+    f->table[h & (f->table_cap - 1)] = n;
+    f->nodes++;
+    return n;
+}
+
+/* The bucket of minute in n, or NULL. */
+static struct flows_minute *minute_find(struct flows_node *n, uint32_t minute)
+{
+    for (uint32_t i = n->count; i > n->start; i--) {
+        if (n->minutes[i - 1].minute == minute)
+            return &n->minutes[i - 1];
+        if (n->minutes[i - 1].minute < minute)
+            break;
+    }
+    return NULL;
+}
+
+/* The bucket of minute in n, created when missing (the caller made room). */
+static struct flows_minute *minute_get(struct flows *f, struct flows_node *n, uint32_t minute)
+{
+    uint32_t i = n->count;
+
+    /* Events arrive nearly in order: search from the newest. */
+    while (i > n->start && n->minutes[i - 1].minute > minute)
+        i--;
+    if (i > n->start && n->minutes[i - 1].minute == minute)
+        return &n->minutes[i - 1];
+    if (n->count == n->cap) {
+        uint32_t cap = n->cap ? n->cap * 2 : 2;
+        struct flows_minute *m = realloc(n->minutes, cap * sizeof(*m));
+        if (m == NULL)
+            return NULL;
+        n->minutes = m;
+        n->cap = cap;
+    }
+    memmove(&n->minutes[i + 1], &n->minutes[i], (n->count - i) * sizeof(*n->minutes));
+    n->count++;
+    memset(&n->minutes[i], 0, sizeof(n->minutes[i]));
+    n->minutes[i].minute = minute;
+    f->ring[(f->ring_head + f->ring_len) % f->ring_cap] = n;
+    f->ring_len++;
+    return &n->minutes[i];
+}
+
+static void add32(uint32_t *a, uint64_t v)
+{
+    *a = (uint64_t)*a + v > UINT32_MAX ? UINT32_MAX : (uint32_t)(*a + v);
+}
+
+static void add64(uint64_t *a, uint64_t v)
+{
+    *a = *a + v < *a ? UINT64_MAX : *a + v;
+}
+
+static unsigned hist_bucket(uint64_t ns)
+{
+    if (ns < (1ull << 10))
+        return 0;
+    unsigned b = (unsigned)(63 - __builtin_clzll(ns)) - 9;
+    return b < FLOWS_HIST_BUCKETS ? b : FLOWS_HIST_BUCKETS - 1;
+}
+
+static void minute_error(struct flows_minute *m, const char *error)
+{
+    for (size_t i = 0; i < FLOWS_ERROR_SLOTS; i++) {
+        if (m->errors[i] == NULL)
+            m->errors[i] = error;
+        if (m->errors[i] == error) {
+            add32(&m->error_counts[i], 1);
+            return;
+        }
+    }
+    add32(&m->errors_other, 1);
+}
+
+/* Whether e counts, per the rules in flows.h. */
+static bool counts(const struct event *e)
+{
+    if (e->type == EVENT_CONNECTION)
+        return e->status != EVENT_STATUS_NONE;
+    return e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT;
+}
+
+static void minute_count(struct flows_minute *m, const struct event *e)
+{
+    if (m->first_seen_ns == 0 || e->timestamp_ns < m->first_seen_ns)
+        m->first_seen_ns = e->timestamp_ns;
+    if (e->timestamp_ns > m->last_seen_ns)
+        m->last_seen_ns = e->timestamp_ns;
+    if (e->type == EVENT_CLOSE) {
+        add64(&m->bytes_sent, e->u.close.bytes_sent);
+        add64(&m->bytes_received, e->u.close.bytes_received);
+        add32(&m->retransmits, e->u.close.retransmits);
+        if (e->u.close.reset != EVENT_RESET_NONE)
+            add32(&m->resets, 1);
+        return;
+    }
+    add32(&m->connections, 1);
+    if (e->status == EVENT_STATUS_ESTABLISHED) {
+        add32(&m->established, 1);
+        add32(&m->hist[hist_bucket(e->u.conn.latency_ns)], 1);
+    } else if (e->status == EVENT_STATUS_FAILED) {
+        add32(&m->failed, 1);
+        minute_error(m, e->u.conn.error != NULL ? e->u.conn.error : intern("unknown"));
+    }
+}
+
+static void series_count(struct flows *f, const struct flows_key *k, const struct event *e);
+
+static void add_one(struct flows *f, const struct event *e, uint64_t now_ns)
+{
+    struct flows_key k;
+
+    if (!counts(e) || e->timestamp_ns == 0 || e->timestamp_ns / NS_PER_MIN > UINT32_MAX ||
+        (now_ns > f->retention_ns && e->timestamp_ns < now_ns - f->retention_ns)) {
+        f->stats.ignored++;
+        return;
+    }
+    key_from_event(e, &k);
+    uint32_t minute = (uint32_t)(e->timestamp_ns / NS_PER_MIN);
+    struct flows_node *n = node_get(f, &k);
+    struct flows_minute *m = n != NULL ? minute_find(n, minute) : NULL;
+    if (n != NULL && m == NULL) {
+        /* A new bucket: make room first. That may free n itself (its last bucket). */
+        if (f->ring_len == f->ring_cap) {
+            bool gone = f->ring[f->ring_head] == n && n->count - n->start == 1;
+            ring_pop(f);
+            f->stats.evicted_full++;
+            if (gone)
+                n = node_get(f, &k);
+        }
+        m = n != NULL ? minute_get(f, n, minute) : NULL;
+    }
+    if (m == NULL) {
+        if (n != NULL && n->count == n->start)
+            node_unlink(f, n);
+        f->stats.failed++;
+        return;
+    }
+    minute_count(m, e);
+    f->stats.events++;
+    if (f->max_series > 0)
+        series_count(f, &k, e);
+}
+
+void flows_add(struct flows *f, const struct event *events, size_t n, uint64_t now_ns)
+{
+    pthread_mutex_lock(&f->lock);
+    expire(f, now_ns);
+    for (size_t i = 0; i < n; i++)
+        add_one(f, &events[i], now_ns);
+    pthread_mutex_unlock(&f->lock);
+}
+
+void flows_get_stats(struct flows *f, struct flows_stats *out)
+{
+    pthread_mutex_lock(&f->lock);
+    *out = f->stats;
+    out->edges = f->nodes;
+    out->edge_minutes = f->ring_len;
+    pthread_mutex_unlock(&f->lock);
+}
+
+void flows_stats_json(struct flows *f, struct buf *out)
+{
+    struct flows_stats st;
+
+    flows_get_stats(f, &st);
+    buf_printf(out,
+               "{\"edges\":%" PRIu64 ",\"edge_minutes\":%" PRIu64 ",\"capacity\":%" PRIu64
+               ",\"evicted_full\":%" PRIu64 ",\"evicted_age\":%" PRIu64 ",\"events\":%" PRIu64
+               ",\"ignored\":%" PRIu64 ",\"failed\":%" PRIu64 "}",
+               st.edges, st.edge_minutes, st.capacity, st.evicted_full, st.evicted_age, st.events,
+               st.ignored, st.failed);
+}
+
+size_t flows_minute_bytes(void)
+{
+    return sizeof(struct flows_minute) + sizeof(struct flows_node *);
+}
+
+/* ---- counts ---- */
+
+static void counts_error_add(struct flows_counts *c, const char *error, uint64_t v)
+{
+    if (v == 0)
+        return;
+    for (size_t i = 0; i < FLOWS_ERROR_SLOTS; i++) {
+        if (c->errors[i].error == NULL)
+            c->errors[i].error = error;
+        if (c->errors[i].error == error) {
+            add64(&c->errors[i].count, v);
+            return;
+        }
+    }
+    add64(&c->errors_other, v);
+}
+
+static void seen_merge(struct flows_counts *c, uint64_t first, uint64_t last)
+{
+    if (first != 0 && (c->first_seen_ns == 0 || first < c->first_seen_ns))
+        c->first_seen_ns = first;
+    if (last > c->last_seen_ns)
+        c->last_seen_ns = last;
+}
+
+static void counts_add_minute(struct flows_counts *c, const struct flows_minute *m)
+{
+    add64(&c->connections, m->connections);
+    add64(&c->established, m->established);
+    add64(&c->failed, m->failed);
+    add64(&c->resets, m->resets);
+    add64(&c->retransmits, m->retransmits);
+    add64(&c->bytes_sent, m->bytes_sent);
+    add64(&c->bytes_received, m->bytes_received);
+    for (size_t i = 0; i < FLOWS_ERROR_SLOTS && m->errors[i] != NULL; i++)
+        counts_error_add(c, m->errors[i], m->error_counts[i]);
+    add64(&c->errors_other, m->errors_other);
+    for (size_t i = 0; i < FLOWS_HIST_BUCKETS; i++)
+        add64(&c->hist[i], m->hist[i]);
+    seen_merge(c, m->first_seen_ns, m->last_seen_ns);
+}
+
+static void counts_add(struct flows_counts *c, const struct flows_counts *o)
+{
+    add64(&c->connections, o->connections);
+    add64(&c->established, o->established);
+    add64(&c->failed, o->failed);
+    add64(&c->resets, o->resets);
+    add64(&c->retransmits, o->retransmits);
+    add64(&c->bytes_sent, o->bytes_sent);
+    add64(&c->bytes_received, o->bytes_received);
+    for (size_t i = 0; i < FLOWS_ERROR_SLOTS && o->errors[i].error != NULL; i++)
+        counts_error_add(c, o->errors[i].error, o->errors[i].count);
+    add64(&c->errors_other, o->errors_other);
+    for (size_t i = 0; i < FLOWS_HIST_BUCKETS; i++)
+        add64(&c->hist[i], o->hist[i]);
+    seen_merge(c, o->first_seen_ns, o->last_seen_ns);
+}
+
+uint64_t flows_hist_percentile(const uint64_t hist[FLOWS_HIST_BUCKETS], unsigned p)
+{
+    uint64_t total = 0, seen = 0;
+
+    for (size_t i = 0; i < FLOWS_HIST_BUCKETS; i++)
+        total += hist[i];
+    if (total == 0 || p == 0)
+        return 0;
+    /* The rank of the p-th percentile, rounded up: at least 1. */
+    uint64_t rank = (total / 100) * p + ((total % 100) * p + 99) / 100;
+    for (size_t i = 0; i < FLOWS_HIST_BUCKETS; i++) {
+        seen += hist[i];
+        if (seen >= rank)
+            return 1ull << (i + 10);
+    }
+    return 1ull << (FLOWS_HIST_BUCKETS + 9);
+}
+
+/* ---- results ---- */
+
+static int result_reindex(struct flows_result *r, size_t cap)
+{
+    uint32_t *idx = calloc(cap, sizeof(*idx));
+
+    if (idx == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < r->count; i++) {
+        size_t s = key_hash(&r->edges[i].key) & (cap - 1);
+        while (idx[s] != 0)
+            s = (s + 1) & (cap - 1);
+        idx[s] = (uint32_t)(i + 1);
+    }
+    free(r->index);
+    r->index = idx;
+    r->index_cap = cap;
+    return 0;
+}
+
+int flows_result_add(struct flows_result *r, const struct flows_edge *e)
+{
+    if ((r->count + 1) * 2 > r->index_cap &&
+        result_reindex(r, r->index_cap ? r->index_cap * 2 : 64) < 0)
+        return -ENOMEM;
+    size_t s = key_hash(&e->key) & (r->index_cap - 1);
+    for (; r->index[s] != 0; s = (s + 1) & (r->index_cap - 1)) {
+        struct flows_edge *have = &r->edges[r->index[s] - 1];
+        if (key_equal(&have->key, &e->key)) {
+            counts_add(&have->c, &e->c);
+            return 0;
+        }
+    }
+    if (r->count == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 16;
+        struct flows_edge *p = realloc(r->edges, cap * sizeof(*p));
+        if (p == NULL)
+            return -ENOMEM;
+        r->edges = p;
+        r->cap = cap;
+    }
+    r->edges[r->count] = *e;
+    r->index[s] = (uint32_t)++r->count;
+    return 0;
+}
+
+static bool str_match(const char *filter, const char *s)
+{
+    return filter == NULL || filter == s;
+}
+
+static bool key_match(const struct flows_query *q, const struct flows_key *k)
+{
+    if (q->protocol != 0 && k->protocol != q->protocol)
+        return false;
+    if (q->namespace != NULL && k->src.namespace != q->namespace &&
+        k->dst.namespace != q->namespace)
+        return false;
+    if (q->workload != NULL && k->src.workload != q->workload && k->dst.workload != q->workload)
+        return false;
+    return str_match(q->node, k->src.node) || q->node == k->dst.node;
+}
+
+static bool status_match(uint8_t status, const struct flows_counts *c)
+{
+    switch (status) {
+    case EVENT_STATUS_ESTABLISHED:
+        return c->established > 0;
+    case EVENT_STATUS_FAILED:
+        return c->failed > 0;
+    case EVENT_STATUS_ATTEMPTED:
+        return c->connections > c->established + c->failed;
+    default:
+        return true;
+    }
+}
+
+/* The first live bucket of n at or after minute lo (buckets are sorted). */
+static uint32_t minute_lower_bound(const struct flows_node *n, uint64_t lo)
+{
+    uint32_t a = n->start, b = n->count;
+    while (a < b) {
+        uint32_t mid = a + (b - a) / 2;
+        if (n->minutes[mid].minute < lo)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    return a;
+}
+
+int flows_query(struct flows *f, const struct flows_query *q, struct flows_result *out)
+{
+    uint64_t lo = q->since_ns / NS_PER_MIN, hi = q->until_ns / NS_PER_MIN;
+    int rc = 0;
+
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&f->lock);
+    for (size_t b = 0; b < f->table_cap && rc == 0; b++) {
+        for (struct flows_node *n = f->table[b]; n != NULL && rc == 0; n = n->next) {
+            if (!key_match(q, &n->key))
+                continue;
+            struct flows_edge e = {0};
+            for (uint32_t i = minute_lower_bound(n, lo); i < n->count && n->minutes[i].minute <= hi;
+                 i++)
+                counts_add_minute(&e.c, &n->minutes[i]);
+            if (e.c.first_seen_ns == 0 || !status_match(q->status, &e.c))
+                continue;
+            key_project(&n->key, q->group_by, &e.key);
+            rc = flows_result_add(out, &e);
+        }
+    }
+    pthread_mutex_unlock(&f->lock);
+    return rc;
+}
+
+static int str_cmp(const char *a, const char *b)
+{
+    if (a == b)
+        return 0;
+    if (a == NULL || b == NULL)
+        return a == NULL ? -1 : 1;
+    return strcmp(a, b);
+}
+
+static int endpoint_cmp(const struct flows_endpoint *a, const struct flows_endpoint *b)
+{
+    const char *sa[] = {a->namespace, a->workload, a->workload_kind, a->pod, a->node,
+                        a->service,   a->dns};
+    const char *sb[] = {b->namespace, b->workload, b->workload_kind, b->pod, b->node,
+                        b->service,   b->dns};
+    for (size_t i = 0; i < sizeof(sa) / sizeof(sa[0]); i++) {
+        int c = str_cmp(sa[i], sb[i]);
+        if (c != 0)
+            return c;
+    }
+    if (a->family != b->family)
+        return a->family < b->family ? -1 : 1;
+    return memcmp(a->ip, b->ip, 16);
+}
+
+/* Most connections first, then most bytes, then by key: the same order on every replica. */
+static int edge_cmp(const void *pa, const void *pb)
+{
+    const struct flows_edge *a = pa, *b = pb;
+    uint64_t ba = a->c.bytes_sent + a->c.bytes_received, bb = b->c.bytes_sent + b->c.bytes_received;
+    int c;
+
+    if (a->c.connections != b->c.connections)
+        return a->c.connections > b->c.connections ? -1 : 1;
+    if (ba != bb)
+        return ba > bb ? -1 : 1;
+    if ((c = endpoint_cmp(&a->key.src, &b->key.src)) != 0)
+        return c;
+    if ((c = endpoint_cmp(&a->key.dst, &b->key.dst)) != 0)
+        return c;
+    if (a->key.port != b->key.port)
+        return a->key.port < b->key.port ? -1 : 1;
+    return (int)a->key.protocol - (int)b->key.protocol;
+}
+
+void flows_result_finish(struct flows_result *r, uint32_t limit)
+{
+    if (r->count > 1)
+        qsort(r->edges, r->count, sizeof(*r->edges), edge_cmp);
+    if (r->count > limit)
+        r->count = limit;
+    /* The order changed: the index no longer applies. */
+    free(r->index);
+    r->index = NULL;
+    r->index_cap = 0;
+}
+
+void flows_result_free(struct flows_result *r)
+{
+    free(r->edges);
+    free(r->index);
+    memset(r, 0, sizeof(*r));
+}
+
+/* ---- /metrics series ---- */
+
+void flows_series_enable(struct flows *f, size_t max_series)
+{
+    pthread_mutex_lock(&f->lock);
+    f->max_series = max_series;
+    pthread_mutex_unlock(&f->lock);
+}
+
+static bool result_has(const struct flows_result *r, const struct flows_key *k)
+{
+    if (r->index_cap == 0)
+        return false;
+    for (size_t s = key_hash(k) & (r->index_cap - 1); r->index[s] != 0;
+         s = (s + 1) & (r->index_cap - 1))
+        if (key_equal(&r->edges[r->index[s] - 1].key, k))
+            return true;
+    return false;
+}
+
+/* The series an event counts in: its labels and nothing else, so no two series look alike. */
+static void series_key(const struct flows_key *k, struct flows_key *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->port = k->port;
+    out->protocol = k->protocol;
+    out->src.namespace = k->src.namespace;
+    out->src.workload = k->src.workload;
+    out->dst.namespace = k->dst.namespace;
+    out->dst.workload = k->dst.workload;
+    if (k->dst.workload == NULL) {
+        out->dst.family = k->dst.family;
+        memcpy(out->dst.ip, k->dst.ip, 16);
+    }
+}
+
+static void series_count(struct flows *f, const struct flows_key *k, const struct event *e)
+{
+    struct flows_minute m = {0};
+    struct flows_edge one = {0};
+
+    series_key(k, &one.key);
+    if (!result_has(&f->series, &one.key) && f->series.count >= f->max_series) {
+        /* Past the cap: one series per protocol holds the rest, counted. */
+        const char *other = intern("~other");
+        memset(&one.key, 0, sizeof(one.key));
+        one.key.protocol = k->protocol;
+        one.key.src.namespace = one.key.src.workload = other;
+        one.key.dst.namespace = one.key.dst.workload = other;
+        f->series_folded++;
+    }
+    minute_count(&m, e);
+    counts_add_minute(&one.c, &m);
+    if (flows_result_add(&f->series, &one) < 0)
+        f->stats.failed++;
+}
+
+static void label_value(struct buf *b, const char *name, const char *v, bool first)
+{
+    buf_printf(b, "%s%s=\"", first ? "" : ",", name);
+    api_label_escape(b, v != NULL ? v : "");
+    buf_putc(b, '"');
+}
+
+static void series_labels(struct buf *b, const struct flows_key *k)
+{
+    char ip[INET6_ADDRSTRLEN + 1], port[8], proto[8];
+    const char *pn = event_protocol_name(k->protocol);
+
+    snprintf(port, sizeof(port), "%u", k->port);
+    snprintf(proto, sizeof(proto), "%u", k->protocol);
+    label_value(b, "src_namespace", k->src.namespace, true);
+    label_value(b, "src_workload", k->src.workload, false);
+    label_value(b, "dst_namespace", k->dst.namespace, false);
+    label_value(b, "dst_workload",
+                k->dst.workload != NULL ? k->dst.workload
+                : k->dst.family != EVENT_FAMILY_NONE
+                    ? event_addr_str(k->dst.family, k->dst.ip, ip, sizeof(ip))
+                    : NULL,
+                false);
+    label_value(b, "dst_port", port, false);
+    label_value(b, "protocol", pn != NULL ? pn : proto, false);
+}
+
+static void series_family(struct buf *b, const struct flows_result *r, const char *name,
+                          const char *help, size_t field)
+{
+    buf_printf(b, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    for (size_t i = 0; i < r->count; i++) {
+        const struct flows_edge *e = &r->edges[i];
+        uint64_t v;
+        memcpy(&v, (const char *)&e->c + field, sizeof(v));
+        buf_printf(b, "%s{", name);
+        series_labels(b, &e->key);
+        buf_printf(b, "} %" PRIu64 "\n", v);
+    }
+}
+
+void flows_series_metrics(struct flows *f, struct buf *b)
+{
+    static const char *const status[] = {"established", "failed", "attempted"};
+    const char *name = "ebpf_flow_connections_total";
+
+    pthread_mutex_lock(&f->lock);
+    const struct flows_result *r = &f->series;
+    buf_printf(b,
+               "# HELP %s Connections between workloads seen by this replica, by outcome.\n"
+               "# TYPE %s counter\n",
+               name, name);
+    for (size_t i = 0; i < r->count; i++) {
+        const struct flows_counts *c = &r->edges[i].c;
+        uint64_t v[] = {c->established, c->failed, c->connections - c->established - c->failed};
+        for (size_t s = 0; s < 3; s++) {
+            buf_printf(b, "%s{", name);
+            series_labels(b, &r->edges[i].key);
+            buf_printf(b, ",status=\"%s\"} %" PRIu64 "\n", status[s], v[s]);
+        }
+    }
+    series_family(b, r, "ebpf_flow_bytes_sent_total", "Bytes clients sent to servers.",
+                  offsetof(struct flows_counts, bytes_sent));
+    series_family(b, r, "ebpf_flow_bytes_received_total", "Bytes clients received from servers.",
+                  offsetof(struct flows_counts, bytes_received));
+    series_family(b, r, "ebpf_flow_retransmits_total", "Segments clients retransmitted.",
+                  offsetof(struct flows_counts, retransmits));
+    series_family(b, r, "ebpf_flow_resets_total", "Connections that ended with a RST.",
+                  offsetof(struct flows_counts, resets));
+    buf_printf(b,
+               "# HELP ebpf_flow_series Flow series exported (FLOW_METRICS_MAX_SERIES caps them).\n"
+               "# TYPE ebpf_flow_series gauge\nebpf_flow_series %zu\n"
+               "# HELP ebpf_flow_series_folded_total Events counted into a ~other series, past "
+               "the cap.\n# TYPE ebpf_flow_series_folded_total counter\n"
+               "ebpf_flow_series_folded_total %" PRIu64 "\n",
+               r->count, f->series_folded);
+    pthread_mutex_unlock(&f->lock);
+}
+
+/* ---- JSON ---- */
+
+static void put_str_member(struct buf *b, bool *first, const char *name, const char *v)
+{
+    if (v == NULL)
+        return;
+    buf_printf(b, "%s\"%s\":", *first ? "" : ",", name);
+    buf_json_cstr(b, v);
+    *first = false;
+}
+
+static void endpoint_json(struct buf *b, const struct flows_endpoint *e)
+{
+    bool first = true;
+    char ip[INET6_ADDRSTRLEN + 1];
+
+    buf_putc(b, '{');
+    put_str_member(b, &first, "namespace", e->namespace);
+    put_str_member(b, &first, "workload", e->workload);
+    put_str_member(b, &first, "workload_kind", e->workload_kind);
+    put_str_member(b, &first, "pod", e->pod);
+    put_str_member(b, &first, "node", e->node);
+    put_str_member(b, &first, "service", e->service);
+    if (e->family != EVENT_FAMILY_NONE)
+        put_str_member(b, &first, "ip", event_addr_str(e->family, e->ip, ip, sizeof(ip)));
+    put_str_member(b, &first, "dns", e->dns);
+    buf_putc(b, '}');
+}
+
+static void edge_json(struct buf *b, const struct flows_edge *e)
+{
+    const struct flows_counts *c = &e->c;
+    const char *proto = event_protocol_name(e->key.protocol);
+    char t[40];
+
+    buf_puts(b, "{\"source\":");
+    endpoint_json(b, &e->key.src);
+    buf_puts(b, ",\"destination\":");
+    endpoint_json(b, &e->key.dst);
+    buf_printf(b, ",\"port\":%u,\"protocol\":", e->key.port);
+    if (proto != NULL)
+        buf_json_cstr(b, proto);
+    else
+        buf_printf(b, "\"%u\"", e->key.protocol);
+    buf_printf(b,
+               ",\"connections\":%" PRIu64 ",\"established\":%" PRIu64 ",\"failed\":%" PRIu64
+               ",\"failed_by_error\":{",
+               c->connections, c->established, c->failed);
+    bool first = true;
+    for (size_t i = 0; i < FLOWS_ERROR_SLOTS && c->errors[i].error != NULL; i++) {
+        buf_printf(b, "%s", first ? "" : ",");
+        buf_json_cstr(b, c->errors[i].error);
+        buf_printf(b, ":%" PRIu64, c->errors[i].count);
+        first = false;
+    }
+    if (c->errors_other > 0)
+        buf_printf(b, "%s\"other\":%" PRIu64, first ? "" : ",", c->errors_other);
+    buf_printf(b,
+               "},\"resets\":%" PRIu64 ",\"retransmits\":%" PRIu64 ",\"bytes_sent\":%" PRIu64
+               ",\"bytes_received\":%" PRIu64 ",\"latency_p50_ns\":%" PRIu64
+               ",\"latency_p90_ns\":%" PRIu64 ",\"latency_p99_ns\":%" PRIu64,
+               c->resets, c->retransmits, c->bytes_sent, c->bytes_received,
+               flows_hist_percentile(c->hist, 50), flows_hist_percentile(c->hist, 90),
+               flows_hist_percentile(c->hist, 99));
+    event_format_time(c->first_seen_ns, t);
+    buf_printf(b, ",\"first_seen\":\"%s\"", t);
+    event_format_time(c->last_seen_ns, t);
+    buf_printf(b, ",\"last_seen\":\"%s\"}", t);
+}
+
+void flows_result_json(const struct flows_result *r, struct buf *out)
+{
+    buf_putc(out, '[');
+    for (size_t i = 0; i < r->count; i++) {
+        if (i > 0)
+            buf_putc(out, ',');
+        edge_json(out, &r->edges[i]);
+    }
+    buf_putc(out, ']');
+}
+
+void flows_response_begin(struct buf *out, const struct flows_result *r,
+                          const struct flows_query *q, const char *query_time)
+{
+    char since[40], until[40];
+
+    event_format_time(q->since_ns, since);
+    event_format_time(q->until_ns, until);
+    buf_puts(out, "{\"edges\":");
+    flows_result_json(r, out);
+    buf_printf(out, ",\"count\":%zu,\"window\":{\"since\":\"%s\",\"until\":\"%s\"},\"query_time\":",
+               r->count, since, until);
+    buf_json_cstr(out, query_time);
+}
+
+/* ---- the exchange form ---- */
+
+static void put_opt_str(struct buf *b, const char *s)
+{
+    if (s == NULL)
+        buf_puts(b, "null");
+    else
+        buf_json_cstr(b, s);
+}
+
+static void endpoint_encode(struct buf *b, const struct flows_endpoint *e)
+{
+    const char *s[] = {e->namespace, e->workload, e->workload_kind, e->pod, e->node,
+                       e->service,   e->dns};
+    char ip[INET6_ADDRSTRLEN + 1];
+
+    buf_putc(b, '[');
+    for (size_t i = 0; i < sizeof(s) / sizeof(s[0]); i++) {
+        put_opt_str(b, s[i]);
+        buf_putc(b, ',');
+    }
+    put_opt_str(b, e->family != EVENT_FAMILY_NONE ? event_addr_str(e->family, e->ip, ip, sizeof(ip))
+                                                  : NULL);
+    buf_putc(b, ']');
+}
+
+void flows_result_encode(const struct flows_result *r, struct buf *out)
+{
+    buf_puts(out, "{\"edges\":[");
+    for (size_t i = 0; i < r->count; i++) {
+        const struct flows_edge *e = &r->edges[i];
+        const struct flows_counts *c = &e->c;
+        buf_puts(out, i > 0 ? ",{\"s\":" : "{\"s\":");
+        endpoint_encode(out, &e->key.src);
+        buf_puts(out, ",\"d\":");
+        endpoint_encode(out, &e->key.dst);
+        buf_printf(out,
+                   ",\"k\":[%u,%u],\"c\":[%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64
+                   ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "],\"e\":{",
+                   e->key.port, e->key.protocol, c->connections, c->established, c->failed,
+                   c->resets, c->retransmits, c->bytes_sent, c->bytes_received, c->first_seen_ns,
+                   c->last_seen_ns, c->errors_other);
+        for (size_t j = 0; j < FLOWS_ERROR_SLOTS && c->errors[j].error != NULL; j++) {
+            buf_puts(out, j > 0 ? "," : "");
+            buf_json_cstr(out, c->errors[j].error);
+            buf_printf(out, ":%" PRIu64, c->errors[j].count);
+        }
+        buf_puts(out, "},\"h\":[");
+        /* Sparse: bucket, count pairs. */
+        bool first = true;
+        for (size_t j = 0; j < FLOWS_HIST_BUCKETS; j++) {
+            if (c->hist[j] == 0)
+                continue;
+            buf_printf(out, "%s%zu,%" PRIu64, first ? "" : ",", j, c->hist[j]);
+            first = false;
+        }
+        buf_puts(out, "]}");
+    }
+    buf_puts(out, "]}");
+}
+
+/* A count a peer sent: a non-negative integer. */
+static bool get_count(json_t *v, uint64_t *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return false;
+    *out = (uint64_t)json_integer_value(v);
+    return true;
+}
+
+static bool get_opt_str(json_t *v, const char **out)
+{
+    if (json_is_null(v)) {
+        *out = NULL;
+        return true;
+    }
+    if (!json_is_string(v) || json_string_length(v) == 0 ||
+        json_string_length(v) >= FLOWS_QUERY_STR_MAX ||
+        strlen(json_string_value(v)) != json_string_length(v))
+        return false;
+    *out = intern(json_string_value(v));
+    return *out != NULL;
+}
+
+static bool endpoint_decode(json_t *a, struct flows_endpoint *e)
+{
+    const char **s[] = {&e->namespace, &e->workload, &e->workload_kind, &e->pod, &e->node,
+                        &e->service,   &e->dns};
+    const size_t ns = sizeof(s) / sizeof(s[0]);
+    const char *ip;
+
+    if (!json_is_array(a) || json_array_size(a) != ns + 1)
+        return false;
+    for (size_t i = 0; i < ns; i++)
+        if (!get_opt_str(json_array_get(a, i), s[i]))
+            return false;
+    json_t *v = json_array_get(a, ns);
+    if (json_is_null(v))
+        return true;
+    if (!json_is_string(v))
+        return false;
+    ip = json_string_value(v);
+    if (inet_pton(AF_INET, ip, e->ip) == 1)
+        e->family = EVENT_FAMILY_IPV4;
+    else if (inet_pton(AF_INET6, ip, e->ip) == 1)
+        e->family = EVENT_FAMILY_IPV6;
+    else
+        return false;
+    return true;
+}
+
+static bool edge_decode(json_t *o, struct flows_edge *e)
+{
+    json_t *k = json_object_get(o, "k"), *c = json_object_get(o, "c");
+    json_t *errs = json_object_get(o, "e"), *h = json_object_get(o, "h");
+    uint64_t *cv[] = {&e->c.connections,    &e->c.established,   &e->c.failed,
+                      &e->c.resets,         &e->c.retransmits,   &e->c.bytes_sent,
+                      &e->c.bytes_received, &e->c.first_seen_ns, &e->c.last_seen_ns,
+                      &e->c.errors_other};
+    const size_t nc = sizeof(cv) / sizeof(cv[0]);
+    uint64_t port, proto;
+
+    memset(e, 0, sizeof(*e));
+    if (!json_is_object(o) || json_object_size(o) != 6 || !json_is_array(k) ||
+        json_array_size(k) != 2 || !json_is_array(c) || json_array_size(c) != nc ||
+        !json_is_object(errs) || json_object_size(errs) > FLOWS_ERROR_SLOTS || !json_is_array(h) ||
+        json_array_size(h) > 2 * FLOWS_HIST_BUCKETS || json_array_size(h) % 2 != 0)
+        return false;
+    if (!endpoint_decode(json_object_get(o, "s"), &e->key.src) ||
+        !endpoint_decode(json_object_get(o, "d"), &e->key.dst))
+        return false;
+    if (!get_count(json_array_get(k, 0), &port) || port > UINT16_MAX ||
+        !get_count(json_array_get(k, 1), &proto) || proto > UINT8_MAX)
+        return false;
+    e->key.port = (uint16_t)port;
+    e->key.protocol = (uint8_t)proto;
+    for (size_t i = 0; i < nc; i++)
+        if (!get_count(json_array_get(c, i), cv[i]))
+            return false;
+    const char *name;
+    json_t *v;
+    size_t i = 0;
+    json_object_foreach(errs, name, v)
+    {
+        if (strlen(name) == 0 || strlen(name) >= FLOWS_QUERY_STR_MAX ||
+            !get_count(v, &e->c.errors[i].count) || (e->c.errors[i].error = intern(name)) == NULL)
+            return false;
+        i++;
+    }
+    for (size_t j = 0; j < json_array_size(h); j += 2) {
+        uint64_t bucket, count;
+        if (!get_count(json_array_get(h, j), &bucket) || bucket >= FLOWS_HIST_BUCKETS ||
+            !get_count(json_array_get(h, j + 1), &count) || e->c.hist[bucket] != 0)
+            return false;
+        e->c.hist[bucket] = count;
+    }
+    return true;
+}
+
+int flows_result_decode_json(json_t *root, struct flows_result *r)
+{
+    json_t *edges = json_object_get(root, "edges");
+    int rc = 0;
+
+    memset(r, 0, sizeof(*r));
+    if (!json_is_array(edges))
+        return -EINVAL;
+    for (size_t i = 0; i < json_array_size(edges) && rc == 0; i++) {
+        struct flows_edge e;
+        if (!edge_decode(json_array_get(edges, i), &e))
+            rc = -EINVAL;
+        else
+            rc = flows_result_add(r, &e);
+    }
+    if (rc == -EINVAL)
+        flows_result_free(r);
+    return rc;
+}
+
+int flows_result_decode(const char *data, size_t len, struct flows_result *r)
+{
+    json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL);
+    int rc = flows_result_decode_json(root, r);
+
+    json_decref(root);
+    return rc;
+}
+
+/* ---- the query string ---- */
+
+enum flows_param {
+    FP_SINCE,
+    FP_UNTIL,
+    FP_NAMESPACE,
+    FP_WORKLOAD,
+    FP_NODE,
+    FP_GROUP_BY,
+    FP_PROTOCOL,
+    FP_STATUS,
+    FP_LIMIT,
+    FP_COUNT,
+};
+
+static const char *const flows_param_names[FP_COUNT] = {
+    "since", "until", "namespace", "workload", "node", "group_by", "protocol", "status", "limit",
+};
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 0x20);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* application/x-www-form-urlencoded into out; the length, or -EINVAL (bad, NUL, too long). */
+static int form_decode(const char *s, size_t len, char *out, size_t outlen)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i] == '+' ? ' ' : s[i];
+        if (c == '%') {
+            int hi = i + 2 < len ? hexval(s[i + 1]) : -1;
+            int lo = i + 2 < len ? hexval(s[i + 2]) : -1;
+            if (hi < 0 || lo < 0 || (hi | lo) == 0)
+                return -EINVAL;
+            c = (char)(hi << 4 | lo);
+            i += 2;
+        }
+        if (n + 1 >= outlen)
+            return -EINVAL;
+        out[n++] = c;
+    }
+    out[n] = '\0';
+    return (int)n;
+}
+
+static int set_param(struct flows_query *q, enum flows_param p, const char *v, size_t len,
+                     char *err, size_t errlen)
+{
+    const char *name = flows_param_names[p];
+    uint64_t x;
+
+    switch (p) {
+    case FP_SINCE:
+    case FP_UNTIL:
+        if (query_parse_time(v, len, p == FP_SINCE ? &q->since_ns : &q->until_ns) < 0)
+            return errmsg_set(err, errlen,
+                              "invalid '%s': expected RFC 3339 time or nanoseconds since the "
+                              "Unix epoch",
+                              name);
+        return 0;
+    case FP_NAMESPACE:
+        q->namespace = intern(v);
+        return 0;
+    case FP_WORKLOAD:
+        q->workload = intern(v);
+        return 0;
+    case FP_NODE:
+        q->node = intern(v);
+        return 0;
+    case FP_GROUP_BY:
+        if (strcmp(v, "workload") == 0)
+            q->group_by = FLOWS_GROUP_WORKLOAD;
+        else if (strcmp(v, "pod") == 0)
+            q->group_by = FLOWS_GROUP_POD;
+        else if (strcmp(v, "service") == 0)
+            q->group_by = FLOWS_GROUP_SERVICE;
+        else
+            return errmsg_set(err, errlen, "invalid 'group_by': expected workload, pod or service");
+        return 0;
+    case FP_PROTOCOL:
+        if (strcmp(v, "tcp") == 0)
+            q->protocol = 6;
+        else if (strcmp(v, "udp") == 0)
+            q->protocol = 17;
+        else
+            return errmsg_set(err, errlen, "invalid 'protocol': expected tcp or udp");
+        return 0;
+    case FP_STATUS:
+        for (unsigned s = EVENT_STATUS_ESTABLISHED; s <= EVENT_STATUS_ATTEMPTED; s++)
+            if (strcmp(v, event_status_name(s)) == 0) {
+                q->status = (uint8_t)s;
+                return 0;
+            }
+        return errmsg_set(err, errlen,
+                          "invalid 'status': expected established, failed or attempted");
+    case FP_LIMIT:
+        x = 0;
+        for (size_t i = 0; i < len; i++) {
+            if (v[i] < '0' || v[i] > '9' || x > FLOWS_MAX_LIMIT)
+                return errmsg_set(err, errlen, "invalid 'limit': expected 1-%u", FLOWS_MAX_LIMIT);
+            x = x * 10 + (uint64_t)(v[i] - '0');
+        }
+        if (x == 0 || x > FLOWS_MAX_LIMIT)
+            return errmsg_set(err, errlen, "invalid 'limit': expected 1-%u", FLOWS_MAX_LIMIT);
+        q->limit = (uint32_t)x;
+        return 0;
+    default:
+        return -EINVAL;
+    }
+}
+
+int flows_query_parse(struct flows_query *q, const char *qs, size_t len, uint64_t now_ns, char *err,
+                      size_t errlen)
+{
+    char name[FLOWS_QUERY_STR_MAX], value[FLOWS_QUERY_STR_MAX];
+    bool given[FP_COUNT] = {false};
+    size_t pos = 0;
+
+    memset(q, 0, sizeof(*q));
+    q->limit = FLOWS_DEFAULT_LIMIT;
+    while (pos < len) {
+        const char *seg = qs + pos;
+        const char *amp = memchr(seg, '&', len - pos);
+        size_t seglen = amp ? (size_t)(amp - seg) : len - pos;
+        pos += seglen + 1;
+        if (seglen == 0)
+            continue;
+        const char *eq = memchr(seg, '=', seglen);
+        size_t namelen = eq ? (size_t)(eq - seg) : seglen;
+        enum flows_param p = FP_COUNT;
+        if (form_decode(seg, namelen, name, sizeof(name)) >= 0)
+            for (p = 0; p < FP_COUNT; p++)
+                if (strcmp(name, flows_param_names[p]) == 0)
+                    break;
+        if (p == FP_COUNT)
+            return errmsg_set(err, errlen,
+                              "unknown query parameter '%.*s' (allowed: since, until, namespace, "
+                              "workload, node, group_by, protocol, status, limit)",
+                              (int)(namelen > 64 ? 64 : namelen), seg);
+        if (given[p])
+            return errmsg_set(err, errlen, "duplicate query parameter '%s' (give it once)",
+                              flows_param_names[p]);
+        given[p] = true;
+        const char *raw = eq ? eq + 1 : seg + seglen;
+        int n = form_decode(raw, (size_t)(seg + seglen - raw), value, sizeof(value));
+        if (n <= 0)
+            return errmsg_set(err, errlen, "invalid '%s': empty, malformed or too long",
+                              flows_param_names[p]);
+        if (set_param(q, p, value, (size_t)n, err, errlen) < 0)
+            return -EINVAL;
+    }
+    if (!given[FP_UNTIL])
+        q->until_ns = now_ns;
+    if (!given[FP_SINCE])
+        q->since_ns =
+            q->until_ns > FLOWS_DEFAULT_WINDOW_NS ? q->until_ns - FLOWS_DEFAULT_WINDOW_NS : 0;
+    if (q->since_ns > q->until_ns)
+        return errmsg_set(err, errlen, "invalid 'since': later than 'until'");
+    return 0;
+}

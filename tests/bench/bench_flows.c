@@ -1,0 +1,169 @@
+/*
+ * pkg/flows alone: how much one edge-minute costs, how fast events are
+ * counted, and how long /api/flows takes over a full window, with and
+ * without the exchange a second replica adds (encode + decode + merge).
+ *
+ *   bench_flows [--edges N] [--minutes M] [--events-per-minute K] [--queries Q]
+ *
+ * Fills N edges (distinct client pods of 50 workloads) with M minutes each,
+ * K connection events per edge-minute, then runs Q queries over the whole
+ * window grouped by workload. Prints one JSON object: bytes per edge-minute
+ * (the struct as allocated, and measured as peak RSS growth divided by the
+ * buckets held), events/s counted, and query p50/p99 in ms for one replica
+ * and for one replica plus a peer's answer of the same size, and p99 of the
+ * default window (the last 15 minutes) over the same edges.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "clock.h"
+#include "event.h"
+#include "flows.h"
+#include "intern.h"
+
+#define NS_PER_MIN (60ull * 1000000000ull)
+
+static long rss_kib(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct_ms(uint64_t *ns, size_t n, unsigned p)
+{
+    qsort(ns, n, sizeof(*ns), cmp_u64);
+    size_t i = (n * p + 99) / 100;
+    return (double)ns[i > 0 ? i - 1 : 0] / 1e6;
+}
+
+static uint64_t arg(int argc, char **argv, const char *name, uint64_t def)
+{
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], name) == 0)
+            return strtoull(argv[i + 1], NULL, 10);
+    return def;
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t edges = arg(argc, argv, "--edges", 2000);
+    uint64_t minutes = arg(argc, argv, "--minutes", 240);
+    uint64_t per_min = arg(argc, argv, "--events-per-minute", 4);
+    uint64_t queries = arg(argc, argv, "--queries", 20);
+    uint64_t now = (clock_realtime_ns() / NS_PER_MIN) * NS_PER_MIN;
+    uint64_t start = now - minutes * NS_PER_MIN;
+    struct flows *f = flows_new(minutes * NS_PER_MIN + NS_PER_MIN, edges * minutes);
+    char name[64];
+    const char **pods = calloc(edges, sizeof(*pods));
+    const char *workloads[50];
+
+    if (f == NULL || pods == NULL || queries == 0) {
+        fprintf(stderr, "bench_flows: out of memory\n");
+        return 1;
+    }
+    for (size_t w = 0; w < 50; w++) {
+        snprintf(name, sizeof(name), "workload-%zu", w);
+        workloads[w] = intern(name);
+    }
+    for (size_t i = 0; i < edges; i++) {
+        snprintf(name, sizeof(name), "workload-%zu-%zu", i % 50, i);
+        pods[i] = intern(name);
+    }
+    struct event e = {.type = EVENT_CONNECTION,
+                      .protocol = 6,
+                      .family = EVENT_FAMILY_IPV4,
+                      .status = EVENT_STATUS_ESTABLISHED,
+                      .dport = 8080,
+                      .node = intern("node-1")};
+    e.k8s.namespace = intern("shop");
+    e.k8s.workload_kind = intern("Deployment");
+    e.peer.namespace = intern("shop");
+    e.peer.workload = intern("db");
+    e.peer.workload_kind = intern("StatefulSet");
+
+    long rss_before = rss_kib();
+    uint64_t t0 = clock_monotonic_ns(), counted = 0;
+    for (uint64_t m = 0; m < minutes; m++) {
+        for (size_t i = 0; i < edges; i++) {
+            e.k8s.pod_name = pods[i];
+            e.k8s.workload = workloads[i % 50];
+            for (uint64_t k = 0; k < per_min; k++) {
+                e.timestamp_ns = start + m * NS_PER_MIN + k * 1000000ull + 1;
+                e.u.conn.latency_ns = 1000 + (i * 7919 + k * 104729) % 5000000;
+                flows_add(f, &e, 1, e.timestamp_ns);
+                counted++;
+            }
+        }
+    }
+    uint64_t fill_ns = clock_monotonic_ns() - t0;
+    long rss_after = rss_kib();
+
+    struct flows_stats st;
+    flows_get_stats(f, &st);
+    struct flows_query q = {.since_ns = start, .until_ns = now, .limit = 1000};
+    uint64_t *one = calloc(queries, sizeof(uint64_t)), *two = calloc(queries, sizeof(uint64_t));
+    uint64_t *last15 = calloc(queries, sizeof(uint64_t));
+    size_t nedges = 0;
+    for (uint64_t i = 0; i < queries; i++) {
+        struct flows_result r, peer;
+        struct buf b;
+        uint64_t a = clock_monotonic_ns();
+        flows_query(f, &q, &r);
+        flows_result_finish(&r, q.limit);
+        one[i] = clock_monotonic_ns() - a;
+        nedges = r.count;
+        flows_result_free(&r);
+
+        /* As with a peer: its answer of the same size encoded, decoded, merged. */
+        a = clock_monotonic_ns();
+        flows_query(f, &q, &r);
+        flows_query(f, &q, &peer);
+        buf_init(&b);
+        flows_result_encode(&peer, &b);
+        flows_result_free(&peer);
+        flows_result_decode(b.data, b.len, &peer);
+        for (size_t j = 0; j < peer.count; j++)
+            flows_result_add(&r, &peer.edges[j]);
+        flows_result_finish(&r, q.limit);
+        two[i] = clock_monotonic_ns() - a;
+        buf_free(&b);
+        flows_result_free(&peer);
+        flows_result_free(&r);
+
+        /* The default window: the last 15 minutes of the same edges. */
+        struct flows_query recent = q;
+        recent.since_ns = now - FLOWS_DEFAULT_WINDOW_NS;
+        a = clock_monotonic_ns();
+        flows_query(f, &recent, &r);
+        flows_result_finish(&r, recent.limit);
+        last15[i] = clock_monotonic_ns() - a;
+        flows_result_free(&r);
+    }
+    printf("{\"edges\":%" PRIu64 ",\"edge_minutes\":%" PRIu64 ",\"bytes_per_edge_minute\":%zu,"
+           "\"rss_bytes_per_edge_minute\":%.1f,\"events_per_second\":%.0f,"
+           "\"query_edges\":%zu,\"query_p50_ms\":%.2f,\"query_p99_ms\":%.2f,"
+           "\"two_replica_p50_ms\":%.2f,\"two_replica_p99_ms\":%.2f,\"last_15m_p99_ms\":%.2f}\n",
+           st.edges, st.edge_minutes, flows_minute_bytes(),
+           st.edge_minutes ? (double)(rss_after - rss_before) * 1024.0 / (double)st.edge_minutes
+                           : 0.0,
+           (double)counted / ((double)fill_ns / 1e9), nedges, pct_ms(one, queries, 50),
+           pct_ms(one, queries, 99), pct_ms(two, queries, 50), pct_ms(two, queries, 99),
+           pct_ms(last15, queries, 99));
+    free(one);
+    free(two);
+    free(last15);
+    free(pods);
+    flows_free(f);
+    return 0;
+}

@@ -1,0 +1,567 @@
+/*
+ * Tests for pkg/flows: which events count and where (client side only, each
+ * connection once), endpoints in and outside Kubernetes, group_by, filters,
+ * histogram percentiles and their exact merge (two halves merged equal the
+ * whole, also through the exchange encoding), retention and the edge-minute
+ * cap with their counters, and the query string.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "event.h"
+#include "flows.h"
+#include "intern.h"
+
+#define MIN          (60ull * 1000000000ull)
+#define T0           (1764000000ull * 1000000000ull) /* a minute boundary */
+#define HOUR         (60 * MIN)
+#define NOW          (T0 + 10 * MIN)
+#define IPPROTO_TCP_ 6
+
+static struct event conn(uint64_t ts, const char *pod, const char *peer_pod, uint8_t status,
+                         const char *error, uint64_t latency)
+{
+    struct event e = {.timestamp_ns = ts,
+                      .type = EVENT_CONNECTION,
+                      .protocol = IPPROTO_TCP_,
+                      .status = status,
+                      .family = EVENT_FAMILY_IPV4,
+                      .dport = 8080,
+                      .node = intern("node-1")};
+    e.daddr[0] = 10;
+    e.daddr[3] = 7;
+    e.k8s.namespace = intern("shop");
+    e.k8s.pod_name = intern(pod);
+    e.k8s.workload = intern("web");
+    e.k8s.workload_kind = intern("Deployment");
+    if (peer_pod != NULL) {
+        e.peer.namespace = intern("shop");
+        e.peer.pod = intern(peer_pod);
+        e.peer.workload = intern("db");
+        e.peer.workload_kind = intern("StatefulSet");
+        e.peer.service = intern("db-svc");
+    }
+    e.u.conn.latency_ns = latency;
+    e.u.conn.error = error != NULL ? intern(error) : NULL;
+    return e;
+}
+
+static struct event closed(uint64_t ts, const char *pod, const char *peer_pod, uint8_t role,
+                           uint64_t sent, uint64_t received)
+{
+    struct event e = conn(ts, pod, peer_pod, EVENT_STATUS_NONE, NULL, 0);
+    e.type = EVENT_CLOSE;
+    memset(&e.u, 0, sizeof(e.u));
+    e.u.close.role = role;
+    e.u.close.bytes_sent = sent;
+    e.u.close.bytes_received = received;
+    e.u.close.retransmits = 2;
+    e.u.close.reset = EVENT_RESET_RECEIVED;
+    return e;
+}
+
+static struct flows_query all(enum flows_group g)
+{
+    struct flows_query q = {.since_ns = 0, .until_ns = UINT64_MAX, .group_by = g, .limit = 1000};
+    return q;
+}
+
+static void run(struct flows *f, const struct flows_query *q, struct flows_result *r)
+{
+    cr_assert_eq(flows_query(f, q, r), 0);
+    flows_result_finish(r, q->limit);
+}
+
+static uint64_t error_count(const struct flows_counts *c, const char *name)
+{
+    for (size_t i = 0; i < FLOWS_ERROR_SLOTS; i++)
+        if (c->errors[i].error == intern(name))
+            return c->errors[i].count;
+    return 0;
+}
+
+Test(flows, counts_each_connection_once_from_the_client)
+{
+    struct flows *f = flows_new(24 * HOUR, 1000);
+    struct event ev[] = {
+        conn(T0 + 1, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 3000),
+        conn(T0 + 2, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 5000),
+        conn(T0 + 3, "web-1", "db-0", EVENT_STATUS_FAILED, "refused", 100),
+        closed(T0 + 4, "web-1", "db-0", EVENT_ROLE_CLIENT, 100, 2000),
+        /* The server's view of the same connection: not counted again. */
+        closed(T0 + 5, "db-0", "web-1", EVENT_ROLE_SERVER, 2000, 100),
+    };
+    struct event accept = ev[0];
+    accept.type = EVENT_ACCEPT;
+    struct flows_result r;
+    struct flows_query q = all(FLOWS_GROUP_POD);
+
+    flows_add(f, ev, 5, NOW);
+    flows_add(f, &accept, 1, NOW);
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 1);
+    const struct flows_edge *e = &r.edges[0];
+    cr_assert_eq(e->key.src.workload, intern("web"));
+    cr_assert_eq(e->key.src.pod, intern("web-1"));
+    cr_assert_eq(e->key.dst.pod, intern("db-0"));
+    cr_assert_eq(e->key.dst.workload_kind, intern("StatefulSet"));
+    cr_assert_eq(e->key.port, 8080);
+    cr_assert_eq(e->c.connections, 3);
+    cr_assert_eq(e->c.established, 2);
+    cr_assert_eq(e->c.failed, 1);
+    cr_assert_eq(error_count(&e->c, "refused"), 1);
+    cr_assert_eq(e->c.bytes_sent, 100);
+    cr_assert_eq(e->c.bytes_received, 2000);
+    cr_assert_eq(e->c.retransmits, 2);
+    cr_assert_eq(e->c.resets, 1);
+    cr_assert_eq(e->c.first_seen_ns, T0 + 1);
+    cr_assert_eq(e->c.last_seen_ns, T0 + 4);
+    /* 3000 and 5000 ns: the 2-4 us and 4-8 us buckets. */
+    cr_assert_eq(flows_hist_percentile(e->c.hist, 50), 4096);
+    cr_assert_eq(flows_hist_percentile(e->c.hist, 99), 8192);
+
+    struct flows_stats st;
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.events, 4);
+    cr_assert_eq(st.ignored, 2);
+    cr_assert_eq(st.edges, 1);
+    cr_assert_eq(st.edge_minutes, 1);
+    flows_result_free(&r);
+    flows_free(f);
+}
+
+Test(flows, outside_kubernetes_the_workload_is_the_command_and_the_peer_an_ip)
+{
+    struct flows *f = flows_new(24 * HOUR, 1000);
+    struct event e = conn(T0, "x", NULL, EVENT_STATUS_ESTABLISHED, NULL, 1000);
+    struct flows_result r;
+    struct flows_query q = all(FLOWS_GROUP_WORKLOAD);
+    char json[4096];
+    struct buf b;
+
+    memset(&e.k8s, 0, sizeof(e.k8s));
+    strcpy(e.command, "curl");
+    e.peer.dns = intern("example.com");
+    flows_add(f, &e, 1, NOW);
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 1);
+    cr_assert_eq(r.edges[0].key.src.workload, intern("curl"));
+    cr_assert_eq(r.edges[0].key.src.workload_kind, intern("Process"));
+    cr_assert_eq(r.edges[0].key.src.node, intern("node-1"));
+    buf_init(&b);
+    flows_result_json(&r, &b);
+    cr_assert(!b.oom);
+    snprintf(json, sizeof(json), "%.*s", (int)b.len, b.data);
+    cr_assert(strstr(json, "\"destination\":{\"ip\":\"10.0.0.7\",\"dns\":\"example.com\"}"), "%s",
+              json);
+    cr_assert(strstr(json, "\"workload_kind\":\"Process\",\"node\":\"node-1\""), "%s", json);
+    buf_free(&b);
+    flows_result_free(&r);
+    flows_free(f);
+}
+
+Test(flows, group_by_workload_pod_and_service)
+{
+    struct flows *f = flows_new(24 * HOUR, 1000);
+    struct event ev[] = {
+        conn(T0, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1000),
+        conn(T0, "web-2", "db-1", EVENT_STATUS_ESTABLISHED, NULL, 1000),
+        conn(T0, "web-2", "db-1", EVENT_STATUS_ESTABLISHED, NULL, 1000),
+    };
+    struct flows_result r;
+    struct flows_query q;
+
+    flows_add(f, ev, 3, NOW);
+    q = all(FLOWS_GROUP_POD);
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 2);
+    cr_assert_eq(r.edges[0].c.connections, 2); /* most connections first */
+    cr_assert_eq(r.edges[0].key.src.pod, intern("web-2"));
+    flows_result_free(&r);
+
+    q = all(FLOWS_GROUP_WORKLOAD);
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 1);
+    cr_assert_eq(r.edges[0].c.connections, 3);
+    cr_assert_null(r.edges[0].key.src.pod);
+    cr_assert_eq(r.edges[0].key.dst.workload, intern("db"));
+    flows_result_free(&r);
+
+    q = all(FLOWS_GROUP_SERVICE);
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 1);
+    cr_assert_eq(r.edges[0].key.dst.service, intern("db-svc"));
+    cr_assert_null(r.edges[0].key.dst.workload);
+    flows_result_free(&r);
+    flows_free(f);
+}
+
+Test(flows, filters_and_window)
+{
+    struct flows *f = flows_new(24 * HOUR, 1000);
+    struct event ev[] = {
+        conn(T0, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1000),
+        conn(T0 + 5 * MIN, "web-1", "db-0", EVENT_STATUS_FAILED, "timeout", 0),
+    };
+    struct flows_result r;
+    struct flows_query q;
+
+    flows_add(f, ev, 2, NOW);
+    q = all(FLOWS_GROUP_WORKLOAD);
+    q.since_ns = T0 + 4 * MIN;
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 1);
+    cr_assert_eq(r.edges[0].c.connections, 1);
+    cr_assert_eq(error_count(&r.edges[0].c, "timeout"), 1);
+    flows_result_free(&r);
+
+    q = all(FLOWS_GROUP_WORKLOAD);
+    q.until_ns = T0 + 59 * 1000000000ull;
+    q.status = EVENT_STATUS_FAILED;
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 0);
+    flows_result_free(&r);
+
+    q = all(FLOWS_GROUP_WORKLOAD);
+    q.namespace = intern("other");
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 0);
+    flows_result_free(&r);
+
+    q = all(FLOWS_GROUP_WORKLOAD);
+    q.workload = intern("db");
+    q.node = intern("node-1");
+    q.protocol = IPPROTO_TCP_;
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 1);
+    cr_assert_eq(r.edges[0].c.connections, 2);
+    flows_result_free(&r);
+    flows_free(f);
+}
+
+static void assert_same(const struct flows_result *a, const struct flows_result *b)
+{
+    cr_assert_eq(a->count, b->count);
+    for (size_t i = 0; i < a->count; i++) {
+        const struct flows_edge *x = &a->edges[i], *y = &b->edges[i];
+        cr_assert_eq(memcmp(x->c.hist, y->c.hist, sizeof(x->c.hist)), 0, "edge %zu", i);
+        cr_assert_eq(x->c.connections, y->c.connections);
+        cr_assert_eq(x->c.failed, y->c.failed);
+        cr_assert_eq(x->c.bytes_sent, y->c.bytes_sent);
+        cr_assert_eq(x->c.first_seen_ns, y->c.first_seen_ns);
+        cr_assert_eq(x->c.last_seen_ns, y->c.last_seen_ns);
+        cr_assert_eq(x->key.src.pod, y->key.src.pod);
+        cr_assert_eq(x->key.dst.pod, y->key.dst.pod);
+        for (unsigned p = 1; p <= 100; p++)
+            cr_assert_eq(flows_hist_percentile(x->c.hist, p), flows_hist_percentile(y->c.hist, p));
+        for (size_t j = 0; j < FLOWS_ERROR_SLOTS && x->c.errors[j].error != NULL; j++)
+            cr_assert_eq(error_count(&y->c, x->c.errors[j].error), x->c.errors[j].count);
+    }
+}
+
+Test(flows, two_halves_merged_equal_the_whole_also_encoded)
+{
+    struct flows *whole = flows_new(24 * HOUR, 100000), *half[2];
+    const char *pods[] = {"web-1", "web-2", "web-3"};
+    const char *errs[] = {"refused", "timeout", "unreachable"};
+    struct flows_result rw, rm = {0};
+    struct flows_query q = all(FLOWS_GROUP_POD);
+    uint64_t seed = 42;
+
+    half[0] = flows_new(24 * HOUR, 100000);
+    half[1] = flows_new(24 * HOUR, 100000);
+    for (unsigned i = 0; i < 3000; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        unsigned r = (unsigned)(seed >> 33);
+        uint64_t ts = T0 + (r % 600) * 1000000000ull;
+        struct event e = conn(ts, pods[r % 3], "db-0",
+                              r % 7 == 0 ? EVENT_STATUS_FAILED : EVENT_STATUS_ESTABLISHED,
+                              errs[r % 3], (uint64_t)(r % 100000) * 137);
+        flows_add(whole, &e, 1, NOW);
+        flows_add(half[i % 2], &e, 1, NOW);
+    }
+    run(whole, &q, &rw);
+    for (int h = 0; h < 2; h++) {
+        struct flows_result part, decoded;
+        struct buf b;
+        cr_assert_eq(flows_query(half[h], &q, &part), 0);
+        buf_init(&b);
+        flows_result_encode(&part, &b);
+        cr_assert(!b.oom);
+        cr_assert_eq(flows_result_decode(b.data, b.len, &decoded), 0);
+        for (size_t i = 0; i < decoded.count; i++)
+            cr_assert_eq(flows_result_add(&rm, &decoded.edges[i]), 0);
+        buf_free(&b);
+        flows_result_free(&decoded);
+        flows_result_free(&part);
+    }
+    flows_result_finish(&rm, q.limit);
+    cr_assert_eq(rw.count, 3);
+    assert_same(&rw, &rm);
+    flows_result_free(&rw);
+    flows_result_free(&rm);
+    flows_free(whole);
+    flows_free(half[0]);
+    flows_free(half[1]);
+}
+
+Test(flows, retention_and_the_edge_minute_cap_are_counted)
+{
+    struct flows *f = flows_new(5 * MIN, 4);
+    struct flows_stats st;
+    struct event e;
+
+    /* Already past retention: ignored. */
+    e = conn(NOW - 6 * MIN, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1);
+    flows_add(f, &e, 1, NOW);
+    for (unsigned m = 0; m < 6; m++) {
+        e = conn(T0 + m * MIN, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1);
+        flows_add(f, &e, 1, T0 + m * MIN);
+    }
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.ignored, 1);
+    cr_assert_eq(st.edge_minutes, 4);
+    cr_assert_eq(st.evicted_full, 2);
+    cr_assert_eq(st.evicted_age, 0);
+
+    /* Ten minutes later everything has aged out, and the edge is gone. */
+    flows_add(f, NULL, 0, T0 + 16 * MIN);
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.edge_minutes, 0);
+    cr_assert_eq(st.edges, 0);
+    cr_assert_eq(st.evicted_age, 4);
+    flows_free(f);
+}
+
+Test(flows, many_edges_evict_the_oldest_and_stay_consistent)
+{
+    struct flows *f = flows_new(24 * HOUR, 50);
+    char pod[32];
+    struct flows_stats st;
+    struct flows_result r;
+    struct flows_query q = all(FLOWS_GROUP_POD);
+
+    for (unsigned i = 0; i < 500; i++) {
+        snprintf(pod, sizeof(pod), "web-%u", i % 70);
+        struct event e = conn(T0 + (i / 70) * MIN, pod, "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1);
+        flows_add(f, &e, 1, NOW);
+    }
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.edge_minutes, 50);
+    cr_assert_eq(st.evicted_full + st.edge_minutes, 500);
+    run(f, &q, &r);
+    uint64_t total = 0;
+    for (size_t i = 0; i < r.count; i++)
+        total += r.edges[i].c.connections;
+    cr_assert_eq(total, 50);
+    cr_assert_eq(r.count, st.edges);
+    flows_result_free(&r);
+    flows_free(f);
+}
+
+Test(flows, query_string)
+{
+    struct flows_query q;
+    char err[256];
+    const char *s;
+
+    s = "";
+    cr_assert_eq(flows_query_parse(&q, s, strlen(s), NOW, err, sizeof(err)), 0);
+    cr_assert_eq(q.until_ns, NOW);
+    cr_assert_eq(q.since_ns, NOW - 15 * MIN);
+    cr_assert_eq(q.limit, 1000);
+    cr_assert_eq(q.group_by, FLOWS_GROUP_WORKLOAD);
+
+    s = "group_by=pod&namespace=shop&workload=web&node=n%2D1&protocol=tcp&status=failed&limit=5"
+        "&since=2026-01-01T00:00:00Z&until=1800000000000000000";
+    cr_assert_eq(flows_query_parse(&q, s, strlen(s), NOW, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(q.group_by, FLOWS_GROUP_POD);
+    cr_assert_eq(q.node, intern("n-1"));
+    cr_assert_eq(q.status, EVENT_STATUS_FAILED);
+    cr_assert_eq(q.limit, 5);
+    cr_assert_eq(q.protocol, IPPROTO_TCP_);
+    cr_assert_eq(q.until_ns, 1800000000000000000ull);
+
+    const char *bad[][2] = {
+        {"type=connection", "unknown query parameter 'type'"},
+        {"limit=0", "'limit'"},
+        {"limit=100001", "'limit'"},
+        {"group_by=node", "'group_by'"},
+        {"status=ok", "'status'"},
+        {"protocol=sctp", "'protocol'"},
+        {"since=yesterday", "'since'"},
+        {"node=", "'node'"},
+        {"node=a&node=b", "duplicate"},
+        {"node=%00", "'node'"},
+        {"since=2000000000000000000&until=1000000000000000000", "later than"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cr_assert_eq(flows_query_parse(&q, bad[i][0], strlen(bad[i][0]), NOW, err, sizeof(err)),
+                     -EINVAL, "%s", bad[i][0]);
+        cr_assert(strstr(err, bad[i][1]) != NULL, "%s: %s", bad[i][0], err);
+    }
+}
+
+Test(flows, decode_rejects_what_is_not_an_exchange)
+{
+    const char *bad[] = {
+        "",
+        "[]",
+        "{\"edges\":{}}",
+        "{\"edges\":[{}]}",
+        "{\"edges\":[{\"s\":[null,null,null,null,null,null,null,null],\"d\":[null,null,null,null,"
+        "null,null,null,\"300.1.1.1\"],\"k\":[80,6],\"c\":[1,1,0,0,0,0,0,1,1,0],\"e\":{},\"h\":[]}]"
+        "}",
+        "{\"edges\":[{\"s\":[null,null,null,null,null,null,null,null],\"d\":[null,null,null,null,"
+        "null,null,null,null],\"k\":[80,6],\"c\":[1,1,0,0,0,0,0,1,1,-1],\"e\":{},\"h\":[]}]}",
+        "{\"edges\":[{\"s\":[null,null,null,null,null,null,null,null],\"d\":[null,null,null,null,"
+        "null,null,null,null],\"k\":[80,6],\"c\":[1,1,0,0,0,0,0,1,1,0],\"e\":{},\"h\":[28,1]}]}",
+    };
+    const char *good = "{\"edges\":[{\"s\":[\"ns\",\"w\",null,null,null,null,null,null],\"d\":["
+                       "null,null,null,null,"
+                       "null,null,\"x.example\",\"::1\"],\"k\":[443,6],\"c\":[2,1,1,0,0,5,6,1,2,0],"
+                       "\"e\":{\"refused\":1},\"h\":[3,1]}]}";
+    struct flows_result r;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cr_assert_eq(flows_result_decode(bad[i], strlen(bad[i]), &r), -EINVAL, "%zu", i);
+        cr_assert_eq(r.count, 0);
+        flows_result_free(&r);
+    }
+    cr_assert_eq(flows_result_decode(good, strlen(good), &r), 0);
+    cr_assert_eq(r.count, 1);
+    cr_assert_eq(r.edges[0].key.dst.family, EVENT_FAMILY_IPV6);
+    cr_assert_eq(r.edges[0].c.hist[3], 1);
+    cr_assert_eq(error_count(&r.edges[0].c, "refused"), 1);
+    flows_result_free(&r);
+}
+
+Test(flows, a_full_store_evicts_only_for_a_new_bucket)
+{
+    struct flows *f = flows_new(24 * HOUR, 16);
+    struct flows_stats st;
+    struct flows_result r;
+    struct flows_query q = all(FLOWS_GROUP_POD);
+    char pod[16];
+
+    for (unsigned i = 0; i < 16; i++) {
+        snprintf(pod, sizeof(pod), "web-%u", i);
+        struct event e = conn(T0, pod, "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1);
+        flows_add(f, &e, 1, NOW);
+    }
+    /* Full: more of the same minutes and edges cost nothing. */
+    struct event again = conn(T0 + 1, "web-3", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1);
+    flows_add(f, &again, 1, NOW);
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.evicted_full, 0);
+    cr_assert_eq(st.edge_minutes, 16);
+
+    /* web-0's only bucket is the oldest: its next minute evicts it and lives on. */
+    struct event next = conn(T0 + MIN, "web-0", "db-0", EVENT_STATUS_FAILED, "refused", 0);
+    flows_add(f, &next, 1, NOW);
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.evicted_full, 1);
+    cr_assert_eq(st.edges, 16);
+    q.workload = intern("web");
+    run(f, &q, &r);
+    uint64_t web0 = 0, web3 = 0;
+    for (size_t i = 0; i < r.count; i++) {
+        if (r.edges[i].key.src.pod == intern("web-0"))
+            web0 = r.edges[i].c.failed * 10 + r.edges[i].c.established;
+        if (r.edges[i].key.src.pod == intern("web-3"))
+            web3 = r.edges[i].c.established;
+    }
+    cr_assert_eq(web0, 10); /* the refused one only */
+    cr_assert_eq(web3, 2);
+    flows_result_free(&r);
+    flows_free(f);
+}
+
+Test(flows, metrics_series_are_capped_and_fold_into_other)
+{
+    struct flows *f = flows_new(24 * HOUR, 1000);
+    struct event ev[] = {
+        conn(T0, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1000),
+        conn(T0, "web-2", "db-1", EVENT_STATUS_FAILED, "refused", 0),  /* same pair of workloads */
+        conn(T0, "web-1", NULL, EVENT_STATUS_ESTABLISHED, NULL, 1000), /* to an IP */
+        conn(T0, "web-1", NULL, EVENT_STATUS_ATTEMPTED, NULL, 0),
+    };
+    struct buf b;
+
+    flows_series_enable(f, 1);
+    ev[2].dport = 443;
+    ev[3].dport = 53;
+    ev[3].protocol = 17;
+    flows_add(f, ev, 4, NOW);
+    buf_init(&b);
+    flows_series_metrics(f, &b);
+    buf_putc(&b, '\0');
+    cr_assert(!b.oom);
+    const char *t = b.data;
+    cr_assert(strstr(t, "ebpf_flow_connections_total{src_namespace=\"shop\",src_workload=\"web\","
+                        "dst_namespace=\"shop\",dst_workload=\"db\",dst_port=\"8080\","
+                        "protocol=\"tcp\",status=\"established\"} 1\n") != NULL,
+              "%s", t);
+    cr_assert(strstr(t, "dst_port=\"8080\",protocol=\"tcp\",status=\"failed\"} 1\n") != NULL, "%s",
+              t);
+    /* The cap is one series: the IP destinations fold into ~other, one per protocol. */
+    cr_assert(strstr(t, "ebpf_flow_connections_total{src_namespace=\"~other\",src_workload="
+                        "\"~other\",dst_namespace=\"~other\",dst_workload=\"~other\",dst_port="
+                        "\"0\",protocol=\"udp\",status=\"attempted\"} 1\n") != NULL,
+              "%s", t);
+    cr_assert(strstr(t, "ebpf_flow_series 3\n") != NULL, "%s", t);
+    cr_assert(strstr(t, "ebpf_flow_series_folded_total 2\n") != NULL, "%s", t);
+    cr_assert(strstr(t, "10.0.0.7") == NULL, "%s", t);
+    buf_free(&b);
+    flows_free(f);
+}
+
+struct writer {
+    struct flows *f;
+    const char *pod;
+};
+
+static void *write_many(void *arg)
+{
+    struct writer *w = arg;
+    for (unsigned i = 0; i < 2000; i++) {
+        struct event e =
+            conn(T0 + (i % 120) * MIN, w->pod, "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1000 + i);
+        flows_add(w->f, &e, 1, T0 + 120 * MIN);
+    }
+    return NULL;
+}
+
+Test(flows, concurrent_adds_queries_and_metrics)
+{
+    struct flows *f = flows_new(24 * HOUR, 100); /* small: eviction runs all along */
+    struct writer w[2] = {{f, "web-1"}, {f, "web-2"}};
+    pthread_t t[2];
+    struct flows_query q = all(FLOWS_GROUP_WORKLOAD);
+    struct flows_stats st;
+
+    flows_series_enable(f, 10);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, write_many, &w[i]), 0);
+    for (int i = 0; i < 50; i++) {
+        struct flows_result r;
+        struct buf b;
+        cr_assert_eq(flows_query(f, &q, &r), 0);
+        flows_result_finish(&r, 10);
+        cr_assert_leq(r.count, 1);
+        flows_result_free(&r);
+        buf_init(&b);
+        flows_series_metrics(f, &b);
+        buf_free(&b);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.events, 4000);
+    cr_assert_eq(st.edge_minutes, 100);
+    cr_assert_geq(st.evicted_full, 140); /* 240 buckets at least were made */
+    flows_free(f);
+}
