@@ -519,7 +519,7 @@ function endpoint(x) {
 
 function drawMap(edges) {
   const svg = $('#map');
-  const ns = 'http://www.w3.org/2000/svg';
+  const ns = svg.namespaceURI;
   const names = [...new Set(edges.flatMap((e) => [endpoint(e.source), endpoint(e.destination)]))].sort();
   const pos = new Map(names.map((n, i) => {
     const a = (2 * Math.PI * i) / Math.max(names.length, 1);

@@ -1,0 +1,223 @@
+// Drives the web page in Debian's chromium with playwright-core, against a
+// real aggregator (API_TOKEN set) and a real agent, both started by
+// tests/test_e2e_ui.c. Environment: AGGREGATOR_URL, AGENT_URL, TOKEN,
+// MARKER (path of a marker program to run), MARKER_NAME (its command name),
+// SHOTS (directory for the screenshots), CHROMIUM (default /usr/bin/chromium).
+// Prints "ok: <step>" per step and "ui: pass" at the end; exits 1 on a
+// failed step, 3 when a tool is missing. Every wait has a deadline.
+import { execFile } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+
+let chromium;
+try {
+  ({ chromium } = await import('playwright-core'));
+} catch (e) {
+  console.error('playwright-core missing: run make deps (' + e.message + ')');
+  process.exit(3);
+}
+
+const env = (k) => {
+  if (!process.env[k]) {
+    console.error(k + ' not set');
+    process.exit(3);
+  }
+  return process.env[k];
+};
+const AGG = env('AGGREGATOR_URL');
+const AGENT = env('AGENT_URL');
+const TOKEN = env('TOKEN');
+const MARKER = env('MARKER');
+const MARKER_NAME = env('MARKER_NAME');
+const SHOTS = env('SHOTS');
+mkdirSync(SHOTS, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
+});
+const errors = [];
+let failed = false;
+
+function watch(page, label) {
+  page.on('console', (m) => {
+    if (m.type() === 'error')
+      errors.push(label + ': console: ' + m.text());
+  });
+  page.on('pageerror', (e) => errors.push(label + ': page error: ' + e.message));
+}
+
+async function step(name, fn) {
+  try {
+    await fn();
+    console.log('ok: ' + name);
+  } catch (e) {
+    failed = true;
+    console.log('FAIL: ' + name + ': ' + (e.stack || e));
+  }
+}
+
+function assert(cond, msg) {
+  if (!cond)
+    throw new Error(msg);
+}
+
+const runMarker = () => new Promise((resolve, reject) =>
+  execFile(MARKER, (err) => (err ? reject(err) : resolve())));
+
+const rowCommands = (page) => page.$$eval('#events tbody tr', (trs) => trs.map((t) => t.dataset.command));
+
+// Shows the view and waits until it has loaded once (body[data-loaded]).
+async function openView(page, view) {
+  await page.evaluate(() => { delete document.body.dataset.loaded; });
+  await page.click('nav a[data-view="' + view + '"]');
+  await page.waitForFunction((v) => document.body.dataset.loaded === v, view, { timeout: 10000 });
+}
+
+const nodeName = (await (await fetch(AGENT + '/api/stats')).json()).node;
+
+// ---- the aggregator, with its token ----
+const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+const page = await ctx.newPage();
+watch(page, 'aggregator');
+// The 401 that makes the page ask for the token is the one answer the
+// browser reports as a failed resource load; it is expected exactly there.
+let expect401 = true;
+page.on('response', (r) => {
+  if (r.status() === 401 && !expect401)
+    errors.push('unexpected 401 for ' + r.url());
+});
+
+await step('the token prompt appears on a 401 and the token is used', async () => {
+  await page.goto(AGG + '/', { waitUntil: 'domcontentloaded' });
+  await page.waitForSelector('#token-form:not([hidden])', { timeout: 10000 });
+  await page.screenshot({ path: SHOTS + '/token.png' });
+  await page.fill('#token-input', 'not-the-token');
+  await page.click('#token-form button');
+  await page.waitForFunction(() => document.querySelector('#token-error').textContent.includes('refused'), null, { timeout: 10000 });
+  await page.fill('#token-input', TOKEN);
+  await page.click('#token-form button');
+  await page.waitForSelector('#view-live[data-stream="open"]', { timeout: 10000 });
+  assert(await page.$eval('#token-form', (f) => f.hidden), 'the token form is still shown');
+  assert(await page.evaluate(() => Object.values(sessionStorage).length === 1), 'the token is not kept in sessionStorage');
+  assert(await page.evaluate(() => localStorage.length === 0), 'something was written to localStorage');
+  expect401 = false;
+  // Errors the refused token produced (the 401 load) are the expected ones.
+  for (let i = errors.length - 1; i >= 0; i--)
+    if (/status of 401/.test(errors[i]))
+      errors.splice(i, 1);
+});
+
+await step('a marked exec appears in Live within 3 s', async () => {
+  await runMarker();
+  const t0 = Date.now();
+  await page.waitForFunction((name) => [...document.querySelectorAll('#events tbody tr')]
+    .some((t) => t.dataset.command === name && t.dataset.type === 'exec'), MARKER_NAME, { timeout: 3000 });
+  console.log('  marker shown after ' + (Date.now() - t0) + ' ms');
+  await page.screenshot({ path: SHOTS + '/live.png' });
+});
+
+await step('clicking a row shows all its fields', async () => {
+  await page.click('#events tbody tr[data-command="' + MARKER_NAME + '"]');
+  await page.waitForSelector('#detail:not([hidden])', { timeout: 5000 });
+  const text = await page.$eval('#detail table', (t) => t.textContent);
+  assert(text.includes('filename') && text.includes(MARKER_NAME), 'detail lacks the exec fields: ' + text.slice(0, 200));
+});
+
+await step('a command filter narrows the table and goes into the URL', async () => {
+  // Other processes (this browser among them) make events too.
+  await page.waitForFunction((name) => [...document.querySelectorAll('#events tbody tr')]
+    .some((t) => t.dataset.command !== name), MARKER_NAME, { timeout: 10000 });
+  const before = await rowCommands(page);
+  await page.fill('#filters input[name=command]', MARKER_NAME);
+  await page.click('#filters button[type=submit]');
+  await page.waitForFunction(() => location.hash.includes('command='), null, { timeout: 5000 });
+  await page.waitForSelector('#view-live[data-stream="open"]', { timeout: 10000 });
+  await runMarker();
+  await page.waitForFunction((name) => {
+    const trs = [...document.querySelectorAll('#events tbody tr')];
+    return trs.length > 0 && trs.every((t) => t.dataset.command === name);
+  }, MARKER_NAME, { timeout: 5000 });
+  const after = await rowCommands(page);
+  assert(after.length < before.length || before.some((c) => c !== MARKER_NAME), 'the filter did not narrow the table');
+  assert(new URL(page.url()).hash.includes('command=' + MARKER_NAME), 'hash is ' + new URL(page.url()).hash);
+  await page.screenshot({ path: SHOTS + '/live-filtered.png' });
+});
+
+await step('a reload keeps the view and its filter', async () => {
+  await page.reload({ waitUntil: 'domcontentloaded' });
+  await page.waitForSelector('#view-live[data-stream="open"]', { timeout: 10000 });
+  assert(await page.$eval('#filters input[name=command]', (i) => i.value) === MARKER_NAME, 'the filter input lost its value');
+  await page.waitForFunction((name) => {
+    const trs = [...document.querySelectorAll('#events tbody tr')];
+    return trs.length > 0 && trs.every((t) => t.dataset.command === name);
+  }, MARKER_NAME, { timeout: 5000 });
+  assert(await page.$eval('#token-form', (f) => f.hidden), 'the token was asked for again after a reload');
+});
+
+await step('pause holds new events back and resume shows them', async () => {
+  await page.click('#pause');
+  const n = (await rowCommands(page)).length;
+  await runMarker();
+  await page.waitForFunction(() => /paused: [1-9]/.test(document.querySelector('#live-status').textContent), null, { timeout: 5000 });
+  assert((await rowCommands(page)).length === n, 'rows were added while paused');
+  await page.click('#pause');
+  await page.waitForFunction((k) => document.querySelectorAll('#events tbody tr').length > k, n, { timeout: 5000 });
+});
+
+await step('Nodes shows the node as active with its loss counters', async () => {
+  await openView(page, 'nodes');
+  await page.waitForSelector('#nodes tr[data-node="' + nodeName + '"]', { timeout: 10000 });
+  const status = await page.$eval('#nodes tr[data-node="' + nodeName + '"] td:nth-child(2)', (td) => td.textContent);
+  assert(status === 'active', 'node ' + nodeName + ' is ' + status);
+  const cards = await page.$eval('#loss', (d) => d.textContent);
+  for (const label of ['kernel drops', 'agent drops', 'lost batches', 'rejected batches', 'rejected events', 'replicas answered'])
+    assert(cards.includes(label), 'no ' + label + ' counter: ' + cards);
+  assert(new URL(page.url()).hash === '#nodes', 'hash is ' + new URL(page.url()).hash);
+  await page.screenshot({ path: SHOTS + '/nodes.png' });
+});
+
+await step('Drops counts packet drops by kernel reason', async () => {
+  await openView(page, 'drops');
+  const status = await page.$eval('#drops-status', (p) => p.textContent);
+  const rows = await page.$$eval('#drops tbody tr', (trs) => trs.map((t) => t.dataset.reason));
+  assert(status.includes('packet_drop events') ? rows.length > 0 : status.includes('No packet drops'), 'drops view: ' + status);
+  await page.screenshot({ path: SHOTS + '/drops.png' });
+});
+
+await step('Map says plainly whether flows are served', async () => {
+  await openView(page, 'map');
+  const status = await page.$eval('#map-status', (p) => p.textContent);
+  assert(/not available|edges/.test(status), 'map status: ' + status);
+  await page.screenshot({ path: SHOTS + '/map.png' });
+});
+
+await step('no banner while everything is up', async () => {
+  await openView(page, 'live');
+  assert(await page.$eval('#banner', (b) => b.hidden), 'banner: ' + (await page.$eval('#banner', (b) => b.textContent)));
+});
+
+// ---- the agent, for its node, no token ----
+const apage = await ctx.newPage();
+watch(apage, 'agent');
+await step('the agent serves the page for its node', async () => {
+  await apage.goto(AGENT + '/#nodes', { waitUntil: 'domcontentloaded' });
+  await apage.waitForSelector('#nodes tr[data-node="' + nodeName + '"]', { timeout: 10000 });
+  assert((await apage.$eval('#scope', (s) => s.textContent)).includes(nodeName), 'scope does not name the node');
+  await apage.screenshot({ path: SHOTS + '/agent-nodes.png' });
+  await openView(apage, 'live');
+  await apage.waitForSelector('#view-live[data-stream="open"]', { timeout: 10000 });
+  await runMarker();
+  await apage.waitForFunction((name) => [...document.querySelectorAll('#events tbody tr')]
+    .some((t) => t.dataset.command === name), MARKER_NAME, { timeout: 3000 });
+  await apage.screenshot({ path: SHOTS + '/agent-live.png' });
+});
+
+await step('no console errors in any view', async () => {
+  assert(errors.length === 0, errors.join('\n'));
+});
+
+await browser.close();
+if (failed)
+  process.exit(1);
+console.log('ui: pass');
