@@ -241,6 +241,8 @@ function addEvents(events, newer) {
   queueRender();
 }
 
+const rowOf = new WeakMap(); // event -> its table row, built once
+
 function queueRender() {
   if (live.renderQueued)
     return;
@@ -249,7 +251,12 @@ function queueRender() {
     live.renderQueued = false;
     const tbody = $('#events tbody');
     const frag = document.createDocumentFragment();
-    live.rows.forEach((e) => frag.appendChild(e._tr || (e._tr = eventRow(e))));
+    live.rows.forEach((e) => {
+      let tr = rowOf.get(e);
+      if (!tr)
+        rowOf.set(e, (tr = eventRow(e)));
+      frag.appendChild(tr);
+    });
     tbody.replaceChildren(frag);
     liveStatus();
   });

@@ -118,7 +118,7 @@ await step('a marked exec appears in Live within 3 s', async () => {
 });
 
 await step('clicking a row shows all its fields', async () => {
-  await page.click('#events tbody tr[data-command="' + MARKER_NAME + '"]');
+  await page.click('#events tbody tr[data-command="' + MARKER_NAME + '"][data-type="exec"]');
   await page.waitForSelector('#detail:not([hidden])', { timeout: 5000 });
   const text = await page.$eval('#detail table', (t) => t.textContent);
   assert(text.includes('filename') && text.includes(MARKER_NAME), 'detail lacks the exec fields: ' + text.slice(0, 200));
