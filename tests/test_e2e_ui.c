@@ -4,7 +4,8 @@
  * API_TOKEN) and a real agent (real eBPF) on a real nats-server. A marked exec
  * shows up in Live, a filter narrows the table and survives a reload, Nodes
  * shows this node active with its loss counters, the token prompt works, the
- * agent serves the page for its node, and no view logs a console error.
+ * agent serves the page for its node, no view logs a console error, and
+ * stopping NATS, then the aggregator, puts a banner up that says so.
  * Screenshots of each view go to build/ui/.
  *
  * Needs root (eBPF), node, chromium and the npm packages of tests/js (make deps).
@@ -97,8 +98,10 @@ Test(e2e_ui, the_page_works_in_a_real_browser)
     char cmd[8192];
     snprintf(cmd, sizeof(cmd),
              "AGGREGATOR_URL=http://127.0.0.1:%d AGENT_URL=http://127.0.0.1:%d TOKEN=" TOKEN
-             " MARKER='%s' MARKER_NAME='%s' SHOTS='%s/ui' CHROMIUM=" CHROMIUM " node '%s'",
-             mon.aggregator_port, mon.agent_port, marker, name, shots, script);
+             " MARKER='%s' MARKER_NAME='%s' SHOTS='%s/ui' CHROMIUM=" CHROMIUM
+             " NATS_PID=%d AGGREGATOR_PID=%d node '%s'",
+             mon.aggregator_port, mon.agent_port, marker, name, shots, (int)mon.nats,
+             (int)mon.aggregator, script);
     free(script);
     free(shots);
     char *out;

@@ -104,6 +104,7 @@ async function checkHealth() {
       problem('ready', null);
   } catch (e) {
     problem('ready', 'The server does not answer (' + e.message + '): what is shown may be out of date.');
+    problem('partial', null); // the last answer's state no longer says anything
     return;
   }
   try {
@@ -113,7 +114,9 @@ async function checkHealth() {
       ? 'cluster (replica ' + s.replica + ')' : 'node ' + s.node;
     if (s.partial)
       problem('partial', 'Partial answer: ' + s.replicas.answered + ' of ' + s.replicas.expected +
-        ' aggregator replicas answered, so totals and events may be incomplete.');
+        ' known aggregator replicas answered' + (s.bus && !s.bus.connected
+          ? ' (NATS is unreachable, so other replicas could not be asked)' : '') +
+        ': totals and events may be incomplete.');
     else
       problem('partial', null);
     if (serverKind === 'agent' && s.bus && !s.bus.connected)

@@ -217,6 +217,31 @@ await step('no console errors in any view', async () => {
   assert(errors.length === 0, errors.join('\n'));
 });
 
+// ---- outages: the banner says so (the C test gave us the pids it started) ----
+const NATS_PID = Number(env('NATS_PID'));
+const AGGREGATOR_PID = Number(env('AGGREGATOR_PID'));
+const bannerText = (p) => p.$eval('#banner', (b) => (b.hidden ? '' : b.textContent));
+
+await step('NATS stopped: the banner says events are not arriving', async () => {
+  await openView(page, 'nodes');
+  process.kill(NATS_PID, 'SIGTERM');
+  await page.waitForFunction(() => !document.querySelector('#banner').hidden &&
+    /not connected to NATS/.test(document.querySelector('#banner').textContent), null, { timeout: 15000 });
+  console.log('  banner: ' + await bannerText(page));
+  await page.screenshot({ path: SHOTS + '/banner-nats.png' });
+});
+
+await step('aggregator stopped: the banner says the server does not answer', async () => {
+  const before = errors.length;
+  process.kill(AGGREGATOR_PID, 'SIGTERM');
+  await page.waitForFunction(() => /does not answer/.test(document.querySelector('#banner').textContent), null, { timeout: 15000 });
+  console.log('  banner: ' + await bannerText(page));
+  await page.screenshot({ path: SHOTS + '/banner-down.png' });
+  // Loads refused by a stopped server are logged by the browser; nothing else may be.
+  const other = errors.slice(before).filter((e) => !/ERR_CONNECTION_REFUSED|ERR_EMPTY_RESPONSE|ERR_CONNECTION_RESET/.test(e));
+  assert(other.length === 0, other.join('\n'));
+});
+
 await browser.close();
 if (failed)
   process.exit(1);
