@@ -23,8 +23,7 @@ struct ui_asset {
 /* The embedded files, in route order; *n gets their number. */
 const struct ui_asset *ui_assets(size_t *n);
 
-/* Registers a GET route for each embedded file on s. Call before http_server_start(). 0 or -errno.
- */
+/* Registers a GET route for each embedded file. Call before http_server_start(). 0 or -errno. */
 int ui_register(struct http_server *s);
 
 #endif

@@ -19,7 +19,7 @@
 #include "testutil.h"
 #include "ui.h"
 
-#define TOKEN "ui-test-token"
+#define TOKEN    "ui-test-token"
 #define CHROMIUM "/usr/bin/chromium"
 
 static struct tu_monitor mon;

@@ -213,6 +213,28 @@ await step('the agent serves the page for its node', async () => {
   await apage.screenshot({ path: SHOTS + '/agent-live.png' });
 });
 
+await step('first load: at most 300 KB transferred (times reported)', async () => {
+  const p = await ctx.newPage();
+  watch(p, 'agent (load)');
+  await p.goto(AGENT + '/#live', { waitUntil: 'load' });
+  await p.waitForSelector('#view-live[data-stream="open"]', { timeout: 10000 });
+  const m = await p.evaluate(() => {
+    const nav = performance.getEntriesByType('navigation')[0];
+    const files = performance.getEntriesByType('resource').filter((r) => /\/ui\//.test(r.name));
+    return {
+      bytes: nav.transferSize + files.reduce((a, r) => a + r.transferSize, 0),
+      files: files.length,
+      dcl: Math.round(nav.domContentLoadedEventEnd),
+      live: Math.round(performance.now()),
+    };
+  });
+  console.log('  first load: ' + m.bytes + ' bytes in ' + (1 + m.files) + ' files, DOMContentLoaded ' +
+    m.dcl + ' ms, stream open at ' + m.live + ' ms');
+  assert(m.files === 2, 'expected app.js and app.css, saw ' + m.files + ' files');
+  assert(m.bytes > 0 && m.bytes <= 300 * 1024, 'first load transferred ' + m.bytes + ' bytes');
+  await p.close();
+});
+
 await step('no console errors in any view', async () => {
   assert(errors.length === 0, errors.join('\n'));
 });
