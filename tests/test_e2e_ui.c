@@ -6,14 +6,17 @@
  * shows this node active with its loss counters, the token prompt works, the
  * agent serves the page for its node, no view logs a console error, and
  * stopping NATS, then the aggregator, puts a banner up that says so.
- * Screenshots of each view go to build/ui/.
+ * Screenshots of each view, and the programs' logs, go to build/ui/.
  *
  * Needs root (eBPF), node, chromium and the npm packages of tests/js (make deps).
  */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "testutil.h"
@@ -23,30 +26,33 @@
 #define CHROMIUM "/usr/bin/chromium"
 
 static struct tu_monitor mon;
-static char logdir[64];
+/* build/ui: the screenshots, the marker, and the three programs' logs, kept for a look after a run.
+ */
+static char dir[PATH_MAX];
 
 static void setup(void)
 {
+    static const char *const logs[] = {"nats.log", "ebpf-agent.log", "ebpf-aggregator.log"};
+
     cr_assert_eq(geteuid(), 0, "needs root: the agent loads eBPF programs");
     cr_assert_eq(system("command -v node >/dev/null 2>&1"), 0,
                  "node not found: install Node.js (make deps installs it)");
     cr_assert_eq(access(CHROMIUM, X_OK), 0, CHROMIUM " not found: run make deps");
     cr_assert_eq(access(tu_repo_path("tests/js/node_modules/playwright-core/package.json"), F_OK),
                  0, "npm packages of tests/js are missing: run make deps");
-    snprintf(logdir, sizeof(logdir), "/tmp/ebpf-e2e-ui-XXXXXX");
-    cr_assert_not_null(mkdtemp(logdir));
-    tu_monitor_start(&mon, "API_TOKEN=" TOKEN, logdir);
+    snprintf(dir, sizeof(dir), "%s", tu_repo_path("build/ui"));
+    cr_assert(mkdir(dir, 0755) == 0 || errno == EEXIST, "mkdir %s: %s", dir, strerror(errno));
+    for (size_t i = 0; i < sizeof(logs) / sizeof(logs[0]); i++) {
+        char path[PATH_MAX + 32];
+        snprintf(path, sizeof(path), "%s/%s", dir, logs[i]); /* this test's lines only */
+        cr_assert(unlink(path) == 0 || errno == ENOENT, "unlink %s: %s", path, strerror(errno));
+    }
+    tu_monitor_start(&mon, "API_TOKEN=" TOKEN, dir);
 }
 
 static void teardown(void)
 {
     tu_monitor_stop(&mon);
-    if (logdir[0]) {
-        char cmd[96];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", logdir);
-        if (system(cmd) != 0)
-            cr_log_warn("could not remove %s", logdir);
-    }
 }
 
 TestSuite(e2e_ui, .init = setup, .fini = teardown, .timeout = 90);
@@ -88,24 +94,25 @@ Test(e2e_ui, the_binaries_serve_the_files_of_pkg_ui)
 
 Test(e2e_ui, the_page_works_in_a_real_browser)
 {
-    char marker[128];
+    char marker[PATH_MAX + 32];
     char name[16];
     snprintf(name, sizeof(name), "uimark%d", (int)(getpid() % 100000));
-    tu_marker_make(logdir, name, marker, sizeof(marker));
+    tu_marker_make(dir, name, marker, sizeof(marker));
     char *script = realpath(tu_repo_path("tests/js/ui_check.mjs"), NULL);
-    char *shots = realpath(tu_repo_path("build"), NULL);
-    cr_assert(script && shots, "tests/js/ui_check.mjs or build/ not found");
-    char cmd[8192];
-    snprintf(cmd, sizeof(cmd),
-             "AGGREGATOR_URL=http://127.0.0.1:%d AGENT_URL=http://127.0.0.1:%d TOKEN=" TOKEN
-             " MARKER='%s' MARKER_NAME='%s' SHOTS='%s/ui' CHROMIUM=" CHROMIUM
-             " NATS_PID=%d AGGREGATOR_PID=%d node '%s'",
-             mon.aggregator_port, mon.agent_port, marker, name, shots, (int)mon.nats,
-             (int)mon.aggregator, script);
+    cr_assert_not_null(script, "tests/js/ui_check.mjs not found");
+    char *cmd;
+    cr_assert_gt(
+        asprintf(&cmd,
+                 "AGGREGATOR_URL=http://127.0.0.1:%d AGENT_URL=http://127.0.0.1:%d TOKEN=" TOKEN
+                 " MARKER='%s' MARKER_NAME='%s' SHOTS='%s' CHROMIUM=" CHROMIUM
+                 " NATS_PID=%d AGGREGATOR_PID=%d node '%s'",
+                 mon.aggregator_port, mon.agent_port, marker, name, dir, (int)mon.nats,
+                 (int)mon.aggregator, script),
+        0);
     free(script);
-    free(shots);
     char *out;
     int rc = tu_run(cmd, &out);
+    free(cmd);
     cr_log_info("ui_check.mjs:\n%s", out);
     cr_assert_neq(rc, 3, "a tool or package is missing:\n%s", out);
     cr_assert_eq(rc, 0, "ui_check.mjs failed (exit %d):\n%s", rc, out);
