@@ -24,6 +24,7 @@ function askToken(rejected) {
     $('#token-error').textContent = rejected ? 'That token was refused.' : '';
     $('#token-form').hidden = false;
     $('#token-input').focus();
+    liveStatus();
   }
   return new Promise((resolve) => tokenWaiters.push(resolve));
 }
@@ -171,12 +172,12 @@ const live = {
   ids: new Set(),
   dropped: 0,
   paused: false,
-  pending: [], // arrived while paused, newest last
-  pendingDropped: 0,
+  incoming: [], // from the stream, not in the table yet; oldest first
+  pendingDropped: 0, // dropped from incoming while paused
   abort: null,
   state: 'closed',
   query: '',
-  renderQueued: false,
+  flushQueued: false,
 };
 
 function liveParams() {
@@ -196,11 +197,12 @@ function setFilterInputs(params) {
 }
 
 function liveStatus() {
-  const parts = [live.state === 'open' ? 'live' : live.state, live.rows.length + ' events shown'];
+  const state = tokenWaiters ? 'waiting for the API token' : live.state === 'open' ? 'live' : live.state;
+  const parts = [state, live.rows.length + ' events shown'];
   if (live.dropped)
     parts.push(live.dropped + ' older events dropped from the table (it keeps ' + MAX_ROWS + ')');
   if (live.paused)
-    parts.push('paused: ' + live.pending.length + ' waiting' +
+    parts.push('paused: ' + live.incoming.length + ' waiting' +
       (live.pendingDropped ? ', ' + live.pendingDropped + ' dropped while paused' : ''));
   $('#live-status').textContent = parts.join(' · ');
   $('#view-live').dataset.stream = live.state;
@@ -228,54 +230,83 @@ function showDetail(e, tr) {
 
 $('#detail-close').addEventListener('click', () => { $('#detail').hidden = true; });
 
-// Adds events (any order) to the table, newest first, bounded.
-function addEvents(events, newer) {
-  const fresh = events.filter((e) => !(e.id && live.ids.has(e.id)));
-  fresh.forEach((e) => e.id && live.ids.add(e.id));
-  if (newer)
-    live.rows = fresh.reverse().concat(live.rows);
-  else
-    live.rows = live.rows.concat(fresh);
-  if (live.rows.length > MAX_ROWS) {
-    const gone = live.rows.splice(MAX_ROWS);
-    live.dropped += gone.length;
-    gone.forEach((e) => e.id && live.ids.delete(e.id));
-  }
-  queueRender();
-}
-
 const rowOf = new WeakMap(); // event -> its table row, built once
 
-function queueRender() {
-  if (live.renderQueued)
-    return;
-  live.renderQueued = true;
-  requestAnimationFrame(() => {
-    live.renderQueued = false;
-    const tbody = $('#events tbody');
-    const frag = document.createDocumentFragment();
-    live.rows.forEach((e) => {
-      let tr = rowOf.get(e);
-      if (!tr)
-        rowOf.set(e, (tr = eventRow(e)));
-      frag.appendChild(tr);
-    });
-    tbody.replaceChildren(frag);
-    liveStatus();
+function rowFor(e) {
+  let tr = rowOf.get(e);
+  if (!tr)
+    rowOf.set(e, (tr = eventRow(e)));
+  return tr;
+}
+
+// Drops events from the table (they are the oldest), counted.
+function forget(gone) {
+  live.dropped += gone.length;
+  gone.forEach((e) => {
+    if (e.id)
+      live.ids.delete(e.id);
+    const tr = rowOf.get(e);
+    if (tr)
+      tr.remove();
   });
 }
 
-function onStreamEvent(e) {
-  if (live.paused) {
-    live.pending.push(e);
-    if (live.pending.length > MAX_ROWS) {
-      live.pendingDropped += live.pending.length - MAX_ROWS;
-      live.pending.splice(0, live.pending.length - MAX_ROWS);
-    }
-    liveStatus();
-    return;
+// Adds events to the table: newer ones (oldest first, as they arrived) at the
+// top, older ones (newest first, as /api/events answers) at the bottom. Only
+// the new rows are built and only the dropped ones removed, so a full table
+// costs no more per event than an empty one.
+function addEvents(events, newer) {
+  const fresh = events.filter((e) => !(e.id && live.ids.has(e.id)));
+  fresh.forEach((e) => e.id && live.ids.add(e.id));
+  const tbody = $('#events tbody');
+  const frag = document.createDocumentFragment();
+  if (newer) {
+    fresh.reverse();
+    if (fresh.length > MAX_ROWS)
+      forget(fresh.splice(MAX_ROWS));
+    fresh.forEach((e) => frag.appendChild(rowFor(e)));
+    tbody.prepend(frag);
+    live.rows = fresh.concat(live.rows);
+  } else {
+    const room = Math.max(MAX_ROWS - live.rows.length, 0);
+    if (fresh.length > room)
+      forget(fresh.splice(room));
+    fresh.forEach((e) => frag.appendChild(rowFor(e)));
+    tbody.append(frag);
+    live.rows = live.rows.concat(fresh);
   }
-  addEvents([e], true);
+  if (live.rows.length > MAX_ROWS)
+    forget(live.rows.splice(MAX_ROWS));
+  liveStatus();
+}
+
+// Stream events wait in live.incoming (bounded) for the next frame, or for
+// Resume; one frame adds them all at once.
+function flushIncoming() {
+  live.flushQueued = false;
+  if (live.paused || live.incoming.length === 0)
+    return;
+  const batch = live.incoming;
+  live.incoming = [];
+  addEvents(batch, true);
+}
+
+function onStreamEvent(e) {
+  live.incoming.push(e);
+  if (live.incoming.length > MAX_ROWS) {
+    const over = live.incoming.length - MAX_ROWS;
+    live.incoming.splice(0, over);
+    if (live.paused)
+      live.pendingDropped += over;
+    else
+      live.dropped += over;
+  }
+  if (live.paused) {
+    liveStatus();
+  } else if (!live.flushQueued) {
+    live.flushQueued = true;
+    requestAnimationFrame(flushIncoming);
+  }
 }
 
 // Reads /api/events/stream with fetch so the Authorization header can be sent.
@@ -317,10 +348,11 @@ async function startLive(params) {
   live.rows = [];
   live.ids.clear();
   live.dropped = 0;
-  live.pending = [];
+  live.incoming = [];
   live.pendingDropped = 0;
   $('#detail').hidden = true;
-  queueRender();
+  $('#events tbody').replaceChildren();
+  liveStatus();
   const ctl = new AbortController();
   live.abort = ctl;
   // History first (what happened before the page opened), then the stream.
@@ -328,7 +360,6 @@ async function startLive(params) {
     if (live.abort !== ctl)
       return;
     addEvents(page.events, false);
-    live.rows.sort((a, b) => (b.timestamp || 0) - (a.timestamp || 0));
     if (page.replicas && page.replicas.answered < page.replicas.expected)
       problem('history', 'Partial history: ' + page.replicas.answered + ' of ' + page.replicas.expected + ' replicas answered.');
     else
@@ -387,11 +418,7 @@ $('#clear').addEventListener('click', () => {
 $('#pause').addEventListener('click', () => {
   live.paused = !live.paused;
   $('#pause').textContent = live.paused ? 'Resume' : 'Pause';
-  if (!live.paused) {
-    const waiting = live.pending;
-    live.pending = [];
-    addEvents(waiting, true);
-  }
+  flushIncoming();
   liveStatus();
 });
 

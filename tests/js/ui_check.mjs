@@ -213,6 +213,23 @@ await step('the agent serves the page for its node', async () => {
   await apage.screenshot({ path: SHOTS + '/agent-live.png' });
 });
 
+await step('Live keeps 2,000 rows and counts the ones it dropped', async () => {
+  await apage.goto(AGENT + '/#live?command=' + MARKER_NAME, { waitUntil: 'domcontentloaded' });
+  await apage.waitForSelector('#view-live[data-stream="open"]', { timeout: 10000 });
+  // 1,100 runs: 2,200 exec and exit events, 8 at a time, until the table overflows.
+  const deadline = Date.now() + 30000;
+  let runs = 0;
+  while (!(await apage.$eval('#live-status', (p) => /dropped from the table/.test(p.textContent)))) {
+    assert(Date.now() < deadline, 'no drop counted after ' + runs + ' runs: ' +
+      await apage.$eval('#live-status', (p) => p.textContent));
+    await Promise.all(Array.from({ length: 8 }, runMarker));
+    runs += 8;
+  }
+  const rows = await apage.$$eval('#events tbody tr', (trs) => trs.length);
+  assert(rows === 2000, rows + ' rows in the table');
+  console.log('  ' + runs + ' runs: ' + await apage.$eval('#live-status', (p) => p.textContent));
+});
+
 await step('first load: at most 300 KB transferred (times reported)', async () => {
   const p = await ctx.newPage();
   watch(p, 'agent (load)');
