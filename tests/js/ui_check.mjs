@@ -117,16 +117,6 @@ await step('a marked exec appears in Live within 3 s', async () => {
   await page.screenshot({ path: SHOTS + '/live.png' });
 });
 
-await step('clicking a row shows all its fields', async () => {
-  // Paused, so that the rows hold still under the pointer.
-  await page.click('#pause');
-  await page.click('#events tbody tr[data-command="' + MARKER_NAME + '"][data-type="exec"]');
-  await page.waitForSelector('#detail:not([hidden])', { timeout: 5000 });
-  const text = await page.$eval('#detail table', (t) => t.textContent);
-  assert(text.includes('filename') && text.includes(MARKER_NAME), 'detail lacks the exec fields: ' + text.slice(0, 200));
-  await page.click('#pause');
-});
-
 await step('a command filter narrows the table and goes into the URL', async () => {
   // Other processes (this browser among them) make events too.
   await page.waitForFunction((name) => [...document.querySelectorAll('#events tbody tr')]
@@ -142,9 +132,18 @@ await step('a command filter narrows the table and goes into the URL', async () 
     return trs.length > 0 && trs.every((t) => t.dataset.command === name);
   }, MARKER_NAME, { timeout: 5000 });
   const after = await rowCommands(page);
-  assert(after.length < before.length || before.some((c) => c !== MARKER_NAME), 'the filter did not narrow the table');
+  assert(before.some((c) => c !== MARKER_NAME) && after.every((c) => c === MARKER_NAME), 'the filter did not narrow the table');
   assert(new URL(page.url()).hash.includes('command=' + MARKER_NAME), 'hash is ' + new URL(page.url()).hash);
   await page.screenshot({ path: SHOTS + '/live-filtered.png' });
+});
+
+await step('clicking a row shows all its fields', async () => {
+  // In the filtered table: unfiltered, other processes on this machine can
+  // push the row out of the 2,000 kept, and the rows move under the pointer.
+  await page.click('#events tbody tr[data-command="' + MARKER_NAME + '"][data-type="exec"]', { timeout: 10000 });
+  await page.waitForSelector('#detail:not([hidden])', { timeout: 10000 });
+  const text = await page.$eval('#detail table', (t) => t.textContent);
+  assert(text.includes('filename') && text.includes(MARKER_NAME), 'detail lacks the exec fields: ' + text.slice(0, 200));
 });
 
 await step('a reload keeps the view and its filter', async () => {
