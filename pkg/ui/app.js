@@ -447,7 +447,6 @@ async function refreshNodes() {
   }
   const cards = $('#loss');
   cards.replaceChildren();
-  const sum = (o) => Object.values(o || {}).reduce((a, b) => a + b, 0);
   cards.appendChild(card('events', s.total_events));
   cards.appendChild(card('kernel drops', s.kernel_drops, s.kernel_drops > 0));
   if (serverKind === 'aggregator') {
@@ -466,7 +465,8 @@ async function refreshNodes() {
   cards.appendChild(card('history evicted', s.history.evicted_count + s.history.evicted_age));
   cards.appendChild(card('stream dropped', s.stream.dropped + (s.stream.publish_dropped || 0),
     s.stream.dropped + (s.stream.publish_dropped || 0) > 0));
-  cards.appendChild(card('events by type', Object.entries(s.events_by_type).map(([k, v]) => k + ' ' + v).join(', ') || sum(s.events_by_type)));
+  cards.appendChild(card('events by type',
+    Object.entries(s.events_by_type).map(([k, v]) => k + ' ' + v).join(', ') || 'none'));
   const tbody = $('#nodes tbody');
   const now = Date.now();
   tbody.replaceChildren();
