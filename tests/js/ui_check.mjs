@@ -191,6 +191,8 @@ await step('Map says plainly whether flows are served', async () => {
   await openView(page, 'map');
   const status = await page.$eval('#map-status', (p) => p.textContent);
   assert(/not available|edges/.test(status), 'map status: ' + status);
+  if (/not available/.test(status))
+    assert(!(await page.isVisible('#map')) && !(await page.isVisible('#edges')), 'an empty map is drawn');
   await page.screenshot({ path: SHOTS + '/map.png' });
 });
 
