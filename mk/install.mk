@@ -11,8 +11,9 @@
 # installing into the running system, systemd is told to reload its units;
 # nothing is enabled or started.
 #
-# The embedded API description: pkg/openapi.c pulls docs/openapi.json in with
-# .incbin, which the compiler's dependency files do not record.
+# The embedded API description and web page: pkg/openapi.c pulls
+# docs/openapi.json in with .incbin, pkg/ui.c the files of pkg/ui/; the
+# compiler's dependency files do not record either.
 
 PREFIX     ?= /usr/local
 BINDIR     ?= $(PREFIX)/bin
@@ -40,6 +41,7 @@ DEB_TREE    := $(BUILD)/deb
 
 $(BUILD)/pkg/openapi.o: docs/openapi.json
 $(FUZZ_BUILD)/pkg/openapi.o: docs/openapi.json
+$(BUILD)/pkg/ui.o $(FUZZ_BUILD)/pkg/ui.o: $(wildcard pkg/ui/*)
 
 # tests/test_e2e_install.c runs make install and make deb on its own build
 # (SANITIZE=1 builds test bin-asan's binaries, and must not rebuild bin/).

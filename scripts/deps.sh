@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs every build, test and run dependency: Debian 12 packages, then the
-# npm packages of the independent bus client used by the tests (tests/js).
+# npm packages of the tests' independent clients and browser driver (tests/js).
 # Idempotent: packages already present are not touched, apt is not consulted
 # at all when nothing is missing, and npm runs only when tests/js/node_modules
 # is missing or older than its lock file. `deps.sh --list` prints the
@@ -30,6 +30,7 @@ packages=(
   # systemd-analyze verify, man, dpkg-shlibdeps for the package's Depends
   help2man systemd man-db dpkg-dev
   prometheus # tests/test_e2e_monitoring.c: promtool, and a Prometheus running the dashboard's queries
+  chromium # tests/test_e2e_ui.c: the web page in a real browser, driven by playwright-core (tests/js)
 )
 # --list prints the Debian packages, one per line, and installs nothing
 # (scripts/check-deps.sh checks the build's headers and libraries against it).

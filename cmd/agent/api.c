@@ -10,6 +10,7 @@
 #include "event_json.h"
 #include "intern.h"
 #include "openapi.h"
+#include "ui.h"
 
 #define MAX_PROGRAMS 32
 
@@ -410,5 +411,6 @@ int agent_api_register(struct agent *a)
     rc |= http_server_route(a->http, "/ready", handle_ready, a);
     rc |= http_server_route(a->http, "/metrics", handle_metrics, a);
     rc |= openapi_register(a->http);
+    rc |= ui_register(a->http);
     return rc ? -EINVAL : 0;
 }

@@ -22,6 +22,7 @@
 #include "clock.h"
 #include "cluster.h"
 #include "openapi.h"
+#include "ui.h"
 
 #define API_WORKERS   4
 #define API_QUEUE_MAX 128 /* requests waiting for a worker */
@@ -738,6 +739,7 @@ int aggregator_api_register(struct aggregator *a)
     rc |= http_server_route(a->http, "/ready", handle_ready, a);
     rc |= http_server_route(a->http, "/metrics", handle_metrics, a);
     rc |= openapi_register(a->http);
+    rc |= ui_register(a->http);
     http_server_on_stream_clients(a->http, ingest_on_stream_clients, a);
     return rc ? -EINVAL : 0;
 }

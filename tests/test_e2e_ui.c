@@ -1,0 +1,121 @@
+/*
+ * The web page (SPEC section 10) in a real browser: Debian's chromium driven
+ * by tests/js/ui_check.mjs (playwright-core) against a real aggregator (with
+ * API_TOKEN) and a real agent (real eBPF) on a real nats-server. A marked exec
+ * shows up in Live, a filter narrows the table and survives a reload, Nodes
+ * shows this node active with its loss counters, the token prompt works, the
+ * agent serves the page for its node, no view logs a console error, and
+ * stopping NATS, then the aggregator, puts a banner up that says so.
+ * Screenshots of each view, and the programs' logs, go to build/ui/.
+ *
+ * Needs root (eBPF), node, chromium and the npm packages of tests/js (make deps).
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "testutil.h"
+#include "ui.h"
+
+#define TOKEN    "ui-test-token"
+#define CHROMIUM "/usr/bin/chromium"
+
+static struct tu_monitor mon;
+/* build/ui: the screenshots, the marker, and the three programs' logs, kept for a look after a run.
+ */
+static char dir[PATH_MAX];
+
+static void setup(void)
+{
+    static const char *const logs[] = {"nats.log", "ebpf-agent.log", "ebpf-aggregator.log"};
+
+    cr_assert_eq(geteuid(), 0, "needs root: the agent loads eBPF programs");
+    cr_assert_eq(system("command -v node >/dev/null 2>&1"), 0,
+                 "node not found: install Node.js (make deps installs it)");
+    cr_assert_eq(access(CHROMIUM, X_OK), 0, CHROMIUM " not found: run make deps");
+    cr_assert_eq(access(tu_repo_path("tests/js/node_modules/playwright-core/package.json"), F_OK),
+                 0, "npm packages of tests/js are missing: run make deps");
+    snprintf(dir, sizeof(dir), "%s", tu_repo_path("build/ui"));
+    cr_assert(mkdir(dir, 0755) == 0 || errno == EEXIST, "mkdir %s: %s", dir, strerror(errno));
+    for (size_t i = 0; i < sizeof(logs) / sizeof(logs[0]); i++) {
+        char path[PATH_MAX + 32];
+        snprintf(path, sizeof(path), "%s/%s", dir, logs[i]); /* this test's lines only */
+        cr_assert(unlink(path) == 0 || errno == ENOENT, "unlink %s: %s", path, strerror(errno));
+    }
+    tu_monitor_start(&mon, "API_TOKEN=" TOKEN, dir);
+}
+
+static void teardown(void)
+{
+    tu_monitor_stop(&mon);
+}
+
+TestSuite(e2e_ui, .init = setup, .fini = teardown, .timeout = 90);
+
+/* Each embedded file is the one in pkg/ui/, served at its route with its type, without a token. */
+Test(e2e_ui, the_binaries_serve_the_files_of_pkg_ui)
+{
+    static const char *const files[] = {"pkg/ui/index.html", "pkg/ui/app.js", "pkg/ui/app.css"};
+    size_t n;
+    const struct ui_asset *a = ui_assets(&n);
+    size_t total = 0;
+
+    cr_assert_eq(n, sizeof(files) / sizeof(files[0]));
+    for (size_t i = 0; i < n; i++) {
+        char *file = tu_read_file(tu_repo_path(files[i]));
+        cr_assert_not_null(file, "%s", files[i]);
+        cr_expect(a[i].len == strlen(file) && memcmp(a[i].data, file, a[i].len) == 0,
+                  "%s: the embedded copy differs from the file: rebuild", files[i]);
+        int ports[] = {mon.aggregator_port, mon.agent_port};
+        for (size_t p = 0; p < 2; p++) {
+            struct tu_http r;
+            cr_assert_eq(tu_http_get(ports[p], a[i].route, NULL, &r), 0);
+            cr_expect_eq(r.status, 200, "%s: %d", a[i].route, r.status);
+            cr_expect_str_eq(r.content_type, a[i].content_type, "%s", a[i].route);
+            cr_expect(r.body_len == a[i].len && memcmp(r.body, file, r.body_len) == 0,
+                      "%s: served body differs from %s", a[i].route, files[i]);
+            tu_http_free(&r);
+        }
+        total += a[i].len;
+        free(file);
+    }
+    /* SPEC section 10: nothing from outside; issue 12: first load at most 300 KB. */
+    cr_expect_lt(total, 300 * 1024, "the page weighs %zu bytes", total);
+    for (size_t i = 0; i < n; i++)
+        cr_expect_null(memmem(a[i].data, a[i].len, "://", 3),
+                       "%s names an absolute URL: the page must load nothing from elsewhere",
+                       a[i].route);
+}
+
+Test(e2e_ui, the_page_works_in_a_real_browser)
+{
+    char marker[PATH_MAX + 32];
+    char name[16];
+    snprintf(name, sizeof(name), "uimark%d", (int)(getpid() % 100000));
+    tu_marker_make(dir, name, marker, sizeof(marker));
+    char *script = realpath(tu_repo_path("tests/js/ui_check.mjs"), NULL);
+    cr_assert_not_null(script, "tests/js/ui_check.mjs not found");
+    char *cmd;
+    cr_assert_gt(
+        asprintf(&cmd,
+                 "AGGREGATOR_URL=http://127.0.0.1:%d AGENT_URL=http://127.0.0.1:%d TOKEN=" TOKEN
+                 " MARKER='%s' MARKER_NAME='%s' SHOTS='%s' CHROMIUM=" CHROMIUM
+                 " NATS_PID=%d AGGREGATOR_PID=%d node '%s'",
+                 mon.aggregator_port, mon.agent_port, marker, name, dir, (int)mon.nats,
+                 (int)mon.aggregator, script),
+        0);
+    free(script);
+    char *out;
+    int rc = tu_run(cmd, &out);
+    free(cmd);
+    cr_log_info("ui_check.mjs:\n%s", out);
+    cr_assert_neq(rc, 3, "a tool or package is missing:\n%s", out);
+    cr_assert_eq(rc, 0, "ui_check.mjs failed (exit %d):\n%s", rc, out);
+    cr_assert_not_null(strstr(out, "ui: pass\n"), "no verdict:\n%s", out);
+    free(out);
+}
