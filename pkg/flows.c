@@ -1155,37 +1155,6 @@ static const char *const flows_param_names[FP_COUNT] = {
     "since", "until", "namespace", "workload", "node", "group_by", "protocol", "status", "limit",
 };
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = (char)(c | 0x20);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* application/x-www-form-urlencoded into out; the length, or -EINVAL (bad, NUL, too long). */
-static int form_decode(const char *s, size_t len, char *out, size_t outlen)
-{
-    size_t n = 0;
-
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i] == '+' ? ' ' : s[i];
-        if (c == '%') {
-            int hi = i + 2 < len ? hexval(s[i + 1]) : -1;
-            int lo = i + 2 < len ? hexval(s[i + 2]) : -1;
-            if (hi < 0 || lo < 0 || (hi | lo) == 0)
-                return -EINVAL;
-            c = (char)(hi << 4 | lo);
-            i += 2;
-        }
-        if (n + 1 >= outlen)
-            return -EINVAL;
-        out[n++] = c;
-    }
-    out[n] = '\0';
-    return (int)n;
-}
-
 static int set_param(struct flows_query *q, enum flows_param p, const char *v, size_t len,
                      char *err, size_t errlen)
 {
@@ -1271,7 +1240,7 @@ int flows_query_parse(struct flows_query *q, const char *qs, size_t len, uint64_
         const char *eq = memchr(seg, '=', seglen);
         size_t namelen = eq ? (size_t)(eq - seg) : seglen;
         enum flows_param p = FP_COUNT;
-        if (form_decode(seg, namelen, name, sizeof(name)) >= 0)
+        if (query_form_decode(seg, namelen, name, sizeof(name)) >= 0)
             for (p = 0; p < FP_COUNT; p++)
                 if (strcmp(name, flows_param_names[p]) == 0)
                     break;
@@ -1285,7 +1254,7 @@ int flows_query_parse(struct flows_query *q, const char *qs, size_t len, uint64_
                               flows_param_names[p]);
         given[p] = true;
         const char *raw = eq ? eq + 1 : seg + seglen;
-        int n = form_decode(raw, (size_t)(seg + seglen - raw), value, sizeof(value));
+        int n = query_form_decode(raw, (size_t)(seg + seglen - raw), value, sizeof(value));
         if (n <= 0)
             return errmsg_set(err, errlen, "invalid '%s': empty, malformed or too long",
                               flows_param_names[p]);

@@ -120,12 +120,7 @@ static int query_hexval(char c)
     return -1;
 }
 
-/*
- * Decodes application/x-www-form-urlencoded text ('+' is a space) into out.
- * Returns the decoded length, -EINVAL on a malformed escape or an encoded NUL,
- * -E2BIG when the result does not fit in outlen - 1 bytes.
- */
-static int query_decode(const char *s, size_t len, char *out, size_t outlen)
+int query_form_decode(const char *s, size_t len, char *out, size_t outlen)
 {
     size_t n = 0;
     for (size_t i = 0; i < len; i++) {
@@ -436,7 +431,7 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
 
         const char *eq = memchr(seg, '=', seglen);
         size_t namelen = eq ? (size_t)(eq - seg) : seglen;
-        int n = query_decode(seg, namelen, name, sizeof(name));
+        int n = query_form_decode(seg, namelen, name, sizeof(name));
         if (n == -EINVAL) {
             errmsg_set(err, errlen, "invalid percent-encoding in query parameter name \"%s\"",
                        query_quote(seg, namelen, quoted));
@@ -472,7 +467,7 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
 
         const char *raw = eq ? eq + 1 : seg + seglen;
         size_t rawlen = (size_t)(seg + seglen - raw);
-        n = query_decode(raw, rawlen, value, sizeof(value));
+        n = query_form_decode(raw, rawlen, value, sizeof(value));
         if (n == -EINVAL) {
             errmsg_set(err, errlen, "invalid '%s': bad percent-encoding in \"%s\"",
                        query_param_names[p], query_quote(raw, rawlen, quoted));

@@ -94,4 +94,11 @@ int query_cursor_parse(struct query_cursor *c, const char *s, size_t len);
  */
 int query_parse_time(const char *s, size_t len, uint64_t *out_ns);
 
+/*
+ * Decodes application/x-www-form-urlencoded text ('+' is a space) into out, NUL-terminated.
+ * Returns the decoded length, -EINVAL on a malformed escape or an encoded NUL, -E2BIG when
+ * the result does not fit in outlen - 1 bytes. Used by every parser of query strings.
+ */
+int query_form_decode(const char *s, size_t len, char *out, size_t outlen);
+
 #endif
