@@ -20,28 +20,27 @@
 #include "api.h"
 #include "errmsg.h"
 #include "event_json.h"
+#include "flows_internal.h"
 #include "intern.h"
 #include "query.h"
 
 #define NS_PER_MIN (60ull * 1000000000ull)
 
-/* One edge's minute; u32 counts are plenty for one edge in one minute (saturating). */
-struct flows_minute {
-    uint32_t minute; /* since the epoch */
-    uint32_t connections, established, failed, resets, retransmits;
-    uint32_t errors_other;
-    uint32_t error_counts[FLOWS_ERROR_SLOTS];
-    const char *errors[FLOWS_ERROR_SLOTS];
-    uint64_t bytes_sent, bytes_received;
-    uint64_t first_seen_ns, last_seen_ns;
-    uint32_t hist[FLOWS_HIST_BUCKETS];
-};
+/*
+ * Minutes an edge keeps as plain structs: the newest and those before it
+ * that late events may still reach and that the default window (15 minutes)
+ * reads, so a default query decodes nothing. Older ones are compacted.
+ */
+#define FLOWS_HOT_MINUTES 16
 
 struct flows_node {
     struct flows_key key;
     uint64_t hash;
-    struct flows_node *next;      /* hash chain */
-    struct flows_minute *minutes; /* [start, count) live, sorted by minute */
+    struct flows_node *next; /* hash chain */
+    struct flows_seg *segs;  /* compacted minutes by hour, sorted, all older than the hot ones */
+    uint32_t nsegs, segs_cap;
+    uint32_t cold;                /* records in segs */
+    struct flows_minute *minutes; /* hot: [start, count) live, sorted by minute */
     uint32_t start, count, cap;
 };
 
@@ -53,6 +52,7 @@ struct flows {
     struct flows_node **ring; /* max_edge_minutes slots */
     size_t ring_cap, ring_head, ring_len;
     struct flows_stats stats;
+    struct flows_errtab errtab;
     /* Cumulative per-workload-pair counters for /metrics (flows_series_enable). */
     struct flows_result series;
     size_t max_series; /* 0: not kept */
@@ -178,6 +178,15 @@ fail:
     return NULL;
 }
 
+static void node_free(struct flows_node *n)
+{
+    for (uint32_t i = 0; i < n->nsegs; i++)
+        flows_seg_free(&n->segs[i]);
+    free(n->segs);
+    free(n->minutes);
+    free(n);
+}
+
 void flows_free(struct flows *f)
 {
     if (f == NULL)
@@ -186,8 +195,7 @@ void flows_free(struct flows *f)
         struct flows_node *n = f->table[i], *next;
         for (; n != NULL; n = next) {
             next = n->next;
-            free(n->minutes);
-            free(n);
+            node_free(n);
         }
     }
     free(f->table);
@@ -204,8 +212,18 @@ static void node_unlink(struct flows *f, struct flows_node *n)
         pp = &(*pp)->next;
     *pp = n->next;
     f->nodes--;
-    free(n->minutes);
-    free(n);
+    node_free(n);
+}
+
+static uint32_t node_buckets(const struct flows_node *n)
+{
+    return n->cold + n->count - n->start;
+}
+
+/* The minute of n's oldest bucket; n holds one. */
+static uint32_t node_oldest(const struct flows_node *n)
+{
+    return n->cold > 0 ? flows_seg_first_minute(&n->segs[0]) : n->minutes[n->start].minute;
 }
 
 /* Pops the ring's oldest entry: its edge loses its oldest bucket. */
@@ -215,6 +233,17 @@ static void ring_pop(struct flows *f)
 
     f->ring_head = (f->ring_head + 1) % f->ring_cap;
     f->ring_len--;
+    if (n->cold > 0) {
+        flows_seg_pop_first(&n->segs[0], &f->errtab);
+        n->cold--;
+        if (n->segs[0].count == 0) {
+            flows_seg_free(&n->segs[0]);
+            memmove(n->segs, n->segs + 1, --n->nsegs * sizeof(*n->segs));
+        }
+        if (node_buckets(n) == 0)
+            node_unlink(f, n);
+        return;
+    }
     n->start++;
     if (n->start == n->count) {
         node_unlink(f, n);
@@ -234,8 +263,7 @@ static void expire(struct flows *f, uint64_t now_ns)
         return;
     uint64_t cutoff = (now_ns - f->retention_ns) / NS_PER_MIN;
     while (f->ring_len > 0) {
-        struct flows_node *n = f->ring[f->ring_head];
-        if (n->minutes[n->start].minute >= cutoff)
+        if (node_oldest(f->ring[f->ring_head]) >= cutoff)
             break;
         ring_pop(f);
         f->stats.evicted_age++;
@@ -296,6 +324,13 @@ static struct flows_minute *minute_find(struct flows_node *n, uint32_t minute)
     return NULL;
 }
 
+/* A new bucket of n, the newest to evict (the caller made room). */
+static void ring_push(struct flows *f, struct flows_node *n)
+{
+    f->ring[(f->ring_head + f->ring_len) % f->ring_cap] = n;
+    f->ring_len++;
+}
+
 /* The bucket of minute in n, created when missing (the caller made room). */
 static struct flows_minute *minute_get(struct flows *f, struct flows_node *n, uint32_t minute)
 {
@@ -318,19 +353,81 @@ static struct flows_minute *minute_get(struct flows *f, struct flows_node *n, ui
     n->count++;
     memset(&n->minutes[i], 0, sizeof(n->minutes[i]));
     n->minutes[i].minute = minute;
-    f->ring[(f->ring_head + f->ring_len) % f->ring_cap] = n;
-    f->ring_len++;
+    ring_push(f, n);
     return &n->minutes[i];
 }
 
-static void add32(uint32_t *a, uint64_t v)
+/* The segment of the hour starting at minute hour, made in order when missing. */
+static struct flows_seg *seg_get(struct flows_node *n, uint32_t hour)
 {
-    *a = (uint64_t)*a + v > UINT32_MAX ? UINT32_MAX : (uint32_t)(*a + v);
+    uint32_t i = n->nsegs;
+
+    while (i > 0 && n->segs[i - 1].total.minute > hour)
+        i--;
+    if (i > 0 && n->segs[i - 1].total.minute == hour)
+        return &n->segs[i - 1];
+    if (n->nsegs == n->segs_cap) {
+        uint32_t cap = n->segs_cap ? n->segs_cap + n->segs_cap / 2 + 1 : 2;
+        struct flows_seg *p = realloc(n->segs, cap * sizeof(*p));
+        if (p == NULL)
+            return NULL;
+        n->segs = p;
+        n->segs_cap = cap;
+    }
+    memmove(&n->segs[i + 1], &n->segs[i], (n->nsegs - i) * sizeof(*n->segs));
+    memset(&n->segs[i], 0, sizeof(n->segs[i]));
+    n->segs[i].total.minute = hour;
+    n->nsegs++;
+    return &n->segs[i];
 }
 
-static void add64(uint64_t *a, uint64_t v)
+/* Puts m among n's compacted minutes. 0 or -ENOMEM (nothing changed). */
+static int cold_put(struct flows *f, struct flows_node *n, const struct flows_minute *m)
 {
-    *a = *a + v < *a ? UINT64_MAX : *a + v;
+    struct flows_seg *seg = seg_get(n, m->minute - m->minute % 60);
+
+    if (seg == NULL)
+        return -ENOMEM;
+    if (flows_seg_put(seg, m, &f->errtab) == 0)
+        return 0;
+    if (seg->count == 0) {
+        flows_seg_free(seg);
+        n->nsegs--;
+        memmove(seg, seg + 1, (size_t)(n->segs + n->nsegs - seg) * sizeof(*seg));
+    }
+    return -ENOMEM;
+}
+
+static void seen(void *ctx, const struct flows_minute *m)
+{
+    (void)m;
+    *(bool *)ctx = true;
+}
+
+static bool cold_has(struct flows *f, const struct flows_node *n, uint32_t minute)
+{
+    bool found = false;
+
+    for (uint32_t i = 0; i < n->nsegs && !found; i++)
+        if (n->segs[i].total.minute == minute - minute % 60)
+            flows_seg_each(&n->segs[i], &f->errtab, minute, minute, seen, &found);
+    return found;
+}
+
+/* Compacts n's hot minutes too old to be the newest FLOWS_HOT_MINUTES once newest exists. */
+static void node_cool(struct flows *f, struct flows_node *n, uint32_t newest)
+{
+    while (n->start < n->count && n->minutes[n->start].minute + FLOWS_HOT_MINUTES <= newest) {
+        if (cold_put(f, n, &n->minutes[n->start]) < 0)
+            break;
+        n->start++;
+        n->cold++;
+    }
+    if (n->start > 0 && n->start * 2 >= n->count) {
+        memmove(n->minutes, n->minutes + n->start, (n->count - n->start) * sizeof(*n->minutes));
+        n->count -= n->start;
+        n->start = 0;
+    }
 }
 
 static unsigned hist_bucket(uint64_t ns)
@@ -339,19 +436,6 @@ static unsigned hist_bucket(uint64_t ns)
         return 0;
     unsigned b = (unsigned)(63 - __builtin_clzll(ns)) - 9;
     return b < FLOWS_HIST_BUCKETS ? b : FLOWS_HIST_BUCKETS - 1;
-}
-
-static void minute_error(struct flows_minute *m, const char *error)
-{
-    for (size_t i = 0; i < FLOWS_ERROR_SLOTS; i++) {
-        if (m->errors[i] == NULL)
-            m->errors[i] = error;
-        if (m->errors[i] == error) {
-            add32(&m->error_counts[i], 1);
-            return;
-        }
-    }
-    add32(&m->errors_other, 1);
 }
 
 /* Whether e counts, per the rules in flows.h. */
@@ -369,24 +453,65 @@ static void minute_count(struct flows_minute *m, const struct event *e)
     if (e->timestamp_ns > m->last_seen_ns)
         m->last_seen_ns = e->timestamp_ns;
     if (e->type == EVENT_CLOSE) {
-        add64(&m->bytes_sent, e->u.close.bytes_sent);
-        add64(&m->bytes_received, e->u.close.bytes_received);
-        add32(&m->retransmits, e->u.close.retransmits);
+        flows_add64(&m->bytes_sent, e->u.close.bytes_sent);
+        flows_add64(&m->bytes_received, e->u.close.bytes_received);
+        flows_add32(&m->retransmits, e->u.close.retransmits);
         if (e->u.close.reset != EVENT_RESET_NONE)
-            add32(&m->resets, 1);
+            flows_add32(&m->resets, 1);
         return;
     }
-    add32(&m->connections, 1);
+    flows_add32(&m->connections, 1);
     if (e->status == EVENT_STATUS_ESTABLISHED) {
-        add32(&m->established, 1);
-        add32(&m->hist[hist_bucket(e->u.conn.latency_ns)], 1);
+        flows_add32(&m->established, 1);
+        flows_add32(&m->hist[hist_bucket(e->u.conn.latency_ns)], 1);
     } else if (e->status == EVENT_STATUS_FAILED) {
-        add32(&m->failed, 1);
-        minute_error(m, e->u.conn.error != NULL ? e->u.conn.error : intern("unknown"));
+        flows_add32(&m->failed, 1);
+        flows_minute_error_add(m, e->u.conn.error != NULL ? e->u.conn.error : intern("unknown"), 1);
     }
 }
 
 static void series_count(struct flows *f, const struct flows_key *k, const struct event *e);
+
+/*
+ * Counts e in a minute *np holds only compacted, or in a new bucket (made
+ * room for first, which may free the edge itself: *np follows). 0 or -ENOMEM.
+ */
+static int add_elsewhere(struct flows *f, struct flows_node **np, const struct flows_key *k,
+                         const struct event *e, uint32_t minute)
+{
+    struct flows_node *n = *np;
+    bool to_cold = n->start < n->count && minute < n->minutes[n->start].minute;
+    bool exists = to_cold && cold_has(f, n, minute);
+    struct flows_minute one = {.minute = minute}, *m;
+
+    if (!exists && f->ring_len == f->ring_cap) {
+        bool gone = f->ring[f->ring_head] == n && node_buckets(n) == 1;
+        ring_pop(f);
+        f->stats.evicted_full++;
+        if (gone && (n = *np = node_get(f, k)) == NULL)
+            return -ENOMEM;
+    }
+    if (to_cold) {
+        minute_count(&one, e);
+        if (cold_put(f, n, &one) < 0)
+            goto fail;
+        if (!exists) {
+            n->cold++;
+            ring_push(f, n);
+        }
+        return 0;
+    }
+    if (n->start == n->count || minute > n->minutes[n->count - 1].minute)
+        node_cool(f, n, minute);
+    if ((m = minute_get(f, n, minute)) == NULL)
+        goto fail;
+    minute_count(m, e);
+    return 0;
+fail:
+    if (node_buckets(n) == 0)
+        node_unlink(f, n);
+    return -ENOMEM;
+}
 
 static void add_one(struct flows *f, const struct event *e, uint64_t now_ns)
 {
@@ -401,24 +526,12 @@ static void add_one(struct flows *f, const struct event *e, uint64_t now_ns)
     uint32_t minute = (uint32_t)(e->timestamp_ns / NS_PER_MIN);
     struct flows_node *n = node_get(f, &k);
     struct flows_minute *m = n != NULL ? minute_find(n, minute) : NULL;
-    if (n != NULL && m == NULL) {
-        /* A new bucket: make room first. That may free n itself (its last bucket). */
-        if (f->ring_len == f->ring_cap) {
-            bool gone = f->ring[f->ring_head] == n && n->count - n->start == 1;
-            ring_pop(f);
-            f->stats.evicted_full++;
-            if (gone)
-                n = node_get(f, &k);
-        }
-        m = n != NULL ? minute_get(f, n, minute) : NULL;
-    }
-    if (m == NULL) {
-        if (n != NULL && n->count == n->start)
-            node_unlink(f, n);
+    if (n == NULL || (m == NULL && add_elsewhere(f, &n, &k, e, minute) < 0)) {
         f->stats.failed++;
         return;
     }
-    minute_count(m, e);
+    if (m != NULL)
+        minute_count(m, e);
     f->stats.events++;
     if (f->max_series > 0)
         series_count(f, &k, e);
@@ -433,12 +546,29 @@ void flows_add(struct flows *f, const struct event *events, size_t n, uint64_t n
     pthread_mutex_unlock(&f->lock);
 }
 
+/* What the buckets, edges and eviction ring take (allocations, without malloc's own overhead). */
+static uint64_t held_bytes(const struct flows *f)
+{
+    uint64_t b = f->ring_cap * sizeof(*f->ring) + f->table_cap * sizeof(*f->table);
+
+    for (size_t i = 0; i < f->table_cap; i++) {
+        for (const struct flows_node *n = f->table[i]; n != NULL; n = n->next) {
+            b += sizeof(*n) + (uint64_t)n->cap * sizeof(*n->minutes) +
+                 (uint64_t)n->segs_cap * sizeof(*n->segs);
+            for (uint32_t s = 0; s < n->nsegs; s++)
+                b += flows_seg_bytes(&n->segs[s]);
+        }
+    }
+    return b;
+}
+
 void flows_get_stats(struct flows *f, struct flows_stats *out)
 {
     pthread_mutex_lock(&f->lock);
     *out = f->stats;
     out->edges = f->nodes;
     out->edge_minutes = f->ring_len;
+    out->bytes = held_bytes(f);
     pthread_mutex_unlock(&f->lock);
 }
 
@@ -448,11 +578,11 @@ void flows_stats_json(struct flows *f, struct buf *out)
 
     flows_get_stats(f, &st);
     buf_printf(out,
-               "{\"edges\":%" PRIu64 ",\"edge_minutes\":%" PRIu64 ",\"capacity\":%" PRIu64
-               ",\"evicted_full\":%" PRIu64 ",\"evicted_age\":%" PRIu64 ",\"events\":%" PRIu64
-               ",\"ignored\":%" PRIu64 ",\"failed\":%" PRIu64 "}",
-               st.edges, st.edge_minutes, st.capacity, st.evicted_full, st.evicted_age, st.events,
-               st.ignored, st.failed);
+               "{\"edges\":%" PRIu64 ",\"edge_minutes\":%" PRIu64 ",\"bytes\":%" PRIu64
+               ",\"capacity\":%" PRIu64 ",\"evicted_full\":%" PRIu64 ",\"evicted_age\":%" PRIu64
+               ",\"events\":%" PRIu64 ",\"ignored\":%" PRIu64 ",\"failed\":%" PRIu64 "}",
+               st.edges, st.edge_minutes, st.bytes, st.capacity, st.evicted_full, st.evicted_age,
+               st.events, st.ignored, st.failed);
 }
 
 size_t flows_minute_bytes(void)
@@ -470,11 +600,11 @@ static void counts_error_add(struct flows_counts *c, const char *error, uint64_t
         if (c->errors[i].error == NULL)
             c->errors[i].error = error;
         if (c->errors[i].error == error) {
-            add64(&c->errors[i].count, v);
+            flows_add64(&c->errors[i].count, v);
             return;
         }
     }
-    add64(&c->errors_other, v);
+    flows_add64(&c->errors_other, v);
 }
 
 static void seen_merge(struct flows_counts *c, uint64_t first, uint64_t last)
@@ -487,35 +617,35 @@ static void seen_merge(struct flows_counts *c, uint64_t first, uint64_t last)
 
 static void counts_add_minute(struct flows_counts *c, const struct flows_minute *m)
 {
-    add64(&c->connections, m->connections);
-    add64(&c->established, m->established);
-    add64(&c->failed, m->failed);
-    add64(&c->resets, m->resets);
-    add64(&c->retransmits, m->retransmits);
-    add64(&c->bytes_sent, m->bytes_sent);
-    add64(&c->bytes_received, m->bytes_received);
+    flows_add64(&c->connections, m->connections);
+    flows_add64(&c->established, m->established);
+    flows_add64(&c->failed, m->failed);
+    flows_add64(&c->resets, m->resets);
+    flows_add64(&c->retransmits, m->retransmits);
+    flows_add64(&c->bytes_sent, m->bytes_sent);
+    flows_add64(&c->bytes_received, m->bytes_received);
     for (size_t i = 0; i < FLOWS_ERROR_SLOTS && m->errors[i] != NULL; i++)
         counts_error_add(c, m->errors[i], m->error_counts[i]);
-    add64(&c->errors_other, m->errors_other);
+    flows_add64(&c->errors_other, m->errors_other);
     for (size_t i = 0; i < FLOWS_HIST_BUCKETS; i++)
-        add64(&c->hist[i], m->hist[i]);
+        flows_add64(&c->hist[i], m->hist[i]);
     seen_merge(c, m->first_seen_ns, m->last_seen_ns);
 }
 
 static void counts_add(struct flows_counts *c, const struct flows_counts *o)
 {
-    add64(&c->connections, o->connections);
-    add64(&c->established, o->established);
-    add64(&c->failed, o->failed);
-    add64(&c->resets, o->resets);
-    add64(&c->retransmits, o->retransmits);
-    add64(&c->bytes_sent, o->bytes_sent);
-    add64(&c->bytes_received, o->bytes_received);
+    flows_add64(&c->connections, o->connections);
+    flows_add64(&c->established, o->established);
+    flows_add64(&c->failed, o->failed);
+    flows_add64(&c->resets, o->resets);
+    flows_add64(&c->retransmits, o->retransmits);
+    flows_add64(&c->bytes_sent, o->bytes_sent);
+    flows_add64(&c->bytes_received, o->bytes_received);
     for (size_t i = 0; i < FLOWS_ERROR_SLOTS && o->errors[i].error != NULL; i++)
         counts_error_add(c, o->errors[i].error, o->errors[i].count);
-    add64(&c->errors_other, o->errors_other);
+    flows_add64(&c->errors_other, o->errors_other);
     for (size_t i = 0; i < FLOWS_HIST_BUCKETS; i++)
-        add64(&c->hist[i], o->hist[i]);
+        flows_add64(&c->hist[i], o->hist[i]);
     seen_merge(c, o->first_seen_ns, o->last_seen_ns);
 }
 
@@ -628,6 +758,30 @@ static uint32_t minute_lower_bound(const struct flows_node *n, uint64_t lo)
     return a;
 }
 
+static void count_minute(void *ctx, const struct flows_minute *m)
+{
+    counts_add_minute(ctx, m);
+}
+
+/*
+ * Adds n's compacted minutes in [lo, hi]: an hour whose records all fall
+ * inside by its total (also the current hour of a window ending now).
+ */
+static void cold_count(struct flows *f, const struct flows_node *n, uint64_t lo, uint64_t hi,
+                       struct flows_counts *c)
+{
+    for (uint32_t i = 0; i < n->nsegs; i++) {
+        const struct flows_seg *seg = &n->segs[i];
+        uint64_t first = seg->total.minute, last = seg->last_minute;
+        if (last < lo || first > hi)
+            continue;
+        if ((first >= lo || flows_seg_first_minute(seg) >= lo) && last <= hi)
+            counts_add_minute(c, &seg->total);
+        else
+            flows_seg_each(seg, &f->errtab, lo, hi, count_minute, c);
+    }
+}
+
 int flows_query(struct flows *f, const struct flows_query *q, struct flows_result *out)
 {
     uint64_t lo = q->since_ns / NS_PER_MIN, hi = q->until_ns / NS_PER_MIN;
@@ -640,6 +794,7 @@ int flows_query(struct flows *f, const struct flows_query *q, struct flows_resul
             if (!key_match(q, &n->key))
                 continue;
             struct flows_edge e = {0};
+            cold_count(f, n, lo, hi, &e.c);
             for (uint32_t i = minute_lower_bound(n, lo); i < n->count && n->minutes[i].minute <= hi;
                  i++)
                 counts_add_minute(&e.c, &n->minutes[i]);

@@ -7,6 +7,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -563,5 +564,186 @@ Test(flows, concurrent_adds_queries_and_metrics)
     cr_assert_eq(st.events, 4000);
     cr_assert_eq(st.edge_minutes, 100);
     cr_assert_geq(st.evicted_full, 140); /* 240 buckets at least were made */
+    flows_free(f);
+}
+
+/* ---- compacted minutes: every query equals the sum of the events it covers ---- */
+
+static uint64_t lcg(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return *s >> 33;
+}
+
+/* The contract of flows.h: bucket 0 below 2^10 ns, bucket b in [2^(b+9), 2^(b+10)). */
+static unsigned ref_bucket(uint64_t ns)
+{
+    unsigned b = 0;
+    while (b + 1 < FLOWS_HIST_BUCKETS && ns >= (1ull << (b + 10)))
+        b++;
+    return b;
+}
+
+static const struct flows_edge *edge_of(const struct flows_result *r, const char *pod)
+{
+    for (size_t i = 0; i < r->count; i++)
+        if (r->edges[i].key.src.pod == intern(pod))
+            return &r->edges[i];
+    return NULL;
+}
+
+#define MIX_EVENTS  4000
+#define MIX_MINUTES 190
+
+Test(flows, compacted_hours_answer_exactly_like_the_events)
+{
+    static struct event ev[MIX_EVENTS];
+    static const char *const errors[] = {"refused", "timeout", "unreachable"};
+    struct flows *f = flows_new(24 * HOUR, 3 * MIX_MINUTES + 30);
+    uint64_t seed = 42, last = 0;
+
+    for (size_t i = 0; i < MIX_EVENTS; i++) {
+        /* Mostly in order; one in eight comes late, up to two hours back. */
+        uint64_t minute = i * MIX_MINUTES / MIX_EVENTS;
+        if (lcg(&seed) % 8 == 0)
+            minute = minute > 0 ? lcg(&seed) % (minute + 1) : 0;
+        uint64_t ts = T0 + minute * MIN + lcg(&seed) % MIN;
+        char pod[16];
+        snprintf(pod, sizeof(pod), "web-%u", (unsigned)(lcg(&seed) % 3));
+        switch (lcg(&seed) % 4) {
+        case 0:
+            ev[i] = closed(ts, pod, "db-0", EVENT_ROLE_CLIENT, lcg(&seed) % 100000,
+                           lcg(&seed) % 5000000000ull);
+            break;
+        case 1:
+            ev[i] = conn(ts, pod, "db-0", EVENT_STATUS_FAILED, errors[lcg(&seed) % 3], 0);
+            break;
+        default:
+            ev[i] = conn(ts, pod, "db-0", EVENT_STATUS_ESTABLISHED, NULL,
+                         1 + lcg(&seed) % 200000000ull);
+        }
+        last = ts > last ? ts : last;
+    }
+    for (size_t i = 0; i < MIX_EVENTS; i += 37)
+        flows_add(f, &ev[i], i + 37 <= MIX_EVENTS ? 37 : MIX_EVENTS - i, last);
+
+    /* Windows: everything, whole hours, and ranges cutting hours at both ends. */
+    uint64_t windows[][2] = {{0, MIX_MINUTES}, {0, 59},    {60, 119}, {61, 118}, {30, 150},
+                             {59, 60},         {120, 189}, {7, 7},    {0, 179},  {100, 100}};
+    for (size_t w = 0; w < sizeof(windows) / sizeof(windows[0]); w++) {
+        struct flows_query q = all(FLOWS_GROUP_POD);
+        struct flows_result r;
+        q.since_ns = T0 + windows[w][0] * MIN;
+        q.until_ns = T0 + windows[w][1] * MIN + MIN - 1;
+        run(f, &q, &r);
+        for (unsigned p = 0; p < 3; p++) {
+            char pod[16];
+            struct flows_counts want = {0};
+            snprintf(pod, sizeof(pod), "web-%u", p);
+            for (size_t i = 0; i < MIX_EVENTS; i++) {
+                const struct event *e = &ev[i];
+                if (e->k8s.pod_name != intern(pod) || e->timestamp_ns < q.since_ns ||
+                    e->timestamp_ns > q.until_ns)
+                    continue;
+                if (want.first_seen_ns == 0 || e->timestamp_ns < want.first_seen_ns)
+                    want.first_seen_ns = e->timestamp_ns;
+                if (e->timestamp_ns > want.last_seen_ns)
+                    want.last_seen_ns = e->timestamp_ns;
+                if (e->type == EVENT_CLOSE) {
+                    want.bytes_sent += e->u.close.bytes_sent;
+                    want.bytes_received += e->u.close.bytes_received;
+                    want.retransmits += e->u.close.retransmits;
+                    want.resets++;
+                    continue;
+                }
+                want.connections++;
+                if (e->status == EVENT_STATUS_ESTABLISHED) {
+                    want.established++;
+                    want.hist[ref_bucket(e->u.conn.latency_ns)]++;
+                } else {
+                    want.failed++;
+                }
+            }
+            const struct flows_edge *got = edge_of(&r, pod);
+            if (want.first_seen_ns == 0) {
+                cr_assert_null(got, "window %zu, %s", w, pod);
+                continue;
+            }
+            cr_assert_not_null(got, "window %zu, %s", w, pod);
+            cr_assert_eq(got->c.connections, want.connections, "window %zu", w);
+            cr_assert_eq(got->c.established, want.established, "window %zu", w);
+            cr_assert_eq(got->c.failed, want.failed, "window %zu", w);
+            cr_assert_eq(got->c.resets, want.resets, "window %zu", w);
+            cr_assert_eq(got->c.retransmits, want.retransmits, "window %zu", w);
+            cr_assert_eq(got->c.bytes_sent, want.bytes_sent, "window %zu", w);
+            cr_assert_eq(got->c.bytes_received, want.bytes_received, "window %zu", w);
+            cr_assert_eq(got->c.first_seen_ns, want.first_seen_ns, "window %zu", w);
+            cr_assert_eq(got->c.last_seen_ns, want.last_seen_ns, "window %zu", w);
+            cr_assert_arr_eq(got->c.hist, want.hist, sizeof(want.hist), "window %zu", w);
+            uint64_t by_error = 0;
+            for (size_t k = 0; k < 3; k++)
+                by_error += error_count(&got->c, errors[k]);
+            cr_assert_eq(by_error, want.failed, "window %zu", w);
+            cr_assert_eq(got->c.errors_other, 0);
+        }
+        flows_result_free(&r);
+    }
+
+    /* Compacted minutes cost a fraction of a plain bucket each. */
+    struct flows_stats st;
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.edge_minutes, 3 * MIX_MINUTES);
+    cr_assert_lt(st.bytes / st.edge_minutes, flows_minute_bytes() / 2,
+                 "%" PRIu64 " B per edge-minute", st.bytes / st.edge_minutes);
+    flows_free(f);
+}
+
+Test(flows, eviction_and_retention_reach_into_compacted_hours)
+{
+    struct flows *f = flows_new(2 * HOUR, 100);
+    struct flows_stats st;
+    struct flows_result r;
+    struct flows_query q = all(FLOWS_GROUP_POD);
+
+    /* 150 minutes of one edge with room for 100: the oldest 50 go, wherever they were kept. */
+    for (unsigned m = 0; m < 150; m++) {
+        struct event e =
+            conn(T0 + m * MIN + 5, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 2000);
+        flows_add(f, &e, 1, T0 + m * MIN + 5);
+    }
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.edge_minutes, 100);
+    cr_assert_eq(st.evicted_full, 50);
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 1);
+    cr_assert_eq(r.edges[0].c.connections, 100);
+    cr_assert_eq(r.edges[0].c.first_seen_ns, T0 + 50 * MIN + 5, "%" PRIu64,
+                 (r.edges[0].c.first_seen_ns - T0) / MIN);
+    flows_result_free(&r);
+
+    /* A late event for a compacted minute that is still held lands in it: no new bucket. */
+    struct event late = conn(T0 + 70 * MIN + 9, "web-1", "db-0", EVENT_STATUS_FAILED, "refused", 0);
+    flows_add(f, &late, 1, T0 + 150 * MIN);
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.edge_minutes, 100);
+    cr_assert_eq(st.evicted_full, 50);
+    q.since_ns = T0 + 70 * MIN;
+    q.until_ns = T0 + 71 * MIN - 1;
+    run(f, &q, &r);
+    cr_assert_eq(r.edges[0].c.connections, 2);
+    cr_assert_eq(error_count(&r.edges[0].c, "refused"), 1);
+    cr_assert_eq(r.edges[0].c.last_seen_ns, T0 + 70 * MIN + 9);
+    flows_result_free(&r);
+
+    /* Retention (2h) drops compacted minutes as they age: at 3h, minutes 60..149 remain. */
+    flows_add(f, NULL, 0, T0 + 180 * MIN);
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.edge_minutes, 90);
+    cr_assert_eq(st.evicted_age, 10);
+    q = all(FLOWS_GROUP_POD);
+    run(f, &q, &r);
+    cr_assert_eq(r.edges[0].c.connections, 90 + 1);
+    cr_assert_eq(r.edges[0].c.first_seen_ns, T0 + 60 * MIN + 5);
+    flows_result_free(&r);
     flows_free(f);
 }

@@ -643,6 +643,8 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
     api_metric(b, "ebpf_aggregator_flow_buckets", "gauge",
                "Per-minute flow buckets (edge-minutes) this replica holds for /api/flows.",
                fs.edge_minutes);
+    api_metric(b, "ebpf_aggregator_flow_bytes", "gauge",
+               "Memory the flow buckets of this replica take, as allocated.", fs.bytes);
     api_metric_header(b, "ebpf_aggregator_flow_evicted_total", "counter",
                       "Flow buckets evicted by this replica, by limit.");
     api_metric_labelled(b, "ebpf_aggregator_flow_evicted_total", "reason", "full", fs.evicted_full);
