@@ -57,6 +57,17 @@ struct flows {
     struct flows_result series;
     size_t max_series; /* 0: not kept */
     uint64_t series_folded;
+    uint64_t series_stale_ns;  /* a series not counted into for this long goes away */
+    uint64_t series_swept_min; /* the minute stale series were last removed */
+    uint64_t series_removed;
+    /* Packet drops per (workload, reason): src = the workload, dst.workload = the reason. */
+    struct flows_result drops;
+    uint64_t drops_folded;
+    /* command -> interned, for Process endpoints: one intern() per new command, not per event */
+    struct {
+        char comm[EVENT_COMM_LEN];
+        const char *name;
+    } comms[64];
 };
 
 /* ---- keys ---- */
@@ -100,22 +111,53 @@ static bool key_equal(const struct flows_key *a, const struct flows_key *b)
            endpoint_equal(&a->dst, &b->dst);
 }
 
+static const char *command_name(struct flows *f, const char *command)
+{
+    char comm[EVENT_COMM_LEN] = {0};
+    uint64_t h = 0;
+
+    memcpy(comm, command, strnlen(command, sizeof(comm) - 1));
+    for (size_t i = 0; i < sizeof(comm); i++)
+        h = h * 31 + (uint8_t)comm[i];
+    size_t slot = h % (sizeof(f->comms) / sizeof(f->comms[0]));
+    if (f->comms[slot].name == NULL || memcmp(f->comms[slot].comm, comm, sizeof(comm)) != 0) {
+        const char *name = intern(comm);
+        if (name == NULL)
+            return NULL;
+        memcpy(f->comms[slot].comm, comm, sizeof(comm));
+        f->comms[slot].name = name;
+    }
+    return f->comms[slot].name;
+}
+
+/* The workload an event's own side is (SPEC §8 endpoints). */
+static void source_from_event(struct flows *f, const struct event *e, struct flows_endpoint *src)
+{
+    static const char *pod_kind, *process_kind;
+
+    if (pod_kind == NULL) {
+        pod_kind = intern("Pod");
+        process_kind = intern("Process");
+    }
+    src->node = e->node;
+    if (e->k8s.workload != NULL || e->k8s.pod_name != NULL) {
+        src->namespace = e->k8s.namespace;
+        src->workload = e->k8s.workload != NULL ? e->k8s.workload : e->k8s.pod_name;
+        src->workload_kind = e->k8s.workload_kind != NULL ? e->k8s.workload_kind : pod_kind;
+        src->pod = e->k8s.pod_name;
+    } else {
+        src->workload = command_name(f, e->command);
+        src->workload_kind = process_kind;
+    }
+}
+
 /* The edge a client-side event belongs to (SPEC §8 endpoints). */
-static void key_from_event(const struct event *e, struct flows_key *k)
+static void key_from_event(struct flows *f, const struct event *e, struct flows_key *k)
 {
     memset(k, 0, sizeof(*k));
     k->port = e->dport;
     k->protocol = e->protocol;
-    k->src.node = e->node;
-    if (e->k8s.workload != NULL || e->k8s.pod_name != NULL) {
-        k->src.namespace = e->k8s.namespace;
-        k->src.workload = e->k8s.workload != NULL ? e->k8s.workload : e->k8s.pod_name;
-        k->src.workload_kind = e->k8s.workload_kind != NULL ? e->k8s.workload_kind : intern("Pod");
-        k->src.pod = e->k8s.pod_name;
-    } else {
-        k->src.workload = intern(e->command);
-        k->src.workload_kind = intern("Process");
-    }
+    source_from_event(f, e, &k->src);
     const struct event_peer *p = &e->peer;
     if (p->workload != NULL || p->pod != NULL) {
         k->dst.namespace = p->namespace;
@@ -201,6 +243,7 @@ void flows_free(struct flows *f)
     free(f->table);
     free(f->ring);
     flows_result_free(&f->series);
+    flows_result_free(&f->drops);
     pthread_mutex_destroy(&f->lock);
     free(f);
 }
@@ -471,6 +514,7 @@ static void minute_count(struct flows_minute *m, const struct event *e)
 }
 
 static void series_count(struct flows *f, const struct flows_key *k, const struct event *e);
+static void drop_count(struct flows *f, const struct event *e);
 
 /*
  * Counts e in a minute *np holds only compacted, or in a new bucket (made
@@ -517,12 +561,14 @@ static void add_one(struct flows *f, const struct event *e, uint64_t now_ns)
 {
     struct flows_key k;
 
+    if (e->type == EVENT_PACKET_DROP && f->max_series > 0)
+        drop_count(f, e);
     if (!counts(e) || e->timestamp_ns == 0 || e->timestamp_ns / NS_PER_MIN > UINT32_MAX ||
         (now_ns > f->retention_ns && e->timestamp_ns < now_ns - f->retention_ns)) {
         f->stats.ignored++;
         return;
     }
-    key_from_event(e, &k);
+    key_from_event(f, e, &k);
     uint32_t minute = (uint32_t)(e->timestamp_ns / NS_PER_MIN);
     struct flows_node *n = node_get(f, &k);
     struct flows_minute *m = n != NULL ? minute_find(n, minute) : NULL;
@@ -537,10 +583,13 @@ static void add_one(struct flows *f, const struct event *e, uint64_t now_ns)
         series_count(f, &k, e);
 }
 
+static void series_expire(struct flows *f, uint64_t now_ns);
+
 void flows_add(struct flows *f, const struct event *events, size_t n, uint64_t now_ns)
 {
     pthread_mutex_lock(&f->lock);
     expire(f, now_ns);
+    series_expire(f, now_ns);
     for (size_t i = 0; i < n; i++)
         add_one(f, &events[i], now_ns);
     pthread_mutex_unlock(&f->lock);
@@ -641,6 +690,7 @@ static void counts_add(struct flows_counts *c, const struct flows_counts *o)
     flows_add64(&c->retransmits, o->retransmits);
     flows_add64(&c->bytes_sent, o->bytes_sent);
     flows_add64(&c->bytes_received, o->bytes_received);
+    flows_add64(&c->latency_sum_ns, o->latency_sum_ns);
     for (size_t i = 0; i < FLOWS_ERROR_SLOTS && o->errors[i].error != NULL; i++)
         counts_error_add(c, o->errors[i].error, o->errors[i].count);
     flows_add64(&c->errors_other, o->errors_other);
@@ -874,10 +924,11 @@ void flows_result_free(struct flows_result *r)
 
 /* ---- /metrics series ---- */
 
-void flows_series_enable(struct flows *f, size_t max_series)
+void flows_series_enable(struct flows *f, size_t max_series, uint64_t stale_after_ns)
 {
     pthread_mutex_lock(&f->lock);
     f->max_series = max_series;
+    f->series_stale_ns = stale_after_ns;
     pthread_mutex_unlock(&f->lock);
 }
 
@@ -925,8 +976,62 @@ static void series_count(struct flows *f, const struct flows_key *k, const struc
     }
     minute_count(&m, e);
     counts_add_minute(&one.c, &m);
+    if (e->type == EVENT_CONNECTION && e->status == EVENT_STATUS_ESTABLISHED)
+        one.c.latency_sum_ns = e->u.conn.latency_ns;
     if (flows_result_add(&f->series, &one) < 0)
         f->stats.failed++;
+}
+
+static void drop_count(struct flows *f, const struct event *e)
+{
+    struct flows_edge one = {0};
+
+    source_from_event(f, e, &one.key.src);
+    one.key.src.pod = NULL;
+    one.key.src.node = NULL;
+    one.key.src.workload_kind = NULL;
+    one.key.dst.workload = e->u.drop.reason != NULL ? e->u.drop.reason : intern("unknown");
+    if (!result_has(&f->drops, &one.key) && f->drops.count >= f->max_series) {
+        one.key.src.namespace = one.key.src.workload = intern("~other");
+        f->drops_folded++;
+    }
+    one.c.connections = 1;
+    one.c.first_seen_ns = one.c.last_seen_ns = e->timestamp_ns;
+    if (flows_result_add(&f->drops, &one) < 0)
+        f->stats.failed++;
+}
+
+/* Drops the entries of r last counted into before cutoff; returns how many. */
+static size_t result_drop_before(struct flows_result *r, uint64_t cutoff)
+{
+    size_t kept = 0, n = r->count;
+
+    for (size_t i = 0; i < n; i++)
+        if (r->edges[i].c.last_seen_ns >= cutoff)
+            r->edges[kept++] = r->edges[i];
+    r->count = kept;
+    if (kept < n && result_reindex(r, r->index_cap) < 0) {
+        /* Out of memory for the index: the series start over (counters reset, which
+         * Prometheus handles) rather than being looked up wrongly. */
+        r->count = 0;
+        memset(r->index, 0, r->index_cap * sizeof(*r->index));
+        return n;
+    }
+    return n - kept;
+}
+
+/* Once a minute: series of workloads not seen for STALE_AFTER go away (SPEC §8). */
+static void series_expire(struct flows *f, uint64_t now_ns)
+{
+    uint64_t minute = now_ns / NS_PER_MIN;
+
+    if (f->max_series == 0 || f->series_stale_ns == 0 || minute == f->series_swept_min ||
+        now_ns < f->series_stale_ns)
+        return;
+    f->series_swept_min = minute;
+    uint64_t cutoff = now_ns - f->series_stale_ns;
+    f->series_removed += result_drop_before(&f->series, cutoff);
+    f->series_removed += result_drop_before(&f->drops, cutoff);
 }
 
 static void label_value(struct buf *b, const char *name, const char *v, bool first)
@@ -970,6 +1075,57 @@ static void series_family(struct buf *b, const struct flows_result *r, const cha
     }
 }
 
+/*
+ * The connect latency of each series as a Prometheus histogram: every
+ * second log2 bucket bound of the flows histogram as an `le`, so counts
+ * are exact (no bucket is split).
+ */
+static void latency_histograms(struct buf *b, const struct flows_result *r)
+{
+    const char *name = "ebpf_flow_connect_latency_seconds";
+
+    buf_printf(b, "# HELP %s Connect latency of established connections.\n# TYPE %s histogram\n",
+               name, name);
+    for (size_t i = 0; i < r->count; i++) {
+        const struct flows_counts *c = &r->edges[i].c;
+        uint64_t cum = 0;
+        for (size_t k = 0; k < FLOWS_HIST_BUCKETS; k++) {
+            cum += c->hist[k];
+            if (k % 2 == 0 || k == FLOWS_HIST_BUCKETS - 1)
+                continue;
+            buf_printf(b, "%s_bucket{", name);
+            series_labels(b, &r->edges[i].key);
+            buf_printf(b, ",le=\"%.9g\"} %" PRIu64 "\n", (double)(1ull << (k + 10)) / 1e9, cum);
+        }
+        buf_printf(b, "%s_bucket{", name);
+        series_labels(b, &r->edges[i].key);
+        buf_printf(b, ",le=\"+Inf\"} %" PRIu64 "\n%s_sum{", c->established, name);
+        series_labels(b, &r->edges[i].key);
+        buf_printf(b, "} %.9f\n%s_count{", (double)c->latency_sum_ns / 1e9, name);
+        series_labels(b, &r->edges[i].key);
+        buf_printf(b, "} %" PRIu64 "\n", c->established);
+    }
+}
+
+static void drop_series(struct buf *b, const struct flows_result *r)
+{
+    const char *name = "ebpf_flow_workload_drops_total";
+
+    buf_printf(b,
+               "# HELP %s Packet-drop events by the workload whose socket lost the packet and the "
+               "kernel's reason (drops the agent rate-limited away are not attributed).\n"
+               "# TYPE %s counter\n",
+               name, name);
+    for (size_t i = 0; i < r->count; i++) {
+        const struct flows_key *k = &r->edges[i].key;
+        buf_printf(b, "%s{", name);
+        label_value(b, "namespace", k->src.namespace, true);
+        label_value(b, "workload", k->src.workload, false);
+        label_value(b, "reason", k->dst.workload, false);
+        buf_printf(b, "} %" PRIu64 "\n", r->edges[i].c.connections);
+    }
+}
+
 void flows_series_metrics(struct flows *f, struct buf *b)
 {
     static const char *const status[] = {"established", "failed", "attempted"};
@@ -998,13 +1154,18 @@ void flows_series_metrics(struct flows *f, struct buf *b)
                   offsetof(struct flows_counts, retransmits));
     series_family(b, r, "ebpf_flow_resets_total", "Connections that ended with a RST.",
                   offsetof(struct flows_counts, resets));
+    latency_histograms(b, r);
+    drop_series(b, &f->drops);
     buf_printf(b,
                "# HELP ebpf_flow_series Flow series exported (FLOW_METRICS_MAX_SERIES caps them).\n"
                "# TYPE ebpf_flow_series gauge\nebpf_flow_series %zu\n"
                "# HELP ebpf_flow_series_folded_total Events counted into a ~other series, past "
                "the cap.\n# TYPE ebpf_flow_series_folded_total counter\n"
-               "ebpf_flow_series_folded_total %" PRIu64 "\n",
-               r->count, f->series_folded);
+               "ebpf_flow_series_folded_total %" PRIu64 "\n"
+               "# HELP ebpf_flow_series_removed_total Series removed after STALE_AFTER without "
+               "events.\n# TYPE ebpf_flow_series_removed_total counter\n"
+               "ebpf_flow_series_removed_total %" PRIu64 "\n",
+               r->count + f->drops.count, f->series_folded + f->drops_folded, f->series_removed);
     pthread_mutex_unlock(&f->lock);
 }
 

@@ -85,6 +85,7 @@ struct flows_counts {
     uint64_t errors_other; /* failures past FLOWS_ERROR_SLOTS causes */
     uint64_t hist[FLOWS_HIST_BUCKETS];
     uint64_t first_seen_ns, last_seen_ns; /* 0: none */
+    uint64_t latency_sum_ns;              /* /metrics series only; 0 in query results */
 };
 
 struct flows_edge {
@@ -183,14 +184,18 @@ void flows_response_begin(struct buf *out, const struct flows_result *r,
 
 /*
  * Also keeps cumulative counters per (source namespace/workload, destination
- * namespace/workload or IP, port, protocol) for /metrics, at most max_series
- * of them: events of a new pair past that count in a "~other" series (per
- * protocol), counted in ebpf_flow_series_folded_total. Call once, before
- * events are added. Series are never dropped (counters must not go back).
+ * namespace/workload or IP, port, protocol) for /metrics, and packet-drop
+ * events per (namespace/workload, reason), at most max_series of each:
+ * events of a new series past that count in a "~other" one, counted in
+ * ebpf_flow_series_folded_total. A series no event counted into for
+ * stale_after_ns (STALE_AFTER; 0: never) goes away, counted in
+ * ebpf_flow_series_removed_total. Call once, before events are added.
  */
-void flows_series_enable(struct flows *f, size_t max_series);
+void flows_series_enable(struct flows *f, size_t max_series, uint64_t stale_after_ns);
 /* Prometheus text of those series: ebpf_flow_{connections,bytes_sent,bytes_received,
- * retransmits,resets}_total, ebpf_flow_series, ebpf_flow_series_folded_total. */
+ * retransmits,resets}_total, ebpf_flow_connect_latency_seconds (histogram),
+ * ebpf_flow_workload_drops_total, ebpf_flow_series, ebpf_flow_series_folded_total,
+ * ebpf_flow_series_removed_total. */
 void flows_series_metrics(struct flows *f, struct buf *b);
 
 /* Bytes a plain (not yet compacted) edge-minute costs: its bucket and its eviction slot. */

@@ -214,6 +214,16 @@ static uint64_t metrics_connections(int port, int dst_port, const char *status)
              comm, dst_port, status);
     const char *at = strstr(r.body, want);
     uint64_t v = at != NULL ? strtoull(at + strlen(want), NULL, 10) : 0;
+    if (strcmp(status, "established") == 0) {
+        /* The latency histogram of the same edge counts every established connection. */
+        snprintf(want, sizeof(want),
+                 "ebpf_flow_connect_latency_seconds_count{src_namespace=\"\",src_workload=\"%s\","
+                 "dst_namespace=\"\",dst_workload=\"127.0.0.1\",dst_port=\"%d\","
+                 "protocol=\"tcp\"} ",
+                 comm, dst_port);
+        at = strstr(r.body, want);
+        cr_assert_eq(at != NULL ? strtoull(at + strlen(want), NULL, 10) : 0, v, "%s", r.body);
+    }
     tu_http_free(&r);
     return v;
 }

@@ -492,7 +492,7 @@ Test(flows, metrics_series_are_capped_and_fold_into_other)
     };
     struct buf b;
 
-    flows_series_enable(f, 1);
+    flows_series_enable(f, 1, 0);
     ev[2].dport = 443;
     ev[3].dport = 53;
     ev[3].protocol = 17;
@@ -544,7 +544,7 @@ Test(flows, concurrent_adds_queries_and_metrics)
     struct flows_query q = all(FLOWS_GROUP_WORKLOAD);
     struct flows_stats st;
 
-    flows_series_enable(f, 10);
+    flows_series_enable(f, 10, 0);
     for (int i = 0; i < 2; i++)
         cr_assert_eq(pthread_create(&t[i], NULL, write_many, &w[i]), 0);
     for (int i = 0; i < 50; i++) {
@@ -745,5 +745,78 @@ Test(flows, eviction_and_retention_reach_into_compacted_hours)
     cr_assert_eq(r.edges[0].c.connections, 90 + 1);
     cr_assert_eq(r.edges[0].c.first_seen_ns, T0 + 60 * MIN + 5);
     flows_result_free(&r);
+    flows_free(f);
+}
+
+Test(flows, metrics_have_a_latency_histogram_drops_per_workload_and_stale_series_go)
+{
+    struct flows *f = flows_new(24 * HOUR, 1000);
+    struct buf b;
+
+    flows_series_enable(f, 10, 5 * MIN);
+    struct event ev[3];
+    ev[0] = conn(T0, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 3000); /* [2^11, 2^12) ns */
+    ev[1] = conn(T0 + 1, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 100000);
+    memset(&ev[2], 0, sizeof(ev[2]));
+    ev[2].type = EVENT_PACKET_DROP;
+    ev[2].timestamp_ns = T0 + 2;
+    ev[2].node = intern("node-1");
+    ev[2].k8s.namespace = intern("shop");
+    ev[2].k8s.pod_name = intern("web-1");
+    ev[2].k8s.workload = intern("web");
+    ev[2].u.drop.reason = intern("NO_SOCKET");
+    flows_add(f, ev, 3, T0 + 3);
+    buf_init(&b);
+    flows_series_metrics(f, &b);
+    buf_putc(&b, '\0');
+    const char *t = b.data;
+    const char *labels = "src_namespace=\"shop\",src_workload=\"web\",dst_namespace=\"shop\","
+                         "dst_workload=\"db\",dst_port=\"8080\",protocol=\"tcp\"";
+    char want[512];
+    /* le 2^11 ns holds neither; le 2^13 ns the first; le 2^17 ns both. */
+    snprintf(want, sizeof(want),
+             "ebpf_flow_connect_latency_seconds_bucket{%s,le=\"2.048e-06\"} 0\n", labels);
+    cr_assert(strstr(t, want) != NULL, "%s\n%s", want, t);
+    snprintf(want, sizeof(want),
+             "ebpf_flow_connect_latency_seconds_bucket{%s,le=\"8.192e-06\"} 1\n", labels);
+    cr_assert(strstr(t, want) != NULL, "%s\n%s", want, t);
+    snprintf(want, sizeof(want),
+             "ebpf_flow_connect_latency_seconds_bucket{%s,le=\"0.000131072\"} 2\n", labels);
+    cr_assert(strstr(t, want) != NULL, "%s\n%s", want, t);
+    snprintf(want, sizeof(want), "ebpf_flow_connect_latency_seconds_sum{%s} 0.000103000\n", labels);
+    cr_assert(strstr(t, want) != NULL, "%s\n%s", want, t);
+    snprintf(want, sizeof(want), "ebpf_flow_connect_latency_seconds_count{%s} 2\n", labels);
+    cr_assert(strstr(t, want) != NULL, "%s\n%s", want, t);
+    cr_assert(strstr(t, "ebpf_flow_workload_drops_total{namespace=\"shop\",workload=\"web\","
+                        "reason=\"NO_SOCKET\"} 1\n") != NULL,
+              "%s", t);
+    cr_assert(strstr(t, "ebpf_flow_series 2\n") != NULL, "%s", t);
+    buf_free(&b);
+
+    /* Four minutes on the series are still there; six minutes on they are gone, counted. */
+    flows_add(f, NULL, 0, T0 + 4 * MIN);
+    buf_init(&b);
+    flows_series_metrics(f, &b);
+    buf_putc(&b, '\0');
+    cr_assert(strstr(b.data, "ebpf_flow_series 2\n") != NULL, "%s", b.data);
+    buf_free(&b);
+    flows_add(f, NULL, 0, T0 + 6 * MIN);
+    buf_init(&b);
+    flows_series_metrics(f, &b);
+    buf_putc(&b, '\0');
+    cr_assert(strstr(b.data, "ebpf_flow_series 0\n") != NULL, "%s", b.data);
+    cr_assert(strstr(b.data, "ebpf_flow_series_removed_total 2\n") != NULL, "%s", b.data);
+    cr_assert(strstr(b.data, "src_workload=\"web\"") == NULL, "%s", b.data);
+    cr_assert(strstr(b.data, "NO_SOCKET") == NULL, "%s", b.data);
+    buf_free(&b);
+
+    /* A workload seen again comes back from zero. */
+    ev[0].timestamp_ns = T0 + 7 * MIN;
+    flows_add(f, ev, 1, T0 + 7 * MIN);
+    buf_init(&b);
+    flows_series_metrics(f, &b);
+    buf_putc(&b, '\0');
+    cr_assert(strstr(b.data, "ebpf_flow_series 1\n") != NULL, "%s", b.data);
+    buf_free(&b);
     flows_free(f);
 }

@@ -88,7 +88,7 @@ int main(int argc, char **argv)
     a.nodes = nodes_new(AGGREGATOR_MAX_INSTANCES);
     a.flows = flows_new(a.cfg.flow_retention_ns, a.cfg.flow_max_edges);
     if (a.flows)
-        flows_series_enable(a.flows, a.cfg.flow_metrics_max_series);
+        flows_series_enable(a.flows, a.cfg.flow_metrics_max_series, a.cfg.stale_after_ns);
     if (!a.store || !a.nodes || !a.flows) {
         fprintf(stderr, "ebpf-aggregator: cannot allocate the event history\n");
         goto out;
