@@ -748,6 +748,14 @@ Test(flows, eviction_and_retention_reach_into_compacted_hours)
     flows_free(f);
 }
 
+/* The series' Prometheus text, NUL-terminated in b. */
+static void metrics_text(struct flows *f, struct buf *b)
+{
+    buf_init(b);
+    flows_series_metrics(f, b);
+    buf_putc(b, '\0');
+}
+
 Test(flows, metrics_have_a_latency_histogram_drops_per_workload_and_stale_series_go)
 {
     struct flows *f = flows_new(24 * HOUR, 1000);
@@ -766,9 +774,7 @@ Test(flows, metrics_have_a_latency_histogram_drops_per_workload_and_stale_series
     ev[2].k8s.workload = intern("web");
     ev[2].u.drop.reason = intern("NO_SOCKET");
     flows_add(f, ev, 3, T0 + 3);
-    buf_init(&b);
-    flows_series_metrics(f, &b);
-    buf_putc(&b, '\0');
+    metrics_text(f, &b);
     const char *t = b.data;
     const char *labels = "src_namespace=\"shop\",src_workload=\"web\",dst_namespace=\"shop\","
                          "dst_workload=\"db\",dst_port=\"8080\",protocol=\"tcp\"";
@@ -795,15 +801,11 @@ Test(flows, metrics_have_a_latency_histogram_drops_per_workload_and_stale_series
 
     /* Four minutes on the series are still there; six minutes on they are gone, counted. */
     flows_add(f, NULL, 0, T0 + 4 * MIN);
-    buf_init(&b);
-    flows_series_metrics(f, &b);
-    buf_putc(&b, '\0');
+    metrics_text(f, &b);
     cr_assert(strstr(b.data, "ebpf_flow_series 2\n") != NULL, "%s", b.data);
     buf_free(&b);
     flows_add(f, NULL, 0, T0 + 6 * MIN);
-    buf_init(&b);
-    flows_series_metrics(f, &b);
-    buf_putc(&b, '\0');
+    metrics_text(f, &b);
     cr_assert(strstr(b.data, "ebpf_flow_series 0\n") != NULL, "%s", b.data);
     cr_assert(strstr(b.data, "ebpf_flow_series_removed_total 2\n") != NULL, "%s", b.data);
     cr_assert(strstr(b.data, "src_workload=\"web\"") == NULL, "%s", b.data);
@@ -813,9 +815,7 @@ Test(flows, metrics_have_a_latency_histogram_drops_per_workload_and_stale_series
     /* A workload seen again comes back from zero. */
     ev[0].timestamp_ns = T0 + 7 * MIN;
     flows_add(f, ev, 1, T0 + 7 * MIN);
-    buf_init(&b);
-    flows_series_metrics(f, &b);
-    buf_putc(&b, '\0');
+    metrics_text(f, &b);
     cr_assert(strstr(b.data, "ebpf_flow_series 1\n") != NULL, "%s", b.data);
     buf_free(&b);
     flows_free(f);
