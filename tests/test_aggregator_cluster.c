@@ -1015,6 +1015,56 @@ Test(aggregator_small_payload, answers_larger_than_a_message_still_page_exactly,
     check(pages > 1, "the payload limit never cut an answer");
 }
 
+Test(aggregator_small_payload, flows_answers_larger_than_a_message_come_in_parts,
+     .init = cluster_up_small_payload, .fini = cluster_down_small_payload, .timeout = 60)
+{
+    /* 1,000 edges of about 300 bytes each: every replica's share is several messages. */
+    enum { BATCHES = 20, PER_BATCH = 50, TOTAL = BATCHES * PER_BATCH };
+    for (uint64_t seq = 1; seq <= BATCHES; seq++) {
+        const char *node = seq % 2 ? NODE_A : NODE_B;
+        struct event *ev = make_events(node, PER_BATCH, 500);
+        for (size_t i = 0; i < PER_BATCH; i++) {
+            size_t n = (seq - 1) * PER_BATCH + i;
+            ev[i].type = EVENT_CONNECTION;
+            ev[i].status = EVENT_STATUS_ESTABLISHED;
+            ev[i].family = EVENT_FAMILY_IPV4;
+            ev[i].protocol = 6;
+            ev[i].dport = 443;
+            ev[i].daddr[0] = 10;
+            ev[i].daddr[1] = (uint8_t)(n >> 8);
+            ev[i].daddr[2] = (uint8_t)n;
+            ev[i].daddr[3] = 1;
+            memset(&ev[i].u, 0, sizeof(ev[i].u));
+            ev[i].u.conn.latency_ns = 1000 + n;
+        }
+        publish_batch(node, seq % 2 ? "aaaaaaaaaaaaaaaa" : "bbbbbbbbbbbbbbbb", (seq + 1) / 2, ev,
+                      PER_BATCH);
+        free(ev);
+    }
+    natsConnection_Flush(pub);
+    check(wait_total_events(agg_port[0], TOTAL, 5000), "events never all ingested");
+
+    int64_t count[2];
+    for (int r = 0; r < 2; r++) {
+        json_t *j = get(agg_port[r], "/api/flows?group_by=pod&limit=100000");
+        check(jint(j, "replicas.answered") == 2 && !json_is_true(json_object_get(j, "partial")),
+              "replica %d: both answered, whole", r);
+        count[r] = jint(j, "count");
+        size_t i;
+        json_t *e;
+        int64_t connections = 0;
+        json_array_foreach(json_object_get(j, "edges"), i, e)
+        {
+            connections += json_integer_value(json_object_get(e, "connections"));
+        }
+        check(connections == TOTAL, "replica %d: %lld connections of %d", r, (long long)connections,
+              TOTAL);
+        json_decref(j);
+    }
+    check(count[0] == TOTAL && count[1] == TOTAL, "edges %lld and %lld of %d", (long long)count[0],
+          (long long)count[1], TOTAL);
+}
+
 /* No fixture: this one starts NATS late on purpose. */
 Test(aggregator_late_nats, starts_without_nats_and_serves_once_it_comes, .fini = cluster_down,
      .timeout = 60)

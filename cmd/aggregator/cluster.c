@@ -546,30 +546,100 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 
 /* ---- flows ---- */
 
+/* A peer's answer while its parts arrive: merged into the total only once whole. */
+struct flows_partial {
+    char id[CLUSTER_REPLICA_ID_LEN];
+    struct flows_result edges;
+    uint8_t seen[CLUSTER_FLOWS_MAX_PARTS / 8];
+    unsigned received, total; /* total: 0 until the last part came */
+    unsigned top;             /* the highest part number seen, plus one */
+};
+
 /* The peers' answers to one flows request, merged as they come. */
 struct flows_gather {
     struct cluster *c;
     struct flows_result *out;
     int error; /* -ENOMEM seen */
     struct cluster_answers seen;
+    struct flows_partial *partial; /* one per peer that sent part of its answer */
+    size_t npartial;
 };
+
+static int edges_merge(struct flows_result *into, const struct flows_result *r)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < r->count; i++)
+        rc = flows_result_add(into, &r->edges[i]);
+    return rc;
+}
+
+static struct flows_partial *partial_of(struct flows_gather *g, const char *id)
+{
+    for (size_t i = 0; i < g->npartial; i++)
+        if (strcmp(g->partial[i].id, id) == 0)
+            return &g->partial[i];
+    if (g->npartial == CLUSTER_MAX_PEERS)
+        return NULL;
+    if (g->partial == NULL && (g->partial = calloc(CLUSTER_MAX_PEERS, sizeof(*g->partial))) == NULL)
+        return NULL;
+    struct flows_partial *p = &g->partial[g->npartial++];
+    snprintf(p->id, sizeof(p->id), "%s", id);
+    return p;
+}
+
+/* One part of a peer's answer; true when it completed the answer. */
+static bool flows_part_take(struct flows_gather *g, struct cluster_flows_reply *r)
+{
+    const char *why = cluster_answer_admit(&g->seen, r->replica);
+    struct flows_partial *p = why == NULL ? partial_of(g, r->replica) : NULL;
+
+    if (why == NULL && p == NULL)
+        why = "more answering replicas than peers";
+    else if (why == NULL && ((p->seen[r->part / 8] >> (r->part % 8)) & 1))
+        why = "a part received twice";
+    else if (why == NULL &&
+             ((p->total != 0 && r->part >= p->total) || (r->last && p->top > r->part)))
+        why = "a part past the answer's last";
+    if (why != NULL) {
+        answer_reject(g->c, "flows query", r->replica, why);
+        return false;
+    }
+    p->seen[r->part / 8] |= (uint8_t)(1u << (r->part % 8));
+    p->received++;
+    if (r->part + 1 > p->top)
+        p->top = r->part + 1;
+    if (r->last)
+        p->total = r->part + 1;
+    if (edges_merge(&p->edges, &r->edges) < 0)
+        g->error = -ENOMEM;
+    if (p->received != p->total)
+        return false;
+    cluster_answer_record(&g->seen, r->replica);
+    if (edges_merge(g->out, &p->edges) < 0)
+        g->error = -ENOMEM;
+    flows_result_free(&p->edges);
+    return true;
+}
 
 static bool on_flows_reply(void *ctx, natsMsg *m)
 {
     struct flows_gather *g = ctx;
     int len = natsMsg_GetDataLength(m);
     struct cluster_flows_reply r;
-    bool use;
+    bool use, counts;
 
     if (len <= 0)
         return false; /* not an answer (e.g. an empty "no responders" status message) */
     int rc = cluster_reply_flows_decode(natsMsg_GetData(m), (size_t)len, &r);
-    bool counts = answer_take(g->c, &g->seen, "flows query", "not a flows answer", rc, r.replica,
-                              r.error, &use);
-    for (size_t i = 0; use && rc == 0 && i < r.edges.count; i++)
-        rc = flows_result_add(g->out, &r.edges.edges[i]);
-    if (use && rc < 0)
-        g->error = -ENOMEM;
+    if (rc == 0 && r.error == NULL) {
+        counts = flows_part_take(g, &r);
+    } else {
+        /* An error stands for the whole answer, parts sent before it included. */
+        counts = answer_take(g->c, &g->seen, "flows query", "not a flows answer", rc, r.replica,
+                             r.error, &use);
+        if (rc == -ENOMEM)
+            g->error = -ENOMEM;
+    }
     cluster_flows_reply_free(&r);
     return counts;
 }
@@ -596,11 +666,27 @@ int cluster_flows(struct cluster *c, const char *qs, size_t qslen, const struct 
             got = gather(c, c->subj_flows, req.data, req.len, peers, on_flows_reply, &g);
         buf_free(&req);
         rc = g.error;
+        /* Answers not whole by the deadline count as missing (the reply says partial). */
+        for (size_t i = 0; i < g.npartial; i++)
+            flows_result_free(&g.partial[i].edges);
+        free(g.partial);
     }
     flows_result_finish(out, q->limit);
     *answered = 1 + got;
     *expected = 1 + peers > *answered ? 1 + peers : *answered;
     return rc;
+}
+
+struct flows_emit {
+    natsConnection *nc;
+    const char *reply;
+};
+
+static int flows_publish(void *ctx, const struct buf *part)
+{
+    struct flows_emit *to = ctx;
+    return natsConnection_Publish(to->nc, to->reply, part->data, (int)part->len) == NATS_OK ? 0
+                                                                                            : -EIO;
 }
 
 static void handle_flows(struct cluster *c, natsConnection *nc, natsSubscription *sub, natsMsg *msg)
@@ -613,33 +699,27 @@ static void handle_flows(struct cluster *c, natsConnection *nc, natsSubscription
     int64_t max = natsConnection_GetMaxPayload(nc);
     struct flows_result r = {0};
     struct flows_query q;
-    struct buf out;
     char err[256];
 
-    buf_init(&out);
     if (reply == NULL || reply[0] == '\0' || id == NULL || !json_is_string(qv) ||
         !json_is_integer(since) || !json_is_integer(until) || json_integer_value(since) < 0 ||
         json_integer_value(until) < json_integer_value(since) || strcmp(id, c->a->replica) == 0)
         goto done;
+    struct flows_emit to = {.nc = nc, .reply = reply};
+    const char *error = NULL;
     if (flows_query_parse(&q, json_string_value(qv), json_string_length(qv), 0, err, sizeof(err)) <
         0) {
-        cluster_reply_flows_encode(c->a->replica, NULL, err, max, &out);
+        error = err;
     } else {
         q.since_ns = (uint64_t)json_integer_value(since);
         q.until_ns = (uint64_t)json_integer_value(until);
         if (flows_query(c->a->flows, &q, &r) < 0)
-            cluster_reply_flows_encode(c->a->replica, NULL, "out of memory running the query", max,
-                                       &out);
-        else
-            cluster_reply_flows_encode(c->a->replica, &r, NULL, max, &out);
+            error = "out of memory running the query";
     }
-    if (!out.oom && out.len > 0) {
-        natsConnection_Publish(nc, reply, out.data, (int)out.len);
-        flush_reply(nc, sub);
-    }
+    cluster_reply_flows_encode(c->a->replica, &r, error, max, flows_publish, &to);
+    flush_reply(nc, sub);
 done:
     flows_result_free(&r);
-    buf_free(&out);
     json_decref(root);
 }
 

@@ -174,31 +174,86 @@ static void flows_error(const char *replica, const char *error, struct buf *out)
     buf_putc(out, '}');
 }
 
-void cluster_reply_flows_encode(const char *replica, const struct flows_result *r,
-                                const char *error, int64_t max_payload, struct buf *out)
+static int flows_error_emit(const char *replica, const char *error,
+                            int (*emit)(void *ctx, const struct buf *part), void *ctx)
 {
-    char msg[128];
+    struct buf out;
 
-    if (error != NULL) {
-        flows_error(replica, error, out);
-        return;
-    }
-    buf_reset(out);
-    buf_puts(out, "{\"replica\":");
-    buf_json_cstr(out, replica);
-    buf_putc(out, ',');
-    /* The edges object without its opening brace. */
-    size_t at = out->len;
-    flows_result_encode(r, out);
-    if (!out->oom)
-        memmove(out->data + at, out->data + at + 1, --out->len - at);
+    buf_init(&out);
+    flows_error(replica, error, &out);
+    int rc = out.oom ? -ENOMEM : emit(ctx, &out);
+    buf_free(&out);
+    return rc;
+}
+
+/* One edge's object in flows_result_encode()'s form, appended to out. */
+static void edge_append(struct buf *out, struct buf *tmp, const struct flows_edge *e)
+{
+    static const char head[] = "{\"edges\":[";
+    struct flows_result one = {.edges = (struct flows_edge *)e, .count = 1};
+
+    buf_reset(tmp);
+    flows_result_encode(&one, tmp);
+    if (!tmp->oom && tmp->len > sizeof(head) - 1 + 2)
+        buf_append(out, tmp->data + sizeof(head) - 1, tmp->len - (sizeof(head) - 1) - 2);
+    else
+        out->oom = true;
+}
+
+int cluster_reply_flows_encode(const char *replica, const struct flows_result *r, const char *error,
+                               int64_t max_payload, int (*emit)(void *ctx, const struct buf *part),
+                               void *ctx)
+{
+    static const char tail[] = "],\"last\":false}";
+    struct buf part, edge;
+    char msg[128];
+    size_t i = 0;
+    int rc = 0;
+
+    if (error != NULL)
+        return flows_error_emit(replica, error, emit, ctx);
     if (max_payload <= CLUSTER_PAYLOAD_OVERHEAD)
         max_payload = CLUSTER_DEFAULT_PAYLOAD;
-    if (out->len > (uint64_t)(max_payload - CLUSTER_PAYLOAD_OVERHEAD)) {
-        snprintf(msg, sizeof(msg), "%zu edges over the NATS max payload (%" PRId64 " bytes)",
-                 r->count, max_payload);
-        flows_error(replica, msg, out);
+    size_t limit = (size_t)(max_payload - CLUSTER_PAYLOAD_OVERHEAD);
+    buf_init(&part);
+    buf_init(&edge);
+    msg[0] = '\0';
+    for (unsigned n = 0; rc == 0 && msg[0] == '\0'; n++) {
+        buf_reset(&part);
+        buf_puts(&part, "{\"replica\":");
+        buf_json_cstr(&part, replica);
+        buf_printf(&part, ",\"part\":%u,\"edges\":[", n);
+        size_t first = i;
+        for (; i < r->count; i++) {
+            size_t at = part.len;
+            if (i > first)
+                buf_putc(&part, ',');
+            edge_append(&part, &edge, &r->edges[i]);
+            if (part.len + sizeof(tail) - 1 > limit) {
+                part.len = at; /* this edge starts the next part */
+                break;
+            }
+        }
+        if (part.oom || edge.oom)
+            snprintf(msg, sizeof(msg), "out of memory encoding the answer");
+        else if (i == first && i < r->count)
+            snprintf(msg, sizeof(msg), "an edge over the NATS max payload (%" PRId64 " bytes)",
+                     max_payload);
+        else if (i < r->count && n + 1 == CLUSTER_FLOWS_MAX_PARTS)
+            snprintf(msg, sizeof(msg), "%zu edges over %u parts of the NATS max payload", r->count,
+                     CLUSTER_FLOWS_MAX_PARTS);
+        if (msg[0] != '\0')
+            break;
+        buf_printf(&part, "],\"last\":%s}", i == r->count ? "true" : "false");
+        rc = part.oom ? -ENOMEM : emit(ctx, &part);
+        if (i == r->count)
+            break;
     }
+    if (rc == 0 && msg[0] != '\0')
+        rc = flows_error_emit(replica, msg, emit, ctx);
+    buf_free(&part);
+    buf_free(&edge);
+    return rc;
 }
 
 int cluster_reply_flows_decode(const void *data, size_t len, struct cluster_flows_reply *out)
@@ -216,6 +271,16 @@ int cluster_reply_flows_decode(const void *data, size_t len, struct cluster_flow
             return -EINVAL;
         out->error = json_string_value(error);
         return 0;
+    }
+    /* An answer without "part" is whole (as replicas without parts send it). */
+    json_t *part = json_object_get(out->root, "part"), *last = json_object_get(out->root, "last");
+    out->last = true;
+    if (part != NULL) {
+        if (!json_is_integer(part) || json_integer_value(part) < 0 ||
+            json_integer_value(part) >= CLUSTER_FLOWS_MAX_PARTS || !json_is_boolean(last))
+            return -EINVAL;
+        out->part = (unsigned)json_integer_value(part);
+        out->last = json_is_true(last);
     }
     return flows_result_decode_json(out->root, &out->edges);
 }

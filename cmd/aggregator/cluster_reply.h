@@ -16,6 +16,7 @@
 #define EBPF_MONITOR_AGGREGATOR_CLUSTER_REPLY_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -70,17 +71,26 @@ json_t *cluster_reply_stats_decode(const void *data, size_t len);
 const char *cluster_reply_stats_check(json_t *root);
 
 /*
- * flows answer: {"replica":..,"edges":[...]} in flows_result_encode()'s
- * exact form (every count and the histogram, all matching edges: the limit
- * applies after the merge), or {"replica":..,"error":".."}. An answer over
- * max_payload becomes an error answer saying so.
+ * flows answer: all matching edges (the limit applies after the merge) in
+ * flows_result_encode()'s exact form (every count and the histogram), split
+ * into parts that each fit max_payload: {"replica":..,"part":i,"last":bool,
+ * "edges":[...]}, parts 0..n-1 with only the last saying so. emit is called
+ * for each part in order; it returns 0 or a negative errno that stops the
+ * answer. When an answer cannot be made (error != NULL, no memory, an edge
+ * alone over the payload, more than CLUSTER_FLOWS_MAX_PARTS parts) the last
+ * thing emitted is {"replica":..,"error":".."}, which stands for the whole
+ * answer. Returns what emit last returned.
  */
-void cluster_reply_flows_encode(const char *replica, const struct flows_result *r,
-                                const char *error, int64_t max_payload, struct buf *out);
+#define CLUSTER_FLOWS_MAX_PARTS 1024
+int cluster_reply_flows_encode(const char *replica, const struct flows_result *r, const char *error,
+                               int64_t max_payload, int (*emit)(void *ctx, const struct buf *part),
+                               void *ctx);
 
 struct cluster_flows_reply {
     const char *replica; /* as sent: check it with cluster_answer_admit() */
     const char *error;   /* NULL unless the peer could not answer */
+    unsigned part;       /* < CLUSTER_FLOWS_MAX_PARTS; 0 when the answer has no "part" */
+    bool last;           /* the answer's last part (true when it has no "part") */
     struct flows_result edges;
     json_t *root;
 };
