@@ -320,6 +320,9 @@ static __always_inline void connect_started(const struct sock *sk, __u64 key)
     struct sock_life l = {};
     __u64 *started;
 
+    if (!task_captured())
+        return;
+
     /* A connection this socket had before (dissolved, see life_closed) is over. */
     if (track_close && prev && prev->following && prev->snap.hdr.ts_ns) {
         life_emit(key, prev);
@@ -400,6 +403,9 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
         return 0;
     if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
         struct sock_life s = {};
+
+        if (!sock_captured(sk))
+            return 0;
 
         life_start(&s, bpf_ktime_get_boot_ns(), CLOSE_ROLE_SERVER);
         sock_life_insert(key, &s, SLOT_TCP_DESTROY_SOCK);
@@ -582,6 +588,8 @@ static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long e
     if (err != ENETUNREACH && err != EHOSTUNREACH && err != EACCES && err != EPERM &&
         err != EADDRNOTAVAIL && err != ENETDOWN)
         return 0;
+    if (!task_captured())
+        return 0;
     sk = fd_sock(PT_REGS_PARM1_CORE_SYSCALL(regs));
     if (!sk || SK_READ(sk, sk_protocol) != IPPROTO_TCP)
         return 0;
@@ -663,6 +671,8 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
     } else {
         return 0;
     }
+    if (!task_captured())
+        return 0;
     sk = fd_sock(fd);
     if (!sk)
         return 0;

@@ -226,6 +226,9 @@ int main(int argc, char **argv)
         .ringbuf_bytes = a.cfg.ringbuf_bytes,
         .drop_rate_per_sec = a.cfg.drop_rate_limit,
         .verbose = verbose,
+        .cgroup_only = a.cfg.capture_cgroup[0] != '\0',
+        .cgroup_id = a.cfg.capture_cgroup_id,
+        .cgroup_level = a.cfg.capture_cgroup_level,
     };
     a.capture = capture_open(&cc, on_event, &a, err, sizeof(err));
     if (!a.capture) {
