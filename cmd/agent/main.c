@@ -253,6 +253,10 @@ int main(int argc, char **argv)
             a.node, capture_attached(a.capture), a.cfg.listen_addr,
             a.cfg.tls_cert[0] ? " (TLS)" : "", a.subject, urls,
             config_encoding_name(a.cfg.encoding));
+    if (cc.cgroup_only)
+        fprintf(stderr,
+                "ebpf-agent: capturing only cgroup %s (id %llu) and below (CAPTURE_CGROUP)\n",
+                a.cfg.capture_cgroup, (unsigned long long)cc.cgroup_id);
     int notified = notify_systemd("READY=1"); /* Type=notify units, images/systemd/ */
     if (notified < 0)
         fprintf(stderr, "ebpf-agent: cannot notify systemd (NOTIFY_SOCKET): %s\n",
