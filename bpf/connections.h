@@ -377,21 +377,32 @@ static __always_inline void connect_outcome(const struct sock *sk, __u64 key, in
         bpf_map_delete_elem(&sockets, &key);
 }
 
+/* A socket this program starts following: TCP over IPv4 or IPv6. */
+static __always_inline bool sock_is_inet_tcp(const struct sock *sk)
+{
+    __u16 family;
+
+    if (sk->sk_protocol != IPPROTO_TCP)
+        return false;
+    family = sk->__sk_common.skc_family;
+    return family == AF_INET || family == AF_INET6;
+}
+
+/*
+ * Decided on the states first, which are arguments: most transitions
+ * (LISTEN->SYN_RECV, the FIN states) are none of ours and return without
+ * reading the socket. Only a socket that is about to get a `sockets` entry
+ * is checked for TCP over IP; later transitions find that entry or nothing.
+ */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, int newstate)
 {
     __u64 key = (__u64)sk;
     struct sock_life *l;
-    __u16 family;
-
-    if (sk->sk_protocol != IPPROTO_TCP)
-        return 0;
-    family = sk->__sk_common.skc_family;
-    if (family != AF_INET && family != AF_INET6)
-        return 0;
 
     if (newstate == TCP_SYN_SENT) {
-        connect_started(sk, key);
+        if (sock_is_inet_tcp(sk))
+            connect_started(sk, key);
         return 0;
     }
     if (oldstate == TCP_SYN_SENT) {
@@ -404,9 +415,8 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
     if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
         struct sock_life s = {};
 
-        if (!sock_captured(sk))
+        if (!sock_is_inet_tcp(sk) || !sock_captured(sk))
             return 0;
-
         life_start(&s, bpf_ktime_get_boot_ns(), CLOSE_ROLE_SERVER);
         sock_life_insert(key, &s, SLOT_TCP_DESTROY_SOCK);
     } else if (newstate == TCP_CLOSE) {
