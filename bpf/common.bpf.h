@@ -75,6 +75,10 @@ const volatile bool capture_cgroup_only = false;
 const volatile __u64 capture_cgroup_id = 0;
 const volatile __u32 capture_cgroup_level = 0;
 
+struct cgroup___ids {
+    __u64 ancestor_ids[0];
+} __attribute__((preserve_access_index));
+
 /* The current task is inside the subtree (process context only). */
 static __always_inline bool task_captured(void)
 {
@@ -109,6 +113,14 @@ static __always_inline bool sock_captured(const struct sock *sk)
     cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
     if (!cg || BPF_CORE_READ(cg, level) < (int)capture_cgroup_level)
         return false;
+    if (!bpf_core_field_exists(cg->ancestors)) {
+        /* Before 6.0 a cgroup kept its ancestors' ids rather than pointers. */
+        __u64 id = 0;
+
+        bpf_core_read(&id, sizeof(id),
+                      &((struct cgroup___ids *)cg)->ancestor_ids[capture_cgroup_level]);
+        return id == capture_cgroup_id;
+    }
     if (bpf_core_read(&anc, sizeof(anc), &cg->ancestors[capture_cgroup_level]) || !anc)
         return false;
     return BPF_CORE_READ(anc, kn, id) == capture_cgroup_id;
