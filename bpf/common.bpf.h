@@ -66,6 +66,67 @@ static __always_inline void record_submit(void *r)
 }
 
 /*
+ * CAPTURE_CGROUP: only tasks and sockets inside one cgroup v2 subtree are
+ * captured. User space sets these before load (the subtree's id, which is
+ * its directory's inode number, and its depth below the root); with the
+ * filter off the verifier prunes every check below, so it costs nothing.
+ */
+const volatile bool capture_cgroup_only = false;
+const volatile __u64 capture_cgroup_id = 0;
+const volatile __u32 capture_cgroup_level = 0;
+
+struct cgroup___ids {
+    __u64 ancestor_ids[0];
+} __attribute__((preserve_access_index));
+
+/* The current task is inside the subtree (process context only). */
+static __always_inline bool task_captured(void)
+{
+    if (!capture_cgroup_only)
+        return true;
+    return bpf_get_current_ancestor_cgroup_id(capture_cgroup_level) == capture_cgroup_id;
+}
+
+/*
+ * The socket's cgroup (the one its creator was in; an accepted connection
+ * inherits its listener's) is inside the subtree: for hooks that run in
+ * softirq, where the current task is whoever was interrupted. A connection
+ * still in its handshake is a request socket: its listener's cgroup counts.
+ * A TIME_WAIT socket keeps no cgroup, so it is not captured.
+ */
+static __always_inline bool sock_captured(const struct sock *sk)
+{
+    struct cgroup *cg, *anc = NULL;
+    int state;
+
+    if (!capture_cgroup_only)
+        return true;
+    if (!sk)
+        return false;
+    state = BPF_CORE_READ(sk, __sk_common.skc_state);
+    if (state == TCP_TIME_WAIT)
+        return false;
+    if (state == TCP_NEW_SYN_RECV)
+        sk = BPF_CORE_READ((struct request_sock *)sk, __req_common.skc_listener);
+    if (!sk)
+        return false;
+    cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+    if (!cg || BPF_CORE_READ(cg, level) < (int)capture_cgroup_level)
+        return false;
+    if (!bpf_core_field_exists(cg->ancestors)) {
+        /* Before 6.0 a cgroup kept its ancestors' ids rather than pointers. */
+        __u64 id = 0;
+
+        bpf_core_read(&id, sizeof(id),
+                      &((struct cgroup___ids *)cg)->ancestor_ids[capture_cgroup_level]);
+        return id == capture_cgroup_id;
+    }
+    if (bpf_core_read(&anc, sizeof(anc), &cg->ancestors[capture_cgroup_level]) || !anc)
+        return false;
+    return BPF_CORE_READ(anc, kn, id) == capture_cgroup_id;
+}
+
+/*
  * Attributes a record to the current task (process context only). With
  * RECORD_HDR_TASK_BTF (objects that need 5.11+ anyway) the task is a BTF
  * pointer and its fields are plain loads rather than helper calls.

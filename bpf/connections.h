@@ -45,51 +45,74 @@
 #define TCP_SYN_RECV 3
 
 /*
- * A connecting socket's owner, taken at CLOSE->SYN_SENT (process context);
- * the outcome usually arrives in softirq where the process is unknown. A
- * plain hash, not an LRU: every entry leaves at the connect's outcome, and
- * when the map is full a new connect is counted as untracked (stats) rather
- * than silently evicting another one's owner.
+ * What the programs know about a TCP socket, keyed by its address: a
+ * connect's owner, taken at CLOSE->SYN_SENT (process context; the outcome
+ * usually arrives in softirq where the process is unknown), then, with close
+ * events, the established connection followed to its close: owner, role and
+ * start, then the snapshot taken when it reached TCP_CLOSE. One entry per
+ * socket from its connect (or, for a server connection, from ESTABLISHED)
+ * to its close record, changed in place in between: an entry is inserted
+ * once and deleted once, the two operations on this map that take a lock.
+ * Not an LRU: when the map is full a new connect or connection is counted
+ * as untracked (stats) rather than silently evicting another one's owner.
  */
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 16384);
-    __type(key, __u64); /* struct sock * */
-    __type(value, struct record_hdr);
-} connecting SEC(".maps");
-
-/*
- * An established connection being followed to its close (only when close
- * events are asked for): its owner, role and start, then the snapshot taken
- * when it reached TCP_CLOSE. Enters at ESTABLISHED, leaves when its close
- * record is written; full -> the connection is counted as untracked.
- */
-struct conn_life {
-    struct record_hdr owner; /* zero until a process accepts a server connection */
+struct sock_life {
+    struct record_hdr owner; /* connect: the connecting task; server: zero until accepted */
     __u64 established_ns;
+    __u8 connecting; /* SYN_SENT, outcome not reported yet */
+    __u8 following;  /* established, close record not written yet */
+    __u8 _pad[6];
     struct close_record snap; /* filled at TCP_CLOSE (snap.hdr.ts_ns != 0) */
 };
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 65536);
-    __uint(map_flags, BPF_F_NO_PREALLOC); /* memory for live connections only */
+    __uint(map_flags, BPF_F_NO_PREALLOC); /* memory for live sockets only */
     __type(key, __u64);                   /* struct sock * */
-    __type(value, struct conn_life);
-} lifecycle SEC(".maps");
+    __type(value, struct sock_life);
+} sockets SEC(".maps");
 
 /*
  * The socket each thread's connect() took to SYN_SENT, so the connect's
  * sys_exit can tell a failure the state program reports (after SYN_SENT)
  * from one that happened before any packet (no route): only the latter is
- * reported there. Entries live for one syscall; an LRU bounds the rest.
+ * reported there. On the thread itself (task local storage, 5.11+): found
+ * without a hash lookup, written without a lock, freed with the thread. The
+ * compat build (older kernels) keeps it in an LRU keyed by thread id, whose
+ * entries live for one syscall and whose size bounds the rest.
  */
+#ifndef CONNECTIONS_COMPAT
+struct {
+    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, __u64); /* struct sock * */
+} connect_thread SEC(".maps");
+
+static __always_inline __u64 *connect_thread_slot(bool create)
+{
+    return bpf_task_storage_get(&connect_thread, bpf_get_current_task_btf(), NULL,
+                                create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+#else
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 4096);
     __type(key, __u32);   /* thread id */
     __type(value, __u64); /* struct sock * */
 } connect_thread SEC(".maps");
+
+static __always_inline __u64 *connect_thread_slot(bool create)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    __u64 zero = 0;
+
+    if (create)
+        bpf_map_update_elem(&connect_thread, &tid, &zero, BPF_ANY);
+    return bpf_map_lookup_elem(&connect_thread, &tid);
+}
+#endif
 
 /* The reset programs write no record: their `events` are the connections they marked. */
 static __always_inline void count_marked(__u32 slot)
@@ -210,7 +233,7 @@ static __always_inline bool sock_flag(const struct sock *sk, int flag)
  * the application with SO_LINGER 0 or unread data (tcp_disconnect) zeroes
  * the addresses and counters right after this transition.
  */
-static __always_inline void life_snapshot(const struct sock *sk, struct conn_life *l, __u64 now)
+static __always_inline void life_snapshot(const struct sock *sk, struct sock_life *l, __u64 now)
 {
     struct close_record *r = &l->snap;
     struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
@@ -231,7 +254,7 @@ static __always_inline void life_snapshot(const struct sock *sk, struct conn_lif
 }
 
 /* Writes the close record of a connection and stops following it. */
-static __always_inline void life_emit(__u64 key, struct conn_life *l)
+static __always_inline void life_emit(__u64 key, struct sock_life *l)
 {
     struct close_record *r = record_reserve(SLOT_TCP_DESTROY_SOCK, sizeof(*r));
 
@@ -244,31 +267,20 @@ static __always_inline void life_emit(__u64 key, struct conn_life *l)
         r->hdr.ts_ns = ts;
         record_submit(r);
     }
-    bpf_map_delete_elem(&lifecycle, &key);
+    bpf_map_delete_elem(&sockets, &key);
 }
 
 /*
- * Begins following an established connection; the owner is known for a
- * client. A closed connection may still be waiting for its socket's end
- * (life_closed): when a program dissolves a connection with
- * connect(AF_UNSPEC) (tcp_disconnect: TCP_CLOSE, no tcp_destroy_sock) and
- * connects the same socket again, that earlier connection is over and is
- * written now, before this one takes its place.
+ * Begins following an established connection. The owner is already in
+ * place for a client (from its connect) and zero for a server connection
+ * until a process accepts it.
  */
-static __always_inline void life_start(__u64 key, __u64 now, const struct record_hdr *owner,
-                                       __u8 role)
+static __always_inline void life_start(struct sock_life *l, __u64 now, __u8 role)
 {
-    struct conn_life *prev = bpf_map_lookup_elem(&lifecycle, &key);
-    struct conn_life l = {};
-
-    if (prev && prev->snap.hdr.ts_ns)
-        life_emit(key, prev);
-    if (owner)
-        l.owner = *owner;
-    l.established_ns = now;
-    l.snap.role = role;
-    if (bpf_map_update_elem(&lifecycle, &key, &l, BPF_NOEXIST))
-        count_untracked(SLOT_TCP_DESTROY_SOCK);
+    l->established_ns = now;
+    __builtin_memset(&l->snap, 0, sizeof(l->snap));
+    l->snap.role = role;
+    l->following = 1;
 }
 
 /*
@@ -277,13 +289,14 @@ static __always_inline void life_start(__u64 key, __u64 now, const struct record
  * (SOCK_DEAD), or the peer reset it, or the kernel gave up on it (sk_err).
  * Otherwise the application is closing it itself, possibly with a reset that
  * follows this transition (SO_LINGER 0, unread data): the record waits for
- * tcp_destroy_sock, which comes at the end of that same close.
+ * tcp_destroy_sock, which comes at the end of that same close. A connection
+ * dissolved with connect(AF_UNSPEC) (tcp_disconnect: TCP_CLOSE, no
+ * tcp_destroy_sock) whose socket connects again is written at that connect.
  */
-static __always_inline void life_closed(const struct sock *sk, __u64 key, __u64 now)
+static __always_inline void life_closed(const struct sock *sk, __u64 key, struct sock_life *l,
+                                        __u64 now)
 {
-    struct conn_life *l = bpf_map_lookup_elem(&lifecycle, &key);
-
-    if (!l || l->snap.hdr.ts_ns)
+    if (!l->following || l->snap.hdr.ts_ns)
         return;
     life_snapshot(sk, l, now);
     if (sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DEAD)) ||
@@ -291,60 +304,66 @@ static __always_inline void life_closed(const struct sock *sk, __u64 key, __u64 
         life_emit(key, l);
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, int newstate)
+/* Inserts a socket's entry; false (counted in slot) when the map is full. */
+static __always_inline bool sock_life_insert(__u64 key, const struct sock_life *l, __u32 slot)
 {
-    __u64 key = (__u64)sk;
-    struct record_hdr *owner;
+    if (bpf_map_update_elem(&sockets, &key, l, BPF_ANY) == 0)
+        return true;
+    count_untracked(slot);
+    return false;
+}
+
+/* CLOSE->SYN_SENT, in the connecting task. */
+static __always_inline void connect_started(const struct sock *sk, __u64 key)
+{
+    struct sock_life *prev = bpf_map_lookup_elem(&sockets, &key);
+    struct sock_life l = {};
+    __u64 *started;
+
+    if (!task_captured())
+        return;
+
+    /* A connection this socket had before (dissolved, see life_closed) is over. */
+    if (track_close && prev && prev->following && prev->snap.hdr.ts_ns) {
+        life_emit(key, prev);
+        prev = NULL;
+    }
+    if (prev) {
+        record_hdr_current(&prev->owner, RECORD_CONNECT);
+        prev->following = 0;
+        prev->connecting = 1;
+    } else {
+        record_hdr_current(&l.owner, RECORD_CONNECT);
+        l.connecting = 1;
+        if (!sock_life_insert(key, &l, SLOT_INET_SOCK_SET_STATE))
+            return;
+    }
+    if (emit_tcp_connect) {
+        started = connect_thread_slot(true);
+        if (started)
+            *started = key;
+    }
+}
+
+/* SYN_SENT->ESTABLISHED or ->CLOSE: the connect's outcome. */
+static __always_inline void connect_outcome(const struct sock *sk, __u64 key, int newstate)
+{
+    struct sock_life *l = bpf_map_lookup_elem(&sockets, &key);
     struct conn_record *r;
-    __u16 family;
     __u64 now;
 
-    if (sk->sk_protocol != IPPROTO_TCP)
-        return 0;
-    family = sk->__sk_common.skc_family;
-    if (family != AF_INET && family != AF_INET6)
-        return 0;
-
-    if (newstate == TCP_SYN_SENT) {
-        struct record_hdr h = {};
-
-        __u32 tid = (__u32)bpf_get_current_pid_tgid();
-
-        record_hdr_current(&h, RECORD_CONNECT);
-        if (bpf_map_update_elem(&connecting, &key, &h, BPF_ANY))
-            count_untracked(SLOT_INET_SOCK_SET_STATE);
-        if (emit_tcp_connect)
-            bpf_map_update_elem(&connect_thread, &tid, &key, BPF_ANY);
-        return 0;
-    }
-    if (track_close) {
-        if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
-            life_start(key, bpf_ktime_get_boot_ns(), NULL, CLOSE_ROLE_SERVER);
-            return 0;
-        }
-        if (newstate == TCP_CLOSE && oldstate != TCP_SYN_SENT) {
-            life_closed(sk, key, bpf_ktime_get_boot_ns());
-            return 0;
-        }
-    }
-    if (oldstate != TCP_SYN_SENT || (newstate != TCP_ESTABLISHED && newstate != TCP_CLOSE))
-        return 0;
-
-    owner = bpf_map_lookup_elem(&connecting, &key);
-    if (!owner)
-        return 0; /* connect started before we attached, or untracked */
+    if (!l || !l->connecting)
+        return; /* connect started before we attached, or untracked */
+    l->connecting = 0;
     now = bpf_ktime_get_boot_ns();
-    if (track_close && newstate == TCP_ESTABLISHED)
-        life_start(key, now, owner, CLOSE_ROLE_CLIENT);
     if (emit_tcp_connect) {
         r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
         if (r) {
-            r->hdr = *owner;
+            r->hdr = l->owner;
             r->hdr.ts_ns = now;
             r->protocol = IPPROTO_TCP;
             r->status = newstate == TCP_ESTABLISHED ? CONN_ESTABLISHED : CONN_FAILED;
-            r->latency_ns = now - owner->ts_ns;
+            r->latency_ns = now - l->owner.ts_ns;
             /* Set before the state change: ECONNREFUSED (RST), ETIMEDOUT, EHOSTUNREACH (ICMP). */
             r->error = newstate == TCP_CLOSE ? sk->sk_err : 0;
             r->_pad = 0;
@@ -352,17 +371,60 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
             record_submit(r);
         }
     }
-    bpf_map_delete_elem(&connecting, &key);
-    return 0;
+    if (track_close && newstate == TCP_ESTABLISHED)
+        life_start(l, now, CLOSE_ROLE_CLIENT);
+    else
+        bpf_map_delete_elem(&sockets, &key);
 }
 
-/* A server connection's owner: the process that accepted it. */
-static __always_inline void life_accepted(__u64 key)
+/* A socket this program starts following: TCP over IPv4 or IPv6. */
+static __always_inline bool sock_is_inet_tcp(const struct sock *sk)
 {
-    struct conn_life *l = bpf_map_lookup_elem(&lifecycle, &key);
+    __u16 family;
 
-    if (l && !l->owner.kind)
-        record_hdr_current(&l->owner, RECORD_CLOSE);
+    if (sk->sk_protocol != IPPROTO_TCP)
+        return false;
+    family = sk->__sk_common.skc_family;
+    return family == AF_INET || family == AF_INET6;
+}
+
+/*
+ * Decided on the states first, which are arguments: most transitions
+ * (LISTEN->SYN_RECV, the FIN states) are none of ours and return without
+ * reading the socket. Only a socket that is about to get a `sockets` entry
+ * is checked for TCP over IP; later transitions find that entry or nothing.
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, int newstate)
+{
+    __u64 key = (__u64)sk;
+    struct sock_life *l;
+
+    if (newstate == TCP_SYN_SENT) {
+        if (sock_is_inet_tcp(sk))
+            connect_started(sk, key);
+        return 0;
+    }
+    if (oldstate == TCP_SYN_SENT) {
+        if (newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE)
+            connect_outcome(sk, key, newstate);
+        return 0;
+    }
+    if (!track_close)
+        return 0;
+    if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
+        struct sock_life s = {};
+
+        if (!sock_is_inet_tcp(sk) || !sock_captured(sk))
+            return 0;
+        life_start(&s, bpf_ktime_get_boot_ns(), CLOSE_ROLE_SERVER);
+        sock_life_insert(key, &s, SLOT_TCP_DESTROY_SOCK);
+    } else if (newstate == TCP_CLOSE) {
+        l = bpf_map_lookup_elem(&sockets, &key);
+        if (l)
+            life_closed(sk, key, l, bpf_ktime_get_boot_ns());
+    }
+    return 0;
 }
 
 /* The end of a socket: a close record still waiting (see life_closed) is written now. */
@@ -370,43 +432,53 @@ SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)
 {
     __u64 key = (__u64)sk;
-    struct conn_life *l = bpf_map_lookup_elem(&lifecycle, &key);
+    struct sock_life *l = bpf_map_lookup_elem(&sockets, &key);
 
     if (!l)
         return 0;
+    if (!l->following) {
+        bpf_map_delete_elem(&sockets, &key); /* destroyed while connecting */
+        return 0;
+    }
     if (!l->snap.hdr.ts_ns)
         life_snapshot(sk, l, bpf_ktime_get_boot_ns());
     life_emit(key, l);
     return 0;
 }
 
+/* A server connection's owner: the process that accepted it. */
+static __always_inline void life_accepted(__u64 key)
+{
+    struct sock_life *l = bpf_map_lookup_elem(&sockets, &key);
+
+    if (l && l->following && !l->owner.kind)
+        record_hdr_current(&l->owner, RECORD_CLOSE);
+}
+
+static __always_inline void life_mark_reset(const struct sock *sk, __u8 reset, __u32 slot)
+{
+    __u64 key = (__u64)sk;
+    struct sock_life *l = bpf_map_lookup_elem(&sockets, &key);
+
+    if (l && l->following && l->snap.reset == CLOSE_RESET_NONE) {
+        l->snap.reset = reset;
+        count_marked(slot);
+    }
+}
+
 /* Only the first argument: the later ones changed between kernels. */
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(tp_btf__tcp_send_reset, const struct sock *sk)
 {
-    __u64 key = (__u64)sk;
-    struct conn_life *l;
-
-    if (!sk)
-        return 0;
-    l = bpf_map_lookup_elem(&lifecycle, &key);
-    if (l && l->snap.reset == CLOSE_RESET_NONE) {
-        l->snap.reset = CLOSE_RESET_SENT;
-        count_marked(SLOT_TCP_SEND_RESET);
-    }
+    if (sk)
+        life_mark_reset(sk, CLOSE_RESET_SENT, SLOT_TCP_SEND_RESET);
     return 0;
 }
 
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(tp_btf__tcp_receive_reset, struct sock *sk)
 {
-    __u64 key = (__u64)sk;
-    struct conn_life *l = bpf_map_lookup_elem(&lifecycle, &key);
-
-    if (l && l->snap.reset == CLOSE_RESET_NONE) {
-        l->snap.reset = CLOSE_RESET_RECEIVED;
-        count_marked(SLOT_TCP_RECEIVE_RESET);
-    }
+    life_mark_reset(sk, CLOSE_RESET_RECEIVED, SLOT_TCP_RECEIVE_RESET);
     return 0;
 }
 
@@ -517,23 +589,23 @@ static __always_inline struct sock *fd_sock(long fd)
  */
 static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long err)
 {
-    __u32 tid = (__u32)bpf_get_current_pid_tgid();
     struct sockaddr_in6 sa = {};
     struct conn_record *r;
-    __u64 *started, key;
+    __u64 *started;
     struct sock *sk;
     __u16 family;
 
     if (err != ENETUNREACH && err != EHOSTUNREACH && err != EACCES && err != EPERM &&
         err != EADDRNOTAVAIL && err != ENETDOWN)
         return 0;
+    if (!task_captured())
+        return 0;
     sk = fd_sock(PT_REGS_PARM1_CORE_SYSCALL(regs));
     if (!sk || SK_READ(sk, sk_protocol) != IPPROTO_TCP)
         return 0;
-    key = (__u64)sk;
-    started = bpf_map_lookup_elem(&connect_thread, &tid);
-    if (started && *started == key) {
-        bpf_map_delete_elem(&connect_thread, &tid);
+    started = connect_thread_slot(false);
+    if (started && *started == (__u64)sk) {
+        *started = 0;
         return 0; /* it reached SYN_SENT: the state program reported the outcome */
     }
     family = SK_READ(sk, __sk_common.skc_family);
@@ -609,6 +681,8 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
     } else {
         return 0;
     }
+    if (!task_captured())
+        return 0;
     sk = fd_sock(fd);
     if (!sk)
         return 0;

@@ -159,6 +159,11 @@ int BPF_PROG(tp_btf__kfree_skb, struct sk_buff *skb, void *location, int reason)
         reason == bpf_core_enum_value(enum skb_drop_reason, SKB_NOT_DROPPED_YET))
         return 0;
 
+    /* CAPTURE_CGROUP: by the socket the packet belongs to; one without a socket is not
+     * anyone's, so it is not captured. */
+    if (!sock_captured(skb->sk))
+        return 0;
+
     now = bpf_ktime_get_boot_ns();
     b = bpf_map_lookup_elem(&buckets, &zero);
     if (!b || !bucket_take(b, now))

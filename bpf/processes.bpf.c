@@ -21,6 +21,8 @@ int BPF_PROG(tp_btf__sched_process_exec, struct task_struct *p, pid_t old_pid,
     unsigned long arg_start, arg_end;
     __u64 len;
 
+    if (!task_captured())
+        return 0;
     r = record_reserve(SLOT_SCHED_PROCESS_EXEC, sizeof(*r));
     if (!r)
         return 0;
@@ -53,7 +55,7 @@ int BPF_PROG(tp_btf__sched_process_exit, struct task_struct *p)
     struct task_struct *leader;
 
     /* Threads exit one by one; the process is gone when the last one leaves. */
-    if (p->signal->live.counter != 0)
+    if (p->signal->live.counter != 0 || !task_captured())
         return 0;
 
     r = record_reserve(SLOT_SCHED_PROCESS_EXIT, sizeof(*r));

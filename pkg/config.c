@@ -10,9 +10,12 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 #include <yaml.h>
 
+#include "cgroup.h"
 #include "errmsg.h"
 #include "event.h"
 #include "redact.h"
@@ -91,6 +94,9 @@ static const struct key keys[] = {
      "NAME=, url, default; or none"},
     {"CGROUP_ROOT", KIND_STRING, AGENT, STR(cgroup_root), 0, 0, NULL, NULL,
      "cgroup v2 mount to resolve pods from (default: detected; in a pod, the host's, mounted)"},
+    {"CAPTURE_CGROUP", KIND_STRING, AGENT, STR(capture_cgroup), 0, 0, NULL, NULL,
+     "capture only processes and sockets in this cgroup v2 subtree: a path relative to "
+     "CGROUP_ROOT (or absolute, inside it); default: every cgroup"},
     {"K8S_API_URL", KIND_STRING, AGENT, STR(k8s_api_url), 0, 0, NULL, NULL,
      "Kubernetes API server (default: in-cluster, from KUBERNETES_SERVICE_HOST/PORT)"},
     {"K8S_TOKEN_PATH", KIND_STRING, AGENT, STR(k8s_token_path), 0, 0, NULL, NULL,
@@ -587,6 +593,57 @@ static bool apply_defaults_and_env(struct config *c, bool *seen, bool env, char 
     return true;
 }
 
+#define CGROUP2_MAGIC 0x63677270 /* CGROUP2_SUPER_MAGIC */
+
+/*
+ * CAPTURE_CGROUP: the subtree's directory under the cgroup v2 root
+ * (CGROUP_ROOT or the detected mount) gives the id the kernel filter compares
+ * (its inode number, which is what bpf_get_current_cgroup_id() returns) and
+ * its depth below the root.
+ */
+static int resolve_capture_cgroup(struct config *c, char *err, size_t errlen)
+{
+    char root[CONFIG_STR], joined[2 * CONFIG_STR + 2], real_root[PATH_MAX], real[PATH_MAX];
+    const char *path = c->capture_cgroup;
+    struct statfs fs;
+    struct stat st;
+    size_t rlen;
+    int rc;
+
+    if (c->cgroup_root[0])
+        snprintf(root, sizeof(root), "%s", c->cgroup_root);
+    else if ((rc = cgroup_v2_root(root, sizeof(root))) < 0) {
+        errmsg_set(err, errlen, "invalid CAPTURE_CGROUP=\"%s\": no cgroup v2 mount found: %s", path,
+                   strerror(-rc));
+        return -1;
+    }
+    if (path[0] == '/' && strncmp(path, root, strlen(root)) == 0)
+        snprintf(joined, sizeof(joined), "%s", path);
+    else
+        snprintf(joined, sizeof(joined), "%s/%s", root, path[0] == '/' ? path + 1 : path);
+    if (!realpath(root, real_root) || !realpath(joined, real) || stat(real, &st) < 0 ||
+        statfs(real, &fs) < 0) {
+        errmsg_set(err, errlen, "invalid CAPTURE_CGROUP=\"%s\": %s: %s", path, joined,
+                   strerror(errno));
+        return -1;
+    }
+    rlen = strlen(real_root);
+    if (!S_ISDIR(st.st_mode) || fs.f_type != CGROUP2_MAGIC || strncmp(real, real_root, rlen) != 0 ||
+        (real[rlen] != '/' && real[rlen] != '\0')) {
+        errmsg_set(err, errlen,
+                   "invalid CAPTURE_CGROUP=\"%s\": %s is not a cgroup in the cgroup v2 "
+                   "hierarchy at %s",
+                   path, real, real_root);
+        return -1;
+    }
+    c->capture_cgroup_id = (uint64_t)st.st_ino;
+    c->capture_cgroup_level = 0;
+    for (const char *p = real + rlen; *p; p++)
+        if (*p == '/' && p[1] && p[1] != '/')
+            c->capture_cgroup_level++;
+    return 0;
+}
+
 enum config_result config_load(struct config *c, enum config_role role, int argc, char **argv,
                                char *err, size_t errlen)
 {
@@ -721,6 +778,8 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
                    c->nats_user[0] ? "NATS_PASSWORD" : "NATS_USER");
         return CONFIG_INVALID;
     }
+    if (role == CONFIG_AGENT && c->capture_cgroup[0] && resolve_capture_cgroup(c, err, errlen) < 0)
+        return CONFIG_INVALID;
     return CONFIG_OK;
 }
 

@@ -62,6 +62,9 @@ struct config {
     char redact_args[CONFIG_URL]; /* REDACT_ARGS, validated; compile with redact_new() */
 
     char cgroup_root[CONFIG_STR];
+    char capture_cgroup[CONFIG_STR]; /* CAPTURE_CGROUP as given; empty = every cgroup */
+    uint64_t capture_cgroup_id;      /* resolved by config_load: the subtree's cgroup id */
+    uint32_t capture_cgroup_level;   /* and its depth below the cgroup v2 root (root = 0) */
     char k8s_api_url[CONFIG_URL];
     char k8s_token_path[CONFIG_STR];
     char k8s_ca_path[CONFIG_STR];

@@ -4,8 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "cgroup.h"
 #include "config.h"
 #include "event.h"
 #include "testutil.h"
@@ -316,4 +318,58 @@ Test(config, binaries_help_and_exit_status)
     free(text);
     unlink(log);
     unlink(path);
+}
+
+/* CAPTURE_CGROUP resolves to the subtree's cgroup id (its inode) and depth below the root. */
+Test(config, capture_cgroup_resolves_against_the_cgroup_root)
+{
+    struct config c;
+    char root[256], nested[300];
+    struct stat st;
+
+    cr_assert_eq(cgroup_v2_root(root, sizeof(root)), 0, "no cgroup v2 mount");
+    char *argv[] = {"ebpf-agent", "--capture-cgroup", "/", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_OK, "%s", err);
+    cr_assert_eq(stat(root, &st), 0);
+    cr_expect_eq(c.capture_cgroup_id, (uint64_t)st.st_ino);
+    cr_expect_eq(c.capture_cgroup_level, 0);
+
+    /* Two levels down, given relative and as an absolute path inside the root. */
+    if (geteuid() != 0)
+        return; /* creating cgroups needs root; the rest of this test is covered without */
+    snprintf(nested, sizeof(nested), "%s/ebpfmon-config-%d", root, getpid());
+    cr_assert_eq(mkdir(nested, 0755), 0, "mkdir %s", nested);
+    strcat(nested, "/leaf");
+    cr_assert_eq(mkdir(nested, 0755), 0, "mkdir %s", nested);
+    cr_assert_eq(stat(nested, &st), 0);
+    char rel[64];
+    snprintf(rel, sizeof(rel), "ebpfmon-config-%d/leaf/", getpid());
+    char *argv2[] = {"ebpf-agent", "--capture-cgroup", rel, NULL};
+    enum config_result rc2 = load(&c, CONFIG_AGENT, 3, argv2);
+    uint64_t id2 = c.capture_cgroup_id;
+    uint32_t level2 = c.capture_cgroup_level;
+    char *argv3[] = {"ebpf-agent", "--capture-cgroup", nested, NULL};
+    enum config_result rc3 = load(&c, CONFIG_AGENT, 3, argv3);
+    rmdir(nested);
+    *strrchr(nested, '/') = '\0';
+    rmdir(nested);
+    cr_assert_eq(rc2, CONFIG_OK, "%s", err);
+    cr_expect_eq(id2, (uint64_t)st.st_ino);
+    cr_expect_eq(level2, 2);
+    cr_assert_eq(rc3, CONFIG_OK, "%s", err);
+    cr_expect_eq(c.capture_cgroup_id, (uint64_t)st.st_ino);
+    cr_expect_eq(c.capture_cgroup_level, 2);
+}
+
+Test(config, capture_cgroup_that_is_not_a_cgroup_is_an_error_naming_the_key)
+{
+    struct config c;
+    char *missing[] = {"ebpf-agent", "--capture-cgroup", "no/such/cgroup", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, missing), CONFIG_INVALID);
+    cr_expect(strstr(err, "CAPTURE_CGROUP") && strstr(err, "no/such/cgroup"), "%s", err);
+    /* The directory above the cgroup v2 root: outside the hierarchy. */
+    char *outside[] = {"ebpf-agent", "--capture-cgroup", "..", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, outside), CONFIG_INVALID);
+    cr_expect(strstr(err, "CAPTURE_CGROUP") && strstr(err, "not a cgroup"), "%s", err);
+    cr_expect_null(strchr(err, '\n'), "%s", err);
 }

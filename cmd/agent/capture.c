@@ -119,6 +119,9 @@ struct capture {
     void *ctx;
     uint32_t drop_rate_per_sec;
     uint32_t event_types; /* EVENT_TYPE_BIT mask asked for */
+    bool cgroup_only;     /* CAPTURE_CGROUP (capture_config) */
+    uint64_t cgroup_id;
+    uint32_t cgroup_level;
     int ringbuf_fd, stats_fd;
     struct ring_buffer *rb;
     struct instance instances[SLOT_COUNT];
@@ -204,6 +207,14 @@ static void read_vmlinux_btf(struct capture *c, bool want_drops)
     btf__free(vmlinux);
 }
 
+/* CAPTURE_CGROUP, in the rodata every object has (bpf/common.bpf.h). */
+#define SET_CGROUP_FILTER(skel, c)                                                                 \
+    do {                                                                                           \
+        (skel)->rodata->capture_cgroup_only = (c)->cgroup_only;                                    \
+        (skel)->rodata->capture_cgroup_id = (c)->cgroup_id;                                        \
+        (skel)->rodata->capture_cgroup_level = (c)->cgroup_level;                                  \
+    } while (0)
+
 static int instance_open(struct capture *c, struct instance *in, enum capture_object object,
                          uint32_t want)
 {
@@ -220,6 +231,7 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
             s->rodata->emit_udp_connect = c->event_types & EVENT_TYPE_BIT(EVENT_CONNECTION);
             s->rodata->emit_accept = c->event_types & EVENT_TYPE_BIT(EVENT_ACCEPT);
             s->rodata->track_close = c->event_types & EVENT_TYPE_BIT(EVENT_CLOSE);
+            SET_CGROUP_FILTER(s, c);
             in->compat = true;
             in->skel = s;
             in->obj = s->obj;
@@ -232,6 +244,7 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
         s->rodata->emit_udp_connect = c->event_types & EVENT_TYPE_BIT(EVENT_CONNECTION);
         s->rodata->emit_accept = c->event_types & EVENT_TYPE_BIT(EVENT_ACCEPT);
         s->rodata->track_close = c->event_types & EVENT_TYPE_BIT(EVENT_CLOSE);
+        SET_CGROUP_FILTER(s, c);
         in->skel = s;
         in->obj = s->obj;
         break;
@@ -241,6 +254,7 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
         if (!s)
             return -errno;
         s->rodata->drop_rate_per_sec = c->drop_rate_per_sec;
+        SET_CGROUP_FILTER(s, c);
         in->skel = s;
         in->obj = s->obj;
         break;
@@ -249,6 +263,7 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
         struct processes_bpf *s = processes_bpf__open();
         if (!s)
             return -errno;
+        SET_CGROUP_FILTER(s, c);
         in->skel = s;
         in->obj = s->obj;
         break;
@@ -496,6 +511,9 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
     c->ctx = ctx;
     c->drop_rate_per_sec = cfg->drop_rate_per_sec;
     c->event_types = cfg->event_types;
+    c->cgroup_only = cfg->cgroup_only;
+    c->cgroup_id = cfg->cgroup_id;
+    c->cgroup_level = cfg->cgroup_level;
     c->ringbuf_fd = c->stats_fd = -1;
     c->ncpus = libbpf_num_possible_cpus();
     for (int s = 0; s < SLOT_COUNT; s++)

@@ -21,6 +21,9 @@ struct capture_config {
     uint32_t drop_rate_per_sec; /* packet_drop events per second per CPU before suppression
                                    (burst: one second's worth); 0 = no limit */
     bool verbose;               /* libbpf's debug log too (process-wide: libbpf has one logger) */
+    bool cgroup_only;           /* CAPTURE_CGROUP: only tasks and sockets in one subtree */
+    uint64_t cgroup_id;         /* that subtree's cgroup id */
+    uint32_t cgroup_level;      /* and its depth below the cgroup v2 root */
 };
 
 /*

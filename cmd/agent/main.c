@@ -226,6 +226,9 @@ int main(int argc, char **argv)
         .ringbuf_bytes = a.cfg.ringbuf_bytes,
         .drop_rate_per_sec = a.cfg.drop_rate_limit,
         .verbose = verbose,
+        .cgroup_only = a.cfg.capture_cgroup[0] != '\0',
+        .cgroup_id = a.cfg.capture_cgroup_id,
+        .cgroup_level = a.cfg.capture_cgroup_level,
     };
     a.capture = capture_open(&cc, on_event, &a, err, sizeof(err));
     if (!a.capture) {
@@ -250,6 +253,10 @@ int main(int argc, char **argv)
             a.node, capture_attached(a.capture), a.cfg.listen_addr,
             a.cfg.tls_cert[0] ? " (TLS)" : "", a.subject, urls,
             config_encoding_name(a.cfg.encoding));
+    if (cc.cgroup_only)
+        fprintf(stderr,
+                "ebpf-agent: capturing only cgroup %s (id %llu) and below (CAPTURE_CGROUP)\n",
+                a.cfg.capture_cgroup, (unsigned long long)cc.cgroup_id);
     int notified = notify_systemd("READY=1"); /* Type=notify units, images/systemd/ */
     if (notified < 0)
         fprintf(stderr, "ebpf-agent: cannot notify systemd (NOTIFY_SOCKET): %s\n",

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# In-kernel cost of two or more agent builds, side by side, on a shared machine.
+#
+#   scripts/bench-ab.sh [--reps N] [--duration SEC] [--load MODE] AGENT...
+#
+# Every AGENT binary (e.g. a copy of bin/ebpf-agent from before a change, and
+# the current one) runs at the same time, all attached to the same hooks, so
+# each bench_load run (default: tcp-connect) fires every build's programs on
+# the very same events: the load of the rest of the machine falls on all of
+# them alike, which a before/after of whole runs cannot promise when others
+# compile on the same CPUs. The program attached first pays the cache misses
+# the later ones are spared, so the builds run once in each rotation of their
+# order. Prints the median ns per run of each program of each build
+# (kernel.bpf_stats_enabled=1, run_time_ns / run_cnt deltas), over
+# N runs x (number of builds) rotations. Needs root and `make bench-bins`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPS=7 DUR=1.5 LOAD=tcp-connect
+while [ $# -gt 0 ]; do
+  case "$1" in
+  --reps) REPS=$2; shift 2 ;;
+  --duration) DUR=$2; shift 2 ;;
+  --load) LOAD=$2; shift 2 ;;
+  -*) echo "usage: scripts/bench-ab.sh [--reps N] [--duration SEC] [--load MODE] AGENT..." >&2; exit 2 ;;
+  *) break ;;
+  esac
+done
+[ $# -ge 1 ] || { echo "usage: scripts/bench-ab.sh [--reps N] [--duration SEC] [--load MODE] AGENT..." >&2; exit 2; }
+[ "$(id -u)" -eq 0 ] || { echo "bench-ab: needs root (eBPF, kernel.bpf_stats_enabled)" >&2; exit 1; }
+for t in jq curl bpftool nats-server python3; do
+  command -v "$t" >/dev/null || { echo "bench-ab: $t not installed (make deps)" >&2; exit 1; }
+done
+[ -x build/bench/bench_load ] || { echo "bench-ab: build/bench/bench_load missing: make bench-bins" >&2; exit 1; }
+for a in "$@"; do [ -x "$a" ] || { echo "bench-ab: $a is not an executable" >&2; exit 1; }; done
+
+TMP=$(mktemp -d)
+PIDS=()
+STATS_ORIG=$(sysctl -n kernel.bpf_stats_enabled)
+cleanup() {
+  set +e
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+  sysctl -q -w kernel.bpf_stats_enabled="$STATS_ORIG"
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_ready() { # port pid log
+  for _ in $(seq 200); do
+    curl -sf "http://127.0.0.1:$1/ready" >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "bench-ab: an agent did not become ready (see $3)" >&2
+  exit 1
+}
+stats() { bpftool prog show -j | jq -r '.[] | "\(.id) \(.run_time_ns // 0) \(.run_cnt // 0)"'; }
+
+NATS_PORT=$(free_port)
+nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$TMP/nats.log" 2>&1 &
+PIDS+=($!)
+
+# One rotation: start the builds in this order, run the load REPS times, stop them.
+rotation() {
+  local ports=() pids=() i a port r
+  for a in "$@"; do
+    port=$(free_port)
+    env NATS_URL="nats://127.0.0.1:$NATS_PORT" LISTEN_ADDR="127.0.0.1:$port" NODE_NAME=bench-ab \
+      "$a" >>"$TMP/agent.$(basename "$a").log" 2>&1 &
+    pids+=($!)
+    PIDS+=($!)
+    ports+=("$port")
+    wait_ready "$port" "$!" "$TMP/agent.$(basename "$a").log"
+  done
+  for r in $(seq "$REPS"); do
+    sysctl -q -w kernel.bpf_stats_enabled=1
+    stats >"$TMP/before"
+    build/bench/bench_load "$LOAD" --duration "$DUR" >/dev/null
+    stats >"$TMP/after"
+    sysctl -q -w kernel.bpf_stats_enabled=0
+    i=0
+    for a in "$@"; do
+      # Programs two entries share (sys_exit) are listed once, under the first name.
+      curl -s "http://127.0.0.1:${ports[$i]}/api/programs" |
+        jq -r '.programs[] | select(.status == "attached") | "\(.id) \(.name | sub("^tp_btf__"; ""))"' |
+        sort -u -k1,1 | while read -r id name; do
+          join <(grep "^$id " "$TMP/before") <(grep "^$id " "$TMP/after") |
+            awk -v a="$a" -v n="$name" '$5 > $3 {printf "%s %s %.1f\n", a, n, ($4 - $2) / ($5 - $3)}'
+        done >>"$TMP/samples"
+      i=$((i + 1))
+    done
+  done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
+}
+
+builds=("$@")
+for k in $(seq 0 $((${#builds[@]} - 1))); do
+  order=("${builds[@]:$k}" "${builds[@]:0:$k}")
+  echo "bench-ab: rotation $((k + 1)) of ${#builds[@]}: ${order[*]}" >&2
+  rotation "${order[@]}"
+done
+
+python3 - "$TMP/samples" "$LOAD" "$@" <<'PY'
+import statistics, sys
+samples, load, builds = sys.argv[1], sys.argv[2], sys.argv[3:]
+ns = {}
+for line in open(samples):
+    a, prog, v = line.split()
+    ns.setdefault(prog, {}).setdefault(a, []).append(float(v))
+print(f"median ns per program run, {load} loop ({len(next(iter(next(iter(ns.values())).values())))} runs each)")
+print("| program | " + " | ".join(builds) + " |")
+print("|---|" + "---:|" * len(builds))
+for prog in sorted(ns):
+    cells = [f"{statistics.median(ns[prog][a]):.0f}" if a in ns[prog] else "–" for a in builds]
+    print(f"| {prog} | " + " | ".join(cells) + " |")
+PY
