@@ -42,6 +42,15 @@ DEB_TREE    := $(BUILD)/deb
 $(BUILD)/pkg/openapi.o: docs/openapi.json
 $(FUZZ_BUILD)/pkg/openapi.o: docs/openapi.json
 $(BUILD)/pkg/ui.o $(FUZZ_BUILD)/pkg/ui.o: $(wildcard pkg/ui/*)
+# The page's files gzipped once at build time (-n: no name or time stamp, so the
+# bytes depend on the content only); pkg/ui.c embeds both forms.
+UI_GZ := $(patsubst pkg/ui/%,$(BUILD)/gen/ui/%.gz,$(wildcard pkg/ui/*))
+$(BUILD)/gen/ui/%.gz: pkg/ui/%
+	@mkdir -p $(@D)
+	gzip -9 -n -c $< > $@.tmp && mv -f $@.tmp $@
+$(BUILD)/pkg/ui.o $(FUZZ_BUILD)/pkg/ui.o: $(UI_GZ)
+$(BUILD)/pkg/ui.o: CFLAGS += -DUI_GZ_DIR='"$(BUILD)/gen/ui/"'
+$(FUZZ_BUILD)/pkg/ui.o: FUZZ_CFLAGS += -DUI_GZ_DIR='"$(BUILD)/gen/ui/"'
 
 # tests/test_e2e_install.c runs make install and make deb on its own build
 # (SANITIZE=1 builds test bin-asan's binaries, and must not rebuild bin/).

@@ -4,6 +4,14 @@
  * aggregator at /, /ui/app.js and /ui/app.css. The page reads the same HTTP
  * API as every other client, with the same bearer token; nothing it needs is
  * fetched from outside the binary.
+ *
+ * Each file is embedded twice: as it is, and gzipped at build time (gzip -9 -n,
+ * mk/install.mk). A request whose Accept-Encoding names gzip gets the gzipped
+ * bytes with Content-Encoding: gzip; every answer says Vary: Accept-Encoding.
+ * Each form has a strong ETag from a SHA-256 of its bytes, and is sent with
+ * Cache-Control: no-cache, so a browser keeps its copy and revalidates it
+ * (If-None-Match → 304 without a body): an upgraded binary's page is never
+ * mixed with an older cached one.
  */
 #ifndef EBPF_MONITOR_UI_H
 #define EBPF_MONITOR_UI_H
@@ -12,12 +20,16 @@
 
 #include "http_server.h"
 
-/* One embedded file: its route, its Content-Type, and its bytes (static storage). */
+/* One embedded file: its route, its Content-Type, its bytes (static storage), gzipped too. */
 struct ui_asset {
     const char *route;
     const char *content_type;
     const char *data;
     size_t len;
+    const char *gz_data;
+    size_t gz_len;
+    char etag[24];    /* "<16 hex digits>" of data, quotes included */
+    char gz_etag[28]; /* "<16 hex digits>-gz" of gz_data */
 };
 
 /* The embedded files, in route order; *n gets their number. */
