@@ -78,8 +78,7 @@ const struct ui_asset *ui_assets(size_t *n)
     return assets;
 }
 
-/* Whether an If-None-Match value (a list of entity tags, or *) names etag. */
-static int etag_matches(const char *inm, size_t len, const char *etag)
+int ui_etag_matches(const char *inm, size_t len, const char *etag)
 {
     size_t elen = strlen(etag);
 
@@ -119,7 +118,7 @@ static void handle_asset(void *ctx, const struct http_request *req, struct http_
     res->etag = etag;
     res->vary_encoding = true;
     if (req->if_none_match != NULL &&
-        etag_matches(req->if_none_match, req->if_none_match_len, etag)) {
+        ui_etag_matches(req->if_none_match, req->if_none_match_len, etag)) {
         res->status = 304;
         return;
     }

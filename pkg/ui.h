@@ -35,6 +35,13 @@ struct ui_asset {
 /* The embedded files, in route order; *n gets their number. */
 const struct ui_asset *ui_assets(size_t *n);
 
+/*
+ * Whether an If-None-Match header value (len bytes, any bytes: a list of entity
+ * tags, weak ones compared weakly, or *) names etag (NUL-terminated, quotes
+ * included). 1 or 0.
+ */
+int ui_etag_matches(const char *inm, size_t len, const char *etag);
+
 /* Registers a GET route for each embedded file. Call before http_server_start(). 0 or -errno. */
 int ui_register(struct http_server *s);
 

@@ -161,6 +161,12 @@ function detail(e) {
     case 'accept':
       return (e.source_ip || '') + ':' + (e.source_port ?? '') + ' → ' + (e.dest_ip || '') + ':' +
         (e.dest_port ?? '') + (e.status ? ' ' + e.status : '') + (e.error ? ' (' + e.error + ')' : '');
+    case 'close':
+      return (e.source_ip || '') + ':' + (e.source_port ?? '') + ' → ' + (e.dest_ip || '') + ':' + (e.dest_port ?? '') +
+        ' ' + (e.role || '') + ', ' + (e.bytes_sent ?? 0) + ' B sent, ' + (e.bytes_received ?? 0) + ' B received' +
+        (e.retransmits ? ', ' + e.retransmits + ' retransmits' : '') + (e.reset ? ', reset ' + e.reset : '');
+    case 'dns':
+      return (e.query || '') + ' ' + (e.query_type || '') + ' ' + (e.rcode ?? e.status ?? '');
     case 'packet_drop':
       return (e.drop_reason || '') + (e.suppressed ? ' (+' + e.suppressed + ' suppressed)' : '');
     default: return '';
