@@ -1,8 +1,9 @@
 /*
  * Serves the web page. Like pkg/openapi.c, the assembler's .incbin copies each
  * file of pkg/ui/ into .rodata when this file is compiled (from the repository
- * root), and its gzipped copy from UI_GZ_DIR (made by mk/install.mk, which also
- * makes this object depend on all of them).
+ * root), and its gzipped copy from UI_GEN_DIR (made by mk/install.mk, which also
+ * makes this object depend on all of them). index.html comes from UI_GEN_DIR
+ * too: pkg/ui/index.html with the files' URLs versioned (?v=<ETag>).
  */
 #include "ui.h"
 
@@ -15,8 +16,8 @@
 #ifndef UI_DIR
 #define UI_DIR "pkg/ui/"
 #endif
-#ifndef UI_GZ_DIR
-#define UI_GZ_DIR "build/gen/ui/"
+#ifndef UI_GEN_DIR
+#define UI_GEN_DIR "build/gen/ui/"
 #endif
 
 /* Embeds file between the symbols ui_<sym>_begin and ui_<sym>_end. */
@@ -32,12 +33,12 @@
             ".popsection\n");                                                                      \
     extern const char ui_##sym##_begin[], ui_##sym##_end[]
 
-UI_INCBIN(html, UI_DIR "index.html");
+UI_INCBIN(html, UI_GEN_DIR "index.html");
 UI_INCBIN(js, UI_DIR "app.js");
 UI_INCBIN(css, UI_DIR "app.css");
-UI_INCBIN(html_gz, UI_GZ_DIR "index.html.gz");
-UI_INCBIN(js_gz, UI_GZ_DIR "app.js.gz");
-UI_INCBIN(css_gz, UI_GZ_DIR "app.css.gz");
+UI_INCBIN(html_gz, UI_GEN_DIR "index.html.gz");
+UI_INCBIN(js_gz, UI_GEN_DIR "app.js.gz");
+UI_INCBIN(css_gz, UI_GEN_DIR "app.css.gz");
 
 #define UI_SPAN(sym) ui_##sym##_begin, (size_t)(ui_##sym##_end - ui_##sym##_begin)
 
@@ -104,9 +105,9 @@ int ui_etag_matches(const char *inm, size_t len, const char *etag)
 }
 
 /*
- * Any query string is ignored: the page keeps its view and filters in the URL
- * fragment, which never reaches the server, but a link with a query still
- * opens the page.
+ * A query string is looked at only for the version of app.js and app.css; any
+ * other is ignored: the page keeps its view and filters in the URL fragment,
+ * which never reaches the server, but a link with a query still opens the page.
  */
 static void handle_asset(void *ctx, const struct http_request *req, struct http_response *res)
 {
@@ -114,7 +115,13 @@ static void handle_asset(void *ctx, const struct http_request *req, struct http_
     const char *etag = req->accepts_gzip ? a->gz_etag : a->etag;
 
     res->content_type = a->content_type;
-    res->cache_control = "no-cache";
+    /* ?v=<the ETag's digits>, as index.html names the files: this URL is this content for good. */
+    size_t vlen = strlen(a->etag) - 2;
+    if (a->route[1] != '\0' && req->query_len == 2 + vlen && memcmp(req->query, "v=", 2) == 0 &&
+        memcmp(req->query + 2, a->etag + 1, vlen) == 0)
+        res->cache_control = "public, max-age=31536000, immutable";
+    else
+        res->cache_control = "no-cache";
     res->etag = etag;
     res->vary_encoding = true;
     if (req->if_none_match != NULL &&

@@ -8,10 +8,12 @@
  * Each file is embedded twice: as it is, and gzipped at build time (gzip -9 -n,
  * mk/install.mk). A request whose Accept-Encoding names gzip gets the gzipped
  * bytes with Content-Encoding: gzip; every answer says Vary: Accept-Encoding.
- * Each form has a strong ETag from a SHA-256 of its bytes, and is sent with
- * Cache-Control: no-cache, so a browser keeps its copy and revalidates it
- * (If-None-Match → 304 without a body): an upgraded binary's page is never
- * mixed with an older cached one.
+ * Each form has a strong ETag from a SHA-256 of its bytes. The page (/) is sent
+ * with Cache-Control: no-cache, so a browser revalidates it (If-None-Match →
+ * 304 without a body) and an upgraded binary's page is never mixed with an
+ * older cached one. It names app.js and app.css with ?v=<their ETag's digits>
+ * (added at build time); under that URL they are cached for a year
+ * (immutable), under any other they are no-cache like the page.
  */
 #ifndef EBPF_MONITOR_UI_H
 #define EBPF_MONITOR_UI_H
@@ -20,7 +22,10 @@
 
 #include "http_server.h"
 
-/* One embedded file: its route, its Content-Type, its bytes (static storage), gzipped too. */
+/*
+ * One embedded file: its route, its Content-Type, its bytes (static storage),
+ * gzipped too. The page's bytes are the built index.html (versioned URLs).
+ */
 struct ui_asset {
     const char *route;
     const char *content_type;

@@ -24,7 +24,8 @@ def render(first, load):
     kb = lambda b: "%.1f KB" % (b / 1024)
     out = [
         "First load of the page from the agent (`/#live`), %d runs, each in a fresh browser context "
-        "(empty cache); Chromium %s; measured %s." % (fl["runs"], fl["chromium"], fl["when"]),
+        "(empty cache); Chromium %s; measured %s, load average %s on %s CPUs." % (
+            fl["runs"], fl["chromium"], fl["when"], fl.get("load_average", "?"), fl.get("cpus", "?")),
         "",
         "| measure | value | target |",
         "|---|---:|---|",
@@ -39,7 +40,8 @@ def render(first, load):
         "| interactive, slowest of the runs | %d ms | |" % fl["interactive_ms_max"],
         "",
         "Live under load: `bench_load %s` offered %d ops/s for %.1f s (one connection event each) while the "
-        "page showed `#live?type=connection` from the agent; measured %s." % (g["mode"], g["ops_per_sec"], g["seconds"], load["when"]),
+        "page showed `#live?type=connection` from the agent (other processes' connections count too); "
+        "measured %s, load average %s." % (g["mode"], g["ops_per_sec"], g["seconds"], load["when"], load.get("load_average", "?")),
         "",
         "| measure | value |",
         "|---|---:|",

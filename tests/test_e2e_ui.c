@@ -74,7 +74,9 @@ TestSuite(e2e_ui, .init = setup, .fini = teardown, .timeout = 180);
 /* Each embedded file is the one in pkg/ui/, served at its route with its type, without a token. */
 Test(e2e_ui, the_binaries_serve_the_files_of_pkg_ui)
 {
-    static const char *const files[] = {"pkg/ui/index.html", "pkg/ui/app.js", "pkg/ui/app.css"};
+    /* The page is pkg/ui/index.html as built: the files' URLs versioned (mk/install.mk). */
+    static const char *const files[] = {"build/gen/ui/index.html", "pkg/ui/app.js",
+                                        "pkg/ui/app.css"};
     size_t n;
     const struct ui_asset *a = ui_assets(&n);
     size_t total = 0;
@@ -109,6 +111,13 @@ Test(e2e_ui, the_binaries_serve_the_files_of_pkg_ui)
         total += a[i].len;
         free(gz);
         free(file);
+    }
+    /* The page names each file under its version: its ETag's digits. */
+    for (size_t i = 1; i < n; i++) {
+        char url[64];
+        snprintf(url, sizeof(url), "\"%s?v=%.16s\"", a[i].route + 1, a[i].etag + 1);
+        cr_expect_not_null(memmem(a[0].data, a[0].len, url, strlen(url)),
+                           "the page does not name %s", url);
     }
     /* SPEC section 10: nothing from outside; issue 12: first load at most 300 KB. */
     cr_expect_lt(total, 300 * 1024, "the page weighs %zu bytes", total);

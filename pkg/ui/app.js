@@ -97,6 +97,9 @@ function problem(source, msg) {
 let serverKind = null; // 'aggregator' or 'agent', from /api/stats
 
 async function checkHealth() {
+  // Both asked at once; the statistics are used only when the server answers.
+  const stats = apiJson('api/stats');
+  stats.catch(() => {}); // awaited below, or not needed when the server is down
   try {
     const ready = await fetch('ready', { cache: 'no-store' }).then((r) => r.json());
     if (ready.nats === 'disconnected')
@@ -111,7 +114,7 @@ async function checkHealth() {
     return;
   }
   try {
-    const s = await apiJson('api/stats');
+    const s = await stats;
     serverKind = 'replica' in s ? 'aggregator' : 'agent';
     $('#scope').textContent = serverKind === 'aggregator'
       ? 'cluster (replica ' + s.replica + ')' : 'node ' + s.node;
@@ -352,7 +355,10 @@ function flushIncoming() {
 function onStreamEvent(e) {
   live.received++;
   live.incoming.push(e);
-  if (live.incoming.length > MAX_ROWS) {
+  // Paused: exactly MAX_ROWS wait. Live: trimmed in one go at twice that (the
+  // next frame keeps MAX_ROWS of them anyway), not one splice per event.
+  const cap = live.paused ? MAX_ROWS : 2 * MAX_ROWS;
+  if (live.incoming.length > cap) {
     const over = live.incoming.length - MAX_ROWS;
     live.incoming.splice(0, over);
     if (live.paused)
@@ -387,14 +393,21 @@ async function readStream(query, signal) {
     if (done)
       return;
     buf += value;
-    let end;
-    while ((end = buf.indexOf('\n\n')) >= 0) {
-      const block = buf.slice(0, end);
-      buf = buf.slice(end + 2);
-      const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
+    let pos = 0, end;
+    while ((end = buf.indexOf('\n\n', pos)) >= 0) {
+      const block = buf.slice(pos, end);
+      pos = end + 2;
+      // The server sends one "data:" line per event; anything else the long way.
+      const data = block.startsWith('data:') && block.indexOf('\n') < 0 ? block.slice(5)
+        : block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
       if (!data)
         continue;
       try { onStreamEvent(JSON.parse(data)); } catch (err) { problem('stream', 'A malformed event was skipped: ' + err.message); }
+    }
+    buf = buf.slice(pos);
+    if (buf.length > 1 << 20) { // no event is this long: not a stream of events
+      buf = '';
+      problem('stream', 'More than 1 MiB without an event boundary was skipped.');
     }
   }
 }

@@ -13,7 +13,9 @@
 // asserts a wall-clock time (the load figures are measured and written).
 import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import http from 'node:http';
+import { cpus, loadavg } from 'node:os';
 import { gunzipSync } from 'node:zlib';
 
 let chromium;
@@ -45,6 +47,7 @@ const FLOW_OK = Number(env('FLOW_OK'));
 const FLOW_FAIL = Number(env('FLOW_FAIL'));
 const NATS_PORT = env('NATS_PORT');
 const UI_DIR = new URL('../../pkg/ui/', import.meta.url);
+const UI_GEN = new URL('../../build/gen/ui/', import.meta.url); // index.html as built (versioned file URLs)
 mkdirSync(SHOTS, { recursive: true });
 
 const browser = await chromium.launch({
@@ -97,7 +100,7 @@ async function clickEdge(page, sel) {
     for (let i = 0; i <= 40; i++) {
       const p = path.getPointAtLength(len * (0.5 + (i % 2 ? 1 : -1) * Math.ceil(i / 2) / 90));
       const x = p.x * m.a + p.y * m.c + m.e, y = p.x * m.b + p.y * m.d + m.f;
-      if (g.contains(document.elementFromPoint(x, y)))
+      if (x >= 0 && y >= 0 && x < innerWidth && y < innerHeight && g.contains(document.elementFromPoint(x, y)))
         return { x, y };
     }
     return null;
@@ -289,7 +292,8 @@ await step('Map draws the test client, its destination and the edges with their 
   await page.screenshot({ path: SHOTS + '/map.png' });
   console.log('  ' + FLOW_CLIENT + ' → ' + got.dst + ' ports ' + got.ports + ': ' + got.connections + ' connections, ' +
     got.failed + ' failed; ' + nodes.length + ' endpoints drawn');
-  // Details of the link, one part per port.
+  // Details of the link, one part per port. Scrolled to where the client is, as a user would.
+  await page.$eval('#map g.node[data-label="' + FLOW_CLIENT + '"]', (g) => g.scrollIntoView({ block: 'center' }));
   await clickEdge(page, link);
   await page.waitForSelector('#edge-detail:not([hidden])', { timeout: 5000 });
   const title = await page.$eval('#edge-detail h2', (h) => h.textContent);
@@ -371,7 +375,7 @@ await step('first load: at most 300 KB transferred (measured five times, written
     dom_content_loaded_ms_median: med('dom_content_loaded_ms'),
     interactive_ms_median: med('interactive_ms'), interactive_ms_max: Math.max(...runs.map((r) => r.interactive_ms)),
     live_open_ms_median: med('live_open_ms'),
-    chromium: browser.version(), when: new Date().toISOString(),
+    chromium: browser.version(), load_average: loadavg()[0], cpus: cpus().length, when: new Date().toISOString(),
   };
   writeFileSync(SHOTS + '/first-load.json', JSON.stringify(res, null, 2) + '\n');
   console.log('  first load: ' + JSON.stringify(res));
@@ -444,7 +448,7 @@ await step('Live under load: about 2,000 events/s for 5 s (frame times measured,
       rows_held: m.rows, rows_dropped: m.dropped, rows_in_dom: m.in_dom,
     },
     agent_stream_dropped: agentStats.stream.dropped,
-    when: new Date().toISOString(),
+    load_average: loadavg()[0], cpus: cpus().length, when: new Date().toISOString(),
   };
   writeFileSync(SHOTS + '/live-load.json', JSON.stringify(res, null, 2) + '\n');
   console.log('  ' + JSON.stringify(res));
@@ -454,7 +458,7 @@ await step('Live under load: about 2,000 events/s for 5 s (frame times measured,
 
 await step('the files are served gzipped with ETags when asked, and revalidate with a 304', async () => {
   for (const [route, file] of [['/', 'index.html'], ['/ui/app.js', 'app.js'], ['/ui/app.css', 'app.css']]) {
-    const orig = readFileSync(new URL(file, UI_DIR));
+    const orig = readFileSync(new URL(file, route === '/' ? UI_GEN : UI_DIR));
     const gz = await rawGet(AGENT + route, { 'accept-encoding': 'gzip, deflate, br' });
     assert(gz.status === 200 && gz.headers['content-encoding'] === 'gzip', route + ': ' + gz.status + ' ' + gz.headers['content-encoding']);
     assert(/accept-encoding/i.test(gz.headers.vary || '') && gz.headers['cache-control'] === 'no-cache' && gz.headers.etag, route + ' headers: ' + JSON.stringify(gz.headers));
@@ -466,6 +470,16 @@ await step('the files are served gzipped with ETags when asked, and revalidate w
     assert(again.status === 304 && again.body.length === 0, route + ': revalidation answered ' + again.status);
     const changed = await rawGet(AGENT + route, { 'accept-encoding': 'gzip', 'if-none-match': '"0000000000000000-gz"' });
     assert(changed.status === 200, route + ': another ETag answered ' + changed.status);
+    if (route !== '/') {
+      // The page names the file with ?v=<its content's hash>; under that URL it is cached for good.
+      const v = createHash('sha256').update(orig).digest('hex').slice(0, 16);
+      assert(readFileSync(new URL('index.html', UI_GEN), 'utf8').includes('"' + route.slice(1) + '?v=' + v + '"'), 'index.html does not name ' + route + '?v=' + v);
+      const versioned = await rawGet(AGENT + route + '?v=' + v, { 'accept-encoding': 'gzip' });
+      assert(versioned.status === 200 && versioned.headers['cache-control'] === 'public, max-age=31536000, immutable' &&
+        versioned.headers.etag === gz.headers.etag, route + '?v=: ' + JSON.stringify(versioned.headers));
+      const old = await rawGet(AGENT + route + '?v=0000000000000000', { 'accept-encoding': 'gzip' });
+      assert(old.headers['cache-control'] === 'no-cache', route + ' with another version: ' + old.headers['cache-control']);
+    }
   }
   const api = await rawGet(AGENT + '/api/stats', { 'accept-encoding': 'gzip' });
   assert(api.headers['cache-control'] === 'no-store' && !api.headers['content-encoding'], 'the API: ' + JSON.stringify(api.headers));
