@@ -53,7 +53,7 @@ def render(first, load):
         % (p["long_tasks"], p["long_task_ms_total"], p["long_task_ms_max"]),
         "| events held in the table / dropped from it (counted, shown) | %d / %d |" % (p["rows_held"], p["rows_dropped"]),
         "| rows in the DOM (virtualised) | %d |" % p["rows_in_dom"],
-        "| events the agent's stream dropped for this client | %d |" % load["agent_stream_dropped"],
+        "| events the agent's stream dropped meanwhile (slow clients, all of them) | %d |" % load["agent_stream_dropped"],
     ]
     return "\n".join(out)
 
