@@ -1104,3 +1104,14 @@ function showView() {
 
 window.addEventListener('hashchange', showView);
 showView();
+// Live's type choices: dns too once the server records it (SPEC section 9).
+getApiDoc().then((doc) => {
+  const sel = $('#filters select[name=type]');
+  if (eventTypeServed(doc, 'dns') && ![...sel.options].some((o) => o.value === 'dns')) {
+    const keep = sel.value;
+    sel.appendChild(el('option', 'dns'));
+    sel.value = parseHash().params.get('type') || keep;
+    if (parseHash().view === 'live' && sel.value === 'dns')
+      startLive(liveParams()); // a link to #live?type=dns opened before the option existed
+  }
+}).catch(() => {}); // the views that need the description report its failure
