@@ -426,6 +426,7 @@ async function startLive(params) {
   live.selected = null;
   $('#detail').hidden = true;
   $('#live-scroll').scrollTop = 0;
+  $('#view-live').dataset.history = '';
   liveStatus();
   renderLive();
   const ctl = new AbortController();
@@ -435,6 +436,7 @@ async function startLive(params) {
     if (live.abort !== ctl)
       return;
     addEvents(page.events, false);
+    $('#view-live').dataset.history = 'loaded';
     firstLoad('ui-live-history');
     if (page.replicas && page.replicas.answered < page.replicas.expected)
       problem('history', 'Partial history: ' + page.replicas.answered + ' of ' + page.replicas.expected + ' replicas answered.');

@@ -233,8 +233,11 @@ await step('the workload filter goes into the URL and the API takes it', async (
   await page.fill('#filters input[name=workload]', FLOW_CLIENT);
   await page.click('#filters button[type=submit]');
   await page.waitForFunction((w) => location.hash.includes('workload=' + w) && !location.hash.includes('command='), FLOW_CLIENT, { timeout: 5000 });
-  await page.waitForSelector('#view-live[data-stream="open"]', { timeout: 10000 });
+  await page.waitForSelector('#view-live[data-stream="open"][data-history="loaded"]', { timeout: 10000 });
   assert(await page.$eval('#banner', (b) => b.hidden), 'banner: ' + await page.$eval('#banner', (b) => b.textContent));
+  // workload is a Kubernetes owner: the events of this VM have none, so nothing matches.
+  assert(await page.$eval('#view-live', (v) => v.dataset.rows) === '0', 'events with a workload on a VM: ' +
+    await page.$eval('#live-status', (p) => p.textContent));
   await page.click('#clear');
   await page.waitForFunction(() => location.hash === '#live', null, { timeout: 5000 });
 });
