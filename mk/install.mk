@@ -42,6 +42,26 @@ DEB_TREE    := $(BUILD)/deb
 $(BUILD)/pkg/openapi.o: docs/openapi.json
 $(FUZZ_BUILD)/pkg/openapi.o: docs/openapi.json
 $(BUILD)/pkg/ui.o $(FUZZ_BUILD)/pkg/ui.o: $(wildcard pkg/ui/*)
+# The page's files gzipped once at build time (-n: no name or time stamp, so the
+# bytes depend on the content only); pkg/ui.c embeds both forms. The embedded
+# index.html is pkg/ui/index.html naming app.js and app.css with ?v=<the first
+# 16 hex digits of their SHA-256> (their ETag), so a browser may keep them for
+# good: another content is another URL.
+UI_GEN := $(BUILD)/gen/ui
+UI_GZ  := $(patsubst pkg/ui/%,$(UI_GEN)/%.gz,$(wildcard pkg/ui/*))
+$(UI_GEN)/index.html: pkg/ui/index.html pkg/ui/app.js pkg/ui/app.css
+	@mkdir -p $(@D)
+	sed -e "s|\"ui/app.js\"|\"ui/app.js?v=$$(sha256sum pkg/ui/app.js | cut -c1-16)\"|" \
+	    -e "s|\"ui/app.css\"|\"ui/app.css?v=$$(sha256sum pkg/ui/app.css | cut -c1-16)\"|" $< > $@.tmp
+	mv -f $@.tmp $@
+$(UI_GEN)/index.html.gz: $(UI_GEN)/index.html
+	gzip -9 -n -c $< > $@.tmp && mv -f $@.tmp $@
+$(UI_GEN)/%.gz: pkg/ui/%
+	@mkdir -p $(@D)
+	gzip -9 -n -c $< > $@.tmp && mv -f $@.tmp $@
+$(BUILD)/pkg/ui.o $(FUZZ_BUILD)/pkg/ui.o: $(UI_GZ) $(UI_GEN)/index.html
+$(BUILD)/pkg/ui.o: CFLAGS += -DUI_GEN_DIR='"$(UI_GEN)/"'
+$(FUZZ_BUILD)/pkg/ui.o: FUZZ_CFLAGS += -DUI_GEN_DIR='"$(UI_GEN)/"'
 
 # tests/test_e2e_install.c runs make install and make deb on its own build
 # (SANITIZE=1 builds test bin-asan's binaries, and must not rebuild bin/).

@@ -186,6 +186,8 @@ static const char *status_reason(int status)
         return "OK";
     case 204:
         return "No Content";
+    case 304:
+        return "Not Modified";
     case 400:
         return "Bad Request";
     case 401:
@@ -223,9 +225,28 @@ static void send_response(h2o_req_t *req, int status, const char *content_type, 
     req->res.content_length = len;
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, content_type,
                    strlen(content_type));
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
-                   H2O_STRLIT("no-store"));
+    /* A handler may have chosen its own (add_handler_headers); everything else is never cached. */
+    if (h2o_find_header(&req->res.headers, H2O_TOKEN_CACHE_CONTROL, -1) == -1)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
+                       H2O_STRLIT("no-store"));
     h2o_send_inline(req, body, len);
+}
+
+/* The optional headers a handler set in its http_response. */
+static void add_handler_headers(h2o_req_t *req, const struct http_response *res)
+{
+    if (res->cache_control != NULL)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL,
+                       res->cache_control, strlen(res->cache_control));
+    if (res->etag != NULL)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ETAG, NULL, res->etag,
+                       strlen(res->etag));
+    if (res->content_encoding != NULL)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_ENCODING, NULL,
+                       res->content_encoding, strlen(res->content_encoding));
+    if (res->vary_encoding)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_VARY, NULL,
+                       H2O_STRLIT("Accept-Encoding"));
 }
 
 static void send_error(h2o_req_t *req, int status, const char *msg)
@@ -561,7 +582,13 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         .path_len = path.len,
         .query = qs,
         .query_len = qslen,
+        .accepts_gzip = (h2o_get_compressible_types(&req->headers) & H2O_COMPRESSIBLE_GZIP) != 0,
     };
+    ssize_t inm = h2o_find_header(&req->headers, H2O_TOKEN_IF_NONE_MATCH, -1);
+    if (inm != -1) {
+        hreq.if_none_match = req->headers.entries[inm].value.base;
+        hreq.if_none_match_len = req->headers.entries[inm].value.len;
+    }
     struct deferred_slot slot = {.srv = s, .req = req};
     struct http_response res = {.status = 200, .server_private = &slot};
 
@@ -572,12 +599,14 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         buf_free(&res.body);
         return 0;
     }
-    if (res.body.oom)
+    if (res.body.oom) {
         send_response(req, 500, "application/json", H2O_STRLIT("{\"error\":\"out of memory\"}"));
-    else
+    } else {
+        add_handler_headers(req, &res);
         send_response(req, res.status > 0 ? res.status : 200,
                       res.content_type != NULL ? res.content_type : "application/json",
                       res.body.data != NULL ? res.body.data : "", res.body.len);
+    }
     buf_free(&res.body);
     return 0;
 }

@@ -14,6 +14,7 @@
 #ifndef EBPF_MONITOR_HTTP_SERVER_H
 #define EBPF_MONITOR_HTTP_SERVER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,6 +37,9 @@ struct http_request {
     size_t path_len;
     const char *query; /* raw, still percent-encoded, without '?'; "" when absent */
     size_t query_len;
+    bool accepts_gzip;         /* Accept-Encoding names gzip */
+    const char *if_none_match; /* the If-None-Match header, NULL when absent */
+    size_t if_none_match_len;
 };
 
 struct http_response {
@@ -43,6 +47,15 @@ struct http_response {
     const char *content_type; /* default "application/json" */
     struct buf body;
     void *server_private; /* the server's; NULL outside a served request */
+    /*
+     * Optional headers (static storage), for responses answered at once:
+     * Cache-Control (NULL = "no-store"), ETag, Content-Encoding; vary_encoding
+     * adds "Vary: Accept-Encoding" (the body depends on that request header).
+     */
+    const char *cache_control;
+    const char *etag;
+    const char *content_encoding;
+    bool vary_encoding;
 };
 
 typedef void (*http_handler_fn)(void *ctx, const struct http_request *req,

@@ -2,28 +2,40 @@
  * The web page (SPEC section 10) in a real browser: Debian's chromium driven
  * by tests/js/ui_check.mjs (playwright-core) against a real aggregator (with
  * API_TOKEN) and a real agent (real eBPF) on a real nats-server. A marked exec
- * shows up in Live, a filter narrows the table and survives a reload, Nodes
- * shows this node active with its loss counters, the token prompt works, the
- * agent serves the page for its node, no view logs a console error, and
- * stopping NATS, then the aggregator, puts a banner up that says so.
- * Screenshots of each view, and the programs' logs, go to build/ui/.
+ * shows up in Live, a filter narrows the table and survives a reload, the Map
+ * shows the connections this test makes (a client process of its own to a
+ * loopback listener, and to a closed port) as edges with their exact counts,
+ * Drops charts real packet drops, Nodes shows this node active with its loss
+ * counters and the agent's outage buffer filling while NATS is down, the
+ * token prompt works, the agent serves the page for its node (gzipped, with
+ * ETags), Live stays bounded under load (measured, not asserted), no view
+ * logs a console error, and stopping NATS, then the aggregator, puts a banner
+ * up that says so. Screenshots of each view, the programs' logs and the
+ * measurements (first-load.json, live-load.json) go to build/ui/.
  *
  * Needs root (eBPF), node, chromium and the npm packages of tests/js (make deps).
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "testutil.h"
 #include "ui.h"
 
-#define TOKEN    "ui-test-token"
-#define CHROMIUM "/usr/bin/chromium"
+#define TOKEN     "ui-test-token"
+#define CHROMIUM  "/usr/bin/chromium"
+#define FLOW_OK   5 /* established connections the flow client makes */
+#define FLOW_FAIL 2 /* connections it makes to a closed port */
 
 static struct tu_monitor mon;
 /* build/ui: the screenshots, the marker, and the three programs' logs, kept for a look after a run.
@@ -40,6 +52,8 @@ static void setup(void)
     cr_assert_eq(access(CHROMIUM, X_OK), 0, CHROMIUM " not found: run make deps");
     cr_assert_eq(access(tu_repo_path("tests/js/node_modules/playwright-core/package.json"), F_OK),
                  0, "npm packages of tests/js are missing: run make deps");
+    cr_assert_eq(access(tu_repo_path("build/bench/bench_load"), X_OK), 0,
+                 "build/bench/bench_load missing: make build/bench/bench_load");
     snprintf(dir, sizeof(dir), "%s", tu_repo_path("build/ui"));
     cr_assert(mkdir(dir, 0755) == 0 || errno == EEXIST, "mkdir %s: %s", dir, strerror(errno));
     for (size_t i = 0; i < sizeof(logs) / sizeof(logs[0]); i++) {
@@ -55,12 +69,14 @@ static void teardown(void)
     tu_monitor_stop(&mon);
 }
 
-TestSuite(e2e_ui, .init = setup, .fini = teardown, .timeout = 90);
+TestSuite(e2e_ui, .init = setup, .fini = teardown, .timeout = 180);
 
 /* Each embedded file is the one in pkg/ui/, served at its route with its type, without a token. */
 Test(e2e_ui, the_binaries_serve_the_files_of_pkg_ui)
 {
-    static const char *const files[] = {"pkg/ui/index.html", "pkg/ui/app.js", "pkg/ui/app.css"};
+    /* The page is pkg/ui/index.html as built: the files' URLs versioned (mk/install.mk). */
+    static const char *const files[] = {"build/gen/ui/index.html", "pkg/ui/app.js",
+                                        "pkg/ui/app.css"};
     size_t n;
     const struct ui_asset *a = ui_assets(&n);
     size_t total = 0;
@@ -81,8 +97,27 @@ Test(e2e_ui, the_binaries_serve_the_files_of_pkg_ui)
                       "%s: served body differs from %s", a[i].route, files[i]);
             tu_http_free(&r);
         }
+        /* The gzipped copy is the one mk/install.mk made (the browser test unzips what is served).
+         */
+        char gzpath[PATH_MAX];
+        snprintf(gzpath, sizeof(gzpath), "build/gen/ui/%s.gz", strrchr(files[i], '/') + 1);
+        char *gz = tu_read_file(tu_repo_path(gzpath));
+        cr_assert_not_null(gz, "%s", gzpath);
+        cr_expect(a[i].gz_len > 18 && a[i].gz_len < a[i].len &&
+                      memcmp(a[i].gz_data, gz, a[i].gz_len) == 0,
+                  "%s: the embedded gzip copy differs from %s: rebuild", files[i], gzpath);
+        cr_expect(strlen(a[i].etag) == 18 && strlen(a[i].gz_etag) == 21 && a[i].etag[0] == '"',
+                  "%s: etags %s %s", files[i], a[i].etag, a[i].gz_etag);
         total += a[i].len;
+        free(gz);
         free(file);
+    }
+    /* The page names each file under its version: its ETag's digits. */
+    for (size_t i = 1; i < n; i++) {
+        char url[64];
+        snprintf(url, sizeof(url), "\"%s?v=%.16s\"", a[i].route + 1, a[i].etag + 1);
+        cr_expect_not_null(memmem(a[0].data, a[0].len, url, strlen(url)),
+                           "the page does not name %s", url);
     }
     /* SPEC section 10: nothing from outside; issue 12: first load at most 300 KB. */
     cr_expect_lt(total, 300 * 1024, "the page weighs %zu bytes", total);
@@ -92,8 +127,55 @@ Test(e2e_ui, the_binaries_serve_the_files_of_pkg_ui)
                        a[i].route);
 }
 
+/*
+ * Connections for the Map, from a child process named name (its command, so
+ * its workload outside Kubernetes): FLOW_OK to a loopback listener (the
+ * kernel completes them from the backlog) and FLOW_FAIL to a closed port.
+ */
+static void make_flows(const char *name, int *ok_port, int *closed_port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert(lfd >= 0 && bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+                  listen(lfd, 16) == 0 && getsockname(lfd, (struct sockaddr *)&sa, &len) == 0,
+              "listener: %s", strerror(errno));
+    *ok_port = ntohs(sa.sin_port);
+    *closed_port = tu_free_port();
+    pid_t pid = fork();
+    cr_assert(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_NAME, name);
+        int bad = 0;
+        for (int i = 0; i < FLOW_OK + FLOW_FAIL; i++) {
+            struct sockaddr_in to = sa;
+            to.sin_port = htons(i < FLOW_OK ? *ok_port : *closed_port);
+            int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            int rc = connect(fd, (struct sockaddr *)&to, sizeof(to));
+            bad |= i < FLOW_OK ? rc != 0 : !(rc < 0 && errno == ECONNREFUSED);
+            close(fd);
+        }
+        _exit(bad);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "the flow client's connects did not go as planned");
+    for (int i = 0; i < FLOW_OK; i++) {
+        int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (c >= 0)
+            close(c);
+    }
+    close(lfd);
+}
+
 Test(e2e_ui, the_page_works_in_a_real_browser)
 {
+    char flow_name[16];
+    int flow_port, closed_port;
+    snprintf(flow_name, sizeof(flow_name), "uiflow%d", (int)(getpid() % 100000));
+    make_flows(flow_name, &flow_port, &closed_port);
+
     char marker[PATH_MAX + 32];
     char name[16];
     snprintf(name, sizeof(name), "uimark%d", (int)(getpid() % 100000));
@@ -105,9 +187,11 @@ Test(e2e_ui, the_page_works_in_a_real_browser)
         asprintf(&cmd,
                  "AGGREGATOR_URL=http://127.0.0.1:%d AGENT_URL=http://127.0.0.1:%d TOKEN=" TOKEN
                  " MARKER='%s' MARKER_NAME='%s' SHOTS='%s' CHROMIUM=" CHROMIUM
-                 " NATS_PID=%d AGGREGATOR_PID=%d node '%s'",
+                 " NATS_PID=%d NATS_PORT=%d AGGREGATOR_PID=%d BENCH_LOAD='%s' FLOW_CLIENT=%s"
+                 " FLOW_PORT=%d FLOW_CLOSED_PORT=%d FLOW_OK=%d FLOW_FAIL=%d node '%s'",
                  mon.aggregator_port, mon.agent_port, marker, name, dir, (int)mon.nats,
-                 (int)mon.aggregator, script),
+                 mon.nats_port, (int)mon.aggregator, tu_repo_path("build/bench/bench_load"),
+                 flow_name, flow_port, closed_port, FLOW_OK, FLOW_FAIL, script),
         0);
     free(script);
     char *out;

@@ -1,11 +1,13 @@
 // The ebpf-monitor web page: four views over the HTTP API (SPEC sections 6,
-// 8 and 10), no library, nothing loaded from elsewhere. The view and the
-// Live filters live in the URL fragment (#live?command=curl), so a view can
-// be shared and survives a reload.
+// 8, 9 and 10), no library, nothing loaded from elsewhere. The view and its
+// settings live in the URL fragment (#live?command=curl, #map?window=1h), so
+// a view can be shared and survives a reload.
 'use strict';
 
 const MAX_ROWS = 2000; // Live keeps this many events; older ones are dropped and counted
-const FILTERS = ['type', 'node', 'namespace', 'pod', 'command', 'pid'];
+const FILTERS = ['type', 'node', 'namespace', 'pod', 'workload', 'command', 'pid'];
+const ROW_H = 22; // px, every Live row (the table is virtualised on it)
+const WINDOWS = { '5m': 300, '15m': 900, '1h': 3600, '6h': 21600, '24h': 86400 }; // seconds
 const TOKEN_KEY = 'ebpf-monitor-token';
 const $ = (sel) => document.querySelector(sel);
 
@@ -95,6 +97,9 @@ function problem(source, msg) {
 let serverKind = null; // 'aggregator' or 'agent', from /api/stats
 
 async function checkHealth() {
+  // Both asked at once; the statistics are used only when the server answers.
+  const stats = apiJson('api/stats');
+  stats.catch(() => {}); // awaited below, or not needed when the server is down
   try {
     const ready = await fetch('ready', { cache: 'no-store' }).then((r) => r.json());
     if (ready.nats === 'disconnected')
@@ -109,7 +114,7 @@ async function checkHealth() {
     return;
   }
   try {
-    const s = await apiJson('api/stats');
+    const s = await stats;
     serverKind = 'replica' in s ? 'aggregator' : 'agent';
     $('#scope').textContent = serverKind === 'aggregator'
       ? 'cluster (replica ' + s.replica + ')' : 'node ' + s.node;
@@ -159,6 +164,12 @@ function detail(e) {
     case 'accept':
       return (e.source_ip || '') + ':' + (e.source_port ?? '') + ' → ' + (e.dest_ip || '') + ':' +
         (e.dest_port ?? '') + (e.status ? ' ' + e.status : '') + (e.error ? ' (' + e.error + ')' : '');
+    case 'close':
+      return (e.source_ip || '') + ':' + (e.source_port ?? '') + ' → ' + (e.dest_ip || '') + ':' + (e.dest_port ?? '') +
+        ' ' + (e.role || '') + ', ' + (e.bytes_sent ?? 0) + ' B sent, ' + (e.bytes_received ?? 0) + ' B received' +
+        (e.retransmits ? ', ' + e.retransmits + ' retransmits' : '') + (e.reset ? ', reset ' + e.reset : '');
+    case 'dns':
+      return (e.query || '') + ' ' + (e.query_type || '') + ' ' + (e.rcode ?? e.status ?? '');
     case 'packet_drop':
       return (e.drop_reason || '') + (e.suppressed ? ' (+' + e.suppressed + ' suppressed)' : '');
     default: return '';
@@ -166,6 +177,13 @@ function detail(e) {
 }
 
 // ---- Live ----
+//
+// The table is virtualised: live.rows holds up to MAX_ROWS events (newest
+// first) and only the rows in the scrolled-to part of #live-scroll (plus a
+// few either side) are in the DOM, between two spacer rows that give the
+// table its full height. Every row is ROW_H pixels high, so the visible
+// slice follows from scrollTop alone. New events from the stream wait in
+// live.incoming and are added once per animation frame.
 
 const live = {
   rows: [], // newest first
@@ -178,6 +196,9 @@ const live = {
   state: 'closed',
   query: '',
   flushQueued: false,
+  renderQueued: false,
+  selected: null,
+  received: 0, // events read from the stream since the page opened
 };
 
 function liveParams() {
@@ -198,27 +219,31 @@ function setFilterInputs(params) {
 
 function liveStatus() {
   const state = tokenWaiters ? 'waiting for the API token' : live.state === 'open' ? 'live' : live.state;
-  const parts = [state, live.rows.length + ' events shown'];
+  const parts = [state, live.rows.length + ' events in the table'];
   if (live.dropped)
     parts.push(live.dropped + ' older events dropped from the table (it keeps ' + MAX_ROWS + ')');
   if (live.paused)
     parts.push('paused: ' + live.incoming.length + ' waiting' +
       (live.pendingDropped ? ', ' + live.pendingDropped + ' dropped while paused' : ''));
   $('#live-status').textContent = parts.join(' · ');
-  $('#view-live').dataset.stream = live.state;
+  const v = $('#view-live');
+  v.dataset.stream = live.state;
+  v.dataset.rows = live.rows.length;
+  v.dataset.dropped = live.dropped;
 }
 
 function eventRow(e) {
-  const tr = row([shortTime(e.time), e.node, e.type, e.pid, e.command, e.k8s_pod_name ? e.k8s_namespace + '/' + e.k8s_pod_name : '', detail(e)], 99);
+  const pod = e.k8s_pod_name ? e.k8s_namespace + '/' + e.k8s_pod_name : '';
+  const tr = row([shortTime(e.time), e.node, e.type, e.pid, e.command, pod, detail(e)], 99);
+  tr.className = 'ev';
   tr.dataset.command = e.command || '';
   tr.dataset.type = e.type || '';
-  tr.addEventListener('click', () => showDetail(e, tr));
+  tr.addEventListener('click', () => showDetail(e));
   return tr;
 }
 
-function showDetail(e, tr) {
-  document.querySelectorAll('#events tr.selected').forEach((r) => r.classList.remove('selected'));
-  tr.classList.add('selected');
+function showDetail(e) {
+  live.selected = e;
   const t = $('#detail table');
   t.replaceChildren();
   Object.keys(e).forEach((k) => {
@@ -226,18 +251,57 @@ function showDetail(e, tr) {
     t.appendChild(row([k, typeof v === 'object' ? JSON.stringify(v) : v], 99));
   });
   $('#detail').hidden = false;
+  renderLive();
 }
 
-$('#detail-close').addEventListener('click', () => { $('#detail').hidden = true; });
+$('#detail-close').addEventListener('click', () => {
+  $('#detail').hidden = true;
+  live.selected = null;
+  renderLive();
+});
 
-const rowOf = new WeakMap(); // event -> its table row, built once
+const rowOf = new WeakMap(); // event -> its table row, built once, when first shown
 
 function rowFor(e) {
   let tr = rowOf.get(e);
   if (!tr)
     rowOf.set(e, (tr = eventRow(e)));
+  tr.classList.toggle('selected', e === live.selected);
   return tr;
 }
+
+function spacer(height) {
+  const tr = document.createElement('tr');
+  tr.className = 'spacer';
+  tr.style.height = height + 'px';
+  return tr;
+}
+
+// Puts the rows of the visible slice in the DOM (and nothing else).
+function renderLive() {
+  live.renderQueued = false;
+  const box = $('#live-scroll');
+  const n = live.rows.length;
+  const headH = $('#events thead').offsetHeight;
+  const top = Math.max(box.scrollTop - headH, 0);
+  const first = Math.max(Math.floor(top / ROW_H) - 10, 0);
+  const last = Math.min(first + Math.ceil(box.clientHeight / ROW_H) + 20, n);
+  const trs = [spacer(first * ROW_H)];
+  for (let i = first; i < last; i++)
+    trs.push(rowFor(live.rows[i]));
+  trs.push(spacer((n - last) * ROW_H));
+  $('#events tbody').replaceChildren(...trs);
+}
+
+function queueRender() {
+  if (!live.renderQueued) {
+    live.renderQueued = true;
+    requestAnimationFrame(renderLive);
+  }
+}
+
+$('#live-scroll').addEventListener('scroll', queueRender, { passive: true });
+window.addEventListener('resize', queueRender);
 
 // Drops events from the table (they are the oldest), counted.
 function forget(gone) {
@@ -245,39 +309,36 @@ function forget(gone) {
   gone.forEach((e) => {
     if (e.id)
       live.ids.delete(e.id);
-    const tr = rowOf.get(e);
-    if (tr)
-      tr.remove();
+    if (e === live.selected)
+      live.selected = null;
   });
 }
 
 // Adds events to the table: newer ones (oldest first, as they arrived) at the
-// top, older ones (newest first, as /api/events answers) at the bottom. Only
-// the new rows are built and only the dropped ones removed, so a full table
-// costs no more per event than an empty one.
+// top, older ones (newest first, as /api/events answers) at the bottom. A
+// reader scrolled down keeps the rows they look at: the scroll position moves
+// down by the rows added above it.
 function addEvents(events, newer) {
   const fresh = events.filter((e) => !(e.id && live.ids.has(e.id)));
   fresh.forEach((e) => e.id && live.ids.add(e.id));
-  const tbody = $('#events tbody');
-  const frag = document.createDocumentFragment();
   if (newer) {
     fresh.reverse();
     if (fresh.length > MAX_ROWS)
       forget(fresh.splice(MAX_ROWS));
-    fresh.forEach((e) => frag.appendChild(rowFor(e)));
-    tbody.prepend(frag);
     live.rows = fresh.concat(live.rows);
+    const box = $('#live-scroll');
+    if (box.scrollTop > 0)
+      box.scrollTop += fresh.length * ROW_H;
   } else {
     const room = Math.max(MAX_ROWS - live.rows.length, 0);
     if (fresh.length > room)
       forget(fresh.splice(room));
-    fresh.forEach((e) => frag.appendChild(rowFor(e)));
-    tbody.append(frag);
     live.rows = live.rows.concat(fresh);
   }
   if (live.rows.length > MAX_ROWS)
     forget(live.rows.splice(MAX_ROWS));
   liveStatus();
+  renderLive();
 }
 
 // Stream events wait in live.incoming (bounded) for the next frame, or for
@@ -292,8 +353,12 @@ function flushIncoming() {
 }
 
 function onStreamEvent(e) {
+  live.received++;
   live.incoming.push(e);
-  if (live.incoming.length > MAX_ROWS) {
+  // Paused: exactly MAX_ROWS wait. Live: trimmed in one go at twice that (the
+  // next frame keeps MAX_ROWS of them anyway), not one splice per event.
+  const cap = live.paused ? MAX_ROWS : 2 * MAX_ROWS;
+  if (live.incoming.length > cap) {
     const over = live.incoming.length - MAX_ROWS;
     live.incoming.splice(0, over);
     if (live.paused)
@@ -320,6 +385,7 @@ async function readStream(query, signal) {
   live.state = 'open';
   problem('stream', null);
   liveStatus();
+  firstLoad('ui-live-open');
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = '';
   for (;;) {
@@ -327,14 +393,21 @@ async function readStream(query, signal) {
     if (done)
       return;
     buf += value;
-    let end;
-    while ((end = buf.indexOf('\n\n')) >= 0) {
-      const block = buf.slice(0, end);
-      buf = buf.slice(end + 2);
-      const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
+    let pos = 0, end;
+    while ((end = buf.indexOf('\n\n', pos)) >= 0) {
+      const block = buf.slice(pos, end);
+      pos = end + 2;
+      // The server sends one "data:" line per event; anything else the long way.
+      const data = block.startsWith('data:') && block.indexOf('\n') < 0 ? block.slice(5)
+        : block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
       if (!data)
         continue;
       try { onStreamEvent(JSON.parse(data)); } catch (err) { problem('stream', 'A malformed event was skipped: ' + err.message); }
+    }
+    buf = buf.slice(pos);
+    if (buf.length > 1 << 20) { // no event is this long: not a stream of events
+      buf = '';
+      problem('stream', 'More than 1 MiB without an event boundary was skipped.');
     }
   }
 }
@@ -350,9 +423,12 @@ async function startLive(params) {
   live.dropped = 0;
   live.incoming = [];
   live.pendingDropped = 0;
+  live.selected = null;
   $('#detail').hidden = true;
-  $('#events tbody').replaceChildren();
+  $('#live-scroll').scrollTop = 0;
+  $('#view-live').dataset.history = '';
   liveStatus();
+  renderLive();
   const ctl = new AbortController();
   live.abort = ctl;
   // History first (what happened before the page opened), then the stream.
@@ -360,6 +436,8 @@ async function startLive(params) {
     if (live.abort !== ctl)
       return;
     addEvents(page.events, false);
+    $('#view-live').dataset.history = 'loaded';
+    firstLoad('ui-live-history');
     if (page.replicas && page.replicas.answered < page.replicas.expected)
       problem('history', 'Partial history: ' + page.replicas.answered + ' of ' + page.replicas.expected + ' replicas answered.');
     else
@@ -422,14 +500,80 @@ $('#pause').addEventListener('click', () => {
   liveStatus();
 });
 
+// ---- shared by the views ----
+
+const svgNS = $('#map').namespaceURI; // SVG's, from an <svg> of the page
+
+function svgEl(tag, attrs, text) {
+  const e = document.createElementNS(svgNS, tag);
+  Object.entries(attrs || {}).forEach(([k, v]) => e.setAttribute(k, v));
+  if (text !== undefined)
+    e.textContent = String(text);
+  return e;
+}
+
+function fmtBytes(n) {
+  if (!n)
+    return '0 B';
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  const i = Math.min(Math.floor(Math.log2(n) / 10), u.length - 1);
+  return (i ? (n / 2 ** (10 * i)).toFixed(1) : n) + ' ' + u[i];
+}
+
+const fmtMs = (ns) => (ns ? (ns / 1e6).toFixed(ns < 1e6 ? 3 : 1) + ' ms' : '–');
+
+// The view's time window (?window=15m in the URL) and the select showing it.
+function windowOf(params, select) {
+  const w = WINDOWS[params.get('window')] ? params.get('window') : '15m';
+  select.value = w;
+  const untilMs = Date.now();
+  return { name: w, sinceMs: untilMs - WINDOWS[w] * 1000, untilMs };
+}
+
+const epochNs = (ms) => (BigInt(Math.floor(ms)) * 1000000n).toString();
+
+['map', 'drops'].forEach((view) => {
+  $('#' + view + '-window').addEventListener('change', (ev) => {
+    const p = parseHash().params;
+    p.set('window', ev.target.value);
+    setHash(view, p);
+  });
+});
+
+// The server's own API description: which paths and event types it serves.
+let apiDoc = null;
+
+async function getApiDoc() {
+  if (!apiDoc)
+    apiDoc = await apiJson('api/openapi.json');
+  return apiDoc;
+}
+
+// Whether /api/events accepts type=t, from the parameter's schema.
+function eventTypeServed(doc, t) {
+  const ops = doc.paths && doc.paths['/api/events'] && doc.paths['/api/events'].get;
+  const params = ((ops && ops.parameters) || []).map((p) => {
+    if (!p.$ref)
+      return p;
+    return p.$ref.replace(/^#\//, '').split('/').reduce((o, k) => (o ? o[k] : undefined), doc);
+  });
+  const type = params.find((p) => p && p.name === 'type');
+  const pattern = type && type.schema && type.schema.pattern;
+  return Boolean(pattern && new RegExp(pattern).test(t));
+}
+
 // ---- Nodes ----
 
 const prevEvents = new Map(); // node -> [events, ms]
 
-function card(label, value, bad) {
+function card(label, value, bad, key) {
   const c = el('div', null, 'card' + (bad ? ' bad' : ''));
   c.appendChild(el('b', value));
   c.appendChild(el('span', label));
+  if (key) {
+    c.dataset.counter = key;
+    c.dataset.value = typeof value === 'number' ? value : '';
+  }
   return c;
 }
 
@@ -446,27 +590,35 @@ async function refreshNodes() {
     replicas = n.replicas;
   }
   const cards = $('#loss');
-  cards.replaceChildren();
-  cards.appendChild(card('events', s.total_events));
-  cards.appendChild(card('kernel drops', s.kernel_drops, s.kernel_drops > 0));
+  const stream = s.stream.dropped + (s.stream.publish_dropped || 0);
+  const list = [card('events', s.total_events), card('kernel drops', s.kernel_drops, s.kernel_drops > 0, 'kernel-drops')];
   if (serverKind === 'aggregator') {
-    cards.appendChild(card('agent drops', s.agent_drops, s.agent_drops > 0));
-    cards.appendChild(card('lost batches', s.lost_batches, s.lost_batches > 0));
-    cards.appendChild(card('rejected batches', s.rejected_total, s.rejected_total > 0));
-    cards.appendChild(card('rejected events', s.rejected_events_total, s.rejected_events_total > 0));
-    cards.appendChild(card('bus dropped', s.bus_dropped, s.bus_dropped > 0));
-    cards.appendChild(card('store failed', s.store_failed, s.store_failed > 0));
-    cards.appendChild(card('replicas answered', replicas.answered + '/' + replicas.expected,
-      replicas.answered < replicas.expected));
+    list.push(card('agent drops', s.agent_drops, s.agent_drops > 0, 'agent-drops'),
+      card('lost batches', s.lost_batches, s.lost_batches > 0, 'lost-batches'),
+      card('rejected batches', s.rejected_total, s.rejected_total > 0, 'rejected-batches'),
+      card('rejected events', s.rejected_events_total, s.rejected_events_total > 0, 'rejected-events'),
+      card('bus dropped', s.bus_dropped, s.bus_dropped > 0, 'bus-dropped'),
+      card('store failed', s.store_failed, s.store_failed > 0, 'store-failed'),
+      card('replicas answered', replicas.answered + '/' + replicas.expected,
+        replicas.answered < replicas.expected, 'replicas'));
   } else {
-    cards.appendChild(card('drops suppressed', s.drops_suppressed));
-    cards.appendChild(card('history failed', s.history.failed, s.history.failed > 0));
+    list.push(card('drops suppressed', s.drops_suppressed, false, 'suppressed'),
+      card('history failed', s.history.failed, s.history.failed > 0, 'history-failed'));
+    if (s.bus) {
+      const b = s.bus;
+      list.push(card('NATS', b.connected ? 'connected' : 'disconnected', !b.connected, 'bus'),
+        card('outage buffer (batches)', b.queue_batches, b.queue_batches > 1, 'outage-buffer'),
+        card('outage buffer bytes', fmtBytes(b.queue_bytes) + ' of ' + fmtBytes(b.outage_buffer_bytes), b.queue_batches > 1),
+        card('batches dropped', b.batches_dropped, b.batches_dropped > 0, 'batches-dropped'),
+        card('events dropped', b.agent_drops, b.agent_drops > 0, 'agent-drops'),
+        card('publish errors', b.publish_errors, b.publish_errors > 0, 'publish-errors'),
+        card('disconnects', b.disconnects, b.disconnects > 0, 'disconnects'));
+    }
   }
-  cards.appendChild(card('history evicted', s.history.evicted_count + s.history.evicted_age));
-  cards.appendChild(card('stream dropped', s.stream.dropped + (s.stream.publish_dropped || 0),
-    s.stream.dropped + (s.stream.publish_dropped || 0) > 0));
-  cards.appendChild(card('events by type',
-    Object.entries(s.events_by_type).map(([k, v]) => k + ' ' + v).join(', ') || 'none'));
+  list.push(card('history evicted', s.history.evicted_count + s.history.evicted_age),
+    card('stream dropped', stream, stream > 0, 'stream-dropped'),
+    card('events by type', Object.entries(s.events_by_type).map(([k, v]) => k + ' ' + v).join(', ') || 'none'));
+  cards.replaceChildren(...list);
   const tbody = $('#nodes tbody');
   const now = Date.now();
   tbody.replaceChildren();
@@ -479,16 +631,84 @@ async function refreshNodes() {
       n.lost_batches ?? '', n.batches ?? '', n.instances ?? '', shortTime(n.last_seen)], 2);
     tr.dataset.node = name;
     tr.children[1].className = 'status-' + (n.status || 'active');
+    [4, 5, 6].forEach((i) => { if (Number(tr.children[i].textContent) > 0) tr.children[i].classList.add('bad'); });
     tbody.appendChild(tr);
   });
   if (Object.keys(nodes).length === 0)
     tbody.appendChild(row(['No node has sent events yet.'], 99));
 }
 
-// ---- Drops ----
+// ---- Drops and DNS ----
+
+const PALETTE = ['#1f6feb', '#bf8700', '#b42318', '#1a7f37', '#8250df', '#0e7490', '#6e7781'];
+
+// Packet drops over the window in 30 bars, stacked by kernel reason (the six
+// most frequent; the rest as "other"). Each event counts itself and the drops
+// the agent suppressed into it (rate limit), so the bars are packets dropped.
+function drawDropsChart(events, win, truncatedBeforeMs) {
+  const svg = $('#drops-chart');
+  const W = 800, H = 170, L = 48, B = 22, T = 8, N = 30;
+  const span = win.untilMs - win.sinceMs;
+  const weight = (e) => 1 + (e.suppressed || 0);
+  const totals = new Map();
+  events.forEach((e) => totals.set(e.drop_reason || 'unknown', (totals.get(e.drop_reason || 'unknown') || 0) + weight(e)));
+  const ranked = [...totals.entries()].sort((a, b) => b[1] - a[1]).map(([r]) => r);
+  const shown = ranked.slice(0, ranked.length > 7 ? 6 : 7);
+  const keyOf = (r) => (shown.includes(r) ? r : 'other');
+  const keys = ranked.length > shown.length ? shown.concat('other') : shown;
+  const bins = Array.from({ length: N }, () => new Map());
+  events.forEach((e) => {
+    const t = Date.parse(e.time);
+    if (!(t >= win.sinceMs && t <= win.untilMs))
+      return;
+    const b = bins[Math.min(Math.floor(((t - win.sinceMs) / span) * N), N - 1)];
+    const k = keyOf(e.drop_reason || 'unknown');
+    b.set(k, (b.get(k) || 0) + weight(e));
+  });
+  const max = Math.max(1, ...bins.map((b) => [...b.values()].reduce((a, v) => a + v, 0)));
+  const bw = (W - L - 4) / N;
+  const y = (v) => T + (H - T - B) * (1 - v / max);
+  const parts = [svgEl('line', { x1: L, y1: y(0), x2: W - 4, y2: y(0), class: 'axis' }),
+    svgEl('text', { x: L - 4, y: y(max) + 4, 'text-anchor': 'end' }, max),
+    svgEl('text', { x: L - 4, y: y(0), 'text-anchor': 'end' }, 0)];
+  if (truncatedBeforeMs && truncatedBeforeMs > win.sinceMs)
+    parts.push(svgEl('rect', { x: L, y: T, width: ((truncatedBeforeMs - win.sinceMs) / span) * (W - L - 4),
+      height: H - T - B, class: 'uncounted' }, undefined));
+  bins.forEach((b, i) => {
+    let acc = 0;
+    keys.forEach((k) => {
+      const v = b.get(k) || 0;
+      if (!v)
+        return;
+      const r = svgEl('rect', { x: L + i * bw + 1, y: y(acc + v), width: Math.max(bw - 2, 1),
+        height: y(acc) - y(acc + v), fill: PALETTE[keys.indexOf(k) % PALETTE.length], class: 'bar' });
+      r.dataset.reason = k;
+      r.dataset.count = v;
+      const from = new Date(win.sinceMs + (i * span) / N);
+      r.appendChild(svgEl('title', {}, k + ': ' + v + ' from ' + from.toISOString().slice(11, 19) + ' UTC'));
+      parts.push(r);
+      acc += v;
+    });
+  });
+  [0, N / 2, N].forEach((i) => {
+    const t = new Date(win.sinceMs + (i * span) / N).toISOString().slice(11, 16);
+    parts.push(svgEl('text', { x: L + i * bw, y: H - 6, 'text-anchor': i === 0 ? 'start' : i === N ? 'end' : 'middle' }, t + (i === N ? ' UTC' : '')));
+  });
+  svg.replaceChildren(...parts);
+  const legend = $('#drops-legend');
+  legend.replaceChildren(...keys.map((k, i) => {
+    const s = el('span', k);
+    s.style.setProperty('--swatch', PALETTE[i % PALETTE.length]);
+    return s;
+  }));
+  svg.toggleAttribute('hidden', events.length === 0); // an SVG element has no .hidden property
+  legend.hidden = events.length === 0;
+}
 
 async function refreshDrops() {
-  const page = await apiJson('api/events?type=packet_drop&limit=10000');
+  await checkHealth();
+  const win = windowOf(parseHash().params, $('#drops-window'));
+  const page = await apiJson('api/events?type=packet_drop&limit=10000&since=' + epochNs(win.sinceMs));
   const by = new Map();
   page.events.forEach((e) => {
     const r = e.drop_reason || 'unknown';
@@ -506,100 +726,354 @@ async function refreshDrops() {
     tr.dataset.reason = r;
     tbody.appendChild(tr);
   });
-  let msg = page.count + ' packet_drop events';
-  if (page.total_count > page.count)
-    msg += ' (the newest ' + page.count + ' of ' + page.total_count + ' held)';
+  let msg = page.count + ' packet_drop events in the last ' + win.name;
+  let truncated = null;
+  if (page.total_count > page.count) {
+    truncated = Date.parse(page.events[page.events.length - 1].time);
+    msg += ' (the newest ' + page.count + ' of ' + page.total_count + ': the grey part of the chart is not counted)';
+  }
   if (page.count === 0)
-    msg = 'No packet drops in the history.';
+    msg = 'No packet drops in the last ' + win.name + '.';
   if (page.replicas && page.replicas.answered < page.replicas.expected)
     msg += ' — partial: ' + page.replicas.answered + ' of ' + page.replicas.expected + ' replicas answered';
   $('#drops-status').textContent = msg;
+  drawDropsChart(page.events, win, truncated);
+  await refreshDns(win);
+}
+
+// DNS: only when the server records dns events (SPEC section 9) and some
+// exist; otherwise a plain sentence and no request that would be refused.
+async function refreshDns(win) {
+  const note = $('#dns-status');
+  const panel = $('#dns-data');
+  const doc = await getApiDoc();
+  const say = (state, text) => {
+    $('#view-drops').dataset.dns = state;
+    note.textContent = text;
+    panel.hidden = state !== 'shown';
+  };
+  if (!eventTypeServed(doc, 'dns'))
+    return say('unsupported', 'No DNS data: this server does not record DNS queries (its API has no dns event type).');
+  const recorded = (lastStats && lastStats.events_by_type && lastStats.events_by_type.dns) || 0;
+  if (!recorded)
+    return say('none', 'No DNS data: no DNS query has been recorded yet.');
+  let page;
+  try {
+    page = await apiJson('api/events?type=dns&limit=10000&since=' + epochNs(win.sinceMs));
+  } catch (err) {
+    if (err.status === 400)
+      return say('unsupported', 'No DNS data: the server refused type=dns (' + err.message + ').');
+    throw err;
+  }
+  if (page.count === 0)
+    return say('none', 'No DNS data in the last ' + win.name + ' (' + recorded + ' queries recorded before it).');
+  const names = new Map();
+  const rcodes = new Map();
+  let timeouts = 0;
+  page.events.forEach((e) => {
+    const n = names.get(e.query) || { n: 0, nx: 0, servfail: 0, timeout: 0 };
+    n.n++;
+    if (e.rcode === 'NXDOMAIN')
+      n.nx++;
+    if (e.rcode === 'SERVFAIL')
+      n.servfail++;
+    if (e.status === 'timeout') {
+      n.timeout++;
+      timeouts++;
+    }
+    names.set(e.query, n);
+    if (e.rcode !== undefined)
+      rcodes.set(String(e.rcode), (rcodes.get(String(e.rcode)) || 0) + 1);
+  });
+  const nx = rcodes.get('NXDOMAIN') || 0, sf = rcodes.get('SERVFAIL') || 0;
+  $('#dns-cards').replaceChildren(card('queries', page.count, false, 'dns-queries'),
+    card('NXDOMAIN', nx, nx > 0, 'dns-nxdomain'), card('SERVFAIL', sf, sf > 0, 'dns-servfail'),
+    card('timeouts', timeouts, timeouts > 0, 'dns-timeouts'),
+    card('answers by rcode', [...rcodes.entries()].map(([k, v]) => k + ' ' + v).join(', ') || 'none'));
+  const tbody = $('#dns-top tbody');
+  tbody.replaceChildren(...[...names.entries()].sort((a, b) => b[1].n - a[1].n).slice(0, 20).map(([q, n]) => {
+    const tr = row([q, n.n, n.nx, n.servfail, n.timeout], 1);
+    tr.dataset.query = q;
+    return tr;
+  }));
+  let text = page.count + ' DNS queries in the last ' + win.name;
+  if (page.total_count > page.count)
+    text += ' (the newest ' + page.count + ' of ' + page.total_count + ')';
+  say('shown', text);
 }
 
 // ---- Map ----
+//
+// The /api/flows edges as a graph drawn here (no library): endpoints grouped
+// into boxes (a Kubernetes namespace, a node's processes, or "outside the
+// cluster"), the boxes in columns so that most edges run left to right (a
+// box goes one column right of the boxes that connect to it, a few passes,
+// outside the cluster last), the endpoints in a box ordered by the mean
+// position of their neighbours (two passes, which uncrosses most edges).
+// The edges between two endpoints (one per port and protocol) are drawn as
+// one link with their sums; its details list each of them.
 
-let flowsDocumented = null;
+const mapState = { sig: '', edges: [], selected: null }; // selected: a link's key
 
-async function refreshMap() {
-  if (flowsDocumented === null) {
-    // The server's own API description says whether it serves flows.
-    const doc = await apiJson('api/openapi.json');
-    flowsDocumented = Boolean(doc.paths && doc.paths['/api/flows']);
+// An endpoint's identity, label, box, and the Live filter that shows it.
+function endpointOf(x) {
+  x = x || {};
+  if (x.workload && (x.workload_kind === 'Process' || !x.namespace)) {
+    const node = x.node || '';
+    return { id: 'proc:' + node + '/' + x.workload, label: x.workload, kind: 'Process',
+      group: 'node ' + (node || '?'), filter: node ? { node, command: x.workload } : { command: x.workload } };
   }
-  const status = $('#map-status');
-  if (!flowsDocumented) {
-    status.textContent = 'The flows API (/api/flows) is not available on this server yet, so there ' +
-      'is no service map to draw. Connections still appear in Live (type connection and accept).';
-    return;
-  }
-  let page;
-  try {
-    page = await apiJson('api/flows');
-  } catch (err) {
-    if (err.status !== 404)
-      throw err;
-    status.textContent = 'The flows API (/api/flows) is not available on this server yet.';
-    return;
-  }
-  drawMap(page.edges || []);
-  status.textContent = page.count + ' edges' + (page.partial ? ' — partial answer: ' +
-    page.replicas.answered + ' of ' + page.replicas.expected + ' replicas' : '');
+  if (x.workload)
+    return { id: 'wl:' + x.namespace + '/' + x.workload, label: x.workload, kind: x.workload_kind || '',
+      group: 'namespace ' + x.namespace, filter: { namespace: x.namespace, workload: x.workload } };
+  if (x.service)
+    return { id: 'svc:' + (x.namespace || '') + '/' + x.service, label: x.service, kind: 'Service',
+      group: 'namespace ' + (x.namespace || '?'), filter: null };
+  const ip = x.ip || '?';
+  return { id: 'ip:' + ip, label: x.dns ? x.dns + ' (' + ip + ')' : ip, kind: 'outside', group: 'outside the cluster', filter: null };
 }
 
-function endpoint(x) {
-  if (!x)
-    return '?';
-  if (x.workload)
-    return (x.namespace ? x.namespace + '/' : '') + x.workload;
-  return x.dns || x.ip || '?';
+const linkKey = (e) => endpointOf(e.source).id + '>' + endpointOf(e.destination).id;
+const failRate = (e) => (e.connections ? e.failed / e.connections : 0);
+
+function edgeColour(e) {
+  const r = failRate(e);
+  return r === 0 ? '#1a7f37' : r < 0.05 ? '#bf8700' : r < 0.25 ? '#e16f24' : '#b42318';
+}
+
+function layoutMap(edges) {
+  const nodes = new Map();
+  const groups = new Map();
+  const addNode = (x) => {
+    const n = endpointOf(x);
+    if (!nodes.has(n.id)) {
+      n.nbrs = new Set();
+      nodes.set(n.id, n);
+      if (!groups.has(n.group))
+        groups.set(n.group, { name: n.group, nodes: [], col: 0 });
+      groups.get(n.group).nodes.push(n);
+    }
+    return nodes.get(n.id);
+  };
+  const byPair = new Map();
+  edges.forEach((e) => {
+    const s = addNode(e.source), d = addNode(e.destination);
+    s.nbrs.add(d);
+    d.nbrs.add(s);
+    const k = linkKey(e);
+    if (!byPair.has(k))
+      byPair.set(k, { key: k, s, d, edges: [], connections: 0, failed: 0 });
+    const l = byPair.get(k);
+    l.edges.push(e);
+    l.connections += e.connections;
+    l.failed += e.failed;
+  });
+  const links = [...byPair.values()];
+  const gl = [...groups.values()].sort((a, b) => a.name.localeCompare(b.name));
+  const outside = groups.get('outside the cluster');
+  for (let pass = 0; pass < gl.length; pass++) {
+    links.forEach(({ s, d }) => {
+      const gs = groups.get(s.group), gd = groups.get(d.group);
+      if (gs !== gd && gd !== outside && gd.col < gs.col + 1)
+        gd.col = Math.min(gs.col + 1, gl.length - 1);
+    });
+  }
+  let ncols = Math.max(0, ...gl.filter((g) => g !== outside).map((g) => g.col)) + 1;
+  if (outside)
+    outside.col = gl.length === 1 ? 0 : ncols++;
+  const COL_W = 360, BOX_W = 230, NODE_H = 40, HEAD = 26, PAD = 14, GAP = 24;
+  // Initial order, then two barycentre passes within each box.
+  gl.forEach((g) => g.nodes.sort((a, b) => a.label.localeCompare(b.label)));
+  const place = () => {
+    const colY = new Array(ncols).fill(10);
+    gl.forEach((g) => {
+      g.x = 10 + g.col * COL_W;
+      g.y = colY[g.col];
+      g.h = HEAD + g.nodes.length * NODE_H + PAD / 2;
+      g.nodes.forEach((n, i) => {
+        n.x = g.x + 18; // the circle; edges arrive at its left
+        n.out = g.x + BOX_W; // edges leave from the box's right side, clear of the label
+        n.y = g.y + HEAD + i * NODE_H + NODE_H / 2;
+      });
+      colY[g.col] += g.h + GAP;
+    });
+    return Math.max(...colY);
+  };
+  let height = place();
+  for (let pass = 0; pass < 2; pass++) {
+    gl.forEach((g) => {
+      const bary = (n) => (n.nbrs.size ? [...n.nbrs].reduce((a, m) => a + m.y, 0) / n.nbrs.size : n.y);
+      const b = new Map(g.nodes.map((n) => [n, bary(n)]));
+      g.nodes.sort((p, q) => b.get(p) - b.get(q));
+    });
+    height = place();
+  }
+  return { nodes, groups: gl, links, width: (ncols - 1) * COL_W + BOX_W + 140, height, BOX_W };
 }
 
 function drawMap(edges) {
   const svg = $('#map');
-  const ns = svg.namespaceURI;
-  const names = [...new Set(edges.flatMap((e) => [endpoint(e.source), endpoint(e.destination)]))].sort();
-  const pos = new Map(names.map((n, i) => {
-    const a = (2 * Math.PI * i) / Math.max(names.length, 1);
-    return [n, [400 + 300 * Math.cos(a), 250 + 200 * Math.sin(a)]];
-  }));
-  svg.replaceChildren();
+  const L = layoutMap(edges);
+  const maxConn = Math.max(1, ...L.links.map((l) => l.connections));
+  const parts = [svgEl('defs', {})];
+  parts[0].appendChild(svgEl('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 9, refY: 5,
+    markerUnits: 'userSpaceOnUse', markerWidth: 10, markerHeight: 10, orient: 'auto' })).appendChild(svgEl('path', { d: 'M0,0 L10,5 L0,10 z', fill: '#57606a' }));
+  L.groups.forEach((g) => {
+    parts.push(svgEl('rect', { x: g.x, y: g.y, width: L.BOX_W, height: g.h, rx: 6, class: 'group' }),
+      svgEl('text', { x: g.x + 8, y: g.y + 17, class: 'group-label' }, g.name));
+  });
+  const keys = new Set(L.links.map((l) => l.key));
+  L.links.forEach((l) => {
+    const { s, d } = l;
+    const off = keys.has(d.id + '>' + s.id) && s.id < d.id ? 16 : 0; // a link back, apart
+    let path, mx, my;
+    if (s === d) {
+      path = `M${s.out},${s.y - 4} c40,-30 40,38 2,8`;
+    } else if (Math.abs(s.x - d.x) < 1) { // same box column: bow out to the right
+      const bow = 50 + Math.abs(d.y - s.y) / 4 + off;
+      path = `M${s.out},${s.y} C${s.out + bow},${s.y} ${d.out + bow},${d.y} ${d.out + 2},${d.y}`;
+      [mx, my] = [s.out + bow * 0.75, (s.y + d.y) / 2];
+    } else {
+      const x1 = s.out, x2 = d.x - 9, dx = Math.max(Math.abs(x2 - x1) / 2, 40);
+      path = `M${x1},${s.y} C${x1 + dx},${s.y + off} ${x2 - dx},${d.y + off} ${x2},${d.y}`;
+      [mx, my] = [(x1 + x2) / 2, (s.y + d.y) / 2 + 0.75 * off];
+    }
+    const width = 1.5 + 8 * Math.log1p(l.connections) / Math.log1p(maxConn);
+    const g = svgEl('g', { class: 'edge' + (mapState.selected === l.key ? ' selected' : '') });
+    Object.assign(g.dataset, { key: l.key, src: s.label, dst: d.label, connections: l.connections, failed: l.failed,
+      ports: l.edges.map((e) => e.port).join(' ') });
+    const ports = l.edges.map((e) => e.port + '/' + e.protocol);
+    g.append(svgEl('path', { d: path, class: 'edge-line', stroke: edgeColour(l), 'stroke-width': width.toFixed(1), 'marker-end': 'url(#arrow)' }),
+      svgEl('path', { d: path, class: 'edge-hit' }),
+      svgEl('title', {}, s.label + ' → ' + d.label + ' (' + (ports.length > 4 ? ports.length + ' ports' : ports.join(', ')) + '): ' +
+        l.connections + ' connections, ' + l.failed + ' failed'));
+    g.addEventListener('click', () => showLink(l));
+    parts.push(g);
+    if (s !== d) // the count, halfway along
+      parts.push(svgEl('text', { x: mx, y: my - 4, class: 'edge-label', 'text-anchor': 'middle' },
+        l.connections + (l.failed ? ' (' + l.failed + ' failed)' : '')));
+  });
+  L.nodes.forEach((n) => {
+    const g = svgEl('g', { class: 'node' + (n.filter ? ' linked' : '') });
+    g.dataset.id = n.id;
+    g.dataset.label = n.label;
+    g.append(svgEl('circle', { cx: n.x, cy: n.y, r: 7 }),
+      svgEl('text', { x: n.x + 12, y: n.y + 4 }, n.label),
+      svgEl('text', { x: n.x + 12, y: n.y + 16, class: 'kind' }, n.kind),
+      svgEl('title', {}, n.filter ? 'Show ' + n.label + ' in Live' : n.label + ' (outside the cluster: no Live filter)'));
+    if (n.filter)
+      g.addEventListener('click', () => setHash('live', new URLSearchParams(n.filter)));
+    parts.push(g);
+  });
+  svg.setAttribute('viewBox', '0 0 ' + Math.max(L.width, 400) + ' ' + Math.max(L.height, 120));
+  svg.style.height = Math.max(L.height, 120) + 'px';
+  svg.style.maxWidth = Math.max(L.width, 400) + 'px';
+  svg.replaceChildren(...parts);
+  svg.toggleAttribute('hidden', edges.length === 0); // an SVG element has no .hidden property
+  $('#map-legend').hidden = edges.length === 0;
   const tbody = $('#edges tbody');
-  tbody.replaceChildren();
-  edges.forEach((e) => {
-    const [x1, y1] = pos.get(endpoint(e.source));
-    const [x2, y2] = pos.get(endpoint(e.destination));
-    const line = document.createElementNS(ns, 'line');
-    const failRate = e.connections ? (e.failed || 0) / e.connections : 0;
-    Object.entries({ x1, y1, x2, y2, 'stroke-width': 1 + Math.log2(1 + (e.connections || 0)),
-      stroke: failRate > 0.1 ? '#b42318' : failRate > 0 ? '#9a6700' : '#1a7f37' })
-      .forEach(([k, v]) => line.setAttribute(k, v));
-    const title = document.createElementNS(ns, 'title');
-    title.textContent = endpoint(e.source) + ' → ' + endpoint(e.destination) + ':' + e.port + ' ' +
-      e.connections + ' connections, ' + (e.failed || 0) + ' failed';
-    line.appendChild(title);
-    svg.appendChild(line);
-    tbody.appendChild(row([endpoint(e.source), endpoint(e.destination), e.port, e.connections,
-      e.failed || 0, e.latency_p50_ns ? (e.latency_p50_ns / 1e6).toFixed(2) + ' ms' : ''], 2));
+  tbody.replaceChildren(...edges.map((e) => {
+    const tr = row([endpointOf(e.source).label, endpointOf(e.destination).label, e.port, e.protocol,
+      e.connections, e.failed, (failRate(e) * 100).toFixed(1) + '%', fmtMs(e.latency_p50_ns), fmtMs(e.latency_p99_ns)], 2);
+    tr.addEventListener('click', () => showLink(L.links.find((l) => l.key === linkKey(e))));
+    return tr;
+  }));
+  $('#edges').hidden = edges.length === 0;
+  mapState.links = L.links;
+}
+
+// The details of a link: its sums, then each edge (port) with all its figures.
+function showLink(l) {
+  mapState.selected = l.key;
+  document.querySelectorAll('#map g.edge').forEach((g) => g.classList.toggle('selected', g.dataset.key === l.key));
+  const fieldRow = (k, v) => {
+    const tr = row([k, v], 99);
+    tr.dataset.field = k;
+    return tr;
+  };
+  const box = $('#edge-detail .parts');
+  const sum = el('table');
+  sum.append(fieldRow('source', l.s.label + ' (' + l.s.kind + ', ' + l.s.group + ')'),
+    fieldRow('destination', l.d.label + ' (' + l.d.group + ')'),
+    fieldRow('connections', l.connections), fieldRow('failed', l.failed),
+    fieldRow('failure rate', (failRate(l) * 100).toFixed(1) + '%'));
+  const parts = [sum];
+  [...l.edges].sort((a, b) => b.connections - a.connections).forEach((e) => {
+    const part = el('div', null, 'edge-part');
+    part.dataset.port = e.port;
+    part.appendChild(el('h3', 'port ' + e.port + '/' + e.protocol + (e.destination.service ? ' via service ' + e.destination.service : '')));
+    const t = el('table');
+    [['connections', e.connections], ['established', e.established], ['failed', e.failed],
+      ['failure rate', (failRate(e) * 100).toFixed(1) + '%'],
+      ['failed by cause', Object.entries(e.failed_by_error || {}).map(([k, v]) => k + ' ' + v).join(', ') || 'none'],
+      ['resets', e.resets], ['retransmits', e.retransmits],
+      ['bytes sent', fmtBytes(e.bytes_sent) + ' (' + e.bytes_sent + ')'],
+      ['bytes received', fmtBytes(e.bytes_received) + ' (' + e.bytes_received + ')'],
+      ['latency p50', fmtMs(e.latency_p50_ns)], ['latency p90', fmtMs(e.latency_p90_ns)], ['latency p99', fmtMs(e.latency_p99_ns)],
+      ['first seen', shortTime(e.first_seen)], ['last seen', shortTime(e.last_seen)],
+    ].forEach(([k, v]) => t.appendChild(fieldRow(k, v)));
+    part.appendChild(t);
+    parts.push(part);
   });
-  names.forEach((n) => {
-    const [x, y] = pos.get(n);
-    const c = document.createElementNS(ns, 'circle');
-    Object.entries({ cx: x, cy: y, r: 6, fill: '#1f6feb' }).forEach(([k, v]) => c.setAttribute(k, v));
-    const t = document.createElementNS(ns, 'text');
-    Object.entries({ x: x + 8, y: y - 8 }).forEach(([k, v]) => t.setAttribute(k, v));
-    t.textContent = n;
-    svg.append(c, t);
-  });
-  svg.hidden = false;
-  $('#edges').hidden = false;
+  box.replaceChildren(...parts);
+  $('#edge-detail h2').textContent = l.s.label + ' → ' + l.d.label;
+  $('#edge-detail').hidden = false;
+}
+
+$('#edge-close').addEventListener('click', () => {
+  $('#edge-detail').hidden = true;
+  mapState.selected = null;
+  document.querySelectorAll('#map g.edge.selected').forEach((g) => g.classList.remove('selected'));
+});
+
+async function refreshMap() {
+  const status = $('#map-status');
+  const doc = await getApiDoc();
+  const win = windowOf(parseHash().params, $('#map-window'));
+  if (!(doc.paths && doc.paths['/api/flows'])) {
+    status.textContent = 'The flows API (/api/flows) is not available on this server, so there ' +
+      'is no service map to draw. Connections still appear in Live (type connection and accept).';
+    return;
+  }
+  const page = await apiJson('api/flows?since=' + epochNs(win.sinceMs) + '&until=' + epochNs(win.untilMs));
+  const edges = page.edges || [];
+  const sig = JSON.stringify(edges);
+  if (sig !== mapState.sig) { // redrawn only when something changed, so a click is not lost
+    mapState.sig = sig;
+    mapState.edges = edges;
+    drawMap(edges);
+    const sel = mapState.links.find((l) => l.key === mapState.selected);
+    if (sel && !$('#edge-detail').hidden)
+      showLink(sel);
+  }
+  let msg = edges.length ? page.count + ' edges in the last ' + win.name + ' (click an edge for its details, an endpoint to see it in Live)'
+    : 'No connections in the last ' + win.name + '.';
+  if (page.partial || (page.replicas && page.replicas.answered < page.replicas.expected))
+    msg += ' — partial answer: ' + page.replicas.answered + ' of ' + page.replicas.expected + ' replicas; counts may be short';
+  status.textContent = msg;
 }
 
 // ---- views ----
 
+// Performance marks of the first load: the page is interactive once its first
+// view has loaded and, for Live, the history is drawn and the stream is open.
+function firstLoad(name) {
+  if (performance.getEntriesByName(name).length)
+    return;
+  performance.mark(name);
+  const done = (n) => performance.getEntriesByName(n).length > 0;
+  const live = parseHash().view === 'live' || !parseHash().view;
+  if (!done('ui-interactive') && done('ui-view-loaded') && (!live || (done('ui-live-open') && done('ui-live-history'))))
+    performance.mark('ui-interactive');
+}
+
 const refreshers = { nodes: refreshNodes, drops: refreshDrops, map: refreshMap };
+const intervals = { live: 5000, nodes: 2000, drops: 5000, map: 10000 };
 let timer = null;
+let viewGen = 0; // a tick of an earlier showView() does not schedule another
 
 function showView() {
+  const gen = ++viewGen;
   const { view, params } = parseHash();
   const name = ['live', 'nodes', 'drops', 'map'].includes(view) ? view : 'live';
   document.querySelectorAll('main > section').forEach((s) => { s.hidden = s.id !== 'view-' + name; });
@@ -609,6 +1083,7 @@ function showView() {
   if (name === 'live') {
     setFilterInputs(params);
     startLive(liveParams());
+    queueRender();
   } else {
     stopLive();
   }
@@ -619,12 +1094,26 @@ function showView() {
     } catch (err) {
       problem('view', 'Could not load the ' + name + ' view: ' + err.message);
     }
+    if (gen !== viewGen)
+      return;
     document.body.dataset.loaded = name;
+    firstLoad('ui-view-loaded');
     if (parseHash().view === view)
-      timer = setTimeout(tick, name === 'live' ? 5000 : 2000);
+      timer = setTimeout(tick, intervals[name]);
   };
   tick();
 }
 
 window.addEventListener('hashchange', showView);
 showView();
+// Live's type choices: dns too once the server records it (SPEC section 9).
+getApiDoc().then((doc) => {
+  const sel = $('#filters select[name=type]');
+  if (eventTypeServed(doc, 'dns') && ![...sel.options].some((o) => o.value === 'dns')) {
+    const keep = sel.value;
+    sel.appendChild(el('option', 'dns'));
+    sel.value = parseHash().params.get('type') || keep;
+    if (parseHash().view === 'live' && sel.value === 'dns')
+      startLive(liveParams()); // a link to #live?type=dns opened before the option existed
+  }
+}).catch(() => {}); // the views that need the description report its failure
