@@ -126,6 +126,12 @@ static const struct key keys[] = {
      "edge-minutes kept for /api/flows, oldest evicted first (16-100000000)"},
     {"FLOW_METRICS_MAX_SERIES", KIND_UINT, AGG, NUM(flow_metrics_max_series), 1, 1000000, NULL,
      "10000", "flow series on /metrics; more fold into workload=\"~other\" (1-1000000)"},
+    {"PEER_TTL", KIND_DURATION, AGG, NUM(peer_ttl_ns), SEC, 24 * 3600 * SEC, NULL, "10m",
+     "a pod no node reported for this long no longer names its IP (1s-24h)"},
+    {"PEER_GRACE", KIND_DURATION, AGG, NUM(peer_grace_ns), 0, 3600 * SEC, NULL, "30s",
+     "a pod gone (or its IP taken over) still names its IP this long (0-1h)"},
+    {"PEER_MAX_PODS", KIND_UINT, AGG, NUM(peer_max_entries), 16, 10000000, NULL, "262144",
+     "pod addresses kept to name peers across nodes, least recently seen evicted (16-10000000)"},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

@@ -483,21 +483,6 @@ void peers_get_stats(struct peers *p, struct peers_stats *out)
     pthread_mutex_unlock(&p->lock);
 }
 
-void peers_stats_json(struct peers *p, struct buf *out)
-{
-    struct peers_stats st;
-
-    peers_get_stats(p, &st);
-    buf_printf(out,
-               "{\"entries\":%" PRIu64 ",\"capacity\":%" PRIu64 ",\"lookups\":%" PRIu64
-               ",\"hits\":%" PRIu64 ",\"misses\":%" PRIu64 ",\"ambiguous\":%" PRIu64
-               ",\"stale\":%" PRIu64 ",\"host_network\":%" PRIu64 ",\"evicted\":%" PRIu64
-               ",\"expired\":%" PRIu64 "}",
-               st.entries, st.capacity, st.lookups, st.results[PEERS_HIT], st.results[PEERS_MISS],
-               st.results[PEERS_AMBIGUOUS], st.results[PEERS_STALE], st.results[PEERS_HOST_NETWORK],
-               st.evicted, st.expired);
-}
-
 /* ---- announcements ---- */
 
 static void json_field(struct buf *out, const char *key, const char *v, bool first)

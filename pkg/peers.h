@@ -111,8 +111,6 @@ size_t peers_pods_from_events(const struct event *events, size_t n, uint64_t see
                               struct peers_pod *out, size_t max);
 
 void peers_get_stats(struct peers *p, struct peers_stats *out);
-/* {"entries":..,"capacity":..,"lookups":..,"hits":..,"ambiguous":..,...} */
-void peers_stats_json(struct peers *p, struct buf *out);
 
 /* Most pods one announcement carries (a batch holds at most 128 attributions). */
 #define PEERS_ANNOUNCE_MAX_PODS 256

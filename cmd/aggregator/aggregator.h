@@ -21,6 +21,7 @@
 #include "flows.h"
 #include "http_server.h"
 #include "nodes.h"
+#include "peers.h"
 #include "store.h"
 
 #define AGGREGATOR_REPLICA_ID_LEN 17 /* 16 hex chars + NUL */
@@ -58,6 +59,12 @@ struct aggregator_counters {
     uint64_t rejected[BUS_REJECT_COUNT];        /* whole messages, by reason */
     uint64_t rejected_events[BUS_REJECT_COUNT]; /* single events of accepted batches */
     uint64_t store_failed;
+    /* Pod announcements between replicas (ingest.c). */
+    uint64_t peer_announcements_sent;
+    uint64_t peer_announcements_failed; /* not published (NATS down): repeated later */
+    uint64_t peer_announcements_received;
+    uint64_t peer_announcements_rejected; /* malformed: counted and ignored */
+    uint64_t peer_pods_received;
 };
 
 struct aggregator {
@@ -68,11 +75,13 @@ struct aggregator {
     struct store *store;
     struct flows *flows; /* per-minute edges behind /api/flows (locks internally) */
     struct nodes *nodes;
+    struct peers *peers; /* cluster-wide IP -> pod map (locks internally) */
     struct bus *bus;
     struct http_server *http;
     struct cluster *cluster;
 
     natsSubscription *ingest_sub;       /* queue subscription: this replica's share */
+    natsSubscription *peers_sub;        /* the other replicas' pod announcements */
     struct aggregator_gate ingest_gate; /* on_batch: the store and the node table */
 
     /* Plain subscription feeding SSE clients with every event (stream_lock). */
@@ -102,6 +111,8 @@ uint64_t ingest_bus_dropped(struct aggregator *a);
 uint64_t ingest_stream_dropped(struct aggregator *a);
 /* This replica's counters as one JSON object (for /api/stats gathering). */
 void ingest_counters_json(struct aggregator *a, struct buf *b);
+/* This replica's peer-naming series for /metrics. */
+void aggregator_peers_metrics(struct aggregator *a, struct buf *b);
 
 /*
  * Closes an async subscription and waits (up to timeout_ms) until its

@@ -89,7 +89,8 @@ int main(int argc, char **argv)
     a.flows = flows_new(a.cfg.flow_retention_ns, a.cfg.flow_max_edges);
     if (a.flows)
         flows_series_enable(a.flows, a.cfg.flow_metrics_max_series);
-    if (!a.store || !a.nodes || !a.flows) {
+    a.peers = peers_new(a.cfg.peer_max_entries, a.cfg.peer_ttl_ns, a.cfg.peer_grace_ns);
+    if (!a.store || !a.nodes || !a.flows || !a.peers) {
         fprintf(stderr, "ebpf-aggregator: cannot allocate the event history\n");
         goto out;
     }
@@ -160,6 +161,7 @@ out:
     if (a.store)
         store_free(a.store);
     flows_free(a.flows);
+    peers_free(a.peers);
     pthread_mutex_destroy(&a.stream_lock);
     return rc;
 }
