@@ -397,7 +397,7 @@ enum k8s_services_result k8s_services_lookup(struct k8s_services *s, unsigned fa
     return r;
 }
 
-void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n)
+void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n, bool count)
 {
     pthread_mutex_lock(&s->lock);
     if (s->svcs.n + s->slices.n == 0 && !s->dirty) { /* VM mode, or nothing listed yet */
@@ -418,8 +418,10 @@ void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n)
                    : lookup_locked(s, e->family, e->saddr, e->sport, e->protocol, &svc);
         if (svc)
             e->peer.service = svc;
-        s->st.lookups++;
-        s->st.results[r]++;
+        if (count) {
+            s->st.lookups++;
+            s->st.results[r]++;
+        }
     }
     pthread_mutex_unlock(&s->lock);
 }

@@ -69,9 +69,10 @@ enum k8s_services_result k8s_services_lookup(struct k8s_services *s, unsigned fa
 /*
  * Fills peer.service of events[0..n) (connection, accept, close) whose
  * peer_service is empty: the destination of a client side, the source of a
- * server side. Counted.
+ * server side. count: false to leave the counters alone (a second look at
+ * events already counted).
  */
-void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n);
+void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n, bool count);
 
 void k8s_services_get_stats(struct k8s_services *s, struct k8s_services_stats *out);
 

@@ -20,6 +20,7 @@
 #include "event.h"
 #include "flows.h"
 #include "http_server.h"
+#include "k8s_services.h"
 #include "nodes.h"
 #include "peers.h"
 #include "store.h"
@@ -28,6 +29,9 @@
 
 /* Most agent instances the node table tracks (each node restart is one more). */
 #define AGGREGATOR_MAX_INSTANCES 65536
+
+/* Services (and as many EndpointSlices) watched in Kubernetes mode. */
+#define AGGREGATOR_MAX_SERVICES 65536
 
 struct cluster;
 struct api_pool;
@@ -75,7 +79,8 @@ struct aggregator {
     struct store *store;
     struct flows *flows; /* per-minute edges behind /api/flows (locks internally) */
     struct nodes *nodes;
-    struct peers *peers; /* cluster-wide IP -> pod map (locks internally) */
+    struct peers *peers;           /* cluster-wide IP -> pod map (locks internally) */
+    struct k8s_services *services; /* Kubernetes mode: address -> Service; NULL on a VM */
     struct bus *bus;
     struct http_server *http;
     struct cluster *cluster;

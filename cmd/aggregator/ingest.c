@@ -148,6 +148,8 @@ static void ingest_batch(struct aggregator *a, natsMsg *msg)
     count(&a->counters.events, batch.n);
     learn_pods(a, &batch, now);
     peers_enrich(a->peers, batch.events, batch.n, now, true);
+    if (a->services)
+        k8s_services_enrich(a->services, batch.events, batch.n, true);
     /* Before the store takes the events over. */
     flows_add(a->flows, batch.events, batch.n, now);
     for (size_t i = 0; i < batch.n; i++) {
@@ -185,6 +187,8 @@ static void on_stream_batch(natsConnection *nc, natsSubscription *sub, natsMsg *
         if (a->stream_sub == sub && !a->stream_closed) {
             /* Named as the ingesting replica names them (not counted twice). */
             peers_enrich(a->peers, batch.events, batch.n, clock_realtime_ns(), false);
+            if (a->services)
+                k8s_services_enrich(a->services, batch.events, batch.n, false);
             for (size_t i = 0; i < batch.n; i++)
                 http_server_publish(a->http, &batch.events[i]);
         }
@@ -454,6 +458,18 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
                ps.evicted, ps.expired, load(&c->peer_announcements_sent),
                load(&c->peer_announcements_failed), load(&c->peer_announcements_received),
                load(&c->peer_announcements_rejected), load(&c->peer_pods_received));
+    struct k8s_services_stats ks = {0};
+    if (a->services)
+        k8s_services_get_stats(a->services, &ks);
+    buf_printf(b,
+               ",\"services\":{\"services\":%" PRIu64 ",\"endpoint_slices\":%" PRIu64
+               ",\"refused\":%" PRIu64 ",\"lookups\":%" PRIu64 ",\"cluster_ip\":%" PRIu64
+               ",\"backend\":%" PRIu64 ",\"ambiguous\":%" PRIu64 ",\"misses\":%" PRIu64
+               ",\"api_errors\":%" PRIu64 ",\"lists\":%" PRIu64 "}",
+               ks.services, ks.slices, ks.refused, ks.lookups, ks.results[K8S_SVC_CLUSTER_IP],
+               ks.results[K8S_SVC_BACKEND], ks.results[K8S_SVC_AMBIGUOUS], ks.results[K8S_SVC_MISS],
+               ks.services_watch.api_errors + ks.slices_watch.api_errors,
+               ks.services_watch.lists + ks.slices_watch.lists);
     buf_printf(b, ",\"uptime_seconds\":%.3f}",
                (double)(clock_monotonic_ns() - a->started_mono_ns) / 1e9);
 }
@@ -484,4 +500,28 @@ void aggregator_peers_metrics(struct aggregator *a, struct buf *b)
                         load(&c->peer_announcements_received));
     api_metric_labelled(b, "ebpf_aggregator_peer_announcements_total", "outcome", "rejected",
                         load(&c->peer_announcements_rejected));
+
+    struct k8s_services_stats ks = {0};
+    if (a->services)
+        k8s_services_get_stats(a->services, &ks);
+    api_metric(b, "ebpf_aggregator_services", "gauge",
+               "Kubernetes Services this replica watches (0 outside Kubernetes).", ks.services);
+    api_metric(b, "ebpf_aggregator_endpoint_slices", "gauge",
+               "Kubernetes EndpointSlices this replica watches.", ks.slices);
+    api_metric_header(b, "ebpf_aggregator_service_lookups_total", "counter",
+                      "Peer addresses this replica matched against Services at ingest, by result.");
+    static const char *const svc_results[K8S_SVC_RESULT_COUNT] = {
+        [K8S_SVC_MISS] = "miss",
+        [K8S_SVC_CLUSTER_IP] = "cluster_ip",
+        [K8S_SVC_BACKEND] = "backend",
+        [K8S_SVC_AMBIGUOUS] = "ambiguous",
+    };
+    for (unsigned r = 0; r < K8S_SVC_RESULT_COUNT; r++)
+        api_metric_labelled(b, "ebpf_aggregator_service_lookups_total", "result", svc_results[r],
+                            ks.results[r]);
+    api_metric(b, "ebpf_aggregator_services_refused_total", "counter",
+               "Services and EndpointSlices not kept: over the bound.", ks.refused);
+    api_metric(b, "ebpf_aggregator_k8s_api_errors_total", "counter",
+               "Failed LIST/WATCH requests for Services and EndpointSlices.",
+               ks.services_watch.api_errors + ks.slices_watch.api_errors);
 }

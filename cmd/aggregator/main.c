@@ -95,6 +95,20 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    if (a.cfg.deployment_mode == CONFIG_MODE_KUBERNETES) {
+        struct k8s_conn_options ko = {.api_url = a.cfg.k8s_api_url[0] ? a.cfg.k8s_api_url : NULL,
+                                      .token_path =
+                                          a.cfg.k8s_token_path[0] ? a.cfg.k8s_token_path : NULL,
+                                      .ca_path = a.cfg.k8s_ca_path[0] ? a.cfg.k8s_ca_path : NULL};
+        int kerr = 0;
+        a.services = k8s_services_new(&ko, AGGREGATOR_MAX_SERVICES, &kerr);
+        if (!a.services || k8s_services_start(a.services) < 0) {
+            fprintf(stderr, "ebpf-aggregator: cannot watch Services (K8S_API_URL %s): %s\n",
+                    a.cfg.k8s_api_url[0] ? a.cfg.k8s_api_url : "in-cluster", strerror(-kerr));
+            goto out;
+        }
+    }
+
     a.http = api_server_new(&a.cfg, err, sizeof(err));
     if (!a.http) {
         fprintf(stderr, "ebpf-aggregator: %s\n", err);
@@ -162,6 +176,7 @@ out:
         store_free(a.store);
     flows_free(a.flows);
     peers_free(a.peers);
+    k8s_services_free(a.services);
     pthread_mutex_destroy(&a.stream_lock);
     return rc;
 }
