@@ -36,6 +36,7 @@
 #include "config.h"
 #include "event.h"
 #include "intern.h"
+#include "k8s_api_server.h"
 #include "publisher.h"
 #include "testutil.h"
 
@@ -53,9 +54,16 @@ static char nats_url[64];
 static struct bus *bus_a, *bus_b;
 static struct publisher *pub_a, *pub_b;
 static struct event_id_gen ids;
+/* The test Kubernetes API server (tests/helpers/k8s_api_server.c), when a test starts one. */
+static struct kas kapi;
+static bool api_started;
+static char api_env[64];
 
 static void stop_all(void)
 {
+    if (api_started)
+        kas_stop(&kapi);
+    api_started = false;
     publisher_free(pub_a);
     publisher_free(pub_b);
     bus_close(bus_a);
@@ -102,7 +110,12 @@ static void agg_up(struct proc *p, const char *name, const char *prefix)
     char *argv[] = {bin,      "--listen-addr", listen, "--nats-url",
                     nats_url, "--queue-group", GROUP,  NULL};
     /* A short grace so the reuse case finishes quickly; the TTL stays long. */
-    char *env[] = {pfx, "PEER_GRACE=1s", "PEER_TTL=10m", NULL};
+    char *env[] = {pfx,
+                   "PEER_GRACE=1s",
+                   "PEER_TTL=10m",
+                   api_started ? "DEPLOYMENT_MODE=kubernetes" : "DEPLOYMENT_MODE=vm",
+                   api_started ? api_env : NULL,
+                   NULL};
     p->pid = tu_spawn(argv, env, p->log);
     check(tu_wait_http(p->port, "/ready", 200, 15000), "aggregator %s not ready", name);
 }
@@ -303,10 +316,9 @@ static const struct pod server_b = {"node-b", "shop",        "server-0", "uid-se
 static const struct pod dup_b = {"node-b", "batch", "dup-b",   "uid-dup-b",
                                  "dup-b",  "Job",   "10.9.9.9"};
 
-Test(e2e_peers, pods_on_other_nodes_are_named_on_both_replicas)
+/* nats-server, the two replicas (one per node's subject prefix) and a publisher per node. */
+static void cluster_up(char id1[32], char id2[32])
 {
-    char id1[32], id2[32];
-
     event_id_gen_init(&ids);
     nats.port = tu_free_port();
     snprintf(nats.log, sizeof(nats.log), "/tmp/e2e-peers-nats-%d.log", getpid());
@@ -318,6 +330,20 @@ Test(e2e_peers, pods_on_other_nodes_are_named_on_both_replicas)
     wait_cluster(id1, id2);
     pub_a = pub_up(&bus_a, "ebpf.pa", "node-a");
     pub_b = pub_up(&bus_b, "ebpf.pb", "node-b");
+}
+
+static void remove_logs(void)
+{
+    unlink(r1.log);
+    unlink(r2.log);
+    unlink(nats.log);
+}
+
+Test(e2e_peers, pods_on_other_nodes_are_named_on_both_replicas)
+{
+    char id1[32], id2[32];
+
+    cluster_up(id1, id2);
 
     /* 1. Node B reports its pods (an exec each); only replica 2 ingests it. */
     add(pub_b, ev(&server_b, EVENT_EXEC, "0.0.0.0", 0, "0.0.0.0", 0));
@@ -459,7 +485,155 @@ Test(e2e_peers, pods_on_other_nodes_are_named_on_both_replicas)
     a = wait_events(&r1, "/api/events?peer_pod=client-new-1", 1);
     json_decref(a);
 
-    unlink(r1.log);
-    unlink(r2.log);
-    unlink(nats.log);
+    remove_logs();
+}
+
+/* ---- Services (Kubernetes mode) ---- */
+
+#define SERVICES_PATH "/api/v1/services"
+#define SLICES_PATH   "/apis/discovery.k8s.io/v1/endpointslices"
+
+static char *service_json(const char *ns, const char *name, const char *rv, const char *ip,
+                          int port)
+{
+    char *s = NULL;
+    cr_assert(asprintf(&s,
+                       "{\"kind\":\"Service\",\"apiVersion\":\"v1\",\"metadata\":{\"name\":"
+                       "\"%s\",\"namespace\":\"%s\",\"uid\":\"svc-%s\",\"resourceVersion\":"
+                       "\"%s\",\"creationTimestamp\":\"2026-11-30T10:00:00Z\",\"labels\":"
+                       "{\"app\":\"%s\"}},\"spec\":{\"type\":\"ClusterIP\",\"clusterIP\":"
+                       "\"%s\",\"clusterIPs\":[\"%s\"],\"ipFamilies\":[\"IPv4\"],"
+                       "\"ipFamilyPolicy\":\"SingleStack\",\"ports\":[{\"name\":\"http\","
+                       "\"protocol\":\"TCP\",\"port\":%d,\"targetPort\":8080}],"
+                       "\"selector\":{\"app\":\"%s\"},\"sessionAffinity\":\"None\","
+                       "\"internalTrafficPolicy\":\"Cluster\"},\"status\":{\"loadBalancer\":{}}}",
+                       name, ns, name, rv, name, ip, ip, port, name) > 0);
+    return s;
+}
+
+static char *slice_json(const char *ns, const char *service, const char *rv, const char *ip,
+                        const struct pod *pod)
+{
+    char *s = NULL;
+    cr_assert(asprintf(&s,
+                       "{\"kind\":\"EndpointSlice\",\"apiVersion\":\"discovery.k8s.io/v1\","
+                       "\"metadata\":{\"name\":\"%s-x7k2p\",\"generateName\":\"%s-\","
+                       "\"namespace\":\"%s\",\"uid\":\"eps-%s\",\"resourceVersion\":\"%s\","
+                       "\"labels\":{\"kubernetes.io/service-name\":\"%s\","
+                       "\"endpointslice.kubernetes.io/managed-by\":"
+                       "\"endpointslice-controller.k8s.io\"},\"ownerReferences\":[{\"apiVersion\":"
+                       "\"v1\",\"kind\":\"Service\",\"name\":\"%s\",\"uid\":\"svc-%s\","
+                       "\"controller\":true,\"blockOwnerDeletion\":true}]},\"addressType\":"
+                       "\"IPv4\",\"endpoints\":[{\"addresses\":[\"%s\"],\"conditions\":"
+                       "{\"ready\":true,\"serving\":true,\"terminating\":false},\"nodeName\":"
+                       "\"%s\",\"targetRef\":{\"kind\":\"Pod\",\"namespace\":\"%s\","
+                       "\"name\":\"%s\",\"uid\":\"%s\"}}],\"ports\":[{\"name\":\"http\","
+                       "\"protocol\":\"TCP\",\"port\":8080}]}",
+                       service, service, ns, service, rv, service, service, service, ip, pod->node,
+                       pod->ns, pod->name, pod->uid) > 0);
+    return s;
+}
+
+static char *list_json(const char *kind, const char *api_version, const char *rv, const char *item)
+{
+    char *s = NULL;
+    cr_assert(asprintf(&s,
+                       "{\"kind\":\"%s\",\"apiVersion\":\"%s\",\"metadata\":"
+                       "{\"resourceVersion\":\"%s\"},\"items\":[%s]}",
+                       kind, api_version, rv, item) > 0);
+    return s;
+}
+
+/* Waits until the cluster's summed services.<key> reaches want (asked on r). */
+static void wait_services(struct proc *r, const char *key, json_int_t want)
+{
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    for (;;) {
+        json_t *s = api(r, "/api/stats");
+        json_int_t v = jpath_int(s, "services", key);
+        char *text = json_dumps(json_object_get(s, "services"), JSON_COMPACT);
+        json_decref(s);
+        if (v >= want) {
+            free(text);
+            return;
+        }
+        check(tu_mono_ms() < deadline, "services.%s stayed at %" PRId64 ", want %" PRId64 ": %s",
+              key, (int64_t)v, (int64_t)want, text);
+        free(text);
+        usleep(20000);
+    }
+}
+
+Test(e2e_peers, cluster_ips_and_backends_get_peer_service_on_both_replicas)
+{
+    char id1[32], id2[32];
+
+    /* The API server: Service shop/server with ClusterIP 10.96.0.10:80, backed by server-0. */
+    cr_assert_eq(kas_start(&kapi, kas_serve_pods, NULL), 0);
+    api_started = true;
+    snprintf(api_env, sizeof(api_env), "K8S_API_URL=http://127.0.0.1:%d", kapi.port);
+    char *svc = service_json("shop", "server", "500", "10.96.0.10", 80);
+    char *slice = slice_json("shop", "server", "501", "10.2.0.7", &server_b);
+    char *svcs = list_json("ServiceList", "v1", "600", svc);
+    char *slices = list_json("EndpointSliceList", "discovery.k8s.io/v1", "600", slice);
+    cr_assert_eq(kas_set_list_for(&kapi, SERVICES_PATH, svcs), 0);
+    cr_assert_eq(kas_set_list_for(&kapi, SLICES_PATH, slices), 0);
+    free(svc);
+    free(slice);
+    free(svcs);
+    free(slices);
+
+    cluster_up(id1, id2);
+    /* Both replicas listed both collections (2 LISTs each) and are watching. */
+    wait_services(&r1, "lists", 4);
+    check(kas_wait(&kapi, 4, 4, WAIT_MS), "the replicas did not watch Services and EndpointSlices");
+
+    /* A Service created while they watch: shop/api on 10.96.0.20:443. */
+    char *api_svc = service_json("shop", "api", "601", "10.96.0.20", 443);
+    cr_assert_eq(kas_push_to(&kapi, SERVICES_PATH, "ADDED", 601, api_svc), 0);
+    free(api_svc);
+    wait_services(&r1, "services", 4); /* 2 Services on each of the 2 replicas */
+
+    /* Node B reports server-0 so node A's replica can name the pod too. */
+    add(pub_b, ev(&server_b, EVENT_EXEC, "0.0.0.0", 0, "0.0.0.0", 0));
+    flush(pub_b);
+    wait_peers(&r1, "pods_received", 1);
+
+    add(pub_a, ev(&client_a, EVENT_CONNECTION, "10.1.0.5", 42001, "10.96.0.10", 80));
+    add(pub_a, ev(&client_a, EVENT_CONNECTION, "10.1.0.5", 42002, "10.96.0.10", 81));
+    add(pub_a, ev(&client_a, EVENT_CONNECTION, "10.1.0.5", 42003, "10.2.0.7", 8080));
+    add(pub_a, ev(&client_a, EVENT_CONNECTION, "10.1.0.5", 42004, "10.96.0.20", 443));
+    flush(pub_a);
+
+    struct proc *both[2] = {&r1, &r2};
+    for (int i = 0; i < 2; i++) {
+        /* The ClusterIP on its port, and the backend pod directly. */
+        json_t *a = wait_events(both[i], "/api/events?peer_service=shop%2Fserver&limit=10", 2);
+        json_t *evs = json_object_get(a, "events"), *e;
+        size_t k;
+        json_array_foreach(evs, k, e)
+        {
+            json_int_t sport = tu_jint(e, "source_port");
+            check(sport == 42001 || sport == 42003, "source port %" PRId64 " named shop/server",
+                  (int64_t)sport);
+            if (sport == 42003)
+                expect_peer(e, "server-0", "shop", "server", "StatefulSet", "node-b");
+            else
+                check(tu_jstr(e, "peer_pod") == NULL, "a ClusterIP names no pod (no join yet)");
+        }
+        json_decref(a);
+        a = wait_events(both[i], "/api/events?peer_service=shop%2Fapi", 1);
+        check(tu_jint(only_event(a), "dest_port") == 443, "shop/api on the wrong event");
+        json_decref(a);
+    }
+    json_t *stats = api(&r2, "/api/stats");
+    json_t *sv = json_object_get(stats, "services");
+    check(tu_jint(sv, "lookups") == 4 && tu_jint(sv, "cluster_ip") == 2 &&
+              tu_jint(sv, "backend") == 1 && tu_jint(sv, "misses") == 1 &&
+              tu_jint(sv, "api_errors") == 0,
+          "services counters: lookups %" PRId64 " cluster_ip %" PRId64 " backend %" PRId64,
+          (int64_t)tu_jint(sv, "lookups"), (int64_t)tu_jint(sv, "cluster_ip"),
+          (int64_t)tu_jint(sv, "backend"));
+    json_decref(stats);
+    remove_logs();
 }
