@@ -20,6 +20,7 @@
 #include "errmsg.h"
 #include "intern.h"
 #include "k8s_watch.h"
+#include "peers.h"
 
 #define K8S_MAX_PODS_DEFAULT 4096
 #define K8S_JOB_MAX_BYTES    (1u << 20) /* one Job object */
@@ -834,12 +835,10 @@ const char *k8s_node_name(const struct k8s *k)
 /* The other end: a connection's destination, an accept's source, a close's other side. */
 static void enrich_peer(struct k8s *k, struct event *e)
 {
-    bool client = e->type == EVENT_CONNECTION ||
-                  (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT);
-    bool server =
-        e->type == EVENT_ACCEPT || (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_SERVER);
-    if (client || server)
-        k8s_peer_lookup(k, e->family, client ? e->daddr : e->saddr, &e->peer);
+    const uint8_t *addr;
+    uint16_t port;
+    if (peers_event_peer(e, &addr, &port))
+        k8s_peer_lookup(k, e->family, addr, &e->peer);
 }
 
 int k8s_enrich(struct k8s *k, struct cgroup_resolver *cg, struct event *e)

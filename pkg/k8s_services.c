@@ -19,6 +19,7 @@
 
 #include "errmsg.h"
 #include "intern.h"
+#include "peers.h"
 
 struct addr {
     uint8_t family;
@@ -406,16 +407,12 @@ void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n,
     }
     for (size_t i = 0; i < n; i++) {
         struct event *e = &events[i];
-        bool client = e->type == EVENT_CONNECTION ||
-                      (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT);
-        bool server = e->type == EVENT_ACCEPT ||
-                      (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_SERVER);
-        if ((!client && !server) || e->peer.service)
+        const uint8_t *addr;
+        uint16_t port;
+        if (!peers_event_peer(e, &addr, &port) || e->peer.service)
             continue;
         const char *svc = NULL;
-        enum k8s_services_result r =
-            client ? lookup_locked(s, e->family, e->daddr, e->dport, e->protocol, &svc)
-                   : lookup_locked(s, e->family, e->saddr, e->sport, e->protocol, &svc);
+        enum k8s_services_result r = lookup_locked(s, e->family, addr, port, e->protocol, &svc);
         if (svc)
             e->peer.service = svc;
         if (count) {

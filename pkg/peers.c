@@ -384,21 +384,31 @@ static void fill_peer(struct event_peer *dst, const struct event_peer *src)
         dst->node = src->node;
 }
 
+bool peers_event_peer(const struct event *e, const uint8_t **addr, uint16_t *port)
+{
+    bool client = e->type == EVENT_CONNECTION ||
+                  (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT);
+    bool server =
+        e->type == EVENT_ACCEPT || (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_SERVER);
+    if (!client && !server)
+        return false;
+    *addr = client ? e->daddr : e->saddr;
+    *port = client ? e->dport : e->sport;
+    return true;
+}
+
 void peers_enrich(struct peers *p, struct event *events, size_t n, uint64_t now, bool count)
 {
     pthread_mutex_lock(&p->lock);
     for (size_t i = 0; i < n; i++) {
         struct event *e = &events[i];
-        bool client = e->type == EVENT_CONNECTION ||
-                      (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT);
-        bool server = e->type == EVENT_ACCEPT ||
-                      (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_SERVER);
-        if ((!client && !server) || e->peer.pod != NULL ||
+        const uint8_t *addr;
+        uint16_t port;
+        if (!peers_event_peer(e, &addr, &port) || e->peer.pod != NULL ||
             (e->family != EVENT_FAMILY_IPV4 && e->family != EVENT_FAMILY_IPV6))
             continue;
         struct event_peer found = {0};
-        enum peers_result r =
-            lookup_locked(p, e->family, client ? e->daddr : e->saddr, now, &found);
+        enum peers_result r = lookup_locked(p, e->family, addr, now, &found);
         if (r == PEERS_HIT)
             fill_peer(&e->peer, &found);
         if (count) {

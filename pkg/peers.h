@@ -94,6 +94,14 @@ enum peers_result peers_lookup(struct peers *p, unsigned family, const uint8_t a
                                uint64_t now, struct event_peer *out);
 
 /*
+ * The peer's side of a connection, accept or close: the destination of a
+ * client side (connection, close as client), the source of a server side
+ * (accept, close as server). Sets *addr and *port and returns true; false
+ * for any other event.
+ */
+bool peers_event_peer(const struct event *e, const uint8_t **addr, uint16_t *port);
+
+/*
  * Names the peers of events[0..n) (connection, accept, close) at now: the
  * destination of a client side, the source of a server side. Only events
  * whose peer_pod is empty are looked up, and only empty fields are filled:
