@@ -451,20 +451,28 @@ static bool pod_same_attr(const struct peers_pod *pod, const struct event *e, co
            pod->uid == e->k8s.pod_uid && pod->node == node;
 }
 
+#define POD_SLOTS 512 /* a power of two above PEERS_ANNOUNCE_MAX_PODS */
+
 size_t peers_pods_from_events(const struct event *events, size_t n, uint64_t seen_ns,
                               struct peers_pod *out, size_t max)
 {
+    uint16_t slot[POD_SLOTS] = {0}; /* 1-based index into out, by pod name pointer */
     size_t got = 0;
 
+    if (max > PEERS_ANNOUNCE_MAX_PODS)
+        max = PEERS_ANNOUNCE_MAX_PODS;
     for (size_t i = 0; i < n; i++) {
         const struct event *e = &events[i];
         const char *node = e->k8s.node_name ? e->k8s.node_name : e->node;
         if (!e->k8s.pod_name || !e->k8s.namespace || !node || !e->k8s.ips)
             continue;
+        /* Interned: the same pod has the same pointers. */
+        unsigned h = (unsigned)(((uintptr_t)e->k8s.pod_name * 0x9e3779b97f4a7c15ull) >> 55);
         bool seen = false;
-        /* Events of one pod come in runs: look at the last one first. */
-        for (size_t j = got; j-- > 0 && !seen;)
-            seen = pod_same_attr(&out[j], e, node);
+        for (;; h = (h + 1) & (POD_SLOTS - 1)) {
+            if (slot[h] == 0 || (seen = pod_same_attr(&out[slot[h] - 1], e, node)))
+                break;
+        }
         if (seen || got == max)
             continue;
         struct peers_pod *pod = &out[got];
@@ -479,7 +487,7 @@ size_t peers_pods_from_events(const struct event *events, size_t n, uint64_t see
         pod->workload_kind = e->k8s.workload_kind;
         pod->host_network = e->k8s.host_network;
         pod->seen_ns = seen_ns;
-        got++;
+        slot[h] = (uint16_t)++got;
     }
     return got;
 }

@@ -113,7 +113,8 @@ void peers_enrich(struct peers *p, struct event *events, size_t n, uint64_t now,
 /*
  * The pod claims carried by events[0..n) (their pod-table attribution:
  * k8s.pod_name with k8s.ips or host_network), one per distinct pod, at
- * seen_ns. Writes at most max into out; returns how many.
+ * seen_ns. Writes at most max (and at most PEERS_ANNOUNCE_MAX_PODS) into
+ * out; returns how many.
  */
 size_t peers_pods_from_events(const struct event *events, size_t n, uint64_t seen_ns,
                               struct peers_pod *out, size_t max);
