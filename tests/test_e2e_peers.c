@@ -18,9 +18,13 @@
  * both replicas' answers (/api/events?peer_pod=...), and the connection on
  * node A to node B's pod names node B's pod; an address two live pods claim
  * and a hostNetwork pod's address are not named; what the agent named is
- * kept; after a pod is replaced on its IP the new pod is named once the
- * grace has passed, the old never; the counters in /api/stats and /metrics
- * move. Everything started here is stopped by PID; waits are on conditions.
+ * kept; /api/flows shows the edge between the two pods; after a pod is
+ * replaced on its IP the new pod is named once the grace has passed, the
+ * old never, and the stream (followed with curl) names it too; the counters
+ * in /api/stats and /metrics move. In Kubernetes mode, against the test API
+ * server: peer_service for a ClusterIP on its port, a backend pod, and a
+ * Service added by a watch event. Everything started here is stopped by PID; waits are on
+ * conditions.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -316,6 +320,44 @@ static const struct pod server_b = {"node-b", "shop",        "server-0", "uid-se
 static const struct pod dup_b = {"node-b", "batch", "dup-b",   "uid-dup-b",
                                  "dup-b",  "Job",   "10.9.9.9"};
 
+/* The edge client-7f9c -> server-0 of /api/flows?group_by=pod, with both ends named. */
+static bool has_pod_edge(json_t *flows, const char *src_pod, const char *dst_pod,
+                         const char *dst_node)
+{
+    json_t *edges = json_object_get(flows, "edges"), *e;
+    size_t i;
+    json_array_foreach(edges, i, e)
+    {
+        json_t *src = json_object_get(e, "source"), *dst = json_object_get(e, "destination");
+        const char *sp = tu_jstr(src, "pod"), *dp = tu_jstr(dst, "pod"), *dn = tu_jstr(dst, "node");
+        if (sp && dp && dn && strcmp(sp, src_pod) == 0 && strcmp(dp, dst_pod) == 0 &&
+            strcmp(dn, dst_node) == 0 && tu_jint(e, "connections") >= 1)
+            return true;
+    }
+    return false;
+}
+
+/* curl following r's /api/events/stream?query, its output in log; returns once connected. */
+static pid_t stream_open(struct proc *r, const char *query, char *log, size_t loglen)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/api/events/stream?%s", r->port, query);
+    snprintf(log, loglen, "/tmp/e2e-peers-stream-%d.log", getpid());
+    unlink(log);
+    char *argv[] = {"/usr/bin/curl", "-sN", url, NULL};
+    pid_t pid = tu_spawn(argv, NULL, log);
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    for (;;) {
+        char *out = tu_read_file(log);
+        bool up = out && strstr(out, ": connected");
+        free(out);
+        if (up)
+            return pid;
+        check(tu_mono_ms() < deadline, "the stream on :%d did not connect", r->port);
+        usleep(20000);
+    }
+}
+
 /* nats-server, the two replicas (one per node's subject prefix) and a publisher per node. */
 static void cluster_up(char id1[32], char id2[32])
 {
@@ -419,6 +461,24 @@ Test(e2e_peers, pods_on_other_nodes_are_named_on_both_replicas)
         json_decref(a);
     }
 
+    /* /api/flows sees the names too: the edge between the two pods, on either replica. */
+    for (int i = 0; i < 2; i++) {
+        uint64_t deadline = tu_mono_ms() + WAIT_MS;
+        for (;;) {
+            json_t *f = api(both[i], "/api/flows?group_by=pod");
+            bool ok = has_pod_edge(f, "client-7f9c", "server-0", "node-b");
+            char *text = json_dumps(f, JSON_COMPACT);
+            json_decref(f);
+            if (ok) {
+                free(text);
+                break;
+            }
+            check(tu_mono_ms() < deadline, "no client-7f9c -> server-0 edge in %s", text);
+            free(text);
+            usleep(50000);
+        }
+    }
+
     /* Counters: 3 connections + 3 looked-up accepts (the agent-named one is not looked up). */
     stats = api(&r1, "/api/stats");
     json_t *p = json_object_get(stats, "peers");
@@ -480,9 +540,33 @@ Test(e2e_peers, pods_on_other_nodes_are_named_on_both_replicas)
     }
     cr_log_info("reuse: %u accepts until the new pod was named (unnamed during grace: %s)",
                 port - 41000, unnamed_seen ? "yes" : "no");
+
+    /* The stream names what it sends from the same map (replica 2 streams node B's batches). */
+    char stream_log[96];
+    pid_t curl = stream_open(&r2, "peer_pod=client-new-1", stream_log, sizeof(stream_log));
+    add(pub_b, ev(&server_b, EVENT_ACCEPT, "10.1.0.5", 43999, "10.2.0.7", 8080));
+    flush(pub_b);
+    uint64_t stream_deadline = tu_mono_ms() + WAIT_MS;
+    for (;;) {
+        char *out = tu_read_file(stream_log);
+        bool got = out && strstr(out, "\"source_port\":43999") &&
+                   strstr(out, "\"peer_pod\":\"client-new-1\"");
+        free(out);
+        if (got)
+            break;
+        if (tu_mono_ms() > stream_deadline) {
+            tu_stop(curl, 2000);
+            dump(stream_log);
+            check(false, "the stream never sent the accept named client-new-1");
+        }
+        usleep(20000);
+    }
+    tu_stop(curl, 2000);
+    unlink(stream_log);
     json_t *a = wait_events(&r1, "/api/events?peer_pod=client-7f9c", 1);
     json_decref(a);
-    a = wait_events(&r1, "/api/events?peer_pod=client-new-1", 1);
+    a = wait_events(&r1, "/api/events?peer_pod=client-new-1",
+                    2); /* the loop's last, the stream's */
     json_decref(a);
 
     remove_logs();

@@ -102,7 +102,9 @@ int main(int argc, char **argv)
                                       .ca_path = a.cfg.k8s_ca_path[0] ? a.cfg.k8s_ca_path : NULL};
         int kerr = 0;
         a.services = k8s_services_new(&ko, AGGREGATOR_MAX_SERVICES, &kerr);
-        if (!a.services || k8s_services_start(a.services) < 0) {
+        if (a.services)
+            kerr = k8s_services_start(a.services);
+        if (!a.services || kerr < 0) {
             fprintf(stderr, "ebpf-aggregator: cannot watch Services (K8S_API_URL %s): %s\n",
                     a.cfg.k8s_api_url[0] ? a.cfg.k8s_api_url : "in-cluster", strerror(-kerr));
             goto out;
