@@ -130,6 +130,9 @@ static const struct key keys[] = {
      "a pod no node reported for this long no longer names its IP (1s-24h)"},
     {"PEER_GRACE", KIND_DURATION, AGG, NUM(peer_grace_ns), 0, 3600 * SEC, NULL, "30s",
      "a pod gone (or its IP taken over) still names its IP this long (0-1h)"},
+    {"JOIN_WINDOW", KIND_DURATION, AGG, NUM(join_window_ns), 100000000ull, 60 * SEC, NULL, "2s",
+     "Kubernetes mode: how long a connection to a ClusterIP waits for its backend's accept "
+     "(100ms-60s)"},
     {"PEER_MAX_PODS", KIND_UINT, AGG, NUM(peer_max_entries), 16, 10000000, NULL, "262144",
      "pod addresses kept to name peers across nodes, least recently seen evicted (16-10000000)"},
 };

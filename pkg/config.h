@@ -85,6 +85,7 @@ struct config {
     uint64_t peer_ttl_ns;             /* aggregator: pkg/peers claim lifetime without a report */
     uint64_t peer_grace_ns;
     uint32_t peer_max_entries; /* (IP, pod) claims in pkg/peers */
+    uint64_t join_window_ns;   /* aggregator: the ClusterIP join's window (pkg/joins) */
 
     bool check_only; /* --check-config: validate and exit */
 };

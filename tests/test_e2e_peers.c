@@ -117,6 +117,7 @@ static void agg_up(struct proc *p, const char *name, const char *prefix)
     char *env[] = {pfx,
                    "PEER_GRACE=1s",
                    "PEER_TTL=10m",
+                   "JOIN_WINDOW=3s",
                    api_started ? "DEPLOYMENT_MODE=kubernetes" : "DEPLOYMENT_MODE=vm",
                    api_started ? api_env : NULL,
                    NULL};
@@ -648,7 +649,23 @@ static void wait_services(struct proc *r, const char *key, json_int_t want)
     }
 }
 
-Test(e2e_peers, cluster_ips_and_backends_get_peer_service_on_both_replicas)
+/* Waits until the cluster's summed joins.<key> reaches want (asked on r). */
+static void wait_joins(struct proc *r, const char *key, json_int_t want)
+{
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    for (;;) {
+        json_t *s = api(r, "/api/stats");
+        json_int_t v = jpath_int(s, "joins", key);
+        json_decref(s);
+        if (v >= want)
+            return;
+        check(tu_mono_ms() < deadline, "joins.%s stayed at %" PRId64 ", want %" PRId64, key,
+              (int64_t)v, (int64_t)want);
+        usleep(20000);
+    }
+}
+
+Test(e2e_peers, cluster_ips_get_peer_service_and_join_their_backend_across_replicas)
 {
     char id1[32], id2[32];
 
@@ -688,6 +705,15 @@ Test(e2e_peers, cluster_ips_and_backends_get_peer_service_on_both_replicas)
     add(pub_a, ev(&client_a, EVENT_CONNECTION, "10.1.0.5", 42003, "10.2.0.7", 8080));
     add(pub_a, ev(&client_a, EVENT_CONNECTION, "10.1.0.5", 42004, "10.96.0.20", 443));
     flush(pub_a);
+    /*
+     * The backend's accept of the first one, on node B (replica 2): replica 1
+     * holds the connection to the ClusterIP until this half reaches it, and
+     * then names server-0 as its peer. Nothing accepts the one to shop/api:
+     * it is stored unjoined after JOIN_WINDOW (3 s).
+     */
+    wait_joins(&r1, "held", 2);
+    add(pub_b, ev(&server_b, EVENT_ACCEPT, "10.1.0.5", 42001, "10.2.0.7", 8080));
+    flush(pub_b);
 
     struct proc *both[2] = {&r1, &r2};
     for (int i = 0; i < 2; i++) {
@@ -700,24 +726,30 @@ Test(e2e_peers, cluster_ips_and_backends_get_peer_service_on_both_replicas)
             json_int_t sport = tu_jint(e, "source_port");
             check(sport == 42001 || sport == 42003, "source port %" PRId64 " named shop/server",
                   (int64_t)sport);
-            if (sport == 42003)
-                expect_peer(e, "server-0", "shop", "server", "StatefulSet", "node-b");
-            else
-                check(tu_jstr(e, "peer_pod") == NULL, "a ClusterIP names no pod (no join yet)");
+            /* The backend directly, and through the ClusterIP once joined. */
+            expect_peer(e, "server-0", "shop", "server", "StatefulSet", "node-b");
         }
         json_decref(a);
         a = wait_events(both[i], "/api/events?peer_service=shop%2Fapi", 1);
         check(tu_jint(only_event(a), "dest_port") == 443, "shop/api on the wrong event");
+        check(tu_jstr(only_event(a), "peer_pod") == NULL, "nothing accepted it: no backend named");
         json_decref(a);
     }
     json_t *stats = api(&r2, "/api/stats");
     json_t *sv = json_object_get(stats, "services");
-    check(tu_jint(sv, "lookups") == 4 && tu_jint(sv, "cluster_ip") == 2 &&
-              tu_jint(sv, "backend") == 1 && tu_jint(sv, "misses") == 1 &&
+    /* Node A's 4 connections and node B's accept (from a pod that backs nothing). */
+    check(tu_jint(sv, "lookups") == 5 && tu_jint(sv, "cluster_ip") == 2 &&
+              tu_jint(sv, "backend") == 1 && tu_jint(sv, "misses") == 2 &&
               tu_jint(sv, "api_errors") == 0,
           "services counters: lookups %" PRId64 " cluster_ip %" PRId64 " backend %" PRId64,
           (int64_t)tu_jint(sv, "lookups"), (int64_t)tu_jint(sv, "cluster_ip"),
           (int64_t)tu_jint(sv, "backend"));
+    json_t *jn = json_object_get(stats, "joins");
+    check(tu_jint(jn, "joined") == 1 &&
+              tu_jint(json_object_get(jn, "unjoined"), "no_server_half") == 1 &&
+              tu_jint(jn, "held") == 0 && tu_jint(jn, "halves_sent") == 1 &&
+              tu_jint(jn, "halves_received") == 1,
+          "joins: %s", json_dumps(jn, JSON_COMPACT));
     json_decref(stats);
     remove_logs();
 }

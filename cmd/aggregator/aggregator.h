@@ -20,6 +20,7 @@
 #include "event.h"
 #include "flows.h"
 #include "http_server.h"
+#include "joins.h"
 #include "k8s_services.h"
 #include "nodes.h"
 #include "peers.h"
@@ -32,6 +33,9 @@
 
 /* Services (and as many EndpointSlices) watched in Kubernetes mode. */
 #define AGGREGATOR_MAX_SERVICES 65536
+/* The ClusterIP join (Kubernetes mode): backends' accepts kept, connections held. */
+#define AGGREGATOR_JOIN_HALVES 65536
+#define AGGREGATOR_JOIN_HELD   65536
 
 struct cluster;
 struct api_pool;
@@ -69,6 +73,11 @@ struct aggregator_counters {
     uint64_t peer_announcements_received;
     uint64_t peer_announcements_rejected; /* malformed: counted and ignored */
     uint64_t peer_pods_received;
+    /* The ClusterIP join's server halves between replicas (join.c). */
+    uint64_t join_halves_sent;
+    uint64_t join_halves_failed;
+    uint64_t join_halves_received;
+    uint64_t join_announcements_rejected;
 };
 
 struct aggregator {
@@ -81,12 +90,14 @@ struct aggregator {
     struct nodes *nodes;
     struct peers *peers;           /* cluster-wide IP -> pod map (locks internally) */
     struct k8s_services *services; /* Kubernetes mode: address -> Service; NULL on a VM */
+    struct joins *joins;           /* Kubernetes mode: the ClusterIP -> backend pod join */
     struct bus *bus;
     struct http_server *http;
     struct cluster *cluster;
 
     natsSubscription *ingest_sub;       /* queue subscription: this replica's share */
     natsSubscription *peers_sub;        /* the other replicas' pod announcements */
+    natsSubscription *joins_sub;        /* the other replicas' server halves (join.c) */
     struct aggregator_gate ingest_gate; /* on_batch: the store and the node table */
 
     /* Plain subscription feeding SSE clients with every event (stream_lock). */
@@ -118,6 +129,20 @@ uint64_t ingest_stream_dropped(struct aggregator *a);
 void ingest_counters_json(struct aggregator *a, struct buf *b);
 /* This replica's peer-naming series for /metrics. */
 void aggregator_peers_metrics(struct aggregator *a, struct buf *b);
+
+/*
+ * join.c: the ClusterIP -> backend pod join (no-ops without a->joins).
+ * join_batch() takes the server halves of events[0..n) and holds its client
+ * halves, compacting the array; returns how many events are left in it.
+ * join_release() stores what is done (main loop). join_on_message() applies
+ * another replica's halves. join_subscribe() subscribes cb to them.
+ */
+size_t join_batch(struct aggregator *a, struct event *events, size_t n, uint64_t now);
+void join_release(struct aggregator *a, uint64_t now);
+void join_on_message(struct aggregator *a, natsMsg *msg);
+int join_subscribe(struct aggregator *a, natsMsgHandler cb, char *err, size_t errlen);
+void join_stats_json(struct aggregator *a, struct buf *b);
+void join_metrics(struct aggregator *a, struct buf *b);
 
 /*
  * Closes an async subscription and waits (up to timeout_ms) until its

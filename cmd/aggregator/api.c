@@ -521,6 +521,7 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     json_object_set(root, "flows", json_object_get(t, "flows"));
     json_object_set(root, "peers", json_object_get(t, "peers"));
     json_object_set(root, "services", json_object_get(t, "services"));
+    json_object_set(root, "joins", json_object_get(t, "joins"));
     api_json_set_u64(root, "evictions",
                      (uint64_t)sat_sum(json_integer_value(json_object_get(hist, "evicted_count")),
                                        json_integer_value(json_object_get(hist, "evicted_age"))));

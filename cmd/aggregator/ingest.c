@@ -150,12 +150,15 @@ static void ingest_batch(struct aggregator *a, natsMsg *msg)
     peers_enrich(a->peers, batch.events, batch.n, now, true);
     if (a->services)
         k8s_services_enrich(a->services, batch.events, batch.n, true);
+    for (size_t i = 0; i < batch.n; i++)
+        if (batch.events[i].type < EVENT_TYPE_COUNT)
+            count(&a->counters.events_by_type[batch.events[i].type], 1);
+    /* Connections to a ClusterIP wait for their backend (join.c); the rest go on. */
+    batch.n = join_batch(a, batch.events, batch.n, now);
     /* Before the store takes the events over. */
     flows_add(a->flows, batch.events, batch.n, now);
     for (size_t i = 0; i < batch.n; i++) {
         struct event *e = &batch.events[i];
-        if (e->type < EVENT_TYPE_COUNT)
-            count(&a->counters.events_by_type[e->type], 1);
         if (store_add_move(a->store, e) < 0)
             count(&a->counters.store_failed, 1);
     }
@@ -228,6 +231,17 @@ static void on_peers(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     natsMsg_Destroy(msg);
 }
 
+static void on_joins(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct aggregator *a = closure;
+
+    if (aggregator_gate_enter(&a->ingest_gate)) {
+        join_on_message(a, msg);
+        aggregator_gate_leave(&a->ingest_gate);
+    }
+    natsMsg_Destroy(msg);
+}
+
 static void wildcard_subject(struct aggregator *a, char *out, size_t len)
 {
     snprintf(out, len, "%s.>", a->cfg.subject_prefix);
@@ -260,7 +274,7 @@ int ingest_start(struct aggregator *a, char *err, size_t errlen)
         errmsg_set(err, errlen, "subscribing to %s: %s", psubject, natsStatus_GetText(s));
         return -EIO;
     }
-    return 0;
+    return join_subscribe(a, on_joins, err, errlen) < 0 ? -EIO : 0;
 }
 
 static void stream_unsubscribe_locked(struct aggregator *a)
@@ -385,6 +399,8 @@ void ingest_stop(struct aggregator *a, int timeout_ms)
     aggregator_sub_close(a->ingest_sub, bus_conn(a->bus), true, timeout_ms, &a->ingest_gate);
     aggregator_sub_close(a->peers_sub, bus_conn(a->bus), false, timeout_ms, &a->ingest_gate);
     a->peers_sub = NULL;
+    aggregator_sub_close(a->joins_sub, bus_conn(a->bus), false, timeout_ms, &a->ingest_gate);
+    a->joins_sub = NULL;
     /* Whether or not it stopped: once this returns, no handler touches the store or nodes. */
     aggregator_gate_close(&a->ingest_gate);
     a->ingest_sub = NULL;
@@ -470,6 +486,8 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
                ks.results[K8S_SVC_BACKEND], ks.results[K8S_SVC_AMBIGUOUS], ks.results[K8S_SVC_MISS],
                ks.services_watch.api_errors + ks.slices_watch.api_errors,
                ks.services_watch.lists + ks.slices_watch.lists);
+    buf_puts(b, ",\"joins\":");
+    join_stats_json(a, b);
     buf_printf(b, ",\"uptime_seconds\":%.3f}",
                (double)(clock_monotonic_ns() - a->started_mono_ns) / 1e9);
 }
@@ -524,4 +542,5 @@ void aggregator_peers_metrics(struct aggregator *a, struct buf *b)
     api_metric(b, "ebpf_aggregator_k8s_api_errors_total", "counter",
                "Failed LIST/WATCH requests for Services and EndpointSlices.",
                ks.services_watch.api_errors + ks.slices_watch.api_errors);
+    join_metrics(a, b);
 }

@@ -109,6 +109,11 @@ int main(int argc, char **argv)
                     a.cfg.k8s_api_url[0] ? a.cfg.k8s_api_url : "in-cluster", strerror(-kerr));
             goto out;
         }
+        a.joins = joins_new(AGGREGATOR_JOIN_HALVES, AGGREGATOR_JOIN_HELD, a.cfg.join_window_ns);
+        if (!a.joins) {
+            fprintf(stderr, "ebpf-aggregator: cannot allocate the ClusterIP join tables\n");
+            goto out;
+        }
     }
 
     a.http = api_server_new(&a.cfg, err, sizeof(err));
@@ -155,6 +160,7 @@ int main(int argc, char **argv)
             flows_add(a.flows, NULL, 0, clock_realtime_ns()); /* expires old minutes */
             last_expire = now;
         }
+        join_release(&a, clock_realtime_ns());
     }
     fprintf(stderr, "ebpf-aggregator: %s received, leaving the cluster\n",
             stop_requested == SIGINT ? "SIGINT" : "SIGTERM");
@@ -165,6 +171,7 @@ out:
     cluster_leave(a.cluster);
     if (a.bus)
         ingest_stop(&a, AGGREGATOR_DRAIN_MS);
+    join_release(&a, UINT64_MAX); /* what is still held is stored unjoined */
     aggregator_api_stop(&a);
     if (a.http)
         http_server_free(a.http);
@@ -179,6 +186,7 @@ out:
     flows_free(a.flows);
     peers_free(a.peers);
     k8s_services_free(a.services);
+    joins_free(a.joins);
     pthread_mutex_destroy(&a.stream_lock);
     return rc;
 }
