@@ -20,6 +20,7 @@
 
 #include "errmsg.h"
 #include "intern.h"
+#include "peers.h"
 
 #define PROBE 16
 
@@ -190,21 +191,6 @@ bool joins_hold(struct joins *j, struct event *e, uint64_t now)
     return ok;
 }
 
-/* Fills only what is empty: the agent's own answer always stands. */
-static void fill(struct event_peer *dst, const struct event_peer *src)
-{
-    if (!dst->pod)
-        dst->pod = src->pod;
-    if (!dst->namespace)
-        dst->namespace = src->namespace;
-    if (!dst->workload)
-        dst->workload = src->workload;
-    if (!dst->workload_kind)
-        dst->workload_kind = src->workload_kind;
-    if (!dst->node)
-        dst->node = src->node;
-}
-
 size_t joins_release(struct joins *j, uint64_t now, struct event *out, size_t max)
 {
     size_t n = 0;
@@ -223,7 +209,7 @@ size_t joins_release(struct joins *j, uint64_t now, struct event *out, size_t ma
             continue;
         }
         if (s && !s->several) {
-            fill(&h->e.peer, &s->h.backend);
+            peers_fill(&h->e.peer, &s->h.backend);
             j->st.joined++;
         } else {
             j->st.unjoined[s ? JOINS_SEVERAL : JOINS_NO_SERVER_HALF]++;

@@ -370,7 +370,7 @@ enum peers_result peers_lookup(struct peers *p, unsigned family, const uint8_t a
 }
 
 /* Fills only what is empty: the agent's own answer always stands. */
-static void fill_peer(struct event_peer *dst, const struct event_peer *src)
+void peers_fill(struct event_peer *dst, const struct event_peer *src)
 {
     if (!dst->pod)
         dst->pod = src->pod;
@@ -410,7 +410,7 @@ void peers_enrich(struct peers *p, struct event *events, size_t n, uint64_t now,
         struct event_peer found = {0};
         enum peers_result r = lookup_locked(p, e->family, addr, now, &found);
         if (r == PEERS_HIT)
-            fill_peer(&e->peer, &found);
+            peers_fill(&e->peer, &found);
         if (count) {
             p->st.lookups++;
             p->st.results[r]++;

@@ -101,6 +101,9 @@ enum peers_result peers_lookup(struct peers *p, unsigned family, const uint8_t a
  */
 bool peers_event_peer(const struct event *e, const uint8_t **addr, uint16_t *port);
 
+/* Fills dst's empty pod, namespace, workload, workload_kind and node from src. */
+void peers_fill(struct event_peer *dst, const struct event_peer *src);
+
 /*
  * Names the peers of events[0..n) (connection, accept, close) at now: the
  * destination of a client side, the source of a server side. Only events

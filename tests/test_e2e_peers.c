@@ -244,20 +244,29 @@ static void flush(struct publisher *p)
     cr_assert_eq(publisher_flush(p, 5000000000ull), 0, "batch not sent");
 }
 
-/* Waits until the cluster's summed peers.<key> reaches want (asked on r). */
-static void wait_peers(struct proc *r, const char *key, json_int_t want)
+/* Waits until the cluster's summed <section>.<key> in /api/stats reaches want (asked on r). */
+static void wait_stat(struct proc *r, const char *section, const char *key, json_int_t want)
 {
     uint64_t deadline = tu_mono_ms() + WAIT_MS;
     for (;;) {
         json_t *s = api(r, "/api/stats");
-        json_int_t v = jpath_int(s, "peers", key);
+        json_int_t v = jpath_int(s, section, key);
+        char *text = json_dumps(json_object_get(s, section), JSON_COMPACT);
         json_decref(s);
-        if (v >= want)
+        if (v >= want) {
+            free(text);
             return;
-        check(tu_mono_ms() < deadline, "peers.%s stayed at %" PRId64 ", want %" PRId64, key,
-              (int64_t)v, (int64_t)want);
+        }
+        check(tu_mono_ms() < deadline, "%s.%s stayed at %" PRId64 ", want %" PRId64 ": %s", section,
+              key, (int64_t)v, (int64_t)want, text);
+        free(text);
         usleep(20000);
     }
+}
+
+static void wait_peers(struct proc *r, const char *key, json_int_t want)
+{
+    wait_stat(r, "peers", key, want);
 }
 
 /* Polls r for a query answering exactly want events; returns the answer. */
@@ -629,42 +638,6 @@ static char *list_json(const char *kind, const char *api_version, const char *rv
     return s;
 }
 
-/* Waits until the cluster's summed services.<key> reaches want (asked on r). */
-static void wait_services(struct proc *r, const char *key, json_int_t want)
-{
-    uint64_t deadline = tu_mono_ms() + WAIT_MS;
-    for (;;) {
-        json_t *s = api(r, "/api/stats");
-        json_int_t v = jpath_int(s, "services", key);
-        char *text = json_dumps(json_object_get(s, "services"), JSON_COMPACT);
-        json_decref(s);
-        if (v >= want) {
-            free(text);
-            return;
-        }
-        check(tu_mono_ms() < deadline, "services.%s stayed at %" PRId64 ", want %" PRId64 ": %s",
-              key, (int64_t)v, (int64_t)want, text);
-        free(text);
-        usleep(20000);
-    }
-}
-
-/* Waits until the cluster's summed joins.<key> reaches want (asked on r). */
-static void wait_joins(struct proc *r, const char *key, json_int_t want)
-{
-    uint64_t deadline = tu_mono_ms() + WAIT_MS;
-    for (;;) {
-        json_t *s = api(r, "/api/stats");
-        json_int_t v = jpath_int(s, "joins", key);
-        json_decref(s);
-        if (v >= want)
-            return;
-        check(tu_mono_ms() < deadline, "joins.%s stayed at %" PRId64 ", want %" PRId64, key,
-              (int64_t)v, (int64_t)want);
-        usleep(20000);
-    }
-}
-
 Test(e2e_peers, cluster_ips_get_peer_service_and_join_their_backend_across_replicas)
 {
     char id1[32], id2[32];
@@ -686,14 +659,14 @@ Test(e2e_peers, cluster_ips_get_peer_service_and_join_their_backend_across_repli
 
     cluster_up(id1, id2);
     /* Both replicas listed both collections (2 LISTs each) and are watching. */
-    wait_services(&r1, "lists", 4);
+    wait_stat(&r1, "services", "lists", 4);
     check(kas_wait(&kapi, 4, 4, WAIT_MS), "the replicas did not watch Services and EndpointSlices");
 
     /* A Service created while they watch: shop/api on 10.96.0.20:443. */
     char *api_svc = service_json("shop", "api", "601", "10.96.0.20", 443);
     cr_assert_eq(kas_push_to(&kapi, SERVICES_PATH, "ADDED", 601, api_svc), 0);
     free(api_svc);
-    wait_services(&r1, "services", 4); /* 2 Services on each of the 2 replicas */
+    wait_stat(&r1, "services", "services", 4); /* 2 Services on each of the 2 replicas */
 
     /* Node B reports server-0 so node A's replica can name the pod too. */
     add(pub_b, ev(&server_b, EVENT_EXEC, "0.0.0.0", 0, "0.0.0.0", 0));
@@ -711,7 +684,7 @@ Test(e2e_peers, cluster_ips_get_peer_service_and_join_their_backend_across_repli
      * then names server-0 as its peer. Nothing accepts the one to shop/api:
      * it is stored unjoined after JOIN_WINDOW (3 s).
      */
-    wait_joins(&r1, "held", 2);
+    wait_stat(&r1, "joins", "held", 2);
     add(pub_b, ev(&server_b, EVENT_ACCEPT, "10.1.0.5", 42001, "10.2.0.7", 8080));
     flush(pub_b);
 
