@@ -97,11 +97,11 @@ static const struct key keys[] = {
     {"CAPTURE_CGROUP", KIND_STRING, AGENT, STR(capture_cgroup), 0, 0, NULL, NULL,
      "capture only processes and sockets in this cgroup v2 subtree: a path relative to "
      "CGROUP_ROOT (or absolute, inside it); default: every cgroup"},
-    {"K8S_API_URL", KIND_STRING, AGENT, STR(k8s_api_url), 0, 0, NULL, NULL,
+    {"K8S_API_URL", KIND_STRING, BOTH, STR(k8s_api_url), 0, 0, NULL, NULL,
      "Kubernetes API server (default: in-cluster, from KUBERNETES_SERVICE_HOST/PORT)"},
-    {"K8S_TOKEN_PATH", KIND_STRING, AGENT, STR(k8s_token_path), 0, 0, NULL, NULL,
+    {"K8S_TOKEN_PATH", KIND_STRING, BOTH, STR(k8s_token_path), 0, 0, NULL, NULL,
      "service-account token (default: /var/run/secrets/kubernetes.io/serviceaccount/token)"},
-    {"K8S_CA_PATH", KIND_STRING, AGENT, STR(k8s_ca_path), 0, 0, NULL, NULL,
+    {"K8S_CA_PATH", KIND_STRING, BOTH, STR(k8s_ca_path), 0, 0, NULL, NULL,
      "API server CA bundle (default: the service account's ca.crt)"},
     {"K8S_TOMBSTONE_TTL", KIND_DURATION, AGENT, NUM(k8s_tombstone_ttl_ns), SEC, 24 * 3600 * SEC,
      "5m", NULL, "how long a deleted pod stays nameable (1s-24h)"},
@@ -132,6 +132,15 @@ static const struct key keys[] = {
      "edge-minutes kept for /api/flows, oldest evicted first (16-100000000)"},
     {"FLOW_METRICS_MAX_SERIES", KIND_UINT, AGG, NUM(flow_metrics_max_series), 1, 1000000, NULL,
      "10000", "flow series on /metrics; more fold into workload=\"~other\" (1-1000000)"},
+    {"PEER_TTL", KIND_DURATION, AGG, NUM(peer_ttl_ns), SEC, 24 * 3600 * SEC, NULL, "10m",
+     "a pod no node reported for this long no longer names its IP (1s-24h)"},
+    {"PEER_GRACE", KIND_DURATION, AGG, NUM(peer_grace_ns), 0, 3600 * SEC, NULL, "30s",
+     "a pod gone (or its IP taken over) still names its IP this long (0-1h)"},
+    {"JOIN_WINDOW", KIND_DURATION, AGG, NUM(join_window_ns), 100000000ull, 60 * SEC, NULL, "2s",
+     "Kubernetes mode: how long a connection to a ClusterIP waits for its backend's accept "
+     "(100ms-60s)"},
+    {"PEER_MAX_PODS", KIND_UINT, AGG, NUM(peer_max_entries), 16, 10000000, NULL, "262144",
+     "pod addresses kept to name peers across nodes, least recently seen evicted (16-10000000)"},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

@@ -85,6 +85,10 @@ struct config {
     uint64_t flow_retention_ns;
     uint32_t flow_max_edges;          /* edge-minutes held by pkg/flows */
     uint32_t flow_metrics_max_series; /* aggregator /metrics flow series */
+    uint64_t peer_ttl_ns;             /* aggregator: pkg/peers claim lifetime without a report */
+    uint64_t peer_grace_ns;
+    uint32_t peer_max_entries; /* (IP, pod) claims in pkg/peers */
+    uint64_t join_window_ns;   /* aggregator: the ClusterIP join's window (pkg/joins) */
 
     bool check_only; /* --check-config: validate and exit */
 };

@@ -10,7 +10,6 @@
 #include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,15 +19,12 @@
 #include "clock.h"
 #include "errmsg.h"
 #include "intern.h"
+#include "k8s_watch.h"
+#include "peers.h"
 
 #define K8S_MAX_PODS_DEFAULT 4096
-#define K8S_LIST_PAGE        500
-#define K8S_LIST_MAX_BYTES   (256u << 20) /* one LIST page; 500 pods are a few MB */
-#define K8S_LINE_MAX_BYTES   (16u << 20)  /* one watch event */
-#define K8S_ERROR_BODY_MAX   4096
 #define K8S_JOB_MAX_BYTES    (1u << 20) /* one Job object */
-#define K8S_JOB_TIMEOUT_MS   10000
-#define K8S_JOB_BATCH        32 /* Job GETs between two reads of the watch */
+#define K8S_JOB_BATCH        32         /* Job GETs between two reads of the watch */
 #define NIL                  UINT32_MAX
 
 /* ---- pod cache ---- */
@@ -69,24 +65,15 @@ struct job_entry {
 
 struct k8s {
     /* configuration, immutable after k8s_new */
-    char *api_url; /* NULL: no API server */
-    char *token_path, *ca_path;
     const char *node_name; /* interned */
     uint64_t tombstone_ttl_ns;
-    unsigned backoff_min_ms, backoff_max_ms, watch_timeout_s, connect_timeout_ms;
 
-    /* the watch thread */
-    pthread_t thread;
-    bool started;
-    atomic_bool stop;
-    CURLM *multi;
-    CURLM *job_multi; /* Job GETs, made while the watch's transfer is open */
-    char rv[128];     /* resourceVersion to watch from; watch thread only */
-    uint64_t list_gen;
+    /* LIST + WATCH of the pods (k8s_watch.c); its callbacks run on its thread */
+    struct k8s_watch *watch;
+    uint64_t list_gen; /* watch thread only */
 
     /* shared with lookups, under lock */
     pthread_mutex_t lock;
-    pthread_cond_t wake;
     struct pod_cache cache;
     struct job_entry *jobs; /* max_pods entries */
     uint32_t jobs_cap;
@@ -334,7 +321,7 @@ static struct job_entry *job_add(struct k8s *k, const struct pod_meta *m)
                                .added = ++k->jobs_added,
                                .used = true,
                                /* nothing to read it from: it stays a Job */
-                               .resolved = k->api_url == NULL};
+                               .resolved = !k8s_watch_enabled(k->watch)};
     return slot;
 }
 
@@ -488,32 +475,24 @@ int k8s_peer_lookup(struct k8s *k, unsigned family, const uint8_t addr[16], stru
     return found;
 }
 
-/* ---- errors and stats ---- */
-
-/* Counts a failed API call and keeps msg as the reason the stats report. */
-static void set_error(struct k8s *k, const char *msg)
-{
-    pthread_mutex_lock(&k->lock);
-    snprintf(k->stats.last_error, sizeof(k->stats.last_error), "%s", msg);
-    k->stats.api_errors++;
-    k->stats.connected = false;
-    pthread_mutex_unlock(&k->lock);
-}
-
-static void set_connected(struct k8s *k, bool on)
-{
-    pthread_mutex_lock(&k->lock);
-    k->stats.connected = on;
-    pthread_mutex_unlock(&k->lock);
-}
+/* ---- stats ---- */
 
 void k8s_get_stats(struct k8s *k, struct k8s_stats *out)
 {
+    struct k8s_watch_stats ws;
+
+    k8s_watch_get_stats(k->watch, &ws);
     pthread_mutex_lock(&k->lock);
     *out = k->stats;
     out->pods_cached = k->cache.count;
     out->pods_deleted = k->cache.deleted;
     pthread_mutex_unlock(&k->lock);
+    out->api_errors = ws.api_errors;
+    out->lists = ws.lists;
+    out->relists = ws.relists;
+    out->watch_events = ws.watch_events;
+    out->connected = ws.connected;
+    memcpy(out->last_error, ws.last_error, sizeof(out->last_error));
 }
 
 /* ---- JSON ---- */
@@ -625,276 +604,13 @@ static bool pod_meta_parse(json_t *pod, struct pod_meta *m)
     return m->uid != NULL;
 }
 
-/* "HTTP 403: pods is forbidden: ..." from a Status body, or its first bytes. */
-static void status_message(long http, const struct buf *body, char *out, size_t len)
-{
-    json_t *st = body->len ? json_loadb(body->data, body->len, 0, NULL) : NULL;
-    const char *msg = st ? json_str(st, "message") : NULL;
-    if (msg)
-        snprintf(out, len, "HTTP %ld: %s", http, msg);
-    else
-        snprintf(out, len, "HTTP %ld: %.*s", http, (int)(body->len > 200 ? 200 : body->len),
-                 body->len ? body->data : "");
-    json_decref(st);
-}
-
-/* ---- HTTP ---- */
-
-enum req_kind { REQ_LIST, REQ_WATCH, REQ_GET };
-
-enum req_outcome {
-    OUT_OK,      /* complete (LIST) or ended by the server (WATCH) */
-    OUT_EXPIRED, /* 410 Gone: resourceVersion too old, re-list */
-    OUT_ERROR,   /* anything else; err says what */
-    OUT_STOPPED, /* k8s_free() interrupted it */
-};
-
-struct req {
-    struct k8s *k;
-    CURL *h;
-    enum req_kind kind;
-    struct buf body; /* LIST body, watch partial line, or error body */
-    long status;
-    enum req_outcome abort; /* set by the watch parser to end the transfer */
-    unsigned events;
-    bool connected;
-    char err[200];
-    char curl_err[CURL_ERROR_SIZE];
-};
-
-static void apply_watch_line(struct req *r, const char *line, size_t len)
-{
-    struct k8s *k = r->k;
-    json_error_t jerr;
-    json_t *ev = json_loadb(line, len, 0, &jerr);
-    const char *type = ev ? json_str(ev, "type") : NULL;
-    json_t *obj = ev ? json_object_get(ev, "object") : NULL;
-
-    if (!type || !json_is_object(obj)) {
-        snprintf(r->err, sizeof(r->err), "bad watch event: %s", ev ? "no type/object" : jerr.text);
-        r->abort = OUT_ERROR;
-        goto out;
-    }
-    if (strcmp(type, "ERROR") == 0) {
-        /* The object is a Status; 410 means our resourceVersion is gone. */
-        json_int_t code = json_integer_value(json_object_get(obj, "code"));
-        const char *msg = json_str(obj, "message");
-        snprintf(r->err, sizeof(r->err), "watch ERROR %lld: %s", (long long)code,
-                 msg ? msg : "(no message)");
-        r->abort = code == 410 ? OUT_EXPIRED : OUT_ERROR;
-        goto out;
-    }
-    const char *rv = json_str(json_object_get(obj, "metadata"), "resourceVersion");
-    if (rv && strlen(rv) < sizeof(k->rv))
-        strcpy(k->rv, rv);
-    struct pod_meta m;
-    bool added = strcmp(type, "ADDED") == 0, modified = strcmp(type, "MODIFIED") == 0;
-    bool deleted = strcmp(type, "DELETED") == 0;
-    pthread_mutex_lock(&k->lock);
-    if ((added || modified || deleted) && pod_meta_parse(obj, &m))
-        cache_upsert(k, &m, deleted);
-    if (deleted)
-        cache_expire(k, clock_monotonic_ns(),
-                     false); /* keeps pods_deleted honest between lookups */
-    k->stats.watch_events++;
-    pthread_mutex_unlock(&k->lock);
-    r->events++;
-out:
-    json_decref(ev);
-}
-
-static size_t watch_consume(struct req *r, const char *data, size_t len);
-
-static size_t on_body(char *data, size_t size, size_t n, void *ud)
-{
-    struct req *r = ud;
-    size_t len = size * n;
-
-    if (atomic_load(&r->k->stop))
-        return 0;
-    if (!r->status)
-        curl_easy_getinfo(r->h, CURLINFO_RESPONSE_CODE, &r->status);
-    if (r->status != 200) {
-        /* keep the start of an error body for the message */
-        if (r->body.len < K8S_ERROR_BODY_MAX)
-            buf_append(&r->body, data, len);
-        return len;
-    }
-    if (r->kind == REQ_WATCH)
-        return watch_consume(r, data, len);
-    buf_append(&r->body, data, len);
-    if (r->body.oom)
-        return 0;
-    unsigned max = r->kind == REQ_GET ? K8S_JOB_MAX_BYTES : K8S_LIST_MAX_BYTES;
-    if (r->body.len > max) {
-        snprintf(r->err, sizeof(r->err), "response over %u bytes", max);
-        r->abort = OUT_ERROR;
-        return 0;
-    }
-    return len;
-}
-
-/* WATCH: one JSON object per line, applied as each line completes. 0 ends the transfer. */
-static size_t watch_consume(struct req *r, const char *data, size_t len)
-{
-    buf_append(&r->body, data, len);
-    if (r->body.oom)
-        return 0;
-    size_t start = 0;
-    for (;;) {
-        char *nl = memchr(r->body.data + start, '\n', r->body.len - start);
-        if (!nl)
-            break;
-        size_t end = (size_t)(nl - r->body.data);
-        if (end > start)
-            apply_watch_line(r, r->body.data + start, end - start);
-        start = end + 1;
-        if (r->abort != OUT_OK)
-            return 0;
-    }
-    memmove(r->body.data, r->body.data + start, r->body.len - start);
-    r->body.len -= start;
-    r->body.data[r->body.len] = '\0';
-    if (r->body.len > K8S_LINE_MAX_BYTES) {
-        snprintf(r->err, sizeof(r->err), "watch event over %u bytes", K8S_LINE_MAX_BYTES);
-        r->abort = OUT_ERROR;
-        return 0;
-    }
-    return len;
-}
-
-static char *read_token(const char *path)
-{
-    FILE *f;
-    char *tok = NULL;
-    size_t cap = 0;
-    ssize_t n;
-
-    if (!path || !*path || !(f = fopen(path, "re")))
-        return NULL;
-    n = getdelim(&tok, &cap, '\0', f);
-    fclose(f);
-    if (n <= 0) {
-        free(tok);
-        return NULL;
-    }
-    while (n > 0 && (tok[n - 1] == '\n' || tok[n - 1] == '\r' || tok[n - 1] == ' '))
-        tok[--n] = '\0';
-    return tok;
-}
-
-static void jobs_resolve(struct k8s *k);
-
-/*
- * Runs one GET on multi to completion (or until stopped); r->status and
- * r->err say how it went. While a watch streams, Jobs its pods named are read
- * on the other multi handle.
- */
-static enum req_outcome http_get(struct k8s *k, CURLM *multi, struct req *r, const char *url)
-{
-    struct curl_slist *hdrs = curl_slist_append(NULL, "Accept: application/json");
-    char *token = read_token(k->token_path);
-    enum req_outcome out = OUT_ERROR;
-    CURLcode res = CURLE_OK;
-
-    if (token) {
-        struct buf auth;
-        buf_init(&auth);
-        buf_printf(&auth, "Authorization: Bearer %s", token);
-        if (!auth.oom)
-            hdrs = curl_slist_append(hdrs, auth.data);
-        buf_free(&auth);
-        free(token);
-    }
-    r->h = curl_easy_init();
-    if (!r->h || !hdrs) {
-        snprintf(r->err, sizeof(r->err), "out of memory");
-        goto done;
-    }
-    curl_easy_setopt(r->h, CURLOPT_URL, url);
-    curl_easy_setopt(r->h, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(r->h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(r->h, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(r->h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(r->h, CURLOPT_ERRORBUFFER, r->curl_err);
-    curl_easy_setopt(r->h, CURLOPT_CONNECTTIMEOUT_MS, (long)k->connect_timeout_ms);
-    curl_easy_setopt(r->h, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(r->h, CURLOPT_ACCEPT_ENCODING, "");
-    if (k->ca_path && *k->ca_path)
-        curl_easy_setopt(r->h, CURLOPT_CAINFO, k->ca_path);
-    /* A watch ends server-side after timeoutSeconds; a silent, dead connection
-     * must not hold us much longer than that. */
-    if (r->kind == REQ_WATCH)
-        curl_easy_setopt(r->h, CURLOPT_TIMEOUT_MS, (long)(k->watch_timeout_s + 30) * 1000L);
-    else
-        curl_easy_setopt(r->h, CURLOPT_TIMEOUT_MS,
-                         r->kind == REQ_GET ? (long)K8S_JOB_TIMEOUT_MS : 120000L);
-
-    curl_multi_add_handle(multi, r->h);
-    int running = 1;
-    while (running && !atomic_load(&k->stop)) {
-        CURLMcode mc = curl_multi_perform(multi, &running);
-        if (r->kind == REQ_WATCH)
-            jobs_resolve(k);
-        if (r->kind == REQ_WATCH && !r->connected) {
-            /* A watch may be quiet for minutes: it is up once the server says 200. */
-            long code = 0;
-            curl_easy_getinfo(r->h, CURLINFO_RESPONSE_CODE, &code);
-            if (code == 200) {
-                r->connected = true;
-                set_connected(k, true);
-            }
-        }
-        if (mc == CURLM_OK && running)
-            mc = curl_multi_poll(multi, NULL, 0, 1000, NULL);
-        if (mc != CURLM_OK) {
-            snprintf(r->err, sizeof(r->err), "%s", curl_multi_strerror(mc));
-            break;
-        }
-    }
-    CURLMsg *msg;
-    int left;
-    bool finished = false;
-    while ((msg = curl_multi_info_read(multi, &left)) != NULL) {
-        if (msg->msg == CURLMSG_DONE && msg->easy_handle == r->h) {
-            res = msg->data.result;
-            finished = true;
-        }
-    }
-    curl_multi_remove_handle(multi, r->h);
-    if (atomic_load(&k->stop)) {
-        out = OUT_STOPPED;
-        goto done;
-    }
-    curl_easy_getinfo(r->h, CURLINFO_RESPONSE_CODE, &r->status);
-    if (r->abort != OUT_OK) {
-        out = r->abort;
-    } else if (!finished) {
-        if (!r->err[0])
-            snprintf(r->err, sizeof(r->err), "transfer did not finish");
-    } else if (res != CURLE_OK) {
-        /* the error buffer has the detail ("SSL certificate problem: ...") */
-        snprintf(r->err, sizeof(r->err), "%.180s",
-                 r->curl_err[0] ? r->curl_err : curl_easy_strerror(res));
-    } else if (r->status == 410) {
-        status_message(r->status, &r->body, r->err, sizeof(r->err));
-        out = OUT_EXPIRED;
-    } else if (r->status != 200) {
-        status_message(r->status, &r->body, r->err, sizeof(r->err));
-    } else {
-        out = OUT_OK;
-    }
-done:
-    curl_slist_free_all(hdrs);
-    curl_easy_cleanup(r->h);
-    r->h = NULL;
-    return out;
-}
+/* ---- the pod watch's callbacks (k8s_watch.c, on its thread) ---- */
 
 /* ?fieldSelector=spec.nodeName=<node> (or "?" for all pods), percent-encoded. */
-static void pods_url(struct k8s *k, struct buf *u)
+static void pods_url(void *ctx, const char *api_url, struct buf *u)
 {
-    buf_printf(u, "%s/api/v1/pods?", k->api_url);
+    struct k8s *k = ctx;
+    buf_printf(u, "%s/api/v1/pods?", api_url);
     if (k->node_name) {
         char *node = curl_easy_escape(NULL, k->node_name, 0);
         buf_printf(u, "fieldSelector=spec.nodeName%%3D%s&", node ? node : "");
@@ -902,56 +618,53 @@ static void pods_url(struct k8s *k, struct buf *u)
     }
 }
 
-/* ---- LIST and WATCH ---- */
-
-/* One PodList page into the cache; cont gets its continue token. 0, or -EINVAL with err set. */
-static int list_apply(struct k8s *k, const char *body, size_t len, char *cont, size_t contlen,
-                      char *err, size_t errlen)
+static void pods_list_begin(void *ctx)
 {
-    json_error_t jerr;
-    json_t *list = json_loadb(body, len, 0, &jerr);
-    json_t *items = json_object_get(list, "items");
-    json_t *meta = json_object_get(list, "metadata");
-    const char *rv = json_str(meta, "resourceVersion");
-    const char *c = json_str(meta, "continue");
-    int rc = 0;
+    struct k8s *k = ctx;
+    k->list_gen++;
+}
 
-    if (!json_is_array(items) || !rv) {
-        errmsg_set(err, errlen, "LIST: not a PodList: %s",
-                   list ? "no items/resourceVersion" : jerr.text);
-        rc = -EINVAL;
-    } else {
-        size_t i;
-        json_t *pod;
-        snprintf(k->rv, sizeof(k->rv), "%s", rv);
-        if (c)
-            snprintf(cont, contlen, "%s", c);
-        pthread_mutex_lock(&k->lock);
-        json_array_foreach(items, i, pod)
-        {
-            struct pod_meta m;
-            if (pod_meta_parse(pod, &m))
-                cache_upsert(k, &m, false);
-        }
-        pthread_mutex_unlock(&k->lock);
+static void pods_list_item(void *ctx, json_t *pod)
+{
+    struct k8s *k = ctx;
+    struct pod_meta m;
+    pthread_mutex_lock(&k->lock);
+    if (pod_meta_parse(pod, &m))
+        cache_upsert(k, &m, false);
+    pthread_mutex_unlock(&k->lock);
+}
+
+/* Pods the list no longer has were deleted while we were not watching. */
+static void pods_list_end(void *ctx)
+{
+    struct k8s *k = ctx;
+    uint64_t now = clock_monotonic_ns();
+    pthread_mutex_lock(&k->lock);
+    for (uint32_t i = 0; i < k->cache.cap; i++) {
+        struct pod_entry *e = &k->cache.e[i];
+        if (e->used && !e->pod.deleted && e->list_gen != k->list_gen)
+            cache_mark_deleted(k, i, now);
     }
-    json_decref(list);
-    return rc;
+    cache_expire(k, now, false);
+    pthread_mutex_unlock(&k->lock);
+}
+
+static void pods_event(void *ctx, const char *type, json_t *obj)
+{
+    struct k8s *k = ctx;
+    struct pod_meta m;
+    bool deleted = strcmp(type, "DELETED") == 0;
+    pthread_mutex_lock(&k->lock);
+    if (strcmp(type, "BOOKMARK") != 0 && pod_meta_parse(obj, &m))
+        cache_upsert(k, &m, deleted);
+    if (deleted) /* keeps pods_deleted honest between lookups */
+        cache_expire(k, clock_monotonic_ns(), false);
+    pthread_mutex_unlock(&k->lock);
 }
 
 int k8s_feed(struct k8s *k, bool watch, const char *data, size_t len, char *err, size_t errlen)
 {
-    char cont[1024] = "";
-    if (!watch)
-        return list_apply(k, data, len, cont, sizeof(cont), err, errlen);
-    struct req r = {.k = k, .kind = REQ_WATCH, .status = 200};
-    buf_init(&r.body);
-    size_t used = watch_consume(&r, data, len);
-    buf_free(&r.body);
-    if (used == len)
-        return 0;
-    errmsg_set(err, errlen, "%s", r.err[0] ? r.err : "out of memory");
-    return r.abort == OUT_EXPIRED ? -ESTALE : -EINVAL;
+    return k8s_watch_feed(k->watch, watch, data, len, err, errlen);
 }
 
 /*
@@ -962,19 +675,20 @@ int k8s_feed(struct k8s *k, bool watch, const char *data, size_t len, char *err,
 static int job_fetch(struct k8s *k, const struct job_entry *j, const char **cronjob, char *err,
                      size_t errlen)
 {
-    struct req r = {.k = k, .kind = REQ_GET};
-    struct buf url;
+    struct buf url, body;
     char *ns = curl_easy_escape(NULL, j->namespace ? j->namespace : "", 0);
     char *name = curl_easy_escape(NULL, j->name, 0);
     int rc = -1;
 
     *cronjob = NULL;
     buf_init(&url);
-    buf_init(&r.body);
-    buf_printf(&url, "%s/apis/batch/v1/namespaces/%s/jobs/%s", k->api_url, ns ? ns : "",
-               name ? name : "");
-    if (!url.oom && ns && name && http_get(k, k->job_multi, &r, url.data) == OUT_OK) {
-        json_t *job = json_loadb(r.body.data, r.body.len, 0, NULL);
+    buf_init(&body);
+    buf_printf(&url, "%s/apis/batch/v1/namespaces/%s/jobs/%s", k8s_watch_api_url(k->watch),
+               ns ? ns : "", name ? name : "");
+    if (url.oom || !ns || !name) {
+        errmsg_set(err, errlen, "out of memory");
+    } else if (k8s_watch_get(k->watch, url.data, K8S_JOB_MAX_BYTES, &body, err, errlen) == 0) {
+        json_t *job = json_loadb(body.data, body.len, 0, NULL);
         json_t *meta = json_object_get(job, "metadata"), *ref;
         const char *uid = json_str(meta, "uid");
         size_t i;
@@ -988,28 +702,28 @@ static int job_fetch(struct k8s *k, const struct job_entry *j, const char **cron
                     *cronjob = intern(owner);
             }
         } else {
-            snprintf(r.err, sizeof(r.err), "%s", job ? "another Job (UID differs)" : "not JSON");
+            errmsg_set(err, errlen, "GET %s: %s", url.data,
+                       job ? "another Job (UID differs)" : "not JSON");
         }
         json_decref(job);
     }
-    if (rc < 0)
-        errmsg_set(err, errlen, "GET %s: %s", url.data ? url.data : "",
-                   r.err[0] ? r.err : "out of memory");
     curl_free(ns);
     curl_free(name);
     buf_free(&url);
-    buf_free(&r.body);
+    buf_free(&body);
     return rc;
 }
 
 /*
  * Reads the Jobs that pods named and the cache does not know yet (at most
  * K8S_JOB_BATCH per call, so a watch is read between them). A Job that
- * cannot be read (gone, forbidden) leaves its pods' kind Job. Watch thread.
+ * cannot be read (gone, forbidden) leaves its pods' kind Job. Watch thread
+ * (the watch's tick).
  */
-static void jobs_resolve(struct k8s *k)
+static void jobs_resolve(void *ctx)
 {
-    for (int n = 0; n < K8S_JOB_BATCH && !atomic_load(&k->stop); n++) {
+    struct k8s *k = ctx;
+    for (int n = 0; n < K8S_JOB_BATCH && !k8s_watch_stopping(k->watch); n++) {
         struct job_entry want = {0};
         pthread_mutex_lock(&k->lock);
         for (uint32_t i = 0; i < k->jobs_cap && !want.uid; i++)
@@ -1022,14 +736,14 @@ static void jobs_resolve(struct k8s *k)
         const char *cronjob = NULL;
         char err[sizeof(k->stats.last_error)];
         int rc = job_fetch(k, &want, &cronjob, err, sizeof(err));
-        if (atomic_load(&k->stop))
+        if (k8s_watch_stopping(k->watch))
             return;
+        if (rc < 0)
+            k8s_watch_note_error(k->watch, err);
         pthread_mutex_lock(&k->lock);
         k->stats.job_lookups++;
-        if (rc < 0) {
+        if (rc < 0)
             k->stats.job_errors++;
-            snprintf(k->stats.last_error, sizeof(k->stats.last_error), "%s", err);
-        }
         struct job_entry *j = job_find(k, want.uid);
         if (j && !j->resolved) {
             j->cronjob = cronjob;
@@ -1039,163 +753,17 @@ static void jobs_resolve(struct k8s *k)
     }
 }
 
-static enum req_outcome do_list(struct k8s *k, char *err, size_t errlen)
-{
-    char cont[1024] = "";
-    enum req_outcome out;
-
-    k->list_gen++;
-    do {
-        struct req r = {.k = k, .kind = REQ_LIST};
-        struct buf url;
-        buf_init(&url);
-        buf_init(&r.body);
-        pods_url(k, &url);
-        buf_printf(&url, "limit=%d", K8S_LIST_PAGE);
-        if (cont[0]) {
-            char *c = curl_easy_escape(NULL, cont, 0);
-            buf_printf(&url, "&continue=%s", c ? c : "");
-            curl_free(c);
-        }
-        out = url.oom ? OUT_ERROR : http_get(k, k->multi, &r, url.data);
-        if (url.oom)
-            snprintf(r.err, sizeof(r.err), "out of memory");
-        cont[0] = '\0';
-        if (out == OUT_OK &&
-            list_apply(k, r.body.data, r.body.len, cont, sizeof(cont), r.err, sizeof(r.err)) < 0)
-            out = OUT_ERROR;
-        if (out != OUT_OK)
-            errmsg_set(err, errlen, "LIST %s: %s", url.data ? url.data : "", r.err);
-        buf_free(&url);
-        buf_free(&r.body);
-    } while (out == OUT_OK && cont[0]);
-
-    if (out != OUT_OK)
-        return out;
-    /* Pods the list no longer has were deleted while we were not watching. */
-    uint64_t now = clock_monotonic_ns();
-    pthread_mutex_lock(&k->lock);
-    for (uint32_t i = 0; i < k->cache.cap; i++) {
-        struct pod_entry *e = &k->cache.e[i];
-        if (e->used && !e->pod.deleted && e->list_gen != k->list_gen)
-            cache_mark_deleted(k, i, now);
-    }
-    cache_expire(k, now, false);
-    if (k->stats.lists++ > 0)
-        k->stats.relists++;
-    k->stats.connected = true;
-    pthread_mutex_unlock(&k->lock);
-    return OUT_OK;
-}
-
-static enum req_outcome do_watch(struct k8s *k, unsigned *events, char *err, size_t errlen)
-{
-    struct req r = {.k = k, .kind = REQ_WATCH};
-    struct buf url;
-    enum req_outcome out;
-
-    buf_init(&url);
-    buf_init(&r.body);
-    pods_url(k, &url);
-    buf_printf(&url, "watch=1&allowWatchBookmarks=true&resourceVersion=%s&timeoutSeconds=%u", k->rv,
-               k->watch_timeout_s);
-    out = url.oom ? OUT_ERROR : http_get(k, k->multi, &r, url.data);
-    *events = r.events;
-    if (out != OUT_OK && out != OUT_STOPPED)
-        errmsg_set(err, errlen, "WATCH %s: %s", url.data ? url.data : "", r.err);
-    buf_free(&url);
-    buf_free(&r.body);
-    return out;
-}
-
-/* Sleeps ms unless k8s_free() wakes us first. */
-static void pause_ms(struct k8s *k, unsigned ms)
-{
-    struct timespec ts = clock_deadline_ms(ms);
-    pthread_mutex_lock(&k->lock);
-    while (!atomic_load(&k->stop))
-        if (pthread_cond_timedwait(&k->wake, &k->lock, &ts) == ETIMEDOUT)
-            break;
-    pthread_mutex_unlock(&k->lock);
-}
-
-static void *watch_thread(void *arg)
-{
-    struct k8s *k = arg;
-    unsigned backoff = k->backoff_min_ms;
-    bool need_list = true;
-    char err[sizeof(k->stats.last_error)];
-
-    while (!atomic_load(&k->stop)) {
-        enum req_outcome out;
-        unsigned events = 0;
-        bool listing = need_list;
-        err[0] = '\0';
-        if (listing) {
-            out = do_list(k, err, sizeof(err));
-            if (out == OUT_OK)
-                jobs_resolve(k);
-        } else {
-            out = do_watch(k, &events, err, sizeof(err));
-            if (out == OUT_OK || out == OUT_EXPIRED || events > 0)
-                set_connected(k, true);
-        }
-        if (out == OUT_STOPPED)
-            break;
-        if (out == OUT_OK) {
-            need_list = false;
-            if (listing || events > 0) {
-                backoff = k->backoff_min_ms;
-                continue;
-            }
-            /* The server ended a watch without a single event (its timeout, or
-             * a proxy that cuts idle streams): re-watch, but never in a spin. */
-            pause_ms(k, k->backoff_min_ms);
-            continue;
-        }
-        if (out == OUT_EXPIRED) {
-            /* Expected when we fell behind: not an API error; re-list at once. */
-            pthread_mutex_lock(&k->lock);
-            snprintf(k->stats.last_error, sizeof(k->stats.last_error), "%s", err);
-            pthread_mutex_unlock(&k->lock);
-            need_list = true;
-            backoff = k->backoff_min_ms;
-            continue;
-        }
-        /* Re-watch from the same resourceVersion; if that is gone, the
-         * server answers 410 and we re-list then. */
-        if (events > 0)
-            backoff = k->backoff_min_ms;
-        set_error(k, err);
-        pause_ms(k, backoff);
-        backoff = backoff * 2 > k->backoff_max_ms ? k->backoff_max_ms : backoff * 2;
-    }
-    return NULL;
-}
+static const struct k8s_watch_ops pods_ops = {
+    .list_kind = "PodList",
+    .url = pods_url,
+    .list_begin = pods_list_begin,
+    .list_item = pods_list_item,
+    .list_end = pods_list_end,
+    .event = pods_event,
+    .tick = jobs_resolve,
+};
 
 /* ---- lifecycle ---- */
-
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_rc;
-static void curl_init(void)
-{
-    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
-static char *default_api_url(void)
-{
-    const char *host = getenv("KUBERNETES_SERVICE_HOST");
-    const char *port = getenv("KUBERNETES_SERVICE_PORT");
-    char *url = NULL;
-    if (!host || !*host)
-        return NULL;
-    if (!port || !*port)
-        port = "443";
-    /* IPv6 service addresses need brackets in a URL */
-    if (asprintf(&url, strchr(host, ':') ? "https://[%s]:%s" : "https://%s:%s", host, port) < 0)
-        return NULL;
-    return url;
-}
 
 struct k8s *k8s_new(const struct k8s_options *opts, int *err)
 {
@@ -1205,64 +773,37 @@ struct k8s *k8s_new(const struct k8s_options *opts, int *err)
 
     if (!k)
         goto fail;
-    pthread_once(&curl_once, curl_init);
-    if (curl_init_rc != CURLE_OK) {
-        rc = -EIO;
+    struct k8s_conn_options co = {.api_url = o.api_url,
+                                  .token_path = o.token_path,
+                                  .ca_path = o.ca_path,
+                                  .backoff_min_ms = o.backoff_min_ms,
+                                  .backoff_max_ms = o.backoff_max_ms,
+                                  .watch_timeout_s = o.watch_timeout_s,
+                                  .connect_timeout_ms = o.connect_timeout_ms};
+    k->watch = k8s_watch_new(&co, &pods_ops, k, &rc);
+    if (!k->watch)
         goto fail;
-    }
-    if (o.api_url && *o.api_url) {
-        size_t n = strlen(o.api_url);
-        if (strncmp(o.api_url, "http://", 7) != 0 && strncmp(o.api_url, "https://", 8) != 0) {
-            rc = -EINVAL;
-            goto fail;
-        }
-        while (n > 0 && o.api_url[n - 1] == '/')
-            n--;
-        k->api_url = strndup(o.api_url, n);
-    } else {
-        k->api_url = default_api_url();
-        if (!k->api_url)
-            snprintf(k->stats.last_error, sizeof(k->stats.last_error),
-                     "no API server: KUBERNETES_SERVICE_HOST is not set and no API URL given");
-    }
+    rc = -ENOMEM;
     const char *node = o.node_name ? o.node_name : getenv("NODE_NAME");
     k->node_name = node && *node ? intern(node) : NULL;
-    k->token_path = strdup(o.token_path ? o.token_path : K8S_TOKEN_PATH);
-    k->ca_path = strdup(o.ca_path ? o.ca_path : K8S_CA_PATH);
     k->tombstone_ttl_ns =
         (uint64_t)(o.tombstone_ttl_ms ? o.tombstone_ttl_ms : 300000u) * 1000000ull;
-    k->backoff_min_ms = o.backoff_min_ms ? o.backoff_min_ms : 250;
-    k->backoff_max_ms = o.backoff_max_ms ? o.backoff_max_ms : 30000;
-    if (k->backoff_max_ms < k->backoff_min_ms)
-        k->backoff_max_ms = k->backoff_min_ms;
-    k->watch_timeout_s = o.watch_timeout_s ? o.watch_timeout_s : 300;
-    k->connect_timeout_ms = o.connect_timeout_ms ? o.connect_timeout_ms : 5000;
-    if (!k->token_path || !k->ca_path || (node && *node && !k->node_name) ||
-        (o.api_url && *o.api_url && !k->api_url))
+    if (node && *node && !k->node_name)
         goto fail;
     if (cache_init(&k->cache, o.max_pods ? o.max_pods : K8S_MAX_PODS_DEFAULT) < 0)
         goto fail;
     k->jobs_cap = k->cache.cap;
     k->jobs = calloc(k->jobs_cap, sizeof(*k->jobs));
-    k->multi = curl_multi_init();
-    k->job_multi = curl_multi_init();
-    if (!k->jobs || !k->multi || !k->job_multi)
+    if (!k->jobs)
         goto fail;
     pthread_mutex_init(&k->lock, NULL);
-    clock_cond_init(&k->wake);
     return k;
 
 fail:
     if (k) {
-        if (k->multi)
-            curl_multi_cleanup(k->multi);
-        if (k->job_multi)
-            curl_multi_cleanup(k->job_multi);
+        k8s_watch_free(k->watch);
         free(k->jobs);
         cache_destroy(&k->cache);
-        free(k->api_url);
-        free(k->token_path);
-        free(k->ca_path);
         free(k);
     }
     if (err)
@@ -1272,39 +813,17 @@ fail:
 
 int k8s_start(struct k8s *k)
 {
-    int rc;
-    if (!k->api_url || k->started)
-        return 0;
-    rc = pthread_create(&k->thread, NULL, watch_thread, k);
-    if (rc)
-        return -rc;
-    pthread_setname_np(k->thread, "k8s-watch");
-    k->started = true;
-    return 0;
+    return k8s_watch_start(k->watch, "k8s-watch");
 }
 
 void k8s_free(struct k8s *k)
 {
     if (!k)
         return;
-    if (k->started) {
-        atomic_store(&k->stop, true);
-        curl_multi_wakeup(k->multi);
-        curl_multi_wakeup(k->job_multi);
-        pthread_mutex_lock(&k->lock);
-        pthread_cond_broadcast(&k->wake);
-        pthread_mutex_unlock(&k->lock);
-        pthread_join(k->thread, NULL);
-    }
-    curl_multi_cleanup(k->multi);
-    curl_multi_cleanup(k->job_multi);
-    pthread_cond_destroy(&k->wake);
+    k8s_watch_free(k->watch); /* joins the thread: no callback runs after this */
     pthread_mutex_destroy(&k->lock);
     cache_destroy(&k->cache);
     free(k->jobs);
-    free(k->api_url);
-    free(k->token_path);
-    free(k->ca_path);
     free(k);
 }
 
@@ -1316,12 +835,10 @@ const char *k8s_node_name(const struct k8s *k)
 /* The other end: a connection's destination, an accept's source, a close's other side. */
 static void enrich_peer(struct k8s *k, struct event *e)
 {
-    bool client = e->type == EVENT_CONNECTION ||
-                  (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT);
-    bool server =
-        e->type == EVENT_ACCEPT || (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_SERVER);
-    if (client || server)
-        k8s_peer_lookup(k, e->family, client ? e->daddr : e->saddr, &e->peer);
+    const uint8_t *addr;
+    uint16_t port;
+    if (peers_event_peer(e, &addr, &port))
+        k8s_peer_lookup(k, e->family, addr, &e->peer);
 }
 
 int k8s_enrich(struct k8s *k, struct cgroup_resolver *cg, struct event *e)

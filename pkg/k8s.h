@@ -33,9 +33,7 @@
 
 #include "cgroup.h"
 #include "event.h"
-
-#define K8S_TOKEN_PATH "/var/run/secrets/kubernetes.io/serviceaccount/token"
-#define K8S_CA_PATH    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+#include "k8s_watch.h" /* K8S_TOKEN_PATH, K8S_CA_PATH */
 
 struct k8s_options {
     /* NULL: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; with neither,

@@ -20,13 +20,22 @@
 #include "event.h"
 #include "flows.h"
 #include "http_server.h"
+#include "joins.h"
+#include "k8s_services.h"
 #include "nodes.h"
+#include "peers.h"
 #include "store.h"
 
 #define AGGREGATOR_REPLICA_ID_LEN 17 /* 16 hex chars + NUL */
 
 /* Most agent instances the node table tracks (each node restart is one more). */
 #define AGGREGATOR_MAX_INSTANCES 65536
+
+/* Services (and as many EndpointSlices) watched in Kubernetes mode. */
+#define AGGREGATOR_MAX_SERVICES 65536
+/* The ClusterIP join (Kubernetes mode): backends' accepts kept, connections held. */
+#define AGGREGATOR_JOIN_HALVES 65536
+#define AGGREGATOR_JOIN_HELD   65536
 
 struct cluster;
 struct api_pool;
@@ -58,6 +67,17 @@ struct aggregator_counters {
     uint64_t rejected[BUS_REJECT_COUNT];        /* whole messages, by reason */
     uint64_t rejected_events[BUS_REJECT_COUNT]; /* single events of accepted batches */
     uint64_t store_failed;
+    /* Pod announcements between replicas (ingest.c). */
+    uint64_t peer_announcements_sent;
+    uint64_t peer_announcements_failed; /* not published (NATS down): repeated later */
+    uint64_t peer_announcements_received;
+    uint64_t peer_announcements_rejected; /* malformed: counted and ignored */
+    uint64_t peer_pods_received;
+    /* The ClusterIP join's server halves between replicas (join.c). */
+    uint64_t join_halves_sent;
+    uint64_t join_halves_failed;
+    uint64_t join_halves_received;
+    uint64_t join_announcements_rejected;
 };
 
 struct aggregator {
@@ -68,11 +88,16 @@ struct aggregator {
     struct store *store;
     struct flows *flows; /* per-minute edges behind /api/flows (locks internally) */
     struct nodes *nodes;
+    struct peers *peers;           /* cluster-wide IP -> pod map (locks internally) */
+    struct k8s_services *services; /* Kubernetes mode: address -> Service; NULL on a VM */
+    struct joins *joins;           /* Kubernetes mode: the ClusterIP -> backend pod join */
     struct bus *bus;
     struct http_server *http;
     struct cluster *cluster;
 
     natsSubscription *ingest_sub;       /* queue subscription: this replica's share */
+    natsSubscription *peers_sub;        /* the other replicas' pod announcements */
+    natsSubscription *joins_sub;        /* the other replicas' server halves (join.c) */
     struct aggregator_gate ingest_gate; /* on_batch: the store and the node table */
 
     /* Plain subscription feeding SSE clients with every event (stream_lock). */
@@ -102,6 +127,22 @@ uint64_t ingest_bus_dropped(struct aggregator *a);
 uint64_t ingest_stream_dropped(struct aggregator *a);
 /* This replica's counters as one JSON object (for /api/stats gathering). */
 void ingest_counters_json(struct aggregator *a, struct buf *b);
+/* This replica's peer-naming series for /metrics. */
+void aggregator_peers_metrics(struct aggregator *a, struct buf *b);
+
+/*
+ * join.c: the ClusterIP -> backend pod join (no-ops without a->joins).
+ * join_batch() takes the server halves of events[0..n) and holds its client
+ * halves, compacting the array; returns how many events are left in it.
+ * join_release() stores what is done (main loop). join_on_message() applies
+ * another replica's halves. join_subscribe() subscribes cb to them.
+ */
+size_t join_batch(struct aggregator *a, struct event *events, size_t n, uint64_t now);
+void join_release(struct aggregator *a, uint64_t now);
+void join_on_message(struct aggregator *a, natsMsg *msg);
+int join_subscribe(struct aggregator *a, natsMsgHandler cb, char *err, size_t errlen);
+void join_stats_json(struct aggregator *a, struct buf *b);
+void join_metrics(struct aggregator *a, struct buf *b);
 
 /*
  * Closes an async subscription and waits (up to timeout_ms) until its

@@ -519,6 +519,9 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     api_json_set_u64(root, "store_failed", total_u64(t, "store_failed"));
     json_object_set(root, "history", hist);
     json_object_set(root, "flows", json_object_get(t, "flows"));
+    json_object_set(root, "peers", json_object_get(t, "peers"));
+    json_object_set(root, "services", json_object_get(t, "services"));
+    json_object_set(root, "joins", json_object_get(t, "joins"));
     api_json_set_u64(root, "evictions",
                      (uint64_t)sat_sum(json_integer_value(json_object_get(hist, "evicted_count")),
                                        json_integer_value(json_object_get(hist, "evicted_age"))));
@@ -649,6 +652,7 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                       "Flow buckets evicted by this replica, by limit.");
     api_metric_labelled(b, "ebpf_aggregator_flow_evicted_total", "reason", "full", fs.evicted_full);
     api_metric_labelled(b, "ebpf_aggregator_flow_evicted_total", "reason", "age", fs.evicted_age);
+    aggregator_peers_metrics(a, b);
     /* Per edge, this replica's share: sum over replicas in the monitoring system. */
     flows_series_metrics(a->flows, b);
     api_metric(b, "ebpf_aggregator_nats_connected", "gauge", "1 while connected to NATS.",

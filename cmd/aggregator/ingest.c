@@ -5,6 +5,14 @@
  * are connected, so every replica streams every event exactly once).
  *
  * A message that does not decode is counted by reason and skipped.
+ *
+ * Peers: the pods a batch's pod table names go into the cluster-wide IP ->
+ * pod map (pkg/peers.c) before its events are stored, and those new to the
+ * map, changed, or not announced for a while are announced to the other
+ * replicas on <CONTROL_SUBJECT>.<QUEUE_GROUP>.peers, so every replica knows
+ * every node's pods although each batch reaches only one of them. Then the
+ * events' peers are named from the map (only fields the agent left empty),
+ * so the history, /api/flows and the stream see the same names.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -24,6 +32,8 @@
  */
 #define INGEST_PENDING_MSGS  65536
 #define INGEST_PENDING_BYTES (128 << 20)
+
+#define PEERS_SUBJECT_LEN (2 * CONFIG_STR + 8)
 
 static void count(uint64_t *v, uint64_t d)
 {
@@ -85,6 +95,35 @@ void aggregator_gate_close(struct aggregator_gate *g)
     pthread_mutex_unlock(&g->lock);
 }
 
+static void peers_subject(struct aggregator *a, char *out, size_t len)
+{
+    snprintf(out, len, "%s.%s.peers", a->cfg.control_subject, a->cfg.queue_group);
+}
+
+/* Learns the batch's pods and announces the ones the other replicas need to hear about. */
+static void learn_pods(struct aggregator *a, const struct bus_batch *b, uint64_t now)
+{
+    struct peers_pod pods[PEERS_ANNOUNCE_MAX_PODS];
+    char subject[PEERS_SUBJECT_LEN];
+    size_t n = peers_pods_from_events(b->events, b->n, now, pods, PEERS_ANNOUNCE_MAX_PODS);
+    size_t due = 0;
+    struct buf m;
+
+    for (size_t i = 0; i < n; i++)
+        if (peers_observe(a->peers, &pods[i]) && due++ != i)
+            pods[due - 1] = pods[i];
+    if (due == 0)
+        return;
+    buf_init(&m);
+    peers_announce_write(&m, a->replica, pods, due);
+    peers_subject(a, subject, sizeof(subject));
+    if (!m.oom && natsConnection_Publish(bus_conn(a->bus), subject, m.data, (int)m.len) == NATS_OK)
+        count(&a->counters.peer_announcements_sent, 1);
+    else /* the claims are announced again within PEER_TTL/4 */
+        count(&a->counters.peer_announcements_failed, 1);
+    buf_free(&m);
+}
+
 static void ingest_batch(struct aggregator *a, natsMsg *msg)
 {
     struct bus_batch batch = {0};
@@ -103,15 +142,23 @@ static void ingest_batch(struct aggregator *a, natsMsg *msg)
         count(&a->counters.rejected_events[batch.events_reason], batch.meta.rejected_events);
         log_reject_events(a, msg, &batch, err);
     }
-    nodes_observe(a->nodes, &batch.meta, batch.n, clock_realtime_ns());
+    uint64_t now = clock_realtime_ns();
+    nodes_observe(a->nodes, &batch.meta, batch.n, now);
     count(&a->counters.batches, 1);
     count(&a->counters.events, batch.n);
+    learn_pods(a, &batch, now);
+    peers_enrich(a->peers, batch.events, batch.n, now, true);
+    if (a->services)
+        k8s_services_enrich(a->services, batch.events, batch.n, true);
+    for (size_t i = 0; i < batch.n; i++)
+        if (batch.events[i].type < EVENT_TYPE_COUNT)
+            count(&a->counters.events_by_type[batch.events[i].type], 1);
+    /* Connections to a ClusterIP wait for their backend (join.c); the rest go on. */
+    batch.n = join_batch(a, batch.events, batch.n, now);
     /* Before the store takes the events over. */
-    flows_add(a->flows, batch.events, batch.n, clock_realtime_ns());
+    flows_add(a->flows, batch.events, batch.n, now);
     for (size_t i = 0; i < batch.n; i++) {
         struct event *e = &batch.events[i];
-        if (e->type < EVENT_TYPE_COUNT)
-            count(&a->counters.events_by_type[e->type], 1);
         if (store_add_move(a->store, e) < 0)
             count(&a->counters.store_failed, 1);
     }
@@ -141,12 +188,57 @@ static void on_stream_batch(natsConnection *nc, natsSubscription *sub, natsMsg *
         /* The lock keeps a subscription being torn down from feeding a freed server. */
         pthread_mutex_lock(&a->stream_lock);
         if (a->stream_sub == sub && !a->stream_closed) {
+            /* Named as the ingesting replica names them (not counted twice). */
+            peers_enrich(a->peers, batch.events, batch.n, clock_realtime_ns(), false);
+            if (a->services)
+                k8s_services_enrich(a->services, batch.events, batch.n, false);
             for (size_t i = 0; i < batch.n; i++)
                 http_server_publish(a->http, &batch.events[i]);
         }
         pthread_mutex_unlock(&a->stream_lock);
     }
     bus_batch_free(&batch);
+    natsMsg_Destroy(msg);
+}
+
+/* Rejections are logged once and then every 1000th, as bad batches are. */
+static void on_peers(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct aggregator *a = closure;
+    struct peers_pod pods[PEERS_ANNOUNCE_MAX_PODS];
+    char replica[AGGREGATOR_REPLICA_ID_LEN], err[256];
+
+    if (aggregator_gate_enter(&a->ingest_gate)) {
+        int n =
+            peers_announce_parse(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), replica,
+                                 sizeof(replica), pods, PEERS_ANNOUNCE_MAX_PODS, err, sizeof(err));
+        if (n < 0) {
+            count(&a->counters.peer_announcements_rejected, 1);
+            uint64_t k = load(&a->counters.peer_announcements_rejected);
+            if (k == 1 || k % 1000 == 0)
+                fprintf(stderr,
+                        "ebpf-aggregator: ignored a malformed pod announcement on %s (%" PRIu64
+                        " so far): %s\n",
+                        natsMsg_GetSubject(msg), k, err);
+        } else if (strcmp(replica, a->replica) != 0) {
+            for (int i = 0; i < n; i++)
+                peers_observe(a->peers, &pods[i]);
+            count(&a->counters.peer_announcements_received, 1);
+            count(&a->counters.peer_pods_received, (uint64_t)n);
+        }
+        aggregator_gate_leave(&a->ingest_gate);
+    }
+    natsMsg_Destroy(msg);
+}
+
+static void on_joins(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct aggregator *a = closure;
+
+    if (aggregator_gate_enter(&a->ingest_gate)) {
+        join_on_message(a, msg);
+        aggregator_gate_leave(&a->ingest_gate);
+    }
     natsMsg_Destroy(msg);
 }
 
@@ -171,7 +263,18 @@ int ingest_start(struct aggregator *a, char *err, size_t errlen)
                    a->cfg.queue_group, natsStatus_GetText(s));
         return -EIO;
     }
-    return 0;
+    /* Every replica hears every announcement: a plain subscription. */
+    char psubject[PEERS_SUBJECT_LEN];
+    peers_subject(a, psubject, sizeof(psubject));
+    s = natsConnection_Subscribe(&a->peers_sub, bus_conn(a->bus), psubject, on_peers, a);
+    if (s == NATS_OK)
+        s = natsSubscription_SetPendingLimits(a->peers_sub, INGEST_PENDING_MSGS,
+                                              INGEST_PENDING_BYTES);
+    if (s != NATS_OK) {
+        errmsg_set(err, errlen, "subscribing to %s: %s", psubject, natsStatus_GetText(s));
+        return -EIO;
+    }
+    return join_subscribe(a, on_joins, err, errlen) < 0 ? -EIO : 0;
 }
 
 static void stream_unsubscribe_locked(struct aggregator *a)
@@ -294,6 +397,10 @@ void ingest_stop(struct aggregator *a, int timeout_ms)
 {
     /* Drain: stop receiving, but finish what is already queued for the callback. */
     aggregator_sub_close(a->ingest_sub, bus_conn(a->bus), true, timeout_ms, &a->ingest_gate);
+    aggregator_sub_close(a->peers_sub, bus_conn(a->bus), false, timeout_ms, &a->ingest_gate);
+    a->peers_sub = NULL;
+    aggregator_sub_close(a->joins_sub, bus_conn(a->bus), false, timeout_ms, &a->ingest_gate);
+    a->joins_sub = NULL;
     /* Whether or not it stopped: once this returns, no handler touches the store or nodes. */
     aggregator_gate_close(&a->ingest_gate);
     a->ingest_sub = NULL;
@@ -353,6 +460,87 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
     api_json_append(b, api_store_stats_json(&ss));
     buf_puts(b, ",\"flows\":");
     flows_stats_json(a->flows, b);
+    struct peers_stats ps;
+    peers_get_stats(a->peers, &ps);
+    buf_printf(b,
+               ",\"peers\":{\"entries\":%" PRIu64 ",\"capacity\":%" PRIu64 ",\"lookups\":%" PRIu64
+               ",\"hits\":%" PRIu64 ",\"misses\":%" PRIu64 ",\"ambiguous\":%" PRIu64
+               ",\"stale\":%" PRIu64 ",\"host_network\":%" PRIu64 ",\"evicted\":%" PRIu64
+               ",\"expired\":%" PRIu64 ",\"announcements_sent\":%" PRIu64
+               ",\"announcements_failed\":%" PRIu64 ",\"announcements_received\":%" PRIu64
+               ",\"announcements_rejected\":%" PRIu64 ",\"pods_received\":%" PRIu64 "}",
+               ps.entries, ps.capacity, ps.lookups, ps.results[PEERS_HIT], ps.results[PEERS_MISS],
+               ps.results[PEERS_AMBIGUOUS], ps.results[PEERS_STALE], ps.results[PEERS_HOST_NETWORK],
+               ps.evicted, ps.expired, load(&c->peer_announcements_sent),
+               load(&c->peer_announcements_failed), load(&c->peer_announcements_received),
+               load(&c->peer_announcements_rejected), load(&c->peer_pods_received));
+    struct k8s_services_stats ks = {0};
+    if (a->services)
+        k8s_services_get_stats(a->services, &ks);
+    buf_printf(b,
+               ",\"services\":{\"services\":%" PRIu64 ",\"endpoint_slices\":%" PRIu64
+               ",\"refused\":%" PRIu64 ",\"lookups\":%" PRIu64 ",\"cluster_ip\":%" PRIu64
+               ",\"backend\":%" PRIu64 ",\"ambiguous\":%" PRIu64 ",\"misses\":%" PRIu64
+               ",\"api_errors\":%" PRIu64 ",\"lists\":%" PRIu64 "}",
+               ks.services, ks.slices, ks.refused, ks.lookups, ks.results[K8S_SVC_CLUSTER_IP],
+               ks.results[K8S_SVC_BACKEND], ks.results[K8S_SVC_AMBIGUOUS], ks.results[K8S_SVC_MISS],
+               ks.services_watch.api_errors + ks.slices_watch.api_errors,
+               ks.services_watch.lists + ks.slices_watch.lists);
+    buf_puts(b, ",\"joins\":");
+    join_stats_json(a, b);
     buf_printf(b, ",\"uptime_seconds\":%.3f}",
                (double)(clock_monotonic_ns() - a->started_mono_ns) / 1e9);
+}
+
+void aggregator_peers_metrics(struct aggregator *a, struct buf *b)
+{
+    const struct aggregator_counters *c = &a->counters;
+    struct peers_stats ps;
+
+    peers_get_stats(a->peers, &ps);
+    api_metric(b, "ebpf_aggregator_peer_entries", "gauge",
+               "Pod addresses (IP, pod) this replica holds to name peers across nodes.",
+               ps.entries);
+    api_metric_header(b, "ebpf_aggregator_peer_lookups_total", "counter",
+                      "Peer addresses this replica looked up at ingest, by result.");
+    for (unsigned r = 0; r < PEERS_RESULT_COUNT; r++)
+        api_metric_labelled(b, "ebpf_aggregator_peer_lookups_total", "result", peers_result_name(r),
+                            ps.results[r]);
+    api_metric(b, "ebpf_aggregator_peer_evicted_total", "counter",
+               "Pod addresses evicted for room (PEER_MAX_PODS).", ps.evicted);
+    api_metric_header(b, "ebpf_aggregator_peer_announcements_total", "counter",
+                      "Pod announcements between replicas, by outcome.");
+    api_metric_labelled(b, "ebpf_aggregator_peer_announcements_total", "outcome", "sent",
+                        load(&c->peer_announcements_sent));
+    api_metric_labelled(b, "ebpf_aggregator_peer_announcements_total", "outcome", "failed",
+                        load(&c->peer_announcements_failed));
+    api_metric_labelled(b, "ebpf_aggregator_peer_announcements_total", "outcome", "received",
+                        load(&c->peer_announcements_received));
+    api_metric_labelled(b, "ebpf_aggregator_peer_announcements_total", "outcome", "rejected",
+                        load(&c->peer_announcements_rejected));
+
+    struct k8s_services_stats ks = {0};
+    if (a->services)
+        k8s_services_get_stats(a->services, &ks);
+    api_metric(b, "ebpf_aggregator_services", "gauge",
+               "Kubernetes Services this replica watches (0 outside Kubernetes).", ks.services);
+    api_metric(b, "ebpf_aggregator_endpoint_slices", "gauge",
+               "Kubernetes EndpointSlices this replica watches.", ks.slices);
+    api_metric_header(b, "ebpf_aggregator_service_lookups_total", "counter",
+                      "Peer addresses this replica matched against Services at ingest, by result.");
+    static const char *const svc_results[K8S_SVC_RESULT_COUNT] = {
+        [K8S_SVC_MISS] = "miss",
+        [K8S_SVC_CLUSTER_IP] = "cluster_ip",
+        [K8S_SVC_BACKEND] = "backend",
+        [K8S_SVC_AMBIGUOUS] = "ambiguous",
+    };
+    for (unsigned r = 0; r < K8S_SVC_RESULT_COUNT; r++)
+        api_metric_labelled(b, "ebpf_aggregator_service_lookups_total", "result", svc_results[r],
+                            ks.results[r]);
+    api_metric(b, "ebpf_aggregator_services_refused_total", "counter",
+               "Services and EndpointSlices not kept: over the bound.", ks.refused);
+    api_metric(b, "ebpf_aggregator_k8s_api_errors_total", "counter",
+               "Failed LIST/WATCH requests for Services and EndpointSlices.",
+               ks.services_watch.api_errors + ks.slices_watch.api_errors);
+    join_metrics(a, b);
 }

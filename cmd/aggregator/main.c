@@ -89,9 +89,31 @@ int main(int argc, char **argv)
     a.flows = flows_new(a.cfg.flow_retention_ns, a.cfg.flow_max_edges);
     if (a.flows)
         flows_series_enable(a.flows, a.cfg.flow_metrics_max_series, a.cfg.stale_after_ns);
-    if (!a.store || !a.nodes || !a.flows) {
+    a.peers = peers_new(a.cfg.peer_max_entries, a.cfg.peer_ttl_ns, a.cfg.peer_grace_ns);
+    if (!a.store || !a.nodes || !a.flows || !a.peers) {
         fprintf(stderr, "ebpf-aggregator: cannot allocate the event history\n");
         goto out;
+    }
+
+    if (a.cfg.deployment_mode == CONFIG_MODE_KUBERNETES) {
+        struct k8s_conn_options ko = {.api_url = a.cfg.k8s_api_url[0] ? a.cfg.k8s_api_url : NULL,
+                                      .token_path =
+                                          a.cfg.k8s_token_path[0] ? a.cfg.k8s_token_path : NULL,
+                                      .ca_path = a.cfg.k8s_ca_path[0] ? a.cfg.k8s_ca_path : NULL};
+        int kerr = 0;
+        a.services = k8s_services_new(&ko, AGGREGATOR_MAX_SERVICES, &kerr);
+        if (a.services)
+            kerr = k8s_services_start(a.services);
+        if (!a.services || kerr < 0) {
+            fprintf(stderr, "ebpf-aggregator: cannot watch Services (K8S_API_URL %s): %s\n",
+                    a.cfg.k8s_api_url[0] ? a.cfg.k8s_api_url : "in-cluster", strerror(-kerr));
+            goto out;
+        }
+        a.joins = joins_new(AGGREGATOR_JOIN_HALVES, AGGREGATOR_JOIN_HELD, a.cfg.join_window_ns);
+        if (!a.joins) {
+            fprintf(stderr, "ebpf-aggregator: cannot allocate the ClusterIP join tables\n");
+            goto out;
+        }
     }
 
     a.http = api_server_new(&a.cfg, err, sizeof(err));
@@ -138,6 +160,7 @@ int main(int argc, char **argv)
             flows_add(a.flows, NULL, 0, clock_realtime_ns()); /* expires old minutes */
             last_expire = now;
         }
+        join_release(&a, clock_realtime_ns());
     }
     fprintf(stderr, "ebpf-aggregator: %s received, leaving the cluster\n",
             stop_requested == SIGINT ? "SIGINT" : "SIGTERM");
@@ -148,6 +171,7 @@ out:
     cluster_leave(a.cluster);
     if (a.bus)
         ingest_stop(&a, AGGREGATOR_DRAIN_MS);
+    join_release(&a, UINT64_MAX); /* what is still held is stored unjoined */
     aggregator_api_stop(&a);
     if (a.http)
         http_server_free(a.http);
@@ -160,6 +184,9 @@ out:
     if (a.store)
         store_free(a.store);
     flows_free(a.flows);
+    peers_free(a.peers);
+    k8s_services_free(a.services);
+    joins_free(a.joins);
     pthread_mutex_destroy(&a.stream_lock);
     return rc;
 }

@@ -3,7 +3,8 @@
  * one core decodes and indexes, and how many bytes a stored event costs.
  *
  *   --inproc: the aggregator's ingest path (bus_message_decode, nodes_observe,
- *     store_add_move, as cmd/aggregator/ingest.c runs it) in this process on
+ *     learning the batch's pods and naming peers (pkg/peers), store_add_move,
+ *     as cmd/aggregator/ingest.c runs it) in this process on
  *     pre-encoded protobuf batches in the agent's format (with the per-batch pod table); CPU time
  * of that loop only, and the RSS growth of holding the events.
  *   --nats URL --http ADDR --pid PID: the same batches published as fast as
@@ -29,6 +30,7 @@
 #include "bus_message.h"
 #include "event_pb.h"
 #include "nodes.h"
+#include "peers.h"
 #include "store.h"
 
 #define BATCH    100
@@ -136,6 +138,9 @@ static int run_inproc(uint64_t nevents, const char *prefix)
     struct store_limits lim = {.max_events = nevents, .max_age_ns = 24ull * 3600 * 1000000000ull};
     struct store *st = store_new(&lim);
     struct nodes *nodes = nodes_new(65536);
+    struct peers *peers = peers_new(262144, 600 * 1000000000ull, 30 * 1000000000ull);
+    static struct peers_pod pods[PEERS_ANNOUNCE_MAX_PODS];
+    uint64_t cpu_peers = 0;
     struct chunk c;
     natsMsg **msgs = calloc(CHUNK / BATCH, sizeof(*msgs));
     uint64_t rng = 7, base = bench_now_ns() - nevents * BENCH_SPACING_NS - 1000000000ull;
@@ -160,7 +165,15 @@ static int run_inproc(uint64_t nevents, const char *prefix)
                 continue;
             }
             uint64_t t1 = bench_cpu_ns();
-            nodes_observe(nodes, &batch.meta, batch.n, bench_now_ns());
+            uint64_t now = bench_now_ns();
+            nodes_observe(nodes, &batch.meta, batch.n, now);
+            uint64_t tp = bench_cpu_ns();
+            size_t np =
+                peers_pods_from_events(batch.events, batch.n, now, pods, PEERS_ANNOUNCE_MAX_PODS);
+            for (size_t k = 0; k < np; k++)
+                peers_observe(peers, &pods[k]);
+            peers_enrich(peers, batch.events, batch.n, now, true);
+            cpu_peers += bench_cpu_ns() - tp;
             for (size_t i = 0; i < batch.n; i++)
                 if (store_add_move(st, &batch.events[i]) < 0)
                     stored_fail++;
@@ -183,6 +196,8 @@ static int run_inproc(uint64_t nevents, const char *prefix)
     bench_emit(name, (double)cpu_decode / (double)ss.events, "ns", NULL, 0);
     snprintf(name, sizeof(name), "%s.inproc.index_cpu_ns_per_event", prefix);
     bench_emit(name, (double)(cpu - cpu_decode) / (double)ss.events, "ns", NULL, 0);
+    snprintf(name, sizeof(name), "%s.inproc.peers_cpu_ns_per_event", prefix);
+    bench_emit(name, (double)cpu_peers / (double)ss.events, "ns", NULL, 0);
     snprintf(name, sizeof(name), "%s.inproc.stored", prefix);
     bench_emit(name, (double)ss.events, "events", NULL, 0);
     snprintf(name, sizeof(name), "%s.inproc.lost", prefix);
@@ -198,6 +213,7 @@ static int run_inproc(uint64_t nevents, const char *prefix)
         buf_free(&c.bodies[b]);
     }
     store_free(st);
+    peers_free(peers);
     nodes_free(nodes);
     return 0;
 }

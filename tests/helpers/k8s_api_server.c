@@ -27,6 +27,13 @@ struct kas_conn {
     char path[1024];
 };
 
+/* True when the request path (with its query) is of the collection path. */
+static bool of_collection(const char *req, const char *path)
+{
+    size_t n = strlen(path);
+    return strncmp(req, path, n) == 0 && (req[n] == '?' || req[n] == '\0');
+}
+
 static void send_all(struct kas_conn *c, const char *data, size_t len)
 {
     while (len > 0) {
@@ -119,18 +126,50 @@ void kas_set_list(struct kas *s, const char *body)
     pthread_mutex_unlock(&s->lock);
 }
 
+int kas_set_list_for(struct kas *s, const char *path, const char *body)
+{
+    char *b = strdup(body);
+    int rc = 0;
+    pthread_mutex_lock(&s->lock);
+    int i = 0;
+    while (i < s->ncoll && strcmp(s->coll_paths[i], path) != 0)
+        i++;
+    if (!b || (i == s->ncoll && i == KAS_MAX_COLLECTIONS)) {
+        rc = !b ? -ENOMEM : -ENOSPC;
+        free(b);
+    } else {
+        if (i == s->ncoll) {
+            s->coll_paths[s->ncoll++] = strdup(path);
+            s->coll_lists[i] = NULL;
+        }
+        free(s->coll_lists[i]);
+        s->coll_lists[i] = b;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
 int kas_push(struct kas *s, const char *type, unsigned long rv, const char *object)
 {
-    char *line = NULL;
-    if (asprintf(&line, "{\"type\":\"%s\",\"object\":%s}\n", type, object) < 0)
+    return kas_push_to(s, NULL, type, rv, object);
+}
+
+int kas_push_to(struct kas *s, const char *path, const char *type, unsigned long rv,
+                const char *object)
+{
+    char *line = NULL, *p = path ? strdup(path) : NULL;
+    if ((path && !p) || asprintf(&line, "{\"type\":\"%s\",\"object\":%s}\n", type, object) < 0) {
+        free(p);
         return -ENOMEM;
+    }
     pthread_mutex_lock(&s->lock);
     if (s->nevents == KAS_MAX_EVENTS) {
         pthread_mutex_unlock(&s->lock);
         free(line);
+        free(p);
         return -ENOSPC;
     }
-    s->events[s->nevents++] = (struct kas_event){.rv = rv, .line = line};
+    s->events[s->nevents++] = (struct kas_event){.rv = rv, .line = line, .path = p};
     pthread_cond_broadcast(&s->cond);
     pthread_mutex_unlock(&s->lock);
     return 0;
@@ -155,7 +194,8 @@ static void serve_watch(struct kas *s, struct kas_conn *c)
         pthread_mutex_lock(&s->lock);
         bool stop = s->stopping;
         for (; next < s->nevents; next++)
-            if (s->events[next].rv > from || (s->events[next].rv == 0 && next >= opened_at))
+            if ((!s->events[next].path || of_collection(c->path, s->events[next].path)) &&
+                (s->events[next].rv > from || (s->events[next].rv == 0 && next >= opened_at)))
                 lines[n++] = strdup(s->events[next].line);
         pthread_mutex_unlock(&s->lock);
         for (int i = 0; i < n; i++) {
@@ -179,7 +219,11 @@ void kas_serve_pods(struct kas *s, struct kas_conn *c, enum kas_req_kind kind, i
         return;
     }
     pthread_mutex_lock(&s->lock);
-    char *body = s->list_body ? strdup(s->list_body) : NULL;
+    const char *list = s->list_body;
+    for (int i = 0; i < s->ncoll; i++)
+        if (of_collection(c->path, s->coll_paths[i]))
+            list = s->coll_lists[i];
+    char *body = list ? strdup(list) : NULL;
     pthread_mutex_unlock(&s->lock);
     if (body)
         kas_respond(c, 200, "OK", body);
@@ -256,9 +300,14 @@ static void *conn_main(void *arg)
     }
     req[len] = '\0';
     sscanf(req, "GET %1023s", c->path);
-    enum kas_req_kind kind = strncmp(c->path, "/api/v1/pods?", 13) != 0 ? KAS_OTHER
-                             : strstr(c->path, "watch=1")               ? KAS_WATCH
-                                                                        : KAS_LIST;
+    pthread_mutex_lock(&s->lock);
+    bool collection = strncmp(c->path, "/api/v1/pods?", 13) == 0;
+    for (int i = 0; i < s->ncoll && !collection; i++)
+        collection = of_collection(c->path, s->coll_paths[i]) && strchr(c->path, '?');
+    pthread_mutex_unlock(&s->lock);
+    enum kas_req_kind kind = !collection                  ? KAS_OTHER
+                             : strstr(c->path, "watch=1") ? KAS_WATCH
+                                                          : KAS_LIST;
     int n = 0;
     pthread_mutex_lock(&s->lock);
     const char *auth = strcasestr(req, "\r\nAuthorization: ");
@@ -365,9 +414,16 @@ void kas_stop(struct kas *s)
     s->tls = NULL;
     free(s->list_body);
     s->list_body = NULL;
-    for (int i = 0; i < s->nevents; i++)
+    for (int i = 0; i < s->nevents; i++) {
         free(s->events[i].line);
+        free(s->events[i].path);
+    }
     s->nevents = 0;
+    for (int i = 0; i < s->ncoll; i++) {
+        free(s->coll_paths[i]);
+        free(s->coll_lists[i]);
+    }
+    s->ncoll = 0;
     for (int i = 0; i < s->nobjects; i++) {
         free(s->object_paths[i]);
         free(s->objects[i]);

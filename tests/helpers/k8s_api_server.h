@@ -35,7 +35,10 @@ typedef void (*kas_handler)(struct kas *s, struct kas_conn *c, enum kas_req_kind
 struct kas_event {
     unsigned long rv; /* the object's resourceVersion, for resuming watches */
     char *line;       /* {"type":...,"object":...} */
+    char *path;       /* kas_push_to's collection; NULL: every watch */
 };
+
+#define KAS_MAX_COLLECTIONS 4
 
 struct kas {
     int lfd, port;
@@ -59,6 +62,9 @@ struct kas {
     /* objects served by path (GET), and how many GETs of other paths came */
     char *object_paths[KAS_MAX_OBJECTS], *objects[KAS_MAX_OBJECTS];
     int nobjects, gets;
+    /* lists by collection path (kas_set_list_for), for LISTs of those paths */
+    char *coll_paths[KAS_MAX_COLLECTIONS], *coll_lists[KAS_MAX_COLLECTIONS];
+    int ncoll;
 };
 
 /* Starts on a free 127.0.0.1 port (s->port); tls NULL for plain HTTP (taken over). 0 or -errno. */
@@ -90,6 +96,17 @@ void kas_set_list(struct kas *s, const char *body);
  * open now, never to later ones. 0 or -errno.
  */
 int kas_push(struct kas *s, const char *type, unsigned long rv, const char *object);
+
+/*
+ * Other collections than pods (Services, EndpointSlices): once set, a GET of
+ * path?query (e.g. /api/v1/services?limit=500) is a LIST (or with watch=1 a
+ * WATCH) served by the handler as pods are: kas_serve_pods answers LISTs with
+ * body (copied) and sends kas_push_to() events only to watches of path.
+ * 0 or -errno.
+ */
+int kas_set_list_for(struct kas *s, const char *path, const char *body);
+int kas_push_to(struct kas *s, const char *path, const char *type, unsigned long rv,
+                const char *object);
 
 /* Serves body (copied) to GETs of path, e.g. /apis/batch/v1/namespaces/NS/jobs/NAME. 0 or -errno.
  */

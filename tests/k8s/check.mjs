@@ -634,10 +634,9 @@ function securityProblems(objs) {
     const hostPaths = spec.volumes.filter((v) => v.hostPath).map((v) => v.hostPath.path).sort();
     if (JSON.stringify(hostPaths) !== JSON.stringify(["/sys/fs/cgroup", "/sys/kernel/btf"])) p.push(`DaemonSet host paths ${hostPaths} are not exactly the cgroup fs and BTF`);
     if (spec.hostNetwork || spec.hostIPC) p.push("DaemonSet uses the host network or IPC namespace");
-    // The aggregator: non-root, read-only, no API token.
+    // The aggregator: non-root, read-only; its token only reads Services and EndpointSlices.
     const dep = find(objs, "Deployment", "ebpf-aggregator");
     const ps = dep.spec.template.spec;
-    if (ps.automountServiceAccountToken !== false) p.push("aggregator mounts a service account token");
     for (const c of containersOf(dep)) {
         const sc = { ...(ps.securityContext || {}), ...(c.securityContext || {}) };
         if (sc.runAsNonRoot !== true || !(sc.runAsUser > 0)) p.push(`aggregator container ${c.name} may run as root`);
@@ -646,24 +645,35 @@ function securityProblems(objs) {
         if (sc.capabilities?.add?.length) p.push(`aggregator container ${c.name} adds capabilities`);
     }
     // RBAC: the agent reads pods, and gets Jobs (a Job-owned pod's CronJob);
-    // nothing else is granted to anyone.
-    const granted = { "/pods": ["get", "list", "watch"], "batch/jobs": ["get"] };
+    // the aggregator reads Services and EndpointSlices; nothing else is
+    // granted to anyone.
+    const grantedTo = {
+        [ds.spec.template.spec.serviceAccountName]: { "/pods": ["get", "list", "watch"], "batch/jobs": ["get"] },
+        [ps.serviceAccountName]: { "/services": ["get", "list", "watch"], "discovery.k8s.io/endpointslices": ["get", "list", "watch"] },
+    };
     const roles = objs.filter((o) => o.kind === "ClusterRole" || o.kind === "Role");
     const bindings = objs.filter((o) => o.kind === "ClusterRoleBinding" || o.kind === "RoleBinding");
+    const bound = new Set();
     for (const b of bindings) {
-        for (const s of b.subjects || []) {
-            if (!(s.kind === "ServiceAccount" && s.name === ds.spec.template.spec.serviceAccountName)) p.push(`${b.kind}/${b.metadata.name} grants to ${s.kind}/${s.name}`);
-        }
         const role = roles.find((r) => r.kind === b.roleRef.kind && r.metadata.name === b.roleRef.name);
-        for (const rule of role?.rules || []) {
-            const wide = rule.apiGroups.some((g) => rule.resources.some((r) => rule.verbs.some((v) => !(granted[`${g}/${r}`] || []).includes(v))));
-            if (wide) p.push(`${role.kind}/${role.metadata.name} grants more than get/list/watch on pods and get on batch jobs: ${JSON.stringify(rule)}`);
-        }
         if (!role) p.push(`${b.kind}/${b.metadata.name} binds a role that is not in the manifests`);
+        for (const s of b.subjects || []) {
+            const granted = s.kind === "ServiceAccount" && s.namespace === "ebpf-system" ? grantedTo[s.name] : undefined;
+            if (!granted) {
+                p.push(`${b.kind}/${b.metadata.name} grants to ${s.kind}/${s.name}`);
+                continue;
+            }
+            bound.add(s.name);
+            for (const rule of role?.rules || []) {
+                const wide = rule.apiGroups.some((g) => rule.resources.some((r) => rule.verbs.some((v) => !(granted[`${g}/${r}`] || []).includes(v))));
+                if (wide) p.push(`${role.kind}/${role.metadata.name} grants ${s.name} more than get/list/watch on ${Object.keys(granted).join(", ")} (get only on batch/jobs): ${JSON.stringify(rule)}`);
+            }
+        }
     }
-    if (!bindings.length) p.push("the agent's ServiceAccount is not bound to a pod reader role");
+    if (!bound.has(ds.spec.template.spec.serviceAccountName)) p.push("the agent's ServiceAccount is not bound to a pod reader role");
+    if (!bound.has(ps.serviceAccountName)) p.push("the aggregator's ServiceAccount is not bound to a Service reader role");
     const aggSa = find(objs, "ServiceAccount", ps.serviceAccountName);
-    if (!aggSa || aggSa.automountServiceAccountToken !== false) p.push("aggregator ServiceAccount missing or automounts its token");
+    if (!aggSa) p.push("aggregator ServiceAccount missing");
     // NetworkPolicy: NATS's client port only from agents and aggregators
     // (and pods labelled for it); the aggregator API not open to the world.
     const natsPol = objs.find((o) => o.kind === "NetworkPolicy" && o.spec.podSelector?.matchLabels?.app === "nats");
@@ -1087,6 +1097,12 @@ checks.selftest = () => {
     o = clone();
     find(o, "ClusterRole", "ebpf-monitor").rules.find((r) => r.resources.includes("jobs")).verbs.push("list");
     expect(securityProblems(o).some((p) => /more than get\/list\/watch/.test(p)), "policy rejects listing Jobs");
+    o = clone();
+    find(o, "ClusterRole", "ebpf-aggregator").rules.push({ apiGroups: [""], resources: ["pods"], verbs: ["list"] });
+    expect(securityProblems(o).some((p) => /grants ebpf-aggregator more than/.test(p)), "policy rejects an aggregator that may list pods");
+    o = clone();
+    find(o, "ClusterRole", "ebpf-aggregator").rules[0].verbs.push("update");
+    expect(securityProblems(o).some((p) => /grants ebpf-aggregator more than/.test(p)), "policy rejects an aggregator that may update Services");
     o = clone();
     o.find((x) => x.kind === "NetworkPolicy" && x.metadata.name === "nats").spec.ingress[0].from.push({ namespaceSelector: {} });
     expect(securityProblems(o).some((p) => /NATS 4222/.test(p)), "policy rejects NATS open to other namespaces");

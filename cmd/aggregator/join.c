@@ -1,0 +1,212 @@
+/*
+ * The ClusterIP -> backend pod join at ingest (pkg/joins.c; Kubernetes mode
+ * only, as it needs the Services).
+ *
+ * - Server halves: an accept (or close as server) whose pod backs a Service
+ *   is a half: the client's address and port, and this pod. The ingesting
+ *   replica keeps it and announces it on <CONTROL_SUBJECT>.<QUEUE_GROUP>.joins,
+ *   so whichever replica holds the client half can join it.
+ * - Client halves: a connection (or close as client) to a ClusterIP on one
+ *   of its ports, whose peer pod is unknown, is held out of the batch (so
+ *   the history, the flows and the metrics see it joined) until its server
+ *   half arrives or JOIN_WINDOW passes; the main loop releases them.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "aggregator.h"
+#include "api.h"
+#include "clock.h"
+
+#define JOIN_SUBJECT_LEN (2 * CONFIG_STR + 8)
+#define RELEASE_CHUNK    256
+
+static void count(uint64_t *v, uint64_t d)
+{
+    __atomic_fetch_add(v, d, __ATOMIC_RELAXED);
+}
+
+static uint64_t load(const uint64_t *v)
+{
+    return __atomic_load_n(v, __ATOMIC_RELAXED);
+}
+
+static void join_subject(struct aggregator *a, char *out, size_t len)
+{
+    snprintf(out, len, "%s.%s.joins", a->cfg.control_subject, a->cfg.queue_group);
+}
+
+/* An accept (or server close) of a pod that backs a Service: the half it makes. */
+static bool server_half(struct aggregator *a, const struct event *e, uint64_t now,
+                        struct joins_half *h)
+{
+    bool server =
+        e->type == EVENT_ACCEPT || (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_SERVER);
+    const char *svc = NULL;
+    if (!server || !e->k8s.pod_name || !joins_event_key(e, &h->key) ||
+        k8s_services_lookup(a->services, e->family, e->daddr, e->dport, e->protocol, &svc) !=
+            K8S_SVC_BACKEND)
+        return false;
+    h->ts_ns = now;
+    h->backend = (struct event_peer){.pod = e->k8s.pod_name,
+                                     .namespace = e->k8s.namespace,
+                                     .workload = e->k8s.workload,
+                                     .workload_kind = e->k8s.workload_kind,
+                                     .node = e->k8s.node_name ? e->k8s.node_name : e->node};
+    return true;
+}
+
+/* A connection (or client close) to a ClusterIP whose backend is not named yet. */
+static bool client_half(struct aggregator *a, const struct event *e)
+{
+    bool client = e->type == EVENT_CONNECTION ||
+                  (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT);
+    const char *svc = NULL;
+    struct joins_key k;
+    return client && !e->peer.pod && joins_event_key(e, &k) &&
+           k8s_services_lookup(a->services, e->family, e->daddr, e->dport, e->protocol, &svc) ==
+               K8S_SVC_CLUSTER_IP;
+}
+
+static void announce(struct aggregator *a, const struct joins_half *h, size_t n)
+{
+    char subject[JOIN_SUBJECT_LEN];
+    struct buf m;
+
+    buf_init(&m);
+    joins_announce_write(&m, a->replica, h, n);
+    join_subject(a, subject, sizeof(subject));
+    if (!m.oom && natsConnection_Publish(bus_conn(a->bus), subject, m.data, (int)m.len) == NATS_OK)
+        count(&a->counters.join_halves_sent, n);
+    else /* those client halves stay unjoined (no_server_half), counted there too */
+        count(&a->counters.join_halves_failed, n);
+    buf_free(&m);
+}
+
+size_t join_batch(struct aggregator *a, struct event *events, size_t n, uint64_t now)
+{
+    static __thread struct joins_half halves[JOINS_ANNOUNCE_MAX];
+    size_t nh = 0, kept = 0;
+
+    if (!a->joins)
+        return n;
+    for (size_t i = 0; i < n; i++) {
+        struct event *e = &events[i];
+        if (server_half(a, e, now, &halves[nh])) {
+            joins_add_half(a->joins, &halves[nh], now);
+            if (++nh == JOINS_ANNOUNCE_MAX) {
+                announce(a, halves, nh);
+                nh = 0;
+            }
+        }
+        if (client_half(a, e) && joins_hold(a->joins, e, now))
+            continue; /* moved out: the main loop stores it when released */
+        if (kept != i)
+            events[kept] = *e; /* a move: slot i is past the batch's new end */
+        kept++;
+    }
+    if (nh > 0)
+        announce(a, halves, nh);
+    return kept;
+}
+
+void join_release(struct aggregator *a, uint64_t now)
+{
+    struct event out[RELEASE_CHUNK];
+    size_t n;
+
+    if (!a->joins)
+        return;
+    while ((n = joins_release(a->joins, now, out, RELEASE_CHUNK)) > 0) {
+        flows_add(a->flows, out, n, now);
+        for (size_t i = 0; i < n; i++)
+            if (store_add_move(a->store, &out[i]) < 0) {
+                count(&a->counters.store_failed, 1);
+                event_clear(&out[i]);
+            }
+    }
+}
+
+void join_on_message(struct aggregator *a, natsMsg *msg)
+{
+    static __thread struct joins_half halves[JOINS_ANNOUNCE_MAX];
+    char replica[AGGREGATOR_REPLICA_ID_LEN], err[256];
+
+    int n = joins_announce_parse(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), replica,
+                                 sizeof(replica), halves, JOINS_ANNOUNCE_MAX, err, sizeof(err));
+    if (n < 0) {
+        count(&a->counters.join_announcements_rejected, 1);
+        uint64_t k = load(&a->counters.join_announcements_rejected);
+        if (k == 1 || k % 1000 == 0)
+            fprintf(stderr,
+                    "ebpf-aggregator: ignored a malformed join announcement on %s (%" PRIu64
+                    " so far): %s\n",
+                    natsMsg_GetSubject(msg), k, err);
+        return;
+    }
+    if (strcmp(replica, a->replica) == 0)
+        return;
+    uint64_t now = clock_realtime_ns();
+    for (int i = 0; i < n; i++)
+        joins_add_half(a->joins, &halves[i], now);
+    count(&a->counters.join_halves_received, (uint64_t)n);
+}
+
+int join_subscribe(struct aggregator *a, natsMsgHandler cb, char *err, size_t errlen)
+{
+    char subject[JOIN_SUBJECT_LEN];
+
+    if (!a->joins)
+        return 0;
+    join_subject(a, subject, sizeof(subject));
+    natsStatus s = natsConnection_Subscribe(&a->joins_sub, bus_conn(a->bus), subject, cb, a);
+    if (s == NATS_OK)
+        s = natsSubscription_SetPendingLimits(a->joins_sub, 65536, 128 << 20);
+    if (s != NATS_OK) {
+        snprintf(err, errlen, "subscribing to %s: %s", subject, natsStatus_GetText(s));
+        return -1;
+    }
+    return 0;
+}
+
+void join_stats_json(struct aggregator *a, struct buf *b)
+{
+    const struct aggregator_counters *c = &a->counters;
+    struct joins_stats js = {0};
+
+    if (a->joins)
+        joins_get_stats(a->joins, &js);
+    buf_printf(b,
+               "{\"held\":%" PRIu64 ",\"halves\":%" PRIu64 ",\"joined\":%" PRIu64
+               ",\"unjoined\":{\"%s\":%" PRIu64 ",\"%s\":%" PRIu64 ",\"%s\":%" PRIu64
+               "},\"halves_evicted\":%" PRIu64 ",\"halves_sent\":%" PRIu64
+               ",\"halves_failed\":%" PRIu64 ",\"halves_received\":%" PRIu64
+               ",\"announcements_rejected\":%" PRIu64 "}",
+               js.held, js.halves, js.joined, joins_unjoined_name(JOINS_NO_SERVER_HALF),
+               js.unjoined[JOINS_NO_SERVER_HALF], joins_unjoined_name(JOINS_SEVERAL),
+               js.unjoined[JOINS_SEVERAL], joins_unjoined_name(JOINS_HELD_FULL),
+               js.unjoined[JOINS_HELD_FULL], js.halves_evicted, load(&c->join_halves_sent),
+               load(&c->join_halves_failed), load(&c->join_halves_received),
+               load(&c->join_announcements_rejected));
+}
+
+void join_metrics(struct aggregator *a, struct buf *b)
+{
+    struct joins_stats js = {0};
+
+    if (a->joins)
+        joins_get_stats(a->joins, &js);
+    api_metric(b, "ebpf_aggregator_join_held", "gauge",
+               "Connections to a ClusterIP held for their backend's accept (JOIN_WINDOW).",
+               js.held);
+    api_metric_header(b, "ebpf_aggregator_join_total", "counter",
+                      "Connections to a ClusterIP released by this replica, by outcome.");
+    api_metric_labelled(b, "ebpf_aggregator_join_total", "result", "joined", js.joined);
+    for (unsigned r = 0; r < JOINS_UNJOINED_COUNT; r++)
+        api_metric_labelled(b, "ebpf_aggregator_join_total", "result", joins_unjoined_name(r),
+                            js.unjoined[r]);
+    api_metric(b, "ebpf_aggregator_join_halves_evicted_total", "counter",
+               "Backends' accepts dropped from the join table before their window ended.",
+               js.halves_evicted);
+}

@@ -1,0 +1,638 @@
+/*
+ * The cluster-wide IP -> pod map (see peers.h for the lifetime rules).
+ *
+ * Claims live in one preallocated pool, chained per address in a hash table
+ * twice the pool's size, and on an LRU list by last observation, so the
+ * bound is a pool index and eviction is O(1). Stale claims are removed when
+ * a lookup or observation walks past them ttl after their grace ended.
+ */
+#include "peers.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "errmsg.h"
+#include "intern.h"
+
+#define NIL 0u /* pool links are index + 1 */
+
+struct claim {
+    uint8_t ip[16];
+    uint8_t family;
+    bool host_network;
+    const char *node, *namespace, *pod, *uid, *workload, *workload_kind;
+    uint64_t first_seen, last_seen;
+    uint64_t ended;     /* when a newer pod on the same node took the address; 0 = not */
+    uint64_t announced; /* last announcement of this claim by any replica */
+    uint32_t next;      /* bucket chain, or free list */
+    uint32_t lru_prev, lru_next;
+};
+
+struct peers {
+    pthread_mutex_t lock;
+    uint64_t ttl_ns, grace_ns;
+    uint32_t max;
+    struct claim *pool; /* pool[i] is link i + 1 */
+    uint32_t *buckets;
+    uint32_t mask;
+    uint32_t free_head;
+    uint32_t lru_head, lru_tail; /* head: most recently observed */
+    struct peers_stats st;
+};
+
+static const char *const result_names[PEERS_RESULT_COUNT] = {
+    [PEERS_MISS] = "miss",
+    [PEERS_HIT] = "hit",
+    [PEERS_AMBIGUOUS] = "ambiguous",
+    [PEERS_STALE] = "stale",
+    [PEERS_HOST_NETWORK] = "host_network",
+};
+
+const char *peers_result_name(enum peers_result r)
+{
+    return (unsigned)r < PEERS_RESULT_COUNT ? result_names[r] : NULL;
+}
+
+static struct claim *at(struct peers *p, uint32_t link)
+{
+    return link == NIL ? NULL : &p->pool[link - 1];
+}
+
+static uint32_t link_of(struct peers *p, const struct claim *c)
+{
+    return (uint32_t)(c - p->pool) + 1;
+}
+
+/* IPv4 uses the first 4 bytes; the rest must not change the key. */
+static size_t addr_len(unsigned family)
+{
+    return family == EVENT_FAMILY_IPV4 ? 4 : 16;
+}
+
+static uint32_t bucket_of(const struct peers *p, unsigned family, const uint8_t ip[16])
+{
+    uint64_t lo = 0, hi = 0;
+    memcpy(&lo, ip, 8);
+    if (family == EVENT_FAMILY_IPV6)
+        memcpy(&hi, ip + 8, 8);
+    else
+        lo &= 0xffffffffu;
+    uint64_t h = (lo ^ (hi * 0x9e3779b97f4a7c15ull) ^ family) * 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return (uint32_t)h & p->mask;
+}
+
+struct peers *peers_new(uint32_t max_entries, uint64_t ttl_ns, uint64_t grace_ns)
+{
+    struct peers *p = calloc(1, sizeof(*p));
+    uint32_t nb = 2;
+
+    if (!p || max_entries == 0 || max_entries > (1u << 30)) {
+        free(p);
+        return NULL;
+    }
+    while (nb < 2 * (uint64_t)max_entries)
+        nb <<= 1;
+    p->pool = calloc(max_entries, sizeof(*p->pool));
+    p->buckets = calloc(nb, sizeof(*p->buckets));
+    if (!p->pool || !p->buckets) {
+        peers_free(p);
+        return NULL;
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    p->mask = nb - 1;
+    p->max = max_entries;
+    p->ttl_ns = ttl_ns;
+    p->grace_ns = grace_ns;
+    p->st.capacity = max_entries;
+    for (uint32_t i = 0; i < max_entries; i++)
+        p->pool[i].next = i + 2 <= max_entries ? i + 2 : NIL;
+    p->free_head = 1;
+    return p;
+}
+
+void peers_free(struct peers *p)
+{
+    if (!p)
+        return;
+    if (p->pool && p->buckets)
+        pthread_mutex_destroy(&p->lock);
+    free(p->pool);
+    free(p->buckets);
+    free(p);
+}
+
+/* ---- pool, chains and LRU ---- */
+
+static void lru_unlink(struct peers *p, struct claim *c)
+{
+    if (c->lru_prev)
+        at(p, c->lru_prev)->lru_next = c->lru_next;
+    else
+        p->lru_head = c->lru_next;
+    if (c->lru_next)
+        at(p, c->lru_next)->lru_prev = c->lru_prev;
+    else
+        p->lru_tail = c->lru_prev;
+    c->lru_prev = c->lru_next = NIL;
+}
+
+static void lru_push_head(struct peers *p, struct claim *c)
+{
+    uint32_t l = link_of(p, c);
+    c->lru_prev = NIL;
+    c->lru_next = p->lru_head;
+    if (p->lru_head)
+        at(p, p->lru_head)->lru_prev = l;
+    else
+        p->lru_tail = l;
+    p->lru_head = l;
+}
+
+/* Unlinks c from its chain (walking from its bucket) and the LRU, and frees it. */
+static void claim_remove(struct peers *p, struct claim *c)
+{
+    uint32_t l = link_of(p, c);
+    uint32_t *pp = &p->buckets[bucket_of(p, c->family, c->ip)];
+    while (*pp != NIL && *pp != l)
+        pp = &at(p, *pp)->next;
+    if (*pp == l)
+        *pp = c->next;
+    lru_unlink(p, c);
+    memset(c, 0, sizeof(*c));
+    c->next = p->free_head;
+    p->free_head = l;
+    p->st.entries--;
+}
+
+static struct claim *claim_alloc(struct peers *p)
+{
+    if (p->free_head == NIL) {
+        claim_remove(p, at(p, p->lru_tail)); /* max >= 1: the tail exists */
+        p->st.evicted++;
+    }
+    struct claim *c = at(p, p->free_head);
+    p->free_head = c->next;
+    c->next = NIL;
+    p->st.entries++;
+    return c;
+}
+
+/* ---- lifetime ---- */
+
+/* When the claim stopped being alive: taken over, or its node stopped reporting it. */
+static uint64_t claim_end(const struct peers *p, const struct claim *c)
+{
+    uint64_t quiet = c->last_seen + p->ttl_ns;
+    return c->ended && c->ended < quiet ? c->ended : quiet;
+}
+
+static bool claim_valid(const struct peers *p, const struct claim *c, uint64_t now)
+{
+    return now <= claim_end(p, c) + p->grace_ns;
+}
+
+/* Long past validity: nothing left to report about it. */
+static bool claim_expired(const struct peers *p, const struct claim *c, uint64_t now)
+{
+    return now > claim_end(p, c) + p->grace_ns + p->ttl_ns;
+}
+
+static void claim_end_at(struct claim *c, uint64_t t)
+{
+    if (c->ended == 0 || t < c->ended)
+        c->ended = t;
+}
+
+static bool same_addr(const struct claim *c, unsigned family, const uint8_t ip[16])
+{
+    return c->family == family && memcmp(c->ip, ip, addr_len(family)) == 0;
+}
+
+static bool same_pod(const struct claim *c, const struct peers_pod *pod)
+{
+    return c->node == pod->node && c->namespace == pod->namespace && c->pod == pod->pod &&
+           c->uid == pod->uid;
+}
+
+/* ---- observing ---- */
+
+/* One address of pod; true when the claim is new or changed. */
+static bool observe_ip(struct peers *p, const struct peers_pod *pod, unsigned family,
+                       const uint8_t ip[16], bool *due)
+{
+    uint32_t b = bucket_of(p, family, ip);
+    struct claim *c = NULL;
+    bool changed = false;
+
+    for (struct claim *o = at(p, p->buckets[b]); o; o = at(p, o->next))
+        if (same_addr(o, family, ip) && same_pod(o, pod)) {
+            c = o;
+            break;
+        }
+    if (c == NULL) {
+        c = claim_alloc(p);
+        memcpy(c->ip, ip, addr_len(family));
+        c->family = family;
+        c->node = pod->node;
+        c->namespace = pod->namespace;
+        c->pod = pod->pod;
+        c->uid = pod->uid;
+        c->first_seen = c->last_seen = pod->seen_ns;
+        c->next = p->buckets[b];
+        p->buckets[b] = link_of(p, c);
+        changed = true;
+    } else {
+        lru_unlink(p, c);
+        if (pod->seen_ns < c->first_seen)
+            c->first_seen = pod->seen_ns;
+        if (pod->seen_ns > c->last_seen)
+            c->last_seen = pod->seen_ns;
+    }
+    lru_push_head(p, c);
+    if (c->workload != pod->workload || c->workload_kind != pod->workload_kind ||
+        c->host_network != pod->host_network) {
+        c->workload = pod->workload;
+        c->workload_kind = pod->workload_kind;
+        c->host_network = pod->host_network;
+        changed = true;
+    }
+    /* A node never holds two live pods with one address: the newer one ends the older. */
+    for (struct claim *o = at(p, p->buckets[b]); o; o = at(p, o->next)) {
+        if (o == c || !same_addr(o, family, ip) || o->node != c->node || o->host_network ||
+            c->host_network)
+            continue;
+        if (o->first_seen < c->first_seen)
+            claim_end_at(o, c->first_seen);
+        else if (c->first_seen < o->first_seen)
+            claim_end_at(c, o->first_seen);
+    }
+    if (changed || c->announced + p->ttl_ns / 4 <= pod->seen_ns)
+        *due = true;
+    return changed;
+}
+
+bool peers_observe(struct peers *p, const struct peers_pod *pod)
+{
+    bool due = false;
+
+    if (!pod->node || !pod->namespace || !pod->pod)
+        return false;
+    pthread_mutex_lock(&p->lock);
+    for (unsigned i = 0; i < pod->n_ips && i < PEERS_POD_MAX_IPS; i++)
+        if (pod->family[i] == EVENT_FAMILY_IPV4 || pod->family[i] == EVENT_FAMILY_IPV6)
+            observe_ip(p, pod, pod->family[i], pod->ip[i], &due);
+    if (due) {
+        /* The caller announces it now; a replica applying it notes the same. */
+        for (unsigned i = 0; i < pod->n_ips && i < PEERS_POD_MAX_IPS; i++) {
+            uint32_t b = bucket_of(p, pod->family[i], pod->ip[i]);
+            for (struct claim *o = at(p, p->buckets[b]); o; o = at(p, o->next))
+                if (same_addr(o, pod->family[i], pod->ip[i]) && same_pod(o, pod) &&
+                    o->announced < pod->seen_ns)
+                    o->announced = pod->seen_ns;
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    return due;
+}
+
+/* ---- looking up ---- */
+
+static enum peers_result lookup_locked(struct peers *p, unsigned family, const uint8_t addr[16],
+                                       uint64_t now, struct event_peer *out)
+{
+    uint32_t *pp = &p->buckets[bucket_of(p, family, addr)];
+    const struct claim *named = NULL;
+    unsigned valid = 0;
+    bool stale = false, host = false;
+
+    while (*pp != NIL) {
+        struct claim *c = at(p, *pp);
+        if (!same_addr(c, family, addr)) {
+            pp = &c->next;
+            continue;
+        }
+        if (claim_expired(p, c, now)) {
+            claim_remove(p, c); /* *pp now links the next one */
+            p->st.expired++;
+            stale = true;
+            continue;
+        }
+        pp = &c->next;
+        if (!claim_valid(p, c, now))
+            stale = true;
+        else if (c->host_network)
+            host = true;
+        else {
+            valid++;
+            named = c;
+        }
+    }
+    if (host)
+        return PEERS_HOST_NETWORK;
+    if (valid > 1)
+        return PEERS_AMBIGUOUS;
+    if (valid == 1) {
+        if (out) {
+            out->pod = named->pod;
+            out->namespace = named->namespace;
+            out->workload = named->workload;
+            out->workload_kind = named->workload_kind;
+            out->node = named->node;
+        }
+        return PEERS_HIT;
+    }
+    return stale ? PEERS_STALE : PEERS_MISS;
+}
+
+enum peers_result peers_lookup(struct peers *p, unsigned family, const uint8_t addr[16],
+                               uint64_t now, struct event_peer *out)
+{
+    struct event_peer found = {0};
+
+    if (family != EVENT_FAMILY_IPV4 && family != EVENT_FAMILY_IPV6)
+        return PEERS_MISS;
+    pthread_mutex_lock(&p->lock);
+    enum peers_result r = lookup_locked(p, family, addr, now, &found);
+    p->st.lookups++;
+    p->st.results[r]++;
+    pthread_mutex_unlock(&p->lock);
+    if (r == PEERS_HIT && out)
+        *out = found;
+    return r;
+}
+
+/* Fills only what is empty: the agent's own answer always stands. */
+void peers_fill(struct event_peer *dst, const struct event_peer *src)
+{
+    if (!dst->pod)
+        dst->pod = src->pod;
+    if (!dst->namespace)
+        dst->namespace = src->namespace;
+    if (!dst->workload)
+        dst->workload = src->workload;
+    if (!dst->workload_kind)
+        dst->workload_kind = src->workload_kind;
+    if (!dst->node)
+        dst->node = src->node;
+}
+
+bool peers_event_peer(const struct event *e, const uint8_t **addr, uint16_t *port)
+{
+    bool client = e->type == EVENT_CONNECTION ||
+                  (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT);
+    bool server =
+        e->type == EVENT_ACCEPT || (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_SERVER);
+    if (!client && !server)
+        return false;
+    *addr = client ? e->daddr : e->saddr;
+    *port = client ? e->dport : e->sport;
+    return true;
+}
+
+void peers_enrich(struct peers *p, struct event *events, size_t n, uint64_t now, bool count)
+{
+    pthread_mutex_lock(&p->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct event *e = &events[i];
+        const uint8_t *addr;
+        uint16_t port;
+        if (!peers_event_peer(e, &addr, &port) || e->peer.pod != NULL ||
+            (e->family != EVENT_FAMILY_IPV4 && e->family != EVENT_FAMILY_IPV6))
+            continue;
+        struct event_peer found = {0};
+        enum peers_result r = lookup_locked(p, e->family, addr, now, &found);
+        if (r == PEERS_HIT)
+            peers_fill(&e->peer, &found);
+        if (count) {
+            p->st.lookups++;
+            p->st.results[r]++;
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* ---- pods from events ---- */
+
+/* Parses "10.0.0.1,fd00::1" into pod's addresses; false when none parses. */
+static bool pod_ips_parse(struct peers_pod *pod, const char *text)
+{
+    char one[INET6_ADDRSTRLEN + 1];
+
+    pod->n_ips = 0;
+    while (text && *text && pod->n_ips < PEERS_POD_MAX_IPS) {
+        const char *end = strchr(text, ',');
+        size_t len = end ? (size_t)(end - text) : strlen(text);
+        if (len > 0 && len < sizeof(one)) {
+            memcpy(one, text, len);
+            one[len] = '\0';
+            uint8_t *ip = pod->ip[pod->n_ips];
+            memset(ip, 0, 16);
+            if (inet_pton(AF_INET, one, ip) == 1)
+                pod->family[pod->n_ips++] = EVENT_FAMILY_IPV4;
+            else if (inet_pton(AF_INET6, one, ip) == 1)
+                pod->family[pod->n_ips++] = EVENT_FAMILY_IPV6;
+        }
+        text = end ? end + 1 : NULL;
+    }
+    return pod->n_ips > 0;
+}
+
+static bool pod_same_attr(const struct peers_pod *pod, const struct event *e, const char *node)
+{
+    return pod->pod == e->k8s.pod_name && pod->namespace == e->k8s.namespace &&
+           pod->uid == e->k8s.pod_uid && pod->node == node;
+}
+
+#define POD_SLOTS 512 /* a power of two above PEERS_ANNOUNCE_MAX_PODS */
+
+size_t peers_pods_from_events(const struct event *events, size_t n, uint64_t seen_ns,
+                              struct peers_pod *out, size_t max)
+{
+    uint16_t slot[POD_SLOTS] = {0}; /* 1-based index into out, by pod name pointer */
+    size_t got = 0;
+
+    if (max > PEERS_ANNOUNCE_MAX_PODS)
+        max = PEERS_ANNOUNCE_MAX_PODS;
+    for (size_t i = 0; i < n; i++) {
+        const struct event *e = &events[i];
+        const char *node = e->k8s.node_name ? e->k8s.node_name : e->node;
+        if (!e->k8s.pod_name || !e->k8s.namespace || !node || !e->k8s.ips)
+            continue;
+        /* Interned: the same pod has the same pointers. */
+        unsigned h = (unsigned)(((uintptr_t)e->k8s.pod_name * 0x9e3779b97f4a7c15ull) >> 55);
+        bool seen = false;
+        for (;; h = (h + 1) & (POD_SLOTS - 1)) {
+            if (slot[h] == 0 || (seen = pod_same_attr(&out[slot[h] - 1], e, node)))
+                break;
+        }
+        if (seen || got == max)
+            continue;
+        struct peers_pod *pod = &out[got];
+        memset(pod, 0, sizeof(*pod));
+        if (!pod_ips_parse(pod, e->k8s.ips))
+            continue;
+        pod->node = node;
+        pod->namespace = e->k8s.namespace;
+        pod->pod = e->k8s.pod_name;
+        pod->uid = e->k8s.pod_uid;
+        pod->workload = e->k8s.workload;
+        pod->workload_kind = e->k8s.workload_kind;
+        pod->host_network = e->k8s.host_network;
+        pod->seen_ns = seen_ns;
+        slot[h] = (uint16_t)++got;
+    }
+    return got;
+}
+
+/* ---- stats ---- */
+
+void peers_get_stats(struct peers *p, struct peers_stats *out)
+{
+    pthread_mutex_lock(&p->lock);
+    *out = p->st;
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* ---- announcements ---- */
+
+static void json_field(struct buf *out, const char *key, const char *v, bool first)
+{
+    if (!v)
+        return;
+    buf_printf(out, "%s\"%s\":", first ? "" : ",", key);
+    buf_json_cstr(out, v);
+}
+
+void peers_announce_write(struct buf *out, const char *replica, const struct peers_pod *pods,
+                          size_t n)
+{
+    char text[INET6_ADDRSTRLEN];
+
+    buf_puts(out, "{\"replica\":");
+    buf_json_cstr(out, replica ? replica : "");
+    buf_puts(out, ",\"pods\":[");
+    for (size_t i = 0; i < n; i++) {
+        const struct peers_pod *pod = &pods[i];
+        buf_puts(out, i ? ",{" : "{");
+        json_field(out, "node", pod->node, true);
+        json_field(out, "namespace", pod->namespace, false);
+        json_field(out, "pod", pod->pod, false);
+        json_field(out, "uid", pod->uid, false);
+        json_field(out, "workload", pod->workload, false);
+        json_field(out, "workload_kind", pod->workload_kind, false);
+        buf_printf(out, ",\"host_network\":%s,\"seen_ns\":%" PRIu64 ",\"ips\":[",
+                   pod->host_network ? "true" : "false", pod->seen_ns);
+        for (unsigned j = 0; j < pod->n_ips && j < PEERS_POD_MAX_IPS; j++) {
+            buf_puts(out, j ? "," : "");
+            buf_json_cstr(out, event_addr_str(pod->family[j], pod->ip[j], text, sizeof(text)));
+        }
+        buf_puts(out, "]}");
+    }
+    buf_puts(out, "]}");
+}
+
+#define NAME_MAX_LEN 512 /* longer than any Kubernetes name, node or kind */
+
+/* An optional string member: absent/null -> NULL; else interned. False when malformed. */
+static bool parse_str(json_t *o, const char *key, bool required, const char **out)
+{
+    json_t *v = json_object_get(o, key);
+    *out = NULL;
+    if (v == NULL || json_is_null(v))
+        return !required;
+    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > NAME_MAX_LEN)
+        return false;
+    *out = intern_n(json_string_value(v), json_string_length(v));
+    return *out != NULL;
+}
+
+static int parse_pod(json_t *o, struct peers_pod *pod, char *err, size_t errlen)
+{
+    json_t *ips = json_object_get(o, "ips");
+    json_t *seen = json_object_get(o, "seen_ns");
+    json_t *host = json_object_get(o, "host_network");
+    size_t i;
+    json_t *ip;
+
+    memset(pod, 0, sizeof(*pod));
+    if (!json_is_object(o) || !parse_str(o, "node", true, &pod->node) ||
+        !parse_str(o, "namespace", true, &pod->namespace) ||
+        !parse_str(o, "pod", true, &pod->pod) || !parse_str(o, "uid", false, &pod->uid) ||
+        !parse_str(o, "workload", false, &pod->workload) ||
+        !parse_str(o, "workload_kind", false, &pod->workload_kind)) {
+        errmsg_set(err, errlen, "a pod needs string node, namespace and pod (at most %d bytes)",
+                   NAME_MAX_LEN);
+        return -EINVAL;
+    }
+    if (!json_is_integer(seen) || json_integer_value(seen) <= 0 ||
+        (host != NULL && !json_is_boolean(host))) {
+        errmsg_set(err, errlen, "a pod needs a positive seen_ns and a boolean host_network");
+        return -EINVAL;
+    }
+    pod->seen_ns = (uint64_t)json_integer_value(seen);
+    pod->host_network = json_is_true(host);
+    if (!json_is_array(ips) || json_array_size(ips) == 0 ||
+        json_array_size(ips) > PEERS_POD_MAX_IPS) {
+        errmsg_set(err, errlen, "a pod needs 1 to %d addresses in ips", PEERS_POD_MAX_IPS);
+        return -EINVAL;
+    }
+    json_array_foreach(ips, i, ip)
+    {
+        const char *s = json_string_value(ip);
+        uint8_t *dst = pod->ip[pod->n_ips];
+        if (s && json_string_length(ip) < INET6_ADDRSTRLEN && inet_pton(AF_INET, s, dst) == 1)
+            pod->family[pod->n_ips++] = EVENT_FAMILY_IPV4;
+        else if (s && json_string_length(ip) < INET6_ADDRSTRLEN && inet_pton(AF_INET6, s, dst) == 1)
+            pod->family[pod->n_ips++] = EVENT_FAMILY_IPV6;
+        else {
+            errmsg_set(err, errlen, "ips holds something that is not an IP address");
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+int peers_announce_parse(const char *data, size_t len, char *replica, size_t replica_len,
+                         struct peers_pod *out, size_t max, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *pods = json_object_get(root, "pods");
+    json_t *id = json_object_get(root, "replica");
+    int rc = -EINVAL;
+    size_t i;
+    json_t *o;
+
+    if (root == NULL) {
+        errmsg_set(err, errlen, "not JSON: %s", jerr.text);
+        return -EINVAL;
+    }
+    if (!json_is_string(id) || !json_is_array(pods)) {
+        errmsg_set(err, errlen, "an announcement needs a string replica and a pods array");
+        goto out;
+    }
+    if (json_array_size(pods) > max || json_array_size(pods) > PEERS_ANNOUNCE_MAX_PODS) {
+        errmsg_set(err, errlen, "%zu pods: at most %d in one announcement", json_array_size(pods),
+                   PEERS_ANNOUNCE_MAX_PODS);
+        goto out;
+    }
+    json_array_foreach(pods, i, o)
+    {
+        if (parse_pod(o, &out[i], err, errlen) < 0)
+            goto out;
+    }
+    if (replica && replica_len)
+        snprintf(replica, replica_len, "%s", json_string_value(id));
+    rc = (int)json_array_size(pods);
+out:
+    json_decref(root);
+    return rc;
+}

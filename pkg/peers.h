@@ -1,0 +1,147 @@
+/*
+ * The aggregator's cluster-wide map of pod addresses: which pod an IP is,
+ * learned from the pod tables of every node's batches, so an event whose
+ * peer runs on another node can be named (peer_pod, peer_namespace,
+ * peer_workload, peer_workload_kind, peer_node).
+ *
+ * Pod IPs are reused, so the map holds claims (IP, pod) with a lifetime:
+ * - a claim is alive while its node keeps reporting the pod (last seen
+ *   within ttl) and no newer pod on the same node has claimed the address
+ *   (a node never holds two live pods with one IP, so the newer one means
+ *   the older is gone);
+ * - after that it still names its pod for grace (events in flight from just
+ *   before the pod went away), then it is stale: kept a while to tell
+ *   "stale" from "unknown" in the counters, never used to name a peer;
+ * - two pods whose claims on one IP are both valid (alive or in grace) make
+ *   the IP ambiguous, and a hostNetwork pod's IP is the node's: neither is
+ *   ever named.
+ * Bounded at max_entries claims; past it the least recently seen claim is
+ * evicted and counted.
+ *
+ * Announcements: the pods a replica learned from the batches it ingested,
+ * as one JSON message for the other replicas (peers_announce_write and
+ * peers_announce_parse, which takes hostile input).
+ *
+ * Threads: every function may be called from any thread (one mutex).
+ * Strings handed in must be interned (intern.h); the map keeps pointers.
+ */
+#ifndef EBPF_MONITOR_PEERS_H
+#define EBPF_MONITOR_PEERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "event.h"
+
+#define PEERS_POD_MAX_IPS 4 /* a pod has at most one IPv4 and one IPv6 address; room to spare */
+
+/* One pod as a node reported it. Strings interned; node, namespace and pod required. */
+struct peers_pod {
+    const char *node;
+    const char *namespace;
+    const char *pod;
+    const char *uid;
+    const char *workload;
+    const char *workload_kind;
+    bool host_network;
+    uint8_t n_ips;
+    uint8_t family[PEERS_POD_MAX_IPS]; /* enum event_family */
+    uint8_t ip[PEERS_POD_MAX_IPS][16];
+    uint64_t seen_ns; /* when the node reported it (realtime ns) */
+};
+
+enum peers_result {
+    PEERS_MISS = 0,     /* no claim on this address */
+    PEERS_HIT,          /* exactly one valid pod: named */
+    PEERS_AMBIGUOUS,    /* two or more valid pods claim it */
+    PEERS_STALE,        /* only claims past their lifetime and grace */
+    PEERS_HOST_NETWORK, /* a hostNetwork pod's (a node's) address */
+    PEERS_RESULT_COUNT,
+};
+
+/* "miss", "hit", "ambiguous", "stale", "host_network". */
+const char *peers_result_name(enum peers_result r);
+
+struct peers_stats {
+    uint64_t entries; /* claims held */
+    uint64_t capacity;
+    uint64_t lookups;
+    uint64_t results[PEERS_RESULT_COUNT];
+    uint64_t evicted; /* claims pushed out by the bound */
+    uint64_t expired; /* stale claims removed after their time */
+};
+
+struct peers;
+
+/* max_entries >= 1. NULL on allocation failure. */
+struct peers *peers_new(uint32_t max_entries, uint64_t ttl_ns, uint64_t grace_ns);
+void peers_free(struct peers *p);
+
+/*
+ * Learns (or refreshes) pod's claims at pod->seen_ns. Returns true when the
+ * pod should be announced to the other replicas: it is new or changed, or
+ * its last announcement is older than ttl/4, so replicas keep one another's
+ * claims alive without repeating every batch. The claim is then taken as
+ * announced at pod->seen_ns: the caller announces it, and a replica that
+ * applies an announcement with this call learns that it was just announced.
+ */
+bool peers_observe(struct peers *p, const struct peers_pod *pod);
+
+/* Who holds the address at now; fills *out (peer fields) on PEERS_HIT. Counted. */
+enum peers_result peers_lookup(struct peers *p, unsigned family, const uint8_t addr[16],
+                               uint64_t now, struct event_peer *out);
+
+/*
+ * The peer's side of a connection, accept or close: the destination of a
+ * client side (connection, close as client), the source of a server side
+ * (accept, close as server). Sets *addr and *port and returns true; false
+ * for any other event.
+ */
+bool peers_event_peer(const struct event *e, const uint8_t **addr, uint16_t *port);
+
+/* Fills dst's empty pod, namespace, workload, workload_kind and node from src. */
+void peers_fill(struct event_peer *dst, const struct event_peer *src);
+
+/*
+ * Names the peers of events[0..n) (connection, accept, close) at now: the
+ * destination of a client side, the source of a server side. Only events
+ * whose peer_pod is empty are looked up, and only empty fields are filled:
+ * what the agent filled is never overwritten. count: false to leave the
+ * counters alone (a second look at events already counted).
+ */
+void peers_enrich(struct peers *p, struct event *events, size_t n, uint64_t now, bool count);
+
+/*
+ * The pod claims carried by events[0..n) (their pod-table attribution:
+ * k8s.pod_name with k8s.ips or host_network), one per distinct pod, at
+ * seen_ns. Writes at most max (and at most PEERS_ANNOUNCE_MAX_PODS) into
+ * out; returns how many.
+ */
+size_t peers_pods_from_events(const struct event *events, size_t n, uint64_t seen_ns,
+                              struct peers_pod *out, size_t max);
+
+void peers_get_stats(struct peers *p, struct peers_stats *out);
+
+/* Most pods one announcement carries (a batch holds at most 128 attributions). */
+#define PEERS_ANNOUNCE_MAX_PODS 256
+
+/*
+ * {"replica":"<id>","pods":[{"node":..,"namespace":..,"pod":..,"uid":..,
+ * "workload":..,"workload_kind":..,"host_network":bool,"ips":["10.0.0.1"],
+ * "seen_ns":n},...]}
+ */
+void peers_announce_write(struct buf *out, const char *replica, const struct peers_pod *pods,
+                          size_t n);
+/*
+ * Parses an announcement: at most max pods into out (strings interned),
+ * the sender's id into replica (NUL-terminated, truncated to replica_len).
+ * Returns the pod count, or -EINVAL with a message in err for anything
+ * malformed (not JSON, wrong types, a missing name, a bad address, too many
+ * pods or addresses, invalid UTF-8); nothing is half-applied.
+ */
+int peers_announce_parse(const char *data, size_t len, char *replica, size_t replica_len,
+                         struct peers_pod *out, size_t max, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,207 @@
+/*
+ * Tests for pkg/k8s_services: ServiceList and EndpointSliceList pages and
+ * watch events in the API server's format (as kubectl get -o json shows
+ * them) into the address -> Service index: a ClusterIP names its Service on
+ * its ports only, a backend on any port, an address backing two Services
+ * names neither, deletions and re-lists forget, and enrichment fills only
+ * an empty peer_service of the peer side.
+ */
+#include "k8s_services.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "intern.h"
+
+static const char *SERVICES =
+    "{\"kind\":\"ServiceList\",\"apiVersion\":\"v1\",\"metadata\":{\"resourceVersion\":\"100\"},"
+    "\"items\":["
+    "{\"metadata\":{\"name\":\"web\",\"namespace\":\"shop\",\"uid\":\"u1\","
+    "\"resourceVersion\":\"90\",\"labels\":{\"app\":\"web\"}},"
+    "\"spec\":{\"type\":\"ClusterIP\",\"clusterIP\":\"10.96.0.10\",\"clusterIPs\":[\"10.96.0.10\","
+    "\"fd00:96::10\"],\"ipFamilies\":[\"IPv4\",\"IPv6\"],\"ports\":[{\"name\":\"http\","
+    "\"protocol\":\"TCP\",\"port\":80,\"targetPort\":8080}],\"selector\":{\"app\":\"web\"}},"
+    "\"status\":{\"loadBalancer\":{}}},"
+    "{\"metadata\":{\"name\":\"dns\",\"namespace\":\"kube-system\",\"uid\":\"u2\"},"
+    "\"spec\":{\"clusterIP\":\"10.96.0.53\",\"ports\":[{\"port\":53,\"protocol\":\"UDP\"},"
+    "{\"port\":53}]}},"
+    "{\"metadata\":{\"name\":\"db\",\"namespace\":\"shop\",\"uid\":\"u3\"},"
+    "\"spec\":{\"clusterIP\":\"None\",\"clusterIPs\":[\"None\"],\"ports\":[{\"port\":5432}]}},"
+    "{\"metadata\":{\"name\":\"ext\",\"namespace\":\"shop\",\"uid\":\"u4\"},"
+    "\"spec\":{\"type\":\"ExternalName\",\"externalName\":\"example.com\"}}"
+    "]}";
+
+static const char *SLICES =
+    "{\"kind\":\"EndpointSliceList\",\"apiVersion\":\"discovery.k8s.io/v1\","
+    "\"metadata\":{\"resourceVersion\":\"200\"},\"items\":["
+    "{\"metadata\":{\"name\":\"web-abc12\",\"namespace\":\"shop\",\"labels\":"
+    "{\"kubernetes.io/service-name\":\"web\",\"endpointslice.kubernetes.io/managed-by\":"
+    "\"endpointslice-controller.k8s.io\"},\"ownerReferences\":[{\"apiVersion\":\"v1\","
+    "\"kind\":\"Service\",\"name\":\"web\",\"uid\":\"u1\",\"controller\":true}]},"
+    "\"addressType\":\"IPv4\",\"endpoints\":[{\"addresses\":[\"10.1.0.5\"],\"conditions\":"
+    "{\"ready\":true,\"serving\":true,\"terminating\":false},\"nodeName\":\"node-a\","
+    "\"targetRef\":{\"kind\":\"Pod\",\"namespace\":\"shop\",\"name\":\"web-1\",\"uid\":\"p1\"}},"
+    "{\"addresses\":[\"10.1.0.6\"],\"conditions\":{\"ready\":false}}],"
+    "\"ports\":[{\"name\":\"http\",\"protocol\":\"TCP\",\"port\":8080}]},"
+    "{\"metadata\":{\"name\":\"web-canary-x\",\"namespace\":\"shop\",\"labels\":"
+    "{\"kubernetes.io/service-name\":\"web-canary\"}},\"addressType\":\"IPv4\","
+    "\"endpoints\":[{\"addresses\":[\"10.1.0.6\"]}]},"
+    "{\"metadata\":{\"name\":\"db-q\",\"namespace\":\"shop\",\"labels\":"
+    "{\"kubernetes.io/service-name\":\"db\"}},\"addressType\":\"IPv4\","
+    "\"endpoints\":[{\"addresses\":[\"10.2.0.7\"]}]},"
+    "{\"metadata\":{\"name\":\"fq\",\"namespace\":\"shop\",\"labels\":"
+    "{\"kubernetes.io/service-name\":\"ext\"}},\"addressType\":\"FQDN\","
+    "\"endpoints\":[{\"addresses\":[\"example.com\"]}]}"
+    "]}";
+
+static struct k8s_services *open_fed(void)
+{
+    char err[256];
+    int rc = 0;
+    unsetenv("KUBERNETES_SERVICE_HOST");
+    struct k8s_services *s = k8s_services_new(NULL, 64, &rc);
+    cr_assert_not_null(s, "rc %d", rc);
+    cr_assert_eq(k8s_services_feed(s, false, false, SERVICES, strlen(SERVICES), err, sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(k8s_services_feed(s, true, false, SLICES, strlen(SLICES), err, sizeof(err)), 0,
+                 "%s", err);
+    return s;
+}
+
+static enum k8s_services_result look(struct k8s_services *s, const char *ip, uint16_t port,
+                                     uint8_t proto, const char **svc)
+{
+    uint8_t a[16] = {0};
+    unsigned fam = EVENT_FAMILY_IPV4;
+    if (inet_pton(AF_INET, ip, a) != 1) {
+        cr_assert_eq(inet_pton(AF_INET6, ip, a), 1);
+        fam = EVENT_FAMILY_IPV6;
+    }
+    *svc = NULL;
+    return k8s_services_lookup(s, fam, a, port, proto, svc);
+}
+
+Test(k8s_services, cluster_ips_name_their_service_on_their_ports)
+{
+    struct k8s_services *s = open_fed();
+    const char *svc;
+
+    cr_assert_eq(look(s, "10.96.0.10", 80, IPPROTO_TCP, &svc), K8S_SVC_CLUSTER_IP);
+    cr_assert_str_eq(svc, "shop/web");
+    cr_assert_eq(look(s, "fd00:96::10", 80, IPPROTO_TCP, &svc), K8S_SVC_CLUSTER_IP);
+    cr_assert_eq(look(s, "10.96.0.10", 81, IPPROTO_TCP, &svc), K8S_SVC_MISS, "not its port");
+    cr_assert_eq(look(s, "10.96.0.10", 80, IPPROTO_UDP, &svc), K8S_SVC_MISS, "not its protocol");
+    cr_assert_eq(look(s, "10.96.0.53", 53, IPPROTO_UDP, &svc), K8S_SVC_CLUSTER_IP);
+    cr_assert_eq(look(s, "10.96.0.53", 53, IPPROTO_TCP, &svc), K8S_SVC_CLUSTER_IP,
+                 "protocol defaults to TCP");
+    cr_assert_str_eq(svc, "kube-system/dns");
+    struct k8s_services_stats st;
+    k8s_services_get_stats(s, &st);
+    cr_assert_eq(st.services, 4);
+    cr_assert_eq(st.slices, 4);
+    k8s_services_free(s);
+}
+
+Test(k8s_services, backends_name_their_one_service_and_shared_ones_name_none)
+{
+    struct k8s_services *s = open_fed();
+    const char *svc;
+
+    cr_assert_eq(look(s, "10.1.0.5", 8080, IPPROTO_TCP, &svc), K8S_SVC_BACKEND);
+    cr_assert_str_eq(svc, "shop/web");
+    cr_assert_eq(look(s, "10.1.0.5", 40000, IPPROTO_TCP, &svc), K8S_SVC_BACKEND, "any port");
+    cr_assert_eq(look(s, "10.2.0.7", 5432, IPPROTO_TCP, &svc), K8S_SVC_BACKEND, "headless");
+    cr_assert_str_eq(svc, "shop/db");
+    cr_assert_eq(look(s, "10.1.0.6", 8080, IPPROTO_TCP, &svc), K8S_SVC_AMBIGUOUS);
+    cr_assert_null(svc);
+    cr_assert_eq(look(s, "10.9.9.9", 80, IPPROTO_TCP, &svc), K8S_SVC_MISS);
+    k8s_services_free(s);
+}
+
+Test(k8s_services, watch_events_and_relists_change_the_index)
+{
+    struct k8s_services *s = open_fed();
+    const char *svc;
+    char err[256];
+
+    const char *ev =
+        "{\"type\":\"DELETED\",\"object\":{\"metadata\":{\"name\":\"web-canary-x\",\"namespace\":"
+        "\"shop\",\"resourceVersion\":\"201\",\"labels\":{\"kubernetes.io/service-name\":"
+        "\"web-canary\"}},\"addressType\":\"IPv4\",\"endpoints\":[]}}\n"
+        "{\"type\":\"BOOKMARK\",\"object\":{\"kind\":\"EndpointSlice\",\"metadata\":"
+        "{\"resourceVersion\":\"202\"}}}\n";
+    cr_assert_eq(k8s_services_feed(s, true, true, ev, strlen(ev), err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(look(s, "10.1.0.6", 8080, IPPROTO_TCP, &svc), K8S_SVC_BACKEND,
+                 "only web is left behind 10.1.0.6");
+    cr_assert_str_eq(svc, "shop/web");
+
+    const char *mod = "{\"type\":\"MODIFIED\",\"object\":{\"metadata\":{\"name\":\"web\","
+                      "\"namespace\":\"shop\",\"resourceVersion\":\"101\"},\"spec\":{"
+                      "\"clusterIP\":\"10.96.0.11\",\"ports\":[{\"port\":443}]}}}\n";
+    cr_assert_eq(k8s_services_feed(s, false, true, mod, strlen(mod), err, sizeof(err)), 0, "%s",
+                 err);
+    cr_assert_eq(look(s, "10.96.0.10", 80, IPPROTO_TCP, &svc), K8S_SVC_MISS);
+    cr_assert_eq(look(s, "10.96.0.11", 443, IPPROTO_TCP, &svc), K8S_SVC_CLUSTER_IP);
+
+    const char *gone = "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"code\":410,"
+                       "\"message\":\"too old resource version\"}}\n";
+    cr_assert_eq(k8s_services_feed(s, false, true, gone, strlen(gone), err, sizeof(err)), -ESTALE);
+    const char *bad = "{\"items\":3}";
+    cr_assert_eq(k8s_services_feed(s, false, false, bad, strlen(bad), err, sizeof(err)), -EINVAL);
+    cr_assert(strstr(err, "ServiceList") != NULL, "%s", err);
+    k8s_services_free(s);
+}
+
+Test(k8s_services, the_bound_refuses_and_counts)
+{
+    char err[256];
+    int rc = 0;
+    unsetenv("KUBERNETES_SERVICE_HOST");
+    struct k8s_services *s = k8s_services_new(NULL, 2, &rc);
+    cr_assert_not_null(s);
+    cr_assert_eq(k8s_services_feed(s, false, false, SERVICES, strlen(SERVICES), err, sizeof(err)),
+                 0, "%s", err);
+    struct k8s_services_stats st;
+    k8s_services_get_stats(s, &st);
+    cr_assert_eq(st.services, 2);
+    cr_assert_eq(st.refused, 2);
+    k8s_services_free(s);
+}
+
+static struct event conn(enum event_type t, const char *src, uint16_t sport, const char *dst,
+                         uint16_t dport)
+{
+    struct event e = {.type = t, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_TCP};
+    inet_pton(AF_INET, src, e.saddr);
+    inet_pton(AF_INET, dst, e.daddr);
+    e.sport = sport;
+    e.dport = dport;
+    return e;
+}
+
+Test(k8s_services, enrich_fills_the_peer_sides_empty_service)
+{
+    struct k8s_services *s = open_fed();
+    struct event ev[4] = {
+        conn(EVENT_CONNECTION, "10.1.0.9", 40000, "10.96.0.10", 80), /* to the ClusterIP */
+        conn(EVENT_ACCEPT, "10.2.0.7", 40001, "10.1.0.5", 8080),     /* from db's backend */
+        conn(EVENT_CONNECTION, "10.1.0.9", 40002, "10.96.0.10", 80), /* already named */
+        conn(EVENT_EXEC, "10.1.0.9", 0, "10.96.0.10", 80),
+    };
+    ev[2].peer.service = intern("agent/said");
+    k8s_services_enrich(s, ev, 4, true);
+    cr_assert_str_eq(ev[0].peer.service, "shop/web");
+    cr_assert_str_eq(ev[1].peer.service, "shop/db");
+    cr_assert_str_eq(ev[2].peer.service, "agent/said");
+    cr_assert_null(ev[3].peer.service);
+    struct k8s_services_stats st;
+    k8s_services_get_stats(s, &st);
+    cr_assert_eq(st.lookups, 2);
+    cr_assert_eq(st.results[K8S_SVC_CLUSTER_IP], 1);
+    cr_assert_eq(st.results[K8S_SVC_BACKEND], 1);
+    k8s_services_free(s);
+}

@@ -1,0 +1,409 @@
+/*
+ * Tests for pkg/peers: the cluster-wide IP -> pod map. Naming a peer from a
+ * single valid claim, never from an ambiguous, hostNetwork or stale one; IP
+ * reuse on a node (the newer pod ends the older after grace); the bound and
+ * its eviction counter; enrichment that never overwrites the agent's
+ * answer; pods taken from decoded events; the announcement codec against
+ * hostile input; and concurrent use (run under TSan by make test).
+ */
+#include "event.h"
+#include "intern.h"
+#include "peers.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#define SEC   1000000000ull
+#define T0    (1795698266ull * SEC)
+#define TTL   (60 * SEC)
+#define GRACE (5 * SEC)
+
+static struct peers_pod pod(const char *node, const char *ns, const char *name, const char *ip,
+                            uint64_t seen)
+{
+    struct peers_pod p = {.node = intern(node),
+                          .namespace = intern(ns),
+                          .pod = intern(name),
+                          .uid = intern(name), /* distinct per pod is all that matters */
+                          .workload = intern(name),
+                          .workload_kind = intern("Deployment"),
+                          .seen_ns = seen};
+    if (inet_pton(AF_INET, ip, p.ip[0]) == 1)
+        p.family[0] = EVENT_FAMILY_IPV4;
+    else {
+        cr_assert_eq(inet_pton(AF_INET6, ip, p.ip[0]), 1, "bad test address %s", ip);
+        p.family[0] = EVENT_FAMILY_IPV6;
+    }
+    p.n_ips = 1;
+    return p;
+}
+
+static enum peers_result look(struct peers *p, const char *ip, uint64_t now, struct event_peer *out)
+{
+    uint8_t a[16] = {0};
+    unsigned fam = EVENT_FAMILY_IPV4;
+    if (inet_pton(AF_INET, ip, a) != 1) {
+        cr_assert_eq(inet_pton(AF_INET6, ip, a), 1);
+        fam = EVENT_FAMILY_IPV6;
+    }
+    memset(out, 0, sizeof(*out));
+    return peers_lookup(p, fam, a, now, out);
+}
+
+Test(peers, one_live_pod_is_named_with_its_node_and_workload)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod a = pod("node-a", "shop", "web-1", "10.1.0.5", T0);
+    struct event_peer out;
+
+    cr_assert(peers_observe(p, &a), "a new pod is announced");
+    cr_assert_eq(look(p, "10.1.0.5", T0 + SEC, &out), PEERS_HIT);
+    cr_assert_str_eq(out.pod, "web-1");
+    cr_assert_str_eq(out.namespace, "shop");
+    cr_assert_str_eq(out.node, "node-a");
+    cr_assert_str_eq(out.workload_kind, "Deployment");
+    cr_assert_eq(look(p, "10.1.0.6", T0 + SEC, &out), PEERS_MISS);
+    cr_assert_null(out.pod);
+
+    struct peers_stats st;
+    peers_get_stats(p, &st);
+    cr_assert_eq(st.lookups, 2);
+    cr_assert_eq(st.results[PEERS_HIT], 1);
+    cr_assert_eq(st.results[PEERS_MISS], 1);
+    cr_assert_eq(st.entries, 1);
+    peers_free(p);
+}
+
+Test(peers, ipv6_addresses_are_keys_of_their_own)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod a = pod("node-a", "shop", "web-6", "fd00::10:5", T0);
+    struct event_peer out;
+
+    peers_observe(p, &a);
+    cr_assert_eq(look(p, "fd00::10:5", T0, &out), PEERS_HIT);
+    cr_assert_str_eq(out.pod, "web-6");
+    cr_assert_eq(look(p, "fd00::10:6", T0, &out), PEERS_MISS);
+    peers_free(p);
+}
+
+Test(peers, two_live_pods_on_two_nodes_make_the_address_ambiguous)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod a = pod("node-a", "shop", "web-1", "10.9.0.1", T0);
+    struct peers_pod b = pod("node-b", "shop", "db-1", "10.9.0.1", T0 + SEC);
+    struct event_peer out;
+
+    peers_observe(p, &a);
+    peers_observe(p, &b);
+    cr_assert_eq(look(p, "10.9.0.1", T0 + 2 * SEC, &out), PEERS_AMBIGUOUS);
+    cr_assert_null(out.pod, "an ambiguous address names nobody");
+    peers_free(p);
+}
+
+Test(peers, host_network_pods_are_never_named)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod h = pod("node-a", "kube-system", "kube-proxy-x", "192.168.1.10", T0);
+    struct event_peer out;
+
+    h.host_network = true;
+    peers_observe(p, &h);
+    cr_assert_eq(look(p, "192.168.1.10", T0, &out), PEERS_HOST_NETWORK);
+    cr_assert_null(out.pod);
+    /* A second hostNetwork pod on the node does not end the first. */
+    struct peers_pod h2 = pod("node-a", "monitoring", "node-exporter-y", "192.168.1.10", T0 + SEC);
+    h2.host_network = true;
+    peers_observe(p, &h2);
+    cr_assert_eq(look(p, "192.168.1.10", T0 + 2 * SEC, &out), PEERS_HOST_NETWORK);
+    peers_free(p);
+}
+
+Test(peers, a_reused_address_names_the_new_pod_after_the_grace)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod old = pod("node-a", "shop", "web-old", "10.1.0.7", T0);
+    struct peers_pod neu = pod("node-a", "shop", "web-new", "10.1.0.7", T0 + 10 * SEC);
+    struct event_peer out;
+
+    peers_observe(p, &old);
+    cr_assert_eq(look(p, "10.1.0.7", T0 + 9 * SEC, &out), PEERS_HIT);
+    cr_assert_str_eq(out.pod, "web-old");
+    peers_observe(p, &neu);
+    /* Within the grace both are valid: events in flight may be the old pod's. */
+    cr_assert_eq(look(p, "10.1.0.7", T0 + 10 * SEC + GRACE, &out), PEERS_AMBIGUOUS);
+    cr_assert_eq(look(p, "10.1.0.7", T0 + 10 * SEC + GRACE + 1, &out), PEERS_HIT);
+    cr_assert_str_eq(out.pod, "web-new");
+    /* A late report of the old pod (an older batch) does not bring it back. */
+    old.seen_ns = T0 + 11 * SEC;
+    peers_observe(p, &old);
+    cr_assert_eq(look(p, "10.1.0.7", T0 + 20 * SEC, &out), PEERS_HIT);
+    cr_assert_str_eq(out.pod, "web-new");
+    peers_free(p);
+}
+
+Test(peers, reports_arriving_out_of_order_end_the_older_pod_anyway)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod neu = pod("node-a", "shop", "web-new", "10.1.0.8", T0 + 10 * SEC);
+    struct peers_pod old = pod("node-a", "shop", "web-old", "10.1.0.8", T0);
+    struct event_peer out;
+
+    peers_observe(p, &neu); /* announced first by one replica ... */
+    peers_observe(p, &old); /* ... the older report by another, later */
+    cr_assert_eq(look(p, "10.1.0.8", T0 + 10 * SEC + GRACE + 1, &out), PEERS_HIT);
+    cr_assert_str_eq(out.pod, "web-new");
+    peers_free(p);
+}
+
+Test(peers, a_pod_its_node_stopped_reporting_goes_stale)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod a = pod("node-a", "shop", "web-1", "10.1.0.9", T0);
+    struct event_peer out;
+
+    peers_observe(p, &a);
+    cr_assert_eq(look(p, "10.1.0.9", T0 + TTL + GRACE, &out), PEERS_HIT, "valid through grace");
+    cr_assert_eq(look(p, "10.1.0.9", T0 + TTL + GRACE + 1, &out), PEERS_STALE);
+    cr_assert_null(out.pod);
+    /* Long after, the claim is removed: nothing left to say about the address. */
+    cr_assert_eq(look(p, "10.1.0.9", T0 + 2 * TTL + GRACE + 1, &out), PEERS_STALE);
+    cr_assert_eq(look(p, "10.1.0.9", T0 + 2 * TTL + GRACE + 2, &out), PEERS_MISS);
+    struct peers_stats st;
+    peers_get_stats(p, &st);
+    cr_assert_eq(st.expired, 1);
+    cr_assert_eq(st.entries, 0);
+    cr_assert_eq(st.results[PEERS_STALE], 2);
+    peers_free(p);
+}
+
+Test(peers, refreshes_are_announced_once_per_quarter_ttl)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod a = pod("node-a", "shop", "web-1", "10.1.1.1", T0);
+
+    cr_assert(peers_observe(p, &a));
+    a.seen_ns = T0 + TTL / 4 - 1;
+    cr_assert_not(peers_observe(p, &a), "unchanged and recently announced");
+    a.seen_ns = T0 + TTL / 4;
+    cr_assert(peers_observe(p, &a), "due again so other replicas keep it alive");
+    a.seen_ns += 1;
+    a.workload = intern("other-workload");
+    cr_assert(peers_observe(p, &a), "a change is announced at once");
+    peers_free(p);
+}
+
+Test(peers, the_bound_evicts_the_least_recently_seen_and_counts_it)
+{
+    struct peers *p = peers_new(4, TTL, GRACE);
+    char name[32], ip[32];
+    struct event_peer out;
+
+    for (int i = 0; i < 6; i++) {
+        snprintf(name, sizeof(name), "pod-%d", i);
+        snprintf(ip, sizeof(ip), "10.2.0.%d", i + 1);
+        struct peers_pod a = pod("node-a", "ns", name, ip, T0 + (uint64_t)i);
+        peers_observe(p, &a);
+        if (i == 3) { /* pod-0 seen again: pod-1 becomes the oldest */
+            struct peers_pod again = pod("node-a", "ns", "pod-0", "10.2.0.1", T0 + 4);
+            peers_observe(p, &again);
+        }
+    }
+    struct peers_stats st;
+    peers_get_stats(p, &st);
+    cr_assert_eq(st.entries, 4);
+    cr_assert_eq(st.evicted, 2);
+    cr_assert_eq(look(p, "10.2.0.1", T0 + 10, &out), PEERS_HIT);
+    cr_assert_eq(look(p, "10.2.0.2", T0 + 10, &out), PEERS_MISS);
+    cr_assert_eq(look(p, "10.2.0.3", T0 + 10, &out), PEERS_MISS);
+    cr_assert_eq(look(p, "10.2.0.6", T0 + 10, &out), PEERS_HIT);
+    peers_free(p);
+}
+
+static struct event conn_event(enum event_type type, const char *src, const char *dst)
+{
+    struct event e = {.type = type, .family = EVENT_FAMILY_IPV4, .node = intern("node-b")};
+    cr_assert_eq(inet_pton(AF_INET, src, e.saddr), 1);
+    cr_assert_eq(inet_pton(AF_INET, dst, e.daddr), 1);
+    return e;
+}
+
+Test(peers, enrich_names_the_peer_side_and_keeps_what_the_agent_filled)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod a = pod("node-a", "shop", "client-1", "10.1.0.1", T0);
+    struct peers_pod b = pod("node-b", "shop", "server-1", "10.2.0.1", T0);
+    peers_observe(p, &a);
+    peers_observe(p, &b);
+
+    struct event ev[6] = {
+        conn_event(EVENT_ACCEPT, "10.1.0.1", "10.2.0.1"),     /* peer = source */
+        conn_event(EVENT_CONNECTION, "10.1.0.1", "10.2.0.1"), /* peer = destination */
+        conn_event(EVENT_CLOSE, "10.1.0.1", "10.2.0.1"),      /* server side */
+        conn_event(EVENT_ACCEPT, "10.1.0.1", "10.2.0.1"),     /* the agent named it already */
+        conn_event(EVENT_EXEC, "10.1.0.1", "10.2.0.1"),       /* no peer */
+        conn_event(EVENT_CLOSE, "10.1.0.1", "10.2.0.1"),      /* no role: not looked up */
+    };
+    ev[2].u.close.role = EVENT_ROLE_SERVER;
+    ev[3].peer.pod = intern("agent-says");
+    peers_enrich(p, ev, 6, T0 + SEC, true);
+
+    cr_assert_str_eq(ev[0].peer.pod, "client-1");
+    cr_assert_str_eq(ev[0].peer.node, "node-a");
+    cr_assert_str_eq(ev[1].peer.pod, "server-1");
+    cr_assert_str_eq(ev[2].peer.pod, "client-1");
+    cr_assert_str_eq(ev[3].peer.pod, "agent-says");
+    cr_assert_null(ev[3].peer.namespace, "the agent's event is left as it was");
+    cr_assert_null(ev[4].peer.pod);
+    cr_assert_null(ev[5].peer.pod);
+    struct peers_stats st;
+    peers_get_stats(p, &st);
+    cr_assert_eq(st.lookups, 3);
+    cr_assert_eq(st.results[PEERS_HIT], 3);
+
+    struct event again = conn_event(EVENT_ACCEPT, "10.1.0.1", "10.2.0.1");
+    peers_enrich(p, &again, 1, T0 + SEC, false);
+    cr_assert_str_eq(again.peer.pod, "client-1");
+    peers_get_stats(p, &st);
+    cr_assert_eq(st.lookups, 3, "an uncounted look leaves the counters");
+    peers_free(p);
+}
+
+Test(peers, pods_come_from_the_events_pod_table_attribution)
+{
+    struct event ev[4] = {0};
+    for (int i = 0; i < 4; i++) {
+        ev[i].type = EVENT_CONNECTION;
+        ev[i].node = intern("node-a");
+        ev[i].k8s.pod_name = intern("web-1");
+        ev[i].k8s.namespace = intern("shop");
+        ev[i].k8s.pod_uid = intern("uid-1");
+        ev[i].k8s.ips = intern("10.1.0.5,fd00::5");
+        ev[i].k8s.workload = intern("web");
+    }
+    ev[2].k8s.pod_name = intern("web-2");
+    ev[2].k8s.pod_uid = intern("uid-2");
+    ev[2].k8s.ips = intern("10.1.0.6");
+    ev[3].k8s.ips = NULL; /* inline attribution without addresses: not a claim */
+    ev[3].k8s.pod_name = intern("web-3");
+
+    struct peers_pod out[8];
+    size_t n = peers_pods_from_events(ev, 4, T0, out, 8);
+    cr_assert_eq(n, 2);
+    cr_assert_str_eq(out[0].pod, "web-1");
+    cr_assert_str_eq(out[0].node, "node-a", "the event's node when k8s_node_name is empty");
+    cr_assert_eq(out[0].n_ips, 2);
+    cr_assert_eq(out[0].family[1], EVENT_FAMILY_IPV6);
+    cr_assert_eq(out[1].n_ips, 1);
+    cr_assert_eq(out[1].seen_ns, T0);
+    cr_assert_eq(peers_pods_from_events(ev, 4, T0, out, 1), 1, "bounded by max");
+}
+
+Test(peers, announcements_round_trip)
+{
+    struct peers_pod in[2] = {pod("node-a", "shop", "web-1", "10.1.0.5", T0),
+                              pod("node-b", "shop", "db-0", "fd00::7", T0 + 1)};
+    in[1].host_network = true;
+    in[1].workload = NULL;
+    struct buf b;
+    buf_init(&b);
+    peers_announce_write(&b, "0123456789abcdef", in, 2);
+
+    struct peers_pod out[4];
+    char replica[17], err[256];
+    int n = peers_announce_parse(b.data, b.len, replica, sizeof(replica), out, 4, err, sizeof(err));
+    cr_assert_eq(n, 2, "%s: %s", err, b.data);
+    cr_assert_str_eq(replica, "0123456789abcdef");
+    cr_assert_eq(out[0].pod, in[0].pod, "interned: the same pointer");
+    cr_assert_eq(out[0].seen_ns, T0);
+    cr_assert_eq(memcmp(out[0].ip[0], in[0].ip[0], 4), 0);
+    cr_assert(out[1].host_network);
+    cr_assert_null(out[1].workload);
+    cr_assert_eq(out[1].family[0], EVENT_FAMILY_IPV6);
+    cr_assert_eq(memcmp(out[1].ip[0], in[1].ip[0], 16), 0);
+    cr_assert_eq(
+        peers_announce_parse(b.data, b.len, replica, sizeof(replica), out, 1, err, sizeof(err)),
+        -EINVAL, "more pods than room");
+    buf_free(&b);
+}
+
+Test(peers, malformed_announcements_are_refused_with_a_reason)
+{
+    static const char *bad[] = {
+        "",
+        "not json",
+        "[]",
+        "{\"replica\":1,\"pods\":[]}",
+        "{\"replica\":\"r\"}",
+        "{\"replica\":\"r\",\"pods\":[1]}",
+        "{\"replica\":\"r\",\"pods\":[{\"node\":\"a\",\"namespace\":\"n\",\"seen_ns\":1,"
+        "\"ips\":[\"10.0.0.1\"]}]}", /* no pod */
+        "{\"replica\":\"r\",\"pods\":[{\"node\":\"a\",\"namespace\":\"n\",\"pod\":\"p\","
+        "\"seen_ns\":1,\"ips\":[\"10.0.0.300\"]}]}",
+        "{\"replica\":\"r\",\"pods\":[{\"node\":\"a\",\"namespace\":\"n\",\"pod\":\"p\","
+        "\"seen_ns\":-1,\"ips\":[\"10.0.0.1\"]}]}",
+        "{\"replica\":\"r\",\"pods\":[{\"node\":\"a\",\"namespace\":\"n\",\"pod\":\"p\","
+        "\"seen_ns\":1,\"ips\":[]}]}",
+        "{\"replica\":\"r\",\"pods\":[{\"node\":\"a\",\"namespace\":\"n\",\"pod\":\"p\","
+        "\"seen_ns\":1,\"host_network\":\"yes\",\"ips\":[\"10.0.0.1\"]}]}",
+        "{\"replica\":\"r\",\"pods\":[{\"node\":\"\\u0000\",\"namespace\":\"n\",\"pod\":\"p\","
+        "\"seen_ns\":1,\"ips\":[\"10.0.0.1\"]}]}",
+        "{\"replica\":\"r\",\"pods\":[{\"node\":\"\xff\xfe\",\"namespace\":\"n\",\"pod\":\"p\","
+        "\"seen_ns\":1,\"ips\":[\"10.0.0.1\"]}]}",
+        "{\"replica\":\"r\",\"replica\":\"s\",\"pods\":[]}",
+    };
+    struct peers_pod out[4];
+    char replica[17], err[256];
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        int rc = peers_announce_parse(bad[i], strlen(bad[i]), replica, sizeof(replica), out, 4, err,
+                                      sizeof(err));
+        cr_assert_eq(rc, -EINVAL, "accepted: %s", bad[i]);
+        cr_assert_neq(err[0], '\0', "no reason for: %s", bad[i]);
+    }
+}
+
+struct worker {
+    struct peers *p;
+    int id;
+};
+
+static void *hammer(void *arg)
+{
+    struct worker *w = arg;
+    char name[32], ip[32];
+    struct event_peer out;
+
+    for (int i = 0; i < 2000; i++) {
+        snprintf(name, sizeof(name), "p-%d-%d", w->id, i % 50);
+        snprintf(ip, sizeof(ip), "10.%d.0.%d", w->id, i % 50);
+        struct peers_pod a = pod("node-x", "ns", name, ip, T0 + (uint64_t)i);
+        peers_observe(w->p, &a);
+        look(w->p, ip, T0 + (uint64_t)i, &out);
+    }
+    return NULL;
+}
+
+Test(peers, concurrent_observers_and_readers)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    pthread_t t[3];
+    struct worker w[3];
+    for (int i = 0; i < 3; i++) {
+        w[i] = (struct worker){p, i + 1};
+        pthread_create(&t[i], NULL, hammer, &w[i]);
+    }
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    struct peers_stats st;
+    peers_get_stats(p, &st);
+    cr_assert_eq(st.lookups, 6000);
+    cr_assert_eq(st.entries, 64);
+    cr_assert_eq(st.results[PEERS_HIT] + st.results[PEERS_MISS], 6000);
+    peers_free(p);
+}
