@@ -35,7 +35,7 @@ _Static_assert((int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_CONNECTION == EVENT_CONN
                    (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_EXEC == EVENT_EXEC &&
                    (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_EXIT == EVENT_EXIT &&
                    (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_CLOSE == EVENT_CLOSE &&
-                   EVENT_CLOSE + 1 == EVENT_TYPE_COUNT,
+                   EVENT_DNS + 1 == EVENT_TYPE_COUNT,
                "EventType must match enum event_type");
 _Static_assert((int)EBPFMONITOR__CLOSE_ROLE__CLOSE_ROLE_CLIENT == EVENT_ROLE_CLIENT &&
                    (int)EBPFMONITOR__CLOSE_ROLE__CLOSE_ROLE_SERVER == EVENT_ROLE_SERVER &&
