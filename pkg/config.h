@@ -33,6 +33,9 @@ enum config_mode {
 #define CONFIG_STR 256
 #define CONFIG_URL 1024
 
+/* Ports in DNS_PORTS (bpf/dns_events.h has the same bound). */
+#define CONFIG_DNS_PORTS_MAX 4
+
 struct config {
     enum config_role role;
     char config_file[CONFIG_STR];
@@ -59,6 +62,11 @@ struct config {
     uint32_t event_types; /* EVENT_TYPE_BIT mask */
     uint64_t ringbuf_bytes;
     uint32_t drop_rate_limit;
+    uint16_t dns_ports[CONFIG_DNS_PORTS_MAX]; /* DNS server ports, 0 = unused slot */
+    uint64_t dns_timeout_ns;                  /* a query unanswered this long is a timeout */
+    uint32_t dns_rate_limit;                  /* dns records per second per CPU and direction */
+    uint32_t dns_pending_max;                 /* queries awaiting their answer */
+    uint32_t dns_metrics_max_series;          /* (namespace, workload) DNS series on /metrics */
     char redact_args[CONFIG_URL]; /* REDACT_ARGS, validated; compile with redact_new() */
 
     char cgroup_root[CONFIG_STR];
