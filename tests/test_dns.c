@@ -173,6 +173,17 @@ static void maybe_write_seed(const char *name, const uint8_t *p, size_t len)
     cr_assert(f && fwrite(p, 1, len, f) == len && fclose(f) == 0, "%s", path);
 }
 
+/* One UDP exchange with a dnsmasq of its own; the answer is also a fuzz seed. */
+static void ask_once(struct exchange *x, uint16_t id, const char *name, uint16_t type,
+                     const char *seed)
+{
+    struct dnsmasq d;
+    dnsmasq_start(&d);
+    exchange_udp(&d, x, id, name, type);
+    dnsmasq_stop(&d);
+    maybe_write_seed(seed, x->a, x->alen);
+}
+
 static void assert_addr(const struct dns_answer *a, int af, const char *want)
 {
     char buf[INET6_ADDRSTRLEN];
@@ -184,12 +195,8 @@ static void assert_addr(const struct dns_answer *a, int af, const char *want)
 
 Test(dns_real, a_record_over_udp)
 {
-    struct dnsmasq d;
     struct exchange x;
-    dnsmasq_start(&d);
-    exchange_udp(&d, &x, 0x1234, "web.test", DNS_TYPE_A);
-    dnsmasq_stop(&d);
-    maybe_write_seed("udp-a", x.a, x.alen);
+    ask_once(&x, 0x1234, "web.test", DNS_TYPE_A, "udp-a");
 
     struct dns_message *m = msg_new();
     cr_assert_eq(dns_parse(x.q, x.qlen, m), DNS_OK);
@@ -260,12 +267,8 @@ Test(dns_real, aaaa_over_tcp_and_case_folded)
 
 Test(dns_real, cname_chain)
 {
-    struct dnsmasq d;
     struct exchange x;
-    dnsmasq_start(&d);
-    exchange_udp(&d, &x, 7, "alias2.test", DNS_TYPE_A);
-    dnsmasq_stop(&d);
-    maybe_write_seed("udp-cname-chain", x.a, x.alen);
+    ask_once(&x, 7, "alias2.test", DNS_TYPE_A, "udp-cname-chain");
 
     struct dns_message *m = msg_new();
     cr_assert_eq(dns_parse(x.a, x.alen, m), DNS_OK);
@@ -287,12 +290,8 @@ Test(dns_real, cname_chain)
 
 Test(dns_real, nxdomain)
 {
-    struct dnsmasq d;
     struct exchange x;
-    dnsmasq_start(&d);
-    exchange_udp(&d, &x, 9, "nope.test", DNS_TYPE_A);
-    dnsmasq_stop(&d);
-    maybe_write_seed("udp-nxdomain", x.a, x.alen);
+    ask_once(&x, 9, "nope.test", DNS_TYPE_A, "udp-nxdomain");
 
     struct dns_message *m = msg_new();
     cr_assert_eq(dns_parse(x.a, x.alen, m), DNS_OK);
@@ -305,12 +304,8 @@ Test(dns_real, nxdomain)
 
 Test(dns_real, more_answers_than_kept)
 {
-    struct dnsmasq d;
     struct exchange x;
-    dnsmasq_start(&d);
-    exchange_udp(&d, &x, 11, "many.test", DNS_TYPE_A);
-    dnsmasq_stop(&d);
-    maybe_write_seed("udp-many", x.a, x.alen);
+    ask_once(&x, 11, "many.test", DNS_TYPE_A, "udp-many");
 
     struct dns_message *m = msg_new();
     cr_assert_eq(dns_parse(x.a, x.alen, m), DNS_OK);
