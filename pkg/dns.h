@@ -146,7 +146,7 @@ struct dns_answer {
 };
 
 /*
- * One parsed message. Large (about 35 KB: names are fixed arrays so parsing
+ * One parsed message. Large (about 33 KB: names are fixed arrays so parsing
  * never allocates); keep one per thread, not one per packet on a small stack.
  * dns_parse() sets every field it documents, whatever it returns.
  */
@@ -324,6 +324,9 @@ void dns_tracker_get_stats(const struct dns_tracker *t, struct dns_tracker_stats
  * in one process and connect in another of the same unit. Not node-wide:
  * two workloads may resolve different names to one shared address (CDNs,
  * virtual hosting), and one workload's names are no business of another's.
+ * Compute the scope of the dns event and of the later connection at the same
+ * stage (after pod attribution), or a pod's entries are filed under its
+ * cgroup and looked up under its UID.
  *
  * Bounds: at most max_entries entries; a full cache evicts its oldest entry
  * (counted). TTLs are clamped to [min_ttl_s, max_ttl_s] (default 5 s and
