@@ -8,6 +8,9 @@
  * ring buffer with its socket's cookie and cgroup, and user space pairs
  * answers with queries. Both programs always let the packet through.
  *
+ * Cost (docs/architecture.md): a packet that is not DNS pays the program's
+ * entry, an in-place header read and a few compares (maybe_dns()).
+ *
  * Only the client side is reported: queries leaving a socket (egress, to a
  * server port) and answers arriving at one (ingress, from a server port). A
  * local DNS server's own traffic is the mirror image and is skipped.
@@ -134,6 +137,46 @@ static __always_inline bool parse_headers(struct __sk_buff *skb, struct pkt *p)
     return true;
 }
 
+/*
+ * The fast path every packet takes: the headers read in place (no helper
+ * call), false as soon as the packet cannot be DNS in this direction. true
+ * also when the headers are not in the linear part of the skb: then
+ * parse_headers() decides with bpf_skb_load_bytes().
+ */
+static __always_inline bool maybe_dns(struct __sk_buff *skb, __u8 direction)
+{
+    void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    __u32 l4_off;
+    __u8 proto;
+    __be16 *ports;
+
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = data;
+
+        if ((void *)(ip + 1) > end)
+            return true;
+        if (ip->frag_off & bpf_htons(IP_OFFSET))
+            return false;
+        proto = ip->protocol;
+        l4_off = (*(__u8 *)ip & 0xf) * 4;
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = data;
+
+        if ((void *)(ip6 + 1) > end)
+            return true;
+        proto = ip6->nexthdr;
+        l4_off = sizeof(*ip6);
+    } else {
+        return false;
+    }
+    if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
+        return false;
+    ports = data + l4_off;
+    if ((void *)(ports + 2) > end)
+        return true;
+    return is_dns_port(bpf_ntohs(direction == DNS_DIR_QUERY ? ports[1] : ports[0]));
+}
+
 /* Offset of the DNS message (TCP: of its 2-byte length prefix); 0 when there is none. */
 static __always_inline __u32 payload_offset(struct __sk_buff *skb, const struct pkt *p)
 {
@@ -169,7 +212,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
     __u64 len;
     __u64 now;
 
-    if (!parse_headers(skb, &p))
+    if (!maybe_dns(skb, direction) || !parse_headers(skb, &p))
         return 1;
     if (!is_dns_port(direction == DNS_DIR_QUERY ? p.dport : p.sport))
         return 1;
