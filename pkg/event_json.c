@@ -397,14 +397,17 @@ void event_json_write(struct buf *b, const struct event *e)
         put_str(b, type, strlen(type));
     else
         PUT_LIT(b, "null");
-    /* A drop freed in softirq, a server connection closed before any process accepted it:
-     * no process of its own, so say nothing rather than 0. */
-    if (!((e->type == EVENT_PACKET_DROP || e->type == EVENT_CLOSE) && e->pid == 0 &&
-          !e->command[0])) {
+    /* A drop freed in softirq, a server connection closed before any process accepted it, a
+     * DNS query sent from softirq: no process of its own, so say nothing rather than 0. */
+    if (!((e->type == EVENT_PACKET_DROP || e->type == EVENT_CLOSE || e->type == EVENT_DNS) &&
+          e->pid == 0 && !e->command[0])) {
         PUT_LIT(b, ",\"pid\":");
         put_u64(b, e->pid);
-        PUT_LIT(b, ",\"ppid\":");
-        put_u64(b, e->ppid);
+        /* A dns query is seen in a cgroup_skb program, which cannot read the parent. */
+        if (!(e->type == EVENT_DNS && e->ppid == 0)) {
+            PUT_LIT(b, ",\"ppid\":");
+            put_u64(b, e->ppid);
+        }
         PUT_LIT(b, ",\"uid\":");
         put_u64(b, e->uid);
         PUT_RAW_STR(b, "command", e->command, strnlen(e->command, sizeof(e->command)));

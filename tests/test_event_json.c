@@ -424,6 +424,7 @@ Test(event_json, dns_answered_with_a_cname_chain)
 {
     struct event e;
     base(&e, EVENT_DNS, "curl");
+    e.ppid = 1; /* zero is "unknown" for dns: see dns_without_a_parent_or_a_process */
     set_addrs(&e, EVENT_FAMILY_IPV4, "10.1.0.7", 53001, "10.96.0.10", 53);
     e.protocol = IPPROTO_UDP;
     e.status = EVENT_STATUS_ANSWERED;
@@ -464,6 +465,27 @@ Test(event_json, dns_timeout_has_no_rcode_answers_or_latency)
                     "\"dest_ip\":\"::1\",\"dest_port\":5353,"
                     "\"protocol\":\"tcp\",\"family\":\"ipv6\",\"status\":\"timeout\","
                     "\"query\":\"slow.test\",\"query_type\":\"65280\",\"transaction_id\":7}");
+    assert_round_trip(&e);
+    event_clear(&e);
+}
+
+Test(event_json, dns_without_a_parent_or_a_process)
+{
+    struct event e;
+    base(&e, EVENT_DNS, "dig");
+    e.ppid = 0;
+    e.status = EVENT_STATUS_TIMEOUT;
+    e.u.dns.query = strdup("x.test");
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"dns\",\"pid\":1234,\"uid\":1000,"
+                    "\"command\":\"dig\"," TIMEPART ",\"node\":\"node-1\",\"status\":\"timeout\","
+                    "\"query\":\"x.test\",\"query_type\":\"0\",\"transaction_id\":0}");
+    assert_round_trip(&e);
+    e.pid = 0;
+    e.uid = 0;
+    e.command[0] = '\0';
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"dns\"," TIMEPART
+                    ",\"node\":\"node-1\",\"status\":\"timeout\",\"query\":\"x.test\","
+                    "\"query_type\":\"0\",\"transaction_id\":0}");
     assert_round_trip(&e);
     event_clear(&e);
 }
