@@ -42,7 +42,7 @@ struct proc {
     char log[160];
 };
 
-static struct proc nats, agg, dnsmasq, responder, sub;
+static struct proc nats, agg, dnsmasq, responder, sub, tail;
 static struct tu_agent agent;
 static int silent_fd = -1, silent_port;
 static char nats_url[64];
@@ -51,6 +51,8 @@ static void stop_all(void)
 {
     if (sub.pid > 0)
         tu_stop(sub.pid, 2000);
+    if (tail.pid > 0)
+        tu_stop(tail.pid, 2000);
     if (responder.pid > 0)
         tu_stop(responder.pid, 2000);
     if (dnsmasq.pid > 0)
@@ -74,6 +76,68 @@ static void remove_logs(void)
     unlink(agent.log);
     unlink(nats.log);
     unlink(dnsmasq.log);
+    if (tail.log[0])
+        unlink(tail.log);
+    if (sub.log[0])
+        unlink(sub.log);
+}
+
+/* Waits until the file at path holds needle; true when it does. */
+static bool wait_log(const char *path, const char *needle, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    do {
+        char *s = tu_read_file(path);
+        bool found = s && strstr(s, needle);
+        free(s);
+        if (found)
+            return true;
+        usleep(20000);
+    } while (tu_mono_ms() < deadline);
+    return false;
+}
+
+/* The independent readers of the bus: `ebpf-aggregator tail` with dns filters, and the npm
+ * client (nats + protobufjs, tests/js/sub.mjs). */
+static void bus_readers_up(void)
+{
+    char bin[256], script[256];
+    snprintf(bin, sizeof(bin), "%s", tu_repo_path("bin/ebpf-aggregator"));
+    snprintf(tail.log, sizeof(tail.log), "/tmp/e2e-dns-tail-%d.log", getpid());
+    char *targv[] = {bin,      "tail",    "--nats",   nats_url, "--query",
+                     "*.test", "--rcode", "NXDOMAIN", NULL};
+    tail.pid = tu_spawn(targv, NULL, tail.log);
+    cr_assert(wait_log(tail.log, "following", WAIT_MS), "tail did not subscribe");
+
+    cr_assert_eq(access(tu_repo_path("tests/js/node_modules/nats"), F_OK), 0,
+                 "tests/js/node_modules is missing: run make deps");
+    snprintf(script, sizeof(script), "%s", tu_repo_path("tests/js/sub.mjs"));
+    snprintf(sub.log, sizeof(sub.log), "/tmp/e2e-dns-sub-%d.log", getpid());
+    char *sargv[] = {"/usr/bin/node", script,      "--server", nats_url, "--subject",
+                     "ebpf.events.>", "--timeout", "80000",    NULL};
+    sub.pid = tu_spawn(sargv, NULL, sub.log);
+    cr_assert(wait_log(sub.log, "{\"ready\":true}", WAIT_MS), "sub.mjs did not subscribe");
+}
+
+/* The event with dns.query == query in the npm client's output (a new reference), or NULL. */
+static json_t *sub_dns_event(const char *query)
+{
+    json_t *found = NULL;
+    char *s = tu_read_file(sub.log);
+    for (char *line = s ? strtok(s, "\n") : NULL; line && !found; line = strtok(NULL, "\n")) {
+        json_t *j = json_loads(line, 0, NULL);
+        size_t i;
+        json_t *ev;
+        json_array_foreach(json_object_get(json_object_get(j, "batch"), "events"), i, ev)
+        {
+            const char *q = tu_jstr(json_object_get(ev, "dns"), "query");
+            if (!found && q && strcmp(q, query) == 0)
+                found = json_incref(ev);
+        }
+        json_decref(j);
+    }
+    free(s);
+    return found;
 }
 
 static void dump(const char *path)
@@ -449,6 +513,7 @@ static json_int_t count_of(int port, const char *path)
 Test(e2e_dns, dig_over_udp_tcp_and_ipv6_every_field, .fini = stop_all, .timeout = 90)
 {
     monitor_up("dns-node");
+    bus_readers_up();
     int P = dnsmasq.port;
 
     struct dig_result a = dig("127.0.0.1", "A.Test A");
@@ -491,6 +556,36 @@ Test(e2e_dns, dig_over_udp_tcp_and_ipv6_every_field, .fini = stop_all, .timeout 
     check_same(evt, onagg_t);
     json_t *onagg_v6 = wait_dns(agg.port, "a.test", v6.id); /* the last: all are there now */
     check_same(evv6, onagg_v6);
+
+    /* The npm client (protobufjs on pkg/events.proto) decodes the same event from the bus. */
+    json_t *js = NULL;
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    while (!(js = sub_dns_event("www.test")) && tu_mono_ms() < deadline)
+        usleep(50000);
+    cr_assert(js, "sub.mjs decoded no dns event for www.test");
+    char *jss = json_dumps(js, 0);
+    json_t *d = json_object_get(js, "dns");
+    cr_assert_str_eq(tu_jstr(js, "type"), "EVENT_TYPE_DNS", "%s", jss);
+    cr_assert_str_eq(tu_jstr(js, "id"), tu_jstr(evc, "id"), "%s", jss);
+    cr_assert_str_eq(tu_jstr(d, "status"), "DNS_STATUS_ANSWERED", "%s", jss);
+    cr_assert_eq(json_integer_value(json_object_get(d, "query_type")), 1, "%s", jss);
+    cr_assert_eq(json_integer_value(json_object_get(d, "rcode")), 0, "%s", jss);
+    cr_assert_eq(json_integer_value(json_object_get(d, "transaction_id")), cname.id, "%s", jss);
+    cr_assert(json_equal(json_object_get(d, "answers"), json_object_get(evc, "answers")), "%s",
+              jss);
+    cr_assert_str_eq(tu_jstr(js, "dest_addr"), "127.0.0.1", "%s", jss);
+    cr_assert_eq(json_integer_value(json_object_get(js, "dest_port")), P, "%s", jss);
+    cr_assert_eq(json_integer_value(json_object_get(js, "protocol")), 17, "%s", jss);
+    free(jss);
+    json_decref(js);
+
+    /* tail with --query '*.test' --rcode NXDOMAIN printed nope.test, and nothing answered
+     * otherwise. */
+    cr_assert(wait_log(tail.log, "\"query\":\"nope.test\"", WAIT_MS), "tail missed nope.test");
+    char *tl = tu_read_file(tail.log);
+    cr_assert_null(strstr(tl, "\"rcode\":\"NOERROR\""), "tail let through: %s", tl);
+    cr_assert_null(strstr(tl, "\"type\":\"connection\""), "tail let through: %s", tl);
+    free(tl);
 
     /* Filters, on both binaries: query exact (any case) or *.suffix, rcode by name or number. */
     char path[256];
