@@ -297,7 +297,7 @@ static void ask(int port, uint16_t id, const char *name, bool wait_answer)
 
 /* ---- the monitor ---- */
 
-static void monitor_up(const char *node)
+static void monitor_up_with(const char *node, const char *rate)
 {
     char bin[256], listen[32], ports[64], types[] = "dns,connection";
 
@@ -311,17 +311,10 @@ static void monitor_up(const char *node)
     responder_up();
     silent_fd = udp_bound(&silent_port);
     snprintf(ports, sizeof(ports), "%d,%d,%d", dnsmasq.port, responder.port, silent_port);
-    const char *extra[] = {"--nats-url",
-                           nats_url,
-                           "--flush-interval",
-                           "50ms",
-                           "--event-types",
-                           types,
-                           "--dns-ports",
-                           ports,
-                           "--dns-timeout",
-                           "1s",
-                           NULL};
+    const char *extra[] = {
+        "--nats-url",  nats_url, "--flush-interval", "50ms", "--event-types",    types,
+        "--dns-ports", ports,    "--dns-timeout",    "1s",   "--dns-rate-limit", rate,
+        NULL};
     tu_agent_start(&agent, node, extra);
 
     agg.port = tu_free_port();
@@ -370,6 +363,11 @@ static void monitor_up(const char *node)
         }
         usleep(50000);
     }
+}
+
+static void monitor_up(const char *node)
+{
+    monitor_up_with(node, "100000");
 }
 
 /* ---- dig ---- */
@@ -794,5 +792,100 @@ Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = s
         cr_assert(known, "an event with a name nobody asked for: %s", json_dumps(e, 0));
     }
     json_decref(all);
+    remove_logs();
+}
+
+static json_int_t program_counter(const char *name, const char *key)
+{
+    json_t *progs = tu_fetch_json(agent.port, "/api/programs");
+    size_t i;
+    json_t *p;
+    json_int_t v = -1;
+    json_array_foreach(json_object_get(progs, "programs"), i, p)
+    {
+        if (strcmp(tu_jstr(p, "name"), name) == 0)
+            v = tu_jint(p, key);
+    }
+    json_decref(progs);
+    cr_assert_geq(v, 0, "no program %s", name);
+    return v;
+}
+
+static bool is_storm_event(json_t *ev, void *arg)
+{
+    const char *q = tu_jstr(ev, "query");
+    return q && strcmp(q, "a.test") == 0 && tu_jint(ev, "pid") == getpid();
+}
+
+/*
+ * A storm of 400 queries against DNS_RATE_LIMIT=5: the kernel reports a few,
+ * counts the rest as suppressed (per program, then in /api/stats once the next
+ * record carries the count), and the other event types still get through.
+ */
+Test(e2e_dns, a_query_storm_is_rate_limited_and_counted, .fini = stop_all, .timeout = 90)
+{
+    monitor_up_with("dns-node", "5");
+    enum { STORM = 400 };
+    uint8_t q[512], a[1024];
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)dnsmasq.port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {.tv_sec = 2};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0);
+    json_int_t before = program_counter("cgroup_skb__dns_egress", "suppressed");
+    for (int i = 0; i < STORM; i++) {
+        size_t n = make_query(q, (uint16_t)(0x8000 + i), "a.test");
+        cr_assert_eq(send(fd, q, n, 0), (ssize_t)n);
+        cr_assert_gt(recv(fd, a, sizeof(a), 0), 0, "dnsmasq did not answer query %d", i);
+    }
+    json_int_t suppressed = program_counter("cgroup_skb__dns_egress", "suppressed") - before;
+    /* 5 a second per CPU, one second of burst: at most a few dozen got through. */
+    cr_assert_gt(suppressed, STORM / 2, "only %lld of %d queries suppressed", (long long)suppressed,
+                 STORM);
+
+    /* Some were reported, far fewer than were sent. */
+    json_t *ev = tu_wait_event(agent.port, "/api/events?type=dns&query=a.test&limit=10000",
+                               is_storm_event, NULL, WAIT_MS);
+    cr_assert(ev, "no query of the storm was reported");
+    json_decref(ev);
+    json_int_t reported =
+        count_of(agent.port, "/api/events?type=dns&query=a.test&status=answered&limit=10000");
+    cr_assert_lt(reported, STORM - suppressed + 1);
+
+    /* The next reported query carries the count: /api/stats has it once a token is back. */
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    int extra = 0;
+    while (stat_dns("suppressed") == 0) {
+        cr_assert(tu_mono_ms() < deadline, "dns.suppressed stayed 0");
+        size_t n = make_query(q, (uint16_t)(0x9000 + extra++), "a.test");
+        send(fd, q, n, 0);
+        recv(fd, a, sizeof(a), 0);
+        usleep(100000);
+    }
+    close(fd);
+    cr_assert_gt(stat_dns("suppressed"), 0);
+
+    /* Other event types are not starved: a connection right after the storm is reported. */
+    pid_t self = getpid();
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    socklen_t sl = sizeof(sa);
+    inet_pton(AF_INET, SVC_ADDR, &sa.sin_addr);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    cr_assert_eq(listen(lfd, 1), 0);
+    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_eq(connect(c, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    close(c);
+    close(lfd);
+    char path[128];
+    snprintf(path, sizeof(path), "/api/events?type=connection&pid=%d&limit=100", self);
+    deadline = tu_mono_ms() + WAIT_MS;
+    while (count_of(agent.port, path) == 0) {
+        cr_assert(tu_mono_ms() < deadline, "no connection event after the storm");
+        usleep(50000);
+    }
     remove_logs();
 }
