@@ -634,6 +634,18 @@ Test(e2e_dns, dig_over_udp_tcp_and_ipv6_every_field, .fini = stop_all, .timeout 
               m.body);
     cr_assert(strstr(m.body, "status=\"answered\",rcode=\"NXDOMAIN\"}"));
     cr_assert(strstr(m.body, "ebpf_agent_dns_latency_seconds_bucket{"));
+    char mfile[96], cmd[160];
+    snprintf(mfile, sizeof(mfile), "/tmp/e2e-dns-metrics-%d.txt", getpid());
+    FILE *fp = fopen(mfile, "w");
+    cr_assert_not_null(fp);
+    fwrite(m.body, 1, m.body_len, fp);
+    fclose(fp);
+    snprintf(cmd, sizeof(cmd), "promtool check metrics < %s", mfile);
+    char *out = NULL;
+    int prc = tu_run(cmd, &out);
+    unlink(mfile);
+    cr_assert_eq(prc, 0, "promtool check metrics: %s", out);
+    free(out);
     tu_http_free(&m);
 
     json_decref(ev), json_decref(ev6), json_decref(evc), json_decref(evn), json_decref(evt);

@@ -59,8 +59,6 @@ static void snapshot(struct dns_agent *d)
     s.suppressed = d->suppressed;
     s.truncated = d->truncated;
     pthread_mutex_lock(&d->lock);
-    s.series = d->series_used + (d->other.workload != NULL);
-    s.series_folded = d->series_folded;
     d->snapshot = s;
     pthread_mutex_unlock(&d->lock);
 }
@@ -260,6 +258,9 @@ void dns_agent_get_stats(struct dns_agent *d, struct dns_agent_stats *out)
 {
     pthread_mutex_lock(&d->lock);
     *out = d->snapshot;
+    /* The series are counted under the lock: always current. */
+    out->series = d->series_used + (d->other.workload != NULL);
+    out->series_folded = d->series_folded;
     pthread_mutex_unlock(&d->lock);
 }
 
@@ -346,11 +347,8 @@ static void series_metrics(struct buf *b, const struct series *s, bool counts)
 void dns_agent_metrics(struct dns_agent *d, struct buf *b)
 {
     struct dns_agent_stats s;
-    uint64_t parse_errors = 0;
 
     dns_agent_get_stats(d, &s);
-    for (int i = 1; i < DNS_PARSE_ERRORS; i++)
-        parse_errors += s.tracker.parse_errors[i];
     api_metric_header(b, "ebpf_agent_dns_queries_total", "counter",
                       "DNS queries by namespace, workload, status and rcode.");
     pthread_mutex_lock(&d->lock);
@@ -391,5 +389,4 @@ void dns_agent_metrics(struct dns_agent *d, struct buf *b)
                s.names.entries);
     api_metric(b, "ebpf_agent_dns_names_evicted_total", "counter",
                "peer_dns names dropped for room before their TTL.", s.names.evicted);
-    (void)parse_errors;
 }
