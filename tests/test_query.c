@@ -92,7 +92,7 @@ Test(query_parse, connection_and_peer_filters)
 Test(query_parse, every_type_name)
 {
     struct query q;
-    parse_ok(&q, "type=connection,accept,packet_drop,exec,exit,close");
+    parse_ok(&q, "type=connection,accept,packet_drop,exec,exit,close,dns");
     cr_assert_eq(q.types, EVENT_TYPES_ALL);
     parse_ok(&q, "type=packet_drop");
     cr_assert_eq(q.types, EVENT_TYPE_BIT(EVENT_PACKET_DROP));
