@@ -226,7 +226,7 @@ static void parse_header(const uint8_t *p, size_t len, struct dns_message *m)
     m->arcount = be16(p + 10);
 }
 
-/* Reads one resource record at *off; keeps it in m when it is A/AAAA/CNAME.
+/* Reads one resource record at *off; keeps it in m when it is A/AAAA/CNAME/PTR.
  * DNS_ERR_TRUNCATED when the bytes end inside it. */
 static int read_answer(const uint8_t *p, size_t len, size_t *off, struct dns_message *m)
 {
@@ -255,7 +255,8 @@ static int read_answer(const uint8_t *p, size_t len, size_t *off, struct dns_mes
             return DNS_ERR_BAD_RDATA;
         memcpy(a->addr, p + rdata, rdlen);
         break;
-    case DNS_TYPE_CNAME: {
+    case DNS_TYPE_CNAME:
+    case DNS_TYPE_PTR: {
         size_t t = rdata;
         /* The target's in-place bytes must fill the rdata exactly. */
         rc = read_name(p, rdata + rdlen, &t, a->target);
@@ -617,7 +618,7 @@ int dns_tracker_query(struct dns_tracker *t, const struct dns_key *k, const stru
     return 1;
 }
 
-/* The event's answers: in-chain addresses as text and CNAME targets. */
+/* The event's answers: in-chain addresses as text, CNAME targets and PTR names. */
 static int build_answers(const struct dns_message *m, struct event *e, uint32_t *ttl_s)
 {
     char buf[DNS_ANSWERS_MAX * (DNS_NAME_TEXT_MAX + 1)];
@@ -627,7 +628,7 @@ static int build_answers(const struct dns_message *m, struct event *e, uint32_t 
         const struct dns_answer *a = &m->answers[i];
         if (!a->in_chain)
             continue;
-        if (a->type == DNS_TYPE_CNAME) {
+        if (a->type == DNS_TYPE_CNAME || a->type == DNS_TYPE_PTR) {
             size_t l = strlen(a->target);
             memcpy(buf + n, a->target, l + 1);
             n += l + 1;

@@ -124,7 +124,7 @@ enum dns_parse_error {
     DNS_ERR_POINTER_LOOP = -5,    /* a pointer into the name being read, or too many hops */
     DNS_ERR_FORWARD_POINTER = -6, /* a pointer at or after itself (RFC 1035: prior occurrence) */
     DNS_ERR_POINTER_OUT_OF_BOUNDS = -7, /* a pointer past the end of the message */
-    DNS_ERR_BAD_RDATA = -8,      /* an A/AAAA of the wrong size, a CNAME not filling its rdata */
+    DNS_ERR_BAD_RDATA = -8, /* an A/AAAA of the wrong size, a CNAME/PTR not filling its rdata */
     DNS_ERR_BAD_TCP_LENGTH = -9, /* a TCP length prefix shorter than a DNS header */
 };
 #define DNS_PARSE_ERRORS 10 /* number of codes, DNS_OK included: index by -code */
@@ -134,15 +134,15 @@ enum dns_parse_error {
  * "ok" for 0; NULL for anything else. Stable: used as metric labels. */
 const char *dns_parse_error_name(int err);
 
-/* One answer record the parser keeps: A, AAAA or CNAME (others are skipped). */
+/* One answer record the parser keeps: A, AAAA, CNAME or PTR (others are skipped). */
 struct dns_answer {
-    uint16_t type;    /* DNS_TYPE_A, DNS_TYPE_AAAA or DNS_TYPE_CNAME */
+    uint16_t type;    /* DNS_TYPE_A, DNS_TYPE_AAAA, DNS_TYPE_CNAME or DNS_TYPE_PTR */
     uint16_t class;   /* 1 = IN */
     uint32_t ttl;     /* seconds, as sent */
     bool in_chain;    /* owner is the question's name or a CNAME target reached from it */
     uint8_t addr[16]; /* A: the first 4 bytes; AAAA: 16 bytes */
     char owner[DNS_NAME_TEXT_MAX + 1];  /* the record's name */
-    char target[DNS_NAME_TEXT_MAX + 1]; /* CNAME: the canonical name; else "" */
+    char target[DNS_NAME_TEXT_MAX + 1]; /* CNAME: the canonical name; PTR: the name; else "" */
 };
 
 /*
@@ -162,7 +162,7 @@ struct dns_message {
     char qname[DNS_NAME_TEXT_MAX + 1];
     uint16_t qtype, qclass;
 
-    /* A/AAAA/CNAME records of the answer section, in order, at most DNS_ANSWERS_MAX. */
+    /* A/AAAA/CNAME/PTR records of the answer section, in order, at most DNS_ANSWERS_MAX. */
     struct dns_answer answers[DNS_ANSWERS_MAX];
     unsigned answer_count;
     /*
@@ -276,7 +276,7 @@ int dns_tracker_query(struct dns_tracker *t, const struct dns_key *k, const stru
  * An answer arrived (m->qr true) for key k. When a query with (k, m->id) is
  * pending and its question is the same (name and type), the query leaves the
  * table and *out is the complete EVENT_DNS: query, query_type, rcode,
- * answers (the in-chain A/AAAA addresses and CNAME targets, in the answer's
+ * answers (the in-chain A/AAAA addresses, CNAME targets and PTR names, in the answer's
  * order), latency_ns = ts_ns - the query's ts_ns, status ANSWERED,
  * transaction_id. *out must hold no owned strings; the caller owns the
  * result (event_clear()). *ttl_s, when not NULL, is the smallest TTL of the

@@ -1,6 +1,6 @@
 /*
  * Tests for pkg/dns: the parser on real answers from a real dnsmasq (UDP and
- * TCP, A, AAAA, a CNAME chain, NXDOMAIN, twenty records, compression
+ * TCP, A, AAAA, PTR, a CNAME chain, NXDOMAIN, twenty records, compression
  * pointers) and on every prefix of them; hostile messages built by hand;
  * the query tracker and the name cache driven by those real messages.
  */
@@ -285,6 +285,40 @@ Test(dns_real, cname_chain)
     assert_addr(&m->answers[2], AF_INET, "10.1.2.3");
     for (unsigned i = 0; i < 3; i++)
         cr_assert(m->answers[i].in_chain, "answer %u", i);
+    free(m);
+}
+
+Test(dns_real, ptr)
+{
+    struct exchange x;
+    ask_once(&x, 8, "3.2.1.10.in-addr.arpa", DNS_TYPE_PTR, "udp-ptr");
+
+    struct dns_message *m = msg_new();
+    cr_assert_eq(dns_parse(x.a, x.alen, m), DNS_OK);
+    cr_assert_str_eq(m->qname, "3.2.1.10.in-addr.arpa");
+    cr_assert_eq(m->qtype, DNS_TYPE_PTR);
+    cr_assert_eq(m->answer_count, 1);
+    cr_assert_eq(m->answers[0].type, DNS_TYPE_PTR);
+    cr_assert_str_eq(m->answers[0].target, "web.test");
+    cr_assert(m->answers[0].in_chain);
+
+    /* The event names it; the name cache takes addresses only. */
+    struct dns_tracker *t = dns_tracker_new(NULL);
+    struct dns_names *c = dns_names_new(NULL);
+    struct dns_key k = {.family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_UDP, .server_port = 53};
+    struct event attr = {.cgroup_id = 5}, out = {0};
+    uint32_t ttl;
+    cr_assert_eq(dns_parse(x.q, x.qlen, m), DNS_OK);
+    cr_assert_eq(dns_tracker_query(t, &k, m, &attr, 1), 1);
+    cr_assert_eq(dns_parse(x.a, x.alen, m), DNS_OK);
+    cr_assert_eq(dns_tracker_answer(t, &k, m, 2, &out, &ttl), 1);
+    cr_assert_eq(out.u.dns.answers_len, sizeof("web.test"));
+    cr_assert_str_eq(out.u.dns.answers, "web.test");
+    cr_assert_eq(ttl, 0); /* no address record */
+    cr_assert_eq(dns_names_add(c, 5, &out, ttl, 0), 0);
+    event_clear(&out);
+    dns_names_free(c);
+    dns_tracker_free(t);
     free(m);
 }
 
