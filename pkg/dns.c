@@ -574,6 +574,11 @@ static uint32_t pending_find(const struct dns_tracker *t, const struct pending_k
     return NIL;
 }
 
+static bool same_question(const struct pending *p, const struct dns_message *m)
+{
+    return p->ev.u.dns.query_type == m->qtype && strcmp(p->ev.u.dns.query, m->qname) == 0;
+}
+
 static void pending_drop(struct dns_tracker *t, uint32_t i)
 {
     event_clear(&t->entry[i].ev);
@@ -587,7 +592,12 @@ int dns_tracker_query(struct dns_tracker *t, const struct dns_key *k, const stru
         return -EINVAL;
     struct pending_key pk = make_key(k, m->id);
     uint64_t hash = table_hash(&t->table, &pk, sizeof(pk));
-    if (pending_find(t, &pk, hash) != NIL) {
+    uint32_t i = pending_find(t, &pk, hash);
+    if (i != NIL) {
+        if (!same_question(&t->entry[i], m)) {
+            t->st.collisions++;
+            return 0;
+        }
         t->st.retries++;
         return 1;
     }
@@ -668,7 +678,7 @@ int dns_tracker_answer(struct dns_tracker *t, const struct dns_key *k, const str
         return 0;
     }
     struct pending *p = &t->entry[i];
-    if (p->ev.u.dns.query_type != m->qtype || strcmp(p->ev.u.dns.query, m->qname) != 0) {
+    if (!same_question(p, m)) {
         t->st.mismatched++;
         return 0;
     }

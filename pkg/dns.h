@@ -235,6 +235,7 @@ struct dns_tracker_stats {
     uint64_t retries;    /* queries retransmitted with the key of a pending one */
     uint64_t oom;        /* queries or events lost to a failed allocation */
     uint64_t parse_errors[DNS_PARSE_ERRORS]; /* by -enum dns_parse_error; [0] unused */
+    uint64_t collisions; /* queries with a pending one's key but another question: no event */
 };
 
 /*
@@ -258,16 +259,20 @@ void dns_tracker_free(struct dns_tracker *t);
 size_t dns_tracker_entry_size(void);
 
 /*
- * A query was sent (m->qr false, checked: a response is counted as unmatched
- * and ignored; returns 0). attr is the event template: its id, timestamp_ns
+ * A query was sent (m->qr false; a response is refused with -EINVAL, not
+ * counted). attr is the event template: its id, timestamp_ns
  * (wall clock, when the query was sent), pid, ppid, uid, command,
  * cgroup_id, node, k8s, peer, saddr/sport (the client) are copied (strings
  * there are interned, copied as pointers); type, status, union, family,
  * protocol, daddr/dport are set by the tracker (from EVENT_DNS, the outcome
- * and the key). A query with the key (k, m->id) of one already pending is a
- * retransmission: it keeps the first query's time and attribution, counted
- * in `retries`. Returns 1 when tracked (new or retry), -ENOMEM when its name
- * could not be copied (counted in oom).
+ * and the key). A query with the key (k, m->id) and the question (name and
+ * type) of one already pending is a retransmission: it keeps the first
+ * query's time and attribution, counted in `retries`. With that key but
+ * another question it is a client reusing an ID before the first answer
+ * came (rare: resolvers pick a random ID per query): counted in
+ * `collisions` and not tracked (the first query keeps its key; the second's
+ * answer will count as mismatched), returns 0. Returns 1 when tracked (new
+ * or retry), -ENOMEM when its name could not be copied (counted in oom).
  */
 int dns_tracker_query(struct dns_tracker *t, const struct dns_key *k, const struct dns_message *m,
                       const struct event *attr, uint64_t ts_ns);

@@ -918,6 +918,10 @@ Test(dns_tracker, mismatched_question_is_not_matched)
     memset(&out, 0, sizeof(out));
     cr_assert_eq(dns_parse(web.q, web.qlen, q), DNS_OK);
     cr_assert_eq(dns_tracker_query(t, &k, q, &attr, 10), 1);
+    /* Another question under the same ID before the answer: not a retry, not tracked. */
+    cr_assert_eq(dns_parse(alias.q, alias.qlen, q), DNS_OK);
+    cr_assert_eq(dns_tracker_query(t, &k, q, &attr, 11), 0);
+    cr_assert_eq(dns_parse(web.q, web.qlen, q), DNS_OK);
     cr_assert_eq(dns_parse(alias.a, alias.alen, a), DNS_OK);
     cr_assert_eq(dns_tracker_answer(t, &k, a, 20, &out, NULL), 0);
     cr_assert_eq(dns_parse(web6.a, web6.alen, a), DNS_OK);
@@ -934,6 +938,8 @@ Test(dns_tracker, mismatched_question_is_not_matched)
     struct dns_tracker_stats st;
     dns_tracker_get_stats(t, &st);
     cr_assert_eq(st.mismatched, 2);
+    cr_assert_eq(st.collisions, 1);
+    cr_assert_eq(st.retries, 0);
     cr_assert_eq(st.unmatched, 0);
     cr_assert_eq(st.answered, 1);
     cr_assert_eq(st.queries, 1);
