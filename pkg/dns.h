@@ -202,6 +202,9 @@ int dns_parse(const uint8_t *p, size_t len, struct dns_message *m);
  * cut short, DNS_ERR_TRUNCATED. The caller passes only segments that start a
  * message (the first of a connection, or following the end of the previous
  * one); a continuation segment fails as garbage would, counted, no event.
+ * Some clients write the length prefix in a segment of its own: a 2-byte
+ * segment (DNS_ERR_TRUNCATED here) is then followed by the bare message,
+ * which the caller parses with dns_parse().
  */
 int dns_parse_tcp(const uint8_t *p, size_t len, struct dns_message *m);
 
