@@ -168,9 +168,10 @@ struct dns_message {
     /*
      * true when the answer section was not read to its end: the bytes ended
      * first (a capture that copied only a prefix, or a TCP segment holding
-     * only the start of a message), or more than DNS_ANSWERS_MAX records
-     * were kept. Everything above is still exact; records past the cut are
-     * simply absent.
+     * only the start of a message), or the section held more records than
+     * the DNS_ANSWERS_MAX kept. Everything above is still exact; records
+     * past the cut are simply absent. (The authority and additional
+     * sections are never read: a cut there does not set it.)
      */
     bool truncated;
     size_t wire_len; /* the message's length: len for UDP, the prefix's value for TCP */
@@ -183,7 +184,7 @@ struct dns_message {
  * A prefix of a message (the capture copies at most a fixed number of
  * bytes) parses as long as the header and the whole first question are in
  * it: the answer records that fit entirely are returned, and m->truncated is
- * set. A prefix that ends inside the header or the question is
+ * set when one did not. A prefix that ends inside the header or the question is
  * DNS_ERR_TRUNCATED. Compression pointers must point strictly before the
  * part of the name being read (so every name ends within DNS_POINTER_HOPS
  * hops), which also means a prefix never holds a pointer whose target it
@@ -197,7 +198,7 @@ int dns_parse(const uint8_t *p, size_t len, struct dns_message *m);
  * length prefix (network order) then the message. A segment holding the
  * whole message parses like dns_parse() (bytes after it, a pipelined next
  * message, are ignored; m->wire_len says where it ended: 2 + wire_len); one
- * holding only its start parses as a prefix (m->truncated set). A prefix
+ * holding only its start parses as a prefix (see dns_parse()). A prefix
  * below 12 is DNS_ERR_BAD_TCP_LENGTH; fewer than 2 + 12 bytes, or a question
  * cut short, DNS_ERR_TRUNCATED. The caller passes only segments that start a
  * message (the first of a connection, or following the end of the previous
