@@ -155,6 +155,8 @@ static size_t union_size(uint8_t type)
         return sizeof(((struct event *)0)->u.exit);
     case EVENT_CLOSE:
         return sizeof(((struct event *)0)->u.close);
+    case EVENT_DNS:
+        return sizeof(((struct event *)0)->u.dns);
     default:
         return sizeof(((struct event *)0)->u);
     }
@@ -188,7 +190,8 @@ static inline const struct store_rec *shard_rec(const struct store_shard *sh, si
     return (const struct store_rec *)shard_at(sh, i);
 }
 
-/* Packs e's per-event fields into rec (ownership of exec strings moves with the union bytes). */
+/* Packs e's per-event fields into rec (ownership of exec/dns strings moves with the union bytes).
+ */
 static void rec_pack(const struct store_shard *sh, unsigned char *rec, const struct event *e)
 {
     struct store_rec *r = (struct store_rec *)rec;
@@ -240,10 +243,10 @@ static void rec_unpack(const struct store_shard *sh, const unsigned char *rec, s
     memcpy(e->daddr, p + sh->alen, sh->alen);
 }
 
-/* Frees what a record owns. */
+/* Frees what a record owns (exec and dns events own strings). */
 static void rec_clear(const struct store_shard *sh, unsigned char *rec)
 {
-    if (sh->type != EVENT_EXEC)
+    if (sh->type != EVENT_EXEC && sh->type != EVENT_DNS)
         return;
     struct event e;
     rec_unpack(sh, rec, &e);
