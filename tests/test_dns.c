@@ -26,11 +26,12 @@
 struct dnsmasq {
     pid_t pid;
     int port;
+    char log[64];
 };
 
 static void dnsmasq_start(struct dnsmasq *d)
 {
-    char port[32], log[64];
+    char port[32];
     char many[MANY][48];
     char *argv[16 + MANY] = {
         "/usr/sbin/dnsmasq",
@@ -56,15 +57,17 @@ static void dnsmasq_start(struct dnsmasq *d)
     d->port = tu_free_port();
     cr_assert_gt(d->port, 0);
     snprintf(port, sizeof(port), "--port=%d", d->port);
-    snprintf(log, sizeof(log), "/tmp/test_dns-dnsmasq-%d.log", (int)getpid());
-    d->pid = tu_spawn(argv, NULL, log);
+    snprintf(d->log, sizeof(d->log), "/tmp/test_dns-dnsmasq-%d.log", (int)getpid());
+    d->pid = tu_spawn(argv, NULL, d->log);
     cr_assert_gt(d->pid, 0);
-    cr_assert(tu_wait_port(d->port, 10000), "dnsmasq did not come up; see %s", log);
+    cr_assert(tu_wait_port(d->port, 10000), "dnsmasq did not come up; see %s", d->log);
 }
 
+/* Stops it by its pid; its log is kept only when a test failed before this. */
 static void dnsmasq_stop(struct dnsmasq *d)
 {
     tu_stop(d->pid, 2000);
+    unlink(d->log);
 }
 
 /* A query as a stub resolver sends it: RD set, one question of class IN. */
@@ -253,6 +256,11 @@ Test(dns_real, aaaa_over_tcp_and_case_folded)
     cr_assert_eq(m->answers[0].type, DNS_TYPE_AAAA);
     assert_addr(&m->answers[0], AF_INET6, "fd00::3");
     cr_assert(m->answers[0].in_chain);
+
+    /* A client that sends the length alone: that segment, then the bare message. */
+    cr_assert_eq(dns_parse_tcp(a, 2, m), DNS_ERR_TRUNCATED);
+    cr_assert_eq(dns_parse(a + 2, alen - 2, m), DNS_OK);
+    cr_assert_eq(m->answer_count, 1);
 
     /* The segment may carry the next message after this one: ignored. */
     uint8_t two[8192];
