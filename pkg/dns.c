@@ -226,7 +226,7 @@ static void parse_header(const uint8_t *p, size_t len, struct dns_message *m)
     m->arcount = be16(p + 10);
 }
 
-/* Reads one resource record at *off; keeps it in m when it is A/AAAA/CNAME.
+/* Reads one resource record at *off; keeps it in m when it is A/AAAA/CNAME/PTR.
  * DNS_ERR_TRUNCATED when the bytes end inside it. */
 static int read_answer(const uint8_t *p, size_t len, size_t *off, struct dns_message *m)
 {
@@ -255,7 +255,8 @@ static int read_answer(const uint8_t *p, size_t len, size_t *off, struct dns_mes
             return DNS_ERR_BAD_RDATA;
         memcpy(a->addr, p + rdata, rdlen);
         break;
-    case DNS_TYPE_CNAME: {
+    case DNS_TYPE_CNAME:
+    case DNS_TYPE_PTR: {
         size_t t = rdata;
         /* The target's in-place bytes must fill the rdata exactly. */
         rc = read_name(p, rdata + rdlen, &t, a->target);
@@ -573,6 +574,11 @@ static uint32_t pending_find(const struct dns_tracker *t, const struct pending_k
     return NIL;
 }
 
+static bool same_question(const struct pending *p, const struct dns_message *m)
+{
+    return p->ev.u.dns.query_type == m->qtype && strcmp(p->ev.u.dns.query, m->qname) == 0;
+}
+
 static void pending_drop(struct dns_tracker *t, uint32_t i)
 {
     event_clear(&t->entry[i].ev);
@@ -586,7 +592,12 @@ int dns_tracker_query(struct dns_tracker *t, const struct dns_key *k, const stru
         return -EINVAL;
     struct pending_key pk = make_key(k, m->id);
     uint64_t hash = table_hash(&t->table, &pk, sizeof(pk));
-    if (pending_find(t, &pk, hash) != NIL) {
+    uint32_t i = pending_find(t, &pk, hash);
+    if (i != NIL) {
+        if (!same_question(&t->entry[i], m)) {
+            t->st.collisions++;
+            return 0;
+        }
         t->st.retries++;
         return 1;
     }
@@ -617,7 +628,7 @@ int dns_tracker_query(struct dns_tracker *t, const struct dns_key *k, const stru
     return 1;
 }
 
-/* The event's answers: in-chain addresses as text and CNAME targets. */
+/* The event's answers: in-chain addresses as text, CNAME targets and PTR names. */
 static int build_answers(const struct dns_message *m, struct event *e, uint32_t *ttl_s)
 {
     char buf[DNS_ANSWERS_MAX * (DNS_NAME_TEXT_MAX + 1)];
@@ -627,7 +638,7 @@ static int build_answers(const struct dns_message *m, struct event *e, uint32_t 
         const struct dns_answer *a = &m->answers[i];
         if (!a->in_chain)
             continue;
-        if (a->type == DNS_TYPE_CNAME) {
+        if (a->type == DNS_TYPE_CNAME || a->type == DNS_TYPE_PTR) {
             size_t l = strlen(a->target);
             memcpy(buf + n, a->target, l + 1);
             n += l + 1;
@@ -667,7 +678,7 @@ int dns_tracker_answer(struct dns_tracker *t, const struct dns_key *k, const str
         return 0;
     }
     struct pending *p = &t->entry[i];
-    if (p->ev.u.dns.query_type != m->qtype || strcmp(p->ev.u.dns.query, m->qname) != 0) {
+    if (!same_question(p, m)) {
         t->st.mismatched++;
         return 0;
     }

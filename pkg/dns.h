@@ -124,7 +124,7 @@ enum dns_parse_error {
     DNS_ERR_POINTER_LOOP = -5,    /* a pointer into the name being read, or too many hops */
     DNS_ERR_FORWARD_POINTER = -6, /* a pointer at or after itself (RFC 1035: prior occurrence) */
     DNS_ERR_POINTER_OUT_OF_BOUNDS = -7, /* a pointer past the end of the message */
-    DNS_ERR_BAD_RDATA = -8,      /* an A/AAAA of the wrong size, a CNAME not filling its rdata */
+    DNS_ERR_BAD_RDATA = -8, /* an A/AAAA of the wrong size, a CNAME/PTR not filling its rdata */
     DNS_ERR_BAD_TCP_LENGTH = -9, /* a TCP length prefix shorter than a DNS header */
 };
 #define DNS_PARSE_ERRORS 10 /* number of codes, DNS_OK included: index by -code */
@@ -134,15 +134,15 @@ enum dns_parse_error {
  * "ok" for 0; NULL for anything else. Stable: used as metric labels. */
 const char *dns_parse_error_name(int err);
 
-/* One answer record the parser keeps: A, AAAA or CNAME (others are skipped). */
+/* One answer record the parser keeps: A, AAAA, CNAME or PTR (others are skipped). */
 struct dns_answer {
-    uint16_t type;    /* DNS_TYPE_A, DNS_TYPE_AAAA or DNS_TYPE_CNAME */
+    uint16_t type;    /* DNS_TYPE_A, DNS_TYPE_AAAA, DNS_TYPE_CNAME or DNS_TYPE_PTR */
     uint16_t class;   /* 1 = IN */
     uint32_t ttl;     /* seconds, as sent */
     bool in_chain;    /* owner is the question's name or a CNAME target reached from it */
     uint8_t addr[16]; /* A: the first 4 bytes; AAAA: 16 bytes */
     char owner[DNS_NAME_TEXT_MAX + 1];  /* the record's name */
-    char target[DNS_NAME_TEXT_MAX + 1]; /* CNAME: the canonical name; else "" */
+    char target[DNS_NAME_TEXT_MAX + 1]; /* CNAME: the canonical name; PTR: the name; else "" */
 };
 
 /*
@@ -162,15 +162,16 @@ struct dns_message {
     char qname[DNS_NAME_TEXT_MAX + 1];
     uint16_t qtype, qclass;
 
-    /* A/AAAA/CNAME records of the answer section, in order, at most DNS_ANSWERS_MAX. */
+    /* A/AAAA/CNAME/PTR records of the answer section, in order, at most DNS_ANSWERS_MAX. */
     struct dns_answer answers[DNS_ANSWERS_MAX];
     unsigned answer_count;
     /*
      * true when the answer section was not read to its end: the bytes ended
      * first (a capture that copied only a prefix, or a TCP segment holding
-     * only the start of a message), or more than DNS_ANSWERS_MAX records
-     * were kept. Everything above is still exact; records past the cut are
-     * simply absent.
+     * only the start of a message), or the section held more records than
+     * the DNS_ANSWERS_MAX kept. Everything above is still exact; records
+     * past the cut are simply absent. (The authority and additional
+     * sections are never read: a cut there does not set it.)
      */
     bool truncated;
     size_t wire_len; /* the message's length: len for UDP, the prefix's value for TCP */
@@ -183,7 +184,7 @@ struct dns_message {
  * A prefix of a message (the capture copies at most a fixed number of
  * bytes) parses as long as the header and the whole first question are in
  * it: the answer records that fit entirely are returned, and m->truncated is
- * set. A prefix that ends inside the header or the question is
+ * set when one did not. A prefix that ends inside the header or the question is
  * DNS_ERR_TRUNCATED. Compression pointers must point strictly before the
  * part of the name being read (so every name ends within DNS_POINTER_HOPS
  * hops), which also means a prefix never holds a pointer whose target it
@@ -197,11 +198,14 @@ int dns_parse(const uint8_t *p, size_t len, struct dns_message *m);
  * length prefix (network order) then the message. A segment holding the
  * whole message parses like dns_parse() (bytes after it, a pipelined next
  * message, are ignored; m->wire_len says where it ended: 2 + wire_len); one
- * holding only its start parses as a prefix (m->truncated set). A prefix
+ * holding only its start parses as a prefix (see dns_parse()). A prefix
  * below 12 is DNS_ERR_BAD_TCP_LENGTH; fewer than 2 + 12 bytes, or a question
  * cut short, DNS_ERR_TRUNCATED. The caller passes only segments that start a
  * message (the first of a connection, or following the end of the previous
  * one); a continuation segment fails as garbage would, counted, no event.
+ * Some clients write the length prefix in a segment of its own: a 2-byte
+ * segment (DNS_ERR_TRUNCATED here) is then followed by the bare message,
+ * which the caller parses with dns_parse().
  */
 int dns_parse_tcp(const uint8_t *p, size_t len, struct dns_message *m);
 
@@ -235,6 +239,7 @@ struct dns_tracker_stats {
     uint64_t retries;    /* queries retransmitted with the key of a pending one */
     uint64_t oom;        /* queries or events lost to a failed allocation */
     uint64_t parse_errors[DNS_PARSE_ERRORS]; /* by -enum dns_parse_error; [0] unused */
+    uint64_t collisions; /* queries with a pending one's key but another question: no event */
 };
 
 /*
@@ -258,16 +263,20 @@ void dns_tracker_free(struct dns_tracker *t);
 size_t dns_tracker_entry_size(void);
 
 /*
- * A query was sent (m->qr false, checked: a response is counted as unmatched
- * and ignored; returns 0). attr is the event template: its id, timestamp_ns
+ * A query was sent (m->qr false; a response is refused with -EINVAL, not
+ * counted). attr is the event template: its id, timestamp_ns
  * (wall clock, when the query was sent), pid, ppid, uid, command,
  * cgroup_id, node, k8s, peer, saddr/sport (the client) are copied (strings
  * there are interned, copied as pointers); type, status, union, family,
  * protocol, daddr/dport are set by the tracker (from EVENT_DNS, the outcome
- * and the key). A query with the key (k, m->id) of one already pending is a
- * retransmission: it keeps the first query's time and attribution, counted
- * in `retries`. Returns 1 when tracked (new or retry), -ENOMEM when its name
- * could not be copied (counted in oom).
+ * and the key). A query with the key (k, m->id) and the question (name and
+ * type) of one already pending is a retransmission: it keeps the first
+ * query's time and attribution, counted in `retries`. With that key but
+ * another question it is a client reusing an ID before the first answer
+ * came (rare: resolvers pick a random ID per query): counted in
+ * `collisions` and not tracked (the first query keeps its key; the second's
+ * answer will count as mismatched), returns 0. Returns 1 when tracked (new
+ * or retry), -ENOMEM when its name could not be copied (counted in oom).
  */
 int dns_tracker_query(struct dns_tracker *t, const struct dns_key *k, const struct dns_message *m,
                       const struct event *attr, uint64_t ts_ns);
@@ -276,7 +285,7 @@ int dns_tracker_query(struct dns_tracker *t, const struct dns_key *k, const stru
  * An answer arrived (m->qr true) for key k. When a query with (k, m->id) is
  * pending and its question is the same (name and type), the query leaves the
  * table and *out is the complete EVENT_DNS: query, query_type, rcode,
- * answers (the in-chain A/AAAA addresses and CNAME targets, in the answer's
+ * answers (the in-chain A/AAAA addresses, CNAME targets and PTR names, in the answer's
  * order), latency_ns = ts_ns - the query's ts_ns, status ANSWERED,
  * transaction_id. *out must hold no owned strings; the caller owns the
  * result (event_clear()). *ttl_s, when not NULL, is the smallest TTL of the

@@ -190,8 +190,8 @@ static inline const struct store_rec *shard_rec(const struct store_shard *sh, si
     return (const struct store_rec *)shard_at(sh, i);
 }
 
-/* Packs e's per-event fields into rec (ownership of exec and dns strings moves with the union
- * bytes). */
+/* Packs e's per-event fields into rec (ownership of exec/dns strings moves with the union bytes).
+ */
 static void rec_pack(const struct store_shard *sh, unsigned char *rec, const struct event *e)
 {
     struct store_rec *r = (struct store_rec *)rec;
@@ -243,7 +243,7 @@ static void rec_unpack(const struct store_shard *sh, const unsigned char *rec, s
     memcpy(e->daddr, p + sh->alen, sh->alen);
 }
 
-/* Frees what a record owns. */
+/* Frees what a record owns (exec and dns events own strings). */
 static void rec_clear(const struct store_shard *sh, unsigned char *rec)
 {
     if (sh->type != EVENT_EXEC && sh->type != EVENT_DNS)

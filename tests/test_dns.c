@@ -1,6 +1,6 @@
 /*
  * Tests for pkg/dns: the parser on real answers from a real dnsmasq (UDP and
- * TCP, A, AAAA, a CNAME chain, NXDOMAIN, twenty records, compression
+ * TCP, A, AAAA, PTR, a CNAME chain, NXDOMAIN, twenty records, compression
  * pointers) and on every prefix of them; hostile messages built by hand;
  * the query tracker and the name cache driven by those real messages.
  */
@@ -26,11 +26,12 @@
 struct dnsmasq {
     pid_t pid;
     int port;
+    char log[64];
 };
 
 static void dnsmasq_start(struct dnsmasq *d)
 {
-    char port[32], log[64];
+    char port[32];
     char many[MANY][48];
     char *argv[16 + MANY] = {
         "/usr/sbin/dnsmasq",
@@ -56,15 +57,17 @@ static void dnsmasq_start(struct dnsmasq *d)
     d->port = tu_free_port();
     cr_assert_gt(d->port, 0);
     snprintf(port, sizeof(port), "--port=%d", d->port);
-    snprintf(log, sizeof(log), "/tmp/test_dns-dnsmasq-%d.log", (int)getpid());
-    d->pid = tu_spawn(argv, NULL, log);
+    snprintf(d->log, sizeof(d->log), "/tmp/test_dns-dnsmasq-%d.log", (int)getpid());
+    d->pid = tu_spawn(argv, NULL, d->log);
     cr_assert_gt(d->pid, 0);
-    cr_assert(tu_wait_port(d->port, 10000), "dnsmasq did not come up; see %s", log);
+    cr_assert(tu_wait_port(d->port, 10000), "dnsmasq did not come up; see %s", d->log);
 }
 
+/* Stops it by its pid; its log is kept only when a test failed before this. */
 static void dnsmasq_stop(struct dnsmasq *d)
 {
     tu_stop(d->pid, 2000);
+    unlink(d->log);
 }
 
 /* A query as a stub resolver sends it: RD set, one question of class IN. */
@@ -254,6 +257,11 @@ Test(dns_real, aaaa_over_tcp_and_case_folded)
     assert_addr(&m->answers[0], AF_INET6, "fd00::3");
     cr_assert(m->answers[0].in_chain);
 
+    /* A client that sends the length alone: that segment, then the bare message. */
+    cr_assert_eq(dns_parse_tcp(a, 2, m), DNS_ERR_TRUNCATED);
+    cr_assert_eq(dns_parse(a + 2, alen - 2, m), DNS_OK);
+    cr_assert_eq(m->answer_count, 1);
+
     /* The segment may carry the next message after this one: ignored. */
     uint8_t two[8192];
     memcpy(two, a, alen);
@@ -285,6 +293,40 @@ Test(dns_real, cname_chain)
     assert_addr(&m->answers[2], AF_INET, "10.1.2.3");
     for (unsigned i = 0; i < 3; i++)
         cr_assert(m->answers[i].in_chain, "answer %u", i);
+    free(m);
+}
+
+Test(dns_real, ptr)
+{
+    struct exchange x;
+    ask_once(&x, 8, "3.2.1.10.in-addr.arpa", DNS_TYPE_PTR, "udp-ptr");
+
+    struct dns_message *m = msg_new();
+    cr_assert_eq(dns_parse(x.a, x.alen, m), DNS_OK);
+    cr_assert_str_eq(m->qname, "3.2.1.10.in-addr.arpa");
+    cr_assert_eq(m->qtype, DNS_TYPE_PTR);
+    cr_assert_eq(m->answer_count, 1);
+    cr_assert_eq(m->answers[0].type, DNS_TYPE_PTR);
+    cr_assert_str_eq(m->answers[0].target, "web.test");
+    cr_assert(m->answers[0].in_chain);
+
+    /* The event names it; the name cache takes addresses only. */
+    struct dns_tracker *t = dns_tracker_new(NULL);
+    struct dns_names *c = dns_names_new(NULL);
+    struct dns_key k = {.family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_UDP, .server_port = 53};
+    struct event attr = {.cgroup_id = 5}, out = {0};
+    uint32_t ttl;
+    cr_assert_eq(dns_parse(x.q, x.qlen, m), DNS_OK);
+    cr_assert_eq(dns_tracker_query(t, &k, m, &attr, 1), 1);
+    cr_assert_eq(dns_parse(x.a, x.alen, m), DNS_OK);
+    cr_assert_eq(dns_tracker_answer(t, &k, m, 2, &out, &ttl), 1);
+    cr_assert_eq(out.u.dns.answers_len, sizeof("web.test"));
+    cr_assert_str_eq(out.u.dns.answers, "web.test");
+    cr_assert_eq(ttl, 0); /* no address record */
+    cr_assert_eq(dns_names_add(c, 5, &out, ttl, 0), 0);
+    event_clear(&out);
+    dns_names_free(c);
+    dns_tracker_free(t);
     free(m);
 }
 
@@ -884,6 +926,10 @@ Test(dns_tracker, mismatched_question_is_not_matched)
     memset(&out, 0, sizeof(out));
     cr_assert_eq(dns_parse(web.q, web.qlen, q), DNS_OK);
     cr_assert_eq(dns_tracker_query(t, &k, q, &attr, 10), 1);
+    /* Another question under the same ID before the answer: not a retry, not tracked. */
+    cr_assert_eq(dns_parse(alias.q, alias.qlen, q), DNS_OK);
+    cr_assert_eq(dns_tracker_query(t, &k, q, &attr, 11), 0);
+    cr_assert_eq(dns_parse(web.q, web.qlen, q), DNS_OK);
     cr_assert_eq(dns_parse(alias.a, alias.alen, a), DNS_OK);
     cr_assert_eq(dns_tracker_answer(t, &k, a, 20, &out, NULL), 0);
     cr_assert_eq(dns_parse(web6.a, web6.alen, a), DNS_OK);
@@ -900,6 +946,8 @@ Test(dns_tracker, mismatched_question_is_not_matched)
     struct dns_tracker_stats st;
     dns_tracker_get_stats(t, &st);
     cr_assert_eq(st.mismatched, 2);
+    cr_assert_eq(st.collisions, 1);
+    cr_assert_eq(st.retries, 0);
     cr_assert_eq(st.unmatched, 0);
     cr_assert_eq(st.answered, 1);
     cr_assert_eq(st.queries, 1);

@@ -800,6 +800,38 @@ Test(store, exec_strings_are_copied_and_owned)
     store_free(s);
 }
 
+/* dns events own their query and answers like exec its strings: kept, copied, freed (ASan). */
+Test(store, dns_strings_are_copied_and_owned)
+{
+    struct store *s = new_store(1, 0);
+    static const char answers[] = "web.test\0"
+                                  "10.1.2.3";
+    for (uint64_t i = 1; i <= 3; i++) {
+        struct event e = mk(i * 10, i, EVENT_DNS, "node-a");
+        e.status = EVENT_STATUS_ANSWERED;
+        e.u.dns.query = strdup("alias.test");
+        e.u.dns.answers = malloc(sizeof(answers));
+        memcpy(e.u.dns.answers, answers, sizeof(answers));
+        e.u.dns.answers_len = sizeof(answers);
+        e.u.dns.transaction_id = (uint16_t)i;
+        cr_assert_eq(store_add_move(s, &e), 0);
+        cr_assert_null(e.u.dns.query, "store_add_move takes the strings");
+    }
+    struct query q = parse_q("type=dns");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 1);
+    cr_assert_str_eq(r.events[0].u.dns.query, "alias.test");
+    cr_assert_eq(r.events[0].u.dns.answers_len, sizeof(answers));
+    cr_assert(memcmp(r.events[0].u.dns.answers, answers, sizeof(answers)) == 0);
+    cr_assert_eq(r.events[0].u.dns.transaction_id, 3);
+    store_result_free(&r);
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.evicted_count, 2);
+    store_free(s);
+}
+
 Test(store, duplicates_and_invalid_types)
 {
     struct store *s = new_store(10, 0);

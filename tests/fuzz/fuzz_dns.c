@@ -51,7 +51,7 @@ static void check_message(const struct dns_message *m)
     for (unsigned i = 0; i < m->answer_count; i++) {
         const struct dns_answer *a = &m->answers[i];
         check_name(a->owner);
-        if (a->type == DNS_TYPE_CNAME)
+        if (a->type == DNS_TYPE_CNAME || a->type == DNS_TYPE_PTR)
             check_name(a->target);
         else if ((a->type != DNS_TYPE_A && a->type != DNS_TYPE_AAAA) || a->target[0])
             abort();
@@ -143,14 +143,15 @@ static void check_tracked(const struct dns_message *m, uint64_t ts)
         abort();
     unsigned addrs = 0;
     for (unsigned i = 0; i < m->answer_count; i++)
-        addrs += m->answers[i].in_chain && m->answers[i].type != DNS_TYPE_CNAME;
+        addrs += m->answers[i].in_chain &&
+                 (m->answers[i].type == DNS_TYPE_A || m->answers[i].type == DNS_TYPE_AAAA);
     size_t added = dns_names_add(c, 7, &out, ttl, ts);
     if (added != (m->rcode == DNS_RCODE_NOERROR ? addrs : 0))
         abort();
     if (added) {
         for (unsigned i = 0; i < m->answer_count; i++) {
             const struct dns_answer *a = &m->answers[i];
-            if (!a->in_chain || a->type == DNS_TYPE_CNAME)
+            if (!a->in_chain || (a->type != DNS_TYPE_A && a->type != DNS_TYPE_AAAA))
                 continue;
             unsigned fam = a->type == DNS_TYPE_A ? EVENT_FAMILY_IPV4 : EVENT_FAMILY_IPV6;
             const char *name = dns_names_lookup(c, 7, fam, a->addr, ts);
