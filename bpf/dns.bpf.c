@@ -28,7 +28,6 @@
 #define IPPROTO_UDP 17
 #define IP_MF       0x2000
 #define IP_OFFSET   0x1fff
-#define NSEC        1000000000ull
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -37,18 +36,11 @@ const volatile __u16 dns_ports[DNS_PORTS_MAX] = {53};
 /* Records per second per CPU and direction before suppression; 0 = no limit. */
 const volatile __u32 dns_rate_per_sec = 0;
 
-/* Token bucket in nanosecond-tokens, as bpf/drops.bpf.c: one record costs NSEC. */
-struct dns_bucket {
-    __u64 tokens;
-    __u64 last_ns;
-    __u64 suppressed; /* since the last emitted record on this CPU and direction */
-};
-
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, 2); /* 0: queries, 1: answers */
     __type(key, __u32);
-    __type(value, struct dns_bucket);
+    __type(value, struct rate_bucket);
 } dns_buckets SEC(".maps");
 
 static __always_inline bool is_dns_port(__u16 port)
@@ -58,31 +50,6 @@ static __always_inline bool is_dns_port(__u16 port)
         if (dns_ports[i] && dns_ports[i] == port)
             return true;
     return false;
-}
-
-static __always_inline bool bucket_take(struct dns_bucket *b, __u32 slot, __u64 now)
-{
-    __u64 cap = (__u64)dns_rate_per_sec * NSEC; /* one second of burst */
-    __u64 elapsed = now - b->last_ns;
-
-    if (dns_rate_per_sec == 0)
-        return true;
-    if (b->last_ns == 0 || elapsed > NSEC)
-        elapsed = NSEC;
-    b->last_ns = now;
-    b->tokens += elapsed * dns_rate_per_sec;
-    if (b->tokens > cap)
-        b->tokens = cap;
-    if (b->tokens < NSEC) {
-        struct prog_stats *s = slot_stats(slot);
-
-        b->suppressed++;
-        if (s)
-            __sync_fetch_and_add(&s->suppressed, 1);
-        return false;
-    }
-    b->tokens -= NSEC;
-    return true;
 }
 
 /* What the headers say about a packet: enough to decide, then to fill a record. */
@@ -205,7 +172,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 {
     __u32 slot = direction == DNS_DIR_QUERY ? SLOT_DNS_EGRESS : SLOT_DNS_INGRESS;
     __u32 bucket_key = direction - 1;
-    struct dns_bucket *b;
+    struct rate_bucket *b;
     struct dns_record *r;
     struct pkt p = {};
     __u32 off;
@@ -222,7 +189,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
 
     now = bpf_ktime_get_boot_ns();
     b = bpf_map_lookup_elem(&dns_buckets, &bucket_key);
-    if (!b || !bucket_take(b, slot, now))
+    if (!b || !rate_bucket_take(b, dns_rate_per_sec, slot, now))
         return 1;
     r = record_reserve(slot, sizeof(*r));
     if (!r)

@@ -288,21 +288,34 @@ static size_t arg_len(const char *p, const char *end)
     return nul ? (size_t)(nul - p) : (size_t)(end - p);
 }
 
-static void put_args(struct buf *b, const char *args, uint32_t len)
+/*
+ * A JSON array of the NUL-separated strings of list (key carries its comma, colon and
+ * bracket: ",\"args\":["); returns whether every string was valid UTF-8.
+ */
+static bool put_str_list(struct buf *b, const char *key, size_t keylen, const char *list,
+                         uint32_t len)
 {
-    const char *end = args ? args + len : NULL;
+    const char *end = list ? list + len : NULL;
     bool valid = true;
-    PUT_LIT(b, ",\"args\":[");
-    for (const char *p = args; p && p < end;) {
+    raw(b, key, keylen);
+    for (const char *p = list; p && p < end;) {
         size_t n = arg_len(p, end);
-        if (p != args)
+        if (p != list)
             raw(b, ",", 1);
         put_str(b, p, n);
         valid = valid && buf_utf8_valid(p, n);
         p += n + 1;
     }
     raw(b, "]", 1);
-    if (valid)
+    return valid;
+}
+
+#define PUT_STR_LIST(b, key, list, len) put_str_list((b), key, sizeof(key) - 1, (list), (len))
+
+static void put_args(struct buf *b, const char *args, uint32_t len)
+{
+    const char *end = args ? args + len : NULL;
+    if (PUT_STR_LIST(b, ",\"args\":[", args, len))
         return;
     /* One entry per argument, so args_b64[i] is always the bytes of args[i]. */
     PUT_LIT(b, ",\"args_b64\":[");
@@ -311,21 +324,6 @@ static void put_args(struct buf *b, const char *args, uint32_t len)
         if (p != args)
             raw(b, ",", 1);
         put_b64(b, p, n);
-        p += n + 1;
-    }
-    raw(b, "]", 1);
-}
-
-/* "answers": every element a JSON string (hostile bytes escaped, invalid UTF-8 replaced). */
-static void put_answers(struct buf *b, const char *list, uint32_t len)
-{
-    const char *end = list ? list + len : NULL;
-    PUT_LIT(b, ",\"answers\":[");
-    for (const char *p = list; p && p < end;) {
-        size_t n = arg_len(p, end);
-        if (p != list)
-            raw(b, ",", 1);
-        put_str(b, p, n);
         p += n + 1;
     }
     raw(b, "]", 1);
@@ -349,7 +347,8 @@ static void put_dns(struct buf *b, const struct event *e)
     if (e->status == EVENT_STATUS_TIMEOUT) /* no answer: no rcode, answers or latency */
         return;
     PUT_KEY_STR(b, ",\"rcode\":", dns_rcode_name(e->u.dns.rcode, name, sizeof(name)));
-    put_answers(b, e->u.dns.answers, e->u.dns.answers_len);
+    /* Every element a JSON string: hostile bytes escaped, invalid UTF-8 replaced. */
+    PUT_STR_LIST(b, ",\"answers\":[", e->u.dns.answers, e->u.dns.answers_len);
     PUT_LIT(b, ",\"latency_ns\":");
     put_u64(b, e->u.dns.latency_ns);
 }
