@@ -93,7 +93,7 @@ static const struct key keys[] = {
      "a DNS query with no answer for this long is a dns event with status timeout (100ms-5m)"},
     {"DNS_RATE_LIMIT", KIND_UINT, AGENT, NUM(dns_rate_limit), 1, 1000000, "5000", NULL,
      "DNS queries (and answers) per second per CPU before suppression (1-1000000)"},
-    {"DNS_PENDING_MAX", KIND_UINT, AGENT, NUM(dns_pending_max), 16, 10000000, "65536", NULL,
+    {"DNS_PENDING_MAX", KIND_UINT, AGENT, NUM(dns_pending_max), 16, 1000000, "8192", NULL,
      "DNS queries awaiting their answer; the oldest is evicted and counted beyond it "
      "(16-10000000)"},
     {"DNS_METRICS_MAX_SERIES", KIND_UINT, AGENT, NUM(dns_metrics_max_series), 1, 1000000, "1000",

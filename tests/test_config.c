@@ -53,7 +53,7 @@ Test(config, agent_defaults)
     cr_expect_eq(c.dns_ports[1], 0);
     cr_expect_eq(c.dns_timeout_ns, 5000000000ull);
     cr_expect_eq(c.dns_rate_limit, 5000);
-    cr_expect_eq(c.dns_pending_max, 65536);
+    cr_expect_eq(c.dns_pending_max, 8192);
     cr_expect_eq(c.dns_metrics_max_series, 1000);
 }
 
