@@ -95,7 +95,7 @@ static const struct key keys[] = {
      "DNS queries (and answers) per second per CPU before suppression (1-1000000)"},
     {"DNS_PENDING_MAX", KIND_UINT, AGENT, NUM(dns_pending_max), 16, 1000000, "8192", NULL,
      "DNS queries awaiting their answer; the oldest is evicted and counted beyond it "
-     "(16-10000000)"},
+     "(16-1000000)"},
     {"DNS_METRICS_MAX_SERIES", KIND_UINT, AGENT, NUM(dns_metrics_max_series), 1, 1000000, "1000",
      NULL, "DNS series on /metrics; more fold into workload=\"~other\" (1-1000000)"},
     {"REDACT_ARGS", KIND_REDACT, AGENT, STR(redact_args), 0, 0, "default", NULL,
