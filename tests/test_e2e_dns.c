@@ -69,6 +69,17 @@ static void stop_all(void)
     unlink(pidfile);
 }
 
+static void dump(const char *path);
+
+/* The agent leaves cleanly (under ASan: without a leak of what the DNS path held). */
+static void agent_exits_cleanly(void)
+{
+    int st = tu_agent_stop(&agent);
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+        dump(agent.log);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "agent exit status %d", st);
+}
+
 /* After a pass: the logs are only worth keeping when something failed. */
 static void remove_logs(void)
 {
@@ -650,6 +661,7 @@ Test(e2e_dns, dig_over_udp_tcp_and_ipv6_every_field, .fini = stop_all, .timeout 
 
     json_decref(ev), json_decref(ev6), json_decref(evc), json_decref(evn), json_decref(evt);
     json_decref(evv6), json_decref(onagg), json_decref(onagg_t), json_decref(onagg_v6);
+    agent_exits_cleanly();
     remove_logs();
 }
 
@@ -804,6 +816,7 @@ Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = s
         cr_assert(known, "an event with a name nobody asked for: %s", json_dumps(e, 0));
     }
     json_decref(all);
+    agent_exits_cleanly();
     remove_logs();
 }
 
@@ -899,5 +912,6 @@ Test(e2e_dns, a_query_storm_is_rate_limited_and_counted, .fini = stop_all, .time
         cr_assert(tu_mono_ms() < deadline, "no connection event after the storm");
         usleep(50000);
     }
+    agent_exits_cleanly();
     remove_logs();
 }
