@@ -28,6 +28,7 @@
 #include "../cmd/agent/records.h"
 #include "clock.h"
 #include "event.h"
+#include "testutil.h"
 
 #define DEADLINE_MS 5000
 
@@ -106,15 +107,8 @@ static struct capture *open_capture(uint32_t types, uint32_t drop_rate, struct c
                                  .dns_ctx = out};
     char err[256] = "";
 
-    if (dns_fd < 0) {
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t len = sizeof(a);
-        dns_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        cr_assert(dns_fd >= 0);
-        cr_assert_eq(bind(dns_fd, (struct sockaddr *)&a, sizeof(a)), 0);
-        cr_assert_eq(getsockname(dns_fd, (struct sockaddr *)&a, &len), 0);
-        dns_port = ntohs(a.sin_port);
-    }
+    if (dns_fd < 0)
+        dns_fd = tu_udp_socket(&dns_port);
     cfg.dns_ports[0] = (uint16_t)dns_port;
     struct capture *c = capture_open(&cfg, collect, out, err, sizeof(err));
 

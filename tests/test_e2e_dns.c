@@ -158,24 +158,11 @@ static void dump(const char *path)
     free(s);
 }
 
-/* A UDP socket bound on 127.0.0.1 (port 0: any); returns the fd and its port. */
-static int udp_bound(int *port)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    cr_assert(fd >= 0);
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    *port = ntohs(a.sin_port);
-    return fd;
-}
-
 /* A UDP port both 127.0.0.1 and ::1 have free right now (for dnsmasq). */
 static int free_udp_port(void)
 {
     for (int tries = 0; tries < 50; tries++) {
-        int port, fd = udp_bound(&port);
+        int port, fd = tu_udp_socket(&port);
         struct sockaddr_in6 a6 = {.sin6_family = AF_INET6,
                                   .sin6_port = htons((uint16_t)port),
                                   .sin6_addr = IN6ADDR_LOOPBACK_INIT};
@@ -269,7 +256,7 @@ static size_t responder_answer(const uint8_t *q, size_t qlen, uint8_t *a)
 
 static void responder_up(void)
 {
-    int fd = udp_bound(&responder.port);
+    int fd = tu_udp_socket(&responder.port);
     responder.pid = fork();
     cr_assert(responder.pid >= 0);
     if (responder.pid == 0) {
@@ -320,7 +307,7 @@ static void monitor_up_with(const char *node, const char *rate)
 
     dnsmasq.port = free_udp_port();
     responder_up();
-    silent_fd = udp_bound(&silent_port);
+    silent_fd = tu_udp_socket(&silent_port);
     snprintf(ports, sizeof(ports), "%d,%d,%d", dnsmasq.port, responder.port, silent_port);
     const char *extra[] = {
         "--nats-url",  nats_url, "--flush-interval", "50ms", "--event-types",    types,
@@ -525,38 +512,31 @@ Test(e2e_dns, dig_over_udp_tcp_and_ipv6_every_field, .fini = stop_all, .timeout 
     bus_readers_up();
     int P = dnsmasq.port;
 
-    struct dig_result a = dig("127.0.0.1", "A.Test A");
-    cr_assert_str_eq(a.status, "NOERROR");
-    json_t *ev = wait_dns(agent.port, "a.test", a.id);
-    check_answered(ev, "A", "NOERROR", "10.11.12.13", "127.0.0.1", "udp", "ipv4");
-    check_dig(ev, &a, P);
-
-    struct dig_result aaaa = dig("127.0.0.1", "a.test AAAA");
-    json_t *ev6 = wait_dns(agent.port, "a.test", aaaa.id);
-    check_answered(ev6, "AAAA", "NOERROR", "fd00::1234", "127.0.0.1", "udp", "ipv4");
-    check_dig(ev6, &aaaa, P);
-
-    struct dig_result cname = dig("127.0.0.1", "WWW.Test A");
-    json_t *evc = wait_dns(agent.port, "www.test", cname.id);
-    check_answered(evc, "A", "NOERROR", "alias.test,a.test,10.11.12.13", "127.0.0.1", "udp",
-                   "ipv4");
-    check_dig(evc, &cname, P);
-
-    struct dig_result nx = dig("127.0.0.1", "nope.test A");
-    cr_assert_str_eq(nx.status, "NXDOMAIN");
-    json_t *evn = wait_dns(agent.port, "nope.test", nx.id);
-    check_answered(evn, "A", "NXDOMAIN", "", "127.0.0.1", "udp", "ipv4");
-    check_dig(evn, &nx, P);
-
-    struct dig_result tcp = dig("127.0.0.1", "+tcp a.test A");
-    json_t *evt = wait_dns(agent.port, "a.test", tcp.id);
-    check_answered(evt, "A", "NOERROR", "10.11.12.13", "127.0.0.1", "tcp", "ipv4");
-    check_dig(evt, &tcp, P);
-
-    struct dig_result v6 = dig("::1", "a.test AAAA");
-    json_t *evv6 = wait_dns(agent.port, "a.test", v6.id);
-    check_answered(evv6, "AAAA", "NOERROR", "fd00::1234", "::1", "udp", "ipv6");
-    check_dig(evv6, &v6, P);
+    /* Each dig, and every field of the event its query made. */
+    static const struct {
+        const char *server, *args, *query, *type, *rcode, *answers, *proto, *family;
+    } digs[] = {
+        {"127.0.0.1", "A.Test A", "a.test", "A", "NOERROR", "10.11.12.13", "udp", "ipv4"},
+        {"127.0.0.1", "a.test AAAA", "a.test", "AAAA", "NOERROR", "fd00::1234", "udp", "ipv4"},
+        {"127.0.0.1", "WWW.Test A", "www.test", "A", "NOERROR", "alias.test,a.test,10.11.12.13",
+         "udp", "ipv4"},
+        {"127.0.0.1", "nope.test A", "nope.test", "A", "NXDOMAIN", "", "udp", "ipv4"},
+        {"127.0.0.1", "+tcp a.test A", "a.test", "A", "NOERROR", "10.11.12.13", "tcp", "ipv4"},
+        {"::1", "a.test AAAA", "a.test", "AAAA", "NOERROR", "fd00::1234", "udp", "ipv6"},
+    };
+    enum { A, AAAA, CNAME, NX, TCP, V6, NDIGS };
+    struct dig_result res[NDIGS];
+    json_t *evs[NDIGS];
+    for (int i = 0; i < NDIGS; i++) {
+        res[i] = dig(digs[i].server, digs[i].args);
+        cr_assert_str_eq(res[i].status, digs[i].rcode, "dig %s", digs[i].args);
+        evs[i] = wait_dns(agent.port, digs[i].query, res[i].id);
+        check_answered(evs[i], digs[i].type, digs[i].rcode, digs[i].answers, digs[i].server,
+                       digs[i].proto, digs[i].family);
+        check_dig(evs[i], &res[i], P);
+    }
+    json_t *evc = evs[CNAME], *evt = evs[TCP], *evv6 = evs[V6];
+    struct dig_result cname = res[CNAME], nx = res[NX], tcp = res[TCP], v6 = res[V6];
 
     /* The same events through the bus on the aggregator. */
     json_t *onagg = wait_dns(agg.port, "www.test", cname.id);
@@ -659,8 +639,9 @@ Test(e2e_dns, dig_over_udp_tcp_and_ipv6_every_field, .fini = stop_all, .timeout 
     free(out);
     tu_http_free(&m);
 
-    json_decref(ev), json_decref(ev6), json_decref(evc), json_decref(evn), json_decref(evt);
-    json_decref(evv6), json_decref(onagg), json_decref(onagg_t), json_decref(onagg_v6);
+    for (int i = 0; i < NDIGS; i++)
+        json_decref(evs[i]);
+    json_decref(onagg), json_decref(onagg_t), json_decref(onagg_v6);
     agent_exits_cleanly();
     remove_logs();
 }

@@ -398,13 +398,7 @@ static void remove_cgroup(const char *rel)
 
 static void dns_server_start(void)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    cr_assert(fd >= 0);
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    dns_port = ntohs(a.sin_port);
+    int fd = tu_udp_socket(&dns_port);
     dns_pid = fork();
     cr_assert_geq(dns_pid, 0);
     if (dns_pid == 0) {
