@@ -9,7 +9,7 @@
  * answers with queries. Both programs always let the packet through.
  *
  * Cost (docs/architecture.md): a packet that is not DNS pays the program's
- * entry, an in-place header read and a few compares (maybe_dns()).
+ * entry, an in-place header read and a few compares (classify()).
  *
  * Only the client side is reported: queries leaving a socket (egress, to a
  * server port) and answers arriving at one (ingress, from a server port). A
@@ -104,44 +104,58 @@ static __always_inline bool parse_headers(struct __sk_buff *skb, struct pkt *p)
     return true;
 }
 
+/* What classify() found. */
+enum pkt_class {
+    PKT_NOT_DNS,   /* leave it */
+    PKT_DNS,       /* a DNS port in this direction; p is filled */
+    PKT_UNDECIDED, /* the headers are not in the linear part: parse_headers() decides */
+};
+
 /*
  * The fast path every packet takes: the headers read in place (no helper
- * call), false as soon as the packet cannot be DNS in this direction. true
- * also when the headers are not in the linear part of the skb: then
- * parse_headers() decides with bpf_skb_load_bytes().
+ * call), PKT_NOT_DNS as soon as the packet cannot be DNS in this direction.
+ * A DNS packet's headers are copied into p on the way, so they are read once.
  */
-static __always_inline bool maybe_dns(struct __sk_buff *skb, __u8 direction)
+static __always_inline int classify(struct __sk_buff *skb, __u8 direction, struct pkt *p)
 {
     void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-    __u32 l4_off;
-    __u8 proto;
     __be16 *ports;
 
     if (skb->protocol == bpf_htons(ETH_P_IP)) {
         struct iphdr *ip = data;
 
         if ((void *)(ip + 1) > end)
-            return true;
+            return PKT_UNDECIDED;
         if (ip->frag_off & bpf_htons(IP_OFFSET))
-            return false;
-        proto = ip->protocol;
-        l4_off = (*(__u8 *)ip & 0xf) * 4;
+            return PKT_NOT_DNS;
+        p->family = AF_INET;
+        p->protocol = ip->protocol;
+        p->l4_off = (*(__u8 *)ip & 0xf) * 4;
+        if (p->l4_off < sizeof(*ip))
+            return PKT_NOT_DNS;
+        __builtin_memcpy(p->saddr, &ip->saddr, 4);
+        __builtin_memcpy(p->daddr, &ip->daddr, 4);
     } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = data;
 
         if ((void *)(ip6 + 1) > end)
-            return true;
-        proto = ip6->nexthdr;
-        l4_off = sizeof(*ip6);
+            return PKT_UNDECIDED;
+        p->family = AF_INET6;
+        p->protocol = ip6->nexthdr;
+        p->l4_off = sizeof(*ip6);
+        __builtin_memcpy(p->saddr, &ip6->saddr, 16);
+        __builtin_memcpy(p->daddr, &ip6->daddr, 16);
     } else {
-        return false;
+        return PKT_NOT_DNS;
     }
-    if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
-        return false;
-    ports = data + l4_off;
+    if (p->protocol != IPPROTO_UDP && p->protocol != IPPROTO_TCP)
+        return PKT_NOT_DNS;
+    ports = data + p->l4_off;
     if ((void *)(ports + 2) > end)
-        return true;
-    return is_dns_port(bpf_ntohs(direction == DNS_DIR_QUERY ? ports[1] : ports[0]));
+        return PKT_UNDECIDED;
+    p->sport = bpf_ntohs(ports[0]);
+    p->dport = bpf_ntohs(ports[1]);
+    return is_dns_port(direction == DNS_DIR_QUERY ? p->dport : p->sport) ? PKT_DNS : PKT_NOT_DNS;
 }
 
 /* Offset of the DNS message (TCP: of its 2-byte length prefix); 0 when there is none. */
@@ -179,10 +193,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
     __u64 len;
     __u64 now;
 
-    if (!maybe_dns(skb, direction) || !parse_headers(skb, &p))
+    switch (classify(skb, direction, &p)) {
+    case PKT_NOT_DNS:
         return 1;
-    if (!is_dns_port(direction == DNS_DIR_QUERY ? p.dport : p.sport))
-        return 1;
+    case PKT_UNDECIDED:
+        __builtin_memset(&p, 0, sizeof(p));
+        if (!parse_headers(skb, &p) || !is_dns_port(direction == DNS_DIR_QUERY ? p.dport : p.sport))
+            return 1;
+        break;
+    }
     off = payload_offset(skb, &p);
     if (off == 0 || off >= skb->len)
         return 1; /* TCP handshake, ACKs, FIN: no message */
