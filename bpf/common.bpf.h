@@ -65,6 +65,47 @@ static __always_inline void record_submit(void *r)
     bpf_ringbuf_submit(r, flags);
 }
 
+#define RATE_NSEC 1000000000ull
+
+/*
+ * A per-CPU token bucket in nanosecond-tokens (one record costs RATE_NSEC;
+ * the refill is rate per nanosecond, one second of burst), for the storms a
+ * program must not let fill the shared ring buffer (drops, DNS).
+ */
+struct rate_bucket {
+    __u64 tokens;
+    __u64 last_ns;
+    __u64 suppressed; /* since the last emitted record on this CPU */
+};
+
+/* True when a record may be emitted; otherwise counts it as suppressed (in b and in slot's
+ * statistics). rate 0 = no limit. */
+static __always_inline bool rate_bucket_take(struct rate_bucket *b, __u32 rate, __u32 slot,
+                                             __u64 now)
+{
+    __u64 cap = (__u64)rate * RATE_NSEC;
+    __u64 elapsed = now - b->last_ns;
+
+    if (rate == 0)
+        return true;
+    if (b->last_ns == 0 || elapsed > RATE_NSEC)
+        elapsed = RATE_NSEC;
+    b->last_ns = now;
+    b->tokens += elapsed * rate;
+    if (b->tokens > cap)
+        b->tokens = cap;
+    if (b->tokens < RATE_NSEC) {
+        struct prog_stats *s = slot_stats(slot);
+
+        b->suppressed++;
+        if (s)
+            __sync_fetch_and_add(&s->suppressed, 1);
+        return false;
+    }
+    b->tokens -= RATE_NSEC;
+    return true;
+}
+
 /*
  * CAPTURE_CGROUP: only tasks and sockets inside one cgroup v2 subtree are
  * captured. User space sets these before load (the subtree's id, which is

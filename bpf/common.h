@@ -21,6 +21,7 @@ enum record_kind {
     RECORD_EXEC,
     RECORD_EXIT,
     RECORD_CLOSE,
+    RECORD_DNS, /* bpf/dns_events.h */
 };
 
 /* One statistics slot per BPF program (index into the shared `stats` map). */
@@ -34,6 +35,8 @@ enum prog_slot {
     SLOT_TCP_DESTROY_SOCK, /* close records (the lifecycle's end) */
     SLOT_TCP_SEND_RESET,   /* marks a tracked connection reset by this side */
     SLOT_TCP_RECEIVE_RESET,
+    SLOT_DNS_EGRESS,  /* dns queries (cgroup_skb/egress) */
+    SLOT_DNS_INGRESS, /* dns answers (cgroup_skb/ingress) */
     SLOT_COUNT,
 };
 
@@ -41,7 +44,7 @@ enum prog_slot {
 struct prog_stats {
     __u64 events;     /* records submitted */
     __u64 drops;      /* ring buffer full: record lost in the kernel */
-    __u64 suppressed; /* rate-limited away (packet_drop) */
+    __u64 suppressed; /* rate-limited away (packet_drop, dns) */
     __u64 untracked;  /* not followed: the kernel map pairing a socket with its start was full */
 };
 

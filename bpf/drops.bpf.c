@@ -18,7 +18,6 @@
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 #define IP_OFFSET   0x1fff
-#define NSEC        1000000000ull
 
 /* IPv6 extension headers that may sit between the fixed header and TCP/UDP. */
 #define NEXTHDR_HOP      0
@@ -32,45 +31,12 @@ char LICENSE[] SEC("license") = "GPL";
 /* Records per second per CPU before suppression; 0 = no limit. Set before load. */
 const volatile __u32 drop_rate_per_sec = 0;
 
-/* Token bucket in nanosecond-tokens: one record costs NSEC, refill is rate per ns. */
-struct drop_bucket {
-    __u64 tokens;
-    __u64 last_ns;
-    __u64 suppressed; /* since the last emitted record on this CPU */
-};
-
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, 1);
     __type(key, __u32);
-    __type(value, struct drop_bucket);
+    __type(value, struct rate_bucket);
 } buckets SEC(".maps");
-
-/* True when this drop may be emitted; otherwise counts it as suppressed. */
-static __always_inline bool bucket_take(struct drop_bucket *b, __u64 now)
-{
-    __u64 cap = (__u64)drop_rate_per_sec * NSEC; /* one second of burst */
-    __u64 elapsed = now - b->last_ns;
-
-    if (drop_rate_per_sec == 0)
-        return true;
-    if (b->last_ns == 0 || elapsed > NSEC)
-        elapsed = NSEC;
-    b->last_ns = now;
-    b->tokens += elapsed * drop_rate_per_sec;
-    if (b->tokens > cap)
-        b->tokens = cap;
-    if (b->tokens < NSEC) {
-        struct prog_stats *s = slot_stats(SLOT_KFREE_SKB);
-
-        b->suppressed++;
-        if (s)
-            __sync_fetch_and_add(&s->suppressed, 1);
-        return false;
-    }
-    b->tokens -= NSEC;
-    return true;
-}
 
 static __always_inline void read_ports(struct drop_record *r, unsigned char *l4)
 {
@@ -147,7 +113,7 @@ static __always_inline void parse_ipv6(struct drop_record *r, unsigned char *nh)
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(tp_btf__kfree_skb, struct sk_buff *skb, void *location, int reason)
 {
-    struct drop_bucket *b;
+    struct rate_bucket *b;
     struct drop_record *r;
     __u32 zero = 0;
     __u64 now;
@@ -166,7 +132,7 @@ int BPF_PROG(tp_btf__kfree_skb, struct sk_buff *skb, void *location, int reason)
 
     now = bpf_ktime_get_boot_ns();
     b = bpf_map_lookup_elem(&buckets, &zero);
-    if (!b || !bucket_take(b, now))
+    if (!b || !rate_bucket_take(b, drop_rate_per_sec, SLOT_KFREE_SKB, now))
         return 0;
 
     r = record_reserve(SLOT_KFREE_SKB, sizeof(*r));

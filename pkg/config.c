@@ -31,6 +31,7 @@ enum key_kind {
     KIND_TYPES,
     KIND_LISTEN,
     KIND_REDACT, /* argument redaction patterns (redact.h) */
+    KIND_PORTS,  /* comma list of up to CONFIG_DNS_PORTS_MAX ports */
 };
 
 struct key {
@@ -84,11 +85,22 @@ static const struct key keys[] = {
     {"OUTAGE_BUFFER", KIND_BYTES, AGENT, NUM(outage_buffer_bytes), 64 * 1024, 4ull << 30, "64MiB",
      NULL, "batches kept while NATS is unreachable; oldest dropped beyond it"},
     {"EVENT_TYPES", KIND_TYPES, AGENT, NUM(event_types), 0, 0, "all", NULL,
-     "comma list of connection, accept, close, packet_drop, exec, exit (or all)"},
+     "comma list of connection, accept, close, packet_drop, exec, exit, dns (or all)"},
     {"RINGBUF_SIZE", KIND_BYTES, AGENT, NUM(ringbuf_bytes), 4096, 1ull << 30, "8MiB", NULL,
      "kernel ring buffer size (a power of two, 4KiB-1GiB)"},
     {"DROP_RATE_LIMIT", KIND_UINT, AGENT, NUM(drop_rate_limit), 1, 1000000, "1000", NULL,
      "packet_drop events per second per CPU before suppression (1-1000000)"},
+    {"DNS_PORTS", KIND_PORTS, AGENT, NUM(dns_ports), 0, 0, "53", NULL,
+     "server ports whose traffic is DNS: comma list of up to 4 ports (1-65535)"},
+    {"DNS_TIMEOUT", KIND_DURATION, AGENT, NUM(dns_timeout_ns), 100000000ull, 300 * SEC, "5s", NULL,
+     "a DNS query with no answer for this long is a dns event with status timeout (100ms-5m)"},
+    {"DNS_RATE_LIMIT", KIND_UINT, AGENT, NUM(dns_rate_limit), 1, 1000000, "5000", NULL,
+     "DNS queries (and answers) per second per CPU before suppression (1-1000000)"},
+    {"DNS_PENDING_MAX", KIND_UINT, AGENT, NUM(dns_pending_max), 16, 1000000, "8192", NULL,
+     "DNS queries awaiting their answer; the oldest is evicted and counted beyond it "
+     "(16-1000000)"},
+    {"DNS_METRICS_MAX_SERIES", KIND_UINT, AGENT, NUM(dns_metrics_max_series), 1, 1000000, "1000",
+     NULL, "DNS series on /metrics; more fold into workload=\"~other\" (1-1000000)"},
     {"REDACT_ARGS", KIND_REDACT, AGENT, STR(redact_args), 0, 0, "default", NULL,
      "argument values replaced by *** in exec events: comma list of --NAME, -X, PROG:OPTION, "
      "NAME=, url, default; or none"},
@@ -322,6 +334,37 @@ static bool nats_urls_valid(const char *list)
     return true;
 }
 
+/* "53,5353" into CONFIG_DNS_PORTS_MAX slots (the rest zeroed); 0 or -EINVAL. */
+static int parse_ports(const char *s, uint16_t out[CONFIG_DNS_PORTS_MAX])
+{
+    uint16_t ports[CONFIG_DNS_PORTS_MAX] = {0};
+    size_t n = 0;
+
+    for (;;) {
+        char *end;
+        unsigned long p;
+
+        while (*s == ' ')
+            s++;
+        if (!isdigit((unsigned char)*s) || n == CONFIG_DNS_PORTS_MAX)
+            return -EINVAL;
+        errno = 0;
+        p = strtoul(s, &end, 10);
+        if (errno || p < 1 || p > 65535)
+            return -EINVAL;
+        ports[n++] = (uint16_t)p;
+        s = end;
+        while (*s == ' ')
+            s++;
+        if (*s == '\0')
+            break;
+        if (*s++ != ',')
+            return -EINVAL;
+    }
+    memcpy(out, ports, sizeof(ports));
+    return 0;
+}
+
 /* Stores value for key k into c; on error writes the one-line message. */
 static int set_value(struct config *c, const struct key *k, const char *value, enum source src,
                      char *err, size_t errlen)
@@ -426,9 +469,16 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
         strcpy(field, value);
         return 0;
     }
+    case KIND_PORTS:
+        if (parse_ports(value, (uint16_t *)field) < 0) {
+            allowed = "a comma list of 1 to 4 ports, each 1-65535";
+            break;
+        }
+        return 0;
     case KIND_TYPES:
         if (parse_types(value, &c->event_types) < 0) {
-            allowed = "a comma list of connection, accept, close, packet_drop, exec, exit, or all";
+            allowed =
+                "a comma list of connection, accept, close, packet_drop, exec, exit, dns, or all";
             break;
         }
         return 0;
@@ -645,6 +695,7 @@ static int resolve_capture_cgroup(struct config *c, char *err, size_t errlen)
                    path, real, real_root);
         return -1;
     }
+    snprintf(c->capture_cgroup_path, sizeof(c->capture_cgroup_path), "%s", real);
     c->capture_cgroup_id = (uint64_t)st.st_ino;
     c->capture_cgroup_level = 0;
     for (const char *p = real + rlen; *p; p++)

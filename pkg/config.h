@@ -10,6 +10,7 @@
 #ifndef EBPF_MONITOR_CONFIG_H
 #define EBPF_MONITOR_CONFIG_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -32,6 +33,9 @@ enum config_mode {
 
 #define CONFIG_STR 256
 #define CONFIG_URL 1024
+
+/* Ports in DNS_PORTS (bpf/dns_events.h has the same bound). */
+#define CONFIG_DNS_PORTS_MAX 4
 
 struct config {
     enum config_role role;
@@ -59,12 +63,18 @@ struct config {
     uint32_t event_types; /* EVENT_TYPE_BIT mask */
     uint64_t ringbuf_bytes;
     uint32_t drop_rate_limit;
+    uint16_t dns_ports[CONFIG_DNS_PORTS_MAX]; /* DNS server ports, 0 = unused slot */
+    uint64_t dns_timeout_ns;                  /* a query unanswered this long is a timeout */
+    uint32_t dns_rate_limit;                  /* dns records per second per CPU and direction */
+    uint32_t dns_pending_max;                 /* queries awaiting their answer */
+    uint32_t dns_metrics_max_series;          /* (namespace, workload) DNS series on /metrics */
     char redact_args[CONFIG_URL]; /* REDACT_ARGS, validated; compile with redact_new() */
 
     char cgroup_root[CONFIG_STR];
-    char capture_cgroup[CONFIG_STR]; /* CAPTURE_CGROUP as given; empty = every cgroup */
-    uint64_t capture_cgroup_id;      /* resolved by config_load: the subtree's cgroup id */
-    uint32_t capture_cgroup_level;   /* and its depth below the cgroup v2 root (root = 0) */
+    char capture_cgroup[CONFIG_STR];    /* CAPTURE_CGROUP as given; empty = every cgroup */
+    uint64_t capture_cgroup_id;         /* resolved by config_load: the subtree's cgroup id */
+    uint32_t capture_cgroup_level;      /* and its depth below the cgroup v2 root (root = 0) */
+    char capture_cgroup_path[PATH_MAX]; /* and its absolute path (the dns programs attach there) */
     char k8s_api_url[CONFIG_URL];
     char k8s_token_path[CONFIG_STR];
     char k8s_ca_path[CONFIG_STR];

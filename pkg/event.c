@@ -19,6 +19,7 @@ static const char *const type_names[EVENT_TYPE_COUNT] = {
     [EVENT_EXEC] = "exec",
     [EVENT_EXIT] = "exit",
     [EVENT_CLOSE] = "close",
+    [EVENT_DNS] = "dns",
 };
 
 const char *event_type_name(unsigned type)
@@ -55,6 +56,10 @@ const char *event_status_name(unsigned status)
         return "failed";
     case EVENT_STATUS_ATTEMPTED:
         return "attempted";
+    case EVENT_STATUS_ANSWERED:
+        return "answered";
+    case EVENT_STATUS_TIMEOUT:
+        return "timeout";
     default:
         return NULL;
     }
@@ -143,28 +148,41 @@ void event_clear(struct event *e)
     if (e->type == EVENT_EXEC) {
         free(e->u.exec.filename);
         free(e->u.exec.args);
+    } else if (e->type == EVENT_DNS) {
+        free(e->u.dns.query);
+        free(e->u.dns.answers);
     }
     memset(e, 0, sizeof(*e));
+}
+
+/* A copy of len bytes plus a NUL (NULL stays NULL); false when out of memory. */
+static bool dup_bytes(char **dst, const char *src, size_t len)
+{
+    *dst = NULL;
+    if (!src)
+        return true;
+    if (!(*dst = malloc(len + 1)))
+        return false;
+    memcpy(*dst, src, len);
+    (*dst)[len] = '\0';
+    return true;
 }
 
 int event_copy(struct event *dst, const struct event *src)
 {
     *dst = *src;
-    if (src->type != EVENT_EXEC)
-        return 0;
-    dst->u.exec.filename = NULL;
-    dst->u.exec.args = NULL;
-    if (src->u.exec.filename && !(dst->u.exec.filename = strdup(src->u.exec.filename)))
-        goto oom;
-    if (src->u.exec.args) {
-        dst->u.exec.args = malloc(src->u.exec.args_len + 1);
-        if (!dst->u.exec.args)
-            goto oom;
-        memcpy(dst->u.exec.args, src->u.exec.args, src->u.exec.args_len);
-        dst->u.exec.args[src->u.exec.args_len] = '\0';
+    bool ok = true;
+    if (src->type == EVENT_EXEC) {
+        const char *f = src->u.exec.filename;
+        ok = dup_bytes(&dst->u.exec.filename, f, f ? strlen(f) : 0);
+        ok = dup_bytes(&dst->u.exec.args, src->u.exec.args, src->u.exec.args_len) && ok;
+    } else if (src->type == EVENT_DNS) {
+        const char *q = src->u.dns.query;
+        ok = dup_bytes(&dst->u.dns.query, q, q ? strlen(q) : 0);
+        ok = dup_bytes(&dst->u.dns.answers, src->u.dns.answers, src->u.dns.answers_len) && ok;
     }
-    return 0;
-oom:
+    if (ok)
+        return 0;
     event_clear(dst);
     return -ENOMEM;
 }
@@ -219,6 +237,15 @@ static bool details_equal(const struct event *a, const struct event *b)
     case EVENT_EXIT:
         return a->u.exit.exit_code == b->u.exit.exit_code && a->u.exit.signal == b->u.exit.signal &&
                a->u.exit.duration_ns == b->u.exit.duration_ns;
+    case EVENT_DNS:
+        return str_equal(a->u.dns.query, b->u.dns.query) &&
+               a->u.dns.query_type == b->u.dns.query_type && a->u.dns.rcode == b->u.dns.rcode &&
+               a->u.dns.transaction_id == b->u.dns.transaction_id &&
+               a->u.dns.latency_ns == b->u.dns.latency_ns &&
+               a->u.dns.answers_len == b->u.dns.answers_len &&
+               (!a->u.dns.answers_len ||
+                (a->u.dns.answers && b->u.dns.answers &&
+                 memcmp(a->u.dns.answers, b->u.dns.answers, a->u.dns.answers_len) == 0));
     default:
         return true;
     }

@@ -13,10 +13,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define EVENT_COMM_LEN     16
-#define EVENT_FILENAME_MAX 256
-#define EVENT_ARGS_MAX     1024 /* bytes of argv kept, NUL-separated */
-#define EVENT_ARGC_MAX     32
+#define EVENT_COMM_LEN        16
+#define EVENT_FILENAME_MAX    256
+#define EVENT_ARGS_MAX        1024 /* bytes of argv kept, NUL-separated */
+#define EVENT_ARGC_MAX        32
+#define EVENT_DNS_ANSWERS_MAX 16 /* dns: answers kept per event */
 
 enum event_type {
     EVENT_TYPE_NONE = 0,
@@ -26,6 +27,7 @@ enum event_type {
     EVENT_EXEC,
     EVENT_EXIT,
     EVENT_CLOSE,
+    EVENT_DNS,
     EVENT_TYPE_COUNT,
 };
 
@@ -33,7 +35,7 @@ enum event_type {
 #define EVENT_TYPES_ALL                                                                            \
     (EVENT_TYPE_BIT(EVENT_CONNECTION) | EVENT_TYPE_BIT(EVENT_ACCEPT) |                             \
      EVENT_TYPE_BIT(EVENT_PACKET_DROP) | EVENT_TYPE_BIT(EVENT_EXEC) | EVENT_TYPE_BIT(EVENT_EXIT) | \
-     EVENT_TYPE_BIT(EVENT_CLOSE))
+     EVENT_TYPE_BIT(EVENT_CLOSE) | EVENT_TYPE_BIT(EVENT_DNS))
 
 enum event_family {
     EVENT_FAMILY_NONE = 0,
@@ -46,6 +48,8 @@ enum event_status {
     EVENT_STATUS_ESTABLISHED,
     EVENT_STATUS_FAILED,
     EVENT_STATUS_ATTEMPTED,
+    EVENT_STATUS_ANSWERED, /* dns: the server answered (whatever its rcode) */
+    EVENT_STATUS_TIMEOUT,  /* dns: no answer within DNS_TIMEOUT */
 };
 
 /* close: which end of the connection this side is. */
@@ -97,7 +101,7 @@ struct event {
     uint8_t type;          /* enum event_type */
     uint8_t family;        /* enum event_family; NONE when the event has no addresses */
     uint8_t protocol;      /* IP protocol number (IPPROTO_TCP...), 0 = unknown */
-    uint8_t status;        /* enum event_status (connection only) */
+    uint8_t status;        /* enum event_status (connection, dns) */
     uint32_t pid, ppid, uid;
     char command[EVENT_COMM_LEN]; /* NUL-terminated task comm */
     uint64_t cgroup_id;           /* cgroup v2 id of the task, 0 = unknown */
@@ -140,6 +144,23 @@ struct event {
             int32_t signal;
             uint64_t duration_ns;
         } exit;
+        /*
+         * One DNS query and its outcome (pkg/dns.h builds it). The client is
+         * saddr/sport, the server daddr/dport; protocol is TCP or UDP;
+         * status is ANSWERED or TIMEOUT. For a timeout, rcode, answers and
+         * latency_ns are 0/empty and carry no meaning (codecs omit them).
+         */
+        struct {
+            char *query;   /* owned; lowercase, no trailing dot, "." for the root */
+            char *answers; /* owned, may be NULL; answers_len bytes of NUL-terminated
+                              strings, at most EVENT_DNS_ANSWERS_MAX, each an address in
+                              text form ("10.0.0.1", "::1") or a name (a CNAME target) */
+            uint32_t answers_len;
+            uint16_t query_type;     /* DNS_TYPE_A, ...; dns_type_name() */
+            uint16_t rcode;          /* 0 NOERROR, 3 NXDOMAIN, ...; dns_rcode_name() */
+            uint16_t transaction_id; /* the query's ID field */
+            uint64_t latency_ns;     /* query sent -> answer received */
+        } dns;
     } u;
 };
 

@@ -9,6 +9,7 @@
  */
 #include "event_json.h"
 
+#include "dns.h"
 #include "errmsg.h"
 #include "intern.h"
 
@@ -287,21 +288,34 @@ static size_t arg_len(const char *p, const char *end)
     return nul ? (size_t)(nul - p) : (size_t)(end - p);
 }
 
-static void put_args(struct buf *b, const char *args, uint32_t len)
+/*
+ * A JSON array of the NUL-separated strings of list (key carries its comma, colon and
+ * bracket: ",\"args\":["); returns whether every string was valid UTF-8.
+ */
+static bool put_str_list(struct buf *b, const char *key, size_t keylen, const char *list,
+                         uint32_t len)
 {
-    const char *end = args ? args + len : NULL;
+    const char *end = list ? list + len : NULL;
     bool valid = true;
-    PUT_LIT(b, ",\"args\":[");
-    for (const char *p = args; p && p < end;) {
+    raw(b, key, keylen);
+    for (const char *p = list; p && p < end;) {
         size_t n = arg_len(p, end);
-        if (p != args)
+        if (p != list)
             raw(b, ",", 1);
         put_str(b, p, n);
         valid = valid && buf_utf8_valid(p, n);
         p += n + 1;
     }
     raw(b, "]", 1);
-    if (valid)
+    return valid;
+}
+
+#define PUT_STR_LIST(b, key, list, len) put_str_list((b), key, sizeof(key) - 1, (list), (len))
+
+static void put_args(struct buf *b, const char *args, uint32_t len)
+{
+    const char *end = args ? args + len : NULL;
+    if (PUT_STR_LIST(b, ",\"args\":[", args, len))
         return;
     /* One entry per argument, so args_b64[i] is always the bytes of args[i]. */
     PUT_LIT(b, ",\"args_b64\":[");
@@ -313,6 +327,30 @@ static void put_args(struct buf *b, const char *args, uint32_t len)
         p += n + 1;
     }
     raw(b, "]", 1);
+}
+
+/* A dns event's own fields: the server is dest_ip/dest_port (SPEC section 9). */
+static void put_dns(struct buf *b, const struct event *e)
+{
+    char name[DNS_CODE_NAME_LEN];
+    const char *status = event_status_name(e->status);
+
+    put_addrs(b, e, true);
+    put_protocol_family(b, e, true);
+    if (status)
+        PUT_KEY_STR(b, ",\"status\":", status);
+    if (e->u.dns.query)
+        PUT_KEY_STR(b, ",\"query\":", e->u.dns.query);
+    PUT_KEY_STR(b, ",\"query_type\":", dns_type_name(e->u.dns.query_type, name, sizeof(name)));
+    PUT_LIT(b, ",\"transaction_id\":");
+    put_u64(b, e->u.dns.transaction_id);
+    if (e->status == EVENT_STATUS_TIMEOUT) /* no answer: no rcode, answers or latency */
+        return;
+    PUT_KEY_STR(b, ",\"rcode\":", dns_rcode_name(e->u.dns.rcode, name, sizeof(name)));
+    /* Every element a JSON string: hostile bytes escaped, invalid UTF-8 replaced. */
+    PUT_STR_LIST(b, ",\"answers\":[", e->u.dns.answers, e->u.dns.answers_len);
+    PUT_LIT(b, ",\"latency_ns\":");
+    put_u64(b, e->u.dns.latency_ns);
 }
 
 static size_t str_bound(const char *s)
@@ -335,6 +373,8 @@ static size_t event_json_bound(const struct event *e)
         n += str_bound(e->u.drop.reason) + str_bound(e->u.drop.location);
     else if (e->type == EVENT_EXEC)
         n += 2 * str_bound(e->u.exec.filename) + 12 * (size_t)e->u.exec.args_len + 64;
+    else if (e->type == EVENT_DNS) /* answers: 6 bytes per byte, quotes and comma per NUL */
+        n += str_bound(e->u.dns.query) + 6 * (size_t)e->u.dns.answers_len + 64;
     return n;
 }
 
@@ -356,14 +396,17 @@ void event_json_write(struct buf *b, const struct event *e)
         put_str(b, type, strlen(type));
     else
         PUT_LIT(b, "null");
-    /* A drop freed in softirq, a server connection closed before any process accepted it:
-     * no process of its own, so say nothing rather than 0. */
-    if (!((e->type == EVENT_PACKET_DROP || e->type == EVENT_CLOSE) && e->pid == 0 &&
-          !e->command[0])) {
+    /* A drop freed in softirq, a server connection closed before any process accepted it, a
+     * DNS query sent from softirq: no process of its own, so say nothing rather than 0. */
+    if (!((e->type == EVENT_PACKET_DROP || e->type == EVENT_CLOSE || e->type == EVENT_DNS) &&
+          e->pid == 0 && !e->command[0])) {
         PUT_LIT(b, ",\"pid\":");
         put_u64(b, e->pid);
-        PUT_LIT(b, ",\"ppid\":");
-        put_u64(b, e->ppid);
+        /* A dns query is seen in a cgroup_skb program, which cannot read the parent. */
+        if (!(e->type == EVENT_DNS && e->ppid == 0)) {
+            PUT_LIT(b, ",\"ppid\":");
+            put_u64(b, e->ppid);
+        }
         PUT_LIT(b, ",\"uid\":");
         put_u64(b, e->uid);
         PUT_RAW_STR(b, "command", e->command, strnlen(e->command, sizeof(e->command)));
@@ -463,6 +506,9 @@ void event_json_write(struct buf *b, const struct event *e)
         put_i64(b, e->u.exit.signal);
         PUT_LIT(b, ",\"duration_ns\":");
         put_u64(b, e->u.exit.duration_ns);
+        break;
+    case EVENT_DNS:
+        put_dns(b, e);
         break;
     }
     raw(b, "}", 1);
@@ -849,6 +895,90 @@ static int parse_exit(struct parse_ctx *c, struct event *e)
     return 0;
 }
 
+/* query_type or rcode: a name or a number in text ("A", "65280", "NXDOMAIN"). */
+static int parse_dns_code(struct parse_ctx *c, const char *key,
+                          int (*parse)(const char *, size_t, uint16_t *), uint16_t *out)
+{
+    const char *s;
+    size_t len;
+    int rc = get_str(c, key, false, &s, &len);
+    if (rc || !s)
+        return rc;
+    if (parse(s, len, out) < 0)
+        return errmsg_set(c->err, c->errlen, "field \"%s\": unknown value \"%s\"", key, s);
+    return 0;
+}
+
+/* "answers": non-empty strings without NUL, at most EVENT_DNS_ANSWERS_MAX. */
+static int parse_answers(struct parse_ctx *c, struct event *e)
+{
+    json_t *j, *a;
+    size_t total = 0, i;
+    int rc = get_field(c, "answers", false, &j);
+    if (rc || !j)
+        return rc;
+    if (!json_is_array(j) || json_array_size(j) > EVENT_DNS_ANSWERS_MAX)
+        return errmsg_set(c->err, c->errlen,
+                          "field \"answers\": expected an array of at most %d "
+                          "strings",
+                          EVENT_DNS_ANSWERS_MAX);
+    json_array_foreach(j, i, a)
+    {
+        size_t n = json_is_string(a) ? json_string_length(a) : 0;
+        if (!n || memchr(json_string_value(a), '\0', n))
+            return errmsg_set(c->err, c->errlen,
+                              "field \"answers\": element %zu is not a non-empty string", i);
+        total += n + 1;
+    }
+    if (!total)
+        return 0;
+    char *p = e->u.dns.answers = malloc(total);
+    if (!p) {
+        errmsg_set(c->err, c->errlen, "field \"answers\": out of memory");
+        return -ENOMEM;
+    }
+    json_array_foreach(j, i, a)
+    {
+        memcpy(p, json_string_value(a), json_string_length(a) + 1);
+        p += json_string_length(a) + 1;
+    }
+    e->u.dns.answers_len = (uint32_t)total;
+    return 0;
+}
+
+static int parse_dns(struct parse_ctx *c, struct event *e)
+{
+    const char *s;
+    size_t len;
+    int rc;
+    if ((rc = parse_protocol(c, e)) || (rc = parse_addrs(c, e)) ||
+        (rc = get_str(c, "status", false, &s, &len)))
+        return rc;
+    if (s) {
+        if (strcmp(s, "answered") == 0)
+            e->status = EVENT_STATUS_ANSWERED;
+        else if (strcmp(s, "timeout") == 0)
+            e->status = EVENT_STATUS_TIMEOUT;
+        else
+            return errmsg_set(c->err, c->errlen, "field \"status\": expected answered or timeout");
+    }
+    if ((rc = get_str(c, "query", false, &s, &len)))
+        return rc;
+    if (s && memchr(s, '\0', len))
+        return errmsg_set(c->err, c->errlen, "field \"query\": contains a NUL byte");
+    if (s && len && !(e->u.dns.query = strndup(s, len))) {
+        errmsg_set(c->err, c->errlen, "field \"query\": out of memory");
+        return -ENOMEM;
+    }
+    if ((rc = parse_dns_code(c, "query_type", dns_type_parse, &e->u.dns.query_type)) ||
+        (rc = parse_dns_code(c, "rcode", dns_rcode_parse, &e->u.dns.rcode)) ||
+        (rc = parse_answers(c, e)))
+        return rc;
+    GET_UINT(c, "transaction_id", 65535, e->u.dns.transaction_id);
+    GET_UINT(c, "latency_ns", INT64_MAX, e->u.dns.latency_ns);
+    return 0;
+}
+
 static int parse_event(struct parse_ctx *c, struct event *e)
 {
     const char *s;
@@ -940,6 +1070,8 @@ static int parse_event(struct parse_ctx *c, struct event *e)
         return parse_exit(c, e);
     case EVENT_CLOSE:
         return parse_close(c, e);
+    case EVENT_DNS:
+        return parse_dns(c, e);
     }
     return 0;
 }

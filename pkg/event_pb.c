@@ -35,7 +35,8 @@ _Static_assert((int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_CONNECTION == EVENT_CONN
                    (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_EXEC == EVENT_EXEC &&
                    (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_EXIT == EVENT_EXIT &&
                    (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_CLOSE == EVENT_CLOSE &&
-                   EVENT_CLOSE + 1 == EVENT_TYPE_COUNT,
+                   (int)EBPFMONITOR__EVENT_TYPE__EVENT_TYPE_DNS == EVENT_DNS &&
+                   EVENT_DNS + 1 == EVENT_TYPE_COUNT,
                "EventType must match enum event_type");
 _Static_assert((int)EBPFMONITOR__CLOSE_ROLE__CLOSE_ROLE_CLIENT == EVENT_ROLE_CLIENT &&
                    (int)EBPFMONITOR__CLOSE_ROLE__CLOSE_ROLE_SERVER == EVENT_ROLE_SERVER &&
@@ -108,9 +109,73 @@ Ebpfmonitor__Event__DetailsCase event_pb_details_field(unsigned type)
         return EBPFMONITOR__EVENT__DETAILS_EXIT;
     case EVENT_CLOSE:
         return EBPFMONITOR__EVENT__DETAILS_CLOSE;
+    case EVENT_DNS:
+        return EBPFMONITOR__EVENT__DETAILS_DNS;
     default:
         return EBPFMONITOR__EVENT__DETAILS__NOT_SET;
     }
+}
+
+Ebpfmonitor__DnsStatus event_pb_dns_status(unsigned status)
+{
+    return status == EVENT_STATUS_ANSWERED  ? EBPFMONITOR__DNS_STATUS__DNS_STATUS_ANSWERED
+           : status == EVENT_STATUS_TIMEOUT ? EBPFMONITOR__DNS_STATUS__DNS_STATUS_TIMEOUT
+                                            : EBPFMONITOR__DNS_STATUS__DNS_STATUS_UNSPECIFIED;
+}
+
+int event_pb_dns_to_event(const Ebpfmonitor__DnsDetails *x, struct event *e, char *err,
+                          size_t errlen)
+{
+    size_t total = 0;
+
+    switch ((int)x->status) {
+    case EBPFMONITOR__DNS_STATUS__DNS_STATUS_UNSPECIFIED:
+        break;
+    case EBPFMONITOR__DNS_STATUS__DNS_STATUS_ANSWERED:
+        e->status = EVENT_STATUS_ANSWERED;
+        break;
+    case EBPFMONITOR__DNS_STATUS__DNS_STATUS_TIMEOUT:
+        e->status = EVENT_STATUS_TIMEOUT;
+        break;
+    default:
+        return errmsg_set(err, errlen, "dns.status: unknown status %d", (int)x->status);
+    }
+    if (x->query_type > 65535 || x->rcode > 65535 || x->transaction_id > 65535)
+        return errmsg_set(err, errlen, "dns.query_type/rcode/transaction_id: above 65535");
+    if (x->query.len && memchr(x->query.data, '\0', x->query.len))
+        return errmsg_set(err, errlen, "dns.query: contains a NUL byte");
+    if (x->n_answers > EVENT_DNS_ANSWERS_MAX)
+        return errmsg_set(err, errlen, "dns.answers: %zu answers, at most %d", x->n_answers,
+                          EVENT_DNS_ANSWERS_MAX);
+    for (size_t i = 0; i < x->n_answers; i++) {
+        if (!x->answers[i].len || memchr(x->answers[i].data, '\0', x->answers[i].len))
+            return errmsg_set(err, errlen, "dns.answers[%zu]: empty or contains a NUL byte", i);
+        total += x->answers[i].len + 1;
+    }
+    if (total > UINT32_MAX)
+        return errmsg_set(err, errlen, "dns.answers: too long");
+    e->u.dns.query_type = (uint16_t)x->query_type;
+    e->u.dns.rcode = (uint16_t)x->rcode;
+    e->u.dns.transaction_id = (uint16_t)x->transaction_id;
+    e->u.dns.latency_ns = x->latency_ns;
+    if (x->query.len && !(e->u.dns.query = strndup((const char *)x->query.data, x->query.len))) {
+        errmsg_set(err, errlen, "dns.query: out of memory");
+        return -ENOMEM;
+    }
+    if (total) {
+        char *p = e->u.dns.answers = malloc(total);
+        if (!p) {
+            errmsg_set(err, errlen, "dns.answers: out of memory");
+            return -ENOMEM;
+        }
+        for (size_t i = 0; i < x->n_answers; i++) {
+            memcpy(p, x->answers[i].data, x->answers[i].len);
+            p += x->answers[i].len;
+            *p++ = '\0';
+        }
+        e->u.dns.answers_len = (uint32_t)total;
+    }
+    return 0;
 }
 
 int event_pb_exec_to_event(const Ebpfmonitor__ExecDetails *x, struct event *e, char *err,

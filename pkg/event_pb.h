@@ -39,10 +39,12 @@ union event_pb_details {
     Ebpfmonitor__ExecDetails exec;
     Ebpfmonitor__ExitDetails exit;
     Ebpfmonitor__CloseDetails close;
+    Ebpfmonitor__DnsDetails dns;
 };
 struct event_pb_scratch {
     union event_pb_details details;
-    ProtobufCBinaryData *args; /* heap; freed by event_pb_scratch_release() */
+    ProtobufCBinaryData *args; /* exec argv or dns answers; heap, freed by
+                                  event_pb_scratch_release() */
 };
 
 /*

@@ -209,6 +209,21 @@ static size_t plan_details(const struct event *e, struct enc_plan *pl)
             sz_u64(PB_TAG(2, PB_WT_VARINT), zigzag32(e->u.exit.signal)) +
             sz_u64(PB_TAG(3, PB_WT_VARINT), e->u.exit.duration_ns);
         break;
+    case EVENT_DNS: {
+        pl->fname_len = str_len(e->u.dns.query);
+        n = sz_u64(PB_TAG(1, PB_WT_VARINT), event_pb_dns_status(e->status)) +
+            sz_len(PB_TAG(2, PB_WT_LEN), pl->fname_len) +
+            sz_u64(PB_TAG(3, PB_WT_VARINT), e->u.dns.query_type) +
+            sz_u64(PB_TAG(4, PB_WT_VARINT), e->u.dns.rcode) +
+            sz_u64(PB_TAG(6, PB_WT_VARINT), e->u.dns.latency_ns) +
+            sz_u64(PB_TAG(7, PB_WT_VARINT), e->u.dns.transaction_id);
+        /* answers: every element is written (repeated field) */
+        const char *p = e->u.dns.answers, *ans;
+        size_t len;
+        while (event_pb_args_next(e, &p, &ans, &len))
+            n += 1 + pb_varint_size(len) + len;
+        break;
+    }
     }
     return n;
 }
@@ -311,6 +326,21 @@ static uint8_t *write_details(uint8_t *p, const struct event *e, const struct en
         p = put_u64(p, PB_TAG(2, PB_WT_VARINT), zigzag32(e->u.exit.signal));
         p = put_u64(p, PB_TAG(3, PB_WT_VARINT), e->u.exit.duration_ns);
         break;
+    case EVENT_DNS: {
+        p = pb_put_varint(p, PB_TAG(EVENT_PB_DNS, PB_WT_LEN));
+        p = pb_put_varint(p, pl->det_len);
+        p = put_u64(p, PB_TAG(1, PB_WT_VARINT), event_pb_dns_status(e->status));
+        p = put_len(p, PB_TAG(2, PB_WT_LEN), e->u.dns.query, pl->fname_len);
+        p = put_u64(p, PB_TAG(3, PB_WT_VARINT), e->u.dns.query_type);
+        p = put_u64(p, PB_TAG(4, PB_WT_VARINT), e->u.dns.rcode);
+        const char *a = e->u.dns.answers, *ans;
+        size_t len;
+        while (event_pb_args_next(e, &a, &ans, &len))
+            p = put_bytes(p, PB_TAG(5, PB_WT_LEN), ans, len);
+        p = put_u64(p, PB_TAG(6, PB_WT_VARINT), e->u.dns.latency_ns);
+        p = put_u64(p, PB_TAG(7, PB_WT_VARINT), e->u.dns.transaction_id);
+        break;
+    }
     }
     return p;
 }
@@ -340,8 +370,9 @@ static uint8_t *write_event(uint8_t *p, const struct event *e, const struct enc_
     p = put_u64(p, PB_TAG(17, PB_WT_VARINT), e->sport);
     p = put_u64(p, PB_TAG(18, PB_WT_VARINT), e->dport);
     p = put_u64(p, PB_TAG(19, PB_WT_VARINT), e->protocol);
-    /* Field-number order: close details (25) come after pod_ref (24). */
-    if (e->type != EVENT_CLOSE)
+    /* Field-number order: close details (25) come after pod_ref (24), dns details (35)
+     * after the peer fields (28..34). */
+    if (e->type != EVENT_CLOSE && e->type != EVENT_DNS)
         p = write_details(p, e, pl);
     p = put_u64(p, PB_TAG(EVENT_PB_POD_REF, PB_WT_VARINT), pl->pod_ref);
     if (e->type == EVENT_CLOSE)
@@ -352,6 +383,8 @@ static uint8_t *write_event(uint8_t *p, const struct event *e, const struct enc_
     peer_strings(&e->peer, peer);
     for (int i = 0; i < 7; i++)
         p = put_len(p, PB_TAG(28 + i, PB_WT_LEN), peer[i], pl->peer_len[i]);
+    if (e->type == EVENT_DNS)
+        p = write_details(p, e, pl);
     return p;
 }
 
@@ -673,6 +706,50 @@ static bool fast_exec(const struct pb_field *f, Ebpfmonitor__ExecDetails *x)
     }
 }
 
+#define PB_FAST_MAX_ANSWERS EVENT_DNS_ANSWERS_MAX
+
+/* DnsDetails, gathered into x (converted by event_pb_dns_to_event() once complete). */
+static bool fast_dns(const struct pb_field *f, Ebpfmonitor__DnsDetails *x)
+{
+    if (f->num == 2 || f->num == 5) {
+        if (f->wt != PB_WT_LEN)
+            return false;
+        if (f->num == 2) {
+            x->query.data = (uint8_t *)f->data;
+            x->query.len = f->len;
+            return true;
+        }
+        if (x->n_answers == PB_FAST_MAX_ANSWERS)
+            return false;
+        x->answers[x->n_answers].data = (uint8_t *)f->data;
+        x->answers[x->n_answers++].len = f->len;
+        return true;
+    }
+    if (f->wt != PB_WT_VARINT)
+        return false;
+    switch (f->num) {
+    case 1:
+        if (f->v > EBPFMONITOR__DNS_STATUS__DNS_STATUS_TIMEOUT)
+            return false;
+        x->status = (Ebpfmonitor__DnsStatus)f->v;
+        return true;
+    case 3:
+    case 4:
+    case 7:
+        if (f->v > 65535)
+            return false;
+        *(f->num == 3   ? &x->query_type
+          : f->num == 4 ? &x->rcode
+                        : &x->transaction_id) = (uint32_t)f->v;
+        return true;
+    case 6:
+        x->latency_ns = f->v;
+        return true;
+    default:
+        return false;
+    }
+}
+
 /* ExitDetails (sint32 codes). */
 static bool fast_exit(const struct pb_field *f, struct event *e)
 {
@@ -697,9 +774,11 @@ static bool fast_exit(const struct pb_field *f, struct event *e)
 
 /* One field of the details message `which`; false when the reference path must decide. */
 static bool fast_details_field(unsigned which, const struct pb_field *f, struct event *e,
-                               Ebpfmonitor__ExecDetails *x)
+                               Ebpfmonitor__ExecDetails *x, Ebpfmonitor__DnsDetails *dns)
 {
     switch (which) {
+    case EVENT_PB_DNS:
+        return fast_dns(f, dns);
     case EBPFMONITOR__EVENT__DETAILS_CONNECTION:
         return fast_conn(f, e);
     case EBPFMONITOR__EVENT__DETAILS_DROP:
@@ -721,18 +800,22 @@ static bool fast_details(const uint8_t *data, size_t len, unsigned which, struct
     struct pb_rd r = {data, data + len};
     struct pb_field f;
     Ebpfmonitor__ExecDetails x = EBPFMONITOR__EXEC_DETAILS__INIT;
-    ProtobufCBinaryData args[PB_FAST_MAX_ARGS];
+    Ebpfmonitor__DnsDetails dns = EBPFMONITOR__DNS_DETAILS__INIT;
+    ProtobufCBinaryData args[PB_FAST_MAX_ARGS], answers[PB_FAST_MAX_ANSWERS];
     x.args = args;
+    dns.answers = answers;
 
     while (r.p < r.end) {
-        if (!pb_rd_field(&r, &f) || !fast_details_field(which, &f, e, &x))
+        if (!pb_rd_field(&r, &f) || !fast_details_field(which, &f, e, &x, &dns))
             return false;
     }
+    if (which == EVENT_PB_DNS)
+        return event_pb_dns_to_event(&dns, e, NULL, 0) == 0;
     return which != EBPFMONITOR__EVENT__DETAILS_EXEC || event_pb_exec_to_event(&x, e, NULL, 0) == 0;
 }
 
 /* The last Event field number in the schema. */
-#define EVENT_PB_MAX_FIELD 34
+#define EVENT_PB_MAX_FIELD 35
 
 /* The wire type each Event field has in the schema (1..EVENT_PB_MAX_FIELD). */
 static unsigned event_field_wt(uint32_t num)
@@ -828,6 +911,7 @@ static bool fast_event(const uint8_t *data, size_t len, const char *batch_node,
         case 22:
         case 23:
         case 25:
+        case 35:
             if (det_field) /* protobuf merges a repeated message: the reference path does */
                 goto fail;
             det_field = f.num;

@@ -16,15 +16,17 @@
 
 /*
  * The Event fields of the details oneof (protobuf-c's case values are the
- * field numbers): FIRST..LAST, except pod_ref (24), which sits between them.
+ * field numbers): 20..23, 25 and 35; pod_ref (24) and the attribution
+ * fields (26..34) sit between them.
  */
-#define EVENT_PB_DETAILS_FIRST EBPFMONITOR__EVENT__DETAILS_CONNECTION /* 20 */
-#define EVENT_PB_DETAILS_LAST  EBPFMONITOR__EVENT__DETAILS_CLOSE      /* 25 */
-#define EVENT_PB_POD_REF       24
+#define EVENT_PB_POD_REF 24
+#define EVENT_PB_DNS     EBPFMONITOR__EVENT__DETAILS_DNS /* 35 */
 
 static inline bool event_pb_is_details_num(uint32_t num)
 {
-    return num >= EVENT_PB_DETAILS_FIRST && num <= EVENT_PB_DETAILS_LAST && num != EVENT_PB_POD_REF;
+    return (num >= EBPFMONITOR__EVENT__DETAILS_CONNECTION &&
+            num <= EBPFMONITOR__EVENT__DETAILS_EXIT) ||
+           num == EBPFMONITOR__EVENT__DETAILS_CLOSE || num == EVENT_PB_DNS;
 }
 
 static inline bool event_pb_is_details(const struct pb_field *f)
@@ -32,7 +34,7 @@ static inline bool event_pb_is_details(const struct pb_field *f)
     return event_pb_is_details_num(f->num) && f->wt == PB_WT_LEN;
 }
 
-/* The details field (20..23, protobuf-c's oneof case) an event of this type carries. */
+/* The details field (protobuf-c's oneof case) an event of this type carries. */
 Ebpfmonitor__Event__DetailsCase event_pb_details_field(unsigned type);
 
 /* intern() behind a per-thread cache: a batch repeats the same few strings. */
@@ -41,6 +43,16 @@ const char *event_pb_intern(const char *s);
 /* ExecDetails into e's filename/args (owned by e); -EINVAL or -ENOMEM with err. */
 int event_pb_exec_to_event(const Ebpfmonitor__ExecDetails *x, struct event *e, char *err,
                            size_t errlen);
+
+/*
+ * DnsDetails into e (status, query and answers owned by e, the numbers);
+ * -EINVAL (why in err) for a value out of range, a NUL byte, an empty answer
+ * or more than EVENT_DNS_ANSWERS_MAX of them; -ENOMEM.
+ */
+int event_pb_dns_to_event(const Ebpfmonitor__DnsDetails *x, struct event *e, char *err,
+                          size_t errlen);
+/* DnsDetails.status for e->status, and back (EVENT_STATUS_NONE for 0 or an unknown value). */
+Ebpfmonitor__DnsStatus event_pb_dns_status(unsigned status);
 
 /* Each attribution field the event left empty comes from its pod_ref entry. */
 void event_pb_pod_fill(struct event_k8s *k, const struct event_k8s *ref);
@@ -65,16 +77,29 @@ void event_pb_skip_event(struct event_batch_meta *meta, size_t index, const char
                          size_t errlen);
 
 /*
- * The NUL-separated argv of an exec event, one element per call: *p walks
- * from e->u.exec.args to its end; false when there is none left. Inline:
- * the fast encoder calls it twice per argument.
+ * The event's list of strings, one element per call: an exec event's argv,
+ * a dns event's answers (both NUL-separated). *p walks from the list's start
+ * (event_pb_list()) to its end; false when there is none left. Inline: the
+ * fast encoder calls it twice per element.
  */
+static inline const char *event_pb_list(const struct event *e, uint32_t *len)
+{
+    if (e->type == EVENT_DNS) {
+        *len = e->u.dns.answers_len;
+        return e->u.dns.answers;
+    }
+    *len = e->type == EVENT_EXEC ? e->u.exec.args_len : 0;
+    return e->type == EVENT_EXEC ? e->u.exec.args : NULL;
+}
+
 static inline bool event_pb_args_next(const struct event *e, const char **p, const char **arg,
                                       size_t *len)
 {
-    if (!e->u.exec.args || !*p)
+    uint32_t list_len;
+    const char *list = event_pb_list(e, &list_len);
+    if (!list || !*p)
         return false;
-    const char *end = e->u.exec.args + e->u.exec.args_len;
+    const char *end = list + list_len;
     if (*p >= end)
         return false;
     const char *nul = memchr(*p, '\0', (size_t)(end - *p));

@@ -25,13 +25,12 @@
 
 /* ---- encoder: event -> message ---- */
 
-/* Number of argv elements in the NUL-separated args buffer. */
+/* Number of elements in the event's NUL-separated list (exec argv, dns answers). */
 static size_t args_count(const struct event *e)
 {
-    const char *p = e->u.exec.args, *arg;
+    uint32_t list_len;
+    const char *p = event_pb_list(e, &list_len), *arg;
     size_t n = 0, len;
-    if (e->type != EVENT_EXEC)
-        return 0;
     while (event_pb_args_next(e, &p, &arg, &len))
         n++;
     return n;
@@ -39,7 +38,8 @@ static size_t args_count(const struct event *e)
 
 static void args_fill(const struct event *e, ProtobufCBinaryData *out)
 {
-    const char *p = e->u.exec.args, *arg;
+    uint32_t list_len;
+    const char *p = event_pb_list(e, &list_len), *arg;
     size_t len;
     while (event_pb_args_next(e, &p, &arg, &len)) {
         out->data = (uint8_t *)arg;
@@ -147,6 +147,24 @@ static int pb_fill(const struct event *e, const char *batch_node, Ebpfmonitor__E
         d->close.srtt_us = e->u.close.srtt_us;
         out->details_case = EBPFMONITOR__EVENT__DETAILS_CLOSE;
         out->close = &d->close;
+        break;
+    case EVENT_DNS:
+        ebpfmonitor__dns_details__init(&d->dns);
+        d->dns.status = event_pb_dns_status(e->status);
+        if (e->u.dns.query) {
+            d->dns.query.data = (uint8_t *)e->u.dns.query;
+            d->dns.query.len = strlen(e->u.dns.query);
+        }
+        d->dns.query_type = e->u.dns.query_type;
+        d->dns.rcode = e->u.dns.rcode;
+        d->dns.n_answers = args_count(e);
+        d->dns.answers = d->dns.n_answers ? args : NULL;
+        if (d->dns.n_answers)
+            args_fill(e, args);
+        d->dns.latency_ns = e->u.dns.latency_ns;
+        d->dns.transaction_id = e->u.dns.transaction_id;
+        out->details_case = EBPFMONITOR__EVENT__DETAILS_DNS;
+        out->dns = &d->dns;
         break;
     }
     return 0;
@@ -317,6 +335,8 @@ static const char *details_name(Ebpfmonitor__Event__DetailsCase c)
         return "exit";
     case EBPFMONITOR__EVENT__DETAILS_CLOSE:
         return "close";
+    case EBPFMONITOR__EVENT__DETAILS_DNS:
+        return "dns";
     default:
         return "no";
     }
@@ -421,6 +441,12 @@ static int to_event(const Ebpfmonitor__Event *pb, const char *batch_node,
         break;
     case EBPFMONITOR__EVENT__DETAILS_EXEC:
         if ((rc = event_pb_exec_to_event(pb->exec, e, err, errlen))) {
+            event_clear(e);
+            return rc;
+        }
+        break;
+    case EBPFMONITOR__EVENT__DETAILS_DNS:
+        if ((rc = event_pb_dns_to_event(pb->dns, e, err, errlen))) {
             event_clear(e);
             return rc;
         }

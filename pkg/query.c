@@ -13,7 +13,9 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
+#include "dns.h"
 #include "errmsg.h"
 
 #define QUERY_ERR_VALUE_MAX 64 /* bytes of a bad value quoted back in a message */
@@ -36,6 +38,8 @@ enum query_param {
     QP_PEER_SERVICE,
     QP_DEST_PORT,
     QP_STATUS,
+    QP_QUERY,
+    QP_RCODE,
     QP_COUNT,
 };
 
@@ -57,6 +61,8 @@ static const char *const query_param_names[QP_COUNT] = {
     [QP_PEER_SERVICE] = "peer_service",
     [QP_DEST_PORT] = "dest_port",
     [QP_STATUS] = "status",
+    [QP_QUERY] = "query",
+    [QP_RCODE] = "rcode",
 };
 
 /* Where each exact-match string parameter lands in struct query. */
@@ -301,6 +307,32 @@ static int query_parse_types(const char *v, size_t len, uint32_t *out, const cha
     return 0;
 }
 
+/*
+ * The query filter: a name (lowercased, one trailing dot dropped) or "*." and
+ * a name; no empty label, no space or control byte. -EINVAL otherwise.
+ */
+static int query_set_dns_name(struct query *q, const char *v, size_t len)
+{
+    size_t start = 0;
+
+    if (len >= 2 && v[0] == '*' && v[1] == '.')
+        start = 2;
+    if (len > start + 1 && v[len - 1] == '.')
+        len--;
+    if (len <= start || len >= sizeof(q->dns_query))
+        return -EINVAL;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)v[i];
+        bool dot = c == '.';
+        if (c <= ' ' || c == 0x7f || (i >= start && c == '*') ||
+            (dot && (i == start || v[i - 1] == '.' || i == len - 1)))
+            return -EINVAL;
+        q->dns_query[i] = (char)tolower(c);
+    }
+    q->dns_query[len] = '\0';
+    return 0;
+}
+
 /* Parses one decoded value into q; on error writes the message. */
 static int query_set(struct query *q, enum query_param p, const char *v, size_t len, char *err,
                      size_t errlen)
@@ -314,7 +346,7 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
     /* Numbers, times and cursors ignore surrounding spaces, as type lists do;
      * names (node, pod, command...) are matched exactly as given. */
     if (p == QP_PID || p == QP_SINCE || p == QP_UNTIL || p == QP_LIMIT || p == QP_CURSOR ||
-        p == QP_DEST_PORT || p == QP_STATUS) {
+        p == QP_DEST_PORT || p == QP_STATUS || p == QP_QUERY || p == QP_RCODE) {
         while (len && isspace((unsigned char)*v))
             v++, len--;
         while (len && isspace((unsigned char)v[len - 1]))
@@ -329,7 +361,7 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
             return 0;
         errmsg_set(err, errlen,
                    "invalid 'type': \"%s\" (allowed: connection, accept, packet_drop, exec, exit, "
-                   "close; comma-separated)",
+                   "close, dns; comma-separated)",
                    query_quote(item, itemlen, quoted));
         return -EINVAL;
     }
@@ -339,8 +371,17 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
         q->has_dest_port = true;
         q->dest_port = (uint16_t)n;
         return 0;
+    case QP_QUERY:
+        if (query_set_dns_name(q, v, len) < 0)
+            goto bad;
+        return 0;
+    case QP_RCODE:
+        if (dns_rcode_parse(v, len, &q->rcode) < 0)
+            goto bad;
+        q->has_rcode = true;
+        return 0;
     case QP_STATUS:
-        for (unsigned st = EVENT_STATUS_ESTABLISHED; st <= EVENT_STATUS_ATTEMPTED; st++) {
+        for (unsigned st = EVENT_STATUS_ESTABLISHED; st <= EVENT_STATUS_TIMEOUT; st++) {
             if (strlen(event_status_name(st)) == len &&
                 strncmp(event_status_name(st), v, len) == 0) {
                 q->status = (uint8_t)st;
@@ -402,7 +443,21 @@ bad:
         break;
     case QP_STATUS:
         errmsg_set(err, errlen,
-                   "invalid 'status': \"%s\" (allowed: established, failed, attempted)", quoted);
+                   "invalid 'status': \"%s\" (allowed: established, failed, attempted, answered, "
+                   "timeout)",
+                   quoted);
+        break;
+    case QP_QUERY:
+        errmsg_set(err, errlen,
+                   "invalid 'query': \"%s\" (a DNS name such as example.com, or *.example.com "
+                   "for its subdomains)",
+                   quoted);
+        break;
+    case QP_RCODE:
+        errmsg_set(err, errlen,
+                   "invalid 'rcode': \"%s\" (a DNS rcode name such as NOERROR, NXDOMAIN, "
+                   "SERVFAIL, REFUSED, or its number 0-4095)",
+                   quoted);
         break;
     default:
         errmsg_set(err, errlen, "invalid '%s': \"%s\"", name, quoted);
@@ -450,7 +505,7 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
             errmsg_set(err, errlen,
                        "unknown query parameter '%s' (allowed: type, node, pod, namespace, "
                        "workload, pid, command, peer_pod, peer_namespace, peer_workload, "
-                       "peer_service, dest_port, status, since, until%s)",
+                       "peer_service, dest_port, status, query, rcode, since, until%s)",
                        quoted, stream ? "" : ", limit, cursor");
             return -EINVAL;
         }
@@ -514,8 +569,36 @@ bool query_match_names(const struct query *q, const char *node, const struct eve
            query_str_match(q->peer_service, peer->service);
 }
 
+bool query_has_dns_filter(const struct query *q)
+{
+    return q->dns_query[0] || q->has_rcode;
+}
+
+/* name equals pattern ignoring case, or ends in ".suffix" for a "*.suffix" pattern. */
+static bool query_dns_name_match(const char *pattern, const char *name)
+{
+    if (pattern[0] != '*')
+        return strcasecmp(pattern, name) == 0;
+    size_t plen = strlen(pattern) - 1, nlen = strlen(name); /* plen counts the dot */
+    return nlen > plen && strcasecmp(name + nlen - plen, pattern + 1) == 0;
+}
+
+bool query_match_dns(const struct query *q, const struct event *e)
+{
+    if (!query_has_dns_filter(q))
+        return true;
+    if (e->type != EVENT_DNS)
+        return false;
+    if (q->dns_query[0] && (!e->u.dns.query || !query_dns_name_match(q->dns_query, e->u.dns.query)))
+        return false;
+    /* A query that timed out has no rcode. */
+    return !q->has_rcode || (e->status == EVENT_STATUS_ANSWERED && e->u.dns.rcode == q->rcode);
+}
+
 bool query_match(const struct query *q, const struct event *e)
 {
+    if (!query_match_dns(q, e))
+        return false;
     if (q->types && (e->type >= 32 || !(q->types & EVENT_TYPE_BIT(e->type))))
         return false;
     if (e->timestamp_ns < q->since_ns || e->timestamp_ns > q->until_ns)

@@ -43,8 +43,14 @@ struct query {
     bool has_dest_port;
     uint16_t dest_port; /* matches dport (connection, accept, close, packet_drop) */
     uint8_t status;     /* enum event_status; NONE = any (others never match a status) */
-    uint64_t since_ns;  /* inclusive; 0 = no bound */
-    uint64_t until_ns;  /* inclusive; UINT64_MAX = no bound */
+    /* dns events only (others never match these): the query name, lowercase without a
+     * trailing dot, exact or "*.suffix" (the suffix's subdomains), compared ignoring case;
+     * the rcode of an answered query. */
+    char dns_query[QUERY_STR_MAX];
+    bool has_rcode;
+    uint16_t rcode;
+    uint64_t since_ns; /* inclusive; 0 = no bound */
+    uint64_t until_ns; /* inclusive; UINT64_MAX = no bound */
     uint32_t limit;
     bool has_cursor;
     struct query_cursor cursor;
@@ -63,6 +69,11 @@ void query_init(struct query *q);
  * (limit, cursor).
  */
 int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *err, size_t errlen);
+
+/* True when q has a filter only dns events can pass (query, rcode). */
+bool query_has_dns_filter(const struct query *q);
+/* The dns filters alone (query, rcode) against e; true when q has none. */
+bool query_match_dns(const struct query *q, const struct event *e);
 
 /* True when e passes every filter, including the time bounds (not the cursor). */
 bool query_match(const struct query *q, const struct event *e);

@@ -155,6 +155,8 @@ static size_t union_size(uint8_t type)
         return sizeof(((struct event *)0)->u.exit);
     case EVENT_CLOSE:
         return sizeof(((struct event *)0)->u.close);
+    case EVENT_DNS:
+        return sizeof(((struct event *)0)->u.dns);
     default:
         return sizeof(((struct event *)0)->u);
     }
@@ -188,7 +190,8 @@ static inline const struct store_rec *shard_rec(const struct store_shard *sh, si
     return (const struct store_rec *)shard_at(sh, i);
 }
 
-/* Packs e's per-event fields into rec (ownership of exec strings moves with the union bytes). */
+/* Packs e's per-event fields into rec (ownership of exec/dns strings moves with the union bytes).
+ */
 static void rec_pack(const struct store_shard *sh, unsigned char *rec, const struct event *e)
 {
     struct store_rec *r = (struct store_rec *)rec;
@@ -240,10 +243,10 @@ static void rec_unpack(const struct store_shard *sh, const unsigned char *rec, s
     memcpy(e->daddr, p + sh->alen, sh->alen);
 }
 
-/* Frees what a record owns. */
+/* Frees what a record owns (exec and dns events own strings). */
 static void rec_clear(const struct store_shard *sh, unsigned char *rec)
 {
-    if (sh->type != EVENT_EXEC)
+    if (sh->type != EVENT_EXEC && sh->type != EVENT_DNS)
         return;
     struct event e;
     rec_unpack(sh, rec, &e);
@@ -990,13 +993,24 @@ static bool store_shard_selected(const struct store_shard *sh, const struct quer
         return false;
     if (q->status && sh->status != q->status)
         return false;
+    if (query_has_dns_filter(q) && sh->type != EVENT_DNS)
+        return false;
     return query_match_names(q, sh->node, &sh->k8s, &sh->peer);
 }
 
-/* The residual filters (pid, command, dest_port) on a record, with query_match()'s semantics. */
-static bool rec_match(const struct query *rq, const struct store_rec *r)
+/*
+ * The residual filters (pid, command, dest_port, and the dns filters) on a
+ * record, with query_match()'s semantics.
+ */
+static bool rec_match(const struct query *rq, const struct store_shard *sh,
+                      const unsigned char *rec)
 {
+    const struct store_rec *r = (const struct store_rec *)rec;
     struct event e;
+    if (query_has_dns_filter(rq)) {
+        rec_unpack(sh, rec, &e); /* borrows the record's strings: only read here */
+        return query_match(rq, &e);
+    }
     memset(&e, 0, sizeof(e));
     e.timestamp_ns = r->timestamp_ns;
     e.pid = r->pid;
@@ -1126,7 +1140,10 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
     rq.pid = q->pid;
     rq.has_dest_port = q->has_dest_port;
     rq.dest_port = q->dest_port;
-    bool residual = rq.has_pid || rq.command[0] || rq.has_dest_port;
+    memcpy(rq.dns_query, q->dns_query, sizeof(rq.dns_query));
+    rq.has_rcode = q->has_rcode;
+    rq.rcode = q->rcode;
+    bool residual = rq.has_pid || rq.command[0] || rq.has_dest_port || query_has_dns_filter(&rq);
 
     pthread_rwlock_rdlock(&s->lock);
     int rc = 0;
@@ -1134,7 +1151,8 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
     bool *selected = NULL;
     size_t nranges = 0;
     const struct post_list *lists[POST_FIELDS];
-    int nlists = residual ? store_post_lists(s, q, lists) : 0;
+    /* The posting path checks only the posting lists' fields: the dns filters need a scan. */
+    int nlists = residual && !query_has_dns_filter(q) ? store_post_lists(s, q, lists) : 0;
     if (nlists < 0)
         goto out; /* a value no held event has */
     if (s->nshards && (!(ranges = malloc(s->nshards * sizeof(*ranges))) ||
@@ -1184,7 +1202,7 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
             continue;
         }
         for (size_t j = r->lo; j < r->hi_all; j++) {
-            if (rec_match(&rq, shard_rec(r->sh, j))) {
+            if (rec_match(&rq, r->sh, shard_at(r->sh, j))) {
                 total++;
                 after += j < r->hi;
             }
@@ -1212,7 +1230,7 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
             ranges[0] = ranges[--nranges];
         if (nranges)
             range_heap_down(ranges, nranges, 0);
-        if (residual && !rec_match(&rq, (const struct store_rec *)rec))
+        if (residual && !rec_match(&rq, sh, rec))
             continue;
         struct event e;
         rec_unpack(sh, rec, &e);

@@ -31,6 +31,7 @@ packages=(
   help2man systemd man-db dpkg-dev
   prometheus # tests/test_e2e_monitoring.c: promtool, and a Prometheus running the dashboard's queries
   chromium # tests/test_e2e_ui.c: the web page in a real browser, driven by playwright-core (tests/js)
+  dnsmasq-base dnsutils # tests/test_dns.c, test_e2e_dns.c: a real DNS server; dig
 )
 # --list prints the Debian packages, one per line, and installs nothing
 # (scripts/check-deps.sh checks the build's headers and libraries against it).

@@ -2,7 +2,8 @@
  * Tests for cmd/agent/capture against the running kernel (root only): real
  * TCP connects and accepts over IPv4 and IPv6, a refused connect, a UDP
  * connect, a UDP datagram dropped for want of a socket, and a child that
- * execs a shell and exits 3 must each come back as a fully filled event;
+ * execs a shell and exits 3 must each come back as a fully filled event, and
+ * a DNS query and its answer as two records of one socket;
  * per-type program selection (also within the sys_exit program UDP connects
  * and accepts share), drop rate limiting, the privilege error, libbpf's log
  * level, and that closing leaves nothing of ours loaded in the kernel.
@@ -24,15 +25,51 @@
 #include <unistd.h>
 
 #include "../cmd/agent/capture.h"
+#include "../cmd/agent/records.h"
 #include "clock.h"
 #include "event.h"
+#include "testutil.h"
 
 #define DEADLINE_MS 5000
+
+/* A DNS message as the capture delivered it: what the test checks. */
+struct dns_seen {
+    bool answer;
+    uint32_t pid;
+    char command[EVENT_COMM_LEN];
+    uint64_t cookie;
+    uint16_t sport, dport, id;
+    uint8_t protocol, family;
+};
 
 struct collected {
     struct event *v;
     size_t n, cap;
+    struct dns_seen dns[64];
+    size_t ndns;
 };
+
+static void collect_dns(void *ctx, const struct records_dns *m)
+{
+    struct collected *c = ctx;
+    struct dns_seen *d;
+
+    if (c->ndns == 64 || m->payload_len < 2)
+        return;
+    d = &c->dns[c->ndns++];
+    d->answer = m->answer;
+    d->pid = m->pid;
+    memcpy(d->command, m->command, sizeof(d->command));
+    d->cookie = m->cookie;
+    d->sport = m->sport;
+    d->dport = m->dport;
+    d->id = (uint16_t)(m->payload[0] << 8 | m->payload[1]);
+    d->protocol = m->protocol;
+    d->family = m->family;
+}
+
+/* The UDP socket the test answers DNS queries on; its port is the capture's DNS_PORTS. */
+static int dns_fd = -1, dns_port;
 
 static void collect(void *ctx, struct event *e)
 {
@@ -63,9 +100,16 @@ static void skip_unless_root(void)
 
 static struct capture *open_capture(uint32_t types, uint32_t drop_rate, struct collected *out)
 {
-    struct capture_config cfg = {
-        .event_types = types, .ringbuf_bytes = 1u << 22, .drop_rate_per_sec = drop_rate};
+    struct capture_config cfg = {.event_types = types,
+                                 .ringbuf_bytes = 1u << 22,
+                                 .drop_rate_per_sec = drop_rate,
+                                 .dns_fn = collect_dns,
+                                 .dns_ctx = out};
     char err[256] = "";
+
+    if (dns_fd < 0)
+        dns_fd = tu_udp_socket(&dns_port);
+    cfg.dns_ports[0] = (uint16_t)dns_port;
     struct capture *c = capture_open(&cfg, collect, out, err, sizeof(err));
 
     cr_assert_not_null(c, "capture_open: %s", err);
@@ -608,6 +652,59 @@ static bool prog_gone(uint32_t id)
     return false;
 }
 
+/* A DNS query from a socket of this process to the test's server, and its answer: a query
+ * record with this process, an answer record from the server's port, one socket cookie. */
+static void check_dns(struct capture *c, struct collected *out)
+{
+    static const uint8_t q[] = {0x4d, 0x4d, 1, 0,   0,   1,   0,   0, 0, 0, 0, 0,
+                                1,    'a',  4, 't', 'e', 's', 't', 0, 0, 1, 0, 1};
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)dns_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in from;
+    socklen_t fl = sizeof(from);
+    uint8_t buf[512];
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    char comm[16] = "";
+
+    cr_assert_eq(sendto(fd, q, sizeof(q), 0, (struct sockaddr *)&to, sizeof(to)), sizeof(q));
+    ssize_t n = recvfrom(dns_fd, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
+    cr_assert_eq(n, sizeof(q));
+    buf[2] = 0x81, buf[3] = 0x80;
+    cr_assert_eq(sendto(dns_fd, buf, (size_t)n, 0, (struct sockaddr *)&from, fl), n);
+    cr_assert_eq(recv(fd, buf, sizeof(buf), 0), n);
+    close(fd);
+
+    uint64_t deadline = clock_monotonic_ns() + DEADLINE_MS * 1000000ull;
+    const struct dns_seen *query = NULL, *answer = NULL;
+    while ((!query || !answer) && clock_monotonic_ns() < deadline) {
+        capture_poll(c, 50);
+        for (size_t i = 0; i < out->ndns; i++) {
+            const struct dns_seen *d = &out->dns[i];
+            if (d->id != 0x4d4d)
+                continue;
+            if (!d->answer && d->dport == dns_port)
+                query = d;
+            if (d->answer && d->sport == dns_port)
+                answer = d;
+        }
+    }
+    cr_assert_not_null(query, "no dns query record");
+    cr_assert_not_null(answer, "no dns answer record");
+    FILE *f = fopen("/proc/self/comm", "r");
+    cr_assert(f && fgets(comm, sizeof(comm), f));
+    fclose(f);
+    comm[strcspn(comm, "\n")] = '\0';
+    cr_assert_eq(query->pid, (uint32_t)getpid());
+    cr_assert_str_eq(query->command, comm);
+    cr_assert_eq(answer->pid, 0, "an answer is nobody's (softirq)");
+    cr_assert_eq(query->cookie, answer->cookie);
+    cr_assert_neq(query->cookie, 0);
+    cr_assert_eq(query->protocol, IPPROTO_UDP);
+    cr_assert_eq(query->family, EVENT_FAMILY_IPV4);
+    cr_assert_eq(answer->dport, query->sport);
+}
+
 Test(capture, every_event_type_from_real_activity)
 {
     struct collected out = {0};
@@ -620,7 +717,7 @@ Test(capture, every_event_type_from_real_activity)
     c = open_capture(EVENT_TYPES_ALL, 1000, &out);
 
     n = capture_programs(c, progs, 16);
-    cr_assert_eq(n, 9);
+    cr_assert_eq(n, 11);
     cr_assert_eq(capture_attached(c), n);
     for (size_t i = 0; i < n; i++)
         cr_assert_eq(progs[i].status, CAPTURE_PROGRAM_ATTACHED, "%s: %s", progs[i].name,
@@ -637,6 +734,7 @@ Test(capture, every_event_type_from_real_activity)
     check_exit_of_threaded_and_signalled(c, &out);
 
     check_tcp_reset(c, &out);
+    check_dns(c, &out);
 
     n = capture_programs(c, progs, 16);
     for (size_t i = 0; i < n; i++) {
@@ -655,7 +753,7 @@ Test(capture, every_event_type_from_real_activity)
         distinct += !seen;
         cr_assert_neq(progs[i].prog_id, 0, "%s has no kernel id", progs[i].name);
     }
-    cr_assert_eq(distinct, 8, "%zu kernel programs for %zu entries", distinct, n);
+    cr_assert_eq(distinct, 10, "%zu kernel programs for %zu entries", distinct, n);
     nids = our_bpf_objects(ids, 32, &others);
     cr_assert_geq(nids, distinct, "only %zu program fds open", nids);
     capture_close(c);

@@ -17,6 +17,7 @@
 #include "../cmd/agent/drop_reasons.h"
 #include "../cmd/agent/ksyms.h"
 #include "../cmd/agent/records.h"
+#include "dns_events.h"
 #include "event.h"
 #include "net_events.h"
 #include "process_events.h"
@@ -857,4 +858,186 @@ Test(records, drop_reasons_need_the_enum)
     cr_assert_eq(errno, ENOENT);
     btf__free(btf);
     cr_assert_eq(drop_reasons_count(reasons), 4, "markers counted as reasons");
+}
+
+/* ---- RECORD_DNS ---- */
+
+/* A query for a.test (id 0xbeef) as the egress program copies it, from curl's UDP socket. */
+static struct dns_record *dns_rec(uint8_t direction, uint8_t protocol, uint16_t family)
+{
+    static const uint8_t msg[] = {0xbe, 0xef, 0x01, 0x00, 0,   1,   0,   0, 0, 0, 0, 0,
+                                  1,    'a',  4,    't',  'e', 's', 't', 0, 0, 1, 0, 1};
+    struct dns_record *r = calloc(1, sizeof(*r));
+
+    cr_assert_not_null(r);
+    r->hdr = hdr(RECORD_DNS);
+    r->hdr.ppid = 0; /* not known in a cgroup_skb program */
+    r->cookie = 0x4242;
+    r->suppressed = 3;
+    r->family = family;
+    r->protocol = protocol;
+    r->direction = direction;
+    r->sport = 40000;
+    r->dport = 53;
+    if (family == AF_INET) {
+        set_v4(r->saddr, 10, 1, 0, 7);
+        set_v4(r->daddr, 10, 96, 0, 10);
+    } else {
+        set_v6(r->saddr, 7);
+        set_v6(r->daddr, 53);
+    }
+    if (protocol == IPPROTO_TCP) { /* the 2-byte length prefix stays */
+        r->payload[0] = 0;
+        r->payload[1] = sizeof(msg);
+        memcpy(r->payload + 2, msg, sizeof(msg));
+        r->payload_len = r->message_len = sizeof(msg) + 2;
+    } else {
+        memcpy(r->payload, msg, sizeof(msg));
+        r->payload_len = r->message_len = sizeof(msg);
+    }
+    return r;
+}
+
+/* Decodes from a heap copy of exactly len bytes; the payload is compared inside the copy. */
+static int decode_dns(const void *rec, size_t len, struct records_dns *m, const void *want_payload,
+                      char *err, size_t errlen)
+{
+    uint8_t *copy = malloc(len ? len : 1);
+    int rc;
+
+    cr_assert_not_null(copy);
+    memcpy(copy, rec, len);
+    memset(m, 0xa5, sizeof(*m));
+    rc = records_decode_dns(&dec, copy, len, m, err, errlen);
+    if (rc == 0) {
+        cr_assert(m->payload >= copy && m->payload + m->payload_len <= copy + len,
+                  "the payload points outside the record");
+        if (want_payload)
+            cr_assert_arr_eq(m->payload, want_payload, m->payload_len);
+        m->payload = NULL; /* the copy goes now */
+    }
+    free(copy);
+    return rc;
+}
+
+Test(records, dns_query_udp_ipv4)
+{
+    struct dns_record *r = dns_rec(DNS_DIR_QUERY, IPPROTO_UDP, AF_INET);
+    struct records_dns m;
+    char err[128] = "";
+
+    cr_assert_eq(decode_dns(r, sizeof(*r), &m, r->payload, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(m.timestamp_ns, WALL_TS_NS);
+    cr_assert_eq(m.boot_ns, BOOT_TS_NS);
+    cr_assert_eq(m.pid, 4242);
+    cr_assert_eq(m.uid, 1000);
+    cr_assert_str_eq(m.command, "curl");
+    cr_assert_eq(m.cgroup_id, 0x1122334455667788ull);
+    cr_assert_eq(m.cookie, 0x4242);
+    cr_assert_eq(m.suppressed, 3);
+    cr_assert_not(m.answer);
+    cr_assert_eq(m.family, EVENT_FAMILY_IPV4);
+    cr_assert_eq(m.protocol, IPPROTO_UDP);
+    cr_assert_arr_eq(m.saddr, r->saddr, 16);
+    cr_assert_arr_eq(m.daddr, r->daddr, 16);
+    cr_assert_eq(m.sport, 40000);
+    cr_assert_eq(m.dport, 53);
+    cr_assert_eq(m.payload_len, 24);
+    cr_assert_not(m.truncated);
+    free(r);
+}
+
+Test(records, dns_answer_tcp_ipv6_keeps_the_length_prefix)
+{
+    struct dns_record *r = dns_rec(DNS_DIR_ANSWER, IPPROTO_TCP, AF_INET6);
+    struct records_dns m;
+    char err[128] = "";
+
+    r->hdr.pid = 0; /* softirq: nobody */
+    r->hdr.comm[0] = '\0';
+    cr_assert_eq(decode_dns(r, sizeof(*r), &m, r->payload, err, sizeof(err)), 0, "%s", err);
+    cr_assert(m.answer);
+    cr_assert_eq(m.pid, 0);
+    cr_assert_str_eq(m.command, "");
+    cr_assert_eq(m.family, EVENT_FAMILY_IPV6);
+    cr_assert_eq(m.protocol, IPPROTO_TCP);
+    cr_assert_arr_eq(m.daddr, r->daddr, 16);
+    cr_assert_eq(m.payload_len, 26);
+    free(r);
+}
+
+Test(records, dns_v4_mapped_is_ipv4_and_a_long_message_is_truncated)
+{
+    struct dns_record *r = dns_rec(DNS_DIR_QUERY, IPPROTO_UDP, AF_INET6);
+    struct records_dns m;
+    uint8_t want[16];
+    char err[128] = "";
+
+    set_v4_mapped(r->saddr, 127, 0, 0, 1);
+    set_v4_mapped(r->daddr, 127, 0, 0, 53);
+    r->payload_len = DNS_RECORD_PAYLOAD_MAX;
+    r->message_len = 1400; /* the program copied the first 512 bytes */
+    r->hdr.comm[15] = 'x'; /* a full comm without its NUL */
+    memset(r->hdr.comm, 'c', 15);
+    cr_assert_eq(decode_dns(r, sizeof(*r), &m, r->payload, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(m.family, EVENT_FAMILY_IPV4);
+    set_v4(want, 127, 0, 0, 53);
+    cr_assert_arr_eq(m.daddr, want, 16);
+    cr_assert(m.truncated);
+    cr_assert_eq(m.payload_len, DNS_RECORD_PAYLOAD_MAX);
+    cr_assert_eq(strlen(m.command), 15);
+    free(r);
+}
+
+/* Expects -EINVAL, counted, out zeroed, a reason. */
+static void dns_malformed(const struct dns_record *r, size_t len, const char *want_err)
+{
+    static const struct records_dns zero;
+    uint64_t before = dec.malformed;
+    struct records_dns m;
+    char err[128] = "";
+
+    cr_assert_eq(decode_dns(r, len, &m, NULL, err, sizeof(err)), -EINVAL, "%zu bytes", len);
+    cr_assert_eq(dec.malformed, before + 1);
+    cr_assert(memcmp(&m, &zero, sizeof(m)) == 0, "fields left in the message");
+    if (want_err)
+        cr_assert_str_eq(err, want_err);
+    else
+        cr_assert_neq(err[0], '\0');
+}
+
+Test(records, dns_malformed_records_are_counted)
+{
+    struct dns_record *r = dns_rec(DNS_DIR_QUERY, IPPROTO_UDP, AF_INET);
+
+    for (size_t len = 0; len < sizeof(*r); len += len < 64 ? 1 : 97)
+        dns_malformed(r, len, NULL);
+    r->family = 1;
+    dns_malformed(r, sizeof(*r), "dns record with address family 1");
+    r->family = AF_INET;
+    r->protocol = 1;
+    dns_malformed(r, sizeof(*r), "dns record with protocol 1");
+    r->protocol = IPPROTO_UDP;
+    r->direction = 3;
+    dns_malformed(r, sizeof(*r), "dns record with direction 3");
+    r->direction = DNS_DIR_ANSWER;
+    r->payload_len = 600;
+    r->message_len = 600;
+    dns_malformed(r, sizeof(*r), "dns record with 600 payload bytes of a 600-byte message");
+    r->payload_len = 30;
+    r->message_len = 24;
+    dns_malformed(r, sizeof(*r), "dns record with 30 payload bytes of a 24-byte message");
+    r->payload_len = r->message_len = 24;
+    r->hdr.kind = RECORD_CONNECT;
+    dns_malformed(r, sizeof(*r), "record of kind 1 is not a dns record");
+    free(r);
+}
+
+/* The generic decoder leaves dns records to records_decode_dns(): refused, never half-read. */
+Test(records, generic_decoder_refuses_dns_records)
+{
+    struct dns_record *r = dns_rec(DNS_DIR_QUERY, IPPROTO_UDP, AF_INET);
+
+    decode_malformed(r, sizeof(*r), "record of unknown kind 7 (624 bytes)");
+    free(r);
 }

@@ -50,6 +50,28 @@ Test(config, agent_defaults)
     cr_expect_eq(c.deployment_mode, CONFIG_MODE_VM);
     cr_expect_str_empty(c.api_token);
     cr_expect_str_eq(c.redact_args, "default");
+    cr_expect(c.event_types & EVENT_TYPE_BIT(EVENT_DNS));
+    cr_expect_eq(c.dns_ports[0], 53);
+    cr_expect_eq(c.dns_ports[1], 0);
+    cr_expect_eq(c.dns_timeout_ns, 5000000000ull);
+    cr_expect_eq(c.dns_rate_limit, 5000);
+    cr_expect_eq(c.dns_pending_max, 8192);
+    cr_expect_eq(c.dns_metrics_max_series, 1000);
+}
+
+Test(config, dns_ports_and_timeout)
+{
+    struct config c;
+    char *argv[] = {"ebpf-agent",    "--dns-ports", " 53, 5353,8053 ",
+                    "--dns-timeout", "1500ms",      "--event-types",
+                    "dns",           NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 7, argv), CONFIG_OK, "%s", err);
+    cr_expect_eq(c.dns_ports[0], 53);
+    cr_expect_eq(c.dns_ports[1], 5353);
+    cr_expect_eq(c.dns_ports[2], 8053);
+    cr_expect_eq(c.dns_ports[3], 0);
+    cr_expect_eq(c.dns_timeout_ns, 1500000000ull);
+    cr_expect_eq(c.event_types, EVENT_TYPE_BIT(EVENT_DNS));
 }
 
 Test(config, aggregator_defaults)
@@ -187,6 +209,18 @@ ParameterizedTestParameters(config, bad_values_name_the_key)
         {"REDACT_ARGS", "--password,secret", "bad pattern \"secret\""},
         {"REDACT_ARGS", "none,url", "REDACT_ARGS"},
         {"REDACT_ARGS", "", "REDACT_ARGS"},
+        {"DNS_PORTS", "0", "DNS_PORTS"},
+        {"DNS_PORTS", "65536", "1-65535"},
+        {"DNS_PORTS", "53,", "DNS_PORTS"},
+        {"DNS_PORTS", "53,,5353", "DNS_PORTS"},
+        {"DNS_PORTS", "1,2,3,4,5", "1 to 4 ports"},
+        {"DNS_PORTS", "dns", "DNS_PORTS"},
+        {"DNS_PORTS", "", "DNS_PORTS"},
+        {"DNS_TIMEOUT", "10ms", "DNS_TIMEOUT"},
+        {"DNS_TIMEOUT", "1h", "DNS_TIMEOUT"},
+        {"DNS_RATE_LIMIT", "0", "DNS_RATE_LIMIT"},
+        {"DNS_PENDING_MAX", "8", "DNS_PENDING_MAX"},
+        {"DNS_METRICS_MAX_SERIES", "0", "DNS_METRICS_MAX_SERIES"},
     };
     return cr_make_param_array(struct bad_case, cases, sizeof(cases) / sizeof(cases[0]));
 }

@@ -495,6 +495,18 @@ Test(e2e_install, agent_runs_under_its_unit_restrictions, .timeout = 60)
     cr_expect(tu_wait_http(api_port, "/ready", 200, 1000), "/ready is not 200 after READY=1");
     expect_restricted(s.pid, caps);
 
+    /* With the unit's capabilities every program attaches (the dns ones need CAP_NET_ADMIN). */
+    int pst;
+    json_t *progs = tu_get_json(api_port, "/api/programs", &pst);
+    size_t pi;
+    json_t *prog;
+    json_array_foreach(json_object_get(progs, "programs"), pi, prog)
+    {
+        cr_expect_str_neq(tu_jstr(prog, "status"), "failed", "%s: %s", tu_jstr(prog, "name"),
+                          tu_jstr(prog, "error"));
+    }
+    json_decref(progs);
+
     /* A real exec, seen through the HTTP API, and batches on the real bus. */
     char marker[PATH_MAX];
     tu_marker_make(scratch, "sbxmarker", marker, sizeof(marker));

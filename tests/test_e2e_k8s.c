@@ -14,7 +14,10 @@
  * pods talking over their pod IPs (addresses on the loopback of a network
  * namespace the test makes) name each other as peers in their connection,
  * accept and close events, while an address hostNetwork pods share names
- * no one. Needs root (eBPF, cgroups); skipped otherwise.
+ * no one. A process in a pod that resolves a name through a DNS server of the
+ * test's gets a dns event naming its pod, and its connection to the answer
+ * carries peer_dns, which another pod's connection to the same address does
+ * not. Needs root (eBPF, cgroups); skipped otherwise.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -69,6 +72,9 @@ static int agent_port;
 static char agent_log[64], token_path[128], tmpdir[64], marker_path[128];
 static char cg_root[KP_ROOT_MAX];
 static int listen_fd = -1, listen_port;
+/* A DNS server of the test's (DNS_PORTS): every A query answered with 127.0.0.1. */
+static pid_t dns_pid;
+static int dns_port;
 static struct proc procs[MAX_PROCS];
 static int nprocs;
 
@@ -390,6 +396,28 @@ static void remove_cgroup(const char *rel)
     }
 }
 
+static void dns_server_start(void)
+{
+    int fd = tu_udp_socket(&dns_port);
+    dns_pid = fork();
+    cr_assert_geq(dns_pid, 0);
+    if (dns_pid == 0) {
+        static const uint8_t rr[] = {0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 127, 0, 0, 1};
+        for (;;) {
+            uint8_t m[512];
+            struct sockaddr_in from;
+            socklen_t fl = sizeof(from);
+            ssize_t n = recvfrom(fd, m, sizeof(m) - sizeof(rr), 0, (struct sockaddr *)&from, &fl);
+            if (n < 17)
+                continue;
+            m[2] = 0x81, m[3] = 0x80, m[7] = 1; /* a response with one answer */
+            memcpy(m + n, rr, sizeof(rr));
+            sendto(fd, m, (size_t)n + sizeof(rr), 0, (struct sockaddr *)&from, fl);
+        }
+    }
+    close(fd);
+}
+
 static void setup(void)
 {
     if (geteuid() != 0)
@@ -456,10 +484,14 @@ static void setup(void)
     nats_pid = tu_nats_start(nats_port, NULL, nats_log);
     cr_assert(nats_pid > 0, "nats-server did not start");
     snprintf(nats_env, sizeof(nats_env), "NATS_URL=nats://127.0.0.1:%d", nats_port);
+    char dns_env[32];
+    dns_server_start();
+    snprintf(dns_env, sizeof(dns_env), "DNS_PORTS=%d", dns_port);
     char *env[] = {"DEPLOYMENT_MODE=kubernetes",
                    api_url,
                    token_env,
                    nats_env,
+                   dns_env,
                    "NODE_NAME=" NODE,
                    "POD_NAME=" AGENT_POD,
                    "POD_NAMESPACE=" AGENT_NS,
@@ -504,6 +536,9 @@ static void teardown(void)
     if (agent_pid > 0)
         tu_stop(agent_pid, 10000);
     agent_pid = 0;
+    if (dns_pid > 0)
+        tu_stop(dns_pid, 2000);
+    dns_pid = 0;
     if (sub_pid > 0)
         tu_stop(sub_pid, 5000);
     sub_pid = 0;
@@ -1098,4 +1133,75 @@ Test(e2e_k8s, bus_pod_table_carries_workload_and_ips_for_the_npm_client)
     }
     cr_assert(entry, "no pod table entry for %s reached the npm client", web.name);
     cr_assert(event, "no event of pid %d reached the npm client", (int)pid);
+}
+
+/*
+ * A process in a pod asks the test's DNS server for svc.test (answered
+ * 127.0.0.1), then connects there: the dns event names the pod, and so does
+ * the connection, with peer_dns svc.test; a process of another pod that
+ * connects to the same address resolved nothing, so its connection has no
+ * peer_dns (names are per pod).
+ */
+static pid_t resolve_and_connect(const struct pod *p, bool resolve)
+{
+    int go[2];
+    cr_assert_eq(pipe2(go, O_CLOEXEC), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        char c;
+        close(go[1]);
+        if (read(go[0], &c, 1) != 0) /* EOF once the parent has moved us */
+            _exit(120);
+        if (resolve) {
+            static const uint8_t q[] = {0x5d, 0x5d, 1,   0, 0,   1,   0,   0,   0, 0, 0, 0, 3,
+                                        's',  'v',  'c', 4, 't', 'e', 's', 't', 0, 0, 1, 0, 1};
+            uint8_t a[512];
+            struct sockaddr_in to = {.sin_family = AF_INET,
+                                     .sin_port = htons((uint16_t)dns_port),
+                                     .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            int fd = socket(AF_INET, SOCK_DGRAM, 0);
+            struct timeval tv = {.tv_sec = 5};
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+            if (connect(fd, (struct sockaddr *)&to, sizeof(to)) != 0 ||
+                send(fd, q, sizeof(q), 0) != (ssize_t)sizeof(q) || recv(fd, a, sizeof(a), 0) < 17)
+                _exit(2);
+            close(fd);
+        }
+        struct sockaddr_in svc = {.sin_family = AF_INET,
+                                  .sin_port = htons((uint16_t)listen_port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        _exit(connect(s, (struct sockaddr *)&svc, sizeof(svc)) == 0 ? 0 : 3);
+    }
+    close(go[0]);
+    move_to_cgroup(pid, p->rel);
+    close(go[1]);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+    return pid;
+}
+
+Test(e2e_k8s, dns_events_name_their_pod_and_peer_dns_stays_in_it)
+{
+    pid_t asker = resolve_and_connect(&web, true);
+    json_t *ev = wait_event(asker, "dns");
+    expect_pod(ev, &web, true);
+    cr_expect_str_eq(jstr(ev, "query"), "svc.test");
+    cr_expect_str_eq(jstr(ev, "status"), "answered");
+    json_t *answers = json_object_get(ev, "answers");
+    cr_expect_eq(json_array_size(answers), 1);
+    cr_expect_str_eq(json_string_value(json_array_get(answers, 0)), "127.0.0.1");
+    json_decref(ev);
+    ev = wait_event(asker, "connection");
+    expect_pod(ev, &web, true);
+    cr_expect_str_eq(jstr(ev, "peer_dns"), "svc.test");
+    json_decref(ev);
+
+    pid_t other = resolve_and_connect(&apisrv, false);
+    ev = wait_event(other, "connection");
+    expect_pod(ev, &apisrv, true);
+    cr_expect_null(json_object_get(ev, "peer_dns"), "another pod resolved nothing");
+    json_decref(ev);
 }

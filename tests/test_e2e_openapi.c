@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "openapi.h"
@@ -25,8 +26,55 @@
 
 static struct tu_monitor mon;
 static char logdir[64];
+static pid_t dns_server;
 
-/* An exec and an exit, a connection, its accept and both closes, and a NO_SOCKET drop. */
+/*
+ * A DNS server on 127.0.0.1:53 (the agent's default DNS_PORTS) that answers
+ * every query with NXDOMAIN: a dns event to validate.
+ */
+static void dns_server_start(void)
+{
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET, .sin_port = htons(53), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0,
+                 "127.0.0.1:53 is taken: the dns event needs it");
+    dns_server = fork();
+    cr_assert(dns_server >= 0);
+    if (dns_server == 0) {
+        for (;;) {
+            unsigned char m[512];
+            struct sockaddr_in from;
+            socklen_t fl = sizeof(from);
+            ssize_t n = recvfrom(fd, m, sizeof(m), 0, (struct sockaddr *)&from, &fl);
+            if (n < 12)
+                continue;
+            m[2] = 0x81, m[3] = 0x83; /* a response, NXDOMAIN */
+            sendto(fd, m, (size_t)n, 0, (struct sockaddr *)&from, fl);
+        }
+    }
+    close(fd);
+}
+
+/* One query for oapi.test (type A) to that server, its answer awaited. */
+static void dns_query(void)
+{
+    static const unsigned char q[] = {0x0a, 0x01, 0x01, 0, 0,   1,   0,   0,   0, 0, 0, 0, 4, 'o',
+                                      'a',  'p',  'i',  4, 't', 'e', 's', 't', 0, 0, 1, 0, 1};
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET, .sin_port = htons(53), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct timeval tv = {.tv_sec = 2};
+    unsigned char a[512];
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    cr_assert_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    cr_assert_eq(send(s, q, sizeof(q), 0), (ssize_t)sizeof(q));
+    cr_assert_gt(recv(s, a, sizeof(a), 0), 0, "the test's DNS server did not answer");
+    close(s);
+}
+
+/* An exec and an exit, a connection, its accept and both closes, a NO_SOCKET drop, and a DNS
+ * query answered NXDOMAIN. */
 static void make_events(void)
 {
     char marker[128];
@@ -39,13 +87,14 @@ static void make_events(void)
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     cr_assert_eq(sendto(s, "ping", 4, 0, (struct sockaddr *)&sa, sizeof(sa)), 4);
     close(s);
+    dns_query();
 }
 
 /* True once the aggregator holds an event of each type (they come through NATS). */
 static bool aggregator_has_every_type(void)
 {
-    static const char *const types[] = {"exec",   "exit",        "connection",
-                                        "accept", "packet_drop", "close"};
+    static const char *const types[] = {"exec",        "exit",  "connection", "accept",
+                                        "packet_drop", "close", "dns"};
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         char path[96];
         int status;
@@ -69,6 +118,7 @@ static void setup(void)
                  "npm packages of tests/js are missing: run make deps");
     snprintf(logdir, sizeof(logdir), "/tmp/ebpf-e2e-openapi-XXXXXX");
     cr_assert_not_null(mkdtemp(logdir));
+    dns_server_start();
     tu_monitor_start(&mon, "API_TOKEN=" TOKEN, logdir);
     uint64_t end = tu_mono_ms() + 15000;
     do
@@ -79,6 +129,8 @@ static void setup(void)
 static void teardown(void)
 {
     tu_monitor_stop(&mon);
+    if (dns_server > 0)
+        tu_stop(dns_server, 2000);
     if (logdir[0]) {
         char cmd[96];
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", logdir);

@@ -413,6 +413,132 @@ Test(event_json, exit)
     assert_round_trip(&e);
 }
 
+static void set_answers(struct event *e, const char *list, size_t len)
+{
+    e->u.dns.answers = malloc(len);
+    memcpy(e->u.dns.answers, list, len);
+    e->u.dns.answers_len = (uint32_t)len;
+}
+
+Test(event_json, dns_answered_with_a_cname_chain)
+{
+    struct event e;
+    base(&e, EVENT_DNS, "curl");
+    e.ppid = 1; /* zero is "unknown" for dns: see dns_without_a_parent_or_a_process */
+    set_addrs(&e, EVENT_FAMILY_IPV4, "10.1.0.7", 53001, "10.96.0.10", 53);
+    e.protocol = IPPROTO_UDP;
+    e.status = EVENT_STATUS_ANSWERED;
+    e.u.dns.query = strdup("www.example.test");
+    static const char answers[] = "edge.example.test\0"
+                                  "192.0.2.7\0"
+                                  "2001:db8::7";
+    set_answers(&e, answers, sizeof(answers));
+    e.u.dns.query_type = 1;
+    e.u.dns.rcode = 0;
+    e.u.dns.transaction_id = 48879;
+    e.u.dns.latency_ns = 734000;
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"dns\"," COMMON
+                    "\"command\":\"curl\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"source_ip\":\"10.1.0.7\",\"source_port\":53001,"
+                    "\"dest_ip\":\"10.96.0.10\",\"dest_port\":53,"
+                    "\"protocol\":\"udp\",\"family\":\"ipv4\",\"status\":\"answered\","
+                    "\"query\":\"www.example.test\",\"query_type\":\"A\",\"transaction_id\":48879,"
+                    "\"rcode\":\"NOERROR\",\"answers\":[\"edge.example.test\",\"192.0.2.7\","
+                    "\"2001:db8::7\"],\"latency_ns\":734000}");
+    assert_round_trip(&e);
+    event_clear(&e);
+}
+
+Test(event_json, dns_timeout_has_no_rcode_answers_or_latency)
+{
+    struct event e;
+    base(&e, EVENT_DNS, "getent");
+    set_addrs(&e, EVENT_FAMILY_IPV6, "::1", 41000, "::1", 5353);
+    e.protocol = IPPROTO_TCP;
+    e.status = EVENT_STATUS_TIMEOUT;
+    e.u.dns.query = strdup("slow.test");
+    e.u.dns.query_type = 65280; /* no name: the number */
+    e.u.dns.transaction_id = 7;
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"dns\"," COMMON
+                    "\"command\":\"getent\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"source_ip\":\"::1\",\"source_port\":41000,"
+                    "\"dest_ip\":\"::1\",\"dest_port\":5353,"
+                    "\"protocol\":\"tcp\",\"family\":\"ipv6\",\"status\":\"timeout\","
+                    "\"query\":\"slow.test\",\"query_type\":\"65280\",\"transaction_id\":7}");
+    assert_round_trip(&e);
+    event_clear(&e);
+}
+
+Test(event_json, dns_without_a_parent_or_a_process)
+{
+    struct event e;
+    base(&e, EVENT_DNS, "dig");
+    e.ppid = 0;
+    e.status = EVENT_STATUS_TIMEOUT;
+    e.u.dns.query = strdup("x.test");
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"dns\",\"pid\":1234,\"uid\":1000,"
+                    "\"command\":\"dig\"," TIMEPART ",\"node\":\"node-1\",\"status\":\"timeout\","
+                    "\"query\":\"x.test\",\"query_type\":\"0\",\"transaction_id\":0}");
+    assert_round_trip(&e);
+    e.pid = 0;
+    e.uid = 0;
+    e.command[0] = '\0';
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"dns\"," TIMEPART
+                    ",\"node\":\"node-1\",\"status\":\"timeout\",\"query\":\"x.test\","
+                    "\"query_type\":\"0\",\"transaction_id\":0}");
+    assert_round_trip(&e);
+    event_clear(&e);
+}
+
+/* Bytes a hostile producer put on the bus: escaped, never breaking the JSON. */
+Test(event_json, dns_hostile_bytes_stay_inside_their_strings)
+{
+    struct event e;
+    base(&e, EVENT_DNS, "x");
+    e.status = EVENT_STATUS_ANSWERED;
+    e.u.dns.query = strdup("a\"b\\c\n\x01\xff\xfe.test");
+    static const char answers[] = "\"],\"x\":1,\"y\":[\"\0\xc0\xaf";
+    set_answers(&e, answers, sizeof(answers));
+    e.u.dns.rcode = 3;
+    struct buf b;
+    buf_init(&b);
+    event_json_write(&b, &e);
+    json_error_t jerr;
+    json_t *j = json_loadb(b.data, b.len, JSON_REJECT_DUPLICATES, &jerr);
+    cr_assert(j, "invalid JSON (%s): %s", jerr.text, b.data);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "rcode")), "NXDOMAIN");
+    cr_assert_eq(json_array_size(json_object_get(j, "answers")), 2);
+    cr_assert_str_eq(json_string_value(json_array_get(json_object_get(j, "answers"), 0)),
+                     "\"],\"x\":1,\"y\":[\"");
+    cr_assert_null(json_object_get(j, "x"));
+    json_decref(j);
+    buf_free(&b);
+    event_clear(&e);
+}
+
+Test(event_json, dns_parse_errors_name_the_field)
+{
+    static const char *const bad[][2] = {
+        {"\"status\":\"maybe\"", "status"},
+        {"\"query_type\":\"NOPE\"", "query_type"},
+        {"\"rcode\":\"70000\"", "rcode"},
+        {"\"answers\":[\"\"]", "answers"},
+        {"\"answers\":\"1.2.3.4\"", "answers"},
+        {"\"answers\":[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\",\"10\",\"11\",\"12\","
+         "\"13\",\"14\",\"15\",\"16\",\"17\"]",
+         "answers"},
+        {"\"transaction_id\":65536", "transaction_id"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char js[512], err[256] = "";
+        struct event e;
+        snprintf(js, sizeof(js),
+                 "{\"id\":\"0000000000000001\",\"type\":\"dns\",\"timestamp\":1,%s}", bad[i][0]);
+        cr_assert_eq(event_json_parse(js, strlen(js), &e, err, sizeof(err)), -EINVAL, "%s", js);
+        cr_assert(strstr(err, bad[i][1]), "%s: %s", js, err);
+    }
+}
+
 Test(event_json, appends_to_existing_buffer)
 {
     struct event e;

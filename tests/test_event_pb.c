@@ -128,6 +128,35 @@ static size_t make_events(struct event *ev)
     e->u.exit.exit_code = -2;
     e->u.exit.signal = 15;
     e->u.exit.duration_ns = 987654321;
+
+    e = &ev[n++];
+    base(e, EVENT_DNS, 10, "curl");
+    addrs(e, EVENT_FAMILY_IPV4, "10.1.0.7", 53001, "10.96.0.10", 53);
+    e->protocol = IPPROTO_UDP;
+    e->status = EVENT_STATUS_ANSWERED;
+    e->k8s.pod_name = intern("web-7d9f");
+    e->k8s.namespace = intern("shop");
+    e->u.dns.query = strdup("api.example.com");
+    static const char answers[] = "lb-7.cdn.example.net\0"
+                                  "93.184.216.34\0"
+                                  "2001:db8::7";
+    e->u.dns.answers = malloc(sizeof(answers));
+    memcpy(e->u.dns.answers, answers, sizeof(answers));
+    e->u.dns.answers_len = sizeof(answers);
+    e->u.dns.query_type = 1;
+    e->u.dns.rcode = 0;
+    e->u.dns.transaction_id = 0xbeef;
+    e->u.dns.latency_ns = 734000;
+
+    e = &ev[n++];
+    base(e, EVENT_DNS, 11, "getent");
+    addrs(e, EVENT_FAMILY_IPV6, "::1", 41000, "::1", 5353);
+    e->protocol = IPPROTO_TCP;
+    e->status = EVENT_STATUS_TIMEOUT;
+    e->u.dns.query = strdup("weird\\.label\\255.test");
+    e->u.dns.query_type = 65280;
+    e->u.dns.rcode = 0;
+    e->u.dns.transaction_id = 1;
     return n;
 }
 
@@ -152,6 +181,12 @@ static void assert_same_event(const struct event *a, const struct event *b)
         if (a->u.exec.args_len)
             cr_assert_eq(memcmp(b->u.exec.args, a->u.exec.args, a->u.exec.args_len), 0);
         cr_assert_eq(b->u.exec.args_truncated, a->u.exec.args_truncated);
+    }
+    if (a->type == EVENT_DNS) {
+        cr_assert_eq(b->status, a->status);
+        cr_assert_eq(b->u.dns.answers_len, a->u.dns.answers_len);
+        if (a->u.dns.answers_len)
+            cr_assert_eq(memcmp(b->u.dns.answers, a->u.dns.answers, a->u.dns.answers_len), 0);
     }
 }
 
@@ -648,6 +683,33 @@ static void random_event(struct event *e)
         e->u.exit.signal = (int32_t)(uint32_t)RV();
         e->u.exit.duration_ns = RV();
         break;
+    case EVENT_DNS: {
+        e->status = (uint8_t)(rng() % 3 == 0 ? EVENT_STATUS_TIMEOUT : EVENT_STATUS_ANSWERED);
+        if (rng() % 8) {
+            size_t ql = 1 + (rng() % 8 ? rng() % 40 : rng() % 300);
+            e->u.dns.query = malloc(ql + 1);
+            for (size_t i = 0; i < ql; i++)
+                e->u.dns.query[i] = (char)(1 + rng() % 255);
+            e->u.dns.query[ql] = '\0';
+        }
+        /* Non-empty NUL-terminated answers, at most EVENT_DNS_ANSWERS_MAX of them. */
+        size_t na = rng() % (EVENT_DNS_ANSWERS_MAX + 1), al = 0;
+        if (na) {
+            e->u.dns.answers = malloc(na * 201);
+            for (size_t a = 0; a < na; a++) {
+                size_t l = 1 + (rng() % 8 ? rng() % 40 : rng() % 200);
+                for (size_t i = 0; i < l; i++)
+                    e->u.dns.answers[al++] = (char)(1 + rng() % 255);
+                e->u.dns.answers[al++] = '\0';
+            }
+            e->u.dns.answers_len = (uint32_t)al;
+        }
+        e->u.dns.query_type = (uint16_t)RV();
+        e->u.dns.rcode = (uint16_t)RV();
+        e->u.dns.transaction_id = (uint16_t)RV();
+        e->u.dns.latency_ns = RV();
+        break;
+    }
     }
 #undef RV
 }
@@ -735,6 +797,20 @@ static void assert_identical(const struct event *a, const struct event *b, const
                       a->u.exit.duration_ns == b->u.exit.duration_ns,
                   "%s: exit", what);
         break;
+    case EVENT_DNS:
+        cr_assert_eq(a->status, b->status, "%s", what);
+        cr_assert_eq(!a->u.dns.query, !b->u.dns.query, "%s", what);
+        if (a->u.dns.query)
+            cr_assert_str_eq(a->u.dns.query, b->u.dns.query, "%s", what);
+        cr_assert(a->u.dns.query_type == b->u.dns.query_type && a->u.dns.rcode == b->u.dns.rcode &&
+                      a->u.dns.transaction_id == b->u.dns.transaction_id &&
+                      a->u.dns.latency_ns == b->u.dns.latency_ns,
+                  "%s: dns", what);
+        cr_assert_eq(a->u.dns.answers_len, b->u.dns.answers_len, "%s", what);
+        if (a->u.dns.answers_len)
+            cr_assert_eq(memcmp(a->u.dns.answers, b->u.dns.answers, a->u.dns.answers_len), 0, "%s",
+                         what);
+        break;
     }
 }
 
@@ -751,7 +827,7 @@ static void normalise(struct event *e)
             e->u.exec.args[e->u.exec.args_len++] = '\0';
         }
     }
-    if (e->type != EVENT_CONNECTION)
+    if (e->type != EVENT_CONNECTION && e->type != EVENT_DNS)
         e->status = 0;
     if (!e->node)
         e->node = intern(NODE); /* an event without a node gets the batch's */

@@ -92,7 +92,7 @@ Test(query_parse, connection_and_peer_filters)
 Test(query_parse, every_type_name)
 {
     struct query q;
-    parse_ok(&q, "type=connection,accept,packet_drop,exec,exit,close");
+    parse_ok(&q, "type=connection,accept,packet_drop,exec,exit,close,dns");
     cr_assert_eq(q.types, EVENT_TYPES_ALL);
     parse_ok(&q, "type=packet_drop");
     cr_assert_eq(q.types, EVENT_TYPE_BIT(EVENT_PACKET_DROP));
@@ -239,6 +239,22 @@ static const struct bad_case bad_cases[] = {
     {"type=closed", "close"},
     {"peer_ip=10.0.0.1", "unknown query parameter 'peer_ip'"},
     {"status=x", "'status'", true},
+    {"status=ok", "answered, timeout"},
+    {"query=", "'query'"},
+    {"query=*.", "'query'"},
+    {"query=*", "'query'"},
+    {"query=a..b", "'query'"},
+    {"query=.a", "'query'"},
+    {"query=a*b.com", "'query'"},
+    {"query=a%20b", "'query'"},
+    {"query=*.*.com", "'query'"},
+    {"query=a&query=b", "duplicate"},
+    {"rcode=", "'rcode'"},
+    {"rcode=BOGUS", "'rcode'"},
+    {"rcode=BOGUS", "NXDOMAIN"},
+    {"rcode=4096", "'rcode'"},
+    {"rcode=-1", "'rcode'"},
+    {"rcode=x", "'rcode'", true},
     {"dest_port=x", "'dest_port'", true},
     {"foo=1", "unknown query parameter 'foo'"},
     {"limit=5&foo=1", "unknown query parameter 'foo'"},
@@ -608,6 +624,75 @@ Test(query_match, connection_and_peer_truth_table)
         parse_ok(&q, cases[i].qs);
         cr_expect_eq(query_match(&q, &e), cases[i].want, "\"%s\"", cases[i].qs);
     }
+}
+
+Test(query_parse, dns_filters)
+{
+    struct query q;
+    parse_ok(&q, "query=Example.COM.&rcode=nxdomain");
+    cr_assert_str_eq(q.dns_query, "example.com");
+    cr_assert(q.has_rcode);
+    cr_assert_eq(q.rcode, 3);
+    parse_ok(&q, "query=*.svc.cluster.local&rcode=2");
+    cr_assert_str_eq(q.dns_query, "*.svc.cluster.local");
+    cr_assert_eq(q.rcode, 2);
+    parse_ok(&q, "rcode=NOERROR&status=answered");
+    cr_assert_eq(q.rcode, 0);
+    cr_assert(q.has_rcode);
+    cr_assert_eq(q.status, EVENT_STATUS_ANSWERED);
+    parse_ok(&q, "status=timeout");
+    cr_assert_eq(q.status, EVENT_STATUS_TIMEOUT);
+    char err[256];
+    cr_assert_eq(parse(&q, "query=a.test&rcode=SERVFAIL", true, err, sizeof(err)), 0, "%s", err);
+}
+
+static struct event dns_event(const char *name, unsigned status, uint16_t rcode)
+{
+    struct event e = {.type = EVENT_DNS, .status = (uint8_t)status};
+    e.u.dns.query = (char *)name; /* borrowed: never cleared */
+    e.u.dns.rcode = rcode;
+    return e;
+}
+
+Test(query_match, dns_query_and_rcode)
+{
+    static const struct {
+        const char *qs, *name;
+        unsigned status;
+        uint16_t rcode;
+        bool match;
+    } cases[] = {
+        {"query=example.com", "example.com", EVENT_STATUS_ANSWERED, 0, true},
+        {"query=EXAMPLE.com", "example.com", EVENT_STATUS_ANSWERED, 0, true},
+        {"query=example.com", "Example.Com", EVENT_STATUS_ANSWERED, 0, true},
+        {"query=example.com", "www.example.com", EVENT_STATUS_ANSWERED, 0, false},
+        {"query=example.com", "example.com.evil", EVENT_STATUS_ANSWERED, 0, false},
+        {"query=*.example.com", "www.example.com", EVENT_STATUS_ANSWERED, 0, true},
+        {"query=*.example.com", "a.b.example.com", EVENT_STATUS_TIMEOUT, 0, true},
+        {"query=*.example.com", "example.com", EVENT_STATUS_ANSWERED, 0, false},
+        {"query=*.example.com", "badexample.com", EVENT_STATUS_ANSWERED, 0, false},
+        {"query=*.example.com", NULL, EVENT_STATUS_ANSWERED, 0, false},
+        {"rcode=NXDOMAIN", "x.test", EVENT_STATUS_ANSWERED, 3, true},
+        {"rcode=3", "x.test", EVENT_STATUS_ANSWERED, 3, true},
+        {"rcode=NOERROR", "x.test", EVENT_STATUS_ANSWERED, 3, false},
+        {"rcode=NOERROR", "x.test", EVENT_STATUS_TIMEOUT, 0, false}, /* no answer, no rcode */
+        {"rcode=SERVFAIL&query=*.test", "x.test", EVENT_STATUS_ANSWERED, 2, true},
+        {"rcode=SERVFAIL&query=*.test", "x.example", EVENT_STATUS_ANSWERED, 2, false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct query q;
+        parse_ok(&q, cases[i].qs);
+        struct event e = dns_event(cases[i].name, cases[i].status, cases[i].rcode);
+        cr_expect_eq(query_match(&q, &e), cases[i].match, "%s on %s", cases[i].qs,
+                     cases[i].name ? cases[i].name : "(no name)");
+    }
+    /* Other types never match a dns filter. */
+    struct query q;
+    parse_ok(&q, "rcode=0");
+    struct event conn = {.type = EVENT_CONNECTION, .status = EVENT_STATUS_ESTABLISHED};
+    cr_assert_not(query_match(&q, &conn));
+    parse_ok(&q, "query=*.com");
+    cr_assert_not(query_match(&q, &conn));
 }
 
 Test(query_match, unknown_peer_never_matches)

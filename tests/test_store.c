@@ -272,10 +272,15 @@ static const char *const PEER_PODS[] = {NULL, "db-0", "db-1", "cache-0"};
 static const char *const PEER_SERVICES[] = {NULL, "db", "cache"};
 static const uint16_t PORTS[] = {0, 80, 443, 5432, 6379, 53};
 
+static const char *const DNS_NAMES[] = {"api.example.com", "www.example.com", "example.com",
+                                        "db.internal"};
+static const uint16_t RCODES[] = {0, 2, 3};
+
 static struct event mk_flow(uint64_t i)
 {
-    static const unsigned types[] = {EVENT_CONNECTION, EVENT_ACCEPT, EVENT_CLOSE, EVENT_EXEC};
-    struct event e = mk(100000 + i * 4 + rng_below(400), (rng() << 32) ^ i, types[rng_below(4)],
+    static const unsigned types[] = {EVENT_CONNECTION, EVENT_ACCEPT, EVENT_CLOSE, EVENT_EXEC,
+                                     EVENT_DNS};
+    struct event e = mk(100000 + i * 4 + rng_below(400), (rng() << 32) ^ i, types[rng_below(5)],
                         NODES[rng_below(2)]);
     e.pid = 200 + rng_below(40);
     set_comm(&e, COMMANDS[rng_below(4)]);
@@ -303,6 +308,19 @@ static struct event mk_flow(uint64_t i)
         e.status = (uint8_t)(1 + rng_below(3));
         if (e.status == EVENT_STATUS_FAILED)
             e.u.conn.error = intern(rng_below(2) ? "refused" : "timeout");
+    } else if (e.type == EVENT_DNS) {
+        e.protocol = 17;
+        e.status = rng_below(4) ? EVENT_STATUS_ANSWERED : EVENT_STATUS_TIMEOUT;
+        e.u.dns.query = strdup(DNS_NAMES[rng_below(4)]);
+        e.u.dns.query_type = 1;
+        if (e.status == EVENT_STATUS_ANSWERED) {
+            e.u.dns.rcode = RCODES[rng_below(3)];
+            e.u.dns.latency_ns = 1000 + rng_below(100000);
+            if (e.u.dns.rcode == 0) {
+                e.u.dns.answers = strdup("10.0.0.1");
+                e.u.dns.answers_len = 9;
+            }
+        }
     } else if (e.type == EVENT_CLOSE) {
         e.u.close.role = (uint8_t)(1 + rng_below(2));
         e.u.close.bytes_sent = rng();
@@ -350,6 +368,18 @@ Test(store, indexes_match_a_full_scan_with_eviction)
         "pid=220&since=103000&until=106000",
         "dest_port=443&since=105000",
         "type=exec&dest_port=80",
+        "query=example.com",
+        "query=API.Example.COM.",
+        "query=*.example.com",
+        "query=*.internal&status=answered",
+        "query=nowhere.test",
+        "rcode=NXDOMAIN",
+        "rcode=0&type=dns,connection",
+        "rcode=2&pid=210",
+        "query=*.example.com&rcode=3&command=curl",
+        "status=timeout",
+        "type=dns&dest_port=53&pod=web-0",
+        "rcode=3&type=exec",
     };
     for (size_t i = 0; i < sizeof(queries) / sizeof(queries[0]); i++) {
         struct query q = parse_q(queries[i]);
@@ -412,6 +442,8 @@ Test(store, indexes_match_a_full_scan_with_eviction)
     cr_assert_eq(r.count, CAP);
     store_result_free(&r);
     store_free(s);
+    for (size_t i = 0; i < N; i++)
+        event_clear(&all[i]); /* the dns events' strings; the store held copies */
 }
 
 Test(store, since_and_until_are_inclusive)
@@ -765,6 +797,38 @@ Test(store, exec_strings_are_copied_and_owned)
     struct store_stats st;
     store_get_stats(s, &st);
     cr_assert_eq(st.evicted_count, 3);
+    store_free(s);
+}
+
+/* dns events own their query and answers like exec its strings: kept, copied, freed (ASan). */
+Test(store, dns_strings_are_copied_and_owned)
+{
+    struct store *s = new_store(1, 0);
+    static const char answers[] = "web.test\0"
+                                  "10.1.2.3";
+    for (uint64_t i = 1; i <= 3; i++) {
+        struct event e = mk(i * 10, i, EVENT_DNS, "node-a");
+        e.status = EVENT_STATUS_ANSWERED;
+        e.u.dns.query = strdup("alias.test");
+        e.u.dns.answers = malloc(sizeof(answers));
+        memcpy(e.u.dns.answers, answers, sizeof(answers));
+        e.u.dns.answers_len = sizeof(answers);
+        e.u.dns.transaction_id = (uint16_t)i;
+        cr_assert_eq(store_add_move(s, &e), 0);
+        cr_assert_null(e.u.dns.query, "store_add_move takes the strings");
+    }
+    struct query q = parse_q("type=dns");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 1);
+    cr_assert_str_eq(r.events[0].u.dns.query, "alias.test");
+    cr_assert_eq(r.events[0].u.dns.answers_len, sizeof(answers));
+    cr_assert(memcmp(r.events[0].u.dns.answers, answers, sizeof(answers)) == 0);
+    cr_assert_eq(r.events[0].u.dns.transaction_id, 3);
+    store_result_free(&r);
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.evicted_count, 2);
     store_free(s);
 }
 

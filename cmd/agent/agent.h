@@ -12,6 +12,7 @@
 #include "capture.h"
 #include "cgroup.h"
 #include "config.h"
+#include "dns_agent.h"
 #include "event.h"
 #include "http_server.h"
 #include "k8s.h"
@@ -33,6 +34,7 @@ struct agent {
     struct cgroup_resolver *cgroups; /* Kubernetes mode only */
     struct k8s *k8s;                 /* Kubernetes mode only */
     struct redact *redact;           /* REDACT_ARGS; NULL for "none" */
+    struct dns_agent *dns;           /* dns in EVENT_TYPES only */
     char subject[CONFIG_STR * 2];    /* <SUBJECT_PREFIX>.<sanitised node> */
     uint64_t started_ns;             /* epoch */
     uint64_t started_mono_ns;        /* monotonic, for uptime */

@@ -244,6 +244,10 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
                load(&a->args_redacted), load(&a->args_redact_failed));
     write_bus(a, b, &ps);
     write_kubernetes(a, b);
+    if (a->dns) {
+        buf_puts(b, ",\"dns\":");
+        dns_agent_stats_json(a->dns, b);
+    }
     /* The agent is one node: the same per-node shape the aggregator reports. */
     buf_puts(b, ",\"nodes\":{");
     buf_json_cstr(b, a->node);
@@ -395,6 +399,8 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
         api_metric(b, "ebpf_agent_cgroup_walks_total", "counter",
                    "Walks of the kubepods cgroup tree to resolve a new cgroup id.", cs.scans);
     }
+    if (a->dns)
+        dns_agent_metrics(a->dns, b);
     api_metric(b, "ebpf_agent_uptime_seconds", "gauge", "Seconds since the agent started.",
                (clock_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
 }

@@ -15,6 +15,7 @@
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <linux/capability.h>
 #include <stdarg.h>
@@ -27,6 +28,8 @@
 
 #include "clock.h"
 #include "common.h"
+#include "cgroup.h"
+#include "dns_events.h"
 #include "drop_reasons.h"
 #include "errmsg.h"
 #include "ksyms.h"
@@ -34,8 +37,12 @@
 
 #include "connections.skel.h"
 #include "connections_compat.skel.h"
+#include "dns.skel.h"
 #include "drops.skel.h"
 #include "processes.skel.h"
+
+_Static_assert(sizeof(((struct capture_config *)0)->dns_ports) == DNS_PORTS_MAX * sizeof(uint16_t),
+               "DNS_PORTS bound differs between the kernel and the configuration");
 
 #define CAPTURE_RINGBUF_DEFAULT (8u << 20)
 
@@ -52,6 +59,7 @@ enum capture_object {
     OBJ_CONNECTIONS,
     OBJ_DROPS,
     OBJ_PROCESSES,
+    OBJ_DNS,
     OBJ_COUNT,
 };
 
@@ -88,6 +96,10 @@ static const struct prog_spec prog_specs[SLOT_COUNT] = {
                              "tp_btf/tcp_send_reset", EVENT_CLOSE, OBJ_CONNECTIONS},
     [SLOT_TCP_RECEIVE_RESET] = {"tp_btf__tcp_receive_reset", "tp_btf__tcp_receive_reset",
                                 "tp_btf/tcp_receive_reset", EVENT_CLOSE, OBJ_CONNECTIONS},
+    [SLOT_DNS_EGRESS] = {"cgroup_skb__dns_egress", "cgroup_skb__dns_egress", "cgroup_skb/egress",
+                         EVENT_DNS, OBJ_DNS},
+    [SLOT_DNS_INGRESS] = {"cgroup_skb__dns_ingress", "cgroup_skb__dns_ingress",
+                          "cgroup_skb/ingress", EVENT_DNS, OBJ_DNS},
 };
 
 /* Programs a slot needs besides its own: close events follow a connection from the state
@@ -117,6 +129,11 @@ struct capture_prog {
 struct capture {
     capture_event_fn fn;
     void *ctx;
+    capture_dns_fn dns_fn;
+    void *dns_ctx;
+    uint16_t dns_ports[DNS_PORTS_MAX];
+    uint32_t dns_rate_per_sec;
+    int cgroup_fd; /* the cgroup v2 root the cgroup_skb programs attach to, -1 = none */
     uint32_t drop_rate_per_sec;
     uint32_t event_types; /* EVENT_TYPE_BIT mask asked for */
     bool cgroup_only;     /* CAPTURE_CGROUP (capture_config) */
@@ -268,6 +285,16 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
         in->obj = s->obj;
         break;
     }
+    case OBJ_DNS: {
+        struct dns_bpf *s = dns_bpf__open();
+        if (!s)
+            return -errno;
+        memcpy((void *)s->rodata->dns_ports, c->dns_ports, sizeof(c->dns_ports));
+        s->rodata->dns_rate_per_sec = c->dns_rate_per_sec;
+        in->skel = s;
+        in->obj = s->obj;
+        break;
+    }
     default:
         return -EINVAL;
     }
@@ -288,6 +315,9 @@ static void instance_destroy(struct instance *in)
         break;
     case OBJ_PROCESSES:
         processes_bpf__destroy(in->skel);
+        break;
+    case OBJ_DNS:
+        dns_bpf__destroy(in->skel);
         break;
     default:
         break;
@@ -367,7 +397,12 @@ static void prog_attach(struct capture *c, struct instance *in, int slot, uint32
                 prog_fail(c, s, "find", -ENOENT);
         return;
     }
-    link = bpf_program__attach(prog);
+    /* cgroup_skb programs attach to the cgroup v2 root: every socket of the node. */
+    if (bpf_program__type(prog) == BPF_PROG_TYPE_CGROUP_SKB)
+        link = c->cgroup_fd >= 0 ? bpf_program__attach_cgroup(prog, c->cgroup_fd)
+                                 : (errno = ENOENT, NULL); /* no cgroup v2 root (logged) */
+    else
+        link = bpf_program__attach(prog);
     if (!link) {
         err = -errno;
         for (int s = 0; s < SLOT_COUNT; s++)
@@ -448,12 +483,29 @@ static void log_skipped(const struct capture *c, int err, const char *why)
                 err == -ENOMEM ? "lost a" : "skipped a malformed", n, why);
 }
 
+static int handle_dns_record(struct capture *c, void *data, size_t size)
+{
+    struct records_dns m;
+    char why[128];
+    int err = records_decode_dns(&c->decoder, data, size, &m, why, sizeof(why));
+
+    if (err < 0)
+        log_skipped(c, err, why);
+    else if (c->dns_fn)
+        c->dns_fn(c->dns_ctx, &m);
+    return 0;
+}
+
 static int handle_record(void *ctx, void *data, size_t size)
 {
     struct capture *c = ctx;
     struct event e;
     char why[128];
-    int err = records_decode(&c->decoder, data, size, &e, why, sizeof(why));
+    int err;
+
+    if (size >= sizeof(struct record_hdr) && ((const struct record_hdr *)data)->kind == RECORD_DNS)
+        return handle_dns_record(c, data, size);
+    err = records_decode(&c->decoder, data, size, &e, why, sizeof(why));
 
     if (err < 0) {
         log_skipped(c, err, why);
@@ -464,14 +516,38 @@ static int handle_record(void *ctx, void *data, size_t size)
     return 0;
 }
 
-static uint32_t wanted_slots(uint32_t event_types)
+static uint32_t wanted_slots(const struct capture_config *cfg)
 {
     uint32_t want = 0;
 
     for (int s = 0; s < SLOT_COUNT; s++)
-        if (event_types & EVENT_TYPE_BIT(prog_specs[s].type))
+        if (cfg->event_types & EVENT_TYPE_BIT(prog_specs[s].type))
             want |= (1u << s) | slot_needs(s);
+    if (!cfg->dns_fn) /* nobody to pair queries with answers */
+        want &= ~((1u << SLOT_DNS_EGRESS) | (1u << SLOT_DNS_INGRESS));
     return want;
+}
+
+/* The cgroup v2 root, opened for the cgroup_skb programs; -1 with the reason logged. */
+static int open_cgroup_root(const char *root)
+{
+    char path[4096];
+    int err, fd;
+
+    if (!root) {
+        err = cgroup_v2_root(path, sizeof(path));
+        if (err < 0) {
+            fprintf(stderr, "capture: no cgroup v2 hierarchy for the dns programs: %s\n",
+                    strerror(-err));
+            return -1;
+        }
+        root = path;
+    }
+    fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        fprintf(stderr, "capture: opening the cgroup v2 root %s for the dns programs: %s\n", root,
+                strerror(errno));
+    return fd;
 }
 
 static size_t ringbuf_size(size_t want)
@@ -489,7 +565,7 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
                              char *err, size_t errlen)
 {
     struct capture *c;
-    uint32_t want = wanted_slots(cfg->event_types);
+    uint32_t want = wanted_slots(cfg);
     size_t rb_bytes = ringbuf_size(cfg->ringbuf_bytes);
 
     log_verbose = cfg->verbose;
@@ -514,7 +590,15 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
     c->cgroup_only = cfg->cgroup_only;
     c->cgroup_id = cfg->cgroup_id;
     c->cgroup_level = cfg->cgroup_level;
-    c->ringbuf_fd = c->stats_fd = -1;
+    c->dns_fn = cfg->dns_fn;
+    c->dns_ctx = cfg->dns_ctx;
+    c->dns_rate_per_sec = cfg->dns_rate_per_sec;
+    memcpy(c->dns_ports, cfg->dns_ports, sizeof(c->dns_ports));
+    if (!c->dns_ports[0] && !c->dns_ports[1] && !c->dns_ports[2] && !c->dns_ports[3])
+        c->dns_ports[0] = 53;
+    c->ringbuf_fd = c->stats_fd = c->cgroup_fd = -1;
+    if (want & ((1u << SLOT_DNS_EGRESS) | (1u << SLOT_DNS_INGRESS)))
+        c->cgroup_fd = open_cgroup_root(cfg->cgroup_root);
     c->ncpus = libbpf_num_possible_cpus();
     for (int s = 0; s < SLOT_COUNT; s++)
         c->progs[s].status = CAPTURE_PROGRAM_DISABLED;
@@ -596,6 +680,8 @@ void capture_close(struct capture *c)
         close(c->ringbuf_fd);
     if (c->stats_fd >= 0)
         close(c->stats_fd);
+    if (c->cgroup_fd >= 0)
+        close(c->cgroup_fd);
     ksyms_free(c->ksyms);
     drop_reasons_free(c->reasons);
     free(c);

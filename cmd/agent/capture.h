@@ -14,6 +14,14 @@
 
 struct capture;
 
+struct records_dns;
+/*
+ * Called on the capture thread for every DNS message a socket sent or
+ * received (bpf/dns.bpf.c); m and what it points to are valid only during
+ * the call.
+ */
+typedef void (*capture_dns_fn)(void *ctx, const struct records_dns *m);
+
 struct capture_config {
     uint32_t event_types;       /* EVENT_TYPE_BIT mask of types to capture */
     size_t ringbuf_bytes;       /* shared ring buffer; rounded up to a power of two >= the page
@@ -24,6 +32,12 @@ struct capture_config {
     bool cgroup_only;           /* CAPTURE_CGROUP: only tasks and sockets in one subtree */
     uint64_t cgroup_id;         /* that subtree's cgroup id */
     uint32_t cgroup_level;      /* and its depth below the cgroup v2 root */
+    /* dns (EVENT_DNS in event_types): */
+    uint16_t dns_ports[4];     /* server ports that are DNS, 0 = unused; all 0 = {53} */
+    uint32_t dns_rate_per_sec; /* dns records per second per CPU and direction; 0 = no limit */
+    const char *cgroup_root;   /* cgroup v2 mount the programs attach to; NULL = detect */
+    capture_dns_fn dns_fn;     /* receives the DNS messages; NULL: dns programs not loaded */
+    void *dns_ctx;
 };
 
 /*
@@ -69,7 +83,7 @@ struct capture_program_info {
     const char *event_type; /* event type it produces */
     uint64_t events;        /* records submitted by the kernel side */
     uint64_t drops;         /* ring buffer reserve failures (lost in the kernel) */
-    uint64_t suppressed;    /* rate-limited away (packet_drop) */
+    uint64_t suppressed;    /* rate-limited away (packet_drop, dns) */
     uint64_t untracked;     /* connections not followed: the kernel socket map was full */
 };
 

@@ -19,6 +19,7 @@
 #define POLL_MAX_MS        200
 #define KERNEL_DROPS_EVERY 100000000ull /* ns between reads of the programs' loss counters */
 #define MAX_PROGRAMS       32
+#define DNS_EXPIRE_EVERY   100000000ull /* ns between DNS timeout scans */
 
 static volatile sig_atomic_t stop_requested;
 
@@ -77,10 +78,9 @@ static void count_drop(struct agent *a, const struct event *e)
     __atomic_fetch_add(&a->drops_by_reason[slot], 1 + e->u.drop.suppressed, __ATOMIC_RELAXED);
 }
 
-/* Capture thread: the one place an event gets its id and node and enters the history. */
-static void on_event(void *ctx, struct event *e)
+/* Capture thread: the one place an event gets its id, node and pod. */
+static void finish_event(struct agent *a, struct event *e)
 {
-    struct agent *a = ctx;
     e->id = event_id_next(&a->ids);
     e->node = a->node;
     /* Before the event is published, streamed or stored: a secret goes nowhere. */
@@ -94,6 +94,13 @@ static void on_event(void *ctx, struct event *e)
      * wrong pod. */
     if (a->cgroups && e->type != EVENT_PACKET_DROP)
         k8s_enrich(a->k8s, a->cgroups, e);
+    if (a->dns)
+        dns_agent_fill_peer(a->dns, e, clock_ns(CLOCK_BOOTTIME));
+}
+
+/* Capture thread: a finished event enters the history and goes out. */
+static void deliver_event(struct agent *a, struct event *e)
+{
     __atomic_fetch_add(&a->events_total, 1, __ATOMIC_RELAXED);
     if (e->type < EVENT_TYPE_COUNT)
         __atomic_fetch_add(&a->events_by_type[e->type], 1, __ATOMIC_RELAXED);
@@ -104,6 +111,32 @@ static void on_event(void *ctx, struct event *e)
     flows_add(a->flows, e, 1, e->timestamp_ns);
     if (store_add_move(a->store, e) < 0)
         __atomic_fetch_add(&a->store_failed, 1, __ATOMIC_RELAXED);
+}
+
+static void on_event(void *ctx, struct event *e)
+{
+    struct agent *a = ctx;
+
+    finish_event(a, e);
+    deliver_event(a, e);
+}
+
+/* A `dns` event from the tracker: its pod first, so its names are learnt in the right scope. */
+static void on_dns_event(void *ctx, struct event *e, uint32_t ttl_s)
+{
+    struct agent *a = ctx;
+
+    finish_event(a, e);
+    dns_agent_learn(a->dns, e, ttl_s, clock_ns(CLOCK_BOOTTIME));
+    dns_agent_count(a->dns, e);
+    deliver_event(a, e);
+}
+
+static void on_dns_message(void *ctx, const struct records_dns *m)
+{
+    struct agent *a = ctx;
+
+    dns_agent_message(a->dns, m);
 }
 
 /* Ring-buffer losses summed over the programs: the kernel_drops every batch carries. */
@@ -221,6 +254,18 @@ int main(int argc, char **argv)
     if (a.cfg.deployment_mode == CONFIG_MODE_KUBERNETES && open_kubernetes(&a) < 0)
         goto out;
 
+    if (a.cfg.event_types & EVENT_TYPE_BIT(EVENT_DNS)) {
+        struct dns_agent_config dc = {
+            .timeout_ns = a.cfg.dns_timeout_ns,
+            .pending_max = a.cfg.dns_pending_max,
+            .max_series = a.cfg.dns_metrics_max_series,
+        };
+        a.dns = dns_agent_new(&dc, on_dns_event, &a);
+        if (!a.dns) {
+            fprintf(stderr, "ebpf-agent: cannot allocate the DNS query tracker\n");
+            goto out;
+        }
+    }
     struct capture_config cc = {
         .event_types = a.cfg.event_types,
         .ringbuf_bytes = a.cfg.ringbuf_bytes,
@@ -229,7 +274,15 @@ int main(int argc, char **argv)
         .cgroup_only = a.cfg.capture_cgroup[0] != '\0',
         .cgroup_id = a.cfg.capture_cgroup_id,
         .cgroup_level = a.cfg.capture_cgroup_level,
+        .dns_rate_per_sec = a.cfg.dns_rate_limit,
+        /* cgroup_skb programs see the sockets of the cgroup they attach to and below. */
+        .cgroup_root = a.cfg.capture_cgroup[0] ? a.cfg.capture_cgroup_path
+                       : a.cfg.cgroup_root[0]  ? a.cfg.cgroup_root
+                                               : NULL,
+        .dns_fn = a.dns ? on_dns_message : NULL,
+        .dns_ctx = &a,
     };
+    memcpy(cc.dns_ports, a.cfg.dns_ports, sizeof(cc.dns_ports));
     a.capture = capture_open(&cc, on_event, &a, err, sizeof(err));
     if (!a.capture) {
         fprintf(stderr, "ebpf-agent: %s\n", err);
@@ -262,7 +315,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "ebpf-agent: cannot notify systemd (NOTIFY_SOCKET): %s\n",
                 strerror(-notified));
 
-    uint64_t last_expire = clock_monotonic_ns(), last_drops = 0;
+    uint64_t last_expire = clock_monotonic_ns(), last_drops = 0, last_dns_expire = 0;
     int timeout_ms = POLL_MAX_MS;
     while (!stop_requested) {
         int n = capture_poll(a.capture, timeout_ms);
@@ -279,6 +332,10 @@ int main(int argc, char **argv)
         uint64_t until_flush = publisher_tick(a.pub, now);
         uint64_t ms = (until_flush + 999999) / 1000000;
         timeout_ms = ms < POLL_MAX_MS ? (int)ms : POLL_MAX_MS;
+        if (a.dns && now - last_dns_expire >= DNS_EXPIRE_EVERY) {
+            dns_agent_expire(a.dns, clock_ns(CLOCK_BOOTTIME));
+            last_dns_expire = now;
+        }
         if (now - last_expire > 1000000000ull) {
             store_expire(a.store, clock_realtime_ns());
             flows_add(a.flows, NULL, 0, clock_realtime_ns()); /* expires old minutes */
@@ -305,6 +362,7 @@ out:
         bus_close(a.bus);
     if (a.capture)
         capture_close(a.capture);
+    dns_agent_free(a.dns);
     if (a.k8s)
         k8s_free(a.k8s);
     if (a.cgroups)

@@ -19,6 +19,7 @@
 #include "errmsg.h"
 #include "intern.h"
 #include "ksyms.h"
+#include "dns_events.h"
 #include "net_events.h"
 #include "process_events.h"
 
@@ -217,6 +218,64 @@ static int decode_exit(const struct records_decoder *d, const void *data, struct
     e->u.exit.signal = (int32_t)(r->exit_code & 0x7f);
     e->u.exit.duration_ns = r->duration_ns;
     return 0;
+}
+
+static int decode_dns(const struct records_decoder *d, const struct dns_record *r,
+                      struct records_dns *out, char *err, size_t errlen)
+{
+    struct event addrs = {0};
+
+    if (r->family != AF_INET && r->family != AF_INET6)
+        return errmsg_set(err, errlen, "dns record with address family %u", r->family);
+    if (r->protocol != IPPROTO_UDP && r->protocol != IPPROTO_TCP)
+        return errmsg_set(err, errlen, "dns record with protocol %u", r->protocol);
+    if (r->direction != DNS_DIR_QUERY && r->direction != DNS_DIR_ANSWER)
+        return errmsg_set(err, errlen, "dns record with direction %u", r->direction);
+    if (r->payload_len > DNS_RECORD_PAYLOAD_MAX || r->payload_len > r->message_len)
+        return errmsg_set(err, errlen, "dns record with %u payload bytes of a %u-byte message",
+                          r->payload_len, r->message_len);
+    out->timestamp_ns = r->hdr.ts_ns + (uint64_t)d->boot_to_real_ns;
+    out->boot_ns = r->hdr.ts_ns;
+    out->pid = r->hdr.pid;
+    out->uid = r->hdr.uid;
+    memcpy(out->command, r->hdr.comm, EVENT_COMM_LEN);
+    out->command[EVENT_COMM_LEN - 1] = '\0';
+    out->cgroup_id = r->hdr.cgroup_id;
+    out->cookie = r->cookie;
+    out->suppressed = r->suppressed;
+    out->answer = r->direction == DNS_DIR_ANSWER;
+    decode_addrs(&addrs, r->family, r->saddr, r->daddr);
+    out->family = addrs.family;
+    memcpy(out->saddr, addrs.saddr, 16);
+    memcpy(out->daddr, addrs.daddr, 16);
+    out->protocol = r->protocol;
+    out->sport = r->sport;
+    out->dport = r->dport;
+    out->payload = r->payload;
+    out->payload_len = r->payload_len;
+    out->truncated = r->payload_len < r->message_len;
+    return 0;
+}
+
+int records_decode_dns(struct records_decoder *d, const void *data, size_t len,
+                       struct records_dns *out, char *err, size_t errlen)
+{
+    const struct record_hdr *h = data;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    if (len < sizeof(struct dns_record))
+        rc = errmsg_set(err, errlen, "dns record of %zu bytes, shorter than its %zu", len,
+                        sizeof(struct dns_record));
+    else if (h->kind != RECORD_DNS)
+        rc = errmsg_set(err, errlen, "record of kind %u is not a dns record", h->kind);
+    else
+        rc = decode_dns(d, data, out, err, errlen);
+    if (rc == 0)
+        return 0;
+    __atomic_fetch_add(&d->malformed, 1, __ATOMIC_RELAXED);
+    memset(out, 0, sizeof(*out));
+    return rc;
 }
 
 /* Every record kind: its name in messages, the size of its struct, its decoder. */

@@ -13,6 +13,7 @@
 #ifndef EBPF_MONITOR_RECORDS_H
 #define EBPF_MONITOR_RECORDS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,5 +46,37 @@ struct records_decoder {
  */
 int records_decode(struct records_decoder *d, const void *data, size_t len, struct event *out,
                    char *err, size_t errlen);
+
+/*
+ * A DNS message a socket of this node sent (query) or received (answer),
+ * from a RECORD_DNS (bpf/dns_events.h), for the DNS tracker (pkg/dns.h).
+ */
+struct records_dns {
+    uint64_t timestamp_ns; /* since the Unix epoch */
+    uint64_t boot_ns;      /* CLOCK_BOOTTIME, the kernel's own timestamp */
+    uint32_t pid, uid;     /* the sending task of a query; 0 when unknown (every answer) */
+    char command[EVENT_COMM_LEN];
+    uint64_t cgroup_id;  /* the socket's cgroup */
+    uint64_t cookie;     /* the socket's cookie: an answer comes back to its query's socket */
+    uint64_t suppressed; /* DNS records rate-limited away just before this one */
+    bool answer;         /* false: a query leaving the socket; true: an answer arriving */
+    uint8_t family;      /* enum event_family */
+    uint8_t protocol;    /* IPPROTO_UDP / IPPROTO_TCP */
+    uint8_t saddr[16], daddr[16];
+    uint16_t sport, dport;
+    /* The packet's payload as copied (points into the record): a DNS message, or over TCP
+     * a segment that starts with the 2-byte length prefix (dns_parse_tcp()). */
+    const uint8_t *payload;
+    size_t payload_len;
+    bool truncated; /* the packet carried more than payload_len bytes */
+};
+
+/*
+ * Decodes a RECORD_DNS of len bytes at data into out (zeroed first); out->msg
+ * points into data. Never reads past data + len. Returns 0, or -EINVAL with
+ * d->malformed incremented and the reason in err.
+ */
+int records_decode_dns(struct records_decoder *d, const void *data, size_t len,
+                       struct records_dns *out, char *err, size_t errlen);
 
 #endif

@@ -27,9 +27,9 @@
 
 /* The API's filters, in the order --help lists them. */
 static const char *const tail_filters[] = {
-    "type",         "node",      "pod",      "namespace",      "workload",
-    "pid",          "command",   "peer_pod", "peer_namespace", "peer_workload",
-    "peer_service", "dest_port", "status",   "since",          "until",
+    "type",     "node",           "pod",           "namespace",    "workload",  "pid",    "command",
+    "peer_pod", "peer_namespace", "peer_workload", "peer_service", "dest_port", "status", "query",
+    "rcode",    "since",          "until",
 };
 
 static volatile sig_atomic_t tail_stop;
@@ -41,30 +41,32 @@ static void tail_on_signal(int sig)
 
 static void tail_usage(FILE *out)
 {
-    fprintf(
-        out,
-        "Usage: ebpf-aggregator tail [--nats URL] [--subject SUBJECT] [filters] [options]\n"
-        "\n"
-        "Follows the bus and prints every event as one JSON line (the API's format),\n"
-        "decoding protobuf and JSON batches alike. Ctrl-C stops.\n"
-        "\n"
-        "  --nats URL          NATS server list (default: NATS_URL, nats://127.0.0.1:4222)\n"
-        "  --subject SUBJECT   subject to follow (default: <SUBJECT_PREFIX>.>, i.e.\n"
-        "                      ebpf.events.>; ebpf.events.NODE follows one node)\n"
-        "\n"
-        "Filters (as on /api/events/stream):\n"
-        "  --type LIST         connection, accept, close, packet_drop, exec, exit (comma list)\n"
-        "  --node NAME         --pod NAME   --namespace NAME   --workload NAME\n"
-        "  --pid PID           --command COMM\n"
-        "  --peer-pod NAME     --peer-namespace NAME   --peer-workload NAME\n"
-        "  --peer-service NAME (the other end of a connection, accept or close)\n"
-        "  --dest-port PORT    --status established|failed|attempted\n"
-        "  --since TIME        --until TIME (RFC 3339 or epoch nanoseconds)\n"
-        "  (peer_pod, dest_port... are accepted with '_' too)\n"
-        "\n"
-        "NATS credentials come from NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS and\n"
-        "NATS_TLS_* (environment, --config FILE, or flags such as --nats-creds FILE).\n"
-        "Malformed messages are reported on stderr and skipped.\n");
+    fprintf(out,
+            "Usage: ebpf-aggregator tail [--nats URL] [--subject SUBJECT] [filters] [options]\n"
+            "\n"
+            "Follows the bus and prints every event as one JSON line (the API's format),\n"
+            "decoding protobuf and JSON batches alike. Ctrl-C stops.\n"
+            "\n"
+            "  --nats URL          NATS server list (default: NATS_URL, nats://127.0.0.1:4222)\n"
+            "  --subject SUBJECT   subject to follow (default: <SUBJECT_PREFIX>.>, i.e.\n"
+            "                      ebpf.events.>; ebpf.events.NODE follows one node)\n"
+            "\n"
+            "Filters (as on /api/events/stream):\n"
+            "  --type LIST         connection, accept, close, packet_drop, exec, exit, dns (comma "
+            "list)\n"
+            "  --node NAME         --pod NAME   --namespace NAME   --workload NAME\n"
+            "  --pid PID           --command COMM\n"
+            "  --peer-pod NAME     --peer-namespace NAME   --peer-workload NAME\n"
+            "  --peer-service NAME (the other end of a connection, accept or close)\n"
+            "  --dest-port PORT    --status established|failed|attempted|answered|timeout\n"
+            "  --query NAME        dns events for NAME, or *.SUFFIX for its subdomains\n"
+            "  --rcode RCODE       answered dns events with this rcode (NXDOMAIN, 3, ...)\n"
+            "  --since TIME        --until TIME (RFC 3339 or epoch nanoseconds)\n"
+            "  (peer_pod, dest_port... are accepted with '_' too)\n"
+            "\n"
+            "NATS credentials come from NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS and\n"
+            "NATS_TLS_* (environment, --config FILE, or flags such as --nats-creds FILE).\n"
+            "Malformed messages are reported on stderr and skipped.\n");
 }
 
 /* The filter a flag names ("--peer-pod" or "--peer_pod"); NULL for other flags. */

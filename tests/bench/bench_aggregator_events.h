@@ -194,11 +194,43 @@ static __attribute__((unused)) void bench_event_mix(struct event *e, uint64_t i,
         e->u.exec.args = malloc(n);
         memcpy(e->u.exec.args, args, n);
         e->u.exec.args_len = (uint32_t)n;
-    } else if (kind < 90) {
+    } else if (kind < 85) {
         e->type = EVENT_EXIT;
         e->u.exit.exit_code = (r >> 20) % 5 ? 0 : 1;
         e->u.exit.signal = (r >> 24) % 20 ? 0 : 9;
         e->u.exit.duration_ns = (r >> 28) % 5000000000ull;
+    } else if (kind < 90) {
+        /* A pod asking the cluster DNS for a service; one in ten NXDOMAIN (a search suffix). */
+        static const char *const names[] = {
+            "api.default.svc.cluster.local", "db.default.svc.cluster.local",
+            "api.default.svc.cluster.local.default.svc.cluster.local",
+            "metrics.kube-system.svc.cluster.local"};
+        unsigned k = (unsigned)((r >> 20) % 4);
+        uint8_t s[4] = {10, 0, (uint8_t)(pod / 8), (uint8_t)(pod + 2)};
+        uint8_t d[4] = {10, 96, 0, 10};
+        e->type = EVENT_DNS;
+        e->family = EVENT_FAMILY_IPV4;
+        e->protocol = IPPROTO_UDP;
+        memcpy(e->saddr, s, 4);
+        memcpy(e->daddr, d, 4);
+        e->sport = 32768 + (uint16_t)((r >> 12) % 28000);
+        e->dport = 53;
+        e->ppid = 0; /* not known to the capture */
+        e->status = (r >> 30) % 50 ? EVENT_STATUS_ANSWERED : EVENT_STATUS_TIMEOUT;
+        e->u.dns.query = strdup(names[k]);
+        e->u.dns.query_type = (r >> 24) % 2 ? 1 : 28;
+        e->u.dns.transaction_id = (uint16_t)(r >> 40);
+        if (e->status == EVENT_STATUS_ANSWERED) {
+            e->u.dns.latency_ns = 100000 + (r >> 34) % 5000000;
+            e->u.dns.rcode = k == 2 ? 3 : 0;
+            if (!e->u.dns.rcode) {
+                char ans[16];
+                int n = snprintf(ans, sizeof(ans), "10.96.%u.%u", k, (unsigned)(r >> 48) & 0xff);
+                e->u.dns.answers = malloc((size_t)n + 1);
+                memcpy(e->u.dns.answers, ans, (size_t)n + 1);
+                e->u.dns.answers_len = (uint32_t)n + 1;
+            }
+        }
     } else {
         static const char *const reasons[][2] = {
             {"NOT_SPECIFIED", "kfree_skb_reason+0x3c"},

@@ -5,6 +5,7 @@
  * is the raw, still percent-encoded string, not NUL-terminated, as h2o
  * hands it over.
  */
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -25,6 +26,24 @@ static const struct event fuzz_event = {
     .peer = {.pod = "db-0", .namespace = "data", .workload = "db", .service = "db-svc"},
 };
 
+/* An answered dns query, for the dns filters. */
+static const struct event fuzz_dns_event = {
+    .id = 2,
+    .timestamp_ns = 1000,
+    .type = EVENT_DNS,
+    .status = EVENT_STATUS_ANSWERED,
+    .u.dns = {.query = "api.svc.cluster.local", .rcode = 3, .query_type = 1},
+};
+
+/* A dns name filter is lowercase printable text without spaces. */
+static bool dns_filter_ok(const char *f)
+{
+    for (const char *p = f; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f || (*p >= 'A' && *p <= 'Z'))
+            return false;
+    return true;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *s = (const char *)data;
@@ -35,9 +54,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int rc = query_parse(&q, s, size, stream, err, sizeof(err));
         if (rc == 0) {
             /* What parsed is in range, and matching it is safe. */
-            if ((q.has_dest_port && q.dest_port == 0) || q.status > EVENT_STATUS_ATTEMPTED)
+            if ((q.has_dest_port && q.dest_port == 0) || q.status > EVENT_STATUS_TIMEOUT ||
+                (q.has_rcode && q.rcode > 4095) || !dns_filter_ok(q.dns_query))
                 __builtin_trap();
             (void)query_match(&q, &fuzz_event);
+            (void)query_match(&q, &fuzz_dns_event);
         }
         if (rc == 0 && q.has_cursor) {
             /* A parsed cursor formats back to text that parses to the same cursor. */

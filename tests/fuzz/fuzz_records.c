@@ -2,7 +2,8 @@
  * Ring buffer records, hostile: any bytes decode into a well-formed event or
  * are refused and counted, never read past their length. A decoded event
  * keeps the bounds the rest of the agent relies on (terminated strings, argv
- * within its limits) and survives event_copy() unchanged.
+ * within its limits) and survives event_copy() unchanged. The same bytes go
+ * through the dns record decoder, whose payload must lie inside them.
  */
 #include <bpf/btf.h>
 #include <errno.h>
@@ -75,6 +76,28 @@ static void check_event(const struct event *e)
     event_clear(&copy);
 }
 
+/* The same bytes as a dns record: the payload lies inside the input, the rest within bounds. */
+static void check_dns(const uint8_t *data, size_t size)
+{
+    static const struct records_dns zero;
+    uint64_t before = dec.malformed;
+    struct records_dns m;
+    char err[128] = "";
+    int rc = records_decode_dns(&dec, data, size, &m, err, sizeof(err));
+
+    if (rc != 0) {
+        if (rc != -EINVAL || !err[0] || dec.malformed != before + 1 ||
+            memcmp(&m, &zero, sizeof(m)) != 0)
+            abort();
+        return;
+    }
+    if (m.payload < data || m.payload_len > DNS_RECORD_PAYLOAD_MAX ||
+        m.payload + m.payload_len > data + size || !memchr(m.command, '\0', sizeof(m.command)) ||
+        (m.family != EVENT_FAMILY_IPV4 && m.family != EVENT_FAMILY_IPV6) ||
+        (m.protocol != IPPROTO_UDP && m.protocol != IPPROTO_TCP))
+        abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const struct event zero;
@@ -85,6 +108,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (!dec.reasons)
         init_tables();
+    check_dns(data, size);
+    before = dec.malformed + dec.no_memory;
     rc = records_decode(&dec, data, size, &e, err, sizeof(err));
     if (rc == 0) {
         check_event(&e);

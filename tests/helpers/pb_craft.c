@@ -37,8 +37,8 @@ void pbc_fixed64(struct buf *b, uint64_t field, uint64_t v)
         buf_putc(b, (char)(v >> (8 * i)));
 }
 
-enum { T_CONN = 1, T_ACCEPT, T_DROP, T_EXEC, T_EXIT, T_CLOSE };
-enum { D_CONN = 20, D_DROP, D_EXEC, D_EXIT, D_CLOSE = 25 };
+enum { T_CONN = 1, T_ACCEPT, T_DROP, T_EXEC, T_EXIT, T_CLOSE, T_DNS };
+enum { D_CONN = 20, D_DROP, D_EXEC, D_EXIT, D_CLOSE = 25, D_DNS = 35 };
 enum { F_POD_REF = 24, F_PODS = 10 };
 
 #define POISON 0x414141414141ull
@@ -220,6 +220,39 @@ static void conn_error(struct buf *b)
     pbc_u64(b, 1, 2);
     pbc_bytes(b, 3, "refused", 7);
 }
+static void dns_body(struct buf *b)
+{
+    pbc_u64(b, 1, 1); /* answered */
+    pbc_bytes(b, 2, "svc.test", 8);
+    pbc_u64(b, 3, 1);
+    pbc_bytes(b, 5, "10.0.0.1", 8);
+    pbc_u64(b, 6, 1200);
+    pbc_u64(b, 7, 4242);
+}
+static void dns_17_answers(struct buf *b)
+{
+    dns_body(b);
+    for (int i = 0; i < 16; i++)
+        pbc_bytes(b, 5, "10.0.0.2", 8);
+}
+static void dns_nul_answer(struct buf *b)
+{
+    dns_body(b);
+    pbc_bytes(b, 5, "evil\0.test", 10);
+}
+static void dns_empty_answer(struct buf *b)
+{
+    dns_body(b);
+    pbc_bytes(b, 5, "", 0);
+}
+static void dns_status_3(struct buf *b)
+{
+    pbc_u64(b, 1, 3);
+}
+static void dns_type_past_16_bits(struct buf *b)
+{
+    pbc_u64(b, 3, 70000);
+}
 static void pod_every_field(struct buf *b)
 {
     static const uint8_t v4[4] = {10, 1, 0, 5}, v6[16] = {0xfd, 0, [15] = 5};
@@ -271,6 +304,13 @@ static const struct shape shapes[] = {
     {"close details with retransmits past 32 bits", T_CLOSE, D_CLOSE,
      close_retransmits_past_32_bits, 1, 0},
     {"connection details with an error", T_CONN, D_CONN, conn_error, 1, 0},
+    {"dns details of an answered query", T_DNS, D_DNS, dns_body, 1, 0},
+    {"dns details with 17 answers", T_DNS, D_DNS, dns_17_answers, 0, 0},
+    {"dns answer with a NUL byte", T_DNS, D_DNS, dns_nul_answer, 0, 0},
+    {"dns answer that is empty", T_DNS, D_DNS, dns_empty_answer, 0, 0},
+    {"dns details with status 3", T_DNS, D_DNS, dns_status_3, 0, 0},
+    {"dns details with query_type 70000", T_DNS, D_DNS, dns_type_past_16_bits, 0, 0},
+    {"close event carrying dns details", T_CLOSE, D_DNS, dns_body, 0, 0},
     {"close event referring to a full pod-table entry", T_CLOSE, D_CLOSE, close_body, 1, 0, NULL,
      pod_every_field},
     {"pod-table ip entry of 17 bytes", T_CLOSE, D_CLOSE, close_body, 1, 0, NULL, pod_ip_17_bytes,

@@ -14,6 +14,9 @@
 
 /* A TCP port on 127.0.0.1 that nothing listens on right now. */
 int tu_free_port(void);
+/* A UDP socket bound to 127.0.0.1 on a port the kernel picks (CLOEXEC); *port receives it.
+ * Asserts. */
+int tu_udp_socket(int *port);
 
 /*
  * Starts argv[0] with extra environment entries ("KEY=value", NULL-terminated,

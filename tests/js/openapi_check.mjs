@@ -225,6 +225,12 @@ const checks = {
       const types = resolve({ $ref: "#/components/schemas/Event" }).oneOf.map(
         (b) => resolve(b).properties.type.enum[0],
       );
+      // A busy node pushes a rare type out of the newest 10000: ask for it by type.
+      for (const t of types.filter((t) => !seen.has(t))) {
+        const byType = await get(server, `/api/events?type=${t}&limit=5`);
+        if (!conforms(`${server} /api/events?type=${t}`, events, byType)) continue;
+        for (const e of JSON.parse(byType.text).events) seen.add(e.type);
+      }
       const missing = types.filter((t) => !seen.has(t));
       if (missing.length) fail(`${server}: no ${missing.join(", ")} event to validate`);
       else ok(`${server}: events of every type validate (${[...seen].join(", ")})`);

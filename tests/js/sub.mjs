@@ -11,8 +11,8 @@
 //   {"subject":..., "headers":{name:value}, "size":bytes, "at_ms":ms since ready,
 //    "recv_ms":wall-clock ms, "batch":{EventBatch, longs as strings, ids as 16 hex chars}}   (protobuf)
 //   (in "batch", addresses and pods[].ips are text; each event's k8s_* fields, k8s_workload and
-//   k8s_workload_kind included, are filled from its pod_ref entry when empty; close, exec and
-//   the other details as protobufjs decodes them, enums by name)
+//   k8s_workload_kind included, are filled from its pod_ref entry when empty; close, exec, dns
+//   and the other details as protobufjs decodes them, enums by name, bytes as text)
 //   {"subject":..., "headers":..., "size":..., "at_ms":..., "lines":[parsed JSON]}  (JSON)
 // and a line {"error":"..."} for a message it cannot decode. Exits after N
 // messages or when the timeout passes (status 0 either way; the caller counts).
@@ -87,6 +87,10 @@ function decodeBatch(data) {
     if (ev.exec) {
       o.exec.filename = text(ev.exec.filename);
       o.exec.args = ev.exec.args.map(text);
+    }
+    if (ev.dns) {
+      o.dns.query = text(ev.dns.query);
+      o.dns.answers = ev.dns.answers.map(text);
     }
     return o;
   });

@@ -609,7 +609,7 @@ checks.security = () => {
     if (!failures.length) ok("DaemonSet not privileged, least-privilege capabilities, RBAC, NetworkPolicy");
 };
 
-const AGENT_CAPS = new Set(["BPF", "PERFMON", "SYS_RESOURCE", "SYSLOG"]);
+const AGENT_CAPS = new Set(["BPF", "PERFMON", "SYS_RESOURCE", "SYSLOG", "NET_ADMIN"]);
 
 function securityProblems(objs) {
     const p = [];
@@ -952,11 +952,19 @@ checks.probes = async () => {
             await new Promise((r) => setTimeout(r, 100));
         }
         const health = await httpStatus(base + c.livenessProbe.httpGet.path);
+        // With the DaemonSet's capabilities every program must attach, not just one.
+        const progs = own.kind === "DaemonSet" ? await httpStatus(base + "/api/programs") : null;
         child.kill("SIGTERM");
         await new Promise((r) => (exited !== null ? r() : child.on("exit", r)));
         expect(health.status === 200, `${own.bin} serves ${c.livenessProbe.httpGet.path}: ${health.status}`);
-        if (own.kind === "DaemonSet")
+        if (own.kind === "DaemonSet") {
             expect(ready.status === 200, `${own.bin}, with only the DaemonSet's capabilities, is ready: ${ready.status} ${ready.body}`);
+            let failed = ["(no answer)"];
+            try {
+                failed = JSON.parse(progs.body).programs.filter((p) => p.status === "failed").map((p) => `${p.name}: ${p.error}`);
+            } catch (e) {}
+            expect(failed.length === 0, `${own.bin}, with only the DaemonSet's capabilities, attaches every program (failed: ${failed.join("; ")})`);
+        }
         else expect([200, 503].includes(ready.status), `${own.bin} serves ${c.readinessProbe.httpGet.path} (not ready without NATS): ${ready.status} ${ready.body}`);
         if (failures.length) console.log(log);
     }

@@ -1,0 +1,45 @@
+/*
+ * Ring buffer record of bpf/dns.bpf.c: one DNS message seen on a socket of
+ * this node, a query it sent or an answer it received, with a bounded prefix
+ * of the message. User space (cmd/agent/records.c) decodes the record and
+ * the DNS tracker (pkg/dns.h) pairs queries with answers.
+ *
+ * Addresses are raw (network order, IPv4 in the first four bytes); ports are
+ * host order; family is AF_INET / AF_INET6.
+ */
+#ifndef EBPF_MONITOR_BPF_DNS_EVENTS_H
+#define EBPF_MONITOR_BPF_DNS_EVENTS_H
+
+#include "common.h"
+
+/* Bytes of a DNS message copied into a record: the classic UDP maximum. */
+#define DNS_RECORD_PAYLOAD_MAX 512
+/* Server ports recognised as DNS (DNS_PORTS); unused slots are 0. */
+#define DNS_PORTS_MAX 4
+
+enum dns_direction {
+    DNS_DIR_QUERY = 1, /* sent by a local socket to a server port (egress) */
+    DNS_DIR_ANSWER,    /* received by a local socket from a server port (ingress) */
+};
+
+/*
+ * RECORD_DNS. hdr.cgroup_id is the socket's cgroup (so an answer received in
+ * softirq still names its pod); hdr.pid/comm/uid are the sending task for a
+ * query sent from the socket's own cgroup, zero otherwise (an answer, or a
+ * query sent outside the socket owner's context).
+ */
+struct dns_record {
+    struct record_hdr hdr;
+    __u64 cookie;     /* bpf_get_socket_cookie: pairs an answer with its socket's query */
+    __u64 suppressed; /* dns records rate-limited away on this CPU since the last one */
+    __u16 family;
+    __u8 protocol;  /* IPPROTO_UDP / IPPROTO_TCP (payload keeps TCP's 2-byte length prefix) */
+    __u8 direction; /* enum dns_direction */
+    __u16 sport, dport;
+    __u8 saddr[16], daddr[16];
+    __u32 message_len; /* bytes of L4 payload in the packet */
+    __u32 payload_len; /* bytes copied into payload, <= DNS_RECORD_PAYLOAD_MAX */
+    __u8 payload[DNS_RECORD_PAYLOAD_MAX];
+};
+
+#endif

@@ -1,0 +1,392 @@
+/*
+ * DNS messages to `dns` events, names for `peer_dns`, and the DNS series of
+ * /metrics. See dns_agent.h.
+ */
+#include "dns_agent.h"
+
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "intern.h"
+
+#define RCODE_SLOTS   16 /* the header's 4-bit RCODE */
+#define TIMEOUT_SLOT  RCODE_SLOTS
+#define OTHER_NAME    "~other"
+#define NSEC_PER_USEC 1000ull
+
+/* Upper bounds of the latency buckets, in microseconds (the last bucket is +Inf). */
+static const uint64_t latency_bounds_us[DNS_AGENT_LATENCY_BUCKETS] = {
+    500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
+};
+
+/* One /metrics series: the queries of one (namespace, workload). */
+struct series {
+    const char *namespace; /* interned; "" outside Kubernetes */
+    const char *workload;  /* interned; the command outside Kubernetes; NULL = free slot */
+    uint64_t by_rcode[RCODE_SLOTS + 1]; /* answered, by rcode; [TIMEOUT_SLOT]: timeouts */
+    uint64_t latency[DNS_AGENT_LATENCY_BUCKETS + 1]; /* answered, non-cumulative */
+    uint64_t latency_sum_ns;
+};
+
+struct dns_agent {
+    dns_agent_emit_fn emit;
+    void *ctx;
+    struct dns_tracker *tracker;
+    struct dns_names *names;
+    struct dns_message *msg; /* ~35 KB: one, reused for every message */
+
+    uint64_t messages, suppressed, truncated; /* capture thread */
+
+    pthread_mutex_t lock; /* guards what follows */
+    struct dns_agent_stats snapshot;
+    struct series *series; /* open addressing, cap + 1 slots (the last for ~other) */
+    size_t series_cap, series_used;
+    struct series other;
+    uint64_t series_folded;
+};
+
+static void snapshot(struct dns_agent *d)
+{
+    struct dns_agent_stats s = {0};
+
+    dns_tracker_get_stats(d->tracker, &s.tracker);
+    dns_names_get_stats(d->names, &s.names);
+    s.messages = d->messages;
+    s.suppressed = d->suppressed;
+    s.truncated = d->truncated;
+    pthread_mutex_lock(&d->lock);
+    d->snapshot = s;
+    pthread_mutex_unlock(&d->lock);
+}
+
+struct dns_agent *dns_agent_new(const struct dns_agent_config *cfg, dns_agent_emit_fn emit,
+                                void *ctx)
+{
+    struct dns_agent *d = calloc(1, sizeof(*d));
+    struct dns_tracker_config tc = {.max_pending = cfg->pending_max, .timeout_ns = cfg->timeout_ns};
+    struct dns_names_config nc = {0};
+
+    if (!d)
+        return NULL;
+    d->emit = emit;
+    d->ctx = ctx;
+    d->series_cap = cfg->max_series ? cfg->max_series : 1000;
+    pthread_mutex_init(&d->lock, NULL);
+    d->tracker = dns_tracker_new(&tc);
+    d->names = dns_names_new(&nc);
+    d->msg = malloc(sizeof(*d->msg));
+    /* Twice the cap: the table stays at most half full, probes stay short. */
+    d->series = calloc(d->series_cap * 2, sizeof(*d->series));
+    if (!d->tracker || !d->names || !d->msg || !d->series) {
+        dns_agent_free(d);
+        return NULL;
+    }
+    snapshot(d);
+    return d;
+}
+
+void dns_agent_free(struct dns_agent *d)
+{
+    if (!d)
+        return;
+    dns_tracker_free(d->tracker);
+    dns_names_free(d->names);
+    free(d->msg);
+    free(d->series);
+    pthread_mutex_destroy(&d->lock);
+    free(d);
+}
+
+static void emit_timeout(struct event *e, void *arg)
+{
+    struct dns_agent *d = arg;
+
+    d->emit(d->ctx, e, 0);
+    event_clear(e);
+}
+
+void dns_agent_message(struct dns_agent *d, const struct records_dns *m)
+{
+    struct dns_key k = {.cookie = m->cookie, .family = m->family, .protocol = m->protocol};
+    int rc;
+
+    d->messages++;
+    d->suppressed += m->suppressed;
+    d->truncated += m->truncated;
+    rc = m->protocol == IPPROTO_TCP ? dns_parse_tcp(m->payload, m->payload_len, d->msg)
+                                    : dns_parse(m->payload, m->payload_len, d->msg);
+    if (rc < 0) {
+        dns_tracker_parse_error(d->tracker, rc);
+        return;
+    }
+    if (!m->answer) {
+        struct event attr = {0};
+
+        k.server_port = m->dport;
+        memcpy(k.server, m->daddr, sizeof(k.server));
+        attr.timestamp_ns = m->timestamp_ns;
+        attr.pid = m->pid;
+        attr.uid = m->uid;
+        memcpy(attr.command, m->command, sizeof(attr.command));
+        attr.cgroup_id = m->cgroup_id;
+        memcpy(attr.saddr, m->saddr, sizeof(attr.saddr));
+        attr.sport = m->sport;
+        dns_tracker_query(d->tracker, &k, d->msg, &attr, m->boot_ns);
+        return;
+    }
+    k.server_port = m->sport;
+    memcpy(k.server, m->saddr, sizeof(k.server));
+    struct event e = {0};
+    uint32_t ttl = 0;
+    if (dns_tracker_answer(d->tracker, &k, d->msg, m->boot_ns, &e, &ttl) == 1) {
+        d->emit(d->ctx, &e, ttl);
+        event_clear(&e);
+    }
+}
+
+void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns)
+{
+    dns_tracker_expire(d->tracker, now_boot_ns, emit_timeout, d);
+    snapshot(d);
+}
+
+void dns_agent_learn(struct dns_agent *d, const struct event *e, uint32_t ttl_s,
+                     uint64_t now_boot_ns)
+{
+    if (e->type == EVENT_DNS && e->status == EVENT_STATUS_ANSWERED)
+        dns_names_add(d->names, dns_names_scope(e), e, ttl_s, now_boot_ns);
+}
+
+void dns_agent_fill_peer(struct dns_agent *d, struct event *e, uint64_t now_boot_ns)
+{
+    const uint8_t *addr;
+    const char *name;
+
+    switch (e->type) {
+    case EVENT_CONNECTION:
+        addr = e->daddr;
+        break;
+    case EVENT_ACCEPT:
+        addr = e->saddr;
+        break;
+    case EVENT_CLOSE:
+        addr = e->u.close.role == EVENT_ROLE_SERVER ? e->saddr : e->daddr;
+        break;
+    default:
+        return;
+    }
+    if (e->family == EVENT_FAMILY_NONE || e->peer.dns)
+        return;
+    name = dns_names_lookup(d->names, dns_names_scope(e), e->family, addr, now_boot_ns);
+    if (name)
+        e->peer.dns = intern(name);
+}
+
+/* FNV-1a over the two names' pointers: both are interned, so equal names are equal pointers. */
+static size_t series_hash(const char *ns, const char *wl)
+{
+    uint64_t h = 1469598103934665603ull;
+    uintptr_t v[2] = {(uintptr_t)ns, (uintptr_t)wl};
+    const unsigned char *p = (const unsigned char *)v;
+
+    for (size_t i = 0; i < sizeof(v); i++)
+        h = (h ^ p[i]) * 1099511628211ull;
+    return (size_t)h;
+}
+
+/* The series of (ns, wl); the ~other series when the table is full. Under d->lock. */
+static struct series *series_find(struct dns_agent *d, const char *ns, const char *wl)
+{
+    size_t slots = d->series_cap * 2;
+
+    if (ns && wl) {
+        for (size_t i = series_hash(ns, wl) % slots, n = 0; n < slots; i = (i + 1) % slots, n++) {
+            struct series *s = &d->series[i];
+
+            if (!s->workload) {
+                if (d->series_used >= d->series_cap)
+                    break;
+                s->namespace = ns;
+                s->workload = wl;
+                d->series_used++;
+                return s;
+            }
+            if (s->namespace == ns && s->workload == wl)
+                return s;
+        }
+    }
+    d->series_folded++;
+    if (!d->other.workload) {
+        d->other.namespace = "";
+        d->other.workload = OTHER_NAME;
+    }
+    return &d->other;
+}
+
+void dns_agent_count(struct dns_agent *d, const struct event *e)
+{
+    const char *ns, *wl;
+    struct series *s;
+    size_t b = 0;
+
+    if (e->type != EVENT_DNS)
+        return;
+    /* Outside Kubernetes a workload is its command, as in /api/flows. */
+    ns = intern(e->k8s.namespace ? e->k8s.namespace : "");
+    wl = e->k8s.workload ? e->k8s.workload : e->k8s.pod_name ? e->k8s.pod_name : e->command;
+    wl = intern(wl);
+    pthread_mutex_lock(&d->lock);
+    s = series_find(d, ns, wl);
+    if (e->status == EVENT_STATUS_TIMEOUT) {
+        s->by_rcode[TIMEOUT_SLOT]++;
+    } else {
+        s->by_rcode[e->u.dns.rcode < RCODE_SLOTS ? e->u.dns.rcode : RCODE_SLOTS - 1]++;
+        while (b < DNS_AGENT_LATENCY_BUCKETS &&
+               e->u.dns.latency_ns > latency_bounds_us[b] * NSEC_PER_USEC)
+            b++;
+        s->latency[b]++;
+        s->latency_sum_ns += e->u.dns.latency_ns;
+    }
+    pthread_mutex_unlock(&d->lock);
+}
+
+void dns_agent_get_stats(struct dns_agent *d, struct dns_agent_stats *out)
+{
+    pthread_mutex_lock(&d->lock);
+    *out = d->snapshot;
+    /* The series are counted under the lock: always current. */
+    out->series = d->series_used + (d->other.workload != NULL);
+    out->series_folded = d->series_folded;
+    pthread_mutex_unlock(&d->lock);
+}
+
+void dns_agent_stats_json(struct dns_agent *d, struct buf *b)
+{
+    struct dns_agent_stats s;
+    const struct dns_tracker_stats *t = &s.tracker;
+    uint64_t parse_errors = 0;
+
+    dns_agent_get_stats(d, &s);
+    for (int i = 1; i < DNS_PARSE_ERRORS; i++)
+        parse_errors += t->parse_errors[i];
+    buf_printf(b,
+               "{\"messages\":%" PRIu64 ",\"suppressed\":%" PRIu64 ",\"truncated\":%" PRIu64
+               ",\"pending\":%" PRIu64 ",\"queries\":%" PRIu64 ",\"answered\":%" PRIu64
+               ",\"timeouts\":%" PRIu64 ",\"evicted\":%" PRIu64 ",\"unmatched\":%" PRIu64
+               ",\"mismatched\":%" PRIu64 ",\"retries\":%" PRIu64 ",\"no_memory\":%" PRIu64
+               ",\"parse_errors\":%" PRIu64 ",\"parse_errors_by_reason\":{",
+               s.messages, s.suppressed, s.truncated, t->pending, t->queries, t->answered,
+               t->timeouts, t->evicted, t->unmatched, t->mismatched, t->retries, t->oom,
+               parse_errors);
+    for (int i = 1; i < DNS_PARSE_ERRORS; i++)
+        buf_printf(b, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", dns_parse_error_name(-i),
+                   t->parse_errors[i]);
+    buf_printf(b,
+               "},\"names\":{\"entries\":%" PRIu64 ",\"added\":%" PRIu64 ",\"updated\":%" PRIu64
+               ",\"evicted\":%" PRIu64 ",\"expired\":%" PRIu64 ",\"hits\":%" PRIu64
+               ",\"misses\":%" PRIu64 ",\"no_memory\":%" PRIu64 "},\"metric_series\":%" PRIu64
+               ",\"metric_series_folded\":%" PRIu64 "}",
+               s.names.entries, s.names.added, s.names.updated, s.names.evicted, s.names.expired,
+               s.names.hits, s.names.misses, s.names.oom, s.series, s.series_folded);
+}
+
+static void series_labels(struct buf *b, const struct series *s)
+{
+    buf_puts(b, "namespace=\"");
+    api_label_escape(b, s->namespace);
+    buf_puts(b, "\",workload=\"");
+    api_label_escape(b, s->workload);
+    buf_putc(b, '"');
+}
+
+static void series_metrics(struct buf *b, const struct series *s, bool counts)
+{
+    char name[DNS_CODE_NAME_LEN];
+    uint64_t cum = 0, total = 0;
+
+    if (counts) {
+        for (int r = 0; r <= RCODE_SLOTS; r++) {
+            if (!s->by_rcode[r])
+                continue;
+            buf_puts(b, "ebpf_agent_dns_queries_total{");
+            series_labels(b, s);
+            if (r == TIMEOUT_SLOT)
+                buf_puts(b, ",status=\"timeout\",rcode=\"\"}");
+            else
+                buf_printf(b, ",status=\"answered\",rcode=\"%s\"}",
+                           dns_rcode_name((uint16_t)r, name, sizeof(name)));
+            buf_printf(b, " %" PRIu64 "\n", s->by_rcode[r]);
+        }
+        return;
+    }
+    for (int i = 0; i <= DNS_AGENT_LATENCY_BUCKETS; i++)
+        total += s->latency[i];
+    if (!total)
+        return;
+    for (int i = 0; i <= DNS_AGENT_LATENCY_BUCKETS; i++) {
+        cum += s->latency[i];
+        buf_puts(b, "ebpf_agent_dns_latency_seconds_bucket{");
+        series_labels(b, s);
+        if (i < DNS_AGENT_LATENCY_BUCKETS)
+            buf_printf(b, ",le=\"%g\"} %" PRIu64 "\n", (double)latency_bounds_us[i] / 1e6, cum);
+        else
+            buf_printf(b, ",le=\"+Inf\"} %" PRIu64 "\n", cum);
+    }
+    buf_puts(b, "ebpf_agent_dns_latency_seconds_sum{");
+    series_labels(b, s);
+    buf_printf(b, "} %.9f\n", (double)s->latency_sum_ns / 1e9);
+    buf_puts(b, "ebpf_agent_dns_latency_seconds_count{");
+    series_labels(b, s);
+    buf_printf(b, "} %" PRIu64 "\n", total);
+}
+
+void dns_agent_metrics(struct dns_agent *d, struct buf *b)
+{
+    struct dns_agent_stats s;
+
+    dns_agent_get_stats(d, &s);
+    api_metric_header(b, "ebpf_agent_dns_queries_total", "counter",
+                      "DNS queries by namespace, workload, status and rcode.");
+    pthread_mutex_lock(&d->lock);
+    for (size_t i = 0; i < d->series_cap * 2; i++)
+        if (d->series[i].workload)
+            series_metrics(b, &d->series[i], true);
+    if (d->other.workload)
+        series_metrics(b, &d->other, true);
+    api_metric_header(b, "ebpf_agent_dns_latency_seconds", "histogram",
+                      "DNS query to answer latency by namespace and workload.");
+    for (size_t i = 0; i < d->series_cap * 2; i++)
+        if (d->series[i].workload)
+            series_metrics(b, &d->series[i], false);
+    if (d->other.workload)
+        series_metrics(b, &d->other, false);
+    pthread_mutex_unlock(&d->lock);
+    api_metric(b, "ebpf_agent_dns_metric_series", "gauge",
+               "(namespace, workload) series of the DNS metrics.", s.series);
+    api_metric(b, "ebpf_agent_dns_metric_series_folded_total", "counter",
+               "DNS events counted in the workload=\"~other\" series (series cap reached).",
+               s.series_folded);
+    api_metric(b, "ebpf_agent_dns_messages_total", "counter",
+               "DNS messages (queries sent, answers received) read from the kernel.", s.messages);
+    api_metric(b, "ebpf_agent_dns_suppressed_total", "counter",
+               "DNS messages not captured because of DNS_RATE_LIMIT.", s.suppressed);
+    api_metric(b, "ebpf_agent_dns_pending", "gauge", "DNS queries awaiting their answer.",
+               s.tracker.pending);
+    api_metric(b, "ebpf_agent_dns_evicted_total", "counter",
+               "Pending DNS queries dropped for room (DNS_PENDING_MAX).", s.tracker.evicted);
+    api_metric(b, "ebpf_agent_dns_unmatched_total", "counter", "DNS answers with no pending query.",
+               s.tracker.unmatched);
+    api_metric_header(b, "ebpf_agent_dns_parse_errors_total", "counter",
+                      "DNS messages that could not be parsed, by reason.");
+    for (int i = 1; i < DNS_PARSE_ERRORS; i++)
+        api_metric_labelled(b, "ebpf_agent_dns_parse_errors_total", "reason",
+                            dns_parse_error_name(-i), s.tracker.parse_errors[i]);
+    api_metric(b, "ebpf_agent_dns_names", "gauge", "Addresses in the peer_dns name cache.",
+               s.names.entries);
+    api_metric(b, "ebpf_agent_dns_names_evicted_total", "counter",
+               "peer_dns names dropped for room before their TTL.", s.names.evicted);
+}

@@ -1,0 +1,266 @@
+/*
+ * Tests for cmd/agent/dns_agent: DNS messages as the capture delivers them
+ * (struct records_dns) through the real tracker and name cache of pkg/dns
+ * into dns events, timeouts from the expiry, peer_dns on later connections of
+ * the same cgroup only, and the /metrics series with their cap. No root, no
+ * BPF: the messages are built here byte by byte.
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../cmd/agent/dns_agent.h"
+#include "buf.h"
+#include "event.h"
+#include "intern.h"
+
+#define SEC 1000000000ull
+
+/* What the emit callback saw. */
+static struct event got[16];
+static uint32_t got_ttl[16];
+static size_t ngot;
+
+static void on_emit(void *ctx, struct event *e, uint32_t ttl_s)
+{
+    struct dns_agent *d = *(struct dns_agent **)ctx;
+    cr_assert_lt(ngot, 16);
+    e->node = intern("n1");
+    dns_agent_learn(d, e, ttl_s, e->u.dns.latency_ns + 10 * SEC);
+    dns_agent_count(d, e);
+    got_ttl[ngot] = ttl_s;
+    cr_assert_eq(event_copy(&got[ngot++], e), 0);
+}
+
+static struct dns_agent *agent_new(size_t max_series, struct dns_agent **slot)
+{
+    struct dns_agent_config cfg = {
+        .timeout_ns = 2 * SEC, .pending_max = 64, .max_series = max_series};
+    *slot = dns_agent_new(&cfg, on_emit, slot);
+    cr_assert_not_null(*slot);
+    return *slot;
+}
+
+static void reset(void)
+{
+    for (size_t i = 0; i < ngot; i++)
+        event_clear(&got[i]);
+    ngot = 0;
+}
+
+/* A query (or, with an address, its answer: one A record with TTL 60) for name. */
+static size_t message(uint8_t *p, uint16_t id, const char *name, const char *answer_v4, int rcode)
+{
+    size_t n = 12;
+    memset(p, 0, 12);
+    p[0] = (uint8_t)(id >> 8), p[1] = (uint8_t)id;
+    p[2] = answer_v4 || rcode ? 0x81 : 0x01;
+    p[3] = answer_v4 || rcode ? (uint8_t)(0x80 | rcode) : 0;
+    p[5] = 1;
+    for (const char *s = name; *s;) {
+        const char *dot = strchr(s, '.');
+        size_t l = dot ? (size_t)(dot - s) : strlen(s);
+        p[n++] = (uint8_t)l;
+        memcpy(p + n, s, l);
+        n += l;
+        s += l + (dot ? 1 : 0);
+    }
+    p[n++] = 0;
+    p[n++] = 0, p[n++] = 1, p[n++] = 0, p[n++] = 1;
+    if (answer_v4) {
+        p[7] = 1;
+        static const uint8_t rr[] = {0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4};
+        memcpy(p + n, rr, sizeof(rr));
+        n += sizeof(rr);
+        cr_assert_eq(inet_pton(AF_INET, answer_v4, p + n), 1);
+        n += 4;
+    }
+    return n;
+}
+
+/* The records_dns the capture would hand over for m (client 10.0.0.7:40000, server :53). */
+static struct records_dns record(bool answer, const uint8_t *msg, size_t len, uint64_t t,
+                                 uint64_t cgroup)
+{
+    struct records_dns r = {.timestamp_ns = 1796000000000000000ull + t,
+                            .boot_ns = t,
+                            .cgroup_id = cgroup,
+                            .cookie = cgroup * 100,
+                            .answer = answer,
+                            .family = EVENT_FAMILY_IPV4,
+                            .protocol = IPPROTO_UDP,
+                            .payload = msg,
+                            .payload_len = len};
+    uint8_t client[4] = {10, 0, 0, 7}, server[4] = {10, 96, 0, 10};
+    memcpy(answer ? r.daddr : r.saddr, client, 4);
+    memcpy(answer ? r.saddr : r.daddr, server, 4);
+    r.sport = answer ? 53 : 40000;
+    r.dport = answer ? 40000 : 53;
+    if (!answer) {
+        r.pid = 4242;
+        r.uid = 1000;
+        strcpy(r.command, "curl");
+    }
+    return r;
+}
+
+static void ask(struct dns_agent *d, uint16_t id, const char *name, const char *answer, int rcode,
+                uint64_t t, uint64_t cgroup)
+{
+    uint8_t q[512], a[512];
+    size_t ql = message(q, id, name, NULL, 0);
+    struct records_dns rq = record(false, q, ql, t, cgroup);
+    dns_agent_message(d, &rq);
+    if (!answer && !rcode)
+        return;
+    size_t al = message(a, id, name, answer, rcode);
+    struct records_dns ra = record(true, a, al, t + 1500000, cgroup);
+    dns_agent_message(d, &ra);
+}
+
+Test(dns_agent, a_query_and_its_answer_make_one_event)
+{
+    struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+    reset();
+    ask(d, 0xbeef, "Api.Example.com", "10.0.0.5", 0, 1 * SEC, 77);
+    cr_assert_eq(ngot, 1);
+    struct event *e = &got[0];
+    char a[46];
+    cr_assert_eq(e->type, EVENT_DNS);
+    cr_assert_eq(e->status, EVENT_STATUS_ANSWERED);
+    cr_assert_str_eq(e->u.dns.query, "api.example.com");
+    cr_assert_eq(e->u.dns.query_type, 1);
+    cr_assert_eq(e->u.dns.rcode, 0);
+    cr_assert_eq(e->u.dns.transaction_id, 0xbeef);
+    cr_assert_eq(e->u.dns.latency_ns, 1500000);
+    cr_assert_str_eq(e->u.dns.answers, "10.0.0.5");
+    cr_assert_eq(e->pid, 4242);
+    cr_assert_str_eq(e->command, "curl");
+    cr_assert_eq(e->cgroup_id, 77);
+    cr_assert_eq(e->timestamp_ns, 1796000000000000000ull + SEC);
+    cr_assert_eq(e->protocol, IPPROTO_UDP);
+    cr_assert_str_eq(event_addr_str(e->family, e->daddr, a, sizeof(a)), "10.96.0.10");
+    cr_assert_eq(e->dport, 53);
+    cr_assert_str_eq(event_addr_str(e->family, e->saddr, a, sizeof(a)), "10.0.0.7");
+    cr_assert_eq(e->sport, 40000);
+    cr_assert_eq(got_ttl[0], 60);
+    struct dns_agent_stats st;
+    dns_agent_expire(d, 2 * SEC); /* refreshes the snapshot */
+    dns_agent_get_stats(d, &st);
+    cr_assert_eq(st.messages, 2);
+    cr_assert_eq(st.tracker.answered, 1);
+    cr_assert_eq(st.tracker.pending, 0);
+    reset();
+    dns_agent_free(d);
+}
+
+Test(dns_agent, unanswered_queries_time_out_and_garbage_is_counted)
+{
+    struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+    reset();
+    ask(d, 7, "slow.test", NULL, 0, 1 * SEC, 77);
+    dns_agent_expire(d, 2 * SEC);
+    cr_assert_eq(ngot, 0, "not yet: the timeout is 2 s");
+    dns_agent_expire(d, 3 * SEC + 1);
+    cr_assert_eq(ngot, 1);
+    cr_assert_eq(got[0].status, EVENT_STATUS_TIMEOUT);
+    cr_assert_str_eq(got[0].u.dns.query, "slow.test");
+    cr_assert_eq(got[0].pid, 4242);
+
+    static const uint8_t garbage[] = {0, 1, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12};
+    struct records_dns r = record(true, garbage, sizeof(garbage), 4 * SEC, 77);
+    dns_agent_message(d, &r);
+    struct dns_agent_stats st;
+    dns_agent_expire(d, 4 * SEC);
+    dns_agent_get_stats(d, &st);
+    uint64_t errors = 0;
+    for (int i = 1; i < DNS_PARSE_ERRORS; i++)
+        errors += st.tracker.parse_errors[i];
+    cr_assert_eq(errors, 1);
+    cr_assert_eq(ngot, 1, "garbage makes no event");
+    reset();
+    dns_agent_free(d);
+}
+
+Test(dns_agent, peer_dns_names_connections_of_the_same_cgroup_only)
+{
+    struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+    reset();
+    ask(d, 1, "db.internal", "10.0.0.5", 0, 1 * SEC, 77);
+    cr_assert_eq(ngot, 1);
+
+    struct event c = {.type = EVENT_CONNECTION, .family = EVENT_FAMILY_IPV4, .cgroup_id = 77};
+    inet_pton(AF_INET, "10.0.0.5", c.daddr);
+    dns_agent_fill_peer(d, &c, 12 * SEC);
+    cr_assert_str_eq(c.peer.dns, "db.internal");
+
+    struct event other = c;
+    other.peer.dns = NULL;
+    other.cgroup_id = 78; /* another container resolved nothing */
+    dns_agent_fill_peer(d, &other, 12 * SEC);
+    cr_assert_null(other.peer.dns);
+
+    struct event server = {.type = EVENT_CLOSE, .family = EVENT_FAMILY_IPV4, .cgroup_id = 77};
+    server.u.close.role = EVENT_ROLE_SERVER; /* the peer is the source */
+    inet_pton(AF_INET, "10.0.0.5", server.daddr);
+    dns_agent_fill_peer(d, &server, 12 * SEC);
+    cr_assert_null(server.peer.dns);
+    inet_pton(AF_INET, "10.0.0.5", server.saddr);
+    dns_agent_fill_peer(d, &server, 12 * SEC);
+    cr_assert_str_eq(server.peer.dns, "db.internal");
+
+    struct event late = c;
+    late.peer.dns = NULL;
+    dns_agent_fill_peer(d, &late, 11 * SEC + 61 * SEC); /* past the answer's 60 s TTL */
+    cr_assert_null(late.peer.dns);
+    reset();
+    dns_agent_free(d);
+}
+
+Test(dns_agent, metrics_count_by_rcode_and_fold_past_the_cap)
+{
+    struct dns_agent *d = agent_new(2, &(struct dns_agent *){0});
+    reset();
+    /* Outside Kubernetes the workload is the command: every query here is curl's, so name the
+     * workloads through k8s fields on copies counted directly. */
+    ask(d, 1, "a.test", "10.0.0.1", 0, 1 * SEC, 77);
+    ask(d, 2, "b.test", NULL, 3, 2 * SEC, 77);
+    cr_assert_eq(ngot, 2);
+    struct event e = got[1];
+    e.k8s.namespace = intern("shop");
+    e.k8s.workload = intern("web");
+    dns_agent_count(d, &e);
+    e.k8s.workload = intern("api"); /* a third series: past the cap of 2 */
+    dns_agent_count(d, &e);
+
+    struct buf b;
+    buf_init(&b);
+    dns_agent_metrics(d, &b);
+    cr_assert_not(b.oom);
+    cr_assert(strstr(b.data, "ebpf_agent_dns_queries_total{namespace=\"\",workload=\"curl\","
+                             "status=\"answered\",rcode=\"NOERROR\"} 1\n"),
+              "%s", b.data);
+    cr_assert(strstr(b.data, "ebpf_agent_dns_queries_total{namespace=\"\",workload=\"curl\","
+                             "status=\"answered\",rcode=\"NXDOMAIN\"} 1\n"),
+              "%s", b.data);
+    cr_assert(strstr(b.data, "ebpf_agent_dns_queries_total{namespace=\"shop\",workload=\"web\","
+                             "status=\"answered\",rcode=\"NXDOMAIN\"} 1\n"),
+              "%s", b.data);
+    cr_assert(strstr(b.data, "ebpf_agent_dns_queries_total{namespace=\"\",workload=\"~other\","
+                             "status=\"answered\",rcode=\"NXDOMAIN\"} 1\n"),
+              "%s", b.data);
+    cr_assert_null(strstr(b.data, "workload=\"api\""), "%s", b.data);
+    cr_assert(strstr(b.data,
+                     "ebpf_agent_dns_latency_seconds_count{namespace=\"\",workload=\"curl\"} 2\n"),
+              "%s", b.data);
+    cr_assert(strstr(b.data,
+                     "ebpf_agent_dns_latency_seconds_bucket{namespace=\"\",workload=\"curl\","
+                     "le=\"0.0025\"} 2\n"),
+              "%s", b.data);
+    cr_assert(strstr(b.data, "ebpf_agent_dns_metric_series_folded_total 1\n"), "%s", b.data);
+    buf_free(&b);
+    reset();
+    dns_agent_free(d);
+}

@@ -1,0 +1,898 @@
+/*
+ * dns events end to end: a real nats-server, the real bin/ebpf-agent (VM
+ * mode, real BPF: cgroup_skb programs on the cgroup v2 root), a real
+ * bin/ebpf-aggregator, a real dnsmasq and real dig, plus two small servers of
+ * the test's own (a responder that answers SERVFAIL or malformed messages, and
+ * a UDP socket that never answers). DNS_PORTS lists the three servers' ports,
+ * so nothing else on the machine is looked at.
+ *
+ * Every field of each dns event is checked against what was asked and what
+ * the server answered (dig prints the transaction id it used), including the
+ * process that asked; then peer_dns on a connection to an answered address,
+ * the query/rcode filters, the timeout, and malformed answers (counted parse
+ * errors, no crash, no event with a wrong name). Everything is started here
+ * and stopped by PID; waits are on conditions.
+ */
+#include <arpa/inet.h>
+#include <arpa/nameser.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <resolv.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+#define WAIT_MS    20000
+#define SVC_ADDR   "127.0.0.77" /* svc.test: a loopback address a listener binds */
+#define MARKER     "dnsq-marker"
+#define TIMEOUT_MS 1000 /* DNS_TIMEOUT */
+
+struct proc {
+    pid_t pid;
+    int port;
+    char log[160];
+};
+
+static struct proc nats, agg, dnsmasq, responder, sub, tail;
+static struct tu_agent agent;
+static int silent_fd = -1, silent_port;
+static char nats_url[64];
+
+static void stop_all(void)
+{
+    if (sub.pid > 0)
+        tu_stop(sub.pid, 2000);
+    if (tail.pid > 0)
+        tu_stop(tail.pid, 2000);
+    if (responder.pid > 0)
+        tu_stop(responder.pid, 2000);
+    if (dnsmasq.pid > 0)
+        tu_stop(dnsmasq.pid, 5000);
+    if (agg.pid > 0)
+        tu_stop(agg.pid, 10000);
+    tu_agent_stop(&agent);
+    if (nats.pid > 0)
+        tu_stop(nats.pid, 2000);
+    if (silent_fd >= 0)
+        close(silent_fd);
+    char pidfile[96];
+    snprintf(pidfile, sizeof(pidfile), "/tmp/e2e-dns-dnsmasq-%d.pid", getpid());
+    unlink(pidfile);
+}
+
+static void dump(const char *path);
+
+/* The agent leaves cleanly (under ASan: without a leak of what the DNS path held). */
+static void agent_exits_cleanly(void)
+{
+    int st = tu_agent_stop(&agent);
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+        dump(agent.log);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "agent exit status %d", st);
+}
+
+/* After a pass: the logs are only worth keeping when something failed. */
+static void remove_logs(void)
+{
+    unlink(agg.log);
+    unlink(agent.log);
+    unlink(nats.log);
+    unlink(dnsmasq.log);
+    if (tail.log[0])
+        unlink(tail.log);
+    if (sub.log[0])
+        unlink(sub.log);
+}
+
+/* Waits until the file at path holds needle; true when it does. */
+static bool wait_log(const char *path, const char *needle, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    do {
+        char *s = tu_read_file(path);
+        bool found = s && strstr(s, needle);
+        free(s);
+        if (found)
+            return true;
+        usleep(20000);
+    } while (tu_mono_ms() < deadline);
+    return false;
+}
+
+/* The independent readers of the bus: `ebpf-aggregator tail` with dns filters, and the npm
+ * client (nats + protobufjs, tests/js/sub.mjs). */
+static void bus_readers_up(void)
+{
+    char bin[256], script[256];
+    snprintf(bin, sizeof(bin), "%s", tu_repo_path("bin/ebpf-aggregator"));
+    snprintf(tail.log, sizeof(tail.log), "/tmp/e2e-dns-tail-%d.log", getpid());
+    char *targv[] = {bin,      "tail",    "--nats",   nats_url, "--query",
+                     "*.test", "--rcode", "NXDOMAIN", NULL};
+    tail.pid = tu_spawn(targv, NULL, tail.log);
+    cr_assert(wait_log(tail.log, "following", WAIT_MS), "tail did not subscribe");
+
+    cr_assert_eq(access(tu_repo_path("tests/js/node_modules/nats"), F_OK), 0,
+                 "tests/js/node_modules is missing: run make deps");
+    snprintf(script, sizeof(script), "%s", tu_repo_path("tests/js/sub.mjs"));
+    snprintf(sub.log, sizeof(sub.log), "/tmp/e2e-dns-sub-%d.log", getpid());
+    char *sargv[] = {"/usr/bin/node", script,      "--server", nats_url, "--subject",
+                     "ebpf.events.>", "--timeout", "80000",    NULL};
+    sub.pid = tu_spawn(sargv, NULL, sub.log);
+    cr_assert(wait_log(sub.log, "{\"ready\":true}", WAIT_MS), "sub.mjs did not subscribe");
+}
+
+/* The event with dns.query == query in the npm client's output (a new reference), or NULL. */
+static json_t *sub_dns_event(const char *query)
+{
+    json_t *found = NULL;
+    char *s = tu_read_file(sub.log);
+    for (char *line = s ? strtok(s, "\n") : NULL; line && !found; line = strtok(NULL, "\n")) {
+        json_t *j = json_loads(line, 0, NULL);
+        size_t i;
+        json_t *ev;
+        json_array_foreach(json_object_get(json_object_get(j, "batch"), "events"), i, ev)
+        {
+            const char *q = tu_jstr(json_object_get(ev, "dns"), "query");
+            if (!found && q && strcmp(q, query) == 0)
+                found = json_incref(ev);
+        }
+        json_decref(j);
+    }
+    free(s);
+    return found;
+}
+
+static void dump(const char *path)
+{
+    char *s = tu_read_file(path);
+    fprintf(stderr, "---- %s\n%s\n", path, s ? s : "(none)");
+    free(s);
+}
+
+/* A UDP port both 127.0.0.1 and ::1 have free right now (for dnsmasq). */
+static int free_udp_port(void)
+{
+    for (int tries = 0; tries < 50; tries++) {
+        int port, fd = tu_udp_socket(&port);
+        struct sockaddr_in6 a6 = {.sin6_family = AF_INET6,
+                                  .sin6_port = htons((uint16_t)port),
+                                  .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+        int fd6 = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        bool ok = bind(fd6, (struct sockaddr *)&a6, sizeof(a6)) == 0;
+        close(fd6);
+        close(fd);
+        if (ok)
+            return port;
+    }
+    cr_assert_fail("no free UDP port");
+    return 0;
+}
+
+/* ---- DNS messages by hand (the responder and the test's own queries) ---- */
+
+static size_t put_name(uint8_t *p, const char *name)
+{
+    size_t n = 0;
+    while (*name) {
+        const char *dot = strchr(name, '.');
+        size_t l = dot ? (size_t)(dot - name) : strlen(name);
+        p[n++] = (uint8_t)l;
+        memcpy(p + n, name, l);
+        n += l;
+        name += l + (dot ? 1 : 0);
+    }
+    p[n++] = 0;
+    return n;
+}
+
+/* A query for name/type A with id; returns its length. */
+static size_t make_query(uint8_t *buf, uint16_t id, const char *name)
+{
+    memset(buf, 0, 12);
+    buf[0] = (uint8_t)(id >> 8), buf[1] = (uint8_t)id;
+    buf[2] = 0x01; /* RD */
+    buf[5] = 1;    /* qdcount */
+    size_t n = 12 + put_name(buf + 12, name);
+    buf[n++] = 0, buf[n++] = 1; /* A */
+    buf[n++] = 0, buf[n++] = 1; /* IN */
+    return n;
+}
+
+/* The question's name of a query, as text (no decompression: queries have none). */
+static void query_name(const uint8_t *q, size_t len, char *out, size_t outlen)
+{
+    size_t i = 12, o = 0;
+    while (i < len && q[i] && o + q[i] + 2 < outlen) {
+        if (o)
+            out[o++] = '.';
+        memcpy(out + o, q + i + 1, q[i]);
+        o += q[i];
+        i += q[i] + 1;
+    }
+    out[o] = '\0';
+}
+
+/*
+ * The responder's answer to query q by its name: servfail.* a SERVFAIL;
+ * trunc.* cut inside the question; loop.* an answer record whose name is a
+ * pointer to itself; biglabel.* one whose name starts with a 64-byte label.
+ */
+static size_t responder_answer(const uint8_t *q, size_t qlen, uint8_t *a)
+{
+    char name[256];
+    query_name(q, qlen, name, sizeof(name));
+    memcpy(a, q, qlen);
+    a[2] = 0x81, a[3] = 0x80; /* QR, RD, RA; rcode 0 */
+    if (strncmp(name, "servfail.", 9) == 0) {
+        a[3] |= 2;
+        return qlen;
+    }
+    if (strncmp(name, "trunc.", 6) == 0)
+        return 12 + 4;
+    a[7] = 1; /* ancount */
+    size_t n = qlen;
+    if (strncmp(name, "loop.", 5) == 0) {
+        a[n] = 0xc0, a[n + 1] = (uint8_t)n;
+        n += 2;
+    } else {
+        a[n++] = 64;
+        memset(a + n, 'x', 64);
+        n += 64;
+        a[n++] = 0;
+    }
+    static const uint8_t rr[] = {0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 1};
+    memcpy(a + n, rr, sizeof(rr));
+    return n + sizeof(rr);
+}
+
+static void responder_up(void)
+{
+    int fd = tu_udp_socket(&responder.port);
+    responder.pid = fork();
+    cr_assert(responder.pid >= 0);
+    if (responder.pid == 0) {
+        for (;;) {
+            uint8_t q[512], a[1024];
+            struct sockaddr_storage from;
+            socklen_t fl = sizeof(from);
+            ssize_t n = recvfrom(fd, q, sizeof(q), 0, (struct sockaddr *)&from, &fl);
+            if (n < 17)
+                continue;
+            size_t alen = responder_answer(q, (size_t)n, a);
+            sendto(fd, a, alen, 0, (struct sockaddr *)&from, fl);
+        }
+    }
+    close(fd);
+}
+
+/* Sends a hand-made query from the test process to 127.0.0.1:port; the answer (if any) is
+ * read and dropped within 2 s. */
+static void ask(int port, uint16_t id, const char *name, bool wait_answer)
+{
+    uint8_t q[512], a[1024];
+    size_t n = make_query(q, id, name);
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {.tv_sec = 2};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0);
+    cr_assert_eq(send(fd, q, n, 0), (ssize_t)n);
+    if (wait_answer)
+        cr_assert_gt(recv(fd, a, sizeof(a), 0), 0, "no answer to %s", name);
+    close(fd);
+}
+
+/* ---- the monitor ---- */
+
+static void monitor_up_with(const char *node, const char *rate)
+{
+    char bin[256], listen[32], ports[64], types[] = "dns,connection";
+
+    nats.port = tu_free_port();
+    snprintf(nats.log, sizeof(nats.log), "/tmp/e2e-dns-nats-%d.log", getpid());
+    nats.pid = tu_nats_start(nats.port, NULL, nats.log);
+    cr_assert_gt(nats.pid, 0, "nats-server did not start");
+    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", nats.port);
+
+    dnsmasq.port = free_udp_port();
+    responder_up();
+    silent_fd = tu_udp_socket(&silent_port);
+    snprintf(ports, sizeof(ports), "%d,%d,%d", dnsmasq.port, responder.port, silent_port);
+    const char *extra[] = {
+        "--nats-url",  nats_url, "--flush-interval", "50ms", "--event-types",    types,
+        "--dns-ports", ports,    "--dns-timeout",    "1s",   "--dns-rate-limit", rate,
+        NULL};
+    tu_agent_start(&agent, node, extra);
+
+    agg.port = tu_free_port();
+    snprintf(agg.log, sizeof(agg.log), "/tmp/e2e-dns-agg-%d.log", getpid());
+    snprintf(bin, sizeof(bin), "%s", tu_repo_path("bin/ebpf-aggregator"));
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", agg.port);
+    char group[64];
+    snprintf(group, sizeof(group), "dns-%d", getpid());
+    char *aargv[] = {bin,      "--listen-addr", listen, "--nats-url",
+                     nats_url, "--queue-group", group,  NULL};
+    agg.pid = tu_spawn(aargv, NULL, agg.log);
+    if (!tu_wait_http(agg.port, "/ready", 200, WAIT_MS)) {
+        dump(agg.log);
+        cr_assert_fail("aggregator not ready");
+    }
+
+    char port_arg[32], pid_arg[96];
+    snprintf(port_arg, sizeof(port_arg), "--port=%d", dnsmasq.port);
+    snprintf(pid_arg, sizeof(pid_arg), "--pid-file=/tmp/e2e-dns-dnsmasq-%d.pid", getpid());
+    snprintf(dnsmasq.log, sizeof(dnsmasq.log), "/tmp/e2e-dns-dnsmasq-%d.log", getpid());
+    char *dargv[] = {"/usr/sbin/dnsmasq",
+                     "--no-daemon",
+                     "--no-resolv",
+                     "--no-hosts",
+                     pid_arg,
+                     port_arg,
+                     "--listen-address=127.0.0.1",
+                     "--listen-address=::1",
+                     "--bind-interfaces",
+                     "--host-record=a.test,10.11.12.13,fd00::1234",
+                     "--host-record=svc.test," SVC_ADDR,
+                     "--cname=alias.test,a.test",
+                     "--cname=www.test,alias.test",
+                     "--local=/test/",
+                     NULL};
+    dnsmasq.pid = tu_spawn(dargv, NULL, dnsmasq.log);
+    /* Ready when it answers. */
+    char cmd[160];
+    snprintf(cmd, sizeof(cmd), "dig @127.0.0.1 -p %d +tries=1 +time=1 +short ready.test",
+             dnsmasq.port);
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    while (tu_run(cmd, NULL) != 0) {
+        if (tu_mono_ms() > deadline) {
+            dump(dnsmasq.log);
+            cr_assert_fail("dnsmasq does not answer");
+        }
+        usleep(50000);
+    }
+}
+
+static void monitor_up(const char *node)
+{
+    monitor_up_with(node, "100000");
+}
+
+/* ---- dig ---- */
+
+struct dig_result {
+    pid_t pid;
+    unsigned id;
+    char status[16];
+};
+
+/* Runs dig with args (after the server and port), waits for it; its pid and the id it sent. */
+static struct dig_result dig(const char *server, const char *args)
+{
+    struct dig_result r = {0};
+    char cmdline[512], out_path[96];
+    snprintf(out_path, sizeof(out_path), "/tmp/e2e-dns-dig-%d.out", getpid());
+    snprintf(cmdline, sizeof(cmdline), "exec dig @%s -p %d +tries=1 +time=3 %s > %s 2>&1", server,
+             dnsmasq.port, args, out_path);
+    r.pid = fork();
+    cr_assert(r.pid >= 0);
+    if (r.pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmdline, (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    cr_assert_eq(waitpid(r.pid, &st, 0), r.pid);
+    char *out = tu_read_file(out_path);
+    unlink(out_path);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "dig %s failed: %s", args, out);
+    const char *h = out ? strstr(out, "status: ") : NULL;
+    cr_assert(h, "dig printed no header: %s", out);
+    cr_assert_eq(sscanf(h, "status: %15[A-Z], id: %u", r.status, &r.id), 2, "%s", out);
+    free(out);
+    return r;
+}
+
+/* ---- events ---- */
+
+struct want {
+    const char *query;
+    unsigned id;
+};
+
+static bool is_dns_event(json_t *ev, void *arg)
+{
+    const struct want *w = arg;
+    const char *q = tu_jstr(ev, "query");
+    return q && strcmp(q, w->query) == 0 &&
+           json_integer_value(json_object_get(ev, "transaction_id")) == (json_int_t)w->id;
+}
+
+static json_t *wait_dns(int port, const char *query, unsigned id)
+{
+    struct want w = {query, id};
+    char path[128];
+    snprintf(path, sizeof(path), "/api/events?type=dns&limit=10000");
+    json_t *ev = tu_wait_event(port, path, is_dns_event, &w, WAIT_MS);
+    if (!ev) {
+        dump(agent.log);
+        cr_assert_fail("no dns event for %s id %u on :%d", query, id, port);
+    }
+    return ev;
+}
+
+/* The answers array as one comma-separated string. */
+static void answers_text(json_t *ev, char *out, size_t len)
+{
+    size_t i, n = 0;
+    json_t *a;
+    out[0] = '\0';
+    json_array_foreach(json_object_get(ev, "answers"), i, a)
+    {
+        n += (size_t)snprintf(out + n, len - n, "%s%s", i ? "," : "", json_string_value(a));
+    }
+}
+
+static void check_answered(json_t *ev, const char *type, const char *rcode, const char *answers,
+                           const char *server, const char *proto, const char *family)
+{
+    char got[512];
+    char *s = json_dumps(ev, 0);
+    cr_assert_str_eq(tu_jstr(ev, "type"), "dns", "%s", s);
+    cr_assert_str_eq(tu_jstr(ev, "status"), "answered", "%s", s);
+    cr_assert_str_eq(tu_jstr(ev, "query_type"), type, "%s", s);
+    cr_assert_str_eq(tu_jstr(ev, "rcode"), rcode, "%s", s);
+    answers_text(ev, got, sizeof(got));
+    cr_assert_str_eq(got, answers, "%s", s);
+    cr_assert_gt(tu_jint(ev, "latency_ns"), 0, "%s", s);
+    cr_assert_lt(tu_jint(ev, "latency_ns"), 5000000000ll, "%s", s);
+    cr_assert_str_eq(tu_jstr(ev, "dest_ip"), server, "%s", s);
+    cr_assert_str_eq(tu_jstr(ev, "source_ip"), server, "%s", s); /* loopback to loopback */
+    cr_assert_gt(tu_jint(ev, "source_port"), 0, "%s", s);
+    cr_assert_str_eq(tu_jstr(ev, "protocol"), proto, "%s", s);
+    cr_assert_str_eq(tu_jstr(ev, "family"), family, "%s", s);
+    cr_assert_str_eq(tu_jstr(ev, "node"), "dns-node", "%s", s);
+    free(s);
+}
+
+static void check_dig(json_t *ev, const struct dig_result *d, int port)
+{
+    char *s = json_dumps(ev, 0);
+    cr_assert_eq(tu_jint(ev, "pid"), d->pid, "the query is dig's (pid %d): %s", d->pid, s);
+    cr_assert(tu_jstr(ev, "command") && tu_jstr(ev, "command")[0], "%s", s);
+    cr_assert_eq(tu_jint(ev, "transaction_id"), d->id, "%s", s);
+    cr_assert_eq(tu_jint(ev, "dest_port"), port, "%s", s);
+    free(s);
+}
+
+/* The same event, field for field, from another API (the aggregator). */
+static void check_same(json_t *a, json_t *b)
+{
+    const char *keys[] = {"id",
+                          "type",
+                          "pid",
+                          "command",
+                          "query",
+                          "query_type",
+                          "rcode",
+                          "status",
+                          "dest_ip",
+                          "dest_port",
+                          "protocol",
+                          "latency_ns",
+                          "transaction_id",
+                          "source_port"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        cr_assert(json_equal(json_object_get(a, keys[i]), json_object_get(b, keys[i])),
+                  "field %s differs", keys[i]);
+    cr_assert(json_equal(json_object_get(a, "answers"), json_object_get(b, "answers")));
+}
+
+static json_int_t count_of(int port, const char *path)
+{
+    json_t *j = tu_fetch_json(port, path);
+    cr_assert(j, "%s", path);
+    json_int_t n = json_integer_value(json_object_get(j, "total_count"));
+    json_decref(j);
+    return n;
+}
+
+Test(e2e_dns, dig_over_udp_tcp_and_ipv6_every_field, .fini = stop_all, .timeout = 90)
+{
+    monitor_up("dns-node");
+    bus_readers_up();
+    int P = dnsmasq.port;
+
+    /* Each dig, and every field of the event its query made. */
+    static const struct {
+        const char *server, *args, *query, *type, *rcode, *answers, *proto, *family;
+    } digs[] = {
+        {"127.0.0.1", "A.Test A", "a.test", "A", "NOERROR", "10.11.12.13", "udp", "ipv4"},
+        {"127.0.0.1", "a.test AAAA", "a.test", "AAAA", "NOERROR", "fd00::1234", "udp", "ipv4"},
+        {"127.0.0.1", "WWW.Test A", "www.test", "A", "NOERROR", "alias.test,a.test,10.11.12.13",
+         "udp", "ipv4"},
+        {"127.0.0.1", "nope.test A", "nope.test", "A", "NXDOMAIN", "", "udp", "ipv4"},
+        {"127.0.0.1", "+tcp a.test A", "a.test", "A", "NOERROR", "10.11.12.13", "tcp", "ipv4"},
+        {"::1", "a.test AAAA", "a.test", "AAAA", "NOERROR", "fd00::1234", "udp", "ipv6"},
+    };
+    enum { A, AAAA, CNAME, NX, TCP, V6, NDIGS };
+    struct dig_result res[NDIGS];
+    json_t *evs[NDIGS];
+    for (int i = 0; i < NDIGS; i++) {
+        res[i] = dig(digs[i].server, digs[i].args);
+        cr_assert_str_eq(res[i].status, digs[i].rcode, "dig %s", digs[i].args);
+        evs[i] = wait_dns(agent.port, digs[i].query, res[i].id);
+        check_answered(evs[i], digs[i].type, digs[i].rcode, digs[i].answers, digs[i].server,
+                       digs[i].proto, digs[i].family);
+        check_dig(evs[i], &res[i], P);
+    }
+    json_t *evc = evs[CNAME], *evt = evs[TCP], *evv6 = evs[V6];
+    struct dig_result cname = res[CNAME], nx = res[NX], tcp = res[TCP], v6 = res[V6];
+
+    /* The same events through the bus on the aggregator. */
+    json_t *onagg = wait_dns(agg.port, "www.test", cname.id);
+    check_same(evc, onagg);
+    json_t *onagg_t = wait_dns(agg.port, "a.test", tcp.id);
+    check_same(evt, onagg_t);
+    json_t *onagg_v6 = wait_dns(agg.port, "a.test", v6.id); /* the last: all are there now */
+    check_same(evv6, onagg_v6);
+
+    /* The npm client (protobufjs on pkg/events.proto) decodes the same event from the bus. */
+    json_t *js = NULL;
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    while (!(js = sub_dns_event("www.test")) && tu_mono_ms() < deadline)
+        usleep(50000);
+    cr_assert(js, "sub.mjs decoded no dns event for www.test");
+    char *jss = json_dumps(js, 0);
+    json_t *d = json_object_get(js, "dns");
+    cr_assert_str_eq(tu_jstr(js, "type"), "EVENT_TYPE_DNS", "%s", jss);
+    cr_assert_str_eq(tu_jstr(js, "id"), tu_jstr(evc, "id"), "%s", jss);
+    cr_assert_str_eq(tu_jstr(d, "status"), "DNS_STATUS_ANSWERED", "%s", jss);
+    cr_assert_eq(json_integer_value(json_object_get(d, "query_type")), 1, "%s", jss);
+    cr_assert_eq(json_integer_value(json_object_get(d, "rcode")), 0, "%s", jss);
+    cr_assert_eq(json_integer_value(json_object_get(d, "transaction_id")), cname.id, "%s", jss);
+    cr_assert(json_equal(json_object_get(d, "answers"), json_object_get(evc, "answers")), "%s",
+              jss);
+    cr_assert_str_eq(tu_jstr(js, "dest_addr"), "127.0.0.1", "%s", jss);
+    cr_assert_eq(json_integer_value(json_object_get(js, "dest_port")), P, "%s", jss);
+    cr_assert_eq(json_integer_value(json_object_get(js, "protocol")), 17, "%s", jss);
+    free(jss);
+    json_decref(js);
+
+    /* tail with --query '*.test' --rcode NXDOMAIN printed nope.test, and nothing answered
+     * otherwise. */
+    cr_assert(wait_log(tail.log, "\"query\":\"nope.test\"", WAIT_MS), "tail missed nope.test");
+    char *tl = tu_read_file(tail.log);
+    cr_assert_null(strstr(tl, "\"rcode\":\"NOERROR\""), "tail let through: %s", tl);
+    cr_assert_null(strstr(tl, "\"type\":\"connection\""), "tail let through: %s", tl);
+    free(tl);
+
+    /* Filters, on both binaries: query exact (any case) or *.suffix, rcode by name or number. */
+    char path[256];
+    int ports[] = {agent.port, agg.port};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof(path), "/api/events?type=dns&query=NOPE.test&rcode=NXDOMAIN");
+        cr_assert_eq(count_of(ports[i], path), 1, "%s", path);
+        snprintf(path, sizeof(path), "/api/events?query=*.test&rcode=3&pid=%d", nx.pid);
+        cr_assert_eq(count_of(ports[i], path), 1, "%s", path);
+        snprintf(path, sizeof(path), "/api/events?query=a.test&rcode=NOERROR");
+        cr_assert_eq(count_of(ports[i], path), 4, "%s", path);
+        snprintf(path, sizeof(path), "/api/events?query=*.test&rcode=0");
+        /* ready.test (NXDOMAIN) is the readiness probe's */
+        cr_assert_eq(count_of(ports[i], path), 5, "%s", path);
+        snprintf(path, sizeof(path), "/api/events?query=*.a.test");
+        cr_assert_eq(count_of(ports[i], path), 0, "%s", path);
+        int status = 0;
+        json_t *bad = tu_get_json(ports[i], "/api/events?rcode=NOTACODE", &status);
+        cr_assert_eq(status, 400);
+        cr_assert(strstr(tu_jstr(bad, "error"), "'rcode'"), "%s", tu_jstr(bad, "error"));
+        json_decref(bad);
+        bad = tu_get_json(ports[i], "/api/events/stream?query=a..b", &status);
+        cr_assert_eq(status, 400);
+        cr_assert(strstr(tu_jstr(bad, "error"), "'query'"), "%s", tu_jstr(bad, "error"));
+        json_decref(bad);
+    }
+
+    /* The kernel side counted what it sent, and /metrics has the per-workload series. */
+    json_t *progs = tu_fetch_json(agent.port, "/api/programs");
+    size_t i;
+    json_t *p;
+    int attached = 0;
+    json_array_foreach(json_object_get(progs, "programs"), i, p)
+    {
+        const char *name = tu_jstr(p, "name");
+        if (strncmp(name, "cgroup_skb__dns_", 16) != 0)
+            continue;
+        cr_assert_str_eq(tu_jstr(p, "status"), "attached", "%s", name);
+        cr_assert_str_eq(tu_jstr(p, "event_type"), "dns");
+        cr_assert_geq(tu_jint(p, "events"), 6, "%s", name);
+        attached++;
+    }
+    cr_assert_eq(attached, 2);
+    json_decref(progs);
+    struct tu_http m;
+    cr_assert_eq(tu_http_get(agent.port, "/metrics", NULL, &m), 0);
+    cr_assert(strstr(m.body, "ebpf_agent_dns_queries_total{namespace=\"\",workload=\""), "%s",
+              m.body);
+    cr_assert(strstr(m.body, "status=\"answered\",rcode=\"NXDOMAIN\"}"));
+    cr_assert(strstr(m.body, "ebpf_agent_dns_latency_seconds_bucket{"));
+    char mfile[96], cmd[160];
+    snprintf(mfile, sizeof(mfile), "/tmp/e2e-dns-metrics-%d.txt", getpid());
+    FILE *fp = fopen(mfile, "w");
+    cr_assert_not_null(fp);
+    fwrite(m.body, 1, m.body_len, fp);
+    fclose(fp);
+    snprintf(cmd, sizeof(cmd), "promtool check metrics < %s", mfile);
+    char *out = NULL;
+    int prc = tu_run(cmd, &out);
+    unlink(mfile);
+    cr_assert_eq(prc, 0, "promtool check metrics: %s", out);
+    free(out);
+    tu_http_free(&m);
+
+    for (int i = 0; i < NDIGS; i++)
+        json_decref(evs[i]);
+    json_decref(onagg), json_decref(onagg_t), json_decref(onagg_v6);
+    agent_exits_cleanly();
+    remove_logs();
+}
+
+/* The marked child: resolves svc.test with the C library's resolver, then connects there. */
+static void marked_child(int dns_port, int svc_port)
+{
+    prctl(PR_SET_NAME, MARKER);
+    struct __res_state st;
+    if (res_ninit(&st) != 0)
+        _exit(2);
+    st.nsaddr_list[0].sin_family = AF_INET;
+    st.nsaddr_list[0].sin_port = htons((uint16_t)dns_port);
+    st.nsaddr_list[0].sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    st.nscount = 1;
+    uint8_t ans[512];
+    if (res_nquery(&st, "svc.test", ns_c_in, ns_t_a, ans, sizeof(ans)) < 0)
+        _exit(3);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)svc_port)};
+    inet_pton(AF_INET, SVC_ADDR, &to.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&to, sizeof(to)) != 0)
+        _exit(4);
+    close(fd);
+    _exit(0);
+}
+
+static bool is_marker_connection(json_t *ev, void *arg)
+{
+    const char *t = tu_jstr(ev, "type"), *c = tu_jstr(ev, "command"), *d = tu_jstr(ev, "dest_ip");
+    return t && strcmp(t, "connection") == 0 && c && strcmp(c, MARKER) == 0 && d &&
+           strcmp(d, SVC_ADDR) == 0 &&
+           json_integer_value(json_object_get(ev, "pid")) == *(pid_t *)arg;
+}
+
+static json_int_t stat_dns(const char *key)
+{
+    json_t *j = tu_fetch_json(agent.port, "/api/stats");
+    json_int_t n = json_integer_value(json_object_get(json_object_get(j, "dns"), key));
+    json_decref(j);
+    return n;
+}
+
+static bool is_timeout_of(json_t *ev, void *arg)
+{
+    return is_dns_event(ev, arg) && tu_jstr(ev, "status") &&
+           strcmp(tu_jstr(ev, "status"), "timeout") == 0;
+}
+
+Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = stop_all,
+     .timeout = 90)
+{
+    monitor_up("dns-node");
+
+    /* peer_dns: a C resolver call, then a connection to the answer, from one marked child. */
+    int svc_port, lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    socklen_t sl = sizeof(sa);
+    inet_pton(AF_INET, SVC_ADDR, &sa.sin_addr);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0, "%s", strerror(errno));
+    cr_assert_eq(listen(lfd, 4), 0);
+    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+    svc_port = ntohs(sa.sin_port);
+    pid_t child = fork();
+    cr_assert(child >= 0);
+    if (child == 0)
+        marked_child(dnsmasq.port, svc_port);
+    int st;
+    cr_assert_eq(waitpid(child, &st, 0), child);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "marked child failed: %d", st);
+    close(lfd);
+
+    /* The id is the resolver's own: the event is found by name and pid. */
+    char path[256];
+    snprintf(path, sizeof(path), "/api/events?type=dns&query=svc.test&pid=%d", child);
+    json_t *doc = NULL;
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    while (tu_mono_ms() < deadline) {
+        doc = tu_fetch_json(agent.port, path);
+        if (doc && json_array_size(json_object_get(doc, "events")) == 1)
+            break;
+        json_decref(doc);
+        doc = NULL;
+        usleep(50000);
+    }
+    cr_assert(doc, "no dns event from the marked child");
+    json_t *ev = json_array_get(json_object_get(doc, "events"), 0);
+    check_answered(ev, "A", "NOERROR", SVC_ADDR, "127.0.0.1", "udp", "ipv4");
+    cr_assert_str_eq(tu_jstr(ev, "command"), MARKER);
+    cr_assert_eq(tu_jint(ev, "pid"), child);
+    cr_assert_eq(tu_jint(ev, "dest_port"), dnsmasq.port);
+    json_decref(doc);
+
+    json_t *conn = tu_wait_event(agent.port, "/api/events?type=connection&limit=10000",
+                                 is_marker_connection, &child, WAIT_MS);
+    cr_assert(conn, "no connection event from the marked child");
+    cr_assert_str_eq(tu_jstr(conn, "peer_dns"), "svc.test", "%s", json_dumps(conn, 0));
+    json_decref(conn);
+
+    /* SERVFAIL from the responder, asked by this process. */
+    json_int_t errors_before = stat_dns("parse_errors");
+    ask(responder.port, 0x5e01, "servfail.test", true);
+    json_t *sf = wait_dns(agent.port, "servfail.test", 0x5e01);
+    check_answered(sf, "A", "SERVFAIL", "", "127.0.0.1", "udp", "ipv4");
+    cr_assert_eq(tu_jint(sf, "pid"), getpid());
+    cr_assert_eq(tu_jint(sf, "dest_port"), responder.port);
+    json_decref(sf);
+
+    /* A server that never answers: status timeout after DNS_TIMEOUT. */
+    uint64_t asked = tu_mono_ms();
+    ask(silent_port, 0x7101, "silent.test", false);
+    struct want silent = {"silent.test", 0x7101};
+    json_t *to = tu_wait_event(agent.port, "/api/events?type=dns&status=timeout&limit=1000",
+                               is_timeout_of, &silent, WAIT_MS);
+    cr_assert(to, "no timeout event");
+    cr_assert_geq(tu_mono_ms() - asked, TIMEOUT_MS - 100, "a timeout before DNS_TIMEOUT");
+    cr_assert_eq(tu_jint(to, "pid"), getpid());
+    cr_assert_eq(tu_jint(to, "dest_port"), silent_port);
+    cr_assert_str_eq(tu_jstr(to, "query_type"), "A");
+    cr_assert_null(json_object_get(to, "rcode"));
+    cr_assert_null(json_object_get(to, "answers"));
+    cr_assert_null(json_object_get(to, "latency_ns"));
+    json_decref(to);
+
+    /* Malformed answers: each a counted parse error; its query times out under its own name. */
+    static const char *const bad[] = {"trunc.test", "loop.test", "biglabel.test"};
+    for (unsigned k = 0; k < 3; k++)
+        ask(responder.port, (uint16_t)(0xbad0 + k), bad[k], true);
+    for (unsigned k = 0; k < 3; k++) {
+        struct want w = {bad[k], 0xbad0 + k};
+        json_t *e = tu_wait_event(agent.port, "/api/events?type=dns&status=timeout&limit=1000",
+                                  is_timeout_of, &w, WAIT_MS);
+        cr_assert(e, "the query for %s did not time out", bad[k]);
+        json_decref(e);
+    }
+    cr_assert_eq(stat_dns("parse_errors") - errors_before, 3);
+    cr_assert_gt(agent.pid, 0);
+    cr_assert_eq(kill(agent.pid, 0), 0, "the agent is still running");
+
+    /* No dns event names anything but what was asked. */
+    static const char *const asked_names[] = {"ready.test",   "svc.test",   "servfail.test",
+                                              "silent.test",  "trunc.test", "loop.test",
+                                              "biglabel.test"};
+    json_t *all = tu_fetch_json(agent.port, "/api/events?type=dns&limit=10000");
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(all, "events"), i, e)
+    {
+        const char *name = tu_jstr(e, "query");
+        bool known = false;
+        for (size_t k = 0; k < sizeof(asked_names) / sizeof(asked_names[0]); k++)
+            known = known || (name && strcmp(name, asked_names[k]) == 0);
+        cr_assert(known, "an event with a name nobody asked for: %s", json_dumps(e, 0));
+    }
+    json_decref(all);
+    agent_exits_cleanly();
+    remove_logs();
+}
+
+static json_int_t program_counter(const char *name, const char *key)
+{
+    json_t *progs = tu_fetch_json(agent.port, "/api/programs");
+    size_t i;
+    json_t *p;
+    json_int_t v = -1;
+    json_array_foreach(json_object_get(progs, "programs"), i, p)
+    {
+        if (strcmp(tu_jstr(p, "name"), name) == 0)
+            v = tu_jint(p, key);
+    }
+    json_decref(progs);
+    cr_assert_geq(v, 0, "no program %s", name);
+    return v;
+}
+
+static bool is_storm_event(json_t *ev, void *arg)
+{
+    const char *q = tu_jstr(ev, "query");
+    return q && strcmp(q, "a.test") == 0 && tu_jint(ev, "pid") == getpid();
+}
+
+/*
+ * A storm of 400 queries against DNS_RATE_LIMIT=5: the kernel reports a few,
+ * counts the rest as suppressed (per program, then in /api/stats once the next
+ * record carries the count), and the other event types still get through.
+ */
+Test(e2e_dns, a_query_storm_is_rate_limited_and_counted, .fini = stop_all, .timeout = 90)
+{
+    monitor_up_with("dns-node", "5");
+    enum { STORM = 400 };
+    uint8_t q[512], a[1024];
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)dnsmasq.port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {.tv_sec = 2};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0);
+    json_int_t before = program_counter("cgroup_skb__dns_egress", "suppressed");
+    for (int i = 0; i < STORM; i++) {
+        size_t n = make_query(q, (uint16_t)(0x8000 + i), "a.test");
+        cr_assert_eq(send(fd, q, n, 0), (ssize_t)n);
+        cr_assert_gt(recv(fd, a, sizeof(a), 0), 0, "dnsmasq did not answer query %d", i);
+    }
+    json_int_t suppressed = program_counter("cgroup_skb__dns_egress", "suppressed") - before;
+    /* 5 a second per CPU, one second of burst: at most a few dozen got through. */
+    cr_assert_gt(suppressed, STORM / 2, "only %lld of %d queries suppressed", (long long)suppressed,
+                 STORM);
+
+    /* Some were reported, far fewer than were sent. */
+    json_t *ev = tu_wait_event(agent.port, "/api/events?type=dns&query=a.test&limit=10000",
+                               is_storm_event, NULL, WAIT_MS);
+    cr_assert(ev, "no query of the storm was reported");
+    json_decref(ev);
+    json_int_t reported =
+        count_of(agent.port, "/api/events?type=dns&query=a.test&status=answered&limit=10000");
+    cr_assert_lt(reported, STORM - suppressed + 1);
+
+    /* The next reported query carries the count: /api/stats has it once a token is back. */
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    int extra = 0;
+    while (stat_dns("suppressed") == 0) {
+        cr_assert(tu_mono_ms() < deadline, "dns.suppressed stayed 0");
+        size_t n = make_query(q, (uint16_t)(0x9000 + extra++), "a.test");
+        send(fd, q, n, 0);
+        recv(fd, a, sizeof(a), 0);
+        usleep(100000);
+    }
+    close(fd);
+    cr_assert_gt(stat_dns("suppressed"), 0);
+
+    /* Other event types are not starved: a connection right after the storm is reported. */
+    pid_t self = getpid();
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    socklen_t sl = sizeof(sa);
+    inet_pton(AF_INET, SVC_ADDR, &sa.sin_addr);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    cr_assert_eq(listen(lfd, 1), 0);
+    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_eq(connect(c, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    close(c);
+    close(lfd);
+    char path[128];
+    snprintf(path, sizeof(path), "/api/events?type=connection&pid=%d&limit=100", self);
+    deadline = tu_mono_ms() + WAIT_MS;
+    while (count_of(agent.port, path) == 0) {
+        cr_assert(tu_mono_ms() < deadline, "no connection event after the storm");
+        usleep(50000);
+    }
+    agent_exits_cleanly();
+    remove_logs();
+}
