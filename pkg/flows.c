@@ -93,7 +93,12 @@ static uint64_t endpoint_hash(uint64_t h, const struct flows_endpoint *e)
 static uint64_t key_hash(const struct flows_key *k)
 {
     uint64_t h = mix(0, (uint64_t)k->port << 8 | k->protocol);
-    return endpoint_hash(endpoint_hash(h, &k->src), &k->dst);
+    h = endpoint_hash(endpoint_hash(h, &k->src), &k->dst);
+    /* mix() moves entropy up, and tables index by the low bits: fold it back down
+     * (without this, edges that differ only in an address byte share one chain). */
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 33);
 }
 
 /* Strings are interned: equal strings are equal pointers. */

@@ -122,7 +122,10 @@ static uint32_t key_home(const struct joins *j, const struct joins_key *k)
     memcpy(&hi, k->ip + 8, 8);
     uint64_t h = (lo ^ (hi * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)k->port << 40) ^ k->family) *
                  0xff51afd7ed558ccdull;
-    return (uint32_t)(h ^ (h >> 31)) & j->mask;
+    /* Fold the high bits (the port's) down to the ones the mask keeps. */
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    return (uint32_t)(h ^ (h >> 33)) & j->mask;
 }
 
 static bool expired(const struct joins *j, const struct slot *s, uint64_t now)

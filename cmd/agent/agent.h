@@ -53,6 +53,15 @@ struct agent {
     uint64_t args_redact_failed; /* exec events whose args were dropped (out of memory) */
 };
 
+/*
+ * Capture thread (events.c): gives e its id, node and pod, then stores,
+ * publishes, streams and counts it (the history takes e's strings). ctx is
+ * the struct agent; a->cgroups, a->k8s and a->dns may be NULL.
+ */
+void agent_on_event(void *ctx, struct event *e);
+/* The same for a `dns` event from the tracker: its names are learnt for peer_dns on the way. */
+void agent_on_dns_event(void *ctx, struct event *e, uint32_t ttl_s);
+
 /* Registers the agent's HTTP routes (api.c). */
 int agent_api_register(struct agent *a);
 

@@ -67,71 +67,6 @@ static void on_signal(int sig)
     stop_requested = sig;
 }
 
-/* packet_drop by reason for /metrics: the drop plus what the rate limit suppressed before it. */
-static void count_drop(struct agent *a, const struct event *e)
-{
-    uint32_t slot =
-        e->u.drop.reason_code < AGENT_DROP_REASONS ? e->u.drop.reason_code : AGENT_DROP_REASONS;
-    const char *name = slot < AGENT_DROP_REASONS ? e->u.drop.reason : "SUBSYSTEM";
-    if (name && !__atomic_load_n(&a->drop_reason_name[slot], __ATOMIC_ACQUIRE))
-        __atomic_store_n(&a->drop_reason_name[slot], name, __ATOMIC_RELEASE);
-    __atomic_fetch_add(&a->drops_by_reason[slot], 1 + e->u.drop.suppressed, __ATOMIC_RELAXED);
-}
-
-/* Capture thread: the one place an event gets its id, node and pod. */
-static void finish_event(struct agent *a, struct event *e)
-{
-    e->id = event_id_next(&a->ids);
-    e->node = a->node;
-    /* Before the event is published, streamed or stored: a secret goes nowhere. */
-    int redacted = redact_event(a->redact, e);
-    if (redacted > 0)
-        __atomic_fetch_add(&a->args_redacted, (uint64_t)redacted, __ATOMIC_RELAXED);
-    else if (redacted < 0)
-        __atomic_fetch_add(&a->args_redact_failed, 1, __ATOMIC_RELAXED);
-    /* A drop runs in whatever context freed the packet (often softirq), so
-     * its cgroup is not the packet's owner: attributing it would name the
-     * wrong pod. */
-    if (a->cgroups && e->type != EVENT_PACKET_DROP)
-        k8s_enrich(a->k8s, a->cgroups, e);
-    if (a->dns)
-        dns_agent_fill_peer(a->dns, e, clock_ns(CLOCK_BOOTTIME));
-}
-
-/* Capture thread: a finished event enters the history and goes out. */
-static void deliver_event(struct agent *a, struct event *e)
-{
-    __atomic_fetch_add(&a->events_total, 1, __ATOMIC_RELAXED);
-    if (e->type < EVENT_TYPE_COUNT)
-        __atomic_fetch_add(&a->events_by_type[e->type], 1, __ATOMIC_RELAXED);
-    if (e->type == EVENT_PACKET_DROP)
-        count_drop(a, e);
-    publisher_add(a->pub, e); /* encodes a copy into the open batch; never blocks */
-    http_server_publish(a->http, e);
-    flows_add(a->flows, e, 1, e->timestamp_ns);
-    if (store_add_move(a->store, e) < 0)
-        __atomic_fetch_add(&a->store_failed, 1, __ATOMIC_RELAXED);
-}
-
-static void on_event(void *ctx, struct event *e)
-{
-    struct agent *a = ctx;
-
-    finish_event(a, e);
-    deliver_event(a, e);
-}
-
-/* A `dns` event from the tracker: its pod first, so its names are learnt in the right scope. */
-static void on_dns_event(void *ctx, struct event *e, uint32_t ttl_s)
-{
-    struct agent *a = ctx;
-
-    finish_event(a, e);
-    dns_agent_learn(a->dns, e, ttl_s, clock_ns(CLOCK_BOOTTIME));
-    dns_agent_count(a->dns, e);
-    deliver_event(a, e);
-}
-
 static void on_dns_message(void *ctx, const struct records_dns *m)
 {
     struct agent *a = ctx;
@@ -260,7 +195,7 @@ int main(int argc, char **argv)
             .pending_max = a.cfg.dns_pending_max,
             .max_series = a.cfg.dns_metrics_max_series,
         };
-        a.dns = dns_agent_new(&dc, on_dns_event, &a);
+        a.dns = dns_agent_new(&dc, agent_on_dns_event, &a);
         if (!a.dns) {
             fprintf(stderr, "ebpf-agent: cannot allocate the DNS query tracker\n");
             goto out;
@@ -283,7 +218,7 @@ int main(int argc, char **argv)
         .dns_ctx = &a,
     };
     memcpy(cc.dns_ports, a.cfg.dns_ports, sizeof(cc.dns_ports));
-    a.capture = capture_open(&cc, on_event, &a, err, sizeof(err));
+    a.capture = capture_open(&cc, agent_on_event, &a, err, sizeof(err));
     if (!a.capture) {
         fprintf(stderr, "ebpf-agent: %s\n", err);
         goto out;

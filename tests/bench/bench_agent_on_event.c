@@ -3,9 +3,9 @@
  * has read its record from the ring buffer, decoded it and attributed it to a
  * pod (none of which this measures; the end-to-end ladder of
  * scripts/bench-agent.sh does). Synthetic events, shaped like decoded
- * records, go through the same steps as the agent's on_event (id, node,
- * counters, publisher_add with a real NATS, http_server_publish,
- * store_add_move) as fast as one thread can, with the agent's default limits
+ * records, go through the agent's own on_event (cmd/agent/events.c: id,
+ * node, counters, publisher_add with a real NATS, http_server_publish,
+ * flows_add, store_add_move) as fast as one thread can, with the agent's default limits
  * (HISTORY_SIZE, BATCH_SIZE, ENCODING... from the environment like the
  * agent).
  *
@@ -35,20 +35,6 @@ static double clock_s(clockid_t id)
     return (double)clock_ns(id) / 1e9;
 }
 
-/* The agent's on_event (cmd/agent/main.c), step for step. */
-static void on_event(struct agent *a, struct event *e)
-{
-    e->id = event_id_next(&a->ids);
-    e->node = a->node;
-    __atomic_fetch_add(&a->events_total, 1, __ATOMIC_RELAXED);
-    if (e->type < EVENT_TYPE_COUNT)
-        __atomic_fetch_add(&a->events_by_type[e->type], 1, __ATOMIC_RELAXED);
-    publisher_add(a->pub, e);
-    http_server_publish(a->http, e);
-    if (store_add_move(a->store, e) < 0)
-        __atomic_fetch_add(&a->store_failed, 1, __ATOMIC_RELAXED);
-}
-
 /* What capture.c fills for event i of a realistic mix: 96 UDP connects, 3 TCP, 1 exec. */
 static void synth(struct event *e, uint64_t i, uint64_t now_ns)
 {
@@ -68,7 +54,8 @@ static void synth(struct event *e, uint64_t i, uint64_t now_ns)
         e->protocol = k < 96 ? IPPROTO_UDP : IPPROTO_TCP;
         e->status = k < 96 ? EVENT_STATUS_ATTEMPTED : EVENT_STATUS_ESTABLISHED;
         e->saddr[0] = 127, e->saddr[3] = 1;
-        e->daddr[0] = 10, e->daddr[1] = 1, e->daddr[2] = (uint8_t)(i >> 8),
+        /* 4,096 peers: a busy node's share of a cluster (each is a flow edge). */
+        e->daddr[0] = 10, e->daddr[1] = 1, e->daddr[2] = (uint8_t)((i >> 8) & 0x0f),
         e->daddr[3] = (uint8_t)i;
         e->sport = (uint16_t)(32768 + i % 28000);
         e->dport = 53;
@@ -126,10 +113,11 @@ int main(int argc, char **argv)
     struct store_limits limits = {.max_events = a.cfg.history_size,
                                   .max_age_ns = a.cfg.history_max_age_ns};
     a.store = store_new(&limits);
+    a.flows = flows_new(a.cfg.flow_retention_ns, a.cfg.flow_max_edges);
     struct http_server_config hc = {.listen_addr = "127.0.0.1:0"};
     a.http = http_server_new(&hc, err, sizeof(err));
     a.bus = bus_open(&a.cfg, "bench_agent_on_event", err, sizeof(err));
-    if (!a.store || !a.http || !a.bus) {
+    if (!a.store || !a.flows || !a.http || !a.bus) {
         fprintf(stderr, "bench_agent_on_event: setup: %s\n", err);
         return 1;
     }
@@ -163,7 +151,7 @@ int main(int argc, char **argv)
             publisher_tick(a.pub, now); /* the capture loop ticks once per poll */
         }
         synth(&e, i, wall + i);
-        on_event(&a, &e);
+        agent_on_event(&a, &e);
     }
     double th1 = clock_s(CLOCK_THREAD_CPUTIME_ID);
     int flushed = publisher_flush(a.pub, 30ull * 1000000000ull);
@@ -188,5 +176,6 @@ int main(int argc, char **argv)
     bus_close(a.bus);
     http_server_free(a.http);
     store_free(a.store);
+    flows_free(a.flows);
     return 0;
 }

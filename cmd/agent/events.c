@@ -1,0 +1,74 @@
+/*
+ * What happens to an event after capture: the capture thread's one path
+ * (capture.c and the dns tracker call it), kept apart from main() so the
+ * on_event benchmark runs exactly this code.
+ */
+#include <time.h>
+
+#include "agent.h"
+#include "clock.h"
+
+/* packet_drop by reason for /metrics: the drop plus what the rate limit suppressed before it. */
+static void count_drop(struct agent *a, const struct event *e)
+{
+    uint32_t slot =
+        e->u.drop.reason_code < AGENT_DROP_REASONS ? e->u.drop.reason_code : AGENT_DROP_REASONS;
+    const char *name = slot < AGENT_DROP_REASONS ? e->u.drop.reason : "SUBSYSTEM";
+    if (name && !__atomic_load_n(&a->drop_reason_name[slot], __ATOMIC_ACQUIRE))
+        __atomic_store_n(&a->drop_reason_name[slot], name, __ATOMIC_RELEASE);
+    __atomic_fetch_add(&a->drops_by_reason[slot], 1 + e->u.drop.suppressed, __ATOMIC_RELAXED);
+}
+
+/* Capture thread: the one place an event gets its id, node and pod. */
+static void finish_event(struct agent *a, struct event *e)
+{
+    e->id = event_id_next(&a->ids);
+    e->node = a->node;
+    /* Before the event is published, streamed or stored: a secret goes nowhere. */
+    int redacted = redact_event(a->redact, e);
+    if (redacted > 0)
+        __atomic_fetch_add(&a->args_redacted, (uint64_t)redacted, __ATOMIC_RELAXED);
+    else if (redacted < 0)
+        __atomic_fetch_add(&a->args_redact_failed, 1, __ATOMIC_RELAXED);
+    /* A drop runs in whatever context freed the packet (often softirq), so
+     * its cgroup is not the packet's owner: attributing it would name the
+     * wrong pod. */
+    if (a->cgroups && e->type != EVENT_PACKET_DROP)
+        k8s_enrich(a->k8s, a->cgroups, e);
+    if (a->dns)
+        dns_agent_fill_peer(a->dns, e, clock_ns(CLOCK_BOOTTIME));
+}
+
+/* Capture thread: a finished event enters the history and goes out. */
+static void deliver_event(struct agent *a, struct event *e)
+{
+    __atomic_fetch_add(&a->events_total, 1, __ATOMIC_RELAXED);
+    if (e->type < EVENT_TYPE_COUNT)
+        __atomic_fetch_add(&a->events_by_type[e->type], 1, __ATOMIC_RELAXED);
+    if (e->type == EVENT_PACKET_DROP)
+        count_drop(a, e);
+    publisher_add(a->pub, e); /* encodes a copy into the open batch; never blocks */
+    http_server_publish(a->http, e);
+    flows_add(a->flows, e, 1, e->timestamp_ns);
+    if (store_add_move(a->store, e) < 0)
+        __atomic_fetch_add(&a->store_failed, 1, __ATOMIC_RELAXED);
+}
+
+void agent_on_event(void *ctx, struct event *e)
+{
+    struct agent *a = ctx;
+
+    finish_event(a, e);
+    deliver_event(a, e);
+}
+
+/* A `dns` event from the tracker: its pod first, so its names are learnt in the right scope. */
+void agent_on_dns_event(void *ctx, struct event *e, uint32_t ttl_s)
+{
+    struct agent *a = ctx;
+
+    finish_event(a, e);
+    dns_agent_learn(a->dns, e, ttl_s, clock_ns(CLOCK_BOOTTIME));
+    dns_agent_count(a->dns, e);
+    deliver_event(a, e);
+}
