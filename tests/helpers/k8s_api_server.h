@@ -86,7 +86,11 @@ void kas_hold(struct kas *s, struct kas_conn *c);
 
 /* ---- the built-in pod server ---- */
 
-/* LIST: the body set by kas_set_list; WATCH: events newer than its resourceVersion, then live. */
+/*
+ * LIST: the body set by kas_set_list (only the items on the node a
+ * fieldSelector=spec.nodeName=<node> asks for, as the API server answers);
+ * WATCH: events newer than its resourceVersion, then live (not filtered).
+ */
 void kas_serve_pods(struct kas *s, struct kas_conn *c, enum kas_req_kind kind, int n);
 /* Replaces the PodList body (copied). */
 void kas_set_list(struct kas *s, const char *body);
