@@ -680,3 +680,58 @@ out:
     EVP_PKEY_free(key);
     return ctx;
 }
+
+/* ---- Services and EndpointSlices ---- */
+
+char *kas_service_json(const char *ns, const char *name, const char *rv, const char *ip, int port)
+{
+    char *s = NULL;
+    if (asprintf(&s,
+                 "{\"kind\":\"Service\",\"apiVersion\":\"v1\",\"metadata\":{\"name\":"
+                 "\"%s\",\"namespace\":\"%s\",\"uid\":\"svc-%s\",\"resourceVersion\":"
+                 "\"%s\",\"creationTimestamp\":\"2026-11-30T10:00:00Z\",\"labels\":"
+                 "{\"app\":\"%s\"}},\"spec\":{\"type\":\"ClusterIP\",\"clusterIP\":"
+                 "\"%s\",\"clusterIPs\":[\"%s\"],\"ipFamilies\":[\"IPv4\"],"
+                 "\"ipFamilyPolicy\":\"SingleStack\",\"ports\":[{\"name\":\"http\","
+                 "\"protocol\":\"TCP\",\"port\":%d,\"targetPort\":8080}],"
+                 "\"selector\":{\"app\":\"%s\"},\"sessionAffinity\":\"None\","
+                 "\"internalTrafficPolicy\":\"Cluster\"},\"status\":{\"loadBalancer\":{}}}",
+                 name, ns, name, rv, name, ip, ip, port, name) < 0)
+        return NULL;
+    return s;
+}
+
+char *kas_slice_json(const char *ns, const char *service, const char *rv, const char *ip,
+                     const struct kas_pod *pod)
+{
+    char *s = NULL;
+    if (asprintf(&s,
+                 "{\"kind\":\"EndpointSlice\",\"apiVersion\":\"discovery.k8s.io/v1\","
+                 "\"metadata\":{\"name\":\"%s-x7k2p\",\"generateName\":\"%s-\","
+                 "\"namespace\":\"%s\",\"uid\":\"eps-%s\",\"resourceVersion\":\"%s\","
+                 "\"labels\":{\"kubernetes.io/service-name\":\"%s\","
+                 "\"endpointslice.kubernetes.io/managed-by\":"
+                 "\"endpointslice-controller.k8s.io\"},\"ownerReferences\":[{\"apiVersion\":"
+                 "\"v1\",\"kind\":\"Service\",\"name\":\"%s\",\"uid\":\"svc-%s\","
+                 "\"controller\":true,\"blockOwnerDeletion\":true}]},\"addressType\":"
+                 "\"IPv4\",\"endpoints\":[{\"addresses\":[\"%s\"],\"conditions\":"
+                 "{\"ready\":true,\"serving\":true,\"terminating\":false},\"nodeName\":"
+                 "\"%s\",\"targetRef\":{\"kind\":\"Pod\",\"namespace\":\"%s\","
+                 "\"name\":\"%s\",\"uid\":\"%s\"}}],\"ports\":[{\"name\":\"http\","
+                 "\"protocol\":\"TCP\",\"port\":8080}]}",
+                 service, service, ns, service, rv, service, service, service, ip, pod->node,
+                 pod->ns, pod->name, pod->uid) < 0)
+        return NULL;
+    return s;
+}
+
+char *kas_list_json(const char *kind, const char *api_version, const char *rv, const char *items)
+{
+    char *s = NULL;
+    if (asprintf(&s,
+                 "{\"kind\":\"%s\",\"apiVersion\":\"%s\",\"metadata\":"
+                 "{\"resourceVersion\":\"%s\"},\"items\":[%s]}",
+                 kind, api_version, rv, items) < 0)
+        return NULL;
+    return s;
+}

@@ -150,4 +150,15 @@ char *kas_read_fixture(const char *name);
  */
 SSL_CTX *kas_tls_context(const char *ca_file);
 
+/* ---- Services and EndpointSlices (malloc'd strings, NULL on failure) ---- */
+
+/* A ClusterIP Service ns/name on ip:port (targetPort 8080, selector app=name). */
+char *kas_service_json(const char *ns, const char *name, const char *rv, const char *ip, int port);
+/* The EndpointSlice of Service ns/service: one ready endpoint, ip:8080, the pod (node, ns, name,
+ * uid). */
+char *kas_slice_json(const char *ns, const char *service, const char *rv, const char *ip,
+                     const struct kas_pod *pod);
+/* A list (ServiceList, EndpointSliceList, ...) of items, a comma-separated run of objects. */
+char *kas_list_json(const char *kind, const char *api_version, const char *rv, const char *items);
+
 #endif
