@@ -22,6 +22,7 @@ packages=(
   libasan8 libubsan1 libtsan2 libclang-rt-14-dev
   libyaml-dev libcriterion-dev libjansson-dev
   clang-format curl jq iproute2 procps
+  nftables # tests/test_e2e_two_nodes.c: a ClusterIP DNAT'ed to its backend, as kube-proxy does
   wrk # scripts/bench-aggregator.sh: HTTP requests/s
   bpftrace linux-perf # scripts/bench-agent.sh: the tracer compared against; profiling
   libbpf-tools # scripts/bench-agent.sh: tcpstates, execsnoop, exitsnoop compared against

@@ -587,69 +587,20 @@ Test(e2e_peers, pods_on_other_nodes_are_named_on_both_replicas)
 #define SERVICES_PATH "/api/v1/services"
 #define SLICES_PATH   "/apis/discovery.k8s.io/v1/endpointslices"
 
-static char *service_json(const char *ns, const char *name, const char *rv, const char *ip,
-                          int port)
-{
-    char *s = NULL;
-    cr_assert(asprintf(&s,
-                       "{\"kind\":\"Service\",\"apiVersion\":\"v1\",\"metadata\":{\"name\":"
-                       "\"%s\",\"namespace\":\"%s\",\"uid\":\"svc-%s\",\"resourceVersion\":"
-                       "\"%s\",\"creationTimestamp\":\"2026-11-30T10:00:00Z\",\"labels\":"
-                       "{\"app\":\"%s\"}},\"spec\":{\"type\":\"ClusterIP\",\"clusterIP\":"
-                       "\"%s\",\"clusterIPs\":[\"%s\"],\"ipFamilies\":[\"IPv4\"],"
-                       "\"ipFamilyPolicy\":\"SingleStack\",\"ports\":[{\"name\":\"http\","
-                       "\"protocol\":\"TCP\",\"port\":%d,\"targetPort\":8080}],"
-                       "\"selector\":{\"app\":\"%s\"},\"sessionAffinity\":\"None\","
-                       "\"internalTrafficPolicy\":\"Cluster\"},\"status\":{\"loadBalancer\":{}}}",
-                       name, ns, name, rv, name, ip, ip, port, name) > 0);
-    return s;
-}
-
-static char *slice_json(const char *ns, const char *service, const char *rv, const char *ip,
-                        const struct pod *pod)
-{
-    char *s = NULL;
-    cr_assert(asprintf(&s,
-                       "{\"kind\":\"EndpointSlice\",\"apiVersion\":\"discovery.k8s.io/v1\","
-                       "\"metadata\":{\"name\":\"%s-x7k2p\",\"generateName\":\"%s-\","
-                       "\"namespace\":\"%s\",\"uid\":\"eps-%s\",\"resourceVersion\":\"%s\","
-                       "\"labels\":{\"kubernetes.io/service-name\":\"%s\","
-                       "\"endpointslice.kubernetes.io/managed-by\":"
-                       "\"endpointslice-controller.k8s.io\"},\"ownerReferences\":[{\"apiVersion\":"
-                       "\"v1\",\"kind\":\"Service\",\"name\":\"%s\",\"uid\":\"svc-%s\","
-                       "\"controller\":true,\"blockOwnerDeletion\":true}]},\"addressType\":"
-                       "\"IPv4\",\"endpoints\":[{\"addresses\":[\"%s\"],\"conditions\":"
-                       "{\"ready\":true,\"serving\":true,\"terminating\":false},\"nodeName\":"
-                       "\"%s\",\"targetRef\":{\"kind\":\"Pod\",\"namespace\":\"%s\","
-                       "\"name\":\"%s\",\"uid\":\"%s\"}}],\"ports\":[{\"name\":\"http\","
-                       "\"protocol\":\"TCP\",\"port\":8080}]}",
-                       service, service, ns, service, rv, service, service, service, ip, pod->node,
-                       pod->ns, pod->name, pod->uid) > 0);
-    return s;
-}
-
-static char *list_json(const char *kind, const char *api_version, const char *rv, const char *item)
-{
-    char *s = NULL;
-    cr_assert(asprintf(&s,
-                       "{\"kind\":\"%s\",\"apiVersion\":\"%s\",\"metadata\":"
-                       "{\"resourceVersion\":\"%s\"},\"items\":[%s]}",
-                       kind, api_version, rv, item) > 0);
-    return s;
-}
-
 Test(e2e_peers, cluster_ips_get_peer_service_and_join_their_backend_across_replicas)
 {
     char id1[32], id2[32];
+    const struct kas_pod server_b_api = {
+        .node = server_b.node, .ns = server_b.ns, .name = server_b.name, .uid = server_b.uid};
 
     /* The API server: Service shop/server with ClusterIP 10.96.0.10:80, backed by server-0. */
     cr_assert_eq(kas_start(&kapi, kas_serve_pods, NULL), 0);
     api_started = true;
     snprintf(api_env, sizeof(api_env), "K8S_API_URL=http://127.0.0.1:%d", kapi.port);
-    char *svc = service_json("shop", "server", "500", "10.96.0.10", 80);
-    char *slice = slice_json("shop", "server", "501", "10.2.0.7", &server_b);
-    char *svcs = list_json("ServiceList", "v1", "600", svc);
-    char *slices = list_json("EndpointSliceList", "discovery.k8s.io/v1", "600", slice);
+    char *svc = kas_service_json("shop", "server", "500", "10.96.0.10", 80);
+    char *slice = kas_slice_json("shop", "server", "501", "10.2.0.7", &server_b_api);
+    char *svcs = kas_list_json("ServiceList", "v1", "600", svc);
+    char *slices = kas_list_json("EndpointSliceList", "discovery.k8s.io/v1", "600", slice);
     cr_assert_eq(kas_set_list_for(&kapi, SERVICES_PATH, svcs), 0);
     cr_assert_eq(kas_set_list_for(&kapi, SLICES_PATH, slices), 0);
     free(svc);
@@ -663,7 +614,7 @@ Test(e2e_peers, cluster_ips_get_peer_service_and_join_their_backend_across_repli
     check(kas_wait(&kapi, 4, 4, WAIT_MS), "the replicas did not watch Services and EndpointSlices");
 
     /* A Service created while they watch: shop/api on 10.96.0.20:443. */
-    char *api_svc = service_json("shop", "api", "601", "10.96.0.20", 443);
+    char *api_svc = kas_service_json("shop", "api", "601", "10.96.0.20", 443);
     cr_assert_eq(kas_push_to(&kapi, SERVICES_PATH, "ADDED", 601, api_svc), 0);
     free(api_svc);
     wait_stat(&r1, "services", "services", 4); /* 2 Services on each of the 2 replicas */

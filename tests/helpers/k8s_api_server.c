@@ -16,6 +16,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include <jansson.h>
+
 #include "buf.h"
 #include "testutil.h"
 
@@ -212,6 +214,56 @@ static void serve_watch(struct kas *s, struct kas_conn *c)
     pthread_mutex_unlock(&s->lock);
 }
 
+/*
+ * The node a pod LIST asks for (fieldSelector=spec.nodeName=<node>, with the
+ * '=' percent-encoded or not) into node; false when it asks for no node.
+ */
+static bool node_selector(const char *path, char *node, size_t len)
+{
+    const char *q = strchr(path, '?');
+    for (const char *p = q; p && *p; p = strchr(p + 1, '&')) {
+        const char *v = p + 1;
+        if (strncmp(v, "fieldSelector=spec.nodeName", 27) != 0)
+            continue;
+        v += 27;
+        if (strncmp(v, "%3D", 3) == 0 || strncmp(v, "%3d", 3) == 0)
+            v += 3;
+        else if (*v == '=')
+            v++;
+        else
+            continue;
+        size_t n = strcspn(v, "&");
+        if (n == 0 || n >= len)
+            return false;
+        memcpy(node, v, n);
+        node[n] = '\0';
+        return true;
+    }
+    return false;
+}
+
+/* The list with only the items whose spec.nodeName is node (malloc'd), or NULL. */
+static char *list_of_node(const char *list, const char *node)
+{
+    json_t *doc = json_loads(list, 0, NULL);
+    json_t *items = json_object_get(doc, "items"), *keep = json_array(), *it;
+    size_t i;
+    json_array_foreach(items, i, it)
+    {
+        const char *nn =
+            json_string_value(json_object_get(json_object_get(it, "spec"), "nodeName"));
+        if (nn && strcmp(nn, node) == 0)
+            json_array_append(keep, it);
+    }
+    char *out = NULL;
+    if (doc && json_object_set_new(doc, "items", keep) == 0)
+        out = json_dumps(doc, JSON_COMPACT);
+    else
+        json_decref(keep);
+    json_decref(doc);
+    return out;
+}
+
 void kas_serve_pods(struct kas *s, struct kas_conn *c, enum kas_req_kind kind, int n)
 {
     if (kind == KAS_WATCH) {
@@ -223,7 +275,10 @@ void kas_serve_pods(struct kas *s, struct kas_conn *c, enum kas_req_kind kind, i
     for (int i = 0; i < s->ncoll; i++)
         if (of_collection(c->path, s->coll_paths[i]))
             list = s->coll_lists[i];
-    char *body = list ? strdup(list) : NULL;
+    char node[256];
+    /* The pod list, for one node as the API server answers fieldSelector=spec.nodeName. */
+    bool pods = list == s->list_body && node_selector(c->path, node, sizeof(node));
+    char *body = list ? (pods ? list_of_node(list, node) : strdup(list)) : NULL;
     pthread_mutex_unlock(&s->lock);
     if (body)
         kas_respond(c, 200, "OK", body);
@@ -624,4 +679,59 @@ out:
     X509_free(x);
     EVP_PKEY_free(key);
     return ctx;
+}
+
+/* ---- Services and EndpointSlices ---- */
+
+char *kas_service_json(const char *ns, const char *name, const char *rv, const char *ip, int port)
+{
+    char *s = NULL;
+    if (asprintf(&s,
+                 "{\"kind\":\"Service\",\"apiVersion\":\"v1\",\"metadata\":{\"name\":"
+                 "\"%s\",\"namespace\":\"%s\",\"uid\":\"svc-%s\",\"resourceVersion\":"
+                 "\"%s\",\"creationTimestamp\":\"2026-11-30T10:00:00Z\",\"labels\":"
+                 "{\"app\":\"%s\"}},\"spec\":{\"type\":\"ClusterIP\",\"clusterIP\":"
+                 "\"%s\",\"clusterIPs\":[\"%s\"],\"ipFamilies\":[\"IPv4\"],"
+                 "\"ipFamilyPolicy\":\"SingleStack\",\"ports\":[{\"name\":\"http\","
+                 "\"protocol\":\"TCP\",\"port\":%d,\"targetPort\":8080}],"
+                 "\"selector\":{\"app\":\"%s\"},\"sessionAffinity\":\"None\","
+                 "\"internalTrafficPolicy\":\"Cluster\"},\"status\":{\"loadBalancer\":{}}}",
+                 name, ns, name, rv, name, ip, ip, port, name) < 0)
+        return NULL;
+    return s;
+}
+
+char *kas_slice_json(const char *ns, const char *service, const char *rv, const char *ip,
+                     const struct kas_pod *pod)
+{
+    char *s = NULL;
+    if (asprintf(&s,
+                 "{\"kind\":\"EndpointSlice\",\"apiVersion\":\"discovery.k8s.io/v1\","
+                 "\"metadata\":{\"name\":\"%s-x7k2p\",\"generateName\":\"%s-\","
+                 "\"namespace\":\"%s\",\"uid\":\"eps-%s\",\"resourceVersion\":\"%s\","
+                 "\"labels\":{\"kubernetes.io/service-name\":\"%s\","
+                 "\"endpointslice.kubernetes.io/managed-by\":"
+                 "\"endpointslice-controller.k8s.io\"},\"ownerReferences\":[{\"apiVersion\":"
+                 "\"v1\",\"kind\":\"Service\",\"name\":\"%s\",\"uid\":\"svc-%s\","
+                 "\"controller\":true,\"blockOwnerDeletion\":true}]},\"addressType\":"
+                 "\"IPv4\",\"endpoints\":[{\"addresses\":[\"%s\"],\"conditions\":"
+                 "{\"ready\":true,\"serving\":true,\"terminating\":false},\"nodeName\":"
+                 "\"%s\",\"targetRef\":{\"kind\":\"Pod\",\"namespace\":\"%s\","
+                 "\"name\":\"%s\",\"uid\":\"%s\"}}],\"ports\":[{\"name\":\"http\","
+                 "\"protocol\":\"TCP\",\"port\":8080}]}",
+                 service, service, ns, service, rv, service, service, service, ip, pod->node,
+                 pod->ns, pod->name, pod->uid) < 0)
+        return NULL;
+    return s;
+}
+
+char *kas_list_json(const char *kind, const char *api_version, const char *rv, const char *items)
+{
+    char *s = NULL;
+    if (asprintf(&s,
+                 "{\"kind\":\"%s\",\"apiVersion\":\"%s\",\"metadata\":"
+                 "{\"resourceVersion\":\"%s\"},\"items\":[%s]}",
+                 kind, api_version, rv, items) < 0)
+        return NULL;
+    return s;
 }

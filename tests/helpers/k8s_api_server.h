@@ -86,7 +86,11 @@ void kas_hold(struct kas *s, struct kas_conn *c);
 
 /* ---- the built-in pod server ---- */
 
-/* LIST: the body set by kas_set_list; WATCH: events newer than its resourceVersion, then live. */
+/*
+ * LIST: the body set by kas_set_list (only the items on the node a
+ * fieldSelector=spec.nodeName=<node> asks for, as the API server answers);
+ * WATCH: events newer than its resourceVersion, then live (not filtered).
+ */
 void kas_serve_pods(struct kas *s, struct kas_conn *c, enum kas_req_kind kind, int n);
 /* Replaces the PodList body (copied). */
 void kas_set_list(struct kas *s, const char *body);
@@ -145,5 +149,16 @@ char *kas_read_fixture(const char *name);
  * ca.crt is for the real API server). NULL on failure.
  */
 SSL_CTX *kas_tls_context(const char *ca_file);
+
+/* ---- Services and EndpointSlices (malloc'd strings, NULL on failure) ---- */
+
+/* A ClusterIP Service ns/name on ip:port (targetPort 8080, selector app=name). */
+char *kas_service_json(const char *ns, const char *name, const char *rv, const char *ip, int port);
+/* The EndpointSlice of Service ns/service: one ready endpoint, ip:8080, the pod (node, ns, name,
+ * uid). */
+char *kas_slice_json(const char *ns, const char *service, const char *rv, const char *ip,
+                     const struct kas_pod *pod);
+/* A list (ServiceList, EndpointSliceList, ...) of items, a comma-separated run of objects. */
+char *kas_list_json(const char *kind, const char *api_version, const char *rv, const char *items);
 
 #endif
