@@ -5,15 +5,18 @@
  * shows up in Live, a filter narrows the table and survives a reload, the Map
  * shows the connections this test makes (a client process of its own to a
  * loopback listener, and to a closed port) as edges with their exact counts,
- * Drops charts real packet drops, Nodes shows this node active with its loss
- * counters and the agent's outage buffer filling while NATS is down, the
+ * Drops charts real packet drops and lists the dig queries this test sends
+ * through a real dnsmasq (a known name, an NXDOMAIN one) with their counts,
+ * Nodes shows this node active with its loss counters, the agent's 64 KiB
+ * outage buffer filling and overflowing while NATS is down (batches and events
+ * dropped) and the aggregator's view of that node's loss once it is back, the
  * token prompt works, the agent serves the page for its node (gzipped, with
  * ETags), Live stays bounded under load (measured, not asserted), no view
  * logs a console error, and stopping NATS, then the aggregator, puts a banner
  * up that says so. Screenshots of each view, the programs' logs and the
  * measurements (first-load.json, live-load.json) go to build/ui/.
  *
- * Needs root (eBPF), node, chromium and the npm packages of tests/js (make deps).
+ * Needs root (eBPF), node, chromium, dnsmasq, dig and the npm packages of tests/js (make deps).
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -36,11 +39,17 @@
 #define CHROMIUM  "/usr/bin/chromium"
 #define FLOW_OK   5 /* established connections the flow client makes */
 #define FLOW_FAIL 2 /* connections it makes to a closed port */
+#define DNS_OK    3 /* dig queries for a name dnsmasq knows */
+#define DNS_NX    2 /* dig queries for a name under test. it does not know: NXDOMAIN */
+#define AUTH      "Authorization: Bearer " TOKEN
 
 static struct tu_monitor mon;
 /* build/ui: the screenshots, the marker, and the three programs' logs, kept for a look after a run.
  */
 static char dir[PATH_MAX];
+/* dnsmasq on a loopback port the agent watches (DNS_PORTS), started by the browser test. */
+static int dns_port;
+static pid_t dnsmasq = -1;
 
 static void setup(void)
 {
@@ -52,6 +61,9 @@ static void setup(void)
     cr_assert_eq(access(CHROMIUM, X_OK), 0, CHROMIUM " not found: run make deps");
     cr_assert_eq(access(tu_repo_path("tests/js/node_modules/playwright-core/package.json"), F_OK),
                  0, "npm packages of tests/js are missing: run make deps");
+    cr_assert_eq(access("/usr/sbin/dnsmasq", X_OK), 0,
+                 "/usr/sbin/dnsmasq not found: run make deps");
+    cr_assert_eq(system("command -v dig >/dev/null 2>&1"), 0, "dig not found: run make deps");
     cr_assert_eq(access(tu_repo_path("build/bench/bench_load"), X_OK), 0,
                  "build/bench/bench_load missing: make build/bench/bench_load");
     snprintf(dir, sizeof(dir), "%s", tu_repo_path("build/ui"));
@@ -61,11 +73,21 @@ static void setup(void)
         snprintf(path, sizeof(path), "%s/%s", dir, logs[i]); /* this test's lines only */
         cr_assert(unlink(path) == 0 || errno == ENOENT, "unlink %s: %s", path, strerror(errno));
     }
-    tu_monitor_start(&mon, "API_TOKEN=" TOKEN, dir);
+    /* The agent watches dnsmasq's port for dns events, and keeps at most 64 KiB of batches
+     * while NATS is down (the outage step overflows it: a loss counter moves). */
+    int fd = tu_udp_socket(&dns_port);
+    close(fd);
+    char dns_ports[32];
+    snprintf(dns_ports, sizeof(dns_ports), "DNS_PORTS=%d", dns_port);
+    const char *const agent_env[] = {dns_ports, "OUTAGE_BUFFER=64KiB", NULL};
+    tu_monitor_start_env(&mon, agent_env, "API_TOKEN=" TOKEN, dir);
 }
 
 static void teardown(void)
 {
+    if (dnsmasq > 0)
+        tu_stop(dnsmasq, 5000);
+    dnsmasq = -1;
     tu_monitor_stop(&mon);
 }
 
@@ -169,12 +191,93 @@ static void make_flows(const char *name, int *ok_port, int *closed_port)
     close(lfd);
 }
 
+/* A real dnsmasq on 127.0.0.1:dns_port that knows name and answers NXDOMAIN for other .test
+ * names; returns once it answers. */
+static void dnsmasq_start(const char *name)
+{
+    char port[32], pidfile[PATH_MAX + 32], log[PATH_MAX + 32], record[64];
+    snprintf(port, sizeof(port), "--port=%d", dns_port);
+    snprintf(pidfile, sizeof(pidfile), "--pid-file=%s/dnsmasq.pid", dir);
+    snprintf(log, sizeof(log), "%s/dnsmasq.log", dir);
+    snprintf(record, sizeof(record), "--host-record=%s,127.0.0.9", name);
+    unlink(log);
+    char *argv[] = {"/usr/sbin/dnsmasq",
+                    "--no-daemon",
+                    "--no-resolv",
+                    "--no-hosts",
+                    pidfile,
+                    port,
+                    "--listen-address=127.0.0.1",
+                    "--bind-interfaces",
+                    record,
+                    "--local=/test/",
+                    NULL};
+    dnsmasq = tu_spawn(argv, NULL, log);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "dig @127.0.0.1 -p %d +tries=1 +time=1 +short ready.test", dns_port);
+    uint64_t deadline = tu_mono_ms() + 20000;
+    while (tu_run(cmd, NULL) != 0) {
+        char *text = tu_read_file(log);
+        cr_assert(tu_mono_ms() < deadline, "dnsmasq does not answer; log:\n%s",
+                  text ? text : "(none)");
+        free(text);
+        usleep(50000);
+    }
+}
+
+/* n dig queries for name, each answered with status (NOERROR, NXDOMAIN). */
+static void dig_n(const char *name, int n, const char *status)
+{
+    char cmd[160], want[48];
+    snprintf(cmd, sizeof(cmd), "dig @127.0.0.1 -p %d +tries=1 +time=3 %s", dns_port, name);
+    snprintf(want, sizeof(want), "status: %s", status);
+    for (int i = 0; i < n; i++) {
+        char *out;
+        int rc = tu_run(cmd, &out);
+        cr_assert(rc == 0 && strstr(out, want), "%s: exit %d, wanted %s:\n%s", cmd, rc, want, out);
+        free(out);
+    }
+}
+
+/* Waits until the aggregator holds n dns events for name. */
+static void wait_dns(const char *name, int n)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/api/events?type=dns&query=%s", name);
+    uint64_t deadline = tu_mono_ms() + 20000;
+    json_int_t count = -1;
+    for (;;) {
+        int status = 0;
+        json_t *j = tu_get_json_hdr(mon.aggregator_port, path, AUTH, &status);
+        if (status == 200 && j)
+            count = tu_jint(j, "count");
+        json_decref(j);
+        if (count == n)
+            return;
+        cr_assert(count < n && tu_mono_ms() < deadline,
+                  "the aggregator has %lld dns events for %s, wanted %d", (long long)count, name,
+                  n);
+        usleep(50000);
+    }
+}
+
 Test(e2e_ui, the_page_works_in_a_real_browser)
 {
     char flow_name[16];
     int flow_port, closed_port;
     snprintf(flow_name, sizeof(flow_name), "uiflow%d", (int)(getpid() % 100000));
     make_flows(flow_name, &flow_port, &closed_port);
+
+    /* DNS for the Drops & DNS view: DNS_OK answered queries for one marked name, DNS_NX
+     * NXDOMAIN for another, through the agent's capture to the aggregator. */
+    char dns_name[32], dns_nx[32];
+    snprintf(dns_name, sizeof(dns_name), "uidns%d.test", (int)(getpid() % 100000));
+    snprintf(dns_nx, sizeof(dns_nx), "uinx%d.test", (int)(getpid() % 100000));
+    dnsmasq_start(dns_name);
+    dig_n(dns_name, DNS_OK, "NOERROR");
+    dig_n(dns_nx, DNS_NX, "NXDOMAIN");
+    wait_dns(dns_name, DNS_OK);
+    wait_dns(dns_nx, DNS_NX);
 
     char marker[PATH_MAX + 32];
     char name[16];
@@ -188,15 +291,19 @@ Test(e2e_ui, the_page_works_in_a_real_browser)
                  "AGGREGATOR_URL=http://127.0.0.1:%d AGENT_URL=http://127.0.0.1:%d TOKEN=" TOKEN
                  " MARKER='%s' MARKER_NAME='%s' SHOTS='%s' CHROMIUM=" CHROMIUM
                  " NATS_PID=%d NATS_PORT=%d AGGREGATOR_PID=%d BENCH_LOAD='%s' FLOW_CLIENT=%s"
-                 " FLOW_PORT=%d FLOW_CLOSED_PORT=%d FLOW_OK=%d FLOW_FAIL=%d node '%s'",
+                 " FLOW_PORT=%d FLOW_CLOSED_PORT=%d FLOW_OK=%d FLOW_FAIL=%d DNS_NAME=%s DNS_OK=%d"
+                 " DNS_NX_NAME=%s DNS_NX=%d node '%s'",
                  mon.aggregator_port, mon.agent_port, marker, name, dir, (int)mon.nats,
                  mon.nats_port, (int)mon.aggregator, tu_repo_path("build/bench/bench_load"),
-                 flow_name, flow_port, closed_port, FLOW_OK, FLOW_FAIL, script),
+                 flow_name, flow_port, closed_port, FLOW_OK, FLOW_FAIL, dns_name, DNS_OK, dns_nx,
+                 DNS_NX, script),
         0);
     free(script);
     char *out;
     int rc = tu_run(cmd, &out);
     free(cmd);
+    tu_stop(dnsmasq, 5000);
+    dnsmasq = -1;
     cr_log_info("ui_check.mjs:\n%s", out);
     cr_assert_neq(rc, 3, "a tool or package is missing:\n%s", out);
     cr_assert_eq(rc, 0, "ui_check.mjs failed (exit %d):\n%s", rc, out);

@@ -794,6 +794,7 @@ async function refreshDns(win) {
   tbody.replaceChildren(...[...names.entries()].sort((a, b) => b[1].n - a[1].n).slice(0, 20).map(([q, n]) => {
     const tr = row([q, n.n, n.nx, n.servfail, n.timeout], 1);
     tr.dataset.query = q;
+    [2, 3, 4].forEach((i) => { if (Number(tr.children[i].textContent) > 0) tr.children[i].classList.add('bad'); });
     return tr;
   }));
   let text = page.count + ' DNS queries in the last ' + win.name;

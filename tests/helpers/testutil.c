@@ -440,7 +440,7 @@ static pid_t spawn_ready(char *const argv[], char *const env[], const char *log_
     return pid;
 }
 
-static pid_t start_program(const char *bin, int port, int nats_port, const char *extra_env,
+static pid_t start_program(const char *bin, int port, int nats_port, const char *const extra_env[],
                            const char *log_dir)
 {
     char listen[64], nats[64], log_path[PATH_MAX];
@@ -448,24 +448,35 @@ static pid_t start_program(const char *bin, int port, int nats_port, const char 
     snprintf(listen, sizeof(listen), "LISTEN_ADDR=127.0.0.1:%d", port);
     snprintf(nats, sizeof(nats), "NATS_URL=nats://127.0.0.1:%d", nats_port);
     char *argv[] = {(char *)tu_repo_path(bin), NULL};
-    char *env[] = {listen, nats, "DEPLOYMENT_MODE=vm", "FLUSH_INTERVAL=100ms", (char *)extra_env,
-                   NULL};
+    char *env[16] = {listen, nats, "DEPLOYMENT_MODE=vm", "FLUSH_INTERVAL=100ms"};
+    size_t n = 4;
+    for (size_t i = 0; extra_env && extra_env[i]; i++) {
+        cr_assert(n < sizeof(env) / sizeof(env[0]) - 1, "too many environment entries");
+        env[n++] = (char *)extra_env[i];
+    }
     return spawn_ready(argv, env, log_path, port);
 }
 
 void tu_monitor_start(struct tu_monitor *m, const char *aggregator_env, const char *log_dir)
 {
+    tu_monitor_start_env(m, NULL, aggregator_env, log_dir);
+}
+
+void tu_monitor_start_env(struct tu_monitor *m, const char *const agent_env[],
+                          const char *aggregator_env, const char *log_dir)
+{
     char log[PATH_MAX];
+    const char *const agg_env[] = {aggregator_env, NULL};
     memset(m, 0, sizeof(*m));
     snprintf(log, sizeof(log), "%s/nats.log", log_dir);
     m->nats_port = tu_free_port();
     m->nats = tu_nats_start(m->nats_port, NULL, log);
     cr_assert_gt(m->nats, 0, "nats-server did not start: %s", log);
     m->agent_port = tu_free_port();
-    m->agent = start_program("bin/ebpf-agent", m->agent_port, m->nats_port, NULL, log_dir);
+    m->agent = start_program("bin/ebpf-agent", m->agent_port, m->nats_port, agent_env, log_dir);
     m->aggregator_port = tu_free_port();
-    m->aggregator = start_program("bin/ebpf-aggregator", m->aggregator_port, m->nats_port,
-                                  aggregator_env, log_dir);
+    m->aggregator =
+        start_program("bin/ebpf-aggregator", m->aggregator_port, m->nats_port, agg_env, log_dir);
 }
 
 void tu_monitor_stop(struct tu_monitor *m)

@@ -106,6 +106,10 @@ struct tu_monitor {
     int nats_port, agent_port, aggregator_port;
 };
 void tu_monitor_start(struct tu_monitor *m, const char *aggregator_env, const char *log_dir);
+/* tu_monitor_start with extra environment entries for the agent ("KEY=value", NULL-terminated,
+ * may be NULL). */
+void tu_monitor_start_env(struct tu_monitor *m, const char *const agent_env[],
+                          const char *aggregator_env, const char *log_dir);
 void tu_monitor_stop(struct tu_monitor *m);
 
 /*

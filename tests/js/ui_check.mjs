@@ -7,7 +7,11 @@
 // restarted here), AGGREGATOR_PID, BENCH_LOAD (build/bench/bench_load),
 // FLOW_CLIENT/FLOW_PORT/FLOW_CLOSED_PORT/FLOW_OK/FLOW_FAIL (the connections
 // the C test made: FLOW_OK established to FLOW_PORT and FLOW_FAIL refused at
-// FLOW_CLOSED_PORT, by a process named FLOW_CLIENT).
+// FLOW_CLOSED_PORT, by a process named FLOW_CLIENT), DNS_NAME/DNS_OK and
+// DNS_NX_NAME/DNS_NX (the dig queries the C test made through a real dnsmasq:
+// DNS_OK answered for DNS_NAME, DNS_NX NXDOMAIN for DNS_NX_NAME; the
+// aggregator holds them all). The agent keeps at most OUTAGE_BUFFER=64KiB
+// of batches while NATS is down, so the outage step can overflow it.
 // Prints "ok: <step>" per step and "ui: pass" at the end; exits 1 on a
 // failed step, 3 when a tool is missing. Every wait has a deadline; nothing
 // asserts a wall-clock time (the load figures are measured and written).
@@ -46,6 +50,10 @@ const FLOW_CLOSED_PORT = env('FLOW_CLOSED_PORT');
 const FLOW_OK = Number(env('FLOW_OK'));
 const FLOW_FAIL = Number(env('FLOW_FAIL'));
 const NATS_PORT = env('NATS_PORT');
+const DNS_NAME = env('DNS_NAME');
+const DNS_OK = Number(env('DNS_OK'));
+const DNS_NX_NAME = env('DNS_NX_NAME');
+const DNS_NX = Number(env('DNS_NX'));
 const UI_DIR = new URL('../../pkg/ui/', import.meta.url);
 const UI_GEN = new URL('../../build/gen/ui/', import.meta.url); // index.html as built (versioned file URLs)
 mkdirSync(SHOTS, { recursive: true });
@@ -109,6 +117,9 @@ async function clickEdge(page, sel) {
     throw new Error('no point of ' + sel + ' is clear of other edges');
   await page.mouse.click(pt.x, pt.y);
 }
+
+// A card's value (cards: the loss counters of Nodes, the DNS panel's figures).
+const counter = (p, k) => p.$eval('[data-counter="' + k + '"]', (c) => c.dataset.value === '' ? c.querySelector('b').textContent : Number(c.dataset.value));
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -254,7 +265,7 @@ await step('Nodes shows the node as active with its loss counters', async () => 
   await page.screenshot({ path: SHOTS + '/nodes.png' });
 });
 
-await step('Drops charts real packet drops by kernel reason; DNS says plainly when it has no data', async () => {
+await step('Drops charts real packet drops by kernel reason; DNS lists the test\'s names with their counts', async () => {
   // UDP datagrams to a closed loopback port: the kernel drops them (NO_SOCKET).
   const out = JSON.parse(await run(BENCH_LOAD, ['drop', '--ops', '40']));
   assert(out.ops >= 40, 'bench_load drop: ' + JSON.stringify(out));
@@ -264,14 +275,29 @@ await step('Drops charts real packet drops by kernel reason; DNS says plainly wh
   const inChart = await page.$$eval('#drops-chart rect.bar[data-reason="NO_SOCKET"]', (rs) => rs.reduce((a, r) => a + Number(r.dataset.count), 0));
   const inTable = await page.$eval('#drops tbody tr[data-reason="NO_SOCKET"]', (tr) => Number(tr.children[1].textContent) + Number(tr.children[2].textContent));
   assert(inChart === inTable, 'NO_SOCKET: ' + inChart + ' in the chart, ' + inTable + ' (events + suppressed) in the table');
+  // The C test's queries are in the aggregator already: the panel is shown with them.
   const dns = await page.$eval('#view-drops', (v) => v.dataset.dns);
   const note = await page.$eval('#dns-status', (p) => p.textContent);
-  if (dns === 'shown') {
-    assert((await page.$$('#dns-top tbody tr')).length > 0, 'DNS panel shown without names');
-  } else {
-    assert((dns === 'unsupported' || dns === 'none') && /^No DNS data/.test(note), 'dns state ' + dns + ': ' + note);
-    assert(!(await page.isVisible('#dns-data')), 'an empty DNS panel is shown');
-  }
+  assert(dns === 'shown' && await page.isVisible('#dns-data'), 'dns state ' + dns + ': ' + note);
+  const top = await page.$$eval('#dns-top tbody tr', (trs) => trs.map((tr) => ({ query: tr.dataset.query,
+    cells: [...tr.children].map((td) => td.textContent) })));
+  const rowOfName = (q) => top.find((r) => r.query === q);
+  const ok = rowOfName(DNS_NAME), nx = rowOfName(DNS_NX_NAME);
+  // columns: name, queries, NXDOMAIN, SERVFAIL, timeouts
+  assert(ok && ok.cells.join('|') === [DNS_NAME, DNS_OK, 0, 0, 0].join('|'), DNS_NAME + ' in the top names: ' + JSON.stringify(top));
+  assert(nx && nx.cells.join('|') === [DNS_NX_NAME, DNS_NX, DNS_NX, 0, 0].join('|'), DNS_NX_NAME + ' in the top names: ' + JSON.stringify(top));
+  assert(await page.$eval('#dns-top tbody tr[data-query="' + DNS_NX_NAME + '"] td:nth-child(3)', (td) => td.classList.contains('bad')),
+    'the NXDOMAIN count of ' + DNS_NX_NAME + ' is not marked');
+  const nxCard = await counter(page, 'dns-nxdomain');
+  assert(nxCard >= DNS_NX && await page.$eval('#dns-cards [data-counter="dns-nxdomain"]', (c) => c.classList.contains('bad')),
+    'NXDOMAIN card: ' + nxCard);
+  assert(await counter(page, 'dns-queries') >= DNS_OK + DNS_NX, 'queries card: ' + await counter(page, 'dns-queries'));
+  const box = await page.evaluate(() => {
+    const a = document.querySelector('#view-drops h2:last-of-type').getBoundingClientRect();
+    const b = document.querySelector('#dns-data').getBoundingClientRect();
+    return { x: 0, y: a.top + scrollY - 8, width: innerWidth, height: b.bottom - a.top + 16 };
+  });
+  await page.screenshot({ path: SHOTS + '/dns.png', fullPage: true, clip: box });
   console.log('  NO_SOCKET drops charted: ' + inChart + '; DNS: ' + note);
   await page.screenshot({ path: SHOTS + '/drops.png', fullPage: true });
   await page.selectOption('#drops-window', '1h');
@@ -500,9 +526,15 @@ let natsPid = Number(env('NATS_PID'));
 let natsChild = null; // the nats-server started here, stopped by its pid before exiting
 const AGGREGATOR_PID = Number(env('AGGREGATOR_PID'));
 const bannerText = (p) => p.$eval('#banner', (b) => (b.hidden ? '' : b.textContent));
-const counter = (p, k) => p.$eval('#loss [data-counter="' + k + '"]', (c) => c.dataset.value === '' ? c.querySelector('b').textContent : Number(c.dataset.value));
 
-await step('Nodes: the agent\'s outage buffer fills while NATS is down and drains when it is back', async () => {
+// The aggregator's record of this node (/api/nodes).
+const aggNode = async () => (await (await fetch(AGG + '/api/nodes', { headers: { authorization: 'Bearer ' + TOKEN } })).json()).nodes[nodeName];
+// The node's row in the aggregator's Nodes table: its columns by name.
+const NODE_COLS = { events: 2, kernel_drops: 4, agent_drops: 5, lost_batches: 6 };
+
+await step('Nodes: the agent\'s outage buffer fills while NATS is down, overflows (loss counted), and the aggregator shows the loss', async () => {
+  const aggBefore = await aggNode();
+  assert(aggBefore, 'the aggregator does not know node ' + nodeName);
   await openView(apage, 'nodes');
   await apage.waitForFunction(() => document.querySelector('#loss [data-counter="bus"] b')?.textContent === 'connected', null, { timeout: 10000 });
   const before = { queued: await counter(apage, 'outage-buffer'), disconnects: await counter(apage, 'disconnects') };
@@ -526,6 +558,16 @@ await step('Nodes: the agent\'s outage buffer fills while NATS is down and drain
   const during = { queued: await counter(apage, 'outage-buffer'), disconnects: await counter(apage, 'disconnects') };
   assert(seen, 'the outage did not show: before ' + JSON.stringify(before) + ', during ' + JSON.stringify(during));
   assert(/not connected to NATS/.test(await bannerText(apage)), 'banner: ' + await bannerText(apage));
+  // More events than 64 KiB of batches hold (OUTAGE_BUFFER): the oldest batches are dropped, counted.
+  const dropped0 = { batches: await counter(apage, 'batches-dropped'), events: await counter(apage, 'agent-drops') };
+  const load = JSON.parse(await run(BENCH_LOAD, ['udp-connect', '--rate', '2000', '--duration', '3']));
+  await apage.waitForFunction((d) => {
+    const c = (k) => document.querySelector('#loss [data-counter="' + k + '"]');
+    return Number(c('batches-dropped').dataset.value) > d.batches && c('batches-dropped').classList.contains('bad') &&
+      Number(c('agent-drops').dataset.value) > d.events && c('agent-drops').classList.contains('bad');
+  }, dropped0, { timeout: 15000 });
+  const dropped = { batches: await counter(apage, 'batches-dropped'), events: await counter(apage, 'agent-drops') };
+  console.log('  ' + load.ops + ' udp connects during the outage: the agent dropped ' + JSON.stringify(dropped) + ' (before ' + JSON.stringify(dropped0) + ')');
   await apage.screenshot({ path: SHOTS + '/nodes-outage.png', fullPage: true });
   // nats-server again on the same port: the agent reconnects and sends what it kept.
   const bin = existsSync('/usr/sbin/nats-server') ? '/usr/sbin/nats-server' : '/usr/bin/nats-server';
@@ -536,6 +578,29 @@ await step('Nodes: the agent\'s outage buffer fills while NATS is down and drain
   const after = { queued: await counter(apage, 'outage-buffer'), disconnects: await counter(apage, 'disconnects'), batches_dropped: await counter(apage, 'batches-dropped') };
   console.log('  outage buffer: before ' + JSON.stringify(before) + ', during ' + JSON.stringify(during) + ', after ' + JSON.stringify(after));
   await apage.waitForFunction(() => document.querySelector('#banner').hidden, null, { timeout: 15000 });
+  // The aggregator's Nodes view: the node's agent drops (the agent's count, sent with its next
+  // batch) and its lost batches (at least the sequence numbers the dropped batches had), marked.
+  const agentBus = (await (await fetch(AGENT + '/api/stats')).json()).bus;
+  await openView(page, 'nodes');
+  const row = '#nodes tr[data-node="' + nodeName + '"]';
+  await page.waitForFunction(([sel, cols, want]) => {
+    const tr = document.querySelector(sel);
+    const cell = (k) => tr.children[cols[k]];
+    return tr && Number(cell('agent_drops').textContent) === want.agent_drops && cell('agent_drops').classList.contains('bad') &&
+      Number(cell('lost_batches').textContent) >= want.batches_dropped && cell('lost_batches').classList.contains('bad');
+  }, [row, NODE_COLS, agentBus], { timeout: 30000 });
+  const cells = await page.$eval(row, (tr) => [...tr.children].map((td) => td.textContent));
+  const aggAfter = await aggNode();
+  assert(aggAfter.agent_drops === agentBus.agent_drops && aggAfter.lost_batches >= agentBus.batches_dropped &&
+    aggAfter.lost_batches > aggBefore.lost_batches, 'the aggregator: ' + JSON.stringify(aggAfter) + ', the agent: ' + JSON.stringify(agentBus));
+  assert(Number(cells[NODE_COLS.lost_batches]) <= aggAfter.lost_batches, 'the row shows more than /api/nodes: ' + cells.join(' | '));
+  for (const k of ['agent-drops', 'lost-batches'])
+    assert(await counter(page, k) > 0 && await page.$eval('#loss [data-counter="' + k + '"]', (c) => c.classList.contains('bad')), k + ' card: ' + await counter(page, k));
+  console.log('  the aggregator: node ' + nodeName + ' before ' + JSON.stringify({ agent_drops: aggBefore.agent_drops, lost_batches: aggBefore.lost_batches }) +
+    ', after ' + JSON.stringify({ agent_drops: aggAfter.agent_drops, lost_batches: aggAfter.lost_batches }) +
+    '; the agent: ' + JSON.stringify({ agent_drops: agentBus.agent_drops, batches_dropped: agentBus.batches_dropped }));
+  await page.screenshot({ path: SHOTS + '/nodes-loss.png', fullPage: true });
+  await openView(page, 'live');
   // The aggregator's page (open in Live) saw its /ready answer 503 meanwhile.
   errors.slice(from).forEach((e, i) => { if (/^aggregator: console: .*status of 503/.test(e)) expected.push(from + i); });
 });
