@@ -13,7 +13,9 @@
  * token prompt works, the agent serves the page for its node (gzipped, with
  * ETags), Live stays bounded under load (measured, not asserted), no view
  * logs a console error, and stopping NATS, then the aggregator, puts a banner
- * up that says so. Screenshots of each view, the programs' logs and the
+ * up that says so; and the page over TLS from one more aggregator (HTTPS, a
+ * self-signed certificate) loads, streams and asks nothing of another origin.
+ * Screenshots of each view, the programs' logs and the
  * measurements (first-load.json, live-load.json) go to build/ui/.
  *
  * Needs root (eBPF), node, chromium, dnsmasq, dig and the npm packages of tests/js (make deps).
@@ -50,6 +52,9 @@ static char dir[PATH_MAX];
 /* dnsmasq on a loopback port the agent watches (DNS_PORTS), started by the browser test. */
 static int dns_port;
 static pid_t dnsmasq = -1;
+/* The TLS case: an extra aggregator serving HTTPS, and the temp dir of its certificate. */
+static pid_t tls_aggregator = -1;
+static char tls_dir[64];
 
 static void setup(void)
 {
@@ -88,6 +93,15 @@ static void teardown(void)
     if (dnsmasq > 0)
         tu_stop(dnsmasq, 5000);
     dnsmasq = -1;
+    if (tls_aggregator > 0)
+        tu_stop(tls_aggregator, 10000);
+    tls_aggregator = -1;
+    if (tls_dir[0]) {
+        char cmd[96];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tls_dir);
+        tu_run(cmd, NULL);
+        tls_dir[0] = '\0';
+    }
     tu_monitor_stop(&mon);
 }
 
@@ -309,4 +323,93 @@ Test(e2e_ui, the_page_works_in_a_real_browser)
     cr_assert_eq(rc, 0, "ui_check.mjs failed (exit %d):\n%s", rc, out);
     cr_assert_not_null(strstr(out, "ui: pass\n"), "no verdict:\n%s", out);
     free(out);
+}
+
+/*
+ * Issue 12: the page over TLS. One more real aggregator on the test's NATS,
+ * with API_TOKEN and TLS_CERT/TLS_KEY (a self-signed certificate made here);
+ * tests/js/ui_tls_check.mjs opens it over https, answers the token prompt,
+ * sees a marked exec arrive through the stream and the node in Nodes, and
+ * checks every request the page made went over https to the same origin.
+ */
+Test(e2e_ui, the_page_works_over_tls)
+{
+    char cert[96], key[96], cmd[512], *out;
+    snprintf(tls_dir, sizeof(tls_dir), "/tmp/test_e2e_ui_tls.XXXXXX");
+    cr_assert_not_null(mkdtemp(tls_dir), "mkdtemp: %s", strerror(errno));
+    snprintf(cert, sizeof(cert), "%s/cert.pem", tls_dir);
+    snprintf(key, sizeof(key), "%s/key.pem", tls_dir);
+    snprintf(cmd, sizeof(cmd),
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout '%s' -out '%s' -days 1 -subj /CN=127.0.0.1 "
+             "-addext subjectAltName=IP:127.0.0.1",
+             key, cert);
+    int rc = tu_run(cmd, &out);
+    cr_assert_eq(rc, 0, "openssl req failed (exit %d):\n%s", rc, out);
+    free(out);
+
+    int port = tu_free_port();
+    char listen[64], nats[64], tls_cert[128], tls_key[128], log[PATH_MAX + 32];
+    snprintf(listen, sizeof(listen), "LISTEN_ADDR=127.0.0.1:%d", port);
+    snprintf(nats, sizeof(nats), "NATS_URL=nats://127.0.0.1:%d", mon.nats_port);
+    snprintf(tls_cert, sizeof(tls_cert), "TLS_CERT=%s", cert);
+    snprintf(tls_key, sizeof(tls_key), "TLS_KEY=%s", key);
+    snprintf(log, sizeof(log), "%s/ebpf-aggregator-tls.log", dir);
+    unlink(log);
+    char *argv[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), NULL};
+    char *envp[] = {
+        listen,  nats, "DEPLOYMENT_MODE=vm", "FLUSH_INTERVAL=100ms", "API_TOKEN=" TOKEN, tls_cert,
+        tls_key, NULL};
+    tls_aggregator = tu_spawn(argv, envp, log);
+    cr_assert_gt(tls_aggregator, 0);
+    /* Ready over https (/ready needs no token); plain HTTP gets no answer from a TLS port. */
+    snprintf(cmd, sizeof(cmd),
+             "curl -sk --max-time 2 -o /dev/null -w '%%{http_code} %%{scheme}' "
+             "https://127.0.0.1:%d/ready",
+             port);
+    uint64_t deadline = tu_mono_ms() + 30000;
+    for (;;) {
+        rc = tu_run(cmd, &out);
+        bool ready = rc == 0 && strcmp(out, "200 HTTPS") == 0;
+        free(out);
+        if (ready)
+            break;
+        char *text = tu_read_file(log);
+        cr_assert(tu_mono_ms() < deadline, "the TLS aggregator is not ready; log:\n%s",
+                  text ? text : "(none)");
+        free(text);
+        usleep(100000);
+    }
+
+    json_t *stats = tu_get_json(mon.agent_port, "/api/stats", NULL);
+    cr_assert_not_null(stats, "the agent's /api/stats");
+    char node[128];
+    snprintf(node, sizeof(node), "%s", tu_jstr(stats, "node") ? tu_jstr(stats, "node") : "");
+    json_decref(stats);
+    cr_assert(node[0], "the agent's /api/stats names no node");
+
+    char marker[PATH_MAX + 32], name[16];
+    snprintf(name, sizeof(name), "uitls%d", (int)(getpid() % 100000));
+    tu_marker_make(dir, name, marker, sizeof(marker));
+    char *script = realpath(tu_repo_path("tests/js/ui_tls_check.mjs"), NULL);
+    cr_assert_not_null(script, "tests/js/ui_tls_check.mjs not found");
+    char *run;
+    cr_assert_gt(asprintf(&run,
+                          "TLS_URL=https://127.0.0.1:%d TOKEN=" TOKEN
+                          " MARKER='%s' MARKER_NAME='%s'"
+                          " NODE='%s' SHOTS='%s' CHROMIUM=" CHROMIUM " node '%s'",
+                          port, marker, name, node, dir, script),
+                 0);
+    free(script);
+    rc = tu_run(run, &out);
+    free(run);
+    cr_log_info("ui_tls_check.mjs:\n%s", out);
+    cr_assert_neq(rc, 3, "a tool or package is missing:\n%s", out);
+    cr_assert_eq(rc, 0, "ui_tls_check.mjs failed (exit %d):\n%s", rc, out);
+    cr_assert_not_null(strstr(out, "ui-tls: pass\n"), "no verdict:\n%s", out);
+    free(out);
+    int st = tu_stop(tls_aggregator, 10000);
+    tls_aggregator = -1;
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "the TLS aggregator did not exit cleanly (status %d)", st);
 }

@@ -21,22 +21,8 @@ import { createHash } from 'node:crypto';
 import http from 'node:http';
 import { cpus, loadavg } from 'node:os';
 import { gunzipSync } from 'node:zlib';
+import { assert, env, launch, result, step } from './ui_lib.mjs';
 
-let chromium;
-try {
-  ({ chromium } = await import('playwright-core'));
-} catch (e) {
-  console.error('playwright-core missing: run make deps (' + e.message + ')');
-  process.exit(3);
-}
-
-const env = (k) => {
-  if (!process.env[k]) {
-    console.error(k + ' not set');
-    process.exit(3);
-  }
-  return process.env[k];
-};
 const AGG = env('AGGREGATOR_URL');
 const AGENT = env('AGENT_URL');
 const TOKEN = env('TOKEN');
@@ -58,13 +44,8 @@ const UI_DIR = new URL('../../pkg/ui/', import.meta.url);
 const UI_GEN = new URL('../../build/gen/ui/', import.meta.url); // index.html as built (versioned file URLs)
 mkdirSync(SHOTS, { recursive: true });
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-});
+const browser = await launch();
 const errors = [];
-let failed = false;
 
 function watch(page, label) {
   page.on('console', (m) => {
@@ -72,21 +53,6 @@ function watch(page, label) {
       errors.push(label + ': console: ' + m.text());
   });
   page.on('pageerror', (e) => errors.push(label + ': page error: ' + e.message));
-}
-
-async function step(name, fn) {
-  try {
-    await fn();
-    console.log('ok: ' + name);
-  } catch (e) {
-    failed = true;
-    console.log('FAIL: ' + name + ': ' + (e.stack || e));
-  }
-}
-
-function assert(cond, msg) {
-  if (!cond)
-    throw new Error(msg);
 }
 
 const run = (file, args) => new Promise((resolve, reject) =>
@@ -641,6 +607,6 @@ if (natsChild && natsChild.exitCode === null && natsChild.signalCode === null) {
   natsChild.kill('SIGTERM');
   await new Promise((r) => natsChild.once('exit', r));
 }
-if (failed)
+if (result.failed)
   process.exit(1);
 console.log('ui: pass');
