@@ -402,7 +402,8 @@ void event_json_write(struct buf *b, const struct event *e)
           e->pid == 0 && !e->command[0])) {
         PUT_LIT(b, ",\"pid\":");
         put_u64(b, e->pid);
-        /* A dns query is seen in a cgroup_skb program, which cannot read the parent. */
+        /* A dns query is seen in a cgroup_skb program, which cannot read the parent: the
+         * agent asks /proc, and a process gone by then has none to give. */
         if (!(e->type == EVENT_DNS && e->ppid == 0)) {
             PUT_LIT(b, ",\"ppid\":");
             put_u64(b, e->ppid);

@@ -646,8 +646,12 @@ Test(e2e_dns, dig_over_udp_tcp_and_ipv6_every_field, .fini = stop_all, .timeout 
     remove_logs();
 }
 
-/* The marked child: resolves svc.test with the C library's resolver, then connects there. */
-static void marked_child(int dns_port, int svc_port)
+/*
+ * The marked child: resolves svc.test with the C library's resolver, then
+ * connects there, and stays alive until hold is closed (so the agent can
+ * read its parent while the test looks).
+ */
+static void marked_child(int dns_port, int svc_port, int hold)
 {
     prctl(PR_SET_NAME, MARKER);
     struct __res_state st;
@@ -666,6 +670,9 @@ static void marked_child(int dns_port, int svc_port)
     if (connect(fd, (struct sockaddr *)&to, sizeof(to)) != 0)
         _exit(4);
     close(fd);
+    char c;
+    while (read(hold, &c, 1) < 0 && errno == EINTR)
+        ;
     _exit(0);
 }
 
@@ -705,14 +712,15 @@ Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = s
     cr_assert_eq(listen(lfd, 4), 0);
     cr_assert_eq(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
     svc_port = ntohs(sa.sin_port);
+    int hold[2];
+    cr_assert_eq(pipe(hold), 0);
     pid_t child = fork();
     cr_assert(child >= 0);
-    if (child == 0)
-        marked_child(dnsmasq.port, svc_port);
-    int st;
-    cr_assert_eq(waitpid(child, &st, 0), child);
-    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "marked child failed: %d", st);
-    close(lfd);
+    if (child == 0) {
+        close(hold[1]);
+        marked_child(dnsmasq.port, svc_port, hold[0]);
+    }
+    close(hold[0]);
 
     /* The id is the resolver's own: the event is found by name and pid. */
     char path[256];
@@ -732,8 +740,15 @@ Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = s
     check_answered(ev, "A", "NOERROR", SVC_ADDR, "127.0.0.1", "udp", "ipv4");
     cr_assert_str_eq(tu_jstr(ev, "command"), MARKER);
     cr_assert_eq(tu_jint(ev, "pid"), child);
+    /* Every event has its ppid (SPEC §5): the agent reads it from /proc for a query. */
+    cr_assert_eq(tu_jint(ev, "ppid"), getpid());
     cr_assert_eq(tu_jint(ev, "dest_port"), dnsmasq.port);
     json_decref(doc);
+    close(hold[1]);
+    int st;
+    cr_assert_eq(waitpid(child, &st, 0), child);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "marked child failed: %d", st);
+    close(lfd);
 
     json_t *conn = tu_wait_event(agent.port, "/api/events?type=connection&limit=10000",
                                  is_marker_connection, &child, WAIT_MS);
