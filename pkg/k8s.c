@@ -462,7 +462,8 @@ int k8s_peer_lookup(struct k8s *k, unsigned family, const uint8_t addr[16], stru
     unsigned n = ip_holders(k, key, &e);
     if (n > 1 || (n == 1 && e->pod.host_network)) {
         k->stats.peer_ambiguous++;
-    } else if (n == 1 && !e->pod.deleted) {
+    } else if (n == 1 && !e->pod.deleted && e->pod.name) {
+        /* A pod the API server sent without a name names nobody (never half a peer). */
         out->pod = e->pod.name;
         out->namespace = e->pod.namespace;
         out->workload = e->pod.workload;
