@@ -69,14 +69,12 @@ static void stop_all(void)
     unlink(pidfile);
 }
 
-static void dump(const char *path);
-
 /* The agent leaves cleanly (under ASan: without a leak of what the DNS path held). */
 static void agent_exits_cleanly(void)
 {
     int st = tu_agent_stop(&agent);
     if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-        dump(agent.log);
+        tu_dump_file(agent.log, 0);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "agent exit status %d", st);
 }
 
@@ -149,13 +147,6 @@ static json_t *sub_dns_event(const char *query)
     }
     free(s);
     return found;
-}
-
-static void dump(const char *path)
-{
-    char *s = tu_read_file(path);
-    fprintf(stderr, "---- %s\n%s\n", path, s ? s : "(none)");
-    free(s);
 }
 
 /* A UDP port both 127.0.0.1 and ::1 have free right now (for dnsmasq). */
@@ -325,7 +316,7 @@ static void monitor_up_with(const char *node, const char *rate)
                      nats_url, "--queue-group", group,  NULL};
     agg.pid = tu_spawn(aargv, NULL, agg.log);
     if (!tu_wait_http(agg.port, "/ready", 200, WAIT_MS)) {
-        dump(agg.log);
+        tu_dump_file(agg.log, 0);
         cr_assert_fail("aggregator not ready");
     }
 
@@ -356,7 +347,7 @@ static void monitor_up_with(const char *node, const char *rate)
     uint64_t deadline = tu_mono_ms() + WAIT_MS;
     while (tu_run(cmd, NULL) != 0) {
         if (tu_mono_ms() > deadline) {
-            dump(dnsmasq.log);
+            tu_dump_file(dnsmasq.log, 0);
             cr_assert_fail("dnsmasq does not answer");
         }
         usleep(50000);
@@ -424,7 +415,7 @@ static json_t *wait_dns(int port, const char *query, unsigned id)
     snprintf(path, sizeof(path), "/api/events?type=dns&limit=10000");
     json_t *ev = tu_wait_event(port, path, is_dns_event, &w, WAIT_MS);
     if (!ev) {
-        dump(agent.log);
+        tu_dump_file(agent.log, 0);
         cr_assert_fail("no dns event for %s id %u on :%d", query, id, port);
     }
     return ev;

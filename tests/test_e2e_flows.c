@@ -60,13 +60,6 @@ static void remove_logs(void)
     unlink(nats.log);
 }
 
-static void dump(const char *path)
-{
-    char *s = tu_read_file(path);
-    fprintf(stderr, "---- %s\n%s\n", path, s ? s : "(none)");
-    free(s);
-}
-
 static void agg_up(struct proc *p, const char *name, const char *group)
 {
     char bin[256], listen[32];
@@ -79,7 +72,7 @@ static void agg_up(struct proc *p, const char *name, const char *group)
                     nats_url, "--queue-group", (char *)group, NULL};
     p->pid = tu_spawn(argv, NULL, p->log);
     if (!tu_wait_http(p->port, "/ready", 200, WAIT_MS)) {
-        dump(p->log);
+        tu_dump_file(p->log, 0);
         cr_assert_fail("aggregator %s not ready", name);
     }
 }

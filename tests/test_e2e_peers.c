@@ -84,20 +84,12 @@ static void stop_all(void)
 
 TestSuite(e2e_peers, .fini = stop_all, .timeout = 120);
 
-static void dump(const char *path)
-{
-    char *s = tu_read_file(path);
-    size_t len = s ? strlen(s) : 0;
-    fprintf(stderr, "---- %s\n%s\n", path, s ? (len > 4000 ? s + len - 4000 : s) : "(none)");
-    free(s);
-}
-
 /* Fails the test with both replicas' logs. */
 #define check(cond, ...)                                                                           \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            dump(r1.log);                                                                          \
-            dump(r2.log);                                                                          \
+            tu_dump_file(r1.log, 4000);                                                            \
+            tu_dump_file(r2.log, 4000);                                                            \
             cr_assert_fail(__VA_ARGS__);                                                           \
         }                                                                                          \
     } while (0)
@@ -566,7 +558,7 @@ Test(e2e_peers, pods_on_other_nodes_are_named_on_both_replicas)
             break;
         if (tu_mono_ms() > stream_deadline) {
             tu_stop(curl, 2000);
-            dump(stream_log);
+            tu_dump_file(stream_log, 4000);
             check(false, "the stream never sent the accept named client-new-1");
         }
         usleep(20000);

@@ -98,22 +98,14 @@ static int nats_port;
 static struct tu_agent agent_a, agent_b;
 static struct agg r1, r2;
 
-static void dump(const char *path)
-{
-    char *s = tu_read_file(path);
-    size_t len = s ? strlen(s) : 0;
-    fprintf(stderr, "---- %s\n%s\n", path, s ? (len > 3000 ? s + len - 3000 : s) : "(none)");
-    free(s);
-}
-
 /* Fails the test with every component's log. */
 #define check(cond, ...)                                                                           \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            dump(agent_a.log);                                                                     \
-            dump(agent_b.log);                                                                     \
-            dump(r1.log);                                                                          \
-            dump(r2.log);                                                                          \
+            tu_dump_file(agent_a.log, 3000);                                                       \
+            tu_dump_file(agent_b.log, 3000);                                                       \
+            tu_dump_file(r1.log, 3000);                                                            \
+            tu_dump_file(r2.log, 3000);                                                            \
             cr_assert_fail(__VA_ARGS__);                                                           \
         }                                                                                          \
     } while (0)

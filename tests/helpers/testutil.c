@@ -288,6 +288,15 @@ char *tu_read_file(const char *path)
     return s;
 }
 
+void tu_dump_file(const char *path, size_t max_bytes)
+{
+    char *s = tu_read_file(path);
+    size_t len = s ? strlen(s) : 0;
+    const char *from = s && max_bytes && len > max_bytes ? s + len - max_bytes : s;
+    fprintf(stderr, "---- %s\n%s\n", path, from ? from : "(none)");
+    free(s);
+}
+
 bool tu_bpf_prog_loaded(uint32_t id)
 {
     int fd = bpf_prog_get_fd_by_id(id);

@@ -46,6 +46,8 @@ bool tu_wait_http(int port, const char *path, int want_status, int timeout_ms);
 
 /* Reads the whole file (malloc'd) or NULL. */
 char *tu_read_file(const char *path);
+/* Prints path's last max_bytes (0: all) to stderr under a "---- path" line, for a failing test. */
+void tu_dump_file(const char *path, size_t max_bytes);
 
 uint64_t tu_now_ns(void);
 uint64_t tu_mono_ms(void);
