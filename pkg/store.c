@@ -15,9 +15,12 @@
  * address bytes its shard needs (none, 4 for IPv4, 16 otherwise). That keeps
  * a stored connection at 80 bytes instead of a 176-byte struct event.
  *
- * Eviction: a min-heap of non-empty shards keyed by their oldest event finds
- * the globally oldest event in O(log shards), for both the count and the age
- * limit.
+ * Eviction: a min-heap of (oldest key, shard) entries finds the globally
+ * oldest event in O(log shards), for both the count and the age limit; the
+ * keys live in the heap so sifting reads one array (see heap_less()).
+ *
+ * Adding in batches (store_add_move_batch()) prefetches what each event of a
+ * group and the events it will evict touch, so their cache misses overlap.
  *
  * Queries pick shards by the filters the key holds (type, node, pod,
  * namespace, workload, status, peer_*), binary-search each for the time
@@ -75,8 +78,7 @@ struct store_shard {
     size_t cap;  /* records; power of two, or 0 before the first event */
     size_t head; /* slot of the oldest event */
     size_t len;
-    size_t heap_pos; /* position in store.heap; SIZE_MAX when the shard is empty */
-    uint32_t index;  /* position in store.shards, what posting lists refer to */
+    uint32_t index; /* position in store.shards, what posting lists refer to */
 };
 
 /* The per-event fields that have posting lists. */
@@ -110,17 +112,25 @@ struct post_index {
     size_t bytes; /* lists, their entries and the buckets */
 };
 
+/* A shard and the key of its oldest event when the entry was made (compared without touching it).
+ */
+struct heap_ent {
+    uint64_t timestamp_ns, id;
+    struct store_shard *sh;
+};
+
 struct store {
     pthread_rwlock_t lock;
     struct store_limits limits;
 
     struct store_shard **shards; /* stable pointers; shards are never removed */
     size_t nshards, shards_cap;
-    size_t *table; /* open addressing over (node, type): shard index + 1, 0 = free */
+    struct store_shard **table; /* open addressing over the shard key; NULL = free */
     size_t table_cap;
 
-    struct store_shard **heap; /* min-heap of non-empty shards by oldest (timestamp, id) */
-    size_t heap_len;
+    struct heap_ent
+        *heap; /* min-heap of shards by their oldest (timestamp, id); see heap_clean() */
+    size_t heap_len, heap_cap;
 
     struct post_index post;
 
@@ -414,7 +424,7 @@ static void shard_key_of(const struct store_shard *sh, struct shard_key *k)
 static int store_table_grow(struct store *s)
 {
     size_t cap = s->table_cap ? s->table_cap * 2 : 64;
-    size_t *table = calloc(cap, sizeof(*table));
+    struct store_shard **table = calloc(cap, sizeof(*table));
     if (!table)
         return -ENOMEM;
     for (size_t i = 0; i < s->nshards; i++) {
@@ -423,7 +433,7 @@ static int store_table_grow(struct store *s)
         size_t j = store_hash(&k) & (cap - 1);
         while (table[j])
             j = (j + 1) & (cap - 1);
-        table[j] = i + 1;
+        table[j] = s->shards[i];
     }
     free(s->table);
     s->table = table;
@@ -437,11 +447,9 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
     uint64_t h = store_hash(k);
     if (s->table_cap) {
         size_t j = h & (s->table_cap - 1);
-        for (; s->table[j]; j = (j + 1) & (s->table_cap - 1)) {
-            struct store_shard *sh = s->shards[s->table[j] - 1];
+        for (struct store_shard *sh; (sh = s->table[j]); j = (j + 1) & (s->table_cap - 1))
             if (shard_key_eq(sh, k))
                 return sh;
-        }
     }
 
     if ((s->nshards + 1) * 2 > s->table_cap && store_table_grow(s) < 0)
@@ -452,10 +460,6 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
         if (!shards)
             return NULL;
         s->shards = shards;
-        struct store_shard **heap = realloc(s->heap, cap * sizeof(*heap));
-        if (!heap)
-            return NULL;
-        s->heap = heap;
         s->shards_cap = cap;
     }
     struct store_shard *sh = calloc(1, sizeof(*sh));
@@ -469,14 +473,13 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
     sh->peer = k->peer;
     sh->u_size = union_size(k->type);
     sh->rec_size = (sizeof(struct store_rec) + sh->u_size + 2u * sh->alen + 7) & ~(size_t)7;
-    sh->heap_pos = SIZE_MAX;
     sh->index = (uint32_t)s->nshards;
     s->shards[s->nshards++] = sh;
 
     size_t j = h & (s->table_cap - 1);
     while (s->table[j])
         j = (j + 1) & (s->table_cap - 1);
-    s->table[j] = s->nshards;
+    s->table[j] = sh;
     return sh;
 }
 
@@ -705,81 +708,125 @@ static void post_free(struct post_index *ix)
 
 /* ---- eviction heap ------------------------------------------------------------------------ */
 
-static bool heap_less(const struct store_shard *a, const struct store_shard *b)
+/*
+ * The eviction heap holds entries, not shards: an entry carries the key it
+ * was made with, so sifting compares entries in one array instead of
+ * reading every shard's oldest record on the way (each a cache miss in a
+ * large store). An entry is valid while its key is still its shard's oldest
+ * event; an event added in front of a shard pushes a new entry and leaves
+ * the old one to go stale, and stale entries are dropped when they reach the
+ * top (heap_clean()), so the top is always valid outside these functions.
+ */
+static bool heap_less(const struct heap_ent *a, const struct heap_ent *b)
 {
-    const struct store_rec *ea = shard_rec(a, 0), *eb = shard_rec(b, 0);
-    return store_key_cmp(ea->timestamp_ns, ea->id, eb->timestamp_ns, eb->id) < 0;
-}
-
-static void heap_set(struct store *s, size_t pos, struct store_shard *sh)
-{
-    s->heap[pos] = sh;
-    sh->heap_pos = pos;
+    return store_key_cmp(a->timestamp_ns, a->id, b->timestamp_ns, b->id) < 0;
 }
 
 static void heap_up(struct store *s, size_t pos)
 {
-    struct store_shard *sh = s->heap[pos];
+    struct heap_ent e = s->heap[pos];
     while (pos > 0) {
         size_t parent = (pos - 1) / 2;
-        if (!heap_less(sh, s->heap[parent]))
+        if (!heap_less(&e, &s->heap[parent]))
             break;
-        heap_set(s, pos, s->heap[parent]);
+        s->heap[pos] = s->heap[parent];
         pos = parent;
     }
-    heap_set(s, pos, sh);
+    s->heap[pos] = e;
 }
 
 static void heap_down(struct store *s, size_t pos)
 {
-    struct store_shard *sh = s->heap[pos];
+    struct heap_ent e = s->heap[pos];
     for (;;) {
         size_t child = 2 * pos + 1;
         if (child >= s->heap_len)
             break;
-        if (child + 1 < s->heap_len && heap_less(s->heap[child + 1], s->heap[child]))
+        if (child + 1 < s->heap_len && heap_less(&s->heap[child + 1], &s->heap[child]))
             child++;
-        if (!heap_less(s->heap[child], sh))
+        if (!heap_less(&s->heap[child], &e))
             break;
-        heap_set(s, pos, s->heap[child]);
+        s->heap[pos] = s->heap[child];
         pos = child;
     }
-    heap_set(s, pos, sh);
+    s->heap[pos] = e;
 }
 
+static struct heap_ent heap_ent_of(struct store_shard *sh)
+{
+    const struct store_rec *r = shard_rec(sh, 0);
+    return (struct heap_ent){.timestamp_ns = r->timestamp_ns, .id = r->id, .sh = sh};
+}
+
+static bool heap_ent_valid(const struct heap_ent *e)
+{
+    if (e->sh->len == 0)
+        return false;
+    const struct store_rec *r = shard_rec(e->sh, 0);
+    return r->timestamp_ns == e->timestamp_ns && r->id == e->id;
+}
+
+/* Room for one more entry; stale entries are bounded by a rebuild when they outnumber shards. */
+static int heap_reserve(struct store *s)
+{
+    if (s->heap_len > 2 * s->nshards + 64) {
+        size_t n = 0;
+        for (size_t i = 0; i < s->nshards; i++)
+            if (s->shards[i]->len)
+                s->heap[n++] = heap_ent_of(s->shards[i]);
+        s->heap_len = n;
+        for (size_t i = n / 2; i-- > 0;)
+            heap_down(s, i);
+    }
+    if (s->heap_len < s->heap_cap)
+        return 0;
+    size_t cap = s->heap_cap ? s->heap_cap * 2 : 64;
+    struct heap_ent *h = realloc(s->heap, cap * sizeof(*h));
+    if (!h)
+        return -ENOMEM;
+    s->heap = h;
+    s->heap_cap = cap;
+    return 0;
+}
+
+/* After heap_reserve(). */
 static void heap_push(struct store *s, struct store_shard *sh)
 {
-    heap_set(s, s->heap_len++, sh);
-    heap_up(s, sh->heap_pos);
+    s->heap[s->heap_len] = heap_ent_of(sh);
+    heap_up(s, s->heap_len++);
 }
 
-static void heap_remove(struct store *s, struct store_shard *sh)
+static void heap_pop(struct store *s)
 {
-    size_t pos = sh->heap_pos;
-    struct store_shard *last = s->heap[--s->heap_len];
-    sh->heap_pos = SIZE_MAX;
-    if (last == sh)
-        return;
-    heap_set(s, pos, last);
-    heap_up(s, pos);
-    heap_down(s, last->heap_pos);
+    s->heap[0] = s->heap[--s->heap_len];
+    if (s->heap_len)
+        heap_down(s, 0);
+}
+
+static void heap_clean(struct store *s)
+{
+    while (s->heap_len && !heap_ent_valid(&s->heap[0]))
+        heap_pop(s);
 }
 
 static const struct store_rec *store_oldest(const struct store *s)
 {
-    return s->heap_len ? shard_rec(s->heap[0], 0) : NULL;
+    return s->heap_len ? shard_rec(s->heap[0].sh, 0) : NULL;
 }
 
 static void store_evict_oldest(struct store *s)
 {
-    struct store_shard *sh = s->heap[0];
+    struct store_shard *sh = s->heap[0].sh;
     post_remove_rec(&s->post, shard_rec(sh, 0), sh->index);
     shard_pop_oldest(sh);
     s->count--;
-    if (sh->len == 0)
-        heap_remove(s, sh);
-    else
+    if (sh->len) {
+        s->heap[0] = heap_ent_of(sh);
         heap_down(s, 0);
+    } else {
+        heap_pop(s);
+    }
+    heap_clean(s);
 }
 
 /* Evicts every event older than cutoff_ns; returns how many. */
@@ -844,8 +891,18 @@ void store_free(struct store *s)
     free(s);
 }
 
-/* Takes ownership of *e in every case. Caller holds the write lock. */
-static int store_add_locked(struct store *s, struct event *e)
+static void shard_key_of_event(struct shard_key *k, const struct event *e)
+{
+    *k = (struct shard_key){.node = e->node,
+                            .type = e->type,
+                            .status = e->status,
+                            .alen = event_alen(e),
+                            .k8s = e->k8s,
+                            .peer = e->peer};
+}
+
+/* Takes ownership of *e in every case; now_ns is the wall clock. Caller holds the write lock. */
+static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns)
 {
     if (e->type == EVENT_TYPE_NONE || e->type >= EVENT_TYPE_COUNT) {
         s->st.failed++;
@@ -854,7 +911,7 @@ static int store_add_locked(struct store *s, struct event *e)
     }
 
     if (s->limits.max_age_ns) {
-        uint64_t cutoff = store_age_cutoff(s, clock_realtime_ns());
+        uint64_t cutoff = store_age_cutoff(s, now_ns);
         store_expire_locked(s, cutoff);
         if (e->timestamp_ns < cutoff) {
             /* Already past retention (e.g. replayed after an outage). */
@@ -875,12 +932,8 @@ static int store_add_locked(struct store *s, struct event *e)
         return 0;
     }
 
-    struct shard_key key = {.node = e->node,
-                            .type = e->type,
-                            .status = e->status,
-                            .alen = event_alen(e),
-                            .k8s = e->k8s,
-                            .peer = e->peer};
+    struct shard_key key;
+    shard_key_of_event(&key, e);
     struct store_shard *sh = store_shard_get(s, &key);
 
     /* Room in every posting list first, so nothing can fail once the event is in. */
@@ -888,7 +941,7 @@ static int store_add_locked(struct store *s, struct event *e)
     memcpy(vals.command, e->command, sizeof(vals.command));
     struct post_list *lists[POST_FIELDS] = {NULL};
     struct post_key pk;
-    bool room = sh != NULL;
+    bool room = sh != NULL && heap_reserve(s) == 0;
     for (int f = 0; room && f < POST_FIELDS; f++)
         if (post_key_of(&pk, f, &vals))
             room = (lists[f] = post_reserve(&s->post, &pk)) != NULL;
@@ -911,10 +964,8 @@ static int store_add_locked(struct store *s, struct event *e)
             post_insert(lists[f], ts, id, sh->index);
     s->st.added++;
     s->count++;
-    if (sh->heap_pos == SIZE_MAX)
-        heap_push(s, sh);
-    else if (pos == 0)
-        heap_up(s, sh->heap_pos);
+    if (pos == 0)
+        heap_push(s, sh); /* the shard's new oldest; an entry it had goes stale */
 
     while (s->count > s->limits.max_events) {
         store_evict_oldest(s);
@@ -925,10 +976,153 @@ static int store_add_locked(struct store *s, struct event *e)
 
 int store_add_move(struct store *s, struct event *e)
 {
+    uint64_t now = s->limits.max_age_ns ? clock_realtime_ns() : 0;
     pthread_rwlock_wrlock(&s->lock);
-    int rc = store_add_locked(s, e);
+    int rc = store_add_locked(s, e, now);
     pthread_rwlock_unlock(&s->lock);
     return rc;
+}
+
+/*
+ * Batches: adding an event costs a handful of cache misses in a large store
+ * (its shard's table slot, the shard, the shard's newest record, and for each
+ * posting list its bucket, the list and its newest entry), each depending on
+ * the one before. Taken one event at a time they are paid one after the
+ * other; here a group of events walks those chains level by level, only
+ * prefetching, so the misses of the whole group overlap, and then adds them
+ * one by one as store_add_locked() does (the prefetches are hints: a shard
+ * or list that does not exist yet, or a later slot of a probe chain, is
+ * simply found again on add).
+ */
+#define STORE_ADD_GROUP 16
+
+struct add_hint {
+    struct store_shard *sh;
+    struct post_list *lists[POST_FIELDS];
+    uint64_t post_hash[POST_FIELDS];
+    uint64_t shard_hash;
+};
+
+/* The entries near the top of the eviction heap: the events a full store evicts next. */
+#define STORE_EVICT_HINTS (2 * STORE_ADD_GROUP)
+
+static void prefetch_shard(const struct store_shard *sh)
+{
+    __builtin_prefetch(&sh->rec_size);
+    __builtin_prefetch(&sh->len);
+}
+
+/*
+ * What evicting the oldest events of a full store will touch: their shards,
+ * the records, and the records' posting lists and front entries; the same
+ * level by level walk as for the events added.
+ */
+static void prefetch_evictions(const struct store *s, size_t n)
+{
+    struct post_list *lists[STORE_EVICT_HINTS][POST_FIELDS];
+    uint64_t hashes[STORE_EVICT_HINTS][POST_FIELDS];
+    if (s->count + n <= s->limits.max_events || s->post.nbuckets == 0)
+        return;
+    n = 2 * (s->count + n - s->limits.max_events);
+    if (n > STORE_EVICT_HINTS)
+        n = STORE_EVICT_HINTS;
+    if (n > s->heap_len)
+        n = s->heap_len;
+    for (size_t j = 0; j < n; j++)
+        prefetch_shard(s->heap[j].sh);
+    for (size_t j = 0; j < n; j++)
+        if (s->heap[j].sh->len)
+            __builtin_prefetch(shard_at(s->heap[j].sh, 0));
+    for (size_t j = 0; j < n; j++) {
+        struct post_key pk;
+        const struct store_shard *sh = s->heap[j].sh;
+        for (int f = 0; f < POST_FIELDS; f++) {
+            hashes[j][f] = sh->len && post_key_of(&pk, f, shard_rec(sh, 0)) ? pk.hash : 0;
+            if (hashes[j][f])
+                __builtin_prefetch(&s->post.buckets[pk.hash & (s->post.nbuckets - 1)]);
+        }
+    }
+    for (size_t j = 0; j < n; j++)
+        for (int f = 0; f < POST_FIELDS; f++) {
+            lists[j][f] =
+                hashes[j][f] ? s->post.buckets[hashes[j][f] & (s->post.nbuckets - 1)] : NULL;
+            if (lists[j][f]) {
+                __builtin_prefetch(lists[j][f]);
+                __builtin_prefetch(&lists[j][f]->len);
+            }
+        }
+    for (size_t j = 0; j < n; j++)
+        for (int f = 0; f < POST_FIELDS; f++)
+            if (lists[j][f] && lists[j][f]->len)
+                __builtin_prefetch(post_at(lists[j][f], 0), 1);
+}
+
+static void prefetch_group(const struct store *s, const struct event *ev, size_t n,
+                           struct add_hint *h)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct shard_key k;
+        struct store_rec vals = {.pid = ev[i].pid, .dport = ev[i].dport};
+        struct post_key pk;
+        memcpy(vals.command, ev[i].command, sizeof(vals.command));
+        shard_key_of_event(&k, &ev[i]);
+        h[i].shard_hash = store_hash(&k);
+        if (s->table_cap)
+            __builtin_prefetch(&s->table[h[i].shard_hash & (s->table_cap - 1)]);
+        for (int f = 0; f < POST_FIELDS; f++) {
+            h[i].post_hash[f] = post_key_of(&pk, f, &vals) ? pk.hash : 0;
+            if (h[i].post_hash[f] && s->post.nbuckets)
+                __builtin_prefetch(&s->post.buckets[pk.hash & (s->post.nbuckets - 1)]);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        h[i].sh = s->table_cap ? s->table[h[i].shard_hash & (s->table_cap - 1)] : NULL;
+        if (h[i].sh) {
+            __builtin_prefetch(h[i].sh);
+            __builtin_prefetch((const char *)h[i].sh + 64);
+            prefetch_shard(h[i].sh);
+        }
+        for (int f = 0; f < POST_FIELDS; f++) {
+            h[i].lists[f] = h[i].post_hash[f] && s->post.nbuckets
+                                ? s->post.buckets[h[i].post_hash[f] & (s->post.nbuckets - 1)]
+                                : NULL;
+            if (h[i].lists[f]) {
+                __builtin_prefetch(h[i].lists[f]);
+                __builtin_prefetch(&h[i].lists[f]->len);
+            }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct store_shard *sh = h[i].sh;
+        if (sh && sh->len) {
+            __builtin_prefetch(shard_at(sh, sh->len - 1));
+            if (sh->len < sh->cap)
+                __builtin_prefetch(shard_at(sh, sh->len), 1);
+        }
+        for (int f = 0; f < POST_FIELDS; f++) {
+            const struct post_list *l = h[i].lists[f];
+            if (l && l->len)
+                __builtin_prefetch(post_at(l, l->len - 1), 1);
+        }
+    }
+}
+
+size_t store_add_move_batch(struct store *s, struct event *ev, size_t n)
+{
+    struct add_hint hints[STORE_ADD_GROUP];
+    size_t failed = 0;
+    uint64_t now = s->limits.max_age_ns ? clock_realtime_ns() : 0;
+
+    pthread_rwlock_wrlock(&s->lock);
+    for (size_t g = 0; g < n; g += STORE_ADD_GROUP) {
+        size_t m = n - g < STORE_ADD_GROUP ? n - g : STORE_ADD_GROUP;
+        prefetch_group(s, &ev[g], m, hints);
+        prefetch_evictions(s, m);
+        for (size_t i = 0; i < m; i++)
+            failed += store_add_locked(s, &ev[g + i], now) < 0;
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return failed;
 }
 
 int store_add(struct store *s, const struct event *e)

@@ -650,6 +650,117 @@ Test(store, count_limit_under_random_load_keeps_the_newest)
     store_free(s);
 }
 
+/*
+ * Batches (store_add_move_batch) against one event at a time, on a load
+ * where many events land in front of their shard's oldest (each leaves a
+ * stale entry in the eviction heap, and enough of them make it rebuild):
+ * both stores must hold the same CAP newest events with the same counters.
+ */
+Test(store, batches_match_single_adds_under_out_of_order_load)
+{
+    enum { N = 20000, CAP = 900 };
+    static struct event all[N], moved[N];
+    struct store *single = new_store(CAP, 0), *batched = new_store(CAP, 0);
+    rng_state = 7;
+    for (size_t i = 0; i < N; i++) {
+        /* Up to 5000 ns of jitter over 7 ns steps: most events are out of order. */
+        all[i] = mk(100000 + i * 7 + rng_below(5000), i + 1, 1 + rng_below(5), NODES[rng_below(4)]);
+        all[i].pid = 1 + rng_below(50);
+        all[i].dport = (uint16_t)rng_below(3);
+        set_comm(&all[i], COMMANDS[rng_below(4)]);
+        if (i % 97 == 0 && i > 0)
+            all[i] = all[i - 1]; /* a duplicate */
+        moved[i] = all[i];
+        add(single, &all[i]);
+    }
+    for (size_t i = 0; i < N;) {
+        size_t n = 1 + rng_below(150);
+        if (n > N - i)
+            n = N - i;
+        cr_assert_eq(store_add_move_batch(batched, &moved[i], n), 0);
+        i += n;
+    }
+
+    struct store_stats a, b;
+    store_get_stats(single, &a);
+    store_get_stats(batched, &b);
+    cr_assert_eq(b.events, CAP);
+    cr_assert_eq(a.events, b.events);
+    cr_assert_eq(a.added, b.added);
+    cr_assert_eq(a.evicted_count, b.evicted_count);
+    cr_assert_eq(a.duplicates, b.duplicates);
+    cr_assert_gt(b.duplicates, 0);
+    cr_assert_eq(a.oldest_ns, b.oldest_ns);
+    cr_assert_eq(a.newest_ns, b.newest_ns);
+    cr_assert_eq(a.index_bytes, b.index_bytes);
+
+    const char *queries[] = {"limit=10000", "pid=7&limit=10000", "command=sh&limit=10000",
+                             "dest_port=2&limit=10000", "type=exec&node=node-a&limit=10000"};
+    for (size_t k = 0; k < sizeof(queries) / sizeof(queries[0]); k++) {
+        struct query q = parse_q(queries[k]);
+        struct store_result ra, rb;
+        cr_assert_eq(store_query(single, &q, &ra), 0);
+        cr_assert_eq(store_query(batched, &q, &rb), 0);
+        cr_assert_eq(ra.count, rb.count, "%s: %zu vs %zu", queries[k], ra.count, rb.count);
+        cr_assert_eq(ra.total_count, rb.total_count, "%s", queries[k]);
+        for (size_t i = 0; i < ra.count; i++)
+            cr_assert_eq(ra.events[i].id, rb.events[i].id, "%s: result %zu", queries[k], i);
+        assert_sorted(&rb);
+        store_result_free(&ra);
+        store_result_free(&rb);
+    }
+    /* And exactly the CAP newest distinct events. */
+    qsort(all, N, sizeof(all[0]), cmp_newest_first);
+    struct query q = parse_q("limit=10000");
+    struct store_result r;
+    cr_assert_eq(store_query(batched, &q, &r), 0);
+    size_t j = 0;
+    for (size_t i = 0; i < r.count; i++, j++) {
+        while (j > 0 && all[j].id == all[j - 1].id &&
+               all[j].timestamp_ns == all[j - 1].timestamp_ns)
+            j++;
+        cr_assert_eq(r.events[i].id, all[j].id, "result %zu", i);
+    }
+    store_result_free(&r);
+    store_free(single);
+    store_free(batched);
+}
+
+/*
+ * Every event older than all of its shard's (a replay, newest first): each
+ * one goes in front, so the eviction heap collects stale entries until it
+ * rebuilds itself; eviction must still take exactly the oldest.
+ */
+Test(store, newest_first_replay_evicts_exactly_the_oldest)
+{
+    enum { N = 3000, CAP = 2000 };
+    struct store *s = new_store(CAP, 0);
+    for (uint64_t i = N; i >= 1; i--) {
+        struct event e = mk(i * 10, i, 1 + i % 2, NODES[i % 2]);
+        add(s, &e);
+    }
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, CAP);
+    cr_assert_eq(st.evicted_count, N - CAP);
+    cr_assert_eq(st.oldest_ns, (N - CAP + 1) * 10);
+    /* Now new events push the oldest out one by one, in order. */
+    for (uint64_t i = N + 1; i <= N + 500; i++) {
+        struct event e = mk(i * 10, i, 1 + i % 2, NODES[i % 2]);
+        add(s, &e);
+        store_get_stats(s, &st);
+        cr_assert_eq(st.oldest_ns, (i - CAP + 1) * 10, "after adding %llu", (unsigned long long)i);
+    }
+    struct query q = parse_q("limit=10000");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, CAP);
+    for (size_t k = 0; k < r.count; k++)
+        cr_assert_eq(r.events[k].timestamp_ns, (N + 500 - k) * 10, "result %zu", k);
+    store_result_free(&r);
+    store_free(s);
+}
+
 Test(store, traffic_moving_between_shards_stays_correct)
 {
     /* One shard fills the store, then another takes over: the first drains and shrinks. */

@@ -157,11 +157,7 @@ static void ingest_batch(struct aggregator *a, natsMsg *msg)
     batch.n = join_batch(a, batch.events, batch.n, now);
     /* Before the store takes the events over. */
     flows_add(a->flows, batch.events, batch.n, now);
-    for (size_t i = 0; i < batch.n; i++) {
-        struct event *e = &batch.events[i];
-        if (store_add_move(a->store, e) < 0)
-            count(&a->counters.store_failed, 1);
-    }
+    count(&a->counters.store_failed, store_add_move_batch(a->store, batch.events, batch.n));
     bus_batch_free(&batch);
 }
 
