@@ -135,6 +135,7 @@ struct store {
     struct post_index post;
 
     size_t count;
+    uint64_t newest_ns; /* of the events held: only evicting the last one can remove it */
     struct store_stats st; /* counters only; events/capacity/oldest/newest filled on demand */
 };
 
@@ -819,7 +820,8 @@ static void store_evict_oldest(struct store *s)
     struct store_shard *sh = s->heap[0].sh;
     post_remove_rec(&s->post, shard_rec(sh, 0), sh->index);
     shard_pop_oldest(sh);
-    s->count--;
+    if (--s->count == 0)
+        s->newest_ns = 0;
     if (sh->len) {
         s->heap[0] = heap_ent_of(sh);
         heap_down(s, 0);
@@ -964,6 +966,8 @@ static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns)
             post_insert(lists[f], ts, id, sh->index);
     s->st.added++;
     s->count++;
+    if (ts > s->newest_ns)
+        s->newest_ns = ts;
     if (pos == 0)
         heap_push(s, sh); /* the shard's new oldest; an entry it had goes stale */
 
@@ -1469,11 +1473,6 @@ void store_get_stats(struct store *s, struct store_stats *out)
     out->index_bytes = s->post.bytes;
     const struct store_rec *oldest = store_oldest(s);
     out->oldest_ns = oldest ? oldest->timestamp_ns : 0;
-    out->newest_ns = 0;
-    for (size_t i = 0; i < s->nshards; i++) {
-        const struct store_shard *sh = s->shards[i];
-        if (sh->len && shard_rec(sh, sh->len - 1)->timestamp_ns > out->newest_ns)
-            out->newest_ns = shard_rec(sh, sh->len - 1)->timestamp_ns;
-    }
+    out->newest_ns = s->newest_ns;
     pthread_rwlock_unlock(&s->lock);
 }
