@@ -135,7 +135,7 @@ struct store {
     struct post_index post;
 
     size_t count;
-    uint64_t newest_ns; /* of the events held: only evicting the last one can remove it */
+    uint64_t newest_ns;    /* of the events held: only evicting the last one can remove it */
     struct store_stats st; /* counters only; events/capacity/oldest/newest filled on demand */
 };
 

@@ -39,6 +39,11 @@ struct agent {
     uint64_t started_ns;             /* epoch */
     uint64_t started_mono_ns;        /* monotonic, for uptime */
 
+    /* Capture thread only: events on their way into the history, added a batch at a time. */
+#define AGENT_STORE_BATCH 64
+    struct event store_pending[AGENT_STORE_BATCH];
+    size_t store_npending;
+
     /* Written by the capture thread, read by the HTTP thread (relaxed atomics). */
     uint64_t events_total;
     uint64_t events_by_type[EVENT_TYPE_COUNT];
@@ -61,6 +66,12 @@ struct agent {
 void agent_on_event(void *ctx, struct event *e);
 /* The same for a `dns` event from the tracker: its names are learnt for peer_dns on the way. */
 void agent_on_dns_event(void *ctx, struct event *e, uint32_t ttl_s);
+/*
+ * Capture thread: adds the events delivered since the last call to the
+ * history (one lock and overlapping cache misses per batch; a batch is also
+ * added as soon as it fills). The capture loop calls it after every poll.
+ */
+void agent_flush_store(struct agent *a);
 
 /* Registers the agent's HTTP routes (api.c). */
 int agent_api_register(struct agent *a);

@@ -3,6 +3,7 @@
  * (capture.c and the dns tracker call it), kept apart from main() so the
  * on_event benchmark runs exactly this code.
  */
+#include <string.h>
 #include <time.h>
 
 #include "agent.h"
@@ -50,8 +51,21 @@ static void deliver_event(struct agent *a, struct event *e)
     publisher_add(a->pub, e); /* encodes a copy into the open batch; never blocks */
     http_server_publish(a->http, e);
     flows_add(a->flows, e, 1, e->timestamp_ns);
-    if (store_add_move(a->store, e) < 0)
-        __atomic_fetch_add(&a->store_failed, 1, __ATOMIC_RELAXED);
+    /* The history takes e's strings; e is left empty as store_add_move() leaves it. */
+    a->store_pending[a->store_npending++] = *e;
+    memset(e, 0, sizeof(*e));
+    if (a->store_npending == AGENT_STORE_BATCH)
+        agent_flush_store(a);
+}
+
+void agent_flush_store(struct agent *a)
+{
+    if (a->store_npending == 0)
+        return;
+    size_t failed = store_add_move_batch(a->store, a->store_pending, a->store_npending);
+    if (failed)
+        __atomic_fetch_add(&a->store_failed, failed, __ATOMIC_RELAXED);
+    a->store_npending = 0;
 }
 
 void agent_on_event(void *ctx, struct event *e)

@@ -254,6 +254,7 @@ int main(int argc, char **argv)
     int timeout_ms = POLL_MAX_MS;
     while (!stop_requested) {
         int n = capture_poll(a.capture, timeout_ms);
+        agent_flush_store(&a);
         if (n < 0 && n != -EINTR) {
             fprintf(stderr, "ebpf-agent: reading the ring buffer: %s\n", strerror(-n));
             goto out;
@@ -268,7 +269,8 @@ int main(int argc, char **argv)
         uint64_t ms = (until_flush + 999999) / 1000000;
         timeout_ms = ms < POLL_MAX_MS ? (int)ms : POLL_MAX_MS;
         if (a.dns && now - last_dns_expire >= DNS_EXPIRE_EVERY) {
-            dns_agent_expire(a.dns, clock_ns(CLOCK_BOOTTIME));
+            dns_agent_expire(a.dns, clock_ns(CLOCK_BOOTTIME)); /* timeouts become events */
+            agent_flush_store(&a);
             last_dns_expire = now;
         }
         if (now - last_expire > 1000000000ull) {

@@ -5,9 +5,8 @@
  * scripts/bench-agent.sh does). Synthetic events, shaped like decoded
  * records, go through the agent's own on_event (cmd/agent/events.c: id,
  * node, counters, publisher_add with a real NATS, http_server_publish,
- * flows_add, store_add_move) as fast as one thread can, with the agent's default limits
- * (HISTORY_SIZE, BATCH_SIZE, ENCODING... from the environment like the
- * agent).
+ * flows_add, the history, a batch per poll) as fast as one thread can, with the agent's default
+ * limits (HISTORY_SIZE, BATCH_SIZE, ENCODING... from the environment like the agent).
  *
  *   bench_agent_on_event [--events N] [--cpu K]
  *
@@ -152,7 +151,10 @@ int main(int argc, char **argv)
         }
         synth(&e, i, wall + i);
         agent_on_event(&a, &e);
+        if ((i & 1023) == 1023)
+            agent_flush_store(&a); /* as the capture loop does after each poll */
     }
+    agent_flush_store(&a);
     double th1 = clock_s(CLOCK_THREAD_CPUTIME_ID);
     int flushed = publisher_flush(a.pub, 30ull * 1000000000ull);
     double t1 = clock_s(CLOCK_MONOTONIC);
