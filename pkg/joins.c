@@ -234,14 +234,6 @@ void joins_get_stats(struct joins *j, struct joins_stats *out)
 
 /* ---- announcements ---- */
 
-static void member(struct buf *b, const char *key, const char *v)
-{
-    if (!v)
-        return;
-    buf_printf(b, ",\"%s\":", key);
-    buf_json_cstr(b, v);
-}
-
 void joins_announce_write(struct buf *out, const char *replica, const struct joins_half *h,
                           size_t n)
 {
@@ -255,28 +247,14 @@ void joins_announce_write(struct buf *out, const char *replica, const struct joi
         buf_printf(out, "%s{\"ip\":\"%s\",\"port\":%u,\"protocol\":%u,\"ts_ns\":%" PRIu64,
                    i ? "," : "", event_addr_str(x->key.family, x->key.ip, ip, sizeof(ip)),
                    x->key.port, x->key.protocol, x->ts_ns);
-        member(out, "pod", x->backend.pod);
-        member(out, "namespace", x->backend.namespace);
-        member(out, "workload", x->backend.workload);
-        member(out, "workload_kind", x->backend.workload_kind);
-        member(out, "node", x->backend.node);
+        peers_name_write(out, "pod", x->backend.pod);
+        peers_name_write(out, "namespace", x->backend.namespace);
+        peers_name_write(out, "workload", x->backend.workload);
+        peers_name_write(out, "workload_kind", x->backend.workload_kind);
+        peers_name_write(out, "node", x->backend.node);
         buf_putc(out, '}');
     }
     buf_puts(out, "]}");
-}
-
-#define NAME_MAX_LEN 512
-
-static bool str_member(json_t *o, const char *key, bool required, const char **out)
-{
-    json_t *v = json_object_get(o, key);
-    *out = NULL;
-    if (!v)
-        return !required;
-    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > NAME_MAX_LEN)
-        return false;
-    *out = intern_n(json_string_value(v), json_string_length(v));
-    return *out != NULL;
 }
 
 static bool half_parse(json_t *o, struct joins_half *h)
@@ -300,11 +278,11 @@ static bool half_parse(json_t *o, struct joins_half *h)
     h->key.port = (uint16_t)json_integer_value(port);
     h->key.protocol = (uint8_t)json_integer_value(proto);
     h->ts_ns = (uint64_t)json_integer_value(ts);
-    return str_member(o, "pod", true, &h->backend.pod) &&
-           str_member(o, "namespace", true, &h->backend.namespace) &&
-           str_member(o, "workload", false, &h->backend.workload) &&
-           str_member(o, "workload_kind", false, &h->backend.workload_kind) &&
-           str_member(o, "node", false, &h->backend.node);
+    return peers_name_read(o, "pod", true, &h->backend.pod) &&
+           peers_name_read(o, "namespace", true, &h->backend.namespace) &&
+           peers_name_read(o, "workload", false, &h->backend.workload) &&
+           peers_name_read(o, "workload_kind", false, &h->backend.workload_kind) &&
+           peers_name_read(o, "node", false, &h->backend.node);
 }
 
 int joins_announce_parse(const char *data, size_t len, char *replica, size_t replica_len,

@@ -503,12 +503,12 @@ void peers_get_stats(struct peers *p, struct peers_stats *out)
 
 /* ---- announcements ---- */
 
-static void json_field(struct buf *out, const char *key, const char *v, bool first)
+void peers_name_write(struct buf *b, const char *key, const char *v)
 {
     if (!v)
         return;
-    buf_printf(out, "%s\"%s\":", first ? "" : ",", key);
-    buf_json_cstr(out, v);
+    buf_printf(b, ",\"%s\":", key);
+    buf_json_cstr(b, v);
 }
 
 void peers_announce_write(struct buf *out, const char *replica, const struct peers_pod *pods,
@@ -521,15 +521,16 @@ void peers_announce_write(struct buf *out, const char *replica, const struct pee
     buf_puts(out, ",\"pods\":[");
     for (size_t i = 0; i < n; i++) {
         const struct peers_pod *pod = &pods[i];
-        buf_puts(out, i ? ",{" : "{");
-        json_field(out, "node", pod->node, true);
-        json_field(out, "namespace", pod->namespace, false);
-        json_field(out, "pod", pod->pod, false);
-        json_field(out, "uid", pod->uid, false);
-        json_field(out, "workload", pod->workload, false);
-        json_field(out, "workload_kind", pod->workload_kind, false);
-        buf_printf(out, ",\"host_network\":%s,\"seen_ns\":%" PRIu64 ",\"ips\":[",
+        /* The fixed members first, so the object is valid whichever names are missing. */
+        buf_printf(out, "%s{\"host_network\":%s,\"seen_ns\":%" PRIu64, i ? "," : "",
                    pod->host_network ? "true" : "false", pod->seen_ns);
+        peers_name_write(out, "node", pod->node);
+        peers_name_write(out, "namespace", pod->namespace);
+        peers_name_write(out, "pod", pod->pod);
+        peers_name_write(out, "uid", pod->uid);
+        peers_name_write(out, "workload", pod->workload);
+        peers_name_write(out, "workload_kind", pod->workload_kind);
+        buf_puts(out, ",\"ips\":[");
         for (unsigned j = 0; j < pod->n_ips && j < PEERS_POD_MAX_IPS; j++) {
             buf_puts(out, j ? "," : "");
             buf_json_cstr(out, event_addr_str(pod->family[j], pod->ip[j], text, sizeof(text)));
@@ -539,16 +540,13 @@ void peers_announce_write(struct buf *out, const char *replica, const struct pee
     buf_puts(out, "]}");
 }
 
-#define NAME_MAX_LEN 512 /* longer than any Kubernetes name, node or kind */
-
-/* An optional string member: absent/null -> NULL; else interned. False when malformed. */
-static bool parse_str(json_t *o, const char *key, bool required, const char **out)
+bool peers_name_read(json_t *o, const char *key, bool required, const char **out)
 {
     json_t *v = json_object_get(o, key);
     *out = NULL;
     if (v == NULL || json_is_null(v))
         return !required;
-    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > NAME_MAX_LEN)
+    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > PEERS_NAME_MAX)
         return false;
     *out = intern_n(json_string_value(v), json_string_length(v));
     return *out != NULL;
@@ -563,13 +561,14 @@ static int parse_pod(json_t *o, struct peers_pod *pod, char *err, size_t errlen)
     json_t *ip;
 
     memset(pod, 0, sizeof(*pod));
-    if (!json_is_object(o) || !parse_str(o, "node", true, &pod->node) ||
-        !parse_str(o, "namespace", true, &pod->namespace) ||
-        !parse_str(o, "pod", true, &pod->pod) || !parse_str(o, "uid", false, &pod->uid) ||
-        !parse_str(o, "workload", false, &pod->workload) ||
-        !parse_str(o, "workload_kind", false, &pod->workload_kind)) {
+    if (!json_is_object(o) || !peers_name_read(o, "node", true, &pod->node) ||
+        !peers_name_read(o, "namespace", true, &pod->namespace) ||
+        !peers_name_read(o, "pod", true, &pod->pod) ||
+        !peers_name_read(o, "uid", false, &pod->uid) ||
+        !peers_name_read(o, "workload", false, &pod->workload) ||
+        !peers_name_read(o, "workload_kind", false, &pod->workload_kind)) {
         errmsg_set(err, errlen, "a pod needs string node, namespace and pod (at most %d bytes)",
-                   NAME_MAX_LEN);
+                   PEERS_NAME_MAX);
         return -EINVAL;
     }
     if (!json_is_integer(seen) || json_integer_value(seen) <= 0 ||

@@ -144,4 +144,15 @@ void peers_announce_write(struct buf *out, const char *replica, const struct pee
 int peers_announce_parse(const char *data, size_t len, char *replica, size_t replica_len,
                          struct peers_pod *out, size_t max, char *err, size_t errlen);
 
+/*
+ * The names replicas announce to each other (here and pkg/joins.c): written
+ * as `,"key":"v"` (nothing when v is NULL), read back interned. A name
+ * member read is absent or null (NULL; false when required), or a string
+ * of 1 to PEERS_NAME_MAX bytes (false otherwise).
+ */
+#define PEERS_NAME_MAX 512 /* longer than any Kubernetes name, node or kind */
+struct json_t;
+void peers_name_write(struct buf *b, const char *key, const char *v);
+bool peers_name_read(struct json_t *o, const char *key, bool required, const char **out);
+
 #endif
