@@ -114,6 +114,31 @@ struct aggregator {
     uint64_t queries_rejected; /* atomic: turned away with 503, the queue being full */
 };
 
+/* The counters: written by the NATS threads, read by the HTTP workers. */
+static inline void counter_add(uint64_t *v, uint64_t d)
+{
+    __atomic_fetch_add(v, d, __ATOMIC_RELAXED);
+}
+static inline uint64_t counter_get(const uint64_t *v)
+{
+    return __atomic_load_n(v, __ATOMIC_RELAXED);
+}
+
+/*
+ * ingest.c: what replicas tell each other (pods for peers, join halves),
+ * on <CONTROL_SUBJECT>.<QUEUE_GROUP>.<topic>, a plain subscription so every
+ * replica hears every message. A malformed one is counted in *rejected and
+ * logged the first time and every 1000th.
+ */
+#define AGGREGATOR_CONTROL_SUBJECT_LEN (2 * CONFIG_STR + 16)
+void aggregator_control_subject(const struct aggregator *a, const char *topic, char *out,
+                                size_t len);
+int aggregator_control_subscribe(struct aggregator *a, const char *topic, natsMsgHandler cb,
+                                 natsSubscription **sub, char *err, size_t errlen);
+bool aggregator_control_publish(struct aggregator *a, const char *topic, const struct buf *m);
+void aggregator_control_rejected(uint64_t *rejected, const char *what, natsMsg *msg,
+                                 const char *err);
+
 /* ingest.c: the queue subscription and the SSE feed. */
 int ingest_start(struct aggregator *a, char *err, size_t errlen);
 /* Lets queued messages finish (up to timeout_ms), then drops the subscriptions. */

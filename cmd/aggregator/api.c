@@ -27,11 +27,6 @@
 #define API_WORKERS   4
 #define API_QUEUE_MAX 128 /* requests waiting for a worker */
 
-static uint64_t load(const uint64_t *p)
-{
-    return __atomic_load_n(p, __ATOMIC_RELAXED);
-}
-
 /* ---- worker pool ---- */
 
 /* The route's answer, run on a worker or (alone, or stopping) inline. */
@@ -536,7 +531,7 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     json_object_set_new(root, "stream", stream);
     json_object_set_new(root, "queries",
                         json_pack("{s:I,s:I}", "in_flight", (json_int_t)pool_in_flight(a),
-                                  "rejected", (json_int_t)load(&a->queries_rejected)));
+                                  "rejected", (json_int_t)counter_get(&a->queries_rejected)));
     respond_json_nodes(res, root, &v.nodes_text);
     view_free(&v);
 }
@@ -616,30 +611,30 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
 
     /* This replica's own ingest: sum over replicas in the monitoring system. */
     api_metric(b, "ebpf_aggregator_batches_total", "counter", "Batches ingested by this replica.",
-               load(&c->batches));
+               counter_get(&c->batches));
     api_metric_header(b, "ebpf_aggregator_events_total", "counter",
                       "Events ingested by this replica, by type.");
     for (unsigned t = 1; t < EVENT_TYPE_COUNT; t++)
         api_metric_labelled(b, "ebpf_aggregator_events_total", "type", event_type_name(t),
-                            load(&c->events_by_type[t]));
+                            counter_get(&c->events_by_type[t]));
     api_metric_header(b, "ebpf_aggregator_rejected_total", "counter",
                       "Bus messages this replica rejected, by reason.");
     for (unsigned r = 1; r < BUS_REJECT_COUNT; r++)
         api_metric_labelled(b, "ebpf_aggregator_rejected_total", "reason", bus_reject_name(r),
-                            load(&c->rejected[r]));
+                            counter_get(&c->rejected[r]));
     api_metric_header(
         b, "ebpf_aggregator_rejected_events_total", "counter",
         "Undecodable events this replica skipped inside accepted batches, by reason.");
     api_metric_labelled(b, "ebpf_aggregator_rejected_events_total", "reason",
                         bus_reject_name(BUS_REJECT_MALFORMED_PROTOBUF),
-                        load(&c->rejected_events[BUS_REJECT_MALFORMED_PROTOBUF]));
+                        counter_get(&c->rejected_events[BUS_REJECT_MALFORMED_PROTOBUF]));
     api_metric_labelled(b, "ebpf_aggregator_rejected_events_total", "reason",
                         bus_reject_name(BUS_REJECT_MALFORMED_JSON),
-                        load(&c->rejected_events[BUS_REJECT_MALFORMED_JSON]));
+                        counter_get(&c->rejected_events[BUS_REJECT_MALFORMED_JSON]));
     api_metric(b, "ebpf_aggregator_bus_dropped_total", "counter",
                "Bus messages dropped because this replica could not keep up.",
                ingest_bus_dropped(a));
-    ss.failed += load(&c->store_failed);
+    ss.failed += counter_get(&c->store_failed);
     api_store_metrics(b, "ebpf_aggregator", &ss);
     struct flows_stats fs;
     flows_get_stats(a->flows, &fs);
@@ -664,7 +659,7 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                "Cluster-wide requests waiting for or held by a worker.", pool_in_flight(a));
     api_metric(b, "ebpf_aggregator_queries_rejected_total", "counter",
                "Cluster-wide requests turned away (503): too many in flight.",
-               load(&a->queries_rejected));
+               counter_get(&a->queries_rejected));
     api_metric(b, "ebpf_aggregator_uptime_seconds", "gauge", "Seconds since this replica started.",
                (clock_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
 

@@ -33,22 +33,10 @@
 #define INGEST_PENDING_MSGS  65536
 #define INGEST_PENDING_BYTES (128 << 20)
 
-#define PEERS_SUBJECT_LEN (2 * CONFIG_STR + 8)
-
-static void count(uint64_t *v, uint64_t d)
-{
-    __atomic_fetch_add(v, d, __ATOMIC_RELAXED);
-}
-
-static uint64_t load(const uint64_t *v)
-{
-    return __atomic_load_n(v, __ATOMIC_RELAXED);
-}
-
 /* Rejections are logged once per reason and then every 1000th, so bad input cannot flood logs. */
 static void log_reject(struct aggregator *a, natsMsg *msg, enum bus_reject r, const char *err)
 {
-    uint64_t n = load(&a->counters.rejected[r]);
+    uint64_t n = counter_get(&a->counters.rejected[r]);
     if (n == 1 || n % 1000 == 0)
         fprintf(stderr, "ebpf-aggregator: rejected message on %s (%s, %" PRIu64 " so far): %s\n",
                 natsMsg_GetSubject(msg), bus_reject_name(r), n, err);
@@ -58,7 +46,7 @@ static void log_reject(struct aggregator *a, natsMsg *msg, enum bus_reject r, co
 static void log_reject_events(struct aggregator *a, natsMsg *msg, const struct bus_batch *b,
                               const char *err)
 {
-    uint64_t n = load(&a->counters.rejected_events[b->events_reason]);
+    uint64_t n = counter_get(&a->counters.rejected_events[b->events_reason]);
     uint64_t before = n - b->meta.rejected_events;
     if (before == 0 || n / 1000 != before / 1000)
         fprintf(stderr,
@@ -95,16 +83,52 @@ void aggregator_gate_close(struct aggregator_gate *g)
     pthread_mutex_unlock(&g->lock);
 }
 
-static void peers_subject(struct aggregator *a, char *out, size_t len)
+void aggregator_control_subject(const struct aggregator *a, const char *topic, char *out,
+                                size_t len)
 {
-    snprintf(out, len, "%s.%s.peers", a->cfg.control_subject, a->cfg.queue_group);
+    snprintf(out, len, "%s.%s.%s", a->cfg.control_subject, a->cfg.queue_group, topic);
+}
+
+int aggregator_control_subscribe(struct aggregator *a, const char *topic, natsMsgHandler cb,
+                                 natsSubscription **sub, char *err, size_t errlen)
+{
+    char subject[AGGREGATOR_CONTROL_SUBJECT_LEN];
+
+    aggregator_control_subject(a, topic, subject, sizeof(subject));
+    natsStatus s = natsConnection_Subscribe(sub, bus_conn(a->bus), subject, cb, a);
+    if (s == NATS_OK)
+        s = natsSubscription_SetPendingLimits(*sub, INGEST_PENDING_MSGS, INGEST_PENDING_BYTES);
+    if (s != NATS_OK) {
+        errmsg_set(err, errlen, "subscribing to %s: %s", subject, natsStatus_GetText(s));
+        return -EIO;
+    }
+    return 0;
+}
+
+bool aggregator_control_publish(struct aggregator *a, const char *topic, const struct buf *m)
+{
+    char subject[AGGREGATOR_CONTROL_SUBJECT_LEN];
+
+    aggregator_control_subject(a, topic, subject, sizeof(subject));
+    return !m->oom &&
+           natsConnection_Publish(bus_conn(a->bus), subject, m->data, (int)m->len) == NATS_OK;
+}
+
+void aggregator_control_rejected(uint64_t *rejected, const char *what, natsMsg *msg,
+                                 const char *err)
+{
+    uint64_t k = __atomic_add_fetch(rejected, 1, __ATOMIC_RELAXED);
+    if (k == 1 || k % 1000 == 0)
+        fprintf(stderr,
+                "ebpf-aggregator: ignored a malformed %s announcement on %s (%" PRIu64
+                " so far): %s\n",
+                what, natsMsg_GetSubject(msg), k, err);
 }
 
 /* Learns the batch's pods and announces the ones the other replicas need to hear about. */
 static void learn_pods(struct aggregator *a, const struct bus_batch *b, uint64_t now)
 {
     struct peers_pod pods[PEERS_ANNOUNCE_MAX_PODS];
-    char subject[PEERS_SUBJECT_LEN];
     size_t n = peers_pods_from_events(b->events, b->n, now, pods, PEERS_ANNOUNCE_MAX_PODS);
     size_t due = 0;
     struct buf m;
@@ -116,11 +140,10 @@ static void learn_pods(struct aggregator *a, const struct bus_batch *b, uint64_t
         return;
     buf_init(&m);
     peers_announce_write(&m, a->replica, pods, due);
-    peers_subject(a, subject, sizeof(subject));
-    if (!m.oom && natsConnection_Publish(bus_conn(a->bus), subject, m.data, (int)m.len) == NATS_OK)
-        count(&a->counters.peer_announcements_sent, 1);
+    if (aggregator_control_publish(a, "peers", &m))
+        counter_add(&a->counters.peer_announcements_sent, 1);
     else /* the claims are announced again within PEER_TTL/4 */
-        count(&a->counters.peer_announcements_failed, 1);
+        counter_add(&a->counters.peer_announcements_failed, 1);
     buf_free(&m);
 }
 
@@ -132,32 +155,32 @@ static void ingest_batch(struct aggregator *a, natsMsg *msg)
     enum bus_reject r = bus_message_decode(msg, &batch, err, sizeof(err));
     if (r != BUS_OK) {
         if ((unsigned)r < BUS_REJECT_COUNT) {
-            count(&a->counters.rejected[r], 1);
+            counter_add(&a->counters.rejected[r], 1);
             log_reject(a, msg, r, err);
         }
         bus_batch_free(&batch);
         return;
     }
     if (batch.meta.rejected_events) {
-        count(&a->counters.rejected_events[batch.events_reason], batch.meta.rejected_events);
+        counter_add(&a->counters.rejected_events[batch.events_reason], batch.meta.rejected_events);
         log_reject_events(a, msg, &batch, err);
     }
     uint64_t now = clock_realtime_ns();
     nodes_observe(a->nodes, &batch.meta, batch.n, now);
-    count(&a->counters.batches, 1);
-    count(&a->counters.events, batch.n);
+    counter_add(&a->counters.batches, 1);
+    counter_add(&a->counters.events, batch.n);
     learn_pods(a, &batch, now);
     peers_enrich(a->peers, batch.events, batch.n, now, true);
     if (a->services)
         k8s_services_enrich(a->services, batch.events, batch.n, true);
     for (size_t i = 0; i < batch.n; i++)
         if (batch.events[i].type < EVENT_TYPE_COUNT)
-            count(&a->counters.events_by_type[batch.events[i].type], 1);
+            counter_add(&a->counters.events_by_type[batch.events[i].type], 1);
     /* Connections to a ClusterIP wait for their backend (join.c); the rest go on. */
     batch.n = join_batch(a, batch.events, batch.n, now);
     /* Before the store takes the events over. */
     flows_add(a->flows, batch.events, batch.n, now);
-    count(&a->counters.store_failed, store_add_move_batch(a->store, batch.events, batch.n));
+    counter_add(&a->counters.store_failed, store_add_move_batch(a->store, batch.events, batch.n));
     bus_batch_free(&batch);
 }
 
@@ -209,18 +232,12 @@ static void on_peers(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
             peers_announce_parse(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), replica,
                                  sizeof(replica), pods, PEERS_ANNOUNCE_MAX_PODS, err, sizeof(err));
         if (n < 0) {
-            count(&a->counters.peer_announcements_rejected, 1);
-            uint64_t k = load(&a->counters.peer_announcements_rejected);
-            if (k == 1 || k % 1000 == 0)
-                fprintf(stderr,
-                        "ebpf-aggregator: ignored a malformed pod announcement on %s (%" PRIu64
-                        " so far): %s\n",
-                        natsMsg_GetSubject(msg), k, err);
+            aggregator_control_rejected(&a->counters.peer_announcements_rejected, "pod", msg, err);
         } else if (strcmp(replica, a->replica) != 0) {
             for (int i = 0; i < n; i++)
                 peers_observe(a->peers, &pods[i]);
-            count(&a->counters.peer_announcements_received, 1);
-            count(&a->counters.peer_pods_received, (uint64_t)n);
+            counter_add(&a->counters.peer_announcements_received, 1);
+            counter_add(&a->counters.peer_pods_received, (uint64_t)n);
         }
         aggregator_gate_leave(&a->ingest_gate);
     }
@@ -259,17 +276,8 @@ int ingest_start(struct aggregator *a, char *err, size_t errlen)
                    a->cfg.queue_group, natsStatus_GetText(s));
         return -EIO;
     }
-    /* Every replica hears every announcement: a plain subscription. */
-    char psubject[PEERS_SUBJECT_LEN];
-    peers_subject(a, psubject, sizeof(psubject));
-    s = natsConnection_Subscribe(&a->peers_sub, bus_conn(a->bus), psubject, on_peers, a);
-    if (s == NATS_OK)
-        s = natsSubscription_SetPendingLimits(a->peers_sub, INGEST_PENDING_MSGS,
-                                              INGEST_PENDING_BYTES);
-    if (s != NATS_OK) {
-        errmsg_set(err, errlen, "subscribing to %s: %s", psubject, natsStatus_GetText(s));
+    if (aggregator_control_subscribe(a, "peers", on_peers, &a->peers_sub, err, errlen) < 0)
         return -EIO;
-    }
     return join_subscribe(a, on_joins, err, errlen) < 0 ? -EIO : 0;
 }
 
@@ -436,21 +444,21 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
 
     store_get_stats(a->store, &ss);
     buf_printf(b, "{\"batches\":%" PRIu64 ",\"events\":%" PRIu64 ",\"events_by_type\":{",
-               load(&c->batches), load(&c->events));
+               counter_get(&c->batches), counter_get(&c->events));
     for (unsigned t = 1; t < EVENT_TYPE_COUNT; t++)
         buf_printf(b, "%s\"%s\":%" PRIu64, t > 1 ? "," : "", event_type_name(t),
-                   load(&c->events_by_type[t]));
+                   counter_get(&c->events_by_type[t]));
     buf_puts(b, "},\"rejected\":{");
     for (unsigned r = 1; r < BUS_REJECT_COUNT; r++)
         buf_printf(b, "%s\"%s\":%" PRIu64, r > 1 ? "," : "", bus_reject_name(r),
-                   load(&c->rejected[r]));
+                   counter_get(&c->rejected[r]));
     buf_puts(b, "},\"rejected_events\":{");
     buf_printf(b, "\"%s\":%" PRIu64 ",\"%s\":%" PRIu64,
                bus_reject_name(BUS_REJECT_MALFORMED_PROTOBUF),
-               load(&c->rejected_events[BUS_REJECT_MALFORMED_PROTOBUF]),
+               counter_get(&c->rejected_events[BUS_REJECT_MALFORMED_PROTOBUF]),
                bus_reject_name(BUS_REJECT_MALFORMED_JSON),
-               load(&c->rejected_events[BUS_REJECT_MALFORMED_JSON]));
-    ss.failed += load(&c->store_failed);
+               counter_get(&c->rejected_events[BUS_REJECT_MALFORMED_JSON]));
+    ss.failed += counter_get(&c->store_failed);
     buf_printf(b, "},\"bus_dropped\":%" PRIu64 ",\"store_failed\":%" PRIu64 ",\"history\":",
                ingest_bus_dropped(a), ss.failed);
     api_json_append(b, api_store_stats_json(&ss));
@@ -467,9 +475,10 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
                ",\"announcements_rejected\":%" PRIu64 ",\"pods_received\":%" PRIu64 "}",
                ps.entries, ps.capacity, ps.lookups, ps.results[PEERS_HIT], ps.results[PEERS_MISS],
                ps.results[PEERS_AMBIGUOUS], ps.results[PEERS_STALE], ps.results[PEERS_HOST_NETWORK],
-               ps.evicted, ps.expired, load(&c->peer_announcements_sent),
-               load(&c->peer_announcements_failed), load(&c->peer_announcements_received),
-               load(&c->peer_announcements_rejected), load(&c->peer_pods_received));
+               ps.evicted, ps.expired, counter_get(&c->peer_announcements_sent),
+               counter_get(&c->peer_announcements_failed),
+               counter_get(&c->peer_announcements_received),
+               counter_get(&c->peer_announcements_rejected), counter_get(&c->peer_pods_received));
     struct k8s_services_stats ks = {0};
     if (a->services)
         k8s_services_get_stats(a->services, &ks);
@@ -507,13 +516,13 @@ void aggregator_peers_metrics(struct aggregator *a, struct buf *b)
     api_metric_header(b, "ebpf_aggregator_peer_announcements_total", "counter",
                       "Pod announcements between replicas, by outcome.");
     api_metric_labelled(b, "ebpf_aggregator_peer_announcements_total", "outcome", "sent",
-                        load(&c->peer_announcements_sent));
+                        counter_get(&c->peer_announcements_sent));
     api_metric_labelled(b, "ebpf_aggregator_peer_announcements_total", "outcome", "failed",
-                        load(&c->peer_announcements_failed));
+                        counter_get(&c->peer_announcements_failed));
     api_metric_labelled(b, "ebpf_aggregator_peer_announcements_total", "outcome", "received",
-                        load(&c->peer_announcements_received));
+                        counter_get(&c->peer_announcements_received));
     api_metric_labelled(b, "ebpf_aggregator_peer_announcements_total", "outcome", "rejected",
-                        load(&c->peer_announcements_rejected));
+                        counter_get(&c->peer_announcements_rejected));
 
     struct k8s_services_stats ks = {0};
     if (a->services)

@@ -19,23 +19,7 @@
 #include "api.h"
 #include "clock.h"
 
-#define JOIN_SUBJECT_LEN (2 * CONFIG_STR + 8)
-#define RELEASE_CHUNK    256
-
-static void count(uint64_t *v, uint64_t d)
-{
-    __atomic_fetch_add(v, d, __ATOMIC_RELAXED);
-}
-
-static uint64_t load(const uint64_t *v)
-{
-    return __atomic_load_n(v, __ATOMIC_RELAXED);
-}
-
-static void join_subject(struct aggregator *a, char *out, size_t len)
-{
-    snprintf(out, len, "%s.%s.joins", a->cfg.control_subject, a->cfg.queue_group);
-}
+#define RELEASE_CHUNK 256
 
 /* An accept (or server close) of a pod that backs a Service: the half it makes. */
 static bool server_half(struct aggregator *a, const struct event *e, uint64_t now,
@@ -71,16 +55,14 @@ static bool client_half(struct aggregator *a, const struct event *e)
 
 static void announce(struct aggregator *a, const struct joins_half *h, size_t n)
 {
-    char subject[JOIN_SUBJECT_LEN];
     struct buf m;
 
     buf_init(&m);
     joins_announce_write(&m, a->replica, h, n);
-    join_subject(a, subject, sizeof(subject));
-    if (!m.oom && natsConnection_Publish(bus_conn(a->bus), subject, m.data, (int)m.len) == NATS_OK)
-        count(&a->counters.join_halves_sent, n);
+    if (aggregator_control_publish(a, "joins", &m))
+        counter_add(&a->counters.join_halves_sent, n);
     else /* those client halves stay unjoined (no_server_half), counted there too */
-        count(&a->counters.join_halves_failed, n);
+        counter_add(&a->counters.join_halves_failed, n);
     buf_free(&m);
 }
 
@@ -122,7 +104,7 @@ void join_release(struct aggregator *a, uint64_t now)
         flows_add(a->flows, out, n, now);
         for (size_t i = 0; i < n; i++)
             if (store_add_move(a->store, &out[i]) < 0) {
-                count(&a->counters.store_failed, 1);
+                counter_add(&a->counters.store_failed, 1);
                 event_clear(&out[i]);
             }
     }
@@ -136,13 +118,7 @@ void join_on_message(struct aggregator *a, natsMsg *msg)
     int n = joins_announce_parse(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), replica,
                                  sizeof(replica), halves, JOINS_ANNOUNCE_MAX, err, sizeof(err));
     if (n < 0) {
-        count(&a->counters.join_announcements_rejected, 1);
-        uint64_t k = load(&a->counters.join_announcements_rejected);
-        if (k == 1 || k % 1000 == 0)
-            fprintf(stderr,
-                    "ebpf-aggregator: ignored a malformed join announcement on %s (%" PRIu64
-                    " so far): %s\n",
-                    natsMsg_GetSubject(msg), k, err);
+        aggregator_control_rejected(&a->counters.join_announcements_rejected, "join", msg, err);
         return;
     }
     if (strcmp(replica, a->replica) == 0)
@@ -150,24 +126,14 @@ void join_on_message(struct aggregator *a, natsMsg *msg)
     uint64_t now = clock_realtime_ns();
     for (int i = 0; i < n; i++)
         joins_add_half(a->joins, &halves[i], now);
-    count(&a->counters.join_halves_received, (uint64_t)n);
+    counter_add(&a->counters.join_halves_received, (uint64_t)n);
 }
 
 int join_subscribe(struct aggregator *a, natsMsgHandler cb, char *err, size_t errlen)
 {
-    char subject[JOIN_SUBJECT_LEN];
-
     if (!a->joins)
         return 0;
-    join_subject(a, subject, sizeof(subject));
-    natsStatus s = natsConnection_Subscribe(&a->joins_sub, bus_conn(a->bus), subject, cb, a);
-    if (s == NATS_OK)
-        s = natsSubscription_SetPendingLimits(a->joins_sub, 65536, 128 << 20);
-    if (s != NATS_OK) {
-        snprintf(err, errlen, "subscribing to %s: %s", subject, natsStatus_GetText(s));
-        return -1;
-    }
-    return 0;
+    return aggregator_control_subscribe(a, "joins", cb, &a->joins_sub, err, errlen);
 }
 
 void join_stats_json(struct aggregator *a, struct buf *b)
@@ -186,9 +152,9 @@ void join_stats_json(struct aggregator *a, struct buf *b)
                js.held, js.halves, js.joined, joins_unjoined_name(JOINS_NO_SERVER_HALF),
                js.unjoined[JOINS_NO_SERVER_HALF], joins_unjoined_name(JOINS_SEVERAL),
                js.unjoined[JOINS_SEVERAL], joins_unjoined_name(JOINS_HELD_FULL),
-               js.unjoined[JOINS_HELD_FULL], js.halves_evicted, load(&c->join_halves_sent),
-               load(&c->join_halves_failed), load(&c->join_halves_received),
-               load(&c->join_announcements_rejected));
+               js.unjoined[JOINS_HELD_FULL], js.halves_evicted, counter_get(&c->join_halves_sent),
+               counter_get(&c->join_halves_failed), counter_get(&c->join_halves_received),
+               counter_get(&c->join_announcements_rejected));
 }
 
 void join_metrics(struct aggregator *a, struct buf *b)
