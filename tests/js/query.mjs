@@ -27,6 +27,7 @@ import protobuf from "protobufjs";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
+import { eventText } from "./event_text.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const opts = {
@@ -53,9 +54,9 @@ for (let i = 0; i < argv.length; i += 2) {
   }
   opts[key] = ["replicas", "timeout"].includes(key) ? Number(argv[i + 1]) : argv[i + 1];
 }
-// The replicas accept 1-31 lowercase hex digits as an id (cluster_replica_id_valid).
-if (!/^[0-9a-f]{1,31}$/.test(opts.replica)) {
-  console.error(`${usage}; --replica must be 1-31 lowercase hex digits, not ${opts.replica}`);
+// A replica id is 1-16 lowercase hex digits (cluster_replica_id_valid).
+if (!/^[0-9a-f]{1,16}$/.test(opts.replica)) {
+  console.error(`${usage}; --replica must be 1-16 lowercase hex digits, not ${opts.replica}`);
   process.exit(2);
 }
 
@@ -63,37 +64,15 @@ if (!/^[0-9a-f]{1,31}$/.test(opts.replica)) {
 const root = await new protobuf.Root().load(opts.proto, { keepCase: true });
 const QueryReply = root.lookupType("ebpfmonitor.QueryReply");
 
-// Network-order address bytes to text (4 bytes IPv4, 16 bytes IPv6).
-function addr(b) {
-  if (!b || b.length === 0) return undefined;
-  if (b.length === 4) return Array.from(b).join(".");
-  if (b.length !== 16) throw new Error(`an address of ${b.length} bytes`);
-  const parts = [];
-  for (let i = 0; i < 16; i += 2) parts.push(((b[i] << 8) | b[i + 1]).toString(16));
-  return parts.join(":");
-}
-
-const text = (b) => (b && b.length ? Buffer.from(b).toString("utf8") : undefined);
-
 function decodeReply(data) {
   const msg = QueryReply.decode(data);
   const obj = QueryReply.toObject(msg, { longs: String, enums: String, defaults: true });
   obj.error = obj.error || undefined;
   obj.events = msg.events.map((ev, i) => {
-    const o = obj.events[i];
-    o.id = BigInt.asUintN(64, BigInt(o.id)).toString(16).padStart(16, "0");
-    o.command = text(ev.command);
-    o.source_addr = addr(ev.source_addr);
-    o.dest_addr = addr(ev.dest_addr);
-    if (ev.exec) {
-      o.exec.filename = text(ev.exec.filename);
-      o.exec.args = ev.exec.args.map(text);
-    }
-    if (ev.dns) {
-      o.dns.query = text(ev.dns.query);
-      o.dns.answers = ev.dns.answers.map(text);
-    }
-    return o;
+    for (const b of [ev.source_addr, ev.dest_addr])
+      if (b && b.length && b.length !== 4 && b.length !== 16)
+        throw new Error(`event ${i}: an address of ${b.length} bytes`);
+    return eventText(ev, obj.events[i]);
   });
   return obj;
 }
