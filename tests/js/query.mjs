@@ -10,15 +10,16 @@
 //
 // The request: {"replica":<id>,"query":<the query string>} published on
 // <control>.<group>.query (CONTROL_SUBJECT, QUEUE_GROUP) with a reply inbox of
-// its own. <id> (lowercase hex, default random) must not be an answering
+// its own. <id> (1-16 lowercase hex digits, default random) must not be an answering
 // replica's: a replica ignores a request it sent itself. Every replica in
 // the group answers with its own matches (not the cluster's), newest first.
 //
 // Prints one JSON line per answer, in arrival order:
-//   {"replica":..., "total_count":"n", "has_more":bool, "error":"..."|undefined,
+//   {"replica":..., "total_count":"n", "has_more":bool, "error":"..." (only when set),
 //    "events":[Event as protobufjs decodes it, longs as strings, enums by name]}
 //   (each event: id as the API's 16 hex chars, command and exec/dns bytes as text,
-//   source_addr and dest_addr as text; the k8s_* and peer_* fields as sent)
+//   source_addr and dest_addr as text; the k8s_* and peer_* fields as sent, an
+//   unset one as "", numbers unset as 0)
 // a line {"decode_error":"..."} for an answer it cannot decode, and last
 // {"done":true,"answers":n}. Waits for N answers (--replicas) or the timeout,
 // whichever comes first; exits 0 either way (the caller counts), 2 on bad usage.
