@@ -33,6 +33,9 @@
  */
 #define FLOWS_HOT_MINUTES 16
 
+/* Edges a query reads per hold of the lock (a few hundred microseconds over 24 hours). */
+#define FLOWS_QUERY_STEP 64
+
 struct flows_node {
     struct flows_key key;
     uint64_t hash;
@@ -68,6 +71,9 @@ struct flows {
         char comm[EVENT_COMM_LEN];
         const char *name;
     } comms[64];
+    /* Called between a query's steps, without the lock (flows_set_query_yield). */
+    void (*query_yield)(void *ctx);
+    void *query_yield_ctx;
 };
 
 /* ---- keys ---- */
@@ -837,6 +843,32 @@ static void cold_count(struct flows *f, const struct flows_node *n, uint64_t lo,
     }
 }
 
+/* Adds n's minutes in [lo, hi] to out as one edge of q's grouping, if it matches q. */
+static int edge_count(struct flows *f, const struct flows_node *n, const struct flows_query *q,
+                      uint64_t lo, uint64_t hi, struct flows_result *out)
+{
+    struct flows_edge e = {0};
+
+    if (!key_match(q, &n->key))
+        return 0;
+    cold_count(f, n, lo, hi, &e.c);
+    for (uint32_t i = minute_lower_bound(n, lo); i < n->count && n->minutes[i].minute <= hi; i++)
+        counts_add_minute(&e.c, &n->minutes[i]);
+    if (e.c.first_seen_ns == 0 || !status_match(q->status, &e.c))
+        return 0;
+    key_project(&n->key, q->group_by, &e.key);
+    return flows_result_add(out, &e);
+}
+
+/*
+ * The lock is taken for FLOWS_QUERY_STEP edges at a time, so ingest waits
+ * for a step, not for the whole query. The query walks slices of the hash:
+ * slice s is every edge whose hash is s modulo the table's size when the
+ * query began. The table only grows, by doubling, so slice s is buckets s,
+ * s + slices, s + 2 slices... whatever happened in between: an edge, whose
+ * hash never changes, is read exactly once, as it stands when its slice is
+ * read (edges made meanwhile in slices already read are not).
+ */
 int flows_query(struct flows *f, const struct flows_query *q, struct flows_result *out)
 {
     uint64_t lo = q->since_ns / NS_PER_MIN, hi = q->until_ns / NS_PER_MIN;
@@ -844,23 +876,31 @@ int flows_query(struct flows *f, const struct flows_query *q, struct flows_resul
 
     memset(out, 0, sizeof(*out));
     pthread_mutex_lock(&f->lock);
-    for (size_t b = 0; b < f->table_cap && rc == 0; b++) {
-        for (struct flows_node *n = f->table[b]; n != NULL && rc == 0; n = n->next) {
-            if (!key_match(q, &n->key))
-                continue;
-            struct flows_edge e = {0};
-            cold_count(f, n, lo, hi, &e.c);
-            for (uint32_t i = minute_lower_bound(n, lo); i < n->count && n->minutes[i].minute <= hi;
-                 i++)
-                counts_add_minute(&e.c, &n->minutes[i]);
-            if (e.c.first_seen_ns == 0 || !status_match(q->status, &e.c))
-                continue;
-            key_project(&n->key, q->group_by, &e.key);
-            rc = flows_result_add(out, &e);
+    size_t slices = f->table_cap;
+    for (size_t s = 0; s < slices && rc == 0;) {
+        for (size_t step = 0; s < slices && step < FLOWS_QUERY_STEP && rc == 0; s++)
+            for (size_t b = s; b < f->table_cap && rc == 0; b += slices)
+                for (struct flows_node *n = f->table[b]; n != NULL && rc == 0; n = n->next, step++)
+                    rc = edge_count(f, n, q, lo, hi, out);
+        if (s < slices && rc == 0) {
+            void (*yield)(void *) = f->query_yield;
+            void *ctx = f->query_yield_ctx;
+            pthread_mutex_unlock(&f->lock);
+            if (yield != NULL)
+                yield(ctx);
+            pthread_mutex_lock(&f->lock);
         }
     }
     pthread_mutex_unlock(&f->lock);
     return rc;
+}
+
+void flows_set_query_yield(struct flows *f, void (*fn)(void *ctx), void *ctx)
+{
+    pthread_mutex_lock(&f->lock);
+    f->query_yield = fn;
+    f->query_yield_ctx = ctx;
+    pthread_mutex_unlock(&f->lock);
 }
 
 static int str_cmp(const char *a, const char *b)

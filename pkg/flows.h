@@ -24,8 +24,9 @@
  * eviction slot. The total of edge-minutes is bounded by max_edge_minutes,
  * the oldest-inserted evicted first; buckets older than retention are
  * dropped. Both are counted (flows_get_stats). Thread-safe (one mutex; a
- * query holds it while it reads, a 24-hour query over 10,000 edges for some
- * tens of milliseconds).
+ * query takes it for a few dozen edges at a time, so ingest waits for one
+ * such step, not for the whole query: a 24-hour query over 10,000 edges
+ * takes some tens of milliseconds).
  *
  * Latency is a mergeable histogram with fixed log2 buckets, so percentiles
  * of any set of minutes or replicas come from summed counts: the reported
@@ -143,7 +144,11 @@ void flows_add(struct flows *f, const struct event *events, size_t n, uint64_t n
 int flows_query_parse(struct flows_query *q, const char *qs, size_t len, uint64_t now_ns, char *err,
                       size_t errlen);
 
-/* The edges q selects, grouped as q says (not yet sorted or limited). 0 or -ENOMEM. */
+/*
+ * The edges q selects, grouped as q says (not yet sorted or limited). 0 or
+ * -ENOMEM. Reads the edges a few at a time, letting events in between: each
+ * edge is counted once, as it stands when the query reaches it.
+ */
 int flows_query(struct flows *f, const struct flows_query *q, struct flows_result *out);
 
 /* Adds edge e into r: counts summed, histograms bucket-wise, first/last min/max. 0 or -ENOMEM. */

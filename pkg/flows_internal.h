@@ -9,7 +9,8 @@
  * also keeps its hour's total, so a query over whole hours reads one struct
  * per hour instead of decoding sixty records.
  *
- * Not thread-safe: the caller (flows.c) holds its lock.
+ * Not thread-safe: the caller (flows.c) holds its lock (flows_set_query_yield
+ * excepted, which takes it).
  */
 #ifndef EBPF_MONITOR_FLOWS_INTERNAL_H
 #define EBPF_MONITOR_FLOWS_INTERNAL_H
@@ -88,5 +89,12 @@ void flows_seg_each(const struct flows_seg *s, const struct flows_errtab *t, uin
 size_t flows_seg_bytes(const struct flows_seg *s);
 
 void flows_seg_free(struct flows_seg *s);
+
+/*
+ * For tests: fn(ctx) runs each time flows_query() lets go of the lock
+ * between two steps of its walk (on the querying thread, the lock not
+ * held), so a test can add events in the middle of a query. NULL: none.
+ */
+void flows_set_query_yield(struct flows *f, void (*fn)(void *ctx), void *ctx);
 
 #endif

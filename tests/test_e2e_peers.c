@@ -23,8 +23,9 @@
  * old never, and the stream (followed with curl) names it too; the counters
  * in /api/stats and /metrics move. In Kubernetes mode, against the test API
  * server: peer_service for a ClusterIP on its port, a backend pod, and a
- * Service added by a watch event. Everything started here is stopped by PID; waits are on
- * conditions.
+ * Service added by a watch event; and the same peer_* fields in the QueryReply a replica
+ * sends on the bus, as the independent npm client (tests/js/query.mjs: nats + protobufjs)
+ * decodes it. Everything started here is stopped by PID; waits are on conditions.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -360,6 +361,59 @@ static pid_t stream_open(struct proc *r, const char *query, char *log, size_t lo
     }
 }
 
+/*
+ * Asks every replica for its share of an /api/events query the way a replica
+ * asks its peers, with the independent npm client (tests/js/query.mjs: npm
+ * nats + protobufjs). Returns the answers by replica: out[0] replica 1's
+ * (id1), out[1] replica 2's (id2); fails the test unless both came.
+ */
+static void npm_query(const char *qs, const char *id1, const char *id2, json_t *out[2])
+{
+    static const char *const nodes[] = {"/usr/bin/node", "/usr/local/bin/node"};
+    const char *node = access(nodes[0], X_OK) == 0 ? nodes[0] : nodes[1];
+    char log[96], script[512], proto[512];
+    cr_assert(access(node, X_OK) == 0, "node (Node.js) is not installed: run make deps");
+    cr_assert(access(tu_repo_path("tests/js/node_modules/nats"), F_OK) == 0,
+              "tests/js/node_modules is missing: run make deps");
+    snprintf(script, sizeof(script), "%s", tu_repo_path("tests/js/query.mjs"));
+    snprintf(proto, sizeof(proto), "%s", tu_repo_path("pkg/events.proto"));
+    snprintf(log, sizeof(log), "/tmp/e2e-peers-npm-%d.log", getpid());
+    unlink(log);
+    char *argv[] = {(char *)node, script,    "--server", nats_url,     "--group",
+                    GROUP,        "--query", (char *)qs, "--replicas", "2",
+                    "--timeout",  "10000",   "--proto",  proto,        NULL};
+    pid_t pid = tu_spawn(argv, NULL, log);
+    int rc = tu_wait_exit(pid, 30000);
+    char *text = tu_read_file(log);
+    if (rc != 0)
+        tu_dump_file(log, 4000);
+    check(rc == 0 && text != NULL, "query.mjs exited with %d", rc);
+    out[0] = out[1] = NULL;
+    for (char *line = strtok(text, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        json_t *a = json_loads(line, 0, NULL);
+        check(a != NULL, "query.mjs printed a line that is not JSON: %s", line);
+        check(json_object_get(a, "decode_error") == NULL, "query.mjs: %s", line);
+        const char *id = tu_jstr(a, "replica");
+        if (id != NULL && strcmp(id, id1) == 0 && out[0] == NULL)
+            out[0] = json_incref(a);
+        else if (id != NULL && strcmp(id, id2) == 0 && out[1] == NULL)
+            out[1] = json_incref(a);
+        else
+            check(json_is_true(json_object_get(a, "done")), "unexpected answer: %s", line);
+        json_decref(a);
+    }
+    check(out[0] != NULL && out[1] != NULL, "query.mjs did not hear from both replicas");
+    free(text);
+    unlink(log);
+}
+
+/* o[k] as a string, "" when absent (protobufjs prints unset strings as ""). */
+static const char *pbstr(json_t *o, const char *k)
+{
+    const char *s = tu_jstr(o, k);
+    return s != NULL ? s : "";
+}
+
 /* nats-server, the two replicas (one per node's subject prefix) and a publisher per node. */
 static void cluster_up(char id1[32], char id2[32])
 {
@@ -651,6 +705,52 @@ Test(e2e_peers, cluster_ips_get_peer_service_and_join_their_backend_across_repli
         check(tu_jstr(only_event(a), "peer_pod") == NULL, "nothing accepted it: no backend named");
         json_decref(a);
     }
+
+    /*
+     * The enrichment is in what a replica sends on the wire, as an
+     * independent client (npm nats + protobufjs) decodes it: replica 1
+     * holds node A's two connections named shop/server (through the
+     * ClusterIP, joined, and to the backend directly); replica 2 holds none.
+     */
+    json_t *ans[2];
+    npm_query("peer_service=shop%2Fserver&limit=10", id1, id2, ans);
+    json_t *evs = json_object_get(ans[0], "events"), *e;
+    size_t k;
+    char *dump = json_dumps(ans[0], JSON_COMPACT);
+    check(json_array_size(evs) == 2 && strcmp(pbstr(ans[0], "total_count"), "2") == 0 &&
+              strcmp(pbstr(ans[0], "error"), "") == 0,
+          "replica 1's QueryReply: %s", dump);
+    bool via_cluster_ip = false, direct = false;
+    json_array_foreach(evs, k, e)
+    {
+        json_int_t sport = tu_jint(e, "source_port");
+        const char *dst = pbstr(e, "dest_addr");
+        check(strcmp(pbstr(e, "type"), "EVENT_TYPE_CONNECTION") == 0 &&
+                  strcmp(pbstr(e, "node"), "node-a") == 0 &&
+                  strcmp(pbstr(e, "k8s_pod_name"), "client-7f9c") == 0 &&
+                  strcmp(pbstr(e, "source_addr"), "10.1.0.5") == 0,
+              "replica 1 sent a wrong event: %s", dump);
+        via_cluster_ip |=
+            sport == 42001 && strcmp(dst, "10.96.0.10") == 0 && tu_jint(e, "dest_port") == 80;
+        direct |= sport == 42003 && strcmp(dst, "10.2.0.7") == 0 && tu_jint(e, "dest_port") == 8080;
+        check(strcmp(pbstr(e, "peer_pod"), "server-0") == 0 &&
+                  strcmp(pbstr(e, "peer_namespace"), "shop") == 0 &&
+                  strcmp(pbstr(e, "peer_workload"), "server") == 0 &&
+                  strcmp(pbstr(e, "peer_workload_kind"), "StatefulSet") == 0 &&
+                  strcmp(pbstr(e, "peer_node"), "node-b") == 0 &&
+                  strcmp(pbstr(e, "peer_service"), "shop/server") == 0,
+              "replica 1's peer fields: %s", dump);
+    }
+    check(via_cluster_ip && direct, "replica 1's events: %s", dump);
+    free(dump);
+    dump = json_dumps(ans[1], JSON_COMPACT);
+    check(json_array_size(json_object_get(ans[1], "events")) == 0 &&
+              strcmp(pbstr(ans[1], "total_count"), "0") == 0,
+          "replica 2's QueryReply: %s", dump);
+    free(dump);
+    json_decref(ans[0]);
+    json_decref(ans[1]);
+
     json_t *stats = api(&r2, "/api/stats");
     json_t *sv = json_object_get(stats, "services");
     /* Node A's 4 connections and node B's accept (from a pod that backs nothing). */

@@ -3,17 +3,21 @@
  * connection once), endpoints in and outside Kubernetes, group_by, filters,
  * histogram percentiles and their exact merge (two halves merged equal the
  * whole, also through the exchange encoding), retention and the edge-minute
- * cap with their counters, and the query string.
+ * cap with their counters, the query string, and a query that lets ingest
+ * in between its steps without counting an edge twice or missing one.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "event.h"
 #include "flows.h"
+#include "flows_internal.h"
 #include "intern.h"
 
 #define MIN          (60ull * 1000000000ull)
@@ -564,6 +568,153 @@ Test(flows, concurrent_adds_queries_and_metrics)
     cr_assert_eq(st.events, 4000);
     cr_assert_eq(st.edge_minutes, 100);
     cr_assert_geq(st.evicted_full, 140); /* 240 buckets at least were made */
+    flows_free(f);
+}
+
+/* ---- a query lets ingest in while it reads ---- */
+
+#define OLD_EDGES 3000 /* the table grows to 4096 buckets: the query's slices */
+#define NEW_EDGES 5000 /* added during the query: the table grows to 8192 under it */
+
+/* An ingest thread that adds one batch when asked, and says when it is done. */
+struct ingest {
+    struct flows *f;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int asked, done;     /* batches */
+    unsigned yields;     /* the query's pauses */
+    bool in_first_pause; /* the batch was in before the query went on */
+    struct event *batch;
+    size_t n;
+};
+
+static void *ingest_main(void *arg)
+{
+    struct ingest *in = arg;
+
+    pthread_mutex_lock(&in->lock);
+    while (in->asked == 0)
+        pthread_cond_wait(&in->cond, &in->lock);
+    pthread_mutex_unlock(&in->lock);
+    flows_add(in->f, in->batch, in->n, NOW); /* blocks while a query holds the lock */
+    pthread_mutex_lock(&in->lock);
+    in->done = 1;
+    pthread_cond_broadcast(&in->cond);
+    pthread_mutex_unlock(&in->lock);
+    return NULL;
+}
+
+/* The query's pause: at the first, let the ingest thread add its batch and wait until it has. */
+static void query_paused(void *ctx)
+{
+    struct ingest *in = ctx;
+
+    pthread_mutex_lock(&in->lock);
+    if (in->yields++ == 0) {
+        in->asked = 1;
+        pthread_cond_broadcast(&in->cond);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 30; /* a deadlock bound, not a performance one */
+        while (!in->done && pthread_cond_timedwait(&in->cond, &in->lock, &ts) == 0)
+            ;
+        in->in_first_pause = in->done;
+    }
+    pthread_mutex_unlock(&in->lock);
+}
+
+/* The number in a pod name "<prefix>-<n>", or -1 when it has another prefix. */
+static int pod_number(const char *pod, char prefix)
+{
+    return pod != NULL && pod[0] == prefix && pod[1] == '-' ? atoi(pod + 2) : -1;
+}
+
+Test(flows, ingest_proceeds_while_a_query_runs_and_each_edge_counts_once, .timeout = 60)
+{
+    struct flows *f = flows_new(24 * HOUR, 1u << 20);
+    struct ingest in = {.f = f};
+    struct event *old = calloc(OLD_EDGES, sizeof(*old));
+    char pod[32];
+    pthread_t t;
+
+    cr_assert_not_null(old);
+    for (int i = 0; i < OLD_EDGES; i++) {
+        snprintf(pod, sizeof(pod), "p-%d", i);
+        old[i] = conn(T0 + 1, pod, "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1000);
+    }
+    flows_add(f, old, OLD_EDGES, NOW);
+    /*
+     * Added during the query: every old edge again, in a later minute the
+     * query does not read, and new edges in the minute it reads, enough to
+     * double the hash table under the query.
+     */
+    in.n = OLD_EDGES + NEW_EDGES;
+    in.batch = calloc(in.n, sizeof(*in.batch));
+    cr_assert_not_null(in.batch);
+    for (int i = 0; i < OLD_EDGES; i++) {
+        in.batch[i] = old[i];
+        in.batch[i].timestamp_ns = T0 + 5 * MIN;
+    }
+    for (int i = 0; i < NEW_EDGES; i++) {
+        snprintf(pod, sizeof(pod), "n-%d", i);
+        in.batch[OLD_EDGES + i] = conn(T0 + 2, pod, "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1000);
+    }
+    pthread_mutex_init(&in.lock, NULL);
+    pthread_cond_init(&in.cond, NULL);
+    cr_assert_eq(pthread_create(&t, NULL, ingest_main, &in), 0);
+    flows_set_query_yield(f, query_paused, &in);
+
+    struct flows_query q = all(FLOWS_GROUP_POD);
+    q.until_ns = T0 + MIN - 1; /* minute T0 only */
+    struct flows_result r;
+    cr_assert_eq(flows_query(f, &q, &r), 0);
+    pthread_join(t, NULL);
+    /* The ingest thread added its whole batch while the query was paused, mid-way. */
+    cr_assert(in.in_first_pause, "ingest did not get in during the query");
+    cr_assert_gt(in.yields, 1, "the query paused %u times", in.yields);
+    struct flows_stats st;
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.edges, OLD_EDGES + NEW_EDGES);
+    cr_assert_eq(st.events, 2 * OLD_EDGES + NEW_EDGES);
+
+    /* Every old edge exactly once, as it was; new ones at most once. */
+    static unsigned char seen_old[OLD_EDGES], seen_new[NEW_EDGES];
+    size_t news = 0;
+    for (size_t i = 0; i < r.count; i++) {
+        const struct flows_edge *e = &r.edges[i];
+        int o = pod_number(e->key.src.pod, 'p'), n = pod_number(e->key.src.pod, 'n');
+        cr_assert(o >= 0 || n >= 0, "edge of %s", e->key.src.pod);
+        cr_assert_eq(e->c.connections, 1, "%s counted %" PRIu64 " times", e->key.src.pod,
+                     e->c.connections);
+        cr_assert_eq(e->c.established, 1);
+        if (o >= 0) {
+            cr_assert_lt(o, OLD_EDGES);
+            cr_assert_eq(seen_old[o]++, 0, "%s twice", e->key.src.pod);
+        } else {
+            cr_assert_lt(n, NEW_EDGES);
+            cr_assert_eq(seen_new[n]++, 0, "%s twice", e->key.src.pod);
+            news++;
+        }
+    }
+    cr_assert_eq(r.count - news, OLD_EDGES, "old edges missed: %zu of %d", r.count - news,
+                 OLD_EDGES);
+    flows_result_free(&r);
+
+    /* Afterwards, the whole of both minutes. */
+    flows_set_query_yield(f, NULL, NULL);
+    q = all(FLOWS_GROUP_POD);
+    q.limit = OLD_EDGES + NEW_EDGES;
+    run(f, &q, &r);
+    cr_assert_eq(r.count, OLD_EDGES + NEW_EDGES);
+    for (size_t i = 0; i < r.count; i++)
+        cr_assert_eq(r.edges[i].c.connections,
+                     pod_number(r.edges[i].key.src.pod, 'p') >= 0 ? 2 : 1);
+    flows_result_free(&r);
+
+    pthread_cond_destroy(&in.cond);
+    pthread_mutex_destroy(&in.lock);
+    free(in.batch);
+    free(old);
     flows_free(f);
 }
 

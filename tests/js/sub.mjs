@@ -21,6 +21,7 @@ import protobuf from "protobufjs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { writeFileSync } from "node:fs";
+import { addr, eventText } from "./event_text.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const opts = {
@@ -48,17 +49,6 @@ for (let i = 0; i < argv.length; i += 2) {
 const root = await new protobuf.Root().load(opts.proto, { keepCase: true });
 const EventBatch = root.lookupType("ebpfmonitor.EventBatch");
 
-// Network-order address bytes to text (4 bytes IPv4, 16 bytes IPv6).
-function addr(b) {
-  if (!b || b.length === 0) return undefined;
-  if (b.length === 4) return Array.from(b).join(".");
-  const parts = [];
-  for (let i = 0; i < 16; i += 2) parts.push(((b[i] << 8) | b[i + 1]).toString(16));
-  return parts.join(":");
-}
-
-const text = (b) => (b && b.length ? Buffer.from(b).toString("utf8") : undefined);
-
 function decodeBatch(data) {
   const msg = EventBatch.decode(data);
   const obj = EventBatch.toObject(msg, { longs: String, enums: String, defaults: true });
@@ -80,19 +70,7 @@ function decodeBatch(data) {
     const ref = o.pod_ref ? obj.pods[o.pod_ref - 1] : undefined;
     if (o.pod_ref && !ref) throw new Error(`event ${i}: pod_ref ${o.pod_ref} past the pod table`);
     if (ref) for (const f of podFields) if (!o[`k8s_${f}`]) o[`k8s_${f}`] = ref[f];
-    o.id = BigInt.asUintN(64, BigInt(o.id)).toString(16).padStart(16, "0");
-    o.command = text(ev.command);
-    o.source_addr = addr(ev.source_addr);
-    o.dest_addr = addr(ev.dest_addr);
-    if (ev.exec) {
-      o.exec.filename = text(ev.exec.filename);
-      o.exec.args = ev.exec.args.map(text);
-    }
-    if (ev.dns) {
-      o.dns.query = text(ev.dns.query);
-      o.dns.answers = ev.dns.answers.map(text);
-    }
-    return o;
+    return eventText(ev, o);
   });
   return obj;
 }
