@@ -632,17 +632,6 @@ static void fake_beat(natsConnection *nc)
     natsConnection_Flush(nc);
 }
 
-static json_t *jget(json_t *o, const char *path)
-{
-    char buf[256];
-    snprintf(buf, sizeof(buf), "%s", path);
-    json_t *cur = o;
-    for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok && cur;
-         tok = strtok_r(NULL, ".", &save))
-        cur = json_object_get(cur, tok);
-    return cur;
-}
-
 /*
  * The real replicas' figures, whatever the fake sent; returns invalid_answers.
  * all_routes: /api/nodes and /metrics too (each waits QUERY_TIMEOUT for an ignored fake).
@@ -664,14 +653,14 @@ static json_int_t check_sane_stats(int port, const char *what, bool fake_counts,
         check(jint(j, "events_by_type.exit") == EVENTS_TOTAL, "%s: events_by_type.exit", what);
         check(jint(j, "rejected_total") == 0, "%s: rejected_total", what);
         check(jint(j, "node_count") == 2, "%s: node_count %lld", what, jint(j, "node_count"));
-        check(json_object_size(jget(j, "nodes")) == 2, "%s: nodes", what);
+        check(json_object_size(tu_jpath(j, "nodes")) == 2, "%s: nodes", what);
         check(jint(j, "lost_batches") == 1, "%s: lost_batches %lld", what, jint(j, "lost_batches"));
     }
     /* The real replicas' own entries are theirs, never summed with anything. */
     json_int_t real_events = 0;
     size_t i;
     json_t *e;
-    json_array_foreach(jget(j, "replicas.list"), i, e)
+    json_array_foreach(tu_jpath(j, "replicas.list"), i, e)
     {
         const char *id = json_string_value(json_object_get(e, "replica"));
         check(id != NULL, "%s: every listed replica has an id", what);
@@ -817,16 +806,16 @@ Test(aggregator_cluster, a_fake_replica_cannot_corrupt_the_real_answers)
     check(jint(j, "evictions") == INT64_MAX, "saturated evictions %lld", jint(j, "evictions"));
     check(jint(j, "instances_dropped") == INT64_MAX, "saturated instances_dropped");
     /* (NODE_A has dots: no jint() path.) */
-    json_t *na = json_object_get(jget(j, "nodes"), NODE_A), *nb = jget(j, "nodes." NODE_B);
+    json_t *na = json_object_get(tu_jpath(j, "nodes"), NODE_A), *nb = tu_jpath(j, "nodes." NODE_B);
     check(json_integer_value(json_object_get(na, "events")) == INT64_MAX,
           "saturated node events %lld", json_integer_value(json_object_get(na, "events")));
     check(jint(nb, "events") == EVENTS_B, "the other node untouched: %lld", jint(nb, "events"));
     check(jint(j, "lost_batches") >= 1 && jint(j, "agent_drops") == INT64_MAX,
           "saturated node sums");
-    check(jget(j, "made_up") == NULL, "counters this replica does not know are left out");
+    check(tu_jpath(j, "made_up") == NULL, "counters this replica does not know are left out");
     json_decref(j);
     j = get(agg_port[0], "/api/nodes");
-    na = json_object_get(jget(j, "nodes"), NODE_A);
+    na = json_object_get(tu_jpath(j, "nodes"), NODE_A);
     check(json_integer_value(json_object_get(na, "batches")) == INT64_MAX, "/api/nodes saturated");
     json_decref(j);
 

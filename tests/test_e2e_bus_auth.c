@@ -357,37 +357,6 @@ static struct proc *agg_up(const char *name, const char *urls, const char *const
 /* ---- JSON access -------------------------------------------------------- */
 
 /* Dotted path lookup: "bus.events_sent". */
-static json_t *jget(json_t *o, const char *path)
-{
-    char buf[256];
-    snprintf(buf, sizeof(buf), "%s", path);
-    char *save = NULL;
-    for (char *k = strtok_r(buf, ".", &save); k && o; k = strtok_r(NULL, ".", &save))
-        o = json_object_get(o, k);
-    return o;
-}
-
-static int64_t jint(json_t *o, const char *path)
-{
-    json_t *v = jget(o, path);
-    return json_is_integer(v) ? json_integer_value(v) : -1;
-}
-
-static const char *jstr(json_t *o, const char *path)
-{
-    json_t *v = jget(o, path);
-    return json_is_string(v) ? json_string_value(v) : "";
-}
-
-static char *jdump(json_t *j)
-{
-    static __thread char out[4096];
-    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    snprintf(out, sizeof(out), "%s", s ? s : "(null)");
-    free(s);
-    return out;
-}
-
 /* GET that must answer 200 with JSON. */
 static json_t *api(struct proc *p, const char *fmt, ...)
 {
@@ -398,7 +367,7 @@ static json_t *api(struct proc *p, const char *fmt, ...)
     va_end(ap);
     int status = 0;
     json_t *j = tu_get_json_hdr(p->port, path, NULL, &status);
-    check(j && status == 200, "%s: GET %s -> %d %s", p->name, path, status, jdump(j));
+    check(j && status == 200, "%s: GET %s -> %d %s", p->name, path, status, tu_jdump(j));
     return j;
 }
 
@@ -408,8 +377,9 @@ static void wait_count(struct proc *p, const char *query, int want, int replicas
     uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
     for (;;) {
         json_t *r = api(p, "%s", query);
-        bool done = jint(r, "count") == want && jint(r, "replicas.answered") == replicas &&
-                    jint(r, "replicas.expected") == replicas;
+        bool done = tu_jpath_int(r, "count") == want &&
+                    tu_jpath_int(r, "replicas.answered") == replicas &&
+                    tu_jpath_int(r, "replicas.expected") == replicas;
         if (done) {
             json_decref(r);
             return;
@@ -418,8 +388,9 @@ static void wait_count(struct proc *p, const char *query, int want, int replicas
             dump_logs();
             cr_assert_fail("%s: %s gave %" PRId64 " events from %" PRId64 "/%" PRId64
                            " replicas, want %d from %d: %s",
-                           p->name, query, jint(r, "count"), jint(r, "replicas.answered"),
-                           jint(r, "replicas.expected"), want, replicas, jdump(r));
+                           p->name, query, tu_jpath_int(r, "count"),
+                           tu_jpath_int(r, "replicas.answered"),
+                           tu_jpath_int(r, "replicas.expected"), want, replicas, tu_jdump(r));
         }
         json_decref(r);
         usleep(50000);
@@ -532,14 +503,16 @@ Test(e2e_bus_auth, each_role_does_its_job_and_nothing_else)
     wait_count(r2, q, 1, 2, 15000);
     /* Neither side ran into a permission it lacks. */
     json_t *s = api(a, "/api/stats");
-    cr_expect(json_is_true(jget(s, "bus.connected")), "agent bus: %s", jdump(jget(s, "bus")));
-    cr_expect_eq(jint(s, "bus.async_errors"), 0, "agent bus: %s", jdump(jget(s, "bus")));
+    cr_expect(json_is_true(tu_jpath(s, "bus.connected")), "agent bus: %s",
+              tu_jdump(tu_jpath(s, "bus")));
+    cr_expect_eq(tu_jpath_int(s, "bus.async_errors"), 0, "agent bus: %s",
+                 tu_jdump(tu_jpath(s, "bus")));
     json_decref(s);
     struct proc *aggs[] = {r1, r2};
     for (int i = 0; i < 2; i++) {
         s = api(aggs[i], "/api/stats");
-        cr_expect_eq(jint(s, "bus.async_errors"), 0, "%s bus: %s", aggs[i]->name,
-                     jdump(jget(s, "bus")));
+        cr_expect_eq(tu_jpath_int(s, "bus.async_errors"), 0, "%s bus: %s", aggs[i]->name,
+                     tu_jdump(tu_jpath(s, "bus")));
         json_decref(s);
     }
 
@@ -648,7 +621,7 @@ static void wait_routes(struct proc *server, int n)
         size_t i;
         json_array_foreach(json_object_get(j, "routes"), i, route)
         {
-            json_object_set(peers, jstr(route, "remote_id"), json_true());
+            json_object_set(peers, tu_jpath_str(route, "remote_id"), json_true());
         }
         int64_t got = (int64_t)json_object_size(peers);
         json_decref(peers);
@@ -666,9 +639,9 @@ static void node_counts(struct proc *r, const char *node, int64_t *batches, int6
 {
     json_t *s = api(r, "/api/stats");
     json_t *n = json_object_get(json_object_get(s, "nodes"), node);
-    *batches = jint(n, "batches");
-    *lost = jint(n, "lost_batches");
-    *events = jint(n, "events");
+    *batches = tu_jpath_int(n, "batches");
+    *lost = tu_jpath_int(n, "lost_batches");
+    *events = tu_jpath_int(n, "events");
     json_decref(s);
 }
 
@@ -730,8 +703,8 @@ Test(e2e_bus_auth, three_servers_agent_fails_over_and_loss_is_counted)
     const char *const env[] = {"FLUSH_INTERVAL=100ms", "BATCH_SIZE=1", NULL};
     struct proc *a = agent_up("e2e-ha", agent_urls, env);
     json_t *s = api(a, "/api/stats");
-    check(strstr(jstr(s, "bus.server"), s0), "agent not on nats-0 (%s): %s", s0,
-          jdump(jget(s, "bus")));
+    check(strstr(tu_jpath_str(s, "bus.server"), s0), "agent not on nats-0 (%s): %s", s0,
+          tu_jdump(tu_jpath(s, "bus")));
     json_decref(s);
     pid_t pid = run_marker();
     snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d&node=e2e-ha", pid);
@@ -750,21 +723,22 @@ Test(e2e_bus_auth, three_servers_agent_fails_over_and_loss_is_counted)
     for (;;) {
         /* The aggregators were not on the dead server: they keep answering, both. */
         json_t *r = api(r1, "/api/events?limit=1");
-        cr_expect_eq(jint(r, "replicas.answered"), 2, "during the failover: %s",
-                     jdump(jget(r, "replicas")));
+        cr_expect_eq(tu_jpath_int(r, "replicas.answered"), 2, "during the failover: %s",
+                     tu_jdump(tu_jpath(r, "replicas")));
         answers++;
         json_decref(r);
         s = api(a, "/api/stats");
-        bool moved = json_is_true(jget(s, "bus.connected")) && jint(s, "bus.reconnects") >= 1 &&
-                     *jstr(s, "bus.server") && !strstr(jstr(s, "bus.server"), s0);
+        bool moved = json_is_true(tu_jpath(s, "bus.connected")) &&
+                     tu_jpath_int(s, "bus.reconnects") >= 1 && *tu_jpath_str(s, "bus.server") &&
+                     !strstr(tu_jpath_str(s, "bus.server"), s0);
         if (moved) {
-            cr_log_info("agent moved to %s after %" PRIu64 " ms", jstr(s, "bus.server"),
+            cr_log_info("agent moved to %s after %" PRIu64 " ms", tu_jpath_str(s, "bus.server"),
                         tu_mono_ms() - t_kill);
             json_decref(s);
             break;
         }
         check(tu_mono_ms() - t_kill < 20000, "agent did not reconnect to another server: %s",
-              jdump(jget(s, "bus")));
+              tu_jdump(tu_jpath(s, "bus")));
         json_decref(s);
         usleep(20000);
     }
@@ -789,11 +763,11 @@ Test(e2e_bus_auth, three_servers_agent_fails_over_and_loss_is_counted)
     int64_t before = 0, after = 0, got = 0, lost = 0, events = 0;
     for (;;) {
         s = api(a, "/api/stats");
-        before = jint(s, "bus.sequence");
+        before = tu_jpath_int(s, "bus.sequence");
         json_decref(s);
         node_counts(r1, "e2e-ha", &got, &lost, &events);
         s = api(a, "/api/stats");
-        after = jint(s, "bus.sequence");
+        after = tu_jpath_int(s, "bus.sequence");
         json_decref(s);
         if (before > 0 && before <= got + lost && got + lost <= after)
             break;
@@ -807,8 +781,8 @@ Test(e2e_bus_auth, three_servers_agent_fails_over_and_loss_is_counted)
     cr_log_info("failover: agent sent %" PRId64 " batches (sequence %" PRId64 "..%" PRId64
                 "), cluster received %" PRId64 " with %" PRId64 " events, counted %" PRId64
                 " lost; agent dropped %" PRId64,
-                jint(s, "bus.batches_sent"), before, after, got, events, lost,
-                jint(s, "bus.batches_dropped"));
+                tu_jpath_int(s, "bus.batches_sent"), before, after, got, events, lost,
+                tu_jpath_int(s, "bus.batches_dropped"));
     json_decref(s);
     cr_expect_eq(events, got, "BATCH_SIZE=1, yet %" PRId64 " events in %" PRId64 " batches", events,
                  got);

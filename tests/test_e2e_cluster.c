@@ -277,37 +277,13 @@ static json_t *sub_msgs(struct proc *p)
 /* ---- JSON access -------------------------------------------------------- */
 
 /* Dotted path lookup: "bus.events_sent". */
-static json_t *jget(json_t *o, const char *path)
-{
-    char buf[256];
-    snprintf(buf, sizeof(buf), "%s", path);
-    char *save = NULL;
-    for (char *k = strtok_r(buf, ".", &save); k && o; k = strtok_r(NULL, ".", &save))
-        o = json_object_get(o, k);
-    return o;
-}
-
+/* tu_jpath_int() that also reads an integer sent as a string. */
 static int64_t jint(json_t *o, const char *path)
 {
-    json_t *v = jget(o, path);
+    json_t *v = tu_jpath(o, path);
     if (json_is_string(v))
         return strtoll(json_string_value(v), NULL, 10);
     return json_is_integer(v) ? json_integer_value(v) : -1;
-}
-
-static const char *jstr(json_t *o, const char *path)
-{
-    json_t *v = jget(o, path);
-    return json_is_string(v) ? json_string_value(v) : "";
-}
-
-static char *jdump(json_t *j)
-{
-    static __thread char out[4096];
-    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    snprintf(out, sizeof(out), "%s", s ? s : "(null)");
-    free(s);
-    return out;
 }
 
 /* GET that must answer 200 with JSON. */
@@ -320,7 +296,7 @@ static json_t *api(struct proc *p, const char *fmt, ...)
     va_end(ap);
     int status = 0;
     json_t *j = tu_get_json_hdr(p->port, path, api_header, &status);
-    check(j && status == 200, "%s: GET %s -> %d %s", p->name, path, status, jdump(j));
+    check(j && status == 200, "%s: GET %s -> %d %s", p->name, path, status, tu_jdump(j));
     return j;
 }
 
@@ -334,7 +310,8 @@ static json_t *node_entry(json_t *resp, const char *node)
     json_t *n;
     json_array_foreach(nodes, i, n)
     {
-        if (strcmp(jstr(n, "node"), node) == 0 || strcmp(jstr(n, "name"), node) == 0)
+        if (strcmp(tu_jpath_str(n, "node"), node) == 0 ||
+            strcmp(tu_jpath_str(n, "name"), node) == 0)
             return n;
     }
     return NULL;
@@ -351,7 +328,7 @@ static json_t *wait_count(struct proc *p, const char *query, int want, int timeo
         if (tu_mono_ms() > deadline) {
             dump_logs();
             cr_assert_fail("%s: %s gave %" PRId64 " events, want %d: %s", p->name, query,
-                           jint(r, "count"), want, jdump(r));
+                           jint(r, "count"), want, tu_jdump(r));
         }
         json_decref(r);
         usleep(50000);
@@ -366,7 +343,8 @@ static void ids_of(json_t *resp, char *out, size_t len)
     out[0] = '\0';
     json_array_foreach(json_object_get(resp, "events"), i, ev)
     {
-        off += (size_t)snprintf(out + off, off < len ? len - off : 0, "%s,", jstr(ev, "id"));
+        off +=
+            (size_t)snprintf(out + off, off < len ? len - off : 0, "%s,", tu_jpath_str(ev, "id"));
     }
 }
 
@@ -449,9 +427,9 @@ static json_t *same_answer(struct proc *r1, struct proc *r2, const char *query, 
           "%s: total_count %" PRId64 " vs %" PRId64, query, jint(a, "total_count"),
           jint(b, "total_count"));
     check(jint(a, "replicas.answered") == 2 && jint(a, "replicas.expected") == 2, "%s: replicas %s",
-          query, jdump(json_object_get(a, "replicas")));
+          query, tu_jdump(json_object_get(a, "replicas")));
     check(jint(b, "replicas.answered") == 2 && jint(b, "replicas.expected") == 2, "%s: replicas %s",
-          query, jdump(json_object_get(b, "replicas")));
+          query, tu_jdump(json_object_get(b, "replicas")));
     json_decref(b);
     return a;
 }
@@ -545,7 +523,7 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
             size_t k;
             json_t *rep;
             int with_batches = 0;
-            json_array_foreach(jget(st, "replicas.list"), k, rep) with_batches +=
+            json_array_foreach(tu_jpath(st, "replicas.list"), k, rep) with_batches +=
                 jint(rep, "batches") > 0;
             both = with_batches == 2;
             if (!both) {
@@ -553,9 +531,9 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
                 usleep(100000);
             }
         }
-        cr_expect(both, "a replica ingested nothing: %s", jdump(jget(st, "replicas")));
-        cr_expect_eq(json_array_size(jget(st, "replicas.list")), 2, "%s",
-                     jdump(jget(st, "replicas")));
+        cr_expect(both, "a replica ingested nothing: %s", tu_jdump(tu_jpath(st, "replicas")));
+        cr_expect_eq(json_array_size(tu_jpath(st, "replicas.list")), 2, "%s",
+                     tu_jdump(tu_jpath(st, "replicas")));
         json_decref(st);
     }
     int per_node[2] = {0, 0};
@@ -563,10 +541,10 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
     json_t *ev;
     json_array_foreach(json_object_get(r, "events"), i, ev)
     {
-        cr_expect_str_eq(jstr(ev, "type"), "exec");
-        cr_expect_str_eq(jstr(ev, "command"), marker_name);
-        per_node[0] += strcmp(jstr(ev, "node"), NODE_A) == 0;
-        per_node[1] += strcmp(jstr(ev, "node"), NODE_B) == 0;
+        cr_expect_str_eq(tu_jpath_str(ev, "type"), "exec");
+        cr_expect_str_eq(tu_jpath_str(ev, "command"), marker_name);
+        per_node[0] += strcmp(tu_jpath_str(ev, "node"), NODE_A) == 0;
+        per_node[1] += strcmp(tu_jpath_str(ev, "node"), NODE_B) == 0;
     }
     cr_expect_eq(per_node[0], 6, "events of %s: %d", NODE_A, per_node[0]);
     cr_expect_eq(per_node[1], 6, "events of %s: %d", NODE_B, per_node[1]);
@@ -581,7 +559,7 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
     r = same_answer(r1, r2, q, 12);
     json_array_foreach(json_object_get(r, "events"), i, ev)
     {
-        cr_expect_str_eq(jstr(ev, "node"), NODE_A);
+        cr_expect_str_eq(tu_jpath_str(ev, "node"), NODE_A);
     }
     json_decref(r);
 
@@ -611,8 +589,8 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
     int conns[2] = {0, 0};
     json_array_foreach(json_object_get(r, "events"), i, ev)
     {
-        conns[0] += strcmp(jstr(ev, "node"), NODE_A) == 0;
-        conns[1] += strcmp(jstr(ev, "node"), NODE_B) == 0;
+        conns[0] += strcmp(tu_jpath_str(ev, "node"), NODE_A) == 0;
+        conns[1] += strcmp(tu_jpath_str(ev, "node"), NODE_B) == 0;
     }
     cr_expect(conns[0] >= 1 && conns[1] >= 1, "connections per node: %d %d", conns[0], conns[1]);
     json_decref(r);
@@ -636,7 +614,7 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
         ids_of(r, ids, sizeof(ids));
         strncat(got_ids, ids, sizeof(got_ids) - strlen(got_ids) - 1);
         json_t *next = json_object_get(r, "next_cursor");
-        cr_assert(json_is_string(next) || json_is_null(next), "next_cursor: %s", jdump(r));
+        cr_assert(json_is_string(next) || json_is_null(next), "next_cursor: %s", tu_jdump(r));
         if (json_is_null(next)) {
             cr_expect_eq(page, 4, "24 events in pages of 5 end on page 5, not %d", page + 1);
             json_decref(r);
@@ -651,7 +629,8 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
     /* Per-node counts: what the agents sent == what the bus carried == what the cluster has. */
     json_t *sa = api(a, "/api/stats"), *sb = api(b, "/api/stats");
     int64_t sent_a = jint(sa, "bus.events_sent"), sent_b = jint(sb, "bus.events_sent");
-    cr_expect(sent_a > 0 && sent_b > 0, "agents report events sent: %s / %s", jdump(sa), jdump(sb));
+    cr_expect(sent_a > 0 && sent_b > 0, "agents report events sent: %s / %s", tu_jdump(sa),
+              tu_jdump(sb));
     json_decref(sa);
     json_decref(sb);
     proc_kill(a, SIGTERM); /* flushes its last batch */
@@ -667,14 +646,14 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
         json_t *m;
         json_array_foreach(msgs, i, m)
         {
-            int k = strcmp(jstr(m, "batch.node"), NODE_A) == 0   ? 0
-                    : strcmp(jstr(m, "batch.node"), NODE_B) == 0 ? 1
-                                                                 : -1;
-            cr_expect(k >= 0, "batch from an unknown node: %s", jdump(m));
+            int k = strcmp(tu_jpath_str(m, "batch.node"), NODE_A) == 0   ? 0
+                    : strcmp(tu_jpath_str(m, "batch.node"), NODE_B) == 0 ? 1
+                                                                         : -1;
+            cr_expect(k >= 0, "batch from an unknown node: %s", tu_jdump(m));
             if (k < 0)
                 continue;
             bus_msgs[k]++;
-            bus_events[k] += (int64_t)json_array_size(jget(m, "batch.events"));
+            bus_events[k] += (int64_t)json_array_size(tu_jpath(m, "batch.events"));
         }
         json_decref(msgs);
         s1 = api(r1, "/api/stats");
@@ -690,7 +669,7 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
             cr_assert_fail("per-node counts never matched the bus: bus events %" PRId64 "/%" PRId64
                            " batches %" PRId64 "/%" PRId64 "; aggregator %s",
                            bus_events[0], bus_events[1], bus_msgs[0], bus_msgs[1],
-                           jdump(json_object_get(s1, "nodes")));
+                           tu_jdump(json_object_get(s1, "nodes")));
         }
         json_decref(s1);
         json_decref(s2);
@@ -707,9 +686,9 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
     const char *nodes[2] = {NODE_A, NODE_B};
     for (int k = 0; k < 2; k++) {
         json_t *n1 = node_entry(s1, nodes[k]), *n2 = node_entry(s2, nodes[k]);
-        cr_expect_eq(jint(n1, "lost_batches"), 0, "%s lost batches: %s", nodes[k], jdump(n1));
+        cr_expect_eq(jint(n1, "lost_batches"), 0, "%s lost batches: %s", nodes[k], tu_jdump(n1));
         cr_expect_eq(jint(n1, "events"), jint(n2, "events"), "replicas disagree on %s: %s vs %s",
-                     nodes[k], jdump(n1), jdump(n2));
+                     nodes[k], tu_jdump(n1), tu_jdump(n2));
         cr_expect_eq(jint(n1, "batches"), jint(n2, "batches"));
     }
     json_decref(s1);
@@ -717,8 +696,8 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
 
     /* /api/nodes lists both, from either replica. */
     json_t *n = api(r2, "/api/nodes");
-    cr_expect(node_entry(n, NODE_A) && node_entry(n, NODE_B), "/api/nodes: %s", jdump(n));
-    cr_expect_str_eq(jstr(node_entry(n, NODE_A), "status"), "active");
+    cr_expect(node_entry(n, NODE_A) && node_entry(n, NODE_B), "/api/nodes: %s", tu_jdump(n));
+    cr_expect_str_eq(tu_jpath_str(node_entry(n, NODE_A), "status"), "active");
     json_decref(n);
 }
 
@@ -756,38 +735,40 @@ Test(e2e_cluster, batch_size_governs_messages_and_npm_client_decodes_them)
     int markers = 0;
     json_array_foreach(msgs, i, m)
     {
-        cr_assert_str_eq(jstr(m, "subject"), SUBJ_A);
-        cr_assert_str_eq(jstr(m, "error"), "", "npm client could not decode: %s", jdump(m));
-        cr_expect(strstr(jstr(m, "headers.Content-Type"), "protobuf"), "Content-Type: %s",
-                  jdump(m));
-        cr_expect_str_eq(jstr(m, "headers.Ebpf-Node"), NODE_A);
-        cr_expect_eq(strlen(jstr(m, "headers.Ebpf-Instance")), 16, "%s", jdump(m));
-        cr_expect_eq(jint(m, "headers.Ebpf-Sequence"), (int64_t)i + 1, "sequence: %s", jdump(m));
+        cr_assert_str_eq(tu_jpath_str(m, "subject"), SUBJ_A);
+        cr_assert_str_eq(tu_jpath_str(m, "error"), "", "npm client could not decode: %s",
+                         tu_jdump(m));
+        cr_expect(strstr(tu_jpath_str(m, "headers.Content-Type"), "protobuf"), "Content-Type: %s",
+                  tu_jdump(m));
+        cr_expect_str_eq(tu_jpath_str(m, "headers.Ebpf-Node"), NODE_A);
+        cr_expect_eq(strlen(tu_jpath_str(m, "headers.Ebpf-Instance")), 16, "%s", tu_jdump(m));
+        cr_expect_eq(jint(m, "headers.Ebpf-Sequence"), (int64_t)i + 1, "sequence: %s", tu_jdump(m));
         cr_expect_eq(jint(m, "headers.Ebpf-Events"), 5);
         /* The batch, decoded by protobufjs with pkg/events.proto. */
         json_t *batch = json_object_get(m, "batch");
-        cr_expect_str_eq(jstr(batch, "node"), NODE_A);
-        cr_expect_str_eq(jstr(batch, "agent_instance"), jstr(m, "headers.Ebpf-Instance"));
+        cr_expect_str_eq(tu_jpath_str(batch, "node"), NODE_A);
+        cr_expect_str_eq(tu_jpath_str(batch, "agent_instance"),
+                         tu_jpath_str(m, "headers.Ebpf-Instance"));
         cr_expect_eq(jint(batch, "sequence"), (int64_t)i + 1);
         cr_expect_eq(json_array_size(json_object_get(batch, "events")), 5,
                      "BATCH_SIZE=5 but message %zu holds %zu events", i,
                      json_array_size(json_object_get(batch, "events")));
         if (!instance)
-            instance = jstr(batch, "agent_instance");
-        cr_expect_str_eq(jstr(batch, "agent_instance"), instance);
+            instance = tu_jpath_str(batch, "agent_instance");
+        cr_expect_str_eq(tu_jpath_str(batch, "agent_instance"), instance);
         size_t k;
         json_t *ev;
         json_array_foreach(json_object_get(batch, "events"), k, ev)
         {
-            cr_expect_str_eq(jstr(ev, "type"), "EVENT_TYPE_EXEC");
-            cr_expect_eq(strlen(jstr(ev, "id")), 16);
-            uint64_t ts = strtoull(jstr(ev, "timestamp_ns"), NULL, 10);
+            cr_expect_str_eq(tu_jpath_str(ev, "type"), "EVENT_TYPE_EXEC");
+            cr_expect_eq(strlen(tu_jpath_str(ev, "id")), 16);
+            uint64_t ts = strtoull(tu_jpath_str(ev, "timestamp_ns"), NULL, 10);
             cr_expect(ts > tu_now_ns() - 120000000000ull && ts <= tu_now_ns(), "timestamp %s",
-                      jstr(ev, "timestamp_ns"));
-            if (strcmp(jstr(ev, "command"), marker_name) == 0) {
+                      tu_jpath_str(ev, "timestamp_ns"));
+            if (strcmp(tu_jpath_str(ev, "command"), marker_name) == 0) {
                 markers++;
-                cr_expect(strstr(jstr(ev, "exec.filename"), marker_name), "filename: %s",
-                          jdump(ev));
+                cr_expect(strstr(tu_jpath_str(ev, "exec.filename"), marker_name), "filename: %s",
+                          tu_jdump(ev));
             }
         }
     }
@@ -800,17 +781,18 @@ Test(e2e_cluster, batch_size_governs_messages_and_npm_client_decodes_them)
                  raw, b + 1);
         FILE *pf = popen(cmd, "r");
         cr_assert(pf, "%s", cmd);
-        json_t *evs = jget(json_array_get(msgs, b), "batch.events");
+        json_t *evs = tu_jpath(json_array_get(msgs, b), "batch.events");
         char line[65536];
         size_t k = 0;
         while (fgets(line, sizeof(line), pf)) {
             json_t *ev = json_loads(line, 0, NULL);
             cr_assert(json_is_object(ev), "decode printed a non-JSON line: %s", line);
-            cr_expect_str_eq(jstr(ev, "node"), NODE_A);
-            cr_expect_str_eq(jstr(ev, "type"), "exec");
-            cr_expect_str_eq(jstr(ev, "id"), jstr(json_array_get(evs, k), "id"),
+            cr_expect_str_eq(tu_jpath_str(ev, "node"), NODE_A);
+            cr_expect_str_eq(tu_jpath_str(ev, "type"), "exec");
+            cr_expect_str_eq(tu_jpath_str(ev, "id"), tu_jpath_str(json_array_get(evs, k), "id"),
                              "decode and protobufjs disagree on event %zu of batch %zu", k, b);
-            cr_expect_str_eq(jstr(ev, "command"), jstr(json_array_get(evs, k), "command"));
+            cr_expect_str_eq(tu_jpath_str(ev, "command"),
+                             tu_jpath_str(json_array_get(evs, k), "command"));
             json_decref(ev);
             k++;
         }
@@ -818,7 +800,7 @@ Test(e2e_cluster, batch_size_governs_messages_and_npm_client_decodes_them)
         cr_expect_eq(k, 5, "decode printed %zu events for a batch of 5", k);
     }
     /* No partial batch went out: the agent still holds the remainder. */
-    cr_expect_eq(jint(st, "bus.events_sent") % 5, 0, "agent stats: %s", jdump(st));
+    cr_expect_eq(jint(st, "bus.events_sent") % 5, 0, "agent stats: %s", tu_jdump(st));
     json_decref(st);
     json_decref(msgs);
     proc_kill(a, SIGTERM);
@@ -871,25 +853,26 @@ Test(e2e_cluster, npm_client_decodes_close_events)
         json_t *m, *ev;
         json_array_foreach(msgs, i, m)
         {
-            cr_assert_str_eq(jstr(m, "error"), "", "npm client could not decode: %s", jdump(m));
-            json_array_foreach(jget(m, "batch.events"), k, ev)
+            cr_assert_str_eq(tu_jpath_str(m, "error"), "", "npm client could not decode: %s",
+                             tu_jdump(m));
+            json_array_foreach(tu_jpath(m, "batch.events"), k, ev)
             {
-                cr_assert_str_eq(jstr(ev, "type"), "EVENT_TYPE_CLOSE", "%s", jdump(ev));
+                cr_assert_str_eq(tu_jpath_str(ev, "type"), "EVENT_TYPE_CLOSE", "%s", tu_jdump(ev));
                 if (jint(ev, "dest_port") != port)
                     continue;
-                const char *role = jstr(ev, "close.role");
-                cr_expect_str_eq(jstr(ev, "dest_addr"), "127.0.0.1");
-                cr_expect_str_eq(jstr(ev, "close.reset"), "CLOSE_RESET_NONE");
-                cr_expect_gt(jint(ev, "close.duration_ns"), 0, "%s", jdump(ev));
+                const char *role = tu_jpath_str(ev, "close.role");
+                cr_expect_str_eq(tu_jpath_str(ev, "dest_addr"), "127.0.0.1");
+                cr_expect_str_eq(tu_jpath_str(ev, "close.reset"), "CLOSE_RESET_NONE");
+                cr_expect_gt(jint(ev, "close.duration_ns"), 0, "%s", tu_jdump(ev));
                 if (strcmp(role, "CLOSE_ROLE_CLIENT") == 0) {
                     client = true;
-                    cr_expect_eq(jint(ev, "close.bytes_sent"), 321, "%s", jdump(ev));
-                    cr_expect_eq(jint(ev, "close.bytes_received"), 1234, "%s", jdump(ev));
+                    cr_expect_eq(jint(ev, "close.bytes_sent"), 321, "%s", tu_jdump(ev));
+                    cr_expect_eq(jint(ev, "close.bytes_received"), 1234, "%s", tu_jdump(ev));
                 } else {
-                    cr_assert_str_eq(role, "CLOSE_ROLE_SERVER", "%s", jdump(ev));
+                    cr_assert_str_eq(role, "CLOSE_ROLE_SERVER", "%s", tu_jdump(ev));
                     server = true;
-                    cr_expect_eq(jint(ev, "close.bytes_sent"), 1234, "%s", jdump(ev));
-                    cr_expect_eq(jint(ev, "close.bytes_received"), 321, "%s", jdump(ev));
+                    cr_expect_eq(jint(ev, "close.bytes_sent"), 1234, "%s", tu_jdump(ev));
+                    cr_expect_eq(jint(ev, "close.bytes_received"), 321, "%s", tu_jdump(ev));
                 }
             }
         }
@@ -944,8 +927,8 @@ Test(e2e_cluster, flush_interval_governs_latency_json_encoding)
         {
             json_array_foreach(json_object_get(m, "lines"), k, ev)
             {
-                seen += strcmp(jstr(ev, "type"), "exec") == 0 &&
-                        strcmp(jstr(ev, "command"), marker_name) == 0;
+                seen += strcmp(tu_jpath_str(ev, "type"), "exec") == 0 &&
+                        strcmp(tu_jpath_str(ev, "command"), marker_name) == 0;
             }
         }
         if (seen == runs)
@@ -963,12 +946,13 @@ Test(e2e_cluster, flush_interval_governs_latency_json_encoding)
     int markers = 0;
     json_array_foreach(msgs, i, m)
     {
-        cr_assert_str_eq(jstr(m, "error"), "", "%s", jdump(m));
-        cr_expect(strstr(jstr(m, "headers.Content-Type"), "json"), "Content-Type: %s", jdump(m));
-        cr_expect_str_eq(jstr(m, "headers.Ebpf-Node"), "e2e-json");
+        cr_assert_str_eq(tu_jpath_str(m, "error"), "", "%s", tu_jdump(m));
+        cr_expect(strstr(tu_jpath_str(m, "headers.Content-Type"), "json"), "Content-Type: %s",
+                  tu_jdump(m));
+        cr_expect_str_eq(tu_jpath_str(m, "headers.Ebpf-Node"), "e2e-json");
         cr_expect_eq(jint(m, "headers.Ebpf-Sequence"), (int64_t)i + 1);
         json_t *lines = json_object_get(m, "lines");
-        cr_assert(json_array_size(lines) >= 1 && json_array_size(lines) < 10000, "%s", jdump(m));
+        cr_assert(json_array_size(lines) >= 1 && json_array_size(lines) < 10000, "%s", tu_jdump(m));
         cr_expect_eq(jint(m, "headers.Ebpf-Events"), (int64_t)json_array_size(lines));
         events += json_array_size(lines);
         /* The oldest event waited about FLUSH_INTERVAL, not much less, not much more. */
@@ -981,28 +965,28 @@ Test(e2e_cluster, flush_interval_governs_latency_json_encoding)
                                                  "command", "timestamp", "time", "node"};
             /* A drop freed in softirq has no task: no process fields, rather than zeros. */
             bool taskless =
-                strcmp(jstr(ev, "type"), "packet_drop") == 0 && !json_object_get(ev, "pid");
+                strcmp(tu_jpath_str(ev, "type"), "packet_drop") == 0 && !json_object_get(ev, "pid");
             for (size_t f = 0; f < sizeof(common) / sizeof(common[0]); f++) {
                 bool process_field = f >= 2 && f <= 5;
                 if (taskless && process_field)
                     cr_expect(!json_object_get(ev, common[f]), "%s on a taskless drop: %s",
-                              common[f], jdump(ev));
+                              common[f], tu_jdump(ev));
                 else
                     cr_expect(json_object_get(ev, common[f]), "field %s missing: %s", common[f],
-                              jdump(ev));
+                              tu_jdump(ev));
             }
             cr_expect(json_is_integer(json_object_get(ev, "timestamp")));
             cr_expect(taskless || json_is_integer(json_object_get(ev, "pid")));
-            cr_expect_str_eq(jstr(ev, "node"), "e2e-json");
-            cr_expect_eq(strlen(jstr(ev, "id")), 16);
+            cr_expect_str_eq(tu_jpath_str(ev, "node"), "e2e-json");
+            cr_expect_eq(strlen(tu_jpath_str(ev, "id")), 16);
             uint64_t ts = (uint64_t)json_integer_value(json_object_get(ev, "timestamp"));
             if (ts < oldest)
                 oldest = ts;
-            if (strcmp(jstr(ev, "type"), "exec") == 0 &&
-                strcmp(jstr(ev, "command"), marker_name) == 0) {
+            if (strcmp(tu_jpath_str(ev, "type"), "exec") == 0 &&
+                strcmp(tu_jpath_str(ev, "command"), marker_name) == 0) {
                 markers++;
-                cr_expect(json_is_array(json_object_get(ev, "args")), "%s", jdump(ev));
-                cr_expect(strstr(jstr(ev, "filename"), marker_name), "%s", jdump(ev));
+                cr_expect(json_is_array(json_object_get(ev, "args")), "%s", tu_jdump(ev));
+                cr_expect(strstr(tu_jpath_str(ev, "filename"), marker_name), "%s", tu_jdump(ev));
             }
         }
         int64_t waited_ms = jint(m, "recv_ms") - (int64_t)(oldest / 1000000);
@@ -1024,9 +1008,9 @@ Test(e2e_cluster, flush_interval_governs_latency_json_encoding)
         for (char *line = log ? strtok(log, "\n") : NULL; line; line = strtok(NULL, "\n")) {
             json_t *ev = json_loads(line, 0, NULL);
             if (json_is_object(ev)) {
-                cr_expect_str_eq(jstr(ev, "type"), "exec", "tail filter: %s", line);
-                cr_expect_str_eq(jstr(ev, "command"), marker_name, "tail filter: %s", line);
-                cr_expect_str_eq(jstr(ev, "node"), "e2e-json");
+                cr_expect_str_eq(tu_jpath_str(ev, "type"), "exec", "tail filter: %s", line);
+                cr_expect_str_eq(tu_jpath_str(ev, "command"), marker_name, "tail filter: %s", line);
+                cr_expect_str_eq(tu_jpath_str(ev, "node"), "e2e-json");
                 tailed++;
             }
             json_decref(ev);
@@ -1086,7 +1070,7 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
     uint64_t t0 = tu_mono_ms();
     while (tu_mono_ms() - t0 < 3000) {
         json_t *s = api(a, "/api/stats");
-        bool connected = json_is_true(jget(s, "bus.connected"));
+        bool connected = json_is_true(tu_jpath(s, "bus.connected"));
         json_decref(s);
         if (!connected)
             break;
@@ -1094,8 +1078,8 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
     }
     {
         json_t *s = api(a, "/api/stats");
-        cr_expect(json_is_false(jget(s, "bus.connected")), "agent still connected: %s",
-                  jdump(jget(s, "bus")));
+        cr_expect(json_is_false(tu_jpath(s, "bus.connected")), "agent still connected: %s",
+                  tu_jdump(tu_jpath(s, "bus")));
         json_decref(s);
         int st = 0;
         json_t *rd = tu_get_json_hdr(r1->port, "/ready", NULL, &st);
@@ -1151,8 +1135,8 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
             dump_logs();
             cr_assert_fail("agent numbered %" PRId64 "..%" PRId64 " batches, cluster has %" PRId64
                            " + %" PRId64 " lost\nagent: %s\ncluster: %s",
-                           before, after, got, lost, jdump(jget(sa, "bus")),
-                           jdump(node_entry(sr, "e2e-fault")));
+                           before, after, got, lost, tu_jdump(tu_jpath(sa, "bus")),
+                           tu_jdump(node_entry(sr, "e2e-fault")));
         }
         usleep(100000);
     }
@@ -1169,7 +1153,7 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
     if (jint(r, "count") != 1) {
         json_t *s = api(a, "/api/stats");
         cr_expect(lost > 0 || jint(s, "bus.agent_drops") > 0,
-                  "the outage marker is missing and no loss is counted: %s", jdump(s));
+                  "the outage marker is missing and no loss is counted: %s", tu_jdump(s));
         json_decref(s);
     }
     json_decref(r);
@@ -1180,12 +1164,12 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
     json_t *first = api(r1, "/api/events?limit=1");
     uint64_t took = tu_mono_ms() - t_kill;
     cr_expect_lt(took, 3000, "a query with a dead replica took %" PRIu64 " ms", took);
-    cr_expect_eq(jint(first, "replicas.answered"), 1, "%s", jdump(first));
+    cr_expect_eq(jint(first, "replicas.answered"), 1, "%s", tu_jdump(first));
     if (took < 1500) {
         cr_expect_eq(jint(first, "replicas.expected"), 2, "dead replica forgotten too soon: %s",
-                     jdump(first));
+                     tu_jdump(first));
         cr_expect(json_is_true(json_object_get(first, "partial")), "not flagged partial: %s",
-                  jdump(first));
+                  tu_jdump(first));
     }
     json_decref(first);
     deadline = tu_mono_ms() + 8000;
@@ -1340,8 +1324,8 @@ Test(e2e_cluster, bad_input_is_counted_and_skipped)
         {"malformed_protobuf", 3}, {"too_many_events", 1},  {"oversized", 1},
         {"malformed_json", 0},     {"unknown_encoding", 1},
     };
-    cr_expect_eq(jint(s, "rejected_events.malformed_json"), 2, "%s", jdump(s));
-    cr_expect_eq(jint(s, "rejected_events_total"), 2, "%s", jdump(s));
+    cr_expect_eq(jint(s, "rejected_events.malformed_json"), 2, "%s", tu_jdump(s));
+    cr_expect_eq(jint(s, "rejected_events_total"), 2, "%s", tu_jdump(s));
     struct tu_http mr;
     cr_assert_eq(tu_http_get(r->port, "/metrics", api_header, &mr), 0);
     cr_assert_eq(mr.status, 200);
@@ -1350,7 +1334,7 @@ Test(e2e_cluster, bad_input_is_counted_and_skipped)
         snprintf(path, sizeof(path), "rejected.%s", reasons[i].reason);
         int64_t got = jint(s, path);
         cr_expect_eq(got, reasons[i].want, "/api/stats %s = %" PRId64 ", want %" PRId64 ": %s",
-                     reasons[i].reason, got, reasons[i].want, jdump(s));
+                     reasons[i].reason, got, reasons[i].want, tu_jdump(s));
         char label[64];
         snprintf(label, sizeof(label), "\"%s\"", reasons[i].reason);
         int64_t m = metric(mr.body, "ebpf_aggregator_rejected_total", label);
@@ -1359,7 +1343,7 @@ Test(e2e_cluster, bad_input_is_counted_and_skipped)
     tu_http_free(&mr);
     /* The rejected node "x" never became a node with events. */
     json_t *n = node_entry(s, "x");
-    cr_expect(!n || jint(n, "events") == 0, "node x: %s", jdump(n));
+    cr_expect(!n || jint(n, "events") == 0, "node x: %s", tu_jdump(n));
     json_decref(s);
     check(tu_wait_http(r->port, "/health", 200, 1000), "aggregator stopped serving");
     natsConnection_Destroy(nc);
@@ -1453,24 +1437,26 @@ Test(e2e_cluster, api_token_and_nats_credentials)
         check(tu_wait_http(rbad->port, "/health", 200, 10000),
               "aggregator with a wrong NATS password neither serves nor exits");
         j = tu_get_json_hdr(rbad->port, "/ready", NULL, &st);
-        cr_expect_neq(st, 200, "aggregator with a wrong NATS password is ready: %s", jdump(j));
+        cr_expect_neq(st, 200, "aggregator with a wrong NATS password is ready: %s", tu_jdump(j));
         json_decref(j);
         j = api(rbad, "/api/stats");
-        cr_expect(json_is_false(jget(j, "bus.connected")), "%s", jdump(jget(j, "bus")));
-        cr_expect(says_refused(jstr(j, "bus.last_error")), "bus: %s", jdump(jget(j, "bus")));
+        cr_expect(json_is_false(tu_jpath(j, "bus.connected")), "%s", tu_jdump(tu_jpath(j, "bus")));
+        cr_expect(says_refused(tu_jpath_str(j, "bus.last_error")), "bus: %s",
+                  tu_jdump(tu_jpath(j, "bus")));
         json_decref(j);
     }
     j = api(abad, "/api/stats");
-    cr_expect(json_is_false(jget(j, "bus.connected")), "agent bus status: %s",
-              jdump(jget(j, "bus")));
-    cr_expect(says_refused(jstr(j, "bus.last_error")), "agent bus: %s", jdump(jget(j, "bus")));
+    cr_expect(json_is_false(tu_jpath(j, "bus.connected")), "agent bus status: %s",
+              tu_jdump(tu_jpath(j, "bus")));
+    cr_expect(says_refused(tu_jpath_str(j, "bus.last_error")), "agent bus: %s",
+              tu_jdump(tu_jpath(j, "bus")));
     cr_expect_eq(jint(j, "bus.batches_sent"), 0);
     json_decref(j);
     api_header = "Authorization: Bearer tok-e2e";
     j = api(r, "/api/nodes");
     cr_expect(!node_entry(j, "e2e-auth-bad"), "the unauthenticated agent got through: %s",
-              jdump(j));
-    cr_expect(node_entry(j, "e2e-auth"), "%s", jdump(j));
+              tu_jdump(j));
+    cr_expect(node_entry(j, "e2e-auth"), "%s", tu_jdump(j));
     json_decref(j);
     api_header = NULL;
     proc_kill(abad, SIGTERM);
@@ -1542,9 +1528,9 @@ Test(e2e_cluster, hostile_batches_cost_only_their_bad_events)
     /* Skipped events are counted by reason, cluster-wide and per replica. */
     json_t *st = api(r1, "/api/stats");
     cr_expect_eq(jint(st, "rejected_events.malformed_protobuf"), (int64_t)rejected, "%s",
-                 jdump(st));
+                 tu_jdump(st));
     cr_expect_eq(jint(st, "rejected.malformed_protobuf"), 0, "no whole batch is lost: %s",
-                 jdump(st));
+                 tu_jdump(st));
     json_decref(st);
     int64_t per_replica = 0;
     struct proc *rs[] = {r1, r2};

@@ -594,3 +594,34 @@ json_int_t tu_jint(json_t *o, const char *k)
     cr_assert(json_is_integer(v), "field %s missing or not an integer", k);
     return json_integer_value(v);
 }
+
+json_t *tu_jpath(json_t *o, const char *path)
+{
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", path);
+    char *save = NULL;
+    for (char *k = strtok_r(buf, ".", &save); k && o; k = strtok_r(NULL, ".", &save))
+        o = json_object_get(o, k);
+    return o;
+}
+
+int64_t tu_jpath_int(json_t *o, const char *path)
+{
+    json_t *v = tu_jpath(o, path);
+    return json_is_integer(v) ? json_integer_value(v) : -1;
+}
+
+const char *tu_jpath_str(json_t *o, const char *path)
+{
+    json_t *v = tu_jpath(o, path);
+    return json_is_string(v) ? json_string_value(v) : "";
+}
+
+const char *tu_jdump(json_t *j)
+{
+    static __thread char out[4096];
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    snprintf(out, sizeof(out), "%s", s ? s : "(null)");
+    free(s);
+    return out;
+}

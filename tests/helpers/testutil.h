@@ -69,6 +69,15 @@ pid_t tu_nats_start(int port, const char *const extra[], const char *log_path);
 /* Like tu_http_get, with the body parsed as JSON (NULL when it is not JSON). */
 json_t *tu_get_json_hdr(int port, const char *path, const char *header, int *status);
 
+/* The member at a dotted path ("history.events") of o; NULL when any step is missing. */
+json_t *tu_jpath(json_t *o, const char *path);
+/* Its integer value, or -1 when it is absent or not an integer. */
+int64_t tu_jpath_int(json_t *o, const char *path);
+/* Its string value, or "" when it is absent or not a string. */
+const char *tu_jpath_str(json_t *o, const char *path);
+/* j as compact JSON for a failure message (per-thread buffer, truncated to 4 KiB). */
+const char *tu_jdump(json_t *j);
+
 /*
  * Path of a file in the build tree: bin/ebpf-agent relative to the repo root.
  * "bin/" means the test build's own bin directory (bin-asan for a
