@@ -329,37 +329,58 @@ static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 }
 
 /*
- * Publishes req on subject with a reply subject of its own and collects up
- * to want answers until the deadline. Returns the number of answers.
+ * A gather in two halves, so the asker's own share is computed while the
+ * peers compute theirs: gather_start() registers the waiter and publishes
+ * req on subject with a reply subject of its own (answers that arrive
+ * before gather_finish() queue in the waiter); gather_finish() collects up
+ * to want answers until the deadline and returns how many it took.
  */
-static unsigned gather(struct cluster *c, const char *subject, const char *req, size_t len,
-                       unsigned want, gather_reply_fn fn, void *ctx)
-{
-    struct reply_waiter w = {0}, **pp;
-    char reply[sizeof(c->reply_prefix) + 24];
-    unsigned got = 0;
+struct gather_op {
+    struct reply_waiter w;
     natsStatus s;
+    uint64_t deadline;
+    unsigned want;
+    bool started;
+};
 
+static void gather_start(struct cluster *c, struct gather_op *op, const char *subject,
+                         const char *req, size_t len, unsigned want)
+{
+    char reply[sizeof(c->reply_prefix) + 24];
+
+    memset(op, 0, sizeof(*op));
+    op->want = want;
     if (want == 0 || c->reply_sub == NULL || !connected(c))
-        return 0;
-    clock_cond_init(&w.cond);
+        return;
+    op->started = true;
+    clock_cond_init(&op->w.cond);
     pthread_mutex_lock(&c->reply_lock);
-    w.token = ++c->next_token;
-    w.next = c->waiters;
-    c->waiters = &w;
+    op->w.token = ++c->next_token;
+    op->w.next = c->waiters;
+    c->waiters = &op->w;
     pthread_mutex_unlock(&c->reply_lock);
-    snprintf(reply, sizeof(reply), "%s.%" PRIu64, c->reply_prefix, w.token);
+    snprintf(reply, sizeof(reply), "%s.%" PRIu64, c->reply_prefix, op->w.token);
 
-    s = natsConnection_PublishRequest(c->nc, subject, reply, req, (int)len);
+    op->s = natsConnection_PublishRequest(c->nc, subject, reply, req, (int)len);
     /* Push the request out now rather than on nats.c's next flush (~1 ms later). */
-    if (s == NATS_OK)
-        s = natsConnection_FlushTimeout(c->nc, c->timeout_ms);
-    uint64_t deadline = mono_ms() + c->timeout_ms;
+    if (op->s == NATS_OK)
+        op->s = natsConnection_FlushTimeout(c->nc, c->timeout_ms);
+    op->deadline = mono_ms() + c->timeout_ms;
+}
+
+static unsigned gather_finish(struct cluster *c, struct gather_op *op, gather_reply_fn fn,
+                              void *ctx)
+{
+    struct reply_waiter *w = &op->w, **pp;
+    unsigned got = 0;
+
+    if (!op->started)
+        return 0;
     pthread_mutex_lock(&c->reply_lock);
-    while (s == NATS_OK && got < want) {
-        if (w.nmsgs > 0) {
-            natsMsg *m = w.msgs[--w.nmsgs];
-            w.bytes -= (size_t)natsMsg_GetDataLength(m);
+    while (op->s == NATS_OK && got < op->want) {
+        if (w->nmsgs > 0) {
+            natsMsg *m = w->msgs[--w->nmsgs];
+            w->bytes -= (size_t)natsMsg_GetDataLength(m);
             /* Decode without the lock: the delivery thread keeps queueing. */
             pthread_mutex_unlock(&c->reply_lock);
             if (fn(ctx, m))
@@ -369,23 +390,38 @@ static unsigned gather(struct cluster *c, const char *subject, const char *req, 
             continue;
         }
         uint64_t now = mono_ms();
-        if (now >= deadline)
+        if (now >= op->deadline)
             break;
-        struct timespec ts = clock_deadline_ms(deadline - now);
-        pthread_cond_timedwait(&w.cond, &c->reply_lock, &ts);
+        struct timespec ts = clock_deadline_ms(op->deadline - now);
+        pthread_cond_timedwait(&w->cond, &c->reply_lock, &ts);
     }
     for (pp = &c->waiters; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == &w) {
-            *pp = w.next;
+        if (*pp == w) {
+            *pp = w->next;
             break;
         }
     }
     pthread_mutex_unlock(&c->reply_lock);
-    for (size_t i = 0; i < w.nmsgs; i++)
-        natsMsg_Destroy(w.msgs[i]);
-    free(w.msgs);
-    pthread_cond_destroy(&w.cond);
+    for (size_t i = 0; i < w->nmsgs; i++)
+        natsMsg_Destroy(w->msgs[i]);
+    free(w->msgs);
+    pthread_cond_destroy(&w->cond);
     return got;
+}
+
+/* Gives up a started gather at once (the asker's own share failed). */
+static void gather_cancel(struct cluster *c, struct gather_op *op)
+{
+    op->want = 0;
+    gather_finish(c, op, NULL, NULL);
+}
+
+static unsigned gather(struct cluster *c, const char *subject, const char *req, size_t len,
+                       unsigned want, gather_reply_fn fn, void *ctx)
+{
+    struct gather_op op;
+    gather_start(c, &op, subject, req, len, want);
+    return gather_finish(c, &op, fn, ctx);
 }
 
 /* ---- events ---- */
@@ -439,16 +475,12 @@ int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct 
     struct query_gather g = {.c = c};
     struct store_result own;
     unsigned peers = cluster_expected(c) - 1;
-    unsigned answered = 0;
+    struct gather_op op = {0};
     int rc;
 
     memset(out, 0, sizeof(*out));
     answers_init(c, &g.seen);
-    rc = store_query(c->a->store, q, &own);
-    if (rc < 0) {
-        store_result_free(&own);
-        return rc;
-    }
+    /* The peers first: they answer while this replica reads its own share. */
     if (peers > 0) {
         struct buf req;
         buf_init(&req);
@@ -458,9 +490,16 @@ int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct 
         buf_json_string(&req, qs, qslen);
         buf_putc(&req, '}');
         if (!req.oom)
-            answered = gather(c, c->subj_query, req.data, req.len, peers, on_query_reply, &g);
+            gather_start(c, &op, c->subj_query, req.data, req.len, peers);
         buf_free(&req);
     }
+    rc = store_query(c->a->store, q, &own);
+    if (rc < 0) {
+        gather_cancel(c, &op);
+        store_result_free(&own);
+        return rc;
+    }
+    unsigned answered = gather_finish(c, &op, on_query_reply, &g);
 
     struct cluster_source *all = malloc((g.count + 1) * sizeof(*all));
     if (all == NULL || g.error) {
@@ -649,11 +688,13 @@ int cluster_flows(struct cluster *c, const char *qs, size_t qslen, const struct 
 {
     struct flows_gather g = {.c = c, .out = out};
     unsigned peers = cluster_expected(c) - 1;
+    struct gather_op op = {0};
     unsigned got = 0;
     int rc;
 
-    rc = flows_query(c->a->flows, q, out);
-    if (rc == 0 && peers > 0) {
+    /* The peers first: they answer while this replica reads its own edges. */
+    answers_init(c, &g.seen);
+    if (peers > 0) {
         struct buf req;
         buf_init(&req);
         buf_puts(&req, "{\"replica\":");
@@ -661,16 +702,22 @@ int cluster_flows(struct cluster *c, const char *qs, size_t qslen, const struct 
         buf_puts(&req, ",\"query\":");
         buf_json_string(&req, qs, qslen);
         buf_printf(&req, ",\"since\":%" PRIu64 ",\"until\":%" PRIu64 "}", q->since_ns, q->until_ns);
-        answers_init(c, &g.seen);
         if (!req.oom)
-            got = gather(c, c->subj_flows, req.data, req.len, peers, on_flows_reply, &g);
+            gather_start(c, &op, c->subj_flows, req.data, req.len, peers);
         buf_free(&req);
-        rc = g.error;
-        /* Answers not whole by the deadline count as missing (the reply says partial). */
-        for (size_t i = 0; i < g.npartial; i++)
-            flows_result_free(&g.partial[i].edges);
-        free(g.partial);
     }
+    rc = flows_query(c->a->flows, q, out);
+    if (rc == 0) {
+        /* The answers merge into this replica's edges as they are taken. */
+        got = gather_finish(c, &op, on_flows_reply, &g);
+        rc = g.error;
+    } else {
+        gather_cancel(c, &op);
+    }
+    /* Answers not whole by the deadline count as missing (the reply says partial). */
+    for (size_t i = 0; i < g.npartial; i++)
+        flows_result_free(&g.partial[i].edges);
+    free(g.partial);
     flows_result_finish(out, q->limit);
     *answered = 1 + got;
     *expected = 1 + peers > *answered ? 1 + peers : *answered;
