@@ -1152,16 +1152,28 @@ size_t store_expire(struct store *s, uint64_t now_ns)
 /* ---- queries ------------------------------------------------------------------------------ */
 
 /* The part of one shard a query can return: indices [lo, hi), newest at hi - 1. */
+/* Shards (or ranges) a query's loops prefetch ahead of the one they read. */
+#define STORE_QUERY_PREFETCH 8
+
 struct store_range {
     const struct store_shard *sh;
     size_t lo, hi;
     size_t hi_all; /* the time bound alone, for total_count */
+    /* The key of record hi - 1 (range_key_load()), so the merge heap compares without reading
+     * records: with thousands of shards each read is a cache miss. */
+    uint64_t timestamp_ns, id;
 };
+
+static void range_key_load(struct store_range *r)
+{
+    const struct store_rec *e = shard_rec(r->sh, r->hi - 1);
+    r->timestamp_ns = e->timestamp_ns;
+    r->id = e->id;
+}
 
 static bool range_newer(const struct store_range *a, const struct store_range *b)
 {
-    const struct store_rec *ea = shard_rec(a->sh, a->hi - 1), *eb = shard_rec(b->sh, b->hi - 1);
-    return store_key_cmp(ea->timestamp_ns, ea->id, eb->timestamp_ns, eb->id) > 0;
+    return store_key_cmp(a->timestamp_ns, a->id, b->timestamp_ns, b->id) > 0;
 }
 
 /* Max-heap of ranges by their newest remaining event. */
@@ -1363,6 +1375,14 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
     uint64_t total = 0, after = 0, candidates = 0;
     for (size_t i = 0; i < s->nshards; i++) {
         const struct store_shard *sh = s->shards[i];
+        if (i + STORE_QUERY_PREFETCH < s->nshards) {
+            /* The shards ahead: their keys and positions, a few misses in flight at once. */
+            const char *next = (const char *)s->shards[i + STORE_QUERY_PREFETCH];
+            __builtin_prefetch(next);
+            __builtin_prefetch(next + 64);
+            __builtin_prefetch(next + 128);
+            __builtin_prefetch(next + 192);
+        }
         if (!store_shard_selected(sh, q))
             continue;
         selected[i] = true;
@@ -1411,6 +1431,13 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
         if (ranges[i].hi > ranges[i].lo)
             ranges[n++] = ranges[i];
     nranges = n;
+    for (size_t i = 0; i < nranges; i++) {
+        if (i + STORE_QUERY_PREFETCH < nranges) {
+            const struct store_range *r = &ranges[i + STORE_QUERY_PREFETCH];
+            __builtin_prefetch(shard_at(r->sh, r->hi - 1));
+        }
+        range_key_load(&ranges[i]);
+    }
 
     size_t want = after < limit ? (size_t)after : limit;
     if (want && !(out->events = calloc(want, sizeof(*out->events)))) {
@@ -1426,6 +1453,8 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
         const unsigned char *rec = shard_at(sh, --top->hi);
         if (top->hi == top->lo)
             ranges[0] = ranges[--nranges];
+        else
+            range_key_load(top);
         if (nranges)
             range_heap_down(ranges, nranges, 0);
         if (residual && !rec_match(&rq, sh, rec))
