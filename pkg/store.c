@@ -112,8 +112,12 @@ struct post_index {
     size_t bytes; /* lists, their entries and the buckets */
 };
 
-/* A shard and the key of its oldest event when the entry was made (compared without touching it).
- */
+struct shard_list {
+    struct store_shard **shards;
+    size_t n, cap;
+};
+
+/* A shard and the key of its oldest event when the entry was made (not read from the shard). */
 struct heap_ent {
     uint64_t timestamp_ns, id;
     struct store_shard *sh;
@@ -125,6 +129,8 @@ struct store {
 
     struct store_shard **shards; /* stable pointers; shards are never removed */
     size_t nshards, shards_cap;
+    /* The same shards by event type, so a query for some types reads only theirs. */
+    struct shard_list by_type[EVENT_TYPE_COUNT];
     struct store_shard **table; /* open addressing over the shard key; NULL = free */
     size_t table_cap;
 
@@ -455,6 +461,17 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
 
     if ((s->nshards + 1) * 2 > s->table_cap && store_table_grow(s) < 0)
         return NULL;
+    if (k->type >= EVENT_TYPE_COUNT)
+        return NULL;
+    struct shard_list *bt = &s->by_type[k->type];
+    if (bt->n == bt->cap) {
+        size_t cap = bt->cap ? bt->cap * 2 : 16;
+        struct store_shard **p = realloc(bt->shards, cap * sizeof(*p));
+        if (!p)
+            return NULL;
+        bt->shards = p;
+        bt->cap = cap;
+    }
     if (s->nshards == s->shards_cap) {
         size_t cap = s->shards_cap ? s->shards_cap * 2 : 16;
         struct store_shard **shards = realloc(s->shards, cap * sizeof(*shards));
@@ -476,6 +493,7 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
     sh->rec_size = (sizeof(struct store_rec) + sh->u_size + 2u * sh->alen + 7) & ~(size_t)7;
     sh->index = (uint32_t)s->nshards;
     s->shards[s->nshards++] = sh;
+    bt->shards[bt->n++] = sh;
 
     size_t j = h & (s->table_cap - 1);
     while (s->table[j])
@@ -886,6 +904,8 @@ void store_free(struct store *s)
         free(sh);
     }
     free(s->shards);
+    for (size_t t = 0; t < EVENT_TYPE_COUNT; t++)
+        free(s->by_type[t].shards);
     free(s->heap);
     free(s->table);
     post_free(&s->post);
@@ -1194,6 +1214,30 @@ static void range_heap_down(struct store_range *h, size_t n, size_t pos)
     h[pos] = r;
 }
 
+/*
+ * The shards a query selects from, a list per pass: every shard in one
+ * pass, or with a type filter the shards of each of its types. False when
+ * no pass is left.
+ */
+static bool query_shard_pass(const struct store *s, const struct query *q, size_t *pass,
+                             struct store_shard *const **list, size_t *n)
+{
+    if (!q->types) {
+        *list = s->shards;
+        *n = s->nshards;
+        return (*pass)++ == 0;
+    }
+    for (; *pass < EVENT_TYPE_COUNT; ++*pass) {
+        if (q->types & EVENT_TYPE_BIT(*pass)) {
+            *list = s->by_type[*pass].shards;
+            *n = s->by_type[*pass].n;
+            ++*pass;
+            return true;
+        }
+    }
+    return false;
+}
+
 /* The filters the shard key answers. */
 static bool store_shard_selected(const struct store_shard *sh, const struct query *q)
 {
@@ -1373,34 +1417,39 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
 
     /* total_count ignores the cursor; `after` counts matches past it (what paging can reach). */
     uint64_t total = 0, after = 0, candidates = 0;
-    for (size_t i = 0; i < s->nshards; i++) {
-        const struct store_shard *sh = s->shards[i];
-        if (i + STORE_QUERY_PREFETCH < s->nshards) {
-            /* The shards ahead: their keys and positions, a few misses in flight at once. */
-            const char *next = (const char *)s->shards[i + STORE_QUERY_PREFETCH];
-            __builtin_prefetch(next);
-            __builtin_prefetch(next + 64);
-            __builtin_prefetch(next + 128);
-            __builtin_prefetch(next + 192);
+    struct store_shard *const *list;
+    size_t nlist;
+    for (size_t pass = 0; query_shard_pass(s, q, &pass, &list, &nlist);) {
+        for (size_t i = 0; i < nlist; i++) {
+            const struct store_shard *sh = list[i];
+            if (i + STORE_QUERY_PREFETCH < nlist) {
+                /* The shards ahead: their keys and positions, a few misses in flight at once. */
+                const char *next = (const char *)list[i + STORE_QUERY_PREFETCH];
+                __builtin_prefetch(next);
+                __builtin_prefetch(next + 64);
+                __builtin_prefetch(next + 128);
+                __builtin_prefetch(next + 192);
+            }
+            if (!store_shard_selected(sh, q))
+                continue;
+            selected[sh->index] = true;
+            size_t lo = q->since_ns ? shard_lower_bound(sh, q->since_ns, 0) : 0;
+            size_t hi_all =
+                q->until_ns == UINT64_MAX ? sh->len : shard_lower_bound(sh, q->until_ns + 1, 0);
+            size_t hi = hi_all;
+            if (q->has_cursor) {
+                size_t c = shard_lower_bound(sh, q->cursor.timestamp_ns, q->cursor.id);
+                if (c < hi)
+                    hi = c;
+            }
+            if (hi < lo)
+                hi = lo;
+            if (hi_all <= lo)
+                continue;
+            candidates += hi_all - lo;
+            ranges[nranges++] =
+                (struct store_range){.sh = sh, .lo = lo, .hi = hi, .hi_all = hi_all};
         }
-        if (!store_shard_selected(sh, q))
-            continue;
-        selected[i] = true;
-        size_t lo = q->since_ns ? shard_lower_bound(sh, q->since_ns, 0) : 0;
-        size_t hi_all =
-            q->until_ns == UINT64_MAX ? sh->len : shard_lower_bound(sh, q->until_ns + 1, 0);
-        size_t hi = hi_all;
-        if (q->has_cursor) {
-            size_t c = shard_lower_bound(sh, q->cursor.timestamp_ns, q->cursor.id);
-            if (c < hi)
-                hi = c;
-        }
-        if (hi < lo)
-            hi = lo;
-        if (hi_all <= lo)
-            continue;
-        candidates += hi_all - lo;
-        ranges[nranges++] = (struct store_range){.sh = sh, .lo = lo, .hi = hi, .hi_all = hi_all};
     }
 
     if (nlists > 0) {
