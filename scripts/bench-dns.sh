@@ -16,7 +16,9 @@
 #    cost by themselves, so the program's own cost is the difference.
 # 2. Throughput: UDP datagrams and a TCP stream over loopback without the
 #    agent and with it (programs on the cgroup v2 root, as deployed; statistics
-#    off), alternated round by round; slowdown = median of each round's ratio.
+#    off), alternated round by round; slowdown = median of each round's ratio,
+#    and the same for the load's CPU time per op (getrusage), which what else
+#    runs on the machine moves less than the rate.
 # 3. Side by side with a peer that captures DNS: the query loop's rate with
 #    nothing, under the agent and under `tcpdump -w /dev/null` on the
 #    server's port, alternated the same way.
@@ -268,7 +270,7 @@ done
 # Rounds of: the load without a capture, then under each capture, in turn; the
 # agent as deployed (cgroup v2 root, DNS_PORTS with the server's port, every
 # query recorded: DNS_RATE_LIMIT high).
-declare -A RATE # [load|capture]: the rounds' rates
+declare -A RATE CPU # [load|capture]: the rounds' rates, the load's CPU-ns per op
 # Throughput tests: full-size datagrams (as iperf sends), 64 KiB TCP writes.
 declare -A SARGS=([udp]="--size 1400" [tcp]="" [dns]="--server 127.0.0.1:$DNS_PORT")
 TWHY=""
@@ -279,6 +281,7 @@ run_round() { # capture: none|agent|tcpdump
     out=$(load "$w" ${SARGS[$w]})
     echo "speed round $c $w: $out" >>"$LOG"
     RATE["$w|$c"]="${RATE["$w|$c"]:-} $(echo "$out" | jq -r "if .mode == \"tcp\" then .mb_per_sec else .ops_per_sec end")"
+    CPU["$w|$c"]="${CPU["$w|$c"]:-} $(echo "$out" | jq -r .cpu_ns_per_op)"
   done
 }
 log "throughput and peer, $ROUNDS rounds"
@@ -317,9 +320,13 @@ for r in $(seq "$ROUNDS"); do
 done
 
 # Each round's own ratio: a round the rest of the machine slowed weighs on both sides.
-ratios() { # load capture -> the rounds' "none / capture" ratios
+ratios() { # load capture -> the rounds' "none / capture" ratios of the rates
   paste -d' ' <(echo "${RATE["$1|none"]}" | tr ' ' '\n' | grep .) <(echo "${RATE["$1|$2"]}" | tr ' ' '\n' | grep .) |
     awk '{printf "%.3f ", $1 / $2}'
+}
+cpu_ratios() { # load capture -> the rounds' "capture / none" ratios of the CPU per op
+  paste -d' ' <(echo "${CPU["$1|none"]}" | tr ' ' '\n' | grep .) <(echo "${CPU["$1|$2"]}" | tr ' ' '\n' | grep .) |
+    awk '{printf "%.3f ", $2 / $1}'
 }
 STABLE=""
 declare -A UNIT=([udp]="datagrams/s" [tcp]="MB/s" [dns]="queries/s")
@@ -335,7 +342,7 @@ for w in udp tcp dns; do
   row="| $w (${UNIT[$w]}) | $(printf "%.1f" "$none") ($(echo "${RATE["$w|none"]}" | range))"
   for c in agent tcpdump; do
     if [ -z "${RATE["$w|$c"]:-}" ]; then
-      row+=" | – | –"
+      row+=" | – | – | –"
       continue
     fi
     med=$(echo "${RATE["$w|$c"]}" | median)
@@ -350,7 +357,11 @@ for w in udp tcp dns; do
       "bench_dns_load $w ${SARGS[$w]} --duration $DUR under $c, $ROUNDS rounds alternated with no capture, median" "" "" "$why"
     measure "dns.speed.$w.slowdown.$c" "$w load: slowdown under $c (no capture ÷ $c, median of rounds)" \
       "$slow" x "the rounds' ratios of the two above, median; spread $(ratios "$w" "$c" | range)" "$op" "$limit" "$why"
-    row+=" | $(printf "%.1f" "$med") | ${slow}x ($(ratios "$w" "$c" | range))"
+    measure "dns.cpu.$w.$c" "$w load under $c: its CPU-ns per op ÷ without a capture (median of rounds)" \
+      "$(cpu_ratios "$w" "$c" | median)" x \
+      "bench_dns_load $w ${SARGS[$w]}: getrusage(RUSAGE_SELF) per op, same rounds; spread $(cpu_ratios "$w" "$c" | range)" \
+      "" "" "$why"
+    row+=" | $(printf "%.1f" "$med") | ${slow}x ($(ratios "$w" "$c" | range)) | $(cpu_ratios "$w" "$c" | median)x"
   done
   STABLE+="$row |"$'\n'
 done
@@ -370,10 +381,10 @@ jq -s --argjson quick "$QUICK" '{section: "dns", quick: ($quick == 1), measureme
   echo "|---|---|---:|---:|---:|---:|---:|---|"
   printf "%s" "$KTABLE"
   echo
-  echo "Speed without a capture, under the agent, under tcpdump (medians; slowdown = median of the rounds' ratios, their range in brackets):"
+  echo "Speed without a capture, under the agent, under tcpdump (medians; slowdown = median of the rounds' ratios, their range in brackets; CPU per op = the load's CPU time per op under the capture ÷ without, median of the rounds):"
   echo
-  echo "| load | none | agent | slowdown | tcpdump | slowdown |"
-  echo "|---|---:|---:|---:|---:|---:|"
+  echo "| load | none | agent | slowdown | CPU per op | tcpdump | slowdown | CPU per op |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   printf "%s" "$STABLE"
   echo
   [ -z "$KWHY$TWHY" ] || echo "Invalid: ${KWHY}${KWHY:+${TWHY:+; }}${TWHY}" && echo

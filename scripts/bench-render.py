@@ -243,15 +243,18 @@ def dns(r):
                             r.cell(f"dns.kernel.{load}.{d}.ns_per_packet")]))
     out += ["", "Speed with nothing, under the agent (dns programs on the cgroup v2 root, every "
             "query recorded) and under `tcpdump -w /dev/null port <server>`, the captures "
-            "alternated round by round; slowdown = median of the rounds' ratios:", "",
-            "| load | nothing | agent | slowdown | tcpdump | slowdown |",
-            "|---|---:|---:|---:|---:|---:|"]
+            "alternated round by round; slowdown = median of the rounds' ratios; CPU per op = "
+            "the load's own CPU time per op under the capture ÷ without (median of the rounds), "
+            "which the rest of a shared machine moves less than the rate:", "",
+            "| load | nothing | agent | slowdown | CPU per op | tcpdump | slowdown | CPU per op |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for load, label in DNS_SPEED_LOADS:
         if f"dns.speed.{load}.none" not in r.by_id:
             continue
         cells = [label, r.cell(f"dns.speed.{load}.none")]
         for c in ("agent", "tcpdump"):
-            cells += [r.cell(f"dns.speed.{load}.{c}"), r.cell(f"dns.speed.{load}.slowdown.{c}", "x")]
+            cells += [r.cell(f"dns.speed.{load}.{c}"), r.cell(f"dns.speed.{load}.slowdown.{c}", "x"),
+                      r.cell(f"dns.cpu.{load}.{c}", "x")]
         out.append(row(cells))
     return out + [""]
 

@@ -10,7 +10,10 @@
  *
  * udp and tcp are throughput tests that are not DNS (the programs' fast
  * path); dns is a query loop against a real server. Prints one JSON object:
- * {"mode":..,"seconds":..,"ops":..,"ops_per_sec":..,"mb_per_sec":..,"lost":..};
+ * {"mode":..,"seconds":..,"ops":..,"ops_per_sec":..,"mb_per_sec":..,"lost":..,
+ * "cpu_ns_per_op":..}: cpu_ns_per_op is this process's CPU time (user + system,
+ * every thread, which includes loopback's softirq work done in its context) per op,
+ * less sensitive than the rate to what else runs on the machine;
  * ops are datagrams received (udp), bytes received / 64 KiB (tcp) or answers
  * with the query's ID (dns); lost counts datagrams sent but not received
  * (udp) or queries unanswered within 1 s (dns).
@@ -24,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -84,12 +88,23 @@ static void *sink_run(void *arg)
     }
 }
 
+static double cpu_ns(void)
+{
+    struct rusage ru;
+
+    getrusage(RUSAGE_SELF, &ru);
+    return ((double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec) * 1e9 +
+           ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) * 1e3;
+}
+
+static double cpu_start;
+
 static void print(const char *mode, double secs, uint64_t ops, uint64_t bytes, uint64_t lost)
 {
     printf("{\"mode\":\"%s\",\"seconds\":%.3f,\"ops\":%llu,\"ops_per_sec\":%.1f,"
-           "\"mb_per_sec\":%.2f,\"lost\":%llu}\n",
+           "\"mb_per_sec\":%.2f,\"lost\":%llu,\"cpu_ns_per_op\":%.1f}\n",
            mode, secs, (unsigned long long)ops, (double)ops / secs, (double)bytes / secs / 1e6,
-           (unsigned long long)lost);
+           (unsigned long long)lost, ops ? (cpu_ns() - cpu_start) / (double)ops : 0);
 }
 
 static void run_udp(size_t size, double duration)
@@ -244,6 +259,7 @@ int main(int argc, char **argv)
     }
     if (duration <= 0 || size < 1 || size > 65507)
         usage();
+    cpu_start = cpu_ns();
     if (!strcmp(argv[1], "udp"))
         run_udp(size, duration);
     else if (!strcmp(argv[1], "tcp"))
