@@ -3,13 +3,12 @@
  * DNS: every query a socket of this node sends to a DNS server port and every
  * answer it receives from one, UDP and TCP, IPv4 and IPv6, from two cgroup_skb
  * programs attached to the cgroup v2 root (so every process and pod of the
- * node is seen, with no kprobe). A packet that is not DNS costs a header read
- * and a few compares; a DNS message is copied (a bounded prefix) into the
+ * node is seen, with no kprobe). A packet that is not DNS costs a few loads
+ * of its headers in place and a few compares (handle()); a DNS message is
+ * copied (a bounded prefix, into the smallest record that holds it) into the
  * ring buffer with its socket's cookie and cgroup, and user space pairs
  * answers with queries. Both programs always let the packet through.
- *
- * Cost (docs/architecture.md): a packet that is not DNS pays the program's
- * entry, an in-place header read and a few compares (classify()).
+ * scripts/bench-dns.sh measures both paths (docs/performance.md).
  *
  * Only the client side is reported: queries leaving a socket (egress, to a
  * server port) and answers arriving at one (ingress, from a server port). A
@@ -52,124 +51,6 @@ static __always_inline bool is_dns_port(__u16 port)
     return false;
 }
 
-/* What the headers say about a packet: enough to decide, then to fill a record. */
-struct pkt {
-    __u16 family;
-    __u8 protocol;
-    __u16 sport, dport;
-    __u32 l4_off;
-    __u8 saddr[16], daddr[16];
-};
-
-/* IPv4 or IPv6 (no extension headers) carrying the first fragment of UDP or TCP. */
-static __always_inline bool parse_headers(struct __sk_buff *skb, struct pkt *p)
-{
-    __be16 ports[2];
-
-    if (skb->protocol == bpf_htons(ETH_P_IP)) {
-        struct iphdr ip;
-        __u8 ver_ihl;
-
-        if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
-            return false;
-        ver_ihl = *(__u8 *)&ip;
-        if ((ver_ihl >> 4) != 4 || (ver_ihl & 0xf) < 5)
-            return false;
-        if (bpf_ntohs(ip.frag_off) & IP_OFFSET)
-            return false;
-        p->family = AF_INET;
-        p->protocol = ip.protocol;
-        p->l4_off = (ver_ihl & 0xf) * 4;
-        __builtin_memcpy(p->saddr, &ip.saddr, 4);
-        __builtin_memcpy(p->daddr, &ip.daddr, 4);
-    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-        struct ipv6hdr ip6;
-
-        if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
-            return false;
-        p->family = AF_INET6;
-        p->protocol = ip6.nexthdr;
-        p->l4_off = sizeof(ip6);
-        __builtin_memcpy(p->saddr, &ip6.saddr, 16);
-        __builtin_memcpy(p->daddr, &ip6.daddr, 16);
-    } else {
-        return false;
-    }
-    if (p->protocol != IPPROTO_UDP && p->protocol != IPPROTO_TCP)
-        return false;
-    if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)))
-        return false;
-    p->sport = bpf_ntohs(ports[0]);
-    p->dport = bpf_ntohs(ports[1]);
-    return true;
-}
-
-/* What classify() found. */
-enum pkt_class {
-    PKT_NOT_DNS,   /* leave it */
-    PKT_DNS,       /* a DNS port in this direction; p is filled */
-    PKT_UNDECIDED, /* the headers are not in the linear part: parse_headers() decides */
-};
-
-/*
- * The fast path every packet takes: the headers read in place (no helper
- * call), PKT_NOT_DNS as soon as the packet cannot be DNS in this direction.
- * A DNS packet's headers are copied into p on the way, so they are read once.
- */
-static __always_inline int classify(struct __sk_buff *skb, __u8 direction, struct pkt *p)
-{
-    void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-    __be16 *ports;
-
-    if (skb->protocol == bpf_htons(ETH_P_IP)) {
-        struct iphdr *ip = data;
-
-        if ((void *)(ip + 1) > end)
-            return PKT_UNDECIDED;
-        if (ip->frag_off & bpf_htons(IP_OFFSET))
-            return PKT_NOT_DNS;
-        p->family = AF_INET;
-        p->protocol = ip->protocol;
-        p->l4_off = (*(__u8 *)ip & 0xf) * 4;
-        if (p->l4_off < sizeof(*ip))
-            return PKT_NOT_DNS;
-        __builtin_memcpy(p->saddr, &ip->saddr, 4);
-        __builtin_memcpy(p->daddr, &ip->daddr, 4);
-    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-        struct ipv6hdr *ip6 = data;
-
-        if ((void *)(ip6 + 1) > end)
-            return PKT_UNDECIDED;
-        p->family = AF_INET6;
-        p->protocol = ip6->nexthdr;
-        p->l4_off = sizeof(*ip6);
-        __builtin_memcpy(p->saddr, &ip6->saddr, 16);
-        __builtin_memcpy(p->daddr, &ip6->daddr, 16);
-    } else {
-        return PKT_NOT_DNS;
-    }
-    if (p->protocol != IPPROTO_UDP && p->protocol != IPPROTO_TCP)
-        return PKT_NOT_DNS;
-    ports = data + p->l4_off;
-    if ((void *)(ports + 2) > end)
-        return PKT_UNDECIDED;
-    p->sport = bpf_ntohs(ports[0]);
-    p->dport = bpf_ntohs(ports[1]);
-    return is_dns_port(direction == DNS_DIR_QUERY ? p->dport : p->sport) ? PKT_DNS : PKT_NOT_DNS;
-}
-
-/* Offset of the DNS message (TCP: of its 2-byte length prefix); 0 when there is none. */
-static __always_inline __u32 payload_offset(struct __sk_buff *skb, const struct pkt *p)
-{
-    __u8 doff;
-
-    if (p->protocol == IPPROTO_UDP)
-        return p->l4_off + 8;
-    if (bpf_skb_load_bytes(skb, p->l4_off + 12, &doff, 1))
-        return 0;
-    return p->l4_off + (doff >> 4) * 4;
-}
-
 static __always_inline void fill_sender(struct dns_record *r, struct __sk_buff *skb)
 {
     r->hdr.cgroup_id = bpf_skb_cgroup_id(skb);
@@ -182,61 +63,200 @@ static __always_inline void fill_sender(struct dns_record *r, struct __sk_buff *
     bpf_get_current_comm(r->hdr.comm, sizeof(r->hdr.comm));
 }
 
-static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
-{
-    __u32 slot = direction == DNS_DIR_QUERY ? SLOT_DNS_EGRESS : SLOT_DNS_INGRESS;
-    __u32 bucket_key = direction - 1;
-    struct rate_bucket *b;
-    struct dns_record *r;
-    struct pkt p = {};
-    __u32 off;
-    __u64 len;
+/* Where a DNS packet's headers are: enough to fill a record. */
+struct pkt {
+    __u16 family;
+    __u8 protocol;
+    __u32 l4_off;
+};
+
+/* What record_dns() read of a DNS packet, for emit(). */
+struct dns_msg {
     __u64 now;
+    __u32 slot, direction, family;
+    __u32 off, len; /* the message: its offset in the packet, its bytes there */
+    __u8 protocol;
+    __be16 ports[2];
+    union {
+        struct iphdr v4;
+        struct ipv6hdr v6;
+    } ip;
+};
 
-    switch (classify(skb, direction, &p)) {
-    case PKT_NOT_DNS:
-        return 1;
-    case PKT_UNDECIDED:
-        __builtin_memset(&p, 0, sizeof(p));
-        if (!parse_headers(skb, &p) || !is_dns_port(direction == DNS_DIR_QUERY ? p.dport : p.sport))
-            return 1;
-        break;
-    }
-    off = payload_offset(skb, &p);
-    if (off == 0 || off >= skb->len)
-        return 1; /* TCP handshake, ACKs, FIN: no message */
+/*
+ * Reserves a record with room for cap bytes of the message (a constant, so the
+ * verifier knows the record's size), fills it and submits it. The smaller the
+ * record, the fewer fresh cache lines of the ring each message costs.
+ */
+static __always_inline int emit(struct __sk_buff *skb, const struct dns_msg *m,
+                                struct rate_bucket *b, const __u32 cap)
+{
+    struct dns_record *r = record_reserve(m->slot, DNS_RECORD_SIZE(cap));
+    __u64 len = m->len;
 
-    now = bpf_ktime_get_boot_ns();
-    b = bpf_map_lookup_elem(&dns_buckets, &bucket_key);
-    if (!b || !rate_bucket_take(b, dns_rate_per_sec, slot, now))
-        return 1;
-    r = record_reserve(slot, sizeof(*r));
     if (!r)
         return 1; /* counted as a drop; the bucket's suppressed count waits for the next */
     __builtin_memset(&r->hdr, 0, sizeof(r->hdr));
     r->hdr.kind = RECORD_DNS;
-    r->hdr.ts_ns = now;
-    r->direction = direction;
+    r->hdr.ts_ns = m->now;
+    r->direction = m->direction;
     fill_sender(r, skb);
     r->cookie = bpf_get_socket_cookie(skb);
     r->suppressed = b->suppressed;
     b->suppressed = 0;
-    r->family = p.family;
-    r->protocol = p.protocol;
-    r->sport = p.sport;
-    r->dport = p.dport;
-    __builtin_memcpy(r->saddr, p.saddr, 16);
-    __builtin_memcpy(r->daddr, p.daddr, 16);
-    r->message_len = skb->len - off;
-    len = r->message_len < DNS_RECORD_PAYLOAD_MAX ? r->message_len : DNS_RECORD_PAYLOAD_MAX;
+    r->family = m->family;
+    r->protocol = m->protocol;
+    r->sport = bpf_ntohs(m->ports[0]);
+    r->dport = bpf_ntohs(m->ports[1]);
+    if (m->family == AF_INET) {
+        __builtin_memset(r->saddr, 0, sizeof(r->saddr));
+        __builtin_memset(r->daddr, 0, sizeof(r->daddr));
+        __builtin_memcpy(r->saddr, &m->ip.v4.saddr, 4);
+        __builtin_memcpy(r->daddr, &m->ip.v4.daddr, 4);
+    } else {
+        __builtin_memcpy(r->saddr, &m->ip.v6.saddr, 16);
+        __builtin_memcpy(r->daddr, &m->ip.v6.daddr, 16);
+    }
+    r->message_len = m->len;
     /* The verifier must see the bound on the very register passed as the length: the
-     * mask is opaque to the compiler, so it cannot hand the helper another copy. */
-    asm volatile("%0 &= 0x3ff" : "+r"(len));
-    if (len == 0 || len > DNS_RECORD_PAYLOAD_MAX || bpf_skb_load_bytes(skb, off, r->payload, len))
+     * clamp is opaque to the compiler, so it cannot hand the helper another copy. */
+    asm volatile("if %[len] <= %[cap] goto +1; %[len] = %[cap]" : [len] "+r"(len) : [cap] "i"(cap));
+    if (len == 0 || len > cap || bpf_skb_load_bytes(skb, m->off, r->payload, len))
         len = 0;
     r->payload_len = len;
     record_submit(r);
     return 1;
+}
+
+/*
+ * The DNS half: runs only for a packet whose server port is a DNS port. The
+ * headers are read again here, with bpf_skb_load_bytes(): the fast path keeps
+ * nothing but what its test needs, so a packet that is not DNS pays no
+ * copies. Not inlined, so the fast path's registers and stack stay its own.
+ */
+static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 family, __u32 l4_off)
+{
+    __u32 bucket_key = direction - 1, skb_len = skb->len;
+    struct rate_bucket *b;
+    struct dns_msg m;
+    __u8 doff;
+
+    m.slot = direction == DNS_DIR_QUERY ? SLOT_DNS_EGRESS : SLOT_DNS_INGRESS;
+    m.direction = direction;
+    m.family = family;
+    if (bpf_skb_load_bytes(skb, 0, &m.ip, family == AF_INET ? sizeof(m.ip.v4) : sizeof(m.ip.v6)) ||
+        bpf_skb_load_bytes(skb, l4_off, m.ports, sizeof(m.ports)))
+        return 1;
+    m.protocol = family == AF_INET ? m.ip.v4.protocol : m.ip.v6.nexthdr;
+    /* The message: UDP's after 8 bytes, TCP's after the header's data offset. */
+    if (m.protocol == IPPROTO_UDP) {
+        m.off = l4_off + 8;
+    } else {
+        if (bpf_skb_load_bytes(skb, l4_off + 12, &doff, 1))
+            return 1;
+        m.off = l4_off + (doff >> 4) * 4;
+    }
+    if (m.off >= skb_len)
+        return 1; /* TCP handshake, ACKs, FIN: no message */
+    m.len = skb_len - m.off;
+
+    m.now = bpf_ktime_get_boot_ns();
+    b = bpf_map_lookup_elem(&dns_buckets, &bucket_key);
+    if (!b || !rate_bucket_take(b, dns_rate_per_sec, m.slot, m.now))
+        return 1;
+    /* Most queries and answers fit the smallest record. */
+    if (m.len <= DNS_RECORD_PAYLOAD_SMALL)
+        return emit(skb, &m, b, DNS_RECORD_PAYLOAD_SMALL);
+    if (m.len <= DNS_RECORD_PAYLOAD_MID)
+        return emit(skb, &m, b, DNS_RECORD_PAYLOAD_MID);
+    return emit(skb, &m, b, DNS_RECORD_PAYLOAD_MAX);
+}
+
+/* IPv4 or IPv6 (no extension headers) carrying the first fragment of UDP or TCP, its
+ * headers not in the linear part: read with bpf_skb_load_bytes(). Rare on this hook. */
+static __noinline int handle_nonlinear(struct __sk_buff *skb, __u32 direction)
+{
+    __be16 ports[2];
+    struct pkt p;
+
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        struct iphdr ip;
+        __u8 ver_ihl;
+
+        if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+            return 1;
+        ver_ihl = *(__u8 *)&ip;
+        if ((ver_ihl >> 4) != 4 || (ver_ihl & 0xf) < 5)
+            return 1;
+        if (bpf_ntohs(ip.frag_off) & IP_OFFSET)
+            return 1;
+        p.family = AF_INET;
+        p.protocol = ip.protocol;
+        p.l4_off = (ver_ihl & 0xf) * 4;
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr ip6;
+
+        if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+            return 1;
+        p.family = AF_INET6;
+        p.protocol = ip6.nexthdr;
+        p.l4_off = sizeof(ip6);
+    } else {
+        return 1;
+    }
+    if (p.protocol != IPPROTO_UDP && p.protocol != IPPROTO_TCP)
+        return 1;
+    if (bpf_skb_load_bytes(skb, p.l4_off, ports, sizeof(ports)))
+        return 1;
+    if (!is_dns_port(bpf_ntohs(ports[direction == DNS_DIR_QUERY ? 1 : 0])))
+        return 1;
+    return record_dns(skb, direction, p.family, p.l4_off);
+}
+
+/*
+ * The path every packet of the node takes: the IP header's protocol byte and
+ * the server port read in place (skb->data, no helper call, no copy), and the
+ * packet left alone at the first mismatch.
+ */
+static __always_inline int handle(struct __sk_buff *skb, __u32 direction)
+{
+    void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    __u32 family, l4_off;
+    __be16 *ports;
+    __u8 protocol;
+
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = data;
+
+        if ((void *)(ip + 1) > end)
+            return handle_nonlinear(skb, direction);
+        protocol = ip->protocol;
+        if ((protocol != IPPROTO_UDP && protocol != IPPROTO_TCP) ||
+            (ip->frag_off & bpf_htons(IP_OFFSET)))
+            return 1;
+        family = AF_INET;
+        l4_off = (*(__u8 *)ip & 0xf) * 4;
+        if (l4_off < sizeof(*ip))
+            return 1;
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = data;
+
+        if ((void *)(ip6 + 1) > end)
+            return handle_nonlinear(skb, direction);
+        protocol = ip6->nexthdr;
+        if (protocol != IPPROTO_UDP && protocol != IPPROTO_TCP)
+            return 1;
+        family = AF_INET6;
+        l4_off = sizeof(*ip6);
+    } else {
+        return 1;
+    }
+    ports = data + l4_off;
+    if ((void *)(ports + 2) > end)
+        return handle_nonlinear(skb, direction);
+    if (!is_dns_port(bpf_ntohs(ports[direction == DNS_DIR_QUERY ? 1 : 0])))
+        return 1;
+    return record_dns(skb, direction, family, l4_off);
 }
 
 SEC("cgroup_skb/egress")

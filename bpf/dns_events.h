@@ -14,6 +14,11 @@
 
 /* Bytes of a DNS message copied into a record: the classic UDP maximum. */
 #define DNS_RECORD_PAYLOAD_MAX 512
+/* A record has room for the smallest of these that holds the message (or for
+ * DNS_RECORD_PAYLOAD_MAX): a record is DNS_RECORD_SIZE(room) bytes, not sizeof. */
+#define DNS_RECORD_PAYLOAD_SMALL 128
+#define DNS_RECORD_PAYLOAD_MID   256
+#define DNS_RECORD_SIZE(room)    (__builtin_offsetof(struct dns_record, payload) + (room))
 /* Server ports recognised as DNS (DNS_PORTS); unused slots are 0. */
 #define DNS_PORTS_MAX 4
 
@@ -37,9 +42,9 @@ struct dns_record {
     __u8 direction; /* enum dns_direction */
     __u16 sport, dport;
     __u8 saddr[16], daddr[16];
-    __u32 message_len; /* bytes of L4 payload in the packet */
-    __u32 payload_len; /* bytes copied into payload, <= DNS_RECORD_PAYLOAD_MAX */
-    __u8 payload[DNS_RECORD_PAYLOAD_MAX];
+    __u32 message_len;                    /* bytes of L4 payload in the packet */
+    __u32 payload_len;                    /* bytes copied into payload, <= the record's room */
+    __u8 payload[DNS_RECORD_PAYLOAD_MAX]; /* the record ends after its room (DNS_RECORD_SIZE) */
 };
 
 #endif

@@ -215,6 +215,50 @@ def codec(r):
     return out + [""]
 
 
+DNS_KERNEL_LOADS = [
+    ("udp", "non-DNS UDP datagram (64 bytes)"),
+    ("tcp", "non-DNS TCP segment (bulk stream)"),
+    ("dns", "DNS query (egress) or answer (ingress), recorded"),
+]
+DNS_SPEED_LOADS = [("udp", "UDP datagrams/s"), ("tcp", "TCP MB/s"), ("dns", "DNS queries/s")]
+
+
+def dns(r):
+    """scripts/bench-dns.sh: the dns capture's cost per packet and its effect on throughput."""
+    if not r.matches(r"dns\.kernel\.(.+)"):
+        return []
+    out = ["### DNS capture (`scripts/bench-dns.sh`)", "",
+           "In-kernel cost, ns per program run, median of the rounds (`BPF_ENABLE_STATS`); the "
+           "empty program (`return 1`) on the same hook after the agent's shows what the "
+           "statistics' clock reads and the dispatch cost by themselves; the program's own "
+           "cost is the difference:", "",
+           "| packet | program | ns/run | empty program | program's own |",
+           "|---|---|---:|---:|---:|"]
+    for load, label in DNS_KERNEL_LOADS:
+        for d in ("egress", "ingress"):
+            if f"dns.kernel.{load}.{d}.ns_per_run" not in r.by_id:
+                continue
+            out.append(row([label, d, r.cell(f"dns.kernel.{load}.{d}.ns_per_run"),
+                            r.cell(f"dns.kernel.{load}.empty_{d}.ns_per_run"),
+                            r.cell(f"dns.kernel.{load}.{d}.ns_per_packet")]))
+    out += ["", "Speed with nothing, under the agent (dns programs on the cgroup v2 root, every "
+            "query recorded) and under `tcpdump -w /dev/null port <server>`, the captures "
+            "alternated round by round; slowdown = median of the rounds' ratios; CPU per op = "
+            "the load's own CPU time per op under the capture ÷ without (median of the rounds), "
+            "which the rest of a shared machine moves less than the rate:", "",
+            "| load | nothing | agent | slowdown | CPU per op | tcpdump | slowdown | CPU per op |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for load, label in DNS_SPEED_LOADS:
+        if f"dns.speed.{load}.none" not in r.by_id:
+            continue
+        cells = [label, r.cell(f"dns.speed.{load}.none")]
+        for c in ("agent", "tcpdump"):
+            cells += [r.cell(f"dns.speed.{load}.{c}"), r.cell(f"dns.speed.{load}.slowdown.{c}", "x"),
+                      r.cell(f"dns.cpu.{load}.{c}", "x")]
+        out.append(row(cells))
+    return out + [""]
+
+
 def the_rest(r):
     rest = [m for m in r.ms if m["id"] not in r.shown and m.get("target") is None]
     if not rest:
@@ -230,7 +274,8 @@ def render(results_path):
     r = Results(results_path)
     lines = ["<!-- bench:begin (written by make bench: scripts/bench-render.py; do not edit) -->", ""]
     lines += run_line(r)
-    lines += overhead(r) + loss_curve(r) + ingest_curve(r) + codec(r) + targets(r) + the_rest(r)
+    lines += overhead(r) + loss_curve(r) + ingest_curve(r) + codec(r) + dns(r) + targets(r)
+    lines += the_rest(r)
     lines += ["Every measurement with the command that produced it: "
               "[docs/bench/results.json](bench/results.json).", "", "<!-- bench:end -->"]
     return "\n".join(lines) + "\n"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark suite (`make bench`; docs/performance.md): runs
 # scripts/bench-agent.sh (in-kernel cost, overhead against bpftrace and
-# libbpf-tools, agent pipeline) and scripts/bench-aggregator.sh (transport,
-# aggregator), each of which writes build/bench/<name>.json and
+# libbpf-tools, agent pipeline), scripts/bench-aggregator.sh (transport,
+# aggregator) and scripts/bench-dns.sh (the dns capture's cost per packet,
+# throughput with and without it, against tcpdump), each of which writes
+# build/bench/<name>.json and
 # build/bench/<name>.md, and build/bench/bench_codec when it is built (the
 # codec A/B); then assembles build/bench/results.json (the run: date, kernel,
 # CPUs, commit, validity; one object per measurement) and results.md.
@@ -43,12 +45,13 @@ done
 
 OUT=build/bench
 mkdir -p "$OUT"
-rm -f "$OUT/agent.json" "$OUT/agent.md" "$OUT/aggregator.json" "$OUT/aggregator.md" "$OUT/codec.json"
+rm -f "$OUT/agent.json" "$OUT/agent.md" "$OUT/aggregator.json" "$OUT/aggregator.md" "$OUT/codec.json" \
+  "$OUT/dns.json" "$OUT/dns.md"
 started=$(date +%s)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 status=0
 sections=()
-for part in agent aggregator; do
+for part in agent aggregator dns; do
   script=scripts/bench-$part.sh
   if [ ! -x "$script" ]; then
     echo "bench: $script missing, skipped" >&2
@@ -124,7 +127,7 @@ fi
   echo
   jq -r '.run | "\(.date), \(.cpus) CPUs (\(.cpu_model)), kernel \(.kernel), commit \(.commit)\(if .quick then ", --quick (tiny sizes: figures are not meaningful)" else "" end); suite took \(.elapsed_seconds) s. Run: \(if .valid then "valid" else "INVALID: " + (.invalid_reasons | join("; ")) end)."' "$OUT/results.json"
   echo
-  for part in agent aggregator; do
+  for part in agent aggregator dns; do
     [ -s "$OUT/$part.md" ] && cat "$OUT/$part.md" && echo
   done
   met=$(jq '[.measurements[] | select(.met == true)] | length' "$OUT/results.json")

@@ -33,6 +33,7 @@ packages=(
   prometheus # tests/test_e2e_monitoring.c: promtool, and a Prometheus running the dashboard's queries
   chromium # tests/test_e2e_ui.c: the web page in a real browser, driven by playwright-core (tests/js)
   dnsmasq-base dnsutils # tests/test_dns.c, test_e2e_dns.c: a real DNS server; dig
+  tcpdump # scripts/bench-dns.sh: the DNS capture compared against
 )
 # --list prints the Debian packages, one per line, and installs nothing
 # (scripts/check-deps.sh checks the build's headers and libraries against it).

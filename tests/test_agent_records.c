@@ -1010,7 +1010,8 @@ Test(records, dns_malformed_records_are_counted)
 {
     struct dns_record *r = dns_rec(DNS_DIR_QUERY, IPPROTO_UDP, AF_INET);
 
-    for (size_t len = 0; len < sizeof(*r); len += len < 64 ? 1 : 97)
+    /* Shorter than the header plus the payload it says it carries. */
+    for (size_t len = 0; len < DNS_RECORD_SIZE(r->payload_len); len += len < 64 ? 1 : 7)
         dns_malformed(r, len, NULL);
     r->family = 1;
     dns_malformed(r, sizeof(*r), "dns record with address family 1");
@@ -1027,9 +1028,33 @@ Test(records, dns_malformed_records_are_counted)
     r->payload_len = 30;
     r->message_len = 24;
     dns_malformed(r, sizeof(*r), "dns record with 30 payload bytes of a 24-byte message");
+    r->payload_len = r->message_len = 200;
+    dns_malformed(r, DNS_RECORD_SIZE(DNS_RECORD_PAYLOAD_SMALL),
+                  "dns record of 240 bytes with 200 payload bytes");
     r->payload_len = r->message_len = 24;
     r->hdr.kind = RECORD_CONNECT;
     dns_malformed(r, sizeof(*r), "record of kind 1 is not a dns record");
+    free(r);
+}
+
+/* The program reserves the smallest record that holds the message: each size decodes whole. */
+Test(records, dns_records_of_each_room_decode)
+{
+    static const size_t rooms[] = {DNS_RECORD_PAYLOAD_SMALL, DNS_RECORD_PAYLOAD_MID,
+                                   DNS_RECORD_PAYLOAD_MAX};
+    struct dns_record *r = dns_rec(DNS_DIR_ANSWER, IPPROTO_UDP, AF_INET);
+    struct records_dns m;
+    char err[128] = "";
+
+    for (size_t i = 0; i < sizeof(rooms) / sizeof(rooms[0]); i++) {
+        for (size_t k = 0; k < rooms[i]; k++)
+            r->payload[k] = (uint8_t)(k * 7 + i);
+        r->payload_len = r->message_len = (uint32_t)rooms[i];
+        cr_assert_eq(decode_dns(r, DNS_RECORD_SIZE(rooms[i]), &m, r->payload, err, sizeof(err)), 0,
+                     "room %zu: %s", rooms[i], err);
+        cr_assert_eq(m.payload_len, rooms[i]);
+        cr_assert_not(m.truncated);
+    }
     free(r);
 }
 

@@ -45,7 +45,7 @@ Test(e2e_bench, quick_suite_writes_every_measurement, .timeout = 600)
     cr_assert(json_is_array(ms), "results.json has no measurements array");
     cr_assert_gt(json_array_size(ms), 10, "only %zu measurements", json_array_size(ms));
 
-    bool agent = false, aggregator = false, zero_loss = false, kernel = false;
+    bool agent = false, aggregator = false, zero_loss = false, kernel = false, dns = false;
     size_t i;
     json_t *m;
     json_array_foreach(ms, i, m)
@@ -64,11 +64,13 @@ Test(e2e_bench, quick_suite_writes_every_measurement, .timeout = 600)
         aggregator |= strcmp(section, "aggregator") == 0;
         zero_loss |= strcmp(id, "pipeline.zero_loss_events_per_sec") == 0;
         kernel |= strncmp(id, "kernel.agent.", 13) == 0;
+        dns |= strcmp(id, "dns.kernel.dns.egress.ns_per_packet") == 0;
     }
     cr_expect(agent, "no agent measurements");
     cr_expect(aggregator, "no aggregator measurements");
     cr_expect(zero_loss, "no zero-loss pipeline rate");
     cr_expect(kernel, "no in-kernel cost");
+    cr_expect(dns, "no dns capture cost (scripts/bench-dns.sh)");
 
     char *md = tu_read_file(tu_repo_path("build/bench/results.md"));
     cr_assert_not_null(md, "results.md missing");

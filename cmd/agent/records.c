@@ -220,7 +220,7 @@ static int decode_exit(const struct records_decoder *d, const void *data, struct
     return 0;
 }
 
-static int decode_dns(const struct records_decoder *d, const struct dns_record *r,
+static int decode_dns(const struct records_decoder *d, const struct dns_record *r, size_t len,
                       struct records_dns *out, char *err, size_t errlen)
 {
     struct event addrs = {0};
@@ -234,6 +234,9 @@ static int decode_dns(const struct records_decoder *d, const struct dns_record *
     if (r->payload_len > DNS_RECORD_PAYLOAD_MAX || r->payload_len > r->message_len)
         return errmsg_set(err, errlen, "dns record with %u payload bytes of a %u-byte message",
                           r->payload_len, r->message_len);
+    if (r->payload_len > len - DNS_RECORD_SIZE(0))
+        return errmsg_set(err, errlen, "dns record of %zu bytes with %u payload bytes", len,
+                          r->payload_len);
     out->timestamp_ns = r->hdr.ts_ns + (uint64_t)d->boot_to_real_ns;
     out->boot_ns = r->hdr.ts_ns;
     out->pid = r->hdr.pid;
@@ -264,13 +267,13 @@ int records_decode_dns(struct records_decoder *d, const void *data, size_t len,
     int rc;
 
     memset(out, 0, sizeof(*out));
-    if (len < sizeof(struct dns_record))
-        rc = errmsg_set(err, errlen, "dns record of %zu bytes, shorter than its %zu", len,
-                        sizeof(struct dns_record));
+    if (len < DNS_RECORD_SIZE(0))
+        rc = errmsg_set(err, errlen, "dns record of %zu bytes, shorter than its header's %zu", len,
+                        (size_t)DNS_RECORD_SIZE(0));
     else if (h->kind != RECORD_DNS)
         rc = errmsg_set(err, errlen, "record of kind %u is not a dns record", h->kind);
     else
-        rc = decode_dns(d, data, out, err, errlen);
+        rc = decode_dns(d, data, len, out, err, errlen);
     if (rc == 0)
         return 0;
     __atomic_fetch_add(&d->malformed, 1, __ATOMIC_RELAXED);
