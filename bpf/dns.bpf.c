@@ -59,6 +59,8 @@ static __always_inline void fill_sender(struct dns_record *r, struct __sk_buff *
     if (r->direction != DNS_DIR_QUERY || bpf_get_current_cgroup_id() != r->hdr.cgroup_id)
         return;
     r->hdr.pid = bpf_get_current_pid_tgid() >> 32;
+    /* Read now: a short-lived resolver may be gone before user space sees the record. */
+    r->hdr.ppid = BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), real_parent, tgid);
     r->hdr.uid = (__u32)bpf_get_current_uid_gid();
     bpf_get_current_comm(r->hdr.comm, sizeof(r->hdr.comm));
 }

@@ -29,7 +29,7 @@ enum dns_direction {
 
 /*
  * RECORD_DNS. hdr.cgroup_id is the socket's cgroup (so an answer received in
- * softirq still names its pod); hdr.pid/comm/uid are the sending task for a
+ * softirq still names its pod); hdr.pid/ppid/comm/uid are the sending task for a
  * query sent from the socket's own cgroup, zero otherwise (an answer, or a
  * query sent outside the socket owner's context).
  */

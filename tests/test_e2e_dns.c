@@ -731,7 +731,7 @@ Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = s
     check_answered(ev, "A", "NOERROR", SVC_ADDR, "127.0.0.1", "udp", "ipv4");
     cr_assert_str_eq(tu_jstr(ev, "command"), MARKER);
     cr_assert_eq(tu_jint(ev, "pid"), child);
-    /* Every event has its ppid (SPEC §5): the agent reads it from /proc for a query. */
+    /* Every event has its ppid (SPEC §5), read from the sending task. */
     cr_assert_eq(tu_jint(ev, "ppid"), getpid());
     cr_assert_eq(tu_jint(ev, "dest_port"), dnsmasq.port);
     json_decref(doc);
@@ -772,6 +772,25 @@ Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = s
     cr_assert_null(json_object_get(to, "latency_ns"));
     json_decref(to);
 
+    /* A resolver that asks and exits at once, reaped before its query times out: the event
+     * still names it and its parent, read in the kernel as it sent. */
+    pid_t quick = fork();
+    cr_assert(quick >= 0);
+    if (quick == 0) {
+        ask(silent_port, 0x7102, "gone.test", false);
+        _exit(0);
+    }
+    int quick_status;
+    cr_assert_eq(waitpid(quick, &quick_status, 0), quick);
+    cr_assert(WIFEXITED(quick_status) && WEXITSTATUS(quick_status) == 0);
+    struct want gone = {"gone.test", 0x7102};
+    json_t *g = tu_wait_event(agent.port, "/api/events?type=dns&status=timeout&limit=1000",
+                              is_timeout_of, &gone, WAIT_MS);
+    cr_assert(g, "no timeout event for the resolver that exited");
+    cr_assert_eq(tu_jint(g, "pid"), quick);
+    cr_assert_eq(tu_jint(g, "ppid"), getpid());
+    json_decref(g);
+
     /* Malformed answers: each a counted parse error; its query times out under its own name. */
     static const char *const bad[] = {"trunc.test", "loop.test", "biglabel.test"};
     for (unsigned k = 0; k < 3; k++)
@@ -788,9 +807,9 @@ Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = s
     cr_assert_eq(kill(agent.pid, 0), 0, "the agent is still running");
 
     /* No dns event names anything but what was asked. */
-    static const char *const asked_names[] = {"ready.test",   "svc.test",   "servfail.test",
-                                              "silent.test",  "trunc.test", "loop.test",
-                                              "biglabel.test"};
+    static const char *const asked_names[] = {"ready.test",  "svc.test",     "servfail.test",
+                                              "silent.test", "gone.test",    "trunc.test",
+                                              "loop.test",   "biglabel.test"};
     json_t *all = tu_fetch_json(agent.port, "/api/events?type=dns&limit=10000");
     size_t i;
     json_t *e;

@@ -41,54 +41,13 @@ struct dns_agent {
     struct dns_message *msg; /* ~35 KB: one, reused for every message */
 
     uint64_t messages, suppressed, truncated; /* capture thread */
-    /* pid -> ppid as /proc said it lately (capture thread): a cgroup_skb program cannot
-     * read the parent, and a resolver asks many queries in a row. */
-    struct {
-        uint32_t pid, ppid;
-        uint64_t at_ns;
-    } parents[64];
-
-    pthread_mutex_t lock; /* guards what follows */
+    pthread_mutex_t lock;                     /* guards what follows */
     struct dns_agent_stats snapshot;
     struct series *series; /* open addressing, cap + 1 slots (the last for ~other) */
     size_t series_cap, series_used;
     struct series other;
     uint64_t series_folded;
 };
-
-/* The parent of pid from /proc (the agent runs in the host PID namespace); 0 when gone. */
-static uint32_t read_ppid(uint32_t pid)
-{
-    char path[32], buf[512];
-    unsigned ppid = 0;
-
-    snprintf(path, sizeof(path), "/proc/%" PRIu32 "/stat", pid);
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    /* "pid (comm) state ppid ...": comm may hold spaces and parentheses, so after the last ')'. */
-    const char *close = strrchr(buf, ')');
-    if (!close || sscanf(close + 1, " %*c %u", &ppid) != 1)
-        return 0;
-    return ppid;
-}
-
-static uint32_t parent_of(struct dns_agent *d, uint32_t pid, uint64_t now_ns)
-{
-    size_t slot = pid % (sizeof(d->parents) / sizeof(d->parents[0]));
-
-    if (pid == 0)
-        return 0;
-    if (d->parents[slot].pid != pid || now_ns - d->parents[slot].at_ns > 1000000000ull) {
-        d->parents[slot].pid = pid;
-        d->parents[slot].ppid = read_ppid(pid);
-        d->parents[slot].at_ns = now_ns;
-    }
-    return d->parents[slot].ppid;
-}
 
 static void snapshot(struct dns_agent *d)
 {
@@ -171,7 +130,7 @@ void dns_agent_message(struct dns_agent *d, const struct records_dns *m)
         memcpy(k.server, m->daddr, sizeof(k.server));
         attr.timestamp_ns = m->timestamp_ns;
         attr.pid = m->pid;
-        attr.ppid = parent_of(d, m->pid, m->boot_ns);
+        attr.ppid = m->ppid;
         attr.uid = m->uid;
         memcpy(attr.command, m->command, sizeof(attr.command));
         attr.cgroup_id = m->cgroup_id;

@@ -240,6 +240,7 @@ static int decode_dns(const struct records_decoder *d, const struct dns_record *
     out->timestamp_ns = r->hdr.ts_ns + (uint64_t)d->boot_to_real_ns;
     out->boot_ns = r->hdr.ts_ns;
     out->pid = r->hdr.pid;
+    out->ppid = r->hdr.ppid;
     out->uid = r->hdr.uid;
     memcpy(out->command, r->hdr.comm, EVENT_COMM_LEN);
     out->command[EVENT_COMM_LEN - 1] = '\0';

@@ -52,9 +52,9 @@ int records_decode(struct records_decoder *d, const void *data, size_t len, stru
  * from a RECORD_DNS (bpf/dns_events.h), for the DNS tracker (pkg/dns.h).
  */
 struct records_dns {
-    uint64_t timestamp_ns; /* since the Unix epoch */
-    uint64_t boot_ns;      /* CLOCK_BOOTTIME, the kernel's own timestamp */
-    uint32_t pid, uid;     /* the sending task of a query; 0 when unknown (every answer) */
+    uint64_t timestamp_ns;   /* since the Unix epoch */
+    uint64_t boot_ns;        /* CLOCK_BOOTTIME, the kernel's own timestamp */
+    uint32_t pid, ppid, uid; /* the sending task of a query; 0 when unknown (every answer) */
     char command[EVENT_COMM_LEN];
     uint64_t cgroup_id;  /* the socket's cgroup */
     uint64_t cookie;     /* the socket's cookie: an answer comes back to its query's socket */
