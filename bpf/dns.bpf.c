@@ -222,11 +222,22 @@ static __noinline int handle_nonlinear(struct __sk_buff *skb, __u32 direction)
  */
 static __always_inline int handle(struct __sk_buff *skb, __u32 direction)
 {
-    void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-    __u32 family, l4_off;
+    void *data, *end;
+    __u32 family, l4_off, peer;
     __be16 *ports;
     __u8 protocol;
 
+    /*
+     * A connected socket's peer port (the server's, for a query and its answer alike) is
+     * in the socket the stack has just used, not in the packet's lines, which a bulk
+     * stream's copies may have pushed out of cache: when it is set and not a DNS port the
+     * packet is not DNS. Unconnected UDP sockets have none; their packets are read.
+     */
+    peer = skb->remote_port; /* network order, in the upper 16 bits */
+    if (peer != 0 && !is_dns_port(bpf_ntohs((__u16)(peer >> 16))))
+        return 1;
+    data = (void *)(long)skb->data;
+    end = (void *)(long)skb->data_end;
     if (skb->protocol == bpf_htons(ETH_P_IP)) {
         struct iphdr *ip = data;
 
