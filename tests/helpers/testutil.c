@@ -36,7 +36,8 @@ uint64_t tu_mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000ull + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-int tu_free_port(void)
+/* A loopback port free for TCP, or -1. */
+static int free_tcp_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -49,6 +50,30 @@ int tu_free_port(void)
     }
     close(fd);
     return ntohs(sa.sin_port);
+}
+
+/* Whether port is free for UDP on loopback too (a DNS server binds both). */
+static bool udp_port_free(int port)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+int tu_free_port(void)
+{
+    /* Ephemeral UDP ports of busy clients on the machine share the range: retry past them. */
+    for (int tries = 0; tries < 64; tries++) {
+        int port = free_tcp_port();
+        if (port < 0 || udp_port_free(port))
+            return port;
+    }
+    return -1;
 }
 
 /* The build's bin directory (bin-asan for make SANITIZE=1), or $EBPF_MONITOR_BIN_DIR. */

@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* A TCP port on 127.0.0.1 that nothing listens on right now. */
+/* A port on 127.0.0.1 free for both TCP and UDP right now. */
 int tu_free_port(void);
 /* A UDP socket bound to 127.0.0.1 on a port the kernel picks (CLOEXEC); *port receives it.
  * Asserts. */
