@@ -238,6 +238,8 @@ static int run_inproc(uint64_t nevents, const char *prefix)
     bench_emit(name, (double)(2 * nevents - ss.events - ss.evicted_count), "events", NULL, 0);
     snprintf(name, sizeof(name), "%s.inproc.bytes_per_stored_event", prefix);
     bench_emit(name, (double)(rss1 - rss0) / (double)filled.events, "B", "<=", 200);
+    snprintf(name, sizeof(name), "%s.inproc.index_bytes_per_stored_event", prefix);
+    bench_emit(name, (double)filled.index_bytes / (double)filled.events, "B", NULL, 0);
     if (fill.rejected + steady.rejected || fill.failed + steady.failed)
         fprintf(stderr, "bench_aggregator_ingest: %" PRIu64 " rejected, %" PRIu64 " failed: %s\n",
                 fill.rejected + steady.rejected, fill.failed + steady.failed, err);
