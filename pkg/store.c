@@ -96,15 +96,35 @@ struct post_entry {
     uint32_t shard;
 } __attribute__((packed));
 
-/* The events holding one value of one field; freed when its last event is evicted. */
+/*
+ * The events holding one value of one field; freed when its last event is
+ * evicted. Most values (a pid, a port) hold few events: up to POST_INLINE
+ * entries live in the list itself, more in an allocated deque.
+ */
+#define POST_INLINE 2
+
 struct post_list {
     struct post_list *next; /* hash chain */
     uint64_t hash;
     uint8_t field;
     uint8_t value[EVENT_COMM_LEN]; /* the value's bytes, zero-padded */
-    struct post_entry *ents;       /* circular deque */
-    size_t cap, head, len;
+    uint32_t cap, head, len;       /* a circular deque of cap entries (a power of two) */
+    union {
+        struct post_entry *ents; /* cap > POST_INLINE */
+        struct post_entry inl[POST_INLINE];
+    };
 };
+
+static inline struct post_entry *post_ents(const struct post_list *l)
+{
+    return l->cap > POST_INLINE ? l->ents : (struct post_entry *)l->inl;
+}
+
+/* Bytes of a list's entries outside the list itself. */
+static inline size_t post_heap_bytes(size_t cap)
+{
+    return cap > POST_INLINE ? cap * sizeof(struct post_entry) : 0;
+}
 
 struct post_index {
     struct post_list **buckets;
@@ -504,8 +524,6 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
 
 /* ---- posting lists ------------------------------------------------------------------------ */
 
-#define POST_MIN_CAP 4
-
 struct post_key {
     uint8_t field;
     uint8_t value[EVENT_COMM_LEN];
@@ -581,7 +599,7 @@ static int post_rehash(struct post_index *ix)
 
 static inline struct post_entry *post_at(const struct post_list *l, size_t i)
 {
-    return &l->ents[(l->head + i) & (l->cap - 1)];
+    return &post_ents(l)[(l->head + i) & (l->cap - 1)];
 }
 
 static int post_entry_cmp(const struct post_entry *a, uint64_t ts, uint64_t id, uint32_t shard)
@@ -609,15 +627,19 @@ static size_t post_lower_bound(const struct post_list *l, size_t hi, uint64_t ts
 
 static int post_resize(struct post_index *ix, struct post_list *l, size_t cap)
 {
-    struct post_entry *ents = malloc(cap * sizeof(*ents));
-    if (!ents)
+    struct post_entry tmp[POST_INLINE], *ents = tmp;
+    if (cap > POST_INLINE && !(ents = malloc(cap * sizeof(*ents))))
         return -ENOMEM;
     for (size_t i = 0; i < l->len; i++)
         ents[i] = *post_at(l, i);
-    free(l->ents);
-    ix->bytes = ix->bytes - l->cap * sizeof(*ents) + cap * sizeof(*ents);
-    l->ents = ents;
-    l->cap = cap;
+    if (l->cap > POST_INLINE)
+        free(l->ents);
+    ix->bytes = ix->bytes - post_heap_bytes(l->cap) + post_heap_bytes(cap);
+    if (cap > POST_INLINE)
+        l->ents = ents;
+    else
+        memcpy(l->inl, tmp, l->len * sizeof(*tmp));
+    l->cap = (uint32_t)cap;
     l->head = 0;
     return 0;
 }
@@ -631,8 +653,9 @@ static void post_release_if_empty(struct post_index *ix, struct post_list *l)
     memcpy(k.value, l->value, sizeof(k.value));
     *post_slot(ix, &k) = l->next;
     ix->nlists--;
-    ix->bytes -= sizeof(*l) + l->cap * sizeof(*l->ents);
-    free(l->ents);
+    ix->bytes -= sizeof(*l) + post_heap_bytes(l->cap);
+    if (l->cap > POST_INLINE)
+        free(l->ents);
     free(l);
 }
 
@@ -654,7 +677,7 @@ static struct post_list *post_reserve(struct post_index *ix, const struct post_k
         ix->nlists++;
         ix->bytes += sizeof(*l);
     }
-    if (l->len == l->cap && post_resize(ix, l, l->cap ? l->cap * 2 : POST_MIN_CAP) < 0) {
+    if (l->len == l->cap && post_resize(ix, l, l->cap ? l->cap * 2 : POST_INLINE) < 0) {
         post_release_if_empty(ix, l);
         return NULL;
     }
@@ -697,7 +720,7 @@ static void post_remove(struct post_index *ix, struct post_list *l, uint64_t ts,
     l->len--;
     if (l->len == 0)
         post_release_if_empty(ix, l);
-    else if (l->cap > POST_MIN_CAP && l->len < l->cap / 4)
+    else if (l->cap > POST_INLINE && l->len < l->cap / 4)
         (void)post_resize(ix, l, l->cap / 2);
 }
 
@@ -717,7 +740,8 @@ static void post_free(struct post_index *ix)
     for (size_t i = 0; i < ix->nbuckets; i++) {
         for (struct post_list *l = ix->buckets[i], *next; l; l = next) {
             next = l->next;
-            free(l->ents);
+            if (l->cap > POST_INLINE)
+                free(l->ents);
             free(l);
         }
     }
