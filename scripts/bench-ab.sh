@@ -10,7 +10,9 @@
 # them alike, which a before/after of whole runs cannot promise when others
 # compile on the same CPUs. The program attached first pays the cache misses
 # the later ones are spared, so the builds run once in each rotation of their
-# order. Prints the median ns per run of each program of each build
+# order. Prints the median ns per run of each program of each build, the
+# spread of the middle half of the runs, and the median of the per-run ratios
+# of each build to the first
 # (kernel.bpf_stats_enabled=1, run_time_ns / run_cnt deltas), over
 # N runs x (number of builds) rotations. Needs root and `make bench-bins`.
 set -euo pipefail
@@ -110,10 +112,36 @@ ns = {}
 for line in open(samples):
     a, prog, v = line.split()
     ns.setdefault(prog, {}).setdefault(a, []).append(float(v))
-print(f"median ns per program run, {load} loop ({len(next(iter(next(iter(ns.values())).values())))} runs each)")
-print("| program | " + " | ".join(builds) + " |")
-print("|---|" + "---:|" * len(builds))
+
+
+def cell(v):
+    # The median, and the spread of the middle half of the runs (first to third quartile).
+    if len(v) < 4:
+        return f"{statistics.median(v):.0f}"
+    q = statistics.quantiles(v, n=4)
+    return f"{statistics.median(v):.0f} ({q[0]:.0f}–{q[2]:.0f})"
+
+
+def paired(prog, a, b):
+    # Both builds ran on the very same events in each run: the median of the per-run
+    # ratios b / a is steadier than the ratio of the medians when the load moves.
+    va, vb = ns[prog].get(a, []), ns[prog].get(b, [])
+    if len(va) != len(vb) or not va or min(va) <= 0:
+        return "–"
+    r = [y / x for x, y in zip(va, vb)]
+    if len(r) < 4:
+        return f"{statistics.median(r):.2f}x"
+    q = statistics.quantiles(r, n=4)
+    return f"{statistics.median(r):.2f}x ({q[0]:.2f}–{q[2]:.2f})"
+
+
+print(f"median ns per program run (first to third quartile), {load} loop "
+      f"({len(next(iter(next(iter(ns.values())).values())))} runs each)")
+extra = [f"{b} ÷ {builds[0]} (per run)" for b in builds[1:]]
+print("| program | " + " | ".join(builds + extra) + " |")
+print("|---|" + "---:|" * (len(builds) + len(extra)))
 for prog in sorted(ns):
-    cells = [f"{statistics.median(ns[prog][a]):.0f}" if a in ns[prog] else "–" for a in builds]
+    cells = [cell(ns[prog][a]) if a in ns[prog] else "–" for a in builds]
+    cells += [paired(prog, builds[0], b) for b in builds[1:]]
     print(f"| {prog} | " + " | ".join(cells) + " |")
 PY
