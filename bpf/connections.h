@@ -60,22 +60,26 @@ struct sock_life {
     struct record_hdr owner; /* connect: the connecting task; server: zero until accepted */
     __u64 established_ns;
     /* The close snapshot (see life_snapshot): the fields of the close record that come
-     * from the socket, each once. Kept to what the record needs, so an entry (with the
-     * map's own header and key) fills three cache lines rather than four: an insert
-     * writes memory no one touched lately, and that is most of its cost. */
+     * from the socket, each once (the record header is the owner's), in 128 bytes in
+     * all: with the map's own header and key an entry takes 192 bytes of kernel memory
+     * (kmalloc-192) rather than 256. */
     __u64 closed_ns; /* snapshot taken (TCP_CLOSE reached) when not 0 */
     __u64 bytes_sent;
     __u64 bytes_received;
     __u32 retransmits;
     __u32 srtt_us;
-    __u16 family, sport, dport;
-    __u8 connecting; /* SYN_SENT, outcome not reported yet */
-    __u8 following;  /* established, close record not written yet */
-    __u8 role;       /* enum close_role */
-    __u8 reset;      /* enum close_reset */
-    __u8 _pad[2];
+    __u16 sport, dport;
     __u8 saddr[16], daddr[16];
+    __u8 family; /* AF_INET or AF_INET6 */
+    __u8 phase;  /* LIFE_CONNECTING, LIFE_FOLLOWING or 0 */
+    __u8 role;   /* enum close_role */
+    __u8 reset;  /* enum close_reset */
 };
+
+_Static_assert(sizeof(struct sock_life) == 128, "a sockets entry outgrows kmalloc-192");
+
+#define LIFE_CONNECTING 1 /* SYN_SENT, outcome not reported yet */
+#define LIFE_FOLLOWING  2 /* established, close record not written yet */
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -248,9 +252,11 @@ static __always_inline bool sock_flag(const struct sock *sk, int flag)
 static __always_inline void life_snapshot(const struct sock *sk, struct sock_life *l, __u64 now)
 {
     struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+    __u16 family;
 
-    read_sock_addrs_to(sk, &l->family, &l->sport, &l->dport, l->saddr, l->daddr,
+    read_sock_addrs_to(sk, &family, &l->sport, &l->dport, l->saddr, l->daddr,
                        l->role == CLOSE_ROLE_SERVER);
+    l->family = family;
     l->closed_ns = now;
     if (tp) {
         l->bytes_sent = tp->bytes_sent - tp->bytes_retrans;
@@ -303,7 +309,7 @@ static __always_inline void life_start(struct sock_life *l, __u64 now, __u8 role
     l->closed_ns = 0;
     l->role = role;
     l->reset = CLOSE_RESET_NONE;
-    l->following = 1;
+    l->phase = LIFE_FOLLOWING;
 }
 
 /*
@@ -319,7 +325,7 @@ static __always_inline void life_start(struct sock_life *l, __u64 now, __u8 role
 static __always_inline void life_closed(const struct sock *sk, __u64 key, struct sock_life *l,
                                         __u64 now)
 {
-    if (!l->following || l->closed_ns)
+    if (l->phase != LIFE_FOLLOWING || l->closed_ns)
         return;
     life_snapshot(sk, l, now);
     if (sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DEAD)) ||
@@ -339,32 +345,26 @@ static __always_inline bool sock_life_insert(__u64 key, const struct sock_life *
 /* CLOSE->SYN_SENT, in the connecting task. */
 static __always_inline void connect_started(const struct sock *sk, __u64 key)
 {
+    struct sock_life *prev = bpf_map_lookup_elem(&sockets, &key);
     struct sock_life l = {};
-    struct sock_life *prev;
     __u64 *started;
 
     if (!task_captured())
         return;
 
-    record_hdr_current(&l.owner, RECORD_CONNECT);
-    l.connecting = 1;
-    /* A socket's first connect finds no entry: one insert, and no lookup before it. */
-    if (bpf_map_update_elem(&sockets, &key, &l, BPF_NOEXIST)) {
-        prev = bpf_map_lookup_elem(&sockets, &key);
-        if (!prev) {
-            count_untracked(SLOT_INET_SOCK_SET_STATE); /* the map is full */
+    /* A connection this socket had before (dissolved, see life_closed) is over. */
+    if (track_close && prev && prev->phase == LIFE_FOLLOWING && prev->closed_ns) {
+        life_emit(key, prev);
+        prev = NULL;
+    }
+    if (prev) {
+        record_hdr_current(&prev->owner, RECORD_CONNECT);
+        prev->phase = LIFE_CONNECTING;
+    } else {
+        record_hdr_current(&l.owner, RECORD_CONNECT);
+        l.phase = LIFE_CONNECTING;
+        if (!sock_life_insert(key, &l, SLOT_INET_SOCK_SET_STATE))
             return;
-        }
-        if (track_close && prev->following && prev->closed_ns) {
-            /* A connection this socket had before (dissolved, see life_closed) is over. */
-            life_emit(key, prev);
-            if (!sock_life_insert(key, &l, SLOT_INET_SOCK_SET_STATE))
-                return;
-        } else {
-            prev->owner = l.owner;
-            prev->following = 0;
-            prev->connecting = 1;
-        }
     }
     if (emit_tcp_connect) {
         started = connect_thread_slot(true);
@@ -380,9 +380,9 @@ static __always_inline void connect_outcome(const struct sock *sk, __u64 key, in
     struct conn_record *r;
     __u64 now;
 
-    if (!l || !l->connecting)
+    if (!l || l->phase != LIFE_CONNECTING)
         return; /* connect started before we attached, or untracked */
-    l->connecting = 0;
+    l->phase = 0;
     now = bpf_ktime_get_boot_ns();
     if (emit_tcp_connect) {
         r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
@@ -464,7 +464,7 @@ int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)
 
     if (!l)
         return 0;
-    if (!l->following) {
+    if (l->phase != LIFE_FOLLOWING) {
         bpf_map_delete_elem(&sockets, &key); /* destroyed while connecting */
         return 0;
     }
@@ -479,7 +479,7 @@ static __always_inline void life_accepted(__u64 key)
 {
     struct sock_life *l = bpf_map_lookup_elem(&sockets, &key);
 
-    if (l && l->following && !l->owner.kind)
+    if (l && l->phase == LIFE_FOLLOWING && !l->owner.kind)
         record_hdr_current(&l->owner, RECORD_CLOSE);
 }
 
@@ -488,7 +488,7 @@ static __always_inline void life_mark_reset(const struct sock *sk, __u8 reset, _
     __u64 key = (__u64)sk;
     struct sock_life *l = bpf_map_lookup_elem(&sockets, &key);
 
-    if (l && l->following && l->reset == CLOSE_RESET_NONE) {
+    if (l && l->phase == LIFE_FOLLOWING && l->reset == CLOSE_RESET_NONE) {
         l->reset = reset;
         count_marked(slot);
     }
