@@ -59,21 +59,22 @@
 struct sock_life {
     struct record_hdr owner; /* connect: the connecting task; server: zero until accepted */
     __u64 established_ns;
+    __u8 phase; /* LIFE_CONNECTING, LIFE_FOLLOWING or 0 */
+    __u8 role;  /* enum close_role */
+    __u8 reset; /* enum close_reset */
     /* The close snapshot (see life_snapshot): the fields of the close record that come
      * from the socket, each once (the record header is the owner's), in 128 bytes in
      * all: with the map's own header and key an entry takes 192 bytes of kernel memory
-     * (kmalloc-192) rather than 256. */
+     * (kmalloc-192) rather than 256. What every program checks (phase, reset, closed_ns)
+     * shares a cache line with the key's. */
+    __u8 family; /* AF_INET or AF_INET6 */
+    __u16 sport, dport;
+    __u32 retransmits;
+    __u32 srtt_us;
     __u64 closed_ns; /* snapshot taken (TCP_CLOSE reached) when not 0 */
     __u64 bytes_sent;
     __u64 bytes_received;
-    __u32 retransmits;
-    __u32 srtt_us;
-    __u16 sport, dport;
     __u8 saddr[16], daddr[16];
-    __u8 family; /* AF_INET or AF_INET6 */
-    __u8 phase;  /* LIFE_CONNECTING, LIFE_FOLLOWING or 0 */
-    __u8 role;   /* enum close_role */
-    __u8 reset;  /* enum close_reset */
 };
 
 _Static_assert(sizeof(struct sock_life) == 128, "a sockets entry outgrows kmalloc-192");
