@@ -59,11 +59,28 @@
 struct sock_life {
     struct record_hdr owner; /* connect: the connecting task; server: zero until accepted */
     __u64 established_ns;
-    __u8 connecting; /* SYN_SENT, outcome not reported yet */
-    __u8 following;  /* established, close record not written yet */
-    __u8 _pad[6];
-    struct close_record snap; /* filled at TCP_CLOSE (snap.hdr.ts_ns != 0) */
+    __u8 phase; /* LIFE_CONNECTING, LIFE_FOLLOWING or 0 */
+    __u8 role;  /* enum close_role */
+    __u8 reset; /* enum close_reset */
+    /* The close snapshot (see life_snapshot): the fields of the close record that come
+     * from the socket, each once (the record header is the owner's), in 128 bytes in
+     * all: with the map's own header and key an entry takes 192 bytes of kernel memory
+     * (kmalloc-192) rather than 256. What every program checks (phase, reset, closed_ns)
+     * shares a cache line with the key's. */
+    __u8 family; /* AF_INET or AF_INET6 */
+    __u16 sport, dport;
+    __u32 retransmits;
+    __u32 srtt_us;
+    __u64 closed_ns; /* snapshot taken (TCP_CLOSE reached) when not 0 */
+    __u64 bytes_sent;
+    __u64 bytes_received;
+    __u8 saddr[16], daddr[16];
 };
+
+_Static_assert(sizeof(struct sock_life) == 128, "a sockets entry outgrows kmalloc-192");
+
+#define LIFE_CONNECTING 1 /* SYN_SENT, outcome not reported yet */
+#define LIFE_FOLLOWING  2 /* established, close record not written yet */
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -235,21 +252,24 @@ static __always_inline bool sock_flag(const struct sock *sk, int flag)
  */
 static __always_inline void life_snapshot(const struct sock *sk, struct sock_life *l, __u64 now)
 {
-    struct close_record *r = &l->snap;
     struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+    __u16 family;
 
-    read_sock_addrs_to(sk, &r->family, &r->sport, &r->dport, r->saddr, r->daddr,
-                       r->role == CLOSE_ROLE_SERVER);
-    r->hdr.ts_ns = now;
-    r->duration_ns = now - l->established_ns;
+    read_sock_addrs_to(sk, &family, &l->sport, &l->dport, l->saddr, l->daddr,
+                       l->role == CLOSE_ROLE_SERVER);
+    l->family = family;
+    l->closed_ns = now;
     if (tp) {
-        r->bytes_sent = tp->bytes_sent - tp->bytes_retrans;
+        l->bytes_sent = tp->bytes_sent - tp->bytes_retrans;
         /* bytes_received counts sequence space, so a FIN the peer sent (SOCK_DONE) is one. */
-        r->bytes_received = tp->bytes_received;
-        if (sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DONE)) && r->bytes_received)
-            r->bytes_received--;
-        r->retransmits = tp->total_retrans;
-        r->srtt_us = tp->srtt_us >> 3;
+        l->bytes_received = tp->bytes_received;
+        if (sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DONE)) && l->bytes_received)
+            l->bytes_received--;
+        l->retransmits = tp->total_retrans;
+        l->srtt_us = tp->srtt_us >> 3;
+    } else {
+        l->bytes_sent = l->bytes_received = 0;
+        l->retransmits = l->srtt_us = 0;
     }
 }
 
@@ -259,12 +279,21 @@ static __always_inline void life_emit(__u64 key, struct sock_life *l)
     struct close_record *r = record_reserve(SLOT_TCP_DESTROY_SOCK, sizeof(*r));
 
     if (r) {
-        __u64 ts = l->snap.hdr.ts_ns;
-
-        *r = l->snap;
         r->hdr = l->owner;
         r->hdr.kind = RECORD_CLOSE;
-        r->hdr.ts_ns = ts;
+        r->hdr.ts_ns = l->closed_ns;
+        r->family = l->family;
+        r->role = l->role;
+        r->reset = l->reset;
+        r->sport = l->sport;
+        r->dport = l->dport;
+        __builtin_memcpy(r->saddr, l->saddr, sizeof(r->saddr));
+        __builtin_memcpy(r->daddr, l->daddr, sizeof(r->daddr));
+        r->retransmits = l->retransmits;
+        r->srtt_us = l->srtt_us;
+        r->duration_ns = l->closed_ns - l->established_ns;
+        r->bytes_sent = l->bytes_sent;
+        r->bytes_received = l->bytes_received;
         record_submit(r);
     }
     bpf_map_delete_elem(&sockets, &key);
@@ -278,9 +307,10 @@ static __always_inline void life_emit(__u64 key, struct sock_life *l)
 static __always_inline void life_start(struct sock_life *l, __u64 now, __u8 role)
 {
     l->established_ns = now;
-    __builtin_memset(&l->snap, 0, sizeof(l->snap));
-    l->snap.role = role;
-    l->following = 1;
+    l->closed_ns = 0;
+    l->role = role;
+    l->reset = CLOSE_RESET_NONE;
+    l->phase = LIFE_FOLLOWING;
 }
 
 /*
@@ -296,11 +326,11 @@ static __always_inline void life_start(struct sock_life *l, __u64 now, __u8 role
 static __always_inline void life_closed(const struct sock *sk, __u64 key, struct sock_life *l,
                                         __u64 now)
 {
-    if (!l->following || l->snap.hdr.ts_ns)
+    if (l->phase != LIFE_FOLLOWING || l->closed_ns)
         return;
     life_snapshot(sk, l, now);
     if (sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DEAD)) ||
-        l->snap.reset == CLOSE_RESET_RECEIVED || sk->sk_err)
+        l->reset == CLOSE_RESET_RECEIVED || sk->sk_err)
         life_emit(key, l);
 }
 
@@ -324,17 +354,16 @@ static __always_inline void connect_started(const struct sock *sk, __u64 key)
         return;
 
     /* A connection this socket had before (dissolved, see life_closed) is over. */
-    if (track_close && prev && prev->following && prev->snap.hdr.ts_ns) {
+    if (track_close && prev && prev->phase == LIFE_FOLLOWING && prev->closed_ns) {
         life_emit(key, prev);
         prev = NULL;
     }
     if (prev) {
         record_hdr_current(&prev->owner, RECORD_CONNECT);
-        prev->following = 0;
-        prev->connecting = 1;
+        prev->phase = LIFE_CONNECTING;
     } else {
         record_hdr_current(&l.owner, RECORD_CONNECT);
-        l.connecting = 1;
+        l.phase = LIFE_CONNECTING;
         if (!sock_life_insert(key, &l, SLOT_INET_SOCK_SET_STATE))
             return;
     }
@@ -352,9 +381,9 @@ static __always_inline void connect_outcome(const struct sock *sk, __u64 key, in
     struct conn_record *r;
     __u64 now;
 
-    if (!l || !l->connecting)
+    if (!l || l->phase != LIFE_CONNECTING)
         return; /* connect started before we attached, or untracked */
-    l->connecting = 0;
+    l->phase = 0;
     now = bpf_ktime_get_boot_ns();
     if (emit_tcp_connect) {
         r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
@@ -436,11 +465,11 @@ int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)
 
     if (!l)
         return 0;
-    if (!l->following) {
+    if (l->phase != LIFE_FOLLOWING) {
         bpf_map_delete_elem(&sockets, &key); /* destroyed while connecting */
         return 0;
     }
-    if (!l->snap.hdr.ts_ns)
+    if (!l->closed_ns)
         life_snapshot(sk, l, bpf_ktime_get_boot_ns());
     life_emit(key, l);
     return 0;
@@ -451,7 +480,7 @@ static __always_inline void life_accepted(__u64 key)
 {
     struct sock_life *l = bpf_map_lookup_elem(&sockets, &key);
 
-    if (l && l->following && !l->owner.kind)
+    if (l && l->phase == LIFE_FOLLOWING && !l->owner.kind)
         record_hdr_current(&l->owner, RECORD_CLOSE);
 }
 
@@ -460,8 +489,8 @@ static __always_inline void life_mark_reset(const struct sock *sk, __u8 reset, _
     __u64 key = (__u64)sk;
     struct sock_life *l = bpf_map_lookup_elem(&sockets, &key);
 
-    if (l && l->following && l->snap.reset == CLOSE_RESET_NONE) {
-        l->snap.reset = reset;
+    if (l && l->phase == LIFE_FOLLOWING && l->reset == CLOSE_RESET_NONE) {
+        l->reset = reset;
         count_marked(slot);
     }
 }

@@ -10,9 +10,13 @@
 # them alike, which a before/after of whole runs cannot promise when others
 # compile on the same CPUs. The program attached first pays the cache misses
 # the later ones are spared, so the builds run once in each rotation of their
-# order. Prints the median ns per run of each program of each build
-# (kernel.bpf_stats_enabled=1, run_time_ns / run_cnt deltas), over
-# N runs x (number of builds) rotations. Needs root and `make bench-bins`.
+# order. Prints the median ns per run of each program of each build and the
+# spread of the middle half of the runs (kernel.bpf_stats_enabled=1,
+# run_time_ns / run_cnt deltas, N runs x (number of builds) rotations), and
+# each build's ratio to the first: per run (the same events), its median in
+# each rotation, the geometric mean of those (each build attached first
+# once) with the lowest and highest. Pass the same binary under two names
+# to see the noise. Needs root and `make bench-bins`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,7 +92,8 @@ rotation() {
         jq -r '.programs[] | select(.status == "attached") | "\(.id) \(.name | sub("^tp_btf__"; ""))"' |
         sort -u -k1,1 | while read -r id name; do
           join <(grep "^$id " "$TMP/before") <(grep "^$id " "$TMP/after") |
-            awk -v a="$a" -v n="$name" '$5 > $3 {printf "%s %s %.1f\n", a, n, ($4 - $2) / ($5 - $3)}'
+            awk -v a="$a" -v n="$name" -v k="$ROT" -v r="$r" \
+              '$5 > $3 {printf "%s %s %.1f %s %s\n", a, n, ($4 - $2) / ($5 - $3), k, r}'
         done >>"$TMP/samples"
       i=$((i + 1))
     done
@@ -100,20 +105,53 @@ builds=("$@")
 for k in $(seq 0 $((${#builds[@]} - 1))); do
   order=("${builds[@]:$k}" "${builds[@]:0:$k}")
   echo "bench-ab: rotation $((k + 1)) of ${#builds[@]}: ${order[*]}" >&2
+  ROT=$k
   rotation "${order[@]}"
 done
 
 python3 - "$TMP/samples" "$LOAD" "$@" <<'PY'
-import statistics, sys
+import math, statistics, sys
 samples, load, builds = sys.argv[1], sys.argv[2], sys.argv[3:]
 ns = {}
+runs = {}  # (prog, build) -> {(rotation, run): ns}
 for line in open(samples):
-    a, prog, v = line.split()
+    a, prog, v, rot, run = line.split()
     ns.setdefault(prog, {}).setdefault(a, []).append(float(v))
-print(f"median ns per program run, {load} loop ({len(next(iter(next(iter(ns.values())).values())))} runs each)")
-print("| program | " + " | ".join(builds) + " |")
-print("|---|" + "---:|" * len(builds))
+    runs.setdefault((prog, a), {})[(rot, run)] = float(v)
+
+
+def cell(v):
+    # The median, and the spread of the middle half of the runs (first to third quartile).
+    if len(v) < 4:
+        return f"{statistics.median(v):.0f}"
+    q = statistics.quantiles(v, n=4)
+    return f"{statistics.median(v):.0f} ({q[0]:.0f}–{q[2]:.0f})"
+
+
+def paired(prog, a, b):
+    # Both builds ran on the very same events in each run, so each run gives a ratio b / a.
+    # The build attached first pays cache misses the others are spared, which moves the
+    # ratios of a rotation together: the median of each rotation's ratios, then their
+    # geometric mean (each build first once), with the lowest and highest rotation.
+    ra, rb = runs.get((prog, a), {}), runs.get((prog, b), {})
+    by_rot = {}
+    for key, x in ra.items():
+        if key in rb and x > 0:
+            by_rot.setdefault(key[0], []).append(rb[key] / x)
+    if not by_rot:
+        return "–"
+    med = [statistics.median(r) for r in by_rot.values()]
+    gm = math.exp(sum(math.log(m) for m in med) / len(med))
+    return f"{gm:.2f}x ({min(med):.2f}–{max(med):.2f})"
+
+
+print(f"median ns per program run (first to third quartile), {load} loop "
+      f"({len(next(iter(next(iter(ns.values())).values())))} runs each)")
+extra = [f"{b} ÷ {builds[0]} (runs paired; rotations)" for b in builds[1:]]
+print("| program | " + " | ".join(builds + extra) + " |")
+print("|---|" + "---:|" * (len(builds) + len(extra)))
 for prog in sorted(ns):
-    cells = [f"{statistics.median(ns[prog][a]):.0f}" if a in ns[prog] else "–" for a in builds]
+    cells = [cell(ns[prog][a]) if a in ns[prog] else "–" for a in builds]
+    cells += [paired(prog, builds[0], b) for b in builds[1:]]
     print(f"| {prog} | " + " | ".join(cells) + " |")
 PY
