@@ -149,22 +149,33 @@ static json_t *sub_dns_event(const char *query)
     return found;
 }
 
-/* A UDP port both 127.0.0.1 and ::1 have free right now (for dnsmasq). */
-static int free_udp_port(void)
+/* Whether port is free on addr (a sockaddr_in or _in6) for type (SOCK_DGRAM, SOCK_STREAM). */
+static bool port_free(int family, int type, int port)
+{
+    struct sockaddr_in a4 = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6,
+                              .sin6_port = htons((uint16_t)port),
+                              .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int fd = socket(family, type | SOCK_CLOEXEC, 0);
+    bool ok = fd >= 0 && (family == AF_INET ? bind(fd, (struct sockaddr *)&a4, sizeof(a4))
+                                            : bind(fd, (struct sockaddr *)&a6, sizeof(a6))) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+/* A port free right now for UDP and TCP on 127.0.0.1 and ::1 (dnsmasq binds all four). */
+static int free_dns_port(void)
 {
     for (int tries = 0; tries < 50; tries++) {
-        int port, fd = tu_udp_socket(&port);
-        struct sockaddr_in6 a6 = {.sin6_family = AF_INET6,
-                                  .sin6_port = htons((uint16_t)port),
-                                  .sin6_addr = IN6ADDR_LOOPBACK_INIT};
-        int fd6 = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        bool ok = bind(fd6, (struct sockaddr *)&a6, sizeof(a6)) == 0;
-        close(fd6);
-        close(fd);
-        if (ok)
+        int port = tu_free_port();
+        if (port > 0 && port_free(AF_INET6, SOCK_DGRAM, port) &&
+            port_free(AF_INET6, SOCK_STREAM, port))
             return port;
     }
-    cr_assert_fail("no free UDP port");
+    cr_assert_fail("no free port for dnsmasq");
     return 0;
 }
 
@@ -286,40 +297,14 @@ static void ask(int port, uint16_t id, const char *name, bool wait_answer)
 
 /* ---- the monitor ---- */
 
-static void monitor_up_with(const char *node, const char *rate)
+/*
+ * dnsmasq on a port free for UDP and TCP on both loopbacks, started before
+ * anything else of the test connects anywhere: a TCP connection's ephemeral
+ * port (the agent's to NATS...) could otherwise take the port first.
+ */
+static void dnsmasq_up(void)
 {
-    char bin[256], listen[32], ports[64], types[] = "dns,connection";
-
-    nats.port = tu_free_port();
-    snprintf(nats.log, sizeof(nats.log), "/tmp/e2e-dns-nats-%d.log", getpid());
-    nats.pid = tu_nats_start(nats.port, NULL, nats.log);
-    cr_assert_gt(nats.pid, 0, "nats-server did not start");
-    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", nats.port);
-
-    dnsmasq.port = free_udp_port();
-    responder_up();
-    silent_fd = tu_udp_socket(&silent_port);
-    snprintf(ports, sizeof(ports), "%d,%d,%d", dnsmasq.port, responder.port, silent_port);
-    const char *extra[] = {
-        "--nats-url",  nats_url, "--flush-interval", "50ms", "--event-types",    types,
-        "--dns-ports", ports,    "--dns-timeout",    "1s",   "--dns-rate-limit", rate,
-        NULL};
-    tu_agent_start(&agent, node, extra);
-
-    agg.port = tu_free_port();
-    snprintf(agg.log, sizeof(agg.log), "/tmp/e2e-dns-agg-%d.log", getpid());
-    snprintf(bin, sizeof(bin), "%s", tu_repo_path("bin/ebpf-aggregator"));
-    snprintf(listen, sizeof(listen), "127.0.0.1:%d", agg.port);
-    char group[64];
-    snprintf(group, sizeof(group), "dns-%d", getpid());
-    char *aargv[] = {bin,      "--listen-addr", listen, "--nats-url",
-                     nats_url, "--queue-group", group,  NULL};
-    agg.pid = tu_spawn(aargv, NULL, agg.log);
-    if (!tu_wait_http(agg.port, "/ready", 200, WAIT_MS)) {
-        tu_dump_file(agg.log, 0);
-        cr_assert_fail("aggregator not ready");
-    }
-
+    dnsmasq.port = free_dns_port();
     char port_arg[32], pid_arg[96];
     snprintf(port_arg, sizeof(port_arg), "--port=%d", dnsmasq.port);
     snprintf(pid_arg, sizeof(pid_arg), "--pid-file=/tmp/e2e-dns-dnsmasq-%d.pid", getpid());
@@ -351,6 +336,41 @@ static void monitor_up_with(const char *node, const char *rate)
             cr_assert_fail("dnsmasq does not answer");
         }
         usleep(50000);
+    }
+}
+
+static void monitor_up_with(const char *node, const char *rate)
+{
+    char bin[256], listen[32], ports[64], types[] = "dns,connection";
+
+    dnsmasq_up();
+    nats.port = tu_free_port();
+    snprintf(nats.log, sizeof(nats.log), "/tmp/e2e-dns-nats-%d.log", getpid());
+    nats.pid = tu_nats_start(nats.port, NULL, nats.log);
+    cr_assert_gt(nats.pid, 0, "nats-server did not start");
+    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", nats.port);
+
+    responder_up();
+    silent_fd = tu_udp_socket(&silent_port);
+    snprintf(ports, sizeof(ports), "%d,%d,%d", dnsmasq.port, responder.port, silent_port);
+    const char *extra[] = {
+        "--nats-url",  nats_url, "--flush-interval", "50ms", "--event-types",    types,
+        "--dns-ports", ports,    "--dns-timeout",    "1s",   "--dns-rate-limit", rate,
+        NULL};
+    tu_agent_start(&agent, node, extra);
+
+    agg.port = tu_free_port();
+    snprintf(agg.log, sizeof(agg.log), "/tmp/e2e-dns-agg-%d.log", getpid());
+    snprintf(bin, sizeof(bin), "%s", tu_repo_path("bin/ebpf-aggregator"));
+    snprintf(listen, sizeof(listen), "127.0.0.1:%d", agg.port);
+    char group[64];
+    snprintf(group, sizeof(group), "dns-%d", getpid());
+    char *aargv[] = {bin,      "--listen-addr", listen, "--nats-url",
+                     nats_url, "--queue-group", group,  NULL};
+    agg.pid = tu_spawn(aargv, NULL, agg.log);
+    if (!tu_wait_http(agg.port, "/ready", 200, WAIT_MS)) {
+        tu_dump_file(agg.log, 0);
+        cr_assert_fail("aggregator not ready");
     }
 }
 

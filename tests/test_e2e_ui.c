@@ -80,8 +80,8 @@ static void setup(void)
     }
     /* The agent watches dnsmasq's port for dns events, and keeps at most 64 KiB of batches
      * while NATS is down (the outage step overflows it: a loss counter moves). */
-    int fd = tu_udp_socket(&dns_port);
-    close(fd);
+    dns_port = tu_free_port(); /* free for TCP too: dnsmasq binds both */
+    cr_assert_gt(dns_port, 0);
     char dns_ports[32];
     snprintf(dns_ports, sizeof(dns_ports), "DNS_PORTS=%d", dns_port);
     const char *const agent_env[] = {dns_ports, "OUTAGE_BUFFER=64KiB", NULL};
