@@ -40,6 +40,9 @@ for a in "$@"; do [ -x "$a" ] || { echo "bench-ab: $a is not an executable" >&2;
 
 TMP=$(mktemp -d)
 PIDS=()
+BENCH=bench-ab
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
 STATS_ORIG=$(sysctl -n kernel.bpf_stats_enabled)
 cleanup() {
   set +e
@@ -49,18 +52,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_ready() { # port pid log
-  for _ in $(seq 200); do
-    curl -sf "http://127.0.0.1:$1/ready" >/dev/null 2>&1 && return 0
-    kill -0 "$2" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "bench-ab: an agent did not become ready (see $3)" >&2
-  exit 1
-}
 stats() { bpftool prog show -j | jq -r '.[] | "\(.id) \(.run_time_ns // 0) \(.run_cnt // 0)"'; }
 
 NATS_PORT=$(free_port)

@@ -54,6 +54,9 @@ fi
 
 # ---------------------------------------------------------------- cleanup
 PIDS=()
+BENCH=bench-agent
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
 STATS_ORIG=$(sysctl -n kernel.bpf_stats_enabled)
 MOUNTED_TRACEFS=0
 cleanup() {
@@ -69,10 +72,6 @@ cleanup() {
 }
 trap cleanup EXIT
 TMP=$(mktemp -d)
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # measure ID NAME VALUE UNIT COMMAND [TARGET_OP TARGET [INVALID_REASON]]
 #   TARGET_OP: le, lt, ge, gt or ""; INVALID_REASON: why the figure is not valid, "" = valid.
@@ -108,29 +107,6 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/"$NATS_PORT") 2>/dev/null; then
   exit 1
 fi
 
-AGENT_PID=""
-AGENT_API=""
-start_agent() { # extra env as arguments
-  local port
-  port=$(free_port)
-  AGENT_API="http://127.0.0.1:$port"
-  env NATS_URL="$NATS_URL" LISTEN_ADDR="127.0.0.1:$port" NODE_NAME=bench "$@" \
-    bin/ebpf-agent >>"$LOG" 2>&1 &
-  AGENT_PID=$!
-  PIDS+=("$AGENT_PID")
-  for _ in $(seq 200); do
-    curl -sf "$AGENT_API/ready" >/dev/null 2>&1 && return 0
-    kill -0 "$AGENT_PID" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "bench-agent: the agent did not become ready (see $LOG)" >&2
-  exit 1
-}
-stop_agent() {
-  kill "$AGENT_PID" 2>/dev/null || true
-  wait "$AGENT_PID" 2>/dev/null || true
-  AGENT_PID=""
-}
 agent_ticks() { awk '{print $14 + $15}' /proc/"$AGENT_PID"/stat; }
 CLK_TCK=$(getconf CLK_TCK)
 

@@ -61,6 +61,9 @@ FILL_RATE=400000 # events/s used to fill the history for the query phase (below 
 
 # ---------------------------------------------------------------- processes
 PIDS=()
+BENCH=bench-aggregator
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
 cleanup() {
   set +e # a killed child's status must not fail the script
   for p in "${PIDS[@]:-}"; do
@@ -70,9 +73,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 wait_http() { # URL: until it answers, up to 10 s
   for _ in $(seq 100); do

@@ -60,6 +60,9 @@ TCPDUMP=$(PATH=$PATH:/usr/sbin:/sbin command -v tcpdump || true)
 
 TMP=$(mktemp -d /tmp/bench-dns.XXXXXX)
 PIDS=()
+BENCH=bench-dns
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
 CG=""
 cleanup() {
   local rc=$? p
@@ -85,14 +88,12 @@ measure() {
     + {valid: ($why == ""), invalid_reason: (if $why == "" then null else $why end)}' >>"$RAW"
 }
 log() { echo "bench-dns: $*" | tee -a "$LOG" >&2; }
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 range() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%s–%s", lo, hi}'; }
 
 # ---------------------------------------------------------------- servers, cgroup
 NATS_PORT=$(free_port)
+NATS_URL="nats://127.0.0.1:$NATS_PORT"
 DNS_PORT=$(free_port)
 nats-server -a 127.0.0.1 -p "$NATS_PORT" >>"$LOG" 2>&1 &
 PIDS+=($!)
@@ -122,29 +123,6 @@ load() { # mode [args] -> the load's JSON line
   in_cg "$LOAD" "$mode" "$@" --duration "$DUR"
 }
 
-AGENT_PID=""
-AGENT_API=""
-start_agent() { # extra env as arguments
-  local port
-  port=$(free_port)
-  AGENT_API="http://127.0.0.1:$port"
-  env EVENT_TYPES=dns NATS_URL="nats://127.0.0.1:$NATS_PORT" LISTEN_ADDR="127.0.0.1:$port" \
-    NODE_NAME=bench "$@" bin/ebpf-agent >>"$LOG" 2>&1 &
-  AGENT_PID=$!
-  PIDS+=("$AGENT_PID")
-  for _ in $(seq 200); do
-    curl -sf "$AGENT_API/ready" >/dev/null 2>&1 && return 0
-    kill -0 "$AGENT_PID" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "bench-dns: the agent did not become ready (see $LOG)" >&2
-  exit 1
-}
-stop_agent() {
-  kill "$AGENT_PID" 2>/dev/null || true
-  wait "$AGENT_PID" 2>/dev/null || true
-  AGENT_PID=""
-}
 dns_prog_ids() { # -> "id egress|ingress" of the agent's attached dns programs
   curl -s "$AGENT_API/api/programs" | jq -r '.programs[]
     | select((.name | startswith("cgroup_skb__dns_")) and .status == "attached" and .id > 0)
@@ -204,7 +182,7 @@ log "in-kernel cost (cgroup $CG)"
 # The agent's programs first, as on a node where they are alone on the hook: the first
 # program of a hook pays the cache lines a later one finds warm, and the empty programs,
 # attached after them, then show the statistics' own cost and the dispatch only.
-start_agent CAPTURE_CGROUP="$CG" DNS_PORTS="$DNS_PORT" DNS_RATE_LIMIT=1000000
+start_agent EVENT_TYPES=dns CAPTURE_CGROUP="$CG" DNS_PORTS="$DNS_PORT" DNS_RATE_LIMIT=1000000
 dns_prog_ids >"$TMP/ids"
 python3 "$TMP/stats.py" "$CG" "$TMP/empty" 2>>"$LOG" &
 STATS_PID=$!
@@ -291,7 +269,7 @@ capture_round() {
   case $c in
   none) run_round none ;;
   agent)
-    start_agent DNS_PORTS="53,$DNS_PORT" DNS_RATE_LIMIT=1000000
+    start_agent EVENT_TYPES=dns DNS_PORTS="53,$DNS_PORT" DNS_RATE_LIMIT=1000000
     l0=$(kernel_losses)
     run_round agent
     l1=$(kernel_losses)
