@@ -45,8 +45,11 @@
 #include <time.h>
 
 #include "clock.h"
+#include "tvec.h"
 
 #define STORE_SHARD_MIN_CAP 16
+/* The largest record: the fixed part, the largest union member and two IPv6 addresses. */
+#define STORE_REC_MAX (sizeof(struct store_rec) + sizeof(((struct event *)0)->u) + 32)
 
 /*
  * The fixed part of a record; the type's union member and the addresses
@@ -72,13 +75,11 @@ struct store_shard {
     struct event_k8s k8s;
     struct event_peer peer;
 
-    size_t rec_size; /* bytes per record, a multiple of 8 */
-    size_t u_size;   /* bytes of the event union kept */
-    unsigned char *slots;
-    size_t cap;  /* records; power of two, or 0 before the first event */
-    size_t head; /* slot of the oldest event */
-    size_t len;
-    uint32_t index; /* position in store.shards, what posting lists refer to */
+    size_t rec_size;  /* bytes per record, a multiple of 8 */
+    size_t u_size;    /* bytes of the event union kept */
+    struct tvec recs; /* the records, oldest first */
+    size_t len;       /* records held (recs.len, kept here beside the key for the query scan) */
+    uint32_t index;   /* position in store.shards, what posting lists refer to */
 };
 
 /* The per-event fields that have posting lists. */
@@ -99,7 +100,8 @@ struct post_entry {
 /*
  * The events holding one value of one field; freed when its last event is
  * evicted. Most values (a pid, a port) hold few events: up to POST_INLINE
- * entries live in the list itself, more in an allocated deque.
+ * entries live in the list itself; a list that outgrows them keeps a tiered
+ * vector (pkg/tvec.h) in their place until it is empty.
  */
 #define POST_INLINE 2
 
@@ -108,22 +110,21 @@ struct post_list {
     uint64_t hash;
     uint8_t field;
     uint8_t value[EVENT_COMM_LEN]; /* the value's bytes, zero-padded */
-    uint32_t cap, head, len;       /* a circular deque of cap entries (a power of two) */
+    bool big;                      /* the entries are in tv */
+    uint32_t len;
     union {
-        struct post_entry *ents; /* cap > POST_INLINE */
+        struct tvec tv;
         struct post_entry inl[POST_INLINE];
     };
 };
 
-static inline struct post_entry *post_ents(const struct post_list *l)
-{
-    return l->cap > POST_INLINE ? l->ents : (struct post_entry *)l->inl;
-}
+_Static_assert(sizeof(struct tvec) <= sizeof(struct post_entry[POST_INLINE]),
+               "a list's tiered vector takes the place of its inline entries");
 
 /* Bytes of a list's entries outside the list itself. */
-static inline size_t post_heap_bytes(size_t cap)
+static inline size_t post_heap_bytes(const struct post_list *l)
 {
-    return cap > POST_INLINE ? cap * sizeof(struct post_entry) : 0;
+    return l->big ? tvec_bytes(&l->tv) : 0;
 }
 
 struct post_index {
@@ -219,7 +220,7 @@ static uint8_t event_alen(const struct event *e)
 
 static inline unsigned char *shard_at(const struct store_shard *sh, size_t i)
 {
-    return sh->slots + ((sh->head + i) & (sh->cap - 1)) * sh->rec_size;
+    return tvec_at(&sh->recs, i);
 }
 
 static inline const struct store_rec *shard_rec(const struct store_shard *sh, size_t i)
@@ -229,7 +230,7 @@ static inline const struct store_rec *shard_rec(const struct store_shard *sh, si
 
 /* Packs e's per-event fields into rec (ownership of exec/dns strings moves with the union bytes).
  */
-static void rec_pack(const struct store_shard *sh, unsigned char *rec, const struct event *e)
+static inline void rec_pack(const struct store_shard *sh, unsigned char *rec, const struct event *e)
 {
     struct store_rec *r = (struct store_rec *)rec;
     r->timestamp_ns = e->timestamp_ns;
@@ -310,26 +311,6 @@ static size_t shard_lower_bound(const struct store_shard *sh, uint64_t ts, uint6
     return lo;
 }
 
-static int shard_resize(struct store_shard *sh, size_t cap)
-{
-    unsigned char *slots = malloc(cap * sh->rec_size);
-    if (!slots)
-        return -ENOMEM;
-    /* At most two contiguous runs: head..end of the ring, then its start. */
-    size_t first = sh->len;
-    if (sh->cap && sh->head + first > sh->cap)
-        first = sh->cap - sh->head;
-    if (first)
-        memcpy(slots, sh->slots + sh->head * sh->rec_size, first * sh->rec_size);
-    if (sh->len > first)
-        memcpy(slots + first * sh->rec_size, sh->slots, (sh->len - first) * sh->rec_size);
-    free(sh->slots);
-    sh->slots = slots;
-    sh->cap = cap;
-    sh->head = 0;
-    return 0;
-}
-
 /*
  * Moves *e into its sorted place. Returns 0 with *pos set, 1 when an event
  * with the same (timestamp, id) is already held (e untouched), or -ENOMEM.
@@ -344,23 +325,20 @@ static int shard_insert(struct store_shard *sh, struct event *e, size_t *pos)
         if (p < sh->len && shard_cmp_at(sh, p, e->timestamp_ns, e->id) == 0)
             return 1;
     }
-    if (sh->len == sh->cap && shard_resize(sh, sh->cap ? sh->cap * 2 : STORE_SHARD_MIN_CAP) < 0)
+    if (tvec_reserve(&sh->recs) < 0)
         return -ENOMEM;
-
-    if (p < sh->len / 2) {
-        /* Shift the older part one slot towards the front. */
-        sh->head = (sh->head - 1) & (sh->cap - 1);
-        for (size_t i = 0; i < p; i++)
-            memcpy(shard_at(sh, i), shard_at(sh, i + 1), sh->rec_size);
+    /* Packed in place when it goes last (most events); a late event is packed aside and moved. */
+    if (p == sh->len) {
+        rec_pack(sh, tvec_append(&sh->recs), e);
     } else {
-        for (size_t i = sh->len; i > p; i--)
-            memcpy(shard_at(sh, i), shard_at(sh, i - 1), sh->rec_size);
+        unsigned char rec[STORE_REC_MAX] __attribute__((aligned(8)));
+        rec_pack(sh, rec, e);
+        tvec_insert(&sh->recs, p, rec);
     }
-    rec_pack(sh, shard_at(sh, p), e);
     /* The record owns e's strings now. */
     memset(&e->u, 0, sizeof(e->u));
     event_clear(e);
-    sh->len++;
+    sh->len = sh->recs.len;
     *pos = p;
     return 0;
 }
@@ -369,11 +347,8 @@ static int shard_insert(struct store_shard *sh, struct event *e, size_t *pos)
 static void shard_pop_oldest(struct store_shard *sh)
 {
     rec_clear(sh, shard_at(sh, 0));
-    sh->head = (sh->head + 1) & (sh->cap - 1);
-    sh->len--;
-    /* Give memory back when a shard has shrunk a lot (traffic moved elsewhere). */
-    if (sh->cap > STORE_SHARD_MIN_CAP && sh->len < sh->cap / 4)
-        (void)shard_resize(sh, sh->cap / 2);
+    tvec_remove(&sh->recs, 0);
+    sh->len = sh->recs.len;
 }
 
 /* The shard key of an event. */
@@ -511,6 +486,7 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
     sh->peer = k->peer;
     sh->u_size = union_size(k->type);
     sh->rec_size = (sizeof(struct store_rec) + sh->u_size + 2u * sh->alen + 7) & ~(size_t)7;
+    tvec_init(&sh->recs, sh->rec_size, STORE_SHARD_MIN_CAP);
     sh->index = (uint32_t)s->nshards;
     s->shards[s->nshards++] = sh;
     bt->shards[bt->n++] = sh;
@@ -599,7 +575,7 @@ static int post_rehash(struct post_index *ix)
 
 static inline struct post_entry *post_at(const struct post_list *l, size_t i)
 {
-    return &post_ents(l)[(l->head + i) & (l->cap - 1)];
+    return l->big ? tvec_at(&l->tv, i) : (struct post_entry *)&l->inl[i];
 }
 
 static int post_entry_cmp(const struct post_entry *a, uint64_t ts, uint64_t id, uint32_t shard)
@@ -625,22 +601,20 @@ static size_t post_lower_bound(const struct post_list *l, size_t hi, uint64_t ts
     return lo;
 }
 
-static int post_resize(struct post_index *ix, struct post_list *l, size_t cap)
+/* Moves the inline entries of a full list into a tiered vector with room for one more. */
+static int post_grow(struct post_index *ix, struct post_list *l)
 {
-    struct post_entry tmp[POST_INLINE], *ents = tmp;
-    if (cap > POST_INLINE && !(ents = malloc(cap * sizeof(*ents))))
+    struct post_entry inl[POST_INLINE];
+    struct tvec tv;
+    memcpy(inl, l->inl, sizeof(inl));
+    tvec_init(&tv, sizeof(struct post_entry), 2 * POST_INLINE);
+    if (tvec_reserve(&tv) < 0)
         return -ENOMEM;
-    for (size_t i = 0; i < l->len; i++)
-        ents[i] = *post_at(l, i);
-    if (l->cap > POST_INLINE)
-        free(l->ents);
-    ix->bytes = ix->bytes - post_heap_bytes(l->cap) + post_heap_bytes(cap);
-    if (cap > POST_INLINE)
-        l->ents = ents;
-    else
-        memcpy(l->inl, tmp, l->len * sizeof(*tmp));
-    l->cap = (uint32_t)cap;
-    l->head = 0;
+    for (uint32_t i = 0; i < l->len; i++)
+        memcpy(tvec_append(&tv), &inl[i], sizeof(inl[i]));
+    l->tv = tv;
+    l->big = true;
+    ix->bytes += post_heap_bytes(l);
     return 0;
 }
 
@@ -653,9 +627,9 @@ static void post_release_if_empty(struct post_index *ix, struct post_list *l)
     memcpy(k.value, l->value, sizeof(k.value));
     *post_slot(ix, &k) = l->next;
     ix->nlists--;
-    ix->bytes -= sizeof(*l) + post_heap_bytes(l->cap);
-    if (l->cap > POST_INLINE)
-        free(l->ents);
+    ix->bytes -= sizeof(*l) + post_heap_bytes(l);
+    if (l->big)
+        tvec_free(&l->tv);
     free(l);
 }
 
@@ -677,7 +651,15 @@ static struct post_list *post_reserve(struct post_index *ix, const struct post_k
         ix->nlists++;
         ix->bytes += sizeof(*l);
     }
-    if (l->len == l->cap && post_resize(ix, l, l->cap ? l->cap * 2 : POST_INLINE) < 0) {
+    int rc = 0;
+    if (l->big && !tvec_has_room(&l->tv)) {
+        size_t before = tvec_bytes(&l->tv);
+        rc = tvec_reserve(&l->tv);
+        ix->bytes = ix->bytes - before + tvec_bytes(&l->tv);
+    } else if (!l->big && l->len == POST_INLINE) {
+        rc = post_grow(ix, l);
+    }
+    if (rc < 0) {
         post_release_if_empty(ix, l);
         return NULL;
     }
@@ -690,15 +672,16 @@ static void post_insert(struct post_list *l, uint64_t ts, uint64_t id, uint32_t 
     size_t p = l->len;
     if (p && post_entry_cmp(post_at(l, p - 1), ts, id, shard) > 0)
         p = post_lower_bound(l, l->len, ts, id, shard);
-    if (p < l->len / 2) {
-        l->head = (l->head - 1) & (l->cap - 1);
-        for (size_t i = 0; i < p; i++)
-            *post_at(l, i) = *post_at(l, i + 1);
+    struct post_entry e = {.timestamp_ns = ts, .id = id, .shard = shard};
+    if (l->big && p == l->len) {
+        memcpy(tvec_append(&l->tv), &e, sizeof(e));
+    } else if (l->big) {
+        tvec_insert(&l->tv, p, &e);
     } else {
         for (size_t i = l->len; i > p; i--)
-            *post_at(l, i) = *post_at(l, i - 1);
+            l->inl[i] = l->inl[i - 1];
+        l->inl[p] = e;
     }
-    *post_at(l, p) = (struct post_entry){.timestamp_ns = ts, .id = id, .shard = shard};
     l->len++;
 }
 
@@ -711,17 +694,17 @@ static void post_remove(struct post_index *ix, struct post_list *l, uint64_t ts,
         p = post_lower_bound(l, l->len, ts, id, shard);
     if (p >= l->len || post_entry_cmp(post_at(l, p), ts, id, shard) != 0)
         return;
-    if (p == 0) {
-        l->head = (l->head + 1) & (l->cap - 1);
+    if (l->big) {
+        size_t before = tvec_bytes(&l->tv);
+        tvec_remove(&l->tv, p);
+        ix->bytes = ix->bytes - before + tvec_bytes(&l->tv);
     } else {
         for (size_t i = p; i + 1 < l->len; i++)
-            *post_at(l, i) = *post_at(l, i + 1);
+            l->inl[i] = l->inl[i + 1];
     }
     l->len--;
     if (l->len == 0)
         post_release_if_empty(ix, l);
-    else if (l->cap > POST_INLINE && l->len < l->cap / 4)
-        (void)post_resize(ix, l, l->cap / 2);
 }
 
 /* Takes a record out of every list it is in. */
@@ -740,8 +723,8 @@ static void post_free(struct post_index *ix)
     for (size_t i = 0; i < ix->nbuckets; i++) {
         for (struct post_list *l = ix->buckets[i], *next; l; l = next) {
             next = l->next;
-            if (l->cap > POST_INLINE)
-                free(l->ents);
+            if (l->big)
+                tvec_free(&l->tv);
             free(l);
         }
     }
@@ -924,7 +907,7 @@ void store_free(struct store *s)
         struct store_shard *sh = s->shards[i];
         for (size_t j = 0; j < sh->len; j++)
             rec_clear(sh, shard_at(sh, j));
-        free(sh->slots);
+        tvec_free(&sh->recs);
         free(sh);
     }
     free(s->shards);
@@ -1144,7 +1127,7 @@ static void prefetch_group(const struct store *s, const struct event *ev, size_t
         const struct store_shard *sh = h[i].sh;
         if (sh && sh->len) {
             __builtin_prefetch(shard_at(sh, sh->len - 1));
-            if (sh->len < sh->cap)
+            if (tvec_has_room(&sh->recs))
                 __builtin_prefetch(shard_at(sh, sh->len), 1);
         }
         for (int f = 0; f < POST_FIELDS; f++) {

@@ -727,6 +727,65 @@ Test(store, batches_match_single_adds_under_out_of_order_load)
 }
 
 /*
+ * Shards and posting lists of several thousand events filled in random
+ * time order (a clock that steps back, a publisher sending any order), with
+ * eviction: each late event goes into the middle of large sorted sequences.
+ * Every query must still answer exactly the newest CAP events' matches.
+ */
+Test(store, large_shards_in_random_order_answer_like_a_scan)
+{
+    enum { N = 24000, CAP = 9000 };
+    static struct event all[N], held[N], want[N];
+    struct store *s = new_store(CAP, 0);
+    rng_state = 2024;
+    for (size_t i = 0; i < N; i++) {
+        all[i] =
+            mk(1000000 + rng_below(N * 10), i + 1, i % 3 ? EVENT_EXIT : EVENT_EXEC, NODES[i % 2]);
+        all[i].pid = 1 + rng_below(3);
+        all[i].dport = (uint16_t)rng_below(2);
+        set_comm(&all[i], COMMANDS[rng_below(2)]);
+    }
+    for (size_t i = 0; i < N;) {
+        size_t n = 1 + rng_below(500);
+        if (n > N - i)
+            n = N - i;
+        struct event copy[500];
+        memcpy(copy, &all[i], n * sizeof(*copy));
+        cr_assert_eq(store_add_move_batch(s, copy, n), 0);
+        i += n;
+    }
+    /* What the store must hold: the CAP newest. */
+    memcpy(held, all, sizeof(all));
+    qsort(held, N, sizeof(held[0]), cmp_newest_first);
+
+    const char *queries[] = {
+        "limit=10000",
+        "pid=2&limit=10000",
+        "command=sh&limit=10000",
+        "dest_port=1&pid=3&limit=10000",
+        "type=exit&node=node-a&limit=10000",
+        "since=1970-01-01T00:00:00.0011Z&until=1970-01-01T00:00:00.0012Z&limit=10000"};
+    for (size_t k = 0; k < sizeof(queries) / sizeof(queries[0]); k++) {
+        struct query q = parse_q(queries[k]);
+        struct store_result r;
+        size_t m = reference(held, CAP, &q, want);
+        cr_assert_gt(m, 100, "%s: a query that selects something", queries[k]);
+        cr_assert_eq(store_query(s, &q, &r), 0);
+        cr_assert_eq(r.count, m, "%s: %zu results, want %zu", queries[k], r.count, m);
+        cr_assert_eq(r.total_count, m, "%s", queries[k]);
+        for (size_t i = 0; i < m; i++)
+            cr_assert_eq(r.events[i].id, want[i].id, "%s: result %zu", queries[k], i);
+        store_result_free(&r);
+    }
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, CAP);
+    cr_assert_eq(st.evicted_count, N - CAP);
+    cr_assert_eq(st.oldest_ns, held[CAP - 1].timestamp_ns);
+    store_free(s);
+}
+
+/*
  * Every event older than all of its shard's (a replay, newest first): each
  * one goes in front, so the eviction heap collects stale entries until it
  * rebuilds itself; eviction must still take exactly the oldest.

@@ -1,0 +1,91 @@
+/*
+ * A sequence of fixed-size elements kept in order, with access by index in
+ * O(1) and insertion or removal anywhere in O(TVEC_BLOCK + len / TVEC_BLOCK)
+ * element moves (a tiered vector), where a plain ring would move up to len.
+ *
+ * The store keeps its shards and posting lists sorted by time, and events
+ * do not always arrive in order: an agent's clock steps back, or a publisher
+ * sends timestamps in any order. With a ring every such event shifted half
+ * a shard; here it shifts at most one block and one element per block.
+ *
+ * Up to TVEC_BLOCK elements it is a ring that doubles as it grows. Beyond,
+ * it is a ring of blocks of TVEC_BLOCK elements, each a ring itself, all
+ * full except the first (filled from the end) and the last (from the
+ * start). Not thread-safe; elements are copied with memcpy.
+ */
+#ifndef EBPF_MONITOR_TVEC_H
+#define EBPF_MONITOR_TVEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TVEC_BLOCK_SHIFT 10
+#define TVEC_BLOCK       ((size_t)1 << TVEC_BLOCK_SHIFT)
+
+struct tvec_blk {
+    unsigned char *data; /* TVEC_BLOCK elements */
+    size_t head;         /* slot of offset 0 */
+};
+
+/* 40 bytes, so a posting list holds one in place of its inline entries. */
+struct tvec {
+    union {
+        unsigned char *ring;  /* small (nblk == 0): cap elements, NULL before the first */
+        struct tvec_blk *dir; /* in blocks: a ring of dir_cap blocks, the first at head */
+    };
+    uint32_t len;
+    uint32_t head; /* small: slot of element 0; in blocks: the first block's place in dir */
+    uint32_t cap;  /* small: the ring's capacity, a power of two (0 before the first element) */
+    uint32_t off0; /* in blocks: offset of element 0 in the first block */
+    uint32_t nblk, dir_cap;
+    uint16_t esz, min_cap;
+};
+
+/*
+ * An empty sequence of esz-byte elements (esz < 65536); a small ring starts
+ * at min_cap (a power of two up to TVEC_BLOCK). At most UINT32_MAX elements.
+ */
+void tvec_init(struct tvec *v, size_t esz, size_t min_cap);
+/* Frees the memory; the elements themselves are not looked at. */
+void tvec_free(struct tvec *v);
+
+static inline void *tvec_at(const struct tvec *v, size_t i)
+{
+    if (!v->nblk)
+        return v->ring + ((v->head + i) & (v->cap - 1)) * v->esz;
+    size_t j = v->off0 + i;
+    const struct tvec_blk *b = &v->dir[(v->head + (j >> TVEC_BLOCK_SHIFT)) & (v->dir_cap - 1)];
+    return b->data + ((b->head + j) & (TVEC_BLOCK - 1)) * v->esz;
+}
+
+/* True when one more element fits without allocating. */
+static inline bool tvec_has_room(const struct tvec *v)
+{
+    return !v->nblk ? v->len < v->cap : v->off0 + v->len < v->nblk * TVEC_BLOCK;
+}
+
+int tvec_grow(struct tvec *v);
+
+/* Makes room for one more element, so the next insert or append cannot fail. 0 or -ENOMEM. */
+static inline int tvec_reserve(struct tvec *v)
+{
+    return tvec_has_room(v) ? 0 : tvec_grow(v);
+}
+
+/* Copies elem in at index pos (<= len), after tvec_reserve(). */
+void tvec_insert(struct tvec *v, size_t pos, const void *elem);
+/* The slot of a new last element, after tvec_reserve(); the caller fills it. */
+static inline void *tvec_append(struct tvec *v)
+{
+    void *slot = tvec_at(v, v->len);
+    v->len++;
+    return slot;
+}
+
+/* Removes the element at pos (< len); the caller has released what it held. */
+void tvec_remove(struct tvec *v, size_t pos);
+/* Bytes allocated for the elements (and the block ring). */
+size_t tvec_bytes(const struct tvec *v);
+
+#endif
