@@ -1158,6 +1158,13 @@ Test(aggregator_shutdown, sigterm_with_large_batches_queued_exits_cleanly)
             if (batches < 1)
                 usleep(10000);
         }
+        if (batches < 1) { /* what the replica did instead (its log is printed on failure) */
+            json_t *j = tu_get_json(agg_port[0], "/api/stats", NULL);
+            char *dump = j ? json_dumps(j, JSON_COMPACT) : NULL;
+            cr_log_error("stats: %s", dump ? dump : "(no answer)");
+            free(dump);
+            json_decref(j);
+        }
         check(batches >= 1, "round %d: nothing ingested", round);
 
         int status = tu_stop(agg_pid[0], 60000);

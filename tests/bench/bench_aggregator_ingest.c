@@ -48,8 +48,13 @@ struct chunk {
 
 static uint64_t seqs[BENCH_NODES];
 
-/* Encodes events [first, first + CHUNK) of the run: batch b belongs to node b % BENCH_NODES. */
-static void chunk_encode(struct chunk *c, uint64_t first, uint64_t base_ts, uint64_t *rng)
+/*
+ * Encodes events [first, first + CHUNK) of the run: batch b belongs to node
+ * b % BENCH_NODES. Event k is stamped base_ts + k spacings, or with late_span
+ * set at a random one of late_span spacings from base_ts (late events).
+ */
+static void chunk_encode(struct chunk *c, uint64_t first, uint64_t base_ts, uint64_t late_span,
+                         uint64_t *rng)
 {
     static struct event_pb_pods pods; /* the publisher's pod table: one per batch */
     struct event e;
@@ -60,7 +65,8 @@ static void chunk_encode(struct chunk *c, uint64_t first, uint64_t base_ts, uint
         event_pb_pods_reset(&pods);
         for (size_t i = 0; i < BATCH; i++) {
             uint64_t k = first + b * BATCH + i;
-            bench_event(&e, k, (int)node, base_ts + k * BENCH_SPACING_NS, rng);
+            uint64_t at = late_span ? bench_rand(rng) % late_span : k;
+            bench_event(&e, k, (int)node, base_ts + at * BENCH_SPACING_NS, rng);
             event_batch_append_event_pods(out, &e, bench_node_name(node), &pods);
             event_clear(&e);
         }
@@ -146,12 +152,12 @@ struct inproc_cpu {
  */
 static void ingest_events(struct store *st, struct nodes *nodes, struct peers *peers,
                           struct chunk *c, natsMsg **msgs, uint64_t first_event, uint64_t n,
-                          uint64_t base, uint64_t *rng, struct inproc_cpu *cpu, char *err,
-                          size_t errlen)
+                          uint64_t base, uint64_t late_span, uint64_t *rng, struct inproc_cpu *cpu,
+                          char *err, size_t errlen)
 {
     static struct peers_pod pods[PEERS_ANNOUNCE_MAX_PODS];
     for (uint64_t first = first_event; first < first_event + n; first += CHUNK) {
-        chunk_encode(c, first, base, rng);
+        chunk_encode(c, first, base, late_span, rng);
         for (size_t b = 0; b < CHUNK / BATCH; b++) {
             if (msgs[b])
                 natsMsg_Destroy(msgs[b]);
@@ -200,11 +206,14 @@ static void emit_inproc(const char *prefix, const char *phase, const struct inpr
 }
 
 /*
- * Two phases on one history of capacity nevents: filling it (every record is
- * new memory, so this phase also pays the kernel's first touch of each page),
- * then nevents more with the history full, as an aggregator runs once its
- * history has filled: each event added evicts the oldest one. The steady
- * phase is the ingest rate the target is for.
+ * Three phases on one history of capacity nevents: filling it (every record
+ * is new memory, so this phase also pays the kernel's first touch of each
+ * page), then nevents more with the history full, as an aggregator runs once
+ * its history has filled: each event added evicts the oldest one. The steady
+ * phase is the ingest rate the target is for. Last, nevents / 4 late events,
+ * each stamped at random within the held window (an agent whose clock
+ * stepped back, a publisher sending any order): each goes into the middle of
+ * its shard and posting lists.
  */
 static int run_inproc(uint64_t nevents, const char *prefix)
 {
@@ -212,7 +221,7 @@ static int run_inproc(uint64_t nevents, const char *prefix)
     struct store *st = store_new(&lim);
     struct nodes *nodes = nodes_new(65536);
     struct peers *peers = peers_new(262144, 600 * 1000000000ull, 30 * 1000000000ull);
-    struct inproc_cpu fill = {0}, steady = {0};
+    struct inproc_cpu fill = {0}, steady = {0}, late = {0};
     struct chunk c;
     natsMsg **msgs = calloc(CHUNK / BATCH, sizeof(*msgs));
     uint64_t rng = 7, base = bench_now_ns() - 2 * nevents * BENCH_SPACING_NS - 1000000000ull;
@@ -220,17 +229,21 @@ static int run_inproc(uint64_t nevents, const char *prefix)
 
     chunk_init(&c);
     uint64_t rss0 = rss_bytes(getpid());
-    ingest_events(st, nodes, peers, &c, msgs, 0, nevents, base, &rng, &fill, err, sizeof(err));
+    ingest_events(st, nodes, peers, &c, msgs, 0, nevents, base, 0, &rng, &fill, err, sizeof(err));
     uint64_t rss1 = rss_bytes(getpid());
     struct store_stats filled;
     store_get_stats(st, &filled);
-    ingest_events(st, nodes, peers, &c, msgs, nevents, nevents, base, &rng, &steady, err,
+    ingest_events(st, nodes, peers, &c, msgs, nevents, nevents, base, 0, &rng, &steady, err,
                   sizeof(err));
     struct store_stats ss;
     store_get_stats(st, &ss);
+    uint64_t nlate = nevents / 4;
+    ingest_events(st, nodes, peers, &c, msgs, 2 * nevents, nlate, base + nevents * BENCH_SPACING_NS,
+                  nevents, &rng, &late, err, sizeof(err));
 
     emit_inproc(prefix, "", &steady, nevents, true);
     emit_inproc(prefix, "fill_", &fill, nevents, false);
+    emit_inproc(prefix, "late_", &late, nlate, false);
     char name[128];
     snprintf(name, sizeof(name), "%s.inproc.stored", prefix);
     bench_emit(name, (double)ss.events, "events", NULL, 0);
@@ -240,9 +253,11 @@ static int run_inproc(uint64_t nevents, const char *prefix)
     bench_emit(name, (double)(rss1 - rss0) / (double)filled.events, "B", "<=", 200);
     snprintf(name, sizeof(name), "%s.inproc.index_bytes_per_stored_event", prefix);
     bench_emit(name, (double)filled.index_bytes / (double)filled.events, "B", NULL, 0);
-    if (fill.rejected + steady.rejected || fill.failed + steady.failed)
+    if (fill.rejected + steady.rejected + late.rejected ||
+        fill.failed + steady.failed + late.failed)
         fprintf(stderr, "bench_aggregator_ingest: %" PRIu64 " rejected, %" PRIu64 " failed: %s\n",
-                fill.rejected + steady.rejected, fill.failed + steady.failed, err);
+                fill.rejected + steady.rejected + late.rejected,
+                fill.failed + steady.failed + late.failed, err);
 
     for (size_t b = 0; b < CHUNK / BATCH; b++) {
         natsMsg_Destroy(msgs[b]);
@@ -302,7 +317,7 @@ static int run_nats(const char *url, const char *http, pid_t *pids, int npids, u
         base = (uint64_t)newest + BENCH_SPACING_NS;
     for (size_t k = 0; k < nchunks; k++) {
         chunk_init(&cs[k]);
-        chunk_encode(&cs[k], k * CHUNK, base, &rng);
+        chunk_encode(&cs[k], k * CHUNK, base, 0, &rng);
     }
 
     uint64_t rss0 = 0, cpu0 = 0;
