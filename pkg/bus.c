@@ -212,6 +212,8 @@ static int build_options(struct bus *b, const struct config *cfg, const struct b
         s = natsOptions_SetErrorHandler(opts, on_error, b);
     if (s == NATS_OK && o && o->no_echo)
         s = natsOptions_SetNoEcho(opts, true);
+    if (s == NATS_OK && o && o->send_asap)
+        s = natsOptions_SetSendAsap(opts, true);
     if (s != NATS_OK)
         return errmsg_set(err, errlen, "NATS options: %s", nats_reason(s));
 

@@ -46,6 +46,8 @@ struct bus;
 struct bus_options {
     const char *name; /* client name shown by the server; may be NULL */
     bool no_echo;     /* never receive our own publications (aggregator replicas) */
+    bool send_asap;   /* write each publication at once, not on the next flush (latency-bound
+                         traffic: queries and their answers) */
 };
 
 /*

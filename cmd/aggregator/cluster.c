@@ -53,6 +53,9 @@ struct cluster_peer {
 
 struct cluster {
     struct aggregator *a;
+    /* A connection of its own: what it sends is waited for, so it goes out at once
+     * (send_asap), where the main connection buffers ingest-side traffic. */
+    struct bus *bus;
     natsConnection *nc;
     uint64_t timeout_ms; /* QUERY_TIMEOUT */
     char subj_heartbeat[CLUSTER_SUBJECT_LEN];
@@ -361,10 +364,8 @@ static void gather_start(struct cluster *c, struct gather_op *op, const char *su
     pthread_mutex_unlock(&c->reply_lock);
     snprintf(reply, sizeof(reply), "%s.%" PRIu64, c->reply_prefix, op->w.token);
 
+    /* Written at once (send_asap): no flush, which would wait a round trip to the server. */
     op->s = natsConnection_PublishRequest(c->nc, subject, reply, req, (int)len);
-    /* Push the request out now rather than on nats.c's next flush (~1 ms later). */
-    if (op->s == NATS_OK)
-        op->s = natsConnection_FlushTimeout(c->nc, c->timeout_ms);
     op->deadline = mono_ms() + c->timeout_ms;
 }
 
@@ -526,21 +527,7 @@ int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct 
     return rc;
 }
 
-/*
- * The asker is waiting: send now, not on nats.c's next flush (~1 ms later).
- * A flush is a round trip to the server, so when more requests are already
- * queued, leave it to the last of them: a burst is answered in one flush.
- */
-static void flush_reply(natsConnection *nc, natsSubscription *sub)
-{
-    int pending = 0;
-
-    if (natsSubscription_GetPending(sub, &pending, NULL) == NATS_OK && pending > 0)
-        return;
-    natsConnection_FlushTimeout(nc, 1000);
-}
-
-static void handle_query(struct cluster *c, natsConnection *nc, natsSubscription *sub, natsMsg *msg)
+static void handle_query(struct cluster *c, natsConnection *nc, natsMsg *msg)
 {
     const char *reply = natsMsg_GetReply(msg);
     json_t *root = json_loadb(natsMsg_GetData(msg), natsMsg_GetDataLength(msg), 0, NULL);
@@ -568,8 +555,7 @@ static void handle_query(struct cluster *c, natsConnection *nc, natsSubscription
         store_result_free(&r);
     }
     if (!out.oom && out.len > 0) {
-        natsConnection_Publish(nc, reply, out.data, (int)out.len);
-        flush_reply(nc, sub);
+        natsConnection_Publish(nc, reply, out.data, (int)out.len); /* sent at once */
     }
 done:
     buf_free(&out);
@@ -580,7 +566,7 @@ static void on_query(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 {
     struct cluster *c = closure;
 
-    GATED(c, msg, handle_query(c, nc, sub, msg));
+    GATED(c, msg, handle_query(c, nc, msg));
 }
 
 /* ---- flows ---- */
@@ -736,7 +722,7 @@ static int flows_publish(void *ctx, const struct buf *part)
                                                                                             : -EIO;
 }
 
-static void handle_flows(struct cluster *c, natsConnection *nc, natsSubscription *sub, natsMsg *msg)
+static void handle_flows(struct cluster *c, natsConnection *nc, natsMsg *msg)
 {
     const char *reply = natsMsg_GetReply(msg);
     json_t *root = json_loadb(natsMsg_GetData(msg), natsMsg_GetDataLength(msg), 0, NULL);
@@ -764,7 +750,6 @@ static void handle_flows(struct cluster *c, natsConnection *nc, natsSubscription
             error = "out of memory running the query";
     }
     cluster_reply_flows_encode(c->a->replica, &r, error, max, flows_publish, &to);
-    flush_reply(nc, sub);
 done:
     flows_result_free(&r);
     json_decref(root);
@@ -774,7 +759,7 @@ static void on_flows(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 {
     struct cluster *c = closure;
 
-    GATED(c, msg, handle_flows(c, nc, sub, msg));
+    GATED(c, msg, handle_flows(c, nc, msg));
 }
 
 /* ---- stats ---- */
@@ -793,7 +778,7 @@ void cluster_stats_json(struct aggregator *a, struct buf *out)
     buf_putc(out, '}');
 }
 
-static void handle_stats(struct cluster *c, natsConnection *nc, natsSubscription *sub, natsMsg *msg)
+static void handle_stats(struct cluster *c, natsConnection *nc, natsMsg *msg)
 {
     const char *reply = natsMsg_GetReply(msg);
     json_t *root = json_loadb(natsMsg_GetData(msg), natsMsg_GetDataLength(msg), 0, NULL);
@@ -810,8 +795,7 @@ static void handle_stats(struct cluster *c, natsConnection *nc, natsSubscription
         cluster_reply_stats_too_large(c->a->replica, max, &out);
     }
     if (!out.oom) {
-        natsConnection_Publish(nc, reply, out.data, (int)out.len);
-        flush_reply(nc, sub);
+        natsConnection_Publish(nc, reply, out.data, (int)out.len); /* sent at once */
     }
 done:
     buf_free(&out);
@@ -822,7 +806,7 @@ static void on_stats(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
 {
     struct cluster *c = closure;
 
-    GATED(c, msg, handle_stats(c, nc, sub, msg));
+    GATED(c, msg, handle_stats(c, nc, msg));
 }
 
 /* The peers' answers to one stats request, checked. */
@@ -888,7 +872,14 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
         return NULL;
     }
     c->a = a;
-    c->nc = bus_conn(a->bus);
+    char name[96];
+    snprintf(name, sizeof(name), "ebpf-aggregator/%s/control", a->replica);
+    struct bus_options bo = {.name = name, .no_echo = true, .send_asap = true};
+    if (!(c->bus = bus_open_opts(&a->cfg, &bo, err, errlen))) {
+        free(c);
+        return NULL;
+    }
+    c->nc = bus_conn(c->bus);
     c->timeout_ms = a->cfg.query_timeout_ns / 1000000;
     if (c->timeout_ms == 0)
         c->timeout_ms = 1;
@@ -995,6 +986,7 @@ void cluster_free(struct cluster *c)
         fprintf(stderr, "ebpf-aggregator: leaving the cluster state allocated\n");
         return;
     }
+    bus_close(c->bus);
     pthread_cond_destroy(&c->gate.idle);
     pthread_mutex_destroy(&c->gate.lock);
     pthread_cond_destroy(&c->wake);
