@@ -569,6 +569,12 @@ bool query_match_names(const struct query *q, const char *node, const struct eve
            query_str_match(q->peer_service, peer->service);
 }
 
+bool query_has_name_filter(const struct query *q)
+{
+    return q->node[0] || q->pod[0] || q->namespace[0] || q->workload[0] || q->peer_pod[0] ||
+           q->peer_namespace[0] || q->peer_workload[0] || q->peer_service[0];
+}
+
 bool query_has_dns_filter(const struct query *q)
 {
     return q->dns_query[0] || q->has_rcode;

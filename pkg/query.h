@@ -85,6 +85,8 @@ bool query_match(const struct query *q, const struct event *e);
  */
 bool query_match_names(const struct query *q, const char *node, const struct event_k8s *k8s,
                        const struct event_peer *peer);
+/* True when q has one of the filters query_match_names() checks. */
+bool query_has_name_filter(const struct query *q);
 
 /* True when e sorts strictly after the cursor (i.e. belongs to a later page). */
 bool query_after_cursor(const struct query_cursor *c, const struct event *e);

@@ -66,21 +66,29 @@ struct store_rec {
     char command[EVENT_COMM_LEN];
 };
 
+/*
+ * A query reads every selected shard: what it needs of one without a name
+ * filter (type, status, the records and the newest key) is its first cache
+ * line; the names of the key follow.
+ */
 struct store_shard {
-    /* The key: everything its events share. Pointers are interned (compared by value). */
-    const char *node; /* NULL for events without a node */
     uint8_t type;
     uint8_t status;
-    uint8_t alen; /* address bytes per record: 0, 4 or 16 */
+    uint8_t alen;   /* address bytes per record: 0, 4 or 16 */
+    uint32_t index; /* position in store.shards, what posting lists refer to */
+    /* The key of the newest record (valid while recs.len > 0). */
+    uint64_t newest_ts, newest_id;
+    struct tvec recs; /* the records (recs.esz bytes each, a multiple of 8), oldest first */
+
+    /* The rest of the key: everything its events share. Pointers are interned (compared by
+     * value). */
+    const char *node; /* NULL for events without a node */
     struct event_k8s k8s;
     struct event_peer peer;
+    size_t u_size; /* bytes of the event union kept */
+} __attribute__((aligned(64)));
 
-    size_t rec_size;  /* bytes per record, a multiple of 8 */
-    size_t u_size;    /* bytes of the event union kept */
-    struct tvec recs; /* the records, oldest first */
-    size_t len;       /* records held (recs.len, kept here beside the key for the query scan) */
-    uint32_t index;   /* position in store.shards, what posting lists refer to */
-};
+_Static_assert(offsetof(struct store_shard, node) <= 64, "a shard's query fields fill one line");
 
 /* The per-event fields that have posting lists. */
 enum post_field {
@@ -297,10 +305,10 @@ static inline int shard_cmp_at(const struct store_shard *sh, size_t i, uint64_t 
     return store_key_cmp(r->timestamp_ns, r->id, ts, id);
 }
 
-/* First index whose key is >= (ts, id); len when none. */
-static size_t shard_lower_bound(const struct store_shard *sh, uint64_t ts, uint64_t id)
+/* First index in [lo, hi) whose key is >= (ts, id); hi when none. */
+static size_t shard_lower_bound_in(const struct store_shard *sh, size_t lo, size_t hi, uint64_t ts,
+                                   uint64_t id)
 {
-    size_t lo = 0, hi = sh->len;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         if (shard_cmp_at(sh, mid, ts, id) < 0)
@@ -311,25 +319,33 @@ static size_t shard_lower_bound(const struct store_shard *sh, uint64_t ts, uint6
     return lo;
 }
 
+/* First index whose key is >= (ts, id); len when none. */
+static size_t shard_lower_bound(const struct store_shard *sh, uint64_t ts, uint64_t id)
+{
+    return shard_lower_bound_in(sh, 0, sh->recs.len, ts, id);
+}
+
 /*
  * Moves *e into its sorted place. Returns 0 with *pos set, 1 when an event
  * with the same (timestamp, id) is already held (e untouched), or -ENOMEM.
  */
 static int shard_insert(struct store_shard *sh, struct event *e, size_t *pos)
 {
-    size_t p;
-    if (sh->len == 0 || shard_cmp_at(sh, sh->len - 1, e->timestamp_ns, e->id) < 0) {
-        p = sh->len; /* the common case: newest so far */
-    } else {
-        p = shard_lower_bound(sh, e->timestamp_ns, e->id);
-        if (p < sh->len && shard_cmp_at(sh, p, e->timestamp_ns, e->id) == 0)
+    size_t p = sh->recs.len;
+    uint64_t ts = e->timestamp_ns, id = e->id;
+    /* The common case: newest so far. */
+    if (p > 0 && store_key_cmp(sh->newest_ts, sh->newest_id, ts, id) >= 0) {
+        p = shard_lower_bound(sh, ts, id);
+        if (p < sh->recs.len && shard_cmp_at(sh, p, ts, id) == 0)
             return 1;
     }
     if (tvec_reserve(&sh->recs) < 0)
         return -ENOMEM;
     /* Packed in place when it goes last (most events); a late event is packed aside and moved. */
-    if (p == sh->len) {
+    if (p == sh->recs.len) {
         rec_pack(sh, tvec_append(&sh->recs), e);
+        sh->newest_ts = ts;
+        sh->newest_id = id;
     } else {
         unsigned char rec[STORE_REC_MAX] __attribute__((aligned(8)));
         rec_pack(sh, rec, e);
@@ -338,7 +354,6 @@ static int shard_insert(struct store_shard *sh, struct event *e, size_t *pos)
     /* The record owns e's strings now. */
     memset(&e->u, 0, sizeof(e->u));
     event_clear(e);
-    sh->len = sh->recs.len;
     *pos = p;
     return 0;
 }
@@ -348,7 +363,6 @@ static void shard_pop_oldest(struct store_shard *sh)
 {
     rec_clear(sh, shard_at(sh, 0));
     tvec_remove(&sh->recs, 0);
-    sh->len = sh->recs.len;
 }
 
 /* The shard key of an event. */
@@ -475,9 +489,10 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
         s->shards = shards;
         s->shards_cap = cap;
     }
-    struct store_shard *sh = calloc(1, sizeof(*sh));
+    struct store_shard *sh = aligned_alloc(64, sizeof(*sh));
     if (!sh)
         return NULL;
+    memset(sh, 0, sizeof(*sh));
     sh->node = k->node;
     sh->type = k->type;
     sh->status = k->status;
@@ -485,8 +500,8 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
     sh->k8s = k->k8s;
     sh->peer = k->peer;
     sh->u_size = union_size(k->type);
-    sh->rec_size = (sizeof(struct store_rec) + sh->u_size + 2u * sh->alen + 7) & ~(size_t)7;
-    tvec_init(&sh->recs, sh->rec_size, STORE_SHARD_MIN_CAP);
+    tvec_init(&sh->recs, (sizeof(struct store_rec) + sh->u_size + 2u * sh->alen + 7) & ~(size_t)7,
+              STORE_SHARD_MIN_CAP);
     sh->index = (uint32_t)s->nshards;
     s->shards[s->nshards++] = sh;
     bt->shards[bt->n++] = sh;
@@ -786,7 +801,7 @@ static struct heap_ent heap_ent_of(struct store_shard *sh)
 
 static bool heap_ent_valid(const struct heap_ent *e)
 {
-    if (e->sh->len == 0)
+    if (e->sh->recs.len == 0)
         return false;
     const struct store_rec *r = shard_rec(e->sh, 0);
     return r->timestamp_ns == e->timestamp_ns && r->id == e->id;
@@ -798,7 +813,7 @@ static int heap_reserve(struct store *s)
     if (s->heap_len > 2 * s->nshards + 64) {
         size_t n = 0;
         for (size_t i = 0; i < s->nshards; i++)
-            if (s->shards[i]->len)
+            if (s->shards[i]->recs.len)
                 s->heap[n++] = heap_ent_of(s->shards[i]);
         s->heap_len = n;
         for (size_t i = n / 2; i-- > 0;)
@@ -847,7 +862,7 @@ static void store_evict_oldest(struct store *s)
     shard_pop_oldest(sh);
     if (--s->count == 0)
         s->newest_ns = 0;
-    if (sh->len) {
+    if (sh->recs.len) {
         s->heap[0] = heap_ent_of(sh);
         heap_down(s, 0);
     } else {
@@ -905,7 +920,7 @@ void store_free(struct store *s)
         return;
     for (size_t i = 0; i < s->nshards; i++) {
         struct store_shard *sh = s->shards[i];
-        for (size_t j = 0; j < sh->len; j++)
+        for (size_t j = 0; j < sh->recs.len; j++)
             rec_clear(sh, shard_at(sh, j));
         tvec_free(&sh->recs);
         free(sh);
@@ -1037,10 +1052,17 @@ struct add_hint {
 /* The entries near the top of the eviction heap: the events a full store evicts next. */
 #define STORE_EVICT_HINTS (2 * STORE_ADD_GROUP)
 
+/* A shard's first line: its records and newest key. */
 static void prefetch_shard(const struct store_shard *sh)
 {
-    __builtin_prefetch(&sh->rec_size);
-    __builtin_prefetch(&sh->len);
+    __builtin_prefetch(sh);
+}
+
+/* The lines of its key's names, which finding it by key compares. */
+static void prefetch_shard_names(const struct store_shard *sh)
+{
+    for (size_t off = 64; off < sizeof(*sh); off += 64)
+        __builtin_prefetch((const char *)sh + off);
 }
 
 /*
@@ -1062,13 +1084,13 @@ static void prefetch_evictions(const struct store *s, size_t n)
     for (size_t j = 0; j < n; j++)
         prefetch_shard(s->heap[j].sh);
     for (size_t j = 0; j < n; j++)
-        if (s->heap[j].sh->len)
+        if (s->heap[j].sh->recs.len)
             __builtin_prefetch(shard_at(s->heap[j].sh, 0));
     for (size_t j = 0; j < n; j++) {
         struct post_key pk;
         const struct store_shard *sh = s->heap[j].sh;
         for (int f = 0; f < POST_FIELDS; f++) {
-            hashes[j][f] = sh->len && post_key_of(&pk, f, shard_rec(sh, 0)) ? pk.hash : 0;
+            hashes[j][f] = sh->recs.len && post_key_of(&pk, f, shard_rec(sh, 0)) ? pk.hash : 0;
             if (hashes[j][f])
                 __builtin_prefetch(&s->post.buckets[pk.hash & (s->post.nbuckets - 1)]);
         }
@@ -1109,9 +1131,8 @@ static void prefetch_group(const struct store *s, const struct event *ev, size_t
     for (size_t i = 0; i < n; i++) {
         h[i].sh = s->table_cap ? s->table[h[i].shard_hash & (s->table_cap - 1)] : NULL;
         if (h[i].sh) {
-            __builtin_prefetch(h[i].sh);
-            __builtin_prefetch((const char *)h[i].sh + 64);
             prefetch_shard(h[i].sh);
+            prefetch_shard_names(h[i].sh);
         }
         for (int f = 0; f < POST_FIELDS; f++) {
             h[i].lists[f] = h[i].post_hash[f] && s->post.nbuckets
@@ -1125,11 +1146,8 @@ static void prefetch_group(const struct store *s, const struct event *ev, size_t
     }
     for (size_t i = 0; i < n; i++) {
         const struct store_shard *sh = h[i].sh;
-        if (sh && sh->len) {
-            __builtin_prefetch(shard_at(sh, sh->len - 1));
-            if (tvec_has_room(&sh->recs))
-                __builtin_prefetch(shard_at(sh, sh->len), 1);
-        }
+        if (sh && tvec_has_room(&sh->recs))
+            __builtin_prefetch(shard_at(sh, sh->recs.len), 1);
         for (int f = 0; f < POST_FIELDS; f++) {
             const struct post_list *l = h[i].lists[f];
             if (l && l->len)
@@ -1180,15 +1198,17 @@ size_t store_expire(struct store *s, uint64_t now_ns)
 
 /* The part of one shard a query can return: indices [lo, hi), newest at hi - 1. */
 /* Shards (or ranges) a query's loops prefetch ahead of the one they read. */
-#define STORE_QUERY_PREFETCH 8
+#define STORE_QUERY_PREFETCH 16
 
 struct store_range {
     const struct store_shard *sh;
     size_t lo, hi;
     size_t hi_all; /* the time bound alone, for total_count */
-    /* The key of record hi - 1 (range_key_load()), so the merge heap compares without reading
-     * records: with thousands of shards each read is a cache miss. */
+    /* The key of record hi - 1 (range_key_load(), or the shard's newest: keyed), so the merge
+     * heap compares without reading records: with thousands of shards each read is a cache
+     * miss. */
     uint64_t timestamp_ns, id;
+    bool keyed;
 };
 
 static void range_key_load(struct store_range *r)
@@ -1245,10 +1265,10 @@ static bool query_shard_pass(const struct store *s, const struct query *q, size_
     return false;
 }
 
-/* The filters the shard key answers. */
-static bool store_shard_selected(const struct store_shard *sh, const struct query *q)
+/* The filters the shard key answers; names says whether q has a name filter. */
+static bool store_shard_selected(const struct store_shard *sh, const struct query *q, bool names)
 {
-    if (sh->len == 0)
+    if (sh->recs.len == 0)
         return false;
     if (q->types && !(q->types & EVENT_TYPE_BIT(sh->type)))
         return false;
@@ -1256,7 +1276,7 @@ static bool store_shard_selected(const struct store_shard *sh, const struct quer
         return false;
     if (query_has_dns_filter(q) && sh->type != EVENT_DNS)
         return false;
-    return query_match_names(q, sh->node, &sh->k8s, &sh->peer);
+    return !names || query_match_names(q, sh->node, &sh->k8s, &sh->peer);
 }
 
 /*
@@ -1406,6 +1426,7 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
     rq.rcode = q->rcode;
     bool residual = rq.has_pid || rq.command[0] || rq.has_dest_port || query_has_dns_filter(&rq);
 
+    bool names = query_has_name_filter(q);
     pthread_rwlock_rdlock(&s->lock);
     int rc = 0;
     struct store_range *ranges = NULL;
@@ -1430,19 +1451,21 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
         for (size_t i = 0; i < nlist; i++) {
             const struct store_shard *sh = list[i];
             if (i + STORE_QUERY_PREFETCH < nlist) {
-                /* The shards ahead: their keys and positions, a few misses in flight at once. */
-                const char *next = (const char *)list[i + STORE_QUERY_PREFETCH];
-                __builtin_prefetch(next);
-                __builtin_prefetch(next + 64);
-                __builtin_prefetch(next + 128);
-                __builtin_prefetch(next + 192);
+                /* The shards ahead (their names too when the query compares them): a few
+                 * misses in flight at once. */
+                prefetch_shard(list[i + STORE_QUERY_PREFETCH]);
+                if (names)
+                    prefetch_shard_names(list[i + STORE_QUERY_PREFETCH]);
             }
-            if (!store_shard_selected(sh, q))
+            if (!store_shard_selected(sh, q, names))
                 continue;
             selected[sh->index] = true;
+            if (sh->newest_ts < q->since_ns)
+                continue; /* all before the window */
             size_t lo = q->since_ns ? shard_lower_bound(sh, q->since_ns, 0) : 0;
-            size_t hi_all =
-                q->until_ns == UINT64_MAX ? sh->len : shard_lower_bound(sh, q->until_ns + 1, 0);
+            size_t hi_all = q->until_ns >= sh->newest_ts
+                                ? sh->recs.len
+                                : shard_lower_bound_in(sh, lo, sh->recs.len, q->until_ns + 1, 0);
             size_t hi = hi_all;
             if (q->has_cursor) {
                 size_t c = shard_lower_bound(sh, q->cursor.timestamp_ns, q->cursor.id);
@@ -1454,8 +1477,13 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
             if (hi_all <= lo)
                 continue;
             candidates += hi_all - lo;
-            ranges[nranges++] =
-                (struct store_range){.sh = sh, .lo = lo, .hi = hi, .hi_all = hi_all};
+            struct store_range *r = &ranges[nranges++];
+            *r = (struct store_range){.sh = sh, .lo = lo, .hi = hi, .hi_all = hi_all};
+            /* Up to the shard's newest (most queries): its key is in the line just read. */
+            if ((r->keyed = hi == sh->recs.len)) {
+                r->timestamp_ns = sh->newest_ts;
+                r->id = sh->newest_id;
+            }
         }
     }
 
@@ -1488,11 +1516,12 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
             ranges[n++] = ranges[i];
     nranges = n;
     for (size_t i = 0; i < nranges; i++) {
-        if (i + STORE_QUERY_PREFETCH < nranges) {
+        if (i + STORE_QUERY_PREFETCH < nranges && !ranges[i + STORE_QUERY_PREFETCH].keyed) {
             const struct store_range *r = &ranges[i + STORE_QUERY_PREFETCH];
             __builtin_prefetch(shard_at(r->sh, r->hi - 1));
         }
-        range_key_load(&ranges[i]);
+        if (!ranges[i].keyed)
+            range_key_load(&ranges[i]);
     }
 
     size_t want = after < limit ? (size_t)after : limit;
