@@ -1241,6 +1241,60 @@ static void range_heap_down(struct store_range *h, size_t n, size_t pos)
     h[pos] = r;
 }
 
+struct range_key {
+    uint64_t timestamp_ns, id;
+};
+
+/* Min-heap of keys: the oldest at the top. */
+static void key_heap_down(struct range_key *h, size_t n, size_t pos)
+{
+    struct range_key k = h[pos];
+    for (;;) {
+        size_t child = 2 * pos + 1;
+        if (child >= n)
+            break;
+        if (child + 1 < n && store_key_cmp(h[child + 1].timestamp_ns, h[child + 1].id,
+                                           h[child].timestamp_ns, h[child].id) < 0)
+            child++;
+        if (store_key_cmp(h[child].timestamp_ns, h[child].id, k.timestamp_ns, k.id) >= 0)
+            break;
+        h[pos] = h[child];
+        pos = child;
+    }
+    h[pos] = k;
+}
+
+/*
+ * Keeps the ranges that can hold one of the k newest events (every event
+ * matching): those whose newest key is among the k newest of all ranges'.
+ * The k ranges with the newest keys hold k events at least that new, so a
+ * range whose newest is older holds none of the k newest. With thousands
+ * of shards this spares the merge heap all the others. Returns the count.
+ */
+static size_t ranges_keep_newest(struct store_range *ranges, size_t n, size_t k)
+{
+    struct range_key *h;
+    if (k == 0 || n <= 2 * k || !(h = calloc(k, sizeof(*h))))
+        return n;
+    for (size_t i = 0; i < k; i++)
+        h[i] = (struct range_key){ranges[i].timestamp_ns, ranges[i].id};
+    for (size_t i = k / 2; i-- > 0;)
+        key_heap_down(h, k, i);
+    for (size_t i = k; i < n; i++) {
+        if (store_key_cmp(ranges[i].timestamp_ns, ranges[i].id, h[0].timestamp_ns, h[0].id) > 0) {
+            h[0] = (struct range_key){ranges[i].timestamp_ns, ranges[i].id};
+            key_heap_down(h, k, 0);
+        }
+    }
+    struct range_key t = h[0]; /* the k-th newest */
+    free(h);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (store_key_cmp(ranges[i].timestamp_ns, ranges[i].id, t.timestamp_ns, t.id) >= 0)
+            ranges[m++] = ranges[i];
+    return m;
+}
+
 /*
  * The shards a query selects from, a list per pass: every shard in one
  * pass, or with a type filter the shards of each of its types. False when
@@ -1530,6 +1584,9 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
         goto out;
     }
 
+    /* Skipping records (residual filters) could take more than want from a range. */
+    if (!residual)
+        nranges = ranges_keep_newest(ranges, nranges, want);
     for (size_t i = nranges / 2; i-- > 0;)
         range_heap_down(ranges, nranges, i);
     while (out->count < want && nranges) {
