@@ -1223,45 +1223,31 @@ static bool range_newer(const struct store_range *a, const struct store_range *b
     return store_key_cmp(a->timestamp_ns, a->id, b->timestamp_ns, b->id) > 0;
 }
 
-/* Max-heap of ranges by their newest remaining event. */
-static void range_heap_down(struct store_range *h, size_t n, size_t pos)
+/*
+ * Heap of ranges by their key: the newest on top (the merge), or with
+ * oldest_top the oldest (ranges_keep_newest()).
+ */
+static inline bool range_above(const struct store_range *a, const struct store_range *b,
+                               bool oldest_top)
+{
+    return oldest_top ? range_newer(b, a) : range_newer(a, b);
+}
+
+static inline void range_heap_down(struct store_range *h, size_t n, size_t pos, bool oldest_top)
 {
     struct store_range r = h[pos];
     for (;;) {
         size_t child = 2 * pos + 1;
         if (child >= n)
             break;
-        if (child + 1 < n && range_newer(&h[child + 1], &h[child]))
+        if (child + 1 < n && range_above(&h[child + 1], &h[child], oldest_top))
             child++;
-        if (!range_newer(&h[child], &r))
+        if (!range_above(&h[child], &r, oldest_top))
             break;
         h[pos] = h[child];
         pos = child;
     }
     h[pos] = r;
-}
-
-struct range_key {
-    uint64_t timestamp_ns, id;
-};
-
-/* Min-heap of keys: the oldest at the top. */
-static void key_heap_down(struct range_key *h, size_t n, size_t pos)
-{
-    struct range_key k = h[pos];
-    for (;;) {
-        size_t child = 2 * pos + 1;
-        if (child >= n)
-            break;
-        if (child + 1 < n && store_key_cmp(h[child + 1].timestamp_ns, h[child + 1].id,
-                                           h[child].timestamp_ns, h[child].id) < 0)
-            child++;
-        if (store_key_cmp(h[child].timestamp_ns, h[child].id, k.timestamp_ns, k.id) >= 0)
-            break;
-        h[pos] = h[child];
-        pos = child;
-    }
-    h[pos] = k;
 }
 
 /*
@@ -1273,24 +1259,23 @@ static void key_heap_down(struct range_key *h, size_t n, size_t pos)
  */
 static size_t ranges_keep_newest(struct store_range *ranges, size_t n, size_t k)
 {
-    struct range_key *h;
-    if (k == 0 || n <= 2 * k || !(h = calloc(k, sizeof(*h))))
+    struct store_range *h;
+    if (k == 0 || n <= 2 * k || !(h = malloc(k * sizeof(*h))))
         return n;
-    for (size_t i = 0; i < k; i++)
-        h[i] = (struct range_key){ranges[i].timestamp_ns, ranges[i].id};
+    memcpy(h, ranges, k * sizeof(*h));
     for (size_t i = k / 2; i-- > 0;)
-        key_heap_down(h, k, i);
+        range_heap_down(h, k, i, true);
     for (size_t i = k; i < n; i++) {
-        if (store_key_cmp(ranges[i].timestamp_ns, ranges[i].id, h[0].timestamp_ns, h[0].id) > 0) {
-            h[0] = (struct range_key){ranges[i].timestamp_ns, ranges[i].id};
-            key_heap_down(h, k, 0);
+        if (range_newer(&ranges[i], &h[0])) {
+            h[0] = ranges[i];
+            range_heap_down(h, k, 0, true);
         }
     }
-    struct range_key t = h[0]; /* the k-th newest */
+    struct store_range t = h[0]; /* the k-th newest */
     free(h);
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
-        if (store_key_cmp(ranges[i].timestamp_ns, ranges[i].id, t.timestamp_ns, t.id) >= 0)
+        if (!range_newer(&t, &ranges[i]))
             ranges[m++] = ranges[i];
     return m;
 }
@@ -1588,7 +1573,7 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
     if (!residual)
         nranges = ranges_keep_newest(ranges, nranges, want);
     for (size_t i = nranges / 2; i-- > 0;)
-        range_heap_down(ranges, nranges, i);
+        range_heap_down(ranges, nranges, i, false);
     while (out->count < want && nranges) {
         struct store_range *top = &ranges[0];
         const struct store_shard *sh = top->sh;
@@ -1598,7 +1583,7 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
         else
             range_key_load(top);
         if (nranges)
-            range_heap_down(ranges, nranges, 0);
+            range_heap_down(ranges, nranges, 0, false);
         if (residual && !rec_match(&rq, sh, rec))
             continue;
         struct event e;
