@@ -37,8 +37,34 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1:log_pat
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$root/tests/tsan.supp:log_path=$san}
 
 failed=()
+why=() # "suite::test: message" of each failed test, repeated in the summary
 skipped_total=0
 tested_total=0
+# The failed tests of one suite with their first message, one line each (a log's
+# tail, all a CI page may show, then still says why): from the JSON report, or
+# when it is missing or unparsable, that the suite itself failed.
+failed_tests() {
+  local name=$1 report=$2 lines=
+  if [ -s "$report" ] && jq -e . "$report" >/dev/null 2>&1; then
+    lines=$(jq -r '.test_suites[] | .name as $s | .tests[]
+                   | select(.status == "FAILED" or .status == "ERRORED")
+                   | "\($s)::\(.name): \(.status) \((.messages // []) | map(.[0:300]) | join("; "))"' \
+              "$report")
+  elif [ -s "$report" ]; then
+    # Line by line: Criterion writes one key per line at fixed indents.
+    lines=$(awk '
+      function val(l) { sub(/^[^:]*: "/, "", l); sub(/",?$/, "", l); return l }
+      /^      "name": / { suite = val($0) }
+      /^          "name": / { test = val($0); bad = 0 }
+      /^          "status": "(FAILED|ERRORED)"/ { bad = 1; status = val($0); msg = "" }
+      /^            "/ && bad { m = $0; sub(/^ *"/, "", m); sub(/",?$/, "", m); msg = msg (msg ? "; " : "") m }
+      /^          [\]}]/ && bad { print suite "::" test ": " status " " substr(msg, 1, 300); bad = 0 }
+    ' "$report")
+  fi
+  [ -n "$lines" ] || lines="(no failed test in its report: a crash, a timeout or a sanitizer report; see its output above)"
+  while IFS= read -r l; do why+=("$name: $l"); done <<<"$lines"
+}
+
 for t in "$@"; do
   name=$(basename "$t")
   jobs=2
@@ -86,6 +112,7 @@ for t in "$@"; do
   if [ $rc -ne 0 ]; then
     echo "=== $name: FAILED (${secs}s; $counts)"
     failed+=("$name")
+    failed_tests "$t" "$report"
   elif [ "$skipped" -ne 0 ] && [ "${CI:-}" = true ]; then
     echo "=== $name: FAILED (${secs}s; $counts; CI=true: skipped tests fail the run)"
     failed+=("$name")
@@ -97,6 +124,9 @@ done
 echo "$# suites, $tested_total tests, $skipped_total skipped"
 if [ ${#failed[@]} -ne 0 ]; then
   echo "FAILED: ${failed[*]}"
+  printf '  %s\n' "${why[@]}"
+  # make test repeats these lines at its end, after the other steps' output.
+  if [ -n "${TEST_FAILURES_FILE:-}" ]; then printf '%s\n' "${why[@]}" >>"$TEST_FAILURES_FILE"; fi
   exit 1
 fi
 echo "all $# test suites passed"

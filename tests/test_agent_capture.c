@@ -69,7 +69,7 @@ static void collect_dns(void *ctx, const struct records_dns *m)
 }
 
 /* The UDP socket the test answers DNS queries on; its port is the capture's DNS_PORTS. */
-static int dns_fd = -1, dns_port;
+static int dns_fd = -1, dns_tcp_fd = -1, dns_port;
 
 static void collect(void *ctx, struct event *e)
 {
@@ -108,7 +108,7 @@ static struct capture *open_capture(uint32_t types, uint32_t drop_rate, struct c
     char err[256] = "";
 
     if (dns_fd < 0)
-        dns_fd = tu_udp_socket(&dns_port);
+        dns_fd = tu_udp_socket(&dns_port, &dns_tcp_fd);
     cfg.dns_ports[0] = (uint16_t)dns_port;
     struct capture *c = capture_open(&cfg, collect, out, err, sizeof(err));
 

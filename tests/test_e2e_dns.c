@@ -44,7 +44,7 @@ struct proc {
 
 static struct proc nats, agg, dnsmasq, responder, sub, tail;
 static struct tu_agent agent;
-static int silent_fd = -1, silent_port;
+static int silent_fd = -1, silent_port, tcp_fds[2] = {-1, -1};
 static char nats_url[64];
 
 static void stop_all(void)
@@ -64,6 +64,9 @@ static void stop_all(void)
         tu_stop(nats.pid, 2000);
     if (silent_fd >= 0)
         close(silent_fd);
+    for (int i = 0; i < 2; i++)
+        if (tcp_fds[i] >= 0)
+            close(tcp_fds[i]);
     char pidfile[96];
     snprintf(pidfile, sizeof(pidfile), "/tmp/e2e-dns-dnsmasq-%d.pid", getpid());
     unlink(pidfile);
@@ -258,7 +261,7 @@ static size_t responder_answer(const uint8_t *q, size_t qlen, uint8_t *a)
 
 static void responder_up(void)
 {
-    int fd = tu_udp_socket(&responder.port);
+    int fd = tu_udp_socket(&responder.port, &tcp_fds[0]);
     responder.pid = fork();
     cr_assert(responder.pid >= 0);
     if (responder.pid == 0) {
@@ -351,7 +354,7 @@ static void monitor_up_with(const char *node, const char *rate)
     snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", nats.port);
 
     responder_up();
-    silent_fd = tu_udp_socket(&silent_port);
+    silent_fd = tu_udp_socket(&silent_port, &tcp_fds[1]);
     snprintf(ports, sizeof(ports), "%d,%d,%d", dnsmasq.port, responder.port, silent_port);
     const char *extra[] = {
         "--nats-url",  nats_url, "--flush-interval", "50ms", "--event-types",    types,

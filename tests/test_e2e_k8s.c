@@ -74,7 +74,7 @@ static char cg_root[KP_ROOT_MAX];
 static int listen_fd = -1, listen_port;
 /* A DNS server of the test's (DNS_PORTS): every A query answered with 127.0.0.1. */
 static pid_t dns_pid;
-static int dns_port;
+static int dns_port, dns_tcp_fd = -1;
 static struct proc procs[MAX_PROCS];
 static int nprocs;
 
@@ -398,7 +398,7 @@ static void remove_cgroup(const char *rel)
 
 static void dns_server_start(void)
 {
-    int fd = tu_udp_socket(&dns_port);
+    int fd = tu_udp_socket(&dns_port, &dns_tcp_fd);
     dns_pid = fork();
     cr_assert_geq(dns_pid, 0);
     if (dns_pid == 0) {
@@ -539,6 +539,9 @@ static void teardown(void)
     if (dns_pid > 0)
         tu_stop(dns_pid, 2000);
     dns_pid = 0;
+    if (dns_tcp_fd >= 0)
+        close(dns_tcp_fd);
+    dns_tcp_fd = -1;
     if (sub_pid > 0)
         tu_stop(sub_pid, 5000);
     sub_pid = 0;

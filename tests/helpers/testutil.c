@@ -384,16 +384,28 @@ json_t *tu_get_json_hdr(int port, const char *path, const char *header, int *sta
     return j;
 }
 
-int tu_udp_socket(int *port)
+int tu_udp_socket(int *port, int *tcp_fd)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    cr_assert(fd >= 0, "socket: %s", strerror(errno));
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0, "bind: %s", strerror(errno));
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    *port = ntohs(a.sin_port);
-    return fd;
+    for (int tries = 0; tries < 100; tries++) {
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof(a);
+        int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        cr_assert(fd >= 0, "socket: %s", strerror(errno));
+        cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0, "bind: %s", strerror(errno));
+        cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+        /* A TCP connection may hold this port number already: then another one. */
+        int t = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert(t >= 0, "socket: %s", strerror(errno));
+        if (bind(t, (struct sockaddr *)&a, sizeof(a)) == 0) {
+            *port = ntohs(a.sin_port);
+            *tcp_fd = t;
+            return fd;
+        }
+        close(t);
+        close(fd);
+    }
+    cr_assert_fail("no port free for both UDP and TCP");
+    return -1;
 }
 
 void tu_marker_make(const char *dir, const char *name, char *path, size_t pathlen)

@@ -14,9 +14,14 @@
 
 /* A port on 127.0.0.1 free for both TCP and UDP right now. */
 int tu_free_port(void);
-/* A UDP socket bound to 127.0.0.1 on a port the kernel picks (CLOEXEC); *port receives it.
- * Asserts. */
-int tu_udp_socket(int *port);
+/*
+ * A UDP socket bound to 127.0.0.1 on a port the kernel picks (CLOEXEC); *port
+ * receives it. The same port is bound for TCP too, in *tcp_fd (close it with
+ * the socket): no TCP connection then takes the port as its local one, so a
+ * test that makes the port a DNS server port (DNS_PORTS) sees no stray TCP
+ * traffic (its HTTP polls, the bus) as DNS. Asserts.
+ */
+int tu_udp_socket(int *port, int *tcp_fd);
 
 /*
  * Starts argv[0] with extra environment entries ("KEY=value", NULL-terminated,
