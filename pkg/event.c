@@ -143,16 +143,51 @@ const char *event_protocol_name(unsigned protocol)
     }
 }
 
+/* Whether str lives at the end of block (len bytes long): one allocation (event_pack_strings()).
+ * Two live allocations never meet that way, so a pair that was never packed is not taken for
+ * one. */
+static bool packed_after(const char *block, uint32_t len, const char *str)
+{
+    return block && str == block + len;
+}
+
 void event_clear(struct event *e)
 {
     if (e->type == EVENT_EXEC) {
-        free(e->u.exec.filename);
+        if (!packed_after(e->u.exec.args, e->u.exec.args_len, e->u.exec.filename))
+            free(e->u.exec.filename);
         free(e->u.exec.args);
     } else if (e->type == EVENT_DNS) {
-        free(e->u.dns.query);
+        if (!packed_after(e->u.dns.answers, e->u.dns.answers_len, e->u.dns.query))
+            free(e->u.dns.query);
         free(e->u.dns.answers);
     }
     memset(e, 0, sizeof(*e));
+}
+
+/* Appends *str (NUL-terminated) to the len bytes of *block in one new allocation. */
+static void pack_after(char **block, uint32_t len, char **str)
+{
+    if (!*block || !*str || packed_after(*block, len, *str))
+        return;
+    size_t n = strlen(*str) + 1;
+    char *p = malloc((size_t)len + n);
+    if (!p)
+        return;
+    memcpy(p, *block, len);
+    memcpy(p + len, *str, n);
+    free(*block);
+    free(*str);
+    *block = p;
+    *str = p + len;
+}
+
+void event_pack_strings(struct event *e)
+{
+    if (e->type == EVENT_EXEC)
+        pack_after(&e->u.exec.args, e->u.exec.args_len, &e->u.exec.filename);
+    else if (e->type == EVENT_DNS)
+        pack_after(&e->u.dns.answers, e->u.dns.answers_len, &e->u.dns.query);
 }
 
 /* A copy of len bytes plus a NUL (NULL stays NULL); false when out of memory. */

@@ -184,6 +184,14 @@ const char *event_protocol_name(unsigned protocol);
 
 /* Frees owned strings and zeroes the event. */
 void event_clear(struct event *e);
+/*
+ * Moves an exec event's filename, or a dns event's query, into the end of
+ * its args or answers allocation, so the two strings cost one allocation
+ * (what a long-held event saves: the history keeps many). The event stays
+ * the same to every reader and to event_clear(); nothing changes when there
+ * is only one string or memory is short.
+ */
+void event_pack_strings(struct event *e);
 /* Deep copy; dst must not hold owned strings. Returns 0 or -ENOMEM. */
 int event_copy(struct event *dst, const struct event *src);
 /*

@@ -9,11 +9,14 @@
  * ring buffers, batches from many nodes) are placed by binary search and a
  * shift of the shorter side.
  *
- * Compact records: what the shard key already says (node, type, status, the
- * interned Kubernetes and peer strings) is kept once per shard, not per event, and a
- * record holds only the part of the event union its type uses and only the
- * address bytes its shard needs (none, 4 for IPv4, 16 otherwise). That keeps
- * a stored connection at 80 bytes instead of a 176-byte struct event.
+ * Compact records: what the shard key already says (node, type, status,
+ * protocol, address family, the interned Kubernetes and peer strings; a
+ * connection's status already implies its protocol, so the last two add few
+ * shards) is kept once per
+ * shard, not per event, and a record holds only the part of the event union
+ * its type uses and only the address bytes its shard needs (none, 4 for
+ * IPv4, 16 otherwise). That keeps a stored IPv4 connection at 80 bytes
+ * instead of a 176-byte struct event.
  *
  * Eviction: a min-heap of (oldest key, shard) entries finds the globally
  * oldest event in O(log shards), for both the count and the age limit; the
@@ -47,14 +50,17 @@
 #include "clock.h"
 #include "tvec.h"
 
-#define STORE_SHARD_MIN_CAP 16
+#define STORE_SHARD_MIN_CAP 1
+#define STORE_SHARD_SLAB    64
 /* The largest record: the fixed part, the largest union member and two IPv6 addresses. */
 #define STORE_REC_MAX (sizeof(struct store_rec) + sizeof(((struct event *)0)->u) + 32)
 
 /*
  * The fixed part of a record; the type's union member and the addresses
- * follow it (see rec_layout()). Fields are copied in and out with memcpy, so
- * records need no alignment beyond 8 bytes.
+ * follow it (see rec_pack()). Fields are copied in and out with memcpy, so
+ * records need no alignment beyond 8 bytes. 56 bytes: a record's size is a
+ * multiple of 8 and every union member and address size is too, so each
+ * byte above 56 would cost 8.
  */
 struct store_rec {
     uint64_t timestamp_ns;
@@ -62,9 +68,10 @@ struct store_rec {
     uint64_t cgroup_id;
     uint32_t pid, ppid, uid;
     uint16_t sport, dport;
-    uint8_t family, protocol, status, pad;
     char command[EVENT_COMM_LEN];
 };
+
+_Static_assert(sizeof(struct store_rec) == 56, "a record's fixed part is 56 bytes");
 
 /*
  * A query reads every selected shard: what it needs of one without a name
@@ -74,12 +81,14 @@ struct store_rec {
 struct store_shard {
     uint8_t type;
     uint8_t status;
-    uint8_t alen;   /* address bytes per record: 0, 4 or 16 */
-    uint32_t index; /* position in store.shards, what posting lists refer to */
+    uint8_t family;   /* the events' address family */
+    uint8_t protocol; /* and IP protocol */
+    uint8_t alen;     /* address bytes per record: 0, 4 or 16 */
     /* The key of the newest record (valid while recs.len > 0). */
     uint64_t newest_ts, newest_id;
     struct tvec recs; /* the records (recs.esz bytes each, a multiple of 8), oldest first */
 
+    uint32_t index; /* position in store.shards, what posting lists refer to */
     /* The rest of the key: everything its events share. Pointers are interned (compared by
      * value). */
     const char *node; /* NULL for events without a node */
@@ -88,7 +97,7 @@ struct store_shard {
     size_t u_size; /* bytes of the event union kept */
 } __attribute__((aligned(64)));
 
-_Static_assert(offsetof(struct store_shard, node) <= 64, "a shard's query fields fill one line");
+_Static_assert(offsetof(struct store_shard, index) <= 64, "a shard's query fields fill one line");
 
 /* The per-event fields that have posting lists. */
 enum post_field {
@@ -158,6 +167,10 @@ struct store {
 
     struct store_shard **shards; /* stable pointers; shards are never removed */
     size_t nshards, shards_cap;
+    /* Shards are made STORE_SHARD_SLAB at a time (aligned, no allocation header each):
+     * shard i is in slabs[i / STORE_SHARD_SLAB]. */
+    struct store_shard **slabs;
+    size_t slabs_cap;
     /* The same shards by event type, so a query for some types reads only theirs. */
     struct shard_list by_type[EVENT_TYPE_COUNT];
     struct store_shard **table; /* open addressing over the shard key; NULL = free */
@@ -249,10 +262,6 @@ static inline void rec_pack(const struct store_shard *sh, unsigned char *rec, co
     r->uid = e->uid;
     r->sport = e->sport;
     r->dport = e->dport;
-    r->family = e->family;
-    r->protocol = e->protocol;
-    r->status = e->status;
-    r->pad = 0;
     memcpy(r->command, e->command, sizeof(r->command));
     unsigned char *p = rec + sizeof(*r);
     memcpy(p, &e->u, sh->u_size);
@@ -269,9 +278,9 @@ static void rec_unpack(const struct store_shard *sh, const unsigned char *rec, s
     e->id = r->id;
     e->timestamp_ns = r->timestamp_ns;
     e->type = sh->type;
-    e->family = r->family;
-    e->protocol = r->protocol;
-    e->status = r->status;
+    e->family = sh->family;
+    e->protocol = sh->protocol;
+    e->status = sh->status;
     e->pid = r->pid;
     e->ppid = r->ppid;
     e->uid = r->uid;
@@ -341,6 +350,7 @@ static int shard_insert(struct store_shard *sh, struct event *e, size_t *pos)
     }
     if (tvec_reserve(&sh->recs) < 0)
         return -ENOMEM;
+    event_pack_strings(e);
     /* Packed in place when it goes last (most events); a late event is packed aside and moved. */
     if (p == sh->recs.len) {
         rec_pack(sh, tvec_append(&sh->recs), e);
@@ -368,7 +378,7 @@ static void shard_pop_oldest(struct store_shard *sh)
 /* The shard key of an event. */
 struct shard_key {
     const char *node;
-    uint8_t type, status, alen;
+    uint8_t type, status, family, protocol, alen;
     struct event_k8s k8s;
     struct event_peer peer;
 };
@@ -384,7 +394,8 @@ static uint64_t store_hash(const struct shard_key *k)
     for (const char *p = k->node ? k->node : ""; *p; p++)
         h = (h ^ (unsigned char)*p) * 1099511628211ull;
     h = mix(h, k->type | (uint64_t)k->alen << 8 | (uint64_t)k->status << 16 |
-                   (uint64_t)k->k8s.host_network << 24);
+                   (uint64_t)k->k8s.host_network << 24 | (uint64_t)k->family << 32 |
+                   (uint64_t)k->protocol << 40);
     const char *const ptrs[] = {
         k->k8s.node_name,      k->k8s.pod_name,   k->k8s.namespace,
         k->k8s.container_id,   k->k8s.pod_uid,    k->k8s.workload,
@@ -422,9 +433,9 @@ static bool peer_eq(const struct event_peer *a, const struct event_peer *b)
 
 static bool shard_key_eq(const struct store_shard *sh, const struct shard_key *k)
 {
-    return sh->type == k->type && sh->status == k->status && sh->alen == k->alen &&
-           k8s_eq(&sh->k8s, &k->k8s) && peer_eq(&sh->peer, &k->peer) &&
-           store_node_eq(sh->node, k->node);
+    return sh->type == k->type && sh->status == k->status && sh->family == k->family &&
+           sh->protocol == k->protocol && sh->alen == k->alen && k8s_eq(&sh->k8s, &k->k8s) &&
+           peer_eq(&sh->peer, &k->peer) && store_node_eq(sh->node, k->node);
 }
 
 static void shard_key_of(const struct store_shard *sh, struct shard_key *k)
@@ -432,6 +443,8 @@ static void shard_key_of(const struct store_shard *sh, struct shard_key *k)
     k->node = sh->node;
     k->type = sh->type;
     k->status = sh->status;
+    k->family = sh->family;
+    k->protocol = sh->protocol;
     k->alen = sh->alen;
     k->k8s = sh->k8s;
     k->peer = sh->peer;
@@ -489,13 +502,27 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
         s->shards = shards;
         s->shards_cap = cap;
     }
-    struct store_shard *sh = aligned_alloc(64, sizeof(*sh));
-    if (!sh)
-        return NULL;
+    size_t slab = s->nshards / STORE_SHARD_SLAB;
+    if (s->nshards % STORE_SHARD_SLAB == 0) {
+        if (slab == s->slabs_cap) {
+            size_t cap = s->slabs_cap ? s->slabs_cap * 2 : 16;
+            struct store_shard **slabs = realloc(s->slabs, cap * sizeof(*slabs));
+            if (!slabs)
+                return NULL;
+            s->slabs = slabs;
+            s->slabs_cap = cap;
+        }
+        s->slabs[slab] = aligned_alloc(64, STORE_SHARD_SLAB * sizeof(struct store_shard));
+        if (!s->slabs[slab])
+            return NULL;
+    }
+    struct store_shard *sh = &s->slabs[slab][s->nshards % STORE_SHARD_SLAB];
     memset(sh, 0, sizeof(*sh));
     sh->node = k->node;
     sh->type = k->type;
     sh->status = k->status;
+    sh->family = k->family;
+    sh->protocol = k->protocol;
     sh->alen = k->alen;
     sh->k8s = k->k8s;
     sh->peer = k->peer;
@@ -923,8 +950,10 @@ void store_free(struct store *s)
         for (size_t j = 0; j < sh->recs.len; j++)
             rec_clear(sh, shard_at(sh, j));
         tvec_free(&sh->recs);
-        free(sh);
     }
+    for (size_t i = 0; i < (s->nshards + STORE_SHARD_SLAB - 1) / STORE_SHARD_SLAB; i++)
+        free(s->slabs[i]);
+    free(s->slabs);
     free(s->shards);
     for (size_t t = 0; t < EVENT_TYPE_COUNT; t++)
         free(s->by_type[t].shards);
@@ -940,6 +969,8 @@ static void shard_key_of_event(struct shard_key *k, const struct event *e)
     *k = (struct shard_key){.node = e->node,
                             .type = e->type,
                             .status = e->status,
+                            .family = e->family,
+                            .protocol = e->protocol,
                             .alen = event_alen(e),
                             .k8s = e->k8s,
                             .peer = e->peer};

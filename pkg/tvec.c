@@ -42,28 +42,33 @@ size_t tvec_bytes(const struct tvec *v)
     return v->nblk * TVEC_BLOCK * v->esz + v->dir_cap * sizeof(struct tvec_blk);
 }
 
+/* Slot s (< 2 * cap) of a ring of cap elements. */
+static inline size_t wrap(size_t s, size_t cap)
+{
+    return s >= cap ? s - cap : s;
+}
+
 /*
  * Moves the n elements at ring offsets [from, from + n) one place up (dir
- * +1) or down (-1), in contiguous runs. base holds cap elements (a power of
- * two); offset o is at slot (head + o) & (cap - 1).
+ * +1) or down (-1), in contiguous runs. base holds cap elements; offset o is
+ * at slot (head + o) mod cap.
  */
 static void ring_move(unsigned char *base, size_t cap, size_t head, size_t esz, size_t from,
                       size_t n, int dir)
 {
-    size_t mask = cap - 1;
     while (n > 0) {
         size_t src, dst, c;
         if (dir > 0) { /* from the top down: each run ends at the last element left */
-            src = (head + from + n - 1) & mask;
-            dst = (src + 1) & mask;
+            src = wrap(head + from + n - 1, cap);
+            dst = src + 1 == cap ? 0 : src + 1;
             c = src + 1 < dst + 1 ? src + 1 : dst + 1;
             if (c > n)
                 c = n;
             src -= c - 1;
             dst -= c - 1;
         } else { /* from the bottom up */
-            src = (head + from) & mask;
-            dst = (src - 1) & mask;
+            src = wrap(head + from, cap);
+            dst = src == 0 ? cap - 1 : src - 1;
             c = cap - src < cap - dst ? cap - src : cap - dst;
             if (c > n)
                 c = n;
@@ -78,7 +83,20 @@ static void ring_move(unsigned char *base, size_t cap, size_t head, size_t esz, 
 
 static inline unsigned char *ring_at(const struct tvec *v, size_t i)
 {
-    return v->ring + ((v->head + i) & (v->cap - 1)) * v->esz;
+    return v->ring + wrap(v->head + i, v->cap) * v->esz;
+}
+
+/*
+ * The next capacity of a small ring: a quarter more (at least one), up to
+ * TVEC_BLOCK (where it becomes the first block). Growing by a quarter rather
+ * than doubling leaves little unused room (a shard or list of n elements
+ * holds at most 1.25 n + 1 slots: the history holds many small ones), for
+ * about four copies of each element while a ring grows instead of two.
+ */
+static size_t ring_next_cap(const struct tvec *v)
+{
+    size_t cap = v->cap ? v->cap + (v->cap + 3) / 4 : v->min_cap;
+    return cap < TVEC_BLOCK ? cap : TVEC_BLOCK;
 }
 
 /* A ring of cap elements holding the current ones in order (small or in blocks). */
@@ -101,7 +119,7 @@ static void ring_insert(struct tvec *v, size_t pos, const void *elem)
 {
     if (pos < v->len / 2) {
         ring_move(v->ring, v->cap, v->head, v->esz, 0, pos, -1);
-        v->head = (v->head - 1) & (v->cap - 1);
+        v->head = v->head ? v->head - 1 : v->cap - 1;
     } else {
         ring_move(v->ring, v->cap, v->head, v->esz, pos, v->len - pos, +1);
     }
@@ -113,13 +131,13 @@ static void ring_remove(struct tvec *v, size_t pos)
 {
     if (pos < v->len / 2) {
         ring_move(v->ring, v->cap, v->head, v->esz, 0, pos, +1);
-        v->head = (v->head + 1) & (v->cap - 1);
+        v->head = v->head + 1 == v->cap ? 0 : v->head + 1;
     } else {
         ring_move(v->ring, v->cap, v->head, v->esz, pos + 1, v->len - pos - 1, -1);
     }
     v->len--;
-    if (v->cap > v->min_cap && v->len < v->cap / 4)
-        (void)to_ring(v, v->cap / 2); /* keeps the larger ring when out of memory */
+    if (v->cap > v->min_cap && v->len < v->cap / 4) /* keeps the larger ring when out of memory */
+        (void)to_ring(v, v->cap / 2 > v->min_cap ? v->cap / 2 : v->min_cap);
 }
 
 /* ---- in blocks ---------------------------------------------------------------------------- */
@@ -169,12 +187,8 @@ static void trim_blocks(struct tvec *v)
         v->nblk--;
         free(blk(v, v->nblk)->data);
     }
-    if (v->len <= TVEC_BLOCK / 4) {
-        size_t cap = v->min_cap;
-        while (cap < 2 * v->len)
-            cap *= 2;
-        (void)to_ring(v, cap); /* stays in blocks when out of memory */
-    }
+    if (v->len <= TVEC_BLOCK / 4) /* stays in blocks when out of memory */
+        (void)to_ring(v, 2 * v->len > v->min_cap ? 2 * v->len : v->min_cap);
 }
 
 /* The first block is empty (off0 reached the end): drop it. */
@@ -197,7 +211,7 @@ int tvec_grow(struct tvec *v)
 {
     if (!v->nblk) {
         if (v->cap < TVEC_BLOCK)
-            return to_ring(v, v->cap ? (size_t)v->cap * 2 : v->min_cap);
+            return to_ring(v, ring_next_cap(v));
         /* A full ring of TVEC_BLOCK becomes the first block. */
         struct tvec_blk *dir = malloc(4 * sizeof(*dir));
         if (!dir)

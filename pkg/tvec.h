@@ -8,7 +8,7 @@
  * sends timestamps in any order. With a ring every such event shifted half
  * a shard; here it shifts at most one block and one element per block.
  *
- * Up to TVEC_BLOCK elements it is a ring that doubles as it grows. Beyond,
+ * Up to TVEC_BLOCK elements it is a ring that grows by a quarter. Beyond,
  * it is a ring of blocks of TVEC_BLOCK elements, each a ring itself, all
  * full except the first (filled from the end) and the last (from the
  * start). Not thread-safe; elements are copied with memcpy.
@@ -36,7 +36,7 @@ struct tvec {
     };
     uint32_t len;
     uint32_t head; /* small: slot of element 0; in blocks: the first block's place in dir */
-    uint32_t cap;  /* small: the ring's capacity, a power of two (0 before the first element) */
+    uint32_t cap;  /* small: the ring's capacity (0 before the first element) */
     uint32_t off0; /* in blocks: offset of element 0 in the first block */
     uint32_t nblk, dir_cap;
     uint16_t esz, min_cap;
@@ -44,7 +44,7 @@ struct tvec {
 
 /*
  * An empty sequence of esz-byte elements (esz < 65536); a small ring starts
- * at min_cap (a power of two up to TVEC_BLOCK). At most UINT32_MAX elements.
+ * at min_cap (2 to TVEC_BLOCK). At most UINT32_MAX elements.
  */
 void tvec_init(struct tvec *v, size_t esz, size_t min_cap);
 /* Frees the memory; the elements themselves are not looked at. */
@@ -52,8 +52,10 @@ void tvec_free(struct tvec *v);
 
 static inline void *tvec_at(const struct tvec *v, size_t i)
 {
-    if (!v->nblk)
-        return v->ring + ((v->head + i) & (v->cap - 1)) * v->esz;
+    if (!v->nblk) {
+        size_t s = v->head + i; /* < 2 * cap */
+        return v->ring + (s >= v->cap ? s - v->cap : s) * v->esz;
+    }
     size_t j = v->off0 + i;
     const struct tvec_blk *b = &v->dir[(v->head + (j >> TVEC_BLOCK_SHIFT)) & (v->dir_cap - 1)];
     return b->data + ((b->head + j) & (TVEC_BLOCK - 1)) * v->esz;

@@ -1002,6 +1002,83 @@ Test(store, dns_strings_are_copied_and_owned)
     store_free(s);
 }
 
+/*
+ * The history keeps an exec event's filename after its args and a dns event's query after
+ * its answers, in one allocation: the event reads the same, copies and frees as one (ASan
+ * checks the frees), and an event with one string or none is left as it is.
+ */
+Test(store, packed_strings_read_copy_and_free_like_separate_ones)
+{
+    static const char args[] = "ls\0-l\0/tmp";
+    struct event e = mk_exec(10, 1, "/usr/bin/ls"), ref;
+    cr_assert_eq(event_copy(&ref, &e), 0);
+    event_pack_strings(&e);
+    cr_assert_eq(e.u.exec.filename, e.u.exec.args + e.u.exec.args_len, "one allocation");
+    cr_assert(event_equal(&e, &ref));
+    event_pack_strings(&e); /* a second time changes nothing */
+    cr_assert_eq(e.u.exec.filename, e.u.exec.args + e.u.exec.args_len);
+    struct event c;
+    cr_assert_eq(event_copy(&c, &e), 0);
+    cr_assert(event_equal(&c, &ref));
+    cr_assert(memcmp(c.u.exec.args, args, sizeof(args)) == 0);
+    event_clear(&c);
+    event_clear(&e);
+    event_clear(&ref);
+
+    /* Only a filename, or empty args: nothing to gain, nothing changes. */
+    struct event f = mk(20, 2, EVENT_EXEC, "node-a");
+    f.u.exec.filename = strdup("/bin/true");
+    event_pack_strings(&f);
+    cr_assert_str_eq(f.u.exec.filename, "/bin/true");
+    cr_assert_null(f.u.exec.args);
+    event_clear(&f);
+    struct event z = mk(20, 2, EVENT_EXEC, "node-a");
+    z.u.exec.filename = strdup("/bin/true");
+    z.u.exec.args = malloc(1);
+    z.u.exec.args_len = 0;
+    event_pack_strings(&z);
+    cr_assert_str_eq(z.u.exec.filename, "/bin/true");
+    event_clear(&z);
+
+    /* dns: the query after the answers; without answers it stays alone. */
+    static const char answers[] = "web.test\0"
+                                  "10.1.2.3";
+    struct event d = mk(30, 3, EVENT_DNS, "node-a");
+    d.status = EVENT_STATUS_ANSWERED;
+    d.u.dns.query = strdup("alias.test");
+    d.u.dns.answers = malloc(sizeof(answers));
+    memcpy(d.u.dns.answers, answers, sizeof(answers));
+    d.u.dns.answers_len = sizeof(answers);
+    cr_assert_eq(event_copy(&ref, &d), 0);
+    event_pack_strings(&d);
+    cr_assert_eq(d.u.dns.query, d.u.dns.answers + d.u.dns.answers_len);
+    cr_assert(event_equal(&d, &ref));
+    event_clear(&ref);
+    struct event q = mk(40, 4, EVENT_DNS, "node-a");
+    q.status = EVENT_STATUS_TIMEOUT;
+    q.u.dns.query = strdup("silent.test");
+    event_pack_strings(&q);
+    cr_assert_str_eq(q.u.dns.query, "silent.test");
+    cr_assert_null(q.u.dns.answers);
+
+    /* Through the history: stored packed, answered as they were, freed on eviction. */
+    struct store *s = new_store(2, 0);
+    cr_assert_eq(store_add_move(s, &d), 0);
+    cr_assert_eq(store_add_move(s, &q), 0);
+    struct query qq = parse_q("type=dns");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &qq, &r), 0);
+    cr_assert_eq(r.count, 2);
+    cr_assert_str_eq(r.events[0].u.dns.query, "silent.test");
+    cr_assert_str_eq(r.events[1].u.dns.query, "alias.test");
+    cr_assert(memcmp(r.events[1].u.dns.answers, answers, sizeof(answers)) == 0);
+    store_result_free(&r);
+    struct event x = mk_exec(50, 5, "/bin/x"), y = mk_exec(60, 6, "/bin/y");
+    cr_assert_eq(store_add_move(s, &x), 0);
+    cr_assert_eq(store_add_move(s, &y), 0);
+    store_free(s);
+}
+
 Test(store, duplicates_and_invalid_types)
 {
     struct store *s = new_store(10, 0);
