@@ -396,7 +396,10 @@ static struct flows_minute *minute_get(struct flows *f, struct flows_node *n, ui
     if (i > n->start && n->minutes[i - 1].minute == minute)
         return &n->minutes[i - 1];
     if (n->count == n->cap) {
-        uint32_t cap = n->cap ? n->cap * 2 : 2;
+        /* From one: an edge seen in one minute (most edges to addresses outside the
+         * cluster) holds one plain struct. A busy edge holds up to twice FLOWS_HOT_MINUTES
+         * between two moves (node_cool()), which doubling reaches exactly. */
+        uint32_t cap = n->cap ? n->cap * 2 : 1;
         struct flows_minute *m = realloc(n->minutes, cap * sizeof(*m));
         if (m == NULL)
             return NULL;
