@@ -121,6 +121,8 @@ json_t *api_store_stats_json(const struct store_stats *ss)
     api_json_set_u64(o, "duplicates", ss->duplicates);
     api_json_set_u64(o, "failed", ss->failed);
     api_json_set_u64(o, "index_bytes", ss->index_bytes);
+    api_json_set_u64(o, "shards", ss->shards);
+    api_json_set_u64(o, "shards_made", ss->shards_made);
     return o;
 }
 

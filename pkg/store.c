@@ -18,6 +18,10 @@
  * IPv4, 16 otherwise). That keeps a stored IPv4 connection at 80 bytes
  * instead of a 176-byte struct event.
  *
+ * A shard whose last event is evicted leaves the key table and the lists
+ * queries read and is reused for the next new key, so pods that come and go
+ * do not leave empty shards behind for queries to walk.
+ *
  * Eviction: a min-heap of (oldest key, shard) entries finds the globally
  * oldest event in O(log shards), for both the count and the age limit; the
  * keys live in the heap so sifting reads one array (see heap_less()).
@@ -88,7 +92,10 @@ struct store_shard {
     uint64_t newest_ts, newest_id;
     struct tvec recs; /* the records (recs.esz bytes each, a multiple of 8), oldest first */
 
-    uint32_t index; /* position in store.shards, what posting lists refer to */
+    uint32_t index;    /* position in store.shards, what posting lists refer to */
+    uint32_t live_pos; /* position in store.live, and in its type's list */
+    uint32_t type_pos;
+    uint64_t hash; /* store_hash() of its key */
     /* The rest of the key: everything its events share. Pointers are interned (compared by
      * value). */
     const char *node; /* NULL for events without a node */
@@ -155,6 +162,20 @@ struct shard_list {
     size_t n, cap;
 };
 
+/* Room for one more in l. 0 or -ENOMEM. */
+static int shard_list_reserve(struct shard_list *l)
+{
+    if (l->n < l->cap)
+        return 0;
+    size_t cap = l->cap ? l->cap * 2 : 16;
+    struct store_shard **p = realloc(l->shards, cap * sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    l->shards = p;
+    l->cap = cap;
+    return 0;
+}
+
 /* A shard and the key of its oldest event when the entry was made (not read from the shard). */
 struct heap_ent {
     uint64_t timestamp_ns, id;
@@ -165,8 +186,17 @@ struct store {
     pthread_rwlock_t lock;
     struct store_limits limits;
 
-    struct store_shard **shards; /* stable pointers; shards are never removed */
+    /*
+     * Every shard made, by index (stable: posting lists refer to it). A shard
+     * whose last event goes is taken out of the key table and the lists below
+     * and kept for the next new key (free), so the shards are bounded by the
+     * most ever held at once, not by every key ever seen (pods come and go).
+     */
+    struct store_shard **shards;
     size_t nshards, shards_cap;
+    struct shard_list live; /* the shards in the key table, which queries read */
+    struct store_shard **free_shards;
+    size_t nfree, free_cap;
     /* Shards are made STORE_SHARD_SLAB at a time (aligned, no allocation header each):
      * shard i is in slabs[i / STORE_SHARD_SLAB]. */
     struct store_shard **slabs;
@@ -438,31 +468,17 @@ static bool shard_key_eq(const struct store_shard *sh, const struct shard_key *k
            peer_eq(&sh->peer, &k->peer) && store_node_eq(sh->node, k->node);
 }
 
-static void shard_key_of(const struct store_shard *sh, struct shard_key *k)
-{
-    k->node = sh->node;
-    k->type = sh->type;
-    k->status = sh->status;
-    k->family = sh->family;
-    k->protocol = sh->protocol;
-    k->alen = sh->alen;
-    k->k8s = sh->k8s;
-    k->peer = sh->peer;
-}
-
 static int store_table_grow(struct store *s)
 {
     size_t cap = s->table_cap ? s->table_cap * 2 : 64;
     struct store_shard **table = calloc(cap, sizeof(*table));
     if (!table)
         return -ENOMEM;
-    for (size_t i = 0; i < s->nshards; i++) {
-        struct shard_key k;
-        shard_key_of(s->shards[i], &k);
-        size_t j = store_hash(&k) & (cap - 1);
+    for (size_t i = 0; i < s->live.n; i++) {
+        size_t j = s->live.shards[i]->hash & (cap - 1);
         while (table[j])
             j = (j + 1) & (cap - 1);
-        table[j] = s->shards[i];
+        table[j] = s->live.shards[i];
     }
     free(s->table);
     s->table = table;
@@ -470,30 +486,11 @@ static int store_table_grow(struct store *s)
     return 0;
 }
 
-/* Finds or creates the shard for k; NULL on allocation failure. */
-static struct store_shard *store_shard_get(struct store *s, const struct shard_key *k)
+/* A shard struct for a new key: one let go before (its index kept), or a new one. */
+static struct store_shard *shard_alloc(struct store *s)
 {
-    uint64_t h = store_hash(k);
-    if (s->table_cap) {
-        size_t j = h & (s->table_cap - 1);
-        for (struct store_shard *sh; (sh = s->table[j]); j = (j + 1) & (s->table_cap - 1))
-            if (shard_key_eq(sh, k))
-                return sh;
-    }
-
-    if ((s->nshards + 1) * 2 > s->table_cap && store_table_grow(s) < 0)
-        return NULL;
-    if (k->type >= EVENT_TYPE_COUNT)
-        return NULL;
-    struct shard_list *bt = &s->by_type[k->type];
-    if (bt->n == bt->cap) {
-        size_t cap = bt->cap ? bt->cap * 2 : 16;
-        struct store_shard **p = realloc(bt->shards, cap * sizeof(*p));
-        if (!p)
-            return NULL;
-        bt->shards = p;
-        bt->cap = cap;
-    }
+    if (s->nfree > 0)
+        return s->free_shards[--s->nfree];
     if (s->nshards == s->shards_cap) {
         size_t cap = s->shards_cap ? s->shards_cap * 2 : 16;
         struct store_shard **shards = realloc(s->shards, cap * sizeof(*shards));
@@ -501,6 +498,14 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
             return NULL;
         s->shards = shards;
         s->shards_cap = cap;
+    }
+    /* The free list can take every shard: no allocation when one is let go. */
+    if (s->free_cap < s->shards_cap) {
+        struct store_shard **f = realloc(s->free_shards, s->shards_cap * sizeof(*f));
+        if (!f)
+            return NULL;
+        s->free_shards = f;
+        s->free_cap = s->shards_cap;
     }
     size_t slab = s->nshards / STORE_SHARD_SLAB;
     if (s->nshards % STORE_SHARD_SLAB == 0) {
@@ -517,7 +522,35 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
             return NULL;
     }
     struct store_shard *sh = &s->slabs[slab][s->nshards % STORE_SHARD_SLAB];
+    sh->index = (uint32_t)s->nshards;
+    s->shards[s->nshards++] = sh;
+    return sh;
+}
+
+/* Finds or creates the shard for k; NULL on allocation failure. */
+static struct store_shard *store_shard_get(struct store *s, const struct shard_key *k)
+{
+    uint64_t h = store_hash(k);
+    if (s->table_cap) {
+        size_t j = h & (s->table_cap - 1);
+        for (struct store_shard *sh; (sh = s->table[j]); j = (j + 1) & (s->table_cap - 1))
+            if (sh->hash == h && shard_key_eq(sh, k))
+                return sh;
+    }
+
+    if (k->type >= EVENT_TYPE_COUNT)
+        return NULL;
+    struct shard_list *bt = &s->by_type[k->type];
+    if (((s->live.n + 1) * 2 > s->table_cap && store_table_grow(s) < 0) ||
+        shard_list_reserve(bt) < 0 || shard_list_reserve(&s->live) < 0)
+        return NULL;
+    struct store_shard *sh = shard_alloc(s);
+    if (!sh)
+        return NULL;
+    uint32_t index = sh->index;
     memset(sh, 0, sizeof(*sh));
+    sh->index = index;
+    sh->hash = h;
     sh->node = k->node;
     sh->type = k->type;
     sh->status = k->status;
@@ -529,15 +562,56 @@ static struct store_shard *store_shard_get(struct store *s, const struct shard_k
     sh->u_size = union_size(k->type);
     tvec_init(&sh->recs, (sizeof(struct store_rec) + sh->u_size + 2u * sh->alen + 7) & ~(size_t)7,
               STORE_SHARD_MIN_CAP);
-    sh->index = (uint32_t)s->nshards;
-    s->shards[s->nshards++] = sh;
+    sh->type_pos = (uint32_t)bt->n;
     bt->shards[bt->n++] = sh;
+    sh->live_pos = (uint32_t)s->live.n;
+    s->live.shards[s->live.n++] = sh;
 
     size_t j = h & (s->table_cap - 1);
     while (s->table[j])
         j = (j + 1) & (s->table_cap - 1);
     s->table[j] = sh;
     return sh;
+}
+
+/* Takes sh out of l at pos: the last one takes its place (and *pos of its own). */
+static void shard_list_remove(struct shard_list *l, uint32_t pos, bool type_list)
+{
+    struct store_shard *last = l->shards[--l->n];
+    l->shards[pos] = last;
+    if (type_list)
+        last->type_pos = pos;
+    else
+        last->live_pos = pos;
+}
+
+/*
+ * Lets an empty shard go: out of the key table (linear probing: the entries
+ * after it that would no longer be found move back), out of the lists
+ * queries read, onto the free list. Nothing refers to it by then: posting
+ * lists hold only held events, and eviction heap entries for it fail
+ * heap_ent_valid() (an empty shard, or one reused for another key whose
+ * oldest event is a different one).
+ */
+static void shard_release(struct store *s, struct store_shard *sh)
+{
+    size_t mask = s->table_cap - 1, j = sh->hash & mask;
+    while (s->table[j] != sh)
+        j = (j + 1) & mask;
+    s->table[j] = NULL;
+    for (size_t k = (j + 1) & mask; s->table[k]; k = (k + 1) & mask) {
+        size_t home = s->table[k]->hash & mask;
+        /* Moves back unless its home lies cyclically in (j, k]. */
+        if (j <= k ? (home <= j || home > k) : (home <= j && home > k)) {
+            s->table[j] = s->table[k];
+            s->table[k] = NULL;
+            j = k;
+        }
+    }
+    shard_list_remove(&s->by_type[sh->type], sh->type_pos, true);
+    shard_list_remove(&s->live, sh->live_pos, false);
+    tvec_free(&sh->recs);
+    s->free_shards[s->nfree++] = sh;
 }
 
 /* ---- posting lists ------------------------------------------------------------------------ */
@@ -894,6 +968,7 @@ static void store_evict_oldest(struct store *s)
         heap_down(s, 0);
     } else {
         heap_pop(s);
+        shard_release(s, sh);
     }
     heap_clean(s);
 }
@@ -955,6 +1030,8 @@ void store_free(struct store *s)
         free(s->slabs[i]);
     free(s->slabs);
     free(s->shards);
+    free(s->live.shards);
+    free(s->free_shards);
     for (size_t t = 0; t < EVENT_TYPE_COUNT; t++)
         free(s->by_type[t].shards);
     free(s->heap);
@@ -1320,8 +1397,8 @@ static bool query_shard_pass(const struct store *s, const struct query *q, size_
                              struct store_shard *const **list, size_t *n)
 {
     if (!q->types) {
-        *list = s->shards;
-        *n = s->nshards;
+        *list = s->live.shards;
+        *n = s->live.n;
         return (*pass)++ == 0;
     }
     for (; *pass < EVENT_TYPE_COUNT; ++*pass) {
@@ -1658,6 +1735,8 @@ void store_get_stats(struct store *s, struct store_stats *out)
     out->events = s->count;
     out->capacity = s->limits.max_events;
     out->index_bytes = s->post.bytes;
+    out->shards = s->live.n;
+    out->shards_made = s->nshards;
     const struct store_rec *oldest = store_oldest(s);
     out->oldest_ns = oldest ? oldest->timestamp_ns : 0;
     out->newest_ns = s->newest_ns;

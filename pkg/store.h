@@ -75,6 +75,8 @@ struct store_stats {
     uint64_t duplicates;    /* ignored: same (timestamp, id) already held */
     uint64_t oldest_ns, newest_ns;
     uint64_t index_bytes; /* memory of the posting lists (pid, command, dest_port) */
+    uint64_t shards;      /* holding events now */
+    uint64_t shards_made; /* ever allocated: a shard emptied is reused for the next new key */
 };
 void store_get_stats(struct store *s, struct store_stats *out);
 

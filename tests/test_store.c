@@ -6,6 +6,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -844,6 +845,91 @@ Test(store, traffic_moving_between_shards_stays_correct)
     cr_assert_eq(store_query(s, &q, &r), 0);
     cr_assert_eq(r.count, 990);
     assert_sorted(&r);
+    store_result_free(&r);
+    store_free(s);
+}
+
+/*
+ * Pods come and go: each round's events carry a new pod, so each round makes new shards
+ * while the oldest rounds' shards drain. Emptied shards are reused, so the shards made stay
+ * bounded by what is held at once, and every query still answers like the reference: the
+ * newest events, by pod (a gone pod has none, a pod that comes back is found again), by pid.
+ */
+Test(store, keys_that_come_and_go_reuse_their_shards)
+{
+    enum { CAP = 500, ROUNDS = 300, PER_ROUND = 50 };
+    static const unsigned types[] = {EVENT_CONNECTION, EVENT_EXEC, EVENT_EXIT};
+    struct store *s = new_store(CAP, 0);
+    uint64_t ts = 1;
+    char pod[32];
+    for (unsigned r = 0; r < ROUNDS; r++) {
+        /* The last round brings pod-3 back, long after its shards were let go. */
+        snprintf(pod, sizeof(pod), "pod-%u", r == ROUNDS - 1 ? 3 : r);
+        for (unsigned i = 0; i < PER_ROUND; i++, ts++) {
+            struct event e = mk(ts, ts * 7919, types[(r + i) % 3], NODES[i % 2]);
+            e.k8s.pod_name = intern(pod);
+            e.pid = 100 + ts % 13;
+            add(s, &e);
+        }
+        struct store_stats st;
+        store_get_stats(s, &st);
+        /* What is held is whole rounds, each with one shard per type and node: one shard per
+         * key, none left over (a key found again after others were let go is not made twice). */
+        unsigned held = r + 1 < CAP / PER_ROUND ? r + 1 : CAP / PER_ROUND;
+        cr_assert_eq(st.shards, held * 6, "round %u: %" PRIu64 " shards", r, st.shards);
+    }
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, CAP);
+    cr_assert_leq(st.shards_made, (CAP / PER_ROUND + 2) * 6,
+                  "%" PRIu64 " shards made for %u "
+                  "rounds",
+                  st.shards_made, ROUNDS);
+
+    /* The newest CAP events, newest first, with their pods. */
+    struct query q = parse_q("limit=10000");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, CAP);
+    for (size_t i = 0; i < r.count; i++) {
+        uint64_t want = ts - 1 - i;
+        unsigned round = (unsigned)((want - 1) / PER_ROUND);
+        snprintf(pod, sizeof(pod), "pod-%u", round == ROUNDS - 1 ? 3 : round);
+        cr_assert_eq(r.events[i].timestamp_ns, want);
+        cr_assert_eq(r.events[i].id, want * 7919);
+        cr_assert_str_eq(r.events[i].k8s.pod_name, pod);
+    }
+    store_result_free(&r);
+
+    /* A pod long gone has nothing; the one that came back has its last round only. */
+    q = parse_q("pod=pod-4&limit=10000");
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, 0);
+    store_result_free(&r);
+    q = parse_q("pod=pod-3&limit=10000");
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, PER_ROUND);
+    assert_sorted(&r);
+    store_result_free(&r);
+    char qs[64];
+    snprintf(qs, sizeof(qs), "pod=pod-%u&type=exec&limit=10000", ROUNDS - 2);
+    q = parse_q(qs);
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    for (size_t i = 0; i < r.count; i++)
+        cr_assert_eq(r.events[i].type, EVENT_EXEC);
+    cr_assert_gt(r.count, 0);
+    store_result_free(&r);
+
+    /* By pid (posting lists over reused shards): exactly the held events of that pid. */
+    q = parse_q("pid=105&limit=10000");
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    size_t want = 0;
+    for (uint64_t t = ts - CAP; t < ts; t++)
+        want += 100 + t % 13 == 105;
+    cr_assert_eq(r.count, want);
+    assert_sorted(&r);
+    for (size_t i = 0; i < r.count; i++)
+        cr_assert_eq(r.events[i].pid, 105);
     store_result_free(&r);
     store_free(s);
 }
