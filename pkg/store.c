@@ -623,18 +623,48 @@ struct post_key {
 };
 _Static_assert(EVENT_COMM_LEN == 16, "post_key_set() hashes the value as two words");
 
-static void post_key_set(struct post_key *k, enum post_field field, const void *value, size_t len)
+/* The key of a value given as the two words of its 16 bytes (zero past the value's). */
+static inline void post_key_words(struct post_key *k, enum post_field field, uint64_t lo,
+                                  uint64_t hi)
 {
-    memset(k, 0, sizeof(*k));
     k->field = (uint8_t)field;
-    memcpy(k->value, value, len);
+    memcpy(k->value, &lo, sizeof(lo));
+    memcpy(k->value + sizeof(lo), &hi, sizeof(hi));
     /* Two words, two multiplies: this runs six times per stored event. */
-    uint64_t lo, hi;
-    memcpy(&lo, k->value, sizeof(lo));
-    memcpy(&hi, k->value + sizeof(lo), sizeof(hi));
     uint64_t h = (lo ^ ((uint64_t)field << 56) ^ 0x9e3779b97f4a7c15ull) * 0xff51afd7ed558ccdull;
     h = (h ^ (h >> 32) ^ hi) * 0xc4ceb9fe1a85ec53ull;
     k->hash = h ^ (h >> 29);
+}
+
+static void post_key_set(struct post_key *k, enum post_field field, const void *value, size_t len)
+{
+    unsigned char v[EVENT_COMM_LEN] = {0};
+    uint64_t lo, hi;
+    memcpy(v, value, len);
+    memcpy(&lo, v, sizeof(lo));
+    memcpy(&hi, v + sizeof(lo), sizeof(hi));
+    post_key_words(k, field, lo, hi);
+}
+
+/* A command's key: its bytes up to the first NUL, the rest zero (as post_key_set() makes it),
+ * with masks instead of a copy of variable length where the first bytes are the low ones. */
+static void post_key_command(struct post_key *k, const char *command)
+{
+    size_t len = strnlen(command, EVENT_COMM_LEN);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t lo, hi;
+    memcpy(&lo, command, sizeof(lo));
+    memcpy(&hi, command + sizeof(lo), sizeof(hi));
+    if (len < 8) {
+        lo = len ? lo & (~0ull >> (64 - 8 * len)) : 0;
+        hi = 0;
+    } else if (len < 16) {
+        hi = len > 8 ? hi & (~0ull >> (64 - 8 * (len - 8))) : 0;
+    }
+    post_key_words(k, POST_COMMAND, lo, hi);
+#else
+    post_key_set(k, POST_COMMAND, command, len);
+#endif
 }
 
 /* The key of a record's field; false when the record has no value there (dest_port 0). */
@@ -642,13 +672,13 @@ static bool post_key_of(struct post_key *k, enum post_field field, const struct 
 {
     switch (field) {
     case POST_PID:
-        post_key_set(k, field, &r->pid, sizeof(r->pid));
+        post_key_words(k, field, r->pid, 0);
         return true;
     case POST_COMMAND:
-        post_key_set(k, field, r->command, strnlen(r->command, sizeof(r->command)));
+        post_key_command(k, r->command);
         return true;
     case POST_DEST_PORT:
-        post_key_set(k, field, &r->dport, sizeof(r->dport));
+        post_key_words(k, field, r->dport, 0);
         return r->dport != 0;
     default:
         return false;
@@ -1457,7 +1487,7 @@ static int store_post_lists(const struct store *s, const struct query *q,
     struct post_key k;
     int n = 0;
     if (q->has_pid) {
-        post_key_set(&k, POST_PID, &q->pid, sizeof(q->pid));
+        post_key_words(&k, POST_PID, q->pid, 0);
         if (!(lists[n++] = post_find(&s->post, &k)))
             return -1;
     }
@@ -1470,7 +1500,7 @@ static int store_post_lists(const struct store *s, const struct query *q,
             return -1;
     }
     if (q->has_dest_port) {
-        post_key_set(&k, POST_DEST_PORT, &q->dest_port, sizeof(q->dest_port));
+        post_key_words(&k, POST_DEST_PORT, q->dest_port, 0);
         if (!(lists[n++] = post_find(&s->post, &k)))
             return -1;
     }

@@ -22,7 +22,10 @@
 static const char *const NODES[] = {"node-a", "node-b", "node.c.example", "node-d"};
 static const char *const PODS[] = {NULL, "web-0", "web-1", "db-0"};
 static const char *const NAMESPACES[] = {NULL, "prod", "dev"};
-static const char *const COMMANDS[] = {"curl", "sh", "nginx", "abcdefghijklmnop"};
+/* Lengths 4, 2, 5, 16 (no NUL), 8 and 15: the posting keys mask a command by its length. */
+static const char *const COMMANDS[] = {
+    "curl", "sh", "nginx", "abcdefghijklmnop", "kubelet1", "containerd-shim"};
+#define NCOMMANDS (sizeof(COMMANDS) / sizeof(COMMANDS[0]))
 
 /* A deterministic generator so failures reproduce (rand() state is per process anyway). */
 static uint64_t rng_state;
@@ -207,7 +210,7 @@ static struct store *load_data(uint64_t seed)
         struct event e = mk(1000 + rng_below(DATA_N / 3), rng() << 31 ^ rng(), 1 + rng_below(5),
                             NODES[rng_below(4)]);
         e.pid = 100 + rng_below(6);
-        set_comm(&e, COMMANDS[rng_below(4)]);
+        set_comm(&e, COMMANDS[rng_below(NCOMMANDS)]);
         e.k8s.pod_name = intern(PODS[rng_below(4)]);
         e.k8s.namespace = intern(NAMESPACES[rng_below(3)]);
         if (rng_below(10) == 0)
@@ -236,6 +239,8 @@ Test(store, every_filter_matches_the_reference)
         "pid=103",
         "command=curl",
         "command=abcdefghijklmnop",
+        "command=kubelet1",
+        "command=containerd-shim",
         "since=1500",
         "until=1200",
         "since=1100&until=1110",
@@ -284,7 +289,7 @@ static struct event mk_flow(uint64_t i)
     struct event e = mk(100000 + i * 4 + rng_below(400), (rng() << 32) ^ i, types[rng_below(5)],
                         NODES[rng_below(2)]);
     e.pid = 200 + rng_below(40);
-    set_comm(&e, COMMANDS[rng_below(4)]);
+    set_comm(&e, COMMANDS[rng_below(NCOMMANDS)]);
     e.k8s.pod_name = intern(PODS[rng_below(4)]);
     e.k8s.namespace = intern(NAMESPACES[rng_below(3)]);
     e.k8s.workload = intern(WORKLOADS[rng_below(3)]);
@@ -550,7 +555,7 @@ Test(store, cursor_paging_walks_every_match_once)
         if (rng_below(4) == 0)
             n += snprintf(qs + n, sizeof(qs) - n, "&pid=%u", 100 + rng_below(6));
         if (rng_below(5) == 0)
-            n += snprintf(qs + n, sizeof(qs) - n, "&command=%s", COMMANDS[rng_below(4)]);
+            n += snprintf(qs + n, sizeof(qs) - n, "&command=%s", COMMANDS[rng_below(NCOMMANDS)]);
         unsigned since = 0;
         if (rng_below(3) == 0) {
             since = 1000 + rng_below(DATA_N / 3);
@@ -668,7 +673,7 @@ Test(store, batches_match_single_adds_under_out_of_order_load)
         all[i] = mk(100000 + i * 7 + rng_below(5000), i + 1, 1 + rng_below(5), NODES[rng_below(4)]);
         all[i].pid = 1 + rng_below(50);
         all[i].dport = (uint16_t)rng_below(3);
-        set_comm(&all[i], COMMANDS[rng_below(4)]);
+        set_comm(&all[i], COMMANDS[rng_below(NCOMMANDS)]);
         if (i % 97 == 0 && i > 0)
             all[i] = all[i - 1]; /* a duplicate */
         moved[i] = all[i];
