@@ -55,12 +55,18 @@ static __always_inline void *record_reserve(__u32 slot, __u64 size)
  * and records wake it only when a quarter of the ring is waiting, which
  * keeps a burst from filling the ring between two polls.
  */
+/* A quarter of the shared ring's size, set by user space before load (it made the ring); 0:
+ * asked of the ring at each record. */
+const volatile __u32 ringbuf_wakeup_bytes = 0;
+
 static __always_inline void record_submit(void *r)
 {
     __u64 flags = BPF_RB_NO_WAKEUP;
+    __u64 wakeup = ringbuf_wakeup_bytes;
 
-    if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >=
-        bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 4)
+    if (!wakeup)
+        wakeup = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 4;
+    if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup)
         flags = BPF_RB_FORCE_WAKEUP;
     bpf_ringbuf_submit(r, flags);
 }

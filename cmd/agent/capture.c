@@ -140,6 +140,7 @@ struct capture {
     uint64_t cgroup_id;
     uint32_t cgroup_level;
     int ringbuf_fd, stats_fd;
+    uint32_t ringbuf_wakeup_bytes; /* a quarter of the ring: records wake the reader past it */
     struct ring_buffer *rb;
     struct instance instances[SLOT_COUNT];
     size_t ninstances;
@@ -224,12 +225,14 @@ static void read_vmlinux_btf(struct capture *c, bool want_drops)
     btf__free(vmlinux);
 }
 
-/* CAPTURE_CGROUP, in the rodata every object has (bpf/common.bpf.h). */
+/* CAPTURE_CGROUP and the ring's wakeup mark, in the rodata every object has
+ * (bpf/common.bpf.h). */
 #define SET_CGROUP_FILTER(skel, c)                                                                 \
     do {                                                                                           \
         (skel)->rodata->capture_cgroup_only = (c)->cgroup_only;                                    \
         (skel)->rodata->capture_cgroup_id = (c)->cgroup_id;                                        \
         (skel)->rodata->capture_cgroup_level = (c)->cgroup_level;                                  \
+        (skel)->rodata->ringbuf_wakeup_bytes = (c)->ringbuf_wakeup_bytes;                          \
     } while (0)
 
 static int instance_open(struct capture *c, struct instance *in, enum capture_object object,
@@ -291,6 +294,7 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
             return -errno;
         memcpy((void *)s->rodata->dns_ports, c->dns_ports, sizeof(c->dns_ports));
         s->rodata->dns_rate_per_sec = c->dns_rate_per_sec;
+        s->rodata->ringbuf_wakeup_bytes = c->ringbuf_wakeup_bytes;
         in->skel = s;
         in->obj = s->obj;
         break;
@@ -621,6 +625,7 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
                    strerror(e), e == EPERM ? " (needs root or CAP_BPF+CAP_PERFMON)" : "");
         goto fail;
     }
+    c->ringbuf_wakeup_bytes = (uint32_t)(rb_bytes / 4);
     c->stats_fd = bpf_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, "ebpfmon_stats", sizeof(uint32_t),
                                  sizeof(struct prog_stats), SLOT_COUNT, NULL);
     if (c->stats_fd < 0) {
