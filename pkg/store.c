@@ -162,18 +162,26 @@ struct shard_list {
     size_t n, cap;
 };
 
+/* Room for at least n in *arr (*cap entries now), doubling from 16. 0 or -ENOMEM. */
+static int shard_ptrs_reserve(struct store_shard ***arr, size_t *cap, size_t n)
+{
+    if (n <= *cap)
+        return 0;
+    size_t c = *cap ? *cap * 2 : 16;
+    while (c < n)
+        c *= 2;
+    struct store_shard **p = realloc(*arr, c * sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    *arr = p;
+    *cap = c;
+    return 0;
+}
+
 /* Room for one more in l. 0 or -ENOMEM. */
 static int shard_list_reserve(struct shard_list *l)
 {
-    if (l->n < l->cap)
-        return 0;
-    size_t cap = l->cap ? l->cap * 2 : 16;
-    struct store_shard **p = realloc(l->shards, cap * sizeof(*p));
-    if (!p)
-        return -ENOMEM;
-    l->shards = p;
-    l->cap = cap;
-    return 0;
+    return shard_ptrs_reserve(&l->shards, &l->cap, l->n + 1);
 }
 
 /* A shard and the key of its oldest event when the entry was made (not read from the shard). */
@@ -491,32 +499,14 @@ static struct store_shard *shard_alloc(struct store *s)
 {
     if (s->nfree > 0)
         return s->free_shards[--s->nfree];
-    if (s->nshards == s->shards_cap) {
-        size_t cap = s->shards_cap ? s->shards_cap * 2 : 16;
-        struct store_shard **shards = realloc(s->shards, cap * sizeof(*shards));
-        if (!shards)
-            return NULL;
-        s->shards = shards;
-        s->shards_cap = cap;
-    }
     /* The free list can take every shard: no allocation when one is let go. */
-    if (s->free_cap < s->shards_cap) {
-        struct store_shard **f = realloc(s->free_shards, s->shards_cap * sizeof(*f));
-        if (!f)
-            return NULL;
-        s->free_shards = f;
-        s->free_cap = s->shards_cap;
-    }
+    if (shard_ptrs_reserve(&s->shards, &s->shards_cap, s->nshards + 1) < 0 ||
+        shard_ptrs_reserve(&s->free_shards, &s->free_cap, s->shards_cap) < 0)
+        return NULL;
     size_t slab = s->nshards / STORE_SHARD_SLAB;
     if (s->nshards % STORE_SHARD_SLAB == 0) {
-        if (slab == s->slabs_cap) {
-            size_t cap = s->slabs_cap ? s->slabs_cap * 2 : 16;
-            struct store_shard **slabs = realloc(s->slabs, cap * sizeof(*slabs));
-            if (!slabs)
-                return NULL;
-            s->slabs = slabs;
-            s->slabs_cap = cap;
-        }
+        if (shard_ptrs_reserve(&s->slabs, &s->slabs_cap, slab + 1) < 0)
+            return NULL;
         s->slabs[slab] = aligned_alloc(64, STORE_SHARD_SLAB * sizeof(struct store_shard));
         if (!s->slabs[slab])
             return NULL;

@@ -18,14 +18,8 @@
 #include "aggregator/cluster_reply.h"
 #include "intern.h"
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_aggregator_cluster_reply: " __VA_ARGS__);                        \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#define FUZZ_TARGET "fuzz_aggregator_cluster_reply"
+#include "fuzz_check.h"
 
 #define SELF      "00000000000000aa"
 #define OWN_COUNT 3

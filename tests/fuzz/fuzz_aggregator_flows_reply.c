@@ -16,14 +16,8 @@
 #include "flows.h"
 #include "intern.h"
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_aggregator_flows_reply: " __VA_ARGS__);                          \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#define FUZZ_TARGET "fuzz_aggregator_flows_reply"
+#include "fuzz_check.h"
 
 /* This replica's own share: one edge every input may land on. */
 static void own_share(struct flows_result *r)

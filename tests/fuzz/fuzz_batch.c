@@ -23,14 +23,8 @@
 #include "query.h"
 #include "store.h"
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_batch: " __VA_ARGS__);                                           \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#define FUZZ_TARGET "fuzz_batch"
+#include "fuzz_check.h"
 
 #define LIMIT 3 /* events, for event_batch_decode_max() */
 

@@ -16,14 +16,8 @@
 #include "query.h"
 #include "store.h"
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_store: " __VA_ARGS__);                                           \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#define FUZZ_TARGET "fuzz_store"
+#include "fuzz_check.h"
 
 #define CAPACITY  3000
 #define BURST_MAX 2048
