@@ -54,6 +54,7 @@ struct flows {
     size_t table_cap, nodes;
     struct flows_node **ring; /* max_edge_minutes slots */
     size_t ring_cap, ring_head, ring_len;
+    uint64_t held; /* bytes allocated for the table, ring and edges: see node_bytes() */
     struct flows_stats stats;
     struct flows_errtab errtab;
     /* Cumulative per-workload-pair counters for /metrics (flows_series_enable). */
@@ -220,6 +221,7 @@ struct flows *flows_new(uint64_t retention_ns, uint64_t max_edge_minutes)
     if (f->ring == NULL || f->table == NULL)
         goto fail;
     f->stats.capacity = max_edge_minutes;
+    f->held = f->ring_cap * sizeof(*f->ring) + f->table_cap * sizeof(*f->table);
     pthread_mutex_init(&f->lock, NULL);
     return f;
 fail:
@@ -229,6 +231,21 @@ fail:
     }
     free(f);
     return NULL;
+}
+
+/*
+ * What an edge allocated (without malloc's own overhead). flows.held is kept
+ * up to date where these allocations change, so the statistics read one
+ * counter instead of walking every edge under the lock ingestion takes.
+ */
+static uint64_t node_bytes(const struct flows_node *n)
+{
+    uint64_t b = sizeof(*n) + (uint64_t)n->cap * sizeof(*n->minutes) +
+                 (uint64_t)n->segs_cap * sizeof(*n->segs);
+
+    for (uint32_t s = 0; s < n->nsegs; s++)
+        b += flows_seg_bytes(&n->segs[s]);
+    return b;
 }
 
 static void node_free(struct flows_node *n)
@@ -266,6 +283,7 @@ static void node_unlink(struct flows *f, struct flows_node *n)
         pp = &(*pp)->next;
     *pp = n->next;
     f->nodes--;
+    f->held -= node_bytes(n);
     node_free(n);
 }
 
@@ -291,6 +309,7 @@ static void ring_pop(struct flows *f)
         flows_seg_pop_first(&n->segs[0], &f->errtab);
         n->cold--;
         if (n->segs[0].count == 0) {
+            f->held -= flows_seg_bytes(&n->segs[0]);
             flows_seg_free(&n->segs[0]);
             memmove(n->segs, n->segs + 1, --n->nsegs * sizeof(*n->segs));
         }
@@ -340,6 +359,7 @@ static int table_grow(struct flows *f)
         }
     }
     free(f->table);
+    f->held += (cap - f->table_cap) * sizeof(*t);
     f->table = t;
     f->table_cap = cap;
     return 0;
@@ -358,6 +378,7 @@ static struct flows_node *node_get(struct flows *f, const struct flows_key *k)
     n = calloc(1, sizeof(*n));
     if (n == NULL)
         return NULL;
+    f->held += sizeof(*n);
     n->key = *k;
     n->hash = h;
     n->next = f->table[h & (f->table_cap - 1)];
@@ -403,6 +424,7 @@ static struct flows_minute *minute_get(struct flows *f, struct flows_node *n, ui
         struct flows_minute *m = realloc(n->minutes, cap * sizeof(*m));
         if (m == NULL)
             return NULL;
+        f->held += (uint64_t)(cap - n->cap) * sizeof(*m);
         n->minutes = m;
         n->cap = cap;
     }
@@ -415,7 +437,7 @@ static struct flows_minute *minute_get(struct flows *f, struct flows_node *n, ui
 }
 
 /* The segment of the hour starting at minute hour, made in order when missing. */
-static struct flows_seg *seg_get(struct flows_node *n, uint32_t hour)
+static struct flows_seg *seg_get(struct flows *f, struct flows_node *n, uint32_t hour)
 {
     uint32_t i = n->nsegs;
 
@@ -428,6 +450,7 @@ static struct flows_seg *seg_get(struct flows_node *n, uint32_t hour)
         struct flows_seg *p = realloc(n->segs, cap * sizeof(*p));
         if (p == NULL)
             return NULL;
+        f->held += (uint64_t)(cap - n->segs_cap) * sizeof(*p);
         n->segs = p;
         n->segs_cap = cap;
     }
@@ -441,13 +464,17 @@ static struct flows_seg *seg_get(struct flows_node *n, uint32_t hour)
 /* Puts m among n's compacted minutes. 0 or -ENOMEM (nothing changed). */
 static int cold_put(struct flows *f, struct flows_node *n, const struct flows_minute *m)
 {
-    struct flows_seg *seg = seg_get(n, m->minute - m->minute % 60);
+    struct flows_seg *seg = seg_get(f, n, m->minute - m->minute % 60);
 
     if (seg == NULL)
         return -ENOMEM;
-    if (flows_seg_put(seg, m, &f->errtab) == 0)
+    size_t before = flows_seg_bytes(seg);
+    int rc = flows_seg_put(seg, m, &f->errtab);
+    f->held = f->held - before + flows_seg_bytes(seg);
+    if (rc == 0)
         return 0;
     if (seg->count == 0) {
+        f->held -= flows_seg_bytes(seg);
         flows_seg_free(seg);
         n->nsegs--;
         memmove(seg, seg + 1, (size_t)(n->segs + n->nsegs - seg) * sizeof(*seg));
@@ -609,19 +636,14 @@ void flows_add(struct flows *f, const struct event *events, size_t n, uint64_t n
     pthread_mutex_unlock(&f->lock);
 }
 
-/* What the buckets, edges and eviction ring take (allocations, without malloc's own overhead). */
-static uint64_t held_bytes(const struct flows *f)
+uint64_t flows_bytes_recount(struct flows *f)
 {
+    pthread_mutex_lock(&f->lock);
     uint64_t b = f->ring_cap * sizeof(*f->ring) + f->table_cap * sizeof(*f->table);
-
-    for (size_t i = 0; i < f->table_cap; i++) {
-        for (const struct flows_node *n = f->table[i]; n != NULL; n = n->next) {
-            b += sizeof(*n) + (uint64_t)n->cap * sizeof(*n->minutes) +
-                 (uint64_t)n->segs_cap * sizeof(*n->segs);
-            for (uint32_t s = 0; s < n->nsegs; s++)
-                b += flows_seg_bytes(&n->segs[s]);
-        }
-    }
+    for (size_t i = 0; i < f->table_cap; i++)
+        for (const struct flows_node *n = f->table[i]; n != NULL; n = n->next)
+            b += node_bytes(n);
+    pthread_mutex_unlock(&f->lock);
     return b;
 }
 
@@ -631,7 +653,7 @@ void flows_get_stats(struct flows *f, struct flows_stats *out)
     *out = f->stats;
     out->edges = f->nodes;
     out->edge_minutes = f->ring_len;
-    out->bytes = held_bytes(f);
+    out->bytes = f->held;
     pthread_mutex_unlock(&f->lock);
 }
 

@@ -367,7 +367,7 @@ static int run_nats(const char *url, const char *http, pid_t *pids, int npids, u
         } else if (now - t_last_change > 1000000000ull) {
             break;
         }
-        usleep(100000); /* /api/stats walks every flow edge: poll gently */
+        usleep(100000); /* each poll is a request the aggregator serves: poll gently */
     }
     uint64_t cpu1 = 0, rss1 = 0;
     for (int i = 0; i < npids; i++) {
