@@ -196,7 +196,17 @@ static __always_inline void record_hdr_current(struct record_hdr *h, __u32 kind)
     h->uid = (__u32)bpf_get_current_uid_gid();
     h->ts_ns = bpf_ktime_get_boot_ns();
     h->cgroup_id = bpf_get_current_cgroup_id();
+#ifdef RECORD_HDR_TASK_BTF
+    /* Two loads instead of a helper's copy: the kernel keeps comm NUL-padded to its end. */
+    _Static_assert(sizeof(h->comm) == 16 && sizeof(task->comm) == 16, "comm is two words");
+    const __u64 *comm = (const __u64 *)task->comm;
+    __u64 lo = comm[0], hi = comm[1];
+
+    __builtin_memcpy(h->comm, &lo, 8);
+    __builtin_memcpy(h->comm + 8, &hi, 8);
+#else
     bpf_get_current_comm(h->comm, sizeof(h->comm));
+#endif
 }
 
 #endif

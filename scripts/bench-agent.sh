@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Agent benchmarks (docs/performance.md):
 #   1. in-kernel cost per BPF program (run_time_ns / run_cnt with
-#      kernel.bpf_stats_enabled=1) under a UDP connect loop, a TCP
+#      kernel.bpf_stats_enabled=1; for the agent also over an empty program
+#      on the same hook, which is what the statistics cost) under a UDP connect loop, a TCP
 #      connect/accept loop, an exec loop and a drop storm, and each loop's speed
 #      without a tracer, under the agent, under bpftrace (the same tracepoints,
 #      maps only) and under libbpf-tools (tcpstates, execsnoop, exitsnoop, output
@@ -33,9 +34,10 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "bench-agent: needs root (loads eBPF programs, sets kernel.bpf_stats_enabled)" >&2
   exit 1
 fi
-for bin in bin/ebpf-agent $B/bench_load $B/bench_sub $B/bench_agent_on_event; do
+for bin in bin/ebpf-agent $B/bench_load $B/bench_sub $B/bench_agent_on_event $B/bench_empty_progs; do
   [ -x "$bin" ] || { echo "bench-agent: $bin missing: run 'make bench-bins'" >&2; exit 1; }
 done
+[ -e $B/empty_progs.bpf.o ] || { echo "bench-agent: $B/empty_progs.bpf.o missing: run 'make bench-bins'" >&2; exit 1; }
 for tool in jq curl bpftool nats-server; do
   command -v "$tool" >/dev/null || { echo "bench-agent: $tool not installed (make deps)" >&2; exit 1; }
 done
@@ -200,18 +202,46 @@ agent_flushed() { # key
   invalid "$1" "unflushed: $target events read, $sent published + $ad dropped after 10 s"
 }
 
+# Empty programs on the agent's hooks, attached after the agent's (the first
+# program of a hook pays the cache lines a later one finds warm): their figure
+# is what the statistics and the call cost by themselves. Appends "id
+# empty_<hook>" lines to $TMP/ids (sys_exit serves both sys_exit_connect and
+# sys_exit_accept); stop_empties detaches them.
+EMPTY_PID=""
+start_empties() {
+  rm -f "$TMP/empty"
+  $B/bench_empty_progs $B/empty_progs.bpf.o "$TMP/empty" 2>>"$LOG" &
+  EMPTY_PID=$!
+  PIDS+=("$EMPTY_PID")
+  for _ in $(seq 200); do
+    [ -e "$TMP/empty" ] && break
+    kill -0 "$EMPTY_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  grep -v ' empty_' "$TMP/ids" >"$TMP/ids.agent" || true
+  awk '$2 == "sys_exit" {print $1, "empty_sys_exit_connect"; print $1, "empty_sys_exit_accept"; next}
+       {print $1, "empty_" $2}' "$TMP/empty" 2>/dev/null | cat "$TMP/ids.agent" - >"$TMP/ids"
+}
+stop_empties() {
+  [ -n "$EMPTY_PID" ] && stop_pids TERM "$EMPTY_PID"
+  EMPTY_PID=""
+}
+
 # Runs every workload under TRACER (already started; its programs in $TMP/ids):
 # the cost per program with bpf_stats on (it adds two clock reads per program
-# run), then the workload's rate with them off, as deployed.
+# run), then the workload's rate with them off, as deployed (and for the agent,
+# without the empty programs).
 run_traced() {
   local tracer=$1 w id hook t0 c0 t1 c1 kd0 ad0 kd1 ad1
   for w in $WORKLOADS; do
     [ "$tracer" = agent ] && read -r _ kd0 ad0 _ < <(api_stats)
+    [ "$tracer" = agent ] && start_empties
     sysctl -q -w kernel.bpf_stats_enabled=1
     prog_stats >"$TMP/before"
     run_load "$w" >/dev/null
     prog_stats >"$TMP/after"
     sysctl -q -w kernel.bpf_stats_enabled=0
+    [ "$tracer" = agent ] && stop_empties
     OPS["$tracer|$w"]=$(run_load "$w")
     if [ "$tracer" = agent ]; then
       read -r _ kd1 ad1 _ < <(api_stats)
@@ -351,13 +381,25 @@ for key in "${!CNT[@]}"; do
   IFS='|' read -r tracer w hook <<<"$key"
   [[ " ${HOOK_LOAD[$hook]:-} " == *" $w "* ]] && [ "${CNT[$key]}" -gt 0 ] || continue
   ns=$(echo "${NS[$key]} ${CNT[$key]}" | awk '{printf "%.1f", $1 / $2}')
-  op="" limit=""
-  [ "$tracer" = agent ] && op=le limit=${LIMIT[$hook]}
-  id="kernel.$tracer.$hook.ns_per_run"
-  [ "${HOOK_LOAD[$hook]%% *}" = "$w" ] || id="kernel.$tracer.$hook.$w.ns_per_run"
-  measure "$id" "$tracer $hook: ns per run ($w loop)" "$ns" ns \
-    "sysctl kernel.bpf_stats_enabled=1; $tracer; bench_load $w --duration $DUR; bpftool prog show (run_time_ns/run_cnt)" \
-    "$op" "$limit" "$(reason "$tracer" "$w")"
+  base="kernel.$tracer.$hook"
+  [ "${HOOK_LOAD[$hook]%% *}" = "$w" ] || base="kernel.$tracer.$hook.$w"
+  cmd="sysctl kernel.bpf_stats_enabled=1; $tracer; bench_load $w --duration $DUR; bpftool prog show (run_time_ns/run_cnt)"
+  why=$(reason "$tracer" "$w")
+  measure "$base.ns_per_run" "$tracer $hook: ns per run ($w loop, statistics included)" "$ns" ns "$cmd" "" "" "$why"
+  [ "$tracer" = agent ] || continue
+  # The agent's own cost: its figure minus the empty program's on the same hook and runs.
+  ekey="agent|$w|empty_$hook"
+  empty=0
+  if [ "${CNT[$ekey]:-0}" -gt 0 ]; then
+    empty=$(echo "${NS[$ekey]} ${CNT[$ekey]}" | awk '{printf "%.1f", $1 / $2}')
+  else
+    why="${why}${why:+; }no empty program measured on $hook"
+  fi
+  measure "$base.empty_ns_per_run" "empty program on $hook: ns per run ($w loop)" "$empty" ns \
+    "$cmd; build/bench/bench_empty_progs (tests/bench/empty_progs.bpf.c) attached after the agent" "" "" "$why"
+  measure "$base.own_ns_per_run" "agent $hook: ns per run over the empty program ($w loop)" \
+    "$(echo "$ns $empty" | awk '{printf "%.1f", $1 - $2}')" ns \
+    "$cmd; minus the empty program's figure on the same hook" le "${LIMIT[$hook]}" "$why"
 done
 
 for t in bpftrace libbpf-tools; do
