@@ -5,8 +5,9 @@
 #      on the same hook, which is what the statistics cost) under a UDP connect loop, a TCP
 #      connect/accept loop, an exec loop and a drop storm, and each loop's speed
 #      without a tracer, under the agent, under bpftrace (the same tracepoints,
-#      maps only) and under libbpf-tools (tcpstates, execsnoop, exitsnoop, output
-#      to /dev/null), all in this one run;
+#      maps only) and under libbpf-tools (tcpstates, tcplife, execsnoop,
+#      exitsnoop, output to /dev/null), all in this one run, in alternated
+#      rounds (a tracer's speed: the median of the rounds' own ratios);
 #   2. the agent end to end (kernel -> NATS -> an independent subscriber):
 #      zero-loss ceiling, loss curve, CPU-µs per event, peak RSS; and the
 #      agent's on_event path alone (after decoding) with synthetic events.
@@ -43,12 +44,14 @@ for tool in jq curl bpftool nats-server; do
 done
 
 if [ $QUICK = 1 ]; then
+  SPEED_ROUNDS=2 # rounds of speed runs (every tracer, every loop)
   DUR=0.3        # seconds per workload run (kernel part)
   STEP_DUR=0.5   # seconds per pipeline rate step
   RATES="50000 0"
   PIPE_EVENTS=100000
 else
-  DUR=3
+  SPEED_ROUNDS=5
+  DUR=2
   STEP_DUR=4
   RATES="100000 200000 300000 400000 500000 0"
   PIPE_EVENTS=3000000
@@ -133,7 +136,6 @@ api_stats() { # -> "total_events kernel_drops agent_drops events_sent"
 # exitsnoop), all output to /dev/null.
 WORKLOADS="udp-connect tcp-connect exec drop"
 TRACERS="agent bpftrace libbpf-tools"
-declare -A OPS      # [tracer|workload]: ops/s; tracer "none" = no tracer
 declare -A NS CNT   # [tracer|workload|hook]: run_time_ns and run_cnt deltas
 declare -A INVALID  # [tracer] or [tracer|workload]: why its figures are not valid
 # The loops whose cost of each hook is reported. The first is the hook's own
@@ -227,10 +229,9 @@ stop_empties() {
   EMPTY_PID=""
 }
 
-# Runs every workload under TRACER (already started; its programs in $TMP/ids):
-# the cost per program with bpf_stats on (it adds two clock reads per program
-# run), then the workload's rate with them off, as deployed (and for the agent,
-# without the empty programs).
+# Runs every workload under TRACER (already started; its programs in $TMP/ids)
+# with bpf_stats on (it adds two clock reads per program run): the cost per
+# program. The speeds are measured apart, in rounds (below).
 run_traced() {
   local tracer=$1 w id hook t0 c0 t1 c1 kd0 ad0 kd1 ad1
   for w in $WORKLOADS; do
@@ -242,7 +243,6 @@ run_traced() {
     prog_stats >"$TMP/after"
     sysctl -q -w kernel.bpf_stats_enabled=0
     [ "$tracer" = agent ] && stop_empties
-    OPS["$tracer|$w"]=$(run_load "$w")
     if [ "$tracer" = agent ]; then
       read -r _ kd1 ad1 _ < <(api_stats)
       [ $((kd1 - kd0 + ad1 - ad0)) -eq 0 ] ||
@@ -266,36 +266,62 @@ stop_pids() { # signal pid...
   for p in "$@"; do wait "$p" 2>/dev/null || true; done
 }
 
-# Baselines with no tracer between the tracers: each tracer's speed is
-# divided by the mean of the baseline just before and just after it, so the
-# load of the rest of a shared machine drifts less between the two.
-baseline() { # k: the k-th baseline, 0 before the first tracer
-  local w
-  phase "baseline $1"
-  for w in $WORKLOADS; do OPS["none$1|$w"]=$(run_load "$w"); done
+# start_tracer T / stop_tracer T: the agent, bpftrace or libbpf-tools, its
+# programs attached (their ids in $TMP/ids). A tracer that cannot run is
+# marked invalid (once) and start_tracer fails.
+start_tracer() {
+  case $1 in
+  agent)
+    start_agent
+    curl -s "$AGENT_API/api/programs" |
+      jq -r '.programs[] | select(.status == "attached" and .id > 0) | "\(.id) \(.name | sub("^tp_btf__"; ""))"' >"$TMP/ids"
+    for h in ${EXPECTED[agent]}; do
+      awk -v h="$h" '$2 == h {f = 1} END {exit !f}' "$TMP/ids" || invalid agent "missing program: $h not attached"
+    done
+    ;;
+  bpftrace)
+    if ! command -v bpftrace >/dev/null; then
+      [ -n "${INVALID[bpftrace]:-}" ] || invalid bpftrace "comparison tool missing: bpftrace not installed (make deps)"
+      return 1
+    fi
+    bpftrace "$TMP/equiv.bt" >/dev/null 2>>"$LOG" &
+    BT_PID=$!
+    PIDS+=("$BT_PID")
+    wait_hooks bpftrace "$BT_PID"
+    ;;
+  libbpf-tools)
+    TOOL_PIDS=()
+    for t in "${TOOLS[@]}"; do
+      bin=$(PATH=$PATH:/usr/sbin:/sbin command -v "$t" || true)
+      if [ -z "$bin" ]; then
+        [[ "${INVALID[libbpf-tools]:-}" == *"$t not installed"* ]] ||
+          invalid libbpf-tools "comparison tool missing: $t not installed (make deps: libbpf-tools)"
+        continue
+      fi
+      "$bin" >/dev/null 2>>"$LOG" &
+      TOOL_PIDS+=($!)
+      PIDS+=($!)
+    done
+    [ ${#TOOL_PIDS[@]} -gt 0 ] || return 1
+    wait_hooks libbpf-tools "${TOOL_PIDS[@]}"
+    ;;
+  esac
 }
-baseline 0
-
-phase "agent runs"
-start_agent
-curl -s "$AGENT_API/api/programs" |
-  jq -r '.programs[] | select(.status == "attached" and .id > 0) | "\(.id) \(.name | sub("^tp_btf__"; ""))"' >"$TMP/ids"
-for h in ${EXPECTED[agent]}; do
-  awk -v h="$h" '$2 == h {f = 1} END {exit !f}' "$TMP/ids" || invalid agent "missing program: $h not attached"
-done
-run_traced agent
-stop_agent
-baseline 1
+stop_tracer() {
+  case $1 in
+  agent) stop_agent ;;
+  bpftrace) stop_pids INT "$BT_PID" ;;
+  libbpf-tools) stop_pids INT "${TOOL_PIDS[@]}" ;;
+  esac
+}
+TOOLS=(tcpstates tcplife execsnoop exitsnoop)
 
 # bpftrace and libbpf-tools attach to tracepoints through tracefs.
 if [ ! -d /sys/kernel/tracing/events ]; then
   mount -t tracefs tracefs /sys/kernel/tracing && MOUNTED_TRACEFS=1
 fi
-
-phase "bpftrace runs"
-if command -v bpftrace >/dev/null; then
-  # The same tracepoints, reading the same fields into maps (no output).
-  cat >"$TMP/equiv.bt" <<'BT'
+# The same tracepoints as the agent's, reading the same fields into maps (no output).
+cat >"$TMP/equiv.bt" <<'BT'
 tracepoint:sock:inet_sock_set_state /args->protocol == 6/ {
   @conn[comm, cgroup, args->family] = count();
   @last_conn[cpu] = (pid, uid, nsecs, args->sport, args->dport, args->saddr, args->daddr, args->newstate);
@@ -331,43 +357,44 @@ END { clear(@conn); clear(@last_conn); clear(@uconn); clear(@last_uconn); clear(
       clear(@exit); clear(@last_exit); clear(@close); clear(@last_close); clear(@rst_sent);
       clear(@rst_recv); }
 BT
-  bpftrace "$TMP/equiv.bt" >/dev/null 2>>"$LOG" &
-  BT_PID=$!
-  PIDS+=("$BT_PID")
-  wait_hooks bpftrace "$BT_PID"
-  run_traced bpftrace
-  stop_pids INT "$BT_PID"
-else
-  invalid bpftrace "comparison tool missing: bpftrace not installed (make deps)"
-fi
-baseline 2
 
-phase "libbpf-tools runs"
-TOOLS=(tcpstates tcplife execsnoop exitsnoop)
-TOOL_PIDS=()
-for t in "${TOOLS[@]}"; do
-  bin=$(PATH=$PATH:/usr/sbin:/sbin command -v "$t" || true)
-  if [ -z "$bin" ]; then
-    invalid libbpf-tools "comparison tool missing: $t not installed (make deps: libbpf-tools)"
-    continue
+for t in $TRACERS; do
+  phase "$t: in-kernel cost"
+  if start_tracer "$t"; then
+    run_traced "$t"
+    stop_tracer "$t"
   fi
-  "$bin" >/dev/null 2>>"$LOG" &
-  TOOL_PIDS+=($!)
-  PIDS+=($!)
-done
-if [ ${#TOOL_PIDS[@]} -gt 0 ]; then
-  wait_hooks libbpf-tools "${TOOL_PIDS[@]}"
-  run_traced libbpf-tools
-  stop_pids INT "${TOOL_PIDS[@]}"
-fi
-if [ $MOUNTED_TRACEFS = 1 ]; then umount /sys/kernel/tracing 2>/dev/null && MOUNTED_TRACEFS=0; fi
-
-baseline 3
-for w in $WORKLOADS; do
-  OPS["none|$w"]=$(echo "${OPS["none0|$w"]} ${OPS["none1|$w"]} ${OPS["none2|$w"]} ${OPS["none3|$w"]}" |
-    awk '{printf "%.1f", ($1 + $2 + $3 + $4) / 4}')
 done
 sysctl -q -w kernel.bpf_stats_enabled="$STATS_ORIG"
+
+# Speeds, in rounds: each round runs every loop with no tracer, then under each
+# tracer in turn (started and stopped within the round; every other round in
+# the opposite order), statistics off. A tracer's speed is the median of the
+# rounds' own ratios (its rate ÷ the same round's rate with no tracer), so a
+# machine whose speed drifts over the run weighs on both sides of each ratio.
+declare -A RATES # [capture|workload]: the rounds' rates, in order
+speed_round() { # r
+  local order="none $TRACERS" c w kd0 ad0 kd1 ad1
+  [ $(($1 % 2)) = 1 ] || order="$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')"
+  for c in $order; do
+    if [ "$c" != none ]; then
+      start_tracer "$c" || continue
+      [ "$c" = agent ] && read -r _ kd0 ad0 _ < <(api_stats)
+    fi
+    for w in $WORKLOADS; do RATES["$c|$w"]="${RATES["$c|$w"]:-} $(run_load "$w")"; done
+    if [ "$c" = agent ]; then
+      read -r _ kd1 ad1 _ < <(api_stats)
+      [ $((kd1 - kd0 + ad1 - ad0)) -eq 0 ] ||
+        invalid agent "agent drops in speed round $1: $((kd1 - kd0)) kernel, $((ad1 - ad0)) agent queue"
+    fi
+    [ "$c" = none ] || stop_tracer "$c"
+  done
+}
+for r in $(seq "$SPEED_ROUNDS"); do
+  phase "speed round $r of $SPEED_ROUNDS"
+  speed_round "$r"
+done
+if [ $MOUNTED_TRACEFS = 1 ]; then umount /sys/kernel/tracing 2>/dev/null && MOUNTED_TRACEFS=0; fi
 
 # Why a tracer's figures under workload w are not valid ("" = valid).
 reason() { local r="${INVALID[$1]:-}${INVALID[$1|$2]:+; }${INVALID[$1|$2]:-}"; echo "${r#; }"; }
@@ -410,36 +437,52 @@ for t in bpftrace libbpf-tools; do
 done
 
 MAX_DRIFT=${BENCH_MAX_DRIFT:-15} # percent
-declare -A SPEED_WHY
+median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+range() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.3f-%.3f", lo, hi}'; }
+# The rounds' own ratios of two captures' rates (a ÷ b): "r1 r2 ...".
+ratios() { # a b workload
+  paste -d' ' <(echo "${RATES["$1|$3"]:-}" | tr ' ' '\n' | grep .) <(echo "${RATES["$2|$3"]:-}" | tr ' ' '\n' | grep .) |
+    awk 'NF == 2 && $2 > 0 {printf "%.3f ", $1 / $2}'
+}
+# Why a median of rounds' ratios cannot be told from the machine's noise (""
+# = it can): fewer than two rounds, or, without the highest and the lowest
+# round (with three or more), the rounds still differ by more than MAX_DRIFT percent.
+spread_why() { # "ratios"
+  echo "$1" | tr ' ' '\n' | grep . | sort -g | awk -v max="$MAX_DRIFT" '
+    {v[NR] = $1} END {
+      if (NR < 2) { print "one round only"; exit }
+      lo = NR >= 3 ? v[2] : v[1]; hi = NR >= 3 ? v[NR - 1] : v[NR]
+      d = (hi - lo) / ((hi + lo) / 2) * 100
+      if (d > max) printf "noisy: the rounds ratios differ by %.0f%% (> %d%%)", d, max }'
+}
 for w in $WORKLOADS; do
-  measure "workload.$w.ops_per_sec" "$w loop, no tracer" "${OPS["none|$w"]}" ops/s \
-    "bench_load $w --duration $DUR (before, between and after the tracers, averaged)"
-  k=0
+  [ -n "${RATES["none|$w"]:-}" ] || continue
+  measure "workload.$w.ops_per_sec" "$w loop, no tracer" "$(echo "${RATES["none|$w"]}" | median)" ops/s \
+    "bench_load $w --duration $DUR, $SPEED_ROUNDS rounds, median"
   for t in $TRACERS; do
-    k=$((k + 1))
-    [ -n "${OPS["$t|$w"]:-}" ] || continue
+    [ -n "${RATES["$t|$w"]:-}" ] || continue
     op="" limit=""
     case $w in udp-connect | tcp-connect) [ "$t" = agent ] && op=ge limit=0.909 ;; esac
-    # Baselines that disagree mean the rest of the machine changed the loop's
-    # speed more than a tracer could be measured against.
-    drift=$(echo "${OPS["none$((k - 1))|$w"]} ${OPS["none$k|$w"]}" |
-      awk '{d = ($1 - $2) / (($1 + $2) / 2) * 100; printf "%.0f", d < 0 ? -d : d}')
+    rs=$(ratios "$t" none "$w")
     why=$(reason "$t" "$w")
-    [ "$drift" -le "$MAX_DRIFT" ] ||
-      why="${why}${why:+; }noisy: the baselines before and after differ by ${drift}% (> ${MAX_DRIFT}%)"
-    measure "speed.$w.$t" "$w loop speed under $t / without a tracer" \
-      "$(echo "${OPS["$t|$w"]} ${OPS["none$((k - 1))|$w"]} ${OPS["none$k|$w"]}" | awk '{printf "%.3f", $1 / (($2 + $3) / 2)}')" x \
-      "bench_load $w --duration $DUR under $t (output to /dev/null) / the baselines just before and after it" \
+    spread=$(spread_why "$rs")
+    why="${why}${why:+${spread:+; }}${spread}"
+    measure "speed.$w.$t" "$w loop speed under $t / without a tracer (median of rounds)" \
+      "$(echo "$rs" | median)" x \
+      "bench_load $w --duration $DUR under $t (output to /dev/null) ÷ with no tracer, in each of $SPEED_ROUNDS alternated rounds; median, spread $(echo "$rs" | range)" \
       "$op" "$limit" "$why"
-    SPEED_WHY["$t|$w"]=$why
-    [ "$t" = agent ] || [ -z "${OPS["agent|$w"]:-}" ] && continue
+    [ "$t" = agent ] && continue
     op=""
     case $w in udp-connect | tcp-connect) op=gt ;; esac
-    r=${SPEED_WHY["agent|$w"]}
-    r2=${SPEED_WHY["$t|$w"]}
-    measure "speed.$w.agent_over_$t" "$w loop speed under the agent / under $t" \
-      "$(echo "${OPS["agent|$w"]} ${OPS["$t|$w"]}" | awk '{printf "%.3f", $1 / $2}')" x \
-      "ratio of the two above" "$op" 1 "${r:+agent: $r}${r:+${r2:+; }}${r2:+$t: $r2}"
+    rs=$(ratios agent "$t" "$w")
+    why=$(reason agent "$w")
+    r2=$(reason "$t" "$w")
+    why="${why:+agent: $why}${why:+${r2:+; }}${r2:+$t: $r2}"
+    spread=$(spread_why "$rs")
+    why="${why}${why:+${spread:+; }}${spread}"
+    measure "speed.$w.agent_over_$t" "$w loop speed under the agent / under $t (median of rounds)" \
+      "$(echo "$rs" | median)" x \
+      "the agent's rate ÷ $t's, in each round; median, spread $(echo "$rs" | range)" "$op" 1 "$why"
   done
 done
 
