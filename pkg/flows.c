@@ -1035,7 +1035,7 @@ static void series_count(struct flows *f, const struct flows_key *k, const struc
     struct flows_edge one = {0};
 
     series_key(k, &one.key);
-    if (!result_has(&f->series, &one.key) && f->series.count >= f->max_series) {
+    if (f->series.count >= f->max_series && !result_has(&f->series, &one.key)) {
         /* Past the cap: one series per protocol holds the rest, counted. */
         const char *other = intern("~other");
         memset(&one.key, 0, sizeof(one.key));
@@ -1061,7 +1061,7 @@ static void drop_count(struct flows *f, const struct event *e)
     one.key.src.node = NULL;
     one.key.src.workload_kind = NULL;
     one.key.dst.workload = e->u.drop.reason != NULL ? e->u.drop.reason : intern("unknown");
-    if (!result_has(&f->drops, &one.key) && f->drops.count >= f->max_series) {
+    if (f->drops.count >= f->max_series && !result_has(&f->drops, &one.key)) {
         one.key.src.namespace = one.key.src.workload = intern("~other");
         f->drops_folded++;
     }

@@ -173,9 +173,13 @@ static void ingest_batch(struct aggregator *a, natsMsg *msg)
     peers_enrich(a->peers, batch.events, batch.n, now, true);
     if (a->services)
         k8s_services_enrich(a->services, batch.events, batch.n, true);
+    uint64_t by_type[EVENT_TYPE_COUNT] = {0}; /* one atomic add per type, not per event */
     for (size_t i = 0; i < batch.n; i++)
         if (batch.events[i].type < EVENT_TYPE_COUNT)
-            counter_add(&a->counters.events_by_type[batch.events[i].type], 1);
+            by_type[batch.events[i].type]++;
+    for (size_t t = 0; t < EVENT_TYPE_COUNT; t++)
+        if (by_type[t])
+            counter_add(&a->counters.events_by_type[t], by_type[t]);
     /* Connections to a ClusterIP wait for their backend (join.c); the rest go on. */
     batch.n = join_batch(a, batch.events, batch.n, now);
     /* Before the store takes the events over. */
