@@ -176,35 +176,34 @@ static __always_inline bool sock_captured(const struct sock *sk)
 /*
  * Attributes a record to the current task (process context only). With
  * RECORD_HDR_TASK_BTF (objects that need 5.11+ anyway) the task is a BTF
- * pointer and its fields are plain loads rather than helper calls.
+ * pointer and its fields are plain loads rather than helper calls: the pid
+ * is its tgid and the uid its cred's (a kuid is the initial namespace's
+ * value, what bpf_get_current_uid_gid() reports), and comm two words (the
+ * kernel keeps it NUL-padded to its end, as the helper's copy is).
  */
 static __always_inline void record_hdr_current(struct record_hdr *h, __u32 kind)
 {
-#ifdef RECORD_HDR_TASK_BTF
-    struct task_struct *task = bpf_get_current_task_btf();
-#else
-    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-#endif
-
     h->kind = kind;
-    h->pid = bpf_get_current_pid_tgid() >> 32;
-#ifdef RECORD_HDR_TASK_BTF
-    h->ppid = task->real_parent->tgid;
-#else
-    h->ppid = BPF_CORE_READ(task, real_parent, tgid);
-#endif
-    h->uid = (__u32)bpf_get_current_uid_gid();
     h->ts_ns = bpf_ktime_get_boot_ns();
     h->cgroup_id = bpf_get_current_cgroup_id();
 #ifdef RECORD_HDR_TASK_BTF
-    /* Two loads instead of a helper's copy: the kernel keeps comm NUL-padded to its end. */
+    struct task_struct *task = bpf_get_current_task_btf();
+
     _Static_assert(sizeof(h->comm) == 16 && sizeof(task->comm) == 16, "comm is two words");
     const __u64 *comm = (const __u64 *)task->comm;
     __u64 lo = comm[0], hi = comm[1];
 
+    h->pid = task->tgid;
+    h->ppid = task->real_parent->tgid;
+    h->uid = task->cred->uid.val;
     __builtin_memcpy(h->comm, &lo, 8);
     __builtin_memcpy(h->comm + 8, &hi, 8);
 #else
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+    h->pid = bpf_get_current_pid_tgid() >> 32;
+    h->ppid = BPF_CORE_READ(task, real_parent, tgid);
+    h->uid = (__u32)bpf_get_current_uid_gid();
     bpf_get_current_comm(h->comm, sizeof(h->comm));
 #endif
 }

@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -943,6 +944,64 @@ Test(capture, drop_storms_are_rate_limited_and_counted)
     cr_assert_geq(suppressed, 100, "suppressed %llu, emitted %zu", (unsigned long long)suppressed,
                   ours);
     close(fd);
+    capture_close(c);
+    collected_free(&out);
+}
+
+struct proto_match {
+    pid_t pid;
+    uint8_t protocol;
+};
+
+static bool match_connection(const struct event *e, const void *arg)
+{
+    const struct proto_match *m = arg;
+    return e->type == EVENT_CONNECTION && e->pid == (uint32_t)m->pid && e->protocol == m->protocol;
+}
+
+/*
+ * The process fields of a record are read from the task that connects: a
+ * child with its own name, running as nobody, connects over UDP and TCP, and
+ * both events name it (pid, parent, uid, command), not the test.
+ */
+Test(capture, connections_name_the_connecting_task)
+{
+    struct collected out = {0};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    int status;
+
+    skip_unless_root();
+    struct capture *c = open_capture(EVENT_TYPE_BIT(EVENT_CONNECTION), 0, &out);
+    int srv = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert(srv >= 0 && bind(srv, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+              listen(srv, 4) == 0);
+    cr_assert_eq(getsockname(srv, (struct sockaddr *)&sa, &len), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int u = socket(AF_INET, SOCK_DGRAM, 0), t = socket(AF_INET, SOCK_STREAM, 0);
+        if (prctl(PR_SET_NAME, "conn-as-nobody") || setgid(65534) || setuid(65534))
+            _exit(2);
+        if (connect(u, (struct sockaddr *)&sa, sizeof(sa)) ||
+            connect(t, (struct sockaddr *)&sa, sizeof(sa)))
+            _exit(3);
+        _exit(0);
+    }
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+    for (int i = 0; i < 2; i++) {
+        struct proto_match m = {.pid = pid, .protocol = i ? IPPROTO_TCP : IPPROTO_UDP};
+        const struct event *e = wait_event(c, &out, match_connection, &m);
+        cr_assert_not_null(e, "no %s connection event for child %d", i ? "TCP" : "UDP", pid);
+        cr_assert_eq(e->ppid, (uint32_t)getpid());
+        cr_assert_eq(e->uid, 65534, "uid %u", e->uid);
+        cr_assert_str_eq(e->command, "conn-as-nobody");
+        cr_assert_neq(e->cgroup_id, 0);
+        cr_assert_eq(e->dport, ntohs(sa.sin_port));
+        assert_timestamp(e);
+    }
+    close(srv);
     capture_close(c);
     collected_free(&out);
 }
