@@ -453,7 +453,7 @@ spread_why() { # "ratios"
       if (NR < 2) { print "one round only"; exit }
       lo = NR >= 3 ? v[2] : v[1]; hi = NR >= 3 ? v[NR - 1] : v[NR]
       d = (hi - lo) / ((hi + lo) / 2) * 100
-      if (d > max) printf "noisy: the rounds ratios differ by %.0f%% (> %d%%)", d, max }'
+      if (d > max) printf "noisy: the ratios of the rounds differ by %.0f%% (> %d%%)", d, max }'
 }
 for w in $WORKLOADS; do
   [ -n "${RATES["none|$w"]:-}" ] || continue
