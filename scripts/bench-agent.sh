@@ -437,8 +437,6 @@ for t in bpftrace libbpf-tools; do
 done
 
 MAX_DRIFT=${BENCH_MAX_DRIFT:-15} # percent
-median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-range() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.3f-%.3f", lo, hi}'; }
 # The rounds' own ratios of two captures' rates (a ÷ b): "r1 r2 ...".
 ratios() { # a b workload
   paste -d' ' <(echo "${RATES["$1|$3"]:-}" | tr ' ' '\n' | grep .) <(echo "${RATES["$2|$3"]:-}" | tr ' ' '\n' | grep .) |

@@ -88,8 +88,6 @@ measure() {
     + {valid: ($why == ""), invalid_reason: (if $why == "" then null else $why end)}' >>"$RAW"
 }
 log() { echo "bench-dns: $*" | tee -a "$LOG" >&2; }
-median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-range() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%s–%s", lo, hi}'; }
 
 # ---------------------------------------------------------------- servers, cgroup
 NATS_PORT=$(free_port)

@@ -41,3 +41,7 @@ stop_agent() {
   wait "$AGENT_PID" 2>/dev/null || true
   AGENT_PID=""
 }
+
+# median / range: of the numbers on stdin (separated by blanks or lines); range as "lo–hi".
+median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+range() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%s–%s", lo, hi}'; }
