@@ -36,8 +36,31 @@
 /* Edges a query reads per hold of the lock (a few hundred microseconds over 24 hours). */
 #define FLOWS_QUERY_STEP 64
 
+/*
+ * The names of one side of an edge (a flows_endpoint without its address),
+ * held once however many edges share them (a pod talks to many peers), so
+ * an edge's key is two pointers and the destination's address: 40 bytes
+ * where the full key takes 168, with the hash and chain in the same cache
+ * line. Counted references, one per edge side; freed with the last.
+ */
+struct flows_names {
+    struct flows_names *next; /* hash chain */
+    uint64_t hash;
+    uint64_t refs;
+    const char *namespace, *workload, *workload_kind, *pod, *node, *service, *dns;
+};
+
+/* An edge's key as the table holds it (node_key_of(), node_key_expand()). */
+struct node_key {
+    struct flows_names *src, *dst;
+    uint8_t ip[16]; /* the destination's address (outside the cluster) */
+    uint16_t port;
+    uint8_t protocol;
+    uint8_t family;
+};
+
 struct flows_node {
-    struct flows_key key;
+    struct node_key key;
     uint64_t hash;
     struct flows_node *next; /* hash chain */
     struct flows_seg *segs;  /* compacted minutes by hour, sorted, all older than the hot ones */
@@ -47,11 +70,16 @@ struct flows_node {
     uint32_t start, count, cap;
 };
 
+_Static_assert(sizeof(struct node_key) == 40, "an edge's key is 40 bytes");
+_Static_assert(offsetof(struct flows_node, next) < 64, "the key, hash and chain share a line");
+
 struct flows {
     pthread_mutex_t lock;
     uint64_t retention_ns;
     struct flows_node **table;
     size_t table_cap, nodes;
+    struct flows_names **names; /* chained hash of every edge's names */
+    size_t names_cap, nnames;
     struct flows_node **ring; /* max_edge_minutes slots */
     size_t ring_cap, ring_head, ring_len;
     uint64_t held; /* bytes allocated for the table, ring and edges: see node_bytes() */
@@ -97,15 +125,19 @@ static uint64_t endpoint_hash(uint64_t h, const struct flows_endpoint *e)
     return mix(mix(mix(h, e->family), a), b);
 }
 
-static uint64_t key_hash(const struct flows_key *k)
+/* mix() moves entropy up, and tables index by the low bits: fold it back down (without
+ * this, edges that differ only in an address byte share one chain). */
+static uint64_t hash_fold(uint64_t h)
 {
-    uint64_t h = mix(0, (uint64_t)k->port << 8 | k->protocol);
-    h = endpoint_hash(endpoint_hash(h, &k->src), &k->dst);
-    /* mix() moves entropy up, and tables index by the low bits: fold it back down
-     * (without this, edges that differ only in an address byte share one chain). */
     h ^= h >> 33;
     h *= 0xc4ceb9fe1a85ec53ull;
     return h ^ (h >> 33);
+}
+
+static uint64_t key_hash(const struct flows_key *k)
+{
+    uint64_t h = mix(0, (uint64_t)k->port << 8 | k->protocol);
+    return hash_fold(endpoint_hash(endpoint_hash(h, &k->src), &k->dst));
 }
 
 /* Strings are interned: equal strings are equal pointers. */
@@ -205,6 +237,151 @@ static void key_project(const struct flows_key *in, enum flows_group g, struct f
     }
 }
 
+/* ---- edge names and the keys the table holds ---- */
+
+static uint64_t names_hash(const struct flows_endpoint *e)
+{
+    const char *s[] = {e->namespace, e->workload, e->workload_kind, e->pod, e->node,
+                       e->service,   e->dns};
+    uint64_t h = 0;
+    for (size_t i = 0; i < sizeof(s) / sizeof(s[0]); i++)
+        h = mix(h, (uint64_t)(uintptr_t)s[i]);
+    return hash_fold(h);
+}
+
+static bool names_equal(const struct flows_names *n, const struct flows_endpoint *e)
+{
+    return n->namespace == e->namespace && n->workload == e->workload &&
+           n->workload_kind == e->workload_kind && n->pod == e->pod && n->node == e->node &&
+           n->service == e->service && n->dns == e->dns;
+}
+
+/* The names of e, or NULL when no edge has them. */
+static struct flows_names *names_find(const struct flows *f, const struct flows_endpoint *e,
+                                      uint64_t h)
+{
+    struct flows_names *n = f->names[h & (f->names_cap - 1)];
+    while (n != NULL && (n->hash != h || !names_equal(n, e)))
+        n = n->next;
+    return n;
+}
+
+static int names_grow(struct flows *f)
+{
+    size_t cap = f->names_cap * 2;
+    struct flows_names **t = calloc(cap, sizeof(*t));
+
+    if (t == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < f->names_cap; i++) {
+        for (struct flows_names *n = f->names[i], *next; n != NULL; n = next) {
+            next = n->next;
+            n->next = t[n->hash & (cap - 1)];
+            t[n->hash & (cap - 1)] = n;
+        }
+    }
+    free(f->names);
+    f->held += (cap - f->names_cap) * sizeof(*t);
+    f->names = t;
+    f->names_cap = cap;
+    return 0;
+}
+
+/* e's names with one more reference (made when new), or NULL on ENOMEM. */
+static struct flows_names *names_get(struct flows *f, const struct flows_endpoint *e, uint64_t h)
+{
+    struct flows_names *n = names_find(f, e, h);
+
+    if (n == NULL) {
+        if (f->nnames >= f->names_cap && names_grow(f) < 0)
+            return NULL;
+        if ((n = malloc(sizeof(*n))) == NULL)
+            return NULL;
+        struct flows_names **head = &f->names[h & (f->names_cap - 1)];
+        *n = (struct flows_names){.next = *head,
+                                  .hash = h,
+                                  .namespace = e->namespace,
+                                  .workload = e->workload,
+                                  .workload_kind = e->workload_kind,
+                                  .pod = e->pod,
+                                  .node = e->node,
+                                  .service = e->service,
+                                  .dns = e->dns};
+        *head = n;
+        f->nnames++;
+        f->held += sizeof(*n);
+    }
+    n->refs++;
+    return n;
+}
+
+/* Drops a reference; the last frees the names. */
+static void names_put(struct flows *f, struct flows_names *n)
+{
+    if (--n->refs > 0)
+        return;
+    struct flows_names **pp = &f->names[n->hash & (f->names_cap - 1)];
+    while (*pp != n)
+        pp = &(*pp)->next;
+    *pp = n->next;
+    f->nnames--;
+    f->held -= sizeof(*n);
+    free(n);
+}
+
+static void names_expand(const struct flows_names *n, struct flows_endpoint *e)
+{
+    e->namespace = n->namespace;
+    e->workload = n->workload;
+    e->workload_kind = n->workload_kind;
+    e->pod = n->pod;
+    e->node = n->node;
+    e->service = n->service;
+    e->dns = n->dns;
+}
+
+/* The table's key for k, whose sides' names are src and dst (a source has no address). */
+static void node_key_of(struct node_key *nk, struct flows_names *src, struct flows_names *dst,
+                        const struct flows_key *k)
+{
+    memset(nk, 0, sizeof(*nk));
+    nk->src = src;
+    nk->dst = dst;
+    memcpy(nk->ip, k->dst.ip, sizeof(nk->ip));
+    nk->port = k->port;
+    nk->protocol = k->protocol;
+    nk->family = k->dst.family;
+}
+
+static uint64_t node_key_hash(const struct node_key *nk)
+{
+    uint64_t a, b;
+    memcpy(&a, nk->ip, 8);
+    memcpy(&b, nk->ip + 8, 8);
+    uint64_t h = mix(mix(0, (uint64_t)(uintptr_t)nk->src), (uint64_t)(uintptr_t)nk->dst);
+    h = mix(mix(mix(h, a), b), (uint64_t)nk->port << 16 | (uint64_t)nk->protocol << 8 | nk->family);
+    return hash_fold(h);
+}
+
+static bool node_key_equal(const struct node_key *a, const struct node_key *b)
+{
+    return a->src == b->src && a->dst == b->dst && a->port == b->port &&
+           a->protocol == b->protocol && a->family == b->family &&
+           memcmp(a->ip, b->ip, sizeof(a->ip)) == 0;
+}
+
+/* The full key of an edge, as queries and results name it. */
+static void node_key_expand(const struct node_key *nk, struct flows_key *k)
+{
+    memset(k, 0, sizeof(*k));
+    names_expand(nk->src, &k->src);
+    names_expand(nk->dst, &k->dst);
+    k->dst.family = nk->family;
+    memcpy(k->dst.ip, nk->ip, sizeof(k->dst.ip));
+    k->port = nk->port;
+    k->protocol = nk->protocol;
+}
+
 /* ---- the store ---- */
 
 struct flows *flows_new(uint64_t retention_ns, uint64_t max_edge_minutes)
@@ -218,16 +395,20 @@ struct flows *flows_new(uint64_t retention_ns, uint64_t max_edge_minutes)
     f->ring = calloc(f->ring_cap, sizeof(*f->ring));
     f->table_cap = 1024;
     f->table = calloc(f->table_cap, sizeof(*f->table));
-    if (f->ring == NULL || f->table == NULL)
+    f->names_cap = 256;
+    f->names = calloc(f->names_cap, sizeof(*f->names));
+    if (f->ring == NULL || f->table == NULL || f->names == NULL)
         goto fail;
     f->stats.capacity = max_edge_minutes;
-    f->held = f->ring_cap * sizeof(*f->ring) + f->table_cap * sizeof(*f->table);
+    f->held = f->ring_cap * sizeof(*f->ring) + f->table_cap * sizeof(*f->table) +
+              f->names_cap * sizeof(*f->names);
     pthread_mutex_init(&f->lock, NULL);
     return f;
 fail:
     if (f != NULL) {
         free(f->ring);
         free(f->table);
+        free(f->names);
     }
     free(f);
     return NULL;
@@ -268,6 +449,13 @@ void flows_free(struct flows *f)
             node_free(n);
         }
     }
+    for (size_t i = 0; i < f->names_cap; i++) {
+        for (struct flows_names *n = f->names[i], *next; n != NULL; n = next) {
+            next = n->next;
+            free(n);
+        }
+    }
+    free(f->names);
     free(f->table);
     free(f->ring);
     flows_result_free(&f->series);
@@ -284,6 +472,8 @@ static void node_unlink(struct flows *f, struct flows_node *n)
     *pp = n->next;
     f->nodes--;
     f->held -= node_bytes(n);
+    names_put(f, n->key.src);
+    names_put(f, n->key.dst);
     node_free(n);
 }
 
@@ -367,19 +557,33 @@ static int table_grow(struct flows *f)
 
 static struct flows_node *node_get(struct flows *f, const struct flows_key *k)
 {
-    uint64_t h = key_hash(k);
-    struct flows_node *n = f->table[h & (f->table_cap - 1)];
+    uint64_t hsrc = names_hash(&k->src), hdst = names_hash(&k->dst);
+    struct flows_names *src = names_find(f, &k->src, hsrc), *dst = names_find(f, &k->dst, hdst);
+    struct flows_node *n;
+    struct node_key nk;
 
-    for (; n != NULL; n = n->next)
-        if (n->hash == h && key_equal(&n->key, k))
-            return n;
+    /* Names no edge has yet: a new edge. */
+    if (src != NULL && dst != NULL) {
+        node_key_of(&nk, src, dst, k);
+        uint64_t h = node_key_hash(&nk);
+        for (n = f->table[h & (f->table_cap - 1)]; n != NULL; n = n->next)
+            if (n->hash == h && node_key_equal(&n->key, &nk))
+                return n;
+    }
     if (f->nodes >= f->table_cap && table_grow(f) < 0)
         return NULL;
     n = calloc(1, sizeof(*n));
-    if (n == NULL)
+    src = n != NULL ? names_get(f, &k->src, hsrc) : NULL;
+    dst = src != NULL ? names_get(f, &k->dst, hdst) : NULL;
+    if (dst == NULL) {
+        if (src != NULL)
+            names_put(f, src);
+        free(n);
         return NULL;
+    }
     f->held += sizeof(*n);
-    n->key = *k;
+    node_key_of(&n->key, src, dst, k);
+    uint64_t h = node_key_hash(&n->key);
     n->hash = h;
     n->next = f->table[h & (f->table_cap - 1)];
     f->table[h & (f->table_cap - 1)] = n;
@@ -639,10 +843,14 @@ void flows_add(struct flows *f, const struct event *events, size_t n, uint64_t n
 uint64_t flows_bytes_recount(struct flows *f)
 {
     pthread_mutex_lock(&f->lock);
-    uint64_t b = f->ring_cap * sizeof(*f->ring) + f->table_cap * sizeof(*f->table);
+    uint64_t b = f->ring_cap * sizeof(*f->ring) + f->table_cap * sizeof(*f->table) +
+                 f->names_cap * sizeof(*f->names);
     for (size_t i = 0; i < f->table_cap; i++)
         for (const struct flows_node *n = f->table[i]; n != NULL; n = n->next)
             b += node_bytes(n);
+    for (size_t i = 0; i < f->names_cap; i++)
+        for (const struct flows_names *n = f->names[i]; n != NULL; n = n->next)
+            b += sizeof(*n);
     pthread_mutex_unlock(&f->lock);
     return b;
 }
@@ -873,15 +1081,17 @@ static int edge_count(struct flows *f, const struct flows_node *n, const struct 
                       uint64_t lo, uint64_t hi, struct flows_result *out)
 {
     struct flows_edge e = {0};
+    struct flows_key k;
 
-    if (!key_match(q, &n->key))
+    node_key_expand(&n->key, &k);
+    if (!key_match(q, &k))
         return 0;
     cold_count(f, n, lo, hi, &e.c);
     for (uint32_t i = minute_lower_bound(n, lo); i < n->count && n->minutes[i].minute <= hi; i++)
         counts_add_minute(&e.c, &n->minutes[i]);
     if (e.c.first_seen_ns == 0 || !status_match(q->status, &e.c))
         return 0;
-    key_project(&n->key, q->group_by, &e.key);
+    key_project(&k, q->group_by, &e.key);
     return flows_result_add(out, &e);
 }
 

@@ -1011,3 +1011,93 @@ Test(flows, byte_count_follows_every_change)
     cr_assert_geq(st.bytes, empty); /* the table may have grown */
     flows_free(f);
 }
+
+/* A connection from pod to the outside address 203.0.113.<host>, at minute m. */
+static struct event outside(unsigned m, const char *pod, unsigned host)
+{
+    struct event e = conn(T0 + m * MIN + 1, pod, NULL, EVENT_STATUS_ESTABLISHED, NULL, 1000);
+    e.daddr[0] = 203;
+    e.daddr[1] = 0;
+    e.daddr[2] = (uint8_t)(host >> 8);
+    e.daddr[3] = (uint8_t)host;
+    return e;
+}
+
+/* The edge of r from pod to 203.0.113.<host>, or NULL. */
+static const struct flows_edge *edge_to(const struct flows_result *r, const char *pod,
+                                        unsigned host)
+{
+    for (size_t i = 0; i < r->count; i++) {
+        const struct flows_key *k = &r->edges[i].key;
+        if (k->src.pod == intern(pod) && k->dst.ip[0] == 203 && k->dst.ip[2] == (host >> 8) &&
+            k->dst.ip[3] == (uint8_t)host)
+            return &r->edges[i];
+    }
+    return NULL;
+}
+
+/*
+ * Edges from one pod to many outside addresses share the pod's names, held
+ * once: an edge costs its buckets and a small key, and when edges go (by
+ * retention here) the ones left keep their names and the last one frees them.
+ */
+Test(flows, edges_share_their_names_and_the_last_edge_frees_them)
+{
+    struct flows *f = flows_new(10 * MIN, 100000);
+    struct flows_query q = all(FLOWS_GROUP_POD);
+    struct flows_result r;
+    struct flows_stats st0, st;
+    struct event ev;
+
+    flows_get_stats(f, &st0);
+    for (unsigned h = 0; h < 1000; h++) {
+        ev = outside(0, "web-0", h);
+        flows_add(f, &ev, 1, T0 + MIN);
+    }
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.edges, 1000);
+    cr_assert_eq(st.bytes, flows_bytes_recount(f));
+    /* Per edge: one plain bucket and a key of two shared name sets and an address. */
+    uint64_t per_edge = (st.bytes - st0.bytes) / 1000;
+    cr_assert_leq(per_edge, sizeof(struct flows_minute) + 128, "%" PRIu64 " bytes per edge",
+                  per_edge);
+
+    /* Minute 5: the same pod to two of the same addresses, and a second pod. */
+    struct event later[] = {outside(5, "web-0", 1), outside(5, "web-0", 2), outside(5, "web-1", 1)};
+    flows_add(f, later, 3, T0 + 5 * MIN + 1);
+    /* Minute 12: retention takes every minute-0 bucket, and with them 998 of web-0's edges. */
+    flows_add(f, NULL, 0, T0 + 12 * MIN);
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.edges, 3);
+    cr_assert_eq(st.bytes, flows_bytes_recount(f));
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 3);
+    for (unsigned h = 1; h <= 2; h++) {
+        const struct flows_edge *e = edge_to(&r, "web-0", h);
+        cr_assert_not_null(e, "web-0 -> %u", h);
+        cr_assert_eq(e->key.src.workload, intern("web"));
+        cr_assert_eq(e->key.src.namespace, intern("shop"));
+        cr_assert_eq(e->key.src.node, intern("node-1"));
+        cr_assert_eq(e->key.dst.family, EVENT_FAMILY_IPV4);
+        cr_assert_eq(e->key.dst.pod, NULL);
+        cr_assert_eq(e->c.connections, 1);
+    }
+    cr_assert_not_null(edge_to(&r, "web-1", 1));
+    flows_result_free(&r);
+
+    /* web-0 -> .0 again: a new edge, its names made anew. */
+    ev = outside(12, "web-0", 0);
+    flows_add(f, &ev, 1, T0 + 12 * MIN + 1);
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 4);
+    cr_assert_not_null(edge_to(&r, "web-0", 0));
+    flows_result_free(&r);
+
+    /* Everything goes: what is left is the tables. */
+    flows_add(f, NULL, 0, T0 + 100 * MIN);
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.edges, 0);
+    cr_assert_eq(st.bytes, flows_bytes_recount(f));
+    cr_assert_eq(st.bytes, st0.bytes);
+    flows_free(f);
+}

@@ -14,7 +14,8 @@
  * events/s counted, and query p50/p99 in ms for one replica and for one
  * replica plus a peer's answer of the same size (run one after the other,
  * so an upper bound), and p99 of the default window (the last 15 minutes)
- * over the same edges.
+ * over the same edges. Last, bytes per edge for edges seen in one minute each
+ * (connections to many addresses outside the cluster).
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -66,6 +67,36 @@ static uint64_t arg(int argc, char **argv, const char *name, uint64_t def)
         if (strcmp(argv[i], name) == 0)
             return strtoull(argv[i + 1], NULL, 10);
     return def;
+}
+
+/*
+ * The other end of the scale: n edges seen in one minute each, as
+ * connections from the pods to n distinct addresses outside the cluster
+ * make (each address its own edge): bytes per edge as the store accounts
+ * them, its key and one plain bucket.
+ */
+static void one_minute_edges(uint64_t n, const char **pods, size_t npods, struct event *e,
+                             uint64_t now)
+{
+    struct flows *f = flows_new(60 * NS_PER_MIN, n);
+    struct flows_stats st0, st;
+
+    flows_get_stats(f, &st0);
+    memset(&e->peer, 0, sizeof(e->peer));
+    e->timestamp_ns = now - NS_PER_MIN + 1;
+    for (uint64_t i = 0; i < n; i++) {
+        e->k8s.pod_name = pods[i % npods];
+        e->daddr[0] = 100;
+        e->daddr[1] = (uint8_t)(i >> 16);
+        e->daddr[2] = (uint8_t)(i >> 8);
+        e->daddr[3] = (uint8_t)i;
+        flows_add(f, e, 1, e->timestamp_ns);
+    }
+    flows_get_stats(f, &st);
+    line("flows.one_minute_edges", (double)st.edges, "edges", NULL, 0);
+    line("flows.bytes_per_one_minute_edge",
+         st.edges ? (double)(st.bytes - st0.bytes) / (double)st.edges : 0.0, "bytes", NULL, 0);
+    flows_free(f);
 }
 
 int main(int argc, char **argv)
@@ -189,7 +220,8 @@ int main(int argc, char **argv)
     free(one);
     free(two);
     free(last15);
-    free(pods);
     flows_free(f);
+    one_minute_edges(edges * 10, pods, edges, &e, now);
+    free(pods);
     return 0;
 }
