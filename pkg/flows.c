@@ -734,7 +734,7 @@ static bool counts(const struct event *e)
     return e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT;
 }
 
-static void minute_count(struct flows_minute *m, const struct event *e)
+static void minute_count(struct flows *f, struct flows_minute *m, const struct event *e)
 {
     if (m->first_seen_ns == 0 || e->timestamp_ns < m->first_seen_ns)
         m->first_seen_ns = e->timestamp_ns;
@@ -754,7 +754,8 @@ static void minute_count(struct flows_minute *m, const struct event *e)
         flows_add32(&m->hist[hist_bucket(e->u.conn.latency_ns)], 1);
     } else if (e->status == EVENT_STATUS_FAILED) {
         flows_add32(&m->failed, 1);
-        flows_minute_error_add(m, e->u.conn.error != NULL ? e->u.conn.error : intern("unknown"), 1);
+        const char *error = e->u.conn.error != NULL ? e->u.conn.error : intern("unknown");
+        flows_minute_error_add(m, flows_errtab_id(&f->errtab, error), 1);
     }
 }
 
@@ -781,7 +782,7 @@ static int add_elsewhere(struct flows *f, struct flows_node **np, const struct f
             return -ENOMEM;
     }
     if (to_cold) {
-        minute_count(&one, e);
+        minute_count(f, &one, e);
         if (cold_put(f, n, &one) < 0)
             goto fail;
         if (!exists) {
@@ -794,7 +795,7 @@ static int add_elsewhere(struct flows *f, struct flows_node **np, const struct f
         node_cool(f, n, minute);
     if ((m = minute_get(f, n, minute)) == NULL)
         goto fail;
-    minute_count(m, e);
+    minute_count(f, m, e);
     return 0;
 fail:
     if (node_buckets(n) == 0)
@@ -822,7 +823,7 @@ static void add_one(struct flows *f, const struct event *e, uint64_t now_ns)
         return;
     }
     if (m != NULL)
-        minute_count(m, e);
+        minute_count(f, m, e);
     f->stats.events++;
     if (f->max_series > 0)
         series_count(f, &k, e);
@@ -908,7 +909,9 @@ static void seen_merge(struct flows_counts *c, uint64_t first, uint64_t last)
         c->last_seen_ns = last;
 }
 
-static void counts_add_minute(struct flows_counts *c, const struct flows_minute *m)
+/* Adds a minute of f (whose table names its failure causes). */
+static void counts_add_minute(const struct flows *f, struct flows_counts *c,
+                              const struct flows_minute *m)
 {
     flows_add64(&c->connections, m->connections);
     flows_add64(&c->established, m->established);
@@ -917,8 +920,8 @@ static void counts_add_minute(struct flows_counts *c, const struct flows_minute 
     flows_add64(&c->retransmits, m->retransmits);
     flows_add64(&c->bytes_sent, m->bytes_sent);
     flows_add64(&c->bytes_received, m->bytes_received);
-    for (size_t i = 0; i < FLOWS_ERROR_SLOTS && m->errors[i] != NULL; i++)
-        counts_error_add(c, m->errors[i], m->error_counts[i]);
+    for (size_t i = 0; i < FLOWS_ERROR_SLOTS && m->errors[i] != 0; i++)
+        counts_error_add(c, f->errtab.names[m->errors[i] - 1], m->error_counts[i]);
     flows_add64(&c->errors_other, m->errors_other);
     for (size_t i = 0; i < FLOWS_HIST_BUCKETS; i++)
         flows_add64(&c->hist[i], m->hist[i]);
@@ -1052,9 +1055,16 @@ static uint32_t minute_lower_bound(const struct flows_node *n, uint64_t lo)
     return a;
 }
 
+/* What flows_seg_each() calls back with, to add compacted minutes. */
+struct cold_counter {
+    const struct flows *f;
+    struct flows_counts *c;
+};
+
 static void count_minute(void *ctx, const struct flows_minute *m)
 {
-    counts_add_minute(ctx, m);
+    const struct cold_counter *cc = ctx;
+    counts_add_minute(cc->f, cc->c, m);
 }
 
 /*
@@ -1070,9 +1080,10 @@ static void cold_count(struct flows *f, const struct flows_node *n, uint64_t lo,
         if (last < lo || first > hi)
             continue;
         if ((first >= lo || flows_seg_first_minute(seg) >= lo) && last <= hi)
-            counts_add_minute(c, &seg->total);
+            counts_add_minute(f, c, &seg->total);
         else
-            flows_seg_each(seg, &f->errtab, lo, hi, count_minute, c);
+            flows_seg_each(seg, &f->errtab, lo, hi, count_minute,
+                           &(struct cold_counter){.f = f, .c = c});
     }
 }
 
@@ -1088,7 +1099,7 @@ static int edge_count(struct flows *f, const struct flows_node *n, const struct 
         return 0;
     cold_count(f, n, lo, hi, &e.c);
     for (uint32_t i = minute_lower_bound(n, lo); i < n->count && n->minutes[i].minute <= hi; i++)
-        counts_add_minute(&e.c, &n->minutes[i]);
+        counts_add_minute(f, &e.c, &n->minutes[i]);
     if (e.c.first_seen_ns == 0 || !status_match(q->status, &e.c))
         return 0;
     key_project(&k, q->group_by, &e.key);
@@ -1254,8 +1265,8 @@ static void series_count(struct flows *f, const struct flows_key *k, const struc
         one.key.dst.namespace = one.key.dst.workload = other;
         f->series_folded++;
     }
-    minute_count(&m, e);
-    counts_add_minute(&one.c, &m);
+    minute_count(f, &m, e);
+    counts_add_minute(f, &one.c, &m);
     if (e->type == EVENT_CONNECTION && e->status == EVENT_STATUS_ESTABLISHED)
         one.c.latency_sum_ns = e->u.conn.latency_ns;
     if (flows_result_add(&f->series, &one) < 0)

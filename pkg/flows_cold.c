@@ -35,12 +35,12 @@ enum {
 /* The largest record: every varint at its widest. */
 #define REC_MAX (10 * (1 + 9 + 2 + 1 + 2 * FLOWS_ERROR_SLOTS + 1) + 11 * FLOWS_HIST_BUCKETS)
 
-void flows_minute_error_add(struct flows_minute *m, const char *error, uint64_t v)
+void flows_minute_error_add(struct flows_minute *m, uint8_t id, uint64_t v)
 {
-    for (size_t i = 0; i < FLOWS_ERROR_SLOTS; i++) {
-        if (m->errors[i] == NULL)
-            m->errors[i] = error;
-        if (m->errors[i] == error) {
+    for (size_t i = 0; i < FLOWS_ERROR_SLOTS && id != 0; i++) {
+        if (m->errors[i] == 0)
+            m->errors[i] = id;
+        if (m->errors[i] == id) {
             flows_add32(&m->error_counts[i], v);
             return;
         }
@@ -58,7 +58,7 @@ void flows_minute_merge(struct flows_minute *into, const struct flows_minute *m)
     flows_add32(&into->errors_other, m->errors_other);
     flows_add64(&into->bytes_sent, m->bytes_sent);
     flows_add64(&into->bytes_received, m->bytes_received);
-    for (size_t i = 0; i < FLOWS_ERROR_SLOTS && m->errors[i] != NULL; i++)
+    for (size_t i = 0; i < FLOWS_ERROR_SLOTS && m->errors[i] != 0; i++)
         flows_minute_error_add(into, m->errors[i], m->error_counts[i]);
     for (size_t i = 0; i < FLOWS_HIST_BUCKETS; i++)
         flows_add32(&into->hist[i], m->hist[i]);
@@ -69,34 +69,27 @@ void flows_minute_merge(struct flows_minute *into, const struct flows_minute *m)
         into->last_seen_ns = m->last_seen_ns;
 }
 
-/* The number of a cause, added when new; 0 when the table is full. */
-static uint32_t errtab_id(struct flows_errtab *t, const char *name)
+uint8_t flows_errtab_id(struct flows_errtab *t, const char *name)
 {
     for (uint32_t i = 0; i < t->count; i++)
         if (t->names[i] == name)
-            return i + 1;
+            return (uint8_t)(i + 1);
     if (t->count == FLOWS_ERRTAB_MAX)
         return 0;
     t->names[t->count++] = name;
-    return t->count;
+    return (uint8_t)t->count;
 }
 
-static size_t rec_encode(const struct flows_minute *m, uint32_t base, struct flows_errtab *t,
-                         uint8_t *out)
+static size_t rec_encode(const struct flows_minute *m, uint32_t base, uint8_t *out)
 {
     const uint32_t counts[] = {m->connections, m->established, m->failed, m->resets,
                                m->retransmits};
-    uint32_t errors_other = m->errors_other, nerr = 0, nhist = 0, ids[FLOWS_ERROR_SLOTS];
+    uint32_t errors_other = m->errors_other, nerr = 0, nhist = 0;
     unsigned flags = 0;
     uint8_t *p = out;
 
-    for (size_t i = 0; i < FLOWS_ERROR_SLOTS && m->errors[i] != NULL; i++) {
-        ids[i] = errtab_id(t, m->errors[i]);
-        if (ids[i] == 0)
-            flows_add32(&errors_other, m->error_counts[i]);
-        else
-            nerr++;
-    }
+    while (nerr < FLOWS_ERROR_SLOTS && m->errors[nerr] != 0)
+        nerr++;
     for (size_t i = 0; i < FLOWS_HIST_BUCKETS; i++)
         nhist += m->hist[i] != 0;
     for (size_t i = 0; i < 5; i++)
@@ -117,10 +110,8 @@ static size_t rec_encode(const struct flows_minute *m, uint32_t base, struct flo
     p = pb_put_varint(p, m->last_seen_ns > start + first ? m->last_seen_ns - start - first : 0);
     if (nerr) {
         p = pb_put_varint(p, nerr);
-        for (size_t i = 0; i < FLOWS_ERROR_SLOTS && m->errors[i] != NULL; i++) {
-            if (ids[i] == 0)
-                continue;
-            p = pb_put_varint(p, ids[i]);
+        for (size_t i = 0; i < nerr; i++) {
+            p = pb_put_varint(p, m->errors[i]);
             p = pb_put_varint(p, m->error_counts[i]);
         }
     }
@@ -178,7 +169,7 @@ static bool rec_decode(struct pb_rd *r, uint32_t base, const struct flows_errtab
             uint32_t id;
             if (!rd_u32(r, &id) || id == 0 || id > t->count || !rd_u32(r, &m->error_counts[i]))
                 return false;
-            m->errors[i] = t->names[id - 1];
+            m->errors[i] = (uint8_t)id;
         }
     }
     if ((flags & R_ERRO) && !rd_u32(r, &m->errors_other))
@@ -220,7 +211,7 @@ static int seg_reserve(struct flows_seg *s, size_t more)
     return 0;
 }
 
-int flows_seg_put(struct flows_seg *s, const struct flows_minute *m, struct flows_errtab *t)
+int flows_seg_put(struct flows_seg *s, const struct flows_minute *m, const struct flows_errtab *t)
 {
     uint8_t rec[REC_MAX];
     struct flows_minute have, merged;
@@ -250,7 +241,7 @@ int flows_seg_put(struct flows_seg *s, const struct flows_minute *m, struct flow
         flows_minute_merge(&merged, m);
         m = &merged;
     }
-    size_t len = rec_encode(m, s->total.minute, t, rec);
+    size_t len = rec_encode(m, s->total.minute, rec);
     if (len > old && seg_reserve(s, len - old) < 0)
         return -ENOMEM;
     memmove(s->data + at + len, s->data + at + old, s->len - at - old);

@@ -20,13 +20,17 @@
 
 #include "flows.h"
 
-/* One edge's minute; u32 counts are plenty for one edge in one minute (saturating). */
+/*
+ * One edge's minute; u32 counts are plenty for one edge in one minute
+ * (saturating). Failure causes are numbers in the store's table (struct
+ * flows_errtab), a byte each where a pointer took eight.
+ */
 struct flows_minute {
     uint32_t minute; /* since the epoch */
     uint32_t connections, established, failed, resets, retransmits;
     uint32_t errors_other;
     uint32_t error_counts[FLOWS_ERROR_SLOTS];
-    const char *errors[FLOWS_ERROR_SLOTS];
+    uint8_t errors[FLOWS_ERROR_SLOTS]; /* flows_errtab numbers; 0: a free slot */
     uint64_t bytes_sent, bytes_received;
     uint64_t first_seen_ns, last_seen_ns;
     uint32_t hist[FLOWS_HIST_BUCKETS];
@@ -63,17 +67,23 @@ static inline void flows_add64(uint64_t *a, uint64_t v)
     *a = *a + v < *a ? UINT64_MAX : *a + v;
 }
 
-/* Counts v failures of cause error (interned) in m: its slot, or "other" past the slots. */
-void flows_minute_error_add(struct flows_minute *m, const char *error, uint64_t v);
+/* The number of a cause (interned), added when new; 0 when the table is full. */
+uint8_t flows_errtab_id(struct flows_errtab *t, const char *name);
 
-/* Adds one minute into another (counts saturate, seen times widen, causes by slot). */
+/*
+ * Counts v failures of cause id (flows_errtab_id()) in m: its slot, or
+ * "other" past the slots or for id 0.
+ */
+void flows_minute_error_add(struct flows_minute *m, uint8_t id, uint64_t v);
+
+/* Adds one minute into another of the same store (counts saturate, seen times widen). */
 void flows_minute_merge(struct flows_minute *into, const struct flows_minute *m);
 
 /*
  * Puts minute m into s: a new record in minute order, or merged into the
  * record of the same minute. s->total follows. 0, or -ENOMEM (s unchanged).
  */
-int flows_seg_put(struct flows_seg *s, const struct flows_minute *m, struct flows_errtab *t);
+int flows_seg_put(struct flows_seg *s, const struct flows_minute *m, const struct flows_errtab *t);
 
 /* Removes the first (oldest) record; s->total is recomputed. */
 void flows_seg_pop_first(struct flows_seg *s, const struct flows_errtab *t);

@@ -1101,3 +1101,40 @@ Test(flows, edges_share_their_names_and_the_last_edge_frees_them)
     cr_assert_eq(st.bytes, st0.bytes);
     flows_free(f);
 }
+
+/*
+ * Failure causes are numbered in a table of FLOWS_ERRTAB_MAX per store (the
+ * kernel's errno names are a few dozen): past it, a new cause is counted as
+ * "other", never lost, and the causes already numbered keep their names.
+ */
+Test(flows, causes_past_the_table_are_counted_as_other)
+{
+    const unsigned n = FLOWS_ERRTAB_MAX + 45;
+    struct flows *f = flows_new(24 * HOUR, 100000);
+    char cause[32];
+
+    for (unsigned i = 0; i < n; i++) {
+        snprintf(cause, sizeof(cause), "cause-%u", i);
+        struct event e = conn(T0 + i * MIN + 1, "web-0", "db-0", EVENT_STATUS_FAILED, cause, 0);
+        flows_add(f, &e, 1, T0 + i * MIN + 1);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        struct flows_query q = all(FLOWS_GROUP_POD);
+        struct flows_result r;
+        q.since_ns = T0 + i * MIN;
+        q.until_ns = T0 + i * MIN + MIN - 1;
+        run(f, &q, &r);
+        cr_assert_eq(r.count, 1, "minute %u", i);
+        cr_assert_eq(r.edges[0].c.failed, 1, "minute %u", i);
+        snprintf(cause, sizeof(cause), "cause-%u", i);
+        if (i < FLOWS_ERRTAB_MAX) {
+            cr_assert_eq(error_count(&r.edges[0].c, cause), 1, "minute %u", i);
+            cr_assert_eq(r.edges[0].c.errors_other, 0, "minute %u", i);
+        } else {
+            cr_assert_eq(r.edges[0].c.errors[0].error, NULL, "minute %u", i);
+            cr_assert_eq(r.edges[0].c.errors_other, 1, "minute %u", i);
+        }
+        flows_result_free(&r);
+    }
+    flows_free(f);
+}
