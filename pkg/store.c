@@ -373,6 +373,50 @@ static size_t shard_lower_bound(const struct store_shard *sh, uint64_t ts, uint6
 }
 
 /*
+ * Narrows where a late key goes among n sorted ones to [*lo, *hi) by probing
+ * back from the end 1, 2, 4... places (below(obj, i, key): whether the key at
+ * i sorts before it). Late events are mostly just behind the newest few (an
+ * agent's records that left the ring in another order than they were
+ * stamped): a few reads near the end where a binary search of a long shard
+ * or posting list misses the cache at every step. The caller binary-searches
+ * the range.
+ */
+static inline void gallop_back(size_t n, bool (*below)(const void *obj, size_t i, const void *key),
+                               const void *obj, const void *key, size_t *lo, size_t *hi)
+{
+    size_t step = 1;
+    *lo = 0;
+    *hi = n;
+    while (step <= *hi) {
+        size_t i = *hi - step;
+        if (below(obj, i, key)) {
+            *lo = i + 1;
+            return;
+        }
+        *hi = i;
+        step *= 2;
+    }
+}
+
+struct rec_key {
+    uint64_t ts, id;
+};
+
+static bool shard_below(const void *obj, size_t i, const void *key)
+{
+    const struct rec_key *k = key;
+    return shard_cmp_at(obj, i, k->ts, k->id) < 0;
+}
+
+/* shard_lower_bound() for a key that is probably near the end. */
+static size_t shard_lower_bound_late(const struct store_shard *sh, uint64_t ts, uint64_t id)
+{
+    size_t lo, hi;
+    gallop_back(sh->recs.len, shard_below, sh, &(struct rec_key){ts, id}, &lo, &hi);
+    return shard_lower_bound_in(sh, lo, hi, ts, id);
+}
+
+/*
  * Moves *e into its sorted place. Returns 0 with *pos set, 1 when an event
  * with the same (timestamp, id) is already held (e untouched), or -ENOMEM.
  */
@@ -382,7 +426,7 @@ static int shard_insert(struct store_shard *sh, struct event *e, size_t *pos)
     uint64_t ts = e->timestamp_ns, id = e->id;
     /* The common case: newest so far. */
     if (p > 0 && store_key_cmp(sh->newest_ts, sh->newest_id, ts, id) >= 0) {
-        p = shard_lower_bound(sh, ts, id);
+        p = shard_lower_bound_late(sh, ts, id);
         if (p < sh->recs.len && shard_cmp_at(sh, p, ts, id) == 0)
             return 1;
     }
@@ -722,11 +766,10 @@ static int post_entry_cmp(const struct post_entry *a, uint64_t ts, uint64_t id, 
     return a->shard < shard ? -1 : a->shard > shard;
 }
 
-/* First index in [0, hi) whose entry is >= (ts, id, shard). */
-static size_t post_lower_bound(const struct post_list *l, size_t hi, uint64_t ts, uint64_t id,
-                               uint32_t shard)
+/* First index in [lo, hi) whose entry is >= (ts, id, shard); hi when none. */
+static size_t post_lower_bound_in(const struct post_list *l, size_t lo, size_t hi, uint64_t ts,
+                                  uint64_t id, uint32_t shard)
 {
-    size_t lo = 0;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         if (post_entry_cmp(post_at(l, mid), ts, id, shard) < 0)
@@ -735,6 +778,24 @@ static size_t post_lower_bound(const struct post_list *l, size_t hi, uint64_t ts
             hi = mid;
     }
     return lo;
+}
+
+/* First index in [0, hi) whose entry is >= (ts, id, shard). */
+static size_t post_lower_bound(const struct post_list *l, size_t hi, uint64_t ts, uint64_t id,
+                               uint32_t shard)
+{
+    return post_lower_bound_in(l, 0, hi, ts, id, shard);
+}
+
+struct post_key_at {
+    uint64_t ts, id;
+    uint32_t shard;
+};
+
+static bool post_below(const void *obj, size_t i, const void *key)
+{
+    const struct post_key_at *k = key;
+    return post_entry_cmp(post_at(obj, i), k->ts, k->id, k->shard) < 0;
 }
 
 /* Moves the inline entries of a full list into a tiered vector with room for one more. */
@@ -805,9 +866,11 @@ static struct post_list *post_reserve(struct post_index *ix, const struct post_k
 /* Places an entry in order; the list has room (post_reserve()). */
 static void post_insert(struct post_list *l, uint64_t ts, uint64_t id, uint32_t shard)
 {
-    size_t p = l->len;
-    if (p && post_entry_cmp(post_at(l, p - 1), ts, id, shard) > 0)
-        p = post_lower_bound(l, l->len, ts, id, shard);
+    size_t p = l->len, lo, hi;
+    if (p && post_entry_cmp(post_at(l, p - 1), ts, id, shard) > 0) {
+        gallop_back(l->len, post_below, l, &(struct post_key_at){ts, id, shard}, &lo, &hi);
+        p = post_lower_bound_in(l, lo, hi, ts, id, shard);
+    }
     struct post_entry e = {.timestamp_ns = ts, .id = id, .shard = shard};
     if (l->big && p == l->len) {
         memcpy(tvec_append(&l->tv), &e, sizeof(e));
