@@ -10,7 +10,12 @@
  * The hand-off is per batch, so it is kept cheap: sent batches go back on a
  * short free list and the capture thread reuses them (buffer and all, still
  * warm in cache) instead of a malloc on one thread and a free on the other,
- * and the capture thread signals the publisher only when it is asleep.
+ * and the capture thread signals the publisher only when it is asleep. A
+ * batch that fills while the capture thread drains the ring does not wake it
+ * at once: the wake waits for the next publisher_tick() (the capture loop
+ * ticks after each drain) or for PUB_WAKE_BATCHES full batches. At high
+ * event rates a wake per batch was a futex call and a context switch on both
+ * sides every hundred events; this way it is one per drain.
  *
  * Protobuf batches get their metadata (sequence, drop counters, sent_at)
  * appended just before publishing, so the counters are current even for a
@@ -41,6 +46,7 @@
 #define PUB_INITIAL_BUF_BYTES (64u << 10)
 #define PUB_FREE_BATCHES      4            /* sent batches kept for reuse */
 #define PUB_REUSE_MAX_BYTES   (256u << 10) /* larger buffers (rare) go back to malloc */
+#define PUB_WAKE_BATCHES      8            /* full batches that wake the publisher before a tick */
 
 struct batch {
     struct batch *next;
@@ -73,6 +79,7 @@ struct publisher {
     struct batch *free_batches; /* sent, ready for reuse */
     unsigned n_free;
     bool publisher_idle;    /* waiting on wake for work: the only time a new batch signals */
+    bool wake_deferred;     /* capture thread: a full batch waits for a tick to wake it */
     unsigned flush_waiters; /* waiting on drained */
     bool stopping;
     pthread_t thread;
@@ -152,7 +159,8 @@ static void queue_push(struct publisher *p, struct batch *b)
 
 /* ---- capture thread ---- */
 
-static void close_batch(struct publisher *p)
+/* Closes the open batch and queues it; defer: a full one (see the top of this file). */
+static void close_batch_queue(struct publisher *p, bool defer)
 {
     struct batch *b = p->cur;
     p->cur = NULL;
@@ -170,14 +178,23 @@ static void close_batch(struct publisher *p)
     pthread_mutex_lock(&p->mu);
     queue_push(p, b);
     /* Awake, the publisher finds it on its next look at the queue. */
-    if (p->publisher_idle)
+    if (p->publisher_idle && (!defer || get(&p->queue_batches) >= PUB_WAKE_BATCHES)) {
         pthread_cond_signal(&p->wake);
+        p->wake_deferred = false;
+    } else if (p->publisher_idle) {
+        p->wake_deferred = true;
+    }
     if (!p->spare && p->free_batches) {
         p->spare = p->free_batches;
         p->free_batches = p->spare->next;
         p->n_free--;
     }
     pthread_mutex_unlock(&p->mu);
+}
+
+static void close_batch(struct publisher *p)
+{
+    close_batch_queue(p, false);
 }
 
 int publisher_add(struct publisher *p, const struct event *e)
@@ -230,13 +247,21 @@ int publisher_add(struct publisher *p, const struct event *e)
     if (limit > BUS_MAX_MESSAGE_BYTES)
         limit = BUS_MAX_MESSAGE_BYTES;
     if (b->n_events >= p->cfg.batch_size || b->body.len + PUB_EVENT_HEADROOM > limit)
-        close_batch(p);
+        close_batch_queue(p, true);
     return 0;
 }
 
 uint64_t publisher_tick(struct publisher *p, uint64_t now)
 {
     struct batch *b = p->cur;
+    /* Only this thread sets or clears it; the lock is for the publisher's idle flag. */
+    if (p->wake_deferred) {
+        pthread_mutex_lock(&p->mu);
+        if (p->wake_deferred && p->publisher_idle)
+            pthread_cond_signal(&p->wake);
+        p->wake_deferred = false;
+        pthread_mutex_unlock(&p->mu);
+    }
     if (!b)
         return p->cfg.flush_interval_ns;
     uint64_t due = b->opened_ns + p->cfg.flush_interval_ns;

@@ -70,12 +70,16 @@ void publisher_free(struct publisher *p);
 
 /*
  * Encodes e into the current batch (e is not kept). Returns 0, or a negative
- * errno when the event could not be encoded (counted as an agent drop).
+ * errno when the event could not be encoded (counted as an agent drop). A
+ * batch it fills is queued; the publisher thread, if asleep, is woken at the
+ * next publisher_tick() or once 8 full batches wait, so a capture loop that
+ * ticks after each drain of the ring wakes it once per drain.
  */
 int publisher_add(struct publisher *p, const struct event *e);
 
 /*
- * Closes the current batch when it is flush_interval old. now is
+ * Wakes the publisher for the full batches publisher_add() queued, and
+ * closes the current batch when it is flush_interval old. now is
  * CLOCK_MONOTONIC in ns. Returns the ns until the next flush deadline
  * (flush_interval when no batch is open), for the caller's poll timeout.
  */

@@ -306,8 +306,10 @@ Test(publisher, batch_size_and_flush_interval_govern_messages)
     fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 10, flush, 1 << 20, false);
     publisher_set_kernel_drops(f.pub, 7);
 
-    /* 20 events: two full batches go out at once, without any tick. */
+    /* 20 events: two full batches, sent at the tick that follows (as the capture loop ticks
+     * after each drain of the ring), not waiting for the flush interval. */
     add_events(f.pub, 0, 20);
+    publisher_tick(f.pub, mono_ns());
     for (unsigned k = 0; k < 2; k++) {
         natsMsg *m = next_msg(&f, WAIT_MS);
         cr_assert_not_null(m, "full batch %u not received", k + 1);
@@ -404,6 +406,40 @@ static bool wait_bus(struct bus *b, bool connected)
     return true;
 }
 
+/*
+ * Full batches wake a sleeping publisher at the capture loop's next tick, or
+ * without one once eight wait: a loop that drains a large ring before it
+ * ticks never holds more than that back.
+ */
+Test(publisher, full_batches_go_at_the_tick_or_eight_at_a_time)
+{
+    struct fixture f;
+    fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 1, 3600ull * 1000 * MS, 1 << 20, false);
+
+    /* Three full batches: sent at the tick. */
+    add_events(f.pub, 0, 3);
+    publisher_tick(f.pub, mono_ns());
+    for (uint64_t seq = 1; seq <= 3; seq++) {
+        natsMsg *m = next_msg(&f, WAIT_MS);
+        cr_assert_not_null(m, "batch %llu not received after the tick", (unsigned long long)seq);
+        cr_assert_eq(header_u64(m, BUS_HDR_SEQUENCE), seq);
+        natsMsg_Destroy(m);
+    }
+    /* Eight more and no tick: the eighth wakes the publisher, which sends them all. */
+    add_events(f.pub, 3, 8);
+    for (uint64_t seq = 4; seq <= 11; seq++) {
+        natsMsg *m = next_msg(&f, WAIT_MS);
+        cr_assert_not_null(m, "batch %llu not received without a tick", (unsigned long long)seq);
+        cr_assert_eq(header_u64(m, BUS_HDR_SEQUENCE), seq);
+        natsMsg_Destroy(m);
+    }
+    struct publisher_stats st;
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.batches_sent, 11);
+    cr_assert_eq(st.events_dropped, 0);
+    fixture_close(&f);
+}
+
 Test(publisher, outage_queues_drops_oldest_and_resumes)
 {
     /* One event per batch, so batches and events count alike. */
@@ -412,6 +448,7 @@ Test(publisher, outage_queues_drops_oldest_and_resumes)
     fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 1, 100 * MS, outage_bytes, true);
 
     add_events(f.pub, 0, 2);
+    publisher_tick(f.pub, mono_ns());
     for (uint64_t seq = 1; seq <= 2; seq++) {
         natsMsg *m = next_msg(&f, WAIT_MS);
         cr_assert_not_null(m);
