@@ -732,6 +732,21 @@ Test(store, batches_match_single_adds_under_out_of_order_load)
     store_free(batched);
 }
 
+/* Adds copies of all[0..n) in batches of 1 to max (<= 500) events, as they come off a bus. */
+static void add_in_batches(struct store *s, const struct event *all, size_t n, unsigned max)
+{
+    struct event copy[500];
+    cr_assert_leq(max, 500);
+    for (size_t i = 0; i < n;) {
+        size_t k = 1 + rng_below(max);
+        if (k > n - i)
+            k = n - i;
+        memcpy(copy, &all[i], k * sizeof(*copy));
+        cr_assert_eq(store_add_move_batch(s, copy, k), 0);
+        i += k;
+    }
+}
+
 /*
  * Shards and posting lists of several thousand events filled in random
  * time order (a clock that steps back, a publisher sending any order), with
@@ -751,15 +766,7 @@ Test(store, large_shards_in_random_order_answer_like_a_scan)
         all[i].dport = (uint16_t)rng_below(2);
         set_comm(&all[i], COMMANDS[rng_below(2)]);
     }
-    for (size_t i = 0; i < N;) {
-        size_t n = 1 + rng_below(500);
-        if (n > N - i)
-            n = N - i;
-        struct event copy[500];
-        memcpy(copy, &all[i], n * sizeof(*copy));
-        cr_assert_eq(store_add_move_batch(s, copy, n), 0);
-        i += n;
-    }
+    add_in_batches(s, all, N, 500);
     /* What the store must hold: the CAP newest. */
     memcpy(held, all, sizeof(all));
     qsort(held, N, sizeof(held[0]), cmp_newest_first);
@@ -812,15 +819,7 @@ Test(store, nearly_ordered_events_answer_like_a_scan)
         all[i].dport = (uint16_t)rng_below(2);
         set_comm(&all[i], COMMANDS[rng_below(2)]);
     }
-    for (size_t i = 0; i < N;) {
-        size_t n = 1 + rng_below(64);
-        if (n > N - i)
-            n = N - i;
-        struct event copy[64];
-        memcpy(copy, &all[i], n * sizeof(*copy));
-        cr_assert_eq(store_add_move_batch(s, copy, n), 0);
-        i += n;
-    }
+    add_in_batches(s, all, N, 64);
     memcpy(held, all, sizeof(all));
     qsort(held, N, sizeof(held[0]), cmp_newest_first);
     const char *queries[] = {"limit=10000", "pid=2&limit=10000", "command=sh&limit=10000",
