@@ -732,6 +732,25 @@ Test(store, batches_match_single_adds_under_out_of_order_load)
     store_free(batched);
 }
 
+/*
+ * qs answers exactly what a scan of held[0..n) (newest first) selects, more
+ * than min_matches events, every one in order (want: scratch of n events).
+ */
+static void assert_answers_like_a_scan(struct store *s, const char *qs, const struct event *held,
+                                       size_t n, size_t min_matches, struct event *want)
+{
+    struct query q = parse_q(qs);
+    struct store_result r;
+    size_t m = reference(held, n, &q, want);
+    cr_assert_gt(m, min_matches, "%s: a query that selects something", qs);
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, m, "%s: %zu results, want %zu", qs, r.count, m);
+    cr_assert_eq(r.total_count, m, "%s", qs);
+    for (size_t i = 0; i < m; i++)
+        cr_assert_eq(r.events[i].id, want[i].id, "%s: result %zu", qs, i);
+    store_result_free(&r);
+}
+
 /* Adds copies of all[0..n) in batches of 1 to max (<= 500) events, as they come off a bus. */
 static void add_in_batches(struct store *s, const struct event *all, size_t n, unsigned max)
 {
@@ -778,18 +797,8 @@ Test(store, large_shards_in_random_order_answer_like_a_scan)
         "dest_port=1&pid=3&limit=10000",
         "type=exit&node=node-a&limit=10000",
         "since=1970-01-01T00:00:00.0011Z&until=1970-01-01T00:00:00.0012Z&limit=10000"};
-    for (size_t k = 0; k < sizeof(queries) / sizeof(queries[0]); k++) {
-        struct query q = parse_q(queries[k]);
-        struct store_result r;
-        size_t m = reference(held, CAP, &q, want);
-        cr_assert_gt(m, 100, "%s: a query that selects something", queries[k]);
-        cr_assert_eq(store_query(s, &q, &r), 0);
-        cr_assert_eq(r.count, m, "%s: %zu results, want %zu", queries[k], r.count, m);
-        cr_assert_eq(r.total_count, m, "%s", queries[k]);
-        for (size_t i = 0; i < m; i++)
-            cr_assert_eq(r.events[i].id, want[i].id, "%s: result %zu", queries[k], i);
-        store_result_free(&r);
-    }
+    for (size_t k = 0; k < sizeof(queries) / sizeof(queries[0]); k++)
+        assert_answers_like_a_scan(s, queries[k], held, CAP, 100, want);
     struct store_stats st;
     store_get_stats(s, &st);
     cr_assert_eq(st.events, CAP);
@@ -824,17 +833,8 @@ Test(store, nearly_ordered_events_answer_like_a_scan)
     qsort(held, N, sizeof(held[0]), cmp_newest_first);
     const char *queries[] = {"limit=10000", "pid=2&limit=10000", "command=sh&limit=10000",
                              "dest_port=1&pid=1&limit=10000"};
-    for (size_t k = 0; k < sizeof(queries) / sizeof(queries[0]); k++) {
-        struct query q = parse_q(queries[k]);
-        struct store_result r;
-        size_t m = reference(held, CAP, &q, want);
-        cr_assert_gt(m, 1000, "%s: a query that selects something", queries[k]);
-        cr_assert_eq(store_query(s, &q, &r), 0);
-        cr_assert_eq(r.count, m, "%s: %zu results, want %zu", queries[k], r.count, m);
-        for (size_t i = 0; i < m; i++)
-            cr_assert_eq(r.events[i].id, want[i].id, "%s: result %zu", queries[k], i);
-        store_result_free(&r);
-    }
+    for (size_t k = 0; k < sizeof(queries) / sizeof(queries[0]); k++)
+        assert_answers_like_a_scan(s, queries[k], held, CAP, 1000, want);
     store_free(s);
 }
 
