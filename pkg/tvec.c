@@ -2,7 +2,7 @@
  * The tiered vector of tvec.h.
  *
  * In blocks, element i lives at offset j = off0 + i of the sequence of
- * blocks: block j / TVEC_BLOCK, offset j % TVEC_BLOCK. Inserting at index
+ * blocks: block j / B, offset j % B (B = tvec_block(v)). Inserting at index
  * p moves the elements on one side of p by one place: within p's block by
  * copying, and across every block between p and that end by rotating the
  * block (its head) and handing one element to the neighbour. Which side
@@ -14,13 +14,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BMASK (TVEC_BLOCK - 1)
+/* The last offset in a block of v, and the block's size. */
+#define BMASK(v) (tvec_block(v) - 1)
+#define BLOCK(v) tvec_block(v)
 
-void tvec_init(struct tvec *v, size_t esz, size_t min_cap)
+void tvec_init_blocks(struct tvec *v, size_t esz, size_t min_cap, unsigned block_shift)
 {
     memset(v, 0, sizeof(*v));
     v->esz = (uint16_t)esz;
     v->min_cap = (uint16_t)(min_cap ? min_cap : 1);
+    v->bshift = (uint8_t)block_shift;
+}
+
+void tvec_init(struct tvec *v, size_t esz, size_t min_cap)
+{
+    tvec_init_blocks(v, esz, min_cap, TVEC_BLOCK_SHIFT);
 }
 
 void tvec_free(struct tvec *v)
@@ -32,14 +40,14 @@ void tvec_free(struct tvec *v)
     } else {
         free(v->ring);
     }
-    tvec_init(v, v->esz, v->min_cap);
+    tvec_init_blocks(v, v->esz, v->min_cap, v->bshift);
 }
 
 size_t tvec_bytes(const struct tvec *v)
 {
     if (!v->nblk)
         return (size_t)v->cap * v->esz;
-    return v->nblk * TVEC_BLOCK * v->esz + v->dir_cap * sizeof(struct tvec_blk);
+    return v->nblk * BLOCK(v) * v->esz + v->dir_cap * sizeof(struct tvec_blk);
 }
 
 /* Slot s (< 2 * cap) of a ring of cap elements. */
@@ -88,7 +96,7 @@ static inline unsigned char *ring_at(const struct tvec *v, size_t i)
 
 /*
  * The next capacity of a small ring: a quarter more (at least one), up to
- * TVEC_BLOCK (where it becomes the first block). Growing by a quarter rather
+ * a block (where it becomes the first block). Growing by a quarter rather
  * than doubling leaves little unused room (a shard or list of n elements
  * holds at most 1.25 n + 1 slots: the history holds many small ones), for
  * about four copies of each element while a ring grows instead of two.
@@ -96,7 +104,7 @@ static inline unsigned char *ring_at(const struct tvec *v, size_t i)
 static size_t ring_next_cap(const struct tvec *v)
 {
     size_t cap = v->cap ? v->cap + (v->cap + 3) / 4 : v->min_cap;
-    return cap < TVEC_BLOCK ? cap : TVEC_BLOCK;
+    return cap < BLOCK(v) ? cap : BLOCK(v);
 }
 
 /* A ring of cap elements holding the current ones in order (small or in blocks). */
@@ -149,7 +157,7 @@ static inline struct tvec_blk *blk(const struct tvec *v, size_t k)
 
 static inline unsigned char *slot(const struct tvec *v, const struct tvec_blk *b, size_t off)
 {
-    return b->data + ((b->head + off) & BMASK) * v->esz;
+    return b->data + ((b->head + off) & BMASK(v)) * v->esz;
 }
 
 /* Offsets [from, to) of block b move one place up (+1) or down (-1). */
@@ -157,7 +165,7 @@ static void blk_shift(const struct tvec *v, const struct tvec_blk *b, size_t fro
                       int dir)
 {
     if (to > from)
-        ring_move(b->data, TVEC_BLOCK, b->head, v->esz, from, to - from, dir);
+        ring_move(b->data, BLOCK(v), b->head, v->esz, from, to - from, dir);
 }
 
 static int dir_grow(struct tvec *v)
@@ -178,7 +186,7 @@ static int dir_grow(struct tvec *v)
 /* Blocks holding elements; at most one more (empty, at the end) is kept. */
 static size_t used_blocks(const struct tvec *v)
 {
-    return (v->off0 + v->len + BMASK) >> TVEC_BLOCK_SHIFT;
+    return (v->off0 + v->len + BMASK(v)) >> v->bshift;
 }
 
 static void trim_blocks(struct tvec *v)
@@ -187,14 +195,14 @@ static void trim_blocks(struct tvec *v)
         v->nblk--;
         free(blk(v, v->nblk)->data);
     }
-    if (v->len <= TVEC_BLOCK / 4) /* stays in blocks when out of memory */
+    if (v->len <= BLOCK(v) / 4) /* stays in blocks when out of memory */
         (void)to_ring(v, 2 * v->len > v->min_cap ? 2 * v->len : v->min_cap);
 }
 
 /* The first block is empty (off0 reached the end): drop it. */
 static void drop_empty_first(struct tvec *v)
 {
-    if (v->off0 < TVEC_BLOCK)
+    if (v->off0 < BLOCK(v))
         return;
     if (v->nblk == 1) { /* then empty: start the block over */
         v->off0 = 0;
@@ -203,16 +211,16 @@ static void drop_empty_first(struct tvec *v)
     free(blk(v, 0)->data);
     v->head = (v->head + 1) & (v->dir_cap - 1);
     v->nblk--;
-    v->off0 -= TVEC_BLOCK;
+    v->off0 -= (uint32_t)BLOCK(v);
 }
 
 /* tvec_reserve() when there is no room: a larger ring, or one more block. */
 int tvec_grow(struct tvec *v)
 {
     if (!v->nblk) {
-        if (v->cap < TVEC_BLOCK)
+        if (v->cap < BLOCK(v))
             return to_ring(v, ring_next_cap(v));
-        /* A full ring of TVEC_BLOCK becomes the first block. */
+        /* A full ring of a block's size becomes the first block. */
         struct tvec_blk *dir = malloc(4 * sizeof(*dir));
         if (!dir)
             return -ENOMEM;
@@ -226,7 +234,7 @@ int tvec_grow(struct tvec *v)
     }
     if (v->nblk == v->dir_cap && dir_grow(v) < 0)
         return -ENOMEM;
-    unsigned char *data = malloc(TVEC_BLOCK * v->esz);
+    unsigned char *data = malloc(BLOCK(v) * v->esz);
     if (!data)
         return -ENOMEM;
     *blk(v, v->nblk) = (struct tvec_blk){.data = data, .head = 0};
@@ -239,7 +247,7 @@ static void insert_front(struct tvec *v, size_t k, size_t o, const void *elem)
 {
     if (o == 0) { /* right after the last element of block k - 1 */
         k--;
-        o = TVEC_BLOCK;
+        o = BLOCK(v);
     }
     if (k == 0) {
         blk_shift(v, blk(v, 0), v->off0, o, -1);
@@ -247,8 +255,8 @@ static void insert_front(struct tvec *v, size_t k, size_t o, const void *elem)
         /* Each block before k rotates down one place and takes its successor's first element. */
         for (size_t b = 0; b < k; b++) {
             struct tvec_blk *cur = blk(v, b), *next = blk(v, b + 1);
-            cur->head = (cur->head + 1) & BMASK;
-            memcpy(slot(v, cur, BMASK), slot(v, next, 0), v->esz);
+            cur->head = (cur->head + 1) & BMASK(v);
+            memcpy(slot(v, cur, BMASK(v)), slot(v, next, 0), v->esz);
         }
         /* Block k's first element went to block k - 1: the rest before o move down. */
         blk_shift(v, blk(v, k), 1, o, -1);
@@ -260,15 +268,15 @@ static void insert_front(struct tvec *v, size_t k, size_t o, const void *elem)
 /* Inserts by moving pos and what follows one place up; the block of index len exists. */
 static void insert_back(struct tvec *v, size_t k, size_t o, const void *elem)
 {
-    size_t end = v->off0 + v->len, last = end >> TVEC_BLOCK_SHIFT;
+    size_t end = v->off0 + v->len, last = end >> v->bshift;
     /* From the end back to k + 1: each block rotates up one place and takes its predecessor's last.
      */
     for (size_t b = last; b > k; b--) {
         struct tvec_blk *cur = blk(v, b), *prev = blk(v, b - 1);
-        cur->head = (cur->head - 1) & BMASK;
-        memcpy(slot(v, cur, 0), slot(v, prev, BMASK), v->esz);
+        cur->head = (cur->head - 1) & BMASK(v);
+        memcpy(slot(v, cur, 0), slot(v, prev, BMASK(v)), v->esz);
     }
-    size_t stop = k < last ? BMASK : end & BMASK;
+    size_t stop = k < last ? BMASK(v) : end & BMASK(v);
     blk_shift(v, blk(v, k), o, stop, +1);
     memcpy(slot(v, blk(v, k), o), elem, v->esz);
 }
@@ -279,7 +287,7 @@ void tvec_insert(struct tvec *v, size_t pos, const void *elem)
         ring_insert(v, pos, elem);
         return;
     }
-    size_t j = v->off0 + pos, k = j >> TVEC_BLOCK_SHIFT, o = j & BMASK;
+    size_t j = v->off0 + pos, k = j >> v->bshift, o = j & BMASK(v);
     if (v->off0 > 0 && pos < v->len / 2)
         insert_front(v, k, o, elem);
     else
@@ -293,27 +301,27 @@ void tvec_remove(struct tvec *v, size_t pos)
         ring_remove(v, pos);
         return;
     }
-    size_t j = v->off0 + pos, k = j >> TVEC_BLOCK_SHIFT, o = j & BMASK;
+    size_t j = v->off0 + pos, k = j >> v->bshift, o = j & BMASK(v);
     if (pos < v->len / 2) {
         /* What precedes pos moves one place up; the first block frees an offset. */
         blk_shift(v, blk(v, k), k == 0 ? v->off0 : 0, o, +1);
         for (size_t b = k; b > 0; b--) {
             struct tvec_blk *cur = blk(v, b), *prev = blk(v, b - 1);
-            memcpy(slot(v, cur, 0), slot(v, prev, BMASK), v->esz);
-            prev->head = (prev->head - 1) & BMASK;
+            memcpy(slot(v, cur, 0), slot(v, prev, BMASK(v)), v->esz);
+            prev->head = (prev->head - 1) & BMASK(v);
         }
         v->off0++;
         v->len--;
         drop_empty_first(v);
     } else {
         /* What follows pos moves one place down. */
-        size_t last = (v->off0 + v->len - 1) >> TVEC_BLOCK_SHIFT;
-        size_t stop = k < last ? TVEC_BLOCK : ((v->off0 + v->len - 1) & BMASK) + 1;
+        size_t last = (v->off0 + v->len - 1) >> v->bshift;
+        size_t stop = k < last ? BLOCK(v) : ((v->off0 + v->len - 1) & BMASK(v)) + 1;
         blk_shift(v, blk(v, k), o + 1, stop, -1);
         for (size_t b = k + 1; b <= last; b++) {
             struct tvec_blk *cur = blk(v, b), *prev = blk(v, b - 1);
-            memcpy(slot(v, prev, BMASK), slot(v, cur, 0), v->esz);
-            cur->head = (cur->head + 1) & BMASK;
+            memcpy(slot(v, prev, BMASK(v)), slot(v, cur, 0), v->esz);
+            cur->head = (cur->head + 1) & BMASK(v);
         }
         v->len--;
     }

@@ -1,17 +1,21 @@
 /*
  * A sequence of fixed-size elements kept in order, with access by index in
- * O(1) and insertion or removal anywhere in O(TVEC_BLOCK + len / TVEC_BLOCK)
- * element moves (a tiered vector), where a plain ring would move up to len.
+ * O(1) and insertion or removal anywhere in O(B + len / B) element moves
+ * (a tiered vector of blocks of B elements), where a plain ring would move
+ * up to len.
  *
  * The store keeps its shards and posting lists sorted by time, and events
  * do not always arrive in order: an agent's clock steps back, or a publisher
  * sends timestamps in any order. With a ring every such event shifted half
  * a shard; here it shifts at most one block and one element per block.
  *
- * Up to TVEC_BLOCK elements it is a ring that grows by a quarter. Beyond,
- * it is a ring of blocks of TVEC_BLOCK elements, each a ring itself, all
- * full except the first (filled from the end) and the last (from the
- * start). Not thread-safe; elements are copied with memcpy.
+ * Up to B elements it is a ring that grows by a quarter. Beyond, it is a
+ * ring of blocks of B elements, each a ring itself, all full except the
+ * first (filled from the end) and the last (from the start). B is the
+ * vector's own (TVEC_BLOCK unless tvec_init_blocks() says otherwise): larger
+ * blocks move fewer blocks' elements on an insertion in the middle of a
+ * long sequence, smaller ones leave less unused room in the last block.
+ * Not thread-safe; elements are copied with memcpy.
  */
 #ifndef EBPF_MONITOR_TVEC_H
 #define EBPF_MONITOR_TVEC_H
@@ -22,9 +26,12 @@
 
 #define TVEC_BLOCK_SHIFT 10
 #define TVEC_BLOCK       ((size_t)1 << TVEC_BLOCK_SHIFT)
+/* The block sizes tvec_init_blocks() takes, as shifts. */
+#define TVEC_BLOCK_SHIFT_MIN 4
+#define TVEC_BLOCK_SHIFT_MAX 16
 
 struct tvec_blk {
-    unsigned char *data; /* TVEC_BLOCK elements */
+    unsigned char *data; /* B elements */
     size_t head;         /* slot of offset 0 */
 };
 
@@ -40,13 +47,24 @@ struct tvec {
     uint32_t off0; /* in blocks: offset of element 0 in the first block */
     uint32_t nblk, dir_cap;
     uint16_t esz, min_cap;
+    uint8_t bshift; /* B = 1 << bshift */
 };
 
 /*
- * An empty sequence of esz-byte elements (esz < 65536); a small ring starts
- * at min_cap (2 to TVEC_BLOCK). At most UINT32_MAX elements.
+ * An empty sequence of esz-byte elements (esz < 65536) in blocks of
+ * TVEC_BLOCK; a small ring starts at min_cap (2 to TVEC_BLOCK). At most
+ * UINT32_MAX elements.
  */
 void tvec_init(struct tvec *v, size_t esz, size_t min_cap);
+/* The same with blocks of 1 << block_shift elements (TVEC_BLOCK_SHIFT_MIN to _MAX; min_cap at
+ * most that). */
+void tvec_init_blocks(struct tvec *v, size_t esz, size_t min_cap, unsigned block_shift);
+
+/* Elements per block of v. */
+static inline size_t tvec_block(const struct tvec *v)
+{
+    return (size_t)1 << v->bshift;
+}
 /* Frees the memory; the elements themselves are not looked at. */
 void tvec_free(struct tvec *v);
 
@@ -57,14 +75,14 @@ static inline void *tvec_at(const struct tvec *v, size_t i)
         return v->ring + (s >= v->cap ? s - v->cap : s) * v->esz;
     }
     size_t j = v->off0 + i;
-    const struct tvec_blk *b = &v->dir[(v->head + (j >> TVEC_BLOCK_SHIFT)) & (v->dir_cap - 1)];
-    return b->data + ((b->head + j) & (TVEC_BLOCK - 1)) * v->esz;
+    const struct tvec_blk *b = &v->dir[(v->head + (j >> v->bshift)) & (v->dir_cap - 1)];
+    return b->data + ((b->head + j) & (tvec_block(v) - 1)) * v->esz;
 }
 
 /* True when one more element fits without allocating. */
 static inline bool tvec_has_room(const struct tvec *v)
 {
-    return !v->nblk ? v->len < v->cap : v->off0 + v->len < v->nblk * TVEC_BLOCK;
+    return !v->nblk ? v->len < v->cap : v->off0 + v->len < v->nblk * tvec_block(v);
 }
 
 int tvec_grow(struct tvec *v);

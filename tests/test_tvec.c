@@ -56,10 +56,11 @@ static void check_same(const struct tvec *v, const struct ref *r, unsigned step)
 }
 
 /*
- * Phases of growth and shrinking so the vector crosses TVEC_BLOCK both ways;
- * where it inserts and removes: anywhere, near the front, or near the end.
+ * Phases of growth and shrinking so the vector crosses its block size both
+ * ways; where it inserts and removes: anywhere, near the front, or near the
+ * end. Blocks of 1 << shift elements.
  */
-static void run(size_t esz, unsigned seed, int where)
+static void run_blocks(size_t esz, unsigned seed, int where, unsigned shift)
 {
     struct tvec v;
     struct ref r = {0};
@@ -67,10 +68,12 @@ static void run(size_t esz, unsigned seed, int where)
     uint64_t next = 1;
     unsigned step = 0;
     cr_assert(esz >= 16 && esz <= sizeof(e));
-    tvec_init(&v, esz, 4);
+    tvec_init_blocks(&v, esz, 4, shift);
+    const size_t B = tvec_block(&v);
+    cr_assert_eq(B, (size_t)1 << shift);
     srand(seed);
 
-    const size_t targets[] = {3000, 100, 5 * TVEC_BLOCK + 17, TVEC_BLOCK / 8, 2 * TVEC_BLOCK, 0};
+    const size_t targets[] = {3 * B, 100, 5 * B + 17, B / 8, 2 * B, 0};
     for (size_t t = 0; t < sizeof(targets) / sizeof(targets[0]); t++) {
         size_t target = targets[t];
         while (r.len != target) {
@@ -100,12 +103,17 @@ static void run(size_t esz, unsigned seed, int where)
         }
         /* Memory follows the length: at most about two blocks (or a ring's doubling) unused. */
         size_t held = r.len * esz;
-        cr_assert(tvec_bytes(&v) <= 2 * held + 3 * TVEC_BLOCK * esz + 4096,
-                  "%zu bytes for %zu elements", tvec_bytes(&v), r.len);
+        cr_assert(tvec_bytes(&v) <= 2 * held + 3 * B * esz + 4096, "%zu bytes for %zu elements",
+                  tvec_bytes(&v), r.len);
     }
     cr_assert_eq(tvec_bytes(&v), 4 * esz, "back to the smallest ring when empty");
     tvec_free(&v);
     free(r.v);
+}
+
+static void run(size_t esz, unsigned seed, int where)
+{
+    run_blocks(esz, seed, where, TVEC_BLOCK_SHIFT);
 }
 
 Test(tvec, random_positions_match_an_array)
@@ -123,6 +131,19 @@ Test(tvec, front_positions_match_an_array)
 Test(tvec, back_positions_match_an_array)
 {
     run(24, 4, 2);
+}
+
+/* Blocks of another size than the default: small ones (many blocks), large ones (few). */
+Test(tvec, small_blocks_match_an_array)
+{
+    run_blocks(24, 5, 0, TVEC_BLOCK_SHIFT_MIN);
+    run_blocks(24, 6, 1, TVEC_BLOCK_SHIFT_MIN);
+    run_blocks(24, 7, 2, 6);
+}
+Test(tvec, large_blocks_match_an_array)
+{
+    run_blocks(20, 8, 0, 12);
+    run_blocks(20, 9, 2, 12);
 }
 
 /* Removing the first element again and again: the store's eviction. */
