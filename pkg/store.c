@@ -22,14 +22,19 @@
  * queries read and is reused for the next new key, so pods that come and go
  * do not leave empty shards behind for queries to walk.
  *
- * Eviction: a min-heap of (oldest key, shard) entries finds the globally
- * oldest event in O(log shards), for both the count and the age limit; the
- * keys live in the heap so sifting reads one array (see heap_less()).
+ * Time lists: every held event is also in the time list of its type, a
+ * deque of (timestamp, id, shard) in that order. The globally oldest event
+ * is the oldest of the lists' fronts, so eviction (count and age limits
+ * alike) reads a few hot lines instead of sifting a heap over the shards.
+ * A query whose only filters are types, time bounds and a cursor (the
+ * newest events, a time window, a paged walk) binary-searches these lists
+ * and reads only the events it returns, where the shard path below would
+ * search every shard (tens of thousands in a large cluster).
  *
  * Adding in batches (store_add_move_batch()) prefetches what each event of a
  * group and the events it will evict touch, so their cache misses overlap.
  *
- * Queries pick shards by the filters the key holds (type, node, pod,
+ * Other queries pick shards by the filters the key holds (type, node, pod,
  * namespace, workload, status, peer_*), binary-search each for the time
  * bounds and the cursor, and merge the ranges newest first with a max-heap.
  * Counting needs no scan for those filters.
@@ -55,7 +60,14 @@
 #include "tvec.h"
 
 #define STORE_SHARD_MIN_CAP 1
-#define STORE_SHARD_SLAB    64
+/*
+ * Blocks of the time lists: each holds a type's every event, so an event
+ * placed in the middle (a late one) moves one entry per block after it;
+ * 4096 entries (80 KiB) keep that to a few dozen blocks in a history of
+ * millions.
+ */
+#define STORE_TIME_BLOCK_SHIFT 12
+#define STORE_SHARD_SLAB       64
 /* The largest record: the fixed part, the largest union member and two IPv6 addresses. */
 #define STORE_REC_MAX (sizeof(struct store_rec) + sizeof(((struct event *)0)->u) + 32)
 
@@ -184,12 +196,6 @@ static int shard_list_reserve(struct shard_list *l)
     return shard_ptrs_reserve(&l->shards, &l->cap, l->n + 1);
 }
 
-/* A shard and the key of its oldest event when the entry was made (not read from the shard). */
-struct heap_ent {
-    uint64_t timestamp_ns, id;
-    struct store_shard *sh;
-};
-
 struct store {
     pthread_rwlock_t lock;
     struct store_limits limits;
@@ -214,11 +220,10 @@ struct store {
     struct store_shard **table; /* open addressing over the shard key; NULL = free */
     size_t table_cap;
 
-    struct heap_ent
-        *heap; /* min-heap of shards by their oldest (timestamp, id); see heap_clean() */
-    size_t heap_len, heap_cap;
-
     struct post_index post;
+    /* Every held event by type, oldest first (big lists outside post's table; their memory
+     * is counted in post.bytes). */
+    struct post_list by_time[EVENT_TYPE_COUNT];
 
     size_t count;
     uint64_t newest_ns;    /* of the events held: only evicting the last one can remove it */
@@ -623,9 +628,7 @@ static void shard_list_remove(struct shard_list *l, uint32_t pos, bool type_list
  * Lets an empty shard go: out of the key table (linear probing: the entries
  * after it that would no longer be found move back), out of the lists
  * queries read, onto the free list. Nothing refers to it by then: posting
- * lists hold only held events, and eviction heap entries for it fail
- * heap_ent_valid() (an empty shard, or one reused for another key whose
- * oldest event is a different one).
+ * and time lists hold only held events.
  */
 static void shard_release(struct store *s, struct store_shard *sh)
 {
@@ -830,6 +833,18 @@ static void post_release_if_empty(struct post_index *ix, struct post_list *l)
     free(l);
 }
 
+/* Room for one more entry in l. 0 or -ENOMEM. */
+static int post_room(struct post_index *ix, struct post_list *l)
+{
+    if (l->big && !tvec_has_room(&l->tv)) {
+        size_t before = tvec_bytes(&l->tv);
+        int rc = tvec_reserve(&l->tv);
+        ix->bytes = ix->bytes - before + tvec_bytes(&l->tv);
+        return rc;
+    }
+    return !l->big && l->len == POST_INLINE ? post_grow(ix, l) : 0;
+}
+
 /* The list for k with room for one more entry, created when missing; NULL on ENOMEM. */
 static struct post_list *post_reserve(struct post_index *ix, const struct post_key *k)
 {
@@ -848,15 +863,7 @@ static struct post_list *post_reserve(struct post_index *ix, const struct post_k
         ix->nlists++;
         ix->bytes += sizeof(*l);
     }
-    int rc = 0;
-    if (l->big && !tvec_has_room(&l->tv)) {
-        size_t before = tvec_bytes(&l->tv);
-        rc = tvec_reserve(&l->tv);
-        ix->bytes = ix->bytes - before + tvec_bytes(&l->tv);
-    } else if (!l->big && l->len == POST_INLINE) {
-        rc = post_grow(ix, l);
-    }
-    if (rc < 0) {
+    if (post_room(ix, l) < 0) {
         post_release_if_empty(ix, l);
         return NULL;
     }
@@ -884,7 +891,8 @@ static void post_insert(struct post_list *l, uint64_t ts, uint64_t id, uint32_t 
     l->len++;
 }
 
-/* Removes an entry; eviction takes the oldest event, so it is normally the front. */
+/* Removes an entry (the list is kept when empty); eviction takes the oldest event, so it is
+ * normally the front. */
 static void post_remove(struct post_index *ix, struct post_list *l, uint64_t ts, uint64_t id,
                         uint32_t shard)
 {
@@ -902,8 +910,6 @@ static void post_remove(struct post_index *ix, struct post_list *l, uint64_t ts,
             l->inl[i] = l->inl[i + 1];
     }
     l->len--;
-    if (l->len == 0)
-        post_release_if_empty(ix, l);
 }
 
 /* Takes a record out of every list it is in. */
@@ -912,8 +918,10 @@ static void post_remove_rec(struct post_index *ix, const struct store_rec *r, ui
     struct post_key k;
     for (int f = 0; f < POST_FIELDS; f++) {
         struct post_list *l;
-        if (post_key_of(&k, f, r) && (l = post_find(ix, &k)))
+        if (post_key_of(&k, f, r) && (l = post_find(ix, &k))) {
             post_remove(ix, l, r->timestamp_ns, r->id, shard);
+            post_release_if_empty(ix, l);
+        }
     }
 }
 
@@ -931,129 +939,73 @@ static void post_free(struct post_index *ix)
     memset(ix, 0, sizeof(*ix));
 }
 
-/* ---- eviction heap ------------------------------------------------------------------------ */
+/* ---- time lists and eviction -------------------------------------------------------------- */
+
+/* The time list with the globally oldest event at its front; NULL when the store is empty. */
+static struct post_list *store_oldest_list(struct store *s)
+{
+    struct post_list *best = NULL;
+    for (size_t t = 0; t < EVENT_TYPE_COUNT; t++) {
+        struct post_list *l = &s->by_time[t];
+        if (l->len && (!best || post_entry_cmp(post_at(l, 0), post_at(best, 0)->timestamp_ns,
+                                               post_at(best, 0)->id, post_at(best, 0)->shard) < 0))
+            best = l;
+    }
+    return best;
+}
+
+/* The globally oldest event, or NULL. */
+static const struct store_rec *store_oldest(struct store *s)
+{
+    const struct post_list *l = store_oldest_list(s);
+    return l ? shard_rec(s->shards[post_at(l, 0)->shard], 0) : NULL;
+}
 
 /*
- * The eviction heap holds entries, not shards: an entry carries the key it
- * was made with, so sifting compares entries in one array instead of
- * reading every shard's oldest record on the way (each a cache miss in a
- * large store). An entry is valid while its key is still its shard's oldest
- * event; an event added in front of a shard pushes a new entry and leaves
- * the old one to go stale, and stale entries are dropped when they reach the
- * top (heap_clean()), so the top is always valid outside these functions.
+ * The entries of the next n events eviction takes, oldest first, into out
+ * (a merge of the time lists' fronts); returns how many there are (<= n).
  */
-static bool heap_less(const struct heap_ent *a, const struct heap_ent *b)
+static size_t store_next_oldest(struct store *s, const struct post_entry **out, size_t n)
 {
-    return store_key_cmp(a->timestamp_ns, a->id, b->timestamp_ns, b->id) < 0;
-}
-
-static void heap_up(struct store *s, size_t pos)
-{
-    struct heap_ent e = s->heap[pos];
-    while (pos > 0) {
-        size_t parent = (pos - 1) / 2;
-        if (!heap_less(&e, &s->heap[parent]))
+    size_t at[EVENT_TYPE_COUNT] = {0}, m = 0;
+    while (m < n) {
+        const struct post_entry *best = NULL;
+        size_t bt = 0;
+        for (size_t t = 0; t < EVENT_TYPE_COUNT; t++) {
+            const struct post_list *l = &s->by_time[t];
+            if (at[t] >= l->len)
+                continue;
+            const struct post_entry *e = post_at(l, at[t]);
+            if (!best || post_entry_cmp(e, best->timestamp_ns, best->id, best->shard) < 0) {
+                best = e;
+                bt = t;
+            }
+        }
+        if (!best)
             break;
-        s->heap[pos] = s->heap[parent];
-        pos = parent;
+        at[bt]++;
+        out[m++] = best;
     }
-    s->heap[pos] = e;
+    return m;
 }
 
-static void heap_down(struct store *s, size_t pos)
-{
-    struct heap_ent e = s->heap[pos];
-    for (;;) {
-        size_t child = 2 * pos + 1;
-        if (child >= s->heap_len)
-            break;
-        if (child + 1 < s->heap_len && heap_less(&s->heap[child + 1], &s->heap[child]))
-            child++;
-        if (!heap_less(&s->heap[child], &e))
-            break;
-        s->heap[pos] = s->heap[child];
-        pos = child;
-    }
-    s->heap[pos] = e;
-}
-
-static struct heap_ent heap_ent_of(struct store_shard *sh)
-{
-    const struct store_rec *r = shard_rec(sh, 0);
-    return (struct heap_ent){.timestamp_ns = r->timestamp_ns, .id = r->id, .sh = sh};
-}
-
-static bool heap_ent_valid(const struct heap_ent *e)
-{
-    if (e->sh->recs.len == 0)
-        return false;
-    const struct store_rec *r = shard_rec(e->sh, 0);
-    return r->timestamp_ns == e->timestamp_ns && r->id == e->id;
-}
-
-/* Room for one more entry; stale entries are bounded by a rebuild when they outnumber shards. */
-static int heap_reserve(struct store *s)
-{
-    if (s->heap_len > 2 * s->nshards + 64) {
-        size_t n = 0;
-        for (size_t i = 0; i < s->nshards; i++)
-            if (s->shards[i]->recs.len)
-                s->heap[n++] = heap_ent_of(s->shards[i]);
-        s->heap_len = n;
-        for (size_t i = n / 2; i-- > 0;)
-            heap_down(s, i);
-    }
-    if (s->heap_len < s->heap_cap)
-        return 0;
-    size_t cap = s->heap_cap ? s->heap_cap * 2 : 64;
-    struct heap_ent *h = realloc(s->heap, cap * sizeof(*h));
-    if (!h)
-        return -ENOMEM;
-    s->heap = h;
-    s->heap_cap = cap;
-    return 0;
-}
-
-/* After heap_reserve(). */
-static void heap_push(struct store *s, struct store_shard *sh)
-{
-    s->heap[s->heap_len] = heap_ent_of(sh);
-    heap_up(s, s->heap_len++);
-}
-
-static void heap_pop(struct store *s)
-{
-    s->heap[0] = s->heap[--s->heap_len];
-    if (s->heap_len)
-        heap_down(s, 0);
-}
-
-static void heap_clean(struct store *s)
-{
-    while (s->heap_len && !heap_ent_valid(&s->heap[0]))
-        heap_pop(s);
-}
-
-static const struct store_rec *store_oldest(const struct store *s)
-{
-    return s->heap_len ? shard_rec(s->heap[0].sh, 0) : NULL;
-}
-
+/*
+ * Evicts the globally oldest event: the front of its type's time list, and
+ * so the oldest record of its shard.
+ */
 static void store_evict_oldest(struct store *s)
 {
-    struct store_shard *sh = s->heap[0].sh;
-    post_remove_rec(&s->post, shard_rec(sh, 0), sh->index);
+    struct post_list *tl = store_oldest_list(s);
+    const struct post_entry *pe = post_at(tl, 0);
+    struct store_shard *sh = s->shards[pe->shard];
+    const struct store_rec *r = shard_rec(sh, 0);
+    post_remove_rec(&s->post, r, sh->index);
+    post_remove(&s->post, tl, r->timestamp_ns, r->id, sh->index);
     shard_pop_oldest(sh);
     if (--s->count == 0)
         s->newest_ns = 0;
-    if (sh->recs.len) {
-        s->heap[0] = heap_ent_of(sh);
-        heap_down(s, 0);
-    } else {
-        heap_pop(s);
+    if (sh->recs.len == 0)
         shard_release(s, sh);
-    }
-    heap_clean(s);
 }
 
 /* Evicts every event older than cutoff_ns; returns how many. */
@@ -1086,6 +1038,10 @@ struct store *store_new(const struct store_limits *limits)
     if (!s)
         return NULL;
     s->limits = *limits;
+    for (size_t t = 0; t < EVENT_TYPE_COUNT; t++) {
+        s->by_time[t].big = true;
+        tvec_init_blocks(&s->by_time[t].tv, sizeof(struct post_entry), 64, STORE_TIME_BLOCK_SHIFT);
+    }
 
     pthread_rwlockattr_t attr;
     pthread_rwlockattr_init(&attr);
@@ -1117,7 +1073,8 @@ void store_free(struct store *s)
     free(s->free_shards);
     for (size_t t = 0; t < EVENT_TYPE_COUNT; t++)
         free(s->by_type[t].shards);
-    free(s->heap);
+    for (size_t t = 0; t < EVENT_TYPE_COUNT; t++)
+        tvec_free(&s->by_time[t].tv);
     free(s->table);
     post_free(&s->post);
     pthread_rwlock_destroy(&s->lock);
@@ -1176,7 +1133,8 @@ static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns)
     memcpy(vals.command, e->command, sizeof(vals.command));
     struct post_list *lists[POST_FIELDS] = {NULL};
     struct post_key pk;
-    bool room = sh != NULL && heap_reserve(s) == 0;
+    struct post_list *tl = &s->by_time[e->type];
+    bool room = sh != NULL && post_room(&s->post, tl) == 0;
     for (int f = 0; room && f < POST_FIELDS; f++)
         if (post_key_of(&pk, f, &vals))
             room = (lists[f] = post_reserve(&s->post, &pk)) != NULL;
@@ -1197,12 +1155,11 @@ static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns)
     for (int f = 0; f < POST_FIELDS; f++)
         if (lists[f])
             post_insert(lists[f], ts, id, sh->index);
+    post_insert(tl, ts, id, sh->index);
     s->st.added++;
     s->count++;
     if (ts > s->newest_ns)
         s->newest_ns = ts;
-    if (pos == 0)
-        heap_push(s, sh); /* the shard's new oldest; an entry it had goes stale */
 
     while (s->count > s->limits.max_events) {
         store_evict_oldest(s);
@@ -1240,7 +1197,7 @@ struct add_hint {
     uint64_t shard_hash;
 };
 
-/* The entries near the top of the eviction heap: the events a full store evicts next. */
+/* How many of the next events to evict a group prefetches. */
 #define STORE_EVICT_HINTS (2 * STORE_ADD_GROUP)
 
 /* A shard's first line: its records and newest key. */
@@ -1261,25 +1218,24 @@ static void prefetch_shard_names(const struct store_shard *sh)
  * the records, and the records' posting lists and front entries; the same
  * level by level walk as for the events added.
  */
-static void prefetch_evictions(const struct store *s, size_t n)
+static void prefetch_evictions(struct store *s, size_t n)
 {
+    const struct post_entry *next[STORE_EVICT_HINTS];
+    struct store_shard *shs[STORE_EVICT_HINTS];
     struct post_list *lists[STORE_EVICT_HINTS][POST_FIELDS];
     uint64_t hashes[STORE_EVICT_HINTS][POST_FIELDS];
     if (s->count + n <= s->limits.max_events || s->post.nbuckets == 0)
         return;
     n = 2 * (s->count + n - s->limits.max_events);
-    if (n > STORE_EVICT_HINTS)
-        n = STORE_EVICT_HINTS;
-    if (n > s->heap_len)
-        n = s->heap_len;
+    n = store_next_oldest(s, next, n < STORE_EVICT_HINTS ? n : STORE_EVICT_HINTS);
     for (size_t j = 0; j < n; j++)
-        prefetch_shard(s->heap[j].sh);
+        prefetch_shard(shs[j] = s->shards[next[j]->shard]);
     for (size_t j = 0; j < n; j++)
-        if (s->heap[j].sh->recs.len)
-            __builtin_prefetch(shard_at(s->heap[j].sh, 0));
+        if (shs[j]->recs.len)
+            __builtin_prefetch(shard_at(shs[j], 0));
     for (size_t j = 0; j < n; j++) {
         struct post_key pk;
-        const struct store_shard *sh = s->heap[j].sh;
+        const struct store_shard *sh = shs[j];
         for (int f = 0; f < POST_FIELDS; f++) {
             hashes[j][f] = sh->recs.len && post_key_of(&pk, f, shard_rec(sh, 0)) ? pk.hash : 0;
             if (hashes[j][f])
@@ -1638,6 +1594,58 @@ static int store_query_posting(struct store *s, const struct query *q,
     return 0;
 }
 
+/*
+ * Answers a query whose only filters are types, time bounds and a cursor
+ * from the time lists: each selected type's list is binary-searched for the
+ * bounds (the counts are the ranges' lengths) and the ranges are merged
+ * newest first, reading only the records returned.
+ */
+static int store_query_by_time(struct store *s, const struct query *q, size_t limit,
+                               struct store_result *out)
+{
+    struct {
+        const struct post_list *l;
+        size_t lo, hi;
+    } r[EVENT_TYPE_COUNT];
+    size_t n = 0;
+    uint64_t total = 0, after = 0;
+    for (size_t t = 0; t < EVENT_TYPE_COUNT; t++) {
+        const struct post_list *l = &s->by_time[t];
+        if (l->len == 0 || (q->types && !(q->types & EVENT_TYPE_BIT(t))))
+            continue;
+        size_t lo, hi_all, hi;
+        post_bounds(l, q, &lo, &hi_all, &hi);
+        total += hi_all - lo;
+        after += hi - lo;
+        if (hi > lo) {
+            r[n].l = l;
+            r[n].lo = lo;
+            r[n++].hi = hi;
+        }
+    }
+    size_t want = after < limit ? (size_t)after : limit;
+    if (want && !(out->events = calloc(want, sizeof(*out->events))))
+        return -ENOMEM;
+    while (out->count < want) {
+        size_t k = 0;
+        const struct post_entry *top = post_at(r[0].l, r[0].hi - 1);
+        for (size_t i = 1; i < n; i++) {
+            const struct post_entry *e = post_at(r[i].l, r[i].hi - 1);
+            if (post_entry_cmp(e, top->timestamp_ns, top->id, top->shard) > 0) {
+                top = e;
+                k = i;
+            }
+        }
+        if (store_result_push(out, s->shards[top->shard], top->timestamp_ns, top->id) < 0)
+            return -ENOMEM;
+        if (--r[k].hi == r[k].lo)
+            r[k] = r[--n];
+    }
+    out->total_count = total;
+    out->has_next = after > out->count;
+    return 0;
+}
+
 int store_query(struct store *s, const struct query *q, struct store_result *out)
 {
     memset(out, 0, sizeof(*out));
@@ -1662,6 +1670,10 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
     struct store_range *ranges = NULL;
     bool *selected = NULL;
     size_t nranges = 0;
+    if (!residual && !names && !q->status) {
+        rc = store_query_by_time(s, q, limit, out);
+        goto cursor;
+    }
     const struct post_list *lists[POST_FIELDS];
     /* The posting path checks only the posting lists' fields: the dns filters need a scan. */
     int nlists = residual && !query_has_dns_filter(q) ? store_post_lists(s, q, lists) : 0;

@@ -808,6 +808,63 @@ Test(store, large_shards_in_random_order_answer_like_a_scan)
 }
 
 /*
+ * The time lists: queries with only types, time bounds and a cursor are
+ * answered from them, and eviction takes the oldest of their fronts. Events
+ * of every type over thousands of shards (nodes, pods, statuses, peers),
+ * timestamps shared across shards (ties broken by id), any arrival order,
+ * and a count limit: each such query, paged or not, answers like a scan of
+ * the newest held, and the oldest held is the scan's.
+ */
+Test(store, time_queries_over_many_shards_answer_like_a_scan)
+{
+    enum { N = 30000, CAP = 9000 };
+    static struct event all[N], held[N], want[N];
+    static const unsigned types[] = {EVENT_CONNECTION, EVENT_ACCEPT, EVENT_EXEC,
+                                     EVENT_EXIT,       EVENT_CLOSE,  EVENT_PACKET_DROP};
+    struct store *s = new_store(CAP, 0);
+    rng_state = 909;
+    for (size_t i = 0; i < N; i++) {
+        /* Few distinct timestamps: many events of other shards share each. */
+        all[i] = mk(5000000 + rng_below(N / 4) * 1000, 1 + rng_below(1u << 30) * 64 + i % 64,
+                    types[rng_below(6)], NODES[rng_below(4)]);
+        all[i].k8s.pod_name = intern(PODS[rng_below(4)]);
+        all[i].k8s.namespace = intern(NAMESPACES[rng_below(3)]);
+        all[i].peer.pod = intern(PEER_PODS[rng_below(4)]);
+        all[i].pid = 1 + rng_below(50);
+        if (all[i].type == EVENT_CONNECTION)
+            all[i].status = (uint8_t)(1 + rng_below(3));
+    }
+    add_in_batches(s, all, N, 300);
+    memcpy(held, all, sizeof(all));
+    qsort(held, N, sizeof(held[0]), cmp_newest_first);
+
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_gt(st.shards, 1000, "%llu shards", (unsigned long long)st.shards);
+    cr_assert_eq(st.events, CAP);
+    cr_assert_eq(st.oldest_ns, held[CAP - 1].timestamp_ns);
+    cr_assert_eq(st.newest_ns, held[0].timestamp_ns);
+
+    char mid[64], end[64], qs[256];
+    snprintf(mid, sizeof(mid), "%llu", (unsigned long long)held[CAP / 2].timestamp_ns);
+    snprintf(end, sizeof(end), "%llu", (unsigned long long)held[CAP / 4].timestamp_ns);
+    const char *queries[] = {"limit=10000", "type=exec&limit=10000",
+                             "type=connection,close,packet_drop&limit=10000"};
+    for (size_t k = 0; k < sizeof(queries) / sizeof(queries[0]); k++)
+        assert_answers_like_a_scan(s, queries[k], held, CAP, 100, want);
+    snprintf(qs, sizeof(qs), "since=%s&until=%s&limit=10000", mid, end);
+    assert_answers_like_a_scan(s, qs, held, CAP, 100, want);
+    snprintf(qs, sizeof(qs), "type=exit,accept&since=%s&limit=10000", mid);
+    assert_answers_like_a_scan(s, qs, held, CAP, 100, want);
+
+    check_paging(s, held, CAP, parse_q("limit=1"), 97);
+    check_paging(s, held, CAP, parse_q("type=close,exec"), 250);
+    snprintf(qs, sizeof(qs), "until=%s", end);
+    check_paging(s, held, CAP, parse_q(qs), 1 + rng_below(40));
+    store_free(s);
+}
+
+/*
  * An agent's order: records stamped in one order leave the ring in another,
  * so most events come a few places late, some far (past a block of the
  * tiered vectors), into long shards and posting lists. Each index must
