@@ -159,17 +159,39 @@ static void queue_push(struct publisher *p, struct batch *b)
 
 /* ---- capture thread ---- */
 
-/* Closes the open batch and queues it; defer: a full one (see the top of this file). */
+/* Wakes the publisher for the full batches whose wake was deferred. */
+static void wake_deferred(struct publisher *p)
+{
+    /* Only this thread sets or clears it; the lock is for the publisher's idle flag. */
+    if (!p->wake_deferred)
+        return;
+    pthread_mutex_lock(&p->mu);
+    if (p->wake_deferred && p->publisher_idle)
+        pthread_cond_signal(&p->wake);
+    p->wake_deferred = false;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/*
+ * Closes the open batch and queues it; defer: a full one (see the top of
+ * this file). Without defer, full batches queued before are woken for too,
+ * also when no batch is open.
+ */
 static void close_batch_queue(struct publisher *p, bool defer)
 {
     struct batch *b = p->cur;
     p->cur = NULL;
-    if (!b)
+    if (!b) {
+        if (!defer)
+            wake_deferred(p);
         return;
+    }
     if (b->body.oom || !b->n_events) {
         /* Out of memory part-way: nothing of it can be sent. */
         add(&p->events_dropped, b->n_events);
         batch_free(b);
+        if (!defer)
+            wake_deferred(p);
         return;
     }
     b->sequence = p->sequence + 1;
@@ -254,14 +276,7 @@ int publisher_add(struct publisher *p, const struct event *e)
 uint64_t publisher_tick(struct publisher *p, uint64_t now)
 {
     struct batch *b = p->cur;
-    /* Only this thread sets or clears it; the lock is for the publisher's idle flag. */
-    if (p->wake_deferred) {
-        pthread_mutex_lock(&p->mu);
-        if (p->wake_deferred && p->publisher_idle)
-            pthread_cond_signal(&p->wake);
-        p->wake_deferred = false;
-        pthread_mutex_unlock(&p->mu);
-    }
+    wake_deferred(p);
     if (!b)
         return p->cfg.flush_interval_ns;
     uint64_t due = b->opened_ns + p->cfg.flush_interval_ns;

@@ -440,6 +440,34 @@ Test(publisher, full_batches_go_at_the_tick_or_eight_at_a_time)
     fixture_close(&f);
 }
 
+/*
+ * A flush sends the full batches that wait for a tick: the capture loop
+ * flushes on shutdown without ticking first, and a last event that filled
+ * its batch leaves no open batch to close. Several rounds, so the publisher
+ * is asleep when the batches are queued (it is once it has sent a round).
+ */
+Test(publisher, flush_sends_full_batches_waiting_for_a_tick)
+{
+    struct fixture f;
+    fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 1, 3600ull * 1000 * MS, 1 << 20, false);
+    uint64_t seq = 0;
+    for (unsigned round = 0; round < 5; round++) {
+        add_events(f.pub, round * 3, 3);
+        cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0, "round %u: flush timed out", round);
+        for (unsigned k = 0; k < 3; k++) {
+            natsMsg *m = next_msg(&f, WAIT_MS);
+            cr_assert_not_null(m, "round %u: batch %u not received", round, k);
+            cr_assert_eq(header_u64(m, BUS_HDR_SEQUENCE), ++seq);
+            natsMsg_Destroy(m);
+        }
+    }
+    struct publisher_stats st;
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.batches_sent, 15);
+    cr_assert_eq(st.events_dropped, 0);
+    fixture_close(&f);
+}
+
 Test(publisher, outage_queues_drops_oldest_and_resumes)
 {
     /* One event per batch, so batches and events count alike. */
