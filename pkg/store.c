@@ -954,11 +954,11 @@ static struct post_list *store_oldest_list(struct store *s)
     return best;
 }
 
-/* The globally oldest event, or NULL. */
-static const struct store_rec *store_oldest(struct store *s)
+/* The key of the globally oldest event (a time list's front: no record read), or NULL. */
+static const struct post_entry *store_oldest(struct store *s)
 {
     const struct post_list *l = store_oldest_list(s);
-    return l ? shard_rec(s->shards[post_at(l, 0)->shard], 0) : NULL;
+    return l ? post_at(l, 0) : NULL;
 }
 
 /*
@@ -990,12 +990,11 @@ static size_t store_next_oldest(struct store *s, const struct post_entry **out, 
 }
 
 /*
- * Evicts the globally oldest event: the front of its type's time list, and
- * so the oldest record of its shard.
+ * Evicts the globally oldest event: the front of its type's time list tl
+ * (store_oldest_list()), and so the oldest record of its shard.
  */
-static void store_evict_oldest(struct store *s)
+static void store_evict_from(struct store *s, struct post_list *tl)
 {
-    struct post_list *tl = store_oldest_list(s);
     const struct post_entry *pe = post_at(tl, 0);
     struct store_shard *sh = s->shards[pe->shard];
     const struct store_rec *r = shard_rec(sh, 0);
@@ -1008,11 +1007,16 @@ static void store_evict_oldest(struct store *s)
         shard_release(s, sh);
 }
 
+static void store_evict_oldest(struct store *s)
+{
+    store_evict_from(s, store_oldest_list(s));
+}
+
 /* Evicts every event older than cutoff_ns; returns how many. */
 static size_t store_expire_locked(struct store *s, uint64_t cutoff_ns)
 {
     size_t n = 0;
-    const struct store_rec *e;
+    const struct post_entry *e;
     while ((e = store_oldest(s)) && e->timestamp_ns < cutoff_ns) {
         store_evict_oldest(s);
         n++;
@@ -1114,9 +1118,11 @@ static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns)
         }
     }
 
-    const struct store_rec *oldest = store_oldest(s);
-    if (s->count >= s->limits.max_events && oldest &&
-        store_key_cmp(e->timestamp_ns, e->id, oldest->timestamp_ns, oldest->id) < 0) {
+    /* Full: the list the oldest event is in, which stays so (a new event older than it is
+     * refused here), so the eviction below need not look again. */
+    struct post_list *oldest_list = s->count >= s->limits.max_events ? store_oldest_list(s) : NULL;
+    const struct post_entry *oldest = oldest_list ? post_at(oldest_list, 0) : NULL;
+    if (oldest && store_key_cmp(e->timestamp_ns, e->id, oldest->timestamp_ns, oldest->id) < 0) {
         /* It would be the one evicted. */
         s->st.added++;
         s->st.evicted_count++;
@@ -1162,7 +1168,8 @@ static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns)
         s->newest_ns = ts;
 
     while (s->count > s->limits.max_events) {
-        store_evict_oldest(s);
+        store_evict_from(s, oldest_list ? oldest_list : store_oldest_list(s));
+        oldest_list = NULL;
         s->st.evicted_count++;
     }
     return 0;
@@ -1832,7 +1839,7 @@ void store_get_stats(struct store *s, struct store_stats *out)
     out->index_bytes = s->post.bytes;
     out->shards = s->live.n;
     out->shards_made = s->nshards;
-    const struct store_rec *oldest = store_oldest(s);
+    const struct post_entry *oldest = store_oldest(s);
     out->oldest_ns = oldest ? oldest->timestamp_ns : 0;
     out->newest_ns = s->newest_ns;
     pthread_rwlock_unlock(&s->lock);
