@@ -1557,7 +1557,8 @@ static int store_result_push(struct store_result *out, const struct store_shard 
 
 /*
  * Answers q from its shortest posting list, newest first: each entry is
- * checked against the selected shards and, binary-searched, the other lists.
+ * checked against the selected shards (every shard when selected is NULL)
+ * and, binary-searched, the other lists.
  */
 static int store_query_posting(struct store *s, const struct query *q,
                                const struct post_list *const *lists, int nlists,
@@ -1577,7 +1578,7 @@ static int store_query_posting(struct store *s, const struct query *q,
     uint64_t total = 0, after = 0;
     for (size_t j = hi_all; j-- > lo;) {
         const struct post_entry *pe = post_at(l, j);
-        if (!selected[pe->shard])
+        if (selected && !selected[pe->shard])
             continue;
         bool match = true;
         for (int k = 1; k < nlists && match; k++) {
@@ -1686,6 +1687,12 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
     int nlists = residual && !query_has_dns_filter(q) ? store_post_lists(s, q, lists) : 0;
     if (nlists < 0)
         goto out; /* a value no held event has */
+    if (nlists > 0 && !q->types && !q->status && !names) {
+        /* Every shard is selected, so the lists alone answer (they hold fewer events than the
+         * time range): no need to read every shard first. */
+        rc = store_query_posting(s, q, lists, nlists, NULL, limit, out);
+        goto cursor;
+    }
     if (s->nshards && (!(ranges = malloc(s->nshards * sizeof(*ranges))) ||
                        !(selected = calloc(s->nshards, sizeof(*selected))))) {
         rc = -ENOMEM;
