@@ -941,17 +941,33 @@ static void post_free(struct post_index *ix)
 
 /* ---- time lists and eviction -------------------------------------------------------------- */
 
+/*
+ * The oldest of the time lists' entries at[t] (list t read from its entry
+ * at[t] on), its type in *type; NULL when every list is past its end.
+ */
+static const struct post_entry *time_lists_min(const struct store *s, const size_t *at,
+                                               size_t *type)
+{
+    const struct post_entry *best = NULL;
+    for (size_t t = 0; t < EVENT_TYPE_COUNT; t++) {
+        const struct post_list *l = &s->by_time[t];
+        if (at[t] >= l->len)
+            continue;
+        const struct post_entry *e = post_at(l, at[t]);
+        if (!best || post_entry_cmp(e, best->timestamp_ns, best->id, best->shard) < 0) {
+            best = e;
+            *type = t;
+        }
+    }
+    return best;
+}
+
 /* The time list with the globally oldest event at its front; NULL when the store is empty. */
 static struct post_list *store_oldest_list(struct store *s)
 {
-    struct post_list *best = NULL;
-    for (size_t t = 0; t < EVENT_TYPE_COUNT; t++) {
-        struct post_list *l = &s->by_time[t];
-        if (l->len && (!best || post_entry_cmp(post_at(l, 0), post_at(best, 0)->timestamp_ns,
-                                               post_at(best, 0)->id, post_at(best, 0)->shard) < 0))
-            best = l;
-    }
-    return best;
+    static const size_t fronts[EVENT_TYPE_COUNT];
+    size_t t = 0;
+    return time_lists_min(s, fronts, &t) ? &s->by_time[t] : NULL;
 }
 
 /* The key of the globally oldest event (a time list's front: no record read), or NULL. */
@@ -967,24 +983,11 @@ static const struct post_entry *store_oldest(struct store *s)
  */
 static size_t store_next_oldest(struct store *s, const struct post_entry **out, size_t n)
 {
-    size_t at[EVENT_TYPE_COUNT] = {0}, m = 0;
-    while (m < n) {
-        const struct post_entry *best = NULL;
-        size_t bt = 0;
-        for (size_t t = 0; t < EVENT_TYPE_COUNT; t++) {
-            const struct post_list *l = &s->by_time[t];
-            if (at[t] >= l->len)
-                continue;
-            const struct post_entry *e = post_at(l, at[t]);
-            if (!best || post_entry_cmp(e, best->timestamp_ns, best->id, best->shard) < 0) {
-                best = e;
-                bt = t;
-            }
-        }
-        if (!best)
-            break;
-        at[bt]++;
-        out[m++] = best;
+    size_t at[EVENT_TYPE_COUNT] = {0}, m = 0, t = 0;
+    const struct post_entry *e;
+    while (m < n && (e = time_lists_min(s, at, &t))) {
+        at[t]++;
+        out[m++] = e;
     }
     return m;
 }
