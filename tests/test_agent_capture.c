@@ -11,6 +11,8 @@
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
@@ -27,7 +29,10 @@
 
 #include "../cmd/agent/capture.h"
 #include "../cmd/agent/records.h"
+#include "cgroup.h"
 #include "clock.h"
+#include "dns.skel.h"
+#include "dns_events.h"
 #include "event.h"
 #include "testutil.h"
 
@@ -1139,4 +1144,100 @@ Test(capture, libbpf_debug_log_only_when_verbose)
                        "no libbpf debug log with verbose: %.400s", verbose);
     free(quiet);
     free(verbose);
+}
+
+/* What dns_sender_collect() kept of the first query record of its port. */
+struct dns_sender {
+    uint16_t port;
+    bool seen;
+    struct dns_record rec;
+};
+
+static int dns_sender_collect(void *ctx, void *data, size_t size)
+{
+    struct dns_sender *s = ctx;
+    const struct dns_record *r = data;
+
+    if (size < DNS_RECORD_SIZE(0) || r->hdr.kind != RECORD_DNS || s->seen ||
+        r->direction != DNS_DIR_QUERY || r->dport != s->port)
+        return 0;
+    memcpy(&s->rec, r, size < sizeof(s->rec) ? size : sizeof(s->rec));
+    s->seen = true;
+    return 0;
+}
+
+/*
+ * The dns egress program reads the sending task in one of two ways, chosen
+ * before load: plain loads through the task's BTF pointer where the kernel
+ * allows it for cgroup_skb programs (here), helper calls elsewhere. Both are
+ * loaded here, on the cgroup v2 root, and must name the same sender of a
+ * real query: a child with its own name running as nobody.
+ */
+Test(capture, dns_query_names_its_sender_with_either_reader)
+{
+    char root[256];
+
+    skip_unless_root();
+    cr_assert_eq(cgroup_v2_root(root, sizeof(root)), 0);
+    int root_fd = open(root, O_RDONLY | O_DIRECTORY);
+    cr_assert(root_fd >= 0, "%s: %s", root, strerror(errno));
+    int btf_ok =
+        libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SKB, BPF_FUNC_get_current_task_btf, NULL);
+    cr_assert_eq(btf_ok, 1, "this kernel allows bpf_get_current_task_btf in cgroup_skb");
+    for (int task_btf = 0; task_btf < 2; task_btf++) {
+        struct dns_sender got = {0};
+        int port = tu_free_port(), status;
+        struct dns_bpf *s = dns_bpf__open();
+
+        cr_assert_not_null(s);
+        got.port = (uint16_t)port;
+        memset((void *)s->rodata->dns_ports, 0, sizeof(s->rodata->dns_ports));
+        ((uint16_t *)s->rodata->dns_ports)[0] = (uint16_t)port;
+        s->rodata->sender_task_btf = task_btf;
+        bpf_program__set_autoload(s->progs.cgroup_skb__dns_ingress, false);
+        cr_assert_eq(dns_bpf__load(s), 0, "task_btf=%d: the verifier refused it", task_btf);
+        struct bpf_link *l = bpf_program__attach_cgroup(s->progs.cgroup_skb__dns_egress, root_fd);
+        cr_assert_not_null(l, "attach: %s", strerror(errno));
+        struct ring_buffer *rb =
+            ring_buffer__new(bpf_map__fd(s->maps.events), dns_sender_collect, &got, NULL);
+        cr_assert_not_null(rb);
+
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            /* A query for "a.test" (header, name, type A, class IN), to a port nobody serves. */
+            static const unsigned char q[] = {0x12, 0x34, 1, 0,   0,   1,   0,   0, 0, 0, 0, 0,
+                                              1,    'a',  4, 't', 'e', 's', 't', 0, 0, 1, 0, 1};
+            struct sockaddr_in to = {.sin_family = AF_INET,
+                                     .sin_port = htons((uint16_t)port),
+                                     .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            int u = socket(AF_INET, SOCK_DGRAM, 0);
+            if (prctl(PR_SET_NAME, "dns-as-nobody") || setgid(65534) || setuid(65534))
+                _exit(2);
+            _exit(sendto(u, q, sizeof(q), 0, (struct sockaddr *)&to, sizeof(to)) ==
+                          (ssize_t)sizeof(q)
+                      ? 0
+                      : 3);
+        }
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+        /* Records wake no reader (bpf/common.bpf.h): read the ring, as the agent does. */
+        for (uint64_t end = tu_mono_ms() + 5000; !got.seen && tu_mono_ms() < end;) {
+            ring_buffer__consume(rb);
+            if (!got.seen)
+                ring_buffer__poll(rb, 10);
+        }
+        cr_assert(got.seen, "task_btf=%d: no query record", task_btf);
+        cr_assert_eq(got.rec.hdr.pid, (uint32_t)pid, "task_btf=%d", task_btf);
+        cr_assert_eq(got.rec.hdr.ppid, (uint32_t)getpid(), "task_btf=%d", task_btf);
+        cr_assert_eq(got.rec.hdr.uid, 65534, "task_btf=%d: uid %u", task_btf, got.rec.hdr.uid);
+        cr_assert_eq(strncmp(got.rec.hdr.comm, "dns-as-nobody", sizeof(got.rec.hdr.comm)), 0,
+                     "task_btf=%d: comm %.16s", task_btf, got.rec.hdr.comm);
+        cr_assert_neq(got.rec.hdr.cgroup_id, 0);
+        cr_assert_eq(got.rec.payload_len, 24, "task_btf=%d", task_btf);
+        ring_buffer__free(rb);
+        bpf_link__destroy(l);
+        dns_bpf__destroy(s);
+    }
+    close(root_fd);
 }

@@ -294,6 +294,9 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
             return -errno;
         memcpy((void *)s->rodata->dns_ports, c->dns_ports, sizeof(c->dns_ports));
         s->rodata->dns_rate_per_sec = c->dns_rate_per_sec;
+        s->rodata->sender_task_btf =
+            libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SKB, BPF_FUNC_get_current_task_btf,
+                                    NULL) == 1;
         s->rodata->ringbuf_wakeup_bytes = c->ringbuf_wakeup_bytes;
         in->skel = s;
         in->obj = s->obj;
