@@ -174,38 +174,81 @@ static __always_inline bool sock_captured(const struct sock *sk)
 }
 
 /*
- * Attributes a record to the current task (process context only). With
- * RECORD_HDR_TASK_BTF (objects that need 5.11+ anyway) the task is a BTF
- * pointer and its fields are plain loads rather than helper calls: the pid
- * is its tgid and the uid its cred's (a kuid is the initial namespace's
- * value, what bpf_get_current_uid_gid() reports), and comm two words (the
- * kernel keeps it NUL-padded to its end, as the helper's copy is).
+ * Whether the current task's fields can be read as plain loads through its
+ * BTF pointer (bpf_get_current_task_btf(), 5.11+) rather than with helper
+ * calls: each call costs tens of ns on hosts whose every kernel return goes
+ * through a speculation-mitigation thunk. Objects that need 5.11+ anyway
+ * define RECORD_HDR_TASK_BTF; the others ask the running kernel's BTF at
+ * load (a CO-RE relocation: the verifier then sees a constant and drops the
+ * branch the kernel cannot take). Tracing programs only: which program
+ * types may call the helper differs (bpf/dns.bpf.c probes it).
  */
-static __always_inline void record_hdr_current(struct record_hdr *h, __u32 kind)
-{
-    h->kind = kind;
-    h->ts_ns = bpf_ktime_get_boot_ns();
-    h->cgroup_id = bpf_get_current_cgroup_id();
 #ifdef RECORD_HDR_TASK_BTF
-    struct task_struct *task = bpf_get_current_task_btf();
+#define TASK_BTF_USABLE() true
+#else
+/* Set before load by a test, so the helper form is run on a kernel that has the other too. */
+const volatile bool task_helpers_only = false;
+#define TASK_BTF_USABLE()                                                                          \
+    (!task_helpers_only &&                                                                         \
+     bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
+#endif
 
+/* What bpf_get_current_cgroup_id() returns for task: its default hierarchy's cgroup's id. */
+static __always_inline __u64 task_cgroup_id_btf(const struct task_struct *task)
+{
+    return task->cgroups->dfl_cgrp->kn->id;
+}
+
+/* task->comm (a BTF pointer's) into h->comm as two words: the kernel keeps it NUL-padded to
+ * its end, as the helpers' copies are. */
+static __always_inline void hdr_comm_btf(struct record_hdr *h, const struct task_struct *task)
+{
     _Static_assert(sizeof(h->comm) == 16 && sizeof(task->comm) == 16, "comm is two words");
     const __u64 *comm = (const __u64 *)task->comm;
     __u64 lo = comm[0], hi = comm[1];
 
+    __builtin_memcpy(h->comm, &lo, 8);
+    __builtin_memcpy(h->comm + 8, &hi, 8);
+}
+
+/*
+ * h's pid, ppid, uid and command from the current task, a BTF pointer: plain
+ * loads. The pid is its tgid and the uid its cred's (a kuid is the initial
+ * namespace's value, what bpf_get_current_uid_gid() reports).
+ */
+static __always_inline void hdr_task_btf(struct record_hdr *h, const struct task_struct *task)
+{
     h->pid = task->tgid;
     h->ppid = task->real_parent->tgid;
     h->uid = task->cred->uid.val;
-    __builtin_memcpy(h->comm, &lo, 8);
-    __builtin_memcpy(h->comm + 8, &hi, 8);
-#else
+    hdr_comm_btf(h, task);
+}
+
+/* The same with helper calls, for kernels without bpf_get_current_task_btf(). */
+static __always_inline void hdr_task_helpers(struct record_hdr *h)
+{
     struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 
     h->pid = bpf_get_current_pid_tgid() >> 32;
     h->ppid = BPF_CORE_READ(task, real_parent, tgid);
     h->uid = (__u32)bpf_get_current_uid_gid();
     bpf_get_current_comm(h->comm, sizeof(h->comm));
-#endif
+}
+
+/* Attributes a record to the current task (process context only). */
+static __always_inline void record_hdr_current(struct record_hdr *h, __u32 kind)
+{
+    h->kind = kind;
+    h->ts_ns = bpf_ktime_get_boot_ns();
+    if (TASK_BTF_USABLE()) {
+        struct task_struct *task = bpf_get_current_task_btf();
+
+        h->cgroup_id = task_cgroup_id_btf(task);
+        hdr_task_btf(h, task);
+    } else {
+        h->cgroup_id = bpf_get_current_cgroup_id();
+        hdr_task_helpers(h);
+    }
 }
 
 #endif

@@ -60,7 +60,8 @@ static __always_inline bool is_dns_port(__u16 port)
  * Each helper call costs tens of ns on hosts whose every kernel return goes
  * through a mitigation thunk (measured: the helper form made a query's
  * record cost about 280 ns more), so where the kernel allows it the task's
- * fields are read in place, as record_hdr_current() does for tracepoints.
+ * fields are read in place, as record_hdr_current() does for tracepoints
+ * (whose TASK_BTF_USABLE() test does not hold for this program type).
  */
 static __always_inline void fill_sender(struct dns_record *r, struct __sk_buff *skb)
 {
@@ -69,28 +70,13 @@ static __always_inline void fill_sender(struct dns_record *r, struct __sk_buff *
         return;
     if (sender_task_btf) {
         struct task_struct *task = bpf_get_current_task_btf();
-        const __u64 *comm = (const __u64 *)task->comm;
-        __u64 lo, hi;
 
-        /* What bpf_get_current_cgroup_id() returns: the default hierarchy's cgroup's id. */
-        if (task->cgroups->dfl_cgrp->kn->id != r->hdr.cgroup_id)
-            return;
-        lo = comm[0];
-        hi = comm[1];
-        r->hdr.pid = task->tgid;
-        r->hdr.ppid = task->real_parent->tgid;
-        r->hdr.uid = task->cred->uid.val;
-        __builtin_memcpy(r->hdr.comm, &lo, 8);
-        __builtin_memcpy(r->hdr.comm + 8, &hi, 8);
-        return;
+        if (task_cgroup_id_btf(task) == r->hdr.cgroup_id)
+            hdr_task_btf(&r->hdr, task);
+    } else if (bpf_get_current_cgroup_id() == r->hdr.cgroup_id) {
+        /* Read now: a short-lived resolver may be gone before user space sees the record. */
+        hdr_task_helpers(&r->hdr);
     }
-    if (bpf_get_current_cgroup_id() != r->hdr.cgroup_id)
-        return;
-    r->hdr.pid = bpf_get_current_pid_tgid() >> 32;
-    /* Read now: a short-lived resolver may be gone before user space sees the record. */
-    r->hdr.ppid = BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), real_parent, tgid);
-    r->hdr.uid = (__u32)bpf_get_current_uid_gid();
-    bpf_get_current_comm(r->hdr.comm, sizeof(r->hdr.comm));
 }
 
 /* Where a DNS packet's headers are: enough to fill a record. */

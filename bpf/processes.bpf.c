@@ -64,7 +64,10 @@ int BPF_PROG(tp_btf__sched_process_exit, struct task_struct *p)
     record_hdr_current(&r->hdr, RECORD_EXIT);
     /* p is a BTF pointer: its fields are plain loads, not helper calls. */
     leader = p->group_leader;
-    bpf_probe_read_kernel_str(&r->hdr.comm, sizeof(r->hdr.comm), leader->comm);
+    if (TASK_BTF_USABLE())
+        hdr_comm_btf(&r->hdr, leader);
+    else
+        bpf_probe_read_kernel_str(&r->hdr.comm, sizeof(r->hdr.comm), leader->comm);
     r->exit_code = p->exit_code;
     r->pad = 0;
     r->duration_ns = r->hdr.ts_ns - leader->start_boottime;

@@ -33,6 +33,8 @@
 #include "clock.h"
 #include "dns.skel.h"
 #include "dns_events.h"
+#include "process_events.h"
+#include "processes.skel.h"
 #include "event.h"
 #include "testutil.h"
 
@@ -1240,4 +1242,90 @@ Test(capture, dns_query_names_its_sender_with_either_reader)
         dns_bpf__destroy(s);
     }
     close(root_fd);
+}
+
+/* The exec and exit records of one process, as processes_collect() found them. */
+struct process_records {
+    uint32_t pid;
+    bool exec_seen, exit_seen;
+    struct exec_record exec;
+    struct exit_record exit;
+};
+
+static int processes_collect(void *ctx, void *data, size_t size)
+{
+    struct process_records *p = ctx;
+    const struct record_hdr *h = data;
+
+    if (size < sizeof(*h) || h->pid != p->pid)
+        return 0;
+    if (h->kind == RECORD_EXEC && !p->exec_seen && size >= offsetof(struct exec_record, args)) {
+        memcpy(&p->exec, data, size < sizeof(p->exec) ? size : sizeof(p->exec));
+        p->exec_seen = true;
+    } else if (h->kind == RECORD_EXIT && !p->exit_seen && size >= sizeof(p->exit)) {
+        memcpy(&p->exit, data, sizeof(p->exit));
+        p->exit_seen = true;
+    }
+    return 0;
+}
+
+/*
+ * The process programs read the current task through its BTF pointer where
+ * the kernel has bpf_get_current_task_btf() (here) and with helper calls
+ * before it. Both forms, loaded here in turn, must give the same exec and
+ * exit records of a child that runs as nobody and execs /bin/true.
+ */
+Test(capture, process_records_are_the_same_with_either_task_reader)
+{
+    struct process_records got[2] = {0};
+
+    skip_unless_root();
+    for (int helpers = 0; helpers < 2; helpers++) {
+        struct process_records *g = &got[helpers];
+        struct processes_bpf *s = processes_bpf__open();
+        int status;
+
+        cr_assert_not_null(s);
+        s->rodata->task_helpers_only = helpers;
+        cr_assert_eq(processes_bpf__load(s), 0, "helpers=%d: the verifier refused it", helpers);
+        cr_assert_eq(processes_bpf__attach(s), 0);
+        struct ring_buffer *rb =
+            ring_buffer__new(bpf_map__fd(s->maps.events), processes_collect, g, NULL);
+        cr_assert_not_null(rb);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            char *argv[] = {"true", NULL};
+            if (setgid(65534) || setuid(65534))
+                _exit(2);
+            execv("/bin/true", argv);
+            _exit(3);
+        }
+        g->pid = (uint32_t)pid;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+        for (uint64_t end = tu_mono_ms() + 5000;
+             !(g->exec_seen && g->exit_seen) && tu_mono_ms() < end;) {
+            ring_buffer__consume(rb);
+            if (!(g->exec_seen && g->exit_seen))
+                ring_buffer__poll(rb, 10);
+        }
+        cr_assert(g->exec_seen && g->exit_seen, "helpers=%d: exec %d, exit %d", helpers,
+                  g->exec_seen, g->exit_seen);
+        for (int k = 0; k < 2; k++) {
+            const struct record_hdr *h = k ? &g->exit.hdr : &g->exec.hdr;
+            cr_assert_eq(h->ppid, (uint32_t)getpid(), "helpers=%d", helpers);
+            cr_assert_eq(h->uid, 65534, "helpers=%d: uid %u", helpers, h->uid);
+            cr_assert_eq(strncmp(h->comm, "true", sizeof(h->comm)), 0, "helpers=%d: comm %.16s",
+                         helpers, h->comm);
+            cr_assert_neq(h->cgroup_id, 0);
+        }
+        cr_assert_str_eq(g->exec.filename, "/bin/true");
+        cr_assert_eq(g->exit.exit_code, 0);
+        ring_buffer__free(rb);
+        processes_bpf__destroy(s);
+    }
+    /* The same process tree and cgroup, so the same cgroup id from either form. */
+    cr_assert_eq(got[0].exec.hdr.cgroup_id, got[1].exec.hdr.cgroup_id);
+    cr_assert_eq(got[0].exit.hdr.cgroup_id, got[1].exec.hdr.cgroup_id);
 }
