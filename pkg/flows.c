@@ -909,22 +909,29 @@ static void seen_merge(struct flows_counts *c, uint64_t first, uint64_t last)
         c->last_seen_ns = last;
 }
 
-/* Adds a minute of f (whose table names its failure causes). */
+/*
+ * Adds a minute of f (whose table names its failure causes) to counts that
+ * hold only f's own minutes (an edge's, a series'), never a peer's. Its
+ * 32-bit counts are summed with plain adds, which the compiler vectorizes:
+ * a sum of fewer than 2^32 of them cannot pass 2^64, and one edge has one
+ * minute per minute of retention (the hot ones, or an hour's total in their
+ * place). Its byte counts are 64-bit and saturate.
+ */
 static void counts_add_minute(const struct flows *f, struct flows_counts *c,
                               const struct flows_minute *m)
 {
-    flows_add64(&c->connections, m->connections);
-    flows_add64(&c->established, m->established);
-    flows_add64(&c->failed, m->failed);
-    flows_add64(&c->resets, m->resets);
-    flows_add64(&c->retransmits, m->retransmits);
+    c->connections += m->connections;
+    c->established += m->established;
+    c->failed += m->failed;
+    c->resets += m->resets;
+    c->retransmits += m->retransmits;
     flows_add64(&c->bytes_sent, m->bytes_sent);
     flows_add64(&c->bytes_received, m->bytes_received);
     for (size_t i = 0; i < FLOWS_ERROR_SLOTS && m->errors[i] != 0; i++)
         counts_error_add(c, f->errtab.names[m->errors[i] - 1], m->error_counts[i]);
-    flows_add64(&c->errors_other, m->errors_other);
+    c->errors_other += m->errors_other;
     for (size_t i = 0; i < FLOWS_HIST_BUCKETS; i++)
-        flows_add64(&c->hist[i], m->hist[i]);
+        c->hist[i] += m->hist[i];
     seen_merge(c, m->first_seen_ns, m->last_seen_ns);
 }
 
