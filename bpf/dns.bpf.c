@@ -60,8 +60,9 @@ static __always_inline bool is_dns_port(__u16 port)
  * Each helper call costs tens of ns on hosts whose every kernel return goes
  * through a mitigation thunk (measured: the helper form made a query's
  * record cost about 280 ns more), so where the kernel allows it the task's
- * fields are read in place, as record_hdr_current() does for tracepoints
- * (whose TASK_BTF_USABLE() test does not hold for this program type).
+ * fields are read in place, as record_hdr_current() does for tracepoints.
+ * There the kernel's BTF says whether the helper exists; which program
+ * types may call it differs, so for this one user space probes it.
  */
 static __always_inline void fill_sender(struct dns_record *r, struct __sk_buff *skb)
 {
@@ -146,10 +147,10 @@ static __always_inline int emit(struct __sk_buff *skb, const struct dns_msg *m,
 
 /*
  * The DNS half: runs only for a packet whose server port is a DNS port. The
- * protocol and addresses are read here, in one bpf_skb_load_bytes() (the
- * ports come from the test that got here): the fast path keeps nothing but
- * what its test needs, so a packet that is not DNS pays no copies. Not
- * inlined, so the fast path's registers and stack stay its own.
+ * protocol and addresses are read here (the ports come from the test that
+ * got here): the fast path keeps nothing but what its test needs, so a
+ * packet that is not DNS pays no copies. Not inlined, so the fast path's
+ * registers and stack stay its own.
  */
 static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 family, __u32 l4_off,
                                  __u32 ports)
