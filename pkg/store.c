@@ -40,10 +40,22 @@
  * Counting needs no scan for those filters.
  *
  * Per-event fields (pid, command, dest_port) have posting lists: one
- * time-ordered deque of (timestamp, id, shard) per value, appended on add and
- * popped at the front when the globally oldest event is evicted, so they stay
- * bounded by the store. A query with such a filter walks the shortest of its
- * lists, or the selected shards when those hold fewer candidates.
+ * time-ordered deque of (timestamp, id, shard) per value, appended on add. A
+ * list is not touched when one of its events is evicted: eviction goes in
+ * the order of that key, so an entry whose key is at or before the last
+ * evicted one (store.gone) is dead, and a list's dead entries are the front
+ * of it, which queries skip. The store counts them (an evicted record says
+ * which lists it was in without looking them up), and whenever there are
+ * more than an eighth of its capacity a sweep walks the lists' table on,
+ * bucket by bucket (a bounded number per eviction), popping dead entries
+ * and freeing the lists left empty, until half as many remain: the lists
+ * stay bounded by the store, and a value no event holds any more keeps no
+ * list for long. This spares
+ * eviction three hash lookups and their cache misses per event where values
+ * recur (a long-lived pid, a command, a port); where every event brings new
+ * values the sweep frees about as many lists per eviction as eviction used
+ * to. A query with such a filter walks the shortest of its lists, or the
+ * selected shards when those hold fewer candidates.
  *
  * One rwlock: queries share it, adds and expiry take it exclusively, with
  * writers preferred so a stream of queries cannot starve ingestion.
@@ -167,6 +179,9 @@ struct post_index {
     struct post_list **buckets;
     size_t nbuckets, nlists;
     size_t bytes; /* lists, their entries and the buckets */
+    size_t sweep; /* the next bucket the sweep visits */
+    size_t dead;  /* entries of evicted events still in lists */
+    bool sweeping;
 };
 
 struct shard_list {
@@ -226,7 +241,11 @@ struct store {
     struct post_list by_time[EVENT_TYPE_COUNT];
 
     size_t count;
-    uint64_t newest_ns;    /* of the events held: only evicting the last one can remove it */
+    uint64_t newest_ns; /* of the events held: only evicting the last one can remove it */
+    /* The key of the last event evicted (when any_gone): every event held is after it, and a
+     * posting list entry at or before it is dead (see the top of this file). */
+    struct post_entry gone;
+    bool any_gone;
     struct store_stats st; /* counters only; events/capacity/oldest/newest filled on demand */
 };
 
@@ -845,31 +864,6 @@ static int post_room(struct post_index *ix, struct post_list *l)
     return !l->big && l->len == POST_INLINE ? post_grow(ix, l) : 0;
 }
 
-/* The list for k with room for one more entry, created when missing; NULL on ENOMEM. */
-static struct post_list *post_reserve(struct post_index *ix, const struct post_key *k)
-{
-    struct post_list *l = post_find(ix, k);
-    if (!l) {
-        if (ix->nlists >= ix->nbuckets && post_rehash(ix) < 0)
-            return NULL;
-        if (!(l = calloc(1, sizeof(*l))))
-            return NULL;
-        l->field = k->field;
-        l->hash = k->hash;
-        memcpy(l->value, k->value, sizeof(l->value));
-        struct post_list **pp = &ix->buckets[k->hash & (ix->nbuckets - 1)];
-        l->next = *pp;
-        *pp = l;
-        ix->nlists++;
-        ix->bytes += sizeof(*l);
-    }
-    if (post_room(ix, l) < 0) {
-        post_release_if_empty(ix, l);
-        return NULL;
-    }
-    return l;
-}
-
 /* Places an entry in order; the list has room (post_reserve()). */
 static void post_insert(struct post_list *l, uint64_t ts, uint64_t id, uint32_t shard)
 {
@@ -912,19 +906,6 @@ static void post_remove(struct post_index *ix, struct post_list *l, uint64_t ts,
     l->len--;
 }
 
-/* Takes a record out of every list it is in. */
-static void post_remove_rec(struct post_index *ix, const struct store_rec *r, uint32_t shard)
-{
-    struct post_key k;
-    for (int f = 0; f < POST_FIELDS; f++) {
-        struct post_list *l;
-        if (post_key_of(&k, f, r) && (l = post_find(ix, &k))) {
-            post_remove(ix, l, r->timestamp_ns, r->id, shard);
-            post_release_if_empty(ix, l);
-        }
-    }
-}
-
 static void post_free(struct post_index *ix)
 {
     for (size_t i = 0; i < ix->nbuckets; i++) {
@@ -937,6 +918,137 @@ static void post_free(struct post_index *ix)
     }
     free(ix->buckets);
     memset(ix, 0, sizeof(*ix));
+}
+
+/* An entry whose event has been evicted (see struct store's gone). */
+static bool post_entry_gone(const struct store *s, const struct post_entry *e)
+{
+    return s->any_gone && post_entry_cmp(e, s->gone.timestamp_ns, s->gone.id, s->gone.shard) <= 0;
+}
+
+/* The index of l's first live entry (its dead entries are the ones before). Galloping from the
+ * front: a list's dead entries are usually few next to its live ones. */
+static size_t post_live_from(const struct store *s, const struct post_list *l)
+{
+    if (l->len == 0 || !post_entry_gone(s, post_at(l, 0)))
+        return 0;
+    size_t dead = 0, step = 1, p = 1; /* dead: the last entry seen dead */
+    while (p < l->len && post_entry_gone(s, post_at(l, p))) {
+        dead = p;
+        step *= 2;
+        p = dead + step;
+    }
+    size_t lo = dead + 1, hi = p < l->len ? p : l->len;
+    /* Entries before lo are dead; hi is live, or the end. */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (post_entry_gone(s, post_at(l, mid)))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* How many of l's entries are live. */
+static size_t post_live_len(const struct store *s, const struct post_list *l)
+{
+    return l->len - post_live_from(s, l);
+}
+
+/* Pops l's dead entries. */
+static void post_trim(struct store *s, struct post_list *l)
+{
+    size_t n = post_live_from(s, l);
+    if (n == 0)
+        return;
+    if (l->big) {
+        size_t before = tvec_bytes(&l->tv);
+        for (size_t i = 0; i < n; i++)
+            tvec_remove(&l->tv, 0);
+        s->post.bytes = s->post.bytes - before + tvec_bytes(&l->tv);
+    } else {
+        for (size_t i = n; i < l->len; i++)
+            l->inl[i - n] = l->inl[i];
+    }
+    l->len -= (uint32_t)n;
+    s->post.dead -= n;
+}
+
+/* How far ahead of the sweep its lists are prefetched, in buckets. */
+#define POST_SWEEP_AHEAD 8
+/* The most buckets one eviction's sweep visits (a bound on an add's latency). */
+#define POST_SWEEP_MAX 256
+
+/* The dead entries the lists may hold before the sweep starts (it then goes on until half as
+ * many remain, so each list it visits has had time to gather dead entries). */
+static size_t post_dead_max(const struct store *s)
+{
+    return 64 + s->limits.max_events / 8;
+}
+
+/* While sweeping, visits the next buckets of the lists' table: pops their lists' dead entries
+ * and frees the lists left empty. */
+static void post_sweep(struct store *s)
+{
+    struct post_index *ix = &s->post;
+    size_t max = post_dead_max(s);
+    if (ix->nbuckets == 0 || (!ix->sweeping && ix->dead <= max))
+        return;
+    ix->sweeping = true;
+    for (size_t i = 0; i < POST_SWEEP_MAX && ix->dead > max / 2; i++) {
+        const struct post_list *ahead =
+            ix->buckets[(ix->sweep + POST_SWEEP_AHEAD) & (ix->nbuckets - 1)];
+        if (ahead)
+            __builtin_prefetch(ahead);
+        struct post_list **pp = &ix->buckets[ix->sweep++ & (ix->nbuckets - 1)];
+        while (*pp) {
+            struct post_list *l = *pp;
+            post_trim(s, l);
+            if (l->len) {
+                pp = &l->next;
+                continue;
+            }
+            *pp = l->next;
+            ix->nlists--;
+            ix->bytes -= sizeof(*l) + post_heap_bytes(l);
+            if (l->big)
+                tvec_free(&l->tv);
+            free(l);
+        }
+    }
+    ix->sweeping = ix->dead > max / 2;
+}
+
+/* The list for k with room for one more entry, created when missing; NULL on ENOMEM. A full
+ * list of inline entries drops its dead ones first rather than grow (they are in the line just
+ * read; the entries of a larger list are left to the sweep). */
+static struct post_list *post_reserve(struct store *s, const struct post_key *k)
+{
+    struct post_index *ix = &s->post;
+    struct post_list *l = post_find(ix, k);
+    if (l) {
+        if (!l->big && l->len == POST_INLINE)
+            post_trim(s, l);
+    } else {
+        if (ix->nlists >= ix->nbuckets && post_rehash(ix) < 0)
+            return NULL;
+        if (!(l = calloc(1, sizeof(*l))))
+            return NULL;
+        l->field = k->field;
+        l->hash = k->hash;
+        memcpy(l->value, k->value, sizeof(l->value));
+        struct post_list **pp = &ix->buckets[k->hash & (ix->nbuckets - 1)];
+        l->next = *pp;
+        *pp = l;
+        ix->nlists++;
+        ix->bytes += sizeof(*l);
+    }
+    if (post_room(ix, l) < 0) {
+        post_release_if_empty(ix, l);
+        return NULL;
+    }
+    return l;
 }
 
 /* ---- time lists and eviction -------------------------------------------------------------- */
@@ -998,16 +1110,19 @@ static size_t store_next_oldest(struct store *s, const struct post_entry **out, 
  */
 static void store_evict_from(struct store *s, struct post_list *tl)
 {
-    const struct post_entry *pe = post_at(tl, 0);
-    struct store_shard *sh = s->shards[pe->shard];
-    const struct store_rec *r = shard_rec(sh, 0);
-    post_remove_rec(&s->post, r, sh->index);
-    post_remove(&s->post, tl, r->timestamp_ns, r->id, sh->index);
+    s->gone = *post_at(tl, 0);
+    s->any_gone = true;
+    struct store_shard *sh = s->shards[s->gone.shard];
+    post_remove(&s->post, tl, s->gone.timestamp_ns, s->gone.id, s->gone.shard);
+    /* Its entries in the posting lists are dead now (post_key_of(): pid, command, and the
+     * destination port when it has one). */
+    s->post.dead += 2 + (shard_rec(sh, 0)->dport != 0);
     shard_pop_oldest(sh);
     if (--s->count == 0)
         s->newest_ns = 0;
     if (sh->recs.len == 0)
         shard_release(s, sh);
+    post_sweep(s);
 }
 
 static void store_evict_oldest(struct store *s)
@@ -1125,8 +1240,11 @@ static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns)
      * refused here), so the eviction below need not look again. */
     struct post_list *oldest_list = s->count >= s->limits.max_events ? store_oldest_list(s) : NULL;
     const struct post_entry *oldest = oldest_list ? post_at(oldest_list, 0) : NULL;
-    if (oldest && store_key_cmp(e->timestamp_ns, e->id, oldest->timestamp_ns, oldest->id) < 0) {
-        /* It would be the one evicted. */
+    if ((oldest && store_key_cmp(e->timestamp_ns, e->id, oldest->timestamp_ns, oldest->id) < 0) ||
+        (s->any_gone &&
+         store_key_cmp(e->timestamp_ns, e->id, s->gone.timestamp_ns, s->gone.id) <= 0)) {
+        /* It would be the one evicted, or it is no newer than an event already evicted (which
+         * is also what keeps the posting lists' dead entries at their fronts). */
         s->st.added++;
         s->st.evicted_count++;
         event_clear(e);
@@ -1146,7 +1264,7 @@ static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns)
     bool room = sh != NULL && post_room(&s->post, tl) == 0;
     for (int f = 0; room && f < POST_FIELDS; f++)
         if (post_key_of(&pk, f, &vals))
-            room = (lists[f] = post_reserve(&s->post, &pk)) != NULL;
+            room = (lists[f] = post_reserve(s, &pk)) != NULL;
 
     uint64_t ts = e->timestamp_ns, id = e->id;
     size_t pos;
@@ -1224,17 +1342,14 @@ static void prefetch_shard_names(const struct store_shard *sh)
 }
 
 /*
- * What evicting the oldest events of a full store will touch: their shards,
- * the records, and the records' posting lists and front entries; the same
- * level by level walk as for the events added.
+ * What evicting the oldest events of a full store will touch: their shards
+ * and records (the posting lists are left to the sweep, see the top).
  */
 static void prefetch_evictions(struct store *s, size_t n)
 {
     const struct post_entry *next[STORE_EVICT_HINTS];
     struct store_shard *shs[STORE_EVICT_HINTS];
-    struct post_list *lists[STORE_EVICT_HINTS][POST_FIELDS];
-    uint64_t hashes[STORE_EVICT_HINTS][POST_FIELDS];
-    if (s->count + n <= s->limits.max_events || s->post.nbuckets == 0)
+    if (s->count + n <= s->limits.max_events)
         return;
     n = 2 * (s->count + n - s->limits.max_events);
     n = store_next_oldest(s, next, n < STORE_EVICT_HINTS ? n : STORE_EVICT_HINTS);
@@ -1243,28 +1358,6 @@ static void prefetch_evictions(struct store *s, size_t n)
     for (size_t j = 0; j < n; j++)
         if (shs[j]->recs.len)
             __builtin_prefetch(shard_at(shs[j], 0));
-    for (size_t j = 0; j < n; j++) {
-        struct post_key pk;
-        const struct store_shard *sh = shs[j];
-        for (int f = 0; f < POST_FIELDS; f++) {
-            hashes[j][f] = sh->recs.len && post_key_of(&pk, f, shard_rec(sh, 0)) ? pk.hash : 0;
-            if (hashes[j][f])
-                __builtin_prefetch(&s->post.buckets[pk.hash & (s->post.nbuckets - 1)]);
-        }
-    }
-    for (size_t j = 0; j < n; j++)
-        for (int f = 0; f < POST_FIELDS; f++) {
-            lists[j][f] =
-                hashes[j][f] ? s->post.buckets[hashes[j][f] & (s->post.nbuckets - 1)] : NULL;
-            if (lists[j][f]) {
-                __builtin_prefetch(lists[j][f]);
-                __builtin_prefetch(&lists[j][f]->len);
-            }
-        }
-    for (size_t j = 0; j < n; j++)
-        for (int f = 0; f < POST_FIELDS; f++)
-            if (lists[j][f] && lists[j][f]->len)
-                __builtin_prefetch(post_at(lists[j][f], 0), 1);
 }
 
 static void prefetch_group(const struct store *s, const struct event *ev, size_t n,
@@ -1504,6 +1597,7 @@ static int store_post_lists(const struct store *s, const struct query *q,
                             const struct post_list *lists[POST_FIELDS])
 {
     struct post_key k;
+    size_t live[POST_FIELDS];
     int n = 0;
     if (q->has_pid) {
         post_key_words(&k, POST_PID, q->pid, 0);
@@ -1523,22 +1617,33 @@ static int store_post_lists(const struct store *s, const struct query *q,
         if (!(lists[n++] = post_find(&s->post, &k)))
             return -1;
     }
+    for (int i = 0; i < n; i++)
+        if ((live[i] = post_live_len(s, lists[i])) == 0)
+            return -1; /* only evicted events had it */
     for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && lists[j]->len < lists[j - 1]->len; j--) {
+        for (int j = i; j > 0 && live[j] < live[j - 1]; j--) {
             const struct post_list *t = lists[j];
+            size_t tl = live[j];
             lists[j] = lists[j - 1];
+            live[j] = live[j - 1];
             lists[j - 1] = t;
+            live[j - 1] = tl;
         }
     return n;
 }
 
-/* [lo, hi_all) of a posting list within the time bounds; hi stops at the cursor. */
-static void post_bounds(const struct post_list *l, const struct query *q, size_t *lo,
-                        size_t *hi_all, size_t *hi)
+/* [lo, hi_all) of a posting list's live entries within the time bounds; hi stops at the
+ * cursor. */
+static void post_bounds(const struct store *s, const struct post_list *l, const struct query *q,
+                        size_t *lo, size_t *hi_all, size_t *hi)
 {
-    *lo = q->since_ns ? post_lower_bound(l, l->len, q->since_ns, 0, 0) : 0;
-    *hi_all =
-        q->until_ns == UINT64_MAX ? l->len : post_lower_bound(l, l->len, q->until_ns + 1, 0, 0);
+    size_t live = post_live_from(s, l);
+    *lo = q->since_ns ? post_lower_bound_in(l, live, l->len, q->since_ns, 0, 0) : live;
+    *hi_all = q->until_ns == UINT64_MAX
+                  ? l->len
+                  : post_lower_bound_in(l, live, l->len, q->until_ns + 1, 0, 0);
+    if (*hi_all < *lo)
+        *hi_all = *lo;
     *hi = *hi_all;
     if (q->has_cursor)
         *hi = post_lower_bound(l, *hi_all, q->cursor.timestamp_ns, q->cursor.id, 0);
@@ -1569,7 +1674,7 @@ static int store_query_posting(struct store *s, const struct query *q,
 {
     const struct post_list *l = lists[0];
     size_t lo, hi_all, hi;
-    post_bounds(l, q, &lo, &hi_all, &hi);
+    post_bounds(s, l, q, &lo, &hi_all, &hi);
     size_t cap = hi - lo < limit ? hi - lo : limit;
     if (cap && !(out->events = calloc(cap, sizeof(*out->events))))
         return -ENOMEM;
@@ -1625,7 +1730,7 @@ static int store_query_by_time(struct store *s, const struct query *q, size_t li
         if (l->len == 0 || (q->types && !(q->types & EVENT_TYPE_BIT(t))))
             continue;
         size_t lo, hi_all, hi;
-        post_bounds(l, q, &lo, &hi_all, &hi);
+        post_bounds(s, l, q, &lo, &hi_all, &hi);
         total += hi_all - lo;
         after += hi - lo;
         if (hi > lo) {
@@ -1748,7 +1853,7 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
 
     if (nlists > 0) {
         size_t plo, phi_all, phi;
-        post_bounds(lists[0], q, &plo, &phi_all, &phi);
+        post_bounds(s, lists[0], q, &plo, &phi_all, &phi);
         if (phi_all - plo < candidates) {
             rc = store_query_posting(s, q, lists, nlists, selected, limit, out);
             goto cursor;
@@ -1847,6 +1952,8 @@ void store_get_stats(struct store *s, struct store_stats *out)
     out->events = s->count;
     out->capacity = s->limits.max_events;
     out->index_bytes = s->post.bytes;
+    out->index_lists = s->post.nlists;
+    out->index_dead = s->post.dead;
     out->shards = s->live.n;
     out->shards_made = s->nshards;
     const struct post_entry *oldest = store_oldest(s);

@@ -631,6 +631,92 @@ Test(store, count_limit_evicts_the_oldest)
     store_free(s);
 }
 
+/*
+ * Eviction leaves the posting lists alone (pkg/store.c): the entries of
+ * evicted events are skipped by queries at once, and the sweep keeps them
+ * to a fraction of the capacity, freeing the lists of values that no
+ * longer occur.
+ */
+Test(store, evicted_values_leave_the_posting_lists)
+{
+    enum { CAP = 500 };
+    struct store *s = new_store(CAP, 0);
+    for (uint64_t i = 0; i < CAP; i++) {
+        struct event e = mk(1000 + i, i, EVENT_CONNECTION, "node-a");
+        char comm[16];
+        snprintf(comm, sizeof(comm), "c%llu", (unsigned long long)i);
+        set_comm(&e, comm);
+        e.pid = 10000 + (uint32_t)i;
+        e.dport = (uint16_t)(20000 + i);
+        add(s, &e);
+    }
+    struct store_stats st, after_half;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.index_lists, 3 * CAP);
+    cr_assert_eq(st.index_dead, 0);
+
+    /* Half of them go: their values answer nothing at once, the others still do. */
+    uint64_t ts = 100000, id = 100000;
+    for (uint64_t i = 0; i < CAP / 2; i++, ts++, id++) {
+        struct event e = mk(ts, id, EVENT_CONNECTION, "node-a");
+        e.dport = 80;
+        add(s, &e);
+    }
+    char qs[64];
+    for (uint64_t i = 0; i < CAP; i += 7) {
+        const char *fmt[] = {"pid=%llu", "command=c%llu", "dest_port=%llu"};
+        const unsigned long long v[] = {10000 + i, i, 20000 + i};
+        for (int f = 0; f < 3; f++) {
+            snprintf(qs, sizeof(qs), fmt[f], v[f]);
+            struct query q = parse_q(qs);
+            struct store_result r;
+            cr_assert_eq(store_query(s, &q, &r), 0);
+            uint64_t want = i >= CAP / 2;
+            cr_assert_eq(r.count, want, "%s: %zu events", qs, r.count);
+            cr_assert_eq(r.total_count, want, "%s: total %llu", qs,
+                         (unsigned long long)r.total_count);
+            store_result_free(&r);
+        }
+    }
+    /* Time bounds and the shared values count only the events held. */
+    struct query q = parse_q("pid=1&since=1000&limit=1000");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.total_count, CAP / 2);
+    store_result_free(&r);
+    q = parse_q("command=sh&limit=1000");
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.total_count, CAP / 2);
+    store_result_free(&r);
+
+    store_get_stats(s, &after_half);
+    cr_assert_leq(after_half.index_dead, 3 * CAP / 2);
+    cr_assert_leq(after_half.index_lists, 3 * CAP + 1);
+
+    /* The rest go too: besides the three values still held, only lists with dead entries the
+     * sweep may leave remain, and the memory of the others is back. */
+    for (uint64_t i = 0; i < 4 * 3 * CAP; i++, ts++, id++) {
+        struct event e = mk(ts, id, EVENT_CONNECTION, "node-a");
+        e.dport = 80;
+        add(s, &e);
+    }
+    struct store_stats after;
+    store_get_stats(s, &after);
+    cr_assert_eq(after.events, CAP);
+    /* Twelve times the capacity evicted, a fraction of it still dead. */
+    cr_assert_leq(after.index_dead, CAP / 2, "%llu dead", (unsigned long long)after.index_dead);
+    cr_assert_leq(after.index_lists, 3 + after.index_dead, "%llu lists",
+                  (unsigned long long)after.index_lists);
+    cr_assert_lt(after.index_bytes, st.index_bytes);
+    q = parse_q("dest_port=80&limit=1000");
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, CAP);
+    cr_assert_eq(r.total_count, CAP);
+    cr_assert_eq(r.events[0].timestamp_ns, ts - 1);
+    store_result_free(&r);
+    store_free(s);
+}
+
 Test(store, count_limit_under_random_load_keeps_the_newest)
 {
     enum { N = 5000, CAP = 700 };

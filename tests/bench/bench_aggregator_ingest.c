@@ -260,6 +260,10 @@ static int run_inproc(uint64_t nevents, const char *prefix)
     bench_emit(name, (double)(rss1 - rss0) / (double)filled.events, "B", "<=", 200);
     snprintf(name, sizeof(name), "%s.inproc.index_bytes_per_stored_event", prefix);
     bench_emit(name, (double)filled.index_bytes / (double)filled.events, "B", NULL, 0);
+    /* After the steady phase: with the evicted events' posting list entries that wait for the
+     * sweep (pkg/store.c). */
+    snprintf(name, sizeof(name), "%s.inproc.steady_index_bytes_per_stored_event", prefix);
+    bench_emit(name, (double)ss.index_bytes / (double)ss.events, "B", NULL, 0);
     if (fill.rejected + steady.rejected + late.rejected ||
         fill.failed + steady.failed + late.failed)
         fprintf(stderr, "bench_aggregator_ingest: %" PRIu64 " rejected, %" PRIu64 " failed: %s\n",
