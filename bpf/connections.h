@@ -475,13 +475,16 @@ int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)
     return 0;
 }
 
-/* A server connection's owner: the process that accepted it. */
-static __always_inline void life_accepted(__u64 key)
+/* A server connection's owner: the process that accepted it (its header, taken once for
+ * the accept record too). */
+static __always_inline void life_accepted(__u64 key, const struct record_hdr *h)
 {
     struct sock_life *l = bpf_map_lookup_elem(&sockets, &key);
 
-    if (l && l->phase == LIFE_FOLLOWING && !l->owner.kind)
-        record_hdr_current(&l->owner, RECORD_CLOSE);
+    if (l && l->phase == LIFE_FOLLOWING && !l->owner.kind) {
+        l->owner = *h;
+        l->owner.kind = RECORD_CLOSE;
+    }
 }
 
 static __always_inline void life_mark_reset(const struct sock *sk, __u8 reset, __u32 slot)
@@ -720,16 +723,19 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
         return 0;
 
     if (accept) {
+        struct record_hdr h;
+
         if (SK_READ(sk, sk_protocol) != IPPROTO_TCP)
             return 0;
+        record_hdr_current(&h, RECORD_ACCEPT);
         if (track_close)
-            life_accepted((__u64)sk);
+            life_accepted((__u64)sk, &h);
         if (!emit_accept)
             return 0;
         r = record_reserve(SLOT_SYS_EXIT_ACCEPT, sizeof(*r));
         if (!r)
             return 0;
-        record_hdr_current(&r->hdr, RECORD_ACCEPT);
+        r->hdr = h;
         r->protocol = IPPROTO_TCP;
         r->status = 0;
         r->latency_ns = 0;
