@@ -837,6 +837,18 @@ static int post_grow(struct post_index *ix, struct post_list *l)
     return 0;
 }
 
+/* Unlinks l, which *pp points to, and frees it. */
+static void post_unlink_free(struct post_index *ix, struct post_list **pp)
+{
+    struct post_list *l = *pp;
+    *pp = l->next;
+    ix->nlists--;
+    ix->bytes -= sizeof(*l) + post_heap_bytes(l);
+    if (l->big)
+        tvec_free(&l->tv);
+    free(l);
+}
+
 /* Unlinks and frees l when it holds no event. */
 static void post_release_if_empty(struct post_index *ix, struct post_list *l)
 {
@@ -844,12 +856,7 @@ static void post_release_if_empty(struct post_index *ix, struct post_list *l)
         return;
     struct post_key k = {.field = l->field, .hash = l->hash};
     memcpy(k.value, l->value, sizeof(k.value));
-    *post_slot(ix, &k) = l->next;
-    ix->nlists--;
-    ix->bytes -= sizeof(*l) + post_heap_bytes(l);
-    if (l->big)
-        tvec_free(&l->tv);
-    free(l);
+    post_unlink_free(ix, post_slot(ix, &k));
 }
 
 /* Room for one more entry in l. 0 or -ENOMEM. */
@@ -1003,18 +1010,11 @@ static void post_sweep(struct store *s)
             __builtin_prefetch(ahead);
         struct post_list **pp = &ix->buckets[ix->sweep++ & (ix->nbuckets - 1)];
         while (*pp) {
-            struct post_list *l = *pp;
-            post_trim(s, l);
-            if (l->len) {
-                pp = &l->next;
-                continue;
-            }
-            *pp = l->next;
-            ix->nlists--;
-            ix->bytes -= sizeof(*l) + post_heap_bytes(l);
-            if (l->big)
-                tvec_free(&l->tv);
-            free(l);
+            post_trim(s, *pp);
+            if ((*pp)->len)
+                pp = &(*pp)->next;
+            else
+                post_unlink_free(ix, pp);
         }
     }
     ix->sweeping = ix->dead > max / 2;
