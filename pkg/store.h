@@ -78,7 +78,7 @@ struct store_stats {
     uint64_t oldest_ns, newest_ns;
     uint64_t index_bytes; /* memory of the posting lists (pid, command, dest_port) and time lists */
     uint64_t index_lists; /* posting lists, with those of evicted events the sweep has not freed */
-    uint64_t index_dead;  /* entries of evicted events in them (at most max_events / 16 + 64) */
+    uint64_t index_dead;  /* entries of evicted events in them (swept past max_events / 8 + 64) */
     uint64_t shards;      /* holding events now */
     uint64_t shards_made; /* ever allocated: a shard emptied is reused for the next new key */
 };
