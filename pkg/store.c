@@ -39,23 +39,20 @@
  * bounds and the cursor, and merge the ranges newest first with a max-heap.
  * Counting needs no scan for those filters.
  *
- * Per-event fields (pid, command, dest_port) have posting lists: one
- * time-ordered deque of (timestamp, id, shard) per value, appended on add. A
- * list is not touched when one of its events is evicted: eviction goes in
- * the order of that key, so an entry whose key is at or before the last
- * evicted one (store.gone) is dead, and a list's dead entries are the front
- * of it, which queries skip. The store counts them (an evicted record says
- * which lists it was in without looking them up), and whenever there are
- * more than an eighth of its capacity a sweep walks the lists' table on,
- * bucket by bucket (a bounded number per eviction), popping dead entries
- * and freeing the lists left empty, until half as many remain: the lists
- * stay bounded by the store, and a value no event holds any more keeps no
- * list for long. This spares
- * eviction three hash lookups and their cache misses per event where values
- * recur (a long-lived pid, a command, a port); where every event brings new
- * values the sweep frees about as many lists per eviction as eviction used
- * to. A query with such a filter walks the shortest of its lists, or the
- * selected shards when those hold fewer candidates.
+ * Per-event fields (pid, command, dest_port) are in columns: every event
+ * added, in the order added, as parallel arrays of its key (timestamp, id,
+ * shard) and those fields (30 bytes a slot; a command as a 4-byte id, see
+ * struct comms), a ring of up to a quarter more slots than the store
+ * holds. Adding writes the next slot, in order: no lookup per value and no
+ * cache miss. Eviction does not touch them: it goes in the order of the
+ * key, so an entry whose key is at or before the last evicted one
+ * (store.gone) is gone, which queries skip; a full ring drops the gone
+ * entries at its front and lets a held one there (stamped newer than the
+ * events evicted since it was added) go round to the back, which moves
+ * nothing: in a full ring the front slot is the next back one. A query with
+ * such a filter scans the columns (one 4-byte column, or the 2-byte port,
+ * compared until a slot matches), or reads the selected shards' records
+ * when those hold few candidates.
  *
  * One rwlock: queries share it, adds and expiry take it exclusively, with
  * writers preferred so a stream of queries cannot starve ingestion.
@@ -116,7 +113,7 @@ struct store_shard {
     uint64_t newest_ts, newest_id;
     struct tvec recs; /* the records (recs.esz bytes each, a multiple of 8), oldest first */
 
-    uint32_t index;    /* position in store.shards, what posting lists refer to */
+    uint32_t index;    /* position in store.shards, what time lists and columns refer to */
     uint32_t live_pos; /* position in store.live, and in its type's list */
     uint32_t type_pos;
     uint64_t hash; /* store_hash() of its key */
@@ -130,58 +127,49 @@ struct store_shard {
 
 _Static_assert(offsetof(struct store_shard, index) <= 64, "a shard's query fields fill one line");
 
-/* The per-event fields that have posting lists. */
-enum post_field {
-    POST_PID,
-    POST_COMMAND,
-    POST_DEST_PORT,
-    POST_FIELDS,
-};
-
-/* One event in a posting list; lists sort by (timestamp, id, shard) ascending. */
-struct post_entry {
+/* An event's key in a time list; lists sort by (timestamp, id, shard) ascending. */
+struct time_entry {
     uint64_t timestamp_ns;
     uint64_t id;
     uint32_t shard;
 } __attribute__((packed));
 
-/*
- * The events holding one value of one field; freed when its last event is
- * evicted. Most values (a pid, a port) hold few events: up to POST_INLINE
- * entries live in the list itself; a list that outgrows them keeps a tiered
- * vector (pkg/tvec.h) in their place until it is empty.
- */
-#define POST_INLINE 2
-
-struct post_list {
-    struct post_list *next; /* hash chain */
-    uint64_t hash;
-    uint8_t field;
-    uint8_t value[EVENT_COMM_LEN]; /* the value's bytes, zero-padded */
-    bool big;                      /* the entries are in tv */
-    uint32_t len;
-    union {
-        struct tvec tv;
-        struct post_entry inl[POST_INLINE];
-    };
+/* Every held event of one type, oldest first. */
+struct time_list {
+    struct tvec tv; /* of struct time_entry */
 };
 
-_Static_assert(sizeof(struct tvec) <= sizeof(struct post_entry[POST_INLINE]),
-               "a list's tiered vector takes the place of its inline entries");
+/*
+ * Every event held, in the order added, as columns (see the top of this
+ * file): slots [start, start + len) modulo cap, oldest added first, each an
+ * event's key and the per-event fields queries filter on. Entries of
+ * evicted events stay until the front reaches them or the ring, growing,
+ * is rebuilt without them.
+ */
+struct columns {
+    unsigned char *mem; /* one allocation holding the columns below */
+    uint64_t *ts, *id;
+    uint32_t *shard, *pid;
+    uint32_t *comm; /* the command's id in struct store's comms */
+    uint16_t *dport;
+    size_t cap, start, len;
+};
 
-/* Bytes of a list's entries outside the list itself. */
-static inline size_t post_heap_bytes(const struct post_list *l)
-{
-    return l->big ? tvec_bytes(&l->tv) : 0;
-}
+/* Bytes of one slot of every column. */
+#define COLS_SLOT_BYTES (2 * sizeof(uint64_t) + 3 * sizeof(uint32_t) + sizeof(uint16_t))
 
-struct post_index {
-    struct post_list **buckets;
-    size_t nbuckets, nlists;
-    size_t bytes; /* lists, their entries and the buckets */
-    size_t sweep; /* the next bucket the sweep visits */
-    size_t dead;  /* entries of evicted events still in lists */
-    bool sweeping;
+/*
+ * The commands of the columns, by id: the columns hold a command as a
+ * 4-byte id, which a command filter compares exactly. Ids of commands no
+ * held event has any more are dropped by a collection that renumbers the
+ * rest (comms_collect()), so the table is bounded by the commands held.
+ */
+struct comms {
+    uint64_t (*words)[2]; /* comm_words() by id */
+    uint32_t *table;      /* open addressing over comm_hash(): id + 1, 0 = free */
+    size_t n, cap;        /* ids given, room in words */
+    size_t tcap;          /* slots of table, a power of two, at least twice n */
+    size_t collect_at;    /* n at which the next new command collects first */
 };
 
 struct shard_list {
@@ -216,7 +204,7 @@ struct store {
     struct store_limits limits;
 
     /*
-     * Every shard made, by index (stable: posting lists refer to it). A shard
+     * Every shard made, by index (stable: time lists and columns refer to it). A shard
      * whose last event goes is taken out of the key table and the lists below
      * and kept for the next new key (free), so the shards are bounded by the
      * most ever held at once, not by every key ever seen (pods come and go).
@@ -235,16 +223,17 @@ struct store {
     struct store_shard **table; /* open addressing over the shard key; NULL = free */
     size_t table_cap;
 
-    struct post_index post;
-    /* Every held event by type, oldest first (big lists outside post's table; their memory
-     * is counted in post.bytes). */
-    struct post_list by_time[EVENT_TYPE_COUNT];
+    struct columns cols;
+    struct comms comms;
+    /* Every held event by type, oldest first. */
+    struct time_list by_time[EVENT_TYPE_COUNT];
+    size_t time_bytes; /* the time lists' memory */
 
     size_t count;
     uint64_t newest_ns; /* of the events held: only evicting the last one can remove it */
     /* The key of the last event evicted (when any_gone): every event held is after it, and a
-     * posting list entry at or before it is dead (see the top of this file). */
-    struct post_entry gone;
+     * column entry at or before it is gone (see the top of this file). */
+    struct time_entry gone;
     bool any_gone;
     struct store_stats st; /* counters only; events/capacity/oldest/newest filled on demand */
 };
@@ -402,7 +391,7 @@ static size_t shard_lower_bound(const struct store_shard *sh, uint64_t ts, uint6
  * i sorts before it). Late events are mostly just behind the newest few (an
  * agent's records that left the ring in another order than they were
  * stamped): a few reads near the end where a binary search of a long shard
- * or posting list misses the cache at every step. The caller binary-searches
+ * or time list misses the cache at every step. The caller binary-searches
  * the range.
  */
 static inline void gallop_back(size_t n, bool (*below)(const void *obj, size_t i, const void *key),
@@ -646,8 +635,9 @@ static void shard_list_remove(struct shard_list *l, uint32_t pos, bool type_list
 /*
  * Lets an empty shard go: out of the key table (linear probing: the entries
  * after it that would no longer be found move back), out of the lists
- * queries read, onto the free list. Nothing refers to it by then: posting
- * and time lists hold only held events.
+ * queries read, onto the free list. Nothing refers to it by then: time
+ * lists hold only held events, and the columns' entries of its evicted
+ * events are gone (queries check that first).
  */
 static void shard_release(struct store *s, struct store_shard *sh)
 {
@@ -670,117 +660,14 @@ static void shard_release(struct store *s, struct store_shard *sh)
     s->free_shards[s->nfree++] = sh;
 }
 
-/* ---- posting lists ------------------------------------------------------------------------ */
+/* ---- time lists --------------------------------------------------------------------------- */
 
-struct post_key {
-    uint8_t field;
-    uint8_t value[EVENT_COMM_LEN];
-    uint64_t hash;
-};
-_Static_assert(EVENT_COMM_LEN == 16, "post_key_set() hashes the value as two words");
-
-/* The key of a value given as the two words of its 16 bytes (zero past the value's). */
-static inline void post_key_words(struct post_key *k, enum post_field field, uint64_t lo,
-                                  uint64_t hi)
+static inline struct time_entry *time_at(const struct time_list *l, size_t i)
 {
-    k->field = (uint8_t)field;
-    memcpy(k->value, &lo, sizeof(lo));
-    memcpy(k->value + sizeof(lo), &hi, sizeof(hi));
-    /* Two words, two multiplies: this runs six times per stored event. */
-    uint64_t h = (lo ^ ((uint64_t)field << 56) ^ 0x9e3779b97f4a7c15ull) * 0xff51afd7ed558ccdull;
-    h = (h ^ (h >> 32) ^ hi) * 0xc4ceb9fe1a85ec53ull;
-    k->hash = h ^ (h >> 29);
+    return tvec_at(&l->tv, i);
 }
 
-static void post_key_set(struct post_key *k, enum post_field field, const void *value, size_t len)
-{
-    unsigned char v[EVENT_COMM_LEN] = {0};
-    uint64_t lo, hi;
-    memcpy(v, value, len);
-    memcpy(&lo, v, sizeof(lo));
-    memcpy(&hi, v + sizeof(lo), sizeof(hi));
-    post_key_words(k, field, lo, hi);
-}
-
-/* A command's key: its bytes up to the first NUL, the rest zero (as post_key_set() makes it),
- * with masks instead of a copy of variable length where the first bytes are the low ones. */
-static void post_key_command(struct post_key *k, const char *command)
-{
-    size_t len = strnlen(command, EVENT_COMM_LEN);
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    uint64_t lo, hi;
-    memcpy(&lo, command, sizeof(lo));
-    memcpy(&hi, command + sizeof(lo), sizeof(hi));
-    if (len < 8) {
-        lo = len ? lo & (~0ull >> (64 - 8 * len)) : 0;
-        hi = 0;
-    } else if (len < 16) {
-        hi = len > 8 ? hi & (~0ull >> (64 - 8 * (len - 8))) : 0;
-    }
-    post_key_words(k, POST_COMMAND, lo, hi);
-#else
-    post_key_set(k, POST_COMMAND, command, len);
-#endif
-}
-
-/* The key of a record's field; false when the record has no value there (dest_port 0). */
-static bool post_key_of(struct post_key *k, enum post_field field, const struct store_rec *r)
-{
-    switch (field) {
-    case POST_PID:
-        post_key_words(k, field, r->pid, 0);
-        return true;
-    case POST_COMMAND:
-        post_key_command(k, r->command);
-        return true;
-    case POST_DEST_PORT:
-        post_key_words(k, field, r->dport, 0);
-        return r->dport != 0;
-    default:
-        return false;
-    }
-}
-
-static struct post_list **post_slot(const struct post_index *ix, const struct post_key *k)
-{
-    struct post_list **pp = &ix->buckets[k->hash & (ix->nbuckets - 1)];
-    while (*pp && ((*pp)->hash != k->hash || (*pp)->field != k->field ||
-                   memcmp((*pp)->value, k->value, sizeof(k->value)) != 0))
-        pp = &(*pp)->next;
-    return pp;
-}
-
-static struct post_list *post_find(const struct post_index *ix, const struct post_key *k)
-{
-    return ix->nbuckets ? *post_slot(ix, k) : NULL;
-}
-
-static int post_rehash(struct post_index *ix)
-{
-    size_t n = ix->nbuckets ? ix->nbuckets * 2 : 256;
-    struct post_list **b = calloc(n, sizeof(*b));
-    if (!b)
-        return -ENOMEM;
-    for (size_t i = 0; i < ix->nbuckets; i++) {
-        for (struct post_list *l = ix->buckets[i], *next; l; l = next) {
-            next = l->next;
-            l->next = b[l->hash & (n - 1)];
-            b[l->hash & (n - 1)] = l;
-        }
-    }
-    ix->bytes += (n - ix->nbuckets) * sizeof(*b);
-    free(ix->buckets);
-    ix->buckets = b;
-    ix->nbuckets = n;
-    return 0;
-}
-
-static inline struct post_entry *post_at(const struct post_list *l, size_t i)
-{
-    return l->big ? tvec_at(&l->tv, i) : (struct post_entry *)&l->inl[i];
-}
-
-static int post_entry_cmp(const struct post_entry *a, uint64_t ts, uint64_t id, uint32_t shard)
+static int entry_cmp(const struct time_entry *a, uint64_t ts, uint64_t id, uint32_t shard)
 {
     int c = store_key_cmp(a->timestamp_ns, a->id, ts, id);
     if (c)
@@ -789,12 +676,12 @@ static int post_entry_cmp(const struct post_entry *a, uint64_t ts, uint64_t id, 
 }
 
 /* First index in [lo, hi) whose entry is >= (ts, id, shard); hi when none. */
-static size_t post_lower_bound_in(const struct post_list *l, size_t lo, size_t hi, uint64_t ts,
+static size_t time_lower_bound_in(const struct time_list *l, size_t lo, size_t hi, uint64_t ts,
                                   uint64_t id, uint32_t shard)
 {
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (post_entry_cmp(post_at(l, mid), ts, id, shard) < 0)
+        if (entry_cmp(time_at(l, mid), ts, id, shard) < 0)
             lo = mid + 1;
         else
             hi = mid;
@@ -803,252 +690,323 @@ static size_t post_lower_bound_in(const struct post_list *l, size_t lo, size_t h
 }
 
 /* First index in [0, hi) whose entry is >= (ts, id, shard). */
-static size_t post_lower_bound(const struct post_list *l, size_t hi, uint64_t ts, uint64_t id,
+static size_t time_lower_bound(const struct time_list *l, size_t hi, uint64_t ts, uint64_t id,
                                uint32_t shard)
 {
-    return post_lower_bound_in(l, 0, hi, ts, id, shard);
+    return time_lower_bound_in(l, 0, hi, ts, id, shard);
 }
 
-struct post_key_at {
-    uint64_t ts, id;
-    uint32_t shard;
-};
-
-static bool post_below(const void *obj, size_t i, const void *key)
+static bool time_below(const void *obj, size_t i, const void *key)
 {
-    const struct post_key_at *k = key;
-    return post_entry_cmp(post_at(obj, i), k->ts, k->id, k->shard) < 0;
-}
-
-/* Moves the inline entries of a full list into a tiered vector with room for one more. */
-static int post_grow(struct post_index *ix, struct post_list *l)
-{
-    struct post_entry inl[POST_INLINE];
-    struct tvec tv;
-    memcpy(inl, l->inl, sizeof(inl));
-    tvec_init(&tv, sizeof(struct post_entry), 2 * POST_INLINE);
-    if (tvec_reserve(&tv) < 0)
-        return -ENOMEM;
-    for (uint32_t i = 0; i < l->len; i++)
-        memcpy(tvec_append(&tv), &inl[i], sizeof(inl[i]));
-    l->tv = tv;
-    l->big = true;
-    ix->bytes += post_heap_bytes(l);
-    return 0;
-}
-
-/* Unlinks l, which *pp points to, and frees it. */
-static void post_unlink_free(struct post_index *ix, struct post_list **pp)
-{
-    struct post_list *l = *pp;
-    *pp = l->next;
-    ix->nlists--;
-    ix->bytes -= sizeof(*l) + post_heap_bytes(l);
-    if (l->big)
-        tvec_free(&l->tv);
-    free(l);
-}
-
-/* Unlinks and frees l when it holds no event. */
-static void post_release_if_empty(struct post_index *ix, struct post_list *l)
-{
-    if (!l || l->len)
-        return;
-    struct post_key k = {.field = l->field, .hash = l->hash};
-    memcpy(k.value, l->value, sizeof(k.value));
-    post_unlink_free(ix, post_slot(ix, &k));
+    const struct time_entry *k = key;
+    return entry_cmp(time_at(obj, i), k->timestamp_ns, k->id, k->shard) < 0;
 }
 
 /* Room for one more entry in l. 0 or -ENOMEM. */
-static int post_room(struct post_index *ix, struct post_list *l)
+static int time_room(struct store *s, struct time_list *l)
 {
-    if (l->big && !tvec_has_room(&l->tv)) {
-        size_t before = tvec_bytes(&l->tv);
-        int rc = tvec_reserve(&l->tv);
-        ix->bytes = ix->bytes - before + tvec_bytes(&l->tv);
-        return rc;
-    }
-    return !l->big && l->len == POST_INLINE ? post_grow(ix, l) : 0;
+    if (tvec_has_room(&l->tv))
+        return 0;
+    size_t before = tvec_bytes(&l->tv);
+    int rc = tvec_grow(&l->tv);
+    s->time_bytes = s->time_bytes - before + tvec_bytes(&l->tv);
+    return rc;
 }
 
-/* Places an entry in order; the list has room (post_reserve()). */
-static void post_insert(struct post_list *l, uint64_t ts, uint64_t id, uint32_t shard)
+/* Places an entry in order; the list has room (time_room()). */
+static void time_insert(struct time_list *l, uint64_t ts, uint64_t id, uint32_t shard)
 {
-    size_t p = l->len, lo, hi;
-    if (p && post_entry_cmp(post_at(l, p - 1), ts, id, shard) > 0) {
-        gallop_back(l->len, post_below, l, &(struct post_key_at){ts, id, shard}, &lo, &hi);
-        p = post_lower_bound_in(l, lo, hi, ts, id, shard);
+    struct time_entry e = {.timestamp_ns = ts, .id = id, .shard = shard};
+    size_t p = l->tv.len, lo, hi;
+    if (p && entry_cmp(time_at(l, p - 1), ts, id, shard) > 0) {
+        gallop_back(l->tv.len, time_below, l, &e, &lo, &hi);
+        p = time_lower_bound_in(l, lo, hi, ts, id, shard);
     }
-    struct post_entry e = {.timestamp_ns = ts, .id = id, .shard = shard};
-    if (l->big && p == l->len) {
+    if (p == l->tv.len)
         memcpy(tvec_append(&l->tv), &e, sizeof(e));
-    } else if (l->big) {
+    else
         tvec_insert(&l->tv, p, &e);
-    } else {
-        for (size_t i = l->len; i > p; i--)
-            l->inl[i] = l->inl[i - 1];
-        l->inl[p] = e;
-    }
-    l->len++;
 }
 
-/* Removes an entry (the list is kept when empty); eviction takes the oldest event, so it is
- * normally the front. */
-static void post_remove(struct post_index *ix, struct post_list *l, uint64_t ts, uint64_t id,
+/* Removes the entry of an event held; eviction takes the oldest event, so it is normally the
+ * front. */
+static void time_remove(struct store *s, struct time_list *l, uint64_t ts, uint64_t id,
                         uint32_t shard)
 {
     size_t p = 0;
-    if (post_entry_cmp(post_at(l, 0), ts, id, shard) != 0)
-        p = post_lower_bound(l, l->len, ts, id, shard);
-    if (p >= l->len || post_entry_cmp(post_at(l, p), ts, id, shard) != 0)
+    if (entry_cmp(time_at(l, 0), ts, id, shard) != 0)
+        p = time_lower_bound(l, l->tv.len, ts, id, shard);
+    if (p >= l->tv.len || entry_cmp(time_at(l, p), ts, id, shard) != 0)
         return;
-    if (l->big) {
-        size_t before = tvec_bytes(&l->tv);
-        tvec_remove(&l->tv, p);
-        ix->bytes = ix->bytes - before + tvec_bytes(&l->tv);
-    } else {
-        for (size_t i = p; i + 1 < l->len; i++)
-            l->inl[i] = l->inl[i + 1];
+    size_t before = tvec_bytes(&l->tv);
+    tvec_remove(&l->tv, p);
+    s->time_bytes = s->time_bytes - before + tvec_bytes(&l->tv);
+}
+
+/* ---- columns ------------------------------------------------------------------------------ */
+
+#define COLS_MIN_CAP 1024
+
+/* The slot of the i-th entry, oldest added first. */
+static inline size_t col_slot(const struct columns *c, size_t i)
+{
+    size_t k = c->start + i;
+    return k >= c->cap ? k - c->cap : k;
+}
+
+/* Whether an event with this key has been evicted (see struct store's gone). */
+static inline bool key_gone(const struct store *s, uint64_t ts, uint64_t id, uint32_t shard)
+{
+    const struct time_entry *g = &s->gone;
+    if (!s->any_gone || ts > g->timestamp_ns)
+        return false;
+    if (ts < g->timestamp_ns)
+        return true;
+    return id != g->id ? id < g->id : shard <= g->shard;
+}
+
+static inline bool col_gone(const struct store *s, size_t slot)
+{
+    const struct columns *c = &s->cols;
+    return key_gone(s, c->ts[slot], c->id[slot], c->shard[slot]);
+}
+
+/*
+ * A command as two words: its bytes up to the first NUL (at most
+ * EVENT_COMM_LEN), the rest zero, with masks instead of a copy of variable
+ * length where the first bytes are the low ones.
+ */
+static void comm_words(const char *command, uint64_t w[2])
+{
+    _Static_assert(EVENT_COMM_LEN == 16, "a command is two words");
+    size_t len = strnlen(command, EVENT_COMM_LEN);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(w, command, EVENT_COMM_LEN);
+    if (len < 8) {
+        w[0] = len ? w[0] & (~0ull >> (64 - 8 * len)) : 0;
+        w[1] = 0;
+    } else if (len < 16) {
+        w[1] = len > 8 ? w[1] & (~0ull >> (64 - 8 * (len - 8))) : 0;
     }
-    l->len--;
+#else
+    unsigned char v[EVENT_COMM_LEN] = {0};
+    memcpy(v, command, len);
+    memcpy(w, v, sizeof(v));
+#endif
 }
 
-static void post_free(struct post_index *ix)
+/* 32 bits of a command's words: equal for equal commands (and rarely for others). */
+static inline uint32_t comm_hash(const uint64_t w[2])
 {
-    for (size_t i = 0; i < ix->nbuckets; i++) {
-        for (struct post_list *l = ix->buckets[i], *next; l; l = next) {
-            next = l->next;
-            if (l->big)
-                tvec_free(&l->tv);
-            free(l);
-        }
+    uint64_t h = (w[0] ^ 0x9e3779b97f4a7c15ull) * 0xff51afd7ed558ccdull;
+    h = (h ^ (h >> 32) ^ w[1]) * 0xc4ceb9fe1a85ec53ull;
+    return (uint32_t)(h >> 32);
+}
+
+/* The most slots: a quarter more than the store holds, so that in a full ring many entries
+ * are gone ones that the front can drop. */
+static size_t cols_max_cap(const struct store *s)
+{
+    size_t m = s->limits.max_events;
+    return m > SIZE_MAX / 2 / COLS_SLOT_BYTES ? m : m + m / 4 + 64;
+}
+
+/* Moves the held entries, in order, to new columns of cap slots (more than are held). 0 or
+ * -ENOMEM. */
+static int cols_rebuild(struct store *s, size_t cap)
+{
+    struct columns *c = &s->cols, n = {.cap = cap};
+    if (cap > SIZE_MAX / COLS_SLOT_BYTES || !(n.mem = malloc(cap * COLS_SLOT_BYTES)))
+        return -ENOMEM;
+    /* The 8-byte columns first, so each column is aligned. */
+    n.ts = (uint64_t *)n.mem;
+    n.id = n.ts + cap;
+    n.shard = (uint32_t *)(n.id + cap);
+    n.pid = n.shard + cap;
+    n.comm = n.pid + cap;
+    n.dport = (uint16_t *)(n.comm + cap);
+    for (size_t i = 0; i < c->len; i++) {
+        size_t k = col_slot(c, i);
+        if (col_gone(s, k))
+            continue;
+        n.ts[n.len] = c->ts[k];
+        n.id[n.len] = c->id[k];
+        n.shard[n.len] = c->shard[k];
+        n.pid[n.len] = c->pid[k];
+        n.comm[n.len] = c->comm[k];
+        n.dport[n.len++] = c->dport[k];
     }
-    free(ix->buckets);
-    memset(ix, 0, sizeof(*ix));
+    free(c->mem);
+    *c = n;
+    return 0;
 }
 
-/* An entry whose event has been evicted (see struct store's gone). */
-static bool post_entry_gone(const struct store *s, const struct post_entry *e)
+/*
+ * Room for one more entry. A full ring drops the gone entries at its front;
+ * a held one there (added long ago but stamped newer than the events
+ * evicted since) goes round to the back: in a full ring the front slot is
+ * the next back one, so only start moves. A quarter more slots than the
+ * store holds keeps that rare. Until the ring has its most slots, a held
+ * front makes it grow instead (twice as many, without the gone entries).
+ * 0 or -ENOMEM.
+ */
+static int cols_reserve(struct store *s)
 {
-    return s->any_gone && post_entry_cmp(e, s->gone.timestamp_ns, s->gone.id, s->gone.shard) <= 0;
-}
-
-/* The index of l's first live entry (its dead entries are the ones before). Galloping from the
- * front: a list's dead entries are usually few next to its live ones. */
-static size_t post_live_from(const struct store *s, const struct post_list *l)
-{
-    if (l->len == 0 || !post_entry_gone(s, post_at(l, 0)))
+    struct columns *c = &s->cols;
+    size_t max = cols_max_cap(s);
+    for (size_t turn = 0; c->len == c->cap && turn < c->cap; turn++) {
+        bool gone = col_gone(s, c->start);
+        if (!gone && c->cap < max)
+            break;
+        c->start = c->start + 1 == c->cap ? 0 : c->start + 1;
+        c->len -= gone;
+    }
+    if (c->len < c->cap)
         return 0;
-    size_t dead = 0, step = 1, p = 1; /* dead: the last entry seen dead */
-    while (p < l->len && post_entry_gone(s, post_at(l, p))) {
-        dead = p;
-        step *= 2;
-        p = dead + step;
+    if (c->cap >= max)
+        return -ENOMEM; /* every entry held: only when the store holds more than max */
+    size_t cap = c->cap ? 2 * c->cap : COLS_MIN_CAP;
+    return cols_rebuild(s, cap < max ? cap : max);
+}
+
+/* ---- commands ----------------------------------------------------------------------------- */
+
+/* An id no command has: the entries a collection found gone. */
+#define COMM_NONE UINT32_MAX
+/* New ids between collections, at least. */
+#define COMMS_COLLECT_MIN 64
+
+/* The id of command w (hash h), or -1 when it has none. */
+static int64_t comms_find(const struct comms *d, const uint64_t w[2], uint32_t h)
+{
+    if (!d->tcap)
+        return -1;
+    for (size_t i = h & (d->tcap - 1);; i = (i + 1) & (d->tcap - 1)) {
+        uint32_t v = d->table[i];
+        if (!v)
+            return -1;
+        if (d->words[v - 1][0] == w[0] && d->words[v - 1][1] == w[1])
+            return v - 1;
     }
-    size_t lo = dead + 1, hi = p < l->len ? p : l->len;
-    /* Entries before lo are dead; hi is live, or the end. */
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (post_entry_gone(s, post_at(l, mid)))
-            lo = mid + 1;
-        else
-            hi = mid;
+}
+
+static void comms_place(struct comms *d, uint32_t id)
+{
+    size_t i = comm_hash(d->words[id]) & (d->tcap - 1);
+    while (d->table[i])
+        i = (i + 1) & (d->tcap - 1);
+    d->table[i] = id + 1;
+}
+
+/* Places every id in a table of at least twice cap slots. 0 or -ENOMEM (nothing changed). */
+static int comms_table(struct comms *d, size_t cap)
+{
+    size_t tcap = 16;
+    while (tcap < 2 * cap)
+        tcap *= 2;
+    uint32_t *t = calloc(tcap, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+    free(d->table);
+    d->table = t;
+    d->tcap = tcap;
+    for (uint32_t id = 0; id < d->n; id++)
+        comms_place(d, id);
+    return 0;
+}
+
+/*
+ * Drops the ids of the commands no held event has: numbers the commands of
+ * the held column entries again, in order, and rewrites their ids (a gone
+ * entry gets COMM_NONE). One pass over the columns; it runs when the ids
+ * given reach twice those kept by the last one (and COMMS_COLLECT_MIN
+ * more), so it costs a bounded share of each new command. 0 or -ENOMEM
+ * (nothing changed).
+ */
+static int comms_collect(struct store *s)
+{
+    struct comms *d = &s->comms;
+    struct columns *c = &s->cols;
+    uint32_t *remap = malloc(d->n * sizeof(*remap));
+    uint64_t(*words)[2] = malloc(d->n * sizeof(*words));
+    if (!remap || !words) {
+        free(remap);
+        free(words);
+        return -ENOMEM;
     }
-    return lo;
-}
-
-/* How many of l's entries are live. */
-static size_t post_live_len(const struct store *s, const struct post_list *l)
-{
-    return l->len - post_live_from(s, l);
-}
-
-/* Pops l's dead entries. */
-static void post_trim(struct store *s, struct post_list *l)
-{
-    size_t n = post_live_from(s, l);
-    if (n == 0)
-        return;
-    if (l->big) {
-        size_t before = tvec_bytes(&l->tv);
-        for (size_t i = 0; i < n; i++)
-            tvec_remove(&l->tv, 0);
-        s->post.bytes = s->post.bytes - before + tvec_bytes(&l->tv);
-    } else {
-        for (size_t i = n; i < l->len; i++)
-            l->inl[i - n] = l->inl[i];
-    }
-    l->len -= (uint32_t)n;
-    s->post.dead -= n;
-}
-
-/* How far ahead of the sweep its lists are prefetched, in buckets. */
-#define POST_SWEEP_AHEAD 8
-/* The most buckets one eviction's sweep visits (a bound on an add's latency). */
-#define POST_SWEEP_MAX 256
-
-/* The dead entries the lists may hold before the sweep starts (it then goes on until half as
- * many remain, so each list it visits has had time to gather dead entries). */
-static size_t post_dead_max(const struct store *s)
-{
-    return 64 + s->limits.max_events / 8;
-}
-
-/* While sweeping, visits the next buckets of the lists' table: pops their lists' dead entries
- * and frees the lists left empty. */
-static void post_sweep(struct store *s)
-{
-    struct post_index *ix = &s->post;
-    size_t max = post_dead_max(s);
-    if (ix->nbuckets == 0 || (!ix->sweeping && ix->dead <= max))
-        return;
-    ix->sweeping = true;
-    for (size_t i = 0; i < POST_SWEEP_MAX && ix->dead > max / 2; i++) {
-        const struct post_list *ahead =
-            ix->buckets[(ix->sweep + POST_SWEEP_AHEAD) & (ix->nbuckets - 1)];
-        if (ahead)
-            __builtin_prefetch(ahead);
-        struct post_list **pp = &ix->buckets[ix->sweep++ & (ix->nbuckets - 1)];
-        while (*pp) {
-            post_trim(s, *pp);
-            if ((*pp)->len)
-                pp = &(*pp)->next;
-            else
-                post_unlink_free(ix, pp);
+    memset(remap, 0xff, d->n * sizeof(*remap));
+    size_t n = 0;
+    for (size_t i = 0; i < c->len; i++) {
+        size_t k = col_slot(c, i);
+        uint32_t id = c->comm[k];
+        if (id == COMM_NONE || col_gone(s, k)) {
+            c->comm[k] = COMM_NONE;
+            continue;
         }
+        if (remap[id] == COMM_NONE) {
+            memcpy(words[n], d->words[id], sizeof(words[n]));
+            remap[id] = (uint32_t)n++;
+        }
+        c->comm[k] = remap[id];
     }
-    ix->sweeping = ix->dead > max / 2;
+    free(remap);
+    free(d->words);
+    d->words = words;
+    d->cap = d->n;
+    d->n = n;
+    d->collect_at = 2 * n + COMMS_COLLECT_MIN;
+    memset(d->table, 0, d->tcap * sizeof(*d->table));
+    for (uint32_t id = 0; id < n; id++)
+        comms_place(d, id);
+    return 0;
 }
 
-/* The list for k with room for one more entry, created when missing; NULL on ENOMEM. A full
- * list of inline entries drops its dead ones first rather than grow (they are in the line just
- * read; the entries of a larger list are left to the sweep). */
-static struct post_list *post_reserve(struct store *s, const struct post_key *k)
+/* The id of command w, given when it has none. 0 or -ENOMEM. */
+static int comms_id(struct store *s, const uint64_t w[2], uint32_t *id)
 {
-    struct post_index *ix = &s->post;
-    struct post_list *l = post_find(ix, k);
-    if (l) {
-        if (!l->big && l->len == POST_INLINE)
-            post_trim(s, l);
-    } else {
-        if (ix->nlists >= ix->nbuckets && post_rehash(ix) < 0)
-            return NULL;
-        if (!(l = calloc(1, sizeof(*l))))
-            return NULL;
-        l->field = k->field;
-        l->hash = k->hash;
-        memcpy(l->value, k->value, sizeof(l->value));
-        struct post_list **pp = &ix->buckets[k->hash & (ix->nbuckets - 1)];
-        l->next = *pp;
-        *pp = l;
-        ix->nlists++;
-        ix->bytes += sizeof(*l);
+    struct comms *d = &s->comms;
+    int64_t found = comms_find(d, w, comm_hash(w));
+    if (found >= 0) {
+        *id = (uint32_t)found;
+        return 0;
     }
-    if (post_room(ix, l) < 0) {
-        post_release_if_empty(ix, l);
-        return NULL;
+    if (d->n >= d->collect_at && comms_collect(s) < 0)
+        return -ENOMEM;
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? 2 * d->cap : 64;
+        uint64_t(*w2)[2] = cap < COMM_NONE ? realloc(d->words, cap * sizeof(*w2)) : NULL;
+        if (!w2)
+            return -ENOMEM;
+        d->words = w2;
+        d->cap = cap;
     }
-    return l;
+    if (2 * (d->n + 1) > d->tcap && comms_table(d, d->cap) < 0)
+        return -ENOMEM;
+    memcpy(d->words[d->n], w, sizeof(d->words[0]));
+    comms_place(d, (uint32_t)d->n);
+    *id = (uint32_t)d->n++;
+    return 0;
+}
+
+/* The fields of an event the columns keep, taken before the shard takes the event. */
+struct col_vals {
+    uint32_t comm; /* its id */
+    uint32_t pid;
+    uint16_t dport;
+};
+
+/* Appends an entry; the columns have room (cols_reserve()). */
+static void cols_append(struct store *s, const struct col_vals *v, uint64_t ts, uint64_t id,
+                        uint32_t shard)
+{
+    struct columns *c = &s->cols;
+    size_t k = col_slot(c, c->len++);
+    c->ts[k] = ts;
+    c->id[k] = id;
+    c->shard[k] = shard;
+    c->pid[k] = v->pid;
+    c->comm[k] = v->comm;
+    c->dport[k] = v->dport;
 }
 
 /* ---- time lists and eviction -------------------------------------------------------------- */
@@ -1057,16 +1015,16 @@ static struct post_list *post_reserve(struct store *s, const struct post_key *k)
  * The oldest of the time lists' entries at[t] (list t read from its entry
  * at[t] on), its type in *type; NULL when every list is past its end.
  */
-static const struct post_entry *time_lists_min(const struct store *s, const size_t *at,
+static const struct time_entry *time_lists_min(const struct store *s, const size_t *at,
                                                size_t *type)
 {
-    const struct post_entry *best = NULL;
+    const struct time_entry *best = NULL;
     for (size_t t = 0; t < EVENT_TYPE_COUNT; t++) {
-        const struct post_list *l = &s->by_time[t];
-        if (at[t] >= l->len)
+        const struct time_list *l = &s->by_time[t];
+        if (at[t] >= l->tv.len)
             continue;
-        const struct post_entry *e = post_at(l, at[t]);
-        if (!best || post_entry_cmp(e, best->timestamp_ns, best->id, best->shard) < 0) {
+        const struct time_entry *e = time_at(l, at[t]);
+        if (!best || entry_cmp(e, best->timestamp_ns, best->id, best->shard) < 0) {
             best = e;
             *type = t;
         }
@@ -1075,7 +1033,7 @@ static const struct post_entry *time_lists_min(const struct store *s, const size
 }
 
 /* The time list with the globally oldest event at its front; NULL when the store is empty. */
-static struct post_list *store_oldest_list(struct store *s)
+static struct time_list *store_oldest_list(struct store *s)
 {
     static const size_t fronts[EVENT_TYPE_COUNT];
     size_t t = 0;
@@ -1083,20 +1041,20 @@ static struct post_list *store_oldest_list(struct store *s)
 }
 
 /* The key of the globally oldest event (a time list's front: no record read), or NULL. */
-static const struct post_entry *store_oldest(struct store *s)
+static const struct time_entry *store_oldest(struct store *s)
 {
-    const struct post_list *l = store_oldest_list(s);
-    return l ? post_at(l, 0) : NULL;
+    const struct time_list *l = store_oldest_list(s);
+    return l ? time_at(l, 0) : NULL;
 }
 
 /*
  * The entries of the next n events eviction takes, oldest first, into out
  * (a merge of the time lists' fronts); returns how many there are (<= n).
  */
-static size_t store_next_oldest(struct store *s, const struct post_entry **out, size_t n)
+static size_t store_next_oldest(struct store *s, const struct time_entry **out, size_t n)
 {
     size_t at[EVENT_TYPE_COUNT] = {0}, m = 0, t = 0;
-    const struct post_entry *e;
+    const struct time_entry *e;
     while (m < n && (e = time_lists_min(s, at, &t))) {
         at[t]++;
         out[m++] = e;
@@ -1108,21 +1066,17 @@ static size_t store_next_oldest(struct store *s, const struct post_entry **out, 
  * Evicts the globally oldest event: the front of its type's time list tl
  * (store_oldest_list()), and so the oldest record of its shard.
  */
-static void store_evict_from(struct store *s, struct post_list *tl)
+static void store_evict_from(struct store *s, struct time_list *tl)
 {
-    s->gone = *post_at(tl, 0);
+    s->gone = *time_at(tl, 0);
     s->any_gone = true;
     struct store_shard *sh = s->shards[s->gone.shard];
-    post_remove(&s->post, tl, s->gone.timestamp_ns, s->gone.id, s->gone.shard);
-    /* Its entries in the posting lists are dead now (post_key_of(): pid, command, and the
-     * destination port when it has one). */
-    s->post.dead += 2 + (shard_rec(sh, 0)->dport != 0);
+    time_remove(s, tl, s->gone.timestamp_ns, s->gone.id, s->gone.shard);
     shard_pop_oldest(sh);
     if (--s->count == 0)
         s->newest_ns = 0;
     if (sh->recs.len == 0)
         shard_release(s, sh);
-    post_sweep(s);
 }
 
 static void store_evict_oldest(struct store *s)
@@ -1134,7 +1088,7 @@ static void store_evict_oldest(struct store *s)
 static size_t store_expire_locked(struct store *s, uint64_t cutoff_ns)
 {
     size_t n = 0;
-    const struct post_entry *e;
+    const struct time_entry *e;
     while ((e = store_oldest(s)) && e->timestamp_ns < cutoff_ns) {
         store_evict_oldest(s);
         n++;
@@ -1160,9 +1114,9 @@ struct store *store_new(const struct store_limits *limits)
     if (!s)
         return NULL;
     s->limits = *limits;
+    s->comms.collect_at = COMMS_COLLECT_MIN;
     for (size_t t = 0; t < EVENT_TYPE_COUNT; t++) {
-        s->by_time[t].big = true;
-        tvec_init_blocks(&s->by_time[t].tv, sizeof(struct post_entry), 64, STORE_TIME_BLOCK_SHIFT);
+        tvec_init_blocks(&s->by_time[t].tv, sizeof(struct time_entry), 64, STORE_TIME_BLOCK_SHIFT);
     }
 
     pthread_rwlockattr_t attr;
@@ -1198,7 +1152,9 @@ void store_free(struct store *s)
     for (size_t t = 0; t < EVENT_TYPE_COUNT; t++)
         tvec_free(&s->by_time[t].tv);
     free(s->table);
-    post_free(&s->post);
+    free(s->cols.mem);
+    free(s->comms.words);
+    free(s->comms.table);
     pthread_rwlock_destroy(&s->lock);
     free(s);
 }
@@ -1238,13 +1194,13 @@ static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns)
 
     /* Full: the list the oldest event is in, which stays so (a new event older than it is
      * refused here), so the eviction below need not look again. */
-    struct post_list *oldest_list = s->count >= s->limits.max_events ? store_oldest_list(s) : NULL;
-    const struct post_entry *oldest = oldest_list ? post_at(oldest_list, 0) : NULL;
+    struct time_list *oldest_list = s->count >= s->limits.max_events ? store_oldest_list(s) : NULL;
+    const struct time_entry *oldest = oldest_list ? time_at(oldest_list, 0) : NULL;
     if ((oldest && store_key_cmp(e->timestamp_ns, e->id, oldest->timestamp_ns, oldest->id) < 0) ||
         (s->any_gone &&
          store_key_cmp(e->timestamp_ns, e->id, s->gone.timestamp_ns, s->gone.id) <= 0)) {
         /* It would be the one evicted, or it is no newer than an event already evicted (which
-         * is also what keeps the posting lists' dead entries at their fronts). */
+         * is also what tells the columns' gone entries from the held ones). */
         s->st.added++;
         s->st.evicted_count++;
         event_clear(e);
@@ -1255,23 +1211,18 @@ static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns)
     shard_key_of_event(&key, e);
     struct store_shard *sh = store_shard_get(s, &key);
 
-    /* Room in every posting list first, so nothing can fail once the event is in. */
-    struct store_rec vals = {.pid = e->pid, .dport = e->dport};
-    memcpy(vals.command, e->command, sizeof(vals.command));
-    struct post_list *lists[POST_FIELDS] = {NULL};
-    struct post_key pk;
-    struct post_list *tl = &s->by_time[e->type];
-    bool room = sh != NULL && post_room(&s->post, tl) == 0;
-    for (int f = 0; room && f < POST_FIELDS; f++)
-        if (post_key_of(&pk, f, &vals))
-            room = (lists[f] = post_reserve(s, &pk)) != NULL;
+    /* Room in the columns and the time list first, so nothing can fail once the event is in. */
+    struct col_vals vals = {.pid = e->pid, .dport = e->dport};
+    uint64_t comm[2];
+    comm_words(e->command, comm);
+    struct time_list *tl = &s->by_time[e->type];
+    bool room = sh != NULL && time_room(s, tl) == 0 && cols_reserve(s) == 0 &&
+                comms_id(s, comm, &vals.comm) == 0;
 
     uint64_t ts = e->timestamp_ns, id = e->id;
     size_t pos;
     int rc = room ? shard_insert(sh, e, &pos) : -ENOMEM;
     if (rc != 0) {
-        for (int f = 0; f < POST_FIELDS; f++)
-            post_release_if_empty(&s->post, lists[f]);
         if (rc < 0)
             s->st.failed++;
         else
@@ -1279,10 +1230,8 @@ static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns)
         event_clear(e);
         return rc < 0 ? rc : 0;
     }
-    for (int f = 0; f < POST_FIELDS; f++)
-        if (lists[f])
-            post_insert(lists[f], ts, id, sh->index);
-    post_insert(tl, ts, id, sh->index);
+    cols_append(s, &vals, ts, id, sh->index);
+    time_insert(tl, ts, id, sh->index);
     s->st.added++;
     s->count++;
     if (ts > s->newest_ns)
@@ -1307,21 +1256,19 @@ int store_add_move(struct store *s, struct event *e)
 
 /*
  * Batches: adding an event costs a handful of cache misses in a large store
- * (its shard's table slot, the shard, the shard's newest record, and for each
- * posting list its bucket, the list and its newest entry), each depending on
- * the one before. Taken one event at a time they are paid one after the
- * other; here a group of events walks those chains level by level, only
- * prefetching, so the misses of the whole group overlap, and then adds them
- * one by one as store_add_locked() does (the prefetches are hints: a shard
- * or list that does not exist yet, or a later slot of a probe chain, is
- * simply found again on add).
+ * (its shard's table slot, the shard, the shard's newest record; evicting
+ * the oldest event, its shard and record), each depending on the one
+ * before. Taken one event at a time they are paid one after the other; here
+ * a group of events walks those chains level by level, only prefetching, so
+ * the misses of the whole group overlap, and then adds them one by one as
+ * store_add_locked() does (the prefetches are hints: a shard that does not
+ * exist yet, or a later slot of a probe chain, is simply found again on
+ * add). The columns and the time lists are written in order: no miss.
  */
 #define STORE_ADD_GROUP 16
 
 struct add_hint {
     struct store_shard *sh;
-    struct post_list *lists[POST_FIELDS];
-    uint64_t post_hash[POST_FIELDS];
     uint64_t shard_hash;
 };
 
@@ -1343,11 +1290,11 @@ static void prefetch_shard_names(const struct store_shard *sh)
 
 /*
  * What evicting the oldest events of a full store will touch: their shards
- * and records (the posting lists are left to the sweep, see the top).
+ * and records (their column entries are left in place, see the top).
  */
 static void prefetch_evictions(struct store *s, size_t n)
 {
-    const struct post_entry *next[STORE_EVICT_HINTS];
+    const struct time_entry *next[STORE_EVICT_HINTS];
     struct store_shard *shs[STORE_EVICT_HINTS];
     if (s->count + n <= s->limits.max_events)
         return;
@@ -1365,18 +1312,10 @@ static void prefetch_group(const struct store *s, const struct event *ev, size_t
 {
     for (size_t i = 0; i < n; i++) {
         struct shard_key k;
-        struct store_rec vals = {.pid = ev[i].pid, .dport = ev[i].dport};
-        struct post_key pk;
-        memcpy(vals.command, ev[i].command, sizeof(vals.command));
         shard_key_of_event(&k, &ev[i]);
         h[i].shard_hash = store_hash(&k);
         if (s->table_cap)
             __builtin_prefetch(&s->table[h[i].shard_hash & (s->table_cap - 1)]);
-        for (int f = 0; f < POST_FIELDS; f++) {
-            h[i].post_hash[f] = post_key_of(&pk, f, &vals) ? pk.hash : 0;
-            if (h[i].post_hash[f] && s->post.nbuckets)
-                __builtin_prefetch(&s->post.buckets[pk.hash & (s->post.nbuckets - 1)]);
-        }
     }
     for (size_t i = 0; i < n; i++) {
         h[i].sh = s->table_cap ? s->table[h[i].shard_hash & (s->table_cap - 1)] : NULL;
@@ -1384,25 +1323,11 @@ static void prefetch_group(const struct store *s, const struct event *ev, size_t
             prefetch_shard(h[i].sh);
             prefetch_shard_names(h[i].sh);
         }
-        for (int f = 0; f < POST_FIELDS; f++) {
-            h[i].lists[f] = h[i].post_hash[f] && s->post.nbuckets
-                                ? s->post.buckets[h[i].post_hash[f] & (s->post.nbuckets - 1)]
-                                : NULL;
-            if (h[i].lists[f]) {
-                __builtin_prefetch(h[i].lists[f]);
-                __builtin_prefetch(&h[i].lists[f]->len);
-            }
-        }
     }
     for (size_t i = 0; i < n; i++) {
         const struct store_shard *sh = h[i].sh;
         if (sh && tvec_has_room(&sh->recs))
             __builtin_prefetch(shard_at(sh, sh->recs.len), 1);
-        for (int f = 0; f < POST_FIELDS; f++) {
-            const struct post_list *l = h[i].lists[f];
-            if (l && l->len)
-                __builtin_prefetch(post_at(l, l->len - 1), 1);
-        }
     }
 }
 
@@ -1449,6 +1374,14 @@ size_t store_expire(struct store *s, uint64_t now_ns)
 /* The part of one shard a query can return: indices [lo, hi), newest at hi - 1. */
 /* Shards (or ranges) a query's loops prefetch ahead of the one they read. */
 #define STORE_QUERY_PREFETCH 16
+/*
+ * A query with pid, command or dest_port filters scans the columns when the
+ * selected shards hold more than 1/COLS_SCAN_COST of their entries: checking
+ * a record costs several times a column slot, read in order.
+ */
+#define COLS_SCAN_COST 32
+/* Matches whose keys a column scan prefetches before taking them. */
+#define COLS_TAKE_GROUP 32
 
 struct store_range {
     const struct store_shard *sh;
@@ -1589,64 +1522,17 @@ static bool rec_match(const struct query *rq, const struct store_shard *sh,
     return query_match(rq, &e);
 }
 
-/*
- * The posting lists of q's per-event filters into lists[] (shortest first);
- * returns how many, or -1 when a filter's value is held by no event.
- */
-static int store_post_lists(const struct store *s, const struct query *q,
-                            const struct post_list *lists[POST_FIELDS])
+/* [lo, hi_all) of a time list's entries within the time bounds; hi stops at the cursor. */
+static void time_bounds(const struct time_list *l, const struct query *q, size_t *lo,
+                        size_t *hi_all, size_t *hi)
 {
-    struct post_key k;
-    size_t live[POST_FIELDS];
-    int n = 0;
-    if (q->has_pid) {
-        post_key_words(&k, POST_PID, q->pid, 0);
-        if (!(lists[n++] = post_find(&s->post, &k)))
-            return -1;
-    }
-    if (q->command[0]) {
-        size_t len = strlen(q->command);
-        if (len > EVENT_COMM_LEN)
-            return -1;
-        post_key_set(&k, POST_COMMAND, q->command, len);
-        if (!(lists[n++] = post_find(&s->post, &k)))
-            return -1;
-    }
-    if (q->has_dest_port) {
-        post_key_words(&k, POST_DEST_PORT, q->dest_port, 0);
-        if (!(lists[n++] = post_find(&s->post, &k)))
-            return -1;
-    }
-    for (int i = 0; i < n; i++)
-        if ((live[i] = post_live_len(s, lists[i])) == 0)
-            return -1; /* only evicted events had it */
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && live[j] < live[j - 1]; j--) {
-            const struct post_list *t = lists[j];
-            size_t tl = live[j];
-            lists[j] = lists[j - 1];
-            live[j] = live[j - 1];
-            lists[j - 1] = t;
-            live[j - 1] = tl;
-        }
-    return n;
-}
-
-/* [lo, hi_all) of a posting list's live entries within the time bounds; hi stops at the
- * cursor. */
-static void post_bounds(const struct store *s, const struct post_list *l, const struct query *q,
-                        size_t *lo, size_t *hi_all, size_t *hi)
-{
-    size_t live = post_live_from(s, l);
-    *lo = q->since_ns ? post_lower_bound_in(l, live, l->len, q->since_ns, 0, 0) : live;
-    *hi_all = q->until_ns == UINT64_MAX
-                  ? l->len
-                  : post_lower_bound_in(l, live, l->len, q->until_ns + 1, 0, 0);
-    if (*hi_all < *lo)
-        *hi_all = *lo;
+    size_t len = l->tv.len;
+    *lo = q->since_ns ? time_lower_bound(l, len, q->since_ns, 0, 0) : 0;
+    *hi_all =
+        q->until_ns == UINT64_MAX ? len : time_lower_bound_in(l, *lo, len, q->until_ns + 1, 0, 0);
     *hi = *hi_all;
     if (q->has_cursor)
-        *hi = post_lower_bound(l, *hi_all, q->cursor.timestamp_ns, q->cursor.id, 0);
+        *hi = time_lower_bound(l, *hi_all, q->cursor.timestamp_ns, q->cursor.id, 0);
     if (*hi < *lo)
         *hi = *lo;
 }
@@ -1663,51 +1549,200 @@ static int store_result_push(struct store_result *out, const struct store_shard 
     return 0;
 }
 
-/*
- * Answers q from its shortest posting list, newest first: each entry is
- * checked against the selected shards (every shard when selected is NULL)
- * and, binary-searched, the other lists.
- */
-static int store_query_posting(struct store *s, const struct query *q,
-                               const struct post_list *const *lists, int nlists,
-                               const bool *selected, size_t limit, struct store_result *out)
+/* Keys of a column scan's matches: a heap with the oldest on top, keeping the newest. */
+static void entry_heap_down(struct time_entry *h, size_t n, size_t pos)
 {
-    const struct post_list *l = lists[0];
-    size_t lo, hi_all, hi;
-    post_bounds(s, l, q, &lo, &hi_all, &hi);
-    size_t cap = hi - lo < limit ? hi - lo : limit;
-    if (cap && !(out->events = calloc(cap, sizeof(*out->events))))
-        return -ENOMEM;
-
-    /* Entries of the other lists at or past bound[k] are newer than any still to come. */
-    size_t bound[POST_FIELDS];
-    for (int k = 1; k < nlists; k++)
-        bound[k] = lists[k]->len;
-    uint64_t total = 0, after = 0;
-    for (size_t j = hi_all; j-- > lo;) {
-        const struct post_entry *pe = post_at(l, j);
-        if (selected && !selected[pe->shard])
-            continue;
-        bool match = true;
-        for (int k = 1; k < nlists && match; k++) {
-            bound[k] = post_lower_bound(lists[k], bound[k], pe->timestamp_ns, pe->id, pe->shard);
-            match = bound[k] < lists[k]->len &&
-                    post_entry_cmp(post_at(lists[k], bound[k]), pe->timestamp_ns, pe->id,
-                                   pe->shard) == 0;
-        }
-        if (!match)
-            continue;
-        total++;
-        if (j >= hi)
-            continue;
-        after++;
-        if (out->count < cap &&
-            store_result_push(out, s->shards[pe->shard], pe->timestamp_ns, pe->id) < 0)
-            return -ENOMEM;
+    struct time_entry e = h[pos];
+    for (;;) {
+        size_t child = 2 * pos + 1;
+        if (child >= n)
+            break;
+        if (child + 1 < n &&
+            entry_cmp(&h[child + 1], h[child].timestamp_ns, h[child].id, h[child].shard) < 0)
+            child++;
+        if (entry_cmp(&h[child], e.timestamp_ns, e.id, e.shard) >= 0)
+            break;
+        h[pos] = h[child];
+        pos = child;
     }
-    out->total_count = total;
-    out->has_next = after > out->count;
-    return 0;
+    h[pos] = e;
+}
+
+static int entry_newer_first(const void *a, const void *b)
+{
+    const struct time_entry *y = b;
+    return -entry_cmp(a, y->timestamp_ns, y->id, y->shard);
+}
+
+/* A column scan's filters: pid, command and dest_port, as query_match() has them. */
+struct col_filter {
+    bool pid, comm, dport;
+    uint32_t pid_v, comm_v;
+    uint16_t dport_v;
+};
+
+/*
+ * The highest index below k (down to lo) where a[] holds v, or SIZE_MAX:
+ * eight entries a test, without a branch each.
+ */
+static size_t find_back_u32(const uint32_t *a, size_t lo, size_t k, uint32_t v)
+{
+    while (k >= lo + 8) {
+        const uint32_t *p = a + k - 8;
+        if ((p[0] == v) | (p[1] == v) | (p[2] == v) | (p[3] == v) | (p[4] == v) | (p[5] == v) |
+            (p[6] == v) | (p[7] == v))
+            break;
+        k -= 8;
+    }
+    while (k > lo)
+        if (a[--k] == v)
+            return k;
+    return SIZE_MAX;
+}
+
+static size_t find_back_u16(const uint16_t *a, size_t lo, size_t k, uint16_t v)
+{
+    while (k >= lo + 8) {
+        const uint16_t *p = a + k - 8;
+        if ((p[0] == v) | (p[1] == v) | (p[2] == v) | (p[3] == v) | (p[4] == v) | (p[5] == v) |
+            (p[6] == v) | (p[7] == v))
+            break;
+        k -= 8;
+    }
+    while (k > lo)
+        if (a[--k] == v)
+            return k;
+    return SIZE_MAX;
+}
+
+/* The highest slot below k (down to lo) matching every filter of f, or SIZE_MAX. One column
+ * is searched (pid, else the command's hash, else dest_port); a hit is checked against the
+ * others. */
+static size_t col_find_back(const struct columns *c, const struct col_filter *f, size_t lo,
+                            size_t k)
+{
+    for (;;) {
+        if (f->pid)
+            k = find_back_u32(c->pid, lo, k, f->pid_v);
+        else if (f->comm)
+            k = find_back_u32(c->comm, lo, k, f->comm_v);
+        else
+            k = find_back_u16(c->dport, lo, k, f->dport_v);
+        if (k == SIZE_MAX)
+            return k;
+        if ((!f->comm || c->comm[k] == f->comm_v) && (!f->dport || c->dport[k] == f->dport_v))
+            return k;
+    }
+}
+
+/* What a column scan gathers: the counts, and the newest matches before the cursor in a heap
+ * with the oldest on top. */
+struct col_scan {
+    const struct query *q;
+    const bool *selected;
+    struct time_entry *heap;
+    size_t n, limit;
+    uint64_t total, after;
+};
+
+/* Takes the matching entry in slot k: held, within the bounds and a selected shard. Its id and
+ * shard are read only when needed. */
+static void col_take(const struct store *s, struct col_scan *sc, size_t k)
+{
+    const struct columns *c = &s->cols;
+    const struct query *q = sc->q;
+    /* A gone entry's shard may hold other events now, but it is still an index of s->shards:
+     * selected[] can be read first, which spares the other shards' entries a read of ts. */
+    if (sc->selected && !sc->selected[c->shard[k]])
+        return;
+    uint64_t ts = c->ts[k];
+    if (ts < q->since_ns || ts > q->until_ns)
+        return;
+    if (s->any_gone && ts <= s->gone.timestamp_ns && key_gone(s, ts, c->id[k], c->shard[k]))
+        return;
+    sc->total++;
+    if (q->has_cursor &&
+        (ts > q->cursor.timestamp_ns || (ts == q->cursor.timestamp_ns && c->id[k] >= q->cursor.id)))
+        return;
+    sc->after++;
+    if (sc->n == sc->limit && (sc->limit == 0 || ts < sc->heap[0].timestamp_ns ||
+                               entry_cmp(&sc->heap[0], ts, c->id[k], c->shard[k]) >= 0))
+        return;
+    struct time_entry e = {.timestamp_ns = ts, .id = c->id[k], .shard = c->shard[k]};
+    if (sc->n == sc->limit) {
+        sc->heap[0] = e;
+        entry_heap_down(sc->heap, sc->n, 0);
+        return;
+    }
+    size_t j = sc->n++;
+    while (j > 0 && entry_cmp(&sc->heap[(j - 1) / 2], ts, e.id, e.shard) > 0) {
+        sc->heap[j] = sc->heap[(j - 1) / 2];
+        j = (j - 1) / 2;
+    }
+    sc->heap[j] = e;
+}
+
+/*
+ * Answers q by scanning the columns, newest added first: an entry whose
+ * pid, command and dest_port match is checked for being held, the time
+ * bounds and the selected shards (every shard when selected is NULL); the
+ * limit newest before the cursor are kept in a heap, and only their
+ * records are read.
+ */
+static int store_query_columns(struct store *s, const struct query *q, const bool *selected,
+                               size_t limit, struct store_result *out)
+{
+    const struct columns *c = &s->cols;
+    struct col_filter f = {.pid = q->has_pid,
+                           .pid_v = q->pid,
+                           .dport = q->has_dest_port,
+                           .dport_v = q->dest_port,
+                           .comm = q->command[0] != '\0'};
+    if (f.comm) {
+        uint64_t w[2];
+        comm_words(q->command, w);
+        int64_t id = comms_find(&s->comms, w, comm_hash(w));
+        if (id < 0)
+            return 0; /* no event held has it */
+        f.comm_v = (uint32_t)id;
+    }
+    struct col_scan sc = {.q = q, .selected = selected, .limit = limit};
+    if (!(sc.heap = malloc((limit ? limit : 1) * sizeof(*sc.heap))))
+        return -ENOMEM;
+    /* The ring as two runs of slots, the newer one first: [0, start + len - cap) when it wraps,
+     * then [start, min(start + len, cap)). */
+    size_t end = c->start + c->len;
+    size_t runs[2][2] = {{0, end > c->cap ? end - c->cap : 0},
+                         {c->start, end > c->cap ? c->cap : end}};
+    /* Matches are gathered a group at a time and their keys prefetched before they are taken:
+     * spread over the columns, each is a cache miss, and so their misses overlap. */
+    size_t group[COLS_TAKE_GROUP], m = 0;
+    for (int r = 0; r < 2; r++) {
+        size_t k = runs[r][1];
+        while (k > runs[r][0] && (k = col_find_back(c, &f, runs[r][0], k)) != SIZE_MAX) {
+            __builtin_prefetch(selected ? (const void *)&c->shard[k] : (const void *)&c->ts[k]);
+            group[m++] = k;
+            if (m == COLS_TAKE_GROUP) {
+                for (size_t j = 0; j < m; j++)
+                    col_take(s, &sc, group[j]);
+                m = 0;
+            }
+        }
+    }
+    for (size_t j = 0; j < m; j++)
+        col_take(s, &sc, group[j]);
+
+    qsort(sc.heap, sc.n, sizeof(*sc.heap), entry_newer_first);
+    int rc = 0;
+    if (sc.n && !(out->events = calloc(sc.n, sizeof(*out->events))))
+        rc = -ENOMEM;
+    for (size_t j = 0; rc == 0 && j < sc.n; j++)
+        rc = store_result_push(out, s->shards[sc.heap[j].shard], sc.heap[j].timestamp_ns,
+                               sc.heap[j].id);
+    free(sc.heap);
+    out->total_count = sc.total;
+    out->has_next = sc.after > out->count;
+    return rc;
 }
 
 /*
@@ -1720,17 +1755,17 @@ static int store_query_by_time(struct store *s, const struct query *q, size_t li
                                struct store_result *out)
 {
     struct {
-        const struct post_list *l;
+        const struct time_list *l;
         size_t lo, hi;
     } r[EVENT_TYPE_COUNT];
     size_t n = 0;
     uint64_t total = 0, after = 0;
     for (size_t t = 0; t < EVENT_TYPE_COUNT; t++) {
-        const struct post_list *l = &s->by_time[t];
-        if (l->len == 0 || (q->types && !(q->types & EVENT_TYPE_BIT(t))))
+        const struct time_list *l = &s->by_time[t];
+        if (l->tv.len == 0 || (q->types && !(q->types & EVENT_TYPE_BIT(t))))
             continue;
         size_t lo, hi_all, hi;
-        post_bounds(s, l, q, &lo, &hi_all, &hi);
+        time_bounds(l, q, &lo, &hi_all, &hi);
         total += hi_all - lo;
         after += hi - lo;
         if (hi > lo) {
@@ -1744,10 +1779,10 @@ static int store_query_by_time(struct store *s, const struct query *q, size_t li
         return -ENOMEM;
     while (out->count < want) {
         size_t k = 0;
-        const struct post_entry *top = post_at(r[0].l, r[0].hi - 1);
+        const struct time_entry *top = time_at(r[0].l, r[0].hi - 1);
         for (size_t i = 1; i < n; i++) {
-            const struct post_entry *e = post_at(r[i].l, r[i].hi - 1);
-            if (post_entry_cmp(e, top->timestamp_ns, top->id, top->shard) > 0) {
+            const struct time_entry *e = time_at(r[i].l, r[i].hi - 1);
+            if (entry_cmp(e, top->timestamp_ns, top->id, top->shard) > 0) {
                 top = e;
                 k = i;
             }
@@ -1790,15 +1825,13 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
         rc = store_query_by_time(s, q, limit, out);
         goto cursor;
     }
-    const struct post_list *lists[POST_FIELDS];
-    /* The posting path checks only the posting lists' fields: the dns filters need a scan. */
-    int nlists = residual && !query_has_dns_filter(q) ? store_post_lists(s, q, lists) : 0;
-    if (nlists < 0)
-        goto out; /* a value no held event has */
-    if (nlists > 0 && !q->types && !q->status && !names) {
-        /* Every shard is selected, so the lists alone answer (they hold fewer events than the
-         * time range): no need to read every shard first. */
-        rc = store_query_posting(s, q, lists, nlists, NULL, limit, out);
+    /* The columns hold only pid, command and dest_port: the dns filters need the records. */
+    bool cols = residual && !query_has_dns_filter(q);
+    if (cols && strnlen(q->command, EVENT_COMM_LEN + 1) > EVENT_COMM_LEN)
+        goto out; /* longer than any command */
+    if (cols && !q->types && !q->status && !names) {
+        /* Every shard is selected: no need to read every shard first. */
+        rc = store_query_columns(s, q, NULL, limit, out);
         goto cursor;
     }
     if (s->nshards && (!(ranges = malloc(s->nshards * sizeof(*ranges))) ||
@@ -1851,13 +1884,9 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
         }
     }
 
-    if (nlists > 0) {
-        size_t plo, phi_all, phi;
-        post_bounds(s, lists[0], q, &plo, &phi_all, &phi);
-        if (phi_all - plo < candidates) {
-            rc = store_query_posting(s, q, lists, nlists, selected, limit, out);
-            goto cursor;
-        }
+    if (cols && candidates > s->cols.len / COLS_SCAN_COST) {
+        rc = store_query_columns(s, q, selected, limit, out);
+        goto cursor;
     }
 
     for (size_t i = 0; i < nranges; i++) {
@@ -1951,12 +1980,12 @@ void store_get_stats(struct store *s, struct store_stats *out)
     *out = s->st;
     out->events = s->count;
     out->capacity = s->limits.max_events;
-    out->index_bytes = s->post.bytes;
-    out->index_lists = s->post.nlists;
-    out->index_dead = s->post.dead;
+    out->index_bytes = s->time_bytes + s->cols.cap * COLS_SLOT_BYTES +
+                       s->comms.cap * sizeof(*s->comms.words) +
+                       s->comms.tcap * sizeof(*s->comms.table);
     out->shards = s->live.n;
     out->shards_made = s->nshards;
-    const struct post_entry *oldest = store_oldest(s);
+    const struct time_entry *oldest = store_oldest(s);
     out->oldest_ns = oldest ? oldest->timestamp_ns : 0;
     out->newest_ns = s->newest_ns;
     pthread_rwlock_unlock(&s->lock);

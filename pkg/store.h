@@ -5,12 +5,13 @@
  * Bounded by count and by age; every eviction is counted. Indexed so that
  * queries touch only what can match: events live in shards keyed by what
  * they share (node, type, status, Kubernetes attribution, peer), each sorted
- * by (timestamp, id), per-event fields (pid, command, dest_port) have
- * time-ordered posting lists, and each type has a time-ordered list of all
+ * by (timestamp, id); per-event fields (pid, command, dest_port) are kept in
+ * columns in the order added, and each type has a time-ordered list of all
  * its events. A query with only types, time bounds and a cursor searches
- * the types' lists; another picks the shards its filters allow or walks the
- * shortest posting list, binary-searches the time bounds and the cursor, and
- * merges newest first. Thread-safe (one internal rwlock).
+ * the types' lists; another picks the shards its filters allow,
+ * binary-searches the time bounds and the cursor and merges newest first,
+ * or scans the columns when its per-event filters select fewer events.
+ * Thread-safe (one internal rwlock).
  */
 #ifndef EBPF_MONITOR_STORE_H
 #define EBPF_MONITOR_STORE_H
@@ -76,9 +77,7 @@ struct store_stats {
     uint64_t failed;        /* could not be stored (allocation failure, invalid type) */
     uint64_t duplicates;    /* ignored: same (timestamp, id) already held */
     uint64_t oldest_ns, newest_ns;
-    uint64_t index_bytes; /* memory of the posting lists (pid, command, dest_port) and time lists */
-    uint64_t index_lists; /* posting lists, with those of evicted events the sweep has not freed */
-    uint64_t index_dead;  /* entries of evicted events in them (swept past max_events / 8 + 64) */
+    uint64_t index_bytes; /* memory of the columns (pid, command, dest_port) and time lists */
     uint64_t shards;      /* holding events now */
     uint64_t shards_made; /* ever allocated: a shard emptied is reused for the next new key */
 };

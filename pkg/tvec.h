@@ -4,7 +4,7 @@
  * (a tiered vector of blocks of B elements), where a plain ring would move
  * up to len.
  *
- * The store keeps its shards and posting lists sorted by time, and events
+ * The store keeps its shards and time lists sorted by time, and events
  * do not always arrive in order: an agent's clock steps back, or a publisher
  * sends timestamps in any order. With a ring every such event shifted half
  * a shard; here it shifts at most one block and one element per block.
@@ -35,7 +35,7 @@ struct tvec_blk {
     size_t head;         /* slot of offset 0 */
 };
 
-/* 40 bytes, so a posting list holds one in place of its inline entries. */
+/* 40 bytes: one per shard and per time list. */
 struct tvec {
     union {
         unsigned char *ring;  /* small (nblk == 0): cap elements, NULL before the first */

@@ -1,7 +1,7 @@
 /*
  * The tiered vector against a plain array doing the same operations: random
  * inserts and removals anywhere, across the change from one ring to blocks
- * and back, with element sizes of the store's posting entries and records.
+ * and back, with element sizes of the store's time list entries and records.
  */
 #include <criterion/criterion.h>
 #include <stdint.h>

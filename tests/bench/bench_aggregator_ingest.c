@@ -213,7 +213,7 @@ static void emit_inproc(const char *prefix, const char *phase, const struct inpr
  * phase is the ingest rate the target is for. Last, nevents / 4 late events,
  * each stamped at random within the held window (an agent whose clock
  * stepped back, a publisher sending any order): each goes into the middle of
- * its shard and posting lists.
+ * its shard and of its type's time list.
  */
 static int run_inproc(uint64_t nevents, const char *prefix)
 {
@@ -260,8 +260,8 @@ static int run_inproc(uint64_t nevents, const char *prefix)
     bench_emit(name, (double)(rss1 - rss0) / (double)filled.events, "B", "<=", 200);
     snprintf(name, sizeof(name), "%s.inproc.index_bytes_per_stored_event", prefix);
     bench_emit(name, (double)filled.index_bytes / (double)filled.events, "B", NULL, 0);
-    /* After the steady phase: with the evicted events' posting list entries that wait for the
-     * sweep (pkg/store.c). */
+    /* After the steady phase: with the evicted events' column entries the ring has not reached
+     * yet, and the command ids not yet collected (pkg/store.c). */
     snprintf(name, sizeof(name), "%s.inproc.steady_index_bytes_per_stored_event", prefix);
     bench_emit(name, (double)ss.index_bytes / (double)ss.events, "B", NULL, 0);
     if (fill.rejected + steady.rejected + late.rejected ||

@@ -2,10 +2,11 @@
  * Fuzz target: the history store (pkg/store.c) under any order of events.
  * A publisher on the bus chooses every timestamp, so the input is a script
  * of adds (one event, or a burst of hundreds whose timestamps a seed in
- * the input scatters, so shards and posting lists pass the tiered vector's
+ * the input scatters, so shards and time lists pass the tiered vector's
  * block size) and queries, on a store small enough to evict. Every answer
- * must be newest first, within its limit and filters, and the store must
- * hold exactly what was added less what it evicted.
+ * must be newest first, within its limit and filters, and count and begin
+ * with exactly the matches among every event held; the store must hold
+ * exactly what was added less what it evicted.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -41,24 +42,58 @@ static unsigned take(struct reader *r, unsigned bytes)
     return v;
 }
 
-static void make(struct event *e, uint64_t id, uint64_t ts, unsigned pid, unsigned node)
+/* Commands: three that recur, and 128 more that come and go (the store collects their ids). */
+static const char *const commands[] = {"sh", "curl", "nginx"};
+
+static void make(struct event *e, uint64_t id, uint64_t ts, unsigned pid, unsigned node,
+                 unsigned comm)
 {
-    static const char *const commands[] = {"sh", "curl", "nginx"};
     memset(e, 0, sizeof(*e));
     e->id = id;
     e->timestamp_ns = ts;
     e->type = node & 2 ? EVENT_EXEC : EVENT_EXIT;
     e->pid = pid;
     e->dport = (uint16_t)(pid % 3);
-    snprintf(e->command, sizeof(e->command), "%s", commands[pid % 3]);
+    if (comm % 2)
+        snprintf(e->command, sizeof(e->command), "%s", commands[pid % 3]);
+    else
+        snprintf(e->command, sizeof(e->command), "c%u", comm / 2 % 128);
     e->node = intern(node & 1 ? "node-b" : "node-a");
+}
+
+/*
+ * What q must answer: every held event that matches it, newest first, from
+ * a query of them all (the time lists, a path of its own) filtered by
+ * query_match(): the total and the page's events exactly.
+ */
+static void check_against_all(struct store *s, const struct query *q,
+                              const struct store_result *res, const char *qs)
+{
+    struct query all;
+    char err[256];
+    CHECK(query_parse(&all, "limit=3000", 10, false, err, sizeof(err)) == 0, "%s", err);
+    struct store_result a;
+    CHECK(store_query(s, &all, &a) == 0, "query all");
+    uint64_t total = 0;
+    for (size_t i = 0; i < a.count; i++) {
+        if (!query_match(q, &a.events[i]))
+            continue;
+        if (total < res->count)
+            CHECK(a.events[i].id == res->events[total].id &&
+                      a.events[i].timestamp_ns == res->events[total].timestamp_ns,
+                  "%s: result %llu is not the next newest match", qs, (unsigned long long)total);
+        total++;
+    }
+    CHECK(total == res->total_count, "%s: total %llu, %llu held events match", qs,
+          (unsigned long long)res->total_count, (unsigned long long)total);
+    store_result_free(&a);
 }
 
 static void check_query(struct store *s, struct reader *r)
 {
     char qs[160];
     unsigned limit = take(r, 1) % 200 + 1, f = take(r, 1), pid = take(r, 1) % 8;
-    unsigned since = take(r, 2), until = take(r, 2);
+    unsigned since = take(r, 2), until = take(r, 2), comm = take(r, 1);
     int n = snprintf(qs, sizeof(qs), "limit=%u", limit);
     if (f & 1)
         n += snprintf(qs + n, sizeof(qs) - (size_t)n, "&pid=%u", pid);
@@ -68,6 +103,12 @@ static void check_query(struct store *s, struct reader *r)
         n += snprintf(qs + n, sizeof(qs) - (size_t)n, "&type=exec");
     if (f & 8)
         n += snprintf(qs + n, sizeof(qs) - (size_t)n, "&node=node-b");
+    if ((f & 16) && comm % 2)
+        n += snprintf(qs + n, sizeof(qs) - (size_t)n, "&command=%s", commands[comm / 2 % 3]);
+    else if (f & 16)
+        n += snprintf(qs + n, sizeof(qs) - (size_t)n, "&command=c%u", comm / 2 % 128);
+    if (f & 32)
+        n += snprintf(qs + n, sizeof(qs) - (size_t)n, "&dest_port=%u", 1 + (f >> 6) % 2);
 
     struct query q;
     char err[256];
@@ -78,6 +119,7 @@ static void check_query(struct store *s, struct reader *r)
     CHECK(res.count <= limit && res.total_count >= res.count, "%s: %zu of %llu", qs, res.count,
           (unsigned long long)res.total_count);
     CHECK(res.has_next == (res.total_count > res.count), "%s: has_next", qs);
+    check_against_all(s, &q, &res, qs);
     for (size_t i = 0; i < res.count; i++) {
         const struct event *e = &res.events[i];
         CHECK(query_match(&q, e), "%s: result %zu does not match", qs, i);
@@ -103,7 +145,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         unsigned op = take(&r, 1) % 3;
         if (op == 0) {
             struct event e;
-            make(&e, id++, take(&r, 2), take(&r, 1) % 8, take(&r, 1));
+            unsigned ts = take(&r, 2), pid = take(&r, 1) % 8, node = take(&r, 1);
+            make(&e, id++, ts, pid, node, take(&r, 1));
             CHECK(store_add_move(s, &e) == 0, "add");
             added++;
         } else if (op == 1) {
@@ -113,7 +156,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             unsigned node = take(&r, 1);
             for (size_t i = 0; i < n; i++) {
                 x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-                make(&burst[i], id++, base + x % span, (unsigned)(x >> 32) % 8, node);
+                make(&burst[i], id++, base + x % span, (unsigned)(x >> 32) % 8, node,
+                     (unsigned)(x >> 40));
             }
             CHECK(store_add_move_batch(s, burst, n) == 0, "batch");
             added += n;
