@@ -83,7 +83,11 @@ static uint64_t pb_fast_hash(const char *s, size_t len)
 
 const char *event_pb_intern(const char *s)
 {
-    size_t len = strlen(s);
+    return event_pb_intern_n(s, strlen(s));
+}
+
+const char *event_pb_intern_n(const char *s, size_t len)
+{
     unsigned slot = (unsigned)pb_fast_hash(s, len) & (PB_TL_CACHE - 1);
     if (pb_tl_cache[slot].val && pb_tl_cache[slot].len == len &&
         memcmp(pb_tl_cache[slot].val, s, len) == 0)

@@ -72,7 +72,6 @@
 
 #include "errmsg.h"
 #include "event_pb_internal.h"
-#include "intern.h"
 #include "pb_wire.h"
 
 #include <errno.h>
@@ -596,12 +595,7 @@ static bool fast_str(const uint8_t *data, size_t len, const char **dst)
         return true;
     if (memchr(data, '\0', len))
         return false;
-    char tmp[256];
-    if (len >= sizeof(tmp))
-        return (*dst = intern_n((const char *)data, len)) != NULL;
-    memcpy(tmp, data, len);
-    tmp[len] = '\0';
-    return (*dst = event_pb_intern(tmp)) != NULL;
+    return (*dst = event_pb_intern_n((const char *)data, len)) != NULL;
 }
 
 /* ConnectionDetails. */

@@ -39,6 +39,8 @@ Ebpfmonitor__Event__DetailsCase event_pb_details_field(unsigned type);
 
 /* intern() behind a per-thread cache: a batch repeats the same few strings. */
 const char *event_pb_intern(const char *s);
+/* The same for len bytes of s (no NUL among them; s need not end there). */
+const char *event_pb_intern_n(const char *s, size_t len);
 
 /* ExecDetails into e's filename/args (owned by e); -EINVAL or -ENOMEM with err. */
 int event_pb_exec_to_event(const Ebpfmonitor__ExecDetails *x, struct event *e, char *err,
