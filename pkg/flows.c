@@ -555,9 +555,22 @@ static int table_grow(struct flows *f)
     return 0;
 }
 
-static struct flows_node *node_get(struct flows *f, const struct flows_key *k)
+/*
+ * An event's edge as flows_add() plans it: its key and the hashes that key
+ * always has (names are interned, so these never change; where an edge's
+ * names live may, so the table's hash is taken again on add).
+ */
+struct add_plan {
+    struct flows_key k;
+    uint64_t hsrc, hdst; /* names_hash() of each side */
+    uint64_t hseries;    /* key_hash() of its /metrics series' key */
+    bool counts;         /* false: ignored (see add_one()) */
+};
+
+static struct flows_node *node_get(struct flows *f, const struct add_plan *p)
 {
-    uint64_t hsrc = names_hash(&k->src), hdst = names_hash(&k->dst);
+    const struct flows_key *k = &p->k;
+    uint64_t hsrc = p->hsrc, hdst = p->hdst;
     struct flows_names *src = names_find(f, &k->src, hsrc), *dst = names_find(f, &k->dst, hdst);
     struct flows_node *n;
     struct node_key nk;
@@ -759,14 +772,15 @@ static void minute_count(struct flows *f, struct flows_minute *m, const struct e
     }
 }
 
-static void series_count(struct flows *f, const struct flows_key *k, const struct event *e);
+static void series_key(const struct flows_key *k, struct flows_key *out);
+static void series_count(struct flows *f, const struct add_plan *p, const struct event *e);
 static void drop_count(struct flows *f, const struct event *e);
 
 /*
  * Counts e in a minute *np holds only compacted, or in a new bucket (made
  * room for first, which may free the edge itself: *np follows). 0 or -ENOMEM.
  */
-static int add_elsewhere(struct flows *f, struct flows_node **np, const struct flows_key *k,
+static int add_elsewhere(struct flows *f, struct flows_node **np, const struct add_plan *p,
                          const struct event *e, uint32_t minute)
 {
     struct flows_node *n = *np;
@@ -778,7 +792,7 @@ static int add_elsewhere(struct flows *f, struct flows_node **np, const struct f
         bool gone = f->ring[f->ring_head] == n && node_buckets(n) == 1;
         ring_pop(f);
         f->stats.evicted_full++;
-        if (gone && (n = *np = node_get(f, k)) == NULL)
+        if (gone && (n = *np = node_get(f, p)) == NULL)
             return -ENOMEM;
     }
     if (to_cold) {
@@ -803,22 +817,36 @@ fail:
     return -ENOMEM;
 }
 
-static void add_one(struct flows *f, const struct event *e, uint64_t now_ns)
+/* Plans e (see struct add_plan); drops are counted here, as they need no edge. */
+static void add_plan(struct flows *f, const struct event *e, uint64_t now_ns, struct add_plan *p)
 {
-    struct flows_key k;
-
+    p->counts = false;
     if (e->type == EVENT_PACKET_DROP && f->max_series > 0)
         drop_count(f, e);
     if (!counts(e) || e->timestamp_ns == 0 || e->timestamp_ns / NS_PER_MIN > UINT32_MAX ||
-        (now_ns > f->retention_ns && e->timestamp_ns < now_ns - f->retention_ns)) {
+        (now_ns > f->retention_ns && e->timestamp_ns < now_ns - f->retention_ns))
+        return;
+    p->counts = true;
+    key_from_event(f, e, &p->k);
+    p->hsrc = names_hash(&p->k.src);
+    p->hdst = names_hash(&p->k.dst);
+    if (f->max_series > 0) {
+        struct flows_key sk;
+        series_key(&p->k, &sk);
+        p->hseries = key_hash(&sk);
+    }
+}
+
+static void add_one(struct flows *f, const struct event *e, const struct add_plan *p)
+{
+    if (!p->counts) {
         f->stats.ignored++;
         return;
     }
-    key_from_event(f, e, &k);
     uint32_t minute = (uint32_t)(e->timestamp_ns / NS_PER_MIN);
-    struct flows_node *n = node_get(f, &k);
+    struct flows_node *n = node_get(f, p);
     struct flows_minute *m = n != NULL ? minute_find(n, minute) : NULL;
-    if (n == NULL || (m == NULL && add_elsewhere(f, &n, &k, e, minute) < 0)) {
+    if (n == NULL || (m == NULL && add_elsewhere(f, &n, p, e, minute) < 0)) {
         f->stats.failed++;
         return;
     }
@@ -826,18 +854,70 @@ static void add_one(struct flows *f, const struct event *e, uint64_t now_ns)
         minute_count(f, m, e);
     f->stats.events++;
     if (f->max_series > 0)
-        series_count(f, &k, e);
+        series_count(f, p, e);
+}
+
+/*
+ * Adding in groups: an event's edge costs a few dependent cache misses in a
+ * large table (its slot, the edge, the edge's newest minute; its /metrics
+ * series' slot and entry). Taken one event at a time they are paid one after
+ * the other; here a group is planned first and walks those chains level by
+ * level, only prefetching, so the misses of the group overlap; then its
+ * events are added one by one, finding everything again (the prefetches are
+ * hints: an edge the group itself makes or frees is simply looked up).
+ */
+#define FLOWS_ADD_GROUP 16
+
+static void prefetch_group(const struct flows *f, const struct add_plan *p, size_t n)
+{
+    const struct flows_node *slot[FLOWS_ADD_GROUP] = {0};
+    uint32_t series[FLOWS_ADD_GROUP] = {0};
+    const struct flows_result *sr = &f->series;
+
+    for (size_t i = 0; i < n; i++) {
+        if (!p[i].counts)
+            continue;
+        struct flows_names *src = names_find(f, &p[i].k.src, p[i].hsrc);
+        struct flows_names *dst = names_find(f, &p[i].k.dst, p[i].hdst);
+        if (src != NULL && dst != NULL) {
+            struct node_key nk;
+            node_key_of(&nk, src, dst, &p[i].k);
+            slot[i] = (const void *)&f->table[node_key_hash(&nk) & (f->table_cap - 1)];
+            __builtin_prefetch(slot[i]);
+        }
+        if (f->max_series > 0 && sr->index_cap > 0)
+            __builtin_prefetch(&sr->index[p[i].hseries & (sr->index_cap - 1)]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (slot[i] != NULL && (slot[i] = *(struct flows_node *const *)slot[i]) != NULL)
+            __builtin_prefetch(slot[i]);
+        if (p[i].counts && f->max_series > 0 && sr->index_cap > 0 &&
+            (series[i] = sr->index[p[i].hseries & (sr->index_cap - 1)]) != 0)
+            for (size_t off = 0; off < sizeof(struct flows_key); off += 64)
+                __builtin_prefetch((const char *)&sr->edges[series[i] - 1] + off);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (slot[i] != NULL && slot[i]->count > 0)
+            __builtin_prefetch(&slot[i]->minutes[slot[i]->count - 1], 1);
 }
 
 static void series_expire(struct flows *f, uint64_t now_ns);
 
 void flows_add(struct flows *f, const struct event *events, size_t n, uint64_t now_ns)
 {
+    struct add_plan plan[FLOWS_ADD_GROUP];
+
     pthread_mutex_lock(&f->lock);
     expire(f, now_ns);
     series_expire(f, now_ns);
-    for (size_t i = 0; i < n; i++)
-        add_one(f, &events[i], now_ns);
+    for (size_t g = 0; g < n; g += FLOWS_ADD_GROUP) {
+        size_t m = n - g < FLOWS_ADD_GROUP ? n - g : FLOWS_ADD_GROUP;
+        for (size_t i = 0; i < m; i++)
+            add_plan(f, &events[g + i], now_ns, &plan[i]);
+        prefetch_group(f, plan, m);
+        for (size_t i = 0; i < m; i++)
+            add_one(f, &events[g + i], &plan[i]);
+    }
     pthread_mutex_unlock(&f->lock);
 }
 
@@ -991,12 +1071,13 @@ static int result_reindex(struct flows_result *r, size_t cap)
     return 0;
 }
 
-int flows_result_add(struct flows_result *r, const struct flows_edge *e)
+/* flows_result_add() of an edge whose key_hash() is h. */
+static int result_add_hashed(struct flows_result *r, const struct flows_edge *e, uint64_t h)
 {
     if ((r->count + 1) * 2 > r->index_cap &&
         result_reindex(r, r->index_cap ? r->index_cap * 2 : 64) < 0)
         return -ENOMEM;
-    size_t s = key_hash(&e->key) & (r->index_cap - 1);
+    size_t s = h & (r->index_cap - 1);
     for (; r->index[s] != 0; s = (s + 1) & (r->index_cap - 1)) {
         struct flows_edge *have = &r->edges[r->index[s] - 1];
         if (key_equal(&have->key, &e->key)) {
@@ -1015,6 +1096,11 @@ int flows_result_add(struct flows_result *r, const struct flows_edge *e)
     r->edges[r->count] = *e;
     r->index[s] = (uint32_t)++r->count;
     return 0;
+}
+
+int flows_result_add(struct flows_result *r, const struct flows_edge *e)
+{
+    return result_add_hashed(r, e, key_hash(&e->key));
 }
 
 static bool str_match(const char *filter, const char *s)
@@ -1230,15 +1316,17 @@ void flows_series_enable(struct flows *f, size_t max_series, uint64_t stale_afte
     pthread_mutex_unlock(&f->lock);
 }
 
-static bool result_has(const struct flows_result *r, const struct flows_key *k)
+/* Whether r holds key k, whose key_hash() is h. */
+/* r's edge of key k, whose key_hash() is h, or NULL. */
+static struct flows_edge *result_find(const struct flows_result *r, const struct flows_key *k,
+                                      uint64_t h)
 {
     if (r->index_cap == 0)
-        return false;
-    for (size_t s = key_hash(k) & (r->index_cap - 1); r->index[s] != 0;
-         s = (s + 1) & (r->index_cap - 1))
+        return NULL;
+    for (size_t s = h & (r->index_cap - 1); r->index[s] != 0; s = (s + 1) & (r->index_cap - 1))
         if (key_equal(&r->edges[r->index[s] - 1].key, k))
-            return true;
-    return false;
+            return &r->edges[r->index[s] - 1];
+    return NULL;
 }
 
 /* The series an event counts in: its labels and nothing else, so no two series look alike. */
@@ -1257,27 +1345,37 @@ static void series_key(const struct flows_key *k, struct flows_key *out)
     }
 }
 
-static void series_count(struct flows *f, const struct flows_key *k, const struct event *e)
+/* Counts e in its series; p->hseries is the hash of its key. */
+static void series_count(struct flows *f, const struct add_plan *p, const struct event *e)
 {
-    struct flows_minute m = {0};
-    struct flows_edge one = {0};
+    struct flows_key key;
+    uint64_t h = p->hseries;
 
-    series_key(k, &one.key);
-    if (f->series.count >= f->max_series && !result_has(&f->series, &one.key)) {
+    series_key(&p->k, &key);
+    struct flows_edge *have = result_find(&f->series, &key, h);
+    if (have == NULL && f->series.count >= f->max_series) {
         /* Past the cap: one series per protocol holds the rest, counted. */
         const char *other = intern("~other");
-        memset(&one.key, 0, sizeof(one.key));
-        one.key.protocol = k->protocol;
-        one.key.src.namespace = one.key.src.workload = other;
-        one.key.dst.namespace = one.key.dst.workload = other;
+        memset(&key, 0, sizeof(key));
+        key.protocol = p->k.protocol;
+        key.src.namespace = key.src.workload = other;
+        key.dst.namespace = key.dst.workload = other;
         f->series_folded++;
+        have = result_find(&f->series, &key, h = key_hash(&key));
     }
+    if (have == NULL) {
+        struct flows_edge one = {.key = key};
+        if (result_add_hashed(&f->series, &one, h) < 0) {
+            f->stats.failed++;
+            return;
+        }
+        have = result_find(&f->series, &key, h);
+    }
+    struct flows_minute m = {0};
     minute_count(f, &m, e);
-    counts_add_minute(f, &one.c, &m);
+    counts_add_minute(f, &have->c, &m);
     if (e->type == EVENT_CONNECTION && e->status == EVENT_STATUS_ESTABLISHED)
-        one.c.latency_sum_ns = e->u.conn.latency_ns;
-    if (flows_result_add(&f->series, &one) < 0)
-        f->stats.failed++;
+        flows_add64(&have->c.latency_sum_ns, e->u.conn.latency_ns);
 }
 
 static void drop_count(struct flows *f, const struct event *e)
@@ -1289,7 +1387,7 @@ static void drop_count(struct flows *f, const struct event *e)
     one.key.src.node = NULL;
     one.key.src.workload_kind = NULL;
     one.key.dst.workload = e->u.drop.reason != NULL ? e->u.drop.reason : intern("unknown");
-    if (f->drops.count >= f->max_series && !result_has(&f->drops, &one.key)) {
+    if (f->drops.count >= f->max_series && !result_find(&f->drops, &one.key, key_hash(&one.key))) {
         one.key.src.namespace = one.key.src.workload = intern("~other");
         f->drops_folded++;
     }

@@ -1138,3 +1138,109 @@ Test(flows, causes_past_the_table_are_counted_as_other)
     }
     flows_free(f);
 }
+
+/*
+ * flows_add() plans and prefetches a batch in groups before counting it:
+ * batches of any size count exactly as the same events added one at a
+ * time, with edges made, evicted and made again inside a group, folded
+ * /metrics series, drops, late minutes and failures.
+ */
+static void mixed_events(struct event *ev, size_t n)
+{
+    uint64_t r = 12345;
+    char pod[32], peer[32];
+
+    for (size_t i = 0; i < n; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        unsigned k = (unsigned)(r >> 33);
+        snprintf(pod, sizeof(pod), "web-%u", k % 7);
+        snprintf(peer, sizeof(peer), "db-%u", (k >> 3) % 5);
+        /* Mostly in order over 40 minutes, one in eight up to 30 minutes late. */
+        uint64_t ts = T0 + (i * 40 / n) * MIN + (k % 1000) * 1000;
+        if ((k >> 6) % 8 == 0 && ts > T0 + 30 * MIN)
+            ts -= ((k >> 9) % 30) * MIN;
+        switch ((k >> 12) % 6) {
+        case 0: /* to an address: a new edge most of the time */
+            ev[i] = conn(ts, pod, NULL, EVENT_STATUS_ESTABLISHED, NULL, 2000 + k % 5000);
+            ev[i].daddr[2] = (uint8_t)(k >> 16);
+            ev[i].daddr[3] = (uint8_t)(k >> 24);
+            break;
+        case 1:
+            ev[i] =
+                conn(ts, pod, peer, EVENT_STATUS_FAILED, (k >> 16) % 2 ? "refused" : "timeout", 0);
+            break;
+        case 2:
+            ev[i] = closed(ts, pod, peer, (k >> 16) % 2 ? EVENT_ROLE_CLIENT : EVENT_ROLE_SERVER,
+                           k % 9000, k % 700);
+            break;
+        case 3:
+            ev[i] = conn(ts, pod, NULL, EVENT_STATUS_NONE, NULL, 0);
+            ev[i].type = EVENT_PACKET_DROP;
+            memset(&ev[i].u, 0, sizeof(ev[i].u));
+            ev[i].u.drop.reason = intern((k >> 16) % 2 ? "NO_SOCKET" : "TCP_CSUM");
+            break;
+        default:
+            ev[i] = conn(ts, pod, peer, EVENT_STATUS_ESTABLISHED, NULL, 1000 + k % 90000);
+            break;
+        }
+    }
+}
+
+static char *metrics_string(struct flows *f)
+{
+    struct buf b;
+    metrics_text(f, &b);
+    cr_assert(!b.oom);
+    return b.data;
+}
+
+static char *edges_text(struct flows *f)
+{
+    struct flows_query q = all(FLOWS_GROUP_POD);
+    struct flows_result r;
+    struct buf b;
+    run(f, &q, &r);
+    buf_init(&b);
+    flows_result_encode(&r, &b);
+    buf_putc(&b, '\0');
+    cr_assert(!b.oom);
+    flows_result_free(&r);
+    return b.data;
+}
+
+Test(flows, batches_count_exactly_as_one_event_at_a_time)
+{
+    enum { N = 6000 };
+    static struct event ev[N];
+    static const size_t sizes[] = {1, 2, 15, 16, 17, 100, 1000};
+    struct flows *one = flows_new(24 * HOUR, 400); /* small: eviction inside every group */
+    struct flows_stats s1, sb;
+
+    mixed_events(ev, N);
+    flows_series_enable(one, 25, 3600 * MIN);
+    for (size_t i = 0; i < N; i++)
+        flows_add(one, &ev[i], 1, T0 + 45 * MIN);
+    flows_get_stats(one, &s1);
+    cr_assert_gt(s1.evicted_full, 1000);
+    cr_assert_gt(s1.events, N / 2);
+    char *m1 = metrics_string(one), *e1 = edges_text(one);
+    cr_assert(strstr(m1, "~other") != NULL, "the series cap is reached: %s", m1);
+
+    for (size_t z = 0; z < sizeof(sizes) / sizeof(sizes[0]); z++) {
+        struct flows *batched = flows_new(24 * HOUR, 400);
+        flows_series_enable(batched, 25, 3600 * MIN);
+        for (size_t i = 0; i < N; i += sizes[z])
+            flows_add(batched, &ev[i], N - i < sizes[z] ? N - i : sizes[z], T0 + 45 * MIN);
+        flows_get_stats(batched, &sb);
+        cr_assert_eq(memcmp(&s1, &sb, sizeof(s1)), 0, "stats, batches of %zu", sizes[z]);
+        char *mb = metrics_string(batched), *eb = edges_text(batched);
+        cr_assert_str_eq(mb, m1, "metrics, batches of %zu", sizes[z]);
+        cr_assert_str_eq(eb, e1, "edges, batches of %zu", sizes[z]);
+        free(mb);
+        free(eb);
+        flows_free(batched);
+    }
+    free(m1);
+    free(e1);
+    flows_free(one);
+}
