@@ -113,8 +113,17 @@ static int to_ring(struct tvec *v, size_t cap)
     unsigned char *ring = malloc(cap * v->esz);
     if (!ring)
         return -ENOMEM;
-    for (size_t i = 0; i < v->len; i++)
-        memcpy(ring + i * v->esz, tvec_at(v, i), v->esz);
+    if (!v->nblk) {
+        /* At most two runs: from head to the end of the old ring, then from its start. */
+        size_t first = v->len < v->cap - v->head ? v->len : v->cap - v->head;
+        if (first)
+            memcpy(ring, v->ring + (size_t)v->head * v->esz, first * v->esz);
+        if (v->len > first)
+            memcpy(ring + first * v->esz, v->ring, (v->len - first) * v->esz);
+    } else {
+        for (size_t i = 0; i < v->len; i++)
+            memcpy(ring + i * v->esz, tvec_at(v, i), v->esz);
+    }
     uint32_t len = v->len;
     tvec_free(v);
     v->ring = ring;
