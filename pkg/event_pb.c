@@ -185,14 +185,9 @@ int event_pb_dns_to_event(const Ebpfmonitor__DnsDetails *x, struct event *e, cha
 int event_pb_exec_to_event(const Ebpfmonitor__ExecDetails *x, struct event *e, char *err,
                            size_t errlen)
 {
-    if (x->filename.len) {
-        if (memchr(x->filename.data, '\0', x->filename.len))
-            return errmsg_set(err, errlen, "exec.filename: contains a NUL byte");
-        if (!(e->u.exec.filename = strndup((const char *)x->filename.data, x->filename.len))) {
-            errmsg_set(err, errlen, "exec.filename: out of memory");
-            return -ENOMEM;
-        }
-    }
+    size_t flen = x->filename.len;
+    if (flen && memchr(x->filename.data, '\0', flen))
+        return errmsg_set(err, errlen, "exec.filename: contains a NUL byte");
     size_t total = 0;
     for (size_t i = 0; i < x->n_args; i++) {
         if (x->args[i].len && memchr(x->args[i].data, '\0', x->args[i].len))
@@ -202,7 +197,8 @@ int event_pb_exec_to_event(const Ebpfmonitor__ExecDetails *x, struct event *e, c
     if (total > UINT32_MAX)
         return errmsg_set(err, errlen, "exec.args: too long");
     if (total) {
-        char *p = e->u.exec.args = malloc(total + 1);
+        /* One allocation: the arguments, then the filename as event_pack_strings() packs it. */
+        char *p = e->u.exec.args = malloc(total + flen + 1);
         if (!p) {
             errmsg_set(err, errlen, "exec.args: out of memory");
             return -ENOMEM;
@@ -213,8 +209,16 @@ int event_pb_exec_to_event(const Ebpfmonitor__ExecDetails *x, struct event *e, c
             p += x->args[i].len;
             *p++ = '\0';
         }
+        if (flen) {
+            memcpy(p, x->filename.data, flen);
+            e->u.exec.filename = p;
+            p += flen;
+        }
         *p = '\0';
         e->u.exec.args_len = (uint32_t)total;
+    } else if (flen && !(e->u.exec.filename = strndup((const char *)x->filename.data, flen))) {
+        errmsg_set(err, errlen, "exec.filename: out of memory");
+        return -ENOMEM;
     }
     e->u.exec.args_truncated = x->args_truncated ? 1 : 0;
     return 0;

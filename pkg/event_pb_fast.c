@@ -788,24 +788,42 @@ static bool fast_details_field(unsigned which, const struct pb_field *f, struct 
     }
 }
 
-/* The details message of field `which`, already checked against e->type. */
-static bool fast_details(const uint8_t *data, size_t len, unsigned which, struct event *e)
+/* The fields of a details message into e, x or dns (which one `which` says). */
+static bool details_fields(const uint8_t *data, size_t len, unsigned which, struct event *e,
+                           Ebpfmonitor__ExecDetails *x, Ebpfmonitor__DnsDetails *dns)
 {
     struct pb_rd r = {data, data + len};
     struct pb_field f;
-    Ebpfmonitor__ExecDetails x = EBPFMONITOR__EXEC_DETAILS__INIT;
-    Ebpfmonitor__DnsDetails dns = EBPFMONITOR__DNS_DETAILS__INIT;
-    ProtobufCBinaryData args[PB_FAST_MAX_ARGS], answers[PB_FAST_MAX_ANSWERS];
-    x.args = args;
-    dns.answers = answers;
 
     while (r.p < r.end) {
-        if (!pb_rd_field(&r, &f) || !fast_details_field(which, &f, e, &x, &dns))
+        if (!pb_rd_field(&r, &f) || !fast_details_field(which, &f, e, x, dns))
             return false;
     }
-    if (which == EVENT_PB_DNS)
-        return event_pb_dns_to_event(&dns, e, NULL, 0) == 0;
-    return which != EBPFMONITOR__EVENT__DETAILS_EXEC || event_pb_exec_to_event(&x, e, NULL, 0) == 0;
+    return true;
+}
+
+/*
+ * The details message of field `which`, already checked against e->type;
+ * exec and DNS details are gathered first (only the one the type needs is
+ * set up: most events are neither).
+ */
+static bool fast_details(const uint8_t *data, size_t len, unsigned which, struct event *e)
+{
+    if (which == EBPFMONITOR__EVENT__DETAILS_EXEC) {
+        Ebpfmonitor__ExecDetails x = EBPFMONITOR__EXEC_DETAILS__INIT;
+        ProtobufCBinaryData args[PB_FAST_MAX_ARGS];
+        x.args = args;
+        return details_fields(data, len, which, e, &x, NULL) &&
+               event_pb_exec_to_event(&x, e, NULL, 0) == 0;
+    }
+    if (which == EVENT_PB_DNS) {
+        Ebpfmonitor__DnsDetails dns = EBPFMONITOR__DNS_DETAILS__INIT;
+        ProtobufCBinaryData answers[PB_FAST_MAX_ANSWERS];
+        dns.answers = answers;
+        return details_fields(data, len, which, e, NULL, &dns) &&
+               event_pb_dns_to_event(&dns, e, NULL, 0) == 0;
+    }
+    return details_fields(data, len, which, e, NULL, NULL);
 }
 
 /* The last Event field number in the schema. */

@@ -344,6 +344,17 @@ size_t redact_args(const struct redact *r, const char *args, size_t len, size_t 
     return count;
 }
 
+/*
+ * Before the arguments are freed: a filename that shares their allocation
+ * (event_pack_strings(), and events decoded from the bus) gets its own, or
+ * is dropped when out of memory.
+ */
+static void unshare_filename(struct event *e)
+{
+    if (e->u.exec.filename && e->u.exec.filename == e->u.exec.args + e->u.exec.args_len)
+        e->u.exec.filename = strdup(e->u.exec.filename);
+}
+
 int redact_event(const struct redact *r, struct event *e)
 {
     if (!r || e->type != EVENT_EXEC || !e->u.exec.args || !e->u.exec.args_len)
@@ -355,6 +366,7 @@ int redact_event(const struct redact *r, struct event *e)
         redact_args(r, e->u.exec.args, e->u.exec.args_len, EVENT_ARGS_MAX, &out, &truncated);
     if (out.oom) {
         buf_free(&out);
+        unshare_filename(e);
         free(e->u.exec.args);
         e->u.exec.args = NULL;
         e->u.exec.args_len = 0;
@@ -365,6 +377,7 @@ int redact_event(const struct redact *r, struct event *e)
         buf_free(&out);
         return 0;
     }
+    unshare_filename(e);
     free(e->u.exec.args);
     /* buf keeps a NUL one past len, as event_copy() does; NULL when nothing fit */
     e->u.exec.args = out.data;

@@ -246,6 +246,19 @@ Test(redact, event_in_place)
     cr_assert_eq(e.u.exec.args, before);
     event_clear(&e);
 
+    /* A filename packed after the arguments in their allocation (as the store and the bus
+     * decoder leave it) outlives them. */
+    static const char packed[] = "mysql\0-psecret\0shop\0/usr/bin/mysql";
+    e.type = EVENT_EXEC;
+    e.u.exec.args = malloc(sizeof(packed));
+    memcpy(e.u.exec.args, packed, sizeof(packed));
+    e.u.exec.args_len = sizeof(args);
+    e.u.exec.filename = e.u.exec.args + e.u.exec.args_len;
+    cr_assert_eq(redact_event(r, &e), 1);
+    cr_assert_eq(memcmp(e.u.exec.args, want, sizeof(want)), 0);
+    cr_assert_str_eq(e.u.exec.filename, "/usr/bin/mysql");
+    event_clear(&e);
+
     /* Other types and no redactor: untouched. */
     struct event x = {.type = EVENT_EXIT};
     cr_assert_eq(redact_event(r, &x), 0);
