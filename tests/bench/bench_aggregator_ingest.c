@@ -3,8 +3,10 @@
  * one core decodes and indexes, and how many bytes a stored event costs.
  *
  *   --inproc: the aggregator's ingest path (bus_message_decode, nodes_observe,
- *     learning the batch's pods and naming peers (pkg/peers), store_add_move,
- *     as cmd/aggregator/ingest.c runs it) in this process on
+ *     learning the batch's pods and naming peers (pkg/peers), counting flows
+ *     (pkg/flows, with the /metrics series, at the aggregator's defaults),
+ *     store_add_move_batch, as cmd/aggregator/ingest.c runs it; without
+ *     Kubernetes there are no Services, so no join) in this process on
  *     pre-encoded protobuf batches in the agent's format (with the per-batch pod table); CPU time
  * of that loop only, and the RSS growth of holding the events.
  *   --nats URL --http ADDR --pid PID: the same batches published as fast as
@@ -29,6 +31,7 @@
 #include "bus.h"
 #include "bus_message.h"
 #include "event_pb.h"
+#include "flows.h"
 #include "nodes.h"
 #include "peers.h"
 #include "store.h"
@@ -141,7 +144,7 @@ static void chunk_init(struct chunk *c)
 
 /* CPU time of the ingest loop, split as bench_emit() reports it. */
 struct inproc_cpu {
-    uint64_t total, decode, peers;
+    uint64_t total, decode, peers, flows;
     uint64_t rejected, failed;
 };
 
@@ -151,9 +154,9 @@ struct inproc_cpu {
  * history), timing only that; encoding the batches is not counted.
  */
 static void ingest_events(struct store *st, struct nodes *nodes, struct peers *peers,
-                          struct chunk *c, natsMsg **msgs, uint64_t first_event, uint64_t n,
-                          uint64_t base, uint64_t late_span, uint64_t *rng, struct inproc_cpu *cpu,
-                          char *err, size_t errlen)
+                          struct flows *flows, struct chunk *c, natsMsg **msgs,
+                          uint64_t first_event, uint64_t n, uint64_t base, uint64_t late_span,
+                          uint64_t *rng, struct inproc_cpu *cpu, char *err, size_t errlen)
 {
     static struct peers_pod pods[PEERS_ANNOUNCE_MAX_PODS];
     for (uint64_t first = first_event; first < first_event + n; first += CHUNK) {
@@ -179,7 +182,10 @@ static void ingest_events(struct store *st, struct nodes *nodes, struct peers *p
             for (size_t k = 0; k < np; k++)
                 peers_observe(peers, &pods[k]);
             peers_enrich(peers, batch.events, batch.n, now, true);
-            cpu->peers += bench_cpu_ns() - tp;
+            uint64_t tf = bench_cpu_ns();
+            cpu->peers += tf - tp;
+            flows_add(flows, batch.events, batch.n, now);
+            cpu->flows += bench_cpu_ns() - tf;
             cpu->failed += store_add_move_batch(st, batch.events, batch.n);
             bus_batch_free(&batch);
             uint64_t t2 = bench_cpu_ns();
@@ -203,6 +209,8 @@ static void emit_inproc(const char *prefix, const char *phase, const struct inpr
     bench_emit(name, (double)(cpu->total - cpu->decode) / (double)n, "ns", NULL, 0);
     snprintf(name, sizeof(name), "%s.inproc.%speers_cpu_ns_per_event", prefix, phase);
     bench_emit(name, (double)cpu->peers / (double)n, "ns", NULL, 0);
+    snprintf(name, sizeof(name), "%s.inproc.%sflows_cpu_ns_per_event", prefix, phase);
+    bench_emit(name, (double)cpu->flows / (double)n, "ns", NULL, 0);
 }
 
 /*
@@ -221,6 +229,10 @@ static int run_inproc(uint64_t nevents, const char *prefix)
     struct store *st = store_new(&lim);
     struct nodes *nodes = nodes_new(65536);
     struct peers *peers = peers_new(262144, 600 * 1000000000ull, 30 * 1000000000ull);
+    /* FLOW_RETENTION, FLOW_MAX_EDGES, FLOW_METRICS_MAX_SERIES and STALE_AFTER as the aggregator
+     * defaults them (pkg/config.c). */
+    struct flows *flows = flows_new(24ull * 3600 * 1000000000ull, 1000000);
+    flows_series_enable(flows, 10000, 30 * 1000000000ull);
     struct inproc_cpu fill = {0}, steady = {0}, late = {0};
     struct chunk c;
     natsMsg **msgs = calloc(CHUNK / BATCH, sizeof(*msgs));
@@ -236,17 +248,20 @@ static int run_inproc(uint64_t nevents, const char *prefix)
         msgs[b] = make_msg(&c, b);
     memset(seqs, 0, sizeof(seqs));
     uint64_t rss0 = rss_bytes(getpid());
-    ingest_events(st, nodes, peers, &c, msgs, 0, nevents, base, 0, &rng, &fill, err, sizeof(err));
+    ingest_events(st, nodes, peers, flows, &c, msgs, 0, nevents, base, 0, &rng, &fill, err,
+                  sizeof(err));
     uint64_t rss1 = rss_bytes(getpid());
     struct store_stats filled;
     store_get_stats(st, &filled);
-    ingest_events(st, nodes, peers, &c, msgs, nevents, nevents, base, 0, &rng, &steady, err,
+    struct flows_stats filled_flows;
+    flows_get_stats(flows, &filled_flows);
+    ingest_events(st, nodes, peers, flows, &c, msgs, nevents, nevents, base, 0, &rng, &steady, err,
                   sizeof(err));
     struct store_stats ss;
     store_get_stats(st, &ss);
     uint64_t nlate = nevents / 4;
-    ingest_events(st, nodes, peers, &c, msgs, 2 * nevents, nlate, base + nevents * BENCH_SPACING_NS,
-                  nevents, &rng, &late, err, sizeof(err));
+    ingest_events(st, nodes, peers, flows, &c, msgs, 2 * nevents, nlate,
+                  base + nevents * BENCH_SPACING_NS, nevents, &rng, &late, err, sizeof(err));
 
     emit_inproc(prefix, "", &steady, nevents, true);
     emit_inproc(prefix, "fill_", &fill, nevents, false);
@@ -258,6 +273,9 @@ static int run_inproc(uint64_t nevents, const char *prefix)
     bench_emit(name, (double)(2 * nevents - ss.events - ss.evicted_count), "events", NULL, 0);
     snprintf(name, sizeof(name), "%s.inproc.bytes_per_stored_event", prefix);
     bench_emit(name, (double)(rss1 - rss0) / (double)filled.events, "B", "<=", 200);
+    /* Of which the flows' own allocations (FLOW_MAX_EDGES bounds them, not HISTORY_SIZE). */
+    snprintf(name, sizeof(name), "%s.inproc.flows_bytes_per_stored_event", prefix);
+    bench_emit(name, (double)filled_flows.bytes / (double)filled.events, "B", NULL, 0);
     snprintf(name, sizeof(name), "%s.inproc.index_bytes_per_stored_event", prefix);
     bench_emit(name, (double)filled.index_bytes / (double)filled.events, "B", NULL, 0);
     /* After the steady phase: with the evicted events' column entries the ring has not reached
@@ -276,6 +294,7 @@ static int run_inproc(uint64_t nevents, const char *prefix)
     }
     free(msgs);
     store_free(st);
+    flows_free(flows);
     peers_free(peers);
     nodes_free(nodes);
     return 0;
