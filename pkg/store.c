@@ -354,8 +354,10 @@ static void rec_clear(const struct store_shard *sh, unsigned char *rec)
 {
     if (sh->type != EVENT_EXEC && sh->type != EVENT_DNS)
         return;
+    /* Only the union member owns anything: the rest of the record need not be unpacked. */
     struct event e;
-    rec_unpack(sh, rec, &e);
+    e.type = sh->type;
+    memcpy(&e.u, rec + sizeof(struct store_rec), sh->u_size);
     event_clear(&e);
 }
 
