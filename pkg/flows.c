@@ -113,16 +113,18 @@ static uint64_t mix(uint64_t h, uint64_t v)
     return h * 0xff51afd7ed558ccdull;
 }
 
+/* Two independent chains (the names, the address), so their multiplications overlap. */
 static uint64_t endpoint_hash(uint64_t h, const struct flows_endpoint *e)
 {
     const char *s[] = {e->namespace, e->workload, e->workload_kind, e->pod, e->node,
                        e->service,   e->dns};
-    for (size_t i = 0; i < sizeof(s) / sizeof(s[0]); i++)
-        h = mix(h, (uint64_t)(uintptr_t)s[i]);
     uint64_t a, b;
     memcpy(&a, e->ip, 8);
     memcpy(&b, e->ip + 8, 8);
-    return mix(mix(mix(h, e->family), a), b);
+    uint64_t g = mix(mix(mix(h, e->family), a), b);
+    for (size_t i = 0; i < sizeof(s) / sizeof(s[0]); i++)
+        h = mix(h, (uint64_t)(uintptr_t)s[i]);
+    return mix(h, g);
 }
 
 /* mix() moves entropy up, and tables index by the low bits: fold it back down (without
@@ -137,7 +139,8 @@ static uint64_t hash_fold(uint64_t h)
 static uint64_t key_hash(const struct flows_key *k)
 {
     uint64_t h = mix(0, (uint64_t)k->port << 8 | k->protocol);
-    return hash_fold(endpoint_hash(endpoint_hash(h, &k->src), &k->dst));
+    /* Each side on its own, so the two chains overlap. */
+    return hash_fold(mix(endpoint_hash(h, &k->src), endpoint_hash(h ^ 1, &k->dst)));
 }
 
 /* Strings are interned: equal strings are equal pointers. */
@@ -241,12 +244,13 @@ static void key_project(const struct flows_key *in, enum flows_group g, struct f
 
 static uint64_t names_hash(const struct flows_endpoint *e)
 {
-    const char *s[] = {e->namespace, e->workload, e->workload_kind, e->pod, e->node,
-                       e->service,   e->dns};
-    uint64_t h = 0;
-    for (size_t i = 0; i < sizeof(s) / sizeof(s[0]); i++)
-        h = mix(h, (uint64_t)(uintptr_t)s[i]);
-    return hash_fold(h);
+    /* Two independent chains, so their multiplications overlap. */
+    uint64_t h = mix(mix(mix(0, (uint64_t)(uintptr_t)e->namespace), (uint64_t)(uintptr_t)e->pod),
+                     (uint64_t)(uintptr_t)e->service);
+    uint64_t g =
+        mix(mix(mix(1, (uint64_t)(uintptr_t)e->workload), (uint64_t)(uintptr_t)e->workload_kind),
+            (uint64_t)(uintptr_t)e->node);
+    return hash_fold(mix(mix(h, (uint64_t)(uintptr_t)e->dns), g));
 }
 
 static bool names_equal(const struct flows_names *n, const struct flows_endpoint *e)

@@ -487,9 +487,17 @@ static uint64_t mix(uint64_t h, uint64_t v)
 
 static uint64_t store_hash(const struct shard_key *k)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a over the node name, then the rest */
-    for (const char *p = k->node ? k->node : ""; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    /* The node name by content (store_node_eq() compares it so), eight bytes at a time. */
+    const char *node = k->node ? k->node : "";
+    size_t len = strlen(node), i = 0;
+    uint64_t h = 1469598103934665603ull ^ len, w;
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&w, node + i, 8);
+        h = mix(h, w);
+    }
+    for (w = 0; i < len; i++)
+        w = w << 8 | (unsigned char)node[i];
+    h = mix(h, w);
     h = mix(h, k->type | (uint64_t)k->alen << 8 | (uint64_t)k->status << 16 |
                    (uint64_t)k->k8s.host_network << 24 | (uint64_t)k->family << 32 |
                    (uint64_t)k->protocol << 40);
@@ -501,8 +509,14 @@ static uint64_t store_hash(const struct shard_key *k)
         k->peer.workload_kind, k->peer.node,      k->peer.service,
         k->peer.dns,
     };
-    for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++)
-        h = mix(h, (uintptr_t)ptrs[i]);
+    /* Two independent chains, so their multiplications overlap. */
+    _Static_assert(sizeof(ptrs) / sizeof(ptrs[0]) % 2 == 0, "pairs of names");
+    uint64_t g = 0x9e3779b97f4a7c15ull;
+    for (size_t j = 0; j < sizeof(ptrs) / sizeof(ptrs[0]); j += 2) {
+        h = mix(h, (uintptr_t)ptrs[j]);
+        g = mix(g, (uintptr_t)ptrs[j + 1]);
+    }
+    h = mix(h, g ^ (g >> 31));
     return (h ^ (h >> 29)) * 0x9e3779b97f4a7c15ull;
 }
 
@@ -576,10 +590,9 @@ static struct store_shard *shard_alloc(struct store *s)
     return sh;
 }
 
-/* Finds or creates the shard for k; NULL on allocation failure. */
-static struct store_shard *store_shard_get(struct store *s, const struct shard_key *k)
+/* Finds or creates the shard for k, whose store_hash() is h; NULL on allocation failure. */
+static struct store_shard *store_shard_get(struct store *s, const struct shard_key *k, uint64_t h)
 {
-    uint64_t h = store_hash(k);
     if (s->table_cap) {
         size_t j = h & (s->table_cap - 1);
         for (struct store_shard *sh; (sh = s->table[j]); j = (j + 1) & (s->table_cap - 1))
@@ -1173,8 +1186,11 @@ static void shard_key_of_event(struct shard_key *k, const struct event *e)
                             .peer = e->peer};
 }
 
-/* Takes ownership of *e in every case; now_ns is the wall clock. Caller holds the write lock. */
-static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns)
+/*
+ * Takes ownership of *e in every case; now_ns is the wall clock; *hash is the store_hash() of
+ * e's shard key when the caller has it (NULL: computed here). Caller holds the write lock.
+ */
+static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns, const uint64_t *hash)
 {
     if (e->type == EVENT_TYPE_NONE || e->type >= EVENT_TYPE_COUNT) {
         s->st.failed++;
@@ -1211,7 +1227,7 @@ static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns)
 
     struct shard_key key;
     shard_key_of_event(&key, e);
-    struct store_shard *sh = store_shard_get(s, &key);
+    struct store_shard *sh = store_shard_get(s, &key, hash ? *hash : store_hash(&key));
 
     /* Room in the columns and the time list first, so nothing can fail once the event is in. */
     struct col_vals vals = {.pid = e->pid, .dport = e->dport};
@@ -1251,7 +1267,7 @@ int store_add_move(struct store *s, struct event *e)
 {
     uint64_t now = s->limits.max_age_ns ? clock_realtime_ns() : 0;
     pthread_rwlock_wrlock(&s->lock);
-    int rc = store_add_locked(s, e, now);
+    int rc = store_add_locked(s, e, now, NULL);
     pthread_rwlock_unlock(&s->lock);
     return rc;
 }
@@ -1345,7 +1361,7 @@ size_t store_add_move_batch(struct store *s, struct event *ev, size_t n)
         prefetch_group(s, &ev[g], m, hints);
         prefetch_evictions(s, m);
         for (size_t i = 0; i < m; i++)
-            failed += store_add_locked(s, &ev[g + i], now) < 0;
+            failed += store_add_locked(s, &ev[g + i], now, &hints[i].shard_hash) < 0;
     }
     pthread_rwlock_unlock(&s->lock);
     return failed;
