@@ -44,48 +44,10 @@
 /* enum tcp_state values; part of the uapi, stable. */
 #define TCP_SYN_RECV 3
 
-/*
- * What the programs know about a TCP socket, keyed by its address: a
- * connect's owner, taken at CLOSE->SYN_SENT (process context; the outcome
- * usually arrives in softirq where the process is unknown), then, with close
- * events, the established connection followed to its close: owner, role and
- * start, then the snapshot taken when it reached TCP_CLOSE. One entry per
- * socket from its connect (or, for a server connection, from ESTABLISHED)
- * to its close record, changed in place in between: an entry is inserted
- * once and deleted once, the two operations on this map that take a lock.
- * Not an LRU: when the map is full a new connect or connection is counted
- * as untracked (stats) rather than silently evicting another one's owner.
- */
-struct sock_life {
-    struct record_hdr owner; /* connect: the connecting task; server: zero until accepted */
-    __u64 established_ns;
-    __u8 phase; /* LIFE_CONNECTING, LIFE_FOLLOWING or 0 */
-    __u8 role;  /* enum close_role */
-    __u8 reset; /* enum close_reset */
-    /* The close snapshot (see life_snapshot): the fields of the close record that come
-     * from the socket, each once (the record header is the owner's), in 128 bytes in
-     * all: with the map's own header and key an entry takes 192 bytes of kernel memory
-     * (kmalloc-192) rather than 256. What every program checks (phase, reset, closed_ns)
-     * shares a cache line with the key's. */
-    __u8 family; /* AF_INET or AF_INET6 */
-    __u16 sport, dport;
-    __u32 retransmits;
-    __u32 srtt_us;
-    __u64 closed_ns; /* snapshot taken (TCP_CLOSE reached) when not 0 */
-    __u64 bytes_sent;
-    __u64 bytes_received;
-    __u8 saddr[16], daddr[16];
-};
-
-_Static_assert(sizeof(struct sock_life) == 128, "a sockets entry outgrows kmalloc-192");
-
-#define LIFE_CONNECTING 1 /* SYN_SENT, outcome not reported yet */
-#define LIFE_FOLLOWING  2 /* established, close record not written yet */
-
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 65536);
-    __uint(map_flags, BPF_F_NO_PREALLOC); /* memory for live sockets only */
+    __uint(max_entries, SOCKETS_MAX);
+    __uint(map_flags, BPF_F_NO_PREALLOC); /* memory for the entries held only */
     __type(key, __u64);                   /* struct sock * */
     __type(value, struct sock_life);
 } sockets SEC(".maps");
@@ -273,8 +235,19 @@ static __always_inline void life_snapshot(const struct sock *sk, struct sock_lif
     }
 }
 
+/*
+ * The entry's connection is over (written, failed, or its socket gone):
+ * kept for the next socket at this address, reaped by the agent after
+ * SOCKETS_REAP_AGE_NS (see struct sock_life).
+ */
+static __always_inline void life_bury(struct sock_life *l, __u64 now)
+{
+    l->closed_ns = now;
+    l->phase = LIFE_DEAD;
+}
+
 /* Writes the close record of a connection and stops following it. */
-static __always_inline void life_emit(__u64 key, struct sock_life *l)
+static __always_inline void life_emit(struct sock_life *l)
 {
     struct close_record *r = record_reserve(SLOT_TCP_DESTROY_SOCK, sizeof(*r));
 
@@ -296,7 +269,7 @@ static __always_inline void life_emit(__u64 key, struct sock_life *l)
         r->bytes_received = l->bytes_received;
         record_submit(r);
     }
-    bpf_map_delete_elem(&sockets, &key);
+    life_bury(l, l->closed_ns);
 }
 
 /*
@@ -323,15 +296,14 @@ static __always_inline void life_start(struct sock_life *l, __u64 now, __u8 role
  * dissolved with connect(AF_UNSPEC) (tcp_disconnect: TCP_CLOSE, no
  * tcp_destroy_sock) whose socket connects again is written at that connect.
  */
-static __always_inline void life_closed(const struct sock *sk, __u64 key, struct sock_life *l,
-                                        __u64 now)
+static __always_inline void life_closed(const struct sock *sk, struct sock_life *l, __u64 now)
 {
     if (l->phase != LIFE_FOLLOWING || l->closed_ns)
         return;
     life_snapshot(sk, l, now);
     if (sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DEAD)) ||
         l->reset == CLOSE_RESET_RECEIVED || sk->sk_err)
-        life_emit(key, l);
+        life_emit(l);
 }
 
 /* Inserts a socket's entry; false (counted in slot) when the map is full. */
@@ -343,7 +315,8 @@ static __always_inline bool sock_life_insert(__u64 key, const struct sock_life *
     return false;
 }
 
-/* CLOSE->SYN_SENT, in the connecting task. */
+/* CLOSE->SYN_SENT, in the connecting task. An entry already at this address (a dead one, most
+ * often) is taken over in place. */
 static __always_inline void connect_started(const struct sock *sk, __u64 key)
 {
     struct sock_life *prev = bpf_map_lookup_elem(&sockets, &key);
@@ -354,10 +327,8 @@ static __always_inline void connect_started(const struct sock *sk, __u64 key)
         return;
 
     /* A connection this socket had before (dissolved, see life_closed) is over. */
-    if (track_close && prev && prev->phase == LIFE_FOLLOWING && prev->closed_ns) {
-        life_emit(key, prev);
-        prev = NULL;
-    }
+    if (track_close && prev && prev->phase == LIFE_FOLLOWING && prev->closed_ns)
+        life_emit(prev);
     if (prev) {
         record_hdr_current(&prev->owner, RECORD_CONNECT);
         prev->phase = LIFE_CONNECTING;
@@ -383,7 +354,6 @@ static __always_inline void connect_outcome(const struct sock *sk, __u64 key, in
 
     if (!l || l->phase != LIFE_CONNECTING)
         return; /* connect started before we attached, or untracked */
-    l->phase = 0;
     now = bpf_ktime_get_boot_ns();
     if (emit_tcp_connect) {
         r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
@@ -403,7 +373,7 @@ static __always_inline void connect_outcome(const struct sock *sk, __u64 key, in
     if (track_close && newstate == TCP_ESTABLISHED)
         life_start(l, now, CLOSE_ROLE_CLIENT);
     else
-        bpf_map_delete_elem(&sockets, &key);
+        life_bury(l, now);
 }
 
 /* A socket this program starts following: TCP over IPv4 or IPv6. */
@@ -446,12 +416,19 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
 
         if (!sock_is_inet_tcp(sk) || !sock_captured(sk))
             return 0;
-        life_start(&s, bpf_ktime_get_boot_ns(), CLOSE_ROLE_SERVER);
-        sock_life_insert(key, &s, SLOT_TCP_DESTROY_SOCK);
+        /* A new server connection: its owner stays zero until a process accepts it. */
+        l = bpf_map_lookup_elem(&sockets, &key);
+        if (l) {
+            __builtin_memset(&l->owner, 0, sizeof(l->owner));
+            life_start(l, bpf_ktime_get_boot_ns(), CLOSE_ROLE_SERVER);
+        } else {
+            life_start(&s, bpf_ktime_get_boot_ns(), CLOSE_ROLE_SERVER);
+            sock_life_insert(key, &s, SLOT_TCP_DESTROY_SOCK);
+        }
     } else if (newstate == TCP_CLOSE) {
         l = bpf_map_lookup_elem(&sockets, &key);
         if (l)
-            life_closed(sk, key, l, bpf_ktime_get_boot_ns());
+            life_closed(sk, l, bpf_ktime_get_boot_ns());
     }
     return 0;
 }
@@ -463,15 +440,15 @@ int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)
     __u64 key = (__u64)sk;
     struct sock_life *l = bpf_map_lookup_elem(&sockets, &key);
 
-    if (!l)
+    if (!l || l->phase == LIFE_DEAD)
         return 0;
     if (l->phase != LIFE_FOLLOWING) {
-        bpf_map_delete_elem(&sockets, &key); /* destroyed while connecting */
+        life_bury(l, bpf_ktime_get_boot_ns()); /* destroyed while connecting */
         return 0;
     }
     if (!l->closed_ns)
         life_snapshot(sk, l, bpf_ktime_get_boot_ns());
-    life_emit(key, l);
+    life_emit(l);
     return 0;
 }
 

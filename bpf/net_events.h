@@ -58,6 +58,61 @@ struct close_record {
     __u64 bytes_received;
 };
 
+/*
+ * What the connection programs know about a TCP socket, in their `sockets`
+ * map keyed by its address: a connect's owner, taken at CLOSE->SYN_SENT
+ * (process context; the outcome usually arrives in softirq where the process
+ * is unknown), then, with close events, the established connection followed
+ * to its close: owner, role and start, then the snapshot taken when it
+ * reached TCP_CLOSE.
+ *
+ * An entry outlives its connection: once the outcome or close record is
+ * written it is LIFE_DEAD, and the next socket the kernel allocates at the
+ * same address (the slab hands a freed socket's memory out again first)
+ * takes it over in place, so a busy node's connections find an entry
+ * instead of inserting and deleting one each, the two operations on this
+ * map that take a lock. The agent deletes entries dead for longer than
+ * SOCKETS_REAP_AGE_NS (cmd/agent/capture.c), so dead entries are bounded by
+ * the sockets closed in that time. Not an LRU: when the map is full a new
+ * connect or connection is counted as untracked (stats) rather than silently
+ * evicting another one's owner.
+ *
+ * Shared with user space, which reads phase and closed_ns to reap.
+ */
+struct sock_life {
+    struct record_hdr owner; /* connect: the connecting task; server: zero until accepted */
+    __u64 established_ns;
+    __u8 phase; /* enum sock_life_phase */
+    __u8 role;  /* enum close_role */
+    __u8 reset; /* enum close_reset */
+    /* The close snapshot (see life_snapshot): the fields of the close record that come
+     * from the socket, each once (the record header is the owner's), in 128 bytes in
+     * all: with the map's own header and key an entry takes 192 bytes of kernel memory
+     * (kmalloc-192) rather than 256. What every program checks (phase, reset, closed_ns)
+     * shares a cache line with the key's. */
+    __u8 family; /* AF_INET or AF_INET6 */
+    __u16 sport, dport;
+    __u32 retransmits;
+    __u32 srtt_us;
+    /* Following: the snapshot was taken (TCP_CLOSE reached) when not 0. Dead: when the
+     * connection ended (boot clock), what the agent's reaping goes by. */
+    __u64 closed_ns;
+    __u64 bytes_sent;
+    __u64 bytes_received;
+    __u8 saddr[16], daddr[16];
+};
+
+_Static_assert(sizeof(struct sock_life) == 128, "a sockets entry outgrows kmalloc-192");
+
+enum sock_life_phase {
+    LIFE_CONNECTING = 1, /* SYN_SENT, outcome not reported yet */
+    LIFE_FOLLOWING,      /* established, close record not written yet */
+    LIFE_DEAD,           /* over: free for the next socket at this address, or reaping */
+};
+
+/* The `sockets` map's size: connections followed at once, and dead entries waiting. */
+#define SOCKETS_MAX 65536
+
 /* RECORD_DROP: an skb freed with a drop reason (skb:kfree_skb). */
 struct drop_record {
     struct record_hdr hdr;

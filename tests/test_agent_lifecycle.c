@@ -17,6 +17,7 @@
  * agent's durations.
  */
 #include <arpa/inet.h>
+#include <bpf/bpf.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -34,6 +35,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "net_events.h"
 #include "testutil.h"
 
 #define WAIT_MS     10000
@@ -862,6 +864,97 @@ Test(lifecycle, programs_and_metrics_count_close_events)
         metric(m.body, "ebpf_agent_program_events_total{program=\"tp_btf__tcp_destroy_sock\"}"), 2);
     cr_expect_geq(metric(m.body, "ebpf_agent_events_total{type=\"close\"}"), 2);
     tu_http_free(&m);
+}
+
+/* The agent's `sockets` map (bpf/net_events.h): the map of its inet_sock_set_state program. */
+static int sockets_map_fd(void)
+{
+    json_t *p = program("tp_btf__inet_sock_set_state");
+    int prog = bpf_prog_get_fd_by_id((uint32_t)tu_jint(p, "id"));
+    json_decref(p);
+    cr_assert(prog >= 0, "the state program's fd: %s", strerror(errno));
+    uint32_t ids[16];
+    struct bpf_prog_info info = {.nr_map_ids = 16, .map_ids = (uint64_t)(uintptr_t)ids};
+    uint32_t len = sizeof(info);
+    cr_assert_eq(bpf_obj_get_info_by_fd(prog, &info, &len), 0);
+    close(prog);
+    for (uint32_t i = 0; i < info.nr_map_ids && i < 16; i++) {
+        int fd = bpf_map_get_fd_by_id(ids[i]);
+        struct bpf_map_info mi = {0};
+        uint32_t ml = sizeof(mi);
+        if (fd >= 0 && bpf_obj_get_info_by_fd(fd, &mi, &ml) == 0 && !strcmp(mi.name, "sockets"))
+            return fd;
+        if (fd >= 0)
+            close(fd);
+    }
+    cr_assert_fail("the state program has no sockets map");
+    return -1;
+}
+
+/* The agent's /api/stats "sockets" object (a new reference). */
+static json_t *sockets_stats(void)
+{
+    int status;
+    json_t *r = tu_get_json(agent.port, "/api/stats", &status);
+    cr_assert_eq(status, 200);
+    json_t *s = json_incref(json_object_get(r, "sockets"));
+    json_decref(r);
+    cr_assert(json_is_object(s), "/api/stats has no sockets object");
+    return s;
+}
+
+/*
+ * A connection's entry outlives it, for the next socket at the same address
+ * to take over: connection after connection, each close is still exact, and
+ * no dead entry stays in the map much longer than the agent's reaping age
+ * (5 s, a pass about every second).
+ */
+Test(lifecycle, socket_entries_are_taken_over_then_reaped)
+{
+    json_t *before = sockets_stats();
+    cr_expect_eq(tu_jint(before, "capacity"), SOCKETS_MAX);
+    uint64_t reaped0 = (uint64_t)tu_jint(before, "reaped");
+    json_decref(before);
+
+    for (int i = 0; i < 8; i++)
+        check_fin_close(&(struct fin_case){i % 2 ? "fd77:1::2" : "10.77.1.2",
+                                           i % 2 ? "fd77:2::2" : "10.77.2.2",
+                                           i % 2 ? "ipv6" : "ipv4", 1000 + i, 2000 + i, true},
+                        NULL);
+    uint64_t closed = clock_ns(CLOCK_BOOTTIME);
+
+    /* The connections' entries are dead now; two passes after the age they are gone. */
+    uint64_t deadline = tu_mono_ms() + 20000;
+    for (;;) {
+        json_t *s = sockets_stats();
+        uint64_t reaped = (uint64_t)tu_jint(s, "reaped");
+        cr_expect_eq(tu_jint(s, "reap_errors"), 0);
+        cr_expect_leq(tu_jint(s, "dead"), tu_jint(s, "entries"));
+        json_decref(s);
+        if (reaped > reaped0 && clock_ns(CLOCK_BOOTTIME) > closed + 8000000000ull)
+            break;
+        cr_assert(tu_mono_ms() < deadline, "no dead socket entry was reaped (%" PRIu64 ")", reaped);
+        usleep(200000);
+    }
+
+    int fd = sockets_map_fd();
+    uint64_t now = clock_ns(CLOCK_BOOTTIME), key, cur, n = 0;
+    const uint64_t *prev = NULL;
+    struct sock_life v;
+    for (; bpf_map_get_next_key(fd, prev, &key) == 0; cur = key, prev = &cur) {
+        if (bpf_map_lookup_elem(fd, &key, &v) != 0)
+            continue; /* deleted meanwhile */
+        n++;
+        cr_expect(v.phase == LIFE_CONNECTING || v.phase == LIFE_FOLLOWING || v.phase == LIFE_DEAD,
+                  "entry %" PRIx64 " in phase %u", key, v.phase);
+        /* Age 5 s, passes about 1 s apart and up to a few seconds long when the map is large. */
+        if (v.phase == LIFE_DEAD)
+            cr_expect_lt(now - v.closed_ns, 12000000000ull,
+                         "entry %" PRIx64 " dead for %" PRIu64 " ms", key,
+                         (now - v.closed_ns) / 1000000);
+    }
+    close(fd);
+    cr_expect_leq(n, SOCKETS_MAX);
 }
 
 /* ---- Without close in --event-types ---- */

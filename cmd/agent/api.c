@@ -231,9 +231,15 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
     capture_record_losses(a->capture, &rl);
     buf_printf(b,
                ",\"kernel_drops\":%" PRIu64 ",\"drops_suppressed\":%" PRIu64
-               ",\"records_skipped\":{\"malformed\":%" PRIu64 ",\"no_memory\":%" PRIu64
-               "},\"history\":",
+               ",\"records_skipped\":{\"malformed\":%" PRIu64 ",\"no_memory\":%" PRIu64 "},",
                kernel_drops, suppressed, rl.malformed, rl.no_memory);
+    struct capture_sockets_stats sk;
+    capture_sockets_stats(a->capture, &sk);
+    buf_printf(b,
+               "\"sockets\":{\"capacity\":%" PRIu64 ",\"entries\":%" PRIu64 ",\"dead\":%" PRIu64
+               ",\"reaped\":%" PRIu64 ",\"reap_races\":%" PRIu64 ",\"reap_errors\":%" PRIu64
+               "},\"history\":",
+               sk.capacity, sk.entries, sk.dead, sk.reaped, sk.reap_races, sk.reap_errors);
     ss.failed += load(&a->store_failed);
     api_json_append(b, api_store_stats_json(&ss));
     buf_puts(b, ",\"flows\":");
@@ -338,6 +344,22 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                             progs[i].untracked);
     struct capture_record_losses rl;
     capture_record_losses(a->capture, &rl);
+    struct capture_sockets_stats sk;
+    capture_sockets_stats(a->capture, &sk);
+    api_metric(b, "ebpf_agent_socket_map_capacity", "gauge",
+               "Entries the kernel map following TCP sockets holds at most.", sk.capacity);
+    api_metric_header(b, "ebpf_agent_socket_map_entries", "gauge",
+                      "Entries of the kernel socket map at its last reaping pass, by state.");
+    api_metric_labelled(b, "ebpf_agent_socket_map_entries", "state", "followed",
+                        sk.entries > sk.dead ? sk.entries - sk.dead : 0);
+    api_metric_labelled(b, "ebpf_agent_socket_map_entries", "state", "dead", sk.dead);
+    api_metric(b, "ebpf_agent_socket_map_reaped_total", "counter",
+               "Entries of closed connections deleted from the kernel socket map.", sk.reaped);
+    api_metric(b, "ebpf_agent_socket_map_reap_races_total", "counter",
+               "Socket map entries a new socket took over while they were being deleted.",
+               sk.reap_races);
+    api_metric(b, "ebpf_agent_socket_map_reap_errors_total", "counter",
+               "Failed reads or deletes of the kernel socket map.", sk.reap_errors);
     api_metric_header(b, "ebpf_agent_records_skipped_total", "counter",
                       "Kernel records that produced no event, by reason.");
     api_metric_labelled(b, "ebpf_agent_records_skipped_total", "reason", "malformed", rl.malformed);
