@@ -907,7 +907,7 @@ static json_t *sockets_stats(void)
  * A connection's entry outlives it, for the next socket at the same address
  * to take over: connection after connection, each close is still exact, and
  * no dead entry stays in the map much longer than the agent's reaping age
- * (5 s, a pass about every second).
+ * (1 s, a pass about every second).
  */
 Test(lifecycle, socket_entries_are_taken_over_then_reaped)
 {
@@ -931,7 +931,7 @@ Test(lifecycle, socket_entries_are_taken_over_then_reaped)
         cr_expect_eq(tu_jint(s, "reap_errors"), 0);
         cr_expect_leq(tu_jint(s, "dead"), tu_jint(s, "entries"));
         json_decref(s);
-        if (reaped > reaped0 && clock_ns(CLOCK_BOOTTIME) > closed + 8000000000ull)
+        if (reaped > reaped0 && clock_ns(CLOCK_BOOTTIME) > closed + 5000000000ull)
             break;
         cr_assert(tu_mono_ms() < deadline, "no dead socket entry was reaped (%" PRIu64 ")", reaped);
         usleep(200000);
@@ -947,9 +947,9 @@ Test(lifecycle, socket_entries_are_taken_over_then_reaped)
         n++;
         cr_expect(v.phase == LIFE_CONNECTING || v.phase == LIFE_FOLLOWING || v.phase == LIFE_DEAD,
                   "entry %" PRIx64 " in phase %u", key, v.phase);
-        /* Age 5 s, passes about 1 s apart and up to a few seconds long when the map is large. */
+        /* Age 1 s and passes about 1 s apart (one poll each for a map this small). */
         if (v.phase == LIFE_DEAD)
-            cr_expect_lt(now - v.closed_ns, 12000000000ull,
+            cr_expect_lt(now - v.closed_ns, 4000000000ull,
                          "entry %" PRIx64 " dead for %" PRIu64 " ms", key,
                          (now - v.closed_ns) / 1000000);
     }

@@ -61,12 +61,15 @@ _Static_assert(sizeof(((struct capture_config *)0)->dns_ports) == DNS_PORTS_MAX 
  * bpf/net_events.h): an entry stays after its connection ends, for the next
  * socket the kernel allocates at the same address to take over in place
  * (no insert and no delete, each a locked map operation, per connection).
- * Entries dead for longer than SOCKETS_REAP_AGE_NS are deleted here, so the
- * dead ones are bounded by the sockets closed in that time. A pass reads the
- * map in batches of SOCKETS_REAP_BATCH entries, one batch per poll, and
- * starts at most every SOCKETS_REAP_EVERY_NS.
+ * A socket's memory is handed out again within microseconds on a busy node,
+ * so entries dead for longer than SOCKETS_REAP_AGE_NS are deleted here: the
+ * dead ones are bounded by the sockets closed in the last second or two, and
+ * once a pass finds the map more than half full, every dead entry is (the
+ * next pass deletes regardless of age). A pass reads the map in batches of
+ * SOCKETS_REAP_BATCH entries, one batch per poll, and starts at most every
+ * SOCKETS_REAP_EVERY_NS.
  */
-#define SOCKETS_REAP_AGE_NS   (5 * 1000000000ull)
+#define SOCKETS_REAP_AGE_NS   (1000000000ull)
 #define SOCKETS_REAP_EVERY_NS (1000000000ull)
 #define SOCKETS_REAP_BATCH    1024
 /* The kernel's own "not supported" (not in the uapi headers), which some bpf() commands return. */
@@ -149,6 +152,7 @@ struct capture_prog {
 struct sockets_reap {
     int fd;
     bool in_pass;        /* a pass is under way: token is where the next batch starts */
+    uint64_t age_ns;     /* this pass deletes entries dead for longer */
     uint64_t token;      /* the kernel's batch cursor (a bucket index for a hash map) */
     uint64_t seen, dead; /* entries, and dead ones among them, read so far in the pass */
     uint64_t *keys;      /* SOCKETS_REAP_BATCH of them */
@@ -457,8 +461,10 @@ static void reap_batch(struct capture *c, struct sockets_reap *r, uint64_t now)
         add_u64(&c->sockets_reap_errors, 1);
         n = 0;
     }
-    if (!r->in_pass)
+    if (!r->in_pass) {
+        r->age_ns = r->seen > SOCKETS_MAX / 2 ? 0 : SOCKETS_REAP_AGE_NS; /* seen: the last pass */
         r->seen = r->dead = 0;
+    }
     for (uint32_t i = 0; i < n; i++) {
         const struct sock_life *v = &r->vals[i];
 
@@ -466,7 +472,7 @@ static void reap_batch(struct capture *c, struct sockets_reap *r, uint64_t now)
         if (v->phase != LIFE_DEAD)
             continue;
         r->dead++;
-        if (v->closed_ns + SOCKETS_REAP_AGE_NS < now) {
+        if (v->closed_ns + r->age_ns <= now) {
             reap_entry(c, r->fd, r->keys[i]);
             r->dead--;
         }
