@@ -208,14 +208,15 @@ static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap
 }
 
 /* Kernel timestamps are boot-clock; events carry wall-clock. Re-sampled on every poll so a
- * clock step (NTP, suspend) is followed within one poll. */
-static void sample_clock_offset(struct capture *c)
+ * clock step (NTP, suspend) is followed within one poll. Returns the boot clock. */
+static uint64_t sample_clock_offset(struct capture *c)
 {
     int64_t boot1 = (int64_t)clock_ns(CLOCK_BOOTTIME);
     int64_t real = (int64_t)clock_realtime_ns();
     int64_t boot2 = (int64_t)clock_ns(CLOCK_BOOTTIME);
 
     c->decoder.boot_to_real_ns = real - (boot1 + (boot2 - boot1) / 2);
+    return (uint64_t)boot2;
 }
 
 /* CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON (tracing programs), in the effective set. */
@@ -481,10 +482,10 @@ static void reap_batch(struct capture *c, struct sockets_reap *r, uint64_t now)
     r->in_pass = !done;
 }
 
-/* On every poll: one batch of the pass under way, or a new pass when one is due. */
-static void sockets_reap(struct capture *c)
+/* On every poll: one batch of the pass under way, or a new pass when one is due. now: the boot
+ * clock, the programs' bpf_ktime_get_boot_ns(). */
+static void sockets_reap(struct capture *c, uint64_t now)
 {
-    uint64_t now = clock_ns(CLOCK_BOOTTIME); /* the programs' bpf_ktime_get_boot_ns() */
     bool start = true, more = false;
 
     for (size_t i = 0; i < c->nreap; i++)
@@ -816,14 +817,14 @@ fail:
 int capture_poll(struct capture *c, int timeout_ms)
 {
     int n, more;
+    uint64_t boot_ns = sample_clock_offset(c);
 
-    sample_clock_offset(c);
     if (timeout_ms < 0 || timeout_ms > CAPTURE_POLL_MAX_MS)
         timeout_ms = CAPTURE_POLL_MAX_MS;
     n = ring_buffer__poll(c->rb, timeout_ms);
     if (n < 0)
         return n;
-    sockets_reap(c);
+    sockets_reap(c, boot_ns);
     /* poll only reads a ring it was woken for; records submitted without a
      * wakeup are read here. */
     more = ring_buffer__consume(c->rb);
