@@ -67,9 +67,7 @@ MOUNTED_TRACEFS=0
 cleanup() {
   local rc=$?
   set +e
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
-  done
+  stop_pids TERM "${PIDS[@]:-}"
   sysctl -q -w kernel.bpf_stats_enabled="$STATS_ORIG" || true
   if [ $MOUNTED_TRACEFS = 1 ]; then umount /sys/kernel/tracing 2>/dev/null || true; fi
   rm -rf "${TMP:-}"
@@ -125,7 +123,7 @@ T_START=$(date +%s.%N)
 phase() { echo "bench-agent: $1 at +$(echo "$(date +%s.%N) $T_START" | awk '{printf "%.1f", $1 - $2}') s" | tee -a "$LOG" >&2; }
 
 api_stats() { # -> "total_events kernel_drops agent_drops events_sent"
-  curl -s "$AGENT_API/api/stats" |
+  curl -s -m 10 "$AGENT_API/api/stats" |
     jq -r '"\(.total_events) \(.kernel_drops) \(.bus.agent_drops) \(.bus.events_sent)"'
 }
 
@@ -176,7 +174,7 @@ perf_hooks() {
 
 # wait_hooks TRACER PID...: waits up to 60 s for every expected hook; writes $TMP/ids.
 wait_hooks() {
-  local tracer=$1 h missing
+  local tracer=$1 h p missing
   shift
   for _ in $(seq 600); do
     perf_hooks "$@" >"$TMP/ids"
@@ -259,21 +257,15 @@ run_traced() {
   done
 }
 
-stop_pids() { # signal pid...
-  local sig=$1 p
-  shift
-  for p in "$@"; do kill "-$sig" "$p" 2>/dev/null || true; done
-  for p in "$@"; do wait "$p" 2>/dev/null || true; done
-}
-
 # start_tracer T / stop_tracer T: the agent, bpftrace or libbpf-tools, its
 # programs attached (their ids in $TMP/ids). A tracer that cannot run is
 # marked invalid (once) and start_tracer fails.
 start_tracer() {
+  local t h bin
   case $1 in
   agent)
     start_agent
-    curl -s "$AGENT_API/api/programs" |
+    curl -s -m 10 "$AGENT_API/api/programs" |
       jq -r '.programs[] | select(.status == "attached" and .id > 0) | "\(.id) \(.name | sub("^tp_btf__"; ""))"' >"$TMP/ids"
     for h in ${EXPECTED[agent]}; do
       awk -v h="$h" '$2 == h {f = 1} END {exit !f}' "$TMP/ids" || invalid agent "missing program: $h not attached"
@@ -310,8 +302,8 @@ start_tracer() {
 stop_tracer() {
   case $1 in
   agent) stop_agent ;;
-  bpftrace) stop_pids INT "$BT_PID" ;;
-  libbpf-tools) stop_pids INT "${TOOL_PIDS[@]}" ;;
+  bpftrace) stop_pids TERM "$BT_PID" ;;
+  libbpf-tools) stop_pids TERM "${TOOL_PIDS[@]}" ;;
   esac
 }
 TOOLS=(tcpstates tcplife execsnoop exitsnoop)
@@ -600,10 +592,9 @@ done
 # A realistic mix (96% UDP connects, 3% TCP connections, 1% execs) at a moderate rate.
 if [ $QUICK = 1 ]; then step mix 20000 1; else step mix 100000 1; fi
 HWM=$(awk '/VmHWM/ {print $2}' /proc/"$AGENT_PID"/status)
-HIST=$(curl -s "$AGENT_API/api/stats" | jq -r .history.events)
+HIST=$(curl -s -m 10 "$AGENT_API/api/stats" | jq -r .history.events)
 stop_agent
-kill "$SUB_PID" 2>/dev/null || true
-wait "$SUB_PID" 2>/dev/null || true
+stop_pids TERM "$SUB_PID"
 
 measure pipeline.zero_loss_events_per_sec "agent end to end: highest rate with zero loss (udp-connect)" \
   "$ZERO_LOSS" events/s "ladder of bench_load udp-connect --rate R; kernel drops, agent drops, bench_sub count" \
@@ -630,7 +621,7 @@ if [ $QUICK = 0 ]; then
     $B/bench_load udp-connect --threads 2 --duration 3 >/dev/null
     sleep 1 # the agent reads the ring every 50 ms
     hwm=$(awk '/VmHWM/ {print $2}' /proc/"$AGENT_PID"/status)
-    read -r hist kd < <(curl -s "$AGENT_API/api/stats" | jq -r '"\(.history.events) \(.kernel_drops)"')
+    read -r hist kd < <(curl -s -m 10 "$AGENT_API/api/stats" | jq -r '"\(.history.events) \(.kernel_drops)"')
     stop_agent
     measure "pipeline.peak_rss_mib.${limits// /.}" "agent peak RSS with $limits (history holding $hist events)" \
       "$(echo "$hwm" | awk '{printf "%.1f", $1 / 1024}')" MiB "$limits ebpf-agent; bench_load udp-connect --threads 2 --duration 3" le 64

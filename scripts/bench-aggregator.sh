@@ -66,9 +66,7 @@ BENCH=bench-aggregator
 . "$(dirname "$0")/bench-lib.sh"
 cleanup() {
   set +e # a killed child's status must not fail the script
-  for p in "${PIDS[@]:-}"; do
-    [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
-  done
+  stop_pids TERM "${PIDS[@]:-}"
   return 0
 }
 trap cleanup EXIT
@@ -76,17 +74,14 @@ trap cleanup EXIT
 
 wait_http() { # URL: until it answers, up to 10 s
   for _ in $(seq 100); do
-    curl -sf -o /dev/null "$1" && return 0
+    curl -sf -m 10 -o /dev/null "$1" && return 0
     sleep 0.1
   done
   echo "bench-aggregator: $1 did not come up (see $LOG)" >&2
   exit 1
 }
 
-stop_pid() {
-  kill "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
+stop_pid() { stop_pids TERM "$1"; }
 
 NATS_PORT=$(free_port)
 NATS_URL="nats://127.0.0.1:$NATS_PORT"
@@ -212,7 +207,7 @@ start_aggregator bench-two "$EVENTS"
 R2_PID=$AGG_PID
 # Replicas find each other by heartbeat: wait until the first sees two.
 for _ in $(seq 100); do
-  n=$(curl -s "http://$R1_ADDR/api/events?limit=1" | jq -r '.replicas.expected // 0')
+  n=$(curl -s -m 10 "http://$R1_ADDR/api/events?limit=1" | jq -r '.replicas.expected // 0')
   [ "$n" = 2 ] && break
   sleep 0.1
 done

@@ -67,8 +67,7 @@ CG=""
 cleanup() {
   local rc=$? p
   set +e
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null; done
+  stop_pids TERM "${PIDS[@]:-}"
   [ -n "$CG" ] && rmdir "$CG" 2>/dev/null
   rm -rf "$TMP"
   exit $rc
@@ -122,12 +121,12 @@ load() { # mode [args] -> the load's JSON line
 }
 
 dns_prog_ids() { # -> "id egress|ingress" of the agent's attached dns programs
-  curl -s "$AGENT_API/api/programs" | jq -r '.programs[]
+  curl -s -m 10 "$AGENT_API/api/programs" | jq -r '.programs[]
     | select((.name | startswith("cgroup_skb__dns_")) and .status == "attached" and .id > 0)
     | "\(.id) \(.name | sub("^cgroup_skb__dns_"; ""))"'
 }
 kernel_losses() { # -> kernel drops + suppressed of the agent
-  curl -s "$AGENT_API/api/stats" | jq '.kernel_drops + .drops_suppressed'
+  curl -s -m 10 "$AGENT_API/api/stats" | jq '.kernel_drops + .drops_suppressed'
 }
 
 # ---------------------------------------------------------------- 1. in-kernel cost
@@ -174,7 +173,7 @@ prog_stats() { # ids file -> "id name run_time_ns run_cnt" lines
     echo "$id $name $(bpftool prog show id "$id" -j | jq -r '"\(.run_time_ns // 0) \(.run_cnt // 0)"')"
   done <"$1"
 }
-records() { curl -s "$AGENT_API/api/programs" | jq '[.programs[] | select(.name | startswith("cgroup_skb__dns_")) | .events] | add'; }
+records() { curl -s -m 10 "$AGENT_API/api/programs" | jq '[.programs[] | select(.name | startswith("cgroup_skb__dns_")) | .events] | add'; }
 
 log "in-kernel cost (cgroup $CG)"
 # The agent's programs first, as on a node where they are alone on the hook: the first
@@ -220,8 +219,7 @@ for r in $(seq "$ROUNDS"); do
     fi
   done
 done
-kill "$STATS_PID" 2>/dev/null || true
-wait "$STATS_PID" 2>/dev/null || true
+stop_pids TERM "$STATS_PID"
 stop_agent
 
 declare -A TARGET=([udp]=50 [tcp]=50 [dns]=500)
@@ -282,8 +280,7 @@ capture_round() {
     PIDS+=("$td")
     for _ in $(seq 100); do grep -q "listening on" "$TMP/tcpdump.err" && break; sleep 0.05; done
     run_round tcpdump
-    kill -INT "$td" 2>/dev/null || true
-    wait "$td" 2>/dev/null || true
+    stop_pids INT "$td"
     ;;
   esac
 }

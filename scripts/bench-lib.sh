@@ -11,7 +11,7 @@ free_port() {
 # first or takes longer than 10 s.
 wait_ready() {
   for _ in $(seq 200); do
-    curl -sf "http://127.0.0.1:$1/ready" >/dev/null 2>&1 && return 0
+    curl -sf -m 2 "http://127.0.0.1:$1/ready" >/dev/null 2>&1 && return 0
     kill -0 "$2" 2>/dev/null || break
     sleep 0.05
   done
@@ -37,9 +37,42 @@ start_agent() {
 }
 
 stop_agent() {
-  kill "$AGENT_PID" 2>/dev/null || true
-  wait "$AGENT_PID" 2>/dev/null || true
+  stop_pids TERM "$AGENT_PID"
   AGENT_PID=""
+}
+
+# stop_pids SIGNAL PID...: sends each the signal and waits for them, at most 10 s; what still
+# runs then is killed (and said in $LOG). A bounded stop: a process started in the background of
+# a script ignores SIGINT until it installs its own handler, so a tool told to stop too early
+# (or one that hangs on the way out) would otherwise keep the bench waiting for ever. Only this
+# shell's own children are signalled: a PID that exited long ago may name another process now.
+stop_pids() {
+  local sig=$1 p ours=() alive
+  shift
+  for p in "$@"; do running_child "$p" && ours+=("$p"); done
+  [ ${#ours[@]} -gt 0 ] || return 0
+  for p in "${ours[@]}"; do kill "-$sig" "$p" 2>/dev/null || true; done
+  for _ in $(seq 200); do
+    alive=""
+    for p in "${ours[@]}"; do running_child "$p" && alive+=" $p"; done
+    [ -z "$alive" ] && break
+    sleep 0.05
+  done
+  for p in $alive; do
+    echo "$BENCH: pid $p ($(cat "/proc/$p/comm" 2>/dev/null)) did not stop on SIG$sig in 10 s: killed" |
+      tee -a "${LOG:-/dev/null}" >&2
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  for p in "${ours[@]}"; do wait "$p" 2>/dev/null || true; done
+  return 0
+}
+
+# running_child PID: true when PID is a child of this shell that has not exited.
+running_child() {
+  local state ppid
+  [ -n "$1" ] && [ -r "/proc/$1/status" ] || return 1
+  read -r state ppid < <(awk '/^State:/ {s = $2} /^PPid:/ {p = $2} END {print s, p}' "/proc/$1/status" 2>/dev/null)
+  [ "$ppid" = "$BASHPID" ] && [ "$state" != Z ]
 }
 
 # median / range: of the numbers on stdin (separated by blanks or lines); range as "lo–hi".

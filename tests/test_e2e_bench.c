@@ -15,19 +15,44 @@
 
 #include "testutil.h"
 
+/*
+ * The suite runs under timeout(1), well inside the test's own limit: a stage
+ * that hangs then fails the test with the log's tail (each stage writes when
+ * it starts), instead of a bare "timed out" that says nothing of where.
+ */
+#define QUICK_SUITE_LIMIT_S 480
+#define LOG_TAIL_BYTES      6000
+
+/* The last line of the log where a bench script says which stage it starts ("bench-x: ..."). */
+static void last_stage(const char *log, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "(none)");
+    for (const char *line = log; line && *line;) {
+        const char *end = strchrnul(line, '\n');
+        if (strncmp(line, "bench", 5) == 0)
+            snprintf(out, outlen, "%.*s", (int)(end - line), line);
+        line = *end ? end + 1 : NULL;
+    }
+}
+
 static json_t *run_quick_suite(void)
 {
     char cmd[1024], log[64];
     json_error_t jerr;
 
     snprintf(log, sizeof(log), "/tmp/ebpf-e2e-bench-%d.log", getpid());
-    snprintf(cmd, sizeof(cmd), "cd '%s' && scripts/bench.sh --quick >'%s' 2>&1", tu_repo_path("."),
-             log);
+    snprintf(cmd, sizeof(cmd), "cd '%s' && timeout -k 10 %d scripts/bench.sh --quick >'%s' 2>&1",
+             tu_repo_path("."), QUICK_SUITE_LIMIT_S, log);
     int rc = system(cmd);
     if (rc == -1 || !WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
-        char *out = tu_read_file(log);
-        cr_assert_fail("scripts/bench.sh --quick failed (%d); output:\n%s", rc,
-                       out ? out : "(none)");
+        char *out = tu_read_file(log), stage[160];
+        last_stage(out, stage, sizeof(stage));
+        size_t len = out ? strlen(out) : 0;
+        const char *tail = out ? out + (len > LOG_TAIL_BYTES ? len - LOG_TAIL_BYTES : 0) : "(none)";
+        cr_assert_fail(
+            "scripts/bench.sh --quick %s (status %d), last stage \"%s\"; the end of %s:\n%s",
+            WIFEXITED(rc) && WEXITSTATUS(rc) == 124 ? "did not finish in its limit" : "failed", rc,
+            stage, log, tail);
     }
     json_t *root = json_load_file(tu_repo_path("build/bench/results.json"), 0, &jerr);
     cr_assert_not_null(root, "results.json: %s (line %d)", jerr.text, jerr.line);
