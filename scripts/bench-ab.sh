@@ -46,7 +46,7 @@ BENCH=bench-ab
 STATS_ORIG=$(sysctl -n kernel.bpf_stats_enabled)
 cleanup() {
   set +e
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+  stop_pids TERM "${PIDS[@]:-}"
   sysctl -q -w kernel.bpf_stats_enabled="$STATS_ORIG"
   rm -rf "$TMP"
 }
@@ -79,7 +79,7 @@ rotation() {
     i=0
     for a in "$@"; do
       # Programs two entries share (sys_exit) are listed once, under the first name.
-      curl -s "http://127.0.0.1:${ports[$i]}/api/programs" |
+      curl -s -m 10 "http://127.0.0.1:${ports[$i]}/api/programs" |
         jq -r '.programs[] | select(.status == "attached") | "\(.id) \(.name | sub("^tp_btf__"; ""))"' |
         sort -u -k1,1 | while read -r id name; do
           join <(grep "^$id " "$TMP/before") <(grep "^$id " "$TMP/after") |
@@ -89,7 +89,7 @@ rotation() {
       i=$((i + 1))
     done
   done
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
+  stop_pids TERM "${pids[@]}"
 }
 
 builds=("$@")
