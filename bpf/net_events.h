@@ -72,7 +72,7 @@ struct close_record {
  * takes it over in place, so a busy node's connections find an entry
  * instead of inserting and deleting one each, the two operations on this
  * map that take a lock. The agent deletes entries dead for longer than
- * SOCKETS_REAP_AGE_NS (cmd/agent/capture.c), so dead entries are bounded by
+ * SOCKETS_REAP_AGE_NS (cmd/agent/sockets_reap.h), so dead entries are bounded by
  * the sockets closed in that time. Not an LRU: when the map is full a new
  * connect or connection is counted as untracked (stats) rather than silently
  * evicting another one's owner.

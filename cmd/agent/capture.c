@@ -56,27 +56,6 @@ _Static_assert(sizeof(((struct capture_config *)0)->dns_ports) == DNS_PORTS_MAX 
  */
 #define CAPTURE_POLL_MAX_MS 50
 
-/*
- * Reaping the connection programs' `sockets` map (struct sock_life in
- * bpf/net_events.h): an entry stays after its connection ends, for the next
- * socket the kernel allocates at the same address to take over in place
- * (no insert and no delete, each a locked map operation, per connection).
- * A socket's memory is handed out again within microseconds on a busy node,
- * so entries dead for longer than SOCKETS_REAP_AGE_NS are deleted here: the
- * dead ones are bounded by the sockets closed in the last second or two, and
- * once a pass finds the map more than half full, every dead entry is (the
- * next pass deletes regardless of age). A pass reads the map in batches of
- * SOCKETS_REAP_BATCH entries, one batch per poll, and starts at most every
- * SOCKETS_REAP_EVERY_NS.
- */
-#define SOCKETS_REAP_AGE_NS   (1000000000ull)
-#define SOCKETS_REAP_EVERY_NS (1000000000ull)
-#define SOCKETS_REAP_BATCH    1024
-/* The kernel's own "not supported" (not in the uapi headers), which some bpf() commands return. */
-#ifndef ENOTSUPP
-#define ENOTSUPP 524
-#endif
-
 enum capture_object {
     OBJ_CONNECTIONS,
     OBJ_DROPS,
@@ -148,16 +127,8 @@ struct capture_prog {
     uint32_t prog_id;      /* kernel id, for `bpftool prog show id N` */
 };
 
-/* The reaping of one `sockets` map (see SOCKETS_REAP_AGE_NS). */
-struct sockets_reap {
-    int fd;
-    bool in_pass;        /* a pass is under way: token is where the next batch starts */
-    uint64_t age_ns;     /* this pass deletes entries dead for longer */
-    uint64_t token;      /* the kernel's batch cursor (a bucket index for a hash map) */
-    uint64_t seen, dead; /* entries, and dead ones among them, read so far in the pass */
-    uint64_t *keys;      /* SOCKETS_REAP_BATCH of them */
-    struct sock_life *vals;
-};
+_Static_assert(SLOT_COUNT <= SOCKETS_REAP_MAPS,
+               "a connections object per slot needs a reaper each");
 
 struct capture {
     capture_event_fn fn;
@@ -182,12 +153,8 @@ struct capture {
     struct ksyms *ksyms;
     struct drop_reasons *reasons;
     int ncpus;
-    bool conn_compat;                     /* the kernel lacks what connections.bpf.c needs */
-    struct sockets_reap reap[SLOT_COUNT]; /* one per loaded connections object */
-    size_t nreap;
-    uint64_t next_reap_ns; /* boot clock: when the next pass may start */
-    /* Published for other threads (atomics): as of the last complete pass, and totals. */
-    uint64_t sockets_entries, sockets_dead, sockets_reaped, sockets_reap_races, sockets_reap_errors;
+    bool conn_compat;             /* the kernel lacks what connections.bpf.c needs */
+    struct sockets_reaper reaper; /* of each loaded connections object's `sockets` map */
 };
 
 /*
@@ -400,122 +367,15 @@ static int instance_load(struct capture *c, struct instance *in, enum capture_ob
         return err < 0 ? err : -ENOENT;
     }
     if (object == OBJ_CONNECTIONS && (map = bpf_object__find_map_by_name(in->obj, "sockets")) &&
-        c->nreap < SLOT_COUNT) {
-        struct sockets_reap *r = &c->reap[c->nreap];
-
-        r->keys = calloc(SOCKETS_REAP_BATCH, sizeof(*r->keys));
-        r->vals = calloc(SOCKETS_REAP_BATCH, sizeof(*r->vals));
-        if (r->keys && r->vals) {
-            r->fd = bpf_map__fd(map);
-            c->nreap++;
-        } else {
-            free(r->keys);
-            free(r->vals);
-            fprintf(stderr, "capture: out of memory: dead socket entries are not reaped\n");
-        }
-    }
+        (err = sockets_reaper_add(&c->reaper, bpf_map__fd(map))))
+        fprintf(stderr, "capture: the dead entries of a sockets map are not reaped: %s\n",
+                strerror(-err));
     return 0;
-}
-
-static void add_u64(uint64_t *p, uint64_t v)
-{
-    __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
-}
-
-/*
- * Deletes the entry at key if it is still dead. Between reading it and
- * deleting it, the next socket at its address may have taken it over: the
- * value deleted says so, and it is put back (counted in reap_races; what
- * that socket wrote in the instant between may still be lost).
- */
-static void reap_entry(struct capture *c, int fd, uint64_t key)
-{
-    struct sock_life v;
-
-    if (bpf_map_lookup_and_delete_elem(fd, &key, &v) == 0) {
-        if (v.phase == LIFE_DEAD) {
-            add_u64(&c->sockets_reaped, 1);
-        } else {
-            add_u64(&c->sockets_reap_races, 1);
-            (void)bpf_map_update_elem(fd, &key, &v, BPF_NOEXIST);
-        }
-    } else if (errno == EINVAL || errno == ENOTSUPP || errno == EOPNOTSUPP) {
-        /* Before 5.14 a hash map has no lookup-and-delete: delete what was read as dead. */
-        if (bpf_map_delete_elem(fd, &key) == 0)
-            add_u64(&c->sockets_reaped, 1);
-    } else if (errno != ENOENT) {
-        add_u64(&c->sockets_reap_errors, 1);
-    }
-}
-
-/* One batch of one map's pass: reads up to SOCKETS_REAP_BATCH entries, reaps the long dead. */
-static void reap_batch(struct capture *c, struct sockets_reap *r, uint64_t now)
-{
-    LIBBPF_OPTS(bpf_map_batch_opts, opts);
-    uint32_t n = SOCKETS_REAP_BATCH;
-    uint64_t out = 0;
-    int err = bpf_map_lookup_batch(r->fd, r->in_pass ? &r->token : NULL, &out, r->keys, r->vals, &n,
-                                   &opts);
-    bool done = err != 0; /* -ENOENT: the last batch (n may still be > 0); else an error */
-
-    if (err && errno != ENOENT) {
-        add_u64(&c->sockets_reap_errors, 1);
-        n = 0;
-    }
-    if (!r->in_pass) {
-        r->age_ns = r->seen > SOCKETS_MAX / 2 ? 0 : SOCKETS_REAP_AGE_NS; /* seen: the last pass */
-        r->seen = r->dead = 0;
-    }
-    for (uint32_t i = 0; i < n; i++) {
-        const struct sock_life *v = &r->vals[i];
-
-        r->seen++;
-        if (v->phase != LIFE_DEAD)
-            continue;
-        r->dead++;
-        if (v->closed_ns + r->age_ns <= now) {
-            reap_entry(c, r->fd, r->keys[i]);
-            r->dead--;
-        }
-    }
-    r->token = out;
-    r->in_pass = !done;
-}
-
-/* On every poll: one batch of the pass under way, or a new pass when one is due. now: the boot
- * clock, the programs' bpf_ktime_get_boot_ns(). */
-static void sockets_reap(struct capture *c, uint64_t now)
-{
-    bool start = true, more = false;
-
-    for (size_t i = 0; i < c->nreap; i++)
-        if (c->reap[i].in_pass)
-            start = false;
-    if (start && now < c->next_reap_ns)
-        return;
-    for (size_t i = 0; i < c->nreap; i++) {
-        if (start || c->reap[i].in_pass)
-            reap_batch(c, &c->reap[i], now);
-        more |= c->reap[i].in_pass;
-    }
-    if (more)
-        return;
-    uint64_t seen = 0, dead = 0;
-    for (size_t i = 0; i < c->nreap; i++)
-        seen += c->reap[i].seen, dead += c->reap[i].dead;
-    __atomic_store_n(&c->sockets_entries, seen, __ATOMIC_RELAXED);
-    __atomic_store_n(&c->sockets_dead, dead, __ATOMIC_RELAXED);
-    c->next_reap_ns = now + SOCKETS_REAP_EVERY_NS;
 }
 
 void capture_sockets_stats(struct capture *c, struct capture_sockets_stats *out)
 {
-    out->capacity = (uint64_t)SOCKETS_MAX * c->nreap;
-    out->entries = __atomic_load_n(&c->sockets_entries, __ATOMIC_RELAXED);
-    out->dead = __atomic_load_n(&c->sockets_dead, __ATOMIC_RELAXED);
-    out->reaped = __atomic_load_n(&c->sockets_reaped, __ATOMIC_RELAXED);
-    out->reap_races = __atomic_load_n(&c->sockets_reap_races, __ATOMIC_RELAXED);
-    out->reap_errors = __atomic_load_n(&c->sockets_reap_errors, __ATOMIC_RELAXED);
+    sockets_reaper_stats(&c->reaper, out);
 }
 
 static void prog_fail(struct capture *c, int slot, const char *what, int err)
@@ -824,7 +684,7 @@ int capture_poll(struct capture *c, int timeout_ms)
     n = ring_buffer__poll(c->rb, timeout_ms);
     if (n < 0)
         return n;
-    sockets_reap(c, boot_ns);
+    sockets_reaper_poll(&c->reaper, boot_ns);
     /* poll only reads a ring it was woken for; records submitted without a
      * wakeup are read here. */
     more = ring_buffer__consume(c->rb);
@@ -840,10 +700,7 @@ void capture_close(struct capture *c)
         bpf_link__destroy(c->progs[s].link);
     for (size_t i = 0; i < c->ninstances; i++)
         instance_destroy(&c->instances[i]);
-    for (size_t i = 0; i < SLOT_COUNT; i++) {
-        free(c->reap[i].keys);
-        free(c->reap[i].vals);
-    }
+    sockets_reaper_free(&c->reaper);
     if (c->ringbuf_fd >= 0)
         close(c->ringbuf_fd);
     if (c->stats_fd >= 0)

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "event.h"
+#include "sockets_reap.h"
 
 struct capture;
 
@@ -89,21 +90,6 @@ struct capture_program_info {
 
 /* Fills up to max entries; returns the number of programs. Thread-safe (reads map counters). */
 size_t capture_programs(struct capture *c, struct capture_program_info *out, size_t max);
-
-/*
- * The kernel map that follows TCP sockets from their connect or accept to
- * their close (bpf/net_events.h, struct sock_life): its size, and the agent's
- * reaping of the entries connections left behind. entries and dead are as
- * of the last complete pass over the map (about every second).
- */
-struct capture_sockets_stats {
-    uint64_t capacity;    /* entries the map holds at most (0: no connection programs) */
-    uint64_t entries;     /* entries held: connections followed and dead ones not yet reaped */
-    uint64_t dead;        /* of which dead: waiting for a socket at their address, or reaping */
-    uint64_t reaped;      /* dead entries deleted */
-    uint64_t reap_races;  /* entries taken over by a new socket while being reaped, put back */
-    uint64_t reap_errors; /* failed map reads or deletes */
-};
 
 /* Fills out; thread-safe. */
 void capture_sockets_stats(struct capture *c, struct capture_sockets_stats *out);
