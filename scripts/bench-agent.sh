@@ -350,12 +350,25 @@ END { clear(@conn); clear(@last_conn); clear(@uconn); clear(@last_uconn); clear(
       clear(@rst_recv); }
 BT
 
+# Every tracer started is stopped again before the next measurement: one left
+# running would weigh on every later run, with or without a tracer.
+tracers_stopped() { # where
+  local p
+  for p in "${PIDS[@]}"; do
+    [ "$p" = "$NATS_PID" ] || ! running_child "$p" || {
+      echo "bench-agent: $(cat "/proc/$p/comm" 2>/dev/null) (pid $p) still runs after $1" | tee -a "$LOG" >&2
+      exit 1
+    }
+  done
+}
+
 for t in $TRACERS; do
   phase "$t: in-kernel cost"
   if start_tracer "$t"; then
     run_traced "$t"
     stop_tracer "$t"
   fi
+  tracers_stopped "the $t in-kernel phase"
 done
 sysctl -q -w kernel.bpf_stats_enabled="$STATS_ORIG"
 
@@ -385,6 +398,7 @@ speed_round() { # r
 for r in $(seq "$SPEED_ROUNDS"); do
   phase "speed round $r of $SPEED_ROUNDS"
   speed_round "$r"
+  tracers_stopped "speed round $r"
 done
 if [ $MOUNTED_TRACEFS = 1 ]; then umount /sys/kernel/tracing 2>/dev/null && MOUNTED_TRACEFS=0; fi
 
