@@ -81,8 +81,6 @@ wait_http() { # URL: until it answers, up to 10 s
   exit 1
 }
 
-stop_pid() { stop_pids TERM "$1"; }
-
 NATS_PORT=$(free_port)
 NATS_URL="nats://127.0.0.1:$NATS_PORT"
 # max_pending 256 MiB: the server's per-client buffer, so a burst is queued, not a slow consumer.
@@ -171,7 +169,7 @@ for rate in $CURVE_RATES; do
        valid: true, invalid_reason: null}' "$tmp" >>"$RAW"
   rm -f "$tmp"
 done
-stop_pid "$AGG_PID"
+stop_pids TERM "$AGG_PID"
 
 # ---------------------------------------------------------------- 4. flows
 # pkg/flows alone at the size issue targets name: 10,000 edges x 24 hours.
@@ -196,7 +194,7 @@ wrk_rate() { # ADDR ID
   [ -n "$rps" ] && measure "$2" "$rps" "requests/s" "wrk -t2 -c32 -d${WRK_DUR}s 'http://ADDR$SMALL'" ge 20000
 }
 [ $HAVE_WRK = 1 ] && wrk_rate "$A1_ADDR" aggregator.http.one_replica.requests_per_s
-stop_pid "$A1_PID"
+stop_pids TERM "$A1_PID"
 
 # ---------------------------------------------------------------- 4. two replicas, one queue group
 echo "bench-aggregator: two replicas, $EVENTS events" >&2
@@ -215,8 +213,7 @@ run $B/bench_aggregator_ingest --nats "$NATS_URL" --http "$R1_ADDR" --pid "$R1_P
   --events "$EVENTS" --rate $FILL_RATE --prefix aggregator.fill_two_replicas
 run $B/bench_query --http "$R1_ADDR" --requests $REQUESTS --prefix aggregator.query.two_replicas
 [ $HAVE_WRK = 1 ] && wrk_rate "$R1_ADDR" aggregator.http.two_replicas.requests_per_s
-stop_pid "$R1_PID"
-stop_pid "$R2_PID"
+stop_pids TERM "$R1_PID" "$R2_PID"
 rm -f "$NATS_CONF"
 
 # ---------------------------------------------------------------- outputs

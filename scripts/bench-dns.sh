@@ -65,7 +65,7 @@ BENCH=bench-dns
 . "$(dirname "$0")/bench-lib.sh"
 CG=""
 cleanup() {
-  local rc=$? p
+  local rc=$?
   set +e
   stop_pids TERM "${PIDS[@]:-}"
   [ -n "$CG" ] && rmdir "$CG" 2>/dev/null
