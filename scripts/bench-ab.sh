@@ -3,6 +3,12 @@
 #
 #   scripts/bench-ab.sh [--reps N] [--duration SEC] [--load MODE] AGENT...
 #
+# MODE is a bench_load mode (tcp-connect, udp-connect, exec, drop, mix) or
+# dns: build/bench/bench_dns_load's query loop against a dnsmasq of its own
+# run in a cgroup of its own, which the agents capture (CAPTURE_CGROUP: the
+# dns programs run on the load's packets alone, every query and answer
+# recorded) while dnsmasq runs outside it.
+#
 # Every AGENT binary (e.g. a copy of bin/ebpf-agent from before a change, and
 # the current one) runs at the same time, all attached to the same hooks, so
 # each bench_load run (default: tcp-connect) fires every build's programs on
@@ -32,10 +38,12 @@ while [ $# -gt 0 ]; do
 done
 [ $# -ge 1 ] || { echo "usage: scripts/bench-ab.sh [--reps N] [--duration SEC] [--load MODE] AGENT..." >&2; exit 2; }
 [ "$(id -u)" -eq 0 ] || { echo "bench-ab: needs root (eBPF, kernel.bpf_stats_enabled)" >&2; exit 1; }
-for t in jq curl bpftool nats-server python3; do
+for t in jq curl bpftool nats-server python3 $([ "$LOAD" = dns ] && echo dnsmasq dig); do
   command -v "$t" >/dev/null || { echo "bench-ab: $t not installed (make deps)" >&2; exit 1; }
 done
-[ -x build/bench/bench_load ] || { echo "bench-ab: build/bench/bench_load missing: make bench-bins" >&2; exit 1; }
+for b in bench_load bench_dns_load; do
+  [ -x build/bench/$b ] || { echo "bench-ab: build/bench/$b missing: make bench-bins" >&2; exit 1; }
+done
 for a in "$@"; do [ -x "$a" ] || { echo "bench-ab: $a is not an executable" >&2; exit 1; }; done
 
 TMP=$(mktemp -d)
@@ -48,6 +56,7 @@ cleanup() {
   set +e
   stop_pids TERM "${PIDS[@]:-}"
   sysctl -q -w kernel.bpf_stats_enabled="$STATS_ORIG"
+  [ -z "${CG:-}" ] || rmdir "$CG"
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -58,12 +67,42 @@ NATS_PORT=$(free_port)
 nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$TMP/nats.log" 2>&1 &
 PIDS+=($!)
 
+DNS_PORT="" CG=""
+if [ "$LOAD" = dns ]; then
+  for root in /sys/fs/cgroup /sys/fs/cgroup/unified; do
+    [ "$(stat -fc %T "$root" 2>/dev/null)" = cgroup2fs ] && break
+    root=""
+  done
+  [ -n "$root" ] || { echo "bench-ab: no cgroup v2 hierarchy" >&2; exit 1; }
+  CG="$root/bench-ab-$$"
+  mkdir "$CG"
+  DNS_PORT=$(free_port)
+  dnsmasq --no-daemon --no-resolv --no-hosts --port="$DNS_PORT" --listen-address=127.0.0.1 \
+    --bind-interfaces --host-record=a.test,10.11.12.13 --local=/test/ \
+    --pid-file="$TMP/dnsmasq.pid" >"$TMP/dnsmasq.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do
+    dig +time=1 +tries=1 -p "$DNS_PORT" @127.0.0.1 a.test >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+fi
+
+load() {
+  if [ "$LOAD" = dns ]; then
+    sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" \
+      build/bench/bench_dns_load dns --server "127.0.0.1:$DNS_PORT" --name a.test --duration "$DUR"
+  else
+    build/bench/bench_load "$LOAD" --duration "$DUR"
+  fi
+}
+
 # One rotation: start the builds in this order, run the load REPS times, stop them.
 rotation() {
   local ports=() pids=() i a port r
   for a in "$@"; do
     port=$(free_port)
     env NATS_URL="nats://127.0.0.1:$NATS_PORT" LISTEN_ADDR="127.0.0.1:$port" NODE_NAME=bench-ab \
+      ${DNS_PORT:+DNS_PORTS=$DNS_PORT DNS_RATE_LIMIT=1000000 CAPTURE_CGROUP=$CG} \
       "$a" >>"$TMP/agent.$(basename "$a").log" 2>&1 &
     pids+=($!)
     PIDS+=($!)
@@ -73,7 +112,7 @@ rotation() {
   for r in $(seq "$REPS"); do
     sysctl -q -w kernel.bpf_stats_enabled=1
     stats >"$TMP/before"
-    build/bench/bench_load "$LOAD" --duration "$DUR" >/dev/null
+    load >/dev/null
     stats >"$TMP/after"
     sysctl -q -w kernel.bpf_stats_enabled=0
     i=0
