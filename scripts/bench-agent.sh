@@ -7,7 +7,9 @@
 #      without a tracer, under the agent, under bpftrace (the same tracepoints,
 #      maps only) and under libbpf-tools (tcpstates, tcplife, execsnoop,
 #      exitsnoop, output to /dev/null), all in this one run, in alternated
-#      rounds (a tracer's speed: the median of the rounds' own ratios);
+#      rounds (a tracer's speed: the median of the rounds' own ratios), and
+#      the connect loops' speed under the agent without some event types
+#      (what each costs);
 #   2. the agent end to end (kernel -> NATS -> an independent subscriber):
 #      zero-loss ceiling, loss curve, CPU-µs per event, peak RSS; and the
 #      agent's on_event path alone (after decoding) with synthetic events.
@@ -134,6 +136,16 @@ api_stats() { # -> "total_events kernel_drops agent_drops events_sent"
 # exitsnoop), all output to /dev/null.
 WORKLOADS="udp-connect tcp-connect exec drop"
 TRACERS="agent bpftrace libbpf-tools"
+# What each kind of event costs the connect loops: the agent again in the
+# speed rounds, without the dns programs (a cgroup_skb run on every packet),
+# then without close tracking too (the programs that follow each connection
+# to its end); the difference to the agent with every type is their share.
+declare -A VARIANT_TYPES=(
+  [agent-no-dns]=connection,accept,close,packet_drop,exec,exit
+  [agent-no-dns-close]=connection,accept,packet_drop,exec,exit
+)
+VARIANTS="agent-no-dns agent-no-dns-close"
+VARIANT_LOADS="udp-connect tcp-connect"
 declare -A NS CNT   # [tracer|workload|hook]: run_time_ns and run_cnt deltas
 declare -A INVALID  # [tracer] or [tracer|workload]: why its figures are not valid
 # The loops whose cost of each hook is reported. The first is the hook's own
@@ -263,6 +275,9 @@ run_traced() {
 start_tracer() {
   local t h bin
   case $1 in
+  agent-*)
+    start_agent EVENT_TYPES="${VARIANT_TYPES[$1]}"
+    ;;
   agent)
     start_agent
     curl -s -m 10 "$AGENT_API/api/programs" |
@@ -301,7 +316,7 @@ start_tracer() {
 }
 stop_tracer() {
   case $1 in
-  agent) stop_agent ;;
+  agent | agent-*) stop_agent ;;
   bpftrace) stop_pids TERM "$BT_PID" ;;
   libbpf-tools) stop_pids TERM "${TOOL_PIDS[@]}" ;;
   esac
@@ -379,18 +394,20 @@ sysctl -q -w kernel.bpf_stats_enabled="$STATS_ORIG"
 # machine whose speed drifts over the run weighs on both sides of each ratio.
 declare -A RATES # [capture|workload]: the rounds' rates, in order
 speed_round() { # r
-  local order="none $TRACERS" c w kd0 ad0 kd1 ad1
+  local order="none $TRACERS $VARIANTS" c w loads kd0 ad0 kd1 ad1
   [ $(($1 % 2)) = 1 ] || order="$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')"
   for c in $order; do
+    loads=$WORKLOADS
+    [ -z "${VARIANT_TYPES[$c]:-}" ] || loads=$VARIANT_LOADS
     if [ "$c" != none ]; then
       start_tracer "$c" || continue
-      [ "$c" = agent ] && read -r _ kd0 ad0 _ < <(api_stats)
+      [ "${c%%-*}" = agent ] && read -r _ kd0 ad0 _ < <(api_stats)
     fi
-    for w in $WORKLOADS; do RATES["$c|$w"]="${RATES["$c|$w"]:-} $(run_load "$w")"; done
-    if [ "$c" = agent ]; then
+    for w in $loads; do RATES["$c|$w"]="${RATES["$c|$w"]:-} $(run_load "$w")"; done
+    if [ "${c%%-*}" = agent ]; then
       read -r _ kd1 ad1 _ < <(api_stats)
       [ $((kd1 - kd0 + ad1 - ad0)) -eq 0 ] ||
-        invalid agent "agent drops in speed round $1: $((kd1 - kd0)) kernel, $((ad1 - ad0)) agent queue"
+        invalid "$c" "agent drops in speed round $1: $((kd1 - kd0)) kernel, $((ad1 - ad0)) agent queue"
     fi
     [ "$c" = none ] || stop_tracer "$c"
   done
@@ -487,6 +504,17 @@ for w in $WORKLOADS; do
     measure "speed.$w.agent_over_$t" "$w loop speed under the agent / under $t (median of rounds)" \
       "$(echo "$rs" | median)" x \
       "the agent's rate ÷ $t's, in each round; median, spread $(echo "$rs" | range)" "$op" 1 "$why"
+  done
+  for v in $VARIANTS; do
+    [ -n "${RATES["$v|$w"]:-}" ] || continue
+    rs=$(ratios "$v" none "$w")
+    why=$(reason "$v" "$w")
+    spread=$(spread_why "$rs")
+    why="${why}${why:+${spread:+; }}${spread}"
+    measure "speed.$w.$v" "$w loop speed under the agent with EVENT_TYPES=${VARIANT_TYPES[$v]} / without a tracer (median of rounds)" \
+      "$(echo "$rs" | median)" x \
+      "bench_load $w --duration $DUR under EVENT_TYPES=${VARIANT_TYPES[$v]} ebpf-agent ÷ with no tracer, in each of $SPEED_ROUNDS alternated rounds; median, spread $(echo "$rs" | range)" \
+      "" "" "$why"
   done
 done
 

@@ -153,6 +153,21 @@ def overhead(r):
         cells = [r.cell(f"speed.{w}.agent_over_{t}", "x") for t in TRACERS[1:]]
         if any(c != "–" for c in cells):
             out.append(row([w] + cells))
+    variants = [("agent", "every type (the default)"),
+                ("agent-no-dns", "without `dns`"),
+                ("agent-no-dns-close", "without `dns` and `close`")]
+    rows = []
+    for w in WORKLOADS:
+        cells = [r.cell(f"speed.{w}.{v}", "x") for v, _ in variants]
+        if any(c != "–" for c in cells[1:]):
+            rows.append(row([w] + cells))
+    if rows:
+        out += ["", "What each kind of event costs a loop: its speed under the agent with "
+                "`EVENT_TYPES` narrowed ÷ without a tracer, in the same alternated rounds. "
+                "The `dns` programs run on every packet of the node (`cgroup_skb`); `close` "
+                "follows each TCP connection to its end:", "",
+                "| loop | " + " | ".join(label for _, label in variants) + " |",
+                "|---|" + "---:|" * len(variants)] + rows
     out += ["", "In-kernel cost, ns per program run (`kernel.bpf_stats_enabled=1`, which adds "
             "two clock reads to every run of every program); the last two columns are an empty "
             "program on the same hook, attached after the agent's in the same run, and the "
