@@ -211,7 +211,9 @@ static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 f
     b = bpf_map_lookup_elem(&dns_buckets, &bucket_key);
     if (!b || !rate_bucket_take(b, dns_rate_per_sec, m.slot, m.now))
         return 1;
-    /* Most queries and answers fit the smallest record. */
+    /* Most queries fit the smallest record; most answers the next. */
+    if (m.len <= DNS_RECORD_PAYLOAD_TINY)
+        return emit(skb, &m, b, DNS_RECORD_PAYLOAD_TINY);
     if (m.len <= DNS_RECORD_PAYLOAD_SMALL)
         return emit(skb, &m, b, DNS_RECORD_PAYLOAD_SMALL);
     if (m.len <= DNS_RECORD_PAYLOAD_MID)

@@ -16,6 +16,7 @@
 #define DNS_RECORD_PAYLOAD_MAX 512
 /* A record has room for the smallest of these that holds the message (or for
  * DNS_RECORD_PAYLOAD_MAX): a record is DNS_RECORD_SIZE(room) bytes, not sizeof. */
+#define DNS_RECORD_PAYLOAD_TINY  64
 #define DNS_RECORD_PAYLOAD_SMALL 128
 #define DNS_RECORD_PAYLOAD_MID   256
 #define DNS_RECORD_SIZE(room)    (__builtin_offsetof(struct dns_record, payload) + (room))

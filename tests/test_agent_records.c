@@ -1040,8 +1040,8 @@ Test(records, dns_malformed_records_are_counted)
 /* The program reserves the smallest record that holds the message: each size decodes whole. */
 Test(records, dns_records_of_each_room_decode)
 {
-    static const size_t rooms[] = {DNS_RECORD_PAYLOAD_SMALL, DNS_RECORD_PAYLOAD_MID,
-                                   DNS_RECORD_PAYLOAD_MAX};
+    static const size_t rooms[] = {DNS_RECORD_PAYLOAD_TINY, DNS_RECORD_PAYLOAD_SMALL,
+                                   DNS_RECORD_PAYLOAD_MID, DNS_RECORD_PAYLOAD_MAX};
     struct dns_record *r = dns_rec(DNS_DIR_ANSWER, IPPROTO_UDP, AF_INET);
     struct records_dns m;
     char err[128] = "";

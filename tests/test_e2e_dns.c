@@ -33,6 +33,7 @@
 
 #define WAIT_MS    20000
 #define SVC_ADDR   "127.0.0.77" /* svc.test: a loopback address a listener binds */
+#define EDGE_ADDR  "10.9.8.7"   /* every name under edge.test */
 #define MARKER     "dnsq-marker"
 #define TIMEOUT_MS 1000 /* DNS_TIMEOUT */
 
@@ -323,6 +324,7 @@ static void dnsmasq_up(void)
                      "--bind-interfaces",
                      "--host-record=a.test,10.11.12.13,fd00::1234",
                      "--host-record=svc.test," SVC_ADDR,
+                     "--address=/edge.test/" EDGE_ADDR,
                      "--cname=alias.test,a.test",
                      "--cname=www.test,alias.test",
                      "--local=/test/",
@@ -876,6 +878,68 @@ static bool is_storm_event(json_t *ev, void *arg)
  * counts the rest as suppressed (per program, then in /api/stats once the next
  * record carries the count), and the other event types still get through.
  */
+/* A name under edge.test whose query (make_query: no EDNS) is exactly len bytes. */
+static void edge_name(char *out, size_t len)
+{
+    /* 12 header + the name's wire form (labels with their length bytes, "edge", "test", the
+     * root) + 4 type and class. */
+    size_t left = len - 12 - 4 - (1 + 4) - (1 + 4) - 1, o = 0;
+    while (left) {
+        size_t l = left - 1 > 63 ? 63 : left - 1;
+        if (left - (l + 1) == 1) /* a one-byte rest cannot be a label (its length byte alone) */
+            l--;
+        memset(out + o, 'a' + (char)(o % 26), l);
+        o += l;
+        out[o++] = '.';
+        left -= l + 1;
+    }
+    strcpy(out + o, "edge.test");
+}
+
+/*
+ * The dns programs copy a message into the smallest of four record sizes that
+ * holds it (64, 128, 256 bytes, then the 512 of classic UDP): queries and
+ * answers of each size and one byte more arrive whole, names and answers
+ * intact. An answer is its query plus one A record (16 bytes).
+ */
+Test(e2e_dns, messages_at_each_record_size_and_one_byte_more_arrive_whole, .fini = stop_all,
+     .timeout = 90)
+{
+    monitor_up("dns-node");
+    static const size_t sizes[] = {64, 65, 128, 129, 256, 257};
+    uint8_t q[512], a[1024];
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)dnsmasq.port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {.tv_sec = 3};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0);
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        for (int answer_at_edge = 0; answer_at_edge < 2; answer_at_edge++) {
+            char name[300];
+            uint16_t id = (uint16_t)(0x4000 + i * 2 + (size_t)answer_at_edge);
+            edge_name(name, sizes[i] - (answer_at_edge ? 16 : 0));
+            size_t n = make_query(q, id, name);
+            cr_assert_eq(n, sizes[i] - (answer_at_edge ? 16 : 0), "%s", name);
+            cr_assert_eq(send(fd, q, n, 0), (ssize_t)n);
+            ssize_t got = recv(fd, a, sizeof(a), 0);
+            cr_assert_eq(got, (ssize_t)n + 16, "dnsmasq's answer to a %zu-byte query: %zd bytes", n,
+                         got);
+            json_t *ev = wait_dns(agent.port, name, id);
+            char *js = json_dumps(ev, 0);
+            cr_assert_str_eq(tu_jstr(ev, "status"), "answered", "%s", js);
+            cr_assert_str_eq(tu_jstr(ev, "rcode"), "NOERROR", "%s", js);
+            char answers[64];
+            answers_text(ev, answers, sizeof(answers));
+            cr_assert_str_eq(answers, EDGE_ADDR, "%zu-byte query, %zd-byte answer: %s", n, got, js);
+            free(js);
+            json_decref(ev);
+        }
+    }
+    close(fd);
+}
+
 Test(e2e_dns, a_query_storm_is_rate_limited_and_counted, .fini = stop_all, .timeout = 90)
 {
     monitor_up_with("dns-node", "5");
