@@ -57,13 +57,20 @@ _Static_assert((int)EBPFMONITOR__CONNECTION_STATUS__CONNECTION_STATUS_ESTABLISHE
  * and over, and intern() hashes byte by byte under a process-wide lock.
  * Interned strings live forever, so cached pointers never dangle.
  */
-#define PB_TL_CACHE 512 /* entries, power of two */
+#define PB_TL_BITS  9
+#define PB_TL_CACHE (1u << PB_TL_BITS) /* entries */
 
 static __thread struct {
     const char *val;
     size_t len;
 } pb_tl_cache[PB_TL_CACHE];
 
+/*
+ * A word at a time; a product's high bits depend on every bit of its
+ * factors and its low bits only on theirs, so a slot is taken from the top:
+ * names that differ in their last bytes only ("node-1", "node-2") would
+ * otherwise share the low bits, and the slot.
+ */
 static uint64_t pb_fast_hash(const char *s, size_t len)
 {
     uint64_t h = len * 0x9e3779b97f4a7c15ull, w;
@@ -78,7 +85,7 @@ static uint64_t pb_fast_hash(const char *s, size_t len)
         memcpy(&w, s + i, len - i);
         h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
     }
-    return h ^ (h >> 29);
+    return h;
 }
 
 const char *event_pb_intern(const char *s)
@@ -88,7 +95,7 @@ const char *event_pb_intern(const char *s)
 
 const char *event_pb_intern_n(const char *s, size_t len)
 {
-    unsigned slot = (unsigned)pb_fast_hash(s, len) & (PB_TL_CACHE - 1);
+    unsigned slot = (unsigned)(pb_fast_hash(s, len) >> (64 - PB_TL_BITS));
     if (pb_tl_cache[slot].val && pb_tl_cache[slot].len == len &&
         memcmp(pb_tl_cache[slot].val, s, len) == 0)
         return pb_tl_cache[slot].val;
