@@ -867,17 +867,6 @@ static json_int_t program_counter(const char *name, const char *key)
     return v;
 }
 
-static bool is_storm_event(json_t *ev, void *arg)
-{
-    const char *q = tu_jstr(ev, "query");
-    return q && strcmp(q, "a.test") == 0 && tu_jint(ev, "pid") == getpid();
-}
-
-/*
- * A storm of 400 queries against DNS_RATE_LIMIT=5: the kernel reports a few,
- * counts the rest as suppressed (per program, then in /api/stats once the next
- * record carries the count), and the other event types still get through.
- */
 /* A name under edge.test whose query (make_query: no EDNS) is exactly len bytes. */
 static void edge_name(char *out, size_t len)
 {
@@ -940,6 +929,17 @@ Test(e2e_dns, messages_at_each_record_size_and_one_byte_more_arrive_whole, .fini
     close(fd);
 }
 
+static bool is_storm_event(json_t *ev, void *arg)
+{
+    const char *q = tu_jstr(ev, "query");
+    return q && strcmp(q, "a.test") == 0 && tu_jint(ev, "pid") == getpid();
+}
+
+/*
+ * A storm of 400 queries against DNS_RATE_LIMIT=5: the kernel reports a few,
+ * counts the rest as suppressed (per program, then in /api/stats once the next
+ * record carries the count), and the other event types still get through.
+ */
 Test(e2e_dns, a_query_storm_is_rate_limited_and_counted, .fini = stop_all, .timeout = 90)
 {
     monitor_up_with("dns-node", "5");
