@@ -69,13 +69,7 @@ PIDS+=($!)
 
 DNS_PORT="" CG=""
 if [ "$LOAD" = dns ]; then
-  for root in /sys/fs/cgroup /sys/fs/cgroup/unified; do
-    [ "$(stat -fc %T "$root" 2>/dev/null)" = cgroup2fs ] && break
-    root=""
-  done
-  [ -n "$root" ] || { echo "bench-ab: no cgroup v2 hierarchy" >&2; exit 1; }
-  CG="$root/bench-ab-$$"
-  mkdir "$CG"
+  CG=$(make_cgroup "bench-ab-$$") || exit 1
   DNS_PORT=$(free_port)
   dnsmasq --no-daemon --no-resolv --no-hosts --port="$DNS_PORT" --listen-address=127.0.0.1 \
     --bind-interfaces --host-record=a.test,10.11.12.13 --local=/test/ \
@@ -89,8 +83,8 @@ fi
 
 load() {
   if [ "$LOAD" = dns ]; then
-    sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" \
-      build/bench/bench_dns_load dns --server "127.0.0.1:$DNS_PORT" --name a.test --duration "$DUR"
+    in_cgroup "$CG" build/bench/bench_dns_load dns --server "127.0.0.1:$DNS_PORT" --name a.test \
+      --duration "$DUR"
   else
     build/bench/bench_load "$LOAD" --duration "$DUR"
   fi

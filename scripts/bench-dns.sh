@@ -103,21 +103,11 @@ for _ in $(seq 100); do
   sleep 0.05
 done
 
-# The cgroup v2 hierarchy (hybrid hosts mount it at /sys/fs/cgroup/unified).
-for root in /sys/fs/cgroup /sys/fs/cgroup/unified; do
-  [ "$(stat -fc %T "$root" 2>/dev/null)" = cgroup2fs ] && break
-  root=""
-done
-[ -n "$root" ] || { echo "bench-dns: no cgroup v2 hierarchy" >&2; exit 1; }
-CG="$root/bench-dns-$$"
-mkdir "$CG"
-
-# in_cg CMD...: runs CMD inside the benchmark's cgroup.
-in_cg() { sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" "$@"; }
+CG=$(make_cgroup "bench-dns-$$") || exit 1
 load() { # mode [args] -> the load's JSON line
   local mode=$1
   shift
-  in_cg "$LOAD" "$mode" "$@" --duration "$DUR"
+  in_cgroup "$CG" "$LOAD" "$mode" "$@" --duration "$DUR"
 }
 
 dns_prog_ids() { # -> "id egress|ingress" of the agent's attached dns programs

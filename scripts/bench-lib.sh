@@ -3,6 +3,23 @@
 # (what its cleanup stops) first; start_agent also needs NATS_URL.
 # shellcheck shell=bash
 
+# make_cgroup NAME: makes the cgroup v2 group NAME (for a bench's load) and prints its path; hybrid
+# hosts mount the hierarchy at /sys/fs/cgroup/unified. Fails, saying so, without one.
+make_cgroup() {
+  local root
+  for root in /sys/fs/cgroup /sys/fs/cgroup/unified; do
+    if [ "$(stat -fc %T "$root" 2>/dev/null)" = cgroup2fs ]; then
+      mkdir "$root/$1" && echo "$root/$1"
+      return
+    fi
+  done
+  echo "$BENCH: no cgroup v2 hierarchy" >&2
+  return 1
+}
+
+# in_cgroup CGROUP CMD...: runs CMD inside CGROUP.
+in_cgroup() { sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$@"; }
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
