@@ -476,6 +476,8 @@ spread_why() { # "ratios"
       d = (hi - lo) / ((hi + lo) / 2) * 100
       if (d > max) printf "noisy: the ratios of the rounds differ by %.0f%% (> %d%%)", d, max }'
 }
+# join_why A B: two reasons a figure is not valid as one ("" when neither).
+join_why() { echo "$1${1:+${2:+; }}$2"; }
 for w in $WORKLOADS; do
   [ -n "${RATES["none|$w"]:-}" ] || continue
   measure "workload.$w.ops_per_sec" "$w loop, no tracer" "$(echo "${RATES["none|$w"]}" | median)" ops/s \
@@ -485,9 +487,7 @@ for w in $WORKLOADS; do
     op="" limit=""
     case $w in udp-connect | tcp-connect) [ "$t" = agent ] && op=ge limit=0.909 ;; esac
     rs=$(ratios "$t" none "$w")
-    why=$(reason "$t" "$w")
-    spread=$(spread_why "$rs")
-    why="${why}${why:+${spread:+; }}${spread}"
+    why=$(join_why "$(reason "$t" "$w")" "$(spread_why "$rs")")
     measure "speed.$w.$t" "$w loop speed under $t / without a tracer (median of rounds)" \
       "$(echo "$rs" | median)" x \
       "bench_load $w --duration $DUR under $t (output to /dev/null) ÷ with no tracer, in each of $SPEED_ROUNDS alternated rounds; median, spread $(echo "$rs" | range)" \
@@ -498,9 +498,7 @@ for w in $WORKLOADS; do
     rs=$(ratios agent "$t" "$w")
     why=$(reason agent "$w")
     r2=$(reason "$t" "$w")
-    why="${why:+agent: $why}${why:+${r2:+; }}${r2:+$t: $r2}"
-    spread=$(spread_why "$rs")
-    why="${why}${why:+${spread:+; }}${spread}"
+    why=$(join_why "$(join_why "${why:+agent: $why}" "${r2:+$t: $r2}")" "$(spread_why "$rs")")
     measure "speed.$w.agent_over_$t" "$w loop speed under the agent / under $t (median of rounds)" \
       "$(echo "$rs" | median)" x \
       "the agent's rate ÷ $t's, in each round; median, spread $(echo "$rs" | range)" "$op" 1 "$why"
@@ -508,9 +506,7 @@ for w in $WORKLOADS; do
   for v in $VARIANTS; do
     [ -n "${RATES["$v|$w"]:-}" ] || continue
     rs=$(ratios "$v" none "$w")
-    why=$(reason "$v" "$w")
-    spread=$(spread_why "$rs")
-    why="${why}${why:+${spread:+; }}${spread}"
+    why=$(join_why "$(reason "$v" "$w")" "$(spread_why "$rs")")
     measure "speed.$w.$v" "$w loop speed under the agent with EVENT_TYPES=${VARIANT_TYPES[$v]} / without a tracer (median of rounds)" \
       "$(echo "$rs" | median)" x \
       "bench_load $w --duration $DUR under EVENT_TYPES=${VARIANT_TYPES[$v]} ebpf-agent ÷ with no tracer, in each of $SPEED_ROUNDS alternated rounds; median, spread $(echo "$rs" | range)" \
