@@ -867,6 +867,20 @@ static json_int_t program_counter(const char *name, const char *key)
     return v;
 }
 
+/* A UDP socket connected to dnsmasq (127.0.0.1), whose receives wait at most 3 s. */
+static int dnsmasq_socket(void)
+{
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)dnsmasq.port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    struct timeval tv = {.tv_sec = 3};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0);
+    return fd;
+}
+
 /* A name under edge.test whose query (make_query: no EDNS) is exactly len bytes. */
 static void edge_name(char *out, size_t len)
 {
@@ -897,13 +911,7 @@ Test(e2e_dns, messages_at_each_record_size_and_one_byte_more_arrive_whole, .fini
     monitor_up("dns-node");
     static const size_t sizes[] = {64, 65, 128, 129, 256, 257};
     uint8_t q[512], a[1024];
-    struct sockaddr_in to = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)dnsmasq.port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    struct timeval tv = {.tv_sec = 3};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0);
+    int fd = dnsmasq_socket();
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
         for (int answer_at_edge = 0; answer_at_edge < 2; answer_at_edge++) {
             char name[300];
@@ -945,13 +953,7 @@ Test(e2e_dns, a_query_storm_is_rate_limited_and_counted, .fini = stop_all, .time
     monitor_up_with("dns-node", "5");
     enum { STORM = 400 };
     uint8_t q[512], a[1024];
-    struct sockaddr_in to = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)dnsmasq.port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    struct timeval tv = {.tv_sec = 2};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0);
+    int fd = dnsmasq_socket();
     json_int_t before = program_counter("cgroup_skb__dns_egress", "suppressed");
     for (int i = 0; i < STORM; i++) {
         size_t n = make_query(q, (uint16_t)(0x8000 + i), "a.test");
