@@ -478,6 +478,17 @@ spread_why() { # "ratios"
 }
 # join_why A B: two reasons a figure is not valid as one ("" when neither).
 join_why() { echo "$1${1:+${2:+; }}$2"; }
+# speed_vs_none W C LABEL UNDER [OP LIMIT]: the median of the rounds' ratios of loop W's rate under
+# capture C to its rate with no tracer; LABEL names C in the measurement, UNDER in its command.
+speed_vs_none() {
+  local rs why
+  rs=$(ratios "$2" none "$1")
+  why=$(join_why "$(reason "$2" "$1")" "$(spread_why "$rs")")
+  measure "speed.$1.$2" "$1 loop speed under $3 / without a tracer (median of rounds)" \
+    "$(echo "$rs" | median)" x \
+    "bench_load $1 --duration $DUR under $4 ÷ with no tracer, in each of $SPEED_ROUNDS alternated rounds; median, spread $(echo "$rs" | range)" \
+    "${5:-}" "${6:-}" "$why"
+}
 for w in $WORKLOADS; do
   [ -n "${RATES["none|$w"]:-}" ] || continue
   measure "workload.$w.ops_per_sec" "$w loop, no tracer" "$(echo "${RATES["none|$w"]}" | median)" ops/s \
@@ -486,12 +497,7 @@ for w in $WORKLOADS; do
     [ -n "${RATES["$t|$w"]:-}" ] || continue
     op="" limit=""
     case $w in udp-connect | tcp-connect) [ "$t" = agent ] && op=ge limit=0.909 ;; esac
-    rs=$(ratios "$t" none "$w")
-    why=$(join_why "$(reason "$t" "$w")" "$(spread_why "$rs")")
-    measure "speed.$w.$t" "$w loop speed under $t / without a tracer (median of rounds)" \
-      "$(echo "$rs" | median)" x \
-      "bench_load $w --duration $DUR under $t (output to /dev/null) ÷ with no tracer, in each of $SPEED_ROUNDS alternated rounds; median, spread $(echo "$rs" | range)" \
-      "$op" "$limit" "$why"
+    speed_vs_none "$w" "$t" "$t" "$t (output to /dev/null)" "$op" "$limit"
     [ "$t" = agent ] && continue
     op=""
     case $w in udp-connect | tcp-connect) op=gt ;; esac
@@ -505,12 +511,8 @@ for w in $WORKLOADS; do
   done
   for v in $VARIANTS; do
     [ -n "${RATES["$v|$w"]:-}" ] || continue
-    rs=$(ratios "$v" none "$w")
-    why=$(join_why "$(reason "$v" "$w")" "$(spread_why "$rs")")
-    measure "speed.$w.$v" "$w loop speed under the agent with EVENT_TYPES=${VARIANT_TYPES[$v]} / without a tracer (median of rounds)" \
-      "$(echo "$rs" | median)" x \
-      "bench_load $w --duration $DUR under EVENT_TYPES=${VARIANT_TYPES[$v]} ebpf-agent ÷ with no tracer, in each of $SPEED_ROUNDS alternated rounds; median, spread $(echo "$rs" | range)" \
-      "" "" "$why"
+    speed_vs_none "$w" "$v" "the agent with EVENT_TYPES=${VARIANT_TYPES[$v]}" \
+      "EVENT_TYPES=${VARIANT_TYPES[$v]} ebpf-agent"
   done
 done
 
