@@ -15,10 +15,12 @@
 #    empty program's figure is what the statistics and the hook's dispatch
 #    cost by themselves, so the program's own cost is the difference.
 # 2. Throughput: UDP datagrams and a TCP stream over loopback without the
-#    agent and with it (programs on the cgroup v2 root, as deployed; statistics
-#    off), alternated round by round; slowdown = median of each round's ratio,
-#    and the same for the load's CPU time per op (getrusage), which what else
-#    runs on the machine moves less than the rate.
+#    agent, with it (programs on the cgroup v2 root, as deployed; statistics
+#    off) and with only an empty cgroup_skb program on each of the same hooks
+#    (what the kernel's dispatch into the hooks costs by itself), alternated
+#    round by round; slowdown = median of each round's ratio, and the same for
+#    the load's CPU time per op (getrusage), which what else runs on the
+#    machine moves less than the rate.
 # 3. Side by side with a peer that captures DNS: the query loop's rate with
 #    nothing, under the agent and under `tcpdump -w /dev/null` on the
 #    server's port, alternated the same way.
@@ -120,10 +122,11 @@ kernel_losses() { # -> kernel drops + suppressed of the agent
 }
 
 # ---------------------------------------------------------------- 1. in-kernel cost
-# stats.py CGROUP READY: holds BPF_ENABLE_STATS (run-time statistics on while it
-# lives, for every program) and an empty cgroup_skb program linked to each hook of
-# CGROUP, writes "id empty_egress" / "id empty_ingress" to READY, then sleeps.
-cat >"$TMP/stats.py" <<'EOF'
+# hooks.py CGROUP READY [--stats]: links an empty cgroup_skb program to each hook of
+# CGROUP, writes "id empty_egress" / "id empty_ingress" to READY, then sleeps holding
+# them; with --stats, also holds BPF_ENABLE_STATS (run-time statistics on while it
+# lives, for every program).
+cat >"$TMP/hooks.py" <<'EOF'
 import ctypes, os, struct, sys, time
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -136,11 +139,12 @@ def bpf(cmd, attr):
         sys.exit(f"bench-dns: bpf({cmd}): {os.strerror(ctypes.get_errno())}")
     return fd, buf
 
-stats, _ = bpf(32, struct.pack("<I", 0))  # BPF_ENABLE_STATS, BPF_STATS_RUN_TIME
 insns = ctypes.create_string_buffer(bytes.fromhex("b700000001000000" "9500000000000000"))  # r0 = 1; exit
 lic = ctypes.create_string_buffer(b"GPL")
 cg = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
-keep, lines = [stats], []
+keep, lines = [], []
+if sys.argv[3:] == ["--stats"]:
+    keep.append(bpf(32, struct.pack("<I", 0))[0])  # BPF_ENABLE_STATS, BPF_STATS_RUN_TIME
 for name, attach in (("empty_egress", 1), ("empty_ingress", 0)):  # BPF_CGROUP_INET_EGRESS / INGRESS
     attr = struct.pack("<IIQQIIQII16sII", 8, 2, ctypes.addressof(insns), ctypes.addressof(lic),
                        0, 0, 0, 0, 0, name.encode()[:15], 0, attach)  # BPF_PROG_TYPE_CGROUP_SKB
@@ -171,7 +175,7 @@ log "in-kernel cost (cgroup $CG)"
 # attached after them, then show the statistics' own cost and the dispatch only.
 start_agent EVENT_TYPES=dns CAPTURE_CGROUP="$CG" DNS_PORTS="$DNS_PORT" DNS_RATE_LIMIT=1000000
 dns_prog_ids >"$TMP/ids"
-python3 "$TMP/stats.py" "$CG" "$TMP/empty" 2>>"$LOG" &
+python3 "$TMP/hooks.py" "$CG" "$TMP/empty" --stats 2>>"$LOG" &
 STATS_PID=$!
 PIDS+=("$STATS_PID")
 for _ in $(seq 100); do [ -e "$TMP/empty" ] && break; sleep 0.05; done
@@ -233,12 +237,13 @@ done
 # ---------------------------------------------------------------- 2. throughput, 3. peer
 # Rounds of: the load without a capture, then under each capture, in turn; the
 # agent as deployed (cgroup v2 root, DNS_PORTS with the server's port, every
-# query recorded: DNS_RATE_LIMIT high).
+# query recorded: DNS_RATE_LIMIT high); the empty programs linked where the agent
+# links its own.
 declare -A RATE CPU # [load|capture]: the rounds' rates, the load's CPU-ns per op
 # Throughput tests: full-size datagrams (as iperf sends), 64 KiB TCP writes.
 declare -A SARGS=([udp]="--size 1400" [tcp]="" [dns]="--server 127.0.0.1:$DNS_PORT")
 TWHY=""
-run_round() { # capture: none|agent|tcpdump
+run_round() { # capture: none|agent|hooks|tcpdump
   local c=$1 w out
   for w in udp tcp dns; do
     # shellcheck disable=SC2086
@@ -249,11 +254,21 @@ run_round() { # capture: none|agent|tcpdump
   done
 }
 log "throughput and peer, $ROUNDS rounds"
-# One capture's runs of a round: nothing, the agent or tcpdump.
+# One capture's runs of a round: nothing, the agent, the empty programs or tcpdump.
 capture_round() {
-  local c=$1 r=$2 l0 l1 td
+  local c=$1 r=$2 l0 l1 td hp
   case $c in
   none) run_round none ;;
+  hooks)
+    rm -f "$TMP/hooks"
+    python3 "$TMP/hooks.py" "$CGROOT" "$TMP/hooks" 2>>"$LOG" &
+    hp=$!
+    PIDS+=("$hp")
+    for _ in $(seq 100); do [ -e "$TMP/hooks" ] && break; sleep 0.05; done
+    [ -e "$TMP/hooks" ] || { echo "bench-dns: could not attach the empty programs to $CGROOT (see $LOG)" >&2; exit 1; }
+    run_round hooks
+    stop_pids TERM "$hp"
+    ;;
   agent)
     start_agent EVENT_TYPES=dns DNS_PORTS="53,$DNS_PORT" DNS_RATE_LIMIT=1000000
     l0=$(kernel_losses)
@@ -274,24 +289,26 @@ capture_round() {
     ;;
   esac
 }
-# Odd rounds go nothing, agent, tcpdump; even rounds the other way round, so a
-# drift of the machine within a round falls on each side alike.
+# Odd rounds go nothing, agent, empty programs, tcpdump; even rounds the other way
+# round, so a drift of the machine within a round falls on each side alike.
+CGROOT=$(cgroup2_root) || exit 1
 for r in $(seq "$ROUNDS"); do
-  order="none agent tcpdump"
-  [ $((r % 2)) = 1 ] || order="tcpdump agent none"
+  order="none agent hooks tcpdump"
+  [ $((r % 2)) = 1 ] || order="tcpdump hooks agent none"
   for c in $order; do capture_round "$c" "$r"; done
 done
 
 # Each round's own ratio: a round the rest of the machine slowed weighs on both sides.
-ratios() { # load capture -> the rounds' "none / capture" ratios of the rates
-  paste -d' ' <(echo "${RATE["$1|none"]}" | tr ' ' '\n' | grep .) <(echo "${RATE["$1|$2"]}" | tr ' ' '\n' | grep .) |
+ratios() { # load capture [base] -> the rounds' "base / capture" ratios of the rates (base: none)
+  paste -d' ' <(echo "${RATE["$1|${3:-none}"]}" | tr ' ' '\n' | grep .) <(echo "${RATE["$1|$2"]}" | tr ' ' '\n' | grep .) |
     awk '{printf "%.3f ", $1 / $2}'
 }
-cpu_ratios() { # load capture -> the rounds' "capture / none" ratios of the CPU per op
-  paste -d' ' <(echo "${CPU["$1|none"]}" | tr ' ' '\n' | grep .) <(echo "${CPU["$1|$2"]}" | tr ' ' '\n' | grep .) |
+cpu_ratios() { # load capture [base] -> the rounds' "capture / base" ratios of the CPU per op
+  paste -d' ' <(echo "${CPU["$1|${3:-none}"]}" | tr ' ' '\n' | grep .) <(echo "${CPU["$1|$2"]}" | tr ' ' '\n' | grep .) |
     awk '{printf "%.3f ", $2 / $1}'
 }
 STABLE=""
+declare -A CNAME=([agent]=agent [hooks]="empty programs on the agent's hooks" [tcpdump]=tcpdump)
 declare -A UNIT=([udp]="datagrams/s" [tcp]="MB/s" [dns]="queries/s")
 MAX_DRIFT=${BENCH_MAX_DRIFT:-15} # percent, as scripts/bench-agent.sh
 for w in udp tcp dns; do
@@ -303,7 +320,7 @@ for w in udp tcp dns; do
   measure "dns.speed.$w.none" "$w load without a capture (${UNIT[$w]})" "$none" "${UNIT[$w]}" \
     "bench_dns_load $w ${SARGS[$w]} --duration $DUR, $ROUNDS rounds, median"
   row="| $w (${UNIT[$w]}) | $(printf "%.1f" "$none") ($(echo "${RATE["$w|none"]}" | range))"
-  for c in agent tcpdump; do
+  for c in agent hooks tcpdump; do
     if [ -z "${RATE["$w|$c"]:-}" ]; then
       row+=" | – | – | –"
       continue
@@ -316,16 +333,29 @@ for w in udp tcp dns; do
     [ "$c" = agent ] && why=$TWHY
     [ "$drift" -le "$MAX_DRIFT" ] || [ "$ROUNDS" -lt 2 ] ||
       why="${why}${why:+; }noisy: the rounds without a capture differ by ${drift}% (> ${MAX_DRIFT}%)"
-    measure "dns.speed.$w.$c" "$w load under $c (${UNIT[$w]})" "$med" "${UNIT[$w]}" \
-      "bench_dns_load $w ${SARGS[$w]} --duration $DUR under $c, $ROUNDS rounds alternated with no capture, median" "" "" "$why"
-    measure "dns.speed.$w.slowdown.$c" "$w load: slowdown under $c (no capture ÷ $c, median of rounds)" \
+    measure "dns.speed.$w.$c" "$w load under ${CNAME[$c]} (${UNIT[$w]})" "$med" "${UNIT[$w]}" \
+      "bench_dns_load $w ${SARGS[$w]} --duration $DUR under ${CNAME[$c]}, $ROUNDS rounds alternated with no capture, median" "" "" "$why"
+    measure "dns.speed.$w.slowdown.$c" "$w load: slowdown under ${CNAME[$c]} (no capture ÷ $c, median of rounds)" \
       "$slow" x "the rounds' ratios of the two above, median; spread $(ratios "$w" "$c" | range)" "$op" "$limit" "$why"
-    measure "dns.cpu.$w.$c" "$w load under $c: its CPU-ns per op ÷ without a capture (median of rounds)" \
+    measure "dns.cpu.$w.$c" "$w load under ${CNAME[$c]}: its CPU-ns per op ÷ without a capture (median of rounds)" \
       "$(cpu_ratios "$w" "$c" | median)" x \
       "bench_dns_load $w ${SARGS[$w]}: getrusage(RUSAGE_SELF) per op, same rounds; spread $(cpu_ratios "$w" "$c" | range)" \
       "" "" "$why"
     row+=" | $(printf "%.1f" "$med") | ${slow}x ($(ratios "$w" "$c" | range)) | $(cpu_ratios "$w" "$c" | median)x"
   done
+  # What the agent's programs and process add over the hooks' dispatch alone, round by round.
+  if [ -n "${RATE["$w|hooks"]:-}" ] && [ -n "${RATE["$w|agent"]:-}" ]; then
+    why=$TWHY
+    [ "$drift" -le "$MAX_DRIFT" ] || [ "$ROUNDS" -lt 2 ] ||
+      why="${why}${why:+; }noisy: the rounds without a capture differ by ${drift}% (> ${MAX_DRIFT}%)"
+    measure "dns.speed.$w.agent_over_hooks" "$w load: slowdown under the agent over the empty programs' (empty programs ÷ agent, median of rounds)" \
+      "$(ratios "$w" agent hooks | median)" x "the same rounds; spread $(ratios "$w" agent hooks | range)" "" "" "$why"
+    measure "dns.cpu.$w.agent_over_hooks" "$w load: CPU-ns per op under the agent ÷ under the empty programs (median of rounds)" \
+      "$(cpu_ratios "$w" agent hooks | median)" x "the same rounds; spread $(cpu_ratios "$w" agent hooks | range)" "" "" "$why"
+    row+=" | $(cpu_ratios "$w" agent hooks | median)x"
+  else
+    row+=" | –"
+  fi
   STABLE+="$row |"$'\n'
 done
 if [ -z "$TCPDUMP" ]; then
@@ -344,10 +374,10 @@ jq -s --argjson quick "$QUICK" '{section: "dns", quick: ($quick == 1), measureme
   echo "|---|---|---:|---:|---:|---:|---:|---|"
   printf "%s" "$KTABLE"
   echo
-  echo "Speed without a capture, under the agent, under tcpdump (medians; slowdown = median of the rounds' ratios, their range in brackets; CPU per op = the load's CPU time per op under the capture ÷ without, median of the rounds):"
+  echo "Speed without a capture, under the agent, under an empty cgroup_skb program on each of its hooks, under tcpdump (medians; slowdown = median of the rounds' ratios, their range in brackets; CPU per op = the load's CPU time per op under the capture ÷ without, median of the rounds; the last column is the agent's CPU per op ÷ the empty programs'):"
   echo
-  echo "| load | none | agent | slowdown | CPU per op | tcpdump | slowdown | CPU per op |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| load | none | agent | slowdown | CPU per op | empty programs | slowdown | CPU per op | tcpdump | slowdown | CPU per op | agent ÷ empty |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   printf "%s" "$STABLE"
   echo
   [ -z "$KWHY$TWHY" ] || echo "Invalid: ${KWHY}${KWHY:+${TWHY:+; }}${TWHY}" && echo

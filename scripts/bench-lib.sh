@@ -3,18 +3,25 @@
 # (what its cleanup stops) first; start_agent also needs NATS_URL.
 # shellcheck shell=bash
 
-# make_cgroup NAME: makes the cgroup v2 group NAME (for a bench's load) and prints its path; hybrid
-# hosts mount the hierarchy at /sys/fs/cgroup/unified. Fails, saying so, without one.
-make_cgroup() {
+# cgroup2_root: prints where the cgroup v2 hierarchy is mounted (hybrid hosts mount it at
+# /sys/fs/cgroup/unified). Fails, saying so, without one.
+cgroup2_root() {
   local root
   for root in /sys/fs/cgroup /sys/fs/cgroup/unified; do
     if [ "$(stat -fc %T "$root" 2>/dev/null)" = cgroup2fs ]; then
-      mkdir "$root/$1" && echo "$root/$1"
+      echo "$root"
       return
     fi
   done
   echo "$BENCH: no cgroup v2 hierarchy" >&2
   return 1
+}
+
+# make_cgroup NAME: makes the cgroup v2 group NAME (for a bench's load) and prints its path.
+make_cgroup() {
+  local root
+  root=$(cgroup2_root) || return 1
+  mkdir "$root/$1" && echo "$root/$1"
 }
 
 # in_cgroup CGROUP CMD...: runs CMD inside CGROUP.

@@ -263,19 +263,24 @@ def dns(r):
                             r.cell(f"dns.kernel.{load}.empty_{d}.ns_per_run"),
                             r.cell(f"dns.kernel.{load}.{d}.ns_per_packet")]))
     out += ["", "Speed with nothing, under the agent (dns programs on the cgroup v2 root, every "
-            "query recorded) and under `tcpdump -w /dev/null port <server>`, the captures "
-            "alternated round by round; slowdown = median of the rounds' ratios; CPU per op = "
-            "the load's own CPU time per op under the capture ÷ without (median of the rounds), "
-            "which the rest of a shared machine moves less than the rate:", "",
-            "| load | nothing | agent | slowdown | CPU per op | tcpdump | slowdown | CPU per op |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            "query recorded), under an empty `cgroup_skb` program (`return 1`) on each of the "
+            "same two hooks of the root (the kernel's dispatch into the hooks alone) and under "
+            "`tcpdump -w /dev/null port <server>`, the captures alternated round by round; "
+            "slowdown = median of the rounds' ratios; CPU per op = the load's own CPU time per "
+            "op under the capture ÷ without (median of the rounds), which the rest of a shared "
+            "machine moves less than the rate; the last column is the agent's CPU per op ÷ the "
+            "empty programs' in the same rounds, what the capture adds over the hooks:", "",
+            "| load | nothing | agent | slowdown | CPU per op | empty programs | slowdown "
+            "| CPU per op | tcpdump | slowdown | CPU per op | agent ÷ empty programs |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for load, label in DNS_SPEED_LOADS:
         if f"dns.speed.{load}.none" not in r.by_id:
             continue
         cells = [label, r.cell(f"dns.speed.{load}.none")]
-        for c in ("agent", "tcpdump"):
+        for c in ("agent", "hooks", "tcpdump"):
             cells += [r.cell(f"dns.speed.{load}.{c}"), r.cell(f"dns.speed.{load}.slowdown.{c}", "x"),
                       r.cell(f"dns.cpu.{load}.{c}", "x")]
+        cells.append(r.cell(f"dns.cpu.{load}.agent_over_hooks", "x"))
         out.append(row(cells))
     return out + [""]
 
