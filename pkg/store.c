@@ -272,22 +272,21 @@ static size_t union_size(uint8_t type)
     }
 }
 
-static bool bytes_zero(const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i])
-            return false;
-    return true;
-}
-
-/* Address bytes that hold data: 0 (none), 4 (IPv4-sized) or 16. */
+/* Address bytes that hold data: 0 (none), 4 (IPv4-sized) or 16. A word at a time: every event
+ * added asks, twice. */
 static uint8_t event_alen(const struct event *e)
 {
-    if (!bytes_zero(e->saddr + 4, 12) || !bytes_zero(e->daddr + 4, 12))
+    uint32_t s4, d4, s8, d8;
+    uint64_t s16, d16;
+    memcpy(&s4, e->saddr, 4);
+    memcpy(&d4, e->daddr, 4);
+    memcpy(&s8, e->saddr + 4, 4);
+    memcpy(&d8, e->daddr + 4, 4);
+    memcpy(&s16, e->saddr + 8, 8);
+    memcpy(&d16, e->daddr + 8, 8);
+    if (s8 | d8 | s16 | d16)
         return 16;
-    if (!bytes_zero(e->saddr, 4) || !bytes_zero(e->daddr, 4))
-        return 4;
-    return 0;
+    return s4 | d4 ? 4 : 0;
 }
 
 static inline unsigned char *shard_at(const struct store_shard *sh, size_t i)

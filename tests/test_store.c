@@ -1263,6 +1263,49 @@ static struct event mk_exec(uint64_t ts, uint64_t id, const char *filename)
     return e;
 }
 
+/*
+ * A record keeps only the address bytes its shard needs (none, 4 or 16): every shape of
+ * address pair comes back whole, the ones whose only set bytes are past the first four
+ * included (an IPv6 address such as ::1).
+ */
+Test(store, addresses_of_every_shape_come_back_whole)
+{
+    static const struct {
+        uint8_t s[16], d[16];
+    } shapes[] = {
+        {{0}, {0}},
+        {{10, 0, 0, 1}, {10, 0, 0, 2}},
+        {{0}, {192, 168, 1, 1}},
+        {{[15] = 1}, {[15] = 1}},
+        {{[4] = 0xab}, {0}},
+        {{0}, {[8] = 0xcd}},
+        {{0xfd, [15] = 5}, {0xfe, 0x80, [7] = 9, [12] = 1}},
+    };
+    size_t n = sizeof(shapes) / sizeof(shapes[0]);
+    struct store *s = new_store(64, 0);
+    for (size_t i = 0; i < n; i++) {
+        struct event e = mk(100 + i, i + 1, EVENT_CONNECTION, "node-a");
+        memcpy(e.saddr, shapes[i].s, 16);
+        memcpy(e.daddr, shapes[i].d, 16);
+        e.sport = (uint16_t)(1000 + i);
+        e.dport = (uint16_t)(2000 + i);
+        cr_assert_eq(store_add_move(s, &e), 0);
+    }
+    struct query q = parse_q("");
+    struct store_result r;
+    cr_assert_eq(store_query(s, &q, &r), 0);
+    cr_assert_eq(r.count, n);
+    for (size_t j = 0; j < r.count; j++) {
+        size_t i = r.events[j].id - 1; /* newest first */
+        cr_assert_eq(memcmp(r.events[j].saddr, shapes[i].s, 16), 0, "source of shape %zu", i);
+        cr_assert_eq(memcmp(r.events[j].daddr, shapes[i].d, 16), 0, "destination of shape %zu", i);
+        cr_assert_eq(r.events[j].sport, 1000 + i);
+        cr_assert_eq(r.events[j].dport, 2000 + i);
+    }
+    store_result_free(&r);
+    store_free(s);
+}
+
 Test(store, exec_strings_are_copied_and_owned)
 {
     struct store *s = new_store(2, 0);
