@@ -231,6 +231,10 @@ struct store {
 
     size_t count;
     uint64_t newest_ns; /* of the events held: only evicting the last one can remove it */
+    /* At or before every held event's timestamp (lowered by an older add, raised to the oldest
+     * when store_expire_locked() looks), so the age limit's check on every add rarely needs to
+     * look at the time lists. */
+    uint64_t oldest_floor;
     /* The key of the last event evicted (when any_gone): every event held is after it, and a
      * column entry at or before it is gone (see the top of this file). */
     struct time_entry gone;
@@ -1064,14 +1068,27 @@ static const struct time_entry *store_oldest(struct store *s)
 /*
  * The entries of the next n events eviction takes, oldest first, into out
  * (a merge of the time lists' fronts); returns how many there are (<= n).
+ * Each list's next entry is kept at hand, so a step reads one entry, not
+ * every list's (as time_lists_min() does, with the same order on ties).
  */
 static size_t store_next_oldest(struct store *s, const struct time_entry **out, size_t n)
 {
-    size_t at[EVENT_TYPE_COUNT] = {0}, m = 0, t = 0;
-    const struct time_entry *e;
-    while (m < n && (e = time_lists_min(s, at, &t))) {
-        at[t]++;
-        out[m++] = e;
+    const struct time_entry *next[EVENT_TYPE_COUNT];
+    size_t at[EVENT_TYPE_COUNT] = {0}, m = 0;
+    for (size_t t = 0; t < EVENT_TYPE_COUNT; t++)
+        next[t] = s->by_time[t].tv.len ? time_at(&s->by_time[t], 0) : NULL;
+    while (m < n) {
+        size_t best = EVENT_TYPE_COUNT;
+        for (size_t t = 0; t < EVENT_TYPE_COUNT; t++)
+            if (next[t] &&
+                (best == EVENT_TYPE_COUNT || entry_cmp(next[t], next[best]->timestamp_ns,
+                                                       next[best]->id, next[best]->shard) < 0))
+                best = t;
+        if (best == EVENT_TYPE_COUNT)
+            break;
+        out[m++] = next[best];
+        const struct time_list *l = &s->by_time[best];
+        next[best] = ++at[best] < l->tv.len ? time_at(l, at[best]) : NULL;
     }
     return m;
 }
@@ -1101,12 +1118,16 @@ static void store_evict_oldest(struct store *s)
 /* Evicts every event older than cutoff_ns; returns how many. */
 static size_t store_expire_locked(struct store *s, uint64_t cutoff_ns)
 {
+    if (s->oldest_floor >= cutoff_ns)
+        return 0; /* nothing held is older than the floor */
     size_t n = 0;
     const struct time_entry *e;
     while ((e = store_oldest(s)) && e->timestamp_ns < cutoff_ns) {
         store_evict_oldest(s);
         n++;
     }
+    /* Empty, the cutoff will do: an add older than it is refused, a later one is not below it. */
+    s->oldest_floor = e ? e->timestamp_ns : cutoff_ns;
     s->st.evicted_age += n;
     return n;
 }
@@ -1249,6 +1270,8 @@ static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns, c
     }
     cols_append(s, &vals, ts, id, sh->index);
     time_insert(tl, ts, id, sh->index);
+    if (ts < s->oldest_floor)
+        s->oldest_floor = ts;
     s->st.added++;
     s->count++;
     if (ts > s->newest_ns)

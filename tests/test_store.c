@@ -1252,6 +1252,48 @@ Test(store, age_limit_expires_and_counts)
     store_free(s);
 }
 
+/*
+ * The age limit after a late event: one older than everything held when the store last
+ * expired (so older than what that expiry saw as the oldest) is expired on time too, as are
+ * the events after it, and a store emptied by expiry takes events again.
+ */
+Test(store, age_limit_expires_a_late_event_older_than_everything_held)
+{
+    uint64_t sec = 1000000000ull, hour = 3600 * sec;
+    uint64_t now = (uint64_t)time(NULL) * sec;
+    struct store *s = new_store(1000, hour);
+    for (uint64_t i = 0; i < 10; i++) {
+        struct event e = mk(now - 30 * 60 * sec + i * sec, i + 1, EVENT_CONNECTION, NODES[i % 4]);
+        add(s, &e);
+    }
+    cr_assert_eq(store_expire(s, now), 0, "nothing is an hour old yet");
+
+    /* 50 minutes old: older than the ten above, still inside the hour. */
+    struct event late = mk(now - 50 * 60 * sec, 100, EVENT_EXEC, "node-b");
+    add(s, &late);
+    struct store_stats st;
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 11);
+    cr_assert_eq(st.oldest_ns, now - 50 * 60 * sec);
+
+    /* 15 minutes on, only the late one is past the hour. */
+    cr_assert_eq(store_expire(s, now + 15 * 60 * sec), 1);
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 10);
+    cr_assert_eq(st.oldest_ns, now - 30 * 60 * sec);
+    /* 30 minutes and 4.5 s on, the first five of the others. */
+    cr_assert_eq(store_expire(s, now + 30 * 60 * sec + 4 * sec + sec / 2), 5);
+
+    cr_assert_eq(store_expire(s, now + 2 * hour), 5);
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 0);
+    struct event again = mk(now, 200, EVENT_EXIT, "node-c");
+    cr_assert_eq(store_add_move(s, &again), 0);
+    store_get_stats(s, &st);
+    cr_assert_eq(st.events, 1);
+    store_free(s);
+}
+
 static struct event mk_exec(uint64_t ts, uint64_t id, const char *filename)
 {
     struct event e = mk(ts, id, EVENT_EXEC, "node-a");
