@@ -140,11 +140,16 @@ TRACERS="agent bpftrace libbpf-tools"
 # speed rounds, without the dns programs (a cgroup_skb run on every packet),
 # then without close tracking too (the programs that follow each connection
 # to its end); the difference to the agent with every type is their share.
+# agent-no-dns-hooks is the agent without dns but with an empty program on
+# each of the two hooks the dns programs use (scripts/bench-hooks.py): the
+# kernel's dispatch into the hooks without the programs' work.
 declare -A VARIANT_TYPES=(
   [agent-no-dns]=connection,accept,close,packet_drop,exec,exit
+  [agent-no-dns-hooks]=connection,accept,close,packet_drop,exec,exit
   [agent-no-dns-close]=connection,accept,packet_drop,exec,exit
 )
-VARIANTS="agent-no-dns agent-no-dns-close"
+VARIANTS="agent-no-dns agent-no-dns-hooks agent-no-dns-close"
+CGROOT=$(cgroup2_root) || CGROOT=""
 VARIANT_LOADS="udp-connect tcp-connect"
 declare -A NS CNT   # [tracer|workload|hook]: run_time_ns and run_cnt deltas
 declare -A INVALID  # [tracer] or [tracer|workload]: why its figures are not valid
@@ -277,6 +282,11 @@ start_tracer() {
   case $1 in
   agent-*)
     start_agent EVENT_TYPES="${VARIANT_TYPES[$1]}"
+    if [ "$1" = agent-no-dns-hooks ] && ! { [ -n "$CGROOT" ] && start_hooks "$CGROOT" "$TMP/hooks"; }; then
+      [ -n "${INVALID[$1]:-}" ] || invalid "$1" "no empty programs: could not attach them to the cgroup v2 root"
+      stop_agent
+      return 1
+    fi
     ;;
   agent)
     start_agent
@@ -316,6 +326,7 @@ start_tracer() {
 }
 stop_tracer() {
   case $1 in
+  agent-no-dns-hooks) stop_agent && stop_hooks ;;
   agent | agent-*) stop_agent ;;
   bpftrace) stop_pids TERM "$BT_PID" ;;
   libbpf-tools) stop_pids TERM "${TOOL_PIDS[@]}" ;;
@@ -511,8 +522,12 @@ for w in $WORKLOADS; do
   done
   for v in $VARIANTS; do
     [ -n "${RATES["$v|$w"]:-}" ] || continue
-    speed_vs_none "$w" "$v" "the agent with EVENT_TYPES=${VARIANT_TYPES[$v]}" \
-      "EVENT_TYPES=${VARIANT_TYPES[$v]} ebpf-agent"
+    label="the agent with EVENT_TYPES=${VARIANT_TYPES[$v]}" under="EVENT_TYPES=${VARIANT_TYPES[$v]} ebpf-agent"
+    if [ "$v" = agent-no-dns-hooks ]; then
+      label+=" and empty programs on the dns hooks"
+      under+=" and scripts/bench-hooks.py on the cgroup v2 root"
+    fi
+    speed_vs_none "$w" "$v" "$label" "$under"
   done
 done
 

@@ -122,44 +122,6 @@ kernel_losses() { # -> kernel drops + suppressed of the agent
 }
 
 # ---------------------------------------------------------------- 1. in-kernel cost
-# hooks.py CGROUP READY [--stats]: links an empty cgroup_skb program to each hook of
-# CGROUP, writes "id empty_egress" / "id empty_ingress" to READY, then sleeps holding
-# them; with --stats, also holds BPF_ENABLE_STATS (run-time statistics on while it
-# lives, for every program).
-cat >"$TMP/hooks.py" <<'EOF'
-import ctypes, os, struct, sys, time
-
-libc = ctypes.CDLL(None, use_errno=True)
-SYS_BPF = 321  # x86_64
-
-def bpf(cmd, attr):
-    buf = ctypes.create_string_buffer(attr, 128)
-    fd = libc.syscall(SYS_BPF, cmd, buf, 128)
-    if fd < 0:
-        sys.exit(f"bench-dns: bpf({cmd}): {os.strerror(ctypes.get_errno())}")
-    return fd, buf
-
-insns = ctypes.create_string_buffer(bytes.fromhex("b700000001000000" "9500000000000000"))  # r0 = 1; exit
-lic = ctypes.create_string_buffer(b"GPL")
-cg = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
-keep, lines = [], []
-if sys.argv[3:] == ["--stats"]:
-    keep.append(bpf(32, struct.pack("<I", 0))[0])  # BPF_ENABLE_STATS, BPF_STATS_RUN_TIME
-for name, attach in (("empty_egress", 1), ("empty_ingress", 0)):  # BPF_CGROUP_INET_EGRESS / INGRESS
-    attr = struct.pack("<IIQQIIQII16sII", 8, 2, ctypes.addressof(insns), ctypes.addressof(lic),
-                       0, 0, 0, 0, 0, name.encode()[:15], 0, attach)  # BPF_PROG_TYPE_CGROUP_SKB
-    prog, _ = bpf(5, attr)  # BPF_PROG_LOAD
-    info = ctypes.create_string_buffer(256)
-    _, _ = bpf(15, struct.pack("<IIQ", prog, 256, ctypes.addressof(info)))  # BPF_OBJ_GET_INFO_BY_FD
-    link, _ = bpf(28, struct.pack("<IIII", prog, cg, attach, 0))  # BPF_LINK_CREATE
-    keep += [prog, link]
-    lines.append(f"{struct.unpack_from('<I', info, 4)[0]} {name}")
-with open(sys.argv[2] + ".tmp", "w") as f:
-    f.write("\n".join(lines) + "\n")
-os.rename(sys.argv[2] + ".tmp", sys.argv[2])
-while True:
-    time.sleep(3600)
-EOF
 
 prog_stats() { # ids file -> "id name run_time_ns run_cnt" lines
   local id name
@@ -175,11 +137,8 @@ log "in-kernel cost (cgroup $CG)"
 # attached after them, then show the statistics' own cost and the dispatch only.
 start_agent EVENT_TYPES=dns CAPTURE_CGROUP="$CG" DNS_PORTS="$DNS_PORT" DNS_RATE_LIMIT=1000000
 dns_prog_ids >"$TMP/ids"
-python3 "$TMP/hooks.py" "$CG" "$TMP/empty" --stats 2>>"$LOG" &
-STATS_PID=$!
-PIDS+=("$STATS_PID")
-for _ in $(seq 100); do [ -e "$TMP/empty" ] && break; sleep 0.05; done
-[ -e "$TMP/empty" ] || { echo "bench-dns: could not attach the empty programs (see $LOG)" >&2; exit 1; }
+# scripts/bench-hooks.py holds run-time statistics on (--stats) while the empty programs live.
+start_hooks "$CG" "$TMP/empty" --stats || exit 1
 cat "$TMP/empty" >>"$TMP/ids"
 KWHY=""
 n=$(grep -c -v empty_ "$TMP/ids" || true)
@@ -213,7 +172,7 @@ for r in $(seq "$ROUNDS"); do
     fi
   done
 done
-stop_pids TERM "$STATS_PID"
+stop_hooks
 stop_agent
 
 declare -A TARGET=([udp]=50 [tcp]=50 [dns]=500)
@@ -256,18 +215,13 @@ run_round() { # capture: none|agent|hooks|tcpdump
 log "throughput and peer, $ROUNDS rounds"
 # One capture's runs of a round: nothing, the agent, the empty programs or tcpdump.
 capture_round() {
-  local c=$1 r=$2 l0 l1 td hp
+  local c=$1 r=$2 l0 l1 td
   case $c in
   none) run_round none ;;
   hooks)
-    rm -f "$TMP/hooks"
-    python3 "$TMP/hooks.py" "$CGROOT" "$TMP/hooks" 2>>"$LOG" &
-    hp=$!
-    PIDS+=("$hp")
-    for _ in $(seq 100); do [ -e "$TMP/hooks" ] && break; sleep 0.05; done
-    [ -e "$TMP/hooks" ] || { echo "bench-dns: could not attach the empty programs to $CGROOT (see $LOG)" >&2; exit 1; }
+    start_hooks "$CGROOT" "$TMP/hooks" || exit 1
     run_round hooks
-    stop_pids TERM "$hp"
+    stop_hooks
     ;;
   agent)
     start_agent EVENT_TYPES=dns DNS_PORTS="53,$DNS_PORT" DNS_RATE_LIMIT=1000000

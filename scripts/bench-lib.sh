@@ -24,6 +24,27 @@ make_cgroup() {
   mkdir "$root/$1" && echo "$root/$1"
 }
 
+# start_hooks CGROUP READY [--stats]: empty cgroup_skb programs on CGROUP's two hooks
+# (scripts/bench-hooks.py), held by HOOKS_PID until stop_hooks; READY gets their ids. Fails,
+# saying so, when they are not attached within 5 s.
+start_hooks() {
+  rm -f "$2"
+  python3 scripts/bench-hooks.py "$@" 2>>"$LOG" &
+  HOOKS_PID=$!
+  PIDS+=("$HOOKS_PID")
+  for _ in $(seq 100); do
+    [ -e "$2" ] && return
+    sleep 0.05
+  done
+  echo "$BENCH: could not attach the empty programs to $1 (see $LOG)" >&2
+  return 1
+}
+
+stop_hooks() {
+  stop_pids TERM "$HOOKS_PID"
+  HOOKS_PID=""
+}
+
 # in_cgroup CGROUP CMD...: runs CMD inside CGROUP.
 in_cgroup() { sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$@"; }
 

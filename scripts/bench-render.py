@@ -154,6 +154,7 @@ def overhead(r):
         if any(c != "–" for c in cells):
             out.append(row([w] + cells))
     variants = [("agent", "every type (the default)"),
+                ("agent-no-dns-hooks", "without `dns`, empty programs on its hooks"),
                 ("agent-no-dns", "without `dns`"),
                 ("agent-no-dns-close", "without `dns` and `close`")]
     rows = []
@@ -164,8 +165,10 @@ def overhead(r):
     if rows:
         out += ["", "What each kind of event costs a loop: its speed under the agent with "
                 "`EVENT_TYPES` narrowed ÷ without a tracer, in the same alternated rounds. "
-                "The `dns` programs run on every packet of the node (`cgroup_skb`); `close` "
-                "follows each TCP connection to its end:", "",
+                "The `dns` programs run on every packet of the node (`cgroup_skb`); in the "
+                "second column an empty program (`return 1`) takes their place on each of "
+                "their two hooks, so the kernel's dispatch into the hooks is paid without "
+                "their work; `close` follows each TCP connection to its end:", "",
                 "| loop | " + " | ".join(label for _, label in variants) + " |",
                 "|---|" + "---:|" * len(variants)] + rows
     out += ["", "In-kernel cost, ns per program run (`kernel.bpf_stats_enabled=1`, which adds "

@@ -71,7 +71,7 @@ Test(e2e_bench, quick_suite_writes_every_measurement, .timeout = 600)
     cr_assert_gt(json_array_size(ms), 10, "only %zu measurements", json_array_size(ms));
 
     bool agent = false, aggregator = false, zero_loss = false, kernel = false, dns = false;
-    bool narrowed = false, hooks = false;
+    bool narrowed = false, hooks = false, dispatch = false;
     size_t i;
     json_t *m;
     json_array_foreach(ms, i, m)
@@ -93,6 +93,7 @@ Test(e2e_bench, quick_suite_writes_every_measurement, .timeout = 600)
         dns |= strcmp(id, "dns.kernel.dns.egress.ns_per_packet") == 0;
         narrowed |= strcmp(id, "speed.tcp-connect.agent-no-dns-close") == 0;
         hooks |= strcmp(id, "dns.cpu.udp.agent_over_hooks") == 0;
+        dispatch |= strcmp(id, "speed.tcp-connect.agent-no-dns-hooks") == 0;
     }
     cr_expect(agent, "no agent measurements");
     cr_expect(aggregator, "no aggregator measurements");
@@ -100,7 +101,9 @@ Test(e2e_bench, quick_suite_writes_every_measurement, .timeout = 600)
     cr_expect(kernel, "no in-kernel cost");
     cr_expect(dns, "no dns capture cost (scripts/bench-dns.sh)");
     cr_expect(narrowed, "no tcp-connect speed under the agent with EVENT_TYPES narrowed");
-    cr_expect(hooks, "no throughput under empty programs on the dns hooks to compare the agent with");
+    cr_expect(hooks,
+              "no throughput under empty programs on the dns hooks to compare the agent with");
+    cr_expect(dispatch, "no tcp-connect speed under the agent with empty programs in place of dns");
 
     char *md = tu_read_file(tu_repo_path("build/bench/results.md"));
     cr_assert_not_null(md, "results.md missing");
