@@ -326,7 +326,10 @@ start_tracer() {
 }
 stop_tracer() {
   case $1 in
-  agent-no-dns-hooks) stop_agent && stop_hooks ;;
+  agent-no-dns-hooks)
+    stop_agent
+    stop_hooks
+    ;;
   agent | agent-*) stop_agent ;;
   bpftrace) stop_pids TERM "$BT_PID" ;;
   libbpf-tools) stop_pids TERM "${TOOL_PIDS[@]}" ;;

@@ -122,7 +122,6 @@ kernel_losses() { # -> kernel drops + suppressed of the agent
 }
 
 # ---------------------------------------------------------------- 1. in-kernel cost
-
 prog_stats() { # ids file -> "id name run_time_ns run_cnt" lines
   local id name
   while read -r id name; do
@@ -271,6 +270,9 @@ for w in udp tcp dns; do
   # speed more than a capture could be measured against.
   drift=$(echo "${RATE["$w|none"]}" | tr ' ' '\n' | grep . | sort -g |
     awk -v m="$none" 'NR == 1 {lo = $1} {hi = $1} END {printf "%.0f", (hi - lo) / m * 100}')
+  noisy=""
+  [ "$drift" -le "$MAX_DRIFT" ] || [ "$ROUNDS" -lt 2 ] ||
+    noisy="noisy: the rounds without a capture differ by ${drift}% (> ${MAX_DRIFT}%)"
   measure "dns.speed.$w.none" "$w load without a capture (${UNIT[$w]})" "$none" "${UNIT[$w]}" \
     "bench_dns_load $w ${SARGS[$w]} --duration $DUR, $ROUNDS rounds, median"
   row="| $w (${UNIT[$w]}) | $(printf "%.1f" "$none") ($(echo "${RATE["$w|none"]}" | range))"
@@ -285,8 +287,7 @@ for w in udp tcp dns; do
     [ "$c" = agent ] && [ "$w" != dns ] && op=le limit=1.03
     why=""
     [ "$c" = agent ] && why=$TWHY
-    [ "$drift" -le "$MAX_DRIFT" ] || [ "$ROUNDS" -lt 2 ] ||
-      why="${why}${why:+; }noisy: the rounds without a capture differ by ${drift}% (> ${MAX_DRIFT}%)"
+    why="${why}${why:+${noisy:+; }}$noisy"
     measure "dns.speed.$w.$c" "$w load under ${CNAME[$c]} (${UNIT[$w]})" "$med" "${UNIT[$w]}" \
       "bench_dns_load $w ${SARGS[$w]} --duration $DUR under ${CNAME[$c]}, $ROUNDS rounds alternated with no capture, median" "" "" "$why"
     measure "dns.speed.$w.slowdown.$c" "$w load: slowdown under ${CNAME[$c]} (no capture ÷ $c, median of rounds)" \
@@ -299,9 +300,7 @@ for w in udp tcp dns; do
   done
   # What the agent's programs and process add over the hooks' dispatch alone, round by round.
   if [ -n "${RATE["$w|hooks"]:-}" ] && [ -n "${RATE["$w|agent"]:-}" ]; then
-    why=$TWHY
-    [ "$drift" -le "$MAX_DRIFT" ] || [ "$ROUNDS" -lt 2 ] ||
-      why="${why}${why:+; }noisy: the rounds without a capture differ by ${drift}% (> ${MAX_DRIFT}%)"
+    why="${TWHY}${TWHY:+${noisy:+; }}$noisy"
     measure "dns.speed.$w.agent_over_hooks" "$w load: slowdown under the agent over the empty programs' (empty programs ÷ agent, median of rounds)" \
       "$(ratios "$w" agent hooks | median)" x "the same rounds; spread $(ratios "$w" agent hooks | range)" "" "" "$why"
     measure "dns.cpu.$w.agent_over_hooks" "$w load: CPU-ns per op under the agent ÷ under the empty programs (median of rounds)" \
