@@ -95,6 +95,10 @@ struct flows {
     /* Packet drops per (workload, reason): src = the workload, dst.workload = the reason. */
     struct flows_result drops;
     uint64_t drops_folded;
+    /* Interned once: "~other" (the series past the cap), "unknown" (a cause or reason not
+     * given), and each protocol's "~other" series key hash (0: not yet taken). */
+    const char *other, *unknown;
+    uint64_t other_hash[256];
     /* command -> interned, for Process endpoints: one intern() per new command, not per event */
     struct {
         char comm[EVENT_COMM_LEN];
@@ -401,7 +405,10 @@ struct flows *flows_new(uint64_t retention_ns, uint64_t max_edge_minutes)
     f->table = calloc(f->table_cap, sizeof(*f->table));
     f->names_cap = 256;
     f->names = calloc(f->names_cap, sizeof(*f->names));
-    if (f->ring == NULL || f->table == NULL || f->names == NULL)
+    f->other = intern("~other");
+    f->unknown = intern("unknown");
+    if (f->ring == NULL || f->table == NULL || f->names == NULL || f->other == NULL ||
+        f->unknown == NULL)
         goto fail;
     f->stats.capacity = max_edge_minutes;
     f->held = f->ring_cap * sizeof(*f->ring) + f->table_cap * sizeof(*f->table) +
@@ -751,6 +758,12 @@ static bool counts(const struct event *e)
     return e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT;
 }
 
+/* A failed connection's cause (interned). */
+static const char *error_name(const struct flows *f, const struct event *e)
+{
+    return e->u.conn.error != NULL ? e->u.conn.error : f->unknown;
+}
+
 static void minute_count(struct flows *f, struct flows_minute *m, const struct event *e)
 {
     if (m->first_seen_ns == 0 || e->timestamp_ns < m->first_seen_ns)
@@ -771,8 +784,7 @@ static void minute_count(struct flows *f, struct flows_minute *m, const struct e
         flows_add32(&m->hist[hist_bucket(e->u.conn.latency_ns)], 1);
     } else if (e->status == EVENT_STATUS_FAILED) {
         flows_add32(&m->failed, 1);
-        const char *error = e->u.conn.error != NULL ? e->u.conn.error : intern("unknown");
-        flows_minute_error_add(m, flows_errtab_id(&f->errtab, error), 1);
+        flows_minute_error_add(m, flows_errtab_id(&f->errtab, error_name(f, e)), 1);
     }
 }
 
@@ -1349,6 +1361,32 @@ static void series_key(const struct flows_key *k, struct flows_key *out)
     }
 }
 
+/*
+ * Counts e into a series' counts: what minute_count() and then
+ * counts_add_minute() would add, without a minute in between (adding a
+ * whole minute for one event reads and writes every histogram bucket of the
+ * series), and without failure causes, which the series do not export.
+ */
+static void series_counts_add(struct flows_counts *c, const struct event *e)
+{
+    seen_merge(c, e->timestamp_ns, e->timestamp_ns);
+    if (e->type == EVENT_CLOSE) {
+        flows_add64(&c->bytes_sent, e->u.close.bytes_sent);
+        flows_add64(&c->bytes_received, e->u.close.bytes_received);
+        c->retransmits += e->u.close.retransmits;
+        c->resets += e->u.close.reset != EVENT_RESET_NONE;
+        return;
+    }
+    c->connections++;
+    if (e->status == EVENT_STATUS_ESTABLISHED) {
+        c->established++;
+        c->hist[hist_bucket(e->u.conn.latency_ns)]++;
+        flows_add64(&c->latency_sum_ns, e->u.conn.latency_ns);
+    } else if (e->status == EVENT_STATUS_FAILED) {
+        c->failed++;
+    }
+}
+
 /* Counts e in its series; p->hseries is the hash of its key. */
 static void series_count(struct flows *f, const struct add_plan *p, const struct event *e)
 {
@@ -1359,13 +1397,14 @@ static void series_count(struct flows *f, const struct add_plan *p, const struct
     struct flows_edge *have = result_find(&f->series, &key, h);
     if (have == NULL && f->series.count >= f->max_series) {
         /* Past the cap: one series per protocol holds the rest, counted. */
-        const char *other = intern("~other");
         memset(&key, 0, sizeof(key));
         key.protocol = p->k.protocol;
-        key.src.namespace = key.src.workload = other;
-        key.dst.namespace = key.dst.workload = other;
+        key.src.namespace = key.src.workload = f->other;
+        key.dst.namespace = key.dst.workload = f->other;
         f->series_folded++;
-        have = result_find(&f->series, &key, h = key_hash(&key));
+        if (f->other_hash[key.protocol] == 0)
+            f->other_hash[key.protocol] = key_hash(&key);
+        have = result_find(&f->series, &key, h = f->other_hash[key.protocol]);
     }
     if (have == NULL) {
         struct flows_edge one = {.key = key};
@@ -1375,11 +1414,7 @@ static void series_count(struct flows *f, const struct add_plan *p, const struct
         }
         have = result_find(&f->series, &key, h);
     }
-    struct flows_minute m = {0};
-    minute_count(f, &m, e);
-    counts_add_minute(f, &have->c, &m);
-    if (e->type == EVENT_CONNECTION && e->status == EVENT_STATUS_ESTABLISHED)
-        flows_add64(&have->c.latency_sum_ns, e->u.conn.latency_ns);
+    series_counts_add(&have->c, e);
 }
 
 static void drop_count(struct flows *f, const struct event *e)
@@ -1390,9 +1425,9 @@ static void drop_count(struct flows *f, const struct event *e)
     one.key.src.pod = NULL;
     one.key.src.node = NULL;
     one.key.src.workload_kind = NULL;
-    one.key.dst.workload = e->u.drop.reason != NULL ? e->u.drop.reason : intern("unknown");
+    one.key.dst.workload = e->u.drop.reason != NULL ? e->u.drop.reason : f->unknown;
     if (f->drops.count >= f->max_series && !result_find(&f->drops, &one.key, key_hash(&one.key))) {
-        one.key.src.namespace = one.key.src.workload = intern("~other");
+        one.key.src.namespace = one.key.src.workload = f->other;
         f->drops_folded++;
     }
     one.c.connections = 1;

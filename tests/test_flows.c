@@ -1244,3 +1244,92 @@ Test(flows, batches_count_exactly_as_one_event_at_a_time)
     free(e1);
     flows_free(one);
 }
+
+/* The sum of the values of every line of family name (name{...} v) in a metrics text. */
+static uint64_t family_sum(const char *text, const char *name, const char *suffix)
+{
+    uint64_t sum = 0;
+    size_t len = strlen(name);
+
+    for (const char *l = text; l != NULL && *l != '\0'; l = strchr(l, '\n'), l = l ? l + 1 : l) {
+        if (strncmp(l, name, len) != 0 || l[len] != '{')
+            continue;
+        const char *end = strchr(l, '\n'), *v = end;
+        while (v > l && v[-1] != ' ')
+            v--;
+        /* v - 1 is the space before the value, and the suffix ends right before it. */
+        if (suffix != NULL && (v - l < (ptrdiff_t)strlen(suffix) + 1 ||
+                               strncmp(v - 1 - strlen(suffix), suffix, strlen(suffix)) != 0))
+            continue;
+        sum += strtoull(v, NULL, 10);
+    }
+    return sum;
+}
+
+/*
+ * The /metrics series count each event as the edges do: over a mix of
+ * established, failed and closed connections (bytes, retransmits, resets),
+ * with no cap reached and nothing expired, every family's total equals the
+ * total of the same counts over the edges.
+ */
+Test(flows, metrics_series_total_what_the_edges_count)
+{
+    enum { N = 3000 };
+    static struct event ev[N];
+    struct flows *f = flows_new(24 * HOUR, 1000000);
+    struct flows_result r;
+    struct flows_counts t = {0};
+
+    mixed_events(ev, N);
+    flows_series_enable(f, 100000, 3600 * MIN);
+    flows_add(f, ev, N, T0 + 45 * MIN);
+    struct flows_query q = all(FLOWS_GROUP_POD);
+    q.limit = N;
+    run(f, &q, &r);
+    for (size_t i = 0; i < r.count; i++) {
+        const struct flows_counts *c = &r.edges[i].c;
+        t.connections += c->connections;
+        t.established += c->established;
+        t.failed += c->failed;
+        t.bytes_sent += c->bytes_sent;
+        t.bytes_received += c->bytes_received;
+        t.retransmits += c->retransmits;
+        t.resets += c->resets;
+        for (size_t k = 0; k < FLOWS_HIST_BUCKETS; k++)
+            t.hist[k] += c->hist[k];
+    }
+    flows_result_free(&r);
+    cr_assert_gt(t.established, 0);
+    cr_assert_gt(t.failed, 0);
+    cr_assert_gt(t.resets, 0);
+    cr_assert_gt(t.bytes_sent, 0);
+
+    char *m = metrics_string(f);
+    cr_assert(strstr(m, "\nebpf_flow_series_folded_total 0\n") != NULL, "no series past the cap");
+    cr_assert_eq(family_sum(m, "ebpf_flow_connections_total", "status=\"established\"}"),
+                 t.established);
+    cr_assert_eq(family_sum(m, "ebpf_flow_connections_total", "status=\"failed\"}"), t.failed);
+    cr_assert_eq(family_sum(m, "ebpf_flow_connections_total", NULL), t.connections);
+    cr_assert_eq(family_sum(m, "ebpf_flow_bytes_sent_total", NULL), t.bytes_sent);
+    cr_assert_eq(family_sum(m, "ebpf_flow_bytes_received_total", NULL), t.bytes_received);
+    cr_assert_eq(family_sum(m, "ebpf_flow_retransmits_total", NULL), t.retransmits);
+    cr_assert_eq(family_sum(m, "ebpf_flow_resets_total", NULL), t.resets);
+    cr_assert_eq(family_sum(m, "ebpf_flow_connect_latency_seconds_count", NULL), t.established);
+    cr_assert_eq(family_sum(m, "ebpf_flow_connect_latency_seconds_bucket", "le=\"+Inf\"}"),
+                 t.established);
+    /* The buckets the latencies fall in (le = 2^11 to 2^17 ns), cumulative. */
+    uint64_t cum = 0, below_2_13 = 0;
+    for (unsigned k = 0; k < 8; k++) {
+        cum += t.hist[k];
+        if (k % 2 == 0)
+            continue;
+        char le[64];
+        snprintf(le, sizeof(le), "le=\"%.9g\"}", (double)(1ull << (k + 10)) / 1e9);
+        cr_assert_eq(family_sum(m, "ebpf_flow_connect_latency_seconds_bucket", le), cum, "%s", le);
+        if (k == 3)
+            below_2_13 = cum;
+    }
+    cr_assert(below_2_13 > 0 && below_2_13 < t.established, "the latencies span buckets");
+    free(m);
+    flows_free(f);
+}
