@@ -45,6 +45,11 @@ struct pb_field {
 
 static inline bool pb_rd_varint(struct pb_rd *r, uint64_t *v)
 {
+    /* Tags and most small values are one byte. */
+    if (r->p < r->end && *r->p < 0x80) {
+        *v = *r->p++;
+        return true;
+    }
     uint64_t x = 0;
     for (unsigned shift = 0; shift < 64 && r->p < r->end; shift += 7) {
         uint8_t b = *r->p++;
