@@ -96,7 +96,7 @@ struct flows {
     struct flows_result drops;
     uint64_t drops_folded;
     /* Interned once: "~other" (the series past the cap), "unknown" (a cause or reason not
-     * given), and each protocol's "~other" series key hash (0: not yet taken). */
+     * given); and the key_hash() of each protocol's "~other" series (other_series_key()). */
     const char *other, *unknown;
     uint64_t other_hash[256];
     /* command -> interned, for Process endpoints: one intern() per new command, not per event */
@@ -392,6 +392,15 @@ static void node_key_expand(const struct node_key *nk, struct flows_key *k)
 
 /* ---- the store ---- */
 
+/* The key of the series that holds a protocol's events past the series cap. */
+static void other_series_key(const struct flows *f, uint8_t protocol, struct flows_key *key)
+{
+    memset(key, 0, sizeof(*key));
+    key->protocol = protocol;
+    key->src.namespace = key->src.workload = f->other;
+    key->dst.namespace = key->dst.workload = f->other;
+}
+
 struct flows *flows_new(uint64_t retention_ns, uint64_t max_edge_minutes)
 {
     struct flows *f = calloc(1, sizeof(*f));
@@ -410,6 +419,11 @@ struct flows *flows_new(uint64_t retention_ns, uint64_t max_edge_minutes)
     if (f->ring == NULL || f->table == NULL || f->names == NULL || f->other == NULL ||
         f->unknown == NULL)
         goto fail;
+    for (unsigned p = 0; p < 256; p++) {
+        struct flows_key key;
+        other_series_key(f, (uint8_t)p, &key);
+        f->other_hash[p] = key_hash(&key);
+    }
     f->stats.capacity = max_edge_minutes;
     f->held = f->ring_cap * sizeof(*f->ring) + f->table_cap * sizeof(*f->table) +
               f->names_cap * sizeof(*f->names);
@@ -1397,13 +1411,8 @@ static void series_count(struct flows *f, const struct add_plan *p, const struct
     struct flows_edge *have = result_find(&f->series, &key, h);
     if (have == NULL && f->series.count >= f->max_series) {
         /* Past the cap: one series per protocol holds the rest, counted. */
-        memset(&key, 0, sizeof(key));
-        key.protocol = p->k.protocol;
-        key.src.namespace = key.src.workload = f->other;
-        key.dst.namespace = key.dst.workload = f->other;
+        other_series_key(f, p->k.protocol, &key);
         f->series_folded++;
-        if (f->other_hash[key.protocol] == 0)
-            f->other_hash[key.protocol] = key_hash(&key);
         have = result_find(&f->series, &key, h = f->other_hash[key.protocol]);
     }
     if (have == NULL) {
