@@ -1029,8 +1029,18 @@ static int fast_batch_decode(const uint8_t *data, size_t len, size_t max_events,
     char msg[200];
 
     memset(meta, 0, sizeof(*meta));
-    /* First pass: the metadata (the publisher appends it after the events) and the counts. */
+    /*
+     * First pass: the metadata (the publisher appends it after the events) and the counts.
+     * It reads a field or two per event, which on a batch that waited in a queue is a miss
+     * almost every time: the batch's next 2 KiB are prefetched as it goes, so those overlap
+     * (the other passes then find the batch in cache).
+     */
+    const uint8_t *ahead = data;
     while (r.p < r.end) {
+        while (ahead < r.p + 2048 && ahead < r.end) {
+            __builtin_prefetch(ahead);
+            ahead += 64;
+        }
         if (!pb_rd_field(&r, &f) || f.num > 10 || f.wt != batch_field_wt(f.num))
             return 1;
         if (f.num != 4 && f.num != 10 && seen[f.num])
