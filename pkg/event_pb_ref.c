@@ -738,8 +738,8 @@ int event_pb_ref_decode_batch(const uint8_t *data, size_t len, size_t max_events
     }
     struct pb_rd r = {data, data + len};
     struct pb_field f;
-    while (r.p < r.end) {
-        pb_rd_field(&r, &f);
+    /* split_events() read every field already: none fails here. */
+    while (r.p < r.end && pb_rd_field(&r, &f)) {
         if (f.num != 4 || f.wt != PB_WT_LEN)
             continue;
         rc = generic_event(f.data, f.len, meta->node, pods, pb->n_pods, &evs[done], &ic, &alloc,

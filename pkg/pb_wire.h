@@ -86,8 +86,12 @@ static inline bool pb_rd_fixed(struct pb_rd *r, size_t n, uint64_t *v)
     return true;
 }
 
-/* The next field, whatever its type; false when the wire format is broken. */
-static inline bool pb_rd_field(struct pb_rd *r, struct pb_field *f)
+/*
+ * The next field, whatever its type; false when the wire format is broken.
+ * Always inlined: a decoder calls it per field, and as a call its result
+ * goes through memory (the field struct) before the decoder can branch on it.
+ */
+static inline __attribute__((always_inline)) bool pb_rd_field(struct pb_rd *r, struct pb_field *f)
 {
     uint64_t key;
     if (!pb_rd_varint(r, &key) || key > UINT32_MAX || (key >> 3) == 0 ||
