@@ -510,6 +510,26 @@ spread_why() { # "ratios"
 }
 # join_why A B: two reasons a figure is not valid as one ("" when neither).
 join_why() { echo "$1${1:+${2:+; }}$2"; }
+# Each variant does a part of the agent's work (fewer types, or the reader
+# stopped), so a loop cannot run slower under it than under the whole agent
+# but by noise. When a variant's median is more than MAX_INVERSION percent
+# below the agent's, the rounds' spread did not show noise that was there:
+# marks the figures of both invalid for loop w.
+MAX_INVERSION=${BENCH_MAX_INVERSION:-5} # percent
+check_inversions() { # w
+  local a v m d why
+  a=$(ratios agent none "$1" | median)
+  [ -n "$a" ] && [ "$a" != 0.000 ] || return 0
+  for v in $VARIANTS; do
+    [ -n "${RATES["$v|$1"]:-}" ] || continue
+    m=$(ratios "$v" none "$1" | median)
+    d=$(echo "$m $a" | awk '{printf "%.1f", ($2 - $1) / $2 * 100}')
+    awk -v d="$d" -v max="$MAX_INVERSION" 'BEGIN {exit !(d > max)}' || continue
+    why="inconsistent: the loop ran ${d}% slower under $v (${m}x), which does part of the agent's work, than under the whole agent (${a}x)"
+    invalid "agent|$1" "$why"
+    invalid "$v|$1" "$why"
+  done
+}
 # speed_vs_none W C LABEL UNDER [OP LIMIT]: the median of the rounds' ratios of loop W's rate under
 # capture C to its rate with no tracer; LABEL names C in the measurement, UNDER in its command.
 speed_vs_none() {
@@ -523,6 +543,7 @@ speed_vs_none() {
 }
 for w in $WORKLOADS; do
   [ -n "${RATES["none|$w"]:-}" ] || continue
+  check_inversions "$w"
   measure "workload.$w.ops_per_sec" "$w loop, no tracer" "$(echo "${RATES["none|$w"]}" | median)" ops/s \
     "bench_load $w --duration $DUR, $SPEED_ROUNDS rounds, median"
   for t in $TRACERS; do
