@@ -143,23 +143,14 @@ TRACERS="agent bpftrace libbpf-tools"
 # agent-no-dns-hooks is the agent without dns but with an empty program on
 # each of the two hooks the dns programs use (scripts/bench-hooks.py): the
 # kernel's dispatch into the hooks without the programs' work.
-# agent-reader-stopped is the agent with every type whose user-space side is
-# stopped (SIGSTOP) while the loop runs, its ring large enough to hold the
-# whole run below the quarter that wakes the reader (bpf/common.bpf.h): the
-# kernel's share of the loop's slowdown alone, every record kept for the
-# reader to take once continued. Only the TCP loop: the UDP one writes more
-# than a ring holds.
 declare -A VARIANT_TYPES=(
   [agent-no-dns]=connection,accept,close,packet_drop,exec,exit
   [agent-no-dns-hooks]=connection,accept,close,packet_drop,exec,exit
   [agent-no-dns-close]=connection,accept,packet_drop,exec,exit
-  [agent-reader-stopped]=all
 )
-VARIANTS="agent-no-dns agent-no-dns-hooks agent-no-dns-close agent-reader-stopped"
+VARIANTS="agent-no-dns agent-no-dns-hooks agent-no-dns-close"
 CGROOT=$(cgroup2_root) || CGROOT=""
 VARIANT_LOADS="udp-connect tcp-connect"
-declare -A VARIANT_LOADS_OF=([agent-reader-stopped]=tcp-connect)
-STOPPED_RING=256MiB
 declare -A NS CNT   # [tracer|workload|hook]: run_time_ns and run_cnt deltas
 declare -A INVALID  # [tracer] or [tracer|workload]: why its figures are not valid
 # The loops whose cost of each hook is reported. The first is the hook's own
@@ -289,7 +280,6 @@ run_traced() {
 start_tracer() {
   local t h bin
   case $1 in
-  agent-reader-stopped) start_agent RINGBUF_SIZE="$STOPPED_RING" ;;
   agent-*)
     start_agent EVENT_TYPES="${VARIANT_TYPES[$1]}"
     if [ "$1" = agent-no-dns-hooks ] && ! { [ -n "$CGROOT" ] && start_hooks "$CGROOT" "$TMP/hooks"; }; then
@@ -422,21 +412,13 @@ speed_round() { # r
   [ $(($1 % 2)) = 1 ] || order="$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')"
   for c in $order; do
     loads=$WORKLOADS
-    [ -z "${VARIANT_TYPES[$c]:-}" ] || loads=${VARIANT_LOADS_OF[$c]:-$VARIANT_LOADS}
+    [ -z "${VARIANT_TYPES[$c]:-}" ] || loads=$VARIANT_LOADS
     if [ "$c" != none ]; then
       start_tracer "$c" || continue
       [ "${c%%-*}" = agent ] && read -r _ kd0 ad0 _ < <(api_stats)
     fi
-    [ "$c" != agent-reader-stopped ] || kill -STOP "$AGENT_PID"
     for w in $loads; do RATES["$c|$w"]="${RATES["$c|$w"]:-} $(run_load "$w")"; done
-    if [ "$c" = agent-reader-stopped ]; then
-      # Records the ring could not hold are the kernel drops below. The reader's catch-up
-      # afterwards is no part of the loop: its queue is not checked.
-      kill -CONT "$AGENT_PID"
-      read -r _ kd1 _ _ < <(api_stats)
-      [ $((kd1 - kd0)) -eq 0 ] ||
-        invalid "$c" "kernel drops in speed round $1 with the reader stopped: $((kd1 - kd0)) (the ring of $STOPPED_RING filled)"
-    elif [ "${c%%-*}" = agent ]; then
+    if [ "${c%%-*}" = agent ]; then
       read -r _ kd1 ad1 _ < <(api_stats)
       [ $((kd1 - kd0 + ad1 - ad0)) -eq 0 ] ||
         invalid "$c" "agent drops in speed round $1: $((kd1 - kd0)) kernel, $((ad1 - ad0)) agent queue"
@@ -510,9 +492,9 @@ spread_why() { # "ratios"
 }
 # join_why A B: two reasons a figure is not valid as one ("" when neither).
 join_why() { echo "$1${1:+${2:+; }}$2"; }
-# Each variant does a part of the agent's work (fewer types, or the reader
-# stopped), so a loop cannot run slower under it than under the whole agent
-# but by noise. When a variant's median is more than MAX_INVERSION percent
+# Each variant does a part of the agent's work (fewer types, or empty
+# programs in place of the dns ones), so a loop cannot run slower under it
+# than under the whole agent but by noise. When a variant's median is more than MAX_INVERSION percent
 # below the agent's, the rounds' spread did not show noise that was there:
 # marks the figures of both invalid for loop w.
 MAX_INVERSION=${BENCH_MAX_INVERSION:-5} # percent
@@ -568,9 +550,6 @@ for w in $WORKLOADS; do
     if [ "$v" = agent-no-dns-hooks ]; then
       label+=" and empty programs on the dns hooks"
       under+=" and scripts/bench-hooks.py on the cgroup v2 root"
-    elif [ "$v" = agent-reader-stopped ]; then
-      label="the agent with its reader stopped (SIGSTOP: the kernel side alone)"
-      under="RINGBUF_SIZE=$STOPPED_RING ebpf-agent, SIGSTOP during the loop and SIGCONT after"
     fi
     speed_vs_none "$w" "$v" "$label" "$under"
   done

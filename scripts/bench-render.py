@@ -156,8 +156,7 @@ def overhead(r):
     variants = [("agent", "every type (the default)"),
                 ("agent-no-dns-hooks", "without `dns`, empty programs on its hooks"),
                 ("agent-no-dns", "without `dns`"),
-                ("agent-no-dns-close", "without `dns` and `close`"),
-                ("agent-reader-stopped", "every type, the reader stopped")]
+                ("agent-no-dns-close", "without `dns` and `close`")]
     rows = []
     for w in WORKLOADS:
         cells = [r.cell(f"speed.{w}.{v}", "x") for v, _ in variants]
@@ -169,10 +168,7 @@ def overhead(r):
                 "The `dns` programs run on every packet of the node (`cgroup_skb`); in the "
                 "second column an empty program (`return 1`) takes their place on each of "
                 "their two hooks, so the kernel's dispatch into the hooks is paid without "
-                "their work; `close` follows each TCP connection to its end. In the last "
-                "column the agent's user-space side is stopped (SIGSTOP) while the loop runs, "
-                "its ring large enough to keep every record: the kernel's share alone "
-                "(the TCP loop only):", "",
+                "their work; `close` follows each TCP connection to its end:", "",
                 "| loop | " + " | ".join(label for _, label in variants) + " |",
                 "|---|" + "---:|" * len(variants)] + rows
     out += ["", "In-kernel cost, ns per program run (`kernel.bpf_stats_enabled=1`, which adds "
