@@ -96,6 +96,30 @@ static void assert_round_trip(const struct event *e)
     buf_free(&b);
 }
 
+/* event_addr_str() writes IPv4 itself: it must write what inet_ntop() does, for every octet
+ * value in every position, and refuse a buffer too small as inet_ntop() does. */
+Test(event_json, ipv4_text_is_inet_ntop)
+{
+    uint8_t a[16] = {0};
+    char got[64], want[64];
+    for (unsigned v = 0; v < 256; v++)
+        for (unsigned pos = 0; pos < 4; pos++) {
+            for (unsigned i = 0; i < 4; i++)
+                a[i] = (uint8_t)(i == pos ? v : (v * 37 + i * 101) & 0xff);
+            cr_assert_not_null(inet_ntop(AF_INET, a, want, sizeof(want)));
+            cr_assert_not_null(event_addr_str(EVENT_FAMILY_IPV4, a, got, sizeof(got)));
+            cr_assert_str_eq(got, want);
+            size_t n = strlen(want);
+            cr_expect_not_null(event_addr_str(EVENT_FAMILY_IPV4, a, got, n + 1));
+            cr_expect_str_eq(got, want);
+            cr_expect_null(event_addr_str(EVENT_FAMILY_IPV4, a, got, n), "%s in %zu bytes", want,
+                           n);
+        }
+    const uint8_t v6[16] = {0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    cr_assert_str_eq(event_addr_str(EVENT_FAMILY_IPV6, v6, got, sizeof(got)), "fd00::1");
+    cr_expect_null(event_addr_str(EVENT_FAMILY_NONE, v6, got, sizeof(got)));
+}
+
 Test(event_json, connection_ipv4_tcp)
 {
     struct event e;
