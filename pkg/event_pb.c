@@ -88,6 +88,15 @@ static uint64_t pb_fast_hash(const char *s, size_t len)
     return h;
 }
 
+const uint8_t event_pb_field_wt[EVENT_PB_MAX_FIELD + 1] = {
+    [1] = PB_WT_I64,                         /* id */
+    [7] = PB_WT_LEN,                         /* command */
+    [9 ... 16] = PB_WT_LEN,                  /* node, the k8s names, the addresses */
+    [20 ... 23] = PB_WT_LEN,                 /* details: connection, drop, exec, exit */
+    [25] = PB_WT_LEN,                        /* details: close */
+    [26 ... EVENT_PB_MAX_FIELD] = PB_WT_LEN, /* workload, the peer's names, details: dns */
+};
+
 const char *event_pb_intern(const char *s)
 {
     return event_pb_intern_n(s, strlen(s));

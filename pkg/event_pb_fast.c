@@ -21,9 +21,11 @@
  *      the bytes); EventBatch: event_batch_append_meta().
  *   4. Reference decoder, event_pb_ref.c: to_event() (validation first, then
  *      the copy), ref_batch_meta() (metadata, pod table).
- *   5. Fast decoder, this file: event_field_wt()/batch_field_wt() (the wire
- *      type of every field number; an unlisted number falls back to the
- *      reference path, which is slow but still correct), fast_event(), the
+ *   5. Fast decoder, this file: event_pb_field_wt[] (event_pb.c, with
+ *      EVENT_PB_MAX_FIELD; test_event_pb checks it against the descriptor)
+ *      and batch_field_wt() (the wire type of every field number; an
+ *      unlisted number falls back to the reference path, which is slow but
+ *      still correct), fast_event(), the
  *      details readers fast_conn() ... fast_exit(), fast_batch_decode()'s
  *      first pass. Values the reference refuses (out of range, NUL in a
  *      string) must be declined here too.
@@ -36,8 +38,8 @@
  *   7. A new details kind (oneof member): its reader beside fast_conn() and
  *      its case in fast_details_field() and fast_event()'s switch;
  *      EVENT_PB_DETAILS_FIRST..LAST and event_pb_is_details_num()
- *      (event_pb_internal.h, which merge_details() and event_field_wt()
- *      use: the range skips pod_ref, 24); write_event() writes a details
+ *      (event_pb_internal.h, which merge_details() uses: the range skips
+ *      pod_ref, 24), and event_pb_field_wt[]; write_event() writes a details
  *      field numbered past 24 after pod_ref, as protobuf-c does; the union
  *      event_pb_details (event_pb.h); details_name() and to_event()'s
  *      switch (event_pb_ref.c).
@@ -826,19 +828,6 @@ static bool fast_details(const uint8_t *data, size_t len, unsigned which, struct
     return details_fields(data, len, which, e, NULL, NULL);
 }
 
-/* The last Event field number in the schema. */
-#define EVENT_PB_MAX_FIELD 35
-
-/* The wire type each Event field has in the schema (1..EVENT_PB_MAX_FIELD). */
-static unsigned event_field_wt(uint32_t num)
-{
-    if (num == 1)
-        return PB_WT_I64;
-    if (num == 7 || (num >= 9 && num <= 16) || event_pb_is_details_num(num) || num >= 26)
-        return PB_WT_LEN;
-    return PB_WT_VARINT;
-}
-
 /* One Event; false (with *e released) when the reference path must decide. */
 static bool fast_event(const uint8_t *data, size_t len, const char *batch_node,
                        const struct event_k8s *pods, size_t npods, struct event *e)
@@ -853,7 +842,7 @@ static bool fast_event(const uint8_t *data, size_t len, const char *batch_node,
     memset(e, 0, sizeof(*e));
     e->node = batch_node;
     while (r.p < r.end) {
-        if (!pb_rd_field(&r, &f) || f.num > EVENT_PB_MAX_FIELD || f.wt != event_field_wt(f.num))
+        if (!pb_rd_field(&r, &f) || f.num > EVENT_PB_MAX_FIELD || f.wt != event_pb_field_wt[f.num])
             goto fail;
         switch (f.num) {
         case 1:

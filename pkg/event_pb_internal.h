@@ -22,6 +22,15 @@
 #define EVENT_PB_POD_REF 24
 #define EVENT_PB_DNS     EBPFMONITOR__EVENT__DETAILS_DNS /* 35 */
 
+/* The last Event field number in the schema. */
+#define EVENT_PB_MAX_FIELD 35
+/*
+ * The wire type of each Event field in the schema, by number (1..EVENT_PB_MAX_FIELD; 0 is no
+ * field and holds PB_WT_VARINT, which no field 0 can have). test_event_pb checks it against
+ * protobuf-c's descriptor of the message.
+ */
+extern const uint8_t event_pb_field_wt[EVENT_PB_MAX_FIELD + 1];
+
 static inline bool event_pb_is_details_num(uint32_t num)
 {
     return (num >= EBPFMONITOR__EVENT__DETAILS_CONNECTION &&

@@ -43,6 +43,30 @@ struct pb_field {
     size_t len;
 };
 
+/*
+ * A varint of two bytes or more with at least ten bytes left to read, the
+ * longest a varint is: no bound to check per byte, and the loop unrolled,
+ * so a timestamp or an id (nine or ten bytes) costs a few instructions a
+ * byte. The same value and the same refusal (ten bytes, all continued) as
+ * the loop in pb_rd_varint().
+ */
+static inline bool pb_rd_varint_long(struct pb_rd *r, uint64_t *v)
+{
+    const uint8_t *p = r->p;
+    uint64_t x = 0;
+#pragma GCC unroll 10
+    for (unsigned i = 0; i < 10; i++) {
+        uint64_t b = p[i];
+        x |= (b & 0x7f) << (7 * i);
+        if (b < 0x80) {
+            r->p = p + i + 1;
+            *v = x;
+            return true;
+        }
+    }
+    return false;
+}
+
 static inline bool pb_rd_varint(struct pb_rd *r, uint64_t *v)
 {
     /* Tags and most small values are one byte. */
@@ -50,6 +74,8 @@ static inline bool pb_rd_varint(struct pb_rd *r, uint64_t *v)
         *v = *r->p++;
         return true;
     }
+    if (r->end - r->p >= 10)
+        return pb_rd_varint_long(r, v);
     uint64_t x = 0;
     for (unsigned shift = 0; shift < 64 && r->p < r->end; shift += 7) {
         uint8_t b = *r->p++;

@@ -1,6 +1,7 @@
 /* Tests for pkg/event_pb: batch round-trips, wire format, validation of hostile input. */
 #include "event_json.h"
 #include "event_pb.h"
+#include "event_pb_internal.h"
 #include "intern.h"
 #include "pb_craft.h"
 #include "pb_wire.h"
@@ -1458,4 +1459,84 @@ Test(event_pb, podref_matches_protobuf_c)
         free_events(out, n);
     }
     buf_free(&b);
+}
+
+/* The varint reader as the wire format defines it, byte by byte (what pb_rd_varint() did before
+ * its unrolled path): the value, or false when ten bytes all continue or the bytes run out. */
+static bool varint_spec(const uint8_t *p, size_t len, uint64_t *v, size_t *used)
+{
+    uint64_t x = 0;
+    for (size_t i = 0; i < 10 && i < len; i++) {
+        x |= (uint64_t)(p[i] & 0x7f) << (7 * i);
+        if (!(p[i] & 0x80)) {
+            *v = x;
+            *used = i + 1;
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * pb_rd_varint() reads a long varint unrolled when ten bytes are left and byte by byte
+ * otherwise: both must give what the format says, for every length (the tenth byte's high
+ * bits dropped, ten continued bytes refused), wherever the buffer ends.
+ */
+Test(event_pb, varint_reader_agrees_with_the_format)
+{
+    uint64_t rng = 0x243f6a8885a308d3ull;
+    uint8_t buf[24];
+    for (unsigned round = 0; round < 20000; round++) {
+        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+        uint64_t r = rng;
+        unsigned len = 1 + (unsigned)(r % 11); /* 1..11: the 11th case has no terminator */
+        for (unsigned i = 0; i < sizeof(buf); i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            buf[i] = (uint8_t)(r >> 56);
+        }
+        for (unsigned i = 0; i < len && i < sizeof(buf); i++)
+            buf[i] = (uint8_t)(i + 1 < len ? buf[i] | 0x80 : buf[i] & 0x7f);
+        if (len == 11)
+            for (unsigned i = 0; i < 10; i++)
+                buf[i] |= 0x80;
+        for (size_t avail = 1; avail <= sizeof(buf); avail++) {
+            uint64_t want = 0, got = 0;
+            size_t used = 0;
+            bool ok = varint_spec(buf, avail, &want, &used);
+            struct pb_rd rd = {buf, buf + avail};
+            bool rok = pb_rd_varint(&rd, &got);
+            cr_assert_eq(rok, ok, "round %u, %u bytes, %zu available", round, len, avail);
+            if (ok) {
+                cr_assert_eq(got, want, "round %u, %u bytes, %zu available", round, len, avail);
+                cr_assert_eq((size_t)(rd.p - buf), used);
+            }
+        }
+    }
+}
+
+/* The fast decoder's table of wire types is the schema's: every Event field protobuf-c knows,
+ * with the wire type its type has, and no other number below the table's end. */
+Test(event_pb, field_wire_types_are_the_schema)
+{
+    const ProtobufCMessageDescriptor *d = &ebpfmonitor__event__descriptor;
+    bool known[EVENT_PB_MAX_FIELD + 1] = {false};
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *fd = &d->fields[i];
+        cr_assert_leq(fd->id, EVENT_PB_MAX_FIELD, "field %s is past EVENT_PB_MAX_FIELD", fd->name);
+        unsigned wt = fd->type == PROTOBUF_C_TYPE_FIXED64 || fd->type == PROTOBUF_C_TYPE_SFIXED64 ||
+                              fd->type == PROTOBUF_C_TYPE_DOUBLE
+                          ? PB_WT_I64
+                      : fd->type == PROTOBUF_C_TYPE_FIXED32 ||
+                              fd->type == PROTOBUF_C_TYPE_SFIXED32 ||
+                              fd->type == PROTOBUF_C_TYPE_FLOAT
+                          ? PB_WT_I32
+                      : fd->type == PROTOBUF_C_TYPE_STRING || fd->type == PROTOBUF_C_TYPE_BYTES ||
+                              fd->type == PROTOBUF_C_TYPE_MESSAGE
+                          ? PB_WT_LEN
+                          : PB_WT_VARINT;
+        cr_expect_eq(event_pb_field_wt[fd->id], wt, "field %s (%u)", fd->name, fd->id);
+        known[fd->id] = true;
+    }
+    for (unsigned n = 1; n <= EVENT_PB_MAX_FIELD; n++)
+        cr_expect(known[n], "field %u is in no Event field of the schema", n);
 }
