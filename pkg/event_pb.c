@@ -102,18 +102,44 @@ const char *event_pb_intern(const char *s)
     return event_pb_intern_n(s, strlen(s));
 }
 
-const char *event_pb_intern_n(const char *s, size_t len)
+static unsigned pb_tl_slot(const char *s, size_t len)
 {
-    unsigned slot = (unsigned)(pb_fast_hash(s, len) >> (64 - PB_TL_BITS));
+    return (unsigned)(pb_fast_hash(s, len) >> (64 - PB_TL_BITS));
+}
+
+static const char *pb_tl_find(unsigned slot, const char *s, size_t len)
+{
     if (pb_tl_cache[slot].val && pb_tl_cache[slot].len == len &&
         memcmp(pb_tl_cache[slot].val, s, len) == 0)
         return pb_tl_cache[slot].val;
+    return NULL;
+}
+
+static const char *pb_tl_intern(unsigned slot, const char *s, size_t len)
+{
     const char *v = intern_n(s, len);
-    if (v) {
+    /* Only a copy of all len bytes is cached (see event_pb_intern_checked()). */
+    if (v && strnlen(v, len) == len) {
         pb_tl_cache[slot].val = v;
         pb_tl_cache[slot].len = len;
     }
     return v;
+}
+
+const char *event_pb_intern_n(const char *s, size_t len)
+{
+    unsigned slot = pb_tl_slot(s, len);
+    const char *v = pb_tl_find(slot, s, len);
+    return v ? v : pb_tl_intern(slot, s, len);
+}
+
+const char *event_pb_intern_checked(const char *s, size_t len)
+{
+    unsigned slot = pb_tl_slot(s, len);
+    const char *v = pb_tl_find(slot, s, len);
+    if (v || memchr(s, '\0', len))
+        return v;
+    return pb_tl_intern(slot, s, len);
 }
 
 Ebpfmonitor__Event__DetailsCase event_pb_details_field(unsigned type)

@@ -595,9 +595,7 @@ static bool fast_str(const uint8_t *data, size_t len, const char **dst)
     *dst = NULL;
     if (!len)
         return true;
-    if (memchr(data, '\0', len))
-        return false;
-    return (*dst = event_pb_intern_n((const char *)data, len)) != NULL;
+    return (*dst = event_pb_intern_checked((const char *)data, len)) != NULL;
 }
 
 /* ConnectionDetails. */

@@ -50,6 +50,11 @@ Ebpfmonitor__Event__DetailsCase event_pb_details_field(unsigned type);
 const char *event_pb_intern(const char *s);
 /* The same for len bytes of s (no NUL among them; s need not end there). */
 const char *event_pb_intern_n(const char *s, size_t len);
+/*
+ * The same for len bytes that may hold a NUL: NULL when they do (or when the table is full). The
+ * cache holds only strings without one, so a string found there is not searched for it.
+ */
+const char *event_pb_intern_checked(const char *s, size_t len);
 
 /* ExecDetails into e's filename/args (owned by e); -EINVAL or -ENOMEM with err. */
 int event_pb_exec_to_event(const Ebpfmonitor__ExecDetails *x, struct event *e, char *err,

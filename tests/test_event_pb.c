@@ -1540,3 +1540,18 @@ Test(event_pb, field_wire_types_are_the_schema)
     for (unsigned n = 1; n <= EVENT_PB_MAX_FIELD; n++)
         cr_expect(known[n], "field %u is in no Event field of the schema", n);
 }
+
+/* The fast decoder's string check: bytes with a NUL are refused whatever this thread's cache
+ * holds (a cached string of the same length or a prefix proves nothing about them). */
+Test(event_pb, interned_names_with_a_nul_are_refused_after_a_cached_one)
+{
+    const char *web = event_pb_intern_checked("web", 3);
+    cr_assert_not_null(web);
+    cr_assert_str_eq(web, "web");
+    cr_assert_eq(event_pb_intern_checked("web", 3), web, "cached: the same copy");
+    cr_assert_eq(event_pb_intern_checked("webx", 3), web, "three bytes of a longer buffer");
+    cr_assert_null(event_pb_intern_checked("w\0b", 3));
+    cr_assert_null(event_pb_intern_checked("web\0", 4));
+    cr_assert_null(event_pb_intern_checked("\0eb", 3));
+    cr_assert_eq(event_pb_intern_checked("web", 3), web, "still cached");
+}
