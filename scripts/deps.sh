@@ -15,6 +15,7 @@ packages=(
   protobuf-c-compiler libprotobuf-c-dev
   libh2o-evloop-dev libh2o-dev-common libssl-dev # h2o.h and h2o/*.h are in -dev-common
   libcurl4-openssl-dev # pkg/k8s.c: the Kubernetes API client
+  libjemalloc-dev # the aggregator's allocator (docs/architecture.md)
   openssl # tests: self-signed certificates for the HTTPS tests
   # Sanitizers: gcc's runtimes (make SANITIZE=...); clang's libFuzzer and
   # ASan/UBSan runtimes (make fuzz), only recommended by clang, which
