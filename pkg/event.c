@@ -325,28 +325,27 @@ uint64_t event_id_next(struct event_id_gen *g)
     return mix64(g->seed + __atomic_fetch_add(&g->counter, 1, __ATOMIC_RELAXED));
 }
 
-/* Writes v (0-255) in decimal at p; returns the end. */
-static char *put_octet(char *p, unsigned v)
+char *event_put_ipv4(char *p, const uint8_t a[4])
 {
-    if (v >= 100)
-        *p++ = (char)('0' + v / 100);
-    if (v >= 10)
-        *p++ = (char)('0' + v / 10 % 10);
-    *p++ = (char)('0' + v % 10);
+    for (size_t i = 0; i < 4; i++) {
+        unsigned v = a[i];
+        if (i)
+            *p++ = '.';
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+    }
     return p;
 }
 
 const char *event_addr_str(unsigned family, const uint8_t addr[16], char *buf, size_t len)
 {
     if (family == EVENT_FAMILY_IPV4) {
-        /* What inet_ntop() writes, without its trip through sprintf(): every event's two
-         * addresses go through here on their way to JSON. */
-        char text[INET_ADDRSTRLEN], *p = text;
-        for (size_t i = 0; i < 4; i++) {
-            if (i)
-                *p++ = '.';
-            p = put_octet(p, addr[i]);
-        }
+        /* What inet_ntop() writes, without its trip through sprintf() (the pod tables of every
+         * batch, the flows' and joins' answers). */
+        char text[INET_ADDRSTRLEN], *p = event_put_ipv4(text, addr);
         *p++ = '\0';
         if ((size_t)(p - text) > len)
             return NULL;

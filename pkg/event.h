@@ -213,6 +213,8 @@ struct event_id_gen {
 void event_id_gen_init(struct event_id_gen *g); /* seeds from getrandom() */
 uint64_t event_id_next(struct event_id_gen *g);
 
+/* Writes a's dotted quad at p ("10.0.0.1", at most 15 bytes, no NUL); returns its end. */
+char *event_put_ipv4(char *p, const uint8_t a[4]);
 /* Writes the address as text ("10.0.0.1", "::1") into buf (>= 46 bytes). */
 const char *event_addr_str(unsigned family, const uint8_t addr[16], char *buf, size_t len);
 

@@ -133,15 +133,8 @@ static void put_ipv4(struct buf *b, const uint8_t a[4])
 {
     char *p = b->data + b->len;
     *p++ = '"';
-    for (int i = 0; i < 4; i++) {
-        unsigned v = a[i];
-        if (v >= 100)
-            *p++ = (char)('0' + v / 100);
-        if (v >= 10)
-            *p++ = (char)('0' + v / 10 % 10);
-        *p++ = (char)('0' + v % 10);
-        *p++ = i < 3 ? '.' : '"';
-    }
+    p = event_put_ipv4(p, a);
+    *p++ = '"';
     b->len = (size_t)(p - b->data);
 }
 
