@@ -1234,6 +1234,11 @@ static int store_add_locked(struct store *s, struct event *e, uint64_t now_ns, c
      * refused here), so the eviction below need not look again. */
     struct time_list *oldest_list = s->count >= s->limits.max_events ? store_oldest_list(s) : NULL;
     const struct time_entry *oldest = oldest_list ? time_at(oldest_list, 0) : NULL;
+    /* The shard the eviction below pops from, brought closer while this event goes in: the
+     * batch's prefetch (prefetch_evictions()) ran a group earlier, and in a history of tens of
+     * thousands of shards the line has left the nearest cache by now. */
+    if (oldest)
+        __builtin_prefetch(s->shards[oldest->shard]);
     if ((oldest && store_key_cmp(e->timestamp_ns, e->id, oldest->timestamp_ns, oldest->id) < 0) ||
         (s->any_gone &&
          store_key_cmp(e->timestamp_ns, e->id, s->gone.timestamp_ns, s->gone.id) <= 0)) {
