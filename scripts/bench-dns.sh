@@ -14,7 +14,8 @@
 #    two clock reads around each run), ns per run = run_time_ns / run_cnt; the
 #    empty program's figure is what the statistics and the hook's dispatch
 #    cost by themselves, so the program's own cost is the difference.
-# 2. Throughput: UDP datagrams and a TCP stream over loopback without the
+# 2. Throughput: UDP datagrams (to a receiving thread, and sent and received
+#    in one thread: udp-inline) and a TCP stream over loopback without the
 #    agent, with it (programs on the cgroup v2 root, as deployed; statistics
 #    off) and with only an empty cgroup_skb program on each of the same hooks
 #    (what the kernel's dispatch into the hooks costs by itself), alternated
@@ -198,12 +199,16 @@ done
 # query recorded: DNS_RATE_LIMIT high); the empty programs linked where the agent
 # links its own.
 declare -A RATE CPU # [load|capture]: the rounds' rates, the load's CPU-ns per op
-# Throughput tests: full-size datagrams (as iperf sends), 64 KiB TCP writes.
-declare -A SARGS=([udp]="--size 1400" [tcp]="" [dns]="--server 127.0.0.1:$DNS_PORT")
+# Throughput tests: full-size datagrams (as iperf sends), 64 KiB TCP writes. udp has a
+# receiving thread, whose sleeps and wakeups take part in its rate; udp-inline sends and
+# receives in one thread, so its CPU per op is each datagram's own cost (bench_dns_load.c).
+SLOADS="udp udp-inline tcp dns"
+declare -A SARGS=([udp]="--size 1400" [udp-inline]="--size 1400" [tcp]=""
+  [dns]="--server 127.0.0.1:$DNS_PORT")
 TWHY=""
 run_round() { # capture: none|agent|hooks|tcpdump
   local c=$1 w out
-  for w in udp tcp dns; do
+  for w in $SLOADS; do
     # shellcheck disable=SC2086
     out=$(load "$w" ${SARGS[$w]})
     echo "speed round $c $w: $out" >>"$LOG"
@@ -262,9 +267,9 @@ cpu_ratios() { # load capture [base] -> the rounds' "capture / base" ratios of t
 }
 STABLE=""
 declare -A CNAME=([agent]=agent [hooks]="empty programs on the agent's hooks" [tcpdump]=tcpdump)
-declare -A UNIT=([udp]="datagrams/s" [tcp]="MB/s" [dns]="queries/s")
+declare -A UNIT=([udp]="datagrams/s" [udp-inline]="datagrams/s" [tcp]="MB/s" [dns]="queries/s")
 MAX_DRIFT=${BENCH_MAX_DRIFT:-15} # percent, as scripts/bench-agent.sh
-for w in udp tcp dns; do
+for w in $SLOADS; do
   none=$(echo "${RATE["$w|none"]}" | median)
   # Rounds without a capture that disagree mean the rest of the machine moved the load's
   # speed more than a capture could be measured against.

@@ -3,18 +3,27 @@
  * traffic that the cgroup_skb programs of bpf/dns.bpf.c see on every packet.
  *
  *   bench_dns_load udp [--size BYTES] --duration SEC   datagrams to a local socket
+ *   bench_dns_load udp-inline [--size BYTES] --duration SEC
+ *                                                      the same from one thread that
+ *                                                      also receives them
  *   bench_dns_load tcp --duration SEC                  a bulk TCP stream (64 KiB writes)
  *   bench_dns_load dns --server IP:PORT [--name NAME] --duration SEC
  *                                                      one UDP query at a time, each
  *                                                      waiting for its answer
  *
  * udp and tcp are throughput tests that are not DNS (the programs' fast
- * path); dns is a query loop against a real server. Prints one JSON object:
+ * path); dns is a query loop against a real server. In udp a second thread
+ * receives, so the rate also depends on whether it keeps up and sleeps (each
+ * wakeup costs the sender more than a datagram's own work on a VM);
+ * udp-inline sends bursts of UDP_BURST datagrams and reads them back in the
+ * same thread (over loopback a datagram is in the socket's queue when send()
+ * returns), which no sleep or wakeup takes part in: its CPU per op is what
+ * each datagram's path through the stack and the hooks costs. Prints one JSON object:
  * {"mode":..,"seconds":..,"ops":..,"ops_per_sec":..,"mb_per_sec":..,"lost":..,
  * "cpu_ns_per_op":..}: cpu_ns_per_op is this process's CPU time (user + system,
  * every thread, which includes loopback's softirq work done in its context) per op,
  * less sensitive than the rate to what else runs on the machine;
- * ops are datagrams received (udp), bytes received / 64 KiB (tcp) or answers
+ * ops are datagrams received (udp, udp-inline), bytes received / 64 KiB (tcp) or answers
  * with the query's ID (dns); lost counts datagrams sent but not received
  * (udp) or queries unanswered within 1 s (dns).
  */
@@ -46,6 +55,7 @@ static void die(const char *what)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_dns_load udp [--size BYTES] --duration SEC\n"
+                    "       bench_dns_load udp-inline [--size BYTES] --duration SEC\n"
                     "       bench_dns_load tcp --duration SEC\n"
                     "       bench_dns_load dns --server IP:PORT [--name NAME] --duration SEC\n");
     exit(2);
@@ -135,6 +145,40 @@ static void run_udp(size_t size, double duration)
     pthread_join(t, NULL);
     print("udp", secs, s.packets, s.bytes, sent > s.packets ? sent - s.packets : 0);
     free(buf);
+}
+
+#define UDP_BURST 64
+
+static void run_udp_inline(size_t size, double duration)
+{
+    static char in[1 << 16];
+    struct sockaddr_in a;
+    int rx = bound_socket(SOCK_DGRAM, &a), tx = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    char *buf = calloc(1, size);
+    uint64_t sent = 0, received = 0, bytes = 0, start, deadline;
+
+    if (tx < 0 || !buf || connect(tx, (struct sockaddr *)&a, sizeof(a)) < 0)
+        die("bench_dns_load: udp socket");
+    start = clock_monotonic_ns();
+    deadline = start + (uint64_t)(duration * 1e9);
+    while (clock_monotonic_ns() < deadline) {
+        for (int i = 0; i < UDP_BURST; i++)
+            if (send(tx, buf, size, 0) == (ssize_t)size)
+                sent++;
+        /* Read until the queue is empty: a burst's datagrams are all there by now. */
+        for (;;) {
+            ssize_t n = recv(rx, in, sizeof(in), MSG_DONTWAIT);
+            if (n <= 0)
+                break;
+            received++;
+            bytes += (uint64_t)n;
+        }
+    }
+    double secs = (double)(clock_monotonic_ns() - start) / 1e9;
+    print("udp-inline", secs, received, bytes, sent > received ? sent - received : 0);
+    free(buf);
+    close(tx);
+    close(rx);
 }
 
 static void run_tcp(double duration)
@@ -262,6 +306,8 @@ int main(int argc, char **argv)
     cpu_start = cpu_ns();
     if (!strcmp(argv[1], "udp"))
         run_udp(size, duration);
+    else if (!strcmp(argv[1], "udp-inline"))
+        run_udp_inline(size, duration);
     else if (!strcmp(argv[1], "tcp"))
         run_tcp(duration);
     else if (!strcmp(argv[1], "dns") && server)
