@@ -80,6 +80,10 @@ struct aggregator_counters {
     uint64_t join_announcements_rejected;
 };
 
+/* Ingested batches destroyed together, at most this many or this many bytes (ingest.c). */
+#define AGGREGATOR_FREE_BATCH 16
+#define AGGREGATOR_FREE_BYTES (2u << 20)
+
 struct aggregator {
     struct config cfg;
     char replica[AGGREGATOR_REPLICA_ID_LEN];
@@ -99,6 +103,10 @@ struct aggregator {
     natsSubscription *peers_sub;        /* the other replicas' pod announcements */
     natsSubscription *joins_sub;        /* the other replicas' server halves (join.c) */
     struct aggregator_gate ingest_gate; /* on_batch: the store and the node table */
+    /* on_batch's delivery thread only (then ingest_stop()): batches ingested and not yet
+     * destroyed, destroyed together (ingest.c, free_later()). */
+    natsMsg *ingested[AGGREGATOR_FREE_BATCH];
+    size_t ningested, ingested_bytes;
 
     /* Plain subscription feeding SSE clients with every event (stream_lock). */
     pthread_mutex_t stream_lock;

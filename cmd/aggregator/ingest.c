@@ -188,6 +188,32 @@ static void ingest_batch(struct aggregator *a, natsMsg *msg)
     bus_batch_free(&batch);
 }
 
+/* Destroys the batches free_later() holds. */
+static void ingested_free(struct aggregator *a)
+{
+    for (size_t i = 0; i < a->ningested; i++)
+        natsMsg_Destroy(a->ingested[i]);
+    a->ningested = 0;
+    a->ingested_bytes = 0;
+}
+
+/*
+ * nats.c frees a destroyed message on its garbage-collector thread, and wakes
+ * that thread when it sleeps: destroyed one at a time, as they arrive, nearly
+ * every batch costs the delivery thread a wakeup (a futex and, on a VM, an
+ * interrupt to an idle CPU), and the collector a sleep and a wakeup of its
+ * own. Destroyed AGGREGATOR_FREE_BATCH at a time, one wakeup frees them all.
+ * At most that many, and AGGREGATOR_FREE_BYTES, wait; an idle bus leaves the
+ * last few held until more arrive or ingest_stop().
+ */
+static void free_later(struct aggregator *a, natsMsg *msg)
+{
+    a->ingested[a->ningested++] = msg;
+    a->ingested_bytes += (size_t)natsMsg_GetDataLength(msg);
+    if (a->ningested == AGGREGATOR_FREE_BATCH || a->ingested_bytes >= AGGREGATOR_FREE_BYTES)
+        ingested_free(a);
+}
+
 static void on_batch(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
     struct aggregator *a = closure;
@@ -197,7 +223,7 @@ static void on_batch(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
         ingest_batch(a, msg);
         aggregator_gate_leave(&a->ingest_gate);
     }
-    natsMsg_Destroy(msg);
+    free_later(a, msg);
 }
 
 /* The SSE feed: decoded events go to stream clients only, never to the store. */
@@ -404,7 +430,8 @@ bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain,
 void ingest_stop(struct aggregator *a, int timeout_ms)
 {
     /* Drain: stop receiving, but finish what is already queued for the callback. */
-    aggregator_sub_close(a->ingest_sub, bus_conn(a->bus), true, timeout_ms, &a->ingest_gate);
+    if (aggregator_sub_close(a->ingest_sub, bus_conn(a->bus), true, timeout_ms, &a->ingest_gate))
+        ingested_free(a); /* on_batch runs no more */
     aggregator_sub_close(a->peers_sub, bus_conn(a->bus), false, timeout_ms, &a->ingest_gate);
     a->peers_sub = NULL;
     aggregator_sub_close(a->joins_sub, bus_conn(a->bus), false, timeout_ms, &a->ingest_gate);
