@@ -80,9 +80,15 @@ struct aggregator_counters {
     uint64_t join_announcements_rejected;
 };
 
-/* Ingested batches destroyed together, at most this many or this many bytes (ingest.c). */
+/* Received batches destroyed together, at most this many or this many bytes (ingest.c). */
 #define AGGREGATOR_FREE_BATCH 16
 #define AGGREGATOR_FREE_BYTES (2u << 20)
+
+/* Messages a subscription's handler is done with, not yet destroyed (ingest.c, free_later()). */
+struct msg_hold {
+    natsMsg *msgs[AGGREGATOR_FREE_BATCH];
+    size_t n, bytes;
+};
 
 struct aggregator {
     struct config cfg;
@@ -103,16 +109,14 @@ struct aggregator {
     natsSubscription *peers_sub;        /* the other replicas' pod announcements */
     natsSubscription *joins_sub;        /* the other replicas' server halves (join.c) */
     struct aggregator_gate ingest_gate; /* on_batch: the store and the node table */
-    /* on_batch's delivery thread only (then ingest_stop()): batches ingested and not yet
-     * destroyed, destroyed together (ingest.c, free_later()). */
-    natsMsg *ingested[AGGREGATOR_FREE_BATCH];
-    size_t ningested, ingested_bytes;
+    struct msg_hold ingested;           /* on_batch's delivery thread only (then ingest_stop()) */
 
     /* Plain subscription feeding SSE clients with every event (stream_lock). */
     pthread_mutex_t stream_lock;
     natsSubscription *stream_sub;
     uint64_t stream_clients;
     bool stream_closed;          /* shutting down: never subscribe again */
+    struct msg_hold streamed;    /* batches the SSE feed is done with (stream_lock) */
     uint64_t stream_sub_dropped; /* slow-consumer drops of destroyed stream subscriptions */
 
     struct aggregator_counters counters; /* atomics */

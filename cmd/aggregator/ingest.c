@@ -188,13 +188,13 @@ static void ingest_batch(struct aggregator *a, natsMsg *msg)
     bus_batch_free(&batch);
 }
 
-/* Destroys the batches free_later() holds. */
-static void ingested_free(struct aggregator *a)
+/* Destroys what free_later() holds. */
+static void held_free(struct msg_hold *h)
 {
-    for (size_t i = 0; i < a->ningested; i++)
-        natsMsg_Destroy(a->ingested[i]);
-    a->ningested = 0;
-    a->ingested_bytes = 0;
+    for (size_t i = 0; i < h->n; i++)
+        natsMsg_Destroy(h->msgs[i]);
+    h->n = 0;
+    h->bytes = 0;
 }
 
 /*
@@ -204,14 +204,14 @@ static void ingested_free(struct aggregator *a)
  * interrupt to an idle CPU), and the collector a sleep and a wakeup of its
  * own. Destroyed AGGREGATOR_FREE_BATCH at a time, one wakeup frees them all.
  * At most that many, and AGGREGATOR_FREE_BYTES, wait; an idle bus leaves the
- * last few held until more arrive or ingest_stop().
+ * last few held until more arrive or the subscription is closed.
  */
-static void free_later(struct aggregator *a, natsMsg *msg)
+static void free_later(struct msg_hold *h, natsMsg *msg)
 {
-    a->ingested[a->ningested++] = msg;
-    a->ingested_bytes += (size_t)natsMsg_GetDataLength(msg);
-    if (a->ningested == AGGREGATOR_FREE_BATCH || a->ingested_bytes >= AGGREGATOR_FREE_BYTES)
-        ingested_free(a);
+    h->msgs[h->n++] = msg;
+    h->bytes += (size_t)natsMsg_GetDataLength(msg);
+    if (h->n == AGGREGATOR_FREE_BATCH || h->bytes >= AGGREGATOR_FREE_BYTES)
+        held_free(h);
 }
 
 static void on_batch(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
@@ -223,7 +223,7 @@ static void on_batch(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
         ingest_batch(a, msg);
         aggregator_gate_leave(&a->ingest_gate);
     }
-    free_later(a, msg);
+    free_later(&a->ingested, msg);
 }
 
 /* The SSE feed: decoded events go to stream clients only, never to the store. */
@@ -247,7 +247,14 @@ static void on_stream_batch(natsConnection *nc, natsSubscription *sub, natsMsg *
         pthread_mutex_unlock(&a->stream_lock);
     }
     bus_batch_free(&batch);
-    natsMsg_Destroy(msg);
+    /* Held under the lock: a subscription being torn down may still be in here while the
+     * next one's thread starts. Closed, nothing is held any more (ingest_stop() freed it). */
+    pthread_mutex_lock(&a->stream_lock);
+    if (a->stream_closed)
+        natsMsg_Destroy(msg);
+    else
+        free_later(&a->streamed, msg);
+    pthread_mutex_unlock(&a->stream_lock);
 }
 
 /* Rejections are logged once and then every 1000th, as bad batches are. */
@@ -315,6 +322,8 @@ static void stream_unsubscribe_locked(struct aggregator *a)
 {
     int64_t dropped = 0;
 
+    /* What the feed holds; a handler still running adds its batch, freed at the next flush. */
+    held_free(&a->streamed);
     if (a->stream_sub == NULL)
         return;
     if (natsSubscription_GetDropped(a->stream_sub, &dropped) == NATS_OK && dropped > 0)
@@ -431,7 +440,7 @@ void ingest_stop(struct aggregator *a, int timeout_ms)
 {
     /* Drain: stop receiving, but finish what is already queued for the callback. */
     if (aggregator_sub_close(a->ingest_sub, bus_conn(a->bus), true, timeout_ms, &a->ingest_gate))
-        ingested_free(a); /* on_batch runs no more */
+        held_free(&a->ingested); /* on_batch runs no more */
     aggregator_sub_close(a->peers_sub, bus_conn(a->bus), false, timeout_ms, &a->ingest_gate);
     a->peers_sub = NULL;
     aggregator_sub_close(a->joins_sub, bus_conn(a->bus), false, timeout_ms, &a->ingest_gate);
