@@ -433,6 +433,38 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
     return 0;
 }
 
+/*
+ * The kernel runs a tracing program at most once at a time per CPU: a state
+ * change in softirq that comes in over the state program's run in process
+ * context (a connect, a close) is skipped, counted in the program's
+ * recursion misses (`missed` in /api/programs). A socket the kernel gave up
+ * on (refused, timed out, unreachable, reset) is reported here too, after
+ * its change to TCP_CLOSE, while the application still holds it: when the
+ * state program missed that change, this runs it. Only socket errors come
+ * here (a refused or failed connect, a reset): a connection closed with a FIN
+ * costs it nothing. Not in the compat build: older kernels may lack the
+ * tracepoint.
+ */
+#ifndef CONNECTIONS_COMPAT
+SEC("tp_btf/inet_sk_error_report")
+int BPF_PROG(tp_btf__inet_sk_error_report, const struct sock *sk)
+{
+    __u64 key = (__u64)sk;
+    struct sock_life *l;
+
+    if (sk->__sk_common.skc_state != TCP_CLOSE || !sock_is_inet_tcp(sk))
+        return 0;
+    l = bpf_map_lookup_elem(&sockets, &key);
+    if (!l)
+        return 0;
+    if (l->phase == LIFE_CONNECTING)
+        connect_outcome(sk, key, TCP_CLOSE);
+    else if (track_close)
+        life_closed(sk, l, bpf_ktime_get_boot_ns()); /* done already unless missed */
+    return 0;
+}
+#endif
+
 /* The end of a socket: a close record still waiting (see life_closed) is written now. */
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)

@@ -25,6 +25,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,6 +151,21 @@ static void setup_close_only(void)
 TestSuite(lifecycle, .init = setup_all_types, .fini = net_teardown, .timeout = 60);
 TestSuite(lifecycle_off, .init = setup_without_close, .fini = net_teardown, .timeout = 60);
 TestSuite(lifecycle_only, .init = setup_close_only, .fini = net_teardown, .timeout = 60);
+
+/*
+ * Loaded: the connection events of a few seconds of connect/accept/close at
+ * full speed stay in the history; the router answers every SYN to an
+ * unreachable network at once (no ICMPv6 rate limit).
+ */
+static void setup_loaded(void)
+{
+    net_setup();
+    cr_assert_eq(shf(NULL, "ip netns exec %s sysctl -qw net.ipv6.icmp.ratelimit=0", ns_router), 0);
+    const char *const args[] = {"--history-size", "3000000", NULL};
+    tu_agent_start(&agent, "lifecycle-node", args);
+}
+
+TestSuite(lifecycle_loaded, .init = setup_loaded, .fini = net_teardown, .timeout = 60);
 
 /* ---- The two sides of a connection: forked children that report over a pipe ---- */
 
@@ -688,6 +705,43 @@ static bool match_failed(json_t *ev, void *arg)
 }
 
 /*
+ * What the agent says about its capture when an event did not come: every
+ * program's counters (drops, untracked, missed), the records it skipped, the sockets
+ * map, and whatever it did record of the process.
+ */
+static void log_capture_state(int pid, const char *dest_ip)
+{
+    int status;
+    json_t *st = tu_get_json(agent.port, "/api/stats", &status);
+    json_t *programs = json_object_get(st, "programs");
+    size_t i;
+    json_t *p;
+    json_array_foreach(programs, i, p)
+    {
+        cr_log_error("program: %s", tu_jdump(p));
+    }
+    cr_log_error("kernel_drops %" JSON_INTEGER_FORMAT ", records_skipped %s",
+                 json_integer_value(json_object_get(st, "kernel_drops")),
+                 tu_jdump(json_object_get(st, "records_skipped")));
+    cr_log_error("sockets: %s", tu_jdump(json_object_get(st, "sockets")));
+    cr_log_error("history: %s", tu_jdump(json_object_get(st, "history")));
+    json_decref(st);
+
+    char q[96];
+    snprintf(q, sizeof(q), "/api/events?pid=%d&limit=100", pid);
+    json_t *evs = tu_get_json(agent.port, q, &status);
+    cr_log_error("events of pid %d: %s", pid, tu_jdump(json_object_get(evs, "events")));
+    json_decref(evs);
+    evs = tu_get_json(agent.port, "/api/events?type=connection&limit=1000", &status);
+    json_array_foreach(json_object_get(evs, "events"), i, p)
+    {
+        if (tu_jstr(p, "dest_ip") && strcmp(tu_jstr(p, "dest_ip"), dest_ip) == 0)
+            cr_log_error("connection to %s: %s", dest_ip, tu_jdump(p));
+    }
+    json_decref(evs);
+}
+
+/*
  * A client in the client namespace connects to dest_ip:port and fails with
  * want_errno; returns the agent's failed connection event (checked for the
  * process, destination and error) and the client's report in r.
@@ -707,6 +761,8 @@ static json_t *failed_connect(const char *dest_ip, int port, unsigned flags, int
     snprintf(q, sizeof(q), "/api/events?type=connection&pid=%d&limit=100", s.pid);
     struct failed_match m = {s.pid, dest_ip, port};
     json_t *ev = tu_wait_event(agent.port, q, match_failed, &m, WAIT_MS);
+    if (!ev)
+        log_capture_state(s.pid, dest_ip);
     cr_assert(ev, "no failed connection event from pid %d to %s:%d", s.pid, dest_ip, port);
     char *text = json_dumps(ev, JSON_COMPACT);
     cr_log_info("failed connection: %s", text);
@@ -815,6 +871,8 @@ static json_t *program(const char *name)
     json_array_foreach(json_object_get(r, "programs"), i, p)
     {
         cr_expect(json_is_integer(json_object_get(p, "untracked")), "%s has no untracked counter",
+                  tu_jstr(p, "name"));
+        cr_expect(json_is_integer(json_object_get(p, "missed")), "%s has no missed counter",
                   tu_jstr(p, "name"));
         if (tu_jstr(p, "name") && strcmp(tu_jstr(p, "name"), name) == 0)
             found = json_incref(p);
@@ -1024,4 +1082,140 @@ Test(lifecycle_only, close_events_without_connection_events)
     json_t *p = program("tp_btf__inet_sock_set_state");
     cr_expect_str_eq(tu_jstr(p, "status"), "attached", "close events start at its state changes");
     json_decref(p);
+}
+
+/* ---- Under load ---- */
+
+/* A loopback connect/accept/close loop: the state program runs in process context. */
+struct churn {
+    int listener;
+    struct sockaddr_in addr;
+    atomic_bool stop;
+    atomic_ulong connections;
+};
+
+static void *churn_loop(void *arg)
+{
+    struct churn *c = arg;
+    while (!atomic_load(&c->stop)) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0)
+            break;
+        if (connect(fd, (struct sockaddr *)&c->addr, sizeof(c->addr)) == 0) {
+            int a = accept(c->listener, NULL, NULL);
+            if (a >= 0)
+                close(a);
+            atomic_fetch_add(&c->connections, 1);
+        }
+        close(fd);
+    }
+    return NULL;
+}
+
+#define LOADED_ATTEMPTS 200
+
+struct unreachable_attempt {
+    int fd;
+    unsigned delay_ms;
+    int result; /* connect()'s errno */
+};
+
+static void *attempt_unreachable(void *arg)
+{
+    struct unreachable_attempt *a = arg;
+    struct addr dest = addr_of("fd77:60::5", 80);
+    usleep(a->delay_ms * 1000);
+    a->result = connect(a->fd, (struct sockaddr *)&dest.sa, dest.len) == 0 ? 0 : errno;
+    return NULL;
+}
+
+/*
+ * The kernel skips a tracing program's run that comes in over its own run on
+ * the same CPU: a connect failing in softirq (the retransmitted SYN's ICMPv6
+ * error, in the timer's softirq) while the state program runs for another
+ * socket in process context. Such failures are still reported, from the
+ * socket's error report. Connects to an unreachable network, spread over 1.4 s
+ * so their failures fall in many timer ticks, while two threads keep the state
+ * program busy in process context: every one of them has its failed event.
+ */
+Test(lifecycle_loaded, every_failed_connect_is_reported_under_load)
+{
+    struct churn c = {.addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)}};
+    socklen_t len = sizeof(c.addr);
+    c.listener = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert(c.listener >= 0);
+    cr_assert_eq(bind(c.listener, (struct sockaddr *)&c.addr, len), 0);
+    cr_assert_eq(listen(c.listener, 128), 0);
+    cr_assert_eq(getsockname(c.listener, (struct sockaddr *)&c.addr, &len), 0);
+
+    static struct unreachable_attempt at[LOADED_ATTEMPTS];
+    pthread_t churners[2], attempts[LOADED_ATTEMPTS];
+    for (int i = 0; i < LOADED_ATTEMPTS; i++)
+        at[i] = (struct unreachable_attempt){tu_netns_socket(ns_client, AF_INET6, SOCK_STREAM),
+                                             (unsigned)i * 7, -1};
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&churners[i], NULL, churn_loop, &c), 0);
+    for (int i = 0; i < LOADED_ATTEMPTS; i++)
+        cr_assert_eq(pthread_create(&attempts[i], NULL, attempt_unreachable, &at[i]), 0);
+    for (int i = 0; i < LOADED_ATTEMPTS; i++)
+        pthread_join(attempts[i], NULL);
+    atomic_store(&c.stop, true);
+    for (int i = 0; i < 2; i++)
+        pthread_join(churners[i], NULL);
+    close(c.listener);
+    cr_log_info("%lu loopback connections meanwhile", atomic_load(&c.connections));
+    cr_expect_gt(atomic_load(&c.connections), 1000, "the load ran");
+
+    int failed = 0;
+    for (int i = 0; i < LOADED_ATTEMPTS; i++) {
+        close(at[i].fd);
+        cr_expect(at[i].result == ENETUNREACH || at[i].result == ETIMEDOUT,
+                  "connect %d: %s, expected a failure", i, strerror(at[i].result));
+        failed += at[i].result == ENETUNREACH || at[i].result == ETIMEDOUT;
+    }
+
+    /* Every failure, each once: the process's failed connections to that address. */
+    char q[160];
+    snprintf(q, sizeof(q), "/api/events?type=connection&status=failed&pid=%d&limit=1000",
+             (int)getpid());
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    int seen = 0;
+    for (;;) {
+        int status;
+        json_t *r = tu_get_json(agent.port, q, &status);
+        cr_assert_eq(status, 200);
+        size_t i;
+        json_t *ev;
+        seen = 0;
+        json_array_foreach(json_object_get(r, "events"), i, ev)
+        {
+            seen += tu_jstr(ev, "dest_ip") && strcmp(tu_jstr(ev, "dest_ip"), "fd77:60::5") == 0;
+        }
+        json_decref(r);
+        if (seen >= failed || tu_mono_ms() > deadline)
+            break;
+        usleep(50000);
+    }
+    if (seen != failed)
+        log_capture_state((int)getpid(), "fd77:60::5");
+    cr_expect_eq(seen, failed, "%d failed connects, %d failed connection events", failed, seen);
+
+    /* The runs skipped are the kernel's count, in /api/programs and /metrics. */
+    json_t *p = program("tp_btf__inet_sock_set_state");
+    long long missed = tu_jint(p, "missed");
+    int prog = bpf_prog_get_fd_by_id((uint32_t)tu_jint(p, "id"));
+    json_decref(p);
+    cr_assert(prog >= 0, "the state program's fd: %s", strerror(errno));
+    struct bpf_prog_info info = {0};
+    uint32_t ilen = sizeof(info);
+    cr_assert_eq(bpf_obj_get_info_by_fd(prog, &info, &ilen), 0);
+    close(prog);
+    cr_log_info("state program runs the kernel skipped: %lld", missed);
+    cr_expect_eq((unsigned long long)missed, (unsigned long long)info.recursion_misses);
+    struct tu_http m;
+    cr_assert_eq(tu_http_get(agent.port, "/metrics", NULL, &m), 0);
+    cr_expect_eq(
+        metric(m.body, "ebpf_agent_program_missed_total{program=\"tp_btf__inet_sock_set_state\"}"),
+        missed);
+    tu_http_free(&m);
 }

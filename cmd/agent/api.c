@@ -106,8 +106,8 @@ static void write_programs(struct agent *a, struct buf *b, uint64_t *kernel_drop
         }
         buf_printf(b,
                    ",\"events\":%" PRIu64 ",\"drops\":%" PRIu64 ",\"suppressed\":%" PRIu64
-                   ",\"untracked\":%" PRIu64 "}",
-                   p->events, p->drops, p->suppressed, p->untracked);
+                   ",\"untracked\":%" PRIu64 ",\"missed\":%" PRIu64 "}",
+                   p->events, p->drops, p->suppressed, p->untracked, p->missed);
         *kernel_drops += p->drops;
         *suppressed += p->suppressed;
     }
@@ -342,6 +342,12 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     for (size_t i = 0; i < n; i++)
         api_metric_labelled(b, "ebpf_agent_program_untracked_total", "program", progs[i].name,
                             progs[i].untracked);
+    api_metric_header(b, "ebpf_agent_program_missed_total", "counter",
+                      "Runs the kernel skipped because the program was already running on that "
+                      "CPU (a softirq interrupting a run in process context).");
+    for (size_t i = 0; i < n; i++)
+        api_metric_labelled(b, "ebpf_agent_program_missed_total", "program", progs[i].name,
+                            progs[i].missed);
     struct capture_record_losses rl;
     capture_record_losses(a->capture, &rl);
     struct capture_sockets_stats sk;

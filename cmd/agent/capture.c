@@ -76,11 +76,14 @@ struct prog_spec {
     const char *hook;
     enum event_type type;
     enum capture_object object;
+    const char *aux; /* a program of the same object attached with it (may be NULL) */
 };
 
 static const struct prog_spec prog_specs[SLOT_COUNT] = {
+    /* With the state changes the kernel skipped for it that left a socket error (connections.h). */
     [SLOT_INET_SOCK_SET_STATE] = {"tp_btf__inet_sock_set_state", "tp_btf__inet_sock_set_state",
-                                  "tp_btf/inet_sock_set_state", EVENT_CONNECTION, OBJ_CONNECTIONS},
+                                  "tp_btf/inet_sock_set_state", EVENT_CONNECTION, OBJ_CONNECTIONS,
+                                  "tp_btf__inet_sk_error_report"},
     [SLOT_SYS_EXIT_CONNECT] = {"tp_btf__sys_exit_connect", "tp_btf__sys_exit", "tp_btf/sys_exit",
                                EVENT_CONNECTION, OBJ_CONNECTIONS},
     [SLOT_SYS_EXIT_ACCEPT] = {"tp_btf__sys_exit_accept", "tp_btf__sys_exit", "tp_btf/sys_exit",
@@ -123,8 +126,10 @@ struct instance {
 struct capture_prog {
     enum capture_program_status status;
     char error[128];
-    struct bpf_link *link; /* NULL for the second of two slots sharing a program */
-    uint32_t prog_id;      /* kernel id, for `bpftool prog show id N` */
+    struct bpf_link *link;     /* NULL for the second of two slots sharing a program */
+    uint32_t prog_id;          /* kernel id, for `bpftool prog show id N` */
+    int prog_fd;               /* with link: the program's, for its run statistics */
+    struct bpf_link *aux_link; /* its prog_spec's aux program's */
 };
 
 _Static_assert(SLOT_COUNT <= SOCKETS_REAP_MAPS,
@@ -339,6 +344,13 @@ static void instance_destroy(struct instance *in)
     in->obj = NULL;
 }
 
+/* Whether the object's program name is slot's program or the one attached with it. */
+static bool prog_serves(const char *name, int slot)
+{
+    return strcmp(name, prog_specs[slot].prog) == 0 ||
+           (prog_specs[slot].aux && strcmp(name, prog_specs[slot].aux) == 0);
+}
+
 /* Loads one copy of object with exactly the programs in want (a mask of slots). */
 static int instance_load(struct capture *c, struct instance *in, enum capture_object object,
                          uint32_t want)
@@ -354,7 +366,7 @@ static int instance_load(struct capture *c, struct instance *in, enum capture_ob
     {
         bool load = false;
         for (int s = 0; s < SLOT_COUNT; s++)
-            if ((want & (1u << s)) && strcmp(bpf_program__name(prog), prog_specs[s].prog) == 0)
+            if ((want & (1u << s)) && prog_serves(bpf_program__name(prog), s))
                 load = true;
         bpf_program__set_autoload(prog, load);
     }
@@ -433,6 +445,12 @@ static void prog_attach(struct capture *c, struct instance *in, int slot, uint32
         return;
     }
     c->progs[slot].link = link;
+    c->progs[slot].prog_fd = bpf_program__fd(prog);
+    const char *aux = prog_specs[slot].aux;
+    struct bpf_program *aux_prog = aux ? bpf_object__find_program_by_name(in->obj, aux) : NULL;
+    if (aux_prog && !(c->progs[slot].aux_link = bpf_program__attach(aux_prog)))
+        fprintf(stderr, "capture: %s failed to attach (%s); %s runs without it\n", aux,
+                strerror(errno), prog_specs[slot].name);
     if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) != 0)
         info.id = 0;
     for (int s = 0; s < SLOT_COUNT; s++) {
@@ -696,8 +714,10 @@ void capture_close(struct capture *c)
     if (!c)
         return;
     ring_buffer__free(c->rb);
-    for (int s = 0; s < SLOT_COUNT; s++)
+    for (int s = 0; s < SLOT_COUNT; s++) {
+        bpf_link__destroy(c->progs[s].aux_link);
         bpf_link__destroy(c->progs[s].link);
+    }
     for (size_t i = 0; i < c->ninstances; i++)
         instance_destroy(&c->instances[i]);
     sockets_reaper_free(&c->reaper);
@@ -734,6 +754,13 @@ size_t capture_programs(struct capture *c, struct capture_program_info *out, siz
                 i->suppressed += per_cpu[cpu].suppressed;
                 i->untracked += per_cpu[cpu].untracked;
             }
+        }
+        if (c->progs[s].link && c->progs[s].prog_fd >= 0) {
+            struct bpf_prog_info info = {0};
+            __u32 len = sizeof(info);
+
+            if (bpf_obj_get_info_by_fd(c->progs[s].prog_fd, &info, &len) == 0)
+                i->missed = info.recursion_misses;
         }
     }
     free(per_cpu);

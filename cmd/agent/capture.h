@@ -86,6 +86,9 @@ struct capture_program_info {
     uint64_t drops;         /* ring buffer reserve failures (lost in the kernel) */
     uint64_t suppressed;    /* rate-limited away (packet_drop, dns) */
     uint64_t untracked;     /* connections not followed: the kernel socket map was full */
+    uint64_t missed;        /* runs the kernel skipped: the program was already running on
+                             * that CPU (a softirq came in over a run in process context);
+                             * on the first of the slots sharing a program */
 };
 
 /* Fills up to max entries; returns the number of programs. Thread-safe (reads map counters). */
