@@ -451,7 +451,7 @@ static void prog_attach(struct capture *c, struct instance *in, int slot, uint32
     if (aux_prog && !(c->progs[slot].aux_link = bpf_program__attach(aux_prog)))
         fprintf(stderr, "capture: %s failed to attach (%s); %s runs without it\n", aux,
                 strerror(errno), prog_specs[slot].name);
-    if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) != 0)
+    if (bpf_obj_get_info_by_fd(c->progs[slot].prog_fd, &info, &len) != 0)
         info.id = 0;
     for (int s = 0; s < SLOT_COUNT; s++) {
         if (!(slots & (1u << s)))
@@ -755,7 +755,7 @@ size_t capture_programs(struct capture *c, struct capture_program_info *out, siz
                 i->untracked += per_cpu[cpu].untracked;
             }
         }
-        if (c->progs[s].link && c->progs[s].prog_fd >= 0) {
+        if (c->progs[s].link) {
             struct bpf_prog_info info = {0};
             __u32 len = sizeof(info);
 
