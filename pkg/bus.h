@@ -14,13 +14,14 @@
 #include "config.h"
 
 /* Headers on every batch message (so `nats sub` shows them). */
-#define BUS_HDR_CONTENT_TYPE "Content-Type"
-#define BUS_HDR_NODE         "Ebpf-Node"
-#define BUS_HDR_INSTANCE     "Ebpf-Instance"
-#define BUS_HDR_SEQUENCE     "Ebpf-Sequence"
-#define BUS_HDR_EVENTS       "Ebpf-Events"       /* events in the batch */
-#define BUS_HDR_KERNEL_DROPS "Ebpf-Kernel-Drops" /* cumulative, this instance */
-#define BUS_HDR_AGENT_DROPS  "Ebpf-Agent-Drops"  /* cumulative, this instance */
+#define BUS_HDR_CONTENT_TYPE  "Content-Type"
+#define BUS_HDR_NODE          "Ebpf-Node"
+#define BUS_HDR_INSTANCE      "Ebpf-Instance"
+#define BUS_HDR_SEQUENCE      "Ebpf-Sequence"
+#define BUS_HDR_EVENTS        "Ebpf-Events"        /* events in the batch */
+#define BUS_HDR_KERNEL_DROPS  "Ebpf-Kernel-Drops"  /* cumulative, this instance */
+#define BUS_HDR_AGENT_DROPS   "Ebpf-Agent-Drops"   /* cumulative, this instance */
+#define BUS_HDR_KERNEL_MISSED "Ebpf-Kernel-Missed" /* cumulative, this instance */
 
 #define BUS_CONTENT_TYPE_PROTOBUF "application/x-protobuf; messageType=ebpfmonitor.EventBatch"
 #define BUS_CONTENT_TYPE_JSON     "application/x-ndjson"

@@ -21,6 +21,7 @@ struct event_batch_meta {
     const char *agent_instance; /* random id of the agent process; interned on decode */
     uint64_t sequence;          /* per instance, +1 per batch */
     uint64_t kernel_drops;      /* cumulative ring-buffer losses */
+    uint64_t kernel_missed;     /* cumulative program runs the kernel skipped */
     uint64_t agent_drops;       /* cumulative agent-side drops */
     uint64_t sent_at_ns;        /* publish time, ns since the epoch */
     const char *pod_name;       /* the agent's own pod; NULL on a VM; interned on decode */

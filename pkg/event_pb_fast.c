@@ -554,7 +554,8 @@ int event_batch_append_meta(struct buf *out, const struct event_batch_meta *meta
                   sz_u64(PB_TAG(5, PB_WT_VARINT), meta->kernel_drops) +
                   sz_u64(PB_TAG(6, PB_WT_VARINT), meta->agent_drops) +
                   sz_u64(PB_TAG(7, PB_WT_VARINT), meta->sent_at_ns) +
-                  sz_len(PB_TAG(8, PB_WT_LEN), pod) + sz_len(PB_TAG(9, PB_WT_LEN), ns);
+                  sz_len(PB_TAG(8, PB_WT_LEN), pod) + sz_len(PB_TAG(9, PB_WT_LEN), ns) +
+                  sz_u64(PB_TAG(11, PB_WT_VARINT), meta->kernel_missed);
     if (out->oom || !buf_reserve(out, need))
         return -ENOMEM;
     uint8_t *p = (uint8_t *)out->data + out->len;
@@ -566,6 +567,7 @@ int event_batch_append_meta(struct buf *out, const struct event_batch_meta *meta
     p = put_u64(p, PB_TAG(7, PB_WT_VARINT), meta->sent_at_ns);
     p = put_len(p, PB_TAG(8, PB_WT_LEN), meta->pod_name, pod);
     p = put_len(p, PB_TAG(9, PB_WT_LEN), meta->pod_namespace, ns);
+    p = put_u64(p, PB_TAG(11, PB_WT_VARINT), meta->kernel_missed);
     out->len += need;
     out->data[out->len] = '\0';
     return 0;
@@ -999,7 +1001,7 @@ static bool fast_podref(const uint8_t *data, size_t len, struct event_k8s *k)
 /* The wire type of EventBatch fields 1..10. */
 static unsigned batch_field_wt(uint32_t num)
 {
-    return num == 1 || num == 2 || num == 4 || num >= 8 ? PB_WT_LEN : PB_WT_VARINT;
+    return num == 1 || num == 2 || num == 4 || (num >= 8 && num <= 10) ? PB_WT_LEN : PB_WT_VARINT;
 }
 
 /* 0 when decoded, 1 when the reference path must decide, -E2BIG, -ENOMEM. */
@@ -1010,8 +1012,8 @@ static int fast_batch_decode(const uint8_t *data, size_t len, size_t max_events,
     struct pb_rd r = {data, data + len};
     struct pb_field f;
     size_t nev = 0, npods = 0;
-    struct pb_field str[11] = {{0}};
-    bool seen[11] = {false};
+    struct pb_field str[12] = {{0}};
+    bool seen[12] = {false};
     struct event_k8s pods_stack[32], *pods = pods_stack;
     char msg[200];
 
@@ -1028,7 +1030,7 @@ static int fast_batch_decode(const uint8_t *data, size_t len, size_t max_events,
             __builtin_prefetch(ahead);
             ahead += 64;
         }
-        if (!pb_rd_field(&r, &f) || f.num > 10 || f.wt != batch_field_wt(f.num))
+        if (!pb_rd_field(&r, &f) || f.num > 11 || f.wt != batch_field_wt(f.num))
             return 1;
         if (f.num != 4 && f.num != 10 && seen[f.num])
             return 1;
@@ -1049,6 +1051,9 @@ static int fast_batch_decode(const uint8_t *data, size_t len, size_t max_events,
             break;
         case 7:
             meta->sent_at_ns = f.v;
+            break;
+        case 11:
+            meta->kernel_missed = f.v;
             break;
         case 10:
             npods++;

@@ -258,6 +258,7 @@ int event_batch_encode(const struct event_batch_meta *meta, const struct event *
     batch.n_events = n;
     batch.events = ptrs;
     batch.kernel_drops = meta->kernel_drops;
+    batch.kernel_missed = meta->kernel_missed;
     batch.agent_drops = meta->agent_drops;
     batch.sent_at_ns = meta->sent_at_ns;
     batch.agent_pod_name = pb_str(meta->pod_name);
@@ -667,6 +668,7 @@ static int ref_batch_meta(const Ebpfmonitor__EventBatch *pb, struct event_batch_
     }
     meta->sequence = pb->sequence;
     meta->kernel_drops = pb->kernel_drops;
+    meta->kernel_missed = pb->kernel_missed;
     meta->agent_drops = pb->agent_drops;
     meta->sent_at_ns = pb->sent_at_ns;
 

@@ -59,7 +59,7 @@ struct inst {
     char *pod_namespace;
     uint64_t batches, events;
     uint64_t min_seq, max_seq; /* 0 = no sequenced batch yet */
-    uint64_t kernel_drops, agent_drops;
+    uint64_t kernel_drops, agent_drops, kernel_missed;
     uint64_t last_seen_ns;
 };
 
@@ -252,6 +252,17 @@ static void set_str(char **dst, const char *s)
 }
 
 /* Folds one (partial) record into r: the merge rule shared by observe and merge. */
+/* Two reports of the same moment (or of unsequenced batches): the larger of each. */
+static void counters_max(struct inst *r, const struct inst *o)
+{
+    if (o->kernel_drops > r->kernel_drops)
+        r->kernel_drops = o->kernel_drops;
+    if (o->agent_drops > r->agent_drops)
+        r->agent_drops = o->agent_drops;
+    if (o->kernel_missed > r->kernel_missed)
+        r->kernel_missed = o->kernel_missed;
+}
+
 static void inst_add(struct inst *r, const struct inst *o)
 {
     r->batches = sat_add(r->batches, o->batches);
@@ -264,17 +275,12 @@ static void inst_add(struct inst *r, const struct inst *o)
             r->max_seq = o->max_seq;
             r->kernel_drops = o->kernel_drops;
             r->agent_drops = o->agent_drops;
+            r->kernel_missed = o->kernel_missed;
         } else if (o->max_seq == r->max_seq) {
-            if (o->kernel_drops > r->kernel_drops)
-                r->kernel_drops = o->kernel_drops;
-            if (o->agent_drops > r->agent_drops)
-                r->agent_drops = o->agent_drops;
+            counters_max(r, o);
         }
     } else if (!r->max_seq) {
-        if (o->kernel_drops > r->kernel_drops)
-            r->kernel_drops = o->kernel_drops;
-        if (o->agent_drops > r->agent_drops)
-            r->agent_drops = o->agent_drops;
+        counters_max(r, o);
     }
     if (o->last_seen_ns >= r->last_seen_ns) {
         r->last_seen_ns = o->last_seen_ns;
@@ -306,6 +312,7 @@ void nodes_observe(struct nodes *t, const struct event_batch_meta *meta, size_t 
         .max_seq = meta->sequence,
         .kernel_drops = meta->kernel_drops,
         .agent_drops = meta->agent_drops,
+        .kernel_missed = meta->kernel_missed,
         .last_seen_ns = now_ns,
     };
     pthread_mutex_lock(&t->lock);
@@ -415,11 +422,13 @@ void nodes_to_json(struct nodes *t, struct buf *out)
             }
             buf_printf(out,
                        ",\"batches\":%llu,\"events\":%llu,\"min_seq\":%llu,\"max_seq\":%llu,"
-                       "\"kernel_drops\":%llu,\"agent_drops\":%llu,\"last_seen_ns\":%llu}",
+                       "\"kernel_drops\":%llu,\"agent_drops\":%llu,\"kernel_missed\":%llu,"
+                       "\"last_seen_ns\":%llu}",
                        (unsigned long long)sat(r->batches), (unsigned long long)sat(r->events),
                        (unsigned long long)sat(r->min_seq), (unsigned long long)sat(r->max_seq),
                        (unsigned long long)sat(r->kernel_drops),
                        (unsigned long long)sat(r->agent_drops),
+                       (unsigned long long)sat(r->kernel_missed),
                        (unsigned long long)sat(r->last_seen_ns));
         }
     }
@@ -491,6 +500,7 @@ int nodes_merge_value(struct nodes *t, struct json_t *root)
             !get_u64(o, "events", &r->events) || !get_u64(o, "min_seq", &r->min_seq) ||
             !get_u64(o, "max_seq", &r->max_seq) || !get_u64(o, "kernel_drops", &r->kernel_drops) ||
             !get_u64(o, "agent_drops", &r->agent_drops) ||
+            !get_u64(o, "kernel_missed", &r->kernel_missed) ||
             !get_u64(o, "last_seen_ns", &r->last_seen_ns) || r->min_seq > r->max_seq ||
             (!r->min_seq != !r->max_seq)) {
             rc = -EINVAL;
@@ -541,7 +551,8 @@ static int view_locked(struct nodes *t, struct buf *out, uint64_t now_ns, uint64
     if (out)
         buf_putc(out, '{');
     for (size_t i = 0; i < n;) {
-        uint64_t events = 0, batches = 0, lost = 0, adrops = 0, kdrops = 0, last = 0;
+        uint64_t events = 0, batches = 0, lost = 0, adrops = 0, kdrops = 0, kmissed = 0;
+        uint64_t last = 0;
         const char *pod = NULL, *pns = NULL;
         uint64_t pod_seen = 0;
         size_t j = i;
@@ -551,6 +562,7 @@ static int view_locked(struct nodes *t, struct buf *out, uint64_t now_ns, uint64
             lost = sat_add(lost, inst_lost(v[j]));
             adrops = sat_add(adrops, v[j]->agent_drops);
             kdrops = sat_add(kdrops, v[j]->kernel_drops);
+            kmissed = sat_add(kmissed, v[j]->kernel_missed);
             if (v[j]->last_seen_ns > last)
                 last = v[j]->last_seen_ns;
             if (v[j]->pod_name && (!pod || v[j]->last_seen_ns >= pod_seen)) {
@@ -566,6 +578,7 @@ static int view_locked(struct nodes *t, struct buf *out, uint64_t now_ns, uint64
         tot->lost_batches = sat_add(tot->lost_batches, lost);
         tot->agent_drops = sat_add(tot->agent_drops, adrops);
         tot->kernel_drops = sat_add(tot->kernel_drops, kdrops);
+        tot->kernel_missed = sat_add(tot->kernel_missed, kmissed);
         if (stale)
             tot->stale++;
         else
@@ -578,11 +591,12 @@ static int view_locked(struct nodes *t, struct buf *out, uint64_t now_ns, uint64
             buf_json_cstr(out, v[i]->node);
             buf_printf(out,
                        ":{\"events\":%llu,\"batches\":%llu,\"lost_batches\":%llu,"
-                       "\"agent_drops\":%llu,\"kernel_drops\":%llu,\"last_seen\":\"%s\","
-                       "\"status\":\"%s\",\"instances\":%zu",
+                       "\"agent_drops\":%llu,\"kernel_drops\":%llu,\"kernel_missed\":%llu,"
+                       "\"last_seen\":\"%s\",\"status\":\"%s\",\"instances\":%zu",
                        (unsigned long long)events, (unsigned long long)batches,
                        (unsigned long long)lost, (unsigned long long)adrops,
-                       (unsigned long long)kdrops, when, stale ? "stale" : "active", j - i);
+                       (unsigned long long)kdrops, (unsigned long long)kmissed, when,
+                       stale ? "stale" : "active", j - i);
             if (pod) {
                 buf_puts(out, ",\"agent_pod_name\":");
                 buf_json_cstr(out, pod);

@@ -46,13 +46,15 @@ int nodes_merge(struct nodes *dst, struct nodes *src);
 
 struct nodes_totals {
     uint64_t nodes, instances, batches, events, lost_batches, agent_drops, kernel_drops;
+    uint64_t kernel_missed;
     uint64_t instances_dropped; /* evicted because the table was full */
     uint64_t active, stale;     /* nodes by status (nodes_write_json() only) */
 };
 
 /*
  * Writes the merged view: {"<node>":{"events":..,"batches":..,"lost_batches":..,
- * "agent_drops":..,"kernel_drops":..,"last_seen":"RFC3339","status":"active|stale",
+ * "agent_drops":..,"kernel_drops":..,"kernel_missed":..,"last_seen":"RFC3339",
+ * "status":"active|stale",
  * "instances":n[,"agent_pod_name":..,"agent_pod_namespace":..]}, ...}, nodes
  * sorted by name; counters summed over the node's instances.
  * stale_after_ns decides status. totals (may be NULL) gets the same view's

@@ -90,7 +90,7 @@ struct publisher {
     uint64_t batches_dropped, events_dropped, encode_failed;
     uint64_t queue_batches, queue_bytes;
     uint64_t publish_errors;
-    uint64_t kernel_drops;
+    uint64_t kernel_drops, kernel_missed;
     uint64_t max_payload; /* learned from the server */
 };
 
@@ -287,9 +287,10 @@ uint64_t publisher_tick(struct publisher *p, uint64_t now)
     return due - now;
 }
 
-void publisher_set_kernel_drops(struct publisher *p, uint64_t drops)
+void publisher_set_kernel_losses(struct publisher *p, uint64_t drops, uint64_t missed)
 {
     __atomic_store_n(&p->kernel_drops, drops, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->kernel_missed, missed, __ATOMIC_RELAXED);
 }
 
 int publisher_flush(struct publisher *p, uint64_t timeout_ns)
@@ -325,12 +326,14 @@ static natsStatus set_header_u64(natsMsg *m, const char *key, uint64_t v)
 static natsStatus publish_batch(struct publisher *p, struct batch *b)
 {
     uint64_t kdrops = get(&p->kernel_drops), adrops = get(&p->events_dropped);
+    uint64_t kmissed = get(&p->kernel_missed);
     if (p->cfg.encoding == CONFIG_ENCODING_PROTOBUF) {
         struct event_batch_meta meta = {
             .node = p->node,
             .agent_instance = p->instance,
             .sequence = b->sequence,
             .kernel_drops = kdrops,
+            .kernel_missed = kmissed,
             .agent_drops = adrops,
             .sent_at_ns = clock_realtime_ns(),
             .pod_name = p->pod_name,
@@ -357,6 +360,8 @@ static natsStatus publish_batch(struct publisher *p, struct batch *b)
         s = set_header_u64(m, BUS_HDR_KERNEL_DROPS, kdrops);
     if (s == NATS_OK)
         s = set_header_u64(m, BUS_HDR_AGENT_DROPS, adrops);
+    if (s == NATS_OK)
+        s = set_header_u64(m, BUS_HDR_KERNEL_MISSED, kmissed);
     if (s == NATS_OK)
         s = natsConnection_PublishMsg(bus_conn(p->bus), m);
     natsMsg_Destroy(m);
@@ -597,6 +602,7 @@ void publisher_get_stats(struct publisher *p, struct publisher_stats *out)
     out->publish_errors = get(&p->publish_errors);
     out->sequence = __atomic_load_n(&p->sequence, __ATOMIC_RELAXED);
     out->kernel_drops = get(&p->kernel_drops);
+    out->kernel_missed = get(&p->kernel_missed);
     bus_get_status(p->bus, &out->bus);
 }
 

@@ -5,7 +5,7 @@
  * thread named "publisher" sends to NATS while connected.
  *
  * Threads: publisher_add(), publisher_tick(), publisher_flush(),
- * publisher_set_kernel_drops() and publisher_free() belong to one thread (the
+ * publisher_set_kernel_losses() and publisher_free() belong to one thread (the
  * capture loop); they never wait for the network, except flush and free,
  * which wait a bounded time on purpose. publisher_get_stats() may be called
  * from any thread.
@@ -49,7 +49,7 @@ struct publisher_stats {
     uint64_t queue_bytes;
     uint64_t publish_errors;
     uint64_t sequence; /* last sequence number given to a batch */
-    uint64_t kernel_drops;
+    uint64_t kernel_drops, kernel_missed;
     struct bus_status bus;
 };
 
@@ -91,8 +91,11 @@ uint64_t publisher_tick(struct publisher *p, uint64_t now);
  */
 int publisher_flush(struct publisher *p, uint64_t timeout_ns);
 
-/* The cumulative kernel-side losses carried in the following batches. */
-void publisher_set_kernel_drops(struct publisher *p, uint64_t drops);
+/*
+ * The cumulative kernel-side losses carried in the following batches: events
+ * the ring buffer dropped, and program runs the kernel skipped.
+ */
+void publisher_set_kernel_losses(struct publisher *p, uint64_t drops, uint64_t missed);
 
 void publisher_get_stats(struct publisher *p, struct publisher_stats *out);
 

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <nats/nats.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -36,7 +37,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bus.h"
 #include "clock.h"
+#include "event_pb.h"
 #include "net_events.h"
 #include "testutil.h"
 
@@ -155,17 +158,36 @@ TestSuite(lifecycle_only, .init = setup_close_only, .fini = net_teardown, .timeo
 /*
  * Loaded: the connection events of a few seconds of connect/accept/close at
  * full speed stay in the history; the router answers every SYN to an
- * unreachable network at once (no ICMPv6 rate limit).
+ * unreachable network at once (no ICMPv6 rate limit). The agent publishes to
+ * a real nats-server, whose batches the test reads.
  */
+static pid_t loaded_nats;
+static char loaded_nats_url[64];
+
 static void setup_loaded(void)
 {
     net_setup();
     cr_assert_eq(shf(NULL, "ip netns exec %s sysctl -qw net.ipv6.icmp.ratelimit=0", ns_router), 0);
-    const char *const args[] = {"--history-size", "3000000", NULL};
+    int port = tu_free_port();
+    char log[80];
+    snprintf(log, sizeof(log), "/tmp/lifecycle-nats-%d.log", getpid());
+    loaded_nats = tu_nats_start(port, NULL, log);
+    cr_assert(loaded_nats > 0, "nats-server did not start (%s)", log);
+    snprintf(loaded_nats_url, sizeof(loaded_nats_url), "nats://127.0.0.1:%d", port);
+    const char *const args[] = {"--history-size",   "3000000", "--nats-url", loaded_nats_url,
+                                "--flush-interval", "100ms",   NULL};
     tu_agent_start(&agent, "lifecycle-node", args);
 }
 
-TestSuite(lifecycle_loaded, .init = setup_loaded, .fini = net_teardown, .timeout = 60);
+static void teardown_loaded(void)
+{
+    net_teardown();
+    if (loaded_nats > 0)
+        tu_stop(loaded_nats, 5000);
+    loaded_nats = 0;
+}
+
+TestSuite(lifecycle_loaded, .init = setup_loaded, .fini = teardown_loaded, .timeout = 60);
 
 /* ---- The two sides of a connection: forked children that report over a pipe ---- */
 
@@ -1138,6 +1160,78 @@ static void *attempt_unreachable(void *arg)
  * so their failures fall in many timer ticks, while two threads keep the state
  * program busy in process context: every one of them has its failed event.
  */
+/*
+ * The agent's total of skipped runs in /api/stats, checked against its
+ * programs' sum and its node's entry in the same answer.
+ */
+static uint64_t stats_kernel_missed(void)
+{
+    int status;
+    json_t *st = tu_get_json(agent.port, "/api/stats", &status);
+    cr_assert_eq(status, 200);
+    long long sum = 0;
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(st, "programs"), i, p)
+    {
+        sum += tu_jint(p, "missed");
+    }
+    long long total = tu_jint(st, "kernel_missed");
+    json_t *node = json_object_get(json_object_get(st, "nodes"), "lifecycle-node");
+    cr_assert_eq(total, sum, "kernel_missed %lld, the programs' missed add up to %lld", total, sum);
+    cr_assert_eq(tu_jint(node, "kernel_missed"), total, "the node's kernel_missed");
+    json_decref(st);
+    return (uint64_t)total;
+}
+
+/*
+ * The batches on the bus carry the agent's total of skipped runs, in the
+ * Ebpf-Kernel-Missed header and in the protobuf metadata, as the aggregator
+ * reads them. Each round makes an event (the shell's exec) for a new batch.
+ */
+static void check_batches_carry_missed(void)
+{
+    natsConnection *nc = NULL;
+    natsSubscription *sub = NULL;
+    cr_assert_eq(natsConnection_ConnectTo(&nc, loaded_nats_url), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, "ebpf.events.>"), NATS_OK);
+    cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
+    uint64_t deadline = tu_mono_ms() + WAIT_MS, want = 0, header = UINT64_MAX, carried = UINT64_MAX;
+    while (tu_mono_ms() < deadline) {
+        want = stats_kernel_missed();
+        cr_assert_eq(tu_run("true", NULL), 0);
+        natsMsg *m = NULL;
+        if (natsSubscription_NextMsg(&m, sub, 1000) != NATS_OK)
+            continue;
+        const char *h = NULL;
+        header = natsMsgHeader_Get(m, BUS_HDR_KERNEL_MISSED, &h) == NATS_OK && h
+                     ? strtoull(h, NULL, 10)
+                     : UINT64_MAX;
+        struct event_batch_meta meta;
+        struct event *evs = NULL;
+        size_t n = 0;
+        char err[256];
+        cr_assert_eq(event_batch_decode((const uint8_t *)natsMsg_GetData(m),
+                                        (size_t)natsMsg_GetDataLength(m), &meta, &evs, &n, err,
+                                        sizeof(err)),
+                     0, "a batch from the agent: %s", err);
+        carried = meta.kernel_missed;
+        for (size_t i = 0; i < n; i++)
+            event_clear(&evs[i]);
+        free(evs);
+        natsMsg_Destroy(m);
+        if (header == want && carried == want)
+            break;
+    }
+    natsSubscription_Destroy(sub);
+    natsConnection_Destroy(nc);
+    cr_log_info("batches carry kernel_missed %" PRIu64, want);
+    cr_expect_eq(header, want, "%s header %" PRIu64 ", the agent's kernel_missed %" PRIu64,
+                 BUS_HDR_KERNEL_MISSED, header, want);
+    cr_expect_eq(carried, want, "batch kernel_missed %" PRIu64 ", the agent's %" PRIu64, carried,
+                 want);
+}
+
 Test(lifecycle_loaded, every_failed_connect_is_reported_under_load)
 {
     struct churn c = {.addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)}};
@@ -1218,4 +1312,6 @@ Test(lifecycle_loaded, every_failed_connect_is_reported_under_load)
         metric(m.body, "ebpf_agent_program_missed_total{program=\"tp_btf__inet_sock_set_state\"}"),
         missed);
     tu_http_free(&m);
+    cr_expect_geq(stats_kernel_missed(), (uint64_t)missed);
+    check_batches_carry_missed();
 }

@@ -197,8 +197,12 @@ static void publish_raw(const char *subject, const char *content_type, const voi
 static void publish_batch(const char *node, const char *instance, uint64_t seq, struct event *ev,
                           size_t n)
 {
-    struct event_batch_meta meta = {
-        .node = node, .agent_instance = instance, .sequence = seq, .sent_at_ns = tu_now_ns()};
+    /* Cumulative, as an agent counts: the newest batch's figure is the instance's. */
+    struct event_batch_meta meta = {.node = node,
+                                    .agent_instance = instance,
+                                    .sequence = seq,
+                                    .kernel_missed = 3 * seq,
+                                    .sent_at_ns = tu_now_ns()};
     char subject[256];
     struct buf b;
 
@@ -361,6 +365,12 @@ Test(aggregator_cluster, nodes_and_sequence_gaps_are_seen_from_either_replica)
         check(jint(json_object_get(nodes, NODE_A), "lost_batches") == 0, "A lost nothing");
         check(jint(json_object_get(nodes, NODE_A), "events") == EVENTS_A, "A events");
         check(jint(json_object_get(nodes, NODE_B), "batches") == 9, "B batches");
+        check(jint(json_object_get(nodes, NODE_A), "kernel_missed") == 30 &&
+                  jint(json_object_get(nodes, NODE_B), "kernel_missed") == 30,
+              "replica %d: runs skipped A %lld, B %lld (the newest batch's, 30)", r,
+              jint(json_object_get(nodes, NODE_A), "kernel_missed"),
+              jint(json_object_get(nodes, NODE_B), "kernel_missed"));
+        check(jint(j, "kernel_missed") == 60, "total runs skipped %lld", jint(j, "kernel_missed"));
         check(jint(j, "lost_batches") == 1, "total lost batches");
         check(jint(j, "events_by_type.exit") == EVENTS_TOTAL, "events by type");
         check(jint(j, "replicas.answered") == 2, "answered");
@@ -371,6 +381,8 @@ Test(aggregator_cluster, nodes_and_sequence_gaps_are_seen_from_either_replica)
     check(tu_http_get(agg_port[0], "/metrics", NULL, &m) == 0 && m.status == 200, "/metrics");
     check(strstr(m.body, "ebpf_aggregator_node_lost_batches{node=\"" NODE_B "\"} 1\n") != NULL,
           "per-node lost batches in /metrics:\n%s", m.body);
+    check(strstr(m.body, "ebpf_aggregator_node_kernel_missed{node=\"" NODE_B "\"} 30\n") != NULL,
+          "per-node runs skipped in /metrics:\n%s", m.body);
     check(strstr(m.body, "ebpf_aggregator_replicas_expected 2\n") != NULL, "replicas in /metrics");
     tu_http_free(&m);
 }

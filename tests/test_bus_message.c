@@ -170,6 +170,8 @@ Test(bus_message, json_batch_takes_metadata_from_headers)
                           "5",
                           BUS_HDR_AGENT_DROPS,
                           "6",
+                          BUS_HDR_KERNEL_MISSED,
+                          "8",
                           NULL};
     struct bus_batch b;
     char err[256];
@@ -180,6 +182,7 @@ Test(bus_message, json_batch_takes_metadata_from_headers)
     cr_assert_eq(b.meta.sequence, 42);
     cr_assert_eq(b.meta.kernel_drops, 5);
     cr_assert_eq(b.meta.agent_drops, 6);
+    cr_assert_eq(b.meta.kernel_missed, 8);
     for (size_t i = 0; i < b.n; i++) {
         cr_assert_str_eq(b.events[i].node, NODE);
         cr_assert_eq(b.events[i].id, i + 1);
@@ -437,6 +440,7 @@ Test(bus_message, json_metadata_headers_are_required)
         {{JSON_HEADERS(NODE, INST, "abc"), NULL}, BUS_HDR_SEQUENCE},
         {{JSON_HEADERS(NODE, INST, "0"), NULL}, BUS_HDR_SEQUENCE},
         {{JSON_HEADERS(NODE, INST, "1"), BUS_HDR_AGENT_DROPS, "-1", NULL}, BUS_HDR_AGENT_DROPS},
+        {{JSON_HEADERS(NODE, INST, "1"), BUS_HDR_KERNEL_MISSED, "x", NULL}, BUS_HDR_KERNEL_MISSED},
         {{JSON_HEADERS(NODE, INST, "1"), BUS_HDR_EVENTS, "5", NULL}, BUS_HDR_EVENTS},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

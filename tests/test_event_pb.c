@@ -199,6 +199,7 @@ static struct event_batch_meta test_meta(void)
         .sequence = 42,
         .kernel_drops = 3,
         .agent_drops = 4,
+        .kernel_missed = 5,
         .sent_at_ns = 1795698267000000000ull,
         .pod_name = "ebpf-monitor-x7k2p",
         .pod_namespace = "ebpf-system",
@@ -231,6 +232,7 @@ Test(event_pb, batch_round_trip_all_types)
     cr_assert_eq(back_meta.sequence, 42);
     cr_assert_eq(back_meta.kernel_drops, 3);
     cr_assert_eq(back_meta.agent_drops, 4);
+    cr_assert_eq(back_meta.kernel_missed, 5);
     cr_assert_eq(back_meta.sent_at_ns, 1795698267000000000ull);
     cr_assert_eq(back_meta.pod_name, intern("ebpf-monitor-x7k2p"));
     cr_assert_eq(back_meta.pod_namespace, intern("ebpf-system"));
@@ -916,8 +918,11 @@ Test(event_pb, encoder_writes_what_protobuf_c_writes)
     }
 
     /* Metadata: protobuf-c's packing of an EventBatch without events. */
-    struct event_batch_meta metas[] = {
-        test_meta(), {.sequence = 1}, {.node = "n", .agent_drops = ~0ull, .sent_at_ns = 1}, {0}};
+    struct event_batch_meta metas[] = {test_meta(),
+                                       {.sequence = 1},
+                                       {.node = "n", .agent_drops = ~0ull, .sent_at_ns = 1},
+                                       {.kernel_missed = ~0ull},
+                                       {0}};
     for (size_t i = 0; i < sizeof(metas) / sizeof(metas[0]); i++) {
         buf_reset(&mine);
         buf_reset(&ref);
@@ -972,7 +977,9 @@ Test(event_pb, both_decoders_agree_and_round_trip)
         cr_assert_eq(ng, n);
         cr_assert(mf.node == mg.node && mf.agent_instance == mg.agent_instance &&
                   mf.sequence == mg.sequence && mf.pod_name == mg.pod_name &&
-                  mf.pod_namespace == mg.pod_namespace && mf.sent_at_ns == mg.sent_at_ns);
+                  mf.pod_namespace == mg.pod_namespace && mf.sent_at_ns == mg.sent_at_ns &&
+                  mf.kernel_drops == mg.kernel_drops && mf.agent_drops == mg.agent_drops &&
+                  mf.kernel_missed == mg.kernel_missed && mf.kernel_missed == 5);
         for (size_t i = 0; i < n; i++) {
             assert_identical(&fast[i], &gen[i], "fast vs generic");
             assert_identical(&ev[i], &fast[i], with_pods ? "round trip (pods)" : "round trip");

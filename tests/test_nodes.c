@@ -15,6 +15,7 @@
 #define SEC 1000000000ull
 #define T0  (1795698266ull * SEC) /* 2026-11-26T13:04:26Z */
 
+/* A batch's metadata; its kernel_missed is twice its kernel_drops. */
 static void observe(struct nodes *t, const char *node, const char *inst, uint64_t seq,
                     uint64_t kdrops, uint64_t adrops, size_t events, uint64_t now)
 {
@@ -22,7 +23,8 @@ static void observe(struct nodes *t, const char *node, const char *inst, uint64_
                                  .agent_instance = inst,
                                  .sequence = seq,
                                  .kernel_drops = kdrops,
-                                 .agent_drops = adrops};
+                                 .agent_drops = adrops,
+                                 .kernel_missed = 2 * kdrops};
     nodes_observe(t, &m, events, now);
 }
 
@@ -140,6 +142,7 @@ Test(nodes, restart_is_a_new_instance_not_a_gap)
     /* Cumulative per instance, so the node's drops are the sum over instances. */
     cr_assert_eq(num(n1, "kernel_drops"), 9);
     cr_assert_eq(num(n1, "agent_drops"), 1);
+    cr_assert_eq(num(n1, "kernel_missed"), 18);
     json_decref(j);
     nodes_free(t);
 }
@@ -155,6 +158,7 @@ Test(nodes, drops_come_from_the_newest_batch)
     nodes_get_totals(r1, &tot);
     cr_assert_eq(tot.kernel_drops, 30);
     cr_assert_eq(tot.agent_drops, 300);
+    cr_assert_eq(tot.kernel_missed, 60);
 
     struct nodes *m = nodes_new(16);
     exchange(m, r2); /* the older batch's counters first */
@@ -162,6 +166,7 @@ Test(nodes, drops_come_from_the_newest_batch)
     nodes_get_totals(m, &tot);
     cr_assert_eq(tot.kernel_drops, 30);
     cr_assert_eq(tot.agent_drops, 300);
+    cr_assert_eq(tot.kernel_missed, 60);
     cr_assert_eq(tot.lost_batches, 0);
     nodes_free(r1);
     nodes_free(r2);
@@ -315,6 +320,7 @@ Test(nodes, json_round_trip_keeps_every_field)
     cr_assert_eq(num(q, "lost_batches"), 4); /* 5..8 */
     cr_assert_eq(num(q, "kernel_drops"), 3);
     cr_assert_eq(num(q, "agent_drops"), 4);
+    cr_assert_eq(num(q, "kernel_missed"), 6);
     json_decref(j);
 
     struct nodes_totals a, c;
@@ -341,6 +347,7 @@ Test(nodes, bad_exchange_json_changes_nothing)
         "{\"instances\":[{\"node\":\"n2\",\"batches\":1}]}",
         "{\"instances\":[{\"node\":\"n2\",\"instance\":\"x\",\"batches\":-1}]}",
         "{\"instances\":[{\"node\":\"n2\",\"instance\":\"x\",\"min_seq\":5,\"max_seq\":2}]}",
+        "{\"instances\":[{\"node\":\"n2\",\"instance\":\"x\",\"kernel_missed\":\"3\"}]}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         cr_assert_eq(nodes_merge_json(t, bad[i], strlen(bad[i])), -EINVAL, "case %zu", i);

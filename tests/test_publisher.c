@@ -212,7 +212,7 @@ static natsMsg *next_msg(struct fixture *f, int64_t timeout_ms)
 
 /* Checks a protobuf batch: headers agree with the payload, events are first..first+n. */
 static void check_pb_batch(struct publisher *p, natsMsg *m, uint64_t seq, unsigned first,
-                           unsigned n, uint64_t kernel_drops)
+                           unsigned n, uint64_t kernel_drops, uint64_t kernel_missed)
 {
     cr_assert_str_eq(natsMsg_GetSubject(m), SUBJECT);
     cr_assert_str_eq(header(m, BUS_HDR_CONTENT_TYPE), BUS_CONTENT_TYPE_PROTOBUF);
@@ -221,6 +221,7 @@ static void check_pb_batch(struct publisher *p, natsMsg *m, uint64_t seq, unsign
     cr_assert_eq(header_u64(m, BUS_HDR_SEQUENCE), seq);
     cr_assert_eq(header_u64(m, BUS_HDR_EVENTS), n);
     cr_assert_eq(header_u64(m, BUS_HDR_KERNEL_DROPS), kernel_drops);
+    cr_assert_eq(header_u64(m, BUS_HDR_KERNEL_MISSED), kernel_missed);
     cr_assert_eq(header_u64(m, BUS_HDR_AGENT_DROPS), 0);
 
     struct event_batch_meta meta;
@@ -235,6 +236,7 @@ static void check_pb_batch(struct publisher *p, natsMsg *m, uint64_t seq, unsign
     cr_assert_str_eq(meta.agent_instance, publisher_instance(p));
     cr_assert_eq(meta.sequence, seq);
     cr_assert_eq(meta.kernel_drops, kernel_drops);
+    cr_assert_eq(meta.kernel_missed, kernel_missed);
     cr_assert_eq(meta.agent_drops, 0);
     cr_assert_gt(meta.sent_at_ns, 1700000000ull * 1000000000ull);
     cr_assert_null(meta.pod_name);
@@ -268,6 +270,7 @@ Test(publisher, incremental_encoding_decodes_like_a_whole_batch)
                                     .sequence = 9,
                                     .kernel_drops = 1,
                                     .agent_drops = 2,
+                                    .kernel_missed = 4,
                                     .sent_at_ns = 3,
                                     .pod_name = "agent-x",
                                     .pod_namespace = "ebpf-system"};
@@ -284,6 +287,7 @@ Test(publisher, incremental_encoding_decodes_like_a_whole_batch)
     cr_assert_eq(got.sequence, 9);
     cr_assert_eq(got.kernel_drops, 1);
     cr_assert_eq(got.agent_drops, 2);
+    cr_assert_eq(got.kernel_missed, 4);
     cr_assert_eq(got.sent_at_ns, 3);
     cr_assert_str_eq(got.pod_name, "agent-x");
     cr_assert_str_eq(got.pod_namespace, "ebpf-system");
@@ -304,7 +308,7 @@ Test(publisher, batch_size_and_flush_interval_govern_messages)
     const uint64_t flush = 300 * MS;
     struct fixture f;
     fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 10, flush, 1 << 20, false);
-    publisher_set_kernel_drops(f.pub, 7);
+    publisher_set_kernel_losses(f.pub, 7, 4);
 
     /* 20 events: two full batches, sent at the tick that follows (as the capture loop ticks
      * after each drain of the ring), not waiting for the flush interval. */
@@ -313,7 +317,7 @@ Test(publisher, batch_size_and_flush_interval_govern_messages)
     for (unsigned k = 0; k < 2; k++) {
         natsMsg *m = next_msg(&f, WAIT_MS);
         cr_assert_not_null(m, "full batch %u not received", k + 1);
-        check_pb_batch(f.pub, m, k + 1, k * 10, 10, 7);
+        check_pb_batch(f.pub, m, k + 1, k * 10, 10, 7, 4);
         natsMsg_Destroy(m);
     }
 
@@ -337,7 +341,7 @@ Test(publisher, batch_size_and_flush_interval_govern_messages)
     cr_assert_not_null(m, "the partial batch never went out");
     cr_assert_geq(received - opened_after, flush, "sent %llu ms after its first event",
                   (unsigned long long)((received - opened_after) / MS));
-    check_pb_batch(f.pub, m, 3, 20, 5, 7);
+    check_pb_batch(f.pub, m, 3, 20, 5, 7, 4);
     natsMsg_Destroy(m);
 
     struct publisher_stats st;

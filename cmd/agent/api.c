@@ -78,15 +78,19 @@ static const char *program_status_name(enum capture_program_status s)
     }
 }
 
-/* Appends the programs array; sums kernel-side losses into *kernel_drops, *suppressed. */
-static void write_programs(struct agent *a, struct buf *b, uint64_t *kernel_drops,
-                           uint64_t *suppressed)
+/* Kernel-side losses summed over the programs. */
+struct kernel_losses {
+    uint64_t drops, suppressed, missed;
+};
+
+/* Appends the programs array; sums their kernel-side losses into *sum. */
+static void write_programs(struct agent *a, struct buf *b, struct kernel_losses *sum)
 {
     struct capture_program_info progs[MAX_PROGRAMS];
     size_t n = capture_programs(a->capture, progs, MAX_PROGRAMS);
     if (n > MAX_PROGRAMS)
         n = MAX_PROGRAMS;
-    *kernel_drops = *suppressed = 0;
+    *sum = (struct kernel_losses){0};
     buf_putc(b, '[');
     for (size_t i = 0; i < n; i++) {
         const struct capture_program_info *p = &progs[i];
@@ -108,8 +112,9 @@ static void write_programs(struct agent *a, struct buf *b, uint64_t *kernel_drop
                    ",\"events\":%" PRIu64 ",\"drops\":%" PRIu64 ",\"suppressed\":%" PRIu64
                    ",\"untracked\":%" PRIu64 ",\"missed\":%" PRIu64 "}",
                    p->events, p->drops, p->suppressed, p->untracked, p->missed);
-        *kernel_drops += p->drops;
-        *suppressed += p->suppressed;
+        sum->drops += p->drops;
+        sum->suppressed += p->suppressed;
+        sum->missed += p->missed;
     }
     buf_putc(b, ']');
 }
@@ -120,9 +125,9 @@ static void handle_programs(void *ctx, const struct http_request *req, struct ht
         http_response_error(res, 400, "/api/programs takes no parameters");
         return;
     }
-    uint64_t drops, suppressed;
+    struct kernel_losses unused;
     buf_puts(&res->body, "{\"programs\":");
-    write_programs(ctx, &res->body, &drops, &suppressed);
+    write_programs(ctx, &res->body, &unused);
     buf_putc(&res->body, '}');
 }
 
@@ -198,7 +203,7 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
     struct store_stats ss;
     struct http_server_stats hs;
     struct publisher_stats ps;
-    uint64_t kernel_drops, suppressed;
+    struct kernel_losses kl;
     if (req->query_len > 0) {
         http_response_error(res, 400, "/api/stats takes no parameters");
         return;
@@ -226,13 +231,14 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
         buf_printf(b, "%s\"%s\":%" PRIu64, t > 1 ? "," : "", event_type_name(t),
                    load(&a->events_by_type[t]));
     buf_puts(b, "},\"programs\":");
-    write_programs(a, b, &kernel_drops, &suppressed);
+    write_programs(a, b, &kl);
     struct capture_record_losses rl;
     capture_record_losses(a->capture, &rl);
     buf_printf(b,
-               ",\"kernel_drops\":%" PRIu64 ",\"drops_suppressed\":%" PRIu64
-               ",\"records_skipped\":{\"malformed\":%" PRIu64 ",\"no_memory\":%" PRIu64 "},",
-               kernel_drops, suppressed, rl.malformed, rl.no_memory);
+               ",\"kernel_drops\":%" PRIu64 ",\"kernel_missed\":%" PRIu64
+               ",\"drops_suppressed\":%" PRIu64 ",\"records_skipped\":{\"malformed\":%" PRIu64
+               ",\"no_memory\":%" PRIu64 "},",
+               kl.drops, kl.missed, kl.suppressed, rl.malformed, rl.no_memory);
     struct capture_sockets_stats sk;
     capture_sockets_stats(a->capture, &sk);
     buf_printf(b,
@@ -259,8 +265,9 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
     buf_json_cstr(b, a->node);
     buf_printf(b,
                ":{\"events\":%" PRIu64 ",\"batches\":%" PRIu64 ",\"lost_batches\":%" PRIu64
-               ",\"kernel_drops\":%" PRIu64 ",\"agent_drops\":%" PRIu64,
-               load(&a->events_total), ps.batches_sent, ps.batches_dropped, kernel_drops,
+               ",\"kernel_drops\":%" PRIu64 ",\"kernel_missed\":%" PRIu64
+               ",\"agent_drops\":%" PRIu64,
+               load(&a->events_total), ps.batches_sent, ps.batches_dropped, kl.drops, kl.missed,
                ps.events_dropped);
     /* The newest event held: when this node was last heard from. */
     if (ss.newest_ns) {

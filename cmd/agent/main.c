@@ -74,15 +74,20 @@ static void on_dns_message(void *ctx, const struct records_dns *m)
     dns_agent_message(a->dns, m);
 }
 
-/* Ring-buffer losses summed over the programs: the kernel_drops every batch carries. */
-static uint64_t kernel_drops(struct agent *a)
+/*
+ * Ring-buffer losses and skipped runs summed over the programs: the
+ * kernel_drops and kernel_missed every batch carries.
+ */
+static void publish_kernel_losses(struct agent *a)
 {
     struct capture_program_info progs[MAX_PROGRAMS];
     size_t n = capture_programs(a->capture, progs, MAX_PROGRAMS);
-    uint64_t sum = 0;
-    for (size_t i = 0; i < n && i < MAX_PROGRAMS; i++)
-        sum += progs[i].drops;
-    return sum;
+    uint64_t drops = 0, missed = 0;
+    for (size_t i = 0; i < n && i < MAX_PROGRAMS; i++) {
+        drops += progs[i].drops;
+        missed += progs[i].missed;
+    }
+    publisher_set_kernel_losses(a->pub, drops, missed);
 }
 
 /* Pod attribution: cgroup id -> pod UID/container id, plus names from the API server. */
@@ -261,7 +266,7 @@ int main(int argc, char **argv)
         }
         uint64_t now = clock_monotonic_ns();
         if (now - last_drops >= KERNEL_DROPS_EVERY) {
-            publisher_set_kernel_drops(a.pub, kernel_drops(&a));
+            publish_kernel_losses(&a);
             last_drops = now;
         }
         /* Wake up in time for the open batch's flush deadline. */
@@ -292,7 +297,7 @@ out:
     if (a.http)
         http_server_free(a.http);
     if (a.pub) {
-        publisher_set_kernel_drops(a.pub, kernel_drops(&a));
+        publish_kernel_losses(&a);
         publisher_free(a.pub);
     }
     if (a.bus)

@@ -504,6 +504,7 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     api_json_set_u64(root, "lost_batches", v.nt.lost_batches);
     api_json_set_u64(root, "agent_drops", v.nt.agent_drops);
     api_json_set_u64(root, "kernel_drops", v.nt.kernel_drops);
+    api_json_set_u64(root, "kernel_missed", v.nt.kernel_missed);
     api_json_set_u64(root, "node_count", v.nt.nodes);
     api_json_set_u64(root, "instances", v.nt.instances);
     api_json_set_u64(root, "instances_dropped", v.nt.instances_dropped);
@@ -692,6 +693,9 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
         node_metric(b, "ebpf_aggregator_node_kernel_drops",
                     "Events lost in each node's kernel ring buffer (as last reported).", v.nodes,
                     "kernel_drops");
+        node_metric(b, "ebpf_aggregator_node_kernel_missed",
+                    "eBPF program runs each node's kernel skipped (as last reported).", v.nodes,
+                    "kernel_missed");
         api_metric_header(b, "ebpf_aggregator_node_active", "gauge",
                           "1 while the node reported within STALE_AFTER.");
         const char *node;

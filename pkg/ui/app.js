@@ -591,7 +591,8 @@ async function refreshNodes() {
   }
   const cards = $('#loss');
   const stream = s.stream.dropped + (s.stream.publish_dropped || 0);
-  const list = [card('events', s.total_events), card('kernel drops', s.kernel_drops, s.kernel_drops > 0, 'kernel-drops')];
+  const list = [card('events', s.total_events), card('kernel drops', s.kernel_drops, s.kernel_drops > 0, 'kernel-drops'),
+    card('runs the kernel skipped', s.kernel_missed, s.kernel_missed > 0, 'kernel-missed')];
   if (serverKind === 'aggregator') {
     list.push(card('agent drops', s.agent_drops, s.agent_drops > 0, 'agent-drops'),
       card('lost batches', s.lost_batches, s.lost_batches > 0, 'lost-batches'),
@@ -627,11 +628,11 @@ async function refreshNodes() {
     const prev = prevEvents.get(name);
     const rate = prev && now > prev[1] ? ((n.events - prev[0]) * 1000 / (now - prev[1])).toFixed(1) : '…';
     prevEvents.set(name, [n.events, now]);
-    const tr = row([name, n.status || 'active', n.events, rate, n.kernel_drops ?? '', n.agent_drops ?? '',
-      n.lost_batches ?? '', n.batches ?? '', n.instances ?? '', shortTime(n.last_seen)], 2);
+    const tr = row([name, n.status || 'active', n.events, rate, n.kernel_drops ?? '', n.kernel_missed ?? '',
+      n.agent_drops ?? '', n.lost_batches ?? '', n.batches ?? '', n.instances ?? '', shortTime(n.last_seen)], 2);
     tr.dataset.node = name;
     tr.children[1].className = 'status-' + (n.status || 'active');
-    [4, 5, 6].forEach((i) => { if (Number(tr.children[i].textContent) > 0) tr.children[i].classList.add('bad'); });
+    [4, 5, 6, 7].forEach((i) => { if (Number(tr.children[i].textContent) > 0) tr.children[i].classList.add('bad'); });
     tbody.appendChild(tr);
   });
   if (Object.keys(nodes).length === 0)

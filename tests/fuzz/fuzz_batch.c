@@ -42,8 +42,8 @@ static bool meta_equal(const struct event_batch_meta *a, const struct event_batc
     return a->node == b->node && a->agent_instance == b->agent_instance &&
            a->pod_name == b->pod_name && a->pod_namespace == b->pod_namespace &&
            a->sequence == b->sequence && a->kernel_drops == b->kernel_drops &&
-           a->agent_drops == b->agent_drops && a->sent_at_ns == b->sent_at_ns &&
-           a->rejected_events == b->rejected_events;
+           a->agent_drops == b->agent_drops && a->kernel_missed == b->kernel_missed &&
+           a->sent_at_ns == b->sent_at_ns && a->rejected_events == b->rejected_events;
 }
 
 /* Where the aggregator sends a decoded event: JSON, the SSE copy, the store. */

@@ -496,7 +496,7 @@ const bannerText = (p) => p.$eval('#banner', (b) => (b.hidden ? '' : b.textConte
 // The aggregator's record of this node (/api/nodes).
 const aggNode = async () => (await (await fetch(AGG + '/api/nodes', { headers: { authorization: 'Bearer ' + TOKEN } })).json()).nodes[nodeName];
 // The node's row in the aggregator's Nodes table: its columns by name.
-const NODE_COLS = { events: 2, kernel_drops: 4, agent_drops: 5, lost_batches: 6 };
+const NODE_COLS = { events: 2, kernel_drops: 4, kernel_missed: 5, agent_drops: 6, lost_batches: 7 };
 
 await step('Nodes: the agent\'s outage buffer fills while NATS is down, overflows (loss counted), and the aggregator shows the loss', async () => {
   const aggBefore = await aggNode();
@@ -560,6 +560,9 @@ await step('Nodes: the agent\'s outage buffer fills while NATS is down, overflow
   assert(aggAfter.agent_drops === agentBus.agent_drops && aggAfter.lost_batches >= agentBus.batches_dropped &&
     aggAfter.lost_batches > aggBefore.lost_batches, 'the aggregator: ' + JSON.stringify(aggAfter) + ', the agent: ' + JSON.stringify(agentBus));
   assert(Number(cells[NODE_COLS.lost_batches]) <= aggAfter.lost_batches, 'the row shows more than /api/nodes: ' + cells.join(' | '));
+  // The skipped runs the agent reported (cumulative, so the row can only trail /api/nodes).
+  assert(Number.isInteger(aggAfter.kernel_missed) && cells[NODE_COLS.kernel_missed] !== '' &&
+    Number(cells[NODE_COLS.kernel_missed]) <= aggAfter.kernel_missed, 'missed runs: ' + cells.join(' | ') + ' vs ' + JSON.stringify(aggAfter));
   for (const k of ['agent-drops', 'lost-batches'])
     assert(await counter(page, k) > 0 && await page.$eval('#loss [data-counter="' + k + '"]', (c) => c.classList.contains('bad')), k + ' card: ' + await counter(page, k));
   console.log('  the aggregator: node ' + nodeName + ' before ' + JSON.stringify({ agent_drops: aggBefore.agent_drops, lost_batches: aggBefore.lost_batches }) +
