@@ -43,6 +43,28 @@ for tool in jq curl python3; do
   command -v "$tool" >/dev/null || { echo "bench: $tool not installed (make deps)" >&2; exit 1; }
 done
 
+# The machine's state every figure depends on, checked before any part runs.
+# BPF run-time statistics add two clock reads to every program run: the parts
+# turn them on only around their ns-per-run measurements, so they start off
+# here (and go back to what they were at the end).
+stats_before=$(sysctl -n kernel.bpf_stats_enabled)
+sysctl -q -w kernel.bpf_stats_enabled=0
+trap 'sysctl -q -w kernel.bpf_stats_enabled="$stats_before"' EXIT
+# Programs on the hooks the loads go through, loaded before the run (an agent
+# or a bpftrace left running): they would run in every loop, the ones without
+# a tracer included, so the run is not valid.
+BENCH=bench
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+foreign=$({
+  bpftool prog show -j 2>/dev/null |
+    jq -r '.[] | select(.type == "tracing" or .type == "raw_tracepoint" or .type == "tracepoint"
+      or .type == "kprobe" or .type == "perf_event") | "\(.name // "?") (\(.type))"'
+  root=$(cgroup2_root 2>/dev/null) &&
+    bpftool cgroup show "$root" -j 2>/dev/null | jq -r '.[] | "\(.name // "?") (\(.attach_type) on the cgroup v2 root)"'
+} | sort -u | paste -sd, - | sed 's/,/, /g')
+[ -z "$foreign" ] || echo "bench: warning: eBPF programs already loaded: $foreign (the run will be marked invalid)" >&2
+
 OUT=build/bench
 mkdir -p "$OUT"
 rm -f "$OUT/agent.json" "$OUT/agent.md" "$OUT/aggregator.json" "$OUT/aggregator.md" "$OUT/codec.json" \
@@ -103,17 +125,23 @@ run=$(jq -n --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg kernel "$(uname -r
   --argjson mem_kib "$(awk '/MemTotal/ {print $2}' /proc/meminfo)" --arg commit "$commit" \
   --argjson quick "$([ -n "$QUICK_ARG" ] && echo true || echo false)" --argjson elapsed "$elapsed" \
   --arg load_before "$load_before" --arg load_after "$(cut -d' ' -f1-3 /proc/loadavg)" \
+  --argjson stats_before "$stats_before" --arg foreign "$foreign" \
   --arg command "make bench${QUICK_ARG:+ BENCH_ARGS=$QUICK_ARG}" '
   {date: $date, kernel: $kernel, arch: $arch, cpus: $cpus, cpu_model: $cpu, mem_kib: $mem_kib,
    commit: $commit, quick: $quick, elapsed_seconds: $elapsed, command: $command,
-   loadavg_before: $load_before, loadavg_after: $load_after}')
+   loadavg_before: $load_before, loadavg_after: $load_after,
+   bpf_stats_enabled_before: $stats_before,
+   preloaded_programs: ($foreign | if . == "" then [] else split(", ") end)}')
 
 # One object per measurement, each with its section; the run is valid when
 # every measurement is, and lists every reason one is not.
 if [ ${#sections[@]} -gt 0 ]; then
   jq -s --argjson run "$run" '
     [.[] | .section as $s | .measurements[] | {section: $s} + .] as $ms
-    | ([$ms[] | select(.valid == false) | .invalid_reason] | unique) as $why
+    | ([$ms[] | select(.valid == false) | .invalid_reason] | unique
+       + if $run.preloaded_programs == [] then [] else
+           ["eBPF programs were loaded before the run (every loop ran under them): "
+            + ($run.preloaded_programs | join(", "))] end) as $why
     | {run: ($run + {valid: ($why == []), invalid_reasons: $why}),
        sections: [.[] | .section], measurements: $ms}' \
     "${sections[@]}" >"$OUT/results.json"
