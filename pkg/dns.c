@@ -414,15 +414,23 @@ static void table_destroy(struct table *t)
     free(t->link);
 }
 
-/* Hashes len bytes with the table's seed (FNV-1a, then a 64-bit finaliser). */
+/*
+ * Hashes a key of len bytes (a multiple of 8: the keys are padded with
+ * zeroes) with the table's seed, a 64-bit word at a time: every connection
+ * event looks its destination up (dns_names_lookup), and a byte at a time
+ * cost that lookup about 40 ns of dependent multiplies.
+ */
 static uint64_t table_hash(const struct table *t, const void *key, size_t len)
 {
     const uint8_t *k = key;
-    uint64_t h = 0xcbf29ce484222325ull ^ t->seed;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ k[i]) * 0x100000001b3ull;
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
+    uint64_t h = t->seed ^ (len * 0x9e3779b97f4a7c15ull);
+    for (size_t i = 0; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, k + i, sizeof(w));
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    h *= 0xc4ceb9fe1a85ec53ull;
     return h ^ (h >> 33);
 }
 
@@ -502,6 +510,8 @@ struct pending_key {
     uint8_t protocol;
     uint8_t zero[2];
 };
+
+_Static_assert(sizeof(struct pending_key) % 8 == 0, "table_hash() reads whole words");
 
 struct pending {
     struct pending_key key;
@@ -734,6 +744,8 @@ struct name_key {
     uint8_t family;
     uint8_t zero[7];
 };
+
+_Static_assert(sizeof(struct name_key) % 8 == 0, "table_hash() reads whole words");
 
 struct name_entry {
     struct name_key key;
