@@ -97,6 +97,7 @@ static void meta(struct buf *batch, const char *node, uint64_t seq, uint64_t now
     pbc_bytes(batch, 2, "00000000000000cc", 16);
     pbc_u64(batch, 3, seq);
     pbc_u64(batch, 7, now_ns);
+    pbc_u64(batch, 11, seq); /* kernel_missed: the last field, after the rest */
 }
 
 struct shape {
