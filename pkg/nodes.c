@@ -251,7 +251,6 @@ static void set_str(char **dst, const char *s)
     }
 }
 
-/* Folds one (partial) record into r: the merge rule shared by observe and merge. */
 /* Two reports of the same moment (or of unsequenced batches): the larger of each. */
 static void counters_max(struct inst *r, const struct inst *o)
 {
@@ -263,6 +262,7 @@ static void counters_max(struct inst *r, const struct inst *o)
         r->kernel_missed = o->kernel_missed;
 }
 
+/* Folds one (partial) record into r: the merge rule shared by observe and merge. */
 static void inst_add(struct inst *r, const struct inst *o)
 {
     r->batches = sat_add(r->batches, o->batches);
