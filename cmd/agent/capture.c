@@ -709,6 +709,11 @@ int capture_poll(struct capture *c, int timeout_ms)
     return more < 0 ? more : n + more;
 }
 
+int64_t capture_boot_to_real_ns(const struct capture *c)
+{
+    return c->decoder.boot_to_real_ns;
+}
+
 void capture_close(struct capture *c)
 {
     if (!c)

@@ -60,6 +60,9 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
  * programs do not wake the reader for every record), delivering events; returns events
  * handled or -errno (-EINTR is benign). */
 int capture_poll(struct capture *c, int timeout_ms);
+/* CLOCK_REALTIME - CLOCK_BOOTTIME as the current poll sampled it: what the events it delivers
+ * were stamped with (records carry the boot clock). Capture thread. */
+int64_t capture_boot_to_real_ns(const struct capture *c);
 /* Detaches every link and unloads everything. */
 void capture_close(struct capture *c);
 
