@@ -1519,10 +1519,16 @@ static void series_family(struct buf *b, const struct flows_result *r, const cha
     }
 }
 
+/* Nanoseconds as decimal seconds, exactly (a double would round 2^31 ns). */
+static void buf_seconds(struct buf *b, uint64_t ns)
+{
+    buf_printf(b, "%" PRIu64 ".%09" PRIu64, ns / 1000000000u, ns % 1000000000u);
+}
+
 /*
  * The connect latency of each series as a Prometheus histogram: every
  * second log2 bucket bound of the flows histogram as an `le`, so counts
- * are exact (no bucket is split).
+ * are exact (no bucket is split), and each bound is written exactly.
  */
 static void latency_histograms(struct buf *b, const struct flows_result *r)
 {
@@ -1539,13 +1545,17 @@ static void latency_histograms(struct buf *b, const struct flows_result *r)
                 continue;
             buf_printf(b, "%s_bucket{", name);
             series_labels(b, &r->edges[i].key);
-            buf_printf(b, ",le=\"%.9g\"} %" PRIu64 "\n", (double)(1ull << (k + 10)) / 1e9, cum);
+            buf_puts(b, ",le=\"");
+            buf_seconds(b, 1ull << (k + 10));
+            buf_printf(b, "\"} %" PRIu64 "\n", cum);
         }
         buf_printf(b, "%s_bucket{", name);
         series_labels(b, &r->edges[i].key);
         buf_printf(b, ",le=\"+Inf\"} %" PRIu64 "\n%s_sum{", c->established, name);
         series_labels(b, &r->edges[i].key);
-        buf_printf(b, "} %.9f\n%s_count{", (double)c->latency_sum_ns / 1e9, name);
+        buf_puts(b, "} ");
+        buf_seconds(b, c->latency_sum_ns);
+        buf_printf(b, "\n%s_count{", name);
         series_labels(b, &r->edges[i].key);
         buf_printf(b, "} %" PRIu64 "\n", c->established);
     }

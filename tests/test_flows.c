@@ -932,13 +932,17 @@ Test(flows, metrics_have_a_latency_histogram_drops_per_workload_and_stale_series
     char want[512];
     /* le 2^11 ns holds neither; le 2^13 ns the first; le 2^17 ns both. */
     snprintf(want, sizeof(want),
-             "ebpf_flow_connect_latency_seconds_bucket{%s,le=\"2.048e-06\"} 0\n", labels);
+             "ebpf_flow_connect_latency_seconds_bucket{%s,le=\"0.000002048\"} 0\n", labels);
     cr_assert(strstr(t, want) != NULL, "%s\n%s", want, t);
     snprintf(want, sizeof(want),
-             "ebpf_flow_connect_latency_seconds_bucket{%s,le=\"8.192e-06\"} 1\n", labels);
+             "ebpf_flow_connect_latency_seconds_bucket{%s,le=\"0.000008192\"} 1\n", labels);
     cr_assert(strstr(t, want) != NULL, "%s\n%s", want, t);
     snprintf(want, sizeof(want),
              "ebpf_flow_connect_latency_seconds_bucket{%s,le=\"0.000131072\"} 2\n", labels);
+    cr_assert(strstr(t, want) != NULL, "%s\n%s", want, t);
+    /* 2^31 ns exactly, where a double with 9 digits would say 2.14748365. */
+    snprintf(want, sizeof(want),
+             "ebpf_flow_connect_latency_seconds_bucket{%s,le=\"2.147483648\"} 2\n", labels);
     cr_assert(strstr(t, want) != NULL, "%s\n%s", want, t);
     snprintf(want, sizeof(want), "ebpf_flow_connect_latency_seconds_sum{%s} 0.000103000\n", labels);
     cr_assert(strstr(t, want) != NULL, "%s\n%s", want, t);
@@ -1324,7 +1328,9 @@ Test(flows, metrics_series_total_what_the_edges_count)
         if (k % 2 == 0)
             continue;
         char le[64];
-        snprintf(le, sizeof(le), "le=\"%.9g\"}", (double)(1ull << (k + 10)) / 1e9);
+        uint64_t ns = 1ull << (k + 10);
+        snprintf(le, sizeof(le), "le=\"%" PRIu64 ".%09" PRIu64 "\"}", ns / 1000000000u,
+                 ns % 1000000000u);
         cr_assert_eq(family_sum(m, "ebpf_flow_connect_latency_seconds_bucket", le), cum, "%s", le);
         if (k == 3)
             below_2_13 = cum;
