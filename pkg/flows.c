@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "api.h"
 #include "errmsg.h"
@@ -1950,26 +1951,26 @@ static int set_param(struct flows_query *q, enum flows_param p, const char *v, s
         q->node = intern(v);
         return 0;
     case FP_GROUP_BY:
-        if (strcmp(v, "workload") == 0)
+        if (strcasecmp(v, "workload") == 0)
             q->group_by = FLOWS_GROUP_WORKLOAD;
-        else if (strcmp(v, "pod") == 0)
+        else if (strcasecmp(v, "pod") == 0)
             q->group_by = FLOWS_GROUP_POD;
-        else if (strcmp(v, "service") == 0)
+        else if (strcasecmp(v, "service") == 0)
             q->group_by = FLOWS_GROUP_SERVICE;
         else
             return errmsg_set(err, errlen, "invalid 'group_by': expected workload, pod or service");
         return 0;
     case FP_PROTOCOL:
-        if (strcmp(v, "tcp") == 0)
+        if (strcasecmp(v, "tcp") == 0)
             q->protocol = 6;
-        else if (strcmp(v, "udp") == 0)
+        else if (strcasecmp(v, "udp") == 0)
             q->protocol = 17;
         else
             return errmsg_set(err, errlen, "invalid 'protocol': expected tcp or udp");
         return 0;
     case FP_STATUS:
         for (unsigned s = EVENT_STATUS_ESTABLISHED; s <= EVENT_STATUS_ATTEMPTED; s++)
-            if (strcmp(v, event_status_name(s)) == 0) {
+            if (strcasecmp(v, event_status_name(s)) == 0) {
                 q->status = (uint8_t)s;
                 return 0;
             }

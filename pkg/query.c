@@ -383,7 +383,7 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
     case QP_STATUS:
         for (unsigned st = EVENT_STATUS_ESTABLISHED; st <= EVENT_STATUS_TIMEOUT; st++) {
             if (strlen(event_status_name(st)) == len &&
-                strncmp(event_status_name(st), v, len) == 0) {
+                strncasecmp(event_status_name(st), v, len) == 0) {
                 q->status = (uint8_t)st;
                 return 0;
             }

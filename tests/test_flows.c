@@ -25,6 +25,7 @@
 #define HOUR         (60 * MIN)
 #define NOW          (T0 + 10 * MIN)
 #define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
 
 static struct event conn(uint64_t ts, const char *pod, const char *peer_pod, uint8_t status,
                          const char *error, uint64_t latency)
@@ -389,6 +390,13 @@ Test(flows, query_string)
     cr_assert_eq(q.limit, 5);
     cr_assert_eq(q.protocol, IPPROTO_TCP_);
     cr_assert_eq(q.until_ns, 1800000000000000000ull);
+
+    /* Keywords in any case, as on /api/events. */
+    s = "group_by=Service&protocol=UDP&status=Attempted";
+    cr_assert_eq(flows_query_parse(&q, s, strlen(s), NOW, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(q.group_by, FLOWS_GROUP_SERVICE);
+    cr_assert_eq(q.protocol, IPPROTO_UDP_);
+    cr_assert_eq(q.status, EVENT_STATUS_ATTEMPTED);
 
     const char *bad[][2] = {
         {"type=connection", "unknown query parameter 'type'"},

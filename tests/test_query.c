@@ -234,7 +234,7 @@ static const struct bad_case bad_cases[] = {
     {"status=", "'status'"},
     {"status=ok", "'status'"},
     {"status=ok", "established, failed, attempted"},
-    {"status=FAILED", "'status'"},
+    {"status=fail", "'status'"},
     {"status=failed,established", "'status'"},
     {"type=closed", "close"},
     {"peer_ip=10.0.0.1", "unknown query parameter 'peer_ip'"},
@@ -642,6 +642,9 @@ Test(query_parse, dns_filters)
     cr_assert_eq(q.status, EVENT_STATUS_ANSWERED);
     parse_ok(&q, "status=timeout");
     cr_assert_eq(q.status, EVENT_STATUS_TIMEOUT);
+    /* Keywords in any case, like type and rcode. */
+    parse_ok(&q, "status=Established&type=CONNECTION");
+    cr_assert_eq(q.status, EVENT_STATUS_ESTABLISHED);
     char err[256];
     cr_assert_eq(parse(&q, "query=a.test&rcode=SERVFAIL", true, err, sizeof(err)), 0, "%s", err);
 }
