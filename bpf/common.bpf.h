@@ -135,29 +135,42 @@ static __always_inline bool task_captured(void)
 }
 
 /*
- * The socket's cgroup (the one its creator was in; an accepted connection
- * inherits its listener's) is inside the subtree: for hooks that run in
- * softirq, where the current task is whoever was interrupted. A connection
- * still in its handshake is a request socket: its listener's cgroup counts.
- * A TIME_WAIT socket keeps no cgroup, so it is not captured.
+ * The cgroup a socket is charged to: the one its creator was in (an accepted
+ * connection inherits its listener's). A connection still in its handshake
+ * is a request socket: its listener's cgroup counts. A TIME_WAIT socket
+ * keeps none: NULL. Kernels before 5.15 keep no pointer (a program that
+ * reaches this there fails to load; guard with SOCK_CGROUP_KNOWN()).
+ */
+#define SOCK_CGROUP_KNOWN() bpf_core_field_exists(((struct sock *)0)->sk_cgrp_data.cgroup)
+
+static __always_inline struct cgroup *sock_cgroup(const struct sock *sk)
+{
+    int state;
+
+    if (!sk)
+        return NULL;
+    state = BPF_CORE_READ(sk, __sk_common.skc_state);
+    if (state == TCP_TIME_WAIT)
+        return NULL;
+    if (state == TCP_NEW_SYN_RECV)
+        sk = BPF_CORE_READ((struct request_sock *)sk, __req_common.skc_listener);
+    if (!sk)
+        return NULL;
+    return BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+}
+
+/*
+ * The socket's cgroup is inside the subtree: for hooks that run in softirq,
+ * where the current task is whoever was interrupted. A TIME_WAIT socket is
+ * not captured.
  */
 static __always_inline bool sock_captured(const struct sock *sk)
 {
     struct cgroup *cg, *anc = NULL;
-    int state;
 
     if (!capture_cgroup_only)
         return true;
-    if (!sk)
-        return false;
-    state = BPF_CORE_READ(sk, __sk_common.skc_state);
-    if (state == TCP_TIME_WAIT)
-        return false;
-    if (state == TCP_NEW_SYN_RECV)
-        sk = BPF_CORE_READ((struct request_sock *)sk, __req_common.skc_listener);
-    if (!sk)
-        return false;
-    cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+    cg = sock_cgroup(sk);
     if (!cg || BPF_CORE_READ(cg, level) < (int)capture_cgroup_level)
         return false;
     if (!bpf_core_field_exists(cg->ancestors)) {

@@ -139,8 +139,15 @@ int BPF_PROG(tp_btf__kfree_skb, struct sk_buff *skb, void *location, int reason)
     if (!r)
         return 0; /* the bucket's suppressed count waits for the next record */
     __builtin_memset(r, 0, sizeof(*r));
-    /* Usually softirq: the current task is not the packet's owner. */
+    /* Usually softirq: the current task is not the packet's owner. Its socket's
+     * cgroup is: it names the pod (hdr.cgroup_id; 0 when there is no socket). */
     r->hdr.kind = RECORD_DROP;
+    if (SOCK_CGROUP_KNOWN()) {
+        struct cgroup *cg = sock_cgroup(skb->sk);
+
+        if (cg)
+            r->hdr.cgroup_id = BPF_CORE_READ(cg, kn, id);
+    }
     r->hdr.ts_ns = now;
     r->reason = reason;
     r->location = (__u64)location;

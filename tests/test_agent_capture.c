@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -446,11 +447,73 @@ static void check_udp_drop(struct capture *c, struct collected *out, int af)
     cr_assert_not_null(e, "no packet_drop event for UDP %u -> %u", f.sport, f.dport);
     cr_assert_not_null(e->u.drop.reason);
     cr_assert_str_eq(e->u.drop.reason, "NO_SOCKET");
+    cr_assert_eq(e->cgroup_id, 0, "no socket, so no owner");
     cr_assert_neq(e->u.drop.reason_code, 0);
     cr_assert_not_null(e->u.drop.location);
     cr_assert_not_null(strstr(e->u.drop.location, "+0x"), "location %s", e->u.drop.location);
     assert_timestamp(e);
     close(fd);
+}
+
+/* The cgroup v2 id of this process: its directory's inode number. */
+static uint64_t own_cgroup_id(void)
+{
+    char line[4096], path[4200];
+    struct stat st;
+    FILE *f = fopen("/proc/self/cgroup", "r");
+
+    cr_assert_not_null(f);
+    while (fgets(line, sizeof(line), f) && strncmp(line, "0::", 3) != 0)
+        ;
+    fclose(f);
+    cr_assert_eq(strncmp(line, "0::", 3), 0, "no cgroup v2 line in /proc/self/cgroup");
+    line[strcspn(line, "\n")] = '\0';
+    snprintf(path, sizeof(path), "/sys/fs/cgroup%s", line + 3);
+    if (stat(path, &st) != 0)
+        snprintf(path, sizeof(path), "/sys/fs/cgroup/unified%s", line + 3);
+    cr_assert_eq(stat(path, &st), 0, "%s: %s", path, strerror(errno));
+    return st.st_ino;
+}
+
+/*
+ * A drop charged to a socket is its owner's: the server closes first and is
+ * left holding the client's FIN, which the kernel frees as QUEUE_PURGE when it
+ * lets the socket go. The drop names no process (it runs wherever the kernel
+ * was), but its cgroup is the socket's, so the pod the socket belongs to.
+ */
+static void check_tcp_drop_owner(struct capture *c, struct collected *out)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = loopback(AF_INET, 0, &ss);
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), cfd = socket(AF_INET, SOCK_STREAM, 0), afd;
+    struct flow f = {
+        .type = EVENT_PACKET_DROP, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_TCP};
+    const struct event *e;
+    char buf[16];
+
+    cr_assert(lfd >= 0 && cfd >= 0);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&ss, len), 0);
+    cr_assert_eq(listen(lfd, 4), 0);
+    local_end(lfd, f.daddr, &f.dport);
+    len = loopback(AF_INET, f.dport, &ss);
+    cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
+    afd = accept(lfd, NULL, NULL);
+    cr_assert_geq(afd, 0);
+    local_end(cfd, f.saddr, &f.sport);
+    cr_assert_eq(write(cfd, "ping", 4), 4);
+    cr_assert_eq(read(afd, buf, 4), 4);
+    cr_assert_eq(write(afd, "pong!!", 6), 6);
+    close(afd);
+    while (read(cfd, buf, sizeof(buf)) > 0)
+        ;
+    close(cfd);
+    close(lfd);
+
+    e = wait_event(c, out, match_drop, &f);
+    cr_assert_not_null(e, "no packet_drop of the client's FIN %u -> %u", f.sport, f.dport);
+    cr_assert_str_eq(e->u.drop.reason, "QUEUE_PURGE");
+    cr_assert_eq(e->pid, 0, "a drop names no process");
+    cr_assert_eq(e->cgroup_id, own_cgroup_id(), "the drop is the server socket's cgroup's");
 }
 
 struct child_match {
@@ -737,6 +800,7 @@ Test(capture, every_event_type_from_real_activity)
     check_udp_connect(c, &out);
     check_udp_drop(c, &out, AF_INET);
     check_udp_drop(c, &out, AF_INET6);
+    check_tcp_drop_owner(c, &out);
     check_tcp_v4_mapped(c, &out);
     check_exec_exit(c, &out);
     check_exit_of_threaded_and_signalled(c, &out);

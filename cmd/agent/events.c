@@ -44,10 +44,9 @@ static void finish_event(struct agent *a, struct event *e)
         __atomic_fetch_add(&a->args_redacted, (uint64_t)redacted, __ATOMIC_RELAXED);
     else if (redacted < 0)
         __atomic_fetch_add(&a->args_redact_failed, 1, __ATOMIC_RELAXED);
-    /* A drop runs in whatever context freed the packet (often softirq), so
-     * its cgroup is not the packet's owner: attributing it would name the
-     * wrong pod. */
-    if (a->cgroups && e->type != EVENT_PACKET_DROP)
+    /* A drop's cgroup is its packet's socket's (the capture reads it there, not
+     * from the task that freed the packet), or none. */
+    if (a->cgroups)
         k8s_enrich(a->k8s, a->cgroups, e);
     if (a->dns)
         dns_agent_fill_peer(a->dns, e, event_boot_ns(a, e));
