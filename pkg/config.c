@@ -615,8 +615,8 @@ void config_print_help(FILE *out, enum config_role role, const char *prog)
     fputc('\n', out);
     fprintf(out, "%s\n\n",
             role == CONFIG_AGENT
-                ? "Captures connections, accepts, packet drops, execs and exits with eBPF and\n"
-                  "serves them over HTTP; publishes batches to NATS."
+                ? "Captures connections, accepts, closes, packet drops, DNS queries, execs and\n"
+                  "exits with eBPF and serves them over HTTP; publishes batches to NATS."
                 : "Collects event batches from NATS and serves the cluster-wide HTTP API.");
     fprintf(out, "Options (flag, environment variable, YAML key; flag > env > file > default):\n");
     fprintf(out, "  --config FILE            YAML config file (env CONFIG_FILE)\n");
