@@ -27,10 +27,12 @@ static void count_drop(struct agent *a, const struct event *e)
  */
 static uint64_t event_boot_ns(const struct agent *a, const struct event *e)
 {
-    uint64_t off = a->capture ? (uint64_t)capture_boot_to_real_ns(a->capture) : 0;
-    if (!a->capture || e->timestamp_ns <= off)
-        return clock_ns(CLOCK_BOOTTIME);
-    return e->timestamp_ns - off;
+    if (a->capture) {
+        uint64_t off = (uint64_t)capture_boot_to_real_ns(a->capture);
+        if (e->timestamp_ns > off)
+            return e->timestamp_ns - off;
+    }
+    return clock_ns(CLOCK_BOOTTIME);
 }
 
 /* Capture thread: the one place an event gets its id, node and pod. */
