@@ -891,10 +891,8 @@ size_t dns_names_add(struct dns_names *c, uint64_t scope, const struct event *e,
         const char *nul = memchr(s, '\0', (size_t)(end - s));
         if (!nul)
             break;
-        uint8_t addr[16] = {0};
-        unsigned family = inet_pton(AF_INET, s, addr) == 1    ? EVENT_FAMILY_IPV4
-                          : inet_pton(AF_INET6, s, addr) == 1 ? EVENT_FAMILY_IPV6
-                                                              : EVENT_FAMILY_NONE;
+        uint8_t addr[16];
+        unsigned family = event_addr_parse(s, addr);
         if (family != EVENT_FAMILY_NONE) {
             struct name_key k = make_name_key(scope, family, addr);
             if (name_put(c, &k, e->u.dns.query, expires, now_ns))

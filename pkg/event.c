@@ -35,6 +35,17 @@ enum event_type event_type_parse(const char *s, size_t len)
     return EVENT_TYPE_NONE;
 }
 
+unsigned event_addr_parse(const char *text, uint8_t addr[16])
+{
+    memset(addr, 0, 16);
+    if (inet_pton(AF_INET, text, addr) == 1)
+        return EVENT_FAMILY_IPV4;
+    if (inet_pton(AF_INET6, text, addr) == 1)
+        return EVENT_FAMILY_IPV6;
+    memset(addr, 0, 16);
+    return EVENT_FAMILY_NONE;
+}
+
 const char *event_family_name(unsigned family)
 {
     switch (family) {

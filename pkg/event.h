@@ -170,6 +170,9 @@ const char *event_type_name(unsigned type);
 enum event_type event_type_parse(const char *s, size_t len);
 
 const char *event_family_name(unsigned family);
+/* An address in text form ("10.0.0.1", "fd00::1") into addr (16 bytes, IPv4 in the
+ * first 4); its family, or EVENT_FAMILY_NONE (addr zeroed) when text is none. */
+unsigned event_addr_parse(const char *text, uint8_t addr[16]);
 const char *event_status_name(unsigned status);
 const char *event_role_name(unsigned role);   /* "client", "server"; NULL for none */
 const char *event_reset_name(unsigned reset); /* "sent", "received"; NULL for none */

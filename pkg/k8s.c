@@ -834,12 +834,18 @@ const char *k8s_node_name(const struct k8s *k)
 }
 
 /* The other end: a connection's destination, an accept's source, a close's other side. */
+static bool pod_lookup(void *ctx, unsigned family, const uint8_t addr[16], uint16_t port,
+                       uint8_t protocol, struct event_peer *out)
+{
+    return k8s_peer_lookup(ctx, family, addr, out) == 1;
+}
+
+/* The peer among this node's pods (a dns answer's: the pods all its addresses are). */
 static void enrich_peer(struct k8s *k, struct event *e)
 {
-    const uint8_t *addr;
-    uint16_t port;
-    if (peers_event_peer(e, &addr, &port))
-        k8s_peer_lookup(k, e->family, addr, &e->peer);
+    struct event_peer found;
+    if (peers_event_resolve(e, pod_lookup, k, &found))
+        peers_fill(&e->peer, &found);
 }
 
 int k8s_enrich(struct k8s *k, struct cgroup_resolver *cg, struct event *e)

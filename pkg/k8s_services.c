@@ -371,6 +371,11 @@ static enum k8s_services_result lookup_locked(struct k8s_services *s, unsigned f
     const struct slot *sl = slot_for(s->index, s->index_cap, &a, false);
     if (!sl)
         return K8S_SVC_MISS;
+    if (sl->cluster_ip && port == 0 && protocol == 0) {
+        /* An address a DNS answer gave: a ClusterIP is its Service's on every port. */
+        *service = sl->cluster_ip->service;
+        return K8S_SVC_CLUSTER_IP;
+    }
     if (sl->cluster_ip) {
         uint32_t want = (uint32_t)port << 8 | protocol;
         for (uint32_t i = 0; i < sl->cluster_ip->n_ports; i++)
@@ -398,6 +403,24 @@ enum k8s_services_result k8s_services_lookup(struct k8s_services *s, unsigned fa
     return r;
 }
 
+struct service_lookup {
+    struct k8s_services *s;
+    enum k8s_services_result r; /* the last address's, or the first that named none */
+    bool looked;
+};
+
+static bool service_lookup(void *ctx, unsigned family, const uint8_t addr[16], uint16_t port,
+                           uint8_t protocol, struct event_peer *out)
+{
+    struct service_lookup *l = ctx;
+    const char *svc = NULL;
+    l->r = lookup_locked(l->s, family, addr, port, protocol, &svc);
+    l->looked = true;
+    out->service = svc;
+    return svc != NULL;
+}
+
+/* The Service of each event's peer (a dns answer's: the one all its addresses belong to). */
 void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n, bool count)
 {
     pthread_mutex_lock(&s->lock);
@@ -407,17 +430,15 @@ void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n,
     }
     for (size_t i = 0; i < n; i++) {
         struct event *e = &events[i];
-        const uint8_t *addr;
-        uint16_t port;
-        if (!peers_event_peer(e, &addr, &port) || e->peer.service)
+        if (e->peer.service)
             continue;
-        const char *svc = NULL;
-        enum k8s_services_result r = lookup_locked(s, e->family, addr, port, e->protocol, &svc);
-        if (svc)
-            e->peer.service = svc;
-        if (count) {
+        struct service_lookup l = {.s = s, .r = K8S_SVC_MISS, .looked = false};
+        struct event_peer found;
+        if (peers_event_resolve(e, service_lookup, &l, &found))
+            e->peer.service = found.service;
+        if (count && l.looked) {
             s->st.lookups++;
-            s->st.results[r]++;
+            s->st.results[l.r]++;
         }
     }
     pthread_mutex_unlock(&s->lock);

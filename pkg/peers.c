@@ -397,23 +397,93 @@ bool peers_event_peer(const struct event *e, const uint8_t **addr, uint16_t *por
     return true;
 }
 
+/* Interned strings compare by pointer; the rest by content. */
+static bool same_str(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Empties each field of acc that one does not name the same. */
+static void agree(struct event_peer *acc, const struct event_peer *one)
+{
+    const char **a[] = {&acc->pod,  &acc->namespace, &acc->workload, &acc->workload_kind,
+                        &acc->node, &acc->service,   &acc->dns};
+    const char *const b[] = {one->pod,  one->namespace, one->workload, one->workload_kind,
+                             one->node, one->service,   one->dns};
+    for (size_t i = 0; i < sizeof(b) / sizeof(b[0]); i++)
+        if (!same_str(*a[i], b[i]))
+            *a[i] = NULL;
+}
+
+bool peers_event_resolve(const struct event *e, peers_lookup_fn fn, void *ctx,
+                         struct event_peer *out)
+{
+    const uint8_t *addr;
+    uint16_t port;
+
+    memset(out, 0, sizeof(*out));
+    if (peers_event_peer(e, &addr, &port)) {
+        if (e->family != EVENT_FAMILY_IPV4 && e->family != EVENT_FAMILY_IPV6)
+            return false;
+        if (fn(ctx, e->family, addr, port, e->protocol, out))
+            return true;
+        memset(out, 0, sizeof(*out));
+        return false;
+    }
+    if (e->type != EVENT_DNS || e->status != EVENT_STATUS_ANSWERED || !e->u.dns.answers)
+        return false;
+    size_t named = 0;
+    const char *a = e->u.dns.answers, *end = a + e->u.dns.answers_len, *nul;
+    for (; a < end && (nul = memchr(a, '\0', (size_t)(end - a))) != NULL; a = nul + 1) {
+        uint8_t ip[16];
+        unsigned family = event_addr_parse(a, ip);
+        if (family == EVENT_FAMILY_NONE)
+            continue; /* a CNAME target */
+        struct event_peer one = {0};
+        if (!fn(ctx, family, ip, 0, 0, &one)) {
+            memset(out, 0, sizeof(*out));
+            return false;
+        }
+        if (named++ == 0)
+            *out = one;
+        else
+            agree(out, &one);
+    }
+    return named > 0;
+}
+
+struct pods_lookup {
+    struct peers *p;
+    uint64_t now;
+    enum peers_result r; /* the first address's that was not a hit, else PEERS_HIT */
+};
+
+static bool pods_lookup(void *ctx, unsigned family, const uint8_t addr[16], uint16_t port,
+                        uint8_t protocol, struct event_peer *out)
+{
+    struct pods_lookup *l = ctx;
+    enum peers_result r = lookup_locked(l->p, family, addr, l->now, out);
+    if (r != PEERS_HIT)
+        l->r = r;
+    return r == PEERS_HIT;
+}
+
 void peers_enrich(struct peers *p, struct event *events, size_t n, uint64_t now, bool count)
 {
     pthread_mutex_lock(&p->lock);
     for (size_t i = 0; i < n; i++) {
         struct event *e = &events[i];
-        const uint8_t *addr;
-        uint16_t port;
-        if (!peers_event_peer(e, &addr, &port) || e->peer.pod != NULL ||
-            (e->family != EVENT_FAMILY_IPV4 && e->family != EVENT_FAMILY_IPV6))
+        if (e->peer.pod != NULL)
             continue;
-        struct event_peer found = {0};
-        enum peers_result r = lookup_locked(p, e->family, addr, now, &found);
-        if (r == PEERS_HIT)
+        struct pods_lookup l = {.p = p, .now = now, .r = PEERS_HIT};
+        struct event_peer found;
+        if (peers_event_resolve(e, pods_lookup, &l, &found))
             peers_fill(&e->peer, &found);
+        else if (l.r == PEERS_HIT)
+            continue; /* no peer address to look up */
         if (count) {
             p->st.lookups++;
-            p->st.results[r]++;
+            p->st.results[l.r]++;
         }
     }
     pthread_mutex_unlock(&p->lock);

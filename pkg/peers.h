@@ -101,6 +101,26 @@ enum peers_result peers_lookup(struct peers *p, unsigned family, const uint8_t a
  */
 bool peers_event_peer(const struct event *e, const uint8_t **addr, uint16_t *port);
 
+/*
+ * One lookup of a peer address: fills out's fields (a pod, or a service) and
+ * returns true when the address names one for sure. port and protocol are
+ * 0 for an address a DNS answer gave (a name says nothing of ports).
+ */
+typedef bool (*peers_lookup_fn)(void *ctx, unsigned family, const uint8_t addr[16], uint16_t port,
+                                uint8_t protocol, struct event_peer *out);
+
+/*
+ * Who e's peer is, by fn: the address of peers_event_peer() for a
+ * connection, accept or close; for an answered dns event, the addresses its
+ * answers hold (CNAME targets are names, not looked up), where the peer is
+ * what every one of them names: a field is kept only when all agree (the
+ * pods of one workload name the workload, not a pod), and nothing is named
+ * when one names nobody. Fills *out and returns true when e has peer
+ * addresses and all were named; false otherwise (*out then holds nothing).
+ */
+bool peers_event_resolve(const struct event *e, peers_lookup_fn fn, void *ctx,
+                         struct event_peer *out);
+
 /* Fills dst's empty pod, namespace, workload, workload_kind and node from src. */
 void peers_fill(struct event_peer *dst, const struct event_peer *src);
 

@@ -12,7 +12,8 @@
  * Each node's pods live under a cgroup of their own,
  * <node cgroup>/kubepods/besteffort/pod<uid>/<container id>, and in a network
  * namespace of their own; a veth pair joins the two namespaces and each pod
- * routes to the other's IP over it. The client pod on node A calls the server
+ * routes to the other's IP over it. The client pod on node A first asks pod
+ * B's DNS server for the Service's name and for pod B's own, then calls the server
  * pod on node B on its pod IP (4 bytes there, 6 back, a clean close), then a
  * closed port of pod B (refused), then Service shop/server, whose ClusterIP an
  * nftables rule in the client's namespace DNATs to pod B, as kube-proxy does.
@@ -21,6 +22,7 @@
  * pod B as peer (agent A does not know pod B: the aggregator names it across
  * nodes), the server's accept and close name pod A; the call to the ClusterIP
  * has peer_service shop/server and, joined with the backend's accept, pod B;
+ * the dns events name what their answers point at (the Service; pod B);
  * each agent reports only its own pod's events; /api/flows has the exact
  * edges (connections, established, failed by refused, bytes) and the same
  * answer from both replicas; promtool check metrics accepts both replicas'
@@ -33,6 +35,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -55,8 +58,10 @@
 #define CLOSED_PORT 9090
 #define SVC_IP      "10.96.7.10" /* Service shop/server's ClusterIP, DNAT'ed to pod B */
 #define SVC_PORT    80
-#define REQUEST     "ping"   /* client -> server */
-#define REPLY       "pong!!" /* server -> client */
+#define DNS_SVC     "server.shop.svc.cluster.local"          /* answered with SVC_IP */
+#define DNS_POD     "server-0.server.shop.svc.cluster.local" /* answered with POD_B_IP */
+#define REQUEST     "ping"                                   /* client -> server */
+#define REPLY       "pong!!"                                 /* server -> client */
 
 /* A pod of the test: where it runs, what the API server says about it. */
 struct tpod {
@@ -268,15 +273,70 @@ static bool io_full(int fd, void *buf, size_t n, bool wr)
     return true;
 }
 
-/* The server: two connections, each a request, a reply, the client's close, then its own. */
+/* A DNS query for name (type A, class IN) with id into q; its length. */
+static size_t dns_query(uint8_t *q, uint16_t id, const char *name)
+{
+    size_t n = 12;
+    memset(q, 0, n);
+    q[0] = (uint8_t)(id >> 8);
+    q[1] = (uint8_t)id;
+    q[2] = 0x01; /* RD */
+    q[5] = 1;    /* one question */
+    for (const char *l = name; *l;) {
+        const char *dot = strchr(l, '.');
+        size_t len = dot ? (size_t)(dot - l) : strlen(l);
+        q[n++] = (uint8_t)len;
+        memcpy(q + n, l, len);
+        n += len;
+        l += len + (dot != NULL);
+    }
+    memcpy(q + n, "\0\0\1\0\1", 5); /* the root, type A, class IN */
+    return n + 5;
+}
+
+/*
+ * Pod B's DNS server on its IP, port 53: two queries, each answered with one
+ * A record, pod B's own IP for a name under "server-0." (a StatefulSet pod's
+ * name), the Service's ClusterIP otherwise.
+ */
+static void *dns_responder(void *arg)
+{
+    int fd = *(int *)arg;
+    for (int i = 0; i < 2; i++) {
+        uint8_t buf[512];
+        struct sockaddr_in from;
+        socklen_t flen = sizeof(from);
+        ssize_t n = recvfrom(fd, buf, sizeof(buf) - 16, 0, (struct sockaddr *)&from, &flen);
+        if (n < 13)
+            break;
+        bool pod = buf[12] == 8 && memcmp(buf + 13, "server-0", 8) == 0;
+        buf[2] = 0x81; /* a response, RD */
+        buf[3] = 0x80; /* RA, NOERROR */
+        buf[7] = 1;    /* one answer */
+        static const uint8_t rr[] = {0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4};
+        memcpy(buf + n, rr, sizeof(rr));
+        inet_pton(AF_INET, pod ? POD_B_IP : SVC_IP, buf + n + sizeof(rr));
+        sendto(fd, buf, (size_t)n + sizeof(rr) + 4, 0, (struct sockaddr *)&from, flen);
+    }
+    return NULL;
+}
+
+/*
+ * The server: its DNS server, then two connections, each a request, a
+ * reply, the client's close, then its own.
+ */
 static int server_main(int report)
 {
     struct sockaddr_in sa;
-    int one = 1, l = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1, l = socket(AF_INET, SOCK_STREAM, 0), d = socket(AF_INET, SOCK_DGRAM, 0);
+    pthread_t dns;
     if (l < 0 || addr_of(POD_B_IP, SERVER_PORT, &sa) ||
         setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
         bind(l, (struct sockaddr *)&sa, sizeof(sa)) || listen(l, 4))
         return 20;
+    if (d < 0 || addr_of(POD_B_IP, 53, &sa) || bind(d, (struct sockaddr *)&sa, sizeof(sa)) ||
+        pthread_create(&dns, NULL, dns_responder, &d) != 0)
+        return 25;
     int ready = 1;
     if (!io_full(report, &ready, sizeof(ready), true))
         return 21;
@@ -323,18 +383,40 @@ static int call(const char *ip, int port)
     return local;
 }
 
+/* Asks pod B's DNS server for name from a port of the pod's own; the port, or -1. */
+static int resolve(const char *name, uint16_t id)
+{
+    struct sockaddr_in sa, dst;
+    socklen_t len = sizeof(sa);
+    uint8_t q[512], a[512];
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct timeval tv = {.tv_sec = 10};
+    size_t n = dns_query(q, id, name);
+    if (s < 0 || addr_of(POD_A_IP, 0, &sa) || bind(s, (struct sockaddr *)&sa, sizeof(sa)) ||
+        getsockname(s, (struct sockaddr *)&sa, &len) || addr_of(POD_B_IP, 53, &dst) ||
+        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) ||
+        sendto(s, q, n, 0, (struct sockaddr *)&dst, sizeof(dst)) != (ssize_t)n ||
+        recv(s, a, sizeof(a), 0) != (ssize_t)n + 16)
+        return -1;
+    close(s);
+    return ntohs(sa.sin_port);
+}
+
 /*
- * The client: a call to the server pod's IP, one to a closed port of it, and
- * one to the Service's ClusterIP (reaching the same server).
+ * The client: two names from pod B's DNS server (the Service's, pod B's),
+ * a call to the server pod's IP, one to a closed port of it, and one to the
+ * Service's ClusterIP (reaching the same server).
  */
 static int client_main(int report, int proceed)
 {
     struct sockaddr_in dst;
-    int ports[3];
+    int ports[5];
     char c;
 
     if (read(proceed, &c, 1) != 1)
         return 30;
+    if ((ports[3] = resolve(DNS_SVC, 0x5301)) < 0 || (ports[4] = resolve(DNS_POD, 0x5302)) < 0)
+        return 37;
     if ((ports[0] = call(POD_B_IP, SERVER_PORT)) < 0)
         return 31;
     int s = bound_socket(&ports[1]);
@@ -794,12 +876,13 @@ Test(e2e_two_nodes, pods_on_two_nodes_name_each_other_through_the_aggregator)
     }
 
     /* The traffic: pod A calls pod B, then a closed port of pod B. */
-    int ports[3];
+    int ports[5];
     check(write(pod_a.proceed, "g", 1) == 1, "the client pod is gone");
     check(io_full(pod_a.report, ports, sizeof(ports), false), "the client pod reported no ports");
     pod_wait(&pod_a);
     pod_wait(&pod_b);
-    const int direct = ports[0], refused = ports[1], via_svc = ports[2];
+    const int direct = ports[0], refused = ports[1], via_svc = ports[2], dns_svc = ports[3],
+              dns_pod = ports[4];
 
     /* Each agent: its own side, with its own pod, and no peer: it knows only its node's pods. */
     ev = wait_event(agent_a.port, "node-a", (struct want){"connection", NULL, direct, SERVER_PORT});
@@ -818,6 +901,10 @@ Test(e2e_two_nodes, pods_on_two_nodes_name_each_other_through_the_aggregator)
     ev =
         wait_event(agent_a.port, "node-a", (struct want){"connection", NULL, refused, CLOSED_PORT});
     json_decref(ev);
+    ev = wait_event(agent_a.port, "node-a", (struct want){"dns", NULL, dns_pod, 53});
+    expect_str(ev, "query", DNS_POD);
+    check(tu_jstr(ev, "peer_pod") == NULL, "agent A named a pod of node B from a DNS answer");
+    json_decref(ev);
 
     /* Both replicas answer the same: each side names the other node's pod as its peer. */
     for (size_t i = 0; i < 2; i++) {
@@ -829,6 +916,19 @@ Test(e2e_two_nodes, pods_on_two_nodes_name_each_other_through_the_aggregator)
         expect_str(ev, "status", "failed");
         expect_str(ev, "error", "refused");
         expect_pods(ev, &pod_a, &pod_b);
+        json_decref(ev);
+        /* DNS answers name what they point at: the Service's ClusterIP, pod B's IP. */
+        ev = wait_event(port, "node-a", (struct want){"dns", NULL, dns_svc, 53});
+        expect_str(ev, "query", DNS_SVC);
+        expect_str(ev, "status", "answered");
+        expect_str(ev, "k8s_pod_name", pod_a.name);
+        expect_str(ev, "peer_service", "shop/server");
+        check(tu_jstr(ev, "peer_pod") == NULL, "a ClusterIP names no pod");
+        json_decref(ev);
+        ev = wait_event(port, "node-a", (struct want){"dns", NULL, dns_pod, 53});
+        expect_str(ev, "query", DNS_POD);
+        expect_pods(ev, &pod_a, &pod_b);
+        expect_str(ev, "peer_service", "shop/server");
         json_decref(ev);
     }
 

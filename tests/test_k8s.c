@@ -908,6 +908,36 @@ Test(k8s_identity, an_address_one_live_pod_holds_names_it)
     k8s_free(k);
 }
 
+Test(k8s_identity, a_dns_answer_names_the_pod_its_addresses_are)
+{
+    struct k8s *k = feed_client(0);
+    feed_pod(k, "ADDED",
+             &(struct kas_pod){UID(1), "db-0", "shop", NODE, .owner_kind = "StatefulSet",
+                               .owner_name = "db", .ips = {"10.244.1.5", "fd00::5"}});
+    static const char answers[] = "db-0.db.shop.svc.cluster.local\0"
+                                  "10.244.1.5";
+    static const char elsewhere[] = "10.244.1.5\0"
+                                    "10.244.9.9"; /* the second is no pod of this node */
+    struct event e = {
+        .type = EVENT_DNS, .status = EVENT_STATUS_ANSWERED, .family = EVENT_FAMILY_IPV4};
+    e.u.dns.answers = (char *)answers;
+    e.u.dns.answers_len = sizeof(answers);
+    k8s_enrich(k, NULL, &e);
+    cr_expect_str_eq(e.peer.pod, "db-0");
+    cr_expect_str_eq(e.peer.workload, "db");
+    cr_expect_str_eq(e.peer.workload_kind, "StatefulSet");
+    cr_expect_str_eq(e.peer.node, NODE);
+
+    struct event other = e;
+    memset(&other.peer, 0, sizeof(other.peer));
+    other.u.dns.answers = (char *)elsewhere;
+    other.u.dns.answers_len = sizeof(elsewhere);
+    k8s_enrich(k, NULL, &other);
+    cr_expect_null(other.peer.pod, "one address is not known here: the aggregator's to name");
+    cr_expect_null(other.peer.workload);
+    k8s_free(k);
+}
+
 Test(k8s_identity, an_address_several_pods_share_names_no_one)
 {
     struct k8s *k = feed_client(0);

@@ -205,3 +205,42 @@ Test(k8s_services, enrich_fills_the_peer_sides_empty_service)
     cr_assert_eq(st.results[K8S_SVC_BACKEND], 1);
     k8s_services_free(s);
 }
+
+/* An answered dns event with the NUL-separated answers a (len bytes). */
+static struct event dns_answer(const char *a, size_t len)
+{
+    struct event e = conn(EVENT_DNS, "10.1.0.9", 40000, "10.96.0.53", 53);
+    e.protocol = IPPROTO_UDP;
+    e.status = EVENT_STATUS_ANSWERED;
+    e.u.dns.answers = (char *)a;
+    e.u.dns.answers_len = (uint32_t)len;
+    return e;
+}
+
+Test(k8s_services, a_dns_answer_names_the_service_all_its_addresses_are)
+{
+    struct k8s_services *s = open_fed();
+    static const char cluster_ip[] = "10.96.0.10";        /* web's ClusterIP: any port */
+    static const char dual[] = "10.96.0.10\0fd00:96::10"; /* both of web's ClusterIPs */
+    static const char headless[] = "db.shop.svc\0"
+                                   "10.2.0.7"; /* a CNAME, then db's backend */
+    static const char mixed[] = "10.96.0.10\0"
+                                "10.2.0.7";  /* web and db: no one Service */
+    static const char shared[] = "10.1.0.6"; /* backs two Services */
+    struct event ev[] = {
+        dns_answer(cluster_ip, sizeof(cluster_ip)), dns_answer(dual, sizeof(dual)),
+        dns_answer(headless, sizeof(headless)),     dns_answer(mixed, sizeof(mixed)),
+        dns_answer(shared, sizeof(shared)),
+    };
+    k8s_services_enrich(s, ev, 5, true);
+    cr_assert_str_eq(ev[0].peer.service, "shop/web");
+    cr_assert_str_eq(ev[1].peer.service, "shop/web");
+    cr_assert_str_eq(ev[2].peer.service, "shop/db");
+    cr_assert_null(ev[3].peer.service);
+    cr_assert_null(ev[4].peer.service);
+    struct k8s_services_stats st;
+    k8s_services_get_stats(s, &st);
+    cr_assert_eq(st.lookups, 5, "one per event");
+    cr_assert_eq(st.results[K8S_SVC_AMBIGUOUS], 1);
+    k8s_services_free(s);
+}

@@ -273,6 +273,73 @@ Test(peers, enrich_names_the_peer_side_and_keeps_what_the_agent_filled)
     peers_free(p);
 }
 
+/* An answered dns event whose answers are the n NUL-separated strings in a. */
+static struct event dns_event(const char *a, size_t len)
+{
+    struct event e = {.type = EVENT_DNS,
+                      .status = EVENT_STATUS_ANSWERED,
+                      .family = EVENT_FAMILY_IPV4,
+                      .protocol = 17,
+                      .dport = 53};
+    e.u.dns.answers = (char *)a;
+    e.u.dns.answers_len = (uint32_t)len;
+    inet_pton(AF_INET, "10.96.0.10", e.daddr); /* the server: never the peer */
+    return e;
+}
+
+Test(peers, a_dns_answer_names_what_all_its_addresses_agree_on)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod a = pod("node-a", "shop", "web-1", "10.1.0.5", T0);
+    struct peers_pod b = pod("node-b", "shop", "web-2", "10.1.0.6", T0);
+    struct peers_pod c = pod("node-b", "bank", "db-0", "fd00::7", T0);
+    b.workload = a.workload; /* two pods of one workload */
+    peers_observe(p, &a);
+    peers_observe(p, &b);
+    peers_observe(p, &c);
+    static const char one[] = "web.shop.svc\0"
+                              "10.1.0.5"; /* a CNAME, then one pod */
+    static const char same_workload[] = "10.1.0.5\0"
+                                        "10.1.0.6"; /* two pods of web-1's workload */
+    static const char two_namespaces[] = "10.1.0.5\0fd00::7";
+    static const char one_unknown[] = "10.1.0.5\0"
+                                      "192.0.2.1";
+    static const char names_only[] = "a.example\0b.example";
+    struct event ev[] = {
+        dns_event(one, sizeof(one)),
+        dns_event(same_workload, sizeof(same_workload)),
+        dns_event(two_namespaces, sizeof(two_namespaces)),
+        dns_event(one_unknown, sizeof(one_unknown)),
+        dns_event(names_only, sizeof(names_only)),
+        dns_event(one, sizeof(one)),
+    };
+    ev[5].status = EVENT_STATUS_TIMEOUT; /* answers mean nothing then */
+    peers_enrich(p, ev, 6, T0 + SEC, true);
+
+    cr_assert_str_eq(ev[0].peer.pod, "web-1");
+    cr_assert_str_eq(ev[0].peer.namespace, "shop");
+    cr_assert_str_eq(ev[0].peer.node, "node-a");
+    cr_assert_null(ev[1].peer.pod, "two pods: no one pod");
+    cr_assert_null(ev[1].peer.node);
+    cr_assert_str_eq(ev[1].peer.workload, "web-1");
+    cr_assert_str_eq(ev[1].peer.namespace, "shop");
+    cr_assert_str_eq(ev[1].peer.workload_kind, "Deployment");
+    cr_assert_null(ev[2].peer.namespace, "two namespaces agree on nothing but the kind");
+    cr_assert_null(ev[2].peer.workload);
+    cr_assert_null(ev[2].peer.pod);
+    cr_assert_null(ev[3].peer.pod, "an address nobody holds: not named");
+    cr_assert_null(ev[3].peer.workload);
+    cr_assert_null(ev[4].peer.workload, "names are not looked up");
+    cr_assert_null(ev[5].peer.pod, "a timeout has no answer");
+
+    struct peers_stats st;
+    peers_get_stats(p, &st);
+    cr_assert_eq(st.lookups, 4, "events with addresses are counted once each");
+    cr_assert_eq(st.results[PEERS_HIT], 3);
+    cr_assert_eq(st.results[PEERS_MISS], 1);
+    peers_free(p);
+}
+
 Test(peers, pods_come_from_the_events_pod_table_attribution)
 {
     struct event ev[4] = {0};
