@@ -833,14 +833,17 @@ const char *k8s_node_name(const struct k8s *k)
     return k ? k->node_name : NULL;
 }
 
-/* The other end: a connection's destination, an accept's source, a close's other side. */
+/* One of peers_event_resolve()'s lookups: a pod of this node that holds addr alone. */
 static bool pod_lookup(void *ctx, unsigned family, const uint8_t addr[16], uint16_t port,
                        uint8_t protocol, struct event_peer *out)
 {
     return k8s_peer_lookup(ctx, family, addr, out) == 1;
 }
 
-/* The peer among this node's pods (a dns answer's: the pods all its addresses are). */
+/*
+ * The other end among this node's pods: a connection's destination, an
+ * accept's source, a close's other side, what a dns answer's addresses are.
+ */
 static void enrich_peer(struct k8s *k, struct event *e)
 {
     struct event_peer found;
