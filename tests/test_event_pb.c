@@ -1364,6 +1364,46 @@ Test(event_pb, fuzz_seeds_decode)
             cr_assert(f && fwrite(b.data, 1, b.len, f) == b.len && fclose(f) == 0, "%s", path);
         }
     }
+    /* A pod with an address, and a dns answer that points at it: the aggregator names it. */
+    static struct event_pb_pods pods;
+    struct event_batch_meta meta = test_meta();
+    static const char answers[] = "web.shop.svc.cluster.local\0"
+                                  "10.1.0.5";
+    event_pb_pods_reset(&pods);
+    buf_reset(&b);
+    base(&ev[0], EVENT_EXEC, 1, "web");
+    base(&ev[1], EVENT_DNS, 2, "client");
+    ev[0].k8s.pod_name = intern("web-1");
+    ev[0].k8s.namespace = intern("shop");
+    ev[0].k8s.pod_uid = intern("uid-web-1");
+    ev[0].k8s.workload = intern("web");
+    ev[0].k8s.ips = intern("10.1.0.5,fd00::5");
+    addrs(&ev[1], EVENT_FAMILY_IPV4, "10.1.0.9", 40000, "10.96.0.53", 53);
+    ev[1].protocol = 17;
+    ev[1].status = EVENT_STATUS_ANSWERED;
+    ev[1].u.dns.query = strdup("web.shop.svc.cluster.local");
+    ev[1].u.dns.answers = malloc(sizeof(answers));
+    memcpy(ev[1].u.dns.answers, answers, sizeof(answers));
+    ev[1].u.dns.answers_len = sizeof(answers);
+    ev[1].u.dns.query_type = 1;
+    for (size_t k = 0; k < 2; k++) {
+        cr_assert_eq(event_batch_append_event_pods(&b, &ev[k], meta.node, &pods), 0);
+        event_clear(&ev[k]);
+    }
+    cr_assert_eq(event_batch_append_meta(&b, &meta), 0);
+    struct event_batch_meta m;
+    struct event *out;
+    size_t nout;
+    cr_assert_eq(event_batch_decode((uint8_t *)b.data, b.len, &m, &out, &nout, NULL, 0), 0);
+    cr_assert_eq(nout, 2);
+    cr_assert_str_eq(out[0].k8s.ips, "10.1.0.5,fd00::5");
+    cr_assert_eq(out[1].u.dns.answers_len, sizeof(answers));
+    free_events(out, nout);
+    if (dir) {
+        snprintf(path, sizeof(path), "%s/dns-peer.pb", dir);
+        FILE *f = fopen(path, "wb");
+        cr_assert(f && fwrite(b.data, 1, b.len, f) == b.len && fclose(f) == 0, "%s", path);
+    }
     buf_free(&b);
     struct pb_craft crafts[48];
     size_t nc = pb_craft_hostile(crafts, 32, "seed-node", 1, 1700000000000000000ull);

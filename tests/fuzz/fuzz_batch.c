@@ -6,7 +6,8 @@
  * one decides the same (accept/reject, metadata, the skipped-event count and
  * every event field by field), and event_batch_decode_max() refuses exactly
  * the batches with more events than its limit. The events then go where the
- * aggregator sends them: the bounded store (small, so eviction runs), a
+ * aggregator sends them: the peer map (their pod table learnt, their peers,
+ * dns answers among them, named), the bounded store (small, so eviction runs), a
  * query over it, the JSON writer, the SSE copy, and their release. ASan and
  * UBSan watch it all.
  */
@@ -20,6 +21,7 @@
 #include "event.h"
 #include "event_json.h"
 #include "event_pb.h"
+#include "peers.h"
 #include "query.h"
 #include "store.h"
 
@@ -29,6 +31,7 @@
 #define LIMIT 3 /* events, for event_batch_decode_max() */
 
 static struct store *store;
+static struct peers *peers;
 
 static void free_events(struct event *ev, size_t n)
 {
@@ -46,9 +49,17 @@ static bool meta_equal(const struct event_batch_meta *a, const struct event_batc
            a->sent_at_ns == b->sent_at_ns && a->rejected_events == b->rejected_events;
 }
 
-/* Where the aggregator sends a decoded event: JSON, the SSE copy, the store. */
+/* Where the aggregator sends a decoded event: the peer map, JSON, the SSE copy, the store. */
 static void ingest(struct event *ev, size_t n, struct buf *js)
 {
+    static struct peers_pod pods[PEERS_ANNOUNCE_MAX_PODS];
+    size_t np = peers_pods_from_events(ev, n, 1, pods, PEERS_ANNOUNCE_MAX_PODS);
+    for (size_t k = 0; k < np; k++)
+        peers_observe(peers, &pods[k]);
+    peers_enrich(peers, ev, n, 2, true);
+    struct peers_stats st;
+    peers_get_stats(peers, &st);
+    CHECK(st.entries <= 16, "%llu peer entries over the bound", (unsigned long long)st.entries);
     for (size_t i = 0; i < n; i++) {
         struct event copy;
         buf_reset(js);
@@ -80,6 +91,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct store_limits lim = {.max_events = 64};
         store = store_new(&lim);
         CHECK(store, "store_new failed");
+        peers = peers_new(16, 60000000000ull, 5000000000ull);
+        CHECK(peers, "peers_new failed");
     }
     struct event_batch_meta mf, mg;
     struct event *f = NULL, *g = NULL;
