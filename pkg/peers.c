@@ -403,7 +403,11 @@ static bool same_str(const char *a, const char *b)
     return a == b || (a && b && strcmp(a, b) == 0);
 }
 
-/* Empties each field of acc that one does not name the same. */
+/*
+ * Empties each field of acc that one does not name the same, and what means
+ * nothing without another: a workload is a namespace's, its kind the
+ * workload's, a pod a namespace's, a node the pod's.
+ */
 static void agree(struct event_peer *acc, const struct event_peer *one)
 {
     const char **a[] = {&acc->pod,  &acc->namespace, &acc->workload, &acc->workload_kind,
@@ -413,6 +417,12 @@ static void agree(struct event_peer *acc, const struct event_peer *one)
     for (size_t i = 0; i < sizeof(b) / sizeof(b[0]); i++)
         if (!same_str(*a[i], b[i]))
             *a[i] = NULL;
+    if (!acc->namespace)
+        acc->workload = acc->pod = NULL;
+    if (!acc->workload)
+        acc->workload_kind = NULL;
+    if (!acc->pod)
+        acc->node = NULL;
 }
 
 bool peers_event_resolve(const struct event *e, peers_lookup_fn fn, void *ctx,

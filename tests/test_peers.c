@@ -293,10 +293,13 @@ Test(peers, a_dns_answer_names_what_all_its_addresses_agree_on)
     struct peers_pod a = pod("node-a", "shop", "web-1", "10.1.0.5", T0);
     struct peers_pod b = pod("node-b", "shop", "web-2", "10.1.0.6", T0);
     struct peers_pod c = pod("node-b", "bank", "db-0", "fd00::7", T0);
+    struct peers_pod d = pod("node-b", "bank", "web-9", "10.3.0.9", T0);
+    d.workload = a.workload; /* a workload of that name in another namespace */
     b.workload = a.workload; /* two pods of one workload */
     peers_observe(p, &a);
     peers_observe(p, &b);
     peers_observe(p, &c);
+    peers_observe(p, &d);
     static const char one[] = "web.shop.svc\0"
                               "10.1.0.5"; /* a CNAME, then one pod */
     static const char same_workload[] = "10.1.0.5\0"
@@ -305,6 +308,8 @@ Test(peers, a_dns_answer_names_what_all_its_addresses_agree_on)
     static const char one_unknown[] = "10.1.0.5\0"
                                       "192.0.2.1";
     static const char names_only[] = "a.example\0b.example";
+    static const char same_name[] = "10.1.0.5\0"
+                                    "10.3.0.9"; /* web-1's workload name in two namespaces */
     struct event ev[] = {
         dns_event(one, sizeof(one)),
         dns_event(same_workload, sizeof(same_workload)),
@@ -312,9 +317,10 @@ Test(peers, a_dns_answer_names_what_all_its_addresses_agree_on)
         dns_event(one_unknown, sizeof(one_unknown)),
         dns_event(names_only, sizeof(names_only)),
         dns_event(one, sizeof(one)),
+        dns_event(same_name, sizeof(same_name)),
     };
     ev[5].status = EVENT_STATUS_TIMEOUT; /* answers mean nothing then */
-    peers_enrich(p, ev, 6, T0 + SEC, true);
+    peers_enrich(p, ev, 7, T0 + SEC, true);
 
     cr_assert_str_eq(ev[0].peer.pod, "web-1");
     cr_assert_str_eq(ev[0].peer.namespace, "shop");
@@ -324,18 +330,22 @@ Test(peers, a_dns_answer_names_what_all_its_addresses_agree_on)
     cr_assert_str_eq(ev[1].peer.workload, "web-1");
     cr_assert_str_eq(ev[1].peer.namespace, "shop");
     cr_assert_str_eq(ev[1].peer.workload_kind, "Deployment");
-    cr_assert_null(ev[2].peer.namespace, "two namespaces agree on nothing but the kind");
+    cr_assert_null(ev[2].peer.namespace, "two namespaces: nothing");
     cr_assert_null(ev[2].peer.workload);
+    cr_assert_null(ev[2].peer.workload_kind, "a kind alone says nothing");
+    cr_assert_null(ev[2].peer.node, "a node alone neither");
     cr_assert_null(ev[2].peer.pod);
     cr_assert_null(ev[3].peer.pod, "an address nobody holds: not named");
     cr_assert_null(ev[3].peer.workload);
     cr_assert_null(ev[4].peer.workload, "names are not looked up");
     cr_assert_null(ev[5].peer.pod, "a timeout has no answer");
+    cr_assert_null(ev[6].peer.workload, "a workload is its namespace's");
+    cr_assert_null(ev[6].peer.workload_kind);
 
     struct peers_stats st;
     peers_get_stats(p, &st);
-    cr_assert_eq(st.lookups, 4, "events with addresses are counted once each");
-    cr_assert_eq(st.results[PEERS_HIT], 3);
+    cr_assert_eq(st.lookups, 5, "events with addresses are counted once each");
+    cr_assert_eq(st.results[PEERS_HIT], 4);
     cr_assert_eq(st.results[PEERS_MISS], 1);
     peers_free(p);
 }
