@@ -7,6 +7,8 @@
  * loopback listener, and to a closed port) as edges with their exact counts,
  * Drops charts real packet drops and lists the dig queries this test sends
  * through a real dnsmasq (a known name, an NXDOMAIN one) with their counts,
+ * and, for a Kubernetes node's batch published on the bus, a drop's workload
+ * and the Service a queried name points at,
  * Nodes shows this node active with its loss counters, the agent's 64 KiB
  * outage buffer filling and overflowing while NATS is down (batches and events
  * dropped) and the aggregator's view of that node's loss once it is back, the
@@ -24,6 +26,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <limits.h>
+#include <nats/nats.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,8 +35,14 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "bus.h"
+#include "buf.h"
+#include "event.h"
+#include "event_json.h"
+#include "intern.h"
 #include "testutil.h"
 #include "ui.h"
 
@@ -275,6 +284,77 @@ static void wait_dns(const char *name, int n)
     }
 }
 
+/*
+ * What an agent on a Kubernetes node publishes (a JSON batch on its subject,
+ * with its headers), which this machine cannot make with pods of its own: a
+ * packet drop of pod shop/web's socket (SOCKET_RCVBUFF) and a query for
+ * dns_name answered with Service shop/web's ClusterIP. The page names the
+ * drop's workload and what the name points at.
+ */
+static void publish_k8s_node(const char *dns_name)
+{
+    static const char answers[] = "10.96.0.10";
+    struct event ev[2] = {0};
+    uint64_t now = (uint64_t)time(NULL) * 1000000000ull;
+    for (int i = 0; i < 2; i++) {
+        ev[i].id = 0x5e00000000000001ull + (uint64_t)i;
+        ev[i].timestamp_ns = now;
+        ev[i].node = intern("ui-k8s-node");
+        ev[i].family = EVENT_FAMILY_IPV4;
+        ev[i].protocol = 17;
+    }
+    ev[0].type = EVENT_PACKET_DROP;
+    ev[0].k8s.namespace = intern("shop");
+    ev[0].k8s.pod_name = intern("web-7d9c6b8f5d-x2k8p");
+    ev[0].k8s.workload = intern("web");
+    ev[0].k8s.workload_kind = intern("Deployment");
+    ev[0].u.drop.reason = intern("SOCKET_RCVBUFF");
+    ev[0].u.drop.reason_code = 6;
+    ev[0].u.drop.location = intern("__udp_enqueue_schedule_skb+0x2c1");
+    inet_pton(AF_INET, "10.1.0.9", ev[0].saddr);
+    inet_pton(AF_INET, "10.1.0.5", ev[0].daddr);
+    ev[1].type = EVENT_DNS;
+    ev[1].status = EVENT_STATUS_ANSWERED;
+    ev[1].pid = 4242;
+    strcpy(ev[1].command, "curl");
+    ev[1].k8s.namespace = intern("shop");
+    ev[1].k8s.pod_name = intern("client-1");
+    ev[1].peer.service = intern("shop/web");
+    ev[1].u.dns.query = (char *)dns_name;
+    ev[1].u.dns.query_type = 1;
+    ev[1].u.dns.answers = (char *)answers;
+    ev[1].u.dns.answers_len = sizeof(answers);
+    ev[1].u.dns.transaction_id = 7;
+    ev[1].u.dns.latency_ns = 250000;
+    inet_pton(AF_INET, "10.1.0.9", ev[1].saddr);
+    inet_pton(AF_INET, "10.96.0.53", ev[1].daddr);
+    ev[1].sport = 40000;
+    ev[1].dport = 53;
+
+    struct buf b;
+    buf_init(&b);
+    for (int i = 0; i < 2; i++) {
+        event_json_write(&b, &ev[i]);
+        buf_puts(&b, "\n");
+    }
+    char url[64];
+    natsConnection *nc = NULL;
+    natsMsg *m = NULL;
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", mon.nats_port);
+    cr_assert_eq(natsConnection_ConnectTo(&nc, url), NATS_OK);
+    cr_assert_eq(natsMsg_Create(&m, "ebpf.events.ui-k8s-node", NULL, b.data, (int)b.len), NATS_OK);
+    natsMsgHeader_Set(m, BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_JSON);
+    natsMsgHeader_Set(m, BUS_HDR_NODE, "ui-k8s-node");
+    natsMsgHeader_Set(m, BUS_HDR_INSTANCE, "ui-k8s-agent");
+    natsMsgHeader_Set(m, BUS_HDR_SEQUENCE, "1");
+    natsMsgHeader_Set(m, BUS_HDR_EVENTS, "2");
+    cr_assert_eq(natsConnection_PublishMsg(nc, m), NATS_OK);
+    cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
+    natsMsg_Destroy(m);
+    natsConnection_Destroy(nc);
+    buf_free(&b);
+}
+
 Test(e2e_ui, the_page_works_in_a_real_browser)
 {
     char flow_name[16];
@@ -292,6 +372,11 @@ Test(e2e_ui, the_page_works_in_a_real_browser)
     dig_n(dns_nx, DNS_NX, "NXDOMAIN");
     wait_dns(dns_name, DNS_OK);
     wait_dns(dns_nx, DNS_NX);
+    char k8s_name[48];
+    snprintf(k8s_name, sizeof(k8s_name), "uiweb%d.shop.svc.cluster.local",
+             (int)(getpid() % 100000));
+    publish_k8s_node(k8s_name);
+    wait_dns(k8s_name, 1);
 
     char marker[PATH_MAX + 32];
     char name[16];
@@ -306,11 +391,11 @@ Test(e2e_ui, the_page_works_in_a_real_browser)
                  " MARKER='%s' MARKER_NAME='%s' SHOTS='%s' CHROMIUM=" CHROMIUM
                  " NATS_PID=%d NATS_PORT=%d AGGREGATOR_PID=%d BENCH_LOAD='%s' FLOW_CLIENT=%s"
                  " FLOW_PORT=%d FLOW_CLOSED_PORT=%d FLOW_OK=%d FLOW_FAIL=%d DNS_NAME=%s DNS_OK=%d"
-                 " DNS_NX_NAME=%s DNS_NX=%d node '%s'",
+                 " DNS_NX_NAME=%s DNS_NX=%d K8S_DNS_NAME=%s node '%s'",
                  mon.aggregator_port, mon.agent_port, marker, name, dir, (int)mon.nats,
                  mon.nats_port, (int)mon.aggregator, tu_repo_path("build/bench/bench_load"),
                  flow_name, flow_port, closed_port, FLOW_OK, FLOW_FAIL, dns_name, DNS_OK, dns_nx,
-                 DNS_NX, script),
+                 DNS_NX, k8s_name, script),
         0);
     free(script);
     char *out;

@@ -713,17 +713,23 @@ async function refreshDrops() {
   const by = new Map();
   page.events.forEach((e) => {
     const r = e.drop_reason || 'unknown';
-    const c = by.get(r) || { n: 0, suppressed: 0, last: '' };
+    const c = by.get(r) || { n: 0, suppressed: 0, last: '', where: new Map() };
     c.n++;
     c.suppressed += e.suppressed || 0;
     if ((e.time || '') > c.last)
       c.last = e.time;
+    // In Kubernetes a drop names the pod whose socket lost the packet.
+    if (e.k8s_workload) {
+      const w = (e.k8s_namespace || '') + '/' + e.k8s_workload;
+      c.where.set(w, (c.where.get(w) || 0) + 1);
+    }
     by.set(r, c);
   });
   const tbody = $('#drops tbody');
   tbody.replaceChildren();
   [...by.entries()].sort((a, b) => b[1].n - a[1].n).forEach(([r, c]) => {
     const tr = row([r, c.n, c.suppressed, shortTime(c.last)], 1);
+    tr.appendChild(el('td', topList(c.where, 3)));
     tr.dataset.reason = r;
     tbody.appendChild(tr);
   });
@@ -742,7 +748,23 @@ async function refreshDrops() {
   await refreshDns(win);
 }
 
-// DNS: only when the server records dns events (SPEC section 9) and some
+// The n largest counts of a Map as "key count, key count (+k more)"; '' when empty.
+function topList(counts, n) {
+  const all = [...counts.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+  const text = all.slice(0, n).map(([k, v]) => k + ' ' + v).join(', ');
+  return all.length > n ? text + ' (+' + (all.length - n) + ' more)' : text;
+}
+
+// What a dns event's answer points at, as its peer fields name it: the Service, else the
+// workload or pod (namespace/name); '' when nothing is named.
+function pointsAt(e) {
+  if (e.peer_service)
+    return e.peer_service;
+  const name = e.peer_workload || e.peer_pod;
+  return name ? (e.peer_namespace || '') + '/' + name : '';
+}
+
+// DNS: only when the server records dns events (the README's Events) and some
 // exist; otherwise a plain sentence and no request that would be refused.
 async function refreshDns(win) {
   const note = $('#dns-status');
@@ -772,8 +794,10 @@ async function refreshDns(win) {
   const rcodes = new Map();
   let timeouts = 0;
   page.events.forEach((e) => {
-    const n = names.get(e.query) || { n: 0, nx: 0, servfail: 0, timeout: 0 };
+    const n = names.get(e.query) || { n: 0, nx: 0, servfail: 0, timeout: 0, at: '' };
     n.n++;
+    if (!n.at) // the newest answer that names something (events come newest first)
+      n.at = pointsAt(e);
     if (e.rcode === 'NXDOMAIN')
       n.nx++;
     if (e.rcode === 'SERVFAIL')
@@ -794,6 +818,7 @@ async function refreshDns(win) {
   const tbody = $('#dns-top tbody');
   tbody.replaceChildren(...[...names.entries()].sort((a, b) => b[1].n - a[1].n).slice(0, 20).map(([q, n]) => {
     const tr = row([q, n.n, n.nx, n.servfail, n.timeout], 1);
+    tr.appendChild(el('td', n.at));
     tr.dataset.query = q;
     [2, 3, 4].forEach((i) => { if (Number(tr.children[i].textContent) > 0) tr.children[i].classList.add('bad'); });
     return tr;

@@ -10,7 +10,9 @@
 // FLOW_CLOSED_PORT, by a process named FLOW_CLIENT), DNS_NAME/DNS_OK and
 // DNS_NX_NAME/DNS_NX (the dig queries the C test made through a real dnsmasq:
 // DNS_OK answered for DNS_NAME, DNS_NX NXDOMAIN for DNS_NX_NAME; the
-// aggregator holds them all). The agent keeps at most OUTAGE_BUFFER=64KiB
+// aggregator holds them all), K8S_DNS_NAME (a query in a batch of a
+// Kubernetes node the C test published: a drop of pod shop/web's socket and
+// this name answered with Service shop/web's ClusterIP). The agent keeps at most OUTAGE_BUFFER=64KiB
 // of batches while NATS is down, so the outage step can overflow it.
 // Prints "ok: <step>" per step and "ui: pass" at the end; exits 1 on a
 // failed step, 3 when a tool is missing. Every wait has a deadline; nothing
@@ -40,6 +42,7 @@ const DNS_NAME = env('DNS_NAME');
 const DNS_OK = Number(env('DNS_OK'));
 const DNS_NX_NAME = env('DNS_NX_NAME');
 const DNS_NX = Number(env('DNS_NX'));
+const K8S_DNS_NAME = env('K8S_DNS_NAME'); // a Kubernetes node's query, published by the C test
 const UI_DIR = new URL('../../pkg/ui/', import.meta.url);
 const UI_GEN = new URL('../../build/gen/ui/', import.meta.url); // index.html as built (versioned file URLs)
 mkdirSync(SHOTS, { recursive: true });
@@ -248,10 +251,17 @@ await step('Drops charts real packet drops by kernel reason; DNS lists the test\
   const top = await page.$$eval('#dns-top tbody tr', (trs) => trs.map((tr) => ({ query: tr.dataset.query,
     cells: [...tr.children].map((td) => td.textContent) })));
   const rowOfName = (q) => top.find((r) => r.query === q);
-  const ok = rowOfName(DNS_NAME), nx = rowOfName(DNS_NX_NAME);
-  // columns: name, queries, NXDOMAIN, SERVFAIL, timeouts
-  assert(ok && ok.cells.join('|') === [DNS_NAME, DNS_OK, 0, 0, 0].join('|'), DNS_NAME + ' in the top names: ' + JSON.stringify(top));
-  assert(nx && nx.cells.join('|') === [DNS_NX_NAME, DNS_NX, DNS_NX, 0, 0].join('|'), DNS_NX_NAME + ' in the top names: ' + JSON.stringify(top));
+  const ok = rowOfName(DNS_NAME), nx = rowOfName(DNS_NX_NAME), k8s = rowOfName(K8S_DNS_NAME);
+  // columns: name, queries, NXDOMAIN, SERVFAIL, timeouts, points at (nothing named on this VM)
+  assert(ok && ok.cells.join('|') === [DNS_NAME, DNS_OK, 0, 0, 0, ''].join('|'), DNS_NAME + ' in the top names: ' + JSON.stringify(top));
+  assert(nx && nx.cells.join('|') === [DNS_NX_NAME, DNS_NX, DNS_NX, 0, 0, ''].join('|'), DNS_NX_NAME + ' in the top names: ' + JSON.stringify(top));
+  // The Kubernetes node's query (the C test published it): the Service its answer is.
+  assert(k8s && k8s.cells.join('|') === [K8S_DNS_NAME, 1, 0, 0, 0, 'shop/web'].join('|'), K8S_DNS_NAME + ' in the top names: ' + JSON.stringify(top));
+  // and its drop, charged to a socket of pod shop/web: the workload is named by reason.
+  const rcv = await page.$eval('#drops tbody tr[data-reason="SOCKET_RCVBUFF"]', (tr) => [...tr.children].map((td) => td.textContent));
+  assert(rcv[1] === '1' && rcv[4] === 'shop/web 1', 'SOCKET_RCVBUFF row: ' + rcv.join(' | '));
+  const noSocket = await page.$eval('#drops tbody tr[data-reason="NO_SOCKET"] td:nth-child(5)', (td) => td.textContent);
+  assert(noSocket === '', 'NO_SOCKET drops (no socket) name no workload: ' + noSocket);
   assert(await page.$eval('#dns-top tbody tr[data-query="' + DNS_NX_NAME + '"] td:nth-child(3)', (td) => td.classList.contains('bad')),
     'the NXDOMAIN count of ' + DNS_NX_NAME + ' is not marked');
   const nxCard = await counter(page, 'dns-nxdomain');
