@@ -246,12 +246,33 @@ static uint16_t closed_port(int af, int type)
     return port;
 }
 
-/* Connects to a listener on loopback, accepts, and checks both events. */
-static void check_tcp_roundtrip(struct capture *c, struct collected *out, int af)
+/*
+ * A TCP connection on loopback: *lfd listens, *cfd connected to it, *afd
+ * accepted; f's addresses and ports are the client's (source) and the
+ * listener's (destination).
+ */
+static void tcp_pair(int af, struct flow *f, int *lfd, int *cfd, int *afd)
 {
     struct sockaddr_storage ss;
     socklen_t len = loopback(af, 0, &ss);
-    int lfd = socket(af, SOCK_STREAM, 0), cfd = socket(af, SOCK_STREAM, 0), afd;
+
+    *lfd = socket(af, SOCK_STREAM, 0);
+    *cfd = socket(af, SOCK_STREAM, 0);
+    cr_assert(*lfd >= 0 && *cfd >= 0);
+    cr_assert_eq(bind(*lfd, (struct sockaddr *)&ss, len), 0);
+    cr_assert_eq(listen(*lfd, 4), 0);
+    local_end(*lfd, f->daddr, &f->dport);
+    len = loopback(af, f->dport, &ss);
+    cr_assert_eq(connect(*cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
+    *afd = accept(*lfd, NULL, NULL);
+    cr_assert_geq(*afd, 0);
+    local_end(*cfd, f->saddr, &f->sport);
+}
+
+/* Connects to a listener on loopback, accepts, and checks both events. */
+static void check_tcp_roundtrip(struct capture *c, struct collected *out, int af)
+{
+    int lfd, cfd, afd;
     struct flow conn = {.type = EVENT_CONNECTION,
                         .family = af == AF_INET ? EVENT_FAMILY_IPV4 : EVENT_FAMILY_IPV6,
                         .protocol = IPPROTO_TCP,
@@ -259,15 +280,7 @@ static void check_tcp_roundtrip(struct capture *c, struct collected *out, int af
     struct flow acc;
     const struct event *e;
 
-    cr_assert(lfd >= 0 && cfd >= 0);
-    cr_assert_eq(bind(lfd, (struct sockaddr *)&ss, len), 0);
-    cr_assert_eq(listen(lfd, 4), 0);
-    local_end(lfd, conn.daddr, &conn.dport);
-    len = loopback(af, conn.dport, &ss);
-    cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
-    afd = accept(lfd, NULL, NULL);
-    cr_assert_geq(afd, 0);
-    local_end(cfd, conn.saddr, &conn.sport);
+    tcp_pair(af, &conn, &lfd, &cfd, &afd);
 
     e = wait_event(c, out, match_flow, &conn);
     cr_assert_not_null(e, "no established %s connection event for port %u",
@@ -343,24 +356,14 @@ static bool match_close(const struct event *e, const void *arg)
  * it received it; both sides' close events carry the connection's own 4-tuple. */
 static void check_tcp_reset(struct capture *c, struct collected *out)
 {
-    struct sockaddr_storage ss;
-    socklen_t len = loopback(AF_INET, 0, &ss);
-    int lfd = socket(AF_INET, SOCK_STREAM, 0), cfd = socket(AF_INET, SOCK_STREAM, 0), afd;
+    int lfd, cfd, afd;
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
     struct close_match m = {
         .f = {.type = EVENT_CLOSE, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_TCP}};
     const struct event *e;
     char buf[8];
 
-    cr_assert(lfd >= 0 && cfd >= 0);
-    cr_assert_eq(bind(lfd, (struct sockaddr *)&ss, len), 0);
-    cr_assert_eq(listen(lfd, 4), 0);
-    local_end(lfd, m.f.daddr, &m.f.dport);
-    len = loopback(AF_INET, m.f.dport, &ss);
-    cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
-    afd = accept(lfd, NULL, NULL);
-    cr_assert_geq(afd, 0);
-    local_end(cfd, m.f.saddr, &m.f.sport);
+    tcp_pair(AF_INET, &m.f, &lfd, &cfd, &afd);
     cr_assert_eq(setsockopt(cfd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
     close(cfd);
     cr_assert_eq(read(afd, buf, sizeof(buf)), -1, "the server sees the reset");
@@ -483,23 +486,13 @@ static uint64_t own_cgroup_id(void)
  */
 static void check_tcp_drop_owner(struct capture *c, struct collected *out)
 {
-    struct sockaddr_storage ss;
-    socklen_t len = loopback(AF_INET, 0, &ss);
-    int lfd = socket(AF_INET, SOCK_STREAM, 0), cfd = socket(AF_INET, SOCK_STREAM, 0), afd;
+    int lfd, cfd, afd;
     struct flow f = {
         .type = EVENT_PACKET_DROP, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_TCP};
     const struct event *e;
     char buf[16];
 
-    cr_assert(lfd >= 0 && cfd >= 0);
-    cr_assert_eq(bind(lfd, (struct sockaddr *)&ss, len), 0);
-    cr_assert_eq(listen(lfd, 4), 0);
-    local_end(lfd, f.daddr, &f.dport);
-    len = loopback(AF_INET, f.dport, &ss);
-    cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
-    afd = accept(lfd, NULL, NULL);
-    cr_assert_geq(afd, 0);
-    local_end(cfd, f.saddr, &f.sport);
+    tcp_pair(AF_INET, &f, &lfd, &cfd, &afd);
     cr_assert_eq(write(cfd, "ping", 4), 4);
     cr_assert_eq(read(afd, buf, 4), 4);
     cr_assert_eq(write(afd, "pong!!", 6), 6);
