@@ -75,13 +75,23 @@ void api_metric(struct buf *b, const char *name, const char *type, const char *h
 
 void api_label_escape(struct buf *b, const char *value)
 {
-    for (const char *p = value; *p; p++) {
-        if (*p == '\\' || *p == '"')
+    size_t len = strlen(value);
+
+    for (size_t i = 0; i < len;) {
+        size_t n = buf_utf8_seq(value + i, len - i);
+        if (n == 0) {
+            /* A label value must be UTF-8 (a scraper rejects the whole page otherwise). */
+            buf_puts(b, "\xef\xbf\xbd");
+            i++;
+            continue;
+        }
+        if (value[i] == '\\' || value[i] == '"')
             buf_putc(b, '\\');
-        if (*p == '\n')
+        if (value[i] == '\n')
             buf_puts(b, "\\n");
         else
-            buf_putc(b, *p);
+            buf_append(b, value + i, n);
+        i += n;
     }
 }
 

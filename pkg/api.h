@@ -33,7 +33,8 @@ void api_events_end(struct buf *b);
 void api_metric(struct buf *b, const char *name, const char *type, const char *help, uint64_t v);
 /* The "# HELP"/"# TYPE" header alone, for a family with labelled samples. */
 void api_metric_header(struct buf *b, const char *name, const char *type, const char *help);
-/* A label value as Prometheus text wants it (\\, \" and \n escaped), without the quotes. */
+/* A label value as Prometheus text wants it (\\, \" and \n escaped, each byte of no valid UTF-8
+ * sequence as U+FFFD), without the quotes. */
 void api_label_escape(struct buf *b, const char *value);
 /* One sample with a single label: name{label="value"} v */
 void api_metric_labelled(struct buf *b, const char *name, const char *label, const char *value,

@@ -176,30 +176,37 @@ static void connect_refused(int port)
     close(c);
 }
 
-/*
- * The aggregator's /metrics at port: promtool check metrics must pass, and
- * the value of ebpf_flow_connections_total for the test's edge to dst_port
- * with status is returned (0 when the replica has no such series).
- */
-static uint64_t metrics_connections(int port, int dst_port, const char *status)
+/* The aggregator's /metrics at port, in *r; promtool check metrics must pass. */
+static void metrics_checked(int port, struct tu_http *r)
 {
-    struct tu_http r;
-    char file[64], cmd[160], want[256];
+    char file[64], cmd[160];
     char *out = NULL;
 
-    cr_assert_eq(tu_http_get(port, "/metrics", NULL, &r), 0);
-    cr_assert_eq(r.status, 200);
+    cr_assert_eq(tu_http_get(port, "/metrics", NULL, r), 0);
+    cr_assert_eq(r->status, 200);
     snprintf(file, sizeof(file), "/tmp/e2e-flows-metrics-%d-%d.txt", getpid(), port);
     FILE *fp = fopen(file, "w");
     cr_assert(fp != NULL);
-    fwrite(r.body, 1, r.body_len, fp);
+    fwrite(r->body, 1, r->body_len, fp);
     fclose(fp);
     snprintf(cmd, sizeof(cmd), "promtool check metrics < %s", file);
     int rc = tu_run(cmd, &out);
     unlink(file);
     cr_assert_eq(rc, 0, "promtool check metrics: %s", out);
     free(out);
+}
 
+/*
+ * The value of ebpf_flow_connections_total for the test's edge to dst_port
+ * with status on the aggregator at port (0 when the replica has no such
+ * series), from a /metrics page that passes promtool.
+ */
+static uint64_t metrics_connections(int port, int dst_port, const char *status)
+{
+    struct tu_http r;
+    char want[256];
+
+    metrics_checked(port, &r);
     snprintf(want, sizeof(want),
              "ebpf_flow_connections_total{src_namespace=\"\",src_workload=\"%s\","
              "dst_namespace=\"\",dst_workload=\"127.0.0.1\",dst_port=\"%d\",protocol=\"tcp\","
@@ -376,6 +383,51 @@ Test(e2e_flows, exact_edges_on_the_agent_and_across_replicas, .fini = stop_all, 
     json_decref(solo);
     json_decref(a);
     json_decref(b);
+    stop_all();
+    remove_logs();
+}
+
+/*
+ * A process names itself (its comm is the edge's src_workload): bytes that
+ * are no UTF-8, a quote, a backslash, a newline and control characters. The
+ * aggregator's /metrics must still pass promtool, with the name's valid
+ * characters escaped and each invalid byte as U+FFFD.
+ */
+Test(e2e_flows, metrics_stay_valid_whatever_a_process_is_called, .fini = stop_all, .timeout = 60)
+{
+    static const char hostile[] = "q\"b\\\n\xffz\x7f\x01";
+    static const char label[] = "src_workload=\"q\\\"b\\\\\\n\xef\xbf\xbdz\x7f\x01\"";
+    char group[64], saved[16];
+    int port;
+
+    nats.port = tu_free_port();
+    snprintf(nats.log, sizeof(nats.log), "/tmp/e2e-flows-nats-%d.log", getpid());
+    nats.pid = tu_nats_start(nats.port, NULL, nats.log);
+    cr_assert_gt(nats.pid, 0, "nats-server did not start");
+    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", nats.port);
+    snprintf(group, sizeof(group), "flows-names-%d", getpid());
+    const char *extra[] = {"--nats-url", nats_url, "--flush-interval", "50ms", NULL};
+    tu_agent_start(&agent, "flows-names-node", extra);
+    agg_up(&aggs[0], "names", group);
+
+    int lfd = listen_on(&port);
+    prctl(PR_GET_NAME, saved);
+    prctl(PR_SET_NAME, hostile);
+    one_connection(lfd, port);
+    prctl(PR_SET_NAME, saved);
+    close(lfd);
+
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    for (;;) {
+        struct tu_http r;
+        metrics_checked(aggs[0].port, &r);
+        bool found = strstr(r.body, label) != NULL;
+        tu_http_free(&r);
+        if (found)
+            break;
+        cr_assert(tu_mono_ms() < deadline, "no series with %s", label);
+        usleep(50000);
+    }
     stop_all();
     remove_logs();
 }
