@@ -1709,9 +1709,12 @@ void flows_response_begin(struct buf *out, const struct flows_result *r,
                           const struct flows_query *q, const char *query_time)
 {
     char since[40], until[40];
+    /* What was counted: every minute the asked window overlaps, whole (flows_query()). */
+    uint64_t last = q->until_ns / NS_PER_MIN * NS_PER_MIN;
+    uint64_t end = last > UINT64_MAX - (NS_PER_MIN - 1) ? UINT64_MAX : last + NS_PER_MIN - 1;
 
-    event_format_time(q->since_ns, since);
-    event_format_time(q->until_ns, until);
+    event_format_time(q->since_ns / NS_PER_MIN * NS_PER_MIN, since);
+    event_format_time(end, until);
     buf_puts(out, "{\"edges\":");
     flows_result_json(r, out);
     buf_printf(out, ",\"count\":%zu,\"window\":{\"since\":\"%s\",\"until\":\"%s\"},\"query_time\":",

@@ -181,8 +181,9 @@ void flows_stats_json(struct flows *f, struct buf *out);
 
 /*
  * The /api/flows body without its closing brace: {"edges":[...],"count":n,
- * "window":{"since":..,"until":..},"query_time":"<query_time>"; the
- * aggregator appends "replicas" and "partial", then '}'.
+ * "window":{"since":..,"until":..},"query_time":"<query_time>", where window
+ * is what was counted: the whole minutes q's window overlaps. The aggregator
+ * appends "replicas" and "partial", then '}'.
  */
 void flows_response_begin(struct buf *out, const struct flows_result *r,
                           const struct flows_query *q, const char *query_time);

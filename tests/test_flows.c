@@ -205,6 +205,33 @@ Test(flows, group_by_workload_pod_and_service)
     flows_free(f);
 }
 
+/* The window a response gives is the one counted: whole minutes, not the asked bounds. */
+Test(flows, the_response_window_is_the_minutes_counted)
+{
+    struct flows_query q = {.since_ns = T0 + 59 * 1000000000ull + 500000000ull,
+                            .until_ns = T0 + 2 * MIN + 1000000000ull};
+    struct flows_result r = {0};
+    char since[40], until[40], want[128];
+    struct buf b;
+
+    buf_init(&b);
+    flows_response_begin(&b, &r, &q, "1ms");
+    event_format_time(T0, since);
+    event_format_time(T0 + 3 * MIN - 1, until);
+    snprintf(want, sizeof(want), "\"window\":{\"since\":\"%s\",\"until\":\"%s\"}", since, until);
+    cr_assert(strstr(b.data, want) != NULL, "%s in %s", want, b.data);
+
+    /* A window already on minute bounds is given as asked. */
+    q.since_ns = T0;
+    q.until_ns = T0 + MIN - 1;
+    buf_reset(&b);
+    flows_response_begin(&b, &r, &q, "1ms");
+    event_format_time(T0 + MIN - 1, until);
+    snprintf(want, sizeof(want), "\"window\":{\"since\":\"%s\",\"until\":\"%s\"}", since, until);
+    cr_assert(strstr(b.data, want) != NULL, "%s in %s", want, b.data);
+    buf_free(&b);
+}
+
 Test(flows, filters_and_window)
 {
     struct flows *f = flows_new(24 * HOUR, 1000);
