@@ -19,12 +19,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define BUS_MAX_SERVERS      32
-#define BUS_RECONNECT_WAIT   250  /* ms */
-#define BUS_RECONNECT_JITTER 250  /* ms, spreads a fleet of agents after an outage */
-#define BUS_TLS_JITTER       1000 /* ms; TLS handshakes cost the server more */
-#define BUS_CONNECT_TIMEOUT  2000 /* ms per connection attempt */
-#define BUS_CLOSE_WAIT_S     5    /* for nats.c's closed callback */
+#define BUS_MAX_SERVERS     32
+#define BUS_CONNECT_TIMEOUT 2000 /* ms per connection attempt */
+#define BUS_CLOSE_WAIT_S    5    /* for nats.c's closed callback */
 
 struct bus {
     natsConnection *nc;

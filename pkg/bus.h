@@ -70,6 +70,15 @@ void bus_close(struct bus *b);
  * it has, false on timeout. The reason is then in bus_get_status().last_error.
  */
 bool bus_wait_closed(struct bus *b, unsigned timeout_ms);
+/* Each client retries a lost server every BUS_RECONNECT_WAIT ms plus up to its jitter. */
+#define BUS_RECONNECT_WAIT   250  /* ms */
+#define BUS_RECONNECT_JITTER 250  /* ms, spreads a fleet of agents after an outage */
+#define BUS_TLS_JITTER       1000 /* ms; TLS handshakes cost the server more */
+/*
+ * After a server comes back, the time within which every client that lost it
+ * has reconnected, and re-subscribed, with a margin: two retry periods.
+ */
+#define BUS_SETTLE_MS (2 * (BUS_RECONNECT_WAIT + BUS_TLS_JITTER))
 /* How long to give nats.c to report a refused login after a call failed on it. */
 #define BUS_CLOSED_WAIT_MS 2000
 natsConnection *bus_conn(struct bus *b);

@@ -300,6 +300,7 @@ int publisher_flush(struct publisher *p, uint64_t timeout_ns)
     int rc = 0;
     pthread_mutex_lock(&p->mu);
     p->flush_waiters++;
+    pthread_cond_signal(&p->wake); /* a publisher settling after an outage sends now */
     while ((p->head || p->inflight) && rc == 0)
         rc = pthread_cond_timedwait(&p->drained, &p->mu, &until);
     p->flush_waiters--;
@@ -388,16 +389,40 @@ static void log_outage(struct publisher *p, bool *logged)
     *logged = true;
 }
 
+/*
+ * Core NATS keeps nothing for a subject nobody subscribes to. After an outage
+ * the aggregators reconnect as this agent did, each at its own moment within
+ * a retry period: batches sent at once would go to a server that has not yet
+ * heard their subscriptions again, and be lost. So nothing is sent until
+ * every client has had time to come back (BUS_SETTLE_MS; less when stopping,
+ * flushing or disconnected again); the batches wait in the queue meanwhile.
+ */
+static void settle_after_outage(struct publisher *p)
+{
+    struct timespec until = clock_deadline_ms(BUS_SETTLE_MS);
+
+    while (!p->stopping && !p->flush_waiters && bus_connected(p->bus) &&
+           pthread_cond_timedwait(&p->wake, &p->mu, &until) != ETIMEDOUT)
+        ;
+}
+
 static void *publisher_main(void *arg)
 {
     struct publisher *p = arg;
-    bool outage_logged = false;
+    bool outage_logged = false, outage = false;
 
     pthread_mutex_lock(&p->mu);
     for (;;) {
         bool connected = bus_connected(p->bus);
         if (p->stopping)
             break;
+        if (!connected)
+            outage = true;
+        if (connected && outage) {
+            outage = false;
+            settle_after_outage(p);
+            continue;
+        }
         if (!connected) {
             if (p->log_prefix && !outage_logged) {
                 pthread_mutex_unlock(&p->mu);

@@ -540,6 +540,49 @@ Test(publisher, outage_queues_drops_oldest_and_resumes)
     fixture_close(&f);
 }
 
+/*
+ * After an outage, a subscriber on another connection (an aggregator) may
+ * come back after this publisher: the queued batches wait until it has had
+ * time to, instead of going to a server that knows no subscriber yet.
+ */
+Test(publisher, after_an_outage_batches_wait_for_subscribers_to_return)
+{
+    struct fixture f;
+    fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 1, 100 * MS, 1 << 20, false);
+
+    add_events(f.pub, 0, 1);
+    publisher_tick(f.pub, mono_ns());
+    natsMsg *m = next_msg(&f, WAIT_MS);
+    cr_assert_not_null(m);
+    natsMsg_Destroy(m);
+
+    tu_stop(f.nats, 2000);
+    f.nats = -1;
+    cr_assert(wait_bus(f.bus, false), "the bus did not notice the server going away");
+    add_events(f.pub, 1, 3);
+    /* The subscriber is gone for now: it subscribes again only once the publisher is back. */
+    natsSubscription_Destroy(f.sub);
+    natsConnection_Destroy(f.sub_nc);
+    f.sub = NULL;
+    f.sub_nc = NULL;
+
+    fixture_start_server(&f);
+    cr_assert(wait_bus(f.bus, true), "the bus did not reconnect");
+    char url[64];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", f.port);
+    cr_assert_eq(natsConnection_ConnectTo(&f.sub_nc, url), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&f.sub, f.sub_nc, SUBJECT), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(f.sub_nc), NATS_OK);
+
+    for (uint64_t seq = 2; seq <= 4; seq++) {
+        m = next_msg(&f, WAIT_MS);
+        cr_assert_not_null(m, "queued batch %llu lost", (unsigned long long)seq);
+        cr_assert_eq(header_u64(m, BUS_HDR_SEQUENCE), seq);
+        natsMsg_Destroy(m);
+    }
+    fixture_close(&f);
+}
+
 Test(publisher, free_sends_the_open_batch)
 {
     struct fixture f;
