@@ -309,27 +309,35 @@ static int query_parse_types(const char *v, size_t len, uint32_t *out, const cha
 
 /*
  * The query filter: a name (lowercased, one trailing dot dropped) or "*." and
- * a name; no empty label, no space or control byte. -EINVAL otherwise.
+ * a name; no empty label, no space or control byte. A byte above 0x7e (a
+ * name typed in UTF-8) is kept as \DDD, the text form events show it in
+ * (pkg/dns.c), so it matches the name as it went on the wire. -EINVAL
+ * otherwise.
  */
 static int query_set_dns_name(struct query *q, const char *v, size_t len)
 {
-    size_t start = 0;
+    size_t start = 0, o = 0;
 
     if (len >= 2 && v[0] == '*' && v[1] == '.')
         start = 2;
     if (len > start + 1 && v[len - 1] == '.')
         len--;
-    if (len <= start || len >= sizeof(q->dns_query))
+    if (len <= start)
         return -EINVAL;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)v[i];
         bool dot = c == '.';
-        if (c <= ' ' || c == 0x7f || (i >= start && c == '*') ||
+        if (c <= ' ' || (i >= start && c == '*') ||
             (dot && (i == start || v[i - 1] == '.' || i == len - 1)))
             return -EINVAL;
-        q->dns_query[i] = (char)tolower(c);
+        if (o + 4 >= sizeof(q->dns_query))
+            return -EINVAL;
+        if (c >= 0x7f)
+            o += (size_t)snprintf(q->dns_query + o, 5, "\\%03u", c);
+        else
+            q->dns_query[o++] = (char)tolower(c);
     }
-    q->dns_query[len] = '\0';
+    q->dns_query[o] = '\0';
     return 0;
 }
 

@@ -647,6 +647,14 @@ Test(query_parse, dns_filters)
     cr_assert_eq(q.status, EVENT_STATUS_ESTABLISHED);
     char err[256];
     cr_assert_eq(parse(&q, "query=a.test&rcode=SERVFAIL", true, err, sizeof(err)), 0, "%s", err);
+    /* A name in UTF-8 (or any byte above 0x7e) in the text form events show it in. */
+    parse_ok(&q, "query=%C3%BCn%C3%AF.Internal");
+    cr_assert_str_eq(q.dns_query, "\\195\\188n\\195\\175.internal");
+    parse_ok(&q, "query=*.%FF.com");
+    cr_assert_str_eq(q.dns_query, "*.\\255.com");
+    parse_ok(&q, "query=a%7F.com");
+    cr_assert_str_eq(q.dns_query, "a\\127.com");
+    cr_assert_neq(parse(&q, "query=a%01.com", true, err, sizeof(err)), 0, "a control byte");
 }
 
 static struct event dns_event(const char *name, unsigned status, uint16_t rcode)
@@ -675,6 +683,8 @@ Test(query_match, dns_query_and_rcode)
         {"query=*.example.com", "example.com", EVENT_STATUS_ANSWERED, 0, false},
         {"query=*.example.com", "badexample.com", EVENT_STATUS_ANSWERED, 0, false},
         {"query=*.example.com", NULL, EVENT_STATUS_ANSWERED, 0, false},
+        {"query=%C3%BCn%C3%AF.internal", "\\195\\188n\\195\\175.internal", EVENT_STATUS_ANSWERED, 0,
+         true},
         {"rcode=NXDOMAIN", "x.test", EVENT_STATUS_ANSWERED, 3, true},
         {"rcode=3", "x.test", EVENT_STATUS_ANSWERED, 3, true},
         {"rcode=NOERROR", "x.test", EVENT_STATUS_ANSWERED, 3, false},
