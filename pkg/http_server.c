@@ -11,6 +11,7 @@
  */
 #include "http_server.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -541,10 +542,34 @@ static const struct http_route *route_find(struct http_server *s, const h2o_iove
     return NULL;
 }
 
+/*
+ * The path req names. An absolute-form request target ("GET
+ * http://host/path", which a server must accept, RFC 9112 section 3.2.2) is
+ * kept whole by h2o, normalized as "/http://host/path": its path is after the
+ * authority.
+ */
+static h2o_iovec_t origin_path(const h2o_req_t *req)
+{
+    h2o_iovec_t p = req->path_normalized;
+    size_t i = 1;
+
+    if (req->path.len == 0 || req->path.base[0] == '/')
+        return p;
+    while (i < p.len && (isalnum((unsigned char)p.base[i]) || p.base[i] == '+' ||
+                         p.base[i] == '-' || p.base[i] == '.'))
+        i++;
+    if (i == 1 || p.len - i < 3 || memcmp(p.base + i, "://", 3) != 0)
+        return p;
+    const char *end = p.base + p.len, *host = p.base + i + 3;
+    const char *slash = memchr(host, '/', (size_t)(end - host));
+    return slash != NULL ? h2o_iovec_init(slash, (size_t)(end - slash))
+                         : h2o_iovec_init(H2O_STRLIT("/"));
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     struct http_server *s = ((struct http_h2o_handler *)self)->srv;
-    const h2o_iovec_t path = req->path_normalized;
+    const h2o_iovec_t path = origin_path(req);
     const struct http_route *r;
     const char *qs = "";
     size_t qslen = 0;

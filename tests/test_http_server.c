@@ -430,6 +430,30 @@ Test(http_server, query_string_is_raw)
     http_server_free(s);
 }
 
+/* "GET http://host/path" (absolute form, which servers must accept) is the same request. */
+Test(http_server, absolute_form_targets_route_by_their_path)
+{
+    struct http_server *s = start_server(TEST_TOKEN, 0);
+    int port = http_server_port(s);
+    struct reply r;
+
+    get(port, "http://example.test:8080/api/events?type=exec",
+        "Authorization: Bearer " TEST_TOKEN "\r\n", &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_str_eq(r.body, "{\"path\":\"/api/events\",\"query\":\"type=exec\"}");
+    /* The token guards the API whatever form names it. */
+    get(port, "HTTP://example.test/api/events", NULL, &r);
+    cr_assert_eq(r.status, 401);
+    get(port, "http://example.test/health", NULL, &r);
+    cr_assert_eq(r.status, 200);
+    get(port, "http://example.test/nope", NULL, &r);
+    cr_assert_eq(r.status, 404);
+    /* A path that merely looks like one is a path. */
+    get(port, "/http://example.test/health", NULL, &r);
+    cr_assert_eq(r.status, 404);
+    http_server_free(s);
+}
+
 Test(http_server, stream_delivers_matching_events)
 {
     struct http_server *s = start_server(NULL, 0);
