@@ -42,8 +42,11 @@
 #define HTTP_MAX_STREAM_CLIENTS_DEFAULT   64
 #define HTTP_PUBLISH_QUEUE_MAX            65536
 #define HTTP_KEEPALIVE_MS                 15000
-#define HTTP_SHUTDOWN_GRACE_MS            2000
-#define HTTP_MAX_REQUEST_BODY             16384
+/* Events stamped before a stream's `until` may still be on their way (an agent's batch). */
+#define HTTP_STREAM_UNTIL_GRACE_MS 3000
+#define HTTP_UNTIL_TICK_MS         250
+#define HTTP_SHUTDOWN_GRACE_MS     2000
+#define HTTP_MAX_REQUEST_BODY      16384
 
 struct http_route {
     char *path;
@@ -137,6 +140,9 @@ struct http_server {
     h2o_multithread_message_t stop_msg;
     h2o_timeout_t keepalive_timeout;
     h2o_timeout_entry_t keepalive_entry;
+    /* Linked while a stream has an `until`: ends those past it. */
+    h2o_timeout_t until_timeout;
+    h2o_timeout_entry_t until_entry;
 
     h2o_linklist_t stream_clients; /* struct stream_client */
     h2o_linklist_t conns;          /* struct http_conn */
@@ -330,6 +336,14 @@ static void stream_detach(struct stream_client *c)
     }
 }
 
+/* Sends what the stream holds, then its end; the client no longer counts as one. */
+static void stream_end(struct stream_client *c)
+{
+    stream_detach(c);
+    c->finishing = true;
+    stream_flush(c);
+}
+
 /* The connection went away before the final chunk. */
 static void stream_on_stop(h2o_generator_t *gen, h2o_req_t *req)
 {
@@ -384,6 +398,11 @@ static void serve_stream(struct http_server *s, h2o_req_t *req, const char *qs, 
         send_error(req, 400, err);
         return;
     }
+    uint64_t now = clock_realtime_ns();
+    if (q.until_ns != UINT64_MAX && q.until_ns < now) {
+        send_error(req, 400, "invalid 'until': in the past, and a stream sends only new events");
+        return;
+    }
     if (stat_get(&s->nstream_clients) >= s->max_stream_clients) {
         send_error(req, 503, "too many stream clients");
         return;
@@ -402,6 +421,8 @@ static void serve_stream(struct http_server *s, h2o_req_t *req, const char *qs, 
     c->q = q;
     buf_init(&c->pending);
     buf_init(&c->inflight);
+    if (q.until_ns != UINT64_MAX && !h2o_timeout_is_linked(&s->until_entry))
+        h2o_timeout_link(s->ctx.loop, &s->until_timeout, &s->until_entry);
     h2o_linklist_insert(&s->stream_clients, &c->link);
     stat_add(&s->nstream_clients, 1);
     stream_clients_changed(s);
@@ -504,6 +525,32 @@ static void on_keepalive(h2o_timeout_entry_t *entry)
         }
     }
     h2o_timeout_link(s->ctx.loop, &s->keepalive_timeout, &s->keepalive_entry);
+}
+
+/*
+ * Ends the streams whose `until` is HTTP_STREAM_UNTIL_GRACE_MS past (events
+ * stamped before it may still be on their way); ticks while any has one.
+ */
+static void on_until_tick(h2o_timeout_entry_t *entry)
+{
+    struct http_server *s = H2O_STRUCT_FROM_MEMBER(struct http_server, until_entry, entry);
+    uint64_t now = clock_realtime_ns(), grace = HTTP_STREAM_UNTIL_GRACE_MS * 1000000ull;
+    h2o_linklist_t *node, *next;
+    bool more = false;
+
+    for (node = s->stream_clients.next; node != &s->stream_clients; node = next) {
+        struct stream_client *c = H2O_STRUCT_FROM_MEMBER(struct stream_client, link, node);
+
+        next = node->next;
+        if (c->q.until_ns == UINT64_MAX)
+            continue;
+        if (c->q.until_ns < now - grace)
+            stream_end(c);
+        else
+            more = true;
+    }
+    if (more)
+        h2o_timeout_link(s->ctx.loop, &s->until_timeout, &s->until_entry);
 }
 
 /* ---- request dispatch ---- */
@@ -1014,6 +1061,8 @@ struct http_server *http_server_new(const struct http_server_config *cfg, char *
     h2o_timeout_init(s->loop, &s->keepalive_timeout, HTTP_KEEPALIVE_MS);
     s->keepalive_entry.cb = on_keepalive;
     h2o_timeout_link(s->loop, &s->keepalive_timeout, &s->keepalive_entry);
+    h2o_timeout_init(s->loop, &s->until_timeout, HTTP_UNTIL_TICK_MS);
+    s->until_entry.cb = on_until_tick;
 
     s->listener = h2o_evloop_socket_create(s->loop, s->listen_fd, H2O_SOCKET_FLAG_DONT_READ);
     s->listener->data = s;
@@ -1122,9 +1171,7 @@ static bool close_connections(struct http_server *s)
         struct stream_client *c = H2O_STRUCT_FROM_MEMBER(struct stream_client, link, node);
 
         next = node->next;
-        stream_detach(c);
-        c->finishing = true;
-        stream_flush(c);
+        stream_end(c);
     }
     for (node = s->conns.next; node != &s->conns; node = node->next) {
         struct http_conn *c = H2O_STRUCT_FROM_MEMBER(struct http_conn, link, node);
@@ -1150,6 +1197,8 @@ static void loop_teardown(struct http_server *s)
     clean = close_connections(s);
     h2o_timeout_unlink(&s->keepalive_entry);
     h2o_timeout_dispose(s->loop, &s->keepalive_timeout);
+    h2o_timeout_unlink(&s->until_entry);
+    h2o_timeout_dispose(s->loop, &s->until_timeout);
 
     /* Events published but never delivered. */
     h2o_shim_receiver_flush(&s->publish_receiver);

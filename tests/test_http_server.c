@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -195,6 +196,7 @@ struct sse {
     size_t len;
     char raw[65536]; /* bytes read but not yet de-chunked */
     size_t raw_len;
+    bool ended; /* the last (empty) chunk came */
 };
 
 /* Moves complete chunks from raw to data. */
@@ -213,6 +215,8 @@ static void sse_dechunk(struct sse *c)
         hdr = (size_t)(eol + 2 - c->raw);
         if (c->raw_len < hdr + size + 2)
             return;
+        if (size == 0)
+            c->ended = true;
         cr_assert_lt(c->len + size, sizeof(c->data) - 1);
         memcpy(c->data + c->len, c->raw + hdr, size);
         c->len += size;
@@ -231,6 +235,27 @@ static bool sse_wait_for(struct sse *c, const char *needle)
     /* Each pass looks only at what arrived since the last (data can grow to megabytes). */
     while (strstr(c->data + from, needle) == NULL) {
         from = c->len > nlen ? c->len - nlen : 0;
+        struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+        int64_t left = (int64_t)(deadline - tu_mono_ms());
+        ssize_t n;
+
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
+            return false;
+        n = read(c->fd, c->raw + c->raw_len, sizeof(c->raw) - 1 - c->raw_len);
+        if (n <= 0)
+            return false;
+        c->raw_len += (size_t)n;
+        sse_dechunk(c);
+    }
+    return true;
+}
+
+/* Reads until the stream's last chunk; false on timeout or EOF before it. */
+static bool sse_wait_end(struct sse *c, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+
+    while (!c->ended) {
         struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
         int64_t left = (int64_t)(deadline - tu_mono_ms());
         ssize_t n;
@@ -534,6 +559,37 @@ Test(http_server, stream_rejects_bad_params)
 
     http_server_get_stats(s, &st);
     cr_assert_eq(st.stream_clients, 0);
+    http_server_free(s);
+}
+
+/* A stream with an `until` ends after it (and a grace for late events); one in the past is refused.
+ */
+Test(http_server, stream_ends_after_its_until)
+{
+    struct http_server *s = start_server(NULL, 0);
+    int port = http_server_port(s);
+    static struct sse c;
+    char head[4096], target[128];
+    struct reply r;
+    struct event e;
+
+    snprintf(target, sizeof(target), "/api/events/stream?until=%" PRIu64,
+             (uint64_t)(tu_now_ns() - 1000000000ull));
+    get(port, target, NULL, &r);
+    cr_assert_eq(r.status, 400);
+    cr_assert_not_null(strstr(r.body, "'until'"), "%s", r.body);
+
+    snprintf(target, sizeof(target), "/api/events/stream?until=%" PRIu64,
+             (uint64_t)(tu_now_ns() + 200000000ull));
+    sse_open(&c, port, target, NULL, head, sizeof(head));
+    cr_assert(strncmp(head, "HTTP/1.1 200", 12) == 0, "%s", head);
+    cr_assert(sse_wait_for(&c, ": connected\n\n"));
+    make_event(&e, EVENT_EXEC, 7);
+    http_server_publish(s, &e);
+    cr_assert(sse_wait_for(&c, "\"pid\":7"), "got: %s", c.data);
+    cr_assert(sse_wait_end(&c, 10000), "the stream did not end; got: %s", c.data);
+    wait_stream_clients(s, 0);
+    close(c.fd);
     http_server_free(s);
 }
 
