@@ -812,6 +812,11 @@ fail:
     return NULL;
 }
 
+bool k8s_has_api(const struct k8s *k)
+{
+    return k8s_watch_enabled(k->watch);
+}
+
 int k8s_start(struct k8s *k)
 {
     return k8s_watch_start(k->watch, "k8s-watch");

@@ -97,6 +97,8 @@ struct k8s;
 struct k8s *k8s_new(const struct k8s_options *opts, int *err);
 /* Starts the "k8s-watch" thread (nothing to start without an API server). 0 or -errno. */
 int k8s_start(struct k8s *k);
+/* Whether k has an API server to ask (K8S_API_URL, or KUBERNETES_SERVICE_HOST in a pod). */
+bool k8s_has_api(const struct k8s *k);
 /* Stops the thread (interrupting a request in flight) and frees everything. */
 void k8s_free(struct k8s *k);
 

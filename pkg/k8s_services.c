@@ -500,6 +500,11 @@ fail:
     return NULL;
 }
 
+bool k8s_services_has_api(const struct k8s_services *s)
+{
+    return k8s_watch_enabled(s->svcs.watch);
+}
+
 int k8s_services_start(struct k8s_services *s)
 {
     int rc = k8s_watch_start(s->svcs.watch, "k8s-services");

@@ -54,6 +54,8 @@ struct k8s_services *k8s_services_new(const struct k8s_conn_options *o, size_t m
                                       int *err);
 /* Starts both watches ("k8s-services", "k8s-slices"). 0 or -errno. */
 int k8s_services_start(struct k8s_services *s);
+/* Whether s has an API server to ask (K8S_API_URL, or KUBERNETES_SERVICE_HOST in a pod). */
+bool k8s_services_has_api(const struct k8s_services *s);
 void k8s_services_free(struct k8s_services *s);
 
 /*

@@ -119,6 +119,10 @@ static int open_kubernetes(struct agent *a)
     }
     fprintf(stderr, "ebpf-agent: Kubernetes mode, cgroups at %s\n",
             cgroup_resolver_root(a->cgroups));
+    if (!k8s_has_api(a->k8s))
+        fprintf(stderr, "ebpf-agent: no Kubernetes API server (K8S_API_URL unset and "
+                        "KUBERNETES_SERVICE_HOST not set): pods are known by UID and container "
+                        "id only, without names, namespaces or workloads\n");
     return 0;
 }
 

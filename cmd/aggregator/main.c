@@ -109,6 +109,10 @@ int main(int argc, char **argv)
                     a.cfg.k8s_api_url[0] ? a.cfg.k8s_api_url : "in-cluster", strerror(-kerr));
             goto out;
         }
+        if (!k8s_services_has_api(a.services))
+            fprintf(stderr, "ebpf-aggregator: no Kubernetes API server (K8S_API_URL unset and "
+                            "KUBERNETES_SERVICE_HOST not set): Services are unknown, so no "
+                            "peer_service and no ClusterIP join\n");
         a.joins = joins_new(AGGREGATOR_JOIN_HALVES, AGGREGATOR_JOIN_HELD, a.cfg.join_window_ns);
         if (!a.joins) {
             fprintf(stderr, "ebpf-aggregator: cannot allocate the ClusterIP join tables\n");
