@@ -1933,16 +1933,17 @@ static int set_param(struct flows_query *q, enum flows_param p, const char *v, s
                      char *err, size_t errlen)
 {
     const char *name = flows_param_names[p];
+    char quoted[QUERY_ERR_VALUE_MAX + 4];
     uint64_t x;
+    int rc;
 
+    query_quote(v, len, quoted);
     switch (p) {
     case FP_SINCE:
     case FP_UNTIL:
-        if (query_parse_time(v, len, p == FP_SINCE ? &q->since_ns : &q->until_ns) < 0)
-            return errmsg_set(err, errlen,
-                              "invalid '%s': expected RFC 3339 time or nanoseconds since the "
-                              "Unix epoch",
-                              name);
+        if ((rc = query_parse_time(v, len, p == FP_SINCE ? &q->since_ns : &q->until_ns)) < 0)
+            return errmsg_set(err, errlen, "invalid '%s': \"%s\" (%s)", name, quoted,
+                              rc == -ERANGE ? QUERY_TIME_RANGE : QUERY_TIME_FORMAT);
         return 0;
     case FP_NAMESPACE:
         q->namespace = intern(v);
@@ -1961,7 +1962,9 @@ static int set_param(struct flows_query *q, enum flows_param p, const char *v, s
         else if (strcasecmp(v, "service") == 0)
             q->group_by = FLOWS_GROUP_SERVICE;
         else
-            return errmsg_set(err, errlen, "invalid 'group_by': expected workload, pod or service");
+            return errmsg_set(err, errlen,
+                              "invalid 'group_by': \"%s\" (expected workload, pod or service)",
+                              quoted);
         return 0;
     case FP_PROTOCOL:
         if (strcasecmp(v, "tcp") == 0)
@@ -1969,7 +1972,8 @@ static int set_param(struct flows_query *q, enum flows_param p, const char *v, s
         else if (strcasecmp(v, "udp") == 0)
             q->protocol = 17;
         else
-            return errmsg_set(err, errlen, "invalid 'protocol': expected tcp or udp");
+            return errmsg_set(err, errlen, "invalid 'protocol': \"%s\" (expected tcp or udp)",
+                              quoted);
         return 0;
     case FP_STATUS:
         for (unsigned s = EVENT_STATUS_ESTABLISHED; s <= EVENT_STATUS_ATTEMPTED; s++)
@@ -1978,16 +1982,19 @@ static int set_param(struct flows_query *q, enum flows_param p, const char *v, s
                 return 0;
             }
         return errmsg_set(err, errlen,
-                          "invalid 'status': expected established, failed or attempted");
+                          "invalid 'status': \"%s\" (expected established, failed or attempted)",
+                          quoted);
     case FP_LIMIT:
         x = 0;
         for (size_t i = 0; i < len; i++) {
             if (v[i] < '0' || v[i] > '9' || x > FLOWS_MAX_LIMIT)
-                return errmsg_set(err, errlen, "invalid 'limit': expected 1-%u", FLOWS_MAX_LIMIT);
+                return errmsg_set(err, errlen, "invalid 'limit': \"%s\" (expected 1-%u)", quoted,
+                                  FLOWS_MAX_LIMIT);
             x = x * 10 + (uint64_t)(v[i] - '0');
         }
         if (x == 0 || x > FLOWS_MAX_LIMIT)
-            return errmsg_set(err, errlen, "invalid 'limit': expected 1-%u", FLOWS_MAX_LIMIT);
+            return errmsg_set(err, errlen, "invalid 'limit': \"%s\" (expected 1-%u)", quoted,
+                              FLOWS_MAX_LIMIT);
         q->limit = (uint32_t)x;
         return 0;
     default:

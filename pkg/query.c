@@ -18,8 +18,6 @@
 #include "dns.h"
 #include "errmsg.h"
 
-#define QUERY_ERR_VALUE_MAX 64 /* bytes of a bad value quoted back in a message */
-
 enum query_param {
     QP_TYPE,
     QP_NODE,
@@ -99,8 +97,7 @@ void query_init(struct query *q)
     q->limit = QUERY_LIMIT_DEFAULT;
 }
 
-/* A printable, bounded copy of user input for quoting in an error message. */
-static const char *query_quote(const char *s, size_t len, char out[QUERY_ERR_VALUE_MAX + 4])
+const char *query_quote(const char *s, size_t len, char out[QUERY_ERR_VALUE_MAX + 4])
 {
     size_t n = len > QUERY_ERR_VALUE_MAX ? QUERY_ERR_VALUE_MAX : len;
     for (size_t i = 0; i < n; i++) {
@@ -348,6 +345,7 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
     const char *name = query_param_names[p];
     char quoted[QUERY_ERR_VALUE_MAX + 4];
     uint64_t n;
+    int range = 0; /* a time's parse: -ERANGE when it is one, but not in range */
     const char *whole = v;
     size_t whole_len = len;
 
@@ -404,11 +402,8 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
         q->pid = (uint32_t)n;
         return 0;
     case QP_SINCE:
-        if (query_parse_time(v, len, &q->since_ns) < 0)
-            goto bad;
-        return 0;
     case QP_UNTIL:
-        if (query_parse_time(v, len, &q->until_ns) < 0)
+        if ((range = query_parse_time(v, len, p == QP_SINCE ? &q->since_ns : &q->until_ns)) < 0)
             goto bad;
         return 0;
     case QP_LIMIT:
@@ -433,10 +428,8 @@ bad:
         break;
     case QP_SINCE:
     case QP_UNTIL:
-        errmsg_set(err, errlen,
-                   "invalid '%s': \"%s\" (must be RFC 3339, e.g. 2024-05-01T12:00:00Z, or "
-                   "nanoseconds since the Unix epoch)",
-                   name, quoted);
+        errmsg_set(err, errlen, "invalid '%s': \"%s\" (%s)", name, quoted,
+                   range == -ERANGE ? QUERY_TIME_RANGE : QUERY_TIME_FORMAT);
         break;
     case QP_LIMIT:
         errmsg_set(err, errlen, "invalid 'limit': \"%s\" (must be an integer 1-%u)", quoted,

@@ -106,6 +106,16 @@ int query_cursor_parse(struct query_cursor *c, const char *s, size_t len);
  * for a time before 1970 or past 2554.
  */
 int query_parse_time(const char *s, size_t len, uint64_t *out_ns);
+/* What a message says a time parameter must be: RFC 3339 or nanoseconds, or within range. */
+#define QUERY_TIME_FORMAT                                                                          \
+    "must be RFC 3339, e.g. 2024-05-01T12:00:00Z, or nanoseconds since the Unix epoch"
+#define QUERY_TIME_RANGE                                                                           \
+    "out of range: from 1970-01-01T00:00:00Z to 2554-07-21T23:34:33Z, as nanoseconds since the "   \
+    "Unix epoch hold it"
+
+#define QUERY_ERR_VALUE_MAX 64 /* bytes of a bad value quoted back in a message */
+/* A printable copy of user input (at most QUERY_ERR_VALUE_MAX bytes, then "...") for messages. */
+const char *query_quote(const char *s, size_t len, char out[QUERY_ERR_VALUE_MAX + 4]);
 
 /*
  * Decodes application/x-www-form-urlencoded text ('+' is a space) into out, NUL-terminated.

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "event.h"
+#include "event_json.h"
 #include "flows.h"
 #include "flows_internal.h"
 #include "intern.h"
@@ -427,12 +428,13 @@ Test(flows, query_string)
 
     const char *bad[][2] = {
         {"type=connection", "unknown query parameter 'type'"},
-        {"limit=0", "'limit'"},
+        {"limit=0", "'limit': \"0\""},
         {"limit=100001", "'limit'"},
-        {"group_by=node", "'group_by'"},
-        {"status=ok", "'status'"},
-        {"protocol=sctp", "'protocol'"},
-        {"since=yesterday", "'since'"},
+        {"group_by=node", "'group_by': \"node\""},
+        {"status=ok", "'status': \"ok\""},
+        {"protocol=sctp", "'protocol': \"sctp\""},
+        {"since=yesterday", "'since': \"yesterday\" (must be RFC 3339"},
+        {"until=9999-12-31T23:59:59Z", "out of range"},
         {"node=", "'node'"},
         {"node=a&node=b", "duplicate"},
         {"node=%00", "'node'"},

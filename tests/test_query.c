@@ -272,6 +272,10 @@ static const struct bad_case bad_cases[] = {
     {"cursor=000000000000000a-00000000000000ff", "'cursor' is not supported on the stream", true},
     {"foo=1", "unknown query parameter 'foo'", true},
     {"pid=x", "'pid'", true},
+    {"since=9999-12-31T23:59:59Z", "out of range"},
+    {"until=1969-12-31T23:59:59Z", "out of range"},
+    {"until=18446744073709551616", "out of range"},
+    {"since=2024-13-01T00:00:00Z", "must be RFC 3339"},
 };
 
 Test(query_parse, every_bad_value_is_rejected_with_its_name)
