@@ -138,6 +138,21 @@ static int check_readable(const char *key, const char *path, char *err, size_t e
     return 0;
 }
 
+/*
+ * The client name goes unescaped into the CONNECT JSON (nats.c does not
+ * escape it): only printable ASCII other than '"' and '\\' is kept, every
+ * other byte becomes '_', so no name can make the server refuse the CONNECT.
+ */
+static void client_name(const char *name, char *out, size_t len)
+{
+    size_t i = 0;
+    for (; name[i] && i + 1 < len; i++) {
+        unsigned char c = (unsigned char)name[i];
+        out[i] = c < 0x20 || c > 0x7e || c == '"' || c == '\\' ? '_' : (char)c;
+    }
+    out[i] = '\0';
+}
+
 /* Splits the comma list in place into servers[]; returns the count. */
 static int split_servers(char *list, const char *servers[], int max, bool *tls)
 {
@@ -187,8 +202,11 @@ static int build_options(struct bus *b, const struct config *cfg, const struct b
                           nats_reason(s));
     /* Keep the configured order: the first server is usually the local one. */
     s = natsOptions_SetNoRandomize(opts, true);
-    if (s == NATS_OK && o && o->name)
-        s = natsOptions_SetName(opts, o->name);
+    if (s == NATS_OK && o && o->name) {
+        char name[CONFIG_STR * 2];
+        client_name(o->name, name, sizeof(name));
+        s = natsOptions_SetName(opts, name);
+    }
     if (s == NATS_OK)
         s = natsOptions_SetTimeout(opts, BUS_CONNECT_TIMEOUT);
     if (s == NATS_OK)

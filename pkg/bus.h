@@ -45,7 +45,8 @@ struct bus_status {
 struct bus;
 
 struct bus_options {
-    const char *name; /* client name shown by the server; may be NULL */
+    const char *name; /* client name shown by the server (bytes other than printable ASCII,
+                         '"' and '\\' shown as '_'); may be NULL */
     bool no_echo;     /* never receive our own publications (aggregator replicas) */
     bool send_asap;   /* write each publication at once, not on the next flush (latency-bound
                          traffic: queries and their answers) */

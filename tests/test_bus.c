@@ -104,6 +104,28 @@ Test(bus, connects_with_user_and_password)
     tu_stop(ns, 2000);
 }
 
+/* The client name goes into the CONNECT JSON: a node name's bytes must not break it. */
+Test(bus, any_client_name_connects)
+{
+    int port = tu_free_port();
+    pid_t ns = tu_nats_start(port, NULL, "/tmp/test_bus_nats.log");
+    cr_assert_gt(ns, 0, "nats-server did not start");
+
+    struct config c;
+    char err[256];
+    config_for(&c, port);
+    struct bus *b = bus_open(&c, "ebpf-agent we\"ird\\\xff\x01 n*de\x7f\xc3\xa9", err, sizeof(err));
+    cr_assert_not_null(b, "%s", err);
+    struct bus_status st;
+    cr_assert(wait_connected(b, true, WAIT_MS, &st), "not connected: %s", st.last_error);
+    natsMsg *m = NULL;
+    cr_assert_eq(round_trip(bus_conn(b), "bus.test", &m), NATS_OK);
+    natsMsg_Destroy(m);
+
+    bus_close(b);
+    tu_stop(ns, 2000);
+}
+
 Test(bus, wrong_password_is_not_connected_and_says_why)
 {
     int port = tu_free_port();
