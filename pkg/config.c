@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <yaml.h>
 
+#include "buf.h"
 #include "cgroup.h"
 #include "errmsg.h"
 #include "event.h"
@@ -23,6 +24,7 @@
 
 enum key_kind {
     KIND_STRING,
+    KIND_NODE,     /* NODE_NAME: goes into NATS subjects, headers and JSON */
     KIND_UINT,     /* bounded integer */
     KIND_DURATION, /* "500ms" */
     KIND_BYTES,    /* "64MiB" */
@@ -57,7 +59,7 @@ static const struct key keys[] = {
     {"DEPLOYMENT_MODE", KIND_MODE, BOTH, NUM(deployment_mode), 0, 0, "auto", "auto",
      "vm, kubernetes or auto (kubernetes when KUBERNETES_SERVICE_HOST is set or a service-account "
      "token exists)"},
-    {"NODE_NAME", KIND_STRING, BOTH, STR(node_name), 0, 0, NULL, NULL,
+    {"NODE_NAME", KIND_NODE, BOTH, STR(node_name), 0, 0, NULL, NULL,
      "the node this process reports as (default: hostname)"},
     {"POD_NAME", KIND_STRING, BOTH, STR(pod_name), 0, 0, NULL, NULL,
      "own pod name (Kubernetes downward API)"},
@@ -162,9 +164,11 @@ enum source {
     SRC_FILE,
     SRC_ENV,
     SRC_FLAG,
+    SRC_HOSTNAME, /* NODE_NAME's default */
 };
 
-static const char *const source_names[] = {"default", "config file", "environment", "flag"};
+static const char *const source_names[] = {"default", "config file", "environment", "flag",
+                                           "hostname"};
 
 /* Unit multipliers shared by durations and sizes. */
 struct unit {
@@ -365,6 +369,71 @@ static int parse_ports(const char *s, uint16_t out[CONFIG_DNS_PORTS_MAX])
     return 0;
 }
 
+/* Whether the valid UTF-8 sequence s (n bytes) is a control character: C0, DEL or C1. */
+static bool utf8_is_control(const char *s, size_t n)
+{
+    unsigned char c = (unsigned char)s[0];
+    if (n == 1)
+        return c < 0x20 || c == 0x7f;
+    return n == 2 && c == 0xc2 && (unsigned char)s[1] < 0xa0;
+}
+
+/*
+ * s as it can be shown inside "..." on one line: printable UTF-8 as it is,
+ * '"' and '\' escaped, any other byte (control characters, invalid UTF-8) as
+ * \xHH; cut short with "..." when it would not fit in len (at least 8).
+ */
+static const char *quote_value(const char *s, char *out, size_t len)
+{
+    size_t n = strlen(s), o = 0;
+    for (size_t i = 0; i < n;) {
+        size_t seq = buf_utf8_seq(s + i, n - i), plen = seq;
+        const char *piece = s + i;
+        char esc[8];
+        if (seq == 0 || utf8_is_control(s + i, seq)) {
+            snprintf(esc, sizeof(esc), "\\x%02x", (unsigned char)s[i]);
+            piece = esc;
+            plen = 4;
+            seq = 1;
+        } else if (s[i] == '"' || s[i] == '\\') {
+            esc[0] = '\\';
+            esc[1] = s[i];
+            piece = esc;
+            plen = 2;
+        }
+        if (o + plen + 4 > len) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        memcpy(out + o, piece, plen);
+        o += plen;
+        i += seq;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/*
+ * NODE_NAME travels as a NATS subject token (with '.', '*', '>' and spaces
+ * mapped to '_'), in the Ebpf-Node header (nats.c trims the spaces around a
+ * header value it receives) and in JSON: valid UTF-8 without control
+ * characters or surrounding spaces arrives the same through each of them.
+ */
+static bool node_name_valid(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > max || s[0] == ' ' || s[n - 1] == ' ')
+        return false;
+    for (size_t i = 0; i < n;) {
+        size_t seq = buf_utf8_seq(s + i, n - i);
+        if (seq == 0 || utf8_is_control(s + i, seq))
+            return false;
+        i += seq;
+    }
+    return true;
+}
+
 /* Stores value for key k into c; on error writes the one-line message. */
 static int set_value(struct config *c, const struct key *k, const char *value, enum source src,
                      char *err, size_t errlen)
@@ -372,9 +441,20 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
     char *field = (char *)c + k->offset;
     uint64_t v = 0;
     const char *allowed = NULL;
-    char range[256];
+    char range[256], shown[200];
 
     switch (k->kind) {
+    case KIND_NODE:
+        if (!node_name_valid(value, k->size - 1)) {
+            snprintf(range, sizeof(range),
+                     "1-%zu bytes of UTF-8 text without control characters or leading or "
+                     "trailing spaces, such as a hostname or Kubernetes node name",
+                     k->size - 1);
+            allowed = range;
+            break;
+        }
+        strcpy(field, value);
+        return 0;
     case KIND_STRING:
         if (strlen(value) >= k->size) {
             snprintf(range, sizeof(range), "at most %zu characters", k->size - 1);
@@ -483,8 +563,8 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
         }
         return 0;
     }
-    errmsg_set(err, errlen, "invalid %s=\"%s\" (from %s): must be %s", k->name, value,
-               source_names[src], allowed);
+    errmsg_set(err, errlen, "invalid %s=\"%s\" (from %s): must be %s", k->name,
+               quote_value(value, shown, sizeof(shown)), source_names[src], allowed);
     return -EINVAL;
 
 store_num:
@@ -782,10 +862,15 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
         if (set_value(c, flags[i].k, flags[i].v, SRC_FLAG, err, errlen) < 0)
             return CONFIG_INVALID;
 
-    if (!c->node_name[0] && gethostname(c->node_name, sizeof(c->node_name) - 1) < 0) {
-        errmsg_set(err, errlen, "NODE_NAME is not set and the hostname is unavailable: %s",
-                   strerror(errno));
-        return CONFIG_INVALID;
+    if (!c->node_name[0]) {
+        char host[CONFIG_STR] = "";
+        if (gethostname(host, sizeof(host) - 1) < 0) {
+            errmsg_set(err, errlen, "NODE_NAME is not set and the hostname is unavailable: %s",
+                       strerror(errno));
+            return CONFIG_INVALID;
+        }
+        if (set_value(c, find_key("NODE_NAME", 9), host, SRC_HOSTNAME, err, errlen) < 0)
+            return CONFIG_INVALID;
     }
     if (!c->subject_prefix[0] || strpbrk(c->subject_prefix, " \t*>") ||
         c->subject_prefix[strlen(c->subject_prefix) - 1] == '.' || c->subject_prefix[0] == '.') {

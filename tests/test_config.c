@@ -305,6 +305,101 @@ Test(config, bad_file_names_key_and_line)
     cr_expect(strstr(err, "/nonexistent/x.yaml"), "%s", err);
 }
 
+/* Hostnames and Kubernetes node names, from every source. */
+Test(config, node_names_of_hosts_and_kubernetes_nodes_are_accepted)
+{
+    struct config c;
+    static char longest[256];
+    memset(longest, 'n', 255);
+    const char *good[] = {"ip-10-0-1-5.ec2.internal",
+                          "Web-01",
+                          "worker_2",
+                          "aks-pool-0001",
+                          "n\xc5\x93ud-1",
+                          "a b",
+                          "x",
+                          longest};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        setenv("NODE_NAME", good[i], 1);
+        char *argv[] = {"ebpf-agent", NULL};
+        cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_OK, "%s: %s", good[i], err);
+        cr_expect_str_eq(c.node_name, good[i]);
+    }
+    unsetenv("NODE_NAME");
+    char *argv[] = {"ebpf-aggregator", "--node-name", "Node-7.example.com", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGGREGATOR, 3, argv), CONFIG_OK, "%s", err);
+    cr_expect_str_eq(c.node_name, "Node-7.example.com");
+}
+
+struct node_case {
+    char value[300];
+    char shown[48]; /* how the message quotes it */
+};
+
+/*
+ * A node name goes into the NATS subject, the Ebpf-Node header, the client
+ * name and JSON: bytes that cannot travel through all of them are refused,
+ * shown escaped, and an empty one does not fall back to the hostname.
+ */
+ParameterizedTestParameters(config, node_names_that_cannot_travel_are_refused)
+{
+    static struct node_case cases[] = {
+        {"we.ird\xff\x01 n*de", "\"we.ird\\xff\\x01 n*de\""},
+        {"", "NODE_NAME=\"\""},
+        {"tab\there", "\"tab\\x09here\""},
+        {"del\x7f", "\"del\\x7f\""},
+        {"c1\xc2\x85", "\"c1\\xc2\\x85\""},
+        {"surrogate\xed\xa0\x80", "\"surrogate\\xed\\xa0\\x80\""},
+        {"overlong\xc0\xae", "\"overlong\\xc0\\xae\""},
+        {"line\nbreak", "\"line\\x0abreak\""},
+        {" lead", "\" lead\""},
+        {"trail ", "\"trail \""},
+        {"", "1-255 bytes"}, /* filled with 256 bytes below */
+    };
+    memset(cases[10].value, 'n', 256);
+    return cr_make_param_array(struct node_case, cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+ParameterizedTest(struct node_case *nc, config, node_names_that_cannot_travel_are_refused)
+{
+    struct config c;
+    char *argv[] = {"ebpf-agent", NULL};
+    setenv("NODE_NAME", nc->value, 1);
+    cr_assert_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_INVALID, "NODE_NAME=%s accepted: %s",
+                 nc->value, c.node_name);
+    cr_expect(strstr(err, "invalid NODE_NAME=") && strstr(err, "(from environment)") &&
+                  strstr(err, nc->shown) && strstr(err, "control characters"),
+              "message \"%s\" lacks \"%s\"", err, nc->shown);
+    for (const char *p = err; *p; p++)
+        cr_expect((unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f, "unprintable byte in: %s",
+                  err);
+    /* The aggregator reads NODE_NAME too. */
+    cr_expect_eq(load(&c, CONFIG_AGGREGATOR, 1, argv), CONFIG_INVALID, "%s", err);
+}
+
+Test(config, bad_node_name_from_the_file_and_a_flag)
+{
+    struct config c;
+    char *path = write_yaml("NATS_URL: nats://x:4222\nNODE_NAME: \"bad\\x01name\"\n");
+    char *argv[] = {"ebpf-agent", "--config", path, NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "NODE_NAME=\"bad\\x01name\" (from config file)") && strstr(err, "line 2"),
+              "%s", err);
+    unlink(path);
+    path = write_yaml("NODE_NAME:\n");
+    char *argv2[] = {"ebpf-agent", "--config", path, NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv2), CONFIG_INVALID);
+    cr_expect(strstr(err, "NODE_NAME=\"\" (from config file)"), "%s", err);
+    unlink(path);
+
+    char *argv3[] = {"ebpf-agent", "--node-name=", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 2, argv3), CONFIG_INVALID);
+    cr_expect(strstr(err, "NODE_NAME=\"\" (from flag)"), "%s", err);
+    char *argv4[] = {"ebpf-agent", "--node-name", "quote\"back\\slash\x1b[2J", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv4), CONFIG_INVALID);
+    cr_expect(strstr(err, "NODE_NAME=\"quote\\\"back\\\\slash\\x1b[2J\" (from flag)"), "%s", err);
+}
+
 Test(config, pairs_must_be_complete)
 {
     struct config c;
@@ -352,6 +447,43 @@ Test(config, binaries_help_and_exit_status)
     free(text);
     unlink(log);
     unlink(path);
+}
+
+/* Runs `bin --check-config` with env added; its exit status, and its output in *out. */
+static int check_config(const char *bin, char *const env[], char **out)
+{
+    const char *path = tu_repo_path(bin);
+    cr_assert(access(path, X_OK) == 0, "build %s first", bin);
+    char log[] = "/tmp/ebpf-config-log-XXXXXX";
+    close(mkstemp(log));
+    char *argv[] = {(char *)path, "--check-config", NULL};
+    int rc = tu_wait_exit(tu_spawn(argv, env, log), 10000);
+    *out = tu_read_file(log);
+    unlink(log);
+    return rc;
+}
+
+/* What a user trial ran: --check-config must refuse what the bus cannot carry. */
+Test(config, check_config_refuses_node_names_the_bus_cannot_carry)
+{
+    const char *bins[] = {"bin/ebpf-agent", "bin/ebpf-aggregator"};
+    for (size_t i = 0; i < 2; i++) {
+        char *out;
+        char *weird[] = {"NODE_NAME=we.ird\xff\x01 n*de", NULL};
+        cr_expect_eq(check_config(bins[i], weird, &out), 2, "%s: %s", bins[i], out);
+        cr_expect(out && strstr(out, "NODE_NAME=\"we.ird\\xff\\x01 n*de\"") &&
+                      strchr(out, '\n') == out + strlen(out) - 1,
+                  "%s", out);
+        free(out);
+        char *empty[] = {"NODE_NAME=", NULL};
+        cr_expect_eq(check_config(bins[i], empty, &out), 2, "%s: %s", bins[i], out);
+        cr_expect(out && strstr(out, "NODE_NAME=\"\""), "%s", out);
+        free(out);
+        char *good[] = {"NODE_NAME=ip-10-0-1-5.eu-west-1.compute.internal", NULL};
+        cr_expect_eq(check_config(bins[i], good, &out), 0, "%s: %s", bins[i], out);
+        cr_expect(out && strstr(out, "configuration OK"), "%s", out);
+        free(out);
+    }
 }
 
 /* CAPTURE_CGROUP resolves to the subtree's cgroup id (its inode) and depth below the root. */
