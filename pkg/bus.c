@@ -130,14 +130,6 @@ static const char *nats_reason(natsStatus s)
     return t && *t ? t : natsStatus_GetText(s);
 }
 
-static int check_readable(const char *key, const char *path, char *err, size_t errlen)
-{
-    if (access(path, R_OK) < 0)
-        return errmsg_set(err, errlen, "cannot read %s file \"%s\": %s", key, path,
-                          strerror(errno));
-    return 0;
-}
-
 /*
  * The client name goes unescaped into the CONNECT JSON (nats.c does not
  * escape it): only printable ASCII other than '"' and '\\' is kept, every
@@ -185,13 +177,13 @@ static int build_options(struct bus *b, const struct config *cfg, const struct b
     int n = split_servers(list, servers, BUS_MAX_SERVERS, &tls);
     if (n == 0)
         return errmsg_set(err, errlen, "NATS_URL=\"%s\" names no server", cfg->nats_url);
-    if (cfg->nats_creds[0] && check_readable("NATS_CREDS", cfg->nats_creds, err, errlen))
+    if (cfg->nats_creds[0] && config_check_file("NATS_CREDS", cfg->nats_creds, err, errlen))
         return -EINVAL;
-    if (cfg->nats_tls_ca[0] && check_readable("NATS_TLS_CA", cfg->nats_tls_ca, err, errlen))
+    if (cfg->nats_tls_ca[0] && config_check_file("NATS_TLS_CA", cfg->nats_tls_ca, err, errlen))
         return -EINVAL;
     if (cfg->nats_tls_cert[0] &&
-        (check_readable("NATS_TLS_CERT", cfg->nats_tls_cert, err, errlen) ||
-         check_readable("NATS_TLS_KEY", cfg->nats_tls_key, err, errlen)))
+        (config_check_file("NATS_TLS_CERT", cfg->nats_tls_cert, err, errlen) ||
+         config_check_file("NATS_TLS_KEY", cfg->nats_tls_key, err, errlen)))
         return -EINVAL;
 
     if ((s = natsOptions_Create(&b->opts)) != NATS_OK)

@@ -6,6 +6,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@
 
 enum key_kind {
     KIND_STRING,
+    KIND_FILE,     /* a path the program reads: checked once all sources are merged */
     KIND_NODE,     /* NODE_NAME: goes into NATS subjects, headers and JSON */
     KIND_UINT,     /* bounded integer */
     KIND_DURATION, /* "500ms" */
@@ -67,15 +69,15 @@ static const struct key keys[] = {
      "own pod namespace (Kubernetes downward API)"},
     {"NATS_URL", KIND_STRING, BOTH, STR(nats_url), 0, 0, "nats://127.0.0.1:4222",
      "nats://127.0.0.1:4222", "comma-separated NATS server list"},
-    {"NATS_CREDS", KIND_STRING, BOTH, STR(nats_creds), 0, 0, NULL, NULL, "NATS credentials file"},
+    {"NATS_CREDS", KIND_FILE, BOTH, STR(nats_creds), 0, 0, NULL, NULL, "NATS credentials file"},
     {"NATS_TOKEN", KIND_STRING, BOTH, STR(nats_token), 0, 0, NULL, NULL, "NATS token"},
     {"NATS_USER", KIND_STRING, BOTH, STR(nats_user), 0, 0, NULL, NULL, "NATS user"},
     {"NATS_PASSWORD", KIND_STRING, BOTH, STR(nats_password), 0, 0, NULL, NULL, "NATS password"},
-    {"NATS_TLS_CA", KIND_STRING, BOTH, STR(nats_tls_ca), 0, 0, NULL, NULL,
+    {"NATS_TLS_CA", KIND_FILE, BOTH, STR(nats_tls_ca), 0, 0, NULL, NULL,
      "CA bundle to verify the NATS server"},
-    {"NATS_TLS_CERT", KIND_STRING, BOTH, STR(nats_tls_cert), 0, 0, NULL, NULL,
+    {"NATS_TLS_CERT", KIND_FILE, BOTH, STR(nats_tls_cert), 0, 0, NULL, NULL,
      "client certificate for NATS"},
-    {"NATS_TLS_KEY", KIND_STRING, BOTH, STR(nats_tls_key), 0, 0, NULL, NULL, "client key for NATS"},
+    {"NATS_TLS_KEY", KIND_FILE, BOTH, STR(nats_tls_key), 0, 0, NULL, NULL, "client key for NATS"},
     {"SUBJECT_PREFIX", KIND_STRING, BOTH, STR(subject_prefix), 0, 0, "ebpf.events", "ebpf.events",
      "agents publish to <prefix>.<node>"},
     {"BATCH_SIZE", KIND_UINT, AGENT, NUM(batch_size), 1, 10000, "100", NULL,
@@ -113,9 +115,9 @@ static const struct key keys[] = {
      "CGROUP_ROOT (or absolute, inside it); default: every cgroup"},
     {"K8S_API_URL", KIND_STRING, BOTH, STR(k8s_api_url), 0, 0, NULL, NULL,
      "Kubernetes API server (default: in-cluster, from KUBERNETES_SERVICE_HOST/PORT)"},
-    {"K8S_TOKEN_PATH", KIND_STRING, BOTH, STR(k8s_token_path), 0, 0, NULL, NULL,
+    {"K8S_TOKEN_PATH", KIND_FILE, BOTH, STR(k8s_token_path), 0, 0, NULL, NULL,
      "service-account token (default: /var/run/secrets/kubernetes.io/serviceaccount/token)"},
-    {"K8S_CA_PATH", KIND_STRING, BOTH, STR(k8s_ca_path), 0, 0, NULL, NULL,
+    {"K8S_CA_PATH", KIND_FILE, BOTH, STR(k8s_ca_path), 0, 0, NULL, NULL,
      "API server CA bundle (default: the service account's ca.crt)"},
     {"K8S_TOMBSTONE_TTL", KIND_DURATION, AGENT, NUM(k8s_tombstone_ttl_ns), SEC, 24 * 3600 * SEC,
      "5m", NULL, "how long a deleted pod stays nameable (1s-24h)"},
@@ -129,9 +131,9 @@ static const struct key keys[] = {
      "replicas talk on <subject>.<QUEUE_GROUP>.*; must be outside <SUBJECT_PREFIX>.>"},
     {"API_TOKEN", KIND_STRING, BOTH, STR(api_token), 0, 0, NULL, NULL,
      "when set, /api/* needs 'Authorization: Bearer <token>'"},
-    {"TLS_CERT", KIND_STRING, BOTH, STR(tls_cert), 0, 0, NULL, NULL,
+    {"TLS_CERT", KIND_FILE, BOTH, STR(tls_cert), 0, 0, NULL, NULL,
      "PEM certificate: serve the HTTP API over TLS"},
-    {"TLS_KEY", KIND_STRING, BOTH, STR(tls_key), 0, 0, NULL, NULL, "PEM key for TLS_CERT"},
+    {"TLS_KEY", KIND_FILE, BOTH, STR(tls_key), 0, 0, NULL, NULL, "PEM key for TLS_CERT"},
     {"HISTORY_SIZE", KIND_UINT, BOTH, NUM(history_size), 100, 100000000, "100000", "2000000",
      "events kept in the queryable history (100-100000000)"},
     {"HISTORY_MAX_AGE", KIND_DURATION, BOTH, NUM(history_max_age_ns), 0, 365 * 24 * 3600 * SEC,
@@ -434,6 +436,28 @@ static bool node_name_valid(const char *s, size_t max)
     return true;
 }
 
+int config_check_file(const char *key, const char *path, char *err, size_t errlen)
+{
+    char shown[256];
+    const char *why = NULL;
+    struct stat st;
+    /* O_NONBLOCK: a FIFO must not hang the check. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+
+    if (fd < 0 || fstat(fd, &st) < 0)
+        why = strerror(errno);
+    else if (S_ISDIR(st.st_mode))
+        why = strerror(EISDIR);
+    else if (!S_ISREG(st.st_mode))
+        why = "not a regular file";
+    if (fd >= 0)
+        close(fd);
+    if (!why)
+        return 0;
+    return errmsg_set(err, errlen, "invalid %s=\"%s\": must be a readable file: %s", key,
+                      quote_value(path, shown, sizeof(shown)), why);
+}
+
 /* Stores value for key k into c; on error writes the one-line message. */
 static int set_value(struct config *c, const struct key *k, const char *value, enum source src,
                      char *err, size_t errlen)
@@ -456,6 +480,7 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
         strcpy(field, value);
         return 0;
     case KIND_STRING:
+    case KIND_FILE:
         if (strlen(value) >= k->size) {
             snprintf(range, sizeof(range), "at most %zu characters", k->size - 1);
             allowed = range;
@@ -603,8 +628,12 @@ static const struct key *find_key(const char *name, size_t len)
 static int load_file(struct config *c, const char *path, bool *seen, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
-    if (!f) {
-        errmsg_set(err, errlen, "config file %s: %s", path, strerror(errno));
+    struct stat st;
+    int e = !f ? errno : fstat(fileno(f), &st) < 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR : 0;
+    if (e) {
+        errmsg_set(err, errlen, "config file %s: %s", path, strerror(e));
+        if (f)
+            fclose(f);
         return -EINVAL;
     }
     yaml_parser_t parser;
@@ -922,6 +951,13 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
         errmsg_set(err, errlen, "NATS_USER and NATS_PASSWORD must be set together (%s is missing)",
                    c->nats_user[0] ? "NATS_PASSWORD" : "NATS_USER");
         return CONFIG_INVALID;
+    }
+    /* Only the paths in effect: one a higher source replaced is never read. */
+    for (size_t i = 0; i < NKEYS; i++) {
+        const char *path = (const char *)c + keys[i].offset;
+        if (keys[i].kind == KIND_FILE && (keys[i].roles & role) && path[0] &&
+            config_check_file(keys[i].name, path, err, errlen) < 0)
+            return CONFIG_INVALID;
     }
     if (role == CONFIG_AGENT && c->capture_cgroup[0] && resolve_capture_cgroup(c, err, errlen) < 0)
         return CONFIG_INVALID;

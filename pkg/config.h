@@ -124,6 +124,13 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
  */
 int config_load_main(struct config *c, enum config_role role, int argc, char **argv);
 
+/*
+ * Checks that path, the value of key (NATS_CREDS, TLS_CERT, ...), opens for
+ * reading and is a regular file, without reading it. 0, or -EINVAL with a
+ * one-line message naming the key, the path and why in err.
+ */
+int config_check_file(const char *key, const char *path, char *err, size_t errlen);
+
 /* Prints --help for role. */
 void config_print_help(FILE *out, enum config_role role, const char *prog);
 

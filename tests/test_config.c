@@ -400,6 +400,111 @@ Test(config, bad_node_name_from_the_file_and_a_flag)
     cr_expect(strstr(err, "NODE_NAME=\"quote\\\"back\\\\slash\\x1b[2J\" (from flag)"), "%s", err);
 }
 
+/* A temp dir with a readable file, a directory and a FIFO; paths written to the args. */
+static void make_files(char dir[64], char good[96], char sub[96], char fifo[96])
+{
+    strcpy(dir, "/tmp/ebpf-config-files-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(good, 96, "%s/good.pem", dir);
+    snprintf(sub, 96, "%s/dir", dir);
+    snprintf(fifo, 96, "%s/fifo", dir);
+    FILE *f = fopen(good, "w");
+    cr_assert_not_null(f);
+    fputs("not parsed, only opened\n", f);
+    fclose(f);
+    cr_assert_eq(mkdir(sub, 0755), 0);
+    cr_assert_eq(mkfifo(fifo, 0644), 0);
+}
+
+static void remove_files(const char *dir, const char *good, const char *sub, const char *fifo)
+{
+    unlink(good);
+    rmdir(sub);
+    unlink(fifo);
+    rmdir(dir);
+}
+
+/* Every key naming a file the program reads, and the key it must be set with. */
+static const char *const path_keys[][2] = {
+    {"NATS_CREDS", NULL},
+    {"NATS_TLS_CA", NULL},
+    {"NATS_TLS_CERT", "NATS_TLS_KEY"},
+    {"NATS_TLS_KEY", "NATS_TLS_CERT"},
+    {"TLS_CERT", "TLS_KEY"},
+    {"TLS_KEY", "TLS_CERT"},
+    {"K8S_TOKEN_PATH", NULL},
+    {"K8S_CA_PATH", NULL},
+};
+
+/* A path that cannot be read is refused by --check-config, not found at start. */
+Test(config, files_named_by_path_keys_must_be_readable)
+{
+    struct config c;
+    char dir[64], good[96], sub[96], fifo[96], missing[96], want[160];
+    make_files(dir, good, sub, fifo);
+    snprintf(missing, sizeof(missing), "%s/missing.pem", dir);
+    const char *bad[][2] = {{missing, "No such file or directory"},
+                            {sub, "Is a directory"},
+                            {fifo, "not a regular file"}};
+    char *argv[] = {"ebpf-agent", NULL};
+    enum config_role roles[] = {CONFIG_AGENT, CONFIG_AGGREGATOR};
+
+    for (size_t r = 0; r < 2; r++) {
+        for (size_t i = 0; i < sizeof(path_keys) / sizeof(path_keys[0]); i++) {
+            const char *key = path_keys[i][0], *partner = path_keys[i][1];
+            if (partner)
+                setenv(partner, good, 1);
+            for (size_t b = 0; b < sizeof(bad) / sizeof(bad[0]); b++) {
+                setenv(key, bad[b][0], 1);
+                cr_expect_eq(load(&c, roles[r], 1, argv), CONFIG_INVALID, "%s=%s accepted", key,
+                             bad[b][0]);
+                snprintf(want, sizeof(want), "invalid %s=\"%s\": must be a readable file: %s", key,
+                         bad[b][0], bad[b][1]);
+                cr_expect_str_eq(err, want);
+            }
+            setenv(key, good, 1);
+            cr_expect_eq(load(&c, roles[r], 1, argv), CONFIG_OK, "%s: %s", key, err);
+            unsetenv(key);
+            if (partner)
+                unsetenv(partner);
+        }
+    }
+
+    /* Without root, a file the process may not read. */
+    if (geteuid() != 0) {
+        cr_assert_eq(chmod(good, 0), 0);
+        setenv("NATS_CREDS", good, 1);
+        cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_INVALID);
+        cr_expect(strstr(err, "Permission denied"), "%s", err);
+        unsetenv("NATS_CREDS");
+        chmod(good, 0644);
+    }
+    remove_files(dir, good, sub, fifo);
+}
+
+/* Only the path in effect is opened: a file setting that the environment replaces is not. */
+Test(config, only_the_path_in_effect_is_checked)
+{
+    struct config c;
+    char dir[64], good[96], sub[96], fifo[96], yaml[256];
+    make_files(dir, good, sub, fifo);
+    snprintf(yaml, sizeof(yaml), "NATS_CREDS: %s/missing.creds\n", dir);
+    char *path = write_yaml(yaml);
+    char *argv[] = {"ebpf-agent", "--config", path, NULL};
+    cr_expect_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "NATS_CREDS") && strstr(err, "missing.creds"), "%s", err);
+    setenv("NATS_CREDS", good, 1);
+    cr_expect_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_OK, "%s", err);
+    cr_expect_str_eq(c.nats_creds, good);
+    unlink(path);
+
+    /* The config file itself: a directory is named as one. */
+    char *dargv[] = {"ebpf-agent", "--config", dir, NULL};
+    cr_expect_eq(load(&c, CONFIG_AGENT, 3, dargv), CONFIG_INVALID);
+    cr_expect(strstr(err, dir) && strstr(err, "Is a directory"), "%s", err);
+    remove_files(dir, good, sub, fifo);
+}
+
 Test(config, pairs_must_be_complete)
 {
     struct config c;
@@ -484,6 +589,40 @@ Test(config, check_config_refuses_node_names_the_bus_cannot_carry)
         cr_expect(out && strstr(out, "configuration OK"), "%s", out);
         free(out);
     }
+}
+
+/* The user trial's missing files: exit 2 from --check-config for both binaries. */
+Test(config, check_config_refuses_missing_files)
+{
+    char dir[64], good[96], sub[96], fifo[96];
+    make_files(dir, good, sub, fifo);
+    const char *bins[] = {"bin/ebpf-agent", "bin/ebpf-aggregator"};
+    for (size_t b = 0; b < 2; b++) {
+        for (size_t i = 0; i < sizeof(path_keys) / sizeof(path_keys[0]); i++) {
+            char set[128], partner[128], *out;
+            snprintf(set, sizeof(set), "%s=/nonexistent", path_keys[i][0]);
+            snprintf(partner, sizeof(partner), "%s=%s", path_keys[i][1] ? path_keys[i][1] : "X",
+                     good);
+            char *env[] = {set, partner, NULL};
+            cr_expect_eq(check_config(bins[b], env, &out), 2, "%s %s: %s", bins[b], set, out);
+            char want[128];
+            snprintf(want, sizeof(want), "invalid %s=\"/nonexistent\"", path_keys[i][0]);
+            cr_expect(out && strstr(out, want) && strstr(out, "No such file or directory"), "%s",
+                      out);
+            free(out);
+        }
+        char *env[] = {"NATS_CREDS=", "TLS_CERT=", NULL}; /* empty: none, as before */
+        char tls_cert[128], tls_key[128], *out;
+        snprintf(tls_cert, sizeof(tls_cert), "TLS_CERT=%s", good);
+        snprintf(tls_key, sizeof(tls_key), "TLS_KEY=%s", good);
+        char *genv[] = {tls_cert, tls_key, NULL};
+        cr_expect_eq(check_config(bins[b], env, &out), 0, "%s: %s", bins[b], out);
+        free(out);
+        cr_expect_eq(check_config(bins[b], genv, &out), 0, "%s: %s", bins[b], out);
+        cr_expect(out && strstr(out, "configuration OK"), "%s", out);
+        free(out);
+    }
+    remove_files(dir, good, sub, fifo);
 }
 
 /* CAPTURE_CGROUP resolves to the subtree's cgroup id (its inode) and depth below the root. */
