@@ -179,9 +179,23 @@ struct unit {
 };
 
 static const struct unit duration_units[] = {
-    {"ns", 1},  {"us", 1000},    {"µs", 1000},      {"ms", 1000000},
-    {"s", SEC}, {"m", 60 * SEC}, {"h", 3600 * SEC}, {NULL, 0},
+    {"ns", 1},       {"us", 1000},      {"µs", 1000},       {"ms", 1000000}, {"s", SEC},
+    {"m", 60 * SEC}, {"h", 3600 * SEC}, {"d", 86400 * SEC}, {NULL, 0},
 };
+
+/* ns in the largest unit that holds it whole ("30d", "1m", "500ms"), as a user would write it. */
+static const char *format_duration(uint64_t ns, char out[32])
+{
+    static const struct unit order[] = {{"d", 86400 * SEC}, {"h", 3600 * SEC}, {"m", 60 * SEC},
+                                        {"s", SEC},         {"ms", 1000000},   {"us", 1000},
+                                        {"ns", 1}};
+    size_t i = 0;
+
+    while (ns != 0 && ns % order[i].mult != 0)
+        i++;
+    snprintf(out, 32, "%" PRIu64 "%s", ns / order[i].mult, order[i].suffix);
+    return out;
+}
 
 static const struct unit byte_units[] = {
     {"", 1},
@@ -510,12 +524,13 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
     }
     case KIND_DURATION:
         if (config_parse_duration(value, &v) < 0) {
-            allowed = "a duration such as 500ms, 30s, 1m or 1h";
+            allowed = "a duration such as 500ms, 30s, 1m, 1h or 1d";
             break;
         }
         if (v < k->min || v > k->max) {
-            snprintf(range, sizeof(range), "a duration between %" PRIu64 "ms and %" PRIu64 "s",
-                     k->min / 1000000, (uint64_t)(k->max / SEC));
+            char lo[32], hi[32];
+            snprintf(range, sizeof(range), "a duration between %s and %s",
+                     format_duration(k->min, lo), format_duration(k->max, hi));
             allowed = range;
             break;
         }

@@ -156,6 +156,24 @@ Test(config, shared_configmap_keys_of_the_other_binary_are_accepted)
     unlink(path);
 }
 
+/* A duration out of range names the range in the units a user writes it in. */
+Test(config, duration_ranges_read_as_written)
+{
+    struct config c;
+    char *argv[] = {"ebpf-aggregator", NULL};
+    setenv("FLOW_RETENTION", "10s", 1);
+    cr_expect_eq(load(&c, CONFIG_AGGREGATOR, 1, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "must be a duration between 1m and 30d") != NULL, "%s", err);
+    setenv("FLOW_RETENTION", "30d", 1);
+    cr_expect_eq(load(&c, CONFIG_AGGREGATOR, 1, argv), CONFIG_OK, "%s", err);
+    cr_expect_eq(c.flow_retention_ns, 30 * 86400000000000ull);
+    unsetenv("FLOW_RETENTION");
+    setenv("STALE_AFTER", "500ms", 1);
+    cr_expect_eq(load(&c, CONFIG_AGGREGATOR, 1, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "between 1s and 1d") != NULL, "%s", err);
+    unsetenv("STALE_AFTER");
+}
+
 Test(config, durations_and_sizes)
 {
     uint64_t v;
@@ -167,6 +185,8 @@ Test(config, durations_and_sizes)
     cr_expect_eq(v, 5400000000000ull);
     cr_expect_eq(config_parse_duration("1.5s", &v), 0);
     cr_expect_eq(v, 1500000000ull);
+    cr_expect_eq(config_parse_duration("30d", &v), 0);
+    cr_expect_eq(v, 30 * 86400000000000ull);
     cr_expect_lt(config_parse_duration("10", &v), 0);
     cr_expect_lt(config_parse_duration("abc", &v), 0);
     cr_expect_lt(config_parse_duration("-1s", &v), 0);
