@@ -226,8 +226,12 @@ static void parse_header(const uint8_t *p, size_t len, struct dns_message *m)
     m->arcount = be16(p + 10);
 }
 
-/* Reads one resource record at *off; keeps it in m when it is A/AAAA/CNAME/PTR.
- * DNS_ERR_TRUNCATED when the bytes end inside it. */
+/*
+ * Reads one resource record at *off; keeps it in m when it is an address (A,
+ * AAAA) or names one (CNAME, PTR, NS, MX, SRV: the name it points at, after
+ * MX's preference and SRV's priority, weight and port). DNS_ERR_TRUNCATED
+ * when the bytes end inside it.
+ */
 static int read_answer(const uint8_t *p, size_t len, size_t *off, struct dns_message *m)
 {
     struct dns_answer *a = &m->answers[m->answer_count];
@@ -256,8 +260,14 @@ static int read_answer(const uint8_t *p, size_t len, size_t *off, struct dns_mes
         memcpy(a->addr, p + rdata, rdlen);
         break;
     case DNS_TYPE_CNAME:
-    case DNS_TYPE_PTR: {
-        size_t t = rdata;
+    case DNS_TYPE_PTR:
+    case DNS_TYPE_NS:
+    case DNS_TYPE_MX:
+    case DNS_TYPE_SRV: {
+        size_t skip = type == DNS_TYPE_MX ? 2 : type == DNS_TYPE_SRV ? 6 : 0;
+        if (rdlen < skip)
+            return DNS_ERR_BAD_RDATA;
+        size_t t = rdata + skip;
         /* The target's in-place bytes must fill the rdata exactly. */
         rc = read_name(p, rdata + rdlen, &t, a->target);
         if (rc == DNS_ERR_TRUNCATED || (rc == DNS_OK && t != rdata + rdlen))
@@ -638,7 +648,7 @@ int dns_tracker_query(struct dns_tracker *t, const struct dns_key *k, const stru
     return 1;
 }
 
-/* The event's answers: in-chain addresses as text, CNAME targets and PTR names. */
+/* The event's answers: in-chain addresses as text, and the names records point at. */
 static int build_answers(const struct dns_message *m, struct event *e, uint32_t *ttl_s)
 {
     char buf[DNS_ANSWERS_MAX * (DNS_NAME_TEXT_MAX + 1)];
@@ -648,7 +658,7 @@ static int build_answers(const struct dns_message *m, struct event *e, uint32_t 
         const struct dns_answer *a = &m->answers[i];
         if (!a->in_chain)
             continue;
-        if (a->type == DNS_TYPE_CNAME || a->type == DNS_TYPE_PTR) {
+        if (a->type != DNS_TYPE_A && a->type != DNS_TYPE_AAAA) {
             size_t l = strlen(a->target);
             memcpy(buf + n, a->target, l + 1);
             n += l + 1;

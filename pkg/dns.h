@@ -134,15 +134,16 @@ enum dns_parse_error {
  * "ok" for 0; NULL for anything else. Stable: used as metric labels. */
 const char *dns_parse_error_name(int err);
 
-/* One answer record the parser keeps: A, AAAA, CNAME or PTR (others are skipped). */
+/* One answer record the parser keeps: A, AAAA, CNAME, PTR, NS, MX or SRV (others are skipped). */
 struct dns_answer {
-    uint16_t type;    /* DNS_TYPE_A, DNS_TYPE_AAAA, DNS_TYPE_CNAME or DNS_TYPE_PTR */
+    uint16_t type;    /* DNS_TYPE_A, _AAAA, _CNAME, _PTR, _NS, _MX or _SRV */
     uint16_t class;   /* 1 = IN */
     uint32_t ttl;     /* seconds, as sent */
     bool in_chain;    /* owner is the question's name or a CNAME target reached from it */
     uint8_t addr[16]; /* A: the first 4 bytes; AAAA: 16 bytes */
-    char owner[DNS_NAME_TEXT_MAX + 1];  /* the record's name */
-    char target[DNS_NAME_TEXT_MAX + 1]; /* CNAME: the canonical name; PTR: the name; else "" */
+    char owner[DNS_NAME_TEXT_MAX + 1]; /* the record's name */
+    char
+        target[DNS_NAME_TEXT_MAX + 1]; /* the name a CNAME, PTR, NS, MX or SRV points at; else "" */
 };
 
 /*

@@ -45,10 +45,14 @@ static void dnsmasq_start(struct dnsmasq *d)
         "--host-record=web.test,10.1.2.3,fd00::3",
         "--cname=alias.test,web.test",
         "--cname=alias2.test,alias.test",
+        "--srv-host=_http._tcp.web.test,web.test,8080,1,10",
+        "--mx-host=mail.test,mx1.test,10",
         "--local=/test/",  /* unknown names under test. are NXDOMAIN */
         "--local-ttl=300", /* local records' TTL, 0 by default */
     };
-    size_t n = 13;
+    size_t n = 0;
+    while (argv[n] != NULL)
+        n++;
     for (int i = 0; i < MANY; i++) {
         snprintf(many[i], sizeof(many[i]), "--host-record=many.test,10.9.0.%d", i + 1);
         argv[n++] = many[i];
@@ -327,6 +331,57 @@ Test(dns_real, ptr)
     event_clear(&out);
     dns_names_free(c);
     dns_tracker_free(t);
+    free(m);
+}
+
+/* SRV and MX answers name a host: the event carries that name, the cache no address. */
+Test(dns_real, srv_and_mx_name_their_target)
+{
+    static const struct {
+        const char *name, *seed, *target;
+        uint16_t type;
+    } cases[] = {
+        {"_http._tcp.web.test", "udp-srv", "web.test", DNS_TYPE_SRV},
+        {"mail.test", "udp-mx", "mx1.test", DNS_TYPE_MX},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct exchange x;
+        ask_once(&x, (uint16_t)(20 + i), cases[i].name, cases[i].type, cases[i].seed);
+        struct dns_message *m = msg_new();
+        cr_assert_eq(dns_parse(x.a, x.alen, m), DNS_OK);
+        cr_assert_geq(m->answer_count, 1, "%s", cases[i].name);
+        cr_assert_eq(m->answers[0].type, cases[i].type);
+        cr_assert_str_eq(m->answers[0].target, cases[i].target);
+        cr_assert(m->answers[0].in_chain);
+
+        struct dns_tracker *t = dns_tracker_new(NULL);
+        struct dns_key k = {
+            .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_UDP, .server_port = 53};
+        struct event attr = {.cgroup_id = 5}, out = {0};
+        uint32_t ttl;
+        cr_assert_eq(dns_parse(x.q, x.qlen, m), DNS_OK);
+        cr_assert_eq(dns_tracker_query(t, &k, m, &attr, 1), 1);
+        cr_assert_eq(dns_parse(x.a, x.alen, m), DNS_OK);
+        cr_assert_eq(dns_tracker_answer(t, &k, m, 2, &out, &ttl), 1);
+        cr_assert_str_eq(out.u.dns.answers, cases[i].target);
+        cr_assert_eq(ttl, 0, "no address record");
+        event_clear(&out);
+        dns_tracker_free(t);
+        free(m);
+    }
+}
+
+/* The rdata before an MX or SRV target must be there. */
+Test(dns_hostile, mx_and_srv_shorter_than_their_fixed_fields)
+{
+    /* id, flags (response), 1 question, 1 answer; q: "a" MX IN; rr: ptr to q, MX IN ttl rdlen 1 */
+    uint8_t msg[] = {0x00, 0x01, 0x81, 0x80, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x00,
+                     0x00, 0x01, 'a',  0x00, 0x00, 0x0f, 0x00, 0x01, 0xc0, 0x0c, 0x00,
+                     0x0f, 0x00, 0x01, 0x00, 0x00, 0x00, 0x3c, 0x00, 0x01, 0x00};
+    struct dns_message *m = msg_new();
+    cr_assert_eq(dns_parse(msg, sizeof(msg), m), DNS_ERR_BAD_RDATA);
+    msg[16] = msg[22] = DNS_TYPE_SRV; /* the same with SRV: 1 byte of its 6 */
+    cr_assert_eq(dns_parse(msg, sizeof(msg), m), DNS_ERR_BAD_RDATA);
     free(m);
 }
 

@@ -51,7 +51,8 @@ static void check_message(const struct dns_message *m)
     for (unsigned i = 0; i < m->answer_count; i++) {
         const struct dns_answer *a = &m->answers[i];
         check_name(a->owner);
-        if (a->type == DNS_TYPE_CNAME || a->type == DNS_TYPE_PTR)
+        if (a->type == DNS_TYPE_CNAME || a->type == DNS_TYPE_PTR || a->type == DNS_TYPE_NS ||
+            a->type == DNS_TYPE_MX || a->type == DNS_TYPE_SRV)
             check_name(a->target);
         else if ((a->type != DNS_TYPE_A && a->type != DNS_TYPE_AAAA) || a->target[0])
             abort();
