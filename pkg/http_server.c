@@ -14,6 +14,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -25,6 +26,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <h2o.h>
 #include <openssl/crypto.h>
@@ -42,6 +44,7 @@
 #define HTTP_MAX_STREAM_CLIENTS_DEFAULT   64
 #define HTTP_PUBLISH_QUEUE_MAX            65536
 #define HTTP_KEEPALIVE_MS                 15000
+#define HTTP_GZIP_MIN                     1024 /* bytes: smaller bodies go as they are */
 /* Events stamped before a stream's `until` may still be on their way (an agent's batch). */
 #define HTTP_STREAM_UNTIL_GRACE_MS 3000
 #define HTTP_UNTIL_TICK_MS         250
@@ -102,6 +105,7 @@ struct http_deferred {
     char *content_type;
     struct buf body;
     bool oom;
+    bool accepts_gzip; /* the request's Accept-Encoding names gzip */
 };
 
 /* Lives in the request's pool: its dispose marks the deferred orphaned. */
@@ -114,6 +118,7 @@ struct deferred_slot {
     struct http_server *srv;
     h2o_req_t *req;
     struct http_deferred *d;
+    bool accepts_gzip;
 };
 
 struct http_server {
@@ -223,6 +228,60 @@ static const char *status_reason(int status)
 }
 
 /* ---- plain responses ---- */
+
+static void send_response(h2o_req_t *req, int status, const char *content_type, const char *body,
+                          size_t len);
+
+/*
+ * body gzipped into req's pool, for a client that takes gzip: a page of
+ * events compresses about tenfold. Only worth it past HTTP_GZIP_MIN bytes,
+ * and never over an encoding the handler chose. False (send it as it is)
+ * otherwise, or when compressing fails.
+ */
+static bool gzip_body(h2o_req_t *req, const char *body, size_t len, h2o_iovec_t *out)
+{
+    z_stream z = {0};
+
+    if (len < HTTP_GZIP_MIN ||
+        h2o_find_header(&req->res.headers, H2O_TOKEN_CONTENT_ENCODING, -1) != -1)
+        return false;
+    /* Level 1: the loop thread compresses, and most of the gain is in the first level. */
+    if (deflateInit2(&z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        return false;
+    size_t cap = deflateBound(&z, len);
+    out->base = h2o_mem_alloc_pool(&req->pool, cap);
+    z.next_in = (Bytef *)body;
+    z.avail_in = (uInt)len;
+    z.next_out = (Bytef *)out->base;
+    z.avail_out = (uInt)cap;
+    int rc = len <= UINT_MAX && cap <= UINT_MAX ? deflate(&z, Z_FINISH) : Z_STREAM_ERROR;
+    out->len = cap - z.avail_out;
+    deflateEnd(&z);
+    if (rc != Z_STREAM_END)
+        return false;
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_ENCODING, NULL,
+                   H2O_STRLIT("gzip"));
+    return true;
+}
+
+/*
+ * A response that may be gzipped: whether it is depends on the request, so
+ * it varies on Accept-Encoding either way.
+ */
+static void send_compressible(h2o_req_t *req, bool accepts_gzip, int status,
+                              const char *content_type, const char *body, size_t len)
+{
+    h2o_iovec_t z;
+
+    if (len >= HTTP_GZIP_MIN && h2o_find_header(&req->res.headers, H2O_TOKEN_VARY, -1) == -1)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_VARY, NULL,
+                       H2O_STRLIT("Accept-Encoding"));
+    if (accepts_gzip && gzip_body(req, body, len, &z)) {
+        body = z.base;
+        len = z.len;
+    }
+    send_response(req, status, content_type, body, len);
+}
 
 static void send_response(h2o_req_t *req, int status, const char *content_type, const char *body,
                           size_t len)
@@ -661,7 +720,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         hreq.if_none_match = req->headers.entries[inm].value.base;
         hreq.if_none_match_len = req->headers.entries[inm].value.len;
     }
-    struct deferred_slot slot = {.srv = s, .req = req};
+    struct deferred_slot slot = {.srv = s, .req = req, .accepts_gzip = hreq.accepts_gzip};
     struct http_response res = {.status = 200, .server_private = &slot};
 
     buf_init(&res.body);
@@ -675,9 +734,9 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         send_response(req, 500, "application/json", H2O_STRLIT("{\"error\":\"out of memory\"}"));
     } else {
         add_handler_headers(req, &res);
-        send_response(req, res.status > 0 ? res.status : 200,
-                      res.content_type != NULL ? res.content_type : "application/json",
-                      res.body.data != NULL ? res.body.data : "", res.body.len);
+        send_compressible(req, hreq.accepts_gzip, res.status > 0 ? res.status : 200,
+                          res.content_type != NULL ? res.content_type : "application/json",
+                          res.body.data != NULL ? res.body.data : "", res.body.len);
     }
     buf_free(&res.body);
     return 0;
@@ -712,6 +771,7 @@ struct http_deferred *http_response_defer(struct http_response *res)
     d->srv = slot->srv;
     d->req = slot->req;
     d->anchor = an;
+    d->accepts_gzip = slot->accepts_gzip;
     buf_init(&d->body);
     slot->d = d;
     stat_add(&slot->srv->deferred_pending, 1);
@@ -763,9 +823,9 @@ static void deferred_finish(struct http_server *s, struct http_deferred *d)
             send_response(d->req, 500, "application/json",
                           H2O_STRLIT("{\"error\":\"out of memory\"}"));
         else
-            send_response(d->req, d->status,
-                          d->content_type != NULL ? d->content_type : "application/json",
-                          d->body.data != NULL ? d->body.data : "", d->body.len);
+            send_compressible(d->req, d->accepts_gzip, d->status,
+                              d->content_type != NULL ? d->content_type : "application/json",
+                              d->body.data != NULL ? d->body.data : "", d->body.len);
     }
     stat_add(&s->deferred_pending, -1);
     buf_free(&d->body);

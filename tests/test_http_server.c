@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "http_server.h"
 #include "testutil.h"
@@ -62,7 +63,7 @@ static void send_all(int fd, const char *s)
 static void send_request(int fd, const char *method, const char *target, const char *extra,
                          bool close_conn)
 {
-    char req[2048];
+    char req[8192];
 
     snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: test\r\n%s%s\r\n", method, target,
              close_conn ? "Connection: close\r\n" : "", extra != NULL ? extra : "");
@@ -476,6 +477,56 @@ Test(http_server, absolute_form_targets_route_by_their_path)
     /* A path that merely looks like one is a path. */
     get(port, "/http://example.test/health", NULL, &r);
     cr_assert_eq(r.status, 404);
+    http_server_free(s);
+}
+
+/* The body of a gzip stream, inflated into out (NUL-terminated); its length. */
+static size_t gunzip(const char *in, size_t len, char *out, size_t cap)
+{
+    z_stream z = {0};
+    cr_assert_eq(inflateInit2(&z, 15 + 16), Z_OK);
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)len;
+    z.next_out = (Bytef *)out;
+    z.avail_out = (uInt)(cap - 1);
+    cr_assert_eq(inflate(&z, Z_FINISH), Z_STREAM_END, "not a whole gzip stream");
+    size_t n = cap - 1 - z.avail_out;
+    inflateEnd(&z);
+    out[n] = '\0';
+    return n;
+}
+
+/* A client that takes gzip gets a larger body gzipped; the same bytes once inflated. */
+Test(http_server, large_bodies_are_gzipped_for_clients_that_take_it)
+{
+    struct http_server *s = start_server(NULL, 0);
+    int port = http_server_port(s);
+    static char target[4096], plain[65536], inflated[65536];
+    static struct reply r;
+    char v[256];
+
+    strcpy(target, "/api/events?x=");
+    memset(target + strlen(target), 'a', 3000);
+    get(port, target, NULL, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_null(header(&r, "content-encoding", v, sizeof(v)));
+    cr_assert_str_eq(header(&r, "vary", v, sizeof(v)), "Accept-Encoding");
+    cr_assert_gt(r.body_len, 3000);
+    memcpy(plain, r.body, r.body_len);
+    size_t plain_len = r.body_len;
+
+    get(port, target, "Accept-Encoding: gzip, deflate\r\n", &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_str_eq(header(&r, "content-encoding", v, sizeof(v)), "gzip");
+    cr_assert_str_eq(header(&r, "vary", v, sizeof(v)), "Accept-Encoding");
+    cr_assert_lt(r.body_len, plain_len / 4, "3000 repeated bytes compress");
+    cr_assert_eq(gunzip(r.body, r.body_len, inflated, sizeof(inflated)), plain_len);
+    cr_assert_eq(memcmp(inflated, plain, plain_len), 0);
+
+    /* Small bodies go as they are. */
+    get(port, "/api/events?x=1", "Accept-Encoding: gzip\r\n", &r);
+    cr_assert_null(header(&r, "content-encoding", v, sizeof(v)));
+    cr_assert_str_eq(r.body, "{\"path\":\"/api/events\",\"query\":\"x=1\"}");
     http_server_free(s);
 }
 

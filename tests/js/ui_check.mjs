@@ -489,8 +489,14 @@ await step('the files are served gzipped with ETags when asked, and revalidate w
       assert(old.headers['cache-control'] === 'no-cache', route + ' with another version: ' + old.headers['cache-control']);
     }
   }
+  // The API is never cached, and gzipped (past 1 KB) for a client that takes it.
   const api = await rawGet(AGENT + '/api/stats', { 'accept-encoding': 'gzip' });
-  assert(api.headers['cache-control'] === 'no-store' && !api.headers['content-encoding'], 'the API: ' + JSON.stringify(api.headers));
+  assert(api.headers['cache-control'] === 'no-store' && api.headers['content-encoding'] === 'gzip' &&
+    /accept-encoding/i.test(api.headers.vary || ''), 'the API: ' + JSON.stringify(api.headers));
+  assert(typeof JSON.parse(gunzipSync(api.body).toString('utf8')).node === 'string', 'the API: the gzipped body is no stats');
+  const apiPlain = await rawGet(AGENT + '/api/stats', {});
+  assert(!apiPlain.headers['content-encoding'] && typeof JSON.parse(apiPlain.body.toString('utf8')).node === 'string',
+    'the API without gzip: ' + JSON.stringify(apiPlain.headers));
 });
 
 
