@@ -939,6 +939,41 @@ Test(aggregator_cluster, a_replica_stopping_cleanly_is_dropped_at_once)
     json_decref(j);
 }
 
+/*
+ * A replica that stops cleanly hands its node table to a peer: the batches it
+ * received still count as received, so a rolling restart shows no loss.
+ */
+Test(aggregator_cluster, a_replica_stopping_cleanly_hands_its_batches_over)
+{
+    enum { BATCHES = 40, PER_BATCH = 5 };
+    for (uint64_t seq = 1; seq <= BATCHES; seq++) {
+        struct event *ev = make_events(NODE_A, PER_BATCH, 100);
+        publish_batch(NODE_A, "aaaaaaaaaaaaaaaa", seq, ev, PER_BATCH);
+        free(ev);
+    }
+    natsConnection_Flush(pub);
+    check(wait_total_events(agg_port[0], BATCHES * PER_BATCH, 5000), "events never all ingested");
+    json_t *st = get(agg_port[0], "/api/stats");
+    json_t *list = json_object_get(json_object_get(st, "replicas"), "list");
+    for (size_t i = 0; i < json_array_size(list); i++)
+        check(jint(json_array_get(list, i), "batches") > 0, "a replica got no batch");
+    json_decref(st);
+
+    check(tu_stop(agg_pid[1], 5000) == 0, "clean exit on SIGTERM");
+    agg_pid[1] = -1;
+    check(wait_expected(agg_port[0], 1, 2000), "peer still expected after it left");
+    json_t *j = get(agg_port[0], "/api/nodes");
+    json_t *a = json_object_get(json_object_get(j, "nodes"), NODE_A);
+    check(jint(a, "batches") == BATCHES, "batches %lld of %d", jint(a, "batches"), BATCHES);
+    check(jint(a, "lost_batches") == 0, "lost_batches %lld", jint(a, "lost_batches"));
+    check(jint(a, "events") == BATCHES * PER_BATCH, "events %lld", jint(a, "events"));
+    json_decref(j);
+    char *log = tu_read_file(logs[1]);
+    check(log != NULL && strstr(log, "node table handed over to replica") != NULL,
+          "the leaving replica does not say it handed over: %s", log ? log : "(no log)");
+    free(log);
+}
+
 Test(aggregator_cluster, ready_follows_the_nats_connection)
 {
     tu_stop(nats_pid, 5000);

@@ -28,6 +28,8 @@
 
 #define CLUSTER_SUBJECT_LEN        (2 * CONFIG_STR + 16)
 #define CLUSTER_LEAVE_FLUSH_MS     1000
+#define CLUSTER_HANDOVER_TRIES     3
+#define CLUSTER_HANDOVER_WAIT_MS   2000
 #define CLUSTER_SUBSCRIBE_FLUSH_MS 1000
 #define CLUSTER_CLOSE_WAIT_MS      2000
 /* Replies one gather holds undecoded: far above what peers send, a bound for a flood. */
@@ -62,7 +64,8 @@ struct cluster {
     char subj_query[CLUSTER_SUBJECT_LEN];
     char subj_stats[CLUSTER_SUBJECT_LEN];
     char subj_flows[CLUSTER_SUBJECT_LEN];
-    natsSubscription *hb_sub, *query_sub, *stats_sub, *flows_sub, *reply_sub;
+    char subj_handover[CLUSTER_SUBJECT_LEN];
+    natsSubscription *hb_sub, *query_sub, *stats_sub, *flows_sub, *reply_sub, *handover_sub;
     char reply_prefix[64]; /* the inbox; replies come to <reply_prefix>.<token> */
 
     pthread_mutex_t reply_lock; /* waiters, next_token */
@@ -90,6 +93,17 @@ static uint64_t mono_ms(void)
 static bool connected(struct cluster *c)
 {
     return natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED;
+}
+
+static void on_handover(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
+
+/* Whether this replica is leaving: it answers no more (its node table went to a peer). */
+static bool has_left(struct cluster *c)
+{
+    pthread_mutex_lock(&c->lock);
+    bool left = c->left;
+    pthread_mutex_unlock(&c->lock);
+    return left;
 }
 
 /* ---- membership ---- */
@@ -540,7 +554,7 @@ static void handle_query(struct cluster *c, natsConnection *nc, natsMsg *msg)
 
     buf_init(&out);
     if (reply == NULL || reply[0] == '\0' || id == NULL || !json_is_string(qv) ||
-        strcmp(id, c->a->replica) == 0)
+        strcmp(id, c->a->replica) == 0 || has_left(c))
         goto done;
     if (query_parse(&q, json_string_value(qv), json_string_length(qv), false, err, sizeof(err)) <
         0) {
@@ -786,7 +800,8 @@ static void handle_stats(struct cluster *c, natsConnection *nc, natsMsg *msg)
     struct buf out;
 
     buf_init(&out);
-    if (reply == NULL || reply[0] == '\0' || id == NULL || strcmp(id, c->a->replica) == 0)
+    if (reply == NULL || reply[0] == '\0' || id == NULL || strcmp(id, c->a->replica) == 0 ||
+        has_left(c))
         goto done;
     cluster_stats_json(c->a, &out);
     int64_t max = natsConnection_GetMaxPayload(nc);
@@ -891,6 +906,8 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
              a->cfg.queue_group);
     snprintf(c->subj_flows, sizeof(c->subj_flows), "%s.%s.flows", a->cfg.control_subject,
              a->cfg.queue_group);
+    snprintf(c->subj_handover, sizeof(c->subj_handover), "%s.%s.handover", a->cfg.control_subject,
+             a->cfg.queue_group);
     pthread_mutex_init(&c->lock, NULL);
     pthread_mutex_init(&c->reply_lock, NULL);
     pthread_mutex_init(&c->gate.lock, NULL);
@@ -904,6 +921,10 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
         s = natsConnection_Subscribe(&c->stats_sub, c->nc, c->subj_stats, on_stats, c);
     if (s == NATS_OK)
         s = natsConnection_Subscribe(&c->flows_sub, c->nc, c->subj_flows, on_flows, c);
+    /* One replica takes a leaving one's node table: the others would count it again. */
+    if (s == NATS_OK)
+        s = natsConnection_QueueSubscribe(&c->handover_sub, c->nc, c->subj_handover, "handover",
+                                          on_handover, c);
     if (s == NATS_OK) {
         natsInbox *inbox = NULL;
         char subj[sizeof(c->reply_prefix) + 2];
@@ -949,6 +970,83 @@ static void stop_thread(struct cluster *c)
     c->thread_started = false;
 }
 
+/*
+ * Hands this replica's node table to one peer (the handover queue group picks
+ * it), which merges it into its own: the batches this replica received still
+ * count as received, instead of leaving gaps the cluster would call lost. A
+ * peer that is leaving too declines, and another is asked. Without a peer
+ * there is no one to keep them; a table larger than a message is not sent
+ * (the stats answer has the same bound). Logs what happened.
+ */
+static void hand_over_nodes(struct cluster *c)
+{
+    struct buf table;
+    int64_t max = natsConnection_GetMaxPayload(c->nc);
+
+    buf_init(&table);
+    nodes_to_json(c->a->nodes, &table);
+    if (table.oom || (max > 0 && table.len > (uint64_t)max)) {
+        fprintf(stderr,
+                "ebpf-aggregator: node table (%zu bytes) not handed over: larger than a NATS "
+                "message; its batches will count as lost\n",
+                table.len);
+        buf_free(&table);
+        return;
+    }
+    for (int attempt = 0; attempt < CLUSTER_HANDOVER_TRIES; attempt++) {
+        natsMsg *reply = NULL;
+        natsStatus s = natsConnection_Request(&reply, c->nc, c->subj_handover, table.data,
+                                              (int)table.len, CLUSTER_HANDOVER_WAIT_MS);
+        if (s == NATS_NO_RESPONDERS)
+            break; /* the last replica: nobody to keep the counts */
+        if (s != NATS_OK)
+            continue;
+        json_t *root =
+            json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
+        const char *to = json_string_value(json_object_get(root, "replica"));
+        bool taken = json_is_true(json_object_get(root, "taken"));
+        if (taken)
+            fprintf(stderr, "ebpf-aggregator: node table handed over to replica %s\n",
+                    to != NULL ? to : "?");
+        json_decref(root);
+        natsMsg_Destroy(reply);
+        if (taken) {
+            buf_free(&table);
+            return;
+        }
+    }
+    fprintf(stderr, "ebpf-aggregator: node table not handed over (no replica took it)\n");
+    buf_free(&table);
+}
+
+/* A leaving peer's node table: merged into this replica's, unless it is leaving too. */
+static void handle_handover(struct cluster *c, natsConnection *nc, natsMsg *msg)
+{
+    const char *reply = natsMsg_GetReply(msg);
+    bool taken = false;
+
+    if (reply == NULL || reply[0] == '\0')
+        return;
+    if (!has_left(c)) {
+        int rc =
+            nodes_merge_json(c->a->nodes, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
+        taken = rc == 0;
+        if (rc == -EINVAL)
+            __atomic_fetch_add(&c->invalid_answers, 1, __ATOMIC_RELAXED);
+    }
+    char body[96];
+    int n = snprintf(body, sizeof(body), "{\"replica\":\"%s\",\"taken\":%s}", c->a->replica,
+                     taken ? "true" : "false");
+    natsConnection_Publish(nc, reply, body, n);
+}
+
+static void on_handover(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct cluster *c = closure;
+
+    GATED(c, msg, handle_handover(c, nc, msg));
+}
+
 void cluster_leave(struct cluster *c)
 {
     if (c == NULL)
@@ -958,6 +1056,7 @@ void cluster_leave(struct cluster *c)
     c->left = true;
     pthread_mutex_unlock(&c->lock);
     if (connected(c)) {
+        hand_over_nodes(c);
         publish_heartbeat(c, true);
         natsConnection_FlushTimeout(c->nc, CLUSTER_LEAVE_FLUSH_MS);
     }
@@ -965,7 +1064,7 @@ void cluster_leave(struct cluster *c)
 
 void cluster_free(struct cluster *c)
 {
-    natsSubscription *subs[5];
+    natsSubscription *subs[6];
     bool stopped = true;
 
     if (c == NULL)
@@ -976,8 +1075,9 @@ void cluster_free(struct cluster *c)
     subs[2] = c->stats_sub;
     subs[3] = c->flows_sub;
     subs[4] = c->reply_sub;
+    subs[5] = c->handover_sub;
     /* Waits for a callback still running, which uses c. */
-    for (size_t i = 0; i < 5; i++)
+    for (size_t i = 0; i < 6; i++)
         stopped &= aggregator_sub_close(subs[i], c->nc, false, CLUSTER_CLOSE_WAIT_MS, &c->gate);
     /* From here no callback touches the store, the nodes or the bus, stopped or not. */
     aggregator_gate_close(&c->gate);

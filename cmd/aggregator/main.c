@@ -171,10 +171,11 @@ int main(int argc, char **argv)
     notify_systemd("STOPPING=1");
     rc = 0;
 out:
-    /* Peers stop expecting us first; then finish queued batches; then reverse creation order. */
-    cluster_leave(a.cluster);
+    /* Queued batches first, so every batch received is counted; then leave (the node table
+     * goes to a peer, which keeps counting them as received); then reverse creation order. */
     if (a.bus)
         ingest_stop(&a, AGGREGATOR_DRAIN_MS);
+    cluster_leave(a.cluster);
     join_release(&a, UINT64_MAX); /* what is still held is stored unjoined */
     aggregator_api_stop(&a);
     if (a.http)
