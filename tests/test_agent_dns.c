@@ -156,6 +156,70 @@ Test(dns_agent, a_query_and_its_answer_make_one_event)
     dns_agent_free(d);
 }
 
+/* Appends m (len bytes) to a TCP segment at *n, with its 2-byte length prefix. */
+static void tcp_append(uint8_t *seg, size_t *n, const uint8_t *m, size_t len)
+{
+    seg[(*n)++] = (uint8_t)(len >> 8);
+    seg[(*n)++] = (uint8_t)len;
+    memcpy(seg + *n, m, len);
+    *n += len;
+}
+
+/* Several queries in one TCP segment (a pipelining resolver), their answers in another. */
+Test(dns_agent, every_message_of_a_tcp_segment_counts)
+{
+    static const char *names[] = {"a.example", "b.example", "c.example"};
+    static const char *addrs[] = {"10.0.0.1", "10.0.0.2", "10.0.0.3"};
+    uint8_t qs[1024], as[1024], one[256];
+    size_t qn = 0, an = 0;
+    struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+
+    reset();
+    for (int i = 0; i < 3; i++) {
+        tcp_append(qs, &qn, one, message(one, (uint16_t)(0x100 + i), names[i], NULL, 0));
+        tcp_append(as, &an, one, message(one, (uint16_t)(0x100 + i), names[i], addrs[i], 0));
+    }
+    struct records_dns rq = record(false, qs, qn, 1 * SEC, 9);
+    rq.protocol = IPPROTO_TCP;
+    dns_agent_message(d, &rq);
+    /* The answers come back in another order, in one segment too. */
+    an = 0;
+    for (int i = 2; i >= 0; i--)
+        tcp_append(as, &an, one, message(one, (uint16_t)(0x100 + i), names[i], addrs[i], 0));
+    struct records_dns ra = record(true, as, an, 1 * SEC + 1000, 9);
+    ra.protocol = IPPROTO_TCP;
+    dns_agent_message(d, &ra);
+
+    cr_assert_eq(ngot, 3);
+    for (int k = 0; k < 3; k++) {
+        int i = 2 - k;
+        cr_assert_str_eq(got[k].u.dns.query, names[i]);
+        cr_assert_str_eq(got[k].u.dns.answers, addrs[i]);
+        cr_assert_eq(got[k].u.dns.transaction_id, 0x100 + i);
+        cr_assert_eq(got[k].protocol, IPPROTO_TCP);
+    }
+    struct dns_agent_stats st;
+    dns_agent_expire(d, 2 * SEC);
+    dns_agent_get_stats(d, &st);
+    cr_assert_eq(st.tracker.answered, 3);
+    cr_assert_eq(st.tracker.unmatched, 0);
+
+    /* A message cut off by the segment's end is the last one taken. */
+    reset();
+    qn = 0;
+    tcp_append(qs, &qn, one, message(one, 0x200, "d.example", NULL, 0));
+    size_t cut = message(one, 0x201, "e.example", NULL, 0);
+    tcp_append(qs, &qn, one, cut);
+    rq = record(false, qs, qn - cut / 2, 3 * SEC, 9);
+    rq.protocol = IPPROTO_TCP;
+    dns_agent_message(d, &rq);
+    dns_agent_expire(d, 3 * SEC);
+    dns_agent_get_stats(d, &st);
+    cr_assert_eq(st.tracker.pending, 1, "the whole query is tracked, the cut one is not");
+    reset();
+    dns_agent_free(d);
+}
+
 Test(dns_agent, unanswered_queries_time_out_and_garbage_is_counted)
 {
     struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});

@@ -714,6 +714,55 @@ static bool is_timeout_of(json_t *ev, void *arg)
            strcmp(tu_jstr(ev, "status"), "timeout") == 0;
 }
 
+/*
+ * A resolver that pipelines its queries over TCP writes them in one segment:
+ * each query makes its own event, with the answer dnsmasq gave it.
+ */
+Test(e2e_dns, pipelined_tcp_queries_each_make_an_event, .fini = stop_all, .timeout = 90)
+{
+    static const char *names[] = {"a.test", "www.test", "nope.test"};
+    uint8_t seg[1024], buf[4096];
+    size_t n = 0, got = 0;
+
+    monitor_up("dns-pipeline-node");
+    for (int i = 0; i < 3; i++) {
+        size_t l = make_query(seg + n + 2, (uint16_t)(0x5100 + i), names[i]);
+        seg[n] = (uint8_t)(l >> 8), seg[n + 1] = (uint8_t)l;
+        n += 2 + l;
+    }
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)dnsmasq.port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0, "%s", strerror(errno));
+    cr_assert_eq(send(fd, seg, n, 0), (ssize_t)n, "one write");
+    /* Three answers back, however they are cut into segments. */
+    for (int answers = 0; answers < 3;) {
+        ssize_t r = recv(fd, buf + got, sizeof(buf) - got, 0);
+        cr_assert_gt(r, 0, "dnsmasq answered %d of 3", answers);
+        got += (size_t)r;
+        answers = 0;
+        for (size_t off = 0; off + 2 <= got; answers++) {
+            size_t l = ((size_t)buf[off] << 8) | buf[off + 1];
+            if (off + 2 + l > got)
+                break;
+            off += 2 + l;
+        }
+    }
+    close(fd);
+    for (int i = 0; i < 3; i++) {
+        json_t *ev = wait_dns(agent.port, names[i], 0x5100 + (unsigned)i);
+        cr_assert_str_eq(tu_jstr(ev, "protocol"), "tcp");
+        cr_assert_str_eq(tu_jstr(ev, "status"), "answered");
+        cr_assert_str_eq(tu_jstr(ev, "rcode"), i == 2 ? "NXDOMAIN" : "NOERROR");
+        json_decref(ev);
+    }
+    stop_all();
+    remove_logs();
+}
+
 Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = stop_all,
      .timeout = 90)
 {

@@ -109,20 +109,11 @@ static void emit_timeout(struct event *e, void *arg)
     event_clear(e);
 }
 
-void dns_agent_message(struct dns_agent *d, const struct records_dns *m)
+/* One parsed message of m (in d->msg): a query to track, or an answer that may make an event. */
+static void one_message(struct dns_agent *d, const struct records_dns *m)
 {
     struct dns_key k = {.cookie = m->cookie, .family = m->family, .protocol = m->protocol};
-    int rc;
 
-    d->messages++;
-    d->suppressed += m->suppressed;
-    d->truncated += m->truncated;
-    rc = m->protocol == IPPROTO_TCP ? dns_parse_tcp(m->payload, m->payload_len, d->msg)
-                                    : dns_parse(m->payload, m->payload_len, d->msg);
-    if (rc < 0) {
-        dns_tracker_parse_error(d->tracker, rc);
-        return;
-    }
     if (!m->answer) {
         struct event attr = {0};
 
@@ -147,6 +138,38 @@ void dns_agent_message(struct dns_agent *d, const struct records_dns *m)
         d->emit(d->ctx, &e, ttl);
         event_clear(&e);
     }
+}
+
+void dns_agent_message(struct dns_agent *d, const struct records_dns *m)
+{
+    size_t off = 0;
+    int rc;
+
+    d->messages++;
+    d->suppressed += m->suppressed;
+    d->truncated += m->truncated;
+    if (m->protocol != IPPROTO_TCP) {
+        if ((rc = dns_parse(m->payload, m->payload_len, d->msg)) < 0)
+            dns_tracker_parse_error(d->tracker, rc);
+        else
+            one_message(d, m);
+        return;
+    }
+    /*
+     * TCP: a segment may carry several length-prefixed messages (a resolver
+     * that pipelines its queries, a server answering them together). Each is
+     * taken in turn; one cut off by the segment's end is parsed as far as it
+     * goes (truncated, as any message cut short), and ends the walk.
+     */
+    do {
+        rc = dns_parse_tcp(m->payload + off, m->payload_len - off, d->msg);
+        if (rc < 0) {
+            dns_tracker_parse_error(d->tracker, rc);
+            return;
+        }
+        one_message(d, m);
+        off += 2 + (size_t)d->msg->wire_len;
+    } while (off + 2 <= m->payload_len);
 }
 
 void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns)
