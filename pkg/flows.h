@@ -98,7 +98,9 @@ struct flows_edge {
 struct flows_result {
     struct flows_edge *edges; /* owned */
     size_t count, cap;
-    uint32_t *index; /* owned; open addressing over edges, index_cap slots (0 = empty) */
+    /* Owned; open addressing over edges, index_cap slots: the high half of the key's hash above
+     * the edge's position + 1 (0 = empty), so a probe reads an edge only when the halves match. */
+    uint64_t *index;
     size_t index_cap;
 };
 
