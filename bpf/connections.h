@@ -332,6 +332,7 @@ static __always_inline void connect_started(const struct sock *sk, __u64 key)
     if (prev) {
         record_hdr_current(&prev->owner, RECORD_CONNECT);
         prev->phase = LIFE_CONNECTING;
+        prev->connect_error = 0;
     } else {
         record_hdr_current(&l.owner, RECORD_CONNECT);
         l.phase = LIFE_CONNECTING;
@@ -343,6 +344,27 @@ static __always_inline void connect_started(const struct sock *sk, __u64 key)
         if (started)
             *started = key;
     }
+}
+
+/*
+ * Why a connect failed. The kernel sets sk_err before the state change:
+ * ECONNREFUSED (RST), ETIMEDOUT, EHOSTUNREACH (ICMP). An ICMP error that
+ * arrives while the application holds the socket (a firewall's reject,
+ * answered during the connect call itself) is kept in sk_err_soft and
+ * reported with the socket still in SYN_SENT; a non-blocking application
+ * reads it (SO_ERROR, which clears it) and closes the socket, which ends the
+ * connect with no error left on it. The error report (see below) kept it in
+ * the entry.
+ */
+static __always_inline __u32 connect_error(const struct sock *sk, const struct sock_life *l)
+{
+    int err = sk->sk_err;
+
+    if (!err)
+        err = l->connect_error;
+    if (!err)
+        err = sk->sk_err_soft;
+    return err;
 }
 
 /* SYN_SENT->ESTABLISHED or ->CLOSE: the connect's outcome. */
@@ -363,8 +385,7 @@ static __always_inline void connect_outcome(const struct sock *sk, __u64 key, in
             r->protocol = IPPROTO_TCP;
             r->status = newstate == TCP_ESTABLISHED ? CONN_ESTABLISHED : CONN_FAILED;
             r->latency_ns = now - l->owner.ts_ns;
-            /* Set before the state change: ECONNREFUSED (RST), ETIMEDOUT, EHOSTUNREACH (ICMP). */
-            r->error = newstate == TCP_CLOSE ? sk->sk_err : 0;
+            r->error = newstate == TCP_CLOSE ? connect_error(sk, l) : 0;
             r->_pad = 0;
             read_sock_addrs(sk, r, false);
             record_submit(r);
@@ -452,11 +473,23 @@ int BPF_PROG(tp_btf__inet_sk_error_report, const struct sock *sk)
     __u64 key = (__u64)sk;
     struct sock_life *l;
 
-    if (sk->__sk_common.skc_state != TCP_CLOSE || !sock_is_inet_tcp(sk))
+    if (!sock_is_inet_tcp(sk))
         return 0;
     l = bpf_map_lookup_elem(&sockets, &key);
     if (!l)
         return 0;
+    if (sk->__sk_common.skc_state != TCP_CLOSE) {
+        /* Still connecting: the error may be read and cleared before the connect ends. */
+        if (l->phase == LIFE_CONNECTING) {
+            int err = sk->sk_err;
+
+            if (!err)
+                err = sk->sk_err_soft;
+            if (err)
+                l->connect_error = err;
+        }
+        return 0;
+    }
     if (l->phase == LIFE_CONNECTING)
         connect_outcome(sk, key, TCP_CLOSE);
     else if (track_close)

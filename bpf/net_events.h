@@ -92,7 +92,10 @@ struct sock_life {
      * shares a cache line with the key's. */
     __u8 family; /* AF_INET or AF_INET6 */
     __u16 sport, dport;
-    __u32 retransmits;
+    union {
+        __u32 retransmits;   /* following: from the close snapshot */
+        __u32 connect_error; /* connecting: the error a report left (see connect_outcome) */
+    };
     __u32 srtt_us;
     /* Following: the snapshot was taken (TCP_CLOSE reached) when not 0. Dead: when the
      * connection ended (boot clock), what the agent's reaping goes by. */

@@ -684,6 +684,7 @@ Test(lifecycle, rst_close_is_reset_sent_and_received)
 enum attempt_flags {
     BIND_FIRST = 1, /* bind to port 0 first, so the source port is known after a failure */
     ABANDON = 2,    /* connect without waiting and close the socket while it connects */
+    NONBLOCK = 4,   /* connect without waiting, poll, read SO_ERROR (as curl does), close */
 };
 
 struct attempt {
@@ -692,11 +693,22 @@ struct attempt {
     unsigned flags;
 };
 
-/* t[0] before connect(), t[1] after it (ABANDON: after the close); result = its errno. */
+/* A non-blocking connect's outcome: SO_ERROR once the socket is writable or has an error. */
+static int connect_result(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (poll(&p, 1, WAIT_MS) != 1)
+        return ETIME;
+    return getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 ? err : errno;
+}
+
+/* t[0] before connect(), t[1] after it (ABANDON, NONBLOCK: after the close); result = its errno. */
 static void attempt_connect(struct report *r, void *arg)
 {
     struct attempt *a = arg;
-    if ((a->flags & ABANDON) &&
+    if ((a->flags & (ABANDON | NONBLOCK)) &&
         step_failed(r, "O_NONBLOCK", fcntl(a->fd, F_SETFL, O_NONBLOCK) != 0))
         return;
     if (a->flags & BIND_FIRST) {
@@ -707,6 +719,8 @@ static void attempt_connect(struct report *r, void *arg)
     }
     r->t[0] = clock_monotonic_ns();
     r->result = connect(a->fd, (struct sockaddr *)&a->dest.sa, a->dest.len) == 0 ? 0 : errno;
+    if ((a->flags & NONBLOCK) && r->result == EINPROGRESS)
+        r->result = connect_result(a->fd);
     close(a->fd);
     r->t[1] = clock_monotonic_ns();
 }
@@ -833,6 +847,41 @@ Test(lifecycle, unreachable_by_icmp_after_the_syn)
     json_t *ev = failed_connect("10.77.60.5", 80, BIND_FIRST, EHOSTUNREACH, "unreachable", &r);
     expect_after_syn(ev, &r, 0);
     json_decref(ev);
+}
+
+/*
+ * A firewall in the client's namespace rejects the SYN as it leaves, with
+ * ICMP host unreachable: the error arrives while connect() still holds the
+ * socket, so the kernel keeps it as a soft error and the socket stays in
+ * SYN_SENT. A non-blocking client reads it (SO_ERROR clears it) and closes
+ * the socket, which is what ends the connect. Blocking and non-blocking.
+ */
+static void check_rejected_by_firewall(int port, unsigned flags)
+{
+    char *out = NULL;
+    int rc = shf(&out,
+                 "ip netns exec %s nft 'add table inet lt_reject; "
+                 "add chain inet lt_reject out { type filter hook output priority 0; }; "
+                 "add rule inet lt_reject out tcp dport %d reject with icmp type host-unreachable'",
+                 ns_client, port);
+    cr_assert_eq(rc, 0, "nft (%d): %s", rc, out ? out : "");
+    free(out);
+    struct report r;
+    json_t *ev =
+        failed_connect("10.77.2.2", port, BIND_FIRST | flags, EHOSTUNREACH, "unreachable", &r);
+    expect_after_syn(ev, &r, 0);
+    json_decref(ev);
+    shf(NULL, "ip netns exec %s nft delete table inet lt_reject", ns_client);
+}
+
+Test(lifecycle, unreachable_by_a_firewall_reject_nonblocking)
+{
+    check_rejected_by_firewall(SERVER_PORT + 2, NONBLOCK);
+}
+
+Test(lifecycle, unreachable_by_a_firewall_reject_blocking)
+{
+    check_rejected_by_firewall(SERVER_PORT + 3, 0);
 }
 
 /* The application closes its socket while the SYN is unanswered: no errno on the socket. */
