@@ -704,6 +704,13 @@ static int load_file(struct config *c, const char *path, bool *seen, char *err, 
             goto out;
         }
         seen[k - keys] = true;
+        /* A quoted "\0" would end the value early: what follows it would be lost unseen. */
+        if (memchr(vn->data.scalar.value, '\0', vn->data.scalar.length)) {
+            errmsg_set(err, errlen, "config file %s: line %zu: %s must not contain a NUL byte",
+                       path, line, k->name);
+            rc = -EINVAL;
+            goto out;
+        }
         if (!(k->roles & c->role))
             continue; /* shared configmaps carry both binaries' keys */
         if (set_value(c, k, (const char *)vn->data.scalar.value, SRC_FILE, err, errlen) < 0) {

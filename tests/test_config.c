@@ -321,6 +321,19 @@ Test(config, bad_file_names_key_and_line)
     cr_expect(strstr(err, "BATCH_SIZE") && strstr(err, "twice"), "%s", err);
     unlink(path);
 
+    /* A NUL byte (YAML's "\0" escape) would cut the value short: refused, naming the key. */
+    const char *with_nul[][2] = {{"NODE_NAME: \"a\\0b\"\n", "NODE_NAME"},
+                                 {"API_TOKEN: \"abc\\0def\"\n", "API_TOKEN"},
+                                 {"LISTEN_ADDR: \"127.0.0.1:8081\\0junk\"\n", "LISTEN_ADDR"},
+                                 {"NATS_URL: \"\\0\"\n", "NATS_URL"}};
+    for (size_t i = 0; i < sizeof(with_nul) / sizeof(with_nul[0]); i++) {
+        path = write_yaml(with_nul[i][0]);
+        char *argv6[] = {"ebpf-agent", "--config", path, NULL};
+        cr_expect_eq(load(&c, CONFIG_AGENT, 3, argv6), CONFIG_INVALID, "%s", with_nul[i][0]);
+        cr_expect(strstr(err, with_nul[i][1]) && strstr(err, "NUL"), "%s", err);
+        unlink(path);
+    }
+
     char *argv4[] = {"ebpf-agent", "--config", "/nonexistent/x.yaml", NULL};
     cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv4), CONFIG_INVALID);
     cr_expect(strstr(err, "/nonexistent/x.yaml"), "%s", err);
