@@ -141,12 +141,19 @@ static uint32_t be32(const uint8_t *p)
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
+/* A printable byte dig escapes with a backslash inside a label (BIND's dns_name_totext). */
+static bool special_in_label(uint8_t c)
+{
+    return c == '.' || c == '\\' || c == '"' || c == '(' || c == ')' || c == ';' || c == '@' ||
+           c == '$';
+}
+
 /* Appends one label byte in text form: lowercase, escaped as dig does. */
-static size_t put_label_byte(char *out, size_t o, uint8_t c)
+size_t dns_put_label_byte(char *out, size_t o, uint8_t c)
 {
     if (c >= 'A' && c <= 'Z') {
         out[o++] = (char)(c + ('a' - 'A'));
-    } else if (c == '.' || c == '\\') {
+    } else if (special_in_label(c)) {
         out[o++] = '\\';
         out[o++] = (char)c;
     } else if (c > 0x20 && c < 0x7f) {
@@ -205,7 +212,7 @@ static int read_name(const uint8_t *p, size_t len, size_t *off, char *out)
         if (o)
             out[o++] = '.';
         for (size_t i = 0; i < c; i++)
-            o = put_label_byte(out, o, p[pos + 1 + i]);
+            o = dns_put_label_byte(out, o, p[pos + 1 + i]);
         pos += 1u + c;
     }
 }

@@ -93,10 +93,11 @@ int dns_rcode_parse(const char *s, size_t len, uint16_t *out);
 
 /*
  * Names in text form: labels joined by '.', lowercase, no trailing dot, the
- * root as ".". A label byte that is not printable ASCII, a space, a '.' or
- * a '\' inside a label is escaped the way dig prints it (`\DDD` in decimal,
- * `\.`, `\\`), so a name is always printable ASCII (valid UTF-8, safe in
- * JSON) and two different wire names never print the same.
+ * root as ".". A label byte is escaped the way dig prints it: one that is
+ * not printable ASCII, or a space, as `\DDD` in decimal; a '.' inside a
+ * label, and each of `\ " ( ) ; @ $`, with a backslash (`\.`, `\@`). A
+ * name is always printable ASCII (valid UTF-8, safe in JSON), two different
+ * wire names never print the same, and a name prints as dig shows it.
  *
  * Limits (RFC 1035): a label is at most 63 bytes, a name at most 255 bytes
  * on the wire, hence at most 253 characters in text form when nothing needs
@@ -110,6 +111,10 @@ int dns_rcode_parse(const char *s, size_t len, uint16_t *out);
 #define DNS_ANSWERS_MAX   EVENT_DNS_ANSWERS_MAX
 #define DNS_HEADER_LEN    12
 #define DNS_POINTER_HOPS  64 /* compression pointers followed per name, at most */
+
+/* Writes one label byte at out + o in text form (at most 4 characters, no NUL); returns the
+ * new length. */
+size_t dns_put_label_byte(char *out, size_t o, uint8_t c);
 
 /*
  * Errors: each failure has its own negative code and a name

@@ -305,35 +305,65 @@ static int query_parse_types(const char *v, size_t len, uint32_t *out, const cha
 }
 
 /*
- * The query filter: a name (lowercased, one trailing dot dropped) or "*." and
- * a name; no empty label, no space or control byte. A byte above 0x7e (a
- * name typed in UTF-8) is kept as \DDD, the text form events show it in
- * (pkg/dns.c), so it matches the name as it went on the wire. -EINVAL
- * otherwise.
+ * The query filter: a name (one trailing dot dropped) or "*." and a name; no
+ * empty label, no space or control byte. Written as dig shows a name or
+ * plainly: each label byte, escaped (`\@`, `\.`, `\DDD`) or not, is put in
+ * the text form events show it in (pkg/dns.c: lowercase, dig's escapes), so
+ * `a@b.example`, `a\@b.example` and `a\064b.example` all match the name as
+ * it went on the wire, and so does a name typed in UTF-8. A label over 63
+ * bytes or a name over 255 on the wire matches nothing: -EINVAL, as for
+ * anything else.
  */
 static int query_set_dns_name(struct query *q, const char *v, size_t len)
 {
-    size_t start = 0, o = 0;
+    size_t o = 0, label = 0, wire = 1; /* bytes in this label, on the wire in all */
 
-    if (len >= 2 && v[0] == '*' && v[1] == '.')
-        start = 2;
-    if (len > start + 1 && v[len - 1] == '.')
-        len--;
-    if (len <= start)
-        return -EINVAL;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)v[i];
-        bool dot = c == '.';
-        if (c <= ' ' || (i >= start && c == '*') ||
-            (dot && (i == start || v[i - 1] == '.' || i == len - 1)))
-            return -EINVAL;
-        if (o + 4 >= sizeof(q->dns_query))
-            return -EINVAL;
-        if (c >= 0x7f)
-            o += (size_t)snprintf(q->dns_query + o, 5, "\\%03u", c);
-        else
-            q->dns_query[o++] = (char)tolower(c);
+    if (len >= 2 && v[0] == '*' && v[1] == '.') {
+        memcpy(q->dns_query, "*.", 2);
+        o = 2;
     }
+    for (size_t i = o; i < len; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c == '.') { /* between labels */
+            if (label == 0)
+                return -EINVAL;
+            if (i == len - 1)
+                break; /* the trailing dot */
+            if (o + 1 >= sizeof(q->dns_query))
+                return -EINVAL;
+            q->dns_query[o++] = '.';
+            label = 0;
+            continue;
+        }
+        if (c <= ' ' || c == '*')
+            return -EINVAL;
+        if (c == '\\') {
+            if (i + 3 < len && isdigit((unsigned char)v[i + 1]) &&
+                isdigit((unsigned char)v[i + 2]) && isdigit((unsigned char)v[i + 3])) {
+                unsigned d = (unsigned)(v[i + 1] - '0') * 100 + (unsigned)(v[i + 2] - '0') * 10 +
+                             (unsigned)(v[i + 3] - '0');
+                if (d > 255)
+                    return -EINVAL;
+                c = (unsigned char)d;
+                i += 3;
+            } else if (i + 1 < len && (unsigned char)v[i + 1] >= ' ') {
+                c = (unsigned char)v[++i];
+            } else {
+                return -EINVAL;
+            }
+        }
+        char text[4];
+        size_t n = dns_put_label_byte(text, 0, c);
+        wire += label == 0 ? 2 : 1; /* a new label's length byte */
+        if (++label > DNS_LABEL_MAX || wire > DNS_NAME_WIRE_MAX)
+            return -EINVAL; /* no name on the wire is that long */
+        if (o + n >= sizeof(q->dns_query))
+            return -EINVAL;
+        memcpy(q->dns_query + o, text, n);
+        o += n;
+    }
+    if (label == 0)
+        return -EINVAL;
     q->dns_query[o] = '\0';
     return 0;
 }

@@ -637,6 +637,11 @@ Test(dns_hostile, label_bytes_escaped)
     cr_assert_str_eq(m->qname, "a\\000b\\.\\255.x\\032\\\\");
     for (const char *c = m->qname; *c; c++)
         cr_assert(*c > 0x20 && *c < 0x7f);
+    /* What dig escapes besides: " ( ) ; @ $ (and not * - _ / = +). */
+    static const uint8_t special[] = {14,  '"', '(', ')', ';', '@', '$', '*', '-', '_',
+                                      '/', '=', '+', '~', '!', 0,   0,   1,   0,   1};
+    cr_assert_eq(parse_body(0, special, sizeof(special), m), DNS_OK);
+    cr_assert_str_eq(m->qname, "\\\"\\(\\)\\;\\@\\$*-_/=+~!");
     /* The root. */
     cr_assert_eq(parse_body(0, "\x00\x00\x02\x00\x01", 5, m), DNS_OK);
     cr_assert_str_eq(m->qname, ".");

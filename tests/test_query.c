@@ -659,6 +659,37 @@ Test(query_parse, dns_filters)
     parse_ok(&q, "query=a%7F.com");
     cr_assert_str_eq(q.dns_query, "a\\127.com");
     cr_assert_neq(parse(&q, "query=a%01.com", true, err, sizeof(err)), 0, "a control byte");
+    /* As dig shows a name or plainly: each byte in the events' text form. */
+    parse_ok(&q, "query=a@b.example");
+    cr_assert_str_eq(q.dns_query, "a\\@b.example");
+    parse_ok(&q, "query=A%5C@b.example");
+    cr_assert_str_eq(q.dns_query, "a\\@b.example");
+    parse_ok(&q, "query=a%5C064b.example");
+    cr_assert_str_eq(q.dns_query, "a\\@b.example");
+    parse_ok(&q, "query=%22(x)%3B$.example");
+    cr_assert_str_eq(q.dns_query, "\\\"\\(x\\)\\;\\$.example");
+    parse_ok(&q, "query=a%5C.b.example."); /* an escaped dot is in its label */
+    cr_assert_str_eq(q.dns_query, "a\\.b.example");
+    parse_ok(&q, "query=a%5C032b.example");
+    cr_assert_str_eq(q.dns_query, "a\\032b.example");
+    parse_ok(&q, "query=%5C%5C.example");
+    cr_assert_str_eq(q.dns_query, "\\\\.example");
+    parse_ok(&q, "query=*.%5C065.example");
+    cr_assert_str_eq(q.dns_query, "*.a.example");
+    const char *bad[] = {"query=a%5C", "query=a%5C256.com", "query=%5C%01.com", "query=a.."};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        cr_expect_neq(parse(&q, bad[i], true, err, sizeof(err)), 0, "%s", bad[i]);
+    /* No name on the wire has a label over 63 bytes or is over 255 bytes. */
+    char qs[600];
+    snprintf(qs, sizeof(qs), "query=%063d.com", 0);
+    parse_ok(&q, qs);
+    snprintf(qs, sizeof(qs), "query=%064d.com", 0);
+    cr_expect_neq(parse(&q, qs, true, err, sizeof(err)), 0, "a 64-byte label");
+    cr_expect(strstr(err, "query"), "%s", err);
+    snprintf(qs, sizeof(qs), "query=%063d.%063d.%063d.%061d", 0, 0, 0, 0); /* 255 on the wire */
+    parse_ok(&q, qs);
+    snprintf(qs, sizeof(qs), "query=%063d.%063d.%063d.%062d", 0, 0, 0, 0);
+    cr_expect_neq(parse(&q, qs, true, err, sizeof(err)), 0, "256 bytes on the wire");
 }
 
 static struct event dns_event(const char *name, unsigned status, uint16_t rcode)
@@ -689,6 +720,9 @@ Test(query_match, dns_query_and_rcode)
         {"query=*.example.com", NULL, EVENT_STATUS_ANSWERED, 0, false},
         {"query=%C3%BCn%C3%AF.internal", "\\195\\188n\\195\\175.internal", EVENT_STATUS_ANSWERED, 0,
          true},
+        {"query=a@b.test", "a\\@b.test", EVENT_STATUS_ANSWERED, 0, true},
+        {"query=a%5C@b.test", "a\\@b.test", EVENT_STATUS_ANSWERED, 0, true},
+        {"query=a.b.test", "a\\.b.test", EVENT_STATUS_ANSWERED, 0, false},
         {"rcode=NXDOMAIN", "x.test", EVENT_STATUS_ANSWERED, 3, true},
         {"rcode=3", "x.test", EVENT_STATUS_ANSWERED, 3, true},
         {"rcode=NOERROR", "x.test", EVENT_STATUS_ANSWERED, 3, false},

@@ -27,9 +27,11 @@ static size_t check_name(const char *s)
         unsigned char c = (unsigned char)s[i];
         if (c <= 0x20 || c >= 0x7f || (c >= 'A' && c <= 'Z'))
             abort();
+        if (strchr("\"();@$", c))
+            abort(); /* dig escapes these */
         if (c != '\\')
             continue;
-        if (i + 1 < len && (s[i + 1] == '.' || s[i + 1] == '\\')) {
+        if (i + 1 < len && strchr(".\\\"();@$", s[i + 1])) {
             i++;
         } else if (i + 3 < len && s[i + 1] >= '0' && s[i + 1] <= '2' && s[i + 2] >= '0' &&
                    s[i + 2] <= '9' && s[i + 3] >= '0' && s[i + 3] <= '9') {
