@@ -187,12 +187,25 @@ void buf_json_string(struct buf *b, const char *s, size_t len)
     buf_putc(b, '"');
 }
 
+/* Digits by hand: every number of every event written goes through here, and printf's
+ * format parsing costs several times the conversion. */
 void buf_json_u64(struct buf *b, uint64_t v)
 {
-    buf_printf(b, "%" PRIu64, v);
+    char t[20]; /* UINT64_MAX has 20 digits */
+    size_t i = sizeof(t);
+    do {
+        t[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    buf_append(b, t + i, sizeof(t) - i);
 }
 
 void buf_json_i64(struct buf *b, int64_t v)
 {
-    buf_printf(b, "%" PRId64, v);
+    if (v < 0) {
+        buf_putc(b, '-');
+        buf_json_u64(b, (uint64_t)0 - (uint64_t)v); /* INT64_MIN too */
+    } else {
+        buf_json_u64(b, (uint64_t)v);
+    }
 }

@@ -20,6 +20,7 @@
 
 #include "errmsg.h"
 #include "intern.h"
+#include "k8s_services.h"
 #include "peers.h"
 
 #define PROBE 16
@@ -133,9 +134,8 @@ static bool expired(const struct joins *j, const struct slot *s, uint64_t now)
     return now > s->h.ts_ns + j->window_ns;
 }
 
-void joins_add_half(struct joins *j, const struct joins_half *h, uint64_t now)
+static void add_half_locked(struct joins *j, const struct joins_half *h, uint64_t now)
 {
-    pthread_mutex_lock(&j->lock);
     uint32_t home = key_home(j, &h->key);
     struct slot *take = NULL, *oldest = NULL;
     for (uint32_t p = 0; p < PROBE; p++) {
@@ -146,7 +146,6 @@ void joins_add_half(struct joins *j, const struct joins_half *h, uint64_t now)
             else if (expired(j, s, now))
                 s->several = false;
             s->h = *h;
-            pthread_mutex_unlock(&j->lock);
             return;
         }
         if (!take && (!s->used || expired(j, s, now)))
@@ -163,6 +162,12 @@ void joins_add_half(struct joins *j, const struct joins_half *h, uint64_t now)
     take->h = *h;
     take->used = true;
     take->several = false;
+}
+
+void joins_add_half(struct joins *j, const struct joins_half *h, uint64_t now)
+{
+    pthread_mutex_lock(&j->lock);
+    add_half_locked(j, h, now);
     pthread_mutex_unlock(&j->lock);
 }
 
@@ -179,9 +184,8 @@ static const struct slot *find(const struct joins *j, const struct joins_key *k,
     return NULL;
 }
 
-bool joins_hold(struct joins *j, struct event *e, uint64_t now)
+static bool hold_locked(struct joins *j, struct event *e, uint64_t now)
 {
-    pthread_mutex_lock(&j->lock);
     bool ok = j->nheld < j->max_held;
     if (ok) {
         struct held *h = &j->held[j->nheld++];
@@ -190,6 +194,13 @@ bool joins_hold(struct joins *j, struct event *e, uint64_t now)
     } else {
         j->st.unjoined[JOINS_HELD_FULL]++;
     }
+    return ok;
+}
+
+bool joins_hold(struct joins *j, struct event *e, uint64_t now)
+{
+    pthread_mutex_lock(&j->lock);
+    bool ok = hold_locked(j, e, now);
     pthread_mutex_unlock(&j->lock);
     return ok;
 }
@@ -244,9 +255,15 @@ void joins_announce_write(struct buf *out, const char *replica, const struct joi
     buf_puts(out, ",\"halves\":[");
     for (size_t i = 0; i < n; i++) {
         const struct joins_half *x = &h[i];
-        buf_printf(out, "%s{\"ip\":\"%s\",\"port\":%u,\"protocol\":%u,\"ts_ns\":%" PRIu64,
-                   i ? "," : "", event_addr_str(x->key.family, x->key.ip, ip, sizeof(ip)),
-                   x->key.port, x->key.protocol, x->ts_ns);
+        /* No printf: an announcement carries up to a batch's halves, at ingest. */
+        buf_puts(out, i ? ",{\"ip\":\"" : "{\"ip\":\"");
+        buf_puts(out, event_addr_str(x->key.family, x->key.ip, ip, sizeof(ip)));
+        buf_puts(out, "\",\"port\":");
+        buf_json_u64(out, x->key.port);
+        buf_puts(out, ",\"protocol\":");
+        buf_json_u64(out, x->key.protocol);
+        buf_puts(out, ",\"ts_ns\":");
+        buf_json_u64(out, x->ts_ns);
         peers_name_write(out, "pod", x->backend.pod);
         peers_name_write(out, "namespace", x->backend.namespace);
         peers_name_write(out, "workload", x->backend.workload);
@@ -324,4 +341,78 @@ int joins_announce_parse(const char *data, size_t len, char *replica, size_t rep
 out:
     json_decref(root);
     return rc;
+}
+
+/* ---- The join at ingest ---------------------------------------------------- */
+
+/* An accept (or server close) of a pod that backs a Service: the half it makes. */
+static bool server_half(const struct event *e, uint8_t side, uint64_t now, struct joins_half *h)
+{
+    if (side != K8S_SIDE_BACKEND || !e->k8s.pod_name || !joins_event_key(e, &h->key))
+        return false;
+    h->ts_ns = now;
+    h->backend = (struct event_peer){.pod = e->k8s.pod_name,
+                                     .namespace = e->k8s.namespace,
+                                     .workload = e->k8s.workload,
+                                     .workload_kind = e->k8s.workload_kind,
+                                     .node = e->k8s.node_name ? e->k8s.node_name : e->node};
+    return true;
+}
+
+/* A connection (or client close) to a ClusterIP whose backend is not named yet: its key. */
+static bool client_half(const struct event *e, uint8_t side, struct joins_key *k)
+{
+    return side == K8S_SIDE_TO_CLUSTER_IP && !e->peer.pod && joins_event_key(e, k);
+}
+
+/*
+ * A client half whose server half is here already is joined now, as
+ * joins_release() would join it (or counted, when two backends claim its
+ * address): true. False when it has to wait.
+ */
+static bool join_now_locked(struct joins *j, struct event *e, const struct joins_key *k,
+                            uint64_t now)
+{
+    const struct slot *s = find(j, k, now);
+    if (!s)
+        return false;
+    if (s->several) {
+        j->st.unjoined[JOINS_SEVERAL]++;
+    } else {
+        peers_fill(&e->peer, &s->h.backend);
+        j->st.joined++;
+    }
+    return true;
+}
+
+size_t joins_batch(struct joins *j, const uint8_t *sides, struct event *events, size_t n,
+                   uint64_t now, joins_announce_fn *announce, void *ctx)
+{
+    static __thread struct joins_half halves[JOINS_ANNOUNCE_MAX];
+    size_t nh = 0, kept = 0;
+
+    pthread_mutex_lock(&j->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct event *e = &events[i];
+        struct joins_key k;
+        if (server_half(e, sides[i], now, &halves[nh])) {
+            add_half_locked(j, &halves[nh], now);
+            if (++nh == JOINS_ANNOUNCE_MAX) {
+                pthread_mutex_unlock(&j->lock);
+                announce(ctx, halves, nh);
+                nh = 0;
+                pthread_mutex_lock(&j->lock);
+            }
+        }
+        if (client_half(e, sides[i], &k) && !join_now_locked(j, e, &k, now) &&
+            hold_locked(j, e, now))
+            continue; /* moved out: the caller stores it when released */
+        if (kept != i)
+            events[kept] = *e; /* a move: slot i is past the batch's new end */
+        kept++;
+    }
+    pthread_mutex_unlock(&j->lock);
+    if (nh > 0)
+        announce(ctx, halves, nh);
+    return kept;
 }

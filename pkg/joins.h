@@ -91,6 +91,22 @@ size_t joins_release(struct joins *j, uint64_t now, struct event *out, size_t ma
 
 void joins_get_stats(struct joins *j, struct joins_stats *out);
 
+/* Receives the server halves a batch made, up to JOINS_ANNOUNCE_MAX at a time. */
+typedef void joins_announce_fn(void *ctx, const struct joins_half *h, size_t n);
+
+/*
+ * The join at ingest, for events[0..n) and their sides (enum
+ * k8s_services_side, from k8s_services_enrich()): an accept or server close
+ * of a pod that backs a Service is a server half, kept (joins_add_half) and
+ * handed to announce; a connection or client close to a ClusterIP whose peer
+ * pod is unknown is a client half: joined at once when its server half is
+ * here already (as joins_release() would), else held (joins_hold) and moved
+ * out of the batch. Returns the batch's new length: the events not held, in
+ * their order.
+ */
+size_t joins_batch(struct joins *j, const uint8_t *sides, struct event *events, size_t n,
+                   uint64_t now, joins_announce_fn *announce, void *ctx);
+
 /* Most halves one announcement carries. */
 #define JOINS_ANNOUNCE_MAX 1024
 

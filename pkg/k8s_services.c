@@ -420,9 +420,30 @@ static bool service_lookup(void *ctx, unsigned family, const uint8_t addr[16], u
     return svc != NULL;
 }
 
-/* The Service of each event's peer (a dns answer's: the one all its addresses belong to). */
-void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n, bool count)
+/* Under lock: the join's side of e (enum k8s_services_side); peer_result: its peer's lookup. */
+static uint8_t side_locked(struct k8s_services *s, const struct event *e, bool looked,
+                           enum k8s_services_result peer_result)
 {
+    const char *svc = NULL;
+    if (e->type == EVENT_ACCEPT || (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_SERVER))
+        return e->k8s.pod_name && lookup_locked(s, e->family, e->daddr, e->dport, e->protocol,
+                                                &svc) == K8S_SVC_BACKEND
+                   ? K8S_SIDE_BACKEND
+                   : K8S_SIDE_NONE;
+    if (e->type != EVENT_CONNECTION &&
+        !(e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT))
+        return K8S_SIDE_NONE;
+    if (!looked) /* its peer_service came with it: the destination not looked up yet */
+        peer_result = lookup_locked(s, e->family, e->daddr, e->dport, e->protocol, &svc);
+    return peer_result == K8S_SVC_CLUSTER_IP ? K8S_SIDE_TO_CLUSTER_IP : K8S_SIDE_NONE;
+}
+
+/* The Service of each event's peer (a dns answer's: the one all its addresses belong to). */
+void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n, bool count,
+                         uint8_t *sides)
+{
+    if (sides)
+        memset(sides, K8S_SIDE_NONE, n);
     pthread_mutex_lock(&s->lock);
     if (s->svcs.n + s->slices.n == 0 && !s->dirty) { /* VM mode, or nothing listed yet */
         pthread_mutex_unlock(&s->lock);
@@ -430,16 +451,19 @@ void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n,
     }
     for (size_t i = 0; i < n; i++) {
         struct event *e = &events[i];
-        if (e->peer.service)
-            continue;
         struct service_lookup l = {.s = s, .r = K8S_SVC_MISS, .looked = false};
-        struct event_peer found;
-        if (peers_event_resolve(e, service_lookup, &l, &found))
-            e->peer.service = found.service;
-        if (count && l.looked) {
-            s->st.lookups++;
-            s->st.results[l.r]++;
+        if (!e->peer.service) {
+            struct event_peer found;
+            if (peers_event_resolve(e, service_lookup, &l, &found))
+                e->peer.service = found.service;
+            if (count && l.looked) {
+                s->st.lookups++;
+                s->st.results[l.r]++;
+            }
         }
+        if (sides && e->type != EVENT_DNS &&
+            (e->family == EVENT_FAMILY_IPV4 || e->family == EVENT_FAMILY_IPV6))
+            sides[i] = side_locked(s, e, l.looked, l.r);
     }
     pthread_mutex_unlock(&s->lock);
 }

@@ -68,13 +68,23 @@ enum k8s_services_result k8s_services_lookup(struct k8s_services *s, unsigned fa
                                              const uint8_t addr[16], uint16_t port,
                                              uint8_t protocol, const char **service);
 
+/* What the ClusterIP join (pkg/joins) needs to know of an event's addresses. */
+enum k8s_services_side {
+    K8S_SIDE_NONE = 0,
+    K8S_SIDE_TO_CLUSTER_IP, /* a client side (connection, client close) to a ClusterIP:port */
+    K8S_SIDE_BACKEND,       /* a server side (accept, server close) on an address that backs
+                               exactly one Service */
+};
+
 /*
  * Fills peer.service of events[0..n) (connection, accept, close) whose
  * peer_service is empty: the destination of a client side, the source of a
  * server side. count: false to leave the counters alone (a second look at
- * events already counted).
+ * events already counted). sides (n entries, or NULL): each event's enum
+ * k8s_services_side, found in the same pass.
  */
-void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n, bool count);
+void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n, bool count,
+                         uint8_t *sides);
 
 void k8s_services_get_stats(struct k8s_services *s, struct k8s_services_stats *out);
 

@@ -587,7 +587,9 @@ void peers_name_write(struct buf *b, const char *key, const char *v)
 {
     if (!v)
         return;
-    buf_printf(b, ",\"%s\":", key);
+    buf_puts(b, ",\""); /* no printf: announcements write five per pod */
+    buf_puts(b, key);
+    buf_puts(b, "\":");
     buf_json_cstr(b, v);
 }
 

@@ -1,12 +1,14 @@
 /* Tests for pkg/event_json: the exact API JSON of each event type, time formatting, parsing. */
 #include "event_json.h"
 #include "utf8_ref.h"
+#include "buf.h"
 #include "intern.h"
 
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,6 +100,30 @@ static void assert_round_trip(const struct event *e)
 
 /* event_addr_str() writes IPv4 itself: it must write what inet_ntop() does, for every octet
  * value in every position, and refuse a buffer too small as inet_ntop() does. */
+Test(event_json, integers_as_printf_writes_them)
+{
+    static const uint64_t u[] = {0, 1, 9, 10, 99, 100, 65535, 4294967296ull, UINT64_MAX};
+    static const int64_t i[] = {0, -1, 1, -10, INT64_MAX, INT64_MIN};
+    char want[32];
+    struct buf b;
+    buf_init(&b);
+    for (size_t k = 0; k < sizeof(u) / sizeof(u[0]); k++) {
+        buf_reset(&b);
+        buf_json_u64(&b, u[k]);
+        snprintf(want, sizeof(want), "%" PRIu64, u[k]);
+        cr_assert_eq(b.len, strlen(want));
+        cr_assert(memcmp(b.data, want, b.len) == 0, "%s", want);
+    }
+    for (size_t k = 0; k < sizeof(i) / sizeof(i[0]); k++) {
+        buf_reset(&b);
+        buf_json_i64(&b, i[k]);
+        snprintf(want, sizeof(want), "%" PRId64, i[k]);
+        cr_assert_eq(b.len, strlen(want));
+        cr_assert(memcmp(b.data, want, b.len) == 0, "%s", want);
+    }
+    buf_free(&b);
+}
+
 Test(event_json, ipv4_text_is_inet_ntop)
 {
     uint8_t a[16] = {0};

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "intern.h"
+#include "k8s_services.h"
 
 #define SEC    1000000000ull
 #define T0     (1795698266ull * SEC)
@@ -135,6 +136,140 @@ Test(joins, bounds_are_counted)
     cr_assert_eq(st.halves, 16);
     cr_assert_eq(st.halves_evicted, 24);
     joins_free(j); /* frees the held event */
+}
+
+/* Service shop/web: ClusterIP 10.96.0.10 port 80, backed by 10.1.0.7 (pod web-1 on node-b). */
+static struct k8s_services *web_service(void)
+{
+    static const char services[] =
+        "{\"kind\":\"ServiceList\",\"apiVersion\":\"v1\",\"metadata\":{\"resourceVersion\":\"1\"},"
+        "\"items\":[{\"metadata\":{\"name\":\"web\",\"namespace\":\"shop\"},\"spec\":"
+        "{\"clusterIP\":\"10.96.0.10\",\"ports\":[{\"port\":80,\"protocol\":\"TCP\"}]}}]}";
+    static const char slices[] =
+        "{\"kind\":\"EndpointSliceList\",\"apiVersion\":\"discovery.k8s.io/v1\",\"metadata\":"
+        "{\"resourceVersion\":\"1\"},\"items\":[{\"metadata\":{\"name\":\"web-x\",\"namespace\":"
+        "\"shop\",\"labels\":{\"kubernetes.io/service-name\":\"web\"}},\"addressType\":\"IPv4\","
+        "\"endpoints\":[{\"addresses\":[\"10.1.0.7\"]}],\"ports\":[{\"port\":8080}]}]}";
+    char err[256];
+    int rc = 0;
+    unsetenv("KUBERNETES_SERVICE_HOST");
+    struct k8s_services *s = k8s_services_new(NULL, 16, &rc);
+    cr_assert_not_null(s);
+    cr_assert_eq(k8s_services_feed(s, false, false, services, strlen(services), err, sizeof(err)),
+                 0, "%s", err);
+    cr_assert_eq(k8s_services_feed(s, true, false, slices, strlen(slices), err, sizeof(err)), 0,
+                 "%s", err);
+    return s;
+}
+
+struct announced {
+    int calls;
+    struct joins_half h[4];
+    size_t n;
+};
+
+static void record_announce(void *ctx, const struct joins_half *h, size_t n)
+{
+    struct announced *a = ctx;
+    a->calls++;
+    for (size_t i = 0; i < n && a->n < 4; i++)
+        a->h[a->n++] = h[i];
+}
+
+Test(joins, a_batch_holds_client_halves_and_announces_server_halves)
+{
+    struct k8s_services *svc = web_service();
+    struct joins *j = joins_new(64, 16, WINDOW);
+    struct event ev[5], out[4];
+
+    /* 0: to the ClusterIP, backend unknown: held. 1: the backend's accept of it. 2: to the
+     * ClusterIP with its peer pod known: kept. 3: to an address no Service has: kept. 4: an
+     * accept of a pod that backs no Service: kept, no half. */
+    ev[0] = client_conn("10.1.0.5", 40001);
+    ev[1] = (struct event){.type = EVENT_ACCEPT, .family = EVENT_FAMILY_IPV4, .protocol = 6};
+    cr_assert_eq(inet_pton(AF_INET, "10.1.0.5", ev[1].saddr), 1);
+    cr_assert_eq(inet_pton(AF_INET, "10.1.0.7", ev[1].daddr), 1);
+    ev[1].sport = 40001;
+    ev[1].dport = 8080;
+    ev[1].k8s.pod_name = intern("web-1");
+    ev[1].k8s.namespace = intern("shop");
+    ev[1].k8s.workload = intern("web");
+    ev[1].k8s.workload_kind = intern("Deployment");
+    ev[1].k8s.node_name = intern("node-b");
+    ev[2] = client_conn("10.1.0.6", 40002);
+    ev[2].peer.pod = intern("web-1");
+    ev[3] = client_conn("10.1.0.6", 40003);
+    cr_assert_eq(inet_pton(AF_INET, "10.2.0.1", ev[3].daddr), 1);
+    ev[4] = ev[1];
+    cr_assert_eq(inet_pton(AF_INET, "10.1.0.8", ev[4].daddr), 1);
+    ev[4].k8s.pod_name = intern("other-1");
+
+    uint8_t sides[5];
+    k8s_services_enrich(svc, ev, 5, true, sides);
+    cr_assert_eq(sides[0], K8S_SIDE_TO_CLUSTER_IP);
+    cr_assert_eq(sides[1], K8S_SIDE_BACKEND);
+    cr_assert_eq(sides[2], K8S_SIDE_TO_CLUSTER_IP);
+    cr_assert_eq(sides[3], K8S_SIDE_NONE);
+    cr_assert_eq(sides[4], K8S_SIDE_NONE);
+    struct announced a = {0};
+    size_t n = joins_batch(j, sides, ev, 5, T0, record_announce, &a);
+    cr_assert_eq(n, 4, "the connection to the ClusterIP is held");
+    cr_assert_eq(ev[0].type, EVENT_ACCEPT, "in order: the accept moved up");
+    cr_assert_eq(ev[1].sport, 40002);
+    cr_assert_eq(ev[2].sport, 40003);
+    cr_assert_str_eq(ev[3].k8s.pod_name, "other-1");
+    cr_assert_eq(a.calls, 1);
+    cr_assert_eq(a.n, 1);
+    cr_assert_eq(a.h[0].key.port, 40001);
+    cr_assert_str_eq(a.h[0].backend.pod, "web-1");
+    cr_assert_str_eq(a.h[0].backend.node, "node-b");
+
+    cr_assert_eq(joins_release(j, T0 + 1, out, 4), 1);
+    cr_assert_eq(out[0].sport, 40001);
+    cr_assert_str_eq(out[0].peer.pod, "web-1");
+    cr_assert_str_eq(out[0].peer.workload, "web");
+    event_clear(&out[0]);
+    joins_free(j);
+    k8s_services_free(svc);
+}
+
+/* The backend's accept before the client's connection (same batch or an earlier one). */
+Test(joins, a_client_half_whose_server_half_is_here_joins_in_its_batch)
+{
+    struct k8s_services *svc = web_service();
+    struct joins *j = joins_new(64, 16, WINDOW);
+    struct event ev[2];
+
+    ev[0] = (struct event){.type = EVENT_ACCEPT, .family = EVENT_FAMILY_IPV4, .protocol = 6};
+    cr_assert_eq(inet_pton(AF_INET, "10.1.0.9", ev[0].saddr), 1);
+    cr_assert_eq(inet_pton(AF_INET, "10.1.0.7", ev[0].daddr), 1);
+    ev[0].sport = 40009;
+    ev[0].dport = 8080;
+    ev[0].k8s.pod_name = intern("web-1");
+    ev[0].k8s.namespace = intern("shop");
+    ev[0].k8s.node_name = intern("node-b");
+    ev[1] = client_conn("10.1.0.9", 40009);
+    uint8_t sides[2];
+    k8s_services_enrich(svc, ev, 2, true, sides);
+    struct announced a = {0};
+    cr_assert_eq(joins_batch(j, sides, ev, 2, T0, record_announce, &a), 2, "nothing held");
+    cr_assert_str_eq(ev[1].peer.pod, "web-1");
+    cr_assert_str_eq(ev[1].peer.node, "node-b");
+    struct joins_stats st;
+    joins_get_stats(j, &st);
+    cr_assert_eq(st.joined, 1);
+    cr_assert_eq(st.held, 0);
+    /* A second backend for the same client address within the window: neither is named. */
+    ev[0].k8s.pod_name = intern("web-2");
+    ev[1] = client_conn("10.1.0.9", 40009);
+    k8s_services_enrich(svc, ev, 2, true, sides);
+    cr_assert_eq(joins_batch(j, sides, ev, 2, T0 + 1, record_announce, &a), 2);
+    cr_assert_null(ev[1].peer.pod);
+    joins_get_stats(j, &st);
+    cr_assert_eq(st.unjoined[JOINS_SEVERAL], 1);
+    cr_assert_eq(a.n, 2);
+    joins_free(j);
+    k8s_services_free(svc);
 }
 
 Test(joins, announcements_round_trip_and_hostile_ones_are_refused)

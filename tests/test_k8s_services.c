@@ -193,7 +193,7 @@ Test(k8s_services, enrich_fills_the_peer_sides_empty_service)
         conn(EVENT_EXEC, "10.1.0.9", 0, "10.96.0.10", 80),
     };
     ev[2].peer.service = intern("agent/said");
-    k8s_services_enrich(s, ev, 4, true);
+    k8s_services_enrich(s, ev, 4, true, NULL);
     cr_assert_str_eq(ev[0].peer.service, "shop/web");
     cr_assert_str_eq(ev[1].peer.service, "shop/db");
     cr_assert_str_eq(ev[2].peer.service, "agent/said");
@@ -232,7 +232,7 @@ Test(k8s_services, a_dns_answer_names_the_service_all_its_addresses_are)
         dns_answer(headless, sizeof(headless)),     dns_answer(mixed, sizeof(mixed)),
         dns_answer(shared, sizeof(shared)),
     };
-    k8s_services_enrich(s, ev, 5, true);
+    k8s_services_enrich(s, ev, 5, true, NULL);
     cr_assert_str_eq(ev[0].peer.service, "shop/web");
     cr_assert_str_eq(ev[1].peer.service, "shop/web");
     cr_assert_str_eq(ev[2].peer.service, "shop/db");

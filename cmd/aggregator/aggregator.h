@@ -170,11 +170,13 @@ void aggregator_peers_metrics(struct aggregator *a, struct buf *b);
 /*
  * join.c: the ClusterIP -> backend pod join (no-ops without a->joins).
  * join_batch() takes the server halves of events[0..n) and holds its client
- * halves, compacting the array; returns how many events are left in it.
+ * halves (sides: k8s_services_enrich()'s), compacting the array; returns how
+ * many events are left in it.
  * join_release() stores what is done (main loop). join_on_message() applies
  * another replica's halves. join_subscribe() subscribes cb to them.
  */
-size_t join_batch(struct aggregator *a, struct event *events, size_t n, uint64_t now);
+size_t join_batch(struct aggregator *a, const uint8_t *sides, struct event *events, size_t n,
+                  uint64_t now);
 void join_release(struct aggregator *a, uint64_t now);
 void join_on_message(struct aggregator *a, natsMsg *msg);
 int join_subscribe(struct aggregator *a, natsMsgHandler cb, char *err, size_t errlen);

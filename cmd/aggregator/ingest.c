@@ -171,8 +171,9 @@ static void ingest_batch(struct aggregator *a, natsMsg *msg)
     counter_add(&a->counters.events, batch.n);
     learn_pods(a, &batch, now);
     peers_enrich(a->peers, batch.events, batch.n, now, true);
+    static __thread uint8_t sides[BUS_MAX_BATCH_EVENTS]; /* for the join */
     if (a->services)
-        k8s_services_enrich(a->services, batch.events, batch.n, true);
+        k8s_services_enrich(a->services, batch.events, batch.n, true, a->joins ? sides : NULL);
     uint64_t by_type[EVENT_TYPE_COUNT] = {0}; /* one atomic add per type, not per event */
     for (size_t i = 0; i < batch.n; i++)
         if (batch.events[i].type < EVENT_TYPE_COUNT)
@@ -181,7 +182,7 @@ static void ingest_batch(struct aggregator *a, natsMsg *msg)
         if (by_type[t])
             counter_add(&a->counters.events_by_type[t], by_type[t]);
     /* Connections to a ClusterIP wait for their backend (join.c); the rest go on. */
-    batch.n = join_batch(a, batch.events, batch.n, now);
+    batch.n = join_batch(a, sides, batch.events, batch.n, now);
     /* Before the store takes the events over. */
     flows_add(a->flows, batch.events, batch.n, now);
     counter_add(&a->counters.store_failed, store_add_move_batch(a->store, batch.events, batch.n));
@@ -240,7 +241,7 @@ static void on_stream_batch(natsConnection *nc, natsSubscription *sub, natsMsg *
             /* Named as the ingesting replica names them (not counted twice). */
             peers_enrich(a->peers, batch.events, batch.n, clock_realtime_ns(), false);
             if (a->services)
-                k8s_services_enrich(a->services, batch.events, batch.n, false);
+                k8s_services_enrich(a->services, batch.events, batch.n, false, NULL);
             for (size_t i = 0; i < batch.n; i++)
                 http_server_publish(a->http, &batch.events[i]);
         }

@@ -21,40 +21,9 @@
 
 #define RELEASE_CHUNK 256
 
-/* An accept (or server close) of a pod that backs a Service: the half it makes. */
-static bool server_half(struct aggregator *a, const struct event *e, uint64_t now,
-                        struct joins_half *h)
+static void announce(void *ctx, const struct joins_half *h, size_t n)
 {
-    bool server =
-        e->type == EVENT_ACCEPT || (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_SERVER);
-    const char *svc = NULL;
-    if (!server || !e->k8s.pod_name || !joins_event_key(e, &h->key) ||
-        k8s_services_lookup(a->services, e->family, e->daddr, e->dport, e->protocol, &svc) !=
-            K8S_SVC_BACKEND)
-        return false;
-    h->ts_ns = now;
-    h->backend = (struct event_peer){.pod = e->k8s.pod_name,
-                                     .namespace = e->k8s.namespace,
-                                     .workload = e->k8s.workload,
-                                     .workload_kind = e->k8s.workload_kind,
-                                     .node = e->k8s.node_name ? e->k8s.node_name : e->node};
-    return true;
-}
-
-/* A connection (or client close) to a ClusterIP whose backend is not named yet. */
-static bool client_half(struct aggregator *a, const struct event *e)
-{
-    bool client = e->type == EVENT_CONNECTION ||
-                  (e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT);
-    const char *svc = NULL;
-    struct joins_key k;
-    return client && !e->peer.pod && joins_event_key(e, &k) &&
-           k8s_services_lookup(a->services, e->family, e->daddr, e->dport, e->protocol, &svc) ==
-               K8S_SVC_CLUSTER_IP;
-}
-
-static void announce(struct aggregator *a, const struct joins_half *h, size_t n)
-{
+    struct aggregator *a = ctx;
     struct buf m;
 
     buf_init(&m);
@@ -66,31 +35,12 @@ static void announce(struct aggregator *a, const struct joins_half *h, size_t n)
     buf_free(&m);
 }
 
-size_t join_batch(struct aggregator *a, struct event *events, size_t n, uint64_t now)
+size_t join_batch(struct aggregator *a, const uint8_t *sides, struct event *events, size_t n,
+                  uint64_t now)
 {
-    static __thread struct joins_half halves[JOINS_ANNOUNCE_MAX];
-    size_t nh = 0, kept = 0;
-
     if (!a->joins)
         return n;
-    for (size_t i = 0; i < n; i++) {
-        struct event *e = &events[i];
-        if (server_half(a, e, now, &halves[nh])) {
-            joins_add_half(a->joins, &halves[nh], now);
-            if (++nh == JOINS_ANNOUNCE_MAX) {
-                announce(a, halves, nh);
-                nh = 0;
-            }
-        }
-        if (client_half(a, e) && joins_hold(a->joins, e, now))
-            continue; /* moved out: the main loop stores it when released */
-        if (kept != i)
-            events[kept] = *e; /* a move: slot i is past the batch's new end */
-        kept++;
-    }
-    if (nh > 0)
-        announce(a, halves, nh);
-    return kept;
+    return joins_batch(a->joins, sides, events, n, now, announce, a);
 }
 
 void join_release(struct aggregator *a, uint64_t now)
@@ -102,11 +52,7 @@ void join_release(struct aggregator *a, uint64_t now)
         return;
     while ((n = joins_release(a->joins, now, out, RELEASE_CHUNK)) > 0) {
         flows_add(a->flows, out, n, now);
-        for (size_t i = 0; i < n; i++)
-            if (store_add_move(a->store, &out[i]) < 0) {
-                counter_add(&a->counters.store_failed, 1);
-                event_clear(&out[i]);
-            }
+        counter_add(&a->counters.store_failed, store_add_move_batch(a->store, out, n));
     }
 }
 

@@ -3,18 +3,23 @@
  * one core decodes and indexes, and how many bytes a stored event costs.
  *
  *   --inproc: the aggregator's ingest path (bus_message_decode, nodes_observe,
- *     learning the batch's pods and naming peers (pkg/peers), counting flows
- *     (pkg/flows, with the /metrics series, at the aggregator's defaults),
- *     store_add_move_batch, as cmd/aggregator/ingest.c runs it; without
- *     Kubernetes there are no Services, so no join) in this process on
- *     pre-encoded protobuf batches in the agent's format (with the per-batch pod table); CPU time
- * of that loop only, and the RSS growth of holding the events.
+ *     learning the batch's pods and naming peers (pkg/peers), naming Services
+ *     (pkg/k8s_services) and joining connections to a ClusterIP with their
+ *     backend's accept (pkg/joins, announcements written but not sent),
+ *     counting flows (pkg/flows, with the /metrics series, at the
+ *     aggregator's defaults), store_add_move_batch, and storing the joined
+ *     connections as they are released, as cmd/aggregator/ingest.c and
+ *     join.c run it) in this process on pre-encoded protobuf batches in the
+ *     agent's format (with the per-batch pod table); CPU time of that loop
+ *     only, and the RSS growth of holding the events. Each pod backs a
+ *     Service (see join_mix()).
  *   --nats URL --http ADDR --pid PID: the same batches published as fast as
  *     possible to a running aggregator process; reports what it stored
  *     against what was sent, its CPU time and its RSS growth.
  *
  * Usage: bench_aggregator_ingest (--inproc | --nats URL --http ADDR --pid PID)
- *        [--events N] [--rate EVENTS_PER_S] [--prefix NAME] [--publish-only]
+ *        [--events N] [--rate EVENTS_PER_S] [--prefix NAME] [--publish-only] [--no-join]
+ * --no-join: the mix without Services (as on VMs), for comparison.
  * Prints one JSON line per measurement (see bench_emit()).
  */
 #include <errno.h>
@@ -32,6 +37,8 @@
 #include "bus_message.h"
 #include "event_pb.h"
 #include "flows.h"
+#include "joins.h"
+#include "k8s_services.h"
 #include "nodes.h"
 #include "peers.h"
 #include "store.h"
@@ -52,6 +59,101 @@ struct chunk {
 static uint64_t seqs[BENCH_NODES];
 
 /*
+ * The Services of the join: pod p backs Service default/svc-p, ClusterIP
+ * 10.96.200.p, port 80 (the mix's own destinations, 10.96.x.y, are no
+ * Service's). Half the TCP connections over IPv4 of a pod whose peer the
+ * agent could not name (a tenth of all events) go to a Service instead: they
+ * wait for the backend's accept. An accept of pod p (a twentieth of all
+ * events) takes the oldest connection to svc-p not accepted yet, if any: its
+ * source is that client's address and port, as kube-proxy leaves it. The
+ * client's and the backend's batches come from different nodes, in either
+ * order.
+ */
+#define JOIN_PORT    80
+#define JOIN_PENDING 256 /* per pod: connections waiting for its accept */
+
+struct join_pending {
+    uint8_t ip[JOIN_PENDING][4];
+    uint16_t port[JOIN_PENDING];
+    unsigned head, n;
+};
+static struct join_pending join_pending[BENCH_PODS];
+static bool with_join = true;
+
+static void join_pod_ip(unsigned pod, uint8_t ip[4])
+{
+    ip[0] = 10, ip[1] = 0, ip[2] = (uint8_t)(pod / 8), ip[3] = (uint8_t)(pod + 2);
+}
+
+static void join_mix(struct event *e)
+{
+    if (!with_join)
+        return;
+    unsigned pod = (unsigned)(e->cgroup_id - 4000) % BENCH_PODS;
+    if (e->type == EVENT_CONNECTION && !e->peer.pod && e->family == EVENT_FAMILY_IPV4 &&
+        e->protocol == IPPROTO_TCP && e->id % 2) {
+        unsigned svc = (unsigned)(e->id >> 8) % BENCH_PODS;
+        struct join_pending *q = &join_pending[svc];
+        uint8_t d[4] = {10, 96, 200, (uint8_t)svc};
+        memcpy(e->daddr, d, 4);
+        e->dport = JOIN_PORT;
+        if (e->status == EVENT_STATUS_ESTABLISHED && q->n < JOIN_PENDING) {
+            unsigned at = (q->head + q->n++) % JOIN_PENDING;
+            memcpy(q->ip[at], e->saddr, 4);
+            q->port[at] = e->sport;
+        }
+    } else if (e->type == EVENT_ACCEPT && join_pending[pod].n) {
+        struct join_pending *q = &join_pending[pod];
+        e->family = EVENT_FAMILY_IPV4;
+        e->protocol = IPPROTO_TCP;
+        memset(e->saddr, 0, sizeof(e->saddr));
+        memset(e->daddr, 0, sizeof(e->daddr));
+        memcpy(e->saddr, q->ip[q->head], 4);
+        e->sport = q->port[q->head];
+        join_pod_ip(pod, e->daddr);
+        e->dport = JOIN_PORT;
+        memset(&e->peer, 0, sizeof(e->peer)); /* the aggregator names the client */
+        q->head = (q->head + 1) % JOIN_PENDING;
+        q->n--;
+    }
+}
+
+/* A ServiceList and an EndpointSliceList of the Services join_mix() uses, fed to s. */
+static int join_services(struct k8s_services *s, char *err, size_t errlen)
+{
+    struct buf svc, sl;
+    buf_init(&svc);
+    buf_init(&sl);
+    buf_printf(&svc, "{\"kind\":\"ServiceList\",\"apiVersion\":\"v1\",\"metadata\":"
+                     "{\"resourceVersion\":\"1\"},\"items\":[");
+    buf_printf(&sl, "{\"kind\":\"EndpointSliceList\",\"apiVersion\":\"discovery.k8s.io/v1\","
+                    "\"metadata\":{\"resourceVersion\":\"1\"},\"items\":[");
+    for (unsigned p = 0; p < BENCH_PODS; p++) {
+        uint8_t ip[4];
+        join_pod_ip(p, ip);
+        buf_printf(
+            &svc,
+            "%s{\"metadata\":{\"name\":\"svc-%u\",\"namespace\":\"default\"},\"spec\":"
+            "{\"clusterIP\":\"10.96.200.%u\",\"ports\":[{\"port\":%d,\"protocol\":\"TCP\"}]}}",
+            p ? "," : "", p, p, JOIN_PORT);
+        buf_printf(&sl,
+                   "%s{\"metadata\":{\"name\":\"svc-%u-x\",\"namespace\":\"default\",\"labels\":"
+                   "{\"kubernetes.io/service-name\":\"svc-%u\"}},\"addressType\":\"IPv4\","
+                   "\"endpoints\":[{\"addresses\":[\"%u.%u.%u.%u\"]}],"
+                   "\"ports\":[{\"protocol\":\"TCP\",\"port\":%d}]}",
+                   p ? "," : "", p, p, ip[0], ip[1], ip[2], ip[3], JOIN_PORT);
+    }
+    buf_printf(&svc, "]}");
+    buf_printf(&sl, "]}");
+    int rc = k8s_services_feed(s, false, false, svc.data, svc.len, err, errlen);
+    if (rc == 0)
+        rc = k8s_services_feed(s, true, false, sl.data, sl.len, err, errlen);
+    buf_free(&svc);
+    buf_free(&sl);
+    return rc;
+}
+
+/*
  * Encodes events [first, first + CHUNK) of the run: batch b belongs to node
  * b % BENCH_NODES. Event k is stamped base_ts + k spacings, or with late_span
  * set at a random one of late_span spacings from base_ts (late events).
@@ -70,6 +172,7 @@ static void chunk_encode(struct chunk *c, uint64_t first, uint64_t base_ts, uint
             uint64_t k = first + b * BATCH + i;
             uint64_t at = late_span ? bench_rand(rng) % late_span : k;
             bench_event(&e, k, (int)node, base_ts + at * BENCH_SPACING_NS, rng);
+            join_mix(&e);
             event_batch_append_event_pods(out, &e, bench_node_name(node), &pods);
             event_clear(&e);
         }
@@ -154,21 +257,54 @@ static void chunk_init(struct chunk *c)
 #define SPLIT_EVERY 17
 
 struct inproc_cpu {
-    uint64_t total, decode, peers, flows, split_n;
+    uint64_t total, decode, peers, services, joins, flows, split_n;
     uint64_t rejected, failed;
 };
+
+/* The aggregator's state the ingest path goes through. */
+struct inproc {
+    struct store *store;
+    struct nodes *nodes;
+    struct peers *peers;
+    struct k8s_services *services;
+    struct joins *joins;
+    struct flows *flows;
+    struct buf announcement;
+    uint64_t released_ns; /* monotonic: the last join_release() */
+};
+
+/* As cmd/aggregator/join.c announces the server halves, without sending the message. */
+static void join_announce(void *ctx, const struct joins_half *h, size_t n)
+{
+    struct inproc *a = ctx;
+    buf_reset(&a->announcement);
+    joins_announce_write(&a->announcement, "bench", h, n);
+}
+
+/* As cmd/aggregator/join.c's join_release(): what is done is counted in flows and stored. */
+static uint64_t join_release(struct inproc *a, uint64_t now)
+{
+    struct event out[256];
+    uint64_t failed = 0;
+    size_t n;
+    while ((n = joins_release(a->joins, now, out, 256)) > 0) {
+        flows_add(a->flows, out, n, now);
+        failed += store_add_move_batch(a->store, out, n);
+    }
+    return failed;
+}
 
 /*
  * Ingests events [first, first + n) of the run the way cmd/aggregator/ingest.c
  * does (decode, nodes, learning the batch's pods and naming peers, the
  * history), timing only that; encoding the batches is not counted.
  */
-static void ingest_events(struct store *st, struct nodes *nodes, struct peers *peers,
-                          struct flows *flows, struct chunk *c, natsMsg **msgs,
-                          uint64_t first_event, uint64_t n, uint64_t base, uint64_t late_span,
-                          uint64_t *rng, struct inproc_cpu *cpu, char *err, size_t errlen)
+static void ingest_events(struct inproc *a, struct chunk *c, natsMsg **msgs, uint64_t first_event,
+                          uint64_t n, uint64_t base, uint64_t late_span, uint64_t *rng,
+                          struct inproc_cpu *cpu, char *err, size_t errlen)
 {
     static struct peers_pod pods[PEERS_ANNOUNCE_MAX_PODS];
+    static uint8_t sides[BATCH];
     for (uint64_t first = first_event; first < first_event + n; first += CHUNK) {
         chunk_encode(c, first, base, late_span, rng);
         for (size_t b = 0; b < CHUNK / BATCH; b++) {
@@ -187,23 +323,35 @@ static void ingest_events(struct store *st, struct nodes *nodes, struct peers *p
             }
             uint64_t t1 = split ? bench_cpu_ns() : 0;
             uint64_t now = bench_now_ns();
-            nodes_observe(nodes, &batch.meta, batch.n, now);
+            nodes_observe(a->nodes, &batch.meta, batch.n, now);
             uint64_t tp = split ? bench_cpu_ns() : 0;
             size_t np =
                 peers_pods_from_events(batch.events, batch.n, now, pods, PEERS_ANNOUNCE_MAX_PODS);
             for (size_t k = 0; k < np; k++)
-                peers_observe(peers, &pods[k]);
-            peers_enrich(peers, batch.events, batch.n, now, true);
+                peers_observe(a->peers, &pods[k]);
+            peers_enrich(a->peers, batch.events, batch.n, now, true);
+            uint64_t ts = split ? bench_cpu_ns() : 0;
+            k8s_services_enrich(a->services, batch.events, batch.n, true, sides);
+            size_t in = batch.n;
+            uint64_t tj = split ? bench_cpu_ns() : 0;
+            batch.n = joins_batch(a->joins, sides, batch.events, batch.n, now, join_announce, a);
             uint64_t tf = split ? bench_cpu_ns() : 0;
-            flows_add(flows, batch.events, batch.n, now);
+            flows_add(a->flows, batch.events, batch.n, now);
             if (split) {
                 cpu->decode += t1 - t0;
-                cpu->peers += tf - tp;
+                cpu->peers += ts - tp;
+                cpu->services += tj - ts;
+                cpu->joins += tf - tj;
                 cpu->flows += bench_cpu_ns() - tf;
-                cpu->split_n += batch.n;
+                cpu->split_n += in;
             }
-            cpu->failed += store_add_move_batch(st, batch.events, batch.n);
+            cpu->failed += store_add_move_batch(a->store, batch.events, batch.n);
             bus_batch_free(&batch);
+            /* The aggregator's main loop releases them every 200 ms (cmd/aggregator/main.c). */
+            if (bench_mono_ns() - a->released_ns >= 200000000ull) {
+                cpu->failed += join_release(a, now);
+                a->released_ns = bench_mono_ns();
+            }
         }
         cpu->total += bench_cpu_ns() - start;
     }
@@ -224,6 +372,10 @@ static void emit_inproc(const char *prefix, const char *phase, const struct inpr
     bench_emit(name, (double)cpu->total / (double)n - (double)cpu->decode / split_n, "ns", NULL, 0);
     snprintf(name, sizeof(name), "%s.inproc.%speers_cpu_ns_per_event", prefix, phase);
     bench_emit(name, (double)cpu->peers / split_n, "ns", NULL, 0);
+    snprintf(name, sizeof(name), "%s.inproc.%sservices_cpu_ns_per_event", prefix, phase);
+    bench_emit(name, (double)cpu->services / split_n, "ns", NULL, 0);
+    snprintf(name, sizeof(name), "%s.inproc.%sjoins_cpu_ns_per_event", prefix, phase);
+    bench_emit(name, (double)cpu->joins / split_n, "ns", NULL, 0);
     snprintf(name, sizeof(name), "%s.inproc.%sflows_cpu_ns_per_event", prefix, phase);
     bench_emit(name, (double)cpu->flows / split_n, "ns", NULL, 0);
 }
@@ -241,18 +393,29 @@ static void emit_inproc(const char *prefix, const char *phase, const struct inpr
 static int run_inproc(uint64_t nevents, const char *prefix)
 {
     struct store_limits lim = {.max_events = nevents, .max_age_ns = 24ull * 3600 * 1000000000ull};
-    struct store *st = store_new(&lim);
-    struct nodes *nodes = nodes_new(65536);
-    struct peers *peers = peers_new(262144, 600 * 1000000000ull, 30 * 1000000000ull);
-    /* FLOW_RETENTION, FLOW_MAX_EDGES, FLOW_METRICS_MAX_SERIES and STALE_AFTER as the aggregator
-     * defaults them (pkg/config.c). */
-    struct flows *flows = flows_new(24ull * 3600 * 1000000000ull, 1000000);
-    flows_series_enable(flows, 10000, 30 * 1000000000ull);
+    struct inproc a = {.store = store_new(&lim),
+                       .nodes = nodes_new(65536),
+                       .peers = peers_new(262144, 600 * 1000000000ull, 30 * 1000000000ull)};
+    /* FLOW_RETENTION, FLOW_MAX_EDGES, FLOW_METRICS_MAX_SERIES, STALE_AFTER and JOIN_WINDOW as
+     * the aggregator defaults them (pkg/config.c), its bounds on Services and joins
+     * (cmd/aggregator/aggregator.h). */
+    a.flows = flows_new(24ull * 3600 * 1000000000ull, 1000000);
+    flows_series_enable(a.flows, 10000, 30 * 1000000000ull);
+    int rc = 0;
+    unsetenv("KUBERNETES_SERVICE_HOST"); /* the Services come from join_services() only */
+    a.services = k8s_services_new(NULL, 65536, &rc);
+    a.joins = joins_new(65536, 65536, 2000000000ull);
+    buf_init(&a.announcement);
     struct inproc_cpu fill = {0}, steady = {0}, late = {0};
     struct chunk c;
     natsMsg **msgs = calloc(CHUNK / BATCH, sizeof(*msgs));
     uint64_t rng = 7, base = bench_now_ns() - 2 * nevents * BENCH_SPACING_NS - 1000000000ull;
     char err[256] = "";
+
+    if (!a.services || !a.joins || join_services(a.services, err, sizeof(err)) < 0) {
+        fprintf(stderr, "bench_aggregator_ingest: the join's Services: %s\n", err);
+        return 1;
+    }
 
     chunk_init(&c);
     /* The benchmark's own input (a chunk of encoded batches and their messages) is made once
@@ -262,21 +425,20 @@ static int run_inproc(uint64_t nevents, const char *prefix)
     for (size_t b = 0; b < CHUNK / BATCH; b++)
         msgs[b] = make_msg(&c, b);
     memset(seqs, 0, sizeof(seqs));
+    memset(join_pending, 0, sizeof(join_pending));
     uint64_t rss0 = rss_bytes(getpid());
-    ingest_events(st, nodes, peers, flows, &c, msgs, 0, nevents, base, 0, &rng, &fill, err,
-                  sizeof(err));
+    ingest_events(&a, &c, msgs, 0, nevents, base, 0, &rng, &fill, err, sizeof(err));
     uint64_t rss1 = rss_bytes(getpid());
     struct store_stats filled;
-    store_get_stats(st, &filled);
+    store_get_stats(a.store, &filled);
     struct flows_stats filled_flows;
-    flows_get_stats(flows, &filled_flows);
-    ingest_events(st, nodes, peers, flows, &c, msgs, nevents, nevents, base, 0, &rng, &steady, err,
-                  sizeof(err));
+    flows_get_stats(a.flows, &filled_flows);
+    ingest_events(&a, &c, msgs, nevents, nevents, base, 0, &rng, &steady, err, sizeof(err));
     struct store_stats ss;
-    store_get_stats(st, &ss);
+    store_get_stats(a.store, &ss);
     uint64_t nlate = nevents / 4;
-    ingest_events(st, nodes, peers, flows, &c, msgs, 2 * nevents, nlate,
-                  base + nevents * BENCH_SPACING_NS, nevents, &rng, &late, err, sizeof(err));
+    ingest_events(&a, &c, msgs, 2 * nevents, nlate, base + nevents * BENCH_SPACING_NS, nevents,
+                  &rng, &late, err, sizeof(err));
 
     emit_inproc(prefix, "", &steady, nevents, true);
     emit_inproc(prefix, "fill_", &fill, nevents, false);
@@ -286,6 +448,14 @@ static int run_inproc(uint64_t nevents, const char *prefix)
     bench_emit(name, (double)ss.events, "events", NULL, 0);
     snprintf(name, sizeof(name), "%s.inproc.lost", prefix);
     bench_emit(name, (double)(2 * nevents - ss.events - ss.evicted_count), "events", NULL, 0);
+    /* The join's outcome over the run: most connections to a Service meet their accept. */
+    struct joins_stats js;
+    joins_get_stats(a.joins, &js);
+    snprintf(name, sizeof(name), "%s.inproc.joined", prefix);
+    bench_emit(name, (double)js.joined, "events", NULL, 0);
+    snprintf(name, sizeof(name), "%s.inproc.unjoined", prefix);
+    bench_emit(name, (double)(js.unjoined[JOINS_NO_SERVER_HALF] + js.unjoined[JOINS_SEVERAL]),
+               "events", NULL, 0);
     snprintf(name, sizeof(name), "%s.inproc.bytes_per_stored_event", prefix);
     bench_emit(name, (double)(rss1 - rss0) / (double)filled.events, "B", "<=", 200);
     /* Of which the flows' own allocations (FLOW_MAX_EDGES bounds them, not HISTORY_SIZE). */
@@ -308,10 +478,13 @@ static int run_inproc(uint64_t nevents, const char *prefix)
         buf_free(&c.bodies[b]);
     }
     free(msgs);
-    store_free(st);
-    flows_free(flows);
-    peers_free(peers);
-    nodes_free(nodes);
+    store_free(a.store);
+    flows_free(a.flows);
+    joins_free(a.joins);
+    k8s_services_free(a.services);
+    peers_free(a.peers);
+    nodes_free(a.nodes);
+    buf_free(&a.announcement);
     return 0;
 }
 
@@ -459,6 +632,8 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--inproc"))
             inproc = true;
+        else if (!strcmp(argv[i], "--no-join"))
+            with_join = false;
         else if (!strcmp(argv[i], "--publish-only"))
             publish_only = true;
         else if (!strcmp(argv[i], "--nats") && i + 1 < argc)
@@ -487,7 +662,7 @@ int main(int argc, char **argv)
 usage:
     fprintf(stderr,
             "usage: %s (--inproc | --nats URL --http ADDR --pid PID [--pid PID]) [--events N]"
-            " [--rate R] [--prefix NAME] [--publish-only]\n",
+            " [--rate R] [--prefix NAME] [--publish-only] [--no-join]\n",
             argv[0]);
     return 2;
 }
