@@ -209,3 +209,11 @@ void buf_json_i64(struct buf *b, int64_t v)
         buf_json_u64(b, (uint64_t)v);
     }
 }
+
+bool buf_utf8_is_control(const char *s, size_t n)
+{
+    unsigned char c = (unsigned char)s[0];
+    if (n == 1)
+        return c < 0x20 || c == 0x7f;
+    return n == 2 && c == 0xc2 && (unsigned char)s[1] < 0xa0;
+}

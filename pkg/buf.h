@@ -37,6 +37,9 @@ void buf_vprintf(struct buf *b, const char *fmt, va_list ap);
 void buf_json_string(struct buf *b, const char *s, size_t len);
 /* Length (1-4) of the valid UTF-8 sequence s starts with; 0 when it starts none (or len is 0). */
 size_t buf_utf8_seq(const char *s, size_t len);
+/* Whether the valid UTF-8 sequence s (n bytes, buf_utf8_seq()) is a control character: C0,
+ * DEL or C1. */
+bool buf_utf8_is_control(const char *s, size_t n);
 /* Whether all len bytes of s are valid UTF-8 (RFC 3629). */
 bool buf_utf8_valid(const char *s, size_t len);
 static inline void buf_json_cstr(struct buf *b, const char *s)

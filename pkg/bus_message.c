@@ -265,6 +265,43 @@ static enum bus_reject json_meta_from_headers(natsMsg *msg, struct event_batch_m
     return BUS_OK;
 }
 
+/*
+ * Drops the events of b an agent could not have sent (event_check_bounds()):
+ * the decoders check the wire format, not the sizes, and a history bounded
+ * by its number of events must not hold a megabyte argv. Counted as
+ * rejected, with the batch's own reason.
+ */
+static void drop_out_of_bounds(struct bus_batch *b, char *err, size_t errlen)
+{
+    char msg[160];
+    size_t kept = 0;
+
+    for (size_t i = 0; i < b->n; i++) {
+        const struct event *prev = kept ? &b->events[kept - 1] : NULL;
+        if (event_check_bounds(&b->events[i], prev, msg, sizeof(msg)) < 0) {
+            if (b->meta.rejected_events++ == 0)
+                errmsg_set(err, errlen, "event %zu: %s", i, msg);
+            event_clear(&b->events[i]);
+            continue;
+        }
+        if (kept != i)
+            b->events[kept] = b->events[i];
+        kept++;
+    }
+    b->n = kept;
+}
+
+/* The batch's node: what NODE_NAME accepts, or the batch is refused (BAD_METADATA). */
+static enum bus_reject check_node(const char *node, char *err, size_t errlen)
+{
+    if (event_node_name_valid(node, EVENT_NODE_MAX))
+        return BUS_OK;
+    return REJECT(BUS_REJECT_BAD_METADATA, err, errlen,
+                  "batch node is not a node name (1-%d bytes of UTF-8 without control "
+                  "characters or surrounding spaces)",
+                  EVENT_NODE_MAX);
+}
+
 enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *err, size_t errlen)
 {
     const char *data = natsMsg_GetData(msg);
@@ -298,15 +335,20 @@ enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *er
             r = REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "batch without an agent_instance");
         else if (out->meta.sequence == 0)
             r = REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "batch without a sequence");
+        else
+            r = check_node(out->meta.node, err, errlen);
         if (r != BUS_OK)
             bus_batch_free(out);
+        else
+            drop_out_of_bounds(out, err, errlen);
         return r;
     }
 
     /* Metadata first: a batch without it is refused before any parsing. */
     struct event_batch_meta meta;
     uint64_t events = 0;
-    if ((r = json_meta_from_headers(msg, &meta, err, errlen)) != BUS_OK)
+    if ((r = json_meta_from_headers(msg, &meta, err, errlen)) != BUS_OK ||
+        (r = check_node(meta.node, err, errlen)) != BUS_OK)
         return r;
     if ((r = decode_json(data, len, out, err, errlen)) != BUS_OK)
         return r;
@@ -324,5 +366,6 @@ enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *er
     for (size_t i = 0; i < out->n; i++)
         if (!out->events[i].node)
             out->events[i].node = out->meta.node;
+    drop_out_of_bounds(out, err, errlen);
     return BUS_OK;
 }

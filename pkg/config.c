@@ -385,15 +385,6 @@ static int parse_ports(const char *s, uint16_t out[CONFIG_DNS_PORTS_MAX])
     return 0;
 }
 
-/* Whether the valid UTF-8 sequence s (n bytes) is a control character: C0, DEL or C1. */
-static bool utf8_is_control(const char *s, size_t n)
-{
-    unsigned char c = (unsigned char)s[0];
-    if (n == 1)
-        return c < 0x20 || c == 0x7f;
-    return n == 2 && c == 0xc2 && (unsigned char)s[1] < 0xa0;
-}
-
 /*
  * s as it can be shown inside "..." on one line: printable UTF-8 as it is,
  * '"' and '\' escaped, any other byte (control characters, invalid UTF-8) as
@@ -406,7 +397,7 @@ static const char *quote_value(const char *s, char *out, size_t len)
         size_t seq = buf_utf8_seq(s + i, n - i), plen = seq;
         const char *piece = s + i;
         char esc[8];
-        if (seq == 0 || utf8_is_control(s + i, seq)) {
+        if (seq == 0 || buf_utf8_is_control(s + i, seq)) {
             snprintf(esc, sizeof(esc), "\\x%02x", (unsigned char)s[i]);
             piece = esc;
             plen = 4;
@@ -428,26 +419,6 @@ static const char *quote_value(const char *s, char *out, size_t len)
     }
     out[o] = '\0';
     return out;
-}
-
-/*
- * NODE_NAME travels as a NATS subject token (with '.', '*', '>' and spaces
- * mapped to '_'), in the Ebpf-Node header (nats.c trims the spaces around a
- * header value it receives) and in JSON: valid UTF-8 without control
- * characters or surrounding spaces arrives the same through each of them.
- */
-static bool node_name_valid(const char *s, size_t max)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > max || s[0] == ' ' || s[n - 1] == ' ')
-        return false;
-    for (size_t i = 0; i < n;) {
-        size_t seq = buf_utf8_seq(s + i, n - i);
-        if (seq == 0 || utf8_is_control(s + i, seq))
-            return false;
-        i += seq;
-    }
-    return true;
 }
 
 int config_check_file(const char *key, const char *path, char *err, size_t errlen)
@@ -483,7 +454,7 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
 
     switch (k->kind) {
     case KIND_NODE:
-        if (!node_name_valid(value, k->size - 1)) {
+        if (!event_node_name_valid(value, k->size - 1)) {
             snprintf(range, sizeof(range),
                      "1-%zu bytes of UTF-8 text without control characters or leading or "
                      "trailing spaces, such as a hostname or Kubernetes node name",

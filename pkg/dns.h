@@ -108,9 +108,10 @@ int dns_rcode_parse(const char *s, size_t len, uint16_t *out);
 #define DNS_NAME_WIRE_MAX 255
 #define DNS_NAME_MAX      253  /* text characters of a name with nothing escaped */
 #define DNS_NAME_TEXT_MAX 1003 /* text characters of any name, escapes included */
-#define DNS_ANSWERS_MAX   EVENT_DNS_ANSWERS_MAX
-#define DNS_HEADER_LEN    12
-#define DNS_POINTER_HOPS  64 /* compression pointers followed per name, at most */
+_Static_assert(DNS_NAME_TEXT_MAX == EVENT_DNS_NAME_MAX, "the text bound differs from the event's");
+#define DNS_ANSWERS_MAX  EVENT_DNS_ANSWERS_MAX
+#define DNS_HEADER_LEN   12
+#define DNS_POINTER_HOPS 64 /* compression pointers followed per name, at most */
 
 /* Writes one label byte at out + o in text form (at most 4 characters, no NUL); returns the
  * new length. */

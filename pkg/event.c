@@ -10,7 +10,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "clock.h"
+#include "errmsg.h"
 
 static const char *const type_names[EVENT_TYPE_COUNT] = {
     [EVENT_CONNECTION] = "connection",
@@ -366,4 +368,109 @@ const char *event_addr_str(unsigned family, const uint8_t addr[16], char *buf, s
     if (family != EVENT_FAMILY_IPV6 || !inet_ntop(AF_INET6, addr, buf, (socklen_t)len))
         return NULL;
     return buf;
+}
+
+bool event_node_name_valid(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > max || s[0] == ' ' || s[n - 1] == ' ')
+        return false;
+    for (size_t i = 0; i < n;) {
+        size_t seq = buf_utf8_seq(s + i, n - i);
+        if (seq == 0 || buf_utf8_is_control(s + i, seq))
+            return false;
+        i += seq;
+    }
+    return true;
+}
+
+/* NUL-separated strings of len bytes: each at most max bytes; *count gets how many. */
+static bool strings_within(const char *s, size_t len, size_t max, size_t *count)
+{
+    *count = 0;
+    for (size_t i = 0; i < len;) {
+        const char *nul = memchr(s + i, '\0', len - i);
+        size_t n = nul ? (size_t)(nul - (s + i)) : len - i;
+        if (n > max)
+            return false;
+        ++*count;
+        i += n + 1;
+    }
+    return true;
+}
+
+/* The interned names of e that event_check_bounds() bounds, by name; NULL when unset. */
+#define BOUNDED_NAMES 18
+static void bounded_names(const struct event *e, const char *v[BOUNDED_NAMES])
+{
+    const char *const all[BOUNDED_NAMES] = {
+        e->k8s.pod_name,
+        e->k8s.namespace,
+        e->k8s.container_id,
+        e->k8s.pod_uid,
+        e->k8s.workload,
+        e->k8s.workload_kind,
+        e->k8s.app,
+        e->k8s.ips,
+        e->peer.pod,
+        e->peer.namespace,
+        e->peer.workload,
+        e->peer.workload_kind,
+        e->peer.node,
+        e->peer.service,
+        e->peer.dns,
+        e->type == EVENT_CONNECTION ? e->u.conn.error : NULL,
+        e->type == EVENT_PACKET_DROP ? e->u.drop.reason : NULL,
+        e->type == EVENT_PACKET_DROP ? e->u.drop.location : NULL,
+    };
+    memcpy(v, all, sizeof(all));
+}
+
+static const char *const bounded_name_keys[BOUNDED_NAMES] = {
+    "k8s_pod_name", "k8s_namespace",     "k8s_container_id", "k8s_pod_uid",
+    "k8s_workload", "k8s_workload_kind", "k8s_app",          "k8s_ips",
+    "peer_pod",     "peer_namespace",    "peer_workload",    "peer_workload_kind",
+    "peer_node",    "peer_service",      "peer_dns",         "error",
+    "drop_reason",  "location",
+};
+
+int event_check_bounds(const struct event *e, const struct event *prev, char *err, size_t errlen)
+{
+    const char *v[BOUNDED_NAMES], *pv[BOUNDED_NAMES] = {0};
+    size_t n;
+
+    if (e->node && !(prev && e->node == prev->node) &&
+        !event_node_name_valid(e->node, EVENT_NODE_MAX))
+        return errmsg_set(err, errlen,
+                          "node: not a node name (1-%d bytes of UTF-8 without control "
+                          "characters or surrounding spaces)",
+                          EVENT_NODE_MAX);
+    if (e->k8s.node_name && !(prev && e->k8s.node_name == prev->k8s.node_name) &&
+        !event_node_name_valid(e->k8s.node_name, EVENT_NODE_MAX))
+        return errmsg_set(err, errlen, "k8s_node_name: not a node name");
+    bounded_names(e, v);
+    if (prev)
+        bounded_names(prev, pv);
+    for (size_t i = 0; i < BOUNDED_NAMES; i++)
+        if (v[i] && v[i] != pv[i] && (n = strlen(v[i])) > EVENT_NAME_MAX)
+            return errmsg_set(err, errlen, "%s: %zu bytes, at most %d", bounded_name_keys[i], n,
+                              EVENT_NAME_MAX);
+    if (e->type == EVENT_EXEC) {
+        if (e->u.exec.filename && (n = strlen(e->u.exec.filename)) >= EVENT_FILENAME_MAX)
+            return errmsg_set(err, errlen, "filename: %zu bytes, at most %d", n,
+                              EVENT_FILENAME_MAX - 1);
+        if (e->u.exec.args_len > EVENT_ARGS_MAX)
+            return errmsg_set(err, errlen, "args: %u bytes, at most %d", e->u.exec.args_len,
+                              EVENT_ARGS_MAX);
+        if (strings_within(e->u.exec.args, e->u.exec.args_len, EVENT_ARGS_MAX, &n) &&
+            n > EVENT_ARGC_MAX)
+            return errmsg_set(err, errlen, "args: %zu strings, at most %d", n, EVENT_ARGC_MAX);
+    } else if (e->type == EVENT_DNS) {
+        if (e->u.dns.query && (n = strlen(e->u.dns.query)) > EVENT_DNS_NAME_MAX)
+            return errmsg_set(err, errlen, "query: %zu characters, at most %d", n,
+                              EVENT_DNS_NAME_MAX);
+        if (!strings_within(e->u.dns.answers, e->u.dns.answers_len, EVENT_DNS_NAME_MAX, &n))
+            return errmsg_set(err, errlen, "answers: one over %d characters", EVENT_DNS_NAME_MAX);
+    }
+    return 0;
 }

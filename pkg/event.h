@@ -17,7 +17,10 @@
 #define EVENT_FILENAME_MAX    256
 #define EVENT_ARGS_MAX        1024 /* bytes of argv kept, NUL-separated */
 #define EVENT_ARGC_MAX        32
-#define EVENT_DNS_ANSWERS_MAX 16 /* dns: answers kept per event */
+#define EVENT_DNS_ANSWERS_MAX 16   /* dns: answers kept per event */
+#define EVENT_NODE_MAX        255  /* bytes of a node name (NODE_NAME) */
+#define EVENT_NAME_MAX        1024 /* bytes of any other interned name (pod, workload, ...) */
+#define EVENT_DNS_NAME_MAX    1003 /* characters of a DNS name in text form (DNS_NAME_TEXT_MAX) */
 
 enum event_type {
     EVENT_TYPE_NONE = 0,
@@ -184,6 +187,28 @@ const char *event_reset_name(unsigned reset); /* "sent", "received"; NULL for no
 const char *event_conn_error_name(unsigned err);
 /* "tcp", "udp", "icmp", ...; NULL for protocol 0 or one without a name. */
 const char *event_protocol_name(unsigned protocol);
+
+/*
+ * A node name as NODE_NAME takes it: 1-max bytes of valid UTF-8 without
+ * control characters or leading or trailing spaces. It travels as a NATS
+ * subject token (with '.', '*', '>' and spaces mapped to '_'), in the
+ * Ebpf-Node header (nats.c trims the spaces around a header value it
+ * receives) and in JSON, and arrives the same through each of them.
+ */
+bool event_node_name_valid(const char *s, size_t max);
+
+/*
+ * Whether e stays within what an agent produces, for an event decoded from
+ * the bus (hostile input: the decoders check the wire format, not the sizes
+ * an agent keeps to): node names as event_node_name_valid(), every other
+ * interned name at most EVENT_NAME_MAX bytes, an exec's filename under
+ * EVENT_FILENAME_MAX bytes and argv at most EVENT_ARGS_MAX bytes in
+ * EVENT_ARGC_MAX strings, a dns event's names at most EVENT_DNS_NAME_MAX
+ * characters. prev (or NULL): an event that passed, whose names e's equal
+ * pointers to are not looked at again (a batch's events share a few pods).
+ * 0, or -EINVAL with the field named in err.
+ */
+int event_check_bounds(const struct event *e, const struct event *prev, char *err, size_t errlen);
 
 /* Frees owned strings and zeroes the event. */
 void event_clear(struct event *e);

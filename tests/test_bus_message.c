@@ -406,6 +406,114 @@ Test(bus_message, one_bad_line_costs_only_itself)
     buf_free(&js);
 }
 
+/*
+ * Events an agent could not have sent: a megabyte argv, too many arguments, a long filename,
+ * a pod name of 200,000 bytes, a node with a control character. Each is dropped and counted;
+ * the events around it are kept. Both encodings.
+ */
+static void oversized_exec(struct event *e, uint64_t id, int which)
+{
+    make_exec(e, id, NULL);
+    switch (which) {
+    case 0: /* 500,000 bytes of argv */
+        free(e->u.exec.args);
+        e->u.exec.args = calloc(1, 500000);
+        memset(e->u.exec.args, 'a', 499999);
+        e->u.exec.args_len = 500000;
+        break;
+    case 1: { /* 40 arguments */
+        free(e->u.exec.args);
+        e->u.exec.args = calloc(1, 80);
+        for (int i = 0; i < 40; i++)
+            e->u.exec.args[2 * i] = 'x';
+        e->u.exec.args_len = 80;
+        break;
+    }
+    case 2: /* a 300-byte filename */
+        free(e->u.exec.filename);
+        e->u.exec.filename = malloc(301);
+        memset(e->u.exec.filename, '/', 300);
+        e->u.exec.filename[300] = '\0';
+        break;
+    case 3: { /* a 200,000-byte pod name */
+        char *pod = malloc(200001);
+        memset(pod, 'p', 200000);
+        pod[200000] = '\0';
+        e->k8s.pod_name = intern(pod);
+        free(pod);
+        break;
+    }
+    default: /* a node with a control character */
+        e->node = intern("node\x01x");
+        break;
+    }
+}
+
+Test(bus_message, events_over_an_agents_bounds_are_dropped_and_counted)
+{
+    for (int enc = 0; enc < 2; enc++) {
+        struct event ev[11];
+        for (int i = 0; i < 11; i++) {
+            if (i % 2 == 0)
+                make_exit(&ev[i], (uint64_t)i + 1, NULL);
+            else
+                oversized_exec(&ev[i], (uint64_t)i + 1, i / 2);
+        }
+        struct buf body;
+        buf_init(&body);
+        const char *pb_hdrs[] = {BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_PROTOBUF, NULL};
+        const char *js_hdrs[] = {JSON_HEADERS(NODE, INST, "1"), NULL};
+        if (enc == 0) {
+            cr_assert_eq(event_batch_encode(&good_meta, ev, 11, &body), 0);
+        } else {
+            for (int i = 0; i < 11; i++) {
+                event_json_write(&body, &ev[i]);
+                buf_putc(&body, '\n');
+            }
+        }
+        for (int i = 0; i < 11; i++)
+            event_clear(&ev[i]);
+        struct bus_batch b;
+        char err[256];
+        cr_assert_eq(decode(message(body.data, body.len, enc ? js_hdrs : pb_hdrs), &b, err), BUS_OK,
+                     "%s", err);
+        cr_assert_eq(b.n, 6, "%s: the exits are kept", enc ? "json" : "protobuf");
+        cr_assert_eq(b.meta.rejected_events, 5, "%s", enc ? "json" : "protobuf");
+        cr_assert(strstr(err, "args"), "%s", err);
+        for (size_t i = 0; i < b.n; i++)
+            cr_assert_eq(b.events[i].type, EVENT_EXIT);
+        bus_batch_free(&b);
+        buf_free(&body);
+    }
+}
+
+/* A batch whose node is no node name is refused whole: nodes are what replicas agree on. */
+Test(bus_message, a_batch_node_that_is_no_node_name_is_refused)
+{
+    const char *bad[] = {"\xff\xfe", "n\x01x", "", " lead", "trail "};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct buf js;
+        buf_init(&js);
+        json_lines(&js, 2, NULL);
+        const char *hdrs[] = {JSON_HEADERS(bad[i], INST, "1"), NULL};
+        struct bus_batch b;
+        char err[256];
+        enum bus_reject r = decode(message(js.data, js.len, hdrs), &b, err);
+        /* An empty or space-padded header may read as no header at all: refused either way. */
+        cr_assert_eq(r, BUS_REJECT_BAD_METADATA, "node \"%s\": %s", bad[i], err);
+        buf_free(&js);
+
+        struct event_batch_meta meta = good_meta;
+        meta.node = bad[i];
+        struct buf pb;
+        buf_init(&pb);
+        encode_batch(&pb, &meta, 2);
+        cr_assert_eq(decode(message(pb.data, pb.len, NULL), &b, err), BUS_REJECT_BAD_METADATA,
+                     "node \"%s\": %s", bad[i], err);
+        buf_free(&pb);
+    }
+}
+
 Test(bus_message, unknown_content_type)
 {
     struct buf pb;
