@@ -565,9 +565,16 @@ void tu_agent_start(struct tu_agent *a, const char *node, const char *const extr
     const char *argv[32] = {tu_repo_path("bin/ebpf-agent"), "--listen-addr", listen, "--node-name",
                             node};
     size_t n = 5;
+    bool nats = false;
     for (size_t i = 0; extra && extra[i]; i++) {
-        cr_assert(n < sizeof(argv) / sizeof(argv[0]) - 1, "too many agent arguments");
+        cr_assert(n < sizeof(argv) / sizeof(argv[0]) - 3, "too many agent arguments");
+        nats |= strcmp(extra[i], "--nats-url") == 0;
         argv[n++] = extra[i];
+    }
+    /* Never the default (127.0.0.1:4222): a NATS server the machine runs is not the test's. */
+    if (!nats) {
+        argv[n++] = "--nats-url";
+        argv[n++] = "nats://127.0.0.1:1";
     }
     a->pid = spawn_ready((char *const *)argv, NULL, a->log, a->port);
 }
