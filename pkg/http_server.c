@@ -191,6 +191,22 @@ void http_response_error(struct http_response *res, int status, const char *msg)
     buf_putc(&res->body, '}');
 }
 
+bool http_refuse_params(const struct http_request *req, struct http_response *res)
+{
+    char msg[200];
+    size_t n = 0;
+
+    if (req->query_len == 0)
+        return false;
+    while (n < req->query_len && req->query[n] != '=' && req->query[n] != '&')
+        n++;
+    snprintf(msg, sizeof(msg), "unknown query parameter '%.*s' (%.*s takes no parameters)",
+             (int)(n < 64 ? n : 64), req->query, (int)(req->path_len < 64 ? req->path_len : 64),
+             req->path);
+    http_response_error(res, 400, msg);
+    return true;
+}
+
 static const char *status_reason(int status)
 {
     switch (status) {

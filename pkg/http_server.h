@@ -119,6 +119,8 @@ void http_deferred_complete(struct http_deferred *d, int status, const char *con
 
 /* Helper for handlers: sets status and body to {"error":"<msg>"}. */
 void http_response_error(struct http_response *res, int status, const char *msg);
+/* For a route that takes no parameters: false, or true with a 400 naming the first one given. */
+bool http_refuse_params(const struct http_request *req, struct http_response *res);
 
 struct http_server_stats {
     uint64_t requests;

@@ -30,10 +30,8 @@ const char *openapi_document(size_t *len)
 
 static void handle_openapi(void *ctx, const struct http_request *req, struct http_response *res)
 {
-    if (req->query_len > 0) {
-        http_response_error(res, 400, OPENAPI_ROUTE " takes no parameters");
+    if (http_refuse_params(req, res))
         return;
-    }
     size_t len;
     const char *doc = openapi_document(&len);
     buf_append(&res->body, doc, len);

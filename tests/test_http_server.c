@@ -368,6 +368,29 @@ Test(http_server, handler_error_is_escaped_json)
     http_server_free(s);
 }
 
+/* A route without parameters names the first one it was given, as the others name theirs. */
+Test(http_server, a_route_without_parameters_names_the_one_given)
+{
+    struct http_request req = {.path = "/api/stats", .path_len = 10, .query = "", .query_len = 0};
+    struct http_response res = {0};
+    buf_init(&res.body);
+    cr_assert_not(http_refuse_params(&req, &res));
+    req.query = "foo=1&bar=2";
+    req.query_len = strlen(req.query);
+    cr_assert(http_refuse_params(&req, &res));
+    cr_assert_eq(res.status, 400);
+    buf_putc(&res.body, '\0');
+    cr_assert_str_eq(
+        res.body.data,
+        "{\"error\":\"unknown query parameter 'foo' (/api/stats takes no parameters)\"}");
+    req.query = "\"x";
+    req.query_len = 2;
+    cr_assert(http_refuse_params(&req, &res));
+    buf_putc(&res.body, '\0');
+    cr_assert_not_null(strstr(res.body.data, "'\\\"x'"), "%s", res.body.data);
+    buf_free(&res.body);
+}
+
 Test(http_server, unknown_path_is_404)
 {
     struct http_server *s = start_server(NULL, 0);

@@ -121,10 +121,8 @@ static void write_programs(struct agent *a, struct buf *b, struct kernel_losses 
 
 static void handle_programs(void *ctx, const struct http_request *req, struct http_response *res)
 {
-    if (req->query_len > 0) {
-        http_response_error(res, 400, "/api/programs takes no parameters");
+    if (http_refuse_params(req, res))
         return;
-    }
     struct kernel_losses unused;
     buf_puts(&res->body, "{\"programs\":");
     write_programs(ctx, &res->body, &unused);
@@ -204,10 +202,8 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
     struct http_server_stats hs;
     struct publisher_stats ps;
     struct kernel_losses kl;
-    if (req->query_len > 0) {
-        http_response_error(res, 400, "/api/stats takes no parameters");
+    if (http_refuse_params(req, res))
         return;
-    }
     store_get_stats(a->store, &ss);
     http_server_get_stats(a->http, &hs);
     publisher_get_stats(a->pub, &ps);

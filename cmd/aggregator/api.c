@@ -470,10 +470,8 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     struct bus_status bs = {0};
     struct http_server_stats hs;
 
-    if (req->query_len > 0) {
-        http_response_error(res, 400, "/api/stats takes no parameters");
+    if (http_refuse_params(req, res))
         return;
-    }
     if (view_gather(a, &v) < 0) {
         view_free(&v);
         http_response_error(res, 500, "out of memory gathering the stats");
@@ -549,10 +547,8 @@ static void nodes_answer(struct aggregator *a, const struct http_request *req,
 {
     struct cluster_view v;
 
-    if (req->query_len > 0) {
-        http_response_error(res, 400, "/api/nodes takes no parameters");
+    if (http_refuse_params(req, res))
         return;
-    }
     if (view_gather(a, &v) < 0) {
         view_free(&v);
         http_response_error(res, 500, "out of memory gathering the nodes");
