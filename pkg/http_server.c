@@ -46,10 +46,9 @@
 #define HTTP_KEEPALIVE_MS                 15000
 #define HTTP_GZIP_MIN                     1024 /* bytes: smaller bodies go as they are */
 /* Events stamped before a stream's `until` may still be on their way (an agent's batch). */
-#define HTTP_STREAM_UNTIL_GRACE_MS 3000
-#define HTTP_UNTIL_TICK_MS         250
-#define HTTP_SHUTDOWN_GRACE_MS     2000
-#define HTTP_MAX_REQUEST_BODY      16384
+#define HTTP_UNTIL_TICK_MS     250
+#define HTTP_SHUTDOWN_GRACE_MS 2000
+#define HTTP_MAX_REQUEST_BODY  16384
 
 struct http_route {
     char *path;
@@ -603,13 +602,13 @@ static void on_keepalive(h2o_timeout_entry_t *entry)
 }
 
 /*
- * Ends the streams whose `until` is HTTP_STREAM_UNTIL_GRACE_MS past (events
+ * Ends the streams whose `until` is QUERY_STREAM_UNTIL_GRACE_MS past (events
  * stamped before it may still be on their way); ticks while any has one.
  */
 static void on_until_tick(h2o_timeout_entry_t *entry)
 {
     struct http_server *s = H2O_STRUCT_FROM_MEMBER(struct http_server, until_entry, entry);
-    uint64_t now = clock_realtime_ns(), grace = HTTP_STREAM_UNTIL_GRACE_MS * 1000000ull;
+    uint64_t now = clock_realtime_ns(), grace = QUERY_STREAM_UNTIL_GRACE_MS * 1000000ull;
     h2o_linklist_t *node, *next;
     bool more = false;
 

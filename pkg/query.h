@@ -70,6 +70,10 @@ void query_init(struct query *q);
  */
 int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *err, size_t errlen);
 
+/* A stream with an `until` (the HTTP stream, `tail`) ends this long after it, for events that
+ * were on their way. */
+#define QUERY_STREAM_UNTIL_GRACE_MS 3000
+
 /* True when q has a filter only dns events can pass (query, rcode). */
 bool query_has_dns_filter(const struct query *q);
 /* The dns filters alone (query, rcode) against e; true when q has none. */

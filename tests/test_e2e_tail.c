@@ -308,6 +308,33 @@ Test(e2e_tail, bad_filter_is_one_line_and_exit_2)
     cr_assert(wait_file(path("out"), 0, "--subject", 1000));
 }
 
+/* --until as on the stream: one in the past is refused, one ahead ends the tail after it. */
+Test(e2e_tail, until_ends_the_tail_and_a_past_one_is_refused)
+{
+    char past[32], soon[32];
+    snprintf(past, sizeof(past), "%" PRIu64, (uint64_t)(tu_now_ns() - 1000000000ull));
+    char *argv_past[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--until", past,
+                         NULL};
+    pid_t pid = spawn(argv_past, NULL, NULL, path("out"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 2);
+    char *err = tu_read_file(path("err"));
+    cr_assert(err && strstr(err, "--until") && strstr(err, "past"), "%s", err ? err : "");
+    free(err);
+
+    int port = tu_free_port();
+    pid_t nats = track(tu_nats_start(port, NULL, path("nats.log")));
+    cr_assert_gt(nats, 0, "nats-server did not start");
+    char url[64];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", port);
+    snprintf(soon, sizeof(soon), "%" PRIu64, (uint64_t)(tu_now_ns() + 1000000000ull));
+    char *argv[] = {
+        (char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--nats", url, "--until", soon, NULL};
+    pid = track(spawn(argv, NULL, NULL, path("out"), path("err")));
+    /* until + the 3 s grace, with room for a loaded machine. */
+    cr_assert_eq(tu_wait_exit(pid, 30000), 0, "the tail did not end after its --until");
+    tu_stop(nats, 5000);
+}
+
 Test(e2e_tail, decode_reads_a_body_from_stdin)
 {
     struct buf pb;

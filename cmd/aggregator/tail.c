@@ -18,6 +18,7 @@
 
 #include "aggregator/commands.h"
 #include "bus.h"
+#include "clock.h"
 #include "bus_message.h"
 #include "config.h"
 #include "event_json.h"
@@ -62,7 +63,8 @@ static void tail_usage(FILE *out)
             "  --dest-port PORT    --status established|failed|attempted|answered|timeout\n"
             "  --query NAME        dns events for NAME, or *.SUFFIX for its subdomains\n"
             "  --rcode RCODE       answered dns events with this rcode (NXDOMAIN, 3, ...)\n"
-            "  --since TIME        --until TIME (RFC 3339 or epoch nanoseconds)\n"
+            "  --since TIME        --until TIME (RFC 3339 or epoch nanoseconds; a tail with\n"
+            "                      --until ends 3 s after it, and one in the past is refused)\n"
             "  (peer_pod, dest_port... are accepted with '_' too)\n"
             "\n"
             "The bus carries events as agents publish them: peers on other nodes and\n"
@@ -168,6 +170,12 @@ static int tail_run(const struct config *cfg, const char *subject, const struct 
             fprintf(stderr, "%s: warning: %lld messages dropped (output too slow)\n", TAIL_PROG,
                     (long long)(dropped - dropped_seen));
             dropped_seen = dropped;
+        }
+        if (q->until_ns != UINT64_MAX &&
+            clock_realtime_ns() > q->until_ns + QUERY_STREAM_UNTIL_GRACE_MS * 1000000ull) {
+            if (msg)
+                natsMsg_Destroy(msg);
+            break; /* as the HTTP stream ends */
         }
         if (s == NATS_TIMEOUT)
             continue;
@@ -278,6 +286,11 @@ int aggregator_tail(int argc, char **argv)
     struct query q;
     if (qs.oom || query_parse(&q, qs.data ? qs.data : "", qs.len, true, err, sizeof(err)) < 0) {
         fprintf(stderr, "%s: %s\n", TAIL_PROG, qs.oom ? "out of memory" : err);
+        goto out;
+    }
+    if (q.until_ns != UINT64_MAX && q.until_ns < clock_realtime_ns()) {
+        fprintf(stderr, "%s: invalid --until: in the past, and a tail shows only new events\n",
+                TAIL_PROG);
         goto out;
     }
     struct config cfg;
