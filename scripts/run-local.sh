@@ -67,6 +67,11 @@ echo "run: aggregator on $agg_addr"
 bin/ebpf-aggregator --listen-addr "$agg_addr" &
 pids+=($!)
 
+if [ -n "$nats_pid" ]; then
+  stops="Ctrl-C stops nats-server, the agent and the aggregator."
+else
+  stops="Ctrl-C stops the agent and the aggregator; the NATS server at $NATS_URL keeps running."
+fi
 if wait_http "http://127.0.0.1:$agent_port/ready" 30 && wait_http "http://127.0.0.1:$agg_port/ready" 30; then
   cat <<MSG
 
@@ -78,7 +83,7 @@ run: ready. Try, in another terminal:
   curl -N 'localhost:$agg_port/api/events/stream?type=exec'                  # live, Server-Sent Events
   bin/ebpf-aggregator tail --nats $NATS_URL --type connection             # live from the bus
 ${API_TOKEN:+(API_TOKEN is set: add -H "Authorization: Bearer \$API_TOKEN" to the /api requests)
-}Ctrl-C stops nats-server, the agent and the aggregator.
+}$stops
 
 MSG
 else
