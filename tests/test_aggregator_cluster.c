@@ -968,6 +968,18 @@ Test(aggregator_cluster, a_replica_stopping_cleanly_hands_its_batches_over)
     check(jint(a, "lost_batches") == 0, "lost_batches %lld", jint(a, "lost_batches"));
     check(jint(a, "events") == BATCHES * PER_BATCH, "events %lld", jint(a, "events"));
     json_decref(j);
+    /* Its history left with it, and says so: what is still held plus what departed is all. */
+    j = get(agg_port[0], "/api/stats");
+    json_int_t held = jint(j, "total_events"), departed = jint(j, "history_departed");
+    check(departed > 0 && held + departed == BATCHES * PER_BATCH,
+          "history_departed %lld + total_events %lld != %d", departed, held, BATCHES * PER_BATCH);
+    json_decref(j);
+    struct tu_http m = {0};
+    char want[64];
+    snprintf(want, sizeof(want), "ebpf_aggregator_history_departed_total %lld", departed);
+    check(tu_http_get(agg_port[0], "/metrics", NULL, &m) == 0 && m.body && strstr(m.body, want),
+          "%s in /metrics", want);
+    tu_http_free(&m);
     char *log = tu_read_file(logs[1]);
     check(log != NULL && strstr(log, "node table handed over to replica") != NULL,
           "the leaving replica does not say it handed over: %s", log ? log : "(no log)");

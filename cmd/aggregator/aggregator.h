@@ -67,6 +67,9 @@ struct aggregator_counters {
     uint64_t rejected[BUS_REJECT_COUNT];        /* whole messages, by reason */
     uint64_t rejected_events[BUS_REJECT_COUNT]; /* single events of accepted batches */
     uint64_t store_failed;
+    /* Events the history of a peer held when it stopped and handed its node table here: they
+     * left with it (cluster.c). */
+    uint64_t history_departed;
     /* Pod announcements between replicas (ingest.c). */
     uint64_t peer_announcements_sent;
     uint64_t peer_announcements_failed; /* not published (NATS down): repeated later */

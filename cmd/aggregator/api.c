@@ -518,6 +518,7 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     api_json_set_u64(root, "rejected_events_total", (uint64_t)rejected_events_total);
     api_json_set_u64(root, "bus_dropped", total_u64(t, "bus_dropped"));
     api_json_set_u64(root, "store_failed", total_u64(t, "store_failed"));
+    api_json_set_u64(root, "history_departed", total_u64(t, "history_departed"));
     json_object_set(root, "history", hist);
     json_object_set(root, "flows", json_object_get(t, "flows"));
     json_object_set(root, "peers", json_object_get(t, "peers"));
@@ -640,6 +641,10 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                ingest_bus_dropped(a));
     ss.failed += counter_get(&c->store_failed);
     api_store_metrics(b, "ebpf_aggregator", &ss);
+    api_metric(b, "ebpf_aggregator_history_departed_total", "counter",
+               "Events stopped replicas held when they handed their node table to this one: "
+               "received, counted, and gone with their history.",
+               counter_get(&c->history_departed));
     struct flows_stats fs;
     flows_get_stats(a->flows, &fs);
     api_metric(b, "ebpf_aggregator_flow_buckets", "gauge",

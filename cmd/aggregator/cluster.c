@@ -26,10 +26,12 @@
 #include "cluster_reply.h"
 #include "errmsg.h"
 
-#define CLUSTER_SUBJECT_LEN        (2 * CONFIG_STR + 16)
-#define CLUSTER_LEAVE_FLUSH_MS     1000
-#define CLUSTER_HANDOVER_TRIES     3
-#define CLUSTER_HANDOVER_WAIT_MS   2000
+#define CLUSTER_SUBJECT_LEN      (2 * CONFIG_STR + 16)
+#define CLUSTER_LEAVE_FLUSH_MS   1000
+#define CLUSTER_HANDOVER_TRIES   3
+#define CLUSTER_HANDOVER_WAIT_MS 2000
+/* On a handover request: the events the leaving replica's history held. */
+#define CLUSTER_HDR_HISTORY_EVENTS "Ebpf-History-Events"
 #define CLUSTER_SUBSCRIBE_FLUSH_MS 1000
 #define CLUSTER_CLOSE_WAIT_MS      2000
 /* Replies one gather holds undecoded: far above what peers send, a bound for a flood. */
@@ -993,10 +995,19 @@ static void hand_over_nodes(struct cluster *c)
         buf_free(&table);
         return;
     }
+    /* What leaves with this replica: its history, counted by the peer that takes the table. */
+    struct store_stats ss;
+    char held[24];
+    store_get_stats(c->a->store, &ss);
+    snprintf(held, sizeof(held), "%" PRIu64, ss.events);
     for (int attempt = 0; attempt < CLUSTER_HANDOVER_TRIES; attempt++) {
-        natsMsg *reply = NULL;
-        natsStatus s = natsConnection_Request(&reply, c->nc, c->subj_handover, table.data,
-                                              (int)table.len, CLUSTER_HANDOVER_WAIT_MS);
+        natsMsg *reply = NULL, *req = NULL;
+        natsStatus s = natsMsg_Create(&req, c->subj_handover, NULL, table.data, (int)table.len);
+        if (s == NATS_OK)
+            s = natsMsgHeader_Set(req, CLUSTER_HDR_HISTORY_EVENTS, held);
+        if (s == NATS_OK)
+            s = natsConnection_RequestMsg(&reply, c->nc, req, CLUSTER_HANDOVER_WAIT_MS);
+        natsMsg_Destroy(req);
         if (s == NATS_NO_RESPONDERS)
             break; /* the last replica: nobody to keep the counts */
         if (s != NATS_OK)
@@ -1033,6 +1044,15 @@ static void handle_handover(struct cluster *c, natsConnection *nc, natsMsg *msg)
         taken = rc == 0;
         if (rc == -EINVAL)
             __atomic_fetch_add(&c->invalid_answers, 1, __ATOMIC_RELAXED);
+        const char *held = NULL;
+        char *end = NULL;
+        if (taken && natsMsgHeader_Get(msg, CLUSTER_HDR_HISTORY_EVENTS, &held) == NATS_OK && held &&
+            *held >= '0' && *held <= '9') {
+            errno = 0;
+            unsigned long long n = strtoull(held, &end, 10);
+            if (errno == 0 && *end == '\0')
+                counter_add(&c->a->counters.history_departed, n);
+        }
     }
     char body[96];
     int n = snprintf(body, sizeof(body), "{\"replica\":\"%s\",\"taken\":%s}", c->a->replica,

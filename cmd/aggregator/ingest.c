@@ -500,8 +500,10 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
                bus_reject_name(BUS_REJECT_MALFORMED_JSON),
                counter_get(&c->rejected_events[BUS_REJECT_MALFORMED_JSON]));
     ss.failed += counter_get(&c->store_failed);
-    buf_printf(b, "},\"bus_dropped\":%" PRIu64 ",\"store_failed\":%" PRIu64 ",\"history\":",
-               ingest_bus_dropped(a), ss.failed);
+    buf_printf(b,
+               "},\"bus_dropped\":%" PRIu64 ",\"store_failed\":%" PRIu64
+               ",\"history_departed\":%" PRIu64 ",\"history\":",
+               ingest_bus_dropped(a), ss.failed, counter_get(&c->history_departed));
     api_json_append(b, api_store_stats_json(&ss));
     buf_puts(b, ",\"flows\":");
     flows_stats_json(a->flows, b);
