@@ -669,6 +669,9 @@ static int get_interned(struct parse_ctx *c, const char *key, const char **dst)
     int rc = get_str(c, key, false, &s, &len);
     if (rc || !s)
         return rc;
+    if (len > EVENT_NAME_MAX) /* no agent sends it: not interned (the table is shared) */
+        return errmsg_set(c->err, c->errlen, "field \"%s\": %zu bytes, at most %d", key, len,
+                          EVENT_NAME_MAX);
     if (!(*dst = intern_n(s, len))) {
         errmsg_set(c->err, c->errlen, "field \"%s\": string table full", key);
         return -ENOMEM;

@@ -591,12 +591,17 @@ int event_batch_append_meta(struct buf *out, const struct event_batch_meta *meta
  */
 #define PB_FAST_MAX_ARGS 64
 
-/* Interns a non-empty wire string (no NUL inside); empty means absent. false on failure. */
+/*
+ * Interns a non-empty wire string (no NUL inside, at most EVENT_NAME_MAX bytes, as the
+ * reference path's intern_field()); empty means absent. false on failure.
+ */
 static bool fast_str(const uint8_t *data, size_t len, const char **dst)
 {
     *dst = NULL;
     if (!len)
         return true;
+    if (len > EVENT_NAME_MAX)
+        return false;
     return (*dst = event_pb_intern_checked((const char *)data, len)) != NULL;
 }
 

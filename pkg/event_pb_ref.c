@@ -310,6 +310,8 @@ static int intern_field(struct intern_cache *ic, int slot, const char *s, const 
     *dst = NULL;
     if (!s || !*s)
         return 0;
+    if (strnlen(s, EVENT_NAME_MAX + 1) > EVENT_NAME_MAX)
+        return -EINVAL; /* no agent sends it: not interned (the table is shared and bounded) */
     if (ic && ic->raw[slot] && strcmp(ic->raw[slot], s) == 0) {
         *dst = ic->val[slot];
         return 0;
@@ -472,7 +474,10 @@ static int to_event(const Ebpfmonitor__Event *pb, const char *batch_node,
     return 0;
 nomem:
     event_clear(e);
-    errmsg_set(err, errlen, "string table full");
+    if (rc == -EINVAL)
+        errmsg_set(err, errlen, "a name over %d bytes", EVENT_NAME_MAX);
+    else
+        errmsg_set(err, errlen, "string table full");
     return rc;
 }
 

@@ -918,11 +918,17 @@ Test(aggregator_cluster, a_silent_peer_does_not_block_other_requests)
     j = get(agg_port[0], "/api/stats");
     check(json_is_integer(json_object_get(json_object_get(j, "queries"), "rejected")),
           "queries.rejected in /api/stats");
+    /* So is the string table's: the names of every node and pod, bounded. */
+    check(jint(j, "strings.held") > 0 && jint(j, "strings.bytes") > 0 &&
+              json_is_integer(json_object_get(json_object_get(j, "strings"), "refused")),
+          "strings in /api/stats");
     json_decref(j);
     struct tu_http m = {0};
     check(tu_http_get(agg_port[0], "/metrics", NULL, &m) == 0 && m.status == 200, "/metrics");
     check(m.body != NULL && strstr(m.body, "ebpf_aggregator_queries_rejected_total 0") != NULL,
           "rejected counter in /metrics");
+    check(m.body != NULL && strstr(m.body, "ebpf_aggregator_intern_refused_total 0") != NULL,
+          "the string table's refusals in /metrics");
     tu_http_free(&m);
 }
 

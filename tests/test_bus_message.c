@@ -479,7 +479,8 @@ Test(bus_message, events_over_an_agents_bounds_are_dropped_and_counted)
                      "%s", err);
         cr_assert_eq(b.n, 6, "%s: the exits are kept", enc ? "json" : "protobuf");
         cr_assert_eq(b.meta.rejected_events, 5, "%s", enc ? "json" : "protobuf");
-        cr_assert(strstr(err, "args"), "%s", err);
+        /* The first one rejected is named: while decoding (the pod name) or after. */
+        cr_assert(strstr(err, "args") || strstr(err, "name"), "%s", err);
         for (size_t i = 0; i < b.n; i++)
             cr_assert_eq(b.events[i].type, EVENT_EXIT);
         bus_batch_free(&b);

@@ -20,6 +20,7 @@
 #include "aggregator.h"
 #include "api.h"
 #include "clock.h"
+#include "intern.h"
 #include "cluster.h"
 #include "openapi.h"
 #include "ui.h"
@@ -524,6 +525,7 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     json_object_set(root, "peers", json_object_get(t, "peers"));
     json_object_set(root, "services", json_object_get(t, "services"));
     json_object_set(root, "joins", json_object_get(t, "joins"));
+    json_object_set(root, "strings", json_object_get(t, "strings"));
     api_json_set_u64(root, "evictions",
                      (uint64_t)sat_sum(json_integer_value(json_object_get(hist, "evicted_count")),
                                        json_integer_value(json_object_get(hist, "evicted_age"))));
@@ -641,6 +643,13 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                ingest_bus_dropped(a));
     ss.failed += counter_get(&c->store_failed);
     api_store_metrics(b, "ebpf_aggregator", &ss);
+    struct intern_stats is;
+    intern_get_stats(&is);
+    api_metric(b, "ebpf_aggregator_intern_bytes", "gauge",
+               "Bytes of the string table (names: nodes, pods, workloads...), of INTERN_MAX_BYTES.",
+               is.bytes);
+    api_metric(b, "ebpf_aggregator_intern_refused_total", "counter",
+               "Names not interned because the string table was full (left unknown).", is.refused);
     api_metric(b, "ebpf_aggregator_history_departed_total", "counter",
                "Events stopped replicas held when they handed their node table to this one: "
                "received, counted, and gone with their history.",

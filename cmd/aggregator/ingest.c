@@ -24,6 +24,7 @@
 #include "aggregator.h"
 #include "api.h"
 #include "clock.h"
+#include "intern.h"
 #include "errmsg.h"
 
 /*
@@ -536,6 +537,11 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
                ks.services_watch.lists + ks.slices_watch.lists);
     buf_puts(b, ",\"joins\":");
     join_stats_json(a, b);
+    struct intern_stats is;
+    intern_get_stats(&is);
+    buf_printf(b,
+               ",\"strings\":{\"held\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"refused\":%" PRIu64 "}",
+               is.strings, is.bytes, is.refused);
     buf_printf(b, ",\"uptime_seconds\":%.3f}",
                (double)(clock_monotonic_ns() - a->started_mono_ns) / 1e9);
 }
