@@ -456,9 +456,9 @@ int event_check_bounds(const struct event *e, const struct event *prev, char *er
             return errmsg_set(err, errlen, "%s: %zu bytes, at most %d", bounded_name_keys[i], n,
                               EVENT_NAME_MAX);
     if (e->type == EVENT_EXEC) {
-        if (e->u.exec.filename && (n = strlen(e->u.exec.filename)) >= EVENT_FILENAME_MAX)
+        if (e->u.exec.filename && (n = strlen(e->u.exec.filename)) > EVENT_FILENAME_MAX)
             return errmsg_set(err, errlen, "filename: %zu bytes, at most %d", n,
-                              EVENT_FILENAME_MAX - 1);
+                              EVENT_FILENAME_MAX);
         if (e->u.exec.args_len > EVENT_ARGS_MAX)
             return errmsg_set(err, errlen, "args: %u bytes, at most %d", e->u.exec.args_len,
                               EVENT_ARGS_MAX);

@@ -201,7 +201,7 @@ bool event_node_name_valid(const char *s, size_t max);
  * Whether e stays within what an agent produces, for an event decoded from
  * the bus (hostile input: the decoders check the wire format, not the sizes
  * an agent keeps to): node names as event_node_name_valid(), every other
- * interned name at most EVENT_NAME_MAX bytes, an exec's filename under
+ * interned name at most EVENT_NAME_MAX bytes, an exec's filename at most
  * EVENT_FILENAME_MAX bytes and argv at most EVENT_ARGS_MAX bytes in
  * EVENT_ARGC_MAX strings, a dns event's names at most EVENT_DNS_NAME_MAX
  * characters. prev (or NULL): an event that passed, whose names e's equal
