@@ -176,6 +176,22 @@ static void record_announce(void *ctx, const struct joins_half *h, size_t n)
         a->h[a->n++] = h[i];
 }
 
+/* The accept by web-1 (10.1.0.7:8080, the backend of shop/web) of a client at ip:port. */
+static struct event backend_accept(const char *ip, uint16_t port)
+{
+    struct event e = {.type = EVENT_ACCEPT, .family = EVENT_FAMILY_IPV4, .protocol = 6};
+    cr_assert_eq(inet_pton(AF_INET, ip, e.saddr), 1);
+    cr_assert_eq(inet_pton(AF_INET, "10.1.0.7", e.daddr), 1);
+    e.sport = port;
+    e.dport = 8080;
+    e.k8s.pod_name = intern("web-1");
+    e.k8s.namespace = intern("shop");
+    e.k8s.workload = intern("web");
+    e.k8s.workload_kind = intern("Deployment");
+    e.k8s.node_name = intern("node-b");
+    return e;
+}
+
 Test(joins, a_batch_holds_client_halves_and_announces_server_halves)
 {
     struct k8s_services *svc = web_service();
@@ -186,16 +202,7 @@ Test(joins, a_batch_holds_client_halves_and_announces_server_halves)
      * ClusterIP with its peer pod known: kept. 3: to an address no Service has: kept. 4: an
      * accept of a pod that backs no Service: kept, no half. */
     ev[0] = client_conn("10.1.0.5", 40001);
-    ev[1] = (struct event){.type = EVENT_ACCEPT, .family = EVENT_FAMILY_IPV4, .protocol = 6};
-    cr_assert_eq(inet_pton(AF_INET, "10.1.0.5", ev[1].saddr), 1);
-    cr_assert_eq(inet_pton(AF_INET, "10.1.0.7", ev[1].daddr), 1);
-    ev[1].sport = 40001;
-    ev[1].dport = 8080;
-    ev[1].k8s.pod_name = intern("web-1");
-    ev[1].k8s.namespace = intern("shop");
-    ev[1].k8s.workload = intern("web");
-    ev[1].k8s.workload_kind = intern("Deployment");
-    ev[1].k8s.node_name = intern("node-b");
+    ev[1] = backend_accept("10.1.0.5", 40001);
     ev[2] = client_conn("10.1.0.6", 40002);
     ev[2].peer.pod = intern("web-1");
     ev[3] = client_conn("10.1.0.6", 40003);
@@ -240,14 +247,7 @@ Test(joins, a_client_half_whose_server_half_is_here_joins_in_its_batch)
     struct joins *j = joins_new(64, 16, WINDOW);
     struct event ev[2];
 
-    ev[0] = (struct event){.type = EVENT_ACCEPT, .family = EVENT_FAMILY_IPV4, .protocol = 6};
-    cr_assert_eq(inet_pton(AF_INET, "10.1.0.9", ev[0].saddr), 1);
-    cr_assert_eq(inet_pton(AF_INET, "10.1.0.7", ev[0].daddr), 1);
-    ev[0].sport = 40009;
-    ev[0].dport = 8080;
-    ev[0].k8s.pod_name = intern("web-1");
-    ev[0].k8s.namespace = intern("shop");
-    ev[0].k8s.node_name = intern("node-b");
+    ev[0] = backend_accept("10.1.0.9", 40009);
     ev[1] = client_conn("10.1.0.9", 40009);
     uint8_t sides[2];
     k8s_services_enrich(svc, ev, 2, true, sides);
