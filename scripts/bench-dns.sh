@@ -17,9 +17,12 @@
 # 2. Throughput: UDP datagrams (to a receiving thread, and sent and received
 #    in one thread: udp-inline) and a TCP stream over loopback without the
 #    agent, with it (programs on the cgroup v2 root, as deployed; statistics
-#    off) and with only an empty cgroup_skb program on each of the same hooks
-#    (what the kernel's dispatch into the hooks costs by itself), alternated
-#    round by round; slowdown = median of each round's ratio, and the same for
+#    off), with only an empty cgroup_skb program on each of the same hooks
+#    (what the kernel's dispatch into the hooks costs by itself) and with only
+#    an empty program on each of the device-level packet tracepoints
+#    (net_dev_queue, netif_receive_skb: the other place a capture could see
+#    every packet without kprobes, tests/bench/empty_dev_progs.bpf.c),
+#    alternated round by round; slowdown = median of each round's ratio, and the same for
 #    the load's CPU time per op (getrusage), which what else runs on the
 #    machine moves less than the rate.
 # 3. Side by side with a peer that captures DNS: the query loop's rate with
@@ -28,7 +31,7 @@
 #
 # Writes build/bench/dns.json (one measurement per line's object, with its
 # target, met and validity, like scripts/bench-agent.sh) and build/bench/dns.md.
-# Needs root, dnsmasq, tcpdump, bin/ebpf-agent and build/bench/bench_dns_load.
+# Needs root, dnsmasq, tcpdump, bin/ebpf-agent and make bench-bins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,9 +56,10 @@ LOG="$OUT/dns.log"
 LOAD=$OUT/bench_dns_load
 
 [ "$(id -u)" -eq 0 ] || { echo "bench-dns: needs root (loads eBPF programs)" >&2; exit 1; }
-for bin in bin/ebpf-agent $LOAD; do
+for bin in bin/ebpf-agent $LOAD $OUT/bench_empty_progs; do
   [ -x "$bin" ] || { echo "bench-dns: $bin missing: run 'make bench-bins'" >&2; exit 1; }
 done
+[ -e "$OUT/empty_dev_progs.bpf.o" ] || { echo "bench-dns: $OUT/empty_dev_progs.bpf.o missing: run 'make bench-bins'" >&2; exit 1; }
 for tool in jq curl bpftool nats-server dnsmasq python3; do
   command -v "$tool" >/dev/null || { echo "bench-dns: $tool not installed (make deps)" >&2; exit 1; }
 done
@@ -111,6 +115,21 @@ load() { # mode [args] -> the load's JSON line
   local mode=$1
   shift
   in_cgroup "$CG" "$LOAD" "$mode" "$@" --duration "$DUR"
+}
+
+# Empty programs on net_dev_queue and netif_receive_skb (tests/bench/empty_dev_progs.bpf.c),
+# held like start_hooks' (stop_hooks ends them).
+start_dev_hooks() {
+  rm -f "$TMP/devhooks"
+  "$OUT/bench_empty_progs" "$OUT/empty_dev_progs.bpf.o" "$TMP/devhooks" 2>>"$LOG" &
+  HOOKS_PID=$!
+  PIDS+=("$HOOKS_PID")
+  for _ in $(seq 100); do
+    [ -e "$TMP/devhooks" ] && return
+    sleep 0.05
+  done
+  echo "bench-dns: could not attach the empty device programs (see $LOG)" >&2
+  return 1
 }
 
 dns_prog_ids() { # -> "id egress|ingress" of the agent's attached dns programs
@@ -206,7 +225,7 @@ SLOADS="udp udp-inline tcp dns"
 declare -A SARGS=([udp]="--size 1400" [udp-inline]="--size 1400" [tcp]=""
   [dns]="--server 127.0.0.1:$DNS_PORT")
 TWHY=""
-run_round() { # capture: none|agent|hooks|tcpdump
+run_round() { # capture: none|agent|hooks|devhooks|tcpdump
   local c=$1 w out
   for w in $SLOADS; do
     # shellcheck disable=SC2086
@@ -225,6 +244,11 @@ capture_round() {
   hooks)
     start_hooks "$CGROOT" "$TMP/hooks" || exit 1
     run_round hooks
+    stop_hooks
+    ;;
+  devhooks)
+    start_dev_hooks || exit 1
+    run_round devhooks
     stop_hooks
     ;;
   agent)
@@ -247,12 +271,13 @@ capture_round() {
     ;;
   esac
 }
-# Odd rounds go nothing, agent, empty programs, tcpdump; even rounds the other way
+# Odd rounds go nothing, agent, empty programs, empty device programs, tcpdump; even rounds the
+# other way
 # round, so a drift of the machine within a round falls on each side alike.
 CGROOT=$(cgroup2_root) || exit 1
 for r in $(seq "$ROUNDS"); do
-  order="none agent hooks tcpdump"
-  [ $((r % 2)) = 1 ] || order="tcpdump hooks agent none"
+  order="none agent hooks devhooks tcpdump"
+  [ $((r % 2)) = 1 ] || order="tcpdump devhooks hooks agent none"
   for c in $order; do capture_round "$c" "$r"; done
 done
 
@@ -266,7 +291,8 @@ cpu_ratios() { # load capture [base] -> the rounds' "capture / base" ratios of t
     awk '{printf "%.3f ", $2 / $1}'
 }
 STABLE=""
-declare -A CNAME=([agent]=agent [hooks]="empty programs on the agent's hooks" [tcpdump]=tcpdump)
+declare -A CNAME=([agent]=agent [hooks]="empty programs on the agent's hooks"
+  [devhooks]="empty programs on the device tracepoints" [tcpdump]=tcpdump)
 declare -A UNIT=([udp]="datagrams/s" [udp-inline]="datagrams/s" [tcp]="MB/s" [dns]="queries/s")
 MAX_DRIFT=${BENCH_MAX_DRIFT:-15} # percent, as scripts/bench-agent.sh
 for w in $SLOADS; do
@@ -281,7 +307,7 @@ for w in $SLOADS; do
   measure "dns.speed.$w.none" "$w load without a capture (${UNIT[$w]})" "$none" "${UNIT[$w]}" \
     "bench_dns_load $w ${SARGS[$w]} --duration $DUR, $ROUNDS rounds, median"
   row="| $w (${UNIT[$w]}) | $(printf "%.1f" "$none") ($(echo "${RATE["$w|none"]}" | range))"
-  for c in agent hooks tcpdump; do
+  for c in agent hooks devhooks tcpdump; do
     if [ -z "${RATE["$w|$c"]:-}" ]; then
       row+=" | – | – | –"
       continue
@@ -332,10 +358,10 @@ jq -s --argjson quick "$QUICK" '{section: "dns", quick: ($quick == 1), measureme
   echo "|---|---|---:|---:|---:|---:|---:|---|"
   printf "%s" "$KTABLE"
   echo
-  echo "Speed without a capture, under the agent, under an empty cgroup_skb program on each of its hooks, under tcpdump (medians; slowdown = median of the rounds' ratios, their range in brackets; CPU per op = the load's CPU time per op under the capture ÷ without, median of the rounds; the last column is the agent's CPU per op ÷ the empty programs'):"
+  echo "Speed without a capture, under the agent, under an empty cgroup_skb program on each of its hooks, under an empty program on each of the device-level packet tracepoints (\`net_dev_queue\`, \`netif_receive_skb\`: the other hook that sees every packet without kprobes), under tcpdump (medians; slowdown = median of the rounds' ratios, their range in brackets; CPU per op = the load's CPU time per op under the capture ÷ without, median of the rounds; the last column is the agent's CPU per op ÷ the empty programs'):"
   echo
-  echo "| load | none | agent | slowdown | CPU per op | empty programs | slowdown | CPU per op | tcpdump | slowdown | CPU per op | agent ÷ empty |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| load | none | agent | slowdown | CPU per op | empty programs | slowdown | CPU per op | empty device programs | slowdown | CPU per op | tcpdump | slowdown | CPU per op | agent ÷ empty |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   printf "%s" "$STABLE"
   echo
   [ -z "$KWHY$TWHY" ] || echo "Invalid: ${KWHY}${KWHY:+${TWHY:+; }}${TWHY}" && echo

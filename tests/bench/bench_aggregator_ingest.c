@@ -446,6 +446,12 @@ static int run_inproc(uint64_t nevents, const char *prefix)
     char name[128];
     snprintf(name, sizeof(name), "%s.inproc.stored", prefix);
     bench_emit(name, (double)ss.events, "events", NULL, 0);
+    /* How the history is split: shards held after the steady phase, and made during it (a
+     * shard emptied by evictions and needed again is made anew). */
+    snprintf(name, sizeof(name), "%s.inproc.shards", prefix);
+    bench_emit(name, (double)ss.shards, "shards", NULL, 0);
+    snprintf(name, sizeof(name), "%s.inproc.steady_shards_made", prefix);
+    bench_emit(name, (double)(ss.shards_made - filled.shards_made), "shards", NULL, 0);
     snprintf(name, sizeof(name), "%s.inproc.lost", prefix);
     bench_emit(name, (double)(2 * nevents - ss.events - ss.evicted_count), "events", NULL, 0);
     /* The join's outcome over the run: most connections to a Service meet their accept. */
