@@ -56,8 +56,11 @@ struct {
  * The socket each thread's connect() took to SYN_SENT, so the connect's
  * sys_exit can tell a failure the state program reports (after SYN_SENT)
  * from one that happened before any packet (no route): only the latter is
- * reported there. On the thread itself (task local storage, 5.11+): found
- * without a hash lookup, written without a lock, freed with the thread. The
+ * reported there. Every connect's exit takes it (connect_thread_take()):
+ * left behind by a connect that failed after its SYN, or is still in
+ * progress, it would name the next socket given the same memory, whose
+ * failure before the SYN would then go unreported. On the thread itself (task local
+ * storage, 5.11+): found without a hash lookup, written without a lock, freed with the thread. The
  * compat build (older kernels) keeps it in an LRU keyed by thread id, whose
  * entries live for one syscall and whose size bounds the rest.
  */
@@ -92,6 +95,19 @@ static __always_inline __u64 *connect_thread_slot(bool create)
     return bpf_map_lookup_elem(&connect_thread, &tid);
 }
 #endif
+
+/* The socket the current thread's connect() took to SYN_SENT, if any; the slot is cleared. */
+static __always_inline __u64 connect_thread_take(void)
+{
+    __u64 *started = connect_thread_slot(false);
+    __u64 sk = 0;
+
+    if (started) {
+        sk = *started;
+        *started = 0;
+    }
+    return sk;
+}
 
 /* The reset programs write no record: their `events` are the connections they marked. */
 static __always_inline void count_marked(__u32 slot)
@@ -661,11 +677,10 @@ static __always_inline struct sock *fd_sock(long fd)
  * (EADDRNOTAVAIL). The socket never reached SYN_SENT, so the state program
  * never saw it; the destination comes from the syscall's own argument.
  */
-static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long err)
+static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long err, __u64 syn_sent)
 {
     struct sockaddr_in6 sa = {};
     struct conn_record *r;
-    __u64 *started;
     struct sock *sk;
     __u16 family;
 
@@ -677,11 +692,8 @@ static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long e
     sk = fd_sock(PT_REGS_PARM1_CORE_SYSCALL(regs));
     if (!sk || SK_READ(sk, sk_protocol) != IPPROTO_TCP)
         return 0;
-    started = connect_thread_slot(false);
-    if (started && *started == (__u64)sk) {
-        *started = 0;
+    if (syn_sent == (__u64)sk)
         return 0; /* it reached SYN_SENT: the state program reported the outcome */
-    }
     family = SK_READ(sk, __sk_common.skc_family);
     if ((family != AF_INET && family != AF_INET6) ||
         bpf_probe_read_user(&sa, sizeof(sa), (void *)PT_REGS_PARM2_CORE_SYSCALL(regs)) ||
@@ -741,8 +753,10 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
         return 0;
     nr = syscall_nr(regs);
     if (ret < 0)
-        return nr == NR_CONNECT ? tcp_connect_failed_early(regs, -ret) : 0;
+        return nr == NR_CONNECT ? tcp_connect_failed_early(regs, -ret, connect_thread_take()) : 0;
     if (nr == NR_CONNECT) {
+        if (emit_tcp_connect)
+            connect_thread_take();
         if (!emit_udp_connect || ret != 0)
             return 0;
         accept = false;

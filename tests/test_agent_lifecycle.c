@@ -26,6 +26,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdarg.h>
@@ -923,6 +924,69 @@ Test(lifecycle, unreachable_by_icmpv6_after_the_syn)
     json_t *ev = failed_connect("fd77:60::5", 80, BIND_FIRST, ENETUNREACH, "unreachable", &r);
     expect_after_syn(ev, &r, 0);
     json_decref(ev);
+}
+
+/*
+ * One thread, one connect after another, each on a new socket closed before
+ * the next (which often takes the memory of the last): a connect that got as
+ * far as its SYN (refused by the server, or abandoned by the application
+ * while connecting), then one with no route (no SYN). Every one that fails
+ * before its SYN is reported, whatever the connect before it did.
+ */
+#define EARLY_ROUNDS 6
+
+static void early_after_syn_connects(struct report *r, void *arg)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/run/netns/%s", ns_client);
+    int ns = open(path, O_RDONLY | O_CLOEXEC);
+    if (step_failed(r, "open netns", ns < 0) || step_failed(r, "setns", setns(ns, 0) != 0))
+        return;
+    close(ns);
+    for (int i = 0; i < EARLY_ROUNDS; i++) {
+        bool abandon = i % 2;
+        struct addr first =
+            abandon ? addr_of("10.77.70.6", 80) : addr_of("10.77.2.2", SERVER_PORT + 1);
+        struct addr early = addr_of("10.77.50.5", 100 + i);
+        int fd = socket(AF_INET, SOCK_STREAM | (abandon ? SOCK_NONBLOCK : 0), 0);
+        if (step_failed(r, "socket", fd < 0))
+            return;
+        int rc = connect(fd, (struct sockaddr *)&first.sa, first.len);
+        errno = rc ? errno : 0;
+        if (step_failed(r, abandon ? "connect (in progress)" : "connect (refused)",
+                        errno != (abandon ? EINPROGRESS : ECONNREFUSED)))
+            return;
+        close(fd);
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (step_failed(r, "socket", fd < 0))
+            return;
+        rc = connect(fd, (struct sockaddr *)&early.sa, early.len);
+        errno = rc ? errno : 0;
+        if (step_failed(r, "connect (no route)", errno != EHOSTUNREACH))
+            return;
+        close(fd);
+    }
+}
+
+Test(lifecycle, unreachable_before_the_syn_after_connects_that_sent_one)
+{
+    struct side s;
+    int unused = socket(AF_INET, SOCK_STREAM, 0);
+    struct report r;
+    side_start(&s, "lt-early", early_after_syn_connects, NULL, unused);
+    side_finish(&s, &r);
+    for (int i = 0; i < EARLY_ROUNDS; i++) {
+        char q[128];
+        snprintf(q, sizeof(q), "/api/events?type=connection&pid=%d&limit=100", s.pid);
+        struct failed_match m = {s.pid, "10.77.50.5", 100 + i};
+        json_t *ev = tu_wait_event(agent.port, q, match_failed, &m, WAIT_MS);
+        if (!ev)
+            log_capture_state(s.pid, "10.77.50.5");
+        cr_assert(ev, "round %d: no failed connection to 10.77.50.5:%d (after a connect %s)", i,
+                  100 + i, i % 2 ? "abandoned" : "refused");
+        cr_expect_str_eq(tu_jstr(ev, "error"), "unreachable");
+        json_decref(ev);
+    }
 }
 
 /* ---- Programs and metrics ---- */
