@@ -7,6 +7,7 @@
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <jansson.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,6 +245,33 @@ Test(dns_agent, unanswered_queries_time_out_and_garbage_is_counted)
         errors += st.tracker.parse_errors[i];
     cr_assert_eq(errors, 1);
     cr_assert_eq(ngot, 1, "garbage makes no event");
+    reset();
+    dns_agent_free(d);
+}
+
+/* A second question under a pending query's socket and ID makes no event: /api/stats and
+ * /metrics count it. */
+Test(dns_agent, a_query_reusing_a_pending_id_is_counted_where_users_look)
+{
+    struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+    reset();
+    ask(d, 4242, "silent-one.test", NULL, 0, 1 * SEC, 77);
+    ask(d, 4242, "silent-two.test", NULL, 0, 1 * SEC + 1000, 77);
+    dns_agent_expire(d, 1 * SEC + 2000);
+    struct buf b = {0};
+    dns_agent_stats_json(d, &b);
+    buf_putc(&b, '\0');
+    json_error_t err;
+    json_t *st = json_loads(b.data, 0, &err);
+    cr_assert(st, "stats: %s: %s", err.text, b.data);
+    cr_assert_eq(json_integer_value(json_object_get(st, "queries")), 1);
+    cr_assert_eq(json_integer_value(json_object_get(st, "collisions")), 1, "%s", b.data);
+    json_decref(st);
+    b.len = 0;
+    dns_agent_metrics(d, &b);
+    buf_putc(&b, '\0');
+    cr_assert(strstr(b.data, "\nebpf_agent_dns_collisions_total 1\n"), "%s", b.data);
+    buf_free(&b);
     reset();
     dns_agent_free(d);
 }

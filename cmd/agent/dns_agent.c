@@ -297,15 +297,15 @@ void dns_agent_stats_json(struct dns_agent *d, struct buf *b)
     dns_agent_get_stats(d, &s);
     for (int i = 1; i < DNS_PARSE_ERRORS; i++)
         parse_errors += t->parse_errors[i];
-    buf_printf(b,
-               "{\"messages\":%" PRIu64 ",\"suppressed\":%" PRIu64 ",\"truncated\":%" PRIu64
-               ",\"pending\":%" PRIu64 ",\"queries\":%" PRIu64 ",\"answered\":%" PRIu64
-               ",\"timeouts\":%" PRIu64 ",\"evicted\":%" PRIu64 ",\"unmatched\":%" PRIu64
-               ",\"mismatched\":%" PRIu64 ",\"retries\":%" PRIu64 ",\"no_memory\":%" PRIu64
-               ",\"parse_errors\":%" PRIu64 ",\"parse_errors_by_reason\":{",
-               s.messages, s.suppressed, s.truncated, t->pending, t->queries, t->answered,
-               t->timeouts, t->evicted, t->unmatched, t->mismatched, t->retries, t->oom,
-               parse_errors);
+    buf_printf(
+        b,
+        "{\"messages\":%" PRIu64 ",\"suppressed\":%" PRIu64 ",\"truncated\":%" PRIu64
+        ",\"pending\":%" PRIu64 ",\"queries\":%" PRIu64 ",\"answered\":%" PRIu64
+        ",\"timeouts\":%" PRIu64 ",\"evicted\":%" PRIu64 ",\"unmatched\":%" PRIu64
+        ",\"mismatched\":%" PRIu64 ",\"retries\":%" PRIu64 ",\"collisions\":%" PRIu64
+        ",\"no_memory\":%" PRIu64 ",\"parse_errors\":%" PRIu64 ",\"parse_errors_by_reason\":{",
+        s.messages, s.suppressed, s.truncated, t->pending, t->queries, t->answered, t->timeouts,
+        t->evicted, t->unmatched, t->mismatched, t->retries, t->collisions, t->oom, parse_errors);
     for (int i = 1; i < DNS_PARSE_ERRORS; i++)
         buf_printf(b, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", dns_parse_error_name(-i),
                    t->parse_errors[i]);
@@ -404,6 +404,9 @@ void dns_agent_metrics(struct dns_agent *d, struct buf *b)
                "Pending DNS queries dropped for room (DNS_PENDING_MAX).", s.tracker.evicted);
     api_metric(b, "ebpf_agent_dns_unmatched_total", "counter", "DNS answers with no pending query.",
                s.tracker.unmatched);
+    api_metric(b, "ebpf_agent_dns_collisions_total", "counter",
+               "DNS queries not tracked: another question was pending with their socket and ID.",
+               s.tracker.collisions);
     api_metric_header(b, "ebpf_agent_dns_parse_errors_total", "counter",
                       "DNS messages that could not be parsed, by reason.");
     for (int i = 1; i < DNS_PARSE_ERRORS; i++)
