@@ -259,7 +259,7 @@ Test(dns_agent, a_query_reusing_a_pending_id_is_counted_where_users_look)
     ask(d, 4242, "silent-two.test", NULL, 0, 1 * SEC + 1000, 77);
     dns_agent_expire(d, 1 * SEC + 2000);
     struct buf b = {0};
-    dns_agent_stats_json(d, &b);
+    dns_agent_stats_json(d, 0, &b);
     buf_putc(&b, '\0');
     json_error_t err;
     json_t *st = json_loads(b.data, 0, &err);
@@ -268,7 +268,7 @@ Test(dns_agent, a_query_reusing_a_pending_id_is_counted_where_users_look)
     cr_assert_eq(json_integer_value(json_object_get(st, "collisions")), 1, "%s", b.data);
     json_decref(st);
     b.len = 0;
-    dns_agent_metrics(d, &b);
+    dns_agent_metrics(d, 0, &b);
     buf_putc(&b, '\0');
     cr_assert(strstr(b.data, "\nebpf_agent_dns_collisions_total 1\n"), "%s", b.data);
     buf_free(&b);
@@ -329,7 +329,7 @@ Test(dns_agent, metrics_count_by_rcode_and_fold_past_the_cap)
 
     struct buf b;
     buf_init(&b);
-    dns_agent_metrics(d, &b);
+    dns_agent_metrics(d, 0, &b);
     cr_assert_not(b.oom);
     cr_assert(strstr(b.data, "ebpf_agent_dns_queries_total{namespace=\"\",workload=\"curl\","
                              "status=\"answered\",rcode=\"NOERROR\"} 1\n"),

@@ -81,7 +81,19 @@ static const char *program_status_name(enum capture_program_status s)
 /* Kernel-side losses summed over the programs. */
 struct kernel_losses {
     uint64_t drops, suppressed, missed;
+    uint64_t dns_suppressed; /* of which the dns programs' (DNS_RATE_LIMIT) */
 };
+
+/* The dns programs' rate-limited messages: the kernel's count, current even when no DNS message
+ * has come since (a record carries the count only of those before it). */
+static uint64_t dns_suppressed(const struct capture_program_info *progs, size_t n)
+{
+    uint64_t sum = 0;
+    for (size_t i = 0; i < n; i++)
+        if (progs[i].event_type && strcmp(progs[i].event_type, event_type_name(EVENT_DNS)) == 0)
+            sum += progs[i].suppressed;
+    return sum;
+}
 
 /* Appends the programs array; sums their kernel-side losses into *sum. */
 static void write_programs(struct agent *a, struct buf *b, struct kernel_losses *sum)
@@ -116,6 +128,7 @@ static void write_programs(struct agent *a, struct buf *b, struct kernel_losses 
         sum->suppressed += p->suppressed;
         sum->missed += p->missed;
     }
+    sum->dns_suppressed = dns_suppressed(progs, n);
     buf_putc(b, ']');
 }
 
@@ -254,7 +267,7 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
     write_kubernetes(a, b);
     if (a->dns) {
         buf_puts(b, ",\"dns\":");
-        dns_agent_stats_json(a->dns, b);
+        dns_agent_stats_json(a->dns, kl.dns_suppressed, b);
     }
     /* The agent is one node: the same per-node shape the aggregator reports. */
     buf_puts(b, ",\"nodes\":{");
@@ -335,8 +348,10 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     for (size_t i = 0; i < n; i++)
         api_metric_labelled(b, "ebpf_agent_kernel_drops_total", "program", progs[i].name,
                             progs[i].drops);
-    api_metric_header(b, "ebpf_agent_drops_suppressed_total", "counter",
-                      "Packet drops not reported individually because of the rate limit.");
+    api_metric_header(
+        b, "ebpf_agent_drops_suppressed_total", "counter",
+        "Records not reported one by one because of a rate limit (packet drops: DROP_RATE_LIMIT, "
+        "DNS messages: DNS_RATE_LIMIT), by program.");
     for (size_t i = 0; i < n; i++)
         api_metric_labelled(b, "ebpf_agent_drops_suppressed_total", "program", progs[i].name,
                             progs[i].suppressed);
@@ -431,7 +446,7 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                    "Walks of the kubepods cgroup tree to resolve a new cgroup id.", cs.scans);
     }
     if (a->dns)
-        dns_agent_metrics(a->dns, b);
+        dns_agent_metrics(a->dns, dns_suppressed(progs, n), b);
     api_metric(b, "ebpf_agent_uptime_seconds", "gauge", "Seconds since the agent started.",
                (clock_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
 }

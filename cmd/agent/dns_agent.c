@@ -288,13 +288,15 @@ void dns_agent_get_stats(struct dns_agent *d, struct dns_agent_stats *out)
     pthread_mutex_unlock(&d->lock);
 }
 
-void dns_agent_stats_json(struct dns_agent *d, struct buf *b)
+void dns_agent_stats_json(struct dns_agent *d, uint64_t kernel_suppressed, struct buf *b)
 {
     struct dns_agent_stats s;
     const struct dns_tracker_stats *t = &s.tracker;
     uint64_t parse_errors = 0;
 
     dns_agent_get_stats(d, &s);
+    if (kernel_suppressed > s.suppressed)
+        s.suppressed = kernel_suppressed;
     for (int i = 1; i < DNS_PARSE_ERRORS; i++)
         parse_errors += t->parse_errors[i];
     buf_printf(
@@ -368,11 +370,13 @@ static void series_metrics(struct buf *b, const struct series *s, bool counts)
     buf_printf(b, "} %" PRIu64 "\n", total);
 }
 
-void dns_agent_metrics(struct dns_agent *d, struct buf *b)
+void dns_agent_metrics(struct dns_agent *d, uint64_t kernel_suppressed, struct buf *b)
 {
     struct dns_agent_stats s;
 
     dns_agent_get_stats(d, &s);
+    if (kernel_suppressed > s.suppressed)
+        s.suppressed = kernel_suppressed;
     api_metric_header(b, "ebpf_agent_dns_queries_total", "counter",
                       "DNS queries by namespace, workload, status and rcode.");
     pthread_mutex_lock(&d->lock);

@@ -72,9 +72,14 @@ struct dns_agent_stats {
 };
 
 void dns_agent_get_stats(struct dns_agent *d, struct dns_agent_stats *out);
-/* The "dns" object of /api/stats (without a leading comma). */
-void dns_agent_stats_json(struct dns_agent *d, struct buf *b);
-/* ebpf_agent_dns_* families. */
-void dns_agent_metrics(struct dns_agent *d, struct buf *b);
+/*
+ * The "dns" object of /api/stats (without a leading comma). kernel_suppressed:
+ * the dns programs' own count of messages DNS_RATE_LIMIT suppressed, which is
+ * current, where the records tell only of those before the next message
+ * captured (0 when unknown).
+ */
+void dns_agent_stats_json(struct dns_agent *d, uint64_t kernel_suppressed, struct buf *b);
+/* ebpf_agent_dns_* families; kernel_suppressed as above. */
+void dns_agent_metrics(struct dns_agent *d, uint64_t kernel_suppressed, struct buf *b);
 
 #endif
