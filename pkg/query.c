@@ -18,6 +18,8 @@
 #include "dns.h"
 #include "errmsg.h"
 
+_Static_assert(QUERY_DNS_NAME_MAX >= DNS_NAME_TEXT_MAX + 3, "a query filter's text holds any name");
+
 enum query_param {
     QP_TYPE,
     QP_NODE,
@@ -123,7 +125,7 @@ static int query_hexval(char c)
     return -1;
 }
 
-int query_form_decode(const char *s, size_t len, char *out, size_t outlen)
+static int form_decode(const char *s, size_t len, char *out, size_t outlen, bool nul)
 {
     size_t n = 0;
     for (size_t i = 0; i < len; i++) {
@@ -138,7 +140,7 @@ int query_form_decode(const char *s, size_t len, char *out, size_t outlen)
             if (hi < 0 || lo < 0)
                 return -EINVAL;
             c = (char)(hi << 4 | lo);
-            if (c == '\0')
+            if (c == '\0' && !nul)
                 return -EINVAL;
             i += 2;
         }
@@ -148,6 +150,16 @@ int query_form_decode(const char *s, size_t len, char *out, size_t outlen)
     }
     out[n] = '\0';
     return (int)n;
+}
+
+int query_form_decode(const char *s, size_t len, char *out, size_t outlen)
+{
+    return form_decode(s, len, out, outlen, false);
+}
+
+int query_form_decode_bytes(const char *s, size_t len, char *out, size_t outlen)
+{
+    return form_decode(s, len, out, outlen, true);
 }
 
 static bool query_parse_u64(const char *s, size_t len, uint64_t max, uint64_t *out)
@@ -306,13 +318,14 @@ static int query_parse_types(const char *v, size_t len, uint32_t *out, const cha
 
 /*
  * The query filter: a name (one trailing dot dropped) or "*." and a name; no
- * empty label, no space or control byte. Written as dig shows a name or
- * plainly: each label byte, escaped (`\@`, `\.`, `\DDD`) or not, is put in
- * the text form events show it in (pkg/dns.c: lowercase, dig's escapes), so
- * `a@b.example`, `a\@b.example` and `a\064b.example` all match the name as
- * it went on the wire, and so does a name typed in UTF-8. A label over 63
- * bytes or a name over 255 on the wire matches nothing: -EINVAL, as for
- * anything else.
+ * empty label, no '*' elsewhere. Written as dig shows a name or plainly: each
+ * label byte, escaped (`\@`, `\.`, `\DDD`) or not (a space, a control byte,
+ * any byte the URL encodes), is put in the text form events show it in
+ * (pkg/dns.c: lowercase, dig's escapes), so `a@b.example`, `a\@b.example`
+ * and `a\064b.example` all match the name as it went on the wire, and so
+ * does a name typed in UTF-8. A `\` before a digit starts a `\DDD` (three
+ * digits, at most 255). A label over 63 bytes or a name over 255 on the wire
+ * matches nothing: -EINVAL, as for anything else.
  */
 static int query_set_dns_name(struct query *q, const char *v, size_t len)
 {
@@ -335,21 +348,23 @@ static int query_set_dns_name(struct query *q, const char *v, size_t len)
             label = 0;
             continue;
         }
-        if (c <= ' ' || c == '*')
+        if (c == '*')
             return -EINVAL;
         if (c == '\\') {
-            if (i + 3 < len && isdigit((unsigned char)v[i + 1]) &&
-                isdigit((unsigned char)v[i + 2]) && isdigit((unsigned char)v[i + 3])) {
+            if (i + 1 >= len)
+                return -EINVAL;
+            if (isdigit((unsigned char)v[i + 1])) {
+                if (i + 3 >= len || !isdigit((unsigned char)v[i + 2]) ||
+                    !isdigit((unsigned char)v[i + 3]))
+                    return -EINVAL; /* \D or \DD: a \DDD cut short */
                 unsigned d = (unsigned)(v[i + 1] - '0') * 100 + (unsigned)(v[i + 2] - '0') * 10 +
                              (unsigned)(v[i + 3] - '0');
                 if (d > 255)
                     return -EINVAL;
                 c = (unsigned char)d;
                 i += 3;
-            } else if (i + 1 < len && (unsigned char)v[i + 1] >= ' ') {
-                c = (unsigned char)v[++i];
             } else {
-                return -EINVAL;
+                c = (unsigned char)v[++i];
             }
         }
         char text[4];
@@ -499,7 +514,7 @@ bad:
 
 int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *err, size_t errlen)
 {
-    char name[QUERY_STR_MAX], value[QUERY_STR_MAX], quoted[QUERY_ERR_VALUE_MAX + 4];
+    char name[QUERY_STR_MAX], value[QUERY_DNS_INPUT_MAX], quoted[QUERY_ERR_VALUE_MAX + 4];
     uint32_t seen = 0;
 
     query_init(q);
@@ -553,15 +568,18 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
 
         const char *raw = eq ? eq + 1 : seg + seglen;
         size_t rawlen = (size_t)(seg + seglen - raw);
-        n = query_form_decode(raw, rawlen, value, sizeof(value));
+        /* A DNS name may hold any byte, NUL included; other values are text. */
+        size_t max = p == QP_QUERY ? sizeof(value) : QUERY_STR_MAX;
+        n = p == QP_QUERY ? query_form_decode_bytes(raw, rawlen, value, max)
+                          : query_form_decode(raw, rawlen, value, max);
         if (n == -EINVAL) {
             errmsg_set(err, errlen, "invalid '%s': bad percent-encoding in \"%s\"",
                        query_param_names[p], query_quote(raw, rawlen, quoted));
             return -EINVAL;
         }
         if (n == -E2BIG) {
-            errmsg_set(err, errlen, "invalid '%s': longer than %d bytes", query_param_names[p],
-                       QUERY_STR_MAX - 1);
+            errmsg_set(err, errlen, "invalid '%s': longer than %zu bytes", query_param_names[p],
+                       max - 1);
             return -EINVAL;
         }
         if (n == 0) {

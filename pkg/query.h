@@ -20,6 +20,11 @@
 #define QUERY_LIMIT_DEFAULT 100
 #define QUERY_LIMIT_MAX     10000
 #define QUERY_STR_MAX       256
+/* The query filter's text: a name's longest text form (DNS_NAME_TEXT_MAX, every byte written
+ * \DDD) after "*.". */
+#define QUERY_DNS_NAME_MAX 1006
+/* A query filter as typed: that, written any way dig takes (a trailing dot, spaces around). */
+#define QUERY_DNS_INPUT_MAX 1100
 
 struct query_cursor {
     uint64_t timestamp_ns;
@@ -46,7 +51,7 @@ struct query {
     /* dns events only (others never match these): the query name, lowercase without a
      * trailing dot, exact or "*.suffix" (the suffix's subdomains), compared ignoring case;
      * the rcode of an answered query. */
-    char dns_query[QUERY_STR_MAX];
+    char dns_query[QUERY_DNS_NAME_MAX];
     bool has_rcode;
     uint16_t rcode;
     uint64_t since_ns; /* inclusive; 0 = no bound */
@@ -127,5 +132,7 @@ const char *query_quote(const char *s, size_t len, char out[QUERY_ERR_VALUE_MAX 
  * the result does not fit in outlen - 1 bytes. Used by every parser of query strings.
  */
 int query_form_decode(const char *s, size_t len, char *out, size_t outlen);
+/* The same, where an encoded NUL is a byte of the value (a DNS name may hold one). */
+int query_form_decode_bytes(const char *s, size_t len, char *out, size_t outlen);
 
 #endif

@@ -246,7 +246,8 @@ static const struct bad_case bad_cases[] = {
     {"query=a..b", "'query'"},
     {"query=.a", "'query'"},
     {"query=a*b.com", "'query'"},
-    {"query=a%20b", "'query'"},
+    {"query=a%5C2", "'query'"},
+    {"query=a%5C25.b", "'query'"},
     {"query=*.*.com", "'query'"},
     {"query=a&query=b", "duplicate"},
     {"rcode=", "'rcode'"},
@@ -658,7 +659,17 @@ Test(query_parse, dns_filters)
     cr_assert_str_eq(q.dns_query, "*.\\255.com");
     parse_ok(&q, "query=a%7F.com");
     cr_assert_str_eq(q.dns_query, "a\\127.com");
-    cr_assert_neq(parse(&q, "query=a%01.com", true, err, sizeof(err)), 0, "a control byte");
+    /* Any byte, unescaped: a space, a control byte, NUL, in dig's \DDD. */
+    parse_ok(&q, "query=a%01.com");
+    cr_assert_str_eq(q.dns_query, "a\\001.com");
+    parse_ok(&q, "query=a%20b.internal");
+    cr_assert_str_eq(q.dns_query, "a\\032b.internal");
+    parse_ok(&q, "query=a+b.internal");
+    cr_assert_str_eq(q.dns_query, "a\\032b.internal");
+    parse_ok(&q, "query=a%00b.internal");
+    cr_assert_str_eq(q.dns_query, "a\\000b.internal");
+    parse_ok(&q, "query=%5C%01.com");
+    cr_assert_str_eq(q.dns_query, "\\001.com");
     /* As dig shows a name or plainly: each byte in the events' text form. */
     parse_ok(&q, "query=a@b.example");
     cr_assert_str_eq(q.dns_query, "a\\@b.example");
@@ -676,7 +687,8 @@ Test(query_parse, dns_filters)
     cr_assert_str_eq(q.dns_query, "\\\\.example");
     parse_ok(&q, "query=*.%5C065.example");
     cr_assert_str_eq(q.dns_query, "*.a.example");
-    const char *bad[] = {"query=a%5C", "query=a%5C256.com", "query=%5C%01.com", "query=a.."};
+    const char *bad[] = {"query=a%5C",      "query=a%5C256.com", "query=a..",
+                         "query=a%5C1.com", "query=a%5C12",      "query=a%5C12x.com"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         cr_expect_neq(parse(&q, bad[i], true, err, sizeof(err)), 0, "%s", bad[i]);
     /* No name on the wire has a label over 63 bytes or is over 255 bytes. */
@@ -690,6 +702,29 @@ Test(query_parse, dns_filters)
     parse_ok(&q, qs);
     snprintf(qs, sizeof(qs), "query=%063d.%063d.%063d.%062d", 0, 0, 0, 0);
     cr_expect_neq(parse(&q, qs, true, err, sizeof(err)), 0, "256 bytes on the wire");
+    /* The longest text there is: 255 bytes on the wire, every one \DDD (1,003 characters), typed
+     * escaped or as raw bytes, after "*.", with a trailing dot. */
+    char longq[8000], want[1100];
+    size_t o = (size_t)snprintf(longq, sizeof(longq), "query=*."), w = 2;
+    memcpy(want, "*.", 2);
+    const int labels[] = {63, 63, 63, 61};
+    for (int escaped = 0; escaped < 2; escaped++) {
+        o = 8, w = 2;
+        for (int l = 0; l < 4; l++) {
+            for (int i = 0; i < labels[l]; i++) {
+                o += (size_t)snprintf(longq + o, sizeof(longq) - o, escaped ? "%%5C255" : "%%FF");
+                memcpy(want + w, "\\255", 4);
+                w += 4;
+            }
+            longq[o++] = '.';
+            if (l < 3)
+                want[w++] = '.';
+        }
+        longq[o] = want[w] = '\0';
+        parse_ok(&q, longq);
+        cr_assert_eq(strlen(q.dns_query), 1005, "%s", escaped ? "escaped" : "raw");
+        cr_assert_str_eq(q.dns_query, want);
+    }
 }
 
 static struct event dns_event(const char *name, unsigned status, uint16_t rcode)
