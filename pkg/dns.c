@@ -38,7 +38,7 @@ static const struct code_name type_names[] = {
     {DNS_TYPE_AAAA, "AAAA"},
     {DNS_TYPE_SRV, "SRV"},
     {DNS_TYPE_NAPTR, "NAPTR"},
-    {41, "OPT"},
+    {DNS_TYPE_OPT, "OPT"},
     {DNS_TYPE_DS, "DS"},
     {DNS_TYPE_RRSIG, "RRSIG"},
     {47, "NSEC"},
@@ -58,7 +58,11 @@ static const struct code_name rcode_names[] = {
     {DNS_RCODE_NOTIMP, "NOTIMP"},     {DNS_RCODE_REFUSED, "REFUSED"},
     {DNS_RCODE_YXDOMAIN, "YXDOMAIN"}, {DNS_RCODE_YXRRSET, "YXRRSET"},
     {DNS_RCODE_NXRRSET, "NXRRSET"},   {DNS_RCODE_NOTAUTH, "NOTAUTH"},
-    {DNS_RCODE_NOTZONE, "NOTZONE"},
+    {DNS_RCODE_NOTZONE, "NOTZONE"},   {DNS_RCODE_DSOTYPENI, "DSOTYPENI"},
+    {DNS_RCODE_BADVERS, "BADVERS"},   {DNS_RCODE_BADKEY, "BADKEY"},
+    {DNS_RCODE_BADTIME, "BADTIME"},   {DNS_RCODE_BADMODE, "BADMODE"},
+    {DNS_RCODE_BADNAME, "BADNAME"},   {DNS_RCODE_BADALG, "BADALG"},
+    {DNS_RCODE_BADTRUNC, "BADTRUNC"}, {DNS_RCODE_BADCOOKIE, "BADCOOKIE"},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -290,6 +294,56 @@ static int read_answer(const uint8_t *p, size_t len, size_t *off, struct dns_mes
     return DNS_OK;
 }
 
+/*
+ * Steps over one resource record at *off: its type and TTL in *type and *ttl.
+ * DNS_ERR_TRUNCATED when the bytes end inside it.
+ */
+static int skip_record(const uint8_t *p, size_t len, size_t *off, char *name, uint16_t *type,
+                       uint32_t *ttl)
+{
+    int rc = read_name(p, len, off, name);
+    if (rc < 0)
+        return rc;
+    if (*off + 10 > len)
+        return DNS_ERR_TRUNCATED;
+    const uint8_t *h = p + *off;
+    size_t end = *off + 10 + be16(h + 8);
+    if (end > len)
+        return DNS_ERR_TRUNCATED;
+    *type = be16(h);
+    *ttl = be32(h + 4);
+    *off = end;
+    return DNS_OK;
+}
+
+/*
+ * The extended RCODE of an EDNS answer (RFC 6891): the OPT record of the
+ * additional section carries its upper 8 bits in the top byte of its TTL.
+ * From the record after the answers read (at *off, answers_left of them
+ * still to step over); the message's rcode stays the header's 4 bits when
+ * the sections end early (the kernel copies the first 512 bytes) or a record
+ * there does not parse: nothing else is read from them.
+ */
+static void read_extended_rcode(const uint8_t *p, size_t len, size_t off, unsigned answers_left,
+                                struct dns_message *m)
+{
+    char name[DNS_NAME_TEXT_MAX + 1];
+    uint16_t type;
+    uint32_t ttl;
+    /* Each record takes at least 11 bytes, so the loop is bounded by len. */
+    for (unsigned i = 0; i < answers_left + m->nscount; i++)
+        if (skip_record(p, len, &off, name, &type, &ttl) < 0)
+            return;
+    for (unsigned i = 0; i < m->arcount; i++) {
+        if (skip_record(p, len, &off, name, &type, &ttl) < 0)
+            return;
+        if (type == DNS_TYPE_OPT && strcmp(name, ".") == 0) {
+            m->rcode = (uint16_t)((ttl >> 24) << 4 | (m->rcode & 0x0f));
+            return;
+        }
+    }
+}
+
 /* Marks the answers reachable from the question's name through CNAMEs. */
 static void mark_chain(struct dns_message *m)
 {
@@ -354,7 +408,8 @@ int dns_parse(const uint8_t *p, size_t len, struct dns_message *m)
     }
 
     /* Each record takes at least 11 bytes, so this loop is bounded by len. */
-    for (unsigned i = 0; i < m->ancount; i++) {
+    unsigned i;
+    for (i = 0; i < m->ancount; i++) {
         if (m->answer_count == DNS_ANSWERS_MAX) {
             m->truncated = true;
             break;
@@ -369,6 +424,8 @@ int dns_parse(const uint8_t *p, size_t len, struct dns_message *m)
             return rc;
         }
     }
+    if (rc != DNS_ERR_TRUNCATED)
+        read_extended_rcode(p, len, off, m->ancount - i, m);
     mark_chain(m);
     return DNS_OK;
 }

@@ -43,6 +43,7 @@ enum dns_type {
     DNS_TYPE_AAAA = 28,
     DNS_TYPE_SRV = 33,
     DNS_TYPE_NAPTR = 35,
+    DNS_TYPE_OPT = 41, /* EDNS pseudo-record (additional section) */
     DNS_TYPE_DS = 43,
     DNS_TYPE_RRSIG = 46,
     DNS_TYPE_DNSKEY = 48,
@@ -65,6 +66,16 @@ enum dns_rcode {
     DNS_RCODE_NXRRSET = 8,
     DNS_RCODE_NOTAUTH = 9,
     DNS_RCODE_NOTZONE = 10,
+    DNS_RCODE_DSOTYPENI = 11,
+    /* Extended (EDNS: the OPT record carries the upper 8 bits). */
+    DNS_RCODE_BADVERS = 16,
+    DNS_RCODE_BADKEY = 17,
+    DNS_RCODE_BADTIME = 18,
+    DNS_RCODE_BADMODE = 19,
+    DNS_RCODE_BADNAME = 20,
+    DNS_RCODE_BADALG = 21,
+    DNS_RCODE_BADTRUNC = 22,
+    DNS_RCODE_BADCOOKIE = 23,
 };
 
 /* Buffer size that holds any name dns_type_name()/dns_rcode_name() writes. */
@@ -162,7 +173,7 @@ struct dns_message {
     bool qr;             /* true: a response */
     uint8_t opcode;      /* 0 = QUERY */
     bool aa, tc, rd, ra; /* header flags; tc: the server truncated the answer */
-    uint16_t rcode;      /* header RCODE (4 bits; EDNS extended bits are not read) */
+    uint16_t rcode;      /* RCODE: the header's 4 bits, with an OPT record's upper 8 (EDNS) */
     uint16_t qdcount, ancount, nscount, arcount; /* as the header says */
 
     /* The first question. */

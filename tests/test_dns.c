@@ -714,6 +714,48 @@ Test(dns_hostile, counts_and_records)
     free(m);
 }
 
+/*
+ * An EDNS answer's RCODE has 12 bits: the header's 4 and, in the OPT record
+ * of the additional section, 8 more (BADVERS = 16 is header 0, extended 1).
+ * Read past an authority record; a message cut before its OPT record keeps
+ * the header's 4 bits.
+ */
+Test(dns_hostile, extended_rcode_of_an_edns_answer)
+{
+    struct dns_message *m = msg_new();
+    static const uint8_t msg[] = {
+        0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 1, 0, 2, /* header: rcode 0, 1/1/1/2 */
+        1,    'a',  0,    0,    1, 0, 1,                /* question a. A IN */
+        0xc0, 12,   0,    1,    0, 1, 0, 0, 0, 9, 0, 4, 192,  0,   2, 1, /* a. A 192.0.2.1 */
+        0xc0, 12,   0,    2,    0, 1, 0, 0, 0, 9, 0, 2, 0xc0, 12,        /* a. NS a. (authority) */
+        1,    'b',  0,    0,    1, 0, 1, 0, 0, 0, 9, 0, 4,    192, 0, 2, 2, /* b. A (additional) */
+        0,    0,    41,   0x10, 0, 1, 0, 0, 0, 0, 0, /* OPT: udp 4096, extended rcode 1, version 0
+                                                      */
+    };
+    cr_assert_eq(dns_parse(msg, sizeof(msg), m), DNS_OK);
+    cr_assert_eq(m->rcode, DNS_RCODE_BADVERS);
+    cr_assert_eq(m->answer_count, 1);
+    assert_addr(&m->answers[0], AF_INET, "192.0.2.1");
+    /* The header's own bits stay the low 4: extended 1 with header 7 is 23. */
+    uint8_t cookie[sizeof(msg)];
+    memcpy(cookie, msg, sizeof(msg));
+    cookie[3] = 0x87;
+    cr_assert_eq(dns_parse(cookie, sizeof(cookie), m), DNS_OK);
+    cr_assert_eq(m->rcode, DNS_RCODE_BADCOOKIE);
+    /* Cut inside the OPT record: the header's rcode, and the answer still read. */
+    cr_assert_eq(dns_parse(cookie, sizeof(cookie) - 1, m), DNS_OK);
+    cr_assert_eq(m->rcode, 7);
+    cr_assert_eq(m->answer_count, 1);
+    /* An OPT record whose owner is not the root is no OPT record. */
+    uint8_t owner[sizeof(msg) + 2];
+    memcpy(owner, msg, sizeof(msg) - 11);
+    memcpy(owner + sizeof(msg) - 11, "\x01x\x00", 3);
+    memcpy(owner + sizeof(msg) - 8, msg + sizeof(msg) - 10, 10);
+    cr_assert_eq(dns_parse(owner, sizeof(owner), m), DNS_OK);
+    cr_assert_eq(m->rcode, 0);
+    free(m);
+}
+
 Test(dns_hostile, answers_outside_the_chain_are_not_in_it)
 {
     struct dns_message *m = msg_new();
@@ -746,9 +788,13 @@ Test(dns_names_of_codes, types_and_rcodes)
     cr_assert_str_eq(dns_type_name(65280, buf, sizeof(buf)), "65280");
     cr_assert_str_eq(dns_rcode_name(DNS_RCODE_NXDOMAIN, buf, sizeof(buf)), "NXDOMAIN");
     cr_assert_str_eq(dns_rcode_name(DNS_RCODE_SERVFAIL, buf, sizeof(buf)), "SERVFAIL");
-    cr_assert_str_eq(dns_rcode_name(23, buf, sizeof(buf)), "23");
+    cr_assert_str_eq(dns_rcode_name(16, buf, sizeof(buf)), "BADVERS");
+    cr_assert_str_eq(dns_rcode_name(23, buf, sizeof(buf)), "BADCOOKIE");
+    cr_assert_str_eq(dns_rcode_name(24, buf, sizeof(buf)), "24");
 
     uint16_t v;
+    cr_assert_eq(dns_rcode_parse("badvers", 7, &v), 0);
+    cr_assert_eq(v, 16);
     cr_assert_eq(dns_rcode_parse("NXDOMAIN", 8, &v), 0);
     cr_assert_eq(v, 3);
     cr_assert_eq(dns_rcode_parse("nxdomain", 8, &v), 0);
