@@ -59,10 +59,11 @@ struct {
  * reported there. Every connect's exit takes it (connect_thread_take()):
  * left behind by a connect that failed after its SYN, or is still in
  * progress, it would name the next socket given the same memory, whose
- * failure before the SYN would then go unreported. On the thread itself (task local
- * storage, 5.11+): found without a hash lookup, written without a lock, freed with the thread. The
- * compat build (older kernels) keeps it in an LRU keyed by thread id, whose
- * entries live for one syscall and whose size bounds the rest.
+ * failure before the SYN would then go unreported. On the thread itself
+ * (task local storage, 5.11+): found without a hash lookup, written without
+ * a lock, freed with the thread. The compat build (older kernels) keeps it
+ * in an LRU keyed by thread id, whose entries live for one syscall and whose
+ * size bounds the rest.
  */
 #ifndef CONNECTIONS_COMPAT
 struct {

@@ -459,9 +459,10 @@ int event_check_bounds(const struct event *e, const struct event *prev, char *er
         if (e->u.exec.filename && (n = strlen(e->u.exec.filename)) > EVENT_FILENAME_MAX)
             return errmsg_set(err, errlen, "filename: %zu bytes, at most %d", n,
                               EVENT_FILENAME_MAX);
-        if (e->u.exec.args_len > EVENT_ARGS_MAX)
+        /* The kernel copies EVENT_ARGS_MAX bytes; an agent terminates a string they cut. */
+        if (e->u.exec.args_len > EVENT_ARGS_MAX + 1)
             return errmsg_set(err, errlen, "args: %u bytes, at most %d", e->u.exec.args_len,
-                              EVENT_ARGS_MAX);
+                              EVENT_ARGS_MAX + 1);
         if (strings_within(e->u.exec.args, e->u.exec.args_len, EVENT_ARGS_MAX, &n) &&
             n > EVENT_ARGC_MAX)
             return errmsg_set(err, errlen, "args: %zu strings, at most %d", n, EVENT_ARGC_MAX);

@@ -202,9 +202,9 @@ bool event_node_name_valid(const char *s, size_t max);
  * the bus (hostile input: the decoders check the wire format, not the sizes
  * an agent keeps to): node names as event_node_name_valid(), every other
  * interned name at most EVENT_NAME_MAX bytes, an exec's filename at most
- * EVENT_FILENAME_MAX bytes and argv at most EVENT_ARGS_MAX bytes in
- * EVENT_ARGC_MAX strings, a dns event's names at most EVENT_DNS_NAME_MAX
- * characters. prev (or NULL): an event that passed, whose names e's equal
+ * EVENT_FILENAME_MAX bytes and argv at most EVENT_ARGS_MAX bytes (and the NUL an agent adds to a
+ * string the kernel cut there) in EVENT_ARGC_MAX strings, a dns event's names at most
+ * EVENT_DNS_NAME_MAX characters. prev (or NULL): an event that passed, whose names e's equal
  * pointers to are not looked at again (a batch's events share a few pods).
  * 0, or -EINVAL with the field named in err.
  */

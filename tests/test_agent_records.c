@@ -17,8 +17,11 @@
 #include "../cmd/agent/drop_reasons.h"
 #include "../cmd/agent/ksyms.h"
 #include "../cmd/agent/records.h"
+#include "buf.h"
 #include "dns_events.h"
 #include "event.h"
+#include "event_json.h"
+#include "event_pb.h"
 #include "net_events.h"
 #include "process_events.h"
 
@@ -629,6 +632,39 @@ Test(records, exec_argv_with_invalid_utf8)
     free(r);
 }
 
+/*
+ * What an agent makes of a record must pass the bounds every decoder of the
+ * bus applies (event_check_bounds()), in both encodings: an event the agent
+ * keeps and publishes is never refused by the aggregator or tail.
+ */
+static void assert_publishable(const struct event *e)
+{
+    char err[256];
+    cr_assert_eq(event_check_bounds(e, NULL, err, sizeof(err)), 0, "refused on the bus: %s", err);
+    struct event_batch_meta meta = {.node = "n1", .agent_instance = "i1", .sequence = 1}, got;
+    struct buf pb = {0}, js = {0};
+    cr_assert_eq(event_batch_encode(&meta, e, 1, &pb), 0);
+    struct event *evs = NULL;
+    size_t n = 0;
+    cr_assert_eq(
+        event_batch_decode((const uint8_t *)pb.data, pb.len, &got, &evs, &n, err, sizeof(err)), 0,
+        "%s", err);
+    cr_assert_eq(n, 1, "refused after protobuf: %s", err);
+    cr_assert_eq(event_check_bounds(&evs[0], NULL, err, sizeof(err)), 0,
+                 "refused after protobuf: %s", err);
+    cr_assert_eq(evs[0].u.exec.args_len, e->u.exec.args_len);
+    event_clear(&evs[0]);
+    free(evs);
+    event_json_write(&js, e);
+    struct event back;
+    cr_assert_eq(event_json_parse(js.data, js.len, &back, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(event_check_bounds(&back, NULL, err, sizeof(err)), 0, "refused after JSON: %s",
+                 err);
+    event_clear(&back);
+    buf_free(&pb);
+    buf_free(&js);
+}
+
 /* argv longer than the kernel's copy: the flag says so and the cut string is terminated. */
 Test(records, exec_argv_cut_at_the_record_bound)
 {
@@ -646,6 +682,7 @@ Test(records, exec_argv_cut_at_the_record_bound)
     cr_assert_eq(e.u.exec.args[RECORD_ARGS_MAX], '\0');
     cr_assert_str_eq(e.u.exec.args, "true");
     cr_assert_eq(strlen(e.u.exec.args + 5), RECORD_ARGS_MAX - 5);
+    assert_publishable(&e);
     event_clear(&e);
     free(r);
 
@@ -676,6 +713,7 @@ Test(records, exec_argv_beyond_argc_max)
     cr_assert_eq(e.u.exec.args_truncated, 1);
     cr_assert_eq(e.u.exec.args_len, kept);
     cr_assert_eq(memcmp(e.u.exec.args, args, kept), 0);
+    assert_publishable(&e);
     event_clear(&e);
     free(r);
 
