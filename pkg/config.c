@@ -20,6 +20,7 @@
 #include "cgroup.h"
 #include "errmsg.h"
 #include "event.h"
+#include "netaddr.h"
 #include "redact.h"
 #include "strlist.h"
 
@@ -316,20 +317,18 @@ static int parse_types(const char *s, uint32_t *out)
 }
 
 /* Accepts ":8080", "host:8080", "[::1]:8080" with a port 0-65535. */
+/* :PORT, HOST:PORT or [IPV6]:PORT, as the HTTP server reads it (netaddr_split()). */
 static bool listen_valid(const char *s)
 {
-    const char *colon = strrchr(s, ':');
-    if (!colon || !colon[1])
-        return false;
-    if (s[0] == '[' && (colon == s || colon[-1] != ']'))
-        return false;
-    char *end;
-    errno = 0;
-    unsigned long port = strtoul(colon + 1, &end, 10);
-    return !errno && !*end && port <= 65535 && isdigit((unsigned char)colon[1]);
+    char host[CONFIG_STR];
+    long port;
+    return netaddr_split(s, strlen(s), host, sizeof(host), &port) == 0 && port >= 0;
 }
 
-/* Each comma-separated server: [nats|tls|ws|wss://][user:pass@]host[:port]. */
+/*
+ * Each comma-separated server: [nats|tls|ws|wss://][user[:pass]@]HOST[:PORT] with a port
+ * 1-65535 (netaddr_split()): what the NATS client would refuse only when it connects.
+ */
 static bool nats_urls_valid(const char *list)
 {
     static const char *const schemes[] = {"nats://", "tls://", "ws://", "wss://"};
@@ -348,7 +347,16 @@ static bool nats_urls_valid(const char *list)
             len -= (size_t)(sep + 3 - p);
             p = sep + 3;
         }
-        if (len == 0 || memchr(p, ' ', len) || memchr(p, '/', len))
+        /* Credentials before the last '@' (a password may hold any other character). */
+        for (size_t i = len; i > 0; i--)
+            if (p[i - 1] == '@') {
+                p += i;
+                len -= i;
+                break;
+            }
+        char host[CONFIG_STR];
+        long port;
+        if (netaddr_split(p, len, host, sizeof(host), &port) != 0 || !host[0] || port == 0)
             return false;
     }
     return true;
@@ -466,6 +474,13 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
         return 0;
     case KIND_STRING:
     case KIND_FILE:
+        /* Empty is not "off": an unset Secret key must not quietly turn off a token or TLS. */
+        if (!value[0]) {
+            snprintf(range, sizeof(range), "a value (leave %s unset for %s)", k->name,
+                     k->def_agent || k->def_agg ? "its default" : "none");
+            allowed = range;
+            break;
+        }
         if (strlen(value) >= k->size) {
             snprintf(range, sizeof(range), "at most %zu characters", k->size - 1);
             allowed = range;

@@ -38,6 +38,7 @@
 #include "errmsg.h"
 #include "event_json.h"
 #include "h2o_shim.h"
+#include "netaddr.h"
 #include "query.h"
 
 #define HTTP_STREAM_CLIENT_BUFFER_DEFAULT (1u << 20)
@@ -899,33 +900,9 @@ static void on_accept(h2o_socket_t *listener, const char *err)
 
 static int parse_listen_addr(const char *addr, char *host, size_t hostlen, int *port)
 {
-    const char *colon, *hs, *he;
-    char *end;
     long p;
 
-    if (addr[0] == '[') {
-        const char *rb = strchr(addr, ']');
-        if (rb == NULL || rb[1] != ':')
-            return -EINVAL;
-        hs = addr + 1;
-        he = rb;
-        colon = rb + 1;
-    } else {
-        colon = strrchr(addr, ':');
-        if (colon == NULL)
-            return -EINVAL;
-        if (memchr(addr, ':', (size_t)(colon - addr)) != NULL)
-            return -EINVAL; /* bare IPv6 needs brackets */
-        hs = addr;
-        he = colon;
-    }
-    if ((size_t)(he - hs) >= hostlen)
-        return -EINVAL;
-    memcpy(host, hs, (size_t)(he - hs));
-    host[he - hs] = '\0';
-    errno = 0;
-    p = strtol(colon + 1, &end, 10);
-    if (colon[1] == '\0' || *end != '\0' || errno != 0 || p < 0 || p > 65535)
+    if (netaddr_split(addr, strlen(addr), host, hostlen, &p) != 0 || p < 0)
         return -EINVAL;
     *port = (int)p;
     return 0;

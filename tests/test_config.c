@@ -109,8 +109,15 @@ Test(config, nats_server_lists)
 {
     struct config c;
     char *argv[] = {"ebpf-agent", NULL};
-    const char *good[] = {"nats://127.0.0.1:4222", "tls://nats.example:4222,nats://b:4222",
-                          "nats://user:pw@host:4222", "host:4222", "nats://a:1, nats://b:2"};
+    const char *good[] = {"nats://127.0.0.1:4222",
+                          "tls://nats.example:4222,nats://b:4222",
+                          "nats://user:pw@host:4222",
+                          "host:4222",
+                          "nats://a:1, nats://b:2",
+                          "nats://[::1]:4222",
+                          "nats://u:p@ss@host",
+                          "host",
+                          "[fd00::1]"};
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
         setenv("NATS_URL", good[i], 1);
         cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_OK, "%s: %s", good[i], err);
@@ -225,6 +232,17 @@ ParameterizedTestParameters(config, bad_values_name_the_key)
         {"NATS_URL", "foo://x:4222", "NATS_URL"},
         {"NATS_URL", "nats://a:1,,nats://b:2", "NATS_URL"},
         {"NATS_URL", "", "NATS_URL"},
+        /* What the NATS client or the HTTP server would refuse only when used. */
+        {"NATS_URL", "nats://127.0.0.1:abc", "NATS_URL"},
+        {"NATS_URL", "nats://127.0.0.1:99999", "NATS_URL"},
+        {"NATS_URL", "nats://127.0.0.1:0", "NATS_URL"},
+        {"NATS_URL", "nats://127.0.0.1:-1", "NATS_URL"},
+        {"NATS_URL", "nats://::1:4222", "NATS_URL"},
+        {"NATS_URL", "nats://user:pw@:4222", "NATS_URL"},
+        {"LISTEN_ADDR", "a:b:c:18197", "LISTEN_ADDR"},
+        {"LISTEN_ADDR", "127.0.0.1", "LISTEN_ADDR"},
+        {"LISTEN_ADDR", "[::1]8080", "LISTEN_ADDR"},
+        {"LISTEN_ADDR", "127.0.0.1:-1", "LISTEN_ADDR"},
         {"BATCH_SIZE", "", "BATCH_SIZE"},
         {"LISTEN_ADDR", "", "LISTEN_ADDR"},
         {"REDACT_ARGS", "--password,secret", "bad pattern \"secret\""},
@@ -637,6 +655,58 @@ Test(config, check_config_refuses_node_names_the_bus_cannot_carry)
     }
 }
 
+/*
+ * An empty value is no way to turn a setting off: an unset Secret key becomes
+ * an empty variable, which must not quietly serve the API without its token
+ * or TLS, or capture every cgroup. Each text setting of each binary, from
+ * the environment, a flag and the file: exit 2 naming the key.
+ */
+Test(config, check_config_refuses_empty_values)
+{
+    static const char *const agent_keys[] = {
+        "API_TOKEN",     "TLS_CERT",    "TLS_KEY",     "NATS_TOKEN",     "NATS_USER",
+        "NATS_PASSWORD", "NATS_CREDS",  "NATS_TLS_CA", "CAPTURE_CGROUP", "CGROUP_ROOT",
+        "POD_NAME",      "K8S_API_URL", "NATS_URL",    "LISTEN_ADDR",    "NODE_NAME"};
+    static const char *const agg_keys[] = {"API_TOKEN", "TLS_KEY", "NATS_PASSWORD", "QUEUE_GROUP",
+                                           "CONTROL_SUBJECT"};
+    for (int b = 0; b < 2; b++) {
+        const char *bin = b ? "bin/ebpf-aggregator" : "bin/ebpf-agent";
+        const char *const *keys = b ? agg_keys : agent_keys;
+        size_t n =
+            b ? sizeof(agg_keys) / sizeof(agg_keys[0]) : sizeof(agent_keys) / sizeof(agent_keys[0]);
+        for (size_t i = 0; i < n; i++) {
+            char set[64], want[64], *out;
+            snprintf(set, sizeof(set), "%s=", keys[i]);
+            snprintf(want, sizeof(want), "%s=\"\"", keys[i]);
+            char *env[] = {set, NULL};
+            cr_expect_eq(check_config(bin, env, &out), 2, "%s %s: %s", bin, set, out);
+            cr_expect(out && strstr(out, want), "%s %s: %s", bin, set, out);
+            free(out);
+        }
+    }
+    /* A flag and the file alike. */
+    char log[64], *out;
+    snprintf(log, sizeof(log), "/tmp/test-config-empty-%d.log", getpid());
+    char *argv[] = {"bin/ebpf-agent", "--api-token", "", "--check-config", NULL};
+    cr_expect_eq(tu_wait_exit(tu_spawn(argv, NULL, log), 10000), 2);
+    out = tu_read_file(log);
+    cr_expect(out && strstr(out, "API_TOKEN=\"\""), "%s", out);
+    free(out);
+    char file[64];
+    snprintf(file, sizeof(file), "/tmp/test-config-empty-%d.yaml", getpid());
+    FILE *f = fopen(file, "w");
+    cr_assert_not_null(f);
+    fputs("API_TOKEN: \"\"\n", f);
+    fclose(f);
+    char *fargv[] = {"bin/ebpf-agent", "--config", file, "--check-config", NULL};
+    cr_expect_eq(tu_wait_exit(tu_spawn(fargv, NULL, log), 10000), 2);
+    out = tu_read_file(log);
+    cr_expect(out && strstr(out, "API_TOKEN=\"\""), "%s", out);
+    free(out);
+    unlink(file);
+    unlink(log);
+}
+
 /* The user trial's missing files: exit 2 from --check-config for both binaries. */
 Test(config, check_config_refuses_missing_files)
 {
@@ -657,13 +727,10 @@ Test(config, check_config_refuses_missing_files)
                       out);
             free(out);
         }
-        char *env[] = {"NATS_CREDS=", "TLS_CERT=", NULL}; /* empty: none, as before */
         char tls_cert[128], tls_key[128], *out;
         snprintf(tls_cert, sizeof(tls_cert), "TLS_CERT=%s", good);
         snprintf(tls_key, sizeof(tls_key), "TLS_KEY=%s", good);
         char *genv[] = {tls_cert, tls_key, NULL};
-        cr_expect_eq(check_config(bins[b], env, &out), 0, "%s: %s", bins[b], out);
-        free(out);
         cr_expect_eq(check_config(bins[b], genv, &out), 0, "%s: %s", bins[b], out);
         cr_expect(out && strstr(out, "configuration OK"), "%s", out);
         free(out);

@@ -841,3 +841,33 @@ Test(e2e_agent, sse_stream_filters_by_status_and_dest_port)
     cr_expect(r && strstr(tu_jstr(r, "error"), "'status'"));
     json_decref(r);
 }
+
+/* LISTEN_ADDR with port 0: the kernel picks the port, and the log says which one it picked. */
+Test(e2e_agent, listen_on_port_zero_logs_the_port_bound)
+{
+    char log[64];
+    snprintf(log, sizeof(log), "/tmp/e2e-agent-port0-%d.log", getpid());
+    char *argv[] = {
+        "bin/ebpf-agent", "--listen-addr", "127.0.0.1:0", "--nats-url", "nats://127.0.0.1:1",
+        "--event-types",  "exit",          "--node-name", "port-zero",  NULL};
+    pid_t pid = tu_spawn(argv, NULL, log);
+    const char *tag = "API on 127.0.0.1:";
+    int port = 0;
+    uint64_t deadline = tu_mono_ms() + 20000;
+    while (port == 0 && tu_mono_ms() < deadline) {
+        char *text = tu_read_file(log);
+        const char *at = text ? strstr(text, tag) : NULL;
+        if (at)
+            port = atoi(at + strlen(tag));
+        free(text);
+        if (port == 0)
+            usleep(50000);
+    }
+    cr_assert_gt(port, 0, "no \"%s<port>\" in the log", tag);
+    struct tu_http r;
+    cr_assert_eq(tu_http_get(port, "/api/stats", NULL, &r), 0, "nothing on port %d", port);
+    cr_expect_eq(r.status, 200);
+    tu_http_free(&r);
+    cr_expect_eq(tu_stop(pid, 10000), 0);
+    unlink(log);
+}

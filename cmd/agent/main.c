@@ -14,6 +14,7 @@
 #include "api.h"
 #include "clock.h"
 #include "intern.h"
+#include "netaddr.h"
 #include "notify.h"
 
 #define POLL_MAX_MS        200
@@ -242,14 +243,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "ebpf-agent: cannot start the HTTP server on %s\n", a.cfg.listen_addr);
         goto out;
     }
-    char urls[CONFIG_URL];
+    char urls[CONFIG_URL], api[CONFIG_STR + 16];
     bus_redact_urls(a.cfg.nats_url, urls, sizeof(urls));
+    netaddr_with_port(a.cfg.listen_addr, http_server_port(a.http), api, sizeof(api));
     fprintf(stderr,
             "ebpf-agent: node %s, %zu programs attached, API on %s%s, publishing to %s on %s "
             "(%s)\n",
-            a.node, capture_attached(a.capture), a.cfg.listen_addr,
-            a.cfg.tls_cert[0] ? " (TLS)" : "", a.subject, urls,
-            config_encoding_name(a.cfg.encoding));
+            a.node, capture_attached(a.capture), api, a.cfg.tls_cert[0] ? " (TLS)" : "", a.subject,
+            urls, config_encoding_name(a.cfg.encoding));
     if (cc.cgroup_only)
         fprintf(stderr,
                 "ebpf-agent: capturing only cgroup %s (id %llu) and below (CAPTURE_CGROUP)\n",

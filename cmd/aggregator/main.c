@@ -17,6 +17,7 @@
 #include "api.h"
 #include "clock.h"
 #include "cluster.h"
+#include "netaddr.h"
 #include "notify.h"
 
 #define AGGREGATOR_DRAIN_MS 2000
@@ -144,9 +145,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "ebpf-aggregator: cannot start the HTTP server on %s\n", a.cfg.listen_addr);
         goto out;
     }
+    char api[CONFIG_STR + 16];
+    netaddr_with_port(a.cfg.listen_addr, http_server_port(a.http), api, sizeof(api));
     fprintf(stderr,
             "ebpf-aggregator: replica %s, subscribed to %s.> in queue group %s, API on %s%s%s\n",
-            a.replica, a.cfg.subject_prefix, a.cfg.queue_group, a.cfg.listen_addr,
+            a.replica, a.cfg.subject_prefix, a.cfg.queue_group, api,
             a.cfg.tls_cert[0] ? " (TLS)" : "",
             bus_connected(a.bus) ? "" : "; NATS not reachable yet, retrying");
     int notified = notify_systemd("READY=1"); /* Type=notify units, images/systemd/ */
