@@ -198,6 +198,18 @@ const char *event_protocol_name(unsigned protocol);
 bool event_node_name_valid(const char *s, size_t max);
 
 /*
+ * Whether e was made by a process: false for a packet drop freed in softirq,
+ * a server connection closed before any process accepted it, a DNS query
+ * sent from softirq (pid 0, no command). Such an event shows no pid, and a
+ * pid filter (pid=0 included) never matches it.
+ */
+static inline bool event_has_process(const struct event *e)
+{
+    return !((e->type == EVENT_PACKET_DROP || e->type == EVENT_CLOSE || e->type == EVENT_DNS) &&
+             e->pid == 0 && !e->command[0]);
+}
+
+/*
  * Whether e stays within what an agent produces, for an event decoded from
  * the bus (hostile input: the decoders check the wire format, not the sizes
  * an agent keeps to): node names as event_node_name_valid(), every other

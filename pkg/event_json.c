@@ -389,10 +389,8 @@ void event_json_write(struct buf *b, const struct event *e)
         put_str(b, type, strlen(type));
     else
         PUT_LIT(b, "null");
-    /* A drop freed in softirq, a server connection closed before any process accepted it, a
-     * DNS query sent from softirq: no process of its own, so say nothing rather than 0. */
-    if (!((e->type == EVENT_PACKET_DROP || e->type == EVENT_CLOSE || e->type == EVENT_DNS) &&
-          e->pid == 0 && !e->command[0])) {
+    /* No process of its own: say nothing rather than 0. */
+    if (event_has_process(e)) {
         PUT_LIT(b, ",\"pid\":");
         put_u64(b, e->pid);
         /* A dns query is seen in a cgroup_skb program, which cannot read the parent: the

@@ -658,7 +658,7 @@ bool query_match(const struct query *q, const struct event *e)
         return false;
     if (e->timestamp_ns < q->since_ns || e->timestamp_ns > q->until_ns)
         return false;
-    if (q->has_pid && e->pid != q->pid)
+    if (q->has_pid && (e->pid != q->pid || !event_has_process(e)))
         return false;
     if (q->has_dest_port && e->dport != q->dest_port)
         return false;

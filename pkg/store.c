@@ -1560,6 +1560,7 @@ static bool rec_match(const struct query *rq, const struct store_shard *sh,
         return query_match(rq, &e);
     }
     memset(&e, 0, sizeof(e));
+    e.type = sh->type;
     e.timestamp_ns = r->timestamp_ns;
     e.pid = r->pid;
     e.dport = r->dport;
@@ -1870,8 +1871,9 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
         rc = store_query_by_time(s, q, limit, out);
         goto cursor;
     }
-    /* The columns hold only pid, command and dest_port: the dns filters need the records. */
-    bool cols = residual && !query_has_dns_filter(q);
+    /* The columns hold only pid, command and dest_port: the dns filters need the records, and
+     * so does pid=0 (which matches only events made by a process: event_has_process()). */
+    bool cols = residual && !query_has_dns_filter(q) && !(q->has_pid && q->pid == 0);
     if (cols && strnlen(q->command, EVENT_COMM_LEN + 1) > EVENT_COMM_LEN)
         goto out; /* longer than any command */
     if (cols && !q->types && !q->status && !names) {

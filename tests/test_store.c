@@ -447,6 +447,54 @@ Test(store, indexes_match_a_full_scan_with_eviction)
         event_clear(&all[i]); /* the dns events' strings; the store held copies */
 }
 
+/*
+ * An event no process made (a drop freed in softirq, a close before any
+ * accept: pid 0, no command) shows no pid, and no pid filter matches it:
+ * pid=0 included, with and without a type, on each of the store's paths.
+ */
+Test(store, pid_filters_never_match_events_without_a_process)
+{
+    struct store *s = new_store(100, 0);
+    struct event drop = mk(10, 1, EVENT_PACKET_DROP, "n"), close = mk(20, 2, EVENT_CLOSE, "n");
+    struct event in_process = mk(30, 3, EVENT_PACKET_DROP, "n"), exit = mk(40, 4, EVENT_EXIT, "n");
+    drop.pid = close.pid = 0;
+    drop.command[0] = close.command[0] = '\0';
+    in_process.pid = 42;
+    exit.pid = 7;
+    add(s, &drop);
+    add(s, &close);
+    add(s, &in_process);
+    add(s, &exit);
+    const struct {
+        const char *qs;
+        size_t count;
+        uint64_t first_id;
+    } cases[] = {
+        {"pid=0", 0, 0},
+        {"pid=0&type=packet_drop", 0, 0},
+        {"pid=0&type=close,exit", 0, 0},
+        {"pid=0&command=sh", 0, 0},
+        {"pid=0&dest_port=80", 0, 0},
+        {"pid=42", 1, 3},
+        {"pid=42&type=packet_drop", 1, 3},
+        {"pid=7&node=n", 1, 4},
+        {"type=packet_drop", 2, 3},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct query q = parse_q(cases[i].qs);
+        struct store_result r;
+        cr_assert_eq(store_query(s, &q, &r), 0);
+        cr_expect_eq(r.count, cases[i].count, "%s: %zu events", cases[i].qs, r.count);
+        if (r.count && cases[i].count)
+            cr_expect_eq(r.events[0].id, cases[i].first_id, "%s", cases[i].qs);
+        store_result_free(&r);
+    }
+    struct query q = parse_q("pid=0");
+    cr_expect_not(query_match(&q, &drop));
+    cr_expect_not(query_match(&q, &close));
+    store_free(s);
+}
+
 Test(store, since_and_until_are_inclusive)
 {
     struct store *s = new_store(100, 0);
