@@ -605,6 +605,23 @@ store_num:
     return 0;
 }
 
+/*
+ * Checks value for k as set_value() would, without keeping it: a value a
+ * higher source overrides, or a key of the other binary (a configuration
+ * shared by both) is still a value someone wrote, and a bad one is an error.
+ */
+static int check_value(const struct config *c, const struct key *k, const char *value,
+                       enum source src, char *err, size_t errlen)
+{
+    struct config *scratch = malloc(sizeof(*scratch));
+    if (!scratch)
+        return errmsg_set(err, errlen, "out of memory checking %s", k->name);
+    *scratch = *c;
+    int rc = set_value(scratch, k, value, src, err, errlen);
+    free(scratch);
+    return rc;
+}
+
 /* Finds a key by env/YAML name (any case, '-' or '_') or NULL. */
 static const struct key *find_key(const char *name, size_t len)
 {
@@ -697,15 +714,33 @@ static int load_file(struct config *c, const char *path, bool *seen, char *err, 
             rc = -EINVAL;
             goto out;
         }
-        if (!(k->roles & c->role))
-            continue; /* shared configmaps carry both binaries' keys */
-        if (set_value(c, k, (const char *)vn->data.scalar.value, SRC_FILE, err, errlen) < 0) {
+        /* Shared configmaps carry both binaries' keys: the other one's are only checked. */
+        const char *v = (const char *)vn->data.scalar.value;
+        if ((k->roles & c->role ? set_value(c, k, v, SRC_FILE, err, errlen)
+                                : check_value(c, k, v, SRC_FILE, err, errlen)) < 0) {
             size_t n = strlen(err);
             snprintf(err + n, errlen - n, " [%s line %zu]", path, line);
             rc = -EINVAL;
             goto out;
         }
     }
+    /* Keys after a "---" would be read by no one. */
+    yaml_document_t next;
+    if (!yaml_parser_load(&parser, &next)) {
+        errmsg_set(err, errlen, "config file %s: line %zu: %s", path,
+                   (size_t)parser.problem_mark.line + 1,
+                   parser.problem ? parser.problem : "invalid YAML");
+        rc = -EINVAL;
+        goto out;
+    }
+    if (yaml_document_get_root_node(&next)) {
+        errmsg_set(err, errlen,
+                   "config file %s: line %zu: a second YAML document ('---'): put every key in "
+                   "one",
+                   path, (size_t)next.start_mark.line + 1);
+        rc = -EINVAL;
+    }
+    yaml_document_delete(&next);
 out:
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
@@ -756,12 +791,17 @@ static bool apply_defaults_and_env(struct config *c, bool *seen, bool env, char 
 {
     for (size_t i = 0; i < NKEYS; i++) {
         const struct key *k = &keys[i];
-        if (!(k->roles & c->role) || seen[i])
+        if (!(k->roles & c->role) || (seen[i] && !env))
             continue;
         const char *v =
             env ? getenv(k->name) : (c->role == CONFIG_AGENT ? k->def_agent : k->def_agg);
         if (!v)
             continue;
+        if (seen[i]) { /* a flag overrides it: a bad value is an error all the same */
+            if (check_value(c, k, v, SRC_ENV, err, errlen) < 0)
+                return false;
+            continue;
+        }
         if (set_value(c, k, v, env ? SRC_ENV : SRC_DEFAULT, err, errlen) < 0)
             return false;
         seen[i] = env;

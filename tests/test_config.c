@@ -140,6 +140,41 @@ Test(config, precedence_flag_env_file_default)
     unlink(path);
 }
 
+/* Every value written is checked: one a flag overrides, one of the other binary, one after a
+ * "---" that nothing would read. */
+Test(config, values_nobody_uses_are_still_checked)
+{
+    struct config c;
+    char *path = write_yaml("STALE_AFTER: banana\n");
+    char *argv[] = {"ebpf-agent", "--config", path, NULL};
+    cr_expect_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "STALE_AFTER=\"banana\""), "%s", err);
+    unlink(path);
+    path = write_yaml("DROP_RATE_LIMIT: -3\n");
+    char *aargv[] = {"ebpf-aggregator", "--config", path, NULL};
+    cr_expect_eq(load(&c, CONFIG_AGGREGATOR, 3, aargv), CONFIG_INVALID);
+    cr_expect(strstr(err, "DROP_RATE_LIMIT=\"-3\""), "%s", err);
+    unlink(path);
+
+    path = write_yaml("BATCH_SIZE: 50\n---\nBATCH_SIZE: 0\nBOGUS: 1\n");
+    cr_expect_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "second YAML document") && strstr(err, "line 2"), "%s", err);
+    unlink(path);
+    path = write_yaml("---\nBATCH_SIZE: 50\n...\n"); /* one document, marked */
+    cr_expect_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_OK, "%s", err);
+    cr_expect_eq(c.batch_size, 50);
+    unlink(path);
+
+    setenv("BATCH_SIZE", "0", 1);
+    char *fargv[] = {"ebpf-agent", "--batch-size", "5", NULL};
+    cr_expect_eq(load(&c, CONFIG_AGENT, 3, fargv), CONFIG_INVALID);
+    cr_expect(strstr(err, "BATCH_SIZE=\"0\" (from environment)"), "%s", err);
+    setenv("BATCH_SIZE", "7", 1);
+    cr_expect_eq(load(&c, CONFIG_AGENT, 3, fargv), CONFIG_OK, "%s", err);
+    cr_expect_eq(c.batch_size, 5);
+    unsetenv("BATCH_SIZE");
+}
+
 Test(config, config_file_from_env_and_equals_flags)
 {
     struct config c;
