@@ -302,6 +302,14 @@ Test(e2e_tail, bad_filter_is_one_line_and_exit_2)
     pid = spawn(limit, NULL, NULL, path("out"), path("err"));
     cr_assert_eq(tu_wait_exit(pid, 5000), 2);
 
+    /* An empty subject is no way to ask for the default. */
+    char *subject[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--subject", "", NULL};
+    pid = spawn(subject, NULL, NULL, path("out"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 2);
+    err = tu_read_file(path("err"));
+    cr_assert(err && strstr(err, "--subject") && count_lines(path("err")) == 1, "%s", err);
+    free(err);
+
     char *help[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--help", NULL};
     pid = spawn(help, NULL, NULL, path("out"), path("err"));
     cr_assert_eq(tu_wait_exit(pid, 5000), 0);

@@ -276,6 +276,13 @@ int aggregator_tail(int argc, char **argv)
             snprintf(nats_flag, sizeof(nats_flag), "--nats-url=%s", value);
             rest[nrest++] = nats_flag;
         } else if (nlen == 7 && !strncmp(name, "subject", 7)) {
+            if (!*value || strpbrk(value, " \t\r\n")) {
+                fprintf(stderr,
+                        "%s: invalid --subject \"%s\": a NATS subject such as ebpf.events.> "
+                        "(leave it out for <SUBJECT_PREFIX>.>)\n",
+                        TAIL_PROG, value);
+                goto out;
+            }
             subject = value;
         } else {
             tail_add_param(&qs, filter, strlen(filter), value);
@@ -305,7 +312,7 @@ int aggregator_tail(int argc, char **argv)
         goto out;
     }
     char def_subject[CONFIG_STR + 4];
-    if (!subject || !*subject) {
+    if (!subject) {
         snprintf(def_subject, sizeof(def_subject), "%s.>", cfg.subject_prefix);
         subject = def_subject;
     }
