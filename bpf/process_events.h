@@ -13,9 +13,10 @@
 
 struct exec_record {
     struct record_hdr hdr;
-    __u32 args_len;      /* bytes of args copied: NUL-separated argv */
-    __u8 args_truncated; /* argv was longer than RECORD_ARGS_MAX */
-    __u8 pad[3];
+    __u32 args_len;          /* bytes of args copied: NUL-separated argv */
+    __u8 args_truncated;     /* argv was longer than RECORD_ARGS_MAX */
+    __u8 filename_truncated; /* the path was longer than RECORD_FILENAME_MAX - 1 bytes */
+    __u8 pad[2];
     char filename[RECORD_FILENAME_MAX];
     char args[RECORD_ARGS_MAX];
 };

@@ -28,8 +28,15 @@ int BPF_PROG(tp_btf__sched_process_exec, struct task_struct *p, pid_t old_pid,
         return 0;
     record_hdr_current(&r->hdr, RECORD_EXEC);
     /* p and bprm are BTF pointers: their fields are plain loads, not helper calls. */
-    if (bpf_probe_read_kernel_str(r->filename, sizeof(r->filename), bprm->filename) < 0)
+    long n = bpf_probe_read_kernel_str(r->filename, sizeof(r->filename), bprm->filename);
+    r->filename_truncated = 0;
+    if (n < 0) {
         r->filename[0] = '\0';
+    } else if (n == sizeof(r->filename)) { /* full: the path ends here or goes on */
+        char next = 0;
+        if (bpf_probe_read_kernel(&next, 1, bprm->filename + sizeof(r->filename) - 1) == 0 && next)
+            r->filename_truncated = 1;
+    }
 
     /* The new image's argv is in place in the new mm by now. */
     arg_start = p->mm->arg_start;

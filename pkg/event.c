@@ -279,6 +279,7 @@ static bool details_equal(const struct event *a, const struct event *b)
         return str_equal(a->u.exec.filename, b->u.exec.filename) &&
                a->u.exec.args_len == b->u.exec.args_len &&
                a->u.exec.args_truncated == b->u.exec.args_truncated &&
+               a->u.exec.filename_truncated == b->u.exec.filename_truncated &&
                (!a->u.exec.args_len ||
                 (a->u.exec.args && b->u.exec.args &&
                  memcmp(a->u.exec.args, b->u.exec.args, a->u.exec.args_len) == 0));

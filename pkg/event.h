@@ -141,6 +141,7 @@ struct event {
             char *args;     /* owned; args_len bytes of NUL-terminated strings */
             uint32_t args_len;
             uint8_t args_truncated;
+            uint8_t filename_truncated; /* the path was longer than EVENT_FILENAME_MAX - 1 */
         } exec;
         struct {
             int32_t exit_code;

@@ -485,6 +485,8 @@ void event_json_write(struct buf *b, const struct event *e)
     case EVENT_EXEC:
         if (e->u.exec.filename)
             PUT_RAW_STR(b, "filename", e->u.exec.filename, strlen(e->u.exec.filename));
+        if (e->u.exec.filename_truncated)
+            PUT_LIT(b, ",\"filename_truncated\":true");
         put_args(b, e->u.exec.args, e->u.exec.args_len);
         if (e->u.exec.args_truncated)
             PUT_LIT(b, ",\"args_truncated\":true");
@@ -870,6 +872,14 @@ static int parse_exec(struct parse_ctx *c, struct event *e)
         if (!json_is_boolean(j))
             return errmsg_set(c->err, c->errlen, "field \"args_truncated\": expected a boolean");
         e->u.exec.args_truncated = json_is_true(j);
+    }
+    if ((rc = get_field(c, "filename_truncated", false, &j)))
+        return rc;
+    if (j) {
+        if (!json_is_boolean(j))
+            return errmsg_set(c->err, c->errlen,
+                              "field \"filename_truncated\": expected a boolean");
+        e->u.exec.filename_truncated = json_is_true(j);
     }
     return 0;
 }

@@ -263,6 +263,7 @@ int event_pb_exec_to_event(const Ebpfmonitor__ExecDetails *x, struct event *e, c
         return -ENOMEM;
     }
     e->u.exec.args_truncated = x->args_truncated ? 1 : 0;
+    e->u.exec.filename_truncated = x->filename_truncated ? 1 : 0;
     return 0;
 }
 

@@ -203,6 +203,8 @@ static size_t plan_details(const struct event *e, struct enc_plan *pl)
             n += 1 + pb_varint_size(len) + len;
         if (e->u.exec.args_truncated)
             n += 2;
+        if (e->u.exec.filename_truncated)
+            n += 2;
         break;
     }
     case EVENT_EXIT:
@@ -316,6 +318,10 @@ static uint8_t *write_details(uint8_t *p, const struct event *e, const struct en
             p = put_bytes(p, PB_TAG(2, PB_WT_LEN), arg, len);
         if (e->u.exec.args_truncated) {
             *p++ = PB_TAG(3, PB_WT_VARINT);
+            *p++ = 1;
+        }
+        if (e->u.exec.filename_truncated) {
+            *p++ = PB_TAG(4, PB_WT_VARINT);
             *p++ = 1;
         }
         break;
@@ -701,6 +707,11 @@ static bool fast_exec(const struct pb_field *f, Ebpfmonitor__ExecDetails *x)
         if (f->wt != PB_WT_VARINT || f->v > 1)
             return false;
         x->args_truncated = f->v != 0;
+        return true;
+    case 4:
+        if (f->wt != PB_WT_VARINT || f->v > 1)
+            return false;
+        x->filename_truncated = f->v != 0;
         return true;
     default:
         return false;

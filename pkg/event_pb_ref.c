@@ -125,6 +125,7 @@ static int pb_fill(const struct event *e, const char *batch_node, Ebpfmonitor__E
         if (d->exec.n_args)
             args_fill(e, args);
         d->exec.args_truncated = e->u.exec.args_truncated != 0;
+        d->exec.filename_truncated = e->u.exec.filename_truncated != 0;
         out->details_case = EBPFMONITOR__EVENT__DETAILS_EXEC;
         out->exec = &d->exec;
         break;

@@ -1157,6 +1157,75 @@ Test(capture, exec_argv_is_bounded)
     collected_free(&out);
 }
 
+/*
+ * A program whose path is longer than the kernel's copy: the first 255
+ * bytes and filename_truncated; one that fits exactly (255 bytes) is whole
+ * and not flagged.
+ */
+static const struct event *exec_path(struct capture *c, struct collected *out, const char *path)
+{
+    struct child_match m = {.type = EVENT_EXEC};
+    int status;
+    pid_t pid = fork();
+
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        execl(path, "t", (char *)NULL);
+        _exit(127);
+    }
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: status %d", path, status);
+    m.pid = pid;
+    return wait_event(c, out, match_child, &m);
+}
+
+Test(capture, exec_filename_is_bounded_and_flagged)
+{
+    struct collected out = {0};
+    char dir[300], path[600], fit[300];
+    const struct event *e;
+
+    skip_unless_root();
+    /* /tmp/capture-fn-<pid>/ddd...d/eee...e/t: about 450 bytes. */
+    int n = snprintf(dir, sizeof(dir), "/tmp/capture-fn-%d", getpid());
+    cr_assert_eq(mkdir(dir, 0700), 0);
+    dir[n++] = '/';
+    memset(dir + n, 'd', 200);
+    dir[n + 200] = '\0';
+    cr_assert_eq(mkdir(dir, 0700), 0);
+    snprintf(path, sizeof(path), "%s/%0200d", dir, 0);
+    cr_assert_eq(mkdir(path, 0700), 0);
+    strcat(path, "/t");
+    cr_assert_eq(symlink("/bin/true", path), 0);
+
+    struct capture *c = open_capture(EVENT_TYPE_BIT(EVENT_EXEC), 0, &out);
+    e = exec_path(c, &out, path);
+    cr_assert_not_null(e);
+    cr_expect_eq(e->u.exec.filename_truncated, 1);
+    cr_expect_eq(strlen(e->u.exec.filename), EVENT_FILENAME_MAX - 1);
+    cr_expect_eq(strncmp(e->u.exec.filename, path, EVENT_FILENAME_MAX - 1), 0);
+
+    /* Exactly 255 bytes: /tmp/capture-fn-<pid>/ then a name that fills the rest. */
+    n = snprintf(fit, sizeof(fit), "/tmp/capture-fn-%d/", getpid());
+    memset(fit + n, 'f', (size_t)(EVENT_FILENAME_MAX - 1 - n));
+    fit[EVENT_FILENAME_MAX - 1] = '\0';
+    cr_assert_eq(symlink("/bin/true", fit), 0);
+    e = exec_path(c, &out, fit);
+    cr_assert_not_null(e);
+    cr_expect_eq(e->u.exec.filename_truncated, 0);
+    cr_expect_str_eq(e->u.exec.filename, fit);
+
+    capture_close(c);
+    collected_free(&out);
+    unlink(fit);
+    unlink(path);
+    *strrchr(path, '/') = '\0';
+    rmdir(path);
+    rmdir(dir);
+    *strrchr(dir, '/') = '\0';
+    rmdir(dir);
+}
+
 /* Opens and closes a capture with stderr in a file; returns what was written there (malloc'd). */
 static char *stderr_of_capture(bool verbose)
 {

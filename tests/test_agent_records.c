@@ -597,6 +597,7 @@ Test(records, exec_with_argv)
     cr_assert_eq(e.u.exec.args_len, sizeof(args));
     cr_assert_eq(memcmp(e.u.exec.args, args, sizeof(args)), 0);
     cr_assert_eq(e.u.exec.args_truncated, 0);
+    cr_assert_eq(e.u.exec.filename_truncated, 0);
     cr_assert_eq(e.u.exec.args[e.u.exec.args_len], '\0', "no NUL after args for event_copy");
     event_clear(&e);
     free(r);
@@ -666,6 +667,29 @@ static void assert_publishable(const struct event *e)
 }
 
 /* argv longer than the kernel's copy: the flag says so and the cut string is terminated. */
+/* A path longer than the kernel's copy: the 255 bytes it holds, and the flag that says so. */
+Test(records, exec_filename_cut_at_the_record_bound)
+{
+    char path[RECORD_FILENAME_MAX];
+    memset(path, 'd', sizeof(path) - 1);
+    path[0] = '/';
+    path[sizeof(path) - 1] = '\0';
+    struct exec_record *r = exec_rec(path, "x", 2, 0);
+    r->filename_truncated = 1;
+    struct event e;
+    decode_ok(r, sizeof(*r), &e);
+    cr_assert_eq(strlen(e.u.exec.filename), RECORD_FILENAME_MAX - 1);
+    cr_assert_eq(e.u.exec.filename_truncated, 1);
+    struct buf b = {0};
+    event_json_write(&b, &e);
+    buf_putc(&b, '\0');
+    cr_assert(strstr(b.data, "\"filename_truncated\":true"), "%s", b.data);
+    buf_free(&b);
+    assert_publishable(&e);
+    event_clear(&e);
+    free(r);
+}
+
 Test(records, exec_argv_cut_at_the_record_bound)
 {
     char args[RECORD_ARGS_MAX];

@@ -387,13 +387,14 @@ Test(event_json, exec_escapes_command_and_args)
     static const char args[] = "printf\0say \"hi\"\\\0\x01\x1f\n\0\xff\xfe ok\0\0\xc3\xa9t\xc3\xa9";
     set_args(&e, args, sizeof(args)); /* includes the final NUL */
     e.u.exec.args_truncated = 1;
+    e.u.exec.filename_truncated = 1;
     e.k8s.pod_name = intern("p\"od");
     assert_json(&e,
                 "{\"id\":\"00000000deadbeef\",\"type\":\"exec\"," COMMON
                 "\"command\":\"a\\\"b\\u0001\xef\xbf\xbd\",\"command_b64\":\"YSJiAf8=\"," TIMEPART
                 ",\"node\":\"node-1\","
                 "\"k8s_pod_name\":\"p\\\"od\","
-                "\"filename\":\"/usr/bin/printf\","
+                "\"filename\":\"/usr/bin/printf\",\"filename_truncated\":true,"
                 "\"args\":[\"printf\",\"say \\\"hi\\\"\\\\\",\"\\u0001\\u001f\\n\","
                 "\"\xef\xbf\xbd\xef\xbf\xbd ok\",\"\",\"\xc3\xa9t\xc3\xa9\"],"
                 "\"args_b64\":[\"cHJpbnRm\",\"c2F5ICJoaSJc\",\"AR8K\",\"//4gb2s=\",\"\","
@@ -422,6 +423,7 @@ Test(event_json, exec_round_trip)
     cr_assert_str_eq(back.u.exec.filename, "/bin/ls");
     cr_assert_eq(back.cgroup_id, 99);
     cr_assert_eq(back.u.exec.args_truncated, 0);
+    cr_assert_eq(back.u.exec.filename_truncated, 0);
     event_clear(&back);
     buf_free(&b);
     event_clear(&e);

@@ -120,6 +120,7 @@ static size_t make_events(struct event *ev)
     memcpy(e->u.exec.args, args, sizeof(args));
     e->u.exec.args_len = sizeof(args);
     e->u.exec.args_truncated = 1;
+    e->u.exec.filename_truncated = 1;
 
     e = &ev[n++];
     base(e, EVENT_EXEC, 7, "init");
@@ -182,6 +183,7 @@ static void assert_same_event(const struct event *a, const struct event *b)
         if (a->u.exec.args_len)
             cr_assert_eq(memcmp(b->u.exec.args, a->u.exec.args, a->u.exec.args_len), 0);
         cr_assert_eq(b->u.exec.args_truncated, a->u.exec.args_truncated);
+        cr_assert_eq(b->u.exec.filename_truncated, a->u.exec.filename_truncated);
     }
     if (a->type == EVENT_DNS) {
         cr_assert_eq(b->status, a->status);
@@ -679,6 +681,7 @@ static void random_event(struct event *e)
             e->u.exec.args_len = (uint32_t)al;
         }
         e->u.exec.args_truncated = rng() % 2;
+        e->u.exec.filename_truncated = rng() % 2;
         break;
     }
     case EVENT_EXIT:
@@ -793,6 +796,7 @@ static void assert_identical(const struct event *a, const struct event *b, const
         if (a->u.exec.args_len)
             cr_assert_eq(memcmp(a->u.exec.args, b->u.exec.args, a->u.exec.args_len), 0, "%s", what);
         cr_assert_eq(a->u.exec.args_truncated, b->u.exec.args_truncated, "%s", what);
+        cr_assert_eq(a->u.exec.filename_truncated, b->u.exec.filename_truncated, "%s", what);
         break;
     case EVENT_EXIT:
         cr_assert(a->u.exit.exit_code == b->u.exit.exit_code &&

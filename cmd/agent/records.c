@@ -200,6 +200,7 @@ static int decode_exec(const struct records_decoder *d, const void *data, struct
                           r->args_len, RECORD_ARGS_MAX);
     decode_hdr(d, e, &r->hdr, EVENT_EXEC);
     e->u.exec.filename = strndup(r->filename, sizeof(r->filename));
+    e->u.exec.filename_truncated = r->filename_truncated != 0;
     if (!e->u.exec.filename || decode_args(e, r) < 0) {
         errmsg_set(err, errlen, "out of memory for an exec record's filename and argv");
         return -ENOMEM;
