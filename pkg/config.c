@@ -811,6 +811,23 @@ static bool apply_defaults_and_env(struct config *c, bool *seen, bool env, char 
 
 #define CGROUP2_MAGIC 0x63677270 /* CGROUP2_SUPER_MAGIC */
 
+/* CGROUP_ROOT, when set: a directory on a cgroup v2 file system (what the agent opens for the
+ * dns programs and walks for pods). */
+static int check_cgroup_root(const char *root, char *err, size_t errlen)
+{
+    struct statfs fs;
+    struct stat st;
+
+    if (stat(root, &st) < 0 || statfs(root, &fs) < 0)
+        return errmsg_set(err, errlen, "invalid CGROUP_ROOT=\"%s\": %s", root, strerror(errno));
+    if (!S_ISDIR(st.st_mode) || fs.f_type != CGROUP2_MAGIC)
+        return errmsg_set(err, errlen,
+                          "invalid CGROUP_ROOT=\"%s\": not a cgroup v2 mount (such as "
+                          "/sys/fs/cgroup or /sys/fs/cgroup/unified)",
+                          root);
+    return 0;
+}
+
 /*
  * CAPTURE_CGROUP: the subtree's directory under the cgroup v2 root
  * (CGROUP_ROOT or the detected mount) gives the id the kernel filter compares
@@ -1007,6 +1024,9 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
             config_check_file(keys[i].name, path, err, errlen) < 0)
             return CONFIG_INVALID;
     }
+    if (role == CONFIG_AGENT && c->cgroup_root[0] &&
+        check_cgroup_root(c->cgroup_root, err, errlen) < 0)
+        return CONFIG_INVALID;
     if (role == CONFIG_AGENT && c->capture_cgroup[0] && resolve_capture_cgroup(c, err, errlen) < 0)
         return CONFIG_INVALID;
     return CONFIG_OK;

@@ -774,6 +774,23 @@ Test(config, check_config_refuses_missing_files)
 }
 
 /* CAPTURE_CGROUP resolves to the subtree's cgroup id (its inode) and depth below the root. */
+/* CGROUP_ROOT is checked where it is read: a missing directory or one that is no cgroup v2
+ * mount is exit 2, not dns programs and pod attribution failing later. */
+Test(config, cgroup_root_must_be_a_cgroup_v2_mount)
+{
+    struct config c;
+    char root[256];
+    cr_assert_eq(cgroup_v2_root(root, sizeof(root)), 0, "no cgroup v2 mount");
+    const char *bad[] = {"/nonexistent", "/tmp"};
+    for (size_t i = 0; i < 2; i++) {
+        char *argv[] = {"ebpf-agent", "--cgroup-root", (char *)bad[i], NULL};
+        cr_expect_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_INVALID, "%s", bad[i]);
+        cr_expect(strstr(err, "CGROUP_ROOT"), "%s", err);
+    }
+    char *argv[] = {"ebpf-agent", "--cgroup-root", root, NULL};
+    cr_expect_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_OK, "%s", err);
+}
+
 Test(config, capture_cgroup_resolves_against_the_cgroup_root)
 {
     struct config c;
