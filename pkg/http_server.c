@@ -463,6 +463,27 @@ static void stream_enqueue(struct stream_client *c, const char *data, size_t len
     stream_flush(c);
 }
 
+static bool client_gone(h2o_req_t *req);
+
+/*
+ * Ends the streams whose client has left: h2o notices a closed connection
+ * only at its next write (a keepalive every HTTP_KEEPALIVE_MS), and until
+ * then it holds one of max_stream_clients. Run when a new client finds them
+ * all taken.
+ */
+static void stream_reap_gone(struct http_server *s)
+{
+    h2o_linklist_t *node, *next;
+
+    for (node = s->stream_clients.next; node != &s->stream_clients; node = next) {
+        struct stream_client *c = H2O_STRUCT_FROM_MEMBER(struct stream_client, link, node);
+
+        next = node->next;
+        if (!c->done && !c->finishing && client_gone(c->req))
+            stream_end(c);
+    }
+}
+
 static void serve_stream(struct http_server *s, h2o_req_t *req, const char *qs, size_t qslen)
 {
     struct stream_client *c;
@@ -478,6 +499,8 @@ static void serve_stream(struct http_server *s, h2o_req_t *req, const char *qs, 
         send_error(req, 400, "invalid 'until': in the past, and a stream sends only new events");
         return;
     }
+    if (stat_get(&s->nstream_clients) >= s->max_stream_clients)
+        stream_reap_gone(s);
     if (stat_get(&s->nstream_clients) >= s->max_stream_clients) {
         send_error(req, 503, "too many stream clients");
         return;

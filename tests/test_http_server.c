@@ -686,7 +686,20 @@ Test(http_server, stream_client_limit_is_503)
     get(http_server_port(s), "/stream", NULL, &r);
     cr_assert_eq(r.status, 503);
     cr_assert_not_null(strstr(r.body, "{\"error\":"));
+    /* The client leaves: its slot is the next client's at once, not at the next keepalive. */
     close(c.fd);
+    static struct sse next;
+    uint64_t deadline = tu_mono_ms() + 5000; /* the keepalive that used to free it: 15 s */
+    for (;;) {
+        sse_open(&next, http_server_port(s), "/stream", NULL, head, sizeof(head));
+        if (strncmp(head, "HTTP/1.1 200", 12) == 0 || tu_mono_ms() > deadline)
+            break;
+        close(next.fd); /* the FIN not seen yet: a moment */
+        usleep(20000);
+    }
+    cr_assert(strncmp(head, "HTTP/1.1 200", 12) == 0, "%s", head);
+    cr_assert(sse_wait_for(&next, ": connected\n\n"));
+    close(next.fd);
     http_server_free(s);
 }
 
