@@ -500,7 +500,7 @@ void k8s_get_stats(struct k8s *k, struct k8s_stats *out)
 
 static const char *json_str(json_t *obj, const char *key)
 {
-    return json_string_value(json_object_get(obj, key));
+    return k8s_json_text(json_object_get(obj, key));
 }
 
 /*
@@ -689,7 +689,7 @@ static int job_fetch(struct k8s *k, const struct job_entry *j, const char **cron
     if (url.oom || !ns || !name) {
         errmsg_set(err, errlen, "out of memory");
     } else if (k8s_watch_get(k->watch, url.data, K8S_JOB_MAX_BYTES, &body, err, errlen) == 0) {
-        json_t *job = json_loadb(body.data, body.len, 0, NULL);
+        json_t *job = json_loadb(body.data, body.len, JSON_ALLOW_NUL, NULL);
         json_t *meta = json_object_get(job, "metadata"), *ref;
         const char *uid = json_str(meta, "uid");
         size_t i;
@@ -881,7 +881,9 @@ int k8s_enrich(struct k8s *k, struct cgroup_resolver *cg, struct event *e)
         e->k8s.workload = pod.workload;
         e->k8s.workload_kind = pod.workload_kind;
         e->k8s.app = pod.app;
-        e->k8s.ips = pod.ips;
+        /* A deleted pod's addresses may be another pod's already: its late events must not
+         * claim them (the aggregator names peers by them). */
+        e->k8s.ips = pod.deleted ? NULL : pod.ips;
         e->k8s.host_network = pod.host_network;
         if (pod.node)
             e->k8s.node_name = pod.node;

@@ -68,7 +68,7 @@ struct k8s_services {
 
 static const char *jstr(json_t *o, const char *k)
 {
-    return json_string_value(json_object_get(o, k));
+    return k8s_json_text(json_object_get(o, k));
 }
 
 static bool addr_parse(const char *text, struct addr *out)
@@ -134,7 +134,7 @@ static bool object_parse(bool slices, json_t *obj, struct object *o)
             return false;
         /* Headless ("None") and ExternalName Services have no ClusterIP. */
         if (json_is_array(ips) && json_array_size(ips) > 0) {
-            json_array_foreach(ips, i, v) add_addr(o, 2, json_string_value(v));
+            json_array_foreach(ips, i, v) add_addr(o, 2, k8s_json_text(v));
         } else {
             add_addr(o, 2, jstr(spec, "clusterIP"));
         }
@@ -165,7 +165,7 @@ static bool object_parse(bool slices, json_t *obj, struct object *o)
     json_array_foreach(json_object_get(obj, "endpoints"), i, v)
     {
         json_array_foreach(json_object_get(v, "addresses"), j, a)
-            add_addr(o, want, json_string_value(a));
+            add_addr(o, want, k8s_json_text(a));
     }
     return true;
 }

@@ -43,24 +43,42 @@ struct k8s_watch {
     pthread_mutex_t lock; /* stats, and the stop wake-up */
     pthread_cond_t wake;
     struct k8s_watch_stats stats;
+    char logged_error[sizeof(((struct k8s_watch_stats *)0)->last_error)]; /* "" when working */
+    char name[32];       /* what it watches, for the log ("pods") */
+    char log_prefix[32]; /* the program ("ebpf-agent") */
 };
 
 /* ---- errors and stats ---- */
 
+/*
+ * Each failure is counted; the log gets a line when the watch fails after
+ * working or with another reason than the last one it logged, and one when
+ * it works again: a retry loop on the same error says it once.
+ */
 static void set_error(struct k8s_watch *w, const char *msg)
 {
     pthread_mutex_lock(&w->lock);
+    bool news = w->stats.connected || strcmp(w->logged_error, msg) != 0;
     snprintf(w->stats.last_error, sizeof(w->stats.last_error), "%s", msg);
     w->stats.api_errors++;
     w->stats.connected = false;
+    if (news)
+        snprintf(w->logged_error, sizeof(w->logged_error), "%s", msg);
     pthread_mutex_unlock(&w->lock);
+    if (news)
+        fprintf(stderr, "%s: Kubernetes API (%s): %s (retrying)\n", w->log_prefix, w->name, msg);
 }
 
 static void set_connected(struct k8s_watch *w, bool on)
 {
     pthread_mutex_lock(&w->lock);
+    bool back = on && w->logged_error[0];
     w->stats.connected = on;
+    if (back)
+        w->logged_error[0] = '\0';
     pthread_mutex_unlock(&w->lock);
+    if (back)
+        fprintf(stderr, "%s: Kubernetes API (%s): working again\n", w->log_prefix, w->name);
 }
 
 void k8s_watch_note_error(struct k8s_watch *w, const char *msg)
@@ -94,13 +112,13 @@ bool k8s_watch_stopping(struct k8s_watch *w)
 
 static const char *json_str(json_t *obj, const char *key)
 {
-    return json_string_value(json_object_get(obj, key));
+    return k8s_json_text(json_object_get(obj, key));
 }
 
 /* "HTTP 403: pods is forbidden: ..." from a Status body, or its first bytes. */
 static void status_message(long http, const struct buf *body, char *out, size_t len)
 {
-    json_t *st = body->len ? json_loadb(body->data, body->len, 0, NULL) : NULL;
+    json_t *st = body->len ? json_loadb(body->data, body->len, JSON_ALLOW_NUL, NULL) : NULL;
     const char *msg = st ? json_str(st, "message") : NULL;
     if (msg)
         snprintf(out, len, "HTTP %ld: %s", http, msg);
@@ -139,7 +157,7 @@ static void apply_watch_line(struct req *r, const char *line, size_t len)
 {
     struct k8s_watch *w = r->w;
     json_error_t jerr;
-    json_t *ev = json_loadb(line, len, 0, &jerr);
+    json_t *ev = json_loadb(line, len, JSON_ALLOW_NUL, &jerr);
     const char *type = ev ? json_str(ev, "type") : NULL;
     json_t *obj = ev ? json_object_get(ev, "object") : NULL;
 
@@ -381,7 +399,7 @@ static int list_apply(struct k8s_watch *w, const char *body, size_t len, char *c
                       char *err, size_t errlen)
 {
     json_error_t jerr;
-    json_t *list = json_loadb(body, len, 0, &jerr);
+    json_t *list = json_loadb(body, len, JSON_ALLOW_NUL, &jerr);
     json_t *items = json_object_get(list, "items");
     json_t *meta = json_object_get(list, "metadata");
     const char *rv = json_str(meta, "resourceVersion");
@@ -647,6 +665,8 @@ int k8s_watch_start(struct k8s_watch *w, const char *name)
     int rc;
     if (!w->api_url || w->started)
         return 0;
+    snprintf(w->name, sizeof(w->name), "%s", name);
+    snprintf(w->log_prefix, sizeof(w->log_prefix), "%s", program_invocation_short_name);
     rc = pthread_create(&w->thread, NULL, watch_thread, w);
     if (rc)
         return -rc;

@@ -19,8 +19,21 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "buf.h"
+
+/*
+ * A JSON string's text, or NULL when v is no string or holds a NUL: the API
+ * server's JSON may carry \u0000 in any string (Go writes a NUL so), and a
+ * name or address cut at it would be a wrong one. Documents are parsed with
+ * JSON_ALLOW_NUL, so such a string costs only itself.
+ */
+static inline const char *k8s_json_text(json_t *v)
+{
+    const char *s = json_string_value(v);
+    return s && strlen(s) == json_string_length(v) ? s : NULL;
+}
 
 #define K8S_TOKEN_PATH "/var/run/secrets/kubernetes.io/serviceaccount/token"
 #define K8S_CA_PATH    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"

@@ -241,6 +241,74 @@ Test(k8s, list_then_watch_with_bearer_token)
     stop_all(k, &s);
 }
 
+/* ---- a NUL in the API server's JSON costs only the string that holds it ---- */
+
+#define NUL_UID      "22222222-3333-4444-8555-666666666666"
+#define NUL2_UID     "33333333-4444-4555-8666-777777777777"
+#define BAD_UID      "44444444-5555-4666-8777-888888888888"
+#define NUL_LATE_UID "55555555-6666-4777-8888-999999999999"
+
+/* The pod with `"annotations":{"note":"before\u0000after"}` in its metadata (or its name cut
+ * by a NUL, `name_nul`), as Go's encoder writes a NUL. */
+static char *pod_with_nul(const char *uid, const char *name, const char *rv, bool name_nul)
+{
+    char *p = pod_json(uid, name, "shop", rv, NULL), *out = NULL;
+    const char *at = strstr(p, "\"metadata\":{") + strlen("\"metadata\":{");
+    if (name_nul) {
+        char *n = strstr(p, name);
+        cr_assert(
+            asprintf(&out, "%.*s\\u0000x%s", (int)(n + strlen(name) - p), p, n + strlen(name)) > 0);
+    } else {
+        cr_assert(asprintf(&out, "%.*s\"annotations\":{\"note\":\"before\\u0000after\"},%s",
+                           (int)(at - p), p, at) > 0);
+    }
+    free(p);
+    return out;
+}
+
+static void h_nul(struct kas *s, struct kas_conn *fd, enum kas_req_kind kind, int n)
+{
+    if (kind == KAS_LIST) {
+        char *items[] = {pod_with_nul(NUL_UID, "annotated-0", "10", false),
+                         pod_json(WEB_UID, "web-7d9c6b8f5d-x2k8p", "shop", "11", NULL),
+                         pod_with_nul(BAD_UID, "nul-name", "12", true)};
+        char *body = pod_list("12", (const char *const *)items, 3);
+        kas_respond(fd, 200, "OK", body);
+        free(body);
+        for (int i = 0; i < 3; i++)
+            free(items[i]);
+        return;
+    }
+    char *nul = pod_with_nul(NUL2_UID, "annotated-1", "13", false);
+    char *late = pod_json(NUL_LATE_UID, "after-nul", "shop", "14", NULL);
+    kas_stream_begin(fd);
+    kas_stream_event(fd, "ADDED", nul);
+    kas_stream_event(fd, "ADDED", late);
+    free(nul);
+    free(late);
+    kas_hold(s, fd);
+}
+
+Test(k8s, a_nul_in_a_string_costs_only_that_string)
+{
+    struct kas s;
+    srv_start(&s, h_nul);
+    struct k8s *k = start_client(&s, 0);
+    /* Listed and watched, annotated with a NUL or not: every pod is learned. */
+    expect_pod(k, NUL_UID, "annotated-0", "shop");
+    expect_pod(k, WEB_UID, "web-7d9c6b8f5d-x2k8p", "shop");
+    expect_pod(k, NUL2_UID, "annotated-1", "shop");
+    expect_pod(k, NUL_LATE_UID, "after-nul", "shop");
+    /* A name cut by a NUL is no name: the pod is not named "nul-name". */
+    struct k8s_pod p;
+    if (k8s_pod_cache_lookup(k, BAD_UID, &p) == 1)
+        cr_expect(p.name == NULL || strcmp(p.name, "nul-name") != 0, "named %s", p.name);
+    struct k8s_stats st;
+    k8s_get_stats(k, &st);
+    cr_expect_eq(st.relists, 0, "the watch never failed: %s", st.last_error);
+    stop_all(k, &s);
+}
+
 /* ---- bookmarks: a watch the server ends resumes from the last resourceVersion ---- */
 
 static void h_bookmark(struct kas *s, struct kas_conn *fd, enum kas_req_kind kind, int n)
@@ -358,6 +426,9 @@ Test(k8s, event_after_pod_deletion_is_attributed)
     cr_assert_str_eq(e.k8s.pod_uid, SHORT_UID);
     cr_assert_str_eq(e.k8s.container_id, short_cid);
     cr_assert_str_eq(e.k8s.node_name, NODE);
+    /* Its addresses may be a new pod's already: the event does not claim them. */
+    cr_assert_null(e.k8s.ips, "k8s_ips %s", e.k8s.ips);
+    cr_assert(p.ips, "the pod had addresses");
 
     stop_all(k, &s);
     cgroup_resolver_free(cg);

@@ -106,6 +106,37 @@ Test(k8s_services, cluster_ips_name_their_service_on_their_ports)
     k8s_services_free(s);
 }
 
+/* A NUL in one Service's annotation (Go writes \u0000) costs neither the list nor the others;
+ * a clusterIP cut by a NUL is no address. */
+Test(k8s_services, a_nul_in_a_string_costs_only_that_string)
+{
+    static const char *list =
+        "{\"kind\":\"ServiceList\",\"apiVersion\":\"v1\",\"metadata\":{\"resourceVersion\":"
+        "\"100\"},\"items\":["
+        "{\"metadata\":{\"name\":\"legacy\",\"namespace\":\"shop\",\"uid\":\"u9\","
+        "\"annotations\":{\"note\":\"before\\u0000after\"}},"
+        "\"spec\":{\"clusterIP\":\"10.96.0.90\",\"ports\":[{\"port\":80}]}},"
+        "{\"metadata\":{\"name\":\"cut\",\"namespace\":\"shop\",\"uid\":\"u8\"},"
+        "\"spec\":{\"clusterIP\":\"10.96.0.8\\u00001\",\"ports\":[{\"port\":80}]}},"
+        "{\"metadata\":{\"name\":\"web\",\"namespace\":\"shop\",\"uid\":\"u1\"},"
+        "\"spec\":{\"clusterIP\":\"10.96.0.10\",\"ports\":[{\"port\":80}]}}]}";
+    char err[256];
+    int rc = 0;
+    unsetenv("KUBERNETES_SERVICE_HOST");
+    struct k8s_services *s = k8s_services_new(NULL, 64, &rc);
+    cr_assert_not_null(s, "rc %d", rc);
+    cr_assert_eq(k8s_services_feed(s, false, false, list, strlen(list), err, sizeof(err)), 0, "%s",
+                 err);
+    const char *svc;
+    cr_assert_eq(look(s, "10.96.0.10", 80, IPPROTO_TCP, &svc), K8S_SVC_CLUSTER_IP);
+    cr_assert_str_eq(svc, "shop/web");
+    cr_assert_eq(look(s, "10.96.0.90", 80, IPPROTO_TCP, &svc), K8S_SVC_CLUSTER_IP);
+    cr_assert_str_eq(svc, "shop/legacy");
+    cr_assert_neq(look(s, "10.96.0.8", 80, IPPROTO_TCP, &svc), K8S_SVC_CLUSTER_IP,
+                  "an address cut at its NUL");
+    k8s_services_free(s);
+}
+
 Test(k8s_services, backends_name_their_one_service_and_shared_ones_name_none)
 {
     struct k8s_services *s = open_fed();
