@@ -257,7 +257,13 @@ static void key_project(const struct flows_key *in, enum flows_group g, struct f
     if (out->dst.namespace != NULL)
         out->dst.node = NULL;
     if (g == FLOWS_GROUP_SERVICE && in->dst.service != NULL) {
-        struct flows_endpoint svc = {.namespace = in->dst.namespace, .service = in->dst.service};
+        /* The Service's own namespace ("shop/api"), not its backend pod's when that pod was
+         * named too: whether it was must not split one Service into two edges. */
+        const char *slash = strchr(in->dst.service, '/');
+        struct flows_endpoint svc = {
+            .namespace = slash ? intern_n(in->dst.service, (size_t)(slash - in->dst.service))
+                               : in->dst.namespace,
+            .service = in->dst.service};
         out->dst = svc;
     }
 }

@@ -206,6 +206,34 @@ Test(flows, group_by_workload_pod_and_service)
     flows_free(f);
 }
 
+/* Connections to one Service, some of them joined to the backend pod (whose namespace the
+ * destination then has) and some not: one service edge, in the Service's namespace. */
+Test(flows, one_service_is_one_edge_whether_its_backend_was_named)
+{
+    struct flows *f = flows_new(24 * HOUR, 1000);
+    struct event ev[] = {
+        conn(T0, "web-1", "api-0", EVENT_STATUS_ESTABLISHED, NULL, 1000),
+        conn(T0, "web-1", "api-0", EVENT_STATUS_ESTABLISHED, NULL, 1000),
+    };
+    for (int i = 0; i < 2; i++)
+        ev[i].peer.service = intern("shop/api");
+    /* The second was not joined: the Service alone names the destination. */
+    ev[1].peer.pod = ev[1].peer.workload = ev[1].peer.namespace = ev[1].peer.workload_kind = NULL;
+    ev[1].peer.node = NULL;
+    struct flows_result r;
+    struct flows_query q;
+
+    flows_add(f, ev, 2, NOW);
+    q = all(FLOWS_GROUP_SERVICE);
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 1, "%zu service edges", r.count);
+    cr_assert_eq(r.edges[0].c.connections, 2);
+    cr_assert_eq(r.edges[0].key.dst.service, intern("shop/api"));
+    cr_assert_eq(r.edges[0].key.dst.namespace, intern("shop"));
+    flows_result_free(&r);
+    flows_free(f);
+}
+
 /* The window a response gives is the one counted: whole minutes, not the asked bounds. */
 Test(flows, the_response_window_is_the_minutes_counted)
 {
