@@ -560,13 +560,21 @@ static void ip_add(struct pod_meta *m, const char *text)
     memcpy(m->addr[m->naddrs++], a, 16);
 }
 
-/* status.podIPs (else status.podIP), parsed, and as text: "10.1.0.5,fd00::5". */
+/*
+ * status.podIPs (else status.podIP), parsed, and as text: "10.1.0.5,fd00::5".
+ * None for a pod whose containers have all ended (phase Succeeded or Failed:
+ * a completed Job's pod): the kubelet may leave its addresses in the object,
+ * but they are free for the next pod, which would otherwise share them.
+ */
 static void ips_parse(json_t *status, struct pod_meta *m)
 {
     json_t *ips = json_object_get(status, "podIPs"), *ip;
     size_t i;
     char text[K8S_POD_IPS_MAX * (INET6_ADDRSTRLEN + 1)] = "";
     size_t len = 0;
+    const char *phase = json_str(status, "phase");
+    if (phase && (strcmp(phase, "Succeeded") == 0 || strcmp(phase, "Failed") == 0))
+        return;
     json_array_foreach(ips, i, ip) ip_add(m, json_str(ip, "ip"));
     if (m->naddrs == 0)
         ip_add(m, json_str(status, "podIP"));

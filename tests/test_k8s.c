@@ -979,6 +979,30 @@ Test(k8s_identity, an_address_one_live_pod_holds_names_it)
     k8s_free(k);
 }
 
+/* A completed pod (a Job's, phase Succeeded or Failed) may keep its addresses in the object;
+ * they are the running pod's that has them now, which alone is named. */
+Test(k8s_identity, a_completed_pod_claims_no_address)
+{
+    struct k8s *k = feed_client(0);
+    feed_pod(k, "ADDED",
+             &(struct kas_pod){UID(1), "report-28374650-abcde", "jobs", NODE, .owner_kind = "Job",
+                               .owner_name = "report-28374650", .ips = {"10.244.1.11"},
+                               .phase = "Succeeded"});
+    feed_pod(k, "ADDED",
+             &(struct kas_pod){UID(2), "migrate-x", "jobs", NODE, .ips = {"10.244.1.12"},
+                               .phase = "Failed"});
+    feed_pod(
+        k, "ADDED",
+        &(struct kas_pod){UID(3), "web-7d4b9c8f5d-r2d2x", "shop", NODE, .ips = {"10.244.1.11"}});
+    cr_expect_str_eq(peer_of(k, "10.244.1.11"), "web-7d4b9c8f5d-r2d2x");
+    cr_expect_null(peer_of(k, "10.244.1.12"));
+    cr_expect_null(cached(k, UID(1)).ips);
+    struct k8s_stats st;
+    k8s_get_stats(k, &st);
+    cr_expect_eq(st.peer_ambiguous, 0);
+    k8s_free(k);
+}
+
 Test(k8s_identity, a_dns_answer_names_the_pod_its_addresses_are)
 {
     struct k8s *k = feed_client(0);

@@ -553,8 +553,9 @@ char *kas_pod_object(const struct kas_pod *p)
                    p->owner_name, p->owner_uid ? p->owner_uid : "");
     buf_printf(&b,
                "},\"spec\":{\"containers\":[{\"name\":\"main\",\"image\":\"busybox:1.36\"}],"
-               "\"nodeName\":\"%s\"%s},\"status\":{\"phase\":\"Running\"",
-               p->node, p->host_network ? ",\"hostNetwork\":true" : "");
+               "\"nodeName\":\"%s\"%s},\"status\":{\"phase\":\"%s\"",
+               p->node, p->host_network ? ",\"hostNetwork\":true" : "",
+               p->phase ? p->phase : "Running");
     if (p->ips[0]) {
         buf_printf(&b, ",\"podIP\":\"%s\",\"podIPs\":[", p->ips[0]);
         for (int i = 0; i < 2 && p->ips[i]; i++)

@@ -126,6 +126,7 @@ struct kas_pod {
     const char *owner_name, *owner_uid;
     const char *ips[2]; /* status.podIPs (and podIP, the first) */
     bool host_network;
+    const char *phase; /* status.phase; NULL: Running */
 };
 
 /* A Pod as the API serves it (kind/apiVersion set). */
