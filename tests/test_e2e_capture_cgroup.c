@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "cgroup.h"
+#include "fixtures/k8s/kubepods.h"
 #include "testutil.h"
 
 #define WAIT_MS 10000
@@ -310,4 +311,46 @@ Test(capture_cgroup_config, a_missing_cgroup_is_a_configuration_error)
               "the message names neither the key nor the path: %s", text);
     cr_expect_eq(strchr(text, '\n'), text + strlen(text) - 1, "not one line: %s", text);
     free(text);
+}
+
+static bool exit_of(json_t *ev, void *arg)
+{
+    return tu_jint(ev, "pid") == *(pid_t *)arg;
+}
+
+/*
+ * A node's kubepods tree below a directory of any name (a kind node's
+ * container, a test's cgroup): with CAPTURE_CGROUP on that directory the
+ * pods are found there, and a process of a pod carries its pod's UID and
+ * container. No API server: the cgroup alone says which pod.
+ */
+Test(capture_cgroup_config, pods_are_found_below_the_captured_cgroup)
+{
+    char uid[37], suid[37], cid[65], rel[KP_REL_MAX];
+    kp_random_uid(uid);
+    kp_systemd_uid(uid, suid);
+    kp_random_container_id(cid);
+    snprintf(rel, sizeof(rel),
+             "%s/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod%s.slice/"
+             "cri-containerd-%s.scope",
+             cg_a, suid, cid);
+    const char *const args[] = {
+        "--capture-cgroup", cg_a, "--deployment-mode", "kubernetes", "--event-types", "exit", NULL};
+    unsetenv("KUBERNETES_SERVICE_HOST");
+    tu_agent_start(&agent, "nested-node", args);
+    struct kp_proc proc;
+    kp_start(&proc, cg_root, rel);
+    pid_t pid = proc.pid;
+    int status;
+    close(proc.wfd); /* it exits; its cgroup stays until the event is in */
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    char q[96];
+    snprintf(q, sizeof(q), "/api/events?type=exit&pid=%d", pid);
+    json_t *ev = tu_wait_event(agent.port, q, exit_of, &pid, 10000);
+    cr_assert(ev, "no exit event of pid %d", pid);
+    cr_expect_str_eq(tu_jstr(ev, "k8s_pod_uid"), uid, "%s", tu_jdump(ev));
+    cr_expect_str_eq(tu_jstr(ev, "k8s_container_id"), cid);
+    json_decref(ev);
+    tu_agent_stop(&agent);
+    kp_rmdirs(cg_root, rel);
 }

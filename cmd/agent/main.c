@@ -95,8 +95,13 @@ static void publish_kernel_losses(struct agent *a)
 static int open_kubernetes(struct agent *a)
 {
     int err = 0;
+    /* With CAPTURE_CGROUP, pods are looked for in that subtree: the only cgroups captured, and
+     * where a node's kubepods tree may be nested under a directory of any name (a kind node's
+     * container, say). */
     struct cgroup_resolver_options co = {
-        .root = a->cfg.cgroup_root[0] ? a->cfg.cgroup_root : NULL,
+        .root = a->cfg.capture_cgroup[0] ? a->cfg.capture_cgroup_path
+                : a->cfg.cgroup_root[0]  ? a->cfg.cgroup_root
+                                         : NULL,
     };
     a->cgroups = cgroup_resolver_new(&co, &err);
     if (!a->cgroups) {
