@@ -316,8 +316,8 @@ static int parse_types(const char *s, uint32_t *out)
     return 0;
 }
 
-/* Accepts ":8080", "host:8080", "[::1]:8080" with a port 0-65535. */
-/* :PORT, HOST:PORT or [IPV6]:PORT, as the HTTP server reads it (netaddr_split()). */
+/* :PORT, HOST:PORT or [IPV6]:PORT with a port 0-65535, as the HTTP server reads it
+ * (netaddr_split()). */
 static bool listen_valid(const char *s)
 {
     char host[CONFIG_STR];
