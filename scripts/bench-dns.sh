@@ -120,16 +120,8 @@ load() { # mode [args] -> the load's JSON line
 # Empty programs on net_dev_queue and netif_receive_skb (tests/bench/empty_dev_progs.bpf.c),
 # held like start_hooks' (stop_hooks ends them).
 start_dev_hooks() {
-  rm -f "$TMP/devhooks"
-  "$OUT/bench_empty_progs" "$OUT/empty_dev_progs.bpf.o" "$TMP/devhooks" 2>>"$LOG" &
-  HOOKS_PID=$!
-  PIDS+=("$HOOKS_PID")
-  for _ in $(seq 100); do
-    [ -e "$TMP/devhooks" ] && return
-    sleep 0.05
-  done
-  echo "bench-dns: could not attach the empty device programs (see $LOG)" >&2
-  return 1
+  hold_hooks "on the device tracepoints" "$TMP/devhooks" \
+    "$OUT/bench_empty_progs" "$OUT/empty_dev_progs.bpf.o" "$TMP/devhooks"
 }
 
 dns_prog_ids() { # -> "id egress|ingress" of the agent's attached dns programs

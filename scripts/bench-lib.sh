@@ -24,21 +24,27 @@ make_cgroup() {
   mkdir "$root/$1" && echo "$root/$1"
 }
 
-# start_hooks CGROUP READY [--stats]: empty cgroup_skb programs on CGROUP's two hooks
-# (scripts/bench-hooks.py), held by HOOKS_PID until stop_hooks; READY gets their ids. Fails,
-# saying so, when they are not attached within 5 s.
-start_hooks() {
-  rm -f "$2"
-  python3 scripts/bench-hooks.py "$@" 2>>"$LOG" &
+# hold_hooks WHAT READY CMD...: runs CMD, which attaches empty programs, writes their ids to
+# READY and holds them, as HOOKS_PID until stop_hooks. Fails, saying so (WHAT: where), when
+# they are not attached within 5 s.
+hold_hooks() {
+  local what=$1 ready=$2
+  shift 2
+  rm -f "$ready"
+  "$@" 2>>"$LOG" &
   HOOKS_PID=$!
   PIDS+=("$HOOKS_PID")
   for _ in $(seq 100); do
-    [ -e "$2" ] && return
+    [ -e "$ready" ] && return
     sleep 0.05
   done
-  echo "$BENCH: could not attach the empty programs to $1 (see $LOG)" >&2
+  echo "$BENCH: could not attach the empty programs $what (see $LOG)" >&2
   return 1
 }
+
+# start_hooks CGROUP READY [--stats]: empty cgroup_skb programs on CGROUP's two hooks
+# (scripts/bench-hooks.py).
+start_hooks() { hold_hooks "to $1" "$2" python3 scripts/bench-hooks.py "$@"; }
 
 stop_hooks() {
   stop_pids TERM "$HOOKS_PID"
