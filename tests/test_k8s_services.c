@@ -58,18 +58,25 @@ static const char *SLICES =
     "\"endpoints\":[{\"addresses\":[\"example.com\"]}]}"
     "]}";
 
-static struct k8s_services *open_fed(void)
+/* An index fed a ServiceList and (slices not NULL) an EndpointSliceList, as listed. */
+static struct k8s_services *open_fed_with(const char *services, const char *slices)
 {
     char err[256];
     int rc = 0;
     unsetenv("KUBERNETES_SERVICE_HOST");
     struct k8s_services *s = k8s_services_new(NULL, 64, &rc);
     cr_assert_not_null(s, "rc %d", rc);
-    cr_assert_eq(k8s_services_feed(s, false, false, SERVICES, strlen(SERVICES), err, sizeof(err)),
+    cr_assert_eq(k8s_services_feed(s, false, false, services, strlen(services), err, sizeof(err)),
                  0, "%s", err);
-    cr_assert_eq(k8s_services_feed(s, true, false, SLICES, strlen(SLICES), err, sizeof(err)), 0,
-                 "%s", err);
+    if (slices)
+        cr_assert_eq(k8s_services_feed(s, true, false, slices, strlen(slices), err, sizeof(err)), 0,
+                     "%s", err);
     return s;
+}
+
+static struct k8s_services *open_fed(void)
+{
+    return open_fed_with(SERVICES, SLICES);
 }
 
 static enum k8s_services_result look(struct k8s_services *s, const char *ip, uint16_t port,
@@ -120,13 +127,7 @@ Test(k8s_services, a_nul_in_a_string_costs_only_that_string)
         "\"spec\":{\"clusterIP\":\"10.96.0.8\\u00001\",\"ports\":[{\"port\":80}]}},"
         "{\"metadata\":{\"name\":\"web\",\"namespace\":\"shop\",\"uid\":\"u1\"},"
         "\"spec\":{\"clusterIP\":\"10.96.0.10\",\"ports\":[{\"port\":80}]}}]}";
-    char err[256];
-    int rc = 0;
-    unsetenv("KUBERNETES_SERVICE_HOST");
-    struct k8s_services *s = k8s_services_new(NULL, 64, &rc);
-    cr_assert_not_null(s, "rc %d", rc);
-    cr_assert_eq(k8s_services_feed(s, false, false, list, strlen(list), err, sizeof(err)), 0, "%s",
-                 err);
+    struct k8s_services *s = open_fed_with(list, NULL);
     const char *svc;
     cr_assert_eq(look(s, "10.96.0.10", 80, IPPROTO_TCP, &svc), K8S_SVC_CLUSTER_IP);
     cr_assert_str_eq(svc, "shop/web");
