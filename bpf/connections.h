@@ -332,6 +332,31 @@ static __always_inline bool sock_life_insert(__u64 key, const struct sock_life *
     return false;
 }
 
+/*
+ * The addresses at CLOSE->SYN_SENT, kept in the close snapshot's fields (unused while
+ * connecting) for an outcome seen only after the socket lost them: a failed blocking
+ * connect() ends with tcp_disconnect, which zeroes the destination port and an unbound
+ * source address before its error report (see connect_outcome). The source port is not
+ * chosen yet; the socket keeps it (inet_sport). A v4-mapped IPv6 socket has only its IPv4
+ * source at this point.
+ */
+static __always_inline void connect_keep_dest(const struct sock *sk, struct sock_life *l)
+{
+    __u16 family;
+
+    read_sock_addrs_to(sk, &family, &l->sport, &l->dport, l->saddr, l->daddr, false);
+    l->family = family;
+    if (family == AF_INET6) {
+        __u32 *s = (__u32 *)l->saddr, *d = (__u32 *)l->daddr;
+
+        if (d[0] == 0 && d[1] == 0 && d[2] == bpf_htonl(0xffff)) {
+            s[0] = s[1] = 0;
+            s[2] = bpf_htonl(0xffff);
+            s[3] = sk->__sk_common.skc_rcv_saddr;
+        }
+    }
+}
+
 /* CLOSE->SYN_SENT, in the connecting task. An entry already at this address (a dead one, most
  * often) is taken over in place. */
 static __always_inline void connect_started(const struct sock *sk, __u64 key)
@@ -350,9 +375,11 @@ static __always_inline void connect_started(const struct sock *sk, __u64 key)
         record_hdr_current(&prev->owner, RECORD_CONNECT);
         prev->phase = LIFE_CONNECTING;
         prev->connect_error = 0;
+        connect_keep_dest(sk, prev);
     } else {
         record_hdr_current(&l.owner, RECORD_CONNECT);
         l.phase = LIFE_CONNECTING;
+        connect_keep_dest(sk, &l);
         if (!sock_life_insert(key, &l, SLOT_INET_SOCK_SET_STATE))
             return;
     }
@@ -405,6 +432,13 @@ static __always_inline void connect_outcome(const struct sock *sk, __u64 key, in
             r->error = newstate == TCP_CLOSE ? connect_error(sk, l) : 0;
             r->_pad = 0;
             read_sock_addrs(sk, r, false);
+            if (r->dport == 0) {
+                /* After tcp_disconnect: the addresses kept at SYN_SENT (connect_keep_dest). */
+                r->family = l->family;
+                r->dport = l->dport;
+                __builtin_memcpy(r->saddr, l->saddr, sizeof(r->saddr));
+                __builtin_memcpy(r->daddr, l->daddr, sizeof(r->daddr));
+            }
             record_submit(r);
         }
     }

@@ -89,7 +89,8 @@ struct sock_life {
      * from the socket, each once (the record header is the owner's), in 128 bytes in
      * all: with the map's own header and key an entry takes 192 bytes of kernel memory
      * (kmalloc-192) rather than 256. What every program checks (phase, reset, closed_ns)
-     * shares a cache line with the key's. */
+     * shares a cache line with the key's. While connecting, family and the addresses
+     * hold the destination as the connect set it (connect_keep_dest). */
     __u8 family; /* AF_INET or AF_INET6 */
     __u16 sport, dport;
     union {
