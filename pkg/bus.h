@@ -22,6 +22,7 @@
 #define BUS_HDR_KERNEL_DROPS  "Ebpf-Kernel-Drops"  /* cumulative, this instance */
 #define BUS_HDR_AGENT_DROPS   "Ebpf-Agent-Drops"   /* cumulative, this instance */
 #define BUS_HDR_KERNEL_MISSED "Ebpf-Kernel-Missed" /* cumulative, this instance */
+#define BUS_HDR_PODS_GONE     "Ebpf-Pods-Gone"     /* pods deleted since: peers_gone_write() */
 
 #define BUS_CONTENT_TYPE_PROTOBUF "application/x-protobuf; messageType=ebpfmonitor.EventBatch"
 #define BUS_CONTENT_TYPE_JSON     "application/x-ndjson"

@@ -302,6 +302,23 @@ static enum bus_reject check_node(const char *node, char *err, size_t errlen)
                   EVENT_NODE_MAX);
 }
 
+/* The pods the agent saw deleted, sent with the batch. */
+static enum bus_reject decode_gone(natsMsg *msg, struct bus_batch *out, char *err, size_t errlen)
+{
+    const char *v = header(msg, BUS_HDR_PODS_GONE);
+    char why[200];
+    int n;
+
+    if (!v)
+        return BUS_OK;
+    n = peers_gone_parse(v, strlen(v), out->gone, PEERS_GONE_MAX_PODS, why, sizeof(why));
+    if (n < 0)
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header: %s",
+                      BUS_HDR_PODS_GONE, why);
+    out->n_gone = (size_t)n;
+    return BUS_OK;
+}
+
 enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *err, size_t errlen)
 {
     const char *data = natsMsg_GetData(msg);
@@ -337,6 +354,8 @@ enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *er
             r = REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "batch without a sequence");
         else
             r = check_node(out->meta.node, err, errlen);
+        if (r == BUS_OK)
+            r = decode_gone(msg, out, err, errlen);
         if (r != BUS_OK)
             bus_batch_free(out);
         else
@@ -360,6 +379,10 @@ enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *er
         r = REJECT(BUS_REJECT_BAD_METADATA, err, errlen,
                    "%s header says %llu events, the body holds %zu", BUS_HDR_EVENTS,
                    (unsigned long long)events, lines);
+        bus_batch_free(out);
+        return r;
+    }
+    if ((r = decode_gone(msg, out, err, errlen)) != BUS_OK) {
         bus_batch_free(out);
         return r;
     }

@@ -12,6 +12,7 @@
 
 #include "event.h"
 #include "event_pb.h"
+#include "peers.h"
 
 enum bus_reject {
     BUS_OK = 0,
@@ -32,6 +33,9 @@ struct bus_batch {
     struct event *events;         /* owned; release with bus_batch_free */
     size_t n;
     enum bus_reject events_reason; /* the reason those events were skipped */
+    /* Pods the agent saw deleted (BUS_HDR_PODS_GONE, either encoding), strings interned. */
+    struct peers_pod gone[PEERS_GONE_MAX_PODS];
+    size_t n_gone;
 };
 
 /*
@@ -45,7 +49,9 @@ struct bus_batch {
  * out->meta.rejected_events (err then says why the first was refused); the
  * rest of the batch is kept. Returns BUS_OK (release *out with
  * bus_batch_free) or the reason the whole message was refused, with detail
- * in err; on a reject *out holds nothing.
+ * in err; on a reject *out holds nothing. An Ebpf-Pods-Gone header, when
+ * present, must parse (peers_gone_parse) or the message is refused as bad
+ * metadata; a batch may then hold no events.
  */
 enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *err, size_t errlen);
 

@@ -79,6 +79,9 @@ struct k8s {
     uint32_t jobs_cap;
     uint64_t jobs_added;
     struct k8s_stats stats;
+    /* Deleted pods' addresses for the bus (k8s_take_gone): a ring, oldest first. */
+    struct peers_pod gone[K8S_GONE_MAX];
+    uint32_t gone_first, gone_n;
 };
 
 /* FNV-1a */
@@ -259,6 +262,31 @@ struct pod_meta {
     bool host_network;
 };
 
+/* A deleted pod with addresses goes to the ring for the bus; a full ring loses its oldest. */
+static void gone_push(struct k8s *k, const struct k8s_pod *pod)
+{
+    struct peers_pod g = {
+        .node = pod->node ? pod->node : k->node_name,
+        .namespace = pod->namespace,
+        .pod = pod->name,
+        .uid = pod->uid,
+        .workload = pod->workload,
+        .workload_kind = pod->workload_kind,
+        .host_network = pod->host_network,
+    };
+
+    if (!pod->name || !pod->namespace || !peers_pod_ips_parse(&g, pod->ips))
+        return;
+    g.gone_ns = g.seen_ns = clock_realtime_ns();
+    if (k->gone_n == K8S_GONE_MAX) {
+        k->gone_first = (k->gone_first + 1) % K8S_GONE_MAX;
+        k->gone_n--;
+        k->stats.deletions_dropped++;
+    }
+    k->gone[(k->gone_first + k->gone_n++) % K8S_GONE_MAX] = g;
+    k->stats.deletions++;
+}
+
 static void cache_mark_deleted(struct k8s *k, uint32_t i, uint64_t now)
 {
     struct pod_entry *e = &k->cache.e[i];
@@ -266,7 +294,22 @@ static void cache_mark_deleted(struct k8s *k, uint32_t i, uint64_t now)
         e->pod.deleted = true;
         e->deleted_ns = now;
         k->cache.deleted++;
+        gone_push(k, &e->pod);
     }
+}
+
+size_t k8s_take_gone(struct k8s *k, struct peers_pod *out, size_t max)
+{
+    size_t n = 0;
+
+    pthread_mutex_lock(&k->lock);
+    while (n < max && k->gone_n) {
+        out[n++] = k->gone[k->gone_first];
+        k->gone_first = (k->gone_first + 1) % K8S_GONE_MAX;
+        k->gone_n--;
+    }
+    pthread_mutex_unlock(&k->lock);
+    return n;
 }
 
 /* ---- Jobs: a Job-owned pod's workload is the Job's CronJob, when it has one ---- */

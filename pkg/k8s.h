@@ -34,6 +34,7 @@
 #include "cgroup.h"
 #include "event.h"
 #include "k8s_watch.h" /* K8S_TOKEN_PATH, K8S_CA_PATH */
+#include "peers.h"
 
 struct k8s_options {
     /* NULL: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; with neither,
@@ -83,8 +84,10 @@ struct k8s_stats {
     uint64_t peer_lookups;   /* peer addresses looked up (connection, accept, close) */
     uint64_t peer_hits;      /* of which named a pod */
     uint64_t peer_ambiguous; /* of which several pods (or a hostNetwork pod) held the address */
-    bool connected;          /* the last LIST/WATCH request succeeded */
-    char last_error[256];    /* the most recent error, "" when none happened yet */
+    uint64_t deletions;      /* pods with addresses deleted: queued for the bus (k8s_take_gone) */
+    uint64_t deletions_dropped; /* of which lost from a full queue (K8S_GONE_MAX) */
+    bool connected;             /* the last LIST/WATCH request succeeded */
+    char last_error[256];       /* the most recent error, "" when none happened yet */
 };
 
 struct k8s;
@@ -131,6 +134,16 @@ int k8s_peer_lookup(struct k8s *k, unsigned family, const uint8_t addr[16], stru
 int k8s_enrich(struct k8s *k, struct cgroup_resolver *cg, struct event *e);
 
 void k8s_get_stats(struct k8s *k, struct k8s_stats *out);
+
+/*
+ * The pods seen deleted (a DELETED watch event, or gone from a re-list) that
+ * had addresses, for the agent to send with its batches so the aggregators
+ * stop naming a pod whose address a new pod may get: takes up to max, oldest
+ * first, as peers pods with gone_ns (realtime) set. The queue holds
+ * K8S_GONE_MAX; a full one loses its oldest (deletions_dropped).
+ */
+#define K8S_GONE_MAX 1024
+size_t k8s_take_gone(struct k8s *k, struct peers_pod *out, size_t max);
 
 /*
  * Applies bytes as if the API server had sent them, without any request:

@@ -224,30 +224,43 @@ static bool same_pod(const struct claim *c, const struct peers_pod *pod)
 
 /* ---- observing ---- */
 
+/* pod's claim on the address, in bucket b; NULL when it has none. */
+static struct claim *claim_find(struct peers *p, uint32_t b, const struct peers_pod *pod,
+                                unsigned family, const uint8_t ip[16])
+{
+    for (struct claim *o = at(p, p->buckets[b]); o; o = at(p, o->next))
+        if (same_addr(o, family, ip) && same_pod(o, pod))
+            return o;
+    return NULL;
+}
+
+/* A new claim of pod's on the address, chained in bucket b; its times are the caller's. */
+static struct claim *claim_new(struct peers *p, uint32_t b, const struct peers_pod *pod,
+                               unsigned family, const uint8_t ip[16])
+{
+    struct claim *c = claim_alloc(p);
+    memcpy(c->ip, ip, addr_len(family));
+    c->family = family;
+    c->node = pod->node;
+    c->namespace = pod->namespace;
+    c->pod = pod->pod;
+    c->uid = pod->uid;
+    c->next = p->buckets[b];
+    p->buckets[b] = link_of(p, c);
+    return c;
+}
+
 /* One address of pod; true when the claim is new or changed. */
 static bool observe_ip(struct peers *p, const struct peers_pod *pod, unsigned family,
                        const uint8_t ip[16], bool *due)
 {
     uint32_t b = bucket_of(p, family, ip);
-    struct claim *c = NULL;
+    struct claim *c = claim_find(p, b, pod, family, ip);
     bool changed = false;
 
-    for (struct claim *o = at(p, p->buckets[b]); o; o = at(p, o->next))
-        if (same_addr(o, family, ip) && same_pod(o, pod)) {
-            c = o;
-            break;
-        }
     if (c == NULL) {
-        c = claim_alloc(p);
-        memcpy(c->ip, ip, addr_len(family));
-        c->family = family;
-        c->node = pod->node;
-        c->namespace = pod->namespace;
-        c->pod = pod->pod;
-        c->uid = pod->uid;
+        c = claim_new(p, b, pod, family, ip);
         c->first_seen = c->last_seen = pod->seen_ns;
-        c->next = p->buckets[b];
-        p->buckets[b] = link_of(p, c);
         changed = true;
     } else {
         lru_unlink(p, c);
@@ -279,6 +292,30 @@ static bool observe_ip(struct peers *p, const struct peers_pod *pod, unsigned fa
     return changed;
 }
 
+/* One address of a deleted pod: its claim ends at gone_ns; true when that changed it. */
+static bool gone_ip(struct peers *p, const struct peers_pod *pod, unsigned family,
+                    const uint8_t ip[16])
+{
+    uint32_t b = bucket_of(p, family, ip);
+    struct claim *c = claim_find(p, b, pod, family, ip);
+
+    if (c && c->ended && c->ended <= pod->gone_ns)
+        return false;
+    if (c == NULL) {
+        /* Not seen yet: a batch from before the deletion may still come, and finds this
+         * claim ended. first_seen 0: it never ends another pod's claim. */
+        c = claim_new(p, b, pod, family, ip);
+        c->workload = pod->workload;
+        c->workload_kind = pod->workload_kind;
+        c->host_network = pod->host_network;
+        c->last_seen = pod->gone_ns;
+        lru_push_head(p, c);
+    }
+    claim_end_at(c, pod->gone_ns);
+    p->st.gone++;
+    return true;
+}
+
 bool peers_observe(struct peers *p, const struct peers_pod *pod)
 {
     bool due = false;
@@ -286,6 +323,13 @@ bool peers_observe(struct peers *p, const struct peers_pod *pod)
     if (!pod->node || !pod->namespace || !pod->pod)
         return false;
     pthread_mutex_lock(&p->lock);
+    if (pod->gone_ns) {
+        for (unsigned i = 0; i < pod->n_ips && i < PEERS_POD_MAX_IPS; i++)
+            if (pod->family[i] == EVENT_FAMILY_IPV4 || pod->family[i] == EVENT_FAMILY_IPV6)
+                due |= gone_ip(p, pod, pod->family[i], pod->ip[i]);
+        pthread_mutex_unlock(&p->lock);
+        return due;
+    }
     for (unsigned i = 0; i < pod->n_ips && i < PEERS_POD_MAX_IPS; i++)
         if (pod->family[i] == EVENT_FAMILY_IPV4 || pod->family[i] == EVENT_FAMILY_IPV6)
             observe_ip(p, pod, pod->family[i], pod->ip[i], &due);
@@ -501,8 +545,7 @@ void peers_enrich(struct peers *p, struct event *events, size_t n, uint64_t now,
 
 /* ---- pods from events ---- */
 
-/* Parses "10.0.0.1,fd00::1" into pod's addresses; false when none parses. */
-static bool pod_ips_parse(struct peers_pod *pod, const char *text)
+bool peers_pod_ips_parse(struct peers_pod *pod, const char *text)
 {
     char one[INET6_ADDRSTRLEN + 1];
 
@@ -557,7 +600,7 @@ size_t peers_pods_from_events(const struct event *events, size_t n, uint64_t see
             continue;
         struct peers_pod *pod = &out[got];
         memset(pod, 0, sizeof(*pod));
-        if (!pod_ips_parse(pod, e->k8s.ips))
+        if (!peers_pod_ips_parse(pod, e->k8s.ips))
             continue;
         pod->node = node;
         pod->namespace = e->k8s.namespace;
@@ -593,19 +636,19 @@ void peers_name_write(struct buf *b, const char *key, const char *v)
     buf_json_cstr(b, v);
 }
 
-void peers_announce_write(struct buf *out, const char *replica, const struct peers_pod *pods,
-                          size_t n)
+/* "pods":[...]: the pod objects of announcements and of the deletions an agent sends. */
+static void pods_write(struct buf *out, const struct peers_pod *pods, size_t n)
 {
     char text[INET6_ADDRSTRLEN];
 
-    buf_puts(out, "{\"replica\":");
-    buf_json_cstr(out, replica ? replica : "");
-    buf_puts(out, ",\"pods\":[");
+    buf_puts(out, "\"pods\":[");
     for (size_t i = 0; i < n; i++) {
         const struct peers_pod *pod = &pods[i];
         /* The fixed members first, so the object is valid whichever names are missing. */
         buf_printf(out, "%s{\"host_network\":%s,\"seen_ns\":%" PRIu64, i ? "," : "",
                    pod->host_network ? "true" : "false", pod->seen_ns);
+        if (pod->gone_ns)
+            buf_printf(out, ",\"gone_ns\":%" PRIu64, pod->gone_ns);
         peers_name_write(out, "node", pod->node);
         peers_name_write(out, "namespace", pod->namespace);
         peers_name_write(out, "pod", pod->pod);
@@ -619,7 +662,24 @@ void peers_announce_write(struct buf *out, const char *replica, const struct pee
         }
         buf_puts(out, "]}");
     }
-    buf_puts(out, "]}");
+    buf_putc(out, ']');
+}
+
+void peers_announce_write(struct buf *out, const char *replica, const struct peers_pod *pods,
+                          size_t n)
+{
+    buf_puts(out, "{\"replica\":");
+    buf_json_cstr(out, replica ? replica : "");
+    buf_putc(out, ',');
+    pods_write(out, pods, n);
+    buf_putc(out, '}');
+}
+
+void peers_gone_write(struct buf *out, const struct peers_pod *pods, size_t n)
+{
+    buf_putc(out, '{');
+    pods_write(out, pods, n);
+    buf_putc(out, '}');
 }
 
 bool peers_name_read(json_t *o, const char *key, bool required, const char **out)
@@ -639,6 +699,7 @@ static int parse_pod(json_t *o, struct peers_pod *pod, char *err, size_t errlen)
     json_t *ips = json_object_get(o, "ips");
     json_t *seen = json_object_get(o, "seen_ns");
     json_t *host = json_object_get(o, "host_network");
+    json_t *gone = json_object_get(o, "gone_ns");
     size_t i;
     json_t *ip;
 
@@ -658,7 +719,12 @@ static int parse_pod(json_t *o, struct peers_pod *pod, char *err, size_t errlen)
         errmsg_set(err, errlen, "a pod needs a positive seen_ns and a boolean host_network");
         return -EINVAL;
     }
+    if (gone != NULL && (!json_is_integer(gone) || json_integer_value(gone) <= 0)) {
+        errmsg_set(err, errlen, "a pod's gone_ns must be a positive integer");
+        return -EINVAL;
+    }
     pod->seen_ns = (uint64_t)json_integer_value(seen);
+    pod->gone_ns = gone ? (uint64_t)json_integer_value(gone) : 0;
     pod->host_network = json_is_true(host);
     if (!json_is_array(ips) || json_array_size(ips) == 0 ||
         json_array_size(ips) > PEERS_POD_MAX_IPS) {
@@ -681,13 +747,20 @@ static int parse_pod(json_t *o, struct peers_pod *pod, char *err, size_t errlen)
     return 0;
 }
 
-int peers_announce_parse(const char *data, size_t len, char *replica, size_t replica_len,
-                         struct peers_pod *out, size_t max, char *err, size_t errlen)
+/*
+ * An object with a pods array of at most max (and limit) pods into out; with
+ * replica_len, a string replica member too (copied into replica); gone: every
+ * pod must have a gone_ns. Returns the pod count or -EINVAL.
+ */
+static int parse_pods(const char *data, size_t len, char *replica, size_t replica_len,
+                      struct peers_pod *out, size_t max, size_t limit, bool gone, char *err,
+                      size_t errlen)
 {
     json_error_t jerr;
     json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
     json_t *pods = json_object_get(root, "pods");
     json_t *id = json_object_get(root, "replica");
+    const char *what = gone ? "a list of deleted pods" : "an announcement";
     int rc = -EINVAL;
     size_t i;
     json_t *o;
@@ -696,19 +769,23 @@ int peers_announce_parse(const char *data, size_t len, char *replica, size_t rep
         errmsg_set(err, errlen, "not JSON: %s", jerr.text);
         return -EINVAL;
     }
-    if (!json_is_string(id) || !json_is_array(pods)) {
-        errmsg_set(err, errlen, "an announcement needs a string replica and a pods array");
+    if ((replica_len && !json_is_string(id)) || !json_is_array(pods)) {
+        errmsg_set(err, errlen, "%s needs %sa pods array", what,
+                   replica_len ? "a string replica and " : "");
         goto out;
     }
-    if (json_array_size(pods) > max || json_array_size(pods) > PEERS_ANNOUNCE_MAX_PODS) {
-        errmsg_set(err, errlen, "%zu pods: at most %d in one announcement", json_array_size(pods),
-                   PEERS_ANNOUNCE_MAX_PODS);
+    if (json_array_size(pods) > max || json_array_size(pods) > limit) {
+        errmsg_set(err, errlen, "%zu pods: at most %zu in %s", json_array_size(pods), limit, what);
         goto out;
     }
     json_array_foreach(pods, i, o)
     {
         if (parse_pod(o, &out[i], err, errlen) < 0)
             goto out;
+        if (gone && out[i].gone_ns == 0) {
+            errmsg_set(err, errlen, "a deleted pod needs a positive gone_ns");
+            goto out;
+        }
     }
     if (replica && replica_len)
         snprintf(replica, replica_len, "%s", json_string_value(id));
@@ -716,4 +793,24 @@ int peers_announce_parse(const char *data, size_t len, char *replica, size_t rep
 out:
     json_decref(root);
     return rc;
+}
+
+int peers_announce_parse(const char *data, size_t len, char *replica, size_t replica_len,
+                         struct peers_pod *out, size_t max, char *err, size_t errlen)
+{
+    char scratch[1];
+
+    /* replica_len 0 would skip the replica check: a scratch byte keeps it. */
+    if (!replica || !replica_len) {
+        replica = scratch;
+        replica_len = sizeof(scratch);
+    }
+    return parse_pods(data, len, replica, replica_len, out, max, PEERS_ANNOUNCE_MAX_PODS, false,
+                      err, errlen);
+}
+
+int peers_gone_parse(const char *data, size_t len, struct peers_pod *out, size_t max, char *err,
+                     size_t errlen)
+{
+    return parse_pods(data, len, NULL, 0, out, max, PEERS_GONE_MAX_PODS, true, err, errlen);
 }

@@ -50,6 +50,9 @@ struct peers_pod {
     uint8_t family[PEERS_POD_MAX_IPS]; /* enum event_family */
     uint8_t ip[PEERS_POD_MAX_IPS][16];
     uint64_t seen_ns; /* when the node reported it (realtime ns) */
+    /* Not 0: the pod was deleted at this time (realtime ns), as its node's agent saw it
+     * through the API server. Its claims end then: named for grace, then stale. */
+    uint64_t gone_ns;
 };
 
 enum peers_result {
@@ -70,6 +73,7 @@ struct peers_stats {
     uint64_t lookups;
     uint64_t results[PEERS_RESULT_COUNT];
     uint64_t evicted; /* claims pushed out by the bound */
+    uint64_t gone;    /* claims ended by their pod's deletion (peers_observe with gone_ns) */
     uint64_t expired; /* stale claims removed after their time */
 };
 
@@ -88,6 +92,12 @@ void peers_free(struct peers *p);
  * applies an announcement with this call learns that it was just announced.
  */
 bool peers_observe(struct peers *p, const struct peers_pod *pod);
+/*
+ * With pod->gone_ns, peers_observe() ends the pod's claims at gone_ns instead
+ * (a claim it does not hold yet is made, already ended, so a batch from
+ * before the deletion that arrives after it cannot revive the pod), and
+ * returns true when that changed a claim: the caller announces the deletion.
+ */
 
 /* Who holds the address at now; fills *out (peer fields) on PEERS_HIT. Counted. */
 enum peers_result peers_lookup(struct peers *p, unsigned family, const uint8_t addr[16],
@@ -144,13 +154,16 @@ size_t peers_pods_from_events(const struct event *events, size_t n, uint64_t see
 
 void peers_get_stats(struct peers *p, struct peers_stats *out);
 
+/* Parses "10.0.0.1,fd00::1" (struct event_k8s.ips) into pod's addresses; false when none parses. */
+bool peers_pod_ips_parse(struct peers_pod *pod, const char *text);
+
 /* Most pods one announcement carries (a batch holds at most 128 attributions). */
 #define PEERS_ANNOUNCE_MAX_PODS 256
 
 /*
  * {"replica":"<id>","pods":[{"node":..,"namespace":..,"pod":..,"uid":..,
  * "workload":..,"workload_kind":..,"host_network":bool,"ips":["10.0.0.1"],
- * "seen_ns":n},...]}
+ * "seen_ns":n},...]}; a deleted pod also has "gone_ns":n.
  */
 void peers_announce_write(struct buf *out, const char *replica, const struct peers_pod *pods,
                           size_t n);
@@ -163,6 +176,17 @@ void peers_announce_write(struct buf *out, const char *replica, const struct pee
  */
 int peers_announce_parse(const char *data, size_t len, char *replica, size_t replica_len,
                          struct peers_pod *out, size_t max, char *err, size_t errlen);
+
+/*
+ * The deletions an agent sends with a batch (the BUS_HDR_PODS_GONE header):
+ * {"pods":[...]} with the announcement's pod objects, each with a gone_ns.
+ * At most PEERS_GONE_MAX_PODS. The parser takes hostile input like
+ * peers_announce_parse(), and refuses a pod without gone_ns.
+ */
+#define PEERS_GONE_MAX_PODS 32
+void peers_gone_write(struct buf *out, const struct peers_pod *pods, size_t n);
+int peers_gone_parse(const char *data, size_t len, struct peers_pod *out, size_t max, char *err,
+                     size_t errlen);
 
 /*
  * The names replicas announce to each other (here and pkg/joins.c): written

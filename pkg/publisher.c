@@ -54,7 +54,9 @@ struct batch {
     size_t events_len; /* body.len before the metadata was appended */
     uint32_t n_events;
     uint64_t sequence;
-    uint64_t opened_ns; /* monotonic time of its first event */
+    uint64_t opened_ns; /* monotonic time of its first event (or deletion) */
+    struct peers_pod gone[PEERS_GONE_MAX_PODS]; /* sent in the BUS_HDR_PODS_GONE header */
+    size_t n_gone;
 };
 
 struct publisher {
@@ -88,6 +90,7 @@ struct publisher {
     /* Counters (relaxed atomics). */
     uint64_t batches_sent, events_sent, bytes_sent;
     uint64_t batches_dropped, events_dropped, encode_failed;
+    uint64_t pods_gone_sent, pods_gone_dropped;
     uint64_t queue_batches, queue_bytes;
     uint64_t publish_errors;
     uint64_t kernel_drops, kernel_missed;
@@ -186,7 +189,7 @@ static void close_batch_queue(struct publisher *p, bool defer)
             wake_deferred(p);
         return;
     }
-    if (b->body.oom || !b->n_events) {
+    if (b->body.oom || (!b->n_events && !b->n_gone)) {
         /* Out of memory part-way: nothing of it can be sent. */
         add(&p->events_dropped, b->n_events);
         batch_free(b);
@@ -219,30 +222,63 @@ static void close_batch(struct publisher *p)
     close_batch_queue(p, false);
 }
 
-int publisher_add(struct publisher *p, const struct event *e)
+/* The open batch, opened now when there is none; NULL without memory. */
+static struct batch *batch_open(struct publisher *p)
 {
     struct batch *b = p->cur;
+    if (b)
+        return b;
+    if ((b = p->spare)) {
+        /* Emptied by batch_recycle; its buffer is already the right size. */
+        p->spare = NULL;
+        b->next = NULL;
+        b->events_len = 0;
+        b->n_events = 0;
+        b->sequence = 0;
+        b->n_gone = 0;
+    } else if ((b = calloc(1, sizeof(*b)))) {
+        buf_init(&b->body);
+        /* Most batches fit: a guess at ~200 bytes an event saves the doubling reallocs. */
+        size_t guess = (size_t)p->cfg.batch_size * 200;
+        buf_reserve(&b->body, guess < PUB_INITIAL_BUF_BYTES ? guess : PUB_INITIAL_BUF_BYTES);
+    } else {
+        return NULL;
+    }
+    b->opened_ns = clock_monotonic_ns();
+    p->cur = b;
+    event_pb_pods_reset(&p->pods);
+    return b;
+}
+
+size_t publisher_gone_room(const struct publisher *p)
+{
+    return p->cur ? PEERS_GONE_MAX_PODS - p->cur->n_gone : PEERS_GONE_MAX_PODS;
+}
+
+size_t publisher_add_gone(struct publisher *p, const struct peers_pod *pods, size_t n)
+{
+    struct batch *b = n ? batch_open(p) : NULL;
+    size_t taken = 0;
+
+    for (; b && taken < n && b->n_gone < PEERS_GONE_MAX_PODS; taken++) {
+        struct peers_pod *g = &b->gone[b->n_gone++];
+        *g = pods[taken];
+        if (!g->node)
+            g->node = p->node;
+    }
+    add(&p->pods_gone_sent, taken);
+    if (n && !b)
+        add(&p->pods_gone_dropped, n); /* no memory for a batch */
+    return taken;
+}
+
+int publisher_add(struct publisher *p, const struct event *e)
+{
+    struct batch *b = batch_open(p);
     if (!b) {
-        if ((b = p->spare)) {
-            /* Emptied by batch_recycle; its buffer is already the right size. */
-            p->spare = NULL;
-            b->next = NULL;
-            b->events_len = 0;
-            b->n_events = 0;
-            b->sequence = 0;
-        } else if ((b = calloc(1, sizeof(*b)))) {
-            buf_init(&b->body);
-            /* Most batches fit: a guess at ~200 bytes an event saves the doubling reallocs. */
-            size_t guess = (size_t)p->cfg.batch_size * 200;
-            buf_reserve(&b->body, guess < PUB_INITIAL_BUF_BYTES ? guess : PUB_INITIAL_BUF_BYTES);
-        } else {
-            add(&p->events_dropped, 1);
-            add(&p->encode_failed, 1);
-            return -ENOMEM;
-        }
-        b->opened_ns = clock_monotonic_ns();
-        p->cur = b;
-        event_pb_pods_reset(&p->pods);
+        add(&p->events_dropped, 1);
+        add(&p->encode_failed, 1);
+        return -ENOMEM;
     }
 
     size_t before = b->body.len;
@@ -363,6 +399,14 @@ static natsStatus publish_batch(struct publisher *p, struct batch *b)
         s = set_header_u64(m, BUS_HDR_AGENT_DROPS, adrops);
     if (s == NATS_OK)
         s = set_header_u64(m, BUS_HDR_KERNEL_MISSED, kmissed);
+    if (s == NATS_OK && b->n_gone) {
+        struct buf gone;
+        buf_init(&gone);
+        peers_gone_write(&gone, b->gone, b->n_gone);
+        buf_putc(&gone, '\0');
+        s = gone.oom ? NATS_NO_MEMORY : natsMsgHeader_Set(m, BUS_HDR_PODS_GONE, gone.data);
+        buf_free(&gone);
+    }
     if (s == NATS_OK)
         s = natsConnection_PublishMsg(bus_conn(p->bus), m);
     natsMsg_Destroy(m);
@@ -622,6 +666,8 @@ void publisher_get_stats(struct publisher *p, struct publisher_stats *out)
     out->batches_dropped = get(&p->batches_dropped);
     out->events_dropped = get(&p->events_dropped);
     out->encode_failed = get(&p->encode_failed);
+    out->pods_gone = get(&p->pods_gone_sent);
+    out->pods_gone_dropped = get(&p->pods_gone_dropped);
     out->queue_batches = get(&p->queue_batches);
     out->queue_bytes = get(&p->queue_bytes);
     out->publish_errors = get(&p->publish_errors);

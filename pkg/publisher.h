@@ -23,6 +23,7 @@
 #include "bus.h"
 #include "config.h"
 #include "event.h"
+#include "peers.h"
 
 #define PUBLISHER_INSTANCE_LEN 16 /* hex chars in an instance id */
 
@@ -43,9 +44,11 @@ struct publisher_stats {
     uint64_t events_sent;
     uint64_t bytes_sent; /* payload bytes */
     uint64_t batches_dropped;
-    uint64_t events_dropped; /* agent drops: dropped batches' events + encode failures */
-    uint64_t encode_failed;  /* events that could not be encoded (included above) */
-    uint64_t queue_batches;  /* closed batches waiting (and the one being sent) */
+    uint64_t events_dropped;    /* agent drops: dropped batches' events + encode failures */
+    uint64_t encode_failed;     /* events that could not be encoded (included above) */
+    uint64_t pods_gone;         /* deleted pods put in batches (publisher_add_gone) */
+    uint64_t pods_gone_dropped; /* deleted pods lost: no memory for a batch */
+    uint64_t queue_batches;     /* closed batches waiting (and the one being sent) */
     uint64_t queue_bytes;
     uint64_t publish_errors;
     uint64_t sequence; /* last sequence number given to a batch */
@@ -76,6 +79,16 @@ void publisher_free(struct publisher *p);
  * ticks after each drain of the ring wakes it once per drain.
  */
 int publisher_add(struct publisher *p, const struct event *e);
+
+/*
+ * Deleted pods (k8s_take_gone) for the open batch, opening one if needed: a
+ * batch goes out with them even without events, its first deletion then
+ * waiting at most flush_interval. Copies up to publisher_gone_room(); returns
+ * how many it took (none, counted as dropped, without memory). Strings must outlive
+ * the batch (interned); a pod without a node gets the publisher's.
+ */
+size_t publisher_add_gone(struct publisher *p, const struct peers_pod *pods, size_t n);
+size_t publisher_gone_room(const struct publisher *p);
 
 /*
  * Wakes the publisher for the full batches publisher_add() queued, and

@@ -655,3 +655,66 @@ Test(bus_message, corrupted_bytes_never_crash)
     free(copy);
     buf_free(&pb);
 }
+
+/* The deletions an agent sends: in either encoding, with or without events; a bad one refuses
+ * the message. */
+Test(bus_message, pods_gone_header_in_both_encodings)
+{
+    const char *gone = "{\"pods\":[{\"host_network\":false,\"seen_ns\":5,\"gone_ns\":5,"
+                       "\"node\":\"worker-1\",\"namespace\":\"shop\",\"pod\":\"web-1\","
+                       "\"uid\":\"u-1\",\"ips\":[\"10.1.0.5\",\"fd00::5\"]}]}";
+    struct buf body;
+    struct bus_batch b;
+    char err[256];
+
+    buf_init(&body);
+    encode_batch(&body, &good_meta, 0);
+    const char *pb[] = {BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_PROTOBUF, BUS_HDR_PODS_GONE, gone,
+                        NULL};
+    cr_assert_eq(decode(message(body.data, body.len, pb), &b, err), BUS_OK, "%s", err);
+    cr_assert_eq(b.n, 0, "a batch of deletions alone");
+    cr_assert_eq(b.n_gone, 1);
+    cr_assert_str_eq(b.gone[0].pod, "web-1");
+    cr_assert_str_eq(b.gone[0].uid, "u-1");
+    cr_assert_eq(b.gone[0].gone_ns, 5);
+    cr_assert_eq(b.gone[0].n_ips, 2);
+    cr_assert_eq(b.gone[0].family[1], EVENT_FAMILY_IPV6);
+    bus_batch_free(&b);
+    cr_assert_eq(b.n_gone, 0);
+
+    buf_reset(&body);
+    json_lines(&body, 2, NULL);
+    const char *js[] = {
+        JSON_HEADERS(NODE, INST, "3"), BUS_HDR_EVENTS, "2", BUS_HDR_PODS_GONE, gone, NULL};
+    cr_assert_eq(decode(message(body.data, body.len, js), &b, err), BUS_OK, "%s", err);
+    cr_assert_eq(b.n, 2);
+    cr_assert_eq(b.n_gone, 1);
+    bus_batch_free(&b);
+    const char *js_empty[] = {
+        JSON_HEADERS(NODE, INST, "4"), BUS_HDR_EVENTS, "0", BUS_HDR_PODS_GONE, gone, NULL};
+    cr_assert_eq(decode(message("", 0, js_empty), &b, err), BUS_OK, "%s", err);
+    cr_assert_eq(b.n, 0);
+    cr_assert_eq(b.n_gone, 1);
+    bus_batch_free(&b);
+
+    /* Crafted: refused as a whole, with the header named. */
+    static const char *bad[] = {"not json", "{\"pods\":[1]}",
+                                "{\"pods\":[{\"node\":\"a\",\"namespace\":\"n\",\"pod\":\"p\","
+                                "\"seen_ns\":1,\"ips\":[\"10.0.0.1\"]}]}"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        buf_reset(&body);
+        encode_batch(&body, &good_meta, 1);
+        const char *h[] = {BUS_HDR_PODS_GONE, bad[i], NULL};
+        cr_assert_eq(decode(message(body.data, body.len, h), &b, err), BUS_REJECT_BAD_METADATA,
+                     "accepted %s", bad[i]);
+        cr_assert(strstr(err, BUS_HDR_PODS_GONE), "%s", err);
+        cr_assert_eq(b.n, 0);
+        cr_assert_eq(b.n_gone, 0);
+        buf_reset(&body);
+        json_lines(&body, 1, NULL);
+        const char *hj[] = {JSON_HEADERS(NODE, INST, "5"), BUS_HDR_PODS_GONE, bad[i], NULL};
+        cr_assert_eq(decode(message(body.data, body.len, hj), &b, err), BUS_REJECT_BAD_METADATA,
+                     "accepted %s", bad[i]);
+    }
+    buf_free(&body);
+}

@@ -34,6 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bus_message.h"
 #include "fixtures/k8s/kubepods.h"
 #include "k8s_api_server.h"
 #include "testutil.h"
@@ -675,6 +676,63 @@ Test(e2e_k8s, pod_deleted_before_the_last_event_is_still_named)
     ev = wait_event(p->pid, "exit");
     expect_pod(ev, &job, true);
     json_decref(ev);
+}
+
+/*
+ * A pod deleted through the watch goes out on the bus with the agent's next batch (the
+ * Ebpf-Pods-Gone header, with nothing else to send here), as the aggregators decode it:
+ * its name, UID, node and both addresses, so they stop naming its IPs.
+ */
+Test(e2e_k8s, a_deleted_pod_goes_out_on_the_bus_for_the_aggregators)
+{
+    natsConnection *nc = NULL;
+    natsSubscription *sub = NULL;
+    char url[64];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", nats_port);
+    cr_assert_eq(natsConnection_ConnectTo(&nc, url), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, "ebpf.events.>"), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+
+    char *obj = pod_object(&cart, LIST_RV + 3);
+    cr_assert_eq(kas_push(&api, "DELETED", LIST_RV + 3, obj), 0);
+    free(obj);
+
+    bool found = false;
+    for (uint64_t end = tu_mono_ms() + 20000; !found && tu_mono_ms() < end;) {
+        natsMsg *m = NULL;
+        if (natsSubscription_NextMsg(&m, sub, 200) != NATS_OK)
+            continue;
+        struct bus_batch b;
+        char err[256];
+        cr_assert_eq(bus_message_decode(m, &b, err, sizeof(err)), BUS_OK, "%s", err);
+        for (size_t i = 0; i < b.n_gone && !found; i++) {
+            const struct peers_pod *g = &b.gone[i];
+            if (strcmp(g->pod, cart.name) != 0)
+                continue;
+            found = true;
+            cr_expect_str_eq(g->namespace, cart.ns);
+            cr_expect_str_eq(g->uid, cart.uid);
+            cr_expect_str_eq(g->node, b.meta.node, "the pod's node, the agent's");
+            cr_expect_str_eq(g->workload, "cart");
+            cr_expect_str_eq(g->workload_kind, "StatefulSet");
+            cr_assert_eq(g->n_ips, 2);
+            uint8_t v4[16] = {0}, v6[16];
+            inet_pton(AF_INET, CART_IP4, v4);
+            inet_pton(AF_INET6, CART_IP6, v6);
+            cr_expect_eq(g->family[0], EVENT_FAMILY_IPV4);
+            cr_expect_eq(memcmp(g->ip[0], v4, 4), 0);
+            cr_expect_eq(g->family[1], EVENT_FAMILY_IPV6);
+            cr_expect_eq(memcmp(g->ip[1], v6, 16), 0);
+            cr_expect_gt(g->gone_ns, tu_now_ns() - 60000000000ull);
+        }
+        bus_batch_free(&b);
+        natsMsg_Destroy(m);
+    }
+    natsSubscription_Destroy(sub);
+    natsConnection_Destroy(nc);
+    cr_assert(found, "no batch carried the deletion of %s", cart.name);
+    cr_expect_eq(kube_int("deletions_sent"), 1);
+    cr_expect_eq(kube_int("deletions_dropped"), 0);
 }
 
 Test(e2e_k8s, agent_identity_and_api_connection_in_stats)

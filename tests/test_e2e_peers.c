@@ -628,6 +628,96 @@ Test(e2e_peers, pods_on_other_nodes_are_named_on_both_replicas)
     remove_logs();
 }
 
+/* The peer_pod of the newest event query finds on r once the one from sport is in. */
+static const char *peer_of_event(struct proc *r, const char *query, uint16_t sport, char *out,
+                                 size_t len)
+{
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    for (;;) {
+        json_t *a = api(r, "%s", query);
+        json_t *e = only_event(a);
+        if (e && tu_jint(e, "source_port") == sport) {
+            const char *peer = tu_jstr(e, "peer_pod");
+            snprintf(out, len, "%s", peer ? peer : "");
+            json_decref(a);
+            return out[0] ? out : NULL;
+        }
+        json_decref(a);
+        check(tu_mono_ms() < deadline, "%s: the event from port %u not ingested", query, sport);
+        usleep(20000);
+    }
+}
+
+/*
+ * A pod deleted on node A, whose address no other pod has reported: its
+ * agent sends the deletion with its next batch (here a batch that carries
+ * nothing else); replica 1 ingests it and announces it to replica 2. Both
+ * stop naming the address once the grace (1 s) has passed, where before
+ * they named the deleted pod for up to PEER_TTL (10 min here).
+ */
+Test(e2e_peers, a_deleted_pod_is_no_longer_named_on_either_replica)
+{
+    char id1[32], id2[32], peer[128];
+
+    cluster_up(id1, id2);
+    add(pub_a, ev(&client_a, EVENT_EXEC, "0.0.0.0", 0, "0.0.0.0", 0));
+    flush(pub_a);
+    wait_peers(&r2, "pods_received", 1);
+    add(pub_b, ev(&server_b, EVENT_ACCEPT, "10.1.0.5", 40000, "10.2.0.7", 8080));
+    flush(pub_b);
+    check(peer_of_event(&r2, "/api/events?node=node-b&type=accept&limit=1", 40000, peer,
+                        sizeof(peer)) &&
+              strcmp(peer, "client-7f9c") == 0,
+          "the live pod is named");
+
+    uint64_t deleted = tu_now_ns();
+    struct peers_pod gone = {.node = intern("node-a"),
+                             .namespace = intern("shop"),
+                             .pod = intern("client-7f9c"),
+                             .uid = intern("uid-client-a"),
+                             .workload = intern("client"),
+                             .workload_kind = intern("Deployment"),
+                             .n_ips = 1,
+                             .family = {EVENT_FAMILY_IPV4},
+                             .seen_ns = deleted,
+                             .gone_ns = deleted};
+    cr_assert_eq(inet_pton(AF_INET, "10.1.0.5", gone.ip[0]), 1);
+    cr_assert_eq(publisher_add_gone(pub_a, &gone, 1), 1);
+    flush(pub_a);
+    wait_peers(&r1, "gone", 2); /* replica 1 from the batch, replica 2 from its announcement */
+
+    /* Node B's accepts (replica 2) and node A's connections (replica 1) from and to the
+     * address: named during the grace at most, then never. */
+    uint16_t port = 40001;
+    for (bool named = true; named; port++) {
+        check(tu_now_ns() < deleted + 1000000000ull + WAIT_MS * 1000000ull,
+              "the deleted pod is still named after the grace");
+        add(pub_b, ev(&server_b, EVENT_ACCEPT, "10.1.0.5", port, "10.2.0.7", 8080));
+        flush(pub_b);
+        named = peer_of_event(&r2, "/api/events?node=node-b&type=accept&limit=1", port, peer,
+                              sizeof(peer)) != NULL;
+        check(!named || tu_now_ns() < deleted + 2000000000ull,
+              "accept from port %u named %s well after the grace", port, peer);
+        if (named)
+            usleep(100000);
+    }
+    check(tu_now_ns() >= deleted + 1000000000ull, "unnamed before the grace ended");
+    add(pub_a, ev(&dup_a, EVENT_CONNECTION, "10.9.9.9", port, "10.1.0.5", 80));
+    flush(pub_a);
+    check(peer_of_event(&r1, "/api/events?node=node-a&type=connection&limit=1", port, peer,
+                        sizeof(peer)) == NULL,
+          "replica 1 names %s", peer);
+    json_t *st = api(&r1, "/api/stats");
+    check(jpath_int(st, "peers", "stale") >= 2,
+          "lookups of the deleted pod's address count as stale");
+    json_decref(st);
+    struct tu_http m;
+    cr_assert_eq(tu_http_get(r2.port, "/metrics", NULL, &m), 0);
+    check(metric(m.body, "ebpf_aggregator_peer_gone_total") == 1, "replica 2's gone counter");
+    tu_http_free(&m);
+    remove_logs();
+}
+
 /* ---- Services (Kubernetes mode) ---- */
 
 #define SERVICES_PATH "/api/v1/services"

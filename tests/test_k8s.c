@@ -1218,3 +1218,57 @@ Test(k8s_identity, a_job_pod_is_its_cronjobs_and_a_job_that_cannot_be_read_stays
     pthread_mutex_unlock(&s.lock);
     stop_all(k, &s);
 }
+
+/*
+ * A deleted pod's addresses are queued for the bus (k8s_take_gone), oldest first (a re-list
+ * that no longer holds a pod goes through the same cache_mark_deleted); a pod without
+ * addresses is not, and a full queue loses its oldest, counted.
+ */
+Test(k8s_identity, deleted_pods_are_queued_for_the_aggregators)
+{
+    struct k8s *k = feed_client(300);
+    struct kas_pod a = {UID(1), "web-a", "shop", NODE, .ips = {"10.244.1.7", "fd00::7"}};
+    struct kas_pod b = {UID(2), "web-b", "shop", NODE, .ips = {"10.244.1.8"}};
+    struct kas_pod bare = {UID(3), "pending", "shop", NODE};
+    struct peers_pod out[4];
+
+    feed_pod(k, "ADDED", &a);
+    feed_pod(k, "ADDED", &b);
+    feed_pod(k, "ADDED", &bare);
+    cr_assert_eq(k8s_take_gone(k, out, 4), 0, "nothing deleted yet");
+    uint64_t before = (uint64_t)time(NULL) * 1000000000ull;
+    feed_pod(k, "DELETED", &a);
+    feed_pod(k, "DELETED", &bare);
+    feed_pod(k, "DELETED", &a); /* a repeat changes nothing */
+    feed_pod(k, "DELETED", &b);
+
+    cr_assert_eq(k8s_take_gone(k, out, 1), 1, "at most max");
+    cr_assert_str_eq(out[0].pod, "web-a");
+    cr_assert_str_eq(out[0].namespace, "shop");
+    cr_assert_str_eq(out[0].uid, UID(1));
+    cr_assert_str_eq(out[0].node, NODE);
+    cr_assert_eq(out[0].n_ips, 2);
+    cr_assert_eq(out[0].family[0], EVENT_FAMILY_IPV4);
+    cr_assert_eq(out[0].family[1], EVENT_FAMILY_IPV6);
+    cr_assert_geq(out[0].gone_ns, before, "realtime, as the aggregators' clocks");
+    cr_assert_lt(out[0].gone_ns, before + 60 * 1000000000ull);
+    cr_assert_eq(k8s_take_gone(k, out, 4), 1);
+    cr_assert_str_eq(out[0].pod, "web-b");
+    cr_assert_eq(k8s_take_gone(k, out, 4), 0);
+
+    for (int i = 0; i < K8S_GONE_MAX + 2; i++) {
+        char uid[64], name[32];
+        snprintf(uid, sizeof(uid), "10000000-0000-4000-8000-%012d", i);
+        snprintf(name, sizeof(name), "p-%d", i);
+        struct kas_pod p = {uid, name, "shop", NODE, .ips = {"10.244.9.9"}};
+        feed_pod(k, "ADDED", &p);
+        feed_pod(k, "DELETED", &p);
+    }
+    struct k8s_stats st;
+    k8s_get_stats(k, &st);
+    cr_assert_eq(st.deletions, 2 + K8S_GONE_MAX + 2);
+    cr_assert_eq(st.deletions_dropped, 2);
+    cr_assert_eq(k8s_take_gone(k, out, 1), 1);
+    cr_assert_str_eq(out[0].pod, "p-2", "the oldest two were lost");
+    k8s_free(k);
+}

@@ -445,6 +445,147 @@ Test(peers, malformed_announcements_are_refused_with_a_reason)
     }
 }
 
+/* What an agent sends when it sees the pod deleted. */
+static struct peers_pod gone(struct peers_pod p, uint64_t at)
+{
+    p.seen_ns = p.gone_ns = at;
+    return p;
+}
+
+Test(peers, a_deleted_pod_is_named_for_the_grace_then_never)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod a = pod("node-a", "shop", "web-1", "10.1.0.5", T0);
+    struct peers_pod gone_a = gone(a, T0 + 10 * SEC);
+    struct event_peer out;
+
+    peers_observe(p, &a);
+    cr_assert(peers_observe(p, &gone_a), "a deletion that ends a claim is announced");
+    cr_assert_not(peers_observe(p, &gone_a), "the same deletion again changes nothing");
+    cr_assert_eq(look(p, "10.1.0.5", T0 + 10 * SEC + GRACE, &out), PEERS_HIT,
+                 "events in flight from before the deletion");
+    cr_assert_str_eq(out.pod, "web-1");
+    cr_assert_eq(look(p, "10.1.0.5", T0 + 10 * SEC + GRACE + 1, &out), PEERS_STALE,
+                 "well before PEER_TTL: the pod is gone");
+    cr_assert_null(out.pod);
+    /* Its node still reporting it (a batch from before the deletion) does not revive it. */
+    a.seen_ns = T0 + 11 * SEC;
+    peers_observe(p, &a);
+    cr_assert_eq(look(p, "10.1.0.5", T0 + 11 * SEC + GRACE, &out), PEERS_STALE);
+
+    struct peers_stats st;
+    peers_get_stats(p, &st);
+    cr_assert_eq(st.gone, 1);
+    cr_assert_eq(st.entries, 1);
+    peers_free(p);
+}
+
+/* Replica 1 applied the deletion and announced it before replica 2 saw the pod at all. */
+Test(peers, a_deletion_before_the_pods_report_keeps_it_ended)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod a = pod("node-a", "shop", "web-1", "10.1.0.5", T0);
+    struct peers_pod gone_a = gone(a, T0 + 10 * SEC);
+    struct peers_pod b = pod("node-a", "shop", "web-2", "10.1.0.5", T0 + 12 * SEC);
+    struct event_peer out;
+
+    cr_assert(peers_observe(p, &gone_a));
+    peers_observe(p, &a); /* the late batch */
+    cr_assert_eq(look(p, "10.1.0.5", T0 + 10 * SEC + GRACE + 1, &out), PEERS_STALE);
+    /* The pod that got the address next is named, and the deleted one's claim, first seen
+     * only through its deletion, never ends it. */
+    peers_observe(p, &b);
+    cr_assert_eq(look(p, "10.1.0.5", T0 + 13 * SEC + GRACE, &out), PEERS_HIT);
+    cr_assert_str_eq(out.pod, "web-2");
+    cr_assert_eq(look(p, "10.1.0.5", T0 + 12 * SEC + TTL, &out), PEERS_HIT);
+    peers_free(p);
+}
+
+/* A deletion from another node's agent for an address reused across nodes ends only its pod. */
+Test(peers, a_deletion_ends_only_its_own_pods_claims)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod a = pod("node-a", "shop", "web-1", "10.1.0.5", T0);
+    struct peers_pod b = pod("node-b", "shop", "web-9", "10.1.0.5", T0 + 20 * SEC);
+    struct peers_pod gone_a = gone(a, T0 + 10 * SEC);
+    struct event_peer out;
+
+    peers_observe(p, &a);
+    peers_observe(p, &b);
+    cr_assert_eq(look(p, "10.1.0.5", T0 + 21 * SEC, &out), PEERS_AMBIGUOUS,
+                 "two nodes' pods on one address, both valid");
+    peers_observe(p, &gone_a);
+    cr_assert_eq(look(p, "10.1.0.5", T0 + 10 * SEC + GRACE + 1, &out), PEERS_HIT);
+    cr_assert_str_eq(out.pod, "web-9");
+    cr_assert_str_eq(out.node, "node-b");
+    peers_free(p);
+}
+
+Test(peers, deletions_round_trip_in_the_batch_header_and_announcements)
+{
+    struct peers_pod in[2] = {gone(pod("node-a", "shop", "web-1", "10.1.0.5", T0), T0 + 3),
+                              gone(pod("node-a", "shop", "db-0", "fd00::7", T0), T0 + 4)};
+    in[1].uid = NULL;
+    struct peers_pod out[PEERS_GONE_MAX_PODS + 1];
+    char err[256], replica[17];
+    struct buf b;
+
+    buf_init(&b);
+    peers_gone_write(&b, in, 2);
+    cr_assert_null(memchr(b.data, '\n', b.len), "a header value holds no line break");
+    int n = peers_gone_parse(b.data, b.len, out, PEERS_GONE_MAX_PODS, err, sizeof(err));
+    cr_assert_eq(n, 2, "%s: %.*s", err, (int)b.len, b.data);
+    cr_assert_eq(out[0].gone_ns, T0 + 3);
+    cr_assert_eq(out[0].pod, in[0].pod);
+    cr_assert_null(out[1].uid);
+    cr_assert_eq(out[1].gone_ns, T0 + 4);
+    cr_assert_eq(memcmp(out[1].ip[0], in[1].ip[0], 16), 0);
+    buf_reset(&b);
+
+    /* Replicas pass deletions on in their announcements. */
+    peers_announce_write(&b, "r1", in, 2);
+    n = peers_announce_parse(b.data, b.len, replica, sizeof(replica), out, 4, err, sizeof(err));
+    cr_assert_eq(n, 2, "%s", err);
+    cr_assert_eq(out[0].gone_ns, T0 + 3);
+    buf_reset(&b);
+    struct peers_pod live = pod("node-a", "shop", "web-1", "10.1.0.5", T0);
+    peers_announce_write(&b, "r1", &live, 1);
+    cr_assert_eq(
+        peers_announce_parse(b.data, b.len, replica, sizeof(replica), out, 4, err, sizeof(err)), 1);
+    cr_assert_eq(out[0].gone_ns, 0, "a live pod has no gone_ns");
+    cr_assert_eq(peers_gone_parse(b.data, b.len, out, 4, err, sizeof(err)), -EINVAL,
+                 "a pod without gone_ns is no deletion");
+    buf_reset(&b);
+
+    struct peers_pod many[PEERS_GONE_MAX_PODS + 1];
+    for (size_t i = 0; i < PEERS_GONE_MAX_PODS + 1; i++)
+        many[i] = in[0];
+    peers_gone_write(&b, many, PEERS_GONE_MAX_PODS + 1);
+    cr_assert_eq(peers_gone_parse(b.data, b.len, out, PEERS_GONE_MAX_PODS + 1, err, sizeof(err)),
+                 -EINVAL, "more than PEERS_GONE_MAX_PODS");
+    buf_free(&b);
+
+    static const char *bad[] = {
+        "",
+        "[]",
+        "{\"pods\":{}}",
+        "{\"pods\":[{\"node\":\"a\",\"namespace\":\"n\",\"pod\":\"p\",\"seen_ns\":1,"
+        "\"gone_ns\":0,\"ips\":[\"10.0.0.1\"]}]}",
+        "{\"pods\":[{\"node\":\"a\",\"namespace\":\"n\",\"pod\":\"p\",\"seen_ns\":1,"
+        "\"gone_ns\":\"5\",\"ips\":[\"10.0.0.1\"]}]}",
+        "{\"pods\":[{\"node\":\"a\",\"namespace\":\"n\",\"pod\":\"p\",\"seen_ns\":1,"
+        "\"gone_ns\":-5,\"ips\":[\"10.0.0.1\"]}]}",
+        "{\"pods\":[{\"namespace\":\"n\",\"pod\":\"p\",\"seen_ns\":1,"
+        "\"gone_ns\":5,\"ips\":[\"10.0.0.1\"]}]}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        cr_assert_eq(peers_gone_parse(bad[i], strlen(bad[i]), out, 4, err, sizeof(err)), -EINVAL,
+                     "accepted: %s", bad[i]);
+        cr_assert_neq(err[0], '\0', "no reason for: %s", bad[i]);
+    }
+}
+
 struct worker {
     struct peers *p;
     int id;

@@ -4,6 +4,7 @@
  * headers, both encodings, and an outage with a bounded queue.
  */
 #include "bus.h"
+#include "bus_message.h"
 #include "event_json.h"
 #include "event_pb.h"
 #include "intern.h"
@@ -595,4 +596,81 @@ Test(publisher, free_sends_the_open_batch)
     cr_assert_eq(header_u64(m, BUS_HDR_EVENTS), 3);
     natsMsg_Destroy(m);
     fixture_close(&f);
+}
+
+/*
+ * Deleted pods go out in the Ebpf-Pods-Gone header of the open batch, which is sent for
+ * them alone when no event comes (within the flush interval), and as the aggregator's
+ * decoder reads it, in both encodings; the publisher's room is PEERS_GONE_MAX_PODS a batch.
+ */
+static void check_gone(enum config_encoding enc)
+{
+    struct fixture f;
+    fixture_open(&f, enc, 4, 100 * MS, 1 << 20, false);
+    struct peers_pod gone[PEERS_GONE_MAX_PODS + 3];
+    for (size_t i = 0; i < PEERS_GONE_MAX_PODS + 3; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "web-%zu", i);
+        gone[i] = (struct peers_pod){.namespace = intern("shop"),
+                                     .pod = intern(name),
+                                     .uid = intern(name),
+                                     .n_ips = 1,
+                                     .family = {EVENT_FAMILY_IPV4},
+                                     .seen_ns = 1795698266000000000ull + i,
+                                     .gone_ns = 1795698266000000000ull + i};
+        gone[i].ip[0][0] = 10;
+        gone[i].ip[0][3] = (uint8_t)i;
+    }
+    cr_assert_eq(publisher_gone_room(f.pub), PEERS_GONE_MAX_PODS);
+    cr_assert_eq(publisher_add_gone(f.pub, gone, 2), 2);
+    cr_assert_eq(publisher_gone_room(f.pub), PEERS_GONE_MAX_PODS - 2);
+    uint64_t t0 = mono_ns();
+    natsMsg *m = NULL;
+    while (!m && mono_ns() - t0 < WAIT_MS * MS) {
+        publisher_tick(f.pub, mono_ns());
+        m = next_msg(&f, 20);
+    }
+    cr_assert_not_null(m, "no batch for the deletions alone");
+    cr_assert_eq(header_u64(m, BUS_HDR_EVENTS), 0);
+    struct bus_batch b;
+    char err[256];
+    cr_assert_eq(bus_message_decode(m, &b, err, sizeof(err)), BUS_OK, "%s", err);
+    cr_assert_eq(b.n, 0);
+    cr_assert_eq(b.n_gone, 2);
+    cr_assert_str_eq(b.gone[1].pod, "web-1");
+    cr_assert_str_eq(b.gone[1].node, NODE, "a pod without a node gets the agent's");
+    cr_assert_eq(b.gone[1].gone_ns, 1795698266000000001ull);
+    cr_assert_eq(b.gone[1].ip[0][3], 1);
+    bus_batch_free(&b);
+    natsMsg_Destroy(m);
+
+    /* With events, in the same batch; past the room, the rest wait for the caller. */
+    add_events(f.pub, 0, 1);
+    cr_assert_eq(publisher_add_gone(f.pub, gone + 2, PEERS_GONE_MAX_PODS + 1), PEERS_GONE_MAX_PODS);
+    cr_assert_eq(publisher_gone_room(f.pub), 0);
+    cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
+    m = next_msg(&f, WAIT_MS);
+    cr_assert_not_null(m);
+    cr_assert_eq(bus_message_decode(m, &b, err, sizeof(err)), BUS_OK, "%s", err);
+    cr_assert_eq(b.n, 1);
+    cr_assert_eq(b.n_gone, PEERS_GONE_MAX_PODS);
+    cr_assert_str_eq(b.gone[PEERS_GONE_MAX_PODS - 1].pod, "web-33");
+    bus_batch_free(&b);
+    natsMsg_Destroy(m);
+
+    struct publisher_stats st;
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.pods_gone, 2 + PEERS_GONE_MAX_PODS);
+    cr_assert_eq(st.pods_gone_dropped, 0, "the one over the room is the caller's to keep");
+    fixture_close(&f);
+}
+
+Test(publisher, deleted_pods_travel_in_a_header_protobuf)
+{
+    check_gone(CONFIG_ENCODING_PROTOBUF);
+}
+
+Test(publisher, deleted_pods_travel_in_a_header_json)
+{
+    check_gone(CONFIG_ENCODING_JSON);
 }

@@ -185,8 +185,10 @@ static void write_kubernetes(struct agent *a, struct buf *b)
         return;
     struct k8s_stats ks;
     struct cgroup_resolver_stats cs;
+    struct publisher_stats ps;
     k8s_get_stats(a->k8s, &ks);
     cgroup_resolver_get_stats(a->cgroups, &cs);
+    publisher_get_stats(a->pub, &ps);
     buf_printf(b, ",\"kubernetes\":{\"api_connected\":%s,\"last_error\":",
                ks.connected ? "true" : "false");
     buf_json_cstr(b, ks.last_error);
@@ -202,9 +204,9 @@ static void write_kubernetes(struct agent *a, struct buf *b)
     buf_printf(b,
                ",\"job_lookups\":%" PRIu64 ",\"job_errors\":%" PRIu64 ",\"jobs_evicted\":%" PRIu64
                ",\"peer_lookups\":%" PRIu64 ",\"peer_hits\":%" PRIu64 ",\"peer_ambiguous\":%" PRIu64
-               "}",
+               ",\"deletions_sent\":%" PRIu64 ",\"deletions_dropped\":%" PRIu64 "}",
                ks.job_lookups, ks.job_errors, ks.jobs_evicted, ks.peer_lookups, ks.peer_hits,
-               ks.peer_ambiguous);
+               ks.peer_ambiguous, ps.pods_gone, ks.deletions_dropped + ps.pods_gone_dropped);
 }
 
 static void handle_stats(void *ctx, const struct http_request *req, struct http_response *res)
@@ -440,6 +442,12 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                    "Pod events whose pod was not in the cache (named by UID only).", ks.misses);
         api_metric(b, "ebpf_agent_k8s_api_errors_total", "counter",
                    "Failed Kubernetes API requests.", ks.api_errors);
+        api_metric(b, "ebpf_agent_k8s_deletions_sent_total", "counter",
+                   "Deleted pods' addresses put in batches for the aggregators.", ps.pods_gone);
+        api_metric(b, "ebpf_agent_k8s_deletions_dropped_total", "counter",
+                   "Deleted pods never sent (queue full, no memory): aggregators may name them "
+                   "up to PEER_TTL.",
+                   ks.deletions_dropped + ps.pods_gone_dropped);
         api_metric(b, "ebpf_agent_cgroup_cache_evictions_total", "counter",
                    "cgroup ids dropped from the resolver cache.", cs.evictions);
         api_metric(b, "ebpf_agent_cgroup_walks_total", "counter",

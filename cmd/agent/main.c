@@ -91,6 +91,18 @@ static void publish_kernel_losses(struct agent *a)
     publisher_set_kernel_losses(a->pub, drops, missed);
 }
 
+/* Pods deleted since the last poll go out with the open batch (see k8s_take_gone). */
+static void send_pods_gone(struct agent *a)
+{
+    struct peers_pod gone[PEERS_GONE_MAX_PODS];
+    size_t n;
+
+    if (!a->k8s || !a->pub)
+        return;
+    n = k8s_take_gone(a->k8s, gone, publisher_gone_room(a->pub));
+    publisher_add_gone(a->pub, gone, n);
+}
+
 /* Pod attribution: cgroup id -> pod UID/container id, plus names from the API server. */
 static int open_kubernetes(struct agent *a)
 {
@@ -279,6 +291,7 @@ int main(int argc, char **argv)
             publish_kernel_losses(&a);
             last_drops = now;
         }
+        send_pods_gone(&a);
         /* Wake up in time for the open batch's flush deadline. */
         uint64_t until_flush = publisher_tick(a.pub, now);
         uint64_t ms = (until_flush + 999999) / 1000000;

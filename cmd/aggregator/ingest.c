@@ -126,26 +126,35 @@ void aggregator_control_rejected(uint64_t *rejected, const char *what, natsMsg *
                 what, natsMsg_GetSubject(msg), k, err);
 }
 
-/* Learns the batch's pods and announces the ones the other replicas need to hear about. */
+/*
+ * Learns the batch's pods, then the deletions it carries (which end claims the
+ * events may just have renewed), and announces what the other replicas need
+ * to hear about.
+ */
 static void learn_pods(struct aggregator *a, const struct bus_batch *b, uint64_t now)
 {
-    struct peers_pod pods[PEERS_ANNOUNCE_MAX_PODS];
+    struct peers_pod pods[PEERS_ANNOUNCE_MAX_PODS + PEERS_GONE_MAX_PODS];
     size_t n = peers_pods_from_events(b->events, b->n, now, pods, PEERS_ANNOUNCE_MAX_PODS);
     size_t due = 0;
     struct buf m;
 
+    for (size_t i = 0; i < b->n_gone; i++)
+        pods[n++] = b->gone[i];
     for (size_t i = 0; i < n; i++)
         if (peers_observe(a->peers, &pods[i]) && due++ != i)
             pods[due - 1] = pods[i];
-    if (due == 0)
-        return;
-    buf_init(&m);
-    peers_announce_write(&m, a->replica, pods, due);
-    if (aggregator_control_publish(a, "peers", &m))
-        counter_add(&a->counters.peer_announcements_sent, 1);
-    else /* the claims are announced again within PEER_TTL/4 */
-        counter_add(&a->counters.peer_announcements_failed, 1);
-    buf_free(&m);
+    /* The most one announcement may carry at a time (a full batch's pods and its deletions
+     * need two). */
+    for (size_t at = 0; at < due; at += PEERS_ANNOUNCE_MAX_PODS) {
+        size_t k = due - at < PEERS_ANNOUNCE_MAX_PODS ? due - at : PEERS_ANNOUNCE_MAX_PODS;
+        buf_init(&m);
+        peers_announce_write(&m, a->replica, pods + at, k);
+        if (aggregator_control_publish(a, "peers", &m))
+            counter_add(&a->counters.peer_announcements_sent, 1);
+        else /* the claims are announced again within PEER_TTL/4 (not deletions) */
+            counter_add(&a->counters.peer_announcements_failed, 1);
+        buf_free(&m);
+    }
 }
 
 static void ingest_batch(struct aggregator *a, natsMsg *msg)
@@ -514,12 +523,12 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
                ",\"peers\":{\"entries\":%" PRIu64 ",\"capacity\":%" PRIu64 ",\"lookups\":%" PRIu64
                ",\"hits\":%" PRIu64 ",\"misses\":%" PRIu64 ",\"ambiguous\":%" PRIu64
                ",\"stale\":%" PRIu64 ",\"host_network\":%" PRIu64 ",\"evicted\":%" PRIu64
-               ",\"expired\":%" PRIu64 ",\"announcements_sent\":%" PRIu64
+               ",\"expired\":%" PRIu64 ",\"gone\":%" PRIu64 ",\"announcements_sent\":%" PRIu64
                ",\"announcements_failed\":%" PRIu64 ",\"announcements_received\":%" PRIu64
                ",\"announcements_rejected\":%" PRIu64 ",\"pods_received\":%" PRIu64 "}",
                ps.entries, ps.capacity, ps.lookups, ps.results[PEERS_HIT], ps.results[PEERS_MISS],
                ps.results[PEERS_AMBIGUOUS], ps.results[PEERS_STALE], ps.results[PEERS_HOST_NETWORK],
-               ps.evicted, ps.expired, counter_get(&c->peer_announcements_sent),
+               ps.evicted, ps.expired, ps.gone, counter_get(&c->peer_announcements_sent),
                counter_get(&c->peer_announcements_failed),
                counter_get(&c->peer_announcements_received),
                counter_get(&c->peer_announcements_rejected), counter_get(&c->peer_pods_received));
@@ -562,6 +571,8 @@ void aggregator_peers_metrics(struct aggregator *a, struct buf *b)
                             ps.results[r]);
     api_metric(b, "ebpf_aggregator_peer_evicted_total", "counter",
                "Pod addresses evicted for room (PEER_MAX_PODS).", ps.evicted);
+    api_metric(b, "ebpf_aggregator_peer_gone_total", "counter",
+               "Pod addresses ended by the pod's deletion (sent by its node's agent).", ps.gone);
     api_metric_header(b, "ebpf_aggregator_peer_announcements_total", "counter",
                       "Pod announcements between replicas, by outcome.");
     api_metric_labelled(b, "ebpf_aggregator_peer_announcements_total", "outcome", "sent",

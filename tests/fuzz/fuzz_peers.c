@@ -1,9 +1,12 @@
 /*
  * Fuzz target: a replica's pod announcement (pkg/peers.c), which anyone who
- * can publish on the control subjects can send. Whatever parses is applied
- * to a small map and looked up, and writing it back and parsing again gives
- * the same pods. ASan/UBSan watch it all.
+ * can publish on the control subjects can send, and the same input as the
+ * deleted pods an agent sends in a batch header (peers_gone_parse), which
+ * anyone who can publish batches can. Whatever parses is applied to a small
+ * map and looked up, and writing it back and parsing again gives the same
+ * pods. ASan/UBSan watch it all.
  */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,10 +17,47 @@
 #define FUZZ_TARGET "fuzz_peers"
 #include "fuzz_check.h"
 
+static bool same_pod(const struct peers_pod *a, const struct peers_pod *b)
+{
+    return a->pod == b->pod && a->node == b->node && a->n_ips == b->n_ips &&
+           a->seen_ns == b->seen_ns && a->gone_ns == b->gone_ns &&
+           memcmp(a->ip, b->ip, sizeof(a->ip)) == 0;
+}
+
+static void gone_header(const uint8_t *data, size_t size)
+{
+    static struct peers_pod pods[PEERS_GONE_MAX_PODS], again[PEERS_GONE_MAX_PODS];
+    char err[256];
+    int n = peers_gone_parse((const char *)data, size, pods, PEERS_GONE_MAX_PODS, err, sizeof(err));
+    if (n < 0)
+        return;
+    CHECK(n <= PEERS_GONE_MAX_PODS, "%d deleted pods", n);
+    struct peers *p = peers_new(4, 60000000000ull, 5000000000ull);
+    CHECK(p != NULL, "peers_new");
+    for (int i = 0; i < n; i++) {
+        CHECK(pods[i].gone_ns > 0, "deleted pod %d without gone_ns", i);
+        peers_observe(p, &pods[i]);
+        struct event_peer out = {0};
+        peers_lookup(p, pods[i].family[0], pods[i].ip[0], pods[i].gone_ns, &out);
+    }
+    peers_free(p);
+    struct buf b;
+    buf_init(&b);
+    peers_gone_write(&b, pods, (size_t)n);
+    CHECK(memchr(b.data, '\n', b.len) == NULL && memchr(b.data, '\r', b.len) == NULL,
+          "a header value with a line break");
+    int m = peers_gone_parse(b.data, b.len, again, PEERS_GONE_MAX_PODS, err, sizeof(err));
+    CHECK(m == n, "round trip: %d of %d deleted pods (%s)", m, n, err);
+    for (int i = 0; i < n; i++)
+        CHECK(same_pod(&again[i], &pods[i]), "deleted pod %d differs after a round trip", i);
+    buf_free(&b);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static struct peers_pod pods[PEERS_ANNOUNCE_MAX_PODS], again[PEERS_ANNOUNCE_MAX_PODS];
     char replica[17], err[256];
+    gone_header(data, size);
     int n = peers_announce_parse((const char *)data, size, replica, sizeof(replica), pods,
                                  PEERS_ANNOUNCE_MAX_PODS, err, sizeof(err));
     if (n < 0)
@@ -45,10 +85,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                  sizeof(err));
     CHECK(m == n, "round trip: %d of %d pods (%s)", m, n, err);
     for (int i = 0; i < n; i++)
-        CHECK(again[i].pod == pods[i].pod && again[i].node == pods[i].node &&
-                  again[i].n_ips == pods[i].n_ips && again[i].seen_ns == pods[i].seen_ns &&
-                  memcmp(again[i].ip, pods[i].ip, sizeof(pods[i].ip)) == 0,
-              "pod %d differs after a round trip", i);
+        CHECK(same_pod(&again[i], &pods[i]), "pod %d differs after a round trip", i);
     buf_free(&b);
     return 0;
 }
