@@ -55,7 +55,9 @@ struct batch {
     uint32_t n_events;
     uint64_t sequence;
     uint64_t opened_ns; /* monotonic time of its first event (or deletion) */
-    struct peers_pod gone[PEERS_GONE_MAX_PODS]; /* sent in the BUS_HDR_PODS_GONE header */
+    /* Sent in the BUS_HDR_PODS_GONE header: PEERS_GONE_MAX_PODS, allocated with the first
+     * (deletions are rare; every queued batch paying for room would loosen the queue's bound). */
+    struct peers_pod *gone;
     size_t n_gone;
 };
 
@@ -111,6 +113,7 @@ static void batch_free(struct batch *b)
 {
     if (b) {
         buf_free(&b->body);
+        free(b->gone);
         free(b);
     }
 }
@@ -260,6 +263,8 @@ size_t publisher_add_gone(struct publisher *p, const struct peers_pod *pods, siz
     struct batch *b = n ? batch_open(p) : NULL;
     size_t taken = 0;
 
+    if (b && !b->gone && !(b->gone = calloc(PEERS_GONE_MAX_PODS, sizeof(*b->gone))))
+        b = NULL;
     for (; b && taken < n && b->n_gone < PEERS_GONE_MAX_PODS; taken++) {
         struct peers_pod *g = &b->gone[b->n_gone++];
         *g = pods[taken];
