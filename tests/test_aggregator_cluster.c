@@ -844,6 +844,43 @@ Test(aggregator_cluster, a_fake_replica_cannot_corrupt_the_real_answers)
     fake_set(NULL, 0);
 }
 
+/* Its flows answers say it could not run the query. */
+static void fake_on_flows(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    const char *reply = natsMsg_GetReply(msg);
+
+    if (reply != NULL)
+        natsConnection_PublishString(nc, reply,
+                                     "{\"replica\":\"" FAKE_ID
+                                     "\",\"error\":\"out of memory running the query\"}");
+    natsConnection_Flush(nc);
+    natsMsg_Destroy(msg);
+}
+
+/* A replica that could not run the query answered, but its share is missing: partial. */
+Test(aggregator_cluster, a_replica_that_fails_the_query_makes_the_answer_partial)
+{
+    natsConnection *fake = NULL;
+    natsSubscription *fsub = NULL;
+
+    publish_two_nodes();
+    check(wait_total_events(agg_port[0], EVENTS_TOTAL, 5000), "events never all ingested");
+    check(natsConnection_ConnectTo(&fake, nats_url) == NATS_OK, "fake connects");
+    check(natsConnection_Subscribe(&fsub, fake, CONTROL ".flows", fake_on_flows, NULL) == NATS_OK,
+          "fake subscribes");
+    natsConnection_Flush(fake);
+    fake_beat(fake);
+    check(wait_expected(agg_port[0], 3, 3000), "the fake is taken for a replica");
+    fake_beat(fake);
+    json_t *j = get(agg_port[0], "/api/flows");
+    check(jint(j, "replicas.answered") == 2 && jint(j, "replicas.expected") == 3,
+          "answered %lld of %lld", jint(j, "replicas.answered"), jint(j, "replicas.expected"));
+    check(json_is_true(json_object_get(j, "partial")), "an answer without a share is partial");
+    json_decref(j);
+    natsSubscription_Destroy(fsub);
+    natsConnection_Destroy(fake);
+}
+
 /* Sends GET path on a new connection (Connection: close) without reading the reply. */
 static int send_get(int port, const char *path)
 {

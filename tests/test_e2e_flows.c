@@ -350,6 +350,22 @@ Test(e2e_flows, exact_edges_on_the_agent_and_across_replicas, .fini = stop_all, 
     }
     cr_assert_eq(count_of(a, "count"), (json_int_t)json_array_size(json_object_get(a, "edges")));
 
+    /* A window given by since alone, or until alone: every replica's share, the same answer. */
+    const char *windows[] = {"since", "until"};
+    for (size_t w = 0; w < 2; w++) {
+        snprintf(path, sizeof(path), "/api/flows?workload=%s&protocol=tcp&%s=%" PRIu64, comm,
+                 windows[w], w == 0 ? since : until);
+        json_t *half[2] = {wait_flows(aggs[0].port, path, ok_port, bad_port),
+                           wait_flows(aggs[1].port, path, ok_port, bad_port)};
+        for (size_t r = 0; r < 2; r++) {
+            cr_assert(json_is_false(json_object_get(half[r], "partial")), "%s", path);
+            for (size_t i = 0; i < 2; i++)
+                cr_assert(json_equal(edge_to(half[r], ports[i]), edge_to(solo, ports[i])),
+                          "%s on replica %zu: not every replica's share", path, r);
+            json_decref(half[r]);
+        }
+    }
+
     /* Each replica held a share: the merge is what made the answers whole. */
     json_t *st = tu_fetch_json(aggs[0].port, "/api/stats");
     json_t *list = json_object_get(json_object_get(st, "replicas"), "list"), *r;

@@ -267,30 +267,34 @@ static void answer_reject(struct cluster *c, const char *kind, const char *id, c
                 n);
 }
 
+/* What one reply is to a gather. */
+enum answer {
+    ANSWER_NONE = 0, /* not an answer (malformed, a replica heard already, a status message) */
+    ANSWER_FULL,     /* the replica's share */
+    ANSWER_FAILED,   /* the replica could not run the request: its share is missing */
+};
+
 /*
- * Whether a decoded answer counts in this gather. rc is its decoder's
- * result (-EINVAL: not an answer of this kind at all); an answer that
- * counts is recorded in seen. A peer's error is logged; *use says whether
- * the answer has data to merge.
+ * What a decoded answer is to this gather. rc is its decoder's result
+ * (-EINVAL: not an answer of this kind at all); an answer is recorded in
+ * seen. A peer's error is logged, and leaves its share out of the answer,
+ * which is then partial (it does not count as answered).
  */
-static bool answer_take(struct cluster *c, struct cluster_answers *seen, const char *kind,
-                        const char *malformed, int rc, const char *replica, const char *error,
-                        bool *use)
+static enum answer answer_take(struct cluster *c, struct cluster_answers *seen, const char *kind,
+                               const char *malformed, int rc, const char *replica,
+                               const char *error)
 {
     const char *why = rc == -EINVAL ? malformed : cluster_answer_admit(seen, replica);
 
-    *use = false;
     if (why != NULL) {
         answer_reject(c, kind, rc == -EINVAL ? NULL : replica, why);
-        return false;
+        return ANSWER_NONE;
     }
     cluster_answer_record(seen, replica);
-    if (error != NULL)
-        fprintf(stderr, "ebpf-aggregator: replica %s could not run the %s: %s\n", replica, kind,
-                error); /* it answered; it just has nothing to add */
-    else
-        *use = true;
-    return true;
+    if (error == NULL)
+        return ANSWER_FULL;
+    fprintf(stderr, "ebpf-aggregator: replica %s could not run the %s: %s\n", replica, kind, error);
+    return ANSWER_FAILED;
 }
 
 uint64_t cluster_invalid_answers(struct cluster *c)
@@ -298,8 +302,8 @@ uint64_t cluster_invalid_answers(struct cluster *c)
     return c != NULL ? __atomic_load_n(&c->invalid_answers, __ATOMIC_RELAXED) : 0;
 }
 
-/* Handles one reply; returns true when it counts as an answer. */
-typedef bool (*gather_reply_fn)(void *ctx, natsMsg *m);
+/* Handles one reply: what it is to the gather. */
+typedef enum answer (*gather_reply_fn)(void *ctx, natsMsg *m);
 
 /* nats.c delivery thread: hands a reply to the gather waiting for its token. */
 static void on_reply(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
@@ -389,19 +393,20 @@ static unsigned gather_finish(struct cluster *c, struct gather_op *op, gather_re
                               void *ctx)
 {
     struct reply_waiter *w = &op->w, **pp;
-    unsigned got = 0;
+    unsigned got = 0, heard = 0;
 
     if (!op->started)
         return 0;
     pthread_mutex_lock(&c->reply_lock);
-    while (op->s == NATS_OK && got < op->want) {
+    while (op->s == NATS_OK && heard < op->want) {
         if (w->nmsgs > 0) {
             natsMsg *m = w->msgs[--w->nmsgs];
             w->bytes -= (size_t)natsMsg_GetDataLength(m);
             /* Decode without the lock: the delivery thread keeps queueing. */
             pthread_mutex_unlock(&c->reply_lock);
-            if (fn(ctx, m))
-                got++;
+            enum answer a = fn(ctx, m);
+            heard += a != ANSWER_NONE;
+            got += a == ANSWER_FULL;
             natsMsg_Destroy(m);
             pthread_mutex_lock(&c->reply_lock);
             continue;
@@ -468,22 +473,21 @@ static int sources_add(struct query_gather *g, struct cluster_source *s)
     return 0;
 }
 
-static bool on_query_reply(void *ctx, natsMsg *m)
+static enum answer on_query_reply(void *ctx, natsMsg *m)
 {
     struct query_gather *g = ctx;
     int len = natsMsg_GetDataLength(m);
     struct cluster_query_reply r;
-    bool use;
 
     if (len <= 0)
-        return false; /* not an answer (e.g. an empty "no responders" status message) */
+        return ANSWER_NONE; /* e.g. an empty "no responders" status message */
     int rc = cluster_reply_query_decode(natsMsg_GetData(m), (size_t)len, &r);
-    bool counts =
-        answer_take(g->c, &g->seen, "query", "not a QueryReply", rc, r.replica, r.error, &use);
-    if (use && (rc < 0 || sources_add(g, &r.src) < 0))
+    enum answer a =
+        answer_take(g->c, &g->seen, "query", "not a QueryReply", rc, r.replica, r.error);
+    if (a == ANSWER_FULL && (rc < 0 || sources_add(g, &r.src) < 0))
         g->error = -ENOMEM;
     cluster_query_reply_free(&r);
-    return counts;
+    return a;
 }
 
 int cluster_query(struct cluster *c, const char *qs, size_t qslen, const struct query *q,
@@ -662,27 +666,29 @@ static bool flows_part_take(struct flows_gather *g, struct cluster_flows_reply *
     return true;
 }
 
-static bool on_flows_reply(void *ctx, natsMsg *m)
+static enum answer on_flows_reply(void *ctx, natsMsg *m)
 {
     struct flows_gather *g = ctx;
     int len = natsMsg_GetDataLength(m);
     struct cluster_flows_reply r;
-    bool use, counts;
+    enum answer a;
 
     if (len <= 0)
-        return false; /* not an answer (e.g. an empty "no responders" status message) */
+        return ANSWER_NONE; /* e.g. an empty "no responders" status message */
     int rc = cluster_reply_flows_decode(natsMsg_GetData(m), (size_t)len, &r);
     if (rc == 0 && r.error == NULL) {
-        counts = flows_part_take(g, &r);
+        a = flows_part_take(g, &r) ? ANSWER_FULL : ANSWER_NONE;
     } else {
         /* An error stands for the whole answer, parts sent before it included. */
-        counts = answer_take(g->c, &g->seen, "flows query", "not a flows answer", rc, r.replica,
-                             r.error, &use);
+        a = answer_take(g->c, &g->seen, "flows query", "not a flows answer", rc, r.replica,
+                        r.error);
+        if (a == ANSWER_FULL)
+            a = ANSWER_FAILED; /* -ENOMEM decoding it: nothing of it merged */
         if (rc == -ENOMEM)
             g->error = -ENOMEM;
     }
     cluster_flows_reply_free(&r);
-    return counts;
+    return a;
 }
 
 int cluster_flows(struct cluster *c, const char *qs, size_t qslen, const struct flows_query *q,
@@ -756,8 +762,10 @@ static void handle_flows(struct cluster *c, natsConnection *nc, natsMsg *msg)
         goto done;
     struct flows_emit to = {.nc = nc, .reply = reply};
     const char *error = NULL;
-    if (flows_query_parse(&q, json_string_value(qv), json_string_length(qv), 0, err, sizeof(err)) <
-        0) {
+    /* The requester's window, already resolved: now is its until (an until left out of the
+     * query string must not read as 0 here). */
+    if (flows_query_parse(&q, json_string_value(qv), json_string_length(qv),
+                          (uint64_t)json_integer_value(until), err, sizeof(err)) < 0) {
         error = err;
     } else {
         q.since_ns = (uint64_t)json_integer_value(since);
@@ -834,7 +842,7 @@ struct stats_gather {
     struct cluster_answers seen;
 };
 
-static bool on_stats_reply(void *ctx, natsMsg *m)
+static enum answer on_stats_reply(void *ctx, natsMsg *m)
 {
     struct stats_gather *g = ctx;
     int len = natsMsg_GetDataLength(m);
@@ -842,13 +850,13 @@ static bool on_stats_reply(void *ctx, natsMsg *m)
     const char *why;
 
     if (len <= 0)
-        return false; /* not an answer (e.g. an empty "no responders" status message) */
+        return ANSWER_NONE; /* e.g. an empty "no responders" status message */
     root = cluster_reply_stats_decode(natsMsg_GetData(m), (size_t)len);
     why = cluster_stats_take(&g->seen, g->nodes, root, g->out);
     if (why != NULL)
         answer_reject(g->c, "stats", json_string_value(json_object_get(root, "replica")), why);
     json_decref(root);
-    return why == NULL;
+    return why == NULL ? ANSWER_FULL : ANSWER_NONE;
 }
 
 int cluster_gather_stats(struct cluster *c, struct nodes *nodes, struct cluster_stats *out)
