@@ -1294,3 +1294,20 @@ Test(aggregator_shutdown, sigterm_with_large_batches_queued_exits_cleanly)
         event_clear(&ev[i]);
     free(ev);
 }
+
+/* The routes answered on the worker pool name themselves in their errors, as the agent's do. */
+Test(aggregator_cluster, errors_of_pooled_routes_name_the_route)
+{
+    const char *routes[] = {"/api/stats", "/api/nodes"};
+    for (size_t i = 0; i < 2; i++) {
+        char path[64], want[128];
+        int status = 0;
+        snprintf(path, sizeof(path), "%s?x=1", routes[i]);
+        snprintf(want, sizeof(want), "unknown query parameter 'x' (%s takes no parameters)",
+                 routes[i]);
+        json_t *j = tu_get_json(agg_port[0], path, &status);
+        check(status == 400, "%s: status %d", path, status);
+        check(strcmp(tu_jstr(j, "error"), want) == 0, "%s: %s", path, tu_jstr(j, "error"));
+        json_decref(j);
+    }
+}

@@ -47,6 +47,7 @@ struct api_job {
     struct http_deferred *d;
     char *query; /* copied: the request's memory is the HTTP thread's */
     size_t query_len;
+    char *path; /* copied too: errors name the route */
 };
 
 struct api_pool {
@@ -63,7 +64,8 @@ struct api_pool {
 
 static void run_job(struct aggregator *a, struct api_job *j)
 {
-    struct http_request req = {.path = "", .query = j->query, .query_len = j->query_len};
+    struct http_request req = {
+        .path = j->path, .path_len = strlen(j->path), .query = j->query, .query_len = j->query_len};
     struct http_response res = {.status = 200};
 
     buf_init(&res.body);
@@ -71,6 +73,7 @@ static void run_job(struct aggregator *a, struct api_job *j)
     http_deferred_complete(j->d, res.status, res.content_type, &res.body);
     buf_free(&res.body);
     free(j->query);
+    free(j->path);
     free(j);
 }
 
@@ -193,9 +196,11 @@ static void answer(struct aggregator *a, const struct http_request *req, struct 
     j->fn = fn;
     j->query_len = req->query_len;
     j->query = malloc(req->query_len + 1);
-    if (j->query == NULL || (j->d = http_response_defer(res)) == NULL) {
+    j->path = strndup(req->path ? req->path : "", req->path ? req->path_len : 0);
+    if (j->query == NULL || j->path == NULL || (j->d = http_response_defer(res)) == NULL) {
         /* Not deferred (no memory, or not a served request): the handler is still ours. */
         free(j->query);
+        free(j->path);
         free(j);
         goto inline_answer;
     }
