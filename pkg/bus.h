@@ -31,6 +31,9 @@
 #define BUS_MAX_MESSAGE_BYTES (8u << 20)
 /* Largest number of events in one batch (the largest BATCH_SIZE). */
 #define BUS_MAX_BATCH_EVENTS 10000
+/* How far ahead of the receiver's clock an event's timestamp may be (clock skew between
+ * nodes); a later one is refused: it would head every newest-first answer until then. */
+#define BUS_MAX_AHEAD_NS (3600ull * 1000000000ull)
 
 /* Connection state counters, updated from nats.c's callback threads. */
 struct bus_status {

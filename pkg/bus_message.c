@@ -15,12 +15,15 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "bus.h"
+#include "clock.h"
 #include "errmsg.h"
 #include "event_json.h"
 #include "intern.h"
@@ -268,17 +271,25 @@ static enum bus_reject json_meta_from_headers(natsMsg *msg, struct event_batch_m
 /*
  * Drops the events of b an agent could not have sent (event_check_bounds()):
  * the decoders check the wire format, not the sizes, and a history bounded
- * by its number of events must not hold a megabyte argv. Counted as
- * rejected, with the batch's own reason.
+ * by its number of events must not hold a megabyte argv; nor a timestamp
+ * more than BUS_MAX_AHEAD_NS ahead of this clock. Counted as rejected, with
+ * the batch's own reason.
  */
 static void drop_out_of_bounds(struct bus_batch *b, char *err, size_t errlen)
 {
     char msg[160];
     size_t kept = 0;
+    uint64_t latest = b->n ? clock_realtime_ns() + BUS_MAX_AHEAD_NS : 0;
 
     for (size_t i = 0; i < b->n; i++) {
         const struct event *prev = kept ? &b->events[kept - 1] : NULL;
-        if (event_check_bounds(&b->events[i], prev, msg, sizeof(msg)) < 0) {
+        int bad = event_check_bounds(&b->events[i], prev, msg, sizeof(msg));
+        if (bad == 0 && b->events[i].timestamp_ns > latest) {
+            snprintf(msg, sizeof(msg), "timestamp %" PRIu64 " is more than %llu s ahead of now",
+                     b->events[i].timestamp_ns, BUS_MAX_AHEAD_NS / 1000000000ull);
+            bad = -1;
+        }
+        if (bad < 0) {
             if (b->meta.rejected_events++ == 0)
                 errmsg_set(err, errlen, "event %zu: %s", i, msg);
             event_clear(&b->events[i]);

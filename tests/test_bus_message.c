@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define NODE "worker-1.example.com"
 #define INST "0123456789abcdef"
@@ -716,5 +717,43 @@ Test(bus_message, pods_gone_header_in_both_encodings)
         cr_assert_eq(decode(message(body.data, body.len, hj), &b, err), BUS_REJECT_BAD_METADATA,
                      "accepted %s", bad[i]);
     }
+    buf_free(&body);
+}
+
+/* An event stamped more than BUS_MAX_AHEAD_NS ahead of this clock costs only itself. */
+Test(bus_message, events_from_the_far_future_are_dropped_and_counted)
+{
+    struct event ev[3];
+    struct buf body;
+    struct bus_batch b;
+    char err[256];
+    uint64_t now = (uint64_t)time(NULL) * 1000000000ull;
+
+    make_exec(&ev[0], 1, NULL);
+    make_exit(&ev[1], 2, NULL);
+    make_exit(&ev[2], 3, NULL);
+    ev[0].timestamp_ns = now + BUS_MAX_AHEAD_NS / 2; /* a node's clock a little ahead */
+    ev[1].timestamp_ns = now + BUS_MAX_AHEAD_NS + 60000000000ull;
+    ev[2].timestamp_ns = UINT64_MAX;
+    buf_init(&body);
+    cr_assert_eq(event_batch_encode(&good_meta, ev, 3, &body), 0);
+    cr_assert_eq(decode(message(body.data, body.len, NULL), &b, err), BUS_OK, "%s", err);
+    cr_assert_eq(b.n, 1);
+    cr_assert_eq(b.events[0].id, 1);
+    cr_assert_eq(b.meta.rejected_events, 2);
+    cr_assert(strstr(err, "ahead"), "%s", err);
+    bus_batch_free(&b);
+
+    buf_reset(&body);
+    for (int i = 0; i < 3; i++) {
+        event_json_write(&body, &ev[i]);
+        buf_putc(&body, '\n');
+        event_clear(&ev[i]);
+    }
+    const char *js[] = {JSON_HEADERS(NODE, INST, "9"), NULL};
+    cr_assert_eq(decode(message(body.data, body.len, js), &b, err), BUS_OK, "%s", err);
+    cr_assert_eq(b.n, 1);
+    cr_assert_eq(b.meta.rejected_events, 2);
+    bus_batch_free(&b);
     buf_free(&body);
 }
