@@ -1102,6 +1102,16 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
         usleep(50000);
     }
     usleep(1500000); /* a few seconds of outage in all, as specified */
+    {
+        /* Longer than a peer's TTL: a replica that hears no one still expects the one it
+         * knew, and says its own share is all it has. */
+        json_t *j = api(r1, "/api/events?limit=1");
+        cr_expect_eq(jint(j, "replicas.answered"), 1);
+        cr_expect_eq(jint(j, "replicas.expected"), 2, "the peer forgotten in the outage: %s",
+                     tu_jdump(json_object_get(j, "replicas")));
+        cr_expect(json_is_true(json_object_get(j, "partial")));
+        json_decref(j);
+    }
     nats_restart();
 
     /* Everyone reconnects by themselves. */

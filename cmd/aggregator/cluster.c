@@ -183,12 +183,21 @@ static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg
     GATED(c, msg, handle_heartbeat(c, msg));
 }
 
+/*
+ * Expires the peers not heard from within CLUSTER_PEER_TTL_MS. Without a
+ * NATS connection this replica hears no one: the peers it knew stay expected
+ * (its answers are partial, answered < expected) until it is back and they
+ * have had CLUSTER_PEER_TTL_MS to be heard again.
+ */
 static void prune_peers(struct cluster *c)
 {
     uint64_t now = mono_ms();
+    bool deaf = !bus_connected(c->a->bus);
 
     pthread_mutex_lock(&c->lock);
     for (size_t i = 0; i < c->npeers;) {
+        if (deaf)
+            c->peers[i].last_ms = now;
         if (now - c->peers[i].last_ms >= CLUSTER_PEER_TTL_MS) {
             fprintf(stderr, "ebpf-aggregator: replica %s expired (no heartbeat for %d ms)\n",
                     c->peers[i].id, CLUSTER_PEER_TTL_MS);
