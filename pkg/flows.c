@@ -1357,6 +1357,7 @@ void flows_result_finish(struct flows_result *r, uint32_t limit)
 {
     if (r->count > 1)
         qsort(r->edges, r->count, sizeof(*r->edges), edge_cmp);
+    r->total = r->count;
     if (r->count > limit)
         r->count = limit;
     /* The order changed: the index no longer applies. */
@@ -1752,8 +1753,10 @@ void flows_response_begin(struct buf *out, const struct flows_result *r,
     event_format_time(end, until);
     buf_puts(out, "{\"edges\":");
     flows_result_json(r, out);
-    buf_printf(out, ",\"count\":%zu,\"window\":{\"since\":\"%s\",\"until\":\"%s\"},\"query_time\":",
-               r->count, since, until);
+    buf_printf(out,
+               ",\"count\":%zu,\"total_count\":%zu,\"window\":{\"since\":\"%s\",\"until\":"
+               "\"%s\"},\"query_time\":",
+               r->count, r->total > r->count ? r->total : r->count, since, until);
     buf_json_cstr(out, query_time);
 }
 

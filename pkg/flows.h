@@ -98,6 +98,7 @@ struct flows_edge {
 struct flows_result {
     struct flows_edge *edges; /* owned */
     size_t count, cap;
+    size_t total; /* edges matched, before flows_result_finish() kept limit of them */
     /* Owned; open addressing over edges, index_cap slots: the high half of the key's hash above
      * the edge's position + 1 (0 = empty), so a probe reads an edge only when the halves match. */
     uint64_t *index;
@@ -155,7 +156,7 @@ int flows_query(struct flows *f, const struct flows_query *q, struct flows_resul
 
 /* Adds edge e into r: counts summed, histograms bucket-wise, first/last min/max. 0 or -ENOMEM. */
 int flows_result_add(struct flows_result *r, const struct flows_edge *e);
-/* Sorts by connections (then bytes, then key) and keeps the first limit edges. */
+/* Sorts by connections (then bytes, then key) and keeps the first limit edges (total: all). */
 void flows_result_finish(struct flows_result *r, uint32_t limit);
 void flows_result_free(struct flows_result *r);
 

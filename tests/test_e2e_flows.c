@@ -350,6 +350,20 @@ Test(e2e_flows, exact_edges_on_the_agent_and_across_replicas, .fini = stop_all, 
     }
     cr_assert_eq(count_of(a, "count"), (json_int_t)json_array_size(json_object_get(a, "edges")));
 
+    /* limit keeps the busiest edges and total_count says how many there were (merged: at
+     * least the two edges each replica holds a share of). */
+    snprintf(path, sizeof(path),
+             "/api/flows?workload=%s&protocol=tcp&since=%" PRIu64 "&until=%" PRIu64 "&limit=1",
+             comm, since, until);
+    int flow_ports[] = {agent.port, aggs[0].port, aggs[1].port, aggs[2].port};
+    for (size_t i = 0; i < 4; i++) {
+        json_t *one = tu_fetch_json(flow_ports[i], path);
+        cr_assert_eq(count_of(one, "count"), 1, "%s on :%d", path, flow_ports[i]);
+        cr_assert_geq(count_of(one, "total_count"), 2, "%s on :%d", path, flow_ports[i]);
+        json_decref(one);
+    }
+    cr_assert_eq(count_of(solo, "total_count"), count_of(solo, "count"), "nothing cut: all of them");
+
     /* A window given by since alone, or until alone: every replica's share, the same answer. */
     const char *windows[] = {"since", "until"};
     for (size_t w = 0; w < 2; w++) {

@@ -13,7 +13,11 @@
  * outage buffer filling and overflowing while NATS is down (batches and events
  * dropped) and the aggregator's view of that node's loss once it is back, the
  * token prompt works, the agent serves the page for its node (gzipped, with
- * ETags), Live stays bounded under load (measured, not asserted), no view
+ * ETags), Live stays bounded under load (measured, not asserted), Live loads
+ * the events of an outage of its stream (a TCP relay of the test's, cut),
+ * Map says when the server kept only its busiest 1,000 edges, Drops & DNS
+ * says when the history (an aggregator holding 300 events) does not reach
+ * back over the window, no view
  * logs a console error, and stopping NATS, then the aggregator, puts a banner
  * up that says so; and the page over TLS from one more aggregator (HTTPS, a
  * self-signed certificate) loads, streams and asks nothing of another origin.
@@ -63,6 +67,9 @@ static int dns_port;
 static pid_t dnsmasq = -1;
 /* The TLS case: an extra aggregator serving HTTPS, and the temp dir of its certificate. */
 static pid_t tls_aggregator = -1;
+/* An aggregator in a queue group of its own (every batch) that holds 300 events: a history
+ * shorter than the page's window. */
+static pid_t small_aggregator = -1;
 static char tls_dir[64];
 
 static void setup(void)
@@ -105,6 +112,9 @@ static void teardown(void)
     if (tls_aggregator > 0)
         tu_stop(tls_aggregator, 10000);
     tls_aggregator = -1;
+    if (small_aggregator > 0)
+        tu_stop(small_aggregator, 10000);
+    small_aggregator = -1;
     if (tls_dir[0]) {
         char cmd[96];
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tls_dir);
@@ -378,6 +388,20 @@ Test(e2e_ui, the_page_works_in_a_real_browser)
     publish_k8s_node(k8s_name);
     wait_dns(k8s_name, 1);
 
+    int small_port = tu_free_port();
+    char small_listen[64], small_nats[64], small_group[48], small_log[PATH_MAX + 32];
+    snprintf(small_listen, sizeof(small_listen), "LISTEN_ADDR=127.0.0.1:%d", small_port);
+    snprintf(small_nats, sizeof(small_nats), "NATS_URL=nats://127.0.0.1:%d", mon.nats_port);
+    snprintf(small_group, sizeof(small_group), "QUEUE_GROUP=ui-small-%d", (int)getpid());
+    snprintf(small_log, sizeof(small_log), "%s/ebpf-aggregator-small.log", dir);
+    unlink(small_log);
+    char *small_argv[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), NULL};
+    char *small_env[] = {small_listen,         small_nats,         small_group,
+                         "DEPLOYMENT_MODE=vm", "HISTORY_SIZE=300", NULL};
+    small_aggregator = tu_spawn(small_argv, small_env, small_log);
+    cr_assert_gt(small_aggregator, 0);
+    cr_assert(tu_wait_http(small_port, "/ready", 200, 30000), "the small aggregator is not ready");
+
     char marker[PATH_MAX + 32];
     char name[16];
     snprintf(name, sizeof(name), "uimark%d", (int)(getpid() % 100000));
@@ -391,11 +415,12 @@ Test(e2e_ui, the_page_works_in_a_real_browser)
                  " MARKER='%s' MARKER_NAME='%s' SHOTS='%s' CHROMIUM=" CHROMIUM
                  " NATS_PID=%d NATS_PORT=%d AGGREGATOR_PID=%d BENCH_LOAD='%s' FLOW_CLIENT=%s"
                  " FLOW_PORT=%d FLOW_CLOSED_PORT=%d FLOW_OK=%d FLOW_FAIL=%d DNS_NAME=%s DNS_OK=%d"
-                 " DNS_NX_NAME=%s DNS_NX=%d K8S_DNS_NAME=%s node '%s'",
+                 " DNS_NX_NAME=%s DNS_NX=%d K8S_DNS_NAME=%s"
+                 " SMALL_AGGREGATOR_URL=http://127.0.0.1:%d node '%s'",
                  mon.aggregator_port, mon.agent_port, marker, name, dir, (int)mon.nats,
                  mon.nats_port, (int)mon.aggregator, tu_repo_path("build/bench/bench_load"),
                  flow_name, flow_port, closed_port, FLOW_OK, FLOW_FAIL, dns_name, DNS_OK, dns_nx,
-                 DNS_NX, k8s_name, script),
+                 DNS_NX, k8s_name, small_port, script),
         0);
     free(script);
     char *out;

@@ -199,6 +199,8 @@ const live = {
   renderQueued: false,
   selected: null,
   received: 0, // events read from the stream since the page opened
+  newest: 0, // the newest timestamp (ns) of an event shown or waiting
+  catchUp: false, // events from a stream outage are waiting: order the rows by time
 };
 
 function liveParams() {
@@ -320,7 +322,12 @@ function forget(gone) {
 // down by the rows added above it.
 function addEvents(events, newer) {
   const fresh = events.filter((e) => !(e.id && live.ids.has(e.id)));
-  fresh.forEach((e) => e.id && live.ids.add(e.id));
+  fresh.forEach((e) => {
+    if (e.id)
+      live.ids.add(e.id);
+    if (e.timestamp > live.newest)
+      live.newest = e.timestamp;
+  });
   if (newer) {
     fresh.reverse();
     if (fresh.length > MAX_ROWS)
@@ -334,6 +341,11 @@ function addEvents(events, newer) {
     if (fresh.length > room)
       forget(fresh.splice(room));
     live.rows = live.rows.concat(fresh);
+  }
+  if (newer && live.catchUp) {
+    // Events from an outage of the stream come after some newer ones: in time order again.
+    live.catchUp = false;
+    live.rows.sort((a, b) => (b.timestamp || 0) - (a.timestamp || 0));
   }
   if (live.rows.length > MAX_ROWS)
     forget(live.rows.splice(MAX_ROWS));
@@ -354,6 +366,11 @@ function flushIncoming() {
 
 function onStreamEvent(e) {
   live.received++;
+  queueEvent(e);
+}
+
+// An event for the table's top: shown at the next frame, or on resume.
+function queueEvent(e) {
   live.incoming.push(e);
   // Paused: exactly MAX_ROWS wait. Live: trimmed in one go at twice that (the
   // next frame keeps MAX_ROWS of them anyway), not one splice per event.
@@ -374,8 +391,40 @@ function onStreamEvent(e) {
   }
 }
 
+// The events from while the stream was down, asked for once it is back: those
+// since the newest one seen, less 30 s for batches that arrive late (duplicates
+// are dropped by id). When more came than one page holds, the banner says so.
+// openedMs: when the stream was last open (the browser's clock).
+async function catchUp(ctl, openedMs) {
+  const p = new URLSearchParams(live.query);
+  // With no event seen yet: from when the stream was last open, less a minute for clocks.
+  const since = live.newest ? BigInt(Math.floor(live.newest)) - 30000000000n
+    : BigInt(openedMs - 60000) * 1000000n;
+  if (!p.has('since'))
+    p.set('since', since.toString());
+  p.set('limit', '1000');
+  try {
+    const page = await apiJson('api/events?' + p.toString());
+    if (live.abort !== ctl)
+      return;
+    const missed = page.events.filter((e) => !(e.id && live.ids.has(e.id)));
+    if (missed.length) {
+      live.catchUp = true;
+      missed.reverse().forEach(queueEvent); // oldest first, as the stream sends them
+    }
+    if (page.total_count > page.events.length)
+      problem('gap', 'The live stream was disconnected: of the ' + page.total_count +
+        ' events since, the newest ' + page.events.length + ' are shown (the rest are in /api/events).');
+    else
+      problem('gap', null);
+  } catch (err) {
+    if (live.abort === ctl)
+      problem('gap', 'The live stream was disconnected and the events from then could not be loaded: ' + err.message);
+  }
+}
+
 // Reads /api/events/stream with fetch so the Authorization header can be sent.
-async function readStream(query, signal) {
+async function readStream(query, signal, onOpen) {
   const res = await apiFetch('api/events/stream' + (query ? '?' + query : ''), { signal });
   if (!res.ok) {
     let msg = res.status + ' ' + res.statusText;
@@ -386,6 +435,7 @@ async function readStream(query, signal) {
   problem('stream', null);
   liveStatus();
   firstLoad('ui-live-open');
+  onOpen();
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = '';
   for (;;) {
@@ -419,6 +469,8 @@ async function startLive(params) {
   stopLive();
   live.query = query;
   live.rows = [];
+  live.newest = 0;
+  live.catchUp = false;
   live.ids.clear();
   live.dropped = 0;
   live.incoming = [];
@@ -446,12 +498,17 @@ async function startLive(params) {
     if (live.abort === ctl)
       problem('history', 'Could not load recent events: ' + err.message);
   });
-  let delay = 500;
+  let delay = 500, opened = 0, openedMs = 0;
   while (live.abort === ctl) {
     live.state = 'connecting';
     liveStatus();
     try {
-      await readStream(query, ctl.signal);
+      // Open again after an outage: what happened meanwhile is in the history.
+      await readStream(query, ctl.signal, () => {
+        if (opened++ > 0)
+          catchUp(ctl, openedMs);
+        openedMs = Date.now();
+      });
       delay = 500;
       if (live.abort === ctl)
         problem('stream', 'The live stream ended; reconnecting.');
@@ -483,6 +540,7 @@ function stopLive() {
   live.state = 'closed';
   problem('stream', null);
   problem('history', null);
+  problem('gap', null);
 }
 
 $('#filters').addEventListener('submit', (ev) => {
@@ -706,10 +764,33 @@ function drawDropsChart(events, win, truncatedBeforeMs) {
   legend.hidden = events.length === 0;
 }
 
+// Where the server's history starts within win (ms), to 1/32 of it, when it no
+// longer holds the window's start: it evicted events (HISTORY_SIZE, HISTORY_MAX_AGE)
+// and holds none at or before it. null when it reaches back that far. Each probe is a
+// limit=1 query, newest first: an event at or before t means the history reaches t.
+async function historyStart(win) {
+  const h = (lastStats && lastStats.history) || {};
+  if (!((h.evicted_count || 0) + (h.evicted_age || 0)))
+    return null;
+  const reaches = async (ms) => (await apiJson('api/events?limit=1&until=' + epochNs(ms))).count > 0;
+  if (await reaches(win.sinceMs))
+    return null;
+  let lo = win.sinceMs, hi = win.untilMs;
+  for (let i = 0; i < 5; i++) {
+    const mid = (lo + hi) / 2;
+    if (await reaches(mid))
+      hi = mid;
+    else
+      lo = mid;
+  }
+  return hi;
+}
+
 async function refreshDrops() {
   await checkHealth();
   const win = windowOf(parseHash().params, $('#drops-window'));
   const page = await apiJson('api/events?type=packet_drop&limit=10000&since=' + epochNs(win.sinceMs));
+  const held = await historyStart(win);
   const by = new Map();
   page.events.forEach((e) => {
     const r = e.drop_reason || 'unknown';
@@ -741,11 +822,17 @@ async function refreshDrops() {
   }
   if (page.count === 0)
     msg = 'No packet drops in the last ' + win.name + '.';
+  if (held) {
+    msg += ' — the history holds events only since ' + shortTime(new Date(held).toISOString()) +
+      ' (HISTORY_SIZE, HISTORY_MAX_AGE): drops before are not counted (the grey part of the chart)';
+    truncated = Math.max(truncated || 0, held);
+  }
   if (page.replicas && page.replicas.answered < page.replicas.expected)
     msg += ' — partial: ' + page.replicas.answered + ' of ' + page.replicas.expected + ' replicas answered';
   $('#drops-status').textContent = msg;
+  $('#drops-status').classList.toggle('cut', Boolean(held));
   drawDropsChart(page.events, win, truncated);
-  await refreshDns(win);
+  await refreshDns(win, held);
 }
 
 // The n largest counts of a Map as "key count, key count (+k more)"; '' when empty.
@@ -766,7 +853,7 @@ function pointsAt(e) {
 
 // DNS: only when the server records dns events (the README's Events) and some
 // exist; otherwise a plain sentence and no request that would be refused.
-async function refreshDns(win) {
+async function refreshDns(win, held) {
   const note = $('#dns-status');
   const panel = $('#dns-data');
   const doc = await getApiDoc();
@@ -826,6 +913,8 @@ async function refreshDns(win) {
   let text = page.count + ' DNS queries in the last ' + win.name;
   if (page.total_count > page.count)
     text += ' (the newest ' + page.count + ' of ' + page.total_count + ')';
+  if (held)
+    text += ' — the history holds events only since ' + shortTime(new Date(held).toISOString()) + ': earlier queries are not counted';
   say('shown', text);
 }
 
@@ -1073,8 +1162,12 @@ async function refreshMap() {
     if (sel && !$('#edge-detail').hidden)
       showLink(sel);
   }
-  let msg = edges.length ? page.count + ' edges in the last ' + win.name + ' (click an edge for its details, an endpoint to see it in Live)'
+  // The server keeps the busiest edges (its default limit): say so when it left some out.
+  const total = page.total_count > page.count ? page.total_count : page.count;
+  const shown = total > page.count ? 'the busiest ' + page.count + ' of ' + total + ' edges' : page.count + ' edges';
+  let msg = edges.length ? shown + ' in the last ' + win.name + ' (click an edge for its details, an endpoint to see it in Live)'
     : 'No connections in the last ' + win.name + '.';
+  status.classList.toggle('cut', total > page.count);
   if (page.partial || (page.replicas && page.replicas.answered < page.replicas.expected))
     msg += ' — partial answer: ' + page.replicas.answered + ' of ' + page.replicas.expected + ' replicas; counts may be short';
   status.textContent = msg;

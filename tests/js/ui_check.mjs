@@ -20,7 +20,9 @@
 import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
+import dgram from 'node:dgram';
 import http from 'node:http';
+import net from 'node:net';
 import { cpus, loadavg } from 'node:os';
 import { gunzipSync } from 'node:zlib';
 import { assert, env, launch, result, step } from './ui_lib.mjs';
@@ -499,6 +501,100 @@ await step('the files are served gzipped with ETags when asked, and revalidate w
     'the API without gzip: ' + JSON.stringify(apiPlain.headers));
 });
 
+
+await step('Live loads the events it missed while its stream was cut', async () => {
+  // A TCP relay of the test's between a second page and the aggregator: cutting it ends the
+  // page's stream (and refuses it again) while the aggregator keeps ingesting.
+  const agg = new URL(AGG);
+  let cut = false;
+  const conns = new Set();
+  const relay = net.createServer((c) => {
+    if (cut)
+      return c.destroy();
+    const up = net.connect(Number(agg.port), agg.hostname);
+    const done = () => { c.destroy(); up.destroy(); conns.delete(c); conns.delete(up); };
+    conns.add(c);
+    conns.add(up);
+    c.on('error', done); up.on('error', done); c.on('close', done); up.on('close', done);
+    c.pipe(up);
+    up.pipe(c);
+  });
+  await new Promise((r) => relay.listen(0, '127.0.0.1', r));
+  // Not watched: the failed loads while cut are the point. Another origin: the token is set.
+  const cpage = await ctx.newPage();
+  try {
+    await cpage.addInitScript((t) => sessionStorage.setItem('ebpf-monitor-token', t), TOKEN);
+    const q = 'command=' + encodeURIComponent(MARKER_NAME) + '&type=exec';
+    await cpage.goto('http://127.0.0.1:' + relay.address().port + '/#live?' + q);
+    await cpage.waitForSelector('#view-live[data-stream="open"]', { timeout: 10000 });
+    cut = true;
+    conns.forEach((c) => c.destroy());
+    await cpage.waitForFunction(() => document.querySelector('#view-live').dataset.stream !== 'open', null, { timeout: 10000 });
+    // The marker's execs while cut, as the aggregator has them (same machine, same clock).
+    const cutNs = BigInt(Date.now()) * 1000000n;
+    const fromApi = async () => (await (await fetch(AGG + '/api/events?' + q + '&since=' + cutNs + '&limit=1000',
+      { headers: { authorization: 'Bearer ' + TOKEN } })).json()).events.map((e) => e.id);
+    for (let i = 0; i < 3; i++)
+      await runMarker();
+    let ids = [];
+    for (const t0 = Date.now(); ids.length < 3 && Date.now() - t0 < 10000; await sleep(100))
+      ids = await fromApi();
+    assert(ids.length === 3, 'the aggregator has ' + ids.length + ' marker execs from while cut, want 3');
+    cut = false;
+    await cpage.waitForSelector('#view-live[data-stream="open"]', { timeout: 20000 });
+    await cpage.waitForFunction((want) => want.every((id) => live.ids.has(id)), ids, { timeout: 10000 });
+    const ordered = await cpage.evaluate(() => live.rows.every((e, i, a) => i === 0 || a[i - 1].timestamp >= e.timestamp));
+    assert(ordered, 'the rows are not newest first after the catch-up');
+    console.log('  the ' + ids.length + ' marker execs from while the stream was cut are shown');
+  } finally {
+    await cpage.close();
+    relay.close();
+  }
+});
+
+await step('Drops & DNS says when the history does not reach back over the window', async () => {
+  // SMALL: an aggregator of its own queue group (every batch) holding 300 events. A burst
+  // of drops evicts what came before; the 15-minute window then reaches past its history.
+  const SMALL = env('SMALL_AGGREGATOR_URL');
+  await run(BENCH_LOAD, ['drop', '--rate', '2000', '--duration', '1']);
+  let st = {};
+  for (const t0 = Date.now(); !(st.history && st.history.evicted_count > 0) && Date.now() - t0 < 15000; await sleep(200))
+    st = await (await fetch(SMALL + '/api/stats')).json();
+  assert(st.history && st.history.evicted_count > 0, 'nothing evicted: ' + JSON.stringify(st.history));
+  const spage = await ctx.newPage();
+  watch(spage, 'small aggregator');
+  try {
+    await spage.goto(SMALL + '/#drops?window=15m');
+    await spage.waitForFunction(() => /history holds events only since/.test(document.querySelector('#drops-status').textContent) &&
+      document.querySelector('#drops-status').classList.contains('cut'), null, { timeout: 20000 });
+    const text = await spage.$eval('#drops-status', (e) => e.textContent);
+    assert(await spage.$('#drops-chart rect.uncounted') !== null, 'the chart does not grey what is not counted');
+    console.log('  ' + text);
+    await spage.screenshot({ path: SHOTS + '/drops-short-history.png' });
+  } finally {
+    await spage.close(); // before the outages below, whose failed loads it would log
+  }
+});
+
+await step('Map says when the server kept only the busiest edges', async () => {
+  // 1,100 UDP connects from this process to distinct ports: one edge each, past the
+  // server's default limit of 1,000.
+  const N = 1100;
+  for (let i = 0; i < N; i++) {
+    const s = dgram.createSocket('udp4');
+    await new Promise((res, rej) => s.connect(20000 + i, '127.0.0.1', (err) => (err ? rej(err) : res())));
+    s.close();
+  }
+  await openView(page, 'map');
+  await page.waitForFunction((n) => {
+    const m = /the busiest 1000 of (\d+) edges/.exec(document.querySelector('#map-status').textContent);
+    return m && Number(m[1]) >= n && document.querySelector('#map-status').classList.contains('cut');
+  }, N, { timeout: 30000 });
+  const text = await page.$eval('#map-status', (st) => st.textContent);
+  const api = await (await fetch(AGG + '/api/flows', { headers: { authorization: 'Bearer ' + TOKEN } })).json();
+  assert(api.count === 1000 && api.total_count >= N, 'the API: count ' + api.count + ', total_count ' + api.total_count);
+  console.log('  ' + text);
+});
 
 // ---- outages: the banner says so (the C test gave us the pids it started) ----
 // Failed loads the browser logs as console errors that an outage causes by
