@@ -1295,11 +1295,12 @@ Test(aggregator_shutdown, sigterm_with_large_batches_queued_exits_cleanly)
     free(ev);
 }
 
-/* The routes answered on the worker pool name themselves in their errors, as the agent's do. */
+/* Every route refuses what it does not take (the probes and the scrape too), naming itself, as
+ * the agent's do, also those answered on the worker pool. */
 Test(aggregator_cluster, errors_of_pooled_routes_name_the_route)
 {
-    const char *routes[] = {"/api/stats", "/api/nodes"};
-    for (size_t i = 0; i < 2; i++) {
+    const char *routes[] = {"/api/stats", "/api/nodes", "/health", "/ready", "/metrics"};
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         char path[64], want[128];
         int status = 0;
         snprintf(path, sizeof(path), "%s?x=1", routes[i]);

@@ -703,6 +703,18 @@ Test(e2e_agent, bad_parameters_are_400_naming_the_parameter)
     r = tu_get_json(agent.port, "/api/nothing-here", &status);
     cr_expect_eq(status, 404);
     json_decref(r);
+    /* Every route refuses what it does not take, the probes and the scrape too. */
+    const char *routes[] = {"/health", "/ready", "/metrics", "/api/stats", "/api/programs"};
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        char path[64], want[96];
+        snprintf(path, sizeof(path), "%s?x=1", routes[i]);
+        snprintf(want, sizeof(want), "'x' (%s takes no parameters)", routes[i]);
+        r = tu_get_json(agent.port, path, &status);
+        cr_expect_eq(status, 400, "%s -> %d", path, status);
+        const char *msg = r ? tu_jstr(r, "error") : NULL;
+        cr_expect(msg && strstr(msg, want), "%s: error %s", path, msg);
+        json_decref(r);
+    }
 }
 
 Test(e2e_agent, stats_programs_health_metrics)

@@ -292,12 +292,16 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
 
 static void handle_health(void *ctx, const struct http_request *req, struct http_response *res)
 {
+    if (http_refuse_params(req, res))
+        return;
     buf_puts(&res->body, "{\"status\":\"ok\"}");
 }
 
 static void handle_ready(void *ctx, const struct http_request *req, struct http_response *res)
 {
     struct agent *a = ctx;
+    if (http_refuse_params(req, res))
+        return;
     size_t attached = capture_attached(a->capture);
     if (attached == 0)
         res->status = 503;
@@ -307,6 +311,8 @@ static void handle_ready(void *ctx, const struct http_request *req, struct http_
 
 static void handle_metrics(void *ctx, const struct http_request *req, struct http_response *res)
 {
+    if (http_refuse_params(req, res))
+        return;
     struct agent *a = ctx;
     struct buf *b = &res->body;
     struct store_stats ss;

@@ -576,6 +576,8 @@ static void nodes_answer(struct aggregator *a, const struct http_request *req,
 
 static void handle_health(void *ctx, const struct http_request *req, struct http_response *res)
 {
+    if (http_refuse_params(req, res))
+        return;
     buf_puts(&res->body, "{\"status\":\"ok\"}");
 }
 
@@ -584,6 +586,8 @@ static void handle_ready(void *ctx, const struct http_request *req, struct http_
     struct aggregator *a = ctx;
     bool up = bus_connected(a->bus);
 
+    if (http_refuse_params(req, res))
+        return;
     if (!up)
         res->status = 503;
     buf_printf(&res->body, "{\"status\":\"%s\",\"nats\":\"%s\"}", up ? "ready" : "not ready",
@@ -747,6 +751,8 @@ static void handle_nodes(void *ctx, const struct http_request *req, struct http_
 
 static void handle_metrics(void *ctx, const struct http_request *req, struct http_response *res)
 {
+    if (http_refuse_params(req, res))
+        return;
     answer(ctx, req, res, metrics_answer);
 }
 
