@@ -362,7 +362,8 @@ Test(e2e_flows, exact_edges_on_the_agent_and_across_replicas, .fini = stop_all, 
         cr_assert_geq(count_of(one, "total_count"), 2, "%s on :%d", path, flow_ports[i]);
         json_decref(one);
     }
-    cr_assert_eq(count_of(solo, "total_count"), count_of(solo, "count"), "nothing cut: all of them");
+    cr_assert_eq(count_of(solo, "total_count"), count_of(solo, "count"),
+                 "nothing cut: all of them");
 
     /* A window given by since alone, or until alone: every replica's share, the same answer. */
     const char *windows[] = {"since", "until"};
