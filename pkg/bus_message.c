@@ -326,6 +326,18 @@ static enum bus_reject decode_gone(natsMsg *msg, struct bus_batch *out, char *er
     if (n < 0)
         return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header: %s",
                       BUS_HDR_PODS_GONE, why);
+    /* An agent reports its own node's pods, deleted by now (give or take clock skew). */
+    uint64_t latest = clock_realtime_ns() + BUS_MAX_AHEAD_NS;
+    for (int i = 0; i < n; i++) {
+        if (!out->meta.node || strcmp(out->gone[i].node, out->meta.node) != 0)
+            return REJECT(BUS_REJECT_BAD_METADATA, err, errlen,
+                          "%s header: pod %d is on another node than the batch's",
+                          BUS_HDR_PODS_GONE, i);
+        if (out->gone[i].gone_ns > latest)
+            return REJECT(BUS_REJECT_BAD_METADATA, err, errlen,
+                          "%s header: pod %d deleted more than %llu s ahead of now",
+                          BUS_HDR_PODS_GONE, i, BUS_MAX_AHEAD_NS / 1000000000ull);
+    }
     out->n_gone = (size_t)n;
     return BUS_OK;
 }

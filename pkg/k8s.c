@@ -419,16 +419,20 @@ static void cache_upsert(struct k8s *k, const struct pod_meta *m, bool deleted)
     e->pod.namespace = m->namespace;
     e->pod.node = m->node;
     e->pod.app = m->app;
-    e->pod.ips = m->ips;
     e->pod.host_network = m->host_network;
     e->list_gen = k->list_gen;
     pod_set_workload(k, e, m);
-    ips_unlink(c, i);
-    memset(e->ip, 0, sizeof(e->ip));
-    for (uint8_t s = 0; s < m->naddrs; s++)
-        memcpy(e->ip[s].addr, m->addr[s], 16);
-    e->nips = m->naddrs;
-    ips_link(c, i);
+    /* A pod deleted after its sandbox went (the DELETED object lists no IPs any more) keeps
+     * the ones it had: the aggregators must hear which addresses it gave up. */
+    if (!(deleted && m->naddrs == 0)) {
+        e->pod.ips = m->ips;
+        ips_unlink(c, i);
+        memset(e->ip, 0, sizeof(e->ip));
+        for (uint8_t s = 0; s < m->naddrs; s++)
+            memcpy(e->ip[s].addr, m->addr[s], 16);
+        e->nips = m->naddrs;
+        ips_link(c, i);
+    }
     if (e->mirror != m->mirror) {
         if (e->mirror)
             mirror_unlink(c, i);

@@ -29,6 +29,7 @@ struct claim {
     uint64_t first_seen, last_seen;
     uint64_t ended;     /* when a newer pod on the same node took the address; 0 = not */
     uint64_t announced; /* last announcement of this claim by any replica */
+    bool reported;      /* its node reported the pod (not only its deletion): it may name */
     uint32_t next;      /* bucket chain, or free list */
     uint32_t lru_prev, lru_next;
 };
@@ -194,9 +195,10 @@ static uint64_t claim_end(const struct peers *p, const struct claim *c)
     return c->ended && c->ended < quiet ? c->ended : quiet;
 }
 
+/* A claim made only by a deletion never names its pod, nor makes an address ambiguous. */
 static bool claim_valid(const struct peers *p, const struct claim *c, uint64_t now)
 {
-    return now <= claim_end(p, c) + p->grace_ns;
+    return c->reported && now <= claim_end(p, c) + p->grace_ns;
 }
 
 /* Long past validity: nothing left to report about it. */
@@ -261,9 +263,11 @@ static bool observe_ip(struct peers *p, const struct peers_pod *pod, unsigned fa
     if (c == NULL) {
         c = claim_new(p, b, pod, family, ip);
         c->first_seen = c->last_seen = pod->seen_ns;
+        c->reported = true;
         changed = true;
     } else {
         lru_unlink(p, c);
+        c->reported = true;
         if (pod->seen_ns < c->first_seen)
             c->first_seen = pod->seen_ns;
         if (pod->seen_ns > c->last_seen)

@@ -662,7 +662,7 @@ Test(bus_message, corrupted_bytes_never_crash)
 Test(bus_message, pods_gone_header_in_both_encodings)
 {
     const char *gone = "{\"pods\":[{\"host_network\":false,\"seen_ns\":5,\"gone_ns\":5,"
-                       "\"node\":\"worker-1\",\"namespace\":\"shop\",\"pod\":\"web-1\","
+                       "\"node\":\"" NODE "\",\"namespace\":\"shop\",\"pod\":\"web-1\","
                        "\"uid\":\"u-1\",\"ips\":[\"10.1.0.5\",\"fd00::5\"]}]}";
     struct buf body;
     struct bus_batch b;
@@ -699,9 +699,15 @@ Test(bus_message, pods_gone_header_in_both_encodings)
     bus_batch_free(&b);
 
     /* Crafted: refused as a whole, with the header named. */
-    static const char *bad[] = {"not json", "{\"pods\":[1]}",
-                                "{\"pods\":[{\"node\":\"a\",\"namespace\":\"n\",\"pod\":\"p\","
-                                "\"seen_ns\":1,\"ips\":[\"10.0.0.1\"]}]}"};
+    /* Also: another node's pod (an agent reports its own), a deletion in the far future. */
+    static const char *bad[] = {
+        "not json", "{\"pods\":[1]}",
+        "{\"pods\":[{\"node\":\"" NODE "\",\"namespace\":\"n\",\"pod\":\"p\","
+        "\"seen_ns\":1,\"ips\":[\"10.0.0.1\"]}]}",
+        "{\"pods\":[{\"node\":\"other-node\",\"namespace\":\"n\",\"pod\":\"p\","
+        "\"seen_ns\":1,\"gone_ns\":1,\"ips\":[\"10.0.0.1\"]}]}",
+        "{\"pods\":[{\"node\":\"" NODE "\",\"namespace\":\"n\",\"pod\":\"p\","
+        "\"seen_ns\":1,\"gone_ns\":9000000000000000000,\"ips\":[\"10.0.0.1\"]}]}"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         buf_reset(&body);
         encode_batch(&body, &good_meta, 1);

@@ -1240,7 +1240,9 @@ Test(k8s_identity, deleted_pods_are_queued_for_the_aggregators)
     feed_pod(k, "DELETED", &a);
     feed_pod(k, "DELETED", &bare);
     feed_pod(k, "DELETED", &a); /* a repeat changes nothing */
-    feed_pod(k, "DELETED", &b);
+    /* Deleted after its sandbox went: the final object lists no IP, the cached ones go out. */
+    struct kas_pod b_gone = {UID(2), "web-b", "shop", NODE};
+    feed_pod(k, "DELETED", &b_gone);
 
     cr_assert_eq(k8s_take_gone(k, out, 1), 1, "at most max");
     cr_assert_str_eq(out[0].pod, "web-a");
@@ -1254,6 +1256,7 @@ Test(k8s_identity, deleted_pods_are_queued_for_the_aggregators)
     cr_assert_lt(out[0].gone_ns, before + 60 * 1000000000ull);
     cr_assert_eq(k8s_take_gone(k, out, 4), 1);
     cr_assert_str_eq(out[0].pod, "web-b");
+    cr_assert_eq(out[0].n_ips, 1, "the addresses it had");
     cr_assert_eq(k8s_take_gone(k, out, 4), 0);
 
     for (int i = 0; i < K8S_GONE_MAX + 2; i++) {

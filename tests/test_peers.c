@@ -490,6 +490,8 @@ Test(peers, a_deletion_before_the_pods_report_keeps_it_ended)
     struct event_peer out;
 
     cr_assert(peers_observe(p, &gone_a));
+    cr_assert_eq(look(p, "10.1.0.5", T0 + 10 * SEC, &out), PEERS_STALE,
+                 "a deletion alone never names a pod");
     peers_observe(p, &a); /* the late batch */
     cr_assert_eq(look(p, "10.1.0.5", T0 + 10 * SEC + GRACE + 1, &out), PEERS_STALE);
     /* The pod that got the address next is named, and the deleted one's claim, first seen
@@ -518,6 +520,26 @@ Test(peers, a_deletion_ends_only_its_own_pods_claims)
     cr_assert_eq(look(p, "10.1.0.5", T0 + 10 * SEC + GRACE + 1, &out), PEERS_HIT);
     cr_assert_str_eq(out.pod, "web-9");
     cr_assert_str_eq(out.node, "node-b");
+    peers_free(p);
+}
+
+/* A deletion (crafted: a made-up pod, far ahead) neither names anyone nor spoils a live claim. */
+Test(peers, a_deletion_of_a_pod_never_reported_names_no_one)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod live = pod("node-a", "shop", "client-a", "10.1.0.10", T0);
+    struct peers_pod ghost = gone(pod("evil", "evil", "ghost", "10.2.0.50", T0), T0 + 864000 * SEC);
+    struct peers_pod shadow =
+        gone(pod("evil", "evil", "shadow", "10.1.0.10", T0), T0 + 864000 * SEC);
+    struct event_peer out;
+
+    peers_observe(p, &live);
+    peers_observe(p, &ghost);
+    peers_observe(p, &shadow);
+    cr_assert_eq(look(p, "10.2.0.50", T0 + SEC, &out), PEERS_STALE);
+    cr_assert_null(out.pod);
+    cr_assert_eq(look(p, "10.1.0.10", T0 + SEC, &out), PEERS_HIT);
+    cr_assert_str_eq(out.pod, "client-a");
     peers_free(p);
 }
 

@@ -408,13 +408,17 @@ async function catchUp(ctl, openedMs) {
     if (live.abort !== ctl)
       return;
     const missed = page.events.filter((e) => !(e.id && live.ids.has(e.id)));
+    // Some not shown only when the page is full and its oldest event is not one already shown
+    // (the window starts 30 s back: it holds shown events, which total_count counts too).
+    const oldest = page.events[page.events.length - 1];
+    const cut = page.total_count > page.events.length && !(oldest && oldest.id && live.ids.has(oldest.id));
     if (missed.length) {
       live.catchUp = true;
       missed.reverse().forEach(queueEvent); // oldest first, as the stream sends them
     }
-    if (page.total_count > page.events.length)
-      problem('gap', 'The live stream was disconnected: of the ' + page.total_count +
-        ' events since, the newest ' + page.events.length + ' are shown (the rest are in /api/events).');
+    if (cut)
+      problem('gap', 'The live stream was disconnected and more events came meanwhile than one page (' +
+        page.events.length + ') holds: the older ones are not shown (they are in /api/events).');
     else
       problem('gap', null);
   } catch (err) {
