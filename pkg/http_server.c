@@ -194,15 +194,20 @@ void http_response_error(struct http_response *res, int status, const char *msg)
 bool http_refuse_params(const struct http_request *req, struct http_response *res)
 {
     char msg[200];
-    size_t n = 0;
+    size_t start = 0, n;
 
-    if (req->query_len == 0)
+    /* Empty segments ("?&", a trailing '&') are no parameters, as on the query routes. */
+    while (start < req->query_len && req->query[start] == '&')
+        start++;
+    if (start == req->query_len)
         return false;
+    n = start;
     while (n < req->query_len && req->query[n] != '=' && req->query[n] != '&')
         n++;
+    n -= start;
     snprintf(msg, sizeof(msg), "unknown query parameter '%.*s' (%.*s takes no parameters)",
-             (int)(n < 64 ? n : 64), req->query, (int)(req->path_len < 64 ? req->path_len : 64),
-             req->path);
+             (int)(n < 64 ? n : 64), req->query + start,
+             (int)(req->path_len < 64 ? req->path_len : 64), req->path);
     http_response_error(res, 400, msg);
     return true;
 }

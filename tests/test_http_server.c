@@ -388,6 +388,15 @@ Test(http_server, a_route_without_parameters_names_the_one_given)
     cr_assert(http_refuse_params(&req, &res));
     buf_putc(&res.body, '\0');
     cr_assert_not_null(strstr(res.body.data, "'\\\"x'"), "%s", res.body.data);
+    /* Empty segments are no parameters (as on the query routes); the first real one is named. */
+    req.query = "&&";
+    req.query_len = 2;
+    cr_assert_not(http_refuse_params(&req, &res));
+    req.query = "&&y=2&z";
+    req.query_len = strlen(req.query);
+    cr_assert(http_refuse_params(&req, &res));
+    buf_putc(&res.body, '\0');
+    cr_assert_not_null(strstr(res.body.data, "parameter 'y' ("), "%s", res.body.data);
     buf_free(&res.body);
 }
 
