@@ -752,9 +752,10 @@ static int parse_pod(json_t *o, struct peers_pod *pod, char *err, size_t errlen)
 }
 
 /*
- * An object with a pods array of at most max (and limit) pods into out; with
- * replica_len, a string replica member too (copied into replica); gone: every
- * pod must have a gone_ns. Returns the pod count or -EINVAL.
+ * An object with a pods array of at most max (and limit) pods into out. An
+ * announcement (!gone) also needs a string replica member, copied into
+ * replica when one is given; a list of deletions (gone) needs a gone_ns in
+ * every pod. Returns the pod count or -EINVAL.
  */
 static int parse_pods(const char *data, size_t len, char *replica, size_t replica_len,
                       struct peers_pod *out, size_t max, size_t limit, bool gone, char *err,
@@ -773,9 +774,9 @@ static int parse_pods(const char *data, size_t len, char *replica, size_t replic
         errmsg_set(err, errlen, "not JSON: %s", jerr.text);
         return -EINVAL;
     }
-    if ((replica_len && !json_is_string(id)) || !json_is_array(pods)) {
+    if ((!gone && !json_is_string(id)) || !json_is_array(pods)) {
         errmsg_set(err, errlen, "%s needs %sa pods array", what,
-                   replica_len ? "a string replica and " : "");
+                   gone ? "" : "a string replica and ");
         goto out;
     }
     if (json_array_size(pods) > max || json_array_size(pods) > limit) {
@@ -791,7 +792,7 @@ static int parse_pods(const char *data, size_t len, char *replica, size_t replic
             goto out;
         }
     }
-    if (replica && replica_len)
+    if (!gone && replica && replica_len)
         snprintf(replica, replica_len, "%s", json_string_value(id));
     rc = (int)json_array_size(pods);
 out:
@@ -802,13 +803,6 @@ out:
 int peers_announce_parse(const char *data, size_t len, char *replica, size_t replica_len,
                          struct peers_pod *out, size_t max, char *err, size_t errlen)
 {
-    char scratch[1];
-
-    /* replica_len 0 would skip the replica check: a scratch byte keeps it. */
-    if (!replica || !replica_len) {
-        replica = scratch;
-        replica_len = sizeof(scratch);
-    }
     return parse_pods(data, len, replica, replica_len, out, max, PEERS_ANNOUNCE_MAX_PODS, false,
                       err, errlen);
 }
