@@ -131,6 +131,21 @@ bool buf_utf8_valid(const char *s, size_t len)
     return true;
 }
 
+bool buf_utf8_shows_as(const char *raw, size_t rawlen, const char *text, size_t textlen)
+{
+    size_t i = 0, j = 0;
+    while (i < rawlen) {
+        size_t k = buf_utf8_seq(raw + i, rawlen - i);
+        const char *want = k ? raw + i : "\xef\xbf\xbd";
+        size_t wlen = k ? k : 3;
+        if (textlen - j < wlen || memcmp(text + j, want, wlen) != 0)
+            return false;
+        i += k ? k : 1;
+        j += wlen;
+    }
+    return j == textlen;
+}
+
 /*
  * The project's one UTF-8 rule (README.md, "Strings and raw bytes"): valid UTF-8 is
  * copied unchanged, each byte that is not part of a valid sequence becomes

@@ -42,6 +42,9 @@ size_t buf_utf8_seq(const char *s, size_t len);
 bool buf_utf8_is_control(const char *s, size_t n);
 /* Whether all len bytes of s are valid UTF-8 (RFC 3629). */
 bool buf_utf8_valid(const char *s, size_t len);
+/* Whether text (textlen bytes) is what buf_json_string() shows of the bytes raw: raw with
+ * each byte outside a valid UTF-8 sequence replaced by U+FFFD. */
+bool buf_utf8_shows_as(const char *raw, size_t rawlen, const char *text, size_t textlen);
 static inline void buf_json_cstr(struct buf *b, const char *s)
 {
     buf_json_string(b, s, strlen(s));

@@ -598,22 +598,6 @@ static int b64_decode(const char *s, size_t len, char *out, size_t *outlen)
     return 0;
 }
 
-/* Whether text is what the UTF-8 rule makes of the bytes raw. */
-static bool is_text_of(const char *raw, size_t rawlen, const char *text, size_t textlen)
-{
-    size_t i = 0, j = 0;
-    while (i < rawlen) {
-        size_t k = buf_utf8_seq(raw + i, rawlen - i);
-        const char *want = k ? raw + i : "\xef\xbf\xbd";
-        size_t wlen = k ? k : 3;
-        if (textlen - j < wlen || memcmp(text + j, want, wlen) != 0)
-            return false;
-        i += k ? k : 1;
-        j += wlen;
-    }
-    return j == textlen;
-}
-
 /*
  * The exact bytes of a "<key>_b64" string j that goes with the text of key.
  * *raw is malloc'd and NUL-terminated; the bytes hold no NUL (C strings) and
@@ -640,7 +624,7 @@ static int decode_raw(struct parse_ctx *c, const char *key, json_t *j, const cha
         free(out);
         return errmsg_set(c->err, c->errlen, "field \"%s_b64\": contains a NUL byte", key);
     }
-    if (!text || !is_text_of(out, *rawlen, text, textlen)) {
+    if (!text || !buf_utf8_shows_as(out, *rawlen, text, textlen)) {
         free(out);
         return errmsg_set(c->err, c->errlen, "field \"%s_b64\": does not match \"%s\"", key, key);
     }

@@ -1174,6 +1174,12 @@ static bool str_match(const char *filter, const char *s)
     return filter == NULL || filter == s;
 }
 
+/* Whether name (NULL: none) is shown as text, q's workload holding a U+FFFD. */
+static bool shown_as(const char *name, const char *text)
+{
+    return name != NULL && buf_utf8_shows_as(name, strlen(name), text, strlen(text));
+}
+
 static bool key_match(const struct flows_query *q, const struct flows_key *k)
 {
     if (q->protocol != 0 && k->protocol != q->protocol)
@@ -1181,7 +1187,9 @@ static bool key_match(const struct flows_query *q, const struct flows_key *k)
     if (q->namespace != NULL && k->src.namespace != q->namespace &&
         k->dst.namespace != q->namespace)
         return false;
-    if (q->workload != NULL && k->src.workload != q->workload && k->dst.workload != q->workload)
+    if (q->workload != NULL && k->src.workload != q->workload && k->dst.workload != q->workload &&
+        !(q->workload_shown &&
+          (shown_as(k->src.workload, q->workload) || shown_as(k->dst.workload, q->workload))))
         return false;
     return str_match(q->node, k->src.node) || q->node == k->dst.node;
 }
@@ -1988,6 +1996,7 @@ static int set_param(struct flows_query *q, enum flows_param p, const char *v, s
         return 0;
     case FP_WORKLOAD:
         q->workload = intern(v);
+        q->workload_shown = strstr(v, "\xef\xbf\xbd") != NULL;
         return 0;
     case FP_NODE:
         q->node = intern(v);

@@ -108,6 +108,9 @@ struct flows_result {
 struct flows_query {
     uint64_t since_ns, until_ns;             /* inclusive */
     const char *namespace, *workload, *node; /* interned; NULL = any */
+    /* workload holds a U+FFFD: it also matches a command it is the shown text of (a Process
+     * endpoint's name is its command's bytes; the API shows invalid UTF-8 as U+FFFD). */
+    bool workload_shown;
     enum flows_group group_by;
     uint8_t protocol; /* 0 = any */
     uint8_t status;   /* enum event_status; NONE = any */

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "buf.h"
 #include "dns.h"
 #include "errmsg.h"
 
@@ -592,6 +593,7 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
             return rc;
     }
 
+    q->command_shown = strstr(q->command, "\xef\xbf\xbd") != NULL;
     if (q->since_ns > q->until_ns) {
         errmsg_set(err, errlen,
                    "invalid 'since': later than 'until' (%" PRIu64 " > %" PRIu64 " ns)",
@@ -664,11 +666,21 @@ bool query_match(const struct query *q, const struct event *e)
         return false;
     if (q->status && e->status != q->status)
         return false;
-    /* e->command may fill its array without a NUL (a full 16-byte comm). */
-    if (q->command[0] && (strnlen(q->command, sizeof(e->command) + 1) > sizeof(e->command) ||
-                          strncmp(q->command, e->command, sizeof(e->command)) != 0))
+    if (!query_command_match(q, e->command))
         return false;
     return query_match_names(q, e->node, &e->k8s, &e->peer);
+}
+
+bool query_command_match(const struct query *q, const char *comm)
+{
+    if (!q->command[0])
+        return true;
+    /* comm may fill its EVENT_COMM_LEN bytes without a NUL (a full 16-byte comm). */
+    if (strnlen(q->command, EVENT_COMM_LEN + 1) <= EVENT_COMM_LEN &&
+        strncmp(q->command, comm, EVENT_COMM_LEN) == 0)
+        return true;
+    return q->command_shown &&
+           buf_utf8_shows_as(comm, strnlen(comm, EVENT_COMM_LEN), q->command, strlen(q->command));
 }
 
 int query_cmp_newest_first(uint64_t ts_a, uint64_t id_a, uint64_t ts_b, uint64_t id_b)

@@ -36,7 +36,8 @@ struct query {
     char node[QUERY_STR_MAX];      /* "" = any */
     char pod[QUERY_STR_MAX];       /* matches k8s.pod_name */
     char namespace[QUERY_STR_MAX]; /* matches k8s.namespace */
-    char command[QUERY_STR_MAX];   /* exact match on the task comm */
+    char command[QUERY_STR_MAX];   /* exact match on the task comm (query_command_match()) */
+    bool command_shown;            /* command holds a U+FFFD (set by query_parse()) */
     char workload[QUERY_STR_MAX];  /* matches k8s.workload */
     /* Match the event's peer (SPEC §8); events without that peer field never match. */
     char peer_pod[QUERY_STR_MAX];
@@ -60,6 +61,15 @@ struct query {
     bool has_cursor;
     struct query_cursor cursor;
 };
+
+/*
+ * Whether the task comm (at most EVENT_COMM_LEN bytes, NUL-terminated when
+ * shorter) passes q's command filter: its bytes are the filter's, or, for a
+ * filter holding U+FFFD, the filter is the text the API shows for them (each
+ * byte of invalid UTF-8 as U+FFFD), so a command copied from an answer finds
+ * its events. An empty filter passes everything.
+ */
+bool query_command_match(const struct query *q, const char *comm);
 
 /* The defaults: every event, limit 100. */
 void query_init(struct query *q);

@@ -1852,6 +1852,7 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
     struct query rq;
     query_init(&rq);
     memcpy(rq.command, q->command, sizeof(rq.command));
+    rq.command_shown = q->command_shown;
     rq.has_pid = q->has_pid;
     rq.pid = q->pid;
     rq.has_dest_port = q->has_dest_port;
@@ -1872,8 +1873,10 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
         goto cursor;
     }
     /* The columns hold only pid, command and dest_port: the dns filters need the records, and
-     * so does pid=0 (which matches only events made by a process: event_has_process()). */
-    bool cols = residual && !query_has_dns_filter(q) && !(q->has_pid && q->pid == 0);
+     * so does pid=0 (which matches only events made by a process: event_has_process()), and a
+     * command as shown (the columns compare a command's bytes). */
+    bool cols =
+        residual && !query_has_dns_filter(q) && !(q->has_pid && q->pid == 0) && !q->command_shown;
     if (cols && strnlen(q->command, EVENT_COMM_LEN + 1) > EVENT_COMM_LEN)
         goto out; /* longer than any command */
     if (cols && !q->types && !q->status && !names) {

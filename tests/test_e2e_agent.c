@@ -374,6 +374,15 @@ Test(e2e_agent, exec_with_invalid_utf8_is_strict_json_with_exact_bytes)
     cr_expect_str_eq(json_string_value(json_array_get(raw, 1)), "/4CA");
     json_decref(ev);
 
+    /* Found by its command as this answer shows it (as a user copies it), and by its bytes. */
+    static const char *by[] = {"tr%EF%BF%BDue%EF%BF%BD", "tr%FFue%80"};
+    for (size_t i = 0; i < sizeof(by) / sizeof(by[0]); i++) {
+        snprintf(q, sizeof(q), "/api/events?type=exec&command=%s", by[i]);
+        ev = wait_strict(q, pid, 1, 10000);
+        cr_assert(ev, "%s: no exec event for pid %d", q, pid);
+        json_decref(ev);
+    }
+
     /* The whole history, every event in it, is still one strict document. */
     json_decref(get_strict("/api/events?limit=10000", NULL));
     unlink(path);

@@ -170,6 +170,37 @@ Test(flows, outside_kubernetes_the_workload_is_the_command_and_the_peer_an_ip)
     flows_free(f);
 }
 
+/* A command of invalid UTF-8 names its Process endpoint; the workload filter finds it by its
+ * bytes and by the text the API shows for them (as "see in Live" and a user copy it). */
+Test(flows, a_process_workload_is_found_by_its_shown_text)
+{
+    struct flows *f = flows_new(24 * HOUR, 1000);
+    struct event e = conn(T0, "x", NULL, EVENT_STATUS_ESTABLISHED, NULL, 1000);
+    struct flows_result r;
+    struct flows_query q;
+    char err[256] = "";
+
+    memset(&e.k8s, 0, sizeof(e.k8s));
+    strcpy(e.command, "cu\xffl");
+    flows_add(f, &e, 1, NOW);
+    strcpy(e.command, "curl");
+    flows_add(f, &e, 1, NOW);
+    static const char *hits[] = {"workload=cu%FFl", "workload=cu%EF%BF%BDl", "workload=curl"};
+    for (size_t i = 0; i < sizeof(hits) / sizeof(hits[0]); i++) {
+        cr_assert_eq(flows_query_parse(&q, hits[i], strlen(hits[i]), NOW, err, sizeof(err)), 0,
+                     "%s", err);
+        run(f, &q, &r);
+        cr_assert_eq(r.count, 1, "%s: %zu edges", hits[i], r.count);
+        flows_result_free(&r);
+    }
+    const char *miss = "workload=c%EF%BF%BDrl";
+    cr_assert_eq(flows_query_parse(&q, miss, strlen(miss), NOW, err, sizeof(err)), 0, "%s", err);
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 0, "a valid command is not shown with a U+FFFD");
+    flows_result_free(&r);
+    flows_free(f);
+}
+
 Test(flows, group_by_workload_pod_and_service)
 {
     struct flows *f = flows_new(24 * HOUR, 1000);

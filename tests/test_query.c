@@ -837,3 +837,33 @@ Test(query_match, full_length_comm)
     parse_ok(&q, "command=abcdefghijklmno");
     cr_assert_not(query_match(&q, &e));
 }
+
+/* A command of invalid UTF-8 is found by its bytes and by the text the API shows for it. */
+Test(query_match, command_as_shown)
+{
+    struct event e = match_event();
+    strcpy(e.command, "tr\xffue\x80");
+    struct query q;
+    parse_ok(&q, "command=tr%FFue%80");
+    cr_assert(query_match(&q, &e), "its bytes");
+    parse_ok(&q, "command=tr%EF%BF%BDue%EF%BF%BD");
+    cr_assert(q.command_shown);
+    cr_assert(query_match(&q, &e), "the text shown");
+    parse_ok(&q, "command=tr%EF%BF%BDue");
+    cr_assert_not(query_match(&q, &e), "a prefix of the text");
+    parse_ok(&q, "command=tr%EF%BF%BDue%EF%BF%BD%EF%BF%BD");
+    cr_assert_not(query_match(&q, &e), "one replacement too many");
+    parse_ok(&q, "command=tr%EF%BF%BDux%EF%BF%BD");
+    cr_assert_not(query_match(&q, &e), "another valid byte");
+    /* A valid command never matches a replacement where it has a valid character. */
+    strcpy(e.command, "true");
+    parse_ok(&q, "command=tr%EF%BF%BDe");
+    cr_assert_not(query_match(&q, &e));
+    /* A full 16-byte comm of invalid bytes: 48 bytes of text. */
+    memset(e.command, 0xfe, EVENT_COMM_LEN);
+    char qs[512] = "command=";
+    for (int i = 0; i < EVENT_COMM_LEN; i++)
+        strcat(qs, "%EF%BF%BD");
+    parse_ok(&q, qs);
+    cr_assert(query_match(&q, &e));
+}

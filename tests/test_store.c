@@ -1660,3 +1660,28 @@ Test(store, concurrent_writer_and_readers)
     cr_assert_eq(st.evicted_count, 25000);
     store_free(c.s);
 }
+
+/*
+ * A command of invalid UTF-8 is found by the text the API shows for it (each bad
+ * byte a U+FFFD), on every path a query takes: alone (the columns' path when it
+ * is bytes), with a type, with a name; two different commands shown alike are
+ * both found.
+ */
+Test(store, command_found_by_its_shown_text)
+{
+    struct store *s = new_store(1000, 0);
+    static const char *comms[] = {"tr\xffue\x80", "tr\xfeue\xc0", "true", "tr\xffue"};
+    for (uint64_t i = 0; i < 40; i++) {
+        struct event e = mk(1000 + i, i, i % 2 ? EVENT_EXEC : EVENT_CONNECTION, "node-a");
+        set_comm(&e, comms[i % 4]);
+        add(s, &e);
+    }
+    cr_assert_eq(count_of(s, "command=tr%FFue%80"), 10, "its bytes");
+    cr_assert_eq(count_of(s, "command=tr%EF%BF%BDue%EF%BF%BD"), 20, "the text of two commands");
+    cr_assert_eq(count_of(s, "command=tr%EF%BF%BDue%EF%BF%BD&type=exec"), 10);
+    cr_assert_eq(count_of(s, "command=tr%EF%BF%BDue%EF%BF%BD&node=node-a&pid=0"), 0);
+    cr_assert_eq(count_of(s, "command=tr%EF%BF%BDue%EF%BF%BD&node=node-a"), 20);
+    cr_assert_eq(count_of(s, "command=tr%EF%BF%BDue"), 10);
+    cr_assert_eq(count_of(s, "command=true"), 10);
+    store_free(s);
+}
