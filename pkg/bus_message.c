@@ -268,12 +268,20 @@ static enum bus_reject json_meta_from_headers(natsMsg *msg, struct event_batch_m
     return BUS_OK;
 }
 
+/* Whether name (NULL: none) is the batch's node: both interned, so the pointers are equal. */
+static bool same_node(const char *name, const char *node)
+{
+    return name == NULL || name == node || strcmp(name, node) == 0;
+}
+
 /*
  * Drops the events of b an agent could not have sent (event_check_bounds()):
  * the decoders check the wire format, not the sizes, and a history bounded
  * by its number of events must not hold a megabyte argv; nor a timestamp
- * more than BUS_MAX_AHEAD_NS ahead of this clock. Counted as rejected, with
- * the batch's own reason.
+ * more than BUS_MAX_AHEAD_NS ahead of this clock; nor an event of another
+ * node, or of a pod on another node (an agent watches its own node's pods):
+ * its pod would name addresses for the whole cluster. Counted as rejected,
+ * with the batch's own reason.
  */
 static void drop_out_of_bounds(struct bus_batch *b, char *err, size_t errlen)
 {
@@ -287,6 +295,12 @@ static void drop_out_of_bounds(struct bus_batch *b, char *err, size_t errlen)
         if (bad == 0 && b->events[i].timestamp_ns > latest) {
             snprintf(msg, sizeof(msg), "timestamp %" PRIu64 " is more than %llu s ahead of now",
                      b->events[i].timestamp_ns, BUS_MAX_AHEAD_NS / 1000000000ull);
+            bad = -1;
+        }
+        if (bad == 0 && (!same_node(b->events[i].node, b->meta.node) ||
+                         !same_node(b->events[i].k8s.node_name, b->meta.node))) {
+            snprintf(msg, sizeof(msg), "%s is not the batch's node",
+                     same_node(b->events[i].node, b->meta.node) ? "its pod's node" : "its node");
             bad = -1;
         }
         if (bad < 0) {
@@ -311,6 +325,34 @@ static enum bus_reject check_node(const char *node, char *err, size_t errlen)
                   "batch node is not a node name (1-%d bytes of UTF-8 without control "
                   "characters or surrounding spaces)",
                   EVENT_NODE_MAX);
+}
+
+/*
+ * The batch's node against what else the message says of it: an agent publishes
+ * to <prefix>.<node>, the node's '.', '*', '>' and spaces as '_' (SPEC §4), and
+ * its Ebpf-Node header, when there is one, is the node. A batch that says
+ * otherwise would land its events, and the pods it names, on a node whose
+ * subject it did not use: with NATS permissions per subject, that is the one
+ * thing an agent's credentials must not allow.
+ */
+static enum bus_reject check_node_of_message(natsMsg *msg, const char *node, char *err,
+                                             size_t errlen)
+{
+    const char *subject = natsMsg_GetSubject(msg), *hdr = header(msg, BUS_HDR_NODE);
+    const char *last = subject ? strrchr(subject, '.') : NULL;
+    char want[EVENT_NODE_MAX + 2];
+
+    bus_node_subject("", node, want, sizeof(want)); /* "." and the node's token */
+    if (!last || strcmp(last, want) != 0)
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen,
+                      "batch of node \"%.100s\" on subject \"%.100s\" (an agent publishes to "
+                      "<prefix>%.100s)",
+                      node, subject ? subject : "", want);
+    if (hdr && strcmp(hdr, node) != 0)
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen,
+                      "%s header \"%.100s\" is not the batch's node \"%.100s\"", BUS_HDR_NODE, hdr,
+                      node);
+    return BUS_OK;
 }
 
 /* The pods the agent saw deleted, sent with the batch. */
@@ -378,6 +420,8 @@ enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *er
         else
             r = check_node(out->meta.node, err, errlen);
         if (r == BUS_OK)
+            r = check_node_of_message(msg, out->meta.node, err, errlen);
+        if (r == BUS_OK)
             r = decode_gone(msg, out, err, errlen);
         if (r != BUS_OK)
             bus_batch_free(out);
@@ -390,7 +434,8 @@ enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *er
     struct event_batch_meta meta;
     uint64_t events = 0;
     if ((r = json_meta_from_headers(msg, &meta, err, errlen)) != BUS_OK ||
-        (r = check_node(meta.node, err, errlen)) != BUS_OK)
+        (r = check_node(meta.node, err, errlen)) != BUS_OK ||
+        (r = check_node_of_message(msg, meta.node, err, errlen)) != BUS_OK)
         return r;
     if ((r = decode_json(data, len, out, err, errlen)) != BUS_OK)
         return r;

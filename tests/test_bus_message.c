@@ -89,15 +89,21 @@ static void json_lines(struct buf *out, size_t n, const char *node)
     }
 }
 
-/* A message with headers given as NULL-terminated key/value pairs. */
-static natsMsg *message(const void *data, size_t len, const char *const *headers)
+/* A message on subject with headers given as NULL-terminated key/value pairs. */
+static natsMsg *message_on(const char *subject, const void *data, size_t len,
+                           const char *const *headers)
 {
     natsMsg *m = NULL;
-    cr_assert_eq(natsMsg_Create(&m, "ebpf.events.worker-1_example_com", NULL, data, (int)len),
-                 NATS_OK);
+    cr_assert_eq(natsMsg_Create(&m, subject, NULL, data, (int)len), NATS_OK);
     for (; headers && headers[0]; headers += 2)
         cr_assert_eq(natsMsgHeader_Set(m, headers[0], headers[1]), NATS_OK);
     return m;
+}
+
+/* The same on NODE's subject. */
+static natsMsg *message(const void *data, size_t len, const char *const *headers)
+{
+    return message_on("ebpf.events.worker-1_example_com", data, len, headers);
 }
 
 static enum bus_reject decode(natsMsg *m, struct bus_batch *b, char *err)
@@ -136,8 +142,8 @@ Test(bus_message, protobuf_batch_with_headers)
     struct buf body;
     buf_init(&body);
     encode_batch(&body, &good_meta, 3);
-    const char *hdrs[] = {BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_PROTOBUF, BUS_HDR_NODE,
-                          "header-node-is-ignored", NULL};
+    const char *hdrs[] = {BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_PROTOBUF, BUS_HDR_NODE, NODE,
+                          NULL};
     struct bus_batch b;
     char err[256];
     cr_assert_eq(decode(message(body.data, body.len, hdrs), &b, err), BUS_OK, "%s", err);
@@ -193,19 +199,64 @@ Test(bus_message, json_batch_takes_metadata_from_headers)
     buf_free(&body);
 }
 
-Test(bus_message, json_events_keep_their_own_node)
+/* An agent sends its own node's events: another node's are rejected, the batch's others kept. */
+Test(bus_message, json_events_of_another_node_are_rejected)
 {
     struct buf body;
     buf_init(&body);
     json_lines(&body, 2, "other-node");
+    json_lines(&body, 1, NODE);
     const char *hdrs[] = {JSON_HEADERS(NODE, INST, "1"), NULL};
     struct bus_batch b;
     char err[256];
     cr_assert_eq(decode(message(body.data, body.len, hdrs), &b, err), BUS_OK, "%s", err);
-    cr_assert_str_eq(b.events[0].node, "other-node");
-    cr_assert_str_eq(b.meta.node, NODE);
+    cr_assert_eq(b.n, 1);
+    cr_assert_str_eq(b.events[0].node, NODE);
+    cr_assert_eq(b.meta.rejected_events, 2);
+    cr_assert(strstr(err, "its node is not the batch's node"), "%s", err);
     bus_batch_free(&b);
     buf_free(&body);
+}
+
+/*
+ * What a message says of its node besides the batch must agree with it: the subject
+ * (<prefix>.<node>, '.' as '_') and an Ebpf-Node header. Otherwise, with NATS permissions
+ * per subject, one agent's credentials would publish for every node.
+ */
+Test(bus_message, a_batch_on_another_nodes_subject_is_refused)
+{
+    struct buf pb, js;
+    buf_init(&pb);
+    buf_init(&js);
+    encode_batch(&pb, &good_meta, 2);
+    json_lines(&js, 2, NULL);
+    const char *pb_hdrs[] = {BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_PROTOBUF, NULL};
+    const char *js_hdrs[] = {JSON_HEADERS(NODE, INST, "1"), NULL};
+    static const char *subjects[] = {"ebpf.events.node-2", "ebpf.events.worker-1",
+                                     "ebpf.events.worker-1_example_com_x", "worker-1_example_com",
+                                     "ebpf.events.worker-1.example.com"};
+    struct bus_batch b;
+    char err[256];
+
+    for (size_t i = 0; i < sizeof(subjects) / sizeof(subjects[0]); i++) {
+        cr_assert_eq(decode(message_on(subjects[i], pb.data, pb.len, pb_hdrs), &b, err),
+                     BUS_REJECT_BAD_METADATA, "%s", subjects[i]);
+        cr_assert(strstr(err, "on subject"), "%s", err);
+        cr_assert_eq(decode(message_on(subjects[i], js.data, js.len, js_hdrs), &b, err),
+                     BUS_REJECT_BAD_METADATA, "%s", subjects[i]);
+    }
+    /* Any prefix: the node is the subject's last token. */
+    cr_assert_eq(
+        decode(message_on("other.prefix.worker-1_example_com", pb.data, pb.len, pb_hdrs), &b, err),
+        BUS_OK, "%s", err);
+    bus_batch_free(&b);
+
+    const char *lying[] = {BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_PROTOBUF, BUS_HDR_NODE, "node-2",
+                           NULL};
+    cr_assert_eq(decode(message(pb.data, pb.len, lying), &b, err), BUS_REJECT_BAD_METADATA);
+    cr_assert(strstr(err, "Ebpf-Node header \"node-2\" is not the batch's node"), "%s", err);
+    buf_free(&pb);
+    buf_free(&js);
 }
 
 Test(bus_message, no_content_type_is_sniffed)
@@ -484,6 +535,51 @@ Test(bus_message, events_over_an_agents_bounds_are_dropped_and_counted)
         cr_assert(strstr(err, "args") || strstr(err, "name"), "%s", err);
         for (size_t i = 0; i < b.n; i++)
             cr_assert_eq(b.events[i].type, EVENT_EXIT);
+        bus_batch_free(&b);
+        buf_free(&body);
+    }
+}
+
+/*
+ * An agent watches its own node's pods: an event of a pod on another node would make the
+ * aggregators name that pod's addresses for the whole cluster. It is dropped and counted;
+ * the batch's other events (its own node's pod, no pod) are kept. Both encodings.
+ */
+Test(bus_message, events_of_a_pod_on_another_node_are_dropped_and_counted)
+{
+    for (int enc = 0; enc < 2; enc++) {
+        struct event ev[3];
+        for (int i = 0; i < 3; i++) {
+            make_exec(&ev[i], (uint64_t)i + 1, NULL);
+            ev[i].k8s.pod_name = intern("web-0");
+            ev[i].k8s.namespace = intern("shop");
+            ev[i].k8s.ips = intern("10.1.2.3");
+        }
+        ev[0].k8s.node_name = intern("node-2");
+        ev[1].k8s.node_name = intern(NODE);
+        struct buf body;
+        buf_init(&body);
+        const char *pb_hdrs[] = {BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_PROTOBUF, NULL};
+        const char *js_hdrs[] = {JSON_HEADERS(NODE, INST, "1"), NULL};
+        if (enc == 0) {
+            cr_assert_eq(event_batch_encode(&good_meta, ev, 3, &body), 0);
+        } else {
+            for (int i = 0; i < 3; i++) {
+                event_json_write(&body, &ev[i]);
+                buf_putc(&body, '\n');
+            }
+        }
+        for (int i = 0; i < 3; i++)
+            event_clear(&ev[i]);
+        struct bus_batch b;
+        char err[256];
+        cr_assert_eq(decode(message(body.data, body.len, enc ? js_hdrs : pb_hdrs), &b, err), BUS_OK,
+                     "%s", err);
+        cr_assert_eq(b.n, 2, "%s", enc ? "json" : "protobuf");
+        cr_assert_eq(b.meta.rejected_events, 1);
+        cr_assert(strstr(err, "event 0: its pod's node is not the batch's node"), "%s", err);
+        cr_assert_eq(b.events[0].id, 2);
+        cr_assert_eq(b.events[1].id, 3);
         bus_batch_free(&b);
         buf_free(&body);
     }

@@ -174,11 +174,17 @@ static natsConnection *connect_to(int port)
     return nc;
 }
 
+/* Publishes on the subject of the node the headers name, as an agent does (NODE's without). */
 static void publish(natsConnection *nc, const void *data, size_t len, const char *const *hdrs)
 {
     natsMsg *m = NULL;
-    cr_assert_eq(natsMsg_Create(&m, "ebpf.events.worker-1_example_com", NULL, data, (int)len),
-                 NATS_OK);
+    char subject[128];
+    const char *node = NODE;
+    for (const char *const *h = hdrs; h && h[0]; h += 2)
+        if (strcmp(h[0], BUS_HDR_NODE) == 0)
+            node = h[1];
+    bus_node_subject("ebpf.events", node, subject, sizeof(subject));
+    cr_assert_eq(natsMsg_Create(&m, subject, NULL, data, (int)len), NATS_OK);
     for (; hdrs && hdrs[0]; hdrs += 2)
         cr_assert_eq(natsMsgHeader_Set(m, hdrs[0], hdrs[1]), NATS_OK);
     cr_assert_eq(natsConnection_PublishMsg(nc, m), NATS_OK);
