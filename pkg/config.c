@@ -85,6 +85,9 @@ static const struct key keys[] = {
      "events per batch on the bus (1-10000)"},
     {"FLUSH_INTERVAL", KIND_DURATION, AGENT, NUM(flush_interval_ns), 1000000ull, 3600 * SEC, "1s",
      NULL, "longest time an event waits in a batch (1ms-1h)"},
+    {"HEARTBEAT_INTERVAL", KIND_DURATION, AGENT, NUM(heartbeat_ns), 0, 3600 * SEC, "10s", NULL,
+     "an empty batch after this long without one, so an idle node stays active on the "
+     "aggregators (keep it under their STALE_AFTER; 0 = never, 0-1h)"},
     {"ENCODING", KIND_ENCODING, AGENT, NUM(encoding), 0, 0, "protobuf", NULL,
      "bus encoding: protobuf or json"},
     {"OUTAGE_BUFFER", KIND_BYTES, AGENT, NUM(outage_buffer_bytes), 64 * 1024, 4ull << 30, "64MiB",

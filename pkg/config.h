@@ -57,6 +57,7 @@ struct config {
     char subject_prefix[CONFIG_STR];
     uint32_t batch_size;
     uint64_t flush_interval_ns;
+    uint64_t heartbeat_ns;
     enum config_encoding encoding;
     uint64_t outage_buffer_bytes;
 

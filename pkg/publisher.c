@@ -59,6 +59,7 @@ struct batch {
      * (deletions are rare; every queued batch paying for room would loosen the queue's bound). */
     struct peers_pod *gone;
     size_t n_gone;
+    bool heartbeat; /* sent even empty (publisher_tick()) */
 };
 
 struct publisher {
@@ -97,6 +98,8 @@ struct publisher {
     uint64_t publish_errors;
     uint64_t kernel_drops, kernel_missed;
     uint64_t max_payload; /* learned from the server */
+    uint64_t heartbeats;
+    uint64_t last_queued_ns; /* monotonic: the last batch queued (capture thread only) */
 };
 
 static void add(uint64_t *c, uint64_t v)
@@ -192,7 +195,7 @@ static void close_batch_queue(struct publisher *p, bool defer)
             wake_deferred(p);
         return;
     }
-    if (b->body.oom || (!b->n_events && !b->n_gone)) {
+    if (b->body.oom || (!b->n_events && !b->n_gone && !b->heartbeat)) {
         /* Out of memory part-way: nothing of it can be sent. */
         add(&p->events_dropped, b->n_events);
         batch_free(b);
@@ -202,6 +205,9 @@ static void close_batch_queue(struct publisher *p, bool defer)
     }
     b->sequence = p->sequence + 1;
     __atomic_store_n(&p->sequence, b->sequence, __ATOMIC_RELAXED);
+    p->last_queued_ns = clock_monotonic_ns();
+    if (!b->n_events && !b->n_gone)
+        add(&p->heartbeats, 1);
     b->events_len = b->body.len;
     pthread_mutex_lock(&p->mu);
     queue_push(p, b);
@@ -239,6 +245,7 @@ static struct batch *batch_open(struct publisher *p)
         b->n_events = 0;
         b->sequence = 0;
         b->n_gone = 0;
+        b->heartbeat = false;
     } else if ((b = calloc(1, sizeof(*b)))) {
         buf_init(&b->body);
         /* Most batches fit: a guess at ~200 bytes an event saves the doubling reallocs. */
@@ -314,12 +321,36 @@ int publisher_add(struct publisher *p, const struct event *e)
     return 0;
 }
 
+/*
+ * With no batch open: after heartbeat_ns without a batch queued, an empty one
+ * (its sequence number, the loss counters), so an idle node still reports in
+ * and the aggregators tell it from a dead one. Returns the ns until the next
+ * deadline.
+ */
+static uint64_t heartbeat_tick(struct publisher *p, uint64_t now)
+{
+    uint64_t every = p->cfg.heartbeat_ns, flush = p->cfg.flush_interval_ns;
+    if (!every)
+        return flush;
+    uint64_t due = p->last_queued_ns + every;
+    if (now < due)
+        return due - now < flush ? due - now : flush;
+    struct batch *b = batch_open(p);
+    if (b) {
+        b->heartbeat = true;
+        close_batch(p);
+    } else {
+        p->last_queued_ns = now; /* no memory: try again after another interval */
+    }
+    return every < flush ? every : flush;
+}
+
 uint64_t publisher_tick(struct publisher *p, uint64_t now)
 {
     struct batch *b = p->cur;
     wake_deferred(p);
     if (!b)
-        return p->cfg.flush_interval_ns;
+        return heartbeat_tick(p, now);
     uint64_t due = b->opened_ns + p->cfg.flush_interval_ns;
     if (now >= due) {
         close_batch(p);
@@ -594,6 +625,7 @@ struct publisher *publisher_new(struct bus *bus, const struct publisher_config *
     }
     p->bus = bus;
     p->cfg = *cfg;
+    p->last_queued_ns = clock_monotonic_ns();
     p->node = strdup(cfg->node);
     p->subject = strdup(cfg->subject);
     p->pod_name = dup_or_null(cfg->pod_name);
@@ -673,6 +705,7 @@ void publisher_get_stats(struct publisher *p, struct publisher_stats *out)
     out->encode_failed = get(&p->encode_failed);
     out->pods_gone = get(&p->pods_gone_sent);
     out->pods_gone_dropped = get(&p->pods_gone_dropped);
+    out->heartbeats = get(&p->heartbeats);
     out->queue_batches = get(&p->queue_batches);
     out->queue_bytes = get(&p->queue_bytes);
     out->publish_errors = get(&p->publish_errors);

@@ -35,6 +35,7 @@ struct publisher_config {
     enum config_encoding encoding;
     uint32_t batch_size;          /* events per batch, 1..BUS_MAX_BATCH_EVENTS */
     uint64_t flush_interval_ns;   /* longest time an event waits in a batch */
+    uint64_t heartbeat_ns;        /* an empty batch after this long without one; 0: never */
     uint64_t outage_buffer_bytes; /* queue bound; the newest batch is always kept */
     const char *log_prefix;       /* "ebpf-agent": log outages to stderr; NULL: silent */
 };
@@ -48,6 +49,7 @@ struct publisher_stats {
     uint64_t encode_failed;     /* events that could not be encoded (included above) */
     uint64_t pods_gone;         /* deleted pods put in batches (publisher_add_gone) */
     uint64_t pods_gone_dropped; /* deleted pods lost: no memory for a batch */
+    uint64_t heartbeats;        /* empty batches queued for an idle node (publisher_tick) */
     uint64_t queue_batches;     /* closed batches waiting (and the one being sent) */
     uint64_t queue_bytes;
     uint64_t publish_errors;

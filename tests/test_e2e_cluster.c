@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cgroup.h"
 #include "events.pb-c.h"
 #include "pb_craft.h"
 #include "testutil.h"
@@ -699,6 +700,61 @@ Test(e2e_cluster, either_replica_answers_for_both_nodes)
     cr_expect(node_entry(n, NODE_A) && node_entry(n, NODE_B), "/api/nodes: %s", tu_jdump(n));
     cr_expect_str_eq(tu_jpath_str(node_entry(n, NODE_A), "status"), "active");
     json_decref(n);
+}
+
+/*
+ * A node with nothing to report stays active: its agent sends an empty batch every
+ * HEARTBEAT_INTERVAL. A stopped one goes stale after STALE_AFTER. The agent captures an
+ * empty cgroup, so it has no events at all.
+ */
+Test(e2e_cluster, an_idle_node_stays_active_and_a_stopped_one_goes_stale)
+{
+    need_root();
+    char root[256], cg[512], cg_env[600];
+    cr_assert_eq(cgroup_v2_root(root, sizeof(root)), 0, "no cgroup v2 mount");
+    snprintf(cg, sizeof(cg), "%s/ebpfmon-idle-%d", root, getpid());
+    cr_assert(mkdir(cg, 0755) == 0 || errno == EEXIST, "mkdir %s: %s", cg, strerror(errno));
+    snprintf(cg_env, sizeof(cg_env), "CAPTURE_CGROUP=ebpfmon-idle-%d", getpid());
+    nats_up(NULL);
+    const char *agg_env[] = {"STALE_AFTER=1s", NULL};
+    struct proc *r = agg_up("r1", agg_env, true);
+    const char *agent_env[] = {cg_env, "HEARTBEAT_INTERVAL=300ms", NULL};
+    struct proc *a = agent_up("e2e-idle", agent_env);
+
+    /* Seen from its first heartbeat on, and active for several times STALE_AFTER. */
+    uint64_t seen = 0, end = tu_mono_ms() + 15000;
+    for (;;) {
+        json_t *n = api(r, "/api/nodes");
+        json_t *e = node_entry(n, "e2e-idle");
+        if (e && !seen)
+            seen = tu_mono_ms();
+        if (e)
+            cr_assert_str_eq(tu_jpath_str(e, "status"), "active", "an idle node: %s", tu_jdump(n));
+        json_decref(n);
+        if (seen && tu_mono_ms() - seen > 3500)
+            break;
+        cr_assert_lt(tu_mono_ms(), end, "the idle node never appeared in /api/nodes");
+        usleep(100000);
+    }
+    json_t *s = api(a, "/api/stats");
+    cr_assert_geq(jint(s, "bus.heartbeats"), 10, "%s", tu_jdump(s));
+    cr_assert_eq(jint(s, "bus.events_sent"), 0, "the agent had events: %s", tu_jdump(s));
+    json_decref(s);
+
+    /* Stopped, it goes stale. */
+    cr_assert_eq(kill(a->pid, SIGSTOP), 0);
+    end = tu_mono_ms() + 10000;
+    for (bool stale = false; !stale;) {
+        json_t *n = api(r, "/api/nodes");
+        stale = strcmp(tu_jpath_str(node_entry(n, "e2e-idle"), "status"), "stale") == 0;
+        json_decref(n);
+        cr_assert_lt(tu_mono_ms(), end, "a stopped agent's node is still active");
+        usleep(100000);
+    }
+    kill(a->pid, SIGCONT);
+    proc_kill(a, SIGTERM);
+    proc_kill(r, SIGTERM);
+    rmdir(cg);
 }
 
 /* ---- batching, observed on the bus -------------------------------------- */

@@ -128,6 +128,9 @@ static void fixture_start_server(struct fixture *f)
     cr_assert_gt(f->nats, 0, "nats-server did not start on port %d", f->port);
 }
 
+/* HEARTBEAT_INTERVAL of the next fixture_open() (0: none), reset by it. */
+static uint64_t fixture_heartbeat_ns;
+
 static void fixture_open(struct fixture *f, enum config_encoding enc, uint32_t batch_size,
                          uint64_t flush_ns, uint64_t outage_bytes, bool same_connection)
 {
@@ -159,12 +162,15 @@ static void fixture_open(struct fixture *f, enum config_encoding enc, uint32_t b
     char subject[128];
     bus_node_subject(PREFIX, NODE, subject, sizeof(subject));
     cr_assert_str_eq(subject, SUBJECT);
+    uint64_t heartbeat_ns = fixture_heartbeat_ns;
+    fixture_heartbeat_ns = 0;
     struct publisher_config pc = {
         .node = NODE,
         .subject = subject,
         .encoding = enc,
         .batch_size = batch_size,
         .flush_interval_ns = flush_ns,
+        .heartbeat_ns = heartbeat_ns,
         .outage_buffer_bytes = outage_bytes,
     };
     f->pub = publisher_new(f->bus, &pc, err, sizeof(err));
@@ -673,4 +679,63 @@ Test(publisher, deleted_pods_travel_in_a_header_protobuf)
 Test(publisher, deleted_pods_travel_in_a_header_json)
 {
     check_gone(CONFIG_ENCODING_JSON);
+}
+
+/*
+ * An idle agent sends an empty batch every heartbeat interval (its own sequence number, the
+ * loss counters), which the aggregator's decoder takes; events in between put it off.
+ */
+Test(publisher, an_idle_publisher_sends_heartbeats)
+{
+    for (int enc = 0; enc < 2; enc++) {
+        struct fixture f;
+        fixture_heartbeat_ns = 150 * MS;
+        fixture_open(&f, enc ? CONFIG_ENCODING_JSON : CONFIG_ENCODING_PROTOBUF, 4, 50 * MS, 1 << 20,
+                     false);
+        uint64_t t0 = mono_ns();
+        natsMsg *m = NULL;
+        for (int got = 0; got < 2;) {
+            cr_assert_lt(mono_ns() - t0, WAIT_MS * MS, "%d heartbeats", got);
+            uint64_t next = publisher_tick(f.pub, mono_ns());
+            cr_assert_leq(next, 150 * MS, "the caller is woken in time");
+            if (!(m = next_msg(&f, 20)))
+                continue;
+            struct bus_batch b;
+            char err[256];
+            cr_assert_eq(bus_message_decode(m, &b, err, sizeof(err)), BUS_OK, "%s", err);
+            cr_assert_eq(b.n, 0);
+            cr_assert_eq(b.meta.sequence, (uint64_t)got + 1);
+            cr_assert_str_eq(b.meta.node, NODE);
+            bus_batch_free(&b);
+            natsMsg_Destroy(m);
+            got++;
+        }
+        cr_assert_geq(mono_ns() - t0, 2 * 150 * MS, "not before the interval");
+        /* An event batch resets the interval: the next message is it, not a heartbeat. */
+        add_events(f.pub, 0, 1);
+        publisher_tick(f.pub, mono_ns() + 50 * MS);
+        m = next_msg(&f, WAIT_MS);
+        cr_assert_not_null(m);
+        cr_assert_eq(header_u64(m, BUS_HDR_EVENTS), 1);
+        natsMsg_Destroy(m);
+        struct publisher_stats st;
+        publisher_get_stats(f.pub, &st);
+        cr_assert_eq(st.heartbeats, 2);
+        cr_assert_eq(st.sequence, 3);
+        fixture_close(&f);
+    }
+}
+
+/* HEARTBEAT_INTERVAL 0: an idle publisher sends nothing. */
+Test(publisher, no_heartbeat_when_off)
+{
+    struct fixture f;
+    fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 4, 20 * MS, 1 << 20, false);
+    uint64_t t0 = mono_ns();
+    while (mono_ns() - t0 < 300 * MS) {
+        publisher_tick(f.pub, mono_ns());
+        natsMsg *m = next_msg(&f, 20);
+        cr_assert_null(m, "a message from an idle publisher without heartbeats");
+    }
+    fixture_close(&f);
 }

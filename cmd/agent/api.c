@@ -166,16 +166,17 @@ static void write_bus(struct agent *a, struct buf *b, const struct publisher_sta
     buf_printf(
         b,
         ",\"batch_size\":%u,\"flush_interval\":\"%" PRIu64 "ms\",\"flush_interval_ns\":%" PRIu64
+        ",\"heartbeat_interval_ns\":%" PRIu64 ",\"heartbeats\":%" PRIu64
         ",\"outage_buffer_bytes\":%" PRIu64 ",\"sequence\":%" PRIu64 ",\"batches_sent\":%" PRIu64
         ",\"events_sent\":%" PRIu64 ",\"bytes_sent\":%" PRIu64 ",\"batches_dropped\":%" PRIu64
         ",\"agent_drops\":%" PRIu64 ",\"encode_failed\":%" PRIu64 ",\"queue_batches\":%" PRIu64
         ",\"queue_bytes\":%" PRIu64 ",\"publish_errors\":%" PRIu64 ",\"disconnects\":%" PRIu64
         ",\"reconnects\":%" PRIu64 ",\"async_errors\":%" PRIu64 "}",
         a->cfg.batch_size, a->cfg.flush_interval_ns / 1000000, a->cfg.flush_interval_ns,
-        a->cfg.outage_buffer_bytes, ps->sequence, ps->batches_sent, ps->events_sent, ps->bytes_sent,
-        ps->batches_dropped, ps->events_dropped, ps->encode_failed, ps->queue_batches,
-        ps->queue_bytes, ps->publish_errors, ps->bus.disconnects, ps->bus.reconnects,
-        ps->bus.async_errors);
+        a->cfg.heartbeat_ns, ps->heartbeats, a->cfg.outage_buffer_bytes, ps->sequence,
+        ps->batches_sent, ps->events_sent, ps->bytes_sent, ps->batches_dropped, ps->events_dropped,
+        ps->encode_failed, ps->queue_batches, ps->queue_bytes, ps->publish_errors,
+        ps->bus.disconnects, ps->bus.reconnects, ps->bus.async_errors);
 }
 
 /* Pod attribution health: whether pod names can be resolved, and why not. */

@@ -160,6 +160,7 @@ static int open_publisher(struct agent *a, char *err, size_t errlen)
         .encoding = a->cfg.encoding,
         .batch_size = a->cfg.batch_size,
         .flush_interval_ns = a->cfg.flush_interval_ns,
+        .heartbeat_ns = a->cfg.heartbeat_ns,
         .outage_buffer_bytes = a->cfg.outage_buffer_bytes,
         .log_prefix = "ebpf-agent",
     };
