@@ -93,6 +93,8 @@ struct flows {
     uint64_t series_stale_ns;  /* a series not counted into for this long goes away */
     uint64_t series_swept_min; /* the minute stale series were last removed */
     uint64_t series_removed;
+    flows_alive_fn series_alive; /* NULL: a quiet series goes */
+    void *series_alive_ctx;
     /* Packet drops per (workload, reason): src = the workload, dst.workload = the reason. */
     struct flows_result drops;
     uint64_t drops_folded;
@@ -1391,6 +1393,14 @@ void flows_series_enable(struct flows *f, size_t max_series, uint64_t stale_afte
     pthread_mutex_unlock(&f->lock);
 }
 
+void flows_series_set_alive(struct flows *f, flows_alive_fn alive, void *ctx)
+{
+    pthread_mutex_lock(&f->lock);
+    f->series_alive = alive;
+    f->series_alive_ctx = ctx;
+    pthread_mutex_unlock(&f->lock);
+}
+
 /* Whether r holds key k, whose key_hash() is h. */
 /* r's edge of key k, whose key_hash() is h, or NULL. */
 static struct flows_edge *result_find(const struct flows_result *r, const struct flows_key *k,
@@ -1490,14 +1500,34 @@ static void drop_count(struct flows *f, const struct event *e)
         f->stats.failed++;
 }
 
-/* Drops the entries of r last counted into before cutoff; returns how many. */
-static size_t result_drop_before(struct flows_result *r, uint64_t cutoff)
+/* A Kubernetes workload endpoint that no longer runs (series_alive); the "~other" fold never. */
+static bool endpoint_gone(const struct flows *f, const struct flows_endpoint *ep, uint64_t now_ns)
+{
+    if (ep->namespace == NULL || ep->workload == NULL || ep->workload == f->other)
+        return false;
+    return !f->series_alive(f->series_alive_ctx, ep->namespace, ep->workload, now_ns);
+}
+
+/*
+ * Drops the entries of r last counted into before old, and those before quiet
+ * whose workload is gone (either end; the source only for drops, whose
+ * destination is a reason): all of those without series_alive. Returns how many.
+ */
+static size_t result_drop_before(const struct flows *f, struct flows_result *r, uint64_t quiet,
+                                 uint64_t old, bool drops, uint64_t now_ns)
 {
     size_t kept = 0, n = r->count;
 
-    for (size_t i = 0; i < n; i++)
-        if (r->edges[i].c.last_seen_ns >= cutoff)
+    for (size_t i = 0; i < n; i++) {
+        const struct flows_edge *e = &r->edges[i];
+        uint64_t seen = e->c.last_seen_ns;
+        bool gone =
+            seen < old ||
+            (seen < quiet && (f->series_alive == NULL || endpoint_gone(f, &e->key.src, now_ns) ||
+                              (!drops && endpoint_gone(f, &e->key.dst, now_ns))));
+        if (!gone)
             r->edges[kept++] = r->edges[i];
+    }
     r->count = kept;
     if (kept < n && result_reindex(r, r->index_cap) < 0) {
         /* Out of memory for the index: the series start over (counters reset, which
@@ -1509,7 +1539,7 @@ static size_t result_drop_before(struct flows_result *r, uint64_t cutoff)
     return n - kept;
 }
 
-/* Once a minute: series of workloads not seen for STALE_AFTER go away (SPEC §8). */
+/* Once a minute: series of workloads gone for STALE_AFTER go away (SPEC §8; series_alive). */
 static void series_expire(struct flows *f, uint64_t now_ns)
 {
     uint64_t minute = now_ns / NS_PER_MIN;
@@ -1518,9 +1548,10 @@ static void series_expire(struct flows *f, uint64_t now_ns)
         now_ns < f->series_stale_ns)
         return;
     f->series_swept_min = minute;
-    uint64_t cutoff = now_ns - f->series_stale_ns;
-    f->series_removed += result_drop_before(&f->series, cutoff);
-    f->series_removed += result_drop_before(&f->drops, cutoff);
+    uint64_t quiet = now_ns - f->series_stale_ns;
+    uint64_t old = now_ns > f->retention_ns ? now_ns - f->retention_ns : 0;
+    f->series_removed += result_drop_before(f, &f->series, quiet, old, false, now_ns);
+    f->series_removed += result_drop_before(f, &f->drops, quiet, old, true, now_ns);
 }
 
 static void label_value(struct buf *b, const char *name, const char *v, bool first)

@@ -201,9 +201,26 @@ void flows_response_begin(struct buf *out, const struct flows_result *r,
  * events of a new series past that count in a "~other" one, counted in
  * ebpf_flow_series_folded_total. A series no event counted into for
  * stale_after_ns (STALE_AFTER; 0: never) goes away, counted in
- * ebpf_flow_series_removed_total. Call once, before events are added.
+ * ebpf_flow_series_removed_total; with flows_series_set_alive(), only once a
+ * workload at either end is gone, or after the retention. Call once, before
+ * events are added.
  */
 void flows_series_enable(struct flows *f, size_t max_series, uint64_t stale_after_ns);
+/*
+ * Whether a Kubernetes workload (namespace and workload interned) still runs,
+ * asked with the flows' lock held (so it must not call back into them).
+ */
+typedef bool (*flows_alive_fn)(void *ctx, const char *namespace, const char *workload,
+                               uint64_t now_ns);
+/*
+ * With alive: a series quiet for stale_after_ns goes away only when a
+ * workload at either end (the source of a drop series) is gone, and any
+ * quiet for the retention (flows_new()); a process, a Service or an IP is
+ * never gone, so such a series lives on its source's workload (a process's:
+ * the retention). So a Prometheus scrape sees the counters of workloads that
+ * are only quiet, and those of deleted ones go away (SPEC §8).
+ */
+void flows_series_set_alive(struct flows *f, flows_alive_fn alive, void *ctx);
 /* Prometheus text of those series: ebpf_flow_{connections,bytes_sent,bytes_received,
  * retransmits,resets}_total, ebpf_flow_connect_latency_seconds (histogram),
  * ebpf_flow_workload_drops_total, ebpf_flow_series, ebpf_flow_series_folded_total,

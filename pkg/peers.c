@@ -44,6 +44,14 @@ struct peers {
     uint32_t free_head;
     uint32_t lru_head, lru_tail; /* head: most recently observed */
     struct peers_stats st;
+    /* (namespace, workload) of the valid claims, as of live_built (peers_workload_alive()):
+     * open addressing over interned pointer pairs, live_cap slots (a power of two). */
+    struct live_workload {
+        const char *namespace, *workload;
+    } * live;
+    size_t live_cap;
+    uint64_t live_built;
+    bool live_ok;
 };
 
 static const char *const result_names[PEERS_RESULT_COUNT] = {
@@ -127,6 +135,7 @@ void peers_free(struct peers *p)
         pthread_mutex_destroy(&p->lock);
     free(p->pool);
     free(p->buckets);
+    free(p->live);
     free(p);
 }
 
@@ -617,6 +626,64 @@ size_t peers_pods_from_events(const struct event *events, size_t n, uint64_t see
         slot[h] = (uint16_t)++got;
     }
     return got;
+}
+
+/* ---- live workloads ---- */
+
+static size_t live_slot(const struct peers *p, const char *ns, const char *wl)
+{
+    uint64_t h = (uintptr_t)ns * 0x9e3779b97f4a7c15ull ^ (uintptr_t)wl * 0xc2b2ae3d27d4eb4full;
+    return (size_t)(h >> 32) & (p->live_cap - 1);
+}
+
+/* The set of workloads with a valid claim, now; live_ok false without memory. */
+static void live_build(struct peers *p, uint64_t now)
+{
+    size_t cap = 16;
+    while (cap < 2 * (size_t)p->st.entries + 2)
+        cap *= 2;
+    if (cap > p->live_cap) {
+        struct live_workload *v = realloc(p->live, cap * sizeof(*v));
+        if (!v) {
+            p->live_ok = false;
+            return;
+        }
+        p->live = v;
+        p->live_cap = cap;
+    }
+    memset(p->live, 0, p->live_cap * sizeof(*p->live));
+    for (uint32_t l = p->lru_head; l != NIL; l = at(p, l)->lru_next) {
+        const struct claim *c = at(p, l);
+        const char *wl = c->workload ? c->workload : c->pod;
+        if (!c->namespace || !wl || !claim_valid(p, c, now))
+            continue;
+        size_t i = live_slot(p, c->namespace, wl);
+        while (p->live[i].namespace &&
+               (p->live[i].namespace != c->namespace || p->live[i].workload != wl))
+            i = (i + 1) & (p->live_cap - 1);
+        p->live[i] = (struct live_workload){c->namespace, wl};
+    }
+    p->live_built = now;
+    p->live_ok = true;
+}
+
+bool peers_workload_alive(struct peers *p, const char *namespace, const char *workload,
+                          uint64_t now)
+{
+    bool alive = true; /* without memory for the set, nothing is said gone */
+
+    pthread_mutex_lock(&p->lock);
+    if (!p->live_ok || now < p->live_built || now - p->live_built > 1000000000ull)
+        live_build(p, now);
+    if (p->live_ok) {
+        size_t i = live_slot(p, namespace, workload);
+        while (p->live[i].namespace &&
+               (p->live[i].namespace != namespace || p->live[i].workload != workload))
+            i = (i + 1) & (p->live_cap - 1);
+        alive = p->live[i].namespace != NULL;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return alive;
 }
 
 /* ---- stats ---- */

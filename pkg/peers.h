@@ -154,6 +154,16 @@ size_t peers_pods_from_events(const struct event *events, size_t n, uint64_t see
 
 void peers_get_stats(struct peers *p, struct peers_stats *out);
 
+/*
+ * Whether a pod of (namespace, workload) (both interned; a bare pod's workload
+ * is its name) names its address now: reported, not deleted or taken over
+ * (past PEER_GRACE), not quiet for PEER_TTL. What the flow series of a
+ * workload live on (flows_series_set_alive()). The set is rebuilt at most
+ * once a second, so a sweep over many series costs one pass over the pods.
+ */
+bool peers_workload_alive(struct peers *p, const char *namespace, const char *workload,
+                          uint64_t now);
+
 /* Parses "10.0.0.1,fd00::1" (struct event_k8s.ips) into pod's addresses; false when none parses. */
 bool peers_pod_ips_parse(struct peers_pod *pod, const char *text);
 

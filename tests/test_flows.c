@@ -1435,3 +1435,82 @@ Test(flows, metrics_series_total_what_the_edges_count)
     free(m);
     flows_free(f);
 }
+
+/* The workloads a test says still run (flows_series_set_alive's question). */
+static const char *running[4];
+
+static bool test_alive(void *ctx, const char *namespace, const char *workload, uint64_t now_ns)
+{
+    (void)ctx;
+    (void)now_ns;
+    for (size_t i = 0; i < sizeof(running) / sizeof(running[0]); i++)
+        if (running[i] != NULL && running[i] == workload && namespace == intern("shop"))
+            return true;
+    return false;
+}
+
+/*
+ * With the workloads' liveness known, a quiet series stays while both its workloads run,
+ * and goes STALE_AFTER after the last event once either is gone; a drop series follows its
+ * workload; a process's series (no workload to be gone) stays for the retention.
+ */
+Test(flows, series_of_quiet_workloads_stay_and_of_deleted_ones_go)
+{
+    struct flows *f = flows_new(2 * HOUR, 1000);
+    struct buf b;
+
+    flows_series_enable(f, 10, 5 * MIN);
+    flows_series_set_alive(f, test_alive, NULL);
+    running[0] = intern("web");
+    running[1] = intern("db");
+    struct event ev[3];
+    ev[0] = conn(T0, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 3000);
+    memset(&ev[1], 0, sizeof(ev[1]));
+    ev[1].type = EVENT_PACKET_DROP;
+    ev[1].timestamp_ns = T0 + 1;
+    ev[1].node = intern("node-1");
+    ev[1].k8s.namespace = intern("shop");
+    ev[1].k8s.pod_name = intern("web-1");
+    ev[1].k8s.workload = intern("web");
+    ev[1].u.drop.reason = intern("NO_SOCKET");
+    ev[2] = conn(T0 + 2, "x", NULL, EVENT_STATUS_ESTABLISHED, NULL, 1000);
+    memset(&ev[2].k8s, 0, sizeof(ev[2].k8s));
+    strcpy(ev[2].command, "curl");
+    flows_add(f, ev, 3, T0 + 3);
+    metrics_text(f, &b);
+    cr_assert(strstr(b.data, "ebpf_flow_series 3\n") != NULL, "%s", b.data);
+    buf_free(&b);
+
+    /* Quiet for an hour, both running: every series stays. */
+    flows_add(f, NULL, 0, T0 + 60 * MIN);
+    metrics_text(f, &b);
+    cr_assert(strstr(b.data, "ebpf_flow_series 3\n") != NULL, "%s", b.data);
+    cr_assert(strstr(b.data, "ebpf_flow_series_removed_total 0\n") != NULL, "%s", b.data);
+    buf_free(&b);
+
+    /* db deleted: the web -> db series goes; web's drops and curl's connections stay. */
+    running[1] = NULL;
+    flows_add(f, NULL, 0, T0 + 61 * MIN);
+    metrics_text(f, &b);
+    cr_assert(strstr(b.data, "ebpf_flow_series 2\n") != NULL, "%s", b.data);
+    cr_assert(strstr(b.data, "dst_workload=\"db\"") == NULL, "%s", b.data);
+    cr_assert(strstr(b.data, "reason=\"NO_SOCKET\"} 1\n") != NULL, "%s", b.data);
+    cr_assert(strstr(b.data, "src_workload=\"curl\"") != NULL, "%s", b.data);
+    buf_free(&b);
+
+    /* web deleted too: its drops go. */
+    running[0] = NULL;
+    flows_add(f, NULL, 0, T0 + 62 * MIN);
+    metrics_text(f, &b);
+    cr_assert(strstr(b.data, "NO_SOCKET") == NULL, "%s", b.data);
+    cr_assert(strstr(b.data, "src_workload=\"curl\"") != NULL, "%s", b.data);
+    buf_free(&b);
+
+    /* Past the retention, the process's series too. */
+    flows_add(f, NULL, 0, T0 + 2 * HOUR + MIN);
+    metrics_text(f, &b);
+    cr_assert(strstr(b.data, "ebpf_flow_series 0\n") != NULL, "%s", b.data);
+    cr_assert(strstr(b.data, "ebpf_flow_series_removed_total 3\n") != NULL, "%s", b.data);
+    buf_free(&b);
+    flows_free(f);
+}

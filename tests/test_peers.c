@@ -480,6 +480,43 @@ Test(peers, a_deleted_pod_is_named_for_the_grace_then_never)
     peers_free(p);
 }
 
+/*
+ * A workload runs while a pod of it names its address: deleted (past the grace), quiet for
+ * the TTL, or never reported, it does not. A bare pod is its own workload.
+ */
+Test(peers, a_workload_runs_while_a_pod_of_it_names_its_address)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod a = pod("node-a", "shop", "web-1", "10.1.0.5", T0);
+    struct peers_pod b = pod("node-b", "shop", "web-2", "10.1.0.6", T0);
+    struct peers_pod bare = pod("node-b", "shop", "debug", "10.1.0.7", T0);
+    a.workload = b.workload = intern("web");
+    bare.workload = NULL;
+    const char *shop = intern("shop"), *web = intern("web");
+
+    cr_assert_not(peers_workload_alive(p, shop, web, T0), "nothing reported yet");
+    peers_observe(p, &a);
+    peers_observe(p, &b);
+    peers_observe(p, &bare);
+    cr_assert(peers_workload_alive(p, shop, web, T0 + 2 * SEC));
+    cr_assert(peers_workload_alive(p, shop, intern("debug"), T0 + 2 * SEC), "a bare pod");
+    cr_assert_not(peers_workload_alive(p, intern("other"), web, T0 + 2 * SEC));
+    cr_assert_not(peers_workload_alive(p, shop, intern("db"), T0 + 2 * SEC));
+
+    /* One of its two pods deleted: it still runs; both: not after the grace. */
+    struct peers_pod gone_a = gone(a, T0 + 10 * SEC), gone_b = gone(b, T0 + 10 * SEC);
+    peers_observe(p, &gone_a);
+    cr_assert(peers_workload_alive(p, shop, web, T0 + 12 * SEC + GRACE));
+    peers_observe(p, &gone_b);
+    cr_assert(peers_workload_alive(p, shop, web, T0 + 10 * SEC + GRACE), "within the grace");
+    cr_assert_not(peers_workload_alive(p, shop, web, T0 + 12 * SEC + GRACE));
+
+    /* Quiet for the TTL (and the grace): the bare pod no longer runs either. */
+    cr_assert(peers_workload_alive(p, shop, intern("debug"), T0 + TTL));
+    cr_assert_not(peers_workload_alive(p, shop, intern("debug"), T0 + TTL + GRACE + 2 * SEC));
+    peers_free(p);
+}
+
 /* Replica 1 applied the deletion and announced it before replica 2 saw the pod at all. */
 Test(peers, a_deletion_before_the_pods_report_keeps_it_ended)
 {

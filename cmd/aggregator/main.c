@@ -57,6 +57,12 @@ static void report_bus_failure(struct bus *b, const char *err)
         fprintf(stderr, "ebpf-aggregator: %s\n", err);
 }
 
+/* A workload's flow series live while a pod of it names its address (flows_series_set_alive). */
+static bool workload_alive(void *ctx, const char *namespace, const char *workload, uint64_t now_ns)
+{
+    return peers_workload_alive(ctx, namespace, workload, now_ns);
+}
+
 int main(int argc, char **argv)
 {
     static struct aggregator a;
@@ -88,9 +94,11 @@ int main(int argc, char **argv)
     a.store = store_new(&limits);
     a.nodes = nodes_new(AGGREGATOR_MAX_INSTANCES);
     a.flows = flows_new(a.cfg.flow_retention_ns, a.cfg.flow_max_edges);
-    if (a.flows)
-        flows_series_enable(a.flows, a.cfg.flow_metrics_max_series, a.cfg.stale_after_ns);
     a.peers = peers_new(a.cfg.peer_max_entries, a.cfg.peer_ttl_ns, a.cfg.peer_grace_ns);
+    if (a.flows && a.peers) {
+        flows_series_enable(a.flows, a.cfg.flow_metrics_max_series, a.cfg.stale_after_ns);
+        flows_series_set_alive(a.flows, workload_alive, a.peers);
+    }
     if (!a.store || !a.nodes || !a.flows || !a.peers) {
         fprintf(stderr, "ebpf-aggregator: cannot allocate the event history\n");
         goto out;
