@@ -124,6 +124,16 @@ int BPF_PROG(tp_btf__kfree_skb, struct sk_buff *skb, void *location, int reason)
     if (reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED) ||
         reason == bpf_core_enum_value(enum skb_drop_reason, SKB_NOT_DROPPED_YET))
         return 0;
+    /*
+     * Nor a segment without payload purged from a socket being destroyed: the peer's FIN
+     * queued on a connection the application closed first (so never read), freed when the
+     * socket goes to TIME_WAIT. The end of an ordinary teardown, on every such connection;
+     * purged data (skb->len, the payload once queued) is still reported.
+     */
+    if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE) &&
+        reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE) &&
+        skb->len == 0)
+        return 0;
 
     /* CAPTURE_CGROUP: by the socket the packet belongs to; one without a socket is not
      * anyone's, so it is not captured. */

@@ -209,6 +209,55 @@ Test(e2e_agent, udp_to_closed_port_is_a_no_socket_drop)
     json_decref(ev);
 }
 
+/*
+ * The end of an ordinary teardown is no drop: the side that closed first gets the peer's
+ * FIN on a socket no one reads any more, queued and then purged (QUEUE_PURGE) when the
+ * socket goes to TIME_WAIT, on every such connection.
+ */
+Test(e2e_agent, an_ordinary_tcp_teardown_is_no_drop)
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    cr_assert_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    cr_assert_eq(listen(l, 4), 0);
+    cr_assert_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
+    int port = ntohs(sa.sin_port);
+    for (int i = 0; i < 3; i++) {
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        cr_assert_eq(connect(c, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        int a = accept(l, NULL, NULL);
+        cr_assert_geq(a, 0);
+        cr_assert_eq(write(a, "hi", 2), 2);
+        close(a); /* the server first */
+        char buf[8];
+        ssize_t n, got = 0;
+        while ((n = read(c, buf, sizeof(buf))) > 0)
+            got += n;
+        cr_assert_eq(got, 2);
+        close(c); /* its FIN reaches the server's closed socket */
+    }
+    close(l);
+
+    /* A drop after them, seen: the agent has read what came before it. */
+    int marker = tu_free_port();
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in ma = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)marker),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(sendto(u, "ping", 4, 0, (struct sockaddr *)&ma, sizeof(ma)), 4);
+    close(u);
+    json_t *ev = wait_event("/api/events?type=packet_drop&limit=1000", match_drop, &marker, 10000);
+    cr_assert(ev, "no NO_SOCKET packet_drop for udp port %d", marker);
+    json_decref(ev);
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=packet_drop&dest_port=%d", port);
+    json_t *r = tu_get_json(agent.port, q, NULL);
+    cr_assert(r);
+    cr_expect_eq(json_array_size(json_object_get(r, "events")), 0, "%s", tu_jdump(r));
+    json_decref(r);
+}
+
 static bool match_pid_type(json_t *ev, void *arg)
 {
     const int *want = arg; /* [0] pid, [1] 1=exec 2=exit */
