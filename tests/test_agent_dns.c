@@ -93,7 +93,8 @@ static struct records_dns record(bool answer, const uint8_t *msg, size_t len, ui
                             .family = EVENT_FAMILY_IPV4,
                             .protocol = IPPROTO_UDP,
                             .payload = msg,
-                            .payload_len = len};
+                            .payload_len = len,
+                            .wire_len = len};
     uint8_t client[4] = {10, 0, 0, 7}, server[4] = {10, 96, 0, 10};
     memcpy(answer ? r.daddr : r.saddr, client, 4);
     memcpy(answer ? r.saddr : r.daddr, server, 4);
@@ -217,6 +218,87 @@ Test(dns_agent, every_message_of_a_tcp_segment_counts)
     dns_agent_expire(d, 3 * SEC);
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.tracker.pending, 1, "the whole query is tracked, the cut one is not");
+    reset();
+    dns_agent_free(d);
+}
+
+/* The TCP segment [from, to) of the stream s, as the capture hands it over. */
+static void tcp_part(struct dns_agent *d, bool answer, const uint8_t *s, size_t from, size_t to,
+                     uint64_t t)
+{
+    struct records_dns r = record(answer, s + from, to - from, t, 9);
+    r.protocol = IPPROTO_TCP;
+    dns_agent_message(d, &r);
+}
+
+/*
+ * TCP is a byte stream: a message in several segments (the length prefix alone, a query
+ * written in pieces, one message ending and the next starting in a segment) is taken when
+ * its last byte comes. The query is sent when its first byte is, the answer in with its last.
+ */
+Test(dns_agent, a_tcp_message_in_several_segments_is_taken_whole)
+{
+    uint8_t qs[512], as[512], one[256];
+    struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+    struct dns_agent_stats st;
+
+    /* The prefix alone, then the rest; the answer the same way. */
+    reset();
+    size_t qn = 0, an = 0;
+    tcp_append(qs, &qn, one, message(one, 0x301, "split.example", NULL, 0));
+    tcp_append(as, &an, one, message(one, 0x301, "split.example", "10.0.0.9", 0));
+    tcp_part(d, false, qs, 0, 2, 1 * SEC);
+    tcp_part(d, false, qs, 2, qn, 1 * SEC + 50000000);
+    tcp_part(d, true, as, 0, 2, 1 * SEC + 60000000);
+    cr_assert_eq(ngot, 0, "not before the answer's last byte");
+    tcp_part(d, true, as, 2, an, 1 * SEC + 110000000);
+    cr_assert_eq(ngot, 1);
+    cr_assert_str_eq(got[0].u.dns.query, "split.example");
+    cr_assert_str_eq(got[0].u.dns.answers, "10.0.0.9");
+    cr_assert_eq(got[0].status, EVENT_STATUS_ANSWERED);
+    cr_assert_eq(got[0].timestamp_ns, 1796000000000000000ull + SEC, "the query's first byte");
+    cr_assert_eq(got[0].u.dns.latency_ns, 110000000, "to the answer's last byte");
+    cr_assert_eq(got[0].pid, 4242);
+
+    /* Cut anywhere (inside the prefix too), in three pieces; two pipelined queries whose
+     * second starts in the first one's segment. */
+    reset();
+    qn = an = 0;
+    tcp_append(qs, &qn, one, message(one, 0x302, "p1.example", NULL, 0));
+    size_t first = qn;
+    tcp_append(qs, &qn, one, message(one, 0x303, "p2.example", NULL, 0));
+    tcp_append(as, &an, one, message(one, 0x302, "p1.example", "10.0.0.1", 0));
+    tcp_append(as, &an, one, message(one, 0x303, "p2.example", "10.0.0.2", 0));
+    tcp_part(d, false, qs, 0, 10, 2 * SEC);
+    tcp_part(d, false, qs, 10, first + 1, 2 * SEC + 1000);
+    tcp_part(d, false, qs, first + 1, qn, 2 * SEC + 2000);
+    tcp_part(d, true, as, 0, 1, 2 * SEC + 3000);
+    tcp_part(d, true, as, 1, an - 5, 2 * SEC + 4000);
+    cr_assert_eq(ngot, 1, "the first answer is whole");
+    tcp_part(d, true, as, an - 5, an, 2 * SEC + 5000);
+    cr_assert_eq(ngot, 2);
+    cr_assert_str_eq(got[0].u.dns.query, "p1.example");
+    cr_assert_str_eq(got[1].u.dns.query, "p2.example");
+    cr_assert_str_eq(got[1].u.dns.answers, "10.0.0.2");
+    dns_agent_expire(d, 3 * SEC);
+    dns_agent_get_stats(d, &st);
+    cr_assert_eq(st.tracker.answered, 3);
+    cr_assert_eq(st.tracker.parse_errors[-DNS_ERR_TRUNCATED], 0);
+    cr_assert_eq(st.tcp_reassembled, 6);
+
+    /* A message whose end never comes is dropped after a while, counted; nothing else. */
+    reset();
+    qn = 0;
+    tcp_append(qs, &qn, one, message(one, 0x304, "never.example", NULL, 0));
+    tcp_part(d, false, qs, 0, qn - 3, 4 * SEC);
+    dns_agent_expire(d, 5 * SEC);
+    dns_agent_get_stats(d, &st);
+    cr_assert_eq(st.tcp_partial_dropped, 0);
+    dns_agent_expire(d, 30 * SEC);
+    dns_agent_get_stats(d, &st);
+    cr_assert_eq(st.tcp_partial_dropped, 1);
+    cr_assert_eq(st.tracker.pending, 0);
+    cr_assert_eq(ngot, 0);
     reset();
     dns_agent_free(d);
 }

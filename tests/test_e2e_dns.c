@@ -19,6 +19,8 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <resolv.h>
 #include <signal.h>
 #include <stdio.h>
@@ -246,6 +248,13 @@ static size_t responder_answer(const uint8_t *q, size_t qlen, uint8_t *a)
         return 12 + 4;
     a[7] = 1; /* ancount */
     size_t n = qlen;
+    if (strncmp(name, "split.", 6) == 0) { /* a well-formed answer: the question's name */
+        a[n++] = 0xc0;
+        a[n++] = 12;
+        static const uint8_t ok[] = {0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 1};
+        memcpy(a + n, ok, sizeof(ok));
+        return n + sizeof(ok);
+    }
     if (strncmp(name, "loop.", 5) == 0) {
         a[n] = 0xc0, a[n + 1] = (uint8_t)n;
         n += 2;
@@ -260,13 +269,51 @@ static size_t responder_answer(const uint8_t *q, size_t qlen, uint8_t *a)
     return n + sizeof(rr);
 }
 
+/* Over TCP, one query a connection, answered in two segments: the length prefix alone, then
+ * the message 30 ms later (a server that writes them apart). */
+static void responder_tcp(int l)
+{
+    uint8_t q[514], a[1024];
+    size_t got = 0;
+    int c = accept(l, NULL, NULL);
+    if (c < 0)
+        return;
+    struct timeval tv = {.tv_sec = 2};
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    while (got < 2 || got < 2 + (((size_t)q[0] << 8) | q[1])) {
+        ssize_t r = recv(c, q + got, sizeof(q) - got, 0);
+        if (r <= 0 || (got += (size_t)r) == sizeof(q))
+            break;
+    }
+    if (got >= 2 + 17) {
+        int one = 1;
+        setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        size_t alen = responder_answer(q + 2, got - 2, a + 2);
+        a[0] = (uint8_t)(alen >> 8), a[1] = (uint8_t)alen;
+        if (send(c, a, 2, 0) == 2) {
+            usleep(30000);
+            (void)!send(c, a + 2, alen, 0);
+        }
+    }
+    close(c);
+}
+
 static void responder_up(void)
 {
     int fd = tu_udp_socket(&responder.port, &tcp_fds[0]);
     responder.pid = fork();
     cr_assert(responder.pid >= 0);
     if (responder.pid == 0) {
+        listen(tcp_fds[0], 8);
         for (;;) {
+            struct pollfd p[2] = {{.fd = fd, .events = POLLIN},
+                                  {.fd = tcp_fds[0], .events = POLLIN}};
+            if (poll(p, 2, -1) <= 0)
+                continue;
+            if (p[1].revents & POLLIN)
+                responder_tcp(tcp_fds[0]);
+            if (!(p[0].revents & POLLIN))
+                continue;
             uint8_t q[512], a[1024];
             struct sockaddr_storage from;
             socklen_t fl = sizeof(from);
@@ -759,6 +806,70 @@ Test(e2e_dns, pipelined_tcp_queries_each_make_an_event, .fini = stop_all, .timeo
         cr_assert_str_eq(tu_jstr(ev, "rcode"), i == 2 ? "NXDOMAIN" : "NOERROR");
         json_decref(ev);
     }
+    stop_all();
+    remove_logs();
+}
+
+/* A TCP query to port, id and name, written as given (cut after each byte count in cuts,
+ * 30 ms apart, TCP_NODELAY); its answer read whole. */
+static void ask_tcp(int port, uint16_t id, const char *name, const size_t *cuts, size_t ncuts)
+{
+    uint8_t q[514], a[1024];
+    size_t n = make_query(q + 2, id, name), got = 0, sent = 0;
+    q[0] = (uint8_t)(n >> 8), q[1] = (uint8_t)n;
+    n += 2;
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0, "%s", strerror(errno));
+    for (size_t i = 0; i <= ncuts; i++) {
+        size_t end = i < ncuts ? cuts[i] : n;
+        cr_assert_eq(send(fd, q + sent, end - sent, 0), (ssize_t)(end - sent));
+        sent = end;
+        if (i < ncuts)
+            usleep(30000);
+    }
+    while (got < 2 || got < 2 + (((size_t)a[0] << 8) | a[1])) {
+        ssize_t r = recv(fd, a + got, sizeof(a) - got, 0);
+        cr_assert_gt(r, 0, "no whole answer to %s", name);
+        got += (size_t)r;
+    }
+    close(fd);
+}
+
+/*
+ * DNS over TCP is a stream: a query written in pieces (its length prefix alone, then cut
+ * inside the message), and an answer whose prefix comes alone, each make their event, as
+ * when written whole.
+ */
+Test(e2e_dns, tcp_messages_in_several_segments_make_their_events, .fini = stop_all, .timeout = 90)
+{
+    monitor_up("dns-split-node");
+    static const size_t prefix[] = {2}, inside[] = {1, 10};
+    ask_tcp(dnsmasq.port, 0x5301, "a.test", prefix, 1);
+    ask_tcp(dnsmasq.port, 0x5302, "www.test", inside, 2);
+    ask_tcp(responder.port, 0x5303, "split.test", NULL, 0);
+    static const char *names[] = {"a.test", "www.test", "split.test"};
+    for (unsigned i = 0; i < 3; i++) {
+        json_t *ev = wait_dns(agent.port, names[i], 0x5301 + i);
+        cr_assert_str_eq(tu_jstr(ev, "protocol"), "tcp");
+        cr_assert_str_eq(tu_jstr(ev, "status"), "answered", "%s", tu_jdump(ev));
+        cr_assert_str_eq(tu_jstr(ev, "rcode"), "NOERROR");
+        cr_assert_eq(tu_jint(ev, "pid"), getpid());
+        char answers[256];
+        answers_text(ev, answers, sizeof(answers));
+        if (i == 2)
+            cr_assert_str_eq(answers, "10.0.0.1");
+        else
+            cr_assert_neq(answers[0], '\0', "%s", tu_jdump(ev));
+        cr_assert_geq(tu_jint(ev, "latency_ns"), i == 2 ? 30000000 : 1, "to the last byte");
+        json_decref(ev);
+    }
+    cr_assert_geq(stat_dns("tcp_reassembled"), 3, "two queries and an answer");
     stop_all();
     remove_logs();
 }

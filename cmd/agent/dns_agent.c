@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "dns_events.h"
 #include "intern.h"
 
 #define RCODE_SLOTS   16 /* the header's 4-bit RCODE */
@@ -22,6 +23,28 @@
 /* Upper bounds of the latency buckets, in microseconds (the last bucket is +Inf). */
 static const uint64_t latency_bounds_us[DNS_AGENT_LATENCY_BUCKETS] = {
     500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
+};
+
+/*
+ * DNS over TCP is a byte stream: a message may come in several segments (its
+ * length prefix alone, then the rest; a query written in pieces). Each
+ * socket's unfinished message is held here, its first TCP_HOLD bytes (the
+ * prefix and what a record copies of a segment), until its last byte comes;
+ * at most TCP_STREAMS at once (the oldest dropped for a new one) and for
+ * TCP_STREAM_TTL_NS, counted when dropped (tcp_partial_dropped).
+ */
+#define TCP_STREAMS       64
+#define TCP_HOLD          (2 + DNS_RECORD_PAYLOAD_MAX)
+#define TCP_STREAM_TTL_NS (10ull * 1000000000ull)
+
+struct tcp_stream {
+    bool used;
+    struct records_dns first; /* the first segment's record (its payload not kept) */
+    uint64_t last_boot_ns;
+    size_t want;  /* 2 + the message's length, once the prefix is held (else 0) */
+    size_t taken; /* bytes of the message seen so far (held, or past TCP_HOLD) */
+    size_t held;
+    uint8_t buf[TCP_HOLD];
 };
 
 /* One /metrics series: the queries of one (namespace, workload). */
@@ -41,7 +64,9 @@ struct dns_agent {
     struct dns_message *msg; /* ~35 KB: one, reused for every message */
 
     uint64_t messages, suppressed, truncated; /* capture thread */
-    pthread_mutex_t lock;                     /* guards what follows */
+    uint64_t tcp_reassembled, tcp_partial_dropped;
+    struct tcp_stream streams[TCP_STREAMS];
+    pthread_mutex_t lock; /* guards what follows */
     struct dns_agent_stats snapshot;
     struct series *series; /* open addressing, cap + 1 slots (the last for ~other) */
     size_t series_cap, series_used;
@@ -58,6 +83,8 @@ static void snapshot(struct dns_agent *d)
     s.messages = d->messages;
     s.suppressed = d->suppressed;
     s.truncated = d->truncated;
+    s.tcp_reassembled = d->tcp_reassembled;
+    s.tcp_partial_dropped = d->tcp_partial_dropped;
     pthread_mutex_lock(&d->lock);
     d->snapshot = s;
     pthread_mutex_unlock(&d->lock);
@@ -140,40 +167,158 @@ static void one_message(struct dns_agent *d, const struct records_dns *m)
     }
 }
 
+/* Parses a length-prefixed message of len bytes at p (cut short: parsed as far as it goes)
+ * and takes it as one of m's. */
+static void tcp_message(struct dns_agent *d, const struct records_dns *m, const uint8_t *p,
+                        size_t len)
+{
+    int rc = dns_parse_tcp(p, len, d->msg);
+    if (rc < 0)
+        dns_tracker_parse_error(d->tracker, rc);
+    else
+        one_message(d, m);
+}
+
+static struct tcp_stream *stream_find(struct dns_agent *d, const struct records_dns *m)
+{
+    for (size_t i = 0; i < TCP_STREAMS; i++) {
+        struct tcp_stream *s = &d->streams[i];
+        if (s->used && s->first.cookie == m->cookie && s->first.answer == m->answer)
+            return s;
+    }
+    return NULL;
+}
+
+/* A free stream, or the least recently fed one, dropped and counted. */
+static struct tcp_stream *stream_new(struct dns_agent *d)
+{
+    struct tcp_stream *oldest = &d->streams[0];
+    for (size_t i = 0; i < TCP_STREAMS; i++) {
+        if (!d->streams[i].used)
+            return &d->streams[i];
+        if (d->streams[i].last_boot_ns < oldest->last_boot_ns)
+            oldest = &d->streams[i];
+    }
+    d->tcp_partial_dropped++;
+    return oldest;
+}
+
+/*
+ * Feeds stream s the segment bytes [*off, m->wire_len) of which m holds the
+ * first payload_len; takes the message when its last byte is in, then frees
+ * s. A message longer than TCP_HOLD is taken as far as held once its last byte
+ * is in; one with bytes the capture did not copy, as far as they go.
+ */
+static void stream_feed(struct dns_agent *d, struct tcp_stream *s, const struct records_dns *m,
+                        size_t *off)
+{
+    while (*off < m->wire_len && (!s->want || s->taken < s->want)) {
+        size_t n = m->wire_len - *off;
+        if (s->want && n > s->want - s->taken)
+            n = s->want - s->taken;
+        else if (!s->want && n > 2 - s->taken)
+            n = 2 - s->taken; /* the prefix first: it says how much follows */
+        /* Of those n bytes, the ones the record holds go to buf while there is room. */
+        size_t copied = *off < m->payload_len ? m->payload_len - *off : 0;
+        if (copied > n)
+            copied = n;
+        if (s->taken == s->held) {
+            size_t room = TCP_HOLD - s->held;
+            size_t k = copied < room ? copied : room;
+            memcpy(s->buf + s->held, m->payload + *off, k);
+            s->held += k;
+            if (k < n && s->held < TCP_HOLD)
+                d->truncated++; /* a byte the capture did not copy: the rest is not held */
+        }
+        s->taken += n;
+        *off += n;
+        if (!s->want && s->taken == 2) {
+            if (s->held < 2) {
+                s->used = false; /* the prefix itself was not copied: nothing to go by */
+                d->tcp_partial_dropped++;
+                return;
+            }
+            s->want = 2 + ((size_t)s->buf[0] << 8 | s->buf[1]);
+        }
+    }
+    s->last_boot_ns = m->boot_ns;
+    if (!s->want || s->taken < s->want)
+        return; /* more to come */
+    /* A query is sent when its first byte is; an answer is in when its last byte is. */
+    struct records_dns at = m->answer ? *m : s->first;
+    s->used = false;
+    d->tcp_reassembled++;
+    tcp_message(d, &at, s->buf, s->held);
+}
+
+/*
+ * TCP: the segment continues this socket's unfinished message, if any; then
+ * it may carry several length-prefixed messages (a resolver that pipelines
+ * its queries, a server answering them together), each taken in turn, and
+ * start one that ends in a later segment (held, stream_feed()).
+ */
+static void tcp_segment(struct dns_agent *d, const struct records_dns *m)
+{
+    struct tcp_stream *s = stream_find(d, m);
+    size_t off = 0;
+
+    if (s)
+        stream_feed(d, s, m, &off);
+    while (off < m->wire_len) {
+        if (off + 2 <= m->payload_len) {
+            size_t whole = 2 + ((size_t)m->payload[off] << 8 | m->payload[off + 1]);
+            if (off + whole <= m->wire_len) {
+                /* Within this segment: copied whole, or as far as the capture went. */
+                size_t copied = m->payload_len - off < whole ? m->payload_len - off : whole;
+                tcp_message(d, m, m->payload + off, copied);
+                if (copied < whole && off + copied == m->payload_len && off + whole < m->wire_len)
+                    return; /* the next message's bytes were not copied: nothing to go by */
+                off += whole;
+                continue;
+            }
+        } else if (off >= m->payload_len) {
+            return; /* bytes the capture did not copy */
+        }
+        /* The message goes on in a later segment: held until its last byte. */
+        s = stream_new(d);
+        memset(s, 0, sizeof(*s));
+        s->used = true;
+        s->first = *m;
+        s->first.payload = NULL;
+        stream_feed(d, s, m, &off);
+        return;
+    }
+}
+
 void dns_agent_message(struct dns_agent *d, const struct records_dns *m)
 {
-    size_t off = 0;
     int rc;
 
     d->messages++;
     d->suppressed += m->suppressed;
     d->truncated += m->truncated;
-    if (m->protocol != IPPROTO_TCP) {
-        if ((rc = dns_parse(m->payload, m->payload_len, d->msg)) < 0)
-            dns_tracker_parse_error(d->tracker, rc);
-        else
-            one_message(d, m);
+    if (m->protocol == IPPROTO_TCP) {
+        struct records_dns seg = *m;
+        if (seg.wire_len < seg.payload_len)
+            seg.wire_len = seg.payload_len; /* a record made without it */
+        tcp_segment(d, &seg);
         return;
     }
-    /*
-     * TCP: a segment may carry several length-prefixed messages (a resolver
-     * that pipelines its queries, a server answering them together). Each is
-     * taken in turn; one cut off by the segment's end is parsed as far as it
-     * goes (truncated, as any message cut short), and ends the walk.
-     */
-    do {
-        rc = dns_parse_tcp(m->payload + off, m->payload_len - off, d->msg);
-        if (rc < 0) {
-            dns_tracker_parse_error(d->tracker, rc);
-            return;
-        }
+    if ((rc = dns_parse(m->payload, m->payload_len, d->msg)) < 0)
+        dns_tracker_parse_error(d->tracker, rc);
+    else
         one_message(d, m);
-        off += 2 + (size_t)d->msg->wire_len;
-    } while (off + 2 <= m->payload_len);
 }
 
 void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns)
 {
+    for (size_t i = 0; i < TCP_STREAMS; i++) {
+        struct tcp_stream *s = &d->streams[i];
+        if (s->used && now_boot_ns > s->last_boot_ns + TCP_STREAM_TTL_NS) {
+            s->used = false;
+            d->tcp_partial_dropped++;
+        }
+    }
     dns_tracker_expire(d->tracker, now_boot_ns, emit_timeout, d);
     snapshot(d);
 }
@@ -299,15 +444,17 @@ void dns_agent_stats_json(struct dns_agent *d, uint64_t kernel_suppressed, struc
         s.suppressed = kernel_suppressed;
     for (int i = 1; i < DNS_PARSE_ERRORS; i++)
         parse_errors += t->parse_errors[i];
-    buf_printf(
-        b,
-        "{\"messages\":%" PRIu64 ",\"suppressed\":%" PRIu64 ",\"truncated\":%" PRIu64
-        ",\"pending\":%" PRIu64 ",\"queries\":%" PRIu64 ",\"answered\":%" PRIu64
-        ",\"timeouts\":%" PRIu64 ",\"evicted\":%" PRIu64 ",\"unmatched\":%" PRIu64
-        ",\"mismatched\":%" PRIu64 ",\"retries\":%" PRIu64 ",\"collisions\":%" PRIu64
-        ",\"no_memory\":%" PRIu64 ",\"parse_errors\":%" PRIu64 ",\"parse_errors_by_reason\":{",
-        s.messages, s.suppressed, s.truncated, t->pending, t->queries, t->answered, t->timeouts,
-        t->evicted, t->unmatched, t->mismatched, t->retries, t->collisions, t->oom, parse_errors);
+    buf_printf(b,
+               "{\"messages\":%" PRIu64 ",\"suppressed\":%" PRIu64 ",\"truncated\":%" PRIu64
+               ",\"tcp_reassembled\":%" PRIu64 ",\"tcp_partial_dropped\":%" PRIu64
+               ",\"pending\":%" PRIu64 ",\"queries\":%" PRIu64 ",\"answered\":%" PRIu64
+               ",\"timeouts\":%" PRIu64 ",\"evicted\":%" PRIu64 ",\"unmatched\":%" PRIu64
+               ",\"mismatched\":%" PRIu64 ",\"retries\":%" PRIu64 ",\"collisions\":%" PRIu64
+               ",\"no_memory\":%" PRIu64 ",\"parse_errors\":%" PRIu64
+               ",\"parse_errors_by_reason\":{",
+               s.messages, s.suppressed, s.truncated, s.tcp_reassembled, s.tcp_partial_dropped,
+               t->pending, t->queries, t->answered, t->timeouts, t->evicted, t->unmatched,
+               t->mismatched, t->retries, t->collisions, t->oom, parse_errors);
     for (int i = 1; i < DNS_PARSE_ERRORS; i++)
         buf_printf(b, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", dns_parse_error_name(-i),
                    t->parse_errors[i]);

@@ -64,11 +64,13 @@ void dns_agent_count(struct dns_agent *d, const struct event *e);
 struct dns_agent_stats {
     struct dns_tracker_stats tracker;
     struct dns_names_stats names;
-    uint64_t messages;      /* DNS messages received from the capture */
-    uint64_t suppressed;    /* messages the kernel's DNS_RATE_LIMIT suppressed */
-    uint64_t truncated;     /* messages the capture copied only in part */
-    uint64_t series;        /* (namespace, workload) series on /metrics */
-    uint64_t series_folded; /* events counted in a ~other series */
+    uint64_t messages;            /* DNS messages received from the capture */
+    uint64_t suppressed;          /* messages the kernel's DNS_RATE_LIMIT suppressed */
+    uint64_t truncated;           /* messages the capture copied only in part */
+    uint64_t tcp_reassembled;     /* TCP messages taken from more than one segment */
+    uint64_t tcp_partial_dropped; /* TCP messages whose end never came (or evicted) */
+    uint64_t series;              /* (namespace, workload) series on /metrics */
+    uint64_t series_folded;       /* events counted in a ~other series */
 };
 
 void dns_agent_get_stats(struct dns_agent *d, struct dns_agent_stats *out);

@@ -258,6 +258,7 @@ static int decode_dns(const struct records_decoder *d, const struct dns_record *
     out->dport = r->dport;
     out->payload = r->payload;
     out->payload_len = r->payload_len;
+    out->wire_len = r->message_len;
     out->truncated = r->payload_len < r->message_len;
     return 0;
 }

@@ -1,0 +1,75 @@
+/*
+ * DNS over TCP as the agent reassembles it (cmd/agent/dns_agent.c), hostile:
+ * any sequence of segments, on a few sockets, in both directions, with any
+ * bytes, cut anywhere, some only partly copied by the capture (the packet
+ * longer than its record), never reads outside a segment's copied bytes nor
+ * holds more than its bounds, and every event it makes is well formed.
+ *
+ * The input is a list of segments: a control byte (bit 0: an answer; bits 1-2:
+ * which of four sockets; bit 3: the packet carried more than was copied), a
+ * length byte, then that many payload bytes.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The reassembly lives in the agent; compiled in rather than linking the agent (whose
+ * other objects need the BPF skeletons). */
+#include "agent/dns_agent.c"
+
+static void on_event(void *ctx, struct event *e, uint32_t ttl_s)
+{
+    (void)ctx;
+    (void)ttl_s;
+    if (e->type != EVENT_DNS || !memchr(e->command, '\0', sizeof(e->command)) ||
+        (e->u.dns.query && strlen(e->u.dns.query) > 1003))
+        abort();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    /* One agent for every input (making one is most of an input's cost); each input ends
+     * with everything it left pending expired, on a clock that only goes forward. */
+    static struct dns_agent *d;
+    static uint64_t t = 1000000000ull;
+
+    if (!d) {
+        struct dns_agent_config cfg = {
+            .timeout_ns = 1000000000ull, .pending_max = 16, .max_series = 4};
+        if (!(d = dns_agent_new(&cfg, on_event, NULL)))
+            abort();
+    }
+    while (size >= 2) {
+        uint8_t ctl = data[0];
+        size_t len = data[1];
+        data += 2;
+        size -= 2;
+        if (len > size)
+            len = size;
+        /* A copy of its own, so a read past the segment is one past an allocation. */
+        uint8_t *seg = malloc(len ? len : 1);
+        if (!seg)
+            abort();
+        memcpy(seg, data, len);
+        struct records_dns r = {.timestamp_ns = 1796000000000000000ull + t,
+                                .boot_ns = t,
+                                .cookie = 1 + ((ctl >> 1) & 3),
+                                .answer = ctl & 1,
+                                .family = EVENT_FAMILY_IPV4,
+                                .protocol = IPPROTO_TCP,
+                                .sport = ctl & 1 ? 53 : 40000,
+                                .dport = ctl & 1 ? 40000 : 53,
+                                .payload = seg,
+                                .payload_len = len,
+                                .wire_len = len + (ctl & 8 ? 300 : 0),
+                                .truncated = (ctl & 8) != 0};
+        dns_agent_message(d, &r);
+        free(seg);
+        data += len;
+        size -= len;
+        t += 1000000;
+    }
+    t += 60000000000ull;
+    dns_agent_expire(d, t);
+    return 0;
+}
