@@ -899,6 +899,7 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
     } flags[argc > 0 ? argc : 1];
     size_t nflags = 0;
     const char *config_file = getenv("CONFIG_FILE");
+    bool config_flag = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -936,6 +937,7 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
         }
         if (is_config) {
             config_file = value;
+            config_flag = true;
             continue;
         }
         flags[nflags].k = k;
@@ -944,10 +946,18 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
         from_flag[k - keys] = true;
     }
 
+    /* An empty value is a bad value, never a way to say "no file" (as for every key). */
+    if (config_file && !*config_file) {
+        errmsg_set(err, errlen,
+                   "invalid CONFIG_FILE=\"\" (from %s): must be a value (leave CONFIG_FILE unset "
+                   "for no file)",
+                   config_flag ? "flag" : "environment");
+        return CONFIG_INVALID;
+    }
     /* Defaults first, then each higher source overwrites. */
     if (!apply_defaults_and_env(c, from_higher, false, err, errlen))
         return CONFIG_INVALID;
-    if (config_file && *config_file) {
+    if (config_file) {
         snprintf(c->config_file, sizeof(c->config_file), "%s", config_file);
         bool file_seen[NKEYS] = {false};
         if (load_file(c, config_file, file_seen, err, errlen) < 0)

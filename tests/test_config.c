@@ -188,6 +188,25 @@ Test(config, config_file_from_env_and_equals_flags)
     unlink(path);
 }
 
+/* An empty config file is a bad value, as every empty key is: one line, naming where. */
+Test(config, an_empty_config_file_is_refused)
+{
+    struct config c;
+    char *argv[] = {"ebpf-agent", "--config", "", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_INVALID);
+    cr_expect_str_eq(err, "invalid CONFIG_FILE=\"\" (from flag): must be a value (leave "
+                          "CONFIG_FILE unset for no file)");
+    setenv("CONFIG_FILE", "", 1);
+    cr_assert_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "(from environment)") != NULL, "%s", err);
+    char *path = write_yaml("BATCH_SIZE: 9\n");
+    char *flag[] = {"ebpf-agent", "--config", path, NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, flag), CONFIG_OK, "the flag wins: %s", err);
+    cr_expect_eq(c.batch_size, 9);
+    unsetenv("CONFIG_FILE");
+    unlink(path);
+}
+
 Test(config, shared_configmap_keys_of_the_other_binary_are_accepted)
 {
     struct config c;
