@@ -2114,6 +2114,8 @@ int flows_query_parse(struct flows_query *q, const char *qs, size_t len, uint64_
         given[p] = true;
         const char *raw = eq ? eq + 1 : seg + seglen;
         int n = query_form_decode(raw, (size_t)(seg + seglen - raw), value, sizeof(value));
+        if (n == -EILSEQ)
+            return errmsg_set(err, errlen, "invalid '%s': a NUL byte (%%00)", flows_param_names[p]);
         if (n <= 0)
             return errmsg_set(err, errlen, "invalid '%s': empty, malformed or too long",
                               flows_param_names[p]);

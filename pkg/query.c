@@ -142,7 +142,7 @@ static int form_decode(const char *s, size_t len, char *out, size_t outlen, bool
                 return -EINVAL;
             c = (char)(hi << 4 | lo);
             if (c == '\0' && !nul)
-                return -EINVAL;
+                return -EILSEQ;
             i += 2;
         }
         if (n + 1 >= outlen)
@@ -575,6 +575,11 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
                           : query_form_decode(raw, rawlen, value, max);
         if (n == -EINVAL) {
             errmsg_set(err, errlen, "invalid '%s': bad percent-encoding in \"%s\"",
+                       query_param_names[p], query_quote(raw, rawlen, quoted));
+            return -EINVAL;
+        }
+        if (n == -EILSEQ) {
+            errmsg_set(err, errlen, "invalid '%s': a NUL byte (%%00) in \"%s\"",
                        query_param_names[p], query_quote(raw, rawlen, quoted));
             return -EINVAL;
         }

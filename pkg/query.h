@@ -138,7 +138,7 @@ const char *query_quote(const char *s, size_t len, char out[QUERY_ERR_VALUE_MAX 
 
 /*
  * Decodes application/x-www-form-urlencoded text ('+' is a space) into out, NUL-terminated.
- * Returns the decoded length, -EINVAL on a malformed escape or an encoded NUL, -E2BIG when
+ * Returns the decoded length, -EINVAL on a malformed escape, -EILSEQ on an encoded NUL, -E2BIG when
  * the result does not fit in outlen - 1 bytes. Used by every parser of query strings.
  */
 int query_form_decode(const char *s, size_t len, char *out, size_t outlen);
