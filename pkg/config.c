@@ -383,6 +383,9 @@ static int parse_ports(const char *s, uint16_t out[CONFIG_DNS_PORTS_MAX])
         p = strtoul(s, &end, 10);
         if (errno || p < 1 || p > 65535)
             return -EINVAL;
+        for (size_t i = 0; i < n; i++)
+            if (ports[i] == p)
+                return -EINVAL; /* twice: a slip, and a slot the kernel's list would waste */
         ports[n++] = (uint16_t)p;
         s = end;
         while (*s == ' ')
@@ -580,7 +583,7 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
     }
     case KIND_PORTS:
         if (parse_ports(value, (uint16_t *)field) < 0) {
-            allowed = "a comma list of 1 to 4 ports, each 1-65535";
+            allowed = "a comma list of 1 to 4 different ports, each 1-65535";
             break;
         }
         return 0;
