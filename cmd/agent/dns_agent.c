@@ -167,16 +167,29 @@ static void one_message(struct dns_agent *d, const struct records_dns *m)
     }
 }
 
+/*
+ * Takes d->msg, parsed with rc, as one of m's. A message that does not parse
+ * is counted; an answer whose header and question did (its records did not)
+ * still answers its query, with its rcode and latency and no answers: the
+ * server did answer, and nothing of the unreadable records is guessed.
+ */
+static void take_message(struct dns_agent *d, const struct records_dns *m, int rc)
+{
+    if (rc < 0) {
+        dns_tracker_parse_error(d->tracker, rc);
+        if (!m->answer || !d->msg->qr || !d->msg->qname[0])
+            return;
+        d->msg->answer_count = 0;
+    }
+    one_message(d, m);
+}
+
 /* Parses a length-prefixed message of len bytes at p (cut short: parsed as far as it goes)
  * and takes it as one of m's. */
 static void tcp_message(struct dns_agent *d, const struct records_dns *m, const uint8_t *p,
                         size_t len)
 {
-    int rc = dns_parse_tcp(p, len, d->msg);
-    if (rc < 0)
-        dns_tracker_parse_error(d->tracker, rc);
-    else
-        one_message(d, m);
+    take_message(d, m, dns_parse_tcp(p, len, d->msg));
 }
 
 static struct tcp_stream *stream_find(struct dns_agent *d, const struct records_dns *m)
@@ -292,8 +305,6 @@ static void tcp_segment(struct dns_agent *d, const struct records_dns *m)
 
 void dns_agent_message(struct dns_agent *d, const struct records_dns *m)
 {
-    int rc;
-
     d->messages++;
     d->suppressed += m->suppressed;
     d->truncated += m->truncated;
@@ -304,10 +315,7 @@ void dns_agent_message(struct dns_agent *d, const struct records_dns *m)
         tcp_segment(d, &seg);
         return;
     }
-    if ((rc = dns_parse(m->payload, m->payload_len, d->msg)) < 0)
-        dns_tracker_parse_error(d->tracker, rc);
-    else
-        one_message(d, m);
+    take_message(d, m, dns_parse(m->payload, m->payload_len, d->msg));
 }
 
 void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns)
