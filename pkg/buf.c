@@ -131,6 +131,32 @@ bool buf_utf8_valid(const char *s, size_t len)
     return true;
 }
 
+size_t buf_utf8_cut(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t back = 1; back <= 3 && back <= len; back++) {
+        unsigned char c = p[len - back];
+        if ((c & 0xc0) == 0x80)
+            continue; /* a continuation byte: its lead is further back */
+        size_t need = c >= 0xc2 && c <= 0xdf   ? 2
+                      : c >= 0xe0 && c <= 0xef ? 3
+                      : c >= 0xf0 && c <= 0xf4 ? 4
+                                               : 0;
+        if (need <= back)
+            return len; /* ASCII, a whole sequence, or no lead at all */
+        /* The second byte's range for the leads that narrow it (RFC 3629). */
+        if (back >= 2) {
+            unsigned char n = p[len - back + 1];
+            unsigned char lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80;
+            unsigned char hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
+            if (n < lo || n > hi)
+                return len;
+        }
+        return len - back;
+    }
+    return len;
+}
+
 bool buf_utf8_shows_as(const char *raw, size_t rawlen, const char *text, size_t textlen)
 {
     size_t i = 0, j = 0;

@@ -45,6 +45,12 @@ bool buf_utf8_valid(const char *s, size_t len);
 /* Whether text (textlen bytes) is what buf_json_string() shows of the bytes raw: raw with
  * each byte outside a valid UTF-8 sequence replaced by U+FFFD. */
 bool buf_utf8_shows_as(const char *raw, size_t rawlen, const char *text, size_t textlen);
+/*
+ * For len bytes at s cut at a limit: len without a last character the cut
+ * split (the start of a valid UTF-8 sequence, its end missing), so a valid
+ * text cut short stays valid; other bytes are left as they are.
+ */
+size_t buf_utf8_cut(const char *s, size_t len);
 static inline void buf_json_cstr(struct buf *b, const char *s)
 {
     buf_json_string(b, s, strlen(s));

@@ -719,6 +719,63 @@ Test(records, exec_argv_cut_at_the_record_bound)
     free(r);
 }
 
+/*
+ * A value cut at its bound is cut at a character: a UTF-8 character the bound split is left
+ * out whole, so valid text stays valid (no U+FFFD, no _b64); invalid bytes stay as they are.
+ */
+Test(records, values_cut_at_their_bound_keep_whole_characters)
+{
+    /* "é" is c3 a9, "€" e2 82 ac, "😀" f0 9f 98 80: the bound falls after the first byte of
+     * each, or after two of the last two. */
+    static const struct {
+        const char *tail;
+        size_t kept; /* bytes of tail left */
+    } cases[] = {
+        {"\xc3", 0}, {"\xe2\x82", 0}, {"\xf0\x9f\x98", 0}, {"\xc3\xa9", 2},
+        {"ab", 2},   {"\xff", 1},     {"\xe0\x80", 2},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t tl = strlen(cases[i].tail);
+        char args[RECORD_ARGS_MAX];
+        memcpy(args, "true\0", 5);
+        memset(args + 5, 'x', sizeof(args) - 5);
+        memcpy(args + sizeof(args) - tl, cases[i].tail, tl);
+        struct exec_record *r = exec_rec("/bin/true", args, sizeof(args), 1);
+        struct event e;
+        decode_ok(r, sizeof(*r), &e);
+        size_t want = sizeof(args) - 5 - tl + cases[i].kept;
+        cr_assert_eq(strlen(e.u.exec.args + 5), want, "case %zu", i);
+        cr_assert_eq(e.u.exec.args_truncated, 1);
+        struct buf b = {0};
+        event_json_write(&b, &e);
+        buf_putc(&b, '\0');
+        cr_assert_eq(strstr(b.data, "args_b64") != NULL, i >= 5, "case %zu: %s", i, b.data);
+        buf_free(&b);
+        event_clear(&e);
+        free(r);
+
+        char path[RECORD_FILENAME_MAX];
+        memset(path, 'd', sizeof(path) - 1);
+        path[0] = '/';
+        memcpy(path + sizeof(path) - 1 - tl, cases[i].tail, tl);
+        path[sizeof(path) - 1] = '\0';
+        r = exec_rec(path, "x", 2, 0);
+        r->filename_truncated = 1;
+        decode_ok(r, sizeof(*r), &e);
+        cr_assert_eq(strlen(e.u.exec.filename), sizeof(path) - 1 - tl + cases[i].kept, "case %zu",
+                     i);
+        event_clear(&e);
+        free(r);
+    }
+    /* Not cut: a filename ending in a split character is the process's own, left as it is. */
+    struct exec_record *r = exec_rec("/tmp/\xc3", "x", 2, 0);
+    struct event e;
+    decode_ok(r, sizeof(*r), &e);
+    cr_assert_str_eq(e.u.exec.filename, "/tmp/\xc3");
+    event_clear(&e);
+    free(r);
+}
+
 /* More strings than EVENT_ARGC_MAX: the first EVENT_ARGC_MAX, marked truncated. */
 Test(records, exec_argv_beyond_argc_max)
 {

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "buf.h"
 #include "drop_reasons.h"
 #include "errmsg.h"
 #include "intern.h"
@@ -181,8 +182,12 @@ static int decode_args(struct event *e, const struct exec_record *r)
     if (!args)
         return -ENOMEM;
     memcpy(args, r->args, end);
-    if (args[end - 1] != '\0') /* cut mid-string at RECORD_ARGS_MAX */
+    if (args[end - 1] != '\0') { /* cut mid-string at RECORD_ARGS_MAX: not mid-character */
+        const char *last = memrchr(args, '\0', end);
+        size_t from = last ? (size_t)(last - args) + 1 : 0;
+        end = from + buf_utf8_cut(args + from, end - from);
         args[end++] = '\0';
+    }
     args[end] = '\0';
     e->u.exec.args = args;
     e->u.exec.args_len = (uint32_t)end;
@@ -199,8 +204,11 @@ static int decode_exec(const struct records_decoder *d, const void *data, struct
         return errmsg_set(err, errlen, "exec record with %u bytes of argv, more than its %d",
                           r->args_len, RECORD_ARGS_MAX);
     decode_hdr(d, e, &r->hdr, EVENT_EXEC);
-    e->u.exec.filename = strndup(r->filename, sizeof(r->filename));
+    size_t flen = strnlen(r->filename, sizeof(r->filename));
     e->u.exec.filename_truncated = r->filename_truncated != 0;
+    if (e->u.exec.filename_truncated) /* cut at its limit: not mid-character */
+        flen = buf_utf8_cut(r->filename, flen);
+    e->u.exec.filename = strndup(r->filename, flen);
     if (!e->u.exec.filename || decode_args(e, r) < 0) {
         errmsg_set(err, errlen, "out of memory for an exec record's filename and argv");
         return -ENOMEM;
