@@ -30,6 +30,9 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Records per second per CPU before suppression; 0 = no limit. Set before load. */
 const volatile __u32 drop_rate_per_sec = 0;
+/* The tracepoint's fourth argument is the receiving socket (6.10+; user space reads the
+ * kernel's BTF). Off, the program never reads it, so it loads where it is absent. */
+const volatile bool has_rx_sk = false;
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -135,9 +138,15 @@ int BPF_PROG(tp_btf__kfree_skb, struct sk_buff *skb, void *location, int reason)
         skb->len == 0)
         return 0;
 
-    /* CAPTURE_CGROUP: by the socket the packet belongs to; one without a socket is not
-     * anyone's, so it is not captured. */
-    if (!sock_captured(skb->sk))
+    /*
+     * The socket the packet is charged to; else the one that was receiving it (its receive
+     * buffer full, data on a socket already closed): the drop is that socket's pod's.
+     * CAPTURE_CGROUP: by that socket; a packet of no socket is not anyone's, so not captured.
+     */
+    struct sock *owner = skb->sk;
+    if (!owner && has_rx_sk)
+        owner = (struct sock *)ctx[3];
+    if (!sock_captured(owner))
         return 0;
 
     now = bpf_ktime_get_boot_ns();
@@ -153,7 +162,7 @@ int BPF_PROG(tp_btf__kfree_skb, struct sk_buff *skb, void *location, int reason)
      * cgroup is: it names the pod (hdr.cgroup_id; 0 when there is no socket). */
     r->hdr.kind = RECORD_DROP;
     if (SOCK_CGROUP_KNOWN()) {
-        struct cgroup *cg = sock_cgroup(skb->sk);
+        struct cgroup *cg = sock_cgroup(owner);
 
         if (cg)
             r->hdr.cgroup_id = BPF_CORE_READ(cg, kn, id);

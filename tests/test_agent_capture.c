@@ -18,6 +18,8 @@
 #include <pthread.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -479,34 +481,67 @@ static uint64_t own_cgroup_id(void)
 }
 
 /*
- * A drop charged to a socket is its owner's: the server closes first and is
- * left holding the client's FIN, which the kernel frees as QUEUE_PURGE when it
- * lets the socket go. The drop names no process (it runs wherever the kernel
- * was), but its cgroup is the socket's, so the pod the socket belongs to.
+ * A drop charged to a socket is its owner's: data a client sent on a connection
+ * no one accepted, purged (QUEUE_PURGE) when its listener closes. The drop names
+ * no process (it runs wherever the kernel was), but its cgroup is the socket's
+ * (an unaccepted one's is its listener's), so the pod the socket belongs to.
  */
 static void check_tcp_drop_owner(struct capture *c, struct collected *out)
 {
-    int lfd, cfd, afd;
+    struct sockaddr_storage ss;
+    socklen_t len = loopback(AF_INET, 0, &ss);
     struct flow f = {
         .type = EVENT_PACKET_DROP, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_TCP};
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), cfd = socket(AF_INET, SOCK_STREAM, 0), unacked = 1;
     const struct event *e;
-    char buf[16];
 
-    tcp_pair(AF_INET, &f, &lfd, &cfd, &afd);
+    cr_assert(lfd >= 0 && cfd >= 0);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&ss, len), 0);
+    cr_assert_eq(listen(lfd, 4), 0);
+    local_end(lfd, f.daddr, &f.dport);
+    len = loopback(AF_INET, f.dport, &ss);
+    cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
+    local_end(cfd, f.saddr, &f.sport);
     cr_assert_eq(write(cfd, "ping", 4), 4);
-    cr_assert_eq(read(afd, buf, 4), 4);
-    cr_assert_eq(write(afd, "pong!!", 6), 6);
-    close(afd);
-    while (read(cfd, buf, sizeof(buf)) > 0)
-        ;
-    close(cfd);
+    /* Acknowledged: in the unaccepted socket's receive queue. */
+    for (uint64_t end = clock_monotonic_ns() + 5000000000ull;
+         unacked > 0 && clock_monotonic_ns() < end; usleep(1000))
+        cr_assert_eq(ioctl(cfd, SIOCOUTQ, &unacked), 0);
+    cr_assert_eq(unacked, 0, "the data was never acknowledged");
     close(lfd);
+    close(cfd);
 
     e = wait_event(c, out, match_drop, &f);
-    cr_assert_not_null(e, "no packet_drop of the client's FIN %u -> %u", f.sport, f.dport);
+    cr_assert_not_null(e, "no packet_drop of the unaccepted data %u -> %u", f.sport, f.dport);
     cr_assert_str_eq(e->u.drop.reason, "QUEUE_PURGE");
     cr_assert_eq(e->pid, 0, "a drop names no process");
     cr_assert_eq(e->cgroup_id, own_cgroup_id(), "the drop is the server socket's cgroup's");
+
+    /*
+     * A datagram its socket has no room for (SOCKET_RCVBUFF) is not charged to the socket
+     * yet: the kernel names the receiving socket beside it (6.10+), and the drop is that
+     * socket's cgroup's too.
+     */
+    struct flow u = {
+        .type = EVENT_PACKET_DROP, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_UDP};
+    int rfd = socket(AF_INET, SOCK_DGRAM, 0), sfd = socket(AF_INET, SOCK_DGRAM, 0), small = 1;
+    char big[1400] = {0};
+    cr_assert(rfd >= 0 && sfd >= 0);
+    cr_assert_eq(setsockopt(rfd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+    len = loopback(AF_INET, 0, &ss);
+    cr_assert_eq(bind(rfd, (struct sockaddr *)&ss, len), 0);
+    local_end(rfd, u.daddr, &u.dport);
+    len = loopback(AF_INET, u.dport, &ss);
+    cr_assert_eq(connect(sfd, (struct sockaddr *)&ss, len), 0);
+    for (int i = 0; i < 64; i++)
+        cr_assert_eq(send(sfd, big, sizeof(big), 0), (ssize_t)sizeof(big));
+    local_end(sfd, u.saddr, &u.sport);
+    e = wait_event(c, out, match_drop, &u);
+    cr_assert_not_null(e, "no packet_drop of a datagram over the receive buffer");
+    cr_assert_str_eq(e->u.drop.reason, "SOCKET_RCVBUFF");
+    cr_assert_eq(e->cgroup_id, own_cgroup_id(), "the drop is the receiving socket's cgroup's");
+    close(rfd);
+    close(sfd);
 }
 
 struct child_match {

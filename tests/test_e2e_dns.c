@@ -869,7 +869,12 @@ Test(e2e_dns, tcp_messages_in_several_segments_make_their_events, .fini = stop_a
         cr_assert_geq(tu_jint(ev, "latency_ns"), i == 2 ? 30000000 : 1, "to the last byte");
         json_decref(ev);
     }
-    cr_assert_geq(stat_dns("tcp_reassembled"), 3, "two queries and an answer");
+    /* The stats are a snapshot the agent takes as it expires queries: wait for it. */
+    json_int_t reassembled = 0;
+    for (uint64_t end = tu_mono_ms() + WAIT_MS;
+         (reassembled = stat_dns("tcp_reassembled")) < 3 && tu_mono_ms() < end;)
+        usleep(50000);
+    cr_assert_geq(reassembled, 3, "two queries and an answer");
     stop_all();
     remove_logs();
 }

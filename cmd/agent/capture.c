@@ -159,6 +159,7 @@ struct capture {
     struct drop_reasons *reasons;
     int ncpus;
     bool conn_compat;             /* the kernel lacks what connections.bpf.c needs */
+    bool drop_rx_sk;              /* skb:kfree_skb names the receiving socket (6.10+) */
     struct sockets_reaper reaper; /* of each loaded connections object's `sockets` map */
 };
 
@@ -216,6 +217,27 @@ static bool kernel_lacks_rdonly_cast(const struct btf *vmlinux)
 }
 
 /*
+ * Whether skb:kfree_skb passes the socket that was receiving the packet
+ * (rx_sk, its fourth argument, 6.10+): a drop on a socket's way in (its
+ * receive buffer full, data on a closed socket) is then that socket's, whose
+ * packet is not (yet) charged to it. btf_trace_kfree_skb is a pointer to the
+ * tracepoint's prototype, whose first parameter is the probe's data.
+ */
+static bool kfree_skb_has_rx_sk(const struct btf *vmlinux)
+{
+    int id =
+        vmlinux ? btf__find_by_name_kind(vmlinux, "btf_trace_kfree_skb", BTF_KIND_TYPEDEF) : -1;
+    const struct btf_type *t = id > 0 ? btf__type_by_id(vmlinux, (__u32)id) : NULL;
+    while (t && (btf_is_typedef(t) || btf_is_ptr(t)))
+        t = btf__type_by_id(vmlinux, t->type);
+    if (!t || !btf_is_func_proto(t) || btf_vlen(t) < 5)
+        return false;
+    const struct btf_param *p = btf_params(t) + 4;
+    const struct btf_type *arg = btf__type_by_id(vmlinux, p->type);
+    return arg && btf_is_ptr(arg);
+}
+
+/*
  * What capture_open learns from the kernel BTF: which connections build to
  * load and, when drops are wanted, the drop reason names. libbpf parses the
  * BTF (megabytes) on every call, so it is loaded once for both.
@@ -226,6 +248,7 @@ static void read_vmlinux_btf(struct capture *c, bool want_drops)
     int err = errno;
 
     c->conn_compat = kernel_lacks_rdonly_cast(vmlinux);
+    c->drop_rx_sk = kfree_skb_has_rx_sk(vmlinux);
     if (want_drops) {
         /* Without names a drop is still reported, with its code and address. */
         c->reasons = vmlinux ? drop_reasons_from_btf(vmlinux) : NULL;
@@ -285,6 +308,7 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
         if (!s)
             return -errno;
         s->rodata->drop_rate_per_sec = c->drop_rate_per_sec;
+        s->rodata->has_rx_sk = c->drop_rx_sk;
         SET_CGROUP_FILTER(s, c);
         in->skel = s;
         in->obj = s->obj;
