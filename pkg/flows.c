@@ -2027,7 +2027,7 @@ static int set_param(struct flows_query *q, enum flows_param p, const char *v, s
         return 0;
     case FP_WORKLOAD:
         q->workload = intern(v);
-        q->workload_shown = strstr(v, "\xef\xbf\xbd") != NULL;
+        q->workload_shown = buf_utf8_has_replacement(v);
         return 0;
     case FP_NODE:
         q->node = intern(v);

@@ -598,7 +598,7 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
             return rc;
     }
 
-    q->command_shown = strstr(q->command, "\xef\xbf\xbd") != NULL;
+    q->command_shown = buf_utf8_has_replacement(q->command);
     if (q->since_ns > q->until_ns) {
         errmsg_set(err, errlen,
                    "invalid 'since': later than 'until' (%" PRIu64 " > %" PRIu64 " ns)",

@@ -299,6 +299,22 @@ Test(dns_agent, a_tcp_message_in_several_segments_is_taken_whole)
     cr_assert_eq(st.tcp_partial_dropped, 1);
     cr_assert_eq(st.tracker.pending, 0);
     cr_assert_eq(ngot, 0);
+
+    /* A held message's next segment the capture copied only in part is one truncated
+     * message, counted once. */
+    reset();
+    qn = 0;
+    tcp_append(qs, &qn, one, message(one, 0x305, "cut.example", NULL, 0));
+    tcp_part(d, false, qs, 0, 2, 31 * SEC);
+    struct records_dns r = record(false, qs + 2, 4, 31 * SEC + 1000, 9);
+    r.protocol = IPPROTO_TCP;
+    r.wire_len = qn - 2;
+    r.truncated = true;
+    uint64_t before = st.truncated;
+    dns_agent_message(d, &r);
+    dns_agent_expire(d, 32 * SEC);
+    dns_agent_get_stats(d, &st);
+    cr_assert_eq(st.truncated, before + 1);
     reset();
     dns_agent_free(d);
 }

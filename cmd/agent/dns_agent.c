@@ -239,9 +239,7 @@ static void stream_feed(struct dns_agent *d, struct tcp_stream *s, const struct 
             size_t room = TCP_HOLD - s->held;
             size_t k = copied < room ? copied : room;
             memcpy(s->buf + s->held, m->payload + *off, k);
-            s->held += k;
-            if (k < n && s->held < TCP_HOLD)
-                d->truncated++; /* a byte the capture did not copy: the rest is not held */
+            s->held += k; /* bytes the capture did not copy were counted with their record */
         }
         s->taken += n;
         *off += n;
