@@ -351,10 +351,16 @@ uint64_t publisher_tick(struct publisher *p, uint64_t now)
     wake_deferred(p);
     if (!b)
         return heartbeat_tick(p, now);
+    /* An open batch is sent when its flush interval is up, or sooner when a heartbeat is due:
+     * a node whose events trickle in under a long FLUSH_INTERVAL still reports in. */
     uint64_t due = b->opened_ns + p->cfg.flush_interval_ns;
+    if (p->cfg.heartbeat_ns && p->last_queued_ns + p->cfg.heartbeat_ns < due)
+        due = p->last_queued_ns + p->cfg.heartbeat_ns;
     if (now >= due) {
         close_batch(p);
-        return p->cfg.flush_interval_ns;
+        return p->cfg.heartbeat_ns && p->cfg.heartbeat_ns < p->cfg.flush_interval_ns
+                   ? p->cfg.heartbeat_ns
+                   : p->cfg.flush_interval_ns;
     }
     return due - now;
 }

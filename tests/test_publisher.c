@@ -731,6 +731,30 @@ Test(publisher, an_idle_publisher_sends_heartbeats)
     }
 }
 
+/* A FLUSH_INTERVAL longer than HEARTBEAT_INTERVAL: a batch left open by a trickle of events is
+ * sent when the heartbeat is due, not only when its flush interval is up. */
+Test(publisher, an_open_batch_goes_out_when_a_heartbeat_is_due)
+{
+    struct fixture f;
+    fixture_heartbeat_ns = 150 * MS;
+    fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 100, 3600 * 1000 * MS, 1 << 20, false);
+    uint64_t t0 = mono_ns();
+    add_events(f.pub, 0, 1);
+    natsMsg *m = NULL;
+    while (!m) {
+        cr_assert_lt(mono_ns() - t0, WAIT_MS * MS, "the open batch was not sent");
+        uint64_t next = publisher_tick(f.pub, mono_ns());
+        cr_assert_leq(next, 150 * MS, "the caller is woken in time for the heartbeat");
+        m = next_msg(&f, 20);
+    }
+    cr_assert_eq(header_u64(m, BUS_HDR_EVENTS), 1);
+    natsMsg_Destroy(m);
+    struct publisher_stats st;
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.heartbeats, 0, "the batch itself reported in");
+    fixture_close(&f);
+}
+
 /* HEARTBEAT_INTERVAL 0: an idle publisher sends nothing. */
 Test(publisher, no_heartbeat_when_off)
 {
