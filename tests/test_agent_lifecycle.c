@@ -1017,6 +1017,15 @@ static json_t *program(const char *name)
     return found;
 }
 
+/* The program p's "serves" list is want (compact JSON). */
+static void expect_serves(json_t *p, const char *want)
+{
+    char *got = json_dumps(json_object_get(p, "serves"), JSON_COMPACT | JSON_ENCODE_ANY);
+    cr_expect(got && strcmp(got, want) == 0, "%s serves %s, not %s", tu_jstr(p, "name"),
+              got ? got : "(none)", want);
+    free(got);
+}
+
 /* The value of the /metrics sample `series` (name{labels}), or -1 when it is missing. */
 static long long metric(const char *body, const char *series)
 {
@@ -1034,12 +1043,16 @@ Test(lifecycle, programs_and_metrics_count_close_events)
         json_t *p = program(close_programs[i]);
         cr_expect_str_eq(tu_jstr(p, "event_type"), "close");
         cr_expect_str_eq(tu_jstr(p, "status"), "attached", "%s", close_programs[i]);
+        expect_serves(p, "[\"close\"]");
         cr_expect_eq(tu_jint(p, "drops"), 0);
         cr_expect_eq(tu_jint(p, "untracked"), 0);
         if (i == 0)
             cr_expect_geq(tu_jint(p, "events"), 2, "two close records were written");
         json_decref(p);
     }
+    json_t *accept = program("tp_btf__sys_exit_accept");
+    expect_serves(accept, "[\"accept\",\"close\"]");
+    json_decref(accept);
 
     struct tu_http m;
     cr_assert_eq(tu_http_get(agent.port, "/metrics", NULL, &m), 0);
@@ -1162,6 +1175,7 @@ Test(lifecycle_off, close_programs_disabled_and_no_close_events)
     for (size_t i = 0; i < N_CLOSE_PROGRAMS; i++) {
         json_t *p = program(close_programs[i]);
         cr_expect_str_eq(tu_jstr(p, "status"), "disabled", "%s", close_programs[i]);
+        expect_serves(p, "[]");
         cr_expect_eq(tu_jint(p, "events"), 0);
         json_decref(p);
     }
@@ -1214,8 +1228,18 @@ Test(lifecycle_only, close_events_without_connection_events)
                      json_dumps(r, JSON_COMPACT));
         json_decref(r);
     }
-    json_t *p = program("tp_btf__inet_sock_set_state");
-    cr_expect_str_eq(tu_jstr(p, "status"), "attached", "close events start at its state changes");
+    /* Attached for close alone, and saying so: no connection or accept events come of them. */
+    static const char *const for_close[] = {"tp_btf__inet_sock_set_state",
+                                            "tp_btf__sys_exit_accept"};
+    for (size_t i = 0; i < 2; i++) {
+        json_t *p = program(for_close[i]);
+        cr_expect_str_eq(tu_jstr(p, "status"), "attached", "%s: close needs it", for_close[i]);
+        expect_serves(p, "[\"close\"]");
+        json_decref(p);
+    }
+    json_t *p = program("tp_btf__sys_exit_connect");
+    cr_expect_str_eq(tu_jstr(p, "status"), "disabled");
+    expect_serves(p, "[]");
     json_decref(p);
 }
 

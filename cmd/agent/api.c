@@ -114,6 +114,14 @@ static void write_programs(struct agent *a, struct buf *b, struct kernel_losses 
         buf_json_cstr(b, p->event_type ? p->event_type : "");
         buf_puts(b, ",\"status\":");
         buf_json_cstr(b, program_status_name(p->status));
+        buf_puts(b, ",\"serves\":[");
+        for (int t = 0, k = 0; t < EVENT_TYPE_COUNT; t++)
+            if (p->serves & EVENT_TYPE_BIT(t)) {
+                if (k++)
+                    buf_putc(b, ',');
+                buf_json_cstr(b, event_type_name(t));
+            }
+        buf_putc(b, ']');
         if (p->prog_id)
             buf_printf(b, ",\"id\":%u", p->prog_id);
         if (p->status == CAPTURE_PROGRAM_FAILED) {

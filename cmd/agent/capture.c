@@ -776,6 +776,10 @@ size_t capture_programs(struct capture *c, struct capture_program_info *out, siz
         i->prog_id = c->progs[s].prog_id;
         snprintf(i->error, sizeof(i->error), "%s", c->progs[s].error);
         i->event_type = event_type_name(prog_specs[s].type);
+        for (int t = 0; t < SLOT_COUNT && c->progs[s].status == CAPTURE_PROGRAM_ATTACHED; t++)
+            if ((t == (int)s || (slot_needs(t) & (1u << s))) &&
+                (c->event_types & EVENT_TYPE_BIT(prog_specs[t].type)))
+                i->serves |= EVENT_TYPE_BIT(prog_specs[t].type);
         if (per_cpu && c->stats_fd >= 0 && bpf_map_lookup_elem(c->stats_fd, &key, per_cpu) == 0) {
             for (int cpu = 0; cpu < c->ncpus; cpu++) {
                 i->events += per_cpu[cpu].events;

@@ -85,6 +85,8 @@ struct capture_program_info {
     uint32_t prog_id;       /* kernel program id while attached, else 0 (may be shared) */
     char error[128];        /* when FAILED */
     const char *event_type; /* event type it produces */
+    uint32_t serves;        /* EVENT_TYPE_BIT mask: the asked-for types it runs for (its own,
+                             * close for those close needs), 0 when not attached */
     uint64_t events;        /* records submitted by the kernel side */
     uint64_t drops;         /* ring buffer reserve failures (lost in the kernel) */
     uint64_t suppressed;    /* rate-limited away (packet_drop, dns) */
