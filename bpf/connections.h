@@ -17,6 +17,7 @@
 
 /* errno values the kernel reports on a connect (asm-generic: x86 and arm64 alike). */
 #define EPERM         1
+#define EEXIST        17
 #define EACCES        13
 #define EADDRNOTAVAIL 99
 #define ENETDOWN      100
@@ -281,7 +282,8 @@ static __always_inline void life_emit(struct sock_life *l)
         __builtin_memcpy(r->daddr, l->daddr, sizeof(r->daddr));
         r->retransmits = l->retransmits;
         r->srtt_us = l->srtt_us;
-        r->duration_ns = l->closed_ns - l->established_ns;
+        /* 0: established before the agent followed it (iter__seed_sockets), unknown. */
+        r->duration_ns = l->established_ns ? l->closed_ns - l->established_ns : 0;
         r->bytes_sent = l->bytes_sent;
         r->bytes_received = l->bytes_received;
         record_submit(r);
@@ -567,6 +569,66 @@ int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)
     life_emit(l);
     return 0;
 }
+
+/*
+ * Connections established before the programs were attached: their state changes to
+ * ESTABLISHED were not seen, so nothing follows them to their close. The agent runs this
+ * iterator once, right after attaching (cmd/agent/capture.c), over every file of every
+ * process: each TCP socket a process holds that is past its handshake and not yet closed
+ * gets an entry as if its start had been seen, owned by that process (the first one found
+ * when several share it), without a start time: its close record has no duration. A
+ * socket that has an entry already (established since the attach) keeps it. A socket
+ * that took over its listener's accept backlog setting (sk_clone_lock copies the
+ * listener's socket) was accepted: the server side; any other is the client side.
+ */
+#ifndef CONNECTIONS_COMPAT
+#define TCP_FIN_WAIT1  4
+#define TCP_FIN_WAIT2  5
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK   9
+#define TCP_CLOSING    11
+
+__u64 sockets_seeded;    /* entries made by the last run */
+__u64 sockets_seed_full; /* sockets not followed: the map was full */
+
+SEC("iter/task_file")
+int iter__seed_sockets(struct bpf_iter__task_file *ctx)
+{
+    struct task_struct *task = ctx->task;
+    struct file *file = ctx->file;
+    struct sock_life l = {};
+    struct socket *sock;
+    struct sock *sk;
+    __u64 key;
+    int state, err;
+
+    if (!task || !file || !track_close)
+        return 0;
+    sock = bpf_sock_from_file(file);
+    if (!sock)
+        return 0;
+    sk = sock->sk;
+    if (!sk || !sock_is_inet_tcp(sk))
+        return 0;
+    state = sk->__sk_common.skc_state;
+    if (state != TCP_ESTABLISHED && state != TCP_FIN_WAIT1 && state != TCP_FIN_WAIT2 &&
+        state != TCP_CLOSE_WAIT && state != TCP_LAST_ACK && state != TCP_CLOSING)
+        return 0;
+    if (!sock_captured(sk))
+        return 0;
+    l.owner.kind = RECORD_CLOSE;
+    l.owner.cgroup_id = task_cgroup_id_btf(task);
+    hdr_task_btf(&l.owner, task);
+    life_start(&l, 0, sk->sk_max_ack_backlog ? CLOSE_ROLE_SERVER : CLOSE_ROLE_CLIENT);
+    key = (__u64)sk;
+    err = bpf_map_update_elem(&sockets, &key, &l, BPF_NOEXIST);
+    if (err == 0)
+        sockets_seeded++;
+    else if (err != -EEXIST)
+        sockets_seed_full++;
+    return 0;
+}
+#endif
 
 /* A server connection's owner: the process that accepted it (its header, taken once for
  * the accept record too). */

@@ -452,8 +452,10 @@ void event_json_write(struct buf *b, const struct event *e)
         put_protocol_family(b, e, true);
         if (role)
             PUT_KEY_STR(b, ",\"role\":", role);
-        PUT_LIT(b, ",\"duration_ns\":");
-        put_u64(b, e->u.close.duration_ns);
+        if (e->u.close.duration_ns) { /* 0: open before the agent started, unknown */
+            PUT_LIT(b, ",\"duration_ns\":");
+            put_u64(b, e->u.close.duration_ns);
+        }
         PUT_LIT(b, ",\"bytes_sent\":");
         put_u64(b, e->u.close.bytes_sent);
         PUT_LIT(b, ",\"bytes_received\":");

@@ -1243,6 +1243,125 @@ Test(lifecycle_only, close_events_without_connection_events)
     json_decref(p);
 }
 
+/* ---- Connections open before the agent started ---- */
+
+static void setup_network_only(void)
+{
+    net_setup();
+}
+
+TestSuite(lifecycle_before, .init = setup_network_only, .fini = net_teardown, .timeout = 60);
+
+/* One side of a connection made before the agent: waits for the word, then ends it. */
+struct held {
+    int fd;      /* the connection */
+    int go;      /* read end of the word */
+    int other;   /* the other end, when the child got a copy (closed at once), or -1 */
+    bool client; /* sends 10 bytes more and closes first; the server reads them, then closes */
+};
+
+static void end_held(struct report *r, void *arg)
+{
+    struct held *h = arg;
+    char c;
+    if (h->other >= 0)
+        close(h->other);
+    if (step_failed(r, "wait for the word", read(h->go, &c, 1) != 1))
+        return;
+    if (h->client) {
+        if (!io_exact(r, h->fd, 10, true) ||
+            step_failed(r, "shutdown", shutdown(h->fd, SHUT_WR) != 0) || !read_eof(r, h->fd))
+            return;
+    } else if (!io_exact(r, h->fd, 10, false) || !read_eof(r, h->fd)) {
+        return;
+    }
+    close(h->fd);
+}
+
+static bool match_role(json_t *ev, void *arg)
+{
+    const char *role = tu_jstr(ev, "role");
+    return role && strcmp(role, arg) == 0;
+}
+
+/*
+ * A connection established and used before the agent starts, held by two
+ * processes (neither of which made it: the test did, then handed each its
+ * end), ends after: both sides get a close event naming the process that
+ * held the socket, the role each had, the connection's bytes from its start,
+ * and no duration (its start was not seen).
+ */
+Test(lifecycle_before, a_connection_open_at_the_start_gets_its_close)
+{
+    struct addr dest = addr_of("10.77.2.2", SERVER_PORT);
+    int l = server_listen(&dest);
+    int c = tu_netns_socket(ns_client, dest.family, SOCK_STREAM);
+    cr_assert_eq(connect(c, (struct sockaddr *)&dest.sa, dest.len), 0, "connect: %s",
+                 strerror(errno));
+    int a = accept(l, NULL, NULL);
+    cr_assert_geq(a, 0, "accept: %s", strerror(errno));
+    close(l);
+    uint16_t client_port = local_port(c);
+    struct report scratch = {0};
+    cr_assert(io_exact(&scratch, c, 1000, true) && io_exact(&scratch, a, 1000, false) &&
+                  io_exact(&scratch, a, 300, true) && io_exact(&scratch, c, 300, false),
+              "the first exchange: %s", strerror(scratch.err));
+
+    int go[2][2];
+    struct side sides[2];
+    struct held held[2] = {{.fd = c, .other = a, .client = true},
+                           {.fd = a, .other = -1, .client = false}};
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(pipe2(go[i], O_CLOEXEC), 0);
+        held[i].go = go[i][0];
+        /* The child takes the socket over: the test's copy is closed before the agent starts,
+         * so only the child holds it. */
+        side_start(&sides[i], i == 0 ? "lt-held-cli" : "lt-held-srv", end_held, &held[i],
+                   held[i].fd);
+        close(go[i][0]);
+    }
+
+    tu_agent_start(&agent, "lifecycle-node", NULL);
+    int status;
+    json_t *st = tu_get_json(agent.port, "/api/stats", &status);
+    cr_assert_eq(status, 200);
+    json_t *sk = json_object_get(st, "sockets");
+    cr_expect_geq(tu_jint(sk, "seeded"), 2, "both ends followed from the start");
+    cr_expect_eq(tu_jint(sk, "seed_full"), 0);
+    json_decref(st);
+
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(write(go[i][1], "", 1), 1);
+        close(go[i][1]);
+    }
+    struct report done[2];
+    for (int i = 0; i < 2; i++)
+        side_finish(&sides[i], &done[i]);
+
+    for (int i = 0; i < 2; i++) {
+        bool client = i == 0;
+        char q[128];
+        snprintf(q, sizeof(q), "/api/events?type=close&pid=%d", sides[i].pid);
+        json_t *ev =
+            tu_wait_event(agent.port, q, match_role, client ? "client" : "server", WAIT_MS);
+        cr_assert(ev, "no %s close event from pid %d", client ? "client" : "server", sides[i].pid);
+        char *text = json_dumps(ev, JSON_COMPACT);
+        cr_log_info("close event: %s", text);
+        free(text);
+        cr_expect_str_eq(tu_jstr(ev, "command"), client ? "lt-held-cli" : "lt-held-srv");
+        cr_expect_str_eq(tu_jstr(ev, "source_ip"), "10.77.1.2");
+        cr_expect_eq(tu_jint(ev, "source_port"), client_port);
+        cr_expect_str_eq(tu_jstr(ev, "dest_ip"), "10.77.2.2");
+        cr_expect_eq(tu_jint(ev, "dest_port"), SERVER_PORT);
+        cr_expect_eq(tu_jint(ev, "bytes_sent"), client ? 1010 : 300);
+        cr_expect_eq(tu_jint(ev, "bytes_received"), client ? 300 : 1010);
+        cr_expect_null(json_object_get(ev, "duration_ns"), "its start was not seen");
+        cr_expect_null(json_object_get(ev, "reset"));
+        cr_expect_gt(tu_jint(ev, "srtt_us"), 0);
+        json_decref(ev);
+    }
+}
+
 /* ---- Under load ---- */
 
 /* A loopback connect/accept/close loop: the state program runs in process context. */

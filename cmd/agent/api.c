@@ -264,8 +264,9 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
     buf_printf(b,
                "\"sockets\":{\"capacity\":%" PRIu64 ",\"entries\":%" PRIu64 ",\"dead\":%" PRIu64
                ",\"reaped\":%" PRIu64 ",\"reap_races\":%" PRIu64 ",\"reap_errors\":%" PRIu64
-               "},\"history\":",
-               sk.capacity, sk.entries, sk.dead, sk.reaped, sk.reap_races, sk.reap_errors);
+               ",\"seeded\":%" PRIu64 ",\"seed_full\":%" PRIu64 "},\"history\":",
+               sk.capacity, sk.entries, sk.dead, sk.reaped, sk.reap_races, sk.reap_errors,
+               sk.seeded, sk.seed_full);
     ss.failed += load(&a->store_failed);
     api_json_append(b, api_store_stats_json(&ss));
     buf_puts(b, ",\"flows\":");
@@ -401,6 +402,12 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                sk.reap_races);
     api_metric(b, "ebpf_agent_socket_map_reap_errors_total", "counter",
                "Failed reads or deletes of the kernel socket map.", sk.reap_errors);
+    api_metric(b, "ebpf_agent_socket_map_seeded_total", "counter",
+               "TCP connections open when the agent started, followed from then to their close.",
+               sk.seeded);
+    api_metric(b, "ebpf_agent_socket_map_seed_full_total", "counter",
+               "TCP connections open when the agent started not followed: the map was full.",
+               sk.seed_full);
     api_metric_header(b, "ebpf_agent_records_skipped_total", "counter",
                       "Kernel records that produced no event, by reason.");
     api_metric_labelled(b, "ebpf_agent_records_skipped_total", "reason", "malformed", rl.malformed);

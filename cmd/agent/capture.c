@@ -161,6 +161,7 @@ struct capture {
     bool conn_compat;             /* the kernel lacks what connections.bpf.c needs */
     bool drop_rx_sk;              /* skb:kfree_skb names the receiving socket (6.10+) */
     struct sockets_reaper reaper; /* of each loaded connections object's `sockets` map */
+    uint64_t sockets_seeded, sockets_seed_full; /* seed_sockets(), at the start */
 };
 
 /*
@@ -368,11 +369,66 @@ static void instance_destroy(struct instance *in)
     in->obj = NULL;
 }
 
-/* Whether the object's program name is slot's program or the one attached with it. */
+/* The iterator that follows the connections open before the start (bpf/connections.h): loaded
+ * with the close program, run once by seed_sockets(). */
+#define SEED_PROG "iter__seed_sockets"
+
+/* Whether the object's program name is slot's program, the one attached with it, or the
+ * seeding iterator of the close program. */
 static bool prog_serves(const char *name, int slot)
 {
     return strcmp(name, prog_specs[slot].prog) == 0 ||
-           (prog_specs[slot].aux && strcmp(name, prog_specs[slot].aux) == 0);
+           (prog_specs[slot].aux && strcmp(name, prog_specs[slot].aux) == 0) ||
+           (slot == SLOT_TCP_DESTROY_SOCK && strcmp(name, SEED_PROG) == 0);
+}
+
+/*
+ * Runs the seeding iterator of the connections object whose close program is
+ * attached (the state programs attached before it, so a connection is either
+ * established since, with its entry, or found here). Its output is empty: the
+ * iteration is the work. Not in the compat build (kernels before 6.2), whose
+ * connections open at the start end without a close.
+ */
+static void seed_sockets(struct capture *c)
+{
+    for (size_t i = 0; i < c->ninstances; i++) {
+        struct instance *in = &c->instances[i];
+        if (in->object != OBJ_CONNECTIONS || in->compat)
+            continue;
+        struct bpf_program *prog = bpf_object__find_program_by_name(in->obj, SEED_PROG);
+        if (!prog || bpf_program__fd(prog) < 0)
+            continue;
+        struct connections_bpf *s = in->skel;
+        struct bpf_link *link = bpf_program__attach_iter(prog, NULL);
+        int fd = link ? bpf_iter_create(bpf_link__fd(link)) : -1;
+        char buf[64];
+        ssize_t n = 0;
+        while (fd >= 0 && (n = read(fd, buf, sizeof(buf))) > 0)
+            ;
+        if (fd < 0 || n < 0)
+            fprintf(stderr,
+                    "capture: the connections open at the start are not followed to their "
+                    "close: %s\n",
+                    strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        bpf_link__destroy(link);
+        /* Its counters from the map: the object was loaded without the skeleton's loader,
+         * which is what maps s->bss onto it. */
+        uint32_t zero = 0;
+        __typeof__(*s->bss) counts;
+        if (bpf_map__lookup_elem(s->maps.bss, &zero, sizeof(zero), &counts, sizeof(counts), 0) ==
+            0) {
+            c->sockets_seeded = counts.sockets_seeded;
+            c->sockets_seed_full = counts.sockets_seed_full;
+        }
+        if (c->sockets_seed_full)
+            fprintf(stderr,
+                    "capture: %" PRIu64 " connections open at the start are not followed: "
+                    "the socket map is full\n",
+                    c->sockets_seed_full);
+        return;
+    }
 }
 
 /* Loads one copy of object with exactly the programs in want (a mask of slots). */
@@ -412,6 +468,8 @@ static int instance_load(struct capture *c, struct instance *in, enum capture_ob
 void capture_sockets_stats(struct capture *c, struct capture_sockets_stats *out)
 {
     sockets_reaper_stats(&c->reaper, out);
+    out->seeded = c->sockets_seeded;
+    out->seed_full = c->sockets_seed_full;
 }
 
 static void prog_fail(struct capture *c, int slot, const char *what, int err)
@@ -704,6 +762,8 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
         errmsg_set(err, errlen, "capture: no eBPF program could be attached (see the log above)");
         goto fail;
     }
+    if (c->progs[SLOT_TCP_DESTROY_SOCK].status == CAPTURE_PROGRAM_ATTACHED)
+        seed_sockets(c);
 
     c->rb = ring_buffer__new(c->ringbuf_fd, handle_record, c, NULL);
     if (!c->rb) {

@@ -38,6 +38,8 @@ struct capture_sockets_stats {
     uint64_t reaped;      /* dead entries deleted */
     uint64_t reap_races;  /* entries taken over by a new socket while being reaped, put back */
     uint64_t reap_errors; /* failed map reads or deletes */
+    uint64_t seeded;      /* connections open at the start, followed from then (capture.c) */
+    uint64_t seed_full;   /* of those, not followed: the map was full */
 };
 
 /* The pass over one map. */
