@@ -403,8 +403,11 @@ static void seed_sockets(struct capture *c)
         int fd = link ? bpf_iter_create(bpf_link__fd(link)) : -1;
         char buf[64];
         ssize_t n = 0;
-        while (fd >= 0 && (n = read(fd, buf, sizeof(buf))) > 0)
-            ;
+        /* The kernel stops a read after a million files without output (EAGAIN); the next
+         * read goes on from there. */
+        for (int stops = 0; fd >= 0 && stops < 10000; stops++)
+            if ((n = read(fd, buf, sizeof(buf))) >= 0 ? n == 0 : errno != EAGAIN)
+                break;
         if (fd < 0 || n < 0)
             fprintf(stderr,
                     "capture: the connections open at the start are not followed to their "
