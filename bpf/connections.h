@@ -573,23 +573,50 @@ int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)
 /*
  * Connections established before the programs were attached: their state changes to
  * ESTABLISHED were not seen, so nothing follows them to their close. The agent runs this
- * iterator once, right after attaching (cmd/agent/capture.c), over every file of every
- * process: each TCP socket a process holds that is past its handshake and not yet closed
- * gets an entry as if its start had been seen, owned by that process (the first one found
- * when several share it), without a start time: its close record has no duration. A
- * socket that has an entry already (established since the attach) keeps it. A socket
- * that took over its listener's accept backlog setting (sk_clone_lock copies the
- * listener's socket) was accepted: the server side; any other is the client side.
+ * iterator right after attaching (cmd/agent/capture.c) over every file of every process,
+ * twice. The first pass notes every listening port (with its network namespace); the
+ * second gives each TCP socket a process holds that is past its handshake and not yet
+ * closed an entry as if its start had been seen, owned by that process (the first one
+ * found when several share it), without a start time: its close record has no duration.
+ * A socket that has an entry already (established since the attach) keeps it. Its role:
+ * an accepted socket is a copy of its listener's (sk_clone_lock), so it carries the
+ * listener's accept backlog, which a connecting socket never has; an accepted socket
+ * whose listener said backlog 0 is found by its port, which a listener still holds.
  */
 #ifndef CONNECTIONS_COMPAT
 #define TCP_FIN_WAIT1  4
 #define TCP_FIN_WAIT2  5
 #define TCP_CLOSE_WAIT 8
 #define TCP_LAST_ACK   9
+#define TCP_LISTEN     10
 #define TCP_CLOSING    11
 
-__u64 sockets_seeded;    /* entries made by the last run */
-__u64 sockets_seed_full; /* sockets not followed: the map was full */
+/* A listening port: its network namespace (inode number) and port. */
+struct listener_key {
+    __u32 netns;
+    __u32 port;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct listener_key);
+    __type(value, __u8);
+} seed_listeners SEC(".maps");
+
+/* Set by the agent between the passes (the .bss map). */
+__u32 seed_pass;           /* 0: listeners, 1: connections */
+__u64 sockets_seeded;      /* entries made */
+__u64 sockets_seed_full;   /* sockets not followed: the map was full */
+__u64 seed_listeners_full; /* listening ports not noted: their map was full */
+
+static __always_inline struct listener_key listener_of(const struct sock *sk)
+{
+    struct listener_key k = {.netns = sk->__sk_common.skc_net.net->ns.inum,
+                             .port = sk->__sk_common.skc_num};
+    return k;
+}
 
 SEC("iter/task_file")
 int iter__seed_sockets(struct bpf_iter__task_file *ctx)
@@ -597,8 +624,11 @@ int iter__seed_sockets(struct bpf_iter__task_file *ctx)
     struct task_struct *task = ctx->task;
     struct file *file = ctx->file;
     struct sock_life l = {};
+    struct listener_key lk;
     struct socket *sock;
     struct sock *sk;
+    __u8 one = 1;
+    __u8 role;
     __u64 key;
     int state, err;
 
@@ -611,15 +641,27 @@ int iter__seed_sockets(struct bpf_iter__task_file *ctx)
     if (!sk || !sock_is_inet_tcp(sk))
         return 0;
     state = sk->__sk_common.skc_state;
+    if (seed_pass == 0) {
+        if (state == TCP_LISTEN) {
+            lk = listener_of(sk);
+            if (bpf_map_update_elem(&seed_listeners, &lk, &one, BPF_ANY))
+                seed_listeners_full++;
+        }
+        return 0;
+    }
     if (state != TCP_ESTABLISHED && state != TCP_FIN_WAIT1 && state != TCP_FIN_WAIT2 &&
         state != TCP_CLOSE_WAIT && state != TCP_LAST_ACK && state != TCP_CLOSING)
         return 0;
     if (!sock_captured(sk))
         return 0;
+    role = CLOSE_ROLE_CLIENT;
+    lk = listener_of(sk);
+    if (sk->sk_max_ack_backlog || bpf_map_lookup_elem(&seed_listeners, &lk))
+        role = CLOSE_ROLE_SERVER;
     l.owner.kind = RECORD_CLOSE;
     l.owner.cgroup_id = task_cgroup_id_btf(task);
     hdr_task_btf(&l.owner, task);
-    life_start(&l, 0, sk->sk_max_ack_backlog ? CLOSE_ROLE_SERVER : CLOSE_ROLE_CLIENT);
+    life_start(&l, 0, role);
     key = (__u64)sk;
     err = bpf_map_update_elem(&sockets, &key, &l, BPF_NOEXIST);
     if (err == 0)

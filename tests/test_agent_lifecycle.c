@@ -1307,6 +1307,21 @@ Test(lifecycle_before, a_connection_open_at_the_start_gets_its_close)
                   io_exact(&scratch, a, 300, true) && io_exact(&scratch, c, 300, false),
               "the first exchange: %s", strerror(scratch.err));
 
+    /* A second connection, accepted from a listener that asked for no backlog (its socket
+     * then carries none), the listener still open: the test itself holds both ends. */
+    struct addr dest0 = addr_of("10.77.2.2", SERVER_PORT + 1);
+    int l0 = tu_netns_socket(ns_server, dest0.family, SOCK_STREAM);
+    cr_assert_eq(bind(l0, (const struct sockaddr *)&dest0.sa, dest0.len), 0);
+    cr_assert_eq(listen(l0, 0), 0);
+    int c0 = tu_netns_socket(ns_client, dest0.family, SOCK_STREAM);
+    cr_assert_eq(connect(c0, (struct sockaddr *)&dest0.sa, dest0.len), 0);
+    int a0 = accept(l0, NULL, NULL);
+    cr_assert_geq(a0, 0, "accept: %s", strerror(errno));
+    uint16_t client_port0 = local_port(c0);
+    /* Not inherited by the agent (it would hold them open). */
+    for (int fd = 0; fd < 3; fd++)
+        fcntl((int[]){l0, c0, a0}[fd], F_SETFD, FD_CLOEXEC);
+
     int go[2][2];
     struct side sides[2];
     struct held held[2] = {{.fd = c, .other = a, .client = true},
@@ -1326,7 +1341,7 @@ Test(lifecycle_before, a_connection_open_at_the_start_gets_its_close)
     json_t *st = tu_get_json(agent.port, "/api/stats", &status);
     cr_assert_eq(status, 200);
     json_t *sk = json_object_get(st, "sockets");
-    cr_expect_geq(tu_jint(sk, "seeded"), 2, "both ends followed from the start");
+    cr_expect_geq(tu_jint(sk, "seeded"), 4, "both ends of both followed from the start");
     cr_expect_eq(tu_jint(sk, "seed_full"), 0);
     json_decref(st);
 
@@ -1358,6 +1373,22 @@ Test(lifecycle_before, a_connection_open_at_the_start_gets_its_close)
         cr_expect_null(json_object_get(ev, "duration_ns"), "its start was not seen");
         cr_expect_null(json_object_get(ev, "reset"));
         cr_expect_gt(tu_jint(ev, "srtt_us"), 0);
+        json_decref(ev);
+    }
+
+    /* The second connection: the server side found by its listener's port. */
+    close(c0);
+    close(a0);
+    close(l0);
+    for (int i = 0; i < 2; i++) {
+        const char *role = i ? "server" : "client";
+        char q[128];
+        snprintf(q, sizeof(q), "/api/events?type=close&pid=%d&dest_port=%d", getpid(),
+                 SERVER_PORT + 1);
+        json_t *ev = tu_wait_event(agent.port, q, match_role, (void *)role, WAIT_MS);
+        cr_assert(ev, "no %s close event of the connection to a backlog 0 listener", role);
+        cr_expect_eq(tu_jint(ev, "source_port"), client_port0);
+        cr_expect_null(json_object_get(ev, "duration_ns"));
         json_decref(ev);
     }
 }

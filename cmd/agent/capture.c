@@ -383,11 +383,34 @@ static bool prog_serves(const char *name, int slot)
 }
 
 /*
+ * One run of an iterator whose output is empty: the iteration is the work. The
+ * kernel stops a read after a million files without output (EAGAIN); the next
+ * read goes on from there. Returns 0 or -errno.
+ */
+static int iter_run(struct bpf_program *prog)
+{
+    struct bpf_link *link = bpf_program__attach_iter(prog, NULL);
+    int fd = link ? bpf_iter_create(bpf_link__fd(link)) : -1;
+    int err = fd < 0 ? -errno : -EAGAIN;
+    char buf[64];
+
+    for (int stops = 0; fd >= 0 && err == -EAGAIN && stops < 10000; stops++) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        err = n == 0 ? 0 : n < 0 ? -errno : -EPROTO;
+    }
+    if (fd >= 0)
+        close(fd);
+    bpf_link__destroy(link);
+    return err;
+}
+
+/*
  * Runs the seeding iterator of the connections object whose close program is
  * attached (the state programs attached before it, so a connection is either
- * established since, with its entry, or found here). Its output is empty: the
- * iteration is the work. Not in the compat build (kernels before 6.2), whose
- * connections open at the start end without a close.
+ * established since, with its entry, or found here): a pass over the
+ * listeners, then one over the connections (bpf/connections.h). Not in the
+ * compat build (kernels before 6.2), whose connections open at the start end
+ * without a close.
  */
 static void seed_sockets(struct capture *c)
 {
@@ -398,38 +421,40 @@ static void seed_sockets(struct capture *c)
         struct bpf_program *prog = bpf_object__find_program_by_name(in->obj, SEED_PROG);
         if (!prog || bpf_program__fd(prog) < 0)
             continue;
+        /* The counters and the pass in the .bss map: the object was loaded without the
+         * skeleton's loader, which is what maps s->bss onto it. */
         struct connections_bpf *s = in->skel;
-        struct bpf_link *link = bpf_program__attach_iter(prog, NULL);
-        int fd = link ? bpf_iter_create(bpf_link__fd(link)) : -1;
-        char buf[64];
-        ssize_t n = 0;
-        /* The kernel stops a read after a million files without output (EAGAIN); the next
-         * read goes on from there. */
-        for (int stops = 0; fd >= 0 && stops < 10000; stops++)
-            if ((n = read(fd, buf, sizeof(buf))) >= 0 ? n == 0 : errno != EAGAIN)
-                break;
-        if (fd < 0 || n < 0)
+        uint32_t zero = 0;
+        __typeof__(*s->bss) g = {0};
+        int err = iter_run(prog);
+        if (!err &&
+            !(err = bpf_map__lookup_elem(s->maps.bss, &zero, sizeof(zero), &g, sizeof(g), 0))) {
+            g.seed_pass = 1;
+            err = bpf_map__update_elem(s->maps.bss, &zero, sizeof(zero), &g, sizeof(g), 0);
+        }
+        if (!err)
+            err = iter_run(prog);
+        if (!err)
+            err = bpf_map__lookup_elem(s->maps.bss, &zero, sizeof(zero), &g, sizeof(g), 0);
+        if (err)
             fprintf(stderr,
                     "capture: the connections open at the start are not followed to their "
                     "close: %s\n",
-                    strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        bpf_link__destroy(link);
-        /* Its counters from the map: the object was loaded without the skeleton's loader,
-         * which is what maps s->bss onto it. */
-        uint32_t zero = 0;
-        __typeof__(*s->bss) counts;
-        if (bpf_map__lookup_elem(s->maps.bss, &zero, sizeof(zero), &counts, sizeof(counts), 0) ==
-            0) {
-            c->sockets_seeded = counts.sockets_seeded;
-            c->sockets_seed_full = counts.sockets_seed_full;
-        }
-        if (c->sockets_seed_full)
+                    strerror(-err));
+        c->sockets_seeded = g.sockets_seeded;
+        c->sockets_seed_full = g.sockets_seed_full;
+        if (g.sockets_seed_full || g.seed_listeners_full)
             fprintf(stderr,
-                    "capture: %" PRIu64 " connections open at the start are not followed: "
-                    "the socket map is full\n",
-                    c->sockets_seed_full);
+                    "capture: of the connections open at the start, %" PRIu64
+                    " are not followed (the socket map is full) and the role of those on %" PRIu64
+                    " listening ports is read from their sockets alone\n",
+                    (uint64_t)g.sockets_seed_full, (uint64_t)g.seed_listeners_full);
+        /* The listeners were for the passes only. */
+        int lfd = bpf_map__fd(s->maps.seed_listeners);
+        uint64_t k; /* struct listener_key: two 32-bit words */
+        while (bpf_map__key_size(s->maps.seed_listeners) == sizeof(k) &&
+               bpf_map_get_next_key(lfd, NULL, &k) == 0 && bpf_map_delete_elem(lfd, &k) == 0)
+            ;
         return;
     }
 }
