@@ -164,13 +164,22 @@ static __always_inline struct cgroup *sock_cgroup(const struct sock *sk)
  * where the current task is whoever was interrupted. A TIME_WAIT socket is
  * not captured.
  */
+static __always_inline bool cgroup_captured(struct cgroup *cg);
+
 static __always_inline bool sock_captured(const struct sock *sk)
 {
-    struct cgroup *cg, *anc = NULL;
+    if (!capture_cgroup_only)
+        return true;
+    return cgroup_captured(sock_cgroup(sk));
+}
+
+/* The cgroup (NULL: none) is inside the subtree (when one is captured). */
+static __always_inline bool cgroup_captured(struct cgroup *cg)
+{
+    struct cgroup *anc = NULL;
 
     if (!capture_cgroup_only)
         return true;
-    cg = sock_cgroup(sk);
     if (!cg || BPF_CORE_READ(cg, level) < (int)capture_cgroup_level)
         return false;
     if (!bpf_core_field_exists(cg->ancestors)) {

@@ -423,7 +423,7 @@ static __always_inline void connect_outcome(const struct sock *sk, __u64 key, in
     if (!l || l->phase != LIFE_CONNECTING)
         return; /* connect started before we attached, or untracked */
     now = bpf_ktime_get_boot_ns();
-    if (emit_tcp_connect) {
+    if (emit_tcp_connect && l->owner.ts_ns) { /* 0: started before the attach (seeded) */
         r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
         if (r) {
             r->hdr = l->owner;
@@ -571,14 +571,15 @@ int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)
 }
 
 /*
- * Connections established before the programs were attached: their state changes to
- * ESTABLISHED were not seen, so nothing follows them to their close. The agent runs this
- * iterator right after attaching (cmd/agent/capture.c) over every file of every process,
- * twice. The first pass notes every listening port (with its network namespace); the
+ * Connections established (or connecting) before the programs were attached: their state
+ * changes to ESTABLISHED (or SYN_SENT) were not seen, so nothing follows them to their close. The
+ * agent runs this iterator right after attaching (cmd/agent/capture.c) over every file of every
+ * process, twice. The first pass notes every listening port (with its network namespace); the
  * second gives each TCP socket a process holds that is past its handshake and not yet
  * closed an entry as if its start had been seen, owned by that process (the first one
- * found when several share it), without a start time: its close record has no duration.
- * A socket that has an entry already (established since the attach) keeps it. Its role:
+ * found when several share it), without a start time: its close record has no duration
+ * (a socket still in SYN_SENT: a connecting entry, below). A socket that has an entry
+ * already (established since the attach) keeps it. Its role:
  * an accepted socket is a copy of its listener's (sk_clone_lock), so it carries the
  * listener's accept backlog, which a connecting socket never has; an accepted socket
  * whose listener said backlog 0 is found by its port, which a listener still holds.
@@ -649,19 +650,31 @@ int iter__seed_sockets(struct bpf_iter__task_file *ctx)
         }
         return 0;
     }
-    if (state != TCP_ESTABLISHED && state != TCP_FIN_WAIT1 && state != TCP_FIN_WAIT2 &&
-        state != TCP_CLOSE_WAIT && state != TCP_LAST_ACK && state != TCP_CLOSING)
-        return 0;
-    if (!sock_captured(sk))
+    if (state != TCP_SYN_SENT && state != TCP_ESTABLISHED && state != TCP_FIN_WAIT1 &&
+        state != TCP_FIN_WAIT2 && state != TCP_CLOSE_WAIT && state != TCP_LAST_ACK &&
+        state != TCP_CLOSING)
         return 0;
     role = CLOSE_ROLE_CLIENT;
     lk = listener_of(sk);
-    if (sk->sk_max_ack_backlog || bpf_map_lookup_elem(&seed_listeners, &lk))
+    if (state != TCP_SYN_SENT &&
+        (sk->sk_max_ack_backlog || bpf_map_lookup_elem(&seed_listeners, &lk)))
         role = CLOSE_ROLE_SERVER;
-    l.owner.kind = RECORD_CLOSE;
+    /* As when they are seen live: a server connection goes by its socket's cgroup (its
+     * listener's), a client one by the task's, here the one holding it. */
+    if (role == CLOSE_ROLE_SERVER ? !sock_captured(sk) : !cgroup_captured(task->cgroups->dfl_cgrp))
+        return 0;
     l.owner.cgroup_id = task_cgroup_id_btf(task);
     hdr_task_btf(&l.owner, task);
-    life_start(&l, 0, role);
+    if (state == TCP_SYN_SENT) {
+        /* Still connecting: followed from its outcome like a connect seen live, except that
+         * its start was not seen (owner.ts_ns 0), so it makes no connection record. */
+        l.owner.kind = RECORD_CONNECT;
+        l.phase = LIFE_CONNECTING;
+        connect_keep_dest(sk, &l);
+    } else {
+        l.owner.kind = RECORD_CLOSE;
+        life_start(&l, 0, role);
+    }
     key = (__u64)sk;
     err = bpf_map_update_elem(&sockets, &key, &l, BPF_NOEXIST);
     if (err == 0)

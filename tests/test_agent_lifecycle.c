@@ -1278,6 +1278,14 @@ static void end_held(struct report *r, void *arg)
     close(h->fd);
 }
 
+static bool match_close_port(json_t *ev, void *arg)
+{
+    struct close_match *m = arg;
+    const char *role = tu_jstr(ev, "role");
+    return role && strcmp(role, m->role) == 0 &&
+           json_integer_value(json_object_get(ev, "source_port")) == m->client_port;
+}
+
 static bool match_role(json_t *ev, void *arg)
 {
     const char *role = tu_jstr(ev, "role");
@@ -1391,6 +1399,83 @@ Test(lifecycle_before, a_connection_open_at_the_start_gets_its_close)
         cr_expect_null(json_object_get(ev, "duration_ns"));
         json_decref(ev);
     }
+}
+
+/*
+ * A connect still in its handshake when the agent starts (its SYN dropped by a listener
+ * whose queue is full, retransmitted after the start): followed from its outcome, so its
+ * close comes with the duration from then; no connection event, as its start was not seen.
+ */
+Test(lifecycle_before, a_connect_in_its_handshake_at_the_start_gets_its_close)
+{
+    struct addr dest = addr_of("10.77.2.2", SERVER_PORT + 2);
+    int l = tu_netns_socket(ns_server, dest.family, SOCK_STREAM);
+    cr_assert_eq(bind(l, (const struct sockaddr *)&dest.sa, dest.len), 0);
+    cr_assert_eq(listen(l, 0), 0);
+    /* The first connection fills the queue; the second's SYN is dropped. */
+    int c1 = tu_netns_socket(ns_server, dest.family, SOCK_STREAM);
+    cr_assert_eq(connect(c1, (struct sockaddr *)&dest.sa, dest.len), 0);
+    int c2 = tu_netns_socket(ns_server, dest.family, SOCK_STREAM);
+    cr_assert_eq(fcntl(c2, F_SETFL, O_NONBLOCK), 0);
+    cr_assert(connect(c2, (struct sockaddr *)&dest.sa, dest.len) != 0 && errno == EINPROGRESS);
+    for (int fd = 0; fd < 3; fd++)
+        fcntl((int[]){l, c1, c2}[fd], F_SETFD, FD_CLOEXEC);
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    cr_assert_eq(getsockopt(c2, IPPROTO_TCP, TCP_INFO, &ti, &len), 0);
+    cr_assert_eq(ti.tcpi_state, 2 /* SYN_SENT */, "the connect is not held up: state %u",
+                 ti.tcpi_state);
+
+    tu_agent_start(&agent, "lifecycle-node", NULL);
+    len = sizeof(ti);
+    cr_assert_eq(getsockopt(c2, IPPROTO_TCP, TCP_INFO, &ti, &len), 0);
+    cr_assert_eq(ti.tcpi_state, 2, "the connect ended before the agent started: inconclusive");
+    uint64_t started = clock_monotonic_ns();
+
+    int a1 = accept(l, NULL, NULL);
+    cr_assert_geq(a1, 0);
+    struct pollfd pfd = {.fd = c2, .events = POLLOUT};
+    cr_assert_eq(poll(&pfd, 1, 20000), 1, "the retransmitted SYN was not taken");
+    int err = 0;
+    len = sizeof(err);
+    cr_assert_eq(getsockopt(c2, SOL_SOCKET, SO_ERROR, &err, &len), 0);
+    cr_assert_eq(err, 0, "connect: %s", strerror(err));
+    uint64_t established_by = clock_monotonic_ns();
+    int a2 = accept(l, NULL, NULL);
+    cr_assert_geq(a2, 0);
+    uint16_t port = local_port(c2);
+    uint64_t closing = clock_monotonic_ns();
+    close(c2);
+    uint64_t closed_by = clock_monotonic_ns();
+
+    char q[160];
+    snprintf(q, sizeof(q), "/api/events?type=close&pid=%d&dest_port=%d", getpid(), SERVER_PORT + 2);
+    struct close_match m = {"client", port};
+    json_t *ev = tu_wait_event(agent.port, q, match_close_port, &m, WAIT_MS);
+    cr_assert(ev, "no client close event for port %d", port);
+    uint64_t d = (uint64_t)tu_jint(ev, "duration_ns");
+    cr_expect(d >= closing - established_by && d <= closed_by - started,
+              "duration_ns %" PRIu64 " outside [%" PRIu64 ", %" PRIu64 "]: from the outcome", d,
+              closing - established_by, closed_by - started);
+    json_decref(ev);
+    /* Records leave the ring in order: with the close stored, a connection record of the
+     * same connect would be too. */
+    snprintf(q, sizeof(q), "/api/events?type=connection&pid=%d&dest_port=%d", getpid(),
+             SERVER_PORT + 2);
+    int status;
+    json_t *r = tu_get_json(agent.port, q, &status);
+    cr_assert_eq(status, 200);
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(r, "events"), i, e)
+        cr_expect_neq(tu_jint(e, "source_port"), port,
+                      "a connection event for a connect whose start "
+                      "was not seen");
+    json_decref(r);
+    close(a2);
+    close(a1);
+    close(c1);
+    close(l);
 }
 
 /* ---- Under load ---- */

@@ -354,3 +354,143 @@ Test(capture_cgroup_config, pods_are_found_below_the_captured_cgroup)
     tu_agent_stop(&agent);
     kp_rmdirs(cg_root, rel);
 }
+
+/*
+ * Child of held_start: connects (sock when the parent made it, else one of its own made in
+ * the cgroup it was put in, before it moves itself to `then`), reports, and closes its end
+ * at the parent's word.
+ */
+static void held_child(int sock, const char *then, int port, int report, int go)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    char procs[512], c;
+    int ports[2];
+
+    if (read(go, &c, 1) != 1) /* placed in its cgroup */
+        _exit(120);
+    if (sock < 0 && (sock = socket(AF_INET, SOCK_STREAM, 0)) < 0)
+        _exit(10);
+    if (then) {
+        cg_path(procs, sizeof(procs), then, "cgroup.procs");
+        FILE *f = fopen(procs, "w");
+        if (!f || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0)
+            _exit(11);
+    }
+    if (connect(sock, (struct sockaddr *)&sa, sizeof(sa)) ||
+        getsockname(sock, (struct sockaddr *)&sa, &len))
+        _exit(12);
+    ports[0] = port;
+    ports[1] = ntohs(sa.sin_port);
+    if (write(report, ports, sizeof(ports)) != (ssize_t)sizeof(ports))
+        _exit(13);
+    if (read(go, &c, 1) != 1) /* the word to close */
+        _exit(14);
+    close(sock);
+    _exit(0);
+}
+
+struct held {
+    struct run run;
+    int go;     /* write end: one byte once placed, one to close */
+    int report; /* read end */
+};
+
+/* Forks held_child in cgroup rel (see there) and waits for its connection. */
+static void held_start(struct held *h, int sock, const char *rel, const char *then, int port)
+{
+    int go[2], report[2], ports[2];
+    char procs[512];
+
+    cr_assert_eq(pipe2(go, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(report, O_CLOEXEC), 0);
+    h->run.pid = fork();
+    cr_assert_geq(h->run.pid, 0);
+    if (h->run.pid == 0) {
+        close(go[1]);
+        close(report[0]);
+        held_child(sock, then, port, report[1], go[0]);
+    }
+    close(go[0]);
+    close(report[1]);
+    if (sock >= 0)
+        close(sock); /* the child's from now on */
+    cg_path(procs, sizeof(procs), rel, "cgroup.procs");
+    FILE *f = fopen(procs, "w");
+    cr_assert_not_null(f, "open %s: %s", procs, strerror(errno));
+    fprintf(f, "%d\n", (int)h->run.pid);
+    cr_assert_eq(fclose(f), 0, "moving %d into %s: %s", (int)h->run.pid, rel, strerror(errno));
+    cr_assert_eq(write(go[1], "", 1), 1);
+    cr_assert_eq(read(report[0], ports, sizeof(ports)), (ssize_t)sizeof(ports),
+                 "the child in %s reported no connection", rel);
+    h->run.listen_port = ports[0];
+    h->run.client_port = ports[1];
+    h->go = go[1];
+    h->report = report[0];
+}
+
+static void held_close(struct held *h)
+{
+    int status = 0;
+
+    cr_assert_eq(write(h->go, "", 1), 1);
+    close(h->go);
+    close(h->report);
+    cr_assert_eq(waitpid(h->run.pid, &status, 0), h->run.pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "held child: status %#x", status);
+}
+
+/*
+ * Connections already open when the agent starts are captured as they would have been
+ * live: a client connection by the process that holds it (which connected), not by its
+ * socket's cgroup, and a server connection by its socket's (its listener's). Here: one made
+ * from inside cgroup A with a socket made outside (captured), one made from outside with a
+ * socket made inside (not captured), and the accepted ends of both, outside (not captured).
+ */
+Test(capture_cgroup_config, connections_open_at_the_start_go_by_the_same_cgroup_rule)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert(l >= 0 && bind(l, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(l, 8) == 0 &&
+              getsockname(l, (struct sockaddr *)&sa, &len) == 0);
+    int port = ntohs(sa.sin_port);
+
+    struct held in, out;
+    held_start(&in, socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), cg_a, NULL, port);
+    int a_in = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+    held_start(&out, -1, cg_a, cg_b, port);
+    int a_out = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+    cr_assert(a_in >= 0 && a_out >= 0);
+
+    const char *const args[] = {"--capture-cgroup", cg_a, NULL};
+    tu_agent_start(&agent, "capture-node", args);
+
+    /* The uncaptured ones first: once the captured close is read, theirs would have been. */
+    held_close(&out);
+    close(a_out);
+    close(a_in);
+    held_close(&in);
+    json_t *ev = wait_for("close", "client", in.run.pid);
+    cr_expect_eq(tu_jint(ev, "source_port"), in.run.client_port);
+    cr_expect_null(json_object_get(ev, "duration_ns"), "open before the start");
+    json_decref(ev);
+
+    char path[128];
+    snprintf(path, sizeof(path), "/api/events?type=close&dest_port=%d", port);
+    json_t *all = tu_fetch_json(agent.port, path);
+    size_t i;
+    json_array_foreach(json_object_get(all, "events"), i, ev)
+    {
+        char *text = json_dumps(ev, JSON_COMPACT);
+        cr_expect(tu_jint(ev, "source_port") == in.run.client_port &&
+                      strcmp(tu_jstr(ev, "role"), "client") == 0,
+                  "a close from outside cgroup A: %s", text);
+        free(text);
+    }
+    cr_expect_eq(json_array_size(json_object_get(all, "events")), 1);
+    json_decref(all);
+    close(l);
+}
