@@ -685,16 +685,37 @@ int iter__seed_sockets(struct bpf_iter__task_file *ctx)
 }
 #endif
 
-/* A server connection's owner: the process that accepted it (its header, taken once for
- * the accept record too). */
-static __always_inline void life_accepted(__u64 key, const struct record_hdr *h)
+/*
+ * A server connection's owner: the process that accepted it (its header, taken once for
+ * the accept record too). A connection with no entry to follow it (or only a dead one of
+ * an earlier socket at its address) was established before the programs were attached and
+ * waited in its listener's queue, held by no process at the start, or its ESTABLISHED was
+ * skipped (recursion, `missed`): it is followed from here, without a start time. state is
+ * the socket's; a connection the peer ended before the accept is left alone.
+ */
+static __always_inline void life_accepted(const struct sock *sk, int state,
+                                          const struct record_hdr *h)
 {
+    __u64 key = (__u64)sk;
     struct sock_life *l = bpf_map_lookup_elem(&sockets, &key);
+    struct sock_life s = {};
 
-    if (l && l->phase == LIFE_FOLLOWING && !l->owner.kind) {
-        l->owner = *h;
-        l->owner.kind = RECORD_CLOSE;
+    if (l && l->phase == LIFE_FOLLOWING) {
+        if (!l->owner.kind) {
+            l->owner = *h;
+            l->owner.kind = RECORD_CLOSE;
+        }
+        return;
     }
+    if ((l && l->phase != LIFE_DEAD) || state == TCP_CLOSE || !sock_captured(sk))
+        return;
+    s.owner = *h;
+    s.owner.kind = RECORD_CLOSE;
+    life_start(&s, 0, CLOSE_ROLE_SERVER);
+    if (l)
+        *l = s;
+    else
+        bpf_map_update_elem(&sockets, &key, &s, BPF_NOEXIST);
 }
 
 static __always_inline void life_mark_reset(const struct sock *sk, __u8 reset, __u32 slot)
@@ -937,7 +958,7 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
             return 0;
         record_hdr_current(&h, RECORD_ACCEPT);
         if (track_close)
-            life_accepted((__u64)sk, &h);
+            life_accepted(sk, SK_READ(sk, __sk_common.skc_state), &h);
         if (!emit_accept)
             return 0;
         r = record_reserve(SLOT_SYS_EXIT_ACCEPT, sizeof(*r));

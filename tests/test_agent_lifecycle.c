@@ -1478,6 +1478,44 @@ Test(lifecycle_before, a_connect_in_its_handshake_at_the_start_gets_its_close)
     close(l);
 }
 
+/*
+ * A connection waiting in its listener's queue when the agent starts, held by no process:
+ * followed from its accept, which names its process; no duration, as its start was not seen.
+ */
+Test(lifecycle_before, a_connection_accepted_after_the_start_gets_its_close)
+{
+    struct addr dest = addr_of("10.77.2.2", SERVER_PORT + 3);
+    int l = tu_netns_socket(ns_server, dest.family, SOCK_STREAM);
+    cr_assert_eq(bind(l, (const struct sockaddr *)&dest.sa, dest.len), 0);
+    cr_assert_eq(listen(l, 8), 0);
+    int c = tu_netns_socket(ns_client, dest.family, SOCK_STREAM);
+    cr_assert_eq(connect(c, (struct sockaddr *)&dest.sa, dest.len), 0);
+    for (int fd = 0; fd < 2; fd++)
+        fcntl((int[]){l, c}[fd], F_SETFD, FD_CLOEXEC);
+    uint16_t port = local_port(c);
+
+    tu_agent_start(&agent, "lifecycle-node", NULL);
+    int a = accept(l, NULL, NULL);
+    cr_assert_geq(a, 0);
+    struct report r = {0};
+    cr_assert(io_exact(&r, c, 5, true) && io_exact(&r, a, 5, false), "%s", strerror(r.err));
+    close(c);
+    cr_assert(read_eof(&r, a));
+    close(a);
+    close(l);
+
+    char q[160];
+    snprintf(q, sizeof(q), "/api/events?type=close&pid=%d&dest_port=%d", getpid(), SERVER_PORT + 3);
+    for (int i = 0; i < 2; i++) {
+        struct close_match m = {i ? "server" : "client", port};
+        json_t *ev = tu_wait_event(agent.port, q, match_close_port, &m, WAIT_MS);
+        cr_assert(ev, "no %s close event for port %d", m.role, port);
+        cr_expect_eq(tu_jint(ev, i ? "bytes_received" : "bytes_sent"), 5);
+        cr_expect_null(json_object_get(ev, "duration_ns"), "its start was not seen");
+        json_decref(ev);
+    }
+}
+
 /* ---- Under load ---- */
 
 /* A loopback connect/accept/close loop: the state program runs in process context. */
