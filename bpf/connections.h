@@ -17,7 +17,10 @@
 
 /* errno values the kernel reports on a connect (asm-generic: x86 and arm64 alike). */
 #define EPERM         1
+#define EINTR         4
 #define EEXIST        17
+#define EALREADY      114
+#define EINPROGRESS   115
 #define EACCES        13
 #define EADDRNOTAVAIL 99
 #define ENETDOWN      100
@@ -359,6 +362,32 @@ static __always_inline void connect_keep_dest(const struct sock *sk, struct sock
     }
 }
 
+/*
+ * The record of a failed connect whose outcome waited (LIFE_CONNECT_FAILED): from its
+ * entry, the outcome's time in closed_ns and the addresses as connect_outcome() kept them.
+ */
+static __always_inline void connect_failed_record(struct sock_life *l, __u32 err)
+{
+    struct conn_record *r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
+
+    if (r) {
+        r->hdr = l->owner;
+        r->hdr.ts_ns = l->closed_ns;
+        r->family = l->family;
+        r->protocol = IPPROTO_TCP;
+        r->status = CONN_FAILED;
+        r->sport = l->sport;
+        r->dport = l->dport;
+        __builtin_memcpy(r->saddr, l->saddr, sizeof(r->saddr));
+        __builtin_memcpy(r->daddr, l->daddr, sizeof(r->daddr));
+        r->latency_ns = l->closed_ns - l->owner.ts_ns;
+        r->error = err;
+        r->_pad = 0;
+        record_submit(r);
+    }
+    life_bury(l, l->closed_ns);
+}
+
 /* CLOSE->SYN_SENT, in the connecting task. An entry already at this address (a dead one, most
  * often) is taken over in place. */
 static __always_inline void connect_started(const struct sock *sk, __u64 key)
@@ -370,9 +399,12 @@ static __always_inline void connect_started(const struct sock *sk, __u64 key)
     if (!task_captured())
         return;
 
-    /* A connection this socket had before (dissolved, see life_closed) is over. */
+    /* A connection this socket had before (dissolved, see life_closed) is over, and so is a
+     * failed connect still waiting for its errno (connect_outcome). */
     if (track_close && prev && prev->phase == LIFE_FOLLOWING && prev->closed_ns)
         life_emit(prev);
+    if (prev && prev->phase == LIFE_CONNECT_FAILED)
+        connect_failed_record(prev, 0);
     if (prev) {
         record_hdr_current(&prev->owner, RECORD_CONNECT);
         prev->phase = LIFE_CONNECTING;
@@ -413,7 +445,15 @@ static __always_inline __u32 connect_error(const struct sock *sk, const struct s
     return err;
 }
 
-/* SYN_SENT->ESTABLISHED or ->CLOSE: the connect's outcome. */
+/*
+ * SYN_SENT->ESTABLISHED or ->CLOSE: the connect's outcome. A failure with no error left
+ * on the socket is one whose error the connect()'s caller has taken already (woken by the
+ * change, on another CPU, before a late report: the state program's run skipped, see
+ * inet_sk_error_report) or one dissolved or abandoned by the application: its record waits
+ * for the connect()'s exit, which says the errno (connect_failed_exit()), or else for the
+ * socket's next connect or its end (no error: ECONNABORTED, as the kernel says then). Only
+ * with close events, whose tcp_destroy_sock program sees that end.
+ */
 static __always_inline void connect_outcome(const struct sock *sk, __u64 key, int newstate)
 {
     struct sock_life *l = bpf_map_lookup_elem(&sockets, &key);
@@ -423,6 +463,14 @@ static __always_inline void connect_outcome(const struct sock *sk, __u64 key, in
     if (!l || l->phase != LIFE_CONNECTING)
         return; /* connect started before we attached, or untracked */
     now = bpf_ktime_get_boot_ns();
+    if (track_close && emit_tcp_connect && l->owner.ts_ns && newstate == TCP_CLOSE &&
+        !connect_error(sk, l)) {
+        if (sk->__sk_common.skc_dport)
+            connect_keep_dest(sk, l); /* the source port is chosen by now */
+        l->closed_ns = now;
+        l->phase = LIFE_CONNECT_FAILED;
+        return;
+    }
     if (emit_tcp_connect && l->owner.ts_ns) { /* 0: started before the attach (seeded) */
         r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
         if (r) {
@@ -560,6 +608,10 @@ int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)
 
     if (!l || l->phase == LIFE_DEAD)
         return 0;
+    if (l->phase == LIFE_CONNECT_FAILED) {
+        connect_failed_record(l, 0); /* no connect() returned its errno */
+        return 0;
+    }
     if (l->phase != LIFE_FOLLOWING) {
         life_bury(l, bpf_ktime_get_boot_ns()); /* destroyed while connecting */
         return 0;
@@ -850,6 +902,22 @@ static __always_inline struct sock *fd_sock(long fd)
  * (EADDRNOTAVAIL). The socket never reached SYN_SENT, so the state program
  * never saw it; the destination comes from the syscall's own argument.
  */
+/*
+ * A connect() that took its socket to SYN_SENT failed: when the outcome waits for its
+ * errno (connect_outcome()), it is written now with it. A connect still under way
+ * (EINPROGRESS, EALREADY, EINTR) says nothing of the outcome.
+ */
+static __always_inline void connect_failed_exit(__u64 key, long err)
+{
+    struct sock_life *l;
+
+    if (err == EINPROGRESS || err == EALREADY || err == EINTR)
+        return;
+    l = bpf_map_lookup_elem(&sockets, &key);
+    if (l && l->phase == LIFE_CONNECT_FAILED)
+        connect_failed_record(l, err);
+}
+
 static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long err, __u64 syn_sent)
 {
     struct sockaddr_in6 sa = {};
@@ -925,8 +993,16 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
     if (ret < 0 && !emit_tcp_connect)
         return 0;
     nr = syscall_nr(regs);
-    if (ret < 0)
-        return nr == NR_CONNECT ? tcp_connect_failed_early(regs, -ret, connect_thread_take()) : 0;
+    if (ret < 0) {
+        __u64 syn_sent;
+
+        if (nr != NR_CONNECT)
+            return 0;
+        syn_sent = connect_thread_take();
+        if (syn_sent && track_close)
+            connect_failed_exit(syn_sent, -ret);
+        return tcp_connect_failed_early(regs, -ret, syn_sent);
+    }
     if (nr == NR_CONNECT) {
         if (emit_tcp_connect)
             connect_thread_take();

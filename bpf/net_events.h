@@ -112,6 +112,8 @@ enum sock_life_phase {
     LIFE_CONNECTING = 1, /* SYN_SENT, outcome not reported yet */
     LIFE_FOLLOWING,      /* established, close record not written yet */
     LIFE_DEAD,           /* over: free for the next socket at this address, or reaping */
+    LIFE_CONNECT_FAILED, /* closed while connecting with no error left on the socket: the
+                          * record waits for the connect()'s own errno (connections.h) */
 };
 
 /* The `sockets` map's size: connections followed at once, and dead entries waiting. */

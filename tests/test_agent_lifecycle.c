@@ -40,6 +40,7 @@
 
 #include "bus.h"
 #include "clock.h"
+#include "event.h"
 #include "event_pb.h"
 #include "net_events.h"
 #include "testutil.h"
@@ -841,6 +842,57 @@ Test(lifecycle, timeout_of_an_unanswered_syn)
     json_decref(ev);
 }
 
+/* A blocking connect() in a thread of its own: what it returned. */
+struct blocking_connect {
+    int fd;
+    struct addr dest;
+    int err;
+};
+
+static void *connect_blocking(void *arg)
+{
+    struct blocking_connect *b = arg;
+    b->err = connect(b->fd, (struct sockaddr *)&b->dest.sa, b->dest.len) == 0 ? 0 : errno;
+    return NULL;
+}
+
+/*
+ * A connect dissolved in its handshake by connect(AF_UNSPEC) from another thread: the
+ * socket closes before the kernel writes the error the waiting connect() then returns, so
+ * the state change finds none (as a late report does when the connect()'s caller took
+ * it first). The failure says what connect() returned.
+ */
+Test(lifecycle, a_connect_dissolved_in_its_handshake_says_what_connect_returned)
+{
+    struct blocking_connect b = {.dest = addr_of("10.77.70.5", 81)};
+    b.fd = tu_netns_socket(ns_client, AF_INET, SOCK_STREAM);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, connect_blocking, &b), 0);
+    struct tcp_info ti = {0};
+    uint64_t deadline = tu_mono_ms() + 2000;
+    for (socklen_t len = sizeof(ti); getsockopt(b.fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+                                     ti.tcpi_state != 2 && tu_mono_ms() < deadline;
+         len = sizeof(ti))
+        usleep(1000);
+    cr_assert_eq(ti.tcpi_state, 2, "the connect did not reach SYN_SENT");
+    struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+    cr_assert_eq(connect(b.fd, &unspec, sizeof(unspec)), 0, "connect(AF_UNSPEC): %s",
+                 strerror(errno));
+    pthread_join(t, NULL);
+    cr_assert_neq(b.err, 0, "the connect succeeded");
+    const char *want = event_conn_error_name((unsigned)b.err);
+
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=connection&pid=%d&limit=100", getpid());
+    struct failed_match m = {getpid(), "10.77.70.5", 81};
+    json_t *ev = tu_wait_event(agent.port, q, match_failed, &m, WAIT_MS);
+    cr_assert(ev, "no failed connection event to 10.77.70.5:81");
+    cr_expect_str_eq(tu_jstr(ev, "error"), want, "connect() returned %s", strerror(b.err));
+    cr_expect_gt(tu_jint(ev, "source_port"), 0);
+    json_decref(ev);
+    close(b.fd);
+}
+
 /* The router answers the SYN with ICMP host unreachable. */
 Test(lifecycle, unreachable_by_icmp_after_the_syn)
 {
@@ -1151,7 +1203,8 @@ Test(lifecycle, socket_entries_are_taken_over_then_reaped)
         if (bpf_map_lookup_elem(fd, &key, &v) != 0)
             continue; /* deleted meanwhile */
         n++;
-        cr_expect(v.phase == LIFE_CONNECTING || v.phase == LIFE_FOLLOWING || v.phase == LIFE_DEAD,
+        cr_expect(v.phase == LIFE_CONNECTING || v.phase == LIFE_FOLLOWING || v.phase == LIFE_DEAD ||
+                      v.phase == LIFE_CONNECT_FAILED,
                   "entry %" PRIx64 " in phase %u", key, v.phase);
         /* Age 1 s and passes about 1 s apart (one poll each for a map this small). */
         if (v.phase == LIFE_DEAD)
