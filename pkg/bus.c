@@ -389,29 +389,5 @@ void bus_node_subject(const char *prefix, const char *node, char *out, size_t le
 
 void bus_redact_urls(const char *urls, char *out, size_t len)
 {
-    char tmp[CONFIG_URL];
-    size_t o = 0;
-    snprintf(tmp, sizeof(tmp), "%s", urls);
-    if (!len)
-        return;
-    for (const char *p = tmp; *p && o + 1 < len;) {
-        const char *comma = strchr(p, ',');
-        size_t n = comma ? (size_t)(comma - p) : strlen(p);
-        const char *scheme = memmem(p, n, "://", 3);
-        const char *host = scheme ? scheme + 3 : p;
-        const char *at = memchr(host, '@', n - (size_t)(host - p));
-        /* Copy "scheme://" then skip "user:pass@". */
-        for (const char *q = p; q < p + n && o + 1 < len; q++) {
-            if (at && q == host)
-                q = at + 1;
-            if (q < p + n)
-                out[o++] = *q;
-        }
-        if (!comma)
-            break;
-        if (o + 1 < len)
-            out[o++] = ',';
-        p = comma + 1;
-    }
-    out[o] = '\0';
+    config_redact_urls(urls, out, len);
 }

@@ -98,7 +98,7 @@ bool bus_connected(struct bus *b);
 typedef void (*bus_state_fn)(void *ctx, bool connected);
 void bus_set_listener(struct bus *b, bus_state_fn fn, void *ctx);
 
-/* The comma list of URLs with any "user:password@" removed (for logs and /api/stats). */
+/* config_redact_urls(). */
 void bus_redact_urls(const char *urls, char *out, size_t len);
 
 /* "<prefix>.<node>" with '.', '*', '>' and whitespace in node replaced by '_'. */

@@ -35,8 +35,10 @@ enum key_kind {
     KIND_ENCODING,
     KIND_TYPES,
     KIND_LISTEN,
-    KIND_REDACT, /* argument redaction patterns (redact.h) */
-    KIND_PORTS,  /* comma list of up to CONFIG_DNS_PORTS_MAX ports */
+    KIND_REDACT,  /* argument redaction patterns (redact.h) */
+    KIND_PORTS,   /* comma list of up to CONFIG_DNS_PORTS_MAX ports */
+    KIND_TOKEN,   /* one NATS subject token (a queue group) */
+    KIND_SUBJECT, /* a NATS subject without wildcards */
 };
 
 struct key {
@@ -129,9 +131,9 @@ static const struct key keys[] = {
      "pods kept in the metadata cache, deleted ones included (16-1000000)"},
     {"LISTEN_ADDR", KIND_LISTEN, BOTH, STR(listen_addr), 0, 0, ":8080", ":8081",
      "HTTP API address: :PORT, HOST:PORT or [V6]:PORT"},
-    {"QUEUE_GROUP", KIND_STRING, AGG, STR(queue_group), 0, 0, NULL, "ebpf-aggregator",
+    {"QUEUE_GROUP", KIND_TOKEN, AGG, STR(queue_group), 0, 0, NULL, "ebpf-aggregator",
      "NATS queue group shared by aggregator replicas"},
-    {"CONTROL_SUBJECT", KIND_STRING, AGG, STR(control_subject), 0, 0, NULL, "ebpf.control",
+    {"CONTROL_SUBJECT", KIND_SUBJECT, AGG, STR(control_subject), 0, 0, NULL, "ebpf.control",
      "replicas talk on <subject>.<QUEUE_GROUP>.*; must be outside <SUBJECT_PREFIX>.>"},
     {"API_TOKEN", KIND_STRING, BOTH, STR(api_token), 0, 0, NULL, NULL,
      "when set, /api/* needs 'Authorization: Bearer <token>'"},
@@ -332,6 +334,35 @@ static bool listen_valid(const char *s)
  * Each comma-separated server: [nats|tls|ws|wss://][user[:pass]@]HOST[:PORT] with a port
  * 1-65535 (netaddr_split()): what the NATS client would refuse only when it connects.
  */
+void config_redact_urls(const char *urls, char *out, size_t len)
+{
+    char tmp[CONFIG_URL];
+    size_t o = 0;
+    snprintf(tmp, sizeof(tmp), "%s", urls);
+    if (!len)
+        return;
+    for (const char *p = tmp; *p && o + 1 < len;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        const char *scheme = memmem(p, n, "://", 3);
+        const char *host = scheme ? scheme + 3 : p;
+        const char *at = memchr(host, '@', n - (size_t)(host - p));
+        /* Copy "scheme://" then skip "user:pass@". */
+        for (const char *q = p; q < p + n && o + 1 < len; q++) {
+            if (at && q == host)
+                q = at + 1;
+            if (q < p + n)
+                out[o++] = *q;
+        }
+        if (!comma)
+            break;
+        if (o + 1 < len)
+            out[o++] = ',';
+        p = comma + 1;
+    }
+    out[o] = '\0';
+}
+
 static bool nats_urls_valid(const char *list)
 {
     static const char *const schemes[] = {"nats://", "tls://", "ws://", "wss://"};
@@ -480,6 +511,8 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
         return 0;
     case KIND_STRING:
     case KIND_FILE:
+    case KIND_TOKEN:
+    case KIND_SUBJECT:
         /* Empty is not "off": an unset Secret key must not quietly turn off a token or TLS. */
         if (!value[0]) {
             snprintf(range, sizeof(range), "a value (leave %s unset for %s)", k->name,
@@ -490,6 +523,15 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
         if (strlen(value) >= k->size) {
             snprintf(range, sizeof(range), "at most %zu characters", k->size - 1);
             allowed = range;
+            break;
+        }
+        if (k->kind == KIND_TOKEN && strpbrk(value, " \t*>.")) {
+            allowed = "one subject token (no '.', '*', '>' or spaces)";
+            break;
+        }
+        if (k->kind == KIND_SUBJECT && (strpbrk(value, " \t*>") || value[0] == '.' ||
+                                        value[strlen(value) - 1] == '.' || strstr(value, ".."))) {
+            allowed = "a NATS subject without wildcards, spaces or empty tokens";
             break;
         }
         strcpy(field, value);
@@ -1011,10 +1053,12 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
         }
     }
     if (!nats_urls_valid(c->nats_url)) {
+        char shown[CONFIG_URL]; /* without the passwords or tokens it may hold */
+        config_redact_urls(c->nats_url, shown, sizeof(shown));
         errmsg_set(err, errlen,
                    "invalid NATS_URL=\"%s\": must be a comma-separated list of servers such as "
                    "nats://HOST:4222, tls://HOST:4222 or HOST:4222",
-                   c->nats_url);
+                   shown);
         return CONFIG_INVALID;
     }
     if (!c->tls_cert[0] != !c->tls_key[0]) {

@@ -136,6 +136,9 @@ int config_check_file(const char *key, const char *path, char *err, size_t errle
 void config_print_help(FILE *out, enum config_role role, const char *prog);
 
 /* Parses "500ms", "30s", "1m", "2h", "1h30m". 0 or -EINVAL. */
+/* The comma list of URLs with any "user:password@" or "token@" removed (for logs, errors and
+ * /api/stats). */
+void config_redact_urls(const char *urls, char *out, size_t len);
 int config_parse_duration(const char *s, uint64_t *out_ns);
 /* Parses "64MiB", "512KiB", "1GiB", "1048576". 0 or -EINVAL. */
 int config_parse_bytes(const char *s, uint64_t *out);

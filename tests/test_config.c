@@ -122,6 +122,11 @@ Test(config, nats_server_lists)
         setenv("NATS_URL", good[i], 1);
         cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_OK, "%s: %s", good[i], err);
     }
+    /* A refused list is shown without the credentials it holds. */
+    setenv("NATS_URL", "nats://u:supersecret@h:0,tls://tok3n@h2:x", 1);
+    cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "NATS_URL") && !strstr(err, "supersecret") && !strstr(err, "tok3n"), "%s",
+              err);
 }
 
 Test(config, precedence_flag_env_file_default)
@@ -215,6 +220,16 @@ Test(config, shared_configmap_keys_of_the_other_binary_are_accepted)
     cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_OK, "%s", err);
     cr_expect_eq(c.batch_size, 50);
     unlink(path);
+    /* ... and checked as the aggregator would: a bad one is refused by either binary. */
+    static const char *const bad[] = {"QUEUE_GROUP: a b\n", "QUEUE_GROUP: a.b\n",
+                                      "CONTROL_SUBJECT: ebpf.x.*\n", "CONTROL_SUBJECT: a..b\n"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        path = write_yaml(bad[i]);
+        char *argv2[] = {"ebpf-agent", "--config", path, NULL};
+        cr_expect_eq(load(&c, CONFIG_AGENT, 3, argv2), CONFIG_INVALID, "%s", bad[i]);
+        cr_expect(strstr(err, "line 1"), "%s: %s", bad[i], err);
+        unlink(path);
+    }
 }
 
 /* A duration out of range names the range in the units a user writes it in. */
