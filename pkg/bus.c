@@ -37,7 +37,7 @@ struct bus {
 
     pthread_mutex_t lock;       /* guards last_error, the listener and closed_cond */
     pthread_cond_t closed_cond; /* on_closed() has run */
-    char last_error[160];
+    char last_error[256];
     bus_state_fn listener;
     void *listener_ctx;
 };
@@ -105,9 +105,19 @@ static void on_closed(natsConnection *nc, void *closure)
     pthread_mutex_lock(&b->lock);
     bool generic = !specific_error(b->last_error) || strstr(b->last_error, "no NATS server");
     pthread_mutex_unlock(&b->lock);
-    if (!__atomic_load_n(&b->closing, __ATOMIC_ACQUIRE) && generic)
-        set_error(b, "the NATS server refused the connection; check NATS_USER/NATS_PASSWORD, "
-                     "NATS_TOKEN or NATS_CREDS");
+    bool ours = __atomic_load_n(&b->closing, __ATOMIC_ACQUIRE);
+    if (!ours && generic)
+        set_error(b, "the NATS servers refused the connection (credentials: NATS_USER/"
+                     "NATS_PASSWORD, NATS_TOKEN or NATS_CREDS; or TLS: NATS_TLS_CA, "
+                     "NATS_TLS_CERT; the server's log says which)");
+    if (!ours) {
+        pthread_mutex_lock(&b->lock);
+        fprintf(stderr,
+                "%s: NATS: the connection is closed for good: %s; no more attempts: restart once "
+                "it is fixed\n",
+                program_invocation_short_name, b->last_error);
+        pthread_mutex_unlock(&b->lock);
+    }
     notify(b, false);
     /* The last touch of b: bus_close() may free it as soon as the lock is released. */
     pthread_mutex_lock(&b->lock);
