@@ -2010,10 +2010,18 @@ static int set_param(struct flows_query *q, enum flows_param p, const char *v, s
                      char *err, size_t errlen)
 {
     const char *name = flows_param_names[p];
-    char quoted[QUERY_ERR_VALUE_MAX + 4];
+    char quoted[QUERY_ERR_VALUE_MAX + 4], trimmed[FLOWS_QUERY_STR_MAX];
     uint64_t x;
     int rc;
 
+    /* Numbers, times and keywords are read without surrounding spaces, as /api/events does;
+     * names are matched as given. */
+    if (p != FP_NAMESPACE && p != FP_WORKLOAD && p != FP_NODE) {
+        query_trim(&v, &len);
+        memmove(trimmed, v, len);
+        trimmed[len] = '\0';
+        v = trimmed;
+    }
     query_quote(v, len, quoted);
     switch (p) {
     case FP_SINCE:
@@ -2113,12 +2121,11 @@ int flows_query_parse(struct flows_query *q, const char *qs, size_t len, uint64_
                               flows_param_names[p]);
         given[p] = true;
         const char *raw = eq ? eq + 1 : seg + seglen;
-        int n = query_form_decode(raw, (size_t)(seg + seglen - raw), value, sizeof(value));
-        if (n == -EILSEQ)
-            return errmsg_set(err, errlen, "invalid '%s': a NUL byte (%%00)", flows_param_names[p]);
-        if (n <= 0)
-            return errmsg_set(err, errlen, "invalid '%s': empty, malformed or too long",
-                              flows_param_names[p]);
+        size_t rawlen = (size_t)(seg + seglen - raw);
+        int n = query_form_decode(raw, rawlen, value, sizeof(value));
+        if (query_decode_error(flows_param_names[p], n, raw, rawlen, sizeof(value), err, errlen) <
+            0)
+            return -EINVAL;
         if (set_param(q, p, value, (size_t)n, err, errlen) < 0)
             return -EINVAL;
     }

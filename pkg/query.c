@@ -163,6 +163,33 @@ int query_form_decode_bytes(const char *s, size_t len, char *out, size_t outlen)
     return form_decode(s, len, out, outlen, true);
 }
 
+int query_decode_error(const char *name, int n, const char *raw, size_t rawlen, size_t max,
+                       char *err, size_t errlen)
+{
+    char quoted[QUERY_ERR_VALUE_MAX + 4];
+
+    if (n == -EINVAL)
+        return errmsg_set(err, errlen, "invalid '%s': bad percent-encoding in \"%s\"", name,
+                          query_quote(raw, rawlen, quoted));
+    if (n == -EILSEQ)
+        return errmsg_set(err, errlen, "invalid '%s': a NUL byte (%%00) in \"%s\"", name,
+                          query_quote(raw, rawlen, quoted));
+    if (n == -E2BIG)
+        return errmsg_set(err, errlen, "invalid '%s': longer than %zu bytes", name, max - 1);
+    if (n <= 0)
+        return errmsg_set(err, errlen,
+                          "invalid '%s': empty value (leave the parameter out instead)", name);
+    return 0;
+}
+
+void query_trim(const char **v, size_t *len)
+{
+    while (*len && isspace((unsigned char)**v))
+        (*v)++, (*len)--;
+    while (*len && isspace((unsigned char)(*v)[*len - 1]))
+        (*len)--;
+}
+
 static bool query_parse_u64(const char *s, size_t len, uint64_t max, uint64_t *out)
 {
     if (len == 0)
@@ -398,12 +425,8 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
     /* Numbers, times and cursors ignore surrounding spaces, as type lists do;
      * names (node, pod, command...) are matched exactly as given. */
     if (p == QP_PID || p == QP_SINCE || p == QP_UNTIL || p == QP_LIMIT || p == QP_CURSOR ||
-        p == QP_DEST_PORT || p == QP_STATUS || p == QP_QUERY || p == QP_RCODE) {
-        while (len && isspace((unsigned char)*v))
-            v++, len--;
-        while (len && isspace((unsigned char)v[len - 1]))
-            len--;
-    }
+        p == QP_DEST_PORT || p == QP_STATUS || p == QP_QUERY || p == QP_RCODE)
+        query_trim(&v, &len);
 
     switch (p) {
     case QP_TYPE: {
@@ -573,26 +596,8 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
         size_t max = p == QP_QUERY ? sizeof(value) : QUERY_STR_MAX;
         n = p == QP_QUERY ? query_form_decode_bytes(raw, rawlen, value, max)
                           : query_form_decode(raw, rawlen, value, max);
-        if (n == -EINVAL) {
-            errmsg_set(err, errlen, "invalid '%s': bad percent-encoding in \"%s\"",
-                       query_param_names[p], query_quote(raw, rawlen, quoted));
+        if (query_decode_error(query_param_names[p], n, raw, rawlen, max, err, errlen) < 0)
             return -EINVAL;
-        }
-        if (n == -EILSEQ) {
-            errmsg_set(err, errlen, "invalid '%s': a NUL byte (%%00) in \"%s\"",
-                       query_param_names[p], query_quote(raw, rawlen, quoted));
-            return -EINVAL;
-        }
-        if (n == -E2BIG) {
-            errmsg_set(err, errlen, "invalid '%s': longer than %zu bytes", query_param_names[p],
-                       max - 1);
-            return -EINVAL;
-        }
-        if (n == 0) {
-            errmsg_set(err, errlen, "invalid '%s': empty value (leave the parameter out instead)",
-                       query_param_names[p]);
-            return -EINVAL;
-        }
         int rc = query_set(q, p, value, (size_t)n, err, errlen);
         if (rc < 0)
             return rc;

@@ -142,6 +142,12 @@ const char *query_quote(const char *s, size_t len, char out[QUERY_ERR_VALUE_MAX 
  * the result does not fit in outlen - 1 bytes. Used by every parser of query strings.
  */
 int query_form_decode(const char *s, size_t len, char *out, size_t outlen);
+/* The error of a decode's result n (query_form_decode()) for parameter name, raw the value
+ * as sent, max the decode's buffer: -EINVAL with the message in err, or 0 when n > 0. */
+int query_decode_error(const char *name, int n, const char *raw, size_t rawlen, size_t max,
+                       char *err, size_t errlen);
+/* *v without surrounding white space: numbers, times and keywords are read so. */
+void query_trim(const char **v, size_t *len);
 /* The same, where an encoded NUL is a byte of the value (a DNS name may hold one). */
 int query_form_decode_bytes(const char *s, size_t len, char *out, size_t outlen);
 

@@ -485,6 +485,14 @@ Test(flows, query_string)
     cr_assert_eq(q.protocol, IPPROTO_UDP_);
     cr_assert_eq(q.status, EVENT_STATUS_ATTEMPTED);
 
+    /* Numbers, times and keywords without their surrounding spaces, as on /api/events; a
+     * name as given. */
+    s = "limit=+7&group_by=%20pod%20&since=%201000000000&node=%20n1";
+    cr_assert_eq(flows_query_parse(&q, s, strlen(s), NOW, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(q.limit, 7);
+    cr_assert_eq(q.group_by, FLOWS_GROUP_POD);
+    cr_assert_str_eq(q.node, " n1");
+
     const char *bad[][2] = {
         {"type=connection", "unknown query parameter 'type'"},
         {"limit=0", "'limit': \"0\""},
@@ -494,7 +502,9 @@ Test(flows, query_string)
         {"protocol=sctp", "'protocol': \"sctp\""},
         {"since=yesterday", "'since': \"yesterday\" (must be RFC 3339"},
         {"until=9999-12-31T23:59:59Z", "out of range"},
-        {"node=", "'node'"},
+        {"node=", "'node': empty value (leave the parameter out instead)"},
+        {"limit=%2", "'limit': bad percent-encoding"},
+        {"limit=%20", "'limit': \"\" (expected"},
         {"node=a&node=b", "duplicate"},
         {"node=%00", "'node'"},
         {"since=2000000000000000000&until=1000000000000000000", "later than"},
