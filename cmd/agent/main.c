@@ -265,10 +265,11 @@ int main(int argc, char **argv)
     bus_redact_urls(a.cfg.nats_url, urls, sizeof(urls));
     netaddr_with_port(a.cfg.listen_addr, http_server_port(a.http), api, sizeof(api));
     fprintf(stderr,
-            "ebpf-agent: node %s, %zu programs attached, API on %s%s, publishing to %s on %s "
+            "ebpf-agent: node %s, %zu program%s attached, API on %s%s, publishing to %s on %s "
             "(%s)\n",
-            a.node, capture_attached(a.capture), api, a.cfg.tls_cert[0] ? " (TLS)" : "", a.subject,
-            urls, config_encoding_name(a.cfg.encoding));
+            a.node, capture_attached(a.capture), capture_attached(a.capture) == 1 ? "" : "s", api,
+            a.cfg.tls_cert[0] ? " (TLS)" : "", a.subject, urls,
+            config_encoding_name(a.cfg.encoding));
     if (cc.cgroup_only)
         fprintf(stderr,
                 "ebpf-agent: capturing only cgroup %s (id %llu) and below (CAPTURE_CGROUP)\n",
