@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run`: a local NATS server on 127.0.0.1:4222 (unless NATS_URL is set),
+# `make run`: a local NATS server on 127.0.0.1:4222 (RUN_NATS_PORT moves it; none when NATS_URL is set),
 # the agent on :8080 and the aggregator on :8081, in the foreground.
 # Ctrl-C stops all three. AGENT_LISTEN_ADDR / AGGREGATOR_LISTEN_ADDR move the
 # HTTP APIs; every other setting comes from the environment as usual.
@@ -45,17 +45,25 @@ wait_http() { # url, seconds; fails at once when the agent or the aggregator has
   return 1
 }
 
+nats_port="${RUN_NATS_PORT:-4222}"
+case "$nats_port" in
+  '' | *[!0-9]* | 0*) echo "run: invalid RUN_NATS_PORT=\"$nats_port\": must be a port 1-65535" >&2; exit 2 ;;
+esac
+if [ "$nats_port" -gt 65535 ]; then
+  echo "run: invalid RUN_NATS_PORT=\"$nats_port\": must be a port 1-65535" >&2
+  exit 2
+fi
 if [ -z "${NATS_URL:-}" ]; then
-  if port_open 4222; then
-    echo "run: something already listens on 127.0.0.1:4222; stop it, or set NATS_URL to use it" >&2
+  if port_open "$nats_port"; then
+    echo "run: something already listens on 127.0.0.1:$nats_port; stop it, set RUN_NATS_PORT to another port, or set NATS_URL to use it" >&2
     exit 1
   fi
-  echo "run: nats-server on 127.0.0.1:4222"
+  echo "run: nats-server on 127.0.0.1:$nats_port"
   # Its own session, so Ctrl-C reaches it only through cleanup, after the agent.
-  setsid nats-server -a 127.0.0.1 -p 4222 &
+  setsid nats-server -a 127.0.0.1 -p "$nats_port" &
   nats_pid=$!
-  export NATS_URL=nats://127.0.0.1:4222
-  for _ in $(seq 100); do port_open 4222 && break; sleep 0.1; done
+  export NATS_URL="nats://127.0.0.1:$nats_port"
+  for _ in $(seq 100); do port_open "$nats_port" && break; sleep 0.1; done
 else
   echo "run: using NATS at $NATS_URL"
 fi
