@@ -897,12 +897,6 @@ static __always_inline struct sock *fd_sock(long fd)
 #endif
 
 /*
- * A TCP connect() that failed before its SYN: no route (ENETUNREACH,
- * EHOSTUNREACH), refused by policy (EACCES, EPERM), no local port
- * (EADDRNOTAVAIL). The socket never reached SYN_SENT, so the state program
- * never saw it; the destination comes from the syscall's own argument.
- */
-/*
  * A connect() that took its socket to SYN_SENT failed: when the outcome waits for its
  * errno (connect_outcome()), it is written now with it. A connect still under way
  * (EINPROGRESS, EALREADY, EINTR) says nothing of the outcome.
@@ -918,6 +912,12 @@ static __always_inline void connect_failed_exit(__u64 key, long err)
         connect_failed_record(l, err);
 }
 
+/*
+ * A TCP connect() that failed before its SYN: no route (ENETUNREACH,
+ * EHOSTUNREACH), refused by policy (EACCES, EPERM), no local port
+ * (EADDRNOTAVAIL). The socket never reached SYN_SENT, so the state program
+ * never saw it; the destination comes from the syscall's own argument.
+ */
 static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long err, __u64 syn_sent)
 {
     struct sockaddr_in6 sa = {};
