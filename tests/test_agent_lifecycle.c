@@ -351,15 +351,31 @@ static uint16_t local_port(int fd)
 }
 
 /* A listener in the server namespace on a:port. */
-static int server_listen(const struct addr *a)
+static int server_listen_backlog(const struct addr *a, int backlog)
 {
     int l = tu_netns_socket(ns_server, a->family, SOCK_STREAM);
     int one = 1;
     setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     cr_assert_eq(bind(l, (const struct sockaddr *)&a->sa, a->len), 0, "bind %s: %s", a->ip,
                  strerror(errno));
-    cr_assert_eq(listen(l, 8), 0);
+    cr_assert_eq(listen(l, backlog), 0);
     return l;
+}
+
+static int server_listen(const struct addr *a)
+{
+    return server_listen_backlog(a, 8);
+}
+
+/* A socket of namespace ns connected to a (blocking), not inherited by the agent (which would
+ * hold it open). */
+static int connected_socket(const char *ns, const struct addr *a)
+{
+    int c = tu_netns_socket(ns, a->family, SOCK_STREAM);
+    cr_assert_eq(connect(c, (const struct sockaddr *)&a->sa, a->len), 0, "connect %s: %s", a->ip,
+                 strerror(errno));
+    fcntl(c, F_SETFD, FD_CLOEXEC);
+    return c;
 }
 
 /* What both sides do over one connection. */
@@ -1371,17 +1387,12 @@ Test(lifecycle_before, a_connection_open_at_the_start_gets_its_close)
     /* A second connection, accepted from a listener that asked for no backlog (its socket
      * then carries none), the listener still open: the test itself holds both ends. */
     struct addr dest0 = addr_of("10.77.2.2", SERVER_PORT + 1);
-    int l0 = tu_netns_socket(ns_server, dest0.family, SOCK_STREAM);
-    cr_assert_eq(bind(l0, (const struct sockaddr *)&dest0.sa, dest0.len), 0);
-    cr_assert_eq(listen(l0, 0), 0);
-    int c0 = tu_netns_socket(ns_client, dest0.family, SOCK_STREAM);
-    cr_assert_eq(connect(c0, (struct sockaddr *)&dest0.sa, dest0.len), 0);
-    int a0 = accept(l0, NULL, NULL);
+    int l0 = server_listen_backlog(&dest0, 0);
+    int c0 = connected_socket(ns_client, &dest0);
+    int a0 = accept4(l0, NULL, NULL, SOCK_CLOEXEC);
     cr_assert_geq(a0, 0, "accept: %s", strerror(errno));
     uint16_t client_port0 = local_port(c0);
-    /* Not inherited by the agent (it would hold them open). */
-    for (int fd = 0; fd < 3; fd++)
-        fcntl((int[]){l0, c0, a0}[fd], F_SETFD, FD_CLOEXEC);
+    fcntl(l0, F_SETFD, FD_CLOEXEC);
 
     int go[2][2];
     struct side sides[2];
@@ -1462,17 +1473,14 @@ Test(lifecycle_before, a_connection_open_at_the_start_gets_its_close)
 Test(lifecycle_before, a_connect_in_its_handshake_at_the_start_gets_its_close)
 {
     struct addr dest = addr_of("10.77.2.2", SERVER_PORT + 2);
-    int l = tu_netns_socket(ns_server, dest.family, SOCK_STREAM);
-    cr_assert_eq(bind(l, (const struct sockaddr *)&dest.sa, dest.len), 0);
-    cr_assert_eq(listen(l, 0), 0);
+    int l = server_listen_backlog(&dest, 0);
+    fcntl(l, F_SETFD, FD_CLOEXEC);
     /* The first connection fills the queue; the second's SYN is dropped. */
-    int c1 = tu_netns_socket(ns_server, dest.family, SOCK_STREAM);
-    cr_assert_eq(connect(c1, (struct sockaddr *)&dest.sa, dest.len), 0);
+    int c1 = connected_socket(ns_server, &dest);
     int c2 = tu_netns_socket(ns_server, dest.family, SOCK_STREAM);
+    fcntl(c2, F_SETFD, FD_CLOEXEC);
     cr_assert_eq(fcntl(c2, F_SETFL, O_NONBLOCK), 0);
     cr_assert(connect(c2, (struct sockaddr *)&dest.sa, dest.len) != 0 && errno == EINPROGRESS);
-    for (int fd = 0; fd < 3; fd++)
-        fcntl((int[]){l, c1, c2}[fd], F_SETFD, FD_CLOEXEC);
     struct tcp_info ti;
     socklen_t len = sizeof(ti);
     cr_assert_eq(getsockopt(c2, IPPROTO_TCP, TCP_INFO, &ti, &len), 0);
@@ -1538,13 +1546,9 @@ Test(lifecycle_before, a_connect_in_its_handshake_at_the_start_gets_its_close)
 Test(lifecycle_before, a_connection_accepted_after_the_start_gets_its_close)
 {
     struct addr dest = addr_of("10.77.2.2", SERVER_PORT + 3);
-    int l = tu_netns_socket(ns_server, dest.family, SOCK_STREAM);
-    cr_assert_eq(bind(l, (const struct sockaddr *)&dest.sa, dest.len), 0);
-    cr_assert_eq(listen(l, 8), 0);
-    int c = tu_netns_socket(ns_client, dest.family, SOCK_STREAM);
-    cr_assert_eq(connect(c, (struct sockaddr *)&dest.sa, dest.len), 0);
-    for (int fd = 0; fd < 2; fd++)
-        fcntl((int[]){l, c}[fd], F_SETFD, FD_CLOEXEC);
+    int l = server_listen(&dest);
+    fcntl(l, F_SETFD, FD_CLOEXEC);
+    int c = connected_socket(ns_client, &dest);
     uint16_t port = local_port(c);
 
     tu_agent_start(&agent, "lifecycle-node", NULL);
