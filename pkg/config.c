@@ -38,7 +38,7 @@ enum key_kind {
     KIND_REDACT,  /* argument redaction patterns (redact.h) */
     KIND_PORTS,   /* comma list of up to CONFIG_DNS_PORTS_MAX ports */
     KIND_TOKEN,   /* one NATS subject token (a queue group) */
-    KIND_SUBJECT, /* a NATS subject without wildcards */
+    KIND_SUBJECT, /* a NATS subject without wildcards, spaces or empty tokens */
 };
 
 struct key {
@@ -81,7 +81,7 @@ static const struct key keys[] = {
     {"NATS_TLS_CERT", KIND_FILE, BOTH, STR(nats_tls_cert), 0, 0, NULL, NULL,
      "client certificate for NATS"},
     {"NATS_TLS_KEY", KIND_FILE, BOTH, STR(nats_tls_key), 0, 0, NULL, NULL, "client key for NATS"},
-    {"SUBJECT_PREFIX", KIND_STRING, BOTH, STR(subject_prefix), 0, 0, "ebpf.events", "ebpf.events",
+    {"SUBJECT_PREFIX", KIND_SUBJECT, BOTH, STR(subject_prefix), 0, 0, "ebpf.events", "ebpf.events",
      "agents publish to <prefix>.<node>"},
     {"BATCH_SIZE", KIND_UINT, AGENT, NUM(batch_size), 1, 10000, "100", NULL,
      "events per batch on the bus (1-10000)"},
@@ -1023,15 +1023,6 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
         }
         if (set_value(c, find_key("NODE_NAME", 9), host, SRC_HOSTNAME, err, errlen) < 0)
             return CONFIG_INVALID;
-    }
-    if (!c->subject_prefix[0] || strpbrk(c->subject_prefix, " \t*>") ||
-        c->subject_prefix[strlen(c->subject_prefix) - 1] == '.' || c->subject_prefix[0] == '.') {
-        errmsg_set(
-            err, errlen,
-            "invalid SUBJECT_PREFIX=\"%s\": must be a NATS subject without wildcards, spaces "
-            "or a leading/trailing '.'",
-            c->subject_prefix);
-        return CONFIG_INVALID;
     }
     if (role == CONFIG_AGGREGATOR) {
         size_t plen = strlen(c->subject_prefix);
