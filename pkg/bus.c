@@ -5,6 +5,14 @@
  * reconnects, so a process starts (and keeps running) while NATS is down;
  * nats.c's callbacks keep struct bus_status current and tell one listener
  * (the agent's publisher) when the state changes.
+ *
+ * nats.c closes a connection for good when every server refused the
+ * credentials twice in a row (or answered another -ERR), and has no option
+ * against it. The bus's own thread then opens a new connection with the same
+ * options, after a wait that doubles up to BUS_REOPEN_MAX_MS, so the process
+ * recovers by itself once the servers accept it again. The closed one is
+ * kept for BUS_RETIRED_GRACE_MS before it is destroyed: a caller may still
+ * hold it from bus_conn() for the length of one call.
  */
 #include "bus.h"
 #include "clock.h"
@@ -22,10 +30,21 @@
 #define BUS_MAX_SERVERS     32
 #define BUS_CONNECT_TIMEOUT 2000 /* ms per connection attempt */
 #define BUS_CLOSE_WAIT_S    5    /* for nats.c's closed callback */
+#define BUS_REOPEN_MIN_MS   1000 /* first wait before a new connection; doubles each time */
+#define BUS_REOPEN_MAX_MS   30000
+/* Connections closed for good and replaced, not yet destroyed (one per reopening). */
+#define BUS_MAX_RETIRED      8
+#define BUS_RETIRED_GRACE_MS 60000
+
+struct retired_conn {
+    natsConnection *nc;
+    uint64_t since_ms; /* monotonic */
+};
 
 struct bus {
-    natsConnection *nc;
+    natsConnection *nc; /* atomic: replaced when reopened */
     natsOptions *opts;
+    bool reopen; /* open a new connection when nats.c closes one for good */
 
     /* Written from nats.c's callback threads; read anywhere (atomics). */
     bool connected;
@@ -35,11 +54,25 @@ struct bus {
     uint64_t reconnects;
     uint64_t async_errors;
 
-    pthread_mutex_t lock;       /* guards last_error, the listener and closed_cond */
-    pthread_cond_t closed_cond; /* on_closed() has run */
+    uint64_t generation; /* atomic: connections replaced so far */
+
+    pthread_mutex_t lock;       /* guards last_error, the listener, closed_nc and closed_cond */
+    pthread_cond_t closed_cond; /* on_closed() has run, or bus_close() started */
+    natsConnection *closed_nc;  /* the last connection nats.c closed */
     char last_error[256];
+    bool connected_since_reopen; /* the reopening thread's wait starts over */
     bus_state_fn listener;
     void *listener_ctx;
+
+    /* The reopening thread (started only when reopen is set); only it and bus_close() touch
+     * retired[]. */
+    pthread_t reopen_thread;
+    bool reopen_started;
+    struct retired_conn retired[BUS_MAX_RETIRED];
+    size_t nretired;
+    pthread_mutex_t renew_lock; /* held while renew runs: bus_set_renew() waits for it */
+    bus_renew_fn renew;
+    void *renew_ctx;
 };
 
 /* Keeps msg as the reason bus_last_error() reports, under the lock its readers take. */
@@ -55,16 +88,32 @@ static void notify(struct bus *b, bool connected)
     __atomic_store_n(&b->connected, connected, __ATOMIC_RELEASE);
     /* Called under the lock so that bus_set_listener(NULL) is a barrier for its owner. */
     pthread_mutex_lock(&b->lock);
-    if (connected)
+    if (connected) {
         b->last_error[0] = '\0';
+        b->connected_since_reopen = true;
+    }
     if (b->listener)
         b->listener(b->listener_ctx, connected);
     pthread_mutex_unlock(&b->lock);
 }
 
+/* A connection that replaced one closed for good is up. */
+static void reopened_up(struct bus *b)
+{
+    __atomic_fetch_add(&b->reconnects, 1, __ATOMIC_RELAXED);
+    fprintf(stderr, "%s: NATS: connected again, with a new connection\n",
+            program_invocation_short_name);
+    notify(b, true);
+}
+
 static void on_connected(natsConnection *nc, void *closure)
 {
-    notify(closure, true);
+    struct bus *b = closure;
+    /* A connection opened after one was closed for good: its first is a reconnection. */
+    if (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) > 0)
+        reopened_up(b);
+    else
+        notify(b, true);
 }
 
 static void on_disconnected(natsConnection *nc, void *closure)
@@ -97,32 +146,57 @@ static void keep_last_error(struct bus *b, natsConnection *nc)
         set_error(b, last);
 }
 
+static natsConnection *current(struct bus *b)
+{
+    return __atomic_load_n(&b->nc, __ATOMIC_ACQUIRE);
+}
+
+static bool is_closing(struct bus *b)
+{
+    return __atomic_load_n(&b->closing, __ATOMIC_ACQUIRE);
+}
+
 static void on_closed(natsConnection *nc, void *closure)
 {
     struct bus *b = closure;
-    /* nats.c gives up on a server that refuses our credentials twice. */
+    /* nats.c gives up on servers that refuse our credentials twice. */
     keep_last_error(b, nc);
     pthread_mutex_lock(&b->lock);
     bool generic = !specific_error(b->last_error) || strstr(b->last_error, "no NATS server");
     pthread_mutex_unlock(&b->lock);
-    bool ours = __atomic_load_n(&b->closing, __ATOMIC_ACQUIRE);
+    bool ours = is_closing(b);
     if (!ours && generic)
         set_error(b, "the NATS servers refused the connection (credentials: NATS_USER/"
                      "NATS_PASSWORD, NATS_TOKEN or NATS_CREDS; or TLS: NATS_TLS_CA, "
                      "NATS_TLS_CERT; the server's log says which)");
-    if (!ours) {
+    if (!ours && !b->reopen) {
         pthread_mutex_lock(&b->lock);
-        fprintf(stderr,
-                "%s: NATS: the connection is closed for good: %s; no more attempts: restart once "
-                "it is fixed\n",
+        fprintf(stderr, "%s: NATS: the connection is closed for good: %s\n",
                 program_invocation_short_name, b->last_error);
         pthread_mutex_unlock(&b->lock);
     }
     notify(b, false);
-    /* The last touch of b: bus_close() may free it as soon as the lock is released. */
+    /*
+     * The last touch of b: bus_close() may free it as soon as the lock is released. A
+     * connection not yet installed (its Connect has not returned) is marked closed when it is.
+     */
     pthread_mutex_lock(&b->lock);
-    __atomic_store_n(&b->closed, true, __ATOMIC_RELEASE);
+    b->closed_nc = nc;
+    if (nc == current(b))
+        __atomic_store_n(&b->closed, true, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&b->closed_cond);
+    pthread_mutex_unlock(&b->lock);
+}
+
+/* Makes nc the bus's connection; closed if nats.c already gave up on it. */
+static void install(struct bus *b, natsConnection *nc)
+{
+    pthread_mutex_lock(&b->lock);
+    __atomic_store_n(&b->nc, nc, __ATOMIC_RELEASE);
+    bool closed = nc == b->closed_nc;
+    __atomic_store_n(&b->closed, closed, __ATOMIC_RELEASE);
+    if (closed)
+        pthread_cond_broadcast(&b->closed_cond);
     pthread_mutex_unlock(&b->lock);
 }
 
@@ -256,6 +330,107 @@ static int build_options(struct bus *b, const struct config *cfg, const struct b
     return 0;
 }
 
+/* Destroys the retired connections older than the grace period, or all of them. */
+static void retired_destroy(struct bus *b, bool all)
+{
+    uint64_t now = clock_monotonic_ns() / 1000000;
+    size_t kept = 0;
+    for (size_t i = 0; i < b->nretired; i++) {
+        if (all || now - b->retired[i].since_ms >= BUS_RETIRED_GRACE_MS)
+            natsConnection_Destroy(b->retired[i].nc);
+        else
+            b->retired[kept++] = b->retired[i];
+    }
+    b->nretired = kept;
+}
+
+static void retire(struct bus *b, natsConnection *nc)
+{
+    if (!nc)
+        return;
+    if (b->nretired == BUS_MAX_RETIRED) { /* the oldest has been closed for many waits */
+        natsConnection_Destroy(b->retired[0].nc);
+        memmove(b->retired, b->retired + 1, (b->nretired - 1) * sizeof(b->retired[0]));
+        b->nretired--;
+    }
+    b->retired[b->nretired].nc = nc;
+    b->retired[b->nretired].since_ms = clock_monotonic_ns() / 1000000;
+    b->nretired++;
+}
+
+/* Opens a new connection in place of the closed one (none when nats.c refuses at once). */
+static void reopen_once(struct bus *b)
+{
+    natsConnection *nc = NULL;
+    natsStatus s = natsConnection_Connect(&nc, b->opts);
+    if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
+        set_error(b, nats_reason(s));
+        return;
+    }
+    natsConnection *old = current(b);
+    pthread_mutex_lock(&b->lock);
+    b->closed_nc = b->closed_nc == old ? NULL : b->closed_nc; /* old's address may be reused */
+    pthread_mutex_unlock(&b->lock);
+    /* Before it is installed: its connected callback may run as soon as it is. */
+    __atomic_fetch_add(&b->generation, 1, __ATOMIC_ACQ_REL);
+    install(b, nc);
+    retire(b, old);
+    pthread_mutex_lock(&b->renew_lock);
+    if (b->renew)
+        b->renew(b->renew_ctx);
+    pthread_mutex_unlock(&b->renew_lock);
+    if (s == NATS_OK) /* connected within Connect: nats.c calls no connected callback */
+        reopened_up(b);
+}
+
+/*
+ * The bus's own thread: each time nats.c closes the connection for good, waits
+ * (BUS_REOPEN_MIN_MS, doubling up to BUS_REOPEN_MAX_MS while no connection
+ * comes up, plus up to a quarter of it at random to spread a fleet) and opens
+ * a new one.
+ */
+static void *reopen_main(void *arg)
+{
+    struct bus *b = arg;
+    uint64_t wait_ms = BUS_REOPEN_MIN_MS;
+    unsigned attempts = 0, seed = (unsigned)(clock_monotonic_ns() ^ (uint64_t)getpid());
+
+    pthread_setname_np(pthread_self(), "nats-reopen");
+    pthread_mutex_lock(&b->lock);
+    for (;;) {
+        while (!is_closing(b) && !__atomic_load_n(&b->closed, __ATOMIC_ACQUIRE))
+            pthread_cond_wait(&b->closed_cond, &b->lock);
+        if (is_closing(b))
+            break;
+        if (b->connected_since_reopen) {
+            wait_ms = BUS_REOPEN_MIN_MS;
+            attempts = 0;
+            b->connected_since_reopen = false;
+        }
+        uint64_t delay = wait_ms + (uint64_t)rand_r(&seed) % (wait_ms / 4 + 1);
+        /* The first time and then every tenth, so a long refusal cannot fill the log. */
+        if (attempts++ % 10 == 0)
+            fprintf(stderr,
+                    "%s: NATS: the connection is closed for good: %s; opening a new one in "
+                    "%.1f s\n",
+                    program_invocation_short_name, b->last_error, (double)delay / 1000);
+        struct timespec until = clock_deadline_ms(delay);
+        while (!is_closing(b) &&
+               pthread_cond_timedwait(&b->closed_cond, &b->lock, &until) != ETIMEDOUT)
+            ;
+        if (is_closing(b))
+            break;
+        pthread_mutex_unlock(&b->lock);
+        retired_destroy(b, false);
+        reopen_once(b);
+        if (wait_ms < BUS_REOPEN_MAX_MS)
+            wait_ms = wait_ms * 2 < BUS_REOPEN_MAX_MS ? wait_ms * 2 : BUS_REOPEN_MAX_MS;
+        pthread_mutex_lock(&b->lock);
+    }
+    pthread_mutex_unlock(&b->lock);
+    return NULL;
+}
+
 struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o, char *err,
                           size_t errlen)
 {
@@ -265,13 +440,18 @@ struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o,
         return NULL;
     }
     pthread_mutex_init(&b->lock, NULL);
+    pthread_mutex_init(&b->renew_lock, NULL);
     clock_cond_init(&b->closed_cond);
+    b->reopen = !(o && o->no_reopen);
     if (build_options(b, cfg, o, err, errlen) < 0) {
         bus_close(b);
         return NULL;
     }
 
-    natsStatus s = natsConnection_Connect(&b->nc, b->opts);
+    natsConnection *nc = NULL;
+    natsStatus s = natsConnection_Connect(&nc, b->opts);
+    if (s == NATS_OK || s == NATS_NOT_YET_CONNECTED)
+        install(b, nc);
     if (s == NATS_OK) {
         __atomic_store_n(&b->connected, true, __ATOMIC_RELEASE);
     } else if (s == NATS_NOT_YET_CONNECTED) {
@@ -287,7 +467,7 @@ struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o,
             char msg[sizeof(b->last_error)];
             errmsg_set(msg, sizeof(msg), "no NATS server reachable at %s", urls);
             set_error(b, msg);
-            keep_last_error(b, b->nc);
+            keep_last_error(b, nc);
         }
     } else {
         /*
@@ -295,9 +475,16 @@ struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o,
          * configuration problem the operator must see, not a transient one.
          */
         errmsg_set(err, errlen, "NATS %s: %s", cfg->nats_url, nats_reason(s));
-        b->nc = NULL;
         bus_close(b);
         return NULL;
+    }
+    if (b->reopen) {
+        if (pthread_create(&b->reopen_thread, NULL, reopen_main, b) != 0) {
+            errmsg_set(err, errlen, "cannot start the NATS reopening thread");
+            bus_close(b);
+            return NULL;
+        }
+        b->reopen_started = true;
     }
     return b;
 }
@@ -325,24 +512,46 @@ void bus_close(struct bus *b)
     if (!b)
         return;
     bus_set_listener(b, NULL, NULL);
+    bus_set_renew(b, NULL, NULL);
+    pthread_mutex_lock(&b->lock);
     __atomic_store_n(&b->closing, true, __ATOMIC_RELEASE);
-    if (b->nc) {
-        natsConnection_Close(b->nc);
+    pthread_cond_broadcast(&b->closed_cond); /* wakes the reopening thread */
+    pthread_mutex_unlock(&b->lock);
+    if (b->reopen_started)
+        pthread_join(b->reopen_thread, NULL);
+    natsConnection *nc = current(b);
+    if (nc) {
+        natsConnection_Close(nc);
         /* nats.c runs the closed callback on its own thread, after Close returns. */
         bool closed = bus_wait_closed(b, BUS_CLOSE_WAIT_S * 1000);
-        natsConnection_Destroy(b->nc);
+        natsConnection_Destroy(nc);
         if (!closed) /* never seen; leaking beats a use-after-free in a late callback */
             return;
     }
+    retired_destroy(b, true);
     natsOptions_Destroy(b->opts);
     pthread_cond_destroy(&b->closed_cond);
+    pthread_mutex_destroy(&b->renew_lock);
     pthread_mutex_destroy(&b->lock);
     free(b);
 }
 
 natsConnection *bus_conn(struct bus *b)
 {
-    return b->nc;
+    return current(b);
+}
+
+uint64_t bus_generation(struct bus *b)
+{
+    return __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
+}
+
+void bus_set_renew(struct bus *b, bus_renew_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&b->renew_lock);
+    b->renew = fn;
+    b->renew_ctx = ctx;
+    pthread_mutex_unlock(&b->renew_lock);
 }
 
 bool bus_connected(struct bus *b)
@@ -366,15 +575,16 @@ void bus_get_status(struct bus *b, struct bus_status *out)
     out->disconnects = __atomic_load_n(&b->disconnects, __ATOMIC_RELAXED);
     out->reconnects = __atomic_load_n(&b->reconnects, __ATOMIC_RELAXED);
     out->async_errors = __atomic_load_n(&b->async_errors, __ATOMIC_RELAXED);
-    if (out->connected && b->nc)
-        natsConnection_GetConnectedUrl(b->nc, out->server, sizeof(out->server));
+    natsConnection *nc = current(b);
+    if (out->connected && nc)
+        natsConnection_GetConnectedUrl(nc, out->server, sizeof(out->server));
     /*
      * While retrying, the connection's own last error says why; a specific
      * reason (authorization...) is kept over the generic "no server" that
      * follows each failed round.
      */
     if (!out->connected)
-        keep_last_error(b, b->nc);
+        keep_last_error(b, nc);
     pthread_mutex_lock(&b->lock);
     snprintf(out->last_error, sizeof(out->last_error), "%s", b->last_error);
     pthread_mutex_unlock(&b->lock);

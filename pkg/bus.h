@@ -38,7 +38,8 @@
 /* Connection state counters, updated from nats.c's callback threads. */
 struct bus_status {
     bool connected;
-    bool closed; /* closed for good: nats.c gave up after the server refused our credentials */
+    bool closed; /* closed for good: nats.c gave up after the server refused our credentials;
+                    a new connection is opened after a wait (bus_conn()) */
     uint64_t disconnects;
     uint64_t reconnects;
     uint64_t async_errors; /* slow consumer, permissions... */
@@ -54,6 +55,8 @@ struct bus_options {
     bool no_echo;     /* never receive our own publications (aggregator replicas) */
     bool send_asap;   /* write each publication at once, not on the next flush (latency-bound
                          traffic: queries and their answers) */
+    bool no_reopen;   /* when nats.c closes the connection for good, leave it closed (a
+                         command that reports it and exits) */
 };
 
 /*
@@ -62,7 +65,8 @@ struct bus_options {
  * shown by the server. NULL with a one-line message in err for a bad
  * configuration (unreadable creds/TLS file, empty URL list, ...). A server
  * that refuses the credentials shows in bus_get_status() (last_error, and
- * closed once nats.c stops retrying), not as a failure here.
+ * closed once nats.c stops retrying, until the bus opens a new connection),
+ * not as a failure here.
  */
 struct bus *bus_open(const struct config *cfg, const char *name, char *err, size_t errlen);
 /* bus_open() with more options (o may be NULL). */
@@ -86,7 +90,23 @@ bool bus_wait_closed(struct bus *b, unsigned timeout_ms);
 #define BUS_SETTLE_MS (2 * (BUS_RECONNECT_WAIT + BUS_TLS_JITTER))
 /* How long to give nats.c to report a refused login after a call failed on it. */
 #define BUS_CLOSED_WAIT_MS 2000
+/*
+ * The current connection. Once nats.c closes one for good (the servers refused
+ * the credentials twice, or answered another error), the bus opens a new one
+ * after a wait (unless no_reopen): a caller fetches it for each call, never
+ * keeps it. A connection replaced stays valid for a minute after it was.
+ */
 natsConnection *bus_conn(struct bus *b);
+/* How many times the connection was replaced; subscriptions on an earlier one receive nothing. */
+uint64_t bus_generation(struct bus *b);
+/*
+ * Called on the bus's thread right after a new connection replaced a closed one
+ * (bus_conn() returns it): the owner subscribes again. It may be a while
+ * before it connects; subscriptions made meanwhile are sent when it does. NULL
+ * removes it; once bus_set_renew() returns, the old one is not running.
+ */
+typedef void (*bus_renew_fn)(void *ctx);
+void bus_set_renew(struct bus *b, bus_renew_fn fn, void *ctx);
 void bus_get_status(struct bus *b, struct bus_status *out);
 bool bus_connected(struct bus *b);
 

@@ -34,6 +34,19 @@ static bool wait_connected(struct bus *b, bool want, int timeout_ms, struct bus_
     }
 }
 
+/* A bus named name on the server at port, connected. */
+static struct bus *bus_up(int port, const char *name)
+{
+    struct config c;
+    char err[256];
+    config_for(&c, port);
+    struct bus *b = bus_open(&c, name, err, sizeof(err));
+    cr_assert_not_null(b, "%s", err);
+    struct bus_status st;
+    cr_assert(wait_connected(b, true, WAIT_MS, &st), "not connected: %s", st.last_error);
+    return b;
+}
+
 /* Publishes on one connection and reads it back on a subscription of the same one. */
 static natsStatus round_trip(natsConnection *nc, const char *subject, natsMsg **out)
 {
@@ -111,13 +124,7 @@ Test(bus, any_client_name_connects)
     pid_t ns = tu_nats_start(port, NULL, "/tmp/test_bus_nats.log");
     cr_assert_gt(ns, 0, "nats-server did not start");
 
-    struct config c;
-    char err[256];
-    config_for(&c, port);
-    struct bus *b = bus_open(&c, "ebpf-agent we\"ird\\\xff\x01 n*de\x7f\xc3\xa9", err, sizeof(err));
-    cr_assert_not_null(b, "%s", err);
-    struct bus_status st;
-    cr_assert(wait_connected(b, true, WAIT_MS, &st), "not connected: %s", st.last_error);
+    struct bus *b = bus_up(port, "ebpf-agent we\"ird\\\xff\x01 n*de\x7f\xc3\xa9");
     natsMsg *m = NULL;
     cr_assert_eq(round_trip(bus_conn(b), "bus.test", &m), NATS_OK);
     natsMsg_Destroy(m);
@@ -191,6 +198,65 @@ Test(bus, starts_without_a_server_and_connects_when_it_appears)
     cr_assert(wait_connected(b, true, WAIT_MS, &st), "never reconnected: %s", st.last_error);
     cr_assert_geq(st.disconnects, 1);
     cr_assert_geq(st.reconnects, 1);
+
+    bus_close(b);
+    tu_stop(ns, 2000);
+}
+
+static int renewals;
+static void count_renewal(void *ctx)
+{
+    struct bus *b = ctx;
+    /* Called with the new connection in place: a subscription on it reaches the server. */
+    cr_assert_eq(bus_generation(b), (uint64_t)__atomic_load_n(&renewals, __ATOMIC_RELAXED) + 1);
+    __atomic_fetch_add(&renewals, 1, __ATOMIC_RELAXED);
+}
+
+/*
+ * nats.c closes a connection for good once the servers refused its
+ * credentials twice (an operator turned on authorization by mistake, or
+ * rotated a password before the clients' secret): the bus opens a new one,
+ * so the process is back once the servers accept it again, with no restart.
+ */
+Test(bus, a_connection_closed_for_good_is_opened_again)
+{
+    int port = tu_free_port();
+    pid_t ns = tu_nats_start(port, NULL, "/tmp/test_bus_nats.log");
+    cr_assert_gt(ns, 0, "nats-server did not start");
+    struct bus *b = bus_up(port, "test-bus");
+    bus_set_renew(b, count_renewal, b);
+    struct bus_status st;
+    natsConnection *first = bus_conn(b);
+
+    /* The same port now wants a password this client does not have. */
+    tu_stop(ns, 2000);
+    const char *auth[] = {"--user", "agent", "--pass", "s3cret", NULL};
+    ns = tu_nats_start(port, auth, "/tmp/test_bus_nats.log");
+    cr_assert_gt(ns, 0, "nats-server did not start");
+    cr_assert(bus_wait_closed(b, WAIT_MS), "nats.c never gave up on the refusing server");
+    bus_get_status(b, &st);
+    cr_assert(st.closed);
+    cr_assert(strstr(st.last_error, "Authorization") || strstr(st.last_error, "NATS_PASSWORD"),
+              "last error: %s", st.last_error);
+    uint64_t reconnects = st.reconnects;
+
+    /* Fixed: a new connection comes up by itself, and carries messages. */
+    tu_stop(ns, 2000);
+    ns = tu_nats_start(port, NULL, "/tmp/test_bus_nats.log");
+    cr_assert_gt(ns, 0, "nats-server did not start");
+    cr_assert(wait_connected(b, true, 3 * WAIT_MS, &st), "never opened again: %s", st.last_error);
+    cr_assert_not(st.closed);
+    cr_assert_str_eq(st.last_error, "");
+    cr_assert_eq(st.reconnects, reconnects + 1);
+    cr_assert_eq(bus_generation(b), 1);
+    cr_assert_eq(__atomic_load_n(&renewals, __ATOMIC_RELAXED), 1);
+    cr_assert_neq(bus_conn(b), first);
+    natsMsg *m = NULL;
+    cr_assert_eq(round_trip(bus_conn(b), "bus.test", &m), NATS_OK);
+    natsMsg_Destroy(m);
+    /* The replaced connection is closed, not freed: a caller that fetched it just fails. */
+    cr_assert_eq(natsConnection_Status(first), NATS_CONN_STATUS_CLOSED);
+    cr_assert_eq(natsConnection_PublishString(first, "bus.test", "late"), NATS_CONNECTION_CLOSED);
 
     bus_close(b);
     tu_stop(ns, 2000);

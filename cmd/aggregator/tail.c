@@ -125,7 +125,9 @@ static bool tail_write(const struct buf *out)
 static int tail_run(const struct config *cfg, const char *subject, const struct query *q)
 {
     char err[512];
-    struct bus *bus = bus_open(cfg, "ebpf-aggregator-tail", err, sizeof(err));
+    /* A refusal ends the tail with its reason: a person is watching. */
+    struct bus_options bo = {.name = "ebpf-aggregator-tail", .no_reopen = true};
+    struct bus *bus = bus_open_opts(cfg, &bo, err, sizeof(err));
     if (!bus) {
         fprintf(stderr, "%s: %s\n", TAIL_PROG, err);
         return 1;
