@@ -1531,6 +1531,90 @@ Test(e2e_cluster, api_token_and_nats_credentials)
     proc_kill(a, SIGTERM);
 }
 
+/* Polls p's log until it holds needle count times. */
+static void wait_log(struct proc *p, const char *needle, int count, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        char *log = tu_read_file(p->log);
+        int found = 0;
+        for (const char *at = log; at && (at = strstr(at, needle)) != NULL; at++)
+            found++;
+        free(log);
+        if (found >= count)
+            return;
+        check(tu_mono_ms() < deadline, "%s: \"%s\" %d times in its log, want %d", p->name, needle,
+              found, count);
+        usleep(50000);
+    }
+}
+
+/*
+ * The servers refuse everyone's credentials for a while (authorization turned
+ * on by mistake, a password rotated before the clients' secret): nats.c closes
+ * each connection for good, and each process opens a new one until the servers
+ * accept it again: events flow and both replicas answer, with no restart.
+ */
+Test(e2e_cluster, a_refusal_then_the_fix_needs_no_restart)
+{
+    need_root();
+    nats_up(NULL);
+    marker_init('f');
+    const char *const aenv[] = {"QUERY_TIMEOUT=1s", NULL};
+    struct proc *r1 = agg_up("r1", aenv, true);
+    struct proc *r2 = agg_up("r2", aenv, true);
+    wait_cluster(r1, 2);
+    const char *const env[] = {"FLUSH_INTERVAL=100ms", NULL};
+    struct proc *a = agent_up("e2e-refused", env);
+    pid_t p = run_marker();
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d", p);
+    json_decref(wait_count(r1, q, 1, 10000));
+
+    static const char *const auth[] = {"--user", "someone", "--pass", "else", NULL};
+    nats_down();
+    nats_args = auth;
+    nats_restart();
+    struct proc *all[] = {a, r1, r2};
+    for (size_t i = 0; i < 3; i++) {
+        /* The agent's connection, and each aggregator's two (events, and the replicas'). */
+        wait_log(all[i], "closed for good: Authorization Violation", i == 0 ? 1 : 2, 15000);
+        json_t *j = api(all[i], "/api/stats");
+        cr_expect(says_refused(tu_jpath_str(j, "bus.last_error")), "%s: %s", all[i]->name,
+                  tu_jdump(tu_jpath(j, "bus")));
+        json_decref(j);
+    }
+    int st = 0;
+    json_t *j = tu_get_json_hdr(r1->port, "/ready", NULL, &st);
+    cr_expect_eq(st, 503, "ready while refused: %s", tu_jdump(j));
+    json_decref(j);
+
+    nats_down();
+    nats_args = NULL;
+    nats_restart();
+    check(tu_wait_http(r1->port, "/ready", 200, 20000), "r1 never connected again");
+    check(tu_wait_http(r2->port, "/ready", 200, 20000), "r2 never connected again");
+    /* Their control subscriptions are back: each hears the other and asks it. */
+    wait_cluster(r1, 2);
+    wait_cluster(r2, 2);
+    p = run_marker();
+    snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d", p);
+    json_decref(wait_count(r2, q, 1, 20000));
+    json_decref(wait_count(r1, q, 1, 5000));
+    for (size_t i = 0; i < 3; i++) {
+        j = api(all[i], "/api/stats");
+        cr_expect(json_is_true(tu_jpath(j, "bus.connected")), "%s: %s", all[i]->name,
+                  tu_jdump(tu_jpath(j, "bus")));
+        cr_expect_geq(jint(j, "bus.reconnects"), 1, "%s: %s", all[i]->name,
+                      tu_jdump(tu_jpath(j, "bus")));
+        json_decref(j);
+    }
+    char *log = tu_read_file(r1->log);
+    cr_expect(log && strstr(log, "subscribed again"), "r1's log: %s", log);
+    free(log);
+    proc_kill(a, SIGTERM);
+}
+
 /* ---- hostile batches ------------------------------------------------------ */
 
 /*

@@ -50,6 +50,7 @@ struct aggregator_gate {
     pthread_mutex_t lock;
     pthread_cond_t idle;
     unsigned active;
+    unsigned waiters; /* in aggregator_gate_quiesce() */
     bool closed;
 };
 
@@ -58,6 +59,8 @@ bool aggregator_gate_enter(struct aggregator_gate *g);
 void aggregator_gate_leave(struct aggregator_gate *g);
 /* No callback enters after this returns, and none is inside (waits, without a timeout). */
 void aggregator_gate_close(struct aggregator_gate *g);
+/* Waits until no callback is inside (one may enter right after). */
+void aggregator_gate_quiesce(struct aggregator_gate *g);
 
 /* What this replica ingested; summed over replicas for /api/stats. */
 struct aggregator_counters {
@@ -108,9 +111,13 @@ struct aggregator {
     struct http_server *http;
     struct cluster *cluster;
 
+    /* Made again on each new connection (ingest_renew()); the pointers under subs_lock. */
+    pthread_mutex_t subs_lock;
     natsSubscription *ingest_sub;       /* queue subscription: this replica's share */
     natsSubscription *peers_sub;        /* the other replicas' pod announcements */
     natsSubscription *joins_sub;        /* the other replicas' server halves (join.c) */
+    uint64_t ingest_sub_dropped;        /* slow-consumer drops of replaced ingest_subs */
+    uint64_t ingest_sub_dropped_seen;   /* the current one's, as last read */
     struct aggregator_gate ingest_gate; /* on_batch: the store and the node table */
     struct msg_hold ingested;           /* on_batch's delivery thread only (then ingest_stop()) */
 
@@ -176,13 +183,14 @@ void aggregator_peers_metrics(struct aggregator *a, struct buf *b);
  * halves (sides: k8s_services_enrich()'s), compacting the array; returns how
  * many events are left in it.
  * join_release() stores what is done (main loop). join_on_message() applies
- * another replica's halves. join_subscribe() subscribes cb to them.
+ * another replica's halves. join_subscribe() subscribes cb to them (into *sub).
  */
 size_t join_batch(struct aggregator *a, const uint8_t *sides, struct event *events, size_t n,
                   uint64_t now);
 void join_release(struct aggregator *a, uint64_t now);
 void join_on_message(struct aggregator *a, natsMsg *msg);
-int join_subscribe(struct aggregator *a, natsMsgHandler cb, char *err, size_t errlen);
+int join_subscribe(struct aggregator *a, natsMsgHandler cb, natsSubscription **sub, char *err,
+                   size_t errlen);
 void join_stats_json(struct aggregator *a, struct buf *b);
 void join_metrics(struct aggregator *a, struct buf *b);
 

@@ -34,6 +34,7 @@
 #define CLUSTER_HDR_HISTORY_EVENTS "Ebpf-History-Events"
 #define CLUSTER_SUBSCRIBE_FLUSH_MS 1000
 #define CLUSTER_CLOSE_WAIT_MS      2000
+#define CLUSTER_SUBS               6 /* subscriptions of struct cluster */
 /* Replies one gather holds undecoded: far above what peers send, a bound for a flood. */
 #define CLUSTER_QUEUE_MAX_MSGS  4096
 #define CLUSTER_QUEUE_MAX_BYTES (256u << 20)
@@ -59,14 +60,14 @@ struct cluster {
     struct aggregator *a;
     /* A connection of its own: what it sends is waited for, so it goes out at once
      * (send_asap), where the main connection buffers ingest-side traffic. */
-    struct bus *bus;
-    natsConnection *nc;
+    struct bus *bus;     /* bus_conn() for each call: the connection is replaced after a refusal */
     uint64_t timeout_ms; /* QUERY_TIMEOUT */
     char subj_heartbeat[CLUSTER_SUBJECT_LEN];
     char subj_query[CLUSTER_SUBJECT_LEN];
     char subj_stats[CLUSTER_SUBJECT_LEN];
     char subj_flows[CLUSTER_SUBJECT_LEN];
     char subj_handover[CLUSTER_SUBJECT_LEN];
+    /* Made again on a new connection (cluster_renew(), the bus's thread). */
     natsSubscription *hb_sub, *query_sub, *stats_sub, *flows_sub, *reply_sub, *handover_sub;
     char reply_prefix[64]; /* the inbox; replies come to <reply_prefix>.<token> */
 
@@ -94,7 +95,7 @@ static uint64_t mono_ms(void)
 
 static bool connected(struct cluster *c)
 {
-    return natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED;
+    return natsConnection_Status(bus_conn(c->bus)) == NATS_CONN_STATUS_CONNECTED;
 }
 
 static void on_handover(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure);
@@ -115,7 +116,7 @@ static void publish_heartbeat(struct cluster *c, bool leaving)
     char body[96];
     int n = snprintf(body, sizeof(body), "{\"replica\":\"%s\",\"leaving\":%s}", c->a->replica,
                      leaving ? "true" : "false");
-    natsConnection_Publish(c->nc, c->subj_heartbeat, body, n);
+    natsConnection_Publish(bus_conn(c->bus), c->subj_heartbeat, body, n);
 }
 
 static ssize_t peer_find(struct cluster *c, const char *id)
@@ -382,7 +383,7 @@ static void gather_start(struct cluster *c, struct gather_op *op, const char *su
 
     memset(op, 0, sizeof(*op));
     op->want = want;
-    if (want == 0 || c->reply_sub == NULL || !connected(c))
+    if (want == 0 || __atomic_load_n(&c->reply_sub, __ATOMIC_ACQUIRE) == NULL || !connected(c))
         return;
     op->started = true;
     clock_cond_init(&op->w.cond);
@@ -394,7 +395,7 @@ static void gather_start(struct cluster *c, struct gather_op *op, const char *su
     snprintf(reply, sizeof(reply), "%s.%" PRIu64, c->reply_prefix, op->w.token);
 
     /* Written at once (send_asap): no flush, which would wait a round trip to the server. */
-    op->s = natsConnection_PublishRequest(c->nc, subject, reply, req, (int)len);
+    op->s = natsConnection_PublishRequest(bus_conn(c->bus), subject, reply, req, (int)len);
     op->deadline = mono_ms() + c->timeout_ms;
 }
 
@@ -896,6 +897,79 @@ int cluster_gather_stats(struct cluster *c, struct nodes *nodes, struct cluster_
 
 /* ---- lifecycle ---- */
 
+/* Destroys the subscriptions, each after its last callback returned (cluster_free()). */
+static bool cluster_unsubscribe(struct cluster *c)
+{
+    natsSubscription **subs[CLUSTER_SUBS] = {&c->hb_sub,    &c->query_sub, &c->stats_sub,
+                                             &c->flows_sub, &c->reply_sub, &c->handover_sub};
+    bool stopped = true;
+
+    for (size_t i = 0; i < CLUSTER_SUBS; i++) {
+        stopped &= aggregator_sub_close(*subs[i], bus_conn(c->bus), false, CLUSTER_CLOSE_WAIT_MS,
+                                        &c->gate);
+        *subs[i] = NULL;
+    }
+    return stopped;
+}
+
+/*
+ * The replicas' control subjects and this replica's inbox, on the bus's
+ * current connection. Subscriptions of an earlier, closed connection are
+ * destroyed once the new ones are made.
+ */
+static natsStatus cluster_subscribe(struct cluster *c)
+{
+    natsConnection *nc = bus_conn(c->bus);
+    natsSubscription *old[CLUSTER_SUBS] = {c->hb_sub,    c->query_sub, c->stats_sub,
+                                           c->flows_sub, c->reply_sub, c->handover_sub};
+    natsSubscription *sub[CLUSTER_SUBS] = {NULL};
+    char inbox[sizeof(c->reply_prefix) + 2];
+    natsStatus s;
+
+    snprintf(inbox, sizeof(inbox), "%s.*", c->reply_prefix);
+    s = natsConnection_Subscribe(&sub[0], nc, c->subj_heartbeat, on_heartbeat, c);
+    if (s == NATS_OK)
+        s = natsConnection_Subscribe(&sub[1], nc, c->subj_query, on_query, c);
+    if (s == NATS_OK)
+        s = natsConnection_Subscribe(&sub[2], nc, c->subj_stats, on_stats, c);
+    if (s == NATS_OK)
+        s = natsConnection_Subscribe(&sub[3], nc, c->subj_flows, on_flows, c);
+    if (s == NATS_OK)
+        s = natsConnection_Subscribe(&sub[4], nc, inbox, on_reply, c);
+    /* Bounded by the peers' answers; never drop one for being large. */
+    if (s == NATS_OK)
+        s = natsSubscription_SetPendingLimits(sub[4], -1, -1);
+    /* One replica takes a leaving one's node table: the others would count it again. */
+    if (s == NATS_OK)
+        s = natsConnection_QueueSubscribe(&sub[5], nc, c->subj_handover, "handover", on_handover,
+                                          c);
+    c->hb_sub = sub[0];
+    c->query_sub = sub[1];
+    c->stats_sub = sub[2];
+    c->flows_sub = sub[3];
+    __atomic_store_n(&c->reply_sub, sub[4], __ATOMIC_RELEASE); /* gather_start() reads it */
+    c->handover_sub = sub[5];
+    for (size_t i = 0; i < CLUSTER_SUBS; i++)
+        natsSubscription_Destroy(old[i]);
+    /* Listening before announcing, so the peers' immediate answers are not missed. */
+    if (s == NATS_OK && connected(c))
+        natsConnection_FlushTimeout(nc, CLUSTER_SUBSCRIBE_FLUSH_MS);
+    return s;
+}
+
+/* bus_set_renew(): the bus replaced a connection nats.c closed for good. */
+static void cluster_renew(void *ctx)
+{
+    struct cluster *c = ctx;
+    natsStatus s = cluster_subscribe(c);
+
+    if (s != NATS_OK)
+        fprintf(stderr,
+                "ebpf-aggregator: on the new NATS connection: subscribing to %s.%s.*: %s; made "
+                "again with the next one\n",
+                c->a->cfg.control_subject, c->a->cfg.queue_group, natsStatus_GetText(s));
+}
+
 struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
 {
     struct cluster *c = calloc(1, sizeof(*c));
@@ -913,7 +987,6 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
         free(c);
         return NULL;
     }
-    c->nc = bus_conn(c->bus);
     c->timeout_ms = a->cfg.query_timeout_ns / 1000000;
     if (c->timeout_ms == 0)
         c->timeout_ms = 1;
@@ -933,41 +1006,20 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
     pthread_cond_init(&c->gate.idle, NULL);
     clock_cond_init(&c->wake);
 
-    s = natsConnection_Subscribe(&c->hb_sub, c->nc, c->subj_heartbeat, on_heartbeat, c);
+    natsInbox *inbox = NULL;
+    s = natsInbox_Create(&inbox);
     if (s == NATS_OK)
-        s = natsConnection_Subscribe(&c->query_sub, c->nc, c->subj_query, on_query, c);
+        snprintf(c->reply_prefix, sizeof(c->reply_prefix), "%s", inbox);
+    natsInbox_Destroy(inbox);
     if (s == NATS_OK)
-        s = natsConnection_Subscribe(&c->stats_sub, c->nc, c->subj_stats, on_stats, c);
-    if (s == NATS_OK)
-        s = natsConnection_Subscribe(&c->flows_sub, c->nc, c->subj_flows, on_flows, c);
-    /* One replica takes a leaving one's node table: the others would count it again. */
-    if (s == NATS_OK)
-        s = natsConnection_QueueSubscribe(&c->handover_sub, c->nc, c->subj_handover, "handover",
-                                          on_handover, c);
-    if (s == NATS_OK) {
-        natsInbox *inbox = NULL;
-        char subj[sizeof(c->reply_prefix) + 2];
-
-        s = natsInbox_Create(&inbox);
-        if (s == NATS_OK) {
-            snprintf(c->reply_prefix, sizeof(c->reply_prefix), "%s", inbox);
-            snprintf(subj, sizeof(subj), "%s.*", c->reply_prefix);
-            s = natsConnection_Subscribe(&c->reply_sub, c->nc, subj, on_reply, c);
-        }
-        natsInbox_Destroy(inbox);
-        /* Bounded by the peers' answers; never drop one for being large. */
-        if (s == NATS_OK)
-            s = natsSubscription_SetPendingLimits(c->reply_sub, -1, -1);
-    }
+        s = cluster_subscribe(c);
     if (s != NATS_OK) {
         errmsg_set(err, errlen, "subscribing to %s.%s.*: %s", a->cfg.control_subject,
                    a->cfg.queue_group, natsStatus_GetText(s));
         cluster_free(c);
         return NULL;
     }
-    /* Listening before announcing, so the peers' immediate answers are not missed. */
-    if (connected(c))
-        natsConnection_FlushTimeout(c->nc, CLUSTER_SUBSCRIBE_FLUSH_MS);
+    bus_set_renew(c->bus, cluster_renew, c);
     if (pthread_create(&c->thread, NULL, cluster_main, c) != 0) {
         errmsg_set(err, errlen, "cannot start the cluster thread");
         cluster_free(c);
@@ -1000,7 +1052,7 @@ static void stop_thread(struct cluster *c)
 static void hand_over_nodes(struct cluster *c)
 {
     struct buf table;
-    int64_t max = natsConnection_GetMaxPayload(c->nc);
+    int64_t max = natsConnection_GetMaxPayload(bus_conn(c->bus));
 
     buf_init(&table);
     nodes_to_json(c->a->nodes, &table);
@@ -1023,7 +1075,7 @@ static void hand_over_nodes(struct cluster *c)
         if (s == NATS_OK)
             s = natsMsgHeader_Set(req, CLUSTER_HDR_HISTORY_EVENTS, held);
         if (s == NATS_OK)
-            s = natsConnection_RequestMsg(&reply, c->nc, req, CLUSTER_HANDOVER_WAIT_MS);
+            s = natsConnection_RequestMsg(&reply, bus_conn(c->bus), req, CLUSTER_HANDOVER_WAIT_MS);
         natsMsg_Destroy(req);
         if (s == NATS_NO_RESPONDERS)
             break; /* the last replica: nobody to keep the counts */
@@ -1095,27 +1147,18 @@ void cluster_leave(struct cluster *c)
     if (connected(c)) {
         hand_over_nodes(c);
         publish_heartbeat(c, true);
-        natsConnection_FlushTimeout(c->nc, CLUSTER_LEAVE_FLUSH_MS);
+        natsConnection_FlushTimeout(bus_conn(c->bus), CLUSTER_LEAVE_FLUSH_MS);
     }
 }
 
 void cluster_free(struct cluster *c)
 {
-    natsSubscription *subs[6];
-    bool stopped = true;
-
     if (c == NULL)
         return;
+    bus_set_renew(c->bus, NULL, NULL); /* no new subscriptions from here */
     stop_thread(c);
-    subs[0] = c->hb_sub;
-    subs[1] = c->query_sub;
-    subs[2] = c->stats_sub;
-    subs[3] = c->flows_sub;
-    subs[4] = c->reply_sub;
-    subs[5] = c->handover_sub;
     /* Waits for a callback still running, which uses c. */
-    for (size_t i = 0; i < 6; i++)
-        stopped &= aggregator_sub_close(subs[i], c->nc, false, CLUSTER_CLOSE_WAIT_MS, &c->gate);
+    bool stopped = cluster_unsubscribe(c);
     /* From here no callback touches the store, the nodes or the bus, stopped or not. */
     aggregator_gate_close(&c->gate);
     if (!stopped) {

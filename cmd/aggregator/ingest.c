@@ -70,8 +70,18 @@ bool aggregator_gate_enter(struct aggregator_gate *g)
 void aggregator_gate_leave(struct aggregator_gate *g)
 {
     pthread_mutex_lock(&g->lock);
-    if (--g->active == 0 && g->closed)
+    if (--g->active == 0 && (g->closed || g->waiters))
         pthread_cond_broadcast(&g->idle);
+    pthread_mutex_unlock(&g->lock);
+}
+
+void aggregator_gate_quiesce(struct aggregator_gate *g)
+{
+    pthread_mutex_lock(&g->lock);
+    g->waiters++;
+    while (g->active > 0)
+        pthread_cond_wait(&g->idle, &g->lock);
+    g->waiters--;
     pthread_mutex_unlock(&g->lock);
 }
 
@@ -232,9 +242,11 @@ static void on_batch(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
     /* Closed: shutting down and out of drain time; what is still queued is dropped. */
     if (aggregator_gate_enter(&a->ingest_gate)) {
         ingest_batch(a, msg);
+        free_later(&a->ingested, msg); /* inside the gate: ingest_renew() waits for it */
         aggregator_gate_leave(&a->ingest_gate);
+    } else {
+        natsMsg_Destroy(msg);
     }
-    free_later(&a->ingested, msg);
 }
 
 /* The SSE feed: decoded events go to stream clients only, never to the store. */
@@ -308,25 +320,88 @@ static void wildcard_subject(struct aggregator *a, char *out, size_t len)
     snprintf(out, len, "%s.>", a->cfg.subject_prefix);
 }
 
-int ingest_start(struct aggregator *a, char *err, size_t errlen)
+static void stream_unsubscribe_locked(struct aggregator *a);
+
+/*
+ * This replica's share of the batches, the other replicas' pod announcements
+ * and join halves, subscribed on the bus's current connection: subs[0..3) are
+ * ingest_sub, peers_sub and joins_sub (NULL where they failed, or without joins).
+ */
+static int ingest_subscribe(struct aggregator *a, natsSubscription *subs[3], char *err,
+                            size_t errlen)
 {
     char subject[CONFIG_STR + 4];
     natsStatus s;
 
     wildcard_subject(a, subject, sizeof(subject));
-    s = natsConnection_QueueSubscribe(&a->ingest_sub, bus_conn(a->bus), subject, a->cfg.queue_group,
+    s = natsConnection_QueueSubscribe(&subs[0], bus_conn(a->bus), subject, a->cfg.queue_group,
                                       on_batch, a);
     if (s == NATS_OK)
-        s = natsSubscription_SetPendingLimits(a->ingest_sub, INGEST_PENDING_MSGS,
-                                              INGEST_PENDING_BYTES);
+        s = natsSubscription_SetPendingLimits(subs[0], INGEST_PENDING_MSGS, INGEST_PENDING_BYTES);
     if (s != NATS_OK) {
         errmsg_set(err, errlen, "subscribing to %s in queue group %s: %s", subject,
                    a->cfg.queue_group, natsStatus_GetText(s));
         return -EIO;
     }
-    if (aggregator_control_subscribe(a, "peers", on_peers, &a->peers_sub, err, errlen) < 0)
+    if (aggregator_control_subscribe(a, "peers", on_peers, &subs[1], err, errlen) < 0)
         return -EIO;
-    return join_subscribe(a, on_joins, err, errlen) < 0 ? -EIO : 0;
+    return join_subscribe(a, on_joins, &subs[2], err, errlen) < 0 ? -EIO : 0;
+}
+
+/* Puts subs in place of the current subscriptions, which go to old (subs_lock). */
+static void ingest_swap_subs(struct aggregator *a, natsSubscription *subs[3],
+                             natsSubscription *old[3])
+{
+    pthread_mutex_lock(&a->subs_lock);
+    old[0] = a->ingest_sub;
+    old[1] = a->peers_sub;
+    old[2] = a->joins_sub;
+    a->ingest_sub = subs[0];
+    a->peers_sub = subs[1];
+    a->joins_sub = subs[2];
+    /* The closed subscription's drops stay counted. */
+    a->ingest_sub_dropped += a->ingest_sub_dropped_seen;
+    a->ingest_sub_dropped_seen = 0;
+    pthread_mutex_unlock(&a->subs_lock);
+}
+
+/*
+ * bus_set_renew(): nats.c closed the connection for good and the bus opened
+ * a new one; the subscriptions of the closed one receive nothing. Made again,
+ * after the old ones' handlers have returned (nothing is delivered on a closed
+ * connection), so two never run at once.
+ */
+static void ingest_renew(void *ctx)
+{
+    struct aggregator *a = ctx;
+    natsSubscription *subs[3] = {NULL, NULL, NULL}, *old[3];
+    char err[256];
+
+    aggregator_gate_quiesce(&a->ingest_gate);
+    if (ingest_subscribe(a, subs, err, sizeof(err)) < 0)
+        fprintf(stderr,
+                "ebpf-aggregator: on the new NATS connection: %s; made again with the next one\n",
+                err);
+    else
+        fprintf(stderr, "ebpf-aggregator: subscribed again, on the new NATS connection\n");
+    ingest_swap_subs(a, subs, old);
+    for (int i = 0; i < 3; i++)
+        natsSubscription_Destroy(old[i]);
+    pthread_mutex_lock(&a->stream_lock);
+    stream_unsubscribe_locked(a);
+    pthread_mutex_unlock(&a->stream_lock);
+    ingest_stream_sync(a); /* a new SSE feed when clients are connected */
+}
+
+int ingest_start(struct aggregator *a, char *err, size_t errlen)
+{
+    natsSubscription *subs[3] = {NULL, NULL, NULL}, *old[3];
+
+    int rc = ingest_subscribe(a, subs, err, errlen);
+    ingest_swap_subs(a, subs, old);
+    if (rc == 0)
+        bus_set_renew(a->bus, ingest_renew, a);
+    return rc;
 }
 
 static void stream_unsubscribe_locked(struct aggregator *a)
@@ -449,6 +524,7 @@ bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain,
 
 void ingest_stop(struct aggregator *a, int timeout_ms)
 {
+    bus_set_renew(a->bus, NULL, NULL); /* no new subscriptions from here */
     /* Drain: stop receiving, but finish what is already queued for the callback. */
     if (aggregator_sub_close(a->ingest_sub, bus_conn(a->bus), true, timeout_ms, &a->ingest_gate))
         held_free(&a->ingested); /* on_batch runs no more */
@@ -469,9 +545,13 @@ uint64_t ingest_bus_dropped(struct aggregator *a)
 {
     int64_t dropped = 0;
 
-    if (a->ingest_sub == NULL || natsSubscription_GetDropped(a->ingest_sub, &dropped) != NATS_OK)
-        return 0;
-    return dropped > 0 ? (uint64_t)dropped : 0;
+    pthread_mutex_lock(&a->subs_lock);
+    if (a->ingest_sub != NULL && natsSubscription_GetDropped(a->ingest_sub, &dropped) == NATS_OK &&
+        dropped > 0)
+        a->ingest_sub_dropped_seen = (uint64_t)dropped;
+    uint64_t total = a->ingest_sub_dropped + a->ingest_sub_dropped_seen;
+    pthread_mutex_unlock(&a->subs_lock);
+    return total;
 }
 
 uint64_t ingest_stream_dropped(struct aggregator *a)

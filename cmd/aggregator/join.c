@@ -75,11 +75,12 @@ void join_on_message(struct aggregator *a, natsMsg *msg)
     counter_add(&a->counters.join_halves_received, (uint64_t)n);
 }
 
-int join_subscribe(struct aggregator *a, natsMsgHandler cb, char *err, size_t errlen)
+int join_subscribe(struct aggregator *a, natsMsgHandler cb, natsSubscription **sub, char *err,
+                   size_t errlen)
 {
     if (!a->joins)
         return 0;
-    return aggregator_control_subscribe(a, "joins", cb, &a->joins_sub, err, errlen);
+    return aggregator_control_subscribe(a, "joins", cb, sub, err, errlen);
 }
 
 void join_stats_json(struct aggregator *a, struct buf *b)

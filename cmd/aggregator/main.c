@@ -86,6 +86,7 @@ int main(int argc, char **argv)
     make_replica_id(a.replica);
     a.started_mono_ns = clock_monotonic_ns();
     pthread_mutex_init(&a.stream_lock, NULL);
+    pthread_mutex_init(&a.subs_lock, NULL);
     pthread_mutex_init(&a.ingest_gate.lock, NULL);
     pthread_cond_init(&a.ingest_gate.idle, NULL);
 
@@ -204,5 +205,6 @@ out:
     k8s_services_free(a.services);
     joins_free(a.joins);
     pthread_mutex_destroy(&a.stream_lock);
+    pthread_mutex_destroy(&a.subs_lock);
     return rc;
 }
