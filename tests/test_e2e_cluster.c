@@ -1426,6 +1426,24 @@ static bool says_refused(const char *s)
     return s && (strcasestr(s, "authoriz") || strcasestr(s, "refused"));
 }
 
+/* Polls p's log until it holds needle count times. */
+static void wait_log(struct proc *p, const char *needle, int count, int timeout_ms)
+{
+    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        char *log = tu_read_file(p->log);
+        int found = 0;
+        for (const char *at = log; at && (at = strstr(at, needle)) != NULL; at++)
+            found++;
+        free(log);
+        if (found >= count)
+            return;
+        check(tu_mono_ms() < deadline, "%s: \"%s\" %d times in its log, want %d", p->name, needle,
+              found, count);
+        usleep(50000);
+    }
+}
+
 Test(e2e_cluster, api_token_and_nats_credentials)
 {
     need_root();
@@ -1485,34 +1503,25 @@ Test(e2e_cluster, api_token_and_nats_credentials)
 
     /*
      * With the wrong password nothing connects, and each says why: the agent
-     * keeps capturing and reports the refusal in /api/stats; the aggregator
-     * either serves not-ready with the refusal in /api/stats, or exits
-     * non-zero naming it.
+     * keeps capturing, the aggregator serves, not ready, and both report the
+     * refusal in /api/stats while they try again (a fixed secret needs no
+     * restart).
      */
     api_header = NULL;
     int st = 0;
-    int exit_status = 0;
     json_t *j = NULL;
-    if (waitpid(rbad->pid, &exit_status, WNOHANG) == rbad->pid) {
-        rbad->pid = 0;
-        char *log = tu_read_file(rbad->log);
-        check(!WIFEXITED(exit_status) || WEXITSTATUS(exit_status) != 0,
-              "aggregator with a wrong NATS password exited 0");
-        check(log && says_refused(log),
-              "aggregator with a wrong NATS password exited without saying why: %s", log);
-        free(log);
-    } else {
-        check(tu_wait_http(rbad->port, "/health", 200, 10000),
-              "aggregator with a wrong NATS password neither serves nor exits");
-        j = tu_get_json_hdr(rbad->port, "/ready", NULL, &st);
-        cr_expect_neq(st, 200, "aggregator with a wrong NATS password is ready: %s", tu_jdump(j));
-        json_decref(j);
-        j = api(rbad, "/api/stats");
-        cr_expect(json_is_false(tu_jpath(j, "bus.connected")), "%s", tu_jdump(tu_jpath(j, "bus")));
-        cr_expect(says_refused(tu_jpath_str(j, "bus.last_error")), "bus: %s",
-                  tu_jdump(tu_jpath(j, "bus")));
-        json_decref(j);
-    }
+    check(tu_wait_http(rbad->port, "/health", 200, 10000),
+          "aggregator with a wrong NATS password does not serve");
+    check(waitpid(rbad->pid, &st, WNOHANG) == 0, "aggregator with a wrong NATS password exited");
+    j = tu_get_json_hdr(rbad->port, "/ready", NULL, &st);
+    cr_expect_neq(st, 200, "aggregator with a wrong NATS password is ready: %s", tu_jdump(j));
+    json_decref(j);
+    wait_log(rbad, "closed for good", 2, 10000);
+    j = api(rbad, "/api/stats");
+    cr_expect(json_is_false(tu_jpath(j, "bus.connected")), "%s", tu_jdump(tu_jpath(j, "bus")));
+    cr_expect(says_refused(tu_jpath_str(j, "bus.last_error")), "bus: %s",
+              tu_jdump(tu_jpath(j, "bus")));
+    json_decref(j);
     j = api(abad, "/api/stats");
     cr_expect(json_is_false(tu_jpath(j, "bus.connected")), "agent bus status: %s",
               tu_jdump(tu_jpath(j, "bus")));
@@ -1529,24 +1538,6 @@ Test(e2e_cluster, api_token_and_nats_credentials)
     api_header = NULL;
     proc_kill(abad, SIGTERM);
     proc_kill(a, SIGTERM);
-}
-
-/* Polls p's log until it holds needle count times. */
-static void wait_log(struct proc *p, const char *needle, int count, int timeout_ms)
-{
-    uint64_t deadline = tu_mono_ms() + (uint64_t)timeout_ms;
-    for (;;) {
-        char *log = tu_read_file(p->log);
-        int found = 0;
-        for (const char *at = log; at && (at = strstr(at, needle)) != NULL; at++)
-            found++;
-        free(log);
-        if (found >= count)
-            return;
-        check(tu_mono_ms() < deadline, "%s: \"%s\" %d times in its log, want %d", p->name, needle,
-              found, count);
-        usleep(50000);
-    }
 }
 
 /*
@@ -1578,7 +1569,7 @@ Test(e2e_cluster, a_refusal_then_the_fix_needs_no_restart)
     struct proc *all[] = {a, r1, r2};
     for (size_t i = 0; i < 3; i++) {
         /* The agent's connection, and each aggregator's two (events, and the replicas'). */
-        wait_log(all[i], "closed for good: Authorization Violation", i == 0 ? 1 : 2, 15000);
+        wait_log(all[i], "closed for good", i == 0 ? 1 : 2, 15000);
         json_t *j = api(all[i], "/api/stats");
         cr_expect(says_refused(tu_jpath_str(j, "bus.last_error")), "%s: %s", all[i]->name,
                   tu_jdump(tu_jpath(j, "bus")));

@@ -963,7 +963,8 @@ static void cluster_renew(void *ctx)
     struct cluster *c = ctx;
     natsStatus s = cluster_subscribe(c);
 
-    if (s != NATS_OK)
+    /* Refused again already: the bus says so, and calls this again with its next one. */
+    if (s != NATS_OK && !natsConnection_IsClosed(bus_conn(c->bus)))
         fprintf(stderr,
                 "ebpf-aggregator: on the new NATS connection: subscribing to %s.%s.*: %s; made "
                 "again with the next one\n",
@@ -1008,11 +1009,15 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
 
     natsInbox *inbox = NULL;
     s = natsInbox_Create(&inbox);
-    if (s == NATS_OK)
+    bool reply_prefix_made = s == NATS_OK;
+    if (reply_prefix_made)
         snprintf(c->reply_prefix, sizeof(c->reply_prefix), "%s", inbox);
     natsInbox_Destroy(inbox);
     if (s == NATS_OK)
         s = cluster_subscribe(c);
+    /* Refused already (nats.c closed the connection): made again on the bus's next one. */
+    if (s != NATS_OK && reply_prefix_made && natsConnection_IsClosed(bus_conn(c->bus)))
+        s = NATS_OK;
     if (s != NATS_OK) {
         errmsg_set(err, errlen, "subscribing to %s.%s.*: %s", a->cfg.control_subject,
                    a->cfg.queue_group, natsStatus_GetText(s));

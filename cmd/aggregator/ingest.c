@@ -378,12 +378,12 @@ static void ingest_renew(void *ctx)
     char err[256];
 
     aggregator_gate_quiesce(&a->ingest_gate);
-    if (ingest_subscribe(a, subs, err, sizeof(err)) < 0)
+    if (ingest_subscribe(a, subs, err, sizeof(err)) == 0)
+        fprintf(stderr, "ebpf-aggregator: subscribed again, on the new NATS connection\n");
+    else if (!natsConnection_IsClosed(bus_conn(a->bus))) /* else refused again: the bus says so */
         fprintf(stderr,
                 "ebpf-aggregator: on the new NATS connection: %s; made again with the next one\n",
                 err);
-    else
-        fprintf(stderr, "ebpf-aggregator: subscribed again, on the new NATS connection\n");
     ingest_swap_subs(a, subs, old);
     for (int i = 0; i < 3; i++)
         natsSubscription_Destroy(old[i]);
@@ -399,9 +399,11 @@ int ingest_start(struct aggregator *a, char *err, size_t errlen)
 
     int rc = ingest_subscribe(a, subs, err, errlen);
     ingest_swap_subs(a, subs, old);
-    if (rc == 0)
-        bus_set_renew(a->bus, ingest_renew, a);
-    return rc;
+    /* Refused already (nats.c closed the connection): made again on the bus's next one. */
+    if (rc < 0 && !natsConnection_IsClosed(bus_conn(a->bus)))
+        return rc;
+    bus_set_renew(a->bus, ingest_renew, a);
+    return 0;
 }
 
 static void stream_unsubscribe_locked(struct aggregator *a)

@@ -39,24 +39,6 @@ static void make_replica_id(char out[AGGREGATOR_REPLICA_ID_LEN])
     snprintf(out, AGGREGATOR_REPLICA_ID_LEN, "%016llx", (unsigned long long)r);
 }
 
-/*
- * A subscription fails when nats.c has given up on the connection (the
- * server refused the credentials): say why, not just "connection closed".
- */
-static void report_bus_failure(struct bus *b, const char *err)
-{
-    /* nats.c reports the refusal from its own thread, possibly just after
-     * the subscription failed: give it a moment, unless it is connected. */
-    if (!bus_connected(b))
-        bus_wait_closed(b, BUS_CLOSED_WAIT_MS);
-    struct bus_status st;
-    bus_get_status(b, &st);
-    if (st.closed && st.last_error[0])
-        fprintf(stderr, "ebpf-aggregator: NATS connection closed: %s\n", st.last_error);
-    else
-        fprintf(stderr, "ebpf-aggregator: %s\n", err);
-}
-
 /* A workload's flow series live while a pod of it names its address (flows_series_set_alive). */
 static bool workload_alive(void *ctx, const char *namespace, const char *workload, uint64_t now_ns)
 {
@@ -147,7 +129,7 @@ int main(int argc, char **argv)
     }
     if (ingest_start(&a, err, sizeof(err)) < 0 ||
         !(a.cluster = cluster_new(&a, err, sizeof(err)))) {
-        report_bus_failure(a.bus, err);
+        fprintf(stderr, "ebpf-aggregator: %s\n", err);
         goto out;
     }
     if (aggregator_api_register(&a) < 0 || http_server_start(a.http) < 0) {
