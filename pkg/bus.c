@@ -20,6 +20,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +45,8 @@ struct retired_conn {
 struct bus {
     natsConnection *nc; /* atomic: replaced when reopened */
     natsOptions *opts;
-    bool reopen; /* open a new connection when nats.c closes one for good */
+    bool reopen;   /* open a new connection when nats.c closes one for good */
+    char what[48]; /* "NATS" or "NATS (label)", for the log */
 
     /* Written from nats.c's callback threads; read anywhere (atomics). */
     bool connected;
@@ -70,6 +72,7 @@ struct bus {
     bool reopen_started;
     struct retired_conn retired[BUS_MAX_RETIRED];
     size_t nretired;
+    bool in_connect;            /* the thread is in natsConnection_Connect() (lock) */
     pthread_mutex_t renew_lock; /* held while renew runs: bus_set_renew() waits for it */
     bus_renew_fn renew;
     void *renew_ctx;
@@ -101,8 +104,8 @@ static void notify(struct bus *b, bool connected)
 static void reopened_up(struct bus *b)
 {
     __atomic_fetch_add(&b->reconnects, 1, __ATOMIC_RELAXED);
-    fprintf(stderr, "%s: NATS: connected again, with a new connection\n",
-            program_invocation_short_name);
+    fprintf(stderr, "%s: %s: connected again, with a new connection\n",
+            program_invocation_short_name, b->what);
     notify(b, true);
 }
 
@@ -167,12 +170,13 @@ static void on_closed(natsConnection *nc, void *closure)
     bool ours = is_closing(b);
     if (!ours && generic)
         set_error(b, "the NATS servers refused the connection (credentials: NATS_USER/"
-                     "NATS_PASSWORD, NATS_TOKEN or NATS_CREDS; or TLS: NATS_TLS_CA, "
-                     "NATS_TLS_CERT; the server's log says which)");
+                     "NATS_PASSWORD, NATS_TOKEN or NATS_CREDS; TLS: NATS_TLS_CA, "
+                     "NATS_TLS_CERT; or a server limit such as max_connections; the server's "
+                     "log says which)");
     if (!ours && !b->reopen) {
         pthread_mutex_lock(&b->lock);
-        fprintf(stderr, "%s: NATS: the connection is closed for good: %s\n",
-                program_invocation_short_name, b->last_error);
+        fprintf(stderr, "%s: %s: the connection is closed for good: %s\n",
+                program_invocation_short_name, b->what, b->last_error);
         pthread_mutex_unlock(&b->lock);
     }
     notify(b, false);
@@ -200,11 +204,25 @@ static void install(struct bus *b, natsConnection *nc)
     pthread_mutex_unlock(&b->lock);
 }
 
+/*
+ * An error the server reported on a live connection (a subject the user may
+ * not use: "Permissions Violation for Publish to ...") or a slow consumer:
+ * kept with the server's own words when nats.c has them, and logged the first
+ * time and then every 1000th, so a publisher refused on every batch is seen
+ * without flooding the log.
+ */
 static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
 {
     struct bus *b = closure;
-    __atomic_fetch_add(&b->async_errors, 1, __ATOMIC_RELAXED);
-    set_error(b, natsStatus_GetText(err));
+    uint64_t n = __atomic_add_fetch(&b->async_errors, 1, __ATOMIC_RELAXED);
+    const char *text = NULL;
+
+    if (natsConnection_GetLastError(nc, &text) != err || !text || !*text)
+        text = natsStatus_GetText(err);
+    set_error(b, text);
+    if (n == 1 || n % 1000 == 0)
+        fprintf(stderr, "%s: %s: %s (%" PRIu64 " asynchronous errors so far)\n",
+                program_invocation_short_name, b->what, text, n);
 }
 
 /* nats.c's own message for the last failure on this thread, or its status text. */
@@ -362,7 +380,22 @@ static void retire(struct bus *b, natsConnection *nc)
 static void reopen_once(struct bus *b)
 {
     natsConnection *nc = NULL;
+    pthread_mutex_lock(&b->lock);
+    b->in_connect = true;
+    pthread_mutex_unlock(&b->lock);
+    /* Up to BUS_CONNECT_TIMEOUT for each server that does not answer. */
     natsStatus s = natsConnection_Connect(&nc, b->opts);
+    pthread_mutex_lock(&b->lock);
+    b->in_connect = false;
+    bool closing = is_closing(b);
+    pthread_mutex_unlock(&b->lock);
+    if (closing) { /* bus_close() has gone on without this thread: touch nothing but nc */
+        if (nc) {
+            natsConnection_Close(nc);
+            natsConnection_Destroy(nc);
+        }
+        return;
+    }
     if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
         set_error(b, nats_reason(s));
         return;
@@ -411,9 +444,9 @@ static void *reopen_main(void *arg)
         /* The first time and then every tenth, so a long refusal cannot fill the log. */
         if (attempts++ % 10 == 0)
             fprintf(stderr,
-                    "%s: NATS: the connection is closed for good: %s; opening a new one in "
+                    "%s: %s: the connection is closed for good: %s; opening a new one in "
                     "%.1f s\n",
-                    program_invocation_short_name, b->last_error, (double)delay / 1000);
+                    program_invocation_short_name, b->what, b->last_error, (double)delay / 1000);
         struct timespec until = clock_deadline_ms(delay);
         while (!is_closing(b) &&
                pthread_cond_timedwait(&b->closed_cond, &b->lock, &until) != ETIMEDOUT)
@@ -443,6 +476,10 @@ struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o,
     pthread_mutex_init(&b->renew_lock, NULL);
     clock_cond_init(&b->closed_cond);
     b->reopen = !(o && o->no_reopen);
+    if (o && o->label)
+        snprintf(b->what, sizeof(b->what), "NATS (%s)", o->label);
+    else
+        snprintf(b->what, sizeof(b->what), "NATS");
     if (build_options(b, cfg, o, err, errlen) < 0) {
         bus_close(b);
         return NULL;
@@ -516,8 +553,16 @@ void bus_close(struct bus *b)
     pthread_mutex_lock(&b->lock);
     __atomic_store_n(&b->closing, true, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&b->closed_cond); /* wakes the reopening thread */
+    /*
+     * A reopening thread trying servers that do not answer may take seconds for
+     * each: shutting down does not wait for it. It closes its own connection when
+     * Connect returns and touches nothing else; b stays allocated for it.
+     */
+    bool abandon = b->reopen_started && b->in_connect;
     pthread_mutex_unlock(&b->lock);
-    if (b->reopen_started)
+    if (abandon)
+        pthread_detach(b->reopen_thread);
+    else if (b->reopen_started)
         pthread_join(b->reopen_thread, NULL);
     natsConnection *nc = current(b);
     if (nc) {
@@ -529,6 +574,8 @@ void bus_close(struct bus *b)
             return;
     }
     retired_destroy(b, true);
+    if (abandon)
+        return;
     natsOptions_Destroy(b->opts);
     pthread_cond_destroy(&b->closed_cond);
     pthread_mutex_destroy(&b->renew_lock);

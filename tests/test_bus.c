@@ -5,10 +5,14 @@
 #include "bus.h"
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define WAIT_MS 5000
@@ -259,6 +263,62 @@ Test(bus, a_connection_closed_for_good_is_opened_again)
     cr_assert_eq(natsConnection_PublishString(first, "bus.test", "late"), NATS_CONNECTION_CLOSED);
 
     bus_close(b);
+    tu_stop(ns, 2000);
+}
+
+/* A loopback TCP listener that never answers (the handshake completes, no INFO comes). */
+static int silent_listener(int *port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    cr_assert_eq(listen(fd, 8), 0);
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
+/*
+ * Shutting down while the bus is opening a new connection does not wait for
+ * the servers that do not answer (2 s each): bus_close() returns while the
+ * attempt on one is still open.
+ */
+Test(bus, closing_does_not_wait_for_a_reopening_attempt)
+{
+    int port = tu_free_port(), silent_port = 0;
+    int silent = silent_listener(&silent_port);
+    const char *auth[] = {"--user", "agent", "--pass", "s3cret", NULL};
+    pid_t ns = tu_nats_start(port, auth, "/tmp/test_bus_nats.log");
+    cr_assert_gt(ns, 0, "nats-server did not start");
+    struct config c;
+    char err[256];
+    config_for(&c, port);
+    snprintf(c.nats_url, sizeof(c.nats_url), "nats://127.0.0.1:%d,nats://127.0.0.1:%d", port,
+             silent_port);
+    struct bus *b = bus_open(&c, "test-bus", err, sizeof(err));
+    cr_assert_not_null(b, "%s", err);
+    cr_assert(bus_wait_closed(b, 3 * WAIT_MS), "nats.c never gave up on the refusing server");
+
+    /* Attempts of the closed connection are over: drop them, then wait for the reopening's
+     * (each tries the refusing server, then the silent one). */
+    int attempt;
+    while ((attempt = accept(silent, NULL, NULL)) >= 0)
+        close(attempt);
+    for (uint64_t deadline = tu_mono_ms() + 2 * WAIT_MS;
+         (attempt = accept(silent, NULL, NULL)) < 0;) {
+        cr_assert_lt(tu_mono_ms(), deadline, "no reopening attempt reached the silent server");
+        usleep(5000);
+    }
+    bus_close(b);
+    /* Still open: bus_close() did not wait for that attempt's timeout, which closes it. */
+    char byte;
+    ssize_t n = recv(attempt, &byte, 1, MSG_DONTWAIT);
+    cr_assert(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK),
+              "the attempt ended before bus_close() returned (recv %zd)", n);
+    close(attempt);
+    close(silent);
     tu_stop(ns, 2000);
 }
 

@@ -589,6 +589,37 @@ Test(e2e_bus_auth, each_role_does_its_job_and_nothing_else)
     cr_expect_neq(st, NATS_OK, "a wrong agent password is accepted");
     probe_close(&anon);
 
+    /*
+     * An agent publishing where its user may not (a SUBJECT_PREFIX changed without the
+     * server's permissions) is told so by the server on every batch: it says so in its log,
+     * in /api/stats and in /metrics, rather than looking sent.
+     */
+    const char *const denied_env[] = {"FLUSH_INTERVAL=100ms", "SUBJECT_PREFIX=ebpf.elsewhere",
+                                      NULL};
+    struct proc *denied = agent_up("e2e-denied", urls, denied_env);
+    tu_tcp_roundtrip();
+    violation(want, sizeof(want), "Publish", "ebpf.elsewhere.e2e-denied");
+    char *log = NULL;
+    for (uint64_t deadline = tu_mono_ms() + 15000;; free(log)) {
+        log = tu_read_file(denied->log);
+        if (log && strstr(log, want))
+            break;
+        check(tu_mono_ms() < deadline, "no \"%s\" in the agent's log: %s", want, log);
+        usleep(50000);
+    }
+    free(log);
+    s = api(denied, "/api/stats");
+    cr_expect(strstr(tu_jpath_str(s, "bus.last_error"), "Permissions Violation"), "%s",
+              tu_jdump(tu_jpath(s, "bus")));
+    cr_expect_geq(tu_jpath_int(s, "bus.async_errors"), 1);
+    json_decref(s);
+    struct tu_http m;
+    cr_assert_eq(tu_http_get(denied->port, "/metrics", NULL, &m), 0);
+    const char *line = strstr(m.body, "\nebpf_agent_bus_async_errors_total ");
+    cr_expect(line && atoll(line + strlen("\nebpf_agent_bus_async_errors_total ")) >= 1,
+              "/metrics: %s", line ? line : "no ebpf_agent_bus_async_errors_total");
+    tu_http_free(&m);
+
     /* The aggregators still answer, for both replicas and nobody else. */
     pid = run_marker();
     snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d&node=e2e-auth", pid);

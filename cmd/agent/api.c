@@ -449,6 +449,10 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                "Publish attempts that failed (retried).", ps.publish_errors);
     api_metric(b, "ebpf_agent_bus_reconnects_total", "counter", "Reconnections to NATS.",
                ps.bus.reconnects);
+    api_metric(b, "ebpf_agent_bus_async_errors_total", "counter",
+               "Errors the NATS server reported on the connection (a subject not permitted, a "
+               "slow consumer).",
+               ps.bus.async_errors);
     if (a->cgroups) {
         struct k8s_stats ks;
         struct cgroup_resolver_stats cs;

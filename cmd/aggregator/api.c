@@ -227,10 +227,20 @@ inline_answer:
     fn(a, req, res);
 }
 
+/* Both NATS connections up: the batches' and the replicas' own (cluster.c). */
+static bool nats_up(struct aggregator *a)
+{
+    struct bus_status control = {.connected = true};
+
+    if (a->cluster)
+        cluster_bus_status(a->cluster, &control);
+    return bus_connected(a->bus) && control.connected;
+}
+
 /* Without NATS a replica cannot know its peers: its answer is its own share only. */
 static bool is_partial(struct aggregator *a, unsigned answered, unsigned expected)
 {
-    return answered < expected || !bus_connected(a->bus);
+    return answered < expected || !nats_up(a);
 }
 
 static void write_replicas(struct aggregator *a, struct buf *b, unsigned answered,
@@ -372,7 +382,7 @@ static json_t *own_stats(struct aggregator *a)
     ingest_counters_json(a, &b);
     counters = b.oom ? NULL : json_loadb(b.data, b.len, 0, NULL);
     if (counters != NULL)
-        root = json_pack("{s:s,s:b,s:o}", "replica", a->replica, "connected", bus_connected(a->bus),
+        root = json_pack("{s:s,s:b,s:o}", "replica", a->replica, "connected", nats_up(a),
                          "counters", counters);
     buf_free(&b);
     return root;
@@ -534,11 +544,16 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     api_json_set_u64(root, "evictions",
                      (uint64_t)sat_sum(json_integer_value(json_object_get(hist, "evicted_count")),
                                        json_integer_value(json_object_get(hist, "evicted_age"))));
-    json_object_set_new(root, "bus",
-                        json_pack("{s:b,s:s,s:I,s:I,s:I,s:s}", "connected", bs.connected, "server",
-                                  bs.server, "disconnects", (json_int_t)bs.disconnects,
-                                  "reconnects", (json_int_t)bs.reconnects, "async_errors",
-                                  (json_int_t)bs.async_errors, "last_error", bs.last_error));
+    struct bus_status control = {0};
+    if (a->cluster)
+        cluster_bus_status(a->cluster, &control);
+    json_object_set_new(
+        root, "bus",
+        json_pack("{s:b,s:s,s:I,s:I,s:I,s:s,s:{s:b,s:s}}", "connected", bs.connected, "server",
+                  bs.server, "disconnects", (json_int_t)bs.disconnects, "reconnects",
+                  (json_int_t)bs.reconnects, "async_errors", (json_int_t)bs.async_errors,
+                  "last_error", bs.last_error, "control", "connected", control.connected,
+                  "last_error", control.last_error));
     json_t *stream = api_stream_stats_json(&hs);
     if (stream)
         api_json_set_u64(stream, "bus_dropped", ingest_stream_dropped(a));
@@ -584,7 +599,7 @@ static void handle_health(void *ctx, const struct http_request *req, struct http
 static void handle_ready(void *ctx, const struct http_request *req, struct http_response *res)
 {
     struct aggregator *a = ctx;
-    bool up = bus_connected(a->bus);
+    bool up = nats_up(a);
 
     if (http_refuse_params(req, res))
         return;
@@ -681,6 +696,10 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                bs.connected);
     api_metric(b, "ebpf_aggregator_nats_reconnects_total", "counter", "Reconnections to NATS.",
                bs.reconnects);
+    api_metric(b, "ebpf_aggregator_nats_async_errors_total", "counter",
+               "Errors the NATS server reported on the connection (a subject not permitted, a "
+               "slow consumer).",
+               bs.async_errors);
     api_http_metrics(b, "ebpf_aggregator", &hs, ingest_stream_dropped(a));
     api_metric(b, "ebpf_aggregator_queries_in_flight", "gauge",
                "Cluster-wide requests waiting for or held by a worker.", pool_in_flight(a));

@@ -185,15 +185,17 @@ static void on_heartbeat(natsConnection *nc, natsSubscription *sub, natsMsg *msg
 }
 
 /*
- * Expires the peers not heard from within CLUSTER_PEER_TTL_MS. Without a
- * NATS connection this replica hears no one: the peers it knew stay expected
- * (its answers are partial, answered < expected) until it is back and they
- * have had CLUSTER_PEER_TTL_MS to be heard again.
+ * Expires the peers not heard from within CLUSTER_PEER_TTL_MS. Without either
+ * NATS connection this replica hears no one (heartbeats come on its own, the
+ * batches on the main one): the peers it knew stay expected (its answers are
+ * partial, answered < expected) until both are back and they have had
+ * CLUSTER_PEER_TTL_MS to be heard again. The two come back on their own
+ * schedules after a refusal.
  */
 static void prune_peers(struct cluster *c)
 {
     uint64_t now = mono_ms();
-    bool deaf = !bus_connected(c->a->bus);
+    bool deaf = !bus_connected(c->a->bus) || !bus_connected(c->bus);
 
     pthread_mutex_lock(&c->lock);
     for (size_t i = 0; i < c->npeers;) {
@@ -208,6 +210,11 @@ static void prune_peers(struct cluster *c)
         }
     }
     pthread_mutex_unlock(&c->lock);
+}
+
+void cluster_bus_status(struct cluster *c, struct bus_status *out)
+{
+    bus_get_status(c->bus, out);
 }
 
 unsigned cluster_expected(struct cluster *c)
@@ -983,7 +990,7 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
     c->a = a;
     char name[96];
     snprintf(name, sizeof(name), "ebpf-aggregator/%s/control", a->replica);
-    struct bus_options bo = {.name = name, .no_echo = true, .send_asap = true};
+    struct bus_options bo = {.name = name, .no_echo = true, .send_asap = true, .label = "control"};
     if (!(c->bus = bus_open_opts(&a->cfg, &bo, err, errlen))) {
         free(c);
         return NULL;

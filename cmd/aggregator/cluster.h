@@ -36,6 +36,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "bus.h"
 #include "buf.h"
 #include "cluster_merge.h"
 #include "flows.h"
@@ -60,6 +61,8 @@ void cluster_free(struct cluster *c);
 
 /* 1 + the peers heard from within CLUSTER_PEER_TTL_MS. */
 unsigned cluster_expected(struct cluster *c);
+/* The replicas' own connection (heartbeats, queries, answers): its state, as bus_get_status(). */
+void cluster_bus_status(struct cluster *c, struct bus_status *out);
 
 /*
  * Runs q (parsed from the raw query string qs) on this replica and on every

@@ -378,9 +378,9 @@ static void ingest_renew(void *ctx)
     char err[256];
 
     aggregator_gate_quiesce(&a->ingest_gate);
-    if (ingest_subscribe(a, subs, err, sizeof(err)) == 0)
-        fprintf(stderr, "ebpf-aggregator: subscribed again, on the new NATS connection\n");
-    else if (!natsConnection_IsClosed(bus_conn(a->bus))) /* else refused again: the bus says so */
+    /* Refused again already: the bus says so, and calls this again with its next one. */
+    if (ingest_subscribe(a, subs, err, sizeof(err)) < 0 &&
+        !natsConnection_IsClosed(bus_conn(a->bus)))
         fprintf(stderr,
                 "ebpf-aggregator: on the new NATS connection: %s; made again with the next one\n",
                 err);
