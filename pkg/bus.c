@@ -61,6 +61,7 @@ struct bus {
     pthread_mutex_t lock;       /* guards last_error, the listener, closed_nc and closed_cond */
     pthread_cond_t closed_cond; /* on_closed() has run, or bus_close() started */
     natsConnection *closed_nc;  /* the last connection nats.c closed */
+    natsConnection *reason_nc;  /* the last one on_closed() gave a reason for (just before) */
     char last_error[256];
     bool connected_since_reopen; /* the reopening thread's wait starts over */
     bus_state_fn listener;
@@ -119,12 +120,29 @@ static void on_connected(natsConnection *nc, void *closure)
         notify(b, true);
 }
 
+/*
+ * The connection's last error as its status's text, or NULL. nats.c's own
+ * words for it (natsConnection_GetLastError()'s string) live in the
+ * connection, where its threads write them with no lock a reader can take: they
+ * are not read. The server's words for an error it reports on a live
+ * connection (authorization, permissions) reach on_error() intact.
+ */
+static const char *conn_error(natsConnection *nc)
+{
+    const char *unread = NULL;
+    natsStatus s = nc ? natsConnection_GetLastError(nc, &unread) : NATS_OK;
+
+    if (s == NATS_CONNECTION_AUTH_FAILED) /* in the server's words, as operators know them */
+        return "Authorization Violation (the server refused the credentials, or they expired)";
+    return s == NATS_OK ? NULL : natsStatus_GetText(s);
+}
+
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     struct bus *b = closure;
     __atomic_fetch_add(&b->disconnects, 1, __ATOMIC_RELAXED);
-    const char *last = NULL;
-    if (natsConnection_GetLastError(nc, &last) != NATS_OK && last && *last)
+    const char *last = conn_error(nc);
+    if (last)
         set_error(b, last);
     notify(b, false);
 }
@@ -142,11 +160,17 @@ static bool specific_error(const char *t)
     return t && *t && !strstr(t, "No server available") && !strstr(t, "Not Yet Connected");
 }
 
+/* A reason is kept unless there is none yet or only a generic one. */
 static void keep_last_error(struct bus *b, natsConnection *nc)
 {
-    const char *last = NULL;
-    if (nc && natsConnection_GetLastError(nc, &last) != NATS_OK && specific_error(last))
-        set_error(b, last);
+    const char *last = conn_error(nc);
+
+    if (!specific_error(last))
+        return;
+    pthread_mutex_lock(&b->lock);
+    if (!specific_error(b->last_error) || strstr(b->last_error, "no NATS server"))
+        snprintf(b->last_error, sizeof(b->last_error), "%s", last);
+    pthread_mutex_unlock(&b->lock);
 }
 
 static natsConnection *current(struct bus *b)
@@ -162,23 +186,23 @@ static bool is_closing(struct bus *b)
 static void on_closed(natsConnection *nc, void *closure)
 {
     struct bus *b = closure;
-    /* nats.c gives up on servers that refuse our credentials twice. */
-    keep_last_error(b, nc);
-    pthread_mutex_lock(&b->lock);
-    bool generic = !specific_error(b->last_error) || strstr(b->last_error, "no NATS server");
-    pthread_mutex_unlock(&b->lock);
     bool ours = is_closing(b);
-    if (!ours && generic)
-        set_error(b, "the NATS servers refused the connection (credentials: NATS_USER/"
-                     "NATS_PASSWORD, NATS_TOKEN or NATS_CREDS; TLS: NATS_TLS_CA, "
-                     "NATS_TLS_CERT; or a server limit such as max_connections; the server's "
-                     "log says which)");
-    if (!ours && !b->reopen) {
-        pthread_mutex_lock(&b->lock);
+
+    /*
+     * nats.c gives up on servers that refuse our credentials twice; the
+     * server's words for it came to on_error() first (callbacks run in order).
+     */
+    pthread_mutex_lock(&b->lock);
+    if (!ours && (!specific_error(b->last_error) || strstr(b->last_error, "no NATS server")))
+        snprintf(b->last_error, sizeof(b->last_error), "%s",
+                 "the NATS servers refused the connection (credentials: NATS_USER/"
+                 "NATS_PASSWORD, NATS_TOKEN or NATS_CREDS; TLS: NATS_TLS_CA, NATS_TLS_CERT; or "
+                 "a server limit such as max_connections; the server's log says which)");
+    b->reason_nc = nc; /* bus_open() keeps this reason over its own */
+    if (!ours && !b->reopen)
         fprintf(stderr, "%s: %s: the connection is closed for good: %s\n",
                 program_invocation_short_name, b->what, b->last_error);
-        pthread_mutex_unlock(&b->lock);
-    }
+    pthread_mutex_unlock(&b->lock);
     notify(b, false);
     /*
      * The last touch of b: bus_close() may free it as soon as the lock is released. A
@@ -215,9 +239,11 @@ static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, 
 {
     struct bus *b = closure;
     uint64_t n = __atomic_add_fetch(&b->async_errors, 1, __ATOMIC_RELAXED);
-    const char *text = NULL;
+    /* nats.c sets its words, when it has some, as this thread's last error before the call. */
+    natsStatus st = NATS_OK;
+    const char *text = nats_GetLastError(&st);
 
-    if (natsConnection_GetLastError(nc, &text) != err || !text || !*text)
+    if (st != err || !text || !*text)
         text = natsStatus_GetText(err);
     set_error(b, text);
     if (n == 1 || n % 1000 == 0)
@@ -402,7 +428,9 @@ static void reopen_once(struct bus *b)
     }
     natsConnection *old = current(b);
     pthread_mutex_lock(&b->lock);
-    b->closed_nc = b->closed_nc == old ? NULL : b->closed_nc; /* old's address may be reused */
+    /* old's address may be reused */
+    b->closed_nc = b->closed_nc == old ? NULL : b->closed_nc;
+    b->reason_nc = b->reason_nc == old ? NULL : b->reason_nc;
     pthread_mutex_unlock(&b->lock);
     /* Before it is installed: its connected callback may run as soon as it is. */
     __atomic_fetch_add(&b->generation, 1, __ATOMIC_ACQ_REL);
@@ -495,17 +523,16 @@ struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o,
         /* Retrying in the background; on_connected fires when a server answers. */
         char urls[CONFIG_URL];
         bus_redact_urls(cfg->nats_url, urls, sizeof(urls));
-        /* A server that refused our credentials may already have made
-         * nats.c give up (on_closed ran first): keep that reason. */
+        /* A server that refused our credentials may already have made nats.c give up
+         * (on_closed() has given the reason): keep that reason. */
         pthread_mutex_lock(&b->lock);
-        bool closed = __atomic_load_n(&b->closed, __ATOMIC_ACQUIRE);
+        bool closed = b->reason_nc == nc;
+        if (!closed)
+            errmsg_set(b->last_error, sizeof(b->last_error), "no NATS server reachable at %s",
+                       urls);
         pthread_mutex_unlock(&b->lock);
-        if (!closed) {
-            char msg[sizeof(b->last_error)];
-            errmsg_set(msg, sizeof(msg), "no NATS server reachable at %s", urls);
-            set_error(b, msg);
+        if (!closed)
             keep_last_error(b, nc);
-        }
     } else {
         /*
          * A server answered and refused us (authorization, TLS mismatch): a
