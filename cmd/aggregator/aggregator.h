@@ -128,6 +128,10 @@ struct aggregator {
     bool stream_closed;          /* shutting down: never subscribe again */
     struct msg_hold streamed;    /* batches the SSE feed is done with (stream_lock) */
     uint64_t stream_sub_dropped; /* slow-consumer drops of destroyed stream subscriptions */
+    /* The feed's batches by node and instance while it has clients, for the sequence gaps:
+     * batches it never heard (its subscription made again on a new connection). */
+    struct nodes *stream_nodes;
+    uint64_t stream_lost_batches; /* gaps of the tables of earlier feeds */
 
     struct aggregator_counters counters; /* atomics */
 
@@ -172,6 +176,8 @@ void ingest_on_stream_clients(void *ctx, uint64_t clients);
 /* Messages nats.c dropped because this replica could not keep up. */
 uint64_t ingest_bus_dropped(struct aggregator *a);
 uint64_t ingest_stream_dropped(struct aggregator *a);
+/* Batches the SSE feed never heard (sequence gaps while it had clients). */
+uint64_t ingest_stream_lost(struct aggregator *a);
 /* This replica's counters as one JSON object (for /api/stats gathering). */
 void ingest_counters_json(struct aggregator *a, struct buf *b);
 /* This replica's peer-naming series for /metrics. */

@@ -555,8 +555,10 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
                   "last_error", bs.last_error, "control", "connected", control.connected,
                   "last_error", control.last_error));
     json_t *stream = api_stream_stats_json(&hs);
-    if (stream)
+    if (stream) {
         api_json_set_u64(stream, "bus_dropped", ingest_stream_dropped(a));
+        api_json_set_u64(stream, "bus_lost_batches", ingest_stream_lost(a));
+    }
     json_object_set_new(root, "stream", stream);
     json_object_set_new(root, "queries",
                         json_pack("{s:I,s:I}", "in_flight", (json_int_t)pool_in_flight(a),
@@ -696,6 +698,10 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                bs.connected);
     api_metric(b, "ebpf_aggregator_nats_reconnects_total", "counter", "Reconnections to NATS.",
                bs.reconnects);
+    api_metric(b, "ebpf_aggregator_stream_bus_lost_batches_total", "counter",
+               "Batches this replica's SSE feed never heard while it had clients (sequence gaps: "
+               "its subscription was made again on a new NATS connection).",
+               ingest_stream_lost(a));
     api_metric(b, "ebpf_aggregator_nats_async_errors_total", "counter",
                "Errors the NATS server reported on the connection (a subject not permitted, a "
                "slow consumer).",

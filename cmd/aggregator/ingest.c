@@ -260,6 +260,8 @@ static void on_stream_batch(natsConnection *nc, natsSubscription *sub, natsMsg *
         /* The lock keeps a subscription being torn down from feeding a freed server. */
         pthread_mutex_lock(&a->stream_lock);
         if (a->stream_sub == sub && !a->stream_closed) {
+            if (a->stream_nodes)
+                nodes_observe(a->stream_nodes, &batch.meta, batch.n, clock_realtime_ns());
             /* Named as the ingesting replica names them (not counted twice). */
             peers_enrich(a->peers, batch.events, batch.n, clock_realtime_ns(), false);
             if (a->services)
@@ -421,6 +423,19 @@ static void stream_unsubscribe_locked(struct aggregator *a)
     a->stream_sub = NULL;
 }
 
+/* The feed has no clients any more: what it did not hear since is no one's loss. */
+static void stream_forget_locked(struct aggregator *a)
+{
+    struct nodes_totals t;
+
+    if (a->stream_nodes == NULL)
+        return;
+    nodes_get_totals(a->stream_nodes, &t);
+    a->stream_lost_batches += t.lost_batches;
+    nodes_free(a->stream_nodes);
+    a->stream_nodes = NULL;
+}
+
 void ingest_stream_sync(struct aggregator *a)
 {
     char subject[CONFIG_STR + 4];
@@ -428,6 +443,8 @@ void ingest_stream_sync(struct aggregator *a)
     pthread_mutex_lock(&a->stream_lock);
     if (a->stream_clients > 0 && a->stream_sub == NULL && !a->stream_closed) {
         natsConnection *nc = bus_conn(a->bus);
+        if (a->stream_nodes == NULL) /* NULL when out of memory: gaps go uncounted */
+            a->stream_nodes = nodes_new(AGGREGATOR_MAX_INSTANCES);
         wildcard_subject(a, subject, sizeof(subject));
         if (natsConnection_Subscribe(&a->stream_sub, nc, subject, on_stream_batch, a) == NATS_OK) {
             natsSubscription_SetPendingLimits(a->stream_sub, INGEST_PENDING_MSGS,
@@ -439,6 +456,7 @@ void ingest_stream_sync(struct aggregator *a)
         }
     } else if (a->stream_clients == 0 && a->stream_sub != NULL) {
         stream_unsubscribe_locked(a);
+        stream_forget_locked(a);
     }
     pthread_mutex_unlock(&a->stream_lock);
 }
@@ -540,6 +558,7 @@ void ingest_stop(struct aggregator *a, int timeout_ms)
     pthread_mutex_lock(&a->stream_lock);
     a->stream_closed = true;
     stream_unsubscribe_locked(a);
+    stream_forget_locked(a);
     pthread_mutex_unlock(&a->stream_lock);
 }
 
@@ -554,6 +573,18 @@ uint64_t ingest_bus_dropped(struct aggregator *a)
     uint64_t total = a->ingest_sub_dropped + a->ingest_sub_dropped_seen;
     pthread_mutex_unlock(&a->subs_lock);
     return total;
+}
+
+uint64_t ingest_stream_lost(struct aggregator *a)
+{
+    struct nodes_totals t = {0};
+
+    pthread_mutex_lock(&a->stream_lock);
+    if (a->stream_nodes)
+        nodes_get_totals(a->stream_nodes, &t);
+    uint64_t lost = a->stream_lost_batches + t.lost_batches;
+    pthread_mutex_unlock(&a->stream_lock);
+    return lost;
 }
 
 uint64_t ingest_stream_dropped(struct aggregator *a)
