@@ -32,7 +32,9 @@
 #define BUS_CONNECT_TIMEOUT 2000 /* ms per connection attempt */
 #define BUS_CLOSE_WAIT_S    5    /* for nats.c's closed callback */
 #define BUS_REOPEN_MIN_MS   1000 /* first wait before a new connection; doubles each time */
-#define BUS_REOPEN_MAX_MS   30000
+/* At most this long after the servers accept it again is a process back: every process of a
+ * fleet retries that often while refused (each retry is one refused login at the server). */
+#define BUS_REOPEN_MAX_MS 10000
 /* Connections closed for good and replaced, not yet destroyed (one per reopening). */
 #define BUS_MAX_RETIRED      8
 #define BUS_RETIRED_GRACE_MS 60000
@@ -469,8 +471,8 @@ static void *reopen_main(void *arg)
             b->connected_since_reopen = false;
         }
         uint64_t delay = wait_ms + (uint64_t)rand_r(&seed) % (wait_ms / 4 + 1);
-        /* The first time and then every tenth, so a long refusal cannot fill the log. */
-        if (attempts++ % 10 == 0)
+        /* Each wait while it grows, then every tenth, so a long refusal cannot fill the log. */
+        if (wait_ms < BUS_REOPEN_MAX_MS || attempts % 10 == 0)
             fprintf(stderr,
                     "%s: %s: the connection is closed for good: %s; opening a new one in "
                     "%.1f s\n",
@@ -484,6 +486,7 @@ static void *reopen_main(void *arg)
         pthread_mutex_unlock(&b->lock);
         retired_destroy(b, false);
         reopen_once(b);
+        attempts++;
         if (wait_ms < BUS_REOPEN_MAX_MS)
             wait_ms = wait_ms * 2 < BUS_REOPEN_MAX_MS ? wait_ms * 2 : BUS_REOPEN_MAX_MS;
         pthread_mutex_lock(&b->lock);

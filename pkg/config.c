@@ -147,7 +147,7 @@ static const struct key keys[] = {
     {"STALE_AFTER", KIND_DURATION, AGG, NUM(stale_after_ns), SEC, 24 * 3600 * SEC, NULL, "30s",
      "a node that sent nothing for this long is stale"},
     {"QUERY_TIMEOUT", KIND_DURATION, AGG, NUM(query_timeout_ns), 10000000ull, 60 * SEC, NULL, "2s",
-     "how long a query waits for other aggregator replicas"},
+     "how long a query waits for other aggregator replicas (10ms-1m)"},
     {"FLOW_RETENTION", KIND_DURATION, BOTH, NUM(flow_retention_ns), 60 * SEC, 30 * 24 * 3600 * SEC,
      "24h", "24h", "how long per-minute flow buckets are kept (1m-30d)"},
     {"FLOW_MAX_EDGES", KIND_UINT, BOTH, NUM(flow_max_edges), 16, 100000000, "50000", "1000000",

@@ -996,8 +996,6 @@ struct cluster *cluster_new(struct aggregator *a, char *err, size_t errlen)
         return NULL;
     }
     c->timeout_ms = a->cfg.query_timeout_ns / 1000000;
-    if (c->timeout_ms == 0)
-        c->timeout_ms = 1;
     snprintf(c->subj_heartbeat, sizeof(c->subj_heartbeat), "%s.%s.heartbeat",
              a->cfg.control_subject, a->cfg.queue_group);
     snprintf(c->subj_query, sizeof(c->subj_query), "%s.%s.query", a->cfg.control_subject,

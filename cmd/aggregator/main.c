@@ -39,6 +39,21 @@ static void make_replica_id(char out[AGGREGATOR_REPLICA_ID_LEN])
     snprintf(out, AGGREGATOR_REPLICA_ID_LEN, "%016llx", (unsigned long long)r);
 }
 
+/*
+ * bus_set_listener(): says when the replica loses NATS and when it is back
+ * (each change once), as the agent does; ctx holds the last state said.
+ */
+static void log_bus_state(void *ctx, bool connected)
+{
+    bool *said = ctx;
+
+    if (connected == *said)
+        return;
+    *said = connected;
+    fprintf(stderr, connected ? "ebpf-aggregator: NATS connected\n"
+                              : "ebpf-aggregator: NATS connection lost, retrying; not ready\n");
+}
+
 /* A workload's flow series live while a pod of it names its address (flows_series_set_alive). */
 static bool workload_alive(void *ctx, const char *namespace, const char *workload, uint64_t now_ns)
 {
@@ -127,6 +142,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "ebpf-aggregator: %s\n", err);
         goto out;
     }
+    static bool bus_said_connected;
+    bus_said_connected = bus_connected(a.bus);
+    bus_set_listener(a.bus, log_bus_state, &bus_said_connected);
     if (ingest_start(&a, err, sizeof(err)) < 0 ||
         !(a.cluster = cluster_new(&a, err, sizeof(err)))) {
         fprintf(stderr, "ebpf-aggregator: %s\n", err);
