@@ -24,6 +24,15 @@ static void config_for(struct config *c, int port)
     snprintf(c->subject_prefix, sizeof(c->subject_prefix), "ebpf.events");
 }
 
+/* A nats-server on port that wants user "agent", password "s3cret". */
+static pid_t nats_with_password(int port)
+{
+    const char *auth[] = {"--user", "agent", "--pass", "s3cret", NULL};
+    pid_t ns = tu_nats_start(port, auth, "/tmp/test_bus_nats.log");
+    cr_assert_gt(ns, 0, "nats-server did not start");
+    return ns;
+}
+
 /* Polls the bus until connected == want or timeout; returns the last status. */
 static bool wait_connected(struct bus *b, bool want, int timeout_ms, struct bus_status *st)
 {
@@ -92,9 +101,7 @@ Test(bus, redacted_urls_hide_credentials)
 Test(bus, connects_with_user_and_password)
 {
     int port = tu_free_port();
-    const char *auth[] = {"--user", "agent", "--pass", "s3cret", NULL};
-    pid_t ns = tu_nats_start(port, auth, "/tmp/test_bus_nats.log");
-    cr_assert_gt(ns, 0, "nats-server did not start");
+    pid_t ns = nats_with_password(port);
 
     struct config c;
     char err[256];
@@ -140,9 +147,7 @@ Test(bus, any_client_name_connects)
 Test(bus, wrong_password_is_not_connected_and_says_why)
 {
     int port = tu_free_port();
-    const char *auth[] = {"--user", "agent", "--pass", "s3cret", NULL};
-    pid_t ns = tu_nats_start(port, auth, "/tmp/test_bus_nats.log");
-    cr_assert_gt(ns, 0, "nats-server did not start");
+    pid_t ns = nats_with_password(port);
 
     struct config c;
     char err[256];
@@ -234,9 +239,7 @@ Test(bus, a_connection_closed_for_good_is_opened_again)
 
     /* The same port now wants a password this client does not have. */
     tu_stop(ns, 2000);
-    const char *auth[] = {"--user", "agent", "--pass", "s3cret", NULL};
-    ns = tu_nats_start(port, auth, "/tmp/test_bus_nats.log");
-    cr_assert_gt(ns, 0, "nats-server did not start");
+    ns = nats_with_password(port);
     cr_assert(bus_wait_closed(b, WAIT_MS), "nats.c never gave up on the refusing server");
     bus_get_status(b, &st);
     cr_assert(st.closed);
@@ -289,9 +292,7 @@ Test(bus, closing_does_not_wait_for_a_reopening_attempt)
 {
     int port = tu_free_port(), silent_port = 0;
     int silent = silent_listener(&silent_port);
-    const char *auth[] = {"--user", "agent", "--pass", "s3cret", NULL};
-    pid_t ns = tu_nats_start(port, auth, "/tmp/test_bus_nats.log");
-    cr_assert_gt(ns, 0, "nats-server did not start");
+    pid_t ns = nats_with_password(port);
     struct config c;
     char err[256];
     config_for(&c, port);
