@@ -57,6 +57,7 @@ struct bus {
     uint64_t disconnects;
     uint64_t reconnects;
     uint64_t async_errors;
+    int logged_error; /* atomic: the natsStatus on_error() logged last (NATS_OK: none) */
 
     uint64_t generation; /* atomic: connections replaced so far */
 
@@ -134,8 +135,8 @@ static const char *conn_error(natsConnection *nc)
     const char *unread = NULL;
     natsStatus s = nc ? natsConnection_GetLastError(nc, &unread) : NATS_OK;
 
-    if (s == NATS_CONNECTION_AUTH_FAILED) /* in the server's words, as operators know them */
-        return "Authorization Violation (the server refused the credentials, or they expired)";
+    if (s == NATS_CONNECTION_AUTH_FAILED) /* in the server's words, as on_error() has them */
+        return "Authorization Violation";
     return s == NATS_OK ? NULL : natsStatus_GetText(s);
 }
 
@@ -248,7 +249,9 @@ static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, 
     if (st != err || !text || !*text)
         text = natsStatus_GetText(err);
     set_error(b, text);
-    if (n == 1 || n % 1000 == 0)
+    /* A kind of error not the last one logged (a refusal, then a permission) is logged too. */
+    int last = __atomic_exchange_n(&b->logged_error, (int)err, __ATOMIC_RELAXED);
+    if (last != (int)err || n % 1000 == 0)
         fprintf(stderr, "%s: %s: %s (%" PRIu64 " asynchronous errors so far)\n",
                 program_invocation_short_name, b->what, text, n);
 }

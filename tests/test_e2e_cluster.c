@@ -1583,6 +1583,11 @@ Test(e2e_cluster, a_refusal_then_the_fix_needs_no_restart)
     json_t *j = tu_get_json_hdr(r1->port, "/ready", NULL, &st);
     cr_expect_eq(st, 503, "ready while refused: %s", tu_jdump(j));
     json_decref(j);
+    wait_log(r1, "NATS connection lost, retrying; not ready", 1, 5000);
+    struct tu_http m;
+    cr_assert_eq(tu_http_get(r1->port, "/metrics", NULL, &m), 0);
+    cr_expect(strstr(m.body, "\nebpf_aggregator_ready 0\n"), "metrics while refused");
+    tu_http_free(&m);
 
     nats_down();
     nats_args = NULL;
@@ -1611,6 +1616,12 @@ Test(e2e_cluster, a_refusal_then_the_fix_needs_no_restart)
         /* Each of its two connections came back: the batches' and the replicas' own. */
         wait_log(all[i], "NATS: connected again", 1, 1000);
         wait_log(all[i], "NATS (control): connected again", 1, 1000);
+        wait_log(all[i], "NATS connected, ready", 1, 1000);
+        cr_assert_eq(tu_http_get(all[i]->port, "/metrics", NULL, &m), 0);
+        cr_expect(strstr(m.body, "\nebpf_aggregator_ready 1\n") &&
+                      strstr(m.body, "\nebpf_aggregator_nats_control_connected 1\n"),
+                  "%s: metrics once back", all[i]->name);
+        tu_http_free(&m);
     }
     proc_kill(a, SIGTERM);
 }

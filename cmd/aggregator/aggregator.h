@@ -109,7 +109,8 @@ struct aggregator {
     struct joins *joins;           /* Kubernetes mode: the ClusterIP -> backend pod join */
     struct bus *bus;
     struct http_server *http;
-    struct cluster *cluster;
+    struct cluster *cluster; /* atomic while the bus listeners may run (main.c) */
+    bool ready_said;         /* atomic: the readiness main.c's log_ready() said last */
 
     /* Made again on each new connection (ingest_renew()); the pointers under subs_lock. */
     pthread_mutex_t subs_lock;

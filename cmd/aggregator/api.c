@@ -549,11 +549,12 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
         cluster_bus_status(a->cluster, &control);
     json_object_set_new(
         root, "bus",
-        json_pack("{s:b,s:s,s:I,s:I,s:I,s:s,s:{s:b,s:s}}", "connected", bs.connected, "server",
+        json_pack("{s:b,s:s,s:I,s:I,s:I,s:s,s:{s:b,s:I,s:s}}", "connected", bs.connected, "server",
                   bs.server, "disconnects", (json_int_t)bs.disconnects, "reconnects",
                   (json_int_t)bs.reconnects, "async_errors", (json_int_t)bs.async_errors,
                   "last_error", bs.last_error, "control", "connected", control.connected,
-                  "last_error", control.last_error));
+                  "async_errors", (json_int_t)control.async_errors, "last_error",
+                  control.last_error));
     json_t *stream = api_stream_stats_json(&hs);
     if (stream) {
         api_json_set_u64(stream, "bus_dropped", ingest_stream_dropped(a));
@@ -694,8 +695,17 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
     aggregator_peers_metrics(a, b);
     /* Per edge, this replica's share: sum over replicas in the monitoring system. */
     flows_series_metrics(a->flows, b);
-    api_metric(b, "ebpf_aggregator_nats_connected", "gauge", "1 while connected to NATS.",
-               bs.connected);
+    struct bus_status control = {0};
+    if (a->cluster)
+        cluster_bus_status(a->cluster, &control);
+    api_metric(b, "ebpf_aggregator_nats_connected", "gauge",
+               "1 while connected to NATS (the batches' connection).", bs.connected);
+    api_metric(b, "ebpf_aggregator_nats_control_connected", "gauge",
+               "1 while the connection to the other replicas is up.", control.connected);
+    api_metric(b, "ebpf_aggregator_ready", "gauge",
+               "1 while /ready says ready (both NATS connections up); while 0 this replica "
+               "hears no peer and its node counters (lost batches) are partial.",
+               bs.connected && control.connected);
     api_metric(b, "ebpf_aggregator_nats_reconnects_total", "counter", "Reconnections to NATS.",
                bs.reconnects);
     api_metric(b, "ebpf_aggregator_stream_bus_lost_batches_total", "counter",
@@ -704,8 +714,8 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                ingest_stream_lost(a));
     api_metric(b, "ebpf_aggregator_nats_async_errors_total", "counter",
                "Errors the NATS server reported on the connection (a subject not permitted, a "
-               "slow consumer).",
-               bs.async_errors);
+               "slow consumer), on both of the replica's connections.",
+               bs.async_errors + control.async_errors);
     api_http_metrics(b, "ebpf_aggregator", &hs, ingest_stream_dropped(a));
     api_metric(b, "ebpf_aggregator_queries_in_flight", "gauge",
                "Cluster-wide requests waiting for or held by a worker.", pool_in_flight(a));

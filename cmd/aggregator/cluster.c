@@ -217,6 +217,16 @@ void cluster_bus_status(struct cluster *c, struct bus_status *out)
     bus_get_status(c->bus, out);
 }
 
+bool cluster_bus_connected(struct cluster *c)
+{
+    return bus_connected(c->bus);
+}
+
+void cluster_set_bus_listener(struct cluster *c, bus_state_fn fn, void *ctx)
+{
+    bus_set_listener(c->bus, fn, ctx);
+}
+
 unsigned cluster_expected(struct cluster *c)
 {
     uint64_t now = mono_ms();

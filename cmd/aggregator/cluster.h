@@ -63,6 +63,9 @@ void cluster_free(struct cluster *c);
 unsigned cluster_expected(struct cluster *c);
 /* The replicas' own connection (heartbeats, queries, answers): its state, as bus_get_status(). */
 void cluster_bus_status(struct cluster *c, struct bus_status *out);
+/* Whether it is up (no lock: callable from a bus listener), and its listener (bus_set_listener). */
+bool cluster_bus_connected(struct cluster *c);
+void cluster_set_bus_listener(struct cluster *c, bus_state_fn fn, void *ctx);
 
 /*
  * Runs q (parsed from the raw query string qs) on this replica and on every

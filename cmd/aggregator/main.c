@@ -40,18 +40,20 @@ static void make_replica_id(char out[AGGREGATOR_REPLICA_ID_LEN])
 }
 
 /*
- * bus_set_listener(): says when the replica loses NATS and when it is back
- * (each change once), as the agent does; ctx holds the last state said.
+ * bus_set_listener() of both NATS connections: says when the replica stops
+ * being ready (either is lost) and when it is again (both are up), each change
+ * once, as /ready answers.
  */
-static void log_bus_state(void *ctx, bool connected)
+static void log_ready(void *ctx, bool connected)
 {
-    bool *said = ctx;
+    struct aggregator *a = ctx;
+    struct cluster *c = __atomic_load_n(&a->cluster, __ATOMIC_ACQUIRE);
+    bool up = bus_connected(a->bus) && (c == NULL || cluster_bus_connected(c));
 
-    if (connected == *said)
+    if (__atomic_exchange_n(&a->ready_said, up, __ATOMIC_ACQ_REL) == up)
         return;
-    *said = connected;
-    fprintf(stderr, connected ? "ebpf-aggregator: NATS connected\n"
-                              : "ebpf-aggregator: NATS connection lost, retrying; not ready\n");
+    fprintf(stderr, up ? "ebpf-aggregator: NATS connected, ready\n"
+                       : "ebpf-aggregator: NATS connection lost, retrying; not ready\n");
 }
 
 /* A workload's flow series live while a pod of it names its address (flows_series_set_alive). */
@@ -142,14 +144,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "ebpf-aggregator: %s\n", err);
         goto out;
     }
-    static bool bus_said_connected;
-    bus_said_connected = bus_connected(a.bus);
-    bus_set_listener(a.bus, log_bus_state, &bus_said_connected);
-    if (ingest_start(&a, err, sizeof(err)) < 0 ||
-        !(a.cluster = cluster_new(&a, err, sizeof(err)))) {
+    a.ready_said = bus_connected(a.bus);
+    bus_set_listener(a.bus, log_ready, &a);
+    struct cluster *cluster = NULL;
+    if (ingest_start(&a, err, sizeof(err)) < 0 || !(cluster = cluster_new(&a, err, sizeof(err)))) {
         fprintf(stderr, "ebpf-aggregator: %s\n", err);
         goto out;
     }
+    __atomic_store_n(&a.cluster, cluster, __ATOMIC_RELEASE);
+    cluster_set_bus_listener(cluster, log_ready, &a);
     if (aggregator_api_register(&a) < 0 || http_server_start(a.http) < 0) {
         fprintf(stderr, "ebpf-aggregator: cannot start the HTTP server on %s\n", a.cfg.listen_addr);
         goto out;
@@ -160,7 +163,7 @@ int main(int argc, char **argv)
             "ebpf-aggregator: replica %s, subscribed to %s.> in queue group %s, API on %s%s%s\n",
             a.replica, a.cfg.subject_prefix, a.cfg.queue_group, api,
             a.cfg.tls_cert[0] ? " (TLS)" : "",
-            bus_connected(a.bus) ? "" : "; NATS not reachable yet, retrying");
+            bus_connected(a.bus) ? "" : "; NATS not connected yet, retrying (/api/stats bus)");
     int notified = notify_systemd("READY=1"); /* Type=notify units, images/systemd/ */
     if (notified < 0)
         fprintf(stderr, "ebpf-aggregator: cannot notify systemd (NOTIFY_SOCKET): %s\n",
@@ -185,8 +188,10 @@ int main(int argc, char **argv)
 out:
     /* Queued batches first, so every batch received is counted; then leave (the node table
      * goes to a peer, which keeps counting them as received); then reverse creation order. */
-    if (a.bus)
+    if (a.bus) {
+        bus_set_listener(a.bus, NULL, NULL); /* log_ready() reads the cluster freed below */
         ingest_stop(&a, AGGREGATOR_DRAIN_MS);
+    }
     cluster_leave(a.cluster);
     join_release(&a, UINT64_MAX); /* what is still held is stored unjoined */
     aggregator_api_stop(&a);
