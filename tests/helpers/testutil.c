@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -65,12 +66,35 @@ static bool udp_port_free(int port)
     return ok;
 }
 
+/*
+ * Whether this process handed out port lately: a port is free until the
+ * server it was meant for binds it, and the kernel may offer it again in
+ * between (two replicas started one after the other were given the same).
+ */
+static bool port_given_lately(int port)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static int given[64];
+    static size_t next;
+    bool seen = false;
+
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < sizeof(given) / sizeof(given[0]) && !seen; i++)
+        seen = given[i] == port;
+    if (!seen)
+        given[next++ % (sizeof(given) / sizeof(given[0]))] = port;
+    pthread_mutex_unlock(&lock);
+    return seen;
+}
+
 int tu_free_port(void)
 {
     /* Ephemeral UDP ports of busy clients on the machine share the range: retry past them. */
     for (int tries = 0; tries < 64; tries++) {
         int port = free_tcp_port();
-        if (port < 0 || udp_port_free(port))
+        if (port < 0)
+            return port;
+        if (udp_port_free(port) && !port_given_lately(port))
             return port;
     }
     return -1;
