@@ -230,11 +230,7 @@ inline_answer:
 /* Both NATS connections up: the batches' and the replicas' own (cluster.c). */
 static bool nats_up(struct aggregator *a)
 {
-    struct bus_status control = {.connected = true};
-
-    if (a->cluster)
-        cluster_bus_status(a->cluster, &control);
-    return bus_connected(a->bus) && control.connected;
+    return bus_connected(a->bus) && (a->cluster == NULL || cluster_bus_connected(a->cluster));
 }
 
 /* Without NATS a replica cannot know its peers: its answer is its own share only. */
