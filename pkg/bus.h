@@ -23,6 +23,10 @@
 #define BUS_HDR_AGENT_DROPS   "Ebpf-Agent-Drops"   /* cumulative, this instance */
 #define BUS_HDR_KERNEL_MISSED "Ebpf-Kernel-Missed" /* cumulative, this instance */
 #define BUS_HDR_PODS_GONE     "Ebpf-Pods-Gone"     /* pods deleted since: peers_gone_write() */
+/* When the instance started and when the batch was sent, ns since the Unix epoch, by the
+ * agent's clock (EventBatch.instance_started_ns, sent_at_ns). */
+#define BUS_HDR_INSTANCE_STARTED "Ebpf-Instance-Started"
+#define BUS_HDR_SENT_AT          "Ebpf-Sent-At"
 
 #define BUS_CONTENT_TYPE_PROTOBUF "application/x-protobuf; messageType=ebpfmonitor.EventBatch"
 #define BUS_CONTENT_TYPE_JSON     "application/x-ndjson"

@@ -261,6 +261,11 @@ static enum bus_reject json_meta_from_headers(natsMsg *msg, struct event_batch_m
     if (header_u64(msg, BUS_HDR_KERNEL_MISSED, &m->kernel_missed) < 0)
         return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header",
                       BUS_HDR_KERNEL_MISSED);
+    if (header_u64(msg, BUS_HDR_INSTANCE_STARTED, &m->instance_started_ns) < 0)
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header",
+                      BUS_HDR_INSTANCE_STARTED);
+    if (header_u64(msg, BUS_HDR_SENT_AT, &m->sent_at_ns) < 0)
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header", BUS_HDR_SENT_AT);
     if (header_u64(msg, BUS_HDR_EVENTS, &events) < 0)
         return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header", BUS_HDR_EVENTS);
     if (!(m->node = intern(node)) || !(m->agent_instance = intern(inst)))

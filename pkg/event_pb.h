@@ -17,14 +17,15 @@
 
 /* Everything in an EventBatch except the events. */
 struct event_batch_meta {
-    const char *node;           /* the reporting node; interned on decode */
-    const char *agent_instance; /* random id of the agent process; interned on decode */
-    uint64_t sequence;          /* per instance, +1 per batch */
-    uint64_t kernel_drops;      /* cumulative ring-buffer losses */
-    uint64_t kernel_missed;     /* cumulative program runs the kernel skipped */
-    uint64_t agent_drops;       /* cumulative agent-side drops */
-    uint64_t sent_at_ns;        /* publish time, ns since the epoch */
-    const char *pod_name;       /* the agent's own pod; NULL on a VM; interned on decode */
+    const char *node;             /* the reporting node; interned on decode */
+    const char *agent_instance;   /* random id of the agent process; interned on decode */
+    uint64_t sequence;            /* per instance, +1 per batch */
+    uint64_t kernel_drops;        /* cumulative ring-buffer losses */
+    uint64_t kernel_missed;       /* cumulative program runs the kernel skipped */
+    uint64_t agent_drops;         /* cumulative agent-side drops */
+    uint64_t sent_at_ns;          /* publish time, ns since the epoch */
+    uint64_t instance_started_ns; /* when the instance started, ns since the epoch; 0 unknown */
+    const char *pod_name;         /* the agent's own pod; NULL on a VM; interned on decode */
     const char *pod_namespace;
     /* Decoding only: events skipped because they did not decode (err names the first). */
     uint32_t rejected_events;

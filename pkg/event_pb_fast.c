@@ -561,7 +561,8 @@ int event_batch_append_meta(struct buf *out, const struct event_batch_meta *meta
                   sz_u64(PB_TAG(6, PB_WT_VARINT), meta->agent_drops) +
                   sz_u64(PB_TAG(7, PB_WT_VARINT), meta->sent_at_ns) +
                   sz_len(PB_TAG(8, PB_WT_LEN), pod) + sz_len(PB_TAG(9, PB_WT_LEN), ns) +
-                  sz_u64(PB_TAG(11, PB_WT_VARINT), meta->kernel_missed);
+                  sz_u64(PB_TAG(11, PB_WT_VARINT), meta->kernel_missed) +
+                  sz_u64(PB_TAG(12, PB_WT_VARINT), meta->instance_started_ns);
     if (out->oom || !buf_reserve(out, need))
         return -ENOMEM;
     uint8_t *p = (uint8_t *)out->data + out->len;
@@ -574,6 +575,7 @@ int event_batch_append_meta(struct buf *out, const struct event_batch_meta *meta
     p = put_len(p, PB_TAG(8, PB_WT_LEN), meta->pod_name, pod);
     p = put_len(p, PB_TAG(9, PB_WT_LEN), meta->pod_namespace, ns);
     p = put_u64(p, PB_TAG(11, PB_WT_VARINT), meta->kernel_missed);
+    p = put_u64(p, PB_TAG(12, PB_WT_VARINT), meta->instance_started_ns);
     out->len += need;
     out->data[out->len] = '\0';
     return 0;
@@ -1029,7 +1031,7 @@ static int fast_batch_decode(const uint8_t *data, size_t len, size_t max_events,
     struct pb_field f;
     size_t nev = 0, npods = 0;
     struct pb_field str[12] = {{0}};
-    bool seen[12] = {false};
+    bool seen[13] = {false};
     struct event_k8s pods_stack[32], *pods = pods_stack;
     char msg[200];
 
@@ -1046,7 +1048,7 @@ static int fast_batch_decode(const uint8_t *data, size_t len, size_t max_events,
             __builtin_prefetch(ahead);
             ahead += 64;
         }
-        if (!pb_rd_field(&r, &f) || f.num > 11 || f.wt != batch_field_wt(f.num))
+        if (!pb_rd_field(&r, &f) || f.num > 12 || f.wt != batch_field_wt(f.num))
             return 1;
         if (f.num != 4 && f.num != 10 && seen[f.num])
             return 1;
@@ -1070,6 +1072,9 @@ static int fast_batch_decode(const uint8_t *data, size_t len, size_t max_events,
             break;
         case 11:
             meta->kernel_missed = f.v;
+            break;
+        case 12:
+            meta->instance_started_ns = f.v;
             break;
         case 10:
             npods++;

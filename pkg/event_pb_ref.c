@@ -262,6 +262,7 @@ int event_batch_encode(const struct event_batch_meta *meta, const struct event *
     batch.kernel_missed = meta->kernel_missed;
     batch.agent_drops = meta->agent_drops;
     batch.sent_at_ns = meta->sent_at_ns;
+    batch.instance_started_ns = meta->instance_started_ns;
     batch.agent_pod_name = pb_str(meta->pod_name);
     batch.agent_pod_namespace = pb_str(meta->pod_namespace);
 
@@ -677,6 +678,7 @@ static int ref_batch_meta(const Ebpfmonitor__EventBatch *pb, struct event_batch_
     meta->kernel_missed = pb->kernel_missed;
     meta->agent_drops = pb->agent_drops;
     meta->sent_at_ns = pb->sent_at_ns;
+    meta->instance_started_ns = pb->instance_started_ns;
 
     if (pb->n_pods && !(*pods = malloc(pb->n_pods * sizeof(**pods)))) {
         errmsg_set(err, errlen, "out of memory for %zu pods", pb->n_pods);

@@ -70,6 +70,7 @@ struct nodes {
     struct inst **heap; /* min-heap by last_seen_ns: heap[0] is evicted first */
     size_t count, max;  /* count records, in the buckets and the heap */
     uint64_t dropped;
+    uint64_t heard_since_ns; /* nodes_set_heard_since(); 0 = not set */
 };
 
 #define NODES_MIN_BUCKETS 16
@@ -298,6 +299,29 @@ static void merge_one(struct nodes *t, const struct inst *o)
     }
 }
 
+void nodes_set_heard_since(struct nodes *t, uint64_t now_ns)
+{
+    pthread_mutex_lock(&t->lock);
+    t->heard_since_ns = now_ns;
+    pthread_mutex_unlock(&t->lock);
+}
+
+/*
+ * Whether the instance of meta started after t began hearing the bus, with the margin to
+ * spare: its age when it sent the batch (by its own clock) against how long t has been
+ * listening when the batch arrived (by ours), so clock skew between nodes does not count.
+ */
+static bool heard_from_start(const struct nodes *t, const struct event_batch_meta *meta,
+                             uint64_t now_ns)
+{
+    if (!t->heard_since_ns || !meta->instance_started_ns || !meta->sent_at_ns ||
+        meta->sent_at_ns < meta->instance_started_ns || now_ns < t->heard_since_ns)
+        return false;
+    uint64_t age = meta->sent_at_ns - meta->instance_started_ns;
+    uint64_t listening = now_ns - t->heard_since_ns;
+    return listening >= NODES_HEARD_MARGIN_NS && age <= listening - NODES_HEARD_MARGIN_NS;
+}
+
 void nodes_observe(struct nodes *t, const struct event_batch_meta *meta, size_t events,
                    uint64_t now_ns)
 {
@@ -316,6 +340,8 @@ void nodes_observe(struct nodes *t, const struct event_batch_meta *meta, size_t 
         .last_seen_ns = now_ns,
     };
     pthread_mutex_lock(&t->lock);
+    if (o.max_seq && heard_from_start(t, meta, now_ns))
+        o.min_seq = 1; /* what no one heard of it is lost, not unknown */
     merge_one(t, &o);
     pthread_mutex_unlock(&t->lock);
 }

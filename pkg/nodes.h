@@ -7,6 +7,12 @@
  * seen, and the loss counters of the newest batch. Merging the replicas'
  * tables gives lost batches = (max - min + 1) - batches received, per
  * instance; an agent restart is a new instance, never a gap.
+ *
+ * Batches an instance sent before any replica heard it are lost too: a
+ * replica that has been listening since before an instance started (their
+ * ages compared, each on its own clock: the batch's sent_at_ns minus its
+ * instance_started_ns, against the time since nodes_set_heard_since())
+ * counts that instance from sequence 1, whatever it heard first.
  */
 #ifndef EBPF_MONITOR_NODES_H
 #define EBPF_MONITOR_NODES_H
@@ -26,7 +32,15 @@ struct nodes;
 struct nodes *nodes_new(size_t max_instances);
 void nodes_free(struct nodes *t);
 
-/* Records one received batch (thread-safe). now_ns: receive time. */
+/*
+ * The table has heard every batch on the bus since now_ns (wall clock, ns since the epoch),
+ * or tried to: instances at least NODES_HEARD_MARGIN_NS younger are counted from sequence 1.
+ * 0 (the default): from the first batch heard of each.
+ */
+#define NODES_HEARD_MARGIN_NS 1000000000ull
+void nodes_set_heard_since(struct nodes *t, uint64_t now_ns);
+
+/* Records one received batch (thread-safe). now_ns: receive time (wall clock). */
 void nodes_observe(struct nodes *t, const struct event_batch_meta *meta, size_t events,
                    uint64_t now_ns);
 

@@ -67,6 +67,7 @@ struct publisher {
     struct publisher_config cfg;
     char *node, *subject, *pod_name, *pod_namespace, *log_prefix; /* owned copies */
     char instance[PUBLISHER_INSTANCE_LEN + 1];
+    uint64_t started_ns; /* when the instance id was made, ns since the epoch */
     const char *content_type;
 
     /* Capture thread only. */
@@ -405,7 +406,7 @@ static natsStatus set_header_u64(natsMsg *m, const char *key, uint64_t v)
 static natsStatus publish_batch(struct publisher *p, struct batch *b)
 {
     uint64_t kdrops = get(&p->kernel_drops), adrops = get(&p->events_dropped);
-    uint64_t kmissed = get(&p->kernel_missed);
+    uint64_t kmissed = get(&p->kernel_missed), sent_at = clock_realtime_ns();
     if (p->cfg.encoding == CONFIG_ENCODING_PROTOBUF) {
         struct event_batch_meta meta = {
             .node = p->node,
@@ -414,7 +415,8 @@ static natsStatus publish_batch(struct publisher *p, struct batch *b)
             .kernel_drops = kdrops,
             .kernel_missed = kmissed,
             .agent_drops = adrops,
-            .sent_at_ns = clock_realtime_ns(),
+            .sent_at_ns = sent_at,
+            .instance_started_ns = p->started_ns,
             .pod_name = p->pod_name,
             .pod_namespace = p->pod_namespace,
         };
@@ -441,6 +443,10 @@ static natsStatus publish_batch(struct publisher *p, struct batch *b)
         s = set_header_u64(m, BUS_HDR_AGENT_DROPS, adrops);
     if (s == NATS_OK)
         s = set_header_u64(m, BUS_HDR_KERNEL_MISSED, kmissed);
+    if (s == NATS_OK)
+        s = set_header_u64(m, BUS_HDR_INSTANCE_STARTED, p->started_ns);
+    if (s == NATS_OK)
+        s = set_header_u64(m, BUS_HDR_SENT_AT, sent_at);
     if (s == NATS_OK && b->n_gone) {
         struct buf gone;
         buf_init(&gone);
@@ -641,6 +647,7 @@ struct publisher *publisher_new(struct bus *bus, const struct publisher_config *
         cfg->encoding == CONFIG_ENCODING_JSON ? BUS_CONTENT_TYPE_JSON : BUS_CONTENT_TYPE_PROTOBUF;
     p->max_payload = PUB_DEFAULT_MAXPAY;
     instance_id(p->instance);
+    p->started_ns = clock_realtime_ns();
 
     pthread_mutex_init(&p->mu, NULL);
     clock_cond_init(&p->wake);

@@ -179,6 +179,10 @@ Test(bus_message, json_batch_takes_metadata_from_headers)
                           "6",
                           BUS_HDR_KERNEL_MISSED,
                           "8",
+                          BUS_HDR_INSTANCE_STARTED,
+                          "1795698200000000000",
+                          BUS_HDR_SENT_AT,
+                          "1795698267000000000",
                           NULL};
     struct bus_batch b;
     char err[256];
@@ -190,6 +194,8 @@ Test(bus_message, json_batch_takes_metadata_from_headers)
     cr_assert_eq(b.meta.kernel_drops, 5);
     cr_assert_eq(b.meta.agent_drops, 6);
     cr_assert_eq(b.meta.kernel_missed, 8);
+    cr_assert_eq(b.meta.instance_started_ns, 1795698200000000000ull);
+    cr_assert_eq(b.meta.sent_at_ns, 1795698267000000000ull);
     for (size_t i = 0; i < b.n; i++) {
         cr_assert_str_eq(b.events[i].node, NODE);
         cr_assert_eq(b.events[i].id, i + 1);
@@ -647,6 +653,9 @@ Test(bus_message, json_metadata_headers_are_required)
         {{JSON_HEADERS(NODE, INST, "0"), NULL}, BUS_HDR_SEQUENCE},
         {{JSON_HEADERS(NODE, INST, "1"), BUS_HDR_AGENT_DROPS, "-1", NULL}, BUS_HDR_AGENT_DROPS},
         {{JSON_HEADERS(NODE, INST, "1"), BUS_HDR_KERNEL_MISSED, "x", NULL}, BUS_HDR_KERNEL_MISSED},
+        {{JSON_HEADERS(NODE, INST, "1"), BUS_HDR_INSTANCE_STARTED, "1e9", NULL},
+         BUS_HDR_INSTANCE_STARTED},
+        {{JSON_HEADERS(NODE, INST, "1"), BUS_HDR_SENT_AT, "-5", NULL}, BUS_HDR_SENT_AT},
         {{JSON_HEADERS(NODE, INST, "1"), BUS_HDR_EVENTS, "5", NULL}, BUS_HDR_EVENTS},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

@@ -1255,6 +1255,99 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
     proc_kill(a, SIGTERM);
 }
 
+/*
+ * An agent that starts while no replica can hear it (here: its NATS server is not yet routed to
+ * the replicas', as a server joining a cluster late; as well: the replicas refused) sends
+ * batches 1..N to no one. The replica was running before the agent started, so the first batch
+ * it hears, N + k, does not start the count: sequences 1 to N + k - 1 are lost batches.
+ */
+Test(e2e_cluster, batches_no_replica_heard_at_an_agents_start_are_lost)
+{
+    need_root();
+    char a_cluster[48], b_cluster[48], a_route[48], b_log[200], saved_url[64];
+    int a_cluster_port = tu_free_port(), b_port = tu_free_port(), b_cluster_port = tu_free_port();
+    snprintf(a_cluster, sizeof(a_cluster), "nats://127.0.0.1:%d", a_cluster_port);
+    snprintf(b_cluster, sizeof(b_cluster), "nats://127.0.0.1:%d", b_cluster_port);
+    snprintf(a_route, sizeof(a_route), "nats://127.0.0.1:%d", a_cluster_port);
+    snprintf(b_log, sizeof(b_log), "%s/nats-b.log", workdir);
+    const char *const a_args[] = {"--cluster_name", "e2e", "--cluster", a_cluster, NULL};
+    const char *const b_alone[] = {"--cluster_name", "e2e", "--cluster", b_cluster, NULL};
+    const char *const b_routed[] = {"--cluster_name", "e2e",   "--cluster", b_cluster,
+                                    "--routes",       a_route, NULL};
+    nats_up(a_args);
+    marker_init('l');
+    uint64_t replica_started = tu_now_ns();
+    struct proc *r1 = agg_up("r1", NULL, true);
+
+    pid_t b = tu_nats_start(b_port, b_alone, b_log);
+    check(b > 0, "nats-server B did not start on port %d", b_port);
+    /* The replica listens for longer than the agent lives (by more than NODES_HEARD_MARGIN_NS:
+     * 1 s) when the agent's first batch reaches it. */
+    while (tu_now_ns() < replica_started + 1500000000ull)
+        usleep(20000);
+    snprintf(saved_url, sizeof(saved_url), "%s", nats_url);
+    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", b_port);
+    const char *const env[] = {"FLUSH_INTERVAL=100ms", "BATCH_SIZE=1", NULL};
+    struct proc *a = agent_up("e2e-unheard", env);
+    snprintf(nats_url, sizeof(nats_url), "%s", saved_url);
+
+    /* Batches into B, where no one subscribes. */
+    int64_t unheard = 0;
+    uint64_t deadline = tu_mono_ms() + 10000;
+    while (unheard < 5) {
+        check(tu_mono_ms() < deadline, "the agent sent %" PRId64 " batches", unheard);
+        run_marker();
+        json_t *st = api(a, "/api/stats");
+        unheard = jint(st, "bus.batches_sent");
+        json_decref(st);
+        usleep(50000);
+    }
+    json_t *nodes = api(r1, "/api/stats");
+    check(node_entry(nodes, "e2e-unheard") == NULL, "the replica heard B: %s", tu_jdump(nodes));
+    json_decref(nodes);
+
+    /* B joins the cluster: what the agent sends from now on reaches the replica. */
+    tu_stop(b, 5000);
+    b = tu_nats_start(b_port, b_routed, b_log);
+    check(b > 0, "nats-server B did not restart on port %d", b_port);
+    int64_t batches = 0, lost = 0;
+    deadline = tu_mono_ms() + 30000;
+    for (;;) {
+        run_marker();
+        json_t *st = api(r1, "/api/stats");
+        json_t *n = node_entry(st, "e2e-unheard");
+        if (n) {
+            batches = jint(n, "batches");
+            lost = jint(n, "lost_batches");
+        }
+        json_decref(st);
+        if (batches > 0)
+            break;
+        if (tu_mono_ms() > deadline) {
+            tu_dump_file(b_log, 4000);
+            check(false, "the replica never heard the agent through B's route");
+        }
+        usleep(100000);
+    }
+    cr_log_info("sent before B was routed: %" PRId64 "; then heard %" PRId64 ", lost %" PRId64,
+                unheard, batches, lost);
+    cr_expect_geq(lost, unheard,
+                  "lost_batches %" PRId64 ": the %" PRId64
+                  " batches sent before any replica could hear them are not counted",
+                  lost, unheard);
+    /* And the same figure in /metrics. */
+    struct tu_http m = {0};
+    check(tu_http_get(r1->port, "/metrics", api_header, &m) == 0 && m.status == 200, "/metrics");
+    char want[96];
+    snprintf(want, sizeof(want), "ebpf_aggregator_node_lost_batches{node=\"e2e-unheard\"} ");
+    const char *line = strstr(m.body, want);
+    check(line != NULL, "no lost-batches series for the node");
+    cr_expect_geq(strtoll(line + strlen(want), NULL, 10), unheard);
+    tu_http_free(&m);
+    proc_kill(a, SIGTERM);
+    tu_stop(b, 5000);
+}
+
 /* ---- bad input published raw -------------------------------------------- */
 
 static natsConnection *raw_conn(void)
@@ -1284,11 +1377,14 @@ static void raw_publish(natsConnection *nc, const char *subject, const char *cty
 }
 
 /* A protobuf EventBatch built with protobuf-c directly, n exit events. */
-static uint8_t *pb_batch(const char *node, uint64_t seq, size_t n, size_t *len)
+/* A batch of instance (started then, 0: unknown) with n exit events. */
+static uint8_t *pb_batch_of(const char *node, const char *instance, uint64_t started, uint64_t seq,
+                            size_t n, size_t *len)
 {
     Ebpfmonitor__EventBatch b = EBPFMONITOR__EVENT_BATCH__INIT;
     b.node = (char *)node;
-    b.agent_instance = "00000000000000bb";
+    b.agent_instance = (char *)instance;
+    b.instance_started_ns = started;
     b.sequence = seq;
     b.sent_at_ns = tu_now_ns();
     Ebpfmonitor__Event *evs = calloc(n, sizeof(*evs));
@@ -1317,6 +1413,11 @@ static uint8_t *pb_batch(const char *node, uint64_t seq, size_t n, size_t *len)
     free(evs);
     free(ptrs);
     return out;
+}
+
+static uint8_t *pb_batch(const char *node, uint64_t seq, size_t n, size_t *len)
+{
+    return pb_batch_of(node, "00000000000000bb", 0, seq, n, len);
 }
 
 /* Value of the first /metrics sample whose line contains every given fragment. */
@@ -1642,6 +1743,7 @@ Test(e2e_cluster, hostile_batches_cost_only_their_bad_events)
     struct proc *r2 = agg_up("h2", NULL, true);
     wait_cluster(r1, 2);
     struct sse s1, s2;
+    uint64_t feeds_opened = tu_now_ns();
     sse_open(&s1, r1->port, "/api/events/stream");
     sse_open(&s2, r2->port, "/api/events/stream");
     /* Both streams are attached once a probe batch reaches them. */
@@ -1670,6 +1772,29 @@ Test(e2e_cluster, hostile_batches_cost_only_their_bad_events)
             json_decref(st);
         }
         cr_expect_eq(lost, 2, "%s: stream.bus_lost_batches", (*r)->name);
+    }
+    /* An agent that started after the feeds did (by more than NODES_HEARD_MARGIN_NS, 1 s, on
+     * its own clock) and is first heard at sequence 4: its batches 1-3 are lost too, for the
+     * feeds and for the cluster's node table alike. */
+    while (tu_now_ns() < feeds_opened + 1300000000ull)
+        usleep(20000);
+    uint8_t *late =
+        pb_batch_of("stream-probe", "00000000000000cc", tu_now_ns() - 100000000ull, 4, 1, &len);
+    raw_publish(nc, "ebpf.events.stream-probe", "application/x-protobuf", NULL, late, len);
+    free(late);
+    for (struct proc *const *r = (struct proc *const[]){r1, r2, NULL}; *r; r++) {
+        int64_t lost = -1;
+        for (uint64_t dl = tu_mono_ms() + 10000; lost != 5 && tu_mono_ms() < dl; usleep(20000)) {
+            json_t *st = api(*r, "/api/stats");
+            lost = jint(st, "stream.bus_lost_batches");
+            json_decref(st);
+        }
+        cr_expect_eq(lost, 5, "%s: stream.bus_lost_batches (2, then the new agent's 3)",
+                     (*r)->name);
+        json_t *st = api(*r, "/api/stats");
+        cr_expect_eq(jint(node_entry(st, "stream-probe"), "lost_batches"), 5,
+                     "%s: the node's lost batches: %s", (*r)->name, tu_jdump(st));
+        json_decref(st);
     }
     seen1 = seen2 = 0;
 

@@ -203,6 +203,7 @@ static struct event_batch_meta test_meta(void)
         .agent_drops = 4,
         .kernel_missed = 5,
         .sent_at_ns = 1795698267000000000ull,
+        .instance_started_ns = 1795698200000000000ull,
         .pod_name = "ebpf-monitor-x7k2p",
         .pod_namespace = "ebpf-system",
     };
@@ -236,6 +237,7 @@ Test(event_pb, batch_round_trip_all_types)
     cr_assert_eq(back_meta.agent_drops, 4);
     cr_assert_eq(back_meta.kernel_missed, 5);
     cr_assert_eq(back_meta.sent_at_ns, 1795698267000000000ull);
+    cr_assert_eq(back_meta.instance_started_ns, 1795698200000000000ull);
     cr_assert_eq(back_meta.pod_name, intern("ebpf-monitor-x7k2p"));
     cr_assert_eq(back_meta.pod_namespace, intern("ebpf-system"));
 

@@ -147,6 +147,88 @@ Test(nodes, restart_is_a_new_instance_not_a_gap)
     nodes_free(t);
 }
 
+/* A batch of instance inst, sent at sent by the agent's clock, which started at started. */
+static void observe_aged(struct nodes *t, const char *inst, uint64_t seq, uint64_t started,
+                         uint64_t sent, uint64_t now)
+{
+    struct event_batch_meta m = {.node = "n1",
+                                 .agent_instance = inst,
+                                 .sequence = seq,
+                                 .sent_at_ns = sent,
+                                 .instance_started_ns = started};
+    nodes_observe(t, &m, 1, now);
+}
+
+static uint64_t lost(struct nodes *t)
+{
+    struct nodes_totals tot;
+    nodes_get_totals(t, &tot);
+    return tot.lost_batches;
+}
+
+/*
+ * A replica listening since T0 first hears an instance at sequence 5: when the instance started
+ * after T0 (plus the margin), batches 1 to 4 reached no one and are lost; when it started
+ * before, they may have been sent before anyone listened, which is not this table's to count.
+ * The ages are compared on each side's own clock: an agent whose clock is an hour ahead or
+ * behind is judged the same.
+ */
+Test(nodes, an_instance_younger_than_the_listener_is_counted_from_its_first_batch)
+{
+    const uint64_t margin = NODES_HEARD_MARGIN_NS;
+    const int64_t skews[] = {0, 3600 * (int64_t)SEC, -3600 * (int64_t)SEC};
+    for (size_t k = 0; k < sizeof(skews) / sizeof(skews[0]); k++) {
+        uint64_t skew = (uint64_t)skews[k]; /* the agent's clock minus ours, wrapping */
+        struct nodes *t = nodes_new(16);
+        nodes_set_heard_since(t, T0);
+        /* Started 3 s after we listened, first heard 7 s after it started. */
+        observe_aged(t, "young", 5, T0 + 3 * SEC + skew, T0 + 10 * SEC + skew, T0 + 10 * SEC);
+        observe_aged(t, "young", 6, T0 + 3 * SEC + skew, T0 + 11 * SEC + skew, T0 + 11 * SEC);
+        cr_assert_eq(lost(t), 4, "skew %lld s: lost %llu, want 4 (sequences 1-4)",
+                     (long long)skews[k] / (long long)SEC, (unsigned long long)lost(t));
+        /* Started before we listened: from the first one heard, as before. */
+        observe_aged(t, "old", 9, T0 - SEC + skew, T0 + 10 * SEC + skew, T0 + 10 * SEC);
+        /* Started within the margin of our start: not claimed either. */
+        observe_aged(t, "close", 9, T0 + margin - 1 + skew, T0 + 10 * SEC + skew, T0 + 10 * SEC);
+        cr_assert_eq(lost(t), 4, "skew %lld s: only the young instance's", (long long)skews[k]);
+        nodes_free(t);
+    }
+
+    /* No start known (an older agent, or no sent_at), or no listening time set: no claim. */
+    struct nodes *t = nodes_new(16);
+    nodes_set_heard_since(t, T0);
+    observe_aged(t, "unknown-start", 5, 0, T0 + 10 * SEC, T0 + 10 * SEC);
+    observe_aged(t, "unknown-sent", 5, T0 + 3 * SEC, 0, T0 + 10 * SEC);
+    cr_assert_eq(lost(t), 0);
+    nodes_free(t);
+    t = nodes_new(16);
+    observe_aged(t, "young", 5, T0 + 3 * SEC, T0 + 10 * SEC, T0 + 10 * SEC);
+    cr_assert_eq(lost(t), 0);
+    nodes_free(t);
+}
+
+/* The claim travels with the table: a peer merging it counts the same, and a replica that
+ * heard sequences 1-2 itself makes the merged view lose nothing extra. */
+Test(nodes, the_first_batch_claim_survives_a_merge)
+{
+    struct nodes *r1 = nodes_new(16), *r2 = nodes_new(16), *m = nodes_new(16);
+    nodes_set_heard_since(r1, T0);
+    /* r2 started later than the instance: it claims nothing, and heard 1 and 2. */
+    nodes_set_heard_since(r2, T0 + 20 * SEC);
+    observe_aged(r2, "i", 1, T0 + 5 * SEC, T0 + 5 * SEC, T0 + 21 * SEC);
+    observe_aged(r2, "i", 2, T0 + 5 * SEC, T0 + 6 * SEC, T0 + 22 * SEC);
+    /* r1 heard 4 and 5. */
+    observe_aged(r1, "i", 4, T0 + 5 * SEC, T0 + 8 * SEC, T0 + 23 * SEC);
+    observe_aged(r1, "i", 5, T0 + 5 * SEC, T0 + 9 * SEC, T0 + 24 * SEC);
+    cr_assert_eq(lost(r1), 3, "alone, r1 misses 1-3");
+    exchange(m, r1);
+    exchange(m, r2);
+    cr_assert_eq(lost(m), 1, "merged: only 3 is lost");
+    nodes_free(r1);
+    nodes_free(r2);
+    nodes_free(m);
+}
+
 Test(nodes, drops_come_from_the_newest_batch)
 {
     struct nodes *r1 = nodes_new(16), *r2 = nodes_new(16);

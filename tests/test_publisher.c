@@ -230,6 +230,8 @@ static void check_pb_batch(struct publisher *p, natsMsg *m, uint64_t seq, unsign
     cr_assert_eq(header_u64(m, BUS_HDR_KERNEL_DROPS), kernel_drops);
     cr_assert_eq(header_u64(m, BUS_HDR_KERNEL_MISSED), kernel_missed);
     cr_assert_eq(header_u64(m, BUS_HDR_AGENT_DROPS), 0);
+    uint64_t started = header_u64(m, BUS_HDR_INSTANCE_STARTED),
+             sent = header_u64(m, BUS_HDR_SENT_AT);
 
     struct event_batch_meta meta;
     struct event *evs;
@@ -246,6 +248,11 @@ static void check_pb_batch(struct publisher *p, natsMsg *m, uint64_t seq, unsign
     cr_assert_eq(meta.kernel_missed, kernel_missed);
     cr_assert_eq(meta.agent_drops, 0);
     cr_assert_gt(meta.sent_at_ns, 1700000000ull * 1000000000ull);
+    /* The instance started when the publisher was made, before it sent anything. */
+    cr_assert_gt(meta.instance_started_ns, 1700000000ull * 1000000000ull);
+    cr_assert_leq(meta.instance_started_ns, meta.sent_at_ns);
+    cr_assert_eq(started, meta.instance_started_ns);
+    cr_assert_eq(sent, meta.sent_at_ns);
     cr_assert_null(meta.pod_name);
     cr_assert_eq(count, n);
     for (unsigned i = 0; i < n; i++) {
@@ -279,6 +286,7 @@ Test(publisher, incremental_encoding_decodes_like_a_whole_batch)
                                     .agent_drops = 2,
                                     .kernel_missed = 4,
                                     .sent_at_ns = 3,
+                                    .instance_started_ns = 2,
                                     .pod_name = "agent-x",
                                     .pod_namespace = "ebpf-system"};
     cr_assert_eq(event_batch_append_meta(&b, &meta), 0);
@@ -296,6 +304,7 @@ Test(publisher, incremental_encoding_decodes_like_a_whole_batch)
     cr_assert_eq(got.agent_drops, 2);
     cr_assert_eq(got.kernel_missed, 4);
     cr_assert_eq(got.sent_at_ns, 3);
+    cr_assert_eq(got.instance_started_ns, 2);
     cr_assert_str_eq(got.pod_name, "agent-x");
     cr_assert_str_eq(got.pod_namespace, "ebpf-system");
     cr_assert_eq(n, 7);

@@ -443,8 +443,13 @@ void ingest_stream_sync(struct aggregator *a)
     pthread_mutex_lock(&a->stream_lock);
     if (a->stream_clients > 0 && a->stream_sub == NULL && !a->stream_closed) {
         natsConnection *nc = bus_conn(a->bus);
-        if (a->stream_nodes == NULL) /* NULL when out of memory: gaps go uncounted */
+        if (a->stream_nodes == NULL) { /* NULL when out of memory: gaps go uncounted */
             a->stream_nodes = nodes_new(AGGREGATOR_MAX_INSTANCES);
+            /* Clients want every batch from now on: an agent that starts later is heard
+             * from its first one, or that one is lost. */
+            if (a->stream_nodes)
+                nodes_set_heard_since(a->stream_nodes, clock_realtime_ns());
+        }
         wildcard_subject(a, subject, sizeof(subject));
         if (natsConnection_Subscribe(&a->stream_sub, nc, subject, on_stream_batch, a) == NATS_OK) {
             natsSubscription_SetPendingLimits(a->stream_sub, INGEST_PENDING_MSGS,

@@ -93,6 +93,10 @@ int main(int argc, char **argv)
                                   .max_age_ns = a.cfg.history_max_age_ns};
     a.store = store_new(&limits);
     a.nodes = nodes_new(AGGREGATOR_MAX_INSTANCES);
+    /* From now on every batch is this replica's to hear (or its peers'): an agent that starts
+     * later and is first heard at sequence N lost N - 1 batches, such as while NATS refused us. */
+    if (a.nodes)
+        nodes_set_heard_since(a.nodes, clock_realtime_ns());
     a.flows = flows_new(a.cfg.flow_retention_ns, a.cfg.flow_max_edges);
     a.peers = peers_new(a.cfg.peer_max_entries, a.cfg.peer_ttl_ns, a.cfg.peer_grace_ns);
     if (a.flows && a.peers) {

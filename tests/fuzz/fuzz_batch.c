@@ -46,7 +46,8 @@ static bool meta_equal(const struct event_batch_meta *a, const struct event_batc
            a->pod_name == b->pod_name && a->pod_namespace == b->pod_namespace &&
            a->sequence == b->sequence && a->kernel_drops == b->kernel_drops &&
            a->agent_drops == b->agent_drops && a->kernel_missed == b->kernel_missed &&
-           a->sent_at_ns == b->sent_at_ns && a->rejected_events == b->rejected_events;
+           a->sent_at_ns == b->sent_at_ns && a->instance_started_ns == b->instance_started_ns &&
+           a->rejected_events == b->rejected_events;
 }
 
 /* Where the aggregator sends a decoded event: the peer map, JSON, the SSE copy, the store. */
