@@ -48,7 +48,7 @@ struct bus {
     natsConnection *nc; /* atomic: replaced when reopened */
     natsOptions *opts;
     bool reopen;   /* open a new connection when nats.c closes one for good */
-    char what[48]; /* "NATS" or "NATS (label)", for the log */
+    char what[96]; /* "<program>: NATS" or "<program>: NATS (label)", for the log */
 
     /* Written from nats.c's callback threads; read anywhere (atomics). */
     bool connected;
@@ -108,8 +108,7 @@ static void notify(struct bus *b, bool connected)
 static void reopened_up(struct bus *b)
 {
     __atomic_fetch_add(&b->reconnects, 1, __ATOMIC_RELAXED);
-    fprintf(stderr, "%s: %s: connected again, with a new connection\n",
-            program_invocation_short_name, b->what);
+    fprintf(stderr, "%s: connected again, with a new connection\n", b->what);
     notify(b, true);
 }
 
@@ -203,8 +202,7 @@ static void on_closed(natsConnection *nc, void *closure)
                  "a server limit such as max_connections; the server's log says which)");
     b->reason_nc = nc; /* bus_open() keeps this reason over its own */
     if (!ours && !b->reopen)
-        fprintf(stderr, "%s: %s: the connection is closed for good: %s\n",
-                program_invocation_short_name, b->what, b->last_error);
+        fprintf(stderr, "%s: the connection is closed for good: %s\n", b->what, b->last_error);
     pthread_mutex_unlock(&b->lock);
     notify(b, false);
     /*
@@ -252,8 +250,7 @@ static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, 
     /* A kind of error not the last one logged (a refusal, then a permission) is logged too. */
     int last = __atomic_exchange_n(&b->logged_error, (int)err, __ATOMIC_RELAXED);
     if (last != (int)err || n % 1000 == 0)
-        fprintf(stderr, "%s: %s: %s (%" PRIu64 " asynchronous errors so far)\n",
-                program_invocation_short_name, b->what, text, n);
+        fprintf(stderr, "%s: %s (%" PRIu64 " asynchronous errors so far)\n", b->what, text, n);
 }
 
 /* nats.c's own message for the last failure on this thread, or its status text. */
@@ -477,9 +474,9 @@ static void *reopen_main(void *arg)
         /* Each wait while it grows, then every tenth, so a long refusal cannot fill the log. */
         if (wait_ms < BUS_REOPEN_MAX_MS || attempts % 10 == 0)
             fprintf(stderr,
-                    "%s: %s: the connection is closed for good: %s; opening a new one in "
+                    "%s: the connection is closed for good: %s; opening a new one in "
                     "%.1f s\n",
-                    program_invocation_short_name, b->what, b->last_error, (double)delay / 1000);
+                    b->what, b->last_error, (double)delay / 1000);
         struct timespec until = clock_deadline_ms(delay);
         while (!is_closing(b) &&
                pthread_cond_timedwait(&b->closed_cond, &b->lock, &until) != ETIMEDOUT)
@@ -510,10 +507,11 @@ struct bus *bus_open_opts(const struct config *cfg, const struct bus_options *o,
     pthread_mutex_init(&b->renew_lock, NULL);
     clock_cond_init(&b->closed_cond);
     b->reopen = !(o && o->no_reopen);
+    const char *prog = o && o->log_name ? o->log_name : program_invocation_short_name;
     if (o && o->label)
-        snprintf(b->what, sizeof(b->what), "NATS (%s)", o->label);
+        snprintf(b->what, sizeof(b->what), "%.60s: NATS (%.20s)", prog, o->label);
     else
-        snprintf(b->what, sizeof(b->what), "NATS");
+        snprintf(b->what, sizeof(b->what), "%.60s: NATS", prog);
     if (build_options(b, cfg, o, err, errlen) < 0) {
         bus_close(b);
         return NULL;

@@ -54,15 +54,16 @@ struct bus_status {
 struct bus;
 
 struct bus_options {
-    const char *name;  /* client name shown by the server (bytes other than printable ASCII,
-                          '"' and '\\' shown as '_'); may be NULL */
-    bool no_echo;      /* never receive our own publications (aggregator replicas) */
-    bool send_asap;    /* write each publication at once, not on the next flush (latency-bound
-                          traffic: queries and their answers) */
-    bool no_reopen;    /* when nats.c closes the connection for good, leave it closed (a
-                          command that reports it and exits) */
-    const char *label; /* tells this connection's log lines from another's of the process
-                          ("NATS (label): ..."); may be NULL */
+    const char *name;     /* client name shown by the server (bytes other than printable ASCII,
+                             '"' and '\\' shown as '_'); may be NULL */
+    bool no_echo;         /* never receive our own publications (aggregator replicas) */
+    bool send_asap;       /* write each publication at once, not on the next flush (latency-bound
+                             traffic: queries and their answers) */
+    bool no_reopen;       /* when nats.c closes the connection for good, leave it closed (a
+                             command that reports it and exits) */
+    const char *label;    /* tells this connection's log lines from another's of the process
+                             ("NATS (label): ..."); may be NULL */
+    const char *log_name; /* what the log lines start with; NULL: the program's name */
 };
 
 /*

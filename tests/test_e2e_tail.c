@@ -288,6 +288,20 @@ Test(e2e_tail, credentials_from_the_environment_and_node_filter)
     cr_assert_eq(json_array_size(lines), 1);
     cr_assert_str_eq(json_string_value(json_object_get(json_array_get(lines, 0), "node")), "vm-7");
     json_decref(lines);
+
+    /* The wrong password: the tail says why, every line under its own name, and exits 1. */
+    char *bad_env[] = {env_url, "NATS_USER=tailer", "NATS_PASSWORD=wrong", NULL};
+    pid_t refused = track(spawn(argv, bad_env, NULL, path("out2"), path("err2")));
+    cr_assert_eq(tu_wait_exit(refused, 20000), 1);
+    char *err = tu_read_file(path("err2"));
+    cr_assert(err && strstr(err, "Authorization Violation"), "stderr: %s", err ? err : "");
+    for (char *line = err; *line;) {
+        char *nl = strchr(line, '\n');
+        cr_assert(strncmp(line, "ebpf-aggregator tail: ", 22) == 0, "a line of stderr: %.*s",
+                  (int)(nl ? nl - line : (ptrdiff_t)strlen(line)), line);
+        line = nl ? nl + 1 : line + strlen(line);
+    }
+    free(err);
     natsConnection_Destroy(nc);
     buf_free(&pb);
     tu_stop(nats, 5000);

@@ -126,7 +126,8 @@ static int tail_run(const struct config *cfg, const char *subject, const struct 
 {
     char err[512];
     /* A refusal ends the tail with its reason: a person is watching. */
-    struct bus_options bo = {.name = "ebpf-aggregator-tail", .no_reopen = true};
+    struct bus_options bo = {
+        .name = "ebpf-aggregator-tail", .no_reopen = true, .log_name = TAIL_PROG};
     struct bus *bus = bus_open_opts(cfg, &bo, err, sizeof(err));
     if (!bus) {
         fprintf(stderr, "%s: %s\n", TAIL_PROG, err);
