@@ -161,10 +161,8 @@ static void write_bus(struct agent *a, struct buf *b, const struct publisher_sta
         buf_puts(b, ",\"server\":");
         buf_json_cstr(b, ps->bus.server);
     }
-    if (ps->bus.last_error[0]) {
-        buf_puts(b, ",\"last_error\":");
-        buf_json_cstr(b, ps->bus.last_error);
-    }
+    buf_puts(b, ",\"last_error\":"); /* "" when none, as the aggregator's */
+    buf_json_cstr(b, ps->bus.last_error);
     buf_puts(b, ",\"subject\":");
     buf_json_cstr(b, a->subject);
     buf_puts(b, ",\"encoding\":");
