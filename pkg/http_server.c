@@ -89,6 +89,8 @@ struct http_conn {
 struct publish_msg {
     h2o_multithread_message_t super;
     struct event ev;
+    char *notice;        /* not NULL: a notice (http_server_stream_notice()), no event */
+    bool notice_persist; /* new clients get it too */
 };
 
 /*
@@ -158,7 +160,8 @@ struct http_server {
 
     pthread_t thread;
     bool started;
-    bool stopping; /* loop thread only */
+    bool stopping;    /* loop thread only */
+    char notice[256]; /* loop thread only: what a new stream client hears after ": connected" */
 
     /* Read from any thread. */
     uint64_t requests;
@@ -541,6 +544,8 @@ static void serve_stream(struct http_server *s, h2o_req_t *req, const char *qs, 
                           H2O_STRLIT("no"));
     h2o_start_response(req, &c->super);
     buf_puts(&c->pending, ": connected\n\n");
+    if (s->notice[0])
+        buf_printf(&c->pending, ": %s\n\n", s->notice);
     stream_flush(c);
 }
 
@@ -571,6 +576,23 @@ static void stream_fanout(struct http_server *s, const struct event *e)
     }
 }
 
+/* Loop thread: a notice to every stream client, and to the new ones while it persists. */
+static void stream_notice_fanout(struct http_server *s, const char *text, bool persist)
+{
+    h2o_linklist_t *node, *next;
+
+    snprintf(s->notice, sizeof(s->notice), "%s", persist ? text : "");
+    if (s->stopping)
+        return;
+    for (node = s->stream_clients.next; node != &s->stream_clients; node = next) {
+        struct stream_client *c = H2O_STRUCT_FROM_MEMBER(struct stream_client, link, node);
+
+        next = node->next; /* a send may fail and detach c */
+        buf_printf(&c->pending, ": %s\n\n", text);
+        stream_flush(c);
+    }
+}
+
 static void on_publish_messages(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
 {
     struct http_server *s = H2O_STRUCT_FROM_MEMBER(struct http_server, publish_receiver, receiver);
@@ -580,12 +602,30 @@ static void on_publish_messages(h2o_multithread_receiver_t *receiver, h2o_linkli
             H2O_STRUCT_FROM_MEMBER(struct publish_msg, super.link, messages->next);
 
         h2o_linklist_unlink(&m->super.link);
+        if (m->notice) {
+            stream_notice_fanout(s, m->notice, m->notice_persist);
+            free(m->notice);
+            free(m);
+            continue;
+        }
         stat_add(&s->publish_pending, -1);
         if (!s->stopping)
             stream_fanout(s, &m->ev);
         event_clear(&m->ev);
         free(m);
     }
+}
+
+void http_server_stream_notice(struct http_server *s, const char *text, bool persist)
+{
+    struct publish_msg *m = calloc(1, sizeof(*m));
+
+    if (m == NULL || (m->notice = strdup(text)) == NULL) {
+        free(m); /* out of memory: the notice is lost, nothing else */
+        return;
+    }
+    m->notice_persist = persist;
+    h2o_multithread_send_message(&s->publish_receiver, &m->super);
 }
 
 void http_server_publish(struct http_server *s, const struct event *e)

@@ -79,6 +79,12 @@ int http_server_start(struct http_server *s);
  */
 typedef void (*http_stream_clients_fn)(void *ctx, uint64_t clients);
 void http_server_on_stream_clients(struct http_server *s, http_stream_clients_fn fn, void *ctx);
+/*
+ * Thread-safe: a comment line (": text") to every stream client, in order with the events;
+ * with persist, every client that connects later hears it too, after ": connected", until the
+ * next notice. For what clients should know of the stream itself (its source is down).
+ */
+void http_server_stream_notice(struct http_server *s, const char *text, bool persist);
 /* Thread-safe: queues a copy of e for every matching stream client. */
 void http_server_publish(struct http_server *s, const struct event *e);
 /* Stops the loop thread and frees everything. */

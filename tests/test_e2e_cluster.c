@@ -390,8 +390,9 @@ static void sse_open(struct sse *s, int port, const char *path)
     setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 }
 
-/* Reads for up to ~100 ms; returns how many complete lines contained needle. */
-static int sse_pump(struct sse *s, const char *needle)
+/* Reads for up to ~100 ms; returns how many complete lines starting with prefix contained
+ * needle. */
+static int sse_pump_lines(struct sse *s, const char *prefix, const char *needle)
 {
     int found = 0;
     ssize_t r = read(s->fd, s->part + s->len, sizeof(s->part) - s->len - 1);
@@ -402,7 +403,7 @@ static int sse_pump(struct sse *s, const char *needle)
     char *start = s->part, *nl;
     while ((nl = strchr(start, '\n'))) {
         *nl = '\0';
-        if (strncmp(start, "data:", 5) == 0 && strstr(start, needle))
+        if (strncmp(start, prefix, strlen(prefix)) == 0 && strstr(start, needle))
             found++;
         start = nl + 1;
     }
@@ -411,6 +412,21 @@ static int sse_pump(struct sse *s, const char *needle)
     if (s->len > sizeof(s->part) / 2) /* a runaway line: drop it */
         s->len = 0;
     return found;
+}
+
+/* Reads for up to ~100 ms; returns how many complete data lines contained needle. */
+static int sse_pump(struct sse *s, const char *needle)
+{
+    return sse_pump_lines(s, "data:", needle);
+}
+
+/* Waits for a comment line (": ...") holding needle. */
+static bool sse_wait_comment(struct sse *s, const char *needle, int timeout_ms)
+{
+    for (uint64_t dl = tu_mono_ms() + (uint64_t)timeout_ms; tu_mono_ms() < dl;)
+        if (sse_pump_lines(s, ":", needle) > 0)
+            return true;
+    return false;
 }
 
 /* ---- the cluster: two nodes, two replicas ------------------------------- */
@@ -1346,6 +1362,37 @@ Test(e2e_cluster, batches_no_replica_heard_at_an_agents_start_are_lost)
     tu_http_free(&m);
     proc_kill(a, SIGTERM);
     tu_stop(b, 5000);
+}
+
+/*
+ * A live stream whose replica loses NATS goes quiet: its clients are told so (a comment line,
+ * which EventSource ignores and curl shows), those who connect meanwhile too, and all of them
+ * when it is back.
+ */
+Test(e2e_cluster, stream_clients_hear_when_nats_is_gone_and_back)
+{
+    nats_up(NULL);
+    struct proc *r = agg_up("s1", NULL, true);
+    struct sse before, during, after;
+    sse_open(&before, r->port, "/api/events/stream");
+    check(sse_wait_comment(&before, "connected", 5000), "no \": connected\"");
+    nats_down();
+    check(sse_wait_comment(&before, "NATS not connected", 10000), "not told NATS is gone");
+    sse_open(&during, r->port, "/api/events/stream");
+    check(sse_wait_comment(&during, "NATS not connected", 5000),
+          "a client connecting during the outage is not told");
+    nats_restart();
+    check(sse_wait_comment(&before, "NATS connected: events follow", 15000),
+          "not told NATS is back");
+    check(sse_wait_comment(&during, "NATS connected: events follow", 5000),
+          "the later client not told NATS is back");
+    /* Once it is back, a new client hears nothing of it. */
+    sse_open(&after, r->port, "/api/events/stream");
+    check(sse_wait_comment(&after, "connected", 5000), "no \": connected\"");
+    cr_expect_not(sse_wait_comment(&after, "NATS", 500), "a stale notice for a new client");
+    close(before.fd);
+    close(during.fd);
+    close(after.fd);
 }
 
 /* ---- bad input published raw -------------------------------------------- */

@@ -111,6 +111,7 @@ struct aggregator {
     struct http_server *http;
     struct cluster *cluster; /* atomic while the bus listeners may run (main.c) */
     bool ready_said;         /* atomic: the readiness main.c's log_ready() said last */
+    bool stream_nats_said;   /* atomic: whether stream clients were last told NATS is up */
 
     /* Made again on each new connection (ingest_renew()); the pointers under subs_lock. */
     pthread_mutex_t subs_lock;

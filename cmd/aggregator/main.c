@@ -40,6 +40,23 @@ static void make_replica_id(char out[AGGREGATOR_REPLICA_ID_LEN])
 }
 
 /*
+ * Tells the live stream's clients when the batches' connection is lost and when it is back (a
+ * comment line; the page and EventSource ignore it, curl shows it), and those who connect
+ * meanwhile that nothing will come until then.
+ */
+static void stream_say_nats(struct aggregator *a)
+{
+    bool up = bus_connected(a->bus);
+
+    if (__atomic_exchange_n(&a->stream_nats_said, up, __ATOMIC_ACQ_REL) == up)
+        return;
+    if (up)
+        http_server_stream_notice(a->http, "NATS connected: events follow", false);
+    else
+        http_server_stream_notice(a->http, "NATS not connected: no events until it is back", true);
+}
+
+/*
  * bus_set_listener() of both NATS connections: says when the replica stops
  * being ready (either is lost) and when it is again (both are up), each change
  * once, as /ready answers.
@@ -50,6 +67,7 @@ static void log_ready(void *ctx, bool connected)
     struct cluster *c = __atomic_load_n(&a->cluster, __ATOMIC_ACQUIRE);
     bool up = bus_connected(a->bus) && (c == NULL || cluster_bus_connected(c));
 
+    stream_say_nats(a);
     if (__atomic_exchange_n(&a->ready_said, up, __ATOMIC_ACQ_REL) == up)
         return;
     fprintf(stderr, up ? "ebpf-aggregator: NATS connected, ready\n"
@@ -149,7 +167,9 @@ int main(int argc, char **argv)
         goto out;
     }
     a.ready_said = bus_connected(a.bus);
+    a.stream_nats_said = true; /* nothing said yet: a new client hears ": connected" alone */
     bus_set_listener(a.bus, log_ready, &a);
+    stream_say_nats(&a);
     struct cluster *cluster = NULL;
     if (ingest_start(&a, err, sizeof(err)) < 0 || !(cluster = cluster_new(&a, err, sizeof(err)))) {
         fprintf(stderr, "ebpf-aggregator: %s\n", err);
