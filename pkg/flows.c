@@ -1269,7 +1269,7 @@ static int edge_count(struct flows *f, const struct flows_node *n, const struct 
     cold_count(f, n, lo, hi, &e.c);
     for (uint32_t i = minute_lower_bound(n, lo); i < n->count && n->minutes[i].minute <= hi; i++)
         counts_add_minute(f, &e.c, &n->minutes[i]);
-    if (e.c.first_seen_ns == 0 || !status_match(q->status, &e.c))
+    if (e.c.first_seen_ns == 0)
         return 0;
     key_project(&k, q->group_by, &e.key);
     return flows_result_add(out, &e);
@@ -1363,8 +1363,15 @@ static int edge_cmp(const void *pa, const void *pb)
     return (int)a->key.protocol - (int)b->key.protocol;
 }
 
-void flows_result_finish(struct flows_result *r, uint32_t limit)
+void flows_result_finish(struct flows_result *r, uint8_t status, uint32_t limit)
 {
+    if (status != EVENT_STATUS_NONE) {
+        size_t kept = 0;
+        for (size_t i = 0; i < r->count; i++)
+            if (status_match(status, &r->edges[i].c))
+                r->edges[kept++] = r->edges[i];
+        r->count = kept;
+    }
     if (r->count > 1)
         qsort(r->edges, r->count, sizeof(*r->edges), edge_cmp);
     r->total = r->count;

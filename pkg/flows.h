@@ -159,8 +159,13 @@ int flows_query(struct flows *f, const struct flows_query *q, struct flows_resul
 
 /* Adds edge e into r: counts summed, histograms bucket-wise, first/last min/max. 0 or -ENOMEM. */
 int flows_result_add(struct flows_result *r, const struct flows_edge *e);
-/* Sorts by connections (then bytes, then key) and keeps the first limit edges (total: all). */
-void flows_result_finish(struct flows_result *r, uint32_t limit);
+/*
+ * Keeps the edges with at least one connection of outcome status (EVENT_STATUS_NONE: all), as
+ * they stand once every share is added (flows_query() does not filter by status: an edge's
+ * outcomes may be spread over replicas); sorts them by connections (then bytes, then key) and
+ * keeps the first limit (total: all that matched).
+ */
+void flows_result_finish(struct flows_result *r, uint8_t status, uint32_t limit);
 void flows_result_free(struct flows_result *r);
 
 /* The p-th percentile (0 < p <= 100) of h's latencies in ns; 0 when empty. */

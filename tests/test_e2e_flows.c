@@ -28,6 +28,7 @@
 #define SENT        300 /* client -> server, per connection */
 #define RECEIVED    700 /* server -> client, per connection */
 #define WAIT_MS     30000
+#define MIXED_OK    6 /* connections established after the refused one, one batch each */
 
 struct proc {
     pid_t pid;
@@ -113,9 +114,12 @@ static void wait_batches_sent(json_int_t n)
     }
 }
 
+/* A listener on 127.0.0.1:*port, or on a free port (written to *port) when it is 0. */
 static int listen_on(int *port)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)*port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof(a);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
@@ -160,7 +164,7 @@ static void one_connection(int lfd, int port)
 
 static int refused_port(void)
 {
-    int port, fd = listen_on(&port);
+    int port = 0, fd = listen_on(&port);
     close(fd); /* nothing listens there now */
     return port;
 }
@@ -293,7 +297,7 @@ static void check_edges(json_t *doc, int ok_port, int bad_port)
 Test(e2e_flows, exact_edges_on_the_agent_and_across_replicas, .fini = stop_all, .timeout = 60)
 {
     char path[256], group[64];
-    int ok_port, bad_port;
+    int ok_port = 0, bad_port;
 
     prctl(PR_GET_NAME, comm);
     nats.port = tu_free_port();
@@ -399,6 +403,55 @@ Test(e2e_flows, exact_edges_on_the_agent_and_across_replicas, .fini = stop_all, 
                  CONNECTIONS);
     cr_assert_eq(metrics_connections(aggs[2].port, ok_port, "established"), CONNECTIONS);
     cr_assert_eq(metrics_connections(aggs[2].port, bad_port, "failed"), 1);
+
+    /*
+     * One edge with both outcomes, spread over the replicas: a refused connect to a port, then
+     * connections to a listener there, one batch each. status=failed keeps that edge whole on
+     * every replica (judged once the shares are added, not on each replica's share).
+     */
+    int mixed_port = refused_port();
+    connect_refused(mixed_port);
+    wait_batches_sent(2);
+    int mfd = listen_on(&mixed_port);
+    for (int i = 0; i < MIXED_OK; i++) {
+        one_connection(mfd, mixed_port);
+        wait_batches_sent(2);
+    }
+    close(mfd);
+    snprintf(path, sizeof(path),
+             "/api/flows?workload=%s&protocol=tcp&status=failed&since=%" PRIu64
+             "&until=2262-04-12T00:00:00Z",
+             comm, since);
+    int ask[] = {aggs[2].port, aggs[0].port, aggs[1].port, agent.port};
+    json_t *want = NULL;
+    for (size_t k = 0; k < 4; k++) {
+        json_t *got = NULL, *e = NULL;
+        for (uint64_t dl = tu_mono_ms() + WAIT_MS; tu_mono_ms() < dl; usleep(50000)) {
+            json_decref(got);
+            got = tu_fetch_json(ask[k], path);
+            e = edge_to(got, mixed_port);
+            if (e && count_of(e, "connections") == MIXED_OK + 1)
+                break;
+        }
+        cr_assert(e != NULL, ":%d: no edge to the mixed port: %s", ask[k], tu_jdump(got));
+        cr_assert_eq(count_of(e, "connections"), MIXED_OK + 1, ":%d: %s", ask[k], tu_jdump(e));
+        cr_assert_eq(count_of(e, "established"), MIXED_OK, ":%d", ask[k]);
+        cr_assert_eq(count_of(e, "failed"), 1, ":%d", ask[k]);
+        /* Only edges with a failure; the ok port's has none. */
+        cr_assert_null(edge_to(got, ok_port), ":%d: an edge without failures", ask[k]);
+        /* An until past 2262 (beyond a signed 64-bit count of ns): every replica answers. */
+        if (ask[k] != agent.port) {
+            cr_assert(json_is_false(json_object_get(got, "partial")), ":%d partial", ask[k]);
+            cr_assert_eq(count_of(json_object_get(got, "replicas"), "answered"),
+                         ask[k] == aggs[2].port ? 1 : 2);
+        }
+        if (want == NULL)
+            want = json_incref(e);
+        else if (ask[k] != agent.port)
+            cr_assert(json_equal(want, e), ":%d differs from the lone replica", ask[k]);
+        json_decref(got);
+    }
+    json_decref(want);
 
     /* Unknown parameters are refused, naming them. */
     int status = 0;

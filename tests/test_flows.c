@@ -79,7 +79,7 @@ static struct flows_query all(enum flows_group g)
 static void run(struct flows *f, const struct flows_query *q, struct flows_result *r)
 {
     cr_assert_eq(flows_query(f, q, r), 0);
-    flows_result_finish(r, q->limit);
+    flows_result_finish(r, q->status, q->limit);
 }
 
 static uint64_t error_count(const struct flows_counts *c, const char *name)
@@ -391,11 +391,67 @@ Test(flows, two_halves_merged_equal_the_whole_also_encoded)
         flows_result_free(&decoded);
         flows_result_free(&part);
     }
-    flows_result_finish(&rm, q.limit);
+    flows_result_finish(&rm, q.status, q.limit);
     cr_assert_eq(rw.count, 3);
     assert_same(&rw, &rm);
     flows_result_free(&rw);
     flows_result_free(&rm);
+    flows_free(whole);
+    flows_free(half[0]);
+    flows_free(half[1]);
+}
+
+/*
+ * status keeps an edge, as grouped and once every share is added, that has a connection of that
+ * outcome: one replica's share without the failure must not take the edge's other connections
+ * out of the answer (a replica answers unfiltered; the requester filters after the merge).
+ */
+Test(flows, status_is_judged_on_the_merged_edge)
+{
+    struct flows *whole = flows_new(24 * HOUR, 1000),
+                 *half[2] = {flows_new(24 * HOUR, 1000), flows_new(24 * HOUR, 1000)};
+    struct event ev[] = {
+        conn(T0 + 1, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 1000),
+        conn(T0 + 2, "web-1", "db-0", EVENT_STATUS_FAILED, "refused", 0),
+        conn(T0 + 3, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 2000),
+        conn(T0 + 4, "web-2", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 3000),
+        conn(T0 + 5, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 4000),
+    };
+    size_t n = sizeof(ev) / sizeof(ev[0]);
+    for (size_t i = 0; i < n; i++) {
+        flows_add(whole, &ev[i], 1, NOW);
+        flows_add(half[i == 1 ? 0 : 1], &ev[i], 1, NOW); /* the failure alone on one side */
+    }
+    const enum flows_group groups[] = {FLOWS_GROUP_POD, FLOWS_GROUP_WORKLOAD};
+    const uint64_t want[] = {4, 5}; /* web-1's four; the workload's five (web-2's too) */
+    for (size_t g = 0; g < 2; g++) {
+        struct flows_query q = all(groups[g]);
+        q.status = EVENT_STATUS_FAILED;
+        struct flows_result rw, rm = {0};
+        run(whole, &q, &rw);
+        for (int h = 0; h < 2; h++) {
+            struct flows_result part;
+            cr_assert_eq(flows_query(half[h], &q, &part), 0);
+            for (size_t i = 0; i < part.count; i++)
+                cr_assert_eq(flows_result_add(&rm, &part.edges[i]), 0);
+            flows_result_free(&part);
+        }
+        flows_result_finish(&rm, q.status, q.limit);
+        cr_assert_eq(rw.count, 1, "group %zu: %zu edges", g, rw.count);
+        cr_assert_eq(rw.total, 1);
+        cr_assert_eq(rw.edges[0].c.connections, want[g]);
+        cr_assert_eq(rw.edges[0].c.failed, 1);
+        assert_same(&rw, &rm);
+        flows_result_free(&rw);
+        flows_result_free(&rm);
+
+        /* And an outcome no connection had: nothing, whole or merged. */
+        q.status = EVENT_STATUS_ATTEMPTED;
+        run(whole, &q, &rw);
+        cr_assert_eq(rw.count, 0);
+        cr_assert_eq(rw.total, 0);
+        flows_result_free(&rw);
+    }
     flows_free(whole);
     flows_free(half[0]);
     flows_free(half[1]);
@@ -661,7 +717,7 @@ Test(flows, concurrent_adds_queries_and_metrics)
         struct flows_result r;
         struct buf b;
         cr_assert_eq(flows_query(f, &q, &r), 0);
-        flows_result_finish(&r, 10);
+        flows_result_finish(&r, EVENT_STATUS_NONE, 10);
         cr_assert_leq(r.count, 1);
         flows_result_free(&r);
         buf_init(&b);

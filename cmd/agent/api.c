@@ -59,7 +59,7 @@ static void handle_flows(void *ctx, const struct http_request *req, struct http_
         http_response_error(res, 500, "out of memory running the flows query");
         return;
     }
-    flows_result_finish(&r, q.limit);
+    flows_result_finish(&r, q.status, q.limit);
     api_format_duration(clock_monotonic_ns() - start, took, sizeof(took));
     flows_response_begin(&res->body, &r, &q, took);
     buf_putc(&res->body, '}');

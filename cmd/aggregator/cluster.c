@@ -736,7 +736,11 @@ int cluster_flows(struct cluster *c, const char *qs, size_t qslen, const struct 
         buf_json_cstr(&req, c->a->replica);
         buf_puts(&req, ",\"query\":");
         buf_json_string(&req, qs, qslen);
-        buf_printf(&req, ",\"since\":%" PRIu64 ",\"until\":%" PRIu64 "}", q->since_ns, q->until_ns);
+        /* JSON integers are signed 64-bit to the peers' parser: a window reaching past 2262
+         * (the API takes times up to 2554) is the same window cut there, as nothing is later. */
+        buf_printf(&req, ",\"since\":%" PRIu64 ",\"until\":%" PRIu64 "}",
+                   q->since_ns < INT64_MAX ? q->since_ns : (uint64_t)INT64_MAX,
+                   q->until_ns < INT64_MAX ? q->until_ns : (uint64_t)INT64_MAX);
         if (!req.oom)
             gather_start(c, &op, c->subj_flows, req.data, req.len, peers);
         buf_free(&req);
@@ -753,7 +757,7 @@ int cluster_flows(struct cluster *c, const char *qs, size_t qslen, const struct 
     for (size_t i = 0; i < g.npartial; i++)
         flows_result_free(&g.partial[i].edges);
     free(g.partial);
-    flows_result_finish(out, q->limit);
+    flows_result_finish(out, q->status, q->limit);
     *answered = 1 + got;
     *expected = 1 + peers > *answered ? 1 + peers : *answered;
     return rc;

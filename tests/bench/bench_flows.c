@@ -164,7 +164,7 @@ int main(int argc, char **argv)
         struct buf b;
         uint64_t a = clock_monotonic_ns();
         flows_query(f, &q, &r);
-        flows_result_finish(&r, q.limit);
+        flows_result_finish(&r, q.status, q.limit);
         one[i] = clock_monotonic_ns() - a;
         nedges = r.count;
         flows_result_free(&r);
@@ -183,7 +183,7 @@ int main(int argc, char **argv)
         flows_result_decode(b.data, b.len, &peer);
         for (size_t j = 0; j < peer.count; j++)
             flows_result_add(&r, &peer.edges[j]);
-        flows_result_finish(&r, q.limit);
+        flows_result_finish(&r, q.status, q.limit);
         two[i] = clock_monotonic_ns() - a;
         buf_free(&b);
         flows_result_free(&peer);
@@ -194,7 +194,7 @@ int main(int argc, char **argv)
         recent.since_ns = now - FLOWS_DEFAULT_WINDOW_NS;
         a = clock_monotonic_ns();
         flows_query(f, &recent, &r);
-        flows_result_finish(&r, recent.limit);
+        flows_result_finish(&r, recent.status, recent.limit);
         last15[i] = clock_monotonic_ns() - a;
         flows_result_free(&r);
     }

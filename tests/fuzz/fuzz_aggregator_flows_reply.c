@@ -66,7 +66,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             uint64_t p99 = flows_hist_percentile(e->c.hist, 99);
             CHECK(p50 <= p99, "p50 %lu above p99 %lu", (unsigned long)p50, (unsigned long)p99);
         }
-        flows_result_finish(&own, 1000);
+        flows_result_finish(&own, EVENT_STATUS_NONE, 1000);
         b = (struct buf){0};
         buf_init(&b);
         flows_result_json(&own, &b);
