@@ -330,6 +330,17 @@ Test(e2e_tail, bad_filter_is_one_line_and_exit_2)
     cr_assert(err && strstr(err, "--subject") && count_lines(path("err")) == 1, "%s", err);
     free(err);
 
+    /* An option given twice names the option (not a query parameter) and how to ask. */
+    char *twice[] = {
+        (char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--type", "exec", "--type=exit", NULL};
+    pid = spawn(twice, NULL, NULL, path("out"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 2);
+    err = tu_read_file(path("err"));
+    cr_assert(err && strstr(err, "option --type given twice") && strstr(err, "commas") &&
+                  count_lines(path("err")) == 1,
+              "%s", err ? err : "");
+    free(err);
+
     char *help[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--help", NULL};
     pid = spawn(help, NULL, NULL, path("out"), path("err"));
     cr_assert_eq(tu_wait_exit(pid, 5000), 0);

@@ -237,6 +237,8 @@ int aggregator_tail(int argc, char **argv)
     int nrest = 0;
     char nats_flag[CONFIG_URL + 16];
     const char *subject = NULL;
+    const char *given[sizeof(tail_filters) / sizeof(tail_filters[0])]; /* filters seen */
+    size_t ngiven = 0;
     struct buf qs;
     char err[512];
     int rc = 2;
@@ -288,6 +290,16 @@ int aggregator_tail(int argc, char **argv)
             }
             subject = value;
         } else {
+            for (size_t k = 0; k < ngiven; k++) {
+                if (given[k] == filter) {
+                    fprintf(stderr, "%s: option --%.*s given twice (give it once%s)\n", TAIL_PROG,
+                            (int)nlen, name,
+                            strcmp(filter, "type") == 0 ? ", with the types separated by commas"
+                                                        : "");
+                    goto out;
+                }
+            }
+            given[ngiven++] = filter;
             tail_add_param(&qs, filter, strlen(filter), value);
         }
     }
