@@ -2142,6 +2142,9 @@ int flows_query_parse(struct flows_query *q, const char *qs, size_t len, uint64_
         q->since_ns =
             q->until_ns > FLOWS_DEFAULT_WINDOW_NS ? q->until_ns - FLOWS_DEFAULT_WINDOW_NS : 0;
     if (q->since_ns > q->until_ns)
-        return errmsg_set(err, errlen, "invalid 'since': later than 'until'");
+        return errmsg_set(err, errlen,
+                          given[FP_UNTIL] ? "invalid 'since': later than 'until'"
+                                          : "invalid 'since': in the future, and the window ends "
+                                            "now unless 'until' says otherwise");
     return 0;
 }

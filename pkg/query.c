@@ -422,10 +422,11 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
     const char *whole = v;
     size_t whole_len = len;
 
-    /* Numbers, times and cursors ignore surrounding spaces, as type lists do;
-     * names (node, pod, command...) are matched exactly as given. */
+    /* Numbers, times, cursors and keywords ignore surrounding spaces, as type lists do;
+     * names (node, pod, command, the DNS name of query...) are matched exactly as given: a
+     * name may begin or end with a space. */
     if (p == QP_PID || p == QP_SINCE || p == QP_UNTIL || p == QP_LIMIT || p == QP_CURSOR ||
-        p == QP_DEST_PORT || p == QP_STATUS || p == QP_QUERY || p == QP_RCODE)
+        p == QP_DEST_PORT || p == QP_STATUS || p == QP_RCODE)
         query_trim(&v, &len);
 
     switch (p) {

@@ -129,7 +129,8 @@ int query_parse_time(const char *s, size_t len, uint64_t *out_ns);
 #define QUERY_TIME_FORMAT                                                                          \
     "must be RFC 3339, e.g. 2024-05-01T12:00:00Z, or nanoseconds since the Unix epoch"
 #define QUERY_TIME_RANGE                                                                           \
-    "out of range: from 1970-01-01T00:00:00Z to 2554-07-21T23:34:33Z, as nanoseconds since the "   \
+    "out of range: from 1970-01-01T00:00:00Z to 2554-07-21T23:34:33.709551615Z, as nanoseconds "   \
+    "since the "                                                                                   \
     "Unix epoch hold it"
 
 #define QUERY_ERR_VALUE_MAX 64 /* bytes of a bad value quoted back in a message */

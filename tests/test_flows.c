@@ -563,7 +563,8 @@ Test(flows, query_string)
         {"limit=%20", "'limit': \"\" (expected"},
         {"node=a&node=b", "duplicate"},
         {"node=%00", "'node'"},
-        {"since=2000000000000000000&until=1000000000000000000", "later than"},
+        {"since=2000000000000000000&until=1000000000000000000", "later than 'until'"},
+        {"since=2100-01-01T00:00:00Z", "'since': in the future, and the window ends now"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         cr_assert_eq(flows_query_parse(&q, bad[i][0], strlen(bad[i][0]), NOW, err, sizeof(err)),

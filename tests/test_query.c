@@ -143,6 +143,13 @@ Test(query_parse, spaces_around_numbers_are_ignored)
     cr_assert(q.has_pid);
     cr_assert_eq(q.pid, 42);
     cr_assert_str_eq(q.command, " sh");
+    /* query is a name: a space is part of it (as dig shows it, \032), never dropped. */
+    parse_ok(&q, "query=%20example.internal&status=%20answered+&rcode=+NXDOMAIN");
+    cr_assert_str_eq(q.dns_query, "\\032example.internal");
+    cr_assert_eq(q.status, EVENT_STATUS_ANSWERED);
+    cr_assert_eq(q.rcode, 3);
+    parse_ok(&q, "query=example.internal%20");
+    cr_assert_str_eq(q.dns_query, "example.internal\\032");
 }
 
 Test(query_parse, empty_segments_are_skipped)
