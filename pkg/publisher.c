@@ -684,6 +684,20 @@ void publisher_free(struct publisher *p)
         pthread_join(p->thread, NULL);
     }
     bus_set_listener(p->bus, NULL, NULL);
+    /* What could not be sent is lost with this process: no later batch will tell the
+     * aggregators (its sequence numbers die with it), so say it here. */
+    uint64_t unsent = 0, unsent_events = 0;
+    for (struct batch *b = p->head; b; b = b->next)
+        if (b->n_events || b->n_gone)
+            unsent++, unsent_events += b->n_events;
+    if (p->cur && (p->cur->n_events || p->cur->n_gone))
+        unsent++, unsent_events += p->cur->n_events;
+    if (unsent && p->log_prefix)
+        fprintf(stderr,
+                "%s: %" PRIu64 " batches (%" PRIu64 " events) not sent: NATS %s at exit; they are "
+                "lost, and no aggregator can count them\n",
+                p->log_prefix, unsent, unsent_events,
+                bus_connected(p->bus) ? "did not take them in time" : "unreachable");
     batch_free(p->cur);
     batch_free(p->spare);
     while (p->head) {

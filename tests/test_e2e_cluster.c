@@ -1902,3 +1902,35 @@ Test(e2e_cluster, hostile_batches_cost_only_their_bad_events)
     proc_kill(r1, SIGTERM);
     proc_kill(r2, SIGTERM);
 }
+
+/*
+ * An agent stopped while NATS is unreachable takes its queued batches with it, and no
+ * aggregator can ever count them (their sequence numbers end with the instance): the agent
+ * says how many in its last words.
+ */
+Test(e2e_cluster, an_agent_stopped_without_nats_says_what_it_could_not_send)
+{
+    need_root();
+    marker_init('u');
+    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", tu_free_port()); /* no one */
+    const char *const env[] = {"FLUSH_INTERVAL=100ms", "BATCH_SIZE=1", NULL};
+    struct proc *a = agent_up("e2e-unsent", env);
+    int64_t queued = 0;
+    for (uint64_t dl = tu_mono_ms() + 10000; queued < 3; usleep(50000)) {
+        check(tu_mono_ms() < dl, "the agent queued %" PRId64 " batches", queued);
+        run_marker();
+        json_t *st = api(a, "/api/stats");
+        queued = jint(st, "bus.queue_batches");
+        json_decref(st);
+    }
+    proc_kill(a, SIGTERM);
+    char *log = tu_read_file(a->log);
+    const char *line = log ? strstr(log, " batches (") : NULL;
+    check(line != NULL && strstr(line, "events) not sent: NATS unreachable at exit"),
+          "no word of the unsent batches in the agent's log");
+    /* At least the batches it had queued when asked. */
+    while (line > log && line[-1] != ' ')
+        line--;
+    cr_expect_geq(strtoll(line, NULL, 10), queued);
+    free(log);
+}
