@@ -1424,6 +1424,18 @@ static void raw_publish(natsConnection *nc, const char *subject, const char *cty
 }
 
 /* A protobuf EventBatch built with protobuf-c directly, n exit events. */
+/* A replica's stream.bus_lost_batches once it is want (or after 10 s, whatever it is). */
+static int64_t wait_stream_lost(struct proc *r, int64_t want)
+{
+    int64_t lost = -1;
+    for (uint64_t dl = tu_mono_ms() + 10000; lost != want && tu_mono_ms() < dl; usleep(20000)) {
+        json_t *st = api(r, "/api/stats");
+        lost = jint(st, "stream.bus_lost_batches");
+        json_decref(st);
+    }
+    return lost;
+}
+
 /* A batch of instance (started then, 0: unknown) with n exit events. */
 static uint8_t *pb_batch_of(const char *node, const char *instance, uint64_t started, uint64_t seq,
                             size_t n, size_t *len)
@@ -1811,15 +1823,8 @@ Test(e2e_cluster, hostile_batches_cost_only_their_bad_events)
     uint8_t *gap = pb_batch("stream-probe", seq + 2, 1, &len);
     raw_publish(nc, "ebpf.events.stream-probe", "application/x-protobuf", NULL, gap, len);
     free(gap);
-    for (struct proc *const *r = (struct proc *const[]){r1, r2, NULL}; *r; r++) {
-        int64_t lost = -1;
-        for (uint64_t dl = tu_mono_ms() + 10000; lost != 2 && tu_mono_ms() < dl; usleep(20000)) {
-            json_t *st = api(*r, "/api/stats");
-            lost = jint(st, "stream.bus_lost_batches");
-            json_decref(st);
-        }
-        cr_expect_eq(lost, 2, "%s: stream.bus_lost_batches", (*r)->name);
-    }
+    for (struct proc *const *r = (struct proc *const[]){r1, r2, NULL}; *r; r++)
+        cr_expect_eq(wait_stream_lost(*r, 2), 2, "%s: stream.bus_lost_batches", (*r)->name);
     /* An agent that started after the feeds did (by more than NODES_HEARD_MARGIN_NS, 1 s, on
      * its own clock) and is first heard at sequence 4: its batches 1-3 are lost too, for the
      * feeds and for the cluster's node table alike. */
@@ -1830,14 +1835,8 @@ Test(e2e_cluster, hostile_batches_cost_only_their_bad_events)
     raw_publish(nc, "ebpf.events.stream-probe", "application/x-protobuf", NULL, late, len);
     free(late);
     for (struct proc *const *r = (struct proc *const[]){r1, r2, NULL}; *r; r++) {
-        int64_t lost = -1;
-        for (uint64_t dl = tu_mono_ms() + 10000; lost != 5 && tu_mono_ms() < dl; usleep(20000)) {
-            json_t *st = api(*r, "/api/stats");
-            lost = jint(st, "stream.bus_lost_batches");
-            json_decref(st);
-        }
-        cr_expect_eq(lost, 5, "%s: stream.bus_lost_batches (2, then the new agent's 3)",
-                     (*r)->name);
+        cr_expect_eq(wait_stream_lost(*r, 5), 5,
+                     "%s: stream.bus_lost_batches (2, then the new agent's 3)", (*r)->name);
         json_t *st = api(*r, "/api/stats");
         cr_expect_eq(jint(node_entry(st, "stream-probe"), "lost_batches"), 5,
                      "%s: the node's lost batches: %s", (*r)->name, tu_jdump(st));
