@@ -219,6 +219,9 @@ out:
     cluster_leave(a.cluster);
     join_release(&a, UINT64_MAX); /* what is still held is stored unjoined */
     aggregator_api_stop(&a);
+    /* log_ready() also tells the stream's clients, through the server freed next. */
+    if (a.cluster)
+        cluster_set_bus_listener(a.cluster, NULL, NULL);
     if (a.http)
         http_server_free(a.http);
     aggregator_api_free(&a);
