@@ -110,8 +110,12 @@ struct aggregator {
     struct bus *bus;
     struct http_server *http;
     struct cluster *cluster; /* atomic while the bus listeners may run (main.c) */
-    bool ready_said;         /* atomic: the readiness main.c's log_ready() said last */
-    bool stream_nats_said;   /* atomic: whether stream clients were last told NATS is up */
+    /* main.c's log_ready(), called from both connections' threads: what it said last, under
+     * said_lock, which it holds from reading the state to saying it, so the last word said is
+     * the state as it last changed. */
+    pthread_mutex_t said_lock;
+    bool ready_said;       /* the readiness in the log */
+    bool stream_nats_said; /* whether stream clients were told NATS is up */
 
     /* Made again on each new connection (ingest_renew()); the pointers under subs_lock. */
     pthread_mutex_t subs_lock;

@@ -42,14 +42,15 @@ static void make_replica_id(char out[AGGREGATOR_REPLICA_ID_LEN])
 /*
  * Tells the live stream's clients when the batches' connection is lost and when it is back (a
  * comment line; the page and EventSource ignore it, curl shows it), and those who connect
- * meanwhile that nothing will come until then.
+ * meanwhile that nothing will come until then. Under said_lock.
  */
 static void stream_say_nats(struct aggregator *a)
 {
     bool up = bus_connected(a->bus);
 
-    if (__atomic_exchange_n(&a->stream_nats_said, up, __ATOMIC_ACQ_REL) == up)
+    if (a->stream_nats_said == up)
         return;
+    a->stream_nats_said = up;
     if (up)
         http_server_stream_notice(a->http, "NATS connected: events follow", false);
     else
@@ -65,13 +66,16 @@ static void log_ready(void *ctx, bool connected)
 {
     struct aggregator *a = ctx;
     struct cluster *c = __atomic_load_n(&a->cluster, __ATOMIC_ACQUIRE);
-    bool up = bus_connected(a->bus) && (c == NULL || cluster_bus_connected(c));
 
+    pthread_mutex_lock(&a->said_lock);
+    bool up = bus_connected(a->bus) && (c == NULL || cluster_bus_connected(c));
     stream_say_nats(a);
-    if (__atomic_exchange_n(&a->ready_said, up, __ATOMIC_ACQ_REL) == up)
-        return;
-    fprintf(stderr, up ? "ebpf-aggregator: NATS connected, ready\n"
-                       : "ebpf-aggregator: NATS connection lost, retrying; not ready\n");
+    if (a->ready_said != up) {
+        a->ready_said = up;
+        fprintf(stderr, up ? "ebpf-aggregator: NATS connected, ready\n"
+                           : "ebpf-aggregator: NATS connection lost, retrying; not ready\n");
+    }
+    pthread_mutex_unlock(&a->said_lock);
 }
 
 /* A workload's flow series live while a pod of it names its address (flows_series_set_alive). */
@@ -104,6 +108,7 @@ int main(int argc, char **argv)
     a.started_mono_ns = clock_monotonic_ns();
     pthread_mutex_init(&a.stream_lock, NULL);
     pthread_mutex_init(&a.subs_lock, NULL);
+    pthread_mutex_init(&a.said_lock, NULL);
     pthread_mutex_init(&a.ingest_gate.lock, NULL);
     pthread_cond_init(&a.ingest_gate.idle, NULL);
 
@@ -169,7 +174,9 @@ int main(int argc, char **argv)
     a.ready_said = bus_connected(a.bus);
     a.stream_nats_said = true; /* nothing said yet: a new client hears ": connected" alone */
     bus_set_listener(a.bus, log_ready, &a);
+    pthread_mutex_lock(&a.said_lock);
     stream_say_nats(&a);
+    pthread_mutex_unlock(&a.said_lock);
     struct cluster *cluster = NULL;
     if (ingest_start(&a, err, sizeof(err)) < 0 || !(cluster = cluster_new(&a, err, sizeof(err)))) {
         fprintf(stderr, "ebpf-aggregator: %s\n", err);
@@ -238,5 +245,6 @@ out:
     joins_free(a.joins);
     pthread_mutex_destroy(&a.stream_lock);
     pthread_mutex_destroy(&a.subs_lock);
+    pthread_mutex_destroy(&a.said_lock);
     return rc;
 }
