@@ -306,6 +306,22 @@ void nodes_set_heard_since(struct nodes *t, uint64_t now_ns)
     pthread_mutex_unlock(&t->lock);
 }
 
+void nodes_heard_since_earlier(struct nodes *t, uint64_t since_ns)
+{
+    pthread_mutex_lock(&t->lock);
+    if (since_ns && (!t->heard_since_ns || since_ns < t->heard_since_ns))
+        t->heard_since_ns = since_ns;
+    pthread_mutex_unlock(&t->lock);
+}
+
+uint64_t nodes_heard_since(struct nodes *t)
+{
+    pthread_mutex_lock(&t->lock);
+    uint64_t v = t->heard_since_ns;
+    pthread_mutex_unlock(&t->lock);
+    return v;
+}
+
 /*
  * Whether the instance of meta started after t began hearing the bus, with the margin to
  * spare: its age when it sent the batch (by its own clock) against how long t has been

@@ -39,6 +39,10 @@ void nodes_free(struct nodes *t);
  */
 #define NODES_HEARD_MARGIN_NS 1000000000ull
 void nodes_set_heard_since(struct nodes *t, uint64_t now_ns);
+/* The same, only when since_ns is earlier than what t has (0: nothing yet). */
+void nodes_heard_since_earlier(struct nodes *t, uint64_t since_ns);
+/* What nodes_set_heard_since() set; 0 when never. */
+uint64_t nodes_heard_since(struct nodes *t);
 
 /* Records one received batch (thread-safe). now_ns: receive time (wall clock). */
 void nodes_observe(struct nodes *t, const struct event_batch_meta *meta, size_t events,

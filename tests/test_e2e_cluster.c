@@ -367,6 +367,25 @@ static pid_t run_marker(void)
     return tu_marker_run(marker_path, marker_name);
 }
 
+static json_t *api(struct proc *p, const char *fmt, ...);
+static int64_t jint(json_t *o, const char *path);
+
+/* Runs the marker until the agent's /api/stats field (e.g. bus.batches_sent) is at least want
+ * (10 s at most); returns its value then. */
+static int64_t markers_until(struct proc *agent, const char *field, int64_t want)
+{
+    int64_t v = 0;
+    for (uint64_t dl = tu_mono_ms() + 10000; v < want; usleep(50000)) {
+        check(tu_mono_ms() < dl, "%s: %s is %" PRId64 ", want %" PRId64, agent->name, field, v,
+              want);
+        run_marker();
+        json_t *st = api(agent, "/api/stats");
+        v = jint(st, field);
+        json_decref(st);
+    }
+    return v;
+}
+
 /* ---- a Server-Sent Events reader ---------------------------------------- */
 
 struct sse {
@@ -1308,16 +1327,7 @@ Test(e2e_cluster, batches_no_replica_heard_at_an_agents_start_are_lost)
     snprintf(nats_url, sizeof(nats_url), "%s", saved_url);
 
     /* Batches into B, where no one subscribes. */
-    int64_t unheard = 0;
-    uint64_t deadline = tu_mono_ms() + 10000;
-    while (unheard < 5) {
-        check(tu_mono_ms() < deadline, "the agent sent %" PRId64 " batches", unheard);
-        run_marker();
-        json_t *st = api(a, "/api/stats");
-        unheard = jint(st, "bus.batches_sent");
-        json_decref(st);
-        usleep(50000);
-    }
+    int64_t unheard = markers_until(a, "bus.batches_sent", 5);
     json_t *nodes = api(r1, "/api/stats");
     check(node_entry(nodes, "e2e-unheard") == NULL, "the replica heard B: %s", tu_jdump(nodes));
     json_decref(nodes);
@@ -1327,7 +1337,7 @@ Test(e2e_cluster, batches_no_replica_heard_at_an_agents_start_are_lost)
     b = tu_nats_start(b_port, b_routed, b_log);
     check(b > 0, "nats-server B did not restart on port %d", b_port);
     int64_t batches = 0, lost = 0;
-    deadline = tu_mono_ms() + 30000;
+    uint64_t deadline = tu_mono_ms() + 30000;
     for (;;) {
         run_marker();
         json_t *st = api(r1, "/api/stats");
@@ -1914,14 +1924,7 @@ Test(e2e_cluster, an_agent_stopped_without_nats_says_what_it_could_not_send)
     snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", tu_free_port()); /* no one */
     const char *const env[] = {"FLUSH_INTERVAL=100ms", "BATCH_SIZE=1", NULL};
     struct proc *a = agent_up("e2e-unsent", env);
-    int64_t queued = 0;
-    for (uint64_t dl = tu_mono_ms() + 10000; queued < 3; usleep(50000)) {
-        check(tu_mono_ms() < dl, "the agent queued %" PRId64 " batches", queued);
-        run_marker();
-        json_t *st = api(a, "/api/stats");
-        queued = jint(st, "bus.queue_batches");
-        json_decref(st);
-    }
+    int64_t queued = markers_until(a, "bus.queue_batches", 3);
     proc_kill(a, SIGTERM);
     char *log = tu_read_file(a->log);
     const char *line = log ? strstr(log, " batches (") : NULL;
@@ -1932,4 +1935,51 @@ Test(e2e_cluster, an_agent_stopped_without_nats_says_what_it_could_not_send)
         line--;
     cr_expect_geq(strtoll(line, NULL, 10), queued);
     free(log);
+}
+
+/*
+ * A replica that dies takes the counts of the batches it received with it: they must count as
+ * lost on the survivor, also those received before the survivor started. The survivor knows
+ * from the dead replica's heartbeats how long the cluster has been listening, so it counts an
+ * agent younger than that from sequence 1.
+ */
+Test(e2e_cluster, a_dead_replicas_batches_count_as_lost_on_the_survivor)
+{
+    need_root();
+    nats_up(NULL);
+    marker_init('k');
+    const char *const aenv[] = {"QUERY_TIMEOUT=500ms", NULL};
+    uint64_t first_started = tu_now_ns();
+    struct proc *r1 = agg_up("k1", aenv, true);
+    while (tu_now_ns() < first_started + 1500000000ull) /* NODES_HEARD_MARGIN_NS, 1 s */
+        usleep(20000);
+    const char *const env[] = {"FLUSH_INTERVAL=100ms", "BATCH_SIZE=1", "EVENT_TYPES=exec", NULL};
+    struct proc *a = agent_up("e2e-orphan", env);
+    markers_until(a, "bus.batches_sent", 6); /* batches that reach r1 alone */
+    struct proc *r2 = agg_up("k2", aenv, true);
+    wait_cluster(r2, 2); /* r2 has r1's heartbeat, and with it how long the cluster listened */
+    for (int i = 0; i < 4; i++)
+        run_marker();
+    proc_kill(r1, SIGKILL);
+    for (int i = 0; i < 4; i++)
+        run_marker();
+    json_t *st = api(a, "/api/stats");
+    int64_t seq = jint(st, "bus.sequence");
+    json_decref(st);
+    proc_kill(a, SIGTERM); /* its last batches sent: nothing more after seq but its final one */
+
+    /* Every batch up to seq is on r2: received, or counted lost (r1's among them). */
+    int64_t batches = 0, lost = 0;
+    for (uint64_t dl = tu_mono_ms() + 15000; batches + lost < seq; usleep(100000)) {
+        if (tu_mono_ms() > dl)
+            break;
+        node_counts(r2, "e2e-orphan", &batches, &lost, NULL);
+    }
+    cr_log_info("agent sequence %" PRId64 "; r2 received %" PRId64 ", lost %" PRId64, seq, batches,
+                lost);
+    cr_expect_geq(batches + lost, seq,
+                  "batches r1 received before r2 started are counted nowhere: %" PRId64
+                  " received + %" PRId64 " lost < %" PRId64 " sent",
+                  batches, lost, seq);
+    cr_expect_gt(lost, 0, "r1's batches are lost with it");
 }

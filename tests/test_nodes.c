@@ -204,6 +204,13 @@ Test(nodes, an_instance_younger_than_the_listener_is_counted_from_its_first_batc
     t = nodes_new(16);
     observe_aged(t, "young", 5, T0 + 3 * SEC, T0 + 10 * SEC, T0 + 10 * SEC);
     cr_assert_eq(lost(t), 0);
+    cr_assert_eq(nodes_heard_since(t), 0);
+    /* Learnt later (a peer listened longer): earlier only, and the next batch uses it. */
+    nodes_heard_since_earlier(t, T0);
+    nodes_heard_since_earlier(t, T0 + 5 * SEC);
+    cr_assert_eq(nodes_heard_since(t), T0);
+    observe_aged(t, "young", 6, T0 + 3 * SEC, T0 + 11 * SEC, T0 + 11 * SEC);
+    cr_assert_eq(lost(t), 4);
     nodes_free(t);
 }
 

@@ -111,11 +111,20 @@ static bool has_left(struct cluster *c)
 
 /* ---- membership ---- */
 
+/*
+ * Heartbeats also say how long the cluster has been listening, as far as this replica knows
+ * (since the earliest start it heard of, its own or a peer's: an age, so the replicas' clocks
+ * need not agree). A replica that knows the cluster listened before an agent started counts
+ * that agent's batches from sequence 1 (nodes_set_heard_since()): when the replica that
+ * received its first ones dies, they are lost batches, not batches nobody counts.
+ */
 static void publish_heartbeat(struct cluster *c, bool leaving)
 {
-    char body[96];
-    int n = snprintf(body, sizeof(body), "{\"replica\":\"%s\",\"leaving\":%s}", c->a->replica,
-                     leaving ? "true" : "false");
+    char body[160];
+    uint64_t since = nodes_heard_since(c->a->nodes), now = clock_realtime_ns();
+    int n = snprintf(
+        body, sizeof(body), "{\"replica\":\"%s\",\"leaving\":%s,\"listening_ns\":%" PRIu64 "}",
+        c->a->replica, leaving ? "true" : "false", since && since < now ? now - since : 0);
     natsConnection_Publish(bus_conn(c->bus), c->subj_heartbeat, body, n);
 }
 
@@ -137,10 +146,15 @@ static void handle_heartbeat(struct cluster *c, natsMsg *msg)
     json_t *root = json_loadb(natsMsg_GetData(msg), natsMsg_GetDataLength(msg), 0, NULL);
     const char *id = json_string_value(json_object_get(root, "replica"));
     bool leaving = json_is_true(json_object_get(root, "leaving"));
+    json_t *listening = json_object_get(root, "listening_ns");
     bool joined = false;
 
     if (id == NULL || !cluster_replica_id_valid(id) || strcmp(id, c->a->replica) == 0)
         goto out;
+    uint64_t now = clock_realtime_ns();
+    if (json_is_integer(listening) && json_integer_value(listening) > 0 &&
+        (uint64_t)json_integer_value(listening) < now)
+        nodes_heard_since_earlier(c->a->nodes, now - (uint64_t)json_integer_value(listening));
     pthread_mutex_lock(&c->lock);
     ssize_t i = peer_find(c, id);
     if (leaving) {
@@ -1073,6 +1087,19 @@ static void stop_thread(struct cluster *c)
  * there is no one to keep them; a table larger than a message is not sent
  * (the stats answer has the same bound). Logs what happened.
  */
+/* What leaving without handing the node table over costs, in the log. */
+static void say_not_handed_over(struct cluster *c, const char *why)
+{
+    struct store_stats ss;
+
+    store_get_stats(c->a->store, &ss);
+    fprintf(stderr,
+            "ebpf-aggregator: node table not handed over (%s): the %" PRIu64
+            " events of this replica's history leave uncounted, and the batches it received "
+            "count as lost on the replicas that remain\n",
+            why, ss.events);
+}
+
 static void hand_over_nodes(struct cluster *c)
 {
     struct buf table;
@@ -1119,7 +1146,7 @@ static void hand_over_nodes(struct cluster *c)
             return;
         }
     }
-    fprintf(stderr, "ebpf-aggregator: node table not handed over (no replica took it)\n");
+    say_not_handed_over(c, "no replica took it");
     buf_free(&table);
 }
 
@@ -1172,6 +1199,8 @@ void cluster_leave(struct cluster *c)
         hand_over_nodes(c);
         publish_heartbeat(c, true);
         natsConnection_FlushTimeout(bus_conn(c->bus), CLUSTER_LEAVE_FLUSH_MS);
+    } else {
+        say_not_handed_over(c, "NATS not connected");
     }
 }
 
