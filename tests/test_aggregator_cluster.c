@@ -994,9 +994,26 @@ Test(aggregator_cluster, a_replica_stopping_cleanly_hands_its_batches_over)
         publish_batch(NODE_A, "aaaaaaaaaaaaaaaa", seq, ev, PER_BATCH);
         free(ev);
     }
+    /* Refused messages, over both replicas: their count must outlive the one that stops. */
+    enum { REFUSED = 20 };
+    static const char garbage[] = "\xff\xff\xff\xff no protobuf";
+    json_t *st = get(agg_port[0], "/api/stats");
+    json_int_t refused_before = jint(st, "rejected_total");
+    json_decref(st);
+    for (int i = 0; i < REFUSED; i++)
+        publish_raw("ebpf.events.refused", BUS_CONTENT_TYPE_PROTOBUF, garbage, sizeof(garbage) - 1,
+                    "refused", NULL, 0, 0);
     natsConnection_Flush(pub);
     check(wait_total_events(agg_port[0], BATCHES * PER_BATCH, 5000), "events never all ingested");
-    json_t *st = get(agg_port[0], "/api/stats");
+    json_int_t refused = 0;
+    for (uint64_t dl = tu_mono_ms() + 5000; refused < refused_before + REFUSED; usleep(20000)) {
+        check(tu_mono_ms() < dl, "rejected_total %lld, want %lld", refused,
+              refused_before + REFUSED);
+        st = get(agg_port[0], "/api/stats");
+        refused = jint(st, "rejected_total");
+        json_decref(st);
+    }
+    st = get(agg_port[0], "/api/stats");
     json_t *list = json_object_get(json_object_get(st, "replicas"), "list");
     for (size_t i = 0; i < json_array_size(list); i++)
         check(jint(json_array_get(list, i), "batches") > 0, "a replica got no batch");
@@ -1016,6 +1033,10 @@ Test(aggregator_cluster, a_replica_stopping_cleanly_hands_its_batches_over)
     json_int_t held = jint(j, "total_events"), departed = jint(j, "history_departed");
     check(departed > 0 && held + departed == BATCHES * PER_BATCH,
           "history_departed %lld + total_events %lld != %d", departed, held, BATCHES * PER_BATCH);
+    /* The refused messages the leaver counted are still counted: it handed its counters over. */
+    check(jint(j, "rejected_total") == refused,
+          "rejected_total %lld after the handover, %lld before", jint(j, "rejected_total"),
+          refused);
     json_decref(j);
     struct tu_http m = {0};
     char want[64];

@@ -186,6 +186,21 @@ uint64_t ingest_stream_dropped(struct aggregator *a);
 uint64_t ingest_stream_lost(struct aggregator *a);
 /* This replica's counters as one JSON object (for /api/stats gathering). */
 void ingest_counters_json(struct aggregator *a, struct buf *b);
+/*
+ * What a replica that stops hands over with its node table (JSON): its counters of what it
+ * received, refused and failed to store, and the events of peers' histories that left with
+ * them before (its own history is counted apart, CLUSTER_HDR_HISTORY_EVENTS).
+ */
+void ingest_counters_carry_json(struct aggregator *a, struct buf *b);
+/*
+ * Adds the losses of a leaving peer's ingest_counters_carry_json() (parsed) to this replica's:
+ * rejected, rejected_events, store_failed and history_departed go on being counted here, so a
+ * rolling restart forgets none. What it received is in the node table it hands over (/api/nodes),
+ * not in this replica's own batches and events. Members missing or not non-negative integers
+ * add nothing.
+ */
+struct json_t;
+void ingest_counters_inherit(struct aggregator *a, struct json_t *from);
 /* This replica's peer-naming series for /metrics. */
 void aggregator_peers_metrics(struct aggregator *a, struct buf *b);
 

@@ -32,6 +32,8 @@
 #define CLUSTER_HANDOVER_WAIT_MS 2000
 /* On a handover request: the events the leaving replica's history held. */
 #define CLUSTER_HDR_HISTORY_EVENTS "Ebpf-History-Events"
+/* The leaving replica's counters (ingest_counters_carry_json()), which the taker goes on with. */
+#define CLUSTER_HDR_COUNTERS       "Ebpf-Counters"
 #define CLUSTER_SUBSCRIBE_FLUSH_MS 1000
 #define CLUSTER_CLOSE_WAIT_MS      2000
 #define CLUSTER_SUBS               6 /* subscriptions of struct cluster */
@@ -1120,11 +1122,16 @@ static void hand_over_nodes(struct cluster *c)
     char held[24];
     store_get_stats(c->a->store, &ss);
     snprintf(held, sizeof(held), "%" PRIu64, ss.events);
+    struct buf counters;
+    buf_init(&counters);
+    ingest_counters_carry_json(c->a, &counters);
     for (int attempt = 0; attempt < CLUSTER_HANDOVER_TRIES; attempt++) {
         natsMsg *reply = NULL, *req = NULL;
         natsStatus s = natsMsg_Create(&req, c->subj_handover, NULL, table.data, (int)table.len);
         if (s == NATS_OK)
             s = natsMsgHeader_Set(req, CLUSTER_HDR_HISTORY_EVENTS, held);
+        if (s == NATS_OK && !counters.oom)
+            s = natsMsgHeader_Set(req, CLUSTER_HDR_COUNTERS, counters.data);
         if (s == NATS_OK)
             s = natsConnection_RequestMsg(&reply, bus_conn(c->bus), req, CLUSTER_HANDOVER_WAIT_MS);
         natsMsg_Destroy(req);
@@ -1142,11 +1149,13 @@ static void hand_over_nodes(struct cluster *c)
         json_decref(root);
         natsMsg_Destroy(reply);
         if (taken) {
+            buf_free(&counters);
             buf_free(&table);
             return;
         }
     }
     say_not_handed_over(c, "no replica took it");
+    buf_free(&counters);
     buf_free(&table);
 }
 
@@ -1172,6 +1181,13 @@ static void handle_handover(struct cluster *c, natsConnection *nc, natsMsg *msg)
             unsigned long long n = strtoull(held, &end, 10);
             if (errno == 0 && *end == '\0')
                 counter_add(&c->a->counters.history_departed, n);
+        }
+        /* Its counters go on here: a rolling restart loses none of them. */
+        const char *carried = NULL;
+        if (taken && natsMsgHeader_Get(msg, CLUSTER_HDR_COUNTERS, &carried) == NATS_OK && carried) {
+            json_t *from = json_loads(carried, 0, NULL);
+            ingest_counters_inherit(c->a, from);
+            json_decref(from);
         }
     }
     char body[96];

@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -606,12 +607,10 @@ uint64_t ingest_stream_dropped(struct aggregator *a)
     return total;
 }
 
-void ingest_counters_json(struct aggregator *a, struct buf *b)
+/* {"batches":..,"events":..,"events_by_type":{..},"rejected":{..},"rejected_events":{..}
+ * (the object left open). */
+static void counters_received_json(const struct aggregator_counters *c, struct buf *b)
 {
-    const struct aggregator_counters *c = &a->counters;
-    struct store_stats ss;
-
-    store_get_stats(a->store, &ss);
     buf_printf(b, "{\"batches\":%" PRIu64 ",\"events\":%" PRIu64 ",\"events_by_type\":{",
                counter_get(&c->batches), counter_get(&c->events));
     for (unsigned t = 1; t < EVENT_TYPE_COUNT; t++)
@@ -622,14 +621,55 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
         buf_printf(b, "%s\"%s\":%" PRIu64, r > 1 ? "," : "", bus_reject_name(r),
                    counter_get(&c->rejected[r]));
     buf_puts(b, "},\"rejected_events\":{");
-    buf_printf(b, "\"%s\":%" PRIu64 ",\"%s\":%" PRIu64,
+    buf_printf(b, "\"%s\":%" PRIu64 ",\"%s\":%" PRIu64 "}",
                bus_reject_name(BUS_REJECT_MALFORMED_PROTOBUF),
                counter_get(&c->rejected_events[BUS_REJECT_MALFORMED_PROTOBUF]),
                bus_reject_name(BUS_REJECT_MALFORMED_JSON),
                counter_get(&c->rejected_events[BUS_REJECT_MALFORMED_JSON]));
+}
+
+void ingest_counters_carry_json(struct aggregator *a, struct buf *b)
+{
+    const struct aggregator_counters *c = &a->counters;
+
+    counters_received_json(c, b);
+    buf_printf(b, ",\"store_failed\":%" PRIu64 ",\"history_departed\":%" PRIu64 "}",
+               counter_get(&c->store_failed), counter_get(&c->history_departed));
+}
+
+/* Adds o[key] (a non-negative integer; anything else counts nothing) to *v. */
+static void inherit_one(uint64_t *v, json_t *o, const char *key)
+{
+    json_t *n = json_object_get(o, key);
+    if (json_is_integer(n) && json_integer_value(n) > 0)
+        counter_add(v, (uint64_t)json_integer_value(n));
+}
+
+void ingest_counters_inherit(struct aggregator *a, json_t *from)
+{
+    struct aggregator_counters *c = &a->counters;
+
+    if (!json_is_object(from))
+        return;
+    for (unsigned r = 1; r < BUS_REJECT_COUNT; r++) {
+        inherit_one(&c->rejected[r], json_object_get(from, "rejected"), bus_reject_name(r));
+        inherit_one(&c->rejected_events[r], json_object_get(from, "rejected_events"),
+                    bus_reject_name(r));
+    }
+    inherit_one(&c->store_failed, from, "store_failed");
+    inherit_one(&c->history_departed, from, "history_departed");
+}
+
+void ingest_counters_json(struct aggregator *a, struct buf *b)
+{
+    const struct aggregator_counters *c = &a->counters;
+    struct store_stats ss;
+
+    store_get_stats(a->store, &ss);
+    counters_received_json(c, b);
     ss.failed += counter_get(&c->store_failed);
     buf_printf(b,
-               "},\"bus_dropped\":%" PRIu64 ",\"store_failed\":%" PRIu64
+               ",\"bus_dropped\":%" PRIu64 ",\"store_failed\":%" PRIu64
                ",\"history_departed\":%" PRIu64 ",\"history\":",
                ingest_bus_dropped(a), ss.failed, counter_get(&c->history_departed));
     api_json_append(b, api_store_stats_json(&ss));
