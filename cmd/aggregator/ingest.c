@@ -52,7 +52,7 @@ static void log_reject_events(struct aggregator *a, natsMsg *msg, const struct b
     uint64_t before = n - b->meta.rejected_events;
     if (before == 0 || n / 1000 != before / 1000)
         fprintf(stderr,
-                "ebpf-aggregator: skipped %" PRIu32 " undecodable event(s) in a batch on %s "
+                "ebpf-aggregator: skipped %" PRIu32 " event(s) of a batch on %s "
                 "(%s, %" PRIu64 " so far); the batch's other events were kept: %s\n",
                 b->meta.rejected_events, natsMsg_GetSubject(msg), bus_reject_name(b->events_reason),
                 n, err);
