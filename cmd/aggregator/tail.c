@@ -122,6 +122,17 @@ static bool tail_write(const struct buf *out)
     return true;
 }
 
+/* nats.c gave up on the connection (a refused login): says why, not just that it did. */
+static void tail_say_closed(struct bus *bus, natsStatus s)
+{
+    struct bus_status st;
+
+    bus_wait_closed(bus, BUS_CLOSED_WAIT_MS);
+    bus_get_status(bus, &st);
+    fprintf(stderr, "%s: NATS connection closed: %s\n", TAIL_PROG,
+            st.last_error[0] ? st.last_error : natsStatus_GetText(s));
+}
+
 static int tail_run(const struct config *cfg, const char *subject, const struct query *q)
 {
     char err[512];
@@ -138,6 +149,11 @@ static int tail_run(const struct config *cfg, const char *subject, const struct 
 
     natsSubscription *sub = NULL;
     natsStatus s = natsConnection_SubscribeSync(&sub, bus_conn(bus), subject);
+    if (s == NATS_CONNECTION_CLOSED) { /* refused before we could subscribe */
+        tail_say_closed(bus, s);
+        bus_close(bus);
+        return 1;
+    }
     if (s != NATS_OK) {
         fprintf(stderr, "%s: cannot subscribe to \"%s\": %s\n", TAIL_PROG, subject,
                 natsStatus_GetText(s));
@@ -184,12 +200,7 @@ static int tail_run(const struct config *cfg, const char *subject, const struct 
             continue;
         if (s != NATS_OK) {
             if (s == NATS_CONNECTION_CLOSED || s == NATS_INVALID_SUBSCRIPTION) {
-                /* Say why nats.c gave up (a refused login), not just that it did. */
-                bus_wait_closed(bus, BUS_CLOSED_WAIT_MS);
-                struct bus_status st;
-                bus_get_status(bus, &st);
-                fprintf(stderr, "%s: NATS connection closed: %s\n", TAIL_PROG,
-                        st.last_error[0] ? st.last_error : natsStatus_GetText(s));
+                tail_say_closed(bus, s);
                 rc = 1;
                 break;
             }
