@@ -1311,8 +1311,8 @@ Test(e2e_cluster, batches_no_replica_heard_at_an_agents_start_are_lost)
                                     "--routes",       a_route, NULL};
     nats_up(a_args);
     marker_init('l');
-    uint64_t replica_started = tu_now_ns();
     struct proc *r1 = agg_up("r1", NULL, true);
+    uint64_t replica_started = tu_now_ns(); /* it listens since before it served /health */
 
     pid_t b = tu_nats_start(b_port, b_alone, b_log);
     check(b > 0, "nats-server B did not start on port %d", b_port);
@@ -1812,7 +1812,6 @@ Test(e2e_cluster, hostile_batches_cost_only_their_bad_events)
     struct proc *r2 = agg_up("h2", NULL, true);
     wait_cluster(r1, 2);
     struct sse s1, s2;
-    uint64_t feeds_opened = tu_now_ns();
     sse_open(&s1, r1->port, "/api/events/stream");
     sse_open(&s2, r2->port, "/api/events/stream");
     /* Both streams are attached once a probe batch reaches them. */
@@ -1828,6 +1827,7 @@ Test(e2e_cluster, hostile_batches_cost_only_their_bad_events)
         seen1 += sse_pump(&s1, "stream-probe");
         seen2 += sse_pump(&s2, "stream-probe");
     }
+    uint64_t feeds_attached = tu_now_ns(); /* the feeds listen since before their first batch */
     /* Two batches the feeds never hear (as after a refusal, which renews their subscription):
      * each replica's feed counts the gap. */
     uint8_t *gap = pb_batch("stream-probe", seq + 2, 1, &len);
@@ -1838,7 +1838,7 @@ Test(e2e_cluster, hostile_batches_cost_only_their_bad_events)
     /* An agent that started after the feeds did (by more than NODES_HEARD_MARGIN_NS, 1 s, on
      * its own clock) and is first heard at sequence 4: its batches 1-3 are lost too, for the
      * feeds and for the cluster's node table alike. */
-    while (tu_now_ns() < feeds_opened + 1300000000ull)
+    while (tu_now_ns() < feeds_attached + 1300000000ull)
         usleep(20000);
     uint8_t *late =
         pb_batch_of("stream-probe", "00000000000000cc", tu_now_ns() - 100000000ull, 4, 1, &len);
@@ -1949,8 +1949,8 @@ Test(e2e_cluster, a_dead_replicas_batches_count_as_lost_on_the_survivor)
     nats_up(NULL);
     marker_init('k');
     const char *const aenv[] = {"QUERY_TIMEOUT=500ms", NULL};
-    uint64_t first_started = tu_now_ns();
     struct proc *r1 = agg_up("k1", aenv, true);
+    uint64_t first_started = tu_now_ns(); /* it listens since before it served /health */
     while (tu_now_ns() < first_started + 1500000000ull) /* NODES_HEARD_MARGIN_NS, 1 s */
         usleep(20000);
     const char *const env[] = {"FLUSH_INTERVAL=100ms", "BATCH_SIZE=1", "EVENT_TYPES=exec", NULL};
