@@ -873,16 +873,25 @@ void dns_names_free(struct dns_names *c)
     free(c);
 }
 
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
+{
+    for (const uint8_t *s = p, *end = s + n; s < end; s++)
+        h = (h ^ *s) * 0x100000001b3ull;
+    return h;
+}
+
 uint64_t dns_names_scope(const struct event *e)
 {
-    if (e->k8s.pod_uid && e->k8s.pod_uid[0]) {
-        /* FNV-1a of the pod's UID, top bit set: cgroup ids (inode numbers) never have it. */
-        uint64_t h = 0xcbf29ce484222325ull;
-        for (const char *s = e->k8s.pod_uid; *s; s++)
-            h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
-        return h | (1ull << 63);
-    }
-    return e->cgroup_id;
+    uint64_t h = 0xcbf29ce484222325ull;
+    if (e->k8s.pod_uid && e->k8s.pod_uid[0]) /* top bit set: cgroup ids never have it */
+        return fnv1a(h, e->k8s.pod_uid, strlen(e->k8s.pod_uid)) | (1ull << 63);
+    if (e->cgroup_id > DNS_CGROUP_V2_ROOT_ID)
+        return e->cgroup_id;
+    if (!e->pid)
+        return 0;
+    /* In the root cgroup, the process (the next bit down: neither a pod nor a cgroup id). */
+    const uint32_t who[3] = {e->pid, e->ppid, e->uid};
+    return (fnv1a(h, who, sizeof(who)) & ~(3ull << 62)) | (1ull << 62);
 }
 
 static struct name_key make_name_key(uint64_t scope, unsigned family, const uint8_t addr[16])

@@ -351,6 +351,10 @@ void dns_tracker_get_stats(const struct dns_tracker *t, struct dns_tracker_stats
  * in one process and connect in another of the same unit. Not node-wide:
  * two workloads may resolve different names to one shared address (CDNs,
  * virtual hosting), and one workload's names are no business of another's.
+ * So in the cgroup v2 root, where a host whose processes have no cgroups of
+ * their own keeps every one of them, it is the process: its pid, parent and
+ * user (a pid reused within the TTL by a process of another parent or user
+ * finds nothing).
  * Compute the scope of the dns event and of the later connection at the same
  * stage (after pod attribution), or a pod's entries are filed under its
  * cgroup and looked up under its UID.
@@ -386,6 +390,9 @@ struct dns_names;
 struct dns_names *dns_names_new(const struct dns_names_config *cfg); /* NULL: out of memory */
 void dns_names_free(struct dns_names *c);                            /* NULL is allowed */
 size_t dns_names_entry_size(void);
+
+/* The cgroup v2 root's id (the kernel's: its kernfs node is the first). */
+#define DNS_CGROUP_V2_ROOT_ID 1
 
 /* The scope of the process an event describes (see above); 0 when unknown. */
 uint64_t dns_names_scope(const struct event *e);

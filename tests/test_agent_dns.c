@@ -409,6 +409,45 @@ Test(dns_agent, peer_dns_names_connections_of_the_same_cgroup_only)
     dns_agent_free(d);
 }
 
+/* In the cgroup v2 root, where a host without cgroups of its own keeps every process, the
+ * names one process resolved are that process's alone, not the whole node's. */
+Test(dns_agent, peer_dns_in_the_root_cgroup_names_connections_of_the_same_process_only)
+{
+    struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+    reset();
+    ask(d, 1, "web.internal", "10.0.0.9", 0, 1 * SEC, DNS_CGROUP_V2_ROOT_ID);
+    cr_assert_eq(ngot, 1);
+    cr_assert_eq(got[0].pid, 4242);
+
+    struct event c = {.type = EVENT_CONNECTION,
+                      .family = EVENT_FAMILY_IPV4,
+                      .cgroup_id = DNS_CGROUP_V2_ROOT_ID,
+                      .pid = 4242,
+                      .uid = 1000};
+    inet_pton(AF_INET, "10.0.0.9", c.daddr);
+    struct event other_pid = c, other_user = c, other_parent = c, unknown = c;
+    dns_agent_fill_peer(d, &c, 2 * SEC);
+    cr_assert_str_eq(c.peer.dns, "web.internal");
+
+    other_pid.pid = 4243;
+    other_user.uid = 65534;
+    other_parent.ppid = 7; /* the pid reused by another parent's child */
+    unknown.pid = 0;
+    struct event *none[] = {&other_pid, &other_user, &other_parent, &unknown};
+    for (size_t i = 0; i < 4; i++) {
+        dns_agent_fill_peer(d, none[i], 2 * SEC);
+        cr_assert_null(none[i]->peer.dns, "case %zu named %s", i, none[i]->peer.dns);
+    }
+    /* A process in a cgroup of its own goes by the cgroup, whatever its pid. */
+    struct event in_unit = c;
+    in_unit.peer.dns = NULL;
+    in_unit.cgroup_id = 77;
+    dns_agent_fill_peer(d, &in_unit, 2 * SEC);
+    cr_assert_null(in_unit.peer.dns);
+    reset();
+    dns_agent_free(d);
+}
+
 Test(dns_agent, metrics_count_by_rcode_and_fold_past_the_cap)
 {
     struct dns_agent *d = agent_new(2, &(struct dns_agent *){0});
