@@ -56,7 +56,8 @@ static __always_inline bool is_dns_port(__u16 port)
 
 /*
  * Egress usually runs in the sending task; when the current task is not in the
- * socket's cgroup (a send from softirq, a socket handed over), name no one.
+ * socket's cgroup (a send from softirq, a socket handed over), or a TCP socket
+ * sends from softirq (below), name no one.
  * Each helper call costs tens of ns on hosts whose every kernel return goes
  * through a mitigation thunk (measured: the helper form made a query's
  * record cost about 280 ns more), so where the kernel allows it the task's
@@ -64,11 +65,26 @@ static __always_inline bool is_dns_port(__u16 port)
  * There the kernel's BTF says whether the helper exists; which program
  * types may call it differs, so for this one user space probes it.
  */
-static __always_inline void fill_sender(struct dns_record *r, struct __sk_buff *skb)
+static __always_inline void fill_sender(struct dns_record *r, struct __sk_buff *skb, __u8 protocol)
 {
     r->hdr.cgroup_id = bpf_skb_cgroup_id(skb);
     if (r->direction != DNS_DIR_QUERY)
         return;
+    /*
+     * TCP also sends from softirq (a window update from the server lets queued bytes out, a
+     * retransmission timer fires), in whatever task the interrupt found, which may well be
+     * in the same cgroup (the root one holds every process of some hosts, the idle task
+     * too). A send in a task holding the socket holds its lock (tcp_sendmsg(), connect(),
+     * close(), and the backlog processed as the lock is released); one from softirq never
+     * does, or it would have gone to the backlog.
+     */
+    if (protocol == IPPROTO_TCP) {
+        struct bpf_sock *sk = skb->sk;
+        struct tcp_sock *tp = sk ? bpf_skc_to_tcp_sock(sk) : NULL;
+
+        if (!tp || !tp->inet_conn.icsk_inet.sk.sk_lock.owned)
+            return;
+    }
     if (sender_task_btf) {
         struct task_struct *task = bpf_get_current_task_btf();
 
@@ -117,7 +133,7 @@ static __always_inline int emit(struct __sk_buff *skb, const struct dns_msg *m,
     r->hdr.kind = RECORD_DNS;
     r->hdr.ts_ns = m->now;
     r->direction = m->direction;
-    fill_sender(r, skb);
+    fill_sender(r, skb, m->protocol);
     r->cookie = bpf_get_socket_cookie(skb);
     r->suppressed = b->suppressed;
     b->suppressed = 0;

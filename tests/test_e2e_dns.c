@@ -26,6 +26,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -846,6 +849,87 @@ static void ask_tcp(int port, uint16_t id, const char *name, const size_t *cuts,
  * inside the message), and an answer whose prefix comes alone, each make their event, as
  * when written whole.
  */
+/*
+ * A TCP query that leaves from softirq: the client fills the server's receive window, so
+ * its query waits in the socket until the server reads and the window update lets it out,
+ * in whatever task the interrupt found (here the server's, of the same cgroup). The event
+ * names the client or no one, never the task that happened to be running.
+ */
+Test(e2e_dns, a_tcp_query_sent_from_softirq_names_no_other_process, .fini = stop_all, .timeout = 90)
+{
+    monitor_up("dns-softirq-node");
+    int l = tcp_fds[1]; /* bound to silent_port, one of DNS_PORTS */
+    int small = 1024;
+    cr_assert_eq(setsockopt(l, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+    cr_assert_eq(listen(l, 1), 0, "%s", strerror(errno));
+    int report[2];
+    cr_assert_eq(pipe2(report, O_CLOEXEC), 0);
+    pid_t child = fork();
+    cr_assert(child >= 0);
+    if (child == 0) {
+        /* The client: padding messages until bytes wait unsent, then the query. */
+        prctl(PR_SET_NAME, "dns-zwin-cli");
+        struct sockaddr_in to = {.sin_family = AF_INET,
+                                 .sin_port = htons((uint16_t)silent_port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, unsent = 0;
+        if (fd < 0 || connect(fd, (struct sockaddr *)&to, sizeof(to)) != 0)
+            _exit(2);
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        uint8_t pad[14] = {0, 12}, q[300];
+        for (int i = 0; i < 20000 && unsent == 0; i++) {
+            if (send(fd, pad, sizeof(pad), MSG_DONTWAIT) != (ssize_t)sizeof(pad))
+                break;
+            if (ioctl(fd, SIOCOUTQNSD, &unsent) != 0)
+                _exit(3);
+            usleep(500);
+        }
+        size_t n = make_query(q + 2, 0x5a5a, "zwin.test");
+        q[0] = (uint8_t)(n >> 8), q[1] = (uint8_t)n;
+        if (unsent == 0 || send(fd, q, n + 2, MSG_DONTWAIT) != (ssize_t)(n + 2))
+            _exit(4);
+        /* Still queued: it leaves when the server reads. */
+        if (ioctl(fd, SIOCOUTQNSD, &unsent) != 0 || unsent < (int)(n + 2))
+            _exit(5);
+        if (write(report[1], "q", 1) != 1)
+            _exit(6);
+        char c;
+        struct timeval tv = {.tv_sec = 5};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        (void)!recv(fd, &c, 1, 0); /* until the server closes */
+        _exit(0);
+    }
+    close(report[1]);
+    int c = accept(l, NULL, NULL);
+    cr_assert_geq(c, 0, "%s", strerror(errno));
+    char word;
+    cr_assert_eq(read(report[0], &word, 1), 1, "the client could not queue its query");
+    /* Read it all: the window opens and the query leaves. */
+    uint8_t buf[65536];
+    struct timeval tv = {.tv_sec = 2};
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    size_t got = 0;
+    for (ssize_t r; (r = recv(c, buf, sizeof(buf), 0)) > 0;)
+        got += (size_t)r;
+    close(c);
+    int st;
+    cr_assert_eq(waitpid(child, &st, 0), child);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "client: %d", st);
+    cr_assert_gt(got, 0);
+
+    json_t *ev = wait_dns(agent.port, "zwin.test", 0x5a5a);
+    char *text = json_dumps(ev, JSON_COMPACT);
+    json_t *pid = json_object_get(ev, "pid");
+    cr_expect(pid == NULL || json_integer_value(pid) == child,
+              "the query names pid %lld, not its sender %d (the server: %d): %s",
+              (long long)json_integer_value(pid), child, getpid(), text);
+    const char *command = tu_jstr(ev, "command");
+    cr_expect(command == NULL || strcmp(command, "dns-zwin-cli") == 0, "%s", text);
+    cr_log_info("the query: %s", text);
+    free(text);
+    json_decref(ev);
+}
+
 Test(e2e_dns, tcp_messages_in_several_segments_make_their_events, .fini = stop_all, .timeout = 90)
 {
     monitor_up("dns-split-node");
