@@ -991,6 +991,16 @@ Test(aggregator_cluster, a_replica_stopping_cleanly_hands_its_batches_over)
     enum { BATCHES = 40, PER_BATCH = 5 };
     for (uint64_t seq = 1; seq <= BATCHES; seq++) {
         struct event *ev = make_events(NODE_A, PER_BATCH, 100);
+        /* A connection in each batch, to one of 8 addresses: both replicas hold flow buckets. */
+        memset(&ev[0].u, 0, sizeof(ev[0].u)); /* it was an exit's */
+        ev[0].type = EVENT_CONNECTION;
+        ev[0].status = EVENT_STATUS_ESTABLISHED;
+        ev[0].protocol = IPPROTO_TCP;
+        ev[0].family = EVENT_FAMILY_IPV4;
+        memcpy(ev[0].saddr, (uint8_t[]){10, 0, 0, 1}, 4);
+        memcpy(ev[0].daddr, (uint8_t[]){10, 0, 1, (uint8_t)(seq % 8)}, 4);
+        ev[0].dport = 80;
+        ev[0].u.conn.latency_ns = 100000;
         publish_batch(NODE_A, "aaaaaaaaaaaaaaaa", seq, ev, PER_BATCH);
         free(ev);
     }
@@ -1017,6 +1027,8 @@ Test(aggregator_cluster, a_replica_stopping_cleanly_hands_its_batches_over)
     json_t *list = json_object_get(json_object_get(st, "replicas"), "list");
     for (size_t i = 0; i < json_array_size(list); i++)
         check(jint(json_array_get(list, i), "batches") > 0, "a replica got no batch");
+    json_int_t buckets = jint(json_object_get(st, "flows"), "edge_minutes");
+    check(buckets > 0, "no flow bucket: %s", tu_jdump(st));
     json_decref(st);
 
     check(tu_stop(agg_pid[1], 5000) == 0, "clean exit on SIGTERM");
@@ -1033,6 +1045,11 @@ Test(aggregator_cluster, a_replica_stopping_cleanly_hands_its_batches_over)
     json_int_t held = jint(j, "total_events"), departed = jint(j, "history_departed");
     check(departed > 0 && held + departed == BATCHES * PER_BATCH,
           "history_departed %lld + total_events %lld != %d", departed, held, BATCHES * PER_BATCH);
+    /* So did its flow buckets, and they are counted too. */
+    json_int_t kept = jint(json_object_get(j, "flows"), "edge_minutes"),
+               gone = jint(j, "flows_departed");
+    check(gone > 0 && kept + gone == buckets, "flows_departed %lld + edge_minutes %lld != %lld",
+          gone, kept, buckets);
     /* The refused messages the leaver counted are still counted: it handed its counters over. */
     check(jint(j, "rejected_total") == refused,
           "rejected_total %lld after the handover, %lld before", jint(j, "rejected_total"),
@@ -1043,6 +1060,8 @@ Test(aggregator_cluster, a_replica_stopping_cleanly_hands_its_batches_over)
     snprintf(want, sizeof(want), "ebpf_aggregator_history_departed_total %lld", departed);
     check(tu_http_get(agg_port[0], "/metrics", NULL, &m) == 0 && m.body && strstr(m.body, want),
           "%s in /metrics", want);
+    snprintf(want, sizeof(want), "ebpf_aggregator_flows_departed_total %lld", gone);
+    check(strstr(m.body, want), "%s in /metrics", want);
     tu_http_free(&m);
     char *log = tu_read_file(logs[1]);
     check(log != NULL && strstr(log, "node table handed over to replica") != NULL,

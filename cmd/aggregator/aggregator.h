@@ -73,6 +73,8 @@ struct aggregator_counters {
     /* Events the history of a peer held when it stopped and handed its node table here: they
      * left with it (cluster.c). */
     uint64_t history_departed;
+    /* Flow buckets (edge-minutes) such a peer held: what it counted for /api/flows left too. */
+    uint64_t flows_departed;
     /* Pod announcements between replicas (ingest.c). */
     uint64_t peer_announcements_sent;
     uint64_t peer_announcements_failed; /* not published (NATS down): repeated later */

@@ -531,6 +531,7 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
     api_json_set_u64(root, "bus_dropped", total_u64(t, "bus_dropped"));
     api_json_set_u64(root, "store_failed", total_u64(t, "store_failed"));
     api_json_set_u64(root, "history_departed", total_u64(t, "history_departed"));
+    api_json_set_u64(root, "flows_departed", total_u64(t, "flows_departed"));
     json_object_set(root, "history", hist);
     json_object_set(root, "flows", json_object_get(t, "flows"));
     json_object_set(root, "peers", json_object_get(t, "peers"));
@@ -677,6 +678,10 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                "Events stopped replicas held when they handed their node table to this one: "
                "received, counted, and gone with their history.",
                counter_get(&c->history_departed));
+    api_metric(b, "ebpf_aggregator_flows_departed_total", "counter",
+               "Flow buckets (edge-minutes) stopped replicas held when they handed their node "
+               "table to this one: what they counted for /api/flows left with them.",
+               counter_get(&c->flows_departed));
     struct flows_stats fs;
     flows_get_stats(a->flows, &fs);
     api_metric(b, "ebpf_aggregator_flow_buckets", "gauge",

@@ -32,6 +32,8 @@
 #define CLUSTER_HANDOVER_WAIT_MS 2000
 /* On a handover request: the events the leaving replica's history held. */
 #define CLUSTER_HDR_HISTORY_EVENTS "Ebpf-History-Events"
+/* The flow buckets (edge-minutes) the leaving replica holds: they leave with it. */
+#define CLUSTER_HDR_FLOW_MINUTES "Ebpf-Flow-Minutes"
 /* The leaving replica's counters (ingest_counters_carry_json()), which the taker goes on with. */
 #define CLUSTER_HDR_COUNTERS       "Ebpf-Counters"
 #define CLUSTER_SUBSCRIBE_FLUSH_MS 1000
@@ -1093,13 +1095,16 @@ static void stop_thread(struct cluster *c)
 static void say_not_handed_over(struct cluster *c, const char *why)
 {
     struct store_stats ss;
+    struct flows_stats fs;
 
     store_get_stats(c->a->store, &ss);
+    flows_get_stats(c->a->flows, &fs);
     fprintf(stderr,
             "ebpf-aggregator: node table not handed over (%s): the %" PRIu64
-            " events of this replica's history leave uncounted, and the batches it received "
-            "count as lost on the replicas that remain\n",
-            why, ss.events);
+            " events of this replica's history and its %" PRIu64
+            " flow buckets leave uncounted, and the batches it received count as lost on the "
+            "replicas that remain, if any\n",
+            why, ss.events, fs.edge_minutes);
 }
 
 static void hand_over_nodes(struct cluster *c)
@@ -1117,26 +1122,35 @@ static void hand_over_nodes(struct cluster *c)
         buf_free(&table);
         return;
     }
-    /* What leaves with this replica: its history, counted by the peer that takes the table. */
+    /* What leaves with this replica: its history and its flows, counted by the peer that takes
+     * the table. */
     struct store_stats ss;
-    char held[24];
+    struct flows_stats fs;
+    char held[24], minutes[24];
     store_get_stats(c->a->store, &ss);
+    flows_get_stats(c->a->flows, &fs);
     snprintf(held, sizeof(held), "%" PRIu64, ss.events);
+    snprintf(minutes, sizeof(minutes), "%" PRIu64, fs.edge_minutes);
     struct buf counters;
     buf_init(&counters);
     ingest_counters_carry_json(c->a, &counters);
+    bool alone = false;
     for (int attempt = 0; attempt < CLUSTER_HANDOVER_TRIES; attempt++) {
         natsMsg *reply = NULL, *req = NULL;
         natsStatus s = natsMsg_Create(&req, c->subj_handover, NULL, table.data, (int)table.len);
         if (s == NATS_OK)
             s = natsMsgHeader_Set(req, CLUSTER_HDR_HISTORY_EVENTS, held);
+        if (s == NATS_OK)
+            s = natsMsgHeader_Set(req, CLUSTER_HDR_FLOW_MINUTES, minutes);
         if (s == NATS_OK && !counters.oom)
             s = natsMsgHeader_Set(req, CLUSTER_HDR_COUNTERS, counters.data);
         if (s == NATS_OK)
             s = natsConnection_RequestMsg(&reply, bus_conn(c->bus), req, CLUSTER_HANDOVER_WAIT_MS);
         natsMsg_Destroy(req);
-        if (s == NATS_NO_RESPONDERS)
-            break; /* the last replica: nobody to keep the counts */
+        if (s == NATS_NO_RESPONDERS) {
+            alone = true; /* the last replica: nobody to keep the counts */
+            break;
+        }
         if (s != NATS_OK)
             continue;
         json_t *root =
@@ -1154,9 +1168,22 @@ static void hand_over_nodes(struct cluster *c)
             return;
         }
     }
-    say_not_handed_over(c, "no replica took it");
+    say_not_handed_over(c, alone ? "no other replica is listening" : "no replica took it");
     buf_free(&counters);
     buf_free(&table);
+}
+
+/* Adds the count in msg's header name (decimal digits only; anything else adds nothing) to *v. */
+static void header_count(natsMsg *msg, const char *name, uint64_t *v)
+{
+    const char *text = NULL;
+    char *end = NULL;
+    if (natsMsgHeader_Get(msg, name, &text) != NATS_OK || !text || *text < '0' || *text > '9')
+        return;
+    errno = 0;
+    unsigned long long n = strtoull(text, &end, 10);
+    if (errno == 0 && *end == '\0')
+        counter_add(v, n);
 }
 
 /* A leaving peer's node table: merged into this replica's, unless it is leaving too. */
@@ -1173,14 +1200,9 @@ static void handle_handover(struct cluster *c, natsConnection *nc, natsMsg *msg)
         taken = rc == 0;
         if (rc == -EINVAL)
             __atomic_fetch_add(&c->invalid_answers, 1, __ATOMIC_RELAXED);
-        const char *held = NULL;
-        char *end = NULL;
-        if (taken && natsMsgHeader_Get(msg, CLUSTER_HDR_HISTORY_EVENTS, &held) == NATS_OK && held &&
-            *held >= '0' && *held <= '9') {
-            errno = 0;
-            unsigned long long n = strtoull(held, &end, 10);
-            if (errno == 0 && *end == '\0')
-                counter_add(&c->a->counters.history_departed, n);
+        if (taken) {
+            header_count(msg, CLUSTER_HDR_HISTORY_EVENTS, &c->a->counters.history_departed);
+            header_count(msg, CLUSTER_HDR_FLOW_MINUTES, &c->a->counters.flows_departed);
         }
         /* Its counters go on here: a rolling restart loses none of them. */
         const char *carried = NULL;

@@ -633,8 +633,11 @@ void ingest_counters_carry_json(struct aggregator *a, struct buf *b)
     const struct aggregator_counters *c = &a->counters;
 
     counters_received_json(c, b);
-    buf_printf(b, ",\"store_failed\":%" PRIu64 ",\"history_departed\":%" PRIu64 "}",
-               counter_get(&c->store_failed), counter_get(&c->history_departed));
+    buf_printf(b,
+               ",\"store_failed\":%" PRIu64 ",\"history_departed\":%" PRIu64
+               ",\"flows_departed\":%" PRIu64 "}",
+               counter_get(&c->store_failed), counter_get(&c->history_departed),
+               counter_get(&c->flows_departed));
 }
 
 /* Adds o[key] (a non-negative integer; anything else counts nothing) to *v. */
@@ -658,6 +661,7 @@ void ingest_counters_inherit(struct aggregator *a, json_t *from)
     }
     inherit_one(&c->store_failed, from, "store_failed");
     inherit_one(&c->history_departed, from, "history_departed");
+    inherit_one(&c->flows_departed, from, "flows_departed");
 }
 
 void ingest_counters_json(struct aggregator *a, struct buf *b)
@@ -670,8 +674,9 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
     ss.failed += counter_get(&c->store_failed);
     buf_printf(b,
                ",\"bus_dropped\":%" PRIu64 ",\"store_failed\":%" PRIu64
-               ",\"history_departed\":%" PRIu64 ",\"history\":",
-               ingest_bus_dropped(a), ss.failed, counter_get(&c->history_departed));
+               ",\"history_departed\":%" PRIu64 ",\"flows_departed\":%" PRIu64 ",\"history\":",
+               ingest_bus_dropped(a), ss.failed, counter_get(&c->history_departed),
+               counter_get(&c->flows_departed));
     api_json_append(b, api_store_stats_json(&ss));
     buf_puts(b, ",\"flows\":");
     flows_stats_json(a->flows, b);
