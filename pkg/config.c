@@ -396,6 +396,23 @@ static bool nats_urls_valid(const char *list)
     return true;
 }
 
+/* http:// or https://, a host with an optional port (1-65535), then an optional path (no query,
+ * fragment or space: the client appends its own paths). */
+static bool http_url_valid(const char *url)
+{
+    size_t skip = strncmp(url, "https://", 8) == 0 ? 8 : strncmp(url, "http://", 7) == 0 ? 7 : 0;
+    if (!skip || strpbrk(url, "?# \t"))
+        return false;
+    const char *host = url + skip;
+    size_t len = strcspn(host, "/");
+    char name[CONFIG_STR];
+    long port;
+    if (memchr(host, '@', len) || netaddr_split(host, len, name, sizeof(name), &port) != 0 ||
+        !name[0])
+        return false;
+    return port != 0; /* -1: none, the scheme's */
+}
+
 /* "53,5353" into CONFIG_DNS_PORTS_MAX slots (the rest zeroed); 0 or -EINVAL. */
 static int parse_ports(const char *s, uint16_t out[CONFIG_DNS_PORTS_MAX])
 {
@@ -1050,6 +1067,13 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
                    "invalid NATS_URL=\"%s\": must be a comma-separated list of servers such as "
                    "nats://HOST:4222, tls://HOST:4222 or HOST:4222",
                    shown);
+        return CONFIG_INVALID;
+    }
+    if (c->k8s_api_url[0] && !http_url_valid(c->k8s_api_url)) {
+        errmsg_set(err, errlen,
+                   "invalid K8S_API_URL=\"%s\": must be https://HOST[:PORT] or "
+                   "http://HOST[:PORT], with an optional path",
+                   c->k8s_api_url);
         return CONFIG_INVALID;
     }
     if (!c->tls_cert[0] != !c->tls_key[0]) {

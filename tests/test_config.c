@@ -122,6 +122,13 @@ Test(config, nats_server_lists)
         setenv("NATS_URL", good[i], 1);
         cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_OK, "%s: %s", good[i], err);
     }
+    const char *api[] = {"https://kubernetes.default.svc", "https://10.0.0.1:6443/",
+                         "https://[fd00::1]:6443", "http://127.0.0.1:8001/prefix"};
+    for (size_t i = 0; i < sizeof(api) / sizeof(api[0]); i++) {
+        setenv("K8S_API_URL", api[i], 1);
+        cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_OK, "%s: %s", api[i], err);
+    }
+    unsetenv("K8S_API_URL");
     /* A refused list is shown without the credentials it holds. */
     setenv("NATS_URL", "nats://u:supersecret@h:0,tls://tok3n@h2:x", 1);
     cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_INVALID);
@@ -308,6 +315,13 @@ ParameterizedTestParameters(config, bad_values_name_the_key)
         {"NATS_URL", "nats://127.0.0.1:-1", "NATS_URL"},
         {"NATS_URL", "nats://::1:4222", "NATS_URL"},
         {"NATS_URL", "nats://user:pw@:4222", "NATS_URL"},
+        {"K8S_API_URL", "notaurl", "K8S_API_URL"},
+        {"K8S_API_URL", "ftp://x", "K8S_API_URL"},
+        {"K8S_API_URL", "https://", "K8S_API_URL"},
+        {"K8S_API_URL", "https://127.0.0.1:99999", "K8S_API_URL"},
+        {"K8S_API_URL", "https://h:0", "K8S_API_URL"},
+        {"K8S_API_URL", "https://u:p@h", "K8S_API_URL"},
+        {"K8S_API_URL", "https://h/api?x=1", "K8S_API_URL"},
         {"LISTEN_ADDR", "a:b:c:18197", "LISTEN_ADDR"},
         {"LISTEN_ADDR", "127.0.0.1", "LISTEN_ADDR"},
         {"LISTEN_ADDR", "[::1]8080", "LISTEN_ADDR"},

@@ -181,6 +181,18 @@ Test(e2e_install, make_install_and_uninstall)
     char *out = must("ebpf-agent --version", cmd);
     cr_expect(strncmp(out, "ebpf-agent ", 11) == 0, "--version printed: %s", out);
     free(out);
+    /* Each command, subcommands too, says its version; each names itself in its usage. */
+    for (const char *const *sub = (const char *const[]){"", " tail", " decode", NULL}; *sub;
+         sub++) {
+        snprintf(cmd, sizeof(cmd), "'%s/bin/ebpf-aggregator'%s --version", prefix, *sub);
+        out = must("ebpf-aggregator --version", cmd);
+        cr_expect(strncmp(out, "ebpf-aggregator ", 16) == 0, "%s printed: %s", cmd, out);
+        free(out);
+    }
+    snprintf(cmd, sizeof(cmd), "'%s/bin/ebpf-server' --help", prefix);
+    out = must("ebpf-server --help", cmd);
+    cr_expect(strncmp(out, "Usage: ebpf-server ", 19) == 0, "%s printed: %.80s", cmd, out);
+    free(out);
     snprintf(cmd, sizeof(cmd),
              "'%s/bin/ebpf-agent' --config '%s/etc/ebpf-monitor/agent.yaml' --check-config && "
              "'%s/bin/ebpf-aggregator' --config '%s/etc/ebpf-monitor/aggregator.yaml' "

@@ -19,7 +19,9 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "flows.h"
 #include "openapi.h"
+#include "query.h"
 #include "testutil.h"
 
 #define TOKEN "openapi-test-token"
@@ -183,6 +185,35 @@ Test(e2e_openapi, the_binary_embeds_docs_openapi_json)
     cr_expect_str_eq(json_string_value(json_object_get(j, "openapi")), "3.0.3");
     json_decref(j);
     free(file);
+}
+
+/* A string parameter's maxLength is the longest value the server takes, so a client generated
+ * from the document neither refuses a value the API shows (a DNS name of 1003 characters)
+ * nor sends one it refuses. */
+Test(e2e_openapi, string_parameters_document_the_lengths_the_server_takes)
+{
+    size_t len;
+    const char *text = openapi_document(&len);
+    json_t *doc = json_loadb(text, len, 0, NULL);
+    cr_assert_not_null(doc);
+    json_t *params = json_object_get(json_object_get(doc, "components"), "parameters"), *p;
+    const char *key;
+    int checked = 0;
+    json_object_foreach(params, key, p)
+    {
+        json_t *max = json_object_get(json_object_get(p, "schema"), "maxLength");
+        if (!max)
+            continue;
+        json_int_t want = strcmp(key, "query") == 0       ? QUERY_DNS_INPUT_MAX - 1
+                          : strncmp(key, "flow_", 5) == 0 ? FLOWS_QUERY_STR_MAX - 1
+                                                          : QUERY_STR_MAX - 1;
+        cr_expect_eq(json_integer_value(max), want, "%s: maxLength %lld, the server takes %lld",
+                     key, (long long)json_integer_value(max), (long long)want);
+        checked++;
+    }
+    cr_expect_gt(checked, 10);
+    cr_expect_geq(QUERY_DNS_INPUT_MAX - 1, EVENT_DNS_NAME_MAX + 3, "a name an event shows, as *.");
+    json_decref(doc);
 }
 
 Test(e2e_openapi, the_document_is_valid_openapi)

@@ -176,7 +176,10 @@ int main(int argc, char **argv)
 
     bool verbose = take_verbose(&argc, argv);
     if (wants_help(argc, argv)) {
-        config_print_help(stdout, CONFIG_AGENT, "ebpf-agent");
+        /* As it was run: bin/ebpf-server is the same program. */
+        const char *slash = argc > 0 ? strrchr(argv[0], '/') : NULL;
+        config_print_help(stdout, CONFIG_AGENT,
+                          argc > 0 ? (slash ? slash + 1 : argv[0]) : "ebpf-agent");
         fputs(VERBOSE_HELP, stdout);
         return 0;
     }

@@ -49,6 +49,10 @@ int aggregator_decode(int argc, char **argv)
                    "  nats sub --translate 'ebpf-aggregator decode' 'ebpf.events.>'\n");
             return 0;
         }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("ebpf-aggregator %s\n", EBPF_MONITOR_VERSION); /* as tail says it */
+            return 0;
+        }
         fprintf(stderr, "%s: unexpected argument \"%s\" (see --help)\n", DECODE_PROG, argv[i]);
         return 2;
     }
