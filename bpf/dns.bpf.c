@@ -234,6 +234,8 @@ static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 f
         return emit(skb, &m, b, DNS_RECORD_PAYLOAD_SMALL);
     if (m.len <= DNS_RECORD_PAYLOAD_MID)
         return emit(skb, &m, b, DNS_RECORD_PAYLOAD_MID);
+    if (m.len <= DNS_RECORD_PAYLOAD_CLASSIC)
+        return emit(skb, &m, b, DNS_RECORD_PAYLOAD_CLASSIC);
     return emit(skb, &m, b, DNS_RECORD_PAYLOAD_MAX);
 }
 

@@ -12,14 +12,19 @@
 
 #include "common.h"
 
-/* Bytes of a DNS message copied into a record: the classic UDP maximum. */
-#define DNS_RECORD_PAYLOAD_MAX 512
+/*
+ * Bytes of a packet's DNS payload copied into a record: an EDNS answer up to 4096 bytes, or a
+ * TCP segment's messages up to that far (a segment on a real network is at most its MSS;
+ * loopback's may be tens of KiB, its messages past these bytes are not seen).
+ */
+#define DNS_RECORD_PAYLOAD_MAX 4096
 /* A record has room for the smallest of these that holds the message (or for
  * DNS_RECORD_PAYLOAD_MAX): a record is DNS_RECORD_SIZE(room) bytes, not sizeof. */
-#define DNS_RECORD_PAYLOAD_TINY  64
-#define DNS_RECORD_PAYLOAD_SMALL 128
-#define DNS_RECORD_PAYLOAD_MID   256
-#define DNS_RECORD_SIZE(room)    (__builtin_offsetof(struct dns_record, payload) + (room))
+#define DNS_RECORD_PAYLOAD_TINY    64
+#define DNS_RECORD_PAYLOAD_SMALL   128
+#define DNS_RECORD_PAYLOAD_MID     256
+#define DNS_RECORD_PAYLOAD_CLASSIC 512 /* classic UDP's maximum */
+#define DNS_RECORD_SIZE(room)      (__builtin_offsetof(struct dns_record, payload) + (room))
 /* Server ports recognised as DNS (DNS_PORTS); unused slots are 0. */
 #define DNS_PORTS_MAX 4
 

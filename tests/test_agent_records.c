@@ -1095,7 +1095,7 @@ Test(records, dns_v4_mapped_is_ipv4_and_a_long_message_is_truncated)
     set_v4_mapped(r->saddr, 127, 0, 0, 1);
     set_v4_mapped(r->daddr, 127, 0, 0, 53);
     r->payload_len = DNS_RECORD_PAYLOAD_MAX;
-    r->message_len = 1400; /* the program copied the first 512 bytes */
+    r->message_len = 9000; /* loopback's segment: the program copied the first 4096 bytes */
     r->hdr.comm[15] = 'x'; /* a full comm without its NUL */
     memset(r->hdr.comm, 'c', 15);
     cr_assert_eq(decode_dns(r, sizeof(*r), &m, r->payload, err, sizeof(err)), 0, "%s", err);
@@ -1141,9 +1141,9 @@ Test(records, dns_malformed_records_are_counted)
     r->direction = 3;
     dns_malformed(r, sizeof(*r), "dns record with direction 3");
     r->direction = DNS_DIR_ANSWER;
-    r->payload_len = 600;
-    r->message_len = 600;
-    dns_malformed(r, sizeof(*r), "dns record with 600 payload bytes of a 600-byte message");
+    r->payload_len = DNS_RECORD_PAYLOAD_MAX + 1;
+    r->message_len = 9000;
+    dns_malformed(r, sizeof(*r), "dns record with 4097 payload bytes of a 9000-byte message");
     r->payload_len = 30;
     r->message_len = 24;
     dns_malformed(r, sizeof(*r), "dns record with 30 payload bytes of a 24-byte message");
@@ -1160,7 +1160,8 @@ Test(records, dns_malformed_records_are_counted)
 Test(records, dns_records_of_each_room_decode)
 {
     static const size_t rooms[] = {DNS_RECORD_PAYLOAD_TINY, DNS_RECORD_PAYLOAD_SMALL,
-                                   DNS_RECORD_PAYLOAD_MID, DNS_RECORD_PAYLOAD_MAX};
+                                   DNS_RECORD_PAYLOAD_MID, DNS_RECORD_PAYLOAD_CLASSIC,
+                                   DNS_RECORD_PAYLOAD_MAX};
     struct dns_record *r = dns_rec(DNS_DIR_ANSWER, IPPROTO_UDP, AF_INET);
     struct records_dns m;
     char err[128] = "";
@@ -1182,6 +1183,8 @@ Test(records, generic_decoder_refuses_dns_records)
 {
     struct dns_record *r = dns_rec(DNS_DIR_QUERY, IPPROTO_UDP, AF_INET);
 
-    decode_malformed(r, sizeof(*r), "record of unknown kind 7 (624 bytes)");
+    char want[64];
+    snprintf(want, sizeof(want), "record of unknown kind 7 (%zu bytes)", sizeof(*r));
+    decode_malformed(r, sizeof(*r), want);
     free(r);
 }

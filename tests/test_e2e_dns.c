@@ -218,6 +218,33 @@ static size_t make_query(uint8_t *buf, uint16_t id, const char *name)
     return n;
 }
 
+/* make_query() with an EDNS OPT record whose padding option (RFC 7830) makes it len bytes. */
+static size_t make_padded_query(uint8_t *buf, uint16_t id, const char *name, size_t len)
+{
+    size_t n = make_query(buf, id, name);
+    cr_assert_geq(len, n + 15);
+    size_t pad = len - n - 15;
+    buf[11] = 1; /* arcount */
+    uint8_t opt[] = {0,
+                     0,
+                     41,
+                     0x10,
+                     0,
+                     0,
+                     0,
+                     0,
+                     0,
+                     (uint8_t)((pad + 4) >> 8),
+                     (uint8_t)(pad + 4),
+                     0,
+                     12,
+                     (uint8_t)(pad >> 8),
+                     (uint8_t)pad};
+    memcpy(buf + n, opt, sizeof(opt));
+    memset(buf + n + sizeof(opt), 0, pad);
+    return len;
+}
+
 /* The question's name of a query, as text (no decompression: queries have none). */
 static void query_name(const uint8_t *q, size_t len, char *out, size_t outlen)
 {
@@ -1159,8 +1186,53 @@ static void edge_name(char *out, size_t len)
 }
 
 /*
- * The dns programs copy a message into the smallest of four record sizes that
- * holds it (64, 128, 256 bytes, then the 512 of classic UDP): queries and
+ * A TCP segment whose first message is longer than classic UDP's 512 bytes (an EDNS-padded
+ * query) and goes on with another: both are seen, each makes its event.
+ */
+Test(e2e_dns, a_tcp_segment_with_a_long_message_then_another_makes_both_events, .fini = stop_all,
+     .timeout = 90)
+{
+    uint8_t seg[2048], buf[4096];
+    monitor_up("dns-long-node");
+    size_t l1 = make_padded_query(seg + 2, 0x5200, "a.test", 700);
+    seg[0] = (uint8_t)(l1 >> 8), seg[1] = (uint8_t)l1;
+    size_t l2 = make_query(seg + 4 + l1, 0x5201, "www.test");
+    seg[2 + l1] = (uint8_t)(l2 >> 8), seg[3 + l1] = (uint8_t)l2;
+    size_t n = 4 + l1 + l2;
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)dnsmasq.port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0, "%s", strerror(errno));
+    cr_assert_eq(send(fd, seg, n, 0), (ssize_t)n, "one write");
+    size_t got = 0;
+    for (int answers = 0; answers < 2;) {
+        ssize_t r = recv(fd, buf + got, sizeof(buf) - got, 0);
+        cr_assert_gt(r, 0, "dnsmasq answered %d of 2", answers);
+        got += (size_t)r;
+        answers = 0;
+        for (size_t off = 0; off + 2 <= got; answers++) {
+            size_t l = ((size_t)buf[off] << 8) | buf[off + 1];
+            if (off + 2 + l > got)
+                break;
+            off += 2 + l;
+        }
+    }
+    close(fd);
+    const char *names[] = {"a.test", "www.test"};
+    for (unsigned i = 0; i < 2; i++) {
+        json_t *ev = wait_dns(agent.port, names[i], 0x5200 + i);
+        cr_assert_str_eq(tu_jstr(ev, "status"), "answered");
+        cr_assert_eq(tu_jint(ev, "pid"), getpid());
+        json_decref(ev);
+    }
+}
+
+/*
+ * The dns programs copy a message into the smallest of five record sizes that
+ * holds it (64, 128, 256, 512, 4096 bytes): queries and
  * answers of each size and one byte more arrive whole, names and answers
  * intact. An answer is its query plus one A record (16 bytes).
  */
