@@ -65,7 +65,8 @@ static __always_inline bool is_dns_port(__u16 port)
  * There the kernel's BTF says whether the helper exists; which program
  * types may call it differs, so for this one user space probes it.
  */
-static __always_inline void fill_sender(struct dns_record *r, struct __sk_buff *skb, __u8 protocol)
+static __always_inline void fill_sender(struct dns_record *r, struct __sk_buff *skb,
+                                        bool tcp_unowned)
 {
     r->hdr.cgroup_id = bpf_skb_cgroup_id(skb);
     if (r->direction != DNS_DIR_QUERY)
@@ -78,13 +79,8 @@ static __always_inline void fill_sender(struct dns_record *r, struct __sk_buff *
      * close(), and the backlog processed as the lock is released); one from softirq never
      * does, or it would have gone to the backlog.
      */
-    if (protocol == IPPROTO_TCP) {
-        struct bpf_sock *sk = skb->sk;
-        struct tcp_sock *tp = sk ? bpf_skc_to_tcp_sock(sk) : NULL;
-
-        if (!tp || !tp->inet_conn.icsk_inet.sk.sk_lock.owned)
-            return;
-    }
+    if (tcp_unowned)
+        return;
     if (sender_task_btf) {
         struct task_struct *task = bpf_get_current_task_btf();
 
@@ -108,7 +104,10 @@ struct dns_msg {
     __u64 now;
     __u32 slot, direction, family;
     __u32 off, len; /* the message: its offset in the packet, its bytes there */
+    __u32 tcp_seq;
     __u8 protocol;
+    __u8 tcp_order;   /* enum dns_tcp_order */
+    bool tcp_unowned; /* TCP: no task holds the socket (or there is none to look at) */
     __be16 ports[2];
     union {
         struct iphdr v4;
@@ -133,7 +132,7 @@ static __always_inline int emit(struct __sk_buff *skb, const struct dns_msg *m,
     r->hdr.kind = RECORD_DNS;
     r->hdr.ts_ns = m->now;
     r->direction = m->direction;
-    fill_sender(r, skb, m->protocol);
+    fill_sender(r, skb, m->tcp_unowned);
     r->cookie = bpf_get_socket_cookie(skb);
     r->suppressed = b->suppressed;
     b->suppressed = 0;
@@ -151,6 +150,8 @@ static __always_inline int emit(struct __sk_buff *skb, const struct dns_msg *m,
         __builtin_memcpy(r->daddr, &m->ip.v6.daddr, 16);
     }
     r->message_len = m->len;
+    r->tcp_seq = m->tcp_seq;
+    r->tcp_order = m->tcp_order;
     /* The verifier must see the bound on the very register passed as the length: the
      * clamp is opaque to the compiler, so it cannot hand the helper another copy. */
     asm volatile("if %[len] <= %[cap] goto +1; %[len] = %[cap]" : [len] "+r"(len) : [cap] "i"(cap));
@@ -159,6 +160,34 @@ static __always_inline int emit(struct __sk_buff *skb, const struct dns_msg *m,
     r->payload_len = len;
     record_submit(r);
     return 1;
+}
+
+/*
+ * Where a TCP segment stands in its stream (enum dns_tcp_order), and whether a task holds the
+ * socket (fill_sender()). Leaving, a new segment starts at snd_nxt, which TCP advances only
+ * once it is sent; a retransmission starts before. Arriving, the program runs before TCP
+ * looks at the segment: in order it starts at rcv_nxt, unless a task holds the socket and
+ * earlier segments wait in its backlog.
+ */
+static __always_inline void tcp_place(struct __sk_buff *skb, struct dns_msg *m)
+{
+    struct bpf_sock *sk = skb->sk;
+    struct tcp_sock *tp = sk ? bpf_skc_to_tcp_sock(sk) : NULL;
+    bool owned;
+
+    if (!tp) {
+        m->tcp_order = DNS_TCP_UNVERIFIED;
+        m->tcp_unowned = true;
+        return;
+    }
+    owned = tp->inet_conn.icsk_inet.sk.sk_lock.owned;
+    m->tcp_unowned = !owned;
+    if (m->direction == DNS_DIR_QUERY)
+        m->tcp_order = m->tcp_seq == tp->snd_nxt ? DNS_TCP_NEXT : DNS_TCP_NOT_NEXT;
+    else if (owned)
+        m->tcp_order = DNS_TCP_UNVERIFIED;
+    else
+        m->tcp_order = m->tcp_seq == tp->rcv_nxt ? DNS_TCP_NEXT : DNS_TCP_NOT_NEXT;
 }
 
 /*
@@ -208,19 +237,32 @@ static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 f
         m.protocol = m.ip.v6.nexthdr;
     }
     /* The message: UDP's after 8 bytes, TCP's after the header's data offset. */
+    m.tcp_seq = 0;
+    m.tcp_order = DNS_TCP_NONE;
+    m.tcp_unowned = false;
     if (m.protocol == IPPROTO_UDP) {
         m.off = l4_off + 8;
     } else {
+        struct {
+            __be32 seq, ack;
+            __u8 doff;
+        } th;
+
         if (l4_off > 60 || data + l4_off + 13 > end) {
-            if (bpf_skb_load_bytes(skb, l4_off + 12, &doff, 1))
+            if (bpf_skb_load_bytes(skb, l4_off + 4, &th, 9))
                 return 1;
         } else {
-            doff = *(__u8 *)(data + l4_off + 12);
+            __builtin_memcpy(&th, data + l4_off + 4, 9);
         }
+        doff = th.doff;
         m.off = l4_off + (doff >> 4) * 4;
+        if (m.off >= skb_len)
+            return 1; /* TCP handshake, ACKs, FIN: no message */
+        m.tcp_seq = bpf_ntohl(th.seq);
+        tcp_place(skb, &m);
     }
     if (m.off >= skb_len)
-        return 1; /* TCP handshake, ACKs, FIN: no message */
+        return 1; /* no message */
     m.len = skb_len - m.off;
 
     m.now = bpf_ktime_get_boot_ns();

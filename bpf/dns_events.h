@@ -28,6 +28,21 @@
 /* Server ports recognised as DNS (DNS_PORTS); unused slots are 0. */
 #define DNS_PORTS_MAX 4
 
+/*
+ * Where a TCP segment's bytes stand in its socket's stream, by its sequence number against
+ * the socket's next one, when the program sees it: before TCP itself has looked at an
+ * arriving segment, and as a new or a retransmitted one leaves.
+ */
+enum dns_tcp_order {
+    DNS_TCP_NONE = 0,   /* UDP */
+    DNS_TCP_NEXT,       /* the socket's next bytes: rcv_nxt arriving, snd_nxt leaving */
+    DNS_TCP_UNVERIFIED, /* arriving while a task holds the socket (segments may wait in its
+                         * backlog, so rcv_nxt lags), or no TCP socket to compare with */
+    DNS_TCP_NOT_NEXT,   /* not the next bytes: a retransmission, a duplicate, one past a gap
+                         * (TCP queues it out of order) or out of the window (a forgery) */
+};
+#define DNS_TCP_ORDER_MAX DNS_TCP_NOT_NEXT
+
 enum dns_direction {
     DNS_DIR_QUERY = 1, /* sent by a local socket to a server port (egress) */
     DNS_DIR_ANSWER,    /* received by a local socket from a server port (ingress) */
@@ -48,8 +63,11 @@ struct dns_record {
     __u8 direction; /* enum dns_direction */
     __u16 sport, dport;
     __u8 saddr[16], daddr[16];
-    __u32 message_len;                    /* bytes of L4 payload in the packet */
-    __u32 payload_len;                    /* bytes copied into payload, <= the record's room */
+    __u32 message_len; /* bytes of L4 payload in the packet */
+    __u32 payload_len; /* bytes copied into payload, <= the record's room */
+    __u32 tcp_seq;     /* TCP: the segment's sequence number (host order) */
+    __u8 tcp_order;    /* enum dns_tcp_order */
+    __u8 pad[3];
     __u8 payload[DNS_RECORD_PAYLOAD_MAX]; /* the record ends after its room (DNS_RECORD_SIZE) */
 };
 

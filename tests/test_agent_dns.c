@@ -14,6 +14,7 @@
 
 #include "../cmd/agent/dns_agent.h"
 #include "buf.h"
+#include "dns_events.h"
 #include "event.h"
 #include "intern.h"
 
@@ -222,13 +223,22 @@ Test(dns_agent, every_message_of_a_tcp_segment_counts)
     dns_agent_free(d);
 }
 
-/* The TCP segment [from, to) of the stream s, as the capture hands it over. */
-static void tcp_part(struct dns_agent *d, bool answer, const uint8_t *s, size_t from, size_t to,
-                     uint64_t t)
+/* The TCP segment [from, to) of the stream s (its sequence numbers from 0), as the capture
+ * hands it over, placed in its stream as order says. */
+static void tcp_part_as(struct dns_agent *d, bool answer, const uint8_t *s, size_t from, size_t to,
+                        uint64_t t, uint8_t order)
 {
     struct records_dns r = record(answer, s + from, to - from, t, 9);
     r.protocol = IPPROTO_TCP;
+    r.tcp_seq = (uint32_t)from;
+    r.tcp_order = order;
     dns_agent_message(d, &r);
+}
+
+static void tcp_part(struct dns_agent *d, bool answer, const uint8_t *s, size_t from, size_t to,
+                     uint64_t t)
+{
+    tcp_part_as(d, answer, s, from, to, t, DNS_TCP_NEXT);
 }
 
 /*
@@ -308,6 +318,8 @@ Test(dns_agent, a_tcp_message_in_several_segments_is_taken_whole)
     tcp_part(d, false, qs, 0, 2, 31 * SEC);
     struct records_dns r = record(false, qs + 2, 4, 31 * SEC + 1000, 9);
     r.protocol = IPPROTO_TCP;
+    r.tcp_seq = 2;
+    r.tcp_order = DNS_TCP_NEXT;
     r.wire_len = qn - 2;
     r.truncated = true;
     uint64_t before = st.truncated;
@@ -370,6 +382,68 @@ Test(dns_agent, a_query_reusing_a_pending_id_is_counted_where_users_look)
     buf_putc(&b, '\0');
     cr_assert(strstr(b.data, "\nebpf_agent_dns_collisions_total 1\n"), "%s", b.data);
     buf_free(&b);
+    reset();
+    dns_agent_free(d);
+}
+
+/*
+ * Only a stream's next bytes are taken: a segment the kernel found was not (a retransmitted
+ * query, an answer forged out of the window, which TCP throws away) is skipped and counted,
+ * and so is one it could not check that does not continue the unfinished message.
+ */
+Test(dns_agent, tcp_segments_that_are_not_their_streams_next_bytes_are_skipped)
+{
+    uint8_t qs[512], as[512], fake[512], one[256];
+    struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+    struct dns_agent_stats st;
+    size_t qn = 0, an = 0, fn = 0;
+
+    reset();
+    tcp_append(qs, &qn, one, message(one, 0x401, "bank.example", NULL, 0));
+    tcp_append(as, &an, one, message(one, 0x401, "bank.example", "10.0.0.1", 0));
+    tcp_append(fake, &fn, one, message(one, 0x401, "bank.example", "6.6.6.6", 0));
+    tcp_part(d, false, qs, 0, qn, 1 * SEC);
+    tcp_part_as(d, false, qs, 0, qn, 1 * SEC + 1000, DNS_TCP_NOT_NEXT);  /* retransmitted */
+    tcp_part_as(d, true, fake, 0, fn, 1 * SEC + 2000, DNS_TCP_NOT_NEXT); /* forged */
+    cr_assert_eq(ngot, 0, "a forged answer made an event");
+    tcp_part(d, true, as, 0, an, 1 * SEC + 3000);
+    cr_assert_eq(ngot, 1);
+    cr_assert_str_eq(got[0].u.dns.answers, "10.0.0.1");
+    dns_agent_expire(d, 1 * SEC + 4000); /* the stats as of now */
+    dns_agent_get_stats(d, &st);
+    cr_assert_eq(st.tcp_not_next, 2);
+    cr_assert_eq(st.tracker.collisions, 0, "the retransmission was taken as a query");
+
+    /* Unchecked (the socket was held): taken only where the held message goes on. */
+    reset();
+    qn = an = fn = 0;
+    tcp_append(qs, &qn, one, message(one, 0x402, "held.example", NULL, 0));
+    tcp_append(as, &an, one, message(one, 0x402, "held.example", "10.0.0.2", 0));
+    tcp_append(fake, &fn, one, message(one, 0x402, "held.example", "6.6.6.6", 0));
+    tcp_part(d, false, qs, 0, qn, 2 * SEC);
+    tcp_part_as(d, true, as, 0, 2, 2 * SEC + 1000, DNS_TCP_UNVERIFIED);
+    tcp_part_as(d, true, fake, 0, fn, 2 * SEC + 2000, DNS_TCP_UNVERIFIED); /* at 0 again */
+    tcp_part_as(d, true, as, 2, an, 2 * SEC + 3000, DNS_TCP_UNVERIFIED);
+    cr_assert_eq(ngot, 1);
+    cr_assert_str_eq(got[0].u.dns.answers, "10.0.0.2");
+    dns_agent_expire(d, 2 * SEC + 4000);
+    dns_agent_get_stats(d, &st);
+    cr_assert_eq(st.tcp_not_next, 3);
+
+    /* The next bytes of the socket but not of the held message: what lay between was never
+     * seen; the held message is dropped, counted, and the segment taken on its own. */
+    reset();
+    qn = 0;
+    tcp_append(qs, &qn, one, message(one, 0x403, "gap.example", NULL, 0));
+    size_t first = qn;
+    tcp_append(qs, &qn, one, message(one, 0x404, "after.example", NULL, 0));
+    uint64_t dropped = st.tcp_partial_dropped;
+    tcp_part(d, false, qs, 0, 5, 3 * SEC);
+    tcp_part(d, false, qs, first, qn, 3 * SEC + 1000); /* [5, first) never came */
+    dns_agent_expire(d, 3 * SEC + 2000);
+    dns_agent_get_stats(d, &st);
+    cr_assert_eq(st.tcp_partial_dropped, dropped + 1);
+    cr_assert_eq(st.tracker.pending, 1, "after.example is pending");
     reset();
     dns_agent_free(d);
 }

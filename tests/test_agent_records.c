@@ -1006,6 +1006,8 @@ static struct dns_record *dns_rec(uint8_t direction, uint8_t protocol, uint16_t 
         set_v6(r->daddr, 53);
     }
     if (protocol == IPPROTO_TCP) { /* the 2-byte length prefix stays */
+        r->tcp_seq = 1000;
+        r->tcp_order = DNS_TCP_NEXT;
         r->payload[0] = 0;
         r->payload[1] = sizeof(msg);
         memcpy(r->payload + 2, msg, sizeof(msg));
@@ -1082,6 +1084,8 @@ Test(records, dns_answer_tcp_ipv6_keeps_the_length_prefix)
     cr_assert_eq(m.protocol, IPPROTO_TCP);
     cr_assert_arr_eq(m.daddr, r->daddr, 16);
     cr_assert_eq(m.payload_len, 26);
+    cr_assert_eq(m.tcp_seq, 1000);
+    cr_assert_eq(m.tcp_order, DNS_TCP_NEXT);
     free(r);
 }
 
@@ -1148,8 +1152,20 @@ Test(records, dns_malformed_records_are_counted)
     r->message_len = 24;
     dns_malformed(r, sizeof(*r), "dns record with 30 payload bytes of a 24-byte message");
     r->payload_len = r->message_len = 200;
-    dns_malformed(r, DNS_RECORD_SIZE(DNS_RECORD_PAYLOAD_SMALL),
-                  "dns record of 240 bytes with 200 payload bytes");
+    char want[96];
+    snprintf(want, sizeof(want), "dns record of %zu bytes with 200 payload bytes",
+             (size_t)DNS_RECORD_SIZE(DNS_RECORD_PAYLOAD_SMALL));
+    dns_malformed(r, DNS_RECORD_SIZE(DNS_RECORD_PAYLOAD_SMALL), want);
+    /* A TCP order only on TCP, one of the kernel's. */
+    r->tcp_order = DNS_TCP_NEXT;
+    dns_malformed(r, sizeof(*r), "dns record of protocol 17 with TCP order 1");
+    r->protocol = IPPROTO_TCP;
+    r->tcp_order = DNS_TCP_NONE;
+    dns_malformed(r, sizeof(*r), "dns record of protocol 6 with TCP order 0");
+    r->tcp_order = DNS_TCP_ORDER_MAX + 1;
+    dns_malformed(r, sizeof(*r), "dns record of protocol 6 with TCP order 4");
+    r->protocol = IPPROTO_UDP;
+    r->tcp_order = DNS_TCP_NONE;
     r->payload_len = r->message_len = 24;
     r->hdr.kind = RECORD_CONNECT;
     dns_malformed(r, sizeof(*r), "record of kind 1 is not a dns record");

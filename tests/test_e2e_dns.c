@@ -791,22 +791,12 @@ static bool is_timeout_of(json_t *ev, void *arg)
            strcmp(tu_jstr(ev, "status"), "timeout") == 0;
 }
 
-/*
- * A resolver that pipelines its queries over TCP writes them in one segment:
- * each query makes its own event, with the answer dnsmasq gave it.
- */
-Test(e2e_dns, pipelined_tcp_queries_each_make_an_event, .fini = stop_all, .timeout = 90)
+/* Writes the n bytes of seg (length-prefixed queries) to dnsmasq over TCP in one write and
+ * reads back answers messages, however they are cut into segments. */
+static void tcp_exchange(const uint8_t *seg, size_t n, int answers_wanted)
 {
-    static const char *names[] = {"a.test", "www.test", "nope.test"};
-    uint8_t seg[1024], buf[4096];
-    size_t n = 0, got = 0;
-
-    monitor_up("dns-pipeline-node");
-    for (int i = 0; i < 3; i++) {
-        size_t l = make_query(seg + n + 2, (uint16_t)(0x5100 + i), names[i]);
-        seg[n] = (uint8_t)(l >> 8), seg[n + 1] = (uint8_t)l;
-        n += 2 + l;
-    }
+    uint8_t buf[8192];
+    size_t got = 0;
     struct sockaddr_in to = {.sin_family = AF_INET,
                              .sin_port = htons((uint16_t)dnsmasq.port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -815,10 +805,9 @@ Test(e2e_dns, pipelined_tcp_queries_each_make_an_event, .fini = stop_all, .timeo
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0, "%s", strerror(errno));
     cr_assert_eq(send(fd, seg, n, 0), (ssize_t)n, "one write");
-    /* Three answers back, however they are cut into segments. */
-    for (int answers = 0; answers < 3;) {
+    for (int answers = 0; answers < answers_wanted;) {
         ssize_t r = recv(fd, buf + got, sizeof(buf) - got, 0);
-        cr_assert_gt(r, 0, "dnsmasq answered %d of 3", answers);
+        cr_assert_gt(r, 0, "dnsmasq answered %d of %d", answers, answers_wanted);
         got += (size_t)r;
         answers = 0;
         for (size_t off = 0; off + 2 <= got; answers++) {
@@ -829,6 +818,25 @@ Test(e2e_dns, pipelined_tcp_queries_each_make_an_event, .fini = stop_all, .timeo
         }
     }
     close(fd);
+}
+
+/*
+ * A resolver that pipelines its queries over TCP writes them in one segment:
+ * each query makes its own event, with the answer dnsmasq gave it.
+ */
+Test(e2e_dns, pipelined_tcp_queries_each_make_an_event, .fini = stop_all, .timeout = 90)
+{
+    static const char *names[] = {"a.test", "www.test", "nope.test"};
+    uint8_t seg[1024];
+    size_t n = 0;
+
+    monitor_up("dns-pipeline-node");
+    for (int i = 0; i < 3; i++) {
+        size_t l = make_query(seg + n + 2, (uint16_t)(0x5100 + i), names[i]);
+        seg[n] = (uint8_t)(l >> 8), seg[n + 1] = (uint8_t)l;
+        n += 2 + l;
+    }
+    tcp_exchange(seg, n, 3);
     for (int i = 0; i < 3; i++) {
         json_t *ev = wait_dns(agent.port, names[i], 0x5100 + (unsigned)i);
         cr_assert_str_eq(tu_jstr(ev, "protocol"), "tcp");
@@ -1185,6 +1193,130 @@ static void edge_name(char *out, size_t len)
     strcpy(out + o, "edge.test");
 }
 
+/* An answer to query q of qlen bytes: one A record, ip, for the question's name. */
+static size_t answer_a(const uint8_t *q, size_t qlen, const uint8_t ip[4], uint8_t *a)
+{
+    static const uint8_t rr[] = {0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4};
+    memcpy(a, q, qlen);
+    a[2] = 0x81, a[3] = 0x80; /* QR, RD, RA; rcode 0 */
+    a[7] = 1;                 /* ancount */
+    memcpy(a + qlen, rr, sizeof(rr));
+    memcpy(a + qlen + sizeof(rr), ip, 4);
+    return qlen + sizeof(rr) + 4;
+}
+
+static uint16_t csum_add(uint32_t sum, const void *p, size_t len)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i + 1 < len; i += 2)
+        sum += (uint32_t)(b[i] << 8 | b[i + 1]);
+    if (len & 1)
+        sum += (uint32_t)(b[len - 1] << 8);
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)sum;
+}
+
+/*
+ * Sends, from a raw socket, a TCP segment from 127.0.0.1:sport to 127.0.0.1:dport with
+ * sequence number seq (PSH, ACK) carrying payload: one the receiving TCP throws away when seq
+ * is outside its window, after the capture has seen it.
+ */
+static void inject_segment(uint16_t sport, uint16_t dport, uint32_t seq, const uint8_t *payload,
+                           size_t len)
+{
+    uint8_t pkt[1500] = {0};
+    size_t tl = 20 + len;
+    cr_assert_leq(20 + tl, sizeof(pkt));
+    uint8_t *ip = pkt, *tcp = pkt + 20;
+    ip[0] = 0x45, ip[2] = (uint8_t)((20 + tl) >> 8), ip[3] = (uint8_t)(20 + tl);
+    ip[8] = 64, ip[9] = IPPROTO_TCP;
+    ip[12] = 127, ip[15] = 1, ip[16] = 127, ip[19] = 1;
+    tcp[0] = (uint8_t)(sport >> 8), tcp[1] = (uint8_t)sport;
+    tcp[2] = (uint8_t)(dport >> 8), tcp[3] = (uint8_t)dport;
+    tcp[4] = (uint8_t)(seq >> 24), tcp[5] = (uint8_t)(seq >> 16), tcp[6] = (uint8_t)(seq >> 8);
+    tcp[7] = (uint8_t)seq;
+    tcp[12] = 5 << 4, tcp[13] = 0x18 /* PSH, ACK */, tcp[14] = 0xff, tcp[15] = 0xff;
+    memcpy(tcp + 20, payload, len);
+    uint8_t pseudo[12] = {127,        0, 0, 1, 127, 0, 0, 1, 0, IPPROTO_TCP, (uint8_t)(tl >> 8),
+                          (uint8_t)tl};
+    uint16_t sum = (uint16_t)~csum_add(csum_add(0, pseudo, sizeof(pseudo)), tcp, tl);
+    tcp[16] = (uint8_t)(sum >> 8), tcp[17] = (uint8_t)sum;
+    int fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+    cr_assert_geq(fd, 0, "raw socket: %s", strerror(errno));
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(sendto(fd, pkt, 20 + tl, 0, (struct sockaddr *)&to, sizeof(to)),
+                 (ssize_t)(20 + tl), "%s", strerror(errno));
+    close(fd);
+}
+
+/*
+ * An answer forged outside the TCP window (anyone who can send to the client's address
+ * and port may try it) reaches the capture before TCP throws it away: it makes no event,
+ * it is counted, and the real answer, which comes after it, is the one the event shows.
+ */
+Test(e2e_dns, a_tcp_answer_forged_outside_the_window_is_not_taken, .fini = stop_all, .timeout = 90)
+{
+    monitor_up("dns-forged-node");
+    int l = tcp_fds[1]; /* bound to silent_port, one of DNS_PORTS */
+    cr_assert_eq(listen(l, 1), 0, "%s", strerror(errno));
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)silent_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    cr_assert_eq(connect(c, (struct sockaddr *)&to, sizeof(to)), 0, "%s", strerror(errno));
+    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    struct sockaddr_in me;
+    socklen_t mel = sizeof(me);
+    cr_assert_eq(getsockname(c, (struct sockaddr *)&me, &mel), 0);
+    int s = accept(l, NULL, NULL);
+    cr_assert_geq(s, 0, "%s", strerror(errno));
+    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+
+    uint8_t q[300], got[300], a[400], fake[400];
+    size_t qn = make_query(q + 2, 0x5c5c, "forged.test");
+    q[0] = (uint8_t)(qn >> 8), q[1] = (uint8_t)qn;
+    cr_assert_eq(send(c, q, qn + 2, 0), (ssize_t)(qn + 2));
+    size_t n = 0;
+    for (ssize_t r; n < qn + 2 && (r = recv(s, got + n, qn + 2 - n, 0)) > 0;)
+        n += (size_t)r;
+    cr_assert_eq(n, qn + 2, "the server read %zu of %zu bytes", n, qn + 2);
+
+    /* The forgery first, far from any sequence number the client waits for. */
+    json_int_t skipped = stat_dns("tcp_not_next");
+    size_t fn = answer_a(q + 2, qn, (const uint8_t[]){6, 6, 6, 6}, fake + 2);
+    fake[0] = (uint8_t)(fn >> 8), fake[1] = (uint8_t)fn;
+    uint32_t far = (uint32_t)tu_now_ns() ^ 0x80000000u;
+    inject_segment((uint16_t)silent_port, ntohs(me.sin_port), far, fake, fn + 2);
+    /* Then the real answer. */
+    size_t an = answer_a(q + 2, qn, (const uint8_t[]){10, 0, 0, 1}, a + 2);
+    a[0] = (uint8_t)(an >> 8), a[1] = (uint8_t)an;
+    cr_assert_eq(send(s, a, an + 2, 0), (ssize_t)(an + 2));
+    n = 0;
+    for (ssize_t r; n < an + 2 && (r = recv(c, got + n, sizeof(got) - n, 0)) > 0;)
+        n += (size_t)r;
+    cr_assert(n == an + 2 && memcmp(got, a, n) == 0, "the client did not get the real answer");
+    close(c);
+    close(s);
+
+    json_t *ev = wait_dns(agent.port, "forged.test", 0x5c5c);
+    char text[64];
+    answers_text(ev, text, sizeof(text));
+    cr_expect_str_eq(text, "10.0.0.1", "the event shows the forged answer");
+    cr_expect_str_eq(tu_jstr(ev, "status"), "answered");
+    json_decref(ev);
+    /* The counters are a snapshot the agent takes as it expires queries: wait for it. */
+    json_int_t now = 0;
+    for (uint64_t dl = tu_mono_ms() + WAIT_MS; (now = stat_dns("tcp_not_next")) <= skipped;
+         usleep(50000))
+        if (tu_mono_ms() > dl)
+            break;
+    cr_expect_gt(now, skipped, "the forged segment is not counted");
+}
+
 /*
  * A TCP segment whose first message is longer than classic UDP's 512 bytes (an EDNS-padded
  * query) and goes on with another: both are seen, each makes its event.
@@ -1192,35 +1324,14 @@ static void edge_name(char *out, size_t len)
 Test(e2e_dns, a_tcp_segment_with_a_long_message_then_another_makes_both_events, .fini = stop_all,
      .timeout = 90)
 {
-    uint8_t seg[2048], buf[4096];
+    uint8_t seg[2048];
     monitor_up("dns-long-node");
     size_t l1 = make_padded_query(seg + 2, 0x5200, "a.test", 700);
     seg[0] = (uint8_t)(l1 >> 8), seg[1] = (uint8_t)l1;
     size_t l2 = make_query(seg + 4 + l1, 0x5201, "www.test");
     seg[2 + l1] = (uint8_t)(l2 >> 8), seg[3 + l1] = (uint8_t)l2;
     size_t n = 4 + l1 + l2;
-    struct sockaddr_in to = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)dnsmasq.port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0, "%s", strerror(errno));
-    cr_assert_eq(send(fd, seg, n, 0), (ssize_t)n, "one write");
-    size_t got = 0;
-    for (int answers = 0; answers < 2;) {
-        ssize_t r = recv(fd, buf + got, sizeof(buf) - got, 0);
-        cr_assert_gt(r, 0, "dnsmasq answered %d of 2", answers);
-        got += (size_t)r;
-        answers = 0;
-        for (size_t off = 0; off + 2 <= got; answers++) {
-            size_t l = ((size_t)buf[off] << 8) | buf[off + 1];
-            if (off + 2 + l > got)
-                break;
-            off += 2 + l;
-        }
-    }
-    close(fd);
+    tcp_exchange(seg, n, 2);
     const char *names[] = {"a.test", "www.test"};
     for (unsigned i = 0; i < 2; i++) {
         json_t *ev = wait_dns(agent.port, names[i], 0x5200 + i);

@@ -41,8 +41,9 @@ struct tcp_stream {
     bool used;
     struct records_dns first; /* the first segment's record (its payload not kept) */
     uint64_t last_boot_ns;
-    size_t want;  /* 2 + the message's length, once the prefix is held (else 0) */
-    size_t taken; /* bytes of the message seen so far (held, or past TCP_HOLD) */
+    uint32_t next_seq; /* the sequence number of the segment that continues it */
+    size_t want;       /* 2 + the message's length, once the prefix is held (else 0) */
+    size_t taken;      /* bytes of the message seen so far (held, or past TCP_HOLD) */
     size_t held;
     uint8_t buf[TCP_HOLD];
 };
@@ -64,7 +65,7 @@ struct dns_agent {
     struct dns_message *msg; /* ~35 KB: one, reused for every message */
 
     uint64_t messages, suppressed, truncated; /* capture thread */
-    uint64_t tcp_reassembled, tcp_partial_dropped;
+    uint64_t tcp_reassembled, tcp_partial_dropped, tcp_not_next;
     struct tcp_stream streams[TCP_STREAMS];
     pthread_mutex_t lock; /* guards what follows */
     struct dns_agent_stats snapshot;
@@ -85,6 +86,7 @@ static void snapshot(struct dns_agent *d)
     s.truncated = d->truncated;
     s.tcp_reassembled = d->tcp_reassembled;
     s.tcp_partial_dropped = d->tcp_partial_dropped;
+    s.tcp_not_next = d->tcp_not_next;
     pthread_mutex_lock(&d->lock);
     d->snapshot = s;
     pthread_mutex_unlock(&d->lock);
@@ -253,6 +255,7 @@ static void stream_feed(struct dns_agent *d, struct tcp_stream *s, const struct 
         }
     }
     s->last_boot_ns = m->boot_ns;
+    s->next_seq = m->tcp_seq + (uint32_t)m->wire_len;
     if (!s->want || s->taken < s->want)
         return; /* more to come */
     /* A query is sent when its first byte is; an answer is in when its last byte is. */
@@ -273,6 +276,25 @@ static void tcp_segment(struct dns_agent *d, const struct records_dns *m)
     struct tcp_stream *s = stream_find(d, m);
     size_t off = 0;
 
+    /*
+     * Only a stream's next bytes (the kernel compared the segment's sequence number with its
+     * socket's): not a retransmission or a duplicate, which would be taken twice, nor a
+     * segment TCP itself throws away (out of the window: forged), whose "answer" the
+     * client never saw. One the kernel could not check must continue its unfinished
+     * message, if any.
+     */
+    if (m->tcp_order == DNS_TCP_NOT_NEXT ||
+        (s && m->tcp_order == DNS_TCP_UNVERIFIED && m->tcp_seq != s->next_seq)) {
+        d->tcp_not_next++;
+        return;
+    }
+    if (s && m->tcp_seq != s->next_seq) {
+        /* The socket's next bytes, but not the message's: bytes between were never seen
+         * (rate-limited, or lost with a full ring). */
+        s->used = false;
+        d->tcp_partial_dropped++;
+        s = NULL;
+    }
     if (s)
         stream_feed(d, s, m, &off);
     while (off < m->wire_len) {
@@ -453,14 +475,14 @@ void dns_agent_stats_json(struct dns_agent *d, uint64_t kernel_suppressed, struc
     buf_printf(b,
                "{\"messages\":%" PRIu64 ",\"suppressed\":%" PRIu64 ",\"truncated\":%" PRIu64
                ",\"tcp_reassembled\":%" PRIu64 ",\"tcp_partial_dropped\":%" PRIu64
-               ",\"pending\":%" PRIu64 ",\"queries\":%" PRIu64 ",\"answered\":%" PRIu64
-               ",\"timeouts\":%" PRIu64 ",\"evicted\":%" PRIu64 ",\"unmatched\":%" PRIu64
-               ",\"mismatched\":%" PRIu64 ",\"retries\":%" PRIu64 ",\"collisions\":%" PRIu64
-               ",\"no_memory\":%" PRIu64 ",\"parse_errors\":%" PRIu64
+               ",\"tcp_not_next\":%" PRIu64 ",\"pending\":%" PRIu64 ",\"queries\":%" PRIu64
+               ",\"answered\":%" PRIu64 ",\"timeouts\":%" PRIu64 ",\"evicted\":%" PRIu64
+               ",\"unmatched\":%" PRIu64 ",\"mismatched\":%" PRIu64 ",\"retries\":%" PRIu64
+               ",\"collisions\":%" PRIu64 ",\"no_memory\":%" PRIu64 ",\"parse_errors\":%" PRIu64
                ",\"parse_errors_by_reason\":{",
                s.messages, s.suppressed, s.truncated, s.tcp_reassembled, s.tcp_partial_dropped,
-               t->pending, t->queries, t->answered, t->timeouts, t->evicted, t->unmatched,
-               t->mismatched, t->retries, t->collisions, t->oom, parse_errors);
+               s.tcp_not_next, t->pending, t->queries, t->answered, t->timeouts, t->evicted,
+               t->unmatched, t->mismatched, t->retries, t->collisions, t->oom, parse_errors);
     for (int i = 1; i < DNS_PARSE_ERRORS; i++)
         buf_printf(b, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", dns_parse_error_name(-i),
                    t->parse_errors[i]);
@@ -555,6 +577,10 @@ void dns_agent_metrics(struct dns_agent *d, uint64_t kernel_suppressed, struct b
                "DNS messages (queries sent, answers received) read from the kernel.", s.messages);
     api_metric(b, "ebpf_agent_dns_suppressed_total", "counter",
                "DNS messages not captured because of DNS_RATE_LIMIT.", s.suppressed);
+    api_metric(b, "ebpf_agent_dns_tcp_not_next_total", "counter",
+               "DNS-over-TCP segments skipped: not their stream's next bytes (retransmitted, "
+               "duplicated, or out of the window).",
+               s.tcp_not_next);
     api_metric(b, "ebpf_agent_dns_pending", "gauge", "DNS queries awaiting their answer.",
                s.tracker.pending);
     api_metric(b, "ebpf_agent_dns_evicted_total", "counter",

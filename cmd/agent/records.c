@@ -240,6 +240,10 @@ static int decode_dns(const struct records_decoder *d, const struct dns_record *
         return errmsg_set(err, errlen, "dns record with protocol %u", r->protocol);
     if (r->direction != DNS_DIR_QUERY && r->direction != DNS_DIR_ANSWER)
         return errmsg_set(err, errlen, "dns record with direction %u", r->direction);
+    if (r->tcp_order > DNS_TCP_ORDER_MAX ||
+        (r->protocol == IPPROTO_TCP) != (r->tcp_order != DNS_TCP_NONE))
+        return errmsg_set(err, errlen, "dns record of protocol %u with TCP order %u", r->protocol,
+                          r->tcp_order);
     if (r->payload_len > DNS_RECORD_PAYLOAD_MAX || r->payload_len > r->message_len)
         return errmsg_set(err, errlen, "dns record with %u payload bytes of a %u-byte message",
                           r->payload_len, r->message_len);
@@ -268,6 +272,8 @@ static int decode_dns(const struct records_decoder *d, const struct dns_record *
     out->payload_len = r->payload_len;
     out->wire_len = r->message_len;
     out->truncated = r->payload_len < r->message_len;
+    out->tcp_seq = r->tcp_seq;
+    out->tcp_order = r->tcp_order;
     return 0;
 }
 

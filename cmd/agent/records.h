@@ -68,8 +68,10 @@ struct records_dns {
      * a segment that starts with the 2-byte length prefix (dns_parse_tcp()). */
     const uint8_t *payload;
     size_t payload_len;
-    size_t wire_len; /* the packet's payload bytes: payload_len, or more when truncated */
-    bool truncated;  /* the packet carried more than payload_len bytes */
+    size_t wire_len;   /* the packet's payload bytes: payload_len, or more when truncated */
+    bool truncated;    /* the packet carried more than payload_len bytes */
+    uint32_t tcp_seq;  /* TCP: the segment's sequence number */
+    uint8_t tcp_order; /* enum dns_tcp_order (DNS_TCP_NONE for UDP) */
 };
 
 /*
