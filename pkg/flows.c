@@ -838,12 +838,21 @@ static void series_key(const struct flows_key *k, struct flows_key *out);
 static void series_count(struct flows *f, const struct add_plan *p, const struct event *e);
 static void drop_count(struct flows *f, const struct event *e);
 
+/* What goes into a bucket: an event (minute_count()) or a peer's minute (flows_minute_merge()). */
+typedef void (*fill_fn)(struct flows *f, struct flows_minute *m, const void *what);
+
+static void fill_event(struct flows *f, struct flows_minute *m, const void *e)
+{
+    minute_count(f, m, e);
+}
+
 /*
- * Counts e in a minute *np holds only compacted, or in a new bucket (made
- * room for first, which may free the edge itself: *np follows). 0 or -ENOMEM.
+ * Counts what (fill's) in a minute *np holds only compacted, or in a new bucket
+ * (made room for first, which may free the edge itself: *np follows). 0 or
+ * -ENOMEM.
  */
 static int add_elsewhere(struct flows *f, struct flows_node **np, const struct add_plan *p,
-                         const struct event *e, uint32_t minute)
+                         uint32_t minute, fill_fn fill, const void *what)
 {
     struct flows_node *n = *np;
     bool to_cold = n->start < n->count && minute < n->minutes[n->start].minute;
@@ -858,7 +867,7 @@ static int add_elsewhere(struct flows *f, struct flows_node **np, const struct a
             return -ENOMEM;
     }
     if (to_cold) {
-        minute_count(f, &one, e);
+        fill(f, &one, what);
         if (cold_put(f, n, &one) < 0)
             goto fail;
         if (!exists) {
@@ -871,7 +880,7 @@ static int add_elsewhere(struct flows *f, struct flows_node **np, const struct a
         node_cool(f, n, minute);
     if ((m = minute_get(f, n, minute)) == NULL)
         goto fail;
-    minute_count(f, m, e);
+    fill(f, m, what);
     return 0;
 fail:
     if (node_buckets(n) == 0)
@@ -909,7 +918,7 @@ static void add_one(struct flows *f, const struct event *e, const struct add_pla
     uint32_t minute = (uint32_t)(e->timestamp_ns / NS_PER_MIN);
     struct flows_node *n = node_get(f, p);
     struct flows_minute *m = n != NULL ? minute_find(n, minute) : NULL;
-    if (n == NULL || (m == NULL && add_elsewhere(f, &n, p, e, minute) < 0)) {
+    if (n == NULL || (m == NULL && add_elsewhere(f, &n, p, minute, fill_event, e) < 0)) {
         f->stats.failed++;
         return;
     }
@@ -1832,37 +1841,42 @@ static void endpoint_encode(struct buf *b, const struct flows_endpoint *e)
     buf_putc(b, ']');
 }
 
+static void edge_encode(struct buf *out, const struct flows_edge *e)
+{
+    const struct flows_counts *c = &e->c;
+    buf_puts(out, "{\"s\":");
+    endpoint_encode(out, &e->key.src);
+    buf_puts(out, ",\"d\":");
+    endpoint_encode(out, &e->key.dst);
+    buf_printf(out,
+               ",\"k\":[%u,%u],\"c\":[%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64
+               ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "],\"e\":{",
+               e->key.port, e->key.protocol, c->connections, c->established, c->failed, c->resets,
+               c->retransmits, c->bytes_sent, c->bytes_received, c->first_seen_ns, c->last_seen_ns,
+               c->errors_other);
+    for (size_t j = 0; j < FLOWS_ERROR_SLOTS && c->errors[j].error != NULL; j++) {
+        buf_puts(out, j > 0 ? "," : "");
+        buf_json_cstr(out, c->errors[j].error);
+        buf_printf(out, ":%" PRIu64, c->errors[j].count);
+    }
+    buf_puts(out, "},\"h\":[");
+    /* Sparse: bucket, count pairs. */
+    bool first = true;
+    for (size_t j = 0; j < FLOWS_HIST_BUCKETS; j++) {
+        if (c->hist[j] == 0)
+            continue;
+        buf_printf(out, "%s%zu,%" PRIu64, first ? "" : ",", j, c->hist[j]);
+        first = false;
+    }
+    buf_puts(out, "]}");
+}
+
 void flows_result_encode(const struct flows_result *r, struct buf *out)
 {
     buf_puts(out, "{\"edges\":[");
     for (size_t i = 0; i < r->count; i++) {
-        const struct flows_edge *e = &r->edges[i];
-        const struct flows_counts *c = &e->c;
-        buf_puts(out, i > 0 ? ",{\"s\":" : "{\"s\":");
-        endpoint_encode(out, &e->key.src);
-        buf_puts(out, ",\"d\":");
-        endpoint_encode(out, &e->key.dst);
-        buf_printf(out,
-                   ",\"k\":[%u,%u],\"c\":[%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64
-                   ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "],\"e\":{",
-                   e->key.port, e->key.protocol, c->connections, c->established, c->failed,
-                   c->resets, c->retransmits, c->bytes_sent, c->bytes_received, c->first_seen_ns,
-                   c->last_seen_ns, c->errors_other);
-        for (size_t j = 0; j < FLOWS_ERROR_SLOTS && c->errors[j].error != NULL; j++) {
-            buf_puts(out, j > 0 ? "," : "");
-            buf_json_cstr(out, c->errors[j].error);
-            buf_printf(out, ":%" PRIu64, c->errors[j].count);
-        }
-        buf_puts(out, "},\"h\":[");
-        /* Sparse: bucket, count pairs. */
-        bool first = true;
-        for (size_t j = 0; j < FLOWS_HIST_BUCKETS; j++) {
-            if (c->hist[j] == 0)
-                continue;
-            buf_printf(out, "%s%zu,%" PRIu64, first ? "" : ",", j, c->hist[j]);
-            first = false;
-        }
-        buf_puts(out, "]}");
+        buf_puts(out, i > 0 ? "," : "");
+        edge_encode(out, &r->edges[i]);
     }
     buf_puts(out, "]}");
 }
@@ -1991,6 +2005,212 @@ int flows_result_decode(const char *data, size_t len, struct flows_result *r)
     int rc = flows_result_decode_json(root, r);
 
     json_decref(root);
+    return rc;
+}
+
+/* ---- handing a stopping replica's minutes over ---- */
+
+#define HANDOVER_OPEN "{\"minutes\":["
+
+struct handover_enc {
+    const struct flows *f;
+    struct flows_key k; /* the edge whose minutes go now */
+    struct buf *chunks;
+    size_t n, cap, chunk_max, total_max, total;
+    uint64_t left;
+    struct buf one; /* the minute being added */
+    int err;
+};
+
+/* Adds one minute of h->k to the last chunk, or to a new one, or counts it left out. */
+static void handover_put(struct handover_enc *h, const struct flows_minute *m)
+{
+    struct flows_edge e = {.key = h->k};
+    counts_add_minute(h->f, &e.c, m);
+    buf_reset(&h->one);
+    buf_printf(&h->one, "[%" PRIu32 ",", m->minute);
+    edge_encode(&h->one, &e);
+    buf_putc(&h->one, ']');
+    size_t need = h->one.len + 1; /* and a comma */
+    if (h->one.oom || sizeof(HANDOVER_OPEN) + need + 2 > h->chunk_max ||
+        h->total + need > h->total_max) {
+        h->err = h->one.oom ? -ENOMEM : h->err;
+        h->left++;
+        return;
+    }
+    struct buf *c = h->n > 0 ? &h->chunks[h->n - 1] : NULL;
+    if (c == NULL || c->len + need + 2 > h->chunk_max) {
+        if (h->n == h->cap) {
+            size_t cap = h->cap ? h->cap * 2 : 4;
+            struct buf *v = realloc(h->chunks, cap * sizeof(*v));
+            if (v == NULL) {
+                h->err = -ENOMEM;
+                h->left++;
+                return;
+            }
+            h->chunks = v;
+            h->cap = cap;
+        }
+        if (h->n > 0)
+            buf_puts(&h->chunks[h->n - 1], "]}"); /* the array may have moved */
+        c = &h->chunks[h->n++];
+        buf_init(c);
+        buf_puts(c, HANDOVER_OPEN);
+    } else {
+        buf_putc(c, ',');
+    }
+    buf_append(c, h->one.data, h->one.len);
+    h->total += need;
+}
+
+static void handover_put_cold(void *ctx, const struct flows_minute *m)
+{
+    handover_put(ctx, m);
+}
+
+int flows_handover_encode(struct flows *f, size_t chunk_max, size_t total_max, struct buf **chunks,
+                          size_t *nchunks, uint64_t *left)
+{
+    struct handover_enc h = {.f = f, .chunk_max = chunk_max, .total_max = total_max};
+
+    buf_init(&h.one);
+    pthread_mutex_lock(&f->lock);
+    for (size_t b = 0; b < f->table_cap; b++) {
+        for (const struct flows_node *n = f->table[b]; n != NULL; n = n->next) {
+            node_key_expand(&n->key, &h.k);
+            for (uint32_t i = 0; i < n->nsegs; i++)
+                flows_seg_each(&n->segs[i], &f->errtab, 0, UINT32_MAX, handover_put_cold, &h);
+            for (uint32_t i = n->start; i < n->count; i++)
+                handover_put(&h, &n->minutes[i]);
+        }
+    }
+    pthread_mutex_unlock(&f->lock);
+    buf_free(&h.one);
+    for (size_t i = 0; i < h.n; i++) {
+        buf_puts(&h.chunks[i], i + 1 == h.n ? "]}" : "");
+        if (h.chunks[i].oom)
+            h.err = -ENOMEM;
+    }
+    *chunks = h.chunks;
+    *nchunks = h.n;
+    *left = h.left;
+    return h.err;
+}
+
+void flows_handover_free(struct buf *chunks, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        buf_free(&chunks[i]);
+    free(chunks);
+}
+
+static void fill_minute(struct flows *f, struct flows_minute *m, const void *in)
+{
+    (void)f;
+    flows_minute_merge(m, in);
+}
+
+/* A peer's counts of one minute as a bucket of f (its failure causes in f's table). */
+static void minute_from_counts(struct flows *f, const struct flows_counts *c, uint32_t minute,
+                               struct flows_minute *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->minute = minute;
+    flows_add32(&m->connections, c->connections);
+    flows_add32(&m->established, c->established);
+    flows_add32(&m->failed, c->failed);
+    flows_add32(&m->resets, c->resets);
+    flows_add32(&m->retransmits, c->retransmits);
+    flows_add32(&m->errors_other, c->errors_other);
+    m->bytes_sent = c->bytes_sent;
+    m->bytes_received = c->bytes_received;
+    for (size_t i = 0; i < FLOWS_ERROR_SLOTS && c->errors[i].error != NULL; i++)
+        flows_minute_error_add(m, flows_errtab_id(&f->errtab, c->errors[i].error),
+                               c->errors[i].count);
+    for (size_t i = 0; i < FLOWS_HIST_BUCKETS; i++)
+        flows_add32(&m->hist[i], c->hist[i]);
+    m->first_seen_ns = c->first_seen_ns;
+    m->last_seen_ns = c->last_seen_ns;
+}
+
+struct handover_minute {
+    struct flows_edge e;
+    uint32_t minute;
+};
+
+/* A chunk's minutes, all or nothing: -EINVAL when anything in it is malformed. */
+static int handover_decode(const char *data, size_t len, struct handover_minute **out, size_t *n)
+{
+    json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL);
+    json_t *list = json_object_get(root, "minutes");
+    int rc = 0;
+
+    *out = NULL;
+    *n = 0;
+    if (!json_is_object(root) || json_object_size(root) != 1 || !json_is_array(list)) {
+        json_decref(root);
+        return -EINVAL;
+    }
+    size_t count = json_array_size(list);
+    struct handover_minute *v = calloc(count ? count : 1, sizeof(*v));
+    for (size_t i = 0; v != NULL && i < count && rc == 0; i++) {
+        json_t *item = json_array_get(list, i);
+        uint64_t minute;
+        if (!json_is_array(item) || json_array_size(item) != 2 ||
+            !get_count(json_array_get(item, 0), &minute) || minute > UINT32_MAX ||
+            !edge_decode(json_array_get(item, 1), &v[i].e) || v[i].e.c.first_seen_ns == 0 ||
+            v[i].e.c.first_seen_ns / NS_PER_MIN != minute ||
+            v[i].e.c.last_seen_ns / NS_PER_MIN != minute)
+            rc = -EINVAL; /* a minute's events are of that minute */
+        else
+            v[i].minute = (uint32_t)minute;
+    }
+    json_decref(root);
+    if (v == NULL || rc < 0) {
+        free(v);
+        return v == NULL ? -ENOMEM : rc;
+    }
+    *out = v;
+    *n = count;
+    return 0;
+}
+
+int flows_handover_merge(struct flows *f, const char *data, size_t len, uint64_t now_ns,
+                         uint64_t *merged)
+{
+    struct handover_minute *v;
+    size_t n;
+    int rc = handover_decode(data, len, &v, &n);
+
+    *merged = 0;
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&f->lock);
+    expire(f, now_ns);
+    uint64_t cutoff = now_ns > f->retention_ns ? (now_ns - f->retention_ns) / NS_PER_MIN : 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].minute < cutoff)
+            continue; /* past retention here: it would go at once */
+        struct add_plan p = {.k = v[i].e.key, .counts = true};
+        struct flows_minute in;
+        p.hsrc = names_hash(&p.k.src);
+        p.hdst = names_hash(&p.k.dst);
+        p.hnode = node_hash(p.hsrc, p.hdst, &p.k);
+        minute_from_counts(f, &v[i].e.c, v[i].minute, &in);
+        struct flows_node *node = node_get(f, &p);
+        struct flows_minute *m = node != NULL ? minute_find(node, v[i].minute) : NULL;
+        if (node == NULL ||
+            (m == NULL && add_elsewhere(f, &node, &p, v[i].minute, fill_minute, &in) < 0)) {
+            f->stats.failed++;
+            rc = -ENOMEM;
+            continue;
+        }
+        if (m != NULL)
+            flows_minute_merge(m, &in);
+        (*merged)++;
+    }
+    pthread_mutex_unlock(&f->lock);
+    free(v);
     return rc;
 }
 

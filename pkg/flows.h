@@ -185,6 +185,26 @@ int flows_result_decode(const char *data, size_t len, struct flows_result *r);
 /* The same from a parsed object (its "edges" member; other members are ignored). */
 int flows_result_decode_json(json_t *root, struct flows_result *r);
 
+/*
+ * Handing a stopping replica's flows to a peer: every minute f holds, each as
+ * one edge's counts of that minute, in JSON chunks of at most chunk_max bytes
+ * ({"minutes":[[minute,edge],...]}, an edge as flows_result_encode() writes
+ * one), at most total_max bytes in all. *chunks (*nchunks of them) are the
+ * caller's: flows_handover_free(). *left: the minutes that did not fit. 0 or
+ * -ENOMEM (what fitted is there).
+ */
+int flows_handover_encode(struct flows *f, size_t chunk_max, size_t total_max, struct buf **chunks,
+                          size_t *nchunks, uint64_t *left);
+void flows_handover_free(struct buf *chunks, size_t n);
+/*
+ * Merges a chunk into f as buckets of its own (edges made as needed, room made
+ * as for events; not into the /metrics series, whose counters are each
+ * replica's own); minutes past f's retention are skipped. *merged: minutes
+ * merged. 0; -EINVAL when the chunk is malformed (nothing merged); -ENOMEM.
+ */
+int flows_handover_merge(struct flows *f, const char *data, size_t len, uint64_t now_ns,
+                         uint64_t *merged);
+
 void flows_get_stats(struct flows *f, struct flows_stats *out);
 /* {"edges","edge_minutes","bytes","capacity","evicted_full","evicted_age","events","ignored","failed"}
  */

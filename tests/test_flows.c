@@ -17,6 +17,8 @@
 
 #include "event.h"
 #include "event_json.h"
+#include <jansson.h>
+
 #include "flows.h"
 #include "flows_internal.h"
 #include "intern.h"
@@ -1580,4 +1582,85 @@ Test(flows, series_of_quiet_workloads_stay_and_of_deleted_ones_go)
     cr_assert(strstr(b.data, "ebpf_flow_series_removed_total 3\n") != NULL, "%s", b.data);
     buf_free(&b);
     flows_free(f);
+}
+
+/*
+ * A replica that stops hands its minutes to a peer: the peer, with its own and the handed
+ * minutes (compacted hours among them), answers exactly as one replica that counted every
+ * event. What does not fit the budget is counted, and a malformed chunk merges nothing.
+ */
+Test(flows, a_stopping_replicas_minutes_handed_over_answer_as_before)
+{
+    enum { N = 20000 };
+    static struct event ev[N];
+    const uint64_t now = T0 + 41 * MIN;
+    struct flows *whole = flows_new(24 * HOUR, 1000000), *leaver = flows_new(24 * HOUR, 1000000),
+                 *taker = flows_new(24 * HOUR, 1000000);
+
+    mixed_events(ev, N);
+    for (size_t i = 0; i < N; i++) {
+        flows_add(whole, &ev[i], 1, now);
+        flows_add(i % 2 ? taker : leaver, &ev[i], 1, now);
+    }
+    struct flows_stats held;
+    flows_get_stats(leaver, &held);
+    cr_assert_gt(held.edge_minutes, 1000);
+
+    struct buf *chunks;
+    size_t n;
+    uint64_t left, merged, total = 0;
+    cr_assert_eq(flows_handover_encode(leaver, 4096, SIZE_MAX, &chunks, &n, &left), 0);
+    cr_assert_eq(left, 0);
+    cr_assert_gt(n, 10);
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_leq(chunks[i].len, 4096, "chunk %zu", i);
+        cr_assert_eq(flows_handover_merge(taker, chunks[i].data, chunks[i].len, now, &merged), 0,
+                     "chunk %zu", i);
+        total += merged;
+    }
+    cr_assert_eq(total, held.edge_minutes, "every minute merged");
+    flows_handover_free(chunks, n);
+    /* The same edges, every field (failure causes in any order: they fill slots as they come). */
+    char *want = edges_text(whole), *got = edges_text(taker);
+    json_t *jw = json_loads(want, 0, NULL), *jg = json_loads(got, 0, NULL);
+    cr_assert(jw && jg && json_equal(jw, jg), "handed over:\n%.2000s\nwhole:\n%.2000s", got, want);
+    json_decref(jw);
+    json_decref(jg);
+    free(want);
+    free(got);
+
+    /* A budget: what did not fit is counted, and the rest merges. */
+    struct flows *other = flows_new(24 * HOUR, 1000000);
+    cr_assert_eq(flows_handover_encode(leaver, 4096, 64 * 1024, &chunks, &n, &left), 0);
+    cr_assert_gt(left, 0);
+    total = 0;
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_eq(flows_handover_merge(other, chunks[i].data, chunks[i].len, now, &merged), 0);
+        total += merged;
+    }
+    cr_assert_eq(total + left, held.edge_minutes);
+    flows_handover_free(chunks, n);
+
+    /* Malformed: nothing merged. A minute's counts must be of that minute. */
+    struct flows_stats before, after;
+    flows_get_stats(other, &before);
+    static const char *const bad[] = {
+        "",
+        "{}",
+        "{\"minutes\":{}}",
+        "{\"minutes\":[[1]]}",
+        "{\"minutes\":[[1,{}]]}",
+        "{\"minutes\":[],\"x\":1}",
+        "{\"minutes\":[[29400000,{\"s\":{},\"d\":{},\"k\":[80,6],\"c\":[1,1,0,0,0,0,0,"
+        "1764000000000000000,1764000000000000000,0],\"e\":{},\"h\":[]}]]}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        cr_assert_eq(flows_handover_merge(other, bad[i], strlen(bad[i]), now, &merged), -EINVAL,
+                     "%s", bad[i]);
+    flows_get_stats(other, &after);
+    cr_assert_eq(after.edge_minutes, before.edge_minutes);
+    flows_free(other);
+    flows_free(whole);
+    flows_free(leaver);
+    flows_free(taker);
 }
