@@ -2015,7 +2015,7 @@ int flows_result_decode(const char *data, size_t len, struct flows_result *r)
 struct handover_enc {
     const struct flows *f;
     struct flows_key k; /* the edge whose minutes go now */
-    struct buf *chunks;
+    struct flows_handover_chunk *chunks;
     size_t n, cap, chunk_max, total_max, total;
     uint64_t left;
     struct buf one; /* the minute being added */
@@ -2038,11 +2038,11 @@ static void handover_put(struct handover_enc *h, const struct flows_minute *m)
         h->left++;
         return;
     }
-    struct buf *c = h->n > 0 ? &h->chunks[h->n - 1] : NULL;
+    struct buf *c = h->n > 0 ? &h->chunks[h->n - 1].json : NULL;
     if (c == NULL || c->len + need + 2 > h->chunk_max) {
         if (h->n == h->cap) {
             size_t cap = h->cap ? h->cap * 2 : 4;
-            struct buf *v = realloc(h->chunks, cap * sizeof(*v));
+            struct flows_handover_chunk *v = realloc(h->chunks, cap * sizeof(*v));
             if (v == NULL) {
                 h->err = -ENOMEM;
                 h->left++;
@@ -2052,14 +2052,16 @@ static void handover_put(struct handover_enc *h, const struct flows_minute *m)
             h->cap = cap;
         }
         if (h->n > 0)
-            buf_puts(&h->chunks[h->n - 1], "]}"); /* the array may have moved */
-        c = &h->chunks[h->n++];
+            buf_puts(&h->chunks[h->n - 1].json, "]}"); /* the array may have moved */
+        h->chunks[h->n].minutes = 0;
+        c = &h->chunks[h->n++].json;
         buf_init(c);
         buf_puts(c, HANDOVER_OPEN);
     } else {
         buf_putc(c, ',');
     }
     buf_append(c, h->one.data, h->one.len);
+    h->chunks[h->n - 1].minutes++;
     h->total += need;
 }
 
@@ -2068,8 +2070,8 @@ static void handover_put_cold(void *ctx, const struct flows_minute *m)
     handover_put(ctx, m);
 }
 
-int flows_handover_encode(struct flows *f, size_t chunk_max, size_t total_max, struct buf **chunks,
-                          size_t *nchunks, uint64_t *left)
+int flows_handover_encode(struct flows *f, size_t chunk_max, size_t total_max,
+                          struct flows_handover_chunk **chunks, size_t *nchunks, uint64_t *left)
 {
     struct handover_enc h = {.f = f, .chunk_max = chunk_max, .total_max = total_max};
 
@@ -2087,8 +2089,8 @@ int flows_handover_encode(struct flows *f, size_t chunk_max, size_t total_max, s
     pthread_mutex_unlock(&f->lock);
     buf_free(&h.one);
     for (size_t i = 0; i < h.n; i++) {
-        buf_puts(&h.chunks[i], i + 1 == h.n ? "]}" : "");
-        if (h.chunks[i].oom)
+        buf_puts(&h.chunks[i].json, i + 1 == h.n ? "]}" : "");
+        if (h.chunks[i].json.oom)
             h.err = -ENOMEM;
     }
     *chunks = h.chunks;
@@ -2097,10 +2099,10 @@ int flows_handover_encode(struct flows *f, size_t chunk_max, size_t total_max, s
     return h.err;
 }
 
-void flows_handover_free(struct buf *chunks, size_t n)
+void flows_handover_free(struct flows_handover_chunk *chunks, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        buf_free(&chunks[i]);
+        buf_free(&chunks[i].json);
     free(chunks);
 }
 

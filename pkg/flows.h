@@ -193,9 +193,13 @@ int flows_result_decode_json(json_t *root, struct flows_result *r);
  * caller's: flows_handover_free(). *left: the minutes that did not fit. 0 or
  * -ENOMEM (what fitted is there).
  */
-int flows_handover_encode(struct flows *f, size_t chunk_max, size_t total_max, struct buf **chunks,
-                          size_t *nchunks, uint64_t *left);
-void flows_handover_free(struct buf *chunks, size_t n);
+struct flows_handover_chunk {
+    struct buf json;
+    uint64_t minutes;
+};
+int flows_handover_encode(struct flows *f, size_t chunk_max, size_t total_max,
+                          struct flows_handover_chunk **chunks, size_t *nchunks, uint64_t *left);
+void flows_handover_free(struct flows_handover_chunk *chunks, size_t n);
 /*
  * Merges a chunk into f as buckets of its own (edges made as needed, room made
  * as for events; not into the /metrics series, whose counters are each

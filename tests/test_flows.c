@@ -1606,16 +1606,18 @@ Test(flows, a_stopping_replicas_minutes_handed_over_answer_as_before)
     flows_get_stats(leaver, &held);
     cr_assert_gt(held.edge_minutes, 1000);
 
-    struct buf *chunks;
+    struct flows_handover_chunk *chunks;
     size_t n;
     uint64_t left, merged, total = 0;
     cr_assert_eq(flows_handover_encode(leaver, 4096, SIZE_MAX, &chunks, &n, &left), 0);
     cr_assert_eq(left, 0);
     cr_assert_gt(n, 10);
     for (size_t i = 0; i < n; i++) {
-        cr_assert_leq(chunks[i].len, 4096, "chunk %zu", i);
-        cr_assert_eq(flows_handover_merge(taker, chunks[i].data, chunks[i].len, now, &merged), 0,
-                     "chunk %zu", i);
+        cr_assert_leq(chunks[i].json.len, 4096, "chunk %zu", i);
+        cr_assert_eq(
+            flows_handover_merge(taker, chunks[i].json.data, chunks[i].json.len, now, &merged), 0,
+            "chunk %zu", i);
+        cr_assert_eq(merged, chunks[i].minutes, "chunk %zu", i);
         total += merged;
     }
     cr_assert_eq(total, held.edge_minutes, "every minute merged");
@@ -1635,7 +1637,8 @@ Test(flows, a_stopping_replicas_minutes_handed_over_answer_as_before)
     cr_assert_gt(left, 0);
     total = 0;
     for (size_t i = 0; i < n; i++) {
-        cr_assert_eq(flows_handover_merge(other, chunks[i].data, chunks[i].len, now, &merged), 0);
+        cr_assert_eq(
+            flows_handover_merge(other, chunks[i].json.data, chunks[i].json.len, now, &merged), 0);
         total += merged;
     }
     cr_assert_eq(total + left, held.edge_minutes);

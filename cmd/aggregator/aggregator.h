@@ -73,7 +73,7 @@ struct aggregator_counters {
     /* Events the history of a peer held when it stopped and handed its node table here: they
      * left with it (cluster.c). */
     uint64_t history_departed;
-    /* Flow buckets (edge-minutes) such a peer held: what it counted for /api/flows left too. */
+    /* Flow buckets (edge-minutes) such a peer could not hand over: they left with it. */
     uint64_t flows_departed;
     /* Pod announcements between replicas (ingest.c). */
     uint64_t peer_announcements_sent;

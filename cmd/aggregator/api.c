@@ -679,8 +679,8 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                "received, counted, and gone with their history.",
                counter_get(&c->history_departed));
     api_metric(b, "ebpf_aggregator_flows_departed_total", "counter",
-               "Flow buckets (edge-minutes) stopped replicas held when they handed their node "
-               "table to this one: what they counted for /api/flows left with them.",
+               "Flow buckets (edge-minutes) stopped replicas could not hand over to the replicas "
+               "that remain: what they counted for /api/flows left with them.",
                counter_get(&c->flows_departed));
     struct flows_stats fs;
     flows_get_stats(a->flows, &fs);

@@ -32,8 +32,15 @@
 #define CLUSTER_HANDOVER_WAIT_MS 2000
 /* On a handover request: the events the leaving replica's history held. */
 #define CLUSTER_HDR_HISTORY_EVENTS "Ebpf-History-Events"
-/* The flow buckets (edge-minutes) the leaving replica holds: they leave with it. */
+/* The flow buckets (edge-minutes) the leaving replica could not hand over: they leave with it. */
 #define CLUSTER_HDR_FLOW_MINUTES "Ebpf-Flow-Minutes"
+/* On a handover request, "flows": a chunk of the leaver's flow minutes (not its node table). */
+#define CLUSTER_HDR_HANDOVER "Ebpf-Handover"
+/* Flow minutes handed over: chunks of at most this (or the server's max payload), this much in
+ * all, for this long; the rest leaves with the replica, counted. */
+#define CLUSTER_FLOWS_CHUNK        (512 * 1024)
+#define CLUSTER_FLOWS_HANDOVER_MAX ((size_t)256 << 20)
+#define CLUSTER_FLOWS_HANDOVER_MS  10000
 /* The leaving replica's counters (ingest_counters_carry_json()), which the taker goes on with. */
 #define CLUSTER_HDR_COUNTERS       "Ebpf-Counters"
 #define CLUSTER_SUBSCRIBE_FLUSH_MS 1000
@@ -1092,22 +1099,90 @@ static void stop_thread(struct cluster *c)
  * (the stats answer has the same bound). Logs what happened.
  */
 /* What leaving without handing the node table over costs, in the log. */
-static void say_not_handed_over(struct cluster *c, const char *why)
+static void say_not_handed_over(struct cluster *c, const char *why, uint64_t flows_left)
 {
     struct store_stats ss;
-    struct flows_stats fs;
 
     store_get_stats(c->a->store, &ss);
-    flows_get_stats(c->a->flows, &fs);
     fprintf(stderr,
             "ebpf-aggregator: node table not handed over (%s): the %" PRIu64
             " events of this replica's history and its %" PRIu64
-            " flow buckets leave uncounted, and the batches it received count as lost on the "
-            "replicas that remain, if any\n",
-            why, ss.events, fs.edge_minutes);
+            " flow buckets not handed over leave uncounted, and the batches it received count "
+            "as lost on the replicas that remain, if any\n",
+            why, ss.events, flows_left);
 }
 
-static void hand_over_nodes(struct cluster *c)
+/* The flow buckets this replica holds. */
+static uint64_t flow_minutes(struct cluster *c)
+{
+    struct flows_stats fs;
+    flows_get_stats(c->a->flows, &fs);
+    return fs.edge_minutes;
+}
+
+/* Whether a handover request (node table or flows) was taken: its reply says so. */
+static bool handover_taken(natsMsg *reply, char *to, size_t tolen)
+{
+    json_t *root =
+        json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
+    const char *id = json_string_value(json_object_get(root, "replica"));
+    bool taken = json_is_true(json_object_get(root, "taken"));
+    snprintf(to, tolen, "%s", id != NULL ? id : "?");
+    json_decref(root);
+    return taken;
+}
+
+/*
+ * Hands this replica's flow minutes to the replicas that remain, a chunk at a time (any of
+ * them may take any chunk: /api/flows merges every replica's share), within
+ * CLUSTER_FLOWS_HANDOVER_MS. Returns the minutes that leave with this replica.
+ */
+static uint64_t hand_over_flows(struct cluster *c)
+{
+    struct flows_handover_chunk *chunks = NULL;
+    size_t n = 0, sent = 0, chunk = CLUSTER_FLOWS_CHUNK;
+    uint64_t left = 0, handed = 0;
+    int64_t max = natsConnection_GetMaxPayload(bus_conn(c->bus));
+    char to[CLUSTER_SUBJECT_LEN];
+
+    if (max > 0 && (uint64_t)max < chunk + 4096)
+        chunk = max > 8192 ? (size_t)max - 4096 : 4096;
+    if (flows_handover_encode(c->a->flows, chunk, CLUSTER_FLOWS_HANDOVER_MAX, &chunks, &n, &left) <
+        0)
+        fprintf(stderr, "ebpf-aggregator: flow minutes to hand over: out of memory\n");
+    uint64_t deadline = mono_ms() + CLUSTER_FLOWS_HANDOVER_MS;
+    for (bool alone = false; sent < n && !alone && mono_ms() < deadline; sent++) {
+        bool taken = false;
+        for (int attempt = 0; !taken && !alone && attempt < CLUSTER_HANDOVER_TRIES; attempt++) {
+            natsMsg *req = NULL, *reply = NULL;
+            natsStatus s = natsMsg_Create(&req, c->subj_handover, NULL, chunks[sent].json.data,
+                                          (int)chunks[sent].json.len);
+            if (s == NATS_OK)
+                s = natsMsgHeader_Set(req, CLUSTER_HDR_HANDOVER, "flows");
+            if (s == NATS_OK)
+                s = natsConnection_RequestMsg(&reply, bus_conn(c->bus), req,
+                                              CLUSTER_HANDOVER_WAIT_MS);
+            natsMsg_Destroy(req);
+            alone = s == NATS_NO_RESPONDERS;
+            taken = s == NATS_OK && handover_taken(reply, to, sizeof(to));
+            natsMsg_Destroy(reply);
+        }
+        if (!taken)
+            break;
+        handed += chunks[sent].minutes;
+    }
+    for (size_t i = sent; i < n; i++)
+        left += chunks[i].minutes;
+    if (handed > 0 || left > 0)
+        fprintf(stderr,
+                "ebpf-aggregator: %" PRIu64 " flow buckets handed over to the replicas that "
+                "remain; %" PRIu64 " leave with this one\n",
+                handed, left);
+    flows_handover_free(chunks, n);
+    return left;
+}
+
+static void hand_over_nodes(struct cluster *c, uint64_t flows_left)
 {
     struct buf table;
     int64_t max = natsConnection_GetMaxPayload(bus_conn(c->bus));
@@ -1122,15 +1197,13 @@ static void hand_over_nodes(struct cluster *c)
         buf_free(&table);
         return;
     }
-    /* What leaves with this replica: its history and its flows, counted by the peer that takes
-     * the table. */
+    /* What leaves with this replica: its history and the flows it could not hand over, counted
+     * by the peer that takes the table. */
     struct store_stats ss;
-    struct flows_stats fs;
     char held[24], minutes[24];
     store_get_stats(c->a->store, &ss);
-    flows_get_stats(c->a->flows, &fs);
     snprintf(held, sizeof(held), "%" PRIu64, ss.events);
-    snprintf(minutes, sizeof(minutes), "%" PRIu64, fs.edge_minutes);
+    snprintf(minutes, sizeof(minutes), "%" PRIu64, flows_left);
     struct buf counters;
     buf_init(&counters);
     ingest_counters_carry_json(c->a, &counters);
@@ -1153,22 +1226,18 @@ static void hand_over_nodes(struct cluster *c)
         }
         if (s != NATS_OK)
             continue;
-        json_t *root =
-            json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
-        const char *to = json_string_value(json_object_get(root, "replica"));
-        bool taken = json_is_true(json_object_get(root, "taken"));
-        if (taken)
-            fprintf(stderr, "ebpf-aggregator: node table handed over to replica %s\n",
-                    to != NULL ? to : "?");
-        json_decref(root);
+        char to[CLUSTER_SUBJECT_LEN];
+        bool taken = handover_taken(reply, to, sizeof(to));
         natsMsg_Destroy(reply);
         if (taken) {
+            fprintf(stderr, "ebpf-aggregator: node table handed over to replica %s\n", to);
             buf_free(&counters);
             buf_free(&table);
             return;
         }
     }
-    say_not_handed_over(c, alone ? "no other replica is listening" : "no replica took it");
+    say_not_handed_over(c, alone ? "no other replica is listening" : "no replica took it",
+                        flows_left);
     buf_free(&counters);
     buf_free(&table);
 }
@@ -1194,6 +1263,26 @@ static void handle_handover(struct cluster *c, natsConnection *nc, natsMsg *msg)
 
     if (reply == NULL || reply[0] == '\0')
         return;
+    const char *kind = NULL;
+    if (natsMsgHeader_Get(msg, CLUSTER_HDR_HANDOVER, &kind) == NATS_OK && kind &&
+        strcmp(kind, "flows") == 0) {
+        /* A chunk of its flow minutes: they go on being counted here. */
+        uint64_t merged = 0;
+        if (!has_left(c)) {
+            int rc = flows_handover_merge(c->a->flows, natsMsg_GetData(msg),
+                                          (size_t)natsMsg_GetDataLength(msg), clock_realtime_ns(),
+                                          &merged);
+            taken = rc != -EINVAL; /* -ENOMEM: what fitted, the rest counted as failed */
+            if (rc == -EINVAL)
+                __atomic_fetch_add(&c->invalid_answers, 1, __ATOMIC_RELAXED);
+        }
+        char body[128];
+        int n = snprintf(body, sizeof(body),
+                         "{\"replica\":\"%s\",\"taken\":%s,\"minutes\":%" PRIu64 "}", c->a->replica,
+                         taken ? "true" : "false", merged);
+        natsConnection_Publish(nc, reply, body, n);
+        return;
+    }
     if (!has_left(c)) {
         int rc =
             nodes_merge_json(c->a->nodes, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
@@ -1234,11 +1323,14 @@ void cluster_leave(struct cluster *c)
     c->left = true;
     pthread_mutex_unlock(&c->lock);
     if (connected(c)) {
-        hand_over_nodes(c);
+        /* What this replica holds goes to the others only: none of it comes back here. */
+        aggregator_sub_close(c->handover_sub, bus_conn(c->bus), false, CLUSTER_CLOSE_WAIT_MS, NULL);
+        c->handover_sub = NULL;
+        hand_over_nodes(c, hand_over_flows(c));
         publish_heartbeat(c, true);
         natsConnection_FlushTimeout(bus_conn(c->bus), CLUSTER_LEAVE_FLUSH_MS);
     } else {
-        say_not_handed_over(c, "NATS not connected");
+        say_not_handed_over(c, "NATS not connected", flow_minutes(c));
     }
 }
 

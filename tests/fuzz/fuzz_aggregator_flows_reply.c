@@ -4,7 +4,10 @@
  * a result of this replica's own, edge by edge, and the merge must be
  * exact: encoding the peer's edges and decoding them again gives the same
  * edges, counts added saturate rather than wrap, and percentiles stay within
- * the histogram's buckets. ASan/UBSan watch it all.
+ * the histogram's buckets. Every input is also taken as a chunk of a
+ * stopping replica's flow minutes (flows_handover_merge()) into a small
+ * store: all or nothing, and what merges is there to query. ASan/UBSan watch
+ * it all.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -75,5 +78,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     cluster_flows_reply_free(&reply);
     flows_result_free(&own);
+
+    /* A handed-over chunk, into a store small enough to evict (retention around its minutes). */
+    static struct flows *store;
+    if (store == NULL)
+        store = flows_new(UINT64_MAX / 4, 64);
+    CHECK(store != NULL, "out of memory");
+    struct flows_stats before, after;
+    flows_get_stats(store, &before);
+    uint64_t merged = 0;
+    rc = flows_handover_merge(store, (const char *)data, size, 1764000000000000000ull, &merged);
+    flows_get_stats(store, &after);
+    CHECK(rc == 0 || rc == -EINVAL || rc == -ENOMEM, "merge: %d", rc);
+    CHECK(rc != -EINVAL || (merged == 0 && after.edge_minutes == before.edge_minutes),
+          "a malformed chunk merged %lu minutes", (unsigned long)merged);
+    CHECK(after.edge_minutes <= 64, "past the store's cap: %lu", (unsigned long)after.edge_minutes);
+    struct flows_query q = {.until_ns = UINT64_MAX, .limit = 1000};
+    struct flows_result r;
+    CHECK(flows_query(store, &q, &r) == 0, "query");
+    flows_result_free(&r);
     return 0;
 }
