@@ -194,12 +194,15 @@ static void on_closed(natsConnection *nc, void *closure)
      * nats.c gives up on servers that refuse our credentials twice; the
      * server's words for it came to on_error() first (callbacks run in order).
      */
+    const char *last = conn_error(nc); /* a refused login, in the server's words */
+    bool refused_login = last != NULL && strcmp(last, "Authorization Violation") == 0;
     pthread_mutex_lock(&b->lock);
     if (!ours && (!specific_error(b->last_error) || strstr(b->last_error, "no NATS server")))
-        snprintf(b->last_error, sizeof(b->last_error), "%s",
-                 "the NATS servers refused the connection (credentials: NATS_USER/"
+        snprintf(b->last_error, sizeof(b->last_error),
+                 "the NATS servers refused the connection%s (credentials: NATS_USER/"
                  "NATS_PASSWORD, NATS_TOKEN or NATS_CREDS; TLS: NATS_TLS_CA, NATS_TLS_CERT; or "
-                 "a server limit such as max_connections; the server's log says which)");
+                 "a server limit such as max_connections; the server's log says which)",
+                 refused_login ? ": Authorization Violation" : "");
     b->reason_nc = nc; /* bus_open() keeps this reason over its own */
     if (!ours && !b->reopen)
         fprintf(stderr, "%s: the connection is closed for good: %s\n", b->what, b->last_error);
