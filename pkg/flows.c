@@ -2070,6 +2070,18 @@ static void handover_put_cold(void *ctx, const struct flows_minute *m)
     handover_put(ctx, m);
 }
 
+/* A hot minute of an edge, to hand the newest over first. */
+struct hot_ref {
+    const struct flows_node *n;
+    const struct flows_minute *m;
+};
+
+static int hot_newer_first(const void *a, const void *b)
+{
+    uint32_t x = ((const struct hot_ref *)a)->m->minute, y = ((const struct hot_ref *)b)->m->minute;
+    return x > y ? -1 : x < y;
+}
+
 int flows_handover_encode(struct flows *f, size_t chunk_max, size_t total_max,
                           struct flows_handover_chunk **chunks, size_t *nchunks, uint64_t *left)
 {
@@ -2077,14 +2089,51 @@ int flows_handover_encode(struct flows *f, size_t chunk_max, size_t total_max,
 
     buf_init(&h.one);
     pthread_mutex_lock(&f->lock);
+    /* The newest first, so a budget keeps what queries ask for most: the edges' hot minutes
+     * (each edge's newest FLOWS_HOT_MINUTES) by time, then the compacted hours from the newest
+     * back. */
+    uint32_t newest_hour = 0, oldest_hour = UINT32_MAX;
+    size_t nhot = 0, k = 0;
+    for (size_t b = 0; b < f->table_cap; b++)
+        for (const struct flows_node *n = f->table[b]; n != NULL; n = n->next)
+            nhot += n->count - n->start;
+    struct hot_ref *hot = malloc((nhot ? nhot : 1) * sizeof(*hot));
     for (size_t b = 0; b < f->table_cap; b++) {
         for (const struct flows_node *n = f->table[b]; n != NULL; n = n->next) {
-            node_key_expand(&n->key, &h.k);
-            for (uint32_t i = 0; i < n->nsegs; i++)
-                flows_seg_each(&n->segs[i], &f->errtab, 0, UINT32_MAX, handover_put_cold, &h);
-            for (uint32_t i = n->start; i < n->count; i++)
-                handover_put(&h, &n->minutes[i]);
+            for (uint32_t i = n->start; hot != NULL && i < n->count; i++)
+                hot[k++] = (struct hot_ref){.n = n, .m = &n->minutes[i]};
+            for (uint32_t i = 0; i < n->nsegs; i++) {
+                uint32_t hour = n->segs[i].total.minute;
+                newest_hour = hour > newest_hour ? hour : newest_hour;
+                oldest_hour = hour < oldest_hour ? hour : oldest_hour;
+            }
         }
+    }
+    if (hot == NULL) {
+        h.err = -ENOMEM;
+        h.left += nhot;
+    } else {
+        qsort(hot, k, sizeof(*hot), hot_newer_first);
+        for (size_t i = 0; i < k; i++) {
+            node_key_expand(&hot[i].n->key, &h.k);
+            handover_put(&h, hot[i].m);
+        }
+        free(hot);
+    }
+    for (uint32_t hour = newest_hour; oldest_hour <= newest_hour && hour >= oldest_hour;
+         hour -= 60) {
+        for (size_t b = 0; b < f->table_cap; b++) {
+            for (const struct flows_node *n = f->table[b]; n != NULL; n = n->next) {
+                for (uint32_t i = 0; i < n->nsegs; i++) {
+                    if (n->segs[i].total.minute != hour)
+                        continue;
+                    node_key_expand(&n->key, &h.k);
+                    flows_seg_each(&n->segs[i], &f->errtab, 0, UINT32_MAX, handover_put_cold, &h);
+                }
+            }
+        }
+        if (hour < 60)
+            break;
     }
     pthread_mutex_unlock(&f->lock);
     buf_free(&h.one);

@@ -1609,10 +1609,12 @@ Test(flows, a_stopping_replicas_minutes_handed_over_answer_as_before)
     struct flows_handover_chunk *chunks;
     size_t n;
     uint64_t left, merged, total = 0;
+    size_t bytes = 0;
     cr_assert_eq(flows_handover_encode(leaver, 4096, SIZE_MAX, &chunks, &n, &left), 0);
     cr_assert_eq(left, 0);
     cr_assert_gt(n, 10);
     for (size_t i = 0; i < n; i++) {
+        bytes += chunks[i].json.len;
         cr_assert_leq(chunks[i].json.len, 4096, "chunk %zu", i);
         cr_assert_eq(
             flows_handover_merge(taker, chunks[i].json.data, chunks[i].json.len, now, &merged), 0,
@@ -1631,9 +1633,10 @@ Test(flows, a_stopping_replicas_minutes_handed_over_answer_as_before)
     free(want);
     free(got);
 
-    /* A budget: what did not fit is counted, and the rest merges. */
+    /* Half the budget: what did not fit is counted, the rest merges, and it is the newest: the
+     * last ten minutes answer as on the replica that left. */
     struct flows *other = flows_new(24 * HOUR, 1000000);
-    cr_assert_eq(flows_handover_encode(leaver, 4096, 64 * 1024, &chunks, &n, &left), 0);
+    cr_assert_eq(flows_handover_encode(leaver, 4096, bytes / 2, &chunks, &n, &left), 0);
     cr_assert_gt(left, 0);
     total = 0;
     for (size_t i = 0; i < n; i++) {
@@ -1643,6 +1646,15 @@ Test(flows, a_stopping_replicas_minutes_handed_over_answer_as_before)
     }
     cr_assert_eq(total + left, held.edge_minutes);
     flows_handover_free(chunks, n);
+    struct flows_query recent = all(FLOWS_GROUP_POD);
+    recent.since_ns = now - 10 * MIN;
+    struct flows_result rl, ro;
+    run(leaver, &recent, &rl);
+    run(other, &recent, &ro);
+    cr_assert_gt(rl.count, 10);
+    assert_same(&rl, &ro);
+    flows_result_free(&rl);
+    flows_result_free(&ro);
 
     /* Malformed: nothing merged. A minute's counts must be of that minute. */
     struct flows_stats before, after;

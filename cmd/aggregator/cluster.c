@@ -39,7 +39,7 @@
 /* Flow minutes handed over: chunks of at most this (or the server's max payload), this much in
  * all, for this long; the rest leaves with the replica, counted. */
 #define CLUSTER_FLOWS_CHUNK        (512 * 1024)
-#define CLUSTER_FLOWS_HANDOVER_MAX ((size_t)256 << 20)
+#define CLUSTER_FLOWS_HANDOVER_MAX ((size_t)64 << 20)
 #define CLUSTER_FLOWS_HANDOVER_MS  10000
 /* The leaving replica's counters (ingest_counters_carry_json()), which the taker goes on with. */
 #define CLUSTER_HDR_COUNTERS       "Ebpf-Counters"
