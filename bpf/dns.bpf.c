@@ -104,7 +104,7 @@ struct dns_msg {
     __u64 now;
     __u32 slot, direction, family;
     __u32 off, len; /* the message: its offset in the packet, its bytes there */
-    __u32 tcp_seq;
+    __u32 tcp_seq, tcp_next;
     __u8 protocol;
     __u8 tcp_order;   /* enum dns_tcp_order */
     bool tcp_unowned; /* TCP: no task holds the socket (or there is none to look at) */
@@ -151,6 +151,7 @@ static __always_inline int emit(struct __sk_buff *skb, const struct dns_msg *m,
     }
     r->message_len = m->len;
     r->tcp_seq = m->tcp_seq;
+    r->tcp_next = m->tcp_next;
     r->tcp_order = m->tcp_order;
     /* The verifier must see the bound on the very register passed as the length: the
      * clamp is opaque to the compiler, so it cannot hand the helper another copy. */
@@ -182,12 +183,21 @@ static __always_inline void tcp_place(struct __sk_buff *skb, struct dns_msg *m)
     }
     owned = tp->inet_conn.icsk_inet.sk.sk_lock.owned;
     m->tcp_unowned = !owned;
-    if (m->direction == DNS_DIR_QUERY)
-        m->tcp_order = m->tcp_seq == tp->snd_nxt ? DNS_TCP_NEXT : DNS_TCP_NOT_NEXT;
-    else if (owned)
-        m->tcp_order = DNS_TCP_UNVERIFIED;
+    /* Sequence numbers wrap: compared as differences. */
+    __u32 next = m->direction == DNS_DIR_QUERY ? tp->snd_nxt : tp->rcv_nxt;
+    __s32 start = (__s32)(m->tcp_seq - next), end = (__s32)(m->tcp_seq + m->len - next);
+
+    m->tcp_next = next;
+    if (end <= 0)
+        m->tcp_order = DNS_TCP_OLD;
+    else if (start <= 0)
+        m->tcp_order = m->direction == DNS_DIR_QUERY || !owned ? DNS_TCP_NEXT : DNS_TCP_UNVERIFIED;
+    else if (m->direction == DNS_DIR_QUERY)
+        m->tcp_order = DNS_TCP_AHEAD; /* TCP sends in order: not seen */
+    else if ((__s32)(m->tcp_seq - (tp->rcv_wup + tp->rcv_wnd)) >= 0)
+        m->tcp_order = DNS_TCP_OUT_OF_WINDOW;
     else
-        m->tcp_order = m->tcp_seq == tp->rcv_nxt ? DNS_TCP_NEXT : DNS_TCP_NOT_NEXT;
+        m->tcp_order = owned ? DNS_TCP_UNVERIFIED : DNS_TCP_AHEAD;
 }
 
 /*
@@ -237,7 +247,7 @@ static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 f
         m.protocol = m.ip.v6.nexthdr;
     }
     /* The message: UDP's after 8 bytes, TCP's after the header's data offset. */
-    m.tcp_seq = 0;
+    m.tcp_seq = m.tcp_next = 0;
     m.tcp_order = DNS_TCP_NONE;
     m.tcp_unowned = false;
     if (m.protocol == IPPROTO_UDP) {
@@ -259,6 +269,7 @@ static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 f
         if (m.off >= skb_len)
             return 1; /* TCP handshake, ACKs, FIN: no message */
         m.tcp_seq = bpf_ntohl(th.seq);
+        m.len = skb_len - m.off;
         tcp_place(skb, &m);
     }
     if (m.off >= skb_len)

@@ -34,14 +34,18 @@
  * arriving segment, and as a new or a retransmitted one leaves.
  */
 enum dns_tcp_order {
-    DNS_TCP_NONE = 0,   /* UDP */
-    DNS_TCP_NEXT,       /* the socket's next bytes: rcv_nxt arriving, snd_nxt leaving */
-    DNS_TCP_UNVERIFIED, /* arriving while a task holds the socket (segments may wait in its
-                         * backlog, so rcv_nxt lags), or no TCP socket to compare with */
-    DNS_TCP_NOT_NEXT,   /* not the next bytes: a retransmission, a duplicate, one past a gap
-                         * (TCP queues it out of order) or out of the window (a forgery) */
+    DNS_TCP_NONE = 0,      /* UDP */
+    DNS_TCP_NEXT,          /* starts at the socket's next bytes (rcv_nxt arriving, snd_nxt leaving),
+                            * or before them and goes on past (a retransmission that also carries
+                            * new bytes): tcp_next says where the new ones start */
+    DNS_TCP_UNVERIFIED,    /* arriving while a task holds the socket (segments may wait in its
+                            * backlog, so rcv_nxt lags), or no TCP socket to compare with */
+    DNS_TCP_OLD,           /* only bytes the socket had: a retransmission or a duplicate */
+    DNS_TCP_AHEAD,         /* arriving past a gap, within the window: TCP keeps it out of order
+                            * until the gap is filled, and it never passes the program again */
+    DNS_TCP_OUT_OF_WINDOW, /* arriving past the window TCP offered: TCP throws it away (forged) */
 };
-#define DNS_TCP_ORDER_MAX DNS_TCP_NOT_NEXT
+#define DNS_TCP_ORDER_MAX DNS_TCP_OUT_OF_WINDOW
 
 enum dns_direction {
     DNS_DIR_QUERY = 1, /* sent by a local socket to a server port (egress) */
@@ -66,8 +70,9 @@ struct dns_record {
     __u32 message_len; /* bytes of L4 payload in the packet */
     __u32 payload_len; /* bytes copied into payload, <= the record's room */
     __u32 tcp_seq;     /* TCP: the segment's sequence number (host order) */
+    __u32 tcp_next;    /* TCP: the socket's next one then (rcv_nxt or snd_nxt) */
     __u8 tcp_order;    /* enum dns_tcp_order */
-    __u8 pad[3];
+    __u8 pad[7];
     __u8 payload[DNS_RECORD_PAYLOAD_MAX]; /* the record ends after its room (DNS_RECORD_SIZE) */
 };
 

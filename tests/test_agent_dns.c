@@ -184,6 +184,7 @@ Test(dns_agent, every_message_of_a_tcp_segment_counts)
     }
     struct records_dns rq = record(false, qs, qn, 1 * SEC, 9);
     rq.protocol = IPPROTO_TCP;
+    rq.tcp_order = DNS_TCP_NEXT; /* sequence numbers from 0 */
     dns_agent_message(d, &rq);
     /* The answers come back in another order, in one segment too. */
     an = 0;
@@ -191,6 +192,7 @@ Test(dns_agent, every_message_of_a_tcp_segment_counts)
         tcp_append(as, &an, one, message(one, (uint16_t)(0x100 + i), names[i], addrs[i], 0));
     struct records_dns ra = record(true, as, an, 1 * SEC + 1000, 9);
     ra.protocol = IPPROTO_TCP;
+    ra.tcp_order = DNS_TCP_NEXT;
     dns_agent_message(d, &ra);
 
     cr_assert_eq(ngot, 3);
@@ -215,6 +217,8 @@ Test(dns_agent, every_message_of_a_tcp_segment_counts)
     tcp_append(qs, &qn, one, cut);
     rq = record(false, qs, qn - cut / 2, 3 * SEC, 9);
     rq.protocol = IPPROTO_TCP;
+    rq.tcp_order = DNS_TCP_NEXT;
+    rq.cookie++; /* another connection */
     dns_agent_message(d, &rq);
     dns_agent_expire(d, 3 * SEC);
     dns_agent_get_stats(d, &st);
@@ -223,22 +227,33 @@ Test(dns_agent, every_message_of_a_tcp_segment_counts)
     dns_agent_free(d);
 }
 
+/* The socket of tcp_part(): each connection_next() a new one, its streams from sequence 0. */
+static uint64_t tcp_cookie = 900;
+
+static void connection_next(void)
+{
+    tcp_cookie++;
+}
+
 /* The TCP segment [from, to) of the stream s (its sequence numbers from 0), as the capture
- * hands it over, placed in its stream as order says. */
+ * hands it over: placed as order says, the socket's next byte at next. */
 static void tcp_part_as(struct dns_agent *d, bool answer, const uint8_t *s, size_t from, size_t to,
-                        uint64_t t, uint8_t order)
+                        uint64_t t, uint8_t order, size_t next)
 {
     struct records_dns r = record(answer, s + from, to - from, t, 9);
+    r.cookie = tcp_cookie;
     r.protocol = IPPROTO_TCP;
     r.tcp_seq = (uint32_t)from;
+    r.tcp_next = (uint32_t)next;
     r.tcp_order = order;
     dns_agent_message(d, &r);
 }
 
+/* In order: the socket's next bytes. */
 static void tcp_part(struct dns_agent *d, bool answer, const uint8_t *s, size_t from, size_t to,
                      uint64_t t)
 {
-    tcp_part_as(d, answer, s, from, to, t, DNS_TCP_NEXT);
+    tcp_part_as(d, answer, s, from, to, t, DNS_TCP_NEXT, from);
 }
 
 /*
@@ -254,6 +269,7 @@ Test(dns_agent, a_tcp_message_in_several_segments_is_taken_whole)
 
     /* The prefix alone, then the rest; the answer the same way. */
     reset();
+    connection_next();
     size_t qn = 0, an = 0;
     tcp_append(qs, &qn, one, message(one, 0x301, "split.example", NULL, 0));
     tcp_append(as, &an, one, message(one, 0x301, "split.example", "10.0.0.9", 0));
@@ -273,6 +289,7 @@ Test(dns_agent, a_tcp_message_in_several_segments_is_taken_whole)
     /* Cut anywhere (inside the prefix too), in three pieces; two pipelined queries whose
      * second starts in the first one's segment. */
     reset();
+    connection_next();
     qn = an = 0;
     tcp_append(qs, &qn, one, message(one, 0x302, "p1.example", NULL, 0));
     size_t first = qn;
@@ -298,6 +315,7 @@ Test(dns_agent, a_tcp_message_in_several_segments_is_taken_whole)
 
     /* A message whose end never comes is dropped after a while, counted; nothing else. */
     reset();
+    connection_next();
     qn = 0;
     tcp_append(qs, &qn, one, message(one, 0x304, "never.example", NULL, 0));
     tcp_part(d, false, qs, 0, qn - 3, 4 * SEC);
@@ -313,12 +331,14 @@ Test(dns_agent, a_tcp_message_in_several_segments_is_taken_whole)
     /* A held message's next segment the capture copied only in part is one truncated
      * message, counted once. */
     reset();
+    connection_next();
     qn = 0;
     tcp_append(qs, &qn, one, message(one, 0x305, "cut.example", NULL, 0));
     tcp_part(d, false, qs, 0, 2, 31 * SEC);
     struct records_dns r = record(false, qs + 2, 4, 31 * SEC + 1000, 9);
     r.protocol = IPPROTO_TCP;
-    r.tcp_seq = 2;
+    r.cookie = tcp_cookie;
+    r.tcp_seq = r.tcp_next = 2;
     r.tcp_order = DNS_TCP_NEXT;
     r.wire_len = qn - 2;
     r.truncated = true;
@@ -328,6 +348,7 @@ Test(dns_agent, a_tcp_message_in_several_segments_is_taken_whole)
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.truncated, before + 1);
     reset();
+    connection_next();
     dns_agent_free(d);
 }
 
@@ -387,11 +408,12 @@ Test(dns_agent, a_query_reusing_a_pending_id_is_counted_where_users_look)
 }
 
 /*
- * Only a stream's next bytes are taken: a segment the kernel found was not (a retransmitted
- * query, an answer forged out of the window, which TCP throws away) is skipped and counted,
- * and so is one it could not check that does not continue the unfinished message.
+ * Each socket's bytes are taken once and in order: a retransmitted query and an answer forged
+ * out of the window (which TCP throws away) are skipped and counted; a segment past a gap (a
+ * lost one, which TCP keeps out of order and the capture never sees again) waits for the
+ * retransmission that fills the gap; a copy that comes while the socket is held is skipped.
  */
-Test(dns_agent, tcp_segments_that_are_not_their_streams_next_bytes_are_skipped)
+Test(dns_agent, tcp_bytes_are_taken_once_and_in_order)
 {
     uint8_t qs[512], as[512], fake[512], one[256];
     struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
@@ -399,52 +421,81 @@ Test(dns_agent, tcp_segments_that_are_not_their_streams_next_bytes_are_skipped)
     size_t qn = 0, an = 0, fn = 0;
 
     reset();
+    connection_next();
     tcp_append(qs, &qn, one, message(one, 0x401, "bank.example", NULL, 0));
     tcp_append(as, &an, one, message(one, 0x401, "bank.example", "10.0.0.1", 0));
     tcp_append(fake, &fn, one, message(one, 0x401, "bank.example", "6.6.6.6", 0));
     tcp_part(d, false, qs, 0, qn, 1 * SEC);
-    tcp_part_as(d, false, qs, 0, qn, 1 * SEC + 1000, DNS_TCP_NOT_NEXT);  /* retransmitted */
-    tcp_part_as(d, true, fake, 0, fn, 1 * SEC + 2000, DNS_TCP_NOT_NEXT); /* forged */
+    tcp_part_as(d, false, qs, 0, qn, 1 * SEC + 1000, DNS_TCP_OLD, qn);           /* retransmitted */
+    tcp_part_as(d, true, fake, 0, fn, 1 * SEC + 2000, DNS_TCP_OUT_OF_WINDOW, 0); /* forged */
     cr_assert_eq(ngot, 0, "a forged answer made an event");
     tcp_part(d, true, as, 0, an, 1 * SEC + 3000);
     cr_assert_eq(ngot, 1);
     cr_assert_str_eq(got[0].u.dns.answers, "10.0.0.1");
-    dns_agent_expire(d, 1 * SEC + 4000); /* the stats as of now */
-    dns_agent_get_stats(d, &st);
-    cr_assert_eq(st.tcp_not_next, 2);
-    cr_assert_eq(st.tracker.collisions, 0, "the retransmission was taken as a query");
-
-    /* Unchecked (the socket was held): taken only where the held message goes on. */
-    reset();
-    qn = an = fn = 0;
-    tcp_append(qs, &qn, one, message(one, 0x402, "held.example", NULL, 0));
-    tcp_append(as, &an, one, message(one, 0x402, "held.example", "10.0.0.2", 0));
-    tcp_append(fake, &fn, one, message(one, 0x402, "held.example", "6.6.6.6", 0));
-    tcp_part(d, false, qs, 0, qn, 2 * SEC);
-    tcp_part_as(d, true, as, 0, 2, 2 * SEC + 1000, DNS_TCP_UNVERIFIED);
-    tcp_part_as(d, true, fake, 0, fn, 2 * SEC + 2000, DNS_TCP_UNVERIFIED); /* at 0 again */
-    tcp_part_as(d, true, as, 2, an, 2 * SEC + 3000, DNS_TCP_UNVERIFIED);
-    cr_assert_eq(ngot, 1);
-    cr_assert_str_eq(got[0].u.dns.answers, "10.0.0.2");
-    dns_agent_expire(d, 2 * SEC + 4000);
+    /* A copy of the whole answer while the client held its socket: taken already. */
+    tcp_part_as(d, true, as, 0, an, 1 * SEC + 4000, DNS_TCP_UNVERIFIED, 0);
+    dns_agent_expire(d, 1 * SEC + 5000); /* the stats as of now */
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.tcp_not_next, 3);
+    cr_assert_eq(st.tracker.collisions, 0, "the retransmission was taken as a query");
+    cr_assert_eq(st.tracker.unmatched, 0, "the copy was taken as an answer");
+    cr_assert_eq(ngot, 1);
 
-    /* The next bytes of the socket but not of the held message: what lay between was never
-     * seen; the held message is dropped, counted, and the segment taken on its own. */
+    /* Two answers, the first one's segment lost: the second waits for its retransmission. */
     reset();
+    connection_next();
+    qn = an = 0;
+    tcp_append(qs, &qn, one, message(one, 0x402, "p1.example", NULL, 0));
+    tcp_append(qs, &qn, one, message(one, 0x403, "p2.example", NULL, 0));
+    tcp_append(as, &an, one, message(one, 0x402, "p1.example", "10.0.0.2", 0));
+    size_t first = an;
+    tcp_append(as, &an, one, message(one, 0x403, "p2.example", "10.0.0.3", 0));
+    tcp_part(d, false, qs, 0, qn, 2 * SEC);
+    tcp_part_as(d, true, as, first, an, 2 * SEC + 1000, DNS_TCP_AHEAD, 0);
+    cr_assert_eq(ngot, 0, "an answer taken before the gap was filled");
+    tcp_part(d, true, as, 0, first, 2 * SEC + 2000); /* the retransmission */
+    cr_assert_eq(ngot, 2);
+    cr_assert_str_eq(got[0].u.dns.answers, "10.0.0.2");
+    cr_assert_str_eq(got[1].u.dns.answers, "10.0.0.3");
+
+    /* One answer in three segments, the middle one lost, then retransmitted with the rest. */
+    reset();
+    connection_next();
+    qn = an = 0;
+    tcp_append(qs, &qn, one, message(one, 0x404, "mid.example", NULL, 0));
+    tcp_append(as, &an, one, message(one, 0x404, "mid.example", "10.0.0.4", 0));
+    tcp_part(d, false, qs, 0, qn, 3 * SEC);
+    tcp_part(d, true, as, 0, 10, 3 * SEC + 1000);
+    tcp_part_as(d, true, as, 20, an, 3 * SEC + 2000, DNS_TCP_AHEAD, 10);
+    tcp_part_as(d, true, as, 0, 20, 3 * SEC + 3000, DNS_TCP_NEXT, 10); /* old and new bytes */
+    cr_assert_eq(ngot, 1);
+    cr_assert_str_eq(got[0].u.dns.answers, "10.0.0.4");
+
+    /* The socket past bytes never seen here (rate-limited): the held message is lost, counted,
+     * and what follows is taken. */
+    reset();
+    connection_next();
     qn = 0;
-    tcp_append(qs, &qn, one, message(one, 0x403, "gap.example", NULL, 0));
-    size_t first = qn;
-    tcp_append(qs, &qn, one, message(one, 0x404, "after.example", NULL, 0));
+    tcp_append(qs, &qn, one, message(one, 0x405, "gap.example", NULL, 0));
+    first = qn;
+    tcp_append(qs, &qn, one, message(one, 0x406, "after.example", NULL, 0));
+    dns_agent_expire(d, 4 * SEC);
+    dns_agent_get_stats(d, &st);
     uint64_t dropped = st.tcp_partial_dropped;
-    tcp_part(d, false, qs, 0, 5, 3 * SEC);
-    tcp_part(d, false, qs, first, qn, 3 * SEC + 1000); /* [5, first) never came */
-    dns_agent_expire(d, 3 * SEC + 2000);
+    tcp_part(d, false, qs, 0, 5, 4 * SEC);
+    tcp_part(d, false, qs, first, qn, 4 * SEC + 1000); /* [5, first) never came */
+    dns_agent_expire(d, 4 * SEC + 2000);
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.tcp_partial_dropped, dropped + 1);
     cr_assert_eq(st.tracker.pending, 1, "after.example is pending");
+
+    /* A gap never filled: what waited past it is lost, counted, once the socket goes quiet. */
+    tcp_part_as(d, true, as, 20, an, 4 * SEC + 3000, DNS_TCP_AHEAD, 0);
+    dns_agent_expire(d, 30 * SEC);
+    dns_agent_get_stats(d, &st);
+    cr_assert_eq(st.tcp_partial_dropped, dropped + 2);
     reset();
+    connection_next();
     dns_agent_free(d);
 }
 

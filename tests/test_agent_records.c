@@ -1163,7 +1163,9 @@ Test(records, dns_malformed_records_are_counted)
     r->tcp_order = DNS_TCP_NONE;
     dns_malformed(r, sizeof(*r), "dns record of protocol 6 with TCP order 0");
     r->tcp_order = DNS_TCP_ORDER_MAX + 1;
-    dns_malformed(r, sizeof(*r), "dns record of protocol 6 with TCP order 4");
+    snprintf(want, sizeof(want), "dns record of protocol 6 with TCP order %d",
+             DNS_TCP_ORDER_MAX + 1);
+    dns_malformed(r, sizeof(*r), want);
     r->protocol = IPPROTO_UDP;
     r->tcp_order = DNS_TCP_NONE;
     r->payload_len = r->message_len = 24;

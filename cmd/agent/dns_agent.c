@@ -41,11 +41,36 @@ struct tcp_stream {
     bool used;
     struct records_dns first; /* the first segment's record (its payload not kept) */
     uint64_t last_boot_ns;
-    uint32_t next_seq; /* the sequence number of the segment that continues it */
-    size_t want;       /* 2 + the message's length, once the prefix is held (else 0) */
-    size_t taken;      /* bytes of the message seen so far (held, or past TCP_HOLD) */
+    size_t want;  /* 2 + the message's length, once the prefix is held (else 0) */
+    size_t taken; /* bytes of the message seen so far (held, or past TCP_HOLD) */
     size_t held;
     uint8_t buf[TCP_HOLD];
+};
+
+/*
+ * Where each socket's stream stands, per direction (its queries, its answers):
+ * the sequence number of the next byte to take, and segments that came past a
+ * gap (TCP keeps them out of order until the gap is filled, and they never pass
+ * the capture again), taken once it is. TCP_CONNS at once (the least recently
+ * fed dropped for a new one), TCP_AHEAD segments each, TCP_STREAM_TTL_NS each;
+ * what never fits counts as lost messages (tcp_partial_dropped).
+ */
+#define TCP_CONNS 64
+#define TCP_AHEAD 4
+
+struct tcp_ahead {
+    bool used;
+    struct records_dns r; /* r.payload points at data */
+    uint8_t data[DNS_RECORD_PAYLOAD_MAX];
+};
+
+struct tcp_conn {
+    bool used;
+    bool answer;
+    uint64_t cookie;
+    uint32_t next; /* the next byte's sequence number */
+    uint64_t last_boot_ns;
+    struct tcp_ahead ahead[TCP_AHEAD];
 };
 
 /* One /metrics series: the queries of one (namespace, workload). */
@@ -67,6 +92,7 @@ struct dns_agent {
     uint64_t messages, suppressed, truncated; /* capture thread */
     uint64_t tcp_reassembled, tcp_partial_dropped, tcp_not_next;
     struct tcp_stream streams[TCP_STREAMS];
+    struct tcp_conn conns[TCP_CONNS];
     pthread_mutex_t lock; /* guards what follows */
     struct dns_agent_stats snapshot;
     struct series *series; /* open addressing, cap + 1 slots (the last for ~other) */
@@ -255,7 +281,6 @@ static void stream_feed(struct dns_agent *d, struct tcp_stream *s, const struct 
         }
     }
     s->last_boot_ns = m->boot_ns;
-    s->next_seq = m->tcp_seq + (uint32_t)m->wire_len;
     if (!s->want || s->taken < s->want)
         return; /* more to come */
     /* A query is sent when its first byte is; an answer is in when its last byte is. */
@@ -266,35 +291,16 @@ static void stream_feed(struct dns_agent *d, struct tcp_stream *s, const struct 
 }
 
 /*
- * TCP: the segment continues this socket's unfinished message, if any; then
- * it may carry several length-prefixed messages (a resolver that pipelines
- * its queries, a server answering them together), each taken in turn, and
- * start one that ends in a later segment (held, stream_feed()).
+ * Takes a segment's bytes from skip on (those before were taken): they continue the socket's
+ * unfinished message, if any; then they may carry several length-prefixed messages (a resolver
+ * that pipelines its queries, a server answering them together), each taken in turn, and start
+ * one that ends in a later segment (held, stream_feed()).
  */
-static void tcp_segment(struct dns_agent *d, const struct records_dns *m)
+static void segment_take(struct dns_agent *d, const struct records_dns *m, size_t skip)
 {
     struct tcp_stream *s = stream_find(d, m);
-    size_t off = 0;
+    size_t off = skip;
 
-    /*
-     * Only a stream's next bytes (the kernel compared the segment's sequence number with its
-     * socket's): not a retransmission or a duplicate, which would be taken twice, nor a
-     * segment TCP itself throws away (out of the window: forged), whose "answer" the
-     * client never saw. One the kernel could not check must continue its unfinished
-     * message, if any.
-     */
-    if (m->tcp_order == DNS_TCP_NOT_NEXT ||
-        (s && m->tcp_order == DNS_TCP_UNVERIFIED && m->tcp_seq != s->next_seq)) {
-        d->tcp_not_next++;
-        return;
-    }
-    if (s && m->tcp_seq != s->next_seq) {
-        /* The socket's next bytes, but not the message's: bytes between were never seen
-         * (rate-limited, or lost with a full ring). */
-        s->used = false;
-        d->tcp_partial_dropped++;
-        s = NULL;
-    }
     if (s)
         stream_feed(d, s, m, &off);
     while (off < m->wire_len) {
@@ -323,6 +329,130 @@ static void tcp_segment(struct dns_agent *d, const struct records_dns *m)
     }
 }
 
+static struct tcp_conn *conn_find(struct dns_agent *d, const struct records_dns *m)
+{
+    for (size_t i = 0; i < TCP_CONNS; i++) {
+        struct tcp_conn *k = &d->conns[i];
+        if (k->used && k->cookie == m->cookie && k->answer == m->answer)
+            return k;
+    }
+    return NULL;
+}
+
+/* Forgets what k holds past a gap: messages lost. */
+static void conn_drop_ahead(struct dns_agent *d, struct tcp_conn *k)
+{
+    for (size_t i = 0; i < TCP_AHEAD; i++) {
+        if (k->ahead[i].used)
+            d->tcp_partial_dropped++;
+        k->ahead[i].used = false;
+    }
+}
+
+/* A free place, or the least recently fed socket's (what it held past a gap is lost). */
+static struct tcp_conn *conn_new(struct dns_agent *d, const struct records_dns *m)
+{
+    struct tcp_conn *k = &d->conns[0];
+    for (size_t i = 0; i < TCP_CONNS; i++) {
+        if (!d->conns[i].used) {
+            k = &d->conns[i];
+            break;
+        }
+        if (d->conns[i].last_boot_ns < k->last_boot_ns)
+            k = &d->conns[i];
+    }
+    if (k->used)
+        conn_drop_ahead(d, k);
+    k->used = true;
+    k->cookie = m->cookie;
+    k->answer = m->answer;
+    return k;
+}
+
+/* Keeps a segment that came past a gap until the gap is filled (or counts it lost). */
+static void conn_hold_ahead(struct dns_agent *d, struct tcp_conn *k, const struct records_dns *m)
+{
+    for (size_t i = 0; i < TCP_AHEAD; i++) {
+        struct tcp_ahead *a = &k->ahead[i];
+        if (a->used && a->r.tcp_seq != m->tcp_seq)
+            continue;
+        if (a->used && a->r.wire_len >= m->wire_len)
+            return; /* a copy of one held */
+        a->used = true;
+        a->r = *m;
+        memcpy(a->data, m->payload, m->payload_len);
+        a->r.payload = a->data;
+        return;
+    }
+    d->tcp_partial_dropped++;
+}
+
+/* Takes m's bytes past k->next, and then what was held past the gap it fills. */
+static void conn_take(struct dns_agent *d, struct tcp_conn *k, const struct records_dns *m)
+{
+    uint32_t skip = k->next - m->tcp_seq; /* m starts at or before k->next */
+
+    if (skip >= m->wire_len) {
+        d->tcp_not_next++; /* all taken already: a retransmission or a duplicate */
+        return;
+    }
+    segment_take(d, m, skip);
+    k->next = m->tcp_seq + (uint32_t)m->wire_len;
+    for (bool more = true; more;) {
+        more = false;
+        for (size_t i = 0; i < TCP_AHEAD; i++) {
+            struct tcp_ahead *a = &k->ahead[i];
+            if (!a->used || (int32_t)(a->r.tcp_seq - k->next) > 0)
+                continue;
+            a->used = false;
+            if ((int32_t)(a->r.tcp_seq + (uint32_t)a->r.wire_len - k->next) <= 0) {
+                d->tcp_not_next++;
+                continue;
+            }
+            segment_take(d, &a->r, k->next - a->r.tcp_seq);
+            k->next = a->r.tcp_seq + (uint32_t)a->r.wire_len;
+            more = true;
+        }
+    }
+}
+
+/*
+ * TCP: each socket's bytes are taken once and in order, by their sequence numbers (the
+ * kernel said where each segment stood against the socket's next byte when it saw it). A
+ * retransmission or a duplicate is skipped, and so is a segment TCP itself throws away (out of
+ * the window: forged), whose "answer" the client never saw (counted in tcp_not_next); a
+ * segment past a gap waits for the one that fills it.
+ */
+static void tcp_segment(struct dns_agent *d, const struct records_dns *m)
+{
+    if (m->tcp_order == DNS_TCP_OLD || m->tcp_order == DNS_TCP_OUT_OF_WINDOW) {
+        d->tcp_not_next++;
+        return;
+    }
+    struct tcp_conn *k = conn_find(d, m);
+    if (k == NULL) {
+        k = conn_new(d, m);
+        /* Its first segment seen: the socket's next byte as the kernel had it (where a
+         * retransmission's new bytes start, or the gap before one ahead), or the segment's. */
+        k->next = m->tcp_order == DNS_TCP_UNVERIFIED ? m->tcp_seq : m->tcp_next;
+    } else if (m->tcp_order == DNS_TCP_NEXT && (int32_t)(m->tcp_next - k->next) > 0) {
+        /* The socket is past bytes never seen here (rate-limited, or lost with a full ring):
+         * what was held is lost, and the stream goes on from the kernel's next byte. */
+        struct tcp_stream *s = stream_find(d, m);
+        if (s) {
+            s->used = false;
+            d->tcp_partial_dropped++;
+        }
+        conn_drop_ahead(d, k);
+        k->next = m->tcp_next;
+    }
+    k->last_boot_ns = m->boot_ns;
+    if ((int32_t)(m->tcp_seq - k->next) > 0)
+        conn_hold_ahead(d, k, m);
+    else
+        conn_take(d, k, m);
+}
+
 void dns_agent_message(struct dns_agent *d, const struct records_dns *m)
 {
     d->messages++;
@@ -345,6 +475,13 @@ void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns)
         if (s->used && now_boot_ns > s->last_boot_ns + TCP_STREAM_TTL_NS) {
             s->used = false;
             d->tcp_partial_dropped++;
+        }
+    }
+    for (size_t i = 0; i < TCP_CONNS; i++) {
+        struct tcp_conn *k = &d->conns[i];
+        if (k->used && now_boot_ns > k->last_boot_ns + TCP_STREAM_TTL_NS) {
+            conn_drop_ahead(d, k); /* its gap was never filled */
+            k->used = false;
         }
     }
     dns_tracker_expire(d->tracker, now_boot_ns, emit_timeout, d);
@@ -578,8 +715,8 @@ void dns_agent_metrics(struct dns_agent *d, uint64_t kernel_suppressed, struct b
     api_metric(b, "ebpf_agent_dns_suppressed_total", "counter",
                "DNS messages not captured because of DNS_RATE_LIMIT.", s.suppressed);
     api_metric(b, "ebpf_agent_dns_tcp_not_next_total", "counter",
-               "DNS-over-TCP segments skipped: not their stream's next bytes (retransmitted, "
-               "duplicated, or out of the window).",
+               "DNS-over-TCP segments skipped: only bytes already taken (retransmitted, "
+               "duplicated) or outside the TCP window (forged).",
                s.tcp_not_next);
     api_metric(b, "ebpf_agent_dns_pending", "gauge", "DNS queries awaiting their answer.",
                s.tracker.pending);

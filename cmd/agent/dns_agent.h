@@ -69,7 +69,7 @@ struct dns_agent_stats {
     uint64_t truncated;           /* messages the capture copied only in part */
     uint64_t tcp_reassembled;     /* TCP messages taken from more than one segment */
     uint64_t tcp_partial_dropped; /* TCP messages whose end never came (or evicted) */
-    uint64_t tcp_not_next;        /* TCP segments skipped: not their stream's next bytes */
+    uint64_t tcp_not_next;        /* TCP segments skipped: bytes taken already, or out of window */
     uint64_t series;              /* (namespace, workload) series on /metrics */
     uint64_t series_folded;       /* events counted in a ~other series */
 };

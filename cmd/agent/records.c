@@ -273,6 +273,7 @@ static int decode_dns(const struct records_decoder *d, const struct dns_record *
     out->wire_len = r->message_len;
     out->truncated = r->payload_len < r->message_len;
     out->tcp_seq = r->tcp_seq;
+    out->tcp_next = r->tcp_next;
     out->tcp_order = r->tcp_order;
     return 0;
 }

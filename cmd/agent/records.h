@@ -71,6 +71,7 @@ struct records_dns {
     size_t wire_len;   /* the packet's payload bytes: payload_len, or more when truncated */
     bool truncated;    /* the packet carried more than payload_len bytes */
     uint32_t tcp_seq;  /* TCP: the segment's sequence number */
+    uint32_t tcp_next; /* TCP: the socket's next one when the kernel saw it (dns_events.h) */
     uint8_t tcp_order; /* enum dns_tcp_order (DNS_TCP_NONE for UDP) */
 };
 
