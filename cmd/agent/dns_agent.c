@@ -380,7 +380,13 @@ static void conn_hold_ahead(struct dns_agent *d, struct tcp_conn *k, const struc
             return; /* a copy of one held */
         a->used = true;
         a->r = *m;
-        memcpy(a->data, m->payload, m->payload_len);
+        /* At most a record's room (records_decode_dns() checked it): what goes past, if
+         * anything ever did, counts as not copied. */
+        if (a->r.payload_len > sizeof(a->data)) {
+            a->r.payload_len = sizeof(a->data);
+            a->r.truncated = true;
+        }
+        memcpy(a->data, m->payload, a->r.payload_len);
         a->r.payload = a->data;
         return;
     }

@@ -6,8 +6,10 @@
  * holds more than its bounds, and every event it makes is well formed.
  *
  * The input is a list of segments: a control byte (bit 0: an answer; bits 1-2:
- * which of four sockets; bit 3: the packet carried more than was copied), a
- * length byte, then that many payload bytes.
+ * which of four sockets; bit 3: the packet carried more than was copied; bits
+ * 4-6: where the kernel found it in its stream: next, next, next, past a gap,
+ * a copy of old bytes, unchecked, past the window, a retransmission carrying
+ * new bytes), a length byte, then that many payload bytes.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -32,6 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * with everything it left pending expired, on a clock that only goes forward. */
     static struct dns_agent *d;
     static uint64_t t = 1000000000ull;
+    static uint32_t stream_next[4][2]; /* each socket's next byte, per direction */
 
     if (!d) {
         struct dns_agent_config cfg = {
@@ -63,6 +66,35 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                 .payload_len = len,
                                 .wire_len = len + (ctl & 8 ? 300 : 0),
                                 .truncated = (ctl & 8) != 0};
+        uint32_t *next = &stream_next[(ctl >> 1) & 3][ctl & 1], wire = (uint32_t)r.wire_len;
+        r.tcp_next = *next;
+        r.tcp_seq = *next;
+        r.tcp_order = DNS_TCP_NEXT;
+        switch ((ctl >> 4) & 7) {
+        case 3: /* past a gap of 7 bytes */
+            r.tcp_seq = *next + 7;
+            r.tcp_order = DNS_TCP_AHEAD;
+            break;
+        case 4: /* the bytes just before the next */
+            r.tcp_seq = *next - wire;
+            r.tcp_order = DNS_TCP_OLD;
+            break;
+        case 5:
+            r.tcp_order = DNS_TCP_UNVERIFIED;
+            *next += wire;
+            break;
+        case 6:
+            r.tcp_seq = *next + 100000;
+            r.tcp_order = DNS_TCP_OUT_OF_WINDOW;
+            break;
+        case 7: /* 3 old bytes, then new ones */
+            r.tcp_seq = *next - 3;
+            *next = r.tcp_seq + wire;
+            break;
+        default:
+            *next += wire;
+            break;
+        }
         dns_agent_message(d, &r);
         free(seg);
         data += len;
