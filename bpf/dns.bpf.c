@@ -21,12 +21,13 @@
 #include "dns_events.h"
 #include "common.bpf.h"
 
-#define ETH_P_IP    0x0800
-#define ETH_P_IPV6  0x86DD
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define IP_MF       0x2000
-#define IP_OFFSET   0x1fff
+#define ETH_P_IP     0x0800
+#define ETH_P_IPV6   0x86DD
+#define IPPROTO_TCP  6
+#define IPPROTO_UDP  17
+#define IP_MF        0x2000
+#define TCP_FLAG_SYN 0x02
+#define IP_OFFSET    0x1fff
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -170,7 +171,7 @@ static __always_inline int emit(struct __sk_buff *skb, const struct dns_msg *m,
  * looks at the segment: in order it starts at rcv_nxt, unless a task holds the socket and
  * earlier segments wait in its backlog.
  */
-static __always_inline void tcp_place(struct __sk_buff *skb, struct dns_msg *m)
+static __always_inline void tcp_place(struct __sk_buff *skb, struct dns_msg *m, bool syn)
 {
     struct bpf_sock *sk = skb->sk;
     struct tcp_sock *tp = sk ? bpf_skc_to_tcp_sock(sk) : NULL;
@@ -183,6 +184,13 @@ static __always_inline void tcp_place(struct __sk_buff *skb, struct dns_msg *m)
     }
     owned = tp->inet_conn.icsk_inet.sk.sk_lock.owned;
     m->tcp_unowned = !owned;
+    if (syn) {
+        /* Data on a SYN (TCP Fast Open): the stream's first bytes, after the SYN's number. */
+        m->tcp_seq++;
+        m->tcp_next = m->tcp_seq;
+        m->tcp_order = DNS_TCP_NEXT;
+        return;
+    }
     /* Sequence numbers wrap: compared as differences. */
     __u32 next = m->direction == DNS_DIR_QUERY ? tp->snd_nxt : tp->rcv_nxt;
     __s32 start = (__s32)(m->tcp_seq - next), end = (__s32)(m->tcp_seq + m->len - next);
@@ -255,14 +263,14 @@ static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 f
     } else {
         struct {
             __be32 seq, ack;
-            __u8 doff;
+            __u8 doff, flags;
         } th;
 
-        if (l4_off > 60 || data + l4_off + 13 > end) {
-            if (bpf_skb_load_bytes(skb, l4_off + 4, &th, 9))
+        if (l4_off > 60 || data + l4_off + 14 > end) {
+            if (bpf_skb_load_bytes(skb, l4_off + 4, &th, 10))
                 return 1;
         } else {
-            __builtin_memcpy(&th, data + l4_off + 4, 9);
+            __builtin_memcpy(&th, data + l4_off + 4, 10);
         }
         doff = th.doff;
         m.off = l4_off + (doff >> 4) * 4;
@@ -270,7 +278,7 @@ static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 f
             return 1; /* TCP handshake, ACKs, FIN: no message */
         m.tcp_seq = bpf_ntohl(th.seq);
         m.len = skb_len - m.off;
-        tcp_place(skb, &m);
+        tcp_place(skb, &m, th.flags & TCP_FLAG_SYN);
     }
     if (m.off >= skb_len)
         return 1; /* no message */

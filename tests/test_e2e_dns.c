@@ -1318,6 +1318,68 @@ Test(e2e_dns, a_tcp_answer_forged_outside_the_window_is_not_taken, .fini = stop_
 }
 
 /*
+ * A TCP query sent with its SYN (TCP Fast Open, without a cookie: the server, which does not
+ * take data on a SYN, gets it again after the handshake), then a second one on the connection:
+ * each answered, its process named; the copy after the handshake is skipped as bytes already
+ * taken, and the second query's bytes follow the SYN's data (which comes after the SYN's own
+ * sequence number).
+ */
+Test(e2e_dns, a_tcp_fast_open_query_and_the_next_on_its_connection_make_their_events,
+     .fini = stop_all, .timeout = 90)
+{
+    const char *knob = "/proc/sys/net/ipv4/tcp_fastopen";
+    char *saved = tu_read_file(knob);
+    cr_assert_not_null(saved);
+    FILE *f = fopen(knob, "w");
+    cr_assert_not_null(f);
+    fputs("5", f); /* client on, and without a cookie: data on every SYN */
+    fclose(f);
+    monitor_up("dns-tfo-node");
+    uint8_t q[300], a[1024];
+    size_t qn = make_query(q + 2, 0x5d5d, "a.test");
+    q[0] = (uint8_t)(qn >> 8), q[1] = (uint8_t)qn;
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)dnsmasq.port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ssize_t sent = sendto(fd, q, qn + 2, MSG_FASTOPEN, (struct sockaddr *)&to, sizeof(to));
+    int err = errno;
+    f = fopen(knob, "w");
+    if (f) {
+        fputs(saved, f);
+        fclose(f);
+    }
+    free(saved);
+    cr_assert_eq(sent, (ssize_t)(qn + 2), "sendto(MSG_FASTOPEN): %s", strerror(err));
+    /* Then a second query on the connection: its bytes follow the SYN's data. */
+    for (int k = 0; k < 2; k++) {
+        size_t got = 0;
+        for (ssize_t r; (got < 2 || got < 2 + ((size_t)a[0] << 8 | a[1])) &&
+                        (r = recv(fd, a + got, sizeof(a) - got, 0)) > 0;)
+            got += (size_t)r;
+        cr_assert_gt(got, 2, "no answer to query %d", k);
+        if (k == 0) {
+            qn = make_query(q + 2, 0x5d5e, "www.test");
+            q[0] = (uint8_t)(qn >> 8), q[1] = (uint8_t)qn;
+            cr_assert_eq(send(fd, q, qn + 2, 0), (ssize_t)(qn + 2));
+        }
+    }
+    close(fd);
+    const char *names[] = {"a.test", "www.test"};
+    for (unsigned k = 0; k < 2; k++) {
+        json_t *ev = wait_dns(agent.port, names[k], 0x5d5d + k);
+        cr_assert_str_eq(tu_jstr(ev, "status"), "answered", "%s", names[k]);
+        cr_assert_str_eq(tu_jstr(ev, "protocol"), "tcp");
+        cr_assert_eq(tu_jint(ev, "pid"), getpid());
+        json_decref(ev);
+    }
+    /* One event each: the copy after the handshake made no second query (a retry). */
+    cr_assert_eq(count_of(agent.port, "/api/events?type=dns&limit=100"), 2);
+}
+
+/*
  * A TCP segment whose first message is longer than classic UDP's 512 bytes (an EDNS-padded
  * query) and goes on with another: both are seen, each makes its event.
  */
