@@ -592,6 +592,63 @@ Test(aggregator_cluster, a_killed_replica_makes_answers_partial_until_it_expires
     check(tu_mono_ms() - killed >= CLUSTER_PEER_TTL_MS - CLUSTER_HEARTBEAT_MS, "expired too early");
 }
 
+/* One handed-over flows chunk, sent as a leaving replica does, at sent_ns; whether taken. */
+static bool offer_flows_chunk(uint16_t port, uint64_t sent_ns)
+{
+    uint64_t now = tu_now_ns();
+    char chunk[1024], sent[24];
+    snprintf(chunk, sizeof(chunk),
+             "{\"minutes\":[[%" PRIu64 ",{\"s\":[null,\"curl\",\"Process\",null,\"vm\",null,"
+             "null,null],\"d\":[null,null,null,null,null,null,null,\"10.0.0.9\"],\"k\":[%u,6],"
+             "\"c\":[3,3,0,0,0,0,0,%" PRIu64 ",%" PRIu64 ",0],\"e\":{},\"h\":[2,3]}]]}",
+             (uint64_t)(now / 60000000000ull), (unsigned)port, now, now);
+    snprintf(sent, sizeof(sent), "%" PRIu64, sent_ns);
+    natsMsg *req = NULL, *reply = NULL;
+    check(natsMsg_Create(&req, "ebpf.control.ebpf-aggregator.handover", NULL, chunk,
+                         (int)strlen(chunk)) == NATS_OK,
+          "natsMsg_Create");
+    natsMsgHeader_Set(req, "Ebpf-Handover", "flows");
+    natsMsgHeader_Set(req, "Ebpf-Sent-At", sent);
+    natsStatus s = natsConnection_RequestMsg(&reply, pub, req, 3000);
+    natsMsg_Destroy(req);
+    check(s == NATS_OK, "no replica answered the chunk: %s", natsStatus_GetText(s));
+    json_t *j = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
+    bool taken = json_is_true(json_object_get(j, "taken"));
+    json_decref(j);
+    natsMsg_Destroy(reply);
+    return taken;
+}
+
+/* The connections the cluster's /api/flows counts to 10.0.0.9:port. */
+static json_int_t flows_to(uint16_t port)
+{
+    json_t *j = get(agg_port[0], "/api/flows?group_by=pod&limit=100000"), *e;
+    json_int_t n = 0;
+    size_t i;
+    json_array_foreach(json_object_get(j, "edges"), i, e)
+    {
+        json_t *dst = json_object_get(e, "destination");
+        if (jint(e, "port") == port &&
+            json_equal(json_object_get(dst, "ip"), json_string("10.0.0.9")))
+            n += jint(e, "connections");
+    }
+    json_decref(j);
+    return n;
+}
+
+/*
+ * A chunk of a leaving replica's flow minutes that reaches a replica late (one stopped, then
+ * resumed, with the request queued) is declined: the leaver stopped waiting for it, and sent
+ * it elsewhere or counted it as departed. A fresh one is merged, once.
+ */
+Test(aggregator_cluster, a_late_flows_chunk_is_declined_a_fresh_one_merged)
+{
+    check(!offer_flows_chunk(4242, tu_now_ns() - 5000000000ull), "a 5 s old chunk was taken");
+    check(flows_to(4242) == 0, "a declined chunk was merged");
+    check(offer_flows_chunk(4242, tu_now_ns()), "a fresh chunk was declined");
+    check(flows_to(4242) == 3, "the chunk's 3 connections: %lld", (long long)flows_to(4242));
+}
+
 /* ---- a client that heartbeats as a replica and answers with whatever it likes ---- */
 
 #define FAKE_ID      "f0f0f0f0f0f0f0f0"

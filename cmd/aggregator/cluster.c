@@ -36,6 +36,11 @@
 #define CLUSTER_HDR_FLOW_MINUTES "Ebpf-Flow-Minutes"
 /* On a handover request, "flows": a chunk of the leaver's flow minutes (not its node table). */
 #define CLUSTER_HDR_HANDOVER "Ebpf-Handover"
+/* On a chunk: when the leaver sent it (ns since the epoch, its clock). A chunk older than
+ * CLUSTER_HANDOVER_FRESH_MS when a replica gets it (one that was stopped, then resumed) is
+ * declined: the leaver stopped waiting for it and sent it elsewhere or counted it. */
+#define CLUSTER_HDR_SENT          "Ebpf-Sent-At"
+#define CLUSTER_HANDOVER_FRESH_MS 1000
 /* Flow minutes handed over: chunks of at most this (or the server's max payload), this much in
  * all, for this long; the rest leaves with the replica, counted. */
 #define CLUSTER_FLOWS_CHUNK        (512 * 1024)
@@ -770,7 +775,12 @@ int cluster_flows(struct cluster *c, const char *qs, size_t qslen, const struct 
             gather_start(c, &op, c->subj_flows, req.data, req.len, peers);
         buf_free(&req);
     }
-    rc = flows_query(c->a->flows, q, out);
+    /* Leaving, its minutes are on their way to the peers, which count them: its own share is
+     * not added again, and the answer says it is partial (this replica did not answer). */
+    bool left = has_left(c);
+    if (left)
+        memset(out, 0, sizeof(*out));
+    rc = left ? 0 : flows_query(c->a->flows, q, out);
     if (rc == 0) {
         /* The answers merge into this replica's edges as they are taken. */
         got = gather_finish(c, &op, on_flows_reply, &g);
@@ -783,7 +793,7 @@ int cluster_flows(struct cluster *c, const char *qs, size_t qslen, const struct 
         flows_result_free(&g.partial[i].edges);
     free(g.partial);
     flows_result_finish(out, q->status, q->limit);
-    *answered = 1 + got;
+    *answered = (left ? 0 : 1) + got;
     *expected = 1 + peers > *answered ? 1 + peers : *answered;
     return rc;
 }
@@ -814,7 +824,8 @@ static void handle_flows(struct cluster *c, natsConnection *nc, natsMsg *msg)
 
     if (reply == NULL || reply[0] == '\0' || id == NULL || !json_is_string(qv) ||
         !json_is_integer(since) || !json_is_integer(until) || json_integer_value(since) < 0 ||
-        json_integer_value(until) < json_integer_value(since) || strcmp(id, c->a->replica) == 0)
+        json_integer_value(until) < json_integer_value(since) || strcmp(id, c->a->replica) == 0 ||
+        has_left(c)) /* leaving: its minutes are going to the peers, which count them */
         goto done;
     struct flows_emit to = {.nc = nc, .reply = reply};
     const char *error = NULL;
@@ -1157,19 +1168,25 @@ static uint64_t hand_over_flows(struct cluster *c)
             natsMsg *req = NULL, *reply = NULL;
             natsStatus s = natsMsg_Create(&req, c->subj_handover, NULL, chunks[sent].json.data,
                                           (int)chunks[sent].json.len);
+            char sent_at[24];
+            snprintf(sent_at, sizeof(sent_at), "%" PRIu64, clock_realtime_ns());
             if (s == NATS_OK)
                 s = natsMsgHeader_Set(req, CLUSTER_HDR_HANDOVER, "flows");
             if (s == NATS_OK)
+                s = natsMsgHeader_Set(req, CLUSTER_HDR_SENT, sent_at);
+            /* Waits no longer than a taker may take it: one that answers later declined. */
+            if (s == NATS_OK)
                 s = natsConnection_RequestMsg(&reply, bus_conn(c->bus), req,
-                                              CLUSTER_HANDOVER_WAIT_MS);
+                                              CLUSTER_HANDOVER_FRESH_MS);
             natsMsg_Destroy(req);
             alone = s == NATS_NO_RESPONDERS;
             taken = s == NATS_OK && handover_taken(reply, to, sizeof(to));
             natsMsg_Destroy(reply);
         }
-        if (!taken)
-            break;
-        handed += chunks[sent].minutes;
+        if (taken)
+            handed += chunks[sent].minutes;
+        else
+            left += chunks[sent].minutes; /* the next one may find a replica that answers */
     }
     for (size_t i = sent; i < n; i++)
         left += chunks[i].minutes;
@@ -1266,9 +1283,14 @@ static void handle_handover(struct cluster *c, natsConnection *nc, natsMsg *msg)
     const char *kind = NULL;
     if (natsMsgHeader_Get(msg, CLUSTER_HDR_HANDOVER, &kind) == NATS_OK && kind &&
         strcmp(kind, "flows") == 0) {
-        /* A chunk of its flow minutes: they go on being counted here. */
-        uint64_t merged = 0;
-        if (!has_left(c)) {
+        /* A chunk of its flow minutes: they go on being counted here, unless the leaver has
+         * stopped waiting for this one (it went elsewhere, or counts as departed). */
+        uint64_t merged = 0, sent_at = 0;
+        header_count(msg, CLUSTER_HDR_SENT, &sent_at);
+        uint64_t now = clock_realtime_ns();
+        bool fresh = sent_at > 0 &&
+                     (sent_at >= now || (now - sent_at) / 1000000 < CLUSTER_HANDOVER_FRESH_MS);
+        if (!has_left(c) && fresh) {
             int rc = flows_handover_merge(c->a->flows, natsMsg_GetData(msg),
                                           (size_t)natsMsg_GetDataLength(msg), clock_realtime_ns(),
                                           &merged);

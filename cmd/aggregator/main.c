@@ -223,8 +223,9 @@ out:
         bus_set_listener(a.bus, NULL, NULL); /* log_ready() reads the cluster freed below */
         ingest_stop(&a, AGGREGATOR_DRAIN_MS);
     }
+    /* What is still held is stored unjoined, and counted into the flows handed over next. */
+    join_release(&a, UINT64_MAX);
     cluster_leave(a.cluster);
-    join_release(&a, UINT64_MAX); /* what is still held is stored unjoined */
     aggregator_api_stop(&a);
     /* log_ready() also tells the stream's clients, through the server freed next. */
     if (a.cluster)
