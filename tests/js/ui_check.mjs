@@ -586,10 +586,18 @@ await step('Map says when the server kept only the busiest edges', async () => {
     s.close();
   }
   await openView(page, 'map');
-  await page.waitForFunction((n) => {
-    const m = /the busiest 1000 of (\d+) edges/.exec(document.querySelector('#map-status').textContent);
-    return m && Number(m[1]) >= n && document.querySelector('#map-status').classList.contains('cut');
-  }, N, { timeout: 30000 });
+  try {
+    await page.waitForFunction((n) => {
+      const m = /the busiest 1000 of (\d+) edges/.exec(document.querySelector('#map-status').textContent);
+      return m && Number(m[1]) >= n && document.querySelector('#map-status').classList.contains('cut');
+    }, N, { timeout: 60000 });
+  } catch (e) {
+    // What the page and the API said instead, to tell a slow pipeline from a wrong count.
+    const shown = await page.$eval('#map-status', (st) => st.textContent + ' [' + st.className + ']');
+    const api = await (await fetch(AGG + '/api/flows', { headers: { authorization: 'Bearer ' + TOKEN } })).json();
+    throw new Error(e.message + '; the page: ' + shown + '; the API: count ' + api.count + ', total_count ' +
+      api.total_count + ', partial ' + api.partial);
+  }
   const text = await page.$eval('#map-status', (st) => st.textContent);
   const api = await (await fetch(AGG + '/api/flows', { headers: { authorization: 'Bearer ' + TOKEN } })).json();
   assert(api.count === 1000 && api.total_count >= N, 'the API: count ' + api.count + ', total_count ' + api.total_count);
