@@ -791,18 +791,27 @@ static bool is_timeout_of(json_t *ev, void *arg)
            strcmp(tu_jstr(ev, "status"), "timeout") == 0;
 }
 
+/* A TCP socket for dnsmasq at *to, its reads given up after 5 s. */
+static int dnsmasq_tcp_socket(struct sockaddr_in *to)
+{
+    *to = (struct sockaddr_in){.sin_family = AF_INET,
+                               .sin_port = htons((uint16_t)dnsmasq.port),
+                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    return fd;
+}
+
 /* Writes the n bytes of seg (length-prefixed queries) to dnsmasq over TCP in one write and
  * reads back answers messages, however they are cut into segments. */
 static void tcp_exchange(const uint8_t *seg, size_t n, int answers_wanted)
 {
     uint8_t buf[8192];
     size_t got = 0;
-    struct sockaddr_in to = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)dnsmasq.port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    struct sockaddr_in to;
+    int fd = dnsmasq_tcp_socket(&to);
     cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0, "%s", strerror(errno));
     cr_assert_eq(send(fd, seg, n, 0), (ssize_t)n, "one write");
     for (int answers = 0; answers < answers_wanted;) {
@@ -1338,12 +1347,8 @@ Test(e2e_dns, a_tcp_fast_open_query_and_the_next_on_its_connection_make_their_ev
     uint8_t q[300], a[1024];
     size_t qn = make_query(q + 2, 0x5d5d, "a.test");
     q[0] = (uint8_t)(qn >> 8), q[1] = (uint8_t)qn;
-    struct sockaddr_in to = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)dnsmasq.port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    struct sockaddr_in to;
+    int fd = dnsmasq_tcp_socket(&to);
     ssize_t sent = sendto(fd, q, qn + 2, MSG_FASTOPEN, (struct sockaddr *)&to, sizeof(to));
     int err = errno;
     f = fopen(knob, "w");
