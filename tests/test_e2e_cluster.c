@@ -1136,9 +1136,45 @@ static void node_counts(struct proc *r, const char *node, int64_t *batches, int6
     json_decref(s);
 }
 
+/* Moves this process into the cgroup directory dir (writing 0 to cgroup.procs moves the writer). */
+static void cgroup_enter(const char *dir)
+{
+    char procs[600];
+    snprintf(procs, sizeof(procs), "%s/cgroup.procs", dir);
+    FILE *f = fopen(procs, "w");
+    cr_assert_not_null(f, "open %s: %s", procs, strerror(errno));
+    fputs("0\n", f);
+    cr_assert_eq(fclose(f), 0, "moving into %s: %s", dir, strerror(errno));
+}
+
+/* The cgroup v2 directory this process is in. */
+static void cgroup_own(const char *root, char *dir, size_t size)
+{
+    char line[512] = "";
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    cr_assert_not_null(f);
+    while (fgets(line, sizeof(line), f) && strncmp(line, "0::", 3) != 0)
+        line[0] = 0;
+    fclose(f);
+    line[strcspn(line, "\n")] = 0;
+    cr_assert(strncmp(line, "0::", 3) == 0, "no cgroup v2 line in /proc/self/cgroup");
+    snprintf(dir, size, "%s%s", root, line + 3);
+}
+
+/*
+ * The agent captures only a cgroup this test moves itself into once the servers have started,
+ * so the batches it counts are the test's markers and connections, whatever else the machine
+ * runs (with one event per batch, a busy machine's events queue before the test's own).
+ */
 Test(e2e_cluster, nats_restart_and_replica_loss)
 {
     need_root();
+    char root[256], cg[512], home[800], cg_env[600];
+    cr_assert_eq(cgroup_v2_root(root, sizeof(root)), 0, "no cgroup v2 mount");
+    cgroup_own(root, home, sizeof(home));
+    snprintf(cg, sizeof(cg), "%s/ebpfmon-fault-%d", root, getpid());
+    cr_assert(mkdir(cg, 0755) == 0 || errno == EEXIST, "mkdir %s: %s", cg, strerror(errno));
+    snprintf(cg_env, sizeof(cg_env), "CAPTURE_CGROUP=ebpfmon-fault-%d", getpid());
     nats_up(NULL);
     marker_init('r');
     const char *const aenv[] = {"QUERY_TIMEOUT=500ms", NULL};
@@ -1146,14 +1182,15 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
     struct proc *r2 = agg_up("r2", aenv, true);
     wait_cluster(r1, 2);
     /* One event per batch and the smallest outage buffer, so an outage overflows it. */
-    const char *const env[] = {"FLUSH_INTERVAL=100ms", "BATCH_SIZE=1", "OUTAGE_BUFFER=64KiB", NULL};
+    const char *const env[] = {cg_env, "FLUSH_INTERVAL=100ms", "BATCH_SIZE=1",
+                               "OUTAGE_BUFFER=64KiB", NULL};
     struct proc *a = agent_up("e2e-fault", env);
+    cgroup_enter(cg);
 
     pid_t p1 = run_marker();
     char q[256];
     snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d", p1);
-    /* One batch per event: whatever else the machine does queues before it (a condition, so
-     * only a failure waits this long). */
+    /* One batch per event (a condition, so only a failure waits this long). */
     json_decref(wait_count(r1, q, 1, 45000));
 
     /* Outage: events keep being captured and wait in the agent's outage buffer. */
@@ -1205,7 +1242,10 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
         cr_expect(json_is_true(json_object_get(j, "partial")));
         json_decref(j);
     }
+    /* The new server is not the test's: it starts outside the captured cgroup. */
+    cgroup_enter(home);
     nats_restart();
+    cgroup_enter(cg);
 
     /* Everyone reconnects by themselves. */
     check(tu_wait_http(r1->port, "/ready", 200, 15000), "r1 did not reconnect");
@@ -1290,6 +1330,8 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
         usleep(100000);
     }
     proc_kill(a, SIGTERM);
+    cgroup_enter(home);
+    rmdir(cg);
 }
 
 /*
