@@ -823,24 +823,30 @@ static __always_inline long syscall_nr(struct pt_regs *regs)
 #endif
 }
 
+/* The socket of a file (a BTF pointer), or NULL when it is not a socket. */
+static __always_inline struct sock *file_sock(struct file *file)
+{
+    struct socket *sock;
+
+    if ((file->f_inode->i_mode & S_IFMT) != S_IFSOCK)
+        return NULL;
+    sock = bpf_rdonly_cast(file->private_data, bpf_core_type_id_kernel(struct socket));
+    return sock ? sock->sk : NULL;
+}
+
 /* The socket behind fd in the current task, or NULL when fd is not a socket. */
 static __always_inline struct sock *fd_sock(long fd)
 {
     struct task_struct *task = bpf_get_current_task_btf();
     struct fdtable *fdt = task->files->fdt;
     struct file *file = NULL;
-    struct socket *sock;
 
     if (fd < 0 || fd >= fdt->max_fds)
         return NULL;
     /* An array element at a variable index: one helper read. */
     if (bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]) || !file)
         return NULL;
-    file = bpf_rdonly_cast(file, bpf_core_type_id_kernel(struct file));
-    if ((file->f_inode->i_mode & S_IFMT) != S_IFSOCK)
-        return NULL;
-    sock = bpf_rdonly_cast(file->private_data, bpf_core_type_id_kernel(struct socket));
-    return sock ? sock->sk : NULL;
+    return file_sock(bpf_rdonly_cast(file, bpf_core_type_id_kernel(struct file)));
 }
 #else
 /* The syscall number of a sys_exit, or -1 for 32-bit compat tasks (other numbering). */
@@ -971,6 +977,78 @@ static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long e
     return 0;
 }
 
+#ifndef CONNECTIONS_COMPAT
+#define PF_IO_WORKER 0x00000010
+/* An io_uring worker's record takes its process's command (conn_report()). */
+#define IO_WORKER_COMM(io_worker, h)                                                               \
+    do {                                                                                           \
+        struct task_struct *t_ = bpf_get_current_task_btf();                                       \
+        if ((io_worker) && (t_->flags & PF_IO_WORKER))                                             \
+            hdr_comm_btf((h), t_->group_leader);                                                   \
+    } while (0)
+#else
+#define IO_WORKER_COMM(io_worker, h) ((void)(io_worker))
+#endif
+
+/*
+ * A UDP connect() or an accept that gave the current task sk: its record (and for an
+ * accepted connection, its owner for the close record). io_worker: the task may be one of
+ * io_uring's workers (named iou-wrk-N), a thread of the process that asked: the record
+ * then takes the process's command.
+ */
+static __always_inline int conn_report(struct sock *sk, bool accept, bool io_worker)
+{
+    struct conn_record *r;
+    __u16 family;
+
+    family = SK_READ(sk, __sk_common.skc_family);
+    if (family != AF_INET && family != AF_INET6)
+        return 0;
+
+    if (accept) {
+        struct record_hdr h;
+
+        if (SK_READ(sk, sk_protocol) != IPPROTO_TCP)
+            return 0;
+        record_hdr_current(&h, RECORD_ACCEPT);
+        IO_WORKER_COMM(io_worker, &h);
+        if (track_close)
+            life_accepted(sk, SK_READ(sk, __sk_common.skc_state), &h);
+        if (!emit_accept)
+            return 0;
+        r = record_reserve(SLOT_SYS_EXIT_ACCEPT, sizeof(*r));
+        if (!r)
+            return 0;
+        r->hdr = h;
+        r->protocol = IPPROTO_TCP;
+        r->status = 0;
+        r->latency_ns = 0;
+        r->error = 0;
+        r->_pad = 0;
+        FD_SOCK_ADDRS(sk, r, true);
+        record_submit(r);
+        return 0;
+    }
+
+    if (SK_READ(sk, sk_protocol) != IPPROTO_UDP || SK_READ(sk, sk_type) != SOCK_DGRAM)
+        return 0;
+    if (SK_READ(sk, __sk_common.skc_dport) == 0)
+        return 0; /* connect(AF_UNSPEC) dissolves the association */
+    r = record_reserve(SLOT_SYS_EXIT_CONNECT, sizeof(*r));
+    if (!r)
+        return 0;
+    record_hdr_current(&r->hdr, RECORD_CONNECT);
+    IO_WORKER_COMM(io_worker, &r->hdr);
+    r->protocol = IPPROTO_UDP;
+    r->status = CONN_ATTEMPTED;
+    r->latency_ns = 0;
+    r->error = 0;
+    r->_pad = 0;
+    FD_SOCK_ADDRS(sk, r, false);
+    record_submit(r);
+    return 0;
+}
+
 /*
  * One program on sys_exit for both UDP connect() and accept()/accept4(): it
  * runs on every syscall of the machine, and each program attached to a hook
@@ -984,11 +1062,9 @@ static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long e
 SEC("tp_btf/sys_exit")
 int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
 {
-    struct conn_record *r;
     struct sock *sk;
     bool accept;
     long nr, fd;
-    __u16 family;
 
     if (ret < 0 && !emit_tcp_connect)
         return 0;
@@ -1023,50 +1099,51 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
     sk = fd_sock(fd);
     if (!sk)
         return 0;
-    family = SK_READ(sk, __sk_common.skc_family);
-    if (family != AF_INET && family != AF_INET6)
-        return 0;
-
-    if (accept) {
-        struct record_hdr h;
-
-        if (SK_READ(sk, sk_protocol) != IPPROTO_TCP)
-            return 0;
-        record_hdr_current(&h, RECORD_ACCEPT);
-        if (track_close)
-            life_accepted(sk, SK_READ(sk, __sk_common.skc_state), &h);
-        if (!emit_accept)
-            return 0;
-        r = record_reserve(SLOT_SYS_EXIT_ACCEPT, sizeof(*r));
-        if (!r)
-            return 0;
-        r->hdr = h;
-        r->protocol = IPPROTO_TCP;
-        r->status = 0;
-        r->latency_ns = 0;
-        r->error = 0;
-        r->_pad = 0;
-        FD_SOCK_ADDRS(sk, r, true);
-        record_submit(r);
-        return 0;
-    }
-
-    if (SK_READ(sk, sk_protocol) != IPPROTO_UDP || SK_READ(sk, sk_type) != SOCK_DGRAM)
-        return 0;
-    if (SK_READ(sk, __sk_common.skc_dport) == 0)
-        return 0; /* connect(AF_UNSPEC) dissolves the association */
-    r = record_reserve(SLOT_SYS_EXIT_CONNECT, sizeof(*r));
-    if (!r)
-        return 0;
-    record_hdr_current(&r->hdr, RECORD_CONNECT);
-    r->protocol = IPPROTO_UDP;
-    r->status = CONN_ATTEMPTED;
-    r->latency_ns = 0;
-    r->error = 0;
-    r->_pad = 0;
-    FD_SOCK_ADDRS(sk, r, false);
-    record_submit(r);
-    return 0;
+    return conn_report(sk, accept, false);
 }
+
+/*
+ * io_uring: an accept or a connect submitted to an io_uring never returns
+ * through the accept or connect syscall. Its completion does pass this
+ * tracepoint, in a task of the process that asked (the submitting thread,
+ * or one of the ring's workers, iou-wrk-N, which share its files), with the
+ * request: an accept's result is the new descriptor, a connect's 0. TCP
+ * connects need nothing here (the state program sees them whoever issues
+ * them); UDP connects and accepts get the records the sys_exit program
+ * writes. An accept into a registered file (a direct descriptor, no file
+ * descriptor in the process) is not reported. Attached with the sys_exit
+ * program where the kernel has the tracepoint (cmd/agent/capture.c); every
+ * other completion (reads, writes) returns after one load and two compares.
+ */
+#ifndef CONNECTIONS_COMPAT
+SEC("tp_btf/io_uring_complete")
+int BPF_PROG(tp_btf__io_uring_complete, void *ctx_, void *req, struct io_uring_cqe *cqe)
+{
+    struct io_kiocb *rq = bpf_rdonly_cast(req, bpf_core_type_id_kernel(struct io_kiocb));
+    __u8 op = rq->opcode;
+    struct sock *sk;
+    int res;
+
+    if (op != bpf_core_enum_value(enum io_uring_op, IORING_OP_ACCEPT) &&
+        op != bpf_core_enum_value(enum io_uring_op, IORING_OP_CONNECT))
+        return 0;
+    res = cqe->res;
+    if (res < 0 || !task_captured())
+        return 0;
+    if (op == bpf_core_enum_value(enum io_uring_op, IORING_OP_ACCEPT)) {
+        struct io_accept *acc =
+            bpf_rdonly_cast(&rq->cmd, bpf_core_type_id_kernel(struct io_accept));
+
+        if ((!emit_accept && !track_close) || acc->file_slot)
+            return 0;
+        sk = fd_sock(res);
+        return sk ? conn_report(sk, true, true) : 0;
+    }
+    if (!emit_udp_connect || res != 0 || !rq->file)
+        return 0;
+    sk = file_sock(rq->file);
+    return sk ? conn_report(sk, false, true) : 0;
+}
+#endif
 
 #endif

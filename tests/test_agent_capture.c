@@ -18,14 +18,17 @@
 #include <pthread.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <linux/io_uring.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1489,4 +1492,146 @@ Test(capture, process_records_are_the_same_with_either_task_reader)
     /* The same process tree and cgroup, so the same cgroup id from either form. */
     cr_assert_eq(got[0].exec.hdr.cgroup_id, got[1].exec.hdr.cgroup_id);
     cr_assert_eq(got[0].exit.hdr.cgroup_id, got[1].exec.hdr.cgroup_id);
+}
+
+/* ---- io_uring --------------------------------------------------------------------------- */
+
+/* A ring of a few entries, set up with the raw system calls; one request at a time. */
+struct uring {
+    int fd;
+    unsigned *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+};
+
+static void uring_open(struct uring *u)
+{
+    struct io_uring_params p = {0};
+
+    u->fd = (int)syscall(__NR_io_uring_setup, 4, &p);
+    cr_assert_geq(u->fd, 0, "io_uring_setup: %s (kernel.io_uring_disabled?)", strerror(errno));
+    size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    unsigned char *sq = mmap(NULL, sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, u->fd,
+                             IORING_OFF_SQ_RING);
+    unsigned char *cq = mmap(NULL, cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, u->fd,
+                             IORING_OFF_CQ_RING);
+    u->sqes = mmap(NULL, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_POPULATE, u->fd, IORING_OFF_SQES);
+    cr_assert(sq != MAP_FAILED && cq != MAP_FAILED && u->sqes != MAP_FAILED);
+    u->sq_tail = (unsigned *)(sq + p.sq_off.tail);
+    u->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+    u->sq_array = (unsigned *)(sq + p.sq_off.array);
+    u->cq_head = (unsigned *)(cq + p.cq_off.head);
+    u->cq_tail = (unsigned *)(cq + p.cq_off.tail);
+    u->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+    u->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+}
+
+static void uring_submit(struct uring *u, const struct io_uring_sqe *sqe)
+{
+    unsigned tail = *u->sq_tail, i = tail & *u->sq_mask;
+
+    u->sqes[i] = *sqe;
+    u->sq_array[i] = i;
+    __atomic_store_n(u->sq_tail, tail + 1, __ATOMIC_RELEASE);
+    cr_assert_eq(syscall(__NR_io_uring_enter, u->fd, 1, 0, 0, NULL, 0), 1, "io_uring_enter: %s",
+                 strerror(errno));
+}
+
+/* The result of the next completion, waited for. */
+static int uring_wait(struct uring *u)
+{
+    unsigned head = *u->cq_head;
+
+    while (head == __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE))
+        cr_assert(syscall(__NR_io_uring_enter, u->fd, 0, 1, IORING_ENTER_GETEVENTS, NULL, 0) >= 0 ||
+                      errno == EINTR,
+                  "io_uring_enter: %s", strerror(errno));
+    int res = u->cqes[head & *u->cq_mask].res;
+    __atomic_store_n(u->cq_head, head + 1, __ATOMIC_RELEASE);
+    return res;
+}
+
+static bool match_close_of(const struct event *e, const void *arg)
+{
+    const struct flow *f = arg; /* the client's port, and the role */
+
+    return e->type == EVENT_CLOSE && e->u.close.role == f->status &&
+           (e->sport == f->sport || e->dport == f->sport);
+}
+
+/*
+ * An accept or a UDP connect submitted to an io_uring returns through no accept or connect
+ * syscall: its completion is seen instead. Each accept comes back as the same event a
+ * syscall's would (the process's own command even from one of the ring's workers, which
+ * IOSQE_ASYNC forces), the accepted connection's close names the process, and a UDP connect
+ * is a connection event.
+ */
+Test(capture, io_uring_accepts_and_udp_connects_are_seen)
+{
+    struct collected out = {0};
+    struct uring u;
+
+    skip_unless_root();
+    struct capture *c = open_capture(EVENT_TYPE_BIT(EVENT_CONNECTION) |
+                                         EVENT_TYPE_BIT(EVENT_ACCEPT) | EVENT_TYPE_BIT(EVENT_CLOSE),
+                                     0, &out);
+    uring_open(&u);
+    for (int async = 0; async < 2; async++) {
+        struct flow acc = {
+            .type = EVENT_ACCEPT, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_TCP};
+        struct sockaddr_storage ss;
+        socklen_t len = loopback(AF_INET, 0, &ss);
+        int lfd = socket(AF_INET, SOCK_STREAM, 0), cfd = socket(AF_INET, SOCK_STREAM, 0);
+
+        cr_assert(lfd >= 0 && cfd >= 0);
+        cr_assert_eq(bind(lfd, (struct sockaddr *)&ss, len), 0);
+        cr_assert_eq(listen(lfd, 4), 0);
+        local_end(lfd, acc.daddr, &acc.dport);
+        struct io_uring_sqe sqe = {
+            .opcode = IORING_OP_ACCEPT, .fd = lfd, .flags = async ? IOSQE_ASYNC : 0};
+        uring_submit(&u, &sqe);
+        len = loopback(AF_INET, acc.dport, &ss);
+        cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
+        local_end(cfd, acc.saddr, &acc.sport);
+        int afd = uring_wait(&u);
+        cr_assert_geq(afd, 0, "io_uring accept: %s", strerror(-afd));
+
+        const struct event *e = wait_event(c, &out, match_flow, &acc);
+        cr_assert_not_null(e, "no accept event for an io_uring accept%s (port %u)",
+                           async ? " in a worker" : "", acc.dport);
+        assert_our_process(e);
+        close(afd);
+        close(cfd);
+        close(lfd);
+        struct flow server = {.sport = acc.sport, .status = EVENT_ROLE_SERVER};
+        e = wait_event(c, &out, match_close_of, &server);
+        cr_assert_not_null(e, "no server-side close for the io_uring accept%s",
+                           async ? " in a worker" : "");
+        assert_our_process(e);
+    }
+
+    /* UDP: a connect through the ring, to a port nothing needs to listen on. */
+    struct flow conn = {.type = EVENT_CONNECTION,
+                        .family = EVENT_FAMILY_IPV4,
+                        .protocol = IPPROTO_UDP,
+                        .status = EVENT_STATUS_ATTEMPTED};
+    struct sockaddr_storage ss;
+    socklen_t len = loopback(AF_INET, closed_port(AF_INET, SOCK_DGRAM), &ss);
+    int ufd = socket(AF_INET, SOCK_DGRAM, 0);
+    cr_assert_geq(ufd, 0);
+    sockaddr_parts(&ss, conn.daddr, &conn.dport);
+    struct io_uring_sqe sqe = {
+        .opcode = IORING_OP_CONNECT, .fd = ufd, .addr = (uint64_t)(uintptr_t)&ss, .off = len};
+    uring_submit(&u, &sqe);
+    cr_assert_eq(uring_wait(&u), 0, "io_uring connect");
+    local_end(ufd, conn.saddr, &conn.sport);
+    const struct event *e = wait_event(c, &out, match_flow, &conn);
+    cr_assert_not_null(e, "no connection event for an io_uring UDP connect (port %u)", conn.dport);
+    assert_our_process(e);
+    close(ufd);
+    close(u.fd);
+    capture_close(c);
+    collected_free(&out);
 }

@@ -79,15 +79,19 @@ struct prog_spec {
     const char *aux; /* a program of the same object attached with it (may be NULL) */
 };
 
+/* Not in the compat build, and loaded only where the kernel has io_uring's tracepoint. */
+#define IO_URING_PROG "tp_btf__io_uring_complete"
+
 static const struct prog_spec prog_specs[SLOT_COUNT] = {
     /* With the state changes the kernel skipped for it that left a socket error (connections.h). */
     [SLOT_INET_SOCK_SET_STATE] = {"tp_btf__inet_sock_set_state", "tp_btf__inet_sock_set_state",
                                   "tp_btf/inet_sock_set_state", EVENT_CONNECTION, OBJ_CONNECTIONS,
                                   "tp_btf__inet_sk_error_report"},
+    /* With the accepts and UDP connects that complete through io_uring (connections.h). */
     [SLOT_SYS_EXIT_CONNECT] = {"tp_btf__sys_exit_connect", "tp_btf__sys_exit", "tp_btf/sys_exit",
-                               EVENT_CONNECTION, OBJ_CONNECTIONS},
+                               EVENT_CONNECTION, OBJ_CONNECTIONS, IO_URING_PROG},
     [SLOT_SYS_EXIT_ACCEPT] = {"tp_btf__sys_exit_accept", "tp_btf__sys_exit", "tp_btf/sys_exit",
-                              EVENT_ACCEPT, OBJ_CONNECTIONS},
+                              EVENT_ACCEPT, OBJ_CONNECTIONS, IO_URING_PROG},
     [SLOT_KFREE_SKB] = {"tp_btf__kfree_skb", "tp_btf__kfree_skb", "tp_btf/kfree_skb",
                         EVENT_PACKET_DROP, OBJ_DROPS},
     [SLOT_SCHED_PROCESS_EXEC] = {"tp_btf__sched_process_exec", "tp_btf__sched_process_exec",
@@ -130,6 +134,7 @@ struct capture_prog {
     uint32_t prog_id;          /* kernel id, for `bpftool prog show id N` */
     int prog_fd;               /* with link: the program's, for its run statistics */
     struct bpf_link *aux_link; /* its prog_spec's aux program's */
+    int aux_fd;                /* that program's */
 };
 
 _Static_assert(SLOT_COUNT <= SOCKETS_REAP_MAPS,
@@ -160,6 +165,7 @@ struct capture {
     int ncpus;
     bool conn_compat;             /* the kernel lacks what connections.bpf.c needs */
     bool drop_rx_sk;              /* skb:kfree_skb names the receiving socket (6.10+) */
+    bool io_uring_tp;             /* the kernel has io_uring's io_uring_complete tracepoint */
     struct sockets_reaper reaper; /* of each loaded connections object's `sockets` map */
     uint64_t sockets_seeded, sockets_seed_full; /* seed_sockets(), at the start */
 };
@@ -250,6 +256,8 @@ static void read_vmlinux_btf(struct capture *c, bool want_drops)
 
     c->conn_compat = kernel_lacks_rdonly_cast(vmlinux);
     c->drop_rx_sk = kfree_skb_has_rx_sk(vmlinux);
+    c->io_uring_tp = vmlinux && btf__find_by_name_kind(vmlinux, "btf_trace_io_uring_complete",
+                                                       BTF_KIND_TYPEDEF) > 0;
     if (want_drops) {
         /* Without names a drop is still reported, with its code and address. */
         c->reasons = vmlinux ? drop_reasons_from_btf(vmlinux) : NULL;
@@ -476,6 +484,8 @@ static int instance_load(struct capture *c, struct instance *in, enum capture_ob
         for (int s = 0; s < SLOT_COUNT; s++)
             if ((want & (1u << s)) && prog_serves(bpf_program__name(prog), s))
                 load = true;
+        if (!c->io_uring_tp && strcmp(bpf_program__name(prog), IO_URING_PROG) == 0)
+            load = false;
         bpf_program__set_autoload(prog, load);
     }
     err = -ENOENT;
@@ -558,7 +568,8 @@ static void prog_attach(struct capture *c, struct instance *in, int slot, uint32
     c->progs[slot].prog_fd = bpf_program__fd(prog);
     const char *aux = prog_specs[slot].aux;
     struct bpf_program *aux_prog = aux ? bpf_object__find_program_by_name(in->obj, aux) : NULL;
-    if (aux_prog && !(c->progs[slot].aux_link = bpf_program__attach(aux_prog)))
+    c->progs[slot].aux_fd = aux_prog ? bpf_program__fd(aux_prog) : -1;
+    if (c->progs[slot].aux_fd >= 0 && !(c->progs[slot].aux_link = bpf_program__attach(aux_prog)))
         fprintf(stderr, "capture: %s failed to attach (%s); %s runs without it\n", aux,
                 strerror(errno), prog_specs[slot].name);
     if (bpf_obj_get_info_by_fd(c->progs[slot].prog_fd, &info, &len) != 0)
@@ -882,6 +893,14 @@ size_t capture_programs(struct capture *c, struct capture_program_info *out, siz
 
             if (bpf_obj_get_info_by_fd(c->progs[s].prog_fd, &info, &len) == 0)
                 i->missed = info.recursion_misses;
+        }
+        /* The program attached with it runs for it: its skipped runs are its own. */
+        if (c->progs[s].aux_link) {
+            struct bpf_prog_info info = {0};
+            __u32 len = sizeof(info);
+
+            if (bpf_obj_get_info_by_fd(c->progs[s].aux_fd, &info, &len) == 0)
+                i->missed += info.recursion_misses;
         }
     }
     free(per_cpu);
