@@ -256,8 +256,12 @@ static void read_vmlinux_btf(struct capture *c, bool want_drops)
 
     c->conn_compat = kernel_lacks_rdonly_cast(vmlinux);
     c->drop_rx_sk = kfree_skb_has_rx_sk(vmlinux);
-    c->io_uring_tp = vmlinux && btf__find_by_name_kind(vmlinux, "btf_trace_io_uring_complete",
-                                                       BTF_KIND_TYPEDEF) > 0;
+    /* And the request types the program reads (io_uring's internals, not a stable ABI). */
+    c->io_uring_tp =
+        vmlinux &&
+        btf__find_by_name_kind(vmlinux, "btf_trace_io_uring_complete", BTF_KIND_TYPEDEF) > 0 &&
+        btf__find_by_name_kind(vmlinux, "io_kiocb", BTF_KIND_STRUCT) > 0 &&
+        btf__find_by_name_kind(vmlinux, "io_accept", BTF_KIND_STRUCT) > 0;
     if (want_drops) {
         /* Without names a drop is still reported, with its code and address. */
         c->reasons = vmlinux ? drop_reasons_from_btf(vmlinux) : NULL;
@@ -620,6 +624,14 @@ static void object_start(struct capture *c, enum capture_object object, uint32_t
         done |= slots;
         in = &c->instances[c->ninstances];
         err = instance_load(c, in, object, slots);
+        if (err && c->io_uring_tp && prog_specs[s].aux &&
+            strcmp(prog_specs[s].aux, IO_URING_PROG) == 0) {
+            /* io_uring's internals differ on this kernel: the syscalls' program alone. */
+            fprintf(stderr, "capture: %s failed to load (%s); %s runs without it\n", IO_URING_PROG,
+                    strerror(-err), prog_specs[s].name);
+            c->io_uring_tp = false;
+            err = instance_load(c, in, object, slots);
+        }
         if (err) {
             for (int t = 0; t < SLOT_COUNT; t++)
                 if (slots & (1u << t))
