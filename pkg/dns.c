@@ -590,14 +590,24 @@ _Static_assert(sizeof(struct pending_key) % 8 == 0, "table_hash() reads whole wo
 struct pending {
     struct pending_key key;
     uint64_t ts_ns;
+    bool unsure;     /* an answer of its key came that did not say its question */
     struct event ev; /* the event to be: attribution, query, query_type, transaction_id */
 };
+
+/* Socket losses remembered one by one; more within DNS_TIMEOUT make every query unsure. */
+#define DNS_SOCKET_LOSSES 64
 
 struct dns_tracker {
     struct dns_tracker_config cfg;
     struct table table;
     struct pending *entry;
     struct dns_tracker_stats st;
+    uint64_t answers_lost_ns; /* the last dns_tracker_answers_lost() */
+    /* The last sockets answers were lost to (dns_tracker_socket_unsure()), a ring. */
+    struct socket_loss {
+        uint64_t cookie, ts_ns;
+    } socket_losses[DNS_SOCKET_LOSSES];
+    size_t socket_loss_next;
 };
 
 size_t dns_tracker_entry_size(void)
@@ -697,6 +707,7 @@ int dns_tracker_query(struct dns_tracker *t, const struct dns_key *k, const stru
     struct pending *p = &t->entry[table_insert(&t->table, hash)];
     p->key = pk;
     p->ts_ns = ts_ns;
+    p->unsure = false;
     p->ev = *attr;
     memset(&p->ev.u, 0, sizeof(p->ev.u));
     p->ev.type = EVENT_DNS;
@@ -781,6 +792,42 @@ int dns_tracker_answer(struct dns_tracker *t, const struct dns_key *k, const str
     return 1;
 }
 
+void dns_tracker_answer_unreadable(struct dns_tracker *t, const struct dns_key *k, uint16_t id)
+{
+    struct pending_key pk = make_key(k, id);
+    uint32_t i = pending_find(t, &pk, table_hash(&t->table, &pk, sizeof(pk)));
+    if (i != NIL)
+        t->entry[i].unsure = true;
+}
+
+void dns_tracker_socket_unsure(struct dns_tracker *t, uint64_t cookie, uint64_t now_ns)
+{
+    struct socket_loss *l = &t->socket_losses[t->socket_loss_next];
+    /* The one it replaces may still concern a pending query: then every query sent before
+     * it is unsure, as with a loss in the kernel. */
+    if (l->ts_ns && l->ts_ns + t->cfg.timeout_ns > now_ns)
+        dns_tracker_answers_lost(t, l->ts_ns);
+    *l = (struct socket_loss){.cookie = cookie, .ts_ns = now_ns};
+    t->socket_loss_next = (t->socket_loss_next + 1) % DNS_SOCKET_LOSSES;
+}
+
+/* Whether an answer to the query p may have been lost (see dns_tracker_answers_lost()). */
+static bool pending_unsure(const struct dns_tracker *t, const struct pending *p)
+{
+    if (p->unsure || p->ts_ns < t->answers_lost_ns)
+        return true;
+    for (size_t i = 0; i < DNS_SOCKET_LOSSES; i++)
+        if (t->socket_losses[i].cookie == p->key.cookie && t->socket_losses[i].ts_ns > p->ts_ns)
+            return true;
+    return false;
+}
+
+void dns_tracker_answers_lost(struct dns_tracker *t, uint64_t now_ns)
+{
+    if (now_ns > t->answers_lost_ns)
+        t->answers_lost_ns = now_ns;
+}
+
 size_t dns_tracker_expire(struct dns_tracker *t, uint64_t now_ns, dns_timeout_fn fn, void *arg)
 {
     size_t n = 0;
@@ -789,9 +836,13 @@ size_t dns_tracker_expire(struct dns_tracker *t, uint64_t now_ns, dns_timeout_fn
            now_ns - t->entry[i].ts_ns >= t->cfg.timeout_ns) {
         struct event e;
         event_move(&e, &t->entry[i].ev);
+        bool uncertain = pending_unsure(t, &t->entry[i]);
         table_remove(&t->table, i);
-        e.status = EVENT_STATUS_TIMEOUT;
-        t->st.timeouts++;
+        e.status = uncertain ? EVENT_STATUS_UNKNOWN : EVENT_STATUS_TIMEOUT;
+        if (uncertain)
+            t->st.unknown++;
+        else
+            t->st.timeouts++;
         n++;
         fn(&e, arg);
     }

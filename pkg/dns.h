@@ -251,6 +251,7 @@ struct dns_tracker_stats {
     uint64_t queries;    /* distinct queries tracked (retransmissions not counted) */
     uint64_t answered;   /* queries matched to their answer: one event each */
     uint64_t timeouts;   /* queries expired without an answer: one event each */
+    uint64_t unknown;    /* the same while answers were lost (dns_tracker_answers_lost()) */
     uint64_t evicted;    /* pending queries dropped for room, no event (see below) */
     uint64_t unmatched;  /* answers with no pending query of their key */
     uint64_t mismatched; /* answers whose question differs from their query's */
@@ -317,15 +318,41 @@ int dns_tracker_answer(struct dns_tracker *t, const struct dns_key *k, const str
                        uint64_t ts_ns, struct event *out, uint32_t *ttl_s);
 
 /*
- * Called with each expired query's event (status TIMEOUT, latency_ns 0, no
- * answers); the callback owns it (event_clear() or event_move() it).
+ * Called with each expired query's event (status TIMEOUT or UNKNOWN,
+ * latency_ns 0, no answers); the callback owns it (event_clear() or
+ * event_move() it).
  */
 typedef void (*dns_timeout_fn)(struct event *e, void *arg);
 
 /*
- * Every query pending for the timeout or longer at now_ns becomes a timeout
- * event through fn, in the order the queries arrived; the scan stops at the
- * first one still in time. Returns how many. Call it every few hundred ms.
+ * Says that answers may have been lost (the capture dropped or suppressed
+ * answers) at or before now_ns, and after the previous call: a query sent
+ * before now_ns that expires unanswered may have had its answer among them,
+ * so its event says UNKNOWN, not TIMEOUT. An answer comes after its query,
+ * so a loss seen before a query was sent says nothing of it.
+ */
+void dns_tracker_answers_lost(struct dns_tracker *t, uint64_t now_ns);
+
+/*
+ * An answer for key k and transaction id came whose question could not be read: it may have
+ * been the pending query's own (or a forgery), so that query, should nothing else answer it,
+ * expires as UNKNOWN. Only that query: no other socket's.
+ */
+void dns_tracker_answer_unreadable(struct dns_tracker *t, const struct dns_key *k, uint16_t id);
+
+/*
+ * Answers to the socket cookie were lost at now_ns (a TCP stream given up): its queries sent
+ * before, should nothing answer them, expire as UNKNOWN. The last 64 such losses are kept
+ * apart; past that, one within DNS_TIMEOUT counts as a loss of any socket's answers
+ * (dns_tracker_answers_lost()). Constant time, whatever is pending.
+ */
+void dns_tracker_socket_unsure(struct dns_tracker *t, uint64_t cookie, uint64_t now_ns);
+
+/*
+ * Every query pending for the timeout or longer at now_ns becomes an event
+ * through fn (TIMEOUT, or UNKNOWN, above), in the order the queries arrived;
+ * the scan stops at the first one still in time. Returns how many. Call it
+ * every few hundred ms.
  */
 size_t dns_tracker_expire(struct dns_tracker *t, uint64_t now_ns, dns_timeout_fn fn, void *arg);
 

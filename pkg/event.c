@@ -73,6 +73,8 @@ const char *event_status_name(unsigned status)
         return "answered";
     case EVENT_STATUS_TIMEOUT:
         return "timeout";
+    case EVENT_STATUS_UNKNOWN:
+        return "unknown";
     default:
         return NULL;
     }

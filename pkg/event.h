@@ -53,6 +53,7 @@ enum event_status {
     EVENT_STATUS_ATTEMPTED,
     EVENT_STATUS_ANSWERED, /* dns: the server answered (whatever its rcode) */
     EVENT_STATUS_TIMEOUT,  /* dns: no answer within DNS_TIMEOUT */
+    EVENT_STATUS_UNKNOWN,  /* dns: none seen, but the capture lost DNS records meanwhile */
 };
 
 /* close: which end of the connection this side is. */

@@ -337,7 +337,8 @@ static void put_dns(struct buf *b, const struct event *e)
     PUT_KEY_STR(b, ",\"query_type\":", dns_type_name(e->u.dns.query_type, name, sizeof(name)));
     PUT_LIT(b, ",\"transaction_id\":");
     put_u64(b, e->u.dns.transaction_id);
-    if (e->status == EVENT_STATUS_TIMEOUT) /* no answer: no rcode, answers or latency */
+    /* No answer: no rcode, answers or latency. */
+    if (e->status == EVENT_STATUS_TIMEOUT || e->status == EVENT_STATUS_UNKNOWN)
         return;
     PUT_KEY_STR(b, ",\"rcode\":", dns_rcode_name(e->u.dns.rcode, name, sizeof(name)));
     /* Every element a JSON string: hostile bytes escaped, invalid UTF-8 replaced. */
@@ -950,8 +951,11 @@ static int parse_dns(struct parse_ctx *c, struct event *e)
             e->status = EVENT_STATUS_ANSWERED;
         else if (strcmp(s, "timeout") == 0)
             e->status = EVENT_STATUS_TIMEOUT;
+        else if (strcmp(s, "unknown") == 0)
+            e->status = EVENT_STATUS_UNKNOWN;
         else
-            return errmsg_set(c->err, c->errlen, "field \"status\": expected answered or timeout");
+            return errmsg_set(c->err, c->errlen,
+                              "field \"status\": expected answered, timeout or unknown");
     }
     if ((rc = get_str(c, "query", false, &s, &len)))
         return rc;

@@ -172,9 +172,16 @@ Ebpfmonitor__Event__DetailsCase event_pb_details_field(unsigned type)
 
 Ebpfmonitor__DnsStatus event_pb_dns_status(unsigned status)
 {
-    return status == EVENT_STATUS_ANSWERED  ? EBPFMONITOR__DNS_STATUS__DNS_STATUS_ANSWERED
-           : status == EVENT_STATUS_TIMEOUT ? EBPFMONITOR__DNS_STATUS__DNS_STATUS_TIMEOUT
-                                            : EBPFMONITOR__DNS_STATUS__DNS_STATUS_UNSPECIFIED;
+    switch (status) {
+    case EVENT_STATUS_ANSWERED:
+        return EBPFMONITOR__DNS_STATUS__DNS_STATUS_ANSWERED;
+    case EVENT_STATUS_TIMEOUT:
+        return EBPFMONITOR__DNS_STATUS__DNS_STATUS_TIMEOUT;
+    case EVENT_STATUS_UNKNOWN:
+        return EBPFMONITOR__DNS_STATUS__DNS_STATUS_UNKNOWN;
+    default:
+        return EBPFMONITOR__DNS_STATUS__DNS_STATUS_UNSPECIFIED;
+    }
 }
 
 int event_pb_dns_to_event(const Ebpfmonitor__DnsDetails *x, struct event *e, char *err,
@@ -190,6 +197,9 @@ int event_pb_dns_to_event(const Ebpfmonitor__DnsDetails *x, struct event *e, cha
         break;
     case EBPFMONITOR__DNS_STATUS__DNS_STATUS_TIMEOUT:
         e->status = EVENT_STATUS_TIMEOUT;
+        break;
+    case EBPFMONITOR__DNS_STATUS__DNS_STATUS_UNKNOWN:
+        e->status = EVENT_STATUS_UNKNOWN;
         break;
     default:
         return errmsg_set(err, errlen, "dns.status: unknown status %d", (int)x->status);

@@ -743,7 +743,7 @@ static bool fast_dns(const struct pb_field *f, Ebpfmonitor__DnsDetails *x)
         return false;
     switch (f->num) {
     case 1:
-        if (f->v > EBPFMONITOR__DNS_STATUS__DNS_STATUS_TIMEOUT)
+        if (f->v > EBPFMONITOR__DNS_STATUS__DNS_STATUS_UNKNOWN)
             return false;
         x->status = (Ebpfmonitor__DnsStatus)f->v;
         return true;

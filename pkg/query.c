@@ -457,7 +457,7 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
         q->has_rcode = true;
         return 0;
     case QP_STATUS:
-        for (unsigned st = EVENT_STATUS_ESTABLISHED; st <= EVENT_STATUS_TIMEOUT; st++) {
+        for (unsigned st = EVENT_STATUS_ESTABLISHED; st <= EVENT_STATUS_UNKNOWN; st++) {
             if (strlen(event_status_name(st)) == len &&
                 strncasecmp(event_status_name(st), v, len) == 0) {
                 q->status = (uint8_t)st;

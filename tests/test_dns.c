@@ -1107,6 +1107,78 @@ Test(dns_tracker, full_table_evicts_the_oldest)
     dns_tracker_free(t);
 }
 
+/*
+ * Answers lost: for every query sent before a loss seen in the kernel; for the queries of one
+ * socket whose answers were lost (a TCP stream given up), or of one key and id whose answer
+ * said no question. The rest still time out. Past 64 remembered socket losses within the
+ * timeout, a forgotten one counts for every query sent before it.
+ */
+Test(dns_tracker, queries_whose_answer_may_be_lost_expire_unknown)
+{
+    struct dns_tracker *t = dns_tracker_new(&(struct dns_tracker_config){.timeout_ns = 1000});
+    struct dns_message *q = msg_new();
+    struct dns_key k = key_of(5, NULL), other = key_of(6, NULL);
+    struct event attr = attribution(300);
+    struct timeouts to = {.n = 0};
+    uint8_t buf[512];
+
+#define ASK(key, id, at)                                                                           \
+    do {                                                                                           \
+        cr_assert_eq(dns_parse(buf, build_query(buf, id, "x.example", DNS_TYPE_A), q), DNS_OK);    \
+        cr_assert_eq(dns_tracker_query(t, &(key), q, &attr, at), 1);                               \
+    } while (0)
+    /* Socket 5 loses answers at 150: its query of 100 is unsure, socket 6's and its own later
+     * one are not; id 4 gets an answer that names no question. */
+    ASK(k, 1, 100);
+    ASK(other, 2, 110);
+    dns_tracker_socket_unsure(t, 5, 150);
+    ASK(k, 3, 200);
+    ASK(k, 4, 210);
+    dns_tracker_answer_unreadable(t, &k, 4);
+    dns_tracker_answer_unreadable(t, &other, 99); /* pending under no query: nothing */
+    cr_assert_eq(dns_tracker_expire(t, 1300, on_timeout, &to), 4);
+    static const uint8_t want[] = {EVENT_STATUS_UNKNOWN, EVENT_STATUS_TIMEOUT, EVENT_STATUS_TIMEOUT,
+                                   EVENT_STATUS_UNKNOWN};
+    for (size_t i = 0; i < 4; i++) {
+        cr_assert_eq(to.ev[i].status, want[i], "query %u: status %u", to.ev[i].u.dns.transaction_id,
+                     to.ev[i].status);
+        event_clear(&to.ev[i]);
+    }
+    to.n = 0;
+
+    /* A loss seen in the kernel at 2100: what was sent before, whatever its socket. */
+    ASK(k, 5, 2000);
+    ASK(other, 6, 2050);
+    dns_tracker_answers_lost(t, 2100);
+    ASK(other, 7, 2200);
+    cr_assert_eq(dns_tracker_expire(t, 3300, on_timeout, &to), 3);
+    cr_assert_eq(to.ev[0].status, EVENT_STATUS_UNKNOWN);
+    cr_assert_eq(to.ev[1].status, EVENT_STATUS_UNKNOWN);
+    cr_assert_eq(to.ev[2].status, EVENT_STATUS_TIMEOUT);
+    for (size_t i = 0; i < 3; i++)
+        event_clear(&to.ev[i]);
+    to.n = 0;
+
+    /* 65 socket losses within the timeout: the first, forgotten, counts for every socket. */
+    ASK(other, 8, 5000);
+    for (uint64_t c = 0; c < 65; c++)
+        dns_tracker_socket_unsure(t, 1000 + c, 5100 + c);
+    ASK(other, 9, 5200);
+    cr_assert_eq(dns_tracker_expire(t, 6300, on_timeout, &to), 2);
+    cr_assert_eq(to.ev[0].status, EVENT_STATUS_UNKNOWN);
+    cr_assert_eq(to.ev[1].status, EVENT_STATUS_TIMEOUT);
+    for (size_t i = 0; i < 2; i++)
+        event_clear(&to.ev[i]);
+#undef ASK
+
+    struct dns_tracker_stats st;
+    dns_tracker_get_stats(t, &st);
+    cr_assert_eq(st.unknown, 5);
+    cr_assert_eq(st.timeouts, 4);
+    free(q);
+    dns_tracker_free(t);
+}
+
 /* ---- Name cache ------------------------------------------------------------- */
 
 static struct event answered(const char *query, const char *answers, size_t len, uint16_t rcode)

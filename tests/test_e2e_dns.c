@@ -421,6 +421,9 @@ static void dnsmasq_up(void)
     }
 }
 
+/* The agent's RINGBUF_SIZE (a test that wants the kernel to lose records sets it first). */
+static const char *ringbuf_size = "8MiB";
+
 static void monitor_up_with(const char *node, const char *rate)
 {
     char bin[256], listen[32], ports[64], types[] = "dns,connection";
@@ -435,10 +438,21 @@ static void monitor_up_with(const char *node, const char *rate)
     responder_up();
     silent_fd = tu_udp_socket(&silent_port, &tcp_fds[1]);
     snprintf(ports, sizeof(ports), "%d,%d,%d", dnsmasq.port, responder.port, silent_port);
-    const char *extra[] = {
-        "--nats-url",  nats_url, "--flush-interval", "50ms", "--event-types",    types,
-        "--dns-ports", ports,    "--dns-timeout",    "1s",   "--dns-rate-limit", rate,
-        NULL};
+    const char *extra[] = {"--nats-url",
+                           nats_url,
+                           "--flush-interval",
+                           "50ms",
+                           "--event-types",
+                           types,
+                           "--dns-ports",
+                           ports,
+                           "--dns-timeout",
+                           "1s",
+                           "--dns-rate-limit",
+                           rate,
+                           "--ringbuf-size",
+                           ringbuf_size,
+                           NULL};
     tu_agent_start(&agent, node, extra);
 
     agg.port = tu_free_port();
@@ -791,6 +805,12 @@ static bool is_timeout_of(json_t *ev, void *arg)
            strcmp(tu_jstr(ev, "status"), "timeout") == 0;
 }
 
+static bool is_unknown_of(json_t *ev, void *arg)
+{
+    return is_dns_event(ev, arg) && tu_jstr(ev, "status") &&
+           strcmp(tu_jstr(ev, "status"), "unknown") == 0;
+}
+
 /* A TCP socket for dnsmasq at *to, its reads given up after 5 s. */
 static int dnsmasq_tcp_socket(struct sockaddr_in *to)
 {
@@ -1111,16 +1131,19 @@ Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = s
 
     /*
      * Malformed answers: each a counted parse error. One cut inside its question names no
-     * query, so its query times out under its own name; one whose records do not parse still
-     * answers its query (rcode, latency), with no answers: nothing unreadable is guessed.
+     * question, so nothing answers its query; but it came to its socket with its ID, and may
+     * well have been its answer: the query's outcome is unknown, not a timeout. One whose
+     * records do not parse still answers its query (rcode, latency), with no answers: nothing
+     * unreadable is guessed.
      */
     static const char *const bad[] = {"trunc.test", "loop.test", "biglabel.test"};
     for (unsigned k = 0; k < 3; k++)
         ask(responder.port, (uint16_t)(0xbad0 + k), bad[k], true);
     struct want cut = {bad[0], 0xbad0};
-    json_t *t = tu_wait_event(agent.port, "/api/events?type=dns&status=timeout&limit=1000",
-                              is_timeout_of, &cut, WAIT_MS);
-    cr_assert(t, "the query for %s did not time out", bad[0]);
+    json_t *t = tu_wait_event(agent.port, "/api/events?type=dns&status=unknown&limit=1000",
+                              is_unknown_of, &cut, WAIT_MS);
+    cr_assert(t, "the query for %s did not end unknown", bad[0]);
+    cr_assert_null(json_object_get(t, "rcode"));
     json_decref(t);
     for (unsigned k = 1; k < 3; k++) {
         json_t *e = wait_dns(agent.port, bad[k], 0xbad0 + k);
@@ -1529,6 +1552,70 @@ Test(e2e_dns, a_query_storm_is_rate_limited_and_counted, .fini = stop_all, .time
         cr_assert(tu_mono_ms() < deadline, "no connection event after the storm");
         usleep(50000);
     }
+    agent_exits_cleanly();
+    remove_logs();
+}
+
+/*
+ * Answers the kernel could not pass on (a ring buffer far too small for bursts of queries)
+ * leave their queries unanswered as far as the agent can see: those expire as "unknown",
+ * never as "timeout", since dnsmasq answered every query here (the client got each answer).
+ */
+Test(e2e_dns, queries_whose_answers_the_kernel_lost_are_not_timeouts, .fini = stop_all,
+     .timeout = 90)
+{
+    ringbuf_size = "4KiB";
+    monitor_up_with("dns-node", "100000");
+    enum { BURST = 200, ROUNDS = 10 };
+    uint8_t q[512], a[1024];
+    int fd = dnsmasq_socket();
+    for (int r = 0; r < ROUNDS; r++) {
+        for (int i = 0; i < BURST; i++) {
+            size_t n = make_query(q, (uint16_t)(r * BURST + i), "a.test");
+            cr_assert_eq(send(fd, q, n, 0), (ssize_t)n);
+        }
+        for (int i = 0; i < BURST; i++)
+            cr_assert_gt(recv(fd, a, sizeof(a), 0), 0, "dnsmasq did not answer (round %d)", r);
+    }
+    close(fd);
+    json_int_t lost = program_counter("cgroup_skb__dns_ingress", "drops");
+    cr_assert_gt(lost, 0, "a 4 KiB ring lost no answer of %d", BURST * ROUNDS);
+
+    /* Every query the agent tracked is settled (answered, or expired after DNS_TIMEOUT, 1 s),
+     * by the agent's own count; the tiny ring holds little, so those are all it will see. */
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    for (;;) {
+        json_t *st = tu_fetch_json(agent.port, "/api/stats");
+        json_t *d = json_object_get(st, "dns");
+        json_int_t queries = json_integer_value(json_object_get(d, "queries"));
+        json_int_t settled = json_integer_value(json_object_get(d, "answered")) +
+                             json_integer_value(json_object_get(d, "timeouts")) +
+                             json_integer_value(json_object_get(d, "unknown")) +
+                             json_integer_value(json_object_get(d, "evicted"));
+        json_int_t pending = json_integer_value(json_object_get(d, "pending"));
+        json_decref(st);
+        if (queries > 0 && pending == 0 && settled == queries)
+            break;
+        cr_assert(tu_mono_ms() < deadline, "DNS queries not settled: %lld of %lld, %lld pending",
+                  (long long)settled, (long long)queries, (long long)pending);
+        usleep(50000);
+    }
+    char path[160];
+    snprintf(path, sizeof(path), "/api/events?type=dns&query=a.test&pid=%d&status=%s&limit=10000",
+             getpid(), "timeout");
+    json_int_t timeouts = count_of(agent.port, path);
+    cr_assert_eq(timeouts, 0, "%lld answered queries reported as timeouts (%lld answers lost)",
+                 (long long)timeouts, (long long)lost);
+    snprintf(path, sizeof(path), "/api/events?type=dns&query=a.test&pid=%d&status=%s&limit=10000",
+             getpid(), "unknown");
+    json_int_t unknown = count_of(agent.port, path);
+    cr_assert_gt(unknown, 0,
+                 "no query lost its answer (%lld answers lost; queries %lld, answered %lld, "
+                 "unknown %lld, unmatched %lld, queries lost %lld)",
+                 (long long)lost, (long long)stat_dns("queries"), (long long)stat_dns("answered"),
+                 (long long)stat_dns("unknown"), (long long)stat_dns("unmatched"),
+                 (long long)program_counter("cgroup_skb__dns_egress", "drops"));
+    cr_assert_geq(stat_dns("unknown"), unknown);
     agent_exits_cleanly();
     remove_logs();
 }

@@ -521,6 +521,22 @@ Test(event_json, dns_timeout_has_no_rcode_answers_or_latency)
     event_clear(&e);
 }
 
+/* Its answer may have been lost by the capture: no more is known than of a timeout. */
+Test(event_json, dns_unknown_outcome_has_no_rcode_answers_or_latency)
+{
+    struct event e;
+    base(&e, EVENT_DNS, "dig");
+    e.status = EVENT_STATUS_UNKNOWN;
+    e.u.dns.query = strdup("lost.test");
+    e.u.dns.query_type = 1;
+    e.u.dns.transaction_id = 9;
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"dns\"," COMMON
+                    "\"command\":\"dig\"," TIMEPART ",\"node\":\"node-1\",\"status\":\"unknown\","
+                    "\"query\":\"lost.test\",\"query_type\":\"A\",\"transaction_id\":9}");
+    assert_round_trip(&e);
+    event_clear(&e);
+}
+
 Test(event_json, dns_without_a_parent_or_a_process)
 {
     struct event e;

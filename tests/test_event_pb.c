@@ -692,7 +692,9 @@ static void random_event(struct event *e)
         e->u.exit.duration_ns = RV();
         break;
     case EVENT_DNS: {
-        e->status = (uint8_t)(rng() % 3 == 0 ? EVENT_STATUS_TIMEOUT : EVENT_STATUS_ANSWERED);
+        e->status = (uint8_t)(rng() % 3 == 0   ? EVENT_STATUS_TIMEOUT
+                              : rng() % 5 == 0 ? EVENT_STATUS_UNKNOWN
+                                               : EVENT_STATUS_ANSWERED);
         if (rng() % 8) {
             size_t ql = 1 + (rng() % 8 ? rng() % 40 : rng() % 300);
             e->u.dns.query = malloc(ql + 1);

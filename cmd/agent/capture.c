@@ -872,6 +872,19 @@ void capture_close(struct capture *c)
     free(c);
 }
 
+uint64_t capture_dns_answers_lost(struct capture *c)
+{
+    struct prog_stats *per_cpu = calloc((size_t)(c->ncpus > 0 ? c->ncpus : 1), sizeof(*per_cpu));
+    uint32_t key = SLOT_DNS_INGRESS;
+    uint64_t lost = 0;
+
+    if (per_cpu && c->stats_fd >= 0 && bpf_map_lookup_elem(c->stats_fd, &key, per_cpu) == 0)
+        for (int cpu = 0; cpu < c->ncpus; cpu++)
+            lost += per_cpu[cpu].drops + per_cpu[cpu].suppressed;
+    free(per_cpu);
+    return lost;
+}
+
 size_t capture_programs(struct capture *c, struct capture_program_info *out, size_t max)
 {
     struct prog_stats *per_cpu = calloc((size_t)(c->ncpus > 0 ? c->ncpus : 1), sizeof(*per_cpu));

@@ -111,6 +111,12 @@ struct capture_record_losses {
 /* Fills out; thread-safe (the capture thread counts, any thread may read). */
 void capture_record_losses(struct capture *c, struct capture_record_losses *out);
 
+/*
+ * DNS answers the kernel did not pass on so far: the ingress program's records the full ring
+ * buffer refused and those DNS_RATE_LIMIT suppressed. Thread-safe.
+ */
+uint64_t capture_dns_answers_lost(struct capture *c);
+
 /* Number of programs attached (for /ready). */
 size_t capture_attached(struct capture *c);
 

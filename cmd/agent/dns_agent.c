@@ -17,6 +17,7 @@
 
 #define RCODE_SLOTS   16 /* the header's 4-bit RCODE */
 #define TIMEOUT_SLOT  RCODE_SLOTS
+#define UNKNOWN_SLOT  (RCODE_SLOTS + 1)
 #define OTHER_NAME    "~other"
 #define NSEC_PER_USEC 1000ull
 
@@ -77,7 +78,8 @@ struct tcp_conn {
 struct series {
     const char *namespace; /* interned; "" outside Kubernetes */
     const char *workload;  /* interned; the command outside Kubernetes; NULL = free slot */
-    uint64_t by_rcode[RCODE_SLOTS + 1]; /* answered, by rcode; [TIMEOUT_SLOT]: timeouts */
+    /* answered, by rcode; [TIMEOUT_SLOT]: timeouts; [UNKNOWN_SLOT]: unknown outcomes */
+    uint64_t by_rcode[RCODE_SLOTS + 2];
     uint64_t latency[DNS_AGENT_LATENCY_BUCKETS + 1]; /* answered, non-cumulative */
     uint64_t latency_sum_ns;
 };
@@ -91,6 +93,7 @@ struct dns_agent {
 
     uint64_t messages, suppressed, truncated; /* capture thread */
     uint64_t tcp_reassembled, tcp_partial_dropped, tcp_not_next;
+    uint64_t lost_seen; /* the answers lost as of the last dns_agent_expire() */
     struct tcp_stream streams[TCP_STREAMS];
     struct tcp_conn conns[TCP_CONNS];
     pthread_mutex_t lock; /* guards what follows */
@@ -164,6 +167,15 @@ static void emit_timeout(struct event *e, void *arg)
     event_clear(e);
 }
 
+/* The pending query key of an answer: its socket and the server it came from. */
+static struct dns_key answer_key(const struct records_dns *m)
+{
+    struct dns_key k = {
+        .cookie = m->cookie, .family = m->family, .protocol = m->protocol, .server_port = m->sport};
+    memcpy(k.server, m->saddr, sizeof(k.server));
+    return k;
+}
+
 /* One parsed message of m (in d->msg): a query to track, or an answer that may make an event. */
 static void one_message(struct dns_agent *d, const struct records_dns *m)
 {
@@ -185,8 +197,7 @@ static void one_message(struct dns_agent *d, const struct records_dns *m)
         dns_tracker_query(d->tracker, &k, d->msg, &attr, m->boot_ns);
         return;
     }
-    k.server_port = m->sport;
-    memcpy(k.server, m->saddr, sizeof(k.server));
+    k = answer_key(m);
     struct event e = {0};
     uint32_t ttl = 0;
     if (dns_tracker_answer(d->tracker, &k, d->msg, m->boot_ns, &e, &ttl) == 1) {
@@ -205,6 +216,11 @@ static void take_message(struct dns_agent *d, const struct records_dns *m, int r
 {
     if (rc < 0) {
         dns_tracker_parse_error(d->tracker, rc);
+        /* An answer whose header says whose it is, but not its question. */
+        if (m->answer && d->msg->qr && !d->msg->qname[0]) {
+            struct dns_key k = answer_key(m);
+            dns_tracker_answer_unreadable(d->tracker, &k, d->msg->id);
+        }
         if (!m->answer || !d->msg->qr || !d->msg->qname[0])
             return;
         d->msg->answer_count = 0;
@@ -220,6 +236,17 @@ static void tcp_message(struct dns_agent *d, const struct records_dns *m, const 
     take_message(d, m, dns_parse_tcp(p, len, d->msg));
 }
 
+/*
+ * Bytes of a TCP stream given up (counted): an answer among them may have been for a query of
+ * that socket, which then expires as "unknown", not "timeout".
+ */
+static void tcp_lost(struct dns_agent *d, uint64_t cookie, bool answer, uint64_t now_boot_ns)
+{
+    d->tcp_partial_dropped++;
+    if (answer)
+        dns_tracker_socket_unsure(d->tracker, cookie, now_boot_ns);
+}
+
 static struct tcp_stream *stream_find(struct dns_agent *d, const struct records_dns *m)
 {
     for (size_t i = 0; i < TCP_STREAMS; i++) {
@@ -231,7 +258,7 @@ static struct tcp_stream *stream_find(struct dns_agent *d, const struct records_
 }
 
 /* A free stream, or the least recently fed one, dropped and counted. */
-static struct tcp_stream *stream_new(struct dns_agent *d)
+static struct tcp_stream *stream_new(struct dns_agent *d, uint64_t now_boot_ns)
 {
     struct tcp_stream *oldest = &d->streams[0];
     for (size_t i = 0; i < TCP_STREAMS; i++) {
@@ -240,7 +267,7 @@ static struct tcp_stream *stream_new(struct dns_agent *d)
         if (d->streams[i].last_boot_ns < oldest->last_boot_ns)
             oldest = &d->streams[i];
     }
-    d->tcp_partial_dropped++;
+    tcp_lost(d, oldest->first.cookie, oldest->first.answer, now_boot_ns);
     return oldest;
 }
 
@@ -274,7 +301,7 @@ static void stream_feed(struct dns_agent *d, struct tcp_stream *s, const struct 
         if (!s->want && s->taken == 2) {
             if (s->held < 2) {
                 s->used = false; /* the prefix itself was not copied: nothing to go by */
-                d->tcp_partial_dropped++;
+                tcp_lost(d, s->first.cookie, s->first.answer, m->boot_ns);
                 return;
             }
             s->want = 2 + ((size_t)s->buf[0] << 8 | s->buf[1]);
@@ -319,7 +346,7 @@ static void segment_take(struct dns_agent *d, const struct records_dns *m, size_
             return; /* bytes the capture did not copy */
         }
         /* The message goes on in a later segment: held until its last byte. */
-        s = stream_new(d);
+        s = stream_new(d, m->boot_ns);
         memset(s, 0, sizeof(*s));
         s->used = true;
         s->first = *m;
@@ -340,11 +367,11 @@ static struct tcp_conn *conn_find(struct dns_agent *d, const struct records_dns 
 }
 
 /* Forgets what k holds past a gap: messages lost. */
-static void conn_drop_ahead(struct dns_agent *d, struct tcp_conn *k)
+static void conn_drop_ahead(struct dns_agent *d, struct tcp_conn *k, uint64_t now_boot_ns)
 {
     for (size_t i = 0; i < TCP_AHEAD; i++) {
         if (k->ahead[i].used)
-            d->tcp_partial_dropped++;
+            tcp_lost(d, k->cookie, k->answer, now_boot_ns);
         k->ahead[i].used = false;
     }
 }
@@ -362,7 +389,7 @@ static struct tcp_conn *conn_new(struct dns_agent *d, const struct records_dns *
             k = &d->conns[i];
     }
     if (k->used)
-        conn_drop_ahead(d, k);
+        conn_drop_ahead(d, k, m->boot_ns);
     k->used = true;
     k->cookie = m->cookie;
     k->answer = m->answer;
@@ -390,7 +417,7 @@ static void conn_hold_ahead(struct dns_agent *d, struct tcp_conn *k, const struc
         a->r.payload = a->data;
         return;
     }
-    d->tcp_partial_dropped++;
+    tcp_lost(d, k->cookie, k->answer, m->boot_ns);
 }
 
 /* Takes m's bytes past k->next, and then what was held past the gap it fills. */
@@ -447,9 +474,9 @@ static void tcp_segment(struct dns_agent *d, const struct records_dns *m)
         struct tcp_stream *s = stream_find(d, m);
         if (s) {
             s->used = false;
-            d->tcp_partial_dropped++;
+            tcp_lost(d, m->cookie, m->answer, m->boot_ns);
         }
-        conn_drop_ahead(d, k);
+        conn_drop_ahead(d, k, m->boot_ns);
         k->next = m->tcp_next;
     }
     k->last_boot_ns = m->boot_ns;
@@ -474,21 +501,26 @@ void dns_agent_message(struct dns_agent *d, const struct records_dns *m)
     take_message(d, m, dns_parse(m->payload, m->payload_len, d->msg));
 }
 
-void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns)
+void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns, uint64_t kernel_lost)
 {
     for (size_t i = 0; i < TCP_STREAMS; i++) {
         struct tcp_stream *s = &d->streams[i];
         if (s->used && now_boot_ns > s->last_boot_ns + TCP_STREAM_TTL_NS) {
             s->used = false;
-            d->tcp_partial_dropped++;
+            tcp_lost(d, s->first.cookie, s->first.answer, now_boot_ns);
         }
     }
     for (size_t i = 0; i < TCP_CONNS; i++) {
         struct tcp_conn *k = &d->conns[i];
         if (k->used && now_boot_ns > k->last_boot_ns + TCP_STREAM_TTL_NS) {
-            conn_drop_ahead(d, k); /* its gap was never filled */
+            conn_drop_ahead(d, k, now_boot_ns); /* its gap was never filled */
             k->used = false;
         }
+    }
+    /* Seen now, so lost at most now: the queries sent before may have lost their answer. */
+    if (kernel_lost != d->lost_seen) {
+        dns_tracker_answers_lost(d->tracker, now_boot_ns);
+        d->lost_seen = kernel_lost;
     }
     dns_tracker_expire(d->tracker, now_boot_ns, emit_timeout, d);
     snapshot(d);
@@ -581,8 +613,8 @@ void dns_agent_count(struct dns_agent *d, const struct event *e)
     wl = intern(wl);
     pthread_mutex_lock(&d->lock);
     s = series_find(d, ns, wl);
-    if (e->status == EVENT_STATUS_TIMEOUT) {
-        s->by_rcode[TIMEOUT_SLOT]++;
+    if (e->status == EVENT_STATUS_TIMEOUT || e->status == EVENT_STATUS_UNKNOWN) {
+        s->by_rcode[e->status == EVENT_STATUS_TIMEOUT ? TIMEOUT_SLOT : UNKNOWN_SLOT]++;
     } else {
         s->by_rcode[e->u.dns.rcode < RCODE_SLOTS ? e->u.dns.rcode : RCODE_SLOTS - 1]++;
         while (b < DNS_AGENT_LATENCY_BUCKETS &&
@@ -619,13 +651,14 @@ void dns_agent_stats_json(struct dns_agent *d, uint64_t kernel_suppressed, struc
                "{\"messages\":%" PRIu64 ",\"suppressed\":%" PRIu64 ",\"truncated\":%" PRIu64
                ",\"tcp_reassembled\":%" PRIu64 ",\"tcp_partial_dropped\":%" PRIu64
                ",\"tcp_not_next\":%" PRIu64 ",\"pending\":%" PRIu64 ",\"queries\":%" PRIu64
-               ",\"answered\":%" PRIu64 ",\"timeouts\":%" PRIu64 ",\"evicted\":%" PRIu64
-               ",\"unmatched\":%" PRIu64 ",\"mismatched\":%" PRIu64 ",\"retries\":%" PRIu64
-               ",\"collisions\":%" PRIu64 ",\"no_memory\":%" PRIu64 ",\"parse_errors\":%" PRIu64
-               ",\"parse_errors_by_reason\":{",
+               ",\"answered\":%" PRIu64 ",\"timeouts\":%" PRIu64 ",\"unknown\":%" PRIu64
+               ",\"evicted\":%" PRIu64 ",\"unmatched\":%" PRIu64 ",\"mismatched\":%" PRIu64
+               ",\"retries\":%" PRIu64 ",\"collisions\":%" PRIu64 ",\"no_memory\":%" PRIu64
+               ",\"parse_errors\":%" PRIu64 ",\"parse_errors_by_reason\":{",
                s.messages, s.suppressed, s.truncated, s.tcp_reassembled, s.tcp_partial_dropped,
-               s.tcp_not_next, t->pending, t->queries, t->answered, t->timeouts, t->evicted,
-               t->unmatched, t->mismatched, t->retries, t->collisions, t->oom, parse_errors);
+               s.tcp_not_next, t->pending, t->queries, t->answered, t->timeouts, t->unknown,
+               t->evicted, t->unmatched, t->mismatched, t->retries, t->collisions, t->oom,
+               parse_errors);
     for (int i = 1; i < DNS_PARSE_ERRORS; i++)
         buf_printf(b, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", dns_parse_error_name(-i),
                    t->parse_errors[i]);
@@ -653,13 +686,15 @@ static void series_metrics(struct buf *b, const struct series *s, bool counts)
     uint64_t cum = 0, total = 0;
 
     if (counts) {
-        for (int r = 0; r <= RCODE_SLOTS; r++) {
+        for (int r = 0; r <= UNKNOWN_SLOT; r++) {
             if (!s->by_rcode[r])
                 continue;
             buf_puts(b, "ebpf_agent_dns_queries_total{");
             series_labels(b, s);
             if (r == TIMEOUT_SLOT)
                 buf_puts(b, ",status=\"timeout\",rcode=\"\"}");
+            else if (r == UNKNOWN_SLOT)
+                buf_puts(b, ",status=\"unknown\",rcode=\"\"}");
             else
                 buf_printf(b, ",status=\"answered\",rcode=\"%s\"}",
                            dns_rcode_name((uint16_t)r, name, sizeof(name)));

@@ -48,9 +48,15 @@ void dns_agent_free(struct dns_agent *d); /* NULL is allowed; pending queries em
 
 /* One message from the capture (capture_dns_fn). */
 void dns_agent_message(struct dns_agent *d, const struct records_dns *m);
-/* Emits the queries pending longer than DNS_TIMEOUT at now_boot_ns (CLOCK_BOOTTIME, the
- * capture's clock) as timeouts and refreshes the statistics snapshot. */
-void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns);
+/*
+ * Emits the queries pending longer than DNS_TIMEOUT at now_boot_ns (CLOCK_BOOTTIME, the
+ * capture's clock) as timeouts and refreshes the statistics snapshot. kernel_lost: the
+ * answers the kernel has not passed on so far (capture_dns_answers_lost()); while it grows, a
+ * query that expires unanswered may have had its answer among them: its event says "unknown",
+ * not "timeout". So does one whose socket's TCP answer bytes were given up here, or whose
+ * socket got an answer with its transaction id that did not say its question.
+ */
+void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns, uint64_t kernel_lost);
 
 /* An answered event, finished (its pod known): its addresses name later connections. */
 void dns_agent_learn(struct dns_agent *d, const struct event *e, uint32_t ttl_s,

@@ -302,7 +302,8 @@ int main(int argc, char **argv)
         uint64_t ms = (until_flush + 999999) / 1000000;
         timeout_ms = ms < POLL_MAX_MS ? (int)ms : POLL_MAX_MS;
         if (a.dns && now - last_dns_expire >= DNS_EXPIRE_EVERY) {
-            dns_agent_expire(a.dns, clock_ns(CLOCK_BOOTTIME)); /* timeouts become events */
+            /* Timeouts become events. */
+            dns_agent_expire(a.dns, clock_ns(CLOCK_BOOTTIME), capture_dns_answers_lost(a.capture));
             agent_flush_store(&a);
             last_dns_expire = now;
         }

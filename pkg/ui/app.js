@@ -883,7 +883,7 @@ async function refreshDns(win, held) {
     return say('none', 'No DNS data in the last ' + win.name + ' (' + recorded + ' queries recorded before it).');
   const names = new Map();
   const rcodes = new Map();
-  let timeouts = 0;
+  let timeouts = 0, unknown = 0;
   page.events.forEach((e) => {
     const n = names.get(e.query) || { n: 0, nx: 0, servfail: 0, timeout: 0, at: '' };
     n.n++;
@@ -897,6 +897,8 @@ async function refreshDns(win, held) {
       n.timeout++;
       timeouts++;
     }
+    if (e.status === 'unknown') // no answer seen while the capture lost answers
+      unknown++;
     names.set(e.query, n);
     if (e.rcode !== undefined)
       rcodes.set(String(e.rcode), (rcodes.get(String(e.rcode)) || 0) + 1);
@@ -905,6 +907,7 @@ async function refreshDns(win, held) {
   $('#dns-cards').replaceChildren(card('queries', page.count, false, 'dns-queries'),
     card('NXDOMAIN', nx, nx > 0, 'dns-nxdomain'), card('SERVFAIL', sf, sf > 0, 'dns-servfail'),
     card('timeouts', timeouts, timeouts > 0, 'dns-timeouts'),
+    card('outcome unknown (answers lost)', unknown, unknown > 0, 'dns-unknown'),
     card('answers by rcode', [...rcodes.entries()].map(([k, v]) => k + ' ' + v).join(', ') || 'none'));
   const tbody = $('#dns-top tbody');
   tbody.replaceChildren(...[...names.entries()].sort((a, b) => b[1].n - a[1].n).slice(0, 20).map(([q, n]) => {

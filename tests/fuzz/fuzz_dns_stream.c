@@ -102,6 +102,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         t += 1000000;
     }
     t += 60000000000ull;
-    dns_agent_expire(d, t);
+    dns_agent_expire(d, t, size);
     return 0;
 }
