@@ -93,7 +93,9 @@ static const struct key keys[] = {
     {"ENCODING", KIND_ENCODING, AGENT, NUM(encoding), 0, 0, "protobuf", NULL,
      "bus encoding: protobuf or json"},
     {"OUTAGE_BUFFER", KIND_BYTES, AGENT, NUM(outage_buffer_bytes), 64 * 1024, 4ull << 30, "64MiB",
-     NULL, "batches kept while NATS is unreachable; oldest dropped beyond it"},
+     NULL,
+     "send queue: batches kept while NATS is unreachable or slower than the capture; oldest "
+     "dropped beyond it (64KiB-4GiB)"},
     {"EVENT_TYPES", KIND_TYPES, AGENT, NUM(event_types), 0, 0, "all", NULL,
      "comma list of connection, accept, close, packet_drop, exec, exit, dns (or all)"},
     {"RINGBUF_SIZE", KIND_BYTES, AGENT, NUM(ringbuf_bytes), 4096, 1ull << 30, "8MiB", NULL,

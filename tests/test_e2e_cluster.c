@@ -1231,6 +1231,17 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
               dropped_in_outage);
         usleep(50000);
     }
+    /* The log says so too (the agent looks ten times a second). */
+    for (uint64_t dl = tu_mono_ms() + 5000;;) {
+        char *log = tu_read_file(a->log);
+        bool said = log && strstr(log, "the send queue is full (OUTAGE_BUFFER 65536 bytes, NATS "
+                                       "unreachable)");
+        free(log);
+        if (said)
+            break;
+        check(tu_mono_ms() < dl, "the agent did not log the dropped batches");
+        usleep(50000);
+    }
     usleep(1500000); /* a few seconds of outage in all, as specified */
     {
         /* Longer than a peer's TTL: a replica that hears no one still expects the one it

@@ -91,6 +91,32 @@ static void publish_kernel_losses(struct agent *a)
     publisher_set_kernel_losses(a->pub, drops, missed);
 }
 
+/*
+ * Batches the send queue dropped (OUTAGE_BUFFER full: NATS unreachable, or slower than the
+ * capture) are counted in /api/stats; the log says so too, at most every LOG_DROPS_EVERY.
+ */
+#define LOG_DROPS_EVERY 10000000000ull
+static void log_queue_drops(struct agent *a, uint64_t now)
+{
+    static uint64_t logged_batches, logged_events, logged_at;
+    struct publisher_stats st;
+
+    if (!a->pub || (logged_at && now - logged_at < LOG_DROPS_EVERY))
+        return;
+    publisher_get_stats(a->pub, &st);
+    if (st.batches_dropped == logged_batches)
+        return;
+    fprintf(stderr,
+            "ebpf-agent: the send queue is full (OUTAGE_BUFFER %" PRIu64 " bytes, NATS %s): "
+            "%" PRIu64 " batches (%" PRIu64 " events) dropped, the oldest first, since %s\n",
+            a->cfg.outage_buffer_bytes, st.bus.connected ? "connected" : "unreachable",
+            st.batches_dropped - logged_batches, st.events_dropped - logged_events,
+            logged_at ? "the last report" : "the start");
+    logged_batches = st.batches_dropped;
+    logged_events = st.events_dropped;
+    logged_at = now;
+}
+
 /* Pods deleted since the last poll go out with the open batch (see k8s_take_gone). */
 static void send_pods_gone(struct agent *a)
 {
@@ -294,6 +320,7 @@ int main(int argc, char **argv)
         uint64_t now = clock_monotonic_ns();
         if (now - last_drops >= KERNEL_DROPS_EVERY) {
             publish_kernel_losses(&a);
+            log_queue_drops(&a, now);
             last_drops = now;
         }
         send_pods_gone(&a);
