@@ -1116,13 +1116,50 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
  * other completion (reads, writes) returns after one load and two compares.
  */
 #ifndef CONNECTIONS_COMPAT
+#define IORING_CQE_F_BUFFER (1U << 0)
+#define IORING_CQE_F_MORE   (1U << 1)
+#define IORING_CQE_F_NOTIF  (1U << 3)
+
+/*
+ * A multishot request's completions but its last come without the request (the kernel posts
+ * them apart), so their operation is unknown here: a multishot accept's is a descriptor of an
+ * accepted connection no process has claimed yet (its entry has no owner; nothing but an
+ * accept puts it in a process's files). Completions with a buffer (receives, reads) or a
+ * zero-copy notification are none. Only with close events, whose entries say it.
+ */
+static __always_inline int io_uring_unnamed_complete(struct io_uring_cqe *cqe)
+{
+    __u32 flags = cqe->flags;
+    int res = cqe->res;
+    struct sock_life *l;
+    struct sock *sk;
+    __u64 key;
+
+    if (!track_close || res < 0 || !(flags & IORING_CQE_F_MORE) ||
+        (flags & (IORING_CQE_F_BUFFER | IORING_CQE_F_NOTIF)) || !task_captured())
+        return 0;
+    sk = fd_sock(res);
+    if (!sk || sk->sk_protocol != IPPROTO_TCP)
+        return 0;
+    key = (__u64)sk;
+    l = bpf_map_lookup_elem(&sockets, &key);
+    if (!l || l->phase != LIFE_FOLLOWING || l->role != CLOSE_ROLE_SERVER || l->owner.kind)
+        return 0;
+    return conn_report(sk, true, true);
+}
+
 SEC("tp_btf/io_uring_complete")
 int BPF_PROG(tp_btf__io_uring_complete, void *ctx_, void *req, struct io_uring_cqe *cqe)
 {
-    struct io_kiocb *rq = bpf_rdonly_cast(req, bpf_core_type_id_kernel(struct io_kiocb));
-    __u8 op = rq->opcode;
+    struct io_kiocb *rq;
     struct sock *sk;
+    __u8 op;
     int res;
+
+    if (!req)
+        return io_uring_unnamed_complete(cqe);
+    rq = bpf_rdonly_cast(req, bpf_core_type_id_kernel(struct io_kiocb));
+    op = rq->opcode;
 
     if (op != bpf_core_enum_value(enum io_uring_op, IORING_OP_ACCEPT) &&
         op != bpf_core_enum_value(enum io_uring_op, IORING_OP_CONNECT))

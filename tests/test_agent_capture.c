@@ -1565,8 +1565,8 @@ static bool match_close_of(const struct event *e, const void *arg)
  * An accept or a UDP connect submitted to an io_uring returns through no accept or connect
  * syscall: its completion is seen instead. Each accept comes back as the same event a
  * syscall's would (the process's own command even from one of the ring's workers, which
- * IOSQE_ASYNC forces), the accepted connection's close names the process, and a UDP connect
- * is a connection event.
+ * IOSQE_ASYNC forces), the accepted connection's close names the process, a multishot
+ * accept's every connection is an accept event, and a UDP connect is a connection event.
  */
 Test(capture, io_uring_accepts_and_udp_connects_are_seen)
 {
@@ -1610,6 +1610,37 @@ Test(capture, io_uring_accepts_and_udp_connects_are_seen)
         cr_assert_not_null(e, "no server-side close for the io_uring accept%s",
                            async ? " in a worker" : "");
         assert_our_process(e);
+    }
+
+    /* A multishot accept: one request, a completion per connection (all but the last
+     * without their request, see connections.h). */
+    {
+        struct sockaddr_storage ss;
+        socklen_t len = loopback(AF_INET, 0, &ss);
+        struct flow acc = {
+            .type = EVENT_ACCEPT, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_TCP};
+        int lfd = socket(AF_INET, SOCK_STREAM, 0), cfd[2], afd[2];
+        cr_assert(lfd >= 0 && bind(lfd, (struct sockaddr *)&ss, len) == 0 && listen(lfd, 4) == 0);
+        local_end(lfd, acc.daddr, &acc.dport);
+        struct io_uring_sqe sqe = {
+            .opcode = IORING_OP_ACCEPT, .fd = lfd, .ioprio = IORING_ACCEPT_MULTISHOT};
+        uring_submit(&u, &sqe);
+        len = loopback(AF_INET, acc.dport, &ss);
+        for (int i = 0; i < 2; i++) {
+            cfd[i] = socket(AF_INET, SOCK_STREAM, 0);
+            cr_assert_eq(connect(cfd[i], (struct sockaddr *)&ss, len), 0);
+            afd[i] = uring_wait(&u);
+            cr_assert_geq(afd[i], 0, "multishot accept: %s", strerror(-afd[i]));
+        }
+        for (int i = 0; i < 2; i++) {
+            local_end(cfd[i], acc.saddr, &acc.sport);
+            const struct event *e = wait_event(c, &out, match_flow, &acc);
+            cr_assert_not_null(e, "no accept event for connection %d of a multishot accept", i);
+            assert_our_process(e);
+            close(afd[i]);
+            close(cfd[i]);
+        }
+        close(lfd);
     }
 
     /* UDP: a connect through the ring, to a port nothing needs to listen on. */
