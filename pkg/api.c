@@ -143,6 +143,7 @@ json_t *api_stream_stats_json(const struct http_server_stats *hs)
         return NULL;
     api_json_set_u64(o, "clients", hs->stream_clients);
     api_json_set_u64(o, "sent", hs->stream_sent);
+    api_json_set_u64(o, "queued", hs->stream_queued);
     api_json_set_u64(o, "dropped", hs->stream_dropped + hs->publish_dropped);
     api_json_set_u64(o, "publish_dropped", hs->publish_dropped);
     return o;

@@ -77,6 +77,9 @@ struct stream_client {
     bool finishing;  /* send the final chunk at the next proceed */
     bool done;       /* final sent or connection gone: never send again */
     uint64_t missed; /* events dropped since the last ": dropped" notice */
+    /* Events in pending and in inflight: counted sent once h2o has written them, dropped
+     * when the client goes away first. */
+    uint64_t pending_events, inflight_events;
 };
 
 /* An accepted connection, tracked so shutdown can close what is still open. */
@@ -168,6 +171,7 @@ struct http_server {
     uint64_t nstream_clients;
     uint64_t stream_sent;
     uint64_t stream_dropped;
+    uint64_t stream_queued;
     uint64_t publish_dropped;
     uint64_t publish_pending;
     uint64_t deferred_pending;
@@ -389,6 +393,8 @@ static void stream_flush(struct stream_client *c)
     c->inflight = c->pending;
     c->pending = tmp;
     buf_reset(&c->pending);
+    c->inflight_events = c->pending_events;
+    c->pending_events = 0;
     v = h2o_iovec_init(c->inflight.data, c->inflight.len);
     c->sending = true;
     h2o_send(c->req, &v, 1, H2O_SEND_STATE_IN_PROGRESS);
@@ -400,6 +406,9 @@ static void stream_on_proceed(h2o_generator_t *gen, h2o_req_t *req)
 
     c->sending = false;
     buf_reset(&c->inflight);
+    stat_add(&c->srv->stream_sent, c->inflight_events);
+    stat_add(&c->srv->stream_queued, -(int64_t)c->inflight_events);
+    c->inflight_events = 0;
     stream_note_missed(c);
     stream_flush(c);
 }
@@ -442,6 +451,10 @@ static void stream_on_dispose(void *p)
     struct stream_client *c = p;
 
     stream_detach(c);
+    /* What the client left before it was written is dropped. */
+    stat_add(&c->srv->stream_dropped, c->pending_events + c->inflight_events);
+    stat_add(&c->srv->stream_queued, -(int64_t)(c->pending_events + c->inflight_events));
+    c->pending_events = c->inflight_events = 0;
     buf_free(&c->pending);
     buf_free(&c->inflight);
 }
@@ -460,14 +473,18 @@ static void stream_enqueue(struct stream_client *c, const char *data, size_t len
     stream_note_missed(c);
     buf_append(&c->pending, data, len);
     if (c->pending.oom) {
-        /* Keep the stream well-formed: forget this batch, count it missed. */
+        /* Keep the stream well-formed: forget what was pending, this one included, counted
+         * missed. */
         buf_free(&c->pending);
         buf_init(&c->pending);
-        c->missed++;
-        stat_add(&s->stream_dropped, 1);
+        c->missed += c->pending_events + 1;
+        stat_add(&s->stream_dropped, c->pending_events + 1);
+        stat_add(&s->stream_queued, -(int64_t)c->pending_events);
+        c->pending_events = 0;
         return;
     }
-    stat_add(&s->stream_sent, 1);
+    c->pending_events++;
+    stat_add(&s->stream_queued, 1);
     stream_flush(c);
 }
 
@@ -1367,6 +1384,7 @@ void http_server_get_stats(struct http_server *s, struct http_server_stats *out)
     out->stream_clients = stat_get(&s->nstream_clients);
     out->stream_sent = stat_get(&s->stream_sent);
     out->stream_dropped = stat_get(&s->stream_dropped);
+    out->stream_queued = stat_get(&s->stream_queued);
     out->publish_dropped = stat_get(&s->publish_dropped);
     out->deferred_pending = stat_get(&s->deferred_pending);
     out->deferred_dropped = stat_get(&s->deferred_dropped);

@@ -131,8 +131,9 @@ bool http_refuse_params(const struct http_request *req, struct http_response *re
 struct http_server_stats {
     uint64_t requests;
     uint64_t stream_clients;   /* connected now */
-    uint64_t stream_sent;      /* events written to clients */
-    uint64_t stream_dropped;   /* events a slow client missed */
+    uint64_t stream_sent;      /* events written to clients' connections */
+    uint64_t stream_dropped;   /* events a slow client missed, or left queued when it went */
+    uint64_t stream_queued;    /* events waiting in clients' buffers now */
     uint64_t publish_dropped;  /* events not handed to the loop thread (queue full) */
     uint64_t deferred_pending; /* deferred responses not completed yet */
     uint64_t deferred_dropped; /* completions whose client had gone away */
