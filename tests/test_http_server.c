@@ -712,6 +712,30 @@ Test(http_server, stream_client_limit_is_503)
     http_server_free(s);
 }
 
+/* Publishes n exec events of about 1 KB each (pids 1..n) to a client that reads nothing, and
+ * waits until each is accounted for: sent, queued, dropped. */
+static void publish_unread(struct http_server *s, uint32_t n, struct http_server_stats *st)
+{
+    static char args[1000];
+    struct event e;
+
+    memset(args, 'a', sizeof(args) - 1);
+    for (uint32_t pid = 1; pid <= n; pid++) {
+        make_event(&e, EVENT_EXEC, pid);
+        e.u.exec.args = args;
+        e.u.exec.args_len = sizeof(args);
+        http_server_publish(s, &e);
+    }
+    uint64_t deadline = tu_mono_ms() + 5000;
+    do {
+        http_server_get_stats(s, st);
+        if (st->stream_sent + st->stream_queued + st->stream_dropped + st->publish_dropped == n)
+            break;
+        usleep(1000);
+    } while (tu_mono_ms() < deadline);
+    cr_assert_eq(st->stream_sent + st->stream_queued + st->stream_dropped + st->publish_dropped, n);
+}
+
 Test(http_server, slow_stream_client_drops_and_is_told)
 {
     /* Room for a few events only; the client does not read while they pile up. */
@@ -720,28 +744,13 @@ Test(http_server, slow_stream_client_drops_and_is_told)
     static struct sse c;
     char head[4096];
     struct event e;
-    static char args[1000];
 
-    memset(args, 'a', sizeof(args) - 1);
     sse_open(&c, http_server_port(s), "/api/events/stream", NULL, head, sizeof(head));
     cr_assert(sse_wait_for(&c, ": connected\n\n"));
     wait_stream_clients(s, 1);
 
     /* ~20 MB: more than both kernel socket buffers and ours can hold. */
-    for (uint32_t pid = 1; pid <= 20000; pid++) {
-        make_event(&e, EVENT_EXEC, pid);
-        e.u.exec.args = args;
-        e.u.exec.args_len = sizeof(args);
-        http_server_publish(s, &e);
-    }
-    uint64_t deadline = tu_mono_ms() + 5000;
-    do {
-        http_server_get_stats(s, &st);
-        if (st.stream_sent + st.stream_queued + st.stream_dropped == 20000)
-            break;
-        usleep(1000);
-    } while (tu_mono_ms() < deadline);
-    cr_assert_eq(st.stream_sent + st.stream_queued + st.stream_dropped + st.publish_dropped, 20000);
+    publish_unread(s, 20000, &st);
     cr_assert_gt(st.stream_dropped, 0);
 
     /* Catching up: the client learns how many it missed, then events flow again. */
@@ -764,30 +773,14 @@ Test(http_server, events_left_by_a_client_that_went_away_are_dropped_not_sent)
     struct http_server_stats st;
     static struct sse c;
     char head[4096];
-    struct event e;
-    static char args[1000];
 
-    memset(args, 'a', sizeof(args) - 1);
     sse_open(&c, http_server_port(s), "/api/events/stream", NULL, head, sizeof(head));
     cr_assert(sse_wait_for(&c, ": connected\n\n"));
     wait_stream_clients(s, 1);
     /* ~20 MB: more than the kernel's socket buffers hold, less than ours: some wait for the
      * client, none is missed. */
     enum { N = 20000 };
-    for (uint32_t pid = 1; pid <= N; pid++) {
-        make_event(&e, EVENT_EXEC, pid);
-        e.u.exec.args = args;
-        e.u.exec.args_len = sizeof(args);
-        http_server_publish(s, &e);
-    }
-    uint64_t deadline = tu_mono_ms() + 5000;
-    do {
-        http_server_get_stats(s, &st);
-        if (st.stream_sent + st.stream_queued + st.stream_dropped + st.publish_dropped == N)
-            break;
-        usleep(1000);
-    } while (tu_mono_ms() < deadline);
-    cr_assert_eq(st.stream_sent + st.stream_queued + st.stream_dropped + st.publish_dropped, N);
+    publish_unread(s, N, &st);
     cr_assert_eq(st.stream_dropped, 0);
     cr_assert_gt(st.stream_queued, 0);
 
