@@ -436,12 +436,22 @@ static void stream_end(struct stream_client *c)
     stream_flush(c);
 }
 
+/* What a client leaves unwritten when it goes is dropped (before it stops counting as a
+ * client, so the statistics never show it gone with events still queued). */
+static void stream_abandon(struct stream_client *c)
+{
+    stat_add(&c->srv->stream_dropped, c->pending_events + c->inflight_events);
+    stat_add(&c->srv->stream_queued, -(int64_t)(c->pending_events + c->inflight_events));
+    c->pending_events = c->inflight_events = 0;
+}
+
 /* The connection went away before the final chunk. */
 static void stream_on_stop(h2o_generator_t *gen, h2o_req_t *req)
 {
     struct stream_client *c = (struct stream_client *)gen;
 
     c->done = true;
+    stream_abandon(c);
     stream_detach(c);
 }
 
@@ -450,11 +460,8 @@ static void stream_on_dispose(void *p)
 {
     struct stream_client *c = p;
 
+    stream_abandon(c);
     stream_detach(c);
-    /* What the client left before it was written is dropped. */
-    stat_add(&c->srv->stream_dropped, c->pending_events + c->inflight_events);
-    stat_add(&c->srv->stream_queued, -(int64_t)(c->pending_events + c->inflight_events));
-    c->pending_events = c->inflight_events = 0;
     buf_free(&c->pending);
     buf_free(&c->inflight);
 }

@@ -601,9 +601,17 @@ Test(http_server, stream_delivers_matching_events)
     cr_assert_eq(c.data[c.len - 1], '\n');
     cr_assert_eq(c.data[c.len - 2], '\n');
 
-    http_server_get_stats(s, &st);
+    /* Sent once the loop thread sees the write done, which may be after the client read it. */
+    uint64_t deadline = tu_mono_ms() + 5000;
+    do {
+        http_server_get_stats(s, &st);
+        if (st.stream_sent == 2)
+            break;
+        usleep(1000);
+    } while (tu_mono_ms() < deadline);
     cr_assert_eq(st.stream_clients, 1);
     cr_assert_eq(st.stream_sent, 2);
+    cr_assert_eq(st.stream_queued, 0);
     cr_assert_eq(st.stream_dropped, 0);
     cr_assert_eq(st.publish_dropped, 0);
 
