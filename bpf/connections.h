@@ -388,6 +388,19 @@ static __always_inline void connect_failed_record(struct sock_life *l, __u32 err
     life_bury(l, l->closed_ns);
 }
 
+#ifndef CONNECTIONS_COMPAT
+#define PF_IO_WORKER 0x00000010
+/* An io_uring worker's record takes its process's command (conn_report()). */
+#define IO_WORKER_COMM(io_worker, h)                                                               \
+    do {                                                                                           \
+        struct task_struct *t_ = bpf_get_current_task_btf();                                       \
+        if ((io_worker) && (t_->flags & PF_IO_WORKER))                                             \
+            hdr_comm_btf((h), t_->group_leader);                                                   \
+    } while (0)
+#else
+#define IO_WORKER_COMM(io_worker, h) ((void)(io_worker))
+#endif
+
 /* CLOSE->SYN_SENT, in the connecting task. An entry already at this address (a dead one, most
  * often) is taken over in place. */
 static __always_inline void connect_started(const struct sock *sk, __u64 key)
@@ -407,11 +420,13 @@ static __always_inline void connect_started(const struct sock *sk, __u64 key)
         connect_failed_record(prev, 0);
     if (prev) {
         record_hdr_current(&prev->owner, RECORD_CONNECT);
+        IO_WORKER_COMM(true, &prev->owner);
         prev->phase = LIFE_CONNECTING;
         prev->connect_error = 0;
         connect_keep_dest(sk, prev);
     } else {
         record_hdr_current(&l.owner, RECORD_CONNECT);
+        IO_WORKER_COMM(true, &l.owner);
         l.phase = LIFE_CONNECTING;
         connect_keep_dest(sk, &l);
         if (!sock_life_insert(key, &l, SLOT_INET_SOCK_SET_STATE))
@@ -977,19 +992,6 @@ static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long e
     return 0;
 }
 
-#ifndef CONNECTIONS_COMPAT
-#define PF_IO_WORKER 0x00000010
-/* An io_uring worker's record takes its process's command (conn_report()). */
-#define IO_WORKER_COMM(io_worker, h)                                                               \
-    do {                                                                                           \
-        struct task_struct *t_ = bpf_get_current_task_btf();                                       \
-        if ((io_worker) && (t_->flags & PF_IO_WORKER))                                             \
-            hdr_comm_btf((h), t_->group_leader);                                                   \
-    } while (0)
-#else
-#define IO_WORKER_COMM(io_worker, h) ((void)(io_worker))
-#endif
-
 /*
  * A UDP connect() or an accept that gave the current task sk: its record (and for an
  * accepted connection, its owner for the close record). io_worker: the task may be one of
@@ -1165,9 +1167,9 @@ int BPF_PROG(tp_btf__io_uring_complete, void *ctx_, void *req, struct io_uring_c
         op != bpf_core_enum_value(enum io_uring_op, IORING_OP_CONNECT))
         return 0;
     res = cqe->res;
-    if (res < 0 || !task_captured())
-        return 0;
     if (op == bpf_core_enum_value(enum io_uring_op, IORING_OP_ACCEPT)) {
+        if (res < 0 || !task_captured())
+            return 0;
         struct io_accept *acc =
             bpf_rdonly_cast(&rq->cmd, bpf_core_type_id_kernel(struct io_accept));
 
@@ -1176,10 +1178,20 @@ int BPF_PROG(tp_btf__io_uring_complete, void *ctx_, void *req, struct io_uring_c
         sk = fd_sock(res);
         return sk ? conn_report(sk, true, true) : 0;
     }
-    if (!emit_udp_connect || res != 0 || !rq->file)
+    sk = rq->file ? file_sock(rq->file) : NULL;
+    if (!sk)
         return 0;
-    sk = file_sock(rq->file);
-    return sk ? conn_report(sk, false, true) : 0;
+    /* A TCP connect's SYN_SENT noted its socket for the connect() syscall's exit, which never
+     * comes: taken here, or the thread's next connect() would take it for its own. */
+    if (emit_tcp_connect) {
+        __u64 *started = connect_thread_slot(false);
+
+        if (started && *started == (__u64)sk)
+            *started = 0;
+    }
+    if (!emit_udp_connect || res != 0 || !task_captured())
+        return 0;
+    return conn_report(sk, false, true);
 }
 #endif
 

@@ -515,7 +515,7 @@ bad:
     case QP_STATUS:
         errmsg_set(err, errlen,
                    "invalid 'status': \"%s\" (allowed: established, failed, attempted, answered, "
-                   "timeout)",
+                   "timeout, unknown)",
                    quoted);
         break;
     case QP_QUERY:

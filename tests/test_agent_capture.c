@@ -1643,6 +1643,49 @@ Test(capture, io_uring_accepts_and_udp_connects_are_seen)
         close(lfd);
     }
 
+    /*
+     * TCP connects through the ring are the state program's: run by one of the ring's workers
+     * (IOSQE_ASYNC), the event still names the process. And each leaves nothing behind for
+     * the thread's next connect() syscall: a plain connect that fails before its SYN (no
+     * route), on a socket that may well take the ring's socket's memory, is reported.
+     */
+    for (int i = 0; i < 4; i++) {
+        struct flow refused = {.family = EVENT_FAMILY_IPV4,
+                               .dport = closed_port(AF_INET, SOCK_STREAM)};
+        struct sockaddr_storage ss;
+        socklen_t len = loopback(AF_INET, refused.dport, &ss);
+        memcpy(refused.daddr, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        int t = socket(AF_INET, SOCK_STREAM, 0);
+        cr_assert_geq(t, 0);
+        struct io_uring_sqe sqe = {.opcode = IORING_OP_CONNECT,
+                                   .fd = t,
+                                   .flags = i % 2 ? IOSQE_ASYNC : 0,
+                                   .addr = (uint64_t)(uintptr_t)&ss,
+                                   .off = len};
+        uring_submit(&u, &sqe);
+        cr_assert_eq(uring_wait(&u), -ECONNREFUSED);
+        close(t);
+        const struct event *e = wait_event(c, &out, match_failed, &refused);
+        cr_assert_not_null(e, "no failed connection for an io_uring connect (port %u)",
+                           refused.dport);
+        assert_our_process(e);
+
+        struct flow unreachable = {.family = EVENT_FAMILY_IPV4, .dport = (uint16_t)(9 + i)};
+        struct sockaddr_in mc = {.sin_family = AF_INET, .sin_port = htons(unreachable.dport)};
+        inet_pton(AF_INET, "224.0.0.2", &mc.sin_addr);
+        memcpy(unreachable.daddr, &mc.sin_addr, 4);
+        t = socket(AF_INET, SOCK_STREAM, 0);
+        cr_assert_eq(connect(t, (struct sockaddr *)&mc, sizeof(mc)), -1);
+        cr_assert_eq(errno, ENETUNREACH, "connect to 224.0.0.2: %s", strerror(errno));
+        close(t);
+        e = wait_event(c, &out, match_failed, &unreachable);
+        cr_assert_not_null(e,
+                           "round %d: no failed connection for a connect() with no route after "
+                           "an io_uring connect",
+                           i);
+        cr_assert_str_eq(e->u.conn.error, "unreachable");
+    }
+
     /* UDP: a connect through the ring, to a port nothing needs to listen on. */
     struct flow conn = {.type = EVENT_CONNECTION,
                         .family = EVENT_FAMILY_IPV4,
