@@ -1123,22 +1123,22 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
 #define IORING_CQE_F_NOTIF  (1U << 3)
 
 /*
- * A multishot request's completions but its last come without the request (the kernel posts
- * them apart), so their operation is unknown here: a multishot accept's is a descriptor of an
- * accepted connection no process has claimed yet (its entry has no owner; nothing but an
- * accept puts it in a process's files). Completions with a buffer (receives, reads) or a
- * zero-copy notification are none. Only with close events, whose entries say it.
+ * Completions seen without their request, whose operation is unknown here: a multishot
+ * request's but its last (the kernel posts them apart, with IORING_CQE_F_MORE), and any that
+ * found the ring's completion queue full (they wait in its overflow list and reach the ring
+ * later without passing io_uring_complete). An accept's is a descriptor of an accepted
+ * connection no process has claimed yet (its entry has no owner; nothing but an accept puts
+ * one in a process's files). Completions with a buffer (receives, reads) or a zero-copy
+ * notification are none. Only with close events, whose entries say it.
  */
-static __always_inline int io_uring_unnamed_complete(struct io_uring_cqe *cqe)
+static __always_inline int io_uring_unnamed_complete(int res, __u32 flags)
 {
-    __u32 flags = cqe->flags;
-    int res = cqe->res;
     struct sock_life *l;
     struct sock *sk;
     __u64 key;
 
-    if (!track_close || res < 0 || !(flags & IORING_CQE_F_MORE) ||
-        (flags & (IORING_CQE_F_BUFFER | IORING_CQE_F_NOTIF)) || !task_captured())
+    if (!track_close || res < 0 || (flags & (IORING_CQE_F_BUFFER | IORING_CQE_F_NOTIF)) ||
+        !task_captured())
         return 0;
     sk = fd_sock(res);
     if (!sk || sk->sk_protocol != IPPROTO_TCP)
@@ -1150,6 +1150,14 @@ static __always_inline int io_uring_unnamed_complete(struct io_uring_cqe *cqe)
     return conn_report(sk, true, true);
 }
 
+/* A completion the ring had no room for: kept aside by the kernel, seen only here. */
+SEC("tp_btf/io_uring_cqe_overflow")
+int BPF_PROG(tp_btf__io_uring_cqe_overflow, void *ctx_, __u64 user_data, __s32 res, __u32 cflags,
+             void *ocqe)
+{
+    return io_uring_unnamed_complete(res, cflags);
+}
+
 SEC("tp_btf/io_uring_complete")
 int BPF_PROG(tp_btf__io_uring_complete, void *ctx_, void *req, struct io_uring_cqe *cqe)
 {
@@ -1159,7 +1167,7 @@ int BPF_PROG(tp_btf__io_uring_complete, void *ctx_, void *req, struct io_uring_c
     int res;
 
     if (!req)
-        return io_uring_unnamed_complete(cqe);
+        return cqe->flags & IORING_CQE_F_MORE ? io_uring_unnamed_complete(cqe->res, cqe->flags) : 0;
     rq = bpf_rdonly_cast(req, bpf_core_type_id_kernel(struct io_kiocb));
     op = rq->opcode;
 

@@ -1643,6 +1643,41 @@ Test(capture, io_uring_accepts_and_udp_connects_are_seen)
         close(lfd);
     }
 
+    /* More accepts complete than the ring's completion queue holds (8): the rest wait in the
+     * kernel's overflow list, and are accepts all the same. */
+    {
+        enum { N = 20 };
+        struct sockaddr_storage ss;
+        socklen_t len = loopback(AF_INET, 0, &ss);
+        struct flow acc = {
+            .type = EVENT_ACCEPT, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_TCP};
+        int lfd = socket(AF_INET, SOCK_STREAM, 0), cfd[N];
+        cr_assert(lfd >= 0 && bind(lfd, (struct sockaddr *)&ss, len) == 0 && listen(lfd, N) == 0);
+        local_end(lfd, acc.daddr, &acc.dport);
+        for (int i = 0; i < N; i++) {
+            struct io_uring_sqe sqe = {.opcode = IORING_OP_ACCEPT, .fd = lfd};
+            uring_submit(&u, &sqe);
+        }
+        len = loopback(AF_INET, acc.dport, &ss);
+        for (int i = 0; i < N; i++) {
+            cfd[i] = socket(AF_INET, SOCK_STREAM, 0);
+            cr_assert_eq(connect(cfd[i], (struct sockaddr *)&ss, len), 0);
+        }
+        for (int i = 0; i < N; i++) {
+            int afd = uring_wait(&u);
+            cr_assert_geq(afd, 0, "accept %d: %s", i, strerror(-afd));
+        }
+        for (int i = 0; i < N; i++) {
+            local_end(cfd[i], acc.saddr, &acc.sport);
+            const struct event *e = wait_event(c, &out, match_flow, &acc);
+            cr_assert_not_null(e, "no accept event for connection %d of %d (completion queue of 8)",
+                               i, N);
+            assert_our_process(e);
+            close(cfd[i]);
+        }
+        close(lfd);
+    }
+
     /*
      * TCP connects through the ring are the state program's: run by one of the ring's workers
      * (IOSQE_ASYNC), the event still names the process. And each leaves nothing behind for

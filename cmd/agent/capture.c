@@ -70,28 +70,38 @@ enum capture_object {
  * share the one sys_exit program (bpf/connections.h: each program on a hook
  * costs every syscall), so they share its kernel id and link.
  */
+#define AUX_MAX 2
+
 struct prog_spec {
     const char *name; /* as listed; the BPF function name unless shared */
     const char *prog; /* BPF function name */
     const char *hook;
     enum event_type type;
     enum capture_object object;
-    const char *aux; /* a program of the same object attached with it (may be NULL) */
+    const char *aux[AUX_MAX]; /* programs of the same object attached with it (or NULL) */
 };
 
 /* Not in the compat build, and loaded only where the kernel has io_uring's tracepoint. */
-#define IO_URING_PROG "tp_btf__io_uring_complete"
+#define IO_URING_PROG          "tp_btf__io_uring_complete"
+#define IO_URING_OVERFLOW_PROG "tp_btf__io_uring_cqe_overflow"
+#define IO_URING_PROGS                                                                             \
+    {                                                                                              \
+        IO_URING_PROG, IO_URING_OVERFLOW_PROG                                                      \
+    }
 
 static const struct prog_spec prog_specs[SLOT_COUNT] = {
     /* With the state changes the kernel skipped for it that left a socket error (connections.h). */
-    [SLOT_INET_SOCK_SET_STATE] = {"tp_btf__inet_sock_set_state", "tp_btf__inet_sock_set_state",
-                                  "tp_btf/inet_sock_set_state", EVENT_CONNECTION, OBJ_CONNECTIONS,
-                                  "tp_btf__inet_sk_error_report"},
+    [SLOT_INET_SOCK_SET_STATE] = {"tp_btf__inet_sock_set_state",
+                                  "tp_btf__inet_sock_set_state",
+                                  "tp_btf/inet_sock_set_state",
+                                  EVENT_CONNECTION,
+                                  OBJ_CONNECTIONS,
+                                  {"tp_btf__inet_sk_error_report"}},
     /* With the accepts and UDP connects that complete through io_uring (connections.h). */
     [SLOT_SYS_EXIT_CONNECT] = {"tp_btf__sys_exit_connect", "tp_btf__sys_exit", "tp_btf/sys_exit",
-                               EVENT_CONNECTION, OBJ_CONNECTIONS, IO_URING_PROG},
+                               EVENT_CONNECTION, OBJ_CONNECTIONS, IO_URING_PROGS},
     [SLOT_SYS_EXIT_ACCEPT] = {"tp_btf__sys_exit_accept", "tp_btf__sys_exit", "tp_btf/sys_exit",
-                              EVENT_ACCEPT, OBJ_CONNECTIONS, IO_URING_PROG},
+                              EVENT_ACCEPT, OBJ_CONNECTIONS, IO_URING_PROGS},
     [SLOT_KFREE_SKB] = {"tp_btf__kfree_skb", "tp_btf__kfree_skb", "tp_btf/kfree_skb",
                         EVENT_PACKET_DROP, OBJ_DROPS},
     [SLOT_SCHED_PROCESS_EXEC] = {"tp_btf__sched_process_exec", "tp_btf__sched_process_exec",
@@ -130,11 +140,11 @@ struct instance {
 struct capture_prog {
     enum capture_program_status status;
     char error[128];
-    struct bpf_link *link;     /* NULL for the second of two slots sharing a program */
-    uint32_t prog_id;          /* kernel id, for `bpftool prog show id N` */
-    int prog_fd;               /* with link: the program's, for its run statistics */
-    struct bpf_link *aux_link; /* its prog_spec's aux program's */
-    int aux_fd;                /* that program's */
+    struct bpf_link *link;              /* NULL for the second of two slots sharing a program */
+    uint32_t prog_id;                   /* kernel id, for `bpftool prog show id N` */
+    int prog_fd;                        /* with link: the program's, for its run statistics */
+    struct bpf_link *aux_link[AUX_MAX]; /* its prog_spec's aux programs' */
+    int aux_fd[AUX_MAX];                /* those programs' */
 };
 
 _Static_assert(SLOT_COUNT <= SOCKETS_REAP_MAPS,
@@ -166,6 +176,7 @@ struct capture {
     bool conn_compat;             /* the kernel lacks what connections.bpf.c needs */
     bool drop_rx_sk;              /* skb:kfree_skb names the receiving socket (6.10+) */
     bool io_uring_tp;             /* the kernel has io_uring's io_uring_complete tracepoint */
+    bool io_uring_overflow_tp;    /* and its io_uring_cqe_overflow one */
     struct sockets_reaper reaper; /* of each loaded connections object's `sockets` map */
     uint64_t sockets_seeded, sockets_seed_full; /* seed_sockets(), at the start */
 };
@@ -262,6 +273,9 @@ static void read_vmlinux_btf(struct capture *c, bool want_drops)
         btf__find_by_name_kind(vmlinux, "btf_trace_io_uring_complete", BTF_KIND_TYPEDEF) > 0 &&
         btf__find_by_name_kind(vmlinux, "io_kiocb", BTF_KIND_STRUCT) > 0 &&
         btf__find_by_name_kind(vmlinux, "io_accept", BTF_KIND_STRUCT) > 0;
+    c->io_uring_overflow_tp =
+        c->io_uring_tp &&
+        btf__find_by_name_kind(vmlinux, "btf_trace_io_uring_cqe_overflow", BTF_KIND_TYPEDEF) > 0;
     if (want_drops) {
         /* Without names a drop is still reported, with its code and address. */
         c->reasons = vmlinux ? drop_reasons_from_btf(vmlinux) : NULL;
@@ -385,12 +399,20 @@ static void instance_destroy(struct instance *in)
  * with the close program, run once by seed_sockets(). */
 #define SEED_PROG "iter__seed_sockets"
 
+/* Whether the object's program name is attached with slot's program. */
+static bool prog_is_aux(const char *name, int slot)
+{
+    for (int a = 0; a < AUX_MAX; a++)
+        if (prog_specs[slot].aux[a] && strcmp(name, prog_specs[slot].aux[a]) == 0)
+            return true;
+    return false;
+}
+
 /* Whether the object's program name is slot's program, the one attached with it, or the
  * seeding iterator of the close program. */
 static bool prog_serves(const char *name, int slot)
 {
-    return strcmp(name, prog_specs[slot].prog) == 0 ||
-           (prog_specs[slot].aux && strcmp(name, prog_specs[slot].aux) == 0) ||
+    return strcmp(name, prog_specs[slot].prog) == 0 || prog_is_aux(name, slot) ||
            (slot == SLOT_TCP_DESTROY_SOCK && strcmp(name, SEED_PROG) == 0);
 }
 
@@ -488,7 +510,9 @@ static int instance_load(struct capture *c, struct instance *in, enum capture_ob
         for (int s = 0; s < SLOT_COUNT; s++)
             if ((want & (1u << s)) && prog_serves(bpf_program__name(prog), s))
                 load = true;
-        if (!c->io_uring_tp && strcmp(bpf_program__name(prog), IO_URING_PROG) == 0)
+        if ((!c->io_uring_tp && strcmp(bpf_program__name(prog), IO_URING_PROG) == 0) ||
+            (!c->io_uring_overflow_tp &&
+             strcmp(bpf_program__name(prog), IO_URING_OVERFLOW_PROG) == 0))
             load = false;
         bpf_program__set_autoload(prog, load);
     }
@@ -570,12 +594,15 @@ static void prog_attach(struct capture *c, struct instance *in, int slot, uint32
     }
     c->progs[slot].link = link;
     c->progs[slot].prog_fd = bpf_program__fd(prog);
-    const char *aux = prog_specs[slot].aux;
-    struct bpf_program *aux_prog = aux ? bpf_object__find_program_by_name(in->obj, aux) : NULL;
-    c->progs[slot].aux_fd = aux_prog ? bpf_program__fd(aux_prog) : -1;
-    if (c->progs[slot].aux_fd >= 0 && !(c->progs[slot].aux_link = bpf_program__attach(aux_prog)))
-        fprintf(stderr, "capture: %s failed to attach (%s); %s runs without it\n", aux,
-                strerror(errno), prog_specs[slot].name);
+    for (int a = 0; a < AUX_MAX; a++) {
+        const char *aux = prog_specs[slot].aux[a];
+        struct bpf_program *aux_prog = aux ? bpf_object__find_program_by_name(in->obj, aux) : NULL;
+        c->progs[slot].aux_fd[a] = aux_prog ? bpf_program__fd(aux_prog) : -1;
+        if (c->progs[slot].aux_fd[a] >= 0 &&
+            !(c->progs[slot].aux_link[a] = bpf_program__attach(aux_prog)))
+            fprintf(stderr, "capture: %s failed to attach (%s); %s runs without it\n", aux,
+                    strerror(errno), prog_specs[slot].name);
+    }
     if (bpf_obj_get_info_by_fd(c->progs[slot].prog_fd, &info, &len) != 0)
         info.id = 0;
     for (int s = 0; s < SLOT_COUNT; s++) {
@@ -624,12 +651,11 @@ static void object_start(struct capture *c, enum capture_object object, uint32_t
         done |= slots;
         in = &c->instances[c->ninstances];
         err = instance_load(c, in, object, slots);
-        if (err && c->io_uring_tp && prog_specs[s].aux &&
-            strcmp(prog_specs[s].aux, IO_URING_PROG) == 0) {
+        if (err && (c->io_uring_tp || c->io_uring_overflow_tp) && prog_is_aux(IO_URING_PROG, s)) {
             /* io_uring's internals differ on this kernel: the syscalls' program alone. */
-            fprintf(stderr, "capture: %s failed to load (%s); %s runs without it\n", IO_URING_PROG,
-                    strerror(-err), prog_specs[s].name);
-            c->io_uring_tp = false;
+            fprintf(stderr, "capture: %s or %s failed to load (%s); %s runs without them\n",
+                    IO_URING_PROG, IO_URING_OVERFLOW_PROG, strerror(-err), prog_specs[s].name);
+            c->io_uring_tp = c->io_uring_overflow_tp = false;
             err = instance_load(c, in, object, slots);
         }
         if (err) {
@@ -855,7 +881,8 @@ void capture_close(struct capture *c)
         return;
     ring_buffer__free(c->rb);
     for (int s = 0; s < SLOT_COUNT; s++) {
-        bpf_link__destroy(c->progs[s].aux_link);
+        for (int a = 0; a < AUX_MAX; a++)
+            bpf_link__destroy(c->progs[s].aux_link[a]);
         bpf_link__destroy(c->progs[s].link);
     }
     for (size_t i = 0; i < c->ninstances; i++)
@@ -919,12 +946,13 @@ size_t capture_programs(struct capture *c, struct capture_program_info *out, siz
             if (bpf_obj_get_info_by_fd(c->progs[s].prog_fd, &info, &len) == 0)
                 i->missed = info.recursion_misses;
         }
-        /* The program attached with it runs for it: its skipped runs are its own. */
-        if (c->progs[s].aux_link) {
+        /* The programs attached with it run for it: their skipped runs are its own. */
+        for (int a = 0; a < AUX_MAX; a++) {
             struct bpf_prog_info info = {0};
             __u32 len = sizeof(info);
 
-            if (bpf_obj_get_info_by_fd(c->progs[s].aux_fd, &info, &len) == 0)
+            if (c->progs[s].aux_link[a] &&
+                bpf_obj_get_info_by_fd(c->progs[s].aux_fd[a], &info, &len) == 0)
                 i->missed += info.recursion_misses;
         }
     }
