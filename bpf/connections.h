@@ -390,7 +390,7 @@ static __always_inline void connect_failed_record(struct sock_life *l, __u32 err
 
 #ifndef CONNECTIONS_COMPAT
 #define PF_IO_WORKER 0x00000010
-/* An io_uring worker's record takes its process's command (conn_report()). */
+/* A record made in one of io_uring's threads (iou-wrk-N, iou-sqp-N) takes its process's command. */
 #define IO_WORKER_COMM(io_worker, h)                                                               \
     do {                                                                                           \
         struct task_struct *t_ = bpf_get_current_task_btf();                                       \
