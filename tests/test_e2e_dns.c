@@ -1561,45 +1561,66 @@ Test(e2e_dns, a_query_storm_is_rate_limited_and_counted, .fini = stop_all, .time
  * leave their queries unanswered as far as the agent can see: those expire as "unknown",
  * never as "timeout", since dnsmasq answered every query here (the client got each answer).
  */
-Test(e2e_dns, queries_whose_answers_the_kernel_lost_are_not_timeouts, .fini = stop_all,
-     .timeout = 90)
+/*
+ * The agent's DNS counts once every query it tracked is settled (answered, or expired after
+ * DNS_TIMEOUT, 1 s); the tiny ring holds little, so those are all it will see. *queries and
+ * *answered as it counts them.
+ */
+static void dns_settled(json_int_t *queries, json_int_t *answered)
 {
-    ringbuf_size = "4KiB";
-    monitor_up_with("dns-node", "100000");
-    enum { BURST = 200, ROUNDS = 10 };
-    uint8_t q[512], a[1024];
-    int fd = dnsmasq_socket();
-    for (int r = 0; r < ROUNDS; r++) {
-        for (int i = 0; i < BURST; i++) {
-            size_t n = make_query(q, (uint16_t)(r * BURST + i), "a.test");
-            cr_assert_eq(send(fd, q, n, 0), (ssize_t)n);
-        }
-        for (int i = 0; i < BURST; i++)
-            cr_assert_gt(recv(fd, a, sizeof(a), 0), 0, "dnsmasq did not answer (round %d)", r);
-    }
-    close(fd);
-    json_int_t lost = program_counter("cgroup_skb__dns_ingress", "drops");
-    cr_assert_gt(lost, 0, "a 4 KiB ring lost no answer of %d", BURST * ROUNDS);
-
-    /* Every query the agent tracked is settled (answered, or expired after DNS_TIMEOUT, 1 s),
-     * by the agent's own count; the tiny ring holds little, so those are all it will see. */
     uint64_t deadline = tu_mono_ms() + WAIT_MS;
     for (;;) {
         json_t *st = tu_fetch_json(agent.port, "/api/stats");
         json_t *d = json_object_get(st, "dns");
-        json_int_t queries = json_integer_value(json_object_get(d, "queries"));
-        json_int_t settled = json_integer_value(json_object_get(d, "answered")) +
-                             json_integer_value(json_object_get(d, "timeouts")) +
+        *queries = json_integer_value(json_object_get(d, "queries"));
+        *answered = json_integer_value(json_object_get(d, "answered"));
+        json_int_t settled = *answered + json_integer_value(json_object_get(d, "timeouts")) +
                              json_integer_value(json_object_get(d, "unknown")) +
                              json_integer_value(json_object_get(d, "evicted"));
         json_int_t pending = json_integer_value(json_object_get(d, "pending"));
         json_decref(st);
-        if (queries > 0 && pending == 0 && settled == queries)
-            break;
+        if (*queries > 0 && pending == 0 && settled == *queries)
+            return;
         cr_assert(tu_mono_ms() < deadline, "DNS queries not settled: %lld of %lld, %lld pending",
-                  (long long)settled, (long long)queries, (long long)pending);
+                  (long long)settled, (long long)*queries, (long long)pending);
         usleep(50000);
     }
+}
+
+/*
+ * Answers the kernel could not pass on (a ring buffer far too small for bursts of queries)
+ * leave their queries unanswered as far as the agent can see: those expire as "unknown",
+ * never as "timeout", since dnsmasq answered every query here (the client got each answer).
+ * Bursts go on until a query the agent tracked lost its answer (most often the first does;
+ * a burst whose recorded queries all kept theirs shows nothing).
+ */
+Test(e2e_dns, queries_whose_answers_the_kernel_lost_are_not_timeouts, .fini = stop_all,
+     .timeout = 120)
+{
+    ringbuf_size = "4KiB";
+    monitor_up_with("dns-node", "100000");
+    enum { BURST = 200, ROUNDS = 10, TRIES = 10 };
+    uint8_t q[512], a[1024];
+    int fd = dnsmasq_socket();
+    json_int_t queries = 0, answered = 0;
+    for (int t = 0; t < TRIES && queries == answered; t++) {
+        for (int r = 0; r < ROUNDS; r++) {
+            for (int i = 0; i < BURST; i++) {
+                size_t n = make_query(q, (uint16_t)(r * BURST + i), "a.test");
+                cr_assert_eq(send(fd, q, n, 0), (ssize_t)n);
+            }
+            for (int i = 0; i < BURST; i++)
+                cr_assert_gt(recv(fd, a, sizeof(a), 0), 0, "dnsmasq did not answer (round %d)", r);
+        }
+        dns_settled(&queries, &answered);
+    }
+    close(fd);
+    json_int_t lost = program_counter("cgroup_skb__dns_ingress", "drops");
+    cr_assert_gt(queries, answered,
+                 "no tracked query lost its answer in %d bursts (%lld answers lost, %lld queries "
+                 "tracked)",
+                 TRIES, (long long)lost, (long long)queries);
+
     char path[160];
     snprintf(path, sizeof(path), "/api/events?type=dns&query=a.test&pid=%d&status=%s&limit=10000",
              getpid(), "timeout");
@@ -1609,12 +1630,7 @@ Test(e2e_dns, queries_whose_answers_the_kernel_lost_are_not_timeouts, .fini = st
     snprintf(path, sizeof(path), "/api/events?type=dns&query=a.test&pid=%d&status=%s&limit=10000",
              getpid(), "unknown");
     json_int_t unknown = count_of(agent.port, path);
-    cr_assert_gt(unknown, 0,
-                 "no query lost its answer (%lld answers lost; queries %lld, answered %lld, "
-                 "unknown %lld, unmatched %lld, queries lost %lld)",
-                 (long long)lost, (long long)stat_dns("queries"), (long long)stat_dns("answered"),
-                 (long long)stat_dns("unknown"), (long long)stat_dns("unmatched"),
-                 (long long)program_counter("cgroup_skb__dns_egress", "drops"));
+    cr_assert_gt(unknown, 0);
     cr_assert_geq(stat_dns("unknown"), unknown);
     agent_exits_cleanly();
     remove_logs();
