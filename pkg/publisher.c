@@ -44,9 +44,12 @@
 #define PUB_DEFAULT_MAXPAY    (1u << 20)  /* nats-server's default max_payload */
 #define PUB_EVENT_HEADROOM    (16u << 10) /* room for one more event and the metadata */
 #define PUB_INITIAL_BUF_BYTES (64u << 10)
-#define PUB_FREE_BATCHES      4            /* sent batches kept for reuse */
-#define PUB_REUSE_MAX_BYTES   (256u << 10) /* larger buffers (rare) go back to malloc */
-#define PUB_WAKE_BATCHES      8            /* full batches that wake the publisher before a tick */
+#define PUB_FREE_BATCHES      4             /* sent batches kept for reuse */
+#define PUB_REUSE_MAX_BYTES   (256u << 10)  /* larger buffers (rare) go back to malloc */
+#define PUB_WAKE_BATCHES      8             /* full batches that wake the publisher before a tick */
+#define PUB_CONFIRM_NS        (50000000ull) /* longest a sent batch waits for its confirmation */
+#define PUB_PROBE_MS          1000 /* while no one listens: how often the first batch is tried */
+#define PUB_UNHEARD_ROOT      "_EBPF_UNHEARD" /* reply subjects: <root>.<instance>.<sequence> */
 
 struct batch {
     struct batch *next;
@@ -60,6 +63,7 @@ struct batch {
     struct peers_pod *gone;
     size_t n_gone;
     bool heartbeat; /* sent even empty (publisher_tick()) */
+    bool unheard;   /* sent, and the server said no one subscribes to the subject */
 };
 
 struct publisher {
@@ -82,6 +86,11 @@ struct publisher {
     pthread_cond_t drained; /* flush waiters: queue empty and nothing in flight */
     struct batch *head, *tail;
     struct batch *inflight;
+    /* Published, waiting for confirm_sent() to learn whether anyone heard them; oldest first. */
+    struct batch *sent_head, *sent_tail;
+    uint64_t sent_bytes, sent_oldest_ns;
+    uint64_t unheard_done;      /* replies on_unheard() has handled */
+    bool no_listener;           /* a batch came back unheard, and no later one was heard */
     struct batch *free_batches; /* sent, ready for reuse */
     unsigned n_free;
     bool publisher_idle;    /* waiting on wake for work: the only time a new batch signals */
@@ -100,7 +109,13 @@ struct publisher {
     uint64_t kernel_drops, kernel_missed;
     uint64_t max_payload; /* learned from the server */
     uint64_t heartbeats;
-    uint64_t last_queued_ns; /* monotonic: the last batch queued (capture thread only) */
+    uint64_t batches_unheard; /* came back unheard, queued again */
+    uint64_t last_queued_ns;  /* monotonic: the last batch queued (capture thread only) */
+
+    /* Publisher thread: where the server says a batch reached no subscriber. */
+    natsSubscription *unheard_sub;
+    uint64_t unheard_gen; /* bus_generation() it was made on */
+    char reply_prefix[sizeof(PUB_UNHEARD_ROOT) + PUBLISHER_INSTANCE_LEN + 2];
 };
 
 static void add(uint64_t *c, uint64_t v)
@@ -380,10 +395,10 @@ int publisher_flush(struct publisher *p, uint64_t timeout_ns)
     pthread_mutex_lock(&p->mu);
     p->flush_waiters++;
     pthread_cond_signal(&p->wake); /* a publisher settling after an outage sends now */
-    while ((p->head || p->inflight) && rc == 0)
+    while ((p->head || p->inflight || p->sent_head) && rc == 0)
         rc = pthread_cond_timedwait(&p->drained, &p->mu, &until);
     p->flush_waiters--;
-    bool empty = !p->head && !p->inflight;
+    bool empty = !p->head && !p->inflight && !p->sent_head;
     pthread_mutex_unlock(&p->mu);
     if (!empty)
         return -ETIMEDOUT;
@@ -425,8 +440,13 @@ static natsStatus publish_batch(struct publisher *p, struct batch *b)
             return NATS_NO_MEMORY;
     }
 
+    /* With a reply subject, the server answers "no responders" when no one subscribes. */
+    char reply[sizeof(p->reply_prefix) + 24];
+    if (p->unheard_sub)
+        snprintf(reply, sizeof(reply), "%s%" PRIu64, p->reply_prefix, b->sequence);
     natsMsg *m = NULL;
-    natsStatus s = natsMsg_Create(&m, p->subject, NULL, b->body.data, (int)b->body.len);
+    natsStatus s = natsMsg_Create(&m, p->subject, p->unheard_sub ? reply : NULL, b->body.data,
+                                  (int)b->body.len);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(m, BUS_HDR_CONTENT_TYPE, p->content_type);
     if (s == NATS_OK)
@@ -461,6 +481,156 @@ static natsStatus publish_batch(struct publisher *p, struct batch *b)
     return s;
 }
 
+/*
+ * Knowing who hears a batch. Core NATS drops a message nobody subscribes to,
+ * silently: a lone aggregator restarting, or every replica gone, would lose
+ * what the agent sends meanwhile, and no one could count it. So each batch
+ * goes with a reply subject of this instance's (PUB_UNHEARD_ROOT.<instance>.
+ * <sequence>), to which the server sends a "no responders" status when the
+ * batch reached no subscriber; the aggregators never answer. A published
+ * batch is kept (sent list) until confirm_sent() knows: after a round trip to
+ * the server (a flush) every such status for the batches before it has
+ * arrived, and on_unheard() has marked them. The unheard ones go back to the
+ * front of the queue; the publisher then holds the queue as in an outage and
+ * tries its first batch every PUB_PROBE_MS until one is heard.
+ */
+static void on_unheard(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    struct publisher *p = closure;
+    const char *subj = msg ? natsMsg_GetSubject(msg) : NULL;
+    size_t plen = strlen(p->reply_prefix);
+    uint64_t seq = 0;
+    bool valid = subj && natsMsg_IsNoResponders(msg) && strncmp(subj, p->reply_prefix, plen) == 0;
+
+    for (const char *c = valid ? subj + plen : ""; *c; c++) {
+        if (*c < '0' || *c > '9' || seq > UINT64_MAX / 10 - 1) {
+            valid = false;
+            break;
+        }
+        seq = seq * 10 + (uint64_t)(*c - '0');
+    }
+    pthread_mutex_lock(&p->mu);
+    for (struct batch *b = p->sent_head; valid && b; b = b->next)
+        if (b->sequence == seq)
+            b->unheard = true;
+    p->unheard_done++;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    natsMsg_Destroy(msg);
+}
+
+/* Subscribes to this instance's reply subjects on the current connection (mu not held). */
+static void unheard_subscribe(struct publisher *p)
+{
+    uint64_t gen = bus_generation(p->bus);
+    if (p->unheard_sub && p->unheard_gen == gen)
+        return;
+    if (p->unheard_sub) { /* made on a connection since replaced: it hears nothing */
+        natsSubscription_Destroy(p->unheard_sub);
+        p->unheard_sub = NULL;
+    }
+    char subj[sizeof(p->reply_prefix) + 1];
+    snprintf(subj, sizeof(subj), "%s*", p->reply_prefix);
+    natsSubscription *sub = NULL;
+    if (natsConnection_Subscribe(&sub, bus_conn(p->bus), subj, on_unheard, p) != NATS_OK)
+        return; /* tried again before the next batch */
+    /* Statuses are few and small; never drop one as a slow consumer. */
+    natsSubscription_SetPendingLimits(sub, -1, -1);
+    pthread_mutex_lock(&p->mu);
+    p->unheard_sub = sub;
+    p->unheard_gen = gen;
+    p->unheard_done = 0;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* The sent list's batches from first to last (inclusive) leave it (mu held). */
+static struct batch *sent_take(struct publisher *p, struct batch *last)
+{
+    struct batch *first = p->sent_head;
+    p->sent_head = last->next;
+    if (!p->sent_head)
+        p->sent_tail = NULL;
+    last->next = NULL;
+    for (struct batch *b = first; b; b = b->next)
+        p->sent_bytes -= b->events_len;
+    p->sent_oldest_ns = clock_monotonic_ns();
+    return first;
+}
+
+/*
+ * Learns which sent batches were heard (see on_unheard()); mu held, released
+ * during the round trip. The heard ones are done; the unheard go back to the
+ * front of the queue, in order, and the publisher holds it (no_listener).
+ * Without an answer from the server (an outage), they count as heard: the
+ * connection took them, as it always did.
+ */
+static void confirm_sent(struct publisher *p)
+{
+    struct batch *last = p->sent_tail;
+    if (!last)
+        return;
+    natsSubscription *sub = p->unheard_sub;
+    pthread_mutex_unlock(&p->mu);
+    natsStatus s = natsConnection_FlushTimeout(bus_conn(p->bus), PUB_SERVER_FLUSH_MS);
+    int pending = 0;
+    int64_t delivered = 0;
+    if (s == NATS_OK && sub &&
+        natsSubscription_GetStats(sub, &pending, NULL, NULL, NULL, &delivered, NULL) != NATS_OK)
+        s = NATS_ERR;
+    pthread_mutex_lock(&p->mu);
+    /* Every status sent before the server's answer is in the subscription: wait until
+     * on_unheard() has seen each (delivered counts the one it is in). */
+    struct timespec until = clock_deadline_ms(PUB_SERVER_FLUSH_MS);
+    while (s == NATS_OK && sub && p->unheard_done < (uint64_t)delivered + (uint64_t)pending)
+        if (pthread_cond_timedwait(&p->wake, &p->mu, &until) == ETIMEDOUT)
+            break;
+
+    struct batch *first = sent_take(p, last), *back = NULL, **back_end = &back, *done = NULL;
+    bool heard = false;
+    while (first) {
+        struct batch *b = first;
+        first = b->next;
+        b->next = NULL;
+        if (s == NATS_OK && b->unheard) {
+            b->unheard = false;
+            add(&p->batches_unheard, 1);
+            *back_end = b;
+            back_end = &b->next;
+            continue;
+        }
+        heard = true;
+        add(&p->batches_sent, 1);
+        add(&p->events_sent, b->n_events);
+        add(&p->bytes_sent, b->body.len);
+        __atomic_fetch_sub(&p->queue_batches, 1, __ATOMIC_RELAXED);
+        __atomic_fetch_sub(&p->queue_bytes, b->events_len, __ATOMIC_RELAXED);
+        struct batch *f = batch_recycle(p, b);
+        if (f) {
+            f->next = done;
+            done = f;
+        }
+    }
+    if (back) {
+        *back_end = p->head;
+        p->head = back;
+        if (!p->tail)
+            for (p->tail = back; p->tail->next; p->tail = p->tail->next)
+                ;
+        __atomic_store_n(&p->no_listener, true, __ATOMIC_RELAXED);
+    } else if (heard) {
+        __atomic_store_n(&p->no_listener, false, __ATOMIC_RELAXED);
+    }
+    if (done) {
+        pthread_mutex_unlock(&p->mu);
+        while (done) {
+            struct batch *b = done;
+            done = b->next;
+            batch_free(b);
+        }
+        pthread_mutex_lock(&p->mu);
+    }
+}
+
 static void log_outage(struct publisher *p, bool *logged)
 {
     if (!p->log_prefix || *logged)
@@ -479,6 +649,19 @@ static void log_outage(struct publisher *p, bool *logged)
     fprintf(stderr, "%s: NATS unreachable (%s), buffering up to %" PRIu64 " %s (OUTAGE_BUFFER)\n",
             p->log_prefix, st.last_error[0] ? st.last_error : "connection lost", n, unit);
     *logged = true;
+}
+
+/* Says when the batches stop being heard, and when they are again (mu not held). */
+static void log_listener(struct publisher *p)
+{
+    if (__atomic_load_n(&p->no_listener, __ATOMIC_RELAXED))
+        fprintf(stderr,
+                "%s: no one subscribes to %s (no aggregator listening): holding batches, up to "
+                "OUTAGE_BUFFER, and trying again every %d ms\n",
+                p->log_prefix, p->subject, PUB_PROBE_MS);
+    else
+        fprintf(stderr, "%s: %s is heard again, sending %" PRIu64 " queued batches\n",
+                p->log_prefix, p->subject, get(&p->queue_batches));
 }
 
 /*
@@ -533,6 +716,34 @@ static void *publisher_main(void *arg)
             pthread_mutex_lock(&p->mu);
             continue;
         }
+        if (p->unheard_gen != bus_generation(p->bus) || !p->unheard_sub) {
+            pthread_mutex_unlock(&p->mu);
+            unheard_subscribe(p);
+            pthread_mutex_lock(&p->mu);
+        }
+        if (p->sent_head && (!p->head || p->no_listener || p->flush_waiters ||
+                             p->sent_bytes >= p->cfg.outage_buffer_bytes / 4 ||
+                             clock_monotonic_ns() - p->sent_oldest_ns >= PUB_CONFIRM_NS)) {
+            bool was_heard = !p->no_listener;
+            confirm_sent(p);
+            if (p->log_prefix && was_heard != !p->no_listener) {
+                pthread_mutex_unlock(&p->mu);
+                log_listener(p);
+                pthread_mutex_lock(&p->mu);
+            }
+            if (!p->head && !p->sent_head && p->flush_waiters)
+                pthread_cond_broadcast(&p->drained);
+            continue;
+        }
+        if (p->no_listener && p->head && !p->stopping) {
+            /* No one heard the last batch: try the first again now and then. */
+            struct timespec until = clock_deadline_ms(PUB_PROBE_MS);
+            int rc = 0;
+            while (!p->stopping && bus_connected(p->bus) && rc != ETIMEDOUT)
+                rc = pthread_cond_timedwait(&p->wake, &p->mu, &until);
+            if (rc != ETIMEDOUT)
+                continue;
+        }
         if (!p->head) {
             p->publisher_idle = true;
             pthread_cond_wait(&p->wake, &p->mu);
@@ -555,19 +766,23 @@ static void *publisher_main(void *arg)
         struct batch *done = NULL;
         pthread_mutex_lock(&p->mu);
         p->inflight = NULL;
-        if (s == NATS_OK || s == NATS_MAX_PAYLOAD) {
+        if (s == NATS_OK) {
+            /* Done once confirm_sent() knows it was heard. */
+            b->next = NULL;
+            b->unheard = false;
+            if (p->sent_tail)
+                p->sent_tail->next = b;
+            else
+                p->sent_head = b, p->sent_oldest_ns = clock_monotonic_ns();
+            p->sent_tail = b;
+            p->sent_bytes += b->events_len;
+        } else if (s == NATS_MAX_PAYLOAD) {
+            /* The server will never take it; retrying would wedge the queue. */
             __atomic_fetch_sub(&p->queue_batches, 1, __ATOMIC_RELAXED);
             __atomic_fetch_sub(&p->queue_bytes, b->events_len, __ATOMIC_RELAXED);
-            if (s == NATS_OK) {
-                add(&p->batches_sent, 1);
-                add(&p->events_sent, b->n_events);
-                add(&p->bytes_sent, b->body.len);
-            } else {
-                /* The server will never take it; retrying would wedge the queue. */
-                add(&p->publish_errors, 1);
-                add(&p->batches_dropped, 1);
-                add(&p->events_dropped, b->n_events);
-            }
+            add(&p->publish_errors, 1);
+            add(&p->batches_dropped, 1);
+            add(&p->events_dropped, b->n_events);
             done = batch_recycle(p, b);
         } else {
             /* Keep it first in line and retry shortly (or on reconnect). */
@@ -580,14 +795,15 @@ static void *publisher_main(void *arg)
             if (!p->stopping)
                 pthread_cond_timedwait(&p->wake, &p->mu, &until);
         }
-        if (!p->head && p->flush_waiters)
-            pthread_cond_broadcast(&p->drained);
         if (done) {
             pthread_mutex_unlock(&p->mu);
             batch_free(done);
             pthread_mutex_lock(&p->mu);
         }
     }
+    /* Stopping: what was sent is known once the server answers. */
+    if (p->sent_head && bus_connected(p->bus))
+        confirm_sent(p);
     pthread_mutex_unlock(&p->mu);
     return NULL;
 }
@@ -647,6 +863,7 @@ struct publisher *publisher_new(struct bus *bus, const struct publisher_config *
         cfg->encoding == CONFIG_ENCODING_JSON ? BUS_CONTENT_TYPE_JSON : BUS_CONTENT_TYPE_PROTOBUF;
     p->max_payload = PUB_DEFAULT_MAXPAY;
     instance_id(p->instance);
+    snprintf(p->reply_prefix, sizeof(p->reply_prefix), "%s.%s.", PUB_UNHEARD_ROOT, p->instance);
     p->started_ns = clock_realtime_ns();
 
     pthread_mutex_init(&p->mu, NULL);
@@ -675,7 +892,8 @@ void publisher_free(struct publisher *p)
     if (!p)
         return;
     if (p->thread_started) {
-        if (bus_connected(p->bus))
+        /* No one listening: nothing would drain (the batches are counted below). */
+        if (bus_connected(p->bus) && !__atomic_load_n(&p->no_listener, __ATOMIC_RELAXED))
             publisher_flush(p, PUB_DRAIN_ON_FREE_NS);
         pthread_mutex_lock(&p->mu);
         p->stopping = true;
@@ -697,9 +915,18 @@ void publisher_free(struct publisher *p)
                 "%s: %" PRIu64 " batches (%" PRIu64 " events) not sent: NATS %s at exit; they are "
                 "lost, and no aggregator can count them\n",
                 p->log_prefix, unsent, unsent_events,
-                bus_connected(p->bus) ? "did not take them in time" : "unreachable");
+                !bus_connected(p->bus) ? "unreachable"
+                : p->no_listener       ? "connected, but no one subscribed"
+                                       : "did not take them in time");
     batch_free(p->cur);
     batch_free(p->spare);
+    if (p->unheard_sub)
+        natsSubscription_Destroy(p->unheard_sub);
+    while (p->sent_head) { /* sent, the server's answer not had */
+        struct batch *b = p->sent_head;
+        p->sent_head = b->next;
+        batch_free(b);
+    }
     while (p->head) {
         struct batch *b = p->head;
         p->head = b->next;
@@ -733,6 +960,8 @@ void publisher_get_stats(struct publisher *p, struct publisher_stats *out)
     out->pods_gone = get(&p->pods_gone_sent);
     out->pods_gone_dropped = get(&p->pods_gone_dropped);
     out->heartbeats = get(&p->heartbeats);
+    out->batches_unheard = get(&p->batches_unheard);
+    out->no_listener = __atomic_load_n(&p->no_listener, __ATOMIC_RELAXED);
     out->queue_batches = get(&p->queue_batches);
     out->queue_bytes = get(&p->queue_bytes);
     out->publish_errors = get(&p->publish_errors);

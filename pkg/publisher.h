@@ -11,9 +11,16 @@
  * from any thread.
  *
  * Loss accounting: when the queue would exceed outage_buffer_bytes (NATS
- * unreachable or slow), the oldest batches are dropped and their events
- * counted as agent drops; their sequence numbers are never sent, so a
- * receiver sees the gap.
+ * unreachable or slow, or no one subscribed), the oldest batches are dropped
+ * and their events counted as agent drops; their sequence numbers are never
+ * sent, so a receiver sees the gap.
+ *
+ * A batch NATS delivered to no subscriber (no aggregator listening: core NATS
+ * would drop it silently) comes back: each is published with a reply subject
+ * of this instance's, to which the server sends "no responders" then. Sent
+ * batches stay in the queue until a round trip to the server says which were
+ * heard; an unheard one goes back to its front and the queue is held, as in
+ * an outage, its first batch tried again every second until one is heard.
  */
 #ifndef EBPF_MONITOR_PUBLISHER_H
 #define EBPF_MONITOR_PUBLISHER_H
@@ -50,6 +57,8 @@ struct publisher_stats {
     uint64_t pods_gone;         /* deleted pods put in batches (publisher_add_gone) */
     uint64_t pods_gone_dropped; /* deleted pods lost: no memory for a batch */
     uint64_t heartbeats;        /* empty batches queued for an idle node (publisher_tick) */
+    uint64_t batches_unheard;   /* sent to no subscriber (NATS said so), queued again */
+    bool no_listener;           /* the last batch sent reached no subscriber: holding them */
     uint64_t queue_batches;     /* closed batches waiting (and the one being sent) */
     uint64_t queue_bytes;
     uint64_t publish_errors;

@@ -41,12 +41,13 @@ done
 for t in jq curl bpftool nats-server python3 $([ "$LOAD" = dns ] && echo dnsmasq dig); do
   command -v "$t" >/dev/null || { echo "bench-ab: $t not installed (make deps)" >&2; exit 1; }
 done
-for b in bench_load bench_dns_load; do
+for b in bench_load bench_dns_load bench_sub; do
   [ -x build/bench/$b ] || { echo "bench-ab: build/bench/$b missing: make bench-bins" >&2; exit 1; }
 done
 for a in "$@"; do [ -x "$a" ] || { echo "bench-ab: $a is not an executable" >&2; exit 1; }; done
 
 TMP=$(mktemp -d)
+LOG="$TMP/bench-ab.log"
 PIDS=()
 BENCH=bench-ab
 # shellcheck source=scripts/bench-lib.sh
@@ -66,6 +67,7 @@ stats() { bpftool prog show -j | jq -r '.[] | "\(.id) \(.run_time_ns // 0) \(.ru
 NATS_PORT=$(free_port)
 nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$TMP/nats.log" 2>&1 &
 PIDS+=($!)
+start_listener "nats://127.0.0.1:$NATS_PORT"
 
 DNS_PORT="" CG=""
 if [ "$LOAD" = dns ]; then

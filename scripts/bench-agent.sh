@@ -111,6 +111,7 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/"$NATS_PORT") 2>/dev/null; then
   echo "bench-agent: nats-server is not listening on 127.0.0.1:$NATS_PORT (see $LOG); run again" >&2
   exit 1
 fi
+start_listener "$NATS_URL"
 
 agent_ticks() { awk '{print $14 + $15}' /proc/"$AGENT_PID"/stat; }
 CLK_TCK=$(getconf CLK_TCK)
@@ -384,7 +385,7 @@ BT
 tracers_stopped() { # where
   local p
   for p in "${PIDS[@]}"; do
-    if [ "$p" != "$NATS_PID" ] && running_child "$p"; then
+    if [ "$p" != "$NATS_PID" ] && [ "$p" != "$LISTENER_PID" ] && running_child "$p"; then
       echo "bench-agent: $(cat "/proc/$p/comm" 2>/dev/null) (pid $p) still runs after $1" | tee -a "$LOG" >&2
       exit 1
     fi

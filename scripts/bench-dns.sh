@@ -56,7 +56,7 @@ LOG="$OUT/dns.log"
 LOAD=$OUT/bench_dns_load
 
 [ "$(id -u)" -eq 0 ] || { echo "bench-dns: needs root (loads eBPF programs)" >&2; exit 1; }
-for bin in bin/ebpf-agent $LOAD $OUT/bench_empty_progs; do
+for bin in bin/ebpf-agent $LOAD $OUT/bench_empty_progs $OUT/bench_sub; do
   [ -x "$bin" ] || { echo "bench-dns: $bin missing: run 'make bench-bins'" >&2; exit 1; }
 done
 [ -e "$OUT/empty_dev_progs.bpf.o" ] || { echo "bench-dns: $OUT/empty_dev_progs.bpf.o missing: run 'make bench-bins'" >&2; exit 1; }
@@ -101,6 +101,7 @@ NATS_URL="nats://127.0.0.1:$NATS_PORT"
 DNS_PORT=$(free_port)
 nats-server -a 127.0.0.1 -p "$NATS_PORT" >>"$LOG" 2>&1 &
 PIDS+=($!)
+start_listener "$NATS_URL"
 dnsmasq --no-daemon --no-resolv --no-hosts --port="$DNS_PORT" --listen-address=127.0.0.1 \
   --bind-interfaces --host-record=a.test,10.11.12.13 --local=/test/ \
   --pid-file="$TMP/dnsmasq.pid" >>"$LOG" 2>&1 &

@@ -70,6 +70,34 @@ wait_ready() {
   exit 1
 }
 
+# start_listener URL: a subscriber to every agent's subject on the NATS server at URL that
+# counts and discards (build/bench/bench_sub --discard), as an aggregator would listen: an agent
+# holds the batches no one subscribes to (README, "no aggregator listening"), which is not how
+# it runs. Waits until it is subscribed (10 s at most); sets LISTENER_PID.
+LISTENER_PID=""
+start_listener() {
+  local ready="$TMP/listener.$$.$RANDOM.ready" pid
+  for _ in $(seq 100); do
+    rm -f "$ready"
+    build/bench/bench_sub "$1" 'ebpf.events.>' --ready "$ready" --discard >/dev/null 2>>"$LOG" &
+    pid=$!
+    for _ in $(seq 40); do
+      [ -e "$ready" ] && break
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.05
+    done
+    if [ -e "$ready" ]; then
+      PIDS+=("$pid")
+      LISTENER_PID=$pid
+      return 0
+    fi
+    wait "$pid" 2>/dev/null # not up yet: the server may still be starting
+    sleep 0.1
+  done
+  echo "$BENCH: no listener on $1 (see $LOG)" >&2
+  exit 1
+}
+
 # start_agent [VAR=VALUE...]: bin/ebpf-agent with those extra variables, ready; sets AGENT_PID
 # and AGENT_API (its base URL).
 AGENT_PID=""

@@ -792,6 +792,74 @@ Test(e2e_cluster, an_idle_node_stays_active_and_a_stopped_one_goes_stale)
     rmdir(cg);
 }
 
+static void node_counts(struct proc *r, const char *node, int64_t *batches, int64_t *lost,
+                        int64_t *events);
+
+/* Waits until the agent's bus.listener is want. */
+static void wait_listener(struct proc *a, bool want)
+{
+    for (uint64_t end = tu_mono_ms() + 15000;; usleep(50000)) {
+        json_t *s = api(a, "/api/stats");
+        bool ok = json_is_boolean(tu_jpath(s, "bus.listener")) &&
+                  json_is_true(tu_jpath(s, "bus.listener")) == want;
+        if (ok || tu_mono_ms() > end) {
+            check(ok, "%s: bus.listener is not %s: %s", a->name, want ? "true" : "false",
+                  tu_jdump(tu_jpath(s, "bus")));
+            json_decref(s);
+            return;
+        }
+        json_decref(s);
+    }
+}
+
+/*
+ * A lone aggregator that restarts: what the agent captured meanwhile reached
+ * no subscriber, which core NATS drops without a word. The server's "no
+ * responders" brings each such batch back to the agent, which holds them and
+ * sends them once the aggregator is back: every event arrives, none is lost.
+ */
+Test(e2e_cluster, a_lone_aggregator_restart_loses_nothing)
+{
+    need_root();
+    nats_up(NULL);
+    marker_init('L');
+    struct proc *r = agg_up("r1", NULL, true);
+    const char *agent_env[] = {"FLUSH_INTERVAL=50ms", NULL};
+    struct proc *a = agent_up("e2e-lone", agent_env);
+    char q[256];
+
+    pid_t before = run_marker();
+    snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d&node=e2e-lone", before);
+    json_decref(wait_count(r, q, 1, 15000));
+    wait_listener(a, true);
+
+    proc_kill(r, SIGTERM);
+    pid_t down[5];
+    for (int i = 0; i < 5; i++)
+        down[i] = run_marker();
+    wait_listener(a, false);
+    json_t *s = api(a, "/api/stats");
+    cr_assert_geq(jint(s, "bus.batches_unheard"), 1, "%s", tu_jdump(tu_jpath(s, "bus")));
+    cr_assert_eq(jint(s, "bus.agent_drops"), 0, "%s", tu_jdump(tu_jpath(s, "bus")));
+    json_decref(s);
+
+    r = agg_up("r1-again", NULL, true);
+    for (int i = 0; i < 5; i++) {
+        snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d&node=e2e-lone", down[i]);
+        json_decref(wait_count(r, q, 1, 15000));
+    }
+    wait_listener(a, true);
+    int64_t batches, lost;
+    node_counts(r, "e2e-lone", &batches, &lost, NULL);
+    cr_assert_gt(batches, 0);
+    cr_assert_eq(lost, 0, "the restarted aggregator counted lost batches");
+    s = api(a, "/api/stats");
+    cr_assert_eq(jint(s, "bus.agent_drops"), 0, "%s", tu_jdump(tu_jpath(s, "bus")));
+    json_decref(s);
+    proc_kill(a, SIGTERM);
+    proc_kill(r, SIGTERM);
+}
+
 /* ---- batching, observed on the bus -------------------------------------- */
 
 Test(e2e_cluster, batch_size_governs_messages_and_npm_client_decodes_them)
@@ -1348,8 +1416,11 @@ Test(e2e_cluster, nats_restart_and_replica_loss)
 /*
  * An agent that starts while no replica can hear it (here: its NATS server is not yet routed to
  * the replicas', as a server joining a cluster late; as well: the replicas refused) sends
- * batches 1..N to no one. The replica was running before the agent started, so the first batch
- * it hears, N + k, does not start the count: sequences 1 to N + k - 1 are lost batches.
+ * batches 1..N that no replica receives. Batches no one at all subscribes to come back to the
+ * agent, which holds them (a_lone_aggregator_restart_loses_nothing); these have a subscriber
+ * that is no replica (a `nats sub` on B), so they are gone. The replica was running before
+ * the agent started, so the first batch it hears, N + k, does not start the count: sequences
+ * 1 to N + k - 1 are lost batches.
  */
 Test(e2e_cluster, batches_no_replica_heard_at_an_agents_start_are_lost)
 {
@@ -1371,6 +1442,14 @@ Test(e2e_cluster, batches_no_replica_heard_at_an_agents_start_are_lost)
 
     pid_t b = tu_nats_start(b_port, b_alone, b_log);
     check(b > 0, "nats-server B did not start on port %d", b_port);
+    char b_url[48];
+    natsConnection *listener = NULL;
+    natsSubscription *listener_sub = NULL;
+    snprintf(b_url, sizeof(b_url), "nats://127.0.0.1:%d", b_port);
+    check(natsConnection_ConnectTo(&listener, b_url) == NATS_OK, "cannot connect to B");
+    check(natsConnection_SubscribeSync(&listener_sub, listener, "ebpf.events.>") == NATS_OK &&
+              natsConnection_Flush(listener) == NATS_OK,
+          "cannot subscribe on B");
     /* The replica listens for longer than the agent lives (by more than NODES_HEARD_MARGIN_NS:
      * 1 s) when the agent's first batch reaches it. */
     while (tu_now_ns() < replica_started + 1500000000ull)
@@ -1388,6 +1467,8 @@ Test(e2e_cluster, batches_no_replica_heard_at_an_agents_start_are_lost)
     json_decref(nodes);
 
     /* B joins the cluster: what the agent sends from now on reaches the replica. */
+    natsSubscription_Destroy(listener_sub);
+    natsConnection_Destroy(listener);
     tu_stop(b, 5000);
     b = tu_nats_start(b_port, b_routed, b_log);
     check(b > 0, "nats-server B did not restart on port %d", b_port);

@@ -604,6 +604,99 @@ Test(publisher, after_an_outage_batches_wait_for_subscribers_to_return)
     fixture_close(&f);
 }
 
+/* Waits until the publisher holds its batches because no one hears them. */
+static bool wait_no_listener(struct publisher *p, bool want)
+{
+    struct publisher_stats st;
+    uint64_t until = mono_ns() + WAIT_MS * MS;
+    do {
+        publisher_get_stats(p, &st);
+        if (st.no_listener == want)
+            return true;
+        usleep(10000);
+    } while (mono_ns() < until);
+    return false;
+}
+
+/*
+ * Core NATS drops a message no one subscribes to (every aggregator gone, a
+ * lone one restarting): the server's "no responders" answer brings such a
+ * batch back, and the queue waits, bounded as in an outage, until a
+ * subscriber hears it again; none is lost uncounted, none arrives twice.
+ */
+Test(publisher, batches_no_one_hears_wait_for_a_subscriber)
+{
+    const uint64_t outage_bytes = 2000;
+    struct fixture f;
+    fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 1, 100 * MS, outage_bytes, false);
+
+    add_events(f.pub, 0, 2);
+    publisher_tick(f.pub, mono_ns());
+    for (uint64_t seq = 1; seq <= 2; seq++) {
+        natsMsg *m = next_msg(&f, WAIT_MS);
+        cr_assert_not_null(m);
+        cr_assert_eq(header_u64(m, BUS_HDR_SEQUENCE), seq);
+        natsMsg_Destroy(m);
+    }
+    cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
+    struct publisher_stats st;
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.batches_sent, 2);
+    cr_assert_eq(st.batches_unheard, 0);
+    cr_assert_not(st.no_listener);
+
+    /* The subscriber goes: the next batch comes back, and the queue is held. */
+    cr_assert_eq(natsSubscription_Unsubscribe(f.sub), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(f.sub_nc), NATS_OK);
+    add_events(f.pub, 2, 3);
+    publisher_tick(f.pub, mono_ns());
+    cr_assert(wait_no_listener(f.pub, true), "the publisher did not learn no one listens");
+    cr_assert_eq(publisher_flush(f.pub, 300 * MS), -ETIMEDOUT, "unheard batches are not done");
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.batches_sent, 2, "an unheard batch counted as sent");
+    cr_assert_geq(st.batches_unheard, 1);
+    cr_assert_eq(st.queue_batches, 3);
+    cr_assert_eq(st.events_dropped, 0);
+
+    /* Far more than the queue holds: the oldest go, counted, as in an outage. */
+    const unsigned total = 60;
+    add_events(f.pub, 5, total - 5);
+    publisher_get_stats(f.pub, &st);
+    cr_assert_gt(st.batches_dropped, 0);
+    cr_assert_eq(st.events_dropped, st.batches_dropped);
+    cr_assert_eq(st.batches_sent, 2);
+    uint64_t dropped = st.batches_dropped;
+
+    /* A subscriber again: what is queued arrives, in order, each once; the gap is the drops. */
+    natsSubscription_Destroy(f.sub);
+    f.sub = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&f.sub, f.sub_nc, SUBJECT), NATS_OK);
+    natsSubscription_SetPendingLimits(f.sub, -1, -1);
+    cr_assert_eq(natsConnection_Flush(f.sub_nc), NATS_OK);
+    uint64_t last_seq = 2, gaps = 0, got = 0;
+    while (last_seq < total) {
+        natsMsg *m = next_msg(&f, WAIT_MS);
+        cr_assert_not_null(m, "batch after %llu not received", (unsigned long long)last_seq);
+        uint64_t seq = header_u64(m, BUS_HDR_SEQUENCE);
+        cr_assert_gt(seq, last_seq, "batch %llu after %llu", (unsigned long long)seq,
+                     (unsigned long long)last_seq);
+        gaps += seq - last_seq - 1;
+        last_seq = seq;
+        got++;
+        natsMsg_Destroy(m);
+    }
+    cr_assert_eq(gaps, dropped);
+    cr_assert_null(next_msg(&f, 50), "no batch twice");
+    cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
+    cr_assert(wait_no_listener(f.pub, false));
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.batches_sent, 2 + got);
+    cr_assert_eq(st.batches_sent + st.batches_dropped, total);
+    cr_assert_eq(st.queue_batches, 0);
+    cr_assert_eq(st.queue_bytes, 0);
+    fixture_close(&f);
+}
+
 Test(publisher, free_sends_the_open_batch)
 {
     struct fixture f;

@@ -3,7 +3,10 @@
  * subject, decodes every batch (protobuf or JSON) and counts the events it
  * holds, so delivered events are counted outside the agent.
  *
- *   bench_sub NATS_URL SUBJECT [--ready FILE] [--comm NAME] [--idle SEC]
+ *   bench_sub NATS_URL SUBJECT [--ready FILE] [--comm NAME] [--idle SEC] [--discard]
+ *
+ * --discard: count messages and bytes only, decoding nothing: a listener for
+ * runs that measure the agent, not the bus (an agent holds what no one hears).
  *
  * Writes FILE once the subscription is registered with the server. Stops on
  * SIGINT/SIGTERM, or after --idle seconds without a message once one has
@@ -71,22 +74,27 @@ int main(int argc, char **argv)
 {
     const char *ready = NULL, *comm = NULL;
     double idle = 0;
+    bool discard = false;
     natsConnection *nc = NULL;
     natsSubscription *sub = NULL;
     natsStatus s;
 
     if (argc < 3) {
         fprintf(stderr, "usage: bench_sub NATS_URL SUBJECT [--ready FILE] [--comm NAME] "
-                        "[--idle SEC]\n");
+                        "[--idle SEC] [--discard]\n");
         return 2;
     }
-    for (int i = 3; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--ready"))
-            ready = argv[i + 1];
+    for (int i = 3; i < argc; i++) {
+        if (!strcmp(argv[i], "--discard"))
+            discard = true;
+        else if (i + 1 == argc)
+            break;
+        else if (!strcmp(argv[i], "--ready"))
+            ready = argv[++i];
         else if (!strcmp(argv[i], "--comm"))
-            comm = argv[i + 1];
+            comm = argv[++i];
         else if (!strcmp(argv[i], "--idle"))
-            idle = atof(argv[i + 1]);
+            idle = atof(argv[++i]);
     }
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
@@ -131,6 +139,10 @@ int main(int argc, char **argv)
         c.messages++;
         c.bytes += (uint64_t)natsMsg_GetDataLength(msg);
         last = mono();
+        if (discard) {
+            natsMsg_Destroy(msg);
+            continue;
+        }
         if (bus_message_decode(msg, &b, err, sizeof(err)) != BUS_OK) {
             c.rejects++;
         } else {
