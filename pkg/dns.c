@@ -802,10 +802,22 @@ void dns_tracker_answer_unreadable(struct dns_tracker *t, const struct dns_key *
 
 void dns_tracker_socket_unsure(struct dns_tracker *t, uint64_t cookie, uint64_t now_ns)
 {
+    /* A socket already kept: its later loss covers every query the earlier one did. */
+    for (size_t i = 0; i < DNS_SOCKET_LOSSES; i++) {
+        struct socket_loss *k = &t->socket_losses[i];
+        if (k->ts_ns && k->cookie == cookie) {
+            if (now_ns > k->ts_ns)
+                k->ts_ns = now_ns;
+            return;
+        }
+    }
     struct socket_loss *l = &t->socket_losses[t->socket_loss_next];
-    /* The one it replaces may still concern a pending query: then every query sent before
-     * it is unsure, as with a loss in the kernel. */
-    if (l->ts_ns && l->ts_ns + t->cfg.timeout_ns > now_ns)
+    uint32_t oldest = t->table.oldest;
+    /* The one it replaces may still concern a pending query (one sent before it that has
+     * not expired yet): then every query sent before it is unsure, as with a loss of no
+     * known socket. */
+    if (l->ts_ns && (l->ts_ns + t->cfg.timeout_ns > now_ns ||
+                     (oldest != NIL && t->entry[oldest].ts_ns < l->ts_ns)))
         dns_tracker_answers_lost(t, l->ts_ns);
     *l = (struct socket_loss){.cookie = cookie, .ts_ns = now_ns};
     t->socket_loss_next = (t->socket_loss_next + 1) % DNS_SOCKET_LOSSES;

@@ -1179,6 +1179,56 @@ Test(dns_tracker, queries_whose_answer_may_be_lost_expire_unknown)
     dns_tracker_free(t);
 }
 
+/*
+ * One socket losing answers again and again (a flood) holds one of the 64 places, with its
+ * latest loss: it neither pushes other sockets' losses out nor makes every query unsure. A
+ * socket forgotten while a query sent before its loss is still pending, even past DNS_TIMEOUT
+ * (it expires at the next scan), counts for every query sent before it.
+ */
+Test(dns_tracker, a_socket_losing_answers_again_keeps_one_place)
+{
+    struct dns_tracker *t = dns_tracker_new(&(struct dns_tracker_config){.timeout_ns = 1000});
+    struct dns_message *q = msg_new();
+    struct dns_key flood = key_of(5, NULL), quiet = key_of(6, NULL), other = key_of(7, NULL);
+    struct event attr = attribution(300);
+    struct timeouts to = {.n = 0};
+    uint8_t buf[512];
+
+#define ASK(key, id, at)                                                                           \
+    do {                                                                                           \
+        cr_assert_eq(dns_parse(buf, build_query(buf, id, "x.example", DNS_TYPE_A), q), DNS_OK);    \
+        cr_assert_eq(dns_tracker_query(t, &(key), q, &attr, at), 1);                               \
+    } while (0)
+    ASK(flood, 1, 100);
+    ASK(quiet, 2, 100);
+    ASK(other, 3, 100);
+    dns_tracker_socket_unsure(t, 7, 150);
+    for (uint64_t i = 0; i < 1000; i++)
+        dns_tracker_socket_unsure(t, 5, 200 + i);
+    ASK(flood, 4, 1100); /* before the flood's last loss, at 1199 */
+    cr_assert_eq(dns_tracker_expire(t, 2200, on_timeout, &to), 4);
+    static const uint8_t want[] = {EVENT_STATUS_UNKNOWN, EVENT_STATUS_TIMEOUT, EVENT_STATUS_UNKNOWN,
+                                   EVENT_STATUS_UNKNOWN};
+    for (size_t i = 0; i < 4; i++) {
+        cr_assert_eq(to.ev[i].status, want[i], "query %u: status %u", to.ev[i].u.dns.transaction_id,
+                     to.ev[i].status);
+        event_clear(&to.ev[i]);
+    }
+    to.n = 0;
+
+    /* 64 other sockets push out socket 5's loss at 1199, long ago but before a query of socket
+     * 6 still pending (the scan that expires it has not run): that one is unsure. */
+    ASK(quiet, 5, 1150);
+    for (uint64_t c = 0; c < 64; c++)
+        dns_tracker_socket_unsure(t, 1000 + c, 5000 + c);
+    cr_assert_eq(dns_tracker_expire(t, 6000, on_timeout, &to), 1);
+    cr_assert_eq(to.ev[0].status, EVENT_STATUS_UNKNOWN);
+    event_clear(&to.ev[0]);
+#undef ASK
+    free(q);
+    dns_tracker_free(t);
+}
+
 /* ---- Name cache ------------------------------------------------------------- */
 
 static struct event answered(const char *query, const char *answers, size_t len, uint16_t rcode)
