@@ -7,7 +7,10 @@
  * of its headers in place and a few compares (handle()); a DNS message is
  * copied (a bounded prefix, into the smallest record that holds it) into the
  * ring buffer with its socket's cookie and cgroup, and user space pairs
- * answers with queries. Both programs always let the packet through.
+ * answers with queries. An answer that cannot be passed on (ring buffer full,
+ * DNS_RATE_LIMIT) leaves its socket's cookie in a small per-CPU ring, so that
+ * only that socket's queries lose their "timeout" (answer_lost()). Both
+ * programs always let the packet through.
  * scripts/bench-dns.sh measures both paths (docs/performance.md).
  *
  * Only the client side is reported: queries leaving a socket (egress, to a
@@ -45,6 +48,14 @@ struct {
     __type(key, __u32);
     __type(value, struct rate_bucket);
 } dns_buckets SEC(".maps");
+
+/* One struct dns_lost per CPU (dns_events.h); replaced by the capture's own map at load. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct dns_lost);
+} dns_lost SEC(".maps");
 
 static __always_inline bool is_dns_port(__u16 port)
 {
@@ -117,6 +128,36 @@ struct dns_msg {
 };
 
 /*
+ * An answer this program could not pass on: its socket and the time go into this CPU's ring of
+ * lost answers (struct dns_lost), so that user space makes only that socket's queries unsure.
+ * Not inlined: only a loss runs it, and emit()'s copies stay small.
+ */
+static __noinline int answer_lost(struct __sk_buff *skb, __u64 now)
+{
+    __u32 zero = 0;
+    struct dns_lost *l = bpf_map_lookup_elem(&dns_lost, &zero);
+    struct dns_lost_slot *s;
+    __u64 cookie, n;
+
+    if (!l)
+        return 1;
+    cookie = bpf_get_socket_cookie(skb);
+    n = l->written;
+    for (__u32 i = 1; i <= DNS_LOST_RECENT && i <= n; i++) {
+        s = &l->slot[(n - i) & (DNS_LOST_SLOTS - 1)];
+        if (s->cookie == cookie) {
+            s->ts_ns = now;
+            return 1;
+        }
+    }
+    s = &l->slot[n & (DNS_LOST_SLOTS - 1)];
+    s->cookie = cookie;
+    s->ts_ns = now;
+    l->written = n + 1;
+    return 1;
+}
+
+/*
  * Reserves a record with room for cap bytes of the message (a constant, so the
  * verifier knows the record's size), fills it and submits it. The smaller the
  * record, the fewer fresh cache lines of the ring each message costs.
@@ -127,8 +168,8 @@ static __always_inline int emit(struct __sk_buff *skb, const struct dns_msg *m,
     struct dns_record *r = record_reserve(m->slot, DNS_RECORD_SIZE(cap));
     __u64 len = m->len;
 
-    if (!r)
-        return 1; /* counted as a drop; the bucket's suppressed count waits for the next */
+    if (!r) /* counted as a drop; the bucket's suppressed count waits for the next */
+        return m->direction == DNS_DIR_ANSWER ? answer_lost(skb, m->now) : 1;
     __builtin_memset(&r->hdr, 0, sizeof(r->hdr));
     r->hdr.kind = RECORD_DNS;
     r->hdr.ts_ns = m->now;
@@ -286,8 +327,10 @@ static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 f
 
     m.now = bpf_ktime_get_boot_ns();
     b = bpf_map_lookup_elem(&dns_buckets, &bucket_key);
-    if (!b || !rate_bucket_take(b, dns_rate_per_sec, m.slot, m.now))
+    if (!b)
         return 1;
+    if (!rate_bucket_take(b, dns_rate_per_sec, m.slot, m.now))
+        return direction == DNS_DIR_ANSWER ? answer_lost(skb, m.now) : 1;
     /* Most queries fit the smallest record; most answers the next. */
     if (m.len <= DNS_RECORD_PAYLOAD_TINY)
         return emit(skb, &m, b, DNS_RECORD_PAYLOAD_TINY);

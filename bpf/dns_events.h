@@ -76,4 +76,29 @@ struct dns_record {
     __u8 payload[DNS_RECORD_PAYLOAD_MAX]; /* the record ends after its room (DNS_RECORD_SIZE) */
 };
 
+/*
+ * The DNS answers the ingress program could not pass on (the ring buffer was full, or
+ * DNS_RATE_LIMIT suppressed the record), by socket: a per-CPU ring of the sockets they were
+ * for and when, so that only those sockets' queries lose their "timeout" (user space reads
+ * every CPU's ring at each scan; cmd/agent/dns_agent.c). A loss of a socket among the last
+ * DNS_LOST_RECENT written moves that slot's time forward instead of taking a new slot (a
+ * socket flooded with answers holds one). Only losses pay for this: the recorded path does
+ * not look at it. The losses are still counted as drops and suppressions (struct prog_stats).
+ */
+#define DNS_LOST_SLOTS  64 /* a power of two */
+#define DNS_LOST_RECENT 8
+
+struct dns_lost_slot {
+    __u64 cookie; /* bpf_get_socket_cookie(); 0: the packet had no socket */
+    __u64 ts_ns;  /* the last loss (CLOCK_BOOTTIME) */
+};
+
+struct dns_lost {
+    /* Slots taken on this CPU so far: the next goes to written % DNS_LOST_SLOTS. A reader
+     * that saw it last at w may have missed a loss once it is past w + DNS_LOST_SLOTS -
+     * DNS_LOST_RECENT (a slot moved forward, then taken by a newer socket, before it read). */
+    __u64 written;
+    struct dns_lost_slot slot[DNS_LOST_SLOTS];
+};
+
 #endif

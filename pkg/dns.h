@@ -251,7 +251,7 @@ struct dns_tracker_stats {
     uint64_t queries;    /* distinct queries tracked (retransmissions not counted) */
     uint64_t answered;   /* queries matched to their answer: one event each */
     uint64_t timeouts;   /* queries expired without an answer: one event each */
-    uint64_t unknown;    /* the same while answers were lost (dns_tracker_answers_lost()) */
+    uint64_t unknown;    /* the same after an answer that may have been theirs was lost */
     uint64_t evicted;    /* pending queries dropped for room, no event (see below) */
     uint64_t unmatched;  /* answers with no pending query of their key */
     uint64_t mismatched; /* answers whose question differs from their query's */
@@ -341,10 +341,12 @@ void dns_tracker_answers_lost(struct dns_tracker *t, uint64_t now_ns);
 void dns_tracker_answer_unreadable(struct dns_tracker *t, const struct dns_key *k, uint16_t id);
 
 /*
- * Answers to the socket cookie were lost at now_ns (a TCP stream given up): its queries sent
- * before, should nothing answer them, expire as UNKNOWN. The last 64 such losses are kept
- * apart; past that, one within DNS_TIMEOUT counts as a loss of any socket's answers
- * (dns_tracker_answers_lost()). Constant time, whatever is pending.
+ * Answers to the socket cookie were lost at now_ns (a TCP stream given up, a loss in the
+ * kernel): its queries sent before, should nothing answer them, expire as UNKNOWN. The last
+ * 64 sockets with such losses are kept apart, each with its latest (a socket kept already
+ * takes no new place); past that, a forgotten one that still concerns a pending query counts
+ * as a loss of any socket's answers (dns_tracker_answers_lost()). Constant time, whatever is
+ * pending.
  */
 void dns_tracker_socket_unsure(struct dns_tracker *t, uint64_t cookie, uint64_t now_ns);
 

@@ -150,7 +150,7 @@ Test(dns_agent, a_query_and_its_answer_make_one_event)
     cr_assert_eq(e->sport, 40000);
     cr_assert_eq(got_ttl[0], 60);
     struct dns_agent_stats st;
-    dns_agent_expire(d, 2 * SEC, 0); /* refreshes the snapshot */
+    dns_agent_expire(d, 2 * SEC); /* refreshes the snapshot */
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.messages, 2);
     cr_assert_eq(st.tracker.answered, 1);
@@ -204,7 +204,7 @@ Test(dns_agent, every_message_of_a_tcp_segment_counts)
         cr_assert_eq(got[k].protocol, IPPROTO_TCP);
     }
     struct dns_agent_stats st;
-    dns_agent_expire(d, 2 * SEC, 0);
+    dns_agent_expire(d, 2 * SEC);
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.tracker.answered, 3);
     cr_assert_eq(st.tracker.unmatched, 0);
@@ -220,7 +220,7 @@ Test(dns_agent, every_message_of_a_tcp_segment_counts)
     rq.tcp_order = DNS_TCP_NEXT;
     rq.cookie++; /* another connection */
     dns_agent_message(d, &rq);
-    dns_agent_expire(d, 3 * SEC, 0);
+    dns_agent_expire(d, 3 * SEC);
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.tracker.pending, 1, "the whole query is tracked, the cut one is not");
     reset();
@@ -307,7 +307,7 @@ Test(dns_agent, a_tcp_message_in_several_segments_is_taken_whole)
     cr_assert_str_eq(got[0].u.dns.query, "p1.example");
     cr_assert_str_eq(got[1].u.dns.query, "p2.example");
     cr_assert_str_eq(got[1].u.dns.answers, "10.0.0.2");
-    dns_agent_expire(d, 3 * SEC, 0);
+    dns_agent_expire(d, 3 * SEC);
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.tracker.answered, 3);
     cr_assert_eq(st.tracker.parse_errors[-DNS_ERR_TRUNCATED], 0);
@@ -319,10 +319,10 @@ Test(dns_agent, a_tcp_message_in_several_segments_is_taken_whole)
     qn = 0;
     tcp_append(qs, &qn, one, message(one, 0x304, "never.example", NULL, 0));
     tcp_part(d, false, qs, 0, qn - 3, 4 * SEC);
-    dns_agent_expire(d, 5 * SEC, 0);
+    dns_agent_expire(d, 5 * SEC);
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.tcp_partial_dropped, 0);
-    dns_agent_expire(d, 30 * SEC, 0);
+    dns_agent_expire(d, 30 * SEC);
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.tcp_partial_dropped, 1);
     cr_assert_eq(st.tracker.pending, 0);
@@ -344,7 +344,7 @@ Test(dns_agent, a_tcp_message_in_several_segments_is_taken_whole)
     r.truncated = true;
     uint64_t before = st.truncated;
     dns_agent_message(d, &r);
-    dns_agent_expire(d, 32 * SEC, 0);
+    dns_agent_expire(d, 32 * SEC);
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.truncated, before + 1);
     reset();
@@ -357,9 +357,9 @@ Test(dns_agent, unanswered_queries_time_out_and_garbage_is_counted)
     struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
     reset();
     ask(d, 7, "slow.test", NULL, 0, 1 * SEC, 77);
-    dns_agent_expire(d, 2 * SEC, 0);
+    dns_agent_expire(d, 2 * SEC);
     cr_assert_eq(ngot, 0, "not yet: the timeout is 2 s");
-    dns_agent_expire(d, 3 * SEC + 1, 0);
+    dns_agent_expire(d, 3 * SEC + 1);
     cr_assert_eq(ngot, 1);
     cr_assert_eq(got[0].status, EVENT_STATUS_TIMEOUT);
     cr_assert_str_eq(got[0].u.dns.query, "slow.test");
@@ -369,7 +369,7 @@ Test(dns_agent, unanswered_queries_time_out_and_garbage_is_counted)
     struct records_dns r = record(true, garbage, sizeof(garbage), 4 * SEC, 77);
     dns_agent_message(d, &r);
     struct dns_agent_stats st;
-    dns_agent_expire(d, 4 * SEC, 0);
+    dns_agent_expire(d, 4 * SEC);
     dns_agent_get_stats(d, &st);
     uint64_t errors = 0;
     for (int i = 1; i < DNS_PARSE_ERRORS; i++)
@@ -388,7 +388,7 @@ Test(dns_agent, a_query_reusing_a_pending_id_is_counted_where_users_look)
     reset();
     ask(d, 4242, "silent-one.test", NULL, 0, 1 * SEC, 77);
     ask(d, 4242, "silent-two.test", NULL, 0, 1 * SEC + 1000, 77);
-    dns_agent_expire(d, 1 * SEC + 2000, 0);
+    dns_agent_expire(d, 1 * SEC + 2000);
     struct buf b = {0};
     dns_agent_stats_json(d, 0, &b);
     buf_putc(&b, '\0');
@@ -434,7 +434,7 @@ Test(dns_agent, tcp_bytes_are_taken_once_and_in_order)
     cr_assert_str_eq(got[0].u.dns.answers, "10.0.0.1");
     /* A copy of the whole answer while the client held its socket: taken already. */
     tcp_part_as(d, true, as, 0, an, 1 * SEC + 4000, DNS_TCP_UNVERIFIED, 0);
-    dns_agent_expire(d, 1 * SEC + 5000, 0); /* the stats as of now */
+    dns_agent_expire(d, 1 * SEC + 5000); /* the stats as of now */
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.tcp_not_next, 3);
     cr_assert_eq(st.tracker.collisions, 0, "the retransmission was taken as a query");
@@ -479,19 +479,19 @@ Test(dns_agent, tcp_bytes_are_taken_once_and_in_order)
     tcp_append(qs, &qn, one, message(one, 0x405, "gap.example", NULL, 0));
     first = qn;
     tcp_append(qs, &qn, one, message(one, 0x406, "after.example", NULL, 0));
-    dns_agent_expire(d, 4 * SEC, 0);
+    dns_agent_expire(d, 4 * SEC);
     dns_agent_get_stats(d, &st);
     uint64_t dropped = st.tcp_partial_dropped;
     tcp_part(d, false, qs, 0, 5, 4 * SEC);
     tcp_part(d, false, qs, first, qn, 4 * SEC + 1000); /* [5, first) never came */
-    dns_agent_expire(d, 4 * SEC + 2000, 0);
+    dns_agent_expire(d, 4 * SEC + 2000);
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.tcp_partial_dropped, dropped + 1);
     cr_assert_eq(st.tracker.pending, 1, "after.example is pending");
 
     /* A gap never filled: what waited past it is lost, counted, once the socket goes quiet. */
     tcp_part_as(d, true, as, 20, an, 4 * SEC + 3000, DNS_TCP_AHEAD, 0);
-    dns_agent_expire(d, 30 * SEC, 0);
+    dns_agent_expire(d, 30 * SEC);
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.tcp_partial_dropped, dropped + 2);
     reset();
@@ -619,61 +619,120 @@ Test(dns_agent, metrics_count_by_rcode_and_fold_past_the_cap)
     dns_agent_free(d);
 }
 
+/* What bpf/dns.bpf.c's answer_lost() does with an answer of cookie lost on cpu at ts. */
+static void kernel_lost(struct dns_lost *rings, int cpu, uint64_t cookie, uint64_t ts)
+{
+    struct dns_lost *l = &rings[cpu];
+    for (uint64_t i = 1; i <= DNS_LOST_RECENT && i <= l->written; i++) {
+        struct dns_lost_slot *s = &l->slot[(l->written - i) % DNS_LOST_SLOTS];
+        if (s->cookie == cookie) {
+            s->ts_ns = ts;
+            return;
+        }
+    }
+    l->slot[l->written % DNS_LOST_SLOTS] = (struct dns_lost_slot){cookie, ts};
+    l->written++;
+}
+
+/* The agent's 100 ms scan: the kernel's rings of lost answers, then the expiry. */
+static void scan(struct dns_agent *d, const struct dns_lost *rings, uint64_t now)
+{
+    dns_agent_answers_lost(d, rings, 2, now);
+    dns_agent_expire(d, now);
+}
+
 /*
- * A query whose answer the capture may have lost expires as "unknown", not "timeout": the
- * kernel's count of lost answers grew after it was sent, or an answer came too broken to say
- * its question. A loss seen before a query was sent says nothing of it (an answer comes after
- * its query).
+ * A query whose answer the capture may have lost expires as "unknown", not "timeout": an
+ * answer of its socket was lost in the kernel after it was sent, or an answer came too broken
+ * to say its question. A loss seen before a query was sent says nothing of it (an answer comes
+ * after its query), nor does a loss of another socket's answers, however many: only a loss
+ * whose socket is not known (a CPU's ring overflowed between two scans, a packet of no socket,
+ * rings that could not be read) counts for every query sent before it.
  */
 Test(dns_agent, a_query_whose_answer_may_be_lost_expires_unknown)
 {
     struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+    struct dns_lost *rings = calloc(2, sizeof(*rings));
     struct dns_agent_stats st;
+    static const char *const want[][2] = {
+        {"before.test", "timeout"},   {"after.test", "unknown"},  {"other.test", "timeout"},
+        {"broken.test", "unknown"},   {"quiet.test", "timeout"},  {"overflow.test", "unknown"},
+        {"nosocket.test", "unknown"}, {"unread.test", "unknown"}, {"none.test", "timeout"},
+    };
     reset();
-    dns_agent_expire(d, 1 * SEC, 5); /* five lost, seen at 1 s */
+    kernel_lost(rings, 0, 7700, 1 * SEC); /* socket 77's answer lost at 1 s */
+    scan(d, rings, 1 * SEC);
     ask(d, 1, "before.test", NULL, 0, 1 * SEC + 1000, 77);
-    dns_agent_expire(d, 3 * SEC + 2000, 5);
+    scan(d, rings, 3 * SEC + 2000);
     cr_assert_eq(ngot, 1);
-    cr_assert_eq(got[0].status, EVENT_STATUS_TIMEOUT, "a loss before the query: %u", got[0].status);
 
+    /* Socket 77 floods: thousands of its answers lost, on both CPUs, after both queries. */
     ask(d, 2, "after.test", NULL, 0, 4 * SEC, 77);
-    dns_agent_expire(d, 4 * SEC + 1000, 6); /* one more lost, after it was sent */
+    ask(d, 5, "other.test", NULL, 0, 4 * SEC, 78);
+    for (int i = 0; i < 5000; i++)
+        kernel_lost(rings, i % 2, 7700, 4 * SEC + 500 + (uint64_t)i);
+    cr_assert_leq(rings[0].written + rings[1].written, 3, "one slot per CPU for socket 77");
+    scan(d, rings, 4 * SEC + 1 * SEC / 2);
     cr_assert_eq(ngot, 1);
-    dns_agent_expire(d, 6 * SEC + 1, 6);
-    cr_assert_eq(ngot, 2);
-    cr_assert_eq(got[1].status, EVENT_STATUS_UNKNOWN);
-    cr_assert_str_eq(got[1].u.dns.query, "after.test");
+    scan(d, rings, 6 * SEC + 1);
+    cr_assert_eq(ngot, 3);
 
     /* An answer that names no question could have been anyone's. */
     ask(d, 3, "broken.test", NULL, 0, 7 * SEC, 77);
     static const uint8_t garbage[] = {0, 3, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12};
     struct records_dns r = record(true, garbage, sizeof(garbage), 7 * SEC + 1000, 77);
     dns_agent_message(d, &r);
-    dns_agent_expire(d, 7 * SEC + 2000, 6);
-    dns_agent_expire(d, 9 * SEC + 1, 6);
-    cr_assert_eq(ngot, 3);
-    cr_assert_eq(got[2].status, EVENT_STATUS_UNKNOWN);
-
-    /* And with nothing lost since, a timeout again. */
-    ask(d, 4, "quiet.test", NULL, 0, 10 * SEC, 77);
-    dns_agent_expire(d, 12 * SEC + 1, 6);
+    scan(d, rings, 7 * SEC + 2000);
+    scan(d, rings, 9 * SEC + 1);
     cr_assert_eq(ngot, 4);
-    cr_assert_eq(got[3].status, EVENT_STATUS_TIMEOUT);
 
+    /* With nothing lost since (the rings read again, unchanged), a timeout again. */
+    ask(d, 4, "quiet.test", NULL, 0, 10 * SEC, 77);
+    scan(d, rings, 12 * SEC + 1);
+    cr_assert_eq(ngot, 5);
+
+    /* More sockets lost answers on one CPU between two scans than its ring keeps apart. */
+    ask(d, 6, "overflow.test", NULL, 0, 13 * SEC, 78);
+    for (uint64_t c = 0; c < DNS_LOST_SLOTS - DNS_LOST_RECENT + 1; c++)
+        kernel_lost(rings, 0, 9000 + c, 13 * SEC + 500 + c);
+    scan(d, rings, 15 * SEC + 1);
+    cr_assert_eq(ngot, 6);
+
+    /* An answer lost on its way to no socket. */
+    ask(d, 7, "nosocket.test", NULL, 0, 16 * SEC, 78);
+    kernel_lost(rings, 1, 0, 16 * SEC + 500);
+    scan(d, rings, 18 * SEC + 1);
+    cr_assert_eq(ngot, 7);
+
+    /* The rings could not be read; then none to read (no DNS ingress program): nothing lost. */
+    ask(d, 8, "unread.test", NULL, 0, 19 * SEC, 78);
+    dns_agent_answers_lost(d, NULL, -1, 19 * SEC + 500);
+    scan(d, rings, 21 * SEC + 1);
+    ask(d, 9, "none.test", NULL, 0, 22 * SEC, 78);
+    dns_agent_answers_lost(d, NULL, 0, 22 * SEC + 500);
+    dns_agent_expire(d, 24 * SEC + 1);
+    cr_assert_eq(ngot, 9);
+
+    for (size_t i = 0; i < ngot; i++) {
+        cr_assert_str_eq(got[i].u.dns.query, want[i][0]);
+        cr_assert_str_eq(event_status_name(got[i].status), want[i][1], "%s: %s", want[i][0],
+                         event_status_name(got[i].status));
+    }
     dns_agent_get_stats(d, &st);
-    cr_assert_eq(st.tracker.timeouts, 2);
-    cr_assert_eq(st.tracker.unknown, 2);
+    cr_assert_eq(st.tracker.timeouts, 4);
+    cr_assert_eq(st.tracker.unknown, 5);
     struct buf b = {0};
     dns_agent_stats_json(d, 0, &b);
     buf_putc(&b, '\0');
-    cr_assert(strstr(b.data, "\"timeouts\":2,\"unknown\":2,"), "%s", b.data);
+    cr_assert(strstr(b.data, "\"timeouts\":4,\"unknown\":5,"), "%s", b.data);
     buf_free(&b);
     buf_init(&b);
     dns_agent_metrics(d, 0, &b);
     buf_putc(&b, '\0');
-    cr_assert(strstr(b.data, ",status=\"unknown\",rcode=\"\"} 2\n"), "%s", b.data);
-    cr_assert(strstr(b.data, ",status=\"timeout\",rcode=\"\"} 2\n"), "%s", b.data);
+    cr_assert(strstr(b.data, ",status=\"unknown\",rcode=\"\"} 5\n"), "%s", b.data);
+    cr_assert(strstr(b.data, ",status=\"timeout\",rcode=\"\"} 4\n"), "%s", b.data);
     buf_free(&b);
     reset();
+    free(rings);
     dns_agent_free(d);
 }

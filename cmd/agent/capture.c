@@ -5,7 +5,9 @@
  * knows the record layouts) and each event to the caller.
  *
  * All programs share one ring buffer and one per-CPU statistics map, both
- * created here and handed to each object before load.
+ * created here and handed to each object before load; so is the DNS programs'
+ * per-CPU ring of lost answers (bpf/dns_events.h), however many objects they
+ * load as.
  *
  * libbpf's own log goes through libbpf_log() below, at the agent's level.
  */
@@ -164,6 +166,8 @@ struct capture {
     uint64_t cgroup_id;
     uint32_t cgroup_level;
     int ringbuf_fd, stats_fd;
+    int dns_lost_fd;               /* struct dns_lost per CPU, -1 without the DNS programs */
+    struct dns_lost *dns_lost;     /* its values as last read (capture_dns_lost()) */
     uint32_t ringbuf_wakeup_bytes; /* a quarter of the ring: records wake the reader past it */
     struct ring_buffer *rb;
     struct instance instances[SLOT_COUNT];
@@ -520,7 +524,10 @@ static int instance_load(struct capture *c, struct instance *in, enum capture_ob
     if (!(map = bpf_object__find_map_by_name(in->obj, "events")) ||
         (err = bpf_map__reuse_fd(map, c->ringbuf_fd)) ||
         !(map = bpf_object__find_map_by_name(in->obj, "stats")) ||
-        (err = bpf_map__reuse_fd(map, c->stats_fd)) || (err = bpf_object__load(in->obj))) {
+        (err = bpf_map__reuse_fd(map, c->stats_fd)) ||
+        (object == OBJ_DNS && (!(map = bpf_object__find_map_by_name(in->obj, "dns_lost")) ||
+                               (err = bpf_map__reuse_fd(map, c->dns_lost_fd)))) ||
+        (err = bpf_object__load(in->obj))) {
         instance_destroy(in);
         return err < 0 ? err : -ENOENT;
     }
@@ -795,7 +802,7 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
     memcpy(c->dns_ports, cfg->dns_ports, sizeof(c->dns_ports));
     if (!c->dns_ports[0] && !c->dns_ports[1] && !c->dns_ports[2] && !c->dns_ports[3])
         c->dns_ports[0] = 53;
-    c->ringbuf_fd = c->stats_fd = c->cgroup_fd = -1;
+    c->ringbuf_fd = c->stats_fd = c->cgroup_fd = c->dns_lost_fd = -1;
     if (want & ((1u << SLOT_DNS_EGRESS) | (1u << SLOT_DNS_INGRESS)))
         c->cgroup_fd = open_cgroup_root(cfg->cgroup_root);
     c->ncpus = libbpf_num_possible_cpus();
@@ -826,6 +833,16 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
     if (c->stats_fd < 0) {
         errmsg_set(err, errlen, "capture: creating the statistics map: %s", strerror(errno));
         goto fail;
+    }
+    if (want & ((1u << SLOT_DNS_EGRESS) | (1u << SLOT_DNS_INGRESS))) {
+        c->dns_lost_fd = bpf_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, "ebpfmon_dns_lost",
+                                        sizeof(uint32_t), sizeof(struct dns_lost), 1, NULL);
+        c->dns_lost = calloc((size_t)(c->ncpus > 0 ? c->ncpus : 1), sizeof(*c->dns_lost));
+        if (c->dns_lost_fd < 0 || !c->dns_lost) {
+            errmsg_set(err, errlen, "capture: creating the map of lost DNS answers: %s",
+                       c->dns_lost ? strerror(errno) : "out of memory");
+            goto fail;
+        }
     }
 
     for (int o = 0; o < OBJ_COUNT; o++) {
@@ -892,6 +909,9 @@ void capture_close(struct capture *c)
         close(c->ringbuf_fd);
     if (c->stats_fd >= 0)
         close(c->stats_fd);
+    if (c->dns_lost_fd >= 0)
+        close(c->dns_lost_fd);
+    free(c->dns_lost);
     if (c->cgroup_fd >= 0)
         close(c->cgroup_fd);
     ksyms_free(c->ksyms);
@@ -899,17 +919,19 @@ void capture_close(struct capture *c)
     free(c);
 }
 
-uint64_t capture_dns_answers_lost(struct capture *c)
+int capture_dns_lost(struct capture *c, const struct dns_lost **out)
 {
-    struct prog_stats *per_cpu = calloc((size_t)(c->ncpus > 0 ? c->ncpus : 1), sizeof(*per_cpu));
-    uint32_t key = SLOT_DNS_INGRESS;
-    uint64_t lost = 0;
+    uint32_t key = 0;
 
-    if (per_cpu && c->stats_fd >= 0 && bpf_map_lookup_elem(c->stats_fd, &key, per_cpu) == 0)
-        for (int cpu = 0; cpu < c->ncpus; cpu++)
-            lost += per_cpu[cpu].drops + per_cpu[cpu].suppressed;
-    free(per_cpu);
-    return lost;
+    *out = NULL;
+    if (c->progs[SLOT_DNS_INGRESS].status != CAPTURE_PROGRAM_ATTACHED)
+        return 0;
+    if (c->ncpus <= 0)
+        return -EINVAL;
+    if (bpf_map_lookup_elem(c->dns_lost_fd, &key, c->dns_lost) != 0)
+        return -errno;
+    *out = c->dns_lost;
+    return c->ncpus;
 }
 
 size_t capture_programs(struct capture *c, struct capture_program_info *out, size_t max)

@@ -13,6 +13,8 @@
 #include "event.h"
 #include "sockets_reap.h"
 
+struct dns_lost;
+
 struct capture;
 
 struct records_dns;
@@ -112,10 +114,14 @@ struct capture_record_losses {
 void capture_record_losses(struct capture *c, struct capture_record_losses *out);
 
 /*
- * DNS answers the kernel did not pass on so far: the ingress program's records the full ring
- * buffer refused and those DNS_RATE_LIMIT suppressed. Thread-safe.
+ * The DNS answers the kernel did not pass on (the ingress program's records the full ring
+ * buffer refused, and those DNS_RATE_LIMIT suppressed), by socket: each CPU's ring of them
+ * (struct dns_lost, bpf/dns_events.h) as it is now, for dns_agent_answers_lost(). *out is one
+ * per possible CPU, owned by the capture and valid until the next call. Returns the number of
+ * CPUs; 0 when the DNS ingress program is not attached (nothing can be lost); -errno when the
+ * map could not be read (*out NULL: any answer may have been lost). Capture thread.
  */
-uint64_t capture_dns_answers_lost(struct capture *c);
+int capture_dns_lost(struct capture *c, const struct dns_lost **out);
 
 /* Number of programs attached (for /ready). */
 size_t capture_attached(struct capture *c);

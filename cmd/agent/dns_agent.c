@@ -93,7 +93,8 @@ struct dns_agent {
 
     uint64_t messages, suppressed, truncated; /* capture thread */
     uint64_t tcp_reassembled, tcp_partial_dropped, tcp_not_next;
-    uint64_t lost_seen; /* the answers lost as of the last dns_agent_expire() */
+    struct dns_lost *lost_seen; /* the kernel's rings of lost answers as last read */
+    int lost_ncpus;
     struct tcp_stream streams[TCP_STREAMS];
     struct tcp_conn conns[TCP_CONNS];
     pthread_mutex_t lock; /* guards what follows */
@@ -155,6 +156,7 @@ void dns_agent_free(struct dns_agent *d)
     dns_names_free(d->names);
     free(d->msg);
     free(d->series);
+    free(d->lost_seen);
     pthread_mutex_destroy(&d->lock);
     free(d);
 }
@@ -501,7 +503,65 @@ void dns_agent_message(struct dns_agent *d, const struct records_dns *m)
     take_message(d, m, dns_parse(m->payload, m->payload_len, d->msg));
 }
 
-void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns, uint64_t kernel_lost)
+/* A loss the kernel recorded: of the socket's answers, or of anyone's (cookie 0: none known). */
+static void answer_lost(struct dns_agent *d, uint64_t cookie, uint64_t ts_ns)
+{
+    if (cookie)
+        dns_tracker_socket_unsure(d->tracker, cookie, ts_ns);
+    else
+        dns_tracker_answers_lost(d->tracker, ts_ns);
+}
+
+/*
+ * One CPU's ring against what it held at the last read: a slot that changed is a loss (or a
+ * later loss of its socket). A slot read while the kernel wrote it may pair one loss's socket
+ * with another's time; it reads right at the next call, 100 ms later: only a query whose
+ * answer was lost that instant, at its DNS_TIMEOUT already, could expire in between. Past
+ * DNS_LOST_SLOTS - DNS_LOST_RECENT new slots one may have been overwritten unread: every
+ * query sent before now (or the ring's latest loss) is unsure.
+ */
+static void lost_ring_diff(struct dns_agent *d, const struct dns_lost *cur,
+                           const struct dns_lost *seen, uint64_t now_boot_ns)
+{
+    uint64_t latest = now_boot_ns;
+
+    for (size_t i = 0; i < DNS_LOST_SLOTS; i++) {
+        const struct dns_lost_slot *s = &cur->slot[i];
+        if (s->ts_ns > latest)
+            latest = s->ts_ns;
+        if (s->ts_ns && (s->ts_ns != seen->slot[i].ts_ns || s->cookie != seen->slot[i].cookie))
+            answer_lost(d, s->cookie, s->ts_ns);
+    }
+    if (cur->written - seen->written > DNS_LOST_SLOTS - DNS_LOST_RECENT)
+        dns_tracker_answers_lost(d->tracker, latest);
+}
+
+void dns_agent_answers_lost(struct dns_agent *d, const struct dns_lost *per_cpu, int ncpus,
+                            uint64_t now_boot_ns)
+{
+    if (ncpus < 0 || !per_cpu) {
+        if (ncpus != 0)
+            dns_tracker_answers_lost(d->tracker, now_boot_ns);
+        return;
+    }
+    if (ncpus != d->lost_ncpus) {
+        /* The first read (or a new count of CPUs): what the rings hold is all new. */
+        struct dns_lost *seen = calloc((size_t)ncpus, sizeof(*seen));
+        if (!seen) {
+            dns_tracker_answers_lost(d->tracker, now_boot_ns);
+            return;
+        }
+        free(d->lost_seen);
+        d->lost_seen = seen;
+        d->lost_ncpus = ncpus;
+    }
+    for (int cpu = 0; cpu < ncpus; cpu++) {
+        lost_ring_diff(d, &per_cpu[cpu], &d->lost_seen[cpu], now_boot_ns);
+        d->lost_seen[cpu] = per_cpu[cpu];
+    }
+}
+
+void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns)
 {
     for (size_t i = 0; i < TCP_STREAMS; i++) {
         struct tcp_stream *s = &d->streams[i];
@@ -516,11 +576,6 @@ void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns, uint64_t kernel
             conn_drop_ahead(d, k, now_boot_ns); /* its gap was never filled */
             k->used = false;
         }
-    }
-    /* Seen now, so lost at most now: the queries sent before may have lost their answer. */
-    if (kernel_lost != d->lost_seen) {
-        dns_tracker_answers_lost(d->tracker, now_boot_ns);
-        d->lost_seen = kernel_lost;
     }
     dns_tracker_expire(d->tracker, now_boot_ns, emit_timeout, d);
     snapshot(d);

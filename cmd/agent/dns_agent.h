@@ -40,6 +40,7 @@ struct dns_agent_config {
 typedef void (*dns_agent_emit_fn)(void *ctx, struct event *e, uint32_t ttl_s);
 
 struct dns_agent;
+struct dns_lost;
 
 /* NULL when out of memory. */
 struct dns_agent *dns_agent_new(const struct dns_agent_config *cfg, dns_agent_emit_fn emit,
@@ -49,14 +50,24 @@ void dns_agent_free(struct dns_agent *d); /* NULL is allowed; pending queries em
 /* One message from the capture (capture_dns_fn). */
 void dns_agent_message(struct dns_agent *d, const struct records_dns *m);
 /*
- * Emits the queries pending longer than DNS_TIMEOUT at now_boot_ns (CLOCK_BOOTTIME, the
- * capture's clock) as timeouts and refreshes the statistics snapshot. kernel_lost: the
- * answers the kernel has not passed on so far (capture_dns_answers_lost()); while it grows, a
- * query that expires unanswered may have had its answer among them: its event says "unknown",
- * not "timeout". So does one whose socket's TCP answer bytes were given up here, or whose
- * socket got an answer with its transaction id that did not say its question.
+ * The kernel's rings of the DNS answers it lost, as read at now_boot_ns (capture_dns_lost():
+ * ncpus of them; ncpus < 0 when they could not be read, ncpus 0 when there are none). Each
+ * loss since the last call makes the queries its socket sent before it unsure: should nothing
+ * answer them, they expire as "unknown", not "timeout". Only when that is not known (a CPU's
+ * ring took more losses than it keeps since the last call, the rings could not be read, or
+ * the lost packet had no socket) does a loss make every query sent before it unsure. Call it
+ * before dns_agent_expire() with a now_boot_ns read before the rings were.
  */
-void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns, uint64_t kernel_lost);
+void dns_agent_answers_lost(struct dns_agent *d, const struct dns_lost *per_cpu, int ncpus,
+                            uint64_t now_boot_ns);
+/*
+ * Emits the queries pending longer than DNS_TIMEOUT at now_boot_ns (CLOCK_BOOTTIME, the
+ * capture's clock) as timeouts and refreshes the statistics snapshot. A query that expires
+ * unanswered after an answer that may have been its own was lost says "unknown", not
+ * "timeout": lost in the kernel (dns_agent_answers_lost()), TCP answer bytes of its socket
+ * given up here, or an answer with its transaction id that did not say its question.
+ */
+void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns);
 
 /* An answered event, finished (its pod known): its addresses name later connections. */
 void dns_agent_learn(struct dns_agent *d, const struct event *e, uint32_t ttl_s,

@@ -329,8 +329,13 @@ int main(int argc, char **argv)
         uint64_t ms = (until_flush + 999999) / 1000000;
         timeout_ms = ms < POLL_MAX_MS ? (int)ms : POLL_MAX_MS;
         if (a.dns && now - last_dns_expire >= DNS_EXPIRE_EVERY) {
-            /* Timeouts become events. */
-            dns_agent_expire(a.dns, clock_ns(CLOCK_BOOTTIME), capture_dns_answers_lost(a.capture));
+            /* Timeouts become events, after the answers lost until now are known: the clock is
+             * read first, so no loss before it is missed. */
+            uint64_t boot_ns = clock_ns(CLOCK_BOOTTIME);
+            const struct dns_lost *lost;
+            int ncpus = capture_dns_lost(a.capture, &lost);
+            dns_agent_answers_lost(a.dns, lost, ncpus, boot_ns);
+            dns_agent_expire(a.dns, boot_ns);
             agent_flush_store(&a);
             last_dns_expire = now;
         }

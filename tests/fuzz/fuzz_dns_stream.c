@@ -102,6 +102,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         t += 1000000;
     }
     t += 60000000000ull;
-    dns_agent_expire(d, t, size);
+    if (size) /* an odd byte left: the kernel's rings of lost answers could not be read */
+        dns_agent_answers_lost(d, NULL, -1, t);
+    dns_agent_expire(d, t);
     return 0;
 }
