@@ -1557,11 +1557,6 @@ Test(e2e_dns, a_query_storm_is_rate_limited_and_counted, .fini = stop_all, .time
 }
 
 /*
- * Answers the kernel could not pass on (a ring buffer far too small for bursts of queries)
- * leave their queries unanswered as far as the agent can see: those expire as "unknown",
- * never as "timeout", since dnsmasq answered every query here (the client got each answer).
- */
-/*
  * The agent's DNS counts once every query it tracked is settled (answered, or expired after
  * DNS_TIMEOUT, 1 s); the tiny ring holds little, so those are all it will see. *queries and
  * *answered as it counts them.
@@ -1588,6 +1583,33 @@ static void dns_settled(json_int_t *queries, json_int_t *answered)
 }
 
 /*
+ * Bursts of a.test queries from fd to dnsmasq, each answer read: 10 rounds of 200 queries
+ * sent back to back, then their 200 answers.
+ */
+static void bursts(int fd)
+{
+    enum { BURST = 200, ROUNDS = 10 };
+    uint8_t q[512], a[1024];
+    for (int r = 0; r < ROUNDS; r++) {
+        for (int i = 0; i < BURST; i++) {
+            size_t n = make_query(q, (uint16_t)(r * BURST + i), "a.test");
+            cr_assert_eq(send(fd, q, n, 0), (ssize_t)n);
+        }
+        for (int i = 0; i < BURST; i++)
+            cr_assert_gt(recv(fd, a, sizeof(a), 0), 0, "dnsmasq did not answer (round %d)", r);
+    }
+}
+
+/* The a.test events of this process with status. */
+static json_int_t storm_events(const char *status)
+{
+    char path[160];
+    snprintf(path, sizeof(path), "/api/events?type=dns&query=a.test&pid=%d&status=%s&limit=10000",
+             getpid(), status);
+    return count_of(agent.port, path);
+}
+
+/*
  * Answers the kernel could not pass on (a ring buffer far too small for bursts of queries)
  * leave their queries unanswered as far as the agent can see: those expire as "unknown",
  * never as "timeout", since dnsmasq answered every query here (the client got each answer).
@@ -1599,19 +1621,11 @@ Test(e2e_dns, queries_whose_answers_the_kernel_lost_are_not_timeouts, .fini = st
 {
     ringbuf_size = "4KiB";
     monitor_up_with("dns-node", "100000");
-    enum { BURST = 200, ROUNDS = 10, TRIES = 10 };
-    uint8_t q[512], a[1024];
+    enum { TRIES = 10 };
     int fd = dnsmasq_socket();
     json_int_t queries = 0, answered = 0;
     for (int t = 0; t < TRIES && queries == answered; t++) {
-        for (int r = 0; r < ROUNDS; r++) {
-            for (int i = 0; i < BURST; i++) {
-                size_t n = make_query(q, (uint16_t)(r * BURST + i), "a.test");
-                cr_assert_eq(send(fd, q, n, 0), (ssize_t)n);
-            }
-            for (int i = 0; i < BURST; i++)
-                cr_assert_gt(recv(fd, a, sizeof(a), 0), 0, "dnsmasq did not answer (round %d)", r);
-        }
+        bursts(fd);
         dns_settled(&queries, &answered);
     }
     close(fd);
@@ -1632,6 +1646,61 @@ Test(e2e_dns, queries_whose_answers_the_kernel_lost_are_not_timeouts, .fini = st
     json_int_t unknown = count_of(agent.port, path);
     cr_assert_gt(unknown, 0);
     cr_assert_geq(stat_dns("unknown"), unknown);
+    agent_exits_cleanly();
+    remove_logs();
+}
+
+/*
+ * A socket whose answers the kernel loses (bursts through a 4 KiB ring) does not hide the
+ * timeouts of the node's other sockets: socket B asks the test's silent server (it reads the
+ * query and never answers) just before socket A's bursts, whose answers the kernel loses
+ * while B's query is pending, well before it expires. B's event says "timeout"; A's queries
+ * that lost their answers say "unknown" (their socket lost answers), never "timeout". Tries
+ * go on until both happened: a loss of A's answers seen within half of DNS_TIMEOUT of B's
+ * query, and a query of A tracked that lost its answer.
+ */
+Test(e2e_dns, answers_lost_to_a_flood_leave_other_sockets_timeouts, .fini = stop_all,
+     .timeout = 150)
+{
+    ringbuf_size = "4KiB";
+    monitor_up_with("dns-node", "100000");
+    enum { TRIES = 10 };
+    int fd = dnsmasq_socket();
+    json_int_t queries = 0, answered = 0;
+    bool shown = false; /* A lost answers while B's query was pending */
+    for (int t = 0; t < TRIES && (!shown || queries == answered); t++) {
+        char name[32];
+        uint8_t got[512];
+        uint16_t id = (uint16_t)(0x5100 + t);
+        snprintf(name, sizeof(name), "silent-%d.test", t);
+        uint64_t sent_ms = tu_mono_ms();
+        ask(silent_port, id, name, false);
+        json_int_t before = program_counter("cgroup_skb__dns_ingress", "drops");
+        bursts(fd);
+        json_int_t after = program_counter("cgroup_skb__dns_ingress", "drops");
+        bool in_time = after > before && tu_mono_ms() - sent_ms < TIMEOUT_MS / 2;
+
+        json_t *ev = wait_dns(agent.port, name, id);
+        cr_assert_str_eq(tu_jstr(ev, "status"), "timeout",
+                         "socket B's unanswered query is %s: %lld of socket A's answers lost "
+                         "meanwhile (%s)",
+                         tu_jstr(ev, "status"), (long long)(after - before),
+                         in_time ? "while it was pending" : "maybe after it expired");
+        cr_assert_eq(tu_jint(ev, "dest_port"), silent_port);
+        json_decref(ev);
+        cr_assert_gt(recv(silent_fd, got, sizeof(got), MSG_DONTWAIT), 0,
+                     "the silent server did not get the query");
+        shown |= in_time;
+        dns_settled(&queries, &answered);
+    }
+    close(fd);
+    cr_assert(shown, "no loss of socket A's answers came while socket B's query was pending");
+    cr_assert_gt(queries, answered, "no tracked query of socket A lost its answer in %d tries",
+                 TRIES);
+    json_int_t timeouts = storm_events("timeout");
+    cr_assert_eq(timeouts, 0, "%lld of socket A's answered queries reported as timeouts",
+                 (long long)timeouts);
+    cr_assert_gt(storm_events("unknown"), 0);
     agent_exits_cleanly();
     remove_logs();
 }
