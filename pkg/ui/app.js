@@ -897,7 +897,7 @@ async function refreshDns(win, held) {
       n.timeout++;
       timeouts++;
     }
-    if (e.status === 'unknown') // no answer seen while the capture lost answers
+    if (e.status === 'unknown') // no answer seen, and an answer that may have been its own was lost
       unknown++;
     names.set(e.query, n);
     if (e.rcode !== undefined)
