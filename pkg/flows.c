@@ -2304,9 +2304,11 @@ static int set_param(struct flows_query *q, enum flows_param p, const char *v, s
     switch (p) {
     case FP_SINCE:
     case FP_UNTIL:
-        if ((rc = query_parse_time(v, len, p == FP_SINCE ? &q->since_ns : &q->until_ns)) < 0)
+        if ((rc = query_parse_time(v, len, p == FP_SINCE ? &q->since_ns : &q->until_ns)) < 0) {
+            char reason[192];
             return errmsg_set(err, errlen, "invalid '%s': \"%s\" (%s)", name, quoted,
-                              rc == -ERANGE ? QUERY_TIME_RANGE : QUERY_TIME_FORMAT);
+                              query_time_reason(rc, v, len, reason, sizeof(reason)));
+        }
         return 0;
     case FP_NAMESPACE:
         q->namespace = intern(v);

@@ -307,10 +307,39 @@ int query_parse_time(const char *s, size_t len, uint64_t *out_ns)
         size_t digits = 0;
         while (digits < len && s[digits] >= '0' && s[digits] <= '9')
             digits++;
-        if (digits == len)
-            return query_parse_u64(s, len, UINT64_MAX, out_ns) ? 0 : -ERANGE;
+        if (digits == len) {
+            uint64_t v;
+            if (!query_parse_u64(s, len, UINT64_MAX, &v))
+                return -ERANGE;
+            if (v >= QUERY_TIME_NS_IMPLAUSIBLE_FROM && v < QUERY_TIME_NS_IMPLAUSIBLE_TO)
+                return -EDOM;
+            *out_ns = v;
+            return 0;
+        }
     }
     return query_parse_rfc3339(s, len, out_ns);
+}
+
+const char *query_time_reason(int rc, const char *s, size_t len, char *buf, size_t buflen)
+{
+    uint64_t v = 0, scale;
+    const char *unit;
+
+    if (rc == -ERANGE)
+        return QUERY_TIME_RANGE;
+    if (rc != -EDOM || !query_parse_u64(s, len, UINT64_MAX, &v))
+        return QUERY_TIME_FORMAT;
+    if (v < 100000000000ull)
+        unit = "seconds", scale = 1000000000ull;
+    else if (v < 100000000000000ull)
+        unit = "milliseconds", scale = 1000000ull;
+    else
+        unit = "microseconds", scale = 1000ull;
+    snprintf(buf, buflen,
+             "a number is nanoseconds since the Unix epoch, and this one would be in 1970: "
+             "%s? that is %" PRIu64 " ns; or give RFC 3339, e.g. 2024-05-01T12:00:00Z",
+             unit, v * scale);
+    return buf;
 }
 
 /* On error, bad and badlen point at the offending item. */
@@ -416,9 +445,9 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
                      size_t errlen)
 {
     const char *name = query_param_names[p];
-    char quoted[QUERY_ERR_VALUE_MAX + 4];
+    char quoted[QUERY_ERR_VALUE_MAX + 4], reason[192];
     uint64_t n;
-    int range = 0; /* a time's parse: -ERANGE when it is one, but not in range */
+    int range = 0; /* a time's parse: its error (query_time_reason()) */
     const char *whole = v;
     size_t whole_len = len;
 
@@ -499,7 +528,7 @@ bad:
     case QP_SINCE:
     case QP_UNTIL:
         errmsg_set(err, errlen, "invalid '%s': \"%s\" (%s)", name, quoted,
-                   range == -ERANGE ? QUERY_TIME_RANGE : QUERY_TIME_FORMAT);
+                   query_time_reason(range, v, len, reason, sizeof(reason)));
         break;
     case QP_LIMIT:
         errmsg_set(err, errlen, "invalid 'limit': \"%s\" (must be an integer 1-%u)", quoted,

@@ -121,10 +121,19 @@ int query_cursor_parse(struct query_cursor *c, const char *s, size_t len);
 
 /*
  * Parses RFC 3339 ("2026-11-26T13:04:26.123456789Z", "+02:00" offsets, up to 9
- * fraction digits) or epoch nanoseconds (digits only). 0, -EINVAL, or -ERANGE
- * for a time before 1970 or past 2554.
+ * fraction digits) or epoch nanoseconds (digits only). 0, -EINVAL, -ERANGE
+ * for a time before 1970 or past 2554, or -EDOM for a number from
+ * QUERY_TIME_NS_IMPLAUSIBLE_FROM up to QUERY_TIME_NS_IMPLAUSIBLE_TO: as
+ * nanoseconds a moment of 1970 (0.1 s to 116 days after the epoch), as the
+ * seconds, milliseconds or microseconds it is more likely, a recent time.
+ * Smaller numbers stay nanoseconds: "from the start".
  */
+#define QUERY_TIME_NS_IMPLAUSIBLE_FROM 100000000ull         /* 1e8 */
+#define QUERY_TIME_NS_IMPLAUSIBLE_TO   10000000000000000ull /* 1e16 */
 int query_parse_time(const char *s, size_t len, uint64_t *out_ns);
+/* What a message says of s, which query_parse_time() refused with rc: the format, the range,
+ * or (-EDOM) the unit it seems to be in and its value in nanoseconds (written in buf). */
+const char *query_time_reason(int rc, const char *s, size_t len, char *buf, size_t buflen);
 /* What a message says a time parameter must be: RFC 3339 or nanoseconds, or within range. */
 #define QUERY_TIME_FORMAT                                                                          \
     "must be RFC 3339, e.g. 2024-05-01T12:00:00Z, or nanoseconds since the Unix epoch"

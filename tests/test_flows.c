@@ -545,7 +545,7 @@ Test(flows, query_string)
 
     /* Numbers, times and keywords without their surrounding spaces, as on /api/events; a
      * name as given. */
-    s = "limit=+7&group_by=%20pod%20&since=%201000000000&node=%20n1";
+    s = "limit=+7&group_by=%20pod%20&since=%201700000000000000000&node=%20n1";
     cr_assert_eq(flows_query_parse(&q, s, strlen(s), NOW, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(q.limit, 7);
     cr_assert_eq(q.group_by, FLOWS_GROUP_POD);
@@ -559,6 +559,8 @@ Test(flows, query_string)
         {"status=ok", "'status': \"ok\""},
         {"protocol=sctp", "'protocol': \"sctp\""},
         {"since=yesterday", "'since': \"yesterday\" (must be RFC 3339"},
+        {"since=1733500000", "'since': \"1733500000\" (a number is nanoseconds"},
+        {"until=1733500000123", "milliseconds? that is 1733500000123000000 ns"},
         {"until=9999-12-31T23:59:59Z", "out of range"},
         {"node=", "'node': empty value (leave the parameter out instead)"},
         {"limit=%2", "'limit': bad percent-encoding"},

@@ -286,6 +286,14 @@ static const struct bad_case bad_cases[] = {
     {"until=1969-12-31T23:59:59Z", "out of range"},
     {"until=18446744073709551616", "out of range"},
     {"since=2024-13-01T00:00:00Z", "must be RFC 3339"},
+    /* Numbers that are no nanoseconds of today but its seconds, milliseconds or microseconds. */
+    {"since=1733500000", "'since': \"1733500000\" (a number is nanoseconds since the Unix epoch"},
+    {"since=1733500000", "seconds? that is 1733500000000000000 ns"},
+    {"until=1733500000123", "'until'"},
+    {"until=1733500000123", "milliseconds? that is 1733500000123000000 ns"},
+    {"since=1733500000123456", "microseconds? that is 1733500000123456000 ns"},
+    {"since=100000000", "seconds? that is 100000000000000000 ns"},
+    {"since=9999999999999999", "microseconds? that is 9999999999999999000 ns"},
 };
 
 Test(query_parse, every_bad_value_is_rejected_with_its_name)
@@ -299,6 +307,21 @@ Test(query_parse, every_bad_value_is_rejected_with_its_name)
         cr_expect(strstr(err, c->needle) != NULL, "\"%s\": message \"%s\" lacks \"%s\"", c->qs, err,
                   c->needle);
     }
+}
+
+/* The numbers around those refused as seconds, milliseconds or microseconds stay nanoseconds. */
+Test(query_parse, numbers_outside_the_implausible_range_are_nanoseconds)
+{
+    struct query q;
+    char err[512] = "";
+    cr_assert_eq(parse(&q, "since=99999999&until=10000000000000000", false, err, sizeof(err)), 0,
+                 "%s", err);
+    cr_assert_eq(q.since_ns, 99999999ull);
+    cr_assert_eq(q.until_ns, 10000000000000000ull);
+    cr_assert_eq(parse(&q, "since=0&until=1733500000000000000", false, err, sizeof(err)), 0, "%s",
+                 err);
+    cr_assert_eq(q.since_ns, 0);
+    cr_assert_eq(q.until_ns, 1733500000000000000ull);
 }
 
 Test(query_parse, exact_messages)
