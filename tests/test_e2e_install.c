@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <nats/nats.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -515,6 +516,15 @@ Test(e2e_install, agent_runs_under_its_unit_restrictions, .timeout = 60)
     snprintf(nats_log, sizeof(nats_log), "%s/nats.log", scratch);
     pid_t nats = tu_nats_start(nats_port, NULL, nats_log);
     cr_assert_gt(nats, 0, "nats-server did not start");
+    /* An aggregator's stand-in: batches no one subscribes to stay with the agent. */
+    char url[64];
+    natsConnection *nc = NULL;
+    natsSubscription *sub = NULL;
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", nats_port);
+    cr_assert_eq(natsConnection_ConnectTo(&nc, url), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, "ebpf.events.>"), NATS_OK);
+    natsSubscription_SetPendingLimits(sub, -1, -1);
+    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
 
     snprintf(env, sizeof(env),
              "LISTEN_ADDR=127.0.0.1:%d NATS_URL=nats://127.0.0.1:%d FLUSH_INTERVAL=100ms", api_port,
@@ -562,12 +572,17 @@ Test(e2e_install, agent_runs_under_its_unit_restrictions, .timeout = 60)
             usleep(50 * 1000); /* the next flush is at most FLUSH_INTERVAL away */
     }
     cr_expect(published, "the sandboxed agent published nothing to NATS");
+    natsMsg *m = NULL;
+    cr_expect_eq(natsSubscription_NextMsg(&m, sub, 5000), NATS_OK, "no batch on the bus");
+    natsMsg_Destroy(m);
 
     /* CAP_SYSLOG: kernel addresses in /proc/kallsyms name where packets drop. */
     char *log = tu_read_file(s.log);
     cr_expect(log && !strstr(log, "drop locations unavailable"), "%s", log ? log : "");
     free(log);
     sandbox_stop(&s);
+    natsSubscription_Destroy(sub);
+    natsConnection_Destroy(nc);
     tu_stop(nats, 2000);
 }
 

@@ -754,7 +754,8 @@ function authProblems(objs) {
         const deny = (x) => (x && !Array.isArray(x) && typeof x === "object" ? asList(x.deny) : []);
         if (own.kind === "DaemonSet") {
             if (!sameSet(allow(pub), [events]) || deny(pub).length) p.push(`agent user ${name} may publish to ${JSON.stringify(pub)}, not only ${events}`);
-            if (allow(sub).length || !deny(sub).includes(">")) p.push(`agent user ${name} may subscribe (${JSON.stringify(sub)}); it must be denied ">"`);
+            // Only the server's "no responders" statuses for its batches (pkg/publisher.c).
+            if (!sameSet(allow(sub), ["_EBPF_UNHEARD.>"]) || deny(sub).length) p.push(`agent user ${name} may subscribe to ${JSON.stringify(sub)}, not only _EBPF_UNHEARD.>`);
         } else {
             if (!sameSet(allow(sub), [events, ctl, "_INBOX.>"])) p.push(`aggregator user ${name} subscribes to ${JSON.stringify(sub)}, not exactly ${events}, ${ctl}, _INBOX.>`);
             if (!sameSet(allow(pub), [ctl, "_INBOX.>"])) p.push(`aggregator user ${name} publishes to ${JSON.stringify(pub)}, not exactly ${ctl}, _INBOX.>`);
@@ -1122,7 +1123,8 @@ checks.selftest = () => {
         cm.data["auth.conf"] = edit(cm.data["auth.conf"]);
         return o;
     };
-    expect(authProblems(withConf((t) => t.replace('deny: [">"]', 'allow: ["ebpf.events.>"]'))).some((p) => /agent user .* may subscribe/.test(p)), "policy rejects an agent that may subscribe");
+    expect(authProblems(withConf((t) => t.replace('allow: ["_EBPF_UNHEARD.>"]', 'allow: ["_EBPF_UNHEARD.>", "ebpf.events.>"]'))).some((p) => /agent user .* may subscribe/.test(p)), "policy rejects an agent that may subscribe to events");
+    expect(authProblems(withConf((t) => t.replace('allow: ["_EBPF_UNHEARD.>"]', 'allow: [">"]'))).some((p) => /agent user .* may subscribe/.test(p)), "policy rejects an agent that may subscribe anywhere");
     expect(authProblems(withConf((t) => t.replace('allow: ["ebpf.events.>"]', 'allow: ["ebpf.events.>", "ebpf.control.>"]'))).some((p) => /agent user .* may publish/.test(p)), "policy rejects an agent that may publish control messages");
     expect(authProblems(withConf((t) => t.replace('allow: ["ebpf.control.>", "_INBOX.>"]', 'allow: [">"]'))).some((p) => /aggregator user .* publishes/.test(p)), "policy rejects an aggregator that may publish events");
     expect(authProblems(withConf((t) => t.replace("$NATS_AGENT_PASSWORD", "hunter2"))).some((p) => /literal/.test(p)), "policy rejects a literal password in the NATS config");
