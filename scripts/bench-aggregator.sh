@@ -25,7 +25,7 @@ LOG="$OUT/aggregator.log"
 : >"$LOG"
 
 for bin in bin/ebpf-aggregator $B/bench_transport $B/bench_aggregator_ingest $B/bench_query \
-  $B/bench_aggregator_nodes; do
+  $B/bench_aggregator_nodes $B/bench_sub; do
   [ -x "$bin" ] || { echo "bench-aggregator: $bin missing: run 'make bench-bins'" >&2; exit 1; }
 done
 for tool in jq curl nats-server; do
@@ -135,8 +135,11 @@ measure() {
 # ---------------------------------------------------------------- 3. transport
 echo "bench-aggregator: transport" >&2
 # --server-pid: CPU per event counts the nats-server's share too (the ratio's CPU bound).
+# A listener, as the aggregators are: the agent's publisher holds batches no one hears.
+start_listener "$NATS_URL"
 run $B/bench_transport --nats "$NATS_URL" --events $TRANSPORT_EVENTS --rounds $ROUNDS \
   --server-pid "$NATS_PID"
+stop_pids TERM "$LISTENER_PID"
 
 # ---------------------------------------------------------------- 4. ingest
 echo "bench-aggregator: ingest in-process" >&2

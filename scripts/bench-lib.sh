@@ -76,7 +76,8 @@ wait_ready() {
 # it runs. Waits until it is subscribed (10 s at most); sets LISTENER_PID.
 LISTENER_PID=""
 start_listener() {
-  local ready="$TMP/listener.$$.$RANDOM.ready" pid
+  local ready pid
+  ready=$(mktemp -u "${TMPDIR:-/tmp}/bench-listener.XXXXXX")
   for _ in $(seq 100); do
     rm -f "$ready"
     build/bench/bench_sub "$1" 'ebpf.events.>' --ready "$ready" --discard >/dev/null 2>>"$LOG" &
@@ -87,6 +88,7 @@ start_listener() {
       sleep 0.05
     done
     if [ -e "$ready" ]; then
+      rm -f "$ready"
       PIDS+=("$pid")
       LISTENER_PID=$pid
       return 0

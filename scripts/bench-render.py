@@ -32,6 +32,7 @@ HOOKS = [
     ("sched_process_exit", "exec"),
     ("sys_enter_execve", "exec"),
     ("sys_exit_execve", "exec"),
+    ("io_uring_complete", "io-uring"),
 ]
 WORKLOADS = ["udp-connect", "tcp-connect", "exec", "drop"]
 
@@ -185,7 +186,11 @@ def overhead(r):
             out.append(row([f"`{hook}`", w] + cells))
     out += ["", "The agent's `sys_exit_connect` and `sys_exit_accept` are one program on "
             "`tp_btf/sys_exit` (UDP connects and accepts), so under the same loop they show "
-            "the same figure: its average over every syscall of that loop.", ""]
+            "the same figure: its average over every syscall of that loop. `io_uring_complete` "
+            "runs for every io_uring completion of the node (it reports accepts and UDP "
+            "connects done through io_uring); the io-uring loop submits no-op requests, the "
+            "path of every completion that is no accept or connect, and is run under the agent "
+            "alone.", ""]
     return out
 
 

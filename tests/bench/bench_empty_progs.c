@@ -3,8 +3,10 @@
  * (build/bench/empty_progs.bpf.o), attaches each to its hook, writes one
  * "id hook" line per program to READY (written whole, then renamed into
  * place) and holds them until SIGINT or SIGTERM. For scripts/bench-agent.sh.
+ * A program whose tracepoint this kernel lacks is left out.
  */
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <signal.h>
 #include <stdio.h>
@@ -32,6 +34,18 @@ int main(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &set, NULL);
 
     struct bpf_object *obj = bpf_object__open_file(argv[1], NULL);
+    struct btf *vmlinux = btf__load_vmlinux_btf();
+    if (obj != NULL && vmlinux != NULL) {
+        bpf_object__for_each_program(p, obj)
+        {
+            char tp[128];
+            const char *hook = strchr(bpf_program__section_name(p), '/');
+            snprintf(tp, sizeof(tp), "btf_trace_%s", hook != NULL ? hook + 1 : "");
+            if (btf__find_by_name_kind(vmlinux, tp, BTF_KIND_TYPEDEF) < 0)
+                bpf_program__set_autoload(p, false);
+        }
+    }
+    btf__free(vmlinux);
     if (obj == NULL || bpf_object__load(obj) != 0) {
         fprintf(stderr, "bench_empty_progs: cannot load %s\n", argv[1]);
         return 1;
@@ -44,6 +58,8 @@ int main(int argc, char **argv)
     }
     bpf_object__for_each_program(p, obj)
     {
+        if (!bpf_program__autoload(p))
+            continue;
         struct bpf_prog_info info;
         __u32 len = sizeof(info);
         const char *hook = strchr(bpf_program__section_name(p), '/');

@@ -9,7 +9,10 @@
  * closed with RST: a connection and an accept event), exec (posix_spawn of
  * /bin/true and wait: an exec and an exit event), drop (a UDP datagram to a
  * closed loopback port: one packet_drop), mix (per 100 operations: 96 UDP
- * connects, 3 TCP connects, 1 exec).
+ * connects, 3 TCP connects, 1 exec), io-uring (a no-op request submitted to
+ * the thread's own io_uring and its completion waited for: one run of the
+ * agent's io_uring_complete program, the path of every completion that is
+ * no accept or connect).
  *
  * Prints one JSON object: {"mode":..,"threads":..,"ops":..,"seconds":..,
  * "ops_per_sec":..,"udp_connects":..,"tcp_connects":..,"execs":..}. A rate
@@ -17,6 +20,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/io_uring.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <spawn.h>
@@ -25,14 +29,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 extern char **environ;
 
-enum mode { MODE_UDP, MODE_TCP, MODE_EXEC, MODE_DROP, MODE_MIX };
+enum mode { MODE_UDP, MODE_TCP, MODE_EXEC, MODE_DROP, MODE_MIX, MODE_URING };
 
 static enum mode mode;
 static double rate_per_thread; /* 0 = unlimited */
@@ -89,11 +95,64 @@ static void *acceptor(void *arg)
     }
 }
 
+/* A thread's io_uring, by raw system calls (no liburing): its rings mapped in place. */
+struct ring {
+    int fd;
+    uint32_t *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail;
+    struct io_uring_sqe *sqes;
+};
+
 struct worker {
     pthread_t tid;
     uint64_t ops, udp, tcp, exec;
     int udp_fd, drop_fd;
+    struct ring ring;
 };
+
+static void ring_open(struct ring *r)
+{
+    struct io_uring_params p = {0};
+
+    r->fd = (int)syscall(__NR_io_uring_setup, 8, &p);
+    if (r->fd < 0) {
+        perror("bench_load: io_uring_setup (kernel.io_uring_disabled?)");
+        exit(1);
+    }
+    size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(uint32_t);
+    size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    char *sq = mmap(NULL, sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd,
+                    IORING_OFF_SQ_RING);
+    char *cq = mmap(NULL, cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd,
+                    IORING_OFF_CQ_RING);
+    r->sqes = mmap(NULL, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQES);
+    if (sq == MAP_FAILED || cq == MAP_FAILED || r->sqes == MAP_FAILED) {
+        perror("bench_load: mmap io_uring");
+        exit(1);
+    }
+    r->sq_tail = (uint32_t *)(sq + p.sq_off.tail);
+    r->sq_mask = (uint32_t *)(sq + p.sq_off.ring_mask);
+    r->sq_array = (uint32_t *)(sq + p.sq_off.array);
+    r->cq_head = (uint32_t *)(cq + p.cq_off.head);
+    r->cq_tail = (uint32_t *)(cq + p.cq_off.tail);
+}
+
+/* One no-op request, submitted and waited for in one io_uring_enter. */
+static void op_uring(struct worker *w)
+{
+    struct ring *r = &w->ring;
+    uint32_t tail = *r->sq_tail, slot = tail & *r->sq_mask;
+
+    memset(&r->sqes[slot], 0, sizeof(r->sqes[slot]));
+    r->sqes[slot].opcode = IORING_OP_NOP;
+    r->sq_array[slot] = slot;
+    __atomic_store_n(r->sq_tail, tail + 1, __ATOMIC_RELEASE);
+    if (syscall(__NR_io_uring_enter, r->fd, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
+        perror("bench_load: io_uring_enter");
+    uint32_t head = *r->cq_head;
+    if (head != __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE))
+        __atomic_store_n(r->cq_head, head + 1, __ATOMIC_RELEASE);
+}
 
 static void op_udp(struct worker *w)
 {
@@ -152,6 +211,9 @@ static void op(struct worker *w)
     case MODE_DROP:
         op_drop(w);
         break;
+    case MODE_URING:
+        op_uring(w);
+        break;
     case MODE_MIX: {
         unsigned k = (unsigned)(w->ops % 100);
         if (k < 96) {
@@ -182,6 +244,8 @@ static void *work(void *arg)
 
     w->udp_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     w->drop_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (mode == MODE_URING)
+        ring_open(&w->ring);
     while (!stopping) {
         for (int i = 0; i < 16; i++) {
             op(w);
@@ -208,8 +272,9 @@ static void *work(void *arg)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bench_load udp-connect|tcp-connect|exec|drop|mix [--threads N] "
-                    "[--rate OPS_PER_SEC] [--duration SEC] [--ops N_PER_THREAD]\n");
+    fprintf(stderr,
+            "usage: bench_load udp-connect|tcp-connect|exec|drop|mix|io-uring [--threads N] "
+            "[--rate OPS_PER_SEC] [--duration SEC] [--ops N_PER_THREAD]\n");
     exit(2);
 }
 
@@ -232,6 +297,8 @@ int main(int argc, char **argv)
         mode = MODE_DROP;
     else if (!strcmp(m, "mix"))
         mode = MODE_MIX;
+    else if (!strcmp(m, "io-uring"))
+        mode = MODE_URING;
     else
         usage();
     for (int i = 2; i + 1 < argc; i += 2) {
