@@ -94,7 +94,8 @@ static const struct key keys[] = {
      "bus encoding: protobuf or json"},
     {"OUTAGE_BUFFER", KIND_BYTES, AGENT, NUM(outage_buffer_bytes), 64 * 1024, 4ull << 30, "64MiB",
      NULL,
-     "send queue: batches kept while NATS is unreachable or slower than the capture; oldest "
+     "send queue: batches kept while NATS is unreachable, no one subscribes, or NATS is slower "
+     "than the capture; oldest "
      "dropped beyond it (64KiB-4GiB)"},
     {"EVENT_TYPES", KIND_TYPES, AGENT, NUM(event_types), 0, 0, "all", NULL,
      "comma list of connection, accept, close, packet_drop, exec, exit, dns (or all)"},

@@ -64,6 +64,7 @@ struct batch {
     size_t n_gone;
     bool heartbeat; /* sent even empty (publisher_tick()) */
     bool unheard;   /* sent, and the server said no one subscribes to the subject */
+    bool came_back; /* unheard at least once (counted in batches_unheard) */
 };
 
 struct publisher {
@@ -262,6 +263,7 @@ static struct batch *batch_open(struct publisher *p)
         b->sequence = 0;
         b->n_gone = 0;
         b->heartbeat = false;
+        b->came_back = false;
     } else if ((b = calloc(1, sizeof(*b)))) {
         buf_init(&b->body);
         /* Most batches fit: a guess at ~200 bytes an event saves the doubling reallocs. */
@@ -583,7 +585,12 @@ static void confirm_sent(struct publisher *p)
     struct timespec until = clock_deadline_ms(PUB_SERVER_FLUSH_MS);
     while (s == NATS_OK && sub && p->unheard_done < (uint64_t)delivered + (uint64_t)pending)
         if (pthread_cond_timedwait(&p->wake, &p->mu, &until) == ETIMEDOUT)
-            break;
+            s = NATS_TIMEOUT;
+    /* A slow server, or this process starved: what the server said is not known yet. The
+     * batches stay, and the next round trip tells. Only a connection lost with them makes
+     * them count as heard, as any batch the connection took always did. */
+    if (s != NATS_OK && bus_connected(p->bus))
+        return;
 
     struct batch *first = sent_take(p, last), *back = NULL, **back_end = &back, *done = NULL;
     bool heard = false;
@@ -593,7 +600,9 @@ static void confirm_sent(struct publisher *p)
         b->next = NULL;
         if (s == NATS_OK && b->unheard) {
             b->unheard = false;
-            add(&p->batches_unheard, 1);
+            if (!b->came_back) /* counted once, however often it is tried again */
+                add(&p->batches_unheard, 1);
+            b->came_back = true;
             *back_end = b;
             back_end = &b->next;
             continue;
@@ -660,7 +669,8 @@ static void log_listener(struct publisher *p)
                 "OUTAGE_BUFFER, and trying again every %d ms\n",
                 p->log_prefix, p->subject, PUB_PROBE_MS);
     else
-        fprintf(stderr, "%s: %s is heard again, sending %" PRIu64 " queued batches\n",
+        fprintf(stderr,
+                "%s: %s has a subscriber now, sending the %" PRIu64 " batches still queued\n",
                 p->log_prefix, p->subject, get(&p->queue_batches));
 }
 
@@ -710,8 +720,11 @@ static void *publisher_main(void *arg)
         }
         if (outage_logged) {
             pthread_mutex_unlock(&p->mu);
-            fprintf(stderr, "%s: NATS connection restored, sending %" PRIu64 " queued batches\n",
-                    p->log_prefix, get(&p->queue_batches));
+            fprintf(stderr, "%s: NATS connection restored, %" PRIu64 " batches queued%s\n",
+                    p->log_prefix, get(&p->queue_batches),
+                    __atomic_load_n(&p->no_listener, __ATOMIC_RELAXED)
+                        ? " (held while no one subscribes)"
+                        : "");
             outage_logged = false;
             pthread_mutex_lock(&p->mu);
             continue;
@@ -922,11 +935,19 @@ void publisher_free(struct publisher *p)
     batch_free(p->spare);
     if (p->unheard_sub)
         natsSubscription_Destroy(p->unheard_sub);
+    uint64_t unconfirmed = 0, unconfirmed_events = 0;
     while (p->sent_head) { /* sent, the server's answer not had */
         struct batch *b = p->sent_head;
         p->sent_head = b->next;
+        unconfirmed++;
+        unconfirmed_events += b->n_events;
         batch_free(b);
     }
+    if (unconfirmed && p->log_prefix)
+        fprintf(stderr,
+                "%s: %" PRIu64 " batches (%" PRIu64 " events) sent, but NATS did not say at exit "
+                "whether anyone heard them: they may be lost\n",
+                p->log_prefix, unconfirmed, unconfirmed_events);
     while (p->head) {
         struct batch *b = p->head;
         p->head = b->next;

@@ -335,10 +335,16 @@ const char *query_time_reason(int rc, const char *s, size_t len, char *buf, size
         unit = "milliseconds", scale = 1000000ull;
     else
         unit = "microseconds", scale = 1000ull;
-    snprintf(buf, buflen,
-             "a number is nanoseconds since the Unix epoch, and this one would be in 1970: "
-             "%s? that is %" PRIu64 " ns; or give RFC 3339, e.g. 2024-05-01T12:00:00Z",
-             unit, v * scale);
+    if (v > UINT64_MAX / scale)
+        snprintf(buf, buflen,
+                 "a number is nanoseconds since the Unix epoch, and this one would be in 1970; "
+                 "as %s it is past 2554, out of range",
+                 unit);
+    else
+        snprintf(buf, buflen,
+                 "a number is nanoseconds since the Unix epoch, and this one would be in 1970: "
+                 "%s? that is %" PRIu64 " ns; or give RFC 3339, e.g. 2024-05-01T12:00:00Z",
+                 unit, v * scale);
     return buf;
 }
 

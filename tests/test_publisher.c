@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <signal.h>
 #include <unistd.h>
 
 #define NODE      "ip-10-0-1-5.ec2.internal"
@@ -694,6 +695,61 @@ Test(publisher, batches_no_one_hears_wait_for_a_subscriber)
     cr_assert_eq(st.batches_sent + st.batches_dropped, total);
     cr_assert_eq(st.queue_batches, 0);
     cr_assert_eq(st.queue_bytes, 0);
+    fixture_close(&f);
+}
+
+/*
+ * A server that answers late (paused here; a slow or remote one, or this process starved) does
+ * not tell whether a batch was heard: it stays queued until the server answers, never counted as
+ * heard meanwhile, so a batch no one subscribed to is not lost.
+ */
+Test(publisher, a_late_answer_from_the_server_loses_no_unheard_batch)
+{
+    struct fixture f;
+    fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 1, 50 * MS, 1 << 20, false);
+
+    add_events(f.pub, 0, 1);
+    publisher_tick(f.pub, mono_ns());
+    natsMsg *m = next_msg(&f, WAIT_MS);
+    cr_assert_not_null(m);
+    natsMsg_Destroy(m);
+    cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
+
+    cr_assert_eq(natsSubscription_Unsubscribe(f.sub), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(f.sub_nc), NATS_OK);
+    add_events(f.pub, 1, 2);
+    publisher_tick(f.pub, mono_ns());
+    cr_assert(wait_no_listener(f.pub, true), "the publisher did not learn no one listens");
+
+    /* Paused past the publisher's wait for an answer (a second), while it tries its first
+     * batch again and more batches come. */
+    const unsigned total = 8;
+    cr_assert_eq(kill(f.nats, SIGSTOP), 0);
+    for (unsigned i = 3; i < total; i++) {
+        add_events(f.pub, i, 1);
+        publisher_tick(f.pub, mono_ns());
+        usleep(500000);
+    }
+    cr_assert_eq(kill(f.nats, SIGCONT), 0);
+    cr_assert(wait_no_listener(f.pub, true));
+
+    natsSubscription_Destroy(f.sub);
+    f.sub = NULL;
+    cr_assert_eq(natsConnection_SubscribeSync(&f.sub, f.sub_nc, SUBJECT), NATS_OK);
+    natsSubscription_SetPendingLimits(f.sub, -1, -1);
+    cr_assert_eq(natsConnection_Flush(f.sub_nc), NATS_OK);
+    for (uint64_t seq = 2; seq <= total; seq++) {
+        m = next_msg(&f, WAIT_MS);
+        cr_assert_not_null(m, "batch %llu lost", (unsigned long long)seq);
+        cr_assert_eq(header_u64(m, BUS_HDR_SEQUENCE), seq);
+        natsMsg_Destroy(m);
+    }
+    cr_assert_null(next_msg(&f, 50), "no batch twice");
+    cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
+    struct publisher_stats st;
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.batches_sent, total);
+    cr_assert_eq(st.events_dropped, 0);
     fixture_close(&f);
 }
 

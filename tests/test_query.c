@@ -294,6 +294,11 @@ static const struct bad_case bad_cases[] = {
     {"since=1733500000123456", "microseconds? that is 1733500000123456000 ns"},
     {"since=100000000", "seconds? that is 100000000000000000 ns"},
     {"since=9999999999999999", "microseconds? that is 9999999999999999000 ns"},
+    /* Whose value in nanoseconds would not fit: no wrapped figure. */
+    {"since=18446744074", "as seconds it is past 2554, out of range"},
+    {"since=20000000000", "as seconds it is past 2554"},
+    {"until=18446744073710", "as milliseconds it is past 2554"},
+    {"since=18446744073709", "milliseconds? that is 18446744073709000000 ns"},
 };
 
 Test(query_parse, every_bad_value_is_rejected_with_its_name)

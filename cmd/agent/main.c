@@ -92,8 +92,9 @@ static void publish_kernel_losses(struct agent *a)
 }
 
 /*
- * Batches the send queue dropped (OUTAGE_BUFFER full: NATS unreachable, or slower than the
- * capture) are counted in /api/stats; the log says so too, at most every LOG_DROPS_EVERY.
+ * Batches the send queue dropped (OUTAGE_BUFFER full: NATS unreachable, no one subscribed,
+ * or NATS slower than the capture) are counted in /api/stats; the log says so too, at most
+ * every LOG_DROPS_EVERY.
  */
 #define LOG_DROPS_EVERY 10000000000ull
 static void log_queue_drops(struct agent *a, uint64_t now)
@@ -109,7 +110,10 @@ static void log_queue_drops(struct agent *a, uint64_t now)
     fprintf(stderr,
             "ebpf-agent: the send queue is full (OUTAGE_BUFFER %" PRIu64 " bytes, NATS %s): "
             "%" PRIu64 " batches (%" PRIu64 " events) dropped, the oldest first, since %s\n",
-            a->cfg.outage_buffer_bytes, st.bus.connected ? "connected" : "unreachable",
+            a->cfg.outage_buffer_bytes,
+            !st.bus.connected ? "unreachable"
+            : st.no_listener  ? "connected, but no one subscribed"
+                              : "connected",
             st.batches_dropped - logged_batches, st.events_dropped - logged_events,
             logged_at ? "the last report" : "the start");
     logged_batches = st.batches_dropped;

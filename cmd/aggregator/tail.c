@@ -60,7 +60,7 @@ static void tail_usage(FILE *out)
             "  --peer-pod NAME     --peer-namespace NAME   --peer-workload NAME\n"
             "  --peer-service NAME (the other end of a connection, accept or close; what a\n"
             "                      dns answer points at)\n"
-            "  --dest-port PORT    --status established|failed|attempted|answered|timeout\n"
+            "  --dest-port PORT    --status established|failed|attempted|answered|timeout|unknown\n"
             "  --query NAME        dns events for NAME, or *.SUFFIX for its subdomains\n"
             "  --rcode RCODE       answered dns events with this rcode (NXDOMAIN, 3, ...)\n"
             "  --since TIME        --until TIME (RFC 3339 or epoch nanoseconds, not seconds;\n"
