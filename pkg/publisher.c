@@ -521,6 +521,21 @@ static void on_unheard(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     natsMsg_Destroy(msg);
 }
 
+/*
+ * Ends the reply subscription. nats.c 3.4 (Debian 12) may crash its reader
+ * when a subscription is destroyed while a message for it is coming in
+ * (nats.c #637, fixed in 3.6): drained first, the server has confirmed the
+ * unsubscription and every status before it has been handled, so nothing is
+ * in flight for it, and on_unheard() runs no more. A connection closed for
+ * good delivers nothing: then it is destroyed at once.
+ */
+static void unheard_end(natsSubscription *sub)
+{
+    if (natsSubscription_Drain(sub) == NATS_OK)
+        natsSubscription_WaitForDrainCompletion(sub, 2000);
+    natsSubscription_Destroy(sub);
+}
+
 /* Subscribes to this instance's reply subjects on the current connection (mu not held). */
 static void unheard_subscribe(struct publisher *p)
 {
@@ -528,7 +543,7 @@ static void unheard_subscribe(struct publisher *p)
     if (p->unheard_sub && p->unheard_gen == gen)
         return;
     if (p->unheard_sub) { /* made on a connection since replaced: it hears nothing */
-        natsSubscription_Destroy(p->unheard_sub);
+        unheard_end(p->unheard_sub);
         p->unheard_sub = NULL;
     }
     char subj[sizeof(p->reply_prefix) + 1];
@@ -934,7 +949,7 @@ void publisher_free(struct publisher *p)
     batch_free(p->cur);
     batch_free(p->spare);
     if (p->unheard_sub)
-        natsSubscription_Destroy(p->unheard_sub);
+        unheard_end(p->unheard_sub);
     uint64_t unconfirmed = 0, unconfirmed_events = 0;
     while (p->sent_head) { /* sent, the server's answer not had */
         struct batch *b = p->sent_head;
