@@ -1107,6 +1107,28 @@ Test(dns_tracker, full_table_evicts_the_oldest)
     dns_tracker_free(t);
 }
 
+/* Query id for x.example/A of socket key, sent at `at`. */
+static void ask(struct dns_tracker *t, struct dns_message *q, const struct dns_key *key,
+                uint16_t id, uint64_t at)
+{
+    uint8_t buf[512];
+    struct event attr = attribution(300);
+    cr_assert_eq(dns_parse(buf, build_query(buf, id, "x.example", DNS_TYPE_A), q), DNS_OK);
+    cr_assert_eq(dns_tracker_query(t, key, q, &attr, at), 1);
+}
+
+/* The n timeouts expired so far have these statuses, in order; they are cleared. */
+static void expect_statuses(struct timeouts *to, const uint8_t *want, size_t n)
+{
+    cr_assert_eq(to->n, n);
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_eq(to->ev[i].status, want[i], "query %u: status %u",
+                     to->ev[i].u.dns.transaction_id, to->ev[i].status);
+        event_clear(&to->ev[i]);
+    }
+    to->n = 0;
+}
+
 /*
  * Answers lost: for every query sent before a loss seen in the kernel; for the queries of one
  * socket whose answers were lost (a TCP stream given up), or of one key and id whose answer
@@ -1118,58 +1140,39 @@ Test(dns_tracker, queries_whose_answer_may_be_lost_expire_unknown)
     struct dns_tracker *t = dns_tracker_new(&(struct dns_tracker_config){.timeout_ns = 1000});
     struct dns_message *q = msg_new();
     struct dns_key k = key_of(5, NULL), other = key_of(6, NULL);
-    struct event attr = attribution(300);
     struct timeouts to = {.n = 0};
-    uint8_t buf[512];
 
-#define ASK(key, id, at)                                                                           \
-    do {                                                                                           \
-        cr_assert_eq(dns_parse(buf, build_query(buf, id, "x.example", DNS_TYPE_A), q), DNS_OK);    \
-        cr_assert_eq(dns_tracker_query(t, &(key), q, &attr, at), 1);                               \
-    } while (0)
     /* Socket 5 loses answers at 150: its query of 100 is unsure, socket 6's and its own later
      * one are not; id 4 gets an answer that names no question. */
-    ASK(k, 1, 100);
-    ASK(other, 2, 110);
+    ask(t, q, &k, 1, 100);
+    ask(t, q, &other, 2, 110);
     dns_tracker_socket_unsure(t, 5, 150);
-    ASK(k, 3, 200);
-    ASK(k, 4, 210);
+    ask(t, q, &k, 3, 200);
+    ask(t, q, &k, 4, 210);
     dns_tracker_answer_unreadable(t, &k, 4);
     dns_tracker_answer_unreadable(t, &other, 99); /* pending under no query: nothing */
     cr_assert_eq(dns_tracker_expire(t, 1300, on_timeout, &to), 4);
     static const uint8_t want[] = {EVENT_STATUS_UNKNOWN, EVENT_STATUS_TIMEOUT, EVENT_STATUS_TIMEOUT,
                                    EVENT_STATUS_UNKNOWN};
-    for (size_t i = 0; i < 4; i++) {
-        cr_assert_eq(to.ev[i].status, want[i], "query %u: status %u", to.ev[i].u.dns.transaction_id,
-                     to.ev[i].status);
-        event_clear(&to.ev[i]);
-    }
-    to.n = 0;
+    expect_statuses(&to, want, 4);
 
     /* A loss seen in the kernel at 2100: what was sent before, whatever its socket. */
-    ASK(k, 5, 2000);
-    ASK(other, 6, 2050);
+    ask(t, q, &k, 5, 2000);
+    ask(t, q, &other, 6, 2050);
     dns_tracker_answers_lost(t, 2100);
-    ASK(other, 7, 2200);
+    ask(t, q, &other, 7, 2200);
     cr_assert_eq(dns_tracker_expire(t, 3300, on_timeout, &to), 3);
-    cr_assert_eq(to.ev[0].status, EVENT_STATUS_UNKNOWN);
-    cr_assert_eq(to.ev[1].status, EVENT_STATUS_UNKNOWN);
-    cr_assert_eq(to.ev[2].status, EVENT_STATUS_TIMEOUT);
-    for (size_t i = 0; i < 3; i++)
-        event_clear(&to.ev[i]);
-    to.n = 0;
+    expect_statuses(
+        &to, (const uint8_t[]){EVENT_STATUS_UNKNOWN, EVENT_STATUS_UNKNOWN, EVENT_STATUS_TIMEOUT},
+        3);
 
     /* 65 socket losses within the timeout: the first, forgotten, counts for every socket. */
-    ASK(other, 8, 5000);
+    ask(t, q, &other, 8, 5000);
     for (uint64_t c = 0; c < 65; c++)
         dns_tracker_socket_unsure(t, 1000 + c, 5100 + c);
-    ASK(other, 9, 5200);
+    ask(t, q, &other, 9, 5200);
     cr_assert_eq(dns_tracker_expire(t, 6300, on_timeout, &to), 2);
-    cr_assert_eq(to.ev[0].status, EVENT_STATUS_UNKNOWN);
-    cr_assert_eq(to.ev[1].status, EVENT_STATUS_TIMEOUT);
-    for (size_t i = 0; i < 2; i++)
-        event_clear(&to.ev[i]);
-#undef ASK
+    expect_statuses(&to, (const uint8_t[]){EVENT_STATUS_UNKNOWN, EVENT_STATUS_TIMEOUT}, 2);
 
     struct dns_tracker_stats st;
     dns_tracker_get_stats(t, &st);
@@ -1190,41 +1193,28 @@ Test(dns_tracker, a_socket_losing_answers_again_keeps_one_place)
     struct dns_tracker *t = dns_tracker_new(&(struct dns_tracker_config){.timeout_ns = 1000});
     struct dns_message *q = msg_new();
     struct dns_key flood = key_of(5, NULL), quiet = key_of(6, NULL), other = key_of(7, NULL);
-    struct event attr = attribution(300);
     struct timeouts to = {.n = 0};
-    uint8_t buf[512];
 
-#define ASK(key, id, at)                                                                           \
-    do {                                                                                           \
-        cr_assert_eq(dns_parse(buf, build_query(buf, id, "x.example", DNS_TYPE_A), q), DNS_OK);    \
-        cr_assert_eq(dns_tracker_query(t, &(key), q, &attr, at), 1);                               \
-    } while (0)
-    ASK(flood, 1, 100);
-    ASK(quiet, 2, 100);
-    ASK(other, 3, 100);
+    ask(t, q, &flood, 1, 100);
+    ask(t, q, &quiet, 2, 100);
+    ask(t, q, &other, 3, 100);
     dns_tracker_socket_unsure(t, 7, 150);
     for (uint64_t i = 0; i < 1000; i++)
         dns_tracker_socket_unsure(t, 5, 200 + i);
-    ASK(flood, 4, 1100); /* before the flood's last loss, at 1199 */
+    ask(t, q, &flood, 4, 1100); /* before the flood's last loss, at 1199 */
     cr_assert_eq(dns_tracker_expire(t, 2200, on_timeout, &to), 4);
     static const uint8_t want[] = {EVENT_STATUS_UNKNOWN, EVENT_STATUS_TIMEOUT, EVENT_STATUS_UNKNOWN,
                                    EVENT_STATUS_UNKNOWN};
-    for (size_t i = 0; i < 4; i++) {
-        cr_assert_eq(to.ev[i].status, want[i], "query %u: status %u", to.ev[i].u.dns.transaction_id,
-                     to.ev[i].status);
-        event_clear(&to.ev[i]);
-    }
-    to.n = 0;
+    expect_statuses(&to, want, 4);
 
     /* 64 other sockets push out socket 5's loss at 1199, long ago but before a query of socket
      * 6 still pending (the scan that expires it has not run): that one is unsure. */
-    ASK(quiet, 5, 1150);
+    ask(t, q, &quiet, 5, 1150);
     for (uint64_t c = 0; c < 64; c++)
         dns_tracker_socket_unsure(t, 1000 + c, 5000 + c);
     cr_assert_eq(dns_tracker_expire(t, 6000, on_timeout, &to), 1);
     cr_assert_eq(to.ev[0].status, EVENT_STATUS_UNKNOWN);
     event_clear(&to.ev[0]);
-#undef ASK
     free(q);
     dns_tracker_free(t);
 }

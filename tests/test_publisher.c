@@ -218,6 +218,43 @@ static natsMsg *next_msg(struct fixture *f, int64_t timeout_ms)
     return s == NATS_OK ? m : NULL;
 }
 
+/* Sends a first batch (one event) and sees it arrive. */
+static void first_batch_arrives(struct fixture *f)
+{
+    add_events(f->pub, 0, 1);
+    publisher_tick(f->pub, mono_ns());
+    natsMsg *m = next_msg(f, WAIT_MS);
+    cr_assert_not_null(m, "the first batch did not arrive");
+    natsMsg_Destroy(m);
+}
+
+/*
+ * Receives the batches after last_seq up to the one numbered last: each once, in order (the
+ * gaps between their numbers, batches dropped, are summed in *gaps), each saying agent_drops
+ * when it is not negative, and none after. Returns how many came.
+ */
+static uint64_t receive_in_order(struct fixture *f, uint64_t last_seq, uint64_t last,
+                                 int64_t agent_drops, uint64_t *gaps)
+{
+    uint64_t got = 0;
+    *gaps = 0;
+    while (last_seq < last) {
+        natsMsg *m = next_msg(f, WAIT_MS);
+        cr_assert_not_null(m, "batch after %llu not received", (unsigned long long)last_seq);
+        uint64_t seq = header_u64(m, BUS_HDR_SEQUENCE);
+        cr_assert_gt(seq, last_seq, "batch %llu after %llu", (unsigned long long)seq,
+                     (unsigned long long)last_seq);
+        if (agent_drops >= 0)
+            cr_assert_eq(header_u64(m, BUS_HDR_AGENT_DROPS), (uint64_t)agent_drops);
+        *gaps += seq - last_seq - 1;
+        last_seq = seq;
+        got++;
+        natsMsg_Destroy(m);
+    }
+    cr_assert_null(next_msg(f, 50), "no batch twice");
+    return got;
+}
+
 /* Checks a protobuf batch: headers agree with the payload, events are first..first+n. */
 static void check_pb_batch(struct publisher *p, natsMsg *m, uint64_t seq, unsigned first,
                            unsigned n, uint64_t kernel_drops, uint64_t kernel_missed)
@@ -537,21 +574,9 @@ Test(publisher, outage_queues_drops_oldest_and_resumes)
     cr_assert(wait_bus(f.bus, true), "the bus did not reconnect");
 
     /* Everything still queued arrives, in order; the gap is exactly the drops. */
-    uint64_t last_seq = 2, gaps = 0;
-    for (uint64_t k = 0; k < queued; k++) {
-        natsMsg *m = next_msg(&f, WAIT_MS);
-        cr_assert_not_null(m, "queued batch %llu of %llu not received", (unsigned long long)k + 1,
-                           (unsigned long long)queued);
-        uint64_t seq = header_u64(m, BUS_HDR_SEQUENCE);
-        cr_assert_gt(seq, last_seq);
-        gaps += seq - last_seq - 1;
-        last_seq = seq;
-        cr_assert_eq(header_u64(m, BUS_HDR_AGENT_DROPS), dropped);
-        natsMsg_Destroy(m);
-    }
-    cr_assert_eq(last_seq, total);
+    uint64_t gaps;
+    cr_assert_eq(receive_in_order(&f, 2, total, (int64_t)dropped, &gaps), queued);
     cr_assert_eq(gaps, dropped);
-    cr_assert_null(next_msg(&f, 50), "no batch twice");
 
     cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
     publisher_get_stats(f.pub, &st);
@@ -572,11 +597,7 @@ Test(publisher, after_an_outage_batches_wait_for_subscribers_to_return)
     struct fixture f;
     fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 1, 100 * MS, 1 << 20, false);
 
-    add_events(f.pub, 0, 1);
-    publisher_tick(f.pub, mono_ns());
-    natsMsg *m = next_msg(&f, WAIT_MS);
-    cr_assert_not_null(m);
-    natsMsg_Destroy(m);
+    first_batch_arrives(&f);
 
     tu_stop(f.nats, 2000);
     f.nats = -1;
@@ -596,12 +617,9 @@ Test(publisher, after_an_outage_batches_wait_for_subscribers_to_return)
     cr_assert_eq(natsConnection_SubscribeSync(&f.sub, f.sub_nc, SUBJECT), NATS_OK);
     cr_assert_eq(natsConnection_Flush(f.sub_nc), NATS_OK);
 
-    for (uint64_t seq = 2; seq <= 4; seq++) {
-        m = next_msg(&f, WAIT_MS);
-        cr_assert_not_null(m, "queued batch %llu lost", (unsigned long long)seq);
-        cr_assert_eq(header_u64(m, BUS_HDR_SEQUENCE), seq);
-        natsMsg_Destroy(m);
-    }
+    uint64_t gaps;
+    cr_assert_eq(receive_in_order(&f, 1, 4, -1, &gaps), 3);
+    cr_assert_eq(gaps, 0, "a queued batch lost");
     fixture_close(&f);
 }
 
@@ -674,20 +692,8 @@ Test(publisher, batches_no_one_hears_wait_for_a_subscriber)
     cr_assert_eq(natsConnection_SubscribeSync(&f.sub, f.sub_nc, SUBJECT), NATS_OK);
     natsSubscription_SetPendingLimits(f.sub, -1, -1);
     cr_assert_eq(natsConnection_Flush(f.sub_nc), NATS_OK);
-    uint64_t last_seq = 2, gaps = 0, got = 0;
-    while (last_seq < total) {
-        natsMsg *m = next_msg(&f, WAIT_MS);
-        cr_assert_not_null(m, "batch after %llu not received", (unsigned long long)last_seq);
-        uint64_t seq = header_u64(m, BUS_HDR_SEQUENCE);
-        cr_assert_gt(seq, last_seq, "batch %llu after %llu", (unsigned long long)seq,
-                     (unsigned long long)last_seq);
-        gaps += seq - last_seq - 1;
-        last_seq = seq;
-        got++;
-        natsMsg_Destroy(m);
-    }
+    uint64_t gaps, got = receive_in_order(&f, 2, total, -1, &gaps);
     cr_assert_eq(gaps, dropped);
-    cr_assert_null(next_msg(&f, 50), "no batch twice");
     cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
     cr_assert(wait_no_listener(f.pub, false));
     publisher_get_stats(f.pub, &st);
@@ -708,11 +714,7 @@ Test(publisher, a_late_answer_from_the_server_loses_no_unheard_batch)
     struct fixture f;
     fixture_open(&f, CONFIG_ENCODING_PROTOBUF, 1, 50 * MS, 1 << 20, false);
 
-    add_events(f.pub, 0, 1);
-    publisher_tick(f.pub, mono_ns());
-    natsMsg *m = next_msg(&f, WAIT_MS);
-    cr_assert_not_null(m);
-    natsMsg_Destroy(m);
+    first_batch_arrives(&f);
     cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
 
     cr_assert_eq(natsSubscription_Unsubscribe(f.sub), NATS_OK);
@@ -738,13 +740,9 @@ Test(publisher, a_late_answer_from_the_server_loses_no_unheard_batch)
     cr_assert_eq(natsConnection_SubscribeSync(&f.sub, f.sub_nc, SUBJECT), NATS_OK);
     natsSubscription_SetPendingLimits(f.sub, -1, -1);
     cr_assert_eq(natsConnection_Flush(f.sub_nc), NATS_OK);
-    for (uint64_t seq = 2; seq <= total; seq++) {
-        m = next_msg(&f, WAIT_MS);
-        cr_assert_not_null(m, "batch %llu lost", (unsigned long long)seq);
-        cr_assert_eq(header_u64(m, BUS_HDR_SEQUENCE), seq);
-        natsMsg_Destroy(m);
-    }
-    cr_assert_null(next_msg(&f, 50), "no batch twice");
+    uint64_t gaps;
+    cr_assert_eq(receive_in_order(&f, 1, total, -1, &gaps), total - 1);
+    cr_assert_eq(gaps, 0, "a batch lost");
     cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
     struct publisher_stats st;
     publisher_get_stats(f.pub, &st);
