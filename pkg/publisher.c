@@ -90,10 +90,11 @@ struct publisher {
     struct batch *inflight;
     /* Published, waiting for confirm_sent() to learn whether anyone heard them; oldest first. */
     struct batch *sent_head, *sent_tail;
-    uint64_t sent_mem, sent_oldest_ns; /* sent_mem: their buffers' allocated bytes */
-    uint64_t unheard_done;             /* replies on_unheard() has handled */
-    bool no_listener;                  /* a batch came back unheard, and no later one was heard */
-    struct batch *free_batches;        /* sent, ready for reuse */
+    uint64_t sent_bytes, sent_mem; /* their events' bytes (as queue_bytes), their buffers' */
+    uint64_t sent_oldest_ns;
+    uint64_t unheard_done;      /* replies on_unheard() has handled */
+    bool no_listener;           /* a batch came back unheard, and no later one was heard */
+    struct batch *free_batches; /* sent, ready for reuse */
     unsigned n_free;
     bool publisher_idle;    /* waiting on wake for work: the only time a new batch signals */
     bool wake_deferred;     /* capture thread: a full batch waits for a tick to wake it */
@@ -569,8 +570,10 @@ static struct batch *sent_take(struct publisher *p, struct batch *last)
     if (!p->sent_head)
         p->sent_tail = NULL;
     last->next = NULL;
-    for (struct batch *b = first; b; b = b->next)
+    for (struct batch *b = first; b; b = b->next) {
+        p->sent_bytes -= b->events_len;
         p->sent_mem -= b->body.cap;
+    }
     p->sent_oldest_ns = clock_monotonic_ns();
     return first;
 }
@@ -752,7 +755,7 @@ static void *publisher_main(void *arg)
         }
         if (p->sent_head &&
             (!p->head || p->no_listener || p->flush_waiters || p->sent_mem >= PUB_CONFIRM_BYTES ||
-             p->sent_mem >= p->cfg.outage_buffer_bytes / 4 ||
+             p->sent_bytes >= p->cfg.outage_buffer_bytes / 4 ||
              clock_monotonic_ns() - p->sent_oldest_ns >= PUB_CONFIRM_NS)) {
             bool was_heard = !p->no_listener;
             confirm_sent(p);
@@ -805,6 +808,7 @@ static void *publisher_main(void *arg)
             else
                 p->sent_head = b, p->sent_oldest_ns = clock_monotonic_ns();
             p->sent_tail = b;
+            p->sent_bytes += b->events_len;
             p->sent_mem += b->body.cap;
         } else if (s == NATS_MAX_PAYLOAD) {
             /* The server will never take it; retrying would wedge the queue. */
