@@ -50,13 +50,17 @@
 #include "testutil.h"
 #include "ui.h"
 
-#define TOKEN     "ui-test-token"
+#define TOKEN     "ui-t\u00ebst-token" /* not ASCII: sent as its UTF-8 bytes */
 #define CHROMIUM  "/usr/bin/chromium"
 #define FLOW_OK   5 /* established connections the flow client makes */
 #define FLOW_FAIL 2 /* connections it makes to a closed port */
 #define DNS_OK    3 /* dig queries for a name dnsmasq knows */
 #define DNS_NX    2 /* dig queries for a name under test. it does not know: NXDOMAIN */
 #define AUTH      "Authorization: Bearer " TOKEN
+/* An address outside the cluster, reached by a name (OUTSIDE_NAME) and without (publish_k8s_node).
+ */
+#define OUTSIDE_IP   "203.0.113.7"
+#define OUTSIDE_NAME "ext.example"
 
 static struct tu_monitor mon;
 /* build/ui: the screenshots, the marker, and the three programs' logs, kept for a look after a run.
@@ -299,14 +303,17 @@ static void wait_dns(const char *name, int n)
  * with its headers), which this machine cannot make with pods of its own: a
  * packet drop of pod shop/web's socket (SOCKET_RCVBUFF) and a query for
  * dns_name answered with Service shop/web's ClusterIP. The page names the
- * drop's workload and what the name points at.
+ * drop's workload and what the name points at. And connections of two
+ * workloads to one address outside the cluster (OUTSIDE_IP), one reached by
+ * the name OUTSIDE_NAME, one not: two endpoints on the Map.
  */
 static void publish_k8s_node(const char *dns_name)
 {
     static const char answers[] = "10.96.0.10";
-    struct event ev[2] = {0};
+    enum { N = 4 };
+    struct event ev[N] = {0};
     uint64_t now = (uint64_t)time(NULL) * 1000000000ull;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < N; i++) {
         ev[i].id = 0x5e00000000000001ull + (uint64_t)i;
         ev[i].timestamp_ns = now;
         ev[i].node = intern("ui-k8s-node");
@@ -340,10 +347,26 @@ static void publish_k8s_node(const char *dns_name)
     inet_pton(AF_INET, "10.96.0.53", ev[1].daddr);
     ev[1].sport = 40000;
     ev[1].dport = 53;
+    for (int i = 2; i < N; i++) {
+        ev[i].type = EVENT_CONNECTION;
+        ev[i].status = EVENT_STATUS_ESTABLISHED;
+        ev[i].protocol = 6;
+        ev[i].pid = 4300 + i;
+        strcpy(ev[i].command, "curl");
+        ev[i].k8s.namespace = intern("shop");
+        ev[i].k8s.pod_name = intern(i == 2 ? "named-1" : "unnamed-1");
+        ev[i].k8s.workload = intern(i == 2 ? "named" : "unnamed");
+        ev[i].k8s.workload_kind = intern("Deployment");
+        inet_pton(AF_INET, i == 2 ? "10.1.0.11" : "10.1.0.12", ev[i].saddr);
+        inet_pton(AF_INET, OUTSIDE_IP, ev[i].daddr);
+        ev[i].sport = (uint16_t)(41000 + i);
+        ev[i].dport = 443;
+    }
+    ev[2].peer.dns = intern(OUTSIDE_NAME);
 
     struct buf b;
     buf_init(&b);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < N; i++) {
         event_json_write(&b, &ev[i]);
         buf_puts(&b, "\n");
     }
@@ -357,7 +380,7 @@ static void publish_k8s_node(const char *dns_name)
     natsMsgHeader_Set(m, BUS_HDR_NODE, "ui-k8s-node");
     natsMsgHeader_Set(m, BUS_HDR_INSTANCE, "ui-k8s-agent");
     natsMsgHeader_Set(m, BUS_HDR_SEQUENCE, "1");
-    natsMsgHeader_Set(m, BUS_HDR_EVENTS, "2");
+    natsMsgHeader_Set(m, BUS_HDR_EVENTS, "4");
     cr_assert_eq(natsConnection_PublishMsg(nc, m), NATS_OK);
     cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
     natsMsg_Destroy(m);
@@ -415,7 +438,8 @@ Test(e2e_ui, the_page_works_in_a_real_browser)
                  " MARKER='%s' MARKER_NAME='%s' SHOTS='%s' CHROMIUM=" CHROMIUM
                  " NATS_PID=%d NATS_PORT=%d AGGREGATOR_PID=%d BENCH_LOAD='%s' FLOW_CLIENT=%s"
                  " FLOW_PORT=%d FLOW_CLOSED_PORT=%d FLOW_OK=%d FLOW_FAIL=%d DNS_NAME=%s DNS_OK=%d"
-                 " DNS_NX_NAME=%s DNS_NX=%d K8S_DNS_NAME=%s"
+                 " DNS_NX_NAME=%s DNS_NX=%d K8S_DNS_NAME=%s OUTSIDE_IP=" OUTSIDE_IP
+                 " OUTSIDE_NAME=" OUTSIDE_NAME
                  " SMALL_AGGREGATOR_URL=http://127.0.0.1:%d node '%s'",
                  mon.aggregator_port, mon.agent_port, marker, name, dir, (int)mon.nats,
                  mon.nats_port, (int)mon.aggregator, tu_repo_path("build/bench/bench_load"),

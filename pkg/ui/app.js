@@ -42,10 +42,15 @@ $('#token-form').addEventListener('submit', (ev) => {
   waiters.forEach((w) => w());
 });
 
+// A header value carries bytes (ISO-8859-1 to fetch): the token's UTF-8 bytes, as the
+// server compares them and curl sends them; any character then goes (fetch throws on one
+// past U+00FF).
+const headerBytes = (s) => String.fromCharCode(...new TextEncoder().encode(s));
+
 // fetch() with the token; on 401 asks for one and tries again.
 async function apiFetch(path, opts = {}) {
   for (;;) {
-    const headers = token ? { Authorization: 'Bearer ' + token } : {};
+    const headers = token ? { Authorization: 'Bearer ' + headerBytes(token) } : {};
     const res = await fetch(path, { ...opts, headers, cache: 'no-store' });
     if (res.status !== 401)
       return res;
@@ -203,20 +208,37 @@ const live = {
   catchUp: false, // events from a stream outage are waiting: order the rows by time
 };
 
+// As typed: the API matches names exactly, and a command may end in a space.
 function liveParams() {
   const p = new URLSearchParams();
   const f = $('#filters');
   FILTERS.forEach((k) => {
-    const v = f.elements[k].value.trim();
-    if (v)
+    const v = f.elements[k].value;
+    if (v !== '')
       p.set(k, v);
   });
   return p;
 }
 
+// A link's type that is no single choice of the list (a list such as "exec,exit", another
+// case, a mistake) becomes a choice of its own, so it is asked for and refused by the API
+// rather than dropped.
 function setFilterInputs(params) {
   const f = $('#filters');
-  FILTERS.forEach((k) => { f.elements[k].value = params.get(k) || ''; });
+  FILTERS.forEach((k) => {
+    const el = f.elements[k], v = params.get(k) || '';
+    if (el.tagName === 'SELECT') {
+      el.querySelectorAll('option[data-linked]').forEach((o) => { if (o.value !== v) o.remove(); });
+      if (v && ![...el.options].some((o) => o.value === v)) {
+        const o = document.createElement('option');
+        o.value = v;
+        o.textContent = v;
+        o.dataset.linked = '';
+        el.appendChild(o);
+      }
+    }
+    el.value = v;
+  });
 }
 
 function liveStatus() {
@@ -953,7 +975,9 @@ function endpointOf(x) {
     return { id: 'svc:' + (x.namespace || '') + '/' + x.service, label: x.service, kind: 'Service',
       group: 'namespace ' + (x.namespace || '?'), filter: null };
   const ip = x.ip || '?';
-  return { id: 'ip:' + ip, label: x.dns ? x.dns + ' (' + ip + ')' : ip, kind: 'outside', group: 'outside the cluster', filter: null };
+  // One endpoint per address and name: a process that resolved a name and one that did not
+  // reach the same address as two endpoints, each labelled as its edges say.
+  return { id: 'ip:' + ip + (x.dns ? ' ' + x.dns : ''), label: x.dns ? x.dns + ' (' + ip + ')' : ip, kind: 'outside', group: 'outside the cluster', filter: null };
 }
 
 const linkKey = (e) => endpointOf(e.source).id + '>' + endpointOf(e.destination).id;
@@ -1236,7 +1260,10 @@ showView();
 // Live's type choices: dns too once the server records it (SPEC section 9).
 getApiDoc().then((doc) => {
   const sel = $('#filters select[name=type]');
-  if (eventTypeServed(doc, 'dns') && ![...sel.options].some((o) => o.value === 'dns')) {
+  const linked = [...sel.options].find((o) => o.value === 'dns');
+  if (eventTypeServed(doc, 'dns') && linked) {
+    delete linked.dataset.linked; // made for a link to it: one of the list's choices now
+  } else if (eventTypeServed(doc, 'dns')) {
     const keep = sel.value;
     sel.appendChild(el('option', 'dns'));
     sel.value = parseHash().params.get('type') || keep;

@@ -29,7 +29,9 @@ import { assert, env, launch, result, step } from './ui_lib.mjs';
 
 const AGG = env('AGGREGATOR_URL');
 const AGENT = env('AGENT_URL');
-const TOKEN = env('TOKEN');
+const TOKEN = env('TOKEN'); // not ASCII: the page must send its UTF-8 bytes
+// The header as curl sends it: the token's UTF-8 bytes (a fetch header is a byte string).
+const BEARER = 'Bearer ' + Buffer.from(TOKEN, 'utf8').toString('latin1');
 const MARKER = env('MARKER');
 const MARKER_NAME = env('MARKER_NAME');
 const SHOTS = env('SHOTS');
@@ -45,6 +47,9 @@ const DNS_OK = Number(env('DNS_OK'));
 const DNS_NX_NAME = env('DNS_NX_NAME');
 const DNS_NX = Number(env('DNS_NX'));
 const K8S_DNS_NAME = env('K8S_DNS_NAME'); // a Kubernetes node's query, published by the C test
+// An address outside the cluster two workloads of that node connect to, one by this name.
+const OUTSIDE_IP = env('OUTSIDE_IP');
+const OUTSIDE_NAME = env('OUTSIDE_NAME');
 const UI_DIR = new URL('../../pkg/ui/', import.meta.url);
 const UI_GEN = new URL('../../build/gen/ui/', import.meta.url); // index.html as built (versioned file URLs)
 mkdirSync(SHOTS, { recursive: true });
@@ -54,8 +59,8 @@ const errors = [];
 
 function watch(page, label) {
   page.on('console', (m) => {
-    if (m.type() === 'error')
-      errors.push(label + ': console: ' + m.text());
+    if (m.type() === 'error') // with the URL a failed load was of
+      errors.push(label + ': console: ' + m.text() + ' @ ' + (m.location().url || ''));
   });
   page.on('pageerror', (e) => errors.push(label + ': page error: ' + e.message));
 }
@@ -138,6 +143,12 @@ await step('the token prompt appears on a 401 and the token is used', async () =
   await page.fill('#token-input', 'not-the-token');
   await page.click('#token-form button');
   await page.waitForFunction(() => document.querySelector('#token-error').textContent.includes('refused'), null, { timeout: 10000 });
+  // A character past U+00FF (a typographic quote pasted along): refused and asked again, as any
+  // wrong token (fetch throws on such a header value when it is sent as characters).
+  await page.fill('#token-input', TOKEN + '\u2019');
+  await page.click('#token-form button');
+  await page.waitForFunction(() => !document.querySelector('#token-form').hidden &&
+    document.querySelector('#token-error').textContent.includes('refused'), null, { timeout: 10000 });
   await page.fill('#token-input', TOKEN);
   await page.click('#token-form button');
   await page.waitForSelector('#view-live[data-stream="open"]', { timeout: 10000 });
@@ -198,6 +209,41 @@ await step('a reload keeps the view and its filter', async () => {
     return trs.length > 0 && trs.every((t) => t.dataset.command === name);
   }, MARKER_NAME, { timeout: 5000 });
   assert(await page.$eval('#token-form', (f) => f.hidden), 'the token was asked for again after a reload');
+});
+
+await step('a link\'s filters are asked for as they are: a type list, a type the API refuses, a command ending in a space', async () => {
+  const asked = [];
+  const onRequest = (r) => { if (r.url().includes('/api/events')) asked.push(new URL(r.url()).searchParams); };
+  page.on('request', onRequest);
+  const open = async (hash) => {
+    asked.length = 0;
+    await page.evaluate((h) => { location.hash = h; }, hash);
+    await page.waitForFunction((h) => location.hash === h, hash, { timeout: 5000 });
+  };
+  try {
+    await open('#live?type=exec%2Cexit');
+    await page.waitForSelector('#view-live[data-stream="open"]', { timeout: 10000 });
+    assert(await page.$eval('#filters select[name=type]', (t) => t.value) === 'exec,exit', 'the type list is not shown as chosen');
+    await runMarker();
+    await liveHas(page, MARKER_NAME, 'exit', 5000);
+    const types = await page.$$eval('#events tbody tr.ev', (trs) => trs.map((t) => t.dataset.type));
+    assert(types.length > 0 && types.every((t) => t === 'exec' || t === 'exit'), 'types in the table: ' + [...new Set(types)]);
+    assert(asked.length > 0 && asked.every((q) => q.get('type') === 'exec,exit'), 'asked: ' + asked.map(String));
+
+    await open('#live?type=bogus'); // its refused loads are expected console errors (the last step)
+    await page.waitForFunction(() => /refused.*type/i.test(document.querySelector('#banner').textContent), null, { timeout: 10000 });
+    assert(asked.some((q) => q.get('type') === 'bogus'), 'type=bogus not asked for: ' + asked.map(String));
+
+    await open('#live?command=' + encodeURIComponent(MARKER_NAME + ' '));
+    await page.waitForSelector('#view-live[data-stream="open"]', { timeout: 10000 });
+    assert(asked.length > 0 && asked.every((q) => q.get('command') === MARKER_NAME + ' '), 'asked: ' + asked.map(String));
+    assert(await page.$eval('#filters input[name=command]', (i) => i.value) === MARKER_NAME + ' ', 'the command lost its space');
+  } finally {
+    page.off('request', onRequest);
+  }
+  await open('#live?command=' + encodeURIComponent(MARKER_NAME));
+  await page.waitForSelector('#view-live[data-stream="open"]', { timeout: 10000 });
+  assert(await page.$eval('#filters select[name=type]', (t) => t.value) === '', 'a linked type stayed chosen');
 });
 
 await step('pause holds new events back and resume shows them', async () => {
@@ -296,6 +342,16 @@ await step('Map draws the test client, its destination and the edges with their 
   assert(got.ports.split(' ').length === 2 && got.colour === '#b42318', 'link: ' + JSON.stringify(got));
   const nodes = await page.$$eval('#map g.node', (gs) => gs.map((g) => g.dataset.label));
   assert(nodes.includes(FLOW_CLIENT) && nodes.includes(got.dst), 'nodes: ' + nodes.join(', '));
+  // One outside address, reached by its name from one workload and without it from another:
+  // two endpoints, each labelled as its edges say.
+  const named = OUTSIDE_NAME + ' (' + OUTSIDE_IP + ')';
+  await page.waitForFunction(([a, b]) => {
+    const labels = [...document.querySelectorAll('#map g.node')].map((g) => g.dataset.label);
+    return labels.includes(a) && labels.includes(b);
+  }, [named, OUTSIDE_IP], { timeout: 30000 });
+  for (const [src, dst] of [['named', named], ['unnamed', OUTSIDE_IP]])
+    assert(await page.$('#map g.edge[data-src="' + src + '"][data-dst="' + dst + '"]'), 'no link ' + src + ' → ' + dst);
+  assert(!(await page.$('#map g.edge[data-src="unnamed"][data-dst="' + named + '"]')), 'unnamed drawn to the name');
   await page.screenshot({ path: SHOTS + '/map.png' });
   console.log('  ' + FLOW_CLIENT + ' → ' + got.dst + ' ports ' + got.ports + ': ' + got.connections + ' connections, ' +
     got.failed + ' failed; ' + nodes.length + ' endpoints drawn');
@@ -533,7 +589,7 @@ await step('Live loads the events it missed while its stream was cut', async () 
     // The marker's execs while cut, as the aggregator has them (same machine, same clock).
     const cutNs = BigInt(Date.now()) * 1000000n;
     const fromApi = async () => (await (await fetch(AGG + '/api/events?' + q + '&since=' + cutNs + '&limit=1000',
-      { headers: { authorization: 'Bearer ' + TOKEN } })).json()).events.map((e) => e.id);
+      { headers: { authorization: BEARER } })).json()).events.map((e) => e.id);
     for (let i = 0; i < 3; i++)
       await runMarker();
     let ids = [];
@@ -594,12 +650,12 @@ await step('Map says when the server kept only the busiest edges', async () => {
   } catch (e) {
     // What the page and the API said instead, to tell a slow pipeline from a wrong count.
     const shown = await page.$eval('#map-status', (st) => st.textContent + ' [' + st.className + ']');
-    const api = await (await fetch(AGG + '/api/flows', { headers: { authorization: 'Bearer ' + TOKEN } })).json();
+    const api = await (await fetch(AGG + '/api/flows', { headers: { authorization: BEARER } })).json();
     throw new Error(e.message + '; the page: ' + shown + '; the API: count ' + api.count + ', total_count ' +
       api.total_count + ', partial ' + api.partial);
   }
   const text = await page.$eval('#map-status', (st) => st.textContent);
-  const api = await (await fetch(AGG + '/api/flows', { headers: { authorization: 'Bearer ' + TOKEN } })).json();
+  const api = await (await fetch(AGG + '/api/flows', { headers: { authorization: BEARER } })).json();
   assert(api.count === 1000 && api.total_count >= N, 'the API: count ' + api.count + ', total_count ' + api.total_count);
   console.log('  ' + text);
 });
@@ -614,7 +670,7 @@ const AGGREGATOR_PID = Number(env('AGGREGATOR_PID'));
 const bannerText = (p) => p.$eval('#banner', (b) => (b.hidden ? '' : b.textContent));
 
 // The aggregator's record of this node (/api/nodes).
-const aggNode = async () => (await (await fetch(AGG + '/api/nodes', { headers: { authorization: 'Bearer ' + TOKEN } })).json()).nodes[nodeName];
+const aggNode = async () => (await (await fetch(AGG + '/api/nodes', { headers: { authorization: BEARER } })).json()).nodes[nodeName];
 // The node's row in the aggregator's Nodes table: its columns by name.
 const NODE_COLS = { events: 2, kernel_drops: 4, kernel_missed: 5, agent_drops: 6, lost_batches: 7 };
 
@@ -721,7 +777,7 @@ await step('aggregator stopped: the banner says the server does not answer', asy
 });
 
 await step('no console errors in any view', async () => {
-  const other = errors.filter((e, i) => !expected.includes(i));
+  const other = errors.filter((e, i) => !expected.includes(i) && !/status of 400 .* @ .*[?&]type=bogus/.test(e));
   assert(other.length === 0, other.join('\n'));
 });
 
