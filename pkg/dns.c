@@ -774,6 +774,10 @@ int dns_tracker_answer(struct dns_tracker *t, const struct dns_key *k, const str
     }
     struct pending *p = &t->entry[i];
     if (!same_question(p, m)) {
+        /* Its server may have answered it (a misbehaving one), or the answer may be forged:
+         * the query waits on for an answer that says its question, and without one it is not
+         * known to have gone unanswered. */
+        p->unsure = true;
         t->st.mismatched++;
         return 0;
     }

@@ -311,8 +311,8 @@ int dns_tracker_query(struct dns_tracker *t, const struct dns_key *k, const stru
  * in-chain address records (0 when there are none), for dns_names_add().
  * Returns 1 with *out filled; 0 when nothing matched (counted as unmatched,
  * or as mismatched when the key matched but the question did not: the query
- * stays pending); -ENOMEM when the event could not be built (counted in
- * oom, the query is dropped).
+ * stays pending, and expires as unknown, not as a timeout); -ENOMEM when the
+ * event could not be built (counted in oom, the query is dropped).
  */
 int dns_tracker_answer(struct dns_tracker *t, const struct dns_key *k, const struct dns_message *m,
                        uint64_t ts_ns, struct event *out, uint32_t *ttl_s);

@@ -896,6 +896,18 @@ static void on_timeout(struct event *e, void *arg)
     event_move(&t->ev[t->n++], e);
 }
 
+/* The n timeouts expired so far have these statuses, in order; they are cleared. */
+static void expect_statuses(struct timeouts *to, const uint8_t *want, size_t n)
+{
+    cr_assert_eq(to->n, n);
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_eq(to->ev[i].status, want[i], "query %u: status %u",
+                     to->ev[i].u.dns.transaction_id, to->ev[i].status);
+        event_clear(&to->ev[i]);
+    }
+    to->n = 0;
+}
+
 static const char *answer_at(const struct event *e, unsigned i)
 {
     const char *s = e->u.dns.answers, *end = s ? s + e->u.dns.answers_len : NULL;
@@ -1049,14 +1061,22 @@ Test(dns_tracker, mismatched_question_is_not_matched)
     /* A query handed as an answer and the reverse are refused, not counted. */
     cr_assert_eq(dns_tracker_answer(t, &k, q, 30, &out, NULL), -EINVAL);
     cr_assert_eq(dns_tracker_query(t, &k, a, &attr, 30), -EINVAL);
+    /* Asked again, and only another question's answer comes under its ID: it may have been
+     * answered (a misbehaving server), so it expires unknown, not as a timeout. */
+    cr_assert_eq(dns_tracker_query(t, &k, q, &attr, 40), 1);
+    cr_assert_eq(dns_parse(alias.a, alias.alen, a), DNS_OK);
+    cr_assert_eq(dns_tracker_answer(t, &k, a, 50, &out, NULL), 0);
+    struct timeouts to = {.n = 0};
+    cr_assert_eq(dns_tracker_expire(t, 40 + 6000000000ull, on_timeout, &to), 1);
+    expect_statuses(&to, (const uint8_t[]){EVENT_STATUS_UNKNOWN}, 1);
     struct dns_tracker_stats st;
     dns_tracker_get_stats(t, &st);
-    cr_assert_eq(st.mismatched, 2);
+    cr_assert_eq(st.mismatched, 3);
     cr_assert_eq(st.collisions, 1);
     cr_assert_eq(st.retries, 0);
     cr_assert_eq(st.unmatched, 0);
     cr_assert_eq(st.answered, 1);
-    cr_assert_eq(st.queries, 1);
+    cr_assert_eq(st.queries, 2);
     free(q);
     free(a);
     dns_tracker_free(t);
@@ -1115,18 +1135,6 @@ static void ask(struct dns_tracker *t, struct dns_message *q, const struct dns_k
     struct event attr = attribution(300);
     cr_assert_eq(dns_parse(buf, build_query(buf, id, "x.example", DNS_TYPE_A), q), DNS_OK);
     cr_assert_eq(dns_tracker_query(t, key, q, &attr, at), 1);
-}
-
-/* The n timeouts expired so far have these statuses, in order; they are cleared. */
-static void expect_statuses(struct timeouts *to, const uint8_t *want, size_t n)
-{
-    cr_assert_eq(to->n, n);
-    for (size_t i = 0; i < n; i++) {
-        cr_assert_eq(to->ev[i].status, want[i], "query %u: status %u",
-                     to->ev[i].u.dns.transaction_id, to->ev[i].status);
-        event_clear(&to->ev[i]);
-    }
-    to->n = 0;
 }
 
 /*
