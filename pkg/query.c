@@ -394,6 +394,10 @@ static int query_set_dns_name(struct query *q, const char *v, size_t len)
 {
     size_t o = 0, label = 0, wire = 1; /* bytes in this label, on the wire in all */
 
+    if (len == 1 && v[0] == '.') { /* the root, as its events show it */
+        memcpy(q->dns_query, ".", 2);
+        return 0;
+    }
     if (len >= 2 && v[0] == '*' && v[1] == '.') {
         memcpy(q->dns_query, "*.", 2);
         o = 2;
