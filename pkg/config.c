@@ -207,27 +207,44 @@ static const char *format_duration(uint64_t ns, char out[32])
 }
 
 static const struct unit byte_units[] = {
-    {"", 1},
-    {"B", 1},
-    {"KiB", 1ull << 10},
-    {"MiB", 1ull << 20},
-    {"GiB", 1ull << 30},
-    {"K", 1ull << 10},
-    {"M", 1ull << 20},
-    {"G", 1ull << 30},
-    {"KB", 1000},
-    {"MB", 1000000},
-    {"GB", 1000000000},
-    {"Ki", 1ull << 10},
-    {"Mi", 1ull << 20},
-    {"Gi", 1ull << 30},
-    {NULL, 0},
+    {"", 1}, {"KiB", 1ull << 10}, {"MiB", 1ull << 20}, {"GiB", 1ull << 30}, {NULL, 0},
 };
 
-/* Parses a sequence of <number><unit> terms ("1h30m"); a lone "0" needs no unit when zero_ok. */
+/*
+ * One "<digits>[.<digits>]" of unit mult, which must come out a whole number
+ * (of nanoseconds, of bytes): "0.5ns" is no duration rather than 0, "no
+ * limit". Decimal only: strtod() would take "0x10", "1e3", "inf" too. Returns
+ * the end of the number, or NULL.
+ */
+static const char *parse_number(const char *p, uint64_t mult, unsigned __int128 *out)
+{
+    unsigned __int128 whole = 0, frac = 0, scale = 1;
+
+    if (!isdigit((unsigned char)*p))
+        return NULL;
+    for (; isdigit((unsigned char)*p); p++)
+        if ((whole = whole * 10 + (unsigned)(*p - '0')) > UINT64_MAX)
+            return NULL;
+    if (*p == '.') {
+        if (!isdigit((unsigned char)*++p))
+            return NULL;
+        for (; isdigit((unsigned char)*p); p++) {
+            if (scale > UINT64_MAX)
+                return NULL; /* 20 digits are more than a nanosecond or a byte needs */
+            frac = frac * 10 + (unsigned)(*p - '0');
+            scale *= 10;
+        }
+    }
+    if (frac * mult % scale != 0)
+        return NULL;
+    *out = whole * mult + frac * mult / scale;
+    return p;
+}
+
+/* Parses a sequence of <number><unit> terms ("1h30m"); "0" alone needs no unit. */
 static int parse_units(const char *s, const struct unit *units, bool single, uint64_t *out)
 {
-    uint64_t total = 0;
+    unsigned __int128 total = 0;
     const char *p = s;
     if (!*p)
         return -EINVAL;
@@ -236,14 +253,7 @@ static int parse_units(const char *s, const struct unit *units, bool single, uin
         return 0;
     }
     while (*p) {
-        if (!isdigit((unsigned char)*p))
-            return -EINVAL;
-        char *end;
-        errno = 0;
-        double v = strtod(p, &end);
-        if (errno || end == p || v < 0)
-            return -EINVAL;
-        const char *u = end;
+        const char *u = p + strspn(p, "0123456789.");
         size_t ulen = 0;
         while (u[ulen] && !isdigit((unsigned char)u[ulen]) && u[ulen] != '.')
             ulen++;
@@ -251,17 +261,16 @@ static int parse_units(const char *s, const struct unit *units, bool single, uin
         for (const struct unit *x = units; x->suffix; x++)
             if (strlen(x->suffix) == ulen && strncmp(x->suffix, u, ulen) == 0)
                 match = x;
-        if (!match)
+        unsigned __int128 term;
+        if (!match || parse_number(p, match->mult, &term) != u)
             return -EINVAL;
-        double term = v * (double)match->mult;
-        if (term > 1.8e19 || total + (uint64_t)term < total)
+        if ((total += term) > UINT64_MAX)
             return -EINVAL;
-        total += (uint64_t)term;
         p = u + ulen;
         if (single && *p)
             return -EINVAL;
     }
-    *out = total;
+    *out = (uint64_t)total;
     return 0;
 }
 

@@ -279,6 +279,39 @@ Test(config, durations_and_sizes)
     cr_expect_eq(config_parse_bytes("4096", &v), 0);
     cr_expect_eq(v, 4096);
     cr_expect_lt(config_parse_bytes("lots", &v), 0);
+
+    /* Decimal digits with an optional fraction, coming out whole nanoseconds or bytes. */
+    cr_expect_eq(config_parse_bytes("1.5KiB", &v), 0);
+    cr_expect_eq(v, 1536);
+    cr_expect_eq(config_parse_bytes("0.25GiB", &v), 0);
+    cr_expect_eq(v, 256ull << 20);
+    cr_expect_eq(config_parse_duration("0.000000001s", &v), 0);
+    cr_expect_eq(v, 1);
+    cr_expect_eq(config_parse_duration("1.000s", &v), 0);
+    cr_expect_eq(v, 1000000000ull);
+    cr_expect_eq(config_parse_duration("0s", &v), 0);
+    cr_expect_eq(v, 0);
+    const char *bad_durations[] = {"0.5ns",
+                                   "1.5ns",
+                                   "0.0000000001s",
+                                   "1e3ms",
+                                   "0x10s",
+                                   "1.s",
+                                   "1..5s",
+                                   "infs",
+                                   "nans",
+                                   "1.5",
+                                   "+1s",
+                                   "1sx",
+                                   "20000000000000000000ns"};
+    for (size_t i = 0; i < sizeof(bad_durations) / sizeof(bad_durations[0]); i++)
+        cr_expect_lt(config_parse_duration(bad_durations[i], &v), 0, "%s accepted",
+                     bad_durations[i]);
+    const char *bad_sizes[] = {"100000.7", "0.1KiB", "1e6",           "0x100000", "1MB",
+                               "1M",       "1G",     "64K",           "64Mi",     "65536B",
+                               "1KB",      "1.",     "20000000000GiB"};
+    for (size_t i = 0; i < sizeof(bad_sizes) / sizeof(bad_sizes[0]); i++)
+        cr_expect_lt(config_parse_bytes(bad_sizes[i], &v), 0, "%s accepted", bad_sizes[i]);
 }
 
 struct bad_case {
@@ -344,6 +377,23 @@ ParameterizedTestParameters(config, bad_values_name_the_key)
         {"DNS_RATE_LIMIT", "0", "DNS_RATE_LIMIT"},
         {"DNS_PENDING_MAX", "8", "DNS_PENDING_MAX"},
         {"DNS_METRICS_MAX_SERIES", "0", "DNS_METRICS_MAX_SERIES"},
+        /* What a user trial got through: numbers that change meaning, units nobody documents. */
+        {"HISTORY_MAX_AGE", "0.5ns", "HISTORY_MAX_AGE"},       /* not 0, "no age limit" */
+        {"HEARTBEAT_INTERVAL", "0.1ns", "HEARTBEAT_INTERVAL"}, /* not 0, "never" */
+        {"FLUSH_INTERVAL", "0x10s", "FLUSH_INTERVAL"},
+        {"FLUSH_INTERVAL", "1e3ms", "FLUSH_INTERVAL"},
+        {"FLUSH_INTERVAL", "1.s", "FLUSH_INTERVAL"},
+        {"FLUSH_INTERVAL", "infs", "FLUSH_INTERVAL"},
+        {"DNS_TIMEOUT", "1e2s", "DNS_TIMEOUT"},
+        {"OUTAGE_BUFFER", "0x100000", "OUTAGE_BUFFER"},
+        {"OUTAGE_BUFFER", "1e6", "OUTAGE_BUFFER"},
+        {"OUTAGE_BUFFER", "100000.7", "OUTAGE_BUFFER"},
+        {"OUTAGE_BUFFER", "1MB", "OUTAGE_BUFFER"},
+        {"OUTAGE_BUFFER", "1M", "OUTAGE_BUFFER"},
+        {"OUTAGE_BUFFER", "1G", "OUTAGE_BUFFER"},
+        {"OUTAGE_BUFFER", "64K", "OUTAGE_BUFFER"},
+        {"OUTAGE_BUFFER", "64Mi", "OUTAGE_BUFFER"},
+        {"OUTAGE_BUFFER", "65536B", "OUTAGE_BUFFER"},
     };
     return cr_make_param_array(struct bad_case, cases, sizeof(cases) / sizeof(cases[0]));
 }
