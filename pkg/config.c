@@ -306,26 +306,20 @@ static bool detect_kubernetes(void)
 
 static int parse_types(const char *s, uint32_t *out)
 {
+    struct strlist items = strlist_start(s);
     uint32_t mask = 0;
-    const char *p = s;
+    const char *p;
+    size_t len;
     if (strcmp(s, "all") == 0) {
         *out = EVENT_TYPES_ALL;
         return 0;
     }
-    while (*p) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        while (len && isspace((unsigned char)*p))
-            p++, len--;
-        while (len && isspace((unsigned char)p[len - 1]))
-            len--;
+    /* Every item, an empty one too ("exec," or "exec,,exit"): no type is named "". */
+    while (strlist_next(&items, &p, &len)) {
         enum event_type t = event_type_parse(p, len);
         if (t == EVENT_TYPE_NONE)
             return -EINVAL;
         mask |= EVENT_TYPE_BIT(t);
-        if (!comma)
-            break;
-        p = comma + 1;
     }
     if (!mask)
         return -EINVAL;

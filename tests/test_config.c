@@ -377,6 +377,8 @@ ParameterizedTestParameters(config, bad_values_name_the_key)
         {"DNS_RATE_LIMIT", "0", "DNS_RATE_LIMIT"},
         {"DNS_PENDING_MAX", "8", "DNS_PENDING_MAX"},
         {"DNS_METRICS_MAX_SERIES", "0", "DNS_METRICS_MAX_SERIES"},
+        {"EVENT_TYPES", "exec,", "EVENT_TYPES"},
+        {"EVENT_TYPES", "exec,,exit", "EVENT_TYPES"},
         /* What a user trial got through: numbers that change meaning, units nobody documents. */
         {"HISTORY_MAX_AGE", "0.5ns", "HISTORY_MAX_AGE"},       /* not 0, "no age limit" */
         {"HEARTBEAT_INTERVAL", "0.1ns", "HEARTBEAT_INTERVAL"}, /* not 0, "never" */
@@ -839,6 +841,27 @@ Test(config, check_config_refuses_empty_values)
     free(out);
     unlink(file);
     unlink(log);
+}
+
+/* A list ending in a comma has an empty item, refused as one in the middle is. */
+Test(config, check_config_refuses_a_trailing_comma)
+{
+    const char *bins[] = {"bin/ebpf-agent", "bin/ebpf-aggregator"};
+    char *path = write_yaml("EVENT_TYPES: exec,\n");
+    char file[128];
+    snprintf(file, sizeof(file), "CONFIG_FILE=%s", path);
+    for (size_t b = 0; b < 2; b++) {
+        char *out;
+        char *env[] = {file, NULL};
+        cr_expect_eq(check_config(bins[b], env, &out), 2, "%s: %s", bins[b], out);
+        cr_expect(out && strstr(out, "EVENT_TYPES=\"exec,\""), "%s", out);
+        free(out);
+    }
+    unlink(path);
+    char *out, *env[] = {"EVENT_TYPES=exec,", NULL};
+    cr_expect_eq(check_config("bin/ebpf-agent", env, &out), 2, "%s", out);
+    cr_expect(out && strstr(out, "EVENT_TYPES=\"exec,\" (from environment)"), "%s", out);
+    free(out);
 }
 
 /* The user trial's missing files: exit 2 from --check-config for both binaries. */
