@@ -714,6 +714,18 @@ static const struct key *find_key(const char *name, size_t len)
     return NULL;
 }
 
+/* A plain (unquoted) YAML null: "KEY: null" or "KEY: ~" says no value, as "KEY:" does. */
+static bool yaml_null(const yaml_node_t *n)
+{
+    static const char *const nulls[] = {"null", "Null", "NULL", "~"};
+    if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+        return false;
+    for (size_t i = 0; i < sizeof(nulls) / sizeof(nulls[0]); i++)
+        if (strcmp((const char *)n->data.scalar.value, nulls[i]) == 0)
+            return true;
+    return false;
+}
+
 static int load_file(struct config *c, const char *path, bool *seen, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
@@ -786,7 +798,7 @@ static int load_file(struct config *c, const char *path, bool *seen, char *err, 
             goto out;
         }
         /* Shared configmaps carry both binaries' keys: the other one's are only checked. */
-        const char *v = (const char *)vn->data.scalar.value;
+        const char *v = yaml_null(vn) ? "" : (const char *)vn->data.scalar.value;
         if ((k->roles & c->role ? set_value(c, k, v, SRC_FILE, err, errlen)
                                 : check_value(c, k, v, SRC_FILE, err, errlen)) < 0) {
             size_t n = strlen(err);

@@ -588,6 +588,36 @@ Test(config, bad_node_name_from_the_file_and_a_flag)
     cr_expect(strstr(err, "NODE_NAME=\"quote\\\"back\\\\slash\\x1b[2J\" (from flag)"), "%s", err);
 }
 
+/*
+ * A plain YAML null ("KEY: null", "KEY: ~") is the empty value it means, not the text "null":
+ * refused as "KEY:" with nothing after it is. A quoted "null" is the text.
+ */
+Test(config, a_yaml_null_is_an_empty_value)
+{
+    struct config c;
+    static const char *const keys[] = {"API_TOKEN", "NODE_NAME"};
+    static const char *const nulls[] = {"null", "Null", "NULL", "~"};
+    char yaml[64], want[96];
+    for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+        snprintf(want, sizeof(want), "invalid %s=\"\" (from config file): must be ", keys[k]);
+        for (size_t n = 0; n < sizeof(nulls) / sizeof(nulls[0]); n++) {
+            snprintf(yaml, sizeof(yaml), "%s: %s\n", keys[k], nulls[n]);
+            char *path = write_yaml(yaml);
+            char *argv[] = {"ebpf-agent", "--config", path, NULL};
+            cr_expect_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_INVALID, "%s", yaml);
+            cr_expect(strstr(err, want) && strstr(err, "line 1"), "%s: %s", yaml, err);
+            cr_expect_eq(load(&c, CONFIG_AGGREGATOR, 3, argv), CONFIG_INVALID, "%s", yaml);
+            unlink(path);
+        }
+    }
+    char *path = write_yaml("API_TOKEN: \"null\"\nNODE_NAME: '~'\n");
+    char *argv[] = {"ebpf-agent", "--config", path, NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv), CONFIG_OK, "%s", err);
+    cr_expect_str_eq(c.api_token, "null");
+    cr_expect_str_eq(c.node_name, "~");
+    unlink(path);
+}
+
 /* A temp dir with a readable file, a directory and a FIFO; paths written to the args. */
 static void make_files(char dir[64], char good[96], char sub[96], char fifo[96])
 {
