@@ -351,6 +351,33 @@ Test(e2e_tail, bad_filter_is_one_line_and_exit_2)
     cr_assert(wait_file(path("out"), 0, "--subject", 1000));
 }
 
+/* --check-config validates the tail's configuration and exits, as it does for the service. */
+Test(e2e_tail, check_config_validates_and_exits)
+{
+    char url[64];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", tu_free_port()); /* nothing listens */
+    char *argv[] = {
+        (char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--check-config", "--nats", url, NULL};
+    pid_t pid = track(spawn(argv, NULL, NULL, path("out"), path("err")));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 0, "the tail did not exit after --check-config");
+    char *out = tu_read_file(path("out"));
+    cr_expect(out && strstr(out, "configuration OK"), "%s", out ? out : "");
+    free(out);
+
+    char *bad[] = {(char *)tu_repo_path("bin/ebpf-aggregator"),
+                   "tail",
+                   "--check-config",
+                   "--nats",
+                   "foo://x:4222",
+                   NULL};
+    pid = track(spawn(bad, NULL, NULL, path("out"), path("err")));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 2);
+    char *err = tu_read_file(path("err"));
+    cr_expect(err && strstr(err, "NATS_URL") && count_lines(path("err")) == 1, "%s",
+              err ? err : "");
+    free(err);
+}
+
 /* --until as on the stream: one in the past is refused, one ahead ends the tail after it. */
 Test(e2e_tail, until_ends_the_tail_and_a_past_one_is_refused)
 {

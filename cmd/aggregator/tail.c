@@ -73,7 +73,8 @@ static void tail_usage(FILE *out)
             "agent named on its own node (the aggregator's /api/events/stream has all).\n"
             "\n"
             "NATS credentials come from NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS and\n"
-            "NATS_TLS_* (environment, --config FILE, or flags such as --nats-creds FILE).\n"
+            "NATS_TLS_* (environment, --config FILE, or flags such as --nats-creds FILE);\n"
+            "--check-config checks them and the filters, and exits.\n"
             "Malformed messages are reported on stderr and skipped.\n");
 }
 
@@ -336,6 +337,11 @@ int aggregator_tail(int argc, char **argv)
         goto out;
     default:
         fprintf(stderr, "%s: %s\n", TAIL_PROG, err);
+        goto out;
+    }
+    if (cfg.check_only) {
+        printf("%s: configuration OK\n", TAIL_PROG);
+        rc = 0;
         goto out;
     }
     char def_subject[CONFIG_STR + 4];
