@@ -868,6 +868,10 @@ void config_print_help(FILE *out, enum config_role role, const char *prog)
         fprintf(out, "  --%-22s %s\n  %25s env %s; default: %s\n", flag, k->help, "", k->name,
                 def ? def : "(none)");
     }
+    if (role == CONFIG_AGENT) /* the agent's own flag (cmd/agent), not a key */
+        fprintf(out, "  --verbose                also log libbpf's debug messages (BTF, CO-RE "
+                     "relocations, program loading)\n                            flag only (no "
+                     "env or YAML); default: off\n");
 }
 
 static bool apply_defaults_and_env(struct config *c, bool *seen, bool env, char *err, size_t errlen)
@@ -979,16 +983,13 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
     } flags[argc > 0 ? argc : 1];
     size_t nflags = 0;
     const char *config_file = getenv("CONFIG_FILE");
+    const char *info = NULL; /* the first of --help, -h and --version */
     bool config_flag = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            config_print_help(stdout, role, prog);
-            return CONFIG_EXIT;
-        }
-        if (strcmp(a, "--version") == 0) {
-            printf("%s %s\n", prog, EBPF_MONITOR_VERSION);
-            return CONFIG_EXIT;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0 || strcmp(a, "--version") == 0) {
+            info = info ? info : a;
+            continue;
         }
         if (strcmp(a, "--check-config") == 0) {
             c->check_only = true;
@@ -1024,6 +1025,15 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
         flags[nflags].v = value;
         nflags++;
         from_flag[k - keys] = true;
+    }
+    /* Only once every argument is known: "--version extra" is a slip like "extra". */
+    if (info && strcmp(info, "--version") == 0) {
+        printf("%s %s\n", prog, EBPF_MONITOR_VERSION);
+        return CONFIG_EXIT;
+    }
+    if (info) {
+        config_print_help(stdout, role, prog);
+        return CONFIG_EXIT;
     }
 
     /* An empty value is a bad value, never a way to say "no file" (as for every key). */

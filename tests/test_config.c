@@ -784,6 +784,59 @@ Test(config, binaries_help_and_exit_status)
     unlink(path);
 }
 
+/* Runs bin with args; its exit status, and its output (stdout and stderr) in *out. */
+static int run(const char *bin, const char *const args[], char **out)
+{
+    const char *path = tu_repo_path(bin);
+    cr_assert(access(path, X_OK) == 0, "build %s first", bin);
+    char log[] = "/tmp/ebpf-config-log-XXXXXX";
+    close(mkstemp(log));
+    char *argv[8] = {(char *)path};
+    for (size_t i = 0; args[i] && i + 2 < sizeof(argv) / sizeof(argv[0]); i++)
+        argv[i + 1] = (char *)args[i];
+    int rc = tu_wait_exit(tu_spawn(argv, NULL, log), 10000);
+    *out = tu_read_file(log);
+    unlink(log);
+    return rc;
+}
+
+/* --help and --version take no arguments: one after them is refused as anywhere else. */
+Test(config, binaries_refuse_arguments_after_help_and_version)
+{
+    static const char *const bins[] = {"bin/ebpf-agent", "bin/ebpf-server", "bin/ebpf-aggregator"};
+    static const char *const cmds[][4] = {
+        {"--version", "extra"},
+        {"--help", "extra"},
+        {"-h", "extra"},
+        {"--check-config", "--version", "extra"},
+    };
+    for (size_t b = 0; b < sizeof(bins) / sizeof(bins[0]); b++) {
+        char *out;
+        for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+            cr_expect_eq(run(bins[b], cmds[i], &out), 2, "%s %s extra: %s", bins[b], cmds[i][0],
+                         out);
+            cr_expect(out && strstr(out, "unexpected argument \"extra\" (see --help)") &&
+                          strchr(out, '\n') == out + strlen(out) - 1,
+                      "%s %s extra: %s", bins[b], cmds[i][0], out);
+            free(out);
+        }
+        static const char *const version[] = {"--version", NULL};
+        cr_expect_eq(run(bins[b], version, &out), 0, "%s --version: %s", bins[b], out);
+        free(out);
+    }
+    static const char *const subcommands[][4] = {{"tail", "--help", "extra"},
+                                                 {"tail", "--version", "extra"},
+                                                 {"decode", "--help", "extra"},
+                                                 {"decode", "--version", "extra"}};
+    for (size_t i = 0; i < sizeof(subcommands) / sizeof(subcommands[0]); i++) {
+        char *out;
+        cr_expect_eq(run("bin/ebpf-aggregator", subcommands[i], &out), 2, "%s %s extra: %s",
+                     subcommands[i][0], subcommands[i][1], out);
+        cr_expect(out && strstr(out, "unexpected argument \"extra\""), "%s", out);
+        free(out);
+    }
+}
+
 /* Runs `bin --check-config` with env added; its exit status, and its output in *out. */
 static int check_config(const char *bin, char *const env[], char **out)
 {

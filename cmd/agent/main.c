@@ -25,15 +25,11 @@
 static volatile sig_atomic_t stop_requested;
 
 /*
- * --verbose is the agent's own flag, not a configuration key (no environment
- * or YAML form): it only adds libbpf's debug log, for whoever is looking at a
- * program that will not load.
+ * Removes every --verbose from argv (before the configuration parses the rest); true if any.
+ * --verbose is the agent's own flag, not a configuration key (no environment or YAML form):
+ * it only adds libbpf's debug log, for whoever is looking at a program that will not load
+ * (config_print_help() lists it).
  */
-#define VERBOSE_HELP                                                                               \
-    "  --verbose                also log libbpf's debug messages (BTF, CO-RE relocations, "        \
-    "program loading)\n                            flag only (no env or YAML); default: off\n"
-
-/* Removes every --verbose from argv (before the configuration parses the rest); true if any. */
 static bool take_verbose(int *argc, char **argv)
 {
     bool found = false;
@@ -48,19 +44,6 @@ static bool take_verbose(int *argc, char **argv)
     argv[n] = NULL;
     *argc = n;
     return found;
-}
-
-/* True when the configuration would print --help: it acts on the first of --help, -h and
- * --version. */
-static bool wants_help(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--version") == 0)
-            return false;
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-            return true;
-    }
-    return false;
 }
 
 static void on_signal(int sig)
@@ -205,14 +188,6 @@ int main(int argc, char **argv)
     int rc = 1;
 
     bool verbose = take_verbose(&argc, argv);
-    if (wants_help(argc, argv)) {
-        /* As it was run: bin/ebpf-server is the same program. */
-        const char *slash = argc > 0 ? strrchr(argv[0], '/') : NULL;
-        config_print_help(stdout, CONFIG_AGENT,
-                          argc > 0 ? (slash ? slash + 1 : argv[0]) : "ebpf-agent");
-        fputs(VERBOSE_HELP, stdout);
-        return 0;
-    }
     int status = config_load_main(&a.cfg, CONFIG_AGENT, argc, argv);
     if (status >= 0)
         return status;

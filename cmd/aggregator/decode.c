@@ -40,8 +40,16 @@ static int decode_read_all(struct buf *in, size_t limit)
 
 int aggregator_decode(int argc, char **argv)
 {
+    const char *info = NULL; /* the first of --help, -h and --version */
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        if (strcmp(argv[i], "--help") && strcmp(argv[i], "-h") && strcmp(argv[i], "--version")) {
+            fprintf(stderr, "%s: unexpected argument \"%s\" (see --help)\n", DECODE_PROG, argv[i]);
+            return 2;
+        }
+        info = info ? info : argv[i];
+    }
+    if (info) {
+        if (strcmp(info, "--version") != 0) {
             printf("Usage: ebpf-aggregator decode < BODY\n"
                    "\n"
                    "Decodes one bus message body (a protobuf EventBatch, or JSON lines) from\n"
@@ -49,12 +57,8 @@ int aggregator_decode(int argc, char **argv)
                    "  nats sub --translate 'ebpf-aggregator decode' 'ebpf.events.>'\n");
             return 0;
         }
-        if (strcmp(argv[i], "--version") == 0) {
-            printf("ebpf-aggregator %s\n", EBPF_MONITOR_VERSION); /* as tail says it */
-            return 0;
-        }
-        fprintf(stderr, "%s: unexpected argument \"%s\" (see --help)\n", DECODE_PROG, argv[i]);
-        return 2;
+        printf("ebpf-aggregator %s\n", EBPF_MONITOR_VERSION); /* as tail says it */
+        return 0;
     }
 
     struct buf in, out;

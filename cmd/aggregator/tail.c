@@ -254,6 +254,7 @@ int aggregator_tail(int argc, char **argv)
     size_t ngiven = 0;
     struct buf qs;
     char err[512];
+    bool help = false;
     int rc = 2;
 
     buf_init(&qs);
@@ -261,9 +262,8 @@ int aggregator_tail(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            tail_usage(stdout);
-            buf_free(&qs);
-            return 0;
+            help = true; /* once every argument is known: "--help extra" is a slip */
+            continue;
         }
         if (strncmp(a, "--", 2) != 0) {
             fprintf(stderr, "%s: unexpected argument \"%s\" (see --help)\n", TAIL_PROG, a);
@@ -317,6 +317,11 @@ int aggregator_tail(int argc, char **argv)
         }
     }
     rest[nrest] = NULL;
+    if (help) {
+        tail_usage(stdout);
+        rc = 0;
+        goto out;
+    }
 
     struct query q;
     if (qs.oom || query_parse(&q, qs.data ? qs.data : "", qs.len, true, err, sizeof(err)) < 0) {
