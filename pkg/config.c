@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -487,6 +488,27 @@ static const char *quote_value(const char *s, char *out, size_t len)
     }
     out[o] = '\0';
     return out;
+}
+
+/*
+ * LISTEN_ADDR's host, when it names one, resolved as the listener will (pkg/http_server.c):
+ * a name no resolver knows is a bad value here, not a failure to listen after the start.
+ */
+static int check_listen_host(const char *addr, char *err, size_t errlen)
+{
+    char host[CONFIG_STR], shown[256];
+    long port;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res = NULL;
+
+    if (netaddr_split(addr, strlen(addr), host, sizeof(host), &port) < 0 || !host[0])
+        return 0;
+    int rc = getaddrinfo(host, NULL, &hints, &res);
+    if (rc == 0) {
+        freeaddrinfo(res);
+        return 0;
+    }
+    return errmsg_set(err, errlen, "invalid LISTEN_ADDR=\"%s\": %s",
+                      quote_value(addr, shown, sizeof(shown)), gai_strerror(rc));
 }
 
 int config_check_file(const char *key, const char *path, char *err, size_t errlen)
@@ -1127,6 +1149,8 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
             config_check_file(keys[i].name, path, err, errlen) < 0)
             return CONFIG_INVALID;
     }
+    if (check_listen_host(c->listen_addr, err, errlen) < 0)
+        return CONFIG_INVALID;
     if (role == CONFIG_AGENT && c->cgroup_root[0] &&
         check_cgroup_root(c->cgroup_root, err, errlen) < 0)
         return CONFIG_INVALID;

@@ -333,6 +333,7 @@ ParameterizedTestParameters(config, bad_values_name_the_key)
         {"DEPLOYMENT_MODE", "mainframe", "DEPLOYMENT_MODE"},
         {"EVENT_TYPES", "exec,telepathy", "EVENT_TYPES"},
         {"LISTEN_ADDR", "eighty", "LISTEN_ADDR"},
+        {"LISTEN_ADDR", "host.invalid:8080", "LISTEN_ADDR"}, /* no such name (RFC 6761) */
         {"LISTEN_ADDR", ":70000", "LISTEN_ADDR"},
         {"RINGBUF_SIZE", "3MiB", "power of two"},
         {"HISTORY_SIZE", "5", "HISTORY_SIZE"},
