@@ -22,9 +22,12 @@ cleanup() {
   trap - INT TERM EXIT
   echo
   echo "run: stopping"
-  # The agent flushes its last batch on the way out: stop NATS after it.
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # One after the other: the agent flushes its last batch on the way out, which the
+  # aggregator (still subscribed) takes; NATS goes last.
+  for p in "${pids[@]}"; do
+    kill -TERM "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
   if [ -n "$nats_pid" ]; then
     kill -TERM "$nats_pid" 2>/dev/null || true
     wait "$nats_pid" 2>/dev/null || true
@@ -68,11 +71,12 @@ else
   echo "run: using NATS at $NATS_URL"
 fi
 
+# Their own sessions too: Ctrl-C reaches them only through cleanup, in order.
 echo "run: agent on $agent_addr"
-bin/ebpf-agent --listen-addr "$agent_addr" &
+setsid bin/ebpf-agent --listen-addr "$agent_addr" &
 pids+=($!)
 echo "run: aggregator on $agg_addr"
-bin/ebpf-aggregator --listen-addr "$agg_addr" &
+setsid bin/ebpf-aggregator --listen-addr "$agg_addr" &
 pids+=($!)
 
 if [ -n "$nats_pid" ]; then
@@ -80,7 +84,15 @@ if [ -n "$nats_pid" ]; then
 else
   stops="Ctrl-C stops the agent and the aggregator; the NATS server at $NATS_URL keeps running."
 fi
-if wait_http "http://127.0.0.1:$agent_port/ready" 30 && wait_http "http://127.0.0.1:$agg_port/ready" 30; then
+# Up (/health), then ready: the aggregator's /ready wants NATS, which a NATS_URL of the
+# user's may not be yet; both keep trying it meanwhile.
+if wait_http "http://127.0.0.1:$agent_port/ready" 30 && wait_http "http://127.0.0.1:$agg_port/health" 30; then
+  if ! wait_http "http://127.0.0.1:$agg_port/ready" "$([ -n "$nats_pid" ] && echo 30 || echo 5)"; then
+    for p in "${pids[@]}"; do
+      kill -0 "$p" 2>/dev/null || { echo "run: agent or aggregator did not start; see the messages above" >&2; exit 1; }
+    done
+    echo "run: NATS at $NATS_URL is not reachable yet; the agent keeps its batches and both keep trying (curl -s localhost:$agg_port/api/stats | jq .bus)"
+  fi
   cat <<MSG
 
 run: ready. Try, in another terminal:
