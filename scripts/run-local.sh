@@ -37,6 +37,11 @@ trap cleanup INT TERM EXIT
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+not_started() {
+  echo "run: agent or aggregator did not start; see the messages above" >&2
+  exit 1
+}
+
 wait_http() { # url, seconds; fails at once when the agent or the aggregator has exited
   for _ in $(seq $(($2 * 10))); do
     for p in "${pids[@]}"; do
@@ -89,7 +94,7 @@ fi
 if wait_http "http://127.0.0.1:$agent_port/ready" 30 && wait_http "http://127.0.0.1:$agg_port/health" 30; then
   if ! wait_http "http://127.0.0.1:$agg_port/ready" "$([ -n "$nats_pid" ] && echo 30 || echo 5)"; then
     for p in "${pids[@]}"; do
-      kill -0 "$p" 2>/dev/null || { echo "run: agent or aggregator did not start; see the messages above" >&2; exit 1; }
+      kill -0 "$p" 2>/dev/null || not_started
     done
     echo "run: NATS at $NATS_URL is not reachable yet; the agent keeps its batches and both keep trying (curl -s localhost:$agg_port/api/stats | jq .bus)"
   fi
@@ -107,8 +112,7 @@ ${API_TOKEN:+(API_TOKEN is set: add -H "Authorization: Bearer \$API_TOKEN" to th
 
 MSG
 else
-  echo "run: agent or aggregator did not start; see the messages above" >&2
-  exit 1
+  not_started
 fi
 
 # Stop everything as soon as any of them exits.

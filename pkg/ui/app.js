@@ -1259,15 +1259,17 @@ window.addEventListener('hashchange', showView);
 showView();
 // Live's type choices: dns too once the server records it (SPEC section 9).
 getApiDoc().then((doc) => {
+  if (!eventTypeServed(doc, 'dns'))
+    return;
   const sel = $('#filters select[name=type]');
-  const linked = [...sel.options].find((o) => o.value === 'dns');
-  if (eventTypeServed(doc, 'dns') && linked) {
-    delete linked.dataset.linked; // made for a link to it: one of the list's choices now
-  } else if (eventTypeServed(doc, 'dns')) {
-    const keep = sel.value;
-    sel.appendChild(el('option', 'dns'));
-    sel.value = parseHash().params.get('type') || keep;
-    if (parseHash().view === 'live' && sel.value === 'dns')
-      startLive(liveParams()); // a link to #live?type=dns opened before the option existed
+  const linked = [...sel.options].find((o) => o.value === 'dns'); // made for a link to it
+  if (linked) {
+    delete linked.dataset.linked; // one of the list's choices now
+    return;
   }
+  const keep = sel.value;
+  sel.appendChild(el('option', 'dns'));
+  sel.value = parseHash().params.get('type') || keep;
+  if (parseHash().view === 'live' && sel.value === 'dns')
+    startLive(liveParams()); // a link to #live?type=dns opened before the option existed
 }).catch(() => {}); // the views that need the description report its failure
