@@ -517,6 +517,9 @@ static void on_unheard(natsConnection *nc, natsSubscription *sub, natsMsg *msg, 
     for (struct batch *b = p->sent_head; valid && b; b = b->next)
         if (b->sequence == seq)
             b->unheard = true;
+    /* The status may come back before the publisher has put its batch on the sent list. */
+    if (valid && p->inflight && p->inflight->sequence == seq)
+        p->inflight->unheard = true;
     p->unheard_done++;
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
@@ -788,6 +791,7 @@ static void *publisher_main(void *arg)
         p->head = b->next;
         if (!p->head)
             p->tail = NULL;
+        b->unheard = false;
         p->inflight = b;
         pthread_mutex_unlock(&p->mu);
 
@@ -802,7 +806,6 @@ static void *publisher_main(void *arg)
         if (s == NATS_OK) {
             /* Done once confirm_sent() knows it was heard. */
             b->next = NULL;
-            b->unheard = false;
             if (p->sent_tail)
                 p->sent_tail->next = b;
             else
