@@ -433,6 +433,9 @@ static uint8_t side_locked(struct k8s_services *s, const struct event *e, bool l
     if (e->type != EVENT_CONNECTION &&
         !(e->type == EVENT_CLOSE && e->u.close.role == EVENT_ROLE_CLIENT))
         return K8S_SIDE_NONE;
+    /* A connect that failed reached no backend: no accept will ever join it. */
+    if (e->type == EVENT_CONNECTION && e->status == EVENT_STATUS_FAILED)
+        return K8S_SIDE_NONE;
     if (!looked) /* its peer_service came with it: the destination not looked up yet */
         peer_result = lookup_locked(s, e->family, e->daddr, e->dport, e->protocol, &svc);
     return peer_result == K8S_SVC_CLUSTER_IP ? K8S_SIDE_TO_CLUSTER_IP : K8S_SIDE_NONE;

@@ -276,3 +276,32 @@ Test(k8s_services, a_dns_answer_names_the_service_all_its_addresses_are)
     cr_assert_eq(st.results[K8S_SVC_AMBIGUOUS], 1);
     k8s_services_free(s);
 }
+
+/*
+ * The join's sides: a connection to a ClusterIP on its port waits for its
+ * backend's accept, and an accept on a backend is a server half; a connect
+ * that failed (refused, timed out) reached no backend, so it is no client
+ * half: holding it would only delay it and count it as unjoined.
+ */
+Test(k8s_services, a_failed_connect_to_a_cluster_ip_is_no_client_half)
+{
+    struct k8s_services *s = open_fed();
+    struct event ev[4] = {
+        conn(EVENT_CONNECTION, "10.1.0.9", 40000, "10.96.0.10", 80),
+        conn(EVENT_CONNECTION, "10.1.0.9", 40001, "10.96.0.10", 80),
+        conn(EVENT_CONNECTION, "10.1.0.9", 40002, "10.96.0.10", 80),
+        conn(EVENT_ACCEPT, "10.1.0.9", 40003, "10.1.0.5", 8080),
+    };
+    uint8_t sides[4];
+    ev[0].status = EVENT_STATUS_ESTABLISHED;
+    ev[1].status = EVENT_STATUS_FAILED;
+    ev[2].status = EVENT_STATUS_FAILED;
+    ev[3].k8s.pod_name = intern("web-1");
+    k8s_services_enrich(s, ev, 4, false, sides);
+    cr_assert_eq(sides[0], K8S_SIDE_TO_CLUSTER_IP);
+    cr_assert_eq(sides[1], K8S_SIDE_NONE, "a refused connect waits for no accept");
+    cr_assert_eq(sides[2], K8S_SIDE_NONE);
+    cr_assert_eq(sides[3], K8S_SIDE_BACKEND);
+    cr_assert_str_eq(ev[1].peer.service, "shop/web", "still named by its ClusterIP");
+    k8s_services_free(s);
+}
