@@ -62,6 +62,8 @@ struct k8s_services {
     size_t index_cap; /* a power of two, or 0 */
     bool dirty;
     struct k8s_services_stats st;
+    k8s_services_shared_fn shared; /* NULL: no address is known to be shared */
+    void *shared_ctx;
 };
 
 /* ---- parsing ---- */
@@ -415,6 +417,10 @@ static bool service_lookup(void *ctx, unsigned family, const uint8_t addr[16], u
     struct service_lookup *l = ctx;
     const char *svc = NULL;
     l->r = lookup_locked(l->s, family, addr, port, protocol, &svc);
+    if (l->r == K8S_SVC_BACKEND && l->s->shared && l->s->shared(l->s->shared_ctx, family, addr)) {
+        l->r = K8S_SVC_AMBIGUOUS; /* a node's address: not only the backend is there */
+        svc = NULL;
+    }
     l->looked = true;
     out->service = svc;
     return svc != NULL;
@@ -468,6 +474,14 @@ void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n,
             (e->family == EVENT_FAMILY_IPV4 || e->family == EVENT_FAMILY_IPV6))
             sides[i] = side_locked(s, e, l.looked, l.r);
     }
+    pthread_mutex_unlock(&s->lock);
+}
+
+void k8s_services_set_shared(struct k8s_services *s, k8s_services_shared_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&s->lock);
+    s->shared = fn;
+    s->shared_ctx = ctx;
     pthread_mutex_unlock(&s->lock);
 }
 

@@ -86,6 +86,17 @@ enum k8s_services_side {
 void k8s_services_enrich(struct k8s_services *s, struct event *events, size_t n, bool count,
                          uint8_t *sides);
 
+/*
+ * Says whether an address is shared (a node's, which hostNetwork pods and
+ * every host process use): such an address names no Service by being a
+ * backend when it is a peer's, since whatever else listens there or connects
+ * from there would be named too; counted as ambiguous. A ClusterIP on its
+ * port, and the server side of the ClusterIP join (the accepting pod is
+ * known), are unaffected. fn is called under s's lock, from enrich.
+ */
+typedef bool (*k8s_services_shared_fn)(void *ctx, unsigned family, const uint8_t addr[16]);
+void k8s_services_set_shared(struct k8s_services *s, k8s_services_shared_fn fn, void *ctx);
+
 void k8s_services_get_stats(struct k8s_services *s, struct k8s_services_stats *out);
 
 /*

@@ -409,6 +409,20 @@ static enum peers_result lookup_locked(struct peers *p, unsigned family, const u
     return stale ? PEERS_STALE : PEERS_MISS;
 }
 
+bool peers_host_network(struct peers *p, unsigned family, const uint8_t addr[16], uint64_t now)
+{
+    bool host = false;
+
+    if (family != EVENT_FAMILY_IPV4 && family != EVENT_FAMILY_IPV6)
+        return false;
+    pthread_mutex_lock(&p->lock);
+    for (struct claim *c = at(p, p->buckets[bucket_of(p, family, addr)]); c && !host;
+         c = at(p, c->next))
+        host = same_addr(c, family, addr) && c->host_network && claim_valid(p, c, now);
+    pthread_mutex_unlock(&p->lock);
+    return host;
+}
+
 enum peers_result peers_lookup(struct peers *p, unsigned family, const uint8_t addr[16],
                                uint64_t now, struct event_peer *out)
 {

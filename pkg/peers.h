@@ -99,6 +99,12 @@ bool peers_observe(struct peers *p, const struct peers_pod *pod);
  * returns true when that changed a claim: the caller announces the deletion.
  */
 
+/*
+ * Whether a hostNetwork pod validly claims the address at now: it is a
+ * node's, shared by everything on that node's host network. Not counted.
+ */
+bool peers_host_network(struct peers *p, unsigned family, const uint8_t addr[16], uint64_t now);
+
 /* Who holds the address at now; fills *out (peer fields) on PEERS_HIT. Counted. */
 enum peers_result peers_lookup(struct peers *p, unsigned family, const uint8_t addr[16],
                                uint64_t now, struct event_peer *out);

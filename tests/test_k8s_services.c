@@ -305,3 +305,49 @@ Test(k8s_services, a_failed_connect_to_a_cluster_ip_is_no_client_half)
     cr_assert_str_eq(ev[1].peer.service, "shop/web", "still named by its ClusterIP");
     k8s_services_free(s);
 }
+
+/* A shared-address oracle for the test: 10.1.0.5 is a node's address. */
+static bool node_address(void *ctx, unsigned family, const uint8_t addr[16])
+{
+    uint8_t node[4];
+    inet_pton(AF_INET, "10.1.0.5", node);
+    (*(int *)ctx)++;
+    return family == EVENT_FAMILY_IPV4 && memcmp(addr, node, 4) == 0;
+}
+
+/*
+ * A Service backed by a hostNetwork pod lists the node's address, which
+ * every host process and hostNetwork pod on that node shares: a peer there
+ * (here on a port the Service does not even use) names no Service, while
+ * the ClusterIP still does, and the accepting backend is still a join half.
+ */
+Test(k8s_services, a_shared_node_address_names_no_service_as_a_backend)
+{
+    struct k8s_services *s = open_fed();
+    int asked = 0;
+    struct event ev[4] = {
+        conn(EVENT_CONNECTION, "10.1.0.9", 40000, "10.1.0.5", 22),   /* something else there */
+        conn(EVENT_ACCEPT, "10.1.0.5", 40001, "10.1.0.9", 8080),     /* from the node */
+        conn(EVENT_CONNECTION, "10.1.0.9", 40002, "10.96.0.10", 80), /* the ClusterIP */
+        conn(EVENT_ACCEPT, "10.1.0.9", 40003, "10.1.0.5", 8080),     /* the backend accepting */
+    };
+    uint8_t sides[4];
+    ev[3].k8s.pod_name = intern("node-exporter-x");
+    k8s_services_set_shared(s, node_address, &asked);
+    k8s_services_enrich(s, ev, 4, true, sides);
+    cr_assert_null(ev[0].peer.service, "named %s from a node's address", ev[0].peer.service);
+    cr_assert_null(ev[1].peer.service, "named %s from a node's address", ev[1].peer.service);
+    cr_assert_str_eq(ev[2].peer.service, "shop/web");
+    cr_assert_null(ev[3].peer.service, "its peer 10.1.0.9 backs nothing");
+    cr_assert_eq(sides[3], K8S_SIDE_BACKEND);
+    cr_assert_gt(asked, 0);
+    struct k8s_services_stats st;
+    k8s_services_get_stats(s, &st);
+    cr_assert_eq(st.results[K8S_SVC_AMBIGUOUS], 2);
+    /* Without the oracle the old answer stands: the address backs shop/web. */
+    struct event again = conn(EVENT_CONNECTION, "10.1.0.9", 40004, "10.1.0.5", 22);
+    k8s_services_set_shared(s, NULL, NULL);
+    k8s_services_enrich(s, &again, 1, false, NULL);
+    cr_assert_str_eq(again.peer.service, "shop/web");
+    k8s_services_free(s);
+}

@@ -123,6 +123,31 @@ Test(peers, host_network_pods_are_never_named)
     peers_free(p);
 }
 
+/* What peers_host_network says of an address: a node's only while a hostNetwork pod claims it. */
+Test(peers, a_host_network_address_is_known_as_shared_while_claimed)
+{
+    struct peers *p = peers_new(64, TTL, GRACE);
+    struct peers_pod h = pod("node-a", "monitoring", "node-exporter-x", "192.168.1.10", T0);
+    struct peers_pod web = pod("node-a", "shop", "web-1", "10.1.0.5", T0);
+    uint8_t node_ip[16] = {0}, pod_ip[16] = {0}, other[16] = {0};
+
+    h.host_network = true;
+    peers_observe(p, &h);
+    peers_observe(p, &web);
+    inet_pton(AF_INET, "192.168.1.10", node_ip);
+    inet_pton(AF_INET, "10.1.0.5", pod_ip);
+    inet_pton(AF_INET, "10.9.9.9", other);
+    cr_assert(peers_host_network(p, EVENT_FAMILY_IPV4, node_ip, T0 + SEC));
+    cr_assert_not(peers_host_network(p, EVENT_FAMILY_IPV4, pod_ip, T0 + SEC));
+    cr_assert_not(peers_host_network(p, EVENT_FAMILY_IPV4, other, T0 + SEC));
+    /* Past its lifetime and grace the claim says nothing any more. */
+    cr_assert_not(peers_host_network(p, EVENT_FAMILY_IPV4, node_ip, T0 + TTL + GRACE + SEC));
+    struct peers_stats st;
+    peers_get_stats(p, &st);
+    cr_assert_eq(st.lookups, 0, "not counted as lookups");
+    peers_free(p);
+}
+
 Test(peers, a_reused_address_names_the_new_pod_after_the_grace)
 {
     struct peers *p = peers_new(64, TTL, GRACE);

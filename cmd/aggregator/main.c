@@ -84,6 +84,12 @@ static bool workload_alive(void *ctx, const char *namespace, const char *workloa
     return peers_workload_alive(ctx, namespace, workload, now_ns);
 }
 
+/* A node's address, which a hostNetwork pod reports, is no Service's by being a backend. */
+static bool address_shared(void *ctx, unsigned family, const uint8_t addr[16])
+{
+    return peers_host_network(ctx, family, addr, clock_realtime_ns());
+}
+
 int main(int argc, char **argv)
 {
     static struct aggregator a;
@@ -138,8 +144,10 @@ int main(int argc, char **argv)
                                       .ca_path = a.cfg.k8s_ca_path[0] ? a.cfg.k8s_ca_path : NULL};
         int kerr = 0;
         a.services = k8s_services_new(&ko, AGGREGATOR_MAX_SERVICES, &kerr);
-        if (a.services)
+        if (a.services) {
+            k8s_services_set_shared(a.services, address_shared, a.peers);
             kerr = k8s_services_start(a.services);
+        }
         if (!a.services || kerr < 0) {
             fprintf(stderr, "ebpf-aggregator: cannot watch Services (K8S_API_URL %s): %s\n",
                     a.cfg.k8s_api_url[0] ? a.cfg.k8s_api_url : "in-cluster", strerror(-kerr));
