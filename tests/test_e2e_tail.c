@@ -318,8 +318,28 @@ Test(e2e_tail, bad_filter_is_one_line_and_exit_2)
     cr_assert_eq(tu_wait_exit(pid, 5000), 2);
     char *err = tu_read_file(path("err"));
     cr_assert_not_null(err);
-    cr_assert(strstr(err, "'pid'"), "%s", err);
+    cr_assert(strstr(err, "invalid --pid: \"abc\""), "%s", err);
     cr_assert_eq(count_lines(path("err")), 1, "%s", err);
+    free(err);
+
+    /* Named as the option was given a value, in the command line's words. */
+    char *empty[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--peer_pod=", NULL};
+    pid = spawn(empty, NULL, NULL, path("out"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 2);
+    err = tu_read_file(path("err"));
+    cr_assert(err && strstr(err, "invalid --peer-pod: empty value (leave the option out instead)"),
+              "%s", err ? err : "");
+    free(err);
+
+    /* Agents name no Service: a filter on it could only ever be silent. */
+    char *service[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--peer-service",
+                       "shop/web", NULL};
+    pid = spawn(service, NULL, NULL, path("out"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 2);
+    err = tu_read_file(path("err"));
+    cr_assert(err && strstr(err, "--peer-service never matches") &&
+                  strstr(err, "/api/events/stream") && count_lines(path("err")) == 1,
+              "%s", err ? err : "");
     free(err);
 
     char *limit[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--limit", "5", NULL};

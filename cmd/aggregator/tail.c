@@ -58,8 +58,7 @@ static void tail_usage(FILE *out)
             "  --node NAME         --pod NAME   --namespace NAME   --workload NAME\n"
             "  --pid PID           --command COMM\n"
             "  --peer-pod NAME     --peer-namespace NAME   --peer-workload NAME\n"
-            "  --peer-service NAME (the other end of a connection, accept or close; what a\n"
-            "                      dns answer points at)\n"
+            "                      (the other end of a connection, accept or close)\n"
             "  --dest-port PORT    --status established|failed|attempted|answered|timeout|unknown\n"
             "  --query NAME        dns events for NAME, or *.SUFFIX for its subdomains\n"
             "  --rcode RCODE       answered dns events with this rcode (NXDOMAIN, 3, ...)\n"
@@ -70,7 +69,8 @@ static void tail_usage(FILE *out)
             "\n"
             "The bus carries events as agents publish them: peers on other nodes and\n"
             "Services are named by the aggregator, so --peer-* match only the pods an\n"
-            "agent named on its own node (the aggregator's /api/events/stream has all).\n"
+            "agent named on its own node, and there is no --peer-service (the\n"
+            "aggregator's /api/events/stream has them all).\n"
             "\n"
             "NATS credentials come from NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS and\n"
             "NATS_TLS_* (environment, --config FILE, or flags such as --nats-creds FILE);\n"
@@ -112,6 +112,29 @@ static void tail_add_param(struct buf *qs, const char *name, size_t nlen, const 
             buf_putc(qs, hex[*p & 15]);
         }
     }
+}
+
+/*
+ * Says what the API's parser refused ("invalid 'dest_port': ...") in the
+ * words of the command line: "invalid --dest-port: ...".
+ */
+static void tail_filter_error(const char *err)
+{
+    const char *name = strncmp(err, "invalid '", 9) == 0 ? err + 9 : NULL;
+    const char *end = name ? strchr(name, '\'') : NULL;
+    if (!end || !tail_filter(name, (size_t)(end - name))) {
+        fprintf(stderr, "%s: %s\n", TAIL_PROG, err);
+        return;
+    }
+    fprintf(stderr, "%s: invalid --", TAIL_PROG);
+    for (const char *c = name; c < end; c++)
+        fputc(*c == '_' ? '-' : *c, stderr);
+    const char *rest = end + 1, *param = strstr(rest, "leave the parameter out");
+    if (param)
+        fprintf(stderr, "%.*sleave the option out%s\n", (int)(param - rest), rest,
+                param + strlen("leave the parameter out"));
+    else
+        fprintf(stderr, "%s\n", rest);
 }
 
 /* stdout went away (`| head`): not an error for a tail. */
@@ -325,8 +348,20 @@ int aggregator_tail(int argc, char **argv)
 
     struct query q;
     if (qs.oom || query_parse(&q, qs.data ? qs.data : "", qs.len, true, err, sizeof(err)) < 0) {
-        fprintf(stderr, "%s: %s\n", TAIL_PROG, qs.oom ? "out of memory" : err);
+        if (qs.oom)
+            fprintf(stderr, "%s: out of memory\n", TAIL_PROG);
+        else
+            tail_filter_error(err);
         goto out;
+    }
+    for (size_t k = 0; k < ngiven; k++) {
+        if (strcmp(given[k], "peer_service") == 0) {
+            fprintf(stderr,
+                    "%s: --peer-service never matches on the bus: agents do not name Services, "
+                    "the aggregator does (use its /api/events/stream?peer_service=...)\n",
+                    TAIL_PROG);
+            goto out;
+        }
     }
     if (q.until_ns != UINT64_MAX && q.until_ns < clock_realtime_ns()) {
         fprintf(stderr, "%s: invalid --until: in the past, and a tail shows only new events\n",
