@@ -46,7 +46,11 @@
 #endif
 
 /* enum tcp_state values; part of the uapi, stable. */
-#define TCP_SYN_RECV 3
+#define TCP_SYN_RECV  3
+#define TCP_FIN_WAIT1 4
+#define TCP_FIN_WAIT2 5
+#define TCP_LAST_ACK  9
+#define TCP_CLOSING   11
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -229,6 +233,35 @@ static __always_inline bool sock_flag(const struct sock *sk, int flag)
 }
 
 /*
+ * Payload bytes this side sent, each byte once. tp->bytes_sent counts every
+ * transmission TCP tried, also one that never left the host (a full qdisc, a
+ * shaper, a netfilter drop on the way out): TCP sends those bytes again as new
+ * data, not as a retransmission, so bytes_retrans does not take them out. The
+ * sequence space is exact: snd_nxt moves only past what left, so bytes_acked
+ * plus what is in flight is all that was sent, less the SYN (an active
+ * opener's bytes_acked counts it) and this side's FIN once sent (queued in
+ * FIN_WAIT1, FIN_WAIT2, CLOSING and LAST_ACK, the state still in place at the
+ * change to TCP_CLOSE; sent when snd_nxt reached write_seq). At
+ * tcp_destroy_sock that state is gone and a FIN is not known: the smaller of
+ * the two counts is taken, exact unless bytes also failed to leave.
+ */
+static __always_inline __u64 life_bytes_sent(const struct sock *sk, const struct tcp_sock *tp,
+                                             __u8 role)
+{
+    __u64 tried = tp->bytes_sent - tp->bytes_retrans;
+    __u64 seq = tp->bytes_acked + (__u32)(tp->snd_nxt - tp->snd_una);
+    __u8 state = sk->__sk_common.skc_state;
+
+    if (role != CLOSE_ROLE_SERVER && seq)
+        seq--;
+    if ((state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_CLOSING ||
+         state == TCP_LAST_ACK) &&
+        tp->snd_nxt == tp->write_seq && seq)
+        seq--;
+    return seq < tried ? seq : tried;
+}
+
+/*
  * The close snapshot, taken when the socket reaches TCP_CLOSE: a close by
  * the application with SO_LINGER 0 or unread data (tcp_disconnect) zeroes
  * the addresses and counters right after this transition.
@@ -243,7 +276,7 @@ static __always_inline void life_snapshot(const struct sock *sk, struct sock_lif
     l->family = family;
     l->closed_ns = now;
     if (tp) {
-        l->bytes_sent = tp->bytes_sent - tp->bytes_retrans;
+        l->bytes_sent = life_bytes_sent(sk, tp, l->role);
         /* bytes_received counts sequence space, so a FIN the peer sent (SOCK_DONE) is one. */
         l->bytes_received = tp->bytes_received;
         if (sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DONE)) && l->bytes_received)
@@ -652,12 +685,8 @@ int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)
  * whose listener said backlog 0 is found by its port, which a listener still holds.
  */
 #ifndef CONNECTIONS_COMPAT
-#define TCP_FIN_WAIT1  4
-#define TCP_FIN_WAIT2  5
 #define TCP_CLOSE_WAIT 8
-#define TCP_LAST_ACK   9
 #define TCP_LISTEN     10
-#define TCP_CLOSING    11
 
 /* A listening port: its network namespace (inode number) and port. */
 struct listener_key {

@@ -389,6 +389,7 @@ struct exchange {
     bool reset;       /* the client aborts with SO_LINGER {1, 0} after the server's answer */
     const char *lose; /* client: its request is blackholed in the router until retransmitted */
     bool again;       /* a second connection on the client's socket, after connect(AF_UNSPEC) */
+    bool lose_local;  /* client: its request is dropped on its way out, in its own namespace */
 };
 
 /*
@@ -455,6 +456,39 @@ static bool send_lossy(struct report *r, int c, const struct exchange *x)
 }
 
 /*
+ * Sends the request while the client's own namespace drops its data segments
+ * on their way out (netfilter, as a full qdisc or a shaper would): the kernel
+ * counts each try in tcp_sock.bytes_sent, then sends the bytes again as new
+ * data, not as a retransmission. bytes_sent must count each byte once.
+ */
+static bool send_dropped_locally(struct report *r, int c, const struct exchange *x)
+{
+    char cmd[512], *out = NULL;
+    snprintf(cmd, sizeof(cmd),
+             "ip netns exec %s nft 'add table inet lt_lose; "
+             "add chain inet lt_lose out { type filter hook output priority 0; }; "
+             "add rule inet lt_lose out tcp dport %d meta length > 200 counter drop'",
+             ns_client, SERVER_PORT);
+    if (step_failed(r, "nft drop rule", system(cmd) != 0) || !io_exact(r, c, x->to_server, true))
+        return false;
+    uint64_t deadline = clock_monotonic_ns() + 5000000000ull;
+    bool dropped = false;
+    while (!dropped && clock_monotonic_ns() < deadline) {
+        usleep(10000);
+        free(out);
+        out = NULL;
+        shf(&out, "ip netns exec %s nft list chain inet lt_lose out", ns_client);
+        dropped = out && strstr(out, "counter packets ") && !strstr(out, "counter packets 0 ");
+    }
+    free(out);
+    errno = ETIMEDOUT;
+    if (step_failed(r, "wait for a dropped segment", !dropped))
+        return false;
+    snprintf(cmd, sizeof(cmd), "ip netns exec %s nft delete table inet lt_lose", ns_client);
+    return !step_failed(r, "remove the drop rule", system(cmd) != 0);
+}
+
+/*
  * Client: t[0] before connect(), t[1] after it, t[2] after the answer (before
  * its FIN or RST), t[3] when the server's FIN has arrived (FIN close only).
  */
@@ -466,8 +500,10 @@ static void client_one(struct report *r, const struct exchange *x)
         return;
     r->t[1] = clock_monotonic_ns();
     r->port = local_port(c);
-    if (!(x->lose ? send_lossy(r, c, x) : io_exact(r, c, x->to_server, true)) ||
-        !io_exact(r, c, x->to_client, false))
+    bool sent = x->lose         ? send_lossy(r, c, x)
+                : x->lose_local ? send_dropped_locally(r, c, x)
+                                : io_exact(r, c, x->to_server, true);
+    if (!sent || !io_exact(r, c, x->to_client, false))
         return;
     r->t[2] = clock_monotonic_ns();
     if (x->reset) {
@@ -595,6 +631,7 @@ struct fin_case {
     bool linger_wait;
     const char *lose;
     bool again;
+    bool lose_local;
 };
 
 /*
@@ -612,6 +649,7 @@ static void check_fin_close(const struct fin_case *f, struct report sides[2])
                          .to_client = f->to_client,
                          .linger_wait = f->linger_wait,
                          .lose = f->lose,
+                         .lose_local = f->lose_local,
                          .again = f->again};
     struct report cr[2], sr[2];
     run_exchange(&x, cr, sr);
@@ -660,6 +698,14 @@ Test(lifecycle, retransmitted_bytes_are_counted_once)
     check_fin_close(&(struct fin_case){"10.77.1.2", "10.77.2.2", "ipv4", 5000, 300, true,
                                        .lose = "10.77.2.2/32"},
                     NULL);
+}
+
+/* A request whose segments a netfilter rule of the client's own namespace dropped once. */
+Test(lifecycle, bytes_dropped_on_their_way_out_are_counted_once)
+{
+    check_fin_close(
+        &(struct fin_case){"10.77.1.2", "10.77.2.2", "ipv4", 5000, 300, true, .lose_local = true},
+        NULL);
 }
 
 /*
