@@ -347,17 +347,25 @@ static __always_inline void life_start(struct sock_life *l, __u64 now, __u8 role
  * (SOCK_DEAD), or the peer reset it, or the kernel gave up on it (sk_err).
  * Otherwise the application is closing it itself, possibly with a reset that
  * follows this transition (SO_LINGER 0, unread data): the record waits for
- * tcp_destroy_sock, which comes at the end of that same close. A connection
- * dissolved with connect(AF_UNSPEC) (tcp_disconnect: TCP_CLOSE, no
- * tcp_destroy_sock) whose socket connects again is written at that connect.
+ * tcp_destroy_sock, which comes at the end of that same close. A server
+ * connection still in its listener's queue (no owner yet, not SOCK_DEAD)
+ * waits too: accept() still returns it, reset or not (a client that connects
+ * and resets at once, as a load balancer's health check does), and the
+ * process that takes it owns its record, written when it closes it (or
+ * when the listener goes with it still queued). A connection dissolved with
+ * connect(AF_UNSPEC) (tcp_disconnect: TCP_CLOSE, no tcp_destroy_sock) whose
+ * socket connects again is written at that connect.
  */
 static __always_inline void life_closed(const struct sock *sk, struct sock_life *l, __u64 now)
 {
+    bool dead = sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DEAD));
+
     if (l->phase != LIFE_FOLLOWING || l->closed_ns)
         return;
     life_snapshot(sk, l, now);
-    if (sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DEAD)) ||
-        l->reset == CLOSE_RESET_RECEIVED || sk->sk_err)
+    if (!dead && l->role == CLOSE_ROLE_SERVER && !l->owner.kind)
+        return;
+    if (dead || l->reset == CLOSE_RESET_RECEIVED || sk->sk_err)
         life_emit(l);
 }
 

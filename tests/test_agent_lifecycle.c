@@ -744,6 +744,72 @@ Test(lifecycle, rst_close_is_reset_sent_and_received)
     check_close(&x, &cr, &sr, true, &w);
 }
 
+static void log_closes(int dest_port);
+
+/* Client: connects, sends its request and resets at once (SO_LINGER 0), as a health check does. */
+static void reset_at_once(struct report *r, void *arg)
+{
+    struct exchange *x = arg;
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    if (step_failed(r, "connect", connect(x->fd, (struct sockaddr *)&x->dest.sa, x->dest.len) != 0))
+        return;
+    r->port = local_port(x->fd);
+    if (!io_exact(r, x->fd, x->to_server, true) ||
+        step_failed(r, "SO_LINGER", setsockopt(x->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) != 0))
+        return;
+    close(x->fd);
+}
+
+/* Server: accepts the connection only after its RST came, reads what is left, closes it. */
+static void accept_after_the_reset(struct report *r, void *arg)
+{
+    struct exchange *x = arg;
+    struct pollfd pfd = {.fd = x->fd, .events = POLLIN};
+    char buf[64];
+    if (step_failed(r, "poll the listener", poll(&pfd, 1, WAIT_MS) != 1))
+        return;
+    usleep(300000);
+    int a = accept(x->fd, NULL, NULL);
+    if (step_failed(r, "accept", a < 0))
+        return;
+    r->port = local_port(a);
+    if (read(a, buf, sizeof(buf)) < 0) /* the request, or ECONNRESET: either way */
+        errno = 0;
+    close(a);
+    close(x->fd);
+}
+
+/*
+ * A connection reset while it waited in its listener's queue is still
+ * accept()ed: its server side's close belongs to the process that accepted
+ * it, as its accept event does.
+ */
+Test(lifecycle, reset_before_the_accept_is_the_accepting_process_close)
+{
+    struct exchange x = {.dest = addr_of("10.77.2.2", SERVER_PORT), .to_server = 2};
+    struct side srv, cli;
+    struct report cr, sr;
+    x.fd = server_listen(&x.dest);
+    side_start(&srv, "lt-server", accept_after_the_reset, &x, x.fd);
+    x.fd = tu_netns_socket(ns_client, x.dest.family, SOCK_STREAM);
+    side_start(&cli, "lt-client", reset_at_once, &x, x.fd);
+    side_finish(&cli, &cr);
+    side_finish(&srv, &sr);
+
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=accept,close&pid=%d&limit=100", sr.pid);
+    struct close_match m = {"server", cr.port};
+    json_t *ev = tu_wait_event(agent.port, q, match_close, &m, WAIT_MS);
+    if (!ev)
+        log_closes(SERVER_PORT);
+    cr_assert(ev, "no server close event from pid %d, which accepted port %d's connection", sr.pid,
+              cr.port);
+    cr_expect_str_eq(tu_jstr(ev, "command"), "lt-server");
+    cr_expect_str_eq(tu_jstr(ev, "reset"), "received");
+    cr_expect_eq(tu_jint(ev, "bytes_received"), 2);
+    json_decref(ev);
+}
+
 /* ---- Connect failures ---- */
 
 enum attempt_flags {
