@@ -681,13 +681,22 @@ bool query_has_dns_filter(const struct query *q)
     return q->dns_query[0] || q->has_rcode;
 }
 
-/* name equals pattern ignoring case, or ends in ".suffix" for a "*.suffix" pattern. */
+/*
+ * name equals pattern ignoring case, or ends in ".suffix" for a "*.suffix"
+ * pattern, that dot between two labels: not a "\." inside one (an odd run of
+ * backslashes before it), as in "a\.b.test", whose labels are "a.b" and "test".
+ */
 static bool query_dns_name_match(const char *pattern, const char *name)
 {
     if (pattern[0] != '*')
         return strcasecmp(pattern, name) == 0;
     size_t plen = strlen(pattern) - 1, nlen = strlen(name); /* plen counts the dot */
-    return nlen > plen && strcasecmp(name + nlen - plen, pattern + 1) == 0;
+    if (nlen <= plen || strcasecmp(name + nlen - plen, pattern + 1) != 0)
+        return false;
+    size_t dot = nlen - plen, backslashes = 0;
+    while (backslashes < dot && name[dot - 1 - backslashes] == '\\')
+        backslashes++;
+    return backslashes % 2 == 0;
 }
 
 bool query_match_dns(const struct query *q, const struct event *e)

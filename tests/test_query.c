@@ -797,6 +797,11 @@ Test(query_match, dns_query_and_rcode)
         {"query=a@b.test", "a\\@b.test", EVENT_STATUS_ANSWERED, 0, true},
         {"query=a%5C@b.test", "a\\@b.test", EVENT_STATUS_ANSWERED, 0, true},
         {"query=a.b.test", "a\\.b.test", EVENT_STATUS_ANSWERED, 0, false},
+        /* A "\." is a dot inside a label: "a\.b.test" is no subdomain of b.test. */
+        {"query=*.b.test", "a\\.b.test", EVENT_STATUS_ANSWERED, 0, false},
+        {"query=*.b.test", "x.a\\.b.test", EVENT_STATUS_ANSWERED, 0, false},
+        {"query=*.test", "a\\.b.test", EVENT_STATUS_ANSWERED, 0, true},
+        {"query=*.test", "a\\\\.test", EVENT_STATUS_ANSWERED, 0, true}, /* label "a\\" */
         /* The root, as its events show it (dig . NS), and only it. */
         {"query=.", ".", EVENT_STATUS_ANSWERED, 0, true},
         {"query=.", "example.com", EVENT_STATUS_ANSWERED, 0, false},
