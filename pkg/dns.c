@@ -364,11 +364,53 @@ static void mark_chain(struct dns_message *m)
     }
 }
 
+/* Whether owner is in the chain the kept records make (see mark_chain()). */
+static bool owner_in_chain(const struct dns_message *m, const char *owner)
+{
+    if (strcmp(owner, m->qname) == 0)
+        return true;
+    for (unsigned j = 0; j < m->answer_count; j++)
+        if (m->answers[j].in_chain && m->answers[j].type == DNS_TYPE_CNAME &&
+            strcmp(m->answers[j].target, owner) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * The in-chain A/AAAA records among the left answer records at off, past
+ * those kept (m->extra); stops at the first that does not parse. Each record
+ * takes at least 11 bytes, so the loop is bounded by len.
+ */
+static void read_extra_addrs(const uint8_t *p, size_t len, size_t off, unsigned left,
+                             struct dns_message *m)
+{
+    char owner[DNS_NAME_TEXT_MAX + 1];
+    for (unsigned i = 0; i < left && m->extra_count < DNS_EXTRA_ADDRS_MAX; i++) {
+        if (read_name(p, len, &off, owner) < 0 || off + 10 > len)
+            return;
+        const uint8_t *h = p + off;
+        uint16_t type = be16(h), rdlen = be16(h + 8);
+        size_t rdata = off + 10;
+        if (rdata + rdlen > len)
+            return;
+        off = rdata + rdlen;
+        if (!((type == DNS_TYPE_A && rdlen == 4) || (type == DNS_TYPE_AAAA && rdlen == 16)) ||
+            !owner_in_chain(m, owner))
+            continue;
+        struct dns_extra_addr *x = &m->extra[m->extra_count++];
+        x->type = type;
+        x->ttl = be32(h + 4);
+        memset(x->addr, 0, sizeof(x->addr));
+        memcpy(x->addr, p + rdata, rdlen);
+    }
+}
+
 int dns_parse(const uint8_t *p, size_t len, struct dns_message *m)
 {
     m->qname[0] = '\0';
     m->qtype = m->qclass = 0;
     m->answer_count = 0;
+    m->extra_count = 0;
     m->truncated = false;
     m->wire_len = len;
     if (len < DNS_HEADER_LEN) {
@@ -412,6 +454,8 @@ int dns_parse(const uint8_t *p, size_t len, struct dns_message *m)
     for (i = 0; i < m->ancount; i++) {
         if (m->answer_count == DNS_ANSWERS_MAX) {
             m->truncated = true;
+            mark_chain(m);
+            read_extra_addrs(p, len, off, m->ancount - i, m);
             break;
         }
         rc = read_answer(p, len, &off, m);
@@ -1051,6 +1095,28 @@ size_t dns_names_add(struct dns_names *c, uint64_t scope, const struct event *e,
                 c->st.oom++;
         }
         s = nul + 1;
+    }
+    return n;
+}
+
+size_t dns_names_add_more(struct dns_names *c, uint64_t scope, const struct event *e,
+                          const struct dns_message *m, uint64_t now_ns)
+{
+    if (!scope || e->type != EVENT_DNS || e->status != EVENT_STATUS_ANSWERED ||
+        e->u.dns.rcode != DNS_RCODE_NOERROR || !e->u.dns.query)
+        return 0;
+    size_t n = 0;
+    for (unsigned i = 0; i < m->extra_count; i++) {
+        const struct dns_extra_addr *x = &m->extra[i];
+        uint32_t ttl_s = x->ttl < c->cfg.min_ttl_s   ? c->cfg.min_ttl_s
+                         : x->ttl > c->cfg.max_ttl_s ? c->cfg.max_ttl_s
+                                                     : x->ttl;
+        struct name_key k = make_name_key(
+            scope, x->type == DNS_TYPE_A ? EVENT_FAMILY_IPV4 : EVENT_FAMILY_IPV6, x->addr);
+        if (name_put(c, &k, e->u.dns.query, now_ns + (uint64_t)ttl_s * 1000000000ull, now_ns))
+            n++;
+        else
+            c->st.oom++;
     }
     return n;
 }

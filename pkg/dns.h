@@ -120,9 +120,10 @@ int dns_rcode_parse(const char *s, size_t len, uint16_t *out);
 #define DNS_NAME_MAX      253  /* text characters of a name with nothing escaped */
 #define DNS_NAME_TEXT_MAX 1003 /* text characters of any name, escapes included */
 _Static_assert(DNS_NAME_TEXT_MAX == EVENT_DNS_NAME_MAX, "the text bound differs from the event's");
-#define DNS_ANSWERS_MAX  EVENT_DNS_ANSWERS_MAX
-#define DNS_HEADER_LEN   12
-#define DNS_POINTER_HOPS 64 /* compression pointers followed per name, at most */
+#define DNS_ANSWERS_MAX     EVENT_DNS_ANSWERS_MAX
+#define DNS_EXTRA_ADDRS_MAX 256 /* a 4096-byte capture holds fewer A records (16 bytes each) */
+#define DNS_HEADER_LEN      12
+#define DNS_POINTER_HOPS    64 /* compression pointers followed per name, at most */
 
 /* Writes one label byte at out + o in text form (at most 4 characters, no NUL); returns the
  * new length. */
@@ -192,6 +193,20 @@ struct dns_message {
      * sections are never read: a cut there does not set it.)
      */
     bool truncated;
+    /*
+     * Past the DNS_ANSWERS_MAX records kept, the answer section's further
+     * in-chain A/AAAA records (a large answer: a headless Service's pods),
+     * for the name cache only (dns_names_add_more()); at most
+     * DNS_EXTRA_ADDRS_MAX, in order. The chain is the one the kept records
+     * make: an address is in it when its owner is the question's name or a
+     * kept in-chain CNAME's target.
+     */
+    struct dns_extra_addr {
+        uint16_t type; /* DNS_TYPE_A or DNS_TYPE_AAAA */
+        uint32_t ttl;
+        uint8_t addr[16];
+    } extra[DNS_EXTRA_ADDRS_MAX];
+    unsigned extra_count;
     size_t wire_len; /* the message's length: len for UDP, the prefix's value for TCP */
 };
 
@@ -435,6 +450,14 @@ uint64_t dns_names_scope(const struct event *e);
  */
 size_t dns_names_add(struct dns_names *c, uint64_t scope, const struct event *e, uint32_t ttl_s,
                      uint64_t now_ns);
+
+/*
+ * Adds, like dns_names_add(), the addresses of m past the event's bounded
+ * answers (m->extra: m is the answer e was made from), each for its own TTL
+ * (clamped). Returns the number added or refreshed.
+ */
+size_t dns_names_add_more(struct dns_names *c, uint64_t scope, const struct event *e,
+                          const struct dns_message *m, uint64_t now_ns);
 
 /*
  * The name for addr (family EVENT_FAMILY_IPV4: the first 4 bytes) in scope,

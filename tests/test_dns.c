@@ -399,6 +399,9 @@ Test(dns_real, nxdomain)
     free(m);
 }
 
+#define SEC 1000000000ull
+static struct event answered(const char *query, const char *answers, size_t len, uint16_t rcode);
+
 Test(dns_real, more_answers_than_kept)
 {
     struct exchange x;
@@ -409,12 +412,37 @@ Test(dns_real, more_answers_than_kept)
     cr_assert_eq(m->ancount, MANY);
     cr_assert_eq(m->answer_count, DNS_ANSWERS_MAX);
     cr_assert(m->truncated);
+    bool seen[MANY + 1] = {false};
     for (unsigned i = 0; i < m->answer_count; i++) {
         cr_assert_eq(m->answers[i].type, DNS_TYPE_A);
         cr_assert_str_eq(m->answers[i].owner, "many.test");
         cr_assert_eq(m->answers[i].addr[0], 10);
         cr_assert_eq(m->answers[i].addr[1], 9);
+        seen[m->answers[i].addr[3] % (MANY + 1)] = true;
     }
+    /* The rest are kept for the name cache: every address once, with its TTL. */
+    cr_assert_eq(m->extra_count, MANY - DNS_ANSWERS_MAX);
+    for (unsigned i = 0; i < m->extra_count; i++) {
+        const struct dns_extra_addr *x = &m->extra[i];
+        cr_assert_eq(x->type, DNS_TYPE_A);
+        cr_assert_eq(x->ttl, m->answers[0].ttl);
+        cr_assert(x->addr[0] == 10 && x->addr[1] == 9 && x->addr[2] == 0 && x->addr[3] >= 1 &&
+                  x->addr[3] <= MANY && !seen[x->addr[3]]);
+        seen[x->addr[3]] = true;
+    }
+
+    /* ... and name later connections, as the event's answers do. */
+    struct dns_names *c = dns_names_new(NULL);
+    struct event e = answered("many.test", "10.9.0.1", sizeof("10.9.0.1"), DNS_RCODE_NOERROR);
+    cr_assert_eq(dns_names_add_more(c, 9, &e, m, 0), MANY - DNS_ANSWERS_MAX);
+    uint8_t last[16] = {10, 9, 0, m->extra[m->extra_count - 1].addr[3]};
+    cr_assert_str_eq(dns_names_lookup(c, 9, EVENT_FAMILY_IPV4, last, SEC), "many.test");
+    cr_assert_null(dns_names_lookup(c, 8, EVENT_FAMILY_IPV4, last, SEC));
+    /* Not for an answer that failed. */
+    e.u.dns.rcode = DNS_RCODE_NXDOMAIN;
+    cr_assert_eq(dns_names_add_more(c, 9, &e, m, 0), 0);
+    event_clear(&e);
+    dns_names_free(c);
     free(m);
 }
 
@@ -1241,8 +1269,6 @@ static struct event answered(const char *query, const char *answers, size_t len,
     }
     return e;
 }
-
-#define SEC 1000000000ull
 
 Test(dns_names, add_lookup_expire_scope)
 {

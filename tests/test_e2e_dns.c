@@ -34,13 +34,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "event.h"
 #include "testutil.h"
 
-#define WAIT_MS    20000
-#define SVC_ADDR   "127.0.0.77" /* svc.test: a loopback address a listener binds */
-#define EDGE_ADDR  "10.9.8.7"   /* every name under edge.test */
-#define MARKER     "dnsq-marker"
-#define TIMEOUT_MS 1000 /* DNS_TIMEOUT */
+#define WAIT_MS        20000
+#define SVC_ADDR       "127.0.0.77" /* svc.test: a loopback address a listener binds */
+#define MANY_NET       "127.0.1."   /* many.test: MANY_NET 1 to MANY_ADDRS */
+#define MANY_ADDRS     (EVENT_DNS_ANSWERS_MAX + 8)
+#define MANY_FIRST_ARG 15         /* dnsmasq's arguments before them */
+#define EDGE_ADDR      "10.9.8.7" /* every name under edge.test */
+#define MARKER         "dnsq-marker"
+#define TIMEOUT_MS     1000 /* DNS_TIMEOUT */
 
 struct proc {
     pid_t pid;
@@ -405,7 +409,13 @@ static void dnsmasq_up(void)
                      "--cname=alias.test,a.test",
                      "--cname=www.test,alias.test",
                      "--local=/test/",
-                     NULL};
+                     [MANY_FIRST_ARG + MANY_ADDRS] = NULL};
+    /* many.test: more addresses than an event keeps (a headless Service's pods). */
+    static char many[MANY_ADDRS][48];
+    for (int i = 0; i < MANY_ADDRS; i++) {
+        snprintf(many[i], sizeof(many[i]), "--host-record=many.test," MANY_NET "%d", i + 1);
+        dargv[MANY_FIRST_ARG + i] = many[i];
+    }
     dnsmasq.pid = tu_spawn(dargv, NULL, dnsmasq.log);
     /* Ready when it answers. */
     char cmd[160];
@@ -1025,6 +1035,45 @@ Test(e2e_dns, tcp_messages_in_several_segments_make_their_events, .fini = stop_a
     cr_assert_geq(reassembled, 3, "two queries and an answer");
     stop_all();
     remove_logs();
+}
+
+static bool is_connection_to(json_t *ev, void *arg)
+{
+    const char *t = tu_jstr(ev, "type"), *d = tu_jstr(ev, "dest_ip");
+    return t && strcmp(t, "connection") == 0 && d && strcmp(d, arg) == 0 &&
+           json_integer_value(json_object_get(ev, "pid")) == getpid();
+}
+
+/*
+ * An answer with more addresses than its event keeps: the event lists the
+ * first EVENT_DNS_ANSWERS_MAX, and a connection to any of the addresses,
+ * the last one too, carries the name.
+ */
+Test(e2e_dns, every_address_of_a_large_answer_names_its_connections, .fini = stop_all,
+     .timeout = 90)
+{
+    monitor_up("dns-node");
+    ask(dnsmasq.port, 0x3a11, "many.test", true);
+    json_t *ev = wait_dns(agent.port, "many.test", 0x3a11);
+    cr_assert_eq(json_array_size(json_object_get(ev, "answers")), EVENT_DNS_ANSWERS_MAX, "%s",
+                 tu_jdump(ev));
+    json_decref(ev);
+
+    const int firsts[] = {1, MANY_ADDRS}; /* one the event lists, one past them */
+    for (size_t i = 0; i < sizeof(firsts) / sizeof(firsts[0]); i++) {
+        char ip[32];
+        snprintf(ip, sizeof(ip), MANY_NET "%d", firsts[i]);
+        struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(9)};
+        inet_pton(AF_INET, ip, &to.sin_addr);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert_neq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0, "%s:9 answered", ip);
+        close(fd);
+        json_t *conn = tu_wait_event(agent.port, "/api/events?type=connection&limit=10000",
+                                     is_connection_to, ip, WAIT_MS);
+        cr_assert(conn, "no connection event to %s", ip);
+        cr_expect_str_eq(tu_jstr(conn, "peer_dns"), "many.test", "%s", tu_jdump(conn));
+        json_decref(conn);
+    }
 }
 
 Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = stop_all,

@@ -89,7 +89,8 @@ struct dns_agent {
     void *ctx;
     struct dns_tracker *tracker;
     struct dns_names *names;
-    struct dns_message *msg; /* ~35 KB: one, reused for every message */
+    struct dns_message *msg; /* ~40 KB: one, reused for every message */
+    bool emitting_answer;    /* msg is the answer of the event being emitted */
 
     uint64_t messages, suppressed, truncated; /* capture thread */
     uint64_t tcp_reassembled, tcp_partial_dropped, tcp_not_next;
@@ -203,7 +204,9 @@ static void one_message(struct dns_agent *d, const struct records_dns *m)
     struct event e = {0};
     uint32_t ttl = 0;
     if (dns_tracker_answer(d->tracker, &k, d->msg, m->boot_ns, &e, &ttl) == 1) {
+        d->emitting_answer = true; /* dns_agent_learn() takes its addresses past the event's */
         d->emit(d->ctx, &e, ttl);
+        d->emitting_answer = false;
         event_clear(&e);
     }
 }
@@ -584,8 +587,11 @@ void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns)
 void dns_agent_learn(struct dns_agent *d, const struct event *e, uint32_t ttl_s,
                      uint64_t now_boot_ns)
 {
-    if (e->type == EVENT_DNS && e->status == EVENT_STATUS_ANSWERED)
-        dns_names_add(d->names, dns_names_scope(e), e, ttl_s, now_boot_ns);
+    if (e->type != EVENT_DNS || e->status != EVENT_STATUS_ANSWERED)
+        return;
+    dns_names_add(d->names, dns_names_scope(e), e, ttl_s, now_boot_ns);
+    if (d->emitting_answer)
+        dns_names_add_more(d->names, dns_names_scope(e), e, d->msg, now_boot_ns);
 }
 
 void dns_agent_fill_peer(struct dns_agent *d, struct event *e, uint64_t now_boot_ns)

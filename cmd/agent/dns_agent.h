@@ -69,7 +69,11 @@ void dns_agent_answers_lost(struct dns_agent *d, const struct dns_lost *per_cpu,
  */
 void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns);
 
-/* An answered event, finished (its pod known): its addresses name later connections. */
+/*
+ * An answered event, finished (its pod known): its addresses name later
+ * connections; called from the emit callback, also those past the event's
+ * bounded answers (a large answer's).
+ */
 void dns_agent_learn(struct dns_agent *d, const struct event *e, uint32_t ttl_s,
                      uint64_t now_boot_ns);
 /* connection, accept, close: sets e->peer.dns (interned) when the event's process or pod

@@ -156,6 +156,15 @@ static void check_tracked(const struct dns_message *m, uint64_t ts)
     size_t added = dns_names_add(c, 7, &out, ttl, ts);
     if (added != (m->rcode == DNS_RCODE_NOERROR ? addrs : 0))
         abort();
+    /* Addresses past the kept records: only when the answer was cut, each a real A/AAAA. */
+    if (m->extra_count > DNS_EXTRA_ADDRS_MAX || (m->extra_count && !m->truncated))
+        abort();
+    for (unsigned i = 0; i < m->extra_count; i++)
+        if (m->extra[i].type != DNS_TYPE_A && m->extra[i].type != DNS_TYPE_AAAA)
+            abort();
+    if (dns_names_add_more(c, 7, &out, m, ts) !=
+        (m->rcode == DNS_RCODE_NOERROR ? m->extra_count : 0))
+        abort();
     if (added) {
         for (unsigned i = 0; i < m->answer_count; i++) {
             const struct dns_answer *a = &m->answers[i];
