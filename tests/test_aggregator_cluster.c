@@ -1338,7 +1338,8 @@ TestSuite(aggregator_shutdown, .init = nats_up_big_payload, .fini = nats_down_bi
  */
 Test(aggregator_shutdown, sigterm_with_large_batches_queued_exits_cleanly)
 {
-    enum { ROUNDS = 3, PER_BATCH = BUS_MAX_BATCH_EVENTS, BATCHES = 300 };
+    /* DRAIN_MS: the aggregator's drain time after SIGTERM (AGGREGATOR_DRAIN_MS). */
+    enum { ROUNDS = 3, PER_BATCH = BUS_MAX_BATCH_EVENTS, BATCHES = 300, DRAIN_MS = 2000 };
     struct event *ev = make_events(NODE_A, PER_BATCH, 1000);
     struct buf b;
 
@@ -1348,10 +1349,15 @@ Test(aggregator_shutdown, sigterm_with_large_batches_queued_exits_cleanly)
         agg_pid[0] = start_replica(0);
         check(agg_pid[0] > 0, "round %d: cannot start the aggregator", round);
         check(tu_wait_http(agg_port[0], "/ready", 200, 10000), "round %d: never ready", round);
-        for (uint64_t seq = 1; seq <= BATCHES; seq++) {
+        /* Published until the backlog is more than twice what the replica ingests in its
+         * drain time (as fast as it ingests meanwhile; a sanitizer build is slow, and then
+         * needs far fewer batches than a plain one), or BATCHES. */
+        uint64_t started = tu_mono_ms(), seq = 0;
+        json_int_t batches = 0;
+        while (seq < BATCHES) {
             struct event_batch_meta meta = {.node = NODE_A,
                                             .agent_instance = "dddddddddddddddd",
-                                            .sequence = seq,
+                                            .sequence = ++seq,
                                             .sent_at_ns = tu_now_ns()};
             char subject[256];
             /* New ids each batch: stored, not dropped as duplicates. */
@@ -1362,11 +1368,21 @@ Test(aggregator_shutdown, sigterm_with_large_batches_queued_exits_cleanly)
             bus_node_subject("ebpf.events", NODE_A, subject, sizeof(subject));
             publish_raw(subject, BUS_CONTENT_TYPE_PROTOBUF, b.data, b.len, NODE_A,
                         "dddddddddddddddd", seq, PER_BATCH);
+            if (seq % 10)
+                continue;
+            json_t *j = tu_get_json(agg_port[0], "/api/stats", NULL);
+            batches = j ? jint(j, "total_batches") : 0;
+            json_decref(j);
+            uint64_t elapsed = tu_mono_ms() - started + 1;
+            if (batches >= 1 && (uint64_t)(seq - (uint64_t)batches) >= 20 &&
+                (seq - (uint64_t)batches) * elapsed > 2 * (uint64_t)batches * DRAIN_MS)
+                break;
         }
         check(natsConnection_FlushTimeout(pub, 30000) == NATS_OK, "round %d: flush", round);
+        cr_log_info("round %d: %" PRIu64 " batches published, %lld ingested", round, seq,
+                    (long long)batches);
         /* Ingesting, with most of the backlog still queued. */
         uint64_t deadline = tu_mono_ms() + 10000;
-        json_int_t batches = 0;
         while (batches < 1 && tu_mono_ms() < deadline) {
             json_t *j = tu_get_json(agg_port[0], "/api/stats", NULL);
             batches = j ? jint(j, "total_batches") : 0;
