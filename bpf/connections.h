@@ -358,11 +358,12 @@ static __always_inline void life_start(struct sock_life *l, __u64 now, __u8 role
  */
 static __always_inline void life_closed(const struct sock *sk, struct sock_life *l, __u64 now)
 {
-    bool dead = sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DEAD));
+    bool dead;
 
     if (l->phase != LIFE_FOLLOWING || l->closed_ns)
         return;
     life_snapshot(sk, l, now);
+    dead = sock_flag(sk, bpf_core_enum_value(enum sock_flags, SOCK_DEAD));
     if (!dead && l->role == CLOSE_ROLE_SERVER && !l->owner.kind)
         return;
     if (dead || l->reset == CLOSE_RESET_RECEIVED || sk->sk_err)
