@@ -409,6 +409,34 @@ static enum peers_result lookup_locked(struct peers *p, unsigned family, const u
     return stale ? PEERS_STALE : PEERS_MISS;
 }
 
+size_t peers_dump(struct peers *p, uint64_t now, uint32_t *cursor, struct peers_pod *out,
+                  size_t max)
+{
+    size_t n = 0;
+
+    pthread_mutex_lock(&p->lock);
+    for (; *cursor < p->max && n < max; (*cursor)++) {
+        const struct claim *c = &p->pool[*cursor];
+        if (!c->node || claim_expired(p, c, now) || (!c->reported && !c->ended))
+            continue;
+        struct peers_pod *o = &out[n++];
+        *o = (struct peers_pod){.node = c->node,
+                                .namespace = c->namespace,
+                                .pod = c->pod,
+                                .uid = c->uid,
+                                .workload = c->workload,
+                                .workload_kind = c->workload_kind,
+                                .host_network = c->host_network,
+                                .n_ips = 1,
+                                .family = {c->family},
+                                .seen_ns = c->last_seen,
+                                .gone_ns = c->ended};
+        memcpy(o->ip[0], c->ip, sizeof(o->ip[0]));
+    }
+    pthread_mutex_unlock(&p->lock);
+    return n;
+}
+
 bool peers_host_network(struct peers *p, unsigned family, const uint8_t addr[16], uint64_t now)
 {
     bool host = false;

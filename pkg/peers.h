@@ -173,6 +173,18 @@ bool peers_workload_alive(struct peers *p, const char *namespace, const char *wo
 /* Parses "10.0.0.1,fd00::1" (struct event_k8s.ips) into pod's addresses; false when none parses. */
 bool peers_pod_ips_parse(struct peers_pod *pod, const char *text);
 
+/*
+ * The claims held, for a replica that has just started (or reconnected) and
+ * asked for them: from *cursor on, up to max of them as pods of one address
+ * each, seen when last reported; a claim that has ended (deleted, taken over)
+ * as its deletion at its end (gone_ns), so a late batch cannot revive it
+ * there either. Claims long expired are skipped. Returns how many were
+ * written; *cursor is where to go on (0 to start; done once it returns 0).
+ * Strings are interned: they stay valid.
+ */
+size_t peers_dump(struct peers *p, uint64_t now, uint32_t *cursor, struct peers_pod *out,
+                  size_t max);
+
 /* Most pods one announcement carries (a batch holds at most 128 attributions). */
 #define PEERS_ANNOUNCE_MAX_PODS 256
 

@@ -415,7 +415,7 @@ static const char *pbstr(json_t *o, const char *k)
 }
 
 /* nats-server, the two replicas (one per node's subject prefix) and a publisher per node. */
-static void cluster_up(char id1[32], char id2[32])
+static void nats_up(void)
 {
     event_id_gen_init(&ids);
     nats.port = tu_free_port();
@@ -423,6 +423,11 @@ static void cluster_up(char id1[32], char id2[32])
     snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", nats.port);
     nats.pid = tu_nats_start(nats.port, NULL, nats.log);
     cr_assert_gt(nats.pid, 0, "nats-server did not start");
+}
+
+static void cluster_up(char id1[32], char id2[32])
+{
+    nats_up();
     agg_up(&r1, "r1", "ebpf.pa");
     agg_up(&r2, "r2", "ebpf.pb");
     wait_cluster(id1, id2);
@@ -629,6 +634,42 @@ Test(e2e_peers, pods_on_other_nodes_are_named_on_both_replicas)
 }
 
 /* The peer_pod of the newest event query finds on r once the one from sport is in. */
+/*
+ * A replica started later (a rolling update, a restart) asks the others for
+ * the pods they hold: a node's pod that no batch mentions again, and no
+ * announcement repeats for PEER_TTL/4, is named there at once.
+ */
+Test(e2e_peers, a_replica_started_later_learns_the_pods_the_others_hold)
+{
+    char id1[32], id2[32];
+
+    nats_up();
+    agg_up(&r1, "r1", "ebpf.pa");
+    /* Node B's pod, reported while replica 1 runs alone. */
+    pub_b = pub_up(&bus_b, "ebpf.pa", "node-b");
+    add(pub_b, ev(&server_b, EVENT_EXEC, "0.0.0.0", 0, "0.0.0.0", 0));
+    flush(pub_b);
+    wait_peers(&r1, "entries", 1);
+
+    agg_up(&r2, "r2", "ebpf.pb");
+    wait_cluster(id1, id2);
+    wait_peers(&r2, "syncs_answered", 1);
+    wait_peers(&r2, "pods_received", 1);
+
+    /* Node A's connection to it reaches only replica 2, which names it. */
+    pub_a = pub_up(&bus_a, "ebpf.pb", "node-a");
+    add(pub_a, ev(&client_a, EVENT_CONNECTION, "10.1.0.5", 40001, "10.2.0.7", 8080));
+    flush(pub_a);
+    json_t *a = wait_events(&r2, "/api/events?node=node-a&type=connection", 1);
+    expect_peer(only_event(a), "server-0", "shop", "server", "StatefulSet", "node-b");
+    json_decref(a);
+    json_t *stats = api(&r2, "/api/stats");
+    check(own_batches(&r2, stats, id2) == 1 && own_batches(&r2, stats, id1) == 1,
+          "node A's batch should have reached replica 2 alone");
+    json_decref(stats);
+    remove_logs();
+}
+
 static const char *peer_of_event(struct proc *r, const char *query, uint16_t sport, char *out,
                                  size_t len)
 {

@@ -506,6 +506,59 @@ Test(peers, a_deleted_pod_is_named_for_the_grace_then_never)
 }
 
 /*
+ * A replica that has just started gets every claim another holds: applied
+ * there, the live ones name their pods, a deleted one names no one (and a
+ * late report cannot revive it), and long-expired ones are left out. In
+ * pieces of any size, each claim once.
+ */
+Test(peers, a_dump_gives_a_new_replica_the_claims_held)
+{
+    struct peers *p = peers_new(64, TTL, GRACE), *fresh = peers_new(64, TTL, GRACE);
+    struct peers_pod a = pod("node-a", "shop", "web-1", "10.1.0.5", T0);
+    struct peers_pod b = pod("node-b", "shop", "db-0", "fd00::7", T0 + SEC);
+    struct peers_pod c = pod("node-b", "shop", "old-0", "10.2.0.9", T0);
+    struct peers_pod d = pod("node-c", "shop", "long-gone", "10.3.0.1", T0 - 10 * TTL);
+    peers_observe(p, &d);
+    peers_observe(p, &a);
+    peers_observe(p, &b);
+    peers_observe(p, &c);
+    struct peers_pod c_gone = gone(c, T0 + 2 * SEC);
+    peers_observe(p, &c_gone);
+
+    uint64_t now = T0 + 3 * SEC + GRACE;
+    struct peers_pod out[2];
+    uint32_t cursor = 0;
+    size_t n, total = 0;
+    while ((n = peers_dump(p, now, &cursor, out, 2)) > 0) {
+        cr_assert_leq(n, 2);
+        for (size_t i = 0; i < n; i++) {
+            cr_assert_eq(out[i].n_ips, 1);
+            cr_assert_neq(out[i].pod, d.pod, "an expired claim is dumped");
+            cr_assert_eq(out[i].gone_ns, out[i].pod == c.pod ? T0 + 2 * SEC : 0);
+            peers_observe(fresh, &out[i]);
+        }
+        total += n;
+    }
+    cr_assert_eq(total, 3);
+    cr_assert_eq(peers_dump(p, now, &cursor, out, 2), 0, "done stays done");
+
+    struct event_peer o;
+    cr_assert_eq(look(fresh, "10.1.0.5", now, &o), PEERS_HIT);
+    cr_assert_str_eq(o.pod, "web-1");
+    cr_assert_str_eq(o.node, "node-a");
+    cr_assert_str_eq(o.workload_kind, "Deployment");
+    cr_assert_eq(look(fresh, "fd00::7", now, &o), PEERS_HIT);
+    cr_assert_str_eq(o.pod, "db-0");
+    cr_assert_neq(look(fresh, "10.2.0.9", now, &o), PEERS_HIT, "the deleted pod is named");
+    c.seen_ns = T0 + 3 * SEC; /* a late report from before the deletion */
+    peers_observe(fresh, &c);
+    cr_assert_neq(look(fresh, "10.2.0.9", now, &o), PEERS_HIT, "a late report revived it");
+    cr_assert_eq(look(fresh, "10.3.0.1", now, &o), PEERS_MISS);
+    peers_free(p);
+    peers_free(fresh);
+}
+
+/*
  * A workload runs while a pod of it names its address: deleted (past the grace), quiet for
  * the TTL, or never reported, it does not. A bare pod is its own workload.
  */

@@ -81,6 +81,9 @@ struct aggregator_counters {
     uint64_t peer_announcements_received;
     uint64_t peer_announcements_rejected; /* malformed: counted and ignored */
     uint64_t peer_pods_received;
+    /* A replica starting or on a new connection asks for the claims the others hold. */
+    uint64_t peer_syncs_asked;    /* asked by this replica */
+    uint64_t peer_syncs_answered; /* another's asking answered with every claim held */
     /* The ClusterIP join's server halves between replicas (join.c). */
     uint64_t join_halves_sent;
     uint64_t join_halves_failed;

@@ -283,6 +283,58 @@ static void on_stream_batch(natsConnection *nc, natsSubscription *sub, natsMsg *
     pthread_mutex_unlock(&a->stream_lock);
 }
 
+/*
+ * Another replica, just started or on a new connection, knows none of the
+ * pods the others learnt (an announcement repeats a pod only PEER_TTL/4
+ * after the last): it asks with an announcement of no pods, and each replica
+ * that hears it announces every claim it holds. At most one answer per
+ * PEERS_SYNC_MIN_NS, however often it is asked (the answers reach every
+ * replica): the peers handler waits out the rest (asking is rare).
+ */
+#define PEERS_SYNC_MIN_NS (1000000000ull)
+
+static void answer_sync(struct aggregator *a)
+{
+    static uint64_t last; /* the peers handler's alone */
+    uint64_t now = clock_monotonic_ns();
+    if (last && now - last < PEERS_SYNC_MIN_NS) {
+        uint64_t wait = PEERS_SYNC_MIN_NS - (now - last);
+        struct timespec ts = {(time_t)(wait / 1000000000u), (long)(wait % 1000000000u)};
+        nanosleep(&ts, NULL);
+    }
+    last = clock_monotonic_ns();
+
+    struct peers_pod *pods = malloc(PEERS_ANNOUNCE_MAX_PODS * sizeof(*pods));
+    uint32_t cursor = 0;
+    size_t n;
+    if (!pods)
+        return;
+    while ((n = peers_dump(a->peers, clock_realtime_ns(), &cursor, pods, PEERS_ANNOUNCE_MAX_PODS)) >
+           0) {
+        struct buf m;
+        buf_init(&m);
+        peers_announce_write(&m, a->replica, pods, n);
+        if (aggregator_control_publish(a, "peers", &m))
+            counter_add(&a->counters.peer_announcements_sent, 1);
+        else
+            counter_add(&a->counters.peer_announcements_failed, 1);
+        buf_free(&m);
+    }
+    free(pods);
+    counter_add(&a->counters.peer_syncs_answered, 1);
+}
+
+/* Asks the other replicas for the claims they hold (see answer_sync()). */
+static void ask_sync(struct aggregator *a)
+{
+    struct buf m;
+    buf_init(&m);
+    peers_announce_write(&m, a->replica, NULL, 0);
+    if (aggregator_control_publish(a, "peers", &m))
+        counter_add(&a->counters.peer_syncs_asked, 1);
+    buf_free(&m);
+}
+
 /* Rejections are logged once and then every 1000th, as bad batches are. */
 static void on_peers(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
@@ -301,6 +353,8 @@ static void on_peers(natsConnection *nc, natsSubscription *sub, natsMsg *msg, vo
                 peers_observe(a->peers, &pods[i]);
             counter_add(&a->counters.peer_announcements_received, 1);
             counter_add(&a->counters.peer_pods_received, (uint64_t)n);
+            if (n == 0)
+                answer_sync(a);
         }
         aggregator_gate_leave(&a->ingest_gate);
     }
@@ -348,6 +402,7 @@ static int ingest_subscribe(struct aggregator *a, natsSubscription *subs[3], cha
     }
     if (aggregator_control_subscribe(a, "peers", on_peers, &subs[1], err, errlen) < 0)
         return -EIO;
+    ask_sync(a); /* its answers come to the subscription just made */
     return join_subscribe(a, on_joins, &subs[2], err, errlen) < 0 ? -EIO : 0;
 }
 
@@ -688,13 +743,15 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
                ",\"stale\":%" PRIu64 ",\"host_network\":%" PRIu64 ",\"evicted\":%" PRIu64
                ",\"expired\":%" PRIu64 ",\"gone\":%" PRIu64 ",\"announcements_sent\":%" PRIu64
                ",\"announcements_failed\":%" PRIu64 ",\"announcements_received\":%" PRIu64
-               ",\"announcements_rejected\":%" PRIu64 ",\"pods_received\":%" PRIu64 "}",
+               ",\"announcements_rejected\":%" PRIu64 ",\"pods_received\":%" PRIu64
+               ",\"syncs_asked\":%" PRIu64 ",\"syncs_answered\":%" PRIu64 "}",
                ps.entries, ps.capacity, ps.lookups, ps.results[PEERS_HIT], ps.results[PEERS_MISS],
                ps.results[PEERS_AMBIGUOUS], ps.results[PEERS_STALE], ps.results[PEERS_HOST_NETWORK],
                ps.evicted, ps.expired, ps.gone, counter_get(&c->peer_announcements_sent),
                counter_get(&c->peer_announcements_failed),
                counter_get(&c->peer_announcements_received),
-               counter_get(&c->peer_announcements_rejected), counter_get(&c->peer_pods_received));
+               counter_get(&c->peer_announcements_rejected), counter_get(&c->peer_pods_received),
+               counter_get(&c->peer_syncs_asked), counter_get(&c->peer_syncs_answered));
     struct k8s_services_stats ks = {0};
     if (a->services)
         k8s_services_get_stats(a->services, &ks);
