@@ -608,7 +608,7 @@ Test(e2e_tail, connection_and_peer_filters)
     char *bad[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--status", "ok", NULL};
     pid_t pid = spawn(bad, NULL, NULL, path("out"), path("err"));
     cr_assert_eq(tu_wait_exit(pid, 5000), 2);
-    cr_assert(wait_file(path("err"), 0, "'status'", 1000));
+    cr_assert(wait_file(path("err"), 0, "invalid --status: \"ok\"", 1000));
 
     natsConnection_Destroy(nc);
     buf_free(&body);
