@@ -44,8 +44,8 @@
 
 #define REDACT_DEFAULT_PATTERNS                                                                    \
     "--password,--passwd,--token,--secret,--api-key,--apikey,--access-token,--auth-token,"         \
-    "--client-secret,mysql:-p,mariadb:-p,mysqldump:-p,mysqladmin:-p,password=,passwd=,secret=,"    \
-    "token=,apikey=,api_key=,url"
+    "--client-secret,--nats-password,--nats-token,--api-token,mysql:-p,mariadb:-p,mysqldump:-p,"   \
+    "mysqladmin:-p,password=,passwd=,secret=,token=,apikey=,api_key=,url"
 
 #define REDACT_MAX_PATTERNS 64
 

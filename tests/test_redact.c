@@ -65,6 +65,16 @@ Test(redact, long_options_with_equals_and_next_argument)
     DEF("app|--PASSWORD|x", "app|--PASSWORD|x", 0);
 }
 
+/* The secrets this project's own programs take as flags (--help lists them) are hidden when an
+ * agent sees them started. */
+Test(redact, own_secret_flags)
+{
+    DEF("ebpf-aggregator|--nats-password|pw|--nats-token|nt|--api-token|at",
+        "ebpf-aggregator|--nats-password|***|--nats-token|***|--api-token|***", 3);
+    DEF("/usr/bin/ebpf-agent|--nats-password=pw|--api-token=at",
+        "/usr/bin/ebpf-agent|--nats-password=***|--api-token=***", 2);
+}
+
 Test(redact, mysql_family_short_p_attached_only)
 {
     DEF("mysql|-uroot|-psecret|shop", "mysql|-uroot|-p***|shop", 1);
