@@ -235,8 +235,12 @@ static bool is_scheme_char(unsigned char c)
     return isalnum(c) || c == '+' || c == '.' || c == '-';
 }
 
-/* "SCHEME://USER:PASSWORD@" anywhere in s: appends the rewritten text; returns values replaced. */
-static size_t redact_urls(const char *s, size_t len, struct buf *out)
+/*
+ * "SCHEME://USER:PASSWORD@" anywhere in s: appends the rewritten text; returns values replaced.
+ * cut says s may have lost its end to the argv bound: an authority running to that end without
+ * its '@' may be "USER:PASSWO", so what follows its ':' is hidden too.
+ */
+static size_t redact_urls(const char *s, size_t len, bool cut, struct buf *out)
 {
     size_t count = 0, copied = 0;
     for (size_t i = 1; i + 3 <= len; i++) {
@@ -248,6 +252,8 @@ static size_t redact_urls(const char *s, size_t len, struct buf *out)
                 at = end;
             end++;
         }
+        if (!at && cut && end == len)
+            at = len; /* "USER:PASSWO" cut before its '@' */
         const char *colon = at ? memchr(s + auth, ':', at - auth) : NULL;
         if (colon && !nothing_to_hide(colon + 1, (size_t)(s + at - colon - 1))) {
             size_t from = (size_t)(colon + 1 - s);
@@ -320,8 +326,10 @@ size_t redact_args(const struct redact *r, const char *args, size_t len, size_t 
             buf_reset(&tmp);
             buf_append(&tmp, "", 0); /* data is never NULL below */
             count += redact_keys(r, a, n, &tmp);
+            /* the last argument of a truncated argv may have been cut at the bound */
+            bool cut = *truncated && a + n + 1 >= end;
             if (r->url)
-                count += redact_urls(tmp.data, tmp.len, out);
+                count += redact_urls(tmp.data, tmp.len, cut, out);
             else
                 buf_append(out, tmp.data, tmp.len);
             out->oom |= tmp.oom;

@@ -63,7 +63,10 @@ void redact_free(struct redact *r);
  * missing) into out, reset first, with every matching value replaced by
  * REDACT_MASK; every string in out ends with a NUL. out never grows past
  * max bytes: whole trailing arguments are dropped to fit and *truncated is
- * set. Returns the number of values replaced; out->oom says it failed.
+ * set. *truncated set on entry says args were cut at their bound, so the last
+ * argument may be incomplete: a URL authority running to its end without an
+ * '@' has what follows its ':' hidden too. Returns the number of values
+ * replaced; out->oom says it failed.
  */
 size_t redact_args(const struct redact *r, const char *args, size_t len, size_t max,
                    struct buf *out, bool *truncated);

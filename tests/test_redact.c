@@ -125,6 +125,38 @@ Test(redact, url_credentials)
     DEF("app|http://u:@h/", "app|http://u:@h/", 0);
 }
 
+/* Redacts argv (with '|' separators) that was cut at the argv bound (*truncated set on entry). */
+static void check_cut(const char *argv, const char *want, size_t want_count)
+{
+    struct redact *r;
+    char in[2048], got[2048];
+    cr_assert_eq(redact_new("default", &r, NULL, 0), 0);
+    size_t len = to_args(argv, in);
+    struct buf out;
+    bool truncated = true;
+    buf_init(&out);
+    size_t count = redact_args(r, in, len, EVENT_ARGS_MAX, &out, &truncated);
+    from_args(&out, got);
+    cr_assert_str_eq(got, want, "argv %s", argv);
+    cr_assert_eq(count, want_count, "argv %s: %zu values replaced", argv, count);
+    cr_assert(truncated);
+    buf_free(&out);
+    redact_free(r);
+}
+
+/* A URL whose '@' fell past the argv bound still hides the start of its password. */
+Test(redact, url_password_cut_by_the_bound)
+{
+    check_cut("psql|postgres://app:supersecr", "psql|postgres://app:***", 1);
+    check_cut("git|clone|https://x:ghp_a", "git|clone|https://x:***", 1);
+    /* Only the last argument can have been cut; complete URLs are as always. */
+    check_cut("curl|https://h:8443/a|https://u:p@h/|x", "curl|https://h:8443/a|https://u:***@h/|x",
+              1);
+    check_cut("curl|https://bob", "curl|https://bob", 0);
+    /* Not cut: an authority without '@' is a host and port. */
+    DEF("curl|https://h:8443", "curl|https://h:8443", 0);
+}
+
 Test(redact, edges_of_argv)
 {
     struct redact *r;
