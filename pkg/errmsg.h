@@ -13,4 +13,11 @@
 int errmsg_set(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/*
+ * A copy of s for a log line or a terminal: every control character (C0, DEL: line breaks,
+ * terminal escape sequences) becomes '?', and a text longer than outlen - 1 bytes ends with
+ * "...". For text that others control: NATS subjects, header values, a peer's error. Returns out.
+ */
+const char *errmsg_printable(const char *s, char *out, size_t outlen);
+
 #endif

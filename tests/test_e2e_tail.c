@@ -252,6 +252,47 @@ Test(e2e_tail, follows_both_encodings_with_a_filter)
     tu_stop(nats, 5000);
 }
 
+/* Whoever may publish chooses a message's subject and headers: tail's warnings print them without
+ * control characters, so a terminal escape sequence never reaches the operator's terminal. */
+Test(e2e_tail, warnings_print_no_control_characters)
+{
+    int port = tu_free_port();
+    pid_t nats = track(tu_nats_start(port, NULL, path("nats.log")));
+    cr_assert_gt(nats, 0, "nats-server did not start");
+
+    char url[64];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", port);
+    char *argv[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--nats", url, NULL};
+    pid_t tail = track(spawn(argv, NULL, NULL, path("out"), path("err")));
+    cr_assert(wait_file(path("err"), 0, "following", 10000), "tail did not subscribe");
+
+    natsConnection *nc = connect_to(port);
+    natsMsg *m = NULL;
+    cr_assert_eq(natsMsg_Create(&m, "ebpf.events.\x1b]0;owned\x07\x1b[2J", NULL, "\xff\xff", 2),
+                 NATS_OK);
+    cr_assert_eq(natsConnection_PublishMsg(nc, m), NATS_OK);
+    natsMsg_Destroy(m);
+    cr_assert_eq(natsMsg_Create(&m, "ebpf.events.n1", NULL, "x", 1), NATS_OK);
+    cr_assert_eq(natsMsgHeader_Set(m, BUS_HDR_CONTENT_TYPE, "text/\x1b[31mred"), NATS_OK);
+    cr_assert_eq(natsConnection_PublishMsg(nc, m), NATS_OK);
+    natsMsg_Destroy(m);
+    cr_assert_eq(natsConnection_FlushTimeout(nc, 2000), NATS_OK);
+
+    cr_assert(wait_file(path("err"), 0, "unknown_encoding", 10000), "no warning for the header");
+    cr_assert(wait_file(path("err"), 0, "malformed_protobuf", 10000), "no warning for garbage");
+    cr_assert_eq(kill(tail, SIGINT), 0);
+    cr_assert_eq(tu_wait_exit(tail, 5000), 0);
+
+    FILE *f = fopen(path("err"), "r");
+    cr_assert_not_null(f);
+    int c;
+    while ((c = fgetc(f)) != EOF)
+        cr_assert(c >= 0x20 ? c != 0x7f : c == '\n', "control character 0x%02x on stderr", c);
+    fclose(f);
+    natsConnection_Destroy(nc);
+    tu_stop(nats, 5000);
+}
+
 Test(e2e_tail, credentials_from_the_environment_and_node_filter)
 {
     int port = tu_free_port();

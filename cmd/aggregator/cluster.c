@@ -350,7 +350,9 @@ static enum answer answer_take(struct cluster *c, struct cluster_answers *seen, 
     cluster_answer_record(seen, replica);
     if (error == NULL)
         return ANSWER_FULL;
-    fprintf(stderr, "ebpf-aggregator: replica %s could not run the %s: %s\n", replica, kind, error);
+    char shown[512];
+    fprintf(stderr, "ebpf-aggregator: replica %s could not run the %s: %s\n", replica, kind,
+            errmsg_printable(error, shown, sizeof(shown)));
     return ANSWER_FAILED;
 }
 

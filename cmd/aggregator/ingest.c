@@ -35,13 +35,19 @@
 #define INGEST_PENDING_MSGS  65536
 #define INGEST_PENDING_BYTES (128 << 20)
 
+/* Bounds of what a log line quotes from a message: its subject, and the reason it was refused. */
+#define LOG_SUBJECT_MAX 256
+#define LOG_ERR_MAX     512
+
 /* Rejections are logged once per reason and then every 1000th, so bad input cannot flood logs. */
 static void log_reject(struct aggregator *a, natsMsg *msg, enum bus_reject r, const char *err)
 {
     uint64_t n = counter_get(&a->counters.rejected[r]);
+    char subject[LOG_SUBJECT_MAX], why[LOG_ERR_MAX];
     if (n == 1 || n % 1000 == 0)
         fprintf(stderr, "ebpf-aggregator: rejected message on %s (%s, %" PRIu64 " so far): %s\n",
-                natsMsg_GetSubject(msg), bus_reject_name(r), n, err);
+                errmsg_printable(natsMsg_GetSubject(msg), subject, sizeof(subject)),
+                bus_reject_name(r), n, errmsg_printable(err, why, sizeof(why)));
 }
 
 /* Events skipped inside accepted batches: logged like rejections, once and then every 1000th. */
@@ -50,12 +56,14 @@ static void log_reject_events(struct aggregator *a, natsMsg *msg, const struct b
 {
     uint64_t n = counter_get(&a->counters.rejected_events[b->events_reason]);
     uint64_t before = n - b->meta.rejected_events;
+    char subject[LOG_SUBJECT_MAX], why[LOG_ERR_MAX];
     if (before == 0 || n / 1000 != before / 1000)
         fprintf(stderr,
                 "ebpf-aggregator: skipped %" PRIu32 " event(s) of a batch on %s "
                 "(%s, %" PRIu64 " so far); the batch's other events were kept: %s\n",
-                b->meta.rejected_events, natsMsg_GetSubject(msg), bus_reject_name(b->events_reason),
-                n, err);
+                b->meta.rejected_events,
+                errmsg_printable(natsMsg_GetSubject(msg), subject, sizeof(subject)),
+                bus_reject_name(b->events_reason), n, errmsg_printable(err, why, sizeof(why)));
 }
 
 bool aggregator_gate_enter(struct aggregator_gate *g)
@@ -130,11 +138,13 @@ void aggregator_control_rejected(uint64_t *rejected, const char *what, natsMsg *
                                  const char *err)
 {
     uint64_t k = __atomic_add_fetch(rejected, 1, __ATOMIC_RELAXED);
+    char subject[LOG_SUBJECT_MAX], why[LOG_ERR_MAX];
     if (k == 1 || k % 1000 == 0)
         fprintf(stderr,
                 "ebpf-aggregator: ignored a malformed %s announcement on %s (%" PRIu64
                 " so far): %s\n",
-                what, natsMsg_GetSubject(msg), k, err);
+                what, errmsg_printable(natsMsg_GetSubject(msg), subject, sizeof(subject)), k,
+                errmsg_printable(err, why, sizeof(why)));
 }
 
 /*

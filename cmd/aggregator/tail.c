@@ -21,6 +21,7 @@
 #include "clock.h"
 #include "bus_message.h"
 #include "config.h"
+#include "errmsg.h"
 #include "event_json.h"
 #include "query.h"
 
@@ -161,6 +162,7 @@ static void tail_say_closed(struct bus *bus, natsStatus s)
 static int tail_run(const struct config *cfg, const char *subject, const struct query *q)
 {
     char err[512];
+    char shown[256], why[512]; /* a message's subject and error, printable (errmsg_printable) */
     /* A refusal ends the tail with its reason: a person is watching. */
     struct bus_options bo = {
         .name = "ebpf-aggregator-tail", .no_reopen = true, .log_name = TAIL_PROG};
@@ -236,13 +238,16 @@ static int tail_run(const struct config *cfg, const char *subject, const struct 
         enum bus_reject r = bus_message_decode(msg, &batch, err, sizeof(err));
         if (r != BUS_OK) {
             fprintf(stderr, "%s: warning: skipped a message on \"%s\": %s: %s\n", TAIL_PROG,
-                    natsMsg_GetSubject(msg), bus_reject_name(r), err);
+                    errmsg_printable(natsMsg_GetSubject(msg), shown, sizeof(shown)),
+                    bus_reject_name(r), errmsg_printable(err, why, sizeof(why)));
             natsMsg_Destroy(msg);
             continue;
         }
         if (batch.meta.rejected_events)
             fprintf(stderr, "%s: warning: skipped %" PRIu32 " undecodable event(s) on \"%s\": %s\n",
-                    TAIL_PROG, batch.meta.rejected_events, natsMsg_GetSubject(msg), err);
+                    TAIL_PROG, batch.meta.rejected_events,
+                    errmsg_printable(natsMsg_GetSubject(msg), shown, sizeof(shown)),
+                    errmsg_printable(err, why, sizeof(why)));
         buf_reset(&out);
         for (size_t i = 0; i < batch.n; i++) {
             if (!query_match(q, &batch.events[i]))
