@@ -354,6 +354,11 @@ void config_redact_urls(const char *urls, char *out, size_t len)
         const char *scheme = memmem(p, n, "://", 3);
         const char *host = scheme ? scheme + 3 : p;
         const char *at = memchr(host, '@', n - (size_t)(host - p));
+        if (!comma && !at && strlen(urls) >= sizeof(tmp)) {
+            /* cut short here: its '@' may be past the cut, so nothing after "scheme://" */
+            snprintf(out + o, len - o, "%.*s...", (int)(host - p), p);
+            return;
+        }
         /* Copy "scheme://" then skip "user:pass@". */
         for (const char *q = p; q < p + n && o + 1 < len; q++) {
             if (at && q == host)
@@ -533,6 +538,31 @@ int config_check_file(const char *key, const char *path, char *err, size_t errle
                       quote_value(path, shown, sizeof(shown)), why);
 }
 
+/* Keys whose values are secrets: a message names them, never shows them. */
+static bool key_is_secret(const struct key *k)
+{
+    return strcmp(k->name, "API_TOKEN") == 0 || strcmp(k->name, "NATS_TOKEN") == 0 ||
+           strcmp(k->name, "NATS_PASSWORD") == 0;
+}
+
+/* A refused value for a message, quoted: a secret (unless empty) by its length only, NATS_URL
+ * without the credentials it may hold. */
+static const char *shown_value(const struct key *k, const char *value, char *out, size_t len)
+{
+    char quoted[200], urls[CONFIG_URL];
+
+    if (key_is_secret(k) && value[0]) {
+        snprintf(out, len, "(%zu bytes, not shown)", strlen(value));
+        return out;
+    }
+    if (strcmp(k->name, "NATS_URL") == 0) {
+        config_redact_urls(value, urls, sizeof(urls));
+        value = urls;
+    }
+    snprintf(out, len, "\"%s\"", quote_value(value, quoted, sizeof(quoted)));
+    return out;
+}
+
 /* Stores value for key k into c; on error writes the one-line message. */
 static int set_value(struct config *c, const struct key *k, const char *value, enum source src,
                      char *err, size_t errlen)
@@ -540,7 +570,7 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
     char *field = (char *)c + k->offset;
     uint64_t v = 0;
     const char *allowed = NULL;
-    char range[256], shown[200];
+    char range[256], shown[208];
 
     switch (k->kind) {
     case KIND_NODE:
@@ -682,8 +712,8 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
         }
         return 0;
     }
-    errmsg_set(err, errlen, "invalid %s=\"%s\" (from %s): must be %s", k->name,
-               quote_value(value, shown, sizeof(shown)), source_names[src], allowed);
+    errmsg_set(err, errlen, "invalid %s=%s (from %s): must be %s", k->name,
+               shown_value(k, value, shown, sizeof(shown)), source_names[src], allowed);
     return -EINVAL;
 
 store_num:

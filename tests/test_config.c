@@ -136,6 +136,38 @@ Test(config, nats_server_lists)
               err);
 }
 
+/* A refused secret is named, never shown: the message goes to logs and terminals. */
+Test(config, refused_secrets_are_not_shown)
+{
+    struct config c;
+    char *argv[] = {"ebpf-agent", NULL};
+    char secret[CONFIG_URL + 64];
+    memset(secret, 'a', sizeof(secret) - 1);
+    secret[sizeof(secret) - 1] = '\0';
+    memcpy(secret, "S3CRET", 6);
+    const char *keys[] = {"API_TOKEN", "NATS_TOKEN", "NATS_PASSWORD"};
+    setenv("NATS_USER", "u", 1);
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        setenv(keys[i], secret, 1);
+        cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_INVALID, "%s", keys[i]);
+        cr_expect(strstr(err, keys[i]) && !strstr(err, "S3CRET"), "%s", err);
+        unsetenv(keys[i]);
+    }
+    unsetenv("NATS_USER");
+    /* A NATS_URL too long to keep is shown as its other refusals are: without credentials. */
+    char url[2 * CONFIG_URL];
+    snprintf(url, sizeof(url), "nats://u:S3CRET@h:1,nats://%s:1", secret + 6);
+    setenv("NATS_URL", url, 1);
+    cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "NATS_URL") && !strstr(err, "S3CRET"), "%s", err);
+    /* ... even when its '@' is past what a message can hold. */
+    snprintf(url, sizeof(url), "nats://u:S3CRET%s@h:1", secret + 6);
+    setenv("NATS_URL", url, 1);
+    cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "NATS_URL") && !strstr(err, "S3CRET"), "%s", err);
+    unsetenv("NATS_URL");
+}
+
 Test(config, precedence_flag_env_file_default)
 {
     struct config c;
