@@ -538,6 +538,17 @@ int config_check_file(const char *key, const char *path, char *err, size_t errle
                       quote_value(path, shown, sizeof(shown)), why);
 }
 
+/* Whether s can be sent as an HTTP header value as it is: no control character, and no space
+ * at either end (RFC 9110 section 5.5: those are not part of the value). */
+static bool header_value_valid(const char *s)
+{
+    size_t n = strlen(s);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return false;
+    return n == 0 || (s[0] != ' ' && s[n - 1] != ' ');
+}
+
 /* Keys whose values are secrets: a message names them, never shows them. */
 static bool key_is_secret(const struct key *k)
 {
@@ -598,6 +609,11 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
         if (strlen(value) >= k->size) {
             snprintf(range, sizeof(range), "at most %zu characters", k->size - 1);
             allowed = range;
+            break;
+        }
+        if (strcmp(k->name, "API_TOKEN") == 0 && !header_value_valid(value)) {
+            allowed = "text without control characters (a line break...) or surrounding spaces: "
+                      "a request could never present it";
             break;
         }
         if (k->kind == KIND_TOKEN && strpbrk(value, " \t*>.")) {

@@ -168,6 +168,27 @@ Test(config, refused_secrets_are_not_shown)
     unsetenv("NATS_URL");
 }
 
+/* An API_TOKEN no request can present (an HTTP header carries no line break or other control
+ * character, and a client or proxy trims the spaces around a value) is refused, not served as
+ * an API that answers 401 to everyone. */
+Test(config, api_token_must_be_sendable_in_a_header)
+{
+    struct config c;
+    char *argv[] = {"ebpf-agent", NULL};
+    const char *bad[] = {"tok\n", "tok\r\n", " tok", "tok ", "t\x01k", "\ttok"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        setenv("API_TOKEN", bad[i], 1);
+        cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_INVALID, "token %zu", i);
+        cr_expect(strstr(err, "API_TOKEN") && strstr(err, "control"), "%s", err);
+    }
+    const char *good[] = {"tok", "a b", "x/y+z=", "\xc3\xa9t\xc3\xa9"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        setenv("API_TOKEN", good[i], 1);
+        cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_OK, "%s: %s", good[i], err);
+    }
+    unsetenv("API_TOKEN");
+}
+
 Test(config, precedence_flag_env_file_default)
 {
     struct config c;
