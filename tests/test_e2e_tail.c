@@ -509,6 +509,30 @@ Test(e2e_tail, decode_reads_a_body_from_stdin)
     buf_free(&pb);
 }
 
+/* A body's text, escaped in its JSON ("\u001b"), is quoted in decode's warnings without control
+ * characters: a terminal escape sequence in a message never reaches the terminal. */
+Test(e2e_tail, decode_warnings_print_no_control_characters)
+{
+    FILE *f = fopen(path("evil.json"), "w");
+    cr_assert_not_null(f);
+    fputs("{\"id\":\"00000000000000aa\",\"type\":\"\\u001b]0;owned\\u0007\\u001b[2J\","
+          "\"timestamp\":5}\n"
+          "{\"id\":\"00000000000000ab\",\"type\":\"exit\",\"timestamp\":5,\"pid\":9}\n",
+          f);
+    fclose(f);
+    char *argv[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "decode", NULL};
+    pid_t pid = spawn(argv, NULL, path("evil.json"), path("out"), path("err"));
+    cr_assert_eq(tu_wait_exit(pid, 5000), 0);
+    cr_assert_eq(count_lines(path("out")), 1);
+    cr_assert(wait_file(path("err"), 0, "unknown event type", 1000));
+    f = fopen(path("err"), "r");
+    cr_assert_not_null(f);
+    int c;
+    while ((c = fgetc(f)) != EOF)
+        cr_assert(c >= 0x20 ? c != 0x7f : c == '\n', "control character 0x%02x on stderr", c);
+    fclose(f);
+}
+
 /*
  * Bytes that are not UTF-8 in every string of a protobuf batch: decode
  * prints strict JSON (jansson's default loader rejects invalid UTF-8) with

@@ -14,6 +14,7 @@
 #include "buf.h"
 #include "bus.h"
 #include "bus_message.h"
+#include "errmsg.h"
 #include "event_json.h"
 
 #define DECODE_PROG "ebpf-aggregator decode"
@@ -62,7 +63,7 @@ int aggregator_decode(int argc, char **argv)
     }
 
     struct buf in, out;
-    char err[512];
+    char err[512], why[512]; /* why: err as printed (errmsg_printable: the body's text in it) */
     int rc;
     buf_init(&in);
     buf_init(&out);
@@ -80,12 +81,13 @@ int aggregator_decode(int argc, char **argv)
     enum bus_reject r = bus_body_decode(in.data, in.len, &batch, err, sizeof(err));
     buf_free(&in);
     if (r != BUS_OK) {
-        fprintf(stderr, "%s: %s: %s\n", DECODE_PROG, bus_reject_name(r), err);
+        fprintf(stderr, "%s: %s: %s\n", DECODE_PROG, bus_reject_name(r),
+                errmsg_printable(err, why, sizeof(why)));
         return 1;
     }
     if (batch.meta.rejected_events)
         fprintf(stderr, "%s: warning: skipped %" PRIu32 " undecodable event(s): %s\n", DECODE_PROG,
-                batch.meta.rejected_events, err);
+                batch.meta.rejected_events, errmsg_printable(err, why, sizeof(why)));
     for (size_t i = 0; i < batch.n; i++) {
         event_json_write(&out, &batch.events[i]);
         buf_putc(&out, '\n');
