@@ -65,7 +65,7 @@ struct bus {
     pthread_cond_t closed_cond; /* on_closed() has run, or bus_close() started */
     natsConnection *closed_nc;  /* the last connection nats.c closed */
     natsConnection *reason_nc;  /* the last one on_closed() gave a reason for (just before) */
-    char last_error[256];
+    char last_error[512];
     bool connected_since_reopen; /* the reopening thread's wait starts over */
     bus_state_fn listener;
     void *listener_ctx;
@@ -200,8 +200,11 @@ static void on_closed(natsConnection *nc, void *closure)
     if (!ours && (!specific_error(b->last_error) || strstr(b->last_error, "no NATS server")))
         snprintf(b->last_error, sizeof(b->last_error),
                  "the NATS servers refused the connection%s (credentials: NATS_USER/"
-                 "NATS_PASSWORD, NATS_TOKEN or NATS_CREDS; TLS: NATS_TLS_CA, NATS_TLS_CERT; or "
-                 "a server limit such as max_connections; the server's log says which)",
+                 "NATS_PASSWORD, NATS_TOKEN or NATS_CREDS; or a server limit such as "
+                 "max_connections: the server's log says which; or TLS, which this side may "
+                 "refuse itself: their certificate must be signed by NATS_TLS_CA (or a CA of "
+                 "the system), be valid now and name the host of NATS_URL, and they must accept "
+                 "NATS_TLS_CERT)",
                  refused_login ? ": Authorization Violation" : "");
     b->reason_nc = nc; /* bus_open() keeps this reason over its own */
     if (!ours && !b->reopen)

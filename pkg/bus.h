@@ -48,7 +48,7 @@ struct bus_status {
     uint64_t reconnects;
     uint64_t async_errors; /* slow consumer, permissions... */
     char server[256];      /* the server connected to, without credentials; "" when not */
-    char last_error[256];  /* the last connection or asynchronous error; "" when none */
+    char last_error[512];  /* the last connection or asynchronous error; "" when none */
 };
 
 struct bus;

@@ -174,6 +174,63 @@ Test(bus, wrong_password_is_not_connected_and_says_why)
     tu_stop(ns, 2000);
 }
 
+/*
+ * A TLS server whose certificate another CA signed: nats.c gives up on the
+ * handshake, and the reason says what to check on this side (the server's
+ * log has nothing to say about it). The right CA connects.
+ */
+Test(bus, a_server_certificate_of_another_ca_is_a_tls_failure)
+{
+    char dir[] = "/tmp/test_bus_tls_XXXXXX", cmd[2048], *out = NULL;
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(cmd, sizeof(cmd),
+             "cd %s && for ca in ca ca2; do openssl req -x509 -newkey ec -pkeyopt "
+             "ec_paramgen_curve:prime256v1 -nodes -keyout $ca.key -out $ca.pem -days 2 -subj "
+             "/CN=$ca || exit 1; done && openssl req -newkey ec -pkeyopt "
+             "ec_paramgen_curve:prime256v1 -nodes -keyout srv.key -out srv.csr -subj "
+             "/CN=127.0.0.1 && printf 'subjectAltName=IP:127.0.0.1\\n' > ext && openssl x509 "
+             "-req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 "
+             "-extfile ext",
+             dir);
+    int rc = tu_run(cmd, &out);
+    cr_assert_eq(rc, 0, "openssl failed (exit %d):\n%s", rc, out ? out : "");
+    free(out);
+
+    int port = tu_free_port();
+    char cert[96], key[96];
+    snprintf(cert, sizeof(cert), "%s/srv.pem", dir);
+    snprintf(key, sizeof(key), "%s/srv.key", dir);
+    const char *tls[] = {"--tls", "--tlscert", cert, "--tlskey", key, NULL};
+    pid_t ns = tu_nats_start(port, tls, "/tmp/test_bus_nats.log");
+    cr_assert_gt(ns, 0, "nats-server did not start");
+
+    struct config c;
+    char err[256];
+    config_for(&c, port);
+    snprintf(c.nats_url, sizeof(c.nats_url), "tls://127.0.0.1:%d", port);
+    snprintf(c.nats_tls_ca, sizeof(c.nats_tls_ca), "%s/ca2.pem", dir);
+    struct bus *b = bus_open(&c, "test-bus", err, sizeof(err));
+    cr_assert_not_null(b, "%s", err);
+    cr_assert(bus_wait_closed(b, WAIT_MS), "nats.c never gave up on the handshake");
+    struct bus_status st;
+    bus_get_status(b, &st);
+    cr_assert_not(st.connected);
+    cr_assert(strstr(st.last_error, "this side may refuse itself") &&
+                  strstr(st.last_error, "signed by NATS_TLS_CA"),
+              "last error: %s", st.last_error);
+    bus_close(b);
+
+    snprintf(c.nats_tls_ca, sizeof(c.nats_tls_ca), "%s/ca.pem", dir);
+    b = bus_open(&c, "test-bus", err, sizeof(err));
+    cr_assert_not_null(b, "%s", err);
+    cr_assert(wait_connected(b, true, WAIT_MS, &st), "the right CA did not connect: %s",
+              st.last_error);
+    bus_close(b);
+    tu_stop(ns, 2000);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    cr_assert_eq(tu_run(cmd, NULL), 0);
+}
+
 static int state_changes;
 static void count_state(void *ctx, bool connected)
 {
