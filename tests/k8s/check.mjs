@@ -312,9 +312,10 @@ function freePort() {
     });
 }
 
-async function httpStatus(url) {
+async function httpStatus(url, token) {
     try {
-        const r = await fetch(url, { signal: AbortSignal.timeout(2000) });
+        const headers = token ? { Authorization: `Bearer ${token}` } : {};
+        const r = await fetch(url, { headers, signal: AbortSignal.timeout(2000) });
         return { status: r.status, body: await r.text() };
     } catch {
         return { status: 0, body: "" };
@@ -838,7 +839,8 @@ checks.ha = () => {
 checks.secrets = () => {
     const objs = kustomize("manifests");
     const refs = new Set();
-    for (const w of workloads(objs)) for (const c of containersOf(w)) for (const e of c.env || []) if (e.valueFrom?.secretKeyRef) refs.add(`${e.valueFrom.secretKeyRef.name}/${e.valueFrom.secretKeyRef.key}`);
+    // The Secrets deploy.sh makes: those the workloads need (an optional one, the API token, is the user's).
+    for (const w of workloads(objs)) for (const c of containersOf(w)) for (const e of c.env || []) if (e.valueFrom?.secretKeyRef && !e.valueFrom.secretKeyRef.optional) refs.add(`${e.valueFrom.secretKeyRef.name}/${e.valueFrom.secretKeyRef.key}`);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ebpf-fake-kubectl-"));
     const fake = path.join(dir, "kubectl");
     fs.writeFileSync(fake, `#!/bin/bash
@@ -954,7 +956,7 @@ checks.probes = async () => {
         }
         const health = await httpStatus(base + c.livenessProbe.httpGet.path);
         // With the DaemonSet's capabilities every program must attach, not just one.
-        const progs = own.kind === "DaemonSet" ? await httpStatus(base + "/api/programs") : null;
+        const progs = own.kind === "DaemonSet" ? await httpStatus(base + "/api/programs", runEnv.API_TOKEN) : null;
         child.kill("SIGTERM");
         await new Promise((r) => (exited !== null ? r() : child.on("exit", r)));
         expect(health.status === 200, `${own.bin} serves ${c.livenessProbe.httpGet.path}: ${health.status}`);
