@@ -26,24 +26,33 @@ static void from_args(const struct buf *b, char *out)
     out[n] = '\0';
 }
 
-/* Redacts argv (given with '|' separators) with spec; checks the result and count. */
-static void check(const char *spec, const char *argv, const char *want, size_t want_count)
+/*
+ * Redacts argv (given with '|' separators) with spec; checks the result and
+ * count. cut: argv was cut at its bound (*truncated set on entry, and kept).
+ */
+static void check_args(const char *spec, const char *argv, bool cut, const char *want,
+                       size_t want_count)
 {
     struct redact *r;
     char err[256] = "", in[2048], got[2048];
     cr_assert_eq(redact_new(spec, &r, err, sizeof(err)), 0, "%s: %s", spec, err);
     size_t len = to_args(argv, in);
     struct buf out;
-    bool truncated = false;
+    bool truncated = cut;
     buf_init(&out);
     size_t count = redact_args(r, in, len, EVENT_ARGS_MAX, &out, &truncated);
     cr_assert_not(out.oom);
     from_args(&out, got);
     cr_assert_str_eq(got, want, "argv %s", argv);
     cr_assert_eq(count, want_count, "argv %s: %zu values replaced", argv, count);
-    cr_assert_not(truncated);
+    cr_assert_eq(truncated, cut);
     buf_free(&out);
     redact_free(r);
+}
+
+static void check(const char *spec, const char *argv, const char *want, size_t want_count)
+{
+    check_args(spec, argv, false, want, want_count);
 }
 
 #define DEF(argv, want, n) check("default", argv, want, n)
@@ -125,23 +134,10 @@ Test(redact, url_credentials)
     DEF("app|http://u:@h/", "app|http://u:@h/", 0);
 }
 
-/* Redacts argv (with '|' separators) that was cut at the argv bound (*truncated set on entry). */
+/* Redacts argv (with '|' separators) that was cut at the argv bound, with the defaults. */
 static void check_cut(const char *argv, const char *want, size_t want_count)
 {
-    struct redact *r;
-    char in[2048], got[2048];
-    cr_assert_eq(redact_new("default", &r, NULL, 0), 0);
-    size_t len = to_args(argv, in);
-    struct buf out;
-    bool truncated = true;
-    buf_init(&out);
-    size_t count = redact_args(r, in, len, EVENT_ARGS_MAX, &out, &truncated);
-    from_args(&out, got);
-    cr_assert_str_eq(got, want, "argv %s", argv);
-    cr_assert_eq(count, want_count, "argv %s: %zu values replaced", argv, count);
-    cr_assert(truncated);
-    buf_free(&out);
-    redact_free(r);
+    check_args("default", argv, true, want, want_count);
 }
 
 /* A URL whose '@' fell past the argv bound still hides the start of its password. */
