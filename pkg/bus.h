@@ -23,6 +23,8 @@
 #define BUS_HDR_AGENT_DROPS   "Ebpf-Agent-Drops"   /* cumulative, this instance */
 #define BUS_HDR_KERNEL_MISSED "Ebpf-Kernel-Missed" /* cumulative, this instance */
 #define BUS_HDR_PODS_GONE     "Ebpf-Pods-Gone"     /* pods deleted since: peers_gone_write() */
+/* The node's pods when the agent first listed them, once per instance: peers_present_write(). */
+#define BUS_HDR_PODS_PRESENT "Ebpf-Pods-Present"
 /* When the instance started and when the batch was sent, ns since the Unix epoch, by the
  * agent's clock (EventBatch.instance_started_ns, sent_at_ns). */
 #define BUS_HDR_INSTANCE_STARTED "Ebpf-Instance-Started"

@@ -55,6 +55,7 @@ void bus_batch_free(struct bus_batch *b)
     for (size_t i = 0; i < b->n; i++)
         event_clear(&b->events[i]);
     free(b->events);
+    free(b->present);
     memset(b, 0, sizeof(*b));
 }
 
@@ -389,6 +390,38 @@ static enum bus_reject decode_gone(natsMsg *msg, struct bus_batch *out, char *er
     return BUS_OK;
 }
 
+/* The node's pods as its agent listed them, sent once per instance. */
+static enum bus_reject decode_present(natsMsg *msg, struct bus_batch *out, char *err, size_t errlen)
+{
+    const char *v = header(msg, BUS_HDR_PODS_PRESENT);
+    char why[200];
+    int n;
+
+    if (!v)
+        return BUS_OK;
+    if (!(out->present = calloc(PEERS_PRESENT_MAX_PODS, sizeof(*out->present))))
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "%s header: out of memory",
+                      BUS_HDR_PODS_PRESENT);
+    n = peers_present_parse(v, strlen(v), &out->present_at_ns, out->present, PEERS_PRESENT_MAX_PODS,
+                            why, sizeof(why));
+    if (n < 0)
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen, "invalid %s header: %s",
+                      BUS_HDR_PODS_PRESENT, why);
+    if (out->present_at_ns > clock_realtime_ns() + BUS_MAX_AHEAD_NS)
+        return REJECT(BUS_REJECT_BAD_METADATA, err, errlen,
+                      "%s header: listed more than %llu s ahead of now", BUS_HDR_PODS_PRESENT,
+                      BUS_MAX_AHEAD_NS / 1000000000ull);
+    out->n_present = (size_t)n;
+    return BUS_OK;
+}
+
+/* The pod headers an agent sends with a batch: deletions, and once the node's pod list. */
+static enum bus_reject decode_pods(natsMsg *msg, struct bus_batch *out, char *err, size_t errlen)
+{
+    enum bus_reject r = decode_gone(msg, out, err, errlen);
+    return r == BUS_OK ? decode_present(msg, out, err, errlen) : r;
+}
+
 enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *err, size_t errlen)
 {
     const char *data = natsMsg_GetData(msg);
@@ -427,7 +460,7 @@ enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *er
         if (r == BUS_OK)
             r = check_node_of_message(msg, out->meta.node, err, errlen);
         if (r == BUS_OK)
-            r = decode_gone(msg, out, err, errlen);
+            r = decode_pods(msg, out, err, errlen);
         if (r != BUS_OK)
             bus_batch_free(out);
         else
@@ -455,7 +488,7 @@ enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *er
         bus_batch_free(out);
         return r;
     }
-    if ((r = decode_gone(msg, out, err, errlen)) != BUS_OK) {
+    if ((r = decode_pods(msg, out, err, errlen)) != BUS_OK) {
         bus_batch_free(out);
         return r;
     }

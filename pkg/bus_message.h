@@ -36,6 +36,11 @@ struct bus_batch {
     /* Pods the agent saw deleted (BUS_HDR_PODS_GONE, either encoding), strings interned. */
     struct peers_pod gone[PEERS_GONE_MAX_PODS];
     size_t n_gone;
+    /* The node's pods when its agent listed them (BUS_HDR_PODS_PRESENT): UIDs interned, owned
+     * array; present_at_ns 0 when the batch carries no list. */
+    const char **present;
+    size_t n_present;
+    uint64_t present_at_ns;
 };
 
 /*
@@ -49,9 +54,10 @@ struct bus_batch {
  * out->meta.rejected_events (err then says why the first was refused); the
  * rest of the batch is kept. Returns BUS_OK (release *out with
  * bus_batch_free) or the reason the whole message was refused, with detail
- * in err; on a reject *out holds nothing. An Ebpf-Pods-Gone header, when
- * present, must parse (peers_gone_parse) or the message is refused as bad
- * metadata; a batch may then hold no events.
+ * in err; on a reject *out holds nothing. An Ebpf-Pods-Gone or
+ * Ebpf-Pods-Present header, when there, must parse (peers_gone_parse,
+ * peers_present_parse) or the message is refused as bad metadata; a batch
+ * may then hold no events.
  */
 enum bus_reject bus_message_decode(natsMsg *msg, struct bus_batch *out, char *err, size_t errlen);
 

@@ -82,6 +82,9 @@ struct k8s {
     /* Deleted pods' addresses for the bus (k8s_take_gone): a ring, oldest first. */
     struct peers_pod gone[K8S_GONE_MAX];
     uint32_t gone_first, gone_n;
+    /* k8s_take_present(): a LIST completed; the node's pods were handed out; a live pod was
+     * left out of a full cache (the list would be incomplete). */
+    bool listed, present_taken, live_refused;
 };
 
 /* FNV-1a */
@@ -312,6 +315,38 @@ size_t k8s_take_gone(struct k8s *k, struct peers_pod *out, size_t max)
     return n;
 }
 
+int k8s_take_present(struct k8s *k, const char **uids, size_t max, uint64_t *at_ns)
+{
+    int rc = 0;
+
+    pthread_mutex_lock(&k->lock);
+    if (!k->node_name || !k->listed)
+        rc = -EAGAIN;
+    else if (k->present_taken)
+        rc = -EALREADY;
+    k->present_taken |= rc == 0;
+    for (uint32_t i = 0; rc >= 0 && i < k->cache.cap; i++) {
+        const struct pod_entry *e = &k->cache.e[i];
+        if (!e->used || e->pod.deleted)
+            continue;
+        /* A static pod's cgroups carry the kubelet's UID, which its events report. */
+        for (unsigned j = 0; j < 2 && rc >= 0; j++) {
+            const char *uid = j ? e->mirror : e->pod.uid;
+            if (!uid)
+                continue;
+            if ((size_t)rc == max)
+                rc = -E2BIG;
+            else
+                uids[rc++] = uid;
+        }
+    }
+    if (rc >= 0 && k->live_refused)
+        rc = -E2BIG;
+    *at_ns = clock_realtime_ns();
+    pthread_mutex_unlock(&k->lock);
+    return rc;
+}
+
 /* ---- Jobs: a Job-owned pod's workload is the Job's CronJob, when it has one ---- */
 
 static void job_apply(struct pod_entry *e, const struct job_entry *j)
@@ -404,6 +439,7 @@ static void cache_upsert(struct k8s *k, const struct pod_meta *m, bool deleted)
         if (c->count == c->cap) {
             /* full of live pods: max_pods is set below this node's pod count */
             k->stats.evicted++;
+            k->live_refused = true;
             return;
         }
         i = c->free_head;
@@ -702,6 +738,7 @@ static void pods_list_end(void *ctx)
             cache_mark_deleted(k, i, now);
     }
     cache_expire(k, now, false);
+    k->listed = true;
     pthread_mutex_unlock(&k->lock);
 }
 

@@ -146,6 +146,18 @@ void k8s_get_stats(struct k8s *k, struct k8s_stats *out);
 size_t k8s_take_gone(struct k8s *k, struct peers_pod *out, size_t max);
 
 /*
+ * The UIDs (interned) of the pods of this node the cache holds, once per
+ * process, after the first complete LIST: at most max into uids, *at_ns the
+ * time taken (realtime). With them the aggregators end the claims of pods
+ * deleted while no agent watched the node (peers_node_present()). Returns the
+ * count; -EAGAIN before the first LIST completed (or without a node name);
+ * -EALREADY once taken; -E2BIG (taken: not asked again) when the node's pods
+ * are more than max or the cache had to leave a live one out (max_pods), so
+ * no complete list can be given.
+ */
+int k8s_take_present(struct k8s *k, const char **uids, size_t max, uint64_t *at_ns);
+
+/*
  * Applies bytes as if the API server had sent them, without any request:
  * a PodList page (watch false) or a chunk of a watch stream, one JSON event
  * per line (watch true; an unfinished last line is dropped). For tests and

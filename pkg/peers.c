@@ -409,6 +409,23 @@ static enum peers_result lookup_locked(struct peers *p, unsigned family, const u
     return stale ? PEERS_STALE : PEERS_MISS;
 }
 
+/* c as a pod of one address, seen when last reported; ended: deleted at its end. */
+static void claim_as_pod(const struct claim *c, struct peers_pod *o)
+{
+    *o = (struct peers_pod){.node = c->node,
+                            .namespace = c->namespace,
+                            .pod = c->pod,
+                            .uid = c->uid,
+                            .workload = c->workload,
+                            .workload_kind = c->workload_kind,
+                            .host_network = c->host_network,
+                            .n_ips = 1,
+                            .family = {c->family},
+                            .seen_ns = c->last_seen,
+                            .gone_ns = c->ended};
+    memcpy(o->ip[0], c->ip, sizeof(o->ip[0]));
+}
+
 size_t peers_dump(struct peers *p, uint64_t now, uint32_t *cursor, struct peers_pod *out,
                   size_t max)
 {
@@ -419,22 +436,45 @@ size_t peers_dump(struct peers *p, uint64_t now, uint32_t *cursor, struct peers_
         const struct claim *c = &p->pool[*cursor];
         if (!c->node || claim_expired(p, c, now) || (!c->reported && !c->ended))
             continue;
-        struct peers_pod *o = &out[n++];
-        *o = (struct peers_pod){.node = c->node,
-                                .namespace = c->namespace,
-                                .pod = c->pod,
-                                .uid = c->uid,
-                                .workload = c->workload,
-                                .workload_kind = c->workload_kind,
-                                .host_network = c->host_network,
-                                .n_ips = 1,
-                                .family = {c->family},
-                                .seen_ns = c->last_seen,
-                                .gone_ns = c->ended};
-        memcpy(o->ip[0], c->ip, sizeof(o->ip[0]));
+        claim_as_pod(c, &out[n++]);
     }
     pthread_mutex_unlock(&p->lock);
     return n;
+}
+
+static int ptr_cmp(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t) * (const char *const *)a, y = (uintptr_t) * (const char *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+size_t peers_node_present(struct peers *p, const char *node, const char *const *uids, size_t n,
+                          uint64_t at_ns, struct peers_pod *out, size_t max)
+{
+    const char **sorted = malloc((n ? n : 1) * sizeof(*sorted));
+    size_t written = 0;
+
+    if (!sorted || !node || !at_ns) {
+        free(sorted);
+        return 0; /* nothing ended: the claims run out as before */
+    }
+    memcpy(sorted, uids, n * sizeof(*sorted));
+    qsort(sorted, n, sizeof(*sorted), ptr_cmp);
+    pthread_mutex_lock(&p->lock);
+    for (uint32_t i = 0; i < p->max; i++) {
+        struct claim *c = &p->pool[i];
+        if (c->node != node || !c->uid || !c->reported || c->first_seen >= at_ns ||
+            (c->ended && c->ended <= at_ns) ||
+            bsearch(&c->uid, sorted, n, sizeof(*sorted), ptr_cmp))
+            continue;
+        claim_end_at(c, at_ns);
+        p->st.gone++;
+        if (written < max)
+            claim_as_pod(c, &out[written++]);
+    }
+    pthread_mutex_unlock(&p->lock);
+    free(sorted);
+    return written;
 }
 
 bool peers_host_network(struct peers *p, unsigned family, const uint8_t addr[16], uint64_t now)
@@ -920,4 +960,55 @@ int peers_gone_parse(const char *data, size_t len, struct peers_pod *out, size_t
                      size_t errlen)
 {
     return parse_pods(data, len, NULL, 0, out, max, PEERS_GONE_MAX_PODS, true, err, errlen);
+}
+
+void peers_present_write(struct buf *out, uint64_t at_ns, const char *const *uids, size_t n)
+{
+    buf_printf(out, "{\"at_ns\":%" PRIu64 ",\"uids\":[", at_ns);
+    for (size_t i = 0; i < n; i++) {
+        buf_puts(out, i ? "," : "");
+        buf_json_cstr(out, uids[i]);
+    }
+    buf_puts(out, "]}");
+}
+
+int peers_present_parse(const char *data, size_t len, uint64_t *at_ns, const char **uids,
+                        size_t max, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *at = json_object_get(root, "at_ns");
+    json_t *list = json_object_get(root, "uids");
+    int rc = -EINVAL;
+    size_t i;
+    json_t *v;
+
+    if (root == NULL) {
+        errmsg_set(err, errlen, "not JSON: %s", jerr.text);
+        return -EINVAL;
+    }
+    if (!json_is_integer(at) || json_integer_value(at) <= 0 || !json_is_array(list)) {
+        errmsg_set(err, errlen, "a pod list needs a positive at_ns and a uids array");
+        goto out;
+    }
+    if (json_array_size(list) > max || json_array_size(list) > PEERS_PRESENT_MAX_PODS) {
+        errmsg_set(err, errlen, "%zu pods: at most %d in a pod list", json_array_size(list),
+                   PEERS_PRESENT_MAX_PODS);
+        goto out;
+    }
+    json_array_foreach(list, i, v)
+    {
+        if (!json_is_string(v) || json_string_length(v) == 0 ||
+            json_string_length(v) > PEERS_NAME_MAX ||
+            !(uids[i] = intern_n(json_string_value(v), json_string_length(v)))) {
+            errmsg_set(err, errlen, "uids holds something that is not a UID (1 to %d bytes)",
+                       PEERS_NAME_MAX);
+            goto out;
+        }
+    }
+    *at_ns = (uint64_t)json_integer_value(at);
+    rc = (int)json_array_size(list);
+out:
+    json_decref(root);
+    return rc;
 }

@@ -217,6 +217,32 @@ int peers_gone_parse(const char *data, size_t len, struct peers_pod *out, size_t
                      size_t errlen);
 
 /*
+ * The pods on its node an agent's pod list held (the BUS_HDR_PODS_PRESENT
+ * header, sent once per agent instance, after its first LIST of the API
+ * server): {"at_ns":n,"uids":["...",...]}, at_ns when the list was taken
+ * (realtime ns, the agent's clock), the UIDs of every pod of the node it
+ * knew then. A pod deleted while no agent watched the node (the agent
+ * restarting) is not in it: peers_node_present() ends its claims. At most
+ * PEERS_PRESENT_MAX_PODS UIDs (an agent that knows more sends none); the
+ * parser takes hostile input and hands back interned UIDs.
+ */
+#define PEERS_PRESENT_MAX_PODS 1024
+void peers_present_write(struct buf *out, uint64_t at_ns, const char *const *uids, size_t n);
+int peers_present_parse(const char *data, size_t len, uint64_t *at_ns, const char **uids,
+                        size_t max, char *err, size_t errlen);
+
+/*
+ * Ends, at at_ns, every claim of node (interned) whose pod's UID is not in
+ * uids[0..n) (interned) and that was first seen before at_ns (a pod that came
+ * after the list is not in it, and is left alone): the pod was gone when the
+ * node's agent listed its pods. Writes the ended claims into out (at most
+ * max, the rest still ended) as deletions of one address each, for the
+ * caller to announce, and returns how many it wrote. Counted as gone.
+ */
+size_t peers_node_present(struct peers *p, const char *node, const char *const *uids, size_t n,
+                          uint64_t at_ns, struct peers_pod *out, size_t max);
+
+/*
  * The names replicas announce to each other (here and pkg/joins.c): written
  * as `,"key":"v"` (nothing when v is NULL), read back interned. A name
  * member read is absent or null (NULL; false when required), or a string

@@ -63,6 +63,7 @@ struct batch {
      * (deletions are rare; every queued batch paying for room would loosen the queue's bound). */
     struct peers_pod *gone;
     size_t n_gone;
+    char *present;  /* BUS_HDR_PODS_PRESENT's value (publisher_set_present()), owned */
     bool heartbeat; /* sent even empty (publisher_tick()) */
     bool unheard;   /* sent, and the server said no one subscribes to the subject */
     bool came_back; /* unheard at least once (counted in batches_unheard) */
@@ -131,11 +132,18 @@ static uint64_t get(const uint64_t *c)
     return __atomic_load_n(c, __ATOMIC_RELAXED);
 }
 
+/* Events, deletions or the pod list: the batch is no heartbeat. */
+static bool batch_carries(const struct batch *b)
+{
+    return b->n_events || b->n_gone || b->present;
+}
+
 static void batch_free(struct batch *b)
 {
     if (b) {
         buf_free(&b->body);
         free(b->gone);
+        free(b->present);
         free(b);
     }
 }
@@ -149,6 +157,8 @@ static struct batch *batch_recycle(struct publisher *p, struct batch *b)
     if (p->n_free >= PUB_FREE_BATCHES || b->body.oom || b->body.cap > PUB_REUSE_MAX_BYTES)
         return b;
     buf_reset(&b->body);
+    free(b->present);
+    b->present = NULL;
     b->next = p->free_batches;
     p->free_batches = b;
     p->n_free++;
@@ -214,7 +224,7 @@ static void close_batch_queue(struct publisher *p, bool defer)
             wake_deferred(p);
         return;
     }
-    if (b->body.oom || (!b->n_events && !b->n_gone && !b->heartbeat)) {
+    if (b->body.oom || (!batch_carries(b) && !b->heartbeat)) {
         /* Out of memory part-way: nothing of it can be sent. */
         add(&p->events_dropped, b->n_events);
         batch_free(b);
@@ -225,7 +235,7 @@ static void close_batch_queue(struct publisher *p, bool defer)
     b->sequence = p->sequence + 1;
     __atomic_store_n(&p->sequence, b->sequence, __ATOMIC_RELAXED);
     p->last_queued_ns = clock_monotonic_ns();
-    if (!b->n_events && !b->n_gone)
+    if (!batch_carries(b))
         add(&p->heartbeats, 1);
     b->events_len = b->body.len;
     pthread_mutex_lock(&p->mu);
@@ -302,6 +312,22 @@ size_t publisher_add_gone(struct publisher *p, const struct peers_pod *pods, siz
     if (n && !b)
         add(&p->pods_gone_dropped, n); /* no memory for a batch */
     return taken;
+}
+
+bool publisher_set_present(struct publisher *p, const char *const *uids, size_t n, uint64_t at_ns)
+{
+    struct batch *b = batch_open(p);
+    struct buf v;
+
+    if (!b)
+        return false;
+    buf_init(&v);
+    peers_present_write(&v, at_ns, uids, n);
+    buf_putc(&v, '\0');
+    free(b->present);
+    b->present = v.oom ? NULL : strdup(v.data);
+    buf_free(&v);
+    return b->present != NULL;
 }
 
 int publisher_add(struct publisher *p, const struct event *e)
@@ -479,6 +505,8 @@ static natsStatus publish_batch(struct publisher *p, struct batch *b)
         s = gone.oom ? NATS_NO_MEMORY : natsMsgHeader_Set(m, BUS_HDR_PODS_GONE, gone.data);
         buf_free(&gone);
     }
+    if (s == NATS_OK && b->present)
+        s = natsMsgHeader_Set(m, BUS_HDR_PODS_PRESENT, b->present);
     if (s == NATS_OK)
         s = natsConnection_PublishMsg(bus_conn(p->bus), m);
     natsMsg_Destroy(m);
@@ -943,9 +971,9 @@ void publisher_free(struct publisher *p)
      * aggregators (its sequence numbers die with it), so say it here. */
     uint64_t unsent = 0, unsent_events = 0;
     for (struct batch *b = p->head; b; b = b->next)
-        if (b->n_events || b->n_gone)
+        if (batch_carries(b))
             unsent++, unsent_events += b->n_events;
-    if (p->cur && (p->cur->n_events || p->cur->n_gone))
+    if (p->cur && batch_carries(p->cur))
         unsent++, unsent_events += p->cur->n_events;
     if (unsent && p->log_prefix)
         fprintf(stderr,

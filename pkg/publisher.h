@@ -102,6 +102,14 @@ size_t publisher_add_gone(struct publisher *p, const struct peers_pod *pods, siz
 size_t publisher_gone_room(const struct publisher *p);
 
 /*
+ * The node's pods as the agent first listed them (k8s_take_present(): UIDs
+ * and when), for the open batch's BUS_HDR_PODS_PRESENT header, opening a
+ * batch if needed (it then goes out within flush_interval, even without
+ * events). False without memory.
+ */
+bool publisher_set_present(struct publisher *p, const char *const *uids, size_t n, uint64_t at_ns);
+
+/*
  * Wakes the publisher for the full batches publisher_add() queued, and
  * closes the current batch when it is flush_interval old. now is
  * CLOCK_MONOTONIC in ns. Returns the ns until the next flush deadline

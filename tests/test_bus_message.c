@@ -831,6 +831,87 @@ Test(bus_message, pods_gone_header_in_both_encodings)
     buf_free(&body);
 }
 
+/* The node's pod list an agent sends once: in either encoding, with or without events; a bad
+ * one refuses the message. */
+Test(bus_message, pods_present_header_in_both_encodings)
+{
+    const char *list = "{\"at_ns\":7,\"uids\":[\"u-1\",\"u-2\"]}";
+    struct buf body;
+    struct bus_batch b;
+    char err[256];
+
+    buf_init(&body);
+    encode_batch(&body, &good_meta, 0);
+    const char *pb[] = {BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_PROTOBUF, BUS_HDR_PODS_PRESENT, list,
+                        NULL};
+    cr_assert_eq(decode(message(body.data, body.len, pb), &b, err), BUS_OK, "%s", err);
+    cr_assert_eq(b.n, 0, "a batch with the list alone");
+    cr_assert_eq(b.n_present, 2);
+    cr_assert_eq(b.present_at_ns, 7);
+    cr_assert_eq(b.present[0], intern("u-1"), "interned");
+    cr_assert_eq(b.present[1], intern("u-2"));
+    bus_batch_free(&b);
+    cr_assert_eq(b.present_at_ns, 0);
+
+    buf_reset(&body);
+    json_lines(&body, 2, NULL);
+    const char *js[] = {JSON_HEADERS(NODE, INST, "3"), BUS_HDR_EVENTS, "2",
+                        BUS_HDR_PODS_PRESENT,          list,           NULL};
+    cr_assert_eq(decode(message(body.data, body.len, js), &b, err), BUS_OK, "%s", err);
+    cr_assert_eq(b.n, 2);
+    cr_assert_eq(b.n_present, 2);
+    bus_batch_free(&b);
+    const char *none[] = {JSON_HEADERS(NODE, INST, "4"),
+                          BUS_HDR_EVENTS,
+                          "0",
+                          BUS_HDR_PODS_PRESENT,
+                          "{\"at_ns\":7,\"uids\":[]}",
+                          NULL};
+    cr_assert_eq(decode(message("", 0, none), &b, err), BUS_OK, "%s", err);
+    cr_assert_eq(b.n_present, 0, "a node without pods");
+    cr_assert_eq(b.present_at_ns, 7);
+    bus_batch_free(&b);
+
+    static const char *bad[] = {"not json",
+                                "{\"uids\":[\"u\"]}",
+                                "{\"at_ns\":0,\"uids\":[]}",
+                                "{\"at_ns\":-1,\"uids\":[]}",
+                                "{\"at_ns\":7,\"uids\":[1]}",
+                                "{\"at_ns\":7,\"uids\":[\"\"]}",
+                                "{\"at_ns\":7,\"uids\":\"u\"}",
+                                "{\"at_ns\":9000000000000000000,\"uids\":[]}"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        buf_reset(&body);
+        encode_batch(&body, &good_meta, 1);
+        const char *h[] = {BUS_HDR_PODS_PRESENT, bad[i], NULL};
+        cr_assert_eq(decode(message(body.data, body.len, h), &b, err), BUS_REJECT_BAD_METADATA,
+                     "accepted %s", bad[i]);
+        cr_assert(strstr(err, BUS_HDR_PODS_PRESENT), "%s", err);
+        cr_assert_eq(b.n, 0);
+        cr_assert_null(b.present);
+        buf_reset(&body);
+        json_lines(&body, 1, NULL);
+        const char *hj[] = {JSON_HEADERS(NODE, INST, "5"), BUS_HDR_PODS_PRESENT, bad[i], NULL};
+        cr_assert_eq(decode(message(body.data, body.len, hj), &b, err), BUS_REJECT_BAD_METADATA,
+                     "accepted %s", bad[i]);
+    }
+    /* More UIDs than a list may carry. */
+    struct buf big;
+    buf_init(&big);
+    buf_puts(&big, "{\"at_ns\":7,\"uids\":[");
+    for (int i = 0; i <= PEERS_PRESENT_MAX_PODS; i++)
+        buf_printf(&big, "%s\"u%d\"", i ? "," : "", i);
+    buf_puts(&big, "]}");
+    buf_putc(&big, '\0');
+    buf_reset(&body);
+    encode_batch(&body, &good_meta, 1);
+    const char *h[] = {BUS_HDR_PODS_PRESENT, big.data, NULL};
+    cr_assert_eq(decode(message(body.data, body.len, h), &b, err), BUS_REJECT_BAD_METADATA);
+    cr_assert(strstr(err, "at most 1024"), "%s", err);
+    buf_free(&big);
+    buf_free(&body);
+}
+
 /* An event stamped more than BUS_MAX_AHEAD_NS ahead of this clock costs only itself. */
 Test(bus_message, events_from_the_far_future_are_dropped_and_counted)
 {

@@ -419,6 +419,9 @@ static void dns_server_start(void)
     close(fd);
 }
 
+static void set_pod_list(const struct pod *left_out);
+static void agent_spawn(size_t pods_listed);
+
 static void setup(void)
 {
     if (geteuid() != 0)
@@ -450,21 +453,11 @@ static void setup(void)
 
     for (size_t i = 0; i < NPODS; i++)
         pod_init(pods[i]);
-    /* late comes through the watch */
-    char *items[NLISTED];
-    for (size_t i = 0; i < NLISTED; i++)
-        items[i] = pod_object(listed[i], 900 + i);
-    char rv[32];
-    snprintf(rv, sizeof(rv), "%d", LIST_RV);
-    char *list = kas_pod_list(rv, (const char *const *)items, NLISTED);
-    cr_assert_not_null(list);
     int rc = kas_start(&api, kas_serve_pods, NULL);
     cr_assert_eq(rc, 0, "fake API server: %s", strerror(-rc));
     api_running = true;
-    kas_set_list(&api, list);
-    free(list);
-    for (size_t i = 0; i < NLISTED; i++)
-        free(items[i]);
+    /* late comes through the watch */
+    set_pod_list(NULL);
     /* report's Job, owned by the CronJob report */
     char *jobj = kas_job_json(report.ns, REPORT_JOB, REPORT_JUID, "report");
     cr_assert_not_null(jobj);
@@ -472,21 +465,49 @@ static void setup(void)
                  0);
     free(jobj);
 
-    agent_port = tu_free_port();
-    snprintf(agent_log, sizeof(agent_log), "/tmp/ebpf-e2e-k8s-agent-%d.log", getpid());
-    unlink(agent_log);
-    char listen_addr[64], api_url[64], token_env[192], nats_env[64];
-    snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", agent_port);
-    snprintf(api_url, sizeof(api_url), "K8S_API_URL=http://127.0.0.1:%d", api.port);
-    snprintf(token_env, sizeof(token_env), "K8S_TOKEN_PATH=%s", token_path);
     /* A real bus: the pod table the batches carry is checked by the npm client. */
     nats_port = tu_free_port();
     snprintf(nats_log, sizeof(nats_log), "/tmp/ebpf-e2e-k8s-nats-%d.log", getpid());
     nats_pid = tu_nats_start(nats_port, NULL, nats_log);
     cr_assert(nats_pid > 0, "nats-server did not start");
+    dns_server_start();
+    agent_port = tu_free_port();
+    snprintf(agent_log, sizeof(agent_log), "/tmp/ebpf-e2e-k8s-agent-%d.log", getpid());
+    unlink(agent_log);
+    agent_spawn(NLISTED);
+    /* Containers appear while the agent runs, one right after another: each
+     * must be attributed from its first event. */
+    for (size_t i = 0; i < NPODS; i++)
+        kp_mkdirs(cg_root, pods[i]->rel);
+}
+
+/* The API server's PodList: the listed pods but left out (NULL: none). */
+static void set_pod_list(const struct pod *left_out)
+{
+    char *items[NLISTED];
+    int n = 0;
+    for (size_t i = 0; i < NLISTED; i++)
+        if (listed[i] != left_out)
+            items[n++] = pod_object(listed[i], 900 + i);
+    char rv[32];
+    snprintf(rv, sizeof(rv), "%d", LIST_RV);
+    char *list = kas_pod_list(rv, (const char *const *)items, n);
+    cr_assert_not_null(list);
+    kas_set_list(&api, list);
+    free(list);
+    for (int i = 0; i < n; i++)
+        free(items[i]);
+}
+
+/* The agent on agent_port, ready, its pods (pods_listed of them) listed and watched. */
+static void agent_spawn(size_t pods_listed)
+{
+    char listen_addr[64], api_url[64], token_env[192], nats_env[64];
+    snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", agent_port);
+    snprintf(api_url, sizeof(api_url), "K8S_API_URL=http://127.0.0.1:%d", api.port);
+    snprintf(token_env, sizeof(token_env), "K8S_TOKEN_PATH=%s", token_path);
     snprintf(nats_env, sizeof(nats_env), "NATS_URL=nats://127.0.0.1:%d", nats_port);
     char dns_env[32];
-    dns_server_start();
     snprintf(dns_env, sizeof(dns_env), "DNS_PORTS=%d", dns_port);
     char *env[] = {"DEPLOYMENT_MODE=kubernetes",
                    api_url,
@@ -505,11 +526,7 @@ static void setup(void)
     }
     /* the LIST is in the cache, the watch is open */
     cr_assert(kas_wait(&api, 1, 1, 10000), "the agent never listed and watched pods");
-    wait_kube_int("pods_cached", NLISTED);
-    /* Containers appear while the agent runs, one right after another: each
-     * must be attributed from its first event. */
-    for (size_t i = 0; i < NPODS; i++)
-        kp_mkdirs(cg_root, pods[i]->rel);
+    wait_kube_int("pods_cached", (json_int_t)pods_listed);
 }
 
 static char netns[64]; /* the pods' network namespace, "" when none */
@@ -678,6 +695,16 @@ Test(e2e_k8s, pod_deleted_before_the_last_event_is_still_named)
     json_decref(ev);
 }
 
+/* A subscription to every batch on the test's bus, from now on. */
+static void bus_tap(natsConnection **nc, natsSubscription **sub)
+{
+    char url[64];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", nats_port);
+    cr_assert_eq(natsConnection_ConnectTo(nc, url), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(sub, *nc, "ebpf.events.>"), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(*nc), NATS_OK);
+}
+
 /*
  * A pod deleted through the watch goes out on the bus with the agent's next batch (the
  * Ebpf-Pods-Gone header, with nothing else to send here), as the aggregators decode it:
@@ -687,11 +714,7 @@ Test(e2e_k8s, a_deleted_pod_goes_out_on_the_bus_for_the_aggregators)
 {
     natsConnection *nc = NULL;
     natsSubscription *sub = NULL;
-    char url[64];
-    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", nats_port);
-    cr_assert_eq(natsConnection_ConnectTo(&nc, url), NATS_OK);
-    cr_assert_eq(natsConnection_SubscribeSync(&sub, nc, "ebpf.events.>"), NATS_OK);
-    cr_assert_eq(natsConnection_Flush(nc), NATS_OK);
+    bus_tap(&nc, &sub);
 
     char *obj = pod_object(&cart, LIST_RV + 3);
     cr_assert_eq(kas_push(&api, "DELETED", LIST_RV + 3, obj), 0);
@@ -733,6 +756,61 @@ Test(e2e_k8s, a_deleted_pod_goes_out_on_the_bus_for_the_aggregators)
     cr_assert(found, "no batch carried the deletion of %s", cart.name);
     cr_expect_eq(kube_int("deletions_sent"), 1);
     cr_expect_eq(kube_int("deletions_dropped"), 0);
+}
+
+/*
+ * A pod deleted while the agent was down: the new agent never sees its
+ * deletion, but its first batch after its LIST carries the node's pods (the
+ * Ebpf-Pods-Present header), without that one, so the aggregators end its
+ * claims. Only the first batch carries it.
+ */
+Test(e2e_k8s, a_restarted_agent_sends_the_pods_it_listed)
+{
+    natsConnection *nc = NULL;
+    natsSubscription *sub = NULL;
+    bus_tap(&nc, &sub);
+
+    tu_stop(agent_pid, 10000);
+    agent_pid = 0;
+    set_pod_list(&cart);
+    uint64_t before = tu_now_ns();
+    agent_spawn(NLISTED - 1);
+
+    int lists = 0, batches_after = 0;
+    char instance[64] = "";
+    for (uint64_t end = tu_mono_ms() + 20000; batches_after < 2 && tu_mono_ms() < end;) {
+        natsMsg *m = NULL;
+        if (natsSubscription_NextMsg(&m, sub, 200) != NATS_OK)
+            continue;
+        struct bus_batch b;
+        char err[256];
+        cr_assert_eq(bus_message_decode(m, &b, err, sizeof(err)), BUS_OK, "%s", err);
+        if (b.present_at_ns && b.present_at_ns < before) {
+            /* the first agent's, sent after its own LIST */
+        } else if (b.present_at_ns) {
+            lists++;
+            snprintf(instance, sizeof(instance), "%s", b.meta.agent_instance);
+            cr_expect_leq(b.present_at_ns, tu_now_ns());
+            cr_assert_eq(b.n_present, NLISTED - 1, "%zu pods", b.n_present);
+            for (size_t i = 0; i < NLISTED; i++) {
+                bool in = false;
+                for (size_t j = 0; j < b.n_present; j++)
+                    in |= strcmp(b.present[j], listed[i]->uid) == 0;
+                cr_expect_eq(in, listed[i] != &cart, "%s %s", listed[i]->name,
+                             in ? "listed" : "left out");
+            }
+        } else if (strcmp(b.meta.agent_instance, instance) == 0) {
+            batches_after++;
+        }
+        bus_batch_free(&b);
+        natsMsg_Destroy(m);
+        if (lists) /* events for the next batches */
+            tu_run("/bin/true", NULL);
+    }
+    natsSubscription_Destroy(sub);
+    natsConnection_Destroy(nc);
+    cr_assert_eq(lists, 1, "the new agent's pod list went out %d times", lists);
+    cr_assert_eq(batches_after, 2, "the new agent's later batches");
 }
 
 Test(e2e_k8s, agent_identity_and_api_connection_in_stats)

@@ -690,6 +690,31 @@ static const char *peer_of_event(struct proc *r, const char *query, uint16_t spo
 }
 
 /*
+ * Node B's accepts from client-7f9c's address 10.1.0.5 (replica 2), from port on, until
+ * one is no longer named: the pod's claim ended at ended_ns, so named during the grace
+ * (1 s) at most, then never. Returns the next port.
+ */
+static uint16_t accepts_named_until_grace_ends(uint64_t ended_ns, uint16_t port)
+{
+    char peer[128];
+
+    for (bool named = true; named; port++) {
+        check(tu_now_ns() < ended_ns + 1000000000ull + WAIT_MS * 1000000ull,
+              "the deleted pod is still named after the grace");
+        add(pub_b, ev(&server_b, EVENT_ACCEPT, "10.1.0.5", port, "10.2.0.7", 8080));
+        flush(pub_b);
+        named = peer_of_event(&r2, "/api/events?node=node-b&type=accept&limit=1", port, peer,
+                              sizeof(peer)) != NULL;
+        check(!named || tu_now_ns() < ended_ns + 2000000000ull,
+              "accept from port %u named %s well after the grace", port, peer);
+        if (named)
+            usleep(100000);
+    }
+    check(tu_now_ns() >= ended_ns + 1000000000ull, "unnamed before the grace ended");
+    return port;
+}
+
+/*
  * A pod deleted on node A, whose address no other pod has reported: its
  * agent sends the deletion with its next batch (here a batch that carries
  * nothing else); replica 1 ingests it and announces it to replica 2. Both
@@ -729,20 +754,7 @@ Test(e2e_peers, a_deleted_pod_is_no_longer_named_on_either_replica)
 
     /* Node B's accepts (replica 2) and node A's connections (replica 1) from and to the
      * address: named during the grace at most, then never. */
-    uint16_t port = 40001;
-    for (bool named = true; named; port++) {
-        check(tu_now_ns() < deleted + 1000000000ull + WAIT_MS * 1000000ull,
-              "the deleted pod is still named after the grace");
-        add(pub_b, ev(&server_b, EVENT_ACCEPT, "10.1.0.5", port, "10.2.0.7", 8080));
-        flush(pub_b);
-        named = peer_of_event(&r2, "/api/events?node=node-b&type=accept&limit=1", port, peer,
-                              sizeof(peer)) != NULL;
-        check(!named || tu_now_ns() < deleted + 2000000000ull,
-              "accept from port %u named %s well after the grace", port, peer);
-        if (named)
-            usleep(100000);
-    }
-    check(tu_now_ns() >= deleted + 1000000000ull, "unnamed before the grace ended");
+    uint16_t port = accepts_named_until_grace_ends(deleted, 40001);
     add(pub_a, ev(&dup_a, EVENT_CONNECTION, "10.9.9.9", port, "10.1.0.5", 80));
     flush(pub_a);
     check(peer_of_event(&r1, "/api/events?node=node-a&type=connection&limit=1", port, peer,
@@ -756,6 +768,62 @@ Test(e2e_peers, a_deleted_pod_is_no_longer_named_on_either_replica)
     cr_assert_eq(tu_http_get(r2.port, "/metrics", NULL, &m), 0);
     check(metric(m.body, "ebpf_aggregator_peer_gone_total") == 1, "replica 2's gone counter");
     tu_http_free(&m);
+    remove_logs();
+}
+
+/*
+ * A pod deleted while its node's agent was down: the new agent instance never
+ * sees the deletion, but its first pod list (the Ebpf-Pods-Present header,
+ * here on a batch that carries nothing else) lacks the pod. Replica 1 ends the
+ * pod's claim and announces it; both replicas stop naming the address after
+ * the grace, where before they named it for PEER_TTL (10 min here). The
+ * listed pod stays named, and so does a pod on another node.
+ */
+Test(e2e_peers, a_pod_deleted_while_its_agent_was_down_is_no_longer_named)
+{
+    char id1[32], id2[32], peer[128];
+
+    cluster_up(id1, id2);
+    add(pub_a, ev(&client_a, EVENT_EXEC, "0.0.0.0", 0, "0.0.0.0", 0));
+    add(pub_a, ev(&dup_a, EVENT_EXEC, "0.0.0.0", 0, "0.0.0.0", 0));
+    flush(pub_a);
+    add(pub_b, ev(&server_b, EVENT_EXEC, "0.0.0.0", 0, "0.0.0.0", 0));
+    flush(pub_b);
+    wait_peers(&r2, "pods_received", 3); /* summed: two on replica 2, one on replica 1 */
+    add(pub_b, ev(&server_b, EVENT_ACCEPT, "10.1.0.5", 40000, "10.2.0.7", 8080));
+    flush(pub_b);
+    check(peer_of_event(&r2, "/api/events?node=node-b&type=accept&limit=1", 40000, peer,
+                        sizeof(peer)) &&
+              strcmp(peer, "client-7f9c") == 0,
+          "the live pod is named");
+
+    /* Node A's agent restarts (a new instance); client-7f9c was deleted meanwhile. */
+    publisher_free(pub_a);
+    bus_close(bus_a);
+    pub_a = pub_up(&bus_a, "ebpf.pa", "node-a");
+    uint64_t listed = tu_now_ns();
+    const char *present[] = {intern("uid-dup-a"), intern("uid-unrelated")};
+    cr_assert(publisher_set_present(pub_a, present, 2, listed));
+    flush(pub_a);
+    wait_peers(&r1, "gone", 2); /* replica 1 from the list, replica 2 from its announcement */
+
+    uint16_t port = accepts_named_until_grace_ends(listed, 40001);
+    /* The listed pod (replica 2, from node B) and node B's pod (replica 1, from node A). */
+    add(pub_b, ev(&server_b, EVENT_CONNECTION, "10.2.0.7", port, "10.9.9.9", 80));
+    flush(pub_b);
+    check(peer_of_event(&r2, "/api/events?node=node-b&type=connection&limit=1", port, peer,
+                        sizeof(peer)) &&
+              strcmp(peer, "dup-a") == 0,
+          "the listed pod is no longer named: %s", peer);
+    add(pub_a, ev(&dup_a, EVENT_CONNECTION, "10.9.9.9", port, "10.2.0.7", 8080));
+    flush(pub_a);
+    check(peer_of_event(&r1, "/api/events?node=node-a&type=connection&limit=1", port, peer,
+                        sizeof(peer)) &&
+              strcmp(peer, "server-0") == 0,
+          "node B's pod is no longer named: %s", peer);
+    json_t *st = api(&r1, "/api/stats");
+    check(jpath_int(st, "peers", "gone") == 2, "only client-7f9c's claim ended, on each replica");
+    json_decref(st);
     remove_logs();
 }
 

@@ -1275,3 +1275,46 @@ Test(k8s_identity, deleted_pods_are_queued_for_the_aggregators)
     cr_assert_str_eq(out[0].pod, "p-2", "the oldest two were lost");
     k8s_free(k);
 }
+
+static bool has_uid(const char *const *uids, int n, const char *uid)
+{
+    for (int i = 0; i < n; i++)
+        if (uids[i] == intern(uid))
+            return true;
+    return false;
+}
+
+/*
+ * The node's pods for the aggregators (k8s_take_present): none before the
+ * first LIST completed, then every pod the cache holds (a static pod by both
+ * its UIDs), once; more than the list may carry gives none.
+ */
+Test(k8s, the_nodes_pods_are_handed_out_once_after_the_first_list)
+{
+    const char *uids[8];
+    uint64_t at = 0;
+    struct k8s *nolist = feed_client(0);
+    cr_assert_eq(k8s_take_present(nolist, uids, 8, &at), -EAGAIN, "never listed");
+    k8s_free(nolist);
+
+    struct kas s;
+    srv_start(&s, h_list_then_watch);
+    struct k8s *k = start_client(&s, 0);
+    expect_pod(k, ADDED_UID, "job-abc12", "batch"); /* the LIST and the watch's ADDED applied */
+    uint64_t before = (uint64_t)time(NULL) * 1000000000ull;
+    int n = k8s_take_present(k, uids, 8, &at);
+    cr_assert_eq(n, 5, "%d", n);
+    cr_assert(has_uid(uids, n, WEB_UID) && has_uid(uids, n, REDIS_UID) &&
+              has_uid(uids, n, PROXY_UID) && has_uid(uids, n, PROXY_HASH) &&
+              has_uid(uids, n, ADDED_UID));
+    cr_assert_geq(at, before, "realtime, as the aggregators' clocks");
+    cr_assert_lt(at, before + 60 * 1000000000ull);
+    cr_assert_eq(k8s_take_present(k, uids, 8, &at), -EALREADY, "once");
+
+    struct k8s *small = start_client(&s, 0);
+    expect_pod(small, ADDED_UID, "job-abc12", "batch");
+    cr_assert_eq(k8s_take_present(small, uids, 4, &at), -E2BIG);
+    cr_assert_eq(k8s_take_present(small, uids, 8, &at), -EALREADY, "not asked again");
+    k8s_free(small);
+    stop_all(k, &s);
+}

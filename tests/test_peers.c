@@ -762,3 +762,88 @@ Test(peers, concurrent_observers_and_readers)
     cr_assert_eq(st.results[PEERS_HIT] + st.results[PEERS_MISS], 6000);
     peers_free(p);
 }
+
+/*
+ * A new agent instance's pod list ends, at its time, the claims of its node's
+ * pods it lacks and that were seen before it; a listed pod, a pod of another
+ * node, and one first seen after the list are left alone. The ended claims
+ * come back as deletions to announce.
+ */
+Test(peers, a_nodes_pod_list_ends_the_claims_of_pods_it_lacks)
+{
+    struct peers *p = peers_new(16, 600 * SEC, 1 * SEC);
+    struct peers_pod gone_pod = pod("node-a", "shop", "old", "10.1.0.5", 10 * SEC);
+    struct peers_pod kept = pod("node-a", "shop", "kept", "10.1.0.6", 10 * SEC);
+    struct peers_pod other = pod("node-b", "shop", "other", "10.2.0.5", 10 * SEC);
+    struct peers_pod late = pod("node-a", "shop", "late", "10.1.0.7", 30 * SEC);
+    struct peers_pod out[8];
+    struct event_peer who;
+
+    gone_pod.uid = intern("uid-old");
+    kept.uid = intern("uid-kept");
+    other.uid = intern("uid-other");
+    late.uid = intern("uid-late");
+    peers_observe(p, &gone_pod);
+    peers_observe(p, &kept);
+    peers_observe(p, &other);
+    peers_observe(p, &late);
+    const char *listed[] = {intern("uid-kept"), intern("uid-elsewhere")};
+    size_t k = peers_node_present(p, intern("node-a"), listed, 2, 20 * SEC, out, 8);
+    cr_assert_eq(k, 1);
+    cr_assert_eq(out[0].pod, intern("old"));
+    cr_assert_eq(out[0].gone_ns, 20 * SEC);
+    cr_assert_eq(out[0].n_ips, 1);
+    cr_assert_eq(look(p, "10.1.0.5", 20 * SEC + SEC / 2, &who), PEERS_HIT, "named for the grace");
+    cr_assert_eq(look(p, "10.1.0.5", 22 * SEC, &who), PEERS_STALE, "then never");
+    cr_assert_eq(look(p, "10.1.0.6", 22 * SEC, &who), PEERS_HIT);
+    cr_assert_eq(look(p, "10.2.0.5", 22 * SEC, &who), PEERS_HIT);
+    cr_assert_eq(look(p, "10.1.0.7", 32 * SEC, &who), PEERS_HIT);
+    struct peers_stats st;
+    peers_get_stats(p, &st);
+    cr_assert_eq(st.gone, 1);
+
+    /* A late report of the old pod does not revive it; a second list ends nothing more. */
+    gone_pod.seen_ns = 23 * SEC;
+    peers_observe(p, &gone_pod);
+    cr_assert_eq(look(p, "10.1.0.5", 23 * SEC, &who), PEERS_STALE);
+    cr_assert_eq(peers_node_present(p, intern("node-a"), listed, 2, 25 * SEC, out, 8), 0,
+                 "the old claim ended already, the late one was first seen after");
+    /* A list after the late pod's report ends it, announced or not (no room here). */
+    cr_assert_eq(peers_node_present(p, intern("node-a"), listed, 2, 40 * SEC, out, 0), 0);
+    cr_assert_eq(look(p, "10.1.0.7", 42 * SEC, &who), PEERS_STALE);
+    peers_get_stats(p, &st);
+    cr_assert_eq(st.gone, 2);
+    peers_free(p);
+}
+
+Test(peers, pod_lists_round_trip_and_malformed_ones_are_refused)
+{
+    const char *uids[] = {intern("u-1"), intern("a \"quoted\" \xc3\xa9 uid")}, *back[4];
+    uint64_t at = 0;
+    char err[256];
+    struct buf b;
+
+    buf_init(&b);
+    peers_present_write(&b, 42, uids, 2);
+    cr_assert_eq(peers_present_parse(b.data, b.len, &at, back, 4, err, sizeof(err)), 2, "%s", err);
+    cr_assert_eq(at, 42);
+    cr_assert_eq(back[0], uids[0]);
+    cr_assert_eq(back[1], uids[1]);
+    cr_assert_eq(peers_present_parse(b.data, b.len, &at, back, 1, err, sizeof(err)), -EINVAL,
+                 "more than max");
+    buf_free(&b);
+    static const char *bad[] = {"",
+                                "[]",
+                                "{\"at_ns\":1}",
+                                "{\"at_ns\":\"1\",\"uids\":[]}",
+                                "{\"at_ns\":1,\"uids\":[null]}",
+                                "{\"at_ns\":1,\"uids\":[\"\\u0000\"]}",
+                                "{\"at_ns\":1,\"uids\":[\"\xff\"]}",
+                                "{\"at_ns\":1,\"at_ns\":2,\"uids\":[]}"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        cr_assert_eq(peers_present_parse(bad[i], strlen(bad[i]), &at, back, 4, err, sizeof(err)),
+                     -EINVAL, "accepted %s", bad[i]);
+        cr_assert_neq(err[0], '\0');
+    }
+}

@@ -843,6 +843,59 @@ Test(publisher, deleted_pods_travel_in_a_header_json)
 }
 
 /*
+ * The node's pod list goes out in a header of the open batch: alone when no
+ * event comes (within the flush interval), once; the next batch has none.
+ */
+static void check_present(enum config_encoding enc)
+{
+    struct fixture f;
+    fixture_open(&f, enc, 4, 100 * MS, 1 << 20, false);
+    const char *uids[] = {intern("uid-1"), intern("uid-2")};
+    cr_assert(publisher_set_present(f.pub, uids, 2, 1795698266000000007ull));
+    uint64_t t0 = mono_ns();
+    natsMsg *m = NULL;
+    while (!m && mono_ns() - t0 < WAIT_MS * MS) {
+        publisher_tick(f.pub, mono_ns());
+        m = next_msg(&f, 20);
+    }
+    cr_assert_not_null(m, "no batch for the pod list alone");
+    cr_assert_eq(header_u64(m, BUS_HDR_EVENTS), 0);
+    struct bus_batch b;
+    char err[256];
+    cr_assert_eq(bus_message_decode(m, &b, err, sizeof(err)), BUS_OK, "%s", err);
+    cr_assert_eq(b.n, 0);
+    cr_assert_eq(b.n_present, 2);
+    cr_assert_eq(b.present_at_ns, 1795698266000000007ull);
+    cr_assert_eq(b.present[1], uids[1]);
+    bus_batch_free(&b);
+    natsMsg_Destroy(m);
+
+    add_events(f.pub, 0, 1);
+    cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
+    m = next_msg(&f, WAIT_MS);
+    cr_assert_not_null(m);
+    cr_assert_eq(bus_message_decode(m, &b, err, sizeof(err)), BUS_OK, "%s", err);
+    cr_assert_eq(b.n, 1);
+    cr_assert_eq(b.present_at_ns, 0, "sent once");
+    bus_batch_free(&b);
+    natsMsg_Destroy(m);
+    struct publisher_stats st;
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.heartbeats, 0, "a batch with a pod list is no heartbeat");
+    fixture_close(&f);
+}
+
+Test(publisher, the_pod_list_travels_in_a_header_protobuf)
+{
+    check_present(CONFIG_ENCODING_PROTOBUF);
+}
+
+Test(publisher, the_pod_list_travels_in_a_header_json)
+{
+    check_present(CONFIG_ENCODING_JSON);
+}
+
+/*
  * An idle agent sends an empty batch every heartbeat interval (its own sequence number, the
  * loss counters), which the aggregator's decoder takes; events in between put it off.
  */

@@ -116,6 +116,33 @@ static void send_pods_gone(struct agent *a)
     publisher_add_gone(a->pub, gone, n);
 }
 
+/*
+ * Once the first LIST of the node's pods is in, their UIDs go out with the
+ * open batch: the aggregators end the claims of pods deleted while no agent
+ * watched the node (this agent restarting). Once per process.
+ */
+static void send_pods_present(struct agent *a)
+{
+    static bool done;
+    static const char *uids[PEERS_PRESENT_MAX_PODS];
+    uint64_t at_ns;
+    int n;
+
+    if (done || !a->k8s || !a->pub)
+        return;
+    n = k8s_take_present(a->k8s, uids, PEERS_PRESENT_MAX_PODS, &at_ns);
+    if (n >= 0 && !publisher_set_present(a->pub, uids, (size_t)n, at_ns))
+        fprintf(stderr, "ebpf-agent: out of memory for the node's pod list: the aggregators "
+                        "name pods deleted while no agent ran until PEER_TTL\n");
+    else if (n == -E2BIG)
+        fprintf(stderr,
+                "ebpf-agent: more pods on this node than a pod list carries (%d, or K8S_MAX_PODS "
+                "left some out): the aggregators name pods deleted while no agent ran until "
+                "PEER_TTL\n",
+                PEERS_PRESENT_MAX_PODS);
+    done = n != -EAGAIN;
+}
+
 /* Pod attribution: cgroup id -> pod UID/container id, plus names from the API server. */
 static int open_kubernetes(struct agent *a)
 {
@@ -303,6 +330,7 @@ int main(int argc, char **argv)
             last_drops = now;
         }
         send_pods_gone(&a);
+        send_pods_present(&a);
         /* Wake up in time for the open batch's flush deadline. */
         uint64_t until_flush = publisher_tick(a.pub, now);
         uint64_t ms = (until_flush + 999999) / 1000000;

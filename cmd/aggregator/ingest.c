@@ -152,22 +152,17 @@ void aggregator_control_rejected(uint64_t *rejected, const char *what, natsMsg *
  * events may just have renewed), and announces what the other replicas need
  * to hear about.
  */
-static void learn_pods(struct aggregator *a, const struct bus_batch *b, uint64_t now)
+/* Claims of pods a node's pod list lacks that one batch may end and announce (the rest end
+ * unannounced: on the other replicas they run out after PEER_TTL). */
+#define ABSENT_ANNOUNCE_MAX 4096
+
+/* pods[0..n) to the other replicas, as many announcements as they need. */
+static void announce_pods(struct aggregator *a, const struct peers_pod *pods, size_t n)
 {
-    struct peers_pod pods[PEERS_ANNOUNCE_MAX_PODS + PEERS_GONE_MAX_PODS];
-    size_t n = peers_pods_from_events(b->events, b->n, now, pods, PEERS_ANNOUNCE_MAX_PODS);
-    size_t due = 0;
     struct buf m;
 
-    for (size_t i = 0; i < b->n_gone; i++)
-        pods[n++] = b->gone[i];
-    for (size_t i = 0; i < n; i++)
-        if (peers_observe(a->peers, &pods[i]) && due++ != i)
-            pods[due - 1] = pods[i];
-    /* The most one announcement may carry at a time (a full batch's pods and its deletions
-     * need two). */
-    for (size_t at = 0; at < due; at += PEERS_ANNOUNCE_MAX_PODS) {
-        size_t k = due - at < PEERS_ANNOUNCE_MAX_PODS ? due - at : PEERS_ANNOUNCE_MAX_PODS;
+    for (size_t at = 0; at < n; at += PEERS_ANNOUNCE_MAX_PODS) {
+        size_t k = n - at < PEERS_ANNOUNCE_MAX_PODS ? n - at : PEERS_ANNOUNCE_MAX_PODS;
         buf_init(&m);
         peers_announce_write(&m, a->replica, pods + at, k);
         if (aggregator_control_publish(a, "peers", &m))
@@ -175,6 +170,29 @@ static void learn_pods(struct aggregator *a, const struct bus_batch *b, uint64_t
         else /* the claims are announced again within PEER_TTL/4 (not deletions) */
             counter_add(&a->counters.peer_announcements_failed, 1);
         buf_free(&m);
+    }
+}
+
+static void learn_pods(struct aggregator *a, const struct bus_batch *b, uint64_t now)
+{
+    struct peers_pod pods[PEERS_ANNOUNCE_MAX_PODS + PEERS_GONE_MAX_PODS];
+    size_t n = peers_pods_from_events(b->events, b->n, now, pods, PEERS_ANNOUNCE_MAX_PODS);
+    size_t due = 0;
+
+    for (size_t i = 0; i < b->n_gone; i++)
+        pods[n++] = b->gone[i];
+    for (size_t i = 0; i < n; i++)
+        if (peers_observe(a->peers, &pods[i]) && due++ != i)
+            pods[due - 1] = pods[i];
+    announce_pods(a, pods, due);
+    if (b->present_at_ns) {
+        /* A new agent instance's pod list: the pods deleted while no agent watched the node
+         * are not in it. */
+        struct peers_pod *absent = malloc(ABSENT_ANNOUNCE_MAX * sizeof(*absent));
+        size_t k = peers_node_present(a->peers, intern(b->meta.node), b->present, b->n_present,
+                                      b->present_at_ns, absent, absent ? ABSENT_ANNOUNCE_MAX : 0);
+        announce_pods(a, absent, k);
+        free(absent);
     }
 }
 
