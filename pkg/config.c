@@ -118,8 +118,8 @@ static const struct key keys[] = {
     {"DNS_METRICS_MAX_SERIES", KIND_UINT, AGENT, NUM(dns_metrics_max_series), 1, 1000000, "1000",
      NULL, "DNS series on /metrics; more fold into workload=\"~other\" (1-1000000)"},
     {"REDACT_ARGS", KIND_REDACT, AGENT, STR(redact_args), 0, 0, "default", NULL,
-     "argument values replaced by *** in exec events: comma list of --NAME, -X, PROG:OPTION, "
-     "NAME=, url, default; or none"},
+     "argument values replaced by *** in exec events: comma list of --NAME, -X, -X+, "
+     "PROG:OPTION, NAME=, NAME:, url, default; or none"},
     {"CGROUP_ROOT", KIND_STRING, AGENT, STR(cgroup_root), 0, 0, NULL, NULL,
      "cgroup v2 mount to resolve pods from (default: detected; in a pod, the host's, mounted)"},
     {"CAPTURE_CGROUP", KIND_STRING, AGENT, STR(capture_cgroup), 0, 0, NULL, NULL,

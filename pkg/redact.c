@@ -1,9 +1,10 @@
 /*
  * Argument redaction (redact.h has the pattern syntax). Each argument is
  * rewritten on its own, left to right: an option pattern replaces its value
- * and ends the work on that argument; otherwise NAME= patterns and then URL
- * credentials are replaced wherever they occur in it. "***" contains neither
- * '=' nor "://", so a replacement never creates a new match.
+ * and ends the work on that argument; otherwise NAME= patterns (as KEY=VALUE
+ * and as JSON's "KEY":"VALUE"), header patterns and then URL credentials are
+ * replaced wherever they occur in it. "***" contains none of '=', '"', ':'
+ * or "://", so a replacement never creates a new match.
  */
 #include "redact.h"
 #include "errmsg.h"
@@ -14,17 +15,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define REDACT_NAME_MAX 64
 
 enum pattern_kind {
-    PAT_LONG,  /* --NAME */
-    PAT_SHORT, /* -X */
-    PAT_KEY,   /* NAME= */
+    PAT_LONG,   /* --NAME */
+    PAT_SHORT,  /* -X, or -X+ (next_value) */
+    PAT_KEY,    /* NAME= */
+    PAT_HEADER, /* NAME: */
 };
 
 struct pattern {
     enum pattern_kind kind;
+    bool next_value; /* -X+: an argument that is exactly -X makes the next one the value */
     char name[REDACT_NAME_MAX]; /* "--password", "-p", or the lowercased NAME of NAME= */
     size_t len;
     char prog[REDACT_NAME_MAX]; /* program it is limited to (redact.h); "" = any */
@@ -59,7 +63,7 @@ static int add_pattern(struct redact *r, const char *s, size_t len)
         r->url = true;
         return 0;
     }
-    if (colon && s[0] != '-') {
+    if (colon && s[0] != '-' && colon != s + len - 1) {
         size_t plen = (size_t)(colon - s);
         if (plen == 0 || plen >= sizeof(p.prog) || !all_name_chars(s, plen))
             return -EINVAL;
@@ -74,9 +78,17 @@ static int add_pattern(struct redact *r, const char *s, size_t len)
     if (len > 2 && s[0] == '-' && s[1] == '-' && all_name_chars(s + 2, len - 2)) {
         p.kind = PAT_LONG;
         memcpy(p.name, s, len);
-    } else if (len == 2 && s[0] == '-' && isalnum((unsigned char)s[1])) {
+    } else if ((len == 2 || (len == 3 && s[2] == '+')) && s[0] == '-' &&
+               isalnum((unsigned char)s[1])) {
         p.kind = PAT_SHORT;
+        p.next_value = len == 3;
+        len = 2;
         memcpy(p.name, s, len);
+    } else if (len > 1 && s[len - 1] == ':' && all_name_chars(s, len - 1)) {
+        p.kind = PAT_HEADER;
+        len--;
+        for (size_t i = 0; i < len; i++)
+            p.name[i] = (char)tolower((unsigned char)s[i]);
     } else if (!p.prog[0] && len > 1 && s[len - 1] == '=' && all_name_chars(s, len - 1)) {
         p.kind = PAT_KEY;
         len--;
@@ -200,6 +212,97 @@ static bool key_matches(const struct redact *r, const char *key, size_t len)
     return false;
 }
 
+/* Appends s[*copied..from) and the mask in place of s[from..to); true (a value replaced). */
+static bool mask(const char *s, size_t *copied, size_t from, size_t to, struct buf *out)
+{
+    buf_append(out, s + *copied, from - *copied);
+    buf_puts(out, REDACT_MASK);
+    *copied = to;
+    return true;
+}
+
+/*
+ * NAME= patterns over JSON's "KEY": "VALUE" in s (a request body on a command
+ * line, curl -d '{"password":"x"}'): the string's contents are replaced, up to
+ * its closing quote (an escaped one is part of it) or the end of s. Appends
+ * the rewritten text to out; returns values replaced.
+ */
+static size_t redact_json_keys(const struct redact *r, const char *s, size_t len, struct buf *out)
+{
+    size_t count = 0, copied = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] != ':')
+            continue;
+        size_t q = i; /* the key's closing quote, before any white space */
+        while (q > copied && (s[q - 1] == ' ' || s[q - 1] == '\t'))
+            q--;
+        if (q == copied || s[--q] != '"')
+            continue;
+        const char *open = q > copied ? memrchr(s + copied, '"', q - copied) : NULL;
+        size_t v = i + 1;
+        while (v < len && (s[v] == ' ' || s[v] == '\t'))
+            v++;
+        if (!open || v == len || s[v] != '"' ||
+            !key_matches(r, open + 1, (size_t)(s + q - open - 1)))
+            continue;
+        size_t end = ++v;
+        while (end < len && s[end] != '"')
+            end += s[end] == '\\' && end + 1 < len ? 2 : 1;
+        if (end > len)
+            end = len;
+        if (!nothing_to_hide(s + v, end - v))
+            count += mask(s, &copied, v, end, out);
+        i = end;
+    }
+    buf_append(out, s + copied, len - copied);
+    return count;
+}
+
+/*
+ * Header patterns over s: "NAME: VALUE" where NAME starts s or follows a
+ * character that cannot be part of a header name (curl -H 'Authorization:
+ * Bearer x', wget --header='Authorization: ...'), any case. An authorization
+ * scheme, a first word of name characters followed by a space, stays
+ * ("Bearer ***"); the rest
+ * is replaced up to a quote or the end of s. Appends the rewritten text to
+ * out; returns values replaced.
+ */
+static size_t redact_headers(const struct redact *r, const char *s, size_t len, struct buf *out)
+{
+    size_t count = 0, copied = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] != ':')
+            continue;
+        size_t k = i;
+        while (k > copied && (isalnum((unsigned char)s[k - 1]) || s[k - 1] == '-' ||
+                              s[k - 1] == '_' || s[k - 1] == '.'))
+            k--;
+        bool named = false;
+        for (size_t j = 0; j < r->n && !named; j++)
+            named = r->pats[j].kind == PAT_HEADER && r->pats[j].len == i - k &&
+                    strncasecmp(s + k, r->pats[j].name, i - k) == 0;
+        if (!named)
+            continue;
+        size_t v = i + 1, end;
+        while (v < len && s[v] == ' ')
+            v++;
+        for (end = v; end < len && s[end] != '\'' && s[end] != '"';)
+            end++;
+        const char *space = memchr(s + v, ' ', end - v);
+        if (space && all_name_chars(s + v, (size_t)(space - s) - v)) {
+            /* the scheme, and the spaces after it */
+            v = (size_t)(space - s);
+            while (v < end && s[v] == ' ')
+                v++;
+        }
+        if (!nothing_to_hide(s + v, end - v))
+            count += mask(s, &copied, v, end, out);
+        i = end > i ? end - 1 : i;
+    }
+    buf_append(out, s + copied, len - copied);
+    return count;
+}
+
 /* NAME= patterns over s: appends the rewritten text to out; returns values replaced. */
 static size_t redact_keys(const struct redact *r, const char *s, size_t len, struct buf *out)
 {
@@ -220,11 +323,8 @@ static size_t redact_keys(const struct redact *r, const char *s, size_t len, str
                 end++;
         if (nothing_to_hide(s + i + 1, end - i - 1))
             continue;
-        buf_append(out, s + copied, i + 1 - copied);
-        buf_puts(out, REDACT_MASK);
-        copied = end;
+        count += mask(s, &copied, i + 1, end, out);
         i = end - 1;
-        count++;
     }
     buf_append(out, s + copied, len - copied);
     return count;
@@ -237,8 +337,9 @@ static bool is_scheme_char(unsigned char c)
 
 /*
  * "SCHEME://USER:PASSWORD@" anywhere in s: appends the rewritten text; returns values replaced.
- * cut says s may have lost its end to the argv bound: an authority running to that end without
- * its '@' may be "USER:PASSWO", so what follows its ':' is hidden too.
+ * The authority ends at '/', '?', '#', white space or a quote (a URL inside a quoted header or
+ * JSON string ends with it). cut says s may have lost its end to the argv bound: an authority
+ * running to that end without its '@' may be "USER:PASSWO", so what follows its ':' is hidden too.
  */
 static size_t redact_urls(const char *s, size_t len, bool cut, struct buf *out)
 {
@@ -247,7 +348,7 @@ static size_t redact_urls(const char *s, size_t len, bool cut, struct buf *out)
         if (memcmp(s + i, "://", 3) != 0 || !is_scheme_char((unsigned char)s[i - 1]))
             continue;
         size_t auth = i + 3, end = auth, at = 0;
-        while (end < len && !strchr("/?# \t\n\r\f\v", s[end])) {
+        while (end < len && !strchr("/?#'\" \t\n\r\f\v", s[end])) {
             if (s[end] == '@')
                 at = end;
             end++;
@@ -255,13 +356,8 @@ static size_t redact_urls(const char *s, size_t len, bool cut, struct buf *out)
         if (!at && cut && end == len)
             at = len; /* "USER:PASSWO" cut before its '@' */
         const char *colon = at ? memchr(s + auth, ':', at - auth) : NULL;
-        if (colon && !nothing_to_hide(colon + 1, (size_t)(s + at - colon - 1))) {
-            size_t from = (size_t)(colon + 1 - s);
-            buf_append(out, s + copied, from - copied);
-            buf_puts(out, REDACT_MASK);
-            copied = at;
-            count++;
-        }
+        if (colon && !nothing_to_hide(colon + 1, (size_t)(s + at - colon - 1)))
+            count += mask(s, &copied, (size_t)(colon + 1 - s), at, out);
         i = end > i ? end - 1 : i;
     }
     buf_append(out, s + copied, len - copied);
@@ -278,10 +374,10 @@ static int redact_option(const struct redact *r, const bool *active, const char 
 {
     for (size_t i = 0; i < r->n; i++) {
         const struct pattern *p = &r->pats[i];
-        if (p->kind == PAT_KEY || (p->prog[0] && !active[i]) || len < p->len ||
-            memcmp(a, p->name, p->len) != 0)
+        if (p->kind == PAT_KEY || p->kind == PAT_HEADER || (p->prog[0] && !active[i]) ||
+            len < p->len || memcmp(a, p->name, p->len) != 0)
             continue;
-        if (p->kind == PAT_LONG && len == p->len)
+        if ((p->kind == PAT_LONG || p->next_value) && len == p->len)
             return 2;
         size_t vstart = p->kind == PAT_LONG ? p->len + 1 : p->len;
         if (p->kind == PAT_LONG && a[p->len] != '=')
@@ -308,10 +404,11 @@ size_t redact_args(const struct redact *r, const char *args, size_t len, size_t 
     const char *end = args + len;
     size_t count = 0;
     bool next_is_value = false, active[REDACT_MAX_PATTERNS] = {false};
-    struct buf tmp;
+    struct buf tmp, tmp2;
 
     buf_reset(out);
     buf_init(&tmp);
+    buf_init(&tmp2);
     for (const char *a = args; a < end;) {
         size_t n = arg_len(a, end), start = out->len, before = count;
         int opt = 0;
@@ -326,6 +423,13 @@ size_t redact_args(const struct redact *r, const char *args, size_t len, size_t 
             buf_reset(&tmp);
             buf_append(&tmp, "", 0); /* data is never NULL below */
             count += redact_keys(r, a, n, &tmp);
+            buf_reset(&tmp2);
+            buf_append(&tmp2, "", 0);
+            count += redact_json_keys(r, tmp.data, tmp.len, &tmp2);
+            buf_reset(&tmp);
+            buf_append(&tmp, "", 0);
+            count += redact_headers(r, tmp2.data, tmp2.len, &tmp);
+            out->oom |= tmp2.oom;
             /* the last argument of a truncated argv may have been cut at the bound */
             bool cut = *truncated && a + n + 1 >= end;
             if (r->url)
@@ -349,6 +453,7 @@ size_t redact_args(const struct redact *r, const char *args, size_t len, size_t 
         a += n + 1;
     }
     buf_free(&tmp);
+    buf_free(&tmp2);
     return count;
 }
 

@@ -13,6 +13,9 @@
  *   -X            (one dash, one letter or digit) "-XVALUE" becomes "-X***";
  *                 the next argument is never touched ("mysql -p db" prompts,
  *                 and db is the database).
+ *   -X+           the same, for an option that always takes a value: an
+ *                 argument that is exactly "-X" makes the next one "***"
+ *                 ("curl -u user:password").
  *   PROG:OPTION   OPTION (either form above) only in the arguments after one
  *                 whose basename is PROG: argv[0], or a later one as in
  *                 "sudo mysql -p..." ("mysql:-p": "-p" is a port for ssh...).
@@ -23,6 +26,13 @@
  *                 argument when KEY starts it ("DB_PASSWORD=x",
  *                 "--db-password=x"), else to the next '&', ';' or white
  *                 space ("https://h/?access_token=x&a=1", "sh -c 'a token=x'").
+ *                 Also JSON's "KEY": "VALUE" (curl -d '{"password":"x"}'):
+ *                 the string's contents, to its closing quote.
+ *   NAME:         a header: the VALUE of "NAME: VALUE" (NAME any case, at the
+ *                 start of an argument or after a character no header name
+ *                 holds, as in "--header=Authorization: ..."), to a quote or
+ *                 the end of the argument; an authorization scheme, a first
+ *                 word followed by a space, stays: "Authorization: Bearer ***".
  *   url           URL credentials: "SCHEME://USER:PASSWORD@" becomes
  *                 "SCHEME://USER:***@" anywhere in an argument.
  *   default       the default list, REDACT_DEFAULT_PATTERNS.
@@ -45,7 +55,9 @@
 #define REDACT_DEFAULT_PATTERNS                                                                    \
     "--password,--passwd,--token,--secret,--api-key,--apikey,--access-token,--auth-token,"         \
     "--client-secret,--nats-password,--nats-token,--api-token,mysql:-p,mariadb:-p,mysqldump:-p,"   \
-    "mysqladmin:-p,password=,passwd=,secret=,token=,apikey=,api_key=,url"
+    "mysqladmin:-p,curl:-u+,curl:--user,curl:-U+,curl:--proxy-user,sshpass:-p+,password=,"         \
+    "passwd=,secret=,token=,apikey=,api_key=,authorization:,proxy-authorization:,x-api-key:,"      \
+    "x-auth-token:,cookie:,url"
 
 #define REDACT_MAX_PATTERNS 64
 

@@ -548,22 +548,54 @@ Test(e2e_agent, secrets_in_argv_are_redacted_before_storing)
         cr_expect_str_eq(json_string_value(json_array_get(args, i)), want[i]);
     json_decref(ev);
 
+    /* A real curl with a user's password, a bearer token and a JSON body (to a closed port). */
+    pid = fork();
+    if (pid == 0) {
+        execl("/usr/bin/curl", "curl", "-s", "-o", "/dev/null", "-u", "admin:cu-e2e-5150", "-H",
+              "Authorization: Bearer ab-e2e-8086", "-d",
+              "{\"user\":\"a\",\"password\":\"js-e2e-6502\"}", "http://127.0.0.1:9/", (char *)NULL);
+        _exit(127);
+    }
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) != 127, "curl did not run");
+    snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d", pid);
+    ev = wait_strict(q, pid, 1, 10000);
+    cr_assert(ev, "no exec event for curl, pid %d", pid);
+    args = json_object_get(ev, "args");
+    static const char *const want_curl[] = {"curl",
+                                            "-s",
+                                            "-o",
+                                            "/dev/null",
+                                            "-u",
+                                            "***",
+                                            "-H",
+                                            "Authorization: Bearer ***",
+                                            "-d",
+                                            "{\"user\":\"a\",\"password\":\"***\"}",
+                                            "http://127.0.0.1:9/"};
+    cr_assert_eq(json_array_size(args), 11, "args: %s", json_dumps(args, 0));
+    for (size_t i = 0; i < 11; i++)
+        cr_expect_str_eq(json_string_value(json_array_get(args, i)), want_curl[i]);
+    json_decref(ev);
+
     char *raw;
     json_decref(get_strict("/api/events?limit=10000", &raw));
-    static const char *const secrets[] = {"hunter2", "tok-e2e-31337", "pw-e2e-4242", "pg-e2e-77"};
-    for (size_t i = 0; i < 4; i++)
+    static const char *const secrets[] = {"hunter2",    "tok-e2e-31337", "pw-e2e-4242",
+                                          "pg-e2e-77",  "cu-e2e-5150",   "ab-e2e-8086",
+                                          "js-e2e-6502"};
+    for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++)
         cr_expect_null(strstr(raw, secrets[i]), "%s is in /api/events", secrets[i]);
     free(raw);
 
     json_t *st = get_strict("/api/stats", NULL);
-    cr_expect_geq(tu_jint(st, "args_redacted"), 4);
+    cr_expect_geq(tu_jint(st, "args_redacted"), 7);
     cr_expect_eq(tu_jint(st, "args_redact_failed"), 0);
     json_decref(st);
     struct tu_http m;
     cr_assert_eq(tu_http_get(agent.port, "/metrics", NULL, &m), 0);
     const char *line = strstr(m.body, "\nebpf_agent_args_redacted_total ");
     cr_assert(line, "no ebpf_agent_args_redacted_total in /metrics");
-    cr_expect_geq(strtoull(line + strlen("\nebpf_agent_args_redacted_total "), NULL, 10), 4);
+    cr_expect_geq(strtoull(line + strlen("\nebpf_agent_args_redacted_total "), NULL, 10), 7);
     tu_http_free(&m);
 }
 

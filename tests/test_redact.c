@@ -103,6 +103,59 @@ Test(redact, mysql_family_short_p_attached_only)
     DEF("-psecret", "-psecret", 0);
 }
 
+/* Options that always take a value: attached, or the next argument. */
+Test(redact, curl_and_sshpass_credentials_attached_or_next)
+{
+    DEF("curl|-u|admin:s3cret|https://h/", "curl|-u|***|https://h/", 1);
+    DEF("curl|-uadmin:s3cret|https://h/", "curl|-u***|https://h/", 1);
+    DEF("curl|--user|admin:s3cret|-U|p:q|https://h/", "curl|--user|***|-U|***|https://h/", 2);
+    DEF("/usr/bin/curl|--user=admin:s3cret|--proxy-user|p:q",
+        "/usr/bin/curl|--user=***|--proxy-user|***", 2);
+    DEF("sshpass|-p|pw|ssh|host", "sshpass|-p|***|ssh|host", 1);
+    DEF("sshpass|-ppw|ssh|-p|22|host", "sshpass|-p***|ssh|-p|***|host", 2);
+    /* Only for those programs: -u is a user elsewhere. */
+    DEF("sudo|-u|postgres|psql", "sudo|-u|postgres|psql", 0);
+    /* A user pattern of the same form. */
+    check("prog:-k+", "prog|-k|key|-kkey|-k", "prog|-k|***|-k***|-k", 2);
+}
+
+/* HTTP headers on a command line: the value, after an authorization scheme. */
+Test(redact, header_values)
+{
+    DEF("curl|-H|Authorization: Bearer eyJhbGciOi|https://h/",
+        "curl|-H|Authorization: Bearer ***|https://h/", 1);
+    DEF("curl|-H|authorization:Basic YWRtaW46cw==", "curl|-H|authorization:Basic ***", 1);
+    DEF("curl|-H|Authorization: abc123", "curl|-H|Authorization: ***", 1);
+    DEF("wget|--header=Proxy-Authorization: Basic eA==|--header=X-Api-Key:k1",
+        "wget|--header=Proxy-Authorization: Basic ***|--header=X-Api-Key:***", 2);
+    DEF("curl|-H|X-Auth-Token: t|-H|Cookie: session=abc; theme=dark",
+        "curl|-H|X-Auth-Token: ***|-H|Cookie: ***", 2);
+    /* In a script: up to the quote that ends it. */
+    DEF("sh|-c|curl -H 'Authorization: Bearer t0k' https://h/",
+        "sh|-c|curl -H 'Authorization: Bearer ***' https://h/", 1);
+    /* Another header, or the name inside a longer one, is left alone. */
+    DEF("curl|-H|Accept: text/html|-H|X-Authorization-Hint: a",
+        "curl|-H|Accept: text/html|-H|X-Authorization-Hint: a", 0);
+    DEF("curl|-H|Authorization:|-H|Authorization: Bearer",
+        "curl|-H|Authorization:|-H|Authorization: ***", 1);
+}
+
+/* JSON bodies: a string value whose key holds a NAME= pattern's name. */
+Test(redact, json_string_values)
+{
+    DEF("curl|-d|{\"user\":\"bob\",\"password\":\"hunter2\",\"n\":1}",
+        "curl|-d|{\"user\":\"bob\",\"password\":\"***\",\"n\":1}", 1);
+    DEF("curl|--data|{ \"Access_Token\" :  \"a\\\"b\", \"client_secret\": \"c\" }",
+        "curl|--data|{ \"Access_Token\" :  \"***\", \"client_secret\": \"***\" }", 2);
+    DEF("curl|-d|{\"api_key\": \"k\", \"token\":\"t\"}",
+        "curl|-d|{\"api_key\": \"***\", \"token\":\"***\"}", 2);
+    /* Cut at the bound: to the end of the argument. */
+    DEF("curl|-d|{\"password\":\"hunt", "curl|-d|{\"password\":\"***", 1);
+    /* Not a string, empty, or another key: left alone. */
+    DEF("curl|-d|{\"password\":null,\"secret\":\"\",\"name\":\"x\"}",
+        "curl|-d|{\"password\":null,\"secret\":\"\",\"name\":\"x\"}", 0);
+}
+
 Test(redact, key_value_names_ignore_case)
 {
     DEF("env|DB_PASSWORD=s3cr=t|app", "env|DB_PASSWORD=***|app", 1);
@@ -235,7 +288,10 @@ Test(redact, bad_patterns_are_named)
         {"password", "\"password\""},
         {"=", "\"=\""},
         {"pass word=", "\"pass word=\""},
-        {"mysql:", "\"mysql:\""},
+        {"mysql:x", "\"mysql:x\""},
+        {"a b:", "\"a b:\""},
+        {"-p++", "\"-p++\""},
+        {"--pass+", "\"--pass+\""},
         {":-p", "\":-p\""},
         {"mysql:password=", "\"mysql:password=\""},
         {"a/b:-p", "\"a/b:-p\""},

@@ -5,8 +5,8 @@
  * the output is whole NUL-terminated arguments within the bound, one per
  * input argument unless truncated, each unchanged or carrying "***";
  * redacting the output again changes nothing; and with the default
- * patterns no value of a --password-like option or PASSWORD-like KEY= is
- * left in clear.
+ * patterns no value of a --password-like option, PASSWORD-like KEY=, JSON
+ * "password" string or Authorization header is left in clear.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -48,6 +48,51 @@ static bool is_mask_or_empty(const char *v, size_t n)
     return n == 0 || (n == 3 && memcmp(v, "***", 3) == 0);
 }
 
+/* An "Authorization:" header argument's credentials (after its scheme) in clear. */
+static bool header_in_clear(const char *a, size_t n)
+{
+    size_t h = sizeof("authorization:") - 1, v = h, end;
+    if (n < h || strncasecmp(a, "authorization:", h) != 0)
+        return false;
+    while (v < n && a[v] == ' ')
+        v++;
+    for (end = v; end < n && a[end] != '\'' && a[end] != '"';)
+        end++;
+    const char *space = memchr(a + v, ' ', end - v);
+    bool scheme = space != NULL;
+    for (const char *c = a + v; scheme && c < space; c++)
+        scheme = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+                 *c == '_' || *c == '.' || *c == '-';
+    if (scheme)
+        for (v = (size_t)(space - a); v < end && a[v] == ' ';)
+            v++;
+    return !is_mask_or_empty(a + v, end - v);
+}
+
+/* JSON's "password":"VALUE" in the argument with VALUE in clear (to its closing quote). */
+static bool json_in_clear(const char *a, size_t n)
+{
+    static const char key[] = "\"password\"";
+    for (const char *k = memmem(a, n, key, sizeof(key) - 1); k;
+         k = memmem(k + 1, n - (size_t)(k + 1 - a), key, sizeof(key) - 1)) {
+        size_t v = (size_t)(k - a) + sizeof(key) - 1;
+        while (v < n && (a[v] == ' ' || a[v] == '\t'))
+            v++;
+        if (v == n || a[v] != ':')
+            continue;
+        for (v++; v < n && (a[v] == ' ' || a[v] == '\t');)
+            v++;
+        if (v == n || a[v] != '"')
+            continue;
+        size_t end = ++v;
+        while (end < n && a[end] != '"')
+            end += a[end] == '\\' && end + 1 < n ? 2 : 1;
+        if (!is_mask_or_empty(a + v, (end < n ? end : n) - v))
+            return true;
+    }
+    return false;
+}
+
 /* With the default patterns: what must never survive in clear. */
 static void check_default_leaks(const struct buf *out)
 {
@@ -67,6 +112,8 @@ static void check_default_leaks(const struct buf *out)
             if (n == ol && memcmp(a, opts[k], ol) == 0 && next && !is_mask_or_empty(next, m))
                 abort(); /* --password VALUE in clear */
         }
+        if (header_in_clear(a, n) || json_in_clear(a, n))
+            abort();
         /* KEY=VALUE where KEY (name characters from the start) names a secret. */
         const char *eq = memchr(a, '=', n);
         if (!eq || eq == a)
