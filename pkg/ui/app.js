@@ -674,7 +674,9 @@ async function refreshNodes() {
     replicas = n.replicas;
   }
   const cards = $('#loss');
-  const stream = s.stream.dropped + (s.stream.publish_dropped || 0);
+  // As ebpf_*_stream_dropped_total: stream.dropped holds publish_dropped already; an aggregator's
+  // stream also misses what its bus subscription dropped.
+  const stream = s.stream.dropped + (s.stream.bus_dropped || 0);
   const list = [card('events', s.total_events), card('kernel drops', s.kernel_drops, s.kernel_drops > 0, 'kernel-drops'),
     card('runs the kernel skipped', s.kernel_missed, s.kernel_missed > 0, 'kernel-missed')];
   if (serverKind === 'aggregator') {
