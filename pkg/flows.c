@@ -1035,6 +1035,28 @@ void flows_stats_json(struct flows *f, struct buf *out)
                st.events, st.ignored, st.failed);
 }
 
+void flows_stats_metrics(struct flows *f, const char *prefix, struct buf *b)
+{
+    struct flows_stats st;
+    char n[96];
+
+    flows_get_stats(f, &st);
+    snprintf(n, sizeof(n), "%s_flow_buckets", prefix);
+    api_metric(b, n, "gauge",
+               "Per-minute flow buckets (edge-minutes) held for /api/flows, of FLOW_MAX_EDGES.",
+               st.edge_minutes);
+    snprintf(n, sizeof(n), "%s_flow_bytes", prefix);
+    api_metric(b, n, "gauge", "Memory the flow buckets take, as allocated.", st.bytes);
+    snprintf(n, sizeof(n), "%s_flow_evicted_total", prefix);
+    api_metric_header(
+        b, n, "counter",
+        "Flow buckets evicted, by limit (FLOW_MAX_EDGES: full, FLOW_RETENTION: age).");
+    api_metric_labelled(b, n, "reason", "full", st.evicted_full);
+    api_metric_labelled(b, n, "reason", "age", st.evicted_age);
+    snprintf(n, sizeof(n), "%s_flow_failed_total", prefix);
+    api_metric(b, n, "counter", "Events not counted into the flows for want of memory.", st.failed);
+}
+
 size_t flows_minute_bytes(void)
 {
     return sizeof(struct flows_minute) + sizeof(struct flows_node *);

@@ -213,6 +213,9 @@ void flows_get_stats(struct flows *f, struct flows_stats *out);
 /* {"edges","edge_minutes","bytes","capacity","evicted_full","evicted_age","events","ignored","failed"}
  */
 void flows_stats_json(struct flows *f, struct buf *out);
+/* The same bounds and losses as Prometheus text: <prefix>_flow_buckets, <prefix>_flow_bytes,
+ * <prefix>_flow_evicted_total{reason="full"|"age"}, <prefix>_flow_failed_total. */
+void flows_stats_metrics(struct flows *f, const char *prefix, struct buf *b);
 
 /*
  * The /api/flows body without its closing brace: {"edges":[...],"count":n,

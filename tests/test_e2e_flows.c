@@ -515,3 +515,64 @@ Test(e2e_flows, metrics_stay_valid_whatever_a_process_is_called, .fini = stop_al
     stop_all();
     remove_logs();
 }
+
+/* The value of the sample whose name and labels are exactly series in a /metrics body; -1 when
+ * absent. */
+static double sample_value(const char *body, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *at = body; (at = strstr(at, series)) != NULL; at += n)
+        if ((at == body || at[-1] == '\n') && at[n] == ' ')
+            return strtod(at + n + 1, NULL);
+    return -1;
+}
+
+static json_int_t agent_flows_stat(const char *key)
+{
+    json_t *j = tu_fetch_json(agent.port, "/api/stats");
+    json_int_t v = json_integer_value(json_object_get(json_object_get(j, "flows"), key));
+    json_decref(j);
+    return v;
+}
+
+/*
+ * The agent keeps its node's flows within FLOW_MAX_EDGES too, and what it evicts
+ * for room is loss a scrape must see, as on the aggregator: refused connects to
+ * more closed ports than the bound (one edge-minute each) evict buckets, counted
+ * in /api/stats' flows and in the agent's /metrics alike.
+ */
+Test(e2e_flows, agent_metrics_count_the_flow_buckets_it_evicts, .fini = stop_all, .timeout = 60)
+{
+    enum { MAX_EDGES = 16, PORTS = 40 };
+    const char *extra[] = {"--flow-max-edges", "16", "--event-types", "connection", NULL};
+    struct tu_http r;
+
+    tu_agent_start(&agent, "flows-evict-node", extra);
+    for (int i = 0; i < PORTS; i++)
+        connect_refused(refused_port());
+    json_int_t evicted = 0;
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    while ((evicted = agent_flows_stat("evicted_full")) < PORTS - MAX_EDGES) {
+        cr_assert(tu_mono_ms() < deadline, "the agent evicted %" JSON_INTEGER_FORMAT " buckets",
+                  evicted);
+        usleep(20000);
+    }
+
+    metrics_checked(agent.port, &r);
+    double full = sample_value(r.body, "ebpf_agent_flow_evicted_total{reason=\"full\"}");
+    double age = sample_value(r.body, "ebpf_agent_flow_evicted_total{reason=\"age\"}");
+    double buckets = sample_value(r.body, "ebpf_agent_flow_buckets");
+    double failed = sample_value(r.body, "ebpf_agent_flow_failed_total");
+    double bytes = sample_value(r.body, "ebpf_agent_flow_bytes");
+    tu_http_free(&r);
+    /* Counters only grow (the agent sees the whole host), so /metrics, read after /api/stats,
+     * holds at least what it said. */
+    cr_assert_geq(full, (double)evicted,
+                  "evicted for room: /metrics %g, /api/stats %" JSON_INTEGER_FORMAT, full, evicted);
+    cr_assert_geq(age, 0, "no ebpf_agent_flow_evicted_total{reason=\"age\"}");
+    cr_assert_geq(failed, 0, "no ebpf_agent_flow_failed_total");
+    cr_assert(buckets >= 1 && buckets <= MAX_EDGES, "ebpf_agent_flow_buckets %g", buckets);
+    cr_assert_gt(bytes, 0, "ebpf_agent_flow_bytes %g", bytes);
+    stop_all();
+    remove_logs();
+}

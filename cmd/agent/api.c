@@ -418,6 +418,7 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                             progs[i].status == CAPTURE_PROGRAM_ATTACHED);
     ss.failed += load(&a->store_failed);
     api_store_metrics(b, "ebpf_agent", &ss);
+    flows_stats_metrics(a->flows, "ebpf_agent", b);
     api_metric(b, "ebpf_agent_args_redacted_total", "counter",
                "Exec argument values replaced by *** (REDACT_ARGS).", load(&a->args_redacted));
     api_metric(b, "ebpf_agent_args_redact_failed_total", "counter",

@@ -682,17 +682,7 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                "Flow buckets (edge-minutes) stopped replicas could not hand over to the replicas "
                "that remain: what they counted for /api/flows left with them.",
                counter_get(&c->flows_departed));
-    struct flows_stats fs;
-    flows_get_stats(a->flows, &fs);
-    api_metric(b, "ebpf_aggregator_flow_buckets", "gauge",
-               "Per-minute flow buckets (edge-minutes) this replica holds for /api/flows.",
-               fs.edge_minutes);
-    api_metric(b, "ebpf_aggregator_flow_bytes", "gauge",
-               "Memory the flow buckets of this replica take, as allocated.", fs.bytes);
-    api_metric_header(b, "ebpf_aggregator_flow_evicted_total", "counter",
-                      "Flow buckets evicted by this replica, by limit.");
-    api_metric_labelled(b, "ebpf_aggregator_flow_evicted_total", "reason", "full", fs.evicted_full);
-    api_metric_labelled(b, "ebpf_aggregator_flow_evicted_total", "reason", "age", fs.evicted_age);
+    flows_stats_metrics(a->flows, "ebpf_aggregator", b);
     aggregator_peers_metrics(a, b);
     /* Per edge, this replica's share: sum over replicas in the monitoring system. */
     flows_series_metrics(a->flows, b);
