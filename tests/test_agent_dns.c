@@ -7,6 +7,7 @@
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -327,6 +328,10 @@ Test(dns_agent, a_tcp_message_in_several_segments_is_taken_whole)
     cr_assert_eq(st.tcp_partial_dropped, 1);
     cr_assert_eq(st.tracker.pending, 0);
     cr_assert_eq(ngot, 0);
+    struct buf m = {0};
+    dns_agent_metrics(d, 0, &m);
+    buf_putc(&m, '\0');
+    cr_assert(strstr(m.data, "\nebpf_agent_dns_tcp_partial_dropped_total 1\n"), "%s", m.data);
 
     /* A held message's next segment the capture copied only in part is one truncated
      * message, counted once. */
@@ -347,6 +352,14 @@ Test(dns_agent, a_tcp_message_in_several_segments_is_taken_whole)
     dns_agent_expire(d, 32 * SEC);
     dns_agent_get_stats(d, &st);
     cr_assert_eq(st.truncated, before + 1);
+    m.len = 0;
+    dns_agent_metrics(d, 0, &m);
+    buf_putc(&m, '\0');
+    char want[80];
+    snprintf(want, sizeof(want), "\nebpf_agent_dns_truncated_total %" PRIu64 "\n", before + 1);
+    cr_assert(strstr(m.data, want), "%s", m.data);
+    cr_assert(strstr(m.data, "\nebpf_agent_dns_no_memory_total 0\n"), "%s", m.data);
+    buf_free(&m);
     reset();
     connection_next();
     dns_agent_free(d);

@@ -820,6 +820,16 @@ void dns_agent_metrics(struct dns_agent *d, uint64_t kernel_suppressed, struct b
                "DNS-over-TCP segments skipped: only bytes already taken (retransmitted, "
                "duplicated) or outside the TCP window (forged).",
                s.tcp_not_next);
+    api_metric(b, "ebpf_agent_dns_truncated_total", "counter",
+               "DNS messages the capture copied only in part (records past the copy are missing).",
+               s.truncated);
+    api_metric(b, "ebpf_agent_dns_tcp_partial_dropped_total", "counter",
+               "DNS-over-TCP messages dropped unfinished: their last bytes never came, or did "
+               "not fit.",
+               s.tcp_partial_dropped);
+    api_metric(b, "ebpf_agent_dns_no_memory_total", "counter",
+               "DNS queries or events lost, and names not cached, for want of memory.",
+               s.tracker.oom + s.names.oom);
     api_metric(b, "ebpf_agent_dns_pending", "gauge", "DNS queries awaiting their answer.",
                s.tracker.pending);
     api_metric(b, "ebpf_agent_dns_evicted_total", "counter",
