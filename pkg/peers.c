@@ -34,6 +34,8 @@ struct claim {
     uint32_t lru_prev, lru_next;
 };
 
+#define PEERS_LIST_SLOTS 256
+
 struct peers {
     pthread_mutex_t lock;
     uint64_t ttl_ns, grace_ns;
@@ -52,6 +54,11 @@ struct peers {
     size_t live_cap;
     uint64_t live_built;
     bool live_ok;
+    /* When each node's last pod list was applied (peers_node_present(), list_due()). */
+    struct {
+        const char *node;
+        uint64_t at;
+    } lists[PEERS_LIST_SLOTS];
 };
 
 static const char *const result_names[PEERS_RESULT_COUNT] = {
@@ -448,8 +455,36 @@ static int ptr_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/*
+ * Whether node's pod list may be applied at now: not within a second of its last. Its entry is
+ * one of 8 slots from its name's hash; with none its own, the stalest of them is taken over.
+ * Lock held.
+ */
+static bool list_due(struct peers *p, const char *node, uint64_t now)
+{
+    size_t h = (size_t)(((uintptr_t)node * 0x9e3779b97f4a7c15ull) >> 56), take = h;
+
+    for (size_t i = 0; i < 8; i++) {
+        size_t j = (h + i) & (PEERS_LIST_SLOTS - 1);
+        if (p->lists[j].node == node) {
+            if (now >= p->lists[j].at && now - p->lists[j].at < 1000000000ull)
+                return false;
+            take = j;
+            break;
+        }
+        if (!p->lists[j].node || p->lists[j].at < p->lists[take & (PEERS_LIST_SLOTS - 1)].at)
+            take = j;
+        if (!p->lists[j].node)
+            break;
+    }
+    take &= PEERS_LIST_SLOTS - 1;
+    p->lists[take].node = node;
+    p->lists[take].at = now;
+    return true;
+}
+
 size_t peers_node_present(struct peers *p, const char *node, const char *const *uids, size_t n,
-                          uint64_t at_ns, struct peers_pod *out, size_t max)
+                          uint64_t at_ns, uint64_t now, struct peers_pod *out, size_t max)
 {
     const char **sorted = malloc((n ? n : 1) * sizeof(*sorted));
     size_t written = 0;
@@ -461,6 +496,13 @@ size_t peers_node_present(struct peers *p, const char *node, const char *const *
     memcpy(sorted, uids, n * sizeof(*sorted));
     qsort(sorted, n, sizeof(*sorted), ptr_cmp);
     pthread_mutex_lock(&p->lock);
+    if (!list_due(p, node, now)) {
+        p->st.lists_skipped++;
+        pthread_mutex_unlock(&p->lock);
+        free(sorted);
+        return 0;
+    }
+    p->st.lists++;
     for (uint32_t i = 0; i < p->max; i++) {
         struct claim *c = &p->pool[i];
         if (c->node != node || !c->uid || !c->reported || c->first_seen >= at_ns ||

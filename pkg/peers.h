@@ -72,9 +72,11 @@ struct peers_stats {
     uint64_t capacity;
     uint64_t lookups;
     uint64_t results[PEERS_RESULT_COUNT];
-    uint64_t evicted; /* claims pushed out by the bound */
-    uint64_t gone;    /* claims ended by their pod's deletion (peers_observe with gone_ns) */
-    uint64_t expired; /* stale claims removed after their time */
+    uint64_t evicted;       /* claims pushed out by the bound */
+    uint64_t gone;          /* claims ended by their pod's deletion (peers_observe with gone_ns) */
+    uint64_t expired;       /* stale claims removed after their time */
+    uint64_t lists;         /* nodes' pod lists applied (peers_node_present) */
+    uint64_t lists_skipped; /* pod lists of a node that sent one less than a second before */
 };
 
 struct peers;
@@ -238,9 +240,12 @@ int peers_present_parse(const char *data, size_t len, uint64_t *at_ns, const cha
  * node's agent listed its pods. Writes the ended claims into out (at most
  * max, the rest still ended) as deletions of one address each, for the
  * caller to announce, and returns how many it wrote. Counted as gone.
+ * Each list scans every claim held: a node's next list within a second of
+ * its last (now, realtime ns) is skipped, counted (an agent sends one per
+ * process; a flood of them would hold the map's lock).
  */
 size_t peers_node_present(struct peers *p, const char *node, const char *const *uids, size_t n,
-                          uint64_t at_ns, struct peers_pod *out, size_t max);
+                          uint64_t at_ns, uint64_t now, struct peers_pod *out, size_t max);
 
 /*
  * The names replicas announce to each other (here and pkg/joins.c): written

@@ -823,6 +823,9 @@ Test(e2e_peers, a_pod_deleted_while_its_agent_was_down_is_no_longer_named)
           "node B's pod is no longer named: %s", peer);
     json_t *st = api(&r1, "/api/stats");
     check(jpath_int(st, "peers", "gone") == 2, "only client-7f9c's claim ended, on each replica");
+    check(jpath_int(st, "peers", "pod_lists") == 1 &&
+              jpath_int(st, "peers", "pod_lists_skipped") == 0,
+          "one pod list applied");
     json_decref(st);
     remove_logs();
 }

@@ -788,7 +788,7 @@ Test(peers, a_nodes_pod_list_ends_the_claims_of_pods_it_lacks)
     peers_observe(p, &other);
     peers_observe(p, &late);
     const char *listed[] = {intern("uid-kept"), intern("uid-elsewhere")};
-    size_t k = peers_node_present(p, intern("node-a"), listed, 2, 20 * SEC, out, 8);
+    size_t k = peers_node_present(p, intern("node-a"), listed, 2, 20 * SEC, 21 * SEC, out, 8);
     cr_assert_eq(k, 1);
     cr_assert_eq(out[0].pod, intern("old"));
     cr_assert_eq(out[0].gone_ns, 20 * SEC);
@@ -806,13 +806,23 @@ Test(peers, a_nodes_pod_list_ends_the_claims_of_pods_it_lacks)
     gone_pod.seen_ns = 23 * SEC;
     peers_observe(p, &gone_pod);
     cr_assert_eq(look(p, "10.1.0.5", 23 * SEC, &who), PEERS_STALE);
-    cr_assert_eq(peers_node_present(p, intern("node-a"), listed, 2, 25 * SEC, out, 8), 0,
+    cr_assert_eq(peers_node_present(p, intern("node-a"), listed, 2, 25 * SEC, 26 * SEC, out, 8), 0,
                  "the old claim ended already, the late one was first seen after");
-    /* A list after the late pod's report ends it, announced or not (no room here). */
-    cr_assert_eq(peers_node_present(p, intern("node-a"), listed, 2, 40 * SEC, out, 0), 0);
+    /* A list after the late pod's report ends it, announced or not (no room here); but not a
+     * second list of the node within a second, which is skipped. */
+    cr_assert_eq(peers_node_present(p, intern("node-a"), listed, 2, 40 * SEC, 26 * SEC + 1, out, 8),
+                 0);
+    peers_get_stats(p, &st);
+    cr_assert_eq(st.lists_skipped, 1);
+    cr_assert_eq(look(p, "10.1.0.7", 32 * SEC, &who), PEERS_HIT, "nothing ended");
+    cr_assert_eq(peers_node_present(p, intern("node-b"), listed, 2, 40 * SEC, 26 * SEC + 2, out, 8),
+                 1, "another node's list is its own");
+    cr_assert_eq(peers_node_present(p, intern("node-a"), listed, 2, 40 * SEC, 27 * SEC, out, 0), 0);
     cr_assert_eq(look(p, "10.1.0.7", 42 * SEC, &who), PEERS_STALE);
     peers_get_stats(p, &st);
-    cr_assert_eq(st.gone, 2);
+    cr_assert_eq(st.gone, 3);
+    cr_assert_eq(st.lists, 4);
+    cr_assert_eq(st.lists_skipped, 1);
     peers_free(p);
 }
 

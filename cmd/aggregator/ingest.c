@@ -189,8 +189,9 @@ static void learn_pods(struct aggregator *a, const struct bus_batch *b, uint64_t
         /* A new agent instance's pod list: the pods deleted while no agent watched the node
          * are not in it. */
         struct peers_pod *absent = malloc(ABSENT_ANNOUNCE_MAX * sizeof(*absent));
-        size_t k = peers_node_present(a->peers, intern(b->meta.node), b->present, b->n_present,
-                                      b->present_at_ns, absent, absent ? ABSENT_ANNOUNCE_MAX : 0);
+        size_t k =
+            peers_node_present(a->peers, intern(b->meta.node), b->present, b->n_present,
+                               b->present_at_ns, now, absent, absent ? ABSENT_ANNOUNCE_MAX : 0);
         announce_pods(a, absent, k);
         free(absent);
     }
@@ -765,21 +766,22 @@ void ingest_counters_json(struct aggregator *a, struct buf *b)
     flows_stats_json(a->flows, b);
     struct peers_stats ps;
     peers_get_stats(a->peers, &ps);
-    buf_printf(b,
-               ",\"peers\":{\"entries\":%" PRIu64 ",\"capacity\":%" PRIu64 ",\"lookups\":%" PRIu64
-               ",\"hits\":%" PRIu64 ",\"misses\":%" PRIu64 ",\"ambiguous\":%" PRIu64
-               ",\"stale\":%" PRIu64 ",\"host_network\":%" PRIu64 ",\"evicted\":%" PRIu64
-               ",\"expired\":%" PRIu64 ",\"gone\":%" PRIu64 ",\"announcements_sent\":%" PRIu64
-               ",\"announcements_failed\":%" PRIu64 ",\"announcements_received\":%" PRIu64
-               ",\"announcements_rejected\":%" PRIu64 ",\"pods_received\":%" PRIu64
-               ",\"syncs_asked\":%" PRIu64 ",\"syncs_answered\":%" PRIu64 "}",
-               ps.entries, ps.capacity, ps.lookups, ps.results[PEERS_HIT], ps.results[PEERS_MISS],
-               ps.results[PEERS_AMBIGUOUS], ps.results[PEERS_STALE], ps.results[PEERS_HOST_NETWORK],
-               ps.evicted, ps.expired, ps.gone, counter_get(&c->peer_announcements_sent),
-               counter_get(&c->peer_announcements_failed),
-               counter_get(&c->peer_announcements_received),
-               counter_get(&c->peer_announcements_rejected), counter_get(&c->peer_pods_received),
-               counter_get(&c->peer_syncs_asked), counter_get(&c->peer_syncs_answered));
+    buf_printf(
+        b,
+        ",\"peers\":{\"entries\":%" PRIu64 ",\"capacity\":%" PRIu64 ",\"lookups\":%" PRIu64
+        ",\"hits\":%" PRIu64 ",\"misses\":%" PRIu64 ",\"ambiguous\":%" PRIu64 ",\"stale\":%" PRIu64
+        ",\"host_network\":%" PRIu64 ",\"evicted\":%" PRIu64 ",\"expired\":%" PRIu64
+        ",\"gone\":%" PRIu64 ",\"announcements_sent\":%" PRIu64 ",\"announcements_failed\":%" PRIu64
+        ",\"announcements_received\":%" PRIu64 ",\"announcements_rejected\":%" PRIu64
+        ",\"pods_received\":%" PRIu64 ",\"syncs_asked\":%" PRIu64 ",\"syncs_answered\":%" PRIu64
+        ",\"pod_lists\":%" PRIu64 ",\"pod_lists_skipped\":%" PRIu64 "}",
+        ps.entries, ps.capacity, ps.lookups, ps.results[PEERS_HIT], ps.results[PEERS_MISS],
+        ps.results[PEERS_AMBIGUOUS], ps.results[PEERS_STALE], ps.results[PEERS_HOST_NETWORK],
+        ps.evicted, ps.expired, ps.gone, counter_get(&c->peer_announcements_sent),
+        counter_get(&c->peer_announcements_failed), counter_get(&c->peer_announcements_received),
+        counter_get(&c->peer_announcements_rejected), counter_get(&c->peer_pods_received),
+        counter_get(&c->peer_syncs_asked), counter_get(&c->peer_syncs_answered), ps.lists,
+        ps.lists_skipped);
     struct k8s_services_stats ks = {0};
     if (a->services)
         k8s_services_get_stats(a->services, &ks);
@@ -821,6 +823,12 @@ void aggregator_peers_metrics(struct aggregator *a, struct buf *b)
                "Pod addresses evicted for room (PEER_MAX_PODS).", ps.evicted);
     api_metric(b, "ebpf_aggregator_peer_gone_total", "counter",
                "Pod addresses ended by the pod's deletion (sent by its node's agent).", ps.gone);
+    api_metric_header(b, "ebpf_aggregator_peer_pod_lists_total", "counter",
+                      "Node pod lists from restarted agents (Ebpf-Pods-Present), by outcome: "
+                      "applied, or skipped as a node's second within a second.");
+    api_metric_labelled(b, "ebpf_aggregator_peer_pod_lists_total", "outcome", "applied", ps.lists);
+    api_metric_labelled(b, "ebpf_aggregator_peer_pod_lists_total", "outcome", "skipped",
+                        ps.lists_skipped);
     api_metric_header(b, "ebpf_aggregator_peer_announcements_total", "counter",
                       "Pod announcements between replicas, by outcome.");
     api_metric_labelled(b, "ebpf_aggregator_peer_announcements_total", "outcome", "sent",

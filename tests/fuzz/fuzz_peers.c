@@ -81,7 +81,7 @@ static void present_header(const uint8_t *data, size_t size)
         listed |= uids[i] == pod.uid;
     peers_observe(p, &pod);
     struct peers_pod ended[4];
-    size_t k = peers_node_present(p, pod.node, uids, (size_t)n, at, ended, 4);
+    size_t k = peers_node_present(p, pod.node, uids, (size_t)n, at, 1, ended, 4);
     CHECK(k == (listed || at <= 1 ? 0u : 1u), "%zu claims ended (listed: %d, at %llu)", k, listed,
           (unsigned long long)at);
     CHECK(k == 0 || (ended[0].uid == pod.uid && ended[0].gone_ns == at), "the ended claim");
