@@ -311,9 +311,18 @@ static void send_compressible(h2o_req_t *req, bool accepts_gzip, int status,
     send_response(req, status, content_type, body, len);
 }
 
+/* On every response: a browser takes a body for its Content-Type only (an event's text served
+ * as JSON is never run as a script or a page). */
+static void add_nosniff(h2o_req_t *req)
+{
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-content-type-options"), 0,
+                          NULL, H2O_STRLIT("nosniff"));
+}
+
 static void send_response(h2o_req_t *req, int status, const char *content_type, const char *body,
                           size_t len)
 {
+    add_nosniff(req);
     req->res.status = status;
     req->res.reason = status_reason(status);
     req->res.content_length = len;
@@ -341,6 +350,10 @@ static void add_handler_headers(h2o_req_t *req, const struct http_response *res)
     if (res->vary_encoding)
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_VARY, NULL,
                        H2O_STRLIT("Accept-Encoding"));
+    if (res->content_security_policy != NULL)
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("content-security-policy"),
+                              0, NULL, res->content_security_policy,
+                              strlen(res->content_security_policy));
 }
 
 static void send_error(h2o_req_t *req, int status, const char *msg)
@@ -566,6 +579,7 @@ static void serve_stream(struct http_server *s, h2o_req_t *req, const char *qs, 
     /* Tell reverse proxies (nginx) not to buffer the stream. */
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-accel-buffering"), 0, NULL,
                           H2O_STRLIT("no"));
+    add_nosniff(req);
     h2o_start_response(req, &c->super);
     buf_puts(&c->pending, ": connected\n\n");
     if (s->notice[0])

@@ -49,10 +49,13 @@ struct http_response {
     void *server_private; /* the server's; NULL outside a served request */
     /*
      * Optional headers (static storage), for responses answered at once:
-     * Cache-Control (NULL = "no-store"), ETag, Content-Encoding; vary_encoding
-     * adds "Vary: Accept-Encoding" (the body depends on that request header).
+     * Cache-Control (NULL = "no-store"), ETag, Content-Encoding,
+     * Content-Security-Policy (a page's); vary_encoding adds "Vary:
+     * Accept-Encoding" (the body depends on that request header). Every
+     * response says "X-Content-Type-Options: nosniff".
      */
     const char *cache_control;
+    const char *content_security_policy;
     const char *etag;
     const char *content_encoding;
     bool vary_encoding;

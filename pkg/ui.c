@@ -115,6 +115,8 @@ static void handle_asset(void *ctx, const struct http_request *req, struct http_
     const char *etag = req->accepts_gzip ? a->gz_etag : a->etag;
 
     res->content_type = a->content_type;
+    if (a->route[1] == '\0')
+        res->content_security_policy = UI_CONTENT_SECURITY_POLICY;
     /* ?v=<the ETag's digits>, as index.html names the files: this URL is this content for good. */
     size_t vlen = strlen(a->etag) - 2;
     if (a->route[1] != '\0' && req->query_len == 2 + vlen && memcmp(req->query, "v=", 2) == 0 &&

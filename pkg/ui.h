@@ -14,7 +14,16 @@
  * older cached one. It names app.js and app.css with ?v=<their ETag's digits>
  * (added at build time); under that URL they are cached for a year
  * (immutable), under any other they are no-cache like the page.
+ *
+ * The page goes with a Content-Security-Policy that lets it run only its own
+ * script and style, load and connect only to its own origin, and be framed by
+ * no one: should an event's text ever reach the DOM as markup, a browser
+ * would still run nothing of it. So the files hold no inline script or style
+ * (the page sets styles only through the CSSOM).
  */
+#define UI_CONTENT_SECURITY_POLICY                                                                 \
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "              \
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 #ifndef EBPF_MONITOR_UI_H
 #define EBPF_MONITOR_UI_H
 

@@ -343,6 +343,8 @@ Test(http_server, get_returns_json_with_length)
     cr_assert_str_eq(header(&r, "content-type", v, sizeof(v)), "application/json");
     cr_assert_str_eq(header(&r, "content-length", v, sizeof(v)), "15");
     cr_assert_str_eq(header(&r, "cache-control", v, sizeof(v)), "no-store");
+    cr_assert_str_eq(header(&r, "x-content-type-options", v, sizeof(v)), "nosniff");
+    cr_assert_null(header(&r, "content-security-policy", v, sizeof(v)), "a page's only");
     cr_assert_null(header(&r, "transfer-encoding", v, sizeof(v)));
 
     get(http_server_port(s), "/metrics", NULL, &r);
@@ -410,6 +412,7 @@ Test(http_server, unknown_path_is_404)
     cr_assert_eq(r.status, 404);
     cr_assert_str_eq(r.body, "{\"error\":\"not found\"}");
     cr_assert_str_eq(header(&r, "content-type", v, sizeof(v)), "application/json");
+    cr_assert_str_eq(header(&r, "x-content-type-options", v, sizeof(v)), "nosniff");
     /* Exact paths: neither a prefix nor an extension of a route matches. */
     get(http_server_port(s), "/api/events/x", NULL, &r);
     cr_assert_eq(r.status, 404);
@@ -575,6 +578,7 @@ Test(http_server, stream_delivers_matching_events)
     cr_assert(strncmp(head, "HTTP/1.1 200", 12) == 0, "%s", head);
     cr_assert_not_null(strcasestr(head, "content-type: text/event-stream\r\n"), "%s", head);
     cr_assert_not_null(strcasestr(head, "cache-control: no-store\r\n"), "%s", head);
+    cr_assert_not_null(strcasestr(head, "x-content-type-options: nosniff\r\n"), "%s", head);
     cr_assert(sse_wait_for(&c, ": connected\n\n"));
     wait_stream_clients(s, 1);
 

@@ -522,13 +522,18 @@ await step('Live under load: about 2,000 events/s for 5 s (frame times measured,
   await apage.screenshot({ path: SHOTS + '/live-load.png' });
 });
 
-await step('the files are served gzipped with ETags when asked, and revalidate with a 304', async () => {
+await step('the files are served gzipped with ETags when asked, revalidate with a 304, and say nosniff (the page its CSP)', async () => {
   for (const [route, file] of [['/', 'index.html'], ['/ui/app.js', 'app.js'], ['/ui/app.css', 'app.css']]) {
     const orig = readFileSync(new URL(file, route === '/' ? UI_GEN : UI_DIR));
     const gz = await rawGet(AGENT + route, { 'accept-encoding': 'gzip, deflate, br' });
     assert(gz.status === 200 && gz.headers['content-encoding'] === 'gzip', route + ': ' + gz.status + ' ' + gz.headers['content-encoding']);
     assert(/accept-encoding/i.test(gz.headers.vary || '') && gz.headers['cache-control'] === 'no-cache' && gz.headers.etag, route + ' headers: ' + JSON.stringify(gz.headers));
     assert(gunzipSync(gz.body).equals(orig), route + ': the gzipped body is not ' + file);
+    assert(gz.headers['x-content-type-options'] === 'nosniff', route + ': no nosniff');
+    // The page runs only its own files (a CSP violation would also be a console error above).
+    const csp = gz.headers['content-security-policy'] || '';
+    assert(route !== '/' || (/default-src 'none'/.test(csp) && /script-src 'self'(;|$)/.test(csp) &&
+      /style-src 'self'(;|$)/.test(csp) && /frame-ancestors 'none'/.test(csp)), route + ': CSP ' + csp);
     const plain = await rawGet(AGENT + route, {});
     assert(plain.status === 200 && !plain.headers['content-encoding'] && plain.body.equals(orig), route + ': identity form');
     assert(plain.headers.etag !== gz.headers.etag, route + ': both forms have one ETag');
@@ -552,6 +557,9 @@ await step('the files are served gzipped with ETags when asked, and revalidate w
   assert(api.headers['cache-control'] === 'no-store' && api.headers['content-encoding'] === 'gzip' &&
     /accept-encoding/i.test(api.headers.vary || ''), 'the API: ' + JSON.stringify(api.headers));
   assert(typeof JSON.parse(gunzipSync(api.body).toString('utf8')).node === 'string', 'the API: the gzipped body is no stats');
+  assert(api.headers['x-content-type-options'] === 'nosniff', 'the API: no nosniff');
+  const refused = await rawGet(AGENT + '/api/events?limit=bogus', {});
+  assert(refused.status === 400 && refused.headers['x-content-type-options'] === 'nosniff', 'a 400: ' + JSON.stringify(refused.headers));
   const apiPlain = await rawGet(AGENT + '/api/stats', {});
   assert(!apiPlain.headers['content-encoding'] && typeof JSON.parse(apiPlain.body.toString('utf8')).node === 'string',
     'the API without gzip: ' + JSON.stringify(apiPlain.headers));
