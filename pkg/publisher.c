@@ -21,6 +21,13 @@
  * appended just before publishing, so the counters are current even for a
  * batch that waited out an outage; the sequence number is fixed when the
  * batch closes, so dropped batches show up as gaps.
+ *
+ * A batch is closed before it outgrows the server's max_payload, but that is
+ * learned from the server: batches made before (at the start, or queued in an
+ * outage before the first connection) may be larger. One the server refuses
+ * for its size is split in two, the second half numbered anew and queued
+ * last, until each part fits: only an event larger than max_payload on its
+ * own is dropped.
  */
 #include "publisher.h"
 
@@ -79,8 +86,8 @@ struct publisher {
 
     /* Capture thread only. */
     struct batch *cur;
-    struct batch *spare; /* taken from the free list when a batch closes */
-    uint64_t sequence;
+    struct batch *spare;       /* taken from the free list when a batch closes */
+    uint64_t sequence;         /* taken under mu, by the publisher thread too (a split): atomic */
     struct event_pb_pods pods; /* the open batch's pod table (protobuf) */
 
     /* Shared: guarded by mu. */
@@ -111,7 +118,8 @@ struct publisher {
     uint64_t queue_batches, queue_bytes;
     uint64_t publish_errors;
     uint64_t kernel_drops, kernel_missed;
-    uint64_t max_payload; /* learned from the server */
+    uint64_t max_payload;       /* learned from the server */
+    uint64_t batches_too_large; /* a single event over the server's max_payload: dropped */
     uint64_t heartbeats;
     uint64_t batches_unheard; /* came back unheard, queued again */
     uint64_t last_queued_ns;  /* monotonic: the last batch queued (capture thread only) */
@@ -232,13 +240,13 @@ static void close_batch_queue(struct publisher *p, bool defer)
             wake_deferred(p);
         return;
     }
-    b->sequence = p->sequence + 1;
-    __atomic_store_n(&p->sequence, b->sequence, __ATOMIC_RELAXED);
     p->last_queued_ns = clock_monotonic_ns();
     if (!batch_carries(b))
         add(&p->heartbeats, 1);
     b->events_len = b->body.len;
     pthread_mutex_lock(&p->mu);
+    /* Numbered as queued, under mu as a split's second half is: the queue is in their order. */
+    b->sequence = __atomic_add_fetch(&p->sequence, 1, __ATOMIC_RELAXED);
     queue_push(p, b);
     /* Awake, the publisher finds it on its next look at the queue. */
     if (p->publisher_idle && (!defer || get(&p->queue_batches) >= PUB_WAKE_BATCHES)) {
@@ -437,6 +445,91 @@ int publisher_flush(struct publisher *p, uint64_t timeout_ns)
         natsConnection_FlushTimeout(bus_conn(p->bus), PUB_SERVER_FLUSH_MS) != NATS_OK)
         return -ETIMEDOUT;
     return 0;
+}
+
+/*
+ * Publisher thread, b in flight: moves the second half of b's events into a
+ * new batch, to be numbered and queued by the caller. Protobuf batches are
+ * decoded and encoded again, as events refer to the batch's own pod table.
+ * Returns the new batch, or NULL when b holds a single event, or on failure
+ * (b unchanged).
+ */
+static struct batch *batch_split(struct publisher *p, struct batch *b)
+{
+    if (b->n_events < 2)
+        return NULL;
+    struct batch *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    buf_init(&c->body);
+
+    if (p->cfg.encoding == CONFIG_ENCODING_JSON) {
+        /* One event per line: cut after the first half's lines. */
+        uint32_t keep = b->n_events / 2, lines = 0;
+        size_t cut = 0;
+        while (lines < keep && cut < b->events_len) {
+            const char *nl = memchr(b->body.data + cut, '\n', b->events_len - cut);
+            if (!nl)
+                break;
+            cut = (size_t)(nl - b->body.data) + 1;
+            lines++;
+        }
+        if (lines != keep || cut >= b->events_len)
+            goto fail;
+        buf_append(&c->body, b->body.data + cut, b->events_len - cut);
+        if (c->body.oom)
+            goto fail;
+        b->body.len = cut;
+        b->body.data[cut] = '\0';
+        c->n_events = b->n_events - keep;
+        b->n_events = keep;
+    } else {
+        struct event_batch_meta meta;
+        struct event *events = NULL;
+        size_t n = 0;
+        struct buf first;
+        struct event_pb_pods *pods = malloc(sizeof(*pods));
+        if (!pods)
+            goto fail;
+        /* As refused: the events and the metadata publish_batch() put after them. */
+        if (event_batch_decode((const uint8_t *)b->body.data, b->body.len, &meta, &events, &n, NULL,
+                               0) < 0 ||
+            n != b->n_events) {
+            for (size_t i = 0; i < n; i++)
+                event_clear(&events[i]);
+            free(events);
+            free(pods);
+            goto fail;
+        }
+        size_t keep = n / 2;
+        int rc = 0;
+        buf_init(&first);
+        event_pb_pods_reset(pods);
+        for (size_t i = 0; i < keep && rc == 0; i++)
+            rc = event_batch_append_event_pods(&first, &events[i], p->node, pods);
+        event_pb_pods_reset(pods);
+        for (size_t i = keep; i < n && rc == 0; i++)
+            rc = event_batch_append_event_pods(&c->body, &events[i], p->node, pods);
+        for (size_t i = 0; i < n; i++)
+            event_clear(&events[i]);
+        free(events);
+        free(pods);
+        if (rc || first.oom || c->body.oom) {
+            buf_free(&first);
+            goto fail;
+        }
+        buf_free(&b->body);
+        b->body = first;
+        c->n_events = (uint32_t)(n - keep);
+        b->n_events = (uint32_t)keep;
+    }
+    c->opened_ns = b->opened_ns;
+    c->events_len = c->body.len;
+    b->events_len = b->body.len;
+    return c;
+fail:
+    batch_free(c);
+    return NULL;
 }
 
 /* ---- publisher thread ---- */
@@ -827,6 +920,8 @@ static void *publisher_main(void *arg)
         if (maxpay > 0)
             __atomic_store_n(&p->max_payload, (uint64_t)maxpay, __ATOMIC_RELAXED);
         natsStatus s = publish_batch(p, b);
+        uint64_t len_before = b->events_len;
+        struct batch *half = s == NATS_MAX_PAYLOAD ? batch_split(p, b) : NULL;
 
         struct batch *done = NULL;
         pthread_mutex_lock(&p->mu);
@@ -841,12 +936,28 @@ static void *publisher_main(void *arg)
             p->sent_tail = b;
             p->sent_bytes += b->events_len;
             p->sent_mem += b->body.cap;
+        } else if (half) {
+            /*
+             * The first half first in line again, the second numbered anew and queued last,
+             * so batches still go out in the order of their numbers (a gap in them is a loss
+             * to whoever counts: the aggregators, a tail). Each is split again if need be.
+             */
+            add(&p->publish_errors, 1);
+            __atomic_fetch_sub(&p->queue_bytes, len_before, __ATOMIC_RELAXED);
+            add(&p->queue_bytes, b->events_len);
+            b->next = p->head;
+            p->head = b;
+            if (!p->tail)
+                p->tail = b;
+            half->sequence = __atomic_add_fetch(&p->sequence, 1, __ATOMIC_RELAXED);
+            queue_push(p, half);
         } else if (s == NATS_MAX_PAYLOAD) {
-            /* The server will never take it; retrying would wedge the queue. */
+            /* One event the server will never take; retrying would wedge the queue. */
             __atomic_fetch_sub(&p->queue_batches, 1, __ATOMIC_RELAXED);
             __atomic_fetch_sub(&p->queue_bytes, b->events_len, __ATOMIC_RELAXED);
             add(&p->publish_errors, 1);
             add(&p->batches_dropped, 1);
+            add(&p->batches_too_large, 1);
             add(&p->events_dropped, b->n_events);
             done = batch_recycle(p, b);
         } else {
@@ -1028,6 +1139,7 @@ void publisher_get_stats(struct publisher *p, struct publisher_stats *out)
     out->events_sent = get(&p->events_sent);
     out->bytes_sent = get(&p->bytes_sent);
     out->batches_dropped = get(&p->batches_dropped);
+    out->batches_too_large = get(&p->batches_too_large);
     out->events_dropped = get(&p->events_dropped);
     out->encode_failed = get(&p->encode_failed);
     out->pods_gone = get(&p->pods_gone_sent);

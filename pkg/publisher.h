@@ -50,8 +50,9 @@ struct publisher_config {
 struct publisher_stats {
     uint64_t batches_sent;
     uint64_t events_sent;
-    uint64_t bytes_sent; /* payload bytes */
-    uint64_t batches_dropped;
+    uint64_t bytes_sent;        /* payload bytes */
+    uint64_t batches_dropped;   /* the send queue full, or batches_too_large */
+    uint64_t batches_too_large; /* one event larger than the server's max_payload */
     uint64_t events_dropped;    /* agent drops: dropped batches' events + encode failures */
     uint64_t encode_failed;     /* events that could not be encoded (included above) */
     uint64_t pods_gone;         /* deleted pods put in batches (publisher_add_gone) */

@@ -123,9 +123,12 @@ struct fixture {
     natsSubscription *sub;
 };
 
+/* Extra nats-server arguments of the next fixture_open() (NULL: none), reset by it. */
+static const char *const *fixture_nats_args;
+
 static void fixture_start_server(struct fixture *f)
 {
-    f->nats = tu_nats_start(f->port, NULL, NATS_LOG);
+    f->nats = tu_nats_start(f->port, fixture_nats_args, NATS_LOG);
     cr_assert_gt(f->nats, 0, "nats-server did not start on port %d", f->port);
 }
 
@@ -138,6 +141,7 @@ static void fixture_open(struct fixture *f, enum config_encoding enc, uint32_t b
     memset(f, 0, sizeof(*f));
     f->port = tu_free_port();
     fixture_start_server(f);
+    fixture_nats_args = NULL;
 
     struct config c = {0};
     char url[64], err[256];
@@ -976,4 +980,150 @@ Test(publisher, no_heartbeat_when_off)
         cr_assert_null(m, "a message from an idle publisher without heartbeats");
     }
     fixture_close(&f);
+}
+
+/* ---- a server whose max_payload is smaller than a batch ---- */
+
+#define SMALL_PAYLOAD 1024
+
+/* Decodes a message of either encoding, appending its events' ids to ids[*n]. */
+static void collect_ids(natsMsg *m, enum config_encoding enc, uint64_t *ids, size_t *n, size_t max)
+{
+    const char *data = natsMsg_GetData(m);
+    size_t len = (size_t)natsMsg_GetDataLength(m);
+    char err[256];
+    size_t before = *n;
+    if (enc == CONFIG_ENCODING_PROTOBUF) {
+        struct event_batch_meta meta;
+        struct event *evs;
+        size_t count;
+        cr_assert_eq(
+            event_batch_decode((const uint8_t *)data, len, &meta, &evs, &count, err, sizeof(err)),
+            0, "%s", err);
+        cr_assert_eq(meta.sequence, header_u64(m, BUS_HDR_SEQUENCE));
+        cr_assert_eq(meta.rejected_events, 0);
+        for (size_t i = 0; i < count; i++) {
+            cr_assert_lt(*n, max);
+            struct event want;
+            make_event(&want, (unsigned)(evs[i].id - 0x1000));
+            assert_same_event(&want, &evs[i], true); /* pods and all, as encoded first */
+            event_clear(&want);
+            ids[(*n)++] = evs[i].id;
+            event_clear(&evs[i]);
+        }
+        free(evs);
+    } else {
+        for (size_t at = 0; at < len;) {
+            const char *nl = memchr(data + at, '\n', len - at);
+            cr_assert_not_null(nl, "a JSON batch ends with a newline");
+            struct event e;
+            cr_assert_eq(
+                event_json_parse(data + at, (size_t)(nl - data - at), &e, err, sizeof(err)), 0,
+                "%s", err);
+            cr_assert_lt(*n, max);
+            ids[(*n)++] = e.id;
+            event_clear(&e);
+            at = (size_t)(nl - data) + 1;
+        }
+    }
+    cr_assert_eq(header_u64(m, BUS_HDR_EVENTS), *n - before);
+}
+
+/*
+ * The first batch is made before the publisher has heard the server's max_payload (as at
+ * the start, or in an outage before the first connection): refused as too large, it is
+ * split until each part fits, and every event arrives once, the batches in the order of
+ * their numbers with no gap between them. An event too large on its own is dropped,
+ * counted as such, and the batches after it still go.
+ */
+static void check_small_payload(enum config_encoding enc)
+{
+    enum { N = 300 };
+    char conf[64];
+    snprintf(conf, sizeof(conf), "/tmp/test_publisher.%d.conf", getpid());
+    FILE *cf = fopen(conf, "w");
+    cr_assert_not_null(cf);
+    fprintf(cf, "max_payload: %d\n", SMALL_PAYLOAD);
+    fclose(cf);
+    const char *const args[] = {"-c", conf, NULL};
+    fixture_nats_args = args;
+
+    struct fixture f;
+    fixture_open(&f, enc, N, 3600000 * MS, 1 << 24, false);
+    unlink(conf);
+    add_events(f.pub, 0, N); /* one batch of N events, some 30 KB */
+    publisher_tick(f.pub, mono_ns());
+
+    uint64_t ids[N], max_seq = 0, msgs = 0;
+    bool seen[N] = {false};
+    size_t n = 0;
+    while (n < N) {
+        natsMsg *m = next_msg(&f, WAIT_MS);
+        cr_assert_not_null(m, "%zu of %d events arrived", n, N);
+        cr_assert_leq(natsMsg_GetDataLength(m), SMALL_PAYLOAD);
+        /* In order and without a gap, as whoever counts lost batches reads them. */
+        uint64_t seq = header_u64(m, BUS_HDR_SEQUENCE);
+        cr_assert_eq(seq, max_seq + 1, "batch %llu after %llu", (unsigned long long)seq,
+                     (unsigned long long)max_seq);
+        max_seq = seq;
+        msgs++;
+        collect_ids(m, enc, ids, &n, N);
+        natsMsg_Destroy(m);
+    }
+    for (size_t i = 0; i < N; i++) {
+        cr_assert(ids[i] >= 0x1000 && ids[i] < 0x1000 + N && !seen[ids[i] - 0x1000],
+                  "event %llx unknown or twice", (unsigned long long)ids[i]);
+        seen[ids[i] - 0x1000] = true;
+    }
+    cr_assert_gt(msgs, 1);
+    cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
+    struct publisher_stats st;
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.events_dropped, 0);
+    cr_assert_eq(st.batches_dropped, 0);
+    cr_assert_eq(st.batches_sent, msgs);
+    cr_assert_eq(st.events_sent, N);
+    cr_assert_eq(st.sequence, max_seq);
+    cr_assert_eq(st.queue_batches, 0);
+    cr_assert_eq(st.queue_bytes, 0);
+
+    /* One event over max_payload on its own: dropped and counted; the next one still goes. */
+    struct event big;
+    make_event(&big, N + 3); /* exec */
+    free(big.u.exec.args);
+    big.u.exec.args_len = 1000;
+    big.u.exec.args = malloc(big.u.exec.args_len);
+    cr_assert_not_null(big.u.exec.args);
+    for (size_t i = 0; i < big.u.exec.args_len; i++)
+        big.u.exec.args[i] = (i + 1) % 200 == 0 ? '\0' : "\x01\x02\x03"[i % 3];
+    big.u.exec.args[big.u.exec.args_len - 1] = '\0';
+    cr_assert_eq(publisher_add(f.pub, &big), 0);
+    event_clear(&big);
+    cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
+    add_events(f.pub, N + 10, 1);
+    cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
+    natsMsg *m = next_msg(&f, WAIT_MS);
+    cr_assert_not_null(m, "the batch after the dropped one did not arrive");
+    n = 0;
+    collect_ids(m, enc, ids, &n, N);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ids[0], 0x1000 + N + 10);
+    cr_assert_eq(header_u64(m, BUS_HDR_SEQUENCE), max_seq + 2, "a gap for the dropped batch");
+    cr_assert_eq(header_u64(m, BUS_HDR_AGENT_DROPS), 1);
+    natsMsg_Destroy(m);
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.batches_too_large, 1);
+    cr_assert_eq(st.batches_dropped, 1);
+    cr_assert_eq(st.events_dropped, 1);
+    fixture_close(&f);
+}
+
+Test(publisher, a_batch_over_max_payload_is_split_protobuf)
+{
+    check_small_payload(CONFIG_ENCODING_PROTOBUF);
+}
+
+Test(publisher, a_batch_over_max_payload_is_split_json)
+{
+    check_small_payload(CONFIG_ENCODING_JSON);
 }

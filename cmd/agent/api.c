@@ -169,22 +169,22 @@ static void write_bus(struct agent *a, struct buf *b, const struct publisher_sta
     buf_json_cstr(b, config_encoding_name(a->cfg.encoding));
     buf_puts(b, ",\"instance\":");
     buf_json_cstr(b, publisher_instance(a->pub));
-    buf_printf(b,
-               ",\"batch_size\":%u,\"flush_interval\":\"%" PRIu64
-               "ms\",\"flush_interval_ns\":%" PRIu64 ",\"heartbeat_interval_ns\":%" PRIu64
-               ",\"heartbeats\":%" PRIu64 ",\"outage_buffer_bytes\":%" PRIu64
-               ",\"sequence\":%" PRIu64 ",\"batches_sent\":%" PRIu64 ",\"events_sent\":%" PRIu64
-               ",\"bytes_sent\":%" PRIu64 ",\"batches_dropped\":%" PRIu64
-               ",\"agent_drops\":%" PRIu64 ",\"encode_failed\":%" PRIu64
-               ",\"queue_batches\":%" PRIu64 ",\"queue_bytes\":%" PRIu64
-               ",\"publish_errors\":%" PRIu64 ",\"disconnects\":%" PRIu64 ",\"reconnects\":%" PRIu64
-               ",\"async_errors\":%" PRIu64 ",\"batches_unheard\":%" PRIu64 ",\"listener\":%s}",
-               a->cfg.batch_size, a->cfg.flush_interval_ns / 1000000, a->cfg.flush_interval_ns,
-               a->cfg.heartbeat_ns, ps->heartbeats, a->cfg.outage_buffer_bytes, ps->sequence,
-               ps->batches_sent, ps->events_sent, ps->bytes_sent, ps->batches_dropped,
-               ps->events_dropped, ps->encode_failed, ps->queue_batches, ps->queue_bytes,
-               ps->publish_errors, ps->bus.disconnects, ps->bus.reconnects, ps->bus.async_errors,
-               ps->batches_unheard, ps->no_listener ? "false" : "true");
+    buf_printf(
+        b,
+        ",\"batch_size\":%u,\"flush_interval\":\"%" PRIu64 "ms\",\"flush_interval_ns\":%" PRIu64
+        ",\"heartbeat_interval_ns\":%" PRIu64 ",\"heartbeats\":%" PRIu64
+        ",\"outage_buffer_bytes\":%" PRIu64 ",\"sequence\":%" PRIu64 ",\"batches_sent\":%" PRIu64
+        ",\"events_sent\":%" PRIu64 ",\"bytes_sent\":%" PRIu64 ",\"batches_dropped\":%" PRIu64
+        ",\"batches_too_large\":%" PRIu64 ",\"agent_drops\":%" PRIu64 ",\"encode_failed\":%" PRIu64
+        ",\"queue_batches\":%" PRIu64 ",\"queue_bytes\":%" PRIu64 ",\"publish_errors\":%" PRIu64
+        ",\"disconnects\":%" PRIu64 ",\"reconnects\":%" PRIu64 ",\"async_errors\":%" PRIu64
+        ",\"batches_unheard\":%" PRIu64 ",\"listener\":%s}",
+        a->cfg.batch_size, a->cfg.flush_interval_ns / 1000000, a->cfg.flush_interval_ns,
+        a->cfg.heartbeat_ns, ps->heartbeats, a->cfg.outage_buffer_bytes, ps->sequence,
+        ps->batches_sent, ps->events_sent, ps->bytes_sent, ps->batches_dropped,
+        ps->batches_too_large, ps->events_dropped, ps->encode_failed, ps->queue_batches,
+        ps->queue_bytes, ps->publish_errors, ps->bus.disconnects, ps->bus.reconnects,
+        ps->bus.async_errors, ps->batches_unheard, ps->no_listener ? "false" : "true");
 }
 
 /* Pod attribution health: whether pod names can be resolved, and why not. */
@@ -438,7 +438,13 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     api_metric(b, "ebpf_agent_bus_bytes_sent_total", "counter",
                "Batch payload bytes published to NATS.", ps.bytes_sent);
     api_metric(b, "ebpf_agent_bus_dropped_batches_total", "counter",
-               "Batches dropped because the outage buffer was full.", ps.batches_dropped);
+               "Batches dropped: the outage buffer was full, or one event was larger than the "
+               "server's max_payload.",
+               ps.batches_dropped);
+    api_metric(b, "ebpf_agent_bus_too_large_batches_total", "counter",
+               "Batches of one event larger than the NATS server's max_payload, dropped "
+               "(included in ebpf_agent_bus_dropped_batches_total).",
+               ps.batches_too_large);
     api_metric(b, "ebpf_agent_bus_dropped_events_total", "counter",
                "Events never published (agent-side drops: outage buffer full, encoding failed).",
                ps.events_dropped);

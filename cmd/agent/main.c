@@ -76,13 +76,14 @@ static void publish_kernel_losses(struct agent *a)
 
 /*
  * Batches the send queue dropped (OUTAGE_BUFFER full: NATS unreachable, no one subscribed,
- * or NATS slower than the capture) are counted in /api/stats; the log says so too, at most
- * every LOG_DROPS_EVERY.
+ * or NATS slower than the capture), and events larger than the server's max_payload on
+ * their own, are counted in /api/stats; the log says so too, each cause by its name, at
+ * most every LOG_DROPS_EVERY.
  */
 #define LOG_DROPS_EVERY 10000000000ull
 static void log_queue_drops(struct agent *a, uint64_t now)
 {
-    static uint64_t logged_batches, logged_events, logged_at;
+    static uint64_t logged_batches, logged_events, logged_large, logged_at;
     struct publisher_stats st;
 
     if (!a->pub || (logged_at && now - logged_at < LOG_DROPS_EVERY))
@@ -90,17 +91,26 @@ static void log_queue_drops(struct agent *a, uint64_t now)
     publisher_get_stats(a->pub, &st);
     if (st.batches_dropped == logged_batches)
         return;
-    fprintf(stderr,
-            "ebpf-agent: the send queue is full (OUTAGE_BUFFER %" PRIu64 " bytes, NATS %s): "
-            "%" PRIu64 " batches (%" PRIu64 " events) dropped, the oldest first, since %s\n",
-            a->cfg.outage_buffer_bytes,
-            !st.bus.connected ? "unreachable"
-            : st.no_listener  ? "connected, but no one subscribed"
-                              : "connected",
-            st.batches_dropped - logged_batches, st.events_dropped - logged_events,
-            logged_at ? "the last report" : "the start");
+    const char *since = logged_at ? "the last report" : "the start";
+    uint64_t large = st.batches_too_large - logged_large;
+    uint64_t full = st.batches_dropped - logged_batches - large;
+    if (large)
+        fprintf(stderr,
+                "ebpf-agent: %" PRIu64 " events dropped since %s: each larger on its own than "
+                "the NATS server's max_payload (raise max_payload in its configuration)\n",
+                large, since);
+    if (full)
+        fprintf(stderr,
+                "ebpf-agent: the send queue is full (OUTAGE_BUFFER %" PRIu64 " bytes, NATS %s): "
+                "%" PRIu64 " batches (%" PRIu64 " events) dropped, the oldest first, since %s\n",
+                a->cfg.outage_buffer_bytes,
+                !st.bus.connected ? "unreachable"
+                : st.no_listener  ? "connected, but no one subscribed"
+                                  : "connected",
+                full, st.events_dropped - logged_events - large, since);
     logged_batches = st.batches_dropped;
     logged_events = st.events_dropped;
+    logged_large = st.batches_too_large;
     logged_at = now;
 }
 
