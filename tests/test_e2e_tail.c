@@ -293,6 +293,71 @@ Test(e2e_tail, warnings_print_no_control_characters)
     tu_stop(nats, 5000);
 }
 
+/*
+ * Core NATS keeps nothing for a subscriber that is away or too slow: the batches a tail
+ * missed are gaps in their agent's sequence numbers, and it says how many, of which node,
+ * for either encoding; batches in order say nothing.
+ */
+Test(e2e_tail, missed_batches_are_reported)
+{
+    int port = tu_free_port();
+    pid_t nats = track(tu_nats_start(port, NULL, path("nats.log")));
+    cr_assert_gt(nats, 0, "nats-server did not start");
+
+    char url[64];
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", port);
+    char *argv[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), "tail", "--nats", url, NULL};
+    pid_t tail = track(spawn(argv, NULL, NULL, path("out"), path("err")));
+    cr_assert(wait_file(path("err"), 0, "following", 10000), "tail did not subscribe");
+
+    natsConnection *nc = connect_to(port);
+    const char *pb_hdrs[] = {BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_PROTOBUF, BUS_HDR_NODE, NODE,
+                             NULL};
+    struct buf pb;
+    buf_init(&pb);
+    for (uint64_t seq = 1; seq <= 2; seq++) {
+        buf_reset(&pb);
+        protobuf_batch(&pb, seq);
+        publish(nc, pb.data, pb.len, pb_hdrs);
+    }
+    cr_assert(wait_file(path("out"), 6, NULL, 10000), "the first two batches' events");
+    char *err = tu_read_file(path("err"));
+    cr_assert_null(strstr(err, "missed"), "batches in order are no loss: %s", err);
+    free(err);
+
+    buf_reset(&pb);
+    protobuf_batch(&pb, 5); /* 3 and 4 never came */
+    publish(nc, pb.data, pb.len, pb_hdrs);
+    cr_assert(wait_file(path("err"), 0, "2 batch(es) of node " NODE " missed", 10000),
+              "no word of the two missed batches");
+
+    const char *json_body = "{\"id\":\"00000000000000aa\",\"type\":\"exec\",\"timestamp\":"
+                            "1795698266000000100,\"pid\":99,\"command\":\"sh\"}\n";
+    const char *seqs[] = {"7", "8", "10"};
+    for (size_t i = 0; i < 3; i++) {
+        const char *json_hdrs[] = {
+            BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_JSON, BUS_HDR_NODE, "vm-7", BUS_HDR_INSTANCE,
+            "ffeeddccbbaa9988",   BUS_HDR_SEQUENCE,      seqs[i],      NULL};
+        publish(nc, json_body, strlen(json_body), json_hdrs);
+    }
+    cr_assert(wait_file(path("err"), 0, "1 batch(es) of node vm-7 missed", 10000),
+              "no word of the missed JSON batch");
+    cr_assert(wait_file(path("out"), 12, NULL, 10000), "every event that came is printed");
+
+    cr_assert_eq(kill(tail, SIGINT), 0);
+    cr_assert_eq(tu_wait_exit(tail, 5000), 0);
+    err = tu_read_file(path("err"));
+    cr_assert_not_null(strstr(err, "; 3 in all"), "the running total: %s", err);
+    char *first = strstr(err, "missed");
+    cr_assert(first && strstr(first + 1, "missed") &&
+                  !strstr(strstr(first + 1, "missed") + 1, "missed"),
+              "one warning per gap: %s", err);
+    free(err);
+    natsConnection_Destroy(nc);
+    buf_free(&pb);
+    tu_stop(nats, 5000);
+}
+
 Test(e2e_tail, credentials_from_the_environment_and_node_filter)
 {
     int port = tu_free_port();

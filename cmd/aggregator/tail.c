@@ -6,6 +6,12 @@
  * any away from the aggregators. Filters are the API's, parsed by the same
  * query_parse() the stream endpoint uses, so they accept and reject exactly
  * the same values with the same messages.
+ *
+ * Core NATS delivers at most once: what is published while the tail is
+ * disconnected, or what the server drops when the tail reads too slowly, is
+ * gone. Batches carry a sequence number per agent instance, so the tail counts
+ * the gaps as the aggregators do (pkg/nodes) and says on stderr how many
+ * batches it missed, rather than let their events vanish unseen.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -23,9 +29,11 @@
 #include "config.h"
 #include "errmsg.h"
 #include "event_json.h"
+#include "nodes.h"
 #include "query.h"
 
-#define TAIL_PROG "ebpf-aggregator tail"
+#define TAIL_PROG          "ebpf-aggregator tail"
+#define TAIL_MAX_INSTANCES 65536 /* agent instances whose sequence numbers are followed */
 
 /* The API's filters, in the order --help lists them. */
 static const char *const tail_filters[] = {
@@ -76,7 +84,9 @@ static void tail_usage(FILE *out)
             "NATS credentials come from NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS and\n"
             "NATS_TLS_* (environment, --config FILE, or flags such as --nats-creds FILE);\n"
             "--check-config checks them and the filters, and exits.\n"
-            "Malformed messages are reported on stderr and skipped.\n");
+            "Malformed messages are reported on stderr and skipped; so are batches missed\n"
+            "(gaps in an agent's sequence numbers: while disconnected or too slow, NATS\n"
+            "keeps nothing for this tail).\n");
 }
 
 /* The filter a flag names ("--peer-pod" or "--peer_pod"); NULL for other flags. */
@@ -195,6 +205,12 @@ static int tail_run(const struct config *cfg, const char *subject, const struct 
         fprintf(stderr, "%s: waiting for NATS at %s; will follow \"%s\"\n", TAIL_PROG, urls,
                 subject);
 
+    /* Batches the tail should hear from now on: NULL (no memory) leaves gaps uncounted. */
+    struct nodes *heard = nodes_new(TAIL_MAX_INSTANCES);
+    uint64_t missed_said = 0;
+    if (heard)
+        nodes_set_heard_since(heard, clock_realtime_ns());
+
     struct buf out;
     buf_init(&out);
     int64_t dropped_seen = 0;
@@ -243,6 +259,22 @@ static int tail_run(const struct config *cfg, const char *subject, const struct 
             natsMsg_Destroy(msg);
             continue;
         }
+        if (heard) {
+            struct nodes_totals t;
+            nodes_observe(heard, &batch.meta, batch.n, clock_realtime_ns());
+            nodes_get_totals(heard, &t);
+            if (t.lost_batches > missed_said)
+                fprintf(
+                    stderr,
+                    "%s: warning: %" PRIu64 " batch(es) of node %s missed (a gap in its "
+                    "sequence numbers: lost while this tail was disconnected or too slow, "
+                    "or dropped by the agent); %" PRIu64 " in all\n",
+                    TAIL_PROG, t.lost_batches - missed_said,
+                    errmsg_printable(batch.meta.node ? batch.meta.node : "?", shown, sizeof(shown)),
+                    t.lost_batches);
+            if (t.lost_batches > missed_said)
+                missed_said = t.lost_batches;
+        }
         if (batch.meta.rejected_events)
             fprintf(stderr, "%s: warning: skipped %" PRIu32 " undecodable event(s) on \"%s\": %s\n",
                     TAIL_PROG, batch.meta.rejected_events,
@@ -266,6 +298,7 @@ static int tail_run(const struct config *cfg, const char *subject, const struct 
             break; /* the reader went away */
     }
     buf_free(&out);
+    nodes_free(heard);
     natsSubscription_Destroy(sub);
     bus_close(bus);
     return rc;
