@@ -196,7 +196,10 @@ static const struct unit duration_units[] = {
     {"m", 60 * SEC}, {"h", 3600 * SEC}, {"d", 86400 * SEC}, {NULL, 0},
 };
 
-/* ns in the largest unit that holds it whole ("30d", "1m", "500ms"), as a user would write it. */
+/*
+ * ns in the largest unit that holds it whole ("30d", "1m", "500ms"), as a user would write it;
+ * zero as "0", the one duration that needs no unit.
+ */
 static const char *format_duration(uint64_t ns, char out[32])
 {
     static const struct unit order[] = {{"d", 86400 * SEC}, {"h", 3600 * SEC}, {"m", 60 * SEC},
@@ -204,7 +207,9 @@ static const char *format_duration(uint64_t ns, char out[32])
                                         {"ns", 1}};
     size_t i = 0;
 
-    while (ns != 0 && ns % order[i].mult != 0)
+    if (ns == 0)
+        return strcpy(out, "0");
+    while (ns % order[i].mult != 0)
         i++;
     snprintf(out, 32, "%" PRIu64 "%s", ns / order[i].mult, order[i].suffix);
     return out;

@@ -308,6 +308,12 @@ Test(config, duration_ranges_read_as_written)
     cr_expect_eq(load(&c, CONFIG_AGGREGATOR, 1, argv), CONFIG_INVALID);
     cr_expect(strstr(err, "between 1s and 1d") != NULL, "%s", err);
     unsetenv("STALE_AFTER");
+    /* Zero in no unit: "0d" reads as a typo. */
+    char *agent_argv[] = {"ebpf-agent", NULL};
+    setenv("HEARTBEAT_INTERVAL", "2h", 1);
+    cr_expect_eq(load(&c, CONFIG_AGENT, 1, agent_argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "must be a duration between 0 and 1h") != NULL, "%s", err);
+    unsetenv("HEARTBEAT_INTERVAL");
 }
 
 Test(config, durations_and_sizes)
