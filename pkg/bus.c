@@ -57,7 +57,8 @@ struct bus {
     uint64_t disconnects;
     uint64_t reconnects;
     uint64_t async_errors;
-    int logged_error; /* atomic: the natsStatus on_error() logged last (NATS_OK: none) */
+    uint64_t publish_denied; /* "Permissions Violation for Publish to ...": one per refused PUB */
+    int logged_error;        /* atomic: the natsStatus on_error() logged last (NATS_OK: none) */
 
     uint64_t generation; /* atomic: connections replaced so far */
 
@@ -253,6 +254,8 @@ static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, 
     if (st != err || !text || !*text)
         text = natsStatus_GetText(err);
     set_error(b, text);
+    if (err == NATS_NOT_PERMITTED && strstr(text, BUS_PUBLISH_DENIED))
+        __atomic_fetch_add(&b->publish_denied, 1, __ATOMIC_RELEASE);
     /* A kind of error not the last one logged (a refusal, then a permission) is logged too. */
     int last = __atomic_exchange_n(&b->logged_error, (int)err, __ATOMIC_RELAXED);
     if (last != (int)err || n % 1000 == 0)
@@ -641,6 +644,19 @@ void bus_set_renew(struct bus *b, bus_renew_fn fn, void *ctx)
 bool bus_connected(struct bus *b)
 {
     return __atomic_load_n(&b->connected, __ATOMIC_ACQUIRE);
+}
+
+uint64_t bus_publish_denied(struct bus *b)
+{
+    return __atomic_load_n(&b->publish_denied, __ATOMIC_ACQUIRE);
+}
+
+bool bus_publish_denied_last(struct bus *b)
+{
+    const char *text = NULL;
+    natsConnection *nc = current(b);
+    return nc && natsConnection_GetLastError(nc, &text) == NATS_NOT_PERMITTED && text &&
+           strstr(text, BUS_PUBLISH_DENIED);
 }
 
 void bus_set_listener(struct bus *b, bus_state_fn fn, void *ctx)

@@ -120,6 +120,19 @@ void bus_get_status(struct bus *b, struct bus_status *out);
 bool bus_connected(struct bus *b);
 
 /*
+ * Publishes the server refused ("Permissions Violation for Publish to ..."),
+ * counted as nats.c reports them, one per message, on its callback thread: a
+ * little after the server's answer to a later PING. bus_publish_denied_last()
+ * is whether such a refusal is the connection's last error, which nats.c
+ * records before it reads on: true after a round trip when a message sent
+ * before it was refused, and true until another error, also once the count
+ * has caught up.
+ */
+#define BUS_PUBLISH_DENIED "Permissions Violation for Publish to"
+uint64_t bus_publish_denied(struct bus *b);
+bool bus_publish_denied_last(struct bus *b);
+
+/*
  * Called from nats.c's threads on every change of connection state. One
  * listener per bus; it must not block nor call into the bus. NULL removes
  * it; once bus_set_listener() returns, the old listener is not running.

@@ -58,6 +58,7 @@
 #define PUB_CONFIRM_BYTES     (4u << 20)    /* most memory the batches waiting for it may hold */
 #define PUB_PROBE_MS          1000 /* while no one listens: how often the first batch is tried */
 #define PUB_UNHEARD_ROOT      "_EBPF_UNHEARD" /* reply subjects: <root>.<instance>.<sequence> */
+#define PUB_DENIED_WAIT_MS    100 /* longest wait for nats.c to report a refusal it recorded */
 
 struct batch {
     struct batch *next;
@@ -70,10 +71,11 @@ struct batch {
      * (deletions are rare; every queued batch paying for room would loosen the queue's bound). */
     struct peers_pod *gone;
     size_t n_gone;
-    char *present;  /* BUS_HDR_PODS_PRESENT's value (publisher_set_present()), owned */
-    bool heartbeat; /* sent even empty (publisher_tick()) */
-    bool unheard;   /* sent, and the server said no one subscribes to the subject */
-    bool came_back; /* unheard at least once (counted in batches_unheard) */
+    char *present;          /* BUS_HDR_PODS_PRESENT's value (publisher_set_present()), owned */
+    bool heartbeat;         /* sent even empty (publisher_tick()) */
+    bool unheard;           /* sent, and the server said no one subscribes to the subject */
+    uint64_t denied_before; /* bus_publish_denied() when it was last published */
+    bool came_back;         /* unheard at least once (counted in batches_unheard) */
 };
 
 struct publisher {
@@ -102,6 +104,9 @@ struct publisher {
     uint64_t sent_oldest_ns;
     uint64_t unheard_done;      /* replies on_unheard() has handled */
     bool no_listener;           /* a batch came back unheard, and no later one was heard */
+    bool refused;               /* ... and the server refused it (permissions), not unheard */
+    uint64_t denied_seen;       /* publisher thread: bus_publish_denied() at the last confirm */
+    bool denied_stale;          /* publisher thread: the refusal nats.c last recorded is old */
     struct batch *free_batches; /* sent, ready for reuse */
     unsigned n_free;
     bool publisher_idle;    /* waiting on wake for work: the only time a new batch signals */
@@ -703,6 +708,31 @@ static struct batch *sent_take(struct publisher *p, struct batch *last)
 }
 
 /*
+ * How many publishes the server has refused, once nats.c has reported every
+ * refusal of a message sent before the round trip just made (mu held, released
+ * while waiting). One it recorded (bus_publish_denied_last()) but has not yet
+ * reported is waited for, up to PUB_DENIED_WAIT_MS; one that does not come was
+ * an old refusal (permissions changed since), not waited for again until the
+ * server refuses another.
+ */
+static uint64_t denied_settled(struct publisher *p)
+{
+    uint64_t d = bus_publish_denied(p->bus);
+    if (d == p->denied_seen && !p->denied_stale && bus_publish_denied_last(p->bus)) {
+        for (int i = 0; i < PUB_DENIED_WAIT_MS / 5 && d == p->denied_seen; i++) {
+            struct timespec step = clock_deadline_ms(5);
+            pthread_cond_timedwait(&p->wake, &p->mu, &step);
+            d = bus_publish_denied(p->bus);
+        }
+        p->denied_stale = d == p->denied_seen;
+    } else if (d != p->denied_seen) {
+        p->denied_stale = false;
+    }
+    p->denied_seen = d;
+    return d;
+}
+
+/*
  * Learns which sent batches were heard (see on_unheard()); mu held, released
  * during the round trip. The heard ones are done; the unheard go back to the
  * front of the queue, in order, and the publisher holds it (no_listener).
@@ -734,13 +764,17 @@ static void confirm_sent(struct publisher *p)
      * them count as heard, as any batch the connection took always did. */
     if (s != NATS_OK && bus_connected(p->bus))
         return;
+    uint64_t denied = s == NATS_OK ? denied_settled(p) : 0;
 
     struct batch *first = sent_take(p, last), *back = NULL, **back_end = &back, *done = NULL;
-    bool heard = false;
+    bool heard = false, refused = false;
     while (first) {
         struct batch *b = first;
         first = b->next;
         b->next = NULL;
+        /* Refused by the server (a subject the user may not publish to): heard by no one. */
+        if (s == NATS_OK && denied > b->denied_before)
+            b->unheard = refused = true;
         if (s == NATS_OK && b->unheard) {
             b->unheard = false;
             if (!b->came_back) /* counted once, however often it is tried again */
@@ -769,6 +803,7 @@ static void confirm_sent(struct publisher *p)
             for (p->tail = back; p->tail->next; p->tail = p->tail->next)
                 ;
         __atomic_store_n(&p->no_listener, true, __ATOMIC_RELAXED);
+        __atomic_store_n(&p->refused, refused, __ATOMIC_RELAXED);
     } else if (heard) {
         __atomic_store_n(&p->no_listener, false, __ATOMIC_RELAXED);
     }
@@ -806,7 +841,16 @@ static void log_outage(struct publisher *p, bool *logged)
 /* Says when the batches stop being heard, and when they are again (mu not held). */
 static void log_listener(struct publisher *p)
 {
-    if (__atomic_load_n(&p->no_listener, __ATOMIC_RELAXED))
+    struct bus_status st;
+    if (__atomic_load_n(&p->no_listener, __ATOMIC_RELAXED) &&
+        __atomic_load_n(&p->refused, __ATOMIC_RELAXED)) {
+        bus_get_status(p->bus, &st);
+        fprintf(stderr,
+                "%s: NATS refuses the batches published to %s (%s: check SUBJECT_PREFIX and "
+                "the user's publish permissions): holding batches, up to OUTAGE_BUFFER, and "
+                "trying again every %d ms\n",
+                p->log_prefix, p->subject, st.last_error, PUB_PROBE_MS);
+    } else if (__atomic_load_n(&p->no_listener, __ATOMIC_RELAXED))
         fprintf(stderr,
                 "%s: no one subscribes to %s (no aggregator listening): holding batches, up to "
                 "OUTAGE_BUFFER, and trying again every %d ms\n",
@@ -919,6 +963,7 @@ static void *publisher_main(void *arg)
         int64_t maxpay = natsConnection_GetMaxPayload(bus_conn(p->bus));
         if (maxpay > 0)
             __atomic_store_n(&p->max_payload, (uint64_t)maxpay, __ATOMIC_RELAXED);
+        b->denied_before = bus_publish_denied(p->bus);
         natsStatus s = publish_batch(p, b);
         uint64_t len_before = b->events_len;
         struct batch *half = s == NATS_MAX_PAYLOAD ? batch_split(p, b) : NULL;
@@ -1091,9 +1136,10 @@ void publisher_free(struct publisher *p)
                 "%s: %" PRIu64 " batches (%" PRIu64 " events) not sent: NATS %s at exit; they are "
                 "lost, and no aggregator can count them\n",
                 p->log_prefix, unsent, unsent_events,
-                !bus_connected(p->bus) ? "unreachable"
-                : p->no_listener       ? "connected, but no one subscribed"
-                                       : "did not take them in time");
+                !bus_connected(p->bus)         ? "unreachable"
+                : p->no_listener && p->refused ? "connected, but refusing them (permissions)"
+                : p->no_listener               ? "connected, but no one subscribed"
+                                               : "did not take them in time");
     batch_free(p->cur);
     batch_free(p->spare);
     if (p->unheard_sub)

@@ -1128,3 +1128,88 @@ Test(publisher, a_batch_over_max_payload_is_split_json)
 {
     check_small_payload(CONFIG_ENCODING_JSON);
 }
+
+/* ---- a subject the user may not publish to ---- */
+
+static void write_perm_conf(const char *path, const char *agent_may_publish)
+{
+    FILE *cf = fopen(path, "w");
+    cr_assert_not_null(cf);
+    fprintf(cf,
+            "authorization { users = [\n"
+            "  {user: agent, password: apw, permissions: {publish: [\"%s\"], "
+            "subscribe: [\"_EBPF_UNHEARD.>\"]}},\n"
+            "  {user: sub, password: spw}\n"
+            "] }\n",
+            agent_may_publish);
+    fclose(cf);
+}
+
+/*
+ * A server that refuses the node's subject (a wrong SUBJECT_PREFIX, publish permissions that
+ * leave it out) drops every batch with an error, not a "no responders": the batches are held
+ * as when no one hears them, none counted as sent, and once the permissions are fixed (a
+ * server reload) every one arrives, in order, none lost.
+ */
+Test(publisher, batches_the_server_refuses_wait_for_permission)
+{
+    char conf[64], url[96];
+    snprintf(conf, sizeof(conf), "/tmp/test_publisher.perm.%d.conf", getpid());
+    write_perm_conf(conf, "other.>");
+    const char *const args[] = {"-c", conf, NULL};
+    struct fixture f;
+    memset(&f, 0, sizeof(f));
+    f.port = tu_free_port();
+    fixture_nats_args = args;
+    fixture_start_server(&f);
+    fixture_nats_args = NULL;
+
+    snprintf(url, sizeof(url), "nats://sub:spw@127.0.0.1:%d", f.port);
+    cr_assert_eq(natsConnection_ConnectTo(&f.sub_nc, url), NATS_OK);
+    cr_assert_eq(natsConnection_SubscribeSync(&f.sub, f.sub_nc, SUBJECT), NATS_OK);
+    cr_assert_eq(natsConnection_Flush(f.sub_nc), NATS_OK);
+
+    struct config c = {0};
+    char err[256];
+    snprintf(c.nats_url, sizeof(c.nats_url), "nats://agent:apw@127.0.0.1:%d", f.port);
+    f.bus = bus_open(&c, "test-publisher", err, sizeof(err));
+    cr_assert_not_null(f.bus, "%s", err);
+    cr_assert(wait_bus(f.bus, true), "the publisher did not connect");
+    struct publisher_config pc = {
+        .node = NODE,
+        .subject = SUBJECT,
+        .encoding = CONFIG_ENCODING_PROTOBUF,
+        .batch_size = 1,
+        .flush_interval_ns = 100 * MS,
+        .outage_buffer_bytes = 1 << 20,
+    };
+    f.pub = publisher_new(f.bus, &pc, err, sizeof(err));
+    cr_assert_not_null(f.pub, "%s", err);
+
+    enum { N = 5 };
+    add_events(f.pub, 0, N);
+    publisher_tick(f.pub, mono_ns());
+    cr_assert(wait_no_listener(f.pub, true), "refused batches are not held");
+    struct publisher_stats st;
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.batches_sent, 0, "refused batches counted as sent");
+    cr_assert_eq(st.events_sent, 0);
+    cr_assert_eq(st.queue_batches, N);
+    cr_assert_geq(st.batches_unheard, 1);
+    cr_assert_null(next_msg(&f, 10), "a refused batch arrived");
+
+    /* Permission given: the server takes the held batches, oldest first. */
+    write_perm_conf(conf, PREFIX ".>");
+    cr_assert_eq(kill(f.nats, SIGHUP), 0);
+    uint64_t gaps;
+    cr_assert_eq(receive_in_order(&f, 0, N, 0, &gaps), N);
+    cr_assert_eq(gaps, 0);
+    cr_assert(wait_no_listener(f.pub, false));
+    cr_assert_eq(publisher_flush(f.pub, 2000 * MS), 0);
+    publisher_get_stats(f.pub, &st);
+    cr_assert_eq(st.batches_sent, N);
+    cr_assert_eq(st.events_dropped, 0);
+    cr_assert_eq(st.queue_batches, 0);
+    unlink(conf);
+    fixture_close(&f);
+}
