@@ -184,6 +184,10 @@ enum source {
 
 static const char *const source_names[] = {"default", "config file", "environment", "flag",
                                            "hostname"};
+_Static_assert(NKEYS <= CONFIG_KEYS_MAX, "struct config's key_source holds every key");
+
+/* Where the value of the key named name came from, as an error says it. */
+static const char *source_of(const struct config *c, const char *name);
 
 /* Unit multipliers shared by durations and sizes. */
 struct unit {
@@ -591,6 +595,7 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
     const char *allowed = NULL;
     char range[256], shown[208];
 
+    c->key_source[k - keys] = (unsigned char)src;
     switch (k->kind) {
     case KIND_NODE:
         if (!event_node_name_valid(value, k->size - 1)) {
@@ -767,6 +772,14 @@ static int check_value(const struct config *c, const struct key *k, const char *
     int rc = set_value(scratch, k, value, src, err, errlen);
     free(scratch);
     return rc;
+}
+
+static const struct key *find_key(const char *name, size_t len);
+
+static const char *source_of(const struct config *c, const char *name)
+{
+    const struct key *k = find_key(name, strlen(name));
+    return k ? source_names[c->key_source[k - keys]] : "default";
 }
 
 /* Finds a key by env/YAML name (any case, '-' or '_') or NULL. */
@@ -1151,16 +1164,17 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
             (strncmp(c->control_subject, c->subject_prefix, plen) == 0 &&
              (c->control_subject[plen] == '.' || c->control_subject[plen] == '\0'))) {
             errmsg_set(err, errlen,
-                       "invalid CONTROL_SUBJECT=\"%s\": must be a NATS subject without wildcards "
-                       "outside SUBJECT_PREFIX \"%s\"",
-                       c->control_subject, c->subject_prefix);
+                       "invalid CONTROL_SUBJECT=\"%s\" (from %s): must be a NATS subject without "
+                       "wildcards outside SUBJECT_PREFIX \"%s\" (from %s)",
+                       c->control_subject, source_of(c, "CONTROL_SUBJECT"), c->subject_prefix,
+                       source_of(c, "SUBJECT_PREFIX"));
             return CONFIG_INVALID;
         }
         if (!c->queue_group[0] || strpbrk(c->queue_group, " \t*>.")) {
             errmsg_set(err, errlen,
-                       "invalid QUEUE_GROUP=\"%s\": must be one subject token (no '.', '*', '>' "
-                       "or spaces)",
-                       c->queue_group);
+                       "invalid QUEUE_GROUP=\"%s\" (from %s): must be one subject token (no '.', "
+                       "'*', '>' or spaces)",
+                       c->queue_group, source_of(c, "QUEUE_GROUP"));
             return CONFIG_INVALID;
         }
     }
@@ -1168,16 +1182,16 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
         char shown[CONFIG_URL]; /* without the passwords or tokens it may hold */
         config_redact_urls(c->nats_url, shown, sizeof(shown));
         errmsg_set(err, errlen,
-                   "invalid NATS_URL=\"%s\": must be a comma-separated list of servers such as "
-                   "nats://HOST:4222, tls://HOST:4222 or HOST:4222",
-                   shown);
+                   "invalid NATS_URL=\"%s\" (from %s): must be a comma-separated list of servers "
+                   "such as nats://HOST:4222, tls://HOST:4222 or HOST:4222",
+                   shown, source_of(c, "NATS_URL"));
         return CONFIG_INVALID;
     }
     if (c->k8s_api_url[0] && !http_url_valid(c->k8s_api_url)) {
         errmsg_set(err, errlen,
-                   "invalid K8S_API_URL=\"%s\": must be https://HOST[:PORT] or "
+                   "invalid K8S_API_URL=\"%s\" (from %s): must be https://HOST[:PORT] or "
                    "http://HOST[:PORT], with an optional path",
-                   c->k8s_api_url);
+                   c->k8s_api_url, source_of(c, "K8S_API_URL"));
         return CONFIG_INVALID;
     }
     if (!c->tls_cert[0] != !c->tls_key[0]) {

@@ -37,6 +37,8 @@ enum config_mode {
 /* Ports in DNS_PORTS (bpf/dns_events.h has the same bound). */
 #define CONFIG_DNS_PORTS_MAX 4
 
+#define CONFIG_KEYS_MAX 128
+
 struct config {
     enum config_role role;
     char config_file[CONFIG_STR];
@@ -102,6 +104,9 @@ struct config {
     uint64_t join_window_ns;   /* aggregator: the ClusterIP join's window (pkg/joins) */
 
     bool check_only; /* --check-config: validate and exit */
+    /* Where each key's value came from, by key (config.c's table and sources): what an error
+     * found after every source is read says. */
+    unsigned char key_source[CONFIG_KEYS_MAX];
 };
 
 enum config_result {

@@ -1108,3 +1108,30 @@ Test(config, capture_cgroup_that_is_not_a_cgroup_is_an_error_naming_the_key)
     cr_expect(strstr(err, "CAPTURE_CGROUP") && strstr(err, "not a cgroup"), "%s", err);
     cr_expect_null(strchr(err, '\n'), "%s", err);
 }
+
+/* A value refused once every source is read still says where it came from. */
+Test(config, checks_across_keys_name_the_source)
+{
+    struct config c;
+    char *agent[] = {"ebpf-agent", NULL};
+    unsetenv("KUBERNETES_SERVICE_HOST");
+    setenv("NATS_URL", "nats://h:0", 1);
+    cr_assert_eq(load(&c, CONFIG_AGENT, 1, agent), CONFIG_INVALID);
+    cr_expect(strstr(err, "invalid NATS_URL=\"nats://h:0\" (from environment): "), "%s", err);
+    unsetenv("NATS_URL");
+
+    char *path = write_yaml("K8S_API_URL: ftp://api\n");
+    char *with_file[] = {"ebpf-agent", "--config", path, NULL};
+    cr_assert_eq(load(&c, CONFIG_AGENT, 3, with_file), CONFIG_INVALID);
+    cr_expect(strstr(err, "invalid K8S_API_URL=\"ftp://api\" (from config file): "), "%s", err);
+    unlink(path);
+
+    char *agg[] = {"ebpf-aggregator", "--queue-group", "a.b", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGGREGATOR, 3, agg), CONFIG_INVALID);
+    cr_expect(strstr(err, "invalid QUEUE_GROUP=\"a.b\" (from flag): "), "%s", err);
+    char *ctl[] = {"ebpf-aggregator", "--control-subject", "ebpf.events.ctl", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGGREGATOR, 3, ctl), CONFIG_INVALID);
+    cr_expect(strstr(err, "(from flag): must be a NATS subject without wildcards outside "
+                          "SUBJECT_PREFIX \"ebpf.events\" (from default)"),
+              "%s", err);
+}
