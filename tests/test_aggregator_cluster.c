@@ -384,6 +384,9 @@ Test(aggregator_cluster, nodes_and_sequence_gaps_are_seen_from_either_replica)
     check(strstr(m.body, "ebpf_aggregator_node_kernel_missed{node=\"" NODE_B "\"} 30\n") != NULL,
           "per-node runs skipped in /metrics:\n%s", m.body);
     check(strstr(m.body, "ebpf_aggregator_replicas_expected 2\n") != NULL, "replicas in /metrics");
+    /* As /api/stats says it: no instance forgotten for room. */
+    check(strstr(m.body, "\nebpf_aggregator_node_instances_dropped_total 0\n") != NULL,
+          "instances dropped in /metrics:\n%s", m.body);
     tu_http_free(&m);
 }
 

@@ -725,6 +725,10 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
         api_metric(b, "ebpf_aggregator_invalid_answers_total", "counter",
                    "Peers' answers ignored as malformed (bad types, ranges or replica id).",
                    v.invalid_answers);
+        api_metric(b, "ebpf_aggregator_node_instances_dropped_total", "counter",
+                   "Agent instances the node table forgot for room (AGGREGATOR_MAX_INSTANCES): "
+                   "their later batches' losses are counted from scratch.",
+                   v.nt.instances_dropped);
         node_metric(b, "ebpf_aggregator_node_events",
                     "Events received from each node, all replicas.", v.nodes, "events");
         node_metric(b, "ebpf_aggregator_node_batches",
