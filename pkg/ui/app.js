@@ -608,7 +608,11 @@ const fmtMs = (ns) => (ns ? (ns / 1e6).toFixed(ns < 1e6 ? 3 : 1) + ' ms' : '–'
 
 // The view's time window (?window=15m in the URL) and the select showing it.
 function windowOf(params, select) {
-  const w = WINDOWS[params.get('window')] ? params.get('window') : '15m';
+  const asked = params.get('window');
+  const w = WINDOWS[asked] ? asked : '15m';
+  // A link's window this page does not offer is said, not silently replaced.
+  problem('window', asked === null || WINDOWS[asked] ? null
+    : 'No window "' + asked + '" (one of ' + Object.keys(WINDOWS).join(', ') + '): showing ' + w + '.');
   select.value = w;
   const untilMs = Date.now();
   return { name: w, sinceMs: untilMs - WINDOWS[w] * 1000, untilMs };
@@ -1233,6 +1237,7 @@ function showView() {
   document.querySelectorAll('nav a').forEach((a) => a.classList.toggle('active', a.dataset.view === name));
   clearTimeout(timer);
   problem('view', null);
+  problem('window', null);
   if (name === 'live') {
     setFilterInputs(params);
     startLive(liveParams());

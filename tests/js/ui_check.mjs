@@ -387,6 +387,14 @@ await step('Map draws the test client, its destination and the edges with their 
   await page.screenshot({ path: SHOTS + '/live-from-map.png' });
 });
 
+await step('a window the page does not offer is said in the banner, and a chosen one clears it', async () => {
+  await page.evaluate(() => { location.hash = '#map?window=2h'; });
+  await page.waitForFunction(() => /No window "2h".*showing 15m/.test(document.querySelector('#banner').textContent), null, { timeout: 10000 });
+  assert(await page.$eval('#map-window', (s) => s.value) === '15m', 'the select does not show the window used');
+  await page.selectOption('#map-window', '1h');
+  await page.waitForFunction(() => location.hash === '#map?window=1h' && document.querySelector('#banner').hidden, null, { timeout: 10000 });
+});
+
 await step('no banner while everything is up', async () => {
   await openView(page, 'live');
   assert(await page.$eval('#banner', (b) => b.hidden), 'banner: ' + (await page.$eval('#banner', (b) => b.textContent)));
