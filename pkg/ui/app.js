@@ -95,7 +95,8 @@ function problem(source, msg) {
   else
     problems.delete(source);
   const b = $('#banner');
-  b.textContent = [...problems.values()].join(' · ');
+  // Two sources refused for one reason (the stream and the history, for one bad filter) say it once.
+  b.textContent = [...new Set(problems.values())].join(' · ');
   b.hidden = problems.size === 0;
 }
 

@@ -232,6 +232,8 @@ await step('a link\'s filters are asked for as they are: a type list, a type the
 
     await open('#live?type=bogus'); // its refused loads are expected console errors (the last step)
     await page.waitForFunction(() => /refused.*type/i.test(document.querySelector('#banner').textContent), null, { timeout: 10000 });
+    const said = (await page.$eval('#banner', (b) => b.textContent)).split(' · ');
+    assert(new Set(said).size === said.length, 'the banner repeats itself: ' + said.join(' · '));
     assert(asked.some((q) => q.get('type') === 'bogus'), 'type=bogus not asked for: ' + asked.map(String));
 
     await open('#live?command=' + encodeURIComponent(MARKER_NAME + ' '));
