@@ -831,6 +831,8 @@ int dns_tracker_answer(struct dns_tracker *t, const struct dns_key *k, const str
     out->status = EVENT_STATUS_ANSWERED;
     out->u.dns.rcode = m->rcode;
     out->u.dns.latency_ns = ts_ns > start ? ts_ns - start : 0;
+    out->u.dns.tc = m->tc;
+    out->u.dns.answers_truncated = m->truncated;
     if (build_answers(m, out, ttl_s) < 0) {
         event_clear(out);
         t->st.oom++;

@@ -292,7 +292,8 @@ static bool details_equal(const struct event *a, const struct event *b)
         return str_equal(a->u.dns.query, b->u.dns.query) &&
                a->u.dns.query_type == b->u.dns.query_type && a->u.dns.rcode == b->u.dns.rcode &&
                a->u.dns.transaction_id == b->u.dns.transaction_id &&
-               a->u.dns.latency_ns == b->u.dns.latency_ns &&
+               a->u.dns.latency_ns == b->u.dns.latency_ns && a->u.dns.tc == b->u.dns.tc &&
+               a->u.dns.answers_truncated == b->u.dns.answers_truncated &&
                a->u.dns.answers_len == b->u.dns.answers_len &&
                (!a->u.dns.answers_len ||
                 (a->u.dns.answers && b->u.dns.answers &&

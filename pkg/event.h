@@ -161,10 +161,12 @@ struct event {
                               strings, at most EVENT_DNS_ANSWERS_MAX, each an address in
                               text form ("10.0.0.1", "::1") or a name (a CNAME target) */
             uint32_t answers_len;
-            uint16_t query_type;     /* DNS_TYPE_A, ...; dns_type_name() */
-            uint16_t rcode;          /* 0 NOERROR, 3 NXDOMAIN, ...; dns_rcode_name() */
-            uint16_t transaction_id; /* the query's ID field */
-            uint64_t latency_ns;     /* query sent -> answer received */
+            uint16_t query_type;       /* DNS_TYPE_A, ...; dns_type_name() */
+            uint16_t rcode;            /* 0 NOERROR, 3 NXDOMAIN, ...; dns_rcode_name() */
+            uint16_t transaction_id;   /* the query's ID field */
+            uint64_t latency_ns;       /* query sent -> answer received */
+            uint8_t tc;                /* the answer had the TC bit: cut to fit (UDP) */
+            uint8_t answers_truncated; /* the answer held records past those listed */
         } dns;
     } u;
 };

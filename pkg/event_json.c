@@ -345,6 +345,10 @@ static void put_dns(struct buf *b, const struct event *e)
     PUT_STR_LIST(b, ",\"answers\":[", e->u.dns.answers, e->u.dns.answers_len);
     PUT_LIT(b, ",\"latency_ns\":");
     put_u64(b, e->u.dns.latency_ns);
+    if (e->u.dns.tc)
+        PUT_LIT(b, ",\"truncated\":true");
+    if (e->u.dns.answers_truncated)
+        PUT_LIT(b, ",\"answers_truncated\":true");
 }
 
 static size_t str_bound(const char *s)
@@ -835,12 +839,24 @@ static int parse_args(struct parse_ctx *c, struct event *e)
     return 0;
 }
 
+/* An optional boolean field: *out is 1 when it is true, unchanged when it is absent. */
+static int get_flag(struct parse_ctx *c, const char *key, uint8_t *out)
+{
+    json_t *j;
+    int rc = get_field(c, key, false, &j);
+    if (rc || !j)
+        return rc;
+    if (!json_is_boolean(j))
+        return errmsg_set(c->err, c->errlen, "field \"%s\": expected a boolean", key);
+    *out = json_is_true(j);
+    return 0;
+}
+
 static int parse_exec(struct parse_ctx *c, struct event *e)
 {
     const char *s;
     char *raw;
     size_t len, rawlen;
-    json_t *j;
     int rc;
     if ((rc = get_str(c, "filename", false, &s, &len)) ||
         (rc = get_raw(c, "filename", s, len, &raw, &rawlen)))
@@ -853,22 +869,9 @@ static int parse_exec(struct parse_ctx *c, struct event *e)
     }
     if ((rc = parse_args(c, e)))
         return rc;
-    if ((rc = get_field(c, "args_truncated", false, &j)))
+    if ((rc = get_flag(c, "args_truncated", &e->u.exec.args_truncated)))
         return rc;
-    if (j) {
-        if (!json_is_boolean(j))
-            return errmsg_set(c->err, c->errlen, "field \"args_truncated\": expected a boolean");
-        e->u.exec.args_truncated = json_is_true(j);
-    }
-    if ((rc = get_field(c, "filename_truncated", false, &j)))
-        return rc;
-    if (j) {
-        if (!json_is_boolean(j))
-            return errmsg_set(c->err, c->errlen,
-                              "field \"filename_truncated\": expected a boolean");
-        e->u.exec.filename_truncated = json_is_true(j);
-    }
-    return 0;
+    return get_flag(c, "filename_truncated", &e->u.exec.filename_truncated);
 }
 
 static int parse_exit(struct parse_ctx *c, struct event *e)
@@ -971,7 +974,9 @@ static int parse_dns(struct parse_ctx *c, struct event *e)
         return rc;
     GET_UINT(c, "transaction_id", 65535, e->u.dns.transaction_id);
     GET_UINT(c, "latency_ns", INT64_MAX, e->u.dns.latency_ns);
-    return 0;
+    if ((rc = get_flag(c, "truncated", &e->u.dns.tc)))
+        return rc;
+    return get_flag(c, "answers_truncated", &e->u.dns.answers_truncated);
 }
 
 static int parse_event(struct parse_ctx *c, struct event *e)

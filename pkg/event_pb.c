@@ -222,6 +222,8 @@ int event_pb_dns_to_event(const Ebpfmonitor__DnsDetails *x, struct event *e, cha
     e->u.dns.rcode = (uint16_t)x->rcode;
     e->u.dns.transaction_id = (uint16_t)x->transaction_id;
     e->u.dns.latency_ns = x->latency_ns;
+    e->u.dns.tc = x->truncated ? 1 : 0;
+    e->u.dns.answers_truncated = x->answers_truncated ? 1 : 0;
     if (x->query.len && !(e->u.dns.query = strndup((const char *)x->query.data, x->query.len))) {
         errmsg_set(err, errlen, "dns.query: out of memory");
         return -ENOMEM;

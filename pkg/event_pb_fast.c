@@ -219,7 +219,8 @@ static size_t plan_details(const struct event *e, struct enc_plan *pl)
             sz_u64(PB_TAG(3, PB_WT_VARINT), e->u.dns.query_type) +
             sz_u64(PB_TAG(4, PB_WT_VARINT), e->u.dns.rcode) +
             sz_u64(PB_TAG(6, PB_WT_VARINT), e->u.dns.latency_ns) +
-            sz_u64(PB_TAG(7, PB_WT_VARINT), e->u.dns.transaction_id);
+            sz_u64(PB_TAG(7, PB_WT_VARINT), e->u.dns.transaction_id) + (e->u.dns.tc ? 2 : 0) +
+            (e->u.dns.answers_truncated ? 2 : 0);
         /* answers: every element is written (repeated field) */
         const char *p = e->u.dns.answers, *ans;
         size_t len;
@@ -346,6 +347,14 @@ static uint8_t *write_details(uint8_t *p, const struct event *e, const struct en
             p = put_bytes(p, PB_TAG(5, PB_WT_LEN), ans, len);
         p = put_u64(p, PB_TAG(6, PB_WT_VARINT), e->u.dns.latency_ns);
         p = put_u64(p, PB_TAG(7, PB_WT_VARINT), e->u.dns.transaction_id);
+        if (e->u.dns.tc) {
+            *p++ = PB_TAG(8, PB_WT_VARINT);
+            *p++ = 1;
+        }
+        if (e->u.dns.answers_truncated) {
+            *p++ = PB_TAG(9, PB_WT_VARINT);
+            *p++ = 1;
+        }
         break;
     }
     }
@@ -758,6 +767,12 @@ static bool fast_dns(const struct pb_field *f, Ebpfmonitor__DnsDetails *x)
         return true;
     case 6:
         x->latency_ns = f->v;
+        return true;
+    case 8:
+    case 9:
+        if (f->v > 1)
+            return false;
+        *(f->num == 8 ? &x->truncated : &x->answers_truncated) = f->v != 0;
         return true;
     default:
         return false;

@@ -164,6 +164,8 @@ static int pb_fill(const struct event *e, const char *batch_node, Ebpfmonitor__E
             args_fill(e, args);
         d->dns.latency_ns = e->u.dns.latency_ns;
         d->dns.transaction_id = e->u.dns.transaction_id;
+        d->dns.truncated = e->u.dns.tc != 0;
+        d->dns.answers_truncated = e->u.dns.answers_truncated != 0;
         out->details_case = EBPFMONITOR__EVENT__DETAILS_DNS;
         out->dns = &d->dns;
         break;

@@ -1055,6 +1055,62 @@ Test(dns_tracker, query_answer_timeout_and_counters)
     dns_tracker_free(t);
 }
 
+/*
+ * An answer the server truncated (TC: too large for UDP, the client asks again
+ * over TCP) is told from an empty NOERROR, and one with more records than the
+ * event lists says so too; a whole answer says neither.
+ */
+Test(dns_tracker, truncated_answers_are_flagged)
+{
+    struct dnsmasq d;
+    struct exchange many, web;
+    dnsmasq_start(&d);
+    exchange_udp(&d, &many, 0x0a0a, "many.test", DNS_TYPE_A);
+    exchange_udp(&d, &web, 0x0b0b, "web.test", DNS_TYPE_A);
+    dnsmasq_stop(&d);
+
+    struct dns_tracker *t = dns_tracker_new(NULL);
+    struct dns_message *q = msg_new(), *a = msg_new();
+    struct dns_key k = key_of(77, &d);
+    struct event attr = attribution(100), out = {0};
+
+    cr_assert_eq(dns_parse(many.q, many.qlen, q), DNS_OK);
+    cr_assert_eq(dns_tracker_query(t, &k, q, &attr, 1000), 1);
+    cr_assert_eq(dns_parse(many.a, many.alen, a), DNS_OK);
+    cr_assert_eq(dns_tracker_answer(t, &k, a, 2000, &out, NULL), 1);
+    cr_assert_not_null(answer_at(&out, DNS_ANSWERS_MAX - 1));
+    cr_assert_null(answer_at(&out, DNS_ANSWERS_MAX));
+    cr_assert(out.u.dns.answers_truncated, "%d records, %d listed", MANY, DNS_ANSWERS_MAX);
+    cr_assert_not(out.u.dns.tc);
+    event_clear(&out);
+
+    cr_assert_eq(dns_parse(web.q, web.qlen, q), DNS_OK);
+    cr_assert_eq(dns_tracker_query(t, &k, q, &attr, 3000), 1);
+    cr_assert_eq(dns_parse(web.a, web.alen, a), DNS_OK);
+    cr_assert_eq(dns_tracker_answer(t, &k, a, 4000, &out, NULL), 1);
+    cr_assert_not(out.u.dns.answers_truncated);
+    cr_assert_not(out.u.dns.tc);
+    event_clear(&out);
+
+    /* The server's truncated answer: the question alone, with QR and TC. */
+    uint8_t tc[512];
+    memcpy(tc, web.q, web.qlen);
+    tc[2] = 0x83; /* QR, opcode 0, AA off, TC, RD */
+    tc[3] = 0x80; /* RA, NOERROR */
+    cr_assert_eq(dns_tracker_query(t, &k, q, &attr, 5000), 1);
+    cr_assert_eq(dns_parse(tc, web.qlen, a), DNS_OK);
+    cr_assert_eq(dns_tracker_answer(t, &k, a, 6000, &out, NULL), 1);
+    cr_assert(out.u.dns.tc);
+    cr_assert_eq(out.u.dns.rcode, DNS_RCODE_NOERROR);
+    cr_assert_null(out.u.dns.answers);
+    cr_assert_not(out.u.dns.answers_truncated);
+    event_clear(&out);
+
+    free(q);
+    free(a);
+    dns_tracker_free(t);
+}
+
 Test(dns_tracker, mismatched_question_is_not_matched)
 {
     struct dnsmasq d;

@@ -265,7 +265,8 @@ static void query_name(const uint8_t *q, size_t len, char *out, size_t outlen)
 
 /*
  * The responder's answer to query q by its name: servfail.* a SERVFAIL;
- * trunc.* cut inside the question; loop.* an answer record whose name is a
+ * tc.* no records and the TC bit (too large for UDP: ask over TCP); trunc.* cut inside the
+ * question; loop.* an answer record whose name is a
  * pointer to itself; biglabel.* one whose name starts with a 64-byte label.
  */
 static size_t responder_answer(const uint8_t *q, size_t qlen, uint8_t *a)
@@ -280,6 +281,10 @@ static size_t responder_answer(const uint8_t *q, size_t qlen, uint8_t *a)
     }
     if (strncmp(name, "trunc.", 6) == 0)
         return 12 + 4;
+    if (strncmp(name, "tc.", 3) == 0) {
+        a[2] |= 2;
+        return qlen;
+    }
     a[7] = 1; /* ancount */
     size_t n = qlen;
     if (strncmp(name, "split.", 6) == 0) { /* a well-formed answer: the question's name */
@@ -1074,6 +1079,52 @@ Test(e2e_dns, every_address_of_a_large_answer_names_its_connections, .fini = sto
         cr_expect_str_eq(tu_jstr(conn, "peer_dns"), "many.test", "%s", tu_jdump(conn));
         json_decref(conn);
     }
+}
+
+/* A flag of the event: true, or absent (never false). */
+static bool has_flag(json_t *ev, const char *key)
+{
+    json_t *v = json_object_get(ev, key);
+    cr_assert(!v || json_is_true(v), "%s: %s", key, tu_jdump(ev));
+    return v != NULL;
+}
+
+/*
+ * An answer the server truncated (the TC bit: the client asks again over TCP)
+ * is no empty NOERROR: its event says `truncated`. One with more records than
+ * the event lists says `answers_truncated`. Both cross the bus (protobuf) to
+ * the aggregator; an answer with neither has neither key.
+ */
+Test(e2e_dns, a_truncated_answer_and_a_cut_answer_list_say_so, .fini = stop_all, .timeout = 90)
+{
+    monitor_up("dns-node");
+    ask(responder.port, 0x7c01, "tc.test", true);
+    ask(dnsmasq.port, 0x7c02, "many.test", true);
+    ask(dnsmasq.port, 0x7c03, "a.test", true);
+
+    int ports[] = {agent.port, agg.port};
+    for (int i = 0; i < 2; i++) {
+        json_t *tc = wait_dns(ports[i], "tc.test", 0x7c01);
+        cr_assert_str_eq(tu_jstr(tc, "status"), "answered", "%s", tu_jdump(tc));
+        cr_assert_str_eq(tu_jstr(tc, "rcode"), "NOERROR", "%s", tu_jdump(tc));
+        cr_assert_eq(json_array_size(json_object_get(tc, "answers")), 0, "%s", tu_jdump(tc));
+        cr_assert(has_flag(tc, "truncated"), "no TC flag on :%d: %s", ports[i], tu_jdump(tc));
+        cr_assert_not(has_flag(tc, "answers_truncated"), "%s", tu_jdump(tc));
+
+        json_t *many = wait_dns(ports[i], "many.test", 0x7c02);
+        cr_assert_eq(json_array_size(json_object_get(many, "answers")), EVENT_DNS_ANSWERS_MAX, "%s",
+                     tu_jdump(many));
+        cr_assert(has_flag(many, "answers_truncated"), "%d answers, %d listed, not flagged: %s",
+                  MANY_ADDRS, EVENT_DNS_ANSWERS_MAX, tu_jdump(many));
+        cr_assert_not(has_flag(many, "truncated"), "%s", tu_jdump(many));
+
+        json_t *a = wait_dns(ports[i], "a.test", 0x7c03);
+        cr_assert_not(has_flag(a, "truncated"), "%s", tu_jdump(a));
+        cr_assert_not(has_flag(a, "answers_truncated"), "%s", tu_jdump(a));
+        json_decref(tc), json_decref(many), json_decref(a);
+    }
+    agent_exits_cleanly();
+    remove_logs();
 }
 
 Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = stop_all,

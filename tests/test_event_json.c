@@ -501,6 +501,45 @@ Test(event_json, dns_answered_with_a_cname_chain)
     event_clear(&e);
 }
 
+/* A truncated answer (TC) and an answer list cut at its bound say so; a whole one says neither. */
+Test(event_json, dns_truncated_answer_and_cut_answer_list)
+{
+    struct event e;
+    base(&e, EVENT_DNS, "dig");
+    e.ppid = 1;
+    set_addrs(&e, EVENT_FAMILY_IPV4, "10.1.0.7", 53001, "10.96.0.10", 53);
+    e.protocol = IPPROTO_UDP;
+    e.status = EVENT_STATUS_ANSWERED;
+    e.u.dns.query = strdup("big.test");
+    e.u.dns.query_type = 16;
+    e.u.dns.transaction_id = 9;
+    e.u.dns.latency_ns = 1000;
+    e.u.dns.tc = 1;
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"dns\"," COMMON
+                    "\"command\":\"dig\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"source_ip\":\"10.1.0.7\",\"source_port\":53001,"
+                    "\"dest_ip\":\"10.96.0.10\",\"dest_port\":53,"
+                    "\"protocol\":\"udp\",\"family\":\"ipv4\",\"status\":\"answered\","
+                    "\"query\":\"big.test\",\"query_type\":\"TXT\",\"transaction_id\":9,"
+                    "\"rcode\":\"NOERROR\",\"answers\":[],\"latency_ns\":1000,\"truncated\":true}");
+    assert_round_trip(&e);
+    e.u.dns.tc = 0;
+    e.u.dns.answers_truncated = 1;
+    static const char answers[] = "192.0.2.1\0"
+                                  "192.0.2.2";
+    set_answers(&e, answers, sizeof(answers));
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"dns\"," COMMON
+                    "\"command\":\"dig\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"source_ip\":\"10.1.0.7\",\"source_port\":53001,"
+                    "\"dest_ip\":\"10.96.0.10\",\"dest_port\":53,"
+                    "\"protocol\":\"udp\",\"family\":\"ipv4\",\"status\":\"answered\","
+                    "\"query\":\"big.test\",\"query_type\":\"TXT\",\"transaction_id\":9,"
+                    "\"rcode\":\"NOERROR\",\"answers\":[\"192.0.2.1\",\"192.0.2.2\"],"
+                    "\"latency_ns\":1000,\"answers_truncated\":true}");
+    assert_round_trip(&e);
+    event_clear(&e);
+}
+
 Test(event_json, dns_timeout_has_no_rcode_answers_or_latency)
 {
     struct event e;

@@ -149,6 +149,18 @@ static size_t make_events(struct event *ev)
     e->u.dns.rcode = 0;
     e->u.dns.transaction_id = 0xbeef;
     e->u.dns.latency_ns = 734000;
+    e->u.dns.answers_truncated = 1;
+
+    e = &ev[n++];
+    base(e, EVENT_DNS, 12, "dig");
+    addrs(e, EVENT_FAMILY_IPV4, "10.1.0.7", 53002, "10.96.0.10", 53);
+    e->protocol = IPPROTO_UDP;
+    e->status = EVENT_STATUS_ANSWERED;
+    e->u.dns.query = strdup("big.example.com");
+    e->u.dns.query_type = 16;
+    e->u.dns.transaction_id = 0xcafe;
+    e->u.dns.latency_ns = 512000;
+    e->u.dns.tc = 1;
 
     e = &ev[n++];
     base(e, EVENT_DNS, 11, "getent");
@@ -718,6 +730,8 @@ static void random_event(struct event *e)
         e->u.dns.rcode = (uint16_t)RV();
         e->u.dns.transaction_id = (uint16_t)RV();
         e->u.dns.latency_ns = RV();
+        e->u.dns.tc = (uint8_t)(rng() % 4 == 0);
+        e->u.dns.answers_truncated = (uint8_t)(rng() % 4 == 0);
         break;
     }
     }
