@@ -41,6 +41,23 @@ struct {
     __type(value, struct rate_bucket);
 } buckets SEC(".maps");
 
+/* Suppressed drops by reason (net_events.h); user space creates it and reads it. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, DROP_REASON_SLOTS);
+    __type(key, __u32);
+    __type(value, __u64);
+} drop_suppressed SEC(".maps");
+
+static __always_inline void count_suppressed(int reason)
+{
+    __u32 slot = (__u32)reason < DROP_REASON_SLOTS - 1 ? (__u32)reason : DROP_REASON_SLOTS - 1;
+    __u64 *n = bpf_map_lookup_elem(&drop_suppressed, &slot);
+
+    if (n)
+        *n += 1; /* per CPU, and this program does not nest on a CPU */
+}
+
 static __always_inline void read_ports(struct drop_record *r, unsigned char *l4)
 {
     __be16 ports[2];
@@ -151,8 +168,12 @@ int BPF_PROG(tp_btf__kfree_skb, struct sk_buff *skb, void *location, int reason)
 
     now = bpf_ktime_get_boot_ns();
     b = bpf_map_lookup_elem(&buckets, &zero);
-    if (!b || !rate_bucket_take(b, drop_rate_per_sec, SLOT_KFREE_SKB, now))
+    if (!b)
         return 0;
+    if (!rate_bucket_take(b, drop_rate_per_sec, SLOT_KFREE_SKB, now)) {
+        count_suppressed(reason);
+        return 0;
+    }
 
     r = record_reserve(SLOT_KFREE_SKB, sizeof(*r));
     if (!r)

@@ -119,6 +119,14 @@ enum sock_life_phase {
 /* The `sockets` map's size: connections followed at once, and dead entries waiting. */
 #define SOCKETS_MAX 65536
 
+/*
+ * Drops the rate limit suppressed, counted by reason in the kernel (a per-CPU array): the
+ * core reasons below DROP_REASON_SLOTS - 1 each in their slot, subsystem reasons (and any
+ * larger code) in the last one. A record's `suppressed` says how many went before it, not
+ * which: this says which.
+ */
+#define DROP_REASON_SLOTS 257
+
 /* RECORD_DROP: an skb freed with a drop reason (skb:kfree_skb). */
 struct drop_record {
     struct record_hdr hdr;

@@ -4,6 +4,7 @@
  * Needs root (loads eBPF programs); skipped with a reason otherwise.
  */
 #include <arpa/inet.h>
+#include <sched.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -972,4 +973,105 @@ Test(e2e_agent, listen_on_port_zero_logs_the_port_bound)
     tu_http_free(&r);
     cr_expect_eq(tu_stop(pid, 10000), 0);
     unlink(log);
+}
+
+/* ---- packet drops by reason, with the rate limit on ---- */
+
+static struct tu_agent limited;
+
+static void stop_limited(void)
+{
+    tu_agent_stop(&limited);
+}
+
+/* A counter of /proc/self/net/snmp's "Udp:" lines (this network namespace's). */
+static long long udp_snmp(const char *name)
+{
+    char *s = tu_read_file("/proc/self/net/snmp");
+    cr_assert_not_null(s);
+    char *head = strstr(s, "\nUdp: "), *vals = head ? strstr(head + 1, "\nUdp: ") : NULL;
+    cr_assert(head && vals, "no Udp lines: %s", s);
+    long long v = -1;
+    char *hs, *vs, *h = strtok_r(head + 6, " \n", &hs), *x = strtok_r(vals + 6, " \n", &vs);
+    for (; h && x && strcmp(h, "Udp:") != 0;
+         h = strtok_r(NULL, " \n", &hs), x = strtok_r(NULL, " \n", &vs))
+        if (strcmp(h, name) == 0) {
+            v = atoll(x);
+            break;
+        }
+    free(s);
+    cr_assert_geq(v, 0, "no Udp counter %s", name);
+    return v;
+}
+
+/* ebpf_agent_packet_drops_total{reason="<reason>"} on port, 0 when absent. */
+static long long drops_metric(int port, const char *reason)
+{
+    char key[96];
+    struct tu_http m;
+    long long v = 0;
+    snprintf(key, sizeof(key), "ebpf_agent_packet_drops_total{reason=\"%s\"} ", reason);
+    cr_assert_eq(tu_http_get(port, "/metrics", NULL, &m), 0);
+    const char *p = strstr(m.body, key);
+    if (p)
+        v = atoll(p + strlen(key));
+    tu_http_free(&m);
+    return v;
+}
+
+/*
+ * Drops the rate limit suppressed count under their own reason: a burst of NO_SOCKET
+ * drops, then one of SOCKET_RCVBUFF, on one CPU with DROP_RATE_LIMIT=1, are each counted
+ * in full under theirs, as this namespace's own counters (UdpNoPorts, UdpRcvbufErrors) say,
+ * and not under the reason of whichever drop is let through next.
+ */
+Test(e2e_agent_drop_limit, suppressed_drops_count_under_their_own_reason, .fini = stop_limited,
+     .timeout = 120)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to load eBPF programs");
+    /* A network namespace of the test's own: its UDP counters are the ground truth. */
+    cr_assert_eq(unshare(CLONE_NEWNET), 0, "unshare: %s", strerror(errno));
+    cr_assert_eq(tu_run("ip link set lo up", NULL), 0);
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(0, &one);
+    cr_assert_eq(sched_setaffinity(0, sizeof(one), &one), 0); /* one CPU: one rate bucket */
+    const char *extra[] = {"--drop-rate-limit", "1", "--event-types", "packet_drop", NULL};
+    tu_agent_start(&limited, "drop-node", extra);
+
+    long long noports = udp_snmp("NoPorts"), rcvbuf = udp_snmp("RcvbufErrors");
+    int port = tu_free_port(), s = socket(AF_INET, SOCK_DGRAM, 0),
+        r = socket(AF_INET, SOCK_DGRAM, 0);
+    int small = 1;
+    cr_assert(s >= 0 && r >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    for (int i = 0; i < 200; i++)
+        cr_assert_eq(sendto(s, "x", 1, 0, (struct sockaddr *)&sa, sizeof(sa)), 1);
+    /* A receiver with no room: the datagrams past its first are SOCKET_RCVBUFF drops. */
+    cr_assert_eq(setsockopt(r, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+    cr_assert_eq(bind(r, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    char big[1400] = {0};
+    for (int i = 0; i < 200; i++)
+        cr_assert_eq(sendto(s, big, sizeof(big), 0, (struct sockaddr *)&sa, sizeof(sa)),
+                     (ssize_t)sizeof(big));
+    noports = udp_snmp("NoPorts") - noports;
+    rcvbuf = udp_snmp("RcvbufErrors") - rcvbuf;
+    cr_assert_eq(noports, 200);
+    cr_assert_gt(rcvbuf, 100, "the receiver took %lld of 200", 200 - rcvbuf);
+
+    /* Others' drops may add to either reason: at least ours, soon. */
+    long long got_np = 0, got_rb = 0;
+    for (uint64_t end = tu_mono_ms() + 10000; tu_mono_ms() < end; usleep(50000)) {
+        got_np = drops_metric(limited.port, "NO_SOCKET");
+        got_rb = drops_metric(limited.port, "SOCKET_RCVBUFF");
+        if (got_np >= noports && got_rb >= rcvbuf)
+            break;
+    }
+    cr_assert_geq(got_np, noports, "NO_SOCKET: %lld counted of %lld", got_np, noports);
+    cr_assert_geq(got_rb, rcvbuf, "SOCKET_RCVBUFF: %lld counted of %lld", got_rb, rcvbuf);
+    close(s);
+    close(r);
 }

@@ -344,12 +344,19 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     api_metric_header(b, "ebpf_agent_packet_drops_total", "counter",
                       "Packets the kernel dropped, by its drop reason (reported and rate-limited "
                       "drops; SUBSYSTEM = a subsystem's own reasons).");
+    _Static_assert(AGENT_DROP_REASONS + 1 == CAPTURE_DROP_REASON_SLOTS, "the same reason slots");
+    uint64_t suppressed[CAPTURE_DROP_REASON_SLOTS];
+    capture_drops_suppressed(a->capture, suppressed); /* zeroes on error: reported ones only */
     for (unsigned r = 0; r <= AGENT_DROP_REASONS; r++) {
         const char *name = __atomic_load_n(&a->drop_reason_name[r], __ATOMIC_ACQUIRE);
-        uint64_t n = load(&a->drops_by_reason[r]);
+        uint64_t n = load(&a->drops_by_reason[r]) + suppressed[r];
         char code[16];
         if (!n)
             continue;
+        if (!name && r == AGENT_DROP_REASONS)
+            name = "SUBSYSTEM";
+        else if (!name) /* only suppressed ones so far */
+            name = capture_drop_reason_name(a->capture, r);
         if (!name) { /* no BTF names: the code */
             snprintf(code, sizeof(code), "%u", r);
             name = code;

@@ -167,6 +167,7 @@ struct capture {
     uint32_t cgroup_level;
     int ringbuf_fd, stats_fd;
     int dns_lost_fd;               /* struct dns_lost per CPU, -1 without the DNS programs */
+    int drop_suppressed_fd;        /* __u64 per CPU per DROP_REASON_SLOTS, -1 without drops */
     struct dns_lost *dns_lost;     /* its values as last read (capture_dns_lost()) */
     uint32_t ringbuf_wakeup_bytes; /* a quarter of the ring: records wake the reader past it */
     struct ring_buffer *rb;
@@ -527,6 +528,9 @@ static int instance_load(struct capture *c, struct instance *in, enum capture_ob
         (err = bpf_map__reuse_fd(map, c->stats_fd)) ||
         (object == OBJ_DNS && (!(map = bpf_object__find_map_by_name(in->obj, "dns_lost")) ||
                                (err = bpf_map__reuse_fd(map, c->dns_lost_fd)))) ||
+        (object == OBJ_DROPS &&
+         (!(map = bpf_object__find_map_by_name(in->obj, "drop_suppressed")) ||
+          (err = bpf_map__reuse_fd(map, c->drop_suppressed_fd)))) ||
         (err = bpf_object__load(in->obj))) {
         instance_destroy(in);
         return err < 0 ? err : -ENOENT;
@@ -802,7 +806,7 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
     memcpy(c->dns_ports, cfg->dns_ports, sizeof(c->dns_ports));
     if (!c->dns_ports[0] && !c->dns_ports[1] && !c->dns_ports[2] && !c->dns_ports[3])
         c->dns_ports[0] = 53;
-    c->ringbuf_fd = c->stats_fd = c->cgroup_fd = c->dns_lost_fd = -1;
+    c->ringbuf_fd = c->stats_fd = c->cgroup_fd = c->dns_lost_fd = c->drop_suppressed_fd = -1;
     if (want & ((1u << SLOT_DNS_EGRESS) | (1u << SLOT_DNS_INGRESS)))
         c->cgroup_fd = open_cgroup_root(cfg->cgroup_root);
     c->ncpus = libbpf_num_possible_cpus();
@@ -833,6 +837,16 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
     if (c->stats_fd < 0) {
         errmsg_set(err, errlen, "capture: creating the statistics map: %s", strerror(errno));
         goto fail;
+    }
+    if (want & (1u << SLOT_KFREE_SKB)) {
+        c->drop_suppressed_fd =
+            bpf_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, "ebpfmon_dropsup", sizeof(uint32_t),
+                           sizeof(uint64_t), DROP_REASON_SLOTS, NULL);
+        if (c->drop_suppressed_fd < 0) {
+            errmsg_set(err, errlen, "capture: creating the map of suppressed drops: %s",
+                       strerror(errno));
+            goto fail;
+        }
     }
     if (want & ((1u << SLOT_DNS_EGRESS) | (1u << SLOT_DNS_INGRESS))) {
         c->dns_lost_fd = bpf_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, "ebpfmon_dns_lost",
@@ -911,12 +925,44 @@ void capture_close(struct capture *c)
         close(c->stats_fd);
     if (c->dns_lost_fd >= 0)
         close(c->dns_lost_fd);
+    if (c->drop_suppressed_fd >= 0)
+        close(c->drop_suppressed_fd);
     free(c->dns_lost);
     if (c->cgroup_fd >= 0)
         close(c->cgroup_fd);
     ksyms_free(c->ksyms);
     drop_reasons_free(c->reasons);
     free(c);
+}
+
+_Static_assert(CAPTURE_DROP_REASON_SLOTS == DROP_REASON_SLOTS, "one count per reason slot");
+
+int capture_drops_suppressed(struct capture *c, uint64_t out[CAPTURE_DROP_REASON_SLOTS])
+{
+    memset(out, 0, DROP_REASON_SLOTS * sizeof(*out));
+    if (c->progs[SLOT_KFREE_SKB].status != CAPTURE_PROGRAM_ATTACHED || c->ncpus <= 0)
+        return -ENOENT;
+    uint64_t *per_cpu = calloc((size_t)c->ncpus, sizeof(*per_cpu));
+    if (!per_cpu)
+        return -ENOMEM;
+    int err = 0;
+    for (uint32_t slot = 0; slot < DROP_REASON_SLOTS && !err; slot++) {
+        if (bpf_map_lookup_elem(c->drop_suppressed_fd, &slot, per_cpu) != 0) {
+            err = -errno;
+            break;
+        }
+        for (int cpu = 0; cpu < c->ncpus; cpu++)
+            out[slot] += per_cpu[cpu];
+    }
+    free(per_cpu);
+    if (err)
+        memset(out, 0, DROP_REASON_SLOTS * sizeof(*out));
+    return err;
+}
+
+const char *capture_drop_reason_name(const struct capture *c, uint32_t code)
+{
+    return c->reasons ? drop_reasons_name(c->reasons, code) : NULL;
 }
 
 int capture_dns_lost(struct capture *c, const struct dns_lost **out)

@@ -123,6 +123,16 @@ void capture_record_losses(struct capture *c, struct capture_record_losses *out)
  */
 int capture_dns_lost(struct capture *c, const struct dns_lost **out);
 
+/*
+ * Drops the rate limit (DROP_RATE_LIMIT) suppressed, by reason: out[code] for the kernel's
+ * core reasons below CAPTURE_DROP_REASON_SLOTS - 1, the last slot for subsystem reasons; summed
+ * over CPUs. 0, or -errno with out zeroed (the drop program is not attached). Any thread.
+ */
+#define CAPTURE_DROP_REASON_SLOTS 257 /* DROP_REASON_SLOTS of bpf/net_events.h */
+int capture_drops_suppressed(struct capture *c, uint64_t out[CAPTURE_DROP_REASON_SLOTS]);
+/* The running kernel's name of drop reason code ("NO_SOCKET"), or NULL. Any thread. */
+const char *capture_drop_reason_name(const struct capture *c, uint32_t code);
+
 /* Number of programs attached (for /ready). */
 size_t capture_attached(struct capture *c);
 

@@ -9,7 +9,8 @@
 #include "agent.h"
 #include "clock.h"
 
-/* packet_drop by reason for /metrics: the drop plus what the rate limit suppressed before it. */
+/* packet_drop events by reason for /metrics; the drops the rate limit suppressed the kernel
+ * counts by their own reason (capture_drops_suppressed()), not by the next one's. */
 static void count_drop(struct agent *a, const struct event *e)
 {
     uint32_t slot =
@@ -17,7 +18,7 @@ static void count_drop(struct agent *a, const struct event *e)
     const char *name = slot < AGENT_DROP_REASONS ? e->u.drop.reason : "SUBSYSTEM";
     if (name && !__atomic_load_n(&a->drop_reason_name[slot], __ATOMIC_ACQUIRE))
         __atomic_store_n(&a->drop_reason_name[slot], name, __ATOMIC_RELEASE);
-    __atomic_fetch_add(&a->drops_by_reason[slot], 1 + e->u.drop.suppressed, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&a->drops_by_reason[slot], 1, __ATOMIC_RELAXED);
 }
 
 /*
