@@ -264,10 +264,17 @@ static void put_peer(struct buf *b, const struct event_peer *p)
         PUT_KEY_STR(b, ",\"peer_dns\":", p->dns);
 }
 
+/* The protocol by name, or as its number for one without a name (a packet_drop of any IP
+ * protocol: IP_NOPROTO drops are of protocols nothing here handles); 0 is none. */
 static void put_protocol_family(struct buf *b, const struct event *e, bool family)
 {
     const char *proto = event_protocol_name(e->protocol);
     const char *fam = event_family_name(e->family);
+    char num[4];
+    if (!proto && e->protocol) {
+        snprintf(num, sizeof(num), "%u", (unsigned)e->protocol);
+        proto = num;
+    }
     if (proto)
         PUT_KEY_STR(b, ",\"protocol\":", proto);
     if (family && fam)
@@ -684,7 +691,19 @@ static int parse_protocol(struct parse_ctx *c, struct event *e)
             return 0;
         }
     }
-    return errmsg_set(c->err, c->errlen, "field \"protocol\": unknown protocol \"%s\"", s);
+    /* The number of a protocol without a name, as the writer puts it (no leading zero). */
+    unsigned n = 0;
+    size_t i = 0;
+    while (i < len && i < 3 && s[i] >= '0' && s[i] <= '9')
+        n = n * 10 + (unsigned)(s[i++] - '0');
+    if (i == len && len && s[0] != '0' && n < 256 && !event_protocol_name(n)) {
+        e->protocol = (uint8_t)n;
+        return 0;
+    }
+    return errmsg_set(c->err, c->errlen,
+                      "field \"protocol\": unknown protocol \"%s\" (a name, or the number of "
+                      "a protocol without one)",
+                      s);
 }
 
 static int parse_addrs(struct parse_ctx *c, struct event *e)

@@ -210,6 +210,36 @@ Test(e2e_agent, udp_to_closed_port_is_a_no_socket_drop)
     json_decref(ev);
 }
 
+static bool match_noproto(json_t *ev, void *arg)
+{
+    const char *reason = tu_jstr(ev, "drop_reason"), *src = tu_jstr(ev, "source_ip");
+    return reason && strcmp(reason, "IP_NOPROTO") == 0 && src && strcmp(src, arg) == 0;
+}
+
+/* A packet of an IP protocol nothing handles (IP_NOPROTO) says which: its number, as the
+ * protocol has no name. */
+Test(e2e_agent, a_packet_of_an_unhandled_protocol_names_its_number)
+{
+    /* By hand (IP_HDRINCL): a raw socket of the protocol itself would take the packet. */
+    int s = socket(AF_INET, SOCK_RAW, IPPROTO_RAW);
+    cr_assert(s >= 0, "raw socket: %s", strerror(errno));
+    uint8_t pkt[28] = {0x45, 0, 0, sizeof(pkt), 0, 0, 0, 0, 64, 253};
+    inet_pton(AF_INET, "127.0.0.253", pkt + 12);
+    inet_pton(AF_INET, "127.0.0.1", pkt + 16);
+    memcpy(pkt + 20, "proto253", 8);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(sendto(s, pkt, sizeof(pkt), 0, (struct sockaddr *)&to, sizeof(to)),
+                 (ssize_t)sizeof(pkt), "sendto: %s", strerror(errno));
+    close(s);
+    json_t *ev =
+        wait_event("/api/events?type=packet_drop&limit=1000", match_noproto, "127.0.0.253", 10000);
+    cr_assert(ev, "no IP_NOPROTO packet_drop from 127.0.0.253");
+    cr_expect_str_eq(tu_jstr(ev, "protocol"), "253", "%s", tu_jdump(ev));
+    cr_expect_str_eq(tu_jstr(ev, "dest_ip"), "127.0.0.1");
+    cr_expect_null(json_object_get(ev, "source_port"), "%s", tu_jdump(ev));
+    json_decref(ev);
+}
+
 /*
  * The end of an ordinary teardown is no drop: the side that closed first gets the peer's
  * FIN on a socket no one reads any more, queued and then purged (QUEUE_PURGE) when the

@@ -378,6 +378,37 @@ Test(event_json, packet_drop_icmp_has_addresses_without_ports)
     assert_round_trip(&e);
 }
 
+/* A protocol without a name (IP_NOPROTO: one nothing here handles) is its number, never left
+ * out; the parser takes the number back, and no number a name stands for. */
+Test(event_json, packet_drop_of_an_unnamed_protocol_has_its_number)
+{
+    struct event e;
+    base(&e, EVENT_PACKET_DROP, "");
+    e.pid = e.ppid = e.uid = 0;
+    set_addrs(&e, EVENT_FAMILY_IPV4, "10.0.0.1", 0, "10.0.0.2", 0);
+    e.protocol = 253;
+    e.u.drop.reason = intern("IP_NOPROTO");
+    e.u.drop.reason_code = 56;
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"packet_drop\"," TIMEPART
+                    ",\"node\":\"node-1\",\"drop_reason\":\"IP_NOPROTO\",\"drop_reason_code\":56,"
+                    "\"protocol\":\"253\",\"source_ip\":\"10.0.0.1\",\"dest_ip\":\"10.0.0.2\","
+                    "\"family\":\"ipv4\"}");
+    assert_round_trip(&e);
+
+    static const char *const bad[] = {"6", "0", "0253", "256", "25x", ""};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char json[256], err[256] = "";
+        struct event out;
+        snprintf(json, sizeof(json),
+                 "{\"id\":\"00000000deadbeef\",\"type\":\"packet_drop\",\"timestamp\":1,"
+                 "\"drop_reason_code\":56,\"protocol\":\"%s\"}",
+                 bad[i]);
+        cr_assert_lt(event_json_parse(json, strlen(json), &out, err, sizeof(err)), 0,
+                     "protocol \"%s\" was taken", bad[i]);
+        cr_assert(strstr(err, "protocol"), "%s", err);
+    }
+}
+
 Test(event_json, exec_escapes_command_and_args)
 {
     struct event e;
