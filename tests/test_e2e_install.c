@@ -9,7 +9,8 @@
  *   man pages and all), and each program runs under its unit's restrictions
  *   without systemd as PID 1: the capability set read from the unit
  *   (setpriv, as an unprivileged dynamic-range uid with no_new_privs), every
- *   mount read-only (ProtectSystem=strict, ProtectKernelTunables), empty
+ *   mount read-only (ProtectSystem=strict), ProtectKernelTunables (hiding
+ *   /proc/kallsyms) and ReadOnlyPaths= under /proc as the unit says, empty
  *   /home, /root (ProtectHome) and a private /tmp (PrivateTmp), in a mount
  *   namespace of its own. The agent must say READY=1 on $NOTIFY_SOCKET
  *   (Type=notify), capture a real exec into its HTTP API and publish to a
@@ -338,9 +339,11 @@ static uint64_t unit_caps(const char *unit, char *setpriv_list, size_t len)
 /*
  * The unit's filesystem and privilege settings without systemd: a private
  * mount namespace where every mount except /dev and /proc becomes read-only
- * (ProtectSystem=strict; /sys and /proc/sys too, ProtectKernelTunables),
- * /home, /root and /run/user become empty and inaccessible (ProtectHome),
- * /tmp and /var/tmp private (PrivateTmp); then the variables of the unit's
+ * (ProtectSystem=strict; /sys too), /home, /root and /run/user become empty
+ * and inaccessible (ProtectHome), /tmp and /var/tmp private (PrivateTmp);
+ * ProtectKernelTunables=yes makes /proc/sys read-only and /proc/kallsyms and
+ * /proc/kcore inaccessible (a mode 000 file over them, as systemd does), and
+ * ReadOnlyPaths= under /proc is applied; then the variables of the unit's
  * EnvironmentFile, and setpriv drops to the dynamic-user range with exactly
  * the unit's capabilities and no_new_privs, exec'ing the program (same pid).
  */
@@ -361,13 +364,24 @@ static const char sandbox_script[] =
     "  case \"$m\" in /dev|/dev/*|/proc|/proc/*) continue ;; esac\n"
     "  mount -o remount,bind,ro \"$m\"\n"
     "done\n"
-    "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys\n"
+    "envfile=$1 caps=$2 tunables=$3 ropaths=$4; shift 4\n"
     "for d in /home /root /run/user; do\n"
     "  if [ -d \"$d\" ]; then mount -t tmpfs -o ro,mode=000 tmpfs \"$d\"; fi\n"
     "done\n"
     "mount -t tmpfs -o mode=1777 tmpfs /tmp\n"
     "mount -t tmpfs -o mode=1777 tmpfs /var/tmp\n"
-    "envfile=$1 caps=$2; shift 2\n"
+    "if [ \"$tunables\" = yes ]; then\n"
+    "  ropaths=\"$ropaths /proc/sys\"\n"
+    "  mkdir -m 000 /tmp/.inaccessible && : > /tmp/.inaccessible/reg && chmod 000 "
+    "/tmp/.inaccessible/reg\n"
+    "  for f in /proc/kallsyms /proc/kcore; do\n"
+    "    if [ -e \"$f\" ]; then mount --bind /tmp/.inaccessible/reg \"$f\"; fi\n"
+    "  done\n"
+    "fi\n"
+    "for p in $ropaths; do\n"
+    "  case \"$p\" in /proc/*) mount --bind \"$p\" \"$p\" && mount -o remount,bind,ro \"$p\" ;; "
+    "esac\n"
+    "done\n"
     "set -a; . \"$envfile\"; set +a\n"
     "exec setpriv --reuid=" STR(SANDBOX_UID) " --regid=" STR(
         SANDBOX_UID) " --clear-groups --no-new-privs --inh-caps=\"$caps\" --ambient-caps=\"$caps\" "
@@ -398,10 +412,13 @@ static uint64_t sandbox_start(const char *prefix, const char *prog, const char *
     snprintf(s->log, sizeof(s->log), "%s/%s.log", scratch, prog);
     char execstart[PATH_MAX * 2];
     snprintf(execstart, sizeof(execstart), "%s", unit_value(unit, "ExecStart"));
-    char *argv[16] = {"/usr/bin/unshare",     "-m",      "/bin/sh", "-c",
-                      (char *)sandbox_script, "sandbox", envfile,   caps};
-    size_t argc = 8;
-    for (char *w = strtok(execstart, " "); w && argc < 15; w = strtok(NULL, " "))
+    char tunables[16], ropaths[512];
+    snprintf(tunables, sizeof(tunables), "%s", unit_value(unit, "ProtectKernelTunables"));
+    snprintf(ropaths, sizeof(ropaths), "%s", unit_value(unit, "ReadOnlyPaths"));
+    char *argv[20] = {"/usr/bin/unshare", "-m",    "/bin/sh", "-c",     (char *)sandbox_script,
+                      "sandbox",          envfile, caps,      tunables, ropaths};
+    size_t argc = 10;
+    for (char *w = strtok(execstart, " "); w && argc < 19; w = strtok(NULL, " "))
         argv[argc++] = w;
     argv[argc] = NULL;
     char notify_env[160];
@@ -495,10 +512,9 @@ static void expect_restricted(pid_t pid, uint64_t caps)
             continue;
         if (mount_shadowed(rest, mnt))
             continue;
-        if (!strncmp(mnt, "/dev", 4) || !strncmp(mnt, "/proc", 5) || !strcmp(mnt, "/tmp") ||
-            !strcmp(mnt, "/var/tmp"))
-            continue;
-        if (!strcmp(mnt, "/proc/sys"))
+        /* /proc/sys too: with CAP_NET_ADMIN the agent could write the net.* sysctls. */
+        if (!strncmp(mnt, "/dev", 4) || (!strncmp(mnt, "/proc", 5) && strcmp(mnt, "/proc/sys")) ||
+            !strcmp(mnt, "/tmp") || !strcmp(mnt, "/var/tmp"))
             continue;
         cr_expect(strncmp(opts, "ro", 2) == 0 && (opts[2] == ',' || !opts[2]),
                   "%s is mounted %s in the sandbox", mnt, opts);
