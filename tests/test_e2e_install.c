@@ -29,6 +29,7 @@
 #include <linux/capability.h>
 #include <nats/nats.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -453,11 +454,22 @@ static const char *sandbox_notified(struct sandboxed *s, int timeout_ms)
     return "";
 }
 
-static void sandbox_stop(struct sandboxed *s)
+/*
+ * Stops the process with SIGHUP, which an operator may send out of habit (logrotate, "reload"):
+ * a clean stop, logged, as for SIGTERM (which tu_stop() and the other suites send).
+ */
+static void sandbox_stop(struct sandboxed *s, const char *prog)
 {
+    kill(s->pid, SIGHUP);
     int st = tu_stop(s->pid, 10000);
-    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the sandboxed process did not exit cleanly");
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "the sandboxed process did not exit cleanly on SIGHUP (status 0x%x)", st);
     cr_expect_str_eq(notify_recv(s->notify_fd, 1000), "STOPPING=1");
+    char *log = tu_read_file(s->log), want[64];
+    snprintf(want, sizeof(want), "%s: SIGHUP (no reload", prog);
+    cr_expect(log && strstr(log, want), "the log does not say SIGHUP stopped it:\n%s",
+              log ? log : "");
+    free(log);
     close(s->notify_fd);
 }
 
@@ -596,7 +608,7 @@ Test(e2e_install, agent_runs_under_its_unit_restrictions, .timeout = 60)
     char *log = tu_read_file(s.log);
     cr_expect(log && !strstr(log, "drop locations unavailable"), "%s", log ? log : "");
     free(log);
-    sandbox_stop(&s);
+    sandbox_stop(&s, "ebpf-agent");
     natsSubscription_Destroy(sub);
     natsConnection_Destroy(nc);
     tu_stop(nats, 2000);
@@ -620,7 +632,7 @@ Test(e2e_install, aggregator_runs_under_its_unit_restrictions, .timeout = 60)
     cr_assert_str_eq(ready, "READY=1", "the aggregator did not notify readiness");
     cr_expect(tu_wait_http(api_port, "/ready", 200, 2000), "/ready is not 200 after READY=1");
     expect_restricted(s.pid, caps);
-    sandbox_stop(&s);
+    sandbox_stop(&s, "ebpf-aggregator");
     tu_stop(nats, 2000);
 }
 

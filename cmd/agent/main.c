@@ -51,6 +51,20 @@ static void on_signal(int sig)
     stop_requested = sig;
 }
 
+/* SIGHUP stops as SIGTERM does, cleanly, rather than killing the process unlogged; there is no
+ * reload, which the message says to whoever expected one. */
+static const char *stop_signal_text(int sig)
+{
+    switch (sig) {
+    case SIGINT:
+        return "SIGINT";
+    case SIGHUP:
+        return "SIGHUP (no reload: the configuration is read at start; restart to apply a change)";
+    default:
+        return "SIGTERM";
+    }
+}
+
 static void on_dns_message(void *ctx, const struct records_dns *m)
 {
     struct agent *a = ctx;
@@ -233,6 +247,7 @@ int main(int argc, char **argv)
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
 
     /* config_load() validated REDACT_ARGS, so only memory can fail here. */
     if (redact_new(a.cfg.redact_args, &a.redact, err, sizeof(err)) < 0) {
@@ -363,7 +378,7 @@ int main(int argc, char **argv)
         }
     }
     fprintf(stderr, "ebpf-agent: %s received, detaching programs\n",
-            stop_requested == SIGINT ? "SIGINT" : "SIGTERM");
+            stop_signal_text(stop_requested));
     notify_systemd("STOPPING=1");
     rc = 0;
 out:

@@ -29,6 +29,20 @@ static void on_signal(int sig)
     stop_requested = sig;
 }
 
+/* SIGHUP stops as SIGTERM does, cleanly, rather than killing the process unlogged; there is no
+ * reload, which the message says to whoever expected one. */
+static const char *stop_signal_text(int sig)
+{
+    switch (sig) {
+    case SIGINT:
+        return "SIGINT";
+    case SIGHUP:
+        return "SIGHUP (no reload: the configuration is read at start; restart to apply a change)";
+    default:
+        return "SIGTERM";
+    }
+}
+
 /* 16 random hex chars, new per process: replicas tell each other apart by it. */
 static void make_replica_id(char out[AGGREGATOR_REPLICA_ID_LEN])
 {
@@ -109,6 +123,7 @@ int main(int argc, char **argv)
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
 
     make_replica_id(a.replica);
     a.started_mono_ns = clock_monotonic_ns();
@@ -221,7 +236,7 @@ int main(int argc, char **argv)
         join_release(&a, clock_realtime_ns());
     }
     fprintf(stderr, "ebpf-aggregator: %s received, leaving the cluster\n",
-            stop_requested == SIGINT ? "SIGINT" : "SIGTERM");
+            stop_signal_text(stop_requested));
     notify_systemd("STOPPING=1");
     rc = 0;
 out:
