@@ -933,8 +933,8 @@ void config_print_help(FILE *out, enum config_role role, const char *prog)
     fprintf(out, "Usage: %s [OPTIONS]\n", prog);
     if (role == CONFIG_AGGREGATOR)
         fprintf(out,
-                "       %s tail [--nats URL] [--subject S] [filters]\n"
-                "       %s decode < message\n",
+                "  or:  %s tail [--nats URL] [--subject S] [filters]\n"
+                "  or:  %s decode < message\n",
                 prog, prog);
     fputc('\n', out);
     fprintf(out, "%s\n\n",

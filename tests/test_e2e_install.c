@@ -206,6 +206,16 @@ Test(e2e_install, make_install_and_uninstall)
     out = must("man ebpf-agent", cmd);
     cr_expect_not_null(strstr(out, "--config"), "the man page lacks the options:\n%s", out);
     free(out);
+    /* The aggregator's page names its subcommands in SYNOPSIS, not in DESCRIPTION's text. */
+    snprintf(cmd, sizeof(cmd), "MANWIDTH=80 man -l '%s/share/man/man8/ebpf-aggregator.8'", prefix);
+    out = must("man ebpf-aggregator", cmd);
+    char *synopsis = strstr(out, "SYNOPSIS"), *description = strstr(out, "DESCRIPTION");
+    cr_assert(synopsis && description, "no SYNOPSIS or DESCRIPTION:\n%s", out);
+    *description = '\0';
+    cr_expect(strstr(synopsis, "ebpf-aggregator tail") &&
+                  strstr(synopsis, "ebpf-aggregator decode"),
+              "the SYNOPSIS lacks tail or decode:\n%s", synopsis);
+    free(out);
 
     /* The units name this prefix's binaries and configuration. */
     char unit[PATH_MAX], want[PATH_MAX + 64];
