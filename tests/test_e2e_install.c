@@ -226,6 +226,21 @@ Test(e2e_install, make_install_and_uninstall)
     snprintf(want, sizeof(want), "-%s/etc/ebpf-monitor/agent.env", prefix);
     cr_expect_str_eq(unit_value(unit, "EnvironmentFile"), want);
 
+    /* A configuration the program refuses is not restarted over and over: its exit status is the
+     * unit's RestartPreventExitStatus=. */
+    for (int i = 0; i < 2; i++) {
+        const char *prog = i ? "ebpf-aggregator" : "ebpf-agent";
+        snprintf(unit, sizeof(unit), "%s/lib/systemd/system/%s.service", prefix, prog);
+        snprintf(cmd, sizeof(cmd), "'%s/bin/%s' --batch-size 0", prefix, prog);
+        char *bad = NULL;
+        int rc = sh(&bad, "%s", cmd);
+        free(bad);
+        char status[16];
+        snprintf(status, sizeof(status), "%d", rc);
+        cr_expect_str_eq(unit_value(unit, "RestartPreventExitStatus"), status,
+                         "%s exits %d on a bad configuration", prog, rc);
+    }
+
     /* An edited configuration survives a reinstall and an uninstall. */
     snprintf(cmd, sizeof(cmd), "echo 'NODE_NAME: edited' >> '%s/etc/ebpf-monitor/agent.yaml'",
              prefix);
