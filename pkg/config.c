@@ -10,6 +10,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <netdb.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -1246,4 +1247,16 @@ int config_load_main(struct config *c, enum config_role role, int argc, char **a
         return 0;
     }
     return -1;
+}
+
+const char *config_stop_signal_text(int sig)
+{
+    switch (sig) {
+    case SIGINT:
+        return "SIGINT";
+    case SIGHUP:
+        return "SIGHUP (no reload: the configuration is read at start; restart to apply a change)";
+    default:
+        return "SIGTERM";
+    }
 }

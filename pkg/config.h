@@ -151,4 +151,11 @@ int config_parse_bytes(const char *s, uint64_t *out);
 const char *config_mode_name(enum config_mode m);
 const char *config_encoding_name(enum config_encoding e);
 
+/*
+ * How a stop by signal sig is logged: "SIGINT", "SIGTERM", or for SIGHUP, which
+ * stops the programs as SIGTERM does (cleanly, rather than killing them
+ * unlogged), a word that there is no reload.
+ */
+const char *config_stop_signal_text(int sig);
+
 #endif

@@ -51,20 +51,6 @@ static void on_signal(int sig)
     stop_requested = sig;
 }
 
-/* SIGHUP stops as SIGTERM does, cleanly, rather than killing the process unlogged; there is no
- * reload, which the message says to whoever expected one. */
-static const char *stop_signal_text(int sig)
-{
-    switch (sig) {
-    case SIGINT:
-        return "SIGINT";
-    case SIGHUP:
-        return "SIGHUP (no reload: the configuration is read at start; restart to apply a change)";
-    default:
-        return "SIGTERM";
-    }
-}
-
 static void on_dns_message(void *ctx, const struct records_dns *m)
 {
     struct agent *a = ctx;
@@ -378,7 +364,7 @@ int main(int argc, char **argv)
         }
     }
     fprintf(stderr, "ebpf-agent: %s received, detaching programs\n",
-            stop_signal_text(stop_requested));
+            config_stop_signal_text(stop_requested));
     notify_systemd("STOPPING=1");
     rc = 0;
 out:

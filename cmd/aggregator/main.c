@@ -29,20 +29,6 @@ static void on_signal(int sig)
     stop_requested = sig;
 }
 
-/* SIGHUP stops as SIGTERM does, cleanly, rather than killing the process unlogged; there is no
- * reload, which the message says to whoever expected one. */
-static const char *stop_signal_text(int sig)
-{
-    switch (sig) {
-    case SIGINT:
-        return "SIGINT";
-    case SIGHUP:
-        return "SIGHUP (no reload: the configuration is read at start; restart to apply a change)";
-    default:
-        return "SIGTERM";
-    }
-}
-
 /* 16 random hex chars, new per process: replicas tell each other apart by it. */
 static void make_replica_id(char out[AGGREGATOR_REPLICA_ID_LEN])
 {
@@ -236,7 +222,7 @@ int main(int argc, char **argv)
         join_release(&a, clock_realtime_ns());
     }
     fprintf(stderr, "ebpf-aggregator: %s received, leaving the cluster\n",
-            stop_signal_text(stop_requested));
+            config_stop_signal_text(stop_requested));
     notify_systemd("STOPPING=1");
     rc = 0;
 out:
