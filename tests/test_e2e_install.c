@@ -168,6 +168,31 @@ static const char *const installed_files[] = {
     "etc/ebpf-monitor/aggregator.env",
 };
 
+/* Every relative link of the installed README (](target) or ](target#anchor)) names a file
+ * installed beside it. */
+static void readme_links_resolve(const char *prefix)
+{
+    char path[DIR_MAX + 64];
+    snprintf(path, sizeof(path), "%s/share/doc/ebpf-monitor/README.md", prefix);
+    char *text = tu_read_file(path);
+    cr_assert_not_null(text, "no README.md installed");
+    int links = 0;
+    for (char *l = strstr(text, "]("); l; l = strstr(l + 2, "](")) {
+        char target[256];
+        size_t n = strcspn(l + 2, ")#");
+        if (n == 0 || n >= sizeof(target) || strncmp(l + 2, "http", 4) == 0)
+            continue;
+        memcpy(target, l + 2, n);
+        target[n] = '\0';
+        char rel[300];
+        snprintf(rel, sizeof(rel), "share/doc/ebpf-monitor/%s", target);
+        cr_expect(exists(prefix, rel), "README links to %s, which is not installed", target);
+        links++;
+    }
+    cr_expect_gt(links, 10, "only %d relative links found", links);
+    free(text);
+}
+
 Test(e2e_install, make_install_and_uninstall)
 {
     char prefix[DIR_MAX], cmd[8192];
@@ -178,6 +203,7 @@ Test(e2e_install, make_install_and_uninstall)
     cr_expect_eq(file_mode(prefix, "etc/ebpf-monitor/agent.env"), 0600,
                  "agent.env may hold secrets: root only");
     cr_expect_eq(file_mode(prefix, "bin/ebpf-agent"), 0755);
+    readme_links_resolve(prefix);
 
     /* The installed binaries run and accept the installed configuration. */
     snprintf(cmd, sizeof(cmd), "'%s/bin/ebpf-agent' --version", prefix);
@@ -486,9 +512,9 @@ static const char *sandbox_notified(struct sandboxed *s, int timeout_ms)
 static void sandbox_stop(struct sandboxed *s, const char *prog)
 {
     kill(s->pid, SIGHUP);
-    int st = tu_stop(s->pid, 10000);
-    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-              "the sandboxed process did not exit cleanly on SIGHUP (status 0x%x)", st);
+    /* Waited for, not stopped: a SIGTERM on its heels would be the signal it reports. */
+    int code = tu_wait_exit(s->pid, 10000);
+    cr_expect_eq(code, 0, "the sandboxed process did not exit cleanly on SIGHUP (%d)", code);
     cr_expect_str_eq(notify_recv(s->notify_fd, 1000), "STOPPING=1");
     char *log = tu_read_file(s->log), want[64];
     snprintf(want, sizeof(want), "%s: SIGHUP (no reload", prog);
