@@ -30,6 +30,9 @@ UNIT_FILES := $(addprefix $(BUILD)/systemd/,$(UNITS))
 MAN_PAGES  := $(BUILD)/man/ebpf-agent.8 $(BUILD)/man/ebpf-aggregator.8
 CONF_FILES := agent.yaml aggregator.yaml agent.env aggregator.env
 DOC_FILES  := README.md docs/openapi.json $(wildcard docs/grafana/*.json docs/prometheus/*.rules.yml)
+# What README.md links to, kept at the same relative paths beside it so its links work there.
+DOC_TREE   := CONTRIBUTING.md pkg/events.proto $(wildcard docs/*.md docs/*.png) docs/openapi.json \
+              $(wildcard docs/grafana/*.json docs/prometheus/*.rules.yml)
 
 # Debian versions start with a digit: v1.2-3-gabc -> 1.2+3+gabc, abc123 -> 0.0~gitabc123.
 DEB_VERSION := $(shell echo '$(VERSION)' | sed -e 's/^v//' -e 's/-/+/g' -e '/^[0-9][0-9]*\./!s/^/0.0~git/')
@@ -91,6 +94,7 @@ install: build $(UNIT_FILES) $(MAN_PAGES)
 	install -m 0644 $(MAN_PAGES) $(DESTDIR)$(MANDIR)/man8/
 	echo '.so man8/ebpf-agent.8' > $(DESTDIR)$(MANDIR)/man8/ebpf-server.8
 	install -m 0644 $(DOC_FILES) $(DESTDIR)$(DOCDIR)/
+	for f in $(DOC_TREE); do install -D -m 0644 "$$f" "$(DESTDIR)$(DOCDIR)/$$f"; done
 	@# The configuration is the operator's once installed: never overwritten.
 	@# The .env files may hold secrets and stay root's.
 	@for f in $(CONF_FILES); do \
