@@ -1049,10 +1049,11 @@ static int listen_on(const char *addr, int *out_port, char *err, size_t errlen)
     socklen_t blen = sizeof(bound);
 
     if (parse_listen_addr(addr, host, sizeof(host), &port) != 0) {
-        errmsg_set(err, errlen,
-                   "listen on %s: invalid address (want \":8080\", \"127.0.0.1:8080\" or "
-                   "\"[::1]:8080\")",
-                   addr);
+        errmsg_set(
+            err, errlen,
+            "listen on %s (LISTEN_ADDR): invalid address (want \":8080\", \"127.0.0.1:8080\" or "
+            "\"[::1]:8080\")",
+            addr);
         return -EINVAL;
     }
     if (host[0] == '\0') {
@@ -1074,14 +1075,14 @@ static int listen_on(const char *addr, int *out_port, char *err, size_t errlen)
         hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
         rc = getaddrinfo(host, portstr, &hints, &res);
         if (rc != 0) {
-            errmsg_set(err, errlen, "listen on %s: %s", addr, gai_strerror(rc));
+            errmsg_set(err, errlen, "listen on %s (LISTEN_ADDR): %s", addr, gai_strerror(rc));
             return -EINVAL;
         }
         fd = bind_one(res->ai_addr, res->ai_addrlen, false);
         freeaddrinfo(res);
     }
     if (fd < 0) {
-        errmsg_set(err, errlen, "listen on %s: %s", addr, strerror(-fd));
+        errmsg_set(err, errlen, "listen on %s (LISTEN_ADDR): %s", addr, strerror(-fd));
         return fd;
     }
     if (getsockname(fd, &bound.sa, &blen) != 0) {

@@ -145,6 +145,12 @@ static uint64_t get(const uint64_t *c)
     return __atomic_load_n(c, __ATOMIC_RELAXED);
 }
 
+/* "batch%s" in a log line: "" for one, "es" for any other count. */
+static const char *es(uint64_t n)
+{
+    return n == 1 ? "" : "es";
+}
+
 /* Events, deletions or the pod list: the batch is no heartbeat. */
 static bool batch_carries(const struct batch *b)
 {
@@ -857,8 +863,8 @@ static void log_listener(struct publisher *p)
                 p->log_prefix, p->subject, PUB_PROBE_MS);
     else
         fprintf(stderr,
-                "%s: %s has a subscriber now, sending the %" PRIu64 " batches still queued\n",
-                p->log_prefix, p->subject, get(&p->queue_batches));
+                "%s: %s has a subscriber now, sending the %" PRIu64 " batch%s still queued\n",
+                p->log_prefix, p->subject, get(&p->queue_batches), es(get(&p->queue_batches)));
 }
 
 /*
@@ -907,8 +913,8 @@ static void *publisher_main(void *arg)
         }
         if (outage_logged) {
             pthread_mutex_unlock(&p->mu);
-            fprintf(stderr, "%s: NATS connection restored, %" PRIu64 " batches queued%s\n",
-                    p->log_prefix, get(&p->queue_batches),
+            fprintf(stderr, "%s: NATS connection restored, %" PRIu64 " batch%s queued%s\n",
+                    p->log_prefix, get(&p->queue_batches), es(get(&p->queue_batches)),
                     __atomic_load_n(&p->no_listener, __ATOMIC_RELAXED)
                         ? " (held while no one subscribes)"
                         : "");
@@ -1133,9 +1139,9 @@ void publisher_free(struct publisher *p)
         unsent++, unsent_events += p->cur->n_events;
     if (unsent && p->log_prefix)
         fprintf(stderr,
-                "%s: %" PRIu64 " batches (%" PRIu64 " events) not sent: NATS %s at exit; they are "
-                "lost, and no aggregator can count them\n",
-                p->log_prefix, unsent, unsent_events,
+                "%s: %" PRIu64 " batch%s (%" PRIu64 " event%s) not sent: NATS %s at exit; lost, "
+                "and no aggregator can count them\n",
+                p->log_prefix, unsent, es(unsent), unsent_events, unsent_events == 1 ? "" : "s",
                 !bus_connected(p->bus)         ? "unreachable"
                 : p->no_listener && p->refused ? "connected, but refusing them (permissions)"
                 : p->no_listener               ? "connected, but no one subscribed"
@@ -1154,9 +1160,10 @@ void publisher_free(struct publisher *p)
     }
     if (unconfirmed && p->log_prefix)
         fprintf(stderr,
-                "%s: %" PRIu64 " batches (%" PRIu64 " events) sent, but NATS did not say at exit "
+                "%s: %" PRIu64 " batch%s (%" PRIu64 " event%s) sent, but NATS did not say at exit "
                 "whether anyone heard them: they may be lost\n",
-                p->log_prefix, unconfirmed, unconfirmed_events);
+                p->log_prefix, unconfirmed, es(unconfirmed), unconfirmed_events,
+                unconfirmed_events == 1 ? "" : "s");
     while (p->head) {
         struct batch *b = p->head;
         p->head = b->next;

@@ -840,7 +840,7 @@ Test(http_server, listen_errors_are_clear)
     b = http_server_new(&cfg, err, sizeof(err));
     cr_assert_null(b);
     char want[128];
-    snprintf(want, sizeof(want), "listen on %s: Address already in use", addr);
+    snprintf(want, sizeof(want), "listen on %s (LISTEN_ADDR): Address already in use", addr);
     cr_assert_str_eq(err, want);
 
     cfg.listen_addr = "127.0.0.1:99999";
