@@ -652,6 +652,59 @@ Test(aggregator_cluster, a_late_flows_chunk_is_declined_a_fresh_one_merged)
     check(flows_to(4242) == 3, "the chunk's 3 connections: %lld", (long long)flows_to(4242));
 }
 
+/* A leaving replica's node table (node, 5 batches), sent as it does, at sent_ns; whether taken. */
+static bool offer_node_table(const char *node, uint64_t sent_ns)
+{
+    char table[512], sent[24];
+    snprintf(table, sizeof(table),
+             "{\"instances_dropped\":0,\"instances\":[{\"node\":\"%s\",\"instance\":"
+             "\"00000000000000aa\",\"batches\":5,\"events\":50,\"min_seq\":1,\"max_seq\":5,"
+             "\"kernel_drops\":0,\"agent_drops\":0,\"kernel_missed\":0,\"last_seen_ns\":%" PRIu64
+             "}]}",
+             node, tu_now_ns());
+    snprintf(sent, sizeof(sent), "%" PRIu64, sent_ns);
+    natsMsg *req = NULL, *reply = NULL;
+    check(natsMsg_Create(&req, "ebpf.control.ebpf-aggregator.handover", NULL, table,
+                         (int)strlen(table)) == NATS_OK,
+          "natsMsg_Create");
+    natsMsgHeader_Set(req, "Ebpf-Sent-At", sent);
+    natsStatus s = natsConnection_RequestMsg(&reply, pub, req, 3000);
+    natsMsg_Destroy(req);
+    check(s == NATS_OK, "no replica answered the table: %s", natsStatus_GetText(s));
+    json_t *j = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
+    bool taken = json_is_true(json_object_get(j, "taken"));
+    json_decref(j);
+    natsMsg_Destroy(reply);
+    return taken;
+}
+
+/* The batches the cluster's /api/nodes counts for node (-1: not listed). */
+static json_int_t node_batches(const char *node)
+{
+    json_t *j = get(agg_port[0], "/api/nodes");
+    json_t *n = json_object_get(json_object_get(j, "nodes"), node);
+    json_int_t b = n ? json_integer_value(json_object_get(n, "batches")) : -1;
+    json_decref(j);
+    return b;
+}
+
+/*
+ * A leaving replica's node table that reaches a replica late (one stopped, then resumed, with
+ * the request queued) is declined: the leaver stopped waiting and handed it to another, so
+ * taking it too would count its batches twice, and hide as many lost ones. A fresh one is
+ * merged, once.
+ */
+Test(aggregator_cluster, a_late_node_table_is_declined_a_fresh_one_merged)
+{
+    check(!offer_node_table("late-table", tu_now_ns() - 5000000000ull),
+          "a 5 s old node table was taken");
+    check(node_batches("late-table") == -1, "a declined table was merged: %lld batches",
+          (long long)node_batches("late-table"));
+    check(offer_node_table("late-table", tu_now_ns()), "a fresh node table was declined");
+    check(node_batches("late-table") == 5, "the table's 5 batches: %lld",
+          (long long)node_batches("late-table"));
+}
+
 /* ---- a client that heartbeats as a replica and answers with whatever it likes ---- */
 
 #define FAKE_ID      "f0f0f0f0f0f0f0f0"

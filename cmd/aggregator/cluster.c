@@ -36,9 +36,10 @@
 #define CLUSTER_HDR_FLOW_MINUTES "Ebpf-Flow-Minutes"
 /* On a handover request, "flows": a chunk of the leaver's flow minutes (not its node table). */
 #define CLUSTER_HDR_HANDOVER "Ebpf-Handover"
-/* On a chunk: when the leaver sent it (ns since the epoch, its clock). A chunk older than
- * CLUSTER_HANDOVER_FRESH_MS when a replica gets it (one that was stopped, then resumed) is
- * declined: the leaver stopped waiting for it and sent it elsewhere or counted it. */
+/* On a chunk or node table: when the leaver sent it (ns since the epoch, its clock). One older
+ * than CLUSTER_HANDOVER_FRESH_MS when a replica gets it (one that was stopped, then resumed) is
+ * declined: the leaver stopped waiting for it and sent it elsewhere or counted it. The node
+ * table's wait, CLUSTER_HANDOVER_WAIT_MS, is longer, so a taker's answer reaches the leaver. */
 #define CLUSTER_HDR_SENT          "Ebpf-Sent-At"
 #define CLUSTER_HANDOVER_FRESH_MS 1000
 /* Flow minutes handed over: chunks of at most this (or the server's max payload), this much in
@@ -1230,6 +1231,10 @@ static void hand_over_nodes(struct cluster *c, uint64_t flows_left)
     for (int attempt = 0; attempt < CLUSTER_HANDOVER_TRIES; attempt++) {
         natsMsg *reply = NULL, *req = NULL;
         natsStatus s = natsMsg_Create(&req, c->subj_handover, NULL, table.data, (int)table.len);
+        char sent_at[24];
+        snprintf(sent_at, sizeof(sent_at), "%" PRIu64, clock_realtime_ns());
+        if (s == NATS_OK)
+            s = natsMsgHeader_Set(req, CLUSTER_HDR_SENT, sent_at);
         if (s == NATS_OK)
             s = natsMsgHeader_Set(req, CLUSTER_HDR_HISTORY_EVENTS, held);
         if (s == NATS_OK)
@@ -1274,25 +1279,37 @@ static void header_count(natsMsg *msg, const char *name, uint64_t *v)
         counter_add(v, n);
 }
 
-/* A leaving peer's node table: merged into this replica's, unless it is leaving too. */
+/* Whether a handover request sent at sent_at (its Ebpf-Sent-At) is younger than
+ * CLUSTER_HANDOVER_FRESH_MS: the leaver still waits for its answer. */
+static bool handover_fresh(uint64_t sent_at)
+{
+    uint64_t now = clock_realtime_ns();
+    return sent_at >= now || (now - sent_at) / 1000000 < CLUSTER_HANDOVER_FRESH_MS;
+}
+
+/*
+ * A leaving peer's node table: merged into this replica's, unless it is leaving too, or the
+ * request is stale (this replica was stopped, then resumed): the leaver stopped waiting after
+ * CLUSTER_HANDOVER_WAIT_MS and handed it to another, so merging it too would count its batches
+ * twice and hide lost ones. A table without Ebpf-Sent-At (a leaver of an earlier version) is
+ * taken.
+ */
 static void handle_handover(struct cluster *c, natsConnection *nc, natsMsg *msg)
 {
     const char *reply = natsMsg_GetReply(msg);
     bool taken = false;
+    uint64_t sent_at = 0;
 
     if (reply == NULL || reply[0] == '\0')
         return;
+    header_count(msg, CLUSTER_HDR_SENT, &sent_at);
     const char *kind = NULL;
     if (natsMsgHeader_Get(msg, CLUSTER_HDR_HANDOVER, &kind) == NATS_OK && kind &&
         strcmp(kind, "flows") == 0) {
         /* A chunk of its flow minutes: they go on being counted here, unless the leaver has
          * stopped waiting for this one (it went elsewhere, or counts as departed). */
-        uint64_t merged = 0, sent_at = 0;
-        header_count(msg, CLUSTER_HDR_SENT, &sent_at);
-        uint64_t now = clock_realtime_ns();
-        bool fresh = sent_at > 0 &&
-                     (sent_at >= now || (now - sent_at) / 1000000 < CLUSTER_HANDOVER_FRESH_MS);
-        if (!has_left(c) && fresh) {
+        uint64_t merged = 0;
+        if (!has_left(c) && sent_at > 0 && handover_fresh(sent_at)) {
             int rc = flows_handover_merge(c->a->flows, natsMsg_GetData(msg),
                                           (size_t)natsMsg_GetDataLength(msg), clock_realtime_ns(),
                                           &merged);
@@ -1307,7 +1324,7 @@ static void handle_handover(struct cluster *c, natsConnection *nc, natsMsg *msg)
         natsConnection_Publish(nc, reply, body, n);
         return;
     }
-    if (!has_left(c)) {
+    if (!has_left(c) && (sent_at == 0 || handover_fresh(sent_at))) {
         int rc =
             nodes_merge_json(c->a->nodes, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
         taken = rc == 0;
