@@ -12,7 +12,7 @@
 // DNS_OK answered for DNS_NAME, DNS_NX NXDOMAIN for DNS_NX_NAME; the
 // aggregator holds them all), K8S_DNS_NAME (a query in a batch of a
 // Kubernetes node the C test published: a drop of pod shop/web's socket and
-// this name answered with Service shop/web's ClusterIP). The agent keeps at most OUTAGE_BUFFER=64KiB
+// this name answered with Service shop/web's ClusterIP). The agent keeps at most OUTAGE_BUFFER=256KiB
 // of batches while NATS is down, so the outage step can overflow it.
 // Prints "ok: <step>" per step and "ui: pass" at the end; exits 1 on a
 // failed step, 3 when a tool is missing. Every wait has a deadline; nothing
@@ -718,7 +718,7 @@ await step('Nodes: the agent\'s outage buffer fills while NATS is down, overflow
   const during = { queued: await counter(apage, 'outage-buffer'), disconnects: await counter(apage, 'disconnects') };
   assert(seen, 'the outage did not show: before ' + JSON.stringify(before) + ', during ' + JSON.stringify(during));
   assert(/not connected to NATS/.test(await bannerText(apage)), 'banner: ' + await bannerText(apage));
-  // More events than 64 KiB of batches hold (OUTAGE_BUFFER): the oldest batches are dropped, counted.
+  // More events than 256 KiB of batches hold (OUTAGE_BUFFER): the oldest batches are dropped, counted.
   const dropped0 = { batches: await counter(apage, 'batches-dropped'), events: await counter(apage, 'agent-drops') };
   const load = JSON.parse(await run(BENCH_LOAD, ['udp-connect', '--rate', '2000', '--duration', '3']));
   await apage.waitForFunction((d) => {
