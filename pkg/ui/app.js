@@ -1065,6 +1065,28 @@ function layoutMap(edges) {
   return { nodes, groups: gl, links, width: (ncols - 1) * COL_W + BOX_W + 140, height, BOX_W };
 }
 
+// The point at t (0-1) of the cubic Bézier curve c ([[x, y] × 4]).
+function bezierAt(c, t) {
+  const u = 1 - t, k = [u * u * u, 3 * u * u * t, 3 * u * t * t, t * t * t];
+  return [0, 1].map((i) => k.reduce((a, w, j) => a + w * c[j][i], 0));
+}
+
+// A measure of text in the page's font: (text, size in px) → its width.
+function textMeasure() {
+  const ctx = document.createElement('canvas').getContext('2d');
+  const family = getComputedStyle(document.body).fontFamily;
+  return (text, px) => {
+    if (!ctx)
+      return text.length * px * 0.65;
+    ctx.font = px + 'px ' + family;
+    return ctx.measureText(text).width;
+  };
+}
+
+// The box of text of width w and height h whose baseline starts at (x, y), with a margin.
+const textBox = (x, y, w, h) => ({ x0: x - 2, x1: x + w + 2, y0: y - h - 1, y1: y + 3 });
+const boxesMeet = (a, b) => a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1;
+
 function drawMap(edges) {
   const svg = $('#map');
   const L = layoutMap(edges);
@@ -1077,21 +1099,28 @@ function drawMap(edges) {
       svgEl('text', { x: g.x + 8, y: g.y + 17, class: 'group-label' }, g.name));
   });
   const keys = new Set(L.links.map((l) => l.key));
+  // Where the counts may go: not over an endpoint's name or a box's title, nor over another
+  // count (many links meet halfway where their ends' heights add up alike).
+  const taken = [], textWidth = textMeasure();
+  L.nodes.forEach((n) => taken.push(textBox(n.x + 12, n.y + 4, textWidth(n.label, 12), 12),
+    textBox(n.x + 12, n.y + 16, textWidth(n.kind, 10), 10)));
+  L.groups.forEach((g) => taken.push(textBox(g.x + 8, g.y + 17, textWidth(g.name, 12) * 1.1, 12))); // bold
+  const labels = [];
   L.links.forEach((l) => {
     const { s, d } = l;
     const off = keys.has(d.id + '>' + s.id) && s.id < d.id ? 16 : 0; // a link back, apart
-    let path, mx, my;
+    let path, curve = null;
     if (s === d) {
       path = `M${s.out},${s.y - 4} c40,-30 40,38 2,8`;
     } else if (Math.abs(s.x - d.x) < 1) { // same box column: bow out to the right
       const bow = 50 + Math.abs(d.y - s.y) / 4 + off;
-      path = `M${s.out},${s.y} C${s.out + bow},${s.y} ${d.out + bow},${d.y} ${d.out + 2},${d.y}`;
-      [mx, my] = [s.out + bow * 0.75, (s.y + d.y) / 2];
+      curve = [[s.out, s.y], [s.out + bow, s.y], [d.out + bow, d.y], [d.out + 2, d.y]];
     } else {
       const x1 = s.out, x2 = d.x - 9, dx = Math.max(Math.abs(x2 - x1) / 2, 40);
-      path = `M${x1},${s.y} C${x1 + dx},${s.y + off} ${x2 - dx},${d.y + off} ${x2},${d.y}`;
-      [mx, my] = [(x1 + x2) / 2, (s.y + d.y) / 2 + 0.75 * off];
+      curve = [[x1, s.y], [x1 + dx, s.y + off], [x2 - dx, d.y + off], [x2, d.y]];
     }
+    if (curve)
+      path = 'M' + curve[0] + ' C' + curve.slice(1).join(' ');
     const width = 1.5 + 8 * Math.log1p(l.connections) / Math.log1p(maxConn);
     const g = svgEl('g', { class: 'edge' + (mapState.selected === l.key ? ' selected' : '') });
     Object.assign(g.dataset, { key: l.key, src: s.label, dst: d.label, connections: l.connections, failed: l.failed,
@@ -1103,9 +1132,22 @@ function drawMap(edges) {
         l.connections + ' connections, ' + l.failed + ' failed'));
     g.addEventListener('click', () => showLink(l));
     parts.push(g);
-    if (s !== d) // the count, halfway along
-      parts.push(svgEl('text', { x: mx, y: my - 4, class: 'edge-label', 'text-anchor': 'middle' },
-        l.connections + (l.failed ? ' (' + l.failed + ' failed)' : '')));
+    if (curve) // the count, halfway along or as near it as there is room; else in the title only
+      labels.push({ l, curve, text: l.connections + (l.failed ? ' (' + l.failed + ' failed)' : '') });
+  });
+  // The busiest links' counts first: where there is no room, a quiet link's goes.
+  labels.sort((a, b) => b.l.connections - a.l.connections);
+  labels.forEach(({ l, curve, text }) => {
+    const w = textWidth(text, 11);
+    for (const t of [0.5, 0.42, 0.58, 0.34, 0.66, 0.26, 0.74, 0.18, 0.82]) {
+      const [x, y] = bezierAt(curve, t);
+      const box = textBox(x - w / 2, y - 4, w, 11);
+      if (taken.some((b) => boxesMeet(b, box)))
+        continue;
+      taken.push(box);
+      parts.push(svgEl('text', { x, y: y - 4, class: 'edge-label', 'text-anchor': 'middle', 'data-key': l.key }, text));
+      break;
+    }
   });
   L.nodes.forEach((n) => {
     const g = svgEl('g', { class: 'node' + (n.filter ? ' linked' : '') });

@@ -397,6 +397,48 @@ await step('a window the page does not offer is said in the banner, and a chosen
   await page.waitForFunction(() => location.hash === '#map?window=1h' && document.querySelector('#banner').hidden, null, { timeout: 10000 });
 });
 
+await step('Map: counts of links that meet halfway are drawn apart, clear of the names', async () => {
+  // Six processes, each connecting once to two closed addresses: twelve links, and the link
+  // from the i-th to the second address meets the (i+1)-th's to the first halfway.
+  const srcs = [0, 1, 2, 3, 4, 5].map((i) => 'meet-' + i), dsts = ['127.0.0.2', '127.0.0.3'];
+  const code = 'import ctypes, socket, sys\n' +
+    'ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)\n' +
+    'for a in sys.argv[3:]:\n' +
+    '    s = socket.socket()\n' +
+    '    try: s.connect((a, int(sys.argv[2])))\n' +
+    '    except ConnectionRefusedError: pass\n' +
+    '    s.close()\n';
+  for (const name of srcs)
+    await run('python3', ['-c', code, name, FLOW_CLOSED_PORT, ...dsts]);
+  await openView(page, 'map');
+  const links = srcs.flatMap((s) => dsts.map((d) => '#map g.edge[data-src="' + s + '"][data-dst="' + d + '"]'));
+  await page.waitForFunction((sels) => sels.every((sel) => document.querySelector(sel)), links, { timeout: 30000 });
+  const got = await page.evaluate((sels) => {
+    const box = (t) => { const b = t.getBBox(); return { t: t.textContent, x0: b.x, x1: b.x + b.width, y0: b.y, y1: b.y + b.height }; };
+    const labels = [...document.querySelectorAll('#map text.edge-label')];
+    const names = [...document.querySelectorAll('#map g.node text, #map text.group-label')].map(box);
+    const counts = labels.map(box);
+    const meet = (a, b) => a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1;
+    const bad = [];
+    counts.forEach((a, i) => {
+      counts.slice(i + 1).forEach((b) => meet(a, b) && bad.push(a.t + ' over ' + b.t));
+      names.forEach((n) => meet(a, n) && bad.push(a.t + ' over the name ' + n.t));
+    });
+    const keys = new Set(labels.map((t) => t.dataset.key));
+    const unlabelled = sels.filter((sel) => !keys.has(document.querySelector(sel).dataset.key));
+    const wrong = sels.map((sel) => document.querySelector(sel)).filter((g) => {
+      const t = labels.find((x) => x.dataset.key === g.dataset.key);
+      return t && t.textContent !== g.dataset.connections + (g.dataset.failed !== '0' ? ' (' + g.dataset.failed + ' failed)' : '');
+    }).map((g) => g.dataset.key);
+    return { bad, unlabelled, wrong, n: counts.length };
+  }, links);
+  await page.screenshot({ path: SHOTS + '/map-labels.png', fullPage: true });
+  assert(got.bad.length === 0, 'overlapping: ' + got.bad.slice(0, 5).join('; '));
+  assert(got.unlabelled.length === 0, 'no count drawn on ' + got.unlabelled.join(', '));
+  assert(got.wrong.length === 0, 'wrong count on ' + got.wrong.join(', '));
+  console.log('  ' + got.n + ' counts drawn, none over another or over a name');
+});
+
 await step('no banner while everything is up', async () => {
   await openView(page, 'live');
   assert(await page.$eval('#banner', (b) => b.hidden), 'banner: ' + (await page.$eval('#banner', (b) => b.textContent)));
