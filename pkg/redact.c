@@ -474,9 +474,11 @@ int redact_event(const struct redact *r, struct event *e)
         return 0;
     struct buf out;
     bool truncated = e->u.exec.args_truncated;
+    /* A last argument the kernel cut at the bound ends with the NUL the agent added, one byte
+     * past it (event_check_bounds()): its replacement may take that byte too. */
+    size_t max = e->u.exec.args_len > EVENT_ARGS_MAX ? EVENT_ARGS_MAX + 1 : EVENT_ARGS_MAX;
     buf_init(&out);
-    size_t count =
-        redact_args(r, e->u.exec.args, e->u.exec.args_len, EVENT_ARGS_MAX, &out, &truncated);
+    size_t count = redact_args(r, e->u.exec.args, e->u.exec.args_len, max, &out, &truncated);
     if (out.oom) {
         buf_free(&out);
         unshare_filename(e);
@@ -486,7 +488,9 @@ int redact_event(const struct redact *r, struct event *e)
         e->u.exec.args_truncated = 1;
         return -ENOMEM;
     }
-    if (count == 0 && truncated == (bool)e->u.exec.args_truncated) {
+    /* Nothing replaced and nothing dropped: the arguments stay. A shorter out dropped a
+     * replaced argument that no longer fit, which is not counted, also in an argv cut before. */
+    if (count == 0 && out.len >= e->u.exec.args_len) {
         buf_free(&out);
         return 0;
     }

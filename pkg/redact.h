@@ -84,7 +84,8 @@ size_t redact_args(const struct redact *r, const char *args, size_t len, size_t 
                    struct buf *out, bool *truncated);
 
 /*
- * Redacts an exec event's args in place (bounded by EVENT_ARGS_MAX). Returns
+ * Redacts an exec event's args in place (bounded by EVENT_ARGS_MAX, and the
+ * NUL an agent added to an argument the kernel cut there). Returns
  * the number of values replaced, or -ENOMEM with the event's args dropped
  * rather than kept unredacted. Other events and a NULL r are left alone.
  */

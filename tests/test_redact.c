@@ -361,3 +361,64 @@ Test(redact, event_in_place)
     cr_assert_eq(redact_event(NULL, &none), 0);
     redact_free(r);
 }
+
+/* An exec event whose argv the kernel cut at its bound: "mysql", filler, then tail, cut, with the
+ * NUL the agent adds (args_len EVENT_ARGS_MAX + 1, as records.c leaves it). */
+static void cut_event(struct event *e, const char *tail)
+{
+    size_t tlen = strlen(tail), len = EVENT_ARGS_MAX + 1;
+    char *a = malloc(len + 1);
+    memcpy(a, "mysql", 6);
+    memset(a + 6, 'f', len - 6 - tlen - 2);
+    a[len - tlen - 2] = '\0';
+    memcpy(a + len - tlen - 1, tail, tlen + 1);
+    a[len] = '\0';
+    *e = (struct event){.type = EVENT_EXEC};
+    e->u.exec.args = a;
+    e->u.exec.args_len = (uint32_t)len;
+    e->u.exec.args_truncated = 1;
+}
+
+/* The argument cut at the bound is redacted like any other: replaced in the byte the agent
+ * added, or dropped when "***" is longer than what the cut left of its value, never kept. */
+Test(redact, value_cut_by_the_bound_never_shown)
+{
+    struct redact *r;
+    struct event e;
+    cr_assert_eq(redact_new("default", &r, NULL, 0), 0);
+
+    cut_event(&e, "--password=hun");
+    cr_assert_eq(redact_event(r, &e), 1);
+    cr_assert_eq(e.u.exec.args_len, EVENT_ARGS_MAX + 1);
+    cr_assert_str_eq(e.u.exec.args + e.u.exec.args_len - sizeof("--password=***"),
+                     "--password=***");
+    cr_assert(e.u.exec.args_truncated);
+    event_clear(&e);
+
+    static const char *const shown[] = {"--password=hu", "--token=h", "-phu", "DB_PASSWORD=h"};
+    for (size_t i = 0; i < sizeof(shown) / sizeof(shown[0]); i++) {
+        cut_event(&e, shown[i]);
+        cr_assert_eq(redact_event(r, &e), 0, "%s: the dropped value is not counted", shown[i]);
+        cr_assert_lt(e.u.exec.args_len, EVENT_ARGS_MAX, "%s", shown[i]);
+        cr_assert_null(memmem(e.u.exec.args, e.u.exec.args_len, shown[i], strlen(shown[i])),
+                       "%s is shown", shown[i]);
+        cr_assert(e.u.exec.args_truncated);
+        event_clear(&e);
+    }
+
+    /* The value after "--password" cut to two bytes: the same. */
+    cut_event(&e, "hu");
+    memcpy(e.u.exec.args + e.u.exec.args_len - sizeof("\0--password\0hu"), "\0--password", 11);
+    cr_assert_eq(redact_event(r, &e), 0);
+    cr_assert_null(memmem(e.u.exec.args, e.u.exec.args_len, "\0hu", 4));
+    event_clear(&e);
+
+    /* Nothing to hide: the cut argument stays as the kernel left it. */
+    cut_event(&e, "--verbose");
+    char *before = e.u.exec.args;
+    cr_assert_eq(redact_event(r, &e), 0);
+    cr_assert_eq(e.u.exec.args, before);
+    cr_assert_eq(e.u.exec.args_len, EVENT_ARGS_MAX + 1);
+    event_clear(&e);
+    redact_free(r);
+}
