@@ -865,6 +865,43 @@ Test(records, exit_codes_and_signals)
     cr_assert_eq(e.u.exit.signal, 0);
 }
 
+/* Two threads leaving at once can each report the process: its second exit record (same pid,
+ * same start) makes no event; a new process given the pid, or another pid, does. */
+Test(records, exit_reported_twice_is_one_exit)
+{
+    static struct records_exits exits; /* as in the capture: zeroed */
+    struct exit_record r = {
+        .hdr = hdr(RECORD_EXIT), .exit_code = 9 << 8, .duration_ns = 95000000ull};
+    struct event first, again, e;
+
+    decode_ok(&r, sizeof(r), &first);
+    cr_assert_not(records_exit_repeated(&exits, &first));
+    /* The other thread, 25 us later: its lifetime 25 us longer, from the same start. */
+    r.hdr.ts_ns += 25000;
+    r.duration_ns += 25000;
+    decode_ok(&r, sizeof(r), &again);
+    cr_assert(records_exit_repeated(&exits, &again));
+    cr_assert_eq(exits.repeated, 1);
+
+    /* The pid reused by a process that started later. */
+    r.hdr.ts_ns += 1000000000ull;
+    decode_ok(&r, sizeof(r), &e);
+    cr_assert_not(records_exit_repeated(&exits, &e));
+    /* Other pids, one of them on the same slot, and pid 0 on an empty one. */
+    for (uint32_t pid = 4243; pid < 4243 + RECORDS_EXITS_KEPT; pid++) {
+        r.hdr.pid = pid;
+        decode_ok(&r, sizeof(r), &e);
+        cr_assert_not(records_exit_repeated(&exits, &e), "pid %u", pid);
+    }
+    r = (struct exit_record){.hdr = hdr(RECORD_EXIT)};
+    r.hdr.pid = 0;
+    r.hdr.ts_ns = 0;
+    struct records_exits empty = {0};
+    decode_ok(&r, sizeof(r), &e);
+    cr_assert_not(records_exit_repeated(&empty, &e));
+    cr_assert_eq(exits.repeated, 1);
+}
+
 /* Boot time plus the sampled offset, in both directions, wrapping rather than overflowing. */
 Test(records, timestamps_are_boot_time_plus_offset)
 {

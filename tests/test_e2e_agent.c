@@ -10,6 +10,7 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -836,6 +837,67 @@ Test(e2e_agent, bad_parameters_are_400_naming_the_parameter)
         cr_expect(msg && strstr(msg, want), "%s: error %s", path, msg);
         json_decref(r);
     }
+}
+
+static void *spin(void *arg)
+{
+    for (volatile unsigned long n = 0;; n++)
+        ;
+    return arg;
+}
+
+/* Forks a child whose threads spin on every CPU until it calls _exit(9); returns its pid. */
+static pid_t run_threads_exit9(void)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        pthread_t t;
+        for (int i = 0; i < 8; i++)
+            if (pthread_create(&t, NULL, spin, NULL) != 0)
+                _exit(127);
+        usleep(5000);
+        _exit(9); /* exit_group(): the threads leave at once, on every CPU */
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 9, "status %d", status);
+    return pid;
+}
+
+/* Threads leaving at once can each see the process's last thread gone: still one exit event. */
+Test(e2e_agent, threads_leaving_at_once_make_one_exit)
+{
+    enum { N = 20 };
+    pid_t kids[N];
+    char q[128];
+
+    for (int i = 0; i < N; i++)
+        kids[i] = run_threads_exit9();
+    int want_exit[2] = {kids[N - 1], 2};
+    snprintf(q, sizeof(q), "/api/events?type=exit&pid=%d", kids[N - 1]);
+    json_t *ev = wait_event(q, match_pid_type, want_exit, 10000);
+    cr_assert(ev, "no exit event for pid %d", kids[N - 1]);
+    json_decref(ev);
+    usleep(300000); /* a repeat of the last one would have come with it */
+    for (int i = 0; i < N; i++) {
+        snprintf(q, sizeof(q), "/api/events?type=exit&pid=%d", kids[i]);
+        json_t *r = tu_get_json(agent.port, q, NULL);
+        cr_assert(r);
+        json_t *evs = json_object_get(r, "events");
+        cr_expect_eq(json_array_size(evs), 1, "pid %d: %s", kids[i], tu_jdump(evs));
+        ev = json_array_get(evs, 0);
+        cr_expect_eq(tu_jint(ev, "exit_code"), 9);
+        cr_expect_eq(tu_jint(ev, "signal"), 0);
+        json_decref(r);
+    }
+    json_t *st = tu_get_json(agent.port, "/api/stats", NULL);
+    cr_assert(st);
+    json_t *dup = tu_jpath(st, "records_skipped.duplicate_exit");
+    cr_expect(json_is_integer(dup), "records_skipped: %s",
+              tu_jdump(json_object_get(st, "records_skipped")));
+    cr_log_info("duplicate exit records: %" PRId64,
+                tu_jpath_int(st, "records_skipped.duplicate_exit"));
+    json_decref(st);
 }
 
 Test(e2e_agent, stats_programs_health_metrics)

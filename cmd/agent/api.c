@@ -257,8 +257,8 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
     buf_printf(b,
                ",\"kernel_drops\":%" PRIu64 ",\"kernel_missed\":%" PRIu64
                ",\"drops_suppressed\":%" PRIu64 ",\"records_skipped\":{\"malformed\":%" PRIu64
-               ",\"no_memory\":%" PRIu64 "},",
-               kl.drops, kl.missed, kl.suppressed, rl.malformed, rl.no_memory);
+               ",\"no_memory\":%" PRIu64 ",\"duplicate_exit\":%" PRIu64 "},",
+               kl.drops, kl.missed, kl.suppressed, rl.malformed, rl.no_memory, rl.duplicate_exit);
     struct capture_sockets_stats sk;
     capture_sockets_stats(a->capture, &sk);
     buf_printf(b,
@@ -419,6 +419,8 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                       "Kernel records that produced no event, by reason.");
     api_metric_labelled(b, "ebpf_agent_records_skipped_total", "reason", "malformed", rl.malformed);
     api_metric_labelled(b, "ebpf_agent_records_skipped_total", "reason", "no_memory", rl.no_memory);
+    api_metric_labelled(b, "ebpf_agent_records_skipped_total", "reason", "duplicate_exit",
+                        rl.duplicate_exit);
     api_metric_header(b, "ebpf_agent_program_attached", "gauge", "1 when the program is attached.");
     for (size_t i = 0; i < n; i++)
         api_metric_labelled(b, "ebpf_agent_program_attached", "program", progs[i].name,

@@ -175,6 +175,7 @@ struct capture {
     size_t ninstances;
     struct capture_prog progs[SLOT_COUNT];
     struct records_decoder decoder; /* its ksyms and reasons are the two below */
+    struct records_exits exits;     /* a process's exit reported twice is reported once */
     struct ksyms *ksyms;
     struct drop_reasons *reasons;
     int ncpus;
@@ -721,6 +722,8 @@ static int handle_record(void *ctx, void *data, size_t size)
         log_skipped(c, err, why);
         return 0;
     }
+    if (e.type == EVENT_EXIT && records_exit_repeated(&c->exits, &e))
+        return 0;
     c->fn(c->ctx, &e);
     event_clear(&e); /* whatever owned strings the callee did not take */
     return 0;
@@ -1032,6 +1035,7 @@ void capture_record_losses(struct capture *c, struct capture_record_losses *out)
 {
     out->malformed = __atomic_load_n(&c->decoder.malformed, __ATOMIC_RELAXED);
     out->no_memory = __atomic_load_n(&c->decoder.no_memory, __ATOMIC_RELAXED);
+    out->duplicate_exit = __atomic_load_n(&c->exits.repeated, __ATOMIC_RELAXED);
 }
 
 size_t capture_attached(struct capture *c)

@@ -108,6 +108,7 @@ void capture_sockets_stats(struct capture *c, struct capture_sockets_stats *out)
 struct capture_record_losses {
     uint64_t malformed; /* shorter than their kind, of an unknown kind, or a field out of range */
     uint64_t no_memory; /* no memory for an exec event's strings */
+    uint64_t duplicate_exit; /* a second exit record of one process (records_exit_repeated()) */
 };
 
 /* Fills out; thread-safe (the capture thread counts, any thread may read). */

@@ -229,6 +229,21 @@ static int decode_exit(const struct records_decoder *d, const void *data, struct
     return 0;
 }
 
+bool records_exit_repeated(struct records_exits *x, const struct event *e)
+{
+    uint64_t start = e->timestamp_ns - e->u.exit.duration_ns;
+    __typeof__(x->slot[0]) *s = &x->slot[e->pid % RECORDS_EXITS_KEPT];
+
+    if (s->used && s->pid == e->pid && s->start_ns == start) {
+        __atomic_fetch_add(&x->repeated, 1, __ATOMIC_RELAXED);
+        return true;
+    }
+    s->used = true;
+    s->pid = e->pid;
+    s->start_ns = start;
+    return false;
+}
+
 static int decode_dns(const struct records_decoder *d, const struct dns_record *r, size_t len,
                       struct records_dns *out, char *err, size_t errlen)
 {

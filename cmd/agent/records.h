@@ -48,6 +48,31 @@ int records_decode(struct records_decoder *d, const void *data, size_t len, stru
                    char *err, size_t errlen);
 
 /*
+ * The kernel reports a process's exit when its last thread leaves, which it
+ * tells by the count of the process's live threads reaching zero. Threads
+ * leaving at once (exit_group(), a fatal signal) each take themselves off the
+ * count before they report, so more than one can find it zero: one process,
+ * two exit records microseconds apart. Both name its pid and its start (the
+ * timestamp less the lifetime, both read from the leader), which no other
+ * process shares. records_exit_repeated() keeps the last exits by pid and
+ * tells such a repeat. Owned by the capture thread; repeated is read by others
+ * (a relaxed atomic).
+ */
+#define RECORDS_EXITS_KEPT 256 /* the repeat comes within a few records */
+
+struct records_exits {
+    struct {
+        uint32_t pid;
+        bool used;
+        uint64_t start_ns;
+    } slot[RECORDS_EXITS_KEPT];
+    uint64_t repeated; /* exit events told apart as repeats, and dropped */
+};
+
+/* Whether e, a decoded exit event, repeats one of the last exits (counted); remembers it. */
+bool records_exit_repeated(struct records_exits *x, const struct event *e);
+
+/*
  * A DNS message a socket of this node sent (query) or received (answer),
  * from a RECORD_DNS (bpf/dns_events.h), for the DNS tracker (pkg/dns.h).
  */
