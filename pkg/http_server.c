@@ -292,6 +292,101 @@ static bool gzip_body(h2o_req_t *req, const char *body, size_t len, h2o_iovec_t 
     return true;
 }
 
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* A qvalue (RFC 9110 12.4.2: "0" to "1" with up to three decimals) that is not zero. */
+static bool qvalue_nonzero(const char *v, size_t len)
+{
+    bool nonzero = false;
+
+    if (len == 0 || (v[0] != '0' && v[0] != '1') || len > 5)
+        return false;
+    if (len > 1 && v[1] != '.')
+        return false;
+    for (size_t i = 2; i < len; i++) {
+        if (!isdigit((unsigned char)v[i]) || (v[0] == '1' && v[i] != '0'))
+            return false;
+        nonzero |= v[i] != '0';
+    }
+    return v[0] == '1' || nonzero;
+}
+
+/*
+ * One Accept-Encoding element, "coding *( OWS ; OWS name = value )": 1 when it takes
+ * gzip (its alias x-gzip too, any case) with a q other than 0, 0 when it names gzip and
+ * refuses it (q=0, or a q that is no qvalue: the plain body always works), -1 otherwise.
+ */
+static int accept_element_gzip(const char *p, const char *end)
+{
+    const char *tok;
+    int take;
+
+    while (p < end && is_ows(*p))
+        p++;
+    for (tok = p; p < end && *p != ';' && !is_ows(*p); p++)
+        ;
+    if (!h2o_lcstris(tok, p - tok, H2O_STRLIT("gzip")) &&
+        !h2o_lcstris(tok, p - tok, H2O_STRLIT("x-gzip")))
+        return -1;
+    take = 1;
+    while (p < end) {
+        const char *name, *val;
+        size_t name_len;
+
+        while (p < end && is_ows(*p))
+            p++;
+        if (p == end)
+            break;
+        if (*p++ != ';')
+            return 0;
+        while (p < end && is_ows(*p))
+            p++;
+        for (name = p; p < end && *p != '=' && *p != ';' && !is_ows(*p); p++)
+            ;
+        name_len = p - name;
+        while (p < end && is_ows(*p))
+            p++;
+        val = p;
+        if (p < end && *p == '=') {
+            for (val = ++p; p < end && *p != ';' && !is_ows(*p); p++)
+                ;
+        }
+        if (h2o_lcstris(name, name_len, H2O_STRLIT("q")) && !qvalue_nonzero(val, p - val))
+            take = 0;
+    }
+    return take;
+}
+
+/*
+ * Whether the request takes a gzipped body: an Accept-Encoding element names gzip with a
+ * q other than 0 ("gzip;q=1.0" as well as "gzip"), and none refuses it ("gzip;q=0").
+ */
+static bool request_accepts_gzip(const h2o_req_t *req)
+{
+    bool named = false;
+    ssize_t i = -1;
+
+    while ((i = h2o_find_header(&req->headers, H2O_TOKEN_ACCEPT_ENCODING, i)) != -1) {
+        const h2o_iovec_t *v = &req->headers.entries[i].value;
+        const char *p = v->base, *end = v->base + v->len;
+
+        while (p < end) {
+            const char *comma = memchr(p, ',', end - p);
+            const char *elem_end = comma != NULL ? comma : end;
+            int take = accept_element_gzip(p, elem_end);
+
+            if (take == 0)
+                return false;
+            named |= take == 1;
+            p = comma != NULL ? comma + 1 : end;
+        }
+    }
+    return named;
+}
+
 /*
  * A response that may be gzipped: whether it is depends on the request, so
  * it varies on Accept-Encoding either way.
@@ -835,7 +930,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         .path_len = path.len,
         .query = qs,
         .query_len = qslen,
-        .accepts_gzip = (h2o_get_compressible_types(&req->headers) & H2O_COMPRESSIBLE_GZIP) != 0,
+        .accepts_gzip = request_accepts_gzip(req),
     };
     ssize_t inm = h2o_find_header(&req->headers, H2O_TOKEN_IF_NONE_MATCH, -1);
     if (inm != -1) {

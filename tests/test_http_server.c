@@ -565,6 +565,54 @@ Test(http_server, large_bodies_are_gzipped_for_clients_that_take_it)
     http_server_free(s);
 }
 
+/*
+ * Accept-Encoding as RFC 9110 reads it: an element with parameters still names gzip
+ * ("gzip;q=1.0,deflate;q=0.6", Ruby's Net::HTTP), and q=0 refuses it.
+ */
+Test(http_server, accept_encoding_weights_are_read)
+{
+    static const struct {
+        const char *accept;
+        bool gzipped;
+    } cases[] = {
+        {"gzip;q=1.0,deflate;q=0.6,identity;q=0.3", true},
+        {"gzip;q=1", true},
+        {"gzip; q=0.5", true},
+        {"deflate, GZIP ;Q=0.001", true},
+        {"x-gzip", true},
+        {"gzip;level=1", true},
+        {"identity;q=1, gzip;q=1.000", true},
+        {"gzip;q=0", false},
+        {"gzip;q=0.000", false},
+        {"gzip; q=0, deflate", false},
+        {"deflate, gzip;q=0", false},
+        {"gzip;q=2", false},
+        {"gzip;q=", false},
+        {"gzipx, xgzip, deflate", false},
+        {"*", false},
+    };
+    struct http_server *s = start_server(NULL, 0);
+    int port = http_server_port(s);
+    static char target[4096], extra[256];
+    static struct reply r;
+    char v[256];
+
+    strcpy(target, "/api/events?x=");
+    memset(target + strlen(target), 'a', 3000);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(extra, sizeof(extra), "Accept-Encoding: %s\r\n", cases[i].accept);
+        get(port, target, extra, &r);
+        cr_assert_eq(r.status, 200);
+        if (cases[i].gzipped)
+            cr_assert_not_null(header(&r, "content-encoding", v, sizeof(v)), "%s: not gzipped",
+                               cases[i].accept);
+        else
+            cr_assert_null(header(&r, "content-encoding", v, sizeof(v)), "%s: gzipped",
+                           cases[i].accept);
+    }
+    http_server_free(s);
+}
+
 Test(http_server, stream_delivers_matching_events)
 {
     struct http_server *s = start_server(NULL, 0);
