@@ -45,6 +45,7 @@
 #define HTTP_MAX_STREAM_CLIENTS_DEFAULT   64
 #define HTTP_PUBLISH_QUEUE_MAX            65536
 #define HTTP_KEEPALIVE_MS                 15000
+#define HTTP_REAP_MS                      1000 /* how soon a stream client that left stops counting */
 #define HTTP_GZIP_MIN                     1024 /* bytes: smaller bodies go as they are */
 /* Events stamped before a stream's `until` may still be on their way (an agent's batch). */
 #define HTTP_UNTIL_TICK_MS     250
@@ -153,6 +154,9 @@ struct http_server {
     /* Linked while a stream has an `until`: ends those past it. */
     h2o_timeout_t until_timeout;
     h2o_timeout_entry_t until_entry;
+    /* Linked while there are stream clients: ends those whose client left. */
+    h2o_timeout_t reap_timeout;
+    h2o_timeout_entry_t reap_entry;
 
     h2o_linklist_t stream_clients; /* struct stream_client */
     h2o_linklist_t conns;          /* struct http_conn */
@@ -608,8 +612,8 @@ static bool client_gone(h2o_req_t *req);
 /*
  * Ends the streams whose client has left: h2o notices a closed connection
  * only at its next write (a keepalive every HTTP_KEEPALIVE_MS), and until
- * then it holds one of max_stream_clients. Run when a new client finds them
- * all taken.
+ * then it holds one of max_stream_clients and counts in stream.clients. Run
+ * every HTTP_REAP_MS, and when a new client finds them all taken.
  */
 static void stream_reap_gone(struct http_server *s)
 {
@@ -661,6 +665,8 @@ static void serve_stream(struct http_server *s, h2o_req_t *req, const char *qs, 
     buf_init(&c->inflight);
     if (q.until_ns != UINT64_MAX && !h2o_timeout_is_linked(&s->until_entry))
         h2o_timeout_link(s->ctx.loop, &s->until_timeout, &s->until_entry);
+    if (!h2o_timeout_is_linked(&s->reap_entry))
+        h2o_timeout_link(s->ctx.loop, &s->reap_timeout, &s->reap_entry);
     h2o_linklist_insert(&s->stream_clients, &c->link);
     stat_add(&s->nstream_clients, 1);
     stream_clients_changed(s);
@@ -827,6 +833,16 @@ static void on_until_tick(h2o_timeout_entry_t *entry)
     }
     if (more)
         h2o_timeout_link(s->ctx.loop, &s->until_timeout, &s->until_entry);
+}
+
+/* Ticks while there are stream clients (one recv() each): see stream_reap_gone. */
+static void on_reap_tick(h2o_timeout_entry_t *entry)
+{
+    struct http_server *s = H2O_STRUCT_FROM_MEMBER(struct http_server, reap_entry, entry);
+
+    stream_reap_gone(s);
+    if (!h2o_linklist_is_empty(&s->stream_clients))
+        h2o_timeout_link(s->ctx.loop, &s->reap_timeout, &s->reap_entry);
 }
 
 /* ---- request dispatch ---- */
@@ -1317,6 +1333,8 @@ struct http_server *http_server_new(const struct http_server_config *cfg, char *
     h2o_timeout_link(s->loop, &s->keepalive_timeout, &s->keepalive_entry);
     h2o_timeout_init(s->loop, &s->until_timeout, HTTP_UNTIL_TICK_MS);
     s->until_entry.cb = on_until_tick;
+    h2o_timeout_init(s->loop, &s->reap_timeout, HTTP_REAP_MS);
+    s->reap_entry.cb = on_reap_tick;
 
     s->listener = h2o_evloop_socket_create(s->loop, s->listen_fd, H2O_SOCKET_FLAG_DONT_READ);
     s->listener->data = s;
@@ -1453,6 +1471,8 @@ static void loop_teardown(struct http_server *s)
     h2o_timeout_dispose(s->loop, &s->keepalive_timeout);
     h2o_timeout_unlink(&s->until_entry);
     h2o_timeout_dispose(s->loop, &s->until_timeout);
+    h2o_timeout_unlink(&s->reap_entry);
+    h2o_timeout_dispose(s->loop, &s->reap_timeout);
 
     /* Events published but never delivered. */
     h2o_shim_receiver_flush(&s->publish_receiver);

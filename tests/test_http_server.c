@@ -772,6 +772,25 @@ Test(http_server, stream_client_limit_is_503)
     http_server_free(s);
 }
 
+/*
+ * A client that closes its connection stops counting at once (stream.clients,
+ * and the callback that lets an aggregator stop feeding the stream), not at
+ * the write after the next keepalive, up to 30 s later.
+ */
+Test(http_server, a_stream_client_that_left_stops_counting)
+{
+    struct http_server *s = start_server(NULL, 0);
+    static struct sse c;
+    char head[4096];
+
+    sse_open(&c, http_server_port(s), "/api/events/stream?type=exec", NULL, head, sizeof(head));
+    cr_assert(sse_wait_for(&c, ": connected\n\n"));
+    wait_stream_clients(s, 1);
+    close(c.fd);
+    wait_stream_clients(s, 0);
+    http_server_free(s);
+}
+
 /* Publishes n exec events of about 1 KB each (pids 1..n) to a client that reads nothing, and
  * waits until each is accounted for: sent, queued, dropped. */
 static void publish_unread(struct http_server *s, uint32_t n, struct http_server_stats *st)
