@@ -1064,6 +1064,13 @@ size_t flows_minute_bytes(void)
 
 /* ---- counts ---- */
 
+/* Connections neither established nor failed: UDP connects (no handshake to wait for). */
+static uint64_t counts_attempted(const struct flows_counts *c)
+{
+    return c->connections > c->established + c->failed ? c->connections - c->established - c->failed
+                                                       : 0;
+}
+
 static void counts_error_add(struct flows_counts *c, const char *error, uint64_t v)
 {
     if (v == 0)
@@ -1707,7 +1714,7 @@ void flows_series_metrics(struct flows *f, struct buf *b)
                name, name);
     for (size_t i = 0; i < r->count; i++) {
         const struct flows_counts *c = &r->edges[i].c;
-        uint64_t v[] = {c->established, c->failed, c->connections - c->established - c->failed};
+        uint64_t v[] = {c->established, c->failed, counts_attempted(c)};
         for (size_t s = 0; s < 3; s++) {
             buf_printf(b, "%s{", name);
             series_labels(b, &r->edges[i].key);
@@ -1781,10 +1788,11 @@ static void edge_json(struct buf *b, const struct flows_edge *e)
         buf_json_cstr(b, proto);
     else
         buf_printf(b, "\"%u\"", e->key.protocol);
+    uint64_t attempted = counts_attempted(c);
     buf_printf(b,
                ",\"connections\":%" PRIu64 ",\"established\":%" PRIu64 ",\"failed\":%" PRIu64
-               ",\"failed_by_error\":{",
-               c->connections, c->established, c->failed);
+               ",\"attempted\":%" PRIu64 ",\"failed_by_error\":{",
+               c->connections, c->established, c->failed, attempted);
     bool first = true;
     for (size_t i = 0; i < FLOWS_ERROR_SLOTS && c->errors[i].error != NULL; i++) {
         buf_printf(b, "%s", first ? "" : ",");

@@ -172,6 +172,36 @@ Test(flows, outside_kubernetes_the_workload_is_the_command_and_the_peer_an_ip)
     flows_free(f);
 }
 
+/* UDP connects are neither established nor failed: the answer says how many, and the JSON
+ * adds up (connections = established + failed + attempted). */
+Test(flows, attempted_connections_are_counted_apart)
+{
+    struct flows *f = flows_new(24 * HOUR, 1000);
+    struct event ev[] = {
+        conn(T0 + 1, "web-1", "db-0", EVENT_STATUS_ATTEMPTED, NULL, 0),
+        conn(T0 + 2, "web-1", "db-0", EVENT_STATUS_ATTEMPTED, NULL, 0),
+        conn(T0 + 3, "web-1", "db-0", EVENT_STATUS_ESTABLISHED, NULL, 3000),
+        conn(T0 + 4, "web-1", "db-0", EVENT_STATUS_FAILED, "refused", 100),
+    };
+    struct flows_result r;
+    struct flows_query q = all(FLOWS_GROUP_POD);
+    char json[4096];
+    struct buf b;
+
+    flows_add(f, ev, 4, NOW);
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 1);
+    buf_init(&b);
+    flows_result_json(&r, &b);
+    cr_assert(!b.oom);
+    snprintf(json, sizeof(json), "%.*s", (int)b.len, b.data);
+    cr_assert(strstr(json, "\"connections\":4,\"established\":1,\"failed\":1,\"attempted\":2,"),
+              "%s", json);
+    buf_free(&b);
+    flows_result_free(&r);
+    flows_free(f);
+}
+
 /* A command of invalid UTF-8 names its Process endpoint; the workload filter finds it by its
  * bytes and by the text the API shows for them (as "see in Live" and a user copy it). */
 Test(flows, a_process_workload_is_found_by_its_shown_text)

@@ -1200,6 +1200,7 @@ function showLink(l) {
     part.appendChild(el('h3', 'port ' + e.port + '/' + e.protocol + (e.destination.service ? ' via service ' + e.destination.service : '')));
     const t = el('table');
     [['connections', e.connections], ['established', e.established], ['failed', e.failed],
+      ...(e.attempted ? [['attempted (UDP)', e.attempted]] : []),
       ['failure rate', (failRate(e) * 100).toFixed(1) + '%'],
       ['failed by cause', Object.entries(e.failed_by_error || {}).map(([k, v]) => k + ' ' + v).join(', ') || 'none'],
       ['resets', e.resets], ['retransmits', e.retransmits],
