@@ -222,15 +222,17 @@ static __always_inline __u64 task_cgroup_id_btf(const struct task_struct *task)
 }
 
 /* task->comm (a BTF pointer's) into h->comm as two words: the kernel keeps it NUL-padded to
- * its end, as the helpers' copies are. */
+ * its end, as the helpers' copies are. Stored as words (h->comm is 8-aligned in the record):
+ * a memcpy to a char array is stored byte by byte. */
 static __always_inline void hdr_comm_btf(struct record_hdr *h, const struct task_struct *task)
 {
     _Static_assert(sizeof(h->comm) == 16 && sizeof(task->comm) == 16, "comm is two words");
+    _Static_assert(__builtin_offsetof(struct record_hdr, comm) % 8 == 0, "comm is 8-aligned");
     const __u64 *comm = (const __u64 *)task->comm;
-    __u64 lo = comm[0], hi = comm[1];
+    __u64 *dst = (__u64 *)h->comm;
 
-    __builtin_memcpy(h->comm, &lo, 8);
-    __builtin_memcpy(h->comm + 8, &hi, 8);
+    dst[0] = comm[0];
+    dst[1] = comm[1];
 }
 
 /*
@@ -257,13 +259,19 @@ static __always_inline void hdr_task_helpers(struct record_hdr *h)
     bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
-/* Attributes a record to the current task (process context only). */
-static __always_inline void record_hdr_current(struct record_hdr *h, __u32 kind)
+/*
+ * Attributes a record to the current task (process context only). cur: the
+ * current task as a BTF pointer where the caller has it already (a
+ * tracepoint's argument, or bpf_get_current_task_btf() taken once for the
+ * whole run), which spares a helper call; NULL: asked for here.
+ */
+static __always_inline void record_hdr_of(struct record_hdr *h, __u32 kind,
+                                          const struct task_struct *cur)
 {
     h->kind = kind;
     h->ts_ns = bpf_ktime_get_boot_ns();
     if (TASK_BTF_USABLE()) {
-        struct task_struct *task = bpf_get_current_task_btf();
+        const struct task_struct *task = cur ? cur : bpf_get_current_task_btf();
 
         h->cgroup_id = task_cgroup_id_btf(task);
         hdr_task_btf(h, task);
@@ -271,6 +279,11 @@ static __always_inline void record_hdr_current(struct record_hdr *h, __u32 kind)
         h->cgroup_id = bpf_get_current_cgroup_id();
         hdr_task_helpers(h);
     }
+}
+
+static __always_inline void record_hdr_current(struct record_hdr *h, __u32 kind)
+{
+    record_hdr_of(h, kind, NULL);
 }
 
 #endif

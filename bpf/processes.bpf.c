@@ -26,7 +26,7 @@ int BPF_PROG(tp_btf__sched_process_exec, struct task_struct *p, pid_t old_pid,
     r = record_reserve(SLOT_SCHED_PROCESS_EXEC, sizeof(*r));
     if (!r)
         return 0;
-    record_hdr_current(&r->hdr, RECORD_EXEC);
+    record_hdr_of(&r->hdr, RECORD_EXEC, p); /* p is the current task */
     /* p and bprm are BTF pointers: their fields are plain loads, not helper calls. */
     long n = bpf_probe_read_kernel_str(r->filename, sizeof(r->filename), bprm->filename);
     r->filename_truncated = 0;
@@ -68,13 +68,15 @@ int BPF_PROG(tp_btf__sched_process_exit, struct task_struct *p)
     r = record_reserve(SLOT_SCHED_PROCESS_EXIT, sizeof(*r));
     if (!r)
         return 0;
-    record_hdr_current(&r->hdr, RECORD_EXIT);
+    record_hdr_of(&r->hdr, RECORD_EXIT, p); /* p is the current task */
     /* p is a BTF pointer: its fields are plain loads, not helper calls. */
     leader = p->group_leader;
-    if (TASK_BTF_USABLE())
-        hdr_comm_btf(&r->hdr, leader);
-    else
+    if (TASK_BTF_USABLE()) {
+        if (leader != p)
+            hdr_comm_btf(&r->hdr, leader);
+    } else {
         bpf_probe_read_kernel_str(&r->hdr.comm, sizeof(r->hdr.comm), leader->comm);
+    }
     r->exit_code = p->exit_code;
     r->pad = 0;
     r->duration_ns = r->hdr.ts_ns - leader->start_boottime;
