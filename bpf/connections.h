@@ -81,9 +81,16 @@ struct {
     __type(value, __u64); /* struct sock * */
 } connect_thread SEC(".maps");
 
-static __always_inline __u64 *connect_thread_slot(bool create)
+/* cur: the current task as a BTF pointer, or NULL (asked for here). */
+static __always_inline __u64 *connect_thread_slot(const struct task_struct *cur, bool create)
 {
-    return bpf_task_storage_get(&connect_thread, bpf_get_current_task_btf(), NULL,
+    if (!cur)
+        cur = bpf_get_current_task_btf();
+    /* A thread that never started a TCP connect has no local storage at all, which one load
+     * tells: the connects of such a thread (UDP ones, most often) skip the helper call. */
+    if (!create && !cur->bpf_storage)
+        return NULL;
+    return bpf_task_storage_get(&connect_thread, (struct task_struct *)cur, NULL,
                                 create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
 }
 #else
@@ -94,7 +101,7 @@ struct {
     __type(value, __u64); /* struct sock * */
 } connect_thread SEC(".maps");
 
-static __always_inline __u64 *connect_thread_slot(bool create)
+static __always_inline __u64 *connect_thread_slot(const struct task_struct *cur, bool create)
 {
     __u32 tid = (__u32)bpf_get_current_pid_tgid();
     __u64 zero = 0;
@@ -106,9 +113,9 @@ static __always_inline __u64 *connect_thread_slot(bool create)
 #endif
 
 /* The socket the current thread's connect() took to SYN_SENT, if any; the slot is cleared. */
-static __always_inline __u64 connect_thread_take(void)
+static __always_inline __u64 connect_thread_take(const struct task_struct *cur)
 {
-    __u64 *started = connect_thread_slot(false);
+    __u64 *started = connect_thread_slot(cur, false);
     __u64 sk = 0;
 
     if (started) {
@@ -475,7 +482,7 @@ static __always_inline void connect_started(const struct sock *sk, __u64 key)
             return;
     }
     if (emit_tcp_connect) {
-        started = connect_thread_slot(true);
+        started = connect_thread_slot(NULL, true);
         if (started)
             *started = key;
     }
@@ -860,19 +867,29 @@ struct pt_regs___arm64 {
 /* Casts an address read from memory to a BTF pointer, so its fields are plain loads. */
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
-/* The syscall number of a sys_exit, or -1 for 32-bit compat tasks (other numbering). */
-static __always_inline long syscall_nr(struct pt_regs *regs)
+/*
+ * The syscall number of a sys_exit, or -1 for 32-bit compat tasks (other numbering). For
+ * a connect or an accept, *cur is set to the current task (a BTF pointer), taken once for
+ * the rest of the run; other syscalls return without it.
+ */
+static __always_inline long syscall_nr(struct pt_regs *regs, const struct task_struct **cur)
 {
 #if defined(__TARGET_ARCH_x86)
     long nr = regs->orig_ax;
 
     /* Checked second: most syscalls are neither connect nor accept. */
-    if ((nr == NR_CONNECT || nr == NR_ACCEPT || nr == NR_ACCEPT4) &&
-        (bpf_get_current_task_btf()->thread_info.status & TS_COMPAT))
-        return -1;
+    if (nr == NR_CONNECT || nr == NR_ACCEPT || nr == NR_ACCEPT4) {
+        *cur = bpf_get_current_task_btf();
+        if ((*cur)->thread_info.status & TS_COMPAT)
+            return -1;
+    }
     return nr;
 #else
-    return BPF_CORE_READ((struct pt_regs___arm64 *)regs, syscallno);
+    long nr = BPF_CORE_READ((struct pt_regs___arm64 *)regs, syscallno);
+
+    if (nr == NR_CONNECT || nr == NR_ACCEPT || nr == NR_ACCEPT4)
+        *cur = bpf_get_current_task_btf();
+    return nr;
 #endif
 }
 
@@ -887,10 +904,11 @@ static __always_inline struct sock *file_sock(struct file *file)
     return sock ? sock->sk : NULL;
 }
 
-/* The socket behind fd in the current task, or NULL when fd is not a socket. */
-static __always_inline struct sock *fd_sock(long fd)
+/* The socket behind fd in the current task (cur, or NULL: asked for), or NULL when fd is not
+ * a socket. */
+static __always_inline struct sock *fd_sock(const struct task_struct *cur, long fd)
 {
-    struct task_struct *task = bpf_get_current_task_btf();
+    const struct task_struct *task = cur ? cur : bpf_get_current_task_btf();
     struct fdtable *fdt = task->files->fdt;
     struct file *file = NULL;
 
@@ -902,8 +920,9 @@ static __always_inline struct sock *fd_sock(long fd)
     return file_sock(bpf_rdonly_cast(file, bpf_core_type_id_kernel(struct file)));
 }
 #else
-/* The syscall number of a sys_exit, or -1 for 32-bit compat tasks (other numbering). */
-static __always_inline long syscall_nr(struct pt_regs *regs)
+/* The syscall number of a sys_exit, or -1 for 32-bit compat tasks (other numbering). *cur
+ * stays NULL: no BTF pointer to the task here. */
+static __always_inline long syscall_nr(struct pt_regs *regs, const struct task_struct **cur)
 {
 #if defined(__TARGET_ARCH_x86)
     long nr = regs->orig_ax;
@@ -926,7 +945,7 @@ static __always_inline long syscall_nr(struct pt_regs *regs)
  * Read with helpers (only for connect/accept): the file table is not
  * reachable through BTF pointers on every kernel this supports (5.8+).
  */
-static __always_inline struct sock *fd_sock(long fd)
+static __always_inline struct sock *fd_sock(const struct task_struct *cur, long fd)
 {
     struct task_struct *task = (struct task_struct *)bpf_get_current_task();
     struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
@@ -977,7 +996,8 @@ static __always_inline void connect_failed_exit(__u64 key, long err)
  * (EADDRNOTAVAIL). The socket never reached SYN_SENT, so the state program
  * never saw it; the destination comes from the syscall's own argument.
  */
-static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long err, __u64 syn_sent)
+static __always_inline int tcp_connect_failed_early(const struct task_struct *cur,
+                                                    struct pt_regs *regs, long err, __u64 syn_sent)
 {
     struct sockaddr_in6 sa = {};
     struct conn_record *r;
@@ -989,7 +1009,7 @@ static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long e
         return 0;
     if (!task_captured())
         return 0;
-    sk = fd_sock(PT_REGS_PARM1_CORE_SYSCALL(regs));
+    sk = fd_sock(cur, PT_REGS_PARM1_CORE_SYSCALL(regs));
     if (!sk || SK_READ(sk, sk_protocol) != IPPROTO_TCP)
         return 0;
     if (syn_sent == (__u64)sk)
@@ -1002,7 +1022,7 @@ static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long e
     r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
     if (!r)
         return 0;
-    record_hdr_current(&r->hdr, RECORD_CONNECT);
+    record_hdr_of(&r->hdr, RECORD_CONNECT, cur);
     r->family = family;
     r->protocol = IPPROTO_TCP;
     r->status = CONN_FAILED;
@@ -1036,7 +1056,8 @@ static __always_inline int tcp_connect_failed_early(struct pt_regs *regs, long e
  * io_uring's workers (named iou-wrk-N), a thread of the process that asked: the record
  * then takes the process's command.
  */
-static __always_inline int conn_report(struct sock *sk, bool accept, bool io_worker)
+static __always_inline int conn_report(const struct task_struct *cur, struct sock *sk, bool accept,
+                                       bool io_worker)
 {
     struct conn_record *r;
     __u16 family;
@@ -1050,7 +1071,7 @@ static __always_inline int conn_report(struct sock *sk, bool accept, bool io_wor
 
         if (SK_READ(sk, sk_protocol) != IPPROTO_TCP)
             return 0;
-        record_hdr_current(&h, RECORD_ACCEPT);
+        record_hdr_of(&h, RECORD_ACCEPT, cur);
         IO_WORKER_COMM(io_worker, &h);
         if (track_close)
             life_accepted(sk, SK_READ(sk, __sk_common.skc_state), &h);
@@ -1077,7 +1098,7 @@ static __always_inline int conn_report(struct sock *sk, bool accept, bool io_wor
     r = record_reserve(SLOT_SYS_EXIT_CONNECT, sizeof(*r));
     if (!r)
         return 0;
-    record_hdr_current(&r->hdr, RECORD_CONNECT);
+    record_hdr_of(&r->hdr, RECORD_CONNECT, cur);
     IO_WORKER_COMM(io_worker, &r->hdr);
     r->protocol = IPPROTO_UDP;
     r->status = CONN_ATTEMPTED;
@@ -1102,26 +1123,27 @@ static __always_inline int conn_report(struct sock *sk, bool accept, bool io_wor
 SEC("tp_btf/sys_exit")
 int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
 {
+    const struct task_struct *cur = NULL;
     struct sock *sk;
     bool accept;
     long nr, fd;
 
     if (ret < 0 && !emit_tcp_connect)
         return 0;
-    nr = syscall_nr(regs);
+    nr = syscall_nr(regs, &cur);
     if (ret < 0) {
         __u64 syn_sent;
 
         if (nr != NR_CONNECT)
             return 0;
-        syn_sent = connect_thread_take();
+        syn_sent = connect_thread_take(cur);
         if (syn_sent && track_close)
             connect_failed_exit(syn_sent, -ret);
-        return tcp_connect_failed_early(regs, -ret, syn_sent);
+        return tcp_connect_failed_early(cur, regs, -ret, syn_sent);
     }
     if (nr == NR_CONNECT) {
         if (emit_tcp_connect)
-            connect_thread_take();
+            connect_thread_take(cur);
         if (!emit_udp_connect || ret != 0)
             return 0;
         accept = false;
@@ -1136,10 +1158,10 @@ int BPF_PROG(tp_btf__sys_exit, struct pt_regs *regs, long ret)
     }
     if (!task_captured())
         return 0;
-    sk = fd_sock(fd);
+    sk = fd_sock(cur, fd);
     if (!sk)
         return 0;
-    return conn_report(sk, accept, false);
+    return conn_report(cur, sk, accept, false);
 }
 
 /*
@@ -1178,14 +1200,14 @@ static __always_inline int io_uring_unnamed_complete(int res, __u32 flags)
     if (!track_close || res < 0 || (flags & (IORING_CQE_F_BUFFER | IORING_CQE_F_NOTIF)) ||
         !task_captured())
         return 0;
-    sk = fd_sock(res);
+    sk = fd_sock(NULL, res);
     if (!sk || sk->sk_protocol != IPPROTO_TCP)
         return 0;
     key = (__u64)sk;
     l = bpf_map_lookup_elem(&sockets, &key);
     if (!l || l->phase != LIFE_FOLLOWING || l->role != CLOSE_ROLE_SERVER || l->owner.kind)
         return 0;
-    return conn_report(sk, true, true);
+    return conn_report(NULL, sk, true, true);
 }
 
 /* A completion the ring had no room for: kept aside by the kernel, seen only here. */
@@ -1221,8 +1243,8 @@ int BPF_PROG(tp_btf__io_uring_complete, void *ctx_, void *req, struct io_uring_c
 
         if ((!emit_accept && !track_close) || acc->file_slot)
             return 0;
-        sk = fd_sock(res);
-        return sk ? conn_report(sk, true, true) : 0;
+        sk = fd_sock(NULL, res);
+        return sk ? conn_report(NULL, sk, true, true) : 0;
     }
     sk = rq->file ? file_sock(rq->file) : NULL;
     if (!sk)
@@ -1230,14 +1252,14 @@ int BPF_PROG(tp_btf__io_uring_complete, void *ctx_, void *req, struct io_uring_c
     /* A TCP connect's SYN_SENT noted its socket for the connect() syscall's exit, which never
      * comes: taken here, or the thread's next connect() would take it for its own. */
     if (emit_tcp_connect) {
-        __u64 *started = connect_thread_slot(false);
+        __u64 *started = connect_thread_slot(NULL, false);
 
         if (started && *started == (__u64)sk)
             *started = 0;
     }
     if (!emit_udp_connect || res != 0 || !task_captured())
         return 0;
-    return conn_report(sk, false, true);
+    return conn_report(NULL, sk, false, true);
 }
 #endif
 
