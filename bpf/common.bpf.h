@@ -59,16 +59,41 @@ static __always_inline void *record_reserve(__u32 slot, __u64 size)
  * asked of the ring at each record. */
 const volatile __u32 ringbuf_wakeup_bytes = 0;
 
-static __always_inline void record_submit(void *r)
+/* The wakeup flag of a record, with adding bytes still to be added to the ring. */
+static __always_inline __u64 record_wakeup(__u64 adding)
 {
-    __u64 flags = BPF_RB_NO_WAKEUP;
     __u64 wakeup = ringbuf_wakeup_bytes;
 
     if (!wakeup)
         wakeup = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 4;
-    if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup)
-        flags = BPF_RB_FORCE_WAKEUP;
-    bpf_ringbuf_submit(r, flags);
+    if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + adding >= wakeup)
+        return BPF_RB_FORCE_WAKEUP;
+    return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void record_submit(void *r)
+{
+    bpf_ringbuf_submit(r, record_wakeup(0));
+}
+
+/*
+ * A record of variable length, built elsewhere (size bytes at data, bounded by the caller),
+ * copied into the ring and counted as record_reserve() counts. What a record reserves sets
+ * where the next one starts: the ring's lines a large, mostly unused reservation skips are
+ * new ones for the next record to write (cache misses the next program pays, whatever its
+ * hook). 8: the ring's own header of a record, and its rounding.
+ */
+static __always_inline void record_output(__u32 slot, void *data, __u64 size)
+{
+    long err = bpf_ringbuf_output(&events, data, size, record_wakeup((size + 8 + 7) & ~7ull));
+    struct prog_stats *s = slot_stats(slot);
+
+    if (s) {
+        if (!err)
+            __sync_fetch_and_add(&s->events, 1);
+        else
+            __sync_fetch_and_add(&s->drops, 1);
+    }
 }
 
 #define RATE_NSEC 1000000000ull

@@ -11,6 +11,7 @@
 #define RECORD_FILENAME_MAX 256
 #define RECORD_ARGS_MAX     1024
 
+/* An exec record ends with its argv: it is EXEC_RECORD_SIZE(args_len) bytes long. */
 struct exec_record {
     struct record_hdr hdr;
     __u32 args_len;          /* bytes of args copied: NUL-separated argv */
@@ -20,6 +21,8 @@ struct exec_record {
     char filename[RECORD_FILENAME_MAX];
     char args[RECORD_ARGS_MAX];
 };
+
+#define EXEC_RECORD_SIZE(args_len) (__builtin_offsetof(struct exec_record, args) + (args_len))
 
 struct exit_record {
     struct record_hdr hdr;

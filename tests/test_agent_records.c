@@ -918,7 +918,11 @@ Test(records, timestamps_are_boot_time_plus_offset)
     cr_assert_eq(e.timestamp_ns, (uint64_t)INT64_MAX - 1);
 }
 
-/* Every kind cut at every length short of its struct: refused, counted, nothing read beyond. */
+/*
+ * Every kind cut at every length short of its record: refused, counted, nothing read beyond.
+ * An exec record ends with the argv it says it has (5 bytes here): shorter than its fixed
+ * part, that part is what it lacks; past it, the rest of its argv.
+ */
 Test(records, short_records_of_every_kind)
 {
     struct conn_record c = conn(RECORD_CONNECT, AF_INET, IPPROTO_TCP, CONN_ESTABLISHED);
@@ -929,11 +933,15 @@ Test(records, short_records_of_every_kind)
     struct close_record z = close_rec(CLOSE_ROLE_CLIENT, CLOSE_RESET_NONE);
     const struct {
         const void *rec;
-        size_t size;
+        size_t size, fixed;
         const char *kind;
     } kinds[] = {
-        {&c, sizeof(c), "connect"}, {&a, sizeof(a), "accept"}, {&d, sizeof(d), "drop"},
-        {x, sizeof(*x), "exec"},    {&t, sizeof(t), "exit"},   {&z, sizeof(z), "close"},
+        {&c, sizeof(c), sizeof(c), "connect"},
+        {&a, sizeof(a), sizeof(a), "accept"},
+        {&d, sizeof(d), sizeof(d), "drop"},
+        {x, EXEC_RECORD_SIZE(5), EXEC_RECORD_SIZE(0), "exec"},
+        {&t, sizeof(t), sizeof(t), "exit"},
+        {&z, sizeof(z), sizeof(z), "close"},
     };
     uint64_t before = dec.malformed, refused = 0;
 
@@ -947,7 +955,7 @@ Test(records, short_records_of_every_kind)
                          sizeof(struct record_hdr));
             else
                 snprintf(want, sizeof(want), "%s record of %zu bytes, shorter than its %zu",
-                         kinds[k].kind, len, kinds[k].size);
+                         kinds[k].kind, len, len < kinds[k].fixed ? kinds[k].fixed : kinds[k].size);
             decode_malformed(kinds[k].rec, len, want);
             refused++;
         }

@@ -314,22 +314,37 @@ int records_decode_dns(struct records_decoder *d, const void *data, size_t len,
     return rc;
 }
 
-/* Every record kind: its name in messages, the size of its struct, its decoder. */
+/* An exec record's length: it ends with its argv (an argv said to be longer than the room
+ * for it is decode_exec()'s to refuse). */
+static size_t exec_record_size(const void *data)
+{
+    const struct exec_record *r = data;
+
+    return EXEC_RECORD_SIZE(r->args_len < RECORD_ARGS_MAX ? r->args_len : RECORD_ARGS_MAX);
+}
+
+/*
+ * Every record kind: its name in messages, the size of its struct (of its fixed part for
+ * a kind whose records vary in length), the length a record of it says it has once that
+ * part is there (NULL: its struct's), its decoder.
+ */
 static const struct {
     const char *name;
     size_t size;
+    size_t (*size_of)(const void *data);
     int (*decode)(const struct records_decoder *d, const void *data, struct event *e, char *err,
                   size_t errlen);
 } kinds[] = {
-    [RECORD_CONNECT] = {"connect", sizeof(struct conn_record), decode_conn},
-    [RECORD_ACCEPT] = {"accept", sizeof(struct conn_record), decode_conn},
-    [RECORD_DROP] = {"drop", sizeof(struct drop_record), decode_drop},
-    [RECORD_EXEC] = {"exec", sizeof(struct exec_record), decode_exec},
-    [RECORD_EXIT] = {"exit", sizeof(struct exit_record), decode_exit},
-    [RECORD_CLOSE] = {"close", sizeof(struct close_record), decode_close},
+    [RECORD_CONNECT] = {"connect", sizeof(struct conn_record), NULL, decode_conn},
+    [RECORD_ACCEPT] = {"accept", sizeof(struct conn_record), NULL, decode_conn},
+    [RECORD_DROP] = {"drop", sizeof(struct drop_record), NULL, decode_drop},
+    [RECORD_EXEC] = {"exec", EXEC_RECORD_SIZE(0), exec_record_size, decode_exec},
+    [RECORD_EXIT] = {"exit", sizeof(struct exit_record), NULL, decode_exit},
+    [RECORD_CLOSE] = {"close", sizeof(struct close_record), NULL, decode_close},
 };
 
-/* The one length check: a decoder is only ever handed a whole struct of its kind. */
+/* The one length check: a decoder is only ever handed a whole record of its kind (its struct,
+ * or an exec record's fixed part and the argv it says it has). */
 static int decode_kind(const struct records_decoder *d, const void *data, size_t len,
                        struct event *e, char *err, size_t errlen)
 {
@@ -340,9 +355,12 @@ static int decode_kind(const struct records_decoder *d, const void *data, size_t
                           sizeof(*h));
     if (h->kind >= sizeof(kinds) / sizeof(kinds[0]) || !kinds[h->kind].decode)
         return errmsg_set(err, errlen, "record of unknown kind %u (%zu bytes)", h->kind, len);
-    if (len < kinds[h->kind].size)
+    size_t need = kinds[h->kind].size;
+    if (len >= need && kinds[h->kind].size_of)
+        need = kinds[h->kind].size_of(data);
+    if (len < need)
         return errmsg_set(err, errlen, "%s record of %zu bytes, shorter than its %zu",
-                          kinds[h->kind].name, len, kinds[h->kind].size);
+                          kinds[h->kind].name, len, need);
     return kinds[h->kind].decode(d, data, e, err, errlen);
 }
 
