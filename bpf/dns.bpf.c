@@ -42,11 +42,23 @@ const volatile __u32 dns_rate_per_sec = 0;
  * before load): the sender is then read with plain loads, not five helper calls. */
 const volatile bool sender_task_btf = false;
 
+/*
+ * DNS_RATE_LIMIT's buckets, one cache line per CPU (bpf_get_smp_processor_id(), inlined), each
+ * only ever touched by its CPU, as a per-CPU map's would be. Not a per-CPU map: those values
+ * come from the per-CPU allocator's vmalloc'ed chunks, a page the TLB misses on every DNS
+ * packet after a kernel entry (PTI flushes it), where a small array is kmalloc'ed, in the
+ * direct map's large pages. User space sizes it to the possible CPUs before load (the
+ * default is for an object loaded alone, as tests do).
+ */
+struct dns_cpu_buckets {
+    struct rate_bucket dir[2]; /* 0: queries, 1: answers */
+} __attribute__((aligned(64)));
+
 struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 2); /* 0: queries, 1: answers */
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 256);
     __type(key, __u32);
-    __type(value, struct rate_bucket);
+    __type(value, struct dns_cpu_buckets);
 } dns_buckets SEC(".maps");
 
 /* One struct dns_lost per CPU (dns_events.h); replaced by the capture's own map at load. */
@@ -259,7 +271,8 @@ static __always_inline void tcp_place(struct __sk_buff *skb, struct dns_msg *m, 
 static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 family, __u32 l4_off,
                                  __u32 ports)
 {
-    __u32 bucket_key = direction - 1, skb_len = skb->len;
+    __u32 cpu = bpf_get_smp_processor_id(), skb_len = skb->len;
+    struct dns_cpu_buckets *buckets;
     struct rate_bucket *b;
     struct dns_msg m;
     void *data, *end;
@@ -326,9 +339,10 @@ static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 f
     m.len = skb_len - m.off;
 
     m.now = bpf_ktime_get_boot_ns();
-    b = bpf_map_lookup_elem(&dns_buckets, &bucket_key);
-    if (!b)
+    buckets = bpf_map_lookup_elem(&dns_buckets, &cpu);
+    if (!buckets)
         return 1;
+    b = &buckets->dir[direction == DNS_DIR_QUERY ? 0 : 1];
     if (!rate_bucket_take(b, dns_rate_per_sec, m.slot, m.now))
         return direction == DNS_DIR_ANSWER ? answer_lost(skb, m.now) : 1;
     /* Most queries fit the smallest record; most answers the next. */

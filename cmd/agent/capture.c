@@ -366,6 +366,14 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
             libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SKB, BPF_FUNC_get_current_task_btf,
                                     NULL) == 1;
         s->rodata->ringbuf_wakeup_bytes = c->ringbuf_wakeup_bytes;
+        /* A rate bucket per CPU, kmalloc'ed (bpf/dns.bpf.c, dns_buckets). */
+        if (c->ncpus > 0) {
+            int err = bpf_map__set_max_entries(s->maps.dns_buckets, (uint32_t)c->ncpus);
+            if (err) {
+                dns_bpf__destroy(s);
+                return err;
+            }
+        }
         in->skel = s;
         in->obj = s->obj;
         break;
