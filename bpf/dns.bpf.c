@@ -69,13 +69,35 @@ struct {
     __type(value, struct dns_lost);
 } dns_lost SEC(".maps");
 
+/* Slot i's DNS port as the immediate of its own instruction (DNS_PORT_MARKER). */
+#define DNS_PORT_IMM(i)                                                                            \
+    ({                                                                                             \
+        __u64 port_;                                                                               \
+        asm volatile("%[p] = %[m] ll" : [p] "=r"(port_) : [m] "i"(DNS_PORT_MARKER(i)));            \
+        port_;                                                                                     \
+    })
+
+/*
+ * Every packet of the node takes this test, so it reads no memory: a line of dns_ports, cold
+ * again by the next segment of a bulk stream, cost each about 30 ns, most of what the fast
+ * path cost. User space writes the ports over the markers before load (dns_ports_to_insns());
+ * the verifier then sees them as constants, keeps a compare per port in use and drops the
+ * loop over dns_ports. An object loaded as built (tests) keeps the markers: then the loop.
+ * Only the entry programs' own instructions are written, so only they may call this.
+ */
 static __always_inline bool is_dns_port(__u16 port)
 {
+    __u64 p0 = DNS_PORT_IMM(0), p1 = DNS_PORT_IMM(1), p2 = DNS_PORT_IMM(2), p3 = DNS_PORT_IMM(3);
+
+    _Static_assert(DNS_PORTS_MAX == 4, "a DNS_PORT_IMM() per slot");
+    if (p0 == DNS_PORT_MARKER(0)) {
 #pragma unroll
-    for (int i = 0; i < DNS_PORTS_MAX; i++)
-        if (dns_ports[i] && dns_ports[i] == port)
-            return true;
-    return false;
+        for (int i = 0; i < DNS_PORTS_MAX; i++)
+            if (dns_ports[i] && dns_ports[i] == port)
+                return true;
+        return false;
+    }
+    return (p0 && p0 == port) || (p1 && p1 == port) || (p2 && p2 == port) || (p3 && p3 == port);
 }
 
 /*
@@ -121,6 +143,7 @@ struct pkt {
     __u16 family;
     __u8 protocol;
     __u32 l4_off;
+    __u32 ports; /* both, as in the packet: the source's bytes first */
 };
 
 /* What record_dns() read of a DNS packet, for emit(). */
@@ -357,13 +380,14 @@ static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 f
     return emit(skb, &m, b, DNS_RECORD_PAYLOAD_MAX);
 }
 
-/* IPv4 or IPv6 (no extension headers) carrying the first fragment of UDP or TCP, its
- * headers not in the linear part: read with bpf_skb_load_bytes(). Rare on this hook. */
-static __noinline int handle_nonlinear(struct __sk_buff *skb, __u32 direction)
+/*
+ * IPv4 or IPv6 (no extension headers) carrying the first fragment of UDP or TCP, its headers
+ * not in the linear part: read with bpf_skb_load_bytes() into p (p->ports: both, as in the
+ * packet, the source's bytes first). Rare on this hook. Returns 0, or 1 for a packet that is
+ * not a candidate. The port test stays with the caller (is_dns_port()).
+ */
+static __noinline int read_nonlinear(struct __sk_buff *skb, struct pkt *p)
 {
-    __u32 ports; /* both, as in the packet: the source's bytes first */
-    struct pkt p;
-
     if (skb->protocol == bpf_htons(ETH_P_IP)) {
         struct iphdr ip;
         __u8 ver_ihl;
@@ -375,31 +399,39 @@ static __noinline int handle_nonlinear(struct __sk_buff *skb, __u32 direction)
             return 1;
         if (bpf_ntohs(ip.frag_off) & IP_OFFSET)
             return 1;
-        p.family = AF_INET;
-        p.protocol = ip.protocol;
-        p.l4_off = (ver_ihl & 0xf) * 4;
+        p->family = AF_INET;
+        p->protocol = ip.protocol;
+        p->l4_off = (ver_ihl & 0xf) * 4;
     } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr ip6;
 
         if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
             return 1;
-        p.family = AF_INET6;
-        p.protocol = ip6.nexthdr;
-        p.l4_off = sizeof(ip6);
+        p->family = AF_INET6;
+        p->protocol = ip6.nexthdr;
+        p->l4_off = sizeof(ip6);
     } else {
         return 1;
     }
-    if (p.protocol != IPPROTO_UDP && p.protocol != IPPROTO_TCP)
+    if (p->protocol != IPPROTO_UDP && p->protocol != IPPROTO_TCP)
         return 1;
+    if (bpf_skb_load_bytes(skb, p->l4_off, &p->ports, sizeof(p->ports)))
+        return 1;
+    return 0;
+}
+
+static __always_inline int handle_nonlinear(struct __sk_buff *skb, __u32 direction)
+{
+    struct pkt p;
     __be16 sport, dport;
 
-    if (bpf_skb_load_bytes(skb, p.l4_off, &ports, sizeof(ports)))
+    if (read_nonlinear(skb, &p))
         return 1;
-    __builtin_memcpy(&sport, &ports, sizeof(sport));
-    __builtin_memcpy(&dport, (__u8 *)&ports + sizeof(sport), sizeof(dport));
+    __builtin_memcpy(&sport, &p.ports, sizeof(sport));
+    __builtin_memcpy(&dport, (__u8 *)&p.ports + sizeof(sport), sizeof(dport));
     if (!is_dns_port(bpf_ntohs(direction == DNS_DIR_QUERY ? dport : sport)))
         return 1;
-    return record_dns(skb, direction, p.family, p.l4_off, ports);
+    return record_dns(skb, direction, p.family, p.l4_off, p.ports);
 }
 
 /*

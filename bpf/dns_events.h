@@ -27,6 +27,12 @@
 #define DNS_RECORD_SIZE(room)      (__builtin_offsetof(struct dns_record, payload) + (room))
 /* Server ports recognised as DNS (DNS_PORTS); unused slots are 0. */
 #define DNS_PORTS_MAX 4
+/*
+ * The immediate of the 64-bit load that stands for DNS port slot i in the programs'
+ * instructions until user space writes the port (or 0) over it before load: above 0xffff, so
+ * never a port. bpf/dns.bpf.c, is_dns_port(); cmd/agent/capture.c, dns_ports_to_insns().
+ */
+#define DNS_PORT_MARKER(i) (0x0d450000u + (i))
 
 /*
  * Where a TCP segment's bytes stand in its socket's stream, by its sequence number against

@@ -292,6 +292,36 @@ static void read_vmlinux_btf(struct capture *c, bool want_drops)
     btf__free(vmlinux);
 }
 
+/*
+ * Writes the DNS ports (0: unused slot) over their markers in prog's instructions
+ * (DNS_PORT_MARKER, bpf/dns.bpf.c's is_dns_port()), before load: the test every packet of the
+ * node takes then reads no memory. Only the program's own instructions, not its
+ * subprograms', are there to write before load. Returns how many were written, or -errno.
+ */
+static int dns_ports_to_insns(struct bpf_program *prog, const uint16_t ports[DNS_PORTS_MAX])
+{
+    size_t n = bpf_program__insn_cnt(prog);
+    struct bpf_insn *insns = malloc(n * sizeof(*insns));
+    int written = 0, err;
+
+    if (!insns)
+        return -ENOMEM;
+    memcpy(insns, bpf_program__insns(prog), n * sizeof(*insns));
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (insns[i].code != (BPF_LD | BPF_IMM | BPF_DW))
+            continue;
+        uint32_t slot = (uint32_t)insns[i].imm - DNS_PORT_MARKER(0);
+        if (insns[i].src_reg == 0 && insns[i + 1].imm == 0 && slot < DNS_PORTS_MAX) {
+            insns[i].imm = ports[slot];
+            written++;
+        }
+        i++; /* the load's second half */
+    }
+    err = written ? bpf_program__set_insns(prog, insns, n) : 0;
+    free(insns);
+    return err ? err : written;
+}
+
 /* CAPTURE_CGROUP and the ring's wakeup mark, in the rodata every object has
  * (bpf/common.bpf.h). */
 #define SET_CGROUP_FILTER(skel, c)                                                                 \
@@ -367,12 +397,15 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
                                     NULL) == 1;
         s->rodata->ringbuf_wakeup_bytes = c->ringbuf_wakeup_bytes;
         /* A rate bucket per CPU, kmalloc'ed (bpf/dns.bpf.c, dns_buckets). */
-        if (c->ncpus > 0) {
-            int err = bpf_map__set_max_entries(s->maps.dns_buckets, (uint32_t)c->ncpus);
-            if (err) {
-                dns_bpf__destroy(s);
-                return err;
-            }
+        int err =
+            c->ncpus > 0 ? bpf_map__set_max_entries(s->maps.dns_buckets, (uint32_t)c->ncpus) : 0;
+        if (!err && (err = dns_ports_to_insns(s->progs.cgroup_skb__dns_egress, c->dns_ports)) >= 0)
+            err = dns_ports_to_insns(s->progs.cgroup_skb__dns_ingress, c->dns_ports);
+        if (err > 0)
+            err = 0;
+        if (err) {
+            dns_bpf__destroy(s);
+            return err;
         }
         in->skel = s;
         in->obj = s->obj;
