@@ -59,11 +59,10 @@ static __always_inline void *record_reserve(__u32 slot, __u64 size)
  * asked of the ring at each record. */
 const volatile __u32 ringbuf_wakeup_bytes = 0;
 
-/* The wakeup flag of a record, with adding bytes still to be added to the ring. */
-static __always_inline __u64 record_wakeup(__u64 adding)
+/* The wakeup flag of a record: the reader is woken once wakeup bytes (0: a quarter of the
+ * ring) wait, counting adding bytes still to be added to the ring. */
+static __always_inline __u64 record_wakeup(__u64 wakeup, __u64 adding)
 {
-    __u64 wakeup = ringbuf_wakeup_bytes;
-
     if (!wakeup)
         wakeup = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 4;
     if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + adding >= wakeup)
@@ -71,9 +70,15 @@ static __always_inline __u64 record_wakeup(__u64 adding)
     return BPF_RB_NO_WAKEUP;
 }
 
+/* Submits r, waking the reader once wakeup bytes wait (0: a quarter of the ring). */
+static __always_inline void record_submit_wakeup(void *r, __u64 wakeup)
+{
+    bpf_ringbuf_submit(r, record_wakeup(wakeup, 0));
+}
+
 static __always_inline void record_submit(void *r)
 {
-    bpf_ringbuf_submit(r, record_wakeup(0));
+    record_submit_wakeup(r, ringbuf_wakeup_bytes);
 }
 
 /*
@@ -85,7 +90,8 @@ static __always_inline void record_submit(void *r)
  */
 static __always_inline void record_output(__u32 slot, void *data, __u64 size)
 {
-    long err = bpf_ringbuf_output(&events, data, size, record_wakeup((size + 8 + 7) & ~7ull));
+    long err = bpf_ringbuf_output(&events, data, size,
+                                  record_wakeup(ringbuf_wakeup_bytes, (size + 8 + 7) & ~7ull));
     struct prog_stats *s = slot_stats(slot);
 
     if (s) {

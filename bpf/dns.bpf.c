@@ -69,28 +69,37 @@ struct {
     __type(value, struct dns_lost);
 } dns_lost SEC(".maps");
 
-/* Slot i's DNS port as the immediate of its own instruction (DNS_PORT_MARKER). */
-#define DNS_PORT_IMM(i)                                                                            \
+/* The immediate of a 64-bit load built with setting's marker (dns_events.h, enum dns_setting). */
+#define DNS_SETTING_IMM(setting)                                                                   \
     ({                                                                                             \
-        __u64 port_;                                                                               \
-        asm volatile("%[p] = %[m] ll" : [p] "=r"(port_) : [m] "i"(DNS_PORT_MARKER(i)));            \
-        port_;                                                                                     \
+        __u64 imm_;                                                                                \
+        asm volatile("%[v] = %[m] ll" : [v] "=r"(imm_) : [m] "i"(DNS_SETTING_MARKER(setting)));    \
+        imm_;                                                                                      \
     })
 
 /*
- * Every packet of the node takes this test, so it reads no memory: a line of dns_ports, cold
- * again by the next segment of a bulk stream, cost each about 30 ns, most of what the fast
- * path cost. User space writes the ports over the markers before load (dns_ports_to_insns());
- * the verifier then sees them as constants, keeps a compare per port in use and drops the
- * loop over dns_ports. An object loaded as built (tests) keeps the markers: then the loop.
- * Only the entry programs' own instructions are written, so only they may call this.
+ * What the programs read on every packet (the fast path's ports) or every DNS message (the
+ * rate, the wakeup mark, the task flag) comes from their instructions, not from memory: a
+ * line of the rodata, cold again by the next segment of a bulk stream or the next query,
+ * cost the fast path about 30 ns, most of what it cost, and a DNS message as much again.
+ * User space writes the values over the markers before load (dns_settings_to_insns()); the
+ * verifier then sees constants and drops what reads the rodata instead, which an object
+ * loaded as built (tests) keeps: its markers are constants too. Only an entry program's own
+ * instructions can be written before load, so only it and what it inlines may use these.
  */
+#define DNS_SETTING(setting, fallback)                                                             \
+    ({                                                                                             \
+        __u64 v_ = DNS_SETTING_IMM(setting);                                                       \
+        v_ == DNS_SETTING_MARKER(setting) ? (__u64)(fallback) : v_;                                \
+    })
+
 static __always_inline bool is_dns_port(__u16 port)
 {
-    __u64 p0 = DNS_PORT_IMM(0), p1 = DNS_PORT_IMM(1), p2 = DNS_PORT_IMM(2), p3 = DNS_PORT_IMM(3);
+    __u64 p0 = DNS_SETTING_IMM(DNS_SETTING_PORT0), p1 = DNS_SETTING_IMM(DNS_SETTING_PORT0 + 1),
+          p2 = DNS_SETTING_IMM(DNS_SETTING_PORT0 + 2), p3 = DNS_SETTING_IMM(DNS_SETTING_PORT0 + 3);
 
-    _Static_assert(DNS_PORTS_MAX == 4, "a DNS_PORT_IMM() per slot");
-    if (p0 == DNS_PORT_MARKER(0)) {
+    _Static_assert(DNS_PORTS_MAX == 4, "a DNS_SETTING_IMM() per slot");
+    if (p0 == DNS_SETTING_MARKER(DNS_SETTING_PORT0)) {
 #pragma unroll
         for (int i = 0; i < DNS_PORTS_MAX; i++)
             if (dns_ports[i] && dns_ports[i] == port)
@@ -127,7 +136,7 @@ static __always_inline void fill_sender(struct dns_record *r, struct __sk_buff *
      */
     if (tcp_unowned)
         return;
-    if (sender_task_btf) {
+    if (DNS_SETTING(DNS_SETTING_TASK_BTF, sender_task_btf)) {
         struct task_struct *task = bpf_get_current_task_btf();
 
         if (task_cgroup_id_btf(task) == r->hdr.cgroup_id)
@@ -236,7 +245,7 @@ static __always_inline int emit(struct __sk_buff *skb, const struct dns_msg *m,
     if (len == 0 || len > cap || bpf_skb_load_bytes(skb, m->off, r->payload, len))
         len = 0;
     r->payload_len = len;
-    record_submit(r);
+    record_submit_wakeup(r, DNS_SETTING(DNS_SETTING_WAKEUP_BYTES, ringbuf_wakeup_bytes));
     return 1;
 }
 
@@ -288,11 +297,12 @@ static __always_inline void tcp_place(struct __sk_buff *skb, struct dns_msg *m, 
  * The DNS half: runs only for a packet whose server port is a DNS port. The
  * protocol and addresses are read here (the ports come from the test that
  * got here): the fast path keeps nothing but what its test needs, so a
- * packet that is not DNS pays no copies. Not inlined, so the fast path's
- * registers and stack stay its own.
+ * packet that is not DNS pays no copies. Inlined, at handle()'s one call,
+ * so that its settings are the entry program's own instructions
+ * (DNS_SETTING()).
  */
-static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 family, __u32 l4_off,
-                                 __u32 ports)
+static __always_inline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 family,
+                                      __u32 l4_off, __u32 ports)
 {
     __u32 cpu = bpf_get_smp_processor_id(), skb_len = skb->len;
     struct dns_cpu_buckets *buckets;
@@ -366,7 +376,7 @@ static __noinline int record_dns(struct __sk_buff *skb, __u32 direction, __u32 f
     if (!buckets)
         return 1;
     b = &buckets->dir[direction == DNS_DIR_QUERY ? 0 : 1];
-    if (!rate_bucket_take(b, dns_rate_per_sec, m.slot, m.now))
+    if (!rate_bucket_take(b, DNS_SETTING(DNS_SETTING_RATE, dns_rate_per_sec), m.slot, m.now))
         return direction == DNS_DIR_ANSWER ? answer_lost(skb, m.now) : 1;
     /* Most queries fit the smallest record; most answers the next. */
     if (m.len <= DNS_RECORD_PAYLOAD_TINY)
@@ -420,20 +430,6 @@ static __noinline int read_nonlinear(struct __sk_buff *skb, struct pkt *p)
     return 0;
 }
 
-static __always_inline int handle_nonlinear(struct __sk_buff *skb, __u32 direction)
-{
-    struct pkt p;
-    __be16 sport, dport;
-
-    if (read_nonlinear(skb, &p))
-        return 1;
-    __builtin_memcpy(&sport, &p.ports, sizeof(sport));
-    __builtin_memcpy(&dport, (__u8 *)&p.ports + sizeof(sport), sizeof(dport));
-    if (!is_dns_port(bpf_ntohs(direction == DNS_DIR_QUERY ? dport : sport)))
-        return 1;
-    return record_dns(skb, direction, p.family, p.l4_off, p.ports);
-}
-
 /*
  * The path every packet of the node takes: the IP header's protocol byte and
  * the server port read in place (skb->data, no helper call, no copy), and the
@@ -442,9 +438,9 @@ static __always_inline int handle_nonlinear(struct __sk_buff *skb, __u32 directi
 static __always_inline int handle(struct __sk_buff *skb, __u32 direction)
 {
     void *data, *end;
-    __u32 family, l4_off, peer;
-    __be16 *ports;
-    __u8 protocol;
+    __u32 peer;
+    __be16 *ports, server;
+    struct pkt p;
 
     /*
      * A connected socket's peer port (the server's, for a query and its answer alike) is
@@ -461,34 +457,42 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 direction)
         struct iphdr *ip = data;
 
         if ((void *)(ip + 1) > end)
-            return handle_nonlinear(skb, direction);
-        protocol = ip->protocol;
-        if ((protocol != IPPROTO_UDP && protocol != IPPROTO_TCP) ||
+            goto nonlinear;
+        p.protocol = ip->protocol;
+        if ((p.protocol != IPPROTO_UDP && p.protocol != IPPROTO_TCP) ||
             (ip->frag_off & bpf_htons(IP_OFFSET)))
             return 1;
-        family = AF_INET;
-        l4_off = (*(__u8 *)ip & 0xf) * 4;
-        if (l4_off < sizeof(*ip))
+        p.family = AF_INET;
+        p.l4_off = (*(__u8 *)ip & 0xf) * 4;
+        if (p.l4_off < sizeof(*ip))
             return 1;
     } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = data;
 
         if ((void *)(ip6 + 1) > end)
-            return handle_nonlinear(skb, direction);
-        protocol = ip6->nexthdr;
-        if (protocol != IPPROTO_UDP && protocol != IPPROTO_TCP)
+            goto nonlinear;
+        p.protocol = ip6->nexthdr;
+        if (p.protocol != IPPROTO_UDP && p.protocol != IPPROTO_TCP)
             return 1;
-        family = AF_INET6;
-        l4_off = sizeof(*ip6);
+        p.family = AF_INET6;
+        p.l4_off = sizeof(*ip6);
     } else {
         return 1;
     }
-    ports = data + l4_off;
+    ports = data + p.l4_off;
     if ((void *)(ports + 2) > end)
-        return handle_nonlinear(skb, direction);
-    if (!is_dns_port(bpf_ntohs(ports[direction == DNS_DIR_QUERY ? 1 : 0])))
+        goto nonlinear;
+    p.ports = *(__u32 *)ports;
+    goto test;
+nonlinear:
+    if (read_nonlinear(skb, &p))
         return 1;
-    return record_dns(skb, direction, family, l4_off, *(__u32 *)ports);
+test:
+    __builtin_memcpy(&server, (__u8 *)&p.ports + (direction == DNS_DIR_QUERY ? 2 : 0),
+                     sizeof(server));
+    if (!is_dns_port(bpf_ntohs(server)))
+        return 1;
+    return record_dns(skb, direction, p.family, p.l4_off, p.ports);
 }
 
 SEC("cgroup_skb/egress")

@@ -28,11 +28,20 @@
 /* Server ports recognised as DNS (DNS_PORTS); unused slots are 0. */
 #define DNS_PORTS_MAX 4
 /*
- * The immediate of the 64-bit load that stands for DNS port slot i in the programs'
- * instructions until user space writes the port (or 0) over it before load: above 0xffff, so
- * never a port. bpf/dns.bpf.c, is_dns_port(); cmd/agent/capture.c, dns_ports_to_insns().
+ * The settings the dns programs read on every packet, as immediates of 64-bit loads in their
+ * instructions: each load is built with DNS_SETTING_MARKER(setting), which no value it stands
+ * for reaches (a port, a rate, a quarter of at most 1 GiB of ring; and below 2^31, so the
+ * compiler writes it without a sign), and user space writes the value over it before load.
+ * bpf/dns.bpf.c, DNS_SETTING(); cmd/agent/capture.c, dns_settings_to_insns().
  */
-#define DNS_PORT_MARKER(i) (0x0d450000u + (i))
+enum dns_setting {
+    DNS_SETTING_PORT0 = 0, /* DNS_PORTS, DNS_PORTS_MAX slots (0: unused) */
+    DNS_SETTING_RATE = DNS_SETTING_PORT0 + DNS_PORTS_MAX, /* dns_rate_per_sec */
+    DNS_SETTING_WAKEUP_BYTES,                             /* ringbuf_wakeup_bytes */
+    DNS_SETTING_TASK_BTF,                                 /* sender_task_btf */
+    DNS_SETTINGS,
+};
+#define DNS_SETTING_MARKER(setting) (0x7d45e000u + (setting))
 
 /*
  * Where a TCP segment's bytes stand in its socket's stream, by its sequence number against

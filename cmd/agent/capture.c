@@ -293,12 +293,13 @@ static void read_vmlinux_btf(struct capture *c, bool want_drops)
 }
 
 /*
- * Writes the DNS ports (0: unused slot) over their markers in prog's instructions
- * (DNS_PORT_MARKER, bpf/dns.bpf.c's is_dns_port()), before load: the test every packet of the
- * node takes then reads no memory. Only the program's own instructions, not its
- * subprograms', are there to write before load. Returns how many were written, or -errno.
+ * Writes the dns programs' settings (values, by enum dns_setting) over their markers in
+ * prog's instructions (DNS_SETTING_MARKER, bpf/dns.bpf.c's DNS_SETTING()), before load: what
+ * the programs read on every packet then reads no memory. Only the program's own
+ * instructions, not its subprograms', are there to write before load. Returns how many
+ * were written, or -errno.
  */
-static int dns_ports_to_insns(struct bpf_program *prog, const uint16_t ports[DNS_PORTS_MAX])
+static int dns_settings_to_insns(struct bpf_program *prog, const uint32_t values[DNS_SETTINGS])
 {
     size_t n = bpf_program__insn_cnt(prog);
     struct bpf_insn *insns = malloc(n * sizeof(*insns));
@@ -310,9 +311,9 @@ static int dns_ports_to_insns(struct bpf_program *prog, const uint16_t ports[DNS
     for (size_t i = 0; i + 1 < n; i++) {
         if (insns[i].code != (BPF_LD | BPF_IMM | BPF_DW))
             continue;
-        uint32_t slot = (uint32_t)insns[i].imm - DNS_PORT_MARKER(0);
-        if (insns[i].src_reg == 0 && insns[i + 1].imm == 0 && slot < DNS_PORTS_MAX) {
-            insns[i].imm = ports[slot];
+        uint32_t setting = (uint32_t)insns[i].imm - DNS_SETTING_MARKER(0);
+        if (insns[i].src_reg == 0 && insns[i + 1].imm == 0 && setting < DNS_SETTINGS) {
+            insns[i].imm = (int32_t)values[setting];
             written++;
         }
         i++; /* the load's second half */
@@ -399,8 +400,15 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
         /* A rate bucket per CPU, kmalloc'ed (bpf/dns.bpf.c, dns_buckets). */
         int err =
             c->ncpus > 0 ? bpf_map__set_max_entries(s->maps.dns_buckets, (uint32_t)c->ncpus) : 0;
-        if (!err && (err = dns_ports_to_insns(s->progs.cgroup_skb__dns_egress, c->dns_ports)) >= 0)
-            err = dns_ports_to_insns(s->progs.cgroup_skb__dns_ingress, c->dns_ports);
+        uint32_t settings[DNS_SETTINGS] = {
+            [DNS_SETTING_RATE] = s->rodata->dns_rate_per_sec,
+            [DNS_SETTING_WAKEUP_BYTES] = s->rodata->ringbuf_wakeup_bytes,
+            [DNS_SETTING_TASK_BTF] = s->rodata->sender_task_btf,
+        };
+        for (int p = 0; p < DNS_PORTS_MAX; p++)
+            settings[DNS_SETTING_PORT0 + p] = c->dns_ports[p];
+        if (!err && (err = dns_settings_to_insns(s->progs.cgroup_skb__dns_egress, settings)) >= 0)
+            err = dns_settings_to_insns(s->progs.cgroup_skb__dns_ingress, settings);
         if (err > 0)
             err = 0;
         if (err) {
