@@ -15,6 +15,7 @@
 struct exec_record {
     struct record_hdr hdr;
     __u32 args_len;          /* bytes of args copied: NUL-separated argv */
+    __u32 euid;              /* the new image's effective uid (hdr.uid is the real one) */
     __u8 args_truncated;     /* argv was longer than RECORD_ARGS_MAX */
     __u8 filename_truncated; /* the path was longer than RECORD_FILENAME_MAX - 1 bytes */
     __u8 pad[2];

@@ -45,6 +45,10 @@ int BPF_PROG(tp_btf__sched_process_exec, struct task_struct *p, pid_t old_pid,
         return 0;
     record_hdr_of(&r->hdr, RECORD_EXEC, p); /* p is the current task */
     /* p and bprm are BTF pointers: their fields are plain loads, not helper calls. */
+    /* The new image's credentials are committed by now (begin_new_exec()): a set-user-ID
+     * bit has taken effect. Read through p in either task-reader form, as p->mm below: no
+     * helper gives an euid, and p is a BTF pointer wherever tp_btf loads. */
+    r->euid = p->cred->euid.val;
     long n = bpf_probe_read_kernel_str(r->filename, sizeof(r->filename), bprm->filename);
     r->filename_truncated = 0;
     r->pad[0] = r->pad[1] = 0;

@@ -282,6 +282,8 @@ static bool details_equal(const struct event *a, const struct event *b)
                a->u.exec.args_len == b->u.exec.args_len &&
                a->u.exec.args_truncated == b->u.exec.args_truncated &&
                a->u.exec.filename_truncated == b->u.exec.filename_truncated &&
+               a->u.exec.has_euid == b->u.exec.has_euid &&
+               (!a->u.exec.has_euid || a->u.exec.euid == b->u.exec.euid) &&
                (!a->u.exec.args_len ||
                 (a->u.exec.args && b->u.exec.args &&
                  memcmp(a->u.exec.args, b->u.exec.args, a->u.exec.args_len) == 0));

@@ -141,8 +141,10 @@ struct event {
             char *filename; /* owned */
             char *args;     /* owned; args_len bytes of NUL-terminated strings */
             uint32_t args_len;
+            uint32_t euid; /* the new image's effective uid, when has_euid */
             uint8_t args_truncated;
             uint8_t filename_truncated; /* the path was longer than EVENT_FILENAME_MAX - 1 */
+            uint8_t has_euid; /* euid is known (agents before it sent none); euid 0 is root */
         } exec;
         struct {
             int32_t exit_code;

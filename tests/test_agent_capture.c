@@ -1485,6 +1485,7 @@ Test(capture, process_records_are_the_same_with_either_task_reader)
             cr_assert_neq(h->cgroup_id, 0);
         }
         cr_assert_str_eq(g->exec.filename, "/bin/true");
+        cr_assert_eq(g->exec.euid, 65534, "helpers=%d: euid %u", helpers, g->exec.euid);
         cr_assert_eq(g->exit.exit_code, 0);
         ring_buffer__free(rb);
         processes_bpf__destroy(s);

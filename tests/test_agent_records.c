@@ -145,6 +145,10 @@ static struct event want_event(enum event_type type)
                       .cgroup_id = 0x1122334455667788ull};
 
     memcpy(e.command, "curl", 5);
+    if (type == EVENT_EXEC) { /* exec_rec()'s: a program that left the uid as it was */
+        e.u.exec.euid = 1000;
+        e.u.exec.has_euid = 1;
+    }
     return e;
 }
 
@@ -579,6 +583,7 @@ static struct exec_record *exec_rec(const char *filename, const void *args, size
     memcpy(r->args, args, args_len);
     r->args_len = (uint32_t)args_len;
     r->args_truncated = truncated;
+    r->euid = r->hdr.uid;
     return r;
 }
 
@@ -599,6 +604,27 @@ Test(records, exec_with_argv)
     cr_assert_eq(e.u.exec.args_truncated, 0);
     cr_assert_eq(e.u.exec.filename_truncated, 0);
     cr_assert_eq(e.u.exec.args[e.u.exec.args_len], '\0', "no NUL after args for event_copy");
+    event_clear(&e);
+    free(r);
+}
+
+/* passwd run by uid 1000: the real uid stays the caller's, the effective one is root's. */
+Test(records, exec_of_a_set_user_id_program_gives_both_uids)
+{
+    static const char args[] = "passwd";
+    struct exec_record *r = exec_rec("/usr/bin/passwd", args, sizeof(args), 0);
+    struct event e, want = want_event(EVENT_EXEC);
+
+    r->euid = 0;
+    decode_ok(r, EXEC_RECORD_SIZE(sizeof(args)), &e);
+    want.u.exec.filename = "/usr/bin/passwd";
+    want.u.exec.args = (char *)args;
+    want.u.exec.args_len = sizeof(args);
+    want.u.exec.euid = 0;
+    assert_event(&e, &want);
+    cr_assert_eq(e.uid, 1000);
+    cr_assert_eq(e.u.exec.euid, 0);
+    cr_assert_eq(e.u.exec.has_euid, 1, "an euid of 0 is reported, not taken for none");
     event_clear(&e);
     free(r);
 }

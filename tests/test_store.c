@@ -295,8 +295,12 @@ static struct event mk_flow(uint64_t i)
     e.k8s.workload = intern(WORKLOADS[rng_below(3)]);
     if (e.k8s.workload)
         e.k8s.workload_kind = intern("Deployment");
-    if (e.type == EVENT_EXEC)
+    if (e.type == EVENT_EXEC) {
+        /* Mostly reported: root's 0 (a set-user-ID program) or the uid. */
+        if ((e.u.exec.has_euid = rng_below(4) != 0))
+            e.u.exec.euid = rng_below(2) ? 0 : 1000 + (uint32_t)rng_below(3);
         return e;
+    }
     e.family = EVENT_FAMILY_IPV4;
     e.protocol = 6;
     e.saddr[0] = 10, e.saddr[3] = (uint8_t)rng_below(4);
@@ -1406,6 +1410,8 @@ Test(store, exec_strings_are_copied_and_owned)
     event_clear(&e);
 
     struct event m = mk_exec(20, 2, "/bin/sh");
+    m.uid = 65534;
+    m.u.exec.has_euid = 1; /* euid 0, root's: kept apart from none */
     cr_assert_eq(store_add_move(s, &m), 0);
     cr_assert_null(m.u.exec.filename, "store_add_move takes the strings");
     cr_assert_null(m.u.exec.args);
@@ -1418,6 +1424,9 @@ Test(store, exec_strings_are_copied_and_owned)
     cr_assert_str_eq(r.events[1].u.exec.filename, "/usr/bin/ls");
     cr_assert_eq(r.events[1].u.exec.args_len, 11);
     cr_assert(memcmp(r.events[1].u.exec.args, "ls\0-l\0/tmp", 11) == 0);
+    cr_assert_eq(r.events[0].uid, 65534);
+    cr_assert(r.events[0].u.exec.has_euid && r.events[0].u.exec.euid == 0);
+    cr_assert_not(r.events[1].u.exec.has_euid);
 
     /* Results are deep copies that outlive eviction of the originals. */
     struct event n1 = mk_exec(30, 3, "/bin/a"), n2 = mk_exec(40, 4, "/bin/b");

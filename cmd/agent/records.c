@@ -204,6 +204,8 @@ static int decode_exec(const struct records_decoder *d, const void *data, struct
         return errmsg_set(err, errlen, "exec record with %u bytes of argv, more than its %d",
                           r->args_len, RECORD_ARGS_MAX);
     decode_hdr(d, e, &r->hdr, EVENT_EXEC);
+    e->u.exec.euid = r->euid;
+    e->u.exec.has_euid = 1;
     size_t flen = strnlen(r->filename, sizeof(r->filename));
     e->u.exec.filename_truncated = r->filename_truncated != 0;
     if (e->u.exec.filename_truncated) /* cut at its limit: not mid-character */
