@@ -284,6 +284,10 @@ int event_pb_exec_to_event(const Ebpfmonitor__ExecDetails *x, struct event *e, c
     }
     e->u.exec.args_truncated = x->args_truncated ? 1 : 0;
     e->u.exec.filename_truncated = x->filename_truncated ? 1 : 0;
+    if (x->effective_uid_case == EBPFMONITOR__EXEC_DETAILS__EFFECTIVE_UID_EUID) {
+        e->u.exec.euid = x->euid;
+        e->u.exec.has_euid = 1;
+    }
     return 0;
 }
 

@@ -205,6 +205,8 @@ static size_t plan_details(const struct event *e, struct enc_plan *pl)
             n += 2;
         if (e->u.exec.filename_truncated)
             n += 2;
+        if (e->u.exec.has_euid) /* a oneof member: written when set, 0 too */
+            n += 1 + pb_varint_size(e->u.exec.euid);
         break;
     }
     case EVENT_EXIT:
@@ -324,6 +326,10 @@ static uint8_t *write_details(uint8_t *p, const struct event *e, const struct en
         if (e->u.exec.filename_truncated) {
             *p++ = PB_TAG(4, PB_WT_VARINT);
             *p++ = 1;
+        }
+        if (e->u.exec.has_euid) {
+            *p++ = PB_TAG(5, PB_WT_VARINT);
+            p = pb_put_varint(p, e->u.exec.euid);
         }
         break;
     }
@@ -723,6 +729,12 @@ static bool fast_exec(const struct pb_field *f, Ebpfmonitor__ExecDetails *x)
         if (f->wt != PB_WT_VARINT || f->v > 1)
             return false;
         x->filename_truncated = f->v != 0;
+        return true;
+    case 5:
+        if (f->wt != PB_WT_VARINT || f->v > UINT32_MAX)
+            return false;
+        x->effective_uid_case = EBPFMONITOR__EXEC_DETAILS__EFFECTIVE_UID_EUID;
+        x->euid = (uint32_t)f->v;
         return true;
     default:
         return false;

@@ -126,6 +126,10 @@ static int pb_fill(const struct event *e, const char *batch_node, Ebpfmonitor__E
             args_fill(e, args);
         d->exec.args_truncated = e->u.exec.args_truncated != 0;
         d->exec.filename_truncated = e->u.exec.filename_truncated != 0;
+        if (e->u.exec.has_euid) {
+            d->exec.effective_uid_case = EBPFMONITOR__EXEC_DETAILS__EFFECTIVE_UID_EUID;
+            d->exec.euid = e->u.exec.euid;
+        }
         out->details_case = EBPFMONITOR__EVENT__DETAILS_EXEC;
         out->exec = &d->exec;
         break;

@@ -121,9 +121,10 @@ static size_t make_events(struct event *ev)
     e->u.exec.args_len = sizeof(args);
     e->u.exec.args_truncated = 1;
     e->u.exec.filename_truncated = 1;
+    e->u.exec.has_euid = 1; /* a set-user-ID root program: 0 is sent, not left out */
 
     e = &ev[n++];
-    base(e, EVENT_EXEC, 7, "init");
+    base(e, EVENT_EXEC, 7, "init"); /* from an agent that did not report the euid */
 
     e = &ev[n++];
     base(e, EVENT_EXIT, 8, "sleep");
@@ -196,6 +197,8 @@ static void assert_same_event(const struct event *a, const struct event *b)
             cr_assert_eq(memcmp(b->u.exec.args, a->u.exec.args, a->u.exec.args_len), 0);
         cr_assert_eq(b->u.exec.args_truncated, a->u.exec.args_truncated);
         cr_assert_eq(b->u.exec.filename_truncated, a->u.exec.filename_truncated);
+        cr_assert_eq(b->u.exec.has_euid, a->u.exec.has_euid);
+        cr_assert_eq(b->u.exec.euid, a->u.exec.euid);
     }
     if (a->type == EVENT_DNS) {
         cr_assert_eq(b->status, a->status);
@@ -696,6 +699,11 @@ static void random_event(struct event *e)
         }
         e->u.exec.args_truncated = rng() % 2;
         e->u.exec.filename_truncated = rng() % 2;
+        /* Mostly reported; root's 0, the uid itself, or any other. */
+        if ((e->u.exec.has_euid = rng() % 4 != 0)) {
+            uint64_t k = rng() % 3;
+            e->u.exec.euid = k == 0 ? 0 : k == 1 ? e->uid : (uint32_t)rng();
+        }
         break;
     }
     case EVENT_EXIT:
@@ -815,6 +823,8 @@ static void assert_identical(const struct event *a, const struct event *b, const
             cr_assert_eq(memcmp(a->u.exec.args, b->u.exec.args, a->u.exec.args_len), 0, "%s", what);
         cr_assert_eq(a->u.exec.args_truncated, b->u.exec.args_truncated, "%s", what);
         cr_assert_eq(a->u.exec.filename_truncated, b->u.exec.filename_truncated, "%s", what);
+        cr_assert_eq(a->u.exec.has_euid, b->u.exec.has_euid, "%s", what);
+        cr_assert_eq(a->u.exec.euid, b->u.exec.euid, "%s", what);
         break;
     case EVENT_EXIT:
         cr_assert(a->u.exit.exit_code == b->u.exit.exit_code &&
@@ -871,6 +881,60 @@ static void pod_only_cleared(struct event_k8s *k)
     k->app = NULL;
     k->ips = NULL;
     k->host_network = false;
+}
+
+/*
+ * An exec's euid is a oneof member: root's 0 is on the wire (field 5 of
+ * ExecDetails), so both decoders tell it from an event without one (an
+ * agent from before it), which must not read as root.
+ */
+Test(event_pb, exec_euid_zero_is_sent_and_told_from_none)
+{
+    struct event_batch_meta meta = {.node = "n", .sequence = 1};
+    for (int has = 0; has < 2; has++) {
+        struct event e;
+        struct buf b;
+        memset(&e, 0, sizeof(e));
+        e.type = EVENT_EXEC;
+        e.uid = 65534;
+        e.u.exec.has_euid = (uint8_t)has;
+        buf_init(&b);
+        cr_assert_eq(event_batch_encode(&meta, &e, 1, &b), 0);
+        static const uint8_t with[] = {0xb2, 0x01, 0x02, 0x28, 0x00}; /* 22: exec, euid = 0 */
+        static const uint8_t without[] = {0xb2, 0x01, 0x00};          /* 22: exec, empty */
+        const uint8_t *want = has ? with : without;
+        size_t wlen = has ? sizeof(with) : sizeof(without);
+        cr_assert(b.len > wlen && memcmp(b.data + b.len - wlen, want, wlen) == 0,
+                  "has_euid=%d: the details are not where expected", has);
+        struct buf mine;
+        buf_init(&mine);
+        buf_puts(&mine, "XY");
+        cr_assert_eq(event_batch_append_event(&mine, &e, NULL), 0);
+        cr_assert(mine.len > wlen && memcmp(mine.data + mine.len - wlen, want, wlen) == 0,
+                  "has_euid=%d: the fast encoder differs", has);
+        buf_free(&mine);
+
+        struct event_batch_meta m;
+        struct event *fast, *gen;
+        size_t nf, ng;
+        char err[256] = "";
+        cr_assert_eq(
+            event_batch_decode_fast((uint8_t *)b.data, b.len, &m, &fast, &nf, err, sizeof(err)), 0,
+            "%s", err);
+        cr_assert_eq(
+            event_batch_decode_generic((uint8_t *)b.data, b.len, &m, &gen, &ng, err, sizeof(err)),
+            0, "%s", err);
+        cr_assert(nf == 1 && ng == 1);
+        for (int k = 0; k < 2; k++) {
+            const struct event *d = k ? gen : fast;
+            cr_assert_eq(d->u.exec.has_euid, has, "%s: has_euid", k ? "generic" : "fast");
+            cr_assert_eq(d->u.exec.euid, 0);
+            cr_assert_eq(d->uid, 65534);
+        }
+        free_events(fast, nf);
+        free_events(gen, ng);
+        buf_free(&b);
+    }
 }
 
 /* Event.id is a fixed64: little-endian on the wire, written and read the same way by both codecs.
