@@ -413,6 +413,11 @@ void event_json_write(struct buf *b, const struct event *e)
         }
         PUT_LIT(b, ",\"uid\":");
         put_u64(b, e->uid);
+        /* Beside uid, and there when equal to it too: a reader need not know a default. */
+        if (e->type == EVENT_EXEC && e->u.exec.has_euid) {
+            PUT_LIT(b, ",\"euid\":");
+            put_u64(b, e->u.exec.euid);
+        }
         PUT_RAW_STR(b, "command", e->command, strnlen(e->command, sizeof(e->command)));
     }
     PUT_LIT(b, ",\"timestamp\":");
@@ -888,6 +893,13 @@ static int parse_exec(struct parse_ctx *c, struct event *e)
     }
     if ((rc = parse_args(c, e)))
         return rc;
+    int64_t euid = -1; /* absent: not reported */
+    if ((rc = get_int(c, "euid", false, 0, UINT32_MAX, &euid)))
+        return rc;
+    if (euid >= 0) {
+        e->u.exec.euid = (uint32_t)euid;
+        e->u.exec.has_euid = 1;
+    }
     if ((rc = get_flag(c, "args_truncated", &e->u.exec.args_truncated)))
         return rc;
     return get_flag(c, "filename_truncated", &e->u.exec.filename_truncated);

@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -332,6 +334,8 @@ Test(e2e_agent, exec_and_exit_of_a_child)
     cr_expect_str_eq(json_string_value(json_array_get(args, 2)), "exit 3");
     cr_expect_str_eq(json_string_value(json_array_get(args, 3)), "e2e-marker");
     cr_expect_gt(tu_jint(ev, "cgroup_id"), 0);
+    cr_assert(json_is_integer(json_object_get(ev, "euid")), "no euid: %s", tu_jdump(ev));
+    cr_expect_eq(tu_jint(ev, "euid"), getuid(), "a program without the set-user-ID bit");
     json_decref(ev);
 
     int want_exit[2] = {child, 2};
@@ -393,13 +397,14 @@ static json_t *wait_strict(const char *path, int pid, int type, int timeout_ms)
     return tu_poll_event(fetch_strict, agent.port, path, match_pid_type, want, timeout_ms);
 }
 
-/* A copy of /bin/true at dir/name (name is not UTF-8); its path goes to path. */
-static void copy_true(char *dir, const char *name, char *path, size_t len)
+/* A copy of the program src at dir/name in a new directory (dir: a mkdtemp() template); its
+ * path goes to path. */
+static void copy_program(const char *src, char *dir, const char *name, char *path, size_t len)
 {
     cr_assert(mkdtemp(dir));
     snprintf(path, len, "%s/%s", dir, name);
-    FILE *in = fopen("/bin/true", "rb"), *out = fopen(path, "wb");
-    cr_assert(in && out);
+    FILE *in = fopen(src, "rb"), *out = fopen(path, "wb");
+    cr_assert(in && out, "copy %s to %s: %s", src, path, strerror(errno));
     char chunk[65536];
     size_t n;
     while ((n = fread(chunk, 1, sizeof(chunk), in)) > 0)
@@ -407,6 +412,85 @@ static void copy_true(char *dir, const char *name, char *path, size_t len)
     fclose(in);
     cr_assert_eq(fclose(out), 0);
     cr_assert_eq(chmod(path, 0755), 0);
+}
+
+/*
+ * Runs path as nobody (uid and gid 65534, no supplementary groups) with its
+ * output read back; returns its pid. path is id(1) or a copy of it: out gets
+ * what it printed.
+ */
+static pid_t run_as_nobody(const char *path, char *out, size_t len)
+{
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (dup2(p[1], STDOUT_FILENO) < 0 || setgroups(0, NULL) || setgid(65534) || setuid(65534))
+            _exit(126);
+        execl(path, "id", (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    ssize_t n, got = 0;
+    while ((n = read(p[0], out + got, len - 1 - (size_t)got)) > 0)
+        got += n;
+    out[got] = '\0';
+    close(p[0]);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s as nobody: status %d", path,
+              status);
+    return pid;
+}
+
+/* The exec event of pid: its uid and euid, which must be there. */
+static void expect_exec_uids(pid_t pid, json_int_t uid, json_int_t euid)
+{
+    char q[128];
+    int want[2] = {pid, 1};
+    snprintf(q, sizeof(q), "/api/events?type=exec&pid=%d", pid);
+    json_t *ev = wait_event(q, match_pid_type, want, 10000);
+    cr_assert(ev, "no exec event for pid %d", pid);
+    cr_assert(json_is_integer(json_object_get(ev, "euid")), "no euid: %s", tu_jdump(ev));
+    cr_expect_eq(tu_jint(ev, "uid"), uid, "%s", tu_jdump(ev));
+    cr_expect_eq(tu_jint(ev, "euid"), euid, "%s", tu_jdump(ev));
+    json_decref(ev);
+}
+
+/*
+ * A set-user-ID root program run by nobody, as passwd is by a user: its exec
+ * says uid 65534 (who ran it) and euid 0 (what it runs as). The program
+ * itself, run the same way without the bit, says 65534 twice.
+ */
+Test(e2e_agent, set_user_id_exec_gives_the_real_and_effective_uid)
+{
+    /* A mount with nosuid would leave the bit without effect: the first one that has none. */
+    static const char *const bases[] = {"/tmp", "/var/tmp", "build"};
+    const char *base = NULL;
+    struct statvfs sv;
+    for (size_t i = 0; i < sizeof(bases) / sizeof(bases[0]) && !base; i++)
+        if (statvfs(bases[i], &sv) == 0 && !(sv.f_flag & ST_NOSUID))
+            base = bases[i];
+    if (!base)
+        cr_skip_test("/tmp, /var/tmp and build/ are all on nosuid mounts");
+    char dir[256], path[300], out[512];
+    snprintf(dir, sizeof(dir), "%s/ebpf-e2e-suid-XXXXXX", base);
+    copy_program("/usr/bin/id", dir, "id", path, sizeof(path));
+    cr_assert_eq(chmod(dir, 0755), 0); /* for nobody to reach it */
+    cr_assert_eq(chown(path, 0, 0), 0);
+    cr_assert_eq(chmod(path, 04755), 0, "chmod 4755 %s: %s", path, strerror(errno));
+
+    pid_t pid = run_as_nobody(path, out, sizeof(out));
+    cr_assert(strstr(out, "uid=65534(") && strstr(out, "euid=0("),
+              "the set-user-ID bit took no effect here: %s", out);
+    expect_exec_uids(pid, 65534, 0);
+
+    pid = run_as_nobody("/usr/bin/id", out, sizeof(out));
+    cr_assert(!strstr(out, "euid="), "id says: %s", out);
+    expect_exec_uids(pid, 65534, 65534);
+    unlink(path);
+    rmdir(dir);
 }
 
 /* Runs path $'\xff\x80\x80' to completion; returns its pid. */
@@ -429,7 +513,7 @@ Test(e2e_agent, exec_with_invalid_utf8_is_strict_json_with_exact_bytes)
     char dir[] = "/tmp/ebpf-e2e-utf8-XXXXXX";
     static const char name[] = "tr\xffue\x80"; /* also the comm */
     char path[128];
-    copy_true(dir, name, path, sizeof(path));
+    copy_program("/bin/true", dir, name, path, sizeof(path));
     pid_t pid = run_with_bad_argv(path);
 
     char q[128];
@@ -516,7 +600,7 @@ static json_t *sse_event_at(char *buf, char *hit)
 Test(e2e_agent, sse_stream_of_invalid_utf8_is_strict_json)
 {
     char dir[] = "/tmp/ebpf-e2e-utf8-XXXXXX", path[128];
-    copy_true(dir, "t\xc0\xafrue", path, sizeof(path));
+    copy_program("/bin/true", dir, "t\xc0\xafrue", path, sizeof(path));
     int fd = sse_open("/api/events/stream?type=exec");
 
     static char buf[1 << 20];

@@ -419,9 +419,10 @@ Test(event_json, exec_escapes_command_and_args)
     set_args(&e, args, sizeof(args)); /* includes the final NUL */
     e.u.exec.args_truncated = 1;
     e.u.exec.filename_truncated = 1;
+    e.u.exec.has_euid = 1; /* euid 0: a set-user-ID root program */
     e.k8s.pod_name = intern("p\"od");
     assert_json(&e,
-                "{\"id\":\"00000000deadbeef\",\"type\":\"exec\"," COMMON
+                "{\"id\":\"00000000deadbeef\",\"type\":\"exec\"," COMMON "\"euid\":0,"
                 "\"command\":\"a\\\"b\\u0001\xef\xbf\xbd\",\"command_b64\":\"YSJiAf8=\"," TIMEPART
                 ",\"node\":\"node-1\","
                 "\"k8s_pod_name\":\"p\\\"od\","
@@ -442,6 +443,8 @@ Test(event_json, exec_round_trip)
     e.u.exec.filename = strdup("/bin/ls");
     static const char args[] = "ls\0-la\0\0/tmp/a \"b\"";
     set_args(&e, args, sizeof(args));
+    e.u.exec.euid = 1000; /* the same as uid: still said */
+    e.u.exec.has_euid = 1;
     assert_round_trip(&e);
 
     struct buf b;
@@ -455,19 +458,27 @@ Test(event_json, exec_round_trip)
     cr_assert_eq(back.cgroup_id, 99);
     cr_assert_eq(back.u.exec.args_truncated, 0);
     cr_assert_eq(back.u.exec.filename_truncated, 0);
+    cr_assert_eq(back.u.exec.has_euid, 1);
+    cr_assert_eq(back.u.exec.euid, 1000);
+    cr_assert(strstr(b.data, "\"uid\":1000,\"euid\":1000,"), "%s", b.data);
     event_clear(&back);
     buf_free(&b);
     event_clear(&e);
 }
 
+/* Nor an euid: the event of an agent that did not report it says none, not root's 0. */
 Test(event_json, exec_without_filename_or_args)
 {
-    struct event e;
+    struct event e, back;
     base(&e, EVENT_EXEC, "sh");
-    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"exec\"," COMMON
-                    "\"command\":\"sh\"," TIMEPART ",\"node\":\"node-1\","
-                    "\"args\":[],\"cgroup_id\":0}");
+    static const char want[] = "{\"id\":\"00000000deadbeef\",\"type\":\"exec\"," COMMON
+                               "\"command\":\"sh\"," TIMEPART ",\"node\":\"node-1\","
+                               "\"args\":[],\"cgroup_id\":0}";
+    assert_json(&e, want);
     assert_round_trip(&e);
+    cr_assert_eq(event_json_parse(want, strlen(want), &back, NULL, 0), 0);
+    cr_assert_eq(back.u.exec.has_euid, 0);
+    event_clear(&back);
 }
 
 Test(event_json, exec_args_without_final_nul)
@@ -765,6 +776,9 @@ Test(event_json, parse_errors_name_the_field)
         {HEAD "\"type\":\"exec\",\"args\":[\"ls\",1]}", "\"args\""},
         {HEAD "\"type\":\"exec\",\"filename\":[]}", "\"filename\""},
         {HEAD "\"type\":\"exec\",\"filename\":\"/x\",\"args_truncated\":1}", "\"args_truncated\""},
+        {HEAD "\"type\":\"exec\",\"euid\":-1}", "\"euid\""},
+        {HEAD "\"type\":\"exec\",\"euid\":4294967296}", "\"euid\""},
+        {HEAD "\"type\":\"exec\",\"euid\":\"0\"}", "\"euid\""},
         {HEAD "\"type\":\"connection\",\"family\":\"ipv5\"}", "\"family\""},
         {HEAD "\"type\":\"connection\",\"family\":\"ipv4\",\"source_ip\":\"300.1.1.1\"}",
          "\"source_ip\""},

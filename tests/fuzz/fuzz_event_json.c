@@ -48,7 +48,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (back.u.exec.args_len != e.u.exec.args_len ||
          (e.u.exec.args_len && memcmp(back.u.exec.args, e.u.exec.args, e.u.exec.args_len)) ||
          !back.u.exec.filename != !e.u.exec.filename ||
-         (e.u.exec.filename && strcmp(back.u.exec.filename, e.u.exec.filename))))
+         (e.u.exec.filename && strcmp(back.u.exec.filename, e.u.exec.filename)) ||
+         back.u.exec.has_euid != e.u.exec.has_euid || back.u.exec.euid != e.u.exec.euid))
         abort();
     event_clear(&back);
     event_clear(&e);
