@@ -194,6 +194,8 @@ static __attribute__((unused)) void bench_event_mix(struct event *e, uint64_t i,
         e->u.exec.args = malloc(n);
         memcpy(e->u.exec.args, args, n);
         e->u.exec.args_len = (uint32_t)n;
+        e->u.exec.euid = e->uid; /* as agents report it: mostly no set-user-ID bit */
+        e->u.exec.has_euid = 1;
     } else if (kind < 85) {
         e->type = EVENT_EXIT;
         e->u.exit.exit_code = (r >> 20) % 5 ? 0 : 1;
