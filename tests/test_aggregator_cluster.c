@@ -595,31 +595,44 @@ Test(aggregator_cluster, a_killed_replica_makes_answers_partial_until_it_expires
     check(tu_mono_ms() - killed >= CLUSTER_PEER_TTL_MS - CLUSTER_HEARTBEAT_MS, "expired too early");
 }
 
-/* One handed-over flows chunk, sent as a leaving replica does, at sent_ns; whether taken. */
-static bool offer_flows_chunk(uint16_t port, uint64_t sent_ns)
+/*
+ * One handover request as a leaving replica sends it (Ebpf-Handover: kind, when not NULL,
+ * and Ebpf-Sent-At: sent_ns), answered by a replica; whether it was taken.
+ */
+static bool offer_handover(const char *body, const char *kind, uint64_t sent_ns)
 {
-    uint64_t now = tu_now_ns();
-    char chunk[1024], sent[24];
-    snprintf(chunk, sizeof(chunk),
-             "{\"minutes\":[[%" PRIu64 ",{\"s\":[null,\"curl\",\"Process\",null,\"vm\",null,"
-             "null,null],\"d\":[null,null,null,null,null,null,null,\"10.0.0.9\"],\"k\":[%u,6],"
-             "\"c\":[3,3,0,0,0,0,0,%" PRIu64 ",%" PRIu64 ",0],\"e\":{},\"h\":[2,3]}]]}",
-             (uint64_t)(now / 60000000000ull), (unsigned)port, now, now);
-    snprintf(sent, sizeof(sent), "%" PRIu64, sent_ns);
+    char sent[24];
     natsMsg *req = NULL, *reply = NULL;
-    check(natsMsg_Create(&req, "ebpf.control.ebpf-aggregator.handover", NULL, chunk,
-                         (int)strlen(chunk)) == NATS_OK,
+
+    snprintf(sent, sizeof(sent), "%" PRIu64, sent_ns);
+    check(natsMsg_Create(&req, "ebpf.control.ebpf-aggregator.handover", NULL, body,
+                         (int)strlen(body)) == NATS_OK,
           "natsMsg_Create");
-    natsMsgHeader_Set(req, "Ebpf-Handover", "flows");
+    if (kind != NULL)
+        natsMsgHeader_Set(req, "Ebpf-Handover", kind);
     natsMsgHeader_Set(req, "Ebpf-Sent-At", sent);
     natsStatus s = natsConnection_RequestMsg(&reply, pub, req, 3000);
     natsMsg_Destroy(req);
-    check(s == NATS_OK, "no replica answered the chunk: %s", natsStatus_GetText(s));
+    check(s == NATS_OK, "no replica answered the %s: %s", kind ? kind : "node table",
+          natsStatus_GetText(s));
     json_t *j = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
     bool taken = json_is_true(json_object_get(j, "taken"));
     json_decref(j);
     natsMsg_Destroy(reply);
     return taken;
+}
+
+/* One handed-over flows chunk, sent as a leaving replica does, at sent_ns; whether taken. */
+static bool offer_flows_chunk(uint16_t port, uint64_t sent_ns)
+{
+    uint64_t now = tu_now_ns();
+    char chunk[1024];
+    snprintf(chunk, sizeof(chunk),
+             "{\"minutes\":[[%" PRIu64 ",{\"s\":[null,\"curl\",\"Process\",null,\"vm\",null,"
+             "null,null],\"d\":[null,null,null,null,null,null,null,\"10.0.0.9\"],\"k\":[%u,6],"
+             "\"c\":[3,3,0,0,0,0,0,%" PRIu64 ",%" PRIu64 ",0],\"e\":{},\"h\":[2,3]}]]}",
+             (uint64_t)(now / 60000000000ull), (unsigned)port, now, now);
+    return offer_handover(chunk, "flows", sent_ns);
 }
 
 /* The connections the cluster's /api/flows counts to 10.0.0.9:port. */
@@ -655,27 +668,14 @@ Test(aggregator_cluster, a_late_flows_chunk_is_declined_a_fresh_one_merged)
 /* A leaving replica's node table (node, 5 batches), sent as it does, at sent_ns; whether taken. */
 static bool offer_node_table(const char *node, uint64_t sent_ns)
 {
-    char table[512], sent[24];
+    char table[512];
     snprintf(table, sizeof(table),
              "{\"instances_dropped\":0,\"instances\":[{\"node\":\"%s\",\"instance\":"
              "\"00000000000000aa\",\"batches\":5,\"events\":50,\"min_seq\":1,\"max_seq\":5,"
              "\"kernel_drops\":0,\"agent_drops\":0,\"kernel_missed\":0,\"last_seen_ns\":%" PRIu64
              "}]}",
              node, tu_now_ns());
-    snprintf(sent, sizeof(sent), "%" PRIu64, sent_ns);
-    natsMsg *req = NULL, *reply = NULL;
-    check(natsMsg_Create(&req, "ebpf.control.ebpf-aggregator.handover", NULL, table,
-                         (int)strlen(table)) == NATS_OK,
-          "natsMsg_Create");
-    natsMsgHeader_Set(req, "Ebpf-Sent-At", sent);
-    natsStatus s = natsConnection_RequestMsg(&reply, pub, req, 3000);
-    natsMsg_Destroy(req);
-    check(s == NATS_OK, "no replica answered the table: %s", natsStatus_GetText(s));
-    json_t *j = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
-    bool taken = json_is_true(json_object_get(j, "taken"));
-    json_decref(j);
-    natsMsg_Destroy(reply);
-    return taken;
+    return offer_handover(table, NULL, sent_ns);
 }
 
 /* The batches the cluster's /api/nodes counts for node (-1: not listed). */
