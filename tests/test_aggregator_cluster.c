@@ -1083,13 +1083,17 @@ Test(aggregator_cluster, a_replica_stopping_cleanly_is_dropped_at_once)
 {
     uint64_t t0 = tu_mono_ms();
     check(kill(agg_pid[1], SIGTERM) == 0, "SIGTERM");
-    /* The leaving heartbeat, not the TTL: well under CLUSTER_PEER_TTL_MS after the signal,
-     * however long the replica then takes to exit. */
-    check(wait_expected(agg_port[0], 1, 1000), "peer still expected after it left");
+    /* Dropped on its leaving heartbeat, not by expiry after CLUSTER_PEER_TTL_MS: the
+     * survivor's log says which (a loaded machine may take longer than a TTL to deliver it,
+     * so the time alone cannot tell). */
+    check(wait_expected(agg_port[0], 1, 10000), "peer still expected after it left");
     uint64_t dropped_ms = tu_mono_ms() - t0;
     check(tu_wait_exit(agg_pid[1], 10000) == 0, "clean exit on SIGTERM");
     agg_pid[1] = -1;
-    check(dropped_ms < CLUSTER_PEER_TTL_MS, "dropped by expiry, not by leaving");
+    char *log = tu_read_file(logs[0]);
+    check(log != NULL && strstr(log, " left\n") != NULL && strstr(log, " expired (") == NULL,
+          "dropped by expiry, not by leaving (after %" PRIu64 " ms)", dropped_ms);
+    free(log);
     json_t *j = get(agg_port[0], "/api/events");
     check(jint(j, "replicas.answered") == 1 && jint(j, "replicas.expected") == 1, "alone");
     json_decref(j);
