@@ -364,6 +364,25 @@ static int accept_element_gzip(const char *p, const char *end)
     return take;
 }
 
+int http_accept_encoding_gzip(const char *value, size_t len)
+{
+    const char *p = value, *end = value + len;
+    int named = -1;
+
+    while (p < end) {
+        const char *comma = memchr(p, ',', end - p);
+        const char *elem_end = comma != NULL ? comma : end;
+        int take = accept_element_gzip(p, elem_end);
+
+        if (take == 0)
+            return 0;
+        if (take == 1)
+            named = 1;
+        p = comma != NULL ? comma + 1 : end;
+    }
+    return named;
+}
+
 /*
  * Whether the request takes a gzipped body: an Accept-Encoding element names gzip with a
  * q other than 0 ("gzip;q=1.0" as well as "gzip"), and none refuses it ("gzip;q=0").
@@ -375,18 +394,11 @@ static bool request_accepts_gzip(const h2o_req_t *req)
 
     while ((i = h2o_find_header(&req->headers, H2O_TOKEN_ACCEPT_ENCODING, i)) != -1) {
         const h2o_iovec_t *v = &req->headers.entries[i].value;
-        const char *p = v->base, *end = v->base + v->len;
+        int take = http_accept_encoding_gzip(v->base, v->len);
 
-        while (p < end) {
-            const char *comma = memchr(p, ',', end - p);
-            const char *elem_end = comma != NULL ? comma : end;
-            int take = accept_element_gzip(p, elem_end);
-
-            if (take == 0)
-                return false;
-            named |= take == 1;
-            p = comma != NULL ? comma + 1 : end;
-        }
+        if (take == 0)
+            return false;
+        named |= take == 1;
     }
     return named;
 }
