@@ -319,9 +319,40 @@ static bool qvalue_nonzero(const char *v, size_t len)
 }
 
 /*
- * One Accept-Encoding element, "coding *( OWS ; OWS name = value )": 1 when it takes
- * gzip (its alias x-gzip too, any case) with a q other than 0, 0 when it names gzip and
- * refuses it (q=0, or a q that is no qvalue: the plain body always works), -1 otherwise.
+ * Just past the quoted-string opening at p (RFC 9110 5.6.4: a backslash escapes the byte after
+ * it), or NULL when it is not closed.
+ */
+static const char *quoted_string_end(const char *p, const char *end)
+{
+    for (p++; p < end; p++) {
+        if (*p == '"')
+            return p + 1;
+        if (*p == '\\' && ++p == end)
+            break;
+    }
+    return NULL;
+}
+
+/* The end of the list element at p: its first comma outside a quoted string, else end. */
+static const char *list_element_end(const char *p, const char *end)
+{
+    while (p < end && *p != ',') {
+        if (*p == '"') {
+            p = quoted_string_end(p, end);
+            if (p == NULL)
+                return end;
+        } else {
+            p++;
+        }
+    }
+    return p;
+}
+
+/*
+ * One Accept-Encoding element, "coding *( OWS ; OWS name = value )", a value a token or a
+ * quoted string: 1 when it takes gzip (its alias x-gzip too, any case) with a q other than 0,
+ * 0 when it names gzip and refuses it (q=0, a q that is no qvalue, or a malformed parameter
+ * such as a quote outside a value: the plain body always works), -1 otherwise.
  */
 static int accept_element_gzip(const char *p, const char *end)
 {
@@ -348,15 +379,22 @@ static int accept_element_gzip(const char *p, const char *end)
             return 0;
         while (p < end && is_ows(*p))
             p++;
-        for (name = p; p < end && *p != '=' && *p != ';' && !is_ows(*p); p++)
+        for (name = p; p < end && *p != '=' && *p != ';' && *p != '"' && !is_ows(*p); p++)
             ;
         name_len = p - name;
         while (p < end && is_ows(*p))
             p++;
         val = p;
         if (p < end && *p == '=') {
-            for (val = ++p; p < end && *p != ';' && !is_ows(*p); p++)
-                ;
+            val = ++p;
+            if (p < end && *p == '"') {
+                p = quoted_string_end(p, end);
+                if (p == NULL)
+                    return 0;
+            } else {
+                while (p < end && *p != ';' && *p != '"' && !is_ows(*p))
+                    p++;
+            }
         }
         if (h2o_lcstris(name, name_len, H2O_STRLIT("q")) && !qvalue_nonzero(val, p - val))
             take = 0;
@@ -370,15 +408,14 @@ int http_accept_encoding_gzip(const char *value, size_t len)
     int named = -1;
 
     while (p < end) {
-        const char *comma = memchr(p, ',', end - p);
-        const char *elem_end = comma != NULL ? comma : end;
+        const char *elem_end = list_element_end(p, end);
         int take = accept_element_gzip(p, elem_end);
 
         if (take == 0)
             return 0;
         if (take == 1)
             named = 1;
-        p = comma != NULL ? comma + 1 : end;
+        p = elem_end < end ? elem_end + 1 : end;
     }
     return named;
 }

@@ -63,10 +63,11 @@ struct http_response {
 
 /*
  * What one Accept-Encoding value says of gzip (RFC 9110 12.5.3; x-gzip is its alias, codings
- * and parameter names are case-insensitive): 0 when an element refuses it (q=0, or a q that is
- * no qvalue), else 1 when one takes it, else -1 (it is not named; "*" does not name it). A
- * request with several Accept-Encoding headers takes gzip when one says 1 and none says 0. The
- * server decides accepts_gzip with it; declared for the tests and the fuzz target.
+ * and parameter names are case-insensitive, a parameter's value may be a quoted string): 0 when
+ * an element refuses it (q=0, a q that is no qvalue, or a malformed element naming gzip), else
+ * 1 when one takes it, else -1 (it is not named; "*" does not name it). A request with several
+ * Accept-Encoding headers takes gzip when one says 1 and none says 0. The server decides
+ * accepts_gzip with it; declared for the tests and the fuzz target.
  */
 int http_accept_encoding_gzip(const char *value, size_t len);
 

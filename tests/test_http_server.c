@@ -567,7 +567,8 @@ Test(http_server, large_bodies_are_gzipped_for_clients_that_take_it)
 
 /*
  * Accept-Encoding as RFC 9110 reads it: an element with parameters still names gzip
- * ("gzip;q=1.0,deflate;q=0.6", Ruby's Net::HTTP), and q=0 refuses it.
+ * ("gzip;q=1.0,deflate;q=0.6", Ruby's Net::HTTP), and q=0 refuses it. A parameter's
+ * quoted-string value is one value: its commas split no element, and one left open refuses.
  */
 Test(http_server, accept_encoding_weights_are_read)
 {
@@ -590,6 +591,11 @@ Test(http_server, accept_encoding_weights_are_read)
         {"gzip;q=", false},
         {"gzipx, xgzip, deflate", false},
         {"*", false},
+        {"gzip;x=\"a,b\";q=0", false},
+        {"deflate;x=\", gzip;a=b\"", false},
+        {"gzip;x=\"open, deflate", false},
+        {"gzip;level=\"a b\"", true},
+        {"gzip;x=\"\\\",gzip;q=0\"", true},
     };
     struct http_server *s = start_server(NULL, 0);
     int port = http_server_port(s);
