@@ -14,6 +14,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -81,6 +82,28 @@ struct stream_client {
     /* Events in pending and in inflight: counted sent once h2o has written them, dropped
      * when the client goes away first. */
     uint64_t pending_events, inflight_events;
+    /* The newest key sent: the id a reconnect resumes after (see http_server.h). */
+    bool has_mark;
+    struct query_cursor mark;
+    /* Resuming: live events wait in held until the replay is in. */
+    bool resuming;
+    struct event *held;
+    size_t nheld;
+    h2o_timeout_entry_t settle_entry;
+    struct replay_job *job; /* asked, not answered yet */
+    char *qs;               /* the request's raw query string (its pool's) */
+    size_t qslen;
+};
+
+/* A replay running on its own thread; the loop thread frees it when its answer arrives. */
+struct replay_job {
+    h2o_multithread_message_t super;
+    struct http_server *srv;
+    struct stream_client *client; /* loop thread: NULL once the client went away */
+    struct query q;
+    struct buf qs;
+    int rc;
+    struct http_replay r;
 };
 
 /* An accepted connection, tracked so shutdown can close what is still open. */
@@ -157,6 +180,12 @@ struct http_server {
     /* Linked while there are stream clients: ends those whose client left. */
     h2o_timeout_t reap_timeout;
     h2o_timeout_entry_t reap_entry;
+    /* Resumed clients wait HTTP_REPLAY_SETTLE_MS before their replay is asked. */
+    h2o_timeout_t settle_timeout;
+    h2o_multithread_receiver_t replay_receiver;
+    http_replay_fn replay;
+    void *replay_ctx;
+    uint64_t replays_running; /* jobs whose thread has not finished */
 
     h2o_linklist_t stream_clients; /* struct stream_client */
     h2o_linklist_t conns;          /* struct http_conn */
@@ -521,6 +550,42 @@ static void send_error(h2o_req_t *req, int status, const char *msg)
 
 static void stream_flush(struct stream_client *c);
 
+static void stream_held_free(struct stream_client *c)
+{
+    for (size_t i = 0; i < c->nheld; i++)
+        event_clear(&c->held[i]);
+    free(c->held);
+    c->held = NULL;
+    c->nheld = 0;
+}
+
+/* The sort key of e: what its SSE id says. */
+static struct query_cursor stream_key(const struct event *e)
+{
+    return (struct query_cursor){.timestamp_ns = e->timestamp_ns, .id = e->id};
+}
+
+/* True when key a is later than b in the history's order. */
+static bool stream_key_later(const struct query_cursor *a, const struct query_cursor *b)
+{
+    return query_cmp_newest_first(a->timestamp_ns, a->id, b->timestamp_ns, b->id) < 0;
+}
+
+/* "id: <key>\ndata: <json>\n\n" into b (reset first); *data_at is where "data:" begins. */
+static void stream_frame(struct buf *b, const struct event *e, size_t *data_at)
+{
+    char id[QUERY_CURSOR_LEN];
+    struct query_cursor k = stream_key(e);
+
+    query_cursor_format(&k, id);
+    buf_reset(b);
+    buf_printf(b, "id: %s\n", id);
+    *data_at = b->len;
+    buf_puts(b, "data: ");
+    event_json_write(b, e);
+    buf_puts(b, "\n\n");
+}
+
 static void stream_note_missed(struct stream_client *c)
 {
     if (c->missed == 0)
@@ -625,6 +690,11 @@ static void stream_on_dispose(void *p)
     stream_detach(c);
     buf_free(&c->pending);
     buf_free(&c->inflight);
+    stream_held_free(c);
+    if (h2o_timeout_is_linked(&c->settle_entry))
+        h2o_timeout_unlink(&c->settle_entry);
+    if (c->job != NULL)
+        c->job->client = NULL; /* its answer is dropped when it comes */
 }
 
 static void stream_enqueue(struct stream_client *c, const char *data, size_t len)
@@ -656,6 +726,35 @@ static void stream_enqueue(struct stream_client *c, const char *data, size_t len
     stream_flush(c);
 }
 
+/* An event framed by stream_frame(): with its id when it is the newest c has had, so the id
+ * a client keeps never goes back (events may arrive out of order). */
+static void stream_enqueue_event(struct stream_client *c, const struct event *e, const char *frame,
+                                 size_t len, size_t data_at)
+{
+    struct query_cursor k = stream_key(e);
+
+    if (!c->has_mark || stream_key_later(&k, &c->mark)) {
+        c->mark = k;
+        c->has_mark = true;
+        stream_enqueue(c, frame, len);
+    } else {
+        stream_enqueue(c, frame + data_at, len - data_at);
+    }
+}
+
+/* Resuming: a live event waits for the replay (up to HTTP_REPLAY_MAX, then it is missed). */
+static void stream_hold(struct stream_client *c, const struct event *e)
+{
+    if (c->held == NULL)
+        c->held = calloc(HTTP_REPLAY_MAX, sizeof(*c->held));
+    if (c->held == NULL || c->nheld == HTTP_REPLAY_MAX || event_copy(&c->held[c->nheld], e) != 0) {
+        c->missed++;
+        stat_add(&c->srv->stream_dropped, 1);
+        return;
+    }
+    c->nheld++;
+}
+
 static bool client_gone(h2o_req_t *req);
 
 /*
@@ -677,13 +776,17 @@ static void stream_reap_gone(struct http_server *s)
     }
 }
 
+static int stream_resume_point(h2o_req_t *req, struct query *q, char *err, size_t errlen);
+static void on_settle(h2o_timeout_entry_t *entry);
+
 static void serve_stream(struct http_server *s, h2o_req_t *req, const char *qs, size_t qslen)
 {
     struct stream_client *c;
     char err[256];
     struct query q;
 
-    if (query_parse(&q, qs, qslen, true, err, sizeof(err)) != 0) {
+    if (query_parse(&q, qs, qslen, true, err, sizeof(err)) != 0 ||
+        stream_resume_point(req, &q, err, sizeof(err)) != 0) {
         send_error(req, 400, err);
         return;
     }
@@ -712,6 +815,20 @@ static void serve_stream(struct http_server *s, h2o_req_t *req, const char *qs, 
     c->q = q;
     buf_init(&c->pending);
     buf_init(&c->inflight);
+    if (q.has_last_event_id) {
+        /* Nothing older than what the client had gets an id. */
+        c->has_mark = true;
+        c->mark = q.last_event_id;
+    }
+    if (q.has_last_event_id && s->replay != NULL) {
+        c->qs = h2o_mem_alloc_pool(&req->pool, qslen + 1);
+        memcpy(c->qs, qs, qslen);
+        c->qs[qslen] = '\0';
+        c->qslen = qslen;
+        c->resuming = true;
+        c->settle_entry.cb = on_settle;
+        h2o_timeout_link(s->ctx.loop, &s->settle_timeout, &c->settle_entry);
+    }
     if (q.until_ns != UINT64_MAX && !h2o_timeout_is_linked(&s->until_entry))
         h2o_timeout_link(s->ctx.loop, &s->until_timeout, &s->until_entry);
     if (!h2o_timeout_is_linked(&s->reap_entry))
@@ -741,6 +858,7 @@ static void stream_fanout(struct http_server *s, const struct event *e)
 {
     h2o_linklist_t *node, *next;
     bool encoded = false;
+    size_t data_at = 0;
 
     for (node = s->stream_clients.next; node != &s->stream_clients; node = next) {
         struct stream_client *c = H2O_STRUCT_FROM_MEMBER(struct stream_client, link, node);
@@ -748,11 +866,12 @@ static void stream_fanout(struct http_server *s, const struct event *e)
         next = node->next; /* a send may fail and detach c */
         if (!query_match(&c->q, e))
             continue;
+        if (c->resuming) {
+            stream_hold(c, e);
+            continue;
+        }
         if (!encoded) {
-            buf_reset(&s->scratch);
-            buf_puts(&s->scratch, "data: ");
-            event_json_write(&s->scratch, e);
-            buf_puts(&s->scratch, "\n\n");
+            stream_frame(&s->scratch, e, &data_at);
             if (s->scratch.oom) {
                 buf_free(&s->scratch);
                 buf_init(&s->scratch);
@@ -760,8 +879,192 @@ static void stream_fanout(struct http_server *s, const struct event *e)
             }
             encoded = true;
         }
-        stream_enqueue(c, s->scratch.data, s->scratch.len);
+        stream_enqueue_event(c, e, s->scratch.data, s->scratch.len, data_at);
     }
+}
+
+/* ---- resuming a stream ---- */
+
+/* The position a client resumes after: the later of Last-Event-ID and ?last_event_id. */
+static int stream_resume_point(h2o_req_t *req, struct query *q, char *err, size_t errlen)
+{
+    ssize_t h = h2o_find_header_by_str(&req->headers, H2O_STRLIT("last-event-id"), -1);
+    struct query_cursor k;
+    char quoted[QUERY_ERR_VALUE_MAX + 4];
+
+    if (h == -1 || req->headers.entries[h].value.len == 0)
+        return 0;
+    const char *v = req->headers.entries[h].value.base;
+    size_t len = req->headers.entries[h].value.len;
+    if (query_cursor_parse(&k, v, len) < 0) {
+        errmsg_set(err, errlen, "invalid 'Last-Event-ID' header: \"%s\" (%s)",
+                   query_quote(v, len, quoted), QUERY_EVENT_ID_FORMAT);
+        return -EINVAL;
+    }
+    if (!q->has_last_event_id || stream_key_later(&k, &q->last_event_id))
+        q->last_event_id = k;
+    q->has_last_event_id = true;
+    return 0;
+}
+
+/* A replay's thread: asks the history, hands the answer to the loop thread. */
+static void *replay_main(void *arg)
+{
+    struct replay_job *j = arg;
+    struct http_server *s = j->srv;
+
+    pthread_setname_np(pthread_self(), "http-replay");
+    j->rc = s->replay(s->replay_ctx, j->qs.data, j->qs.len, &j->q, &j->r);
+    h2o_multithread_send_message(&s->replay_receiver, &j->super);
+    stat_add(&s->replays_running, -1);
+    return NULL;
+}
+
+static void replay_job_free(struct replay_job *j)
+{
+    for (size_t i = 0; i < j->r.count; i++)
+        event_clear(&j->r.events[i]);
+    free(j->r.events);
+    buf_free(&j->qs);
+    free(j);
+}
+
+/* Whether the replay (newest first) holds key k. */
+static bool replay_holds(const struct http_replay *r, const struct query_cursor *k)
+{
+    size_t lo = 0, hi = r->count;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int cmp = query_cmp_newest_first(r->events[mid].timestamp_ns, r->events[mid].id,
+                                         k->timestamp_ns, k->id);
+        if (cmp == 0)
+            return true;
+        if (cmp < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+/* What the client is told of the events its replay cannot give. */
+static void replay_say_missing(struct stream_client *c, const struct replay_job *j)
+{
+    char id[QUERY_CURSOR_LEN];
+
+    query_cursor_format(&c->q.last_event_id, id);
+    if (j->rc < 0)
+        buf_printf(
+            &c->pending,
+            ": missing: the events after %s could not all be replayed (%s); some may be "
+            "missing\n\n",
+            id, j->rc == -EHOSTUNREACH ? "part of the history did not answer" : strerror(-j->rc));
+    else if (j->r.has_next)
+        buf_printf(&c->pending,
+                   ": missing %" PRIu64 " events after %s: a resumed stream replays at most the "
+                   "%d newest\n\n",
+                   j->r.total_count - j->r.count, id, HTTP_REPLAY_MAX);
+    else if (!replay_holds(&j->r, &c->q.last_event_id))
+        buf_printf(&c->pending,
+                   ": missing: the history no longer holds %s; events after it that it no longer "
+                   "holds either are missing, how many is not known\n\n",
+                   id);
+}
+
+/* Loop thread: the replay's events after the client's position, then the held live ones
+ * the replay did not have; from then on the client is live. */
+static void replay_finish(struct stream_client *c, struct replay_job *j)
+{
+    struct http_server *s = c->srv;
+    size_t data_at;
+
+    c->job = NULL;
+    c->resuming = false;
+    replay_say_missing(c, j);
+    for (size_t i = j->r.count; i-- > 0;) {
+        const struct event *e = &j->r.events[i];
+        struct query_cursor k = stream_key(e);
+        if (!stream_key_later(&k, &c->q.last_event_id) || !query_match(&c->q, e))
+            continue;
+        stream_frame(&s->scratch, e, &data_at);
+        if (!s->scratch.oom)
+            stream_enqueue_event(c, e, s->scratch.data, s->scratch.len, data_at);
+    }
+    for (size_t i = 0; i < c->nheld; i++) {
+        struct query_cursor k = stream_key(&c->held[i]);
+        if (replay_holds(&j->r, &k))
+            continue;
+        stream_frame(&s->scratch, &c->held[i], &data_at);
+        if (!s->scratch.oom)
+            stream_enqueue_event(c, &c->held[i], s->scratch.data, s->scratch.len, data_at);
+    }
+    if (s->scratch.oom) {
+        buf_free(&s->scratch);
+        buf_init(&s->scratch);
+    }
+    stream_held_free(c);
+    stream_flush(c);
+}
+
+static void on_replay_messages(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    struct http_server *s = H2O_STRUCT_FROM_MEMBER(struct http_server, replay_receiver, receiver);
+
+    while (!h2o_linklist_is_empty(messages)) {
+        struct replay_job *j =
+            H2O_STRUCT_FROM_MEMBER(struct replay_job, super.link, messages->next);
+
+        h2o_linklist_unlink(&j->super.link);
+        if (j->client != NULL && !s->stopping)
+            replay_finish(j->client, j);
+        else if (j->client != NULL)
+            j->client->job = NULL;
+        replay_job_free(j);
+    }
+}
+
+/* Live events have been held a while: ask the history (on a thread: it may block). */
+static void on_settle(h2o_timeout_entry_t *entry)
+{
+    struct stream_client *c = H2O_STRUCT_FROM_MEMBER(struct stream_client, settle_entry, entry);
+    struct http_server *s = c->srv;
+    struct replay_job *j = calloc(1, sizeof(*j));
+    char err[256];
+    pthread_t t;
+    pthread_attr_t attr;
+
+    if (j == NULL)
+        goto fail;
+    j->srv = s;
+    j->client = c;
+    buf_init(&j->qs);
+    uint64_t since = c->q.last_event_id.timestamp_ns;
+    if (since >= QUERY_TIME_NS_IMPLAUSIBLE_FROM && since < QUERY_TIME_NS_IMPLAUSIBLE_TO)
+        since = 0; /* not a time a parser takes: ask from the start, the key filters */
+    if (since < c->q.since_ns)
+        since = c->q.since_ns;
+    query_replay_string(c->qs, c->qslen, since, c->q.until_ns, HTTP_REPLAY_MAX, &j->qs);
+    if (j->qs.oom || query_parse(&j->q, j->qs.data, j->qs.len, false, err, sizeof(err)) < 0)
+        goto fail;
+    c->job = j;
+    stat_add(&s->replays_running, 1);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, replay_main, j);
+    pthread_attr_destroy(&attr);
+    if (rc == 0)
+        return;
+    stat_add(&s->replays_running, -1);
+fail:
+    if (j == NULL) {
+        struct replay_job none = {.rc = -ENOMEM};
+        replay_finish(c, &none);
+        return;
+    }
+    j->rc = j->rc < 0 ? j->rc : -ENOMEM;
+    replay_finish(c, j);
+    replay_job_free(j);
 }
 
 /* Loop thread: a notice to every stream client, and to the new ones while it persists. */
@@ -1377,6 +1680,8 @@ struct http_server *http_server_new(const struct http_server_config *cfg, char *
     h2o_multithread_register_receiver(s->ctx.queue, &s->publish_receiver, on_publish_messages);
     h2o_multithread_register_receiver(s->ctx.queue, &s->stop_receiver, on_stop_message);
     h2o_multithread_register_receiver(s->ctx.queue, &s->deferred_receiver, on_deferred_messages);
+    h2o_multithread_register_receiver(s->ctx.queue, &s->replay_receiver, on_replay_messages);
+    h2o_timeout_init(s->loop, &s->settle_timeout, HTTP_REPLAY_SETTLE_MS);
     h2o_timeout_init(s->loop, &s->keepalive_timeout, HTTP_KEEPALIVE_MS);
     s->keepalive_entry.cb = on_keepalive;
     h2o_timeout_link(s->loop, &s->keepalive_timeout, &s->keepalive_entry);
@@ -1443,6 +1748,12 @@ int http_server_route(struct http_server *s, const char *path, http_handler_fn f
 int http_server_stream(struct http_server *s, const char *path)
 {
     return add_route(s, path, NULL, NULL);
+}
+
+void http_server_on_stream_replay(struct http_server *s, http_replay_fn fn, void *ctx)
+{
+    s->replay = fn;
+    s->replay_ctx = ctx;
 }
 
 void http_server_on_stream_clients(struct http_server *s, http_stream_clients_fn fn, void *ctx)
@@ -1522,6 +1833,12 @@ static void loop_teardown(struct http_server *s)
     h2o_timeout_dispose(s->loop, &s->until_timeout);
     h2o_timeout_unlink(&s->reap_entry);
     h2o_timeout_dispose(s->loop, &s->reap_timeout);
+    /* Replays still asking: their answers are dropped, but their threads must be done. */
+    while (stat_get(&s->replays_running) > 0)
+        usleep(10000);
+    h2o_shim_receiver_flush(&s->replay_receiver);
+    h2o_multithread_unregister_receiver(s->ctx.queue, &s->replay_receiver);
+    h2o_timeout_dispose(s->loop, &s->settle_timeout);
 
     /* Events published but never delivered. */
     h2o_shim_receiver_flush(&s->publish_receiver);

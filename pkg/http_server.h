@@ -10,6 +10,16 @@
  * query_parse(stream=true); http_server_publish() hands events from any thread
  * to the loop thread, which writes "data: <json>\n\n" to each matching client.
  * Per-client output is bounded; what a slow client misses is counted.
+ *
+ * Resuming: every event goes out with "id: <ts>-<id>" (its sort key, the text of
+ * a query_cursor) when that key is later than any the client had, so the id a
+ * client last received is the newest position it has seen. A client that comes
+ * back with it (the Last-Event-ID header or ?last_event_id=) first gets, from
+ * the replay function, the stored events after that position (at most
+ * HTTP_REPLAY_MAX, oldest first), then the live ones. Live events are held from
+ * the moment it connects and the history is asked HTTP_REPLAY_SETTLE_MS later,
+ * so the two overlap; what both hold is sent once. What cannot be replayed is
+ * said in a comment (": missing ..."), never dropped silently.
  */
 #ifndef EBPF_MONITOR_HTTP_SERVER_H
 #define EBPF_MONITOR_HTTP_SERVER_H
@@ -98,6 +108,28 @@ void http_server_on_stream_clients(struct http_server *s, http_stream_clients_fn
  * next notice. For what clients should know of the stream itself (its source is down).
  */
 void http_server_stream_notice(struct http_server *s, const char *text, bool persist);
+/*
+ * A replay: the stored events after a resumed client's position. events are malloc'ed, newest
+ * first, each released with event_clear() by the server; total_count counts every match.
+ */
+struct http_replay {
+    struct event *events;
+    size_t count;
+    uint64_t total_count;
+    bool has_next; /* more matched than the limit */
+};
+#define HTTP_REPLAY_MAX       1000 /* events a resumed client is sent from the history */
+#define HTTP_REPLAY_SETTLE_MS 500  /* how long live events are held before the history is asked */
+/*
+ * Runs the /api/events query q (parsed from qs, which has since, until and limit) on a thread
+ * of the server's own, never the loop's: it may block. Fills out; 0, or a negative errno
+ * (-EHOSTUNREACH: part of the history did not answer); what out holds is sent either way.
+ */
+struct query;
+typedef int (*http_replay_fn)(void *ctx, const char *qs, size_t qslen, const struct query *q,
+                              struct http_replay *out);
+/* Where a resumed stream's history comes from. Call before http_server_start(). */
+void http_server_on_stream_replay(struct http_server *s, http_replay_fn fn, void *ctx);
 /* Thread-safe: queues a copy of e for every matching stream client. */
 void http_server_publish(struct http_server *s, const struct event *e);
 /* Stops the loop thread and frees everything. */

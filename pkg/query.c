@@ -41,6 +41,7 @@ enum query_param {
     QP_STATUS,
     QP_QUERY,
     QP_RCODE,
+    QP_LAST_EVENT_ID,
     QP_COUNT,
 };
 
@@ -64,6 +65,7 @@ static const char *const query_param_names[QP_COUNT] = {
     [QP_STATUS] = "status",
     [QP_QUERY] = "query",
     [QP_RCODE] = "rcode",
+    [QP_LAST_EVENT_ID] = "last_event_id",
 };
 
 /* Where each exact-match string parameter lands in struct query. */
@@ -465,7 +467,7 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
      * names (node, pod, command, the DNS name of query...) are matched exactly as given: a
      * name may begin or end with a space. */
     if (p == QP_PID || p == QP_SINCE || p == QP_UNTIL || p == QP_LIMIT || p == QP_CURSOR ||
-        p == QP_DEST_PORT || p == QP_STATUS || p == QP_RCODE)
+        p == QP_LAST_EVENT_ID || p == QP_DEST_PORT || p == QP_STATUS || p == QP_RCODE)
         query_trim(&v, &len);
 
     switch (p) {
@@ -525,6 +527,11 @@ static int query_set(struct query *q, enum query_param p, const char *v, size_t 
             goto bad;
         q->has_cursor = true;
         return 0;
+    case QP_LAST_EVENT_ID:
+        if (query_cursor_parse(&q->last_event_id, v, len) < 0)
+            goto bad;
+        q->has_last_event_id = true;
+        return 0;
     default:
         memcpy(query_str_field(q, p), v, len + 1);
         return 0;
@@ -547,6 +554,10 @@ bad:
     case QP_CURSOR:
         errmsg_set(err, errlen,
                    "invalid 'cursor': \"%s\" (use the next_cursor of a previous response)", quoted);
+        break;
+    case QP_LAST_EVENT_ID:
+        errmsg_set(err, errlen, "invalid 'last_event_id': \"%s\" (%s)", quoted,
+                   QUERY_EVENT_ID_FORMAT);
         break;
     case QP_DEST_PORT:
         errmsg_set(err, errlen, "invalid 'dest_port': \"%s\" (must be an integer 1-65535)", quoted);
@@ -616,7 +627,7 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
                        "unknown query parameter '%s' (allowed: type, node, pod, namespace, "
                        "workload, pid, command, peer_pod, peer_namespace, peer_workload, "
                        "peer_service, dest_port, status, query, rcode, since, until%s)",
-                       quoted, stream ? "" : ", limit, cursor");
+                       quoted, stream ? ", last_event_id" : ", limit, cursor");
             return -EINVAL;
         }
         if (seen & (1u << p)) {
@@ -627,6 +638,11 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
         seen |= 1u << p;
         if (stream && (p == QP_LIMIT || p == QP_CURSOR)) {
             errmsg_set(err, errlen, "'%s' is not supported on the stream", query_param_names[p]);
+            return -EINVAL;
+        }
+        if (!stream && p == QP_LAST_EVENT_ID) {
+            errmsg_set(err, errlen,
+                       "'last_event_id' is for /api/events/stream only (page with 'cursor')");
             return -EINVAL;
         }
 
@@ -759,6 +775,39 @@ bool query_after_cursor(const struct query_cursor *c, const struct event *e)
 void query_cursor_format(const struct query_cursor *c, char out[QUERY_CURSOR_LEN])
 {
     snprintf(out, QUERY_CURSOR_LEN, "%016" PRIx64 "-%016" PRIx64, c->timestamp_ns, c->id);
+}
+
+/* Whether the parameter seg (name[=value], raw) is one of the replay's own. */
+static bool query_replay_drops(const char *seg, size_t seglen)
+{
+    char name[QUERY_STR_MAX];
+    const char *eq = memchr(seg, '=', seglen);
+    int n = query_form_decode(seg, eq ? (size_t)(eq - seg) : seglen, name, sizeof(name));
+
+    return n >= 0 && (strcmp(name, query_param_names[QP_SINCE]) == 0 ||
+                      strcmp(name, query_param_names[QP_UNTIL]) == 0 ||
+                      strcmp(name, query_param_names[QP_LAST_EVENT_ID]) == 0);
+}
+
+void query_replay_string(const char *qs, size_t len, uint64_t since_ns, uint64_t until_ns,
+                         uint32_t limit, struct buf *out)
+{
+    size_t pos = 0;
+
+    while (pos < len) {
+        const char *seg = qs + pos;
+        const char *amp = memchr(seg, '&', len - pos);
+        size_t seglen = amp ? (size_t)(amp - seg) : len - pos;
+
+        pos += seglen + 1;
+        if (seglen == 0 || query_replay_drops(seg, seglen))
+            continue;
+        buf_append(out, seg, seglen);
+        buf_putc(out, '&');
+    }
+    buf_printf(out, "since=%" PRIu64 "&limit=%" PRIu32, since_ns, limit);
+    if (until_ns != UINT64_MAX)
+        buf_printf(out, "&until=%" PRIu64, until_ns);
 }
 
 static bool query_parse_hex64(const char *s, uint64_t *out)

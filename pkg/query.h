@@ -17,6 +17,8 @@
 
 #include "event.h"
 
+struct buf;
+
 #define QUERY_LIMIT_DEFAULT 100
 #define QUERY_LIMIT_MAX     10000
 #define QUERY_STR_MAX       256
@@ -60,6 +62,9 @@ struct query {
     uint32_t limit;
     bool has_cursor;
     struct query_cursor cursor;
+    /* Stream only: resume after this position (an event's SSE id; query_cursor text). */
+    bool has_last_event_id;
+    struct query_cursor last_event_id;
 };
 
 /*
@@ -81,7 +86,7 @@ void query_init(struct query *q);
  * error. On error returns -EINVAL and writes a message that names the
  * parameter into err, e.g. "invalid 'limit': \"abc\" (must be an integer 1-10000)".
  * `stream` rejects the parameters that make no sense for a live stream
- * (limit, cursor).
+ * (limit, cursor); without it, last_event_id (the stream's resume point) is refused.
  */
 int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *err, size_t errlen);
 
@@ -118,6 +123,15 @@ int query_cmp_newest_first(uint64_t ts_a, uint64_t id_a, uint64_t ts_b, uint64_t
 void query_cursor_format(const struct query_cursor *c, char out[QUERY_CURSOR_LEN]);
 /* 0, or -EINVAL when s is not a cursor made by query_cursor_format(). */
 int query_cursor_parse(struct query_cursor *c, const char *s, size_t len);
+/* What a message says an event id (last_event_id, Last-Event-ID) must be. */
+#define QUERY_EVENT_ID_FORMAT "use the id: of an event from /api/events/stream"
+/*
+ * The /api/events query string of a stream's replay: qs (a stream's, raw) without since,
+ * until and last_event_id, then since=since_ns&until=until_ns&limit=limit (until omitted at
+ * UINT64_MAX), into out. Every replica parses it as it would /api/events.
+ */
+void query_replay_string(const char *qs, size_t len, uint64_t since_ns, uint64_t until_ns,
+                         uint32_t limit, struct buf *out);
 
 /*
  * Parses RFC 3339 ("2026-11-26T13:04:26.123456789Z", "+02:00" offsets, up to 9

@@ -394,7 +394,15 @@ struct sse {
     size_t len;
 };
 
+static void sse_open_hdr(struct sse *s, int port, const char *path, const char *header);
+
 static void sse_open(struct sse *s, int port, const char *path)
+{
+    sse_open_hdr(s, port, path, NULL);
+}
+
+/* The same with one more request header line ("Name: value"), or none. */
+static void sse_open_hdr(struct sse *s, int port, const char *path, const char *header)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET,
                              .sin_port = htons((uint16_t)port),
@@ -403,7 +411,8 @@ static void sse_open(struct sse *s, int port, const char *path)
     s->len = 0;
     cr_assert_eq(connect(s->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
     char req[512];
-    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path);
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s\r\n", path,
+                     header ? header : "", header ? "\r\n" : "");
     cr_assert_eq(write(s->fd, req, (size_t)n), n);
     struct timeval tv = {.tv_usec = 100000};
     setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -2125,4 +2134,172 @@ Test(e2e_cluster, a_dead_replicas_batches_count_as_lost_on_the_survivor)
                   " received + %" PRId64 " lost < %" PRId64 " sent",
                   batches, lost, seq);
     cr_expect_gt(lost, 0, "r1's batches are lost with it");
+}
+
+/* ---- resuming the stream ------------------------------------------------- */
+
+#define RESUME_NODE "resume-node"
+#define RESUME_SUBJ "ebpf.events.resume-node"
+
+/* What a resumed stream carried: its events' ids in order, its last "id:", its comments. */
+struct sse_seen {
+    char ids[4096];   /* "id,id,..." of the data lines */
+    char last_id[64]; /* the last "id:" field */
+    char comments[4096];
+};
+
+/* Reads lines for ms milliseconds into seen. */
+static void sse_collect(struct sse *s, int ms, struct sse_seen *seen)
+{
+    for (uint64_t dl = tu_mono_ms() + (uint64_t)ms; tu_mono_ms() < dl;) {
+        ssize_t r = read(s->fd, s->part + s->len, sizeof(s->part) - s->len - 1);
+        if (r <= 0)
+            continue;
+        s->len += (size_t)r;
+        s->part[s->len] = '\0';
+        char *start = s->part, *nl;
+        while ((nl = strchr(start, '\n'))) {
+            *nl = '\0';
+            const char *idp = strstr(start, "\"id\":\"");
+            if (strncmp(start, "data:", 5) == 0 && idp)
+                snprintf(seen->ids + strlen(seen->ids), sizeof(seen->ids) - strlen(seen->ids),
+                         "%s%.16s", seen->ids[0] ? "," : "", idp + 6);
+            else if (strncmp(start, "id: ", 4) == 0)
+                snprintf(seen->last_id, sizeof(seen->last_id), "%s", start + 4);
+            else if (start[0] == ':')
+                snprintf(seen->comments + strlen(seen->comments),
+                         sizeof(seen->comments) - strlen(seen->comments), "%s\n", start);
+            start = nl + 1;
+        }
+        s->len = strlen(start);
+        memmove(s->part, start, s->len + 1);
+    }
+}
+
+/* The id of the one event of RESUME_NODE's batch seq (pb_batch_of()). */
+static const char *resume_id(uint64_t seq, char out[17])
+{
+    snprintf(out, 17, "%016" PRIx64, (uint64_t)0x5eed000000000000ull + seq * 100000);
+    return out;
+}
+
+static void resume_publish(natsConnection *nc, uint64_t seq)
+{
+    size_t len;
+    uint8_t *b = pb_batch_of(RESUME_NODE, "00000000000000dd", 0, seq, 1, &len);
+    raw_publish(nc, RESUME_SUBJ, "application/x-protobuf", NULL, b, len);
+    free(b);
+    usleep(2000); /* distinct timestamps, in order */
+}
+
+/*
+ * A client on r1 sees events 1..k, goes away; events k+1, k+2 happen; it comes back with its
+ * last id (by header, or by parameter) on the other replica: it gets exactly those two, then
+ * the live ones (one sent while its replay is being asked), each once.
+ */
+static void resume_scenario(bool by_header)
+{
+    nats_up(NULL);
+    struct proc *r1 = agg_up("s1", NULL, true);
+    struct proc *r2 = agg_up("s2", NULL, true);
+    wait_cluster(r1, 2);
+    natsConnection *nc = raw_conn();
+    struct sse s;
+    sse_open(&s, r1->port, "/api/events/stream?node=" RESUME_NODE);
+    uint64_t seq = 1;
+    int seen = 0;
+    for (uint64_t dl = tu_mono_ms() + 15000; seen == 0; seq++) {
+        check(tu_mono_ms() < dl, "the stream carried no event");
+        resume_publish(nc, seq);
+        seen += sse_pump(&s, RESUME_NODE);
+    }
+    resume_publish(nc, seq++); /* one more, on an attached feed */
+    struct sse_seen before = {0};
+    sse_collect(&s, 500, &before);
+    close(s.fd);
+    check(before.last_id[0], "no id: field on the stream: %s", before.ids);
+    uint64_t missed = seq;
+    resume_publish(nc, seq++);
+    resume_publish(nc, seq++);
+    char q[96];
+    snprintf(q, sizeof(q), "/api/events?node=%s&limit=1000", RESUME_NODE);
+    json_decref(wait_count(r2, q, (int)(seq - 1), 10000));
+
+    char path[160], hdr[96];
+    if (by_header) {
+        snprintf(hdr, sizeof(hdr), "Last-Event-ID: %s", before.last_id);
+        sse_open_hdr(&s, r2->port, "/api/events/stream?node=" RESUME_NODE, hdr);
+    } else {
+        snprintf(path, sizeof(path), "/api/events/stream?node=%s&last_event_id=%s", RESUME_NODE,
+                 before.last_id);
+        sse_open(&s, r2->port, path);
+    }
+    uint64_t live = seq;
+    resume_publish(nc, seq++); /* while the replay is being asked */
+    struct sse_seen after = {0};
+    sse_collect(&s, 2000, &after);
+    resume_publish(nc, seq++);
+    sse_collect(&s, 1000, &after);
+    close(s.fd);
+    natsConnection_Destroy(nc);
+
+    char want[256], id[17];
+    snprintf(want, sizeof(want), "%s", resume_id(missed, id));
+    for (uint64_t i = missed + 1; i < seq; i++)
+        snprintf(want + strlen(want), sizeof(want) - strlen(want), ",%s", resume_id(i, id));
+    cr_expect_str_eq(after.ids, want,
+                     "resumed after %s (seen before: %s, the live one is %s); comments:\n%s",
+                     before.last_id, before.ids, resume_id(live, id), after.comments);
+    cr_expect_null(strstr(after.comments, "missing"), "nothing is missing: %s", after.comments);
+}
+
+Test(e2e_cluster, a_stream_resumed_by_last_event_id_gets_what_it_missed_once)
+{
+    resume_scenario(true);
+}
+
+Test(e2e_cluster, a_stream_resumed_by_parameter_gets_what_it_missed_once)
+{
+    resume_scenario(false);
+}
+
+/* A position older than the history: the client is told events may be missing, then gets
+ * what the history holds. A malformed id is a 400 that names where it came from. */
+Test(e2e_cluster, a_stream_resumed_too_late_says_events_are_missing)
+{
+    nats_up(NULL);
+    struct proc *r = agg_up("old", NULL, true);
+    natsConnection *nc = raw_conn();
+    resume_publish(nc, 1);
+    char q[96];
+    snprintf(q, sizeof(q), "/api/events?node=%s", RESUME_NODE);
+    json_decref(wait_count(r, q, 1, 10000));
+    natsConnection_Destroy(nc);
+
+    struct sse s;
+    sse_open_hdr(&s, r->port, "/api/events/stream?node=" RESUME_NODE,
+                 "Last-Event-ID: 0000000000000001-0000000000000001");
+    struct sse_seen seen = {0};
+    sse_collect(&s, 1500, &seen);
+    close(s.fd);
+    char id[17];
+    cr_expect(strstr(seen.comments, ": missing") != NULL, "no missing notice; comments:\n%s",
+              seen.comments);
+    cr_expect_str_eq(seen.ids, resume_id(1, id), "what the history holds is replayed");
+
+    int status = 0;
+    json_t *j = tu_get_json_hdr(r->port, "/api/events/stream", "Last-Event-ID: nope", &status);
+    cr_expect_eq(status, 400);
+    const char *msg = j ? tu_jstr(j, "error") : NULL;
+    cr_expect(msg && strstr(msg, "Last-Event-ID"), "%s", tu_jdump(j));
+    json_decref(j);
+    j = tu_get_json(r->port, "/api/events/stream?last_event_id=12-zz", &status);
+    cr_expect_eq(status, 400);
+    msg = j ? tu_jstr(j, "error") : NULL;
+    cr_expect(msg && strstr(msg, "'last_event_id'"), "%s", tu_jdump(j));
+    json_decref(j);
+    j = tu_get_json(r->port, "/api/events?last_event_id=0000000000000001-0000000000000001",
+                    &status);
+    cr_expect_eq(status, 400, "the parameter is the stream's only");
+    json_decref(j);
 }

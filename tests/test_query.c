@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "buf.h"
 #include "event.h"
 #include "intern.h"
 #include "query.h"
@@ -283,6 +284,10 @@ static const struct bad_case bad_cases[] = {
     {"limit=5", "'limit' is not supported on the stream", true},
     {"cursor=000000000000000a-00000000000000ff", "'cursor' is not supported on the stream", true},
     {"foo=1", "unknown query parameter 'foo'", true},
+    {"last_event_id=nope", "invalid 'last_event_id': \"nope\"", true},
+    {"last_event_id=", "'last_event_id'", true},
+    {"last_event_id=000000000000000a-00000000000000ff",
+     "'last_event_id' is for /api/events/stream"},
     {"pid=x", "'pid'", true},
     {"since=9999-12-31T23:59:59Z", "out of range"},
     {"until=1969-12-31T23:59:59Z", "out of range"},
@@ -914,4 +919,35 @@ Test(query_match, command_as_shown)
         strcat(qs, "%EF%BF%BD");
     parse_ok(&q, qs);
     cr_assert(query_match(&q, &e));
+}
+
+/* The stream's resume point: an event's id, the cursor text. */
+Test(query_parse, a_stream_takes_the_last_event_id)
+{
+    struct query q;
+    char err[256];
+    const char *qs = "type=exit&last_event_id=%20000000000000000a-00000000000000ff";
+    cr_assert_eq(query_parse(&q, qs, strlen(qs), true, err, sizeof(err)), 0, "%s", err);
+    cr_assert(q.has_last_event_id);
+    cr_assert_eq(q.last_event_id.timestamp_ns, 10);
+    cr_assert_eq(q.last_event_id.id, 255);
+}
+
+/* A replay's /api/events query: the stream's filters, its own time bounds and limit. */
+Test(query_replay_string, keeps_the_filters_and_sets_the_bounds)
+{
+    struct buf b;
+    const char *qs = "type=exit&since=5&last_event_id=x&s%69nce=6&node=a%20b&until=9";
+    buf_init(&b);
+    query_replay_string(qs, strlen(qs), 7, 99, 1000, &b);
+    cr_assert_str_eq(b.data, "type=exit&node=a%20b&since=7&limit=1000&until=99");
+    buf_reset(&b);
+    query_replay_string("", 0, 7, UINT64_MAX, 10, &b);
+    cr_assert_str_eq(b.data, "since=7&limit=10");
+    buf_free(&b);
+
+    struct query q;
+    char err[256];
+    qs = "type=exit&node=a%20b&since=7&limit=1000&until=99";
+    cr_assert_eq(query_parse(&q, qs, strlen(qs), false, err, sizeof(err)), 0, "%s", err);
 }

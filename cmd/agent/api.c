@@ -506,10 +506,24 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                (clock_monotonic_ns() - a->started_mono_ns) / 1000000000ull);
 }
 
+/* A resumed stream's history: this node's. */
+static int replay_events(void *ctx, const char *qs, size_t qslen, const struct query *q,
+                         struct http_replay *out)
+{
+    struct agent *a = ctx;
+    struct store_result r;
+    int rc = store_query(a->store, q, &r);
+
+    *out = (struct http_replay){
+        .events = r.events, .count = r.count, .total_count = r.total_count, .has_next = r.has_next};
+    return rc;
+}
+
 int agent_api_register(struct agent *a)
 {
     int rc = 0;
     rc |= http_server_stream(a->http, "/api/events/stream");
+    http_server_on_stream_replay(a->http, replay_events, a);
     rc |= http_server_route(a->http, "/api/events", handle_events, a);
     rc |= http_server_route(a->http, "/api/flows", handle_flows, a);
     rc |= http_server_route(a->http, "/api/stats", handle_stats, a);

@@ -270,6 +270,23 @@ static void events_answer(struct aggregator *a, const struct http_request *req,
     cluster_events_free(&ev);
 }
 
+/* A resumed stream's history: the cluster's, asked of every replica as /api/events is. */
+static int replay_events(void *ctx, const char *qs, size_t qslen, const struct query *q,
+                         struct http_replay *out)
+{
+    struct aggregator *a = ctx;
+    struct cluster_events ev;
+    int rc = cluster_query(a->cluster, qs, qslen, q, &ev);
+
+    *out = (struct http_replay){.events = ev.events,
+                                .count = ev.count,
+                                .total_count = ev.total_count,
+                                .has_next = ev.has_next};
+    if (rc == 0 && is_partial(a, ev.answered, ev.expected))
+        rc = -EHOSTUNREACH; /* a replica did not answer: its share may be missing */
+    return rc;
+}
+
 static void flows_answer(struct aggregator *a, const struct http_request *req,
                          struct http_response *res)
 {
@@ -804,5 +821,6 @@ int aggregator_api_register(struct aggregator *a)
     rc |= openapi_register(a->http);
     rc |= ui_register(a->http);
     http_server_on_stream_clients(a->http, ingest_on_stream_clients, a);
+    http_server_on_stream_replay(a->http, replay_events, a);
     return rc ? -EINVAL : 0;
 }
