@@ -554,8 +554,9 @@ Test(e2e_agent, exec_with_invalid_utf8_is_strict_json_with_exact_bytes)
     rmdir(dir);
 }
 
-/* Opens the SSE stream at path with a raw HTTP/1.1 request; returns the socket. */
-static int sse_open(const char *path)
+/* Opens the SSE stream at path with a raw HTTP/1.1 request and one more header line ("Name:
+ * value", or NULL); returns the socket. */
+static int sse_open_hdr(const char *path, const char *header)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET,
@@ -563,9 +564,15 @@ static int sse_open(const char *path)
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
     char req[512];
-    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n%s%s\r\n", path,
+                     header ? header : "", header ? "\r\n" : "");
     cr_assert_eq(write(fd, req, (size_t)n), (ssize_t)n);
     return fd;
+}
+
+static int sse_open(const char *path)
+{
+    return sse_open_hdr(path, NULL);
 }
 
 /* Appends to buf (NUL-terminated, *len bytes held) what arrives within 200 ms. */
@@ -1250,4 +1257,73 @@ Test(e2e_agent_drop_limit, suppressed_drops_count_under_their_own_reason, .fini 
     cr_assert_geq(got_rb, rcvbuf, "SOCKET_RCVBUFF: %lld counted of %lld", got_rb, rcvbuf);
     close(s);
     close(r);
+}
+
+/* How many data lines of buf hold the exit of pid. */
+static int sse_count_pid(const char *buf, pid_t pid)
+{
+    char needle[32];
+    int n = 0;
+    snprintf(needle, sizeof(needle), "\"pid\":%d,", pid);
+    for (const char *p = buf; (p = strstr(p, needle)) != NULL; p++)
+        n++;
+    return n;
+}
+
+/* The last "id: " field of buf, into out. */
+static void sse_last_id(const char *buf, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    for (const char *p = buf; (p = strstr(p, "\nid: ")) != NULL; p++)
+        snprintf(out, outlen, "%.33s", p + 5);
+}
+
+/*
+ * A client sees one exit, goes away; two happen; it comes back with its last id: it gets
+ * those two and a live one (made while its replay is asked), each once, and not the first.
+ */
+Test(e2e_agent, sse_stream_resumed_with_last_event_id_gets_what_it_missed_once)
+{
+    int fd = sse_open("/api/events/stream?type=exit&command=sh");
+    char buf[65536];
+    size_t len = 0;
+    pid_t seen = 0;
+    for (uint64_t dl = tu_mono_ms() + 10000; tu_mono_ms() < dl;) {
+        sse_poll(fd, buf, sizeof(buf), &len);
+        if (!seen && strstr(buf, ": connected"))
+            seen = run_exit3("resume-seen");
+        if (seen && sse_count_pid(buf, seen))
+            break;
+    }
+    sse_poll(fd, buf, sizeof(buf), &len); /* the rest of its frame */
+    close(fd);
+    cr_assert(seen && sse_count_pid(buf, seen) == 1, "exit of %d not streamed:\n%s", seen, buf);
+    char last[40], hdr[64];
+    sse_last_id(buf, last, sizeof(last));
+    cr_assert(last[0], "no id: field:\n%s", buf);
+
+    pid_t missed1 = run_exit3("resume-missed"), missed2 = run_exit3("resume-missed");
+    char q[96];
+    int want[2] = {missed2, 2};
+    snprintf(q, sizeof(q), "/api/events?type=exit&pid=%d", missed2);
+    json_decref(wait_event(q, match_pid_type, want, 10000));
+
+    snprintf(hdr, sizeof(hdr), "Last-Event-ID: %s", last);
+    fd = sse_open_hdr("/api/events/stream?type=exit&command=sh", hdr);
+    len = 0;
+    buf[0] = '\0';
+    pid_t live = run_exit3("resume-live");
+    for (uint64_t dl = tu_mono_ms() + 3000; tu_mono_ms() < dl;)
+        sse_poll(fd, buf, sizeof(buf), &len);
+    close(fd);
+    cr_expect_eq(sse_count_pid(buf, seen), 0, "seen before, sent again:\n%s", buf);
+    cr_expect_eq(sse_count_pid(buf, missed1), 1, "missed exit %d:\n%s", missed1, buf);
+    cr_expect_eq(sse_count_pid(buf, missed2), 1, "missed exit %d:\n%s", missed2, buf);
+    cr_expect_eq(sse_count_pid(buf, live), 1, "live exit %d:\n%s", live, buf);
+    snprintf(q, sizeof(q), "\"pid\":%d,", missed1);
+    const char *a = strstr(buf, q);
+    snprintf(q, sizeof(q), "\"pid\":%d,", live);
+    const char *b = strstr(buf, q);
+    cr_expect(a && b && a < b, "the missed ones come before the live one:\n%s", buf);
+    cr_expect_null(strstr(buf, ": missing"), "nothing is missing:\n%s", buf);
 }
