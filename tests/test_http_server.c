@@ -655,7 +655,8 @@ Test(http_server, stream_delivers_matching_events)
     cr_assert_null(strstr(c.data, "\"pid\":102"));
     cr_assert_null(strstr(c.data, "\"type\":\"connection\""));
     /* One JSON object per data line, each frame ending in a blank line. */
-    cr_assert_not_null(strstr(first, "}\n\ndata: {"));
+    cr_assert_not_null(strstr(first, "}\n\nid: 17979cfe362a0067-0000000000001067\ndata: {"),
+                       "got: %s", c.data);
     cr_assert_eq(c.data[c.len - 1], '\n');
     cr_assert_eq(c.data[c.len - 2], '\n');
 
@@ -1183,5 +1184,112 @@ Test(http_server, deferred_completion_after_the_client_left_is_dropped)
     /* Still serving. */
     get(port, "/health", NULL, &r);
     cr_assert_eq(r.status, 200);
+    http_server_free(s);
+}
+
+/* ---- resuming ---- */
+
+static char replay_qs[512];
+static bool replay_more; /* answer with has_next, 10 matches in all */
+
+/* The history of a resumed client: the events of pids 4 to 7, newest first. */
+static int replay_stub(void *ctx, const char *qs, size_t qslen, const struct query *q,
+                       struct http_replay *out)
+{
+    snprintf(replay_qs, sizeof(replay_qs), "%.*s", (int)qslen, qs);
+    out->events = calloc(4, sizeof(*out->events));
+    for (uint32_t i = 0; i < 4; i++) {
+        struct event e;
+        make_event(&e, EVENT_EXEC, 7 - i);
+        cr_assert_eq(event_copy(&out->events[i], &e), 0); /* the server frees its strings */
+    }
+    out->count = 4;
+    out->total_count = replay_more ? 10 : 4;
+    out->has_next = replay_more;
+    return 0;
+}
+
+static struct http_server *start_replay_server(void)
+{
+    char err[256] = "";
+    struct http_server_config cfg = {.listen_addr = "127.0.0.1:0"};
+    struct http_server *s = http_server_new(&cfg, err, sizeof(err));
+
+    cr_assert_not_null(s, "http_server_new: %s", err);
+    cr_assert_eq(http_server_stream(s, "/api/events/stream"), 0);
+    http_server_on_stream_replay(s, replay_stub, NULL);
+    cr_assert_eq(http_server_start(s), 0);
+    return s;
+}
+
+/*
+ * Resumed after pid 4's event: the history's 5, 6, 7, then the live 8; 7, also published live
+ * while the replay was asked, comes once; each with its id.
+ */
+Test(http_server, a_resumed_stream_replays_then_goes_live_without_duplicates)
+{
+    struct http_server *s = start_replay_server();
+    static struct sse c;
+    char head[4096];
+    struct event e;
+
+    replay_more = false;
+    sse_open(&c, http_server_port(s), "/api/events/stream?type=exec",
+             "Last-Event-ID: 17979cfe362a0004-0000000000001004\r\n", head, sizeof(head));
+    cr_assert(strncmp(head, "HTTP/1.1 200", 12) == 0, "%s", head);
+    cr_assert(sse_wait_for(&c, ": connected\n\n"));
+    wait_stream_clients(s, 1);
+    make_event(&e, EVENT_EXEC, 7);
+    http_server_publish(s, &e);
+    make_event(&e, EVENT_EXEC, 8);
+    http_server_publish(s, &e);
+    cr_assert(sse_wait_for(&c, "\"pid\":8"), "got: %s", c.data);
+    make_event(&e, EVENT_EXEC, 9);
+    http_server_publish(s, &e);
+    cr_assert(sse_wait_for(&c, "\"pid\":9"), "got: %s", c.data);
+
+    const char *p5 = strstr(c.data, "id: 17979cfe362a0005-0000000000001005\ndata: {");
+    const char *p6 = strstr(c.data, "\"pid\":6,"), *p7 = strstr(c.data, "\"pid\":7,");
+    const char *p8 = strstr(c.data, "\"pid\":8,");
+    cr_assert(p5 && p6 && p7 && p8 && p5 < p6 && p6 < p7 && p7 < p8, "got: %s", c.data);
+    cr_assert_null(strstr(p7 + 1, "\"pid\":7,"), "7 twice: %s", c.data);
+    cr_assert_null(strstr(c.data, "\"pid\":4,"), "4 was the client's: %s", c.data);
+    cr_assert_null(strstr(c.data, ": missing"), "got: %s", c.data);
+    cr_assert_not_null(strstr(replay_qs, "type=exec&since=1700000000000000004&limit=1000"), "%s",
+                       replay_qs);
+    close(c.fd);
+    http_server_free(s);
+}
+
+/* More than a replay holds, or a position the history lost: said before the events. */
+Test(http_server, a_resumed_stream_says_what_it_cannot_replay)
+{
+    struct http_server *s = start_replay_server();
+    static struct sse c;
+    char head[4096];
+
+    replay_more = true;
+    sse_open(&c, http_server_port(s),
+             "/api/events/stream?last_event_id=17979cfe362a0004-0000000000001004", NULL, head,
+             sizeof(head));
+    cr_assert(sse_wait_for(&c, "\"pid\":7,"), "got: %s", c.data);
+    cr_assert_not_null(strstr(c.data, ": missing 6 events after 17979cfe362a0004-0000000000001004"),
+                       "got: %s", c.data);
+    close(c.fd);
+
+    replay_more = false;
+    sse_open(&c, http_server_port(s), "/api/events/stream",
+             "Last-Event-ID: 17979cfe362a0001-0000000000001001\r\n", head, sizeof(head));
+    cr_assert(sse_wait_for(&c, "\"pid\":7,"), "got: %s", c.data);
+    cr_assert_not_null(strstr(c.data, ": missing: the history no longer holds "
+                                      "17979cfe362a0001-0000000000001001"),
+                       "got: %s", c.data);
+    cr_assert_not_null(strstr(c.data, "\"pid\":4,"), "after the position: %s", c.data);
+    close(c.fd);
+
+    sse_open(&c, http_server_port(s), "/api/events/stream", "Last-Event-ID: 12\r\n", head,
+             sizeof(head));
+    cr_assert(strncmp(head, "HTTP/1.1 400", 12) == 0, "%s", head);
+    close(c.fd);
     http_server_free(s);
 }
