@@ -587,6 +587,22 @@ bad:
     return -EINVAL;
 }
 
+/* The next parameter ("name[=value]", raw) of qs from *pos on, skipping empty ones ("a=1&&b=2",
+ * a trailing '&'); false at the end. */
+static bool query_next_param(const char *qs, size_t len, size_t *pos, const char **seg,
+                             size_t *seglen)
+{
+    while (*pos < len) {
+        const char *amp = memchr(qs + *pos, '&', len - *pos);
+        *seg = qs + *pos;
+        *seglen = amp ? (size_t)(amp - *seg) : len - *pos;
+        *pos += *seglen + 1;
+        if (*seglen > 0)
+            return true;
+    }
+    return false;
+}
+
 int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *err, size_t errlen)
 {
     char name[QUERY_STR_MAX], value[QUERY_DNS_INPUT_MAX], quoted[QUERY_ERR_VALUE_MAX + 4];
@@ -596,15 +612,9 @@ int query_parse(struct query *q, const char *qs, size_t len, bool stream, char *
     if (err && errlen)
         err[0] = '\0';
 
-    size_t pos = 0;
-    while (pos < len) {
-        const char *seg = qs + pos;
-        const char *amp = memchr(seg, '&', len - pos);
-        size_t seglen = amp ? (size_t)(amp - seg) : len - pos;
-        pos += seglen + 1;
-        if (seglen == 0)
-            continue; /* "a=1&&b=2", a trailing '&' */
-
+    size_t pos = 0, seglen;
+    const char *seg;
+    while (query_next_param(qs, len, &pos, &seg, &seglen)) {
         const char *eq = memchr(seg, '=', seglen);
         size_t namelen = eq ? (size_t)(eq - seg) : seglen;
         int n = query_form_decode(seg, namelen, name, sizeof(name));
@@ -792,15 +802,11 @@ static bool query_replay_drops(const char *seg, size_t seglen)
 void query_replay_string(const char *qs, size_t len, uint64_t since_ns, uint64_t until_ns,
                          uint32_t limit, struct buf *out)
 {
-    size_t pos = 0;
+    size_t pos = 0, seglen;
+    const char *seg;
 
-    while (pos < len) {
-        const char *seg = qs + pos;
-        const char *amp = memchr(seg, '&', len - pos);
-        size_t seglen = amp ? (size_t)(amp - seg) : len - pos;
-
-        pos += seglen + 1;
-        if (seglen == 0 || query_replay_drops(seg, seglen))
+    while (query_next_param(qs, len, &pos, &seg, &seglen)) {
+        if (query_replay_drops(seg, seglen))
             continue;
         buf_append(out, seg, seglen);
         buf_putc(out, '&');
