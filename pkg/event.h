@@ -150,6 +150,7 @@ struct event {
             int32_t exit_code;
             int32_t signal;
             uint64_t duration_ns;
+            uint8_t core_dumped; /* the kernel wrote a core dump as the signal ended it */
         } exit;
         /*
          * One DNS query and its outcome (pkg/dns.h builds it). The client is

@@ -517,6 +517,8 @@ void event_json_write(struct buf *b, const struct event *e)
         put_i64(b, e->u.exit.exit_code);
         PUT_LIT(b, ",\"signal\":");
         put_i64(b, e->u.exit.signal);
+        if (e->u.exit.core_dumped)
+            PUT_LIT(b, ",\"core_dumped\":true");
         PUT_LIT(b, ",\"duration_ns\":");
         put_u64(b, e->u.exit.duration_ns);
         break;
@@ -918,7 +920,7 @@ static int parse_exit(struct parse_ctx *c, struct event *e)
         return rc;
     e->u.exit.signal = (int32_t)v;
     GET_UINT(c, "duration_ns", INT64_MAX, e->u.exit.duration_ns);
-    return 0;
+    return get_flag(c, "core_dumped", &e->u.exit.core_dumped);
 }
 
 /* query_type or rcode: a name or a number in text ("A", "65280", "NXDOMAIN"). */

@@ -212,7 +212,8 @@ static size_t plan_details(const struct event *e, struct enc_plan *pl)
     case EVENT_EXIT:
         n = sz_u64(PB_TAG(1, PB_WT_VARINT), zigzag32(e->u.exit.exit_code)) +
             sz_u64(PB_TAG(2, PB_WT_VARINT), zigzag32(e->u.exit.signal)) +
-            sz_u64(PB_TAG(3, PB_WT_VARINT), e->u.exit.duration_ns);
+            sz_u64(PB_TAG(3, PB_WT_VARINT), e->u.exit.duration_ns) +
+            (e->u.exit.core_dumped ? 2 : 0);
         break;
     case EVENT_DNS: {
         pl->fname_len = str_len(e->u.dns.query);
@@ -339,6 +340,10 @@ static uint8_t *write_details(uint8_t *p, const struct event *e, const struct en
         p = put_u64(p, PB_TAG(1, PB_WT_VARINT), zigzag32(e->u.exit.exit_code));
         p = put_u64(p, PB_TAG(2, PB_WT_VARINT), zigzag32(e->u.exit.signal));
         p = put_u64(p, PB_TAG(3, PB_WT_VARINT), e->u.exit.duration_ns);
+        if (e->u.exit.core_dumped) {
+            *p++ = PB_TAG(4, PB_WT_VARINT);
+            *p++ = 1;
+        }
         break;
     case EVENT_DNS: {
         p = pb_put_varint(p, PB_TAG(EVENT_PB_DNS, PB_WT_LEN));
@@ -807,6 +812,9 @@ static bool fast_exit(const struct pb_field *f, struct event *e)
     }
     case 3:
         e->u.exit.duration_ns = f->v;
+        return true;
+    case 4:
+        e->u.exit.core_dumped = f->v != 0;
         return true;
     default:
         return false;

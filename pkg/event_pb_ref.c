@@ -138,6 +138,7 @@ static int pb_fill(const struct event *e, const char *batch_node, Ebpfmonitor__E
         d->exit.exit_code = e->u.exit.exit_code;
         d->exit.signal = e->u.exit.signal;
         d->exit.duration_ns = e->u.exit.duration_ns;
+        d->exit.core_dumped = e->u.exit.core_dumped != 0;
         out->details_case = EBPFMONITOR__EVENT__DETAILS_EXIT;
         out->exit = &d->exit;
         break;
@@ -466,6 +467,7 @@ static int to_event(const Ebpfmonitor__Event *pb, const char *batch_node,
         e->u.exit.exit_code = pb->exit->exit_code;
         e->u.exit.signal = pb->exit->signal;
         e->u.exit.duration_ns = pb->exit->duration_ns;
+        e->u.exit.core_dumped = pb->exit->core_dumped;
         break;
     case EBPFMONITOR__EVENT__DETAILS_CLOSE:
         e->u.close.role = (uint8_t)pb->close->role;

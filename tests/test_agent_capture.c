@@ -23,6 +23,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -696,6 +697,63 @@ static void check_exit_of_threaded_and_signalled(struct capture *c, struct colle
     cr_assert_eq(exits, 1, "%zu exit events for one process with 4 threads", exits);
 }
 
+/*
+ * A process a signal ends with a core dump says so (core_dumped), as wait() tells its parent;
+ * one that dumped none does not. The shell dumps its core in a directory of its own: with a
+ * core_pattern that names a file without a directory (the kernel's default, "core"), it lands
+ * there and the dump must have happened; another pattern (a pipe to a collector) may or may
+ * not take it, and the event must still agree with wait().
+ */
+static void check_exit_core_dumped(struct capture *c, struct collected *out)
+{
+    char dir[] = "/tmp/ebpfmon-core-XXXXXX", pattern[256] = "";
+    struct child_match m = {.type = EVENT_EXIT};
+    const struct event *e;
+    int status;
+    FILE *f;
+
+    cr_assert_not_null(mkdtemp(dir));
+    if ((f = fopen("/proc/sys/kernel/core_pattern", "r"))) {
+        if (!fgets(pattern, sizeof(pattern), f))
+            pattern[0] = '\0';
+        fclose(f);
+    }
+    bool must_dump = pattern[0] != '|' && pattern[0] != '\0' && strchr(pattern, '/') == NULL;
+    pid_t crashed = fork();
+    cr_assert_geq(crashed, 0);
+    if (crashed == 0) {
+        struct rlimit unlimited = {RLIM_INFINITY, RLIM_INFINITY};
+        if (chdir(dir) != 0 || setrlimit(RLIMIT_CORE, &unlimited) != 0)
+            _exit(100);
+        /* A small image to dump: the shell, which sends itself SIGQUIT (core by default). */
+        execl("/bin/sh", "sh", "-c", "kill -QUIT $$", (char *)NULL);
+        _exit(101);
+    }
+    cr_assert_eq(waitpid(crashed, &status, 0), crashed);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGQUIT, "status %#x", status);
+    if (must_dump)
+        cr_assert(WCOREDUMP(status), "no core dumped into %s with core_pattern %s", dir, pattern);
+    m.pid = crashed;
+    e = wait_event(c, out, match_child, &m);
+    cr_assert_not_null(e, "no exit event for the child that dumped core");
+    cr_assert_eq(e->u.exit.signal, SIGQUIT);
+    cr_assert_eq(e->u.exit.core_dumped, WCOREDUMP(status) ? 1 : 0);
+
+    /* The others of this run: a SIGTERM and normal exits dump nothing. */
+    for (size_t i = 0; i < out->n; i++)
+        if (out->v[i].type == EVENT_EXIT && out->v[i].pid != (uint32_t)crashed)
+            cr_assert_eq(out->v[i].u.exit.core_dumped, 0, "pid %u: core_dumped", out->v[i].pid);
+
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while (d && (de = readdir(d)))
+        if (de->d_name[0] != '.')
+            unlinkat(dirfd(d), de->d_name, 0);
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
 /* Ids of the BPF programs this process holds open (from /proc/self/fdinfo). */
 static size_t our_bpf_objects(uint32_t *prog_ids, size_t max, size_t *others)
 {
@@ -835,6 +893,7 @@ Test(capture, every_event_type_from_real_activity)
     check_tcp_v4_mapped(c, &out);
     check_exec_exit(c, &out);
     check_exit_of_threaded_and_signalled(c, &out);
+    check_exit_core_dumped(c, &out);
 
     check_tcp_reset(c, &out);
     check_dns(c, &out);

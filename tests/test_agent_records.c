@@ -875,15 +875,19 @@ Test(records, exit_codes_and_signals)
     want.u.exit.duration_ns = 2500000000ull;
     assert_event(&e, &want);
 
+    cr_assert_eq(e.u.exit.core_dumped, 0);
+
     r.exit_code = 9; /* SIGKILL */
     decode_ok(&r, sizeof(r), &e);
     cr_assert_eq(e.u.exit.exit_code, 0);
     cr_assert_eq(e.u.exit.signal, 9);
+    cr_assert_eq(e.u.exit.core_dumped, 0);
 
     r.exit_code = 0x80 | 11; /* SIGSEGV, core dumped */
     decode_ok(&r, sizeof(r), &e);
     cr_assert_eq(e.u.exit.exit_code, 0);
     cr_assert_eq(e.u.exit.signal, 11);
+    cr_assert_eq(e.u.exit.core_dumped, 1);
 
     r.exit_code = 255 << 8;
     decode_ok(&r, sizeof(r), &e);

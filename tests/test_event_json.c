@@ -505,6 +505,15 @@ Test(event_json, exit)
                     "\"command\":\"sleep\"," TIMEPART ",\"node\":\"node-1\","
                     "\"exit_code\":-1,\"signal\":9,\"duration_ns\":18446744073709551}");
     assert_round_trip(&e);
+
+    /* A core dump is said only when there was one. */
+    e.u.exit.signal = 11;
+    e.u.exit.core_dumped = 1;
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"exit\"," COMMON
+                    "\"command\":\"sleep\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"exit_code\":-1,\"signal\":11,\"core_dumped\":true,"
+                    "\"duration_ns\":18446744073709551}");
+    assert_round_trip(&e);
 }
 
 static void set_answers(struct event *e, const char *list, size_t len)

@@ -133,6 +133,12 @@ static size_t make_events(struct event *ev)
     e->u.exit.duration_ns = 987654321;
 
     e = &ev[n++];
+    base(e, EVENT_EXIT, 8, "crash");
+    e->u.exit.signal = 11;
+    e->u.exit.core_dumped = 1;
+    e->u.exit.duration_ns = 1234;
+
+    e = &ev[n++];
     base(e, EVENT_DNS, 10, "curl");
     addrs(e, EVENT_FAMILY_IPV4, "10.1.0.7", 53001, "10.96.0.10", 53);
     e->protocol = IPPROTO_UDP;
@@ -710,6 +716,7 @@ static void random_event(struct event *e)
         e->u.exit.exit_code = (int32_t)(uint32_t)RV();
         e->u.exit.signal = (int32_t)(uint32_t)RV();
         e->u.exit.duration_ns = RV();
+        e->u.exit.core_dumped = rng() % 2;
         break;
     case EVENT_DNS: {
         e->status = (uint8_t)(rng() % 3 == 0   ? EVENT_STATUS_TIMEOUT
@@ -829,7 +836,8 @@ static void assert_identical(const struct event *a, const struct event *b, const
     case EVENT_EXIT:
         cr_assert(a->u.exit.exit_code == b->u.exit.exit_code &&
                       a->u.exit.signal == b->u.exit.signal &&
-                      a->u.exit.duration_ns == b->u.exit.duration_ns,
+                      a->u.exit.duration_ns == b->u.exit.duration_ns &&
+                      a->u.exit.core_dumped == b->u.exit.core_dumped,
                   "%s: exit", what);
         break;
     case EVENT_DNS:

@@ -227,6 +227,7 @@ static int decode_exit(const struct records_decoder *d, const void *data, struct
     /* task->exit_code: (status << 8) | terminating signal, 0x80 = core dumped */
     e->u.exit.exit_code = (int32_t)((r->exit_code >> 8) & 0xff);
     e->u.exit.signal = (int32_t)(r->exit_code & 0x7f);
+    e->u.exit.core_dumped = (r->exit_code & 0x80) != 0;
     e->u.exit.duration_ns = r->duration_ns;
     return 0;
 }

@@ -165,7 +165,8 @@ const shortTime = (t) => (t ? String(t).replace('T', ' ').replace(/\.(\d{3})\d*Z
 function detail(e) {
   switch (e.type) {
     case 'exec': return (e.filename || '') + (e.args ? ' ' + [].concat(e.args).join(' ') : '');
-    case 'exit': return 'exit ' + (e.exit_code ?? '');
+    case 'exit': return e.signal ? 'killed by signal ' + e.signal + (e.core_dumped ? ', core dumped' : '')
+      : 'exit ' + (e.exit_code ?? '');
     case 'connection':
     case 'accept':
       return (e.source_ip || '') + ':' + (e.source_port ?? '') + ' → ' + (e.dest_ip || '') + ':' +
