@@ -370,11 +370,16 @@ static size_t str_bound(const char *s)
  */
 static size_t event_json_bound(const struct event *e)
 {
-    size_t n = 1024 + 6 * sizeof(e->command) + b64_bound(sizeof(e->command)) + str_bound(e->node) +
-               str_bound(e->k8s.node_name) + str_bound(e->k8s.pod_name) +
-               str_bound(e->k8s.namespace) + str_bound(e->k8s.container_id) +
-               str_bound(e->k8s.pod_uid);
-    if (e->type == EVENT_PACKET_DROP)
+    size_t n =
+        1024 + 6 * sizeof(e->command) + b64_bound(sizeof(e->command)) + str_bound(e->node) +
+        str_bound(e->k8s.node_name) + str_bound(e->k8s.pod_name) + str_bound(e->k8s.namespace) +
+        str_bound(e->k8s.container_id) + str_bound(e->k8s.pod_uid) + str_bound(e->k8s.workload) +
+        str_bound(e->k8s.workload_kind) + str_bound(e->peer.pod) + str_bound(e->peer.namespace) +
+        str_bound(e->peer.workload) + str_bound(e->peer.workload_kind) + str_bound(e->peer.node) +
+        str_bound(e->peer.service) + str_bound(e->peer.dns);
+    if (e->type == EVENT_CONNECTION)
+        n += str_bound(e->u.conn.error);
+    else if (e->type == EVENT_PACKET_DROP)
         n += str_bound(e->u.drop.reason) + str_bound(e->u.drop.location);
     else if (e->type == EVENT_EXEC)
         n += 2 * str_bound(e->u.exec.filename) + 12 * (size_t)e->u.exec.args_len + 64;

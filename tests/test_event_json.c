@@ -952,16 +952,23 @@ Test(event_json, worst_case_sizes_are_written_correctly)
     static char ctl[300];
     memset(ctl, 0x01, sizeof(ctl) - 1);
     const char *big = intern(ctl);
-    struct event ev[3];
+    static char text[1025]; /* the longest name a batch may carry */
+    memset(text, 'a', sizeof(text) - 1);
+    const char *plain = intern(text);
+    enum { N = 7 };
+    struct event ev[N];
     memset(ev, 0, sizeof(ev));
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < N; i++) {
         struct event *e = &ev[i];
         e->id = UINT64_MAX;
         e->timestamp_ns = INT64_MAX;
         e->pid = e->ppid = e->uid = UINT32_MAX;
         memset(e->command, 0x01, sizeof(e->command) - 1);
         e->node = big;
-        e->k8s = (struct event_k8s){big, big, big, big, big};
+        e->k8s = (struct event_k8s){big, big, big, big, big, plain, plain};
+        /* Every name the aggregator may give the far end (a crafted batch may carry them);
+         * plain text is copied without a check of its own, escaped text grows the buffer. */
+        e->peer = (struct event_peer){plain, plain, plain, plain, plain, plain, plain};
         e->family = EVENT_FAMILY_IPV6;
         memset(e->saddr, 0xff, 16);
         memset(e->daddr, 0xfe, 16);
@@ -969,7 +976,8 @@ Test(event_json, worst_case_sizes_are_written_correctly)
         e->protocol = IPPROTO_UDPLITE;
     }
     ev[0].type = EVENT_CONNECTION;
-    ev[0].status = EVENT_STATUS_ESTABLISHED;
+    ev[0].status = EVENT_STATUS_FAILED;
+    ev[0].u.conn.error = big;
     ev[1].type = EVENT_PACKET_DROP;
     ev[1].u.drop.reason = big;
     ev[1].u.drop.location = big;
@@ -981,8 +989,20 @@ Test(event_json, worst_case_sizes_are_written_correctly)
     memset(args, 0x02, sizeof(args));
     set_args(&ev[2], args, sizeof(args));
     ev[2].u.exec.args_truncated = 1;
+    ev[3].type = EVENT_CLOSE;
+    ev[3].u.close.role = EVENT_ROLE_CLIENT;
+    ev[3].u.close.reset = EVENT_RESET_SENT;
+    ev[3].u.close.bytes_sent = ev[3].u.close.bytes_received = INT64_MAX;
+    ev[4].type = EVENT_ACCEPT;
+    ev[5].type = EVENT_EXIT;
+    ev[5].u.exit.exit_code = INT32_MIN;
+    ev[5].u.exit.signal = INT32_MIN;
+    ev[5].u.exit.core_dumped = 1;
+    ev[6].type = EVENT_DNS;
+    ev[6].status = EVENT_STATUS_ANSWERED;
+    ev[6].u.dns.query = strdup(ctl);
 
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < N; i++) {
         struct buf b;
         struct event back;
         char err[256] = "";
@@ -990,13 +1010,18 @@ Test(event_json, worst_case_sizes_are_written_correctly)
         event_json_write(&b, &ev[i]);
         cr_assert_lt(b.len, b.cap);
         cr_assert_eq(strlen(b.data), b.len);
-        cr_assert_eq(event_json_parse(b.data, b.len, &back, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(event_json_parse(b.data, b.len, &back, err, sizeof(err)), 0, "%s: %s",
+                     event_type_name(ev[i].type), err);
         cr_assert_eq(back.k8s.pod_uid, big);
-        cr_assert_eq(back.sport, i == 0 ? 65535 : 0, "drops of udplite have no ports");
+        cr_assert_eq(back.k8s.workload, plain);
+        cr_assert_eq(back.peer.dns, plain, "%s", event_type_name(ev[i].type));
+        if (ev[i].type == EVENT_PACKET_DROP || ev[i].type == EVENT_EXEC)
+            cr_assert_eq(back.sport, i == 0 ? 65535 : 0, "drops of udplite have no ports");
         event_clear(&back);
         buf_free(&b);
     }
     event_clear(&ev[2]);
+    event_clear(&ev[6]);
 }
 
 /* ---- property tests: random bytes through every string the writer emits ---- */
