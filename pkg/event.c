@@ -289,7 +289,8 @@ static bool details_equal(const struct event *a, const struct event *b)
                  memcmp(a->u.exec.args, b->u.exec.args, a->u.exec.args_len) == 0));
     case EVENT_EXIT:
         return a->u.exit.exit_code == b->u.exit.exit_code && a->u.exit.signal == b->u.exit.signal &&
-               a->u.exit.duration_ns == b->u.exit.duration_ns;
+               a->u.exit.duration_ns == b->u.exit.duration_ns &&
+               a->u.exit.core_dumped == b->u.exit.core_dumped;
     case EVENT_DNS:
         return str_equal(a->u.dns.query, b->u.dns.query) &&
                a->u.dns.query_type == b->u.dns.query_type && a->u.dns.rcode == b->u.dns.rcode &&

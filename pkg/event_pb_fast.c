@@ -814,6 +814,8 @@ static bool fast_exit(const struct pb_field *f, struct event *e)
         e->u.exit.duration_ns = f->v;
         return true;
     case 4:
+        if (f->v > 1)
+            return false; /* the reference decoder's reading of an odd bool */
         e->u.exit.core_dumped = f->v != 0;
         return true;
     default:
