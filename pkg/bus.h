@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "event.h"
 
 /* Headers on every batch message (so `nats sub` shows them). */
 #define BUS_HDR_CONTENT_TYPE  "Content-Type"
@@ -37,9 +38,8 @@
 #define BUS_MAX_MESSAGE_BYTES (8u << 20)
 /* Largest number of events in one batch (the largest BATCH_SIZE). */
 #define BUS_MAX_BATCH_EVENTS 10000
-/* How far ahead of the receiver's clock an event's timestamp may be (clock skew between
- * nodes); a later one is refused: it would head every newest-first answer until then. */
-#define BUS_MAX_AHEAD_NS (3600ull * 1000000000ull)
+/* How far ahead of the receiver's clock an event's timestamp may be: EVENT_MAX_AHEAD_NS. */
+#define BUS_MAX_AHEAD_NS EVENT_MAX_AHEAD_NS
 
 /* Connection state counters, updated from nats.c's callback threads. */
 struct bus_status {

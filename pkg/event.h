@@ -21,6 +21,9 @@
 #define EVENT_NODE_MAX        255  /* bytes of a node name (NODE_NAME) */
 #define EVENT_NAME_MAX        1024 /* bytes of any other interned name (pod, workload, ...) */
 #define EVENT_DNS_NAME_MAX    1003 /* characters of a DNS name in text form (DNS_NAME_TEXT_MAX) */
+/* How far ahead of the receiver's clock an event's timestamp may be (clock skew between
+ * nodes); a later one is refused: it would head every newest-first answer until then. */
+#define EVENT_MAX_AHEAD_NS (3600ull * 1000000000ull)
 
 enum event_type {
     EVENT_TYPE_NONE = 0,

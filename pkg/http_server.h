@@ -8,7 +8,8 @@
  *
  * Server-Sent Events: one stream path; each client's filters are parsed with
  * query_parse(stream=true); http_server_publish() hands events from any thread
- * to the loop thread, which writes "data: <json>\n\n" to each matching client.
+ * to the loop thread, which writes "data: <json>\n\n" to each matching client,
+ * after ": connected" and "retry: HTTP_STREAM_RETRY_MS" (EventSource's reconnect delay).
  * Per-client output is bounded; what a slow client misses is counted.
  *
  * Resuming: every event goes out with "id: <ts>-<id>" (its sort key, the text of
@@ -120,6 +121,8 @@ struct http_replay {
 };
 #define HTTP_REPLAY_MAX       1000 /* events a resumed client is sent from the history */
 #define HTTP_REPLAY_SETTLE_MS 500  /* how long live events are held before the history is asked */
+/* The stream's "retry:", sent first: how long EventSource waits before it reconnects. */
+#define HTTP_STREAM_RETRY_MS 1000
 /*
  * Runs the /api/events query q (parsed from qs, which has since, until and limit) on a thread
  * of the server's own, never the loop's: it may block. Fills out; 0, or a negative errno

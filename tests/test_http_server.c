@@ -21,6 +21,7 @@
 #include <zlib.h>
 
 #include "http_server.h"
+#include "query.h"
 #include "testutil.h"
 
 #define TEST_TOKEN "s3cret-token"
@@ -1290,6 +1291,60 @@ Test(http_server, a_resumed_stream_says_what_it_cannot_replay)
     sse_open(&c, http_server_port(s), "/api/events/stream", "Last-Event-ID: 12\r\n", head,
              sizeof(head));
     cr_assert(strncmp(head, "HTTP/1.1 400", 12) == 0, "%s", head);
+    close(c.fd);
+    http_server_free(s);
+}
+
+/* The stream tells EventSource how soon to reconnect, before any event. */
+Test(http_server, a_stream_sets_eventsources_reconnect_delay_first)
+{
+    struct http_server *s = start_server(NULL, 0);
+    static struct sse c;
+    char head[4096];
+
+    sse_open(&c, http_server_port(s), "/api/events/stream", NULL, head, sizeof(head));
+    cr_assert(sse_wait_for(&c, "retry: 1000\n\n"), "got: %s", c.data);
+    cr_assert(strncmp(c.data, ": connected\n\nretry: 1000\n\n", 26) == 0, "got: %s", c.data);
+    close(c.fd);
+    http_server_free(s);
+}
+
+/* What no stream sent is refused, naming where it came from: an id more than an hour ahead of
+ * the clock (no event is stamped so: kept, it would withhold every later id), a header sent
+ * twice. White space around the header's value is not part of it (RFC 9110). */
+Test(http_server, a_resume_point_no_stream_sent_is_refused)
+{
+    struct http_server *s = start_replay_server();
+    static struct sse c;
+    char head[4096], hdr[128], id[QUERY_CURSOR_LEN];
+    struct reply r;
+    struct query_cursor ahead = {.timestamp_ns = tu_now_ns() + 2 * EVENT_MAX_AHEAD_NS, .id = 1};
+
+    query_cursor_format(&ahead, id);
+    snprintf(hdr, sizeof(hdr), "Last-Event-ID: %s\r\n", id);
+    get(http_server_port(s), "/api/events/stream", hdr, &r);
+    cr_assert_eq(r.status, 400, "%s", r.body);
+    cr_assert_not_null(strstr(r.body, "'Last-Event-ID' header"), "%s", r.body);
+    cr_assert_not_null(strstr(r.body, "ahead of this server's clock"), "%s", r.body);
+
+    char target[128];
+    snprintf(target, sizeof(target), "/api/events/stream?last_event_id=%s", id);
+    get(http_server_port(s), target, NULL, &r);
+    cr_assert_eq(r.status, 400, "%s", r.body);
+    cr_assert_not_null(strstr(r.body, "'last_event_id'"), "%s", r.body);
+
+    get(http_server_port(s), "/api/events/stream",
+        "Last-Event-ID: 17979cfe362a0004-0000000000001004\r\nLast-Event-ID: nope\r\n", &r);
+    cr_assert_eq(r.status, 400, "%s", r.body);
+    cr_assert_not_null(strstr(r.body, "'Last-Event-ID' header: given more than once"), "%s",
+                       r.body);
+
+    replay_more = false;
+    sse_open(&c, http_server_port(s), "/api/events/stream",
+             "Last-Event-ID: \t17979cfe362a0006-0000000000001006  \r\n", head, sizeof(head));
+    cr_assert(strncmp(head, "HTTP/1.1 200", 12) == 0, "%s", head);
+    cr_assert(sse_wait_for(&c, "\"pid\":7,"), "got: %s", c.data);
+    cr_assert_null(strstr(c.data, "\"pid\":6,"), "6 was the client's: %s", c.data);
     close(c.fd);
     http_server_free(s);
 }
