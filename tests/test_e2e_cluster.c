@@ -194,10 +194,11 @@ static struct proc *agent_up(const char *node, const char *const env[])
     return p;
 }
 
-static struct proc *agg_up(const char *name, const char *const env[], bool wait_ready)
+/* An aggregator serving on port (0: a free one). */
+static struct proc *agg_up_on(const char *name, const char *const env[], bool wait_ready, int port)
 {
     struct proc *p = proc_new("aggregator-%s", name);
-    p->port = tu_free_port();
+    p->port = port ? port : tu_free_port();
     char bin[256], listen[32];
     snprintf(bin, sizeof(bin), "%s", tu_repo_path("bin/ebpf-aggregator"));
     snprintf(listen, sizeof(listen), "127.0.0.1:%d", p->port);
@@ -207,6 +208,11 @@ static struct proc *agg_up(const char *name, const char *const env[], bool wait_
     if (wait_ready)
         check(tu_wait_http(p->port, "/ready", 200, 15000), "aggregator %s not ready", name);
     return p;
+}
+
+static struct proc *agg_up(const char *name, const char *const env[], bool wait_ready)
+{
+    return agg_up_on(name, env, wait_ready, 0);
 }
 
 /* ---- the independent subscriber (npm nats + protobufjs) ----------------- */
@@ -2302,4 +2308,71 @@ Test(e2e_cluster, a_stream_resumed_too_late_says_events_are_missing)
                     &status);
     cr_expect_eq(status, 400, "the parameter is the stream's only");
     json_decref(j);
+}
+
+/*
+ * A browser's own EventSource (tests/js/eventsource_check.mjs) follows the stream of replica s1
+ * from a page s1 serves; s1 is stopped and started again on the same port, and the events of
+ * the gap land on s2. The browser reconnects by itself with the Last-Event-ID it kept (after
+ * the stream's retry:, and again while s1 is down: a refused connection is retried too); the
+ * restarted s1, whose own history is empty, replays the gap from s2, then goes live: the page
+ * has every event once, in order.
+ */
+Test(e2e_cluster, a_browsers_eventsource_resumes_across_a_replica_restart, .timeout = 120)
+{
+    const char *node = node_bin();
+    cr_assert(node, "node (Node.js) is not installed: run make deps");
+    cr_assert_eq(access(tu_repo_path("tests/js/node_modules/playwright-core/package.json"), F_OK),
+                 0, "npm packages of tests/js are missing: run make deps");
+    if (access("/usr/bin/chromium", X_OK) != 0 && getenv("CHROMIUM") == NULL)
+        cr_skip_test("chromium is not installed: run make deps");
+    nats_up(NULL);
+    struct proc *r1 = agg_up("s1", NULL, true);
+    struct proc *r2 = agg_up("s2", NULL, true);
+    wait_cluster(r1, 2);
+    natsConnection *nc = raw_conn();
+
+    enum { BEFORE = 3, GAP = 3, AFTER = 3, ALL = BEFORE + GAP + AFTER };
+    char want[ALL * 18 + 16] = "WANT=", id[17];
+    for (uint64_t seq = 1; seq <= ALL; seq++)
+        snprintf(want + strlen(want), sizeof(want) - strlen(want), "%s%s", seq > 1 ? "," : "",
+                 resume_id(seq, id));
+    char url[64], script[256], got[16];
+    snprintf(url, sizeof(url), "AGGREGATOR_URL=http://127.0.0.1:%d", r1->port);
+    snprintf(script, sizeof(script), "%s", tu_repo_path("tests/js/eventsource_check.mjs"));
+    char *env[] = {url, want, "NODE=" RESUME_NODE, NULL};
+    char *argv[] = {(char *)node, script, NULL};
+    struct proc *es = proc_new("eventsource");
+    es->pid = tu_spawn(argv, env, es->log);
+    wait_log(es, "opened 1", 1, 30000);
+
+    uint64_t seq = 1;
+    while (seq <= BEFORE)
+        resume_publish(nc, seq++);
+    snprintf(got, sizeof(got), "got %d\n", BEFORE);
+    wait_log(es, got, 1, 10000);
+
+    int port = r1->port;
+    proc_kill(r1, SIGTERM);
+    wait_log(es, "error 1", 1, 10000); /* the browser saw the stream end */
+    uint64_t gap_from = tu_now_ns();
+    while (seq <= BEFORE + GAP)
+        resume_publish(nc, seq++);
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?node=%s&since=%" PRIu64, RESUME_NODE, gap_from);
+    json_decref(wait_count(r2, q, GAP, 10000)); /* s2 alone holds the gap */
+    wait_log(es, "error 3", 1, 15000);          /* its reconnects were refused: it keeps trying */
+    agg_up_on("s1", NULL, false, port);
+    wait_log(es, "opened 2", 1, 20000); /* by itself */
+    while (seq <= ALL)
+        resume_publish(nc, seq++);
+    natsConnection_Destroy(nc);
+
+    int code = tu_wait_exit(es->pid, 60000);
+    es->pid = 0;
+    char *log = tu_read_file(es->log);
+    check(code == 0 && log && strstr(log, "eventsource: pass"),
+          "eventsource_check.mjs (exit code %d):\n%s", code, log ? log : "(no output)");
+    cr_log_info("%s", log);
+    free(log);
 }
