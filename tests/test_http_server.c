@@ -460,9 +460,12 @@ Test(http_server, bearer_token_guards_api_only)
     /* Unknown /api/ paths do not reveal whether they exist. */
     get(port, "/api/unknown", NULL, &r);
     cr_assert_eq(r.status, 401);
-    /* The stream is under /api/ too. */
+    /* The stream is under /api/ too, and its resume point is not looked at before the token
+     * (an EventSource, which cannot send one, is refused the same). */
     get(port, "/api/events/stream", NULL, &r);
     cr_assert_eq(r.status, 401);
+    get(port, "/api/events/stream?last_event_id=nope", "Last-Event-ID: nope\r\n", &r);
+    cr_assert_eq(r.status, 401, "%s", r.body);
 
     get(port, "/api/events", "Authorization: Bearer " TEST_TOKEN "\r\n", &r);
     cr_assert_eq(r.status, 200);
