@@ -104,6 +104,7 @@ struct replay_job {
     struct buf qs;
     int rc;
     struct http_replay r;
+    bool past_until; /* the client's position is past the stream's until: nothing to replay */
 };
 
 /* An accepted connection, tracked so shutdown can close what is still open. */
@@ -995,6 +996,8 @@ static void replay_say_missing(struct stream_client *c, const struct replay_job 
 {
     char id[QUERY_CURSOR_LEN];
 
+    if (j->past_until)
+        return;
     query_cursor_format(&c->q.last_event_id, id);
     if (j->rc < 0)
         buf_printf(
@@ -1086,6 +1089,13 @@ static void on_settle(h2o_timeout_entry_t *entry)
         since = 0; /* not a time a parser takes: ask from the start, the key filters */
     if (since < c->q.since_ns)
         since = c->q.since_ns;
+    if (since > c->q.until_ns) {
+        /* No stored event the stream would send lies after the client's position. */
+        j->past_until = true;
+        replay_finish(c, j);
+        replay_job_free(j);
+        return;
+    }
     query_replay_string(c->qs, c->qslen, since, c->q.until_ns, HTTP_REPLAY_MAX, &j->qs);
     if (j->qs.oom || query_parse(&j->q, j->qs.data, j->qs.len, false, err, sizeof(err)) < 0)
         goto fail;

@@ -1315,6 +1315,38 @@ Test(http_server, a_stream_sets_eventsources_reconnect_delay_first)
 /* What no stream sent is refused, naming where it came from: an id more than an hour ahead of
  * the clock (no event is stamped so: kept, it would withhold every later id), a header sent
  * twice. White space around the header's value is not part of it (RFC 9110). */
+/*
+ * A client resuming after a position later than its stream's until (an event stamped ahead by a
+ * node whose clock runs fast): nothing stored after it is for this stream, so the history is not
+ * asked and nothing is said missing; live events come as usual.
+ */
+Test(http_server, a_resume_point_past_the_streams_until_replays_nothing)
+{
+    struct http_server *s = start_replay_server();
+    static struct sse c;
+    char head[4096], hdr[128], id[QUERY_CURSOR_LEN], target[128];
+    uint64_t now = tu_now_ns();
+    struct query_cursor ahead = {.timestamp_ns = now + 30 * 60 * 1000000000ull, .id = 1};
+    struct event e;
+
+    query_cursor_format(&ahead, id);
+    snprintf(hdr, sizeof(hdr), "Last-Event-ID: %s\r\n", id);
+    snprintf(target, sizeof(target), "/api/events/stream?until=%llu",
+             (unsigned long long)(now + 10 * 60 * 1000000000ull));
+    replay_qs[0] = '\0';
+    replay_more = false;
+    sse_open(&c, http_server_port(s), target, hdr, head, sizeof(head));
+    cr_assert(strncmp(head, "HTTP/1.1 200", 12) == 0, "%s", head);
+    wait_stream_clients(s, 1);
+    make_event(&e, EVENT_EXEC, 8);
+    http_server_publish(s, &e);
+    cr_assert(sse_wait_for(&c, "\"pid\":8,"), "got: %s", c.data);
+    cr_assert_null(strstr(c.data, ": missing"), "got: %s", c.data);
+    cr_assert_eq(replay_qs[0], '\0', "the history was asked: %s", replay_qs);
+    close(c.fd);
+    http_server_free(s);
+}
+
 Test(http_server, a_resume_point_no_stream_sent_is_refused)
 {
     struct http_server *s = start_replay_server();

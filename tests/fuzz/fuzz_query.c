@@ -61,6 +61,8 @@ static void check_replay_string(const char *s, size_t size, const struct query *
         since = 0;
     if (since < q->since_ns)
         since = q->since_ns;
+    if (since > q->until_ns)
+        return; /* past the stream's end: no replay is asked */
     buf_init(&b);
     query_replay_string(s, size, since, q->until_ns, 1000, &b);
     if (b.oom) {
