@@ -584,6 +584,18 @@ bool bus_wait_closed(struct bus *b, unsigned timeout_ms)
     return closed;
 }
 
+bool bus_sub_end(natsConnection *nc, natsSubscription *sub, int timeout_ms)
+{
+    if (sub == NULL)
+        return true;
+    natsSubscription_Unsubscribe(sub);
+    if (nc != NULL && !natsConnection_IsClosed(nc) &&
+        natsConnection_FlushTimeout(nc, timeout_ms) != NATS_OK && !natsConnection_IsClosed(nc))
+        return false;
+    natsSubscription_Destroy(sub);
+    return true;
+}
+
 void bus_close(struct bus *b)
 {
     if (!b)

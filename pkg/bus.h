@@ -140,6 +140,21 @@ bool bus_publish_denied_last(struct bus *b);
 typedef void (*bus_state_fn)(void *ctx, bool connected);
 void bus_set_listener(struct bus *b, bus_state_fn fn, void *ctx);
 
+/*
+ * Ends sub, a subscription of connection nc, and frees it. nats.c 3.4 (Debian
+ * 12) looks a message's subscription up and uses it after letting go of the
+ * connection's lock, holding no reference (nats.c #637, fixed in 3.6): a
+ * subscription destroyed while the connection's reader handles a message for
+ * it is used after it is freed. So it is unsubscribed (no message finds it
+ * any more), then the connection flushed: its reader handles the server's
+ * answer only after the message it may have been handling. Messages still
+ * queued for it are dropped; an asynchronous subscription's handler may still
+ * be running when this returns. When the flush fails on a connection still
+ * open (no answer within timeout_ms), sub is left allocated rather than risk
+ * it: false. A connection closed for good has stopped its reader.
+ */
+bool bus_sub_end(natsConnection *nc, natsSubscription *sub, int timeout_ms);
+
 /* config_redact_urls(). */
 void bus_redact_urls(const char *urls, char *out, size_t len);
 

@@ -951,6 +951,7 @@ Test(aggregator_cluster, a_fake_replica_cannot_corrupt_the_real_answers)
           jint(j, "total_count"));
     json_decref(j);
 
+    natsConnection_Close(fake); /* first: see bus_sub_end() */
     natsSubscription_Destroy(qsub);
     natsSubscription_Destroy(ssub);
     natsConnection_Destroy(fake);
@@ -990,6 +991,7 @@ Test(aggregator_cluster, a_replica_that_fails_the_query_makes_the_answer_partial
           "answered %lld of %lld", jint(j, "replicas.answered"), jint(j, "replicas.expected"));
     check(json_is_true(json_object_get(j, "partial")), "an answer without a share is partial");
     json_decref(j);
+    natsConnection_Close(fake); /* first: see bus_sub_end() */
     natsSubscription_Destroy(fsub);
     natsConnection_Destroy(fake);
 }

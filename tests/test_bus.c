@@ -9,6 +9,8 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -406,6 +408,55 @@ Test(bus, no_echo_hides_own_messages)
 
     bus_close(quiet);
     bus_close(echo);
+    tu_stop(ns, 2000);
+}
+
+struct flood {
+    natsConnection *nc;
+    atomic_bool stop;
+};
+
+static void *flood_loop(void *arg)
+{
+    struct flood *f = arg;
+    while (!atomic_load(&f->stop))
+        if (natsConnection_PublishString(f->nc, "flood.x", "flood") != NATS_OK)
+            usleep(1000);
+    return NULL;
+}
+
+/*
+ * Subscriptions ended while a flood of messages comes in for them: the
+ * connection's reader is nearly always handling one of theirs. Freed with a
+ * plain natsSubscription_Destroy(), nats.c 3.4 uses one after it is freed
+ * within a few rounds (a crash, or a report under ASan: nats.c #637);
+ * bus_sub_end() frees each once the reader is past it.
+ */
+Test(bus, subscriptions_ended_under_a_flood_are_not_used_after_free)
+{
+    int port = tu_free_port();
+    pid_t ns = tu_nats_start(port, NULL, "/tmp/test_bus_nats.log");
+    cr_assert_gt(ns, 0, "nats-server did not start");
+    struct bus *flooder = bus_up(port, "flooder"), *ender = bus_up(port, "ender");
+    struct flood f = {.nc = bus_conn(flooder)};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, flood_loop, &f), 0);
+
+    int ended = 0;
+    for (int i = 0; i < 200; i++) {
+        natsSubscription *sub = NULL;
+        natsMsg *m = NULL;
+        cr_assert_eq(natsConnection_SubscribeSync(&sub, bus_conn(ender), "flood.x"), NATS_OK);
+        /* The flood reaches it: its messages are coming in as it ends. */
+        cr_assert_eq(natsSubscription_NextMsg(&m, sub, WAIT_MS), NATS_OK, "round %d", i);
+        natsMsg_Destroy(m);
+        ended += bus_sub_end(bus_conn(ender), sub, WAIT_MS);
+    }
+    atomic_store(&f.stop, true);
+    pthread_join(t, NULL);
+    cr_expect_eq(ended, 200, "every subscription freed (a flush failed %d times)", 200 - ended);
+    bus_close(flooder);
+    bus_close(ender);
     tu_stop(ns, 2000);
 }
 

@@ -577,6 +577,7 @@ Test(e2e_bus_auth, each_role_does_its_job_and_nothing_else)
     violation(want, sizeof(want), "Publish", "ebpf.events.forged");
     check(probe_saw(&spy, want, 5000), "aggregator credentials: no refusal to publish events: %s",
           spy.errors);
+    natsConnection_Close(spy.nc); /* first: heartbeats keep coming (see bus_sub_end()) */
     natsSubscription_Destroy(spy_ctl);
     probe_close(&spy);
 

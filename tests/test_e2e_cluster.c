@@ -1487,6 +1487,7 @@ Test(e2e_cluster, batches_no_replica_heard_at_an_agents_start_are_lost)
     json_decref(nodes);
 
     /* B joins the cluster: what the agent sends from now on reaches the replica. */
+    natsConnection_Close(listener); /* first: see bus_sub_end() */
     natsSubscription_Destroy(listener_sub);
     natsConnection_Destroy(listener);
     tu_stop(b, 5000);

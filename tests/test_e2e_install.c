@@ -660,6 +660,7 @@ Test(e2e_install, agent_runs_under_its_unit_restrictions, .timeout = 60)
     cr_expect(log && !strstr(log, "drop locations unavailable"), "%s", log ? log : "");
     free(log);
     sandbox_stop(&s, "ebpf-agent");
+    natsConnection_Close(nc); /* first: see bus_sub_end() */
     natsSubscription_Destroy(sub);
     natsConnection_Destroy(nc);
     tu_stop(nats, 2000);

@@ -751,6 +751,7 @@ Test(e2e_k8s, a_deleted_pod_goes_out_on_the_bus_for_the_aggregators)
         bus_batch_free(&b);
         natsMsg_Destroy(m);
     }
+    natsConnection_Close(nc); /* first: see bus_sub_end() */
     natsSubscription_Destroy(sub);
     natsConnection_Destroy(nc);
     cr_assert(found, "no batch carried the deletion of %s", cart.name);
@@ -807,6 +808,7 @@ Test(e2e_k8s, a_restarted_agent_sends_the_pods_it_listed)
         if (lists) /* events for the next batches */
             tu_run("/bin/true", NULL);
     }
+    natsConnection_Close(nc); /* first: see bus_sub_end() */
     natsSubscription_Destroy(sub);
     natsConnection_Destroy(nc);
     cr_assert_eq(lists, 1, "the new agent's pod list went out %d times", lists);

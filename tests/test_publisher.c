@@ -185,6 +185,8 @@ static void fixture_open(struct fixture *f, enum config_encoding enc, uint32_t b
 static void fixture_close(struct fixture *f)
 {
     publisher_free(f->pub);
+    if (f->sub_nc)
+        natsConnection_Close(f->sub_nc); /* first: see bus_sub_end() */
     natsSubscription_Destroy(f->sub);
     natsConnection_Destroy(f->sub_nc);
     bus_close(f->bus);
@@ -608,6 +610,7 @@ Test(publisher, after_an_outage_batches_wait_for_subscribers_to_return)
     cr_assert(wait_bus(f.bus, false), "the bus did not notice the server going away");
     add_events(f.pub, 1, 3);
     /* The subscriber is gone for now: it subscribes again only once the publisher is back. */
+    natsConnection_Close(f.sub_nc); /* first: see bus_sub_end() */
     natsSubscription_Destroy(f.sub);
     natsConnection_Destroy(f.sub_nc);
     f.sub = NULL;
@@ -691,7 +694,7 @@ Test(publisher, batches_no_one_hears_wait_for_a_subscriber)
     uint64_t dropped = st.batches_dropped;
 
     /* A subscriber again: what is queued arrives, in order, each once; the gap is the drops. */
-    natsSubscription_Destroy(f.sub);
+    cr_assert(bus_sub_end(f.sub_nc, f.sub, 5000));
     f.sub = NULL;
     cr_assert_eq(natsConnection_SubscribeSync(&f.sub, f.sub_nc, SUBJECT), NATS_OK);
     natsSubscription_SetPendingLimits(f.sub, -1, -1);
@@ -739,7 +742,7 @@ Test(publisher, a_late_answer_from_the_server_loses_no_unheard_batch)
     cr_assert_eq(kill(f.nats, SIGCONT), 0);
     cr_assert(wait_no_listener(f.pub, true));
 
-    natsSubscription_Destroy(f.sub);
+    cr_assert(bus_sub_end(f.sub_nc, f.sub, 5000));
     f.sub = NULL;
     cr_assert_eq(natsConnection_SubscribeSync(&f.sub, f.sub_nc, SUBJECT), NATS_OK);
     natsSubscription_SetPendingLimits(f.sub, -1, -1);

@@ -34,6 +34,8 @@
  */
 #define INGEST_PENDING_MSGS  65536
 #define INGEST_PENDING_BYTES (128 << 20)
+/* How long ending a subscription waits for the server's answer (bus_sub_end()). */
+#define INGEST_SUB_END_MS 2000
 
 /* Bounds of what a log line quotes from a message: its subject, and the reason it was refused. */
 #define LOG_SUBJECT_MAX 256
@@ -406,7 +408,8 @@ static void wildcard_subject(struct aggregator *a, char *out, size_t len)
     snprintf(out, len, "%s.>", a->cfg.subject_prefix);
 }
 
-static void stream_unsubscribe_locked(struct aggregator *a);
+static natsSubscription *stream_detach_locked(struct aggregator *a);
+static void stream_end(struct aggregator *a, natsSubscription *sub);
 
 /*
  * This replica's share of the batches, the other replicas' pod announcements
@@ -475,8 +478,9 @@ static void ingest_renew(void *ctx)
     for (int i = 0; i < 3; i++)
         natsSubscription_Destroy(old[i]);
     pthread_mutex_lock(&a->stream_lock);
-    stream_unsubscribe_locked(a);
+    natsSubscription *stream = stream_detach_locked(a);
     pthread_mutex_unlock(&a->stream_lock);
+    stream_end(a, stream);
     ingest_stream_sync(a); /* a new SSE feed when clients are connected */
 }
 
@@ -493,19 +497,34 @@ int ingest_start(struct aggregator *a, char *err, size_t errlen)
     return 0;
 }
 
-static void stream_unsubscribe_locked(struct aggregator *a)
+/*
+ * Takes the SSE feed's subscription off the aggregator (its handler then only frees what it
+ * gets) for stream_end() once stream_lock is released: ending it waits for the connection's
+ * reader, and the handler takes that lock.
+ */
+static natsSubscription *stream_detach_locked(struct aggregator *a)
 {
     int64_t dropped = 0;
+    natsSubscription *sub = a->stream_sub;
 
     /* What the feed holds; a handler still running adds its batch, freed at the next flush. */
     held_free(&a->streamed);
-    if (a->stream_sub == NULL)
-        return;
-    if (natsSubscription_GetDropped(a->stream_sub, &dropped) == NATS_OK && dropped > 0)
+    if (sub == NULL)
+        return NULL;
+    if (natsSubscription_GetDropped(sub, &dropped) == NATS_OK && dropped > 0)
         a->stream_sub_dropped += (uint64_t)dropped;
-    natsSubscription_Unsubscribe(a->stream_sub);
-    natsSubscription_Destroy(a->stream_sub);
     a->stream_sub = NULL;
+    return sub;
+}
+
+/* Ends a subscription stream_detach_locked() took (stream_lock not held). */
+static void stream_end(struct aggregator *a, natsSubscription *sub)
+{
+    if (sub != NULL && !bus_sub_end(bus_conn(a->bus), sub, INGEST_SUB_END_MS))
+        fprintf(stderr,
+                "ebpf-aggregator: the stream's subscription did not end within %d ms; "
+                "left allocated\n",
+                INGEST_SUB_END_MS);
 }
 
 /* The feed has no clients any more: what it did not hear since is no one's loss. */
@@ -524,6 +543,7 @@ static void stream_forget_locked(struct aggregator *a)
 void ingest_stream_sync(struct aggregator *a)
 {
     char subject[CONFIG_STR + 4];
+    natsSubscription *ended = NULL;
 
     pthread_mutex_lock(&a->stream_lock);
     if (a->stream_clients > 0 && a->stream_sub == NULL && !a->stream_closed) {
@@ -545,10 +565,11 @@ void ingest_stream_sync(struct aggregator *a)
             a->stream_sub = NULL; /* retried by the cluster thread's next tick */
         }
     } else if (a->stream_clients == 0 && a->stream_sub != NULL) {
-        stream_unsubscribe_locked(a);
+        ended = stream_detach_locked(a);
         stream_forget_locked(a);
     }
     pthread_mutex_unlock(&a->stream_lock);
+    stream_end(a, ended);
 }
 
 void ingest_on_stream_clients(void *ctx, uint64_t clients)
@@ -599,27 +620,32 @@ bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain,
     /* On the heap: nats.c may run the completion callback after we give up waiting. */
     struct sub_done *d = calloc(1, sizeof(*d));
     if (!d) {
-        natsSubscription_Unsubscribe(sub);
-        natsSubscription_Destroy(sub);
+        bus_sub_end(nc, sub, timeout_ms);
         return false; /* not waited for */
     }
     pthread_mutex_init(&d->lock, NULL);
     clock_cond_init(&d->cond);
     wait = natsSubscription_SetOnCompleteCB(sub, on_sub_complete, d) == NATS_OK;
     /* Draining needs the server; without it, queued messages are simply dropped. */
+    bool reader_past = true; /* the connection's reader is past its messages (bus_sub_end()) */
     if (drain && natsConnection_Status(nc) == NATS_CONN_STATUS_CONNECTED &&
-        natsSubscription_Drain(sub) == NATS_OK)
+        natsSubscription_Drain(sub) == NATS_OK) {
         natsSubscription_WaitForDrainCompletion(sub, timeout_ms);
-    else
+    } else {
         natsSubscription_Unsubscribe(sub);
-    bool done = !wait || sub_wait_done(d, timeout_ms);
-    if (!done && gate) {
+        reader_past = natsConnection_IsClosed(nc) ||
+                      natsConnection_FlushTimeout(nc, timeout_ms) == NATS_OK ||
+                      natsConnection_IsClosed(nc);
+    }
+    bool stopped = !wait || sub_wait_done(d, timeout_ms);
+    if (!stopped && gate) {
         /* What is still queued now reaches a closed gate and is dropped at once. */
         fprintf(stderr, "ebpf-aggregator: messages still queued after %d ms are dropped\n",
                 timeout_ms);
         aggregator_gate_close(gate);
-        done = sub_wait_done(d, timeout_ms);
+        stopped = sub_wait_done(d, timeout_ms);
     }
+    bool done = stopped && reader_past;
     if (done) {
         natsSubscription_Destroy(sub);
         pthread_cond_destroy(&d->cond);
@@ -647,9 +673,10 @@ void ingest_stop(struct aggregator *a, int timeout_ms)
     a->ingest_sub = NULL;
     pthread_mutex_lock(&a->stream_lock);
     a->stream_closed = true;
-    stream_unsubscribe_locked(a);
+    natsSubscription *stream = stream_detach_locked(a);
     stream_forget_locked(a);
     pthread_mutex_unlock(&a->stream_lock);
+    stream_end(a, stream);
 }
 
 uint64_t ingest_bus_dropped(struct aggregator *a)

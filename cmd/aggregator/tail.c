@@ -299,7 +299,7 @@ static int tail_run(const struct config *cfg, const char *subject, const struct 
     }
     buf_free(&out);
     nodes_free(heard);
-    natsSubscription_Destroy(sub);
+    bus_sub_end(bus_conn(bus), sub, 1000);
     bus_close(bus);
     return rc;
 }

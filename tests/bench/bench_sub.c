@@ -165,6 +165,7 @@ int main(int argc, char **argv)
         natsMsg_Destroy(msg);
     }
     print_counts(&c, sub);
+    natsConnection_Close(nc); /* first: see bus_sub_end() in pkg/bus.h */
     natsSubscription_Destroy(sub);
     natsConnection_Destroy(nc);
     return 0;
