@@ -144,6 +144,10 @@ stop_pids TERM "$LISTENER_PID"
 # ---------------------------------------------------------------- 4. ingest
 echo "bench-aggregator: ingest in-process" >&2
 run $B/bench_aggregator_ingest --inproc --events $EVENTS
+# The same without the transparent huge pages the aggregator asks jemalloc for
+# (cmd/aggregator/malloc_conf.c), side by side: what they save in page faults and cost in memory.
+run env MALLOC_CONF=thp:default,metadata_thp:disabled \
+  $B/bench_aggregator_ingest --inproc --events $EVENTS --prefix aggregator.no_thp
 
 echo "bench-aggregator: cost against the number of nodes" >&2
 # shellcheck disable=SC2086 # NODE_ARGS is a list of options
