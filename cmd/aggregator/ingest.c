@@ -442,14 +442,19 @@ static int ingest_subscribe(struct aggregator *a, natsSubscription *subs[3], cha
 static void ingest_swap_subs(struct aggregator *a, natsSubscription *subs[3],
                              natsSubscription *old[3])
 {
+    int64_t dropped = 0;
+
     pthread_mutex_lock(&a->subs_lock);
+    /* The closed subscription's drops stay counted: its last count first. */
+    if (a->ingest_sub != NULL && natsSubscription_GetDropped(a->ingest_sub, &dropped) == NATS_OK &&
+        dropped > 0)
+        a->ingest_sub_dropped_seen = (uint64_t)dropped;
     old[0] = a->ingest_sub;
     old[1] = a->peers_sub;
     old[2] = a->joins_sub;
     a->ingest_sub = subs[0];
     a->peers_sub = subs[1];
     a->joins_sub = subs[2];
-    /* The closed subscription's drops stay counted. */
     a->ingest_sub_dropped += a->ingest_sub_dropped_seen;
     a->ingest_sub_dropped_seen = 0;
     pthread_mutex_unlock(&a->subs_lock);
@@ -660,17 +665,18 @@ bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain,
 
 void ingest_stop(struct aggregator *a, int timeout_ms)
 {
+    natsSubscription *none[3] = {NULL, NULL, NULL}, *subs[3];
+
     bus_set_renew(a->bus, NULL, NULL); /* no new subscriptions from here */
+    /* Off the aggregator first: a stats request (ingest_bus_dropped()) reads them meanwhile. */
+    ingest_swap_subs(a, none, subs);
     /* Drain: stop receiving, but finish what is already queued for the callback. */
-    if (aggregator_sub_close(a->ingest_sub, bus_conn(a->bus), true, timeout_ms, &a->ingest_gate))
+    if (aggregator_sub_close(subs[0], bus_conn(a->bus), true, timeout_ms, &a->ingest_gate))
         held_free(&a->ingested); /* on_batch runs no more */
-    aggregator_sub_close(a->peers_sub, bus_conn(a->bus), false, timeout_ms, &a->ingest_gate);
-    a->peers_sub = NULL;
-    aggregator_sub_close(a->joins_sub, bus_conn(a->bus), false, timeout_ms, &a->ingest_gate);
-    a->joins_sub = NULL;
+    aggregator_sub_close(subs[1], bus_conn(a->bus), false, timeout_ms, &a->ingest_gate);
+    aggregator_sub_close(subs[2], bus_conn(a->bus), false, timeout_ms, &a->ingest_gate);
     /* Whether or not it stopped: once this returns, no handler touches the store or nodes. */
     aggregator_gate_close(&a->ingest_gate);
-    a->ingest_sub = NULL;
     pthread_mutex_lock(&a->stream_lock);
     a->stream_closed = true;
     natsSubscription *stream = stream_detach_locked(a);
