@@ -90,7 +90,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int rc = query_parse(&q, s, size, stream, err, sizeof(err));
         if (rc == 0) {
             /* What parsed is in range, and matching it is safe. */
-            if ((q.has_dest_port && q.dest_port == 0) || q.status > EVENT_STATUS_TIMEOUT ||
+            if ((q.has_dest_port && q.dest_port == 0) || q.status > EVENT_STATUS_UNKNOWN ||
                 (q.has_rcode && q.rcode > 4095) || !dns_filter_ok(q.dns_query))
                 __builtin_trap();
             (void)query_match(&q, &fuzz_event);
