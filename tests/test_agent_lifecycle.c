@@ -1516,8 +1516,26 @@ static void log_closes(int dest_port)
         char *text = json_dumps(part, JSON_COMPACT | JSON_ENCODE_ANY);
         cr_log_warn("test pid %d; %s: %d %s", getpid(), paths[i], status, text ? text : "-");
         free(text);
+        if (i) {
+            size_t k;
+            json_t *p;
+            json_array_foreach(json_object_get(r, "programs"), k, p)
+            {
+                cr_log_warn("program %s: %s, events %lld, drops %lld, untracked %lld, missed %lld",
+                            tu_jstr(p, "name"), tu_jstr(p, "status"), tu_jint(p, "events"),
+                            tu_jint(p, "drops"), tu_jint(p, "untracked"), tu_jint(p, "missed"));
+            }
+        }
         json_decref(r);
     }
+    /* What the agent said at its start (the sockets it followed then, say). */
+    FILE *f = fopen(agent.log, "r");
+    char line[512];
+    while (f && fgets(line, sizeof(line), f))
+        if (strstr(line, "capture"))
+            cr_log_warn("agent: %s", line);
+    if (f)
+        fclose(f);
 }
 
 static bool match_close_port(json_t *ev, void *arg)
@@ -1645,11 +1663,27 @@ Test(lifecycle_before, a_connection_open_at_the_start_gets_its_close)
 }
 
 /*
- * A connect still in its handshake when the agent starts (its SYN dropped by a listener
- * whose queue is full, retransmitted after the start): followed from its outcome, so its
- * close comes with the duration from then; no connection event, as its start was not seen.
+ * What the agent counted as lost since its start: the kernel's skipped program runs
+ * (recursion), records it dropped, records it could not keep, sockets it could not follow.
  */
-Test(lifecycle_before, a_connect_in_its_handshake_at_the_start_gets_its_close)
+static long long counted_loss(void)
+{
+    int status;
+    json_t *st = tu_get_json(agent.port, "/api/stats", &status);
+    cr_assert_eq(status, 200);
+    long long n = tu_jint(st, "kernel_missed") + tu_jint(st, "kernel_drops") +
+                  tu_jint(json_object_get(st, "records_skipped"), "no_memory") +
+                  tu_jint(json_object_get(st, "sockets"), "seed_full");
+    json_decref(st);
+    return n;
+}
+
+/*
+ * One try of the test below. False when its close event did not come and the agent counted
+ * a loss meanwhile (a state change the kernel skipped the program for, say): inconclusive,
+ * to be tried again. With nothing counted, a missing close fails the test.
+ */
+static bool handshake_at_the_start_try(int attempt)
 {
     struct addr dest = addr_of("10.77.2.2", SERVER_PORT + 2);
     int l = server_listen_backlog(&dest, 0);
@@ -1697,9 +1731,20 @@ Test(lifecycle_before, a_connect_in_its_handshake_at_the_start_gets_its_close)
     struct close_match m = {"client", port};
     json_t *ev = tu_wait_event(agent.port, q, match_close_port, &m, WAIT_MS);
     uint64_t seen = clock_monotonic_ns();
-    if (!ev)
+    if (!ev) {
         log_closes(SERVER_PORT + 2);
-    cr_assert(ev, "no client close event for port %d", port);
+        long long lost = counted_loss();
+        if (lost > 0) {
+            cr_log_warn("try %d: no client close event for port %d, and the agent counted %lld "
+                        "lost: inconclusive",
+                        attempt, port, lost);
+            close(a1);
+            close(c1);
+            close(l);
+            return false;
+        }
+    }
+    cr_assert(ev, "no client close event for port %d (nothing counted as lost)", port);
     uint64_t d = (uint64_t)tu_jint(ev, "duration_ns");
     cr_expect(d >= closing - established_by && d <= seen - started,
               "duration_ns %" PRIu64 " outside [%" PRIu64 ", %" PRIu64 "]: from the outcome", d,
@@ -1722,6 +1767,21 @@ Test(lifecycle_before, a_connect_in_its_handshake_at_the_start_gets_its_close)
     close(a1);
     close(c1);
     close(l);
+    return true;
+}
+
+/*
+ * A connect still in its handshake when the agent starts (its SYN dropped by a listener
+ * whose queue is full, retransmitted after the start): followed from its outcome, so its
+ * close comes with the duration from then; no connection event, as its start was not seen.
+ * A try the agent reports a loss in (see above) is made again, once.
+ */
+Test(lifecycle_before, a_connect_in_its_handshake_at_the_start_gets_its_close)
+{
+    for (int attempt = 1; !handshake_at_the_start_try(attempt); attempt++) {
+        cr_assert_lt(attempt, 2, "the agent counted a loss in each of %d tries", attempt);
+        tu_agent_stop(&agent);
+    }
 }
 
 /*
