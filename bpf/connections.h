@@ -562,6 +562,19 @@ static __always_inline void connect_outcome(const struct sock *sk, __u64 key, in
         life_bury(l, now);
 }
 
+/*
+ * A connect whose entry still waits for its outcome when its socket closes from past its
+ * handshake (not from SYN_SENT, connect_outcome()'s case): its SYN_SENT->ESTABLISHED was not
+ * seen. The kernel skipped the state program then (softirq over its run in a task on the same
+ * CPU, counted in its recursion misses), or the seeding iterator read SYN_SENT just before the
+ * change and wrote the entry after it. The connection record is lost with the skipped run; the
+ * close is still written, as a client's, with no duration (its start unknown).
+ */
+static __always_inline void life_outcome_unseen(struct sock_life *l)
+{
+    life_start(l, 0, CLOSE_ROLE_CLIENT);
+}
+
 /* A socket this program starts following: TCP over IPv4 or IPv6. */
 static __always_inline bool sock_is_inet_tcp(const struct sock *sk)
 {
@@ -613,6 +626,8 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
         }
     } else if (newstate == TCP_CLOSE) {
         l = bpf_map_lookup_elem(&sockets, &key);
+        if (l && l->phase == LIFE_CONNECTING)
+            life_outcome_unseen(l);
         if (l)
             life_closed(sk, l, bpf_ktime_get_boot_ns());
     }
@@ -675,6 +690,14 @@ int BPF_PROG(tp_btf__tcp_destroy_sock, struct sock *sk)
     if (l->phase == LIFE_CONNECT_FAILED) {
         connect_failed_record(l, 0); /* no connect() returned its errno */
         return 0;
+    }
+    if (l->phase == LIFE_CONNECTING) {
+        struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+        /* Both its outcome and its TCP_CLOSE unseen, yet a SYN-ACK came (an RTT sample,
+         * which a connect that failed cannot have): it was established. */
+        if (tp && tp->srtt_us)
+            life_outcome_unseen(l);
     }
     if (l->phase != LIFE_FOLLOWING) {
         life_bury(l, bpf_ktime_get_boot_ns()); /* destroyed while connecting */
