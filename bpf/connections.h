@@ -608,6 +608,20 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
             connect_outcome(sk, key, newstate);
         return 0;
     }
+    /*
+     * A connect that met its peer's SYN went SYN_SENT->SYN_RECV, and ends from there: a
+     * simultaneous open, or a socket connected to its own address and port. The same socket,
+     * so it has a struct socket, which a server's new connection lacks until accept() (one
+     * taken before its handshake ends, TCP Fast Open's, has no connecting entry).
+     */
+    if (oldstate == TCP_SYN_RECV && sk->sk_socket &&
+        (newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE)) {
+        l = bpf_map_lookup_elem(&sockets, &key);
+        if (l && l->phase == LIFE_CONNECTING) {
+            connect_outcome(sk, key, newstate);
+            return 0;
+        }
+    }
     if (!track_close)
         return 0;
     if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {

@@ -789,6 +789,7 @@ Test(lifecycle, rst_close_is_reset_sent_and_received)
 
 static void log_closes(int dest_port);
 static bool match_close_port(json_t *ev, void *arg);
+static bool match_any(json_t *ev, void *arg);
 
 /* Client: connects, sends its request and resets at once (SO_LINGER 0), as a health check does. */
 static void reset_at_once(struct report *r, void *arg)
@@ -1514,6 +1515,51 @@ Test(lifecycle, a_connect_whose_outcome_and_close_were_unseen_gets_its_close_at_
     cr_expect_gt(tu_jint(ev, "srtt_us"), 0);
     cr_expect_null(json_object_get(ev, "duration_ns"), "its start is unknown");
     json_decref(ev);
+}
+
+/*
+ * A socket connected to its own address and port (a simultaneous open with itself: its SYN
+ * meets its own SYN, SYN_SENT->SYN_RECV->ESTABLISHED, as clients retrying a local port in the
+ * ephemeral range sometimes find): a connect like any other, established, then one close, the
+ * client's, with what it sent to itself.
+ */
+Test(lifecycle, a_socket_connected_to_itself_is_a_connect_and_one_close)
+{
+    struct addr self = addr_of("10.77.1.2", 45000);
+    int s = tu_netns_socket(ns_client, AF_INET, SOCK_STREAM);
+    fcntl(s, F_SETFD, FD_CLOEXEC);
+    cr_assert_eq(bind(s, (struct sockaddr *)&self.sa, self.len), 0, "bind: %s", strerror(errno));
+    cr_assert_eq(connect(s, (struct sockaddr *)&self.sa, self.len), 0, "connect: %s",
+                 strerror(errno));
+    struct report r = {0};
+    cr_assert(io_exact(&r, s, 500, true) && io_exact(&r, s, 500, false), "%s: %s", r.step,
+              strerror(r.err));
+    close(s);
+
+    char q[160];
+    snprintf(q, sizeof(q), "/api/events?type=connection&pid=%d&dest_port=45000", getpid());
+    json_t *ev = tu_wait_event(agent.port, q, match_any, NULL, WAIT_MS);
+    cr_assert(ev, "no connection event for the socket connected to itself");
+    cr_expect_str_eq(tu_jstr(ev, "status"), "established");
+    cr_expect_str_eq(tu_jstr(ev, "source_ip"), "10.77.1.2");
+    cr_expect_eq(tu_jint(ev, "source_port"), 45000);
+    cr_expect_gt(tu_jint(ev, "latency_ns"), 0);
+    json_decref(ev);
+
+    ev = client_close(45000, 45000);
+    cr_expect_str_eq(tu_jstr(ev, "command"), "test_agent_life");
+    cr_expect_eq(tu_jint(ev, "bytes_sent"), 500);
+    cr_expect_eq(tu_jint(ev, "bytes_received"), 500);
+    cr_expect_gt(tu_jint(ev, "duration_ns"), 0);
+    json_decref(ev);
+    /* Records leave the ring in order: with the client's close stored, another would be too. */
+    snprintf(q, sizeof(q), "/api/events?type=close&dest_port=45000");
+    int status;
+    json_t *all = tu_get_json(agent.port, q, &status);
+    cr_assert_eq(status, 200);
+    cr_expect_eq(json_array_size(json_object_get(all, "events")), 1, "%s",
+                 tu_jdump(json_object_get(all, "events")));
+    json_decref(all);
 }
 
 /* ---- Without close in --event-types ---- */
