@@ -610,12 +610,14 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
     }
     /*
      * A connect that met its peer's SYN went SYN_SENT->SYN_RECV, and ends from there: a
-     * simultaneous open, or a socket connected to its own address and port. The same socket,
-     * so it has a struct socket, which a server's new connection lacks until accept() (one
-     * taken before its handshake ends, TCP Fast Open's, has no connecting entry).
+     * simultaneous open, or a socket connected to its own address and port. Only a connect's
+     * entry is connecting; to ESTABLISHED, only a socket with a struct socket is looked up
+     * (still held by its application, where a server's new connection has none until
+     * accept(); one taken before its handshake ends, TCP Fast Open's, has no connecting
+     * entry). To CLOSE, the application may have closed it already (orphaned, no struct socket).
      */
-    if (oldstate == TCP_SYN_RECV && sk->sk_socket &&
-        (newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE)) {
+    if (oldstate == TCP_SYN_RECV &&
+        (newstate == TCP_CLOSE || (newstate == TCP_ESTABLISHED && sk->sk_socket))) {
         l = bpf_map_lookup_elem(&sockets, &key);
         if (l && l->phase == LIFE_CONNECTING) {
             connect_outcome(sk, key, newstate);
