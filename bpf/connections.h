@@ -631,9 +631,13 @@ int BPF_PROG(tp_btf__inet_sock_set_state, const struct sock *sk, int oldstate, i
 
         if (!sock_is_inet_tcp(sk) || !sock_captured(sk))
             return 0;
-        /* A new server connection: its owner stays zero until a process accepts it. */
+        /* A new server connection: its owner stays zero until a process accepts it. One
+         * accepted before its handshake ended (TCP Fast Open: queued with the SYN's data) has
+         * its owner and no start yet (life_accepted); it starts now. */
         l = bpf_map_lookup_elem(&sockets, &key);
-        if (l) {
+        if (l && l->phase == LIFE_FOLLOWING && l->owner.kind && !l->established_ns) {
+            l->established_ns = bpf_ktime_get_boot_ns();
+        } else if (l) {
             __builtin_memset(&l->owner, 0, sizeof(l->owner));
             life_start(l, bpf_ktime_get_boot_ns(), CLOSE_ROLE_SERVER);
         } else {

@@ -1562,6 +1562,85 @@ Test(lifecycle, a_socket_connected_to_itself_is_a_connect_and_one_close)
     json_decref(all);
 }
 
+/* The TCP state of fd (TCP_INFO). */
+static unsigned tcp_state(int fd)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len), 0);
+    return ti.tcpi_state;
+}
+
+/*
+ * TCP Fast Open: the client's SYN carries its request, and the server's new connection is
+ * queued for accept() at once, still in SYN_RECV. Here the client's ACK of the SYN-ACK is
+ * dropped in the server's namespace, so the server accepts the connection before its
+ * handshake ends; its next segment ends it. The close is the accepting process's, with every
+ * byte of both sides and a duration from the handshake's end.
+ */
+Test(lifecycle, a_connection_accepted_before_its_handshake_ended_keeps_its_process)
+{
+    int port = SERVER_PORT + 6;
+    struct addr dest = addr_of("10.77.2.2", port);
+    /* Data in the SYN without a cookie first (client 0x4, server 0x200). */
+    cr_assert_eq(shf(NULL,
+                     "ip netns exec %s sysctl -qw net.ipv4.tcp_fastopen=5 && "
+                     "ip netns exec %s sysctl -qw net.ipv4.tcp_fastopen=0x203 && "
+                     "ip netns exec %s nft 'add table inet lt_tfo; "
+                     "add chain inet lt_tfo in { type filter hook input priority 0; }; "
+                     "add rule inet lt_tfo in tcp dport %d tcp flags & (syn | ack) == ack drop'",
+                     ns_client, ns_server, ns_server, port),
+                 0);
+    int l = server_listen(&dest);
+    fcntl(l, F_SETFD, FD_CLOEXEC);
+    int qlen = 8;
+    cr_assert_eq(setsockopt(l, IPPROTO_TCP, TCP_FASTOPEN, &qlen, sizeof(qlen)), 0);
+    int c = tu_netns_socket(ns_client, AF_INET, SOCK_STREAM);
+    fcntl(c, F_SETFD, FD_CLOEXEC);
+    char buf[1000] = {0};
+    cr_assert_eq(sendto(c, buf, 200, MSG_FASTOPEN, (struct sockaddr *)&dest.sa, dest.len), 200,
+                 "sendto MSG_FASTOPEN: %s", strerror(errno));
+    int a = accept(l, NULL, NULL);
+    cr_assert_geq(a, 0, "accept: %s", strerror(errno));
+    fcntl(a, F_SETFD, FD_CLOEXEC);
+    cr_assert_eq(tcp_state(a), TCP_SYN_RECV, "accepted after its handshake: no fast open");
+    struct report r = {0};
+    cr_assert(io_exact(&r, a, 200, false), "%s: %s", r.step, strerror(r.err));
+    cr_assert_eq(shf(NULL, "ip netns exec %s nft delete table inet lt_tfo", ns_server), 0);
+
+    cr_assert(io_exact(&r, c, 300, true) && io_exact(&r, a, 300, false), "%s: %s", r.step,
+              strerror(r.err));
+    cr_assert_eq(tcp_state(a), TCP_ESTABLISHED);
+    cr_assert(io_exact(&r, a, 70, true) && io_exact(&r, c, 70, false), "%s: %s", r.step,
+              strerror(r.err));
+    uint16_t client_port = local_port(c);
+    close(c);
+    cr_assert(read_eof(&r, a), "%s", strerror(r.err));
+    close(a);
+    close(l);
+
+    char q[160];
+    snprintf(q, sizeof(q), "/api/events?type=close&pid=%d&dest_port=%d", getpid(), port);
+    struct close_match m = {"server", client_port};
+    json_t *ev = tu_wait_event(agent.port, q, match_close_port, &m, WAIT_MS);
+    if (!ev)
+        log_closes(port);
+    cr_assert(ev, "no server close event with the accepting process");
+    cr_expect_str_eq(tu_jstr(ev, "command"), "test_agent_life");
+    cr_expect_eq(tu_jint(ev, "bytes_received"), 500);
+    cr_expect_eq(tu_jint(ev, "bytes_sent"), 70);
+    cr_expect_gt(tu_jint(ev, "duration_ns"), 0);
+    json_decref(ev);
+    ev = client_close(client_port, port);
+    cr_expect_eq(tu_jint(ev, "bytes_sent"), 500);
+    cr_expect_eq(tu_jint(ev, "bytes_received"), 70);
+    json_decref(ev);
+    shf(NULL,
+        "ip netns exec %s sysctl -qw net.ipv4.tcp_fastopen=1; ip netns exec %s sysctl -qw "
+        "net.ipv4.tcp_fastopen=1",
+        ns_client, ns_server);
+}
+
 /* ---- Without close in --event-types ---- */
 
 static bool match_any(json_t *ev, void *arg)
