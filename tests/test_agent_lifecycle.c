@@ -1441,20 +1441,26 @@ static struct pair pair_open(int port, size_t to_server, size_t to_client)
     return p;
 }
 
-/* This test's client close of the connection from port to dest_port (a new reference). */
-static json_t *client_close(uint16_t port, int dest_port)
+/* The close (role's side) this test process owns of the connection from port to dest_port
+ * (a new reference). */
+static json_t *own_close(const char *role, uint16_t port, int dest_port)
 {
     char q[160];
     snprintf(q, sizeof(q), "/api/events?type=close&pid=%d&dest_port=%d", getpid(), dest_port);
-    struct close_match m = {"client", port};
+    struct close_match m = {role, port};
     json_t *ev = tu_wait_event(agent.port, q, match_close_port, &m, WAIT_MS);
     if (!ev)
         log_closes(dest_port);
-    cr_assert(ev, "no client close event for port %d", port);
+    cr_assert(ev, "no %s close event of this process for port %d", role, port);
     char *text = json_dumps(ev, JSON_COMPACT);
     cr_log_info("close event: %s", text);
     free(text);
     return ev;
+}
+
+static json_t *client_close(uint16_t port, int dest_port)
+{
+    return own_close("client", port, dest_port);
 }
 
 /*
@@ -1619,13 +1625,7 @@ Test(lifecycle, a_connection_accepted_before_its_handshake_ended_keeps_its_proce
     close(a);
     close(l);
 
-    char q[160];
-    snprintf(q, sizeof(q), "/api/events?type=close&pid=%d&dest_port=%d", getpid(), port);
-    struct close_match m = {"server", client_port};
-    json_t *ev = tu_wait_event(agent.port, q, match_close_port, &m, WAIT_MS);
-    if (!ev)
-        log_closes(port);
-    cr_assert(ev, "no server close event with the accepting process");
+    json_t *ev = own_close("server", client_port, port);
     cr_expect_str_eq(tu_jstr(ev, "command"), "test_agent_life");
     cr_expect_eq(tu_jint(ev, "bytes_received"), 500);
     cr_expect_eq(tu_jint(ev, "bytes_sent"), 70);
