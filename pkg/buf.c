@@ -172,6 +172,20 @@ bool buf_utf8_shows_as(const char *raw, size_t rawlen, const char *text, size_t 
     return j == textlen;
 }
 
+void buf_utf8_show(struct buf *b, const char *s, size_t len)
+{
+    for (size_t i = 0; i < len;) {
+        size_t k = buf_utf8_seq(s + i, len - i);
+        if (k) {
+            buf_append(b, s + i, k);
+            i += k;
+        } else {
+            buf_append(b, "\xef\xbf\xbd", 3);
+            i++;
+        }
+    }
+}
+
 /*
  * The project's one UTF-8 rule (README.md, "Strings and raw bytes"): valid UTF-8 is
  * copied unchanged, each byte that is not part of a valid sequence becomes

@@ -45,6 +45,9 @@ bool buf_utf8_valid(const char *s, size_t len);
 /* Whether text (textlen bytes) is what buf_json_string() shows of the bytes raw: raw with
  * each byte outside a valid UTF-8 sequence replaced by U+FFFD. */
 bool buf_utf8_shows_as(const char *raw, size_t rawlen, const char *text, size_t textlen);
+/* Appends the text buf_json_string() shows of s (len bytes), unquoted and unescaped: s with
+ * each byte outside a valid UTF-8 sequence replaced by U+FFFD. */
+void buf_utf8_show(struct buf *b, const char *s, size_t len);
 /* Whether the NUL-terminated text holds U+FFFD: then it may be what buf_json_string() showed
  * of invalid bytes, to be matched with buf_utf8_shows_as(). */
 static inline bool buf_utf8_has_replacement(const char *text)

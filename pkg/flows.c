@@ -182,6 +182,25 @@ static bool key_equal(const struct flows_key *a, const struct flows_key *b)
            endpoint_equal(&a->dst, &b->dst);
 }
 
+/* name as the API shows it (interned): each byte of invalid UTF-8 as U+FFFD. */
+static const char *shown_name(const char *name, size_t len)
+{
+    struct buf b;
+    const char *shown;
+
+    if (buf_utf8_valid(name, len))
+        return intern_n(name, len);
+    buf_init(&b);
+    buf_utf8_show(&b, name, len);
+    shown = b.oom ? NULL : intern_n(b.data, b.len);
+    buf_free(&b);
+    return shown;
+}
+
+/*
+ * A Process endpoint is named by the text its command shows as: the names replicas exchange
+ * and hand over are JSON text, and one process must be one edge whichever replica counted it.
+ */
 static const char *command_name(struct flows *f, const char *command)
 {
     char comm[EVENT_COMM_LEN] = {0};
@@ -192,7 +211,7 @@ static const char *command_name(struct flows *f, const char *command)
         h = h * 31 + (uint8_t)comm[i];
     size_t slot = h % (sizeof(f->comms) / sizeof(f->comms[0]));
     if (f->comms[slot].name == NULL || memcmp(f->comms[slot].comm, comm, sizeof(comm)) != 0) {
-        const char *name = intern(comm);
+        const char *name = shown_name(comm, strlen(comm));
         if (name == NULL)
             return NULL;
         memcpy(f->comms[slot].comm, comm, sizeof(comm));
@@ -2344,8 +2363,10 @@ static int set_param(struct flows_query *q, enum flows_param p, const char *v, s
         q->namespace = intern(v);
         return 0;
     case FP_WORKLOAD:
-        q->workload = intern(v);
-        q->workload_shown = buf_utf8_has_replacement(v);
+        /* Bytes of invalid UTF-8 find the Process they show as (command_name()). */
+        if ((q->workload = shown_name(v, len)) == NULL)
+            return errmsg_set(err, errlen, "out of memory reading 'workload'");
+        q->workload_shown = buf_utf8_has_replacement(q->workload);
         return 0;
     case FP_NODE:
         q->node = intern(v);

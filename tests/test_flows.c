@@ -233,6 +233,75 @@ Test(flows, a_process_workload_is_found_by_its_shown_text)
     flows_free(f);
 }
 
+/* Adds what peer's store answers to q into r, through the exchange form peers answer in. */
+static void add_as_a_peer_answer(struct flows *peer, const struct flows_query *q,
+                                 struct flows_result *r)
+{
+    struct flows_result part, decoded;
+    struct buf b;
+
+    cr_assert_eq(flows_query(peer, q, &part), 0);
+    buf_init(&b);
+    flows_result_encode(&part, &b);
+    cr_assert(!b.oom);
+    cr_assert_eq(flows_result_decode(b.data, b.len, &decoded), 0);
+    for (size_t i = 0; i < decoded.count; i++)
+        cr_assert_eq(flows_result_add(r, &decoded.edges[i]), 0);
+    buf_free(&b);
+    flows_result_free(&decoded);
+    flows_result_free(&part);
+}
+
+/* A stopping replica's minutes, in one chunk, merged into taker: how many. */
+static uint64_t hand_over(struct flows *leaver, struct flows *taker)
+{
+    struct flows_handover_chunk *chunks;
+    size_t n;
+    uint64_t left, merged;
+
+    cr_assert_eq(flows_handover_encode(leaver, 65536, SIZE_MAX, &chunks, &n, &left), 0);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(flows_handover_merge(taker, chunks[0].json.data, chunks[0].json.len, NOW, &merged),
+                 0);
+    flows_handover_free(chunks, n);
+    return merged;
+}
+
+/*
+ * A command of invalid UTF-8 is one edge whichever replicas counted its connections: the
+ * aggregator adds its own edges to the peers' (which crossed the bus as JSON, and so as the
+ * text the API shows) and to minutes a stopping replica handed over, so both must name the
+ * Process alike.
+ */
+Test(flows, a_process_of_invalid_utf8_is_one_edge_across_replicas)
+{
+    struct flows *mine = flows_new(24 * HOUR, 1000), *peer = flows_new(24 * HOUR, 1000);
+    struct event e = conn(T0, "x", NULL, EVENT_STATUS_ESTABLISHED, NULL, 1000);
+    struct flows_query q = all(FLOWS_GROUP_WORKLOAD);
+    struct flows_result r;
+
+    memset(&e.k8s, 0, sizeof(e.k8s));
+    strcpy(e.command, "q\xff\xfeutf");
+    flows_add(mine, &e, 1, NOW);
+    e.timestamp_ns += 1;
+    flows_add(peer, &e, 1, NOW);
+    cr_assert_eq(flows_query(mine, &q, &r), 0);
+    add_as_a_peer_answer(peer, &q, &r);
+    flows_result_finish(&r, q.status, q.limit);
+    cr_assert_eq(r.count, 1, "%zu edges for one process", r.count);
+    cr_assert_eq(r.edges[0].c.connections, 2);
+    flows_result_free(&r);
+
+    /* The peer stops and hands its minutes over: still one edge. */
+    cr_assert_eq(hand_over(peer, mine), 1);
+    run(mine, &q, &r);
+    cr_assert_eq(r.count, 1, "%zu edges after the handover", r.count);
+    cr_assert_eq(r.edges[0].c.connections, 2);
+    flows_result_free(&r);
+    flows_free(mine);
+    flows_free(peer);
+}
+
 Test(flows, group_by_workload_pod_and_service)
 {
     struct flows *f = flows_new(24 * HOUR, 1000);
