@@ -1939,6 +1939,12 @@ static bool get_count(json_t *v, uint64_t *out)
     return true;
 }
 
+/* The longest name an edge holds as the exchange writes it (JSON text): an event's longest
+ * (EVENT_NAME_MAX bytes; a DNS name's text is shorter), each byte a U+FFFD at worst. Not the
+ * filters' bound: a name a peer counted must come through, or its whole answer is refused. */
+#define FLOWS_NAME_TEXT_MAX (3 * EVENT_NAME_MAX)
+_Static_assert(EVENT_DNS_NAME_MAX <= EVENT_NAME_MAX, "a DNS name is no longer than other names");
+
 static bool get_opt_str(json_t *v, const char **out)
 {
     if (json_is_null(v)) {
@@ -1946,7 +1952,7 @@ static bool get_opt_str(json_t *v, const char **out)
         return true;
     }
     if (!json_is_string(v) || json_string_length(v) == 0 ||
-        json_string_length(v) >= FLOWS_QUERY_STR_MAX ||
+        json_string_length(v) > FLOWS_NAME_TEXT_MAX ||
         strlen(json_string_value(v)) != json_string_length(v))
         return false;
     *out = intern(json_string_value(v));
@@ -2013,7 +2019,7 @@ static bool edge_decode(json_t *o, struct flows_edge *e)
     size_t i = 0;
     json_object_foreach(errs, name, v)
     {
-        if (strlen(name) == 0 || strlen(name) >= FLOWS_QUERY_STR_MAX ||
+        if (strlen(name) == 0 || strlen(name) > FLOWS_NAME_TEXT_MAX ||
             !get_count(v, &e->c.errors[i].count) || (e->c.errors[i].error = intern(name)) == NULL)
             return false;
         i++;

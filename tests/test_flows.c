@@ -302,6 +302,40 @@ Test(flows, a_process_of_invalid_utf8_is_one_edge_across_replicas)
     flows_free(peer);
 }
 
+/*
+ * Every name an event can carry crosses the exchange: a DNS name as long as its text gets
+ * (escaped bytes, as any process can resolve) and a workload as long as the bus takes. One
+ * such edge refused would take the replica's whole answer, or a handed-over chunk, with it.
+ */
+Test(flows, the_longest_names_cross_the_exchange_and_the_handover)
+{
+    struct flows *peer = flows_new(24 * HOUR, 1000), *taker = flows_new(24 * HOUR, 1000);
+    struct event e = conn(T0, "web-1", NULL, EVENT_STATUS_ESTABLISHED, NULL, 1000);
+    struct flows_query q = all(FLOWS_GROUP_POD);
+    static char dns[EVENT_DNS_NAME_MAX + 1], workload[EVENT_NAME_MAX + 1];
+    struct flows_result r = {0};
+
+    for (size_t i = 0; i < EVENT_DNS_NAME_MAX; i++)
+        dns[i] = "\\255"[i % 4];
+    memset(workload, 'w', EVENT_NAME_MAX);
+    e.peer.dns = intern(dns);
+    e.k8s.workload = intern(workload);
+    flows_add(peer, &e, 1, NOW);
+    add_as_a_peer_answer(peer, &q, &r);
+    cr_assert_eq(r.count, 1);
+    cr_assert_eq(r.edges[0].key.dst.dns, e.peer.dns);
+    cr_assert_eq(r.edges[0].key.src.workload, e.k8s.workload);
+    flows_result_free(&r);
+
+    cr_assert_eq(hand_over(peer, taker), 1);
+    run(taker, &q, &r);
+    cr_assert_eq(r.count, 1);
+    cr_assert_eq(r.edges[0].key.dst.dns, e.peer.dns);
+    flows_result_free(&r);
+    flows_free(peer);
+    flows_free(taker);
+}
+
 Test(flows, group_by_workload_pod_and_service)
 {
     struct flows *f = flows_new(24 * HOUR, 1000);
