@@ -14,6 +14,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <nats/nats.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +60,16 @@ static void remove_logs(void)
         unlink(aggs[i].log);
     unlink(agent.log);
     unlink(nats.log);
+}
+
+/* A nats-server of the test's own on a free port (nats_url). */
+static void nats_up(void)
+{
+    nats.port = tu_free_port();
+    snprintf(nats.log, sizeof(nats.log), "/tmp/e2e-flows-nats-%d.log", getpid());
+    nats.pid = tu_nats_start(nats.port, NULL, nats.log);
+    cr_assert_gt(nats.pid, 0, "nats-server did not start");
+    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", nats.port);
 }
 
 static void agg_up(struct proc *p, const char *name, const char *group)
@@ -300,11 +311,7 @@ Test(e2e_flows, exact_edges_on_the_agent_and_across_replicas, .fini = stop_all, 
     int ok_port = 0, bad_port;
 
     prctl(PR_GET_NAME, comm);
-    nats.port = tu_free_port();
-    snprintf(nats.log, sizeof(nats.log), "/tmp/e2e-flows-nats-%d.log", getpid());
-    nats.pid = tu_nats_start(nats.port, NULL, nats.log);
-    cr_assert_gt(nats.pid, 0, "nats-server did not start");
-    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", nats.port);
+    nats_up();
     snprintf(group, sizeof(group), "flows-%d", getpid());
 
     const char *extra[] = {"--nats-url", nats_url, "--flush-interval", "50ms", NULL};
@@ -484,11 +491,7 @@ Test(e2e_flows, metrics_stay_valid_whatever_a_process_is_called, .fini = stop_al
     char group[64], saved[16];
     int port;
 
-    nats.port = tu_free_port();
-    snprintf(nats.log, sizeof(nats.log), "/tmp/e2e-flows-nats-%d.log", getpid());
-    nats.pid = tu_nats_start(nats.port, NULL, nats.log);
-    cr_assert_gt(nats.pid, 0, "nats-server did not start");
-    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", nats.port);
+    nats_up();
     snprintf(group, sizeof(group), "flows-names-%d", getpid());
     const char *extra[] = {"--nats-url", nats_url, "--flush-interval", "50ms", NULL};
     tu_agent_start(&agent, "flows-names-node", extra);
@@ -573,6 +576,104 @@ Test(e2e_flows, agent_metrics_count_the_flow_buckets_it_evicts, .fini = stop_all
     cr_assert_geq(failed, 0, "no ebpf_agent_flow_failed_total");
     cr_assert(buckets >= 1 && buckets <= MAX_EDGES, "ebpf_agent_flow_buckets %g", buckets);
     cr_assert_gt(bytes, 0, "ebpf_agent_flow_bytes %g", bytes);
+    stop_all();
+    remove_logs();
+}
+
+/* Each replica's count of the batches it received (this test's are the only ones). */
+static bool both_replicas_received(void)
+{
+    json_t *st = tu_fetch_json(aggs[0].port, "/api/stats"), *r;
+    json_t *list = json_object_get(json_object_get(st, "replicas"), "list");
+    size_t i, with = 0;
+    json_array_foreach(list, i, r)
+    {
+        with += count_of(r, "batches") > 0;
+    }
+    json_decref(st);
+    return with == 2;
+}
+
+/*
+ * An edge names four failure causes and counts the rest as "other": with more causes than that,
+ * spread over two replicas, which ones are named must not depend on the replica asked. A node
+ * publishes one failed connect per batch, each with a cause of its own, until both replicas
+ * received some; then both answer the same failed_by_error.
+ */
+Test(e2e_flows, replicas_name_the_same_failure_causes, .fini = stop_all, .timeout = 60)
+{
+    static const char *const causes[] = {
+        "EACCES", "EPERM", "ENOBUFS", "EADDRNOTAVAIL", "ENETDOWN", "EHOSTDOWN", "EPIPE", "EIO",
+        "ENOMEM", "EINTR", "EAGAIN",  "EALREADY",      "EBADF",    "EFAULT",    "ELOOP", "EMFILE"};
+    const size_t ncauses = sizeof(causes) / sizeof(causes[0]);
+    char group[64], line[1024], seq[16];
+    natsConnection *nc = NULL;
+    size_t sent = 0;
+
+    nats_up();
+    snprintf(group, sizeof(group), "flows-causes-%d", getpid());
+    agg_up(&aggs[0], "a", group);
+    agg_up(&aggs[1], "b", group);
+    wait_replicas(&aggs[0], 2);
+    wait_replicas(&aggs[1], 2);
+    cr_assert_eq(natsConnection_ConnectTo(&nc, nats_url), NATS_OK);
+
+    while (sent < 8 || (!both_replicas_received() && sent < ncauses)) {
+        natsMsg *m = NULL;
+        int n = snprintf(line, sizeof(line),
+                         "{\"id\":\"%016zx\",\"type\":\"connection\",\"pid\":10,\"ppid\":1,"
+                         "\"uid\":0,\"command\":\"causes\",\"timestamp\":%" PRIu64 ","
+                         "\"node\":\"causes-node\",\"source_ip\":\"10.0.0.1\","
+                         "\"source_port\":40000,\"dest_ip\":\"10.0.0.2\",\"dest_port\":5432,"
+                         "\"protocol\":\"tcp\",\"family\":\"ipv4\",\"status\":\"failed\","
+                         "\"error\":\"%s\",\"latency_ns\":1000}\n",
+                         sent + 1, tu_now_ns(), causes[sent]);
+        snprintf(seq, sizeof(seq), "%zu", sent + 1);
+        cr_assert_eq(natsMsg_Create(&m, "ebpf.events.causes-node", NULL, line, n), NATS_OK);
+        natsMsgHeader_Set(m, "Content-Type", "application/x-ndjson");
+        natsMsgHeader_Set(m, "Ebpf-Node", "causes-node");
+        natsMsgHeader_Set(m, "Ebpf-Instance", "00000000000000c1");
+        natsMsgHeader_Set(m, "Ebpf-Sequence", seq);
+        cr_assert_eq(natsConnection_PublishMsg(nc, m), NATS_OK);
+        natsMsg_Destroy(m);
+        cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
+        sent++;
+        /* Counted where it went before the next: both_replicas_received() reads it. */
+        for (uint64_t dl = tu_mono_ms() + WAIT_MS; tu_mono_ms() < dl; usleep(20000)) {
+            json_t *nodes = tu_fetch_json(aggs[0].port, "/api/nodes");
+            json_int_t got = count_of(
+                json_object_get(json_object_get(nodes, "nodes"), "causes-node"), "batches");
+            json_decref(nodes);
+            if (got == (json_int_t)sent)
+                break;
+        }
+    }
+    natsConnection_Destroy(nc);
+    cr_assert(both_replicas_received(), "every batch reached one replica");
+
+    json_t *answer[2] = {NULL, NULL};
+    for (size_t r = 0; r < 2; r++) {
+        for (uint64_t dl = tu_mono_ms() + WAIT_MS; tu_mono_ms() < dl; usleep(50000)) {
+            json_decref(answer[r]);
+            answer[r] = tu_fetch_json(aggs[r].port, "/api/flows?workload=causes");
+            json_t *e = json_array_get(json_object_get(answer[r], "edges"), 0);
+            if (count_of(e, "failed") == (json_int_t)sent)
+                break;
+        }
+        json_t *e = json_array_get(json_object_get(answer[r], "edges"), 0);
+        cr_assert_eq(count_of(e, "failed"), (json_int_t)sent, "replica %zu: %s", r,
+                     tu_jdump(answer[r]));
+    }
+    json_t *fa =
+        json_object_get(json_array_get(json_object_get(answer[0], "edges"), 0), "failed_by_error");
+    json_t *fb =
+        json_object_get(json_array_get(json_object_get(answer[1], "edges"), 0), "failed_by_error");
+    char *da = json_dumps(fa, JSON_COMPACT), *db = json_dumps(fb, JSON_COMPACT);
+    cr_assert(json_equal(fa, fb), "replica a: %s, replica b: %s", da, db);
+    free(da);
+    free(db);
+    json_decref(answer[0]);
+    json_decref(answer[1]);
     stop_all();
     remove_logs();
 }

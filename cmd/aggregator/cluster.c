@@ -658,9 +658,10 @@ struct flows_partial {
     uint8_t seen[CLUSTER_FLOWS_MAX_PARTS / 8];
     unsigned received, total; /* total: 0 until the last part came */
     unsigned top;             /* the highest part number seen, plus one */
+    bool whole;               /* every part came: it counts */
 };
 
-/* The peers' answers to one flows request, merged as they come. */
+/* The peers' answers to one flows request, kept until every one is in (see flows_merge_all()). */
 struct flows_gather {
     struct cluster *c;
     struct flows_result *out;
@@ -720,9 +721,7 @@ static bool flows_part_take(struct flows_gather *g, struct cluster_flows_reply *
     if (p->received != p->total)
         return false;
     cluster_answer_record(&g->seen, r->replica);
-    if (edges_merge(g->out, &p->edges) < 0)
-        g->error = -ENOMEM;
-    flows_result_free(&p->edges);
+    p->whole = true;
     return true;
 }
 
@@ -751,9 +750,46 @@ static enum answer on_flows_reply(void *ctx, natsMsg *m)
     return a;
 }
 
+static int partial_id_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct flows_partial *)a)->id, ((const struct flows_partial *)b)->id);
+}
+
+/*
+ * Adds every whole share, this replica's (mine, unless NULL) and the peers', into out in the
+ * order of their replicas' ids: an edge holds a few failure causes by name and counts the rest
+ * as "other", the first ones added taking the names, so the order must not depend on which
+ * replica was asked or which peer answered first.
+ */
+static int flows_merge_all(struct flows_gather *g, const char *my_id, struct flows_result *mine)
+{
+    bool mine_added = mine == NULL;
+    int rc = 0;
+
+    if (g->npartial > 1)
+        qsort(g->partial, g->npartial, sizeof(*g->partial), partial_id_cmp);
+    for (size_t i = 0; i <= g->npartial && rc == 0; i++) {
+        const struct flows_partial *p = i < g->npartial ? &g->partial[i] : NULL;
+        if (!mine_added && (p == NULL || strcmp(my_id, p->id) < 0)) {
+            if (g->out->count == 0) { /* the first: taken as it is, not copied */
+                flows_result_free(g->out);
+                *g->out = *mine;
+                memset(mine, 0, sizeof(*mine));
+            } else {
+                rc = edges_merge(g->out, mine);
+            }
+            mine_added = true;
+        }
+        if (p != NULL && p->whole && rc == 0)
+            rc = edges_merge(g->out, &p->edges);
+    }
+    return rc;
+}
+
 int cluster_flows(struct cluster *c, const char *qs, size_t qslen, const struct flows_query *q,
                   struct flows_result *out, unsigned *answered, unsigned *expected)
 {
+    struct flows_result mine = {0};
     struct flows_gather g = {.c = c, .out = out};
     unsigned peers = cluster_expected(c) - 1;
     struct gather_op op = {0};
@@ -781,17 +817,18 @@ int cluster_flows(struct cluster *c, const char *qs, size_t qslen, const struct 
     /* Leaving, its minutes are on their way to the peers, which count them: its own share is
      * not added again, and the answer says it is partial (this replica did not answer). */
     bool left = has_left(c);
-    if (left)
-        memset(out, 0, sizeof(*out));
-    rc = left ? 0 : flows_query(c->a->flows, q, out);
+    memset(out, 0, sizeof(*out));
+    rc = left ? 0 : flows_query(c->a->flows, q, &mine);
     if (rc == 0) {
-        /* The answers merge into this replica's edges as they are taken. */
         got = gather_finish(c, &op, on_flows_reply, &g);
         rc = g.error;
     } else {
         gather_cancel(c, &op);
     }
     /* Answers not whole by the deadline count as missing (the reply says partial). */
+    if (rc == 0)
+        rc = flows_merge_all(&g, c->a->replica, left ? NULL : &mine);
+    flows_result_free(&mine);
     for (size_t i = 0; i < g.npartial; i++)
         flows_result_free(&g.partial[i].edges);
     free(g.partial);
