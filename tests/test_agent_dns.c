@@ -393,6 +393,38 @@ Test(dns_agent, unanswered_queries_time_out_and_garbage_is_counted)
     dns_agent_free(d);
 }
 
+/* An answer whose records do not parse (a compression loop) still answers its query, and says
+ * its answers are not all there: an empty list alone reads as NOERROR with no data. */
+Test(dns_agent, an_answer_whose_records_do_not_parse_says_its_answers_are_cut)
+{
+    struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+    reset();
+    uint8_t q[512], a[512];
+    size_t ql = message(q, 0x10af, "loop.test", NULL, 0);
+    struct records_dns rq = record(false, q, ql, 1 * SEC, 77);
+    dns_agent_message(d, &rq);
+    size_t al = message(a, 0x10af, "loop.test", "10.0.0.5", 0);
+    size_t rr = al - 16;                   /* the one A record, after the question */
+    a[rr] = 0xc0, a[rr + 1] = (uint8_t)rr; /* its owner name points at itself */
+    struct records_dns ra = record(true, a, al, 1 * SEC + 1500000, 77);
+    dns_agent_message(d, &ra);
+    cr_assert_eq(ngot, 1);
+    cr_assert_eq(got[0].status, EVENT_STATUS_ANSWERED);
+    cr_assert_eq(got[0].u.dns.rcode, 0);
+    cr_assert_eq(got[0].u.dns.latency_ns, 1500000);
+    cr_assert(!got[0].u.dns.answers || !got[0].u.dns.answers[0], "nothing unreadable is guessed");
+    cr_assert(got[0].u.dns.answers_truncated, "the answer held a record that was not read");
+
+    /* The same answer whose record parses is whole. */
+    reset();
+    ask(d, 0x10b0, "fine.test", "10.0.0.6", 0, 2 * SEC, 77);
+    cr_assert_eq(ngot, 1);
+    cr_assert_str_eq(got[0].u.dns.answers, "10.0.0.6");
+    cr_assert_not(got[0].u.dns.answers_truncated);
+    reset();
+    dns_agent_free(d);
+}
+
 /* A second question under a pending query's socket and ID makes no event: /api/stats and
  * /metrics count it. */
 Test(dns_agent, a_query_reusing_a_pending_id_is_counted_where_users_look)

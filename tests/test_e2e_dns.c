@@ -1233,8 +1233,8 @@ Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = s
      * Malformed answers: each a counted parse error. One cut inside its question names no
      * question, so nothing answers its query; but it came to its socket with its ID, and may
      * well have been its answer: the query's outcome is unknown, not a timeout. One whose
-     * records do not parse still answers its query (rcode, latency), with no answers: nothing
-     * unreadable is guessed.
+     * records do not parse still answers its query (rcode, latency), with no answers, flagged
+     * answers_truncated: nothing unreadable is guessed.
      */
     static const char *const bad[] = {"trunc.test", "loop.test", "biglabel.test"};
     for (unsigned k = 0; k < 3; k++)
@@ -1251,6 +1251,7 @@ Test(e2e_dns, process_peer_dns_servfail_timeout_and_malformed_answers, .fini = s
         cr_assert_str_eq(tu_jstr(e, "rcode"), "NOERROR");
         cr_assert_gt(tu_jint(e, "latency_ns"), 0);
         cr_assert_eq(json_array_size(json_object_get(e, "answers")), 0, "%s", tu_jdump(e));
+        cr_assert(json_is_true(json_object_get(e, "answers_truncated")), "%s", tu_jdump(e));
         json_decref(e);
     }
     cr_assert_eq(stat_dns("parse_errors") - errors_before, 3);

@@ -214,8 +214,9 @@ static void one_message(struct dns_agent *d, const struct records_dns *m)
 /*
  * Takes d->msg, parsed with rc, as one of m's. A message that does not parse
  * is counted; an answer whose header and question did (its records did not)
- * still answers its query, with its rcode and latency and no answers: the
- * server did answer, and nothing of the unreadable records is guessed.
+ * still answers its query, with its rcode and latency and no answers, flagged
+ * answers_truncated: the server did answer, and nothing of the unreadable
+ * records is guessed.
  */
 static void take_message(struct dns_agent *d, const struct records_dns *m, int rc)
 {
@@ -229,6 +230,7 @@ static void take_message(struct dns_agent *d, const struct records_dns *m, int r
         if (!m->answer || !d->msg->qr || !d->msg->qname[0])
             return;
         d->msg->answer_count = 0;
+        d->msg->truncated = d->msg->ancount > 0; /* an empty list alone reads as "no data" */
     }
     one_message(d, m);
 }
