@@ -664,6 +664,36 @@ Test(dns_agent, metrics_count_by_rcode_and_fold_past_the_cap)
     dns_agent_free(d);
 }
 
+/* An answer under a pending query's ID but for another question is not taken: /metrics counts
+ * it beside the answers that matched nothing, as /api/stats does. */
+Test(dns_agent, an_answer_for_another_question_is_counted_on_metrics)
+{
+    struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+    reset();
+    uint8_t q[512], a[512];
+    size_t ql = message(q, 0x2222, "asked.test", NULL, 0);
+    struct records_dns rq = record(false, q, ql, 1 * SEC, 77);
+    dns_agent_message(d, &rq);
+    size_t al = message(a, 0x2222, "other.test", "10.0.0.9", 0);
+    struct records_dns ra = record(true, a, al, 1 * SEC + 1000, 77);
+    dns_agent_message(d, &ra);
+    cr_assert_eq(ngot, 0);
+    dns_agent_expire(d, 1 * SEC + 2000); /* refreshes the snapshot */
+    struct dns_agent_stats st;
+    dns_agent_get_stats(d, &st);
+    cr_assert_eq(st.tracker.mismatched, 1);
+
+    struct buf b;
+    buf_init(&b);
+    dns_agent_metrics(d, 0, &b);
+    cr_assert_not(b.oom);
+    cr_assert(strstr(b.data, "\nebpf_agent_dns_mismatched_total 1\n"), "%s", b.data);
+    cr_assert(strstr(b.data, "\nebpf_agent_dns_unmatched_total 0\n"), "%s", b.data);
+    buf_free(&b);
+    reset();
+    dns_agent_free(d);
+}
+
 /* What bpf/dns.bpf.c's answer_lost() does with an answer of cookie lost on cpu at ts. */
 static void kernel_lost(struct dns_lost *rings, int cpu, uint64_t cookie, uint64_t ts)
 {

@@ -838,6 +838,9 @@ void dns_agent_metrics(struct dns_agent *d, uint64_t kernel_suppressed, struct b
                "Pending DNS queries dropped for room (DNS_PENDING_MAX).", s.tracker.evicted);
     api_metric(b, "ebpf_agent_dns_unmatched_total", "counter", "DNS answers with no pending query.",
                s.tracker.unmatched);
+    api_metric(b, "ebpf_agent_dns_mismatched_total", "counter",
+               "DNS answers under a pending query's ID for another question (not taken).",
+               s.tracker.mismatched);
     api_metric(b, "ebpf_agent_dns_collisions_total", "counter",
                "DNS queries not tracked: another question was pending with their socket and ID.",
                s.tracker.collisions);
