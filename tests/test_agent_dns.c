@@ -694,6 +694,44 @@ Test(dns_agent, an_answer_for_another_question_is_counted_on_metrics)
     dns_agent_free(d);
 }
 
+/* EDNS extends the rcode past the header's 4 bits (BADVERS 16, BADCOOKIE 23): /metrics names
+ * them as the events do, and folds rcodes no one has assigned into rcode="~other". */
+Test(dns_agent, metrics_name_extended_rcodes_as_events_do)
+{
+    struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+    reset();
+    ask(d, 1, "a.test", "10.0.0.1", 0, 1 * SEC, 77);
+    cr_assert_eq(ngot, 1);
+    struct event e = got[0];
+    static const uint16_t rcodes[] = {16, 23, 23, 300};
+    for (size_t i = 0; i < sizeof(rcodes) / sizeof(rcodes[0]); i++) {
+        e.u.dns.rcode = rcodes[i];
+        dns_agent_count(d, &e);
+    }
+
+    struct buf b;
+    buf_init(&b);
+    dns_agent_metrics(d, 0, &b);
+    cr_assert_not(b.oom);
+    static const char *const want[] = {"rcode=\"NOERROR\"} 1\n", "rcode=\"BADVERS\"} 1\n",
+                                       "rcode=\"BADCOOKIE\"} 2\n", "rcode=\"~other\"} 1\n"};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        char line[256];
+        snprintf(line, sizeof(line),
+                 "ebpf_agent_dns_queries_total{namespace=\"\",workload=\"curl\","
+                 "status=\"answered\",%s",
+                 want[i]);
+        cr_assert(strstr(b.data, line), "no %s in\n%s", line, b.data);
+    }
+    cr_assert_null(strstr(b.data, "rcode=\"15\""), "%s", b.data);
+    cr_assert(strstr(b.data,
+                     "ebpf_agent_dns_latency_seconds_count{namespace=\"\",workload=\"curl\"} 5\n"),
+              "%s", b.data);
+    buf_free(&b);
+    reset();
+    dns_agent_free(d);
+}
+
 /* What bpf/dns.bpf.c's answer_lost() does with an answer of cookie lost on cpu at ts. */
 static void kernel_lost(struct dns_lost *rings, int cpu, uint64_t cookie, uint64_t ts)
 {

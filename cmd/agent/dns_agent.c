@@ -15,9 +15,11 @@
 #include "dns_events.h"
 #include "intern.h"
 
-#define RCODE_SLOTS   16 /* the header's 4-bit RCODE */
-#define TIMEOUT_SLOT  RCODE_SLOTS
-#define UNKNOWN_SLOT  (RCODE_SLOTS + 1)
+/* Every rcode assigned so far, 0-23 (BADCOOKIE): the header's 4 bits and EDNS's extension. */
+#define RCODE_SLOTS   24
+#define BEYOND_SLOT   RCODE_SLOTS /* unassigned rcodes past those: rcode="~other" */
+#define TIMEOUT_SLOT  (RCODE_SLOTS + 1)
+#define UNKNOWN_SLOT  (RCODE_SLOTS + 2)
 #define OTHER_NAME    "~other"
 #define NSEC_PER_USEC 1000ull
 
@@ -78,8 +80,9 @@ struct tcp_conn {
 struct series {
     const char *namespace; /* interned; "" outside Kubernetes */
     const char *workload;  /* interned; the command outside Kubernetes; NULL = free slot */
-    /* answered, by rcode; [TIMEOUT_SLOT]: timeouts; [UNKNOWN_SLOT]: unknown outcomes */
-    uint64_t by_rcode[RCODE_SLOTS + 2];
+    /* answered, by rcode; [BEYOND_SLOT]: past those; [TIMEOUT_SLOT]: timeouts; [UNKNOWN_SLOT]:
+     * unknown outcomes */
+    uint64_t by_rcode[UNKNOWN_SLOT + 1];
     uint64_t latency[DNS_AGENT_LATENCY_BUCKETS + 1]; /* answered, non-cumulative */
     uint64_t latency_sum_ns;
 };
@@ -679,7 +682,7 @@ void dns_agent_count(struct dns_agent *d, const struct event *e)
     if (e->status == EVENT_STATUS_TIMEOUT || e->status == EVENT_STATUS_UNKNOWN) {
         s->by_rcode[e->status == EVENT_STATUS_TIMEOUT ? TIMEOUT_SLOT : UNKNOWN_SLOT]++;
     } else {
-        s->by_rcode[e->u.dns.rcode < RCODE_SLOTS ? e->u.dns.rcode : RCODE_SLOTS - 1]++;
+        s->by_rcode[e->u.dns.rcode < RCODE_SLOTS ? e->u.dns.rcode : BEYOND_SLOT]++;
         while (b < DNS_AGENT_LATENCY_BUCKETS &&
                e->u.dns.latency_ns > latency_bounds_us[b] * NSEC_PER_USEC)
             b++;
@@ -758,6 +761,8 @@ static void series_metrics(struct buf *b, const struct series *s, bool counts)
                 buf_puts(b, ",status=\"timeout\",rcode=\"\"}");
             else if (r == UNKNOWN_SLOT)
                 buf_puts(b, ",status=\"unknown\",rcode=\"\"}");
+            else if (r == BEYOND_SLOT)
+                buf_puts(b, ",status=\"answered\",rcode=\"" OTHER_NAME "\"}");
             else
                 buf_printf(b, ",status=\"answered\",rcode=\"%s\"}",
                            dns_rcode_name((uint16_t)r, name, sizeof(name)));
