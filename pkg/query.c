@@ -383,10 +383,12 @@ static int query_parse_types(const char *v, size_t len, uint32_t *out, const cha
 
 /*
  * The query filter: a name (one trailing dot dropped) or "*." and a name; no
- * empty label, no '*' elsewhere. Written as dig shows a name or plainly: each
- * label byte, escaped (`\@`, `\.`, `\DDD`) or not (a space, a control byte,
- * any byte the URL encodes), is put in the text form events show it in
- * (pkg/dns.c: lowercase, dig's escapes), so `a@b.example`, `a\@b.example`
+ * empty label. A '*' inside the name is that byte, as events show it (dig
+ * does not escape it); as the name's first byte it is escaped (`\*`, `\042`),
+ * or "*test" and "*.*.com" would read as patterns. Written as dig shows a
+ * name or plainly: each label byte, escaped (`\@`, `\.`, `\DDD`) or not (a
+ * space, a control byte, any byte the URL encodes), is put in the text form
+ * events show it in (pkg/dns.c: lowercase, dig's escapes), so `a@b.example`, `a\@b.example`
  * and `a\064b.example` all match the name as it went on the wire, and so
  * does a name typed in UTF-8. A `\` before a digit starts a `\DDD` (three
  * digits, at most 255). A label over 63 bytes or a name over 255 on the wire
@@ -396,14 +398,17 @@ static int query_set_dns_name(struct query *q, const char *v, size_t len)
 {
     size_t o = 0, label = 0, wire = 1; /* bytes in this label, on the wire in all */
 
+    q->dns_query_suffix = false;
     if (len == 1 && v[0] == '.') { /* the root, as its events show it */
         memcpy(q->dns_query, ".", 2);
         return 0;
     }
     if (len >= 2 && v[0] == '*' && v[1] == '.') {
         memcpy(q->dns_query, "*.", 2);
+        q->dns_query_suffix = true;
         o = 2;
     }
+    const size_t start = o;
     for (size_t i = o; i < len; i++) {
         unsigned char c = (unsigned char)v[i];
         if (c == '.') { /* between labels */
@@ -417,7 +422,7 @@ static int query_set_dns_name(struct query *q, const char *v, size_t len)
             label = 0;
             continue;
         }
-        if (c == '*')
+        if (c == '*' && i == start)
             return -EINVAL;
         if (c == '\\') {
             if (i + 1 >= len)
@@ -571,8 +576,8 @@ bad:
     case QP_QUERY:
         errmsg_set(err, errlen,
                    "invalid 'query': \"%s\" (a DNS name such as example.com, or *.example.com "
-                   "for its subdomains)",
-                   quoted);
+                   "for its subdomains%s)",
+                   quoted, memchr(v, '*', len) ? "; a literal * first in a name is \\*" : "");
         break;
     case QP_RCODE:
         errmsg_set(err, errlen,
@@ -709,12 +714,12 @@ bool query_has_dns_filter(const struct query *q)
 
 /*
  * name equals pattern ignoring case, or ends in ".suffix" for a "*.suffix"
- * pattern, that dot between two labels: not a "\." inside one (an odd run of
+ * pattern (suffix), that dot between two labels: not a "\." inside one (an odd run of
  * backslashes before it), as in "a\.b.test", whose labels are "a.b" and "test".
  */
-static bool query_dns_name_match(const char *pattern, const char *name)
+static bool query_dns_name_match(const char *pattern, bool suffix, const char *name)
 {
-    if (pattern[0] != '*')
+    if (!suffix)
         return strcasecmp(pattern, name) == 0;
     size_t plen = strlen(pattern) - 1, nlen = strlen(name); /* plen counts the dot */
     if (nlen <= plen || strcasecmp(name + nlen - plen, pattern + 1) != 0)
@@ -731,7 +736,9 @@ bool query_match_dns(const struct query *q, const struct event *e)
         return true;
     if (e->type != EVENT_DNS)
         return false;
-    if (q->dns_query[0] && (!e->u.dns.query || !query_dns_name_match(q->dns_query, e->u.dns.query)))
+    if (q->dns_query[0] &&
+        (!e->u.dns.query ||
+         !query_dns_name_match(q->dns_query, q->dns_query_suffix, e->u.dns.query)))
         return false;
     /* A query that timed out has no rcode. */
     return !q->has_rcode || (e->status == EVENT_STATUS_ANSWERED && e->u.dns.rcode == q->rcode);

@@ -52,9 +52,11 @@ struct query {
     uint16_t dest_port; /* matches dport (connection, accept, close, packet_drop) */
     uint8_t status;     /* enum event_status; NONE = any (others never match a status) */
     /* dns events only (others never match these): the query name, lowercase without a
-     * trailing dot, exact or "*.suffix" (the suffix's subdomains), compared ignoring case;
-     * the rcode of an answered query. */
+     * trailing dot, exact or "*.suffix" (the suffix's subdomains: dns_query_suffix; a name
+     * whose first label is a literal "*" is exact), compared ignoring case; the rcode of an
+     * answered query. */
     char dns_query[QUERY_DNS_NAME_MAX];
+    bool dns_query_suffix;
     bool has_rcode;
     uint16_t rcode;
     uint64_t since_ns; /* inclusive; 0 = no bound */

@@ -1885,6 +1885,7 @@ int store_query(struct store *s, const struct query *q, struct store_result *out
     rq.has_dest_port = q->has_dest_port;
     rq.dest_port = q->dest_port;
     memcpy(rq.dns_query, q->dns_query, sizeof(rq.dns_query));
+    rq.dns_query_suffix = q->dns_query_suffix;
     rq.has_rcode = q->has_rcode;
     rq.rcode = q->rcode;
     bool residual = rq.has_pid || rq.command[0] || rq.has_dest_port || query_has_dns_filter(&rq);

@@ -255,7 +255,9 @@ static const struct bad_case bad_cases[] = {
     {"query=*", "'query'"},
     {"query=a..b", "'query'"},
     {"query=.a", "'query'"},
-    {"query=a*b.com", "'query'"},
+    {"query=*x.com", "'query'"},
+    {"query=*x.com", "\\*"},
+    {"query=**.com", "'query'"},
     {"query=a%5C2", "'query'"},
     {"query=a%5C25.b", "'query'"},
     {"query=*.*.com", "'query'"},
@@ -817,6 +819,19 @@ Test(query_match, dns_query_and_rcode)
         {"rcode=NOERROR", "x.test", EVENT_STATUS_TIMEOUT, 0, false}, /* no answer, no rcode */
         {"rcode=SERVFAIL&query=*.test", "x.test", EVENT_STATUS_ANSWERED, 2, true},
         {"rcode=SERVFAIL&query=*.test", "x.example", EVENT_STATUS_ANSWERED, 2, false},
+        /* A '*' inside a name is the byte, as events show it (dig does not escape it); at the
+         * start it is written \* (or \042), which is that byte, not "subdomains of". */
+        {"query=a*b.test", "a*b.test", EVENT_STATUS_ANSWERED, 0, true},
+        {"query=a.*.test", "a.*.test", EVENT_STATUS_ANSWERED, 0, true},
+        {"query=a.*.test", "a.x.test", EVENT_STATUS_ANSWERED, 0, false},
+        {"query=%5C*.test", "*.test", EVENT_STATUS_ANSWERED, 0, true},
+        {"query=%5C*.test", "x.test", EVENT_STATUS_ANSWERED, 0, false},
+        {"query=%5C042.test", "*.test", EVENT_STATUS_ANSWERED, 0, true},
+        {"query=%5C042.test", "x.test", EVENT_STATUS_ANSWERED, 0, false},
+        {"query=%5C*x.test", "*x.test", EVENT_STATUS_ANSWERED, 0, true},
+        {"query=*.%5C*.test", "a.*.test", EVENT_STATUS_ANSWERED, 0, true},
+        {"query=*.%5C*.test", "a.b.test", EVENT_STATUS_ANSWERED, 0, false},
+        {"query=*.test", "*.test", EVENT_STATUS_ANSWERED, 0, true},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct query q;
