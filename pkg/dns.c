@@ -63,6 +63,7 @@ static const struct code_name rcode_names[] = {
     {DNS_RCODE_BADTIME, "BADTIME"},   {DNS_RCODE_BADMODE, "BADMODE"},
     {DNS_RCODE_BADNAME, "BADNAME"},   {DNS_RCODE_BADALG, "BADALG"},
     {DNS_RCODE_BADTRUNC, "BADTRUNC"}, {DNS_RCODE_BADCOOKIE, "BADCOOKIE"},
+    {DNS_RCODE_BADVERS, "BADSIG"}, /* 16's TSIG name: parsed, never printed (the first wins) */
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))

@@ -823,6 +823,9 @@ Test(dns_names_of_codes, types_and_rcodes)
     uint16_t v;
     cr_assert_eq(dns_rcode_parse("badvers", 7, &v), 0);
     cr_assert_eq(v, 16);
+    /* 16 has two names (RFC 6891's BADVERS, RFC 8945's BADSIG for TSIG): both parse. */
+    cr_assert_eq(dns_rcode_parse("BADSIG", 6, &v), 0);
+    cr_assert_eq(v, 16);
     cr_assert_eq(dns_rcode_parse("NXDOMAIN", 8, &v), 0);
     cr_assert_eq(v, 3);
     cr_assert_eq(dns_rcode_parse("nxdomain", 8, &v), 0);
