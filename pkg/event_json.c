@@ -228,15 +228,19 @@ static void put_addrs(struct buf *b, const struct event *e, bool ports)
 {
     if (e->family != EVENT_FAMILY_IPV4 && e->family != EVENT_FAMILY_IPV6)
         return;
-    /* A connect that failed before its SYN (no route) never had a source: say nothing. */
-    bool no_source = e->type == EVENT_CONNECTION && addr_is_zero(e->saddr) && e->sport == 0;
-    if (!no_source) {
+    /*
+     * A connect that failed before its SYN (no route) has no source address unless its
+     * socket was bound to one, and one that found no free local port (EADDRNOTAVAIL) has
+     * no source port: what it did not have is left out, not printed as 0.0.0.0 or 0.
+     */
+    bool conn = e->type == EVENT_CONNECTION;
+    if (!conn || !addr_is_zero(e->saddr)) {
         PUT_LIT(b, ",\"source_ip\":");
         put_addr(b, e->family, e->saddr);
-        if (ports) {
-            PUT_LIT(b, ",\"source_port\":");
-            put_u64(b, e->sport);
-        }
+    }
+    if (ports && (!conn || e->sport != 0)) {
+        PUT_LIT(b, ",\"source_port\":");
+        put_u64(b, e->sport);
     }
     PUT_LIT(b, ",\"dest_ip\":");
     put_addr(b, e->family, e->daddr);

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -195,21 +196,54 @@ Test(event_json, connection_error_names)
     cr_expect_null(event_conn_error_name(100000));
 }
 
+/*
+ * A failed connect's source: what the connect never had is left out, not printed as
+ * 0.0.0.0 or 0. source_json is the source fields expected.
+ */
+static void assert_failed_connect_source(unsigned family, const char *src, uint16_t sport,
+                                         const char *dst, const char *error,
+                                         const char *source_json)
+{
+    struct event e;
+    char want[512];
+    base(&e, EVENT_CONNECTION, "curl");
+    set_addrs(&e, family, src, sport, dst, 80);
+    e.protocol = IPPROTO_TCP;
+    e.status = EVENT_STATUS_FAILED;
+    e.u.conn.error = intern(error);
+    snprintf(want, sizeof(want),
+             "{\"id\":\"00000000deadbeef\",\"type\":\"connection\"," COMMON
+             "\"command\":\"curl\"," TIMEPART ",\"node\":\"node-1\","
+             "%s\"dest_ip\":\"%s\",\"dest_port\":80,\"protocol\":\"tcp\",\"family\":\"%s\","
+             "\"status\":\"failed\",\"latency_ns\":0,\"error\":\"%s\"}",
+             source_json, dst, family == EVENT_FAMILY_IPV4 ? "ipv4" : "ipv6", error);
+    assert_json(&e, want);
+    assert_round_trip(&e);
+}
+
 /* A connect that failed before its SYN never had a source address: none is printed. */
 Test(event_json, connection_failed_before_its_syn_has_no_source)
 {
-    struct event e;
-    base(&e, EVENT_CONNECTION, "curl");
-    set_addrs(&e, EVENT_FAMILY_IPV4, "0.0.0.0", 0, "10.255.255.1", 80);
-    e.protocol = IPPROTO_TCP;
-    e.status = EVENT_STATUS_FAILED;
-    e.u.conn.error = intern("unreachable");
-    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"connection\"," COMMON
-                    "\"command\":\"curl\"," TIMEPART ",\"node\":\"node-1\","
-                    "\"dest_ip\":\"10.255.255.1\",\"dest_port\":80,"
-                    "\"protocol\":\"tcp\",\"family\":\"ipv4\",\"status\":\"failed\","
-                    "\"latency_ns\":0,\"error\":\"unreachable\"}");
-    assert_round_trip(&e);
+    assert_failed_connect_source(EVENT_FAMILY_IPV4, "0.0.0.0", 0, "10.255.255.1", "unreachable",
+                                 "");
+}
+
+/*
+ * One that found no free local port (EADDRNOTAVAIL: the kernel had chosen the source
+ * address, then no port) has no source port.
+ */
+Test(event_json, connection_without_a_local_port_has_no_source_port)
+{
+    assert_failed_connect_source(EVENT_FAMILY_IPV4, "127.0.0.1", 0, "127.0.0.1",
+                                 event_conn_error_name(EADDRNOTAVAIL),
+                                 "\"source_ip\":\"127.0.0.1\",");
+}
+
+/* One bound to a port of the wildcard address that found no route has a port, no address. */
+Test(event_json, connection_bound_to_the_wildcard_address_has_no_source_ip)
+{
+    assert_failed_connect_source(EVENT_FAMILY_IPV6, "::", 18314, "2001:db8::1", "unreachable",
+                                 "\"source_port\":18314,");
 }
 
 Test(event_json, close_with_workload_and_peer)
