@@ -1045,7 +1045,9 @@ static __always_inline int tcp_connect_failed_early(const struct task_struct *cu
     struct sockaddr_in6 sa = {};
     struct conn_record *r;
     struct sock *sk;
+    void *uaddr;
     __u16 family;
+    long rc;
 
     if (err != ENETUNREACH && err != EHOSTUNREACH && err != EACCES && err != EPERM &&
         err != EADDRNOTAVAIL && err != ENETDOWN)
@@ -1058,9 +1060,18 @@ static __always_inline int tcp_connect_failed_early(const struct task_struct *cu
     if (syn_sent == (__u64)sk)
         return 0; /* it reached SYN_SENT: the state program reported the outcome */
     family = SK_READ(sk, __sk_common.skc_family);
-    if ((family != AF_INET && family != AF_INET6) ||
-        bpf_probe_read_user(&sa, sizeof(sa), (void *)PT_REGS_PARM2_CORE_SYSCALL(regs)) ||
-        sa.sin6_family != family)
+    uaddr = (void *)PT_REGS_PARM2_CORE_SYSCALL(regs);
+    /*
+     * Only the bytes the address has (16 for IPv4, 24 for IPv6 without its scope id, the
+     * least the kernel takes): a longer read fails for an address at the end of its mapping.
+     */
+    if (family == AF_INET)
+        rc = bpf_probe_read_user(&sa, sizeof(struct sockaddr_in), uaddr);
+    else if (family == AF_INET6)
+        rc = bpf_probe_read_user(&sa, offsetof(struct sockaddr_in6, sin6_scope_id), uaddr);
+    else
+        return 0;
+    if (rc || sa.sin6_family != family)
         return 0;
     r = record_reserve(SLOT_INET_SOCK_SET_STATE, sizeof(*r));
     if (!r)

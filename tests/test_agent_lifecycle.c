@@ -22,6 +22,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <nats/nats.h>
 #include <netinet/in.h>
@@ -34,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -1210,6 +1212,60 @@ Test(lifecycle, unreachable_before_the_syn_after_connects_that_sent_one)
             log_capture_state(s.pid, "10.77.50.5");
         cr_assert(ev, "round %d: no failed connection to 10.77.50.5:%d (after a connect %s)", i,
                   100 + i, i % 2 ? "abandoned" : "refused");
+        cr_expect_str_eq(tu_jstr(ev, "error"), "unreachable");
+        json_decref(ev);
+    }
+}
+
+/*
+ * A connect() whose address ends where its memory does (the last bytes of a mapping, the
+ * next page unmapped) and that fails before its SYN is reported: the agent reads only the
+ * address's own bytes, 16 for IPv4 and 24 for IPv6 (the least the kernel takes).
+ */
+static void early_at_the_end_of_a_mapping(struct report *r, void *arg)
+{
+    static const char *const dests[] = {"10.77.50.5", "fd77:50::5"};
+    char path[128];
+    long page = sysconf(_SC_PAGESIZE);
+    snprintf(path, sizeof(path), "/run/netns/%s", ns_client);
+    int ns = open(path, O_RDONLY | O_CLOEXEC);
+    if (step_failed(r, "open netns", ns < 0) || step_failed(r, "setns", setns(ns, 0) != 0))
+        return;
+    close(ns);
+    char *mem = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (step_failed(r, "mmap", mem == MAP_FAILED) ||
+        step_failed(r, "mprotect", mprotect(mem + page, page, PROT_NONE) != 0))
+        return;
+    for (int i = 0; i < 2; i++) {
+        struct addr a = addr_of(dests[i], 200 + i);
+        socklen_t len = i ? offsetof(struct sockaddr_in6, sin6_scope_id) : a.len;
+        char *at = mem + page - len;
+        memcpy(at, &a.sa, len);
+        int fd = socket(a.family, SOCK_STREAM, 0);
+        if (step_failed(r, "socket", fd < 0))
+            return;
+        int rc = connect(fd, (struct sockaddr *)at, len);
+        errno = rc ? errno : 0;
+        if (step_failed(r, "connect (no route)", errno != EHOSTUNREACH))
+            return;
+        close(fd);
+    }
+}
+
+Test(lifecycle, unreachable_before_the_syn_with_its_address_at_the_end_of_a_mapping)
+{
+    static const char *const dests[] = {"10.77.50.5", "fd77:50::5"};
+    struct side s;
+    int unused = socket(AF_INET, SOCK_STREAM, 0);
+    struct report r;
+    side_start(&s, "lt-edge", early_at_the_end_of_a_mapping, NULL, unused);
+    side_finish(&s, &r);
+    for (int i = 0; i < 2; i++) {
+        char q[128];
+        snprintf(q, sizeof(q), "/api/events?type=connection&pid=%d&limit=100", s.pid);
+        struct failed_match m = {s.pid, dests[i], 200 + i};
+        json_t *ev = tu_wait_event(agent.port, q, match_failed, &m, WAIT_MS);
+        cr_assert(ev, "no failed connection to %s:%d", dests[i], 200 + i);
         cr_expect_str_eq(tu_jstr(ev, "error"), "unreachable");
         json_decref(ev);
     }
