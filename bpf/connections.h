@@ -9,11 +9,12 @@
 #ifndef EBPF_MONITOR_BPF_CONNECTIONS_H
 #define EBPF_MONITOR_BPF_CONNECTIONS_H
 
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define SOCK_DGRAM  2
-#define S_IFMT      00170000
-#define S_IFSOCK    0140000
+#define IPPROTO_TCP   6
+#define IPPROTO_UDP   17
+#define IPPROTO_MPTCP 262
+#define SOCK_DGRAM    2
+#define S_IFMT        00170000
+#define S_IFSOCK      0140000
 
 /* errno values the kernel reports on a connect (asm-generic: x86 and arm64 alike). */
 #define EPERM         1
@@ -962,6 +963,20 @@ static __always_inline struct sock *fd_sock(const struct task_struct *cur, long 
         return NULL;
     return file_sock(bpf_rdonly_cast(file, bpf_core_type_id_kernel(struct file)));
 }
+
+/*
+ * An accepted MPTCP socket's first subflow: the TCP socket whose handshake the state program
+ * followed (NULL on a kernel without MPTCP, or one whose accepted socket does not keep it).
+ */
+static __always_inline struct sock *mptcp_first_subflow(struct sock *sk)
+{
+    struct mptcp_sock *msk;
+
+    if (!bpf_core_type_exists(struct mptcp_sock))
+        return NULL;
+    msk = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct mptcp_sock));
+    return msk->first;
+}
 #else
 /* The syscall number of a sys_exit, or -1 for 32-bit compat tasks (other numbering). *cur
  * stays NULL: no BTF pointer to the task here. */
@@ -1005,6 +1020,14 @@ static __always_inline struct sock *fd_sock(const struct task_struct *cur, long 
         return NULL;
     sock = BPF_CORE_READ(file, private_data);
     return sock ? BPF_CORE_READ(sock, sk) : NULL;
+}
+
+/* An accepted MPTCP socket's first subflow (as above), read with helpers. */
+static __always_inline struct sock *mptcp_first_subflow(struct sock *sk)
+{
+    if (!bpf_core_field_exists(struct mptcp_sock, first))
+        return NULL;
+    return BPF_CORE_READ((struct mptcp_sock *)sk, first);
 }
 #endif
 
@@ -1123,6 +1146,12 @@ static __always_inline int conn_report(const struct task_struct *cur, struct soc
     if (accept) {
         struct record_hdr h;
 
+        /* An MPTCP connection (both ends asked for it) is its subflows' TCP connections. */
+        if (SK_READ(sk, sk_protocol) == IPPROTO_MPTCP) {
+            sk = mptcp_first_subflow(sk);
+            if (!sk)
+                return 0;
+        }
         if (SK_READ(sk, sk_protocol) != IPPROTO_TCP)
             return 0;
         record_hdr_of(&h, RECORD_ACCEPT, cur);

@@ -826,6 +826,22 @@ static void accept_after_the_reset(struct report *r, void *arg)
     close(x->fd);
 }
 
+/* The server close of client_port's connection that pid accepted (match: match_close or
+ * match_close_port); fails the test, with what the agent closed at log_port, without one. */
+static json_t *server_close_of(int pid, int client_port, bool (*match)(json_t *, void *),
+                               int log_port)
+{
+    char q[128];
+    struct close_match m = {"server", client_port};
+    snprintf(q, sizeof(q), "/api/events?type=accept,close&pid=%d&limit=100", pid);
+    json_t *ev = tu_wait_event(agent.port, q, match, &m, WAIT_MS);
+    if (!ev)
+        log_closes(log_port);
+    cr_assert(ev, "no server close event from pid %d, which accepted port %d's connection", pid,
+              client_port);
+    return ev;
+}
+
 /*
  * A connection reset while it waited in its listener's queue is still
  * accept()ed: its server side's close belongs to the process that accepted
@@ -843,17 +859,77 @@ Test(lifecycle, reset_before_the_accept_is_the_accepting_process_close)
     side_finish(&cli, &cr);
     side_finish(&srv, &sr);
 
-    char q[128];
-    snprintf(q, sizeof(q), "/api/events?type=accept,close&pid=%d&limit=100", sr.pid);
-    struct close_match m = {"server", cr.port};
-    json_t *ev = tu_wait_event(agent.port, q, match_close, &m, WAIT_MS);
-    if (!ev)
-        log_closes(SERVER_PORT);
-    cr_assert(ev, "no server close event from pid %d, which accepted port %d's connection", sr.pid,
-              cr.port);
+    json_t *ev = server_close_of(sr.pid, cr.port, match_close, SERVER_PORT);
     cr_expect_str_eq(tu_jstr(ev, "command"), "lt-server");
     cr_expect_str_eq(tu_jstr(ev, "reset"), "received");
     cr_expect_eq(tu_jint(ev, "bytes_received"), 2);
+    json_decref(ev);
+}
+
+#ifndef IPPROTO_MPTCP
+#define IPPROTO_MPTCP 262
+#endif
+#define MPTCP_PORT 8090
+
+/* Both ends of an MPTCP connection on the client netns's loopback: 100 bytes up, 40 down. */
+static void mptcp_both_ends(struct report *r, void *arg)
+{
+    struct addr a = addr_of("127.0.0.1", MPTCP_PORT);
+    char path[128];
+    int one = 1;
+    snprintf(path, sizeof(path), "/run/netns/%s", ns_client);
+    int ns = open(path, O_RDONLY | O_CLOEXEC);
+    if (step_failed(r, "open netns", ns < 0) || step_failed(r, "setns", setns(ns, 0) != 0))
+        return;
+    close(ns);
+    int l = socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP);
+    int c = socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP);
+    if (step_failed(r, "MPTCP sockets", l < 0 || c < 0) ||
+        step_failed(r, "reuseaddr", setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one))) ||
+        step_failed(r, "bind", bind(l, (struct sockaddr *)&a.sa, a.len) != 0) ||
+        step_failed(r, "listen", listen(l, 4) != 0) ||
+        step_failed(r, "connect", connect(c, (struct sockaddr *)&a.sa, a.len) != 0))
+        return;
+    int s = accept(l, NULL, NULL);
+    if (step_failed(r, "accept", s < 0))
+        return;
+    r->port = local_port(c);
+    if (!io_exact(r, c, 100, true) || !io_exact(r, s, 100, false) || !io_exact(r, s, 40, true) ||
+        !io_exact(r, c, 40, false))
+        return;
+    close(c);
+    read_eof(r, s);
+    close(s);
+    close(l);
+}
+
+/*
+ * An MPTCP connection (both ends asked for one: the accepted socket is an MPTCP socket, not
+ * its TCP subflow) is accepted like a TCP one: an accept event and a server close that name
+ * the accepting process.
+ */
+Test(lifecycle, mptcp_accept_and_its_close_name_the_accepting_process)
+{
+    int probe = socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP);
+    if (probe < 0)
+        cr_skip_test("no MPTCP in this kernel: %s", strerror(errno));
+    close(probe);
+    struct side s;
+    struct report r;
+    side_start(&s, "lt-mptcp", mptcp_both_ends, NULL, socket(AF_INET, SOCK_STREAM, 0));
+    side_finish(&s, &r);
+
+    json_t *ev = server_close_of(s.pid, r.port, match_close_port, MPTCP_PORT);
+    cr_expect_str_eq(tu_jstr(ev, "command"), "lt-mptcp");
+    cr_expect_eq(tu_jint(ev, "bytes_received"), 100);
+    cr_expect_eq(tu_jint(ev, "bytes_sent"), 40);
+    json_decref(ev);
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=accept&pid=%d&limit=100", s.pid);
+    ev = tu_wait_event(agent.port, q, match_any, NULL, WAIT_MS);
+    cr_assert(ev, "no accept event from pid %d for its MPTCP connection", s.pid);
+    cr_expect_eq(tu_jint(ev, "source_port"), r.port);
+    cr_expect_eq(tu_jint(ev, "dest_port"), MPTCP_PORT);
     json_decref(ev);
 }
 
