@@ -163,6 +163,15 @@ int BPF_PROG(tp_btf__kfree_skb, struct sk_buff *skb, void *location, int reason)
     struct sock *owner = skb->sk;
     if (!owner && has_rx_sk)
         owner = (struct sock *)ctx[3];
+    /*
+     * Nor a segment a TIME_WAIT socket took: the peer's FIN to a connection closed here first
+     * (its ACK sent), a duplicate, a RST. The state machine has done its work and the kernel
+     * frees the segment through its drop path with no reason given, at the end of every such
+     * ordinary teardown. A reason given (PAWS, out of window) is still reported.
+     */
+    if (reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED) &&
+        owner && BPF_CORE_READ(owner, __sk_common.skc_state) == TCP_TIME_WAIT)
+        return 0;
     if (!sock_captured(owner))
         return 0;
 

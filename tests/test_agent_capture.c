@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <linux/io_uring.h>
 #include <linux/sockios.h>
@@ -548,6 +549,86 @@ static void check_tcp_drop_owner(struct capture *c, struct collected *out)
     close(sfd);
 }
 
+/*
+ * Waits until the socket of local port port in this network namespace is a TIME_WAIT one
+ * (/proc/net/tcp: its timer is TIME_WAIT's, 3; its state the substate, FIN_WAIT2 until the
+ * peer's FIN).
+ */
+static void wait_time_wait(uint16_t port)
+{
+    char line[512], want[16];
+    snprintf(want, sizeof(want), ":%04X", port);
+    for (uint64_t end = clock_monotonic_ns() + 5000000000ull;; usleep(1000)) {
+        FILE *f = fopen("/proc/net/tcp", "r");
+        bool found = false;
+        cr_assert_not_null(f);
+        while (!found && fgets(line, sizeof(line), f)) {
+            char local[64], timer[32];
+            found = sscanf(line, "%*s %63s %*s %*s %*s %31s", local, timer) == 2 &&
+                    strchr(local, ':') && strcmp(strchr(local, ':'), want) == 0 &&
+                    strncmp(timer, "03:", 3) == 0;
+        }
+        fclose(f);
+        if (found)
+            return;
+        cr_assert_lt(clock_monotonic_ns(), end, "no TIME_WAIT socket on port %u", port);
+    }
+}
+
+/*
+ * Not a drop: the end of an ordinary teardown whose server closed first. The client's FIN
+ * reaches the server's TIME_WAIT socket, which takes it (and answers its ACK); the kernel
+ * then frees it through its drop path with no reason given. A UDP drop sent after it, once the
+ * client's socket has seen that ACK, comes after any record of it: none must be there.
+ */
+static void check_teardown_is_no_drop(struct capture *c, struct collected *out)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = loopback(AF_INET, 0, &ss);
+    struct flow fin = {
+        .type = EVENT_PACKET_DROP, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_TCP};
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), cfd = socket(AF_INET, SOCK_STREAM, 0), afd;
+    char b;
+
+    cr_assert(lfd >= 0 && cfd >= 0);
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&ss, len), 0);
+    cr_assert_eq(listen(lfd, 4), 0);
+    local_end(lfd, fin.daddr, &fin.dport);
+    len = loopback(AF_INET, fin.dport, &ss);
+    cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
+    local_end(cfd, fin.saddr, &fin.sport);
+    afd = accept(lfd, NULL, NULL);
+    cr_assert_geq(afd, 0);
+    close(afd);
+    close(lfd);
+    cr_assert_eq(read(cfd, &b, 1), 0, "the server's FIN");
+    /* Its ACK now, not delayed into the client's FIN, and the server's socket in TIME_WAIT. */
+    int one = 1;
+    cr_assert_eq(setsockopt(cfd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one)), 0);
+    wait_time_wait(fin.dport);
+    cr_assert_eq(shutdown(cfd, SHUT_WR), 0);
+    struct tcp_info ti;
+    socklen_t tlen = sizeof(ti);
+    uint64_t end = clock_monotonic_ns() + 5000000000ull;
+    while (getsockopt(cfd, IPPROTO_TCP, TCP_INFO, &ti, &tlen) == 0 && ti.tcpi_state != TCP_CLOSE) {
+        cr_assert_lt(clock_monotonic_ns(), end, "the client's FIN was never acknowledged");
+        usleep(1000);
+        tlen = sizeof(ti);
+    }
+    close(cfd);
+
+    struct sockaddr_storage dst;
+    socklen_t dstlen;
+    struct flow marker;
+    int ufd = udp_to_closed_port(AF_INET, &marker, &dst, &dstlen);
+    cr_assert_eq(sendto(ufd, "x", 1, 0, (struct sockaddr *)&dst, dstlen), 1);
+    cr_assert_not_null(wait_event(c, out, match_drop, &marker), "no drop of the marker datagram");
+    close(ufd);
+    for (size_t i = 0; i < out->n; i++)
+        cr_assert(!match_drop(&out->v[i], &fin), "the teardown's FIN reported as a drop (%s at %s)",
+                  out->v[i].u.drop.reason, out->v[i].u.drop.location);
+}
+
 struct child_match {
     pid_t pid;
     uint8_t type;
@@ -890,6 +971,7 @@ Test(capture, every_event_type_from_real_activity)
     check_udp_drop(c, &out, AF_INET);
     check_udp_drop(c, &out, AF_INET6);
     check_tcp_drop_owner(c, &out);
+    check_teardown_is_no_drop(c, &out);
     check_tcp_v4_mapped(c, &out);
     check_exec_exit(c, &out);
     check_exit_of_threaded_and_signalled(c, &out);
