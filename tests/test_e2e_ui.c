@@ -75,6 +75,9 @@ static pid_t tls_aggregator = -1;
  * shorter than the page's window. */
 static pid_t small_aggregator = -1;
 static char tls_dir[64];
+/* The refused-credentials case: a nats-server that wants a token, and an aggregator with the wrong
+ * one. */
+static pid_t auth_nats = -1, refused_aggregator = -1;
 
 static void setup(void)
 {
@@ -109,17 +112,21 @@ static void setup(void)
     tu_monitor_start_env(&mon, agent_env, "API_TOKEN=" TOKEN, dir);
 }
 
+/* Stops *pid (one this test started) if it runs, and forgets it. */
+static void stop_child(pid_t *pid, int timeout_ms)
+{
+    if (*pid > 0)
+        tu_stop(*pid, timeout_ms);
+    *pid = -1;
+}
+
 static void teardown(void)
 {
-    if (dnsmasq > 0)
-        tu_stop(dnsmasq, 5000);
-    dnsmasq = -1;
-    if (tls_aggregator > 0)
-        tu_stop(tls_aggregator, 10000);
-    tls_aggregator = -1;
-    if (small_aggregator > 0)
-        tu_stop(small_aggregator, 10000);
-    small_aggregator = -1;
+    stop_child(&dnsmasq, 5000);
+    stop_child(&tls_aggregator, 10000);
+    stop_child(&small_aggregator, 10000);
+    stop_child(&refused_aggregator, 10000);
+    stop_child(&auth_nats, 5000);
     if (tls_dir[0]) {
         char cmd[96];
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tls_dir);
@@ -460,6 +467,19 @@ Test(e2e_ui, the_page_works_in_a_real_browser)
     free(out);
 }
 
+/* Runs a browser check (a command line ending in node tests/js/<name>): it exits 0 and prints
+ * verdict; its output goes to the test's log. */
+static void run_browser_check(const char *run, const char *name, const char *verdict)
+{
+    char *out;
+    int rc = tu_run(run, &out);
+    cr_log_info("%s:\n%s", name, out);
+    cr_assert_neq(rc, 3, "a tool or package is missing:\n%s", out);
+    cr_assert_eq(rc, 0, "%s failed (exit %d):\n%s", name, rc, out);
+    cr_assert_not_null(strstr(out, verdict), "no verdict:\n%s", out);
+    free(out);
+}
+
 /*
  * Issue 12: the page over TLS. One more real aggregator on the test's NATS,
  * with API_TOKEN and TLS_CERT/TLS_KEY (a self-signed certificate made here);
@@ -536,15 +556,58 @@ Test(e2e_ui, the_page_works_over_tls)
                           port, marker, name, node, dir, script),
                  0);
     free(script);
-    rc = tu_run(run, &out);
+    run_browser_check(run, "ui_tls_check.mjs", "ui-tls: pass\n");
     free(run);
-    cr_log_info("ui_tls_check.mjs:\n%s", out);
-    cr_assert_neq(rc, 3, "a tool or package is missing:\n%s", out);
-    cr_assert_eq(rc, 0, "ui_tls_check.mjs failed (exit %d):\n%s", rc, out);
-    cr_assert_not_null(strstr(out, "ui-tls: pass\n"), "no verdict:\n%s", out);
-    free(out);
     int st = tu_stop(tls_aggregator, 10000);
     tls_aggregator = -1;
     cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0,
               "the TLS aggregator did not exit cleanly (status %d)", st);
+}
+
+/*
+ * An aggregator whose NATS credentials the server refuses: the banner says why
+ * (bus.last_error of /api/stats, "Authorization Violation"), not only that it is
+ * not connected, so the operator looks at the credentials rather than the network.
+ */
+Test(e2e_ui, the_banner_says_why_nats_refuses_the_aggregator)
+{
+    int nats_port = tu_free_port(), port = tu_free_port();
+    char nats_log[PATH_MAX + 32], log[PATH_MAX + 32];
+    snprintf(nats_log, sizeof(nats_log), "%s/nats-auth.log", dir);
+    snprintf(log, sizeof(log), "%s/ebpf-aggregator-refused.log", dir);
+    unlink(nats_log);
+    unlink(log);
+    static const char *const auth[] = {"--auth", "the-right-token", NULL};
+    auth_nats = tu_nats_start(nats_port, auth, nats_log);
+    cr_assert_gt(auth_nats, 0, "nats-server with --auth did not start");
+
+    char listen[64], nats[64];
+    snprintf(listen, sizeof(listen), "LISTEN_ADDR=127.0.0.1:%d", port);
+    snprintf(nats, sizeof(nats), "NATS_URL=nats://127.0.0.1:%d", nats_port);
+    char *argv[] = {(char *)tu_repo_path("bin/ebpf-aggregator"), NULL};
+    char *envp[] = {listen, nats, "DEPLOYMENT_MODE=vm", "NATS_TOKEN=a-wrong-token", NULL};
+    refused_aggregator = tu_spawn(argv, envp, log);
+    cr_assert_gt(refused_aggregator, 0);
+    cr_assert(tu_wait_http(port, "/health", 200, 30000), "the aggregator does not serve");
+    /* The reason the page must show is the one the aggregator reports. */
+    char reason[256] = "";
+    for (uint64_t deadline = tu_mono_ms() + 15000; !reason[0]; usleep(100000)) {
+        json_t *stats = tu_get_json(port, "/api/stats", NULL);
+        snprintf(reason, sizeof(reason), "%s", tu_jpath_str(stats, "bus.last_error"));
+        json_decref(stats);
+        cr_assert(reason[0] || tu_mono_ms() < deadline, "no bus.last_error in /api/stats");
+    }
+    cr_assert_not_null(strstr(reason, "Authorization"), "bus.last_error: %s", reason);
+
+    char *script = realpath(tu_repo_path("tests/js/ui_banner_check.mjs"), NULL);
+    cr_assert_not_null(script, "tests/js/ui_banner_check.mjs not found");
+    char *run;
+    cr_assert_gt(asprintf(&run,
+                          "URL=http://127.0.0.1:%d EXPECT='not connected to NATS (%s)'"
+                          " CHROMIUM=" CHROMIUM " node '%s'",
+                          port, reason, script),
+                 0);
+    free(script);
+    run_browser_check(run, "ui_banner_check.mjs", "ui-banner: pass\n");
+    free(run);
 }

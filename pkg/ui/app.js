@@ -102,6 +102,16 @@ function problem(source, msg) {
 
 let serverKind = null; // 'aggregator' or 'agent', from /api/stats
 
+// Why NATS is not connected, as the server last heard it (bus.last_error of /api/stats, such as
+// "Authorization Violation"): " (reason)", or '' when it does not say.
+function busReason(s) {
+  const b = s && s.bus;
+  if (!b)
+    return '';
+  const why = (!b.connected && b.last_error) || (b.control && !b.control.connected && b.control.last_error);
+  return why ? ' (' + why + ')' : '';
+}
+
 async function checkHealth() {
   // Both asked at once; the statistics are used only when the server answers.
   const stats = apiJson('api/stats');
@@ -109,7 +119,8 @@ async function checkHealth() {
   try {
     const ready = await fetch('ready', { cache: 'no-store' }).then((r) => r.json());
     if (ready.nats === 'disconnected')
-      problem('ready', 'The aggregator is not connected to NATS: no new events are arriving.');
+      problem('ready', 'The aggregator is not connected to NATS' + busReason(await stats.catch(() => null)) +
+        ': no new events are arriving.');
     else if (ready.status && ready.status !== 'ready')
       problem('ready', 'The agent is not ready: no eBPF program is attached.');
     else
@@ -132,7 +143,7 @@ async function checkHealth() {
     else
       problem('partial', null);
     if (serverKind === 'agent' && s.bus && !s.bus.connected)
-      problem('bus', 'This agent is not connected to NATS: the aggregator is not receiving its events.');
+      problem('bus', 'This agent is not connected to NATS' + busReason(s) + ': the aggregator is not receiving its events.');
     else
       problem('bus', null);
     lastStats = s;
