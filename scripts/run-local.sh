@@ -16,6 +16,23 @@ agg_addr="${AGGREGATOR_LISTEN_ADDR:-:8081}"
 agent_port="${agent_addr##*:}"
 agg_port="${agg_addr##*:}"
 
+# Where a listen address is reached from this machine: its own host (an IPv6 one in
+# brackets, a host the listener alone binds), or loopback for every address (:PORT).
+reach() {
+  local host="${1%:*}"
+  case "$host" in
+    '' | 0.0.0.0) host=127.0.0.1 ;;
+    '[::]') host='[::1]' ;;
+  esac
+  echo "$host:${1##*:}"
+}
+agent_at=$(reach "$agent_addr")
+agg_at=$(reach "$agg_addr")
+# As the commands printed below name them: localhost for every address.
+agent_url="$agent_at" agg_url="$agg_at"
+case "${agent_addr%:*}" in '' | 0.0.0.0 | '[::]') agent_url="localhost:$agent_port" ;; esac
+case "${agg_addr%:*}" in '' | 0.0.0.0 | '[::]') agg_url="localhost:$agg_port" ;; esac
+
 pids=()     # agent and aggregator
 nats_pid=""
 cleanup() {
@@ -91,21 +108,21 @@ else
 fi
 # Up (/health), then ready: the aggregator's /ready wants NATS, which a NATS_URL of the
 # user's may not be yet; both keep trying it meanwhile.
-if wait_http "http://127.0.0.1:$agent_port/ready" 30 && wait_http "http://127.0.0.1:$agg_port/health" 30; then
-  if ! wait_http "http://127.0.0.1:$agg_port/ready" "$([ -n "$nats_pid" ] && echo 30 || echo 5)"; then
+if wait_http "http://$agent_at/ready" 30 && wait_http "http://$agg_at/health" 30; then
+  if ! wait_http "http://$agg_at/ready" "$([ -n "$nats_pid" ] && echo 30 || echo 5)"; then
     for p in "${pids[@]}"; do
       kill -0 "$p" 2>/dev/null || not_started
     done
-    echo "run: NATS at $NATS_URL is not reachable yet; the agent keeps its batches and both keep trying (curl -s localhost:$agg_port/api/stats | jq .bus)"
+    echo "run: NATS at $NATS_URL is not reachable yet; the agent keeps its batches and both keep trying (curl -s $agg_url/api/stats | jq .bus)"
   fi
   cat <<MSG
 
 run: ready. Try, in another terminal:
-  curl -s 'localhost:$agent_port/api/events?type=connection&limit=5'          # this node (agent)
-  curl -s 'localhost:$agg_port/api/events?type=exec,exit&limit=5'            # the whole cluster (aggregator)
-  curl -s localhost:$agg_port/api/nodes
-  curl -s localhost:$agg_port/api/stats
-  curl -N 'localhost:$agg_port/api/events/stream?type=exec'                  # live, Server-Sent Events
+  curl -s '$agent_url/api/events?type=connection&limit=5'          # this node (agent)
+  curl -s '$agg_url/api/events?type=exec,exit&limit=5'            # the whole cluster (aggregator)
+  curl -s $agg_url/api/nodes
+  curl -s $agg_url/api/stats
+  curl -N '$agg_url/api/events/stream?type=exec'                  # live, Server-Sent Events
   bin/ebpf-aggregator tail --nats $NATS_URL --type connection             # live from the bus
 ${API_TOKEN:+(API_TOKEN is set: add -H "Authorization: Bearer \$API_TOKEN" to the /api requests)
 }$stops

@@ -34,13 +34,14 @@ static void stop_script(void)
     script = -1;
 }
 
-static void start_run(const char *nats_env)
+/* The script with both programs listening on host (127.0.0.1, [::1]) and nats_env set. */
+static void start_run_at(const char *host, const char *nats_env)
 {
     char agent_env[64], aggregator_env[64], nats[64];
     agent_port = tu_free_port();
     aggregator_port = tu_free_port();
-    snprintf(agent_env, sizeof(agent_env), "AGENT_LISTEN_ADDR=127.0.0.1:%d", agent_port);
-    snprintf(aggregator_env, sizeof(aggregator_env), "AGGREGATOR_LISTEN_ADDR=127.0.0.1:%d",
+    snprintf(agent_env, sizeof(agent_env), "AGENT_LISTEN_ADDR=%s:%d", host, agent_port);
+    snprintf(aggregator_env, sizeof(aggregator_env), "AGGREGATOR_LISTEN_ADDR=%s:%d", host,
              aggregator_port);
     snprintf(nats, sizeof(nats), "%s", nats_env);
     int fd = mkstemps(log_path, 4);
@@ -68,6 +69,11 @@ static void start_run(const char *nats_env)
         _exit(127);
     }
     setpgid(script, script);
+}
+
+static void start_run(const char *nats_env)
+{
+    start_run_at("127.0.0.1", nats_env);
 }
 
 /* Waits until the log has text; fails with the log after WAIT_MS. */
@@ -143,5 +149,23 @@ Test(e2e_run, a_nats_url_not_reachable_yet_is_said_and_both_keep_running, .fini 
     cr_assert(tu_wait_http(agent_port, "/health", 200, 5000), "the agent stopped");
     cr_assert(tu_wait_http(aggregator_port, "/health", 200, 5000), "the aggregator stopped");
     cr_assert(tu_wait_http(aggregator_port, "/ready", 503, 5000), "ready without NATS");
+    free(ctrl_c());
+}
+
+/* Listen addresses of a host of their own (IPv6 loopback here, as a VM's own address would be):
+ * make run waits for the programs there, not on 127.0.0.1 where nothing of theirs listens, and
+ * its commands name that host. */
+Test(e2e_run, listeners_on_a_host_of_their_own_are_waited_for_there, .fini = fini, .timeout = 150)
+{
+    char nats[32];
+    snprintf(nats, sizeof(nats), "RUN_NATS_PORT=%d", tu_free_port());
+    start_run_at("[::1]", nats);
+    wait_log("run: ready.");
+    char *log = tu_read_file(log_path);
+    char hint[64];
+    snprintf(hint, sizeof(hint), "curl -s [::1]:%d/api/nodes", aggregator_port);
+    cr_assert(log && strstr(log, hint), "no \"%s\" in:\n%s", hint, log ? log : "");
+    cr_assert_null(strstr(log, "did not start"), "%s", log);
+    free(log);
     free(ctrl_c());
 }
