@@ -56,6 +56,7 @@ struct bus {
     bool closing; /* bus_close() started: a close is ours, not a refusal */
     uint64_t disconnects;
     uint64_t reconnects;
+    uint64_t closed_for_good; /* on_closed() of a connection not closed by bus_close() */
     uint64_t async_errors;
     uint64_t publish_denied; /* "Permissions Violation for Publish to ...": one per refused PUB */
     int logged_error;        /* atomic: the natsStatus on_error() logged last (NATS_OK: none) */
@@ -197,6 +198,8 @@ static void on_closed(natsConnection *nc, void *closure)
      */
     const char *last = conn_error(nc); /* a refused login, in the server's words */
     bool refused_login = last != NULL && strcmp(last, "Authorization Violation") == 0;
+    if (!ours)
+        __atomic_fetch_add(&b->closed_for_good, 1, __ATOMIC_RELAXED);
     pthread_mutex_lock(&b->lock);
     if (!ours && (!specific_error(b->last_error) || strstr(b->last_error, "no NATS server")))
         snprintf(b->last_error, sizeof(b->last_error),
@@ -686,6 +689,7 @@ void bus_get_status(struct bus *b, struct bus_status *out)
     out->closed = __atomic_load_n(&b->closed, __ATOMIC_ACQUIRE);
     out->disconnects = __atomic_load_n(&b->disconnects, __ATOMIC_RELAXED);
     out->reconnects = __atomic_load_n(&b->reconnects, __ATOMIC_RELAXED);
+    out->closed_for_good = __atomic_load_n(&b->closed_for_good, __ATOMIC_RELAXED);
     out->async_errors = __atomic_load_n(&b->async_errors, __ATOMIC_RELAXED);
     natsConnection *nc = current(b);
     if (out->connected && nc)

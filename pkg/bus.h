@@ -48,9 +48,11 @@ struct bus_status {
                     a new connection is opened after a wait (bus_conn()) */
     uint64_t disconnects;
     uint64_t reconnects;
-    uint64_t async_errors; /* slow consumer, permissions... */
-    char server[256];      /* the server connected to, without credentials; "" when not */
-    char last_error[512];  /* the last connection or asynchronous error; "" when none */
+    uint64_t closed_for_good; /* connections nats.c closed for good (the servers refused the
+                                 credentials, or another error such as max_connections) */
+    uint64_t async_errors;    /* slow consumer, permissions... */
+    char server[256];         /* the server connected to, without credentials; "" when not */
+    char last_error[512];     /* the last connection or asynchronous error; "" when none */
 };
 
 struct bus;

@@ -1900,9 +1900,13 @@ Test(e2e_cluster, a_refusal_then_the_fix_needs_no_restart)
         json_t *j = api(all[i], "/api/stats");
         cr_expect(says_refused(tu_jpath_str(j, "bus.last_error")), "%s: %s", all[i]->name,
                   tu_jdump(tu_jpath(j, "bus")));
+        /* Counted, not only said: each connection the client closed for good. */
+        cr_expect_geq(tu_jpath_int(j, "bus.closed_for_good"), 1, "%s: %s", all[i]->name,
+                      tu_jdump(tu_jpath(j, "bus")));
         if (i > 0)
             cr_expect(json_is_false(tu_jpath(j, "bus.control.connected")) &&
-                          says_refused(tu_jpath_str(j, "bus.control.last_error")),
+                          says_refused(tu_jpath_str(j, "bus.control.last_error")) &&
+                          tu_jpath_int(j, "bus.control.closed_for_good") >= 1,
                       "%s: %s", all[i]->name, tu_jdump(tu_jpath(j, "bus")));
         json_decref(j);
     }
@@ -1914,6 +1918,10 @@ Test(e2e_cluster, a_refusal_then_the_fix_needs_no_restart)
     struct tu_http m;
     cr_assert_eq(tu_http_get(r1->port, "/metrics", NULL, &m), 0);
     cr_expect(strstr(m.body, "\nebpf_aggregator_ready 0\n"), "metrics while refused");
+    const char *closed = strstr(m.body, "\nebpf_aggregator_nats_closed_for_good_total ");
+    cr_expect(closed && strtoull(closed + strlen("\nebpf_aggregator_nats_closed_for_good_total "),
+                                 NULL, 10) >= 2,
+              "the two refused connections are not counted in /metrics");
     tu_http_free(&m);
 
     nats_down();

@@ -177,14 +177,15 @@ static void write_bus(struct agent *a, struct buf *b, const struct publisher_sta
         ",\"events_sent\":%" PRIu64 ",\"bytes_sent\":%" PRIu64 ",\"batches_dropped\":%" PRIu64
         ",\"batches_too_large\":%" PRIu64 ",\"agent_drops\":%" PRIu64 ",\"encode_failed\":%" PRIu64
         ",\"queue_batches\":%" PRIu64 ",\"queue_bytes\":%" PRIu64 ",\"publish_errors\":%" PRIu64
-        ",\"disconnects\":%" PRIu64 ",\"reconnects\":%" PRIu64 ",\"async_errors\":%" PRIu64
-        ",\"batches_unheard\":%" PRIu64 ",\"listener\":%s}",
+        ",\"disconnects\":%" PRIu64 ",\"reconnects\":%" PRIu64 ",\"closed_for_good\":%" PRIu64
+        ",\"async_errors\":%" PRIu64 ",\"batches_unheard\":%" PRIu64 ",\"listener\":%s}",
         a->cfg.batch_size, a->cfg.flush_interval_ns / 1000000, a->cfg.flush_interval_ns,
         a->cfg.heartbeat_ns, ps->heartbeats, a->cfg.outage_buffer_bytes, ps->sequence,
         ps->batches_sent, ps->events_sent, ps->bytes_sent, ps->batches_dropped,
         ps->batches_too_large, ps->events_dropped, ps->encode_failed, ps->queue_batches,
         ps->queue_bytes, ps->publish_errors, ps->bus.disconnects, ps->bus.reconnects,
-        ps->bus.async_errors, ps->batches_unheard, ps->no_listener ? "false" : "true");
+        ps->bus.closed_for_good, ps->bus.async_errors, ps->batches_unheard,
+        ps->no_listener ? "false" : "true");
 }
 
 /* Pod attribution health: whether pod names can be resolved, and why not. */
@@ -465,6 +466,10 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                "Publish attempts that failed (retried).", ps.publish_errors);
     api_metric(b, "ebpf_agent_bus_reconnects_total", "counter", "Reconnections to NATS.",
                ps.bus.reconnects);
+    api_metric(b, "ebpf_agent_bus_closed_for_good_total", "counter",
+               "Connections the NATS client closed for good (the servers refused the credentials, "
+               "or another error such as max_connections); each is opened again.",
+               ps.bus.closed_for_good);
     api_metric(b, "ebpf_agent_bus_unheard_batches_total", "counter",
                "Batches NATS delivered to no subscriber (no aggregator listening), queued again.",
                ps.batches_unheard);

@@ -563,12 +563,13 @@ static void stats_answer(struct aggregator *a, const struct http_request *req,
         cluster_bus_status(a->cluster, &control);
     json_object_set_new(
         root, "bus",
-        json_pack("{s:b,s:s,s:I,s:I,s:I,s:s,s:{s:b,s:I,s:s}}", "connected", bs.connected, "server",
-                  bs.server, "disconnects", (json_int_t)bs.disconnects, "reconnects",
-                  (json_int_t)bs.reconnects, "async_errors", (json_int_t)bs.async_errors,
-                  "last_error", bs.last_error, "control", "connected", control.connected,
-                  "async_errors", (json_int_t)control.async_errors, "last_error",
-                  control.last_error));
+        json_pack("{s:b,s:s,s:I,s:I,s:I,s:I,s:s,s:{s:b,s:I,s:I,s:s}}", "connected", bs.connected,
+                  "server", bs.server, "disconnects", (json_int_t)bs.disconnects, "reconnects",
+                  (json_int_t)bs.reconnects, "closed_for_good", (json_int_t)bs.closed_for_good,
+                  "async_errors", (json_int_t)bs.async_errors, "last_error", bs.last_error,
+                  "control", "connected", control.connected, "closed_for_good",
+                  (json_int_t)control.closed_for_good, "async_errors",
+                  (json_int_t)control.async_errors, "last_error", control.last_error));
     json_t *stream = api_stream_stats_json(&hs);
     if (stream) {
         api_json_set_u64(stream, "bus_dropped", ingest_stream_dropped(a));
@@ -716,6 +717,11 @@ static void metrics_answer(struct aggregator *a, const struct http_request *req,
                bs.connected && control.connected);
     api_metric(b, "ebpf_aggregator_nats_reconnects_total", "counter", "Reconnections to NATS.",
                bs.reconnects);
+    api_metric(b, "ebpf_aggregator_nats_closed_for_good_total", "counter",
+               "Connections the NATS client closed for good (the servers refused the credentials, "
+               "or another error such as max_connections), on both of the replica's connections; "
+               "each is opened again.",
+               sat_sum(bs.closed_for_good, control.closed_for_good));
     api_metric(b, "ebpf_aggregator_stream_bus_lost_batches_total", "counter",
                "Batches this replica's SSE feed never heard while it had clients (sequence gaps: "
                "its subscription was made again on a new NATS connection).",
