@@ -1055,6 +1055,17 @@ static int resolve_capture_cgroup(struct config *c, char *err, size_t errlen)
     return 0;
 }
 
+/* The flags that take no value: --check-config, --help, --version and the agent's --verbose
+ * (which cmd/agent takes out of argv before this runs, unless it was given a value). */
+static bool is_switch(const char *name, size_t nlen, enum config_role role)
+{
+    static const char *const switches[] = {"check-config", "help", "version", "verbose"};
+    for (size_t i = 0; i < sizeof(switches) / sizeof(switches[0]); i++)
+        if (strlen(switches[i]) == nlen && strncmp(name, switches[i], nlen) == 0)
+            return i < 3 || role == CONFIG_AGENT;
+    return false;
+}
+
 enum config_result config_load(struct config *c, enum config_role role, int argc, char **argv,
                                char *err, size_t errlen)
 {
@@ -1093,6 +1104,10 @@ enum config_result config_load(struct config *c, enum config_role role, int argc
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
         const char *value = eq ? eq + 1 : NULL;
         bool is_config = nlen == 6 && strncmp(name, "config", 6) == 0;
+        if (value && is_switch(name, nlen, role)) {
+            errmsg_set(err, errlen, "option --%.*s takes no value (see --help)", (int)nlen, name);
+            return CONFIG_INVALID;
+        }
         const struct key *k = is_config ? NULL : find_key(name, nlen);
         if (!is_config && (!k || !(k->roles & role) || memchr(name, '_', nlen))) {
             errmsg_set(err, errlen, "unknown option --%.*s (see --help)", (int)nlen, name);

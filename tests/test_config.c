@@ -508,6 +508,26 @@ Test(config, bad_flag_value_and_unknown_flag)
     cr_assert_eq(load(&c, CONFIG_AGENT, 3, argv4), CONFIG_INVALID);
 }
 
+/* A switch given a value is that, not an option that does not exist. */
+Test(config, a_switch_given_a_value_is_said_to_take_none)
+{
+    struct config c;
+    static const char *const agent[] = {"--check-config=yes", "--help=1", "--version=2",
+                                        "--verbose=1"};
+    for (size_t i = 0; i < sizeof(agent) / sizeof(agent[0]); i++) {
+        char *argv[] = {"ebpf-agent", (char *)agent[i], NULL};
+        cr_assert_eq(load(&c, CONFIG_AGENT, 2, argv), CONFIG_INVALID, "%s", agent[i]);
+        char want[64];
+        snprintf(want, sizeof(want), "option %.*s takes no value", (int)strcspn(agent[i], "="),
+                 agent[i]);
+        cr_expect(strstr(err, want), "%s: %s", agent[i], err);
+    }
+    /* The aggregator has no --verbose at all. */
+    char *argv[] = {"ebpf-aggregator", "--verbose=1", NULL};
+    cr_assert_eq(load(&c, CONFIG_AGGREGATOR, 2, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "unknown option --verbose"), "%s", err);
+}
+
 Test(config, bad_file_names_key_and_line)
 {
     struct config c;
