@@ -2103,6 +2103,24 @@ Test(e2e_cluster, an_agent_stopped_without_nats_says_what_it_could_not_send)
 }
 
 /*
+ * An aggregator stopped while NATS is unreachable (systemctl stop during an outage) exits at
+ * once, well within its unit's TimeoutStopSec (15 s): its subscriptions have no server to wait
+ * for, where each used to wait 2 s for a flush that could not come (16 s in all).
+ */
+Test(e2e_cluster, an_aggregator_stopped_without_nats_exits_at_once)
+{
+    snprintf(nats_url, sizeof(nats_url), "nats://127.0.0.1:%d", tu_free_port()); /* no one */
+    struct proc *r = agg_up("no-nats", NULL, false);
+    cr_assert_eq(kill(r->pid, SIGTERM), 0);
+    uint64_t start = tu_mono_ms();
+    int code = tu_wait_exit(r->pid, 20000);
+    uint64_t took = tu_mono_ms() - start;
+    r->pid = 0;
+    cr_expect_eq(code, 0, "exit status %d after %" PRIu64 " ms", code, took);
+    cr_expect_lt(took, 3000, "the aggregator took %" PRIu64 " ms to stop", took);
+}
+
+/*
  * A replica that dies takes the counts of the batches it received with it: they must count as
  * lost on the survivor, also those received before the survivor started. The survivor knows
  * from the dead replica's heartbeats how long the cluster has been listening, so it counts an

@@ -638,7 +638,10 @@ bool aggregator_sub_close(natsSubscription *sub, natsConnection *nc, bool drain,
         natsSubscription_WaitForDrainCompletion(sub, timeout_ms);
     } else {
         natsSubscription_Unsubscribe(sub);
-        reader_past = natsConnection_IsClosed(nc) ||
+        /* Without a connection to the server no reader delivers anything more to sub (it is off
+         * the connection's list, and not sent again on a reconnection), and a flush could only
+         * wait for its timeout. */
+        reader_past = natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED ||
                       natsConnection_FlushTimeout(nc, timeout_ms) == NATS_OK ||
                       natsConnection_IsClosed(nc);
     }
