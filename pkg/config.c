@@ -53,6 +53,7 @@ struct key {
     const char *def_agent; /* default as text; NULL = empty */
     const char *def_agg;
     const char *help;
+    const char *help_agg; /* the aggregator's --help, when it differs */
 };
 
 #define BOTH       (CONFIG_AGENT | CONFIG_AGGREGATOR)
@@ -61,17 +62,20 @@ struct key {
 #define STR(field) offsetof(struct config, field), sizeof(((struct config *)0)->field)
 #define NUM(field) offsetof(struct config, field), sizeof(((struct config *)0)->field)
 #define SEC        1000000000ull
+/* Keys the aggregator takes so that one configuration (or one set of downward-API variables)
+ * serves both programs, but has no use for. */
+#define UNUSED_BY_AGG "accepted as the agent takes it; the aggregator does not use it"
 
 static const struct key keys[] = {
     {"DEPLOYMENT_MODE", KIND_MODE, BOTH, NUM(deployment_mode), 0, 0, "auto", "auto",
      "vm, kubernetes or auto (kubernetes when KUBERNETES_SERVICE_HOST is set or a service-account "
      "token exists)"},
     {"NODE_NAME", KIND_NODE, BOTH, STR(node_name), 0, 0, NULL, NULL,
-     "the node this process reports as (default: hostname)"},
+     "the node this process reports as (default: hostname)", UNUSED_BY_AGG},
     {"POD_NAME", KIND_STRING, BOTH, STR(pod_name), 0, 0, NULL, NULL,
-     "own pod name (Kubernetes downward API)"},
+     "own pod name (Kubernetes downward API)", UNUSED_BY_AGG},
     {"POD_NAMESPACE", KIND_STRING, BOTH, STR(pod_namespace), 0, 0, NULL, NULL,
-     "own pod namespace (Kubernetes downward API)"},
+     "own pod namespace (Kubernetes downward API)", UNUSED_BY_AGG},
     {"NATS_URL", KIND_STRING, BOTH, STR(nats_url), 0, 0, "nats://127.0.0.1:4222",
      "nats://127.0.0.1:4222", "comma-separated NATS server list"},
     {"NATS_CREDS", KIND_FILE, BOTH, STR(nats_creds), 0, 0, NULL, NULL, "NATS credentials file"},
@@ -955,7 +959,8 @@ void config_print_help(FILE *out, enum config_role role, const char *prog)
         char flag[64];
         flag_name(k, flag, sizeof(flag));
         const char *def = role == CONFIG_AGENT ? k->def_agent : k->def_agg;
-        fprintf(out, "  --%-22s %s\n  %25s env %s; default: %s\n", flag, k->help, "", k->name,
+        const char *help = role == CONFIG_AGGREGATOR && k->help_agg ? k->help_agg : k->help;
+        fprintf(out, "  --%-22s %s\n  %25s env %s; default: %s\n", flag, help, "", k->name,
                 def ? def : "(none)");
     }
     if (role == CONFIG_AGENT) /* the agent's own flag (cmd/agent), not a key */

@@ -864,6 +864,28 @@ Test(config, binaries_help_and_exit_status)
     unlink(path);
 }
 
+/* The downward-API keys the aggregator takes but does not use say so in its --help. */
+Test(config, aggregator_help_says_which_keys_it_does_not_use)
+{
+    const char *flags[] = {"--node-name ", "--pod-name ", "--pod-namespace "};
+    for (int role = 0; role < 2; role++) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        cr_assert_not_null(f);
+        config_print_help(f, role ? CONFIG_AGGREGATOR : CONFIG_AGENT, "prog");
+        fclose(f);
+        for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+            const char *line = strstr(text, flags[i]);
+            cr_assert_not_null(line, "no %s in the help", flags[i]);
+            const char *end = strchr(line, '\n');
+            bool unused = strstr(line, "does not use it") && strstr(line, "does not use it") < end;
+            cr_expect_eq(unused, role == 1, "%s: %.*s", flags[i], (int)(end - line), line);
+        }
+        free(text);
+    }
+}
+
 /* Runs bin with args; its exit status, and its output (stdout and stderr) in *out. */
 static int run(const char *bin, const char *const args[], char **out)
 {
