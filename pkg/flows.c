@@ -2444,15 +2444,19 @@ int flows_query_parse(struct flows_query *q, const char *qs, size_t len, uint64_
         const char *eq = memchr(seg, '=', seglen);
         size_t namelen = eq ? (size_t)(eq - seg) : seglen;
         enum flows_param p = FP_COUNT;
-        if (query_form_decode(seg, namelen, name, sizeof(name)) >= 0)
+        int nlen = query_form_decode(seg, namelen, name, sizeof(name));
+        if (nlen >= 0)
             for (p = 0; p < FP_COUNT; p++)
                 if (strcmp(name, flows_param_names[p]) == 0)
                     break;
-        if (p == FP_COUNT)
+        if (p == FP_COUNT) {
+            char quoted[QUERY_ERR_VALUE_MAX + 4];
             return errmsg_set(err, errlen,
-                              "unknown query parameter '%.*s' (allowed: since, until, namespace, "
+                              "unknown query parameter '%s' (allowed: since, until, namespace, "
                               "workload, node, group_by, protocol, status, limit)",
-                              (int)(namelen > 64 ? 64 : namelen), seg);
+                              nlen >= 0 ? query_quote(name, (size_t)nlen, quoted)
+                                        : query_quote(seg, namelen, quoted));
+        }
         if (given[p])
             return errmsg_set(err, errlen, "duplicate query parameter '%s' (give it once)",
                               flows_param_names[p]);

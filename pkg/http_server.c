@@ -246,8 +246,9 @@ bool http_refuse_params(const struct http_request *req, struct http_response *re
     while (n < req->query_len && req->query[n] != '=' && req->query[n] != '&')
         n++;
     n -= start;
-    snprintf(msg, sizeof(msg), "unknown query parameter '%.*s' (%.*s takes no parameters)",
-             (int)(n < 64 ? n : 64), req->query + start,
+    char quoted[QUERY_ERR_VALUE_MAX + 4];
+    snprintf(msg, sizeof(msg), "unknown query parameter '%s' (%.*s takes no parameters)",
+             query_quote(req->query + start, n, quoted),
              (int)(req->path_len < 64 ? req->path_len : 64), req->path);
     http_response_error(res, 400, msg);
     return true;

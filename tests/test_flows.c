@@ -686,6 +686,11 @@ Test(flows, query_string)
 
     const char *bad[][2] = {
         {"type=connection", "unknown query parameter 'type'"},
+        /* A long name is cut where the message says so; control bytes are shown as '?'. */
+        {"x234567890123456789012345678901234567890123456789012345678901234567890=1",
+         "unknown query parameter 'x23456789012345678901234567890123456789012345678901234567890123"
+         "4...' ("},
+        {"ty%01pe=1", "unknown query parameter 'ty?pe' ("},
         {"limit=0", "'limit': \"0\""},
         {"limit=100001", "'limit'"},
         {"group_by=node", "'group_by': \"node\""},

@@ -386,6 +386,14 @@ Test(http_server, a_route_without_parameters_names_the_one_given)
     cr_assert_str_eq(
         res.body.data,
         "{\"error\":\"unknown query parameter 'foo' (/api/stats takes no parameters)\"}");
+    /* A long name is cut where the message says so. */
+    req.query = "a234567890123456789012345678901234567890123456789012345678901234567890=1";
+    req.query_len = strlen(req.query);
+    cr_assert(http_refuse_params(&req, &res));
+    buf_putc(&res.body, '\0');
+    cr_assert_not_null(strstr(res.body.data, "'a23456789012345678901234567890123456789"
+                                             "0123456789012345678901234...' (/api/stats"),
+                       "%s", res.body.data);
     req.query = "\"x";
     req.query_len = 2;
     cr_assert(http_refuse_params(&req, &res));
