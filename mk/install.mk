@@ -81,7 +81,18 @@ $(BUILD)/man/%.8: $(BIN)/%
 	@mkdir -p $(@D)
 	$(HELP2MAN) --no-info --section=8 --source=ebpf-monitor --version-string='$(VERSION)' \
 	    --name="$(if $(filter ebpf-agent,$*),eBPF event agent,cluster-wide event aggregator)" \
+	    $(if $(filter ebpf-aggregator,$*),--include=$(BUILD)/man/ebpf-aggregator.h2m) \
 	    --output=$@ $<
+
+# The aggregator's subcommands, each a section of its page with its own --help, as printed
+# (roff's escape character and control characters at a line's start made plain text).
+MAN_TEXT := sed -e 's/\\/\\e/g' -e "s/^[.']/\\\\\&&/"
+$(BUILD)/man/ebpf-aggregator.8: $(BUILD)/man/ebpf-aggregator.h2m
+$(BUILD)/man/ebpf-aggregator.h2m: $(BIN)/ebpf-aggregator
+	@mkdir -p $(@D)
+	@{ echo '[TAIL]'; echo '.nf'; $< tail --help | $(MAN_TEXT); echo '.fi'; \
+	   echo '[DECODE]'; echo '.nf'; $< decode --help | $(MAN_TEXT); echo '.fi'; } > $@.tmp
+	@mv -f $@.tmp $@
 
 FORCE:
 

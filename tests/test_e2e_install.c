@@ -237,6 +237,11 @@ Test(e2e_install, make_install_and_uninstall)
     out = must("man ebpf-aggregator", cmd);
     char *synopsis = strstr(out, "SYNOPSIS"), *description = strstr(out, "DESCRIPTION");
     cr_assert(synopsis && description, "no SYNOPSIS or DESCRIPTION:\n%s", out);
+    /* Each subcommand has a section with its own options. */
+    char *tail = strstr(out, "\nTAIL\n"), *decode = strstr(out, "\nDECODE\n");
+    cr_expect(tail && decode && strstr(tail, "--rcode") && strstr(tail, "--peer-pod") &&
+                  strstr(decode, "nats sub --translate"),
+              "no TAIL and DECODE sections with their options:\n%s", out);
     *description = '\0';
     cr_expect(strstr(synopsis, "ebpf-aggregator tail") &&
                   strstr(synopsis, "ebpf-aggregator decode"),
