@@ -486,6 +486,29 @@ static uint64_t own_cgroup_id(void)
 }
 
 /*
+ * A TCP listener on IPv4 loopback (*lfd) and a client connected to it (returned), not accepted;
+ * *f is the client's flow to it, as a packet_drop of its segments would name it.
+ */
+static int tcp_loopback_pair(int *lfd, struct flow *f)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = loopback(AF_INET, 0, &ss);
+    int cfd = socket(AF_INET, SOCK_STREAM, 0);
+
+    *lfd = socket(AF_INET, SOCK_STREAM, 0);
+    *f = (struct flow){
+        .type = EVENT_PACKET_DROP, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_TCP};
+    cr_assert(*lfd >= 0 && cfd >= 0);
+    cr_assert_eq(bind(*lfd, (struct sockaddr *)&ss, len), 0);
+    cr_assert_eq(listen(*lfd, 4), 0);
+    local_end(*lfd, f->daddr, &f->dport);
+    len = loopback(AF_INET, f->dport, &ss);
+    cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
+    local_end(cfd, f->saddr, &f->sport);
+    return cfd;
+}
+
+/*
  * A drop charged to a socket is its owner's: data a client sent on a connection
  * no one accepted, purged (QUEUE_PURGE) when its listener closes. The drop names
  * no process (it runs wherever the kernel was), but its cgroup is the socket's
@@ -495,18 +518,10 @@ static void check_tcp_drop_owner(struct capture *c, struct collected *out)
 {
     struct sockaddr_storage ss;
     socklen_t len = loopback(AF_INET, 0, &ss);
-    struct flow f = {
-        .type = EVENT_PACKET_DROP, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_TCP};
-    int lfd = socket(AF_INET, SOCK_STREAM, 0), cfd = socket(AF_INET, SOCK_STREAM, 0), unacked = 1;
+    struct flow f;
+    int lfd, cfd = tcp_loopback_pair(&lfd, &f), unacked = 1;
     const struct event *e;
 
-    cr_assert(lfd >= 0 && cfd >= 0);
-    cr_assert_eq(bind(lfd, (struct sockaddr *)&ss, len), 0);
-    cr_assert_eq(listen(lfd, 4), 0);
-    local_end(lfd, f.daddr, &f.dport);
-    len = loopback(AF_INET, f.dport, &ss);
-    cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
-    local_end(cfd, f.saddr, &f.sport);
     cr_assert_eq(write(cfd, "ping", 4), 4);
     /* Acknowledged: in the unaccepted socket's receive queue. */
     for (uint64_t end = clock_monotonic_ns() + 5000000000ull;
@@ -583,20 +598,10 @@ static void wait_time_wait(uint16_t port)
  */
 static void check_teardown_is_no_drop(struct capture *c, struct collected *out)
 {
-    struct sockaddr_storage ss;
-    socklen_t len = loopback(AF_INET, 0, &ss);
-    struct flow fin = {
-        .type = EVENT_PACKET_DROP, .family = EVENT_FAMILY_IPV4, .protocol = IPPROTO_TCP};
-    int lfd = socket(AF_INET, SOCK_STREAM, 0), cfd = socket(AF_INET, SOCK_STREAM, 0), afd;
+    struct flow fin;
+    int lfd, cfd = tcp_loopback_pair(&lfd, &fin), afd;
     char b;
 
-    cr_assert(lfd >= 0 && cfd >= 0);
-    cr_assert_eq(bind(lfd, (struct sockaddr *)&ss, len), 0);
-    cr_assert_eq(listen(lfd, 4), 0);
-    local_end(lfd, fin.daddr, &fin.dport);
-    len = loopback(AF_INET, fin.dport, &ss);
-    cr_assert_eq(connect(cfd, (struct sockaddr *)&ss, len), 0, "connect: %s", strerror(errno));
-    local_end(cfd, fin.saddr, &fin.sport);
     afd = accept(lfd, NULL, NULL);
     cr_assert_geq(afd, 0);
     close(afd);
