@@ -297,6 +297,7 @@ static bool details_equal(const struct event *a, const struct event *b)
                a->u.dns.transaction_id == b->u.dns.transaction_id &&
                a->u.dns.latency_ns == b->u.dns.latency_ns && a->u.dns.tc == b->u.dns.tc &&
                a->u.dns.answers_truncated == b->u.dns.answers_truncated &&
+               str_equal(a->u.dns.error, b->u.dns.error) &&
                a->u.dns.answers_len == b->u.dns.answers_len &&
                (!a->u.dns.answers_len ||
                 (a->u.dns.answers && b->u.dns.answers &&
@@ -426,7 +427,9 @@ static void bounded_names(const struct event *e, const char *v[BOUNDED_NAMES])
         e->peer.node,
         e->peer.service,
         e->peer.dns,
-        e->type == EVENT_CONNECTION ? e->u.conn.error : NULL,
+        e->type == EVENT_CONNECTION ? e->u.conn.error
+        : e->type == EVENT_DNS      ? e->u.dns.error
+                                    : NULL,
         e->type == EVENT_PACKET_DROP ? e->u.drop.reason : NULL,
         e->type == EVENT_PACKET_DROP ? e->u.drop.location : NULL,
     };

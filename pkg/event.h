@@ -52,7 +52,7 @@ enum event_family {
 enum event_status {
     EVENT_STATUS_NONE = 0,
     EVENT_STATUS_ESTABLISHED,
-    EVENT_STATUS_FAILED,
+    EVENT_STATUS_FAILED, /* connection; dns: the kernel reported an error on its socket */
     EVENT_STATUS_ATTEMPTED,
     EVENT_STATUS_ANSWERED, /* dns: the server answered (whatever its rcode) */
     EVENT_STATUS_TIMEOUT,  /* dns: no answer within DNS_TIMEOUT */
@@ -158,8 +158,10 @@ struct event {
         /*
          * One DNS query and its outcome (pkg/dns.h builds it). The client is
          * saddr/sport, the server daddr/dport; protocol is TCP or UDP;
-         * status is ANSWERED or TIMEOUT. For a timeout, rcode, answers and
-         * latency_ns are 0/empty and carry no meaning (codecs omit them).
+         * status is ANSWERED, TIMEOUT, UNKNOWN or FAILED (the kernel reported
+         * an error on the query's socket: error names it, latency_ns is the
+         * time to it). Unanswered, rcode and answers are 0/empty and carry no
+         * meaning (codecs omit them), and so is latency_ns but for FAILED.
          */
         struct {
             char *query;   /* owned; lowercase, no trailing dot, "." for the root */
@@ -173,6 +175,7 @@ struct event {
             uint64_t latency_ns;       /* query sent -> answer received */
             uint8_t tc;                /* the answer had the TC bit: cut to fit (UDP) */
             uint8_t answers_truncated; /* the answer held records past those listed */
+            const char *error;         /* interned; FAILED: as a connection's ("refused", ...) */
         } dns;
     } u;
 };

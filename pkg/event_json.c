@@ -348,7 +348,14 @@ static void put_dns(struct buf *b, const struct event *e)
     PUT_KEY_STR(b, ",\"query_type\":", dns_type_name(e->u.dns.query_type, name, sizeof(name)));
     PUT_LIT(b, ",\"transaction_id\":");
     put_u64(b, e->u.dns.transaction_id);
-    /* No answer: no rcode, answers or latency. */
+    /* No answer: no rcode, answers or latency; a failure's latency is to its error. */
+    if (e->status == EVENT_STATUS_FAILED) {
+        if (e->u.dns.error)
+            PUT_KEY_STR(b, ",\"error\":", e->u.dns.error);
+        PUT_LIT(b, ",\"latency_ns\":");
+        put_u64(b, e->u.dns.latency_ns);
+        return;
+    }
     if (e->status == EVENT_STATUS_TIMEOUT || e->status == EVENT_STATUS_UNKNOWN)
         return;
     PUT_KEY_STR(b, ",\"rcode\":", dns_rcode_name(e->u.dns.rcode, name, sizeof(name)));
@@ -388,7 +395,8 @@ static size_t event_json_bound(const struct event *e)
     else if (e->type == EVENT_EXEC)
         n += 2 * str_bound(e->u.exec.filename) + 12 * (size_t)e->u.exec.args_len + 64;
     else if (e->type == EVENT_DNS) /* answers: 6 bytes per byte, quotes and comma per NUL */
-        n += str_bound(e->u.dns.query) + 6 * (size_t)e->u.dns.answers_len + 64;
+        n += str_bound(e->u.dns.query) + str_bound(e->u.dns.error) +
+             6 * (size_t)e->u.dns.answers_len + 64;
     return n;
 }
 
@@ -998,10 +1006,14 @@ static int parse_dns(struct parse_ctx *c, struct event *e)
             e->status = EVENT_STATUS_TIMEOUT;
         else if (strcmp(s, "unknown") == 0)
             e->status = EVENT_STATUS_UNKNOWN;
+        else if (strcmp(s, "failed") == 0)
+            e->status = EVENT_STATUS_FAILED;
         else
             return errmsg_set(c->err, c->errlen,
-                              "field \"status\": expected answered, timeout or unknown");
+                              "field \"status\": expected answered, timeout, unknown or failed");
     }
+    if ((rc = get_interned(c, "error", &e->u.dns.error)))
+        return rc;
     if ((rc = get_str(c, "query", false, &s, &len)))
         return rc;
     if (s && memchr(s, '\0', len))

@@ -179,6 +179,8 @@ Ebpfmonitor__DnsStatus event_pb_dns_status(unsigned status)
         return EBPFMONITOR__DNS_STATUS__DNS_STATUS_TIMEOUT;
     case EVENT_STATUS_UNKNOWN:
         return EBPFMONITOR__DNS_STATUS__DNS_STATUS_UNKNOWN;
+    case EVENT_STATUS_FAILED:
+        return EBPFMONITOR__DNS_STATUS__DNS_STATUS_FAILED;
     default:
         return EBPFMONITOR__DNS_STATUS__DNS_STATUS_UNSPECIFIED;
     }
@@ -200,6 +202,9 @@ int event_pb_dns_to_event(const Ebpfmonitor__DnsDetails *x, struct event *e, cha
         break;
     case EBPFMONITOR__DNS_STATUS__DNS_STATUS_UNKNOWN:
         e->status = EVENT_STATUS_UNKNOWN;
+        break;
+    case EBPFMONITOR__DNS_STATUS__DNS_STATUS_FAILED:
+        e->status = EVENT_STATUS_FAILED;
         break;
     default:
         return errmsg_set(err, errlen, "dns.status: unknown status %d", (int)x->status);

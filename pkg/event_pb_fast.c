@@ -223,7 +223,8 @@ static size_t plan_details(const struct event *e, struct enc_plan *pl)
             sz_u64(PB_TAG(4, PB_WT_VARINT), e->u.dns.rcode) +
             sz_u64(PB_TAG(6, PB_WT_VARINT), e->u.dns.latency_ns) +
             sz_u64(PB_TAG(7, PB_WT_VARINT), e->u.dns.transaction_id) + (e->u.dns.tc ? 2 : 0) +
-            (e->u.dns.answers_truncated ? 2 : 0);
+            (e->u.dns.answers_truncated ? 2 : 0) +
+            sz_len(PB_TAG(10, PB_WT_LEN), str_len(e->u.dns.error));
         /* answers: every element is written (repeated field) */
         const char *p = e->u.dns.answers, *ans;
         size_t len;
@@ -366,6 +367,7 @@ static uint8_t *write_details(uint8_t *p, const struct event *e, const struct en
             *p++ = PB_TAG(9, PB_WT_VARINT);
             *p++ = 1;
         }
+        p = put_len(p, PB_TAG(10, PB_WT_LEN), e->u.dns.error, str_len(e->u.dns.error));
         break;
     }
     }
@@ -748,9 +750,12 @@ static bool fast_exec(const struct pb_field *f, Ebpfmonitor__ExecDetails *x)
 
 #define PB_FAST_MAX_ANSWERS EVENT_DNS_ANSWERS_MAX
 
-/* DnsDetails, gathered into x (converted by event_pb_dns_to_event() once complete). */
-static bool fast_dns(const struct pb_field *f, Ebpfmonitor__DnsDetails *x)
+/* DnsDetails, gathered into x (converted by event_pb_dns_to_event() once complete), but
+ * for its error, interned into e. */
+static bool fast_dns(const struct pb_field *f, Ebpfmonitor__DnsDetails *x, struct event *e)
 {
+    if (f->num == 10)
+        return f->wt == PB_WT_LEN && fast_str(f->data, f->len, &e->u.dns.error);
     if (f->num == 2 || f->num == 5) {
         if (f->wt != PB_WT_LEN)
             return false;
@@ -769,7 +774,7 @@ static bool fast_dns(const struct pb_field *f, Ebpfmonitor__DnsDetails *x)
         return false;
     switch (f->num) {
     case 1:
-        if (f->v > EBPFMONITOR__DNS_STATUS__DNS_STATUS_UNKNOWN)
+        if (f->v > EBPFMONITOR__DNS_STATUS__DNS_STATUS_FAILED)
             return false;
         x->status = (Ebpfmonitor__DnsStatus)f->v;
         return true;
@@ -829,7 +834,7 @@ static bool fast_details_field(unsigned which, const struct pb_field *f, struct 
 {
     switch (which) {
     case EVENT_PB_DNS:
-        return fast_dns(f, dns);
+        return fast_dns(f, dns, e);
     case EBPFMONITOR__EVENT__DETAILS_CONNECTION:
         return fast_conn(f, e);
     case EBPFMONITOR__EVENT__DETAILS_DROP:

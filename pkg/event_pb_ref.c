@@ -171,6 +171,7 @@ static int pb_fill(const struct event *e, const char *batch_node, Ebpfmonitor__E
         d->dns.transaction_id = e->u.dns.transaction_id;
         d->dns.truncated = e->u.dns.tc != 0;
         d->dns.answers_truncated = e->u.dns.answers_truncated != 0;
+        d->dns.error = pb_str(e->u.dns.error);
         out->details_case = EBPFMONITOR__EVENT__DETAILS_DNS;
         out->dns = &d->dns;
         break;
@@ -462,6 +463,8 @@ static int to_event(const Ebpfmonitor__Event *pb, const char *batch_node,
             event_clear(e);
             return rc;
         }
+        if ((rc = intern_field(ic, IC_ERROR, pb->dns->error, &e->u.dns.error)))
+            goto nomem;
         break;
     case EBPFMONITOR__EVENT__DETAILS_EXIT:
         e->u.exit.exit_code = pb->exit->exit_code;

@@ -661,6 +661,25 @@ Test(event_json, dns_unknown_outcome_has_no_rcode_answers_or_latency)
     event_clear(&e);
 }
 
+/* The kernel reported an error on its socket: named as a connection's, with the time to it. */
+Test(event_json, dns_failure_has_its_error_and_latency_and_no_rcode_or_answers)
+{
+    struct event e;
+    base(&e, EVENT_DNS, "dig");
+    e.status = EVENT_STATUS_FAILED;
+    e.u.dns.query = strdup("down.test");
+    e.u.dns.query_type = 1;
+    e.u.dns.transaction_id = 9;
+    e.u.dns.latency_ns = 40000;
+    e.u.dns.error = intern("refused");
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"dns\"," COMMON
+                    "\"command\":\"dig\"," TIMEPART ",\"node\":\"node-1\",\"status\":\"failed\","
+                    "\"query\":\"down.test\",\"query_type\":\"A\",\"transaction_id\":9,"
+                    "\"error\":\"refused\",\"latency_ns\":40000}");
+    assert_round_trip(&e);
+    event_clear(&e);
+}
+
 Test(event_json, dns_without_a_parent_or_a_process)
 {
     struct event e;

@@ -178,6 +178,18 @@ static size_t make_events(struct event *ev)
     e->u.dns.query_type = 65280;
     e->u.dns.rcode = 0;
     e->u.dns.transaction_id = 1;
+
+    /* Refused at once: the error and the time to it. */
+    e = &ev[n++];
+    base(e, EVENT_DNS, 12, "isc-net-0000");
+    addrs(e, EVENT_FAMILY_IPV4, "127.0.0.1", 42000, "127.0.0.1", 21053);
+    e->protocol = IPPROTO_UDP;
+    e->status = EVENT_STATUS_FAILED;
+    e->u.dns.query = strdup("down.test");
+    e->u.dns.query_type = 1;
+    e->u.dns.transaction_id = 2;
+    e->u.dns.latency_ns = 40000;
+    e->u.dns.error = intern("refused");
     return n;
 }
 
@@ -721,7 +733,10 @@ static void random_event(struct event *e)
     case EVENT_DNS: {
         e->status = (uint8_t)(rng() % 3 == 0   ? EVENT_STATUS_TIMEOUT
                               : rng() % 5 == 0 ? EVENT_STATUS_UNKNOWN
+                              : rng() % 5 == 0 ? EVENT_STATUS_FAILED
                                                : EVENT_STATUS_ANSWERED);
+        if (e->status == EVENT_STATUS_FAILED)
+            e->u.dns.error = pick(errors, 3);
         if (rng() % 8) {
             size_t ql = 1 + (rng() % 8 ? rng() % 40 : rng() % 300);
             e->u.dns.query = malloc(ql + 1);

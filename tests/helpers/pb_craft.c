@@ -246,9 +246,9 @@ static void dns_empty_answer(struct buf *b)
     dns_body(b);
     pbc_bytes(b, 5, "", 0);
 }
-static void dns_status_4(struct buf *b)
+static void dns_status_5(struct buf *b)
 {
-    pbc_u64(b, 1, 4); /* past DNS_STATUS_UNKNOWN */
+    pbc_u64(b, 1, 5); /* past DNS_STATUS_FAILED */
 }
 static void dns_type_past_16_bits(struct buf *b)
 {
@@ -309,7 +309,7 @@ static const struct shape shapes[] = {
     {"dns details with 17 answers", T_DNS, D_DNS, dns_17_answers, 0, 0},
     {"dns answer with a NUL byte", T_DNS, D_DNS, dns_nul_answer, 0, 0},
     {"dns answer that is empty", T_DNS, D_DNS, dns_empty_answer, 0, 0},
-    {"dns details with status 4", T_DNS, D_DNS, dns_status_4, 0, 0},
+    {"dns details with status 5", T_DNS, D_DNS, dns_status_5, 0, 0},
     {"dns details with query_type 70000", T_DNS, D_DNS, dns_type_past_16_bits, 0, 0},
     {"close event carrying dns details", T_CLOSE, D_DNS, dns_body, 0, 0},
     {"close event referring to a full pod-table entry", T_CLOSE, D_CLOSE, close_body, 1, 0, NULL,
