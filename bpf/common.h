@@ -37,6 +37,7 @@ enum prog_slot {
     SLOT_TCP_RECEIVE_RESET,
     SLOT_DNS_EGRESS,  /* dns queries (cgroup_skb/egress) */
     SLOT_DNS_INGRESS, /* dns answers (cgroup_skb/ingress) */
+    SLOT_DNS_ERROR,   /* dns queries failed by an ICMP error or a reset (inet_sk_error_report) */
     SLOT_COUNT,
 };
 

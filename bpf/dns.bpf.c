@@ -20,6 +20,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
 
 #include "dns_events.h"
 #include "common.bpf.h"
@@ -172,20 +173,19 @@ struct dns_msg {
 };
 
 /*
- * An answer this program could not pass on: its socket and the time go into this CPU's ring of
- * lost answers (struct dns_lost), so that user space makes only that socket's queries unsure.
- * Not inlined: only a loss runs it, and emit()'s copies stay small.
+ * An answer (or a socket error) this program could not pass on: its socket and the time go into
+ * this CPU's ring of lost answers (struct dns_lost), so that user space makes only that socket's
+ * queries unsure. Not inlined: only a loss runs it, and emit()'s copies stay small.
  */
-static __noinline int answer_lost(struct __sk_buff *skb, __u64 now)
+static __noinline int cookie_lost(__u64 cookie, __u64 now)
 {
     __u32 zero = 0;
     struct dns_lost *l = bpf_map_lookup_elem(&dns_lost, &zero);
     struct dns_lost_slot *s;
-    __u64 cookie, n;
+    __u64 n;
 
     if (!l)
         return 1;
-    cookie = bpf_get_socket_cookie(skb);
     n = l->written;
     for (__u32 i = 1; i <= DNS_LOST_RECENT && i <= n; i++) {
         s = &l->slot[(n - i) & (DNS_LOST_SLOTS - 1)];
@@ -199,6 +199,11 @@ static __noinline int answer_lost(struct __sk_buff *skb, __u64 now)
     s->ts_ns = now;
     l->written = n + 1;
     return 1;
+}
+
+static __always_inline int answer_lost(struct __sk_buff *skb, __u64 now)
+{
+    return cookie_lost(bpf_get_socket_cookie(skb), now);
 }
 
 /*
@@ -239,6 +244,7 @@ static __always_inline int emit(struct __sk_buff *skb, const struct dns_msg *m,
     r->tcp_seq = m->tcp_seq;
     r->tcp_next = m->tcp_next;
     r->tcp_order = m->tcp_order;
+    r->error = 0;
     /* The verifier must see the bound on the very register passed as the length: the
      * clamp is opaque to the compiler, so it cannot hand the helper another copy. */
     asm volatile("if %[len] <= %[cap] goto +1; %[len] = %[cap]" : [len] "+r"(len) : [cap] "i"(cap));
@@ -505,4 +511,59 @@ SEC("cgroup_skb/ingress")
 int cgroup_skb__dns_ingress(struct __sk_buff *skb)
 {
     return handle(skb, DNS_DIR_ANSWER);
+}
+
+/*
+ * A socket of a DNS server port that the kernel gave an error: an ICMP error on a connected UDP
+ * socket (port unreachable: ECONNREFUSED; host or network unreachable), or a TCP reset or
+ * timeout. The client learns it at once (a connected socket's next receive fails), so its
+ * queries sent before have failed: user space ends them with this error (pkg/dns.h,
+ * dns_tracker_socket_error()). An unconnected UDP socket has no peer port here (and without
+ * IP_RECVERR the kernel reports it no error at all): its queries stay timeouts. A TCP connect
+ * refused sent no query: the record finds none pending. Other sockets' errors cost a few
+ * loads. A record the ring has no room for makes the socket's queries unsure instead.
+ */
+SEC("tp_btf/inet_sk_error_report")
+int BPF_PROG(tp_btf__dns_sk_error_report, const struct sock *sk)
+{
+    __u16 family = sk->__sk_common.skc_family, proto = sk->sk_protocol;
+    struct dns_record *r;
+    __u64 now, cookie;
+    int err;
+
+    if ((proto != IPPROTO_UDP && proto != IPPROTO_TCP) ||
+        (family != AF_INET && family != AF_INET6) ||
+        !is_dns_port(bpf_ntohs(sk->__sk_common.skc_dport)))
+        return 0;
+    err = sk->sk_err;
+    if (!err)
+        err = sk->sk_err_soft;
+    if (!err)
+        return 0;
+    now = bpf_ktime_get_boot_ns();
+    cookie = bpf_get_socket_cookie((void *)sk);
+    r = record_reserve(SLOT_DNS_ERROR, DNS_RECORD_SIZE(0));
+    if (!r) {
+        cookie_lost(cookie, now);
+        return 0;
+    }
+    __builtin_memset(r, 0, DNS_RECORD_SIZE(0));
+    r->hdr.kind = RECORD_DNS;
+    r->hdr.ts_ns = now;
+    r->direction = DNS_DIR_ERROR;
+    r->cookie = cookie;
+    r->family = family;
+    r->protocol = proto;
+    r->sport = sk->__sk_common.skc_num;
+    r->dport = bpf_ntohs(sk->__sk_common.skc_dport);
+    if (family == AF_INET) {
+        __builtin_memcpy(r->saddr, &sk->__sk_common.skc_rcv_saddr, 4);
+        __builtin_memcpy(r->daddr, &sk->__sk_common.skc_daddr, 4);
+    } else {
+        __builtin_memcpy(r->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+        __builtin_memcpy(r->daddr, &sk->__sk_common.skc_v6_daddr, 16);
+    }
+    r->error = err;
+    record_submit_wakeup(r, ringbuf_wakeup_bytes);
+    return 0;
 }

@@ -65,10 +65,13 @@ enum dns_tcp_order {
 enum dns_direction {
     DNS_DIR_QUERY = 1, /* sent by a local socket to a server port (egress) */
     DNS_DIR_ANSWER,    /* received by a local socket from a server port (ingress) */
+    DNS_DIR_ERROR,     /* an error the kernel reported on a socket of a server port: no message */
 };
 
 /*
- * RECORD_DNS. hdr.cgroup_id is the socket's cgroup (so an answer received in
+ * RECORD_DNS. A DNS_DIR_ERROR record is DNS_RECORD_SIZE(0) bytes: the socket (cookie, its
+ * addresses and ports, the server's as daddr/dport) and its error, no payload.
+ * hdr.cgroup_id is the socket's cgroup (so an answer received in
  * softirq still names its pod); hdr.pid/ppid/comm/uid are the sending task for a
  * query sent from the socket's own cgroup, zero otherwise (an answer, or a
  * query sent outside the socket owner's context).
@@ -87,13 +90,15 @@ struct dns_record {
     __u32 tcp_seq;     /* TCP: the segment's sequence number (host order) */
     __u32 tcp_next;    /* TCP: the socket's next one then (rcv_nxt or snd_nxt) */
     __u8 tcp_order;    /* enum dns_tcp_order */
-    __u8 pad[7];
+    __u8 pad[3];
+    __u32 error; /* DNS_DIR_ERROR: the socket's error (ECONNREFUSED, ...); else 0 */
     __u8 payload[DNS_RECORD_PAYLOAD_MAX]; /* the record ends after its room (DNS_RECORD_SIZE) */
 };
 
 /*
  * The DNS answers the ingress program could not pass on (the ring buffer was full, or
- * DNS_RATE_LIMIT suppressed the record), by socket: a per-CPU ring of the sockets they were
+ * DNS_RATE_LIMIT suppressed the record), and the socket errors the error program could not
+ * (the ring buffer was full), by socket: a per-CPU ring of the sockets they were
  * for and when, so that only those sockets' queries lose their "timeout" (user space reads
  * every CPU's ring at each scan; cmd/agent/dns_agent.c). A loss of a socket among the last
  * DNS_LOST_RECENT written moves that slot's time forward instead of taking a new slot (a

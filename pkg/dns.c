@@ -18,6 +18,7 @@
 #include <sys/random.h>
 
 #include "clock.h"
+#include "intern.h"
 
 /* ---- Names of types and rcodes ------------------------------------------ */
 
@@ -906,6 +907,33 @@ size_t dns_tracker_expire(struct dns_tracker *t, uint64_t now_ns, dns_timeout_fn
             t->st.unknown++;
         else
             t->st.timeouts++;
+        n++;
+        fn(&e, arg);
+    }
+    return n;
+}
+
+size_t dns_tracker_socket_error(struct dns_tracker *t, uint64_t cookie, unsigned error,
+                                uint64_t now_ns, dns_timeout_fn fn, void *arg)
+{
+    const char *name = event_conn_error_name(error);
+    size_t n = 0;
+    uint32_t i, next;
+
+    if (!name)
+        return 0;
+    for (i = t->table.oldest; i != NIL; i = next) {
+        next = t->table.link[i].newer;
+        if (t->entry[i].key.cookie != cookie || t->entry[i].ts_ns > now_ns)
+            continue;
+        struct event e;
+        uint64_t start = t->entry[i].ts_ns;
+        event_move(&e, &t->entry[i].ev);
+        table_remove(&t->table, i);
+        e.status = EVENT_STATUS_FAILED;
+        e.u.dns.error = intern(name);
+        e.u.dns.latency_ns = now_ns - start;
+        t->st.failed++;
         n++;
         fn(&e, arg);
     }

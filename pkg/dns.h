@@ -267,6 +267,7 @@ struct dns_tracker_stats {
     uint64_t answered;   /* queries matched to their answer: one event each */
     uint64_t timeouts;   /* queries expired without an answer: one event each */
     uint64_t unknown;    /* the same after an answer that may have been theirs was lost */
+    uint64_t failed;     /* queries ended by an error on their socket: one event each */
     uint64_t evicted;    /* pending queries dropped for room, no event (see below) */
     uint64_t unmatched;  /* answers with no pending query of their key */
     uint64_t mismatched; /* answers whose question differs from their query's */
@@ -334,8 +335,8 @@ int dns_tracker_answer(struct dns_tracker *t, const struct dns_key *k, const str
 
 /*
  * Called with each expired query's event (status TIMEOUT or UNKNOWN,
- * latency_ns 0, no answers); the callback owns it (event_clear() or
- * event_move() it).
+ * latency_ns 0, no answers), or failed one (dns_tracker_socket_error()); the callback owns it
+ * (event_clear() or event_move() it).
  */
 typedef void (*dns_timeout_fn)(struct event *e, void *arg);
 
@@ -364,6 +365,18 @@ void dns_tracker_answer_unreadable(struct dns_tracker *t, const struct dns_key *
  * pending.
  */
 void dns_tracker_socket_unsure(struct dns_tracker *t, uint64_t cookie, uint64_t now_ns);
+
+/*
+ * The kernel reported error (an errno: ECONNREFUSED for an ICMP port unreachable,
+ * EHOSTUNREACH, ECONNRESET, ...) on the socket cookie at now_ns: every query of that socket
+ * sent at or before now_ns has failed, and leaves through fn as an event (status FAILED,
+ * error named as a connection's, event_conn_error_name(); latency_ns = now_ns - the query's
+ * time; no rcode, no answers), counted in `failed`, in the order the queries arrived. Costs a
+ * walk of the pending queries: errors are rare (a socket has one per ICMP error, which senders
+ * rate-limit). Returns how many.
+ */
+size_t dns_tracker_socket_error(struct dns_tracker *t, uint64_t cookie, unsigned error,
+                                uint64_t now_ns, dns_timeout_fn fn, void *arg);
 
 /*
  * Every query pending for the timeout or longer at now_ns becomes an event

@@ -56,6 +56,7 @@ struct dns_seen {
     uint64_t cookie;
     uint16_t sport, dport, id;
     uint8_t protocol, family;
+    uint32_t error; /* an error record's (no message) */
 };
 
 struct collected {
@@ -70,16 +71,17 @@ static void collect_dns(void *ctx, const struct records_dns *m)
     struct collected *c = ctx;
     struct dns_seen *d;
 
-    if (c->ndns == 64 || m->payload_len < 2)
+    if (c->ndns == 64 || (m->payload_len < 2 && !m->error))
         return;
     d = &c->dns[c->ndns++];
+    d->error = m->error;
     d->answer = m->answer;
     d->pid = m->pid;
     memcpy(d->command, m->command, sizeof(d->command));
     d->cookie = m->cookie;
     d->sport = m->sport;
     d->dport = m->dport;
-    d->id = (uint16_t)(m->payload[0] << 8 | m->payload[1]);
+    d->id = m->error ? 0 : (uint16_t)(m->payload[0] << 8 | m->payload[1]);
     d->protocol = m->protocol;
     d->family = m->family;
 }
@@ -951,6 +953,33 @@ static void check_dns(struct capture *c, struct collected *out)
     cr_assert_eq(answer->dport, query->sport);
 }
 
+/* A TCP connection to the DNS port refused (it is bound, not listening): the error program's
+ * record of the socket, with its error and the server's port, and no message. */
+static void check_dns_error(struct capture *c, struct collected *out)
+{
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)dns_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_neq(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0);
+    cr_assert_eq(errno, ECONNREFUSED);
+    close(fd);
+
+    uint64_t deadline = clock_monotonic_ns() + DEADLINE_MS * 1000000ull;
+    const struct dns_seen *err = NULL;
+    while (!err && clock_monotonic_ns() < deadline) {
+        capture_poll(c, 50);
+        for (size_t i = 0; i < out->ndns; i++)
+            if (out->dns[i].error)
+                err = &out->dns[i];
+    }
+    cr_assert_not_null(err, "no dns error record");
+    cr_assert_eq(err->error, ECONNREFUSED);
+    cr_assert_eq(err->protocol, IPPROTO_TCP);
+    cr_assert_eq(err->dport, dns_port);
+    cr_assert_neq(err->cookie, 0);
+}
+
 Test(capture, every_event_type_from_real_activity)
 {
     struct collected out = {0};
@@ -963,7 +992,7 @@ Test(capture, every_event_type_from_real_activity)
     c = open_capture(EVENT_TYPES_ALL, 1000, &out);
 
     n = capture_programs(c, progs, 16);
-    cr_assert_eq(n, 11);
+    cr_assert_eq(n, SLOT_COUNT);
     cr_assert_eq(capture_attached(c), n);
     for (size_t i = 0; i < n; i++)
         cr_assert_eq(progs[i].status, CAPTURE_PROGRAM_ATTACHED, "%s: %s", progs[i].name,
@@ -984,6 +1013,7 @@ Test(capture, every_event_type_from_real_activity)
 
     check_tcp_reset(c, &out);
     check_dns(c, &out);
+    check_dns_error(c, &out);
 
     n = capture_programs(c, progs, 16);
     for (size_t i = 0; i < n; i++) {
@@ -1002,7 +1032,7 @@ Test(capture, every_event_type_from_real_activity)
         distinct += !seen;
         cr_assert_neq(progs[i].prog_id, 0, "%s has no kernel id", progs[i].name);
     }
-    cr_assert_eq(distinct, 10, "%zu kernel programs for %zu entries", distinct, n);
+    cr_assert_eq(distinct, SLOT_COUNT - 1, "%zu kernel programs for %zu entries", distinct, n);
     nids = our_bpf_objects(ids, 32, &others);
     cr_assert_geq(nids, distinct, "only %zu program fds open", nids);
     capture_close(c);

@@ -7,6 +7,7 @@
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <netinet/in.h>
@@ -389,6 +390,74 @@ Test(dns_agent, unanswered_queries_time_out_and_garbage_is_counted)
         errors += st.tracker.parse_errors[i];
     cr_assert_eq(errors, 1);
     cr_assert_eq(ngot, 1, "garbage makes no event");
+    reset();
+    dns_agent_free(d);
+}
+
+/*
+ * An error the kernel reported on a socket (the capture's error record: no message) ends that
+ * socket's queries sent before it at once, failed with the error's name and the time to it;
+ * a query of another socket, or one sent after the error, waits on; /metrics counts the
+ * failures by status, outside the latency histogram.
+ */
+Test(dns_agent, a_socket_error_fails_its_queries_at_once)
+{
+    struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+    reset();
+    ask(d, 1, "down.test", NULL, 0, 1 * SEC, 77);
+    ask(d, 2, "down6.test", NULL, 0, 1 * SEC + 10, 77);
+    ask(d, 3, "other.test", NULL, 0, 1 * SEC, 78);
+    struct records_dns err = record(true, NULL, 0, 1 * SEC + 40000, 77);
+    err.error = ECONNREFUSED;
+    ask(d, 4, "later.test", NULL, 0, 1 * SEC + 50000, 77);
+    dns_agent_message(d, &err);
+    cr_assert_eq(ngot, 2);
+    cr_assert_str_eq(got[0].u.dns.query, "down.test");
+    cr_assert_str_eq(got[1].u.dns.query, "down6.test");
+    for (size_t i = 0; i < 2; i++) {
+        cr_assert_eq(got[i].status, EVENT_STATUS_FAILED);
+        cr_assert_str_eq(got[i].u.dns.error, "refused");
+        cr_assert_eq(got[i].pid, 4242);
+        cr_assert_eq(got[i].dport, 53);
+        cr_assert_eq(got[i].u.dns.answers_len, 0);
+    }
+    cr_assert_eq(got[0].u.dns.latency_ns, 40000);
+    cr_assert_eq(got[1].u.dns.latency_ns, 39990);
+
+    /* Unreachable, the name connections use; an errno without one keeps its own name. */
+    err.cookie = 7800;
+    err.error = EHOSTUNREACH;
+    dns_agent_message(d, &err);
+    cr_assert_eq(ngot, 3);
+    cr_assert_str_eq(got[2].u.dns.query, "other.test");
+    cr_assert_str_eq(got[2].u.dns.error, "unreachable");
+    err.cookie = 7700;
+    err.boot_ns = 1 * SEC + 60000;
+    err.error = EMSGSIZE;
+    dns_agent_message(d, &err);
+    cr_assert_eq(ngot, 4);
+    cr_assert_str_eq(got[3].u.dns.query, "later.test");
+    cr_assert_str_eq(got[3].u.dns.error, "EMSGSIZE");
+
+    struct dns_agent_stats st;
+    dns_agent_expire(d, 2 * SEC);
+    dns_agent_get_stats(d, &st);
+    cr_assert_eq(st.tracker.failed, 4);
+    cr_assert_eq(st.tracker.pending, 0);
+    cr_assert_eq(st.tracker.timeouts, 0);
+    cr_assert_eq(st.messages, 4, "an error is no message");
+    struct buf b;
+    buf_init(&b);
+    dns_agent_metrics(d, 0, &b);
+    cr_assert(strstr(b.data, "ebpf_agent_dns_queries_total{namespace=\"\",workload=\"curl\","
+                             "status=\"failed\",rcode=\"\"} 4\n"),
+              "%s", b.data);
+    cr_assert_null(strstr(b.data, "ebpf_agent_dns_latency_seconds_count"), "%s", b.data);
+    buf_free(&b);
+    buf_init(&b);
+    dns_agent_stats_json(d, 0, &b);
+    cr_assert(strstr(b.data, "\"failed\":4,"), "%s", b.data);
+    buf_free(&b);
     reset();
     dns_agent_free(d);
 }

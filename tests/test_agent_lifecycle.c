@@ -1085,6 +1085,64 @@ Test(lifecycle, refused_by_a_closed_port)
     json_decref(ev);
 }
 
+/* A DNS query for down.test, type A, from the connected UDP socket fd; result = the errno its
+ * answer's receive failed with. */
+static void dns_query_unreachable(struct report *r, void *arg)
+{
+    static const uint8_t query[] = {0x4c, 0x54, 0x01, 0x00, 0,   1,   0,   0,   0, 0, 0, 0, 4, 'd',
+                                    'o',  'w',  'n',  4,    't', 'e', 's', 't', 0, 0, 1, 0, 1};
+    const struct attempt *a = arg;
+    uint8_t buf[512];
+    int on = 1;
+
+    /* A host unreachable is a soft error: the kernel tells a UDP socket only with IP_RECVERR. */
+    if (step_failed(r, "IP_RECVERR", setsockopt(a->fd, IPPROTO_IP, IP_RECVERR, &on, sizeof(on))) ||
+        step_failed(r, "connect",
+                    connect(a->fd, (struct sockaddr *)&a->dest.sa, a->dest.len) != 0) ||
+        step_failed(r, "send", send(a->fd, query, sizeof(query), 0) != (ssize_t)sizeof(query)))
+        return;
+    r->port = local_port(a->fd);
+    struct pollfd p = {.fd = a->fd, .events = POLLIN};
+    if (step_failed(r, "poll", poll(&p, 1, WAIT_MS) != 1))
+        return;
+    r->result = recv(a->fd, buf, sizeof(buf), 0) < 0 ? errno : 0;
+    close(a->fd);
+}
+
+/*
+ * A DNS query to an address the router has no route for: the router's ICMP host unreachable
+ * reaches the client's connected socket (IP_RECVERR) at once, and its dns event says so,
+ * status failed with error unreachable (as a connection's), not a timeout DNS_TIMEOUT later.
+ */
+Test(lifecycle, a_dns_query_to_an_unreachable_host_fails_at_once)
+{
+    struct attempt a = {.dest = addr_of("10.77.60.5", 53)};
+    struct report r;
+    struct side s;
+    a.fd = tu_netns_socket(ns_client, AF_INET, SOCK_DGRAM);
+    side_start(&s, "lt-dns", dns_query_unreachable, &a, a.fd);
+    side_finish(&s, &r);
+    cr_assert_eq(r.result, EHOSTUNREACH, "the answer's receive: %s", strerror(r.result));
+
+    char q[128];
+    snprintf(q, sizeof(q), "/api/events?type=dns&pid=%d&limit=100", s.pid);
+    struct failed_match m = {s.pid, "10.77.60.5", 53};
+    json_t *ev = tu_wait_event(agent.port, q, match_failed, &m, WAIT_MS);
+    if (!ev)
+        log_capture_state(s.pid, "10.77.60.5");
+    cr_assert(ev, "no failed dns event from pid %d", s.pid);
+    cr_expect_str_eq(tu_jstr(ev, "error"), "unreachable");
+    cr_expect_str_eq(tu_jstr(ev, "query"), "down.test");
+    cr_expect_str_eq(tu_jstr(ev, "command"), "lt-dns");
+    cr_expect_str_eq(tu_jstr(ev, "protocol"), "udp");
+    cr_expect_str_eq(tu_jstr(ev, "source_ip"), "10.77.1.2");
+    cr_expect_eq(tu_jint(ev, "source_port"), r.port);
+    cr_expect_eq(tu_jint(ev, "transaction_id"), 0x4c54);
+    cr_expect_gt(tu_jint(ev, "latency_ns"), 0);
+    cr_expect_null(json_object_get(ev, "rcode"));
+    json_decref(ev);
+}
+
 /* tcp_syn_retries=1: the SYN and one retransmission 1 s later, given up 2 s after that. */
 Test(lifecycle, timeout_of_an_unanswered_syn)
 {

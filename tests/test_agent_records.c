@@ -1207,6 +1207,7 @@ static void dns_malformed(const struct dns_record *r, size_t len, const char *wa
 Test(records, dns_malformed_records_are_counted)
 {
     struct dns_record *r = dns_rec(DNS_DIR_QUERY, IPPROTO_UDP, AF_INET);
+    char want[96];
 
     /* Shorter than the header plus the payload it says it carries. */
     for (size_t len = 0; len < DNS_RECORD_SIZE(r->payload_len); len += len < 64 ? 1 : 7)
@@ -1217,9 +1218,17 @@ Test(records, dns_malformed_records_are_counted)
     r->protocol = 1;
     dns_malformed(r, sizeof(*r), "dns record with protocol 1");
     r->protocol = IPPROTO_UDP;
-    r->direction = 3;
-    dns_malformed(r, sizeof(*r), "dns record with direction 3");
+    r->direction = 4;
+    dns_malformed(r, sizeof(*r), "dns record with direction 4");
+    /* An error only with an error record, and that carries no message. */
+    r->direction = DNS_DIR_ERROR;
+    dns_malformed(r, sizeof(*r), "dns record of direction 3 with error 0");
+    r->error = ECONNREFUSED;
+    dns_malformed(r, sizeof(*r), "dns error record with a 24-byte message, TCP order 0");
     r->direction = DNS_DIR_ANSWER;
+    snprintf(want, sizeof(want), "dns record of direction 2 with error %d", ECONNREFUSED);
+    dns_malformed(r, sizeof(*r), want);
+    r->error = 0;
     r->payload_len = DNS_RECORD_PAYLOAD_MAX + 1;
     r->message_len = 9000;
     dns_malformed(r, sizeof(*r), "dns record with 4097 payload bytes of a 9000-byte message");
@@ -1227,7 +1236,6 @@ Test(records, dns_malformed_records_are_counted)
     r->message_len = 24;
     dns_malformed(r, sizeof(*r), "dns record with 30 payload bytes of a 24-byte message");
     r->payload_len = r->message_len = 200;
-    char want[96];
     snprintf(want, sizeof(want), "dns record of %zu bytes with 200 payload bytes",
              (size_t)DNS_RECORD_SIZE(DNS_RECORD_PAYLOAD_SMALL));
     dns_malformed(r, DNS_RECORD_SIZE(DNS_RECORD_PAYLOAD_SMALL), want);
@@ -1247,6 +1255,31 @@ Test(records, dns_malformed_records_are_counted)
     r->hdr.kind = RECORD_CONNECT;
     dns_malformed(r, sizeof(*r), "record of kind 1 is not a dns record");
     free(r);
+}
+
+/* An error the kernel reported on a DNS socket, UDP or TCP: the socket and the errno, no
+ * message, in a record with no room for one. */
+Test(records, dns_socket_error_records_decode)
+{
+    static const uint8_t protocols[] = {IPPROTO_UDP, IPPROTO_TCP};
+    for (size_t i = 0; i < 2; i++) {
+        struct dns_record *r = dns_rec(DNS_DIR_ERROR, protocols[i], AF_INET6);
+        struct records_dns m;
+        char err[128] = "";
+
+        r->payload_len = r->message_len = 0;
+        r->tcp_seq = 0;
+        r->tcp_order = DNS_TCP_NONE;
+        r->error = ECONNREFUSED;
+        cr_assert_eq(decode_dns(r, DNS_RECORD_SIZE(0), &m, NULL, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(m.error, ECONNREFUSED);
+        cr_assert_eq(m.cookie, 0x4242);
+        cr_assert_eq(m.protocol, protocols[i]);
+        cr_assert_eq(m.family, EVENT_FAMILY_IPV6);
+        cr_assert_eq(m.dport, 53);
+        cr_assert_eq(m.payload_len, 0);
+        free(r);
+    }
 }
 
 /* The program reserves the smallest record that holds the message: each size decodes whole. */

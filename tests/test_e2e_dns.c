@@ -55,6 +55,7 @@ struct proc {
 static struct proc nats, agg, dnsmasq, responder, sub, tail;
 static struct tu_agent agent;
 static int silent_fd = -1, silent_port, tcp_fds[2] = {-1, -1};
+static int closed_port; /* a DNS port nothing listens on */
 static char nats_url[64];
 
 static void stop_all(void)
@@ -452,7 +453,9 @@ static void monitor_up_with(const char *node, const char *rate)
 
     responder_up();
     silent_fd = tu_udp_socket(&silent_port, &tcp_fds[1]);
-    snprintf(ports, sizeof(ports), "%d,%d,%d", dnsmasq.port, responder.port, silent_port);
+    closed_port = free_dns_port();
+    snprintf(ports, sizeof(ports), "%d,%d,%d,%d", dnsmasq.port, responder.port, silent_port,
+             closed_port);
     const char *extra[] = {"--nats-url",
                            nats_url,
                            "--flush-interval",
@@ -824,6 +827,136 @@ static bool is_unknown_of(json_t *ev, void *arg)
 {
     return is_dns_event(ev, arg) && tu_jstr(ev, "status") &&
            strcmp(tu_jstr(ev, "status"), "unknown") == 0;
+}
+
+#define REFUSED_MARKER "dnsq-refused"
+
+static json_int_t program_counter(const char *name, const char *key);
+static void dns_settled(json_int_t *queries, json_int_t *answered);
+
+/*
+ * A child that asks for name, as glibc's resolver asks (a connected UDP socket), at
+ * closed_port on 127.0.0.1 after trying a TCP connection there, then the same over IPv6
+ * with a socket of its own: each is refused (an ICMP port unreachable, a RST), at once.
+ */
+static void refused_child(const char *name, const char *name6)
+{
+    prctl(PR_SET_NAME, REFUSED_MARKER);
+    struct sockaddr_in to = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)closed_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int t = socket(AF_INET, SOCK_STREAM, 0);
+    if (t < 0 || connect(t, (struct sockaddr *)&to, sizeof(to)) == 0 || errno != ECONNREFUSED)
+        _exit(2);
+    close(t);
+    struct __res_state st;
+    if (res_ninit(&st) != 0)
+        _exit(3);
+    st.nsaddr_list[0] = to;
+    st.nscount = 1;
+    st.retry = 1;
+    uint8_t ans[512];
+    if (res_nquery(&st, name, ns_c_in, ns_t_a, ans, sizeof(ans)) >= 0)
+        _exit(4);
+    struct sockaddr_in6 to6 = {.sin6_family = AF_INET6,
+                               .sin6_port = htons((uint16_t)closed_port),
+                               .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    uint8_t q[512];
+    size_t n = make_query(q, 0x6006, name6);
+    int u = socket(AF_INET6, SOCK_DGRAM, 0);
+    if (u < 0 || connect(u, (struct sockaddr *)&to6, sizeof(to6)) != 0 ||
+        send(u, q, n, 0) != (ssize_t)n)
+        _exit(5);
+    struct pollfd p = {.fd = u, .events = POLLIN};
+    if (poll(&p, 1, 5000) != 1 || recv(u, q, sizeof(q), 0) >= 0 || errno != ECONNREFUSED)
+        _exit(6);
+    _exit(0);
+}
+
+static bool is_query_of(json_t *ev, void *arg)
+{
+    const char *q = tu_jstr(ev, "query");
+    return q && strcmp(q, arg) == 0;
+}
+
+/* The failed event of a query refused at once, from the refused child. */
+static void check_refused(const char *name, pid_t child, const char *dest_ip, const char *family)
+{
+    char path[160];
+    snprintf(path, sizeof(path), "/api/events?type=dns&status=failed&pid=%d&limit=100", child);
+    json_t *ev = tu_wait_event(agent.port, path, is_query_of, (void *)name, WAIT_MS);
+    if (!ev) {
+        tu_dump_file(agent.log, 0);
+        cr_assert_fail("no failed dns event for %s", name);
+    }
+    cr_assert_str_eq(tu_jstr(ev, "status"), "failed");
+    cr_assert_str_eq(tu_jstr(ev, "error"), "refused");
+    cr_assert_str_eq(tu_jstr(ev, "command"), REFUSED_MARKER);
+    cr_assert_eq(tu_jint(ev, "ppid"), getpid());
+    cr_assert_eq(tu_jint(ev, "dest_port"), closed_port);
+    cr_assert_str_eq(tu_jstr(ev, "dest_ip"), dest_ip);
+    cr_assert_str_eq(tu_jstr(ev, "protocol"), "udp");
+    cr_assert_str_eq(tu_jstr(ev, "family"), family);
+    cr_assert_str_eq(tu_jstr(ev, "query_type"), "A");
+    /* The time to the refusal, a loopback round trip: far below DNS_TIMEOUT. */
+    json_int_t latency = tu_jint(ev, "latency_ns");
+    cr_assert(latency > 0 && latency < TIMEOUT_MS * 1000000ll / 2, "latency_ns %lld",
+              (long long)latency);
+    cr_assert_null(json_object_get(ev, "rcode"));
+    cr_assert_null(json_object_get(ev, "answers"));
+    json_decref(ev);
+}
+
+static bool is_refused_connect(json_t *ev, void *arg)
+{
+    const char *t = tu_jstr(ev, "type"), *e = tu_jstr(ev, "error");
+    return t && strcmp(t, "connection") == 0 && e && strcmp(e, "refused") == 0 &&
+           tu_jint(ev, "dest_port") == closed_port;
+}
+
+/*
+ * A query to a port where nothing listens: the kernel tells the client's connected socket
+ * at once (ICMP port unreachable: ECONNREFUSED), and so does the event, status failed with
+ * the error a refused connection has, not a timeout DNS_TIMEOUT later. A TCP connect there
+ * sends no query: no dns event, only its connection's, refused.
+ */
+Test(e2e_dns, a_query_to_a_closed_port_fails_refused_at_once, .fini = stop_all, .timeout = 90)
+{
+    monitor_up("dns-node");
+    json_int_t queries = stat_dns("queries");
+    pid_t child = fork();
+    cr_assert(child >= 0);
+    if (child == 0)
+        refused_child("refused.test", "refused6.test");
+    int st;
+    cr_assert_eq(waitpid(child, &st, 0), child);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "refused child failed: %d", st);
+
+    check_refused("refused.test", child, "127.0.0.1", "ipv4");
+    check_refused("refused6.test", child, "::1", "ipv6");
+    /* The TCP attempt: its connection refused, and no query of its own. */
+    char path[160];
+    snprintf(path, sizeof(path), "/api/events?type=connection&pid=%d&limit=100", child);
+    json_t *conn = tu_wait_event(agent.port, path, is_refused_connect, NULL, WAIT_MS);
+    cr_assert_not_null(conn, "no refused connection to the closed port");
+    json_decref(conn);
+    json_int_t now_queries, answered;
+    dns_settled(&now_queries, &answered);
+    cr_assert_eq(now_queries - queries, 2, "queries tracked: %lld",
+                 (long long)(now_queries - queries));
+    cr_assert_eq(stat_dns("failed"), 2);
+    cr_assert_eq(program_counter("tp_btf__dns_sk_error_report", "drops"), 0);
+    cr_assert_geq(program_counter("tp_btf__dns_sk_error_report", "events"), 2);
+    /* Counted by status in /metrics, beside the timeouts. */
+    struct tu_http m;
+    cr_assert_eq(tu_http_get(agent.port, "/metrics", NULL, &m), 0);
+    char series[160];
+    snprintf(series, sizeof(series),
+             "ebpf_agent_dns_queries_total{namespace=\"\",workload=\"%s\",status=\"failed\","
+             "rcode=\"\"} 2\n",
+             REFUSED_MARKER);
+    cr_assert(strstr(m.body, series), "no %s in /metrics:\n%s", series, m.body);
+    tu_http_free(&m);
 }
 
 /* A TCP socket for dnsmasq at *to, its reads given up after 5 s. */
@@ -1672,6 +1805,7 @@ static void dns_settled(json_int_t *queries, json_int_t *answered)
         *answered = json_integer_value(json_object_get(d, "answered"));
         json_int_t settled = *answered + json_integer_value(json_object_get(d, "timeouts")) +
                              json_integer_value(json_object_get(d, "unknown")) +
+                             json_integer_value(json_object_get(d, "failed")) +
                              json_integer_value(json_object_get(d, "evicted"));
         json_int_t pending = json_integer_value(json_object_get(d, "pending"));
         json_decref(st);

@@ -120,7 +120,12 @@ static const struct prog_spec prog_specs[SLOT_COUNT] = {
                          EVENT_DNS, OBJ_DNS},
     [SLOT_DNS_INGRESS] = {"cgroup_skb__dns_ingress", "cgroup_skb__dns_ingress",
                           "cgroup_skb/ingress", EVENT_DNS, OBJ_DNS},
+    [SLOT_DNS_ERROR] = {"tp_btf__dns_sk_error_report", "tp_btf__dns_sk_error_report",
+                        "tp_btf/inet_sk_error_report", EVENT_DNS, OBJ_DNS},
 };
+
+/* The dns programs: they pair queries with answers and errors in user space (dns_fn). */
+#define DNS_SLOTS ((1u << SLOT_DNS_EGRESS) | (1u << SLOT_DNS_INGRESS) | (1u << SLOT_DNS_ERROR))
 
 /* Programs a slot needs besides its own: close events follow a connection from the state
  * changes (its start) and from accept (a server connection's owner). */
@@ -407,8 +412,9 @@ static int instance_open(struct capture *c, struct instance *in, enum capture_ob
         };
         for (int p = 0; p < DNS_PORTS_MAX; p++)
             settings[DNS_SETTING_PORT0 + p] = c->dns_ports[p];
-        if (!err && (err = dns_settings_to_insns(s->progs.cgroup_skb__dns_egress, settings)) >= 0)
-            err = dns_settings_to_insns(s->progs.cgroup_skb__dns_ingress, settings);
+        if (!err && (err = dns_settings_to_insns(s->progs.cgroup_skb__dns_egress, settings)) >= 0 &&
+            (err = dns_settings_to_insns(s->progs.cgroup_skb__dns_ingress, settings)) >= 0)
+            err = dns_settings_to_insns(s->progs.tp_btf__dns_sk_error_report, settings);
         if (err > 0)
             err = 0;
         if (err) {
@@ -786,7 +792,7 @@ static uint32_t wanted_slots(const struct capture_config *cfg)
         if (cfg->event_types & EVENT_TYPE_BIT(prog_specs[s].type))
             want |= (1u << s) | slot_needs(s);
     if (!cfg->dns_fn) /* nobody to pair queries with answers */
-        want &= ~((1u << SLOT_DNS_EGRESS) | (1u << SLOT_DNS_INGRESS));
+        want &= ~DNS_SLOTS;
     return want;
 }
 
@@ -859,7 +865,7 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
     if (!c->dns_ports[0] && !c->dns_ports[1] && !c->dns_ports[2] && !c->dns_ports[3])
         c->dns_ports[0] = 53;
     c->ringbuf_fd = c->stats_fd = c->cgroup_fd = c->dns_lost_fd = c->drop_suppressed_fd = -1;
-    if (want & ((1u << SLOT_DNS_EGRESS) | (1u << SLOT_DNS_INGRESS)))
+    if (want & DNS_SLOTS)
         c->cgroup_fd = open_cgroup_root(cfg->cgroup_root);
     c->ncpus = libbpf_num_possible_cpus();
     for (int s = 0; s < SLOT_COUNT; s++)
@@ -900,7 +906,7 @@ struct capture *capture_open(const struct capture_config *cfg, capture_event_fn 
             goto fail;
         }
     }
-    if (want & ((1u << SLOT_DNS_EGRESS) | (1u << SLOT_DNS_INGRESS))) {
+    if (want & DNS_SLOTS) {
         c->dns_lost_fd = bpf_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, "ebpfmon_dns_lost",
                                         sizeof(uint32_t), sizeof(struct dns_lost), 1, NULL);
         c->dns_lost = calloc((size_t)(c->ncpus > 0 ? c->ncpus : 1), sizeof(*c->dns_lost));
@@ -1022,7 +1028,8 @@ int capture_dns_lost(struct capture *c, const struct dns_lost **out)
     uint32_t key = 0;
 
     *out = NULL;
-    if (c->progs[SLOT_DNS_INGRESS].status != CAPTURE_PROGRAM_ATTACHED)
+    if (c->progs[SLOT_DNS_INGRESS].status != CAPTURE_PROGRAM_ATTACHED &&
+        c->progs[SLOT_DNS_ERROR].status != CAPTURE_PROGRAM_ATTACHED)
         return 0;
     if (c->ncpus <= 0)
         return -EINVAL;

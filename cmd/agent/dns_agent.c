@@ -20,6 +20,7 @@
 #define BEYOND_SLOT   RCODE_SLOTS /* unassigned rcodes past those: rcode="~other" */
 #define TIMEOUT_SLOT  (RCODE_SLOTS + 1)
 #define UNKNOWN_SLOT  (RCODE_SLOTS + 2)
+#define FAILED_SLOT   (RCODE_SLOTS + 3)
 #define OTHER_NAME    "~other"
 #define NSEC_PER_USEC 1000ull
 
@@ -81,8 +82,8 @@ struct series {
     const char *namespace; /* interned; "" outside Kubernetes */
     const char *workload;  /* interned; the command outside Kubernetes; NULL = free slot */
     /* answered, by rcode; [BEYOND_SLOT]: past those; [TIMEOUT_SLOT]: timeouts; [UNKNOWN_SLOT]:
-     * unknown outcomes */
-    uint64_t by_rcode[UNKNOWN_SLOT + 1];
+     * unknown outcomes; [FAILED_SLOT]: failed (an error on the socket) */
+    uint64_t by_rcode[FAILED_SLOT + 1];
     uint64_t latency[DNS_AGENT_LATENCY_BUCKETS + 1]; /* answered, non-cumulative */
     uint64_t latency_sum_ns;
 };
@@ -165,7 +166,7 @@ void dns_agent_free(struct dns_agent *d)
     free(d);
 }
 
-static void emit_timeout(struct event *e, void *arg)
+static void emit_unanswered(struct event *e, void *arg)
 {
     struct dns_agent *d = arg;
 
@@ -498,6 +499,11 @@ static void tcp_segment(struct dns_agent *d, const struct records_dns *m)
 
 void dns_agent_message(struct dns_agent *d, const struct records_dns *m)
 {
+    if (m->error) {
+        /* Not a message: the socket's queries failed (emitted as the timeouts are). */
+        dns_tracker_socket_error(d->tracker, m->cookie, m->error, m->boot_ns, emit_unanswered, d);
+        return;
+    }
     d->messages++;
     d->suppressed += m->suppressed;
     d->truncated += m->truncated;
@@ -585,7 +591,7 @@ void dns_agent_expire(struct dns_agent *d, uint64_t now_boot_ns)
             k->used = false;
         }
     }
-    dns_tracker_expire(d->tracker, now_boot_ns, emit_timeout, d);
+    dns_tracker_expire(d->tracker, now_boot_ns, emit_unanswered, d);
     snapshot(d);
 }
 
@@ -679,8 +685,12 @@ void dns_agent_count(struct dns_agent *d, const struct event *e)
     wl = intern(wl);
     pthread_mutex_lock(&d->lock);
     s = series_find(d, ns, wl);
-    if (e->status == EVENT_STATUS_TIMEOUT || e->status == EVENT_STATUS_UNKNOWN) {
-        s->by_rcode[e->status == EVENT_STATUS_TIMEOUT ? TIMEOUT_SLOT : UNKNOWN_SLOT]++;
+    if (e->status == EVENT_STATUS_TIMEOUT) {
+        s->by_rcode[TIMEOUT_SLOT]++;
+    } else if (e->status == EVENT_STATUS_UNKNOWN) {
+        s->by_rcode[UNKNOWN_SLOT]++;
+    } else if (e->status == EVENT_STATUS_FAILED) {
+        s->by_rcode[FAILED_SLOT]++; /* no answer: not in the latency histogram */
     } else {
         s->by_rcode[e->u.dns.rcode < RCODE_SLOTS ? e->u.dns.rcode : BEYOND_SLOT]++;
         while (b < DNS_AGENT_LATENCY_BUCKETS &&
@@ -713,18 +723,18 @@ void dns_agent_stats_json(struct dns_agent *d, uint64_t kernel_suppressed, struc
         s.suppressed = kernel_suppressed;
     for (int i = 1; i < DNS_PARSE_ERRORS; i++)
         parse_errors += t->parse_errors[i];
-    buf_printf(b,
-               "{\"messages\":%" PRIu64 ",\"suppressed\":%" PRIu64 ",\"truncated\":%" PRIu64
-               ",\"tcp_reassembled\":%" PRIu64 ",\"tcp_partial_dropped\":%" PRIu64
-               ",\"tcp_not_next\":%" PRIu64 ",\"pending\":%" PRIu64 ",\"queries\":%" PRIu64
-               ",\"answered\":%" PRIu64 ",\"timeouts\":%" PRIu64 ",\"unknown\":%" PRIu64
-               ",\"evicted\":%" PRIu64 ",\"unmatched\":%" PRIu64 ",\"mismatched\":%" PRIu64
-               ",\"retries\":%" PRIu64 ",\"collisions\":%" PRIu64 ",\"no_memory\":%" PRIu64
-               ",\"parse_errors\":%" PRIu64 ",\"parse_errors_by_reason\":{",
-               s.messages, s.suppressed, s.truncated, s.tcp_reassembled, s.tcp_partial_dropped,
-               s.tcp_not_next, t->pending, t->queries, t->answered, t->timeouts, t->unknown,
-               t->evicted, t->unmatched, t->mismatched, t->retries, t->collisions, t->oom,
-               parse_errors);
+    buf_printf(
+        b,
+        "{\"messages\":%" PRIu64 ",\"suppressed\":%" PRIu64 ",\"truncated\":%" PRIu64
+        ",\"tcp_reassembled\":%" PRIu64 ",\"tcp_partial_dropped\":%" PRIu64
+        ",\"tcp_not_next\":%" PRIu64 ",\"pending\":%" PRIu64 ",\"queries\":%" PRIu64
+        ",\"answered\":%" PRIu64 ",\"timeouts\":%" PRIu64 ",\"unknown\":%" PRIu64
+        ",\"failed\":%" PRIu64 ",\"evicted\":%" PRIu64 ",\"unmatched\":%" PRIu64
+        ",\"mismatched\":%" PRIu64 ",\"retries\":%" PRIu64 ",\"collisions\":%" PRIu64
+        ",\"no_memory\":%" PRIu64 ",\"parse_errors\":%" PRIu64 ",\"parse_errors_by_reason\":{",
+        s.messages, s.suppressed, s.truncated, s.tcp_reassembled, s.tcp_partial_dropped,
+        s.tcp_not_next, t->pending, t->queries, t->answered, t->timeouts, t->unknown, t->failed,
+        t->evicted, t->unmatched, t->mismatched, t->retries, t->collisions, t->oom, parse_errors);
     for (int i = 1; i < DNS_PARSE_ERRORS; i++)
         buf_printf(b, "%s\"%s\":%" PRIu64, i > 1 ? "," : "", dns_parse_error_name(-i),
                    t->parse_errors[i]);
@@ -752,7 +762,7 @@ static void series_metrics(struct buf *b, const struct series *s, bool counts)
     uint64_t cum = 0, total = 0;
 
     if (counts) {
-        for (int r = 0; r <= UNKNOWN_SLOT; r++) {
+        for (int r = 0; r <= FAILED_SLOT; r++) {
             if (!s->by_rcode[r])
                 continue;
             buf_puts(b, "ebpf_agent_dns_queries_total{");
@@ -761,6 +771,8 @@ static void series_metrics(struct buf *b, const struct series *s, bool counts)
                 buf_puts(b, ",status=\"timeout\",rcode=\"\"}");
             else if (r == UNKNOWN_SLOT)
                 buf_puts(b, ",status=\"unknown\",rcode=\"\"}");
+            else if (r == FAILED_SLOT)
+                buf_puts(b, ",status=\"failed\",rcode=\"\"}");
             else if (r == BEYOND_SLOT)
                 buf_puts(b, ",status=\"answered\",rcode=\"" OTHER_NAME "\"}");
             else

@@ -256,10 +256,18 @@ static int decode_dns(const struct records_decoder *d, const struct dns_record *
         return errmsg_set(err, errlen, "dns record with address family %u", r->family);
     if (r->protocol != IPPROTO_UDP && r->protocol != IPPROTO_TCP)
         return errmsg_set(err, errlen, "dns record with protocol %u", r->protocol);
-    if (r->direction != DNS_DIR_QUERY && r->direction != DNS_DIR_ANSWER)
+    if (r->direction != DNS_DIR_QUERY && r->direction != DNS_DIR_ANSWER &&
+        r->direction != DNS_DIR_ERROR)
         return errmsg_set(err, errlen, "dns record with direction %u", r->direction);
-    if (r->tcp_order > DNS_TCP_ORDER_MAX ||
-        (r->protocol == IPPROTO_TCP) != (r->tcp_order != DNS_TCP_NONE))
+    if ((r->direction == DNS_DIR_ERROR) != (r->error != 0))
+        return errmsg_set(err, errlen, "dns record of direction %u with error %u", r->direction,
+                          r->error);
+    if (r->direction == DNS_DIR_ERROR && (r->message_len || r->tcp_order != DNS_TCP_NONE))
+        return errmsg_set(err, errlen, "dns error record with a %u-byte message, TCP order %u",
+                          r->message_len, r->tcp_order);
+    if (r->direction != DNS_DIR_ERROR &&
+        (r->tcp_order > DNS_TCP_ORDER_MAX ||
+         (r->protocol == IPPROTO_TCP) != (r->tcp_order != DNS_TCP_NONE)))
         return errmsg_set(err, errlen, "dns record of protocol %u with TCP order %u", r->protocol,
                           r->tcp_order);
     if (r->payload_len > DNS_RECORD_PAYLOAD_MAX || r->payload_len > r->message_len)
@@ -279,6 +287,7 @@ static int decode_dns(const struct records_decoder *d, const struct dns_record *
     out->cookie = r->cookie;
     out->suppressed = r->suppressed;
     out->answer = r->direction == DNS_DIR_ANSWER;
+    out->error = r->error;
     decode_addrs(&addrs, r->family, r->saddr, r->daddr);
     out->family = addrs.family;
     memcpy(out->saddr, addrs.saddr, 16);

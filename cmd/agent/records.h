@@ -73,8 +73,9 @@ struct records_exits {
 bool records_exit_repeated(struct records_exits *x, const struct event *e);
 
 /*
- * A DNS message a socket of this node sent (query) or received (answer),
- * from a RECORD_DNS (bpf/dns_events.h), for the DNS tracker (pkg/dns.h).
+ * A DNS message a socket of this node sent (query) or received (answer), or
+ * an error the kernel reported on a socket of a DNS server port, from a RECORD_DNS
+ * (bpf/dns_events.h), for the DNS tracker (pkg/dns.h).
  */
 struct records_dns {
     uint64_t timestamp_ns;   /* since the Unix epoch */
@@ -85,8 +86,9 @@ struct records_dns {
     uint64_t cookie;     /* the socket's cookie: an answer comes back to its query's socket */
     uint64_t suppressed; /* DNS records rate-limited away just before this one */
     bool answer;         /* false: a query leaving the socket; true: an answer arriving */
-    uint8_t family;      /* enum event_family */
-    uint8_t protocol;    /* IPPROTO_UDP / IPPROTO_TCP */
+    uint32_t error;   /* not 0: no message, the kernel reported this error (errno) on the socket */
+    uint8_t family;   /* enum event_family */
+    uint8_t protocol; /* IPPROTO_UDP / IPPROTO_TCP */
     uint8_t saddr[16], daddr[16];
     uint16_t sport, dport;
     /* The packet's payload as copied (points into the record): a DNS message, or over TCP
