@@ -879,12 +879,15 @@ static bool is_query_of(json_t *ev, void *arg)
     return q && strcmp(q, arg) == 0;
 }
 
-/* The failed event of a query refused at once, from the refused child. */
+/* The failed event of a query refused at once, from the refused child; the same on the
+ * aggregator, through the bus. */
 static void check_refused(const char *name, pid_t child, const char *dest_ip, const char *family)
 {
     char path[160];
     snprintf(path, sizeof(path), "/api/events?type=dns&status=failed&pid=%d&limit=100", child);
     json_t *ev = tu_wait_event(agent.port, path, is_query_of, (void *)name, WAIT_MS);
+    json_t *onagg = ev ? tu_wait_event(agg.port, path, is_query_of, (void *)name, WAIT_MS) : NULL;
+    cr_assert(!ev || onagg, "the aggregator has no failed dns event for %s", name);
     if (!ev) {
         tu_dump_file(agent.log, 0);
         cr_assert_fail("no failed dns event for %s", name);
@@ -904,6 +907,12 @@ static void check_refused(const char *name, pid_t child, const char *dest_ip, co
               (long long)latency);
     cr_assert_null(json_object_get(ev, "rcode"));
     cr_assert_null(json_object_get(ev, "answers"));
+    char *a = json_dumps(ev, JSON_SORT_KEYS | JSON_COMPACT),
+         *b = json_dumps(onagg, JSON_SORT_KEYS | JSON_COMPACT);
+    cr_assert_str_eq(a, b);
+    free(a);
+    free(b);
+    json_decref(onagg);
     json_decref(ev);
 }
 
@@ -923,6 +932,7 @@ static bool is_refused_connect(json_t *ev, void *arg)
 Test(e2e_dns, a_query_to_a_closed_port_fails_refused_at_once, .fini = stop_all, .timeout = 90)
 {
     monitor_up("dns-node");
+    bus_readers_up();
     json_int_t queries = stat_dns("queries");
     pid_t child = fork();
     cr_assert(child >= 0);
@@ -934,6 +944,21 @@ Test(e2e_dns, a_query_to_a_closed_port_fails_refused_at_once, .fini = stop_all, 
 
     check_refused("refused.test", child, "127.0.0.1", "ipv4");
     check_refused("refused6.test", child, "::1", "ipv6");
+    /* The npm client (protobufjs on pkg/events.proto) decodes the failure from the bus. */
+    json_t *js = NULL;
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    while (!(js = sub_dns_event("refused.test")) && tu_mono_ms() < deadline)
+        usleep(50000);
+    cr_assert(js, "sub.mjs decoded no dns event for refused.test");
+    char *jss = json_dumps(js, 0);
+    json_t *d = json_object_get(js, "dns");
+    cr_assert_str_eq(tu_jstr(d, "status"), "DNS_STATUS_FAILED", "%s", jss);
+    cr_assert_str_eq(tu_jstr(d, "error"), "refused", "%s", jss);
+    const char *latency = tu_jstr(d, "latency_ns"); /* a 64-bit integer: a string in JSON */
+    cr_assert(latency && strtoull(latency, NULL, 10) > 0, "%s", jss);
+    cr_assert_eq(json_integer_value(json_object_get(js, "dest_port")), closed_port, "%s", jss);
+    free(jss);
+    json_decref(js);
     /* The TCP attempt: its connection refused, and no query of its own. */
     char path[160];
     snprintf(path, sizeof(path), "/api/events?type=connection&pid=%d&limit=100", child);
