@@ -924,7 +924,7 @@ async function refreshDns(win, held) {
     return say('none', 'No DNS data in the last ' + win.name + ' (' + recorded + ' queries recorded before it).');
   const names = new Map();
   const rcodes = new Map();
-  let timeouts = 0, unknown = 0;
+  let timeouts = 0, unknown = 0, failed = 0;
   page.events.forEach((e) => {
     const n = names.get(e.query) || { n: 0, nx: 0, servfail: 0, timeout: 0, at: '' };
     n.n++;
@@ -940,6 +940,8 @@ async function refreshDns(win, held) {
     }
     if (e.status === 'unknown') // no answer seen, and an answer that may have been its own was lost
       unknown++;
+    if (e.status === 'failed') // the kernel reported an error on its socket: e.error names it
+      failed++;
     names.set(e.query, n);
     if (e.rcode !== undefined)
       rcodes.set(String(e.rcode), (rcodes.get(String(e.rcode)) || 0) + 1);
@@ -949,6 +951,7 @@ async function refreshDns(win, held) {
     card('NXDOMAIN', nx, nx > 0, 'dns-nxdomain'), card('SERVFAIL', sf, sf > 0, 'dns-servfail'),
     card('timeouts', timeouts, timeouts > 0, 'dns-timeouts'),
     card('outcome unknown (answers lost)', unknown, unknown > 0, 'dns-unknown'),
+    card('failed (refused, unreachable)', failed, failed > 0, 'dns-failed'),
     card('answers by rcode', [...rcodes.entries()].map(([k, v]) => k + ' ' + v).join(', ') || 'none'));
   const tbody = $('#dns-top tbody');
   tbody.replaceChildren(...[...names.entries()].sort((a, b) => b[1].n - a[1].n).slice(0, 20).map(([q, n]) => {
