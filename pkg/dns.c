@@ -67,6 +67,11 @@ static const struct code_name rcode_names[] = {
     {DNS_RCODE_BADVERS, "BADSIG"}, /* 16's TSIG name: parsed, never printed (the first wins) */
 };
 
+/* RFC 1035, 1996 (NOTIFY), 2136 (UPDATE), 8490 (DSO); 3 is unassigned. */
+static const struct code_name opcode_names[] = {
+    {0, "QUERY"}, {1, "IQUERY"}, {2, "STATUS"}, {4, "NOTIFY"}, {5, "UPDATE"}, {6, "DSO"},
+};
+
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 static const char *code_name(const struct code_name *t, size_t n, uint16_t code, char *buf,
@@ -113,6 +118,16 @@ const char *dns_type_name(uint16_t type, char *buf, size_t len)
 const char *dns_rcode_name(uint16_t rcode, char *buf, size_t len)
 {
     return code_name(rcode_names, COUNT(rcode_names), rcode, buf, len);
+}
+
+const char *dns_opcode_name(uint8_t opcode, char *buf, size_t len)
+{
+    return code_name(opcode_names, COUNT(opcode_names), opcode, buf, len);
+}
+
+int dns_opcode_parse(const char *s, size_t len, uint16_t *out)
+{
+    return code_parse(opcode_names, COUNT(opcode_names), s, len, 15, out);
 }
 
 int dns_type_parse(const char *s, size_t len, uint16_t *out)
@@ -764,6 +779,7 @@ int dns_tracker_query(struct dns_tracker *t, const struct dns_key *k, const stru
     p->ev.dport = k->server_port;
     p->ev.u.dns.query = name;
     p->ev.u.dns.query_type = m->qtype;
+    p->ev.u.dns.opcode = m->opcode;
     p->ev.u.dns.transaction_id = m->id;
     t->st.queries++;
     return 1;

@@ -92,6 +92,11 @@ const char *dns_type_name(uint16_t type, char *buf, size_t len);
  * the number in decimal; same contract as dns_type_name(). */
 const char *dns_rcode_name(uint16_t rcode, char *buf, size_t len);
 /*
+ * The header's OPCODE: "QUERY", "IQUERY", "STATUS", "NOTIFY", "UPDATE", "DSO",
+ * or the number in decimal; same contract as dns_type_name().
+ */
+const char *dns_opcode_name(uint8_t opcode, char *buf, size_t len);
+/*
  * The inverse, for query filters: a name (any case: "aaaa", "AAAA") or a
  * decimal number ("28") of len bytes. 0 and *out set, or -EINVAL for
  * anything else (empty, unknown name, not a number, > 65535; rcodes > 4095,
@@ -99,6 +104,8 @@ const char *dns_rcode_name(uint16_t rcode, char *buf, size_t len);
  */
 int dns_type_parse(const char *s, size_t len, uint16_t *out);
 int dns_rcode_parse(const char *s, size_t len, uint16_t *out);
+/* An opcode by name or number (0-15, the header's 4 bits). */
+int dns_opcode_parse(const char *s, size_t len, uint16_t *out);
 
 /* ---- Parser --------------------------------------------------------------- */
 

@@ -297,7 +297,7 @@ static bool details_equal(const struct event *a, const struct event *b)
                a->u.dns.transaction_id == b->u.dns.transaction_id &&
                a->u.dns.latency_ns == b->u.dns.latency_ns && a->u.dns.tc == b->u.dns.tc &&
                a->u.dns.answers_truncated == b->u.dns.answers_truncated &&
-               str_equal(a->u.dns.error, b->u.dns.error) &&
+               str_equal(a->u.dns.error, b->u.dns.error) && a->u.dns.opcode == b->u.dns.opcode &&
                a->u.dns.answers_len == b->u.dns.answers_len &&
                (!a->u.dns.answers_len ||
                 (a->u.dns.answers && b->u.dns.answers &&

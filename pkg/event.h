@@ -176,6 +176,7 @@ struct event {
             uint8_t tc;                /* the answer had the TC bit: cut to fit (UDP) */
             uint8_t answers_truncated; /* the answer held records past those listed */
             const char *error;         /* interned; FAILED: as a connection's ("refused", ...) */
+            uint8_t opcode; /* the query's OPCODE: 0 QUERY, 4 NOTIFY, ...; dns_opcode_name() */
         } dns;
     } u;
 };

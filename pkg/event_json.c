@@ -346,6 +346,9 @@ static void put_dns(struct buf *b, const struct event *e)
     if (e->u.dns.query)
         PUT_KEY_STR(b, ",\"query\":", e->u.dns.query);
     PUT_KEY_STR(b, ",\"query_type\":", dns_type_name(e->u.dns.query_type, name, sizeof(name)));
+    /* Not a standard query (NOTIFY, UPDATE, ...): said, where a QUERY says nothing. */
+    if (e->u.dns.opcode)
+        PUT_KEY_STR(b, ",\"opcode\":", dns_opcode_name(e->u.dns.opcode, name, sizeof(name)));
     PUT_LIT(b, ",\"transaction_id\":");
     put_u64(b, e->u.dns.transaction_id);
     /* No answer: no rcode, answers or latency; a failure's latency is to its error. */
@@ -995,6 +998,7 @@ static int parse_dns(struct parse_ctx *c, struct event *e)
 {
     const char *s;
     size_t len;
+    uint16_t opcode = 0;
     int rc;
     if ((rc = parse_protocol(c, e)) || (rc = parse_addrs(c, e)) ||
         (rc = get_str(c, "status", false, &s, &len)))
@@ -1024,8 +1028,9 @@ static int parse_dns(struct parse_ctx *c, struct event *e)
     }
     if ((rc = parse_dns_code(c, "query_type", dns_type_parse, &e->u.dns.query_type)) ||
         (rc = parse_dns_code(c, "rcode", dns_rcode_parse, &e->u.dns.rcode)) ||
-        (rc = parse_answers(c, e)))
+        (rc = parse_dns_code(c, "opcode", dns_opcode_parse, &opcode)) || (rc = parse_answers(c, e)))
         return rc;
+    e->u.dns.opcode = (uint8_t)opcode;
     GET_UINT(c, "transaction_id", 65535, e->u.dns.transaction_id);
     GET_UINT(c, "latency_ns", INT64_MAX, e->u.dns.latency_ns);
     if ((rc = get_flag(c, "truncated", &e->u.dns.tc)))

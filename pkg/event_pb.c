@@ -211,6 +211,8 @@ int event_pb_dns_to_event(const Ebpfmonitor__DnsDetails *x, struct event *e, cha
     }
     if (x->query_type > 65535 || x->rcode > 65535 || x->transaction_id > 65535)
         return errmsg_set(err, errlen, "dns.query_type/rcode/transaction_id: above 65535");
+    if (x->opcode > 15)
+        return errmsg_set(err, errlen, "dns.opcode: %u, above 15", (unsigned)x->opcode);
     if (x->query.len && memchr(x->query.data, '\0', x->query.len))
         return errmsg_set(err, errlen, "dns.query: contains a NUL byte");
     if (x->n_answers > EVENT_DNS_ANSWERS_MAX)
@@ -226,6 +228,7 @@ int event_pb_dns_to_event(const Ebpfmonitor__DnsDetails *x, struct event *e, cha
     e->u.dns.query_type = (uint16_t)x->query_type;
     e->u.dns.rcode = (uint16_t)x->rcode;
     e->u.dns.transaction_id = (uint16_t)x->transaction_id;
+    e->u.dns.opcode = (uint8_t)x->opcode;
     e->u.dns.latency_ns = x->latency_ns;
     e->u.dns.tc = x->truncated ? 1 : 0;
     e->u.dns.answers_truncated = x->answers_truncated ? 1 : 0;

@@ -224,7 +224,8 @@ static size_t plan_details(const struct event *e, struct enc_plan *pl)
             sz_u64(PB_TAG(6, PB_WT_VARINT), e->u.dns.latency_ns) +
             sz_u64(PB_TAG(7, PB_WT_VARINT), e->u.dns.transaction_id) + (e->u.dns.tc ? 2 : 0) +
             (e->u.dns.answers_truncated ? 2 : 0) +
-            sz_len(PB_TAG(10, PB_WT_LEN), str_len(e->u.dns.error));
+            sz_len(PB_TAG(10, PB_WT_LEN), str_len(e->u.dns.error)) +
+            sz_u64(PB_TAG(11, PB_WT_VARINT), e->u.dns.opcode);
         /* answers: every element is written (repeated field) */
         const char *p = e->u.dns.answers, *ans;
         size_t len;
@@ -368,6 +369,7 @@ static uint8_t *write_details(uint8_t *p, const struct event *e, const struct en
             *p++ = 1;
         }
         p = put_len(p, PB_TAG(10, PB_WT_LEN), e->u.dns.error, str_len(e->u.dns.error));
+        p = put_u64(p, PB_TAG(11, PB_WT_VARINT), e->u.dns.opcode);
         break;
     }
     }
@@ -789,6 +791,11 @@ static bool fast_dns(const struct pb_field *f, Ebpfmonitor__DnsDetails *x, struc
         return true;
     case 6:
         x->latency_ns = f->v;
+        return true;
+    case 11:
+        if (f->v > 15)
+            return false;
+        x->opcode = (uint32_t)f->v;
         return true;
     case 8:
     case 9:

@@ -172,6 +172,7 @@ static int pb_fill(const struct event *e, const char *batch_node, Ebpfmonitor__E
         d->dns.truncated = e->u.dns.tc != 0;
         d->dns.answers_truncated = e->u.dns.answers_truncated != 0;
         d->dns.error = pb_str(e->u.dns.error);
+        d->dns.opcode = e->u.dns.opcode;
         out->details_case = EBPFMONITOR__EVENT__DETAILS_DNS;
         out->dns = &d->dns;
         break;

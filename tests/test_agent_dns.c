@@ -462,6 +462,32 @@ Test(dns_agent, a_socket_error_fails_its_queries_at_once)
     dns_agent_free(d);
 }
 
+/* A message that is no standard query (its OPCODE: NOTIFY, UPDATE, ...) keeps its opcode in its
+ * event, whatever the server answered; a QUERY's is 0. */
+Test(dns_agent, a_query_of_another_opcode_keeps_it)
+{
+    struct dns_agent *d = agent_new(10, &(struct dns_agent *){0});
+    reset();
+    static const uint8_t opcodes[] = {4, 5, 1, 0};
+    for (size_t i = 0; i < sizeof(opcodes); i++) {
+        uint8_t q[512], a[512];
+        size_t ql = message(q, (uint16_t)(10 + i), "zone.test", NULL, 0);
+        size_t al = message(a, (uint16_t)(10 + i), "zone.test", NULL, 5);
+        q[2] |= (uint8_t)(opcodes[i] << 3);
+        a[2] |= (uint8_t)(opcodes[i] << 3);
+        struct records_dns rq = record(false, q, ql, (1 + i) * SEC, 77);
+        struct records_dns ra = record(true, a, al, (1 + i) * SEC + 1000, 77);
+        dns_agent_message(d, &rq);
+        dns_agent_message(d, &ra);
+        cr_assert_eq(ngot, i + 1);
+        cr_assert_eq(got[i].u.dns.opcode, opcodes[i]);
+        cr_assert_eq(got[i].u.dns.rcode, 5);
+        cr_assert_eq(got[i].status, EVENT_STATUS_ANSWERED);
+    }
+    reset();
+    dns_agent_free(d);
+}
+
 /* An answer whose records do not parse (a compression loop) still answers its query, and says
  * its answers are not all there: an empty list alone reads as NOERROR with no data. */
 Test(dns_agent, an_answer_whose_records_do_not_parse_says_its_answers_are_cut)

@@ -854,6 +854,19 @@ Test(dns_names_of_codes, types_and_rcodes)
         cr_assert_eq(dns_rcode_parse(n, strlen(n), &v), 0, "%s", n);
         cr_assert_eq(v, c);
     }
+    /* Opcodes: the header's 4 bits, 3 and 7-15 unassigned. */
+    static const char *const opcodes[16] = {"QUERY", "IQUERY", "STATUS", "3", "NOTIFY", "UPDATE",
+                                            "DSO",   "7",      "8",      "9", "10",     "11",
+                                            "12",    "13",     "14",     "15"};
+    for (unsigned c = 0; c < 16; c++) {
+        cr_assert_str_eq(dns_opcode_name((uint8_t)c, buf, sizeof(buf)), opcodes[c]);
+        cr_assert_eq(dns_opcode_parse(opcodes[c], strlen(opcodes[c]), &v), 0, "%s", opcodes[c]);
+        cr_assert_eq(v, c);
+    }
+    cr_assert_eq(dns_opcode_parse("notify", 6, &v), 0);
+    cr_assert_eq(v, 4);
+    cr_assert_eq(dns_opcode_parse("16", 2, &v), -EINVAL);
+    cr_assert_eq(dns_opcode_parse("XFR", 3, &v), -EINVAL);
 }
 
 Test(dns_event, copy_equal_clear)

@@ -984,6 +984,43 @@ Test(e2e_dns, a_query_to_a_closed_port_fails_refused_at_once, .fini = stop_all, 
     tu_http_free(&m);
 }
 
+/*
+ * Messages that are no standard query (dig +opcode=: NOTIFY, UPDATE, IQUERY) are events
+ * that say their opcode, by name, on the agent and through the bus on the aggregator; a
+ * QUERY's event has none. dnsmasq answers them NOTIMP or REFUSED.
+ */
+Test(e2e_dns, a_message_of_another_opcode_says_it, .fini = stop_all, .timeout = 90)
+{
+    static const struct {
+        const char *arg, *name;
+    } cases[] = {{"+opcode=notify", "NOTIFY"},
+                 {"+opcode=update", "UPDATE"},
+                 {"+opcode=1", "IQUERY"},
+                 {"+opcode=0", NULL}};
+    monitor_up("dns-node");
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char args[64];
+        snprintf(args, sizeof(args), "%s a.test", cases[i].arg);
+        struct dig_result r = dig("127.0.0.1", args);
+        json_t *ev = wait_dns(agent.port, "a.test", r.id);
+        json_t *onagg = wait_dns(agg.port, "a.test", r.id);
+        if (cases[i].name)
+            cr_assert_str_eq(tu_jstr(ev, "opcode"), cases[i].name, "%s", cases[i].arg);
+        else
+            cr_assert_null(json_object_get(ev, "opcode"), "a QUERY says no opcode");
+        cr_assert_str_eq(tu_jstr(ev, "status"), "answered");
+        cr_assert_str_eq(tu_jstr(ev, "rcode"), r.status, "%s", cases[i].arg);
+        cr_assert_eq(tu_jint(ev, "pid"), r.pid);
+        char *a = json_dumps(ev, JSON_SORT_KEYS | JSON_COMPACT),
+             *b = json_dumps(onagg, JSON_SORT_KEYS | JSON_COMPACT);
+        cr_assert_str_eq(a, b);
+        free(a);
+        free(b);
+        json_decref(onagg);
+        json_decref(ev);
+    }
+}
+
 /* A TCP socket for dnsmasq at *to, its reads given up after 5 s. */
 static int dnsmasq_tcp_socket(struct sockaddr_in *to)
 {

@@ -680,6 +680,29 @@ Test(event_json, dns_failure_has_its_error_and_latency_and_no_rcode_or_answers)
     event_clear(&e);
 }
 
+/* Not a standard query: its opcode by name (or number), where a QUERY has none. */
+Test(event_json, dns_of_another_opcode_says_it)
+{
+    struct event e;
+    base(&e, EVENT_DNS, "nsupdate");
+    e.status = EVENT_STATUS_ANSWERED;
+    e.u.dns.query = strdup("zone.test");
+    e.u.dns.query_type = 6;
+    e.u.dns.opcode = 5;
+    e.u.dns.rcode = 5;
+    e.u.dns.transaction_id = 9;
+    e.u.dns.latency_ns = 1000;
+    assert_json(&e, "{\"id\":\"00000000deadbeef\",\"type\":\"dns\"," COMMON
+                    "\"command\":\"nsupdate\"," TIMEPART ",\"node\":\"node-1\","
+                    "\"status\":\"answered\",\"query\":\"zone.test\",\"query_type\":\"SOA\","
+                    "\"opcode\":\"UPDATE\",\"transaction_id\":9,\"rcode\":\"REFUSED\","
+                    "\"answers\":[],\"latency_ns\":1000}");
+    assert_round_trip(&e);
+    e.u.dns.opcode = 3;
+    assert_round_trip(&e);
+    event_clear(&e);
+}
+
 Test(event_json, dns_without_a_parent_or_a_process)
 {
     struct event e;

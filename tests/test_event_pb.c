@@ -190,6 +190,7 @@ static size_t make_events(struct event *ev)
     e->u.dns.transaction_id = 2;
     e->u.dns.latency_ns = 40000;
     e->u.dns.error = intern("refused");
+    e->u.dns.opcode = 4; /* NOTIFY */
     return n;
 }
 
@@ -762,6 +763,7 @@ static void random_event(struct event *e)
         e->u.dns.latency_ns = RV();
         e->u.dns.tc = (uint8_t)(rng() % 4 == 0);
         e->u.dns.answers_truncated = (uint8_t)(rng() % 4 == 0);
+        e->u.dns.opcode = (uint8_t)(rng() % 4 == 0 ? rng() % 16 : 0);
         break;
     }
     }
