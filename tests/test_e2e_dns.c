@@ -143,7 +143,7 @@ static void bus_readers_up(void)
 }
 
 /* The event with dns.query == query in the npm client's output (a new reference), or NULL. */
-static json_t *sub_dns_event(const char *query)
+static json_t *sub_dns_event_now(const char *query)
 {
     json_t *found = NULL;
     char *s = tu_read_file(sub.log);
@@ -161,6 +161,18 @@ static json_t *sub_dns_event(const char *query)
     }
     free(s);
     return found;
+}
+
+/* The event with dns.query == query in the npm client's output, once it is there (a new
+ * reference). */
+static json_t *sub_dns_event(const char *query)
+{
+    json_t *js = NULL;
+    uint64_t deadline = tu_mono_ms() + WAIT_MS;
+    while (!(js = sub_dns_event_now(query)) && tu_mono_ms() < deadline)
+        usleep(50000);
+    cr_assert(js, "sub.mjs decoded no dns event for %s", query);
+    return js;
 }
 
 /* Whether port is free on addr (a sockaddr_in or _in6) for type (SOCK_DGRAM, SOCK_STREAM). */
@@ -622,6 +634,16 @@ static void check_same(json_t *a, json_t *b)
     cr_assert(json_equal(json_object_get(a, "answers"), json_object_get(b, "answers")));
 }
 
+/* Every field of a the same as b's, none more, none less. */
+static void check_identical(json_t *a, json_t *b)
+{
+    char *ta = json_dumps(a, JSON_SORT_KEYS | JSON_COMPACT),
+         *tb = json_dumps(b, JSON_SORT_KEYS | JSON_COMPACT);
+    cr_assert_str_eq(ta, tb);
+    free(ta);
+    free(tb);
+}
+
 static json_int_t count_of(int port, const char *path)
 {
     json_t *j = tu_fetch_json(port, path);
@@ -672,11 +694,7 @@ Test(e2e_dns, dig_over_udp_tcp_and_ipv6_every_field, .fini = stop_all, .timeout 
     check_same(evv6, onagg_v6);
 
     /* The npm client (protobufjs on pkg/events.proto) decodes the same event from the bus. */
-    json_t *js = NULL;
-    uint64_t deadline = tu_mono_ms() + WAIT_MS;
-    while (!(js = sub_dns_event("www.test")) && tu_mono_ms() < deadline)
-        usleep(50000);
-    cr_assert(js, "sub.mjs decoded no dns event for www.test");
+    json_t *js = sub_dns_event("www.test");
     char *jss = json_dumps(js, 0);
     json_t *d = json_object_get(js, "dns");
     cr_assert_str_eq(tu_jstr(js, "type"), "EVENT_TYPE_DNS", "%s", jss);
@@ -907,11 +925,7 @@ static void check_refused(const char *name, pid_t child, const char *dest_ip, co
               (long long)latency);
     cr_assert_null(json_object_get(ev, "rcode"));
     cr_assert_null(json_object_get(ev, "answers"));
-    char *a = json_dumps(ev, JSON_SORT_KEYS | JSON_COMPACT),
-         *b = json_dumps(onagg, JSON_SORT_KEYS | JSON_COMPACT);
-    cr_assert_str_eq(a, b);
-    free(a);
-    free(b);
+    check_identical(ev, onagg);
     json_decref(onagg);
     json_decref(ev);
 }
@@ -945,11 +959,7 @@ Test(e2e_dns, a_query_to_a_closed_port_fails_refused_at_once, .fini = stop_all, 
     check_refused("refused.test", child, "127.0.0.1", "ipv4");
     check_refused("refused6.test", child, "::1", "ipv6");
     /* The npm client (protobufjs on pkg/events.proto) decodes the failure from the bus. */
-    json_t *js = NULL;
-    uint64_t deadline = tu_mono_ms() + WAIT_MS;
-    while (!(js = sub_dns_event("refused.test")) && tu_mono_ms() < deadline)
-        usleep(50000);
-    cr_assert(js, "sub.mjs decoded no dns event for refused.test");
+    json_t *js = sub_dns_event("refused.test");
     char *jss = json_dumps(js, 0);
     json_t *d = json_object_get(js, "dns");
     cr_assert_str_eq(tu_jstr(d, "status"), "DNS_STATUS_FAILED", "%s", jss);
@@ -1011,11 +1021,7 @@ Test(e2e_dns, a_message_of_another_opcode_says_it, .fini = stop_all, .timeout = 
         cr_assert_str_eq(tu_jstr(ev, "status"), "answered");
         cr_assert_str_eq(tu_jstr(ev, "rcode"), r.status, "%s", cases[i].arg);
         cr_assert_eq(tu_jint(ev, "pid"), r.pid);
-        char *a = json_dumps(ev, JSON_SORT_KEYS | JSON_COMPACT),
-             *b = json_dumps(onagg, JSON_SORT_KEYS | JSON_COMPACT);
-        cr_assert_str_eq(a, b);
-        free(a);
-        free(b);
+        check_identical(ev, onagg);
         json_decref(onagg);
         json_decref(ev);
     }
