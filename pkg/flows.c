@@ -641,6 +641,7 @@ struct add_plan {
     uint64_t hnode;      /* node_hash(): where the table holds the edge */
     uint64_t hseries;    /* key_hash() of its /metrics series' key */
     bool counts;         /* false: ignored (see add_one()) */
+    bool unnamed;        /* its Process endpoint's name was refused (intern.h): failed */
 };
 
 static struct flows_node *node_get(struct flows *f, const struct add_plan *p)
@@ -910,14 +911,18 @@ fail:
 /* Plans e (see struct add_plan); drops are counted here, as they need no edge. */
 static void add_plan(struct flows *f, const struct event *e, uint64_t now_ns, struct add_plan *p)
 {
-    p->counts = false;
+    p->counts = p->unnamed = false;
     if (e->type == EVENT_PACKET_DROP && f->max_series > 0)
         drop_count(f, e);
     if (!counts(e) || e->timestamp_ns == 0 || e->timestamp_ns / NS_PER_MIN > UINT32_MAX ||
         (now_ns > f->retention_ns && e->timestamp_ns < now_ns - f->retention_ns))
         return;
-    p->counts = true;
     key_from_event(f, e, &p->k);
+    /* A command the string table refused names no edge: counted, not an unnamed process. */
+    p->unnamed = p->k.src.workload == NULL;
+    p->counts = !p->unnamed;
+    if (p->unnamed)
+        return;
     p->hsrc = names_hash(&p->k.src);
     p->hdst = names_hash(&p->k.dst);
     p->hnode = node_hash(p->hsrc, p->hdst, &p->k);
@@ -930,6 +935,10 @@ static void add_plan(struct flows *f, const struct event *e, uint64_t now_ns, st
 
 static void add_one(struct flows *f, const struct event *e, const struct add_plan *p)
 {
+    if (p->unnamed) {
+        f->stats.failed++;
+        return;
+    }
     if (!p->counts) {
         f->stats.ignored++;
         return;
@@ -1073,7 +1082,10 @@ void flows_stats_metrics(struct flows *f, const char *prefix, struct buf *b)
     api_metric_labelled(b, n, "reason", "full", st.evicted_full);
     api_metric_labelled(b, n, "reason", "age", st.evicted_age);
     snprintf(n, sizeof(n), "%s_flow_failed_total", prefix);
-    api_metric(b, n, "counter", "Events not counted into the flows for want of memory.", st.failed);
+    api_metric(b, n, "counter",
+               "Events not counted into the flows for want of memory or of a name (the string "
+               "table full).",
+               st.failed);
 }
 
 size_t flows_minute_bytes(void)

@@ -130,7 +130,7 @@ struct flows_stats {
     uint64_t evicted_age;  /* buckets past retention */
     uint64_t events;       /* events counted into buckets */
     uint64_t ignored;      /* events that say nothing about a flow (or too old) */
-    uint64_t failed;       /* events lost for want of memory */
+    uint64_t failed;       /* events lost for want of memory or of a name (intern.h full) */
 };
 
 struct flows;

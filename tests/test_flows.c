@@ -172,6 +172,44 @@ Test(flows, outside_kubernetes_the_workload_is_the_command_and_the_peer_an_ip)
     flows_free(f);
 }
 
+/* The string table full (a process can fill it with commands of its own), a new command has
+ * no name to count its connections under: they are counted as failed, never as an edge from
+ * an unnamed process. */
+Test(flows, a_command_the_string_table_refuses_is_counted_not_an_unnamed_edge)
+{
+    struct flows *f = flows_new(24 * HOUR, 1000);
+    struct event e = conn(T0, "x", NULL, EVENT_STATUS_ESTABLISHED, NULL, 1000);
+    struct flows_stats st;
+    struct flows_result r;
+    struct flows_query q = all(FLOWS_GROUP_WORKLOAD);
+    size_t len = 1 << 20;
+    char *fill = malloc(len + 1);
+    unsigned n = 0;
+
+    cr_assert_not_null(fill);
+    memset(&e.k8s, 0, sizeof(e.k8s));
+    strcpy(e.command, "curl");
+    flows_add(f, &e, 1, NOW);
+    /* Unique strings, halving once one is refused, until the table has no room for 4 bytes. */
+    for (; len >= 4; len /= 2) {
+        do
+            snprintf(fill, len + 1, "%0*x", (int)len, n++);
+        while (intern(fill) != NULL);
+    }
+    free(fill);
+    strcpy(e.command, "wget");
+    flows_add(f, &e, 1, NOW);
+    run(f, &q, &r);
+    cr_assert_eq(r.count, 1);
+    cr_assert_eq(r.edges[0].key.src.workload, intern("curl"));
+    cr_assert_eq(r.edges[0].c.connections, 1);
+    flows_result_free(&r);
+    flows_get_stats(f, &st);
+    cr_assert_eq(st.events, 1);
+    cr_assert_eq(st.failed, 1);
+    flows_free(f);
+}
+
 /* UDP connects are neither established nor failed: the answer says how many, and the JSON
  * adds up (connections = established + failed + attempted). */
 Test(flows, attempted_connections_are_counted_apart)
