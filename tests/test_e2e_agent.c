@@ -1025,10 +1025,16 @@ Test(e2e_agent, stats_programs_health_metrics)
     cr_expect(json_is_number(json_object_get(r, "uptime_seconds")));
     cr_expect(json_is_object(json_object_get(r, "events_by_type")));
     cr_expect(json_is_array(json_object_get(r, "programs")));
+    /* The string table's refusals (names left unknown) on both pages, as on the aggregator. */
+    json_t *strings = json_object_get(r, "strings");
+    cr_expect(tu_jint(strings, "held") > 0 && tu_jint(strings, "bytes") > 0);
+    cr_expect(json_is_integer(json_object_get(strings, "refused")));
     json_decref(r);
 
     struct tu_http m;
     cr_assert_eq(tu_http_get(agent.port, "/metrics", NULL, &m), 0);
+    cr_expect(strstr(m.body, "ebpf_agent_intern_refused_total 0"));
+    cr_expect(strstr(m.body, "ebpf_agent_intern_bytes "));
     cr_expect_eq(m.status, 200);
     cr_expect(strstr(m.content_type, "text/plain"));
     cr_expect(strstr(m.body, "ebpf_agent_events_total{type=\"exec\"}"));

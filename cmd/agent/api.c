@@ -276,6 +276,11 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
     api_json_append(b, api_stream_stats_json(&hs));
     buf_printf(b, ",\"args_redacted\":%" PRIu64 ",\"args_redact_failed\":%" PRIu64,
                load(&a->args_redacted), load(&a->args_redact_failed));
+    struct intern_stats is;
+    intern_get_stats(&is);
+    buf_printf(b,
+               ",\"strings\":{\"held\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"refused\":%" PRIu64 "}",
+               is.strings, is.bytes, is.refused);
     write_bus(a, b, &ps);
     write_kubernetes(a, b);
     if (a->dns) {
@@ -437,6 +442,8 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     api_http_metrics(b, "ebpf_agent", &hs, 0);
     api_metric(b, "ebpf_agent_intern_refused_total", "counter",
                "Strings not interned because the table was full.", is.refused);
+    api_metric(b, "ebpf_agent_intern_bytes", "gauge",
+               "Bytes the string table holds (bounded by 64 MiB, INTERN_MAX_BYTES).", is.bytes);
     struct publisher_stats ps;
     publisher_get_stats(a->pub, &ps);
     api_metric(b, "ebpf_agent_bus_connected", "gauge", "1 while connected to NATS.",
