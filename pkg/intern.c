@@ -1,6 +1,7 @@
 /* Process-wide string intern table: open addressing, grows by doubling. */
 #include "intern.h"
 
+#include <malloc.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -19,9 +20,21 @@ static uint64_t intern_hash(const char *s, size_t len)
     return h;
 }
 
+/*
+ * The bound counts what the table costs, not its names' lengths: a short name's allocation
+ * is several times its bytes (glibc: its size plus a header, rounded to 16, 32 at least) and
+ * it takes two slots, so 15-byte names counted by length held four times the bound.
+ */
+static size_t intern_cost(const char *copy)
+{
+    return malloc_usable_size((void *)copy) + sizeof(size_t);
+}
+
 static bool intern_grow(void)
 {
     size_t cap = intern_cap ? intern_cap * 2 : 1024;
+    if (intern_st.bytes + (cap - intern_cap) * sizeof(char *) > INTERN_MAX_BYTES)
+        return false;
     char **slots = calloc(cap, sizeof(*slots));
     if (!slots)
         return false;
@@ -35,6 +48,7 @@ static bool intern_grow(void)
         slots[j] = s;
     }
     free(intern_slots);
+    intern_st.bytes += (cap - intern_cap) * sizeof(char *);
     intern_slots = slots;
     intern_cap = cap;
     return true;
@@ -46,7 +60,9 @@ const char *intern_n(const char *s, size_t len)
         return NULL;
     const char *out = NULL;
     pthread_mutex_lock(&intern_lock);
-    if ((intern_st.strings + 1) * 2 > intern_cap && !intern_grow())
+    /* Without room for one more (at most half the slots used), a string held is still found. */
+    bool room = (intern_st.strings + 1) * 2 <= intern_cap || intern_grow();
+    if (!intern_cap)
         goto refuse;
     size_t j = intern_hash(s, len) & (intern_cap - 1);
     for (; intern_slots[j]; j = (j + 1) & (intern_cap - 1)) {
@@ -55,16 +71,21 @@ const char *intern_n(const char *s, size_t len)
             goto done;
         }
     }
-    if (intern_st.bytes + len + 1 > INTERN_MAX_BYTES)
+    if (!room || intern_st.bytes + len + 1 > INTERN_MAX_BYTES)
         goto refuse;
     char *copy = malloc(len + 1);
     if (!copy)
         goto refuse;
+    size_t cost = intern_cost(copy);
+    if (intern_st.bytes + cost > INTERN_MAX_BYTES) {
+        free(copy);
+        goto refuse;
+    }
     memcpy(copy, s, len);
     copy[len] = '\0';
     intern_slots[j] = copy;
     intern_st.strings++;
-    intern_st.bytes += len + 1;
+    intern_st.bytes += cost;
     out = copy;
     goto done;
 refuse:

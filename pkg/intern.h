@@ -1,8 +1,10 @@
 /*
  * A process-wide table of immutable strings (node names, drop reasons, kernel
  * symbols, pod names) so events can carry pointers instead of copies.
- * Thread-safe. Bounded: past INTERN_MAX_BYTES new strings are refused
- * (intern() returns NULL) and counted, so a caller never gets a guess.
+ * Thread-safe. Bounded: past INTERN_MAX_BYTES of memory (the strings as
+ * allocated and the table's slots) new strings are refused (intern() returns
+ * NULL) and counted, so a caller never gets a guess. A string is kept until
+ * the process ends.
  */
 #ifndef EBPF_MONITOR_INTERN_H
 #define EBPF_MONITOR_INTERN_H
@@ -19,7 +21,7 @@ const char *intern_n(const char *s, size_t len);
 
 struct intern_stats {
     uint64_t strings;
-    uint64_t bytes;
+    uint64_t bytes;   /* memory taken: the strings' allocations and the slots */
     uint64_t refused; /* strings not interned because the table was full */
 };
 void intern_get_stats(struct intern_stats *out);

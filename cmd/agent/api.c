@@ -443,7 +443,8 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     api_metric(b, "ebpf_agent_intern_refused_total", "counter",
                "Strings not interned because the table was full.", is.refused);
     api_metric(b, "ebpf_agent_intern_bytes", "gauge",
-               "Bytes the string table holds (bounded by 64 MiB, INTERN_MAX_BYTES).", is.bytes);
+               "Memory the string table takes (its names and slots), of INTERN_MAX_BYTES (64 MiB).",
+               is.bytes);
     struct publisher_stats ps;
     publisher_get_stats(a->pub, &ps);
     api_metric(b, "ebpf_agent_bus_connected", "gauge", "1 while connected to NATS.",
