@@ -82,6 +82,26 @@ static __always_inline void record_submit(void *r)
 }
 
 /*
+ * A record of a kind a process can make as fast as it makes syscalls, paying nothing else
+ * (a UDP connect() sends no packet): reserved only while the ring is less than half full, so
+ * that such a flood, when the reader falls behind, leaves the other half to every other kind
+ * of record. Refused, it counts as record_reserve() counts a full ring (drops).
+ */
+static __always_inline void *record_reserve_bulk(__u32 slot, __u64 size)
+{
+    __u64 half = ringbuf_wakeup_bytes ? 2 * (__u64)ringbuf_wakeup_bytes
+                                      : bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 2;
+    struct prog_stats *s;
+
+    if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size <= half)
+        return record_reserve(slot, size);
+    s = slot_stats(slot);
+    if (s)
+        __sync_fetch_and_add(&s->drops, 1);
+    return NULL;
+}
+
+/*
  * A record of variable length, built elsewhere (size bytes at data, bounded by the caller),
  * copied into the ring and counted as record_reserve() counts. What a record reserves sets
  * where the next one starts: the ring's lines a large, mostly unused reservation skips are

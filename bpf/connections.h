@@ -1178,7 +1178,7 @@ static __always_inline int conn_report(const struct task_struct *cur, struct soc
         return 0;
     if (SK_READ(sk, __sk_common.skc_dport) == 0)
         return 0; /* connect(AF_UNSPEC) dissolves the association */
-    r = record_reserve(SLOT_SYS_EXIT_CONNECT, sizeof(*r));
+    r = record_reserve_bulk(SLOT_SYS_EXIT_CONNECT, sizeof(*r));
     if (!r)
         return 0;
     record_hdr_of(&r->hdr, RECORD_CONNECT, cur);

@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -1222,6 +1223,59 @@ Test(capture, drop_storms_are_rate_limited_and_counted)
     cr_assert_geq(suppressed, 100, "suppressed %llu, emitted %zu", (unsigned long long)suppressed,
                   ours);
     close(fd);
+    capture_close(c);
+    collected_free(&out);
+}
+
+/* The statistics of the program named name. */
+static struct capture_program_info program_info(struct capture *c, const char *name)
+{
+    struct capture_program_info progs[16];
+    size_t n = capture_programs(c, progs, 16);
+
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(progs[i].name, name) == 0)
+            return progs[i];
+    cr_assert_fail("no program %s", name);
+    return (struct capture_program_info){0};
+}
+
+/*
+ * A UDP connect() sends no packet, so a process makes them as fast as it makes syscalls,
+ * faster than the agent reads them when it is short of CPU: that flood takes at most half
+ * the ring, its loss counted as its program's drops, and the other records still find room.
+ * Here nothing reads the ring while the flood fills it, then a TCP connection is made.
+ */
+Test(capture, a_udp_connect_flood_leaves_room_for_other_records)
+{
+    struct collected out = {0};
+    struct sockaddr_storage ss;
+    socklen_t len = loopback(AF_INET, 5353, &ss);
+    struct flow conn = {.type = EVENT_CONNECTION,
+                        .family = EVENT_FAMILY_IPV4,
+                        .protocol = IPPROTO_TCP,
+                        .status = EVENT_STATUS_ESTABLISHED};
+    uint64_t deadline = clock_monotonic_ns() + DEADLINE_MS * 1000000ull;
+    int fd, lfd, cfd, afd;
+
+    skip_unless_root();
+    struct capture *c = open_capture(EVENT_TYPE_BIT(EVENT_CONNECTION), 0, &out);
+    fd = socket(AF_INET, SOCK_DGRAM, 0);
+    cr_assert_geq(fd, 0);
+    while (program_info(c, "tp_btf__sys_exit_connect").drops == 0) {
+        cr_assert_lt(clock_monotonic_ns(), deadline, "the ring never filled");
+        for (int i = 0; i < 1000; i++)
+            cr_assert_eq(connect(fd, (struct sockaddr *)&ss, len), 0);
+    }
+    tcp_pair(AF_INET, &conn, &lfd, &cfd, &afd);
+    cr_assert_not_null(wait_event(c, &out, match_flow, &conn),
+                       "the TCP connection was lost behind the UDP flood (%" PRIu64 " drops)",
+                       program_info(c, "tp_btf__inet_sock_set_state").drops);
+    cr_assert_eq(program_info(c, "tp_btf__inet_sock_set_state").drops, 0);
+    close(fd);
+    close(lfd);
+    close(cfd);
+    close(afd);
     capture_close(c);
     collected_free(&out);
 }
