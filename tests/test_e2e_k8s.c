@@ -829,6 +829,16 @@ Test(e2e_k8s, agent_identity_and_api_connection_in_stats)
     cr_expect_eq(json_integer_value(json_object_get(k, "pods_cached")), NLISTED);
     cr_expect_eq(json_integer_value(json_object_get(k, "api_errors")), 0);
     json_decref(st);
+
+    /* Each of the caches' losses is on /metrics too. */
+    static const char *const lost[] = {
+        "ebpf_agent_k8s_pods_evicted_total 0", "ebpf_agent_k8s_jobs_evicted_total 0",
+        "ebpf_agent_k8s_deletions_dropped_total 0", "ebpf_agent_cgroup_cache_evictions_total 0"};
+    struct tu_http m;
+    cr_assert_eq(tu_http_get(agent_port, "/metrics", NULL, &m), 0);
+    for (size_t i = 0; i < sizeof(lost) / sizeof(lost[0]); i++)
+        cr_expect(m.body && strstr(m.body, lost[i]), "/metrics has no %s", lost[i]);
+    tu_http_free(&m);
 }
 
 Test(e2e_k8s, api_server_down_keeps_pod_uid_and_container_id)

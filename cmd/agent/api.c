@@ -498,6 +498,10 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
                    ks.pods_cached);
         api_metric(b, "ebpf_agent_k8s_pods_evicted_total", "counter",
                    "Pods dropped from the cache to stay within K8S_MAX_PODS.", ks.evicted);
+        api_metric(b, "ebpf_agent_k8s_jobs_evicted_total", "counter",
+                   "Jobs dropped from the cache before their CronJob was read: their pods say "
+                   "kind Job.",
+                   ks.jobs_evicted);
         api_metric(b, "ebpf_agent_k8s_pod_misses_total", "counter",
                    "Pod events whose pod was not in the cache (named by UID only).", ks.misses);
         api_metric(b, "ebpf_agent_k8s_api_errors_total", "counter",
