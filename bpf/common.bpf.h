@@ -85,20 +85,34 @@ static __always_inline void record_submit(void *r)
  * A record of a kind a process can make as fast as it makes syscalls, paying nothing else
  * (a UDP connect() sends no packet): reserved only while the ring is less than half full, so
  * that such a flood, when the reader falls behind, leaves the other half to every other kind
- * of record. Refused, it counts as record_reserve() counts a full ring (drops).
+ * of record. Refused, it counts as record_reserve() counts a full ring (drops). *waiting: the
+ * bytes the ring held, for record_submit_bulk() (one query of the ring for both).
  */
-static __always_inline void *record_reserve_bulk(__u32 slot, __u64 size)
+static __always_inline void *record_reserve_bulk(__u32 slot, __u64 size, __u64 *waiting)
 {
     __u64 half = ringbuf_wakeup_bytes ? 2 * (__u64)ringbuf_wakeup_bytes
                                       : bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 2;
     struct prog_stats *s;
 
-    if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size <= half)
+    *waiting = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+    if (*waiting + size <= half)
         return record_reserve(slot, size);
     s = slot_stats(slot);
     if (s)
         __sync_fetch_and_add(&s->drops, 1);
     return NULL;
+}
+
+/* Submits a record_reserve_bulk() one, waking the reader as record_submit() does, from the
+ * bytes the ring held at its reservation and the record's own (with the ring's header). */
+static __always_inline void record_submit_bulk(void *r, __u64 waiting, __u64 size)
+{
+    __u64 wakeup = ringbuf_wakeup_bytes;
+
+    if (!wakeup)
+        wakeup = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 4;
+    bpf_ringbuf_submit(r, waiting + ((size + 8 + 7) & ~7ull) >= wakeup ? BPF_RB_FORCE_WAKEUP
+                                                                       : BPF_RB_NO_WAKEUP);
 }
 
 /*

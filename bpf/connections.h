@@ -1137,6 +1137,7 @@ static __always_inline int conn_report(const struct task_struct *cur, struct soc
                                        bool io_worker)
 {
     struct conn_record *r;
+    __u64 waiting;
     __u16 family;
 
     family = SK_READ(sk, __sk_common.skc_family);
@@ -1178,7 +1179,7 @@ static __always_inline int conn_report(const struct task_struct *cur, struct soc
         return 0;
     if (SK_READ(sk, __sk_common.skc_dport) == 0)
         return 0; /* connect(AF_UNSPEC) dissolves the association */
-    r = record_reserve_bulk(SLOT_SYS_EXIT_CONNECT, sizeof(*r));
+    r = record_reserve_bulk(SLOT_SYS_EXIT_CONNECT, sizeof(*r), &waiting);
     if (!r)
         return 0;
     record_hdr_of(&r->hdr, RECORD_CONNECT, cur);
@@ -1189,7 +1190,7 @@ static __always_inline int conn_report(const struct task_struct *cur, struct soc
     r->error = 0;
     r->_pad = 0;
     FD_SOCK_ADDRS(sk, r, false);
-    record_submit(r);
+    record_submit_bulk(r, waiting, sizeof(*r));
     return 0;
 }
 
