@@ -566,6 +566,29 @@ static bool header_value_valid(const char *s)
     return n == 0 || (s[0] != ' ' && s[n - 1] != ' ');
 }
 
+bool config_subject_valid(const char *s, bool wildcards)
+{
+    size_t n = strlen(s), start = 0;
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i <= n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (i < n && (ch <= ' ' || ch == 0x7f))
+            return false;
+        if (i < n && ch != '.') {
+            if ((ch == '*' || ch == '>') && !wildcards)
+                return false;
+            continue;
+        }
+        if (i == start)
+            return false; /* an empty token */
+        if (i == start + 1 && s[start] == '>' && i < n)
+            return false; /* '>' is only ever the last token */
+        start = i + 1;
+    }
+    return true;
+}
+
 /* Keys whose values are secrets: a message names them, never shows them. */
 static bool key_is_secret(const struct key *k)
 {
@@ -634,13 +657,13 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
                       "a request could never present it";
             break;
         }
-        if (k->kind == KIND_TOKEN && strpbrk(value, " \t*>.")) {
-            allowed = "one subject token (no '.', '*', '>' or spaces)";
+        if (k->kind == KIND_TOKEN && (strchr(value, '.') || !config_subject_valid(value, false))) {
+            allowed = "one subject token (no '.', '*', '>', spaces or control characters)";
             break;
         }
-        if (k->kind == KIND_SUBJECT && (strpbrk(value, " \t*>") || value[0] == '.' ||
-                                        value[strlen(value) - 1] == '.' || strstr(value, ".."))) {
-            allowed = "a NATS subject without wildcards, spaces or empty tokens";
+        if (k->kind == KIND_SUBJECT && !config_subject_valid(value, false)) {
+            allowed = "a NATS subject without wildcards, spaces, control characters or empty "
+                      "tokens";
             break;
         }
         strcpy(field, value);

@@ -137,6 +137,13 @@ int config_load_main(struct config *c, enum config_role role, int argc, char **a
  */
 int config_check_file(const char *key, const char *path, char *err, size_t errlen);
 
+/*
+ * Whether s is a subject NATS takes: tokens separated by '.', none empty, no space or control
+ * character (a line break would end the protocol line it is sent on). With wildcards, '*' and
+ * a last '>' as a subscription has them; without, neither character at all.
+ */
+bool config_subject_valid(const char *s, bool wildcards);
+
 /* Prints --help for role. */
 void config_print_help(FILE *out, enum config_role role, const char *prog);
 

@@ -292,6 +292,23 @@ Test(config, shared_configmap_keys_of_the_other_binary_are_accepted)
     }
 }
 
+/* The aggregator's subject keys refuse what NATS would refuse once they are used. */
+Test(config, subject_keys_refuse_control_characters)
+{
+    static const char *const bad[][2] = {
+        {"--queue-group", "ebpf\naggregator"}, {"--queue-group", "ebpf-aggregator\r"},
+        {"--queue-group", "a\x01b"},           {"--control-subject", "ebpf\ncontrol"},
+        {"--control-subject", "ebpf.\x7f"},    {"--subject-prefix", "ebpf\tevents"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct config c;
+        char *argv[] = {"ebpf-aggregator", (char *)bad[i][0], (char *)bad[i][1], NULL};
+        cr_expect_eq(load(&c, CONFIG_AGGREGATOR, 3, argv), CONFIG_INVALID, "%s %s accepted",
+                     bad[i][0], bad[i][1]);
+        cr_expect(strstr(err, "control characters") && strchr(err, '\n') == NULL, "%s", err);
+    }
+}
+
 /* A duration out of range names the range in the units a user writes it in. */
 Test(config, duration_ranges_read_as_written)
 {
@@ -397,6 +414,12 @@ ParameterizedTestParameters(config, bad_values_name_the_key)
         {"RINGBUF_SIZE", "3MiB", "power of two"},
         {"HISTORY_SIZE", "5", "HISTORY_SIZE"},
         {"SUBJECT_PREFIX", "ebpf.*", "SUBJECT_PREFIX"},
+        /* A line break ends the NATS protocol line a subject is sent on: the server refuses
+         * the publish and drops the connection, again and again, and nothing says why. */
+        {"SUBJECT_PREFIX", "ebpf\nevents", "SUBJECT_PREFIX"},
+        {"SUBJECT_PREFIX", "ebpf.events\r", "SUBJECT_PREFIX"},
+        {"SUBJECT_PREFIX", "ebpf\vevents", "SUBJECT_PREFIX"},
+        {"SUBJECT_PREFIX", "ebpf.\x01", "SUBJECT_PREFIX"},
         {"OUTAGE_BUFFER", "huge", "OUTAGE_BUFFER"},
         {"NATS_URL", "foo://x:4222", "NATS_URL"},
         {"NATS_URL", "nats://a:1,,nats://b:2", "NATS_URL"},
