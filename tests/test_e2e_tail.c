@@ -502,6 +502,27 @@ Test(e2e_tail, check_config_validates_and_exits)
     cr_expect(err && strstr(err, "NATS_URL") && count_lines(path("err")) == 1, "%s",
               err ? err : "");
     free(err);
+
+    /* A subject NATS would refuse to subscribe to is refused here, not after "OK". */
+    static const char *const subjects[] = {"ebpf..events", ".ebpf", "ebpf.events.", "ebpf.>.x",
+                                           "ebpf\nevents.>"};
+    for (size_t i = 0; i < sizeof(subjects) / sizeof(subjects[0]); i++) {
+        char *sub[] = {(char *)tu_repo_path("bin/ebpf-aggregator"),
+                       "tail",
+                       "--check-config",
+                       "--nats",
+                       url,
+                       "--subject",
+                       (char *)subjects[i],
+                       NULL};
+        pid = track(spawn(sub, NULL, NULL, path("out"), path("err")));
+        cr_expect_eq(tu_wait_exit(pid, 5000), 2, "--subject \"%s\" passed --check-config",
+                     subjects[i]);
+        err = tu_read_file(path("err"));
+        cr_expect(err && strstr(err, "invalid --subject") && count_lines(path("err")) == 1, "%s",
+                  err ? err : "");
+        free(err);
+    }
 }
 
 /* --until as on the stream: one in the past is refused, one ahead ends the tail after it. */

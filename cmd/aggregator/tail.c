@@ -355,11 +355,14 @@ int aggregator_tail(int argc, char **argv)
             snprintf(nats_flag, sizeof(nats_flag), "--nats-url=%s", value);
             rest[nrest++] = nats_flag;
         } else if (nlen == 7 && !strncmp(name, "subject", 7)) {
-            if (!*value || strpbrk(value, " \t\r\n")) {
+            /* As NATS checks it when subscribing, so --check-config refuses it too. */
+            if (!config_subject_valid(value, true)) {
+                char shown[256];
                 fprintf(stderr,
                         "%s: invalid --subject \"%s\": a NATS subject such as ebpf.events.> "
-                        "(leave it out for <SUBJECT_PREFIX>.>)\n",
-                        TAIL_PROG, value);
+                        "(no empty token, space or control character, '>' only last; leave it "
+                        "out for <SUBJECT_PREFIX>.>)\n",
+                        TAIL_PROG, errmsg_printable(value, shown, sizeof(shown)));
                 goto out;
             }
             subject = value;
