@@ -287,6 +287,36 @@ static void client_name(const char *name, char *out, size_t len)
     out[i] = '\0';
 }
 
+/*
+ * nats.c pastes the user, password and token into the CONNECT JSON as they are, like the
+ * client name: a '"' or '\\' in a password made the server refuse every connection with a
+ * JSON error. They go in escaped for JSON, so the server reads back exactly what was set.
+ * -1 when the escaped text does not fit out.
+ */
+static int credential_json(const char *in, char *out, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
+        char esc[7] = {*p, 0};
+        if (*p == '"' || *p == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)*p;
+        } else if (*p < 0x20) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[*p >> 4];
+            esc[5] = hex[*p & 15];
+        }
+        size_t n = strlen(esc);
+        if (o + n >= len)
+            return -1;
+        memcpy(out + o, esc, n);
+        o += n;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
 /* Splits the comma list in place into servers[]; returns the count. */
 static int split_servers(char *list, const char *servers[], int max, bool *tls)
 {
@@ -366,10 +396,16 @@ static int build_options(struct bus *b, const struct config *cfg, const struct b
     if (s != NATS_OK)
         return errmsg_set(err, errlen, "NATS options: %s", nats_reason(s));
 
-    if (cfg->nats_user[0] &&
-        (s = natsOptions_SetUserInfo(opts, cfg->nats_user, cfg->nats_password)) != NATS_OK)
+    char user[sizeof(cfg->nats_user) * 6], password[sizeof(cfg->nats_password) * 6];
+    if (cfg->nats_user[0] && (credential_json(cfg->nats_user, user, sizeof(user)) < 0 ||
+                              credential_json(cfg->nats_password, password, sizeof(password)) < 0))
+        return errmsg_set(err, errlen, "NATS_USER/NATS_PASSWORD: too long once escaped");
+    if (cfg->nats_user[0] && (s = natsOptions_SetUserInfo(opts, user, password)) != NATS_OK)
         return errmsg_set(err, errlen, "NATS_USER: %s", nats_reason(s));
-    if (cfg->nats_token[0] && (s = natsOptions_SetToken(opts, cfg->nats_token)) != NATS_OK)
+    char token[sizeof(cfg->nats_token) * 6];
+    if (cfg->nats_token[0] && credential_json(cfg->nats_token, token, sizeof(token)) < 0)
+        return errmsg_set(err, errlen, "NATS_TOKEN: too long once escaped");
+    if (cfg->nats_token[0] && (s = natsOptions_SetToken(opts, token)) != NATS_OK)
         return errmsg_set(err, errlen, "NATS_TOKEN: %s", nats_reason(s));
     if (cfg->nats_creds[0] &&
         (s = natsOptions_SetUserCredentialsFromFiles(opts, cfg->nats_creds, NULL)) != NATS_OK)

@@ -146,6 +146,41 @@ Test(bus, any_client_name_connects)
     tu_stop(ns, 2000);
 }
 
+/* Connects as user/password or with token to a nats-server started with auth: true if it did. */
+static bool connects_with(const char *const auth[], const char *user, const char *password,
+                          const char *token)
+{
+    int port = tu_free_port();
+    pid_t ns = tu_nats_start(port, auth, "/tmp/test_bus_nats.log");
+    cr_assert_gt(ns, 0, "nats-server did not start");
+    struct config c;
+    char err[256];
+    config_for(&c, port);
+    snprintf(c.nats_user, sizeof(c.nats_user), "%s", user);
+    snprintf(c.nats_password, sizeof(c.nats_password), "%s", password);
+    snprintf(c.nats_token, sizeof(c.nats_token), "%s", token);
+    struct bus *b = bus_open(&c, "test-bus", err, sizeof(err));
+    cr_assert_not_null(b, "%s", err);
+    struct bus_status st;
+    bool up = wait_connected(b, true, WAIT_MS, &st);
+    cr_expect(up, "not connected: %s", st.last_error);
+    bus_close(b);
+    tu_stop(ns, 2000);
+    return up;
+}
+
+/* nats.c sends credentials inside its CONNECT JSON: a quote or a backslash in one is still
+ * the credential the server was given, not a JSON error that refuses every connection. */
+Test(bus, credentials_with_quotes_backslashes_and_control_bytes_connect)
+{
+    static const char user[] = "a\"g\\ent", password[] = "p\"w\\d\x01\t\xc3\xa9";
+    const char *userpass[] = {"--user", user, "--pass", password, NULL};
+    connects_with(userpass, user, password, "");
+    static const char token[] = "t\"o\\k\x1f";
+    const char *token_auth[] = {"--auth", token, NULL};
+    connects_with(token_auth, "", "", token);
+}
+
 Test(bus, wrong_password_is_not_connected_and_says_why)
 {
     int port = tu_free_port();
