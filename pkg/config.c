@@ -983,8 +983,12 @@ void config_print_help(FILE *out, enum config_role role, const char *prog)
         flag_name(k, flag, sizeof(flag));
         const char *def = role == CONFIG_AGENT ? k->def_agent : k->def_agg;
         const char *help = role == CONFIG_AGGREGATOR && k->help_agg ? k->help_agg : k->help;
-        fprintf(out, "  --%-22s %s\n  %25s env %s; default: %s\n", flag, help, "", k->name,
-                def ? def : "(none)");
+        /* A default worked out at run time (the hostname, the cgroup mount) is in the text. */
+        if (!def && strstr(help, "default: "))
+            fprintf(out, "  --%-22s %s\n  %25s env %s\n", flag, help, "", k->name);
+        else
+            fprintf(out, "  --%-22s %s\n  %25s env %s; default: %s\n", flag, help, "", k->name,
+                    def ? def : "(none)");
     }
     if (role == CONFIG_AGENT) /* the agent's own flag (cmd/agent), not a key */
         fprintf(out, "  --verbose                also log libbpf's debug messages (BTF, CO-RE "

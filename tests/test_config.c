@@ -887,17 +887,24 @@ Test(config, binaries_help_and_exit_status)
     unlink(path);
 }
 
+/* The --help of the agent (role 0) or the aggregator (1); the caller frees it. */
+static char *help_text(int role)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_not_null(f);
+    config_print_help(f, role ? CONFIG_AGGREGATOR : CONFIG_AGENT, "prog");
+    fclose(f);
+    return text;
+}
+
 /* The downward-API keys the aggregator takes but does not use say so in its --help. */
 Test(config, aggregator_help_says_which_keys_it_does_not_use)
 {
     const char *flags[] = {"--node-name ", "--pod-name ", "--pod-namespace "};
     for (int role = 0; role < 2; role++) {
-        char *text = NULL;
-        size_t len = 0;
-        FILE *f = open_memstream(&text, &len);
-        cr_assert_not_null(f);
-        config_print_help(f, role ? CONFIG_AGGREGATOR : CONFIG_AGENT, "prog");
-        fclose(f);
+        char *text = help_text(role);
         for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
             const char *line = strstr(text, flags[i]);
             cr_assert_not_null(line, "no %s in the help", flags[i]);
@@ -905,6 +912,36 @@ Test(config, aggregator_help_says_which_keys_it_does_not_use)
             bool unused = strstr(line, "does not use it") && strstr(line, "does not use it") < end;
             cr_expect_eq(unused, role == 1, "%s: %.*s", flags[i], (int)(end - line), line);
         }
+        free(text);
+    }
+}
+
+/* A default worked out at run time is not also called "(none)": --node-name, --cgroup-root,
+ * --capture-cgroup and the K8S_* paths say theirs in their text. */
+Test(config, help_gives_each_option_one_default)
+{
+    for (int role = 0; role < 2; role++) {
+        char *text = help_text(role);
+        size_t options = 0;
+        for (const char *line = strstr(text, "\n  --"); line; line = strstr(line + 1, "\n  --")) {
+            const char *env = strstr(line + 1, "\n");
+            const char *end = env ? strchr(env + 1, '\n') : NULL;
+            if (!env || !end || !strstr(env, " env ") || strstr(env, " env ") > end)
+                continue; /* --config, --help...: no env line */
+            size_t n = (size_t)(end - line);
+            char option[1024];
+            snprintf(option, sizeof(option), "%.*s", (int)n, line + 1);
+            const char *first = strstr(option, "default: ");
+            cr_expect(!first || !strstr(first + 1, "default: "), "two defaults: %s", option);
+            options++;
+        }
+        cr_expect_gt(options, 20);
+        char *node = strstr(text, "--node-name");
+        cr_assert_not_null(node);
+        if (role == 0)
+            cr_expect(!strstr(node, "(none)") ||
+                          strstr(node, "(none)") > strstr(node, "--pod-name"),
+                      "--node-name: %.200s", node);
         free(text);
     }
 }
