@@ -370,7 +370,8 @@ void config_redact_urls(const char *urls, char *out, size_t len)
         size_t n = comma ? (size_t)(comma - p) : strlen(p);
         const char *scheme = memmem(p, n, "://", 3);
         const char *host = scheme ? scheme + 3 : p;
-        const char *at = memchr(host, '@', n - (size_t)(host - p));
+        /* The last '@', as nats.c and nats_urls_valid() take it: a password may hold one. */
+        const char *at = memrchr(host, '@', n - (size_t)(host - p));
         if (!comma && !at && strlen(urls) >= sizeof(tmp)) {
             /* cut short here: its '@' may be past the cut, so nothing after "scheme://" */
             snprintf(out + o, len - o, "%.*s...", (int)(host - p), p);

@@ -98,6 +98,9 @@ Test(bus, redacted_urls_hide_credentials)
     bus_redact_urls("127.0.0.1:4222", s, sizeof(s));
     cr_assert_str_eq(s, "127.0.0.1:4222");
     cr_assert_null(strstr(s, "secret"));
+    /* A password may hold an '@': the credentials end at the last one, as nats.c reads them. */
+    bus_redact_urls("nats://user:p@ss@word@10.0.0.1:4222,tok@en@h:1", s, sizeof(s));
+    cr_assert_str_eq(s, "nats://10.0.0.1:4222,h:1");
 }
 
 Test(bus, connects_with_user_and_password)
