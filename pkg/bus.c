@@ -337,6 +337,33 @@ static int split_servers(char *list, const char *servers[], int max, bool *tls)
     return n;
 }
 
+/*
+ * The credentials of a server URL (nats://user:password@host, nats://token@host) reach the
+ * CONNECT JSON as nats.c reads them, up to the last '@' and unescaped like NATS_USER's: each
+ * server with credentials is rewritten into buf with them escaped (credential_json()).
+ * -1 when buf is too small.
+ */
+static int servers_escape_credentials(const char *servers[], int n, char *buf, size_t len)
+{
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        const char *url = servers[i], *scheme = strstr(url, "://");
+        const char *cred = scheme ? scheme + 3 : url, *at = strrchr(cred, '@');
+        if (!at)
+            continue;
+        char plain[CONFIG_URL], escaped[CONFIG_URL * 6];
+        snprintf(plain, sizeof(plain), "%.*s", (int)(at - cred), cred);
+        if (credential_json(plain, escaped, sizeof(escaped)) < 0)
+            return -1;
+        int w = snprintf(buf + o, len - o, "%.*s%s%s", (int)(cred - url), url, escaped, at);
+        if (w < 0 || (size_t)w >= len - o)
+            return -1;
+        servers[i] = buf + o;
+        o += (size_t)w + 1;
+    }
+    return 0;
+}
+
 static int build_options(struct bus *b, const struct config *cfg, const struct bus_options *o,
                          char *err, size_t errlen)
 {
@@ -349,6 +376,9 @@ static int build_options(struct bus *b, const struct config *cfg, const struct b
     int n = split_servers(list, servers, BUS_MAX_SERVERS, &tls);
     if (n == 0)
         return errmsg_set(err, errlen, "NATS_URL=\"%s\" names no server", cfg->nats_url);
+    char escaped[CONFIG_URL * 6];
+    if (servers_escape_credentials(servers, n, escaped, sizeof(escaped)) < 0)
+        return errmsg_set(err, errlen, "NATS_URL: its credentials are too long once escaped");
     if (cfg->nats_creds[0] && config_check_file("NATS_CREDS", cfg->nats_creds, err, errlen))
         return -EINVAL;
     if (cfg->nats_tls_ca[0] && config_check_file("NATS_TLS_CA", cfg->nats_tls_ca, err, errlen))

@@ -149,9 +149,10 @@ Test(bus, any_client_name_connects)
     tu_stop(ns, 2000);
 }
 
-/* Connects as user/password or with token to a nats-server started with auth: true if it did. */
+/* Connects to a nats-server started with auth, as user/password, with token, or with url_cred
+ * ("user:password" or "token") in NATS_URL: true if it did. */
 static bool connects_with(const char *const auth[], const char *user, const char *password,
-                          const char *token)
+                          const char *token, const char *url_cred)
 {
     int port = tu_free_port();
     pid_t ns = tu_nats_start(port, auth, "/tmp/test_bus_nats.log");
@@ -159,13 +160,16 @@ static bool connects_with(const char *const auth[], const char *user, const char
     struct config c;
     char err[256];
     config_for(&c, port);
+    if (url_cred) /* after a server without credentials that refuses the connection */
+        snprintf(c.nats_url, sizeof(c.nats_url), "nats://127.0.0.1:1,nats://%s@127.0.0.1:%d",
+                 url_cred, port);
     snprintf(c.nats_user, sizeof(c.nats_user), "%s", user);
     snprintf(c.nats_password, sizeof(c.nats_password), "%s", password);
     snprintf(c.nats_token, sizeof(c.nats_token), "%s", token);
     struct bus *b = bus_open(&c, "test-bus", err, sizeof(err));
     cr_assert_not_null(b, "%s", err);
     struct bus_status st;
-    bool up = wait_connected(b, true, WAIT_MS, &st);
+    bool up = wait_connected(b, true, WAIT_MS * 2, &st);
     cr_expect(up, "not connected: %s", st.last_error);
     bus_close(b);
     tu_stop(ns, 2000);
@@ -178,10 +182,19 @@ Test(bus, credentials_with_quotes_backslashes_and_control_bytes_connect)
 {
     static const char user[] = "a\"g\\ent", password[] = "p\"w\\d\x01\t\xc3\xa9";
     const char *userpass[] = {"--user", user, "--pass", password, NULL};
-    connects_with(userpass, user, password, "");
+    connects_with(userpass, user, password, "", NULL);
     static const char token[] = "t\"o\\k\x1f";
     const char *token_auth[] = {"--auth", token, NULL};
-    connects_with(token_auth, "", "", token);
+    connects_with(token_auth, "", "", token, NULL);
+}
+
+/* The same credentials in NATS_URL, as nats://user:password@host and nats://token@host. */
+Test(bus, url_credentials_with_quotes_and_backslashes_connect)
+{
+    const char *userpass[] = {"--user", "a\"g\\ent", "--pass", "p\"w@\\d", NULL};
+    connects_with(userpass, "", "", "", "a\"g\\ent:p\"w@\\d");
+    const char *token_auth[] = {"--auth", "t\"o\\k", NULL};
+    connects_with(token_auth, "", "", "", "t\"o\\k");
 }
 
 Test(bus, wrong_password_is_not_connected_and_says_why)
