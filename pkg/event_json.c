@@ -687,7 +687,8 @@ static int get_raw(struct parse_ctx *c, const char *key, const char *text, size_
     return decode_raw(c, key, j, text, textlen, raw, rawlen);
 }
 
-static int get_interned(struct parse_ctx *c, const char *key, const char **dst)
+/* process: a name a monitored process chose (intern_process_n()), left out when refused. */
+static int get_interned_as(struct parse_ctx *c, const char *key, const char **dst, bool process)
 {
     const char *s;
     size_t len;
@@ -697,11 +698,20 @@ static int get_interned(struct parse_ctx *c, const char *key, const char **dst)
     if (len > EVENT_NAME_MAX) /* no agent sends it: not interned (the table is shared) */
         return errmsg_set(c->err, c->errlen, "field \"%s\": %zu bytes, at most %d", key, len,
                           EVENT_NAME_MAX);
+    if (process) {
+        *dst = intern_process_n(s, len);
+        return 0;
+    }
     if (!(*dst = intern_n(s, len))) {
         errmsg_set(c->err, c->errlen, "field \"%s\": string table full", key);
         return -ENOMEM;
     }
     return 0;
+}
+
+static int get_interned(struct parse_ctx *c, const char *key, const char **dst)
+{
+    return get_interned_as(c, key, dst, false);
 }
 
 static int parse_protocol(struct parse_ctx *c, struct event *e)
@@ -1114,7 +1124,7 @@ static int parse_event(struct parse_ctx *c, struct event *e)
         (rc = get_interned(c, "peer_workload_kind", &e->peer.workload_kind)) ||
         (rc = get_interned(c, "peer_node", &e->peer.node)) ||
         (rc = get_interned(c, "peer_service", &e->peer.service)) ||
-        (rc = get_interned(c, "peer_dns", &e->peer.dns)))
+        (rc = get_interned_as(c, "peer_dns", &e->peer.dns, true)))
         return rc;
 
     switch (e->type) {

@@ -121,9 +121,9 @@ static const char *pb_tl_find(unsigned slot, const char *s, size_t len)
     return NULL;
 }
 
-static const char *pb_tl_intern(unsigned slot, const char *s, size_t len)
+static const char *pb_tl_intern(unsigned slot, const char *s, size_t len, bool process)
 {
-    const char *v = intern_n(s, len);
+    const char *v = process ? intern_process_n(s, len) : intern_n(s, len);
     /* Only a copy of all len bytes is cached (see event_pb_intern_checked()). The newest
      * goes first, the others one way down; the last one leaves. */
     if (v && strnlen(v, len) == len) {
@@ -138,7 +138,7 @@ const char *event_pb_intern_n(const char *s, size_t len)
 {
     unsigned slot = pb_tl_slot(s, len);
     const char *v = pb_tl_find(slot, s, len);
-    return v ? v : pb_tl_intern(slot, s, len);
+    return v ? v : pb_tl_intern(slot, s, len, false);
 }
 
 const char *event_pb_intern_checked(const char *s, size_t len)
@@ -147,7 +147,15 @@ const char *event_pb_intern_checked(const char *s, size_t len)
     const char *v = pb_tl_find(slot, s, len);
     if (v || memchr(s, '\0', len))
         return v;
-    return pb_tl_intern(slot, s, len);
+    return pb_tl_intern(slot, s, len, false);
+}
+
+const char *event_pb_intern_process(const char *s, size_t len)
+{
+    unsigned slot = pb_tl_slot(s, len);
+    const char *v = pb_tl_find(slot, s, len);
+
+    return v ? v : pb_tl_intern(slot, s, len, true);
 }
 
 Ebpfmonitor__Event__DetailsCase event_pb_details_field(unsigned type)

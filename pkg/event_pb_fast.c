@@ -1003,8 +1003,15 @@ static bool fast_event(const uint8_t *data, size_t len, const char *batch_node,
             const char **peer[] = {
                 &e->peer.pod,  &e->peer.namespace, &e->peer.workload, &e->peer.workload_kind,
                 &e->peer.node, &e->peer.service,   &e->peer.dns};
-            if (!fast_str(f.data, f.len, peer[f.num - 28]))
+            if (f.num == 34) {
+                /* A name the process resolved: refused by a full table, the event goes
+                 * without it (counted there), as the agent's would. */
+                if (f.len > EVENT_NAME_MAX || memchr(f.data, '\0', f.len))
+                    goto fail;
+                e->peer.dns = f.len ? event_pb_intern_process((const char *)f.data, f.len) : NULL;
+            } else if (!fast_str(f.data, f.len, peer[f.num - 28])) {
                 goto fail;
+            }
             break;
         }
         default: /* unknown: the reference path skips it */

@@ -55,6 +55,9 @@ const char *event_pb_intern_n(const char *s, size_t len);
  * cache holds only strings without one, so a string found there is not searched for it.
  */
 const char *event_pb_intern_checked(const char *s, size_t len);
+/* event_pb_intern_n() for a name a monitored process chose (intern_process_n()): NULL when the
+ * table's part for such names is full, and the name is then left out of its event. */
+const char *event_pb_intern_process(const char *s, size_t len);
 
 /* ExecDetails into e's filename/args (owned by e); -EINVAL or -ENOMEM with err. */
 int event_pb_exec_to_event(const Ebpfmonitor__ExecDetails *x, struct event *e, char *err,

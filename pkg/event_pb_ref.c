@@ -433,9 +433,17 @@ static int to_event(const Ebpfmonitor__Event *pb, const char *batch_node,
     const char **peer[7] = {
         &e->peer.pod,  &e->peer.namespace, &e->peer.workload, &e->peer.workload_kind,
         &e->peer.node, &e->peer.service,   &e->peer.dns};
-    for (int i = 0; i < 7; i++)
+    for (int i = 0; i < 6; i++)
         if ((rc = intern_field(ic, IC_PEER + i, peer_pb[i], peer[i])))
             goto nomem;
+    /* A name the process resolved: refused by a full table, the event goes without it. */
+    if (pb->peer_dns && *pb->peer_dns) {
+        if (strnlen(pb->peer_dns, EVENT_NAME_MAX + 1) > EVENT_NAME_MAX) {
+            rc = -EINVAL;
+            goto nomem;
+        }
+        e->peer.dns = event_pb_intern_process(pb->peer_dns, strlen(pb->peer_dns));
+    }
     if (pb->pod_ref)
         event_pb_pod_fill(&e->k8s, &pods[pb->pod_ref - 1]);
 

@@ -182,17 +182,19 @@ static bool key_equal(const struct flows_key *a, const struct flows_key *b)
            endpoint_equal(&a->dst, &b->dst);
 }
 
-/* name as the API shows it (interned): each byte of invalid UTF-8 as U+FFFD. */
-static const char *shown_name(const char *name, size_t len)
+/* name as the API shows it, each byte of invalid UTF-8 as U+FFFD, given to intern_fn (interned,
+ * or found: intern_process_n(), intern_find_n()). */
+static const char *shown_name(const char *name, size_t len,
+                              const char *(*intern_fn)(const char *, size_t))
 {
     struct buf b;
     const char *shown;
 
     if (buf_utf8_valid(name, len))
-        return intern_n(name, len);
+        return intern_fn(name, len);
     buf_init(&b);
     buf_utf8_show(&b, name, len);
-    shown = b.oom ? NULL : intern_n(b.data, b.len);
+    shown = b.oom ? NULL : intern_fn(b.data, b.len);
     buf_free(&b);
     return shown;
 }
@@ -211,7 +213,8 @@ static const char *command_name(struct flows *f, const char *command)
         h = h * 31 + (uint8_t)comm[i];
     size_t slot = h % (sizeof(f->comms) / sizeof(f->comms[0]));
     if (f->comms[slot].name == NULL || memcmp(f->comms[slot].comm, comm, sizeof(comm)) != 0) {
-        const char *name = shown_name(comm, strlen(comm));
+        /* A process names itself: its commands take the table's process part only. */
+        const char *name = shown_name(comm, strlen(comm), intern_process_n);
         if (name == NULL)
             return NULL;
         memcpy(f->comms[slot].comm, comm, sizeof(comm));
@@ -1957,7 +1960,8 @@ static bool get_count(json_t *v, uint64_t *out)
 #define FLOWS_NAME_TEXT_MAX (3 * EVENT_NAME_MAX)
 _Static_assert(EVENT_DNS_NAME_MAX <= EVENT_NAME_MAX, "a DNS name is no longer than other names");
 
-static bool get_opt_str(json_t *v, const char **out)
+/* process: a name a monitored process chose (intern_process_n()). */
+static bool get_opt_str(json_t *v, const char **out, bool process)
 {
     if (json_is_null(v)) {
         *out = NULL;
@@ -1967,7 +1971,8 @@ static bool get_opt_str(json_t *v, const char **out)
         json_string_length(v) > FLOWS_NAME_TEXT_MAX ||
         strlen(json_string_value(v)) != json_string_length(v))
         return false;
-    *out = intern(json_string_value(v));
+    *out = process ? intern_process_n(json_string_value(v), json_string_length(v))
+                   : intern(json_string_value(v));
     return *out != NULL;
 }
 
@@ -1980,9 +1985,13 @@ static bool endpoint_decode(json_t *a, struct flows_endpoint *e)
 
     if (!json_is_array(a) || json_array_size(a) != ns + 1)
         return false;
+    /* The names a process chose: a Process endpoint's (its command) and a resolved one. */
     for (size_t i = 0; i < ns; i++)
-        if (!get_opt_str(json_array_get(a, i), s[i]))
+        if (i != 1 && !get_opt_str(json_array_get(a, i), s[i], s[i] == &e->dns))
             return false;
+    if (!get_opt_str(json_array_get(a, 1), &e->workload,
+                     e->workload_kind && strcmp(e->workload_kind, "Process") == 0))
+        return false;
     json_t *v = json_array_get(a, ns);
     if (json_is_null(v))
         return true;
@@ -2351,6 +2360,43 @@ static const char *const flows_param_names[FP_COUNT] = {
     "since", "until", "namespace", "workload", "node", "group_by", "protocol", "status", "limit",
 };
 
+const char flows_name_none[] = "";
+
+/* A filter's name: found in the string table, never added to it (a query is no event). */
+static const char *filter_name(const char *v, size_t len)
+{
+    const char *name = intern_find_n(v, len);
+
+    return name ? name : flows_name_none;
+}
+
+/* The workload filter: the name v shows as, interned when an event carried it; a shown text
+ * (with a U+FFFD) also matches the names it shows, so it is kept as text when not interned. */
+static int workload_filter(struct flows_query *q, const char *v, size_t len, char *err,
+                           size_t errlen)
+{
+    struct buf b;
+
+    buf_init(&b);
+    buf_utf8_show(&b, v, len);
+    if (b.oom) {
+        buf_free(&b);
+        return errmsg_set(err, errlen, "out of memory reading 'workload'");
+    }
+    const char *text = b.data ? b.data : "";
+
+    q->workload_shown = buf_utf8_has_replacement(text);
+    q->workload = intern_find_n(text, b.len);
+    if (!q->workload && q->workload_shown && b.len < sizeof(q->workload_text)) {
+        memcpy(q->workload_text, text, b.len + 1);
+        q->workload = q->workload_text;
+    }
+    if (!q->workload)
+        q->workload = flows_name_none;
+    buf_free(&b);
+    return 0;
+}
+
 static int set_param(struct flows_query *q, enum flows_param p, const char *v, size_t len,
                      char *err, size_t errlen)
 {
@@ -2378,16 +2424,13 @@ static int set_param(struct flows_query *q, enum flows_param p, const char *v, s
         }
         return 0;
     case FP_NAMESPACE:
-        q->namespace = intern(v);
+        q->namespace = filter_name(v, len);
         return 0;
     case FP_WORKLOAD:
         /* Bytes of invalid UTF-8 find the Process they show as (command_name()). */
-        if ((q->workload = shown_name(v, len)) == NULL)
-            return errmsg_set(err, errlen, "out of memory reading 'workload'");
-        q->workload_shown = buf_utf8_has_replacement(q->workload);
-        return 0;
+        return workload_filter(q, v, len, err, errlen);
     case FP_NODE:
-        q->node = intern(v);
+        q->node = filter_name(v, len);
         return 0;
     case FP_GROUP_BY:
         if (strcasecmp(v, "workload") == 0)

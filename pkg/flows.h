@@ -106,11 +106,14 @@ struct flows_result {
 };
 
 struct flows_query {
-    uint64_t since_ns, until_ns;             /* inclusive */
-    const char *namespace, *workload, *node; /* interned; NULL = any */
-    /* workload holds a U+FFFD: it also matches a command it is the shown text of (a Process
-     * endpoint's name is its command's bytes; the API shows invalid UTF-8 as U+FFFD). */
+    uint64_t since_ns, until_ns; /* inclusive */
+    /* Interned; NULL = any; a name the string table does not hold (no event carried it) is
+     * flows_name_none, which matches nothing. */
+    const char *namespace, *workload, *node;
+    /* workload holds a U+FFFD: it also matches a name it is the shown text of (the API shows
+     * invalid UTF-8 as U+FFFD); then workload may be workload_text, when not interned. */
     bool workload_shown;
+    char workload_text[3 * EVENT_NAME_MAX + 1];
     enum flows_group group_by;
     uint8_t protocol; /* 0 = any */
     uint8_t status;   /* enum event_status; NONE = any */
@@ -147,6 +150,9 @@ void flows_add(struct flows *f, const struct event *events, size_t n, uint64_t n
  * gives the default window. 0, or -EINVAL with a message naming the
  * parameter in err.
  */
+/* A filter's name no event carried (see struct flows_query). */
+extern const char flows_name_none[];
+
 int flows_query_parse(struct flows_query *q, const char *qs, size_t len, uint64_t now_ns, char *err,
                       size_t errlen);
 

@@ -11,6 +11,8 @@ static pthread_mutex_t intern_lock = PTHREAD_MUTEX_INITIALIZER;
 static char **intern_slots;
 static size_t intern_cap; /* power of two */
 static struct intern_stats intern_st;
+/* What names interned with intern_process_n() took: their allocations and two slots each. */
+static uint64_t intern_process_bytes;
 
 static uint64_t intern_hash(const char *s, size_t len)
 {
@@ -54,7 +56,17 @@ static bool intern_grow(void)
     return true;
 }
 
-const char *intern_n(const char *s, size_t len)
+/* The slot of the len bytes at s, or the empty one where they would go; needs intern_cap. */
+static size_t intern_slot(const char *s, size_t len)
+{
+    size_t j = intern_hash(s, len) & (intern_cap - 1);
+    for (; intern_slots[j]; j = (j + 1) & (intern_cap - 1))
+        if (strncmp(intern_slots[j], s, len) == 0 && intern_slots[j][len] == '\0')
+            break;
+    return j;
+}
+
+static const char *intern_add(const char *s, size_t len, bool process)
 {
     if (!s)
         return NULL;
@@ -64,12 +76,10 @@ const char *intern_n(const char *s, size_t len)
     bool room = (intern_st.strings + 1) * 2 <= intern_cap || intern_grow();
     if (!intern_cap)
         goto refuse;
-    size_t j = intern_hash(s, len) & (intern_cap - 1);
-    for (; intern_slots[j]; j = (j + 1) & (intern_cap - 1)) {
-        if (strncmp(intern_slots[j], s, len) == 0 && intern_slots[j][len] == '\0') {
-            out = intern_slots[j];
-            goto done;
-        }
+    size_t j = intern_slot(s, len);
+    if (intern_slots[j]) {
+        out = intern_slots[j];
+        goto done;
     }
     if (!room || intern_st.bytes + len + 1 > INTERN_MAX_BYTES)
         goto refuse;
@@ -77,7 +87,8 @@ const char *intern_n(const char *s, size_t len)
     if (!copy)
         goto refuse;
     size_t cost = intern_cost(copy);
-    if (intern_st.bytes + cost > INTERN_MAX_BYTES) {
+    if (intern_st.bytes + cost > INTERN_MAX_BYTES ||
+        (process && intern_process_bytes + cost + 2 * sizeof(char *) > INTERN_PROCESS_MAX_BYTES)) {
         free(copy);
         goto refuse;
     }
@@ -86,11 +97,41 @@ const char *intern_n(const char *s, size_t len)
     intern_slots[j] = copy;
     intern_st.strings++;
     intern_st.bytes += cost;
+    if (process)
+        intern_process_bytes += cost + 2 * sizeof(char *);
     out = copy;
     goto done;
 refuse:
     intern_st.refused++;
 done:
+    pthread_mutex_unlock(&intern_lock);
+    return out;
+}
+
+const char *intern_n(const char *s, size_t len)
+{
+    return intern_add(s, len, false);
+}
+
+const char *intern_process_n(const char *s, size_t len)
+{
+    return intern_add(s, len, true);
+}
+
+const char *intern_process(const char *s)
+{
+    return s ? intern_process_n(s, strlen(s)) : NULL;
+}
+
+const char *intern_find_n(const char *s, size_t len)
+{
+    const char *out = NULL;
+
+    if (!s)
+        return NULL;
+    pthread_mutex_lock(&intern_lock);
+    if (intern_cap)
+        out = intern_slots[intern_slot(s, len)];
     pthread_mutex_unlock(&intern_lock);
     return out;
 }

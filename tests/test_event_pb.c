@@ -1713,3 +1713,57 @@ Test(event_pb, interned_names_with_a_nul_are_refused_after_a_cached_one)
     cr_assert_null(event_pb_intern_checked("\0eb", 3));
     cr_assert_eq(event_pb_intern_checked("web", 3), web, "still cached");
 }
+
+/*
+ * A peer's DNS name is a name a process chose (it resolved it): once such names fill their
+ * part of the string table (intern_process_n()), an event arrives without it, in both
+ * decoders, instead of being refused; its pod, a name no process chooses, is still read.
+ */
+Test(event_pb, a_full_process_part_leaves_peer_dns_out_not_the_event, .timeout = 60)
+{
+    struct event ev[16];
+    size_t n = make_events(ev);
+    struct event_batch_meta meta = test_meta(), mf, mg;
+    struct event *fast, *gen;
+    size_t nf, ng, with_dns = 0;
+    char err[256] = "", name[24];
+    struct buf b;
+
+    for (unsigned long i = 0;; i++) {
+        snprintf(name, sizeof(name), "q%014lx", i);
+        if (!intern_process(name))
+            break;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ev[i].peer.dns) {
+            ev[i].peer.dns = "never-resolved-before.example"; /* not interned: written as is */
+            with_dns++;
+        }
+        ev[i].k8s.pod_name = "pod-named-after-the-fill";
+    }
+    cr_assert_gt(with_dns, 0);
+    buf_init(&b);
+    cr_assert_eq(event_batch_encode(&meta, ev, n, &b), 0);
+    cr_assert_eq(
+        event_batch_decode_fast((uint8_t *)b.data, b.len, &mf, &fast, &nf, err, sizeof(err)), 0,
+        "fast: %s", err);
+    cr_assert_eq(
+        event_batch_decode_generic((uint8_t *)b.data, b.len, &mg, &gen, &ng, err, sizeof(err)), 0,
+        "generic: %s", err);
+    cr_assert_eq(nf, n);
+    cr_assert_eq(ng, n);
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_null(fast[i].peer.dns, "fast: event %zu", i);
+        cr_assert_null(gen[i].peer.dns, "generic: event %zu", i);
+        cr_assert_eq(fast[i].k8s.pod_name, intern("pod-named-after-the-fill"));
+        cr_assert_eq(gen[i].k8s.pod_name, fast[i].k8s.pod_name);
+    }
+    free_events(fast, nf);
+    free_events(gen, ng);
+    for (size_t i = 0; i < n; i++) {
+        ev[i].peer.dns = NULL;
+        ev[i].k8s.pod_name = NULL;
+        event_clear(&ev[i]);
+    }
+    buf_free(&b);
+}

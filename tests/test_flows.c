@@ -699,9 +699,19 @@ Test(flows, query_string)
 
     s = "group_by=pod&namespace=shop&workload=web&node=n%2D1&protocol=tcp&status=failed&limit=5"
         "&since=2026-01-01T00:00:00Z&until=1800000000000000000";
+    /* A name no event carried matches nothing, and the query adds no name to the table. */
+    struct intern_stats before, after;
+    intern_get_stats(&before);
+    cr_assert_eq(flows_query_parse(&q, s, strlen(s), NOW, err, sizeof(err)), 0, "%s", err);
+    intern_get_stats(&after);
+    cr_assert_eq(after.strings, before.strings);
+    cr_assert_eq(q.node, flows_name_none);
+    cr_assert_eq(q.namespace, flows_name_none);
+    cr_assert_eq(q.workload, flows_name_none);
+    const char *n1 = intern("n-1"); /* an event's */
     cr_assert_eq(flows_query_parse(&q, s, strlen(s), NOW, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(q.group_by, FLOWS_GROUP_POD);
-    cr_assert_eq(q.node, intern("n-1"));
+    cr_assert_eq(q.node, n1);
     cr_assert_eq(q.status, EVENT_STATUS_FAILED);
     cr_assert_eq(q.limit, 5);
     cr_assert_eq(q.protocol, IPPROTO_TCP_);
@@ -716,6 +726,7 @@ Test(flows, query_string)
 
     /* Numbers, times and keywords without their surrounding spaces, as on /api/events; a
      * name as given. */
+    intern(" n1");
     s = "limit=+7&group_by=%20pod%20&since=%201700000000000000000&node=%20n1";
     cr_assert_eq(flows_query_parse(&q, s, strlen(s), NOW, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(q.limit, 7);

@@ -627,7 +627,7 @@ void dns_agent_fill_peer(struct dns_agent *d, struct event *e, uint64_t now_boot
         return;
     name = dns_names_lookup(d->names, dns_names_scope(e), e->family, addr, now_boot_ns);
     if (name)
-        e->peer.dns = intern(name);
+        e->peer.dns = intern_process(name); /* refused when full: none, counted */
 }
 
 /* FNV-1a over the two names' pointers: both are interned, so equal names are equal pointers. */
