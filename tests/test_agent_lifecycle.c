@@ -37,6 +37,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -2216,6 +2217,49 @@ static bool handshake_at_the_start_try(int attempt)
     close(c1);
     close(l);
     return true;
+}
+
+/*
+ * More listening ports open when the agent starts than the seeding notes (16,384): the ports
+ * it could not note (connections accepted from them have their role read from their socket
+ * alone) are counted in /api/stats and /metrics, not only said in its log.
+ */
+Test(lifecycle_before, listening_ports_the_seeding_could_not_note_are_counted, .timeout = 120)
+{
+    enum { EXTRA = 200, N = 16384 + EXTRA };
+    struct rlimit rl = {N + 1024, N + 1024};
+    struct rlimit old;
+    int *fds = calloc(N, sizeof(*fds));
+
+    cr_assert_not_null(fds);
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+    if (old.rlim_cur < rl.rlim_cur)
+        cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0, "setrlimit: %s", strerror(errno));
+    for (int i = 0; i < N; i++) {
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert_geq(fds[i], 0, "socket %d: %s", i, strerror(errno));
+        cr_assert_eq(bind(fds[i], (struct sockaddr *)&a, sizeof(a)), 0, "bind %d: %s", i,
+                     strerror(errno));
+        cr_assert_eq(listen(fds[i], 1), 0, "listen %d: %s", i, strerror(errno));
+    }
+
+    tu_agent_start(&agent, "lifecycle-node", NULL);
+    int status;
+    json_t *st = tu_get_json(agent.port, "/api/stats", &status);
+    cr_assert_eq(status, 200);
+    long long full = tu_jint(json_object_get(st, "sockets"), "seed_listeners_full");
+    json_decref(st);
+    cr_expect_geq(full, EXTRA, "%d ports listening, %lld not noted", N, full);
+    struct tu_http m;
+    cr_assert_eq(tu_http_get(agent.port, "/metrics", NULL, &m), 0);
+    cr_assert_eq(m.status, 200);
+    cr_expect_eq(metric(m.body, "ebpf_agent_socket_map_seed_listeners_full_total"), full);
+    tu_http_free(&m);
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    free(fds);
+    setrlimit(RLIMIT_NOFILE, &old);
 }
 
 /*

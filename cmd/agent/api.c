@@ -265,9 +265,10 @@ static void handle_stats(void *ctx, const struct http_request *req, struct http_
     buf_printf(b,
                "\"sockets\":{\"capacity\":%" PRIu64 ",\"entries\":%" PRIu64 ",\"dead\":%" PRIu64
                ",\"reaped\":%" PRIu64 ",\"reap_races\":%" PRIu64 ",\"reap_errors\":%" PRIu64
-               ",\"seeded\":%" PRIu64 ",\"seed_full\":%" PRIu64 "},\"history\":",
+               ",\"seeded\":%" PRIu64 ",\"seed_full\":%" PRIu64 ",\"seed_listeners_full\":%" PRIu64
+               "},\"history\":",
                sk.capacity, sk.entries, sk.dead, sk.reaped, sk.reap_races, sk.reap_errors,
-               sk.seeded, sk.seed_full);
+               sk.seeded, sk.seed_full, sk.seed_listeners_full);
     ss.failed += load(&a->store_failed);
     api_json_append(b, api_store_stats_json(&ss));
     buf_puts(b, ",\"flows\":");
@@ -421,6 +422,11 @@ static void handle_metrics(void *ctx, const struct http_request *req, struct htt
     api_metric(b, "ebpf_agent_socket_map_seed_full_total", "counter",
                "TCP connections open when the agent started not followed: the map was full.",
                sk.seed_full);
+    api_metric(b, "ebpf_agent_socket_map_seed_listeners_full_total", "counter",
+               "Listening ports not noted when the agent started (their map was full): "
+               "connections open then and accepted from them have their role read from "
+               "their socket alone.",
+               sk.seed_listeners_full);
     api_metric_header(b, "ebpf_agent_records_skipped_total", "counter",
                       "Kernel records that produced no event, by reason.");
     api_metric_labelled(b, "ebpf_agent_records_skipped_total", "reason", "malformed", rl.malformed);

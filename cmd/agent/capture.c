@@ -190,6 +190,7 @@ struct capture {
     bool io_uring_overflow_tp;    /* and its io_uring_cqe_overflow one */
     struct sockets_reaper reaper; /* of each loaded connections object's `sockets` map */
     uint64_t sockets_seeded, sockets_seed_full; /* seed_sockets(), at the start */
+    uint64_t seed_listeners_full;
 };
 
 /*
@@ -538,6 +539,7 @@ static void seed_sockets(struct capture *c)
                     strerror(-err));
         c->sockets_seeded = g.sockets_seeded;
         c->sockets_seed_full = g.sockets_seed_full;
+        c->seed_listeners_full = g.seed_listeners_full;
         if (g.sockets_seed_full || g.seed_listeners_full)
             fprintf(stderr,
                     "capture: of the connections open at the start, %" PRIu64
@@ -603,6 +605,7 @@ void capture_sockets_stats(struct capture *c, struct capture_sockets_stats *out)
     sockets_reaper_stats(&c->reaper, out);
     out->seeded = c->sockets_seeded;
     out->seed_full = c->sockets_seed_full;
+    out->seed_listeners_full = c->seed_listeners_full;
 }
 
 static void prog_fail(struct capture *c, int slot, const char *what, int err)

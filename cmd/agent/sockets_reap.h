@@ -40,6 +40,9 @@ struct capture_sockets_stats {
     uint64_t reap_errors; /* failed map reads or deletes */
     uint64_t seeded;      /* connections open at the start, followed from then (capture.c) */
     uint64_t seed_full;   /* of those, not followed: the map was full */
+    /* Listening ports not noted at the start (their map was full): connections accepted from
+     * them are told a server's from their socket alone (capture.c) */
+    uint64_t seed_listeners_full;
 };
 
 /* The pass over one map. */
