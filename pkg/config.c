@@ -29,7 +29,7 @@
 enum key_kind {
     KIND_STRING,
     KIND_FILE,     /* a path the program reads: checked once all sources are merged */
-    KIND_NODE,     /* NODE_NAME: goes into NATS subjects, headers and JSON */
+    KIND_NAME,     /* NODE_NAME, POD_NAME, POD_NAMESPACE: into subjects, batches, JSON and logs */
     KIND_UINT,     /* bounded integer */
     KIND_DURATION, /* "500ms" */
     KIND_BYTES,    /* "64MiB" */
@@ -40,7 +40,7 @@ enum key_kind {
     KIND_REDACT,  /* argument redaction patterns (redact.h) */
     KIND_PORTS,   /* comma list of up to CONFIG_DNS_PORTS_MAX ports */
     KIND_TOKEN,   /* one NATS subject token (a queue group) */
-    KIND_SUBJECT, /* a NATS subject without wildcards, spaces or empty tokens */
+    KIND_SUBJECT, /* a NATS subject: UTF-8, no wildcards, spaces or empty tokens */
 };
 
 struct key {
@@ -70,11 +70,11 @@ static const struct key keys[] = {
     {"DEPLOYMENT_MODE", KIND_MODE, BOTH, NUM(deployment_mode), 0, 0, "auto", "auto",
      "vm, kubernetes or auto (kubernetes when KUBERNETES_SERVICE_HOST is set or a service-account "
      "token exists)"},
-    {"NODE_NAME", KIND_NODE, BOTH, STR(node_name), 0, 0, NULL, NULL,
+    {"NODE_NAME", KIND_NAME, BOTH, STR(node_name), 0, 0, NULL, NULL,
      "the node this process reports as (default: hostname)", UNUSED_BY_AGG},
-    {"POD_NAME", KIND_STRING, BOTH, STR(pod_name), 0, 0, NULL, NULL,
+    {"POD_NAME", KIND_NAME, BOTH, STR(pod_name), 0, 0, NULL, NULL,
      "own pod name (Kubernetes downward API)", UNUSED_BY_AGG},
-    {"POD_NAMESPACE", KIND_STRING, BOTH, STR(pod_namespace), 0, 0, NULL, NULL,
+    {"POD_NAMESPACE", KIND_NAME, BOTH, STR(pod_namespace), 0, 0, NULL, NULL,
      "own pod namespace (Kubernetes downward API)", UNUSED_BY_AGG},
     {"NATS_URL", KIND_STRING, BOTH, STR(nats_url), 0, 0, "nats://127.0.0.1:4222",
      "nats://127.0.0.1:4222", "comma-separated NATS server list"},
@@ -626,11 +626,11 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
 
     c->key_source[k - keys] = (unsigned char)src;
     switch (k->kind) {
-    case KIND_NODE:
+    case KIND_NAME:
         if (!event_node_name_valid(value, k->size - 1)) {
             snprintf(range, sizeof(range),
                      "1-%zu bytes of UTF-8 text without control characters or leading or "
-                     "trailing spaces, such as a hostname or Kubernetes node name",
+                     "trailing spaces, such as a hostname or a Kubernetes name",
                      k->size - 1);
             allowed = range;
             break;
@@ -658,13 +658,18 @@ static int set_value(struct config *c, const struct key *k, const char *value, e
                       "a request could never present it";
             break;
         }
-        if (k->kind == KIND_TOKEN && (strchr(value, '.') || !config_subject_valid(value, false))) {
-            allowed = "one subject token (no '.', '*', '>', spaces or control characters)";
+        /* A subject or queue group travels in the NATS protocol's lines and in logs: a control
+         * character (a line break, an escape) or bytes that are not UTF-8 do not belong there. */
+        if (k->kind == KIND_TOKEN && (strchr(value, '.') || !config_subject_valid(value, false) ||
+                                      !event_node_name_valid(value, k->size - 1))) {
+            allowed = "one subject token of UTF-8 text (no '.', '*', '>', spaces or control "
+                      "characters)";
             break;
         }
-        if (k->kind == KIND_SUBJECT && !config_subject_valid(value, false)) {
-            allowed = "a NATS subject without wildcards, spaces, control characters or empty "
-                      "tokens";
+        if (k->kind == KIND_SUBJECT &&
+            (!config_subject_valid(value, false) || !event_node_name_valid(value, k->size - 1))) {
+            allowed = "a NATS subject of UTF-8 text without wildcards, spaces, control characters "
+                      "or empty tokens";
             break;
         }
         strcpy(field, value);

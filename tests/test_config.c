@@ -692,6 +692,60 @@ Test(config, bad_node_name_from_the_file_and_a_flag)
 }
 
 /*
+ * The other identity strings: the agent's own pod (in every batch, /api/stats and the logs), the
+ * subject prefix and the aggregators' queue group and control subject (in the NATS protocol's
+ * lines). A line break, an escape, bytes that are not UTF-8 or an overlong pod name are refused
+ * by both binaries, naming the key, shown escaped.
+ */
+Test(config, identity_strings_with_control_characters_or_bad_utf8_are_refused)
+{
+    /* The last two are the aggregator's: the agent reads them from a shared file only. */
+    static const char *const keys[] = {"POD_NAME", "POD_NAMESPACE", "SUBJECT_PREFIX", "QUEUE_GROUP",
+                                       "CONTROL_SUBJECT"};
+    static char overlong[257];
+    memset(overlong, 'p', 256);
+    static const struct {
+        const char *value, *shown;
+    } bad[] = {
+        {"line\nbreak", "\"line\\x0abreak\""}, {"cr\rlf", "\"cr\\x0dlf\""},
+        {"esc\x1b[2J", "\"esc\\x1b[2J\""},     {"bad\xffutf8", "\"bad\\xffutf8\""},
+        {"c1\xc2\x85", "\"c1\\xc2\\x85\""},    {"overlong\xc0\xae", "\"overlong\\xc0\\xae\""},
+        {"del\x7f", "\"del\\x7f\""},
+    };
+    char *argv[] = {"ebpf-agent", NULL};
+    struct config c;
+    for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+            setenv(keys[k], bad[i].value, 1);
+            for (int role = k < 3 ? 0 : 1; role < 2; role++) {
+                cr_expect_eq(load(&c, role ? CONFIG_AGGREGATOR : CONFIG_AGENT, 1, argv),
+                             CONFIG_INVALID, "%s=%s accepted", keys[k], bad[i].shown);
+                char want[96];
+                snprintf(want, sizeof(want), "invalid %s=%s (from environment)", keys[k],
+                         bad[i].shown);
+                cr_expect(strstr(err, want) && strstr(err, "control characters"),
+                          "message \"%s\" lacks \"%s\"", err, want);
+                for (const char *p = err; *p; p++)
+                    cr_expect((unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f,
+                              "unprintable byte in: %s", err);
+            }
+        }
+        unsetenv(keys[k]);
+    }
+    setenv("POD_NAME", overlong, 1);
+    cr_expect_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_INVALID);
+    cr_expect(strstr(err, "invalid POD_NAME=") && strstr(err, "1-255 bytes"), "%s", err);
+    overlong[255] = '\0';
+    setenv("POD_NAME", overlong, 1);
+    setenv("POD_NAMESPACE", "kube-syst\xc3\xa8me", 1); /* UTF-8 goes */
+    setenv("SUBJECT_PREFIX", "\xc3\xa9v\xc3\xa9nements.ebpf", 1);
+    cr_assert_eq(load(&c, CONFIG_AGENT, 1, argv), CONFIG_OK, "%s", err);
+    cr_expect_str_eq(c.pod_name, overlong);
+    cr_expect_str_eq(c.pod_namespace, "kube-syst\xc3\xa8me");
+    cr_expect_str_eq(c.subject_prefix, "\xc3\xa9v\xc3\xa9nements.ebpf");
+}
+
+/*
  * A plain YAML null ("KEY: null", "KEY: ~") is the empty value it means, not the text "null":
  * refused as "KEY:" with nothing after it is. A quoted "null" is the text.
  */
@@ -1032,6 +1086,30 @@ Test(config, check_config_refuses_node_names_the_bus_cannot_carry)
         char *good[] = {"NODE_NAME=ip-10-0-1-5.eu-west-1.compute.internal", NULL};
         cr_expect_eq(check_config(bins[i], good, &out), 0, "%s: %s", bins[i], out);
         cr_expect(out && strstr(out, "configuration OK"), "%s", out);
+        free(out);
+    }
+}
+
+/*
+ * The agent itself (not --check-config) refuses to start with a subject prefix NATS would carry
+ * as a line break: exit 2 and one line naming the key, before it loads anything.
+ */
+Test(config, the_agent_refuses_to_start_with_a_subject_prefix_holding_a_line_break)
+{
+    const char *bins[] = {"bin/ebpf-agent", "bin/ebpf-aggregator"};
+    for (size_t b = 0; b < 2; b++) {
+        char log[] = "/tmp/ebpf-config-log-XXXXXX";
+        close(mkstemp(log));
+        char *argv[] = {(char *)tu_repo_path(bins[b]), NULL};
+        char *env[] = {"SUBJECT_PREFIX=ebpf\r\nevil", "NATS_URL=nats://127.0.0.1:1",
+                       "LISTEN_ADDR=127.0.0.1:0", NULL};
+        int rc = tu_wait_exit(tu_spawn(argv, env, log), 10000);
+        char *out = tu_read_file(log);
+        unlink(log);
+        cr_expect_eq(rc, 2, "%s: exit %d: %s", bins[b], rc, out);
+        cr_expect(out && strstr(out, "invalid SUBJECT_PREFIX=\"ebpf\\x0d\\x0aevil\"") &&
+                      strchr(out, '\n') == out + strlen(out) - 1,
+                  "%s: %s", bins[b], out);
         free(out);
     }
 }
