@@ -20,7 +20,8 @@
  * back over the window, no view
  * logs a console error, and stopping NATS, then the aggregator, puts a banner
  * up that says so; and the page over TLS from one more aggregator (HTTPS, a
- * self-signed certificate) loads, streams and asks nothing of another origin.
+ * self-signed certificate) loads, streams and asks nothing of another origin;
+ * names made of markup, from processes and from the bus, stay text in every view.
  * Screenshots of each view, the programs' logs and the
  * measurements (first-load.json, live-load.json) go to build/ui/.
  *
@@ -32,6 +33,7 @@
 #include <limits.h>
 #include <nats/nats.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -306,6 +308,35 @@ static void wait_dns(const char *name, int n)
     }
 }
 
+/* Publishes the n events ev as the first JSON batch of node's agent, with its headers. */
+static void publish_json_batch(const char *node, const struct event *ev, int n)
+{
+    struct buf b;
+    buf_init(&b);
+    for (int i = 0; i < n; i++) {
+        event_json_write(&b, &ev[i]);
+        buf_puts(&b, "\n");
+    }
+    char url[64], subject[300], count[16];
+    natsConnection *nc = NULL;
+    natsMsg *m = NULL;
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", mon.nats_port);
+    bus_node_subject("ebpf.events", node, subject, sizeof(subject));
+    snprintf(count, sizeof(count), "%d", n);
+    cr_assert_eq(natsConnection_ConnectTo(&nc, url), NATS_OK);
+    cr_assert_eq(natsMsg_Create(&m, subject, NULL, b.data, (int)b.len), NATS_OK);
+    natsMsgHeader_Set(m, BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_JSON);
+    natsMsgHeader_Set(m, BUS_HDR_NODE, node);
+    natsMsgHeader_Set(m, BUS_HDR_INSTANCE, "ui-agent-of-a-test");
+    natsMsgHeader_Set(m, BUS_HDR_SEQUENCE, "1");
+    natsMsgHeader_Set(m, BUS_HDR_EVENTS, count);
+    cr_assert_eq(natsConnection_PublishMsg(nc, m), NATS_OK);
+    cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
+    natsMsg_Destroy(m);
+    natsConnection_Destroy(nc);
+    buf_free(&b);
+}
+
 /*
  * What an agent on a Kubernetes node publishes (a JSON batch on its subject,
  * with its headers), which this machine cannot make with pods of its own: a
@@ -372,28 +403,7 @@ static void publish_k8s_node(const char *dns_name)
     }
     ev[2].peer.dns = intern(OUTSIDE_NAME);
 
-    struct buf b;
-    buf_init(&b);
-    for (int i = 0; i < N; i++) {
-        event_json_write(&b, &ev[i]);
-        buf_puts(&b, "\n");
-    }
-    char url[64];
-    natsConnection *nc = NULL;
-    natsMsg *m = NULL;
-    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", mon.nats_port);
-    cr_assert_eq(natsConnection_ConnectTo(&nc, url), NATS_OK);
-    cr_assert_eq(natsMsg_Create(&m, "ebpf.events.ui-k8s-node", NULL, b.data, (int)b.len), NATS_OK);
-    natsMsgHeader_Set(m, BUS_HDR_CONTENT_TYPE, BUS_CONTENT_TYPE_JSON);
-    natsMsgHeader_Set(m, BUS_HDR_NODE, "ui-k8s-node");
-    natsMsgHeader_Set(m, BUS_HDR_INSTANCE, "ui-k8s-agent");
-    natsMsgHeader_Set(m, BUS_HDR_SEQUENCE, "1");
-    natsMsgHeader_Set(m, BUS_HDR_EVENTS, "4");
-    cr_assert_eq(natsConnection_PublishMsg(nc, m), NATS_OK);
-    cr_assert_eq(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
-    natsMsg_Destroy(m);
-    natsConnection_Destroy(nc);
-    buf_free(&b);
+    publish_json_batch("ui-k8s-node", ev, N);
 }
 
 Test(e2e_ui, the_page_works_in_a_real_browser)
@@ -610,4 +620,199 @@ Test(e2e_ui, the_banner_says_why_nats_refuses_the_aggregator)
     free(script);
     run_browser_check(run, "ui_banner_check.mjs", "ui-banner: pass\n");
     free(run);
+}
+
+/*
+ * Bytes a process controls, and bytes a batch on the bus can carry, are shown
+ * as text. A program run through a link named like markup, with markup,
+ * quotes, javascript:, bytes that are not UTF-8 and a 64 KiB word as its
+ * arguments; a process that renamed itself (PR_SET_NAME) to markup making
+ * connects that fail before a source address or port is chosen (in a network
+ * namespace of its own, with no route) and one refused on ::1; and a
+ * Kubernetes node's batch with markup for node, pod, namespace, workload, peer
+ * and DNS names and a 1,000-byte workload. tests/js/ui_hostile_check.mjs
+ * checks every view in chromium: no dialog, no element or handler injected,
+ * the text there as it was sent, addresses without an empty port, and no view
+ * wider than the window.
+ */
+#define HOSTILE_NODE     "<b>node</b>\"'&amp;"
+#define HOSTILE_POD      "<img src=x onerror=alert(5)>"
+#define HOSTILE_NS       "</script>"
+#define HOSTILE_WORKLOAD "<svg onload=alert(6)>"
+#define HOSTILE_PEER_DNS "javascript:alert(7)"
+#define HOSTILE_QUERY    "<img src=x onerror=alert(8)>.test"
+#define HOSTILE_CONNECT  "<i>'\"&lt;</i>" /* a command: at most 15 bytes */
+
+static void hostile_exec(const char *link_dir, json_t *spec)
+{
+    static char big[64 * 1024];
+    memset(big, 'w', sizeof(big) - 1);
+    char link[PATH_MAX];
+    snprintf(link, sizeof(link), "%s/<svg onload=alert(2)>", link_dir);
+    cr_assert_eq(symlink("/bin/true", link), 0, "symlink %s: %s", link, strerror(errno));
+    char *argv[] = {"<img src=x onerror=alert(1)>",
+                    "</script><script>alert(3)</script>",
+                    "\"'`quotes&amp;",
+                    "javascript:alert(4)",
+                    "bad\xff\xfeutf8",
+                    big,
+                    NULL};
+    pid_t pid = fork();
+    cr_assert(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        execv(link, argv);
+        _exit(127);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s did not run", link);
+    json_object_set_new(spec, "exec_file", json_string(link));
+    json_object_set_new(spec, "exec_comm", json_string("<svg onload=ale")); /* 15 bytes */
+    json_t *args = json_array();
+    for (int i = 0; i < 4; i++)
+        json_array_append_new(args, json_string(argv[i]));
+    json_object_set_new(spec, "exec_args", args);
+    json_object_set_new(spec, "big_arg_len", json_integer((json_int_t)strlen(big)));
+}
+
+/* connect() to addr on port 80 or closed_port; 0 when it failed with want. */
+static int connect_fails(int family, const char *addr, int port, int want)
+{
+    struct sockaddr_storage ss = {0};
+    socklen_t len;
+    if (family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        inet_pton(AF_INET, addr, &in->sin_addr);
+        len = sizeof(*in);
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        inet_pton(AF_INET6, addr, &in6->sin6_addr);
+        len = sizeof(*in6);
+    }
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int rc = connect(fd, (struct sockaddr *)&ss, len);
+    int err = errno;
+    close(fd);
+    return rc < 0 && err == want ? 0 : 1;
+}
+
+/* Failed connects of a process named HOSTILE_CONNECT: refused on ::1 (with its source), then,
+ * in a network namespace with no route (and no IPv6 address), before any source is chosen. */
+static void hostile_connects(int closed_port)
+{
+    pid_t pid = fork();
+    cr_assert(pid >= 0, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        prctl(PR_SET_NAME, HOSTILE_CONNECT);
+        int bad = connect_fails(AF_INET6, "::1", closed_port, ECONNREFUSED) << 0;
+        if (unshare(CLONE_NEWNET) != 0)
+            _exit(8);
+        bad |= connect_fails(AF_INET, "10.77.50.5", 80, ENETUNREACH) << 1;
+        bad |= connect_fails(AF_INET6, "fd77:50::5", 80, EADDRNOTAVAIL) << 2; /* no source */
+        _exit(bad);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "the connects did not fail as planned (status %d)", status);
+}
+
+/* A Kubernetes node's batch whose names are markup, one workload 1,000 bytes long. */
+static void publish_hostile_node(json_t *spec)
+{
+    static char long_workload[1001];
+    memset(long_workload, 'W', sizeof(long_workload) - 1);
+    enum { N = 4 };
+    struct event ev[N] = {0};
+    uint64_t now = (uint64_t)time(NULL) * 1000000000ull;
+    for (int i = 0; i < N; i++) {
+        ev[i].id = 0x6e00000000000001ull + (uint64_t)i;
+        ev[i].timestamp_ns = now;
+        ev[i].node = intern(HOSTILE_NODE);
+        ev[i].family = EVENT_FAMILY_IPV4;
+        ev[i].protocol = 6;
+        ev[i].pid = 5100 + i;
+        strcpy(ev[i].command, "curl");
+        ev[i].k8s.namespace = intern(HOSTILE_NS);
+        ev[i].k8s.pod_name = intern(HOSTILE_POD);
+        ev[i].k8s.workload = intern(HOSTILE_WORKLOAD);
+        ev[i].k8s.workload_kind = intern("Deployment");
+        inet_pton(AF_INET, "10.1.0.21", ev[i].saddr);
+        inet_pton(AF_INET, "203.0.113.8", ev[i].daddr);
+        ev[i].sport = (uint16_t)(42000 + i);
+        ev[i].dport = 443;
+    }
+    ev[0].type = EVENT_CONNECTION;
+    ev[0].status = EVENT_STATUS_ESTABLISHED;
+    ev[0].peer.dns = intern(HOSTILE_PEER_DNS);
+    ev[1].type = EVENT_CONNECTION;
+    ev[1].status = EVENT_STATUS_FAILED;
+    ev[1].u.conn.error = intern("refused");
+    ev[1].k8s.workload = intern(long_workload);
+    ev[2].type = EVENT_PACKET_DROP;
+    ev[2].protocol = 17;
+    ev[2].u.drop.reason = intern("SOCKET_RCVBUFF");
+    ev[2].u.drop.reason_code = 6;
+    ev[2].u.drop.location = intern("__udp_enqueue_schedule_skb+0x2c1");
+    /* A query from a pod whose namespace is not known. */
+    static const char answers[] = "10.96.0.11";
+    ev[3].type = EVENT_DNS;
+    ev[3].protocol = 17;
+    ev[3].status = EVENT_STATUS_ANSWERED;
+    ev[3].k8s.namespace = NULL;
+    ev[3].k8s.workload = NULL;
+    ev[3].k8s.workload_kind = NULL;
+    ev[3].peer.service = intern(HOSTILE_NS "/" HOSTILE_WORKLOAD);
+    ev[3].u.dns.query = HOSTILE_QUERY;
+    ev[3].u.dns.query_type = 1;
+    ev[3].u.dns.answers = (char *)answers;
+    ev[3].u.dns.answers_len = sizeof(answers);
+    ev[3].u.dns.transaction_id = 9;
+    ev[3].u.dns.latency_ns = 250000;
+    inet_pton(AF_INET, "10.96.0.53", ev[3].daddr);
+    ev[3].dport = 53;
+    publish_json_batch(HOSTILE_NODE, ev, N);
+    json_object_set_new(spec, "node", json_string(HOSTILE_NODE));
+    json_object_set_new(spec, "pod", json_string(HOSTILE_POD));
+    json_object_set_new(spec, "namespace", json_string(HOSTILE_NS));
+    json_object_set_new(spec, "workload", json_string(HOSTILE_WORKLOAD));
+    json_object_set_new(spec, "long_workload", json_string(long_workload));
+    json_object_set_new(spec, "peer_dns", json_string(HOSTILE_PEER_DNS));
+    json_object_set_new(spec, "query", json_string(HOSTILE_QUERY));
+}
+
+Test(e2e_ui, hostile_names_are_shown_as_text)
+{
+    char tmp[] = "/tmp/test_e2e_ui_hostile.XXXXXX";
+    cr_assert_not_null(mkdtemp(tmp), "mkdtemp: %s", strerror(errno));
+    json_t *spec = json_object();
+    hostile_exec(tmp, spec);
+    int closed_port = tu_free_port();
+    hostile_connects(closed_port);
+    json_object_set_new(spec, "connect_comm", json_string(HOSTILE_CONNECT));
+    json_object_set_new(spec, "closed_port", json_integer(closed_port));
+    publish_hostile_node(spec);
+    char spec_path[PATH_MAX];
+    snprintf(spec_path, sizeof(spec_path), "%s/hostile.json", tmp);
+    cr_assert_eq(json_dump_file(spec, spec_path, 0), 0);
+    json_decref(spec);
+
+    char *script = realpath(tu_repo_path("tests/js/ui_hostile_check.mjs"), NULL);
+    cr_assert_not_null(script, "tests/js/ui_hostile_check.mjs not found");
+    char *run;
+    cr_assert_gt(asprintf(&run,
+                          "AGGREGATOR_URL=http://127.0.0.1:%d TOKEN=" TOKEN
+                          " HOSTILE='%s' SHOTS='%s' CHROMIUM=" CHROMIUM " node '%s'",
+                          mon.aggregator_port, spec_path, dir, script),
+                 0);
+    free(script);
+    run_browser_check(run, "ui_hostile_check.mjs", "ui-hostile: pass\n");
+    free(run);
+    char cmd[96];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp);
+    tu_run(cmd, NULL);
 }

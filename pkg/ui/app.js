@@ -173,21 +173,34 @@ function row(cells, numericFrom) {
 
 const shortTime = (t) => (t ? String(t).replace('T', ' ').replace(/\.(\d{3})\d*Z$/, '.$1') : '');
 
+// An address and port as written: [v6]:port, v4:port, the address alone without a port, '' without either.
+function hostPort(ip, port) {
+  const host = ip && String(ip).includes(':') ? '[' + ip + ']' : ip || '';
+  return port === undefined || port === null ? host : host + ':' + port;
+}
+
+// "source → destination"; a connect that failed before it had a source (no route) has none.
+function addrs(e) {
+  const src = hostPort(e.source_ip, e.source_port);
+  return (src ? src + ' ' : '') + '→ ' + hostPort(e.dest_ip, e.dest_port);
+}
+
+// The parts that are there, joined by sep: an absent field leaves no gap or placeholder.
+const present = (parts, sep) => parts.filter((p) => p !== undefined && p !== null && p !== '').join(sep);
+
 function detail(e) {
   switch (e.type) {
-    case 'exec': return (e.filename || '') + (e.args ? ' ' + [].concat(e.args).join(' ') : '');
+    case 'exec': return present([e.filename, ...[].concat(e.args ?? [])], ' ');
     case 'exit': return e.signal ? 'killed by signal ' + e.signal + (e.core_dumped ? ', core dumped' : '')
-      : 'exit ' + (e.exit_code ?? '');
+      : present(['exit', e.exit_code], ' ');
     case 'connection':
     case 'accept':
-      return (e.source_ip || '') + ':' + (e.source_port ?? '') + ' → ' + (e.dest_ip || '') + ':' +
-        (e.dest_port ?? '') + (e.status ? ' ' + e.status : '') + (e.error ? ' (' + e.error + ')' : '');
+      return addrs(e) + (e.status ? ' ' + e.status : '') + (e.error ? ' (' + e.error + ')' : '');
     case 'close':
-      return (e.source_ip || '') + ':' + (e.source_port ?? '') + ' → ' + (e.dest_ip || '') + ':' + (e.dest_port ?? '') +
-        ' ' + (e.role || '') + ', ' + (e.bytes_sent ?? 0) + ' B sent, ' + (e.bytes_received ?? 0) + ' B received' +
+      return addrs(e) + (e.role ? ' ' + e.role : '') + ', ' + (e.bytes_sent ?? 0) + ' B sent, ' + (e.bytes_received ?? 0) + ' B received' +
         (e.retransmits ? ', ' + e.retransmits + ' retransmits' : '') + (e.reset ? ', reset ' + e.reset : '');
     case 'dns':
-      return (e.query || '') + ' ' + (e.query_type || '') + ' ' + (e.rcode ?? e.status ?? '');
+      return present([e.query, e.query_type, e.rcode ?? e.status], ' ');
     case 'packet_drop':
       return (e.drop_reason || '') + (e.suppressed ? ' (+' + e.suppressed + ' suppressed)' : '');
     default: return '';
@@ -270,7 +283,7 @@ function liveStatus() {
 }
 
 function eventRow(e) {
-  const pod = e.k8s_pod_name ? e.k8s_namespace + '/' + e.k8s_pod_name : '';
+  const pod = e.k8s_pod_name ? present([e.k8s_namespace, e.k8s_pod_name], '/') : '';
   const tr = row([shortTime(e.time), e.node, e.type, e.pid, e.command, pod, detail(e)], 99);
   tr.className = 'ev';
   tr.dataset.command = e.command || '';
