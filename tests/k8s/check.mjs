@@ -183,7 +183,8 @@ function helpKeys(bin) {
     const r = run(path.join(ROOT, "bin", bin), ["--help"]);
     if (r.status !== 0) throw new Error(`bin/${bin} --help failed (build first: make)`);
     const keys = {};
-    for (const m of r.stdout.matchAll(/env (\w+); default: (.*)$/gm)) keys[m[1]] = m[2];
+    // "env KEY; default: VALUE", or "env KEY" alone when the default is found at run time.
+    for (const m of r.stdout.matchAll(/env (\w+)(?:; default: (.*))?$/gm)) keys[m[1]] = m[2] ?? "";
     return keys;
 }
 
